@@ -1,0 +1,122 @@
+"""Exceptions of wsserve; each wire error code is one class.
+
+Tree (all carry ``code``, a ``message`` and optionally ``retry_after_ms``)::
+
+    WsserveError                      root; never raised itself
+    ├── BadJson            bad_json
+    ├── BadRequest         bad_request
+    ├── UnknownModel       unknown_model
+    ├── DuplicateId        duplicate_id
+    ├── InvalidInput       invalid_input
+    ├── Overloaded         overloaded          (retry_after_ms)
+    ├── RateLimited        rate_limited        (retry_after_ms)
+    ├── DeadlineExceeded   deadline_exceeded
+    ├── Cancelled          cancelled
+    ├── Unauthorized       unauthorized
+    ├── ShuttingDown       shutting_down
+    └── Internal           internal
+
+The server maps any ``WsserveError`` to an ``error`` frame in one place
+(:func:`wsserve.protocol.encode_error`); any other exception escaping request
+handling becomes ``Internal``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "WsserveError",
+    "BadJson",
+    "BadRequest",
+    "UnknownModel",
+    "DuplicateId",
+    "InvalidInput",
+    "Overloaded",
+    "RateLimited",
+    "DeadlineExceeded",
+    "Cancelled",
+    "Unauthorized",
+    "ShuttingDown",
+    "Internal",
+    "ERROR_CODES",
+    "error_for_code",
+]
+
+
+class WsserveError(Exception):
+    """Root of every wsserve error. ``code`` is the wire error code."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class BadJson(WsserveError):
+    code = "bad_json"
+
+
+class BadRequest(WsserveError):
+    code = "bad_request"
+
+
+class UnknownModel(WsserveError):
+    code = "unknown_model"
+
+
+class DuplicateId(WsserveError):
+    code = "duplicate_id"
+
+
+class InvalidInput(WsserveError):
+    code = "invalid_input"
+
+
+class Overloaded(WsserveError):
+    code = "overloaded"
+
+
+class RateLimited(WsserveError):
+    code = "rate_limited"
+
+
+class DeadlineExceeded(WsserveError):
+    code = "deadline_exceeded"
+
+
+class Cancelled(WsserveError):
+    code = "cancelled"
+
+
+class Unauthorized(WsserveError):
+    code = "unauthorized"
+
+
+class ShuttingDown(WsserveError):
+    code = "shutting_down"
+
+
+class Internal(WsserveError):
+    code = "internal"
+
+
+_CLASSES: tuple[type[WsserveError], ...] = (
+    BadJson, BadRequest, UnknownModel, DuplicateId, InvalidInput, Overloaded,
+    RateLimited, DeadlineExceeded, Cancelled, Unauthorized, ShuttingDown, Internal,
+)
+
+#: Every wire error code, in the order PROTOCOL.md lists them.
+ERROR_CODES: tuple[str, ...] = tuple(c.code for c in _CLASSES)
+
+_BY_CODE = {c.code: c for c in _CLASSES}
+
+
+def error_for_code(code: str) -> type[WsserveError]:
+    """Return the exception class for a wire ``code`` (``Internal`` if unknown)."""
+    return _BY_CODE.get(code, Internal)
