@@ -142,6 +142,7 @@ def save(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-{key}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; weights are not secret
         with os.fdopen(fd, "wb") as f:
             np.savez(f, allow_pickle=False, **{_META_KEY: header_bytes}, **clean)
             f.flush()
