@@ -1,6 +1,7 @@
 """Exceptions of wsserve; each wire error code is one class.
 
-Tree (all carry ``code``, a ``message`` and optionally ``retry_after_ms``)::
+Tree (all carry ``code``, ``message``, and optionally ``retry_after_ms`` and
+``request_id``)::
 
     WsserveError                      root; never raised itself
     ├── BadJson            bad_json
@@ -49,10 +50,18 @@ class WsserveError(Exception):
 
     code: ClassVar[str] = "internal"
 
-    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_ms: int | None = None,
+        request_id: object = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_ms = retry_after_ms
+        #: The id of the request this error ends, when it could be read.
+        self.request_id = request_id
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"

@@ -1,0 +1,233 @@
+"""Sans-I/O batch scheduler for one model's ``predict`` queue.
+
+The driver (:mod:`wsserve.pool`) calls, with ``now`` from a monotonic clock:
+
+* :meth:`BatchQueue.add` when a request arrives (raises ``Overloaded`` when
+  the queue's row bound would be exceeded: nothing is queued then);
+* :meth:`BatchQueue.ready_at` to learn when a batch should be formed
+  (``None``: nothing queued; ``<= now``: form one now);
+* :meth:`BatchQueue.next_batch` when the model is free;
+* :meth:`BatchQueue.cancel` to drop a request's unscheduled rows.
+
+Policy:
+
+* **Greedy** by default (``max_delay_ms=0``): a batch is formed as soon as the
+  model is free, taking everything queued up to ``max_batch_size`` rows.  With
+  a window (``max_delay_ms > 0``) a batch waits until it is full or the oldest
+  queued request has waited ``max_delay_ms``.
+* **Priority**: high-priority requests fill the batch first.
+* **Fairness**: inside a priority class, rows are shared round-robin between
+  requests, so one 60,000-row request advances by its fair share of each batch
+  while single-row requests from other sockets still ride along.  A request
+  partly served goes to the back of its class.
+* **Deadlines and cancellation**: a request past its deadline, or cancelled,
+  never has further rows scheduled; ``next_batch`` reports expired ones.
+
+Rows of one request are always scheduled in order (``start`` increases), so
+streamed chunks come out in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import Overloaded
+
+__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"]
+
+
+@dataclass(eq=False, slots=True)
+class WorkItem:
+    """One request's rows waiting in a queue.  ``payload`` is the caller's."""
+
+    rows: int
+    priority: int = 0
+    deadline: float | None = None  # absolute, same clock as ``now``
+    payload: Any = None
+    enqueued_at: float = 0.0
+    next_row: int = 0  # rows already handed out in batches
+    cancelled: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return self.rows - self.next_row
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Rows ``[start, stop)`` of ``item`` in a batch."""
+
+    item: WorkItem
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    slices: tuple[Slice, ...]
+    rows: int
+    expired: tuple[WorkItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A snapshot of a queue (feeds ``/metrics`` and tests)."""
+
+    requests: int
+    rows: int
+    oldest_age_s: float
+    batches: int
+    rows_scheduled: int
+
+
+class BatchQueue:
+    """Queue of :class:`WorkItem` for one model.  Not thread-safe; never awaits."""
+
+    def __init__(
+        self,
+        *,
+        max_batch_size: int = 256,
+        max_delay_ms: float = 0.0,
+        max_queue_rows: int | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_queue_rows = max_queue_rows
+        self._classes = (deque[WorkItem](), deque[WorkItem]())  # index = priority; 1 is high
+        self._rows = 0  # unscheduled rows of live items
+        self._requests = 0  # live items with unscheduled rows
+        self._batches = 0
+        self._rows_scheduled = 0
+        self._deadlines: list[tuple[float, int, WorkItem]] = []  # min-heap
+        self._tiebreak = itertools.count()
+
+    # -- admission
+
+    def add(self, item: WorkItem, now: float) -> None:
+        """Queue ``item``.  Raises ``Overloaded`` (with ``retry_after_ms``) if
+        its rows would take the queue past ``max_queue_rows``."""
+        if item.rows < 1:
+            raise ValueError("a work item needs at least one row")
+        limit = self.max_queue_rows
+        if limit is not None and self._rows + item.remaining > limit and self._rows > 0:
+            raise Overloaded(
+                f"queue full: {self._rows} rows queued, limit {limit}",
+                retry_after_ms=self._retry_after_ms(),
+            )
+        item.enqueued_at = now
+        self._classes[1 if item.priority else 0].append(item)
+        self._rows += item.remaining
+        self._requests += 1
+        if item.deadline is not None:
+            heapq.heappush(self._deadlines, (item.deadline, next(self._tiebreak), item))
+
+    def _retry_after_ms(self) -> int:
+        # One batch period per max_batch_size rows is unknown here; a few ms per
+        # full batch ahead is a reasonable, bounded hint.
+        batches_ahead = self._rows // self.max_batch_size + 1
+        return int(min(5000, max(5, 2 * batches_ahead)))
+
+    def cancel(self, item: WorkItem) -> bool:
+        """Drop ``item``'s unscheduled rows.  Returns whether it was queued."""
+        if item.cancelled:
+            return False
+        item.cancelled = True
+        if item.remaining > 0:
+            self._rows -= item.remaining
+            self._requests -= 1
+            queue = self._classes[1 if item.priority else 0]
+            try:
+                queue.remove(item)
+            except ValueError:  # pragma: no cover - defensive
+                pass
+            return True
+        return False
+
+    # -- scheduling
+
+    def __len__(self) -> int:
+        return self._requests
+
+    def ready_at(self, now: float) -> float | None:
+        """When the next batch should be formed, or ``None`` if nothing is queued."""
+        if self._requests == 0:
+            return None
+        if self.max_delay_s <= 0 or self._rows >= self.max_batch_size:
+            return now
+        # Window mode only: O(queued requests), which is bounded by the batch size.
+        oldest = min(it.enqueued_at for q in self._classes for it in q)
+        return oldest + self.max_delay_s
+
+    def next_batch(self, now: float) -> Batch | None:
+        """Form a batch of at most ``max_batch_size`` rows, or ``None``.
+
+        Items whose deadline is ``<= now`` are removed first and returned in
+        ``Batch.expired`` (a batch with no slices may carry only those).
+        """
+        expired = self._expire(now)
+        cap = self.max_batch_size
+        slices: dict[WorkItem, list[int]] = {}
+        for queue in (self._classes[1], self._classes[0]):
+            while cap > 0 and queue:
+                share = max(1, cap // len(queue))
+                for _ in range(len(queue)):
+                    if cap == 0:
+                        break
+                    item = queue.popleft()
+                    take = min(item.remaining, share, cap)
+                    span = slices.get(item)
+                    if span is None:
+                        slices[item] = [item.next_row, item.next_row + take]
+                    else:
+                        span[1] += take
+                    item.next_row += take
+                    cap -= take
+                    if item.remaining:
+                        queue.append(item)
+                    else:
+                        self._requests -= 1
+        if not slices and not expired:
+            return None
+        rows = self.max_batch_size - cap
+        self._rows -= rows
+        if slices:
+            self._batches += 1
+            self._rows_scheduled += rows
+        return Batch(
+            slices=tuple(Slice(item, a, b) for item, (a, b) in slices.items()),
+            rows=rows,
+            expired=tuple(expired),
+        )
+
+    def _expire(self, now: float) -> list[WorkItem]:
+        expired: list[WorkItem] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            item = heapq.heappop(heap)[2]
+            if item.cancelled or item.remaining == 0:
+                continue  # already gone
+            expired.append(item)
+            self.cancel(item)
+        return expired
+
+    def statistics(self, now: float) -> QueueStats:
+        oldest = min((it.enqueued_at for q in self._classes for it in q), default=now)
+        return QueueStats(
+            requests=self._requests,
+            rows=self._rows,
+            oldest_age_s=max(0.0, now - oldest),
+            batches=self._batches,
+            rows_scheduled=self._rows_scheduled,
+        )

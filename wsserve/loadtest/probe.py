@@ -1,0 +1,98 @@
+"""Find out what is at the URL before loading it: a wsserve-protocol server or a raw echo.
+
+One short connection sends ``{"type":"models","id":"__loadtest_probe__"}``.  A
+protocol server answers with its ``models`` list (its ``hello`` gives the
+limits); an echo server sends back exactly the bytes it got.  The answer
+decides how replies are matched and what inputs fit each model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .config import ServerInfo
+from .workload import ModelShape
+
+__all__ = ["PROBE_ID", "SUBPROTOCOL", "LoadTestError", "connect_kwargs", "probe"]
+
+PROBE_ID = "__loadtest_probe__"
+SUBPROTOCOL = "wsserve.v1"
+
+
+class LoadTestError(Exception):
+    """The load test cannot run (unreachable server, unusable answer, bad workload); the message says why."""
+
+
+def connect_kwargs(*, open_timeout_s: float) -> dict[str, Any]:
+    """Client settings used for every connection: no compression, no proxy, no keepalive pings, no size cap."""
+    return {
+        "subprotocols": [SUBPROTOCOL],
+        "compression": None,
+        "proxy": None,
+        "open_timeout": open_timeout_s,
+        "ping_interval": None,
+        "max_size": None,
+        "close_timeout": 2,
+    }
+
+
+async def probe(url: str, *, echo: bool | None, open_timeout_s: float = 10.0) -> ServerInfo:
+    """Connect once and classify the server.  Raises :class:`LoadTestError`.
+
+    ``echo=True`` skips the question; ``echo=False`` refuses an echo server.
+    """
+    try:
+        async with connect(url, **connect_kwargs(open_timeout_s=open_timeout_s)) as ws:
+            if echo is True:
+                return ServerInfo(kind="echo", server="echo")
+            request = orjson.dumps({"type": "models", "id": PROBE_ID})
+            await ws.send(request, text=True)
+            hello: dict[str, Any] = {}
+            async with asyncio.timeout(open_timeout_s):
+                while True:
+                    data = await ws.recv(decode=False)
+                    if data == request:
+                        if echo is False:
+                            raise LoadTestError(f"{url} echoed the probe back: an echo server, not a wsserve-protocol server (use --echo)")
+                        return ServerInfo(kind="echo", server="echo")
+                    try:
+                        frame = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise LoadTestError(f"{url} sent a frame that is not JSON: {bytes(data)[:80]!r}") from None
+                    if not isinstance(frame, dict):
+                        continue
+                    if frame.get("type") == "hello":
+                        hello = frame
+                        continue
+                    if frame.get("id") != PROBE_ID:
+                        continue
+                    return _server_info(frame, hello)
+    except LoadTestError:
+        raise
+    except TimeoutError:
+        raise LoadTestError(f"{url} did not answer a models request within {open_timeout_s:g} s") from None
+    except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+        raise LoadTestError(f"cannot use {url}: {type(exc).__name__}: {exc}") from None
+
+
+def _server_info(reply: dict[str, Any], hello: dict[str, Any]) -> ServerInfo:
+    models: dict[str, ModelShape] = {}
+    if reply.get("type") == "models" and isinstance(reply.get("models"), list):
+        for obj in reply["models"]:
+            if isinstance(obj, dict) and "name" in obj:
+                shape = ModelShape.from_json(obj)
+                models[shape.name] = shape
+    limits = hello.get("limits") if isinstance(hello.get("limits"), dict) else {}
+    max_inflight = limits.get("max_inflight") if isinstance(limits.get("max_inflight"), int) else None
+    return ServerInfo(
+        kind="protocol",
+        server=str(hello.get("server", "unknown")),
+        version=str(hello["version"]) if "version" in hello else None,
+        max_inflight=max_inflight,
+        models=models,
+    )

@@ -1,0 +1,270 @@
+"""The model pool: per-model batching workers driven by asyncio.
+
+:class:`PredictWorker` owns one :class:`~wsserve.batching.BatchQueue` and one
+task that forms batches greedily (or after ``max_delay_ms``) across every
+connection, runs the model (off the event loop in a one-thread executor when
+the batch is costly enough, inline when it is cheaper than the thread hop),
+and hands each request its rows through its :class:`PredictSink`.
+
+:class:`ModelPool` maps ``(name, version)`` to a worker: a
+:class:`PredictWorker` for predictive models, a
+:class:`~wsserve.generation.engine.GenerationEngine` for generative ones.
+
+Call order: ``pool = ModelPool(...)``; ``await pool.start()``; ``submit`` /
+``cancel`` from the loop thread; ``await pool.close()`` (idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .batching import Batch, BatchQueue, QueueStats, WorkItem
+from .errors import DeadlineExceeded, Internal, InvalidInput, UnknownModel, WsserveError
+from .models.base import ModelInfo, PredictiveModel
+
+__all__ = ["PredictSink", "PredictWorker", "ModelEntry", "ModelPool", "BatchObserver"]
+
+log = logging.getLogger("wsserve.pool")
+
+
+class PredictSink(Protocol):
+    """Receives one request's results, on the event-loop thread, in row order.
+
+    Contract: ``on_rows`` is called for consecutive row ranges starting at 0
+    until all rows are delivered, unless ``on_error`` is called first; after
+    ``on_error`` nothing more is called.  Neither may block.
+    """
+
+    rows: list[list[float]]
+    finished: bool  # True once the request has its terminal frame
+
+    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
+
+    def on_error(self, exc: WsserveError) -> None: ...
+
+
+class BatchObserver(Protocol):
+    """Optional hook for metrics: called once per computed batch."""
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
+
+
+class PredictWorker:
+    """Batches and runs ``predict`` for one model version."""
+
+    def __init__(
+        self,
+        model: PredictiveModel,
+        *,
+        max_batch_size: int = 256,
+        max_delay_ms: float = 0.0,
+        max_queue_rows: int | None = None,
+        inline_max_flops: int = 200_000,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.name = model.info.name
+        self.queue = BatchQueue(
+            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows
+        )
+        self._inline_max_rows = max(0, inline_max_flops // model.flops_per_row())
+        self._observer = observer
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wsserve-{self.name}")
+        self._task = self._loop.create_task(self._run(), name=f"wsserve-batcher-{self.name}")
+
+    async def close(self) -> None:
+        """Stop the worker.  Requests still queued get ``on_error(exc)`` from the caller's
+        shutdown path, not from here: the server ends them before closing the pool."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- requests
+
+    def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
+        """Queue ``sink.rows``; raises ``Overloaded`` when the queue is full."""
+        assert self._loop is not None, "start() first"
+        item = WorkItem(rows=len(sink.rows), priority=priority, deadline=deadline, payload=sink)
+        self.queue.add(item, monotonic())
+        self._wake.set()
+        return item
+
+    def cancel(self, item: WorkItem) -> None:
+        """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
+        self.queue.cancel(item)
+
+    def statistics(self) -> QueueStats:
+        return self.queue.statistics(monotonic())
+
+    # -- the batching loop
+
+    async def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        queue = self.queue
+        while True:
+            now = monotonic()
+            ready = queue.ready_at(now)
+            if ready is None or ready > now:
+                self._wake.clear()
+                if ready is None:
+                    await self._wake.wait()
+                else:
+                    try:
+                        async with asyncio.timeout(ready - now):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+                continue
+            batch = queue.next_batch(now)
+            if batch is None:
+                continue
+            for item in batch.expired:
+                item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
+            if batch.slices:
+                await self._compute(batch, loop)
+            # Let sockets flow between batches even when compute ran inline.
+            await asyncio.sleep(0)
+
+    async def _compute(self, batch: Batch, loop: asyncio.AbstractEventLoop) -> None:
+        slices = batch.slices
+        if len(slices) == 1:
+            s = slices[0]
+            rows = s.item.payload.rows
+            block = rows if s.start == 0 and s.stop == len(rows) else rows[s.start : s.stop]
+        else:
+            block = []
+            for s in slices:
+                rows = s.item.payload.rows
+                if s.start == 0 and s.stop == len(rows):
+                    block.extend(rows)
+                else:
+                    block.extend(rows[s.start : s.stop])
+        started = monotonic()
+        try:
+            x = np.array(block, dtype=np.float64)
+            if batch.rows <= self._inline_max_rows:
+                y = self.model.predict(x)
+            else:
+                assert self._executor is not None
+                y = await loop.run_in_executor(self._executor, self.model.predict, x)
+            if y.ndim != 2 or y.shape[0] != batch.rows:
+                raise ValueError(f"model returned shape {y.shape} for {batch.rows} rows")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a model failure fails only this batch
+            log.exception("model %s failed on a batch of %d rows", self.name, batch.rows)
+            err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
+            for s in slices:
+                if not s.item.cancelled:
+                    self.queue.cancel(s.item)
+                    s.item.payload.on_error(Internal(err))
+            return
+        compute_s = monotonic() - started
+        if self._observer is not None:
+            self._observer.on_batch(self.name, batch.rows, compute_s)
+        finite_rows = None if np.isfinite(y).all() else np.isfinite(y).all(axis=1)
+        offset = 0
+        for s in slices:
+            item = s.item
+            out = y[offset : offset + s.rows]
+            offset += s.rows
+            if item.payload.finished:  # cancelled or timed out while computing
+                continue
+            if finite_rows is not None and not finite_rows[offset - s.rows : offset].all():
+                bad = s.start + int(np.argmin(finite_rows[offset - s.rows : offset]))
+                self.queue.cancel(item)
+                item.payload.on_error(InvalidInput(f"output row {bad} is not finite"))
+                continue
+            item.payload.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One servable model version.  ``kind`` is ``"predict"`` or ``"generate"``."""
+
+    name: str
+    version: str
+    kind: str
+    model: Any
+    worker: Any  # PredictWorker | GenerationEngine
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
+
+
+class ModelPool:
+    """Every served model version and its worker."""
+
+    def __init__(self, entries: list[ModelEntry]) -> None:
+        self._by_name: dict[str, dict[str, ModelEntry]] = {}
+        for entry in entries:
+            self._by_name.setdefault(entry.name, {})[entry.version] = entry
+        self._latest = {name: versions[max(versions, key=_version_key)] for name, versions in self._by_name.items()}
+        self._names_text = ", ".join(self._by_name)
+        self._started = False
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def entries(self) -> list[ModelEntry]:
+        return [e for versions in self._by_name.values() for e in versions.values()]
+
+    def lookup(self, name: str, version: str | None = None) -> ModelEntry:
+        """The entry for ``name`` (newest version unless given); raises ``UnknownModel``."""
+        if version is None:
+            entry = self._latest.get(name)
+            if entry is not None:
+                return entry
+            raise UnknownModel(f"no model named {name!r}; known: {self._names_text}")
+        versions = self._by_name.get(name)
+        if versions is None:
+            raise UnknownModel(f"no model named {name!r}; known: {self._names_text}")
+        entry = versions.get(version)
+        if entry is None:
+            raise UnknownModel(f"model {name!r} has no version {version!r}; available: {', '.join(versions)}")
+        return entry
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The ``models`` list: one JSON-ready dict per model version."""
+        return [e.info.to_json() for e in self.entries()]
+
+    async def start(self) -> None:
+        for entry in self.entries():
+            entry.worker.start()
+        self._started = True
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await asyncio.gather(*(e.worker.close() for e in self.entries()), return_exceptions=True)
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)

@@ -1,0 +1,320 @@
+"""One WebSocket connection: message dispatch by callback, frame writes without awaiting.
+
+:class:`WsConnection` is a ``websockets`` server connection whose data frames
+go straight to its :class:`Session` from ``data_received`` — no ``recv()``,
+no task wake-up per message.  Replies are queued on the protocol and flushed
+once per event-loop iteration with one ``writelines``.
+
+:class:`Session` keeps the connection's in-flight jobs by id and enforces the
+per-connection rules: duplicate ids, ``max_inflight``, auth, draining.  A bad
+message gets an ``error`` frame and nothing else happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+import orjson
+
+from .errors import (
+    BadRequest,
+    DuplicateId,
+    Internal,
+    Overloaded,
+    ShuttingDown,
+    Unauthorized,
+    WsserveError,
+)
+from .jobs import GenerateJob, Job, PredictJob
+from .protocol import Auth, Cancel, Generate, Models, Ping, Predict, decode, encode_error, validate_inputs
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["WsConnection", "Session"]
+
+log = logging.getLogger("wsserve.session")
+
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_OPEN = State.OPEN
+
+
+class WsConnection(ServerConnection):
+    """A server connection that hands complete messages to ``self.session``."""
+
+    session: Session | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._early: list[tuple[bytes, bool]] = []
+        self._frag_opcode: Opcode | None = None
+        self._frag_parts: list[bytes] = []
+        self._flush_scheduled = False
+
+    def process_event(self, event: Any) -> None:
+        if self.request is None or not isinstance(event, Frame) or event.opcode not in (_TEXT, _BINARY, _CONT):
+            super().process_event(event)
+            return
+        opcode = event.opcode
+        if opcode is _CONT:
+            self._frag_parts.append(event.data)
+            if not event.fin:
+                return
+            data = b"".join(self._frag_parts)
+            binary = self._frag_opcode is _BINARY
+            self._frag_parts, self._frag_opcode = [], None
+        elif not event.fin:
+            self._frag_opcode = opcode
+            self._frag_parts = [event.data]
+            return
+        else:
+            data = event.data
+            binary = opcode is _BINARY
+        session = self.session
+        if session is None:
+            self._early.append((bytes(data), binary))
+        else:
+            session.on_message(data, binary)
+
+    def attach(self, session: Session) -> None:
+        """Route messages to ``session``; replay any that arrived first."""
+        self.session = session
+        early, self._early = self._early, []
+        for data, binary in early:
+            session.on_message(data, binary)
+
+    # -- writing
+
+    def queue_text(self, data: bytes) -> bool:
+        """Queue one text frame; it is written at the end of this loop iteration.
+
+        Returns False (and drops it) when the connection is no longer open."""
+        if self.protocol.state is not _OPEN:
+            return False
+        self.protocol.send_text(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.protocol.state is not _OPEN:
+            return
+        out = self.protocol.data_to_send()
+        if not out:
+            return
+        try:
+            self.transport.writelines(out)
+        except Exception as exc:  # the socket died under us; websockets will close
+            self.set_connection_exc(exc)
+            return
+        session = self.session
+        if session is not None:
+            session.check_backpressure(self.transport.get_write_buffer_size())
+
+
+class Session:
+    """Per-connection protocol state.  All methods run on the loop thread."""
+
+    def __init__(self, server: Server, conn: WsConnection) -> None:
+        self.server = server
+        self.conn = conn
+        self.loop = server.loop
+        self.inflight: dict[Any, Job] = {}
+        self.authenticated = conn_authenticated = not server.config.api_keys
+        if not conn_authenticated:
+            self.authenticated = server.handshake_authenticated(conn)
+        self.closed = False
+        self._over_since: float | None = None
+        self._seed_keys = 0
+        self.closing = False
+
+    # -- output
+
+    def send(self, frame: bytes) -> None:
+        self.conn.queue_text(frame)
+
+    def error(self, exc: WsserveError, rid: Any = None) -> None:
+        self.send(encode_error(exc, rid))
+
+    def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
+        """Called once per job by :meth:`Job._terminal`."""
+        self.inflight.pop(job.key, None)
+        server = self.server
+        server.inflight -= 1
+        if frame is not None:
+            self.send(frame)
+        server.metrics.request_done(job.model, job.kind, code, monotonic() - job.received_at)
+        if server.draining and not self.inflight and not self.closing:
+            self.close(1001, "server shutting down")
+
+    # -- input
+
+    def on_message(self, data: bytes, binary: bool) -> None:
+        server = self.server
+        server.metrics.messages.inc()
+        if binary:
+            self.error(BadRequest("binary frames are not accepted: send each JSON message as a text frame"))
+            return
+        req: Any = None
+        try:
+            req = decode(data, max_tokens=server.config.max_tokens)
+            kind = type(req)
+            if kind is Predict:
+                self._predict(req)  # type: ignore[arg-type]
+            elif kind is Generate:
+                self._generate(req)  # type: ignore[arg-type]
+            elif kind is Cancel:
+                job = self.inflight.get(req.id)  # type: ignore[union-attr]
+                if job is not None:
+                    job.cancel()
+            elif kind is Ping:
+                self.send(b'{"type":"pong","id":' + _id_json(req.id) + b"}")  # type: ignore[union-attr]
+            elif kind is Models:
+                self._need_auth(req.id)  # type: ignore[union-attr]
+                self.send(b'{"type":"models","id":' + _id_json(req.id) + b',"models":' + server.models_json + b"}")  # type: ignore[union-attr]
+            elif kind is Auth:
+                self._auth(req)  # type: ignore[arg-type]
+        except WsserveError as exc:
+            self.error(exc)
+            kind_name = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
+            model = getattr(req, "model", "")
+            # Label only real model names: client-chosen labels would grow without bound.
+            server.metrics.request_done(model if model in server.model_names else "", kind_name, exc.code, 0.0)
+        except Exception as exc:  # a bug: report it, keep the connection
+            log.exception("internal error while handling a message")
+            self.error(Internal(f"internal error: {type(exc).__name__}: {exc}"), getattr(req, "id", None))
+
+    def _need_auth(self, rid: Any) -> None:
+        if not self.authenticated:
+            raise Unauthorized("authenticate first: send {\"type\":\"auth\",\"token\":...}", request_id=rid)
+
+    def _auth(self, req: Auth) -> None:
+        if self.server.check_key(req.token):
+            self.authenticated = True
+            self.send(b'{"type":"auth","id":' + _id_json(req.id) + b',"ok":true}')
+        else:
+            raise Unauthorized("invalid API key", request_id=req.id)
+
+    def _admit(self, rid: Any) -> None:
+        """Checks common to predict and generate, before any model work."""
+        if not self.authenticated:
+            raise Unauthorized("authenticate first: send {\"type\":\"auth\",\"token\":...}", request_id=rid)
+        if self.server.draining:
+            raise ShuttingDown("server is draining; no new work is accepted", request_id=rid)
+        if rid is not None and rid in self.inflight:
+            raise DuplicateId(f"id {rid!r} is already in use by an unfinished request", request_id=rid)
+
+    def _capacity(self, rid: Any) -> None:
+        limit = self.server.config.max_inflight
+        if len(self.inflight) >= limit:
+            raise Overloaded(
+                f"this connection already has {limit} unfinished requests (max_inflight)",
+                retry_after_ms=10,
+                request_id=rid,
+            )
+
+    def _predict(self, req: Predict) -> None:
+        server = self.server
+        rid = req.id
+        self._admit(rid)
+        try:
+            entry = server.pool.lookup(req.model, req.version)
+            if entry.kind != "predict":
+                raise BadRequest(f"model {req.model!r} serves generate, not predict")
+            rows = validate_inputs(req.inputs, entry.model.input_width, server.config.max_rows)
+        except WsserveError as exc:
+            exc.request_id = rid
+            raise
+        self._capacity(rid)
+        now = monotonic()
+        if rid is None:  # seed form: no id, still tracked so shutdown and limits see it
+            self._seed_keys += 1
+            key: Any = ("seed", self._seed_keys)
+        else:
+            key = rid
+        job = PredictJob(self, key, req, entry, rows, now)
+        deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
+        try:
+            job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
+        except WsserveError as exc:
+            exc.request_id = rid
+            raise
+        self._track(job, deadline)
+
+    def _generate(self, req: Generate) -> None:
+        server = self.server
+        rid = req.id
+        self._admit(rid)
+        try:
+            entry = server.pool.lookup(req.model, req.version)
+            if entry.kind != "generate":
+                raise BadRequest(f"model {req.model!r} serves predict, not generate")
+            self._capacity(rid)
+            now = monotonic()
+            deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
+            job = GenerateJob(self, rid, req, entry, now)
+            params = server.generation_params(req, deadline)
+            job.handle = entry.worker.submit(params, job)
+        except WsserveError as exc:
+            exc.request_id = rid
+            raise
+        self._track(job, deadline)
+
+    def _track(self, job: Job, deadline: float | None) -> None:
+        self.inflight[job.key] = job
+        self.server.inflight += 1
+        if deadline is not None:
+            job.timer = self.loop.call_later(deadline - monotonic(), job.expire)
+
+    # -- flow control and closing
+
+    def check_backpressure(self, buffered: int) -> None:
+        """Slow-consumer policy: a connection may hold at most
+        ``max_write_buffer_bytes`` unsent for ``slow_consumer_timeout`` seconds,
+        and never more than four times that; past either it is closed with 1008
+        and its requests are cancelled."""
+        cfg = self.server.config
+        limit = cfg.max_write_buffer_bytes
+        if buffered <= limit:
+            self._over_since = None
+            return
+        now = monotonic()
+        if self._over_since is None:
+            self._over_since = now
+        if buffered > 4 * limit or now - self._over_since > cfg.slow_consumer_timeout:
+            self.server.metrics.slow_consumers.inc()
+            log.warning("closing slow consumer %s: %d bytes unsent", self.conn.remote_address, buffered)
+            self.abandon_all()
+            self.close(1008, "slow consumer: stopped reading")
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.loop.create_task(self.conn.close(code, reason))
+
+    def abandon_all(self) -> None:
+        """The socket is gone (or going): stop all work, send nothing."""
+        for job in list(self.inflight.values()):
+            job.abandon()
+
+    def end_all(self, exc: WsserveError) -> None:
+        """End every unfinished request with ``exc`` (used at the drain deadline)."""
+        for job in list(self.inflight.values()):
+            job.fail(exc)
+
+
+def _id_json(rid: Any) -> bytes:
+    if rid is None:
+        return b"null"
+    return orjson.dumps(rid)
