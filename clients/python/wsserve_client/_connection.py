@@ -1,0 +1,309 @@
+"""One WebSocket connection: the dispatch table, the single reader task, cancel sending.
+
+Contract:
+- :func:`open_connection` returns a connection whose ``hello`` has been read.
+- Every registered call ends exactly once: by its terminal frame (routed by id), or by
+  ``fail`` with :class:`ConnectionLost` when the socket closes, or with :class:`ClientClosed`
+  from :meth:`Connection.close`. Counted calls release their inflight slot at that moment.
+- :meth:`Connection.abandon` never awaits: it marks the call and queues a ``cancel`` frame,
+  sent by one short-lived flusher task (cancels are rare; the request path has no tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from ._calls import Call
+from ._limiter import Limiter
+from .codec import encode_auth, encode_cancel, parse_hello
+from .errors import ConnectionLost, Unauthorized, WsserveError
+from .results import ServerHello
+
+__all__ = ["Connection", "Counters", "open_connection"]
+
+log = logging.getLogger("wsserve_client")
+
+
+@dataclass(slots=True)
+class Counters:
+    """Mutable counters shared by a client and its connections."""
+
+    connects: int = 0
+    requests_sent: int = 0
+    cancels_sent: int = 0
+    server_cancelled: int = 0
+
+
+def _closed_message(url: str, exc: BaseException) -> str:
+    return f"connection to {url} lost: {exc}"
+
+
+class Connection:
+    """A connected socket plus the calls in flight on it. Create with :func:`open_connection`."""
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        hello: ServerHello,
+        *,
+        url: str,
+        limiter: Limiter,
+        counters: Counters,
+    ) -> None:
+        self.ws = ws
+        self.hello = hello
+        self.url = url
+        self.loop = asyncio.get_running_loop()
+        self.calls: dict[int | str, Call] = {}
+        self.draining = False
+        self._limiter = limiter
+        self._counters = counters
+        self._open = True
+        self._cancel_ids: deque[int | str] = deque()
+        self._cancel_task: asyncio.Task[None] | None = None
+        self._reader = self.loop.create_task(self._read_loop(), name=f"wsserve-client-reader {url}")
+
+    @property
+    def open(self) -> bool:
+        """True until the socket closed (seen by the reader) or :meth:`close` began."""
+        return self._open
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def register(self, call: Call) -> None:
+        """Route frames for ``call.id`` to ``call`` from now on.
+
+        Raises:
+            ConnectionLost: the connection is closed.
+        """
+        if not self._open:
+            raise ConnectionLost(f"connection to {self.url} is closed", request_id=call.id)
+        self.calls[call.id] = call
+
+    async def send(self, call: Call, data: bytes) -> None:
+        """Send a registered call's request frame; on failure the call is ended and removed.
+
+        Raises:
+            ConnectionLost: the socket closed before or while sending.
+        """
+        try:
+            await self.ws.send(data, text=True)
+        except ConnectionClosed as exc:
+            call.abandoned = True  # the caller gets the exception raised here, not via the call
+            call.finished = True
+            self._end(call)
+            raise ConnectionLost(_closed_message(self.url, exc), request_id=call.id) from exc
+        except BaseException:
+            # Cancelled (or failed) mid-send: we cannot know whether the frame went out, so
+            # tell the server to forget it; the call stays until a terminal frame or close.
+            self.abandon(call)
+            raise
+        self._counters.requests_sent += 1
+
+    def abandon(self, call: Call) -> None:
+        """The caller left: drop further frames and send ``cancel`` if still unfinished.
+
+        Safe to call more than once, from a finalizer, or after the call finished.
+        """
+        call.abandoned = True
+        if call.finished or call.cancel_sent or self.calls.get(call.id) is not call:
+            return
+        call.cancel_sent = True
+        if not self._open:
+            return
+        self._cancel_ids.append(call.id)
+        if self._cancel_task is None:
+            self._cancel_task = self.loop.create_task(self._flush_cancels())
+
+    def request_cancel(self, call: Call) -> None:
+        """Send ``cancel`` but keep listening: the server's terminal frame still reaches the
+        caller (``done`` with reason ``cancelled``, or error ``cancelled``)."""
+        if call.finished or call.cancel_sent or not self._open:
+            return
+        call.cancel_sent = True
+        self._cancel_ids.append(call.id)
+        if self._cancel_task is None:
+            self._cancel_task = self.loop.create_task(self._flush_cancels())
+
+    async def _flush_cancels(self) -> None:
+        try:
+            while self._cancel_ids and self._open:
+                request_id = self._cancel_ids.popleft()
+                call = self.calls.get(request_id)
+                if call is None or call.finished:
+                    continue
+                await self.ws.send(encode_cancel(request_id), text=True)
+                self._counters.cancels_sent += 1
+        except ConnectionClosed:
+            pass  # the reader fails the remaining calls
+        finally:
+            self._cancel_task = None
+            if not self._open:
+                self._cancel_ids.clear()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _end(self, call: Call) -> None:
+        """Unregister ``call`` and release its slot (exactly once per call)."""
+        if self.calls.get(call.id) is call:
+            del self.calls[call.id]
+            if call.counted:
+                self._limiter.release()
+
+    async def _read_loop(self) -> None:
+        ws = self.ws
+        calls = self.calls
+        loads = orjson.loads
+        counters = self._counters
+        lost: WsserveError
+        try:
+            while True:
+                data = await ws.recv(decode=False)
+                try:
+                    frame = loads(data)
+                except orjson.JSONDecodeError:
+                    log.warning("wsserve_client: ignoring a frame that is not JSON: %.80r", data)
+                    continue
+                if type(frame) is not dict:
+                    continue
+                rid = frame.get("id")
+                kind = frame.get("type")
+                call = calls.get(rid) if type(rid) is int or type(rid) is str else None
+                if call is None:
+                    self._unrouted(kind, frame)
+                    continue
+                if call.on_frame(kind, frame):
+                    del calls[rid]
+                    if call.counted:
+                        self._limiter.release()
+                    if (kind == "done" and frame.get("reason") == "cancelled") or (
+                        kind == "error" and frame.get("code") == "cancelled"
+                    ):
+                        counters.server_cancelled += 1
+        except ConnectionClosed as exc:
+            lost = ConnectionLost(_closed_message(self.url, exc))
+        except asyncio.CancelledError:
+            lost = ConnectionLost(f"connection to {self.url} closed by the client")
+            raise
+        except Exception as exc:  # a bug in routing must not leave callers hanging
+            log.exception("wsserve_client: reader failed")
+            lost = ConnectionLost(f"connection to {self.url} failed: {exc!r}")
+        finally:
+            self._open = False
+            self._fail_all(lost)
+
+    def _unrouted(self, kind: Any, frame: dict[str, Any]) -> None:
+        if kind == "draining":
+            self.draining = True
+            log.info("wsserve_client: server at %s is draining", self.url)
+        elif kind == "error" and frame.get("id") is None:
+            log.warning("wsserve_client: server error without id: %s %s",
+                        frame.get("code"), frame.get("message"))
+        # Late frames for calls already ended locally, and unknown frames, are ignored.
+
+    def _fail_all(self, exc: WsserveError) -> None:
+        calls = list(self.calls.values())
+        self.calls.clear()
+        for call in calls:
+            if call.counted:
+                self._limiter.release()
+            call.fail(type(exc)(exc.message, request_id=call.id))
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def close(self, exc: WsserveError, *, timeout: float | None) -> None:
+        """Send ``cancel`` for every unfinished call, end them locally with ``exc``, close.
+
+        Idempotent; bounded by ``timeout`` seconds for the cancels plus the socket's own
+        close timeout.
+        """
+        if self._open:
+            self._open = False
+            pending = [c.id for c in self.calls.values() if not c.finished and not c.cancel_sent]
+            try:
+                async with asyncio.timeout(timeout):
+                    for request_id in pending:
+                        await self.ws.send(encode_cancel(request_id), text=True)
+                        self._counters.cancels_sent += 1
+            except (ConnectionClosed, TimeoutError):
+                pass
+            self._fail_all(exc)
+        if self._cancel_task is not None:
+            self._cancel_task.cancel()
+        await self.ws.close()
+        await asyncio.wait([self._reader])
+
+
+async def open_connection(
+    url: str,
+    *,
+    subprotocol: str | None,
+    token: str | None,
+    auth_message: bool,
+    connect_timeout: float | None,
+    close_timeout: float | None,
+    ping_interval: float | None,
+    ping_timeout: float | None,
+    max_receive_bytes: int | None,
+    compression: str | None,
+    additional_headers: dict[str, str] | None,
+    limiter: Limiter,
+    counters: Counters,
+) -> Connection:
+    """Open one socket, read ``hello``, optionally send the auth frame, start the reader.
+
+    Raises:
+        Unauthorized: the handshake was answered 401 or 403.
+        ConnectionLost: the socket could not be opened, or closed before ``hello``.
+        TimeoutError: ``connect_timeout`` passed (the caller retries or maps it).
+    """
+    headers = dict(additional_headers or {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        async with asyncio.timeout(connect_timeout):
+            ws = await connect(
+                url,
+                subprotocols=[subprotocol] if subprotocol else None,  # type: ignore[list-item]
+                additional_headers=headers or None,
+                compression=compression,
+                open_timeout=None,
+                close_timeout=close_timeout,
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                max_size=max_receive_bytes,
+            )
+            try:
+                first = orjson.loads(await ws.recv(decode=False))
+                hello = parse_hello(first if isinstance(first, dict) else {})
+            except BaseException:
+                await ws.close()
+                raise
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status in (401, 403):
+            raise Unauthorized(f"{url} refused the handshake with HTTP {status}") from exc
+        raise ConnectionLost(f"{url} refused the handshake with HTTP {status}") from exc
+    except InvalidHandshake as exc:
+        raise ConnectionLost(f"WebSocket handshake with {url} failed: {exc}") from exc
+    except ConnectionClosed as exc:
+        raise ConnectionLost(f"connection to {url} closed before hello: {exc}") from exc
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise ConnectionLost(f"{url} did not start with a wsserve hello frame: {exc}") from exc
+    except OSError as exc:
+        raise ConnectionLost(f"cannot connect to {url}: {exc}") from exc
+    if token is not None and auth_message:
+        try:
+            await ws.send(encode_auth(token), text=True)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"connection to {url} closed after hello: {exc}") from exc
+    counters.connects += 1
+    return Connection(ws, hello, url=url, limiter=limiter, counters=counters)

@@ -1,0 +1,422 @@
+"""The public :class:`Client`: one WebSocket, many concurrent calls multiplexed by id."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._calls import Call, UnaryCall
+from ._connection import Connection, Counters, open_connection
+from ._limiter import Limiter
+from .backoff import Backoff, RetryPolicy
+from .codec import (
+    encode_generate,
+    encode_models,
+    encode_ping,
+    encode_predict,
+    parse_models,
+    parse_result,
+)
+from .errors import (
+    ClientClosed,
+    ConnectionLost,
+    DeadlineExceeded,
+    RequestTooLarge,
+    Unauthorized,
+    WsserveError,
+)
+from .results import ClientStats, Completion, ModelInfo, PredictResult, ServerHello
+from .streams import DEADLINE_GRACE_S, Generation, PredictStream
+
+__all__ = ["Client", "DEFAULT_URL"]
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+Frame = dict[str, Any]
+
+
+class Client:
+    """Async client for a wsserve server (protocol ``wsserve.v1``).
+
+    Use as ``async with Client(url) as c: ...`` (or ``await c.connect()`` / ``await c.close()``).
+    All calls share one socket and may run concurrently from many tasks; each gets a fresh
+    integer id and the reply is routed back to it by one reader task.
+
+    Limits: at most the server's ``max_inflight`` (from ``hello``) predict+generate calls are
+    outstanding at once; further calls wait for a slot (FIFO). ``max_inflight=`` overrides the
+    server's value (above it, the server answers ``overloaded``). A request whose frame is
+    larger than the server's ``max_message_bytes`` raises :class:`RequestTooLarge` unsent.
+
+    Connection loss fails every unfinished call with :class:`ConnectionLost`; the next call
+    reconnects, trying up to ``reconnect.max_attempts`` times with jittered exponential backoff.
+    Closing the client sends ``cancel`` for every unfinished call, then closes the socket;
+    calls still awaited elsewhere raise :class:`ClientClosed`.
+
+    Args:
+        url: ``ws://host:port`` (or ``wss://``).
+        subprotocol: offered on the handshake (``None`` offers none).
+        token: API key; sent as ``Authorization: Bearer <token>`` on the handshake, and also as
+            a first ``{"type": "auth"}`` frame when ``auth_message`` is true.
+        retry: opt-in retry of ``overloaded``/``rate_limited`` refusals (``None``: no retry).
+        reconnect: attempts and backoff for (re)connecting.
+        connect_timeout: seconds for one connection attempt, handshake and ``hello`` included.
+        close_timeout: seconds to wait for the close handshake and for cancels on close.
+        ping_interval, ping_timeout: WebSocket keepalive (``None`` disables).
+        max_inflight: client-side cap on outstanding predict+generate (``None``: the server's).
+        max_receive_bytes: largest frame accepted from the server (``None``: unlimited).
+        compression: ``"deflate"`` to offer permessage-deflate; off by default (speed).
+        additional_headers: extra handshake headers.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        subprotocol: str | None = "wsserve.v1",
+        token: str | None = None,
+        auth_message: bool = False,
+        retry: RetryPolicy | None = None,
+        reconnect: Backoff = Backoff(),
+        # Timeouts
+        connect_timeout: float | None = 10.0,
+        close_timeout: float | None = 5.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        # Limits
+        max_inflight: int | None = None,
+        max_receive_bytes: int | None = 64 * 2**20,
+        compression: str | None = None,
+        additional_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if max_inflight is not None and max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1 or None, got {max_inflight!r}")
+        self.url = url
+        self._subprotocol = subprotocol
+        self._token = token
+        self._auth_message = auth_message
+        self._retry = retry
+        self._reconnect = reconnect
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._max_inflight = max_inflight
+        self._max_receive_bytes = max_receive_bytes
+        self._compression = compression
+        self._headers = dict(additional_headers or {})
+        self._ids = itertools.count(1)
+        self._limiter = Limiter(max_inflight)
+        self._counters = Counters()
+        self._conn: Connection | None = None
+        self._last_hello: ServerHello | None = None
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the socket now (calls also connect on demand).
+
+        Raises:
+            ConnectionLost: no attempt succeeded. Unauthorized: the handshake got 401/403.
+        """
+        await self._connection()
+
+    async def close(self) -> None:
+        """Cancel what is unfinished on the server, end local waiters with
+        :class:`ClientClosed`, close the socket. Idempotent; the client cannot be reused."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._connect_lock:  # let a connect in progress finish, then close it
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close(ClientClosed("the client was closed"), timeout=self._close_timeout)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` began."""
+        return self._closed
+
+    @property
+    def hello(self) -> ServerHello | None:
+        """The current (or last) connection's ``hello``, or ``None`` before the first."""
+        return self._last_hello
+
+    @property
+    def draining(self) -> bool:
+        """True once the server announced ``draining`` on the current connection."""
+        return self._conn is not None and self._conn.draining
+
+    def stats(self) -> ClientStats:
+        """A frozen snapshot of this client's counters."""
+        conn = self._conn
+        c = self._counters
+        return ClientStats(
+            inflight=self._limiter.used,
+            waiting=self._limiter.waiting,
+            capacity=self._limiter.capacity,
+            connects=c.connects,
+            requests_sent=c.requests_sent,
+            cancels_sent=c.cancels_sent,
+            server_cancelled=c.server_cancelled,
+            connected=conn is not None and conn.open,
+        )
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        as_numpy: bool = False,
+    ) -> PredictResult:
+        """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array).
+
+        ``timeout`` (seconds) is sent as the server deadline ``timeout_ms``; the client also
+        gives up on its own 1 s after it. ``priority`` 1 is served first. ``as_numpy`` returns
+        ``outputs`` as a float64 ``numpy.ndarray``.
+
+        Raises:
+            WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
+                ``DeadlineExceeded``, ``OverloadedError`` once retries are exhausted, ...).
+            RequestTooLarge: the request exceeds the server's ``max_message_bytes``.
+            ConnectionLost: the connection closed before the answer.
+        """
+        attempt = 0
+        while True:
+            rid = next(self._ids)
+            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority)
+            try:
+                frame = await self._unary(rid, data, counted=True, timeout=timeout, grace=True)
+            except WsserveError as exc:
+                retry = self._retry
+                if retry is not None and retry.should_retry(exc.code, attempt):
+                    await asyncio.sleep(retry.delay(attempt, exc.retry_after, random.random()))
+                    attempt += 1
+                    continue
+                raise
+            return parse_result(frame, as_numpy=as_numpy)
+
+    def predict_stream(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        chunk_rows: int | None = None,
+        version: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        as_numpy: bool = False,
+    ) -> PredictStream:
+        """Streamed predict: ``async for chunk in client.predict_stream(...)`` yields
+        :class:`Chunk` (``offset``, ``outputs``) in order; ``.summary`` after the end.
+
+        Returns at once (not a coroutine); the request is sent on first iteration or on
+        ``async with``. See :mod:`wsserve_client.streams` for cancellation.
+        """
+
+        def make(rid: int) -> bytes:
+            return encode_predict(
+                rid, model, inputs, version=version, timeout=timeout, priority=priority,
+                stream=True, chunk_rows=chunk_rows,
+            )
+
+        return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy)
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Generation:
+        """Token streaming: ``async for text in client.generate(...)`` yields each token's
+        text as it is generated; ``.result`` (reason, tokens, timing, text) after the end.
+
+        ``None`` parameters take the server's defaults (``max_tokens`` 64, greedy). Returns at
+        once; the request is sent on first iteration or on ``async with``.
+        """
+
+        def make(rid: int) -> bytes:
+            return encode_generate(
+                rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
+                top_k=top_k, seed=seed, stop=stop, timeout=timeout, priority=priority,
+            )
+
+        return Generation(self, make, timeout=timeout, retry=self._retry)
+
+    async def complete(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> Completion:
+        """Generate to the end and return the whole text with how it ended."""
+        gen = self.generate(
+            model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+            seed=seed, stop=stop, timeout=timeout, priority=priority,
+        )
+        async with gen:
+            async for _ in gen:
+                pass
+        r = gen.result
+        return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The server's models with shapes, parameter counts and metrics.
+
+        ``timeout`` (seconds) bounds the wait locally (:class:`DeadlineExceeded`)."""
+        rid = next(self._ids)
+        frame = await self._unary(rid, encode_models(rid), counted=False, timeout=timeout, grace=False)
+        return parse_models(frame)
+
+    async def ping(self, *, timeout: float | None = None) -> float:
+        """Round-trip time of one application-level ``ping``/``pong``, in seconds."""
+        rid = next(self._ids)
+        data = encode_ping(rid)
+        start = time.perf_counter()
+        await self._unary(rid, data, counted=False, timeout=timeout, grace=False)
+        return time.perf_counter() - start
+
+    # -- internals (used by streams) -------------------------------------------------------
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    def _loop_or_running(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def _connection(self) -> Connection:
+        """The open connection, connecting (with bounded backoff) if there is none.
+
+        Raises:
+            ClientClosed, ConnectionLost, Unauthorized.
+        """
+        conn = self._conn
+        if conn is not None and conn.open:
+            return conn
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.open:
+                return conn
+            if self._closed:
+                raise ClientClosed("the client is closed")
+            conn = await self._connect_with_backoff()
+            self._conn = conn
+            self._last_hello = conn.hello
+            return conn
+
+    async def _connect_with_backoff(self) -> Connection:
+        policy = self._reconnect
+        last: BaseException | None = None
+        for attempt in range(policy.max_attempts):
+            if attempt:
+                await asyncio.sleep(policy.delay(attempt - 1, random.random()))
+            try:
+                conn = await open_connection(
+                    self.url,
+                    subprotocol=self._subprotocol,
+                    token=self._token,
+                    auth_message=self._auth_message,
+                    connect_timeout=self._connect_timeout,
+                    close_timeout=self._close_timeout,
+                    ping_interval=self._ping_interval,
+                    ping_timeout=self._ping_timeout,
+                    max_receive_bytes=self._max_receive_bytes,
+                    compression=self._compression,
+                    additional_headers=self._headers,
+                    limiter=self._limiter,
+                    counters=self._counters,
+                )
+            except Unauthorized:
+                raise
+            except (ConnectionLost, TimeoutError, OSError) as exc:
+                last = exc
+                continue
+            cap = self._max_inflight if self._max_inflight is not None else conn.hello.limits.max_inflight
+            self._limiter.set_capacity(cap)
+            return conn
+        raise ConnectionLost(
+            f"could not connect to {self.url} after {policy.max_attempts} attempts: {last}"
+        ) from last
+
+    @staticmethod
+    def _check_size(conn: Connection, call: Call, data: bytes) -> None:
+        limit = conn.hello.limits.max_message_bytes
+        if limit is not None and len(data) > limit:
+            raise RequestTooLarge(
+                f"request is {len(data)} bytes, over the server's max_message_bytes={limit} "
+                "(it would close the connection); split the inputs into smaller calls",
+                request_id=call.id,
+            )
+
+    async def _send_call(self, call: Call, data: bytes) -> Connection:
+        """Take a slot (for counted calls), register ``call`` and send ``data``.
+
+        On return the call is registered and owns its slot until its terminal frame.
+        """
+        conn = await self._connection()  # also learns the limits before taking a slot
+        self._check_size(conn, call, data)
+        if call.counted:
+            await self._limiter.acquire()
+            try:
+                conn = await self._connection()  # may have been lost while waiting
+                self._check_size(conn, call, data)
+                conn.register(call)
+            except BaseException:
+                self._limiter.release()
+                raise
+        else:
+            conn.register(call)
+        await conn.send(call, data)
+        return conn
+
+    async def _unary(self, rid: int, data: bytes, *, counted: bool, timeout: float | None, grace: bool) -> Frame:
+        call = UnaryCall(rid, asyncio.get_running_loop().create_future(), counted=counted)
+        conn = await self._send_call(call, data)
+        try:
+            if timeout is None:
+                return await call.future
+            async with asyncio.timeout(timeout + (DEADLINE_GRACE_S if grace else 0.0)):
+                return await call.future
+        except TimeoutError:
+            conn.abandon(call)
+            raise DeadlineExceeded(
+                f"no answer within {timeout}s" + (f" (+{DEADLINE_GRACE_S}s grace)" if grace else "")
+                + "; cancel sent",
+                request_id=rid,
+            ) from None
+        except asyncio.CancelledError:
+            conn.abandon(call)
+            raise

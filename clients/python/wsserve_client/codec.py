@@ -1,0 +1,281 @@
+"""Sans-I/O codec: request frames to bytes, server frames to result values.
+
+Nothing here touches a socket or awaits. Requests are encoded with orjson into the exact bytes
+sent as one text frame; numpy arrays (and numpy scalars) are serialized natively when numpy is
+present. Frames are decoded by the connection's reader (``orjson.loads``); the ``parse_*``
+functions turn those dicts into the frozen values of :mod:`wsserve_client.results`. Fields a
+server adds are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from .results import (
+    Chunk,
+    GenerationResult,
+    Limits,
+    ModelInfo,
+    PredictResult,
+    ServerHello,
+    StreamSummary,
+)
+
+__all__ = [
+    "RequestId",
+    "encode",
+    "encode_predict",
+    "encode_generate",
+    "encode_cancel",
+    "encode_models",
+    "encode_ping",
+    "encode_auth",
+    "timeout_to_ms",
+    "parse_hello",
+    "parse_result",
+    "parse_chunk",
+    "parse_stream_done",
+    "parse_generation_done",
+    "parse_models",
+    "to_numpy",
+]
+
+RequestId = int | str
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """Serialize one frame. numpy arrays that orjson cannot take natively (non-contiguous,
+    object or unusual dtypes) are converted with ``tolist()``.
+
+    Raises:
+        TypeError: a value is not JSON-serializable.
+    """
+    try:
+        return orjson.dumps(frame, option=_OPTS)
+    except TypeError:
+        # orjson.JSONEncodeError is a TypeError. Retry once with numpy arrays made plain.
+        fixed = {k: _plain(v) for k, v in frame.items()}
+        return orjson.dumps(fixed, option=_OPTS)
+
+
+def _plain(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None and type(value).__module__ == "numpy":
+        return tolist()
+    return value
+
+
+def timeout_to_ms(timeout: float | None) -> int | None:
+    """Seconds (``None`` = no deadline) to the wire's whole ``timeout_ms`` (at least 1).
+
+    Raises:
+        ValueError: ``timeout`` is not a positive finite number.
+    """
+    if timeout is None:
+        return None
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    return max(1, math.ceil(timeout * 1000.0))
+
+
+def encode_predict(
+    request_id: RequestId,
+    model: str,
+    inputs: Any,
+    *,
+    version: str | None = None,
+    timeout: float | None = None,
+    priority: int = 0,
+    stream: bool = False,
+    chunk_rows: int | None = None,
+) -> bytes:
+    """Encode a ``predict`` frame. ``inputs`` is an ``[n, d]`` nested sequence or array;
+    the server validates its shape and values. Optional fields are omitted when default."""
+    frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model, "inputs": inputs}
+    if version is not None:
+        frame["version"] = version
+    if stream:
+        frame["stream"] = True
+        if chunk_rows is not None:
+            frame["chunk_rows"] = chunk_rows
+    ms = timeout_to_ms(timeout)
+    if ms is not None:
+        frame["timeout_ms"] = ms
+    if priority:
+        frame["priority"] = priority
+    return encode(frame)
+
+
+def encode_generate(
+    request_id: RequestId,
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] | str | None = None,
+    timeout: float | None = None,
+    priority: int = 0,
+) -> bytes:
+    """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
+    ``stop`` string is sent as a one-element list."""
+    frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model, "prompt": prompt}
+    if max_tokens is not None:
+        frame["max_tokens"] = max_tokens
+    if temperature is not None:
+        frame["temperature"] = temperature
+    if top_k is not None:
+        frame["top_k"] = top_k
+    if seed is not None:
+        frame["seed"] = seed
+    if stop is not None:
+        frame["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    ms = timeout_to_ms(timeout)
+    if ms is not None:
+        frame["timeout_ms"] = ms
+    if priority:
+        frame["priority"] = priority
+    return encode(frame)
+
+
+def encode_cancel(request_id: RequestId) -> bytes:
+    """Encode ``{"type":"cancel","id":...}``."""
+    return orjson.dumps({"type": "cancel", "id": request_id})
+
+
+def encode_models(request_id: RequestId) -> bytes:
+    """Encode ``{"type":"models","id":...}``."""
+    return orjson.dumps({"type": "models", "id": request_id})
+
+
+def encode_ping(request_id: RequestId) -> bytes:
+    """Encode ``{"type":"ping","id":...}``."""
+    return orjson.dumps({"type": "ping", "id": request_id})
+
+
+def encode_auth(token: str) -> bytes:
+    """Encode ``{"type":"auth","token":...}`` (the hardening issue's first-message auth)."""
+    return orjson.dumps({"type": "auth", "token": token})
+
+
+def _opt_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_hello(frame: dict[str, Any]) -> ServerHello:
+    """Build :class:`ServerHello` from a ``hello`` frame; missing fields become defaults.
+
+    Raises:
+        ValueError: ``frame`` is not a ``hello``.
+    """
+    if frame.get("type") != "hello":
+        raise ValueError(f"expected a hello frame, got type {frame.get('type')!r}")
+    raw_limits = frame.get("limits")
+    lim = raw_limits if isinstance(raw_limits, dict) else {}
+    models = frame.get("models")
+    return ServerHello(
+        server=str(frame.get("server", "")),
+        version=str(frame.get("version", "")),
+        protocol=_opt_int(frame.get("protocol")) or 1,
+        limits=Limits(
+            max_message_bytes=_opt_int(lim.get("max_message_bytes")),
+            max_inflight=_opt_int(lim.get("max_inflight")),
+            max_rows=_opt_int(lim.get("max_rows")),
+            max_tokens=_opt_int(lim.get("max_tokens")),
+        ),
+        models=tuple(str(m) for m in models) if isinstance(models, list) else (),
+    )
+
+
+def to_numpy(outputs: Any) -> Any:
+    """Convert nested lists to a float64 ``numpy.ndarray``.
+
+    Raises:
+        RuntimeError: numpy is not installed.
+    """
+    np = sys.modules.get("numpy")
+    if np is None:
+        try:
+            import numpy as np  # noqa: PLC0415 - optional dependency, imported on demand
+        except ImportError as exc:  # pragma: no cover - numpy is present in the test env
+            raise RuntimeError("as_numpy=True needs numpy installed") from exc
+    return np.asarray(outputs, dtype=np.float64)
+
+
+def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictResult:
+    """Build :class:`PredictResult` from a ``result`` frame."""
+    outputs = frame.get("outputs")
+    return PredictResult(
+        outputs=to_numpy(outputs) if as_numpy else outputs,
+        model=str(frame.get("model", "")),
+        version=str(frame.get("version", "")),
+        timing=frame.get("timing") or {},
+        request_id=frame["id"],
+    )
+
+
+def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False) -> Chunk:
+    """Build :class:`Chunk` from a ``chunk`` frame."""
+    outputs = frame.get("outputs")
+    return Chunk(
+        seq=int(frame.get("seq", 0)),
+        offset=int(frame.get("offset", 0)),
+        outputs=to_numpy(outputs) if as_numpy else outputs,
+    )
+
+
+def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:
+    """Build :class:`StreamSummary` from the ``done`` frame of a streamed predict."""
+    return StreamSummary(
+        reason=str(frame.get("reason", "complete")),
+        rows=int(frame.get("rows", 0)),
+        timing=frame.get("timing") or {},
+        request_id=frame["id"],
+    )
+
+
+def parse_generation_done(frame: dict[str, Any], text: str) -> GenerationResult:
+    """Build :class:`GenerationResult` from a generation's ``done`` frame and its text."""
+    return GenerationResult(
+        reason=str(frame.get("reason", "")),
+        tokens=int(frame.get("tokens", 0)),
+        timing=frame.get("timing") or {},
+        text=text,
+        request_id=frame["id"],
+    )
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
+
+
+def parse_models(frame: dict[str, Any]) -> list[ModelInfo]:
+    """Build the list of :class:`ModelInfo` from a ``models`` reply."""
+    out: list[ModelInfo] = []
+    for m in frame.get("models") or ():
+        if not isinstance(m, dict):
+            continue
+        out.append(
+            ModelInfo(
+                name=str(m.get("name", "")),
+                version=str(m.get("version", "")),
+                task=str(m.get("task", "")),
+                input_shape=_shape(m.get("input_shape")),
+                output_shape=_shape(m.get("output_shape")),
+                parameters=_opt_int(m.get("parameters")),
+                metrics=m.get("metrics") or {},
+                raw=m,
+            )
+        )
+    return out

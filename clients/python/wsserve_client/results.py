@@ -1,0 +1,138 @@
+"""Values returned by the client: frozen dataclasses built from server frames.
+
+``timing`` fields are the server's ``timing`` objects as read-only mappings (milliseconds and
+counts as the server sends them, e.g. ``queue_ms``, ``compute_ms``, ``batch_size`` for predict;
+``ttft_ms``, ``total_ms`` for generate); servers may add keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Limits",
+    "ServerHello",
+    "PredictResult",
+    "Chunk",
+    "StreamSummary",
+    "GenerationResult",
+    "Completion",
+    "ModelInfo",
+    "ClientStats",
+]
+
+Outputs = Any  # list[list[float]], or a numpy.ndarray when as_numpy=True
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The server's limits from ``hello``; ``None`` where the server did not say."""
+
+    max_message_bytes: int | None = None
+    max_inflight: int | None = None
+    max_rows: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    """The ``hello`` frame of the current connection."""
+
+    server: str
+    version: str
+    protocol: int
+    limits: Limits
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    """Answer to one ``predict``: ``outputs[i]`` answers input row ``i``."""
+
+    outputs: Outputs
+    model: str
+    version: str
+    timing: Mapping[str, Any]
+    request_id: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One streamed slice of a predict: rows ``offset .. offset+len(outputs)-1``."""
+
+    seq: int
+    offset: int
+    outputs: Outputs
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    """The ``done`` frame ending a streamed predict."""
+
+    reason: str
+    rows: int
+    timing: Mapping[str, Any]
+    request_id: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """The ``done`` frame ending a generation, plus the text streamed before it.
+
+    ``reason`` is ``"length"``, ``"stop"`` or ``"cancelled"``; ``tokens`` is the server's
+    count; ``text`` is the concatenation of the tokens this client received.
+    """
+
+    reason: str
+    tokens: int
+    timing: Mapping[str, Any]
+    text: str
+    request_id: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """Result of :meth:`Client.complete`: the whole generated text and how it ended."""
+
+    text: str
+    reason: str
+    tokens: int
+    timing: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One entry of the ``models`` reply; ``raw`` holds every field the server sent."""
+
+    name: str
+    version: str
+    task: str
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    parameters: int | None
+    metrics: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of one client's counters (see :meth:`Client.stats`).
+
+    ``inflight``: predict+generate calls sent and not yet ended by a terminal frame (this
+    includes calls the caller has left whose ``cancel`` is still being answered).
+    ``waiting``: calls waiting for an inflight slot. ``capacity``: the current inflight cap
+    (``None`` = unlimited). ``connects``: successful connections so far. ``requests_sent``:
+    request frames sent. ``cancels_sent``: ``cancel`` frames sent. ``server_cancelled``:
+    terminal frames whose code/reason was ``cancelled``. ``connected``: whether a socket is open.
+    """
+
+    inflight: int
+    waiting: int
+    capacity: int | None
+    connects: int
+    requests_sent: int
+    cancels_sent: int
+    server_cancelled: int
+    connected: bool

@@ -1,0 +1,311 @@
+"""Async iterators for the streaming calls: :class:`PredictStream` and :class:`Generation`.
+
+Lifecycle of one stream object (returned synchronously by ``Client.predict_stream`` /
+``Client.generate``; the request is encoded at once, so a bad argument raises right there):
+
+1. The request is *sent* on ``__aenter__`` or on the first ``__anext__``, whichever comes first.
+2. Items arrive in ``seq`` order; iteration ends after the server's ``done`` frame, or raises
+   the server's error (or :class:`ConnectionLost`).
+3. Leaving early sends ``cancel`` to the server:
+
+   - ``await stream.aclose()`` or leaving ``async with stream:`` — explicit and immediate;
+   - cancelling the task that awaits the next item;
+   - ``break`` out of a bare ``async for`` over the object: CPython frees the object at once
+     and a ``weakref.finalize`` hook (a safety net, not the primary mechanism) queues the
+     ``cancel`` on the event loop. Unlike an async generator, nothing is left for the GC's
+     asyncgen hooks. Prefer ``async with`` in code that must not depend on CPython.
+
+   ``stream.cancel()`` instead asks the server to stop *and keeps listening*: a generation then
+   ends normally with ``result.reason == "cancelled"``; a streamed predict raises
+   :class:`RequestCancelled` after the chunks already produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._calls import StreamCall
+from ._connection import Connection
+from .backoff import RetryPolicy
+from .codec import parse_chunk, parse_generation_done, parse_stream_done
+from .errors import DeadlineExceeded, WsserveError
+from .results import Chunk, GenerationResult, StreamSummary
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["PredictStream", "Generation"]
+
+T = TypeVar("T")
+
+#: Extra seconds the client waits past a request's ``timeout`` for the server's own
+#: ``deadline_exceeded`` before giving up locally.
+DEADLINE_GRACE_S = 1.0
+
+
+def _abandon_from_gc(conn: Connection, call: StreamCall) -> None:
+    """Finalizer of an unclosed stream object: queue its ``cancel`` on the connection's loop."""
+    if call.finished or call.abandoned:
+        return
+    loop = conn.loop
+    if loop.is_closed():
+        return
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        conn.abandon(call)
+    else:
+        loop.call_soon_threadsafe(conn.abandon, call)
+
+
+class _Stream(Generic[T]):
+    """Shared machinery; subclasses convert frames to items and keep the final frame."""
+
+    def __init__(
+        self,
+        client: Client,
+        make_frame: Callable[[int], bytes],
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        self._client = client
+        self._make_frame = make_frame
+        self._request_id = client._next_id()
+        self._data: bytes | None = make_frame(self._request_id)  # raises on bad arguments now
+        self._timeout = timeout
+        self._retry = retry
+        self._conn: Connection | None = None
+        self._call: StreamCall | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._deadline: float | None = None
+        self._received = 0
+        self._attempt = 0
+        self._ended = False  # no more items: done seen, error raised, or closed by the caller
+
+    # -- subclass hooks --------------------------------------------------------------------
+    def _item(self, frame: dict[str, Any]) -> T:
+        raise NotImplementedError
+
+    def _on_done(self, frame: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def request_id(self) -> int:
+        """The id of the current attempt's request on the wire."""
+        return self._request_id
+
+    @property
+    def finished(self) -> bool:
+        """True once iteration can yield nothing more (done, error, or closed)."""
+        return self._ended
+
+    async def __aenter__(self) -> _Stream[T]:
+        if self._call is None and not self._ended:
+            await self._start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> _Stream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._ended:
+            raise StopAsyncIteration
+        if self._call is None:
+            await self._start()
+        call = self._call
+        assert call is not None
+        while True:
+            try:
+                frame = await call.next_frame(self._deadline)
+            except WsserveError as exc:
+                if (
+                    self._received == 0
+                    and self._retry is not None
+                    and not call.cancel_sent
+                    and self._retry.should_retry(exc.code, self._attempt)
+                ):
+                    self._detach()
+                    try:
+                        await asyncio.sleep(
+                            self._retry.delay(self._attempt, exc.retry_after, random.random())
+                        )
+                        self._attempt += 1
+                        self._request_id = self._client._next_id()
+                        self._data = self._make_frame(self._request_id)
+                        await self._start()
+                    except BaseException:
+                        self._ended = True
+                        raise
+                    call = self._call
+                    assert call is not None
+                    continue
+                self._ended = True
+                self._detach()
+                raise
+            except TimeoutError:
+                self._abandon()
+                raise DeadlineExceeded(
+                    f"no end of stream within timeout={self._timeout}s "
+                    f"(+{DEADLINE_GRACE_S}s grace); cancel sent",
+                    request_id=call.id,
+                ) from None
+            except asyncio.CancelledError:
+                self._abandon()
+                raise
+            if frame is None:
+                self._ended = True
+                self._detach()
+                assert call.final is not None
+                self._on_done(call.final)
+                raise StopAsyncIteration
+            self._received += 1
+            return self._item(frame)
+
+    def cancel(self) -> None:
+        """Ask the server to stop this request but keep iterating to its terminal frame.
+
+        Before the request was sent, this just ends the stream (nothing is sent).
+        """
+        if self._call is None:
+            self._ended = True
+            self._data = None
+            return
+        if self._conn is not None:
+            self._conn.request_cancel(self._call)
+
+    async def aclose(self) -> None:
+        """Stop listening; if the request is unfinished, send ``cancel`` (not awaited).
+
+        Idempotent. After it, iteration ends and unreceived items are dropped.
+        """
+        self._abandon()
+
+    # -- internals -------------------------------------------------------------------------
+    async def _start(self) -> None:
+        data = self._data
+        if data is None:
+            raise RuntimeError("stream already closed")
+        call = StreamCall(self._request_id, self._client._loop_or_running(), counted=True)
+        conn = await self._client._send_call(call, data)
+        self._conn, self._call = conn, call
+        fin = weakref.finalize(self, _abandon_from_gc, conn, call)
+        fin.atexit = False
+        self._finalizer = fin
+        if self._timeout is not None:
+            self._deadline = conn.loop.time() + self._timeout + DEADLINE_GRACE_S
+
+    def _detach(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def _abandon(self) -> None:
+        self._ended = True
+        self._data = None
+        self._detach()
+        if self._conn is not None and self._call is not None:
+            self._conn.abandon(self._call)
+
+
+class PredictStream(_Stream[Chunk]):
+    """``async for chunk in client.predict_stream(...)``: :class:`Chunk` objects in order.
+
+    After iteration completes, :attr:`summary` holds the ``done`` frame (rows, timing).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        make_frame: Callable[[int], bytes],
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        as_numpy: bool,
+    ) -> None:
+        super().__init__(client, make_frame, timeout=timeout, retry=retry)
+        self._as_numpy = as_numpy
+        self._summary: StreamSummary | None = None
+
+    async def __aenter__(self) -> PredictStream:
+        await super().__aenter__()
+        return self
+
+    def _item(self, frame: dict[str, Any]) -> Chunk:
+        return parse_chunk(frame, as_numpy=self._as_numpy)
+
+    def _on_done(self, frame: dict[str, Any]) -> None:
+        self._summary = parse_stream_done(frame)
+
+    @property
+    def summary(self) -> StreamSummary:
+        """The final ``done`` frame.
+
+        Raises:
+            RuntimeError: the stream has not completed (still running, failed or closed).
+        """
+        if self._summary is None:
+            raise RuntimeError("predict stream has not completed; iterate it to the end first")
+        return self._summary
+
+
+class Generation(_Stream[str]):
+    """``async for text in client.generate(...)``: token texts (one character each for
+    ``charlm``) as they are generated.
+
+    After iteration completes, :attr:`result` holds reason, token count, timing and the
+    whole text; :attr:`text` is the text received so far at any time.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        make_frame: Callable[[int], bytes],
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+    ) -> None:
+        super().__init__(client, make_frame, timeout=timeout, retry=retry)
+        self._parts: list[str] = []
+        self._result: GenerationResult | None = None
+
+    async def __aenter__(self) -> Generation:
+        await super().__aenter__()
+        return self
+
+    def _item(self, frame: dict[str, Any]) -> str:
+        text = frame.get("text")
+        if not isinstance(text, str):
+            text = ""
+        self._parts.append(text)
+        return text
+
+    def _on_done(self, frame: dict[str, Any]) -> None:
+        self._result = parse_generation_done(frame, "".join(self._parts))
+
+    @property
+    def text(self) -> str:
+        """The text of the tokens received so far."""
+        return "".join(self._parts)
+
+    @property
+    def result(self) -> GenerationResult:
+        """The finished generation (``reason`` ``length``/``stop``/``cancelled``, ``tokens``,
+        ``timing``, ``text``).
+
+        Raises:
+            RuntimeError: the generation has not completed (still running, failed or closed).
+        """
+        if self._result is None:
+            raise RuntimeError("generation has not completed; iterate it to the end first")
+        return self._result
