@@ -171,11 +171,13 @@ def load(
     if not path.is_file():
         return None
     try:
-        obj = np.load(path, allow_pickle=False)
-        if not isinstance(obj, np.lib.npyio.NpzFile):
-            raise ModelFileError(path, f"not an .npz archive (got {type(obj).__name__})")
-        with obj as npz:
-            loaded = {k: npz[k] for k in npz.files}
+        # Open the file ourselves: np.load(path) leaks the handle when the zip is bad.
+        with open(path, "rb") as f:
+            obj = np.load(f, allow_pickle=False)
+            if not isinstance(obj, np.lib.npyio.NpzFile):
+                raise ModelFileError(path, f"not an .npz archive (got {type(obj).__name__})")
+            with obj as npz:
+                loaded = {k: npz[k] for k in npz.files}
     except ModelFileError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
