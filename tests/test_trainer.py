@@ -50,7 +50,11 @@ def _same_weights(a: Any, b: Any) -> bool:
 
 def test_public_api_and_registry_order() -> None:
     assert set(trainer.__all__) == {"CachedTrainer", "TRAINERS", "train_default_models"}
-    assert list(TRAINERS)[:2] == ["linear", "mlp"]
+    assert list(TRAINERS) == ["linear", "mlp", "charlm"]
+
+
+def _without_flag(info: Any) -> dict[str, Any]:
+    return {k: v for k, v in info.metrics.items() if k != "loaded_from_cache"}
 
 
 def test_defaults_train_and_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -88,7 +92,10 @@ def test_cache_hit_does_not_retrain(tmp_path: Path, counted: dict[str, Counting]
     assert counted["linear"].calls == 1 and counted["mlp"].calls == 1
     for name in ("linear", "mlp"):
         assert _same_weights(first[name], second[name])
-        assert first[name].info == second[name].info  # metrics incl. the original train time
+        # metrics incl. the original train time come from the cache
+        assert _without_flag(first[name].info) == _without_flag(second[name].info)
+        assert first[name].info.metrics["loaded_from_cache"] is False
+        assert second[name].info.metrics["loaded_from_cache"] is True
     assert any(r.getMessage().startswith("loaded mlp v1 from cache in ") for r in caplog.records)
     x = np.random.default_rng(0).standard_normal((5, 32))
     assert np.array_equal(first["mlp"].predict(x), second["mlp"].predict(x))
@@ -110,6 +117,7 @@ def test_use_cache_false_always_trains_and_writes_nothing(
     again = train_default_models(cache_dir=tmp_path / "c", names=["linear", "mlp"],
                                  use_cache=False)
     assert counted["linear"].calls == 2 and counted["mlp"].calls == 2
+    assert again["mlp"].info.metrics["loaded_from_cache"] is False
     assert sorted((tmp_path / "c").iterdir()) == before
     train_default_models(cache_dir=tmp_path / "d", use_cache=False, names=["linear"])
     assert not (tmp_path / "d").exists()
@@ -185,3 +193,23 @@ def test_plain_callable_trainer_runs_every_time_with_one_blas_thread(
     assert all(seed == 4 for seed, _ in seen)
     assert all(threads and set(threads) == {1} for _, threads in seen), seen
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plain_callable_gets_cache_arguments_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A self-caching trainer (like charlm's) receives cache_dir and use_cache."""
+    calls: list[dict[str, Any]] = []
+
+    def self_caching(*, seed: int = 0, cache_dir: Path | None = None,
+                     use_cache: bool = True) -> LinearModel:
+        calls.append({"seed": seed, "cache_dir": cache_dir, "use_cache": use_cache})
+        model = train_linear(seed=seed)
+        model.info.metrics["loaded_from_cache"] = True
+        return model
+
+    monkeypatch.setitem(TRAINERS, "selfcache", self_caching)
+    with caplog.at_level(logging.INFO, logger="wsserve.trainer"):
+        train_default_models(seed=2, cache_dir=tmp_path, use_cache=False, names=["selfcache"])
+    assert calls == [{"seed": 2, "cache_dir": tmp_path, "use_cache": False}]
+    assert any(r.getMessage().startswith("loaded selfcache v1 in ") for r in caplog.records)

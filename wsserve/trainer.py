@@ -6,14 +6,18 @@
 - a :class:`CachedTrainer` - its weights are cached with
   :mod:`wsserve.modelstore`, keyed by the model's full training config, so a
   later start loads them in milliseconds; or
-- any plain callable ``fn(*, seed: int) -> model`` - trained on every start.
+- any plain callable ``fn(*, seed: int) -> model``.  If it also accepts the
+  keywords ``cache_dir`` and/or ``use_cache`` it gets them and does its own
+  caching (as :func:`wsserve.models.charlm.train_charlm` does); otherwise it
+  is trained on every start.
 
 Plugging a model in is one line, e.g.::
 
-    TRAINERS["charlm"] = CachedTrainer(train_charlm, charlm_config, CharLM.from_arrays)
+    TRAINERS["charlm"] = train_charlm
 
 A cached model must implement ``to_arrays() -> (arrays, meta)`` (the inverse of
-``restore``).  :func:`train_default_models` runs every trainer with BLAS
+``restore``).  For :class:`CachedTrainer` models the trainer sets
+``info.metrics["loaded_from_cache"]`` (True/False).  :func:`train_default_models` runs every trainer with BLAS
 limited to one thread and logs one line per model on the ``wsserve.trainer``
 logger, e.g. ``trained mlp v1 in 0.45s: held-out acc 0.939 (chance 0.100)``.
 A corrupt or unreadable cache file is logged as a warning naming the file and
@@ -23,6 +27,7 @@ written is a warning too, never a crash.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +39,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import modelstore
+from .models.charlm import train_charlm
 from .models.linear import LinearModel, linear_config, train_linear
 from .models.mlp import MLPModel, mlp_config, train_mlp
 
@@ -66,6 +72,7 @@ class CachedTrainer:
 TRAINERS: dict[str, Callable[..., Any]] = {
     "linear": CachedTrainer(train_linear, linear_config, LinearModel.from_arrays),
     "mlp": CachedTrainer(train_mlp, mlp_config, MLPModel.from_arrays),
+    "charlm": train_charlm,  # caches itself (takes cache_dir, use_cache)
 }
 
 
@@ -102,23 +109,31 @@ def train_default_models(
 def _make(name: str, trainer: Callable[..., Any], *, seed: int, cache_dir: Path,
           use_cache: bool) -> Any:
     """Load ``name`` from the cache if possible, else train (and cache) it."""
-    cached = use_cache and isinstance(trainer, CachedTrainer)
-    config: Mapping[str, Any] = {}
-    if cached:
-        assert isinstance(trainer, CachedTrainer)
-        config = trainer.config(seed)
+    if not isinstance(trainer, CachedTrainer):
+        t0 = time.perf_counter()
+        model = trainer(**_plain_kwargs(trainer, seed=seed, cache_dir=cache_dir,
+                                        use_cache=use_cache))
+        verb = "loaded" if _metrics(model).get("loaded_from_cache") is True else "trained"
+        log.info("%s %s in %.2fs: %s", verb, _label(name, model), time.perf_counter() - t0,
+                 _summary(model))
+        return model
+
+    config: Mapping[str, Any] = trainer.config(seed) if use_cache else {}
+    if use_cache:
         t0 = time.perf_counter()
         model = _load(name, trainer, config, cache_dir)
         if model is not None:
+            _metrics(model)["loaded_from_cache"] = True
             log.info("loaded %s from cache in %.3fs: %s", _label(name, model),
                      time.perf_counter() - t0, _summary(model))
             return model
 
     t0 = time.perf_counter()
     model = trainer(seed=seed)
+    _metrics(model)["loaded_from_cache"] = False
     log.info("trained %s in %.2fs: %s", _label(name, model), time.perf_counter() - t0,
              _summary(model))
-    if cached:
+    if use_cache:
         try:
             arrays, meta = model.to_arrays()
             path = modelstore.save(cache_dir, name, config, arrays, meta)
@@ -151,6 +166,27 @@ def _load(name: str, trainer: CachedTrainer, config: Mapping[str, Any],
         return None
 
 
+def _plain_kwargs(fn: Callable[..., Any], *, seed: int, cache_dir: Path,
+                  use_cache: bool) -> dict[str, Any]:
+    """``seed``, plus ``cache_dir``/``use_cache`` if ``fn`` names them as parameters."""
+    kwargs: dict[str, Any] = {"seed": seed}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return kwargs
+    if "cache_dir" in params:
+        kwargs["cache_dir"] = cache_dir
+    if "use_cache" in params:
+        kwargs["use_cache"] = use_cache
+    return kwargs
+
+
+def _metrics(model: Any) -> dict[str, Any]:
+    """``model.info.metrics`` (a mutable dict), or a throwaway dict if it has none."""
+    metrics = getattr(getattr(model, "info", None), "metrics", None)
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def _label(name: str, model: Any) -> str:
     info = getattr(model, "info", None)
     version = getattr(info, "version", None)
@@ -159,7 +195,7 @@ def _label(name: str, model: Any) -> str:
 
 def _summary(model: Any) -> str:
     """One human line of a model's quality from ``info.metrics``."""
-    metrics: Mapping[str, Any] = getattr(getattr(model, "info", None), "metrics", None) or {}
+    metrics = _metrics(model)
     if "heldout_accuracy" in metrics:
         text = f"held-out acc {metrics['heldout_accuracy']:.3f}"
         if "chance_accuracy" in metrics:
@@ -175,6 +211,11 @@ def _summary(model: Any) -> str:
         if "max_abs_diff_vs_lstsq" in metrics:
             text += f" (|diff| vs least squares {metrics['max_abs_diff_vs_lstsq']:.1e})"
         return text
+    if "heldout_bpc" in metrics:
+        text = f"held-out {metrics['heldout_bpc']:.3f} bits/char"
+        base = [f"{k.removesuffix('_bpc')} {metrics[k]:.3f}"
+                for k in ("bigram_bpc", "unigram_bpc") if k in metrics]
+        return text + (f" ({', '.join(base)})" if base else "")
     shown = [f"{k} {v:.4g}" for k, v in metrics.items()
              if isinstance(v, float) and ("heldout" in k or "loss" in k)][:3]
     return ", ".join(shown) or "no metrics"
