@@ -101,6 +101,13 @@ def test_arrays_round_trip() -> None:
         LinearModel.from_arrays({"weight": np.ones(1)}, meta)
 
 
+def test_public_api() -> None:
+    assert set(linear.__all__) == {
+        "LinearConfig", "LinearModel", "train_linear", "linear_config", "make_linear_data",
+        "mse_and_grad",
+    }
+
+
 def test_config_is_full_and_seeded() -> None:
     c = linear_config(5)
     assert c["seed"] == 5 and c["version"] == "1" and "algorithm" in c

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
+
+from wsserve.models import mlp
 
 from wsserve.models.base import PredictiveModel
 from wsserve.models.mlp import (
@@ -160,6 +164,21 @@ def test_predict_accepts_non_contiguous_and_float32(trained: MLPModel) -> None:
     x = np.random.default_rng(5).standard_normal((20, 64))[:, ::2]
     np.testing.assert_array_equal(trained.predict(x), trained.predict(np.ascontiguousarray(x)))
     np.testing.assert_allclose(trained.predict(x.astype(np.float32)), trained.predict(x))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 70), i=st.integers(0, 69), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**32 - 1))
+def test_row_purity_property(trained: MLPModel, n: int, i: int, scale: float, seed: int) -> None:
+    x = np.random.default_rng(seed).standard_normal((n, 32)) * scale
+    i %= n
+    assert np.array_equal(trained.predict(x)[i], trained.predict(x[i : i + 1])[0])
+
+
+def test_public_api() -> None:
+    assert set(mlp.__all__) == {
+        "MLPConfig", "MLPModel", "Params", "train_mlp", "mlp_config", "make_mlp_data",
+        "init_params", "forward", "softmax", "cross_entropy", "loss_and_grads",
+    }
 
 
 # -- determinism, persistence --------------------------------------------------

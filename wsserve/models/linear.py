@@ -22,7 +22,9 @@ import numpy as np
 
 from .base import ModelInfo, PredictiveModel
 
-__all__ = ["LinearConfig", "LinearModel", "train_linear", "linear_config", "make_linear_data"]
+__all__ = [
+    "LinearConfig", "LinearModel", "train_linear", "linear_config", "make_linear_data", "mse_and_grad",
+]
 
 NAME = "linear"
 VERSION = "1"
