@@ -1,0 +1,32 @@
+"""Token generation with continuous (iteration-level) batching.
+
+- :class:`GenerationParams` - one request's parameters (validated, frozen).
+- :class:`Scheduler` - sans-I/O continuous batching (``add_request``, ``schedule``,
+  ``update_from_output``, ``finish_requests``, ``take_events``).
+- :class:`GenerationEngine` - the asyncio driver (``submit``, ``cancel``,
+  ``statistics``, ``close``) streaming into a :class:`TokenSink`.
+- :func:`sample`, :class:`StopMatcher` - the pure pieces.
+"""
+
+from .engine import EngineStatistics, GenerationEngine, TokenSink, run_step
+from .params import MIN_TEMPERATURE, GenerationParams
+from .sampling import sample
+from .scheduler import Batch, Scheduler, SchedulerStatistics, Sequence, SeqState, TokenModel
+from .stops import StopMatcher
+
+__all__ = [
+    "Batch",
+    "EngineStatistics",
+    "GenerationEngine",
+    "GenerationParams",
+    "MIN_TEMPERATURE",
+    "Scheduler",
+    "SchedulerStatistics",
+    "SeqState",
+    "Sequence",
+    "StopMatcher",
+    "TokenModel",
+    "TokenSink",
+    "run_step",
+    "sample",
+]

@@ -1,0 +1,222 @@
+"""The asyncio driver of continuous batching: :class:`GenerationEngine`.
+
+One task runs the step loop: ``schedule -> step -> update_from_output ->
+deliver``, where *step* (:func:`run_step`) computes the next token of every
+running sequence in one vectorized numpy call.  Batches of more than
+``inline_max_batch`` sequences run in a one-thread executor, so the event loop
+serves sockets meanwhile; smaller ones run inline (a thread hop costs more than
+they do - see ``benchmarks/results/generate.md``), followed by ``sleep(0)`` so
+I/O still runs between steps.  With nothing to do the task sleeps on an
+``asyncio.Event`` (no polling).
+
+Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
+
+    on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed character
+    on_done(reason: str, tokens: int, timing: dict)   # "length" | "stop" | "cancelled"
+    on_error(exc: WsserveError)          # DeadlineExceeded, ShuttingDown, Internal
+
+called on the event-loop thread; they must not block.  Exactly one of
+``on_done``/``on_error`` is called per submission, and nothing after it.
+``tokens`` in ``on_done`` is the number of ``on_token`` calls.  ``timing`` holds
+``queue_ms``, ``ttft_ms`` (to the first generated token; ``None`` if there was
+none) and ``total_ms``, measured from ``submit``.  A sink method that raises is
+logged and the generation is ended with ``Internal`` (reported to the same sink,
+best effort).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import Internal, ShuttingDown, WsserveError
+from .params import GenerationParams
+from .sampling import sample
+from .scheduler import Batch, Scheduler, Sequence, TokenModel
+
+__all__ = ["EngineStatistics", "GenerationEngine", "TokenSink", "run_step"]
+
+log = logging.getLogger(__name__)
+
+
+class TokenSink(Protocol):
+    def on_token(self, seq: int, text: str) -> None: ...
+
+    def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None: ...
+
+    def on_error(self, exc: WsserveError) -> None: ...
+
+
+def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
+    """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
+    logits = model.logits(batch.contexts)  # [B, k] -> [B, V]
+    return sample(logits, batch.temperature, batch.top_k, batch.noise)  # [B]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """A snapshot; ``tokens`` counts ``on_token`` calls, ``generated`` model tokens."""
+
+    active: int
+    queued: int
+    steps: int
+    tokens: int
+    generated: int
+    finished: int
+    last_batch_size: int
+    step_ms: float
+    executor_steps: int
+    max_batch_size: int
+    max_queue: int | None
+
+
+class GenerationEngine:
+    """Continuous batching over one :class:`TokenModel` on the running event loop.
+
+    Call order: ``start()`` (optional; ``submit`` starts it) from the event loop,
+    ``submit``/``cancel`` from the loop thread at any time, ``await close()`` once
+    at the end (idempotent).
+    """
+
+    def __init__(
+        self,
+        model: TokenModel,
+        *,
+        # Limits
+        max_batch_size: int = 256,
+        max_queue: int | None = 4096,
+        # Compute
+        inline_max_batch: int = 16,
+    ) -> None:
+        if inline_max_batch < 0:
+            raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
+        self.model = model
+        self._sched = Scheduler(model, max_batch_size=max_batch_size, max_queue=max_queue)
+        self._inline_max_batch = inline_max_batch
+        self._executor: ThreadPoolExecutor | None = None
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._executor_steps = 0
+
+    # -- public API ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the step loop on the running loop (idempotent).  Raises ``RuntimeError`` if closed."""
+        if self._closed:
+            raise RuntimeError("generation engine is closed")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="wsserve-generate")
+
+    def submit(self, params: GenerationParams, sink: TokenSink) -> Sequence:
+        """Queue a generation streaming into ``sink``; return its handle.
+
+        Raises :class:`~wsserve.errors.Overloaded` (queue full, with
+        ``retry_after_ms``) or :class:`~wsserve.errors.ShuttingDown` (closed);
+        the sink is then never called.
+        """
+        if self._closed:
+            raise ShuttingDown("generation engine is shutting down")
+        self.start()
+        seq = self._sched.add_request(params, time.monotonic(), owner=sink)
+        self._wakeup.set()
+        return seq
+
+    def cancel(self, handle: Sequence) -> None:
+        """End ``handle`` with ``on_done("cancelled", ...)`` before returning; no-op if it has ended."""
+        if handle.owner is None or handle.finished:
+            return
+        self._sched.finish_requests((handle,), time.monotonic())
+        self._deliver()
+
+    def statistics(self) -> EngineStatistics:
+        s = self._sched.statistics()
+        return EngineStatistics(
+            active=s.running, queued=s.waiting, steps=s.steps, tokens=s.tokens,
+            generated=s.generated, finished=s.finished, last_batch_size=s.last_batch_size,
+            step_ms=s.step_ms, executor_steps=self._executor_steps,
+            max_batch_size=s.max_batch_size, max_queue=s.max_queue,
+        )
+
+    async def close(self) -> None:
+        """Stop stepping (after the current step) and end every unfinished generation
+        with :class:`~wsserve.errors.ShuttingDown`.  Idempotent."""
+        self._closed = True
+        self._wakeup.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())
+        self._deliver()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- the loop --------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sched, model = self._sched, self.model
+        while not self._closed:
+            if not sched.has_unfinished():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = sched.schedule(time.monotonic())
+            self._deliver()
+            if batch is None:
+                continue
+            inline = batch.size <= self._inline_max_batch
+            try:
+                if inline:
+                    tokens = run_step(model, batch)
+                else:
+                    if self._executor is None:
+                        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
+                    self._executor_steps += 1
+                    tokens = await loop.run_in_executor(self._executor, run_step, model, batch)
+            except Exception as exc:  # a model failure ends this batch, not the engine
+                log.exception("generation step failed (batch of %d)", batch.size)
+                sched.fail_batch(batch, Internal(f"generation step failed: {type(exc).__name__}: {exc}"),
+                                 time.monotonic())
+            else:
+                sched.update_from_output(batch, tokens, time.monotonic())
+            self._deliver()
+            if inline:
+                await asyncio.sleep(0)  # let I/O and submissions in between steps
+
+    def _deliver(self) -> None:
+        tokens, finished = self._sched.take_events()
+        for seq, n, text in tokens:
+            sink = seq.owner
+            if sink is None:  # already terminated (e.g. cancelled from a sink callback)
+                continue
+            try:
+                sink.on_token(n, text)
+            except Exception as exc:
+                self._sink_failed(seq, "on_token", exc)
+        for seq in finished:
+            sink, seq.owner = seq.owner, None
+            if sink is None:
+                continue
+            try:
+                if seq.error is not None:
+                    sink.on_error(seq.error)
+                else:
+                    sink.on_done(seq.finish_reason, seq.streamed, seq.timing())
+            except Exception:
+                log.exception("generation sink failed in its terminal callback")
+
+    def _sink_failed(self, seq: Sequence, method: str, exc: Exception) -> None:
+        log.error("generation sink %s raised; ending the generation", method, exc_info=exc)
+        sink, seq.owner = seq.owner, None  # its own terminal event, if any, is now skipped
+        self._sched.finish_requests((seq,), time.monotonic())
+        if sink is not None:
+            try:
+                sink.on_error(Internal(f"token sink failed in {method}: {type(exc).__name__}: {exc}"))
+            except Exception:
+                log.exception("generation sink failed in on_error")

@@ -1,0 +1,371 @@
+"""Continuous (iteration-level) batching of generations - sans-I/O.
+
+The shape of vLLM's scheduler interface: a driver calls, once per model step::
+
+    batch = scheduler.schedule(now)            # expire, admit, build the batch
+    tokens = step(model, batch)                # anywhere (e.g. a worker thread)
+    scheduler.update_from_output(batch, tokens, now)
+    tokens, finished = scheduler.take_events()  # deliver them
+
+and, at any time between those calls, :meth:`Scheduler.add_request` and
+:meth:`Scheduler.finish_requests` (cancel).  Nothing here awaits, sleeps or reads
+a clock: every call takes ``now`` (``time.monotonic()`` seconds), so tests drive
+it with a fake clock.  Not thread-safe: call it from one thread (the event loop).
+
+Semantics:
+
+- At most ``max_batch_size`` sequences run; each :meth:`schedule` admits waiting
+  ones into free slots, high priority first, FIFO within a priority (no
+  preemption).  ``add_request`` raises :class:`~wsserve.errors.Overloaded` when
+  ``max_queue`` requests already wait beyond the free slots (``None``: unbounded).
+- Every running sequence gets exactly one token per step.  A sequence leaves the
+  batch the moment it finishes: ``length`` (``max_tokens`` generated), ``stop``
+  (a stop string completed), ``cancelled`` (:meth:`finish_requests`), or an
+  error: :class:`~wsserve.errors.DeadlineExceeded` (checked at every
+  :meth:`schedule`), or whatever :meth:`fail_batch` / :meth:`abort_all` pass.
+- Token events are ``(seq, n, text)``: one per streamed character, ``n`` = 0, 1,
+  2, ...  Text that may begin a stop string is held back (:mod:`.stops`); on a
+  ``length`` finish it is released first; on cancel or error it is dropped.
+  ``seq.streamed`` (the count of token events) is the ``tokens`` of ``done``.
+- A sequence finished while its batch was computing (cancel, deadline) simply
+  ignores its row in :meth:`update_from_output`: nothing follows its finish.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import DeadlineExceeded, Overloaded, WsserveError
+from .params import GenerationParams
+from .sampling import NOISE_BLOCK, gumbel_block, new_generator
+from .stops import StopMatcher
+
+__all__ = ["Batch", "Scheduler", "SchedulerStatistics", "Sequence", "SeqState", "TokenModel"]
+
+
+class TokenModel(Protocol):
+    """What the scheduler and the engine need from a generative model (e.g. ``CharLM``)."""
+
+    context_len: int
+    vocab_size: int
+    id_to_text: tuple[str, ...]
+
+    def initial_context(self, prompt: str) -> np.ndarray:
+        """``[k]`` int ids for the prompt."""
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """One generation; also the handle the engine hands out.  Read-only outside this module.
+
+    ``finish_reason`` is ``"length" | "stop" | "cancelled"`` for a normal end, or
+    ``None`` with ``error`` set.  ``owner`` is the caller's (the engine keeps the sink there).
+    """
+
+    __slots__ = (
+        "id", "params", "owner", "state", "slot", "generated", "streamed", "arrival",
+        "admitted_at", "first_token_at", "finished_at", "finish_reason", "error",
+        "_stops", "_rng", "_context",
+    )
+
+    def __init__(self, seq_id: int, params: GenerationParams, owner: Any, now: float) -> None:
+        self.id = seq_id
+        self.params = params
+        self.owner = owner
+        self.state = SeqState.WAITING
+        self.slot = -1
+        self.generated = 0  # tokens produced by the model (incl. held back / stop text)
+        self.streamed = 0  # token events emitted
+        self.arrival = now
+        self.admitted_at: float | None = None
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self.finish_reason: str | None = None
+        self.error: WsserveError | None = None
+        self._stops = StopMatcher(params.stop) if params.stop else None
+        self._rng: np.random.Generator | None = None
+        self._context: np.ndarray | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state is SeqState.FINISHED
+
+    def timing(self) -> dict[str, float | None]:
+        """``queue_ms`` (arrival -> slot), ``ttft_ms`` (arrival -> first generated token,
+        None if none), ``total_ms`` (arrival -> finish, or so far)."""
+        end = self.finished_at if self.finished_at is not None else self.arrival
+        admitted = self.admitted_at if self.admitted_at is not None else end
+        first = self.first_token_at
+        return {
+            "queue_ms": round((admitted - self.arrival) * 1e3, 3),
+            "ttft_ms": None if first is None else round((first - self.arrival) * 1e3, 3),
+            "total_ms": round((end - self.arrival) * 1e3, 3),
+        }
+
+    def __repr__(self) -> str:
+        return f"<Sequence {self.id} {self.state.value} generated={self.generated}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Inputs of one model step; row i belongs to ``seqs[i]``.
+
+    ``contexts [B, k]`` int64, ``temperature [B]``, ``top_k [B]``, ``noise [B, V]``
+    or ``None`` (all greedy).  Arrays are private copies: safe to read from another thread.
+    """
+
+    seqs: tuple[Sequence, ...]
+    slots: np.ndarray
+    contexts: np.ndarray
+    temperature: np.ndarray
+    top_k: np.ndarray
+    noise: np.ndarray | None
+    scheduled_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatistics:
+    running: int
+    waiting: int
+    max_batch_size: int
+    max_queue: int | None
+    steps: int
+    tokens: int  # token events emitted (streamed), all time
+    generated: int  # tokens the model produced, all time
+    finished: int
+    last_batch_size: int
+    step_ms: float  # moving average of schedule -> update_from_output
+
+
+class Scheduler:
+    """See the module docstring.  ``model`` is a :class:`TokenModel`."""
+
+    def __init__(self, model: TokenModel, *, max_batch_size: int = 256, max_queue: int | None = 4096) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue is not None and max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0 or None, got {max_queue}")
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        k, v = model.context_len, model.vocab_size
+        self._itos = model.id_to_text
+        self._ids = itertools.count()
+        self._waiting: tuple[deque[Sequence], deque[Sequence]] = (deque(), deque())  # by priority
+        self._running: list[Sequence] = []
+        self._free = list(range(max_batch_size - 1, -1, -1))  # stack of free slots
+        self._deadlines: list[tuple[float, int, Sequence]] = []
+        # Per-slot state (row = slot), so the batch is gathered with a few numpy calls.
+        self._ctx = np.zeros((max_batch_size, k), np.int64)
+        self._temp = np.zeros(max_batch_size)
+        self._topk = np.zeros(max_batch_size, np.int64)
+        self._noise = np.zeros((max_batch_size, NOISE_BLOCK, v))
+        self._npos = np.zeros(max_batch_size, np.int64)
+        self._dirty = True  # running set changed: rebuild the cached batch layout
+        self._layout: tuple[Any, ...] = ()
+        self._out_tokens: list[tuple[Sequence, int, str]] = []
+        self._out_finished: list[Sequence] = []
+        self._steps = self._tokens = self._generated = self._finished = self._last_batch = 0
+        self._step_s = 0.0
+
+    # -- requests ------------------------------------------------------------------
+    def add_request(self, params: GenerationParams, now: float, *, owner: Any = None) -> Sequence:
+        """Queue a generation; it joins the batch at the next :meth:`schedule`.
+
+        Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
+        the queue is full.
+        """
+        waiting = len(self._waiting[0]) + len(self._waiting[1])
+        if self.max_queue is not None and waiting - len(self._free) >= self.max_queue:
+            raise Overloaded(
+                f"generation queue is full ({waiting} waiting for {self.max_batch_size} slots, "
+                f"max_queue={self.max_queue})",
+                retry_after_ms=self._retry_after_ms(),
+            )
+        seq = Sequence(next(self._ids), params, owner, now)
+        seq._context = self.model.initial_context(params.prompt)
+        self._waiting[params.priority].append(seq)
+        if params.deadline is not None:
+            heapq.heappush(self._deadlines, (params.deadline, seq.id, seq))
+            if len(self._deadlines) > 64 + 2 * (waiting + len(self._running)):
+                self._deadlines = [e for e in self._deadlines if e[2].state is not SeqState.FINISHED]
+                heapq.heapify(self._deadlines)
+        return seq
+
+    def finish_requests(self, seqs: Any, now: float, *, reason: str = "cancelled") -> None:
+        """End unfinished ``seqs`` now with ``reason`` (finished ones are ignored)."""
+        for seq in seqs:
+            if seq.state is not SeqState.FINISHED:
+                self._finish(seq, now, reason=reason)
+
+    def fail_batch(self, batch: Batch, error: WsserveError, now: float) -> None:
+        """End every unfinished sequence of ``batch`` with ``error`` (a failed model step)."""
+        for seq in batch.seqs:
+            if seq.state is not SeqState.FINISHED:
+                self._finish(seq, now, error=error)
+
+    def abort_all(self, error: WsserveError, now: float) -> None:
+        """End every running and waiting sequence with ``error`` (shutdown)."""
+        for seq in [*self._running, *self._waiting[1], *self._waiting[0]]:
+            if seq.state is not SeqState.FINISHED:
+                self._finish(seq, now, error=error)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._running or self._waiting[0] or self._waiting[1])
+
+    def take_events(self) -> tuple[list[tuple[Sequence, int, str]], list[Sequence]]:
+        """``(token events, finished sequences)`` since the last call, in order.
+
+        A sequence's token events all precede its entry in the finished list.
+        """
+        tokens, finished = self._out_tokens, self._out_finished
+        self._out_tokens, self._out_finished = [], []
+        return tokens, finished
+
+    # -- the step --------------------------------------------------------------------
+    def schedule(self, now: float) -> Batch | None:
+        """Expire deadlines, admit waiting sequences, and return the next batch (or None)."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, seq = heapq.heappop(heap)
+            if seq.state is not SeqState.FINISHED:
+                waited = (now - seq.arrival) * 1e3
+                self._finish(seq, now, error=DeadlineExceeded(
+                    f"deadline exceeded after {waited:.1f} ms "
+                    f"({seq.streamed} tokens streamed, {seq.state.value})"))
+        for queue in (self._waiting[1], self._waiting[0]):
+            while queue and self._free:
+                self._admit(queue.popleft(), now)
+        if self._dirty:
+            self._running = [s for s in self._running if s.state is SeqState.RUNNING]
+            self._relayout()
+        if not self._running:
+            return None
+        seqs, slots, temp, topk, s_rows, s_slots = self._layout
+        noise = None
+        if len(s_rows):
+            pos = self._npos[s_slots]
+            for i in np.flatnonzero(pos >= NOISE_BLOCK).tolist():
+                seq = seqs[s_rows[i]]
+                self._noise[seq.slot] = gumbel_block(seq._rng, self.model.vocab_size)
+                pos[i] = 0
+            noise = np.zeros((len(seqs), self.model.vocab_size))
+            noise[s_rows] = self._noise[s_slots, pos]
+            self._npos[s_slots] = pos + 1
+        return Batch(seqs, slots, self._ctx[slots], temp, topk, noise, now)
+
+    def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float) -> None:
+        """Apply one token per row of ``batch`` (``tokens [B]`` int ids); finish what ends."""
+        self._steps += 1
+        self._last_batch = batch.size
+        self._step_s += 0.2 * ((now - batch.scheduled_at) - self._step_s)
+        ctx = batch.contexts
+        rolled = np.empty_like(ctx)  # [B, k]
+        rolled[:, :-1] = ctx[:, 1:]
+        rolled[:, -1] = tokens
+        self._ctx[batch.slots] = rolled
+        itos, out = self._itos, self._out_tokens
+        running, streamed0 = SeqState.RUNNING, len(out)
+        for seq, tok in zip(batch.seqs, tokens.tolist()):
+            if seq.state is not running:
+                continue
+            text = itos[tok]
+            seq.generated += 1
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+            matcher = seq._stops
+            if matcher is None:
+                out.append((seq, seq.streamed, text))
+                seq.streamed += 1
+                if seq.generated >= seq.params.max_tokens:
+                    self._finish(seq, now, reason="length")
+                continue
+            released, stopped = matcher.feed(text)
+            if not stopped and seq.generated >= seq.params.max_tokens:
+                released += matcher.flush()
+            for ch in released:
+                out.append((seq, seq.streamed, ch))
+                seq.streamed += 1
+            if stopped:
+                self._finish(seq, now, reason="stop")
+            elif seq.generated >= seq.params.max_tokens:
+                self._finish(seq, now, reason="length")
+        self._generated += batch.size
+        self._tokens += len(out) - streamed0
+
+    # -- introspection ---------------------------------------------------------------
+    def statistics(self) -> SchedulerStatistics:
+        running = sum(1 for s in self._running if s.state is SeqState.RUNNING)
+        return SchedulerStatistics(
+            running=running,
+            waiting=len(self._waiting[0]) + len(self._waiting[1]),
+            max_batch_size=self.max_batch_size,
+            max_queue=self.max_queue,
+            steps=self._steps,
+            tokens=self._tokens,
+            generated=self._generated,
+            finished=self._finished,
+            last_batch_size=self._last_batch,
+            step_ms=round(self._step_s * 1e3, 4),
+        )
+
+    # -- internals -------------------------------------------------------------------
+    def _admit(self, seq: Sequence, now: float) -> None:
+        slot = self._free.pop()
+        p = seq.params
+        seq.state, seq.slot, seq.admitted_at = SeqState.RUNNING, slot, now
+        self._ctx[slot] = seq._context
+        self._temp[slot] = p.temperature
+        self._topk[slot] = p.top_k
+        if p.temperature > 0:
+            seq._rng = new_generator(p.seed)
+            self._npos[slot] = NOISE_BLOCK  # refill before first use
+        self._running.append(seq)
+        self._dirty = True
+
+    def _relayout(self) -> None:
+        seqs = tuple(self._running)
+        slots = np.array([s.slot for s in seqs], dtype=np.int64)
+        temp, topk = self._temp[slots], self._topk[slots]
+        s_rows = np.flatnonzero(temp > 0)
+        self._layout = (seqs, slots, temp, topk, s_rows, slots[s_rows])
+        self._dirty = False
+
+    def _finish(self, seq: Sequence, now: float, *, reason: str | None = None,
+                error: WsserveError | None = None) -> None:
+        if seq.state is SeqState.WAITING:
+            self._waiting[seq.params.priority].remove(seq)
+        elif seq.state is SeqState.RUNNING:
+            self._free.append(seq.slot)
+            self._dirty = True
+        seq.state = SeqState.FINISHED
+        seq.finish_reason, seq.error, seq.finished_at = reason, error, now
+        seq._rng = seq._context = None
+        self._finished += 1
+        self._out_finished.append(seq)
+
+    def _retry_after_ms(self) -> int:
+        running = [s for s in self._running if s.state is SeqState.RUNNING]
+        if not running:
+            return 100
+        soonest = min(s.params.max_tokens - s.generated for s in running)
+        return int(min(10_000, max(1, soonest * max(self._step_s, 1e-4) * 1e3)))
