@@ -1,0 +1,232 @@
+"""Every call type through the client against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from conftest import Server, needs_charlm
+
+from wsserve_client import (
+    BadRequestError,
+    Client,
+    ClientClosed,
+    Generation,
+    InvalidInput,
+    PredictStream,
+    RequestTooLarge,
+)
+
+
+async def test_hello_limits_and_models(server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None
+        assert c.hello.server == "wsserve" and c.hello.protocol == 1
+        assert c.hello.limits.max_inflight and c.hello.limits.max_message_bytes
+        assert c.stats().capacity == c.hello.limits.max_inflight
+        models = {m.name: m for m in await c.models()}
+        assert {"linear", "mlp"} <= set(models)
+        assert models["linear"].input_shape == (1,) and models["linear"].output_shape == (1,)
+        assert models["mlp"].parameters and models["mlp"].input_shape
+
+
+async def test_predict_linear(server: Server) -> None:
+    async with Client(server.url) as c:
+        r = await c.predict("linear", [[0.0], [0.5], [1.0]])
+        assert r.model == "linear" and r.version
+        assert len(r.outputs) == 3
+        y = [row[0] for row in r.outputs]
+        assert y[0] < y[1] < y[2]  # y ~ 3x + 0.5
+        assert y[1] == pytest.approx(2.0, abs=0.5)
+        assert {"queue_ms", "compute_ms", "batch_size"} <= set(r.timing)
+        assert r.timing["batch_size"] >= 3
+
+
+async def test_predict_numpy_in_and_out(server: Server) -> None:
+    async with Client(server.url) as c:
+        (mlp,) = [m for m in await c.models() if m.name == "mlp"]
+        assert mlp.input_shape is not None and mlp.output_shape is not None
+        x = np.random.default_rng(0).normal(size=(5, mlp.input_shape[0])).astype(np.float32)
+        r = await c.predict("mlp", x, as_numpy=True)
+        assert isinstance(r.outputs, np.ndarray)
+        assert r.outputs.shape == (5, mlp.output_shape[0])
+        plain = await c.predict("mlp", x.tolist())
+        np.testing.assert_allclose(r.outputs, np.asarray(plain.outputs), rtol=1e-6)
+
+
+async def test_priority_and_version_are_accepted(server: Server) -> None:
+    async with Client(server.url) as c:
+        (lin,) = [m for m in await c.models() if m.name == "linear"]
+        r = await c.predict("linear", [[0.25]], version=lin.version, priority=1, timeout=5)
+        assert r.version == lin.version
+        with pytest.raises(BadRequestError) as ei:
+            await c.predict("linear", [[0.25]], priority=7)
+        assert ei.value.request_id is not None
+
+
+async def test_predict_stream_chunks_in_order_with_summary(server: Server) -> None:
+    rows = [[i / 100] for i in range(100)]
+    async with Client(server.url) as c:
+        whole = await c.predict("linear", rows)
+        stream = c.predict_stream("linear", rows, chunk_rows=7)
+        assert isinstance(stream, PredictStream)
+        got = []
+        seqs = []
+        async for chunk in stream:
+            assert chunk.offset == len(got)
+            seqs.append(chunk.seq)
+            got.extend(chunk.outputs)
+        assert seqs == list(range(len(seqs))) and len(seqs) == 15  # ceil(100 / 7)
+        assert got == whole.outputs
+        assert stream.summary.rows == 100 and stream.summary.reason == "complete"
+        assert stream.finished
+        assert c.stats().inflight == 0
+
+
+async def test_predict_stream_as_numpy_with_async_with(server: Server) -> None:
+    async with Client(server.url) as c:
+        async with c.predict_stream("linear", [[0.1], [0.2], [0.3]], chunk_rows=2, as_numpy=True) as s:
+            chunks = [ch async for ch in s]
+        assert [ch.outputs.shape for ch in chunks] == [(2, 1), (1, 1)]
+        assert s.summary.rows == 3
+
+
+async def test_summary_before_end_is_an_error(server: Server) -> None:
+    async with Client(server.url) as c:
+        s = c.predict_stream("linear", [[0.1]])
+        with pytest.raises(RuntimeError, match="not completed"):
+            _ = s.summary
+        await s.aclose()
+
+
+async def test_500_concurrent_calls_on_one_socket(server: Server) -> None:
+    async with Client(server.url) as c:
+        xs = [i / 500 for i in range(500)]
+        results = await asyncio.gather(*(c.predict("linear", [[x]]) for x in xs))
+        ys = [r.outputs[0][0] for r in results]
+        # Each answer belongs to its own call: y is strictly increasing in x.
+        assert all(a < b for a, b in zip(ys, ys[1:]))
+        stats = c.stats()
+        assert stats.connects == 1 and stats.requests_sent == 500 and stats.inflight == 0
+        # Batching across the concurrent calls really happened on the server.
+        assert max(r.timing["batch_size"] for r in results) > 1
+
+
+async def test_mixed_concurrent_call_types(server: Server) -> None:
+    async with Client(server.url) as c:
+        async def stream_rows() -> int:
+            n = 0
+            async for ch in c.predict_stream("linear", [[0.5]] * 20, chunk_rows=3):
+                n += len(ch.outputs)
+            return n
+
+        out = await asyncio.gather(
+            *(c.predict("linear", [[0.1]]) for _ in range(50)),
+            *(stream_rows() for _ in range(20)),
+            *(c.ping() for _ in range(20)),
+            c.models(),
+        )
+        assert all(n == 20 for n in out[50:70])
+        assert all(0 < rtt < 5 for rtt in out[70:90])
+
+
+async def test_ping_measures_rtt(server: Server) -> None:
+    async with Client(server.url) as c:
+        rtts = [await c.ping() for _ in range(5)]
+        assert all(0 < r < 1.0 for r in rtts)
+
+
+async def test_bad_inputs_raise_and_connection_survives(server: Server) -> None:
+    async with Client(server.url) as c:
+        with pytest.raises(InvalidInput, match="row"):
+            await c.predict("linear", [[1.0, 2.0]])
+        with pytest.raises(InvalidInput):
+            await c.predict("linear", [[float("nan")]])
+        r = await c.predict("linear", [[0.5]])
+        assert len(r.outputs) == 1 and c.stats().connects == 1
+
+
+async def test_request_too_large_is_refused_before_sending(server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None and c.hello.limits.max_message_bytes is not None
+        rows = c.hello.limits.max_message_bytes // 8 + 10  # "[0.125]," is 8 bytes per row
+        sent_before = c.stats().requests_sent
+        with pytest.raises(RequestTooLarge, match="max_message_bytes"):
+            await c.predict("linear", [[0.125]] * rows)
+        with pytest.raises(RequestTooLarge):
+            async for _ in c.predict_stream("linear", [[0.125]] * rows):
+                pass
+        assert c.stats().requests_sent == sent_before and c.stats().inflight == 0
+        assert len((await c.predict("linear", [[0.5]])).outputs) == 1
+
+
+async def test_calls_after_close_raise_client_closed(server: Server) -> None:
+    c = Client(server.url)
+    await c.connect()
+    await c.close()
+    await c.close()  # idempotent
+    with pytest.raises(ClientClosed):
+        await c.predict("linear", [[0.5]])
+
+
+async def test_lazy_connect_without_async_with(server: Server) -> None:
+    c = Client(server.url)
+    try:
+        assert c.hello is None
+        r = await c.predict("linear", [[0.5]])
+        assert len(r.outputs) == 1 and c.stats().connected
+    finally:
+        await c.close()
+
+
+# -- generate ---------------------------------------------------------------------------
+
+async def test_generate_streams_tokens_and_result(server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None
+        needs_charlm(c.hello.models)
+        gen = c.generate("charlm", "The ", max_tokens=20)
+        assert isinstance(gen, Generation)
+        tokens = [t async for t in gen]
+        assert len(tokens) == 20 and all(isinstance(t, str) and len(t) == 1 for t in tokens)
+        r = gen.result
+        assert r.reason == "length" and r.tokens == 20 and r.text == "".join(tokens)
+        assert {"ttft_ms", "total_ms"} <= set(r.timing)
+        # greedy is deterministic
+        again = await c.complete("charlm", "The ", max_tokens=20)
+        assert again.text == r.text and again.reason == "length" and again.tokens == 20
+
+
+async def test_generate_seeded_sampling_and_stop(server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None
+        needs_charlm(c.hello.models)
+        a = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)
+        b = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)
+        assert a.text == b.text
+        # Use a character the seeded sample actually produced as a stop string.
+        stop = a.text[5]
+        s = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42, stop=[stop])
+        assert s.reason == "stop" and stop not in s.text and a.text.startswith(s.text)
+
+
+async def test_generate_bad_parameters(server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None
+        needs_charlm(c.hello.models)
+        with pytest.raises(BadRequestError):
+            await c.complete("charlm", "x", max_tokens=0)
+        with pytest.raises(BadRequestError):
+            await c.complete("linear", "x", max_tokens=3)  # linear does not generate
+        with pytest.raises(BadRequestError):
+            await c.predict("charlm", [[0.5]])  # charlm does not predict
+
+
+async def test_many_concurrent_generations(server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None
+        needs_charlm(c.hello.models)
+        alone = await c.complete("charlm", "To be", max_tokens=16)
+        outs = await asyncio.gather(*(c.complete("charlm", "To be", max_tokens=16) for _ in range(32)))
+        assert all(o.text == alone.text for o in outs)

@@ -1,0 +1,262 @@
+"""Sans-I/O parts of the client: codec, error mapping, backoff, limiter, public API."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+import wsserve_client
+from wsserve_client import errors
+from wsserve_client._limiter import Limiter
+from wsserve_client.backoff import Backoff, RetryPolicy
+from wsserve_client.codec import (
+    encode_cancel,
+    encode_generate,
+    encode_predict,
+    parse_hello,
+    parse_models,
+    parse_result,
+    timeout_to_ms,
+)
+
+# -- public API ---------------------------------------------------------------------------
+
+PUBLIC = {
+    "Client", "DEFAULT_URL", "PredictStream", "Generation", "PredictResult", "Chunk",
+    "StreamSummary", "GenerationResult", "Completion", "ModelInfo", "ServerHello", "Limits",
+    "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",
+    "UnknownModelError", "DuplicateIdError", "InvalidInput", "OverloadedError",
+    "RateLimitedError", "DeadlineExceeded", "RequestCancelled", "Unauthorized", "ShuttingDown",
+    "InternalServerError", "RequestTooLarge", "ConnectionLost", "ClientClosed",
+    "error_from_frame", "__version__",
+}
+
+
+def test_public_api_is_pinned() -> None:
+    assert set(wsserve_client.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert hasattr(wsserve_client, name), name
+
+
+def test_client_does_not_import_the_server_package() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import wsserve_client; "
+        "print(any(m == 'wsserve' or m.startswith('wsserve.') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(wsserve_client.__path__[0].rsplit("/", 1)[0])],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "False"
+
+
+# -- error mapping ----------------------------------------------------------------------
+
+WIRE_CODES = {
+    "bad_json": errors.BadJsonError,
+    "bad_request": errors.BadRequestError,
+    "unknown_model": errors.UnknownModelError,
+    "duplicate_id": errors.DuplicateIdError,
+    "invalid_input": errors.InvalidInput,
+    "overloaded": errors.OverloadedError,
+    "rate_limited": errors.RateLimitedError,
+    "deadline_exceeded": errors.DeadlineExceeded,
+    "cancelled": errors.RequestCancelled,
+    "unauthorized": errors.Unauthorized,
+    "shutting_down": errors.ShuttingDown,
+    "internal": errors.InternalServerError,
+}
+
+
+def test_every_wire_code_has_its_class() -> None:
+    assert errors.ERROR_CLASSES == WIRE_CODES
+
+
+@pytest.mark.parametrize("code", sorted(WIRE_CODES))
+def test_error_from_frame_maps_code_id_message(code: str) -> None:
+    frame = {"type": "error", "id": 17, "code": code, "message": f"because {code}"}
+    exc = errors.error_from_frame(frame)
+    assert type(exc) is WIRE_CODES[code]
+    assert isinstance(exc, errors.WsserveError)
+    assert (exc.code, exc.request_id, exc.message) == (code, 17, f"because {code}")
+    assert exc.retry_after is None
+    assert code in str(exc) and "17" in str(exc)
+
+
+def test_retry_after_ms_becomes_seconds() -> None:
+    exc = errors.error_from_frame(
+        {"type": "error", "id": "a", "code": "overloaded", "message": "full", "retry_after_ms": 250}
+    )
+    assert isinstance(exc, errors.OverloadedError)
+    assert exc.retry_after == pytest.approx(0.25)
+    assert exc.request_id == "a"
+
+
+def test_unknown_code_and_junk_fields_do_not_raise() -> None:
+    exc = errors.error_from_frame({"type": "error", "id": [1], "code": "teapot", "message": 5})
+    assert type(exc) is errors.WsserveError
+    assert exc.code == "teapot" and exc.request_id is None and "teapot" in exc.message
+    exc2 = errors.error_from_frame({"type": "error", "id": True, "code": "overloaded", "retry_after_ms": "x"})
+    assert isinstance(exc2, errors.OverloadedError) and exc2.request_id is None and exc2.retry_after is None
+
+
+def test_client_side_errors_have_no_wire_code() -> None:
+    assert errors.ConnectionLost("x").code is None
+    assert errors.RequestTooLarge("x").code is None
+    assert issubclass(errors.ClientClosed, errors.ConnectionLost)
+    assert not issubclass(errors.RequestCancelled, asyncio.CancelledError)
+
+
+# -- codec ------------------------------------------------------------------------------
+
+def test_encode_predict_minimal_and_full() -> None:
+    assert orjson.loads(encode_predict(1, "linear", [[0.5]])) == {
+        "type": "predict", "id": 1, "model": "linear", "inputs": [[0.5]],
+    }
+    full = orjson.loads(
+        encode_predict("x", "mlp", [[1, 2]], version="2", timeout=0.0105, priority=1, stream=True, chunk_rows=4)
+    )
+    assert full == {
+        "type": "predict", "id": "x", "model": "mlp", "inputs": [[1, 2]], "version": "2",
+        "stream": True, "chunk_rows": 4, "timeout_ms": 11, "priority": 1,
+    }
+
+
+def test_encode_predict_numpy_inputs() -> None:
+    a = np.arange(6, dtype=np.float32).reshape(3, 2) / 4
+    assert orjson.loads(encode_predict(1, "m", a))["inputs"] == [[0.0, 0.25], [0.5, 0.75], [1.0, 1.25]]
+    strided = np.arange(12, dtype=np.float64).reshape(3, 4)[:, ::2]  # not C-contiguous
+    assert orjson.loads(encode_predict(1, "m", strided))["inputs"] == [[0, 2], [4, 6], [8, 10]]
+
+
+def test_encode_generate_and_cancel() -> None:
+    frame = orjson.loads(
+        encode_generate(3, "charlm", "The ", max_tokens=5, temperature=0.7, top_k=4, seed=9, stop="\n")
+    )
+    assert frame == {
+        "type": "generate", "id": 3, "model": "charlm", "prompt": "The ", "max_tokens": 5,
+        "temperature": 0.7, "top_k": 4, "seed": 9, "stop": ["\n"],
+    }
+    assert orjson.loads(encode_generate(4, "charlm", "")) == {
+        "type": "generate", "id": 4, "model": "charlm", "prompt": "",
+    }
+    assert encode_cancel(7) == b'{"type":"cancel","id":7}'
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, "1"])
+def test_timeout_must_be_positive(bad: object) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        timeout_to_ms(bad)  # type: ignore[arg-type]
+
+
+def test_timeout_rounds_up_to_whole_ms() -> None:
+    assert timeout_to_ms(None) is None
+    assert timeout_to_ms(0.0001) == 1
+    assert timeout_to_ms(2) == 2000
+
+
+def test_parse_hello_and_defaults() -> None:
+    hello = parse_hello({
+        "type": "hello", "server": "wsserve", "version": "0.1.0", "protocol": 1, "extra": 1,
+        "limits": {"max_message_bytes": 100, "max_inflight": 3, "max_rows": 5, "max_tokens": 7},
+        "models": ["linear"],
+    })
+    assert hello.limits == wsserve_client.Limits(100, 3, 5, 7)
+    assert hello.models == ("linear",)
+    assert parse_hello({"type": "hello"}).limits == wsserve_client.Limits()
+    with pytest.raises(ValueError):
+        parse_hello({"type": "pong"})
+
+
+def test_parse_result_as_numpy() -> None:
+    frame = {"type": "result", "id": 1, "model": "linear", "version": "1",
+             "outputs": [[1.5], [2.5]], "timing": {"queue_ms": 0.1}}
+    r = parse_result(frame, as_numpy=True)
+    assert isinstance(r.outputs, np.ndarray) and r.outputs.shape == (2, 1)
+    assert r.timing["queue_ms"] == 0.1 and r.request_id == 1
+    assert parse_result(frame).outputs == [[1.5], [2.5]]
+
+
+def test_parse_models_keeps_raw() -> None:
+    (m,) = parse_models({"type": "models", "models": [
+        {"name": "mlp", "version": "1", "task": "classification", "input_shape": [32],
+         "output_shape": [10], "parameters": 9, "metrics": {"acc": 0.9}, "new": True}, "junk"]})
+    assert (m.name, m.input_shape, m.output_shape, m.parameters) == ("mlp", (32,), (10,), 9)
+    assert m.raw["new"] is True and m.metrics == {"acc": 0.9}
+
+
+# -- backoff ----------------------------------------------------------------------------
+
+def test_backoff_grows_caps_and_jitters_down() -> None:
+    b = Backoff(max_attempts=5, base_delay=0.1, max_delay=1.0, jitter=0.5)
+    assert [b.delay(i, 0.0) for i in range(6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert b.delay(2, 0.999999) == pytest.approx(0.2, rel=1e-4)
+
+
+def test_retry_policy_honours_retry_after_and_bounds_attempts() -> None:
+    p = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.1, jitter=0.5)
+    assert p.delay(0, None, 0.0) == pytest.approx(0.01)
+    assert p.delay(0, 0.25, 0.0) == pytest.approx(0.25)  # never shorter than retry_after
+    assert p.delay(0, 5.0, 0.0) == pytest.approx(5.0)  # even above max_delay
+    assert p.delay(0, 0.25, 0.999999) == pytest.approx(0.375, rel=1e-4)  # jitter stretches
+    assert p.should_retry("overloaded", 0) and p.should_retry("rate_limited", 1)
+    assert not p.should_retry("overloaded", 2)  # third try was the last
+    assert not p.should_retry("invalid_input", 0) and not p.should_retry(None, 0)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_attempts": 0}, {"base_delay": 3.0, "max_delay": 1.0}, {"jitter": 2.0}])
+def test_policies_reject_nonsense(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Backoff(**kwargs)  # type: ignore[arg-type]
+
+
+# -- limiter ----------------------------------------------------------------------------
+
+async def test_limiter_fifo_capacity_and_cancellation() -> None:
+    lim = Limiter(2)
+    await lim.acquire()
+    await lim.acquire()
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        await lim.acquire()
+        order.append(i)
+
+    tasks = [asyncio.create_task(take(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    assert lim.waiting == 3 and lim.used == 2
+    tasks[1].cancel()
+    await asyncio.sleep(0)
+    lim.release()
+    await asyncio.sleep(0)
+    assert order == [0]
+    lim.release()
+    await asyncio.sleep(0)
+    assert order == [0, 2] and lim.used == 2 and lim.waiting == 0
+    lim.set_capacity(None)
+    lim.release()
+    lim.release()
+    assert lim.used == 0
+    with pytest.raises(RuntimeError):
+        lim.release()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_limiter_capacity_growth_wakes_waiters() -> None:
+    lim = Limiter(1)
+    await lim.acquire()
+    waiter = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    lim.set_capacity(2)
+    await asyncio.sleep(0)
+    assert waiter.done() and lim.used == 2
