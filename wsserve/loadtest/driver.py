@@ -1,13 +1,13 @@
-"""The asyncio side of one client process: connections, readers, senders.
+"""The asyncio side of one client process: connections, reply handling, sending.
 
-Shape, chosen so the client is not the bottleneck: one reader task per
-connection and, in open loop, one scheduler task per process — never a task
-per request.  Replies are read with ``recv(decode=False)`` and parsed with
-orjson; request frames are pre-encoded (:class:`~.workload.RequestFactory`).
+Shape, chosen so the client is not the bottleneck: each connection is a
+:class:`~.transport.WsClient` whose replies are handled synchronously in its
+``data_received`` callback (orjson, no task, no queue); in open loop one
+scheduler task per process sends on time.  Never a task per request.
 
 Closed loop: at the start each connection sends ``inflight`` requests; the
-reader sends the next one on the same connection as soon as one finishes, until
-the window ends.  Latency runs from the actual send.
+reply handler sends the next one on the same connection as soon as one
+finishes, until the window ends.  Latency runs from the actual send.
 
 Open loop: the scheduler sends each request at its intended time from
 :class:`~.schedule.OpenLoopSchedule` on the next connection with room
@@ -30,14 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from .config import WorkerConfig
 from .histogram import LatencyHistogram
-from .probe import connect_kwargs
+from .probe import SUBPROTOCOL
 from .schedule import OpenLoopSchedule, Window
 from .stats import RunStats
+from .transport import WsClient, open_client
 from .workload import RequestFactory, WeightedCycle
 
 __all__ = ["Progress", "Worker"]
@@ -46,6 +45,7 @@ __all__ = ["Progress", "Worker"]
 Progress = Callable[[dict[str, Any]], None]
 
 _CONNECT_CONCURRENCY = 32
+_CLOSE_WAIT_S = 3.0
 _TERMINAL_OK = frozenset({"result", "done"})
 _PARTIAL = frozenset({"token", "chunk"})
 
@@ -61,15 +61,18 @@ class _Req:
 
 
 class _Conn:
-    __slots__ = ("alive", "close_code", "next_id", "open_at_end", "pending", "ws")
+    __slots__ = ("client", "close_code", "next_id", "open_at_end", "pending")
 
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
+    def __init__(self) -> None:
+        self.client: WsClient | None = None
         self.pending: dict[Any, _Req] = {}
         self.next_id = 0
-        self.alive = True
         self.close_code: int | None = None
         self.open_at_end = False
+
+    @property
+    def alive(self) -> bool:
+        return self.close_code is None and self.client is not None and self.client.is_open
 
 
 class Worker:
@@ -98,25 +101,32 @@ class Worker:
         self._live_err = 0
         self._live_tokens = 0
         self._live_hist = LatencyHistogram()
-        self._slot_freed = asyncio.Event()
+        self._sending = False
+        self._slot_freed: asyncio.Event | None = None
         self._want_slot = False
-        self._sending = True
 
     # -- set-up ------------------------------------------------------------
     async def connect(self) -> tuple[int, list[str]]:
         """Open this process's connections; returns (opened, failure messages)."""
-        kwargs = connect_kwargs(open_timeout_s=self._cfg.load.open_timeout_s)
+        load = self._cfg.load
         sem = asyncio.Semaphore(_CONNECT_CONCURRENCY)
         failures: list[str] = []
 
         async def one() -> None:
+            conn = _Conn()
             async with sem:
                 try:
-                    ws = await connect(self._cfg.load.url, **kwargs)
+                    conn.client = await open_client(
+                        load.url,
+                        on_message=lambda data: self._on_message(conn, data),
+                        on_close=lambda code: self._on_close(conn, code),
+                        subprotocols=[SUBPROTOCOL],
+                        open_timeout_s=load.open_timeout_s,
+                    )
                 except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal alone
                     failures.append(f"{type(exc).__name__}: {exc}")
                     return
-                self._conns.append(_Conn(ws))
+            self._conns.append(conn)
 
         await asyncio.gather(*(one() for _ in range(self._cfg.connections)))
         self.stats.connections = len(self._conns)
@@ -125,17 +135,16 @@ class Worker:
 
     # -- the run -----------------------------------------------------------
     async def run(self, *, start: float, progress: Progress | None = None) -> RunStats:
-        """Load from ``start`` (monotonic seconds) through warm-up, measurement and grace; close; return stats."""
+        """Load from ``start`` (monotonic s) through warm-up, measurement and grace; close; return stats."""
         load = self._cfg.load
         window = self._window = Window(start=start, warmup_s=load.warmup_s, duration_s=load.duration_s)
-        readers = [asyncio.create_task(self._reader(c)) for c in self._conns]
-        ticker = asyncio.create_task(self._ticker(progress)) if progress is not None else None
+        self._slot_freed = asyncio.Event()
+        ticker = asyncio.create_task(self._ticker(progress, start)) if progress is not None else None
         try:
-            delay = start - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await self._sleep_until(start)
+            self._sending = True
             if self._closed_loop:
-                await self._closed_start()
+                self._closed_start()
                 await self._sleep_until(window.end)
             else:
                 await self._open_loop(window)
@@ -145,7 +154,7 @@ class Worker:
             self._sending = False
             if ticker is not None:
                 ticker.cancel()
-            await self._close_all(readers)
+            await self._close_all()
         self._sweep()
         return self.stats
 
@@ -153,60 +162,53 @@ class Worker:
         while (left := t - self._clock()) > 0:
             await asyncio.sleep(left)
 
-    async def _closed_start(self) -> None:
+    def _closed_start(self) -> None:
         k = self._cfg.inflight
         for conn in self._conns:
             for _ in range(k):
                 if not conn.alive:
                     break
-                now = self._clock()
-                try:
-                    await self._send(conn, now)
-                except ConnectionClosed:
-                    conn.alive = False
+                self._send(conn, self._clock())
 
     async def _open_loop(self, window: Window) -> None:
         load = self._cfg.load
-        assert load.rate_per_s is not None
+        assert load.rate_per_s is not None and self._slot_freed is not None
         sched = OpenLoopSchedule(rate_per_s=load.rate_per_s, start=window.start, end=window.end,
                                  first=self._cfg.index, stride=load.procs)
         cap = self._cfg.inflight
         conns = self._conns
+        n = len(conns)
         backlog: deque[float] = deque()
         stats = self.stats
         late_s = self._late_s
+        clock = self._clock
         rr = 0
         while True:
-            now = self._clock()
-            backlog.extend(sched.due(now))
+            backlog.extend(sched.due(clock()))
             while backlog:
                 conn = None
-                for _ in range(len(conns)):
+                for _ in range(n):
                     c = conns[rr]
-                    rr = (rr + 1) % len(conns)
-                    if c.alive and len(c.pending) < cap:
+                    rr = rr + 1 if rr + 1 < n else 0
+                    if len(c.pending) < cap and c.alive:
                         conn = c
                         break
                 if conn is None:
                     break
                 intended = backlog.popleft()
-                now = self._clock()
                 if window.measured(intended):
-                    lag = now - intended
+                    lag = clock() - intended
                     stats.send_lag.record_s(lag)
                     if lag > late_s:
                         stats.late_sends += 1
-                try:
-                    await self._send(conn, intended)
-                except ConnectionClosed:
-                    conn.alive = False
+                self._send(conn, intended)
             if not any(c.alive for c in conns):
                 self._fail_backlog(backlog)
                 return
             nxt = sched.next_time
             if nxt == math.inf and not backlog:
                 return
-            timeout = None if nxt == math.inf else max(0.0, nxt - self._clock())
+            timeout = None if nxt == math.inf else max(0.0, nxt - clock())
             if backlog:
                 self._slot_freed.clear()
                 self._want_slot = True
@@ -215,92 +217,78 @@ class Worker:
                 except TimeoutError:
                     pass
                 self._want_slot = False
-            elif timeout:
-                await asyncio.sleep(timeout)
+            else:
+                await asyncio.sleep(timeout or 0)
 
     def _fail_backlog(self, backlog: deque[float]) -> None:
         """Requests that could never be sent (every connection closed) count as ``connection_closed``."""
         window = self._window
         assert window is not None
         while backlog:
-            intended = backlog.popleft()
-            if window.measured(intended):
-                i = self._cycle.next()
-                w = self.stats.workloads[i]
+            if window.measured(backlog.popleft()):
+                w = self.stats.workloads[self._cycle.next()]
                 w.sent += 1
                 w.errors["connection_closed"] += 1
 
-    async def _send(self, conn: _Conn, intended: float) -> None:
+    def _send(self, conn: _Conn, intended: float) -> None:
         i = self._cycle.next()
         rid = conn.next_id
         conn.next_id = rid + 1
-        assert self._window is not None
-        measured = self._window.measured(intended)
+        measured = self._window.measured(intended)  # type: ignore[union-attr]
+        data = self._factories[i].build(rid)
+        try:
+            conn.client.send(data)  # type: ignore[union-attr]
+        except ConnectionError:
+            return  # the connection is closing; nothing was sent
         conn.pending[rid] = _Req(i, intended, measured)
         if measured:
             self.stats.workloads[i].sent += 1
         self._live_sent += 1
-        await conn.ws.send(self._factories[i].build(rid), text=True)
 
-    # -- replies -----------------------------------------------------------
-    async def _reader(self, conn: _Conn) -> None:
-        ws = conn.ws
-        pending = conn.pending
-        loads = orjson.loads
-        clock = self._clock
-        window = self._window
-        assert window is not None
-        workloads = self.stats.workloads
-        echo = self._echo
+    # -- replies (synchronous, from data_received) ------------------------
+    def _on_message(self, conn: _Conn, data: bytes) -> None:
+        now = self._clock()
         try:
-            while True:
-                data = await ws.recv(decode=False)
-                now = clock()
-                try:
-                    frame = loads(data)
-                    rid = frame.get("id")
-                except (orjson.JSONDecodeError, AttributeError, TypeError):
-                    continue  # not ours to judge; the request it might answer will end as no_reply
-                req = pending.get(rid) if rid is not None else None
-                if req is None:
-                    continue  # hello, draining, pong, or a frame for an unknown id
-                code: str | None
-                if echo:
-                    code = None
-                else:
-                    kind = frame.get("type")
-                    if kind in _PARTIAL:
-                        if window.measured(now):
-                            workloads[req.w].tokens += 1
-                            self._live_tokens += 1
-                        if req.measured:
-                            w = workloads[req.w]
-                            if req.last is None:
-                                w.first.record_s(now - req.intended)
-                            else:
-                                w.gap.record_s(now - req.last)
-                        req.last = now
-                        continue
-                    if kind in _TERMINAL_OK:
-                        code = None
-                    elif kind == "error":
-                        code = str(frame.get("code") or "unknown")
-                    else:
-                        continue
-                del pending[rid]
-                self._finish(req, now, code)
-                if self._closed_loop:
-                    if self._sending and now < window.end:
-                        await self._send(conn, clock())
-                elif self._want_slot:
-                    self._slot_freed.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            conn.alive = False
-            conn.close_code = ws.close_code if ws.close_code is not None else 1006
-            if self._want_slot:
-                self._slot_freed.set()
+            frame = orjson.loads(data)
+            rid = frame.get("id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return  # not ours to judge; the request it might answer ends as no_reply
+        req = conn.pending.get(rid) if rid is not None else None
+        if req is None:
+            return  # hello, draining, pong, or a frame for an unknown id
+        code: str | None
+        if self._echo:
+            code = None
+        else:
+            kind = frame.get("type")
+            if kind in _PARTIAL:
+                self._partial(req, now)
+                return
+            if kind in _TERMINAL_OK:
+                code = None
+            elif kind == "error":
+                code = str(frame.get("code") or "unknown")
+            else:
+                return
+        del conn.pending[rid]
+        self._finish(req, now, code)
+        if self._closed_loop:
+            if self._sending and now < self._window.end:  # type: ignore[union-attr]
+                self._send(conn, now)
+        elif self._want_slot:
+            self._slot_freed.set()  # type: ignore[union-attr]
+
+    def _partial(self, req: _Req, now: float) -> None:
+        w = self.stats.workloads[req.w]
+        if self._window.measured(now):  # type: ignore[union-attr]
+            w.tokens += 1
+            self._live_tokens += 1
+        if req.measured:
+            if req.last is None:
+                w.first.record_s(now - req.intended)
+            else:
+                w.gap.record_s(now - req.last)
+        req.last = now
 
     def _finish(self, req: _Req, now: float, code: str | None) -> None:
         w = self.stats.workloads[req.w]
@@ -310,13 +298,18 @@ class Worker:
             if req.measured:
                 w.ok += 1
                 w.latency.record_s(now - req.intended)
-            assert self._window is not None
-            if self._window.measured(now):
+            if self._window.measured(now):  # type: ignore[union-attr]
                 w.ok_in_window += 1
         else:
             self._live_err += 1
             if req.measured:
                 w.errors[code] += 1
+
+    def _on_close(self, conn: _Conn, code: int) -> None:
+        if conn.close_code is None:
+            conn.close_code = code
+        if self._want_slot and self._slot_freed is not None:
+            self._slot_freed.set()
 
     # -- the end -----------------------------------------------------------
     def outstanding(self) -> int:
@@ -326,22 +319,17 @@ class Worker:
         while self.outstanding() and self._clock() < deadline:
             await asyncio.sleep(0.005)
 
-    async def _close_all(self, readers: list[asyncio.Task[None]]) -> None:
-        async def close(c: _Conn) -> None:
-            try:
-                await c.ws.close()
-            except Exception:  # noqa: BLE001 - closing is best effort; the code is read below
-                pass
-
+    async def _close_all(self) -> None:
+        clients = [c.client for c in self._conns if c.client is not None]
         for c in self._conns:
-            c.open_at_end = c.close_code is None
-        await asyncio.gather(*(close(c) for c in self._conns))
-        done, still = await asyncio.wait(readers, timeout=3.0) if readers else (set(), set())
-        for t in still:
-            t.cancel()
+            c.open_at_end = c.alive
+        for client in clients:
+            client.close(1000)
+        if clients:
+            await asyncio.wait([client.closed for client in clients], timeout=_CLOSE_WAIT_S)
         for c in self._conns:
             if c.close_code is None:
-                c.close_code = c.ws.close_code if c.ws.close_code is not None else 1006
+                c.close_code = c.client.close_code if c.client is not None and c.client.close_code is not None else 1006
             self.stats.close_codes[str(c.close_code)] += 1
 
     def _sweep(self) -> None:
@@ -366,7 +354,10 @@ class Worker:
             "hist": hist.encode(),
         }
 
-    async def _ticker(self, progress: Progress) -> None:
+    async def _ticker(self, progress: Progress, start: float) -> None:
+        """Snapshot at ``start + k - 0.02`` s so the parent, printing at ``start + k``, has every process's."""
+        k = 1
         while True:
-            await asyncio.sleep(1.0)
+            await self._sleep_until(start + k - 0.02)
             progress(self.snapshot())
+            k += 1

@@ -169,7 +169,7 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"throughput: {tp['achieved_rps']:,.1f} req/s achieved (closed loop, no target)")
     rq = report["requests"]
     lines.append(f"requests: {rq['sent']:,} sent, {rq['ok']:,} ok, {rq['errors']:,} errors ({rq['error_rate']:.3%})")
-    names = ["all", *report["workloads"]]
+    names = ["all", *(label + " 1st chunk" for label in report["workloads"])]
     width = max(len(n) for n in names) + 2
     lines.append(f"  {'latency (ms)':<{width}}" + "".join(f"{h:>10}" for h in ("p50", "p90", "p99", "p99.9", "max", "mean")) + f"{'count':>11}")
     lines.append(_fmt_row("all", report["latency_ms"], width))

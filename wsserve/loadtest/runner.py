@@ -192,7 +192,8 @@ def _collect(cfg: LoadConfig, pipes: list[mpc.Connection], *, start: float, err:
                 ok = sum(s["ok"] for s in latest.values())
                 rate = (ok - last_ok) / max(1e-9, now - last_t)
                 last_ok, last_t = ok, now
-                phase = "warmup" if now < start + cfg.warmup_s else ("measure" if now < end else "drain")
+                mid = now - 0.5  # the line covers the second before it
+                phase = "warmup" if mid < start + cfg.warmup_s else ("measure" if mid < end else "drain")
                 print(_progress_line(now - start, phase, latest, rate, interval), file=err, flush=True)
             interval = LatencyHistogram()
             next_line += 1.0
