@@ -1,0 +1,1133 @@
+/**
+ * wsserve-client — a zero-dependency ES module client for the wsserve
+ * WebSocket inference server (wire protocol version 1, subprotocol `wsserve.v1`).
+ *
+ * Runs unchanged in browsers and in Node >= 20: it uses the global
+ * `WebSocket` where there is one and falls back to the optional `ws` package
+ * (loaded by dynamic import) otherwise. The API mirrors the Python client
+ * (`wsserve_client`), in JavaScript style: camelCase options, milliseconds.
+ *
+ *   import { Client } from 'wsserve-client';
+ *   const c = new Client('ws://127.0.0.1:8765/');
+ *   const r = await c.predict('linear', [[0.5]]);          // r.outputs → [[2.02]]
+ *   const g = c.generate('charlm', 'The ', { maxTokens: 32 });
+ *   for await (const text of g) process.stdout.write(text);
+ *   console.log(g.done);                                   // {reason, tokens, timing, text}
+ *   await c.close();
+ *
+ * Contracts
+ * - One socket; any number of concurrent calls are multiplexed over it by a
+ *   fresh integer id each. Every call settles with the server's terminal frame
+ *   for its id (`result`, `done` or `error`), or with `ConnectionLost` when the
+ *   connection dies first: the socket closed, or no frame arrived within
+ *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`.
+ * - At most `max_inflight` (from `hello`, or the `maxInflight` option)
+ *   predict/generate requests are outstanding; further calls wait, FIFO. A
+ *   request's slot is held until the server's terminal frame for it, even
+ *   when the caller stopped listening.
+ * - Cancellation: aborting a call's `AbortSignal`, calling `stream.cancel()`,
+ *   leaving a `for await` early or hitting the client-side deadline sends
+ *   `{"type":"cancel","id":...}`. An aborted `predict` rejects with the
+ *   server's `RequestCancelled` (a local one if it was never sent); an aborted
+ *   `generate` ends normally with `done.reason === 'cancelled'`.
+ * - `timeoutMs` is sent as the server deadline `timeout_ms`; the client also
+ *   gives up on its own 1 s later (`DeadlineExceeded`, cancel sent).
+ * - A request larger than the server's `max_message_bytes` is refused
+ *   locally with `RequestTooLarge` (sending it would close the connection).
+ * - After a connection is lost, the next call reconnects, trying up to
+ *   `reconnect.maxAttempts` times with jittered exponential backoff.
+ *   `overloaded`/`rate_limited` refusals are retried only when `retry` is set.
+ *
+ * Error tree (each carries `code` — the wire code, or null for client-side
+ * errors —, `requestId`, `retryAfterMs` and, from the server, `frame`):
+ *
+ *   WsserveError              root; also used as is for an unknown wire code
+ *   ├── BadJsonError          bad_json
+ *   ├── BadRequestError       bad_request
+ *   ├── UnknownModelError     unknown_model
+ *   ├── DuplicateIdError      duplicate_id
+ *   ├── InvalidInput          invalid_input
+ *   ├── OverloadedError       overloaded          (retryAfterMs)
+ *   ├── RateLimitedError      rate_limited        (retryAfterMs)
+ *   ├── DeadlineExceeded      deadline_exceeded   (server deadline, or the client-side guard)
+ *   ├── RequestCancelled      cancelled
+ *   ├── Unauthorized          unauthorized
+ *   ├── ShuttingDown          shutting_down
+ *   ├── InternalServerError   internal
+ *   ├── RequestTooLarge       (client side: larger than max_message_bytes; not sent)
+ *   └── ConnectionLost        (client side: socket closed, heartbeat missed, connect failed)
+ *       └── ClientClosed      (the Client was closed while the call was unfinished)
+ */
+
+export const PROTOCOL_VERSION = 1;
+export const SUBPROTOCOL = 'wsserve.v1';
+/** The client-side deadline fires this long after a request's `timeoutMs`. */
+export const DEADLINE_GRACE_MS = 1000;
+
+// =================================================================== errors
+
+/** Root of every error this client raises. */
+export class WsserveError extends Error {
+  /** The wire code this class stands for (null for client-side errors). */
+  static wireCode = null;
+
+  /**
+   * @param {string} message
+   * @param {{code?: string|null, requestId?: string|number|null, retryAfterMs?: number|null,
+   *          cause?: unknown, frame?: object|null}} [opts]
+   */
+  constructor(message, opts = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    /** The wire error code (`"overloaded"`, ...), or null for client-side errors. */
+    this.code = opts.code !== undefined ? opts.code : new.target.wireCode;
+    /** The id of the request this answers, or null. */
+    this.requestId = opts.requestId ?? null;
+    /** Milliseconds the server asked to wait before retrying, or null. */
+    this.retryAfterMs = opts.retryAfterMs ?? null;
+    /** The server's `error` frame, when the error came from the server. */
+    this.frame = opts.frame ?? null;
+  }
+}
+
+export class BadJsonError extends WsserveError { static wireCode = 'bad_json'; }
+export class BadRequestError extends WsserveError { static wireCode = 'bad_request'; }
+export class UnknownModelError extends WsserveError { static wireCode = 'unknown_model'; }
+export class DuplicateIdError extends WsserveError { static wireCode = 'duplicate_id'; }
+export class InvalidInput extends WsserveError { static wireCode = 'invalid_input'; }
+export class OverloadedError extends WsserveError { static wireCode = 'overloaded'; }
+export class RateLimitedError extends WsserveError { static wireCode = 'rate_limited'; }
+export class DeadlineExceeded extends WsserveError { static wireCode = 'deadline_exceeded'; }
+export class RequestCancelled extends WsserveError { static wireCode = 'cancelled'; }
+export class Unauthorized extends WsserveError { static wireCode = 'unauthorized'; }
+export class ShuttingDown extends WsserveError { static wireCode = 'shutting_down'; }
+export class InternalServerError extends WsserveError { static wireCode = 'internal'; }
+/** The request is larger than the server's `max_message_bytes`; it was not sent. */
+export class RequestTooLarge extends WsserveError {}
+/** The connection closed (or could not be opened) before the call finished. */
+export class ConnectionLost extends WsserveError {}
+/** The client was closed while the call was unfinished. */
+export class ClientClosed extends ConnectionLost {}
+
+/** Wire code → error class, for every code of protocol version 1. */
+export const ERROR_CLASSES = Object.freeze(Object.fromEntries([
+  BadJsonError, BadRequestError, UnknownModelError, DuplicateIdError, InvalidInput,
+  OverloadedError, RateLimitedError, DeadlineExceeded, RequestCancelled, Unauthorized,
+  ShuttingDown, InternalServerError,
+].map((cls) => [cls.wireCode, cls])));
+
+/**
+ * The error for a wire `error` frame. An unknown code gives a plain
+ * `WsserveError` that still carries it.
+ * @param {{code?: string, message?: string, id?: any, retry_after_ms?: number}} frame
+ * @returns {WsserveError}
+ */
+export function errorFromFrame(frame) {
+  const code = typeof frame?.code === 'string' ? frame.code : 'internal';
+  const Cls = Object.hasOwn(ERROR_CLASSES, code) ? ERROR_CLASSES[code] : WsserveError;
+  return new Cls(typeof frame?.message === 'string' ? frame.message : code, {
+    code,
+    requestId: frame?.id ?? null,
+    retryAfterMs: typeof frame?.retry_after_ms === 'number' ? frame.retry_after_ms : null,
+    frame,
+  });
+}
+
+// =================================================================== policies
+
+/** Reconnect policy defaults: at most `maxAttempts` tries in total. */
+export const DEFAULT_RECONNECT = Object.freeze({ maxAttempts: 5, baseDelayMs: 100, maxDelayMs: 2000, jitter: 0.5 });
+/** Retry policy defaults (used when `retry: true`). `maxAttempts` counts every try. */
+export const DEFAULT_RETRY = Object.freeze({
+  maxAttempts: 4, baseDelayMs: 50, maxDelayMs: 2000, jitter: 0.5, codes: Object.freeze(['overloaded', 'rate_limited']),
+});
+
+/**
+ * Wait after failed connection try `attempt` (0-based):
+ * `min(maxDelayMs, baseDelayMs * 2**attempt)` scaled by a factor in `[1 - jitter, 1]`.
+ * @param {{baseDelayMs: number, maxDelayMs: number, jitter: number}} policy
+ * @param {number} attempt
+ * @param {number} rand  uniform in [0, 1)
+ */
+export function reconnectDelayMs(policy, attempt, rand) {
+  const raw = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** attempt);
+  return raw * (1 - policy.jitter * rand);
+}
+
+/**
+ * Wait before retrying after refused try `attempt` (0-based): the backoff
+ * `min(maxDelayMs, baseDelayMs * 2**attempt)` or the server's `retryAfterMs`
+ * if longer (never shortened), stretched by a factor in `[1, 1 + jitter]`.
+ * @param {{baseDelayMs: number, maxDelayMs: number, jitter: number}} policy
+ * @param {number} attempt
+ * @param {number|null} retryAfterMs
+ * @param {number} rand  uniform in [0, 1)
+ */
+export function retryDelayMs(policy, attempt, retryAfterMs, rand) {
+  const backoff = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** attempt);
+  return Math.max(backoff, retryAfterMs ?? 0) * (1 + policy.jitter * rand);
+}
+
+function checkPolicy(name, p) {
+  if (!Number.isInteger(p.maxAttempts) && p.maxAttempts !== Infinity) {
+    throw new TypeError(`${name}.maxAttempts must be an integer >= 1 or Infinity, got ${p.maxAttempts}`);
+  }
+  if (p.maxAttempts < 1) throw new RangeError(`${name}.maxAttempts must be >= 1, got ${p.maxAttempts}`);
+  if (!(p.baseDelayMs >= 0 && p.maxDelayMs >= p.baseDelayMs)) {
+    throw new RangeError(`${name}: need 0 <= baseDelayMs <= maxDelayMs, got ${p.baseDelayMs}, ${p.maxDelayMs}`);
+  }
+  if (!(p.jitter >= 0 && p.jitter <= 1)) throw new RangeError(`${name}.jitter must be in [0, 1], got ${p.jitter}`);
+  return Object.freeze(p);
+}
+
+// =================================================================== helpers
+
+const now = () => performance.now();
+
+function unrefTimer(t) {
+  if (t && typeof t === 'object' && typeof t.unref === 'function') t.unref();
+  return t;
+}
+
+/** Sleep `ms`; rejects with `signal.reason` if the signal aborts first. */
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) { reject(signal.reason); return; }
+    const onAbort = () => { clearTimeout(t); reject(signal.reason); };
+    const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** `promise`, or a rejection with `signal.reason` if the signal aborts first. */
+function raceAbort(promise, signal) {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
+      (e) => { signal.removeEventListener('abort', onAbort); reject(e); },
+    );
+  });
+}
+
+function makeEvent(type, detail) {
+  if (typeof CustomEvent === 'function') return new CustomEvent(type, { detail });
+  const ev = new Event(type);
+  Object.defineProperty(ev, 'detail', { value: detail });
+  return ev;
+}
+
+/** Inputs as plain nested arrays (rows may be typed arrays). Throws TypeError on a non-array. */
+function toRows(inputs) {
+  if (!Array.isArray(inputs) && !ArrayBuffer.isView(inputs)) {
+    throw new TypeError('inputs must be an array of rows (number[][])');
+  }
+  return Array.from(/** @type {any} */ (inputs), (row) => (ArrayBuffer.isView(row) ? Array.from(/** @type {any} */ (row)) : row));
+}
+
+function setIf(obj, key, value) {
+  if (value !== undefined && value !== null) obj[key] = value;
+}
+
+let utf8 = null;
+/** UTF-8 length of `text`, computed only when the cheap bounds cannot decide. */
+function exceedsBytes(text, limit) {
+  if (limit == null) return false;
+  if (text.length > limit) return true; // every UTF-16 unit is at least one byte
+  if (text.length * 3 <= limit) return false; // and at most three
+  utf8 ??= new TextEncoder();
+  return utf8.encode(text).length > limit;
+}
+
+let wsModulePromise = null;
+async function resolveWebSocket(explicit) {
+  if (explicit) return explicit;
+  if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
+  const specifier = 'ws'; // a variable, so browser tooling does not try to resolve it
+  wsModulePromise ??= import(specifier).then(
+    (m) => m.WebSocket ?? m.default,
+    (e) => {
+      wsModulePromise = null;
+      throw new ConnectionLost(
+        'this runtime has no global WebSocket and the optional "ws" package is not installed (npm install ws)',
+        { cause: e },
+      );
+    },
+  );
+  return wsModulePromise;
+}
+
+// =================================================================== limiter
+
+/** FIFO counting semaphore for the `max_inflight` slots. */
+class Limiter {
+  used = 0;
+  #waiters = [];
+
+  /** @param {() => number} capacity */
+  constructor(capacity) { this.capacity = capacity; }
+
+  get waiting() { return this.#waiters.length; }
+
+  /** Take a slot, waiting FIFO; rejects with `signal.reason` on abort. */
+  acquire(signal) {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.used < this.capacity() && this.#waiters.length === 0) { this.used++; return Promise.resolve(); }
+    return new Promise((resolve, reject) => {
+      const w = { resolve, reject, signal, onAbort: null };
+      if (signal) {
+        w.onAbort = () => {
+          const i = this.#waiters.indexOf(w);
+          if (i >= 0) this.#waiters.splice(i, 1);
+          reject(signal.reason);
+        };
+        signal.addEventListener('abort', w.onAbort, { once: true });
+      }
+      this.#waiters.push(w);
+    });
+  }
+
+  release() {
+    this.used--;
+    this.wake();
+  }
+
+  /** Hand free slots to waiters (also after the capacity grew). */
+  wake() {
+    while (this.#waiters.length && this.used < this.capacity()) {
+      const w = this.#waiters.shift();
+      w.signal?.removeEventListener('abort', w.onAbort);
+      this.used++;
+      w.resolve();
+    }
+  }
+
+  /** Reject every waiter with `error`. */
+  failAll(error) {
+    for (const w of this.#waiters.splice(0)) {
+      w.signal?.removeEventListener('abort', w.onAbort);
+      w.reject(error);
+    }
+  }
+}
+
+// =================================================================== calls and connection
+
+/** One request on the wire, until its terminal frame or the connection's end. */
+class Call {
+  /** Called with each non-terminal frame (chunk, token). */
+  onItem = () => {};
+  /** Called once: `(error, terminalFrame)`. */
+  onEnd = () => {};
+  items = 0;
+  ended = false;
+  cancelSent = false;
+
+  constructor(id, msg, counted, sentAt) {
+    this.id = id;
+    this.type = msg.type;
+    this.model = msg.model ?? null;
+    this.rows = Array.isArray(msg.inputs) ? msg.inputs.length : undefined;
+    this.counted = counted;
+    this.sentAt = sentAt;
+    this.internal = false;
+  }
+}
+
+/** One open socket and the calls waiting on it. */
+class Connection {
+  /** @type {Map<string|number, Call>} */
+  pending = new Map();
+  hello = null;
+  draining = false;
+  dead = false;
+  lastRxAt = now();
+  #hbInterval = null;
+  #hbTimeout = null;
+
+  constructor(ws) { this.ws = ws; }
+
+  /** Send one JSON message; throws `ConnectionLost` if the socket is gone. */
+  sendText(text) {
+    if (this.dead || this.ws.readyState !== 1) throw new ConnectionLost('the connection is closed');
+    this.ws.send(text);
+  }
+
+  /** Best-effort cancel of `call` (never throws). */
+  cancel(call) {
+    if (call.ended || call.cancelSent) return false;
+    call.cancelSent = true;
+    try { this.sendText(`{"type":"cancel","id":${JSON.stringify(call.id)}}`); return true; } catch { return false; }
+  }
+
+  startHeartbeat(intervalMs, timeoutMs, ping, die) {
+    if (intervalMs == null) return;
+    this.#hbInterval = unrefTimer(setInterval(() => {
+      if (this.dead || this.#hbTimeout) return;
+      const sentAt = now();
+      ping();
+      this.#hbTimeout = unrefTimer(setTimeout(() => {
+        this.#hbTimeout = null;
+        if (this.lastRxAt < sentAt) {
+          die(new ConnectionLost(`no frame from the server within ${timeoutMs} ms of a heartbeat ping; connection presumed dead`));
+        }
+      }, timeoutMs));
+    }, intervalMs));
+  }
+
+  stopTimers() {
+    clearInterval(this.#hbInterval);
+    clearTimeout(this.#hbTimeout);
+    this.#hbInterval = this.#hbTimeout = null;
+  }
+}
+
+// =================================================================== streams
+
+/**
+ * An async-iterable response, created by `Client.predictStream` and
+ * `Client.generate`. The request is sent at once; items are buffered until
+ * read. Iterate it once.
+ * @template T
+ */
+export class ResponseStream {
+  /** @type {string|number|null} the current attempt's request id, once sent */
+  id = null;
+  /** The final info once finished without error: `{reason, timing, ...}`. */
+  done = null;
+  /** @type {WsserveError|null} the error that ended it, if any */
+  error = null;
+  /** Items received from the server so far (all attempts). */
+  received = 0;
+
+  #items = [];
+  #waiter = null;
+  #abandoned = false;
+  #errorThrown = false;
+  #cancelFn = null;
+  #cancelRequested = false;
+  #settled = [];
+
+  /** True once nothing more can arrive (done, error, or cancelled before sending). */
+  get finished() { return this.done !== null || this.error !== null; }
+
+  /** True once `cancel()` was called (or the signal aborted). */
+  get cancelRequested() { return this.#cancelRequested; }
+
+  /**
+   * Ask the server to stop this request; iteration continues to its terminal
+   * frame (a generation then ends with reason `cancelled`). Idempotent.
+   */
+  cancel() {
+    if (this.finished) return;
+    this.#cancelRequested = true;
+    this.#cancelFn?.();
+  }
+
+  /**
+   * Wait for the end without reading: resolves with `done`, rejects with the
+   * error. Items not yet read stay readable.
+   * @returns {Promise<object>}
+   */
+  wait() {
+    if (this.error) return Promise.reject(this.error);
+    if (this.done) return Promise.resolve(this.done);
+    return new Promise((resolve, reject) => this.#settled.push({ resolve, reject }));
+  }
+
+  /** @returns {Promise<IteratorResult<T>>} */
+  next() {
+    if (this.#items.length) return Promise.resolve({ value: this.#items.shift(), done: false });
+    if (this.#abandoned) return Promise.resolve({ value: undefined, done: true });
+    if (this.error) {
+      if (this.#errorThrown) return Promise.resolve({ value: undefined, done: true });
+      this.#errorThrown = true;
+      return Promise.reject(this.error);
+    }
+    if (this.done) return Promise.resolve({ value: undefined, done: true });
+    if (this.#waiter) return Promise.reject(new TypeError('next() called again before the previous call settled'));
+    return new Promise((resolve, reject) => { this.#waiter = { resolve, reject }; });
+  }
+
+  /**
+   * Leaving a `for await` early lands here: the server is told to cancel,
+   * unread and later items are dropped.
+   */
+  return() {
+    this.cancel();
+    this.#abandoned = true;
+    this.#items.length = 0;
+    this.#wake();
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator]() { return this; }
+
+  /** Converts one server frame to the item yielded. */
+  _item(frame) { return frame; }
+  /** Builds `done` from the terminal `done` frame. */
+  _doneInfo(frame) { const { type: _t, id: _i, ...rest } = frame; return rest; }
+  /** What `done` is when cancelled before it was ever sent; null → an error instead. */
+  _localCancelInfo() { return null; }
+
+  _bindCancel(fn) {
+    this.#cancelFn = fn;
+    if (fn && this.#cancelRequested) fn();
+  }
+
+  _push(frame) {
+    if (this.finished) return;
+    this.received++;
+    const item = this._item(frame);
+    if (this.#abandoned) return;
+    if (this.#waiter) {
+      const w = this.#waiter; this.#waiter = null;
+      w.resolve({ value: item, done: false });
+    } else {
+      this.#items.push(item);
+    }
+  }
+
+  _finish(doneFrame, error) {
+    if (this.finished) return;
+    if (error) this.error = error;
+    else this.done = this._doneInfo(doneFrame);
+    this.#wake();
+    for (const s of this.#settled.splice(0)) {
+      if (error) s.reject(error); else s.resolve(this.done);
+    }
+  }
+
+  _finishLocalCancel() {
+    const info = this._localCancelInfo();
+    if (info) {
+      this.done = null;
+      this.#finishWithInfo(info);
+    } else {
+      this._finish(null, new RequestCancelled('cancelled before it was sent'));
+    }
+  }
+
+  #finishWithInfo(info) {
+    if (this.finished) return;
+    this.done = info;
+    this.#wake();
+    for (const s of this.#settled.splice(0)) s.resolve(info);
+  }
+
+  #wake() {
+    if (!this.#waiter || this.#items.length) return;
+    const w = this.#waiter; this.#waiter = null;
+    if (this.#abandoned || !this.error) w.resolve({ value: undefined, done: true });
+    else { this.#errorThrown = true; w.reject(this.error); }
+  }
+}
+
+/**
+ * Streaming predict: yields `{seq, offset, outputs}` chunks in order; `done`
+ * is `{reason: 'complete', rows, timing}` at the end.
+ * @extends {ResponseStream<{seq: number, offset: number, outputs: number[][]}>}
+ */
+export class PredictStream extends ResponseStream {
+  _item(f) { return { seq: f.seq, offset: f.offset, outputs: f.outputs }; }
+}
+
+/**
+ * Token streaming: yields each token's text as it is generated; `done` is
+ * `{reason, tokens, timing, text}` at the end (reason `length`, `stop` or
+ * `cancelled`); `text` is the whole text so far.
+ * @extends {ResponseStream<string>}
+ */
+export class Generation extends ResponseStream {
+  /** The generated text so far (stop strings excluded, as the server sends it). */
+  text = '';
+  _item(f) { this.text += f.text; return f.text; }
+  _doneInfo(f) { return { ...super._doneInfo(f), text: this.text }; }
+  _localCancelInfo() { return { reason: 'cancelled', tokens: 0, timing: null, text: '' }; }
+}
+
+// =================================================================== client
+
+/**
+ * A wsserve client: one WebSocket, many concurrent calls.
+ *
+ * It is an `EventTarget`; `event.detail` carries: `open` → the hello frame;
+ * `close` → `{code, reason, error}`; `reconnecting` → `{attempt, delayMs, error}`;
+ * `draining` → the draining frame; `request` → `{type, model, ms, ok, code,
+ * rows, tokens}` after every finished call (for dashboards); `servererror` →
+ * an error frame that answers no call.
+ */
+export class Client extends EventTarget {
+  /** @type {Connection|null} */
+  #conn = null;
+  #connecting = null;
+  #closed = false;
+  #nextId = 1;
+  #lastHello = null;
+  #opts;
+  #limiter;
+  #counters = { connects: 0, requestsSent: 0, cancelsSent: 0, serverCancelled: 0 };
+
+  /**
+   * @param {string|URL} url  `ws://host:port/` or `wss://...` (http(s) is mapped to ws(s))
+   * @param {object} [opts]
+   * @param {string} [opts.token]  API key, sent in-band as `{"type":"auth","token":...}` after `hello`
+   * @param {number|null} [opts.heartbeatMs=15000]  application-level ping interval; null disables
+   * @param {number} [opts.heartbeatTimeoutMs=10000]  no frame this long after a ping → connection dead
+   * @param {number} [opts.connectTimeoutMs=10000]  one attempt, handshake to `hello` (and auth)
+   * @param {false|{maxAttempts?: number, baseDelayMs?: number, maxDelayMs?: number, jitter?: number}} [opts.reconnect]
+   * @param {boolean|{maxAttempts?: number, baseDelayMs?: number, maxDelayMs?: number, jitter?: number, codes?: string[]}} [opts.retry]
+   *   opt-in retry of `overloaded`/`rate_limited` refusals, honouring `retry_after_ms`
+   * @param {number|null} [opts.maxInflight]  client-side cap on outstanding predict+generate (default: the server's)
+   * @param {any} [opts.WebSocket]  WebSocket constructor to use
+   * @param {string[]} [opts.protocols=['wsserve.v1']]  subprotocols to offer
+   */
+  constructor(url, opts = {}) {
+    super();
+    let parsed;
+    try {
+      parsed = new URL(String(url));
+    } catch {
+      throw new TypeError(`not a valid WebSocket URL: ${JSON.stringify(String(url))}`);
+    }
+    if (parsed.protocol === 'http:') parsed.protocol = 'ws:';
+    if (parsed.protocol === 'https:') parsed.protocol = 'wss:';
+    if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
+      throw new TypeError(`a wsserve URL starts with ws:// or wss://, got ${JSON.stringify(String(url))}`);
+    }
+    if (opts.maxInflight != null && !(Number.isInteger(opts.maxInflight) && opts.maxInflight >= 1)) {
+      throw new RangeError(`maxInflight must be an integer >= 1 or null, got ${opts.maxInflight}`);
+    }
+    this.url = parsed.toString();
+    this.#opts = {
+      token: opts.token ?? null,
+      heartbeatMs: opts.heartbeatMs === undefined ? 15000 : opts.heartbeatMs,
+      heartbeatTimeoutMs: opts.heartbeatTimeoutMs ?? 10000,
+      connectTimeoutMs: opts.connectTimeoutMs ?? 10000,
+      reconnect: opts.reconnect === false
+        ? checkPolicy('reconnect', { ...DEFAULT_RECONNECT, maxAttempts: 1 })
+        : checkPolicy('reconnect', { ...DEFAULT_RECONNECT, ...(opts.reconnect ?? {}) }),
+      reconnectEnabled: opts.reconnect !== false,
+      retry: opts.retry ? checkPolicy('retry', { ...DEFAULT_RETRY, ...(opts.retry === true ? {} : opts.retry) }) : null,
+      maxInflight: opts.maxInflight ?? null,
+      WebSocket: opts.WebSocket ?? null,
+      protocols: opts.protocols ?? [SUBPROTOCOL],
+    };
+    this.#limiter = new Limiter(() => this.#opts.maxInflight ?? this.#lastHello?.limits?.max_inflight ?? Infinity);
+  }
+
+  /** The current (or last) connection's `hello`, or null before the first. */
+  get hello() { return this.#lastHello; }
+
+  /** `'open'`, `'connecting'`, `'idle'` (no socket; the next call connects) or `'closed'`. */
+  get state() {
+    if (this.#closed) return 'closed';
+    if (this.#conn && !this.#conn.dead) return 'open';
+    if (this.#connecting) return 'connecting';
+    return 'idle';
+  }
+
+  /** True after `close()` began. */
+  get closed() { return this.#closed; }
+
+  /** True once the server announced `draining` on the current connection. */
+  get draining() { return Boolean(this.#conn && !this.#conn.dead && this.#conn.draining); }
+
+  /** A snapshot of this client's counters. */
+  stats() {
+    return {
+      inflight: this.#limiter.used,
+      waiting: this.#limiter.waiting,
+      capacity: this.#limiter.capacity(),
+      ...this.#counters,
+      connected: this.state === 'open',
+    };
+  }
+
+  // ------------------------------------------------------------ connecting
+
+  /**
+   * Open the connection now (calls also connect on demand). Resolves with
+   * the `hello` frame. Rejects with `ConnectionLost` when no attempt
+   * succeeded, `Unauthorized` when the token was refused.
+   * @param {{signal?: AbortSignal}} [opts]
+   */
+  async connect({ signal } = {}) {
+    return (await this.#ensureConn(signal)).hello;
+  }
+
+  #ensureConn(signal) {
+    if (this.#closed) return Promise.reject(new ClientClosed('the client was closed'));
+    if (this.#conn && !this.#conn.dead) return Promise.resolve(this.#conn);
+    if (!this.#opts.reconnectEnabled && this.#counters.connects > 0) {
+      return Promise.reject(new ConnectionLost('the connection was lost and reconnect is disabled'));
+    }
+    this.#connecting ??= this.#connectLoop().finally(() => { this.#connecting = null; });
+    return raceAbort(this.#connecting, signal);
+  }
+
+  async #connectLoop() {
+    const policy = this.#opts.reconnect;
+    let lastError = null;
+    for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+      if (this.#closed) throw new ClientClosed('the client was closed');
+      try {
+        return await this.#openOnce();
+      } catch (e) {
+        lastError = e;
+        if (e instanceof Unauthorized || e instanceof ClientClosed || this.#closed) throw e;
+        if (attempt + 1 >= policy.maxAttempts) break;
+        const delayMs = reconnectDelayMs(policy, attempt, Math.random());
+        this.dispatchEvent(makeEvent('reconnecting', { attempt: attempt + 1, delayMs, error: e }));
+        await sleep(delayMs);
+      }
+    }
+    throw new ConnectionLost(
+      `could not connect to ${this.url} (${policy.maxAttempts} attempt${policy.maxAttempts === 1 ? '' : 's'}): ${lastError?.message ?? lastError}`,
+      { cause: lastError },
+    );
+  }
+
+  async #openOnce() {
+    const WS = await resolveWebSocket(this.#opts.WebSocket);
+    const ws = new WS(this.url, this.#opts.protocols);
+    const conn = new Connection(ws);
+    const token = this.#opts.token;
+    let authId = null;
+
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        conn.dead = true;
+        try { ws.close(); } catch { /* not open yet */ }
+        reject(err);
+      };
+      const timer = setTimeout(
+        () => fail(new ConnectionLost(`no hello from ${this.url} within ${this.#opts.connectTimeoutMs} ms`)),
+        this.#opts.connectTimeoutMs,
+      );
+      const open = () => {
+        if (this.#closed) { fail(new ClientClosed('the client was closed')); return; }
+        settled = true;
+        clearTimeout(timer);
+        this.#lastHello = conn.hello;
+        this.#conn = conn;
+        this.#counters.connects++;
+        this.#limiter.wake(); // the capacity may have changed
+        conn.startHeartbeat(
+          this.#opts.heartbeatMs, this.#opts.heartbeatTimeoutMs,
+          () => this.#heartbeatPing(conn),
+          (err) => this.#connectionDied(conn, err),
+        );
+        this.dispatchEvent(makeEvent('open', conn.hello));
+        resolve(conn);
+      };
+
+      ws.addEventListener('message', (ev) => {
+        conn.lastRxAt = now();
+        let frame;
+        try {
+          frame = JSON.parse(typeof ev.data === 'string' ? ev.data : new TextDecoder().decode(ev.data));
+        } catch {
+          return; // the server only sends JSON text; ignore anything else
+        }
+        if (settled) { this.#onFrame(conn, frame); return; }
+        if (frame?.type === 'hello') {
+          conn.hello = frame;
+          if (!token) { open(); return; }
+          // Browsers cannot set headers on a WebSocket handshake: authenticate in-band.
+          authId = this.#nextId++;
+          try { conn.sendText(JSON.stringify({ type: 'auth', id: authId, token })); } catch (e) { fail(e); }
+        } else if (frame?.type === 'auth' && frame.id === authId && authId !== null) {
+          if (frame.ok === false) fail(new Unauthorized('the server refused the token', { frame }));
+          else open();
+        } else if (frame?.type === 'error') {
+          fail(errorFromFrame(frame));
+        }
+      });
+      ws.addEventListener('close', (ev) => {
+        const why = `connection closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`;
+        if (!settled) fail(new ConnectionLost(why));
+        else this.#connectionDied(conn, new ConnectionLost(why), ev.code, ev.reason);
+      });
+      ws.addEventListener('error', (ev) => {
+        // After open, the close event that follows does the cleanup.
+        if (!settled) fail(new ConnectionLost(`could not connect to ${this.url}: ${ev?.message || ev?.error?.message || 'WebSocket error'}`));
+      });
+    });
+  }
+
+  #heartbeatPing(conn) {
+    const id = this.#nextId++;
+    const call = new Call(id, { type: 'ping' }, false, now());
+    call.internal = true;
+    conn.pending.set(id, call);
+    try { conn.sendText(`{"type":"ping","id":${id}}`); } catch { conn.pending.delete(id); }
+  }
+
+  /** Fail every call of `conn` with `error` and forget it. Idempotent. */
+  #connectionDied(conn, error, code = null, reason = '', graceful = false) {
+    if (conn.cleanedUp) return;
+    conn.cleanedUp = true;
+    conn.dead = true;
+    conn.stopTimers();
+    if (this.#conn === conn) this.#conn = null;
+    try {
+      if (!graceful && typeof conn.ws.terminate === 'function') conn.ws.terminate(); // ws: no close handshake with a dead peer
+      else conn.ws.close(1000, 'client closed');
+    } catch { /* already closed */ }
+    for (const call of [...conn.pending.values()]) this.#endCall(conn, call, error, null);
+    this.dispatchEvent(makeEvent('close', { code, reason, error }));
+  }
+
+  /**
+   * Close the client: send `cancel` for unfinished calls, close the socket,
+   * fail local waiters with `ClientClosed`. Idempotent; the client cannot be reused.
+   */
+  async close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    const error = new ClientClosed('the client was closed');
+    this.#limiter.failAll(error);
+    const conn = this.#conn;
+    if (!conn) return;
+    for (const call of conn.pending.values()) {
+      if (call.counted && conn.cancel(call)) this.#counters.cancelsSent++;
+    }
+    const closed = new Promise((resolve) => {
+      conn.ws.addEventListener('close', resolve, { once: true });
+      unrefTimer(setTimeout(resolve, 2000));
+    });
+    this.#connectionDied(conn, error, 1000, 'client closed', true);
+    await closed;
+  }
+
+  // ------------------------------------------------------------ frames
+
+  #onFrame(conn, frame) {
+    if (!frame || typeof frame !== 'object') return;
+    if (frame.type === 'draining') {
+      conn.draining = true;
+      this.dispatchEvent(makeEvent('draining', frame));
+      return;
+    }
+    const call = frame.id === undefined || frame.id === null ? undefined : conn.pending.get(frame.id);
+    if (!call) {
+      if (frame.type === 'error') this.dispatchEvent(makeEvent('servererror', frame));
+      return; // a late frame for a call that already ended, or one we do not know
+    }
+    switch (frame.type) {
+      case 'chunk':
+      case 'token':
+        call.items++;
+        call.onItem(frame);
+        return;
+      case 'error':
+        if (frame.code === 'cancelled') this.#counters.serverCancelled++;
+        this.#endCall(conn, call, errorFromFrame(frame), null);
+        return;
+      case 'done':
+        if (frame.reason === 'cancelled') this.#counters.serverCancelled++;
+        this.#endCall(conn, call, null, frame);
+        return;
+      default: // result, models, pong
+        this.#endCall(conn, call, null, frame);
+    }
+  }
+
+  #endCall(conn, call, error, frame) {
+    if (call.ended) return;
+    call.ended = true;
+    conn.pending.delete(call.id);
+    if (call.counted) this.#limiter.release();
+    if (!call.internal) {
+      const cancelled = error?.code === 'cancelled' || frame?.reason === 'cancelled';
+      this.dispatchEvent(makeEvent('request', {
+        type: call.type,
+        model: call.model,
+        ms: now() - call.sentAt,
+        ok: !error,
+        code: error ? (error.code ?? error.name) : cancelled ? 'cancelled' : 'ok',
+        rows: call.rows,
+        tokens: call.type === 'generate' ? (frame?.tokens ?? call.items) : undefined,
+      }));
+    }
+    call.onEnd(error, frame);
+  }
+
+  // ------------------------------------------------------------ sending
+
+  /**
+   * Connect if needed, take an inflight slot if `counted`, send `msg` with a
+   * fresh id. Returns `{conn, call}`; the slot is released when the call ends.
+   * Rejects with `signal.reason` if aborted first.
+   */
+  async #send(msg, { counted, signal }) {
+    await this.#ensureConn(signal); // first, so the hello's max_inflight is known
+    if (counted) await this.#limiter.acquire(signal);
+    try {
+      const conn = await this.#ensureConn(signal); // it may have died while we waited
+      if (signal?.aborted) throw signal.reason;
+      const id = this.#nextId++;
+      const { type, ...rest } = msg;
+      const text = JSON.stringify({ type, id, ...rest });
+      const limit = conn.hello?.limits?.max_message_bytes;
+      if (exceedsBytes(text, limit)) {
+        throw new RequestTooLarge(
+          `the ${type} request is larger than the server's max_message_bytes (${limit}); split it`,
+          { requestId: id },
+        );
+      }
+      const call = new Call(id, msg, counted, now());
+      conn.pending.set(id, call);
+      try {
+        conn.sendText(text);
+      } catch (e) {
+        conn.pending.delete(id);
+        throw e;
+      }
+      this.#counters.requestsSent++;
+      return { conn, call };
+    } catch (e) {
+      if (counted) this.#limiter.release();
+      throw e;
+    }
+  }
+
+  #cancel(conn, call) {
+    if (conn.cancel(call)) this.#counters.cancelsSent++;
+  }
+
+  /**
+   * One request/one reply, with abort and client-side deadline handling.
+   * `abortMode`: 'server' waits for the server's terminal frame after sending
+   * `cancel`; 'local' stops waiting at once.
+   */
+  async #unary(msg, { counted, signal, guardMs, abortMode }) {
+    let sent;
+    try {
+      sent = await this.#send(msg, { counted, signal });
+    } catch (e) {
+      if (signal?.aborted && !(e instanceof WsserveError)) {
+        throw new RequestCancelled(`the ${msg.type} was aborted before it was sent`, { cause: signal.reason });
+      }
+      throw e;
+    }
+    const { conn, call } = sent;
+    return new Promise((resolve, reject) => {
+      let timer = null;
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = () => {
+        if (counted) this.#cancel(conn, call);
+        if (abortMode === 'local') {
+          cleanup();
+          reject(new RequestCancelled(`the ${msg.type} was aborted`, { requestId: call.id, cause: signal.reason }));
+        }
+      };
+      call.onEnd = (err, frame) => { cleanup(); if (err) reject(err); else resolve(frame); };
+      if (signal) {
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
+      }
+      if (guardMs != null) {
+        timer = setTimeout(() => {
+          if (counted) this.#cancel(conn, call);
+          cleanup();
+          reject(new DeadlineExceeded(`no answer within ${guardMs} ms (client-side deadline); cancel sent`, { requestId: call.id }));
+        }, guardMs);
+      }
+    });
+  }
+
+  async #withRetry(fn, signal) {
+    const policy = this.#opts.retry;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!policy || !(e instanceof WsserveError) || !policy.codes.includes(e.code) || attempt + 1 >= policy.maxAttempts) throw e;
+        try {
+          await sleep(retryDelayMs(policy, attempt, e.retryAfterMs, Math.random()), signal);
+        } catch {
+          throw e;
+        }
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ public calls
+
+  /**
+   * Batched inference: `model` on `inputs` (shape `[n, d]`). Resolves with
+   * `{id, model, version, outputs, timing}` (outputs shape `[n, k]`).
+   * @param {string} model
+   * @param {ArrayLike<ArrayLike<number>>} inputs
+   * @param {{version?: string, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   */
+  async predict(model, inputs, opts = {}) {
+    const msg = { type: 'predict', model, inputs: toRows(inputs) };
+    setIf(msg, 'version', opts.version);
+    setIf(msg, 'timeout_ms', opts.timeoutMs);
+    setIf(msg, 'priority', opts.priority);
+    const frame = await this.#withRetry(() => this.#unary(msg, {
+      counted: true,
+      signal: opts.signal,
+      guardMs: opts.timeoutMs == null ? null : opts.timeoutMs + DEADLINE_GRACE_MS,
+      abortMode: 'server',
+    }), opts.signal);
+    const { type: _t, ...result } = frame;
+    return result;
+  }
+
+  /**
+   * Streaming predict: `for await (const chunk of c.predictStream(...))`
+   * yields `{seq, offset, outputs}` in order; `stream.done` is
+   * `{reason: 'complete', rows, timing}` at the end. Errors (`RequestCancelled`
+   * after an abort included) are thrown by the iteration.
+   * @param {string} model
+   * @param {ArrayLike<ArrayLike<number>>} inputs
+   * @param {{chunkRows?: number, version?: string, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @returns {PredictStream}
+   */
+  predictStream(model, inputs, opts = {}) {
+    const msg = { type: 'predict', model, inputs: toRows(inputs), stream: true };
+    setIf(msg, 'chunk_rows', opts.chunkRows);
+    setIf(msg, 'version', opts.version);
+    setIf(msg, 'timeout_ms', opts.timeoutMs);
+    setIf(msg, 'priority', opts.priority);
+    const stream = new PredictStream();
+    this.#runStream(stream, msg, opts);
+    return stream;
+  }
+
+  /**
+   * Token streaming: `for await (const text of c.generate(...))` yields each
+   * token's text; `gen.done` is `{reason, tokens, timing, text}` at the end,
+   * reason `length`, `stop` or `cancelled`. Options left out take the
+   * server's defaults (`max_tokens` 64, greedy).
+   * @param {string} model
+   * @param {string} prompt
+   * @param {{maxTokens?: number, temperature?: number, topK?: number, seed?: number, stop?: string|string[],
+   *          timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @returns {Generation}
+   */
+  generate(model, prompt, opts = {}) {
+    const msg = { type: 'generate', model, prompt };
+    setIf(msg, 'max_tokens', opts.maxTokens);
+    setIf(msg, 'temperature', opts.temperature);
+    setIf(msg, 'top_k', opts.topK);
+    setIf(msg, 'seed', opts.seed);
+    setIf(msg, 'stop', typeof opts.stop === 'string' ? [opts.stop] : opts.stop);
+    setIf(msg, 'timeout_ms', opts.timeoutMs);
+    setIf(msg, 'priority', opts.priority);
+    const stream = new Generation();
+    this.#runStream(stream, msg, opts);
+    return stream;
+  }
+
+  /**
+   * Generate to the end; resolves with `{text, reason, tokens, timing}`.
+   * @param {string} model
+   * @param {string} prompt
+   * @param {Parameters<Client['generate']>[2]} [opts]
+   */
+  async complete(model, prompt, opts = {}) {
+    const gen = this.generate(model, prompt, opts);
+    return gen.wait();
+  }
+
+  #runStream(stream, msg, { signal, timeoutMs }) {
+    const onAbort = () => stream.cancel();
+    if (signal?.aborted) stream.cancel();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+    const policy = this.#opts.retry;
+
+    const run = async () => {
+      for (let attempt = 0; ; attempt++) {
+        if (stream.cancelRequested) { stream._finishLocalCancel(); return; }
+        let sent;
+        try {
+          sent = await this.#send(msg, { counted: true, signal });
+        } catch (e) {
+          if (stream.cancelRequested || signal?.aborted) stream._finishLocalCancel();
+          else stream._finish(null, e);
+          return;
+        }
+        const { conn, call } = sent;
+        stream.id = call.id;
+        const outcome = await new Promise((resolve) => {
+          let timer = null;
+          call.onItem = (f) => stream._push(f);
+          call.onEnd = (err, frame) => { clearTimeout(timer); resolve({ err, frame }); };
+          if (timeoutMs != null) {
+            timer = setTimeout(() => {
+              this.#cancel(conn, call);
+              stream._finish(null, new DeadlineExceeded(
+                `no end of stream within ${timeoutMs + DEADLINE_GRACE_MS} ms (client-side deadline); cancel sent`,
+                { requestId: call.id }));
+            }, timeoutMs + DEADLINE_GRACE_MS);
+          }
+          stream._bindCancel(() => this.#cancel(conn, call));
+        });
+        const { err, frame } = outcome;
+        if (err && policy && err.code && policy.codes.includes(err.code) && stream.received === 0
+            && !call.cancelSent && attempt + 1 < policy.maxAttempts) {
+          stream._bindCancel(null);
+          try {
+            await sleep(retryDelayMs(policy, attempt, err.retryAfterMs, Math.random()), signal);
+            continue;
+          } catch {
+            stream._finish(null, err);
+            return;
+          }
+        }
+        stream._finish(frame, err);
+        return;
+      }
+    };
+    run().finally(() => signal?.removeEventListener('abort', onAbort));
+  }
+
+  /**
+   * The served models with metadata (`name`, `version`, `task`,
+   * `input_shape`, `output_shape`, `parameters`, `metrics`, ...).
+   * @param {{signal?: AbortSignal, timeoutMs?: number}} [opts]  timeoutMs bounds the wait locally
+   * @returns {Promise<object[]>}
+   */
+  async models({ signal, timeoutMs } = {}) {
+    const frame = await this.#unary({ type: 'models' }, { counted: false, signal, guardMs: timeoutMs, abortMode: 'local' });
+    return frame.models;
+  }
+
+  /**
+   * Round-trip time of one application-level `ping`/`pong`, in milliseconds.
+   * @param {{signal?: AbortSignal, timeoutMs?: number}} [opts]
+   * @returns {Promise<number>}
+   */
+  async ping({ signal, timeoutMs } = {}) {
+    await raceAbort(this.#ensureConn(signal), signal).catch((e) => {
+      throw signal?.aborted && !(e instanceof WsserveError) ? new RequestCancelled('the ping was aborted', { cause: e }) : e;
+    });
+    const t0 = now();
+    await this.#unary({ type: 'ping' }, { counted: false, signal, guardMs: timeoutMs, abortMode: 'local' });
+    return now() - t0;
+  }
+}
+
+if (typeof Symbol.asyncDispose === 'symbol') {
+  // `await using c = new Client(...)` closes it at the end of the block.
+  Object.defineProperty(Client.prototype, Symbol.asyncDispose, {
+    value() { return this.close(); }, writable: true, configurable: true,
+  });
+}
+
+export default Client;
