@@ -126,7 +126,7 @@ class PredictJob(Job):
             return
         if self._queue_s < 0:
             self._queue_s = queue_s
-            self.session.server.metrics.queue.labels(self.model).observe(queue_s)
+            self.session.server.metrics.queued(self.model, queue_s)
         self._compute_s += compute_s
         if batch_rows > self._batch_max:
             self._batch_max = batch_rows
@@ -250,4 +250,4 @@ class GenerateJob(Job):
             {"type": "done", "id": self.id, "reason": reason, "tokens": tokens, "timing": timing}
         )
         if self._terminal(frame, "ok" if reason != "cancelled" else "cancelled"):
-            self.session.server.metrics.tokens.labels(self.model).inc(tokens)
+            self.session.server.metrics.add_tokens(self.model, tokens)

@@ -57,7 +57,14 @@ class BatchObserver(Protocol):
 
 
 class PredictWorker:
-    """Batches and runs ``predict`` for one model version."""
+    """Batches and runs ``predict`` for one model version.
+
+    Driven by loop callbacks, not a task: ``submit`` schedules a tick with
+    ``call_soon`` when the model is idle; a tick forms one batch and either
+    computes it inline (cheap batches) or hands it to a one-thread executor and
+    ticks again when it is done.  Requests that arrive in the same loop
+    iteration therefore share a batch, and an idle server adds no wait.
+    """
 
     def __init__(
         self,
@@ -77,27 +84,25 @@ class PredictWorker:
         self._inline_max_rows = max(0, inline_max_flops // model.flops_per_row())
         self._observer = observer
         self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = False  # a batch is computing in the executor
+        self._tick_handle: asyncio.Handle | None = None
+        self._tick_at: float | None = None  # monotonic time of a scheduled window tick
+        self._closed = False
 
     # -- lifecycle
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wsserve-{self.name}")
-        self._task = self._loop.create_task(self._run(), name=f"wsserve-batcher-{self.name}")
 
     async def close(self) -> None:
-        """Stop the worker.  Requests still queued get ``on_error(exc)`` from the caller's
-        shutdown path, not from here: the server ends them before closing the pool."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        """Stop forming batches.  Requests still queued are ended by the server
+        (drain) before this is called; a batch computing is abandoned."""
+        self._closed = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -106,10 +111,15 @@ class PredictWorker:
 
     def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
         """Queue ``sink.rows``; raises ``Overloaded`` when the queue is full."""
-        assert self._loop is not None, "start() first"
         item = WorkItem(rows=len(sink.rows), priority=priority, deadline=deadline, payload=sink)
-        self.queue.add(item, monotonic())
-        self._wake.set()
+        now = monotonic()
+        self.queue.add(item, now)
+        if not self._busy:
+            if self._tick_handle is None:
+                self._schedule(now, now)
+            elif self._tick_at is not None and self.queue.ready_at(now) == now:
+                self._tick_handle.cancel()  # the window filled up: go now
+                self._schedule(now, now)
         return item
 
     def cancel(self, item: WorkItem) -> None:
@@ -121,35 +131,41 @@ class PredictWorker:
 
     # -- the batching loop
 
-    async def _run(self) -> None:
+    def _schedule(self, at: float, now: float) -> None:
         loop = self._loop
-        assert loop is not None
-        queue = self.queue
-        while True:
-            now = monotonic()
-            ready = queue.ready_at(now)
-            if ready is None or ready > now:
-                self._wake.clear()
-                if ready is None:
-                    await self._wake.wait()
-                else:
-                    try:
-                        async with asyncio.timeout(ready - now):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                continue
-            batch = queue.next_batch(now)
-            if batch is None:
-                continue
-            for item in batch.expired:
-                item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
-            if batch.slices:
-                await self._compute(batch, loop)
-            # Let sockets flow between batches even when compute ran inline.
-            await asyncio.sleep(0)
+        assert loop is not None, "start() first"
+        if at <= now:
+            self._tick_at = None
+            self._tick_handle = loop.call_soon(self._tick)
+        else:
+            self._tick_at = at
+            self._tick_handle = loop.call_later(at - now, self._tick)
 
-    async def _compute(self, batch: Batch, loop: asyncio.AbstractEventLoop) -> None:
+    def _tick(self) -> None:
+        self._tick_handle = None
+        self._tick_at = None
+        if self._busy or self._closed:
+            return
+        queue = self.queue
+        now = monotonic()
+        ready = queue.ready_at(now)
+        if ready is None:
+            return
+        if ready > now:
+            self._schedule(ready, now)
+            return
+        batch = queue.next_batch(now)
+        if batch is None:
+            return
+        for item in batch.expired:
+            item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
+        if batch.slices:
+            self._compute(batch)
+        if not self._busy and self._tick_handle is None and len(queue):
+            # Next batch on the next loop iteration, after pending socket I/O.
+            self._schedule(now, now)
+
+    def _compute(self, batch: Batch) -> None:
         slices = batch.slices
         if len(slices) == 1:
             s = slices[0]
@@ -169,37 +185,62 @@ class PredictWorker:
             if batch.rows <= self._inline_max_rows:
                 y = self.model.predict(x)
             else:
-                assert self._executor is not None
-                y = await loop.run_in_executor(self._executor, self.model.predict, x)
-            if y.ndim != 2 or y.shape[0] != batch.rows:
-                raise ValueError(f"model returned shape {y.shape} for {batch.rows} rows")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a model failure fails only this batch
-            log.exception("model %s failed on a batch of %d rows", self.name, batch.rows)
-            err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
-            for s in slices:
-                if not s.item.cancelled:
-                    self.queue.cancel(s.item)
-                    s.item.payload.on_error(Internal(err))
+                assert self._executor is not None and self._loop is not None
+                self._busy = True
+                future = self._loop.run_in_executor(self._executor, self.model.predict, x)
+                future.add_done_callback(lambda f: self._computed(batch, f, started))
+                return
+        except Exception as exc:
+            self._failed(batch, exc)
             return
+        self._deliver(batch, y, started)
+
+    def _computed(self, batch: Batch, future: asyncio.Future[np.ndarray], started: float) -> None:
+        self._busy = False
+        if self._closed:
+            return
+        if future.cancelled():
+            self._failed(batch, RuntimeError("computation cancelled"))
+        elif future.exception() is not None:
+            self._failed(batch, future.exception())  # type: ignore[arg-type]
+        else:
+            self._deliver(batch, future.result(), started)
+        if self._tick_handle is None and len(self.queue):
+            now = monotonic()
+            self._schedule(now, now)
+
+    def _failed(self, batch: Batch, exc: BaseException) -> None:
+        """A model failure fails only the requests of this batch, with ``internal``."""
+        log.error("model %s failed on a batch of %d rows", self.name, batch.rows, exc_info=exc)
+        err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
+        for s in batch.slices:
+            if not s.item.payload.finished:
+                self.queue.cancel(s.item)
+                s.item.payload.on_error(Internal(err))
+
+    def _deliver(self, batch: Batch, y: np.ndarray, started: float) -> None:
         compute_s = monotonic() - started
+        if y.ndim != 2 or y.shape[0] != batch.rows:
+            self._failed(batch, ValueError(f"model returned shape {y.shape} for {batch.rows} rows"))
+            return
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.rows, compute_s)
         finite_rows = None if np.isfinite(y).all() else np.isfinite(y).all(axis=1)
         offset = 0
-        for s in slices:
+        for s in batch.slices:
             item = s.item
-            out = y[offset : offset + s.rows]
-            offset += s.rows
+            end = offset + s.rows
+            out = y[offset:end]
             if item.payload.finished:  # cancelled or timed out while computing
+                offset = end
                 continue
-            if finite_rows is not None and not finite_rows[offset - s.rows : offset].all():
-                bad = s.start + int(np.argmin(finite_rows[offset - s.rows : offset]))
+            if finite_rows is not None and not finite_rows[offset:end].all():
+                bad = s.start + int(np.argmin(finite_rows[offset:end]))
                 self.queue.cancel(item)
                 item.payload.on_error(InvalidInput(f"output row {bad} is not finite"))
-                continue
-            item.payload.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
+            else:
+                item.payload.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
+            offset = end
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +252,7 @@ class ModelEntry:
     kind: str
     model: Any
     worker: Any  # PredictWorker | GenerationEngine
+    input_width: int = 0  # flattened input width (predict models)
 
     @property
     def info(self) -> ModelInfo:

@@ -48,7 +48,7 @@ _MAX_STOP_STRINGS = 16
 _MAX_STOP_CHARS = 256
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Predict:
     """A ``predict`` (or the seed-compatible ``{"x": ...}`` form).
 
@@ -68,7 +68,7 @@ class Predict:
     seed_form: Literal["list", "scalar"] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Generate:
     """A ``generate`` request with defaults applied."""
 

@@ -67,6 +67,7 @@ def build_pool(models: dict[str, Any], config: ServerConfig, metrics: Metrics | 
                 observer=metrics,
             )
             kind = "predict"
+            width = model.input_width
         else:
             from .generation import GenerationEngine
 
@@ -76,7 +77,10 @@ def build_pool(models: dict[str, Any], config: ServerConfig, metrics: Metrics | 
                 max_queue=config.max_generate_queue,
             )
             kind = "generate"
-        entries.append(ModelEntry(name=name, version=model.info.version, kind=kind, model=model, worker=worker))
+            width = 0
+        entries.append(
+            ModelEntry(name=name, version=model.info.version, kind=kind, model=model, worker=worker, input_width=width)
+        )
     return ModelPool(entries)
 
 
@@ -97,6 +101,7 @@ class Server:
         )
         self.sessions: set[Session] = set()
         self.inflight = 0
+        self.messages = 0
         self.ready = False
         self.draining = False
         self.drain_deadline: float | None = None
@@ -208,7 +213,7 @@ class Server:
             session.abandon_all()
             self.sessions.discard(session)
             code = conn.close_code
-            self.metrics.closes.labels(str(code if code is not None else 1006)).inc()
+            self.metrics.closed(code)
 
     def generation_params(self, req: Generate, deadline: float | None) -> Any:
         from .generation import GenerationParams
@@ -250,6 +255,7 @@ class Server:
             "inflight": self.inflight,
             "queues": queues,
             "ready": 1 if self.ready else 0,
+            "messages": self.messages,
         }
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:

@@ -113,7 +113,7 @@ class WsConnection(ServerConnection):
         if not out:
             return
         try:
-            self.transport.writelines(out)
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         except Exception as exc:  # the socket died under us; websockets will close
             self.set_connection_exc(exc)
             return
@@ -161,7 +161,7 @@ class Session:
 
     def on_message(self, data: bytes, binary: bool) -> None:
         server = self.server
-        server.metrics.messages.inc()
+        server.messages += 1
         if binary:
             self.error(BadRequest("binary frames are not accepted: send each JSON message as a text frame"))
             return
@@ -231,7 +231,7 @@ class Session:
             entry = server.pool.lookup(req.model, req.version)
             if entry.kind != "predict":
                 raise BadRequest(f"model {req.model!r} serves generate, not predict")
-            rows = validate_inputs(req.inputs, entry.model.input_width, server.config.max_rows)
+            rows = validate_inputs(req.inputs, entry.input_width, server.config.max_rows)
         except WsserveError as exc:
             exc.request_id = rid
             raise
@@ -292,7 +292,7 @@ class Session:
         if self._over_since is None:
             self._over_since = now
         if buffered > 4 * limit or now - self._over_since > cfg.slow_consumer_timeout:
-            self.server.metrics.slow_consumers.inc()
+            self.server.metrics.slow_consumers += 1
             log.warning("closing slow consumer %s: %d bytes unsent", self.conn.remote_address, buffered)
             self.abandon_all()
             self.close(1008, "slow consumer: stopped reading")
