@@ -1,0 +1,579 @@
+"""Sans-I/O tests of the wire codec (:mod:`wsserve.protocol`): no sockets.
+
+Covers every error code :func:`decode` and :func:`validate_inputs` can produce,
+the ``request_id`` rule (set whenever the id could be read, else ``None``), the
+seed-compatible form, and the exact bytes of encoded frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from wsserve.config import ServerConfig
+from wsserve.errors import BadJson, BadRequest, InvalidInput, Overloaded, UnknownModel, WsserveError
+from wsserve.protocol import (
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+    Auth,
+    Cancel,
+    Generate,
+    Models,
+    Ping,
+    Predict,
+    decode,
+    encode,
+    encode_error,
+    encode_hello,
+    validate_inputs,
+)
+
+
+def _msg(**fields: object) -> bytes:
+    return orjson.dumps(fields)
+
+
+def _predict(**over: object) -> bytes:
+    base: dict[str, object] = {"type": "predict", "id": "a1", "model": "linear", "inputs": [[0.5]]}
+    base.update(over)
+    return orjson.dumps({k: v for k, v in base.items() if v is not _DROP})
+
+
+def _generate(**over: object) -> bytes:
+    base: dict[str, object] = {"type": "generate", "id": "g1", "model": "charlm", "prompt": "The "}
+    base.update(over)
+    return orjson.dumps({k: v for k, v in base.items() if v is not _DROP})
+
+
+_DROP = object()  # marks a field to leave out of the message
+
+
+def _fails(data: bytes | str, exc_type: type[WsserveError], **kwargs: object) -> WsserveError:
+    with pytest.raises(exc_type) as info:
+        decode(data, **kwargs)  # type: ignore[arg-type]
+    assert type(info.value) is exc_type
+    return info.value
+
+
+# --------------------------------------------------------------------------- valid requests
+
+
+def test_predict_minimal_with_defaults() -> None:
+    req = decode(b'{"type":"predict","id":"a1","model":"linear","inputs":[[0.5],[1.0]]}')
+    assert req == Predict(id="a1", model="linear", inputs=[[0.5], [1.0]])
+    assert (req.version, req.stream, req.chunk_rows, req.timeout_ms, req.priority, req.seed_form) == (
+        None, False, None, None, 0, None,
+    )
+
+
+def test_predict_all_options() -> None:
+    req = decode(
+        _predict(id=7, version="1", stream=True, chunk_rows=3, timeout_ms=250, priority=1)
+    )
+    assert isinstance(req, Predict)
+    assert req.id == 7
+    assert req.version == "1"
+    assert req.stream is True
+    assert req.chunk_rows == 3
+    assert req.timeout_ms == 250.0 and type(req.timeout_ms) is float
+    assert req.priority == 1
+
+
+def test_predict_decodes_from_str_as_well_as_bytes() -> None:
+    text = '{"type":"predict","id":"é✓","model":"linear","inputs":[[1]]}'
+    assert decode(text) == decode(text.encode())
+    assert decode(text).id == "é✓"
+
+
+def test_predict_null_optional_fields_mean_absent() -> None:
+    req = decode(_predict(version=None, chunk_rows=None, timeout_ms=None))
+    assert (req.version, req.chunk_rows, req.timeout_ms) == (None, None, None)
+
+
+def test_predict_inputs_are_not_validated_by_decode() -> None:
+    # Shape checks need the model's width: they are validate_inputs' job.
+    req = decode(_predict(inputs="not rows"))
+    assert isinstance(req, Predict) and req.inputs == "not rows"
+
+
+def test_generate_defaults() -> None:
+    req = decode(_generate())
+    assert req == Generate(id="g1", model="charlm", prompt="The ")
+    assert (req.max_tokens, req.temperature, req.top_k, req.seed, req.stop, req.timeout_ms, req.priority) == (
+        64, 0.0, 0, None, (), None, 0,
+    )
+
+
+def test_generate_all_options() -> None:
+    req = decode(
+        _generate(
+            id=3, max_tokens=100_000, temperature=1, top_k=40, seed=42, stop=["\n", "END"],
+            version="1", timeout_ms=1.5, priority=1, prompt="héllo ✓",
+        )
+    )
+    assert isinstance(req, Generate)
+    assert req.id == 3
+    assert req.max_tokens == 100_000
+    assert req.temperature == 1.0 and type(req.temperature) is float
+    assert (req.top_k, req.seed, req.stop, req.version) == (40, 42, ("\n", "END"), "1")
+    assert (req.timeout_ms, req.priority, req.prompt) == (1.5, 1, "héllo ✓")
+
+
+def test_generate_single_stop_string_is_accepted_like_openai() -> None:
+    assert decode(_generate(stop="\n")).stop == ("\n",)
+
+
+def test_generate_max_tokens_limit_is_the_callers() -> None:
+    assert decode(_generate(max_tokens=10), max_tokens=10).max_tokens == 10
+    err = _fails(_generate(max_tokens=11), BadRequest, max_tokens=10)
+    assert "max_tokens" in err.message
+
+
+def test_generate_negative_seed_is_folded_to_64_bits() -> None:
+    assert decode(_generate(seed=-1)).seed == 2**64 - 1
+    assert decode(_generate(seed=0)).seed == 0
+
+
+def test_generate_stop_limits_boundary() -> None:
+    assert len(decode(_generate(stop=[str(i) for i in range(16)])).stop) == 16
+    assert decode(_generate(stop=["x" * 256])).stop == ("x" * 256,)
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b'{"type":"cancel","id":"g1"}', Cancel("g1")),
+        (b'{"type":"cancel","id":0}', Cancel(0)),
+        (b'{"type":"ping"}', Ping(None)),
+        (b'{"type":"ping","id":8}', Ping(8)),
+        (b'{"type":"models"}', Models(None)),
+        (b'{"type":"models","id":"m"}', Models("m")),
+        (b'{"type":"auth","token":"s3cret"}', Auth("s3cret", None)),
+        (b'{"type":"auth","token":"s3cret","id":1}', Auth("s3cret", 1)),
+    ],
+)
+def test_control_messages(data: bytes, expected: object) -> None:
+    assert decode(data) == expected
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode(b'{"type":"ping","id":1,"extra":{"a":[1,2]}}') == Ping(1)
+
+
+def test_largest_integer_ids_are_kept_exactly() -> None:
+    assert decode(b'{"type":"ping","id":18446744073709551615}').id == 2**64 - 1
+    assert decode(b'{"type":"ping","id":-9223372036854775808}').id == -(2**63)
+
+
+# --------------------------------------------------------------------------- seed-compatible form
+
+
+def test_seed_form_list() -> None:
+    req = decode(b'{"x":[0.5,1.0]}')
+    assert req == Predict(id=None, model="linear", inputs=[[0.5], [1.0]], seed_form="list")
+    assert validate_inputs(req.inputs, 1, 10) == [[0.5], [1.0]]
+
+
+def test_seed_form_scalar() -> None:
+    req = decode(b'{"x":0.5}')
+    assert req == Predict(id=None, model="linear", inputs=[[0.5]], seed_form="scalar")
+    assert decode(b'{"x":3}').inputs == [[3]]
+
+
+@pytest.mark.parametrize("data", [b'{"x":[]}', b'{"x":"0.5"}', b'{"x":true}', b'{"x":null}', b'{"x":{"a":1}}'])
+def test_seed_form_bad_x_is_invalid_input(data: bytes) -> None:
+    err = _fails(data, InvalidInput)
+    assert "'x'" in err.message
+    assert err.request_id is None
+
+
+@pytest.mark.parametrize("x", [["0.5"], [True], [None], [[0.5]]])
+def test_seed_form_bad_elements_fail_validation(x: list[object]) -> None:
+    req = decode(orjson.dumps({"x": x}))
+    with pytest.raises(InvalidInput):
+        validate_inputs(req.inputs, 1, 10)
+
+
+# --------------------------------------------------------------------------- bad_json
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"{", id="truncated"),
+        pytest.param(b'{"type":"ping",}', id="trailing-comma"),
+        pytest.param(b"{'type':'ping'}", id="single-quotes"),
+        pytest.param(b'{"type":"ping"} {}', id="two-values"),
+        pytest.param(b"1e400", id="overflowing-number"),
+        pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[1e400]]}', id="overflow-in-inputs"),
+        pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[-1e400]]}', id="negative-overflow"),
+        pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[NaN]]}', id="NaN"),
+        pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[Infinity]]}', id="Infinity"),
+        pytest.param(b'{"type":"ping","id":"\xff"}', id="invalid-utf8"),
+        pytest.param(b"\xfe\xff\x00{", id="binary-garbage"),
+        pytest.param(b'{"type":"ping","id":"\\ud800"}', id="lone-surrogate-escape"),
+    ],
+)
+def test_bad_json(data: bytes) -> None:
+    err = _fails(data, BadJson)
+    assert err.code == "bad_json"
+    assert err.request_id is None  # nothing could be read
+    assert "JSON" in err.message
+
+
+# --------------------------------------------------------------------------- bad_request
+
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        (b"[1,2]", "array"),
+        (b'"predict"', "string"),
+        (b"42", "number"),
+        (b"null", "null"),
+        (b"true", "boolean"),
+    ],
+)
+def test_not_an_object(data: bytes, kind: str) -> None:
+    err = _fails(data, BadRequest)
+    assert "object" in err.message and kind in err.message
+    assert err.request_id is None
+
+
+def test_unknown_type_names_it_and_keeps_the_id() -> None:
+    err = _fails(b'{"type":"predikt","id":"a1"}', BadRequest)
+    assert "predikt" in err.message
+    assert err.request_id == "a1"
+
+
+@pytest.mark.parametrize("kind", [5, None, ["predict"], {"t": 1}, "", "PREDICT"])
+def test_unknown_or_mistyped_type(kind: object) -> None:
+    data = orjson.dumps({"type": kind, "id": 4})
+    err = _fails(data, BadRequest)
+    assert "type" in err.message
+    assert err.request_id == 4
+
+
+def test_missing_type_keeps_the_id() -> None:
+    err = _fails(b'{"id":9,"model":"linear"}', BadRequest)
+    assert err.message == "missing field 'type'"
+    assert err.request_id == 9
+
+
+@pytest.mark.parametrize("rid", [True, 1.5, {"a": 1}, [1]])
+def test_unknown_type_with_unreadable_id(rid: object) -> None:
+    err = _fails(orjson.dumps({"type": "nope", "id": rid}), BadRequest)
+    assert err.request_id is None
+
+
+@pytest.mark.parametrize("make", [_predict, _generate], ids=["predict", "generate"])
+def test_missing_id(make) -> None:
+    err = _fails(make(id=_DROP), BadRequest)
+    assert "'id'" in err.message
+    assert err.request_id is None
+    err = _fails(make(id=None), BadRequest)
+    assert "'id'" in err.message
+
+
+@pytest.mark.parametrize("make", [_predict, _generate], ids=["predict", "generate"])
+@pytest.mark.parametrize(
+    "rid, jtype", [(True, "boolean"), (False, "boolean"), (1.5, "number"), (1.0, "number"), ({"a": 1}, "object"), ([1], "array")]
+)
+def test_mistyped_id(make, rid: object, jtype: str) -> None:
+    err = _fails(make(id=rid), BadRequest)
+    assert "'id'" in err.message and jtype in err.message
+    assert err.request_id is None
+
+
+@pytest.mark.parametrize("msg_type", ["cancel", "ping", "models"])
+@pytest.mark.parametrize("rid", [True, 2.5, {"a": 1}])
+def test_control_messages_with_mistyped_id(msg_type: str, rid: object) -> None:
+    err = _fails(orjson.dumps({"type": msg_type, "id": rid}), BadRequest)
+    assert "'id'" in err.message
+    assert err.request_id is None
+
+
+def test_cancel_needs_an_id() -> None:
+    err = _fails(b'{"type":"cancel"}', BadRequest)
+    assert "'id'" in err.message and err.request_id is None
+
+
+@pytest.mark.parametrize("token", [_DROP, None, 5, ["t"]])
+def test_auth_needs_a_string_token(token: object) -> None:
+    fields = {"type": "auth", "id": "x1"}
+    if token is not _DROP:
+        fields["token"] = token
+    err = _fails(orjson.dumps(fields), BadRequest)
+    assert "token" in err.message
+    assert err.request_id == "x1"
+
+
+# Each case: (field, bad value, word the message must contain).  The id is
+# readable in all of them, so request_id must be set.
+_PREDICT_BAD = [
+    ("model", _DROP, "model"),
+    ("model", None, "model"),
+    ("model", 5, "model"),
+    ("model", ["linear"], "model"),
+    ("inputs", _DROP, "inputs"),
+    ("version", 1, "version"),
+    ("version", True, "version"),
+    ("stream", "true", "stream"),
+    ("stream", 1, "stream"),
+    ("stream", None, "stream"),
+    ("chunk_rows", 0, "chunk_rows"),
+    ("chunk_rows", -1, "chunk_rows"),
+    ("chunk_rows", 1.5, "chunk_rows"),
+    ("chunk_rows", True, "chunk_rows"),
+    ("chunk_rows", "2", "chunk_rows"),
+    ("timeout_ms", 0, "timeout_ms"),
+    ("timeout_ms", -5, "timeout_ms"),
+    ("timeout_ms", 0.0, "timeout_ms"),
+    ("timeout_ms", "100", "timeout_ms"),
+    ("timeout_ms", True, "timeout_ms"),
+    ("priority", 2, "priority"),
+    ("priority", -1, "priority"),
+    ("priority", 0.5, "priority"),
+    ("priority", "1", "priority"),
+    ("priority", True, "priority"),
+    ("priority", None, "priority"),
+]
+
+
+@pytest.mark.parametrize("field, value, word", _PREDICT_BAD, ids=[f"{f}={v!r}" for f, v, _ in _PREDICT_BAD])
+def test_predict_bad_request(field: str, value: object, word: str) -> None:
+    err = _fails(_predict(**{field: value}), BadRequest)
+    assert word in err.message
+    assert err.request_id == "a1"
+
+
+_GENERATE_BAD = [
+    ("model", _DROP, "model"),
+    ("model", 3, "model"),
+    ("prompt", _DROP, "prompt"),
+    ("prompt", None, "prompt"),
+    ("prompt", ["a"], "prompt"),
+    ("prompt", 5, "prompt"),
+    ("max_tokens", 0, "max_tokens"),
+    ("max_tokens", -3, "max_tokens"),
+    ("max_tokens", 100_001, "max_tokens"),
+    ("max_tokens", 1.5, "max_tokens"),
+    ("max_tokens", "64", "max_tokens"),
+    ("max_tokens", True, "max_tokens"),
+    ("temperature", -0.1, "temperature"),
+    ("temperature", -1, "temperature"),
+    ("temperature", "0.5", "temperature"),
+    ("temperature", True, "temperature"),
+    ("temperature", None, "temperature"),
+    ("top_k", -1, "top_k"),
+    ("top_k", 1.5, "top_k"),
+    ("top_k", True, "top_k"),
+    ("seed", "1", "seed"),
+    ("seed", 1.5, "seed"),
+    ("seed", True, "seed"),
+    ("stop", "", "stop"),
+    ("stop", [""], "stop"),
+    ("stop", ["ok", ""], "stop"),
+    ("stop", 5, "stop"),
+    ("stop", {"s": "x"}, "stop"),
+    ("stop", [1], "stop"),
+    ("stop", [["a"]], "stop"),
+    ("stop", [str(i) for i in range(17)], "stop"),
+    ("stop", ["x" * 257], "stop"),
+    ("version", 2, "version"),
+    ("timeout_ms", 0, "timeout_ms"),
+    ("timeout_ms", -1.5, "timeout_ms"),
+    ("priority", 3, "priority"),
+    ("priority", False, "priority"),
+]
+
+
+@pytest.mark.parametrize("field, value, word", _GENERATE_BAD, ids=[f"{f}={v!r}"[:40] for f, v, _ in _GENERATE_BAD])
+def test_generate_bad_request(field: str, value: object, word: str) -> None:
+    err = _fails(_generate(**{field: value}), BadRequest)
+    assert word in err.message
+    assert err.request_id == "g1"
+
+
+def test_generate_with_integer_id_keeps_it_on_errors() -> None:
+    err = _fails(_generate(id=0, max_tokens=0), BadRequest)
+    assert err.request_id == 0
+
+
+# --------------------------------------------------------------------------- invalid_input
+
+
+@pytest.mark.parametrize(
+    "inputs, width, words",
+    [
+        pytest.param(None, 1, ["array", "null"], id="null"),
+        pytest.param(5, 1, ["array", "number"], id="number"),
+        pytest.param("abc", 1, ["array", "string"], id="string"),
+        pytest.param({"a": [1]}, 1, ["array", "object"], id="object"),
+        pytest.param([], 1, ["no rows"], id="n=0"),
+        pytest.param([0.5, 1.0], 1, ["row 0", "array"], id="1-D"),
+        pytest.param([[0.5], 1.0], 1, ["row 1"], id="row-not-array"),
+        pytest.param([[[0.5]]], 1, ["row 0", "not a number"], id="nested"),
+        pytest.param([[0.5], ["1.0"]], 1, ["row 1", "not a number"], id="string-element"),
+        pytest.param([[True]], 1, ["row 0", "not a number"], id="boolean-element"),
+        pytest.param([[False]], 1, ["not a number"], id="false-element"),
+        pytest.param([[None]], 1, ["row 0", "not a number"], id="null-element"),
+        pytest.param([[{"v": 1}]], 1, ["not a number"], id="object-element"),
+        pytest.param([[1.0], [1.0, 2.0]], 1, ["row 1", "2 values", "takes 1"], id="ragged-longer"),
+        pytest.param([[1.0, 2.0], [1.0]], 2, ["row 1", "1 values", "takes 2"], id="ragged-shorter"),
+        pytest.param([[1.0, 2.0]], 1, ["row 0", "takes 1"], id="wrong-width"),
+        pytest.param([[]], 1, ["row 0", "0 values"], id="empty-row"),
+    ],
+)
+def test_invalid_input(inputs: object, width: int, words: list[str]) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_inputs(inputs, width, 100)
+    assert info.value.code == "invalid_input"
+    for word in words:
+        assert word in info.value.message
+
+
+def test_too_many_rows() -> None:
+    rows = [[0.0]] * 11
+    with pytest.raises(InvalidInput) as info:
+        validate_inputs(rows, 1, 10)
+    assert "11 rows" in info.value.message and "10" in info.value.message
+    assert validate_inputs(rows[:10], 1, 10) is not None  # exactly the limit is fine
+
+
+def test_valid_inputs_returned_unchanged() -> None:
+    rows = [[0.5, 1], [-2.0, 1.8446744073709552e19]]
+    assert validate_inputs(rows, 2, 2) is rows
+
+
+def test_valid_inputs_decoded_end_to_end_are_finite() -> None:
+    req = decode(b'{"type":"predict","id":1,"model":"mlp","inputs":[[1e308,-1e-308,0,-0.0]]}')
+    rows = validate_inputs(req.inputs, 4, 1)
+    assert all(math.isfinite(v) for v in rows[0])
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def test_encode_exact_bytes() -> None:
+    assert encode({"type": "pong", "id": 8}) == b'{"type":"pong","id":8}'
+    assert encode({"type": "token", "id": "g1", "seq": 0, "text": "q"}) == b'{"type":"token","id":"g1","seq":0,"text":"q"}'
+    assert encode({"type": "draining", "deadline_ms": 10000}) == b'{"type":"draining","deadline_ms":10000}'
+
+
+def test_encode_numpy_result_frame() -> None:
+    outputs = np.array([[2.0], [3.5]])
+    frame = {
+        "type": "result", "id": "a1", "model": "linear", "version": "1", "outputs": outputs,
+        "timing": {"queue_ms": 0.21, "compute_ms": 0.04, "batch_size": 37},
+    }
+    data = encode(frame)
+    assert data == (
+        b'{"type":"result","id":"a1","model":"linear","version":"1","outputs":[[2.0],[3.5]],'
+        b'"timing":{"queue_ms":0.21,"compute_ms":0.04,"batch_size":37}}'
+    )
+    assert orjson.loads(data) == {**frame, "outputs": [[2.0], [3.5]]}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "chunk", "id": "a1", "seq": 0, "offset": 0, "outputs": np.arange(6, dtype=np.float64).reshape(3, 2)},
+        {"type": "chunk", "id": 5, "seq": 3, "offset": 12, "outputs": np.arange(4, dtype=np.float32).reshape(2, 2)},
+        {"type": "done", "id": "a1", "reason": "complete", "rows": 3, "timing": {"queue_ms": 1.0}},
+        {"type": "done", "id": "g1", "reason": "length", "tokens": 64, "timing": {"ttft_ms": 1.9, "total_ms": 40.2}},
+        {"type": "token", "id": "g1", "seq": 7, "text": "é\n\"\\"},
+        {"type": "models", "id": 7, "models": [{"name": "linear", "input_shape": [1], "metrics": {"mse": 0.08}}]},
+        {"type": "pong", "id": None},
+        {"y_pred": np.array([2.01, 3.52])},
+    ],
+)
+def test_encode_round_trips(frame: dict[str, object]) -> None:
+    data = encode(frame)
+    assert isinstance(data, bytes)
+    data.decode("utf-8")  # valid UTF-8 text frame
+    expected = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in frame.items()}
+    assert orjson.loads(data) == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="encode() says numpy arrays are allowed, but orjson raises TypeError for a non-C-contiguous array "
+    "(e.g. a model output in Fortran order or a column slice)",
+)
+def test_encode_non_contiguous_numpy_array() -> None:
+    outputs = np.arange(6, dtype=np.float64).reshape(2, 3).T  # [3, 2], Fortran order
+    assert orjson.loads(encode({"outputs": outputs})) == {"outputs": outputs.tolist()}
+
+
+def test_encode_error_exact_bytes() -> None:
+    exc = UnknownModel("no model named 'linaer'; known: linear, mlp, charlm")
+    assert encode_error(exc, "a1") == (
+        b'{"type":"error","id":"a1","code":"unknown_model",'
+        b'"message":"no model named \'linaer\'; known: linear, mlp, charlm"}'
+    )
+
+
+def test_encode_error_for_bad_json_has_null_id() -> None:
+    with pytest.raises(BadJson) as info:
+        decode(b"{")
+    data = encode_error(info.value)
+    frame = orjson.loads(data)
+    assert frame == {"type": "error", "id": None, "code": "bad_json", "message": info.value.message}
+    assert data.startswith(b'{"type":"error","id":null,"code":"bad_json","message":"')
+
+
+def test_encode_error_uses_the_id_read_by_decode() -> None:
+    with pytest.raises(BadRequest) as info:
+        decode(_predict(id=0, priority=5))
+    frame = orjson.loads(encode_error(info.value))
+    assert frame["id"] == 0  # a falsy id is still an id
+    assert frame["code"] == "bad_request"
+    assert "priority" in frame["message"]
+
+
+def test_encode_error_argument_overrides_exception_id() -> None:
+    exc = BadRequest("x", request_id="from-exc")
+    assert orjson.loads(encode_error(exc, 0))["id"] == 0
+    assert orjson.loads(encode_error(exc))["id"] == "from-exc"
+
+
+def test_encode_error_retry_after() -> None:
+    data = encode_error(Overloaded("queue full", retry_after_ms=12), 3)
+    assert data == b'{"type":"error","id":3,"code":"overloaded","message":"queue full","retry_after_ms":12}'
+
+
+def test_encode_error_non_ascii_message_is_utf8() -> None:
+    data = encode_error(InvalidInput("row 0 holds 'é✓', which is not a number"), "é")
+    assert orjson.loads(data.decode("utf-8"))["message"] == "row 0 holds 'é✓', which is not a number"
+
+
+def test_encode_hello_matches_protocol_example() -> None:
+    data = encode_hello(
+        version="0.1.0",
+        limits=ServerConfig().public_limits(),
+        models=["linear", "mlp", "charlm"],
+        auth_required=False,
+    )
+    # Verbatim from PROTOCOL.md "On connect".
+    assert data == (
+        b'{"type":"hello","server":"wsserve","version":"0.1.0","protocol":1,"limits":{"max_message_bytes":1048576,'
+        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000},"models":["linear","mlp","charlm"]}'
+    )
+
+
+def test_encode_hello_auth_required() -> None:
+    frame = orjson.loads(encode_hello(version="9", limits={"max_rows": 1}, models=[], auth_required=True))
+    assert frame == {
+        "type": "hello", "server": "wsserve", "version": "9", "protocol": 1,
+        "limits": {"max_rows": 1}, "models": [], "auth_required": True,
+    }
+
+
+def test_protocol_constants() -> None:
+    assert PROTOCOL_VERSION == 1
+    assert SUBPROTOCOL == "wsserve.v1"
