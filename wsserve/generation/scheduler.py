@@ -180,6 +180,7 @@ class Scheduler:
         self._topk = np.zeros(max_batch_size, np.int64)
         self._noise = np.zeros((max_batch_size, NOISE_BLOCK, v))
         self._npos = np.zeros(max_batch_size, np.int64)
+        self._n_running = 0
         self._dirty = True  # running set changed: rebuild the cached batch layout
         self._layout: tuple[Any, ...] = ()
         self._out_tokens: list[tuple[Sequence, int, str]] = []
@@ -206,7 +207,7 @@ class Scheduler:
         self._waiting[params.priority].append(seq)
         if params.deadline is not None:
             heapq.heappush(self._deadlines, (params.deadline, seq.id, seq))
-            if len(self._deadlines) > 64 + 2 * (waiting + len(self._running)):
+            if len(self._deadlines) > 64 + 2 * (waiting + self._n_running):
                 self._deadlines = [e for e in self._deadlines if e[2].state is not SeqState.FINISHED]
                 heapq.heapify(self._deadlines)
         return seq
@@ -230,7 +231,7 @@ class Scheduler:
                 self._finish(seq, now, error=error)
 
     def has_unfinished(self) -> bool:
-        return bool(self._running or self._waiting[0] or self._waiting[1])
+        return bool(self._n_running or self._waiting[0] or self._waiting[1])
 
     def take_events(self) -> tuple[list[tuple[Sequence, int, str]], list[Sequence]]:
         """``(token events, finished sequences)`` since the last call, in order.
@@ -244,14 +245,7 @@ class Scheduler:
     # -- the step --------------------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
         """Expire deadlines, admit waiting sequences, and return the next batch (or None)."""
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, seq = heapq.heappop(heap)
-            if seq.state is not SeqState.FINISHED:
-                waited = (now - seq.arrival) * 1e3
-                self._finish(seq, now, error=DeadlineExceeded(
-                    f"deadline exceeded after {waited:.1f} ms "
-                    f"({seq.streamed} tokens streamed, {seq.state.value})"))
+        self._expire(now)
         for queue in (self._waiting[1], self._waiting[0]):
             while queue and self._free:
                 self._admit(queue.popleft(), now)
@@ -274,10 +268,16 @@ class Scheduler:
         return Batch(seqs, slots, self._ctx[slots], temp, topk, noise, now)
 
     def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float) -> None:
-        """Apply one token per row of ``batch`` (``tokens [B]`` int ids); finish what ends."""
+        """Apply one token per row of ``batch`` (``tokens [B]`` int ids); finish what ends.
+
+        Deadlines are checked first: a sequence whose deadline passed during the
+        step gets its error, not the token.
+        """
+        self._expire(now)
         self._steps += 1
         self._last_batch = batch.size
-        self._step_s += 0.2 * ((now - batch.scheduled_at) - self._step_s)
+        elapsed = now - batch.scheduled_at
+        self._step_s = elapsed if self._steps == 1 else self._step_s + 0.2 * (elapsed - self._step_s)
         ctx = batch.contexts
         rolled = np.empty_like(ctx)  # [B, k]
         rolled[:, :-1] = ctx[:, 1:]
@@ -314,9 +314,8 @@ class Scheduler:
 
     # -- introspection ---------------------------------------------------------------
     def statistics(self) -> SchedulerStatistics:
-        running = sum(1 for s in self._running if s.state is SeqState.RUNNING)
         return SchedulerStatistics(
-            running=running,
+            running=self._n_running,
             waiting=len(self._waiting[0]) + len(self._waiting[1]),
             max_batch_size=self.max_batch_size,
             max_queue=self.max_queue,
@@ -329,6 +328,16 @@ class Scheduler:
         )
 
     # -- internals -------------------------------------------------------------------
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, seq = heapq.heappop(heap)
+            if seq.state is not SeqState.FINISHED:
+                waited = (now - seq.arrival) * 1e3
+                self._finish(seq, now, error=DeadlineExceeded(
+                    f"deadline exceeded after {waited:.1f} ms "
+                    f"({seq.streamed} tokens streamed, {seq.state.value})"))
+
     def _admit(self, seq: Sequence, now: float) -> None:
         slot = self._free.pop()
         p = seq.params
@@ -340,6 +349,7 @@ class Scheduler:
             seq._rng = new_generator(p.seed)
             self._npos[slot] = NOISE_BLOCK  # refill before first use
         self._running.append(seq)
+        self._n_running += 1
         self._dirty = True
 
     def _relayout(self) -> None:
@@ -356,6 +366,7 @@ class Scheduler:
             self._waiting[seq.params.priority].remove(seq)
         elif seq.state is SeqState.RUNNING:
             self._free.append(seq.slot)
+            self._n_running -= 1
             self._dirty = True
         seq.state = SeqState.FINISHED
         seq.finish_reason, seq.error, seq.finished_at = reason, error, now

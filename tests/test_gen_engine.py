@@ -1,0 +1,287 @@
+"""GenerationEngine on a real asyncio loop, with recording sinks and the real charlm."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.test_gen_support import RecordingSink, charlm, params
+from wsserve.errors import DeadlineExceeded, Internal, Overloaded, ShuttingDown
+from wsserve.generation import GenerationEngine, GenerationParams
+from wsserve.generation import engine as engine_mod
+
+# The batch computes off the loop above this size; 0 forces the executor, 10**6 keeps it inline.
+EXECUTOR, INLINE = 0, 10**6
+
+
+async def wait_for(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+
+
+async def run_all(engine: GenerationEngine, items: list[GenerationParams]) -> list[RecordingSink]:
+    sinks = [RecordingSink() for _ in items]
+    for p, s in zip(items, sinks):
+        engine.submit(p, s)
+    await wait_for(lambda: all(s.ended for s in sinks))
+    assert all(not s.violations for s in sinks), [s.violations for s in sinks]
+    return sinks
+
+
+def test_public_api() -> None:
+    import wsserve.generation as gen
+
+    assert set(gen.__all__) == {
+        "Batch", "EngineStatistics", "GenerationEngine", "GenerationParams", "MIN_TEMPERATURE",
+        "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "StopMatcher", "TokenModel",
+        "TokenSink", "run_step", "sample",
+    }
+    assert set(engine_mod.__all__) == {"EngineStatistics", "GenerationEngine", "TokenSink", "run_step"}
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, 8, INLINE])
+async def test_same_text_alone_and_among_32_concurrent(inline_max_batch: int) -> None:
+    targets = [
+        GenerationParams(prompt="The ", max_tokens=50),
+        GenerationParams(prompt="The ", max_tokens=50, temperature=1.0, seed=42),
+        GenerationParams(prompt="def ", max_tokens=30, temperature=0.7, top_k=8, seed=3, stop=("\n",)),
+    ]
+    engine = GenerationEngine(charlm(), max_batch_size=64, inline_max_batch=inline_max_batch)
+    try:
+        alone = [(s.text, s.done and s.done[0]) for s in await run_all(engine, targets)]
+        others = [
+            GenerationParams(prompt=("x", "import ", "A ")[i % 3], max_tokens=5 + 3 * i,
+                             temperature=(0.0, 0.8, 1.5)[i % 3], seed=i)
+            for i in range(32)
+        ]
+        crowd_sinks = [RecordingSink() for _ in others]
+        for p, s in zip(others[:16], crowd_sinks[:16]):
+            engine.submit(p, s)
+        steps = engine.statistics().steps
+        await wait_for(lambda: engine.statistics().steps > steps + 3)  # the crowd is running
+        together = [RecordingSink() for _ in targets]
+        for p, s in zip(targets, together):
+            engine.submit(p, s)
+        await wait_for(lambda: all(len(s.tokens) >= 3 or s.ended for s in together))
+        for p, s in zip(others[16:], crowd_sinks[16:]):  # join while the targets run
+            engine.submit(p, s)
+        await wait_for(lambda: all(s.ended for s in crowd_sinks + together))
+        assert not any(s.violations for s in crowd_sinks + together)
+        assert [(s.text, s.done and s.done[0]) for s in together] == alone
+        assert all(s.done and s.done[0] == "length" for s in crowd_sinks)
+    finally:
+        await engine.close()
+
+
+async def test_cancel_mid_stream_ends_at_once_and_nothing_follows() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        sink, bystander = RecordingSink(), RecordingSink()
+        handle = engine.submit(params(max_tokens=100_000), sink)
+        engine.submit(params(max_tokens=200), bystander)
+        await wait_for(lambda: len(sink.tokens) >= 5)
+        engine.cancel(handle)
+        assert sink.done is not None and sink.done[0] == "cancelled"  # synchronously
+        streamed = len(sink.tokens)
+        assert sink.done[1] == streamed and streamed < 100_000
+        assert sink.done[2]["ttft_ms"] is not None and sink.done[2]["total_ms"] > 0
+        steps = engine.statistics().steps
+        await wait_for(lambda: engine.statistics().steps > steps + 5)
+        engine.cancel(handle)  # a second cancel is a no-op
+        assert len(sink.tokens) == streamed and not sink.violations
+        await wait_for(lambda: bystander.ended)
+        assert bystander.done is not None and bystander.done[:2] == ("length", 200)
+    finally:
+        await engine.close()
+
+
+async def test_cancel_while_queued() -> None:
+    engine = GenerationEngine(charlm(), max_batch_size=1)
+    try:
+        first, queued = RecordingSink(), RecordingSink()
+        engine.submit(params(max_tokens=100_000), first)
+        handle = engine.submit(params(max_tokens=5), queued)
+        await wait_for(lambda: len(first.tokens) > 3)
+        engine.cancel(handle)
+        assert queued.done is not None and queued.done[:2] == ("cancelled", 0)
+        assert queued.done[2]["ttft_ms"] is None and queued.tokens == []
+    finally:
+        await engine.close()
+
+
+async def test_deadline_exceeded_mid_stream() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        sink = RecordingSink()
+        engine.submit(params(max_tokens=100_000, deadline=time.monotonic() + 0.05), sink)
+        await wait_for(lambda: sink.ended)
+        assert isinstance(sink.error, DeadlineExceeded) and sink.done is None
+        assert 0 < len(sink.tokens) < 100_000
+        n = len(sink.tokens)
+        await asyncio.sleep(0.02)
+        assert len(sink.tokens) == n and not sink.violations
+        assert engine.statistics().active == 0
+    finally:
+        await engine.close()
+
+
+async def test_queue_full_raises_overloaded_and_the_sink_is_never_called() -> None:
+    engine = GenerationEngine(charlm(), max_batch_size=2, max_queue=2)
+    try:
+        sinks = [RecordingSink() for _ in range(4)]
+        for s in sinks:
+            engine.submit(params(max_tokens=20), s)
+        refused = RecordingSink()
+        with pytest.raises(Overloaded) as info:
+            engine.submit(params(), refused)
+        assert info.value.retry_after_ms and info.value.code == "overloaded"
+        await wait_for(lambda: all(s.ended for s in sinks))
+        assert not refused.tokens and not refused.ended
+        assert all(s.done and s.done[:2] == ("length", 20) for s in sinks)
+    finally:
+        await engine.close()
+
+
+async def test_close_ends_unfinished_with_shutting_down_and_refuses_new_work() -> None:
+    engine = GenerationEngine(charlm(), max_batch_size=2, inline_max_batch=EXECUTOR)
+    short, longs = RecordingSink(), [RecordingSink() for _ in range(3)]
+    engine.submit(params(max_tokens=1), short)
+    for s in longs:
+        engine.submit(params(max_tokens=100_000), s)
+    await wait_for(lambda: short.ended and len(longs[0].tokens) > 2)
+    await engine.close()
+    assert short.done is not None and short.done[0] == "length"
+    assert all(isinstance(s.error, ShuttingDown) and s.done is None for s in longs)
+    assert not any(s.violations for s in [short, *longs])
+    with pytest.raises(ShuttingDown):
+        engine.submit(params(), RecordingSink())
+    await engine.close()  # idempotent
+    assert engine.statistics().active == engine.statistics().queued == 0
+
+
+async def test_idle_engine_does_not_step_and_wakes_on_submit() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        await run_all(engine, [params(max_tokens=3)])
+        steps = engine.statistics().steps
+        await asyncio.sleep(0.05)
+        assert engine.statistics().steps == steps
+        (sink,) = await run_all(engine, [params(max_tokens=4)])
+        assert sink.done is not None and sink.done[:2] == ("length", 4)
+        assert engine.statistics().steps == steps + 4
+    finally:
+        await engine.close()
+
+
+async def test_stop_string_through_the_engine() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        (free,) = await run_all(engine, [params(max_tokens=40)])
+        stop = free.text[10:13]
+        (stopped,) = await run_all(engine, [params(max_tokens=40, stop=(stop,))])
+        cut = free.text.find(stop)
+        assert stopped.text == free.text[:cut]
+        assert stopped.done is not None and stopped.done[:2] == ("stop", cut)
+    finally:
+        await engine.close()
+
+
+async def test_new_requests_join_a_running_batch() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        long, late = RecordingSink(), RecordingSink()
+        engine.submit(params(max_tokens=100_000), long)
+        await wait_for(lambda: len(long.tokens) > 10)
+        engine.submit(params(max_tokens=5), late)
+        await wait_for(lambda: late.ended)
+        assert not long.ended and engine.statistics().active == 1  # the late one left at once
+        assert late.done is not None and late.done[2]["queue_ms"] < 1000
+    finally:
+        await engine.close()
+
+
+class ExplodingSink(RecordingSink):
+    def on_token(self, seq: int, text: str) -> None:
+        super().on_token(seq, text)
+        if seq == 2:
+            raise RuntimeError("sink bug")
+
+
+async def test_a_failing_sink_ends_only_its_own_generation() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        bad, good = ExplodingSink(), RecordingSink()
+        engine.submit(params(max_tokens=50), bad)
+        engine.submit(params(max_tokens=50), good)
+        await wait_for(lambda: bad.ended and good.ended)
+        assert isinstance(bad.error, Internal) and "sink bug" in bad.error.message
+        assert len(bad.tokens) == 3 and not bad.violations
+        assert good.done is not None and good.done[:2] == ("length", 50)
+    finally:
+        await engine.close()
+
+
+class CancellingSink(RecordingSink):
+    engine: GenerationEngine
+    handle: object = None
+
+    def on_token(self, seq: int, text: str) -> None:
+        super().on_token(seq, text)
+        if seq == 1:
+            self.engine.cancel(self.handle)  # type: ignore[arg-type]
+
+
+async def test_cancel_from_inside_a_sink_callback() -> None:
+    engine = GenerationEngine(charlm())
+    try:
+        sink = CancellingSink()
+        sink.engine = engine
+        sink.handle = engine.submit(params(max_tokens=50), sink)
+        await wait_for(lambda: sink.ended)
+        await asyncio.sleep(0.01)
+        assert sink.done is not None and sink.done[:2] == ("cancelled", 2) and not sink.violations
+    finally:
+        await engine.close()
+
+
+class BrokenModel:
+    """A model whose step fails: a true boundary for testing the engine's error path."""
+
+    def __init__(self) -> None:
+        real = charlm()
+        self.context_len, self.vocab_size, self.id_to_text = real.context_len, real.vocab_size, real.id_to_text
+        self.initial_context = real.initial_context
+
+    def logits(self, contexts: object) -> object:
+        raise FloatingPointError("numerical trouble")
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_a_failing_model_step_errors_its_batch_and_the_engine_lives_on(inline_max_batch: int) -> None:
+    engine = GenerationEngine(BrokenModel(), inline_max_batch=inline_max_batch)  # type: ignore[arg-type]
+    try:
+        sinks = await run_all(engine, [params(), params()])
+        assert all(isinstance(s.error, Internal) and "numerical trouble" in s.error.message for s in sinks)
+        (again,) = await run_all(engine, [params()])
+        assert isinstance(again.error, Internal)
+    finally:
+        await engine.close()
+
+
+async def test_statistics_count_tokens_and_executor_steps() -> None:
+    engine = GenerationEngine(charlm(), inline_max_batch=3)
+    try:
+        await run_all(engine, [params(max_tokens=10) for _ in range(5)])
+        s = engine.statistics()
+        assert (s.active, s.queued, s.tokens, s.generated, s.finished, s.steps) == (0, 0, 50, 50, 5, 10)
+        assert s.executor_steps == 10 and s.max_batch_size == 256
+        await run_all(engine, [params(max_tokens=10)])
+        assert engine.statistics().executor_steps == 10  # a batch of one ran inline
+    finally:
+        await engine.close()

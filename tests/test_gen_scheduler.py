@@ -1,0 +1,247 @@
+"""The sans-I/O continuous-batching scheduler, driven with a fake clock and the real charlm."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_gen_support import Collected, FakeClock, charlm, params, run_until_idle, step_once
+from wsserve.errors import DeadlineExceeded, Internal, Overloaded, ShuttingDown
+from wsserve.generation import GenerationParams, Scheduler, SeqState, run_step
+
+PROMPTS = ["The ", "def f(x):\n    ", "import ", "A", "", "class ", "Note: ", "for i in range(10):"]
+
+
+def generate_alone(p: GenerationParams) -> tuple[str, str]:
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    seq = sched.add_request(p, clock.now)
+    run_until_idle(sched, clock, out)
+    return out.joined(seq), seq.finish_reason or ""
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        GenerationParams(prompt="The ", max_tokens=60),
+        GenerationParams(prompt="The ", max_tokens=60, temperature=0.9, seed=7),
+        GenerationParams(prompt="x = ", max_tokens=45, temperature=1.3, top_k=10, seed=2**70 + 3),
+        GenerationParams(prompt="The ", max_tokens=80, temperature=0.8, seed=1, stop=("ion", "\n\n")),
+    ],
+    ids=["greedy", "sampled", "sampled-top-k", "sampled-stop"],
+)
+def test_same_output_alone_and_among_32_concurrent_generations(target: GenerationParams) -> None:
+    alone = generate_alone(target)
+    sched = Scheduler(charlm(), max_batch_size=64)
+    clock, out = FakeClock(), Collected()
+    others = []
+
+    def add_others(n: int, base: int) -> None:
+        for i in range(n):
+            j = base + i
+            others.append(sched.add_request(GenerationParams(
+                prompt=PROMPTS[j % len(PROMPTS)], max_tokens=3 + 7 * j % 90,
+                temperature=(0.0, 0.5, 1.0, 2.0)[j % 4], top_k=(0, 0, 5)[j % 3], seed=j), clock.now))
+
+    add_others(12, 0)
+    step_once(sched, clock, out)
+    step_once(sched, clock, out)
+    seq = sched.add_request(target, clock.now)  # joins a running batch mid-way
+    step_once(sched, clock, out)
+    add_others(20, 12)  # more join while it runs, others leave at their own lengths
+    run_until_idle(sched, clock, out)
+    assert len(others) == 32 and all(o.finished for o in others)
+    assert len(set(out.batch_sizes)) > 5  # the batch really changed size under the target
+    assert (out.joined(seq), seq.finish_reason) == alone
+
+
+def test_sequences_join_at_the_next_step_and_leave_at_once() -> None:
+    sched = Scheduler(charlm(), max_batch_size=8)
+    clock, out = FakeClock(), Collected()
+    a = sched.add_request(params(max_tokens=3), clock.now)
+    b = sched.add_request(params(max_tokens=5), clock.now)
+    step_once(sched, clock, out)
+    c = sched.add_request(params(max_tokens=2), clock.now)
+    assert c.state is SeqState.WAITING
+    step_once(sched, clock, out)
+    assert c.state is SeqState.RUNNING and c.generated == 1
+    step_once(sched, clock, out)
+    assert a.finished and c.finished and not b.finished  # left in the step that ended them
+    assert set(out.finished) == {a.id, c.id}
+    run_until_idle(sched, clock, out)
+    assert out.batch_sizes == [2, 3, 3, 1, 1]
+    assert [len(out.joined(s)) for s in (a, b, c)] == [3, 5, 2]
+    assert all(s.finish_reason == "length" and s.streamed == s.params.max_tokens for s in (a, b, c))
+
+
+def test_a_freed_slot_is_taken_by_a_waiting_sequence_at_the_next_step() -> None:
+    sched = Scheduler(charlm(), max_batch_size=2)
+    clock, out = FakeClock(), Collected()
+    a = sched.add_request(params(max_tokens=1), clock.now)
+    b = sched.add_request(params(max_tokens=4), clock.now)
+    c = sched.add_request(params(max_tokens=2), clock.now)
+    step_once(sched, clock, out)
+    assert a.finished and c.state is SeqState.WAITING
+    step_once(sched, clock, out)
+    assert c.state is SeqState.RUNNING and c.admitted_at is not None
+    run_until_idle(sched, clock, out)
+    assert out.batch_sizes == [2, 2, 2, 1]
+    assert b.timing()["queue_ms"] == 0 and c.timing()["queue_ms"] == pytest.approx(1.0)
+
+
+def test_high_priority_is_admitted_first_fifo_within_a_priority() -> None:
+    sched = Scheduler(charlm(), max_batch_size=1)
+    clock, out = FakeClock(), Collected()
+    first = sched.add_request(params(max_tokens=2), clock.now)
+    step_once(sched, clock, out)
+    low1 = sched.add_request(params(max_tokens=1), clock.now)
+    high1 = sched.add_request(params(max_tokens=1, priority=1), clock.now)
+    low2 = sched.add_request(params(max_tokens=1), clock.now)
+    high2 = sched.add_request(params(max_tokens=1, priority=1), clock.now)
+    run_until_idle(sched, clock, out)
+    order = sorted([first, low1, high1, low2, high2], key=lambda s: s.admitted_at)
+    assert order == [first, high1, high2, low1, low2]
+
+
+def test_queue_bound_refuses_with_overloaded_and_retry_after() -> None:
+    sched = Scheduler(charlm(), max_batch_size=2, max_queue=3)
+    clock, out = FakeClock(), Collected()
+    accepted = [sched.add_request(params(max_tokens=50), clock.now) for _ in range(5)]  # 2 slots + 3
+    with pytest.raises(Overloaded) as info:
+        sched.add_request(params(), clock.now)
+    assert info.value.retry_after_ms is not None and info.value.retry_after_ms >= 1
+    assert "max_queue=3" in info.value.message
+    step_once(sched, clock, out)
+    assert sched.statistics().running == 2 and sched.statistics().waiting == 3
+    with pytest.raises(Overloaded) as info:
+        sched.add_request(params(), clock.now)
+    # two running sequences have 49 tokens to go at ~1 ms per step
+    assert 10 <= info.value.retry_after_ms <= 1000
+    sched.finish_requests([accepted[4]], clock.now)  # a waiting one is cancelled: room again
+    sched.add_request(params(max_tokens=1), clock.now)
+    assert not any(s.error for s in accepted)
+
+
+def test_unbounded_queue_with_none() -> None:
+    sched = Scheduler(charlm(), max_batch_size=1, max_queue=None)
+    for _ in range(2000):
+        sched.add_request(params(), 0.0)
+    assert sched.statistics().waiting == 2000
+
+
+def test_cancel_mid_stream_while_the_batch_computes() -> None:
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    victim = sched.add_request(params(max_tokens=100), clock.now)
+    other = sched.add_request(params(max_tokens=10), clock.now)
+    for _ in range(4):
+        step_once(sched, clock, out)
+    batch = sched.schedule(clock.now)
+    assert batch is not None and victim in batch.seqs
+    tokens = run_step(sched.model, batch)
+    sched.finish_requests([victim], clock.advance(0.0005))  # arrives during the step
+    out.take(sched)
+    assert out.finished[victim.id].finish_reason == "cancelled"
+    sched.update_from_output(batch, tokens, clock.advance(0.0005))
+    out.take(sched)  # raises if the victim got a token after its finish
+    run_until_idle(sched, clock, out)
+    assert len(out.joined(victim)) == victim.streamed == 4
+    assert victim.timing()["total_ms"] == pytest.approx(4.5)
+    assert other.finish_reason == "length" and len(out.joined(other)) == 10
+    sched.finish_requests([victim, other], clock.now)  # finished ones are ignored
+    assert sched.take_events() == ([], [])
+
+
+def test_deadline_while_queued_and_while_running() -> None:
+    sched = Scheduler(charlm(), max_batch_size=1)
+    clock, out = FakeClock(), Collected()
+    running = sched.add_request(params(max_tokens=1000, deadline=clock.now + 0.0105), clock.now)
+    queued = sched.add_request(params(max_tokens=5, deadline=clock.now + 0.005), clock.now)
+    after = sched.add_request(params(max_tokens=3), clock.now)
+    for _ in range(12):
+        step_once(sched, clock, out)
+    assert isinstance(queued.error, DeadlineExceeded) and queued.streamed == 0
+    # steps end at +1, +2, ... ms: the 11th token comes back at +11 ms, past the deadline
+    assert isinstance(running.error, DeadlineExceeded) and "10 tokens streamed" in running.error.message
+    assert running.finish_reason is None and len(out.joined(running)) == 10
+    assert after.state is SeqState.RUNNING  # took the freed slot at once
+    run_until_idle(sched, clock, out)
+    assert after.finish_reason == "length"
+
+
+def _greedy_text(prompt: str, n: int) -> str:
+    text, reason = generate_alone(GenerationParams(prompt=prompt, max_tokens=n))
+    assert reason == "length" and len(text) == n
+    return text
+
+
+def test_stop_string_split_across_tokens_is_not_streamed() -> None:
+    prompt = "The "
+    text = _greedy_text(prompt, 60)
+    stop = text[20:24]
+    cut = text.find(stop)
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    seq = sched.add_request(GenerationParams(prompt=prompt, max_tokens=60, stop=(stop, "never")), clock.now)
+    streamed_per_step = []
+    while step_once(sched, clock, out):
+        streamed_per_step.append(len(out.joined(seq)))
+    assert (out.joined(seq), seq.finish_reason) == (text[:cut], "stop")
+    assert seq.streamed == cut and seq.generated == cut + len(stop)
+    # while the stop string was arriving (steps cut+1 .. cut+3) nothing of it was shown
+    assert streamed_per_step[cut:] == [cut] * len(stop)
+
+
+def test_held_back_text_is_flushed_when_the_length_ends_it() -> None:
+    text = _greedy_text("The ", 40)
+    stop = text[-3:] + "\u00a7"  # starts like the tail, but "§" is never generated
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    seq = sched.add_request(GenerationParams(prompt="The ", max_tokens=40, stop=(stop,)), clock.now)
+    for _ in range(39):
+        step_once(sched, clock, out)
+    assert out.joined(seq) == text[:37]  # the last two chars are held back
+    step_once(sched, clock, out)
+    assert (out.joined(seq), seq.finish_reason, seq.streamed) == (text, "length", 40)
+
+
+def test_stop_on_the_first_token_streams_nothing() -> None:
+    first = _greedy_text("The ", 1)
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    seq = sched.add_request(GenerationParams(prompt="The ", stop=(first,)), clock.now)
+    run_until_idle(sched, clock, out)
+    assert (seq.finish_reason, seq.streamed, out.joined(seq)) == ("stop", 0, "")
+    assert seq.timing()["ttft_ms"] is not None
+
+
+def test_fail_batch_and_abort_all_end_everything_with_the_error() -> None:
+    sched = Scheduler(charlm(), max_batch_size=2)
+    clock, out = FakeClock(), Collected()
+    seqs = [sched.add_request(params(max_tokens=9), clock.now) for _ in range(3)]
+    batch = sched.schedule(clock.now)
+    assert batch is not None
+    sched.fail_batch(batch, Internal("boom"), clock.now)
+    out.take(sched)
+    assert [type(s.error) for s in seqs[:2]] == [Internal, Internal] and not seqs[2].finished
+    sched.abort_all(ShuttingDown("bye"), clock.now)
+    out.take(sched)
+    assert isinstance(seqs[2].error, ShuttingDown) and not sched.has_unfinished()
+    assert sched.schedule(clock.now) is None
+
+
+def test_statistics_snapshot() -> None:
+    sched = Scheduler(charlm(), max_batch_size=3, max_queue=10)
+    clock, out = FakeClock(), Collected()
+    for n in (2, 4, 4, 4):
+        sched.add_request(params(max_tokens=n), clock.now)
+    s0 = sched.statistics()
+    assert (s0.running, s0.waiting, s0.steps, s0.max_batch_size, s0.max_queue) == (0, 4, 0, 3, 10)
+    step_once(sched, clock, out)
+    s1 = sched.statistics()
+    assert (s1.running, s1.waiting, s1.steps, s1.tokens, s1.last_batch_size) == (3, 1, 1, 3, 3)
+    assert s1.step_ms == pytest.approx(1.0)  # moving average starts at the first step
+    run_until_idle(sched, clock, out)
+    s2 = sched.statistics()
+    assert (s2.running, s2.waiting, s2.tokens, s2.generated, s2.finished) == (0, 0, 14, 14, 4)
+    with pytest.raises(AttributeError):
+        s2.steps = 0  # type: ignore[misc]
