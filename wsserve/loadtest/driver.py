@@ -156,6 +156,7 @@ class Worker:
                 ticker.cancel()
             await self._close_all()
         self._sweep()
+        self.stats.ok_per_proc = [sum(w.ok for w in self.stats.workloads)]
         return self.stats
 
     async def _sleep_until(self, t: float) -> None:

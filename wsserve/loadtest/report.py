@@ -81,7 +81,8 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
     achieved_ratio}, ``requests`` {sent, ok, errors, error_rate},
     ``latency_ms`` {count, min, mean, p50, p90, p99, p99.9, max} over every
     workload, ``workloads`` {label: {...}}, ``errors`` {code: n},
-    ``close_codes`` {code: n}, ``connections`` {opened, failed},
+    ``close_codes`` {code: n}, ``connections`` {opened, failed}, ``client``
+    {procs, ok_per_proc[]},
     ``late_sends`` {count, threshold_ms, send_lag_ms}, ``slo`` {p99_ms,
     max_error_rate, passed, breaches[]}, ``exit_code`` (int) and
     ``histograms`` {label: encoded HDR latency histogram, "all": ...}.
@@ -132,6 +133,7 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
         "errors": dict(sorted(errors.items())),
         "close_codes": dict(sorted(stats.close_codes.items())),
         "connections": {"opened": stats.connections, "failed": stats.connect_failures},
+        "client": {"procs": stats.procs, "ok_per_proc": list(stats.ok_per_proc)},
         "late_sends": {
             "count": stats.late_sends,
             "threshold_ms": cfg.late_ms,

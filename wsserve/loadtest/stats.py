@@ -108,6 +108,8 @@ class RunStats:
     send_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
     close_codes: Counter[str] = field(default_factory=Counter)
     procs: int = 1
+    #: successful measured requests of each client process, in process order
+    ok_per_proc: list[int] = field(default_factory=list)
 
     @classmethod
     def for_labels(cls, labels_kinds: list[tuple[str, str]]) -> RunStats:
@@ -124,6 +126,7 @@ class RunStats:
         self.send_lag.merge(other.send_lag)
         self.close_codes.update(other.close_codes)
         self.procs += other.procs
+        self.ok_per_proc.extend(other.ok_per_proc)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +137,7 @@ class RunStats:
             "send_lag": self.send_lag.encode(),
             "close_codes": dict(self.close_codes),
             "procs": self.procs,
+            "ok_per_proc": list(self.ok_per_proc),
         }
 
     @classmethod
@@ -146,6 +150,7 @@ class RunStats:
             send_lag=LatencyHistogram.decode(d["send_lag"]),
             close_codes=Counter({str(k): int(v) for k, v in d["close_codes"].items()}),
             procs=int(d["procs"]),
+            ok_per_proc=[int(v) for v in d["ok_per_proc"]],
         )
 
     @classmethod

@@ -1,0 +1,60 @@
+"""The load-test tool against the real wsserve on loopback: every workload kind, both entry points."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.serverproc import ServerProcess
+from wsserve.loadtest import EXIT_OK, LoadConfig, parse_mix, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wsserve_url(model_cache: Path) -> Iterator[str]:
+    proc = ServerProcess(cache_dir=model_cache)
+    yield proc.url
+    proc.stop()
+
+
+def test_mixed_open_loop_workload_is_served_without_errors(wsserve_url: str) -> None:
+    cfg = LoadConfig(url=wsserve_url, specs=tuple(parse_mix("predict:linear=4,predict:mlp:8=2,stream:mlp:50=1,generate:charlm:16=1",
+                                                             chunk_rows=10)),
+                     connections=4, rate_per_s=200.0, duration_s=1.5, warmup_s=0.3, progress=False)
+    rep = run_load(cfg, err=io.StringIO())
+    assert rep["server"]["kind"] == "protocol" and rep["server"]["name"] == "wsserve"
+    assert rep["config"]["inflight"] >= 1  # taken from the server's hello
+    assert rep["requests"]["errors"] == 0, rep["errors"]
+    assert rep["requests"]["sent"] == 300
+    w = rep["workloads"]
+    assert set(w) == {"predict:linear", "predict:mlp:8", "stream:mlp:50", "generate:charlm:16"}
+    for label, weight in (("predict:linear", 4), ("predict:mlp:8", 2), ("stream:mlp:50", 1), ("generate:charlm:16", 1)):
+        assert abs(w[label]["sent"] - 300 * weight / 8) <= 1, (label, w[label]["sent"])
+    gen = w["generate:charlm:16"]
+    assert gen["ok"] == gen["sent"] and gen["ttft_ms"]["count"] == gen["ok"]
+    assert gen["itl_ms"]["count"] == 15 * gen["ok"]  # 16 tokens -> 15 gaps per request
+    assert gen["tokens"] > 0 and gen["tokens_per_s"] > 0
+    stream = w["stream:mlp:50"]
+    assert stream["first_chunk_ms"]["count"] == stream["ok"] and stream["chunks"] >= 5 * stream["ok"] * 0.8
+    assert stream["first_chunk_ms"]["p50"] <= stream["latency_ms"]["p50"]
+
+
+@pytest.mark.parametrize("entry", [["-m", "wsserve", "loadtest"], [str(ROOT / "clients" / "loadtest.py")]])
+def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, *entry, wsserve_url, "-c", "8", "-k", "2", "-d", "1", "-w", "0.3",
+                           "--model", "mlp", "--slo-p99-ms", "5000", "--json", str(out)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "req/s achieved" in proc.stdout and "SLO: PASS" in proc.stdout
+    assert "sent" in proc.stderr and "ok/s" in proc.stderr  # the progress lines
+    rep = orjson.loads(out.read_bytes())
+    assert rep["mode"] == "closed" and rep["config"]["inflight"] == 2 and rep["requests"]["ok"] > 0
+    assert rep["requests"]["errors"] == 0
