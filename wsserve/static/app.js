@@ -101,6 +101,17 @@ function isGenerative(m) {
   return /generat|language|lm\b|text/.test(task) || m.name === 'charlm';
 }
 
+const short = (v) => String(Number(v.toPrecision(3)));
+const HEADLINE_METRICS = [
+  ['heldout_accuracy', 'accuracy', (v) => `${(v * 100).toFixed(1)}%`],
+  ['heldout_mse', 'test MSE', short],
+  ['heldout_bpc', 'bits/char', short],
+  ['heldout_loss', 'test loss', short],
+  ['weight', 'weight', short],
+  ['bias', 'bias', short],
+  ['train_time_s', 'train time', (v) => fmtMs(v * 1000)],
+];
+
 function renderModels() {
   modelsList.replaceChildren();
   if (!models.length) {
@@ -109,22 +120,39 @@ function renderModels() {
   }
   for (const m of models) {
     const gen = isGenerative(m);
-    const kv = el('dl', { class: 'kv' });
-    const add = (k, v) => { if (v !== undefined && v !== null && v !== '') kv.append(el('dt', {}, k), el('dd', {}, v)); };
-    if (m.input_shape) add('input', `[${m.input_shape.join(', ')}]`);
-    if (m.output_shape) add('output', `[${m.output_shape.join(', ')}]`);
-    if (m.parameters !== undefined) add('parameters', fmtInt(m.parameters));
-    if (m.vocab_size !== undefined) add('vocab', fmtInt(m.vocab_size));
-    for (const [k, v] of Object.entries(m.metrics ?? {})) {
-      add(k.replaceAll('_', ' '), typeof v === 'number' ? fmt(v) : JSON.stringify(v));
+    const metrics = m.metrics ?? {};
+    const shape = (s) => (s ? `[${s.join(', ')}]` : '?');
+    const facts = [
+      el('span', { class: 'shape' }, shape(m.input_shape), el('span', { class: 'arrow' }, ' → '), shape(m.output_shape)),
+    ];
+    if (m.parameters !== undefined) facts.push(el('span', {}, `${fmtInt(m.parameters)} params`));
+    if (m.layers) facts.push(el('span', {}, `layers ${m.layers.join('·')}`));
+    if (m.vocab_size !== undefined) facts.push(el('span', {}, `vocab ${fmtInt(m.vocab_size)}`));
+    if (m.context_len !== undefined) facts.push(el('span', {}, `context ${fmtInt(m.context_len)}`));
+
+    const chips = el('div', { class: 'chips' });
+    for (const [key, label, f] of HEADLINE_METRICS) {
+      if (chips.childElementCount >= 3 || typeof metrics[key] !== 'number') continue;
+      chips.append(el('div', { class: 'chip' }, el('span', { class: 'k' }, label), el('span', { class: 'v' }, f(metrics[key]))));
     }
-    modelsList.append(el('li', { class: 'model', 'data-testid': `model-${m.name}`, 'data-model': m.name },
+
+    const all = el('dl', { class: 'kv' });
+    for (const [k, v] of Object.entries(metrics)) {
+      all.append(el('dt', {}, k.replaceAll('_', ' ')), el('dd', {}, typeof v === 'number' ? fmt(v) : typeof v === 'string' ? v : JSON.stringify(v)));
+    }
+    const details = el('details', { class: 'more' }, el('summary', {}, `all metrics (${Object.keys(metrics).length})`), all);
+
+    const item = el('li', { class: 'model', 'data-testid': `model-${m.name}`, 'data-model': m.name },
       el('div', { class: 'model-top' },
         el('span', { class: 'model-name' }, m.name),
         el('span', { class: 'badges' },
           el('span', { class: gen ? 'badge gen' : 'badge' }, m.task ?? (gen ? 'generation' : 'predict')),
           el('span', { class: 'badge ver' }, `v${m.version}`))),
-      kv));
+      el('div', { class: 'facts' }, ...facts));
+    if (m.description) item.append(el('p', { class: 'desc' }, m.description));
+    if (chips.childElementCount) item.append(chips);
+    if (Object.keys(metrics).length) item.append(details);
+    modelsList.append(item);
   }
 }
 
@@ -446,7 +474,7 @@ function draw() {
   const font = `11px ${cssVar('--sans') || 'system-ui'}`;
   ctx.font = font;
 
-  const left = 52; const right = 10; const top = 8; const gap = 26; const bottomAxis = 18;
+  const left = 52; const right = 10; const top = 22; const gap = 40; const bottomAxis = 18;
   const plotW = Math.max(10, W - left - right);
   const latH = Math.round((H - top - gap - bottomAxis) * 0.62);
   const barTop = top + latH + gap;
@@ -459,6 +487,7 @@ function draw() {
   const lats = recent.map((r) => r.ms).filter((v) => v > 0);
   let lo = lats.length ? Math.floor(Math.log10(Math.min(...lats))) : -1;
   let hi = lats.length ? Math.ceil(Math.log10(Math.max(...lats))) : 2;
+  if (lats.length && Math.log10(Math.max(...lats)) > hi - 0.15) hi += 1; // headroom above the top dots
   lo = Math.max(-2, Math.min(lo, 0)); hi = Math.max(hi, lo + 2);
   const yLat = (ms) => top + latH * (1 - (Math.log10(Math.max(ms, 10 ** lo)) - lo) / (hi - lo));
 
@@ -470,10 +499,15 @@ function draw() {
     const v = 10 ** e;
     ctx.fillText(v >= 1000 ? `${v / 1000} s` : `${Number(v.toPrecision(1))} ms`, left - 8, y);
   }
-  ctx.save();
-  ctx.translate(12, top + latH / 2); ctx.rotate(-Math.PI / 2); ctx.textAlign = 'center';
-  ctx.fillText('latency', 0, 0);
-  ctx.restore();
+  const title = (text, y) => {
+    ctx.save();
+    ctx.font = `600 11.5px ${cssVar('--sans') || 'system-ui'}`;
+    ctx.fillStyle = colors.text; ctx.textAlign = 'left'; ctx.textBaseline = 'alphabetic';
+    ctx.fillText(text, left, y);
+    ctx.restore();
+  };
+  title('Latency per request (log scale)', top - 9);
+  title('Completed requests per second', barTop - 13);
 
   if (p95 != null && p95 > 0) {
     const y = Math.round(yLat(p95)) + 0.5;
@@ -481,8 +515,10 @@ function draw() {
     ctx.setLineDash([4, 4]); ctx.strokeStyle = colors.muted; ctx.globalAlpha = 0.8;
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + plotW, y); ctx.stroke();
     ctx.restore();
-    ctx.textAlign = 'left'; ctx.textBaseline = 'bottom'; ctx.fillStyle = colors.muted;
-    ctx.fillText(`p95 ${fmtMs(p95)}`, left + 6, y - 2);
+    ctx.textAlign = 'left'; ctx.fillStyle = colors.muted;
+    const below = y - 14 < top;
+    ctx.textBaseline = below ? 'top' : 'bottom';
+    ctx.fillText(`p95 ${fmtMs(p95)}`, left + 6, below ? y + 3 : y - 2);
   }
 
   for (const r of recent) {

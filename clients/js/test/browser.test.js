@@ -1,0 +1,243 @@
+// End-to-end tests of the demo page in real headless Chromium (Debian's /usr/bin/chromium,
+// driven by playwright-core) against a real wsserve on loopback.
+// Screenshots are written to clients/js/test-artifacts/ (gitignored).
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+import { Client } from 'wsserve-client';
+import { startServer, httpGet, metricSum, eventually, REPO_ROOT } from './helpers/server.js';
+
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const ARTIFACTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../test-artifacts');
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+];
+
+/** The page's compact number format (up to 6 significant digits); mirrors app.js `fmt`. */
+const shown = (v) => (v !== 0 && (Math.abs(v) >= 1e6 || Math.abs(v) < 1e-4) ? v.toExponential(4) : String(Number(v.toPrecision(6))));
+
+describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
+  let srv;
+  let browser;
+  let page;
+  let client; // an independent client in Node, to check what the page shows
+  const pageErrors = [];
+
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
+    await mkdir(ARTIFACTS, { recursive: true });
+    srv = await startServer();
+    client = new Client(srv.url);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await client?.close();
+    await srv?.stop();
+  });
+
+  it('GET / serves the page; /static/ serves its files with the right content types', async () => {
+    const index = await httpGet(srv.httpUrl, '/');
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get('content-type'), /^text\/html/);
+    assert.match(index.text, /data-testid="predict-form"/);
+    const expect = { 'app.js': /javascript/, 'style.css': /^text\/css/, 'wsserve.js': /javascript/ };
+    for (const [name, ctype] of Object.entries(expect)) {
+      const res = await httpGet(srv.httpUrl, `/static/${name}`);
+      assert.equal(res.status, 200, name);
+      assert.match(res.headers.get('content-type'), ctype, name);
+    }
+    // the page loads the one client source, not a copy
+    const served = (await httpGet(srv.httpUrl, '/static/wsserve.js')).text;
+    assert.equal(served, await readFile(path.join(REPO_ROOT, 'clients/js/src/wsserve.js'), 'utf8'));
+  });
+
+  it('connects and lists every model with its metadata', async () => {
+    await page.goto(`${srv.httpUrl}/`);
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 30_000 });
+    assert.equal(await page.getAttribute('#conn-status', 'data-state'), 'open');
+    const models = await client.models();
+    for (const m of models) {
+      const card = page.locator(`[data-testid="model-${m.name}"]`);
+      const text = await card.innerText();
+      assert.match(text, new RegExp(m.name));
+      assert.ok(text.includes(`v${m.version}`), `${m.name} version`);
+      assert.ok(text.includes(m.task), `${m.name} task`);
+      assert.ok(text.includes(m.parameters.toLocaleString('en-US')), `${m.name} parameters`);
+      assert.ok(text.includes(`[${m.input_shape.join(', ')}]`), `${m.name} input shape`);
+    }
+    const predictOptions = await page.$$eval('#predict-model option', (os) => os.map((o) => o.value));
+    assert.ok(predictOptions.includes('linear') && predictOptions.includes('mlp') && !predictOptions.includes('charlm'));
+    const genOptions = await page.$$eval('#gen-model option', (os) => os.map((o) => o.value));
+    assert.deepEqual(genOptions, ['charlm']);
+  });
+
+  it('predict shows exactly the values the server computes', async () => {
+    const xs = [0.25, 0.5, 0.875];
+    await page.selectOption('#predict-model', 'linear');
+    await page.fill('#predict-inputs', xs.join('\n'));
+    await page.click('#predict-run');
+    await page.waitForSelector('#predict-result[data-state="ok"]');
+    const cells = await page.$$eval('[data-testid="predict-value"]', (tds) =>
+      tds.map((td) => ({ value: JSON.parse(td.dataset.value), text: td.textContent })));
+    const expected = (await client.predict('linear', xs.map((x) => [x]))).outputs;
+    assert.deepEqual(cells.map((c) => c.value), expected);
+    cells.forEach((c, i) => assert.equal(c.text, shown(expected[i][0])));
+    assert.match(await page.innerText('#predict-timing'), /batch\s+\d+/);
+
+    // a classifier row: ten probabilities and the winning class
+    const row = Array.from({ length: 32 }, (_, j) => Number((Math.cos(j) * 1.5).toFixed(3)));
+    await page.selectOption('#predict-model', 'mlp');
+    await page.fill('#predict-inputs', row.join(', '));
+    await page.click('#predict-run');
+    await page.waitForFunction(() => document.querySelector('[data-testid="predict-value"]')?.dataset.value.split(',').length === 10);
+    const probs = JSON.parse(await page.getAttribute('[data-testid="predict-value"]', 'data-value'));
+    const mlp = (await client.predict('mlp', [row])).outputs[0];
+    assert.deepEqual(probs, mlp);
+    const best = mlp.indexOf(Math.max(...mlp));
+    assert.match(await page.innerText('#predict-output td.cls'), new RegExp(`^${best}\\b`));
+  });
+
+  it('predict shows input mistakes and server errors with their code', async () => {
+    await page.selectOption('#predict-model', 'linear');
+    await page.fill('#predict-inputs', '0.5, 0.7');
+    await page.click('#predict-run');
+    await page.waitForSelector('#predict-result[data-state="error"]');
+    assert.match(await page.innerText('#predict-error'), /invalid_input/);
+    await page.fill('#predict-inputs', 'abc');
+    await page.click('#predict-run');
+    await page.waitForSelector('#predict-result[data-state="error"]');
+    assert.match(await page.innerText('#predict-error'), /"abc" is not a number/);
+  });
+
+  it('generation text matches the server, token for token', async () => {
+    const prompt = 'The ';
+    await page.fill('#gen-prompt', prompt);
+    await page.fill('#gen-max-tokens', '120');
+    await page.fill('#gen-temperature', '0');
+    await page.fill('#gen-seed', '');
+    await page.click('#gen-start');
+    await page.waitForSelector('#gen-box[data-state="done"]');
+    const expected = await client.complete('charlm', prompt, { maxTokens: 120 });
+    assert.equal(await page.textContent('#gen-output-text'), expected.text);
+    assert.equal(await page.getAttribute('#gen-status', 'data-reason'), 'length');
+    assert.equal(await page.getAttribute('#gen-box', 'data-tokens'), '120');
+  });
+
+  it('tokens appear while the generation runs, and Cancel stops it on the server', async () => {
+    const before = metricSum((await httpGet(srv.httpUrl, '/metrics')).text, 'wsserve_requests_total',
+      { model: 'charlm', type: 'generate', code: 'cancelled' });
+    await page.fill('#gen-max-tokens', '100000');
+    await page.fill('#gen-temperature', '0.8');
+    await page.fill('#gen-seed', '11');
+    await page.click('#gen-start');
+    await page.waitForSelector('#gen-box[data-state="running"]');
+    // watch the token count grow in several steps while it is still running
+    const seen = new Set();
+    const deadline = Date.now() + 20_000;
+    while (seen.size < 3 && Date.now() < deadline) {
+      const [state, tokens] = await page.evaluate(() => [
+        document.querySelector('#gen-box').dataset.state, Number(document.querySelector('#gen-box').dataset.tokens)]);
+      if (state !== 'running') break;
+      if (tokens > 0) seen.add(tokens);
+      await page.waitForTimeout(15);
+    }
+    assert.ok(seen.size >= 3, `saw the token count change only ${seen.size} times while running`);
+    assert.equal(await page.getAttribute('#gen-box', 'data-state'), 'running');
+    assert.equal(await page.isEnabled('#gen-cancel'), true);
+    await page.click('#gen-cancel');
+    await page.waitForSelector('#gen-box[data-state="done"]');
+    assert.equal(await page.getAttribute('#gen-status', 'data-reason'), 'cancelled');
+    const shownTokens = Number(await page.getAttribute('#gen-box', 'data-tokens'));
+    assert.ok(shownTokens > 0 && shownTokens < 100000, `tokens ${shownTokens}`);
+    assert.equal((await page.textContent('#gen-output-text')).length > 0, true);
+    assert.ok(await eventually(async () => metricSum((await httpGet(srv.httpUrl, '/metrics')).text, 'wsserve_requests_total',
+      { model: 'charlm', type: 'generate', code: 'cancelled' }) === before + 1), 'the server counted one cancelled generation');
+    assert.equal(await page.isEnabled('#gen-start'), true);
+  });
+
+  it("the live chart tracks the page's own traffic", async () => {
+    await page.click('#burst');
+    await page.waitForFunction(() => /200\/200/.test(document.querySelector('#burst-note').textContent), null, { timeout: 30_000 });
+    await page.waitForTimeout(700); // let the chart redraw
+    const total = Number((await page.textContent('#stat-total')).replace(/,/g, ''));
+    assert.ok(total >= 200 + 5, `total ${total}`);
+    assert.match(await page.textContent('#stat-p50'), /ms|s$/);
+    // the canvas has drawn dots and bars in the predict colour
+    const painted = await page.evaluate(() => {
+      const cv = document.querySelector('#chart');
+      const { data } = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height);
+      let n = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+      return n / (cv.width * cv.height);
+    });
+    assert.ok(painted > 0.005, `canvas painted fraction ${painted}`);
+  });
+
+  it('saves screenshots at desktop and phone width; nothing overflows at 390 px', async () => {
+    await page.screenshot({ path: path.join(ARTIFACTS, 'demo-desktop.png'), fullPage: true });
+    const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+    phone.on('pageerror', (e) => pageErrors.push(String(e)));
+    try {
+      await phone.goto(`${srv.httpUrl}/`);
+      await phone.waitForSelector('body[data-ready="true"]', { timeout: 30_000 });
+      await phone.click('#predict-run');
+      await phone.waitForSelector('#predict-result[data-state="ok"]');
+      await phone.fill('#gen-max-tokens', '160');
+      await phone.click('#gen-start');
+      await phone.waitForSelector('#gen-box[data-state="done"]');
+      await phone.waitForTimeout(600);
+      const widths = await phone.evaluate(() => ({ doc: document.documentElement.scrollWidth, view: window.innerWidth }));
+      assert.ok(widths.doc <= widths.view, `horizontal overflow: ${widths.doc} > ${widths.view}`);
+      await phone.screenshot({ path: path.join(ARTIFACTS, 'demo-phone.png'), fullPage: true });
+    } finally {
+      await phone.close();
+    }
+    const dark = await browser.newPage({ viewport: { width: 1280, height: 900 }, colorScheme: 'dark' });
+    try {
+      await dark.goto(`${srv.httpUrl}/`);
+      await dark.waitForSelector('body[data-ready="true"]', { timeout: 30_000 });
+      await dark.click('#predict-run');
+      await dark.waitForSelector('#predict-result[data-state="ok"]');
+      await dark.screenshot({ path: path.join(ARTIFACTS, 'demo-dark.png'), fullPage: true });
+    } finally {
+      await dark.close();
+    }
+    for (const f of ['demo-desktop.png', 'demo-phone.png', 'demo-dark.png']) {
+      assert.ok((await readFile(path.join(ARTIFACTS, f))).length > 10_000, f);
+    }
+  });
+
+  it('shows the loss of the server and reconnects when it is back', async () => {
+    await srv.stop('SIGKILL');
+    await page.waitForFunction(() => document.querySelector('#conn-status').dataset.state !== 'open', null, { timeout: 15_000 });
+    srv = await startServer([], { port: srv.port });
+    await client.close();
+    client = new Client(srv.url);
+    await page.waitForFunction(() => document.querySelector('#conn-status').dataset.state === 'open', null, { timeout: 30_000 });
+    await page.selectOption('#predict-model', 'linear');
+    await page.fill('#predict-inputs', '0.5');
+    await page.click('#predict-run');
+    await page.waitForFunction(() => document.querySelector('#predict-result').dataset.state === 'ok'
+      && document.querySelectorAll('[data-testid="predict-value"]').length === 1);
+    const expected = (await client.predict('linear', [[0.5]])).outputs[0];
+    assert.deepEqual(JSON.parse(await page.getAttribute('[data-testid="predict-value"]', 'data-value')), expected);
+  });
+
+  it('raised no errors in the page', () => {
+    // a refused socket while the server was down is logged by Chromium itself; anything else is a bug
+    const real = pageErrors.filter((e) => !/WebSocket connection to .* failed/.test(e));
+    assert.deepEqual(real, []);
+  });
+});
