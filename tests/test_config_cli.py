@@ -1,0 +1,302 @@
+"""Tests of :class:`wsserve.config.ServerConfig` and the ``wsserve`` command line.
+
+Only argument handling: no server is started (every ``main`` call here exits
+before ``run``), except one subprocess that checks ``python -m wsserve``
+reports a bad flag the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsserve import __version__
+from wsserve.cli import build_parser, config_from_args, main
+from wsserve.config import DEFAULT_MODELS, ServerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WSSERVE_API_KEYS", raising=False)
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(argv)``; it must exit with status 2.  Returns stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error" in err
+    return err
+
+
+# --------------------------------------------------------------------------- ServerConfig
+
+
+def test_defaults_are_valid_and_match_the_protocol() -> None:
+    cfg = ServerConfig()
+    assert cfg.validate() is cfg
+    assert cfg.public_limits() == {
+        "max_message_bytes": 1048576, "max_inflight": 256, "max_rows": 65536, "max_tokens": 100000,
+    }
+    assert cfg.models == DEFAULT_MODELS == ("linear", "mlp", "charlm")
+    assert cfg.max_delay_ms == 0.0  # greedy by default
+    assert cfg.drain_timeout == 10.0
+
+
+def test_config_is_keyword_only_and_frozen() -> None:
+    with pytest.raises(TypeError):
+        ServerConfig("0.0.0.0")  # type: ignore[misc]
+    cfg = ServerConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.port = 1  # type: ignore[misc]
+
+
+def test_field_names() -> None:
+    names = ServerConfig.field_names()
+    for name in ("host", "port", "max_batch_size", "max_delay_ms", "max_inflight", "max_message_bytes", "drain_timeout"):
+        assert name in names
+
+
+_BAD_SETTINGS = [
+    ("port", -1),
+    ("port", 65536),
+    ("max_message_bytes", 0),
+    ("max_inflight", 0),
+    ("max_inflight", -3),
+    ("max_inflight", "8"),
+    ("max_rows", 0),
+    ("max_tokens", 0),
+    ("max_batch_size", 0),
+    ("max_generate_batch", 0),
+    ("max_write_buffer_bytes", 0),
+    ("max_queue_rows", 0),
+    ("max_generate_queue", -1),
+    ("max_connections", 0),
+    ("rate_limit_burst", 0),
+    ("max_delay_ms", -1.0),
+    ("drain_timeout", -0.5),
+    ("slow_consumer_timeout", -1.0),
+    ("inline_max_flops", -1),
+    ("ping_interval", 0.0),
+    ("ping_timeout", -1.0),
+    ("idle_timeout", 0.0),
+    ("rate_limit_per_s", 0.0),
+]
+
+
+@pytest.mark.parametrize("name, value", _BAD_SETTINGS, ids=[f"{n}={v!r}" for n, v in _BAD_SETTINGS])
+def test_validate_names_the_setting(name: str, value: object) -> None:
+    cfg = ServerConfig(**{name: value})
+    with pytest.raises(ValueError, match=name):
+        cfg.validate()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("max_queue_rows", None), ("max_connections", None), ("ping_interval", None), ("idle_timeout", None),
+     ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("drain_timeout", 0.0), ("port", 0), ("port", 65535)],
+)
+def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
+    ServerConfig(**{name: value}).validate()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ServerConfig.validate() checks 'value < 0' / 'value <= 0', which NaN passes: "
+    "max_delay_ms=nan or drain_timeout=nan validate",
+)
+@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout", "ping_interval"])
+def test_validate_refuses_nan(name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        ServerConfig(**{name: math.nan}).validate()
+
+
+def test_validate_needs_a_model() -> None:
+    with pytest.raises(ValueError, match="model"):
+        ServerConfig(models=()).validate()
+
+
+def test_validate_tls_pairs_and_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    with pytest.raises(ValueError, match="certfile"):
+        ServerConfig(certfile=cert).validate()
+    with pytest.raises(ValueError, match="keyfile"):
+        ServerConfig(keyfile=key).validate()
+    with pytest.raises(ValueError, match="certfile: no such file"):
+        ServerConfig(certfile=cert, keyfile=key).validate()
+    cert.write_text("x")
+    with pytest.raises(ValueError, match="keyfile: no such file"):
+        ServerConfig(certfile=cert, keyfile=key).validate()
+    key.write_text("x")
+    ServerConfig(certfile=cert, keyfile=key).validate()
+
+
+# --------------------------------------------------------------------------- CLI errors
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["serve", "--port", "70000"], ["--port", "70000"]),
+        (["serve", "--port", "-1"], ["--port"]),
+        (["serve", "--port", "http"], ["--port", "http"]),
+        (["serve", "--max-inflight", "0"], ["--max-inflight", "0"]),
+        (["serve", "--max-batch-size", "-4"], ["--max-batch-size"]),
+        (["serve", "--max-rows", "1.5"], ["--max-rows", "1.5"]),
+        (["serve", "--models", "linear,nope"], ["--models", "nope"]),
+        (["serve", "--models", ","], ["--models"]),
+        (["serve", "--max-delay-ms", "-1"], ["--max-delay-ms"]),
+        (["serve", "--max-delay-ms", "nan"], ["--max-delay-ms"]),
+        (["serve", "--drain-timeout", "soon"], ["--drain-timeout"]),
+        (["serve", "--loop", "trio"], ["--loop", "trio"]),
+        (["serve", "--log-level", "loud"], ["--log-level"]),
+        (["serve", "--no-such-flag"], ["--no-such-flag"]),
+        (["serve", "--api-key-file", "/nonexistent/keys.txt"], ["--api-key-file"]),
+        ([], ["COMMAND"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(argv: list[str], words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    err = _cli_error(argv, capsys)
+    for word in words:
+        assert word in err
+
+
+def test_certfile_without_keyfile_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    err = _cli_error(["serve", "--certfile", str(cert)], capsys)
+    assert "certfile" in err and "keyfile" in err
+    err = _cli_error(["serve", "--keyfile", str(cert)], capsys)
+    assert "certfile" in err and "keyfile" in err
+
+
+def test_missing_certfile_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    err = _cli_error(["serve", "--certfile", str(tmp_path / "nope.pem"), "--keyfile", str(tmp_path / "k.pem")], capsys)
+    assert "certfile" in err and "nope.pem" in err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config errors raised by ServerConfig.validate() reach the user with the setting's name "
+    "('certfile and keyfile must be given together'), not the flag the user typed ('--certfile')",
+)
+def test_certfile_error_names_the_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    err = _cli_error(["serve", "--certfile", str(cert)], capsys)
+    assert "--certfile" in err and "--keyfile" in err
+
+
+def test_empty_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# no keys here\n\n")
+    err = _cli_error(["serve", "--api-key-file", str(keys)], capsys)
+    assert "--api-key-file" in err and "no keys" in err
+
+
+def test_python_m_wsserve_reports_a_bad_port() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsserve", "serve", "--port", "70000"],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "--port" in proc.stderr and "70000" in proc.stderr
+    assert "ws://" not in proc.stdout  # it never started
+
+
+# --------------------------------------------------------------------------- help and version
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "serve" in out and "usage: wsserve" in out
+
+
+def test_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--max-batch-size", "--max-delay-ms", "--max-queue-rows", "--max-inflight",
+                 "--max-message-bytes", "--max-rows", "--drain-timeout", "--log-level", "--models"):
+        assert flag in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wsserve {__version__}"
+
+
+# --------------------------------------------------------------------------- flags -> config
+
+
+def _config(*argv: str) -> ServerConfig:
+    return config_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_cli_defaults_are_the_config_defaults() -> None:
+    assert _config() == ServerConfig()
+
+
+def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSSERVE_API_KEYS", "env1, env2,")
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# comment\nfile1\n\nfile2\n")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("c")
+    key.write_text("k")
+    cfg = _config(
+        "--host", "0.0.0.0", "--port", "0", "--models", "linear, mlp", "--seed", "7",
+        "--cache-dir", str(tmp_path), "--no-cache",
+        "--max-batch-size", "64", "--max-delay-ms", "2.5", "--max-queue-rows", "1000",
+        "--max-generate-batch", "8", "--max-generate-queue", "off",
+        "--max-message-bytes", "4096", "--max-inflight", "3", "--max-rows", "100", "--max-tokens", "50",
+        "--max-connections", "10", "--max-write-buffer-bytes", "65536",
+        "--drain-timeout", "1.5", "--slow-consumer-timeout", "2", "--ping-interval", "0", "--ping-timeout", "5",
+        "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file),
+        "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--require-origin",
+        "--certfile", str(cert), "--keyfile", str(key), "--compression",
+        "--rate-limit", "20", "--rate-burst", "40",
+    )
+    assert cfg == ServerConfig(
+        host="0.0.0.0", port=0, models=("linear", "mlp"), seed=7, cache_dir=tmp_path, use_cache=False,
+        max_batch_size=64, max_delay_ms=2.5, max_queue_rows=1000,
+        max_generate_batch=8, max_generate_queue=None,
+        max_message_bytes=4096, max_inflight=3, max_rows=100, max_tokens=50,
+        max_connections=10, max_write_buffer_bytes=65536,
+        drain_timeout=1.5, slow_consumer_timeout=2.0, ping_interval=None, ping_timeout=5.0,
+        api_keys=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}),
+        allowed_origins=("https://a.example", "https://b.example"), allow_no_origin=False,
+        certfile=cert, keyfile=key, compression=True,
+        rate_limit_per_s=20.0, rate_limit_burst=40,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, field, value",
+    [
+        (["--max-queue-rows", "0"], "max_queue_rows", None),
+        (["--max-queue-rows", "none"], "max_queue_rows", None),
+        (["--max-connections", "0"], "max_connections", None),
+        (["--ping-timeout", "off"], "ping_timeout", None),
+        (["--rate-limit", "0"], "rate_limit_per_s", None),
+        (["--max-delay-ms", "0"], "max_delay_ms", 0.0),
+        (["--models", "charlm"], "models", ("charlm",)),
+    ],
+)
+def test_zero_or_off_disables_optional_limits(argv: list[str], field: str, value: object) -> None:
+    assert getattr(_config(*argv), field) == value

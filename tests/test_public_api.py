@@ -1,0 +1,73 @@
+"""Pins the public API (``__all__``) of the core modules.
+
+A failure here means the public surface changed: if that was deliberate,
+update the pinned list in the same commit (and the docs/changelog).
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+PUBLIC = {
+    "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run"],
+    "wsserve.protocol": [
+        "PROTOCOL_VERSION", "SUBPROTOCOL", "RequestId", "Predict", "Generate", "Cancel", "Models", "Ping", "Auth",
+        "Request", "decode", "validate_inputs", "encode", "encode_error", "encode_hello",
+    ],
+    "wsserve.errors": [
+        "WsserveError", "BadJson", "BadRequest", "UnknownModel", "DuplicateId", "InvalidInput", "Overloaded",
+        "RateLimited", "DeadlineExceeded", "Cancelled", "Unauthorized", "ShuttingDown", "Internal",
+        "ERROR_CODES", "error_for_code",
+    ],
+    "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],
+    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS"],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC))
+def test_all_is_pinned(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert sorted(module.__all__) == sorted(PUBLIC[module_name])
+    assert len(set(module.__all__)) == len(module.__all__), "duplicate names in __all__"
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC))
+def test_every_public_name_resolves(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+
+
+def test_version() -> None:
+    import wsserve
+
+    assert wsserve.__version__ == "0.1.0"
+
+
+def test_top_level_reexports_are_the_same_objects() -> None:
+    import wsserve
+    from wsserve import config, errors
+
+    assert wsserve.ServerConfig is config.ServerConfig
+    assert wsserve.WsserveError is errors.WsserveError
+
+
+def test_unknown_attribute_raises_attribute_error() -> None:
+    import wsserve
+
+    with pytest.raises(AttributeError):
+        wsserve.no_such_thing  # noqa: B018
+
+
+def test_importing_wsserve_is_light() -> None:
+    # ``import wsserve`` must not pull in the server stack (see wsserve/__init__.py).
+    code = "import sys, wsserve; print(sorted(m for m in ('numpy', 'websockets', 'orjson', 'uvloop') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "[]"
