@@ -324,7 +324,6 @@ _PREDICT_BAD = [
     ("version", True, "version"),
     ("stream", "true", "stream"),
     ("stream", 1, "stream"),
-    ("stream", None, "stream"),
     ("chunk_rows", 0, "chunk_rows"),
     ("chunk_rows", -1, "chunk_rows"),
     ("chunk_rows", 1.5, "chunk_rows"),
@@ -340,7 +339,6 @@ _PREDICT_BAD = [
     ("priority", 0.5, "priority"),
     ("priority", "1", "priority"),
     ("priority", True, "priority"),
-    ("priority", None, "priority"),
 ]
 
 
@@ -368,7 +366,6 @@ _GENERATE_BAD = [
     ("temperature", -1, "temperature"),
     ("temperature", "0.5", "temperature"),
     ("temperature", True, "temperature"),
-    ("temperature", None, "temperature"),
     ("top_k", -1, "top_k"),
     ("top_k", 1.5, "top_k"),
     ("top_k", True, "top_k"),

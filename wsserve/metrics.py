@@ -153,6 +153,11 @@ class Metrics:
         self.requests[key] = self.requests.get(key, 0) + 1
         self.duration.get((model, kind)).observe(duration_s)
 
+    def rejected(self, model: str, kind: str, code: str) -> None:
+        """Count a request refused before any work (not in the duration histogram)."""
+        key = (model, kind, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
     def queued(self, model: str, seconds: float) -> None:
         self.queue.get((model,)).observe(seconds)
 

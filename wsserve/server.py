@@ -91,7 +91,7 @@ class Server:
         self.config = config.validate()
         self.metrics = Metrics(version=__version__, read_state=self._state)
         self.pool = build_pool(models, config, self.metrics)
-        self.models_json = orjson.dumps(self.pool.describe())
+        self.models_json = orjson.dumps(self.pool.describe(), option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
         self.model_names = frozenset(self.pool.names)
         self.hello = encode_hello(
             version=__version__,
@@ -304,6 +304,14 @@ class Server:
                     ctype += "; charset=utf-8"
                 return _response(200, body, content_type=ctype)
         return _response(404, b"not found\n")
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars (and anything else with ``.item()``) in model metadata."""
+    item = getattr(value, "item", None)
+    if item is None:
+        raise TypeError(f"cannot serialise {type(value).__name__} in model metadata")
+    return item()
 
 
 def _static_file(name: str) -> bytes | None:

@@ -62,6 +62,10 @@ class WsConnection(ServerConnection):
     def process_event(self, event: Any) -> None:
         if self.request is None or not isinstance(event, Frame) or event.opcode not in (_TEXT, _BINARY, _CONT):
             super().process_event(event)
+            if self.session is not None and self.protocol.state is not _OPEN:
+                # The client started the closing handshake: nothing more can be
+                # sent, so stop its work now rather than when TCP closes.
+                self.session.abandon_all()
             return
         opcode = event.opcode
         if opcode is _CONT:
@@ -189,7 +193,7 @@ class Session:
             kind_name = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
             model = getattr(req, "model", "")
             # Label only real model names: client-chosen labels would grow without bound.
-            server.metrics.request_done(model if model in server.model_names else "", kind_name, exc.code, 0.0)
+            server.metrics.rejected(model if model in server.model_names else "", kind_name, exc.code)
         except Exception as exc:  # a bug: report it, keep the connection
             log.exception("internal error while handling a message")
             self.error(Internal(f"internal error: {type(exc).__name__}: {exc}"), getattr(req, "id", None))

@@ -1,0 +1,140 @@
+"""Start-up, signals and graceful drain, on both event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+
+from tests.wsclient import Conn
+
+pytestmark = pytest.mark.asyncio
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_drain_lets_work_finish_then_exits_zero(start_server, loop: str) -> None:
+    server = start_server("--drain-timeout", "20", "--models", "linear,charlm", loop=loop)
+    busy = await Conn.open(server.url)
+    idle = await Conn.open(server.url)
+    await busy.send({"type": "generate", "id": "long", "model": "charlm", "prompt": "The ", "max_tokens": 20000})
+    first = await busy.recv()
+    assert first["type"] == "token"
+    server.signal(signal.SIGTERM)
+    # The idle connection is told, then closed with 1001 at once.
+    draining = await idle.recv()
+    assert draining["type"] == "draining" and draining["deadline_ms"] == 20000
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await idle.recv()
+    assert info.value.rcvd.code == 1001
+    assert _status(server.http + "/readyz") == 503
+    assert _status(server.http + "/healthz") == 200
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(server.url)
+    assert refused.value.response.status_code == 503
+    # The busy connection: new work refused, ping answered, the generation completes.
+    await busy.send({"type": "predict", "id": "new", "model": "linear", "inputs": [[1]]})
+    await busy.send({"type": "ping", "id": "p"})
+    frames = await busy.collect({"long", "new"}, timeout=60)
+    assert frames["new"][-1]["code"] == "shutting_down"
+    assert {"type": "pong", "id": "p"} in busy.frames
+    done = frames["long"][-1]
+    assert done["type"] == "done" and done["reason"] == "length" and done["tokens"] == 20000
+    assert any(f["type"] == "draining" for f in busy.frames)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await busy.recv()
+    assert closed.value.rcvd.code == 1001
+    assert server.wait(20) == 0
+
+
+async def test_drain_deadline_ends_the_rest_with_shutting_down(start_server) -> None:
+    server = start_server("--drain-timeout", "0.5", "--models", "charlm")
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "generate", "id": "forever", "model": "charlm", "prompt": "a", "max_tokens": 100000})
+    await conn.recv()
+    t0 = time.monotonic()
+    server.signal(signal.SIGTERM)
+    _, end = await conn.until_terminal("forever", timeout=10)
+    assert end["type"] == "error" and end["code"] == "shutting_down"
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await conn.recv()
+    assert closed.value.rcvd.code == 1001
+    assert server.wait(10) == 0
+    assert time.monotonic() - t0 < 5
+
+
+async def test_second_signal_exits_at_once(start_server) -> None:
+    server = start_server("--drain-timeout", "30", "--models", "charlm")
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "generate", "id": "g", "model": "charlm", "prompt": "a", "max_tokens": 100000})
+    await conn.recv()
+    server.signal(signal.SIGINT)
+    await asyncio.sleep(0.3)
+    server.signal(signal.SIGINT)
+    t0 = time.monotonic()
+    status = server.wait(10)
+    assert status != 0 and time.monotonic() - t0 < 5
+
+
+def _metrics(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+async def test_disconnect_cancels_and_frees_slots(start_server) -> None:
+    server = start_server("--models", "charlm")
+    conn = await Conn.open(server.url)
+    for i in range(10):
+        await conn.send({"type": "generate", "id": i, "model": "charlm", "prompt": "a", "max_tokens": 100000})
+    seen: set[int] = set()
+    while len(seen) < 10:  # every generation is running
+        seen.add((await conn.recv())["id"])
+    assert _metrics(server.http)["wsserve_inflight_requests"] == 10
+    conn.ws.transport.abort()  # the client vanishes without a closing handshake
+    cancelled = 'wsserve_requests_total{code="cancelled",model="charlm",type="generate"}'
+    for _ in range(100):
+        values = _metrics(server.http)
+        if values["wsserve_inflight_requests"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert values["wsserve_inflight_requests"] == 0
+    assert values.get(cancelled) == 10, {k: v for k, v in values.items() if "requests_total" in k}
+    assert values["wsserve_connections"] == 0
+
+
+def test_bad_flags_exit_2_naming_the_flag() -> None:
+    for args, word in ((["--port", "70000"], "port"), (["--max-inflight", "0"], "max-inflight"), (["--models", "nope"], "nope")):
+        proc = subprocess.run([sys.executable, "-m", "wsserve", "serve", *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert word in proc.stderr
+
+
+def test_port_in_use_is_a_clear_error(start_server) -> None:
+    server = start_server("--models", "linear")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", str(server.port), "--models", "linear"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
