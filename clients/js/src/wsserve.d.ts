@@ -2,14 +2,16 @@
 
 export declare const PROTOCOL_VERSION: 1;
 export declare const SUBPROTOCOL: 'wsserve.v1';
+/** The client-side deadline fires this long after a request's `timeoutMs`. */
+export declare const DEADLINE_GRACE_MS: number;
 
 export type RequestId = string | number;
 
-/** Wire error codes of protocol version 1, plus the client-side `connection_lost`. */
-export type ErrorCode =
+/** Wire error codes of protocol version 1. */
+export type WireErrorCode =
   | 'bad_json' | 'bad_request' | 'unknown_model' | 'duplicate_id' | 'invalid_input'
   | 'overloaded' | 'rate_limited' | 'deadline_exceeded' | 'cancelled' | 'unauthorized'
-  | 'shutting_down' | 'internal' | 'connection_lost';
+  | 'shutting_down' | 'internal';
 
 export interface ErrorFrame {
   type: 'error';
@@ -21,47 +23,81 @@ export interface ErrorFrame {
 }
 
 export interface WsserveErrorOptions {
-  code?: string;
+  code?: string | null;
   requestId?: RequestId | null;
   retryAfterMs?: number | null;
   cause?: unknown;
-  frame?: object;
+  frame?: ErrorFrame | null;
 }
+
+// ------------------------------------------------------------------ errors
 
 /** Root of every error the client raises. */
 export declare class WsserveError extends Error {
-  static readonly code: ErrorCode;
+  /** The wire code this class stands for (null for client-side errors). */
+  static readonly wireCode: WireErrorCode | null;
   constructor(message: string, opts?: WsserveErrorOptions);
-  /** The wire code (an unknown code from a newer server is kept as is). */
-  readonly code: ErrorCode | (string & {});
+  /** The wire code (an unknown code from a newer server is kept as is); null for client-side errors. */
+  readonly code: WireErrorCode | (string & {}) | null;
+  /** The id of the request this answers, or null. */
   readonly requestId: RequestId | null;
-  /** Server's hint for `overloaded` / `rate_limited`. */
+  /** Milliseconds the server asked to wait before retrying, or null. */
   readonly retryAfterMs: number | null;
-  /** The error frame, when the error came from the server. */
+  /** The server's error frame, when the error came from the server. */
   readonly frame: ErrorFrame | null;
 }
-export declare class BadJson extends WsserveError {}
-export declare class BadRequest extends WsserveError {}
-export declare class UnknownModel extends WsserveError {}
-export declare class DuplicateId extends WsserveError {}
+export declare class BadJsonError extends WsserveError {}
+export declare class BadRequestError extends WsserveError {}
+export declare class UnknownModelError extends WsserveError {}
+export declare class DuplicateIdError extends WsserveError {}
 export declare class InvalidInput extends WsserveError {}
-export declare class Overloaded extends WsserveError {}
-export declare class RateLimited extends WsserveError {}
+export declare class OverloadedError extends WsserveError {}
+export declare class RateLimitedError extends WsserveError {}
+/** The server's deadline passed, or the client-side guard fired (then `frame` is null). */
 export declare class DeadlineExceeded extends WsserveError {}
-export declare class Cancelled extends WsserveError {}
+/** The request was cancelled: by the server's terminal frame, or locally before it was sent. */
+export declare class RequestCancelled extends WsserveError {}
 export declare class Unauthorized extends WsserveError {}
 export declare class ShuttingDown extends WsserveError {}
-export declare class Internal extends WsserveError {}
-/** The connection died, or could not be made, before the call finished. */
+export declare class InternalServerError extends WsserveError {}
+/** The request is larger than the server's `max_message_bytes`; it was not sent. */
+export declare class RequestTooLarge extends WsserveError {}
+/** The connection closed, missed the heartbeat, or could not be opened before the call finished. */
 export declare class ConnectionLost extends WsserveError {}
+/** The client was closed while the call was unfinished. */
+export declare class ClientClosed extends ConnectionLost {}
 
-export declare const ERRORS_BY_CODE: Readonly<Record<ErrorCode, typeof WsserveError>>;
+/** Wire code → error class. */
+export declare const ERROR_CLASSES: Readonly<Record<WireErrorCode, typeof WsserveError>>;
+/** The error for a wire `error` frame (a plain `WsserveError` for an unknown code). */
 export declare function errorFromFrame(frame: Partial<ErrorFrame>): WsserveError;
-export declare function backoffMs(
-  attempt: number,
-  policy?: { initialDelayMs?: number; maxDelayMs?: number },
-  random?: () => number,
+
+// ------------------------------------------------------------------ policies
+
+export interface BackoffPolicy {
+  /** Tries in total (1 = no retry). */
+  maxAttempts?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  /** In [0, 1]. */
+  jitter?: number;
+}
+
+export interface RetryPolicy extends BackoffPolicy {
+  /** Wire codes that are retried. Default `['overloaded', 'rate_limited']`. */
+  codes?: string[];
+}
+
+export declare const DEFAULT_RECONNECT: Readonly<Required<BackoffPolicy>>;
+export declare const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
+/** `min(maxDelayMs, baseDelayMs * 2**attempt)` scaled by a factor in `[1 - jitter, 1]`. */
+export declare function reconnectDelayMs(policy: Required<BackoffPolicy>, attempt: number, rand: number): number;
+/** `max(backoff, retryAfterMs)` stretched by a factor in `[1, 1 + jitter]`. */
+export declare function retryDelayMs(
+  policy: Required<BackoffPolicy>, attempt: number, retryAfterMs: number | null, rand: number,
 ): number;
+
+// ------------------------------------------------------------------ frames and results
 
 export interface Limits {
   max_message_bytes: number;
@@ -103,6 +139,7 @@ export interface PredictResult {
   id: RequestId;
   model: string;
   version: string;
+  /** Shape `[n, k]`: row i answers input row i. */
   outputs: number[][];
   timing: PredictTiming;
   [extra: string]: unknown;
@@ -114,37 +151,41 @@ export interface Chunk {
   outputs: number[][];
 }
 
-export interface DoneInfo {
-  reason: 'complete' | 'length' | 'stop' | 'cancelled' | (string & {});
-  /** generate: tokens produced. */
-  tokens?: number;
-  /** streaming predict: rows answered. */
-  rows?: number;
-  /** `null` when the call was cancelled before it reached the server. */
-  timing?: { ttft_ms?: number; total_ms?: number; [k: string]: unknown } | null;
+export interface StreamDone {
+  reason: 'complete' | (string & {});
+  rows: number;
+  timing: PredictTiming;
   [extra: string]: unknown;
 }
 
-export interface BackoffPolicy {
-  initialDelayMs?: number;
-  maxDelayMs?: number;
-  maxAttempts?: number;
+export interface GenerationDone {
+  reason: 'length' | 'stop' | 'cancelled' | (string & {});
+  tokens: number;
+  /** null when cancelled before the request was sent. */
+  timing: { ttft_ms?: number; total_ms?: number; queue_ms?: number; [k: string]: unknown } | null;
+  /** The whole generated text (stop strings excluded). */
+  text: string;
+  [extra: string]: unknown;
 }
 
+// ------------------------------------------------------------------ options
+
 export interface ClientOptions {
-  /** API key; sent as the `token` query parameter (and a Bearer header under `ws`). */
+  /** API key, sent in-band as `{"type":"auth","token":...}` after `hello` (works in browsers). */
   token?: string;
   /** Application-level ping interval in ms; `null` disables the heartbeat. Default 15000. */
   heartbeatMs?: number | null;
   /** No frame at all within this many ms after a heartbeat ping → connection dead. Default 10000. */
   heartbeatTimeoutMs?: number;
-  /** Per attempt, until the server's `hello`. Default 10000. */
+  /** One connection attempt, handshake to `hello` (and auth). Default 10000. */
   connectTimeoutMs?: number;
-  /** Reconnect policy for new calls after a loss; `false` disables. Default 100 ms → 5 s, 6 attempts. */
+  /** (Re)connect policy for calls; `false`: one attempt, and a lost connection stays lost. */
   reconnect?: false | BackoffPolicy;
-  /** Opt-in retry of `overloaded` / `rate_limited`, honouring `retry_after_ms`. */
-  retry?: boolean | BackoffPolicy;
-  /** WebSocket constructor to use instead of the global one (or `ws`). */
+  /** Opt-in retry of `overloaded` / `rate_limited` refusals, honouring `retry_after_ms`. */
+  retry?: boolean | RetryPolicy;
+  /** Client-side cap on outstanding predict+generate (default: the server's `max_inflight`). */
+  maxInflight?: number | null;
+  /** WebSocket constructor to use instead of the global one (or the `ws` package). */
   WebSocket?: unknown;
   /** Subprotocols to offer. Default `['wsserve.v1']`. */
   protocols?: string[];
@@ -154,9 +195,14 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+export interface UnaryOptions extends CallOptions {
+  /** Bounds the wait locally (`DeadlineExceeded`). */
+  timeoutMs?: number;
+}
+
 export interface PredictOptions extends CallOptions {
   version?: string;
-  /** Server-side deadline from receipt; past it the call fails with `DeadlineExceeded`. */
+  /** Server-side deadline from receipt (`DeadlineExceeded`); the client gives up 1 s later. */
   timeoutMs?: number;
   /** 0 normal, 1 high. */
   priority?: 0 | 1;
@@ -171,48 +217,73 @@ export interface GenerateOptions extends CallOptions {
   temperature?: number;
   topK?: number;
   seed?: number;
-  stop?: string[];
+  stop?: string | string[];
   timeoutMs?: number;
   priority?: 0 | 1;
 }
 
-export type Rows = ReadonlyArray<ReadonlyArray<number> | ArrayLike<number>>;
+export type Rows = ArrayLike<ArrayLike<number>>;
 
-/** An async-iterable response; the request is sent when it is created. */
-export declare class ResponseStream<T> implements AsyncIterableIterator<T> {
-  readonly kind: 'predict' | 'generate';
-  /** The request id once sent. */
+// ------------------------------------------------------------------ streams
+
+/** An async-iterable response; the request is sent when it is created. Iterate it once. */
+export declare class ResponseStream<T, D> implements AsyncIterableIterator<T> {
+  /** The current attempt's request id, once sent. */
   readonly id: RequestId | null;
-  /** The final `done` info, once finished without error. */
-  readonly done: DoneInfo | null;
+  /** The final info once finished without error. */
+  readonly done: D | null;
+  /** The error that ended the stream, if any. */
   readonly error: WsserveError | null;
-  /** Concatenated token text so far (generate). */
-  readonly text: string;
+  /** Items received so far. */
+  readonly received: number;
   readonly finished: boolean;
-  /** Settles when the stream ends: the done info, or the error. */
-  readonly result: Promise<DoneInfo>;
-  /** Send `cancel` for this request (idempotent). */
+  readonly cancelRequested: boolean;
+  /** Send `cancel`; iteration continues to the server's terminal frame. Idempotent. */
   cancel(): void;
+  /** Resolves with `done`, or rejects with the error, without reading the items. */
+  wait(): Promise<D>;
   next(): Promise<IteratorResult<T>>;
-  /** Called when a `for await` loop is left early: sends `cancel`. */
+  /** Called when a `for await` loop is left early: sends `cancel`, drops the rest. */
   return(): Promise<IteratorResult<T>>;
   [Symbol.asyncIterator](): this;
 }
 
+export declare class PredictStream extends ResponseStream<Chunk, StreamDone> {}
+
+export declare class Generation extends ResponseStream<string, GenerationDone> {
+  /** The generated text so far. */
+  readonly text: string;
+}
+
+// ------------------------------------------------------------------ client
+
 export interface RequestEventDetail {
   type: 'predict' | 'generate' | 'models' | 'ping';
   model: string | null;
+  /** From send to the terminal frame. */
   ms: number;
   ok: boolean;
+  /** `'ok'`, `'cancelled'`, a wire error code, or an error class name. */
   code: string;
   rows?: number;
   tokens?: number;
 }
 
+export interface ClientStats {
+  inflight: number;
+  waiting: number;
+  capacity: number;
+  connects: number;
+  requestsSent: number;
+  cancelsSent: number;
+  serverCancelled: number;
+  connected: boolean;
+}
+
 export interface ClientEventMap {
   open: CustomEvent<Hello>;
   close: CustomEvent<{ code: number | null; reason: string; error: WsserveError }>;
-  draining: CustomEvent<{ type: 'draining'; deadline_ms: number }>;
+  draining: CustomEvent<{ type: 'draining'; deadline_ms: number; [k: string]: unknown }>;
   reconnecting: CustomEvent<{ attempt: number; delayMs: number; error: unknown }>;
   request: CustomEvent<RequestEventDetail>;
   servererror: CustomEvent<ErrorFrame>;
@@ -221,21 +292,23 @@ export interface ClientEventMap {
 export declare class Client extends EventTarget {
   constructor(url: string | URL, opts?: ClientOptions);
   readonly url: string;
-  /** The latest `hello`, or null before the first connection. */
+  /** The current (or last) connection's `hello`, or null before the first. */
   readonly hello: Hello | null;
   readonly state: 'open' | 'connecting' | 'idle' | 'closed';
-  /** Unfinished predict/generate calls. */
-  readonly inflight: number;
+  readonly closed: boolean;
+  readonly draining: boolean;
+  stats(): ClientStats;
 
   connect(opts?: CallOptions): Promise<Hello>;
   close(): Promise<void>;
 
   predict(model: string, inputs: Rows, opts?: PredictOptions): Promise<PredictResult>;
-  predictStream(model: string, inputs: Rows, opts?: PredictStreamOptions): ResponseStream<Chunk>;
-  generate(model: string, prompt: string, opts?: GenerateOptions): ResponseStream<string>;
-  models(opts?: CallOptions): Promise<ModelInfo[]>;
-  /** Round-trip time in ms. */
-  ping(opts?: CallOptions): Promise<number>;
+  predictStream(model: string, inputs: Rows, opts?: PredictStreamOptions): PredictStream;
+  generate(model: string, prompt: string, opts?: GenerateOptions): Generation;
+  complete(model: string, prompt: string, opts?: GenerateOptions): Promise<GenerationDone>;
+  models(opts?: UnaryOptions): Promise<ModelInfo[]>;
+  /** Round-trip time in milliseconds. */
+  ping(opts?: UnaryOptions): Promise<number>;
 
   addEventListener<K extends keyof ClientEventMap>(
     type: K,
