@@ -1094,7 +1094,9 @@ export class Client extends EventTarget {
         return;
       }
     };
-    run().finally(() => signal?.removeEventListener('abort', onAbort));
+    run()
+      .catch((e) => stream._finish(null, e instanceof WsserveError ? e : new WsserveError(`client bug: ${e}`, { cause: e })))
+      .finally(() => signal?.removeEventListener('abort', onAbort));
   }
 
   /**
