@@ -345,11 +345,6 @@ def test_cancel_every_request_empties_the_queue() -> None:
     assert q.ready_at(0.0) is None and q.next_batch(0.0) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BatchQueue.cancel() of an item that was never queued (e.g. one refused with Overloaded) "
-    "returns True and subtracts its rows/request from the counts, making them negative",
-)
 def test_cancel_of_an_item_never_queued_changes_nothing() -> None:
     q = BatchQueue(max_batch_size=10, max_queue_rows=4)
     q.add(_item(4), 0.0)
@@ -419,12 +414,6 @@ def test_finished_or_cancelled_items_are_not_reported_expired() -> None:
     assert q.next_batch(5.0) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BatchQueue keeps every item that has a deadline in its deadline heap until the deadline passes, "
-    "even after the item was fully scheduled or cancelled: with long timeouts the heap (and the payloads "
-    "it references) grows with the request rate",
-)
 def test_finished_items_are_not_retained() -> None:
     class Payload:
         pass

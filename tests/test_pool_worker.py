@@ -301,11 +301,6 @@ async def test_wrong_output_shape_is_internal(make_worker, inline_max_flops: int
     assert ok.outputs().tolist() == [[2.0]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PredictWorker._deliver reads y.ndim and calls np.isfinite(y) outside any try: a model returning a "
-    "list or a non-numeric array raises out of the loop callback, and the batch's requests never end",
-)
 @pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
 @pytest.mark.parametrize(
     "make",

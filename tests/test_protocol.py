@@ -497,11 +497,6 @@ def test_encode_round_trips(frame: dict[str, object]) -> None:
     assert orjson.loads(data) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="encode() says numpy arrays are allowed, but orjson raises TypeError for a non-C-contiguous array "
-    "(e.g. a model output in Fortran order or a column slice)",
-)
 def test_encode_non_contiguous_numpy_array() -> None:
     outputs = np.arange(6, dtype=np.float64).reshape(2, 3).T  # [3, 2], Fortran order
     assert orjson.loads(encode({"outputs": outputs})) == {"outputs": outputs.tolist()}

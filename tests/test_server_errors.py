@@ -10,7 +10,6 @@ import websockets
 
 from tests.wsclient import Conn
 
-pytestmark = pytest.mark.asyncio
 
 P = {"type": "predict", "model": "linear", "inputs": [[1.0]]}
 

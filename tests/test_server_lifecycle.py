@@ -15,7 +15,6 @@ import websockets
 
 from tests.wsclient import Conn
 
-pytestmark = pytest.mark.asyncio
 
 
 def _status(url: str) -> int:

@@ -10,7 +10,6 @@ import pytest
 
 from tests.wsclient import Conn
 
-pytestmark = pytest.mark.asyncio
 
 
 async def _linear_params(conn: Conn) -> tuple[float, float]:

@@ -51,6 +51,7 @@ class WorkItem:
     enqueued_at: float = 0.0
     next_row: int = 0  # rows already handed out in batches
     cancelled: bool = False
+    deadline_entry: list[Any] | None = None  # its entry in the queue's deadline heap
 
     @property
     def remaining(self) -> int:
@@ -110,14 +111,19 @@ class BatchQueue:
         self._requests = 0  # live items with unscheduled rows
         self._batches = 0
         self._rows_scheduled = 0
-        self._deadlines: list[tuple[float, int, WorkItem]] = []  # min-heap
+        # Min-heap of [deadline, tiebreak, item | None]; an item that leaves the
+        # queue blanks its entry, so the heap never keeps a finished request alive.
+        self._deadlines: list[list[Any]] = []
+        self._stale = 0  # heap entries of items that left the queue
         self._tiebreak = itertools.count()
 
     # -- admission
 
     def add(self, item: WorkItem, now: float) -> None:
         """Queue ``item``.  Raises ``Overloaded`` (with ``retry_after_ms``) if
-        its rows would take the queue past ``max_queue_rows``."""
+        its rows would take a non-empty queue past ``max_queue_rows``; an empty
+        queue accepts any item (else a request bigger than the bound could
+        never be served)."""
         if item.rows < 1:
             raise ValueError("a work item needs at least one row")
         limit = self.max_queue_rows
@@ -131,7 +137,8 @@ class BatchQueue:
         self._rows += item.remaining
         self._requests += 1
         if item.deadline is not None:
-            heapq.heappush(self._deadlines, (item.deadline, next(self._tiebreak), item))
+            item.deadline_entry = [item.deadline, next(self._tiebreak), item]
+            heapq.heappush(self._deadlines, item.deadline_entry)
 
     def _retry_after_ms(self) -> int:
         # One batch period per max_batch_size rows is unknown here; a few ms per
@@ -140,20 +147,36 @@ class BatchQueue:
         return int(min(5000, max(5, 2 * batches_ahead)))
 
     def cancel(self, item: WorkItem) -> bool:
-        """Drop ``item``'s unscheduled rows.  Returns whether it was queued."""
+        """Drop ``item``'s unscheduled rows.  Returns whether it was queued
+        (False for an item never added, refused, finished or cancelled)."""
         if item.cancelled:
             return False
         item.cancelled = True
-        if item.remaining > 0:
-            self._rows -= item.remaining
-            self._requests -= 1
-            queue = self._classes[1 if item.priority else 0]
-            try:
-                queue.remove(item)
-            except ValueError:  # pragma: no cover - defensive
-                pass
-            return True
-        return False
+        if item.remaining <= 0:
+            return False
+        try:
+            self._classes[1 if item.priority else 0].remove(item)
+        except ValueError:  # never queued (e.g. refused with Overloaded)
+            return False
+        self._rows -= item.remaining
+        self._requests -= 1
+        self._forget_deadline(item)
+        return True
+
+    def _forget_deadline(self, item: WorkItem) -> None:
+        """``item`` left the queue: its deadline entry is now stale.  Rebuild the
+        heap when stale entries dominate, so finished items are not retained."""
+        entry = item.deadline_entry
+        if entry is None:
+            return
+        entry[2] = None
+        item.deadline_entry = None
+        self._stale += 1
+        heap = self._deadlines
+        if self._stale > 64 and 2 * self._stale > len(heap):
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapq.heapify(heap)
+            self._stale = 0
 
     # -- scheduling
 
@@ -198,6 +221,7 @@ class BatchQueue:
                         queue.append(item)
                     else:
                         self._requests -= 1
+                        self._forget_deadline(item)
         if not slices and not expired:
             return None
         rows = self.max_batch_size - cap
@@ -216,8 +240,10 @@ class BatchQueue:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             item = heapq.heappop(heap)[2]
-            if item.cancelled or item.remaining == 0:
-                continue  # already gone
+            if item is None:
+                self._stale -= 1
+                continue  # left the queue before its deadline
+            item.deadline_entry = None
             expired.append(item)
             self.cancel(item)
         return expired

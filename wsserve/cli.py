@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -144,8 +145,24 @@ def _api_keys(args: argparse.Namespace) -> frozenset[str]:
     return frozenset(keys)
 
 
+def _flag_names(message: str) -> str:
+    """Rewrite config setting names in ``message`` as the flags a user typed."""
+    renames = {"rate_limit_per_s": "rate-limit", "rate_limit_burst": "rate-burst", "allowed_origins": "allow-origin"}
+    for name in sorted(ServerConfig.field_names(), key=len, reverse=True):
+        flag = "--" + renames.get(name, name.replace("_", "-"))
+        message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
+    return message
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build and validate the config; raises ``ValueError`` naming the bad flag."""
+    try:
+        return _build_config(args)
+    except ValueError as exc:
+        raise ValueError(_flag_names(str(exc))) from None
+
+
+def _build_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
         port=args.port,

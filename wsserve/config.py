@@ -83,11 +83,11 @@ class ServerConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         for name in ("max_delay_ms", "drain_timeout", "slow_consumer_timeout", "inline_max_flops"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("ping_interval", "ping_timeout", "idle_timeout", "rate_limit_per_s"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # also refuses NaN
                 raise ValueError(f"{name} must be > 0 or None, got {value!r}")
         if not self.models:
             raise ValueError("at least one model must be served")

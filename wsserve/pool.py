@@ -220,12 +220,19 @@ class PredictWorker:
 
     def _deliver(self, batch: Batch, y: np.ndarray, started: float) -> None:
         compute_s = monotonic() - started
-        if y.ndim != 2 or y.shape[0] != batch.rows:
-            self._failed(batch, ValueError(f"model returned shape {y.shape} for {batch.rows} rows"))
+        try:  # a model may return anything: never let it escape this callback
+            if not isinstance(y, np.ndarray) or y.dtype.kind not in "fiu":
+                raise TypeError(f"model returned {type(y).__name__} of {getattr(y, 'dtype', '?')}, not a numeric array")
+            y = np.ascontiguousarray(y, dtype=np.float64)
+            if y.ndim != 2 or y.shape[0] != batch.rows:
+                raise ValueError(f"model returned shape {y.shape} for {batch.rows} rows")
+            finite = np.isfinite(y)
+        except Exception as exc:
+            self._failed(batch, exc)
             return
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.rows, compute_s)
-        finite_rows = None if np.isfinite(y).all() else np.isfinite(y).all(axis=1)
+        finite_rows = None if finite.all() else finite.all(axis=1)
         offset = 0
         for s in batch.slices:
             item = s.item

@@ -170,7 +170,9 @@ def _opt_timeout(obj: dict[str, Any], rid: RequestId | None) -> float | None:
 
 
 def _priority(obj: dict[str, Any], rid: RequestId | None) -> int:
-    value = obj.get("priority", 0)
+    value = obj.get("priority")
+    if value is None:
+        return 0
     if type(value) is int and (value == 0 or value == 1):
         return value
     raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {value!r}", request_id=rid)
@@ -191,8 +193,10 @@ def _decode_predict(obj: dict[str, Any]) -> Predict:
         model = _model(obj, rid)
         if "inputs" not in obj:
             raise BadRequest("missing field 'inputs' (an array of rows)")
-        stream = obj.get("stream", False)
-        if type(stream) is not bool:
+        stream = obj.get("stream")
+        if stream is None:
+            stream = False
+        elif type(stream) is not bool:
             raise BadRequest(f"field 'stream' must be a boolean, got {_jtype(stream)}")
         return Predict(
             id=rid,
@@ -220,7 +224,9 @@ def _decode_generate(obj: dict[str, Any], max_tokens_limit: int) -> Generate:
                 raise BadRequest("missing field 'prompt' (a string)")
             raise BadRequest(f"field 'prompt' must be a string, got {_jtype(prompt)}")
         max_tokens = _opt_int(obj, "max_tokens", rid, 1, max_tokens_limit)
-        temperature = obj.get("temperature", 0.0)
+        temperature = obj.get("temperature")
+        if temperature is None:
+            temperature = 0.0
         if type(temperature) not in (int, float) or not math.isfinite(temperature) or temperature < 0:
             raise BadRequest(f"field 'temperature' must be a number >= 0, got {temperature!r}")
         top_k = _opt_int(obj, "top_k", rid, 0)
@@ -343,9 +349,16 @@ def validate_inputs(inputs: Any, width: int, max_rows: int) -> list[list[float]]
 
 # --------------------------------------------------------------------------- encode
 
+def _encode_default(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # non-contiguous arrays, numpy scalars
+    if tolist is None:
+        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+    return tolist()
+
+
 def encode(frame: dict[str, Any]) -> bytes:
-    """Serialise one frame (numpy arrays allowed) to JSON bytes."""
-    return orjson.dumps(frame, option=_NUMPY)
+    """Serialise one frame (numpy arrays of any layout allowed) to JSON bytes."""
+    return orjson.dumps(frame, option=_NUMPY, default=_encode_default)
 
 
 def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> bytes:

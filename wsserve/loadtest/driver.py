@@ -32,7 +32,6 @@ from typing import Any
 import orjson
 
 from .config import WorkerConfig
-from .histogram import LatencyHistogram
 from .probe import SUBPROTOCOL
 from .schedule import OpenLoopSchedule, Window
 from .stats import RunStats
@@ -100,7 +99,9 @@ class Worker:
         self._live_ok = 0
         self._live_err = 0
         self._live_tokens = 0
-        self._live_hist = LatencyHistogram()
+        self._live_lat_sum = 0.0
+        self._live_lat_n = 0
+        self._live_lat_max = 0.0
         self._sending = False
         self._slot_freed: asyncio.Event | None = None
         self._want_slot = False
@@ -295,10 +296,14 @@ class Worker:
         w = self.stats.workloads[req.w]
         if code is None:
             self._live_ok += 1
-            self._live_hist.record_s(now - req.intended)
+            lat = now - req.intended
+            self._live_lat_sum += lat
+            self._live_lat_n += 1
+            if lat > self._live_lat_max:
+                self._live_lat_max = lat
             if req.measured:
                 w.ok += 1
-                w.latency.record_s(now - req.intended)
+                w.latency.record_s(lat)
             if self._window.measured(now):  # type: ignore[union-attr]
                 w.ok_in_window += 1
         else:
@@ -344,16 +349,19 @@ class Worker:
 
     # -- progress ----------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Cumulative counts plus the latency histogram since the previous snapshot (then reset)."""
-        hist, self._live_hist = self._live_hist, LatencyHistogram()
-        return {
+        """Cumulative counts, plus latency sum/count/max of the successes since the previous snapshot (then reset)."""
+        snap = {
             "sent": self._live_sent,
             "ok": self._live_ok,
             "errors": self._live_err,
             "tokens": self._live_tokens,
             "outstanding": self.outstanding(),
-            "hist": hist.encode(),
+            "lat_sum_s": self._live_lat_sum,
+            "lat_n": self._live_lat_n,
+            "lat_max_s": self._live_lat_max,
         }
+        self._live_lat_sum, self._live_lat_n, self._live_lat_max = 0.0, 0, 0.0
+        return snap
 
     async def _ticker(self, progress: Progress, start: float) -> None:
         """Snapshot at ``start + k - 0.02`` s so the parent, printing at ``start + k``, has every process's."""

@@ -30,7 +30,6 @@ from typing import Any, TextIO
 
 from .config import LoadConfig, ServerInfo, WorkerConfig
 from .driver import Worker
-from .histogram import LatencyHistogram
 from .probe import LoadTestError, probe
 from .report import build_report
 from .schedule import split_evenly
@@ -166,7 +165,7 @@ def _collect(cfg: LoadConfig, pipes: list[mpc.Connection], *, start: float, err:
     end = start + cfg.warmup_s + cfg.duration_s
     hard_deadline = end + cfg.grace_s + 15.0
     latest: dict[int, dict[str, Any]] = {}
-    interval = LatencyHistogram()
+    interval = _Interval()
     finals: dict[int, RunStats] = {}
     index = {id(p): i for i, p in enumerate(pipes)}
     next_line = start + 1.0
@@ -181,7 +180,7 @@ def _collect(cfg: LoadConfig, pipes: list[mpc.Connection], *, start: float, err:
             msg = _recv(pipe)  # type: ignore[arg-type]
             if msg[0] == "progress":
                 latest[i] = msg[1]
-                interval.merge(LatencyHistogram.decode(msg[1]["hist"]))
+                interval.add(msg[1])
             elif msg[0] == "final":
                 finals[i] = RunStats.from_dict(msg[1])
             elif msg[0] == "error":
@@ -195,15 +194,30 @@ def _collect(cfg: LoadConfig, pipes: list[mpc.Connection], *, start: float, err:
                 mid = now - 0.5  # the line covers the second before it
                 phase = "warmup" if mid < start + cfg.warmup_s else ("measure" if mid < end else "drain")
                 print(_progress_line(now - start, phase, latest, rate, interval), file=err, flush=True)
-            interval = LatencyHistogram()
+            interval = _Interval()
             next_line += 1.0
     return [finals[i] for i in range(len(pipes))]
 
 
-def _progress_line(elapsed: float, phase: str, latest: dict[int, dict[str, Any]], rate: float, hist: LatencyHistogram) -> str:
+class _Interval:
+    """Latency mean and max over one progress interval, across processes."""
+
+    __slots__ = ("max_s", "n", "sum_s")
+
+    def __init__(self) -> None:
+        self.sum_s, self.n, self.max_s = 0.0, 0, 0.0
+
+    def add(self, snap: dict[str, Any]) -> None:
+        self.sum_s += snap["lat_sum_s"]
+        self.n += snap["lat_n"]
+        self.max_s = max(self.max_s, snap["lat_max_s"])
+
+
+def _progress_line(elapsed: float, phase: str, latest: dict[int, dict[str, Any]], rate: float, iv: _Interval) -> str:
     tot = {k: sum(s[k] for s in latest.values()) for k in ("sent", "ok", "errors", "tokens", "outstanding")}
+    mean_ms = iv.sum_s / iv.n * 1000 if iv.n else 0.0
     line = (f"[{elapsed:6.1f}s {phase:<7}] sent {tot['sent']:>10,}  ok {tot['ok']:>10,}  err {tot['errors']:>7,}  "
-            f"{rate:>9,.0f} ok/s  p50 {hist.value_at_ms(50):8.3f} ms  p99 {hist.value_at_ms(99):8.3f} ms  "
+            f"{rate:>9,.0f} ok/s  latency mean {mean_ms:8.3f} ms  max {iv.max_s * 1000:8.3f} ms  "
             f"in flight {tot['outstanding']:,}")
     if tot["tokens"]:
         line += f"  tokens {tot['tokens']:,}"
