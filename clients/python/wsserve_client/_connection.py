@@ -5,8 +5,11 @@ Contract:
 - Every registered call ends exactly once: by its terminal frame (routed by id), or by
   ``fail`` with :class:`ConnectionLost` when the socket closes, or with :class:`ClientClosed`
   from :meth:`Connection.close`. Counted calls release their inflight slot at that moment.
-- :meth:`Connection.abandon` never awaits: it marks the call and queues a ``cancel`` frame,
-  sent by one short-lived flusher task (cancels are rare; the request path has no tasks).
+- Sending never needs a task: frames are queued on the socket and written once per loop
+  iteration (:mod:`._wsconn`); ``send`` awaits only while the socket is congested.
+- :meth:`Connection.abandon` never awaits: it marks the call and queues a ``cancel`` frame
+  (written in the same iteration's flush; in the fallback without coalescing, by one
+  short-lived flusher task).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ._calls import Call
 from ._limiter import Limiter
+from ._wsconn import CoalescingClientConnection, supports_coalescing
 from .codec import encode_auth, encode_cancel, parse_hello
 from .errors import ConnectionLost, Unauthorized, WsserveError
 from .results import ServerHello
@@ -30,6 +34,10 @@ from .results import ServerHello
 __all__ = ["Connection", "Counters", "open_connection"]
 
 log = logging.getLogger("wsserve_client")
+
+#: Write request frames coalesced once per loop iteration (see :mod:`._wsconn`); tests turn
+#: it off to exercise the plain ``send()`` path.
+COALESCE = True
 
 
 @dataclass(slots=True)
@@ -64,9 +72,12 @@ class Connection:
         self.loop = asyncio.get_running_loop()
         self.calls: dict[int | str, Call] = {}
         self.draining = False
+        #: The server's ``max_message_bytes`` (``None``: no limit announced).
+        self.max_message_bytes = hello.limits.max_message_bytes
         self._limiter = limiter
         self._counters = counters
         self._open = True
+        self._coalesce = COALESCE and supports_coalescing(ws)
         self._cancel_ids: deque[int | str] = deque()
         self._cancel_task: asyncio.Task[None] | None = None
         self._reader = self.loop.create_task(self._read_loop(), name=f"wsserve-client-reader {url}")
@@ -91,49 +102,58 @@ class Connection:
     async def send(self, call: Call, data: bytes) -> None:
         """Send a registered call's request frame; on failure the call is ended and removed.
 
+        With coalescing (the normal case) this queues the frame for this loop iteration's
+        single write and only awaits when the socket's write buffer is congested.
+
         Raises:
             ConnectionLost: the socket closed before or while sending.
         """
         try:
+            if self._coalesce:
+                if not self.ws.queue_text(data):  # type: ignore[attr-defined]
+                    raise ConnectionClosed(None, None)
+                self._counters.requests_sent += 1
+                if self.ws.congested:  # type: ignore[attr-defined]
+                    await self.ws.drain()  # type: ignore[attr-defined]
+                return
             await self.ws.send(data, text=True)
+            self._counters.requests_sent += 1
         except ConnectionClosed as exc:
             call.abandoned = True  # the caller gets the exception raised here, not via the call
             call.finished = True
             self._end(call)
-            raise ConnectionLost(_closed_message(self.url, exc), request_id=call.id) from exc
+            reason = _closed_message(self.url, exc) if exc.rcvd or exc.sent else f"connection to {self.url} is closed"
+            raise ConnectionLost(reason, request_id=call.id) from exc
         except BaseException:
-            # Cancelled (or failed) mid-send: we cannot know whether the frame went out, so
-            # tell the server to forget it; the call stays until a terminal frame or close.
+            # Cancelled while waiting for the socket: the frame was already handed to the
+            # protocol (websockets writes before it awaits), so the server may run it: cancel.
             self.abandon(call)
             raise
-        self._counters.requests_sent += 1
 
     def abandon(self, call: Call) -> None:
         """The caller left: drop further frames and send ``cancel`` if still unfinished.
 
-        Safe to call more than once, from a finalizer, or after the call finished.
+        Never awaits. Safe to call more than once, from a finalizer, or after the call finished.
         """
         call.abandoned = True
-        if call.finished or call.cancel_sent or self.calls.get(call.id) is not call:
-            return
-        call.cancel_sent = True
-        if not self._open:
-            return
-        self._cancel_ids.append(call.id)
-        if self._cancel_task is None:
-            self._cancel_task = self.loop.create_task(self._flush_cancels())
+        self.request_cancel(call)
 
     def request_cancel(self, call: Call) -> None:
-        """Send ``cancel`` but keep listening: the server's terminal frame still reaches the
-        caller (``done`` with reason ``cancelled``, or error ``cancelled``)."""
-        if call.finished or call.cancel_sent or not self._open:
+        """Send ``cancel`` (never awaits) but keep routing frames: the server's terminal frame
+        still reaches a caller that has not abandoned the call."""
+        if call.finished or call.cancel_sent or not self._open or self.calls.get(call.id) is not call:
             return
         call.cancel_sent = True
+        if self._coalesce:
+            if self.ws.queue_text(encode_cancel(call.id)):  # type: ignore[attr-defined]
+                self._counters.cancels_sent += 1
+            return
         self._cancel_ids.append(call.id)
         if self._cancel_task is None:
             self._cancel_task = self.loop.create_task(self._flush_cancels())
 
     async def _flush_cancels(self) -> None:
+        """Fallback without coalescing: one short-lived task sends the queued cancels."""
         try:
             while self._cancel_ids and self._open:
                 request_id = self._cancel_ids.popleft()
@@ -231,7 +251,12 @@ class Connection:
             try:
                 async with asyncio.timeout(timeout):
                     for request_id in pending:
-                        await self.ws.send(encode_cancel(request_id), text=True)
+                        frame = encode_cancel(request_id)
+                        if self._coalesce:
+                            if not self.ws.queue_text(frame):  # type: ignore[attr-defined]
+                                break
+                        else:
+                            await self.ws.send(frame, text=True)
                         self._counters.cancels_sent += 1
             except (ConnectionClosed, TimeoutError):
                 pass
@@ -280,6 +305,7 @@ async def open_connection(
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
                 max_size=max_receive_bytes,
+                create_connection=CoalescingClientConnection,
             )
             try:
                 first = orjson.loads(await ws.recv(decode=False))

@@ -38,6 +38,13 @@ class Limiter:
     def _free(self) -> bool:
         return self._capacity is None or self._used < self._capacity
 
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if there is one and nobody is waiting; else False."""
+        if not self._waiters and (self._capacity is None or self._used < self._capacity):
+            self._used += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Take one slot, waiting in FIFO order if none is free."""
         if not self._waiters and self._free():

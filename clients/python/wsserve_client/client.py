@@ -373,7 +373,7 @@ class Client:
 
     @staticmethod
     def _check_size(conn: Connection, call: Call, data: bytes) -> None:
-        limit = conn.hello.limits.max_message_bytes
+        limit = conn.max_message_bytes
         if limit is not None and len(data) > limit:
             raise RequestTooLarge(
                 f"request is {len(data)} bytes, over the server's max_message_bytes={limit} "
@@ -385,17 +385,25 @@ class Client:
         """Take a slot (for counted calls), register ``call`` and send ``data``.
 
         On return the call is registered and owns its slot until its terminal frame.
+
+        Raises:
+            RequestTooLarge, ConnectionLost, ClientClosed, Unauthorized.
         """
-        conn = await self._connection()  # also learns the limits before taking a slot
+        conn = self._conn
+        if conn is None or not conn.open:
+            conn = await self._connection()  # also learns the limits before taking a slot
         self._check_size(conn, call, data)
         if call.counted:
-            await self._limiter.acquire()
+            limiter = self._limiter
+            if not limiter.try_acquire():
+                await limiter.acquire()
             try:
-                conn = await self._connection()  # may have been lost while waiting
-                self._check_size(conn, call, data)
+                if not conn.open:  # lost while waiting for a slot
+                    conn = await self._connection()
+                    self._check_size(conn, call, data)
                 conn.register(call)
             except BaseException:
-                self._limiter.release()
+                limiter.release()
                 raise
         else:
             conn.register(call)
@@ -403,7 +411,9 @@ class Client:
         return conn
 
     async def _unary(self, rid: int, data: bytes, *, counted: bool, timeout: float | None, grace: bool) -> Frame:
-        call = UnaryCall(rid, asyncio.get_running_loop().create_future(), counted=counted)
+        conn = self._conn
+        loop = conn.loop if conn is not None else asyncio.get_running_loop()
+        call = UnaryCall(rid, loop.create_future(), counted=counted)
         conn = await self._send_call(call, data)
         try:
             if timeout is None:

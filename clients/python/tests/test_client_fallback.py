@@ -1,0 +1,37 @@
+"""The plain ``websockets`` ``send()`` path, used when coalesced writes are unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import Server
+
+import wsserve_client._connection as connection_module
+from wsserve_client import Client
+
+
+@pytest.fixture
+def plain_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection_module, "COALESCE", False)
+
+
+@pytest.mark.usefixtures("plain_send")
+async def test_calls_and_cancel_without_coalescing(server: Server, slow_server: Server) -> None:
+    async with Client(server.url) as c:
+        assert c._conn is not None and not c._conn._coalesce
+        out = await asyncio.gather(*(c.predict("linear", [[i / 100]]) for i in range(100)))
+        assert len(out) == 100 and c.stats().requests_sent == 100
+        chunks = [ch async for ch in c.predict_stream("linear", [[0.5]] * 5, chunk_rows=2)]
+        assert [len(ch.outputs) for ch in chunks] == [2, 2, 1]
+    async with Client(slow_server.url) as c:
+        task = asyncio.ensure_future(c.predict("linear", [[0.5]]))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if not c.stats().inflight:
+                break
+            await asyncio.sleep(0.01)
+        assert c.stats().cancels_sent == 1 and c.stats().server_cancelled == 1
