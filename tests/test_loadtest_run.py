@@ -141,6 +141,7 @@ async def test_two_client_processes_merge_their_histograms(echo_url: str) -> Non
     per_proc = rep["client"]["ok_per_proc"]
     assert rep["client"]["procs"] == 2 and len(per_proc) == 2 and all(n > 0 for n in per_proc)
     assert sum(per_proc) == rep["requests"]["ok"] == rep["latency_ms"]["count"]
+    assert len(rep["client"]["cpu_cores_per_proc"]) == 2
     merged = LatencyHistogram.decode(rep["histograms"]["all"])
     assert merged.count == rep["requests"]["ok"]
     assert rep["close_codes"] == {"1000": 4}
@@ -152,6 +153,41 @@ async def test_open_loop_with_two_processes_keeps_the_total_rate(echo_url: str) 
     assert rep["requests"]["sent"] == 400  # exactly the schedule: 400/s for 1 s, split across processes
     assert rep["throughput"]["achieved_rps"] == pytest.approx(400.0, rel=0.1)
     assert rep["config"]["inflight"] == 256  # echo gives no max_inflight: the default cap
+
+
+async def test_server_pings_are_answered() -> None:
+    # the server pings every 50 ms and drops a connection whose pong is 300 ms late
+    server = await serve(_echo, "127.0.0.1", 0, compression=None, ping_interval=0.05, ping_timeout=0.3)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        rep = await asyncio.to_thread(run_load, _cfg(url, connections=2, duration_s=1.0), err=io.StringIO())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert rep["requests"]["errors"] == 0 and rep["requests"]["ok"] > 0
+    assert rep["close_codes"] == {"1000": 2}
+
+
+async def test_server_closing_mid_run_is_reported() -> None:
+    async def going_away_after_50(ws: ServerConnection) -> None:
+        n = 0
+        async for msg in ws:
+            n += 1
+            if n == 50:
+                await ws.close(1001, "going away")  # the 50th request is never answered
+                return
+            await ws.send(msg)
+
+    server, url = await _start(going_away_after_50)
+    try:
+        rep = await asyncio.to_thread(run_load, _cfg(url, connections=3, warmup_s=0.0, duration_s=0.5, echo=True),
+                                      err=io.StringIO())
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert rep["close_codes"] == {"1001": 3}
+    assert rep["requests"]["ok"] == 3 * 49  # (--echo: the probe sends nothing)
+    assert rep["errors"] == {"connection_closed": 3}
 
 
 async def test_errors_by_code_and_error_rate_slo() -> None:
@@ -210,7 +246,8 @@ SCHEMA: dict[str, Any] = {
     "latency_ms": SUMMARY,
     "workloads": dict, "errors": dict, "close_codes": dict,
     "connections": {"opened": int, "failed": int},
-    "client": {"procs": int, "ok_per_proc": list},
+    "client": {"procs": int, "ok_per_proc": list, "cpu_cores_per_proc": list, "busy": bool},
+    "timeline": {"start_monotonic": float, "measure_start_monotonic": float, "end_monotonic": float},
     "late_sends": {"count": int, "threshold_ms": NUM, "send_lag_ms": SUMMARY},
     "slo": {"p99_ms": (float, type(None)), "max_error_rate": (float, type(None)), "passed": bool, "breaches": list},
     "histograms": dict,
@@ -242,6 +279,10 @@ async def test_json_report_schema(echo_url: str, tmp_path: Path) -> None:
     assert rep["config"]["mix"] == [{"label": "predict:linear", "kind": "predict", "model": "linear", "weight": 1,
                                      "rows": 1, "chunk_rows": None, "max_tokens": 32}]
     assert set(rep["histograms"]) == {"all", "predict:linear"}
+    assert len(rep["client"]["cpu_cores_per_proc"]) == 1 and 0 < rep["client"]["cpu_cores_per_proc"][0] < 2
+    tl = rep["timeline"]
+    assert tl["measure_start_monotonic"] - tl["start_monotonic"] == pytest.approx(0.1)
+    assert tl["end_monotonic"] - tl["measure_start_monotonic"] == pytest.approx(0.5)
     assert all(LatencyHistogram.decode(v).count == rep["requests"]["ok"] for v in rep["histograms"].values())
 
 

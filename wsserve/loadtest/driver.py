@@ -141,6 +141,7 @@ class Worker:
         window = self._window = Window(start=start, warmup_s=load.warmup_s, duration_s=load.duration_s)
         self._slot_freed = asyncio.Event()
         ticker = asyncio.create_task(self._ticker(progress, start)) if progress is not None else None
+        cpu = asyncio.create_task(self._cpu_meter(window))
         try:
             await self._sleep_until(start)
             self._sending = True
@@ -155,6 +156,7 @@ class Worker:
             self._sending = False
             if ticker is not None:
                 ticker.cancel()
+            cpu.cancel()
             await self._close_all()
         self._sweep()
         self.stats.ok_per_proc = [sum(w.ok for w in self.stats.workloads)]
@@ -362,6 +364,13 @@ class Worker:
         }
         self._live_lat_sum, self._live_lat_n, self._live_lat_max = 0.0, 0, 0.0
         return snap
+
+    async def _cpu_meter(self, window: Window) -> None:
+        """CPU time this process used during the measurement window (is the client the bottleneck?)."""
+        await self._sleep_until(window.measure_start)
+        t0 = time.process_time()
+        await self._sleep_until(window.end)
+        self.stats.cpu_s_per_proc = [time.process_time() - t0]
 
     async def _ticker(self, progress: Progress, start: float) -> None:
         """Snapshot at ``start + k - 0.02`` s so the parent, printing at ``start + k``, has every process's."""

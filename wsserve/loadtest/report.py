@@ -71,7 +71,12 @@ def evaluate_slo(*, p99_ms: float | None, error_rate: float, ok: int, slo_p99_ms
     return breaches
 
 
-def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, started_at_unix: float) -> dict[str, Any]:
+#: a client process busier than this (cores) may have limited the measurement
+CLIENT_BUSY_CORES = 0.9
+
+
+def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, started_at_unix: float,
+                 start_monotonic: float | None = None) -> dict[str, Any]:
     """The full report.
 
     Top-level keys: ``schema`` (str), ``url`` (str), ``started_at`` (ISO 8601
@@ -82,7 +87,9 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
     ``latency_ms`` {count, min, mean, p50, p90, p99, p99.9, max} over every
     workload, ``workloads`` {label: {...}}, ``errors`` {code: n},
     ``close_codes`` {code: n}, ``connections`` {opened, failed}, ``client``
-    {procs, ok_per_proc[]},
+    {procs, ok_per_proc[], cpu_cores_per_proc[], busy}, ``timeline``
+    {start_monotonic, measure_start_monotonic, end_monotonic} (seconds on the
+    system-wide monotonic clock, or nulls; to correlate with other measurements),
     ``late_sends`` {count, threshold_ms, send_lag_ms}, ``slo`` {p99_ms,
     max_error_rate, passed, breaches[]}, ``exit_code`` (int) and
     ``histograms`` {label: encoded HDR latency histogram, "all": ...}.
@@ -105,6 +112,7 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
     breaches = evaluate_slo(p99_ms=overall["p99"] if ok else None, error_rate=error_rate, ok=ok,
                             slo_p99_ms=cfg.slo_p99_ms, max_error_rate=cfg.max_error_rate)
     weights = {s.label: s.weight for s in cfg.specs}
+    cpu_cores = [round(c / duration, 3) for c in stats.cpu_s_per_proc]
     return {
         "schema": REPORT_SCHEMA,
         "url": cfg.url,
@@ -133,7 +141,17 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
         "errors": dict(sorted(errors.items())),
         "close_codes": dict(sorted(stats.close_codes.items())),
         "connections": {"opened": stats.connections, "failed": stats.connect_failures},
-        "client": {"procs": stats.procs, "ok_per_proc": list(stats.ok_per_proc)},
+        "client": {
+            "procs": stats.procs,
+            "ok_per_proc": list(stats.ok_per_proc),
+            "cpu_cores_per_proc": cpu_cores,
+            "busy": any(c >= CLIENT_BUSY_CORES for c in cpu_cores),
+        },
+        "timeline": {
+            "start_monotonic": start_monotonic,
+            "measure_start_monotonic": None if start_monotonic is None else start_monotonic + cfg.warmup_s,
+            "end_monotonic": None if start_monotonic is None else start_monotonic + cfg.warmup_s + cfg.duration_s,
+        },
         "late_sends": {
             "count": stats.late_sends,
             "threshold_ms": cfg.late_ms,
@@ -196,6 +214,11 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"late sends: {ls['count']:,} more than {ls['threshold_ms']:g} ms behind schedule; "
                      f"send lag p50 {ls['send_lag_ms']['p50']:.3f} ms, p99 {ls['send_lag_ms']['p99']:.3f} ms, "
                      f"max {ls['send_lag_ms']['max']:.3f} ms")
+    cl = report["client"]
+    if cl["cpu_cores_per_proc"]:
+        lines.append("client CPU: " + ", ".join(f"{c:.2f}" for c in cl["cpu_cores_per_proc"]) + " cores per process"
+                     + ("  WARNING: a client process was nearly saturated; the tool may have limited the result"
+                        " (add --procs)" if cl["busy"] else ""))
     slo = report["slo"]
     if slo["p99_ms"] is not None or slo["max_error_rate"] is not None:
         lines.append("SLO: " + ("PASS" if slo["passed"] else "FAIL: " + "; ".join(slo["breaches"])))

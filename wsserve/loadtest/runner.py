@@ -99,11 +99,11 @@ def run_load(cfg: LoadConfig, *, err: TextIO = sys.stderr) -> dict[str, Any]:
     inflight = resolve_inflight(cfg, server)
     effective = dataclasses.replace(cfg, inflight=inflight)
     started_unix = time.time()
-    stats = _run_procs(effective, server, err=err)
-    return build_report(effective, server, stats, started_at_unix=started_unix)
+    stats, start = _run_procs(effective, server, err=err)
+    return build_report(effective, server, stats, started_at_unix=started_unix, start_monotonic=start)
 
 
-def _run_procs(cfg: LoadConfig, server: ServerInfo, *, err: TextIO) -> RunStats:
+def _run_procs(cfg: LoadConfig, server: ServerInfo, *, err: TextIO) -> tuple[RunStats, float]:
     ctx = multiprocessing.get_context("spawn")
     pipes: list[mpc.Connection] = []
     procs: list[multiprocessing.process.BaseProcess] = []
@@ -121,7 +121,7 @@ def _run_procs(cfg: LoadConfig, server: ServerInfo, *, err: TextIO) -> RunStats:
         for pipe in pipes:
             pipe.send(("start", start))
         parts = _collect(cfg, pipes, start=start, err=err)
-        return RunStats.merged(parts)
+        return RunStats.merged(parts), start
     finally:
         for p in procs:
             p.join(timeout=2.0)
