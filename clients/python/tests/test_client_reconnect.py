@@ -93,3 +93,18 @@ async def test_calls_waiting_for_a_slot_survive_a_reconnect(start_server: Callab
         ok = [r for r in out if not isinstance(r, BaseException)]
         assert len(lost) == 2 and len(ok) == 2
         assert c.stats().connects == 2 and c.stats().inflight == 0
+
+
+async def test_close_interrupts_a_reconnect_in_progress() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = Client(f"ws://127.0.0.1:{port}", reconnect=Backoff(max_attempts=100, base_delay=0.2, max_delay=0.2))
+    connecting = asyncio.ensure_future(c.connect())
+    await asyncio.sleep(0.3)
+    assert not connecting.done()
+    start = time.monotonic()
+    await c.close()
+    with pytest.raises(ConnectionLost):  # ClientClosed is a ConnectionLost
+        await asyncio.wait_for(connecting, 2)
+    assert time.monotonic() - start < 1.0

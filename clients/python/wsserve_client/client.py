@@ -139,8 +139,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        async with self._connect_lock:  # let a connect in progress finish, then close it
-            conn, self._conn = self._conn, None
+        # A connect in progress notices ``_closed`` and closes what it opened (see _connection).
+        conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close(ClientClosed("the client was closed"), timeout=self._close_timeout)
 
@@ -333,6 +333,9 @@ class Client:
             if self._closed:
                 raise ClientClosed("the client is closed")
             conn = await self._connect_with_backoff()
+            if self._closed:  # close() ran while we were connecting
+                await conn.close(ClientClosed("the client was closed"), timeout=self._close_timeout)
+                raise ClientClosed("the client is closed")
             self._conn = conn
             self._last_hello = conn.hello
             return conn
@@ -343,6 +346,8 @@ class Client:
         for attempt in range(policy.max_attempts):
             if attempt:
                 await asyncio.sleep(policy.delay(attempt - 1, random.random()))
+            if self._closed:
+                raise ClientClosed("the client is closed")
             try:
                 conn = await open_connection(
                     self.url,

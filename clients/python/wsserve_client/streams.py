@@ -48,7 +48,11 @@ DEADLINE_GRACE_S = 1.0
 
 
 def _abandon_from_gc(conn: Connection, call: StreamCall) -> None:
-    """Finalizer of an unclosed stream object: queue its ``cancel`` on the connection's loop."""
+    """Finalizer of an unclosed stream object: schedule its ``cancel`` on the connection's loop.
+
+    The garbage collector may run this in the middle of unrelated code, so it does no work
+    itself: it only schedules :meth:`Connection.abandon` for the loop's next iteration.
+    """
     if call.finished or call.abandoned:
         return
     loop = conn.loop
@@ -58,10 +62,13 @@ def _abandon_from_gc(conn: Connection, call: StreamCall) -> None:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         running = None
-    if running is loop:
-        conn.abandon(call)
-    else:
-        loop.call_soon_threadsafe(conn.abandon, call)
+    try:
+        if running is loop:
+            loop.call_soon(conn.abandon, call)
+        else:
+            loop.call_soon_threadsafe(conn.abandon, call)
+    except RuntimeError:  # the loop closed meanwhile: the socket is gone anyway
+        pass
 
 
 class _Stream(Generic[T]):
