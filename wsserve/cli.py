@@ -112,6 +112,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compression", action="store_true", help="enable permessage-deflate (off by default: CPU cost and CRIME-style risks)")
     g.add_argument("--rate-limit", type=_non_negative, default=None, help="requests per second per connection (token bucket); default off")
     g.add_argument("--rate-burst", type=_optional_int, default=None, help="token-bucket burst (default: one second's worth)")
+    g.add_argument("--key-rate-limit", type=_non_negative, default=None, help="requests per second per API key, over all its connections")
+    g.add_argument("--idle-timeout", type=_optional_seconds, default=None, help="close connections idle this many seconds (default never)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +149,10 @@ def _api_keys(args: argparse.Namespace) -> frozenset[str]:
 
 def _flag_names(message: str) -> str:
     """Rewrite config setting names in ``message`` as the flags a user typed."""
-    renames = {"rate_limit_per_s": "rate-limit", "rate_limit_burst": "rate-burst", "allowed_origins": "allow-origin"}
+    renames = {
+        "rate_limit_per_s": "rate-limit", "rate_limit_burst": "rate-burst", "allowed_origins": "allow-origin",
+        "key_rate_limit_per_s": "key-rate-limit", "api_keys": "api-key",
+    }
     for name in sorted(ServerConfig.field_names(), key=len, reverse=True):
         flag = "--" + renames.get(name, name.replace("_", "-"))
         message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
@@ -193,6 +198,8 @@ def _build_config(args: argparse.Namespace) -> ServerConfig:
         allow_no_origin=not args.require_origin,
         rate_limit_per_s=args.rate_limit or None,
         rate_limit_burst=args.rate_burst,
+        key_rate_limit_per_s=args.key_rate_limit or None,
+        idle_timeout=args.idle_timeout,
     ).validate()
 
 

@@ -60,8 +60,9 @@ class ServerConfig:
     api_keys: frozenset[str] = field(default_factory=frozenset)
     allowed_origins: tuple[str, ...] | None = None  # None: any origin
     allow_no_origin: bool = True
-    rate_limit_per_s: float | None = None  # requests per second per connection
-    rate_limit_burst: int | None = None
+    rate_limit_per_s: float | None = None  # predict/generate per second per connection
+    rate_limit_burst: int | None = None  # default: max(1, rate)
+    key_rate_limit_per_s: float | None = None  # predict/generate per second per API key
 
     # Compute
     inline_max_flops: int = 200_000  # batches cheaper than this run on the loop thread
@@ -85,12 +86,14 @@ class ServerConfig:
         for name in ("max_delay_ms", "drain_timeout", "slow_consumer_timeout", "inline_max_flops"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("ping_interval", "ping_timeout", "idle_timeout", "rate_limit_per_s"):
+        for name in ("ping_interval", "ping_timeout", "idle_timeout", "rate_limit_per_s", "key_rate_limit_per_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:  # also refuses NaN
                 raise ValueError(f"{name} must be > 0 or None, got {value!r}")
         if not self.models:
             raise ValueError("at least one model must be served")
+        if self.key_rate_limit_per_s is not None and not self.api_keys:
+            raise ValueError("key_rate_limit_per_s needs api_keys")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile must be given together")
         for name in ("certfile", "keyfile"):
@@ -98,6 +101,10 @@ class ServerConfig:
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: no such file: {path}")
         return self
+
+    def rate_burst(self, rate: float) -> float:
+        """Bucket size for ``rate``: ``rate_limit_burst`` or one second's worth."""
+        return float(self.rate_limit_burst) if self.rate_limit_burst else max(1.0, rate)
 
     def public_limits(self) -> dict[str, int]:
         """The limits announced in ``hello``."""

@@ -41,6 +41,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .models.base import PredictiveModel
 from .pool import ModelEntry, ModelPool, PredictWorker
 from .protocol import SUBPROTOCOL, Generate, encode_hello
+from .ratelimit import TokenBucket
 from .session import Session, WsConnection
 
 __all__ = ["Server", "run", "build_pool"]
@@ -111,6 +112,8 @@ class Server:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.port: int = 0
         self._keys = tuple(k.encode() for k in config.api_keys)
+        self.key_buckets: dict[str, TokenBucket] | None = {} if config.key_rate_limit_per_s else None
+        self._idle_task: asyncio.Task[None] | None = None
 
     # -- lifecycle
 
@@ -145,8 +148,20 @@ class Server:
         )
         sock = next(iter(self._ws_server.sockets))
         self.port = sock.getsockname()[1]
+        if cfg.idle_timeout is not None:
+            self._idle_task = self.loop.create_task(self._close_idle(cfg.idle_timeout), name="wsserve-idle")
         self.ready = True
         log.info("serving %s on %s", ", ".join(self.pool.names), self.url)
+
+    async def _close_idle(self, timeout: float) -> None:
+        """Close connections with nothing received and nothing in flight for ``timeout`` s
+        (one scan every quarter timeout: no per-connection timers)."""
+        while True:
+            await asyncio.sleep(max(0.05, timeout / 4))
+            limit = monotonic() - timeout
+            for session in list(self.sessions):
+                if not session.inflight and session.last_activity < limit:
+                    session.close(1000, "idle timeout")
 
     async def drain(self, timeout: float | None = None) -> None:
         """Graceful drain as in PROTOCOL.md; returns when every connection is closed
@@ -187,6 +202,8 @@ class Server:
             return
         self._closed = True
         self.ready = False
+        if self._idle_task is not None:
+            self._idle_task.cancel()
         if self._ws_server is not None:
             self._ws_server.close()
             try:
@@ -231,17 +248,32 @@ class Server:
 
     # -- auth
 
-    def check_key(self, token: str) -> bool:
-        """Constant-time check of an API key."""
+    def match_key(self, token: str) -> str | None:
+        """The configured API key equal to ``token`` (constant-time compare), or None."""
         given = token.encode()
-        return any(hmac.compare_digest(given, key) for key in self._keys)
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(given, key):
+                found = key
+        return None if found is None else found.decode()
 
-    def handshake_authenticated(self, conn: ServerConnection) -> bool:
+    def handshake_key(self, conn: ServerConnection) -> str | None:
+        """The API key of an ``Authorization: Bearer`` handshake header, if valid."""
         request = conn.request
         if request is None:
-            return False
+            return None
         header = request.headers.get("Authorization", "")
-        return header.startswith("Bearer ") and self.check_key(header[7:].strip())
+        return self.match_key(header[7:].strip()) if header.startswith("Bearer ") else None
+
+    def key_bucket(self, key: str) -> TokenBucket:
+        """The shared rate-limit bucket of an API key."""
+        assert self.key_buckets is not None
+        bucket = self.key_buckets.get(key)
+        if bucket is None:
+            rate = self.config.key_rate_limit_per_s
+            assert rate is not None
+            bucket = self.key_buckets[key] = TokenBucket(rate, self.config.rate_burst(rate), monotonic())
+        return bucket
 
     # -- HTTP
 
@@ -277,7 +309,7 @@ class Server:
                     return _response(403, b"an Origin header is required\n")
             elif origin not in cfg.allowed_origins:
                 return _response(403, b"origin not allowed\n")
-        if cfg.api_keys and "Authorization" in request.headers and not self.handshake_authenticated(conn):
+        if cfg.api_keys and "Authorization" in request.headers and self.handshake_key(conn) is None:
             return _response(401, b"invalid API key\n", {"WWW-Authenticate": "Bearer"})
         return None
 

@@ -29,11 +29,13 @@ from .errors import (
     DuplicateId,
     Internal,
     Overloaded,
+    RateLimited,
     ShuttingDown,
     Unauthorized,
     WsserveError,
 )
 from .jobs import GenerateJob, Job, PredictJob
+from .ratelimit import TokenBucket
 from .protocol import Auth, Cancel, Generate, Models, Ping, Predict, decode, encode_error, validate_inputs
 
 if TYPE_CHECKING:
@@ -134,9 +136,18 @@ class Session:
         self.conn = conn
         self.loop = server.loop
         self.inflight: dict[Any, Job] = {}
-        self.authenticated = conn_authenticated = not server.config.api_keys
-        if not conn_authenticated:
-            self.authenticated = server.handshake_authenticated(conn)
+        cfg = server.config
+        self.key: str | None = None  # the API key this connection authenticated with
+        self.authenticated = not cfg.api_keys
+        if not self.authenticated:
+            self.key = server.handshake_key(conn)
+            self.authenticated = self.key is not None
+        now = monotonic()
+        self.last_activity = now
+        self.bucket = (
+            TokenBucket(cfg.rate_limit_per_s, cfg.rate_burst(cfg.rate_limit_per_s), now)
+            if cfg.rate_limit_per_s else None
+        )
         self.closed = False
         self._over_since: float | None = None
         self._seed_keys = 0
@@ -166,6 +177,7 @@ class Session:
     def on_message(self, data: bytes, binary: bool) -> None:
         server = self.server
         server.messages += 1
+        self.last_activity = monotonic()
         if binary:
             self.error(BadRequest("binary frames are not accepted: send each JSON message as a text frame"))
             return
@@ -203,7 +215,9 @@ class Session:
             raise Unauthorized("authenticate first: send {\"type\":\"auth\",\"token\":...}", request_id=rid)
 
     def _auth(self, req: Auth) -> None:
-        if self.server.check_key(req.token):
+        key = self.server.match_key(req.token)
+        if key is not None:
+            self.key = key
             self.authenticated = True
             self.send(b'{"type":"auth","id":' + _id_json(req.id) + b',"ok":true}')
         else:
@@ -215,8 +229,21 @@ class Session:
             raise Unauthorized("authenticate first: send {\"type\":\"auth\",\"token\":...}", request_id=rid)
         if self.server.draining:
             raise ShuttingDown("server is draining; no new work is accepted", request_id=rid)
+        if self.bucket is not None:
+            self._rate_check(self.bucket, "this connection", rid)
+        if self.key is not None and self.server.key_buckets is not None:
+            self._rate_check(self.server.key_bucket(self.key), "this API key", rid)
         if rid is not None and rid in self.inflight:
             raise DuplicateId(f"id {rid!r} is already in use by an unfinished request", request_id=rid)
+
+    def _rate_check(self, bucket: TokenBucket, who: str, rid: Any) -> None:
+        wait = bucket.take(monotonic())
+        if wait > 0:
+            raise RateLimited(
+                f"rate limit of {bucket.rate:g} requests/s for {who} exceeded",
+                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
+                request_id=rid,
+            )
 
     def _capacity(self, rid: Any) -> None:
         limit = self.server.config.max_inflight
