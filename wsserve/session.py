@@ -246,6 +246,12 @@ class Session:
             )
 
     def _capacity(self, rid: Any) -> None:
+        if self._over_since is not None and not self._caught_up():
+            raise Overloaded(
+                "this connection is not reading its replies fast enough; no new work until it catches up",
+                retry_after_ms=100,
+                request_id=rid,
+            )
         limit = self.server.config.max_inflight
         if len(self.inflight) >= limit:
             raise Overloaded(
@@ -327,6 +333,13 @@ class Session:
             log.warning("closing slow consumer %s: %d bytes unsent", self.conn.remote_address, buffered)
             self.abandon_all()
             self.close(1008, "slow consumer: stopped reading")
+
+    def _caught_up(self) -> bool:
+        """Re-read the socket's unsent bytes (the client may have resumed reading)."""
+        if self.conn.transport.get_write_buffer_size() <= self.server.config.max_write_buffer_bytes:
+            self._over_since = None
+            return True
+        return False
 
     def close(self, code: int, reason: str) -> None:
         if self.closing:
