@@ -34,7 +34,7 @@ async def main(args: argparse.Namespace) -> int:
             print(f"error: {exc}")
             return 1
         print(f"model {result.model} v{result.version} ({info.task}), timing {dict(result.timing)}")
-        for row_in, row_out in zip(inputs, result.outputs):
+        for row_in, row_out in zip(inputs, result.outputs, strict=True):
             shown_in = row_in if len(row_in) <= 4 else [*row_in[:3], "..."]
             print(f"  {shown_in} -> {[round(v, 4) for v in row_out]}")
     return 0

@@ -19,7 +19,7 @@ def plain_send(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("plain_send")
 async def test_calls_and_cancel_without_coalescing(server: Server, slow_server: Server) -> None:
     async with Client(server.url) as c:
-        assert c._conn is not None and not c._conn._coalesce
+        assert c._conn is not None and c._conn._fast is None
         out = await asyncio.gather(*(c.predict("linear", [[i / 100]]) for i in range(100)))
         assert len(out) == 100 and c.stats().requests_sent == 100
         chunks = [ch async for ch in c.predict_stream("linear", [[0.5]] * 5, chunk_rows=2)]

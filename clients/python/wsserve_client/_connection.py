@@ -77,7 +77,10 @@ class Connection:
         self._limiter = limiter
         self._counters = counters
         self._open = True
-        self._coalesce = COALESCE and supports_coalescing(ws)
+        #: The socket, when it supports coalesced writes (else None: plain ``send()``).
+        self._fast: CoalescingClientConnection | None = (
+            ws if COALESCE and isinstance(ws, CoalescingClientConnection) and supports_coalescing(ws) else None
+        )
         self._cancel_ids: deque[int | str] = deque()
         self._cancel_task: asyncio.Task[None] | None = None
         self._reader = self.loop.create_task(self._read_loop(), name=f"wsserve-client-reader {url}")
@@ -109,12 +112,13 @@ class Connection:
             ConnectionLost: the socket closed before or while sending.
         """
         try:
-            if self._coalesce:
-                if not self.ws.queue_text(data):  # type: ignore[attr-defined]
+            fast = self._fast
+            if fast is not None:
+                if not fast.queue_text(data):
                     raise ConnectionClosed(None, None)
                 self._counters.requests_sent += 1
-                if self.ws.congested:  # type: ignore[attr-defined]
-                    await self.ws.drain()  # type: ignore[attr-defined]
+                if fast.congested:
+                    await fast.drain()
                 return
             await self.ws.send(data, text=True)
             self._counters.requests_sent += 1
@@ -144,8 +148,8 @@ class Connection:
         if call.finished or call.cancel_sent or not self._open or self.calls.get(call.id) is not call:
             return
         call.cancel_sent = True
-        if self._coalesce:
-            if self.ws.queue_text(encode_cancel(call.id)):  # type: ignore[attr-defined]
+        if self._fast is not None:
+            if self._fast.queue_text(encode_cancel(call.id)):
                 self._counters.cancels_sent += 1
             return
         self._cancel_ids.append(call.id)
@@ -201,7 +205,7 @@ class Connection:
                     self._unrouted(kind, frame)
                     continue
                 if call.on_frame(kind, frame):
-                    del calls[rid]
+                    del calls[call.id]
                     if call.counted:
                         self._limiter.release()
                     if (kind == "done" and frame.get("reason") == "cancelled") or (
@@ -252,8 +256,8 @@ class Connection:
                 async with asyncio.timeout(timeout):
                     for request_id in pending:
                         frame = encode_cancel(request_id)
-                        if self._coalesce:
-                            if not self.ws.queue_text(frame):  # type: ignore[attr-defined]
+                        if self._fast is not None:
+                            if not self._fast.queue_text(frame):
                                 break
                         else:
                             await self.ws.send(frame, text=True)

@@ -36,6 +36,9 @@ __all__ = ["Client", "DEFAULT_URL"]
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
+#: Reconnect policy used unless ``reconnect=`` is given.
+DEFAULT_RECONNECT = Backoff()
+
 Frame = dict[str, Any]
 
 
@@ -80,7 +83,7 @@ class Client:
         token: str | None = None,
         auth_message: bool = False,
         retry: RetryPolicy | None = None,
-        reconnect: Backoff = Backoff(),
+        reconnect: Backoff = DEFAULT_RECONNECT,
         # Timeouts
         connect_timeout: float | None = 10.0,
         close_timeout: float | None = 5.0,

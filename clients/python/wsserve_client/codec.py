@@ -10,7 +10,6 @@ server adds are ignored.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,12 +201,10 @@ def to_numpy(outputs: Any) -> Any:
     Raises:
         RuntimeError: numpy is not installed.
     """
-    np = sys.modules.get("numpy")
-    if np is None:
-        try:
-            import numpy as np  # noqa: PLC0415 - optional dependency, imported on demand
-        except ImportError as exc:  # pragma: no cover - numpy is present in the test env
-            raise RuntimeError("as_numpy=True needs numpy installed") from exc
+    try:
+        import numpy as np  # optional dependency, imported on demand
+    except ImportError as exc:  # pragma: no cover - numpy is present in the test env
+        raise RuntimeError("as_numpy=True needs numpy installed") from exc
     return np.asarray(outputs, dtype=np.float64)
 
 

@@ -90,7 +90,7 @@ class _Stream(Generic[T]):
         self._retry = retry
         self._conn: Connection | None = None
         self._call: StreamCall | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[Connection, StreamCall], Any] | None = None
         self._deadline: float | None = None
         self._received = 0
         self._attempt = 0
