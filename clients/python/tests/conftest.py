@@ -133,6 +133,11 @@ class Server:
         key = ("wsserve_requests_total", frozenset({("model", model), ("type", type), ("code", code)}))
         return self.metrics().get(key, 0.0)
 
+    async def ainflight(self) -> float:
+        """The ``wsserve_inflight_requests`` gauge: unfinished requests on the whole server."""
+        metrics = await asyncio.to_thread(self.metrics)
+        return metrics[("wsserve_inflight_requests", frozenset())]
+
     async def arequests_total(self, *, model: str, type: str, code: str) -> float:
         return await asyncio.to_thread(self.requests_total, model=model, type=type, code=code)
 

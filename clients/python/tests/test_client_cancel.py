@@ -40,6 +40,7 @@ async def test_cancelling_a_predict_task(slow_server: Server) -> None:
         await _settle(c, timeout=1.0)  # well before the 2 s window would have run it
         s = c.stats()
         assert s.cancels_sent == 1 and s.server_cancelled == 1
+        assert await slow_server.ainflight() == 0  # nothing left running on the server
     assert await slow_server.wait_requests_total(
         model="linear", type="predict", code="cancelled", at_least=before + 1
     ) == before + 1
@@ -74,6 +75,7 @@ async def test_generation_break_from_bare_async_for(server: Server) -> None:
                 break
         await _settle(c)
         assert c.stats().cancels_sent == 1 and c.stats().server_cancelled == 1
+        assert await server.ainflight() == 0  # the generation no longer runs on the server
     assert await server.wait_requests_total(
         model="charlm", type="generate", code="cancelled", at_least=before + 1
     ) == before + 1
@@ -169,6 +171,7 @@ async def test_leaving_the_client_cancels_unfinished_work(server: Server) -> Non
     assert await server.wait_requests_total(
         model="charlm", type="generate", code="cancelled", at_least=before + 1
     ) == before + 1
+    assert await server.ainflight() == 0
 
 
 async def test_generation_garbage_collected_cycle_still_cancels(server: Server) -> None:
