@@ -44,6 +44,14 @@ __all__ = ["Progress", "Worker"]
 Progress = Callable[[dict[str, Any]], None]
 
 _CONNECT_CONCURRENCY = 32
+#: the open-loop scheduler never sleeps less than this: event-loop timers have millisecond resolution
+#: (uvloop turns a shorter sleep into a busy spin), so sends due within it go out together, at most
+#: this late - a lag the latency (measured from the intended time) includes and ``send_lag`` reports
+_MIN_SLEEP_S = 0.001
+#: ... and to balance that, requests due within this much of now are sent at once, early; an early
+#: request's latency runs from its actual send (never from the later intended time), so sending early
+#: cannot flatter the figures
+_LOOKAHEAD_S = 0.001
 _CLOSE_WAIT_S = 3.0
 _TERMINAL_OK = frozenset({"result", "done"})
 _PARTIAL = frozenset({"token", "chunk"})
@@ -104,6 +112,7 @@ class Worker:
         self._live_lat_max = 0.0
         self._sending = False
         self._slot_freed: asyncio.Event | None = None
+        self._cpu_mark: tuple[float, float] | None = None
         self._want_slot = False
 
     # -- set-up ------------------------------------------------------------
@@ -150,6 +159,7 @@ class Worker:
                 await self._sleep_until(window.end)
             else:
                 await self._open_loop(window)
+            self._cpu_done()
             self._sending = False
             await self._drain(deadline=window.end + load.grace_s)
         finally:
@@ -172,7 +182,8 @@ class Worker:
             for _ in range(k):
                 if not conn.alive:
                     break
-                self._send(conn, self._clock())
+                now = self._clock()
+                self._send(conn, now, now)
 
     async def _open_loop(self, window: Window) -> None:
         load = self._cfg.load
@@ -188,7 +199,7 @@ class Worker:
         clock = self._clock
         rr = 0
         while True:
-            backlog.extend(sched.due(clock()))
+            backlog.extend(sched.due(clock() + _LOOKAHEAD_S))
             while backlog:
                 conn = None
                 for _ in range(n):
@@ -200,19 +211,20 @@ class Worker:
                 if conn is None:
                     break
                 intended = backlog.popleft()
+                now = clock()
                 if window.measured(intended):
-                    lag = clock() - intended
-                    stats.send_lag.record_s(lag)
+                    lag = now - intended
+                    stats.send_lag.record_s(lag if lag > 0.0 else 0.0)
                     if lag > late_s:
                         stats.late_sends += 1
-                self._send(conn, intended)
+                self._send(conn, intended, now)
             if not any(c.alive for c in conns):
                 self._fail_backlog(backlog)
                 return
             nxt = sched.next_time
             if nxt == math.inf and not backlog:
                 return
-            timeout = None if nxt == math.inf else max(0.0, nxt - clock())
+            timeout = None if nxt == math.inf else max(_MIN_SLEEP_S, nxt - clock())
             if backlog:
                 self._slot_freed.clear()
                 self._want_slot = True
@@ -222,7 +234,7 @@ class Worker:
                     pass
                 self._want_slot = False
             else:
-                await asyncio.sleep(timeout or 0)
+                await asyncio.sleep(max(timeout or 0.0, _MIN_SLEEP_S))
 
     def _fail_backlog(self, backlog: deque[float]) -> None:
         """Requests that could never be sent (every connection closed) count as ``connection_closed``."""
@@ -234,7 +246,8 @@ class Worker:
                 w.sent += 1
                 w.errors["connection_closed"] += 1
 
-    def _send(self, conn: _Conn, intended: float) -> None:
+    def _send(self, conn: _Conn, intended: float, now: float) -> None:
+        """Send one request; its latency will run from ``min(intended, now)`` (late: intended; early: actual)."""
         i = self._cycle.next()
         rid = conn.next_id
         conn.next_id = rid + 1
@@ -244,7 +257,7 @@ class Worker:
             conn.client.send(data)  # type: ignore[union-attr]
         except ConnectionError:
             return  # the connection is closing; nothing was sent
-        conn.pending[rid] = _Req(i, intended, measured)
+        conn.pending[rid] = _Req(i, intended if intended < now else now, measured)
         if measured:
             self.stats.workloads[i].sent += 1
         self._live_sent += 1
@@ -278,7 +291,7 @@ class Worker:
         self._finish(req, now, code)
         if self._closed_loop:
             if self._sending and now < self._window.end:  # type: ignore[union-attr]
-                self._send(conn, now)
+                self._send(conn, now, now)
         elif self._want_slot:
             self._slot_freed.set()  # type: ignore[union-attr]
 
@@ -366,11 +379,17 @@ class Worker:
         return snap
 
     async def _cpu_meter(self, window: Window) -> None:
-        """CPU time this process used during the measurement window (is the client the bottleneck?)."""
+        """Marks CPU time at the start of the measurement; :meth:`_cpu_done` closes the interval."""
         await self._sleep_until(window.measure_start)
-        t0 = time.process_time()
-        await self._sleep_until(window.end)
-        self.stats.cpu_s_per_proc = [time.process_time() - t0]
+        self._cpu_mark = (self._clock(), time.process_time())
+
+    def _cpu_done(self) -> None:
+        """Cores this process kept busy from the measurement start until now (is the client the bottleneck?)."""
+        if self._cpu_mark is not None:
+            t0, c0 = self._cpu_mark
+            wall = self._clock() - t0
+            if wall > 0:
+                self.stats.cpu_cores_per_proc = [round((time.process_time() - c0) / wall, 3)]
 
     async def _ticker(self, progress: Progress, start: float) -> None:
         """Snapshot at ``start + k - 0.02`` s so the parent, printing at ``start + k``, has every process's."""

@@ -112,7 +112,7 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
     breaches = evaluate_slo(p99_ms=overall["p99"] if ok else None, error_rate=error_rate, ok=ok,
                             slo_p99_ms=cfg.slo_p99_ms, max_error_rate=cfg.max_error_rate)
     weights = {s.label: s.weight for s in cfg.specs}
-    cpu_cores = [round(c / duration, 3) for c in stats.cpu_s_per_proc]
+    cpu_cores = list(stats.cpu_cores_per_proc)
     return {
         "schema": REPORT_SCHEMA,
         "url": cfg.url,

@@ -110,8 +110,8 @@ class RunStats:
     procs: int = 1
     #: successful measured requests of each client process, in process order
     ok_per_proc: list[int] = field(default_factory=list)
-    #: CPU seconds (user + system) each client process used during the measurement window
-    cpu_s_per_proc: list[float] = field(default_factory=list)
+    #: cores each client process kept busy (user + system CPU time / wall time) while it sent measured requests
+    cpu_cores_per_proc: list[float] = field(default_factory=list)
 
     @classmethod
     def for_labels(cls, labels_kinds: list[tuple[str, str]]) -> RunStats:
@@ -129,7 +129,7 @@ class RunStats:
         self.close_codes.update(other.close_codes)
         self.procs += other.procs
         self.ok_per_proc.extend(other.ok_per_proc)
-        self.cpu_s_per_proc.extend(other.cpu_s_per_proc)
+        self.cpu_cores_per_proc.extend(other.cpu_cores_per_proc)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,7 +141,7 @@ class RunStats:
             "close_codes": dict(self.close_codes),
             "procs": self.procs,
             "ok_per_proc": list(self.ok_per_proc),
-            "cpu_s_per_proc": list(self.cpu_s_per_proc),
+            "cpu_cores_per_proc": list(self.cpu_cores_per_proc),
         }
 
     @classmethod
@@ -155,7 +155,7 @@ class RunStats:
             close_codes=Counter({str(k): int(v) for k, v in d["close_codes"].items()}),
             procs=int(d["procs"]),
             ok_per_proc=[int(v) for v in d["ok_per_proc"]],
-            cpu_s_per_proc=[float(v) for v in d["cpu_s_per_proc"]],
+            cpu_cores_per_proc=[float(v) for v in d["cpu_cores_per_proc"]],
         )
 
     @classmethod
