@@ -250,6 +250,34 @@ async def test_cancel_from_inside_a_sink_callback() -> None:
         await engine.close()
 
 
+class CancelOtherSink(RecordingSink):
+    engine: GenerationEngine
+    victim: object = None
+
+    def on_token(self, seq: int, text: str) -> None:
+        super().on_token(seq, text)
+        if seq == 3:
+            self.engine.cancel(self.victim)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_cancel_from_another_sink_keeps_order_and_counts(inline_max_batch: int) -> None:
+    """The victim's token of the same step is still pending when it is cancelled: it must
+    be delivered before the ``done``, and counted in it."""
+    engine = GenerationEngine(charlm(), inline_max_batch=inline_max_batch)
+    try:
+        canceller, victim = CancelOtherSink(), RecordingSink()
+        canceller.engine = engine
+        engine.submit(params(max_tokens=20), canceller)  # admitted first: its events come first
+        canceller.victim = engine.submit(params(max_tokens=20), victim)
+        await wait_for(lambda: canceller.ended and victim.ended)
+        assert victim.done is not None and victim.done[:2] == ("cancelled", 4)
+        assert len(victim.tokens) == 4 and not victim.violations and not canceller.violations
+        assert canceller.done is not None and canceller.done[:2] == ("length", 20)
+    finally:
+        await engine.close()
+
+
 class BrokenModel:
     """A model whose step fails: a true boundary for testing the engine's error path."""
 
@@ -272,6 +300,36 @@ async def test_a_failing_model_step_errors_its_batch_and_the_engine_lives_on(inl
         assert isinstance(again.error, Internal)
     finally:
         await engine.close()
+
+
+class NoVocabularyModel(BrokenModel):
+    """Steps fine but cannot turn ids into text: the scheduler's update fails (a bug path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.id_to_text = ()
+        self.logits = charlm().logits  # type: ignore[method-assign]
+
+
+async def test_an_engine_failure_ends_what_is_in_flight_and_the_engine_keeps_serving() -> None:
+    engine = GenerationEngine(NoVocabularyModel())  # type: ignore[arg-type]
+    try:
+        sinks = await run_all(engine, [params(), params(max_tokens=3)])
+        assert all(isinstance(s.error, Internal) and "engine failure" in s.error.message for s in sinks)
+        (again,) = await run_all(engine, [params()])
+        assert isinstance(again.error, Internal)
+    finally:
+        await engine.close()
+
+
+async def test_concurrent_closes_both_return_and_end_everything_once() -> None:
+    engine = GenerationEngine(charlm(), inline_max_batch=EXECUTOR)
+    sinks = [RecordingSink() for _ in range(4)]
+    for s in sinks:
+        engine.submit(params(max_tokens=100_000), s)
+    await wait_for(lambda: all(s.tokens for s in sinks))
+    await asyncio.gather(engine.close(), engine.close())
+    assert all(isinstance(s.error, ShuttingDown) and not s.violations for s in sinks)
 
 
 async def test_statistics_count_tokens_and_executor_steps() -> None:

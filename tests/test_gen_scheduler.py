@@ -148,7 +148,7 @@ def test_cancel_mid_stream_while_the_batch_computes() -> None:
     assert victim.timing()["total_ms"] == pytest.approx(4.5)
     assert other.finish_reason == "length" and len(out.joined(other)) == 10
     sched.finish_requests([victim, other], clock.now)  # finished ones are ignored
-    assert sched.take_events() == ([], [])
+    assert sched.take_events() == []
 
 
 def test_deadline_while_queued_and_while_running() -> None:

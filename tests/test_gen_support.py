@@ -15,6 +15,7 @@ import pytest
 
 from wsserve.errors import WsserveError
 from wsserve.generation import GenerationParams, Scheduler, Sequence, run_step
+from wsserve.generation.scheduler import FINISHED
 from wsserve.models.charlm import CharLM, train_charlm
 
 
@@ -41,15 +42,16 @@ class Collected:
         self.batch_sizes: list[int] = []
 
     def take(self, sched: Scheduler) -> None:
-        tokens, finished = sched.take_events()
-        for seq, n, text in tokens:
+        for seq, n, text in sched.take_events():
+            if n == FINISHED:
+                assert seq.id not in self.finished, f"seq {seq.id}: finished twice"
+                assert seq.streamed == len(self.text.get(seq.id, [])), f"seq {seq.id}: count"
+                self.finished[seq.id] = seq
+                continue
             got = self.text.setdefault(seq.id, [])
             assert n == len(got), f"seq {seq.id}: token #{n} after {len(got)}"
             assert seq.id not in self.finished, f"seq {seq.id}: token after finish"
             got.append(text)
-        for seq in finished:
-            assert seq.id not in self.finished, f"seq {seq.id}: finished twice"
-            self.finished[seq.id] = seq
 
     def joined(self, seq: Sequence) -> str:
         return "".join(self.text.get(seq.id, []))
@@ -138,6 +140,6 @@ def test_collected_rejects_tokens_after_finish() -> None:
     seq = sched.add_request(params(max_tokens=2), clock.now)
     run_until_idle(sched, clock, out)
     assert out.joined(seq) and seq.finished
-    sched._out_tokens.append((seq, 2, "x"))  # forge a late token event
+    sched._out.append((seq, 2, "x"))  # forge a late token event
     with pytest.raises(AssertionError, match="after finish"):
         out.take(sched)

@@ -3,11 +3,13 @@
 One task runs the step loop: ``schedule -> step -> update_from_output ->
 deliver``, where *step* (:func:`run_step`) computes the next token of every
 running sequence in one vectorized numpy call.  Batches of more than
-``inline_max_batch`` sequences run in a one-thread executor, so the event loop
-serves sockets meanwhile; smaller ones run inline (a thread hop costs more than
-they do - see ``benchmarks/results/generate.md``), followed by ``sleep(0)`` so
-I/O still runs between steps.  With nothing to do the task sleeps on an
-``asyncio.Event`` (no polling).
+``inline_max_batch`` sequences run in a one-thread executor, pipelined: while
+step N+1 computes there, the loop thread delivers step N's tokens to the sinks
+(and serves sockets).  Smaller batches run inline - a thread round trip (~35-45
+us here) costs more than their step (B = 16: ~35 us; see
+``benchmarks/results/generate.md``) - followed by ``sleep(0)`` so I/O still runs
+between steps.  With nothing to do the task sleeps on an ``asyncio.Event`` (no
+polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +41,7 @@ import numpy as np
 from ..errors import Internal, ShuttingDown, WsserveError
 from .params import GenerationParams
 from .sampling import sample
-from .scheduler import Batch, Scheduler, Sequence, TokenModel
+from .scheduler import FINISHED, Batch, Event, Scheduler, Sequence, TokenModel
 
 __all__ = ["EngineStatistics", "GenerationEngine", "TokenSink", "run_step"]
 
@@ -103,7 +106,9 @@ class GenerationEngine:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
         self._executor_steps = 0
+        self._pending: deque[Event] = deque()
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -128,11 +133,16 @@ class GenerationEngine:
         return seq
 
     def cancel(self, handle: Sequence) -> None:
-        """End ``handle`` with ``on_done("cancelled", ...)`` before returning; no-op if it has ended."""
-        if handle.owner is None or handle.finished:
+        """End ``handle`` with ``on_done("cancelled", ...)`` before returning.
+
+        If it has already finished (its ``on_done``/``on_error`` maybe still
+        pending), that terminal callback is delivered now instead; if it was
+        delivered already, this is a no-op.
+        """
+        if handle.owner is None:
             return
-        self._sched.finish_requests((handle,), time.monotonic())
-        self._deliver()
+        self._sched.finish_requests((handle,), time.monotonic())  # no-op if it just finished
+        self._deliver()  # its terminal callback (whatever the reason) happens now
 
     def statistics(self) -> EngineStatistics:
         s = self._sched.statistics()
@@ -146,11 +156,15 @@ class GenerationEngine:
     async def close(self) -> None:
         """Stop stepping (after the current step) and end every unfinished generation
         with :class:`~wsserve.errors.ShuttingDown`.  Idempotent."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._closed = True
         self._wakeup.set()
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        if self._task is not None:
+            await self._task  # finishes the step in progress and delivers its events
         self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())
         self._deliver()
         if self._executor is not None:
@@ -159,50 +173,73 @@ class GenerationEngine:
 
     # -- the loop --------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed:
+                try:
+                    await self._iteration()
+                except Exception as exc:  # a bug: fail what is in flight, keep serving
+                    log.exception("generation engine iteration failed")
+                    self._sched.abort_all(Internal(f"generation engine failure: {type(exc).__name__}: {exc}"),
+                                          time.monotonic())
+        finally:
+            self._deliver()
+
+    async def _iteration(self) -> None:
+        """One step: schedule, compute (inline or in the executor), update, deliver."""
         sched, model = self._sched, self.model
-        while not self._closed:
-            if not sched.has_unfinished():
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = sched.schedule(time.monotonic())
+        if not sched.has_unfinished():
             self._deliver()
-            if batch is None:
-                continue
-            inline = batch.size <= self._inline_max_batch
-            try:
-                if inline:
-                    tokens = run_step(model, batch)
-                else:
-                    if self._executor is None:
-                        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
-                    self._executor_steps += 1
-                    tokens = await loop.run_in_executor(self._executor, run_step, model, batch)
-            except Exception as exc:  # a model failure ends this batch, not the engine
-                log.exception("generation step failed (batch of %d)", batch.size)
-                sched.fail_batch(batch, Internal(f"generation step failed: {type(exc).__name__}: {exc}"),
-                                 time.monotonic())
-            else:
-                sched.update_from_output(batch, tokens, time.monotonic())
+            self._wakeup.clear()
+            await self._wakeup.wait()
+            return
+        batch = sched.schedule(time.monotonic())
+        if batch is None:
             self._deliver()
+            return
+        inline = batch.size <= self._inline_max_batch
+        try:
             if inline:
-                await asyncio.sleep(0)  # let I/O and submissions in between steps
+                self._deliver()
+                tokens = run_step(model, batch)
+            else:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
+                self._executor_steps += 1
+                future = asyncio.get_running_loop().run_in_executor(self._executor, run_step, model, batch)
+                # Pipelining: the previous step's tokens go out while this one computes.
+                self._deliver()
+                tokens = await future
+        except Exception as exc:  # a model failure ends this batch, not the engine
+            log.exception("generation step failed (batch of %d)", batch.size)
+            sched.fail_batch(batch, Internal(f"generation step failed: {type(exc).__name__}: {exc}"),
+                             time.monotonic())
+        else:
+            sched.update_from_output(batch, tokens, time.monotonic())
+        if inline:
+            self._deliver()
+            await asyncio.sleep(0)  # let I/O and submissions in between steps
 
     def _deliver(self) -> None:
-        tokens, finished = self._sched.take_events()
-        for seq, n, text in tokens:
+        """Hand pending events to their sinks, in order.
+
+        Re-entrant: a sink callback that cancels (and so calls this again) drains
+        the same queue, so events keep their order and a cancelled sequence's
+        ``on_done`` still comes after every token it counts.
+        """
+        pending = self._pending
+        pending.extend(self._sched.take_events())
+        while pending:
+            seq, n, text = pending.popleft()
             sink = seq.owner
-            if sink is None:  # already terminated (e.g. cancelled from a sink callback)
+            if sink is None:  # already terminated (cancelled from a callback, failed sink)
                 continue
-            try:
-                sink.on_token(n, text)
-            except Exception as exc:
-                self._sink_failed(seq, "on_token", exc)
-        for seq in finished:
-            sink, seq.owner = seq.owner, None
-            if sink is None:
+            if n != FINISHED:
+                try:
+                    sink.on_token(n, text)
+                except Exception as exc:
+                    self._sink_failed(seq, "on_token", exc)
                 continue
+            seq.owner = None
             try:
                 if seq.error is not None:
                     sink.on_error(seq.error)

@@ -5,7 +5,7 @@ The shape of vLLM's scheduler interface: a driver calls, once per model step::
     batch = scheduler.schedule(now)            # expire, admit, build the batch
     tokens = step(model, batch)                # anywhere (e.g. a worker thread)
     scheduler.update_from_output(batch, tokens, now)
-    tokens, finished = scheduler.take_events()  # deliver them
+    events = scheduler.take_events()            # deliver them, in order
 
 and, at any time between those calls, :meth:`Scheduler.add_request` and
 :meth:`Scheduler.finish_requests` (cancel).  Nothing here awaits, sleeps or reads
@@ -23,10 +23,13 @@ Semantics:
   (a stop string completed), ``cancelled`` (:meth:`finish_requests`), or an
   error: :class:`~wsserve.errors.DeadlineExceeded` (checked at every
   :meth:`schedule`), or whatever :meth:`fail_batch` / :meth:`abort_all` pass.
-- Token events are ``(seq, n, text)``: one per streamed character, ``n`` = 0, 1,
-  2, ...  Text that may begin a stop string is held back (:mod:`.stops`); on a
-  ``length`` finish it is released first; on cancel or error it is dropped.
-  ``seq.streamed`` (the count of token events) is the ``tokens`` of ``done``.
+- Events are ``(seq, n, text)`` tuples in one ordered list: a token event per
+  streamed character with ``n`` = 0, 1, 2, ..., then exactly one terminal event
+  with ``n == FINISHED`` (-1) and ``text == ""`` (``seq.finish_reason`` or
+  ``seq.error`` says how it ended).  Text that may begin a stop string is held
+  back (:mod:`.stops`); on a ``length`` finish it is released first; on cancel
+  or error it is dropped.  ``seq.streamed`` (the number of token events) is the
+  ``tokens`` of ``done``.
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
 """
@@ -47,7 +50,10 @@ from .params import GenerationParams
 from .sampling import NOISE_BLOCK, gumbel_block, new_generator
 from .stops import StopMatcher
 
-__all__ = ["Batch", "Scheduler", "SchedulerStatistics", "Sequence", "SeqState", "TokenModel"]
+__all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "Sequence", "SeqState", "TokenModel"]
+
+#: ``n`` of a sequence's terminal event.
+FINISHED = -1
 
 
 class TokenModel(Protocol):
@@ -121,6 +127,10 @@ class Sequence:
         return f"<Sequence {self.id} {self.state.value} generated={self.generated}>"
 
 
+#: ``(seq, n, text)``: token ``n`` of ``seq``, or its terminal event when ``n == FINISHED``.
+Event = tuple[Sequence, int, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Inputs of one model step; row i belongs to ``seqs[i]``.
@@ -183,8 +193,7 @@ class Scheduler:
         self._n_running = 0
         self._dirty = True  # running set changed: rebuild the cached batch layout
         self._layout: tuple[Any, ...] = ()
-        self._out_tokens: list[tuple[Sequence, int, str]] = []
-        self._out_finished: list[Sequence] = []
+        self._out: list[Event] = []
         self._steps = self._tokens = self._generated = self._finished = self._last_batch = 0
         self._step_s = 0.0
 
@@ -233,14 +242,10 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self._n_running or self._waiting[0] or self._waiting[1])
 
-    def take_events(self) -> tuple[list[tuple[Sequence, int, str]], list[Sequence]]:
-        """``(token events, finished sequences)`` since the last call, in order.
-
-        A sequence's token events all precede its entry in the finished list.
-        """
-        tokens, finished = self._out_tokens, self._out_finished
-        self._out_tokens, self._out_finished = [], []
-        return tokens, finished
+    def take_events(self) -> list[Event]:
+        """The events since the last call, in order (see the module docstring)."""
+        out, self._out = self._out, []
+        return out
 
     # -- the step --------------------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
@@ -283,8 +288,8 @@ class Scheduler:
         rolled[:, :-1] = ctx[:, 1:]
         rolled[:, -1] = tokens
         self._ctx[batch.slots] = rolled
-        itos, out = self._itos, self._out_tokens
-        running, streamed0 = SeqState.RUNNING, len(out)
+        itos, out = self._itos, self._out
+        running, emitted = SeqState.RUNNING, 0
         for seq, tok in zip(batch.seqs, tokens.tolist()):
             if seq.state is not running:
                 continue
@@ -296,6 +301,7 @@ class Scheduler:
             if matcher is None:
                 out.append((seq, seq.streamed, text))
                 seq.streamed += 1
+                emitted += 1
                 if seq.generated >= seq.params.max_tokens:
                     self._finish(seq, now, reason="length")
                 continue
@@ -305,12 +311,13 @@ class Scheduler:
             for ch in released:
                 out.append((seq, seq.streamed, ch))
                 seq.streamed += 1
+                emitted += 1
             if stopped:
                 self._finish(seq, now, reason="stop")
             elif seq.generated >= seq.params.max_tokens:
                 self._finish(seq, now, reason="length")
         self._generated += batch.size
-        self._tokens += len(out) - streamed0
+        self._tokens += emitted
 
     # -- introspection ---------------------------------------------------------------
     def statistics(self) -> SchedulerStatistics:
@@ -372,7 +379,7 @@ class Scheduler:
         seq.finish_reason, seq.error, seq.finished_at = reason, error, now
         seq._rng = seq._context = None
         self._finished += 1
-        self._out_finished.append(seq)
+        self._out.append((seq, FINISHED, ""))
 
     def _retry_after_ms(self) -> int:
         running = [s for s in self._running if s.state is SeqState.RUNNING]

@@ -1,0 +1,350 @@
+"""Token generation throughput and time-to-first-token: continuous batching vs a per-request loop.
+
+Modes (``--mode``):
+
+- ``engine`` (in-process): C generations submitted at once to a
+  :class:`~wsserve.generation.GenerationEngine`, against the baseline, a
+  *per-request loop* - each generation stepping alone in its own asyncio task
+  (``model.logits`` on ``[1, k]``, the same sampler, ``sleep(0)`` between
+  tokens) - measured side by side in the same process, interleaved run by run.
+- ``wire``: the real server (``python -m wsserve serve --port 0``) in a
+  subprocess, driven by a raw ``websockets`` client in another process; C
+  ``generate`` streams spread over ``min(C, 16)`` connections.
+
+Per configuration it reports aggregate tokens/s (tokens streamed / wall time
+from the first submit to the last ``done``) and TTFT p50/p99 (submit -> first
+token, per stream), as medians over ``--runs`` runs, and writes a Markdown
+fragment to ``benchmarks/results/generate.md``.
+
+    python benchmarks/bench_generate.py                   # engine + wire, ~2-3 min
+    python benchmarks/bench_generate.py --mode engine --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+CONCURRENCY = (1, 8, 64, 256)
+
+
+@dataclass
+class Result:
+    tokens: int
+    wall_s: float
+    ttft_ms: list[float]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.ttft_ms, q))
+
+
+def _params(i: int, max_tokens: int) -> dict[str, Any]:
+    """Stream i's request: sampled (temperature 0.8, seed i) - every other one greedy."""
+    return {"prompt": ("The ", "def ", "import ", "A ")[i % 4], "max_tokens": max_tokens,
+            "temperature": 0.8 if i % 2 else 0.0, "seed": i}
+
+
+# --------------------------------------------------------------------------- engine level
+
+class _Sink:
+    __slots__ = ("t0", "first", "tokens", "done", "all_done")
+
+    def __init__(self, t0: float, all_done: list[int], event: asyncio.Event) -> None:
+        self.t0, self.first, self.tokens, self.done = t0, 0.0, 0, (all_done, event)
+
+    def on_token(self, seq: int, text: str) -> None:
+        if seq == 0:
+            self.first = time.perf_counter() - self.t0
+        self.tokens += 1
+
+    def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
+        remaining, event = self.done
+        remaining[0] -= 1
+        if not remaining[0]:
+            event.set()
+
+    def on_error(self, exc: Exception) -> None:
+        raise RuntimeError(f"generation failed in the benchmark: {exc!r}")
+
+
+async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int | None) -> Result:
+    from wsserve.generation import GenerationEngine, GenerationParams
+
+    kw = {} if inline_max_batch is None else {"inline_max_batch": inline_max_batch}
+    engine = GenerationEngine(model, max_batch_size=256, max_queue=None, **kw)
+    engine.start()
+    await asyncio.sleep(0)
+    remaining, event = [c], asyncio.Event()
+    t0 = time.perf_counter()
+    sinks = [_Sink(t0, remaining, event) for _ in range(c)]
+    for i, sink in enumerate(sinks):
+        engine.submit(GenerationParams(**_params(i, max_tokens)), sink)
+    await event.wait()
+    wall = time.perf_counter() - t0
+    await engine.close()
+    return Result(sum(s.tokens for s in sinks), wall, [s.first * 1e3 for s in sinks])
+
+
+async def run_loop(model: Any, c: int, max_tokens: int) -> Result:
+    """Baseline: every generation steps alone in its own task (no batching across requests)."""
+    from wsserve.generation.sampling import NOISE_BLOCK, gumbel_block, new_generator, sample
+
+    async def one(i: int, sink: _Sink) -> None:
+        p = _params(i, max_tokens)
+        ctx = model.initial_context(p["prompt"])[None, :]  # [1, k]
+        temp = np.array([p["temperature"]])
+        top_k = np.zeros(1, np.int64)
+        rng = new_generator(p["seed"]) if p["temperature"] > 0 else None
+        block = None
+        for t in range(p["max_tokens"]):
+            noise = None
+            if rng is not None:
+                if t % NOISE_BLOCK == 0:
+                    block = gumbel_block(rng, model.vocab_size)
+                noise = block[t % NOISE_BLOCK][None, :]
+            tok = int(sample(model.logits(ctx), temp, top_k, noise)[0])
+            sink.on_token(t, model.id_to_text[tok])
+            ctx = np.concatenate([ctx[:, 1:], [[tok]]], axis=1)
+            await asyncio.sleep(0)
+        sink.on_done("length", p["max_tokens"], {})
+
+    remaining, event = [c], asyncio.Event()
+    t0 = time.perf_counter()
+    sinks = [_Sink(t0, remaining, event) for _ in range(c)]
+    tasks = [asyncio.ensure_future(one(i, s)) for i, s in enumerate(sinks)]
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    return Result(sum(s.tokens for s in sinks), wall, [s.first * 1e3 for s in sinks])
+
+
+def bench_engine(levels: tuple[int, ...], runs: int, max_tokens: int, inline_max_batch: int | None) -> dict[str, Any]:
+    from wsserve.models.charlm import train_charlm
+
+    model = train_charlm()
+    out: dict[str, dict[int, list[Result]]] = {"engine": {c: [] for c in levels}, "loop": {c: [] for c in levels}}
+
+    async def main() -> None:
+        out["hop"] = await measure_hop(model)  # type: ignore[assignment]
+        await run_engine(model, 8, 20, inline_max_batch)  # warm-up (threads, caches)
+        for _ in range(runs):
+            for c in levels:
+                out["engine"][c].append(await run_engine(model, c, max_tokens, inline_max_batch))
+                out["loop"][c].append(await run_loop(model, c, max_tokens))
+
+    asyncio.run(main())
+    return out
+
+
+async def measure_hop(model: Any) -> list[str]:
+    """The numbers behind the engine's inline/executor threshold (``inline_max_batch``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wsserve.generation import GenerationParams, Scheduler, run_step
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as ex:
+        for _ in range(200):
+            await loop.run_in_executor(ex, int)
+        hops = []
+        for _ in range(2000):
+            t = time.perf_counter()
+            await loop.run_in_executor(ex, int)
+            hops.append(time.perf_counter() - t)
+    cells = []
+    for b in (1, 8, 16, 32, 64, 256):
+        sched = Scheduler(model, max_batch_size=256)
+        for i in range(b):
+            sched.add_request(GenerationParams(**_params(i, 10**6)), 0.0)
+        batch = sched.schedule(0.0)
+        ts = []
+        for _ in range(300):
+            t = time.perf_counter()
+            run_step(model, batch)
+            ts.append(time.perf_counter() - t)
+        cells.append(f"B={b}: {statistics.median(ts) * 1e6:.0f}")
+    return [f"Inline threshold: an executor round trip (`run_in_executor` of a no-op) takes "
+            f"{statistics.median(hops) * 1e6:.0f} us (median); one batched step (`run_step`, us, median): "
+            + ", ".join(cells) + ". Steps of up to `inline_max_batch` = 16 sequences cost less than "
+            "the hop and run on the loop thread; bigger ones go to the executor so the loop serves "
+            "sockets meanwhile.", ""]
+
+
+# --------------------------------------------------------------------------- over the wire
+
+def _start_server(cache_dir: str | None) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cache_dir:
+        env["WSSERVE_CACHE_DIR"] = cache_dir
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "ws://" in line:
+            url = line[line.index("ws://"):].split()[0]
+            return proc, url
+    proc.kill()
+    raise RuntimeError("server did not print its ws:// URL")
+
+
+async def wire_client(url: str, c: int, max_tokens: int) -> dict[str, Any]:
+    """Runs in its own process: C streams over min(C, 16) connections; returns a Result as JSON."""
+    import orjson
+    from websockets.asyncio.client import connect
+
+    n_conn = min(c, 16)
+    conns = [await connect(url, max_size=None, compression=None) for _ in range(n_conn)]
+    for ws in conns:
+        await ws.recv()  # hello
+    for ws in conns:  # warm-up: one short generation per connection, untimed
+        await ws.send(orjson.dumps({"type": "generate", "id": "warm", "model": "charlm", "prompt": "a",
+                                    "max_tokens": 8}).decode())
+        while orjson.loads(await ws.recv(decode=False))["type"] != "done":
+            pass
+    firsts: dict[int, float] = {}
+    tokens = [0]
+    done = [0]
+
+    async def reader(ws: Any, expected: int) -> None:
+        finished = 0
+        while finished < expected:
+            frame = orjson.loads(await ws.recv(decode=False))
+            kind = frame["type"]
+            if kind == "token":
+                tokens[0] += 1
+                if frame["seq"] == 0:
+                    firsts[frame["id"]] = time.perf_counter()
+            elif kind == "done":
+                finished += 1
+            elif kind == "error":
+                raise RuntimeError(f"server error: {frame}")
+
+    t0 = time.perf_counter()
+    per_conn = [0] * n_conn
+    for i in range(c):
+        per_conn[i % n_conn] += 1
+        await conns[i % n_conn].send(orjson.dumps({"type": "generate", "id": i, "model": "charlm", **_params(i, max_tokens)}).decode())
+    await asyncio.gather(*(reader(ws, n) for ws, n in zip(conns, per_conn)))
+    wall = time.perf_counter() - t0
+    done[0] = c
+    for ws in conns:
+        await ws.close()
+    return {"tokens": tokens[0], "wall_s": wall, "ttft_ms": [(firsts[i] - t0) * 1e3 for i in range(c)]}
+
+
+def bench_wire(levels: tuple[int, ...], runs: int, max_tokens: int, cache_dir: str | None) -> dict[int, list[Result]]:
+    proc, url = _start_server(cache_dir)
+    out: dict[int, list[Result]] = {c: [] for c in levels}
+    try:
+        for r in range(runs + 1):
+            for c in levels if r else (8,):  # the first pass is a warm-up
+                res = subprocess.run(
+                    [sys.executable, __file__, "--wire-client", url, str(c), str(max_tokens if r else 20)],
+                    capture_output=True, text=True, timeout=120, check=True,
+                )
+                if r:
+                    d = json.loads(res.stdout)
+                    out[c].append(Result(d["tokens"], d["wall_s"], d["ttft_ms"]))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+def _median(results: list[Result]) -> tuple[float, float, float]:
+    return (statistics.median(r.tokens_per_s for r in results),
+            statistics.median(r.pct(50) for r in results),
+            statistics.median(r.pct(99) for r in results))
+
+
+def _table(title: str, rows: dict[int, list[Result]], base: dict[int, list[Result]] | None) -> list[str]:
+    head = "| streams | tokens/s | TTFT p50 ms | TTFT p99 ms | vs 1 stream |"
+    lines = [f"**{title}**", "", head + (" vs per-request loop |" if base else ""),
+             "|---:|---:|---:|---:|---:|" + ("---:|" if base else "")]
+    one = _median(rows[min(rows)])[0]
+    for c, results in rows.items():
+        tps, p50, p99 = _median(results)
+        line = f"| {c} | {tps:,.0f} | {p50:.2f} | {p99:.2f} | {tps / one:.1f}x |"
+        if base:
+            line += f" {tps / _median(base[c])[0]:.1f}x |"
+        lines.append(line)
+    return lines + [""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=("engine", "wire", "both"), default="both")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=200, help="max_tokens per stream")
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    ap.add_argument("--inline-max-batch", type=int, default=None, help="engine setting (default: its own)")
+    ap.add_argument("--cache-dir", default=None, help="weights cache for the wire server")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate.md"))
+    ap.add_argument("--wire-client", nargs=3, metavar=("URL", "C", "TOKENS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.wire_client:
+        url, c, n = args.wire_client
+        print(json.dumps(asyncio.run(wire_client(url, int(c), int(n)))))
+        return
+
+    levels = tuple(int(x) for x in args.concurrency.split(","))
+    cmd = "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:])
+    lines = ["## Token generation: continuous batching (`generate`, charlm)", "",
+             f"Command: `{cmd.strip()}` - {args.runs} runs, medians; {args.tokens} tokens per stream, "
+             "every other stream sampled (temperature 0.8, seeded), the rest greedy. "
+             f"{platform.python_implementation()} {platform.python_version()}, "
+             f"numpy {np.__version__}, one BLAS thread, {os.cpu_count()} cores (shared machine; "
+             f"load average {os.getloadavg()[0]:.1f} at the start).", ""]
+    t_start = time.perf_counter()
+    with threadpool_limits(limits=1):
+        if args.mode in ("engine", "both"):
+            res = bench_engine(levels, args.runs, args.tokens, args.inline_max_batch)
+            lines += _table("In-process engine (continuous batching)", res["engine"], res["loop"])
+            lines += _table("In-process per-request loop (baseline: each generation steps alone in its task)",
+                            res["loop"], None)
+            if 1 in levels and 64 in levels:
+                e1, e64, l64 = (_median(res[k][c])[0] for k, c in (("engine", 1), ("engine", 64), ("loop", 64)))
+                lines += [f"Targets at 64 streams: {e64 / e1:.1f}x one stream (target >= 12x), "
+                          f"{e64 / l64:.1f}x the per-request loop (target >= 5x).", ""]
+            lines += res["hop"]
+    if args.mode in ("wire", "both"):
+        wire = bench_wire(levels, args.runs, args.tokens, args.cache_dir)
+        lines += _table("Over the wire (server subprocess, raw websockets client in another process, "
+                        "streams over min(C, 16) connections)", wire, None)
+    lines += [f"Whole run: {time.perf_counter() - t_start:.0f} s.", ""]
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
