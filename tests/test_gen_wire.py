@@ -1,0 +1,117 @@
+"""``generate`` over a real socket: invariance, stop strings, cancel, disconnect, deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.wsclient import Conn
+
+GEN = {"type": "generate", "model": "charlm"}
+
+
+def text_of(frames: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """Concatenated token text and the terminal frame; checks seq order and the token count."""
+    *tokens, last = frames
+    assert [f["type"] for f in tokens] == ["token"] * len(tokens)
+    assert [f["seq"] for f in tokens] == list(range(len(tokens)))
+    if last["type"] == "done":
+        assert last["tokens"] == len(tokens)
+    return "".join(f["text"] for f in tokens), last
+
+
+async def generate(conn: Conn, rid: Any, **fields: Any) -> tuple[str, dict[str, Any]]:
+    await conn.send({**GEN, "id": rid, **fields})
+    frames, last = await conn.until_terminal(rid)
+    return text_of([*frames, last])
+
+
+TARGETS = [
+    {"prompt": "The ", "max_tokens": 60},
+    {"prompt": "The ", "max_tokens": 60, "temperature": 0.9, "seed": 7},
+    {"prompt": "def ", "max_tokens": 40, "temperature": 1.2, "top_k": 12, "seed": 99, "stop": ["\n\n"]},
+]
+
+
+async def test_same_text_alone_and_among_32_concurrent_generations(server_url: str) -> None:
+    conn = await Conn.open(server_url)
+    alone = [await generate(conn, f"alone{i}", **t) for i, t in enumerate(TARGETS)]
+    crowd = await Conn.open(server_url)  # a second connection keeps the batch busy
+    for i in range(32):
+        await crowd.send({**GEN, "id": i, "prompt": ("x", "import ", "A ")[i % 3],
+                          "max_tokens": 10 + 17 * i % 150, "temperature": (0, 0.8, 1.5)[i % 3], "seed": i})
+    for i, t in enumerate(TARGETS):
+        await conn.send({**GEN, "id": f"busy{i}", **t})
+    got = await conn.collect({f"busy{i}" for i in range(len(TARGETS))})
+    crowd_frames = await crowd.collect(set(range(32)))
+    assert all(text_of(f)[1]["reason"] == "length" for f in crowd_frames.values())
+    for i, (text, last) in enumerate(alone):
+        busy_text, busy_last = text_of(got[f"busy{i}"])
+        assert (busy_text, busy_last["reason"]) == (text, last["reason"]), TARGETS[i]
+    await conn.close()
+    await crowd.close()
+
+
+async def test_stop_string_is_not_streamed(server_url: str) -> None:
+    conn = await Conn.open(server_url)
+    free, _ = await generate(conn, 1, prompt="The ", max_tokens=50)
+    stop = free[12:15]
+    cut = free.find(stop)
+    text, done = await generate(conn, 2, prompt="The ", max_tokens=50, stop=[stop])
+    assert (text, done["reason"], done["tokens"]) == (free[:cut], "stop", cut)
+    # a stop string that is never produced: everything held back is flushed on length
+    text, done = await generate(conn, 3, prompt="The ", max_tokens=50, stop=[free[-2:] + "\u00a7"])
+    assert (text, done["reason"]) == (free, "length")
+    await conn.close()
+
+
+async def test_cancel_mid_stream_then_nothing_more(server_url: str) -> None:
+    conn = await Conn.open(server_url)
+    await conn.send({**GEN, "id": "c", "prompt": "a", "max_tokens": 100_000})
+    for _ in range(5):
+        assert (await conn.recv())["type"] == "token"
+    await conn.send({"type": "cancel", "id": "c"})
+    frames, done = await conn.until_terminal("c")
+    assert done["type"] == "done" and done["reason"] == "cancelled"
+    assert done["tokens"] == 5 + len(frames) < 100_000
+    assert done["timing"]["total_ms"] > 0
+    pong = await conn.request({"type": "ping", "id": "after"})  # ordered after anything still in flight
+    assert pong == {"type": "pong", "id": "after"}
+    await conn.close()
+
+
+async def test_disconnect_frees_the_slot(start_server) -> None:
+    server = start_server("--models", "charlm", "--max-generate-batch", "1")
+    hog = await Conn.open(server.url)
+    await hog.send({**GEN, "id": 1, "prompt": "a", "max_tokens": 100_000})
+    assert (await hog.recv())["type"] == "token"
+    waiter = await Conn.open(server.url)
+    await waiter.send({**GEN, "id": 2, "prompt": "b", "max_tokens": 5})
+    with pytest.raises(asyncio.TimeoutError):  # no slot while the hog runs
+        await waiter.recv(timeout=0.3)
+    await hog.close()
+    text, done = await generate(waiter, 3, prompt="c", max_tokens=3)  # queued behind id 2
+    frames = [f for f in waiter.frames if f.get("id") == 2]
+    assert frames and frames[-1]["type"] == "done" and frames[-1]["tokens"] == 5
+    assert done["reason"] == "length" and len(text) == 3
+    await waiter.close()
+
+
+async def test_timeout_ms_ends_with_deadline_exceeded(server_url: str) -> None:
+    conn = await Conn.open(server_url)
+    await conn.send({**GEN, "id": "t", "prompt": "a", "max_tokens": 100_000, "timeout_ms": 100})
+    frames, last = await conn.until_terminal("t")
+    assert last["type"] == "error" and last["code"] == "deadline_exceeded"
+    assert 0 < len(frames) < 100_000
+    assert await conn.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+    await conn.close()
+
+
+@pytest.mark.parametrize("prompt", ["caf\u00e9 \u201cquoted\u201d \u65e5\u672c", ""])
+async def test_any_prompt_text_is_accepted(server_url: str, prompt: str) -> None:
+    conn = await Conn.open(server_url)
+    text, done = await generate(conn, "p", prompt=prompt, max_tokens=8)
+    assert done["reason"] == "length" and len(text) == 8
+    await conn.close()
