@@ -58,3 +58,17 @@ def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path:
     rep = orjson.loads(out.read_bytes())
     assert rep["mode"] == "closed" and rep["config"]["inflight"] == 2 and rep["requests"]["ok"] > 0
     assert rep["requests"]["errors"] == 0
+
+
+def test_api_key_is_sent_in_every_handshake(model_cache: Path) -> None:
+    proc = ServerProcess("--api-key", "k3y", cache_dir=model_cache)
+    try:
+        base = dict(url=proc.url, specs=tuple(parse_mix("predict:linear")), connections=2, duration_s=0.5, warmup_s=0.1,
+                    progress=False)
+        with_key = run_load(LoadConfig(**base, api_key="k3y"), err=io.StringIO())
+        without = run_load(LoadConfig(**base), err=io.StringIO())
+    finally:
+        proc.stop()
+    assert with_key["requests"]["ok"] > 0 and with_key["requests"]["errors"] == 0
+    assert without["requests"]["ok"] == 0 and set(without["errors"]) == {"unauthorized"}
+    assert "k3y" not in repr(LoadConfig(**base, api_key="k3y")) and "k3y" not in orjson.dumps(with_key).decode()

@@ -10,6 +10,7 @@ A thin adapter: :func:`add_arguments` declares the flags on any
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--protocol", dest="echo", action="store_const", const=False,
                       help="require a wsserve-protocol server (refuse an echo)")
     work.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
+    work.add_argument("--api-key", default=None, metavar="KEY",
+                      help="send 'Authorization: Bearer KEY' in each handshake (default: $WSSERVE_API_KEY if set)")
     out = parser.add_argument_group("output and pass/fail")
     out.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the full report as JSON to FILE")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress line each second")
@@ -102,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         procs=args.procs,
         echo=args.echo,
         seed=args.seed,
+        api_key=args.api_key or os.environ.get("WSSERVE_API_KEY") or None,
         late_ms=args.late_ms,
         grace_s=args.grace,
         open_timeout_s=args.open_timeout,

@@ -41,6 +41,8 @@ class LoadConfig:
     procs: int = 1
     echo: bool | None = None
     seed: int = 0
+    #: sent as ``Authorization: Bearer <key>`` in every handshake; never printed or reported
+    api_key: str | None = field(default=None, repr=False)
     # Timeouts
     late_ms: float = 5.0
     grace_s: float = 5.0

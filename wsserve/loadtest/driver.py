@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from .config import WorkerConfig
-from .probe import SUBPROTOCOL
+from .probe import SUBPROTOCOL, auth_headers
 from .schedule import OpenLoopSchedule, Window
 from .stats import RunStats
 from .transport import WsClient, open_client
@@ -131,6 +131,7 @@ class Worker:
                         on_message=lambda data: self._on_message(conn, data),
                         on_close=lambda code: self._on_close(conn, code),
                         subprotocols=[SUBPROTOCOL],
+                        headers=auth_headers(load.api_key),
                         open_timeout_s=load.open_timeout_s,
                     )
                 except Exception as exc:  # noqa: BLE001 - every failure is reported, none is fatal alone

@@ -50,8 +50,9 @@ class HandshakeError(Exception):
     """The server did not accept the WebSocket upgrade; the message gives its status line."""
 
 
-def handshake_request(*, host: str, port: int, path: str, subprotocols: list[str] | None = None) -> tuple[bytes, str]:
-    """The HTTP upgrade request and its ``Sec-WebSocket-Key``."""
+def handshake_request(*, host: str, port: int, path: str, subprotocols: list[str] | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """The HTTP upgrade request (with any extra ``headers``) and its ``Sec-WebSocket-Key``."""
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path or '/'} HTTP/1.1",
@@ -64,6 +65,10 @@ def handshake_request(*, host: str, port: int, path: str, subprotocols: list[str
     ]
     if subprotocols:
         lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
+    for name, value in (headers or {}).items():
+        if "\r" in name + value or "\n" in name + value:
+            raise ValueError(f"header {name!r} contains a line break")
+        lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
 
 

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .config import ServerInfo
 from .workload import ModelShape
 
-__all__ = ["PROBE_ID", "SUBPROTOCOL", "LoadTestError", "connect_kwargs", "probe"]
+__all__ = ["PROBE_ID", "SUBPROTOCOL", "LoadTestError", "auth_headers", "connect_kwargs", "probe"]
 
 PROBE_ID = "__loadtest_probe__"
 SUBPROTOCOL = "wsserve.v1"
@@ -28,9 +28,15 @@ class LoadTestError(Exception):
     """The load test cannot run (unreachable server, unusable answer, bad workload); the message says why."""
 
 
-def connect_kwargs(*, open_timeout_s: float) -> dict[str, Any]:
-    """Client settings used for every connection: no compression, no proxy, no keepalive pings, no size cap."""
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer <key>`` when a key is given."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def connect_kwargs(*, open_timeout_s: float, api_key: str | None = None) -> dict[str, Any]:
+    """Client settings of the probe: no compression, no proxy, no keepalive pings, no size cap."""
     return {
+        "additional_headers": auth_headers(api_key),
         "subprotocols": [SUBPROTOCOL],
         "compression": None,
         "proxy": None,
@@ -41,13 +47,13 @@ def connect_kwargs(*, open_timeout_s: float) -> dict[str, Any]:
     }
 
 
-async def probe(url: str, *, echo: bool | None, open_timeout_s: float = 10.0) -> ServerInfo:
+async def probe(url: str, *, echo: bool | None, open_timeout_s: float = 10.0, api_key: str | None = None) -> ServerInfo:
     """Connect once and classify the server.  Raises :class:`LoadTestError`.
 
     ``echo=True`` skips the question; ``echo=False`` refuses an echo server.
     """
     try:
-        async with connect(url, **connect_kwargs(open_timeout_s=open_timeout_s)) as ws:
+        async with connect(url, **connect_kwargs(open_timeout_s=open_timeout_s, api_key=api_key)) as ws:
             if echo is True:
                 return ServerInfo(kind="echo", server="echo")
             request = orjson.dumps({"type": "models", "id": PROBE_ID})

@@ -90,7 +90,7 @@ def resolve_inflight(cfg: LoadConfig, server: ServerInfo) -> int:
 
 def run_load(cfg: LoadConfig, *, err: TextIO = sys.stderr) -> dict[str, Any]:
     """Run the whole load test and return the report (see :func:`~.report.build_report`)."""
-    server = asyncio.run(probe(cfg.url, echo=cfg.echo, open_timeout_s=cfg.open_timeout_s))
+    server = asyncio.run(probe(cfg.url, echo=cfg.echo, open_timeout_s=cfg.open_timeout_s, api_key=cfg.api_key))
     if server.kind == "protocol" and server.models:
         try:
             check_against_models(cfg.specs, server.models)

@@ -49,8 +49,10 @@ class WsClient(asyncio.Protocol):
     """One client connection (see the module docstring).  ``on_close(code)`` runs once when the TCP connection ends."""
 
     def __init__(self, *, host: str, port: int, path: str, on_message: OnMessage,
-                 on_close: OnClose | None = None, subprotocols: list[str] | None = None) -> None:
-        self._request, self._key = handshake_request(host=host, port=port, path=path, subprotocols=subprotocols)
+                 on_close: OnClose | None = None, subprotocols: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self._request, self._key = handshake_request(host=host, port=port, path=path, subprotocols=subprotocols,
+                                                     headers=headers)
         self._on_message = on_message
         self._on_close = on_close
         loop = asyncio.get_running_loop()
@@ -175,7 +177,8 @@ class WsClient(asyncio.Protocol):
 
 
 async def open_client(url: str, *, on_message: OnMessage, on_close: OnClose | None = None,
-                      subprotocols: list[str] | None = None, open_timeout_s: float = 10.0) -> WsClient:
+                      subprotocols: list[str] | None = None, headers: dict[str, str] | None = None,
+                      open_timeout_s: float = 10.0) -> WsClient:
     """Connect and complete the handshake.  Raises ``OSError``, ``HandshakeError`` or ``TimeoutError``."""
     uri = parse_uri(url)
     loop = asyncio.get_running_loop()
@@ -183,7 +186,7 @@ async def open_client(url: str, *, on_message: OnMessage, on_close: OnClose | No
     async with asyncio.timeout(open_timeout_s):
         transport, client = await loop.create_connection(
             lambda: WsClient(host=uri.host, port=uri.port, path=uri.resource_name, on_message=on_message,
-                             on_close=on_close, subprotocols=subprotocols),
+                             on_close=on_close, subprotocols=subprotocols, headers=headers),
             uri.host, uri.port, ssl=ctx)
         try:
             await client.opened
