@@ -134,9 +134,10 @@ def report(results: dict[str, dict[str, list[Sample]]], args: argparse.Namespace
         "client library's own cost. Throughput on this shared 2-core machine is dominated by the server "
         "and by other load, so the client process's **CPU time per call** (`time.process_time`, which "
         "other processes do not inflate) is the better measure of the library's overhead. The library "
-        "writes all frames queued in one event-loop iteration with one syscall, where the raw client's "
-        "`send()` makes one per request; that saving pays for most of the library's extra Python work "
-        "(a future per call, id routing, the inflight limiter, result objects).",
+        "writes queued frames in groups (up to 16 frames, or what one event-loop iteration queued) with "
+        "one syscall each, where the raw client's `send()` makes one per request; that saving pays for "
+        "most of the library's extra Python work (a future per call, id routing, the inflight limiter, "
+        "result objects).",
         "",
         "| client loop | raw calls/s | wsserve_client calls/s | client / raw | raw CPU µs/call "
         "| wsserve_client CPU µs/call | library cost per call |",
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="linear")
     ap.add_argument("--calls", type=int, default=20_000, help="calls per run (default 20000)")
     ap.add_argument("--inflight", type=int, default=256, help="requests outstanding (default 256)")
-    ap.add_argument("--runs", type=int, default=5, help="runs per client and loop (default 5)")
+    ap.add_argument("--runs", type=int, default=7, help="runs per client and loop (default 7)")
     ap.add_argument("--loops", default="asyncio,uvloop", help="client event loops (default asyncio,uvloop)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "client.md")
     args = ap.parse_args(argv)
