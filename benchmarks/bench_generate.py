@@ -141,7 +141,7 @@ def bench_engine(levels: tuple[int, ...], runs: int, max_tokens: int, inline_max
     from wsserve.models.charlm import train_charlm
 
     model = train_charlm()
-    out: dict[str, dict[int, list[Result]]] = {"engine": {c: [] for c in levels}, "loop": {c: [] for c in levels}}
+    out: dict[str, Any] = {k: {c: [] for c in levels} for k in ("engine", "inline", "loop")}
 
     async def main() -> None:
         out["hop"] = await measure_hop(model)  # type: ignore[assignment]
@@ -149,6 +149,7 @@ def bench_engine(levels: tuple[int, ...], runs: int, max_tokens: int, inline_max
         for _ in range(runs):
             for c in levels:
                 out["engine"][c].append(await run_engine(model, c, max_tokens, inline_max_batch))
+                out["inline"][c].append(await run_engine(model, c, max_tokens, 10**9))
                 out["loop"][c].append(await run_loop(model, c, max_tokens))
 
     asyncio.run(main())
@@ -184,9 +185,9 @@ async def measure_hop(model: Any) -> list[str]:
         cells.append(f"B={b}: {statistics.median(ts) * 1e6:.0f}")
     return [f"Inline threshold: an executor round trip (`run_in_executor` of a no-op) takes "
             f"{statistics.median(hops) * 1e6:.0f} us (median); one batched step (`run_step`, us, median): "
-            + ", ".join(cells) + ". Steps of up to `inline_max_batch` = 16 sequences cost less than "
-            "the hop and run on the loop thread; bigger ones go to the executor so the loop serves "
-            "sockets meanwhile.", ""]
+            + ", ".join(cells) + ". The engine runs steps of up to `inline_max_batch` = 64 sequences (about two round "
+            "trips) on the loop thread; bigger ones go to the executor, pipelined with delivering the "
+            "previous step's tokens, so the loop is never blocked much longer than that.", ""]
 
 
 # --------------------------------------------------------------------------- over the wire
@@ -327,13 +328,18 @@ def main() -> None:
     with threadpool_limits(limits=1):
         if args.mode in ("engine", "both"):
             res = bench_engine(levels, args.runs, args.tokens, args.inline_max_batch)
-            lines += _table("In-process engine (continuous batching)", res["engine"], res["loop"])
+            threshold = "default `inline_max_batch`=64" if args.inline_max_batch is None else (
+                f"`inline_max_batch`={args.inline_max_batch}")
+            lines += _table(f"In-process engine as the server runs it ({threshold}: bigger batches step in "
+                            "the executor, pipelined)", res["engine"], res["loop"])
+            lines += _table("In-process engine, every step inline (no thread hop)", res["inline"], res["loop"])
             lines += _table("In-process per-request loop (baseline: each generation steps alone in its task)",
                             res["loop"], None)
             if 1 in levels and 64 in levels:
-                e1, e64, l64 = (_median(res[k][c])[0] for k, c in (("engine", 1), ("engine", 64), ("loop", 64)))
-                lines += [f"Targets at 64 streams: {e64 / e1:.1f}x one stream (target >= 12x), "
-                          f"{e64 / l64:.1f}x the per-request loop (target >= 5x).", ""]
+                for key, label in (("engine", "as served"), ("inline", "all inline")):
+                    e1, e64, l64 = (_median(res[k][c])[0] for k, c in ((key, 1), (key, 64), ("loop", 64)))
+                    lines += [f"Targets at 64 streams, engine {label}: {e64 / e1:.1f}x one stream "
+                              f"(target >= 12x), {e64 / l64:.1f}x the per-request loop (target >= 5x).", ""]
             lines += res["hop"]
     if args.mode in ("wire", "both"):
         wire = bench_wire(levels, args.runs, args.tokens, args.cache_dir)

@@ -5,11 +5,13 @@ deliver``, where *step* (:func:`run_step`) computes the next token of every
 running sequence in one vectorized numpy call.  Batches of more than
 ``inline_max_batch`` sequences run in a one-thread executor, pipelined: while
 step N+1 computes there, the loop thread delivers step N's tokens to the sinks
-(and serves sockets).  Smaller batches run inline - a thread round trip (~35-45
-us here) costs more than their step (B = 16: ~35 us; see
-``benchmarks/results/generate.md``) - followed by ``sleep(0)`` so I/O still runs
-between steps.  With nothing to do the task sleeps on an ``asyncio.Event`` (no
-polling).
+(and serves sockets).  Smaller batches run inline, followed by ``sleep(0)`` so
+I/O still runs between steps.  The default (64) comes from measurements on the
+2-core development machine (``benchmarks/results/generate.md``): an executor
+round trip costs ~35 us, a step of 16 / 64 / 256 sequences ~36 / 78 / 260 us;
+in-process, inline steps won at every size, so a step goes to the executor only
+when it would block the loop for more than about two round trips.  With nothing
+to do the task sleeps on an ``asyncio.Event`` (no polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
@@ -95,7 +97,7 @@ class GenerationEngine:
         max_batch_size: int = 256,
         max_queue: int | None = 4096,
         # Compute
-        inline_max_batch: int = 16,
+        inline_max_batch: int = 64,
     ) -> None:
         if inline_max_batch < 0:
             raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
