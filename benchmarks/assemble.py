@@ -41,7 +41,7 @@ def assemble(results: Path = RESULTS, out: Path = ROOT / "BENCHMARKS.md") -> Pat
         for line in body.splitlines():
             if line.startswith("## "):
                 toc.append(f"- [{line[3:].strip()}](#{_anchor(line[3:])})")
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         "# Benchmarks",
         "",

@@ -63,7 +63,10 @@ SERVERS: dict[str, tuple[list[str], tuple[str | None, ...]]] = {
     "echo": ([PY, "benchmarks/peers/echo_server.py", "--port", "0"], (None,)),
     "naive": ([PY, "benchmarks/peers/naive_server.py", "--port", "0"], ("linear", "mlp")),
     "fastapi": ([PY, "benchmarks/peers/fastapi_server.py", "--port", "0"], ("linear", "mlp")),
-    "wsserve": ([PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"], ("linear", "mlp")),
+    "wsserve": (
+        [PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+        ("linear", "mlp"),
+    ),
 }
 
 
@@ -72,9 +75,21 @@ def shown(cmd: list[str]) -> str:
     return " ".join("python" if c == PY else c for c in cmd)
 
 
-def loadtest_cmd(url: str, *, model: str | None, connections: int, plan: Plan, rate: float | None = None,
-                 json_path: str = "FILE") -> list[str]:
-    cmd = [PY, "-m", "wsserve.loadtest", url, "-c", str(connections), "-d", f"{plan.duration_s:g}", "-w", f"{plan.warmup_s:g}"]
+def loadtest_cmd(
+    url: str, *, model: str | None, connections: int, plan: Plan, rate: float | None = None, json_path: str = "FILE"
+) -> list[str]:
+    cmd = [
+        PY,
+        "-m",
+        "wsserve.loadtest",
+        url,
+        "-c",
+        str(connections),
+        "-d",
+        f"{plan.duration_s:g}",
+        "-w",
+        f"{plan.warmup_s:g}",
+    ]
     cmd += ["--rate", f"{rate:.0f}"] if rate is not None else ["-k", "1"]
     cmd += ["--echo"] if model is None else ["--model", model]
     if plan.client_procs > 1:
@@ -82,14 +97,22 @@ def loadtest_cmd(url: str, *, model: str | None, connections: int, plan: Plan, r
     return [*cmd, "-q", "--json", json_path]
 
 
-def measure(server: ServerUnderTest, *, model: str | None, connections: int, plan: Plan, rate: float | None = None) -> dict[str, Any]:
+def measure(
+    server: ServerUnderTest, *, model: str | None, connections: int, plan: Plan, rate: float | None = None
+) -> dict[str, Any]:
     """One load-test run; the figures the suite keeps (``failed`` set when the tool did not complete)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         cmd = loadtest_cmd(server.url, model=model, connections=connections, plan=plan, rate=rate, json_path=str(out))
         with CpuSampler(server) as sampler:
-            proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(), capture_output=True, text=True,
-                                  timeout=plan.warmup_s + plan.duration_s + 90)
+            proc = subprocess.run(
+                cmd,
+                cwd=ROOT,
+                env=bench_env(),
+                capture_output=True,
+                text=True,
+                timeout=plan.warmup_s + plan.duration_s + 90,
+            )
         if proc.returncode not in (0, 3) or not out.exists():
             return {"failed": (proc.stderr or proc.stdout).strip()[-800:]}
         rep = json.loads(out.read_text())
@@ -99,12 +122,19 @@ def measure(server: ServerUnderTest, *, model: str | None, connections: int, pla
     return {
         "rps": rep["throughput"]["achieved_rps"],
         "target_rps": rep["throughput"]["target_rps"],
-        "p50": lat["p50"], "p90": lat["p90"], "p99": lat["p99"], "p999": lat["p99.9"], "max": lat["max"],
-        "sent": rep["requests"]["sent"], "ok": rep["requests"]["ok"],
-        "errors": rep["errors"], "error_rate": rep["requests"]["error_rate"],
+        "p50": lat["p50"],
+        "p90": lat["p90"],
+        "p99": lat["p99"],
+        "p999": lat["p99.9"],
+        "max": lat["max"],
+        "sent": rep["requests"]["sent"],
+        "ok": rep["requests"]["ok"],
+        "errors": rep["errors"],
+        "error_rate": rep["requests"]["error_rate"],
         "late_sends": rep["late_sends"]["count"],
         # busy cores during the measurement window: the server process, and the busiest client process
-        "server_cpu": round(server_cores, 2), "client_cpu": max(rep["client"]["cpu_cores_per_proc"] or [float("nan")]),
+        "server_cpu": round(server_cores, 2),
+        "client_cpu": max(rep["client"]["cpu_cores_per_proc"] or [float("nan")]),
     }
 
 
@@ -112,8 +142,10 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     good = [r for r in runs if "failed" not in r]
     if not good:
         return {"failed": runs[0]["failed"] if runs else "not run", "n": 0}
-    out: dict[str, Any] = {k: statistics.median(r[k] for r in good)
-                           for k in ("rps", "p50", "p90", "p99", "p999", "max", "error_rate", "server_cpu", "client_cpu")}
+    out: dict[str, Any] = {
+        k: statistics.median(r[k] for r in good)
+        for k in ("rps", "p50", "p90", "p99", "p999", "max", "error_rate", "server_cpu", "client_cpu")
+    }
     out["rps_min"], out["rps_max"] = min(r["rps"] for r in good), max(r["rps"] for r in good)
     out["n"] = len(good)
     errors: dict[str, int] = {}
@@ -131,7 +163,7 @@ def _log(msg: str) -> None:
 
 
 def run_suite(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     machine = describe()
     servers: dict[str, ServerUnderTest] = {}
     skipped: dict[str, str] = {}
@@ -151,7 +183,10 @@ def run_suite(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
                 key = f"{name}|{model or '-'}|{n}"
                 result = measure(servers[name], model=model, connections=n, plan=plan)
                 runs.setdefault(key, []).append(result)
-                brief = result.get("failed") or f"{result['rps']:>10,.0f} req/s  p50 {result['p50']:.3f}  p99 {result['p99']:.3f} ms"
+                brief = (
+                    result.get("failed")
+                    or f"{result['rps']:>10,.0f} req/s  p50 {result['p50']:.3f}  p99 {result['p99']:.3f} ms"
+                )
                 _log(f"[rep {rep + 1}/{plan.reps}] {name:<8} {model or '-':<6} {n:>4} conns: {brief}")
         summary = {key: median_of(rs) for key, rs in runs.items()}
         curve: dict[str, Any] = {}
@@ -163,12 +198,14 @@ def run_suite(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
     commands = {name: shown(SERVERS[name][0]) for name in only}
     return {
         "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "plan": asdict(plan),
         "machine": machine,
         "server_commands": commands,
         "loadtest_command": shown(loadtest_cmd("URL", model="MODEL", connections=0, plan=plan)).replace("-c 0", "-c N"),
-        "curve_command": shown(loadtest_cmd("URL", model="linear", connections=plan.curve_connections, plan=plan, rate=0.0)).replace("--rate 0", "--rate R"),
+        "curve_command": shown(
+            loadtest_cmd("URL", model="linear", connections=plan.curve_connections, plan=plan, rate=0.0)
+        ).replace("--rate 0", "--rate R"),
         "skipped": skipped,
         "runs": runs,
         "summary": summary,
@@ -188,14 +225,20 @@ def run_curve(server: ServerUnderTest, summary: dict[str, Any], plan: Plan) -> d
         r = measure(server, model="linear", connections=plan.curve_connections, plan=plan, rate=rate)
         r["fraction"] = f
         points.append(r)
-        brief = r.get("failed") or f"achieved {r['rps']:,.0f}  p50 {r['p50']:.3f}  p99 {r['p99']:.3f}  p99.9 {r['p999']:.3f} ms"
+        brief = (
+            r.get("failed")
+            or f"achieved {r['rps']:,.0f}  p50 {r['p50']:.3f}  p99 {r['p99']:.3f}  p99.9 {r['p999']:.3f} ms"
+        )
         _log(f"[curve] {f:>4.0%} of {capacity:,.0f} = {rate:,.0f} req/s: {brief}")
     return {"capacity_rps": capacity, "capacity_from": source, "connections": plan.curve_connections, "points": points}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="The machine should be otherwise idle; the report records the load average.")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The machine should be otherwise idle; the report records the load average.",
+    )
     ap.add_argument("--quick", action="store_true", help="1 repetition of 1 s per cell, 3 curve points (< 2 min)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 3; quick 1)")
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 4; quick 1)")
@@ -206,8 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-assemble", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    plan = replace(plan, client_procs=args.client_procs,
-                   **{k: v for k, v in (("reps", args.reps), ("duration_s", args.duration), ("warmup_s", args.warmup)) if v is not None})
+    plan = replace(
+        plan,
+        client_procs=args.client_procs,
+        **{
+            k: v
+            for k, v in (("reps", args.reps), ("duration_s", args.duration), ("warmup_s", args.warmup))
+            if v is not None
+        },
+    )
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = [s for s in only if s not in SERVERS]
     if unknown or not only:

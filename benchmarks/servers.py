@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import signal
 import subprocess
-import bisect
 import tempfile
 import threading
 import time

@@ -63,7 +63,10 @@ def render_suite(data: dict[str, Any]) -> str:
     m = data["machine"]
     out: list[str] = ["## Peer comparison: single-row predict", ""]
     if plan["quick"]:
-        out += ["> **Quick run** (`--quick`: one short repetition per cell) — a smoke test of the suite, not numbers to cite.", ""]
+        out += [
+            "> **Quick run** (`--quick`: one short repetition per cell) — a smoke test of the suite, not numbers to cite.",
+            "",
+        ]
     la = m.get("load_average") or ["?", "?", "?"]
     out += [
         f"Measured {data['started_at']} by `python -m benchmarks.run{' --quick' if plan['quick'] else ''}` in {data.get('elapsed_s', '?')} s; "
@@ -89,13 +92,21 @@ def render_suite(data: dict[str, Any]) -> str:
     out += ["", "### Latency p50 / p99 (ms)", "", head, sep]
     for prefix, label, model in rows:
         out.append(f"| {label} | {model} | " + " | ".join(_fmt_lat(_cell(data, prefix, n)) for n in conns) + " |")
-    errs = [(prefix, n, c["errors"]) for prefix, _, _ in rows for n in conns
-            if (c := _cell(data, prefix, n)) and c.get("errors")]
+    errs = [
+        (prefix, n, c["errors"])
+        for prefix, _, _ in rows
+        for n in conns
+        if (c := _cell(data, prefix, n)) and c.get("errors")
+    ]
     if errs:
         out += ["", "⚠ errors: " + "; ".join(f"{p.replace('|', ' ')} at {n}: {e}" for p, n, e in errs)]
-    out += ["", "### Ratios and targets", "",
-            "| comparison | " + " | ".join(f"{n} conn{'s' if n > 1 else ''}" for n in conns) + " | target |",
-            "|---|" + "---:|" * len(conns) + "---|"]
+    out += [
+        "",
+        "### Ratios and targets",
+        "",
+        "| comparison | " + " | ".join(f"{n} conn{'s' if n > 1 else ''}" for n in conns) + " | target |",
+        "|---|" + "---:|" * len(conns) + "---|",
+    ]
     verdicts: list[str] = []
     for num, den, label, target in TARGETS:
         cells = []
@@ -108,17 +119,25 @@ def render_suite(data: dict[str, Any]) -> str:
             mark = "" if target is None else (" ✅" if ratio >= target else " ❌")
             cells.append(f"{ratio:.2f}×{mark}")
             if target is not None and ratio < target:
-                verdicts.append(f"{label} is {ratio:.2f}× at {n} connection{'s' if n > 1 else ''}, below the {target:g}× target")
+                verdicts.append(
+                    f"{label} is {ratio:.2f}× at {n} connection{'s' if n > 1 else ''}, below the {target:g}× target"
+                )
         if all(c == "—" for c in cells):
             continue
         out.append(f"| {label} | " + " | ".join(cells) + f" | {'≥ ' + format(target, 'g') + '×' if target else '—'} |")
     out += [""]
-    out += (["**Below target:** " + "; ".join(verdicts) + "."] if verdicts else ["All targets met in this run."])
-    out += ["", "### Who was busy (diagnostic)", "",
-            "Cores busy during the measured seconds: the server process / the busiest load-test client process. "
-            "A server near 1.0 is CPU-bound; a client near 1.0 would mean the tool, not the server, was the limit "
-            f"(this machine has {data['machine']['cores']} cores for both).", "",
-            head, sep]
+    out += ["**Below target:** " + "; ".join(verdicts) + "."] if verdicts else ["All targets met in this run."]
+    out += [
+        "",
+        "### Who was busy (diagnostic)",
+        "",
+        "Cores busy during the measured seconds: the server process / the busiest load-test client process. "
+        "A server near 1.0 is CPU-bound; a client near 1.0 would mean the tool, not the server, was the limit "
+        f"(this machine has {data['machine']['cores']} cores for both).",
+        "",
+        head,
+        sep,
+    ]
     for prefix, label, model in rows:
         cells = []
         for n in conns:
@@ -128,10 +147,25 @@ def render_suite(data: dict[str, Any]) -> str:
     out += _render_curve(data)
     out += ["", "### Commands", "", "Servers (each started once, from the repository root):", "", "```"]
     out += [f"{cmd}" for cmd in data["server_commands"].values()]
-    out += ["```", "", "Load, per cell (`--echo` instead of `--model` for the echo server; `-c` = 1, 64, 256):", "", "```",
-            data["loadtest_command"], "```", "", "Latency-vs-load points:", "", "```", data["curve_command"], "```", "",
-            "Reproduce everything (rewrites this section and BENCHMARKS.md): `python -m benchmarks.run` "
-            "(`--quick` for a < 2 min smoke run). Raw per-run figures: `benchmarks/results/suite.json`.", ""]
+    out += [
+        "```",
+        "",
+        "Load, per cell (`--echo` instead of `--model` for the echo server; `-c` = 1, 64, 256):",
+        "",
+        "```",
+        data["loadtest_command"],
+        "```",
+        "",
+        "Latency-vs-load points:",
+        "",
+        "```",
+        data["curve_command"],
+        "```",
+        "",
+        "Reproduce everything (rewrites this section and BENCHMARKS.md): `python -m benchmarks.run` "
+        "(`--quick` for a < 2 min smoke run). Raw per-run figures: `benchmarks/results/suite.json`.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -140,21 +174,29 @@ def _render_curve(data: dict[str, Any]) -> list[str]:
     pts = curve.get("points") or []
     if not pts:
         return []
-    out = ["", "### Latency vs load: wsserve `linear`, open loop", "",
-           f"Requests sent on a fixed schedule at a fraction of wsserve's measured capacity "
-           f"({curve['capacity_rps']:,.0f} req/s, its best closed-loop median above) over {curve['connections']} connections; "
-           "latency counted from each request's *intended* send time, so queueing anywhere (client included) shows. "
-           "Late = sent more than 5 ms behind schedule.", "",
-           f"![wsserve latency vs offered load]({CURVE_PLOT})", "",
-           "| offered | req/s offered | req/s achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | late sends | errors |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "",
+        "### Latency vs load: wsserve `linear`, open loop",
+        "",
+        f"Requests sent on a fixed schedule at a fraction of wsserve's measured capacity "
+        f"({curve['capacity_rps']:,.0f} req/s, its best closed-loop median above) over {curve['connections']} connections; "
+        "latency counted from each request's *intended* send time, so queueing anywhere (client included) shows. "
+        "Late = sent more than 5 ms behind schedule.",
+        "",
+        f"![wsserve latency vs offered load]({CURVE_PLOT})",
+        "",
+        "| offered | req/s offered | req/s achieved | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | late sends | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for p in pts:
         if "rps" not in p:
             out.append(f"| {p['fraction']:.0%} | — | failed | | | | | | | |")
             continue
         errs = ", ".join(f"{k}={v}" for k, v in p["errors"].items()) or "0"
-        out.append(f"| {p['fraction']:.0%} | {p['target_rps']:,.0f} | {p['rps']:,.0f} | {p['p50']:.2f} | {p['p90']:.2f} | "
-                   f"{p['p99']:.2f} | {p['p999']:.2f} | {p['max']:.2f} | {p['late_sends']:,} | {errs} |")
+        out.append(
+            f"| {p['fraction']:.0%} | {p['target_rps']:,.0f} | {p['rps']:,.0f} | {p['p50']:.2f} | {p['p90']:.2f} | "
+            f"{p['p99']:.2f} | {p['p999']:.2f} | {p['max']:.2f} | {p['late_sends']:,} | {errs} |"
+        )
     return out
 
 
@@ -167,5 +209,9 @@ def render_svg(data: dict[str, Any]) -> str:
         ("p99", [(p["target_rps"], p["p99"]) for p in pts], "#ff7f0e"),
         ("p99.9", [(p["target_rps"], p["p999"]) for p in pts], "#d62728"),
     ]
-    return line_chart(series, title=f"wsserve linear: latency vs offered load (capacity {curve['capacity_rps']:,.0f} req/s)",
-                      x_label="offered load, requests/s (open loop)", y_label="latency, ms (log scale)")
+    return line_chart(
+        series,
+        title=f"wsserve linear: latency vs offered load (capacity {curve['capacity_rps']:,.0f} req/s)",
+        x_label="offered load, requests/s (open loop)",
+        y_label="latency, ms (log scale)",
+    )

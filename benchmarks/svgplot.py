@@ -75,7 +75,9 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str) 
         v += step
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
     out.append(f'<text x="{_L + pw / 2}" y="{_H - 12}" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text x="16" y="{_T + ph / 2}" text-anchor="middle" transform="rotate(-90 16 {_T + ph / 2})">{escape(y_label)}</text>')
+    out.append(
+        f'<text x="16" y="{_T + ph / 2}" text-anchor="middle" transform="rotate(-90 16 {_T + ph / 2})">{escape(y_label)}</text>'
+    )
     ly = _T + 10
     for label, data, colour in series:
         data = [(x, y) for x, y in data if y > 0]
@@ -84,7 +86,9 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str) 
         path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(data))
         out.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
         out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in data)
-        out.append(f'<line x1="{_L + pw + 15}" y1="{ly}" x2="{_L + pw + 40}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
+        out.append(
+            f'<line x1="{_L + pw + 15}" y1="{ly}" x2="{_L + pw + 40}" y2="{ly}" stroke="{colour}" stroke-width="2"/>'
+        )
         out.append(f'<text x="{_L + pw + 46}" y="{ly + 4}">{escape(label)}</text>')
         ly += 20
     out.append("</svg>")

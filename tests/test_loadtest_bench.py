@@ -15,30 +15,64 @@ from benchmarks.svgplot import line_chart
 
 
 def _run(rps: float, p99: float = 2.0, errors: dict[str, int] | None = None) -> dict[str, Any]:
-    return {"rps": rps, "target_rps": None, "p50": p99 / 2, "p90": p99 * 0.8, "p99": p99, "p999": p99 * 1.5, "max": p99 * 2,
-            "sent": 1, "ok": 1, "errors": errors or {}, "error_rate": 0.0, "late_sends": 0, "server_cpu": 0.9, "client_cpu": 0.3}
+    return {
+        "rps": rps,
+        "target_rps": None,
+        "p50": p99 / 2,
+        "p90": p99 * 0.8,
+        "p99": p99,
+        "p999": p99 * 1.5,
+        "max": p99 * 2,
+        "sent": 1,
+        "ok": 1,
+        "errors": errors or {},
+        "error_rate": 0.0,
+        "late_sends": 0,
+        "server_cpu": 0.9,
+        "client_cpu": 0.3,
+    }
 
 
 def test_median_of_ignores_failed_runs_and_sums_errors() -> None:
-    m = median_of([_run(100.0, errors={"overloaded": 1}), _run(300.0), {"failed": "boom"}, _run(200.0, errors={"overloaded": 2})])
+    m = median_of(
+        [_run(100.0, errors={"overloaded": 1}), _run(300.0), {"failed": "boom"}, _run(200.0, errors={"overloaded": 2})]
+    )
     assert m["rps"] == 200.0 and (m["rps_min"], m["rps_max"]) == (100.0, 300.0)
     assert m["n"] == 3 and m["failures"] == 1 and m["errors"] == {"overloaded": 3}
     assert median_of([{"failed": "boom"}]) == {"failed": "boom", "n": 0}
 
 
 def _data(wsserve_linear: float, wsserve_mlp: float) -> dict[str, Any]:
-    rps = {"echo|-": 40_000.0, "naive|linear": 10_000.0, "naive|mlp": 5_000.0, "fastapi|linear": 6_000.0,
-           "fastapi|mlp": 3_000.0, "wsserve|linear": wsserve_linear, "wsserve|mlp": wsserve_mlp}
+    rps = {
+        "echo|-": 40_000.0,
+        "naive|linear": 10_000.0,
+        "naive|mlp": 5_000.0,
+        "fastapi|linear": 6_000.0,
+        "fastapi|mlp": 3_000.0,
+        "wsserve|linear": wsserve_linear,
+        "wsserve|mlp": wsserve_mlp,
+    }
     summary = {f"{k}|{n}": median_of([_run(v), _run(v)]) for k, v in rps.items() for n in (1, 64, 256)}
-    points = [dict(_run(f * wsserve_linear, p99=1 + 10 * f), target_rps=f * wsserve_linear, fraction=f) for f in (0.1, 0.5, 1.0)]
+    points = [
+        dict(_run(f * wsserve_linear, p99=1 + 10 * f), target_rps=f * wsserve_linear, fraction=f)
+        for f in (0.1, 0.5, 1.0)
+    ]
     return {
-        "started_at": "2026-01-01T00:00:00+00:00", "elapsed_s": 400.0,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "elapsed_s": 400.0,
         "plan": {**FULL.__dict__, "connections": [1, 64, 256]},
         "machine": {"cores": 2, "load_average": [0.1, 0.2, 0.3], "git_commit": "abc1234"},
         "server_commands": {"echo": "python benchmarks/peers/echo_server.py --port 0"},
-        "loadtest_command": "python -m wsserve.loadtest URL -c N ...", "curve_command": "python -m wsserve.loadtest URL --rate R ...",
-        "skipped": {}, "summary": summary,
-        "curve": {"capacity_rps": wsserve_linear, "capacity_from": "wsserve|linear|64", "connections": 64, "points": points},
+        "loadtest_command": "python -m wsserve.loadtest URL -c N ...",
+        "curve_command": "python -m wsserve.loadtest URL --rate R ...",
+        "skipped": {},
+        "summary": summary,
+        "curve": {
+            "capacity_rps": wsserve_linear,
+            "capacity_from": "wsserve|linear|64",
+            "connections": 64,
+            "points": points,
+        },
     }
 
 

@@ -31,7 +31,7 @@ def _server() -> ServerProtocol:
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
 def test_masked_client_frames_are_read_by_the_reference_server(size: int) -> None:
-    payload = (b"x" * size)
+    payload = b"x" * size
     srv = _server()
     srv.receive_data(Masker(seed=size).text(payload))
     events = srv.events_received()
@@ -61,7 +61,7 @@ def _reference_stream(messages: list[tuple[str, bytes, int]]) -> bytes:
             srv.send_ping(payload[:125])
             continue
         step = max(1, len(payload) // parts + 1)
-        chunks = [payload[i:i + step] for i in range(0, len(payload), step)] or [b""]
+        chunks = [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
         send = srv.send_text if kind == "text" else srv.send_binary
         if len(chunks) == 1:
             send(chunks[0])
@@ -72,39 +72,49 @@ def _reference_stream(messages: list[tuple[str, bytes, int]]) -> bytes:
     return b"".join(srv.data_to_send())
 
 
-MESSAGES = st.lists(st.tuples(st.sampled_from(["text", "binary", "ping"]), st.binary(max_size=70_000), st.integers(1, 4)),
-                    min_size=1, max_size=6)
+MESSAGES = st.lists(
+    st.tuples(st.sampled_from(["text", "binary", "ping"]), st.binary(max_size=70_000), st.integers(1, 4)),
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(messages=MESSAGES, cuts=st.lists(st.integers(0, 300_000), max_size=8))
-def test_reader_reassembles_reference_frames_whatever_the_chunking(messages: list[tuple[str, bytes, int]], cuts: list[int]) -> None:
+def test_reader_reassembles_reference_frames_whatever_the_chunking(
+    messages: list[tuple[str, bytes, int]], cuts: list[int]
+) -> None:
     stream = _reference_stream(messages)
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     reader = FrameReader()
     got: list[tuple[int, bytes]] = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in zip(bounds, bounds[1:], strict=False):
         got += [(op, bytes(p)) for op, p in reader.feed(stream[a:b])]
-    expected = [({"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING}[k], p[:125] if k == "ping" else p)
-                for k, p, _ in messages]
+    expected = [
+        ({"text": OP_TEXT, "binary": OP_BINARY, "ping": OP_PING}[k], p[:125] if k == "ping" else p)
+        for k, p, _ in messages
+    ]
     assert got == expected
 
 
 def test_reader_surfaces_close_frames() -> None:
     srv = _server()
     srv.send_close(1001, "going away")
-    (op, payload), = FrameReader().feed(b"".join(srv.data_to_send()))
+    ((op, payload),) = FrameReader().feed(b"".join(srv.data_to_send()))
     assert op == OP_CLOSE and payload[:2] == b"\x03\xe9" and payload[2:] == b"going away"
 
 
-@pytest.mark.parametrize("frame, fragment", [
-    (bytes([0x81, 0x80 | 1, 1, 2, 3, 4, 0]), "masked"),
-    (bytes([0x83, 0]), "reserved opcode"),
-    (bytes([0xC1, 0]), "reserved bits"),
-    (bytes([0x80, 0]), "continuation"),
-    (bytes([0x09, 0]), "control frames"),
-    (bytes([0x01, 1]) + b"a" + bytes([0x81, 1]) + b"b", "previous fragmented"),
-])
+@pytest.mark.parametrize(
+    "frame, fragment",
+    [
+        (bytes([0x81, 0x80 | 1, 1, 2, 3, 4, 0]), "masked"),
+        (bytes([0x83, 0]), "reserved opcode"),
+        (bytes([0xC1, 0]), "reserved bits"),
+        (bytes([0x80, 0]), "continuation"),
+        (bytes([0x09, 0]), "control frames"),
+        (bytes([0x01, 1]) + b"a" + bytes([0x81, 1]) + b"b", "previous fragmented"),
+    ],
+)
 def test_reader_rejects_protocol_violations(frame: bytes, fragment: str) -> None:
     with pytest.raises(ProtocolError, match=fragment):
         FrameReader().feed(frame)

@@ -36,9 +36,19 @@ from wsserve.loadtest import (
     run_load,
 )
 
-HELLO = orjson.dumps({"type": "hello", "server": "fake", "version": "9", "protocol": 1,
-                      "limits": {"max_inflight": 64}, "models": ["linear"]}).decode()
-MODELS = [{"name": "linear", "version": "1", "task": "regression", "input_shape": [1], "output_shape": [1], "parameters": 2}]
+HELLO = orjson.dumps(
+    {
+        "type": "hello",
+        "server": "fake",
+        "version": "9",
+        "protocol": 1,
+        "limits": {"max_inflight": 64},
+        "models": ["linear"],
+    }
+).decode()
+MODELS = [
+    {"name": "linear", "version": "1", "task": "regression", "input_shape": [1], "output_shape": [1], "parameters": 2}
+]
 
 
 async def _echo(ws: ServerConnection) -> None:
@@ -97,8 +107,16 @@ async def _overloaded(frame: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def _cfg(url: str, **kw: Any) -> LoadConfig:
-    base: dict[str, Any] = dict(url=url, specs=(WorkloadSpec("predict", "linear"),), connections=2, inflight=1,
-                                duration_s=1.0, warmup_s=0.2, progress=False, grace_s=2.0)
+    base: dict[str, Any] = dict(
+        url=url,
+        specs=(WorkloadSpec("predict", "linear"),),
+        connections=2,
+        inflight=1,
+        duration_s=1.0,
+        warmup_s=0.2,
+        progress=False,
+        grace_s=2.0,
+    )
     base.update(kw)
     return LoadConfig(**base)
 
@@ -180,8 +198,9 @@ async def test_server_closing_mid_run_is_reported() -> None:
 
     server, url = await _start(going_away_after_50)
     try:
-        rep = await asyncio.to_thread(run_load, _cfg(url, connections=3, warmup_s=0.0, duration_s=0.5, echo=True),
-                                      err=io.StringIO())
+        rep = await asyncio.to_thread(
+            run_load, _cfg(url, connections=3, warmup_s=0.0, duration_s=0.5, echo=True), err=io.StringIO()
+        )
     finally:
         server.close()
         await server.wait_closed()
@@ -237,14 +256,29 @@ async def test_unknown_model_is_refused_before_any_load() -> None:
 NUM = (int, float)
 SUMMARY = {k: NUM for k in ("count", "min", "mean", "p50", "p90", "p99", "p99.9", "max")}
 SCHEMA: dict[str, Any] = {
-    "schema": str, "url": str, "started_at": str, "mode": str, "exit_code": int,
+    "schema": str,
+    "url": str,
+    "started_at": str,
+    "mode": str,
+    "exit_code": int,
     "server": {"kind": str, "name": str, "version": (str, type(None))},
-    "config": {"connections": int, "inflight": int, "rate_per_s": (float, type(None)), "duration_s": NUM,
-               "warmup_s": NUM, "procs": int, "late_ms": NUM, "grace_s": NUM, "mix": list},
+    "config": {
+        "connections": int,
+        "inflight": int,
+        "rate_per_s": (float, type(None)),
+        "duration_s": NUM,
+        "warmup_s": NUM,
+        "procs": int,
+        "late_ms": NUM,
+        "grace_s": NUM,
+        "mix": list,
+    },
     "throughput": {"target_rps": (float, type(None)), "achieved_rps": NUM, "achieved_ratio": (float, type(None))},
     "requests": {"sent": int, "ok": int, "errors": int, "error_rate": NUM},
     "latency_ms": SUMMARY,
-    "workloads": dict, "errors": dict, "close_codes": dict,
+    "workloads": dict,
+    "errors": dict,
+    "close_codes": dict,
     "connections": {"opened": int, "failed": int},
     "client": {"procs": int, "ok_per_proc": list, "cpu_cores_per_proc": list, "busy": bool},
     "timeline": {"start_monotonic": float, "measure_start_monotonic": float, "end_monotonic": float},
@@ -252,8 +286,16 @@ SCHEMA: dict[str, Any] = {
     "slo": {"p99_ms": (float, type(None)), "max_error_rate": (float, type(None)), "passed": bool, "breaches": list},
     "histograms": dict,
 }
-WORKLOAD = {"kind": str, "weight": int, "sent": int, "ok": int, "errors": dict, "error_rate": NUM,
-            "achieved_rps": NUM, "latency_ms": SUMMARY}
+WORKLOAD = {
+    "kind": str,
+    "weight": int,
+    "sent": int,
+    "ok": int,
+    "errors": dict,
+    "error_rate": NUM,
+    "achieved_rps": NUM,
+    "latency_ms": SUMMARY,
+}
 
 
 def _check(obj: Any, schema: Any, path: str = "$") -> None:
@@ -263,21 +305,51 @@ def _check(obj: Any, schema: Any, path: str = "$") -> None:
         for key, sub in schema.items():
             _check(obj[key], sub, f"{path}.{key}")
     else:
-        assert isinstance(obj, schema) and not (schema is not bool and isinstance(obj, bool)), f"{path}: {obj!r} is not {schema}"
+        assert isinstance(obj, schema) and not (schema is not bool and isinstance(obj, bool)), (
+            f"{path}: {obj!r} is not {schema}"
+        )
 
 
 async def test_json_report_schema(echo_url: str, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    code = await asyncio.to_thread(main, [echo_url, "-c", "2", "-d", "0.5", "-w", "0.1", "-q", "--rate", "200",
-                                         "--slo-p99-ms", "5000", "--max-error-rate", "0.01", "--json", str(out)])
+    code = await asyncio.to_thread(
+        main,
+        [
+            echo_url,
+            "-c",
+            "2",
+            "-d",
+            "0.5",
+            "-w",
+            "0.1",
+            "-q",
+            "--rate",
+            "200",
+            "--slo-p99-ms",
+            "5000",
+            "--max-error-rate",
+            "0.01",
+            "--json",
+            str(out),
+        ],
+    )
     assert code == EXIT_OK
     rep = orjson.loads(out.read_bytes())
     _check(rep, SCHEMA)
     assert rep["schema"] == REPORT_SCHEMA and rep["mode"] == "open"
     assert list(rep["workloads"]) == ["predict:linear"]
     _check(rep["workloads"]["predict:linear"], WORKLOAD)
-    assert rep["config"]["mix"] == [{"label": "predict:linear", "kind": "predict", "model": "linear", "weight": 1,
-                                     "rows": 1, "chunk_rows": None, "max_tokens": 32}]
+    assert rep["config"]["mix"] == [
+        {
+            "label": "predict:linear",
+            "kind": "predict",
+            "model": "linear",
+            "weight": 1,
+            "rows": 1,
+            "chunk_rows": None,
+            "max_tokens": 32,
+        }
+    ]
     assert set(rep["histograms"]) == {"all", "predict:linear"}
     assert len(rep["client"]["cpu_cores_per_proc"]) == 1 and 0 < rep["client"]["cpu_cores_per_proc"][0] < 2
     tl = rep["timeline"]
@@ -287,6 +359,7 @@ async def test_json_report_schema(echo_url: str, tmp_path: Path) -> None:
 
 
 # -- histograms across real processes ------------------------------------------------
+
 
 def _record_in_child(seed: int) -> str:
     import random

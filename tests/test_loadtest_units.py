@@ -37,18 +37,46 @@ from wsserve.loadtest import (
 
 
 def test_public_api_is_pinned() -> None:
-    assert sorted(lt.__all__) == sorted([
-        "EXIT_ERROR", "EXIT_OK", "EXIT_SLO", "EXIT_USAGE", "REPORT_SCHEMA", "LatencyHistogram", "LoadConfig",
-        "LoadTestError", "ModelShape", "OpenLoopSchedule", "RequestFactory", "RunStats", "ServerInfo",
-        "WeightedCycle", "WorkerConfig", "WorkloadSpec", "WorkloadStats", "Window", "add_arguments",
-        "build_report", "check_against_models", "config_from_args", "evaluate_slo", "format_text", "main",
-        "parse_mix", "probe", "run", "run_load", "split_evenly",
-    ])
+    assert sorted(lt.__all__) == sorted(
+        [
+            "EXIT_ERROR",
+            "EXIT_OK",
+            "EXIT_SLO",
+            "EXIT_USAGE",
+            "REPORT_SCHEMA",
+            "LatencyHistogram",
+            "LoadConfig",
+            "LoadTestError",
+            "ModelShape",
+            "OpenLoopSchedule",
+            "RequestFactory",
+            "RunStats",
+            "ServerInfo",
+            "WeightedCycle",
+            "WorkerConfig",
+            "WorkloadSpec",
+            "WorkloadStats",
+            "Window",
+            "add_arguments",
+            "build_report",
+            "check_against_models",
+            "config_from_args",
+            "evaluate_slo",
+            "format_text",
+            "main",
+            "parse_mix",
+            "probe",
+            "run",
+            "run_load",
+            "split_evenly",
+        ]
+    )
     for name in lt.__all__:
         assert hasattr(lt, name), name
 
 
 # -- open-loop schedule ------------------------------------------------------
+
 
 def test_schedule_is_fixed_and_ignores_how_late_the_caller_is() -> None:
     s = OpenLoopSchedule(rate_per_s=100.0, start=10.0, end=11.0)
@@ -75,16 +103,27 @@ def test_schedule_limit_returns_the_rest_later() -> None:
 
 
 @given(procs=st.integers(1, 6), rate=st.floats(1.0, 50_000.0), dur=st.floats(0.01, 2.0))
-def test_schedules_of_several_processes_interleave_into_the_single_schedule(procs: int, rate: float, dur: float) -> None:
+def test_schedules_of_several_processes_interleave_into_the_single_schedule(
+    procs: int, rate: float, dur: float
+) -> None:
     single = OpenLoopSchedule(rate_per_s=rate, start=5.0, end=5.0 + dur).due(1e9)
-    parts = [OpenLoopSchedule(rate_per_s=rate, start=5.0, end=5.0 + dur, first=i, stride=procs).due(1e9) for i in range(procs)]
+    parts = [
+        OpenLoopSchedule(rate_per_s=rate, start=5.0, end=5.0 + dur, first=i, stride=procs).due(1e9)
+        for i in range(procs)
+    ]
     assert sorted(t for p in parts for t in p) == single
     assert len(single) == math.ceil(rate * dur - 1e-9) or abs(len(single) - rate * dur) <= 1
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"rate_per_s": 0.0}, {"rate_per_s": -1.0}, {"rate_per_s": math.inf}, {"rate_per_s": 1.0, "stride": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rate_per_s": 0.0},
+        {"rate_per_s": -1.0},
+        {"rate_per_s": math.inf},
+        {"rate_per_s": 1.0, "stride": 0},
+    ],
+)
 def test_schedule_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         OpenLoopSchedule(start=0.0, end=1.0, **kwargs)
@@ -93,7 +132,13 @@ def test_schedule_rejects_bad_settings(kwargs: dict) -> None:
 def test_window_phases_and_membership() -> None:
     w = Window(start=100.0, warmup_s=1.0, duration_s=2.0)
     assert [w.phase(t) for t in (99.0, 100.0, 100.999, 101.0, 102.999, 103.0)] == [
-        "pending", "warmup", "warmup", "measure", "measure", "done"]
+        "pending",
+        "warmup",
+        "warmup",
+        "measure",
+        "measure",
+        "done",
+    ]
     assert not w.measured(100.5) and w.measured(101.0) and w.measured(102.5) and not w.measured(103.0)
     with pytest.raises(ValueError):
         Window(start=0.0, warmup_s=0.0, duration_s=0.0)
@@ -107,24 +152,32 @@ def test_split_evenly() -> None:
 
 # -- workloads ---------------------------------------------------------------
 
+
 def test_parse_mix_full_grammar() -> None:
     specs = parse_mix("predict:linear=8, generate:charlm:64=1,stream:mlp:100", rows=2, chunk_rows=10, max_tokens=16)
-    assert [(s.kind, s.model, s.weight) for s in specs] == [("predict", "linear", 8), ("generate", "charlm", 1), ("stream", "mlp", 1)]
+    assert [(s.kind, s.model, s.weight) for s in specs] == [
+        ("predict", "linear", 8),
+        ("generate", "charlm", 1),
+        ("stream", "mlp", 1),
+    ]
     assert specs[0].rows == 2 and specs[1].max_tokens == 64 and specs[2].rows == 100 and specs[2].chunk_rows == 10
     assert [s.label for s in specs] == ["predict:linear:2", "generate:charlm:64", "stream:mlp:100"]
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty"),
-    ("predict", "kind:model"),
-    ("fly:linear", "unknown kind 'fly'"),
-    ("predict:linear=x", "bad weight"),
-    ("predict:linear=0", "weight must be >= 1"),
-    ("predict:linear:zero", "bad size"),
-    ("predict:linear:0", "rows must be >= 1"),
-    ("predict:linear,predict:linear", "listed twice"),
-    ("predict:linear,,generate:charlm", "empty item"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty"),
+        ("predict", "kind:model"),
+        ("fly:linear", "unknown kind 'fly'"),
+        ("predict:linear=x", "bad weight"),
+        ("predict:linear=0", "weight must be >= 1"),
+        ("predict:linear:zero", "bad size"),
+        ("predict:linear:0", "rows must be >= 1"),
+        ("predict:linear,predict:linear", "listed twice"),
+        ("predict:linear,,generate:charlm", "empty item"),
+    ],
+)
 def test_parse_mix_errors_name_the_problem(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_mix(text)
@@ -154,7 +207,10 @@ def test_weighted_cycle_is_exactly_proportional_per_round(weights: list[int], ro
 def test_weighted_cycle_spreads_the_minority_evenly() -> None:
     cycle = WeightedCycle([8, 1])
     picks = [cycle.next() for _ in range(90)]
-    gaps = [b - a for a, b in zip([i for i, p in enumerate(picks) if p == 1], [i for i, p in enumerate(picks) if p == 1][1:])]
+    gaps = [
+        b - a
+        for a, b in zip([i for i, p in enumerate(picks) if p == 1], [i for i, p in enumerate(picks) if p == 1][1:], strict=False)
+    ]
     assert set(gaps) == {9}
 
 
@@ -179,6 +235,7 @@ def test_request_factory_is_deterministic_per_seed() -> None:
 
 
 # -- histograms and stats ----------------------------------------------------
+
 
 def test_histogram_percentiles_within_precision() -> None:
     h = LatencyHistogram()
@@ -247,17 +304,28 @@ def test_run_stats_round_trip_and_merge() -> None:
 
 # -- report and SLO ------------------------------------------------------------
 
+
 def _cfg(**kw) -> LoadConfig:
-    base = dict(url="ws://127.0.0.1:1", specs=(WorkloadSpec("predict", "linear"),), connections=2, inflight=1,
-                duration_s=2.0, warmup_s=0.5)
+    base = dict(
+        url="ws://127.0.0.1:1",
+        specs=(WorkloadSpec("predict", "linear"),),
+        connections=2,
+        inflight=1,
+        duration_s=2.0,
+        warmup_s=0.5,
+    )
     base.update(kw)
     return LoadConfig(**base)
 
 
 def test_report_figures() -> None:
     cfg = _cfg(rate_per_s=50.0)
-    rep = build_report(cfg, ServerInfo(kind="protocol", server="wsserve", version="0.1.0"),
-                       _stats([0.002] * 90, {"overloaded": 10}), started_at_unix=0.0)
+    rep = build_report(
+        cfg,
+        ServerInfo(kind="protocol", server="wsserve", version="0.1.0"),
+        _stats([0.002] * 90, {"overloaded": 10}),
+        started_at_unix=0.0,
+    )
     assert rep["requests"] == {"sent": 100, "ok": 90, "errors": 10, "error_rate": 0.1}
     assert rep["throughput"] == {"target_rps": 50.0, "achieved_rps": 45.0, "achieved_ratio": 0.9}
     assert rep["latency_ms"]["p50"] == pytest.approx(2.0, rel=2e-3)
@@ -268,15 +336,26 @@ def test_report_figures() -> None:
     assert "overloaded=10" in text and "late sends" in text and "p99.9" in text
 
 
-@pytest.mark.parametrize("slo_ms, max_err, expected", [
-    (None, None, EXIT_OK), (5.0, None, EXIT_OK), (1.0, None, EXIT_SLO), (None, 0.2, EXIT_OK), (None, 0.05, EXIT_SLO),
-])
+@pytest.mark.parametrize(
+    "slo_ms, max_err, expected",
+    [
+        (None, None, EXIT_OK),
+        (5.0, None, EXIT_OK),
+        (1.0, None, EXIT_SLO),
+        (None, 0.2, EXIT_OK),
+        (None, 0.05, EXIT_SLO),
+    ],
+)
 def test_report_exit_code_follows_slo(slo_ms: float | None, max_err: float | None, expected: int) -> None:
-    rep = build_report(_cfg(slo_p99_ms=slo_ms, max_error_rate=max_err), ServerInfo(kind="echo"),
-                       _stats([0.002] * 90, {"internal": 10}), started_at_unix=0.0)
+    rep = build_report(
+        _cfg(slo_p99_ms=slo_ms, max_error_rate=max_err),
+        ServerInfo(kind="echo"),
+        _stats([0.002] * 90, {"internal": 10}),
+        started_at_unix=0.0,
+    )
     assert rep["exit_code"] == expected
     assert rep["slo"]["passed"] is (expected == EXIT_OK)
-    assert (("SLO: FAIL" in format_text(rep)) is (expected == EXIT_SLO))
+    assert ("SLO: FAIL" in format_text(rep)) is (expected == EXIT_SLO)
 
 
 def test_slo_without_any_success_is_a_breach() -> None:
@@ -284,11 +363,19 @@ def test_slo_without_any_success_is_a_breach() -> None:
     assert not evaluate_slo(p99_ms=None, error_rate=0.0, ok=0, slo_p99_ms=None, max_error_rate=None)
 
 
-@pytest.mark.parametrize("kw, fragment", [
-    ({"url": "http://x"}, "ws://"), ({"connections": 0}, "--connections"), ({"procs": 3}, "cannot exceed"),
-    ({"rate_per_s": 0.0}, "--rate"), ({"duration_s": 0.0}, "--duration"), ({"max_error_rate": 2.0}, "--max-error-rate"),
-    ({"slo_p99_ms": -1.0}, "--slo-p99-ms"), ({"inflight": 0}, "--inflight"),
-])
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        ({"url": "http://x"}, "ws://"),
+        ({"connections": 0}, "--connections"),
+        ({"procs": 3}, "cannot exceed"),
+        ({"rate_per_s": 0.0}, "--rate"),
+        ({"duration_s": 0.0}, "--duration"),
+        ({"max_error_rate": 2.0}, "--max-error-rate"),
+        ({"slo_p99_ms": -1.0}, "--slo-p99-ms"),
+        ({"inflight": 0}, "--inflight"),
+    ],
+)
 def test_config_errors_name_the_flag(kw: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         _cfg(**kw)

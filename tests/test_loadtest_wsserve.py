@@ -25,9 +25,15 @@ def wsserve_url(model_cache: Path) -> Iterator[str]:
 
 
 def test_mixed_open_loop_workload_is_served_without_errors(wsserve_url: str) -> None:
-    cfg = LoadConfig(url=wsserve_url, specs=tuple(parse_mix("predict:linear=4,predict:mlp:8=2,stream:mlp:50=1,generate:charlm:16=1",
-                                                             chunk_rows=10)),
-                     connections=4, rate_per_s=200.0, duration_s=1.5, warmup_s=0.3, progress=False)
+    cfg = LoadConfig(
+        url=wsserve_url,
+        specs=tuple(parse_mix("predict:linear=4,predict:mlp:8=2,stream:mlp:50=1,generate:charlm:16=1", chunk_rows=10)),
+        connections=4,
+        rate_per_s=200.0,
+        duration_s=1.5,
+        warmup_s=0.3,
+        progress=False,
+    )
     rep = run_load(cfg, err=io.StringIO())
     assert rep["server"]["kind"] == "protocol" and rep["server"]["name"] == "wsserve"
     assert rep["config"]["inflight"] >= 1  # taken from the server's hello
@@ -49,9 +55,31 @@ def test_mixed_open_loop_workload_is_served_without_errors(wsserve_url: str) -> 
 @pytest.mark.parametrize("entry", [["-m", "wsserve", "loadtest"], [str(ROOT / "clients" / "loadtest.py")]])
 def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, *entry, wsserve_url, "-c", "8", "-k", "2", "-d", "1", "-w", "0.3",
-                           "--model", "mlp", "--slo-p99-ms", "5000", "--json", str(out)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            *entry,
+            wsserve_url,
+            "-c",
+            "8",
+            "-k",
+            "2",
+            "-d",
+            "1",
+            "-w",
+            "0.3",
+            "--model",
+            "mlp",
+            "--slo-p99-ms",
+            "5000",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert proc.returncode == EXIT_OK, proc.stderr
     assert "req/s achieved" in proc.stdout and "SLO: PASS" in proc.stdout
     assert "sent" in proc.stderr and "ok/s" in proc.stderr  # the progress lines
@@ -63,8 +91,14 @@ def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path:
 def test_api_key_is_sent_in_every_handshake(model_cache: Path) -> None:
     proc = ServerProcess("--api-key", "k3y", cache_dir=model_cache)
     try:
-        base = dict(url=proc.url, specs=tuple(parse_mix("predict:linear")), connections=2, duration_s=0.5, warmup_s=0.1,
-                    progress=False)
+        base = dict(
+            url=proc.url,
+            specs=tuple(parse_mix("predict:linear")),
+            connections=2,
+            duration_s=0.5,
+            warmup_s=0.1,
+            progress=False,
+        )
         with_key = run_load(LoadConfig(**base, api_key="k3y"), err=io.StringIO())
         without = run_load(LoadConfig(**base), err=io.StringIO())
     finally:

@@ -41,6 +41,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     try:
         import uvloop
+
         uvloop.run(main(a.host, a.port))
     except ImportError:
         asyncio.run(main(a.host, a.port))

@@ -27,7 +27,9 @@ app = FastAPI()
 @app.websocket("/")
 async def predict_socket(websocket: WebSocket) -> None:
     await websocket.accept()
-    await websocket.send_json({"type": "hello", "server": "fastapi", "version": "0", "protocol": 1, "models": list(MODELS)})
+    await websocket.send_json(
+        {"type": "hello", "server": "fastapi", "version": "0", "protocol": 1, "models": list(MODELS)}
+    )
     try:
         while True:
             msg = await websocket.receive_json()
@@ -44,7 +46,9 @@ async def predict_socket(websocket: WebSocket) -> None:
             except Exception as exc:  # noqa: BLE001
                 await websocket.send_json({"type": "error", "id": rid, "code": "invalid_input", "message": str(exc)})
                 continue
-            await websocket.send_json({"type": "result", "id": rid, "model": msg["model"], "version": "1", "outputs": y.tolist()})
+            await websocket.send_json(
+                {"type": "result", "id": rid, "model": msg["model"], "version": "1", "outputs": y.tolist()}
+            )
     except WebSocketDisconnect:
         return
 

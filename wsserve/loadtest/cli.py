@@ -49,41 +49,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8765")
     load = parser.add_argument_group("load shape")
     load.add_argument("-c", "--connections", type=int, default=1, help="WebSocket connections in total (default 1)")
-    load.add_argument("-k", "--inflight", type=int, default=None,
-                      help="closed loop: requests kept outstanding per connection (default 1); "
-                           "open loop: the most outstanding per connection (default: the server's max_inflight)")
-    load.add_argument("-r", "--rate", type=float, default=None,
-                      help="open loop: requests/s in total on a fixed schedule (latency from each intended send time); "
-                           "without it the test is closed loop")
+    load.add_argument(
+        "-k",
+        "--inflight",
+        type=int,
+        default=None,
+        help="closed loop: requests kept outstanding per connection (default 1); "
+        "open loop: the most outstanding per connection (default: the server's max_inflight)",
+    )
+    load.add_argument(
+        "-r",
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: requests/s in total on a fixed schedule (latency from each intended send time); "
+        "without it the test is closed loop",
+    )
     load.add_argument("-d", "--duration", type=float, default=10.0, help="measured seconds (default 10)")
     load.add_argument("-w", "--warmup", type=float, default=1.0, help="unmeasured seconds of load first (default 1)")
-    load.add_argument("-p", "--procs", type=int, default=1, help="client processes; connections are split between them (default 1)")
+    load.add_argument(
+        "-p", "--procs", type=int, default=1, help="client processes; connections are split between them (default 1)"
+    )
     work = parser.add_argument_group("workload")
-    work.add_argument("--workload", choices=KINDS, default="predict",
-                      help="predict (default), stream (streamed predict) or generate")
+    work.add_argument(
+        "--workload", choices=KINDS, default="predict", help="predict (default), stream (streamed predict) or generate"
+    )
     work.add_argument("--model", default=None, help="model name (default: linear; charlm for generate)")
     work.add_argument("--rows", type=int, default=1, help="rows per predict request (default 1)")
     work.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk for stream (default: the server's)")
     work.add_argument("--max-tokens", type=int, default=32, help="tokens per generate request (default 32)")
-    work.add_argument("--mix", default=None, metavar="SPEC",
-                      help="weighted mix instead of --workload/--model: kind:model[:size][=weight],... "
-                           "e.g. predict:linear=8,generate:charlm=1 (size = rows, or max_tokens for generate)")
+    work.add_argument(
+        "--mix",
+        default=None,
+        metavar="SPEC",
+        help="weighted mix instead of --workload/--model: kind:model[:size][=weight],... "
+        "e.g. predict:linear=8,generate:charlm=1 (size = rows, or max_tokens for generate)",
+    )
     mode = work.add_mutually_exclusive_group()
-    mode.add_argument("--echo", dest="echo", action="store_const", const=True, default=None,
-                      help="the server is a raw echo: any frame carrying a request's id answers it (default: detect)")
-    mode.add_argument("--protocol", dest="echo", action="store_const", const=False,
-                      help="require a wsserve-protocol server (refuse an echo)")
+    mode.add_argument(
+        "--echo",
+        dest="echo",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the server is a raw echo: any frame carrying a request's id answers it (default: detect)",
+    )
+    mode.add_argument(
+        "--protocol",
+        dest="echo",
+        action="store_const",
+        const=False,
+        help="require a wsserve-protocol server (refuse an echo)",
+    )
     work.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
-    work.add_argument("--api-key", default=None, metavar="KEY",
-                      help="send 'Authorization: Bearer KEY' in each handshake (default: $WSSERVE_API_KEY if set)")
+    work.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="send 'Authorization: Bearer KEY' in each handshake (default: $WSSERVE_API_KEY if set)",
+    )
     out = parser.add_argument_group("output and pass/fail")
     out.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the full report as JSON to FILE")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress line each second")
     out.add_argument("--slo-p99-ms", type=float, default=None, help="exit 3 when p99 latency exceeds this (ms)")
-    out.add_argument("--max-error-rate", type=float, default=None, help="exit 3 when errors/requests exceeds this (0..1)")
-    out.add_argument("--late-ms", type=float, default=5.0, help="open loop: a send this far behind schedule counts as late (default 5)")
-    out.add_argument("--grace", type=float, default=5.0, help="seconds to wait for outstanding replies after the run (default 5)")
-    out.add_argument("--open-timeout", type=float, default=10.0, help="seconds allowed to open a connection (default 10)")
+    out.add_argument(
+        "--max-error-rate", type=float, default=None, help="exit 3 when errors/requests exceeds this (0..1)"
+    )
+    out.add_argument(
+        "--late-ms",
+        type=float,
+        default=5.0,
+        help="open loop: a send this far behind schedule counts as late (default 5)",
+    )
+    out.add_argument(
+        "--grace", type=float, default=5.0, help="seconds to wait for outstanding replies after the run (default 5)"
+    )
+    out.add_argument(
+        "--open-timeout", type=float, default=10.0, help="seconds allowed to open a connection (default 10)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -92,8 +135,11 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         specs = parse_mix(args.mix, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens)
     else:
         model = args.model or ("charlm" if args.workload == "generate" else "linear")
-        specs = [WorkloadSpec(kind=args.workload, model=model, rows=args.rows, chunk_rows=args.chunk_rows,
-                              max_tokens=args.max_tokens)]
+        specs = [
+            WorkloadSpec(
+                kind=args.workload, model=model, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens
+            )
+        ]
     return LoadConfig(
         url=args.url,
         specs=tuple(specs),
@@ -138,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m wsserve.loadtest``."""
-    parser = argparse.ArgumentParser(prog="wsserve loadtest", description="Load-test a wsserve (or any protocol-speaking, or echo) WebSocket server.")
+    parser = argparse.ArgumentParser(
+        prog="wsserve loadtest", description="Load-test a wsserve (or any protocol-speaking, or echo) WebSocket server."
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -70,7 +70,9 @@ class LoadConfig:
         if self.procs < 1:
             raise ValueError(f"--procs must be >= 1, got {self.procs}")
         if self.procs > self.connections:
-            raise ValueError(f"--procs ({self.procs}) cannot exceed --connections ({self.connections}): each process needs a connection")
+            raise ValueError(
+                f"--procs ({self.procs}) cannot exceed --connections ({self.connections}): each process needs a connection"
+            )
         if self.late_ms < 0 or self.grace_s < 0:
             raise ValueError("--late-ms and --grace must be >= 0")
         if self.slo_p99_ms is not None and not self.slo_p99_ms > 0:

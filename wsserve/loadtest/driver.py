@@ -93,8 +93,11 @@ class Worker:
         self._closed_loop = load.rate_per_s is None
         models = cfg.server.models
         self._factories = [
-            RequestFactory(spec, input_width=models[spec.model].input_width if spec.model in models else 1,
-                           seed=load.seed * 1009 + cfg.index)
+            RequestFactory(
+                spec,
+                input_width=models[spec.model].input_width if spec.model in models else 1,
+                seed=load.seed * 1009 + cfg.index,
+            )
             for spec in load.specs
         ]
         self._cycle = WeightedCycle([s.weight for s in load.specs])
@@ -189,8 +192,9 @@ class Worker:
     async def _open_loop(self, window: Window) -> None:
         load = self._cfg.load
         assert load.rate_per_s is not None and self._slot_freed is not None
-        sched = OpenLoopSchedule(rate_per_s=load.rate_per_s, start=window.start, end=window.end,
-                                 first=self._cfg.index, stride=load.procs)
+        sched = OpenLoopSchedule(
+            rate_per_s=load.rate_per_s, start=window.start, end=window.end, first=self._cfg.index, stride=load.procs
+        )
         cap = self._cfg.inflight
         conns = self._conns
         n = len(conns)

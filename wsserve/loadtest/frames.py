@@ -25,8 +25,18 @@ except ImportError:  # pragma: no cover - the C extension is normally present
     from websockets.utils import apply_mask
 
 __all__ = [
-    "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT",
-    "FrameReader", "HandshakeError", "ProtocolError", "Masker", "check_response", "handshake_request",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameReader",
+    "HandshakeError",
+    "ProtocolError",
+    "Masker",
+    "check_response",
+    "handshake_request",
 ]
 
 OP_CONT: Final = 0x0
@@ -50,8 +60,9 @@ class HandshakeError(Exception):
     """The server did not accept the WebSocket upgrade; the message gives its status line."""
 
 
-def handshake_request(*, host: str, port: int, path: str, subprotocols: list[str] | None = None,
-                      headers: dict[str, str] | None = None) -> tuple[bytes, str]:
+def handshake_request(
+    *, host: str, port: int, path: str, subprotocols: list[str] | None = None, headers: dict[str, str] | None = None
+) -> tuple[bytes, str]:
     """The HTTP upgrade request (with any extra ``headers``) and its ``Sec-WebSocket-Key``."""
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [
@@ -97,7 +108,9 @@ def check_response(buffer: bytes | bytearray, key: str) -> tuple[int, dict[str, 
     if headers.get("sec-websocket-accept") != expected:
         raise HandshakeError("bad Sec-WebSocket-Accept in the server's response")
     if headers.get("sec-websocket-extensions"):
-        raise HandshakeError(f"server selected an extension that was not offered: {headers['sec-websocket-extensions']}")
+        raise HandshakeError(
+            f"server selected an extension that was not offered: {headers['sec-websocket-extensions']}"
+        )
     return end + 4, headers
 
 
@@ -146,7 +159,7 @@ class FrameReader:
             end = pos + head + length
             if end > n:
                 break
-            payload = buf[pos + head:end]
+            payload = buf[pos + head : end]
             pos = end
             op = b0 & 0x0F
             fin = b0 & 0x80

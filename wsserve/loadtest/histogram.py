@@ -51,7 +51,8 @@ class LatencyHistogram:
     # -- transport ---------------------------------------------------------
     def encode(self) -> str:
         """The compressed base64 form (ASCII ``str``) for another process or a report."""
-        return self._h.encode().decode("ascii")
+        encoded: bytes = self._h.encode()
+        return encoded.decode("ascii")
 
     @classmethod
     def decode(cls, text: str) -> LatencyHistogram:
@@ -73,7 +74,7 @@ class LatencyHistogram:
         """The value at ``percentile`` (0-100) in ms; 0.0 when empty."""
         if not self.count:
             return 0.0
-        return self._h.get_value_at_percentile(percentile) / 1000.0
+        return float(self._h.get_value_at_percentile(percentile)) / 1000.0
 
     @property
     def max_ms(self) -> float:
@@ -89,7 +90,11 @@ class LatencyHistogram:
 
     def summary_ms(self) -> dict[str, float | int]:
         """``{"count", "min", "mean", "p50", "p90", "p99", "p99.9", "max"}``; times in ms."""
-        out: dict[str, float | int] = {"count": self.count, "min": round(self.min_ms, 3), "mean": round(self.mean_ms, 3)}
+        out: dict[str, float | int] = {
+            "count": self.count,
+            "min": round(self.min_ms, 3),
+            "mean": round(self.mean_ms, 3),
+        }
         for label, pct in PERCENTILES:
             out[label] = round(self.value_at_ms(pct), 3)
         out["max"] = round(self.max_ms, 3)

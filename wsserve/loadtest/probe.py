@@ -64,7 +64,9 @@ async def probe(url: str, *, echo: bool | None, open_timeout_s: float = 10.0, ap
                     data = await ws.recv(decode=False)
                     if data == request:
                         if echo is False:
-                            raise LoadTestError(f"{url} echoed the probe back: an echo server, not a wsserve-protocol server (use --echo)")
+                            raise LoadTestError(
+                                f"{url} echoed the probe back: an echo server, not a wsserve-protocol server (use --echo)"
+                            )
                         return ServerInfo(kind="echo", server="echo")
                     try:
                         frame = orjson.loads(data)
@@ -93,8 +95,10 @@ def _server_info(reply: dict[str, Any], hello: dict[str, Any]) -> ServerInfo:
             if isinstance(obj, dict) and "name" in obj:
                 shape = ModelShape.from_json(obj)
                 models[shape.name] = shape
-    limits = hello.get("limits") if isinstance(hello.get("limits"), dict) else {}
-    max_inflight = limits.get("max_inflight") if isinstance(limits.get("max_inflight"), int) else None
+    limits = hello.get("limits")
+    max_inflight = limits.get("max_inflight") if isinstance(limits, dict) else None
+    if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or max_inflight < 1:
+        max_inflight = None
     return ServerInfo(
         kind="protocol",
         server=str(hello.get("server", "unknown")),

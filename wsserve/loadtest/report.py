@@ -28,8 +28,15 @@ EXIT_SLO = 3
 
 def _spec_json(cfg: LoadConfig) -> list[dict[str, Any]]:
     return [
-        {"label": s.label, "kind": s.kind, "model": s.model, "weight": s.weight, "rows": s.rows,
-         "chunk_rows": s.chunk_rows, "max_tokens": s.max_tokens}
+        {
+            "label": s.label,
+            "kind": s.kind,
+            "model": s.model,
+            "weight": s.weight,
+            "rows": s.rows,
+            "chunk_rows": s.chunk_rows,
+            "max_tokens": s.max_tokens,
+        }
         for s in cfg.specs
     ]
 
@@ -57,8 +64,9 @@ def _workload_json(w: WorkloadStats, weight: int, duration_s: float) -> dict[str
     return out
 
 
-def evaluate_slo(*, p99_ms: float | None, error_rate: float, ok: int, slo_p99_ms: float | None,
-                 max_error_rate: float | None) -> list[str]:
+def evaluate_slo(
+    *, p99_ms: float | None, error_rate: float, ok: int, slo_p99_ms: float | None, max_error_rate: float | None
+) -> list[str]:
     """Human-readable breaches (empty list = pass).  No successful request breaches a latency SLO."""
     breaches: list[str] = []
     if slo_p99_ms is not None:
@@ -75,8 +83,14 @@ def evaluate_slo(*, p99_ms: float | None, error_rate: float, ok: int, slo_p99_ms
 CLIENT_BUSY_CORES = 0.9
 
 
-def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, started_at_unix: float,
-                 start_monotonic: float | None = None) -> dict[str, Any]:
+def build_report(
+    cfg: LoadConfig,
+    server: ServerInfo,
+    stats: RunStats,
+    *,
+    started_at_unix: float,
+    start_monotonic: float | None = None,
+) -> dict[str, Any]:
     """The full report.
 
     Top-level keys: ``schema`` (str), ``url`` (str), ``started_at`` (ISO 8601
@@ -109,14 +123,19 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
     achieved = ok_in_window / duration
     target = cfg.rate_per_s
     overall = total.summary_ms()
-    breaches = evaluate_slo(p99_ms=overall["p99"] if ok else None, error_rate=error_rate, ok=ok,
-                            slo_p99_ms=cfg.slo_p99_ms, max_error_rate=cfg.max_error_rate)
+    breaches = evaluate_slo(
+        p99_ms=overall["p99"] if ok else None,
+        error_rate=error_rate,
+        ok=ok,
+        slo_p99_ms=cfg.slo_p99_ms,
+        max_error_rate=cfg.max_error_rate,
+    )
     weights = {s.label: s.weight for s in cfg.specs}
     cpu_cores = list(stats.cpu_cores_per_proc)
     return {
         "schema": REPORT_SCHEMA,
         "url": cfg.url,
-        "started_at": _dt.datetime.fromtimestamp(started_at_unix, _dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": _dt.datetime.fromtimestamp(started_at_unix, _dt.UTC).isoformat(timespec="seconds"),
         "mode": cfg.mode,
         "server": {"kind": server.kind, "name": server.server, "version": server.version},
         "config": {
@@ -157,7 +176,12 @@ def build_report(cfg: LoadConfig, server: ServerInfo, stats: RunStats, *, starte
             "threshold_ms": cfg.late_ms,
             "send_lag_ms": stats.send_lag.summary_ms(),
         },
-        "slo": {"p99_ms": cfg.slo_p99_ms, "max_error_rate": cfg.max_error_rate, "passed": not breaches, "breaches": breaches},
+        "slo": {
+            "p99_ms": cfg.slo_p99_ms,
+            "max_error_rate": cfg.max_error_rate,
+            "passed": not breaches,
+            "breaches": breaches,
+        },
         "exit_code": EXIT_SLO if breaches else EXIT_OK,
         "histograms": {"all": total.encode(), **{w.label: w.latency.encode() for w in stats.workloads}},
     }
@@ -179,19 +203,27 @@ def format_text(report: dict[str, Any]) -> str:
         shape = f"open loop at {cfg['rate_per_s']:,.0f} req/s over {cfg['connections']} connections"
     who = srv["name"] + (f" {srv['version']}" if srv["version"] else "") if srv["kind"] == "protocol" else "echo server"
     lines.append(f"{report['url']} ({who}): {shape}, {cfg['procs']} client process(es)")
-    lines.append(f"measured {cfg['duration_s']:g} s after {cfg['warmup_s']:g} s warm-up; "
-                 'mix ' + ', '.join(f"{m['label']}={m['weight']}" for m in cfg["mix"]))
+    lines.append(
+        f"measured {cfg['duration_s']:g} s after {cfg['warmup_s']:g} s warm-up; "
+        "mix " + ", ".join(f"{m['label']}={m['weight']}" for m in cfg["mix"])
+    )
     tp = report["throughput"]
     if tp["target_rps"]:
-        lines.append(f"throughput: {tp['achieved_rps']:,.1f} req/s achieved of {tp['target_rps']:,.1f} target "
-                     f"({tp['achieved_ratio']:.1%})")
+        lines.append(
+            f"throughput: {tp['achieved_rps']:,.1f} req/s achieved of {tp['target_rps']:,.1f} target "
+            f"({tp['achieved_ratio']:.1%})"
+        )
     else:
         lines.append(f"throughput: {tp['achieved_rps']:,.1f} req/s achieved (closed loop, no target)")
     rq = report["requests"]
     lines.append(f"requests: {rq['sent']:,} sent, {rq['ok']:,} ok, {rq['errors']:,} errors ({rq['error_rate']:.3%})")
     names = ["all", *(label + " 1st chunk" for label in report["workloads"])]
     width = max(len(n) for n in names) + 2
-    lines.append(f"  {'latency (ms)':<{width}}" + "".join(f"{h:>10}" for h in ("p50", "p90", "p99", "p99.9", "max", "mean")) + f"{'count':>11}")
+    lines.append(
+        f"  {'latency (ms)':<{width}}"
+        + "".join(f"{h:>10}" for h in ("p50", "p90", "p99", "p99.9", "max", "mean"))
+        + f"{'count':>11}"
+    )
     lines.append(_fmt_row("all", report["latency_ms"], width))
     for label, w in report["workloads"].items():
         if len(report["workloads"]) > 1:
@@ -207,18 +239,34 @@ def format_text(report: dict[str, Any]) -> str:
     else:
         lines.append("errors by code: none")
     cc = report["close_codes"]
-    lines.append("close codes: " + (", ".join(f"{k} x{v}" for k, v in cc.items()) if cc else "none")
-                 + (f"; {report['connections']['failed']} connection(s) failed to open" if report["connections"]["failed"] else ""))
+    lines.append(
+        "close codes: "
+        + (", ".join(f"{k} x{v}" for k, v in cc.items()) if cc else "none")
+        + (
+            f"; {report['connections']['failed']} connection(s) failed to open"
+            if report["connections"]["failed"]
+            else ""
+        )
+    )
     if report["mode"] == "open":
         ls = report["late_sends"]
-        lines.append(f"late sends: {ls['count']:,} more than {ls['threshold_ms']:g} ms behind schedule; "
-                     f"send lag p50 {ls['send_lag_ms']['p50']:.3f} ms, p99 {ls['send_lag_ms']['p99']:.3f} ms, "
-                     f"max {ls['send_lag_ms']['max']:.3f} ms")
+        lines.append(
+            f"late sends: {ls['count']:,} more than {ls['threshold_ms']:g} ms behind schedule; "
+            f"send lag p50 {ls['send_lag_ms']['p50']:.3f} ms, p99 {ls['send_lag_ms']['p99']:.3f} ms, "
+            f"max {ls['send_lag_ms']['max']:.3f} ms"
+        )
     cl = report["client"]
     if cl["cpu_cores_per_proc"]:
-        lines.append("client CPU: " + ", ".join(f"{c:.2f}" for c in cl["cpu_cores_per_proc"]) + " cores per process"
-                     + ("  WARNING: a client process was nearly saturated; the tool may have limited the result"
-                        " (add --procs)" if cl["busy"] else ""))
+        lines.append(
+            "client CPU: "
+            + ", ".join(f"{c:.2f}" for c in cl["cpu_cores_per_proc"])
+            + " cores per process"
+            + (
+                "  WARNING: a client process was nearly saturated; the tool may have limited the result (add --procs)"
+                if cl["busy"]
+                else ""
+            )
+        )
     slo = report["slo"]
     if slo["p99_ms"] is not None or slo["max_error_rate"] is not None:
         lines.append("SLO: " + ("PASS" if slo["passed"] else "FAIL: " + "; ".join(slo["breaches"])))

@@ -107,6 +107,7 @@ def _run_procs(cfg: LoadConfig, server: ServerInfo, *, err: TextIO) -> tuple[Run
     ctx = multiprocessing.get_context("spawn")
     pipes: list[mpc.Connection] = []
     procs: list[multiprocessing.process.BaseProcess] = []
+    ok = False
     try:
         for index, n_conns in enumerate(split_evenly(cfg.connections, cfg.procs)):
             parent_end, child_end = ctx.Pipe()
@@ -116,18 +117,20 @@ def _run_procs(cfg: LoadConfig, server: ServerInfo, *, err: TextIO) -> tuple[Run
             child_end.close()
             pipes.append(parent_end)
             procs.append(p)
-        _await_ready(cfg, pipes)
+        _await_ready(cfg, pipes, err=err)
         start = time.monotonic() + _START_MARGIN_S
         for pipe in pipes:
             pipe.send(("start", start))
         parts = _collect(cfg, pipes, start=start, err=err)
-        return RunStats.merged(parts), start
+        merged = RunStats.merged(parts), start
+        ok = True
+        return merged
     finally:
-        for p in procs:
-            p.join(timeout=2.0)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=2.0)
+        for proc in procs:
+            proc.join(timeout=2.0 if ok else 0.0)  # on failure or Ctrl-C: no waiting
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=2.0)
         for pipe in pipes:
             pipe.close()
 
@@ -139,7 +142,7 @@ def _recv(pipe: mpc.Connection) -> tuple[Any, ...]:
         raise LoadTestError("a client process exited without reporting (see its output above)") from None
 
 
-def _await_ready(cfg: LoadConfig, pipes: list[mpc.Connection]) -> None:
+def _await_ready(cfg: LoadConfig, pipes: list[mpc.Connection], *, err: TextIO) -> None:
     waiting = set(pipes)
     deadline = time.monotonic() + _READY_TIMEOUT_S + cfg.open_timeout_s
     opened = 0
@@ -154,11 +157,17 @@ def _await_ready(cfg: LoadConfig, pipes: list[mpc.Connection]) -> None:
                 raise LoadTestError(msg[1])
             opened += msg[1]
             failures.extend(msg[2])
-            waiting.discard(pipe)  # type: ignore[arg-type]
+            waiting.discard(pipe)
     if opened == 0:
-        raise LoadTestError(f"no connection to {cfg.url} could be opened: {failures[0] if failures else 'unknown reason'}")
+        raise LoadTestError(
+            f"no connection to {cfg.url} could be opened: {failures[0] if failures else 'unknown reason'}"
+        )
     if opened < cfg.connections:
-        print(f"warning: only {opened} of {cfg.connections} connections opened; first failure: {failures[0]}", file=err, flush=True)
+        print(
+            f"warning: only {opened} of {cfg.connections} connections opened; first failure: {failures[0]}",
+            file=err,
+            flush=True,
+        )
 
 
 def _collect(cfg: LoadConfig, pipes: list[mpc.Connection], *, start: float, err: TextIO) -> list[RunStats]:
@@ -216,9 +225,11 @@ class _Interval:
 def _progress_line(elapsed: float, phase: str, latest: dict[int, dict[str, Any]], rate: float, iv: _Interval) -> str:
     tot = {k: sum(s[k] for s in latest.values()) for k in ("sent", "ok", "errors", "tokens", "outstanding")}
     mean_ms = iv.sum_s / iv.n * 1000 if iv.n else 0.0
-    line = (f"[{elapsed:6.1f}s {phase:<7}] sent {tot['sent']:>10,}  ok {tot['ok']:>10,}  err {tot['errors']:>7,}  "
-            f"{rate:>9,.0f} ok/s  latency mean {mean_ms:8.3f} ms  max {iv.max_s * 1000:8.3f} ms  "
-            f"in flight {tot['outstanding']:,}")
+    line = (
+        f"[{elapsed:6.1f}s {phase:<7}] sent {tot['sent']:>10,}  ok {tot['ok']:>10,}  err {tot['errors']:>7,}  "
+        f"{rate:>9,.0f} ok/s  latency mean {mean_ms:8.3f} ms  max {iv.max_s * 1000:8.3f} ms  "
+        f"in flight {tot['outstanding']:,}"
+    )
     if tot["tokens"]:
         line += f"  tokens {tot['tokens']:,}"
     return line

@@ -48,11 +48,20 @@ _CLOSE_TIMEOUT_S = 2.0
 class WsClient(asyncio.Protocol):
     """One client connection (see the module docstring).  ``on_close(code)`` runs once when the TCP connection ends."""
 
-    def __init__(self, *, host: str, port: int, path: str, on_message: OnMessage,
-                 on_close: OnClose | None = None, subprotocols: list[str] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        self._request, self._key = handshake_request(host=host, port=port, path=path, subprotocols=subprotocols,
-                                                     headers=headers)
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        on_message: OnMessage,
+        on_close: OnClose | None = None,
+        subprotocols: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._request, self._key = handshake_request(
+            host=host, port=port, path=path, subprotocols=subprotocols, headers=headers
+        )
         self._on_message = on_message
         self._on_close = on_close
         loop = asyncio.get_running_loop()
@@ -72,6 +81,11 @@ class WsClient(asyncio.Protocol):
     @property
     def is_open(self) -> bool:
         return self._state == "open"
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code received once the connection has ended (see :attr:`closed`), else ``None``."""
+        return self.closed.result() if self.closed.done() else None
 
     # -- asyncio.Protocol --------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,7 +147,9 @@ class WsClient(asyncio.Protocol):
         if self._abort_handle is not None:
             self._abort_handle.cancel()
         if not self.opened.done():
-            self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc or 'closed by the server'}"))
+            self.opened.set_exception(
+                ConnectionError(f"connection lost during the handshake: {exc or 'closed by the server'}")
+            )
         code = self._close_rcvd if self._close_rcvd is not None else 1006
         if not self.closed.done():
             self.closed.set_result(code)
@@ -176,18 +192,34 @@ class WsClient(asyncio.Protocol):
             self._abort_handle = asyncio.get_running_loop().call_later(_CLOSE_TIMEOUT_S, self._transport.abort)
 
 
-async def open_client(url: str, *, on_message: OnMessage, on_close: OnClose | None = None,
-                      subprotocols: list[str] | None = None, headers: dict[str, str] | None = None,
-                      open_timeout_s: float = 10.0) -> WsClient:
+async def open_client(
+    url: str,
+    *,
+    on_message: OnMessage,
+    on_close: OnClose | None = None,
+    subprotocols: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    open_timeout_s: float = 10.0,
+) -> WsClient:
     """Connect and complete the handshake.  Raises ``OSError``, ``HandshakeError`` or ``TimeoutError``."""
     uri = parse_uri(url)
     loop = asyncio.get_running_loop()
     ctx = ssl.create_default_context() if uri.secure else None
     async with asyncio.timeout(open_timeout_s):
         transport, client = await loop.create_connection(
-            lambda: WsClient(host=uri.host, port=uri.port, path=uri.resource_name, on_message=on_message,
-                             on_close=on_close, subprotocols=subprotocols, headers=headers),
-            uri.host, uri.port, ssl=ctx)
+            lambda: WsClient(
+                host=uri.host,
+                port=uri.port,
+                path=uri.resource_name,
+                on_message=on_message,
+                on_close=on_close,
+                subprotocols=subprotocols,
+                headers=headers,
+            ),
+            uri.host,
+            uri.port,
+            ssl=ctx,
+        )
         try:
             await client.opened
         except BaseException:

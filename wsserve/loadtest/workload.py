@@ -108,7 +108,14 @@ def parse_mix(text: str, *, rows: int = 1, chunk_rows: int | None = None, max_to
                 size = int(parts[2])
             except ValueError:
                 raise ValueError(f"bad size {parts[2]!r} in {item!r}: want an integer >= 1") from None
-        spec = WorkloadSpec(kind=kind, model=model, weight=weight, rows=rows, chunk_rows=chunk_rows, max_tokens=max_tokens)  # type: ignore[arg-type]
+        spec = WorkloadSpec(
+            kind=kind,  # checked against KINDS above
+            model=model,
+            weight=weight,
+            rows=rows,
+            chunk_rows=chunk_rows,
+            max_tokens=max_tokens,
+        )
         if size is not None:
             spec = replace(spec, max_tokens=size) if kind == "generate" else replace(spec, rows=size)
         specs.append(spec)
@@ -145,7 +152,9 @@ def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, Mod
             known = ", ".join(sorted(models)) or "(none)"
             raise ValueError(f"workload {spec.label}: the server has no model {spec.model!r}; known: {known}")
         if spec.kind == "generate" and shape.task and shape.task != "generation":
-            raise ValueError(f"workload {spec.label}: model {spec.model!r} is a {shape.task} model; generate needs a generation model")
+            raise ValueError(
+                f"workload {spec.label}: model {spec.model!r} is a {shape.task} model; generate needs a generation model"
+            )
         if spec.kind != "generate" and shape.task == "generation":
             raise ValueError(f"workload {spec.label}: model {spec.model!r} only serves generate")
 
@@ -191,7 +200,12 @@ class RequestFactory:
         for v in range(max(1, variants)):
             frame: dict[str, Any]
             if spec.kind == "generate":
-                frame = {"type": "generate", "model": spec.model, "prompt": _PROMPTS[v % len(_PROMPTS)], "max_tokens": spec.max_tokens}
+                frame = {
+                    "type": "generate",
+                    "model": spec.model,
+                    "prompt": _PROMPTS[v % len(_PROMPTS)],
+                    "max_tokens": spec.max_tokens,
+                }
             else:
                 inputs = [[round(rng.random(), 4) for _ in range(input_width)] for _ in range(spec.rows)]
                 frame = {"type": "predict", "model": spec.model, "inputs": inputs}
