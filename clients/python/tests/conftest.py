@@ -162,19 +162,7 @@ def client_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(cache: Path, *args: str, port: int = 0) -> Server:
-    try:
-        return Server(*args, cache_dir=cache, port=port).start()
-    except RuntimeError as exc:
-        # TEMPORARY until the token-streaming issue lands: a server without charlm.
-        if "unknown model 'charlm'" not in str(exc):
-            raise
-        return Server(*args, "--models", "linear,mlp", cache_dir=cache, port=port).start()
-
-
-def needs_charlm(hello_models: tuple[str, ...]) -> None:
-    """Skip a generate test when the server does not serve ``charlm`` (yet)."""
-    if "charlm" not in hello_models:
-        pytest.skip("server does not serve charlm yet (token-streaming issue not landed)")
+    return Server(*args, cache_dir=cache, port=port).start()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import Server, needs_charlm
+from conftest import Server
 
 from wsserve_client import (
     BadRequestError,
@@ -184,8 +184,6 @@ async def test_lazy_connect_without_async_with(server: Server) -> None:
 
 async def test_generate_streams_tokens_and_result(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         gen = c.generate("charlm", "The ", max_tokens=20)
         assert isinstance(gen, Generation)
         tokens = [t async for t in gen]
@@ -200,8 +198,6 @@ async def test_generate_streams_tokens_and_result(server: Server) -> None:
 
 async def test_generate_seeded_sampling_and_stop(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         a = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)
         b = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)
         assert a.text == b.text
@@ -213,8 +209,6 @@ async def test_generate_seeded_sampling_and_stop(server: Server) -> None:
 
 async def test_generate_bad_parameters(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         with pytest.raises(BadRequestError):
             await c.complete("charlm", "x", max_tokens=0)
         with pytest.raises(BadRequestError):
@@ -225,8 +219,6 @@ async def test_generate_bad_parameters(server: Server) -> None:
 
 async def test_many_concurrent_generations(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         alone = await c.complete("charlm", "To be", max_tokens=16)
         outs = await asyncio.gather(*(c.complete("charlm", "To be", max_tokens=16) for _ in range(32)))
         assert all(o.text == alone.text for o in outs)

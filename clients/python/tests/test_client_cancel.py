@@ -13,7 +13,7 @@ import time
 
 import pytest
 import websockets
-from conftest import Server, needs_charlm
+from conftest import Server
 
 from wsserve_client import Client, ClientClosed, DeadlineExceeded
 
@@ -65,8 +65,6 @@ async def test_leaving_a_predict_stream_block_early(slow_server: Server) -> None
 async def test_generation_break_from_bare_async_for(server: Server) -> None:
     """``break`` with no ``async with`` and no ``aclose()``: the cancel still goes out."""
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         before = await server.arequests_total(model="charlm", type="generate", code="cancelled")
         n = 0
         async for _ in c.generate("charlm", "The ", max_tokens=LONG):
@@ -83,8 +81,6 @@ async def test_generation_break_from_bare_async_for(server: Server) -> None:
 
 async def test_generation_break_inside_async_with(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         gen = c.generate("charlm", "The ", max_tokens=LONG)
         async with gen:
             async for _ in gen:
@@ -98,8 +94,6 @@ async def test_generation_break_inside_async_with(server: Server) -> None:
 
 async def test_generation_aclose(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         gen = c.generate("charlm", "The ", max_tokens=LONG)
         assert await gen.__anext__()
         await gen.aclose()
@@ -112,8 +106,6 @@ async def test_generation_aclose(server: Server) -> None:
 
 async def test_generation_cancel_keeps_listening_for_reason_cancelled(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         gen = c.generate("charlm", "The ", max_tokens=LONG)
         n = 0
         async for _ in gen:
@@ -128,8 +120,6 @@ async def test_generation_cancel_keeps_listening_for_reason_cancelled(server: Se
 
 async def test_cancelling_the_task_consuming_a_generation(server: Server) -> None:
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         got = asyncio.Event()
 
         async def consume() -> None:
@@ -148,8 +138,6 @@ async def test_cancelling_the_task_consuming_a_generation(server: Server) -> Non
 async def test_leaving_the_client_cancels_unfinished_work(server: Server) -> None:
     c = Client(server.url)
     await c.connect()
-    assert c.hello is not None
-    needs_charlm(c.hello.models)
     before = await server.arequests_total(model="charlm", type="generate", code="cancelled")
     got = asyncio.Event()
     errors: list[BaseException] = []
@@ -177,8 +165,6 @@ async def test_leaving_the_client_cancels_unfinished_work(server: Server) -> Non
 async def test_generation_garbage_collected_cycle_still_cancels(server: Server) -> None:
     """Even a stream object kept alive by a reference cycle sends its cancel once collected."""
     async with Client(server.url) as c:
-        assert c.hello is not None
-        needs_charlm(c.hello.models)
         gen = c.generate("charlm", "The ", max_tokens=LONG)
         await gen.__anext__()
         gc.disable()  # so the cycle lives until the explicit collection below
