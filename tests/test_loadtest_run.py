@@ -15,6 +15,7 @@ import asyncio
 import io
 import multiprocessing
 import socket
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,29 @@ async def test_server_closing_mid_run_is_reported() -> None:
     assert rep["close_codes"] == {"1001": 3}
     assert rep["requests"]["ok"] == 3 * 49  # (--echo: the probe sends nothing)
     assert rep["errors"] == {"connection_closed": 3}
+
+
+async def test_refused_connections_are_reported_and_the_rest_load() -> None:
+    accepted = 0
+
+    def at_most_three(connection: Any, request: Any) -> Any:  # the probe + two load connections
+        nonlocal accepted
+        accepted += 1
+        if accepted > 3:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "full\n")
+        return None
+
+    server = await serve(_echo, "127.0.0.1", 0, compression=None, process_request=at_most_three)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    err = io.StringIO()
+    try:
+        rep = await asyncio.to_thread(run_load, _cfg(url, connections=5, duration_s=0.5), err=err)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert rep["connections"] == {"opened": 2, "failed": 3}
+    assert rep["close_codes"] == {"1000": 2} and rep["requests"]["ok"] > 0
+    assert "only 2 of 5 connections opened" in err.getvalue() and "503" in err.getvalue()
 
 
 async def test_errors_by_code_and_error_rate_slo() -> None:
