@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import statistics
 import time
+from pathlib import Path
 
-import _path  # noqa: F401  (makes wsserve_client importable from a checkout)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients" / "python"))  # run from a checkout
 
-from wsserve_client import DEFAULT_URL, Client
+from wsserve_client import DEFAULT_URL, Client  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:
