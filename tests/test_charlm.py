@@ -11,7 +11,14 @@ import pytest
 from tests.test_gen_support import charlm
 from wsserve import modelstore
 from wsserve.models import charlm as charlm_mod
-from wsserve.models.charlm import VOCAB, CharLM, CharLMConfig, load_corpus, normalize_text, train_charlm
+from wsserve.models.charlm import (
+    VOCAB,
+    CharLM,
+    CharLMConfig,
+    load_corpus,
+    normalize_text,
+    train_charlm,
+)
 
 SMALL = CharLMConfig(steps=40, max_corpus_chars=60_000)  # fast, for cache mechanics only
 

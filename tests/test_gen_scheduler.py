@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_gen_support import Collected, FakeClock, charlm, params, run_until_idle, step_once
+from tests.test_gen_support import (
+    Collected,
+    FakeClock,
+    charlm,
+    params,
+    run_until_idle,
+    step_once,
+)
 from wsserve.errors import DeadlineExceeded, Internal, Overloaded, ShuttingDown
 from wsserve.generation import GenerationParams, Scheduler, SeqState, run_step
 

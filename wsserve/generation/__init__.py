@@ -11,15 +11,22 @@
 from .engine import EngineStatistics, GenerationEngine, TokenSink, run_step
 from .params import MIN_TEMPERATURE, GenerationParams
 from .sampling import sample
-from .scheduler import Batch, Scheduler, SchedulerStatistics, Sequence, SeqState, TokenModel
+from .scheduler import (
+    Batch,
+    Scheduler,
+    SchedulerStatistics,
+    SeqState,
+    Sequence,
+    TokenModel,
+)
 from .stops import StopMatcher
 
 __all__ = [
+    "MIN_TEMPERATURE",
     "Batch",
     "EngineStatistics",
     "GenerationEngine",
     "GenerationParams",
-    "MIN_TEMPERATURE",
     "Scheduler",
     "SchedulerStatistics",
     "SeqState",

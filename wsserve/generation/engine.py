@@ -238,7 +238,7 @@ class GenerationEngine:
             if n != FINISHED:
                 try:
                     sink.on_token(n, text)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a faulty sink must not stop the others
                     self._sink_failed(seq, "on_token", exc)
                 continue
             seq.owner = None

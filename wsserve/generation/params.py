@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import BadRequest
 
-__all__ = ["GenerationParams", "MIN_TEMPERATURE"]
+__all__ = ["MIN_TEMPERATURE", "GenerationParams"]
 
 #: Positive temperatures below this behave as this (avoids overflow of logits / T).
 MIN_TEMPERATURE = 1e-6

@@ -21,8 +21,10 @@ Semantics:
 - Every running sequence gets exactly one token per step.  A sequence leaves the
   batch the moment it finishes: ``length`` (``max_tokens`` generated), ``stop``
   (a stop string completed), ``cancelled`` (:meth:`finish_requests`), or an
-  error: :class:`~wsserve.errors.DeadlineExceeded` (checked at every
-  :meth:`schedule`), or whatever :meth:`fail_batch` / :meth:`abort_all` pass.
+  error: :class:`~wsserve.errors.DeadlineExceeded` (checked in every
+  :meth:`schedule` and :meth:`update_from_output`, so a token computed past
+  the deadline is not delivered), or whatever :meth:`fail_batch` /
+  :meth:`abort_all` pass.
 - Events are ``(seq, n, text)`` tuples in one ordered list: a token event per
   streamed character with ``n`` = 0, 1, 2, ..., then exactly one terminal event
   with ``n == FINISHED`` (-1) and ``text == ""`` (``seq.finish_reason`` or
@@ -50,7 +52,7 @@ from .params import GenerationParams
 from .sampling import NOISE_BLOCK, gumbel_block, new_generator
 from .stops import StopMatcher
 
-__all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "Sequence", "SeqState", "TokenModel"]
+__all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel"]
 
 #: ``n`` of a sequence's terminal event.
 FINISHED = -1
@@ -84,9 +86,22 @@ class Sequence:
     """
 
     __slots__ = (
-        "id", "params", "owner", "state", "slot", "generated", "streamed", "arrival",
-        "admitted_at", "first_token_at", "finished_at", "finish_reason", "error",
-        "_stops", "_rng", "_context",
+        "_context",
+        "_rng",
+        "_stops",
+        "admitted_at",
+        "arrival",
+        "error",
+        "finish_reason",
+        "finished_at",
+        "first_token_at",
+        "generated",
+        "id",
+        "owner",
+        "params",
+        "slot",
+        "state",
+        "streamed",
     )
 
     def __init__(self, seq_id: int, params: GenerationParams, owner: Any, now: float) -> None:
@@ -349,6 +364,7 @@ class Scheduler:
         slot = self._free.pop()
         p = seq.params
         seq.state, seq.slot, seq.admitted_at = SeqState.RUNNING, slot, now
+        assert seq._context is not None  # set by add_request, dropped only when finished
         self._ctx[slot] = seq._context
         self._temp[slot] = p.temperature
         self._topk[slot] = p.top_k

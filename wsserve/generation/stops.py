@@ -37,7 +37,7 @@ class StopMatcher:
     (which returns the held-back text, to be streamed on a ``length`` finish).
     """
 
-    __slots__ = ("_stops", "_fail", "_state", "_held")
+    __slots__ = ("_fail", "_held", "_state", "_stops")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         if not stops or not all(stops):

@@ -53,10 +53,10 @@ import numpy as np
 from .base import ModelInfo
 
 __all__ = [
+    "VOCAB",
     "CharLM",
     "CharLMConfig",
     "Corpus",
-    "VOCAB",
     "charlm_config",
     "load_corpus",
     "normalize_text",
@@ -390,7 +390,7 @@ def _fit(x: np.ndarray, y: np.ndarray, cfg: CharLMConfig, seed: int) -> dict[str
 
 
 def _train(seed: int, cfg: CharLMConfig, corpus: Corpus) -> CharLM:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     t0 = time.perf_counter()
     x_all, y_all = _windows(list(corpus.documents), cfg.context_len)
@@ -407,8 +407,8 @@ def _train(seed: int, cfg: CharLMConfig, corpus: Corpus) -> CharLM:
         "unigram_bpc": round(uni, 4),
         "bigram_bpc": round(big, 4),
         "train_bpc_sample": round(model.log_prob_bits(x[::20], y[::20]), 4),
-        "train_chars": int(len(y)),
-        "heldout_chars": int(len(hy)),
+        "train_chars": len(y),
+        "heldout_chars": len(hy),
         "corpus": corpus.source,
         "corpus_sha256": corpus.sha256[:16],
         "train_time_s": round(train_time_s, 3),
