@@ -175,8 +175,8 @@ async def test_open_loop_with_two_processes_keeps_the_total_rate(echo_url: str) 
 
 
 async def test_server_pings_are_answered() -> None:
-    # the server pings every 50 ms and drops a connection whose pong is 300 ms late
-    server = await serve(_echo, "127.0.0.1", 0, compression=None, ping_interval=0.05, ping_timeout=0.3)
+    # the server pings every 50 ms and drops a connection whose pong is 500 ms late (long before the end)
+    server = await serve(_echo, "127.0.0.1", 0, compression=None, ping_interval=0.05, ping_timeout=0.5)
     url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
         rep = await asyncio.to_thread(run_load, _cfg(url, connections=2, duration_s=1.0), err=io.StringIO())
