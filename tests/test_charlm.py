@@ -38,6 +38,18 @@ def test_corpus_is_deterministic_capped_and_in_vocabulary() -> None:
     assert small.chars == 5_000 and small.sha256 != a.sha256
 
 
+def test_corpus_falls_back_to_builtin_docstrings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)  # the import now fails
+    corpus = load_corpus()
+    assert corpus.source == "builtins-docstrings" and corpus.chars > 50_000
+    assert set("".join(corpus.documents)) <= set(VOCAB)
+    model = train_charlm(use_cache=False, config=CharLMConfig(steps=150))
+    assert model.info.metrics["corpus"] == "builtins-docstrings"
+    assert model.info.metrics["heldout_bpc"] < model.info.metrics["bigram_bpc"]
+
+
 def test_info_reports_bpc_and_beats_the_bigram_baseline() -> None:
     m = charlm().info.metrics
     assert m["heldout_chars"] > 10_000 and m["train_chars"] > 10 * m["heldout_chars"] / 2
