@@ -15,8 +15,8 @@ import asyncio
 import io
 import multiprocessing
 import socket
-from http import HTTPStatus
 from collections.abc import AsyncIterator, Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,27 @@ async def test_server_closing_mid_run_is_reported() -> None:
     assert rep["close_codes"] == {"1001": 3}
     assert rep["requests"]["ok"] == 3 * 49  # (--echo: the probe sends nothing)
     assert rep["errors"] == {"connection_closed": 3}
+
+
+async def test_a_server_that_never_answers_ends_the_run_on_time_with_every_request_accounted() -> None:
+    async def silent(ws: ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    server, url = await _start(silent)
+    cfg = _cfg(url, connections=1, inflight=1, rate_per_s=50.0, warmup_s=0.0, duration_s=0.5, grace_s=0.5, echo=True)
+    try:
+        t0 = asyncio.get_running_loop().time()
+        rep = await asyncio.to_thread(run_load, cfg, err=io.StringIO())
+        elapsed = asyncio.get_running_loop().time() - t0
+    finally:
+        server.close()
+        await server.wait_closed()
+    # the first request is sent and never answered; the other 24 wait for room that never comes
+    assert rep["requests"]["sent"] == 25 and rep["requests"]["ok"] == 0
+    assert rep["errors"] == {"no_reply": 1, "not_sent": 24}
+    assert rep["requests"]["error_rate"] == 1.0
+    assert elapsed < 8.0
 
 
 async def test_refused_connections_are_reported_and_the_rest_load() -> None:

@@ -203,6 +203,7 @@ class Worker:
         late_s = self._late_s
         clock = self._clock
         rr = 0
+        give_up = window.end + load.grace_s
         while True:
             backlog.extend(sched.due(clock() + _LOOKAHEAD_S))
             while backlog:
@@ -224,12 +225,15 @@ class Worker:
                         stats.late_sends += 1
                 self._send(conn, intended, now)
             if not any(c.alive for c in conns):
-                self._fail_backlog(backlog)
+                self._fail_backlog(backlog, "connection_closed")
                 return
             nxt = sched.next_time
             if nxt == math.inf and not backlog:
                 return
-            timeout = None if nxt == math.inf else max(_MIN_SLEEP_S, nxt - clock())
+            if clock() >= give_up:  # every connection stayed full through the grace period
+                self._fail_backlog(backlog, "not_sent")
+                return
+            timeout = max(_MIN_SLEEP_S, min(nxt, give_up) - clock())
             if backlog:
                 self._slot_freed.clear()
                 self._want_slot = True
@@ -239,17 +243,17 @@ class Worker:
                     pass
                 self._want_slot = False
             else:
-                await asyncio.sleep(max(timeout or 0.0, _MIN_SLEEP_S))
+                await asyncio.sleep(timeout)
 
-    def _fail_backlog(self, backlog: deque[float]) -> None:
-        """Requests that could never be sent (every connection closed) count as ``connection_closed``."""
+    def _fail_backlog(self, backlog: deque[float], code: str) -> None:
+        """Requests due but never sent (see :data:`~.stats.CLIENT_ERROR_CODES`) count as errors ``code``."""
         window = self._window
         assert window is not None
         while backlog:
             if window.measured(backlog.popleft()):
                 w = self.stats.workloads[self._cycle.next()]
                 w.sent += 1
-                w.errors["connection_closed"] += 1
+                w.errors[code] += 1
 
     def _send(self, conn: _Conn, intended: float, now: float) -> None:
         """Send one request; its latency will run from ``min(intended, now)`` (late: intended; early: actual)."""
@@ -260,8 +264,11 @@ class Worker:
         data = self._factories[i].build(rid)
         try:
             conn.client.send(data)  # type: ignore[union-attr]
-        except ConnectionError:
-            return  # the connection is closing; nothing was sent
+        except ConnectionError:  # the connection is closing: the request counts, as failed
+            if measured:
+                self.stats.workloads[i].sent += 1
+                self.stats.workloads[i].errors["connection_closed"] += 1
+            return
         conn.pending[rid] = _Req(i, intended if intended < now else now, measured)
         if measured:
             self.stats.workloads[i].sent += 1

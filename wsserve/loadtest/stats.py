@@ -16,8 +16,10 @@ Counting rules (the report relies on them):
 * ``tokens`` counts ``token`` frames (generate) or ``chunk`` frames (stream)
   arriving in the window;
 * client-side failures appear among the error codes as ``connection_closed``
-  (the connection died with the request unfinished) and ``no_reply`` (still
-  unfinished when the grace period after the run ended).
+  (the connection died with the request unfinished), ``no_reply`` (still
+  unfinished when the grace period after the run ended) and ``not_sent``
+  (open loop: due, but every connection had ``inflight`` requests outstanding
+  until the grace period ended).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .histogram import LatencyHistogram
 
 __all__ = ["CLIENT_ERROR_CODES", "RunStats", "WorkloadStats"]
 
-CLIENT_ERROR_CODES = ("connection_closed", "no_reply")
+CLIENT_ERROR_CODES = ("connection_closed", "no_reply", "not_sent")
 
 
 @dataclass(slots=True)
