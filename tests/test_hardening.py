@@ -1,0 +1,718 @@
+"""Hardening on a real server over loopback: API keys, origins, TLS, connection cap, keepalive,
+slow consumers, compression, rate limits and the idle timeout.
+
+Every test starts its own ``wsserve serve`` subprocess with the flags under test
+(``start_server`` from ``tests/conftest.py``).  Where the behaviour lives below
+what a WebSocket library lets a client do (never answering pings, never reading)
+the test speaks the protocol itself over a plain TCP socket (:class:`RawClient`).
+
+Not repeated here (see ``test_server_errors.py``, ``test_server_lifecycle.py`` and
+``test_server_http.py``): ``--api-key`` with the ``auth`` message and ``Bearer`` 401,
+1009 for oversize messages, drain with a long generation, metrics moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import os
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+
+from tests.serverproc import ServerProcess
+from tests.wsclient import Conn
+
+P = {"type": "predict", "model": "linear", "inputs": [[1.0]]}
+GEN = {"type": "generate", "model": "charlm", "prompt": "The ", "max_tokens": 100000}
+
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
+
+
+# --------------------------------------------------------------------------- helpers
+
+class RawClient:
+    """A WebSocket client over a blocking TCP socket, handshake and framing by hand.
+
+    It does only what a test tells it to: it never answers pings and never reads
+    unless asked.  ``rcvbuf`` shrinks the socket's receive buffer (set before
+    ``connect`` so the TCP window stays small) so that a client that stops reading
+    pushes the backlog into the server quickly.
+    """
+
+    def __init__(self, port: int, *, headers: dict[str, str] | None = None, rcvbuf: int | None = None,
+                 timeout: float = 10.0) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            "GET / HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+            *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        ]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed during the handshake: {buf!r}")
+            buf += chunk
+        head, _, self._buf = buf.partition(b"\r\n\r\n")
+        self.status = int(head.split()[1])
+        self.response_head = head.decode()
+        self.sock = sock
+
+    @staticmethod
+    def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+        """One masked client frame."""
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 1 << 16:
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+        return head + mask + masked
+
+    def send(self, *messages: Any) -> None:
+        """Send each message (dict → JSON) as a text frame, all in one TCP write."""
+        out = []
+        for msg in messages:
+            data = msg if isinstance(msg, bytes) else msg.encode() if isinstance(msg, str) else orjson.dumps(msg)
+            out.append(self.frame(data))
+        self.sock.sendall(b"".join(out))
+
+    def _need(self, n: int) -> None:
+        while len(self._buf) < n:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError("connection closed")
+            self._buf += chunk
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        """The next frame from the server as ``(opcode, payload)``; ``EOFError`` at EOF."""
+        self._need(2)
+        b0, b1 = self._buf[0], self._buf[1]
+        n, off = b1 & 0x7F, 2
+        if n == 126:
+            self._need(4)
+            n, off = struct.unpack("!H", self._buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10)
+            n, off = struct.unpack("!Q", self._buf[2:10])[0], 10
+        self._need(off + n)
+        data, self._buf = self._buf[off : off + n], self._buf[off + n :]
+        return b0 & 0x0F, bytes(data)
+
+    def recv_json(self) -> dict[str, Any]:
+        """The next text frame as JSON (control frames are skipped)."""
+        while True:
+            op, data = self.recv_frame()
+            if op == OP_TEXT:
+                return orjson.loads(data)
+            if op == OP_CLOSE:
+                raise EOFError(f"closed: {close_code(data)}")
+
+    def read_until_close(self) -> tuple[int | None, int]:
+        """Read everything up to the close frame: ``(close code or None at bare EOF, text frames seen)``."""
+        texts = 0
+        try:
+            while True:
+                op, data = self.recv_frame()
+                if op == OP_CLOSE:
+                    return close_code(data), texts
+                texts += op == OP_TEXT
+        except (EOFError, ConnectionResetError):
+            return None, texts
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def close_code(payload: bytes) -> int | None:
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+def scrape(server: ServerProcess) -> dict[str, float]:
+    with urllib.request.urlopen(server.http + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def http_status(url: str, context: ssl.SSLContext | None = None) -> int:
+    with urllib.request.urlopen(url, timeout=5, context=context) as resp:
+        return resp.status
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field (``VmRSS``, ``VmHWM``) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+async def wait_for(predicate, timeout: float, interval: float = 0.05) -> float:
+    """Poll ``predicate()`` (run in a thread) until true; returns the seconds it took."""
+    t0 = time.monotonic()
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - t0
+
+
+def p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[98]
+
+
+# --------------------------------------------------------------------------- API keys
+
+async def test_api_keys_from_file_and_env_never_logged(start_server, tmp_path: Path) -> None:
+    file_key, env_key, flag_key = "fileKey-7Qx2", "envKey-9Lm4", "flagKey-3Pz8"
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"# a comment line, not a key\n{file_key}\n\n")
+    server = start_server("--api-key-file", str(key_file), "--api-key", flag_key, "--models", "linear,charlm",
+                          env={"WSSERVE_API_KEYS": f" {env_key} ,"})
+    for key in (file_key, env_key, flag_key):
+        conn = await Conn.open(server.url, additional_headers={"Authorization": f"Bearer {key}"})
+        assert (await conn.request({**P, "id": key}))["type"] == "result"
+        await conn.close()
+    # The comment line is not a key.
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await Conn.open(server.url, additional_headers={"Authorization": "Bearer # a comment line, not a key"})
+    assert info.value.response.status_code == 401
+    # Without a key: ping works, work and the model list are refused, each answered with its id.
+    conn = await Conn.open(server.url)
+    assert conn.hello["auth_required"] is True
+    assert await conn.request({"type": "ping", "id": "p"}) == {"type": "pong", "id": "p"}
+    for msg in ({**P, "id": 1}, {**GEN, "id": 2, "max_tokens": 3}, {"type": "models", "id": 3}):
+        reply = await conn.request(msg)
+        assert reply["type"] == "error" and reply["code"] == "unauthorized" and reply["id"] == msg["id"], reply
+    assert (await conn.request({"type": "auth", "id": "a", "token": env_key}))["ok"] is True
+    await conn.send({**GEN, "id": 4, "max_tokens": 3})
+    _, done = await conn.until_terminal(4)
+    assert done["type"] == "done" and done["tokens"] == 3
+    await conn.close()
+    log = server.stderr_text()
+    assert "serving" in log  # the log is captured at all
+    for key in (file_key, env_key, flag_key):
+        assert key not in log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="at --log-level debug the websockets logger writes handshake headers (Authorization: Bearer KEY) "
+    "and frame payloads ({\"type\":\"auth\",\"token\":KEY}) to stderr",
+)
+async def test_keys_stay_out_of_a_debug_log(start_server) -> None:
+    """Even at ``--log-level debug`` (which logs handshakes and frames) keys must not be written."""
+    key, wrong = "dbgKey-5Hq1", "dbgWrong-8Kd6"
+    server = start_server("--api-key", key, "--log-level", "debug", "--models", "linear")
+    conn = await Conn.open(server.url, additional_headers={"Authorization": f"Bearer {key}"})
+    assert (await conn.request({**P, "id": 1}))["type"] == "result"
+    await conn.close()
+    conn = await Conn.open(server.url)
+    assert (await conn.request({"type": "auth", "id": 1, "token": wrong}))["code"] == "unauthorized"
+    assert (await conn.request({"type": "auth", "id": 2, "token": key}))["ok"] is True
+    await conn.close()
+    await asyncio.sleep(0.2)
+    log = server.stderr_text()
+    assert "DEBUG" in log  # debug logging is really on
+    assert key not in log
+    assert wrong not in log  # a near-miss of a real key is as sensitive as the key
+
+
+# --------------------------------------------------------------------------- origins
+
+async def test_origin_allowlist_exact_match(start_server) -> None:
+    good, other = "https://app.example.com", "http://localhost:3000"
+    server = start_server("--allow-origin", good, "--allow-origin", other, "--models", "linear")
+    for origin in (good, other):
+        conn = await Conn.open(server.url, origin=origin)
+        assert (await conn.request({**P, "id": 1}))["type"] == "result"
+        await conn.close()
+    # No Origin header (a non-browser client) is allowed by default.
+    conn = await Conn.open(server.url)
+    await conn.close()
+    near_misses = (
+        "https://evil.example.com", "http://app.example.com", "https://app.example.com.evil.net",
+        "https://app.example.com:8443", "https://xapp.example.com", "null", "http://localhost:3001",
+    )
+    for origin in near_misses:
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await Conn.open(server.url, origin=origin)
+        assert info.value.response.status_code == 403, origin
+    # Plain HTTP routes are not WebSocket handshakes: unaffected.
+    assert await asyncio.to_thread(http_status, server.http + "/healthz") == 200
+
+
+async def test_require_origin_refuses_a_missing_origin(start_server) -> None:
+    good = "https://app.example.com"
+    server = start_server("--allow-origin", good, "--require-origin", "--models", "linear")
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await Conn.open(server.url)
+    assert info.value.response.status_code == 403
+    raw = RawClient(server.port)  # no Origin header at all
+    assert raw.status == 403
+    raw.close()
+    conn = await Conn.open(server.url, origin=good)
+    assert (await conn.request({**P, "id": 1}))["type"] == "result"
+    await conn.close()
+
+
+# --------------------------------------------------------------------------- TLS
+
+def make_self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1/localhost and its key; with ``cryptography`` or the ``openssl`` CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True, capture_output=True, timeout=30,
+        )
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert, key
+
+
+async def test_tls_round_trip_with_a_test_made_certificate(start_server, tmp_path: Path) -> None:
+    cert, key = make_self_signed(tmp_path)
+    server = start_server("--certfile", str(cert), "--keyfile", str(key), "--models", "linear,charlm")
+    assert server.url.startswith("wss://127.0.0.1:")
+    trusting = ssl.create_default_context(cafile=str(cert))
+    conn = await Conn.open(server.url, ssl=trusting)
+    reply = await conn.request({**P, "id": "tls", "inputs": [[0.0], [1.0]]})
+    assert reply["type"] == "result" and len(reply["outputs"]) == 2
+    await conn.send({**GEN, "id": "g", "max_tokens": 50})
+    tokens, done = await conn.until_terminal("g")
+    assert done["reason"] == "length" and len(tokens) == 50
+    assert conn.ws.transport.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+    await conn.close()
+    # A client that does not trust the certificate refuses the server.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await Conn.open(server.url, ssl=ssl.create_default_context())
+    # Plain ws:// to the TLS port does not get a WebSocket.
+    with pytest.raises((websockets.InvalidHandshake, websockets.InvalidMessage, ConnectionError, EOFError, OSError)):
+        await Conn.open(server.url.replace("wss://", "ws://"), open_timeout=5)
+    # HTTPS routes on the same port.
+    assert await asyncio.to_thread(http_status, server.http.replace("http://", "https://") + "/healthz", trusting) == 200
+
+
+# --------------------------------------------------------------------------- connection cap
+
+async def test_max_connections_503_then_a_slot_frees(start_server) -> None:
+    server = start_server("--max-connections", "3", "--models", "linear")
+    conns = [await Conn.open(server.url) for _ in range(3)]
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await Conn.open(server.url)
+    assert info.value.response.status_code == 503
+    # Plain HTTP still answers while WebSockets are full.
+    assert await asyncio.to_thread(http_status, server.http + "/healthz") == 200
+    # The open ones are served normally.
+    for i, conn in enumerate(conns):
+        assert (await conn.request({**P, "id": i}))["type"] == "result"
+    # Closing one frees its slot (as soon as the server has seen the close).
+    await conns.pop().close()
+
+    async def one_more() -> Conn | None:
+        try:
+            return await Conn.open(server.url)
+        except websockets.InvalidStatus as exc:
+            assert exc.response.status_code == 503
+            return None
+
+    for _ in range(100):
+        extra = await one_more()
+        if extra is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert extra is not None, "the closed connection's slot was never freed"
+    conns.append(extra)
+    # An abrupt disconnect (no closing handshake) frees its slot too.
+    conns.pop().ws.transport.abort()
+    for _ in range(100):
+        extra = await one_more()
+        if extra is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert extra is not None, "the aborted connection's slot was never freed"
+    conns.append(extra)
+    for conn in conns:
+        await conn.close()
+
+
+async def test_max_connections_holds_under_a_concurrent_burst(start_server) -> None:
+    server = start_server("--max-connections", "5", "--models", "linear")
+
+    async def attempt() -> Any:
+        try:
+            return await websockets.connect(server.url, compression=None)
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code
+
+    results = await asyncio.gather(*(attempt() for _ in range(40)))
+    opened = [r for r in results if not isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, int)]
+    try:
+        assert len(opened) == 5
+        assert refused == [503] * 35
+        assert (await asyncio.to_thread(scrape, server))["wsserve_connections"] == 5
+    finally:
+        for ws in opened:
+            await ws.close()
+
+
+# --------------------------------------------------------------------------- keepalive
+
+async def test_client_that_never_answers_pings_is_dropped(start_server) -> None:
+    server = start_server("--ping-interval", "0.5", "--ping-timeout", "0.5", "--models", "linear")
+    # A well-behaved client (websockets answers pings by itself) outlives several ping periods.
+    polite = await Conn.open(server.url)
+    raw = RawClient(server.port)
+    assert raw.status == 101
+    assert raw.recv_json()["type"] == "hello"
+    t0 = time.monotonic()
+
+    def until_closed() -> tuple[list[int], int | None, float]:
+        ops: list[int] = []
+        try:
+            while True:
+                op, data = raw.recv_frame()
+                ops.append(op)
+                if op == OP_CLOSE:
+                    return ops, close_code(data), time.monotonic() - t0
+        except (EOFError, ConnectionResetError):
+            return ops, None, time.monotonic() - t0
+
+    ops, code, elapsed = await asyncio.to_thread(until_closed)
+    raw.close()
+    assert OP_PING in ops, ops  # the server did ping
+    assert code == 1011  # keepalive ping timeout
+    assert elapsed < 0.5 + 0.5 + 2.0  # interval + timeout + scheduling slack
+    assert (await polite.request({"type": "ping", "id": "still"}, timeout=5)) == {"type": "pong", "id": "still"}
+    assert time.monotonic() - t0 > 1.0  # the polite one lived through at least one full ping cycle
+    await polite.close()
+
+
+# --------------------------------------------------------------------------- slow consumers
+
+WRITE_BUFFER = 1 << 20  # --max-write-buffer-bytes for the slow-consumer tests
+
+
+async def _latency_samples(conn: Conn, seconds: float, *, tag: str, stop: asyncio.Event | None = None) -> list[float]:
+    """Sequential single-row predicts for ``seconds`` (or until ``stop``); round trips in seconds."""
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end and not (stop is not None and stop.is_set()):
+        t = time.perf_counter()
+        reply = await conn.request({**P, "id": f"{tag}{i}"})
+        out.append(time.perf_counter() - t)
+        assert reply["type"] == "result", reply
+        i += 1
+    return out
+
+
+def _stuck_requests(kind: str) -> list[dict[str, Any]]:
+    if kind == "generate":  # 64 × 100,000 tokens ≈ 300 MB of token frames if nothing stopped them
+        return [{**GEN, "id": i} for i in range(64)]
+    # streamed predict: 4 × 16,384 rows × ~200 bytes of mlp output, in chunks of 32 rows
+    return [{"type": "predict", "id": i, "model": "mlp", "inputs": [[0] * 32] * 16384, "stream": True,
+             "chunk_rows": 32} for i in range(4)]
+
+
+@pytest.mark.parametrize("kind", ["generate", "stream"])
+async def test_reader_that_stops_is_closed_1008_and_others_keep_their_latency(
+    start_server, request: pytest.FixtureRequest, kind: str
+) -> None:
+    server = start_server(
+        "--max-write-buffer-bytes", str(WRITE_BUFFER), "--slow-consumer-timeout", "1",
+        "--max-message-bytes", str(4 << 20), "--models", "linear,mlp,charlm",
+    )
+    normal = await Conn.open(server.url)
+    await _latency_samples(normal, 0.3, tag="warm")
+    before = await _latency_samples(normal, 1.5, tag="base")
+    pid = server.proc.pid
+    rss_before = proc_status_kib(pid, "VmRSS")
+    try:  # VmHWM := VmRSS, so the peak below is this phase's (Linux >= 4.0)
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        hwm_reset = True
+    except OSError:
+        hwm_reset = False
+    rss_peak = rss_before
+
+    stuck = RawClient(server.port, rcvbuf=4096)
+    request.addfinalizer(stuck.close)
+    assert stuck.recv_json()["type"] == "hello"
+    stuck.send(*_stuck_requests(kind))  # ... and never read again until the server gave up
+    closed = asyncio.Event()
+
+    def slow_closed() -> bool:
+        nonlocal rss_peak
+        rss_peak = max(rss_peak, proc_status_kib(pid, "VmRSS"))
+        if scrape(server).get("wsserve_slow_consumer_closes_total", 0) >= 1:
+            closed.set()
+            return True
+        return False
+
+    during_task = asyncio.create_task(_latency_samples(normal, 15.0, tag="during", stop=closed))
+    took = await wait_for(slow_closed, timeout=15.0)
+    during = await during_task
+    if hwm_reset:
+        rss_peak = max(rss_peak, proc_status_kib(pid, "VmHWM"))
+
+    # Bounded time: the policy fires at 4× the buffer or after the timeout (1 s) over it.
+    assert took < 1.0 + 5.0, took
+    # The stuck socket gets everything that was buffered, then a 1008 close frame.
+    code, texts = await asyncio.to_thread(stuck.read_until_close)
+    stuck.close()
+    assert code == 1008, (code, texts)
+    # Its work was cancelled, not finished in the background.
+    await wait_for(lambda: scrape(server)["wsserve_inflight_requests"] == 0, timeout=5)
+    assert (await asyncio.to_thread(scrape, server))["wsserve_slow_consumer_closes_total"] == 1
+    if kind == "generate":
+        # Memory: the unsent backlog is capped near 4 × the buffer (~5 MiB growth measured), not the
+        # ~300 MB requested.  (Not for streamed predict: parsing its inputs alone takes ~30 MB.)
+        growth_kib = rss_peak - rss_before
+        assert growth_kib < 4 * WRITE_BUFFER // 1024 + 12 * 1024, growth_kib
+    # The other client was served throughout, with its latency within a generous bound.
+    assert len(during) >= 5, len(during)
+    base_p99, during_p99 = p99(before), p99(during)
+    assert during_p99 < max(5 * base_p99, base_p99 + 0.05), (base_p99, during_p99)
+    assert (await normal.request({"type": "ping", "id": "end"})) == {"type": "pong", "id": "end"}
+    await normal.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="slow-consumer timeout is only re-checked when another frame is written: a backlog left over the "
+    "limit after the last reply is never closed (Session.check_backpressure runs only from WsConnection._flush)",
+)
+async def test_backlog_left_over_the_limit_after_the_last_reply_is_closed(start_server) -> None:
+    # One non-streamed mlp predict whose single result frame (~200 bytes a row) lands in the server's
+    # buffer at once.  The kernel takes at most tcp_wmem[max] of it; the rest stays in user space, sized
+    # to be over the limit and under 4 × the limit whatever the kernel took.
+    try:
+        kernel_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        kernel_max = 4 << 20
+    limit = max(4 << 20, int(kernel_max * 0.6))
+    n_rows = (kernel_max + 2 * limit) // 200
+    server = start_server(
+        "--max-write-buffer-bytes", str(limit), "--slow-consumer-timeout", "1", "--ping-interval", "0",
+        "--max-rows", str(n_rows), "--max-message-bytes", str(n_rows * 70), "--models", "mlp",
+    )
+    stuck = RawClient(server.port, rcvbuf=4096)
+    try:
+        assert stuck.recv_json()["type"] == "hello"
+        stuck.send({"type": "predict", "id": "big", "model": "mlp", "inputs": [[0] * 32] * n_rows})
+        await wait_for(lambda: scrape(server)["wsserve_inflight_requests"] == 0, timeout=10)
+        await wait_for(lambda: scrape(server).get("wsserve_slow_consumer_closes_total", 0) >= 1, timeout=1.0 + 3.0)
+        code, _ = await asyncio.to_thread(stuck.read_until_close)
+        assert code == 1008
+    finally:
+        stuck.close()
+
+
+# --------------------------------------------------------------------------- compression
+
+async def test_compression_off_by_default_on_by_flag(start_server) -> None:
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+    plain = start_server("--models", "linear")
+    raw = RawClient(plain.port, headers=offer)
+    assert raw.status == 101
+    assert "sec-websocket-extensions" not in raw.response_head.lower()
+    raw.close()
+    ws = await websockets.connect(plain.url, compression="deflate")
+    assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+    await ws.close()
+
+    deflating = start_server("--compression", "--models", "linear")
+    raw = RawClient(deflating.port, headers=offer)
+    assert raw.status == 101
+    assert "permessage-deflate" in raw.response_head.lower()
+    raw.close()
+    conn = await Conn.open(deflating.url, compression="deflate")
+    assert "permessage-deflate" in conn.ws.response.headers["Sec-WebSocket-Extensions"]
+    assert (await conn.request({**P, "id": 1}))["type"] == "result"
+    await conn.close()
+
+
+# --------------------------------------------------------------------------- rate limits
+
+def _replies(raw: RawClient, ids: list[Any]) -> dict[Any, dict[str, Any]]:
+    """The terminal frame of each id (token frames skipped)."""
+    out: dict[Any, dict[str, Any]] = {}
+    while len(out) < len(ids):
+        frame = raw.recv_json()
+        if frame.get("id") in ids and frame["type"] in ("result", "done", "error"):
+            assert frame["id"] not in out, f"second terminal frame for {frame['id']}"
+            out[frame["id"]] = frame
+    return out
+
+
+def test_rate_limit_per_connection_then_recovery(start_server) -> None:
+    server = start_server("--rate-limit", "2", "--rate-burst", "3", "--models", "linear,charlm")
+    raw = RawClient(server.port)
+    raw.recv_json()
+    ids = list(range(6))
+    raw.send(*({**P, "id": i} for i in ids))  # one TCP write: the bucket cannot refill in between
+    replies = _replies(raw, ids)
+    assert [replies[i]["type"] for i in ids] == ["result"] * 3 + ["error"] * 3
+    for i in ids[3:]:
+        err = replies[i]
+        assert err["code"] == "rate_limited", err
+        assert 0 < err["retry_after_ms"] <= 600, err  # one token per 500 ms
+        assert err["message"]
+    # ping, models and cancel are not rate limited; generate is.
+    raw.send(*({"type": "ping", "id": f"p{i}"} for i in range(10)), {"type": "models", "id": "m"},
+             {**GEN, "id": "g", "max_tokens": 3})
+    frames = [raw.recv_json() for _ in range(12)]
+    assert [f["type"] for f in frames[:11]] == ["pong"] * 10 + ["models"]
+    assert frames[11]["id"] == "g" and frames[11]["code"] == "rate_limited"
+    # Waiting as told is enough to be served again.
+    time.sleep(frames[11]["retry_after_ms"] / 1000 + 0.05)
+    raw.send({**P, "id": "again"})
+    assert raw.recv_json()["type"] == "result"
+    # Another connection has its own bucket.
+    other = RawClient(server.port)
+    other.recv_json()
+    other.send(*({**P, "id": i} for i in ids[:3]))
+    assert all(r["type"] == "result" for r in _replies(other, ids[:3]).values())
+    other.close()
+    raw.close()
+    values = scrape(server)
+    assert values['wsserve_requests_total{code="rate_limited",model="linear",type="predict"}'] == 3
+    assert values['wsserve_requests_total{code="rate_limited",model="charlm",type="generate"}'] == 1
+
+
+def test_rate_limit_default_burst_is_one_second(start_server) -> None:
+    server = start_server("--rate-limit", "4", "--models", "linear")
+    raw = RawClient(server.port)
+    raw.recv_json()
+    ids = list(range(8))
+    raw.send(*({**P, "id": i} for i in ids))
+    replies = _replies(raw, ids)
+    assert [replies[i]["type"] for i in ids] == ["result"] * 4 + ["error"] * 4
+    raw.close()
+
+
+def test_key_rate_limit_is_shared_by_connections_with_the_same_key(start_server) -> None:
+    server = start_server("--api-key", "kA-1111", "--api-key", "kB-2222", "--key-rate-limit", "1",
+                          "--models", "linear")
+    a1 = RawClient(server.port, headers={"Authorization": "Bearer kA-1111"})
+    a1.recv_json()
+    ids = list(range(6))
+    a1.send(*({**P, "id": i} for i in ids))
+    first = _replies(a1, ids)
+    served = sum(r["type"] == "result" for r in first.values())
+    assert 1 <= served < len(ids)
+    assert all(r["code"] == "rate_limited" for r in first.values() if r["type"] == "error")
+    # A second connection with the same key (authenticated by message, as a browser would) finds the bucket empty ...
+    a2 = RawClient(server.port)
+    a2.recv_json()
+    a2.send({"type": "auth", "id": "auth", "token": "kA-1111"}, {**P, "id": "x"})
+    assert a2.recv_json()["ok"] is True
+    limited = a2.recv_json()
+    assert limited["id"] == "x" and limited["code"] == "rate_limited" and limited["retry_after_ms"] > 0
+    # ... while another key has its own.
+    b = RawClient(server.port, headers={"Authorization": "Bearer kB-2222"})
+    b.recv_json()
+    b.send({**P, "id": "y"})
+    assert b.recv_json()["type"] == "result"
+    time.sleep(limited["retry_after_ms"] / 1000 + 0.05)
+    a2.send({**P, "id": "z"})
+    assert a2.recv_json()["type"] == "result"
+    for raw in (a1, a2, b):
+        raw.close()
+    assert "kA-1111" not in server.stderr_text() and "kB-2222" not in server.stderr_text()
+
+
+# --------------------------------------------------------------------------- idle timeout
+
+async def test_idle_timeout_closes_quiet_connections_only(start_server) -> None:
+    server = start_server("--idle-timeout", "1", "--models", "charlm")
+    quiet = await Conn.open(server.url)
+    chatty = await Conn.open(server.url)
+    busy = await Conn.open(server.url)
+    t0 = time.monotonic()
+    ids = ["g0", "g1", "g2"]
+    for rid in ids:  # in flight for longer than the idle timeout (each alone takes seconds)
+        await busy.send({**GEN, "id": rid})
+    busy_frames = asyncio.create_task(busy.collect(set(ids), timeout=60))
+
+    async def closed_after(conn: Conn) -> tuple[int, float]:
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await conn.recv(timeout=10)
+        return info.value.rcvd.code, time.monotonic()
+
+    quiet_task = asyncio.create_task(closed_after(quiet))
+    # chatty sends something every 0.3 s for 1.8 s while busy's generations stream.
+    for i in range(6):
+        assert (await chatty.request({"type": "ping", "id": i})) == {"type": "pong", "id": i}
+        await asyncio.sleep(0.3)
+    code, at = await quiet_task
+    assert code == 1000
+    assert 0.9 <= at - t0 <= 3.0, at - t0
+    assert not busy_frames.done(), "the generations finished too soon to test the in-flight case"
+    assert busy.ws.state is websockets.State.OPEN
+    assert chatty.ws.state is websockets.State.OPEN
+    await chatty.close()
+    t_cancel = time.monotonic()
+    for rid in ids:
+        await busy.send({"type": "cancel", "id": rid})
+    frames = await busy_frames
+    assert all(frames[rid][-1]["reason"] == "cancelled" for rid in ids)
+    # Now idle: closed about one timeout after its last message (the cancels).
+    code, at = await closed_after(busy)
+    assert code == 1000
+    assert 0.9 <= at - t_cancel <= 3.0, at - t_cancel
