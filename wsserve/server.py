@@ -42,7 +42,8 @@ from .models.base import PredictiveModel
 from .pool import ModelEntry, ModelPool, PredictWorker
 from .protocol import SUBPROTOCOL, Generate, encode_hello
 from .ratelimit import TokenBucket
-from .session import Session, WsConnection
+from .session import Session
+from .wsconn import WsConnection
 
 __all__ = ["Server", "run", "build_pool"]
 

@@ -1,11 +1,8 @@
-"""One WebSocket connection: message dispatch by callback, frame writes without awaiting.
+"""Per-connection protocol state: dispatch of each message, in-flight jobs, limits.
 
-:class:`WsConnection` is a ``websockets`` server connection whose data frames
-go straight to its :class:`Session` from ``data_received`` — no ``recv()``,
-no task wake-up per message.  Replies are queued on the protocol and flushed
-once per event-loop iteration with one ``writelines``.
-
-:class:`Session` keeps the connection's in-flight jobs by id and enforces the
+Messages arrive by callback from :class:`~wsserve.wsconn.WsConnection`
+(``on_message``, on the loop thread, in order); replies are queued with
+``send`` and written once per loop iteration.  :class:`Session` keeps the connection's in-flight jobs by id and enforces the
 per-connection rules: duplicate ids, ``max_inflight``, auth, draining.  A bad
 message gets an ``error`` frame and nothing else happens.
 """
@@ -17,10 +14,6 @@ import hmac
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
-
-from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
 
 import orjson
 
@@ -40,92 +33,11 @@ from .protocol import Auth, Cancel, Generate, Models, Ping, Predict, decode, enc
 
 if TYPE_CHECKING:
     from .server import Server
+    from .wsconn import WsConnection
 
-__all__ = ["WsConnection", "Session"]
+__all__ = ["Session"]
 
 log = logging.getLogger("wsserve.session")
-
-_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
-_OPEN = State.OPEN
-
-
-class WsConnection(ServerConnection):
-    """A server connection that hands complete messages to ``self.session``."""
-
-    session: Session | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._early: list[tuple[bytes, bool]] = []
-        self._frag_opcode: Opcode | None = None
-        self._frag_parts: list[bytes] = []
-        self._flush_scheduled = False
-
-    def process_event(self, event: Any) -> None:
-        if self.request is None or not isinstance(event, Frame) or event.opcode not in (_TEXT, _BINARY, _CONT):
-            super().process_event(event)
-            if self.session is not None and self.protocol.state is not _OPEN:
-                # The client started the closing handshake: nothing more can be
-                # sent, so stop its work now rather than when TCP closes.
-                self.session.abandon_all()
-            return
-        opcode = event.opcode
-        if opcode is _CONT:
-            self._frag_parts.append(event.data)
-            if not event.fin:
-                return
-            data = b"".join(self._frag_parts)
-            binary = self._frag_opcode is _BINARY
-            self._frag_parts, self._frag_opcode = [], None
-        elif not event.fin:
-            self._frag_opcode = opcode
-            self._frag_parts = [event.data]
-            return
-        else:
-            data = event.data
-            binary = opcode is _BINARY
-        session = self.session
-        if session is None:
-            self._early.append((bytes(data), binary))
-        else:
-            session.on_message(data, binary)
-
-    def attach(self, session: Session) -> None:
-        """Route messages to ``session``; replay any that arrived first."""
-        self.session = session
-        early, self._early = self._early, []
-        for data, binary in early:
-            session.on_message(data, binary)
-
-    # -- writing
-
-    def queue_text(self, data: bytes) -> bool:
-        """Queue one text frame; it is written at the end of this loop iteration.
-
-        Returns False (and drops it) when the connection is no longer open."""
-        if self.protocol.state is not _OPEN:
-            return False
-        self.protocol.send_text(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-        return True
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.protocol.state is not _OPEN:
-            return
-        out = self.protocol.data_to_send()
-        if not out:
-            return
-        try:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        except Exception as exc:  # the socket died under us; websockets will close
-            self.set_connection_exc(exc)
-            return
-        session = self.session
-        if session is not None:
-            session.check_backpressure(self.transport.get_write_buffer_size())
 
 
 class Session:
@@ -345,6 +257,7 @@ class Session:
         if self.closing:
             return
         self.closing = True
+        self.conn.flush()  # replies queued so far go out before the close frame
         self.loop.create_task(self.conn.close(code, reason))
 
     def abandon_all(self) -> None:
