@@ -33,7 +33,7 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import Overloaded
 
@@ -58,9 +58,8 @@ class WorkItem:
         return self.rows - self.next_row
 
 
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """Rows ``[start, stop)`` of ``item`` in a batch."""
+class Slice(NamedTuple):
+    """Rows ``[start, stop)`` of ``item`` in a batch (a tuple: made per request per batch)."""
 
     item: WorkItem
     start: int
@@ -199,8 +198,22 @@ class BatchQueue:
         Items whose deadline is ``<= now`` are removed first and returned in
         ``Batch.expired`` (a batch with no slices may carry only those).
         """
-        expired = self._expire(now)
+        expired = self._expire(now) if self._deadlines else []
         cap = self.max_batch_size
+        if 0 < self._rows <= cap:  # everything queued fits: take it all, high priority first
+            out = []
+            for queue in (self._classes[1], self._classes[0]):
+                for item in queue:
+                    out.append(Slice(item, item.next_row, item.rows))
+                    item.next_row = item.rows
+                    if item.deadline_entry is not None:
+                        self._forget_deadline(item)
+                queue.clear()
+            rows = self._rows
+            self._rows = self._requests = 0
+            self._batches += 1
+            self._rows_scheduled += rows
+            return Batch(slices=tuple(out), rows=rows, expired=tuple(expired))
         slices: dict[WorkItem, list[int]] = {}
         for queue in (self._classes[1], self._classes[0]):
             while cap > 0 and queue:

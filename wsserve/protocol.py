@@ -189,6 +189,10 @@ def _model(obj: dict[str, Any], rid: RequestId | None) -> str:
 
 def _decode_predict(obj: dict[str, Any]) -> Predict:
     rid = _read_id(obj, True)
+    if len(obj) == 4:  # hot path: exactly type, id, model and inputs
+        model = obj.get("model")
+        if type(model) is str and "inputs" in obj:
+            return Predict(rid, model, obj["inputs"])
     try:
         model = _model(obj, rid)
         if "inputs" not in obj:
@@ -253,7 +257,7 @@ def _decode_generate(obj: dict[str, Any], max_tokens_limit: int) -> Generate:
             id=rid,
             model=model,
             prompt=prompt,
-            max_tokens=64 if max_tokens is None else max_tokens,
+            max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
             temperature=float(temperature),
             top_k=top_k or 0,
             seed=None if seed is None else seed & 0xFFFF_FFFF_FFFF_FFFF,
