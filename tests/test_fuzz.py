@@ -238,11 +238,6 @@ def test_decode_any_input_gives_a_request_or_a_wire_error(data: str | bytes, max
     _decode_checked(data, max_tokens)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode applies the default max_tokens=64 even when the server's max_tokens limit is lower "
-    "(wsserve serve --max-tokens 10 streams 64 tokens for a generate without max_tokens)",
-)
 @pytest.mark.parametrize("limit", [1, 10, 63])
 def test_default_max_tokens_respects_a_lower_limit(limit: int) -> None:
     req = decode(b'{"type":"generate","id":1,"model":"charlm","prompt":"a"}', max_tokens=limit)

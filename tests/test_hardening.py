@@ -222,11 +222,6 @@ async def test_api_keys_from_file_and_env_never_logged(start_server, tmp_path: P
         assert key not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="at --log-level debug the websockets logger writes handshake headers (Authorization: Bearer KEY) "
-    "and frame payloads ({\"type\":\"auth\",\"token\":KEY}) to stderr",
-)
 async def test_keys_stay_out_of_a_debug_log(start_server) -> None:
     """Even at ``--log-level debug`` (which logs handshakes and frames) keys must not be written."""
     key, wrong = "dbgKey-5Hq1", "dbgWrong-8Kd6"
@@ -531,11 +526,6 @@ async def test_reader_that_stops_is_closed_1008_and_others_keep_their_latency(
     await normal.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slow-consumer timeout is only re-checked when another frame is written: a backlog left over the "
-    "limit after the last reply is never closed (Session.check_backpressure runs only from WsConnection._flush)",
-)
 async def test_backlog_left_over_the_limit_after_the_last_reply_is_closed(start_server) -> None:
     # One non-streamed mlp predict whose single result frame (~200 bytes a row) lands in the server's
     # buffer at once.  The kernel takes at most tcp_wmem[max] of it; the rest stays in user space, sized

@@ -7,7 +7,6 @@ tool.  Bad flags exit with status 2 and a message naming the flag.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODELS, ServerConfig
+from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -214,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, secrets=config.api_keys)
     from .server import run
 
     try:

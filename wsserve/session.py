@@ -240,11 +240,17 @@ class Session:
         now = monotonic()
         if self._over_since is None:
             self._over_since = now
+            # Re-check when the grace period ends even if nothing more is written.
+            self.loop.call_later(cfg.slow_consumer_timeout + 0.01, self._recheck_backpressure)
         if buffered > 4 * limit or now - self._over_since > cfg.slow_consumer_timeout:
             self.server.metrics.slow_consumers += 1
             log.warning("closing slow consumer %s: %d bytes unsent", self.conn.remote_address, buffered)
             self.abandon_all()
             self.close(1008, "slow consumer: stopped reading")
+
+    def _recheck_backpressure(self) -> None:
+        if not self.closing and self._over_since is not None:
+            self.check_backpressure(self.conn.transport.get_write_buffer_size())
 
     def _caught_up(self) -> bool:
         """Re-read the socket's unsent bytes (the client may have resumed reading)."""
