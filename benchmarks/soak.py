@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = 60.0 if args.quick else 600.0
     args.warmup = args.warmup if args.warmup is not None else (10.0 if args.quick else 30.0)
     every = args.sample_every if args.sample_every is not None else (5.0 if args.quick else 30.0)
-    command = "python -m benchmarks.soak " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m benchmarks.soak", *(argv if argv is not None else sys.argv[1:])])
     _raise_nofile()
 
     wall0 = time.monotonic()

@@ -521,7 +521,7 @@ async def test_reader_that_stops_is_closed_1008_and_others_keep_their_latency(
     # The other client was served throughout, with its latency within a generous bound.
     assert len(during) >= 5, len(during)
     base_p99, during_p99 = p99(before), p99(during)
-    assert during_p99 < max(5 * base_p99, base_p99 + 0.05), (base_p99, during_p99)
+    assert during_p99 < max(5 * base_p99, base_p99 + 0.1), (base_p99, during_p99)
     assert (await normal.request({"type": "ping", "id": "end"})) == {"type": "pong", "id": "end"}
     await normal.close()
 
@@ -624,14 +624,16 @@ def test_rate_limit_per_connection_then_recovery(start_server) -> None:
     assert values['wsserve_requests_total{code="rate_limited",model="charlm",type="generate"}'] == 1
 
 
-def test_rate_limit_default_burst_is_one_second(start_server) -> None:
-    server = start_server("--rate-limit", "4", "--models", "linear")
+@pytest.mark.parametrize(("rate", "burst"), [("4", 4), ("0.5", 1)])
+def test_rate_limit_default_burst_is_one_second_at_least_one(start_server, rate: str, burst: int) -> None:
+    server = start_server("--rate-limit", rate, "--models", "linear")
     raw = RawClient(server.port)
     raw.recv_json()
-    ids = list(range(8))
+    ids = list(range(6))
     raw.send(*({**P, "id": i} for i in ids))
     replies = _replies(raw, ids)
-    assert [replies[i]["type"] for i in ids] == ["result"] * 4 + ["error"] * 4
+    assert [replies[i]["type"] for i in ids] == ["result"] * burst + ["error"] * (6 - burst)
+    assert all(replies[i]["code"] == "rate_limited" for i in ids[burst:])
     raw.close()
 
 
@@ -669,13 +671,14 @@ def test_key_rate_limit_is_shared_by_connections_with_the_same_key(start_server)
 # --------------------------------------------------------------------------- idle timeout
 
 async def test_idle_timeout_closes_quiet_connections_only(start_server) -> None:
-    server = start_server("--idle-timeout", "1", "--models", "charlm")
+    # One sequence at a time: the three generations below stay in flight (running or queued) for seconds.
+    server = start_server("--idle-timeout", "1", "--max-generate-batch", "1", "--models", "charlm")
     quiet = await Conn.open(server.url)
     chatty = await Conn.open(server.url)
     busy = await Conn.open(server.url)
     t0 = time.monotonic()
     ids = ["g0", "g1", "g2"]
-    for rid in ids:  # in flight for longer than the idle timeout (each alone takes seconds)
+    for rid in ids:  # in flight for longer than the idle timeout
         await busy.send({**GEN, "id": rid})
     busy_frames = asyncio.create_task(busy.collect(set(ids), timeout=60))
 
