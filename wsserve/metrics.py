@@ -118,6 +118,7 @@ class _Collector(Collector):
             rows.add_metric([model], queued_rows)
         yield depth
         yield rows
+        yield GaugeMetricFamily("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", value=state["tasks"])
         yield GaugeMetricFamily("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", value=state["ready"])
 
 

@@ -21,6 +21,7 @@ import logging
 from time import monotonic
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,8 +76,12 @@ class PredictWorker:
         max_queue_rows: int | None = None,
         inline_max_flops: int = 200_000,
         observer: BatchObserver | None = None,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
+        """``after_batch`` runs after each batch's results were handed out (the
+        server uses it to write the replies at once rather than a loop iteration later)."""
         self.model = model
+        self._after_batch = after_batch
         self.name = model.info.name
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows
@@ -248,6 +253,8 @@ class PredictWorker:
             else:
                 item.payload.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
             offset = end
+        if self._after_batch is not None:
+            self._after_batch()
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from .pool import ModelEntry, ModelPool, PredictWorker
 from .protocol import SUBPROTOCOL, Generate, encode_hello
 from .ratelimit import TokenBucket
 from .session import Session
-from .wsconn import WsConnection
+from .wsconn import WsConnection, flush_pending
 
 __all__ = ["Server", "run", "build_pool"]
 
@@ -67,6 +67,7 @@ def build_pool(models: dict[str, Any], config: ServerConfig, metrics: Metrics | 
                 max_queue_rows=config.max_queue_rows,
                 inline_max_flops=config.inline_max_flops,
                 observer=metrics,
+                after_batch=flush_pending,
             )
             kind = "predict"
             width = model.input_width
@@ -230,8 +231,7 @@ class Server:
             session.closed = True
             session.abandon_all()
             self.sessions.discard(session)
-            code = conn.close_code
-            self.metrics.closed(code)
+            self.metrics.closed(_close_code(conn))
 
     def generation_params(self, req: Generate, deadline: float | None) -> Any:
         from .generation import GenerationParams
@@ -289,6 +289,7 @@ class Server:
             "queues": queues,
             "ready": 1 if self.ready else 0,
             "messages": self.messages,
+            "tasks": len(asyncio.all_tasks(self.loop)) if self.loop is not None else 0,
         }
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -337,6 +338,18 @@ class Server:
                     ctype += "; charset=utf-8"
                 return _response(200, body, content_type=ctype)
         return _response(404, b"not found\n")
+
+
+def _close_code(conn: ServerConnection) -> int:
+    """The code of the side that started the close (ours for 1001/1008/1011 even
+    when the client never answered), else 1006 for a connection that just dropped."""
+    proto = conn.protocol
+    sent, rcvd = proto.close_sent, proto.close_rcvd
+    if sent is not None and (rcvd is None or proto.close_rcvd_then_sent is False):
+        return int(sent.code)
+    if rcvd is not None:
+        return int(rcvd.code)
+    return 1006
 
 
 def _json_default(value: Any) -> Any:

@@ -35,10 +35,28 @@ except ImportError:  # pragma: no cover - pure-Python fallback
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["WsConnection", "frame_header"]
+__all__ = ["WsConnection", "frame_header", "flush_pending"]
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _OPEN = State.OPEN
+
+
+# Connections with queued replies, written by flush_pending(): at the end of the
+# event-loop iteration (one call_soon for all of them), or earlier by a producer
+# that has just finished a burst (a batch, a read).  Event-loop thread only.
+_pending: list[WsConnection] = []
+_pending_handle: list[bool] = [False]
+
+
+def flush_pending() -> None:
+    """Write every connection's queued replies now (one write per connection)."""
+    _pending_handle[0] = False
+    if not _pending:
+        return
+    conns = _pending[:]
+    _pending.clear()
+    for conn in conns:
+        conn._flush()
 
 
 def frame_header(length: int, opcode: int = 0x1) -> bytes:
@@ -143,6 +161,8 @@ class WsConnection(ServerConnection):
             pos = end
         if pos < end_of_data:
             self._rx = data[pos:]
+        if self._flush_scheduled:  # replies to this read (pongs, errors): send now
+            flush_pending()
 
     def process_event(self, event: Any) -> None:
         """Frames websockets parsed: data frames (fragmented, or all of them when the
@@ -190,14 +210,19 @@ class WsConnection(ServerConnection):
             self.protocol.send_text(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            _pending.append(self)
+            if not _pending_handle[0]:
+                _pending_handle[0] = True
+                self.loop.call_soon(flush_pending)
         return True
 
     def flush(self) -> None:
         """Write what is queued now (before a close frame, for instance)."""
-        self._flush()
+        self._flush()  # it stays in _pending; flush_pending skips it then
 
     def _flush(self) -> None:
+        if not self._flush_scheduled:
+            return
         self._flush_scheduled = False
         if self.protocol.state is not _OPEN:
             self._out.clear()
