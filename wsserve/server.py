@@ -26,7 +26,6 @@ import signal
 import ssl
 import sys
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import orjson

@@ -2,15 +2,15 @@
 
 Messages arrive by callback from :class:`~wsserve.wsconn.WsConnection`
 (``on_message``, on the loop thread, in order); replies are queued with
-``send`` and written once per loop iteration.  :class:`Session` keeps the connection's in-flight jobs by id and enforces the
-per-connection rules: duplicate ids, ``max_inflight``, auth, draining.  A bad
-message gets an ``error`` frame and nothing else happens.
+``send`` and written after the read or batch that produced them.
+:class:`Session` keeps the connection's in-flight jobs by id and enforces the
+per-connection rules: auth, draining, rate limits, duplicate ids,
+``max_inflight``, slow consumers.  A bad message gets an ``error`` frame and
+nothing else happens.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
