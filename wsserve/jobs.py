@@ -89,7 +89,7 @@ class PredictJob(Job):
 
     __slots__ = (
         "rows", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
-        "_seq", "_pending", "_pending_rows", "_queue_s", "_compute_s", "_batch_max", "_prefix",
+        "_seq", "_pending", "_pending_rows", "_queue_s", "_compute_s", "_batch_max",
     )
 
     def __init__(

@@ -106,7 +106,7 @@ class Server:
         self.messages = 0
         self.ready = False
         self.draining = False
-        self.drain_deadline: float | None = None
+        self._all_closed = asyncio.Event()  # set while draining once no session is left
         self._ws_server: Any = None
         self._closed = False
         self._drained = asyncio.Event()
@@ -173,25 +173,23 @@ class Server:
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
         self.ready = False
-        self.drain_deadline = monotonic() + timeout
         frame = orjson.dumps({"type": "draining", "deadline_ms": int(timeout * 1000)})
         log.info("draining %d connections (%d requests in flight), deadline %.1fs", len(self.sessions), self.inflight, timeout)
         for session in list(self.sessions):
             session.send(frame)
             if not session.inflight:
                 session.close(1001, "server shutting down")
+        self._note_closed()
         try:
             async with asyncio.timeout(timeout):
-                while self.sessions:
-                    await asyncio.sleep(0.02)
+                await self._all_closed.wait()
         except TimeoutError:
             for session in list(self.sessions):
                 session.end_all(ShuttingDown("drain deadline reached"))
                 session.close(1001, "server shutting down")
             try:
                 async with asyncio.timeout(2.0):
-                    while self.sessions:
-                        await asyncio.sleep(0.02)
+                    await self._all_closed.wait()
             except TimeoutError:
                 for session in list(self.sessions):
                     session.conn.transport.abort()
@@ -227,10 +225,14 @@ class Server:
             conn.attach(session)
             await conn.wait_closed()
         finally:
-            session.closed = True
             session.abandon_all()
             self.sessions.discard(session)
+            self._note_closed()
             self.metrics.closed(_close_code(conn))
+
+    def _note_closed(self) -> None:
+        if self.draining and not self.sessions:
+            self._all_closed.set()
 
     def generation_params(self, req: Generate, deadline: float | None) -> Any:
         from .generation import GenerationParams

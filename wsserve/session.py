@@ -60,7 +60,6 @@ class Session:
             TokenBucket(cfg.rate_limit_per_s, cfg.rate_burst(cfg.rate_limit_per_s), now)
             if cfg.rate_limit_per_s else None
         )
-        self.closed = False
         self._over_since: float | None = None
         self._seed_keys = 0
         self.closing = False
