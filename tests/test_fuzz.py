@@ -46,6 +46,7 @@ REQUEST_TYPES = (Predict, Generate, Cancel, Models, Ping, Auth)
 DECODE_CODES = {"bad_json", "bad_request", "invalid_input"}
 TYPES = ("predict", "generate", "cancel", "models", "ping", "auth")
 INT64 = (-(2**63), 2**64 - 1)  # what JSON ints orjson keeps as ints
+ID_INTS = (-(2**63), 2**63 - 1)  # what the protocol accepts as an integer id
 
 # --------------------------------------------------------------------------- strategies
 
@@ -58,7 +59,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-good_ids = st.one_of(st.text(max_size=10), st.integers(*INT64), st.integers(0, 1000))
+good_ids = st.one_of(st.text(max_size=10), st.integers(*ID_INTS), st.integers(0, 1000))
 numbers = st.one_of(st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6, allow_nan=False))
 
 
@@ -97,7 +98,7 @@ OPTIONAL: dict[str, dict[str, st.SearchStrategy[Any]]] = {
 }
 BAD: dict[str, st.SearchStrategy[Any]] = {
     "type": st.sampled_from(["", "Predict", "predict ", "fly", None]),
-    "id": st.sampled_from([True, False, 1.5, None, [], {}, 2**64, -(2**63) - 1]),
+    "id": st.sampled_from([True, False, 1.5, None, [], {}, 2**64, 2**63, -(2**63) - 1, "i" * 129]),
     "model": st.sampled_from(["", "linaer", "LINEAR", "charlm", "linear", "mlp", None, 1, ["linear"]]),
     "inputs": st.one_of(
         st.just([]), st.just([[]]), st.lists(st.lists(numbers, min_size=1, max_size=33), min_size=1, max_size=4),
@@ -108,12 +109,12 @@ BAD: dict[str, st.SearchStrategy[Any]] = {
     "version": st.sampled_from(["2", "", 1, None]),
     "stream": st.sampled_from([0, 1, "true", None]),
     "chunk_rows": st.sampled_from([0, -1, 1.5, "2", True]),
-    "timeout_ms": st.sampled_from([0, -1, 1e-9, "5", True]),
+    "timeout_ms": st.sampled_from([0, -1, "5", True, 2**31, 1e300]),
     "priority": st.sampled_from([-1, 2, 0.5, True, "1"]),
     "prompt": st.sampled_from([None, 1, ["a"], {"a": 1}]),
     "max_tokens": st.sampled_from([0, -1, 201, 300, 1.5, "3", True, 2**70]),
     "temperature": st.sampled_from([-0.1, -1, "0", True, 1e308]),
-    "top_k": st.sampled_from([-1, 1.5, "3", True]),
+    "top_k": st.sampled_from([-1, 1.5, "3", True, 2**31, 2**63, 2**64 - 1]),
     "seed": st.sampled_from([2**70, -(2**70), 1.5, "7", True]),
     "stop": st.one_of(st.sampled_from(["", [""], [1], {"a": "b"}, 5]), st.lists(st.just("a"), min_size=17, max_size=17),
                       st.just(["a" * 257])),
@@ -264,7 +265,7 @@ def _orjson_safe(obj: Any) -> bool:
 @st.composite
 def valid_requests(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     """Well-formed messages: the decoder must accept each with its values."""
-    good_id = draw(st.one_of(st.text(max_size=10), st.integers(*INT64)))
+    good_id = draw(st.one_of(st.text(max_size=10), st.integers(*ID_INTS)))
     kind = draw(st.sampled_from(["predict", "generate", "cancel", "ping", "auth"]))
     if kind == "predict":
         msg = {"type": kind, "id": good_id, "model": draw(st.text(max_size=6)), "inputs": draw(rows(1)),

@@ -343,3 +343,34 @@ async def test_statistics_count_tokens_and_executor_steps() -> None:
         assert engine.statistics().executor_steps == 10  # a batch of one ran inline
     finally:
         await engine.close()
+
+
+class OneBadPromptModel(BrokenModel):
+    """charlm, except that the prompt "bad" gives a context the engine cannot use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        real = charlm()
+        self.logits = real.logits  # type: ignore[method-assign]
+        self.initial_context = lambda prompt: real.initial_context(prompt)[:2] if prompt == "bad" else real.initial_context(prompt)
+
+
+async def test_a_sequence_that_cannot_start_fails_alone_cancel_after_it_is_harmless() -> None:
+    engine = GenerationEngine(OneBadPromptModel())  # type: ignore[arg-type]
+    try:
+        bad_sink, good_sink = RecordingSink(), RecordingSink()
+        bad = engine.submit(params(prompt="bad", temperature=1.0, top_k=2**63), bad_sink)
+        engine.submit(params(max_tokens=6), good_sink)
+        await wait_for(lambda: bad_sink.ended and good_sink.ended)
+        assert isinstance(bad_sink.error, Internal) and "could not start" in bad_sink.error.message
+        assert good_sink.done is not None and good_sink.done[:2] == ("length", 6)
+        engine.cancel(bad)  # the report's second message: must not corrupt the counts
+        stats = engine.statistics()
+        assert (stats.active, stats.queued) == (0, 0)
+        (again,) = await run_all(engine, [params(max_tokens=5)])  # the engine still steps...
+        assert again.done is not None and again.done[:2] == ("length", 5)
+        steps = engine.statistics().steps
+        await asyncio.sleep(0.05)  # ... and sleeps when idle instead of iterating
+        assert engine.statistics().steps == steps and engine.statistics().active == 0
+    finally:
+        await engine.close()

@@ -252,3 +252,98 @@ def test_statistics_snapshot() -> None:
     assert (s2.running, s2.waiting, s2.tokens, s2.generated, s2.finished) == (0, 0, 14, 14, 4)
     with pytest.raises(AttributeError):
         s2.steps = 0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- robustness (issue: top_k freeze)
+
+
+@pytest.mark.parametrize("top_k", [96, 97, 2**31 - 1, 2**63 - 1, 2**64 - 1, 2**200])
+def test_top_k_at_or_above_the_vocabulary_samples_from_every_token(top_k: int) -> None:
+    """Any top_k >= V behaves as top_k = 0 (off), never overflowing the per-slot int64 array."""
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    big = sched.add_request(GenerationParams(prompt="The ", max_tokens=30, temperature=0.9, seed=5, top_k=top_k), clock.now)
+    off = sched.add_request(GenerationParams(prompt="The ", max_tokens=30, temperature=0.9, seed=5), clock.now)
+    run_until_idle(sched, clock, out)
+    assert big.error is None and big.finish_reason == "length"
+    assert out.joined(big) == out.joined(off)
+    assert not sched.has_unfinished() and sched.statistics().running == 0
+
+
+class _BrokenContext:
+    """charlm, except that one prompt gives a context of the wrong shape (a faulty custom model)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.context_len, self.vocab_size, self.id_to_text = inner.context_len, inner.vocab_size, inner.id_to_text
+
+    def initial_context(self, prompt: str):
+        ctx = self._inner.initial_context(prompt)
+        return ctx[:3] if prompt == "bad" else ctx
+
+    def logits(self, contexts):
+        return self._inner.logits(contexts)
+
+
+def test_a_sequence_that_cannot_start_fails_alone_and_the_counts_stay_exact() -> None:
+    sched = Scheduler(_BrokenContext(charlm()), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    good = [sched.add_request(params(prompt="The ", max_tokens=5), clock.now) for _ in range(2)]
+    bad = sched.add_request(params(prompt="bad", max_tokens=5), clock.now)
+    run_until_idle(sched, clock, out)
+    assert isinstance(bad.error, Internal) and "could not start" in bad.error.message
+    assert all(g.finish_reason == "length" and len(out.joined(g)) == 5 for g in good)
+    sched.finish_requests([bad, *good], clock.now)  # cancelling finished ones changes nothing
+    stats = sched.statistics()
+    assert (stats.running, stats.waiting) == (0, 0) and not sched.has_unfinished()
+    assert sched.schedule(clock.now) is None
+
+
+# --------------------------------------------------------------------------- fair share between connections
+
+
+def test_a_connection_holding_every_slot_yields_its_fair_share_to_a_waiting_one() -> None:
+    sched = Scheduler(charlm(), max_batch_size=8)
+    clock, out = FakeClock(), Collected()
+    hog = [sched.add_request(params(prompt=PROMPTS[i % 8], max_tokens=400, temperature=0.7, seed=i), clock.now,
+                             group="A") for i in range(8)]
+    step_once(sched, clock, out)
+    assert all(s.state is SeqState.RUNNING for s in hog)
+    late = [sched.add_request(params(prompt="The ", max_tokens=20), clock.now, group="B") for _ in range(6)]
+    step_once(sched, clock, out)
+    # 2 groups, 8 slots: B gets its share of 4 at the next step, A keeps 4.
+    assert sum(s.state is SeqState.RUNNING for s in late) == 4
+    assert sum(s.state is SeqState.RUNNING for s in hog) == 4
+    assert sched.statistics().preempted == 4
+    run_until_idle(sched, clock, out)
+    assert all(s.finish_reason == "length" for s in hog + late)
+    # Preempted sequences resumed where they stopped: the same text as alone.
+    for i in (4, 5, 6, 7):
+        alone = generate_alone(params(prompt=PROMPTS[i % 8], max_tokens=400, temperature=0.7, seed=i))
+        assert (out.joined(hog[i]), hog[i].finish_reason) == alone
+
+
+def test_waiting_groups_are_served_round_robin() -> None:
+    sched = Scheduler(charlm(), max_batch_size=2)
+    clock, out = FakeClock(), Collected()
+    a = [sched.add_request(params(max_tokens=1), clock.now, group="A") for _ in range(6)]
+    b = [sched.add_request(params(max_tokens=1), clock.now, group="B") for _ in range(2)]
+    step_once(sched, clock, out)
+    # One of each group in the first batch, not A's first two.
+    assert a[0].finished and b[0].finished and not a[1].finished
+    run_until_idle(sched, clock, out)
+    assert all(s.finished for s in a + b)
+
+
+def test_a_group_within_its_share_is_not_preempted() -> None:
+    sched = Scheduler(charlm(), max_batch_size=4)
+    clock, out = FakeClock(), Collected()
+    a = [sched.add_request(params(max_tokens=50), clock.now, group="A") for _ in range(2)]
+    b = [sched.add_request(params(max_tokens=50), clock.now, group="B") for _ in range(2)]
+    step_once(sched, clock, out)
+    c = sched.add_request(params(max_tokens=5), clock.now, group="B")
+    step_once(sched, clock, out)
+    # share = ceil(4 / 2) = 2: nobody is over it, so B's third waits for a free slot.
+    assert c.state is SeqState.WAITING and sched.statistics().preempted == 0
+    run_until_idle(sched, clock, out)
+    assert c.finish_reason == "length" and all(s.finish_reason == "length" for s in a + b)

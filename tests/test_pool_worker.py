@@ -493,3 +493,23 @@ async def test_close_is_idempotent() -> None:
     await _wait(sink)
     await worker.close()
     await worker.close()
+
+
+class ExplodingSink(Sink):
+    """A sink whose ``on_rows`` raises (a bug in one request's job)."""
+
+    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        raise RuntimeError("sink bug")
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_a_failing_sink_does_not_keep_the_rest_of_its_batch_from_their_results(
+    make_worker, inline_max_flops: int
+) -> None:
+    worker = make_worker(Doubler(), max_batch_size=8, inline_max_flops=inline_max_flops)
+    first, bad, last = Sink("first", _col(1.0)), ExplodingSink("bad", _col(2.0)), Sink("last", _col(3.0))
+    for s in (first, bad, last):
+        worker.submit(s)
+    await _wait(first, bad, last)
+    assert first.outputs().tolist() == [[2.0]] and last.outputs().tolist() == [[6.0]]
+    assert isinstance(bad.error, Internal) and "sink bug" in bad.error.message

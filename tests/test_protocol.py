@@ -16,6 +16,8 @@ import pytest
 from wsserve.config import ServerConfig
 from wsserve.errors import BadJson, BadRequest, InvalidInput, Overloaded, UnknownModel, WsserveError
 from wsserve.protocol import (
+    MAX_ID_LENGTH,
+    MAX_TOP_K,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
     Auth,
@@ -164,8 +166,45 @@ def test_unknown_fields_are_ignored() -> None:
 
 
 def test_largest_integer_ids_are_kept_exactly() -> None:
-    assert decode(b'{"type":"ping","id":18446744073709551615}').id == 2**64 - 1
+    assert decode(b'{"type":"ping","id":9223372036854775807}').id == 2**63 - 1
     assert decode(b'{"type":"ping","id":-9223372036854775808}').id == -(2**63)
+
+
+@pytest.mark.parametrize("rid", ["9223372036854775808", "18446744073709551615"])
+def test_integer_ids_beyond_signed_64_bits_are_refused(rid: str) -> None:
+    with pytest.raises(BadRequest, match="signed 64-bit") as info:
+        decode(b'{"type":"predict","model":"linear","inputs":[[1]],"id":' + rid.encode() + b"}")
+    assert info.value.request_id is None
+
+
+def test_string_ids_are_capped_at_max_id_length() -> None:
+    assert decode(orjson.dumps({"type": "ping", "id": "a" * MAX_ID_LENGTH})).id == "a" * MAX_ID_LENGTH
+    for kind in ("predict", "generate", "cancel", "ping", "models", "auth"):
+        msg = {"type": kind, "id": "a" * (MAX_ID_LENGTH + 1), "model": "m", "inputs": [[1]], "prompt": "", "token": "k"}
+        with pytest.raises(BadRequest, match=f"the limit is {MAX_ID_LENGTH}") as info:
+            decode(orjson.dumps(msg))
+        assert info.value.request_id is None, kind
+    # an over-long id is not echoed on an unknown type either
+    with pytest.raises(BadRequest) as info:
+        decode(orjson.dumps({"type": "nope", "id": "a" * 1000}))
+    assert info.value.request_id is None
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("top_k", 2**63), ("top_k", 2**31), ("timeout_ms", 2**31), ("timeout_ms", 1e300), ("temperature", 1e308),
+     ("max_tokens", 2**64 - 1), ("version", "v" * 65), ("model", "m" * 257)],
+)
+def test_generate_numbers_and_strings_have_upper_bounds(field: str, value: object) -> None:
+    msg = {"type": "generate", "id": 1, "model": "charlm", "prompt": "a", field: value}
+    with pytest.raises(BadRequest, match=field) as info:
+        decode(orjson.dumps(msg))
+    assert info.value.request_id == 1
+
+
+def test_top_k_up_to_its_limit_is_accepted() -> None:
+    msg = {"type": "generate", "id": 1, "model": "charlm", "prompt": "a", "top_k": MAX_TOP_K}
+    assert decode(orjson.dumps(msg)).top_k == MAX_TOP_K
 
 
 # --------------------------------------------------------------------------- seed-compatible form
@@ -554,7 +593,7 @@ def test_encode_hello_matches_protocol_example() -> None:
     # Verbatim from PROTOCOL.md "On connect".
     assert data == (
         b'{"type":"hello","server":"wsserve","version":"0.1.0","protocol":1,"limits":{"max_message_bytes":1048576,'
-        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000},"models":["linear","mlp","charlm"]}'
+        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_id_length":128},"models":["linear","mlp","charlm"]}'
     )
 
 
@@ -562,7 +601,7 @@ def test_encode_hello_auth_required() -> None:
     frame = orjson.loads(encode_hello(version="9", limits={"max_rows": 1}, models=[], auth_required=True))
     assert frame == {
         "type": "hello", "server": "wsserve", "version": "9", "protocol": 1,
-        "limits": {"max_rows": 1}, "models": [], "auth_required": True,
+        "limits": {"max_rows": 1, "max_id_length": 128}, "models": [], "auth_required": True,
     }
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 PUBLIC = {
     "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run"],
     "wsserve.protocol": [
-        "PROTOCOL_VERSION", "SUBPROTOCOL", "RequestId", "Predict", "Generate", "Cancel", "Models", "Ping", "Auth",
+        "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "RequestId", "Predict", "Generate", "Cancel", "Models", "Ping", "Auth",
         "Request", "decode", "validate_inputs", "encode", "encode_error", "encode_hello",
     ],
     "wsserve.errors": [

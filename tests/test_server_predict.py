@@ -22,7 +22,10 @@ async def test_hello_announces_limits_and_models(server_url: str) -> None:
     conn = await Conn.open(server_url)
     hello = conn.hello
     assert hello["server"] == "wsserve" and hello["protocol"] == 1
-    assert hello["limits"] == {"max_message_bytes": 1048576, "max_inflight": 256, "max_rows": 65536, "max_tokens": 100000}
+    # The contract's four limits with their defaults, plus our own (docs/PROTOCOL.md).
+    contract = {"max_message_bytes": 1048576, "max_inflight": 256, "max_rows": 65536, "max_tokens": 100000}
+    assert {k: hello["limits"][k] for k in contract} == contract
+    assert hello["limits"]["max_id_length"] == 128
     assert hello["models"] == ["linear", "mlp", "charlm"]
     await conn.close()
 

@@ -163,7 +163,10 @@ class PredictWorker:
         if batch is None:
             return
         for item in batch.expired:
-            item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
+            try:
+                item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
+            except Exception as exc:  # noqa: BLE001
+                self._sink_failed(item, exc)
         if batch.slices:
             self._compute(batch)
         if not self._busy and self._tick_handle is None and len(queue):
@@ -221,7 +224,20 @@ class PredictWorker:
         for s in batch.slices:
             if not s.item.payload.finished:
                 self.queue.cancel(s.item)
-                s.item.payload.on_error(Internal(err))
+                try:
+                    s.item.payload.on_error(Internal(err))
+                except Exception as sink_exc:  # noqa: BLE001
+                    self._sink_failed(s.item, sink_exc)
+
+    def _sink_failed(self, item: WorkItem, exc: BaseException) -> None:
+        """A sink raised: log it, stop its rows, and end it with ``internal`` (best effort)."""
+        log.error("result sink of a %s request failed", self.name, exc_info=exc)
+        self.queue.cancel(item)
+        try:
+            if not item.payload.finished:
+                item.payload.on_error(Internal(f"internal error delivering results: {type(exc).__name__}: {exc}"))
+        except Exception:  # noqa: BLE001
+            log.exception("result sink failed again in on_error")
 
     def _deliver(self, batch: Batch, y: np.ndarray, started: float) -> None:
         compute_s = monotonic() - started
@@ -246,12 +262,16 @@ class PredictWorker:
             if item.payload.finished:  # cancelled or timed out while computing
                 offset = end
                 continue
-            if finite_rows is not None and not finite_rows[offset:end].all():
-                bad = s.start + int(np.argmin(finite_rows[offset:end]))
-                self.queue.cancel(item)
-                item.payload.on_error(InvalidInput(f"output row {bad} is not finite"))
-            else:
-                item.payload.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
+            sink = item.payload
+            try:  # one sink's failure must not keep the rest of the batch from their frames
+                if finite_rows is not None and not finite_rows[offset:end].all():
+                    bad = s.start + int(np.argmin(finite_rows[offset:end]))
+                    self.queue.cancel(item)
+                    sink.on_error(InvalidInput(f"output row {bad} is not finite"))
+                else:
+                    sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
+            except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
+                self._sink_failed(item, exc)
             offset = end
         if self._after_batch is not None:
             self._after_batch()

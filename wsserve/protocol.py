@@ -24,6 +24,7 @@ from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 __all__ = [
     "PROTOCOL_VERSION",
     "SUBPROTOCOL",
+    "MAX_ID_LENGTH",
     "RequestId",
     "Predict",
     "Generate",
@@ -46,6 +47,24 @@ RequestId = Union[str, int]
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_CHARS = 256
+
+# Bounds on every client-chosen value, checked before it reaches a slot, numpy or a timer.
+#: Longest string id (characters); ids are repeated in every frame of their request.
+MAX_ID_LENGTH = 128
+#: Integer ids must fit a signed 64-bit integer.
+_MIN_INT_ID, _MAX_INT_ID = -(1 << 63), (1 << 63) - 1
+#: Largest ``top_k`` (values at or above the vocabulary size sample from every token).
+MAX_TOP_K = (1 << 31) - 1
+#: Largest ``timeout_ms`` (about 24.8 days, as JavaScript's ``setTimeout``).
+MAX_TIMEOUT_MS = (1 << 31) - 1
+#: Largest ``chunk_rows``.
+MAX_CHUNK_ROWS = (1 << 31) - 1
+#: Largest ``temperature``.
+MAX_TEMPERATURE = 100.0
+#: Longest ``model`` name, ``version`` and auth ``token`` (characters).
+MAX_MODEL_NAME_LENGTH = 256
+MAX_VERSION_LENGTH = 64
+MAX_TOKEN_LENGTH = 4096
 
 
 @dataclass(slots=True)
@@ -114,15 +133,32 @@ Request = Union[Predict, Generate, Cancel, Models, Ping, Auth]
 # --------------------------------------------------------------------------- decode
 
 def _read_id(obj: dict[str, Any], required: bool) -> RequestId | None:
+    """The request's id; raises ``BadRequest`` (with no request id: this one is unusable)."""
     rid = obj.get("id")
     if rid is None:
         if required:
             raise BadRequest("missing field 'id' (a string or an integer)")
         return None
     t = type(rid)
-    if t is str or t is int:
-        return rid
+    if t is str:
+        if len(rid) <= MAX_ID_LENGTH:
+            return rid
+        raise BadRequest(
+            f"field 'id' has {len(rid)} characters; the limit is {MAX_ID_LENGTH} (max_id_length)"
+        )
+    if t is int:
+        if _MIN_INT_ID <= rid <= _MAX_INT_ID:
+            return rid
+        raise BadRequest("field 'id' must be an integer within a signed 64-bit range (-2**63 .. 2**63-1)")
     raise BadRequest(f"field 'id' must be a string or an integer, got {_jtype(rid)}")
+
+
+def _loose_id(obj: dict[str, Any]) -> RequestId | None:
+    """The id of a message that failed before its type was known, if it is a valid id."""
+    try:
+        return _read_id(obj, False)
+    except BadRequest:
+        return None
 
 
 def _jtype(value: Any) -> str:
@@ -141,22 +177,25 @@ def _jtype(value: Any) -> str:
     return type(value).__name__
 
 
-def _opt_str(obj: dict[str, Any], key: str, rid: RequestId | None) -> str | None:
+def _opt_str(obj: dict[str, Any], key: str, rid: RequestId | None, max_length: int) -> str | None:
     value = obj.get(key)
-    if value is None or type(value) is str:
-        return value
-    raise BadRequest(f"field '{key}' must be a string, got {_jtype(value)}", request_id=rid)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise BadRequest(f"field '{key}' must be a string, got {_jtype(value)}", request_id=rid)
+    if len(value) > max_length:
+        raise BadRequest(f"field '{key}' has {len(value)} characters; the limit is {max_length}", request_id=rid)
+    return value
 
 
-def _opt_int(obj: dict[str, Any], key: str, rid: RequestId | None, lo: int, hi: int | None = None) -> int | None:
+def _opt_int(obj: dict[str, Any], key: str, rid: RequestId | None, lo: int, hi: int) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
     if type(value) is not int:
         raise BadRequest(f"field '{key}' must be an integer, got {_jtype(value)}", request_id=rid)
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise BadRequest(f"field '{key}' must be {bound}, got {value}", request_id=rid)
+    if value < lo or value > hi:
+        raise BadRequest(f"field '{key}' must be in [{lo}, {hi}], got {value}", request_id=rid)
     return value
 
 
@@ -164,8 +203,10 @@ def _opt_timeout(obj: dict[str, Any], rid: RequestId | None) -> float | None:
     value = obj.get("timeout_ms")
     if value is None:
         return None
-    if type(value) not in (int, float) or not value > 0 or not math.isfinite(value):
-        raise BadRequest(f"field 'timeout_ms' must be a positive number, got {value!r}", request_id=rid)
+    if type(value) not in (int, float) or not 0 < value <= MAX_TIMEOUT_MS:  # also refuses NaN
+        raise BadRequest(
+            f"field 'timeout_ms' must be a number in (0, {MAX_TIMEOUT_MS}], got {value!r}", request_id=rid
+        )
     return float(value)
 
 
@@ -181,6 +222,10 @@ def _priority(obj: dict[str, Any], rid: RequestId | None) -> int:
 def _model(obj: dict[str, Any], rid: RequestId | None) -> str:
     model = obj.get("model")
     if type(model) is str:
+        if len(model) > MAX_MODEL_NAME_LENGTH:
+            raise BadRequest(
+                f"field 'model' has {len(model)} characters; the limit is {MAX_MODEL_NAME_LENGTH}", request_id=rid
+            )
         return model
     if model is None:
         raise BadRequest("missing field 'model'", request_id=rid)
@@ -191,7 +236,7 @@ def _decode_predict(obj: dict[str, Any]) -> Predict:
     rid = _read_id(obj, True)
     if len(obj) == 4:  # hot path: exactly type, id, model and inputs
         model = obj.get("model")
-        if type(model) is str and "inputs" in obj:
+        if type(model) is str and "inputs" in obj and len(model) <= MAX_MODEL_NAME_LENGTH:
             return Predict(rid, model, obj["inputs"])
     try:
         model = _model(obj, rid)
@@ -206,9 +251,9 @@ def _decode_predict(obj: dict[str, Any]) -> Predict:
             id=rid,
             model=model,
             inputs=obj["inputs"],
-            version=_opt_str(obj, "version", rid),
+            version=_opt_str(obj, "version", rid, MAX_VERSION_LENGTH),
             stream=stream,
-            chunk_rows=_opt_int(obj, "chunk_rows", rid, 1),
+            chunk_rows=_opt_int(obj, "chunk_rows", rid, 1, MAX_CHUNK_ROWS),
             timeout_ms=_opt_timeout(obj, rid),
             priority=_priority(obj, rid),
         )
@@ -231,9 +276,9 @@ def _decode_generate(obj: dict[str, Any], max_tokens_limit: int) -> Generate:
         temperature = obj.get("temperature")
         if temperature is None:
             temperature = 0.0
-        if type(temperature) not in (int, float) or not math.isfinite(temperature) or temperature < 0:
-            raise BadRequest(f"field 'temperature' must be a number >= 0, got {temperature!r}")
-        top_k = _opt_int(obj, "top_k", rid, 0)
+        if type(temperature) not in (int, float) or not 0 <= temperature <= MAX_TEMPERATURE:  # refuses NaN
+            raise BadRequest(f"field 'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
+        top_k = _opt_int(obj, "top_k", rid, 0, MAX_TOP_K)
         seed = obj.get("seed")
         if seed is not None and type(seed) is not int:
             raise BadRequest(f"field 'seed' must be an integer, got {_jtype(seed)}")
@@ -262,7 +307,7 @@ def _decode_generate(obj: dict[str, Any], max_tokens_limit: int) -> Generate:
             top_k=top_k or 0,
             seed=None if seed is None else seed & 0xFFFF_FFFF_FFFF_FFFF,
             stop=stop,
-            version=_opt_str(obj, "version", rid),
+            version=_opt_str(obj, "version", rid, MAX_VERSION_LENGTH),
             timeout_ms=_opt_timeout(obj, rid),
             priority=_priority(obj, rid),
         )
@@ -310,13 +355,12 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     if kind == "auth":
         token = obj.get("token")
         rid = _read_id(obj, False)
-        if type(token) is not str:
-            raise BadRequest("field 'token' must be a string", request_id=rid)
+        if type(token) is not str or len(token) > MAX_TOKEN_LENGTH:
+            raise BadRequest(f"field 'token' must be a string of at most {MAX_TOKEN_LENGTH} characters", request_id=rid)
         return Auth(token, rid)
     if kind is None and "x" in obj:
         return _decode_seed(obj)
-    rid = obj.get("id")
-    rid = rid if type(rid) in (str, int) else None
+    rid = _loose_id(obj)
     if kind is None:
         raise BadRequest("missing field 'type'", request_id=rid)
     raise BadRequest(
@@ -375,13 +419,13 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 
 
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
-    """The ``hello`` frame sent on connect."""
+    """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
         "version": version,
         "protocol": PROTOCOL_VERSION,
-        "limits": limits,
+        "limits": {**limits, "max_id_length": MAX_ID_LENGTH},
         "models": models,
     }
     if auth_required:

@@ -212,7 +212,7 @@ class Session:
             deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
             job = GenerateJob(self, rid, req, entry, now)
             params = server.generation_params(req, deadline)
-            job.handle = entry.worker.submit(params, job)
+            job.handle = entry.worker.submit(params, job, group=self)
         except WsserveError as exc:
             exc.request_id = rid
             raise

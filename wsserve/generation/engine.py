@@ -120,17 +120,18 @@ class GenerationEngine:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="wsserve-generate")
 
-    def submit(self, params: GenerationParams, sink: TokenSink) -> Sequence:
+    def submit(self, params: GenerationParams, sink: TokenSink, *, group: Any = None) -> Sequence:
         """Queue a generation streaming into ``sink``; return its handle.
 
-        Raises :class:`~wsserve.errors.Overloaded` (queue full, with
-        ``retry_after_ms``) or :class:`~wsserve.errors.ShuttingDown` (closed);
-        the sink is then never called.
+        ``group`` is the fairness key (the client connection, see
+        :class:`~wsserve.generation.scheduler.Scheduler`).  Raises
+        :class:`~wsserve.errors.Overloaded` (queue full, with ``retry_after_ms``)
+        or :class:`~wsserve.errors.ShuttingDown` (closed); the sink is then never called.
         """
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         self.start()
-        seq = self._sched.add_request(params, time.monotonic(), owner=sink)
+        seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group)
         self._wakeup.set()
         return seq
 
@@ -183,20 +184,24 @@ class GenerationEngine:
                     log.exception("generation engine iteration failed")
                     self._sched.abort_all(Internal(f"generation engine failure: {type(exc).__name__}: {exc}"),
                                           time.monotonic())
+                    await asyncio.sleep(0)  # never loop without awaiting
         finally:
             self._deliver()
 
     async def _iteration(self) -> None:
-        """One step: schedule, compute (inline or in the executor), update, deliver."""
+        """One step: schedule, compute (inline or in the executor), update, deliver.
+
+        Every path awaits: with nothing to run it sleeps until ``submit`` wakes it,
+        so the loop can never spin."""
         sched, model = self._sched, self.model
-        if not sched.has_unfinished():
+        batch = sched.schedule(time.monotonic()) if sched.has_unfinished() else None
+        if batch is None:  # nothing running (anything waiting was admitted or has ended)
             self._deliver()
             self._wakeup.clear()
-            await self._wakeup.wait()
-            return
-        batch = sched.schedule(time.monotonic())
-        if batch is None:
-            self._deliver()
+            if not sched.has_unfinished():
+                await self._wakeup.wait()
+            else:  # pragma: no cover - defensive: never busy-wait, whatever the state
+                await asyncio.sleep(0.001)
             return
         inline = batch.size <= self._inline_max_batch
         try:

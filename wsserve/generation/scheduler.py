@@ -15,9 +15,18 @@ it with a fake clock.  Not thread-safe: call it from one thread (the event loop)
 Semantics:
 
 - At most ``max_batch_size`` sequences run; each :meth:`schedule` admits waiting
-  ones into free slots, high priority first, FIFO within a priority (no
-  preemption).  ``add_request`` raises :class:`~wsserve.errors.Overloaded` when
-  ``max_queue`` requests already wait beyond the free slots (``None``: unbounded).
+  ones into free slots, high priority first, and within a priority round-robin
+  between groups (a group is a client connection), FIFO within a group.
+  ``add_request`` raises :class:`~wsserve.errors.Overloaded` when ``max_queue``
+  requests already wait beyond the free slots (``None``: unbounded).
+- Fair share: when sequences wait and no slot is free, a group that has waiting
+  sequences and runs fewer than ``ceil(max_batch_size / G)`` (G = groups with
+  running or waiting sequences) takes a slot from the group running the most, if
+  that one runs more than the share: its most recently admitted sequence is
+  *preempted* - it goes back to the front of its group's queue with its context
+  and sampling state, and later resumes exactly where it stopped (its output is
+  the same as if it had never paused).  So one connection cannot hold every slot
+  for long generations while others wait.
 - Every running sequence gets exactly one token per step.  A sequence leaves the
   batch the moment it finishes: ``length`` (``max_tokens`` generated), ``stop``
   (a stop string completed), ``cancelled`` (:meth:`finish_requests`), or an
@@ -47,7 +56,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, Overloaded, WsserveError
+from ..errors import DeadlineExceeded, Internal, Overloaded, WsserveError
 from .params import GenerationParams
 from .sampling import NOISE_BLOCK, gumbel_block, new_generator
 from .stops import StopMatcher
@@ -87,6 +96,7 @@ class Sequence:
 
     __slots__ = (
         "_context",
+        "_noise",
         "_rng",
         "_stops",
         "admitted_at",
@@ -96,6 +106,7 @@ class Sequence:
         "finished_at",
         "first_token_at",
         "generated",
+        "group",
         "id",
         "owner",
         "params",
@@ -104,10 +115,11 @@ class Sequence:
         "streamed",
     )
 
-    def __init__(self, seq_id: int, params: GenerationParams, owner: Any, now: float) -> None:
+    def __init__(self, seq_id: int, params: GenerationParams, owner: Any, now: float, group: Any = None) -> None:
         self.id = seq_id
         self.params = params
         self.owner = owner
+        self.group = group  # fairness key (the connection); None: a group of its own
         self.state = SeqState.WAITING
         self.slot = -1
         self.generated = 0  # tokens produced by the model (incl. held back / stop text)
@@ -120,7 +132,8 @@ class Sequence:
         self.error: WsserveError | None = None
         self._stops = StopMatcher(params.stop) if params.stop else None
         self._rng: np.random.Generator | None = None
-        self._context: np.ndarray | None = None
+        self._context: np.ndarray | None = None  # [k] while not running (set on arrival and on preemption)
+        self._noise: tuple[np.ndarray, int] | None = None  # (noise block, position) saved on preemption
 
     @property
     def finished(self) -> bool:
@@ -179,6 +192,75 @@ class SchedulerStatistics:
     finished: int
     last_batch_size: int
     step_ms: float  # moving average of schedule -> update_from_output
+    preempted: int = 0  # sequences paused to give another group its fair share, all time
+
+
+class _WaitQueue:
+    """Waiting sequences of one priority: FIFO within a group, round-robin between groups."""
+
+    __slots__ = ("_groups", "_order", "n")
+
+    def __init__(self) -> None:
+        self._groups: dict[Any, deque[Sequence]] = {}
+        self._order: deque[Any] = deque()  # groups with waiting sequences, next to serve first
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def push(self, seq: Sequence, *, front: bool = False) -> None:
+        """Queue ``seq`` at the back of its group (``front``: at the front, group served next)."""
+        key = seq.group if seq.group is not None else seq
+        q = self._groups.get(key)
+        if q is None:
+            q = self._groups[key] = deque()
+            if front:
+                self._order.appendleft(key)
+            else:
+                self._order.append(key)
+        if front:
+            q.appendleft(seq)
+        else:
+            q.append(seq)
+        self.n += 1
+
+    def pop(self) -> Sequence:
+        """The first sequence of the next group; that group moves to the back."""
+        key = self._order.popleft()
+        q = self._groups[key]
+        seq = q.popleft()
+        if q:
+            self._order.append(key)
+        else:
+            del self._groups[key]
+        self.n -= 1
+        return seq
+
+    def pop_group(self, key: Any) -> Sequence:
+        """The first sequence of group ``key`` (which must be waiting)."""
+        q = self._groups[key]
+        seq = q.popleft()
+        if not q:
+            del self._groups[key]
+            self._order.remove(key)
+        self.n -= 1
+        return seq
+
+    def remove(self, seq: Sequence) -> None:
+        key = seq.group if seq.group is not None else seq
+        q = self._groups[key]
+        q.remove(seq)
+        if not q:
+            del self._groups[key]
+            self._order.remove(key)
+        self.n -= 1
+
+    def groups(self) -> list[Any]:
+        return list(self._order)
+
+    def __iter__(self) -> Any:
+        for q in list(self._groups.values()):
+            yield from list(q)
 
 
 class Scheduler:
@@ -195,8 +277,10 @@ class Scheduler:
         k, v = model.context_len, model.vocab_size
         self._itos = model.id_to_text
         self._ids = itertools.count()
-        self._waiting: tuple[deque[Sequence], deque[Sequence]] = (deque(), deque())  # by priority
+        self._waiting: tuple[_WaitQueue, _WaitQueue] = (_WaitQueue(), _WaitQueue())  # by priority
         self._running: list[Sequence] = []
+        self._group_running: dict[Any, int] = {}  # running sequences per group (fair share)
+        self._preempted = 0
         self._free = list(range(max_batch_size - 1, -1, -1))  # stack of free slots
         self._deadlines: list[tuple[float, int, Sequence]] = []
         # Per-slot state (row = slot), so the batch is gathered with a few numpy calls.
@@ -213,11 +297,13 @@ class Scheduler:
         self._step_s = 0.0
 
     # -- requests ------------------------------------------------------------------
-    def add_request(self, params: GenerationParams, now: float, *, owner: Any = None) -> Sequence:
+    def add_request(self, params: GenerationParams, now: float, *, owner: Any = None, group: Any = None) -> Sequence:
         """Queue a generation; it joins the batch at the next :meth:`schedule`.
 
+        ``group`` is the fairness key (the client connection): while others wait,
+        a group holds at most a fair share of the running slots (module docstring).
         Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
-        the queue is full.
+        the queue is full; nothing is queued then.
         """
         waiting = len(self._waiting[0]) + len(self._waiting[1])
         if self.max_queue is not None and waiting - len(self._free) >= self.max_queue:
@@ -226,9 +312,10 @@ class Scheduler:
                 f"max_queue={self.max_queue})",
                 retry_after_ms=self._retry_after_ms(),
             )
-        seq = Sequence(next(self._ids), params, owner, now)
-        seq._context = self.model.initial_context(params.prompt)
-        self._waiting[params.priority].append(seq)
+        context = self.model.initial_context(params.prompt)  # may raise: nothing is queued then
+        seq = Sequence(next(self._ids), params, owner, now, group)
+        seq._context = context
+        self._waiting[params.priority].push(seq)
         if params.deadline is not None:
             heapq.heappush(self._deadlines, (params.deadline, seq.id, seq))
             if len(self._deadlines) > 64 + 2 * (waiting + self._n_running):
@@ -255,7 +342,7 @@ class Scheduler:
                 self._finish(seq, now, error=error)
 
     def has_unfinished(self) -> bool:
-        return bool(self._n_running or self._waiting[0] or self._waiting[1])
+        return self._n_running > 0 or self._waiting[0].n > 0 or self._waiting[1].n > 0
 
     def take_events(self) -> list[Event]:
         """The events since the last call, in order (see the module docstring)."""
@@ -267,8 +354,10 @@ class Scheduler:
         """Expire deadlines, admit waiting sequences, and return the next batch (or None)."""
         self._expire(now)
         for queue in (self._waiting[1], self._waiting[0]):
-            while queue and self._free:
-                self._admit(queue.popleft(), now)
+            while queue.n and self._free:
+                self._admit(queue.pop(), now)
+        if not self._free and (self._waiting[0].n or self._waiting[1].n):
+            self._rebalance(now)
         if self._dirty:
             self._running = [s for s in self._running if s.state is SeqState.RUNNING]
             self._relayout()
@@ -347,6 +436,7 @@ class Scheduler:
             finished=self._finished,
             last_batch_size=self._last_batch,
             step_ms=round(self._step_s * 1e3, 4),
+            preempted=self._preempted,
         )
 
     # -- internals -------------------------------------------------------------------
@@ -361,18 +451,88 @@ class Scheduler:
                     f"({seq.streamed} tokens streamed, {seq.state.value})"))
 
     def _admit(self, seq: Sequence, now: float) -> None:
-        slot = self._free.pop()
+        """Give ``seq`` a free slot.  Whatever can fail runs before any state changes;
+        a failure ends this sequence only (``Internal``), never the scheduler."""
         p = seq.params
-        seq.state, seq.slot, seq.admitted_at = SeqState.RUNNING, slot, now
-        assert seq._context is not None  # set by add_request, dropped only when finished
-        self._ctx[slot] = seq._context
+        try:
+            context = seq._context
+            if context is None or context.shape != (self.model.context_len,):
+                raise ValueError(f"context of shape {getattr(context, 'shape', None)}")
+            rng = seq._rng
+            if p.temperature > 0 and rng is None:
+                rng = new_generator(p.seed)
+            top_k = p.top_k if 0 < p.top_k < self.model.vocab_size else 0  # >= V: every token
+        except Exception as exc:  # noqa: BLE001 - one sequence's failure stays in it
+            # Already out of its wait queue: end it without touching the queues.
+            self._ended(seq, now, None, Internal(f"could not start the generation: {type(exc).__name__}: {exc}"))
+            return
+        slot = self._free.pop()
+        seq.state, seq.slot = SeqState.RUNNING, slot
+        if seq.admitted_at is None:
+            seq.admitted_at = now
+        self._ctx[slot] = context
         self._temp[slot] = p.temperature
-        self._topk[slot] = p.top_k
+        self._topk[slot] = top_k
         if p.temperature > 0:
-            seq._rng = new_generator(p.seed)
-            self._npos[slot] = NOISE_BLOCK  # refill before first use
+            seq._rng = rng
+            if seq._noise is not None:  # resuming after preemption: the same noise, in order
+                self._noise[slot], self._npos[slot] = seq._noise
+            else:
+                self._npos[slot] = NOISE_BLOCK  # refill before first use
+        seq._context = seq._noise = None
         self._running.append(seq)
         self._n_running += 1
+        key = seq.group if seq.group is not None else seq
+        self._group_running[key] = self._group_running.get(key, 0) + 1
+        self._dirty = True
+
+    def _rebalance(self, now: float) -> None:
+        """Fair share: while a waiting group runs fewer than ``ceil(max_batch_size /
+        groups)`` sequences and another runs more, pause the latter's most recently
+        admitted sequence (it keeps its state and resumes first) and admit the former's."""
+        running = self._group_running
+        groups = set(running)
+        for queue in self._waiting:
+            groups.update(queue.groups())
+        share = -(-self.max_batch_size // len(groups))
+        while True:
+            found = None
+            for priority in (1, 0):
+                queue = self._waiting[priority]
+                found = next((g for g in queue.groups() if running.get(g, 0) < share), None)
+                if found is not None:
+                    break
+            if found is None:
+                return
+            victim_group = max(running, key=running.__getitem__)
+            if running[victim_group] <= share:
+                return
+            victim = next(s for s in reversed(self._running)
+                          if s.state is SeqState.RUNNING and (s.group if s.group is not None else s) == victim_group)
+            self._preempt(victim)
+            self._admit(self._waiting[priority].pop_group(found), now)
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Move running ``seq`` back to the front of its group's wait queue, with its state."""
+        slot = seq.slot
+        seq._context = self._ctx[slot].copy()
+        if seq.params.temperature > 0:
+            seq._noise = (self._noise[slot].copy(), int(self._npos[slot]))
+        self._release(seq)
+        seq.state, seq.slot = SeqState.WAITING, -1
+        self._waiting[seq.params.priority].push(seq, front=True)
+        self._preempted += 1
+
+    def _release(self, seq: Sequence) -> None:
+        """Free a running sequence's slot and count."""
+        self._free.append(seq.slot)
+        self._n_running -= 1
+        key = seq.group if seq.group is not None else seq
+        left = self._group_running[key] - 1
+        if left > 0:
+            self._group_running[key] = left
+        else:
+            del self._group_running[key]
         self._dirty = True
 
     def _relayout(self) -> None:
@@ -388,12 +548,14 @@ class Scheduler:
         if seq.state is SeqState.WAITING:
             self._waiting[seq.params.priority].remove(seq)
         elif seq.state is SeqState.RUNNING:
-            self._free.append(seq.slot)
-            self._n_running -= 1
-            self._dirty = True
+            self._release(seq)
+        self._ended(seq, now, reason, error)
+
+    def _ended(self, seq: Sequence, now: float, reason: str | None, error: WsserveError | None) -> None:
+        """Mark ``seq`` finished (it holds no slot and no queue place) and emit its terminal event."""
         seq.state = SeqState.FINISHED
         seq.finish_reason, seq.error, seq.finished_at = reason, error, now
-        seq._rng = seq._context = None
+        seq._rng = seq._context = seq._noise = None
         self._finished += 1
         self._out.append((seq, FINISHED, ""))
 
