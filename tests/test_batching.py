@@ -341,7 +341,7 @@ def test_cancel_every_request_empties_the_queue() -> None:
         q.add(it, 0.0)
     for it in items:
         assert q.cancel(it) is True
-    assert q.statistics(0.0) == QueueStats(requests=0, rows=0, oldest_age_s=0.0, batches=0, rows_scheduled=0)
+    assert q.statistics(0.0) == QueueStats(requests=0, rows=0, bytes=0, oldest_age_s=0.0, batches=0, rows_scheduled=0)
     assert q.ready_at(0.0) is None and q.next_batch(0.0) is None
 
 
@@ -500,7 +500,7 @@ def test_retry_after_grows_with_the_backlog_and_is_bounded() -> None:
 
 def test_statistics() -> None:
     q = BatchQueue(max_batch_size=4)
-    assert q.statistics(7.0) == QueueStats(requests=0, rows=0, oldest_age_s=0.0, batches=0, rows_scheduled=0)
+    assert q.statistics(7.0) == QueueStats(requests=0, rows=0, bytes=0, oldest_age_s=0.0, batches=0, rows_scheduled=0)
     q.add(_item(3, name="a"), 0.0)
     q.add(_item(2, name="b"), 1.0)
     s = q.statistics(1.5)

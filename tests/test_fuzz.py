@@ -21,6 +21,7 @@ import os
 import urllib.request
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -227,9 +228,9 @@ def _validate_checked(value: Any, width: int, max_rows: int) -> None:
         assert exc.code == "invalid_input" and exc.message
         return
     assert 1 <= len(out) <= max_rows
+    assert out.dtype == np.float64 and out.shape == (len(value), width) and np.isfinite(out).all()
     for row in out:
-        assert type(row) is list and len(row) == width
-        assert all(type(v) in (int, float) and math.isfinite(v) for v in row)
+        assert len(row) == width
 
 
 @settings(max_examples=300, deadline=None)
@@ -296,7 +297,7 @@ def test_well_formed_messages_are_accepted_with_their_values(case: tuple[str, di
     if kind == "predict":
         assert isinstance(req, Predict) and req.inputs == msg["inputs"] and req.stream == msg["stream"]
         assert req.chunk_rows == msg.get("chunk_rows") and req.priority == msg["priority"]
-        assert validate_inputs(req.inputs, 1, 8) == msg["inputs"]
+        assert validate_inputs(req.inputs, 1, 8).tolist() == [[float(v) for v in row] for row in msg["inputs"]]
     elif kind == "generate":
         assert isinstance(req, Generate) and req.prompt == msg["prompt"] and req.max_tokens == msg["max_tokens"]
         assert req.stop == tuple(msg["stop"]) and req.seed == msg["seed"] % 2**64 and req.top_k == msg["top_k"]
@@ -321,6 +322,12 @@ class WireCase:
         self.binary = binary
         size = len(payload.encode() if isinstance(payload, str) else payload)
         self.oversize = size > MAX_MESSAGE_BYTES
+        self.invalid_utf8 = False  # a text frame that is not UTF-8: the connection fails with 1007
+        if isinstance(payload, bytes) and not binary:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self.invalid_utf8 = True
         obj: Any = None
         if isinstance(payload, str) and not binary:
             try:
@@ -330,7 +337,8 @@ class WireCase:
         self.obj = obj if isinstance(obj, dict) else None
         kind = self.obj.get("type") if self.obj else None
         rid = self.obj.get("id") if self.obj else None
-        self.rid = rid if (type(rid) is str or (type(rid) is int and INT64[0] <= rid <= INT64[1])) else None
+        valid = (type(rid) is str and len(rid) <= 128) or (type(rid) is int and ID_INTS[0] <= rid <= ID_INTS[1])
+        self.rid = rid if valid else None
         self.kind = kind if isinstance(kind, str) else None
         self.seed_form = self.obj is not None and kind is None and "x" in self.obj
 
@@ -386,14 +394,15 @@ class WireSession:
             self.ws.send(case.payload, text=True)
         else:
             self.ws.send(case.payload)
-        if case.oversize:
+        if case.oversize or case.invalid_utf8:
+            code = 1009 if case.oversize else 1007
             with pytest.raises(ConnectionClosed) as info:
                 self.ws.send(orjson.dumps({"type": "ping", "id": sentinel}).decode())
                 self.recv()
-            assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+            assert info.value.rcvd is not None and info.value.rcvd.code == code
             self.ws = self._open()
             self.reopened += 1
-            event("oversize: closed 1009")
+            event(f"{'oversize' if case.oversize else 'invalid UTF-8'}: closed {code}")
             return
         self.ws.send(orjson.dumps({"type": "ping", "id": sentinel}).decode())
         mode = case.expects()

@@ -86,7 +86,7 @@ class Sink:
 
     def __init__(self, name: str, rows: list[list[float]]) -> None:
         self.name = name
-        self.rows = rows
+        self.rows = np.array(rows, dtype=np.float64)  # as the connection hands them over (validate_inputs)
         self.finished = False
         self.events: list[tuple[Any, ...]] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

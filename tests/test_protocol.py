@@ -213,7 +213,7 @@ def test_top_k_up_to_its_limit_is_accepted() -> None:
 def test_seed_form_list() -> None:
     req = decode(b'{"x":[0.5,1.0]}')
     assert req == Predict(id=None, model="linear", inputs=[[0.5], [1.0]], seed_form="list")
-    assert validate_inputs(req.inputs, 1, 10) == [[0.5], [1.0]]
+    assert validate_inputs(req.inputs, 1, 10).tolist() == [[0.5], [1.0]]
 
 
 def test_seed_form_scalar() -> None:
@@ -252,8 +252,6 @@ def test_seed_form_bad_elements_fail_validation(x: list[object]) -> None:
         pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[-1e400]]}', id="negative-overflow"),
         pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[NaN]]}', id="NaN"),
         pytest.param(b'{"type":"predict","id":"a","model":"linear","inputs":[[Infinity]]}', id="Infinity"),
-        pytest.param(b'{"type":"ping","id":"\xff"}', id="invalid-utf8"),
-        pytest.param(b"\xfe\xff\x00{", id="binary-garbage"),
         pytest.param(b'{"type":"ping","id":"\\ud800"}', id="lone-surrogate-escape"),
     ],
 )
@@ -262,6 +260,21 @@ def test_bad_json(data: bytes) -> None:
     assert err.code == "bad_json"
     assert err.request_id is None  # nothing could be read
     assert "JSON" in err.message
+    assert not err.invalid_utf8
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b'{"type":"ping","id":"\xff"}', id="invalid-utf8"),
+        pytest.param(b"\xfe\xff\x00{", id="binary-garbage"),
+        pytest.param(b'{"type":"ping","id":"\xed\xa0\x80"}', id="encoded-surrogate"),
+        pytest.param(b'{"type":"ping", "id": 1, trailing \xc3', id="bad-json-and-truncated-utf8"),
+    ],
+)
+def test_invalid_utf8_is_bad_json_flagged_invalid_utf8(data: bytes) -> None:
+    err = _fails(data, BadJson)
+    assert err.code == "bad_json" and err.invalid_utf8 and "UTF-8" in err.message
 
 
 # --------------------------------------------------------------------------- bad_request
@@ -481,9 +494,10 @@ def test_too_many_rows() -> None:
     assert validate_inputs(rows[:10], 1, 10) is not None  # exactly the limit is fine
 
 
-def test_valid_inputs_returned_unchanged() -> None:
+def test_valid_inputs_become_a_float64_array_of_the_same_values() -> None:
     rows = [[0.5, 1], [-2.0, 1.8446744073709552e19]]
-    assert validate_inputs(rows, 2, 2) is rows
+    x = validate_inputs(rows, 2, 2)
+    assert x.dtype == np.float64 and x.shape == (2, 2) and x.tolist() == rows
 
 
 def test_valid_inputs_decoded_end_to_end_are_finite() -> None:
@@ -593,7 +607,7 @@ def test_encode_hello_matches_protocol_example() -> None:
     # Verbatim from PROTOCOL.md "On connect".
     assert data == (
         b'{"type":"hello","server":"wsserve","version":"0.1.0","protocol":1,"limits":{"max_message_bytes":1048576,'
-        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_id_length":128},"models":["linear","mlp","charlm"]}'
+        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_inflight_bytes":33554432,"max_id_length":128},"models":["linear","mlp","charlm"]}'
     )
 
 

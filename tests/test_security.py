@@ -141,7 +141,7 @@ async def send_then_ping(url: str, raw: bytes) -> None:
     """Send ``raw`` and check the connection still answers a ping; closing cancels its work."""
     conn = await Conn.open(url)
     try:
-        await conn.send(raw)
+        await conn.send(raw.decode())  # a text frame (bytes would go as a binary frame)
         await conn.send({"type": "ping", "id": "alive"})
         loop = asyncio.get_running_loop()
         end = loop.time() + 30
@@ -184,3 +184,46 @@ async def test_after_the_extreme_values_the_server_is_idle_and_exact(plain_serve
     await conn.close()
     assert await greedy_text(plain_server.url) == ref
     await assert_idle(plain_server)
+
+
+# --------------------------------------------------------------------------- 2: request ids are bounded
+
+
+async def test_long_ids_are_refused_naming_the_limit_and_never_echoed(plain_server: ServerProcess) -> None:
+    conn = await Conn.open(plain_server.url)
+    assert conn.hello["limits"]["max_id_length"] == 128
+    long_id = "i" * 700_000
+    for msg in ({"type": "predict", "model": "mlp", "inputs": [[0] * 32] * 10, "stream": True, "chunk_rows": 1},
+                {"type": "generate", "model": "charlm", "prompt": "a"}, {"type": "ping"}):
+        reply = await conn.request(orjson.dumps({**msg, "id": long_id}).decode())
+        assert reply["type"] == "error" and reply["code"] == "bad_request" and reply["id"] is None, reply
+        assert "128" in reply["message"] and len(orjson.dumps(reply)) < 300
+    ok_id = "i" * 128
+    reply = await conn.request({"type": "predict", "id": ok_id, "model": "linear", "inputs": [[1.0]]})
+    assert reply["type"] == "result" and reply["id"] == ok_id
+    for bad in (2**63, -(2**63) - 1):
+        reply = await conn.request('{"type":"ping","id":' + str(bad) + "}")
+        assert reply["type"] == "error" and reply["code"] == "bad_request" and reply["id"] is None
+    await conn.close()
+
+
+# --------------------------------------------------------------------------- 6: fair share of generation slots
+
+
+async def test_one_connection_cannot_hold_every_generation_slot(start_server) -> None:
+    server = start_server("--max-generate-batch", "4", "--models", "charlm")
+    hog = await Conn.open(server.url)
+    for i in range(8):  # 4 run, 4 wait: 100,000 tokens each
+        await hog.send({"type": "generate", "id": i, "model": "charlm", "prompt": "The ", "max_tokens": 100000})
+    await hog.recv()  # generation has started
+    other = await Conn.open(server.url)
+    await other.send({"type": "generate", "id": "short", "model": "charlm", "prompt": "The ", "max_tokens": 20})
+    frames, end = await other.until_terminal("short", timeout=60)
+    assert end["type"] == "done" and end["reason"] == "length" and len(frames) == 20
+    # ... while every one of the hog's generations is still unfinished.
+    for i in range(8):
+        await hog.send({"type": "cancel", "id": i})
+    ended = await hog.collect(set(range(8)))
+    assert all(frames_[-1]["type"] == "done" and frames_[-1]["reason"] == "cancelled" for frames_ in ended.values())
+    await hog.close()
+    await other.close()

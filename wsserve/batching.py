@@ -3,7 +3,7 @@
 The driver (:mod:`wsserve.pool`) calls, with ``now`` from a monotonic clock:
 
 * :meth:`BatchQueue.add` when a request arrives (raises ``Overloaded`` when
-  the queue's row bound would be exceeded: nothing is queued then);
+  the queue's row or byte bound would be exceeded: nothing is queued then);
 * :meth:`BatchQueue.ready_at` to learn when a batch should be formed
   (``None``: nothing queued; ``<= now``: form one now);
 * :meth:`BatchQueue.next_batch` when the model is free;
@@ -47,6 +47,7 @@ class WorkItem:
     rows: int
     priority: int = 0
     deadline: float | None = None  # absolute, same clock as ``now``
+    row_bytes: int = 0  # input bytes of one row (for ``max_queue_bytes``)
     payload: Any = None
     enqueued_at: float = 0.0
     next_row: int = 0  # rows already handed out in batches
@@ -83,6 +84,7 @@ class QueueStats:
 
     requests: int
     rows: int
+    bytes: int
     oldest_age_s: float
     batches: int
     rows_scheduled: int
@@ -97,6 +99,7 @@ class BatchQueue:
         max_batch_size: int = 256,
         max_delay_ms: float = 0.0,
         max_queue_rows: int | None = None,
+        max_queue_bytes: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -105,6 +108,8 @@ class BatchQueue:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
+        self.max_queue_bytes = max_queue_bytes
+        self._bytes = 0  # unscheduled input bytes of live items
         self._classes = (deque[WorkItem](), deque[WorkItem]())  # index = priority; 1 is high
         self._rows = 0  # unscheduled rows of live items
         self._requests = 0  # live items with unscheduled rows
@@ -128,12 +133,19 @@ class BatchQueue:
         limit = self.max_queue_rows
         if limit is not None and self._rows + item.remaining > limit and self._rows > 0:
             raise Overloaded(
-                f"queue full: {self._rows} rows queued, limit {limit}",
+                f"queue full: {self._rows} rows queued, limit {limit} (max_queue_rows)",
+                retry_after_ms=self._retry_after_ms(),
+            )
+        byte_limit = self.max_queue_bytes
+        if byte_limit is not None and self._bytes + item.remaining * item.row_bytes > byte_limit and self._rows > 0:
+            raise Overloaded(
+                f"queue full: {self._bytes} input bytes queued, limit {byte_limit} (max_queue_bytes)",
                 retry_after_ms=self._retry_after_ms(),
             )
         item.enqueued_at = now
         self._classes[1 if item.priority else 0].append(item)
         self._rows += item.remaining
+        self._bytes += item.remaining * item.row_bytes
         self._requests += 1
         if item.deadline is not None:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]
@@ -158,6 +170,7 @@ class BatchQueue:
         except ValueError:  # never queued (e.g. refused with Overloaded)
             return False
         self._rows -= item.remaining
+        self._bytes -= item.remaining * item.row_bytes
         self._requests -= 1
         self._forget_deadline(item)
         return True
@@ -210,7 +223,7 @@ class BatchQueue:
                         self._forget_deadline(item)
                 queue.clear()
             rows = self._rows
-            self._rows = self._requests = 0
+            self._rows = self._requests = self._bytes = 0
             self._batches += 1
             self._rows_scheduled += rows
             return Batch(slices=tuple(out), rows=rows, expired=tuple(expired))
@@ -229,6 +242,7 @@ class BatchQueue:
                     else:
                         span[1] += take
                     item.next_row += take
+                    self._bytes -= take * item.row_bytes
                     cap -= take
                     if item.remaining:
                         queue.append(item)
@@ -266,6 +280,7 @@ class BatchQueue:
         return QueueStats(
             requests=self._requests,
             rows=self._rows,
+            bytes=self._bytes,
             oldest_age_s=max(0.0, now - oldest),
             batches=self._batches,
             rows_scheduled=self._rows_scheduled,

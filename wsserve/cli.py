@@ -88,11 +88,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-batch-size", type=_positive_int, default=d.max_batch_size, help="rows per predict batch (default %(default)s)")
     g.add_argument("--max-delay-ms", type=_non_negative, default=d.max_delay_ms, help="batching window in ms; 0 = greedy (default)")
     g.add_argument("--max-queue-rows", type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded'; 0 = unbounded")
+    g.add_argument("--max-queue-bytes", type=_optional_int, default=d.max_queue_bytes, help="queued input bytes (as float64) per model before 'overloaded' (default 64 MiB); 0 = unbounded")
     g.add_argument("--max-generate-batch", type=_positive_int, default=d.max_generate_batch, help="sequences stepped together (default %(default)s)")
     g.add_argument("--max-generate-queue", type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded'")
     g = p.add_argument_group("limits")
     g.add_argument("--max-message-bytes", type=_positive_int, default=d.max_message_bytes, help="largest accepted message; bigger closes with 1009")
     g.add_argument("--max-inflight", type=_positive_int, default=d.max_inflight, help="unfinished requests per connection (default %(default)s)")
+    g.add_argument("--max-inflight-bytes", type=_positive_int, default=d.max_inflight_bytes, help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
     g.add_argument("--max-rows", type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
     g.add_argument("--max-tokens", type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     g.add_argument("--max-connections", type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
@@ -105,7 +107,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("security")
     g.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable); also $WSSERVE_API_KEYS (comma-separated)")
     g.add_argument("--api-key-file", type=Path, help="file with one API key per line")
-    g.add_argument("--allow-origin", action="append", default=None, help="allowed Origin (exact match, repeatable); default: any")
+    g.add_argument("--allow-origin", action="append", default=None, help="allowed browser Origin (exact match, repeatable; '*' = any); default: only the server's own origin")
     g.add_argument("--require-origin", action="store_true", help="with --allow-origin: refuse handshakes without an Origin header")
     g.add_argument("--certfile", type=Path, help="TLS certificate (PEM); serves wss://")
     g.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
@@ -114,6 +116,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rate-burst", type=_optional_int, default=None, help="token-bucket burst (default: one second's worth)")
     g.add_argument("--key-rate-limit", type=_non_negative, default=None, help="requests per second per API key, over all its connections")
     g.add_argument("--idle-timeout", type=_optional_seconds, default=None, help="close connections idle this many seconds (default never)")
+    g.add_argument("--auth-timeout", type=_non_negative, default=d.auth_timeout, help="with API keys: close connections not authenticated within this many seconds (default %(default)s)")
+    g.add_argument("--metrics-key", default=None, help="with API keys: a key accepted on GET /metrics only (for a Prometheus scraper)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,10 +181,12 @@ def _build_config(args: argparse.Namespace) -> ServerConfig:
         use_cache=not args.no_cache,
         max_message_bytes=args.max_message_bytes,
         max_inflight=args.max_inflight,
+        max_inflight_bytes=args.max_inflight_bytes,
         max_rows=args.max_rows,
         max_tokens=args.max_tokens,
         max_batch_size=args.max_batch_size,
         max_queue_rows=args.max_queue_rows,
+        max_queue_bytes=args.max_queue_bytes,
         max_generate_batch=args.max_generate_batch,
         max_generate_queue=args.max_generate_queue,
         max_connections=args.max_connections,
@@ -200,6 +206,8 @@ def _build_config(args: argparse.Namespace) -> ServerConfig:
         rate_limit_burst=args.rate_burst,
         key_rate_limit_per_s=args.key_rate_limit or None,
         idle_timeout=args.idle_timeout,
+        auth_timeout=args.auth_timeout,
+        metrics_key=args.metrics_key,
     ).validate()
 
 
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    configure_logging(args.log_level, secrets=config.api_keys)
+    configure_logging(args.log_level, secrets=config.api_keys | ({config.metrics_key} if config.metrics_key else set()))
     from .server import run
 
     try:

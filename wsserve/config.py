@@ -32,11 +32,13 @@ class ServerConfig:
     # Limits (per connection)
     max_message_bytes: int = 1 << 20
     max_inflight: int = 256
+    max_inflight_bytes: int = 32 << 20  # input bytes (float64) of a connection's unfinished requests
     max_rows: int = 65536
     max_tokens: int = 100_000
     # Limits (per model)
     max_batch_size: int = 256  # rows per predict batch
     max_queue_rows: int | None = 1 << 20  # queued predict rows per model
+    max_queue_bytes: int | None = 64 << 20  # queued predict input bytes (float64) per model
     max_generate_batch: int = 256  # sequences stepped together
     max_generate_queue: int | None = 4096  # generations waiting for a slot
     # Limits (server)
@@ -50,6 +52,7 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     idle_timeout: float | None = None
+    auth_timeout: float = 5.0  # seconds a connection may stay unauthenticated (with api_keys)
 
     # Transport
     compression: bool = False
@@ -58,7 +61,8 @@ class ServerConfig:
 
     # Security
     api_keys: frozenset[str] = field(default_factory=frozenset)
-    allowed_origins: tuple[str, ...] | None = None  # None: any origin
+    metrics_key: str | None = None  # also accepted on GET /metrics (with api_keys)
+    allowed_origins: tuple[str, ...] | None = None  # None: the server's own origin only; ("*",): any
     allow_no_origin: bool = True
     rate_limit_per_s: float | None = None  # predict/generate per second per connection
     rate_limit_burst: int | None = None  # default: max(1, rate)
@@ -72,18 +76,18 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         positive = (
-            "max_message_bytes", "max_inflight", "max_rows", "max_tokens",
+            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_queue_rows", "max_generate_queue", "max_connections", "rate_limit_burst"):
+        for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        for name in ("max_delay_ms", "drain_timeout", "slow_consumer_timeout", "inline_max_flops"):
+        for name in ("max_delay_ms", "drain_timeout", "slow_consumer_timeout", "inline_max_flops", "auth_timeout"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("ping_interval", "ping_timeout", "idle_timeout", "rate_limit_per_s", "key_rate_limit_per_s"):
@@ -94,6 +98,8 @@ class ServerConfig:
             raise ValueError("at least one model must be served")
         if self.key_rate_limit_per_s is not None and not self.api_keys:
             raise ValueError("key_rate_limit_per_s needs api_keys")
+        if self.metrics_key is not None and not self.api_keys:
+            raise ValueError("metrics_key needs api_keys (without keys /metrics is open)")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile must be given together")
         for name in ("certfile", "keyfile"):
@@ -113,6 +119,7 @@ class ServerConfig:
             "max_inflight": self.max_inflight,
             "max_rows": self.max_rows,
             "max_tokens": self.max_tokens,
+            "max_inflight_bytes": self.max_inflight_bytes,
         }
 
     @classmethod

@@ -4,7 +4,7 @@ Tree (all carry ``code``, ``message``, and optionally ``retry_after_ms`` and
 ``request_id``)::
 
     WsserveError                      root; never raised itself
-    ├── BadJson            bad_json
+    ├── BadJson            bad_json            (invalid_utf8: the text was not UTF-8)
     ├── BadRequest         bad_request
     ├── UnknownModel       unknown_model
     ├── DuplicateId        duplicate_id
@@ -68,7 +68,15 @@ class WsserveError(Exception):
 
 
 class BadJson(WsserveError):
+    """Not parseable JSON.  ``invalid_utf8`` is true when the bytes were not even UTF-8:
+    over HTTP that is still ``bad_json``, but in a WebSocket text frame RFC 6455 §8.1
+    requires failing the connection (close code 1007)."""
+
     code = "bad_json"
+
+    def __init__(self, message: str, *, invalid_utf8: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.invalid_utf8 = invalid_utf8
 
 
 class BadRequest(WsserveError):

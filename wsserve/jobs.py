@@ -36,7 +36,7 @@ def _ms(seconds: float) -> float:
 class Job:
     """Base of in-flight requests.  Subclasses stop their work in ``_stop_work``."""
 
-    __slots__ = ("session", "key", "id", "model", "version", "kind", "received_at", "finished", "timer")
+    __slots__ = ("session", "key", "id", "model", "version", "kind", "received_at", "finished", "timer", "nbytes")
 
     def __init__(self, session: Session, key: Any, rid: Any, entry: ModelEntry, kind: str, received_at: float) -> None:
         self.session = session
@@ -48,6 +48,7 @@ class Job:
         self.received_at = received_at
         self.finished = False
         self.timer: asyncio.TimerHandle | None = None
+        self.nbytes = 0  # input bytes held while unfinished (the connection's max_inflight_bytes)
 
     # -- ending
 
@@ -93,11 +94,12 @@ class PredictJob(Job):
     )
 
     def __init__(
-        self, session: Session, key: Any, req: Predict, entry: ModelEntry, rows: list[list[float]], received_at: float
+        self, session: Session, key: Any, req: Predict, entry: ModelEntry, rows: np.ndarray, received_at: float
     ) -> None:
         super().__init__(session, key, req.id, entry, "predict", received_at)
         self.rows = rows
-        self.n = len(rows)
+        self.n = rows.shape[0]
+        self.nbytes = rows.nbytes
         self.stream = req.stream
         self.chunk_rows = req.chunk_rows
         self.seed_form = req.seed_form

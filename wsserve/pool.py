@@ -43,7 +43,7 @@ class PredictSink(Protocol):
     ``on_error`` nothing more is called.  Neither may block.
     """
 
-    rows: list[list[float]]
+    rows: np.ndarray  # [n, d] float64
     finished: bool  # True once the request has its terminal frame
 
     def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
@@ -74,6 +74,7 @@ class PredictWorker:
         max_batch_size: int = 256,
         max_delay_ms: float = 0.0,
         max_queue_rows: int | None = None,
+        max_queue_bytes: int | None = None,
         inline_max_flops: int = 200_000,
         observer: BatchObserver | None = None,
         after_batch: Callable[[], None] | None = None,
@@ -84,7 +85,8 @@ class PredictWorker:
         self._after_batch = after_batch
         self.name = model.info.name
         self.queue = BatchQueue(
-            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows
+            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
+            max_queue_bytes=max_queue_bytes,
         )
         self._inline_max_rows = max(0, inline_max_flops // model.flops_per_row())
         self._observer = observer
@@ -116,7 +118,9 @@ class PredictWorker:
 
     def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
         """Queue ``sink.rows``; raises ``Overloaded`` when the queue is full."""
-        item = WorkItem(rows=len(sink.rows), priority=priority, deadline=deadline, payload=sink)
+        rows = sink.rows
+        item = WorkItem(rows=rows.shape[0], priority=priority, deadline=deadline, payload=sink,
+                        row_bytes=rows.nbytes // max(1, rows.shape[0]))
         now = monotonic()
         self.queue.add(item, now)
         if not self._busy:
@@ -178,18 +182,11 @@ class PredictWorker:
         if len(slices) == 1:
             s = slices[0]
             rows = s.item.payload.rows
-            block = rows if s.start == 0 and s.stop == len(rows) else rows[s.start : s.stop]
+            x = rows if s.start == 0 and s.stop == rows.shape[0] else rows[s.start : s.stop]
         else:
-            block = []
-            for s in slices:
-                rows = s.item.payload.rows
-                if s.start == 0 and s.stop == len(rows):
-                    block.extend(rows)
-                else:
-                    block.extend(rows[s.start : s.stop])
+            x = np.concatenate([s.item.payload.rows[s.start : s.stop] for s in slices])
         started = monotonic()
         try:
-            x = np.array(block, dtype=np.float64)
             if batch.rows <= self._inline_max_rows:
                 y = self.model.predict(x)
             else:

@@ -24,6 +24,11 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
 
+    def wait(self, now: float) -> float:
+        """Seconds until a token is available (0.0 if one is now); spends nothing."""
+        tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def take(self, now: float) -> float:
         elapsed = now - self.stamp
         if elapsed > 0:

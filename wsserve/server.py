@@ -16,7 +16,6 @@ once on a second signal.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import http
 import logging
 from time import monotonic
@@ -34,6 +33,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import __version__
+from .auth import KeyRegistry
 from .config import ServerConfig
 from .errors import ShuttingDown
 from .metrics import CONTENT_TYPE, Metrics
@@ -64,6 +64,7 @@ def build_pool(models: dict[str, Any], config: ServerConfig, metrics: Metrics | 
                 max_batch_size=config.max_batch_size,
                 max_delay_ms=config.max_delay_ms,
                 max_queue_rows=config.max_queue_rows,
+                max_queue_bytes=config.max_queue_bytes,
                 inline_max_flops=config.inline_max_flops,
                 observer=metrics,
                 after_batch=flush_pending,
@@ -102,6 +103,9 @@ class Server:
             auth_required=bool(config.api_keys),
         )
         self.sessions: set[Session] = set()
+        #: Sessions not yet authenticated, oldest first (evicted for authenticated handshakes at the cap).
+        self.unauthenticated: dict[Session, None] = {}
+        self._evicting = 0  # evicted sessions still closing (not counted against max_connections)
         self.inflight = 0
         self.messages = 0
         self.ready = False
@@ -112,7 +116,8 @@ class Server:
         self._drained = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.port: int = 0
-        self._keys = tuple(k.encode() for k in config.api_keys)
+        self.keys = KeyRegistry(config.api_keys, metrics_key=config.metrics_key)
+        self._static = _load_static()
         self.key_buckets: dict[str, TokenBucket] | None = {} if config.key_rate_limit_per_s else None
         self._idle_task: asyncio.Task[None] | None = None
 
@@ -226,6 +231,10 @@ class Server:
             await conn.wait_closed()
         finally:
             session.abandon_all()
+            session.forget_auth_timer()
+            self.unauthenticated.pop(session, None)
+            if session.evicted:
+                self._evicting -= 1
             self.sessions.discard(session)
             self._note_closed()
             self.metrics.closed(_close_code(conn))
@@ -250,22 +259,24 @@ class Server:
 
     # -- auth
 
-    def match_key(self, token: str) -> str | None:
-        """The configured API key equal to ``token`` (constant-time compare), or None."""
-        given = token.encode()
-        found = None
-        for key in self._keys:
-            if hmac.compare_digest(given, key):
-                found = key
-        return None if found is None else found.decode()
-
     def handshake_key(self, conn: ServerConnection) -> str | None:
-        """The API key of an ``Authorization: Bearer`` handshake header, if valid."""
+        """The API key of a valid ``Authorization: Bearer`` handshake header, if any
+        (``_process_request`` has refused duplicate or invalid ones)."""
         request = conn.request
         if request is None:
             return None
-        header = request.headers.get("Authorization", "")
-        return self.match_key(header[7:].strip()) if header.startswith("Bearer ") else None
+        token = KeyRegistry.bearer(_single_header(request.headers, "Authorization"))
+        return None if token is None else self.keys.match(token)
+
+    def evict_unauthenticated(self) -> bool:
+        """Close the oldest connection that has not authenticated, to free its slot."""
+        for victim in self.unauthenticated:
+            del self.unauthenticated[victim]
+            victim.evicted = True
+            self._evicting += 1
+            victim.close(1008, "connection slot needed by an authenticated client")
+            return True
+        return False
 
     def key_bucket(self, key: str) -> TokenBucket:
         """The shared rate-limit bucket of an API key."""
@@ -294,29 +305,92 @@ class Server:
         }
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Route a plain HTTP request or vet a WebSocket handshake.  Never raises: bad
+        requests get 400, and an unexpected error is one log line and a 500."""
+        try:
+            return self._route_or_vet(conn, request)
+        except _BadHeader as exc:
+            return _response(400, f"{exc}\n".encode())
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback with install paths
+            log.error("error handling %s %r: %s: %s", "request", request.path[:200], type(exc).__name__, exc)
+            return _response(500, b"internal error\n")
+
+    def _route_or_vet(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        headers = request.headers
+        upgrade = "websocket" in (_single_header(headers, "Upgrade") or "").lower()
         if not upgrade:
-            return self._http_route(path)
+            return self._http_route(path, headers, conn)
         if path != "/":
             return _response(404, b"WebSocket endpoint is at /\n")
         if self.draining or self._closed:
             return _response(503, b"server is shutting down\n")
         cfg = self.config
-        if cfg.max_connections is not None and len(self.sessions) >= cfg.max_connections:
-            return _response(503, b"too many connections\n", {"Retry-After": "1"})
-        if cfg.allowed_origins is not None:
-            origin = request.headers.get("Origin")
-            if origin is None:
-                if not cfg.allow_no_origin:
-                    return _response(403, b"an Origin header is required\n")
-            elif origin not in cfg.allowed_origins:
-                return _response(403, b"origin not allowed\n")
-        if cfg.api_keys and "Authorization" in request.headers and self.handshake_key(conn) is None:
-            return _response(401, b"invalid API key\n", {"WWW-Authenticate": "Bearer"})
+        refused = self._check_origin(headers)
+        if refused is not None:
+            return refused
+        key = None
+        authorization = _single_header(headers, "Authorization")
+        if cfg.api_keys and authorization is not None:
+            key, refused = self._check_bearer(conn, authorization)
+            if refused is not None:
+                return refused
+        if cfg.max_connections is not None and len(self.sessions) - self._evicting >= cfg.max_connections:
+            if key is None or not self.evict_unauthenticated():
+                return _response(503, b"too many connections\n", {"Retry-After": "1"})
         return None
 
-    def _http_route(self, path: str) -> Response:
+    def _check_origin(self, headers: Headers) -> Response | None:
+        """Browsers send their page's Origin: allow the allowlist, or by default only this
+        server's own origin (its demo page); requests without an Origin are not browsers."""
+        cfg = self.config
+        origin = _single_header(headers, "Origin")
+        if origin is None:
+            if cfg.allowed_origins is not None and not cfg.allow_no_origin:
+                return _response(403, b"an Origin header is required\n")
+            return None
+        if cfg.allowed_origins is None:
+            scheme = "https" if cfg.certfile else "http"
+            host = (_single_header(headers, "Host") or "").lower()
+            if origin.lower() != f"{scheme}://{host}":
+                return _response(403, b"origin not allowed (only this server's own pages by default; see --allow-origin)\n")
+        elif "*" not in cfg.allowed_origins and origin not in cfg.allowed_origins:
+            return _response(403, b"origin not allowed\n")
+        return None
+
+    def _check_bearer(self, conn: ServerConnection, authorization: str) -> tuple[str | None, Response | None]:
+        """``(key, None)`` for a valid Bearer key, else ``(None, 401 or 429)``."""
+        address = _address(conn)
+        now = monotonic()
+        wait = self.keys.blocked_for(address, now)
+        if wait > 0:
+            return None, _response(429, b"too many failed authentication attempts\n", {"Retry-After": str(int(wait) + 1)})
+        token = KeyRegistry.bearer(authorization)
+        key = None if token is None else self.keys.match(token)
+        if key is None:
+            self.keys.failed(address, now)
+            return None, _response(401, b"invalid API key\n", {"WWW-Authenticate": "Bearer"})
+        return key, None
+
+    def _http_authorized(self, conn: ServerConnection, headers: Headers, *, metrics: bool) -> Response | None:
+        """With API keys, ``/metrics`` and ``/v1/models`` need a Bearer key (``/metrics``
+        also takes ``--metrics-key``); returns the refusal, or None when allowed."""
+        if not self.config.api_keys:
+            return None
+        address = _address(conn)
+        now = monotonic()
+        wait = self.keys.blocked_for(address, now)
+        if wait > 0:
+            return _response(429, b"too many failed authentication attempts\n", {"Retry-After": str(int(wait) + 1)})
+        token = KeyRegistry.bearer(_single_header(headers, "Authorization"))
+        ok = token is not None and (self.keys.match_metrics(token) if metrics else self.keys.match(token) is not None)
+        if ok:
+            return None
+        if token is not None:
+            self.keys.failed(address, now)
+        return _response(401, b"an API key is required: Authorization: Bearer <key>\n", {"WWW-Authenticate": "Bearer"})
+
+    def _http_route(self, path: str, headers: Headers, conn: ServerConnection) -> Response:
         if path == "/healthz":
             return _response(200, b"ok\n")
         if path == "/readyz":
@@ -324,21 +398,58 @@ class Server:
                 return _response(200, b"ready\n")
             return _response(503, b"draining\n" if self.draining else b"starting\n")
         if path == "/metrics":
-            return _response(200, self.metrics.render(), content_type=CONTENT_TYPE)
+            return self._http_authorized(conn, headers, metrics=True) or _response(
+                200, self.metrics.render(), content_type=CONTENT_TYPE
+            )
         if path == "/v1/models":
-            return _response(200, self.models_json, content_type="application/json")
+            return self._http_authorized(conn, headers, metrics=False) or _response(
+                200, self.models_json, content_type="application/json"
+            )
         if path in ("/", "/index.html"):
-            page = _static_file("index.html")
-            return _response(200, page if page is not None else _FALLBACK_PAGE, content_type="text/html; charset=utf-8")
+            page = self._static.get("index.html")
+            return _response(200, page[1] if page is not None else _FALLBACK_PAGE, content_type="text/html; charset=utf-8")
         if path.startswith("/static/"):
-            name = path[len("/static/") :]
-            body = _static_file(name)
-            if body is not None:
-                ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-                if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):
-                    ctype += "; charset=utf-8"
-                return _response(200, body, content_type=ctype)
+            found = self._static.get(path[len("/static/") :])
+            if found is not None:
+                return _response(200, found[1], content_type=found[0])
         return _response(404, b"not found\n")
+
+
+class _BadHeader(ValueError):
+    """A request header that must appear at most once appears several times."""
+
+
+def _single_header(headers: Headers, name: str) -> str | None:
+    """The value of header ``name`` (None if absent); raises ``_BadHeader`` if repeated."""
+    values = headers.get_all(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _BadHeader(f"duplicate {name} header")
+    return values[0]
+
+
+def _address(conn: ServerConnection) -> str:
+    peer = conn.remote_address
+    return str(peer[0]) if peer else "?"
+
+
+def _load_static() -> dict[str, tuple[str, bytes]]:
+    """``name -> (content type, bytes)`` of every file in ``wsserve/static``, read once:
+    a request only looks names up in this table (no path from the wire reaches the disk)."""
+    out: dict[str, tuple[str, bytes]] = {}
+    try:
+        entries = list(_STATIC.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        ctype = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):
+            ctype += "; charset=utf-8"
+        out[entry.name] = (ctype, entry.read_bytes())
+    return out
 
 
 def _close_code(conn: ServerConnection) -> int:
@@ -359,16 +470,6 @@ def _json_default(value: Any) -> Any:
     if item is None:
         raise TypeError(f"cannot serialise {type(value).__name__} in model metadata")
     return item()
-
-
-def _static_file(name: str) -> bytes | None:
-    """A file of ``wsserve/static`` (no subdirectories, no traversal), or None."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        return None
-    try:
-        return (_STATIC / name).read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
 
 
 def _response(status: int, body: bytes, extra: dict[str, str] | None = None, *, content_type: str = "text/plain; charset=utf-8") -> Response:

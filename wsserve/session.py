@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .errors import (
+    BadJson,
     BadRequest,
     DuplicateId,
     Internal,
@@ -27,6 +28,7 @@ from .errors import (
     Unauthorized,
     WsserveError,
 )
+from .auth import AUTH_FAILURES_PER_CONNECTION
 from .jobs import GenerateJob, Job, PredictJob
 from .ratelimit import TokenBucket
 from .protocol import Auth, Cancel, Generate, Models, Ping, Predict, decode, encode_error, validate_inputs
@@ -51,9 +53,16 @@ class Session:
         cfg = server.config
         self.key: str | None = None  # the API key this connection authenticated with
         self.authenticated = not cfg.api_keys
+        self.evicted = False  # closed to free a slot for an authenticated client
+        self._auth_failures = 0
+        self._auth_timer: Any = None
         if not self.authenticated:
             self.key = server.handshake_key(conn)
             self.authenticated = self.key is not None
+        if not self.authenticated:
+            server.unauthenticated[self] = None
+            self._auth_timer = self.loop.call_later(cfg.auth_timeout, self._auth_expired)
+        self.inflight_bytes = 0  # input bytes of unfinished requests (max_inflight_bytes)
         now = monotonic()
         self.last_activity = now
         self.bucket = (
@@ -63,11 +72,14 @@ class Session:
         self._over_since: float | None = None
         self._seed_keys = 0
         self.closing = False
+        #: Unsent bytes above which the slow-consumer policy applies (and reading pauses).
+        self.write_limit = cfg.max_write_buffer_bytes
 
     # -- output
 
     def send(self, frame: bytes) -> None:
-        self.conn.queue_text(frame)
+        if not self.closing:  # after close() nothing more goes out before the close frame
+            self.conn.queue_text(frame)
 
     def error(self, exc: WsserveError, rid: Any = None) -> None:
         self.send(encode_error(exc, rid))
@@ -75,6 +87,7 @@ class Session:
     def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
         """Called once per job by :meth:`Job._terminal`."""
         self.inflight.pop(job.key, None)
+        self.inflight_bytes -= job.nbytes
         server = self.server
         server.inflight -= 1
         if frame is not None:
@@ -86,6 +99,8 @@ class Session:
     # -- input
 
     def on_message(self, data: bytes, binary: bool) -> None:
+        if self.closing:  # the connection is being closed: later messages are dropped
+            return
         server = self.server
         server.messages += 1
         self.last_activity = monotonic()
@@ -111,6 +126,12 @@ class Session:
                 self.send(b'{"type":"models","id":' + _id_json(req.id) + b',"models":' + server.models_json + b"}")  # type: ignore[union-attr]
             elif kind is Auth:
                 self._auth(req)  # type: ignore[arg-type]
+        except BadJson as exc:
+            if exc.invalid_utf8:  # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection
+                self.close(1007, "invalid UTF-8 in a text frame")
+            else:
+                self.error(exc)
+                server.metrics.rejected("", "other", exc.code)
         except WsserveError as exc:
             self.error(exc)
             kind_name = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
@@ -126,13 +147,42 @@ class Session:
             raise Unauthorized("authenticate first: send {\"type\":\"auth\",\"token\":...}", request_id=rid)
 
     def _auth(self, req: Auth) -> None:
-        key = self.server.match_key(req.token)
+        server = self.server
+        address = _address(self.conn)
+        now = monotonic()
+        wait = server.keys.blocked_for(address, now)
+        if wait > 0:
+            raise RateLimited(
+                "too many failed authentication attempts from this address",
+                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
+                request_id=req.id,
+            )
+        key = server.keys.match(req.token)
         if key is not None:
             self.key = key
-            self.authenticated = True
+            if not self.authenticated:
+                self.authenticated = True
+                server.unauthenticated.pop(self, None)
+                self.forget_auth_timer()
             self.send(b'{"type":"auth","id":' + _id_json(req.id) + b',"ok":true}')
-        else:
-            raise Unauthorized("invalid API key", request_id=req.id)
+            return
+        server.keys.failed(address, now)
+        self._auth_failures += 1
+        if self._auth_failures >= AUTH_FAILURES_PER_CONNECTION:
+            self.error(Unauthorized("invalid API key", request_id=req.id))
+            self.close(1008, "too many failed authentication attempts")
+            return
+        raise Unauthorized("invalid API key", request_id=req.id)
+
+    def _auth_expired(self) -> None:
+        self._auth_timer = None
+        if not self.authenticated and not self.closing:
+            self.close(1008, "authentication timeout")
+
+    def forget_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
 
     def _admit(self, rid: Any) -> None:
         """Checks common to predict and generate, before any model work."""
@@ -140,6 +190,8 @@ class Session:
             raise Unauthorized("authenticate first: send {\"type\":\"auth\",\"token\":...}", request_id=rid)
         if self.server.draining:
             raise ShuttingDown("server is draining; no new work is accepted", request_id=rid)
+        if self.closing:
+            raise ShuttingDown("this connection is closing; no new work is accepted", request_id=rid)
         if self.bucket is not None:
             self._rate_check(self.bucket, "this connection", rid)
         if self.key is not None and self.server.key_buckets is not None:
@@ -156,17 +208,26 @@ class Session:
                 request_id=rid,
             )
 
-    def _capacity(self, rid: Any) -> None:
+    def _capacity(self, rid: Any, nbytes: int = 0) -> None:
         if self._over_since is not None and not self._caught_up():
             raise Overloaded(
                 "this connection is not reading its replies fast enough; no new work until it catches up",
                 retry_after_ms=100,
                 request_id=rid,
             )
-        limit = self.server.config.max_inflight
+        cfg = self.server.config
+        limit = cfg.max_inflight
         if len(self.inflight) >= limit:
             raise Overloaded(
                 f"this connection already has {limit} unfinished requests (max_inflight)",
+                retry_after_ms=10,
+                request_id=rid,
+            )
+        # Bytes: with nothing in flight any single request is taken (it fits max_message_bytes).
+        if self.inflight_bytes and self.inflight_bytes + nbytes > cfg.max_inflight_bytes:
+            raise Overloaded(
+                f"this connection's unfinished requests hold {self.inflight_bytes} input bytes; this one needs "
+                f"{nbytes} more and the limit is {cfg.max_inflight_bytes} (max_inflight_bytes)",
                 retry_after_ms=10,
                 request_id=rid,
             )
@@ -183,7 +244,7 @@ class Session:
         except WsserveError as exc:
             exc.request_id = rid
             raise
-        self._capacity(rid)
+        self._capacity(rid, rows.nbytes)
         now = monotonic()
         if rid is None:  # seed form: no id, still tracked so shutdown and limits see it
             self._seed_keys += 1
@@ -220,6 +281,7 @@ class Session:
 
     def _track(self, job: Job, deadline: float | None) -> None:
         self.inflight[job.key] = job
+        self.inflight_bytes += job.nbytes
         self.server.inflight += 1
         if deadline is not None:
             job.timer = self.loop.call_later(deadline - monotonic(), job.expire)
@@ -262,6 +324,7 @@ class Session:
         if self.closing:
             return
         self.closing = True
+        self.abandon_all()  # nothing can be sent after the close frame: stop the work now
         self.conn.flush()  # replies queued so far go out before the close frame
         self.loop.create_task(self.conn.close(code, reason))
 
@@ -274,6 +337,11 @@ class Session:
         """End every unfinished request with ``exc`` (used at the drain deadline)."""
         for job in list(self.inflight.values()):
             job.fail(exc)
+
+
+def _address(conn: Any) -> str:
+    peer = conn.remote_address
+    return str(peer[0]) if peer else "?"
 
 
 def _id_json(rid: Any) -> bytes:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 
 try:  # the C implementation websockets itself uses
@@ -39,6 +39,10 @@ __all__ = ["WsConnection", "frame_header", "flush_pending"]
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _OPEN = State.OPEN
+_CLOSING_OR_CLOSED = (State.CLOSING, State.CLOSED)
+
+#: Most frames one fragmented message may have (empty continuation frames count too).
+MAX_FRAGMENTS = 4096
 
 
 # Connections with queued replies, written by flush_pending(): at the end of the
@@ -81,8 +85,10 @@ class WsConnection(ServerConnection):
         self._flush_scheduled = False
         self._fast = False  # both fast paths on (no extension, parser at a boundary)
         self._in_fragment = False  # a fragmented message is being passed to websockets
-        self._rx = b""  # bytes of an incomplete frame (fast receive path)
+        self._rx = bytearray()  # bytes of an incomplete frame (fast receive path)
+        self._rx_need = 0  # bytes _rx must hold before it is worth parsing again
         self._out: list[bytes] = []  # framed bytes waiting for _flush (fast send path)
+        self._reading_paused = False  # over the write-buffer limit: not reading (slow consumer)
 
     # -- receiving
 
@@ -110,10 +116,15 @@ class WsConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         if not self._fast:
             super().data_received(data)
+            self._check_write_buffer()
             return
-        if self._rx:
-            data = self._rx + data
-            self._rx = b""
+        rx = self._rx
+        if rx:  # an incomplete frame: append (amortised O(1)), parse once it can be complete
+            rx += data
+            if len(rx) < self._rx_need:
+                return
+            data = bytes(rx)
+            rx.clear()
         pos, end_of_data = 0, len(data)
         max_size = self.protocol.max_message_size
         session = self.session
@@ -124,11 +135,13 @@ class WsConnection(ServerConnection):
             head = 2
             if length == 126:
                 if end_of_data - pos < 4:
+                    self._rx_need = 4
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
                 head = 4
             elif length == 127:
                 if end_of_data - pos < 10:
+                    self._rx_need = 10
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 head = 10
@@ -142,11 +155,13 @@ class WsConnection(ServerConnection):
                 head += 4
             end = pos + head + length
             if end > end_of_data:
+                self._rx_need = head + length
                 break
             opcode = b0 & 0x0F
             if (b0 & 0xF0) == 0x80 and masked and (opcode == 1 or opcode == 2) and not self._in_fragment:
-                payload = apply_mask(data[pos + head : end], data[pos + head - 4 : pos + head])
-                session.on_message(payload, opcode == 2)
+                if self.protocol.state is _OPEN:  # after our close frame, data frames are dropped
+                    payload = apply_mask(data[pos + head : end], data[pos + head - 4 : pos + head])
+                    session.on_message(payload, opcode == 2)
             else:  # control frame, fragment, reserved bits, unmasked: websockets decides
                 if opcode == 1 or opcode == 2:
                     self._in_fragment = not (b0 & 0x80)
@@ -159,10 +174,13 @@ class WsConnection(ServerConnection):
                         super().data_received(data[end:])
                     return
             pos = end
+        else:
+            self._rx_need = 2
         if pos < end_of_data:
-            self._rx = data[pos:]
+            self._rx += memoryview(data)[pos:]
         if self._flush_scheduled:  # replies to this read (pongs, errors): send now
             flush_pending()
+        self._check_write_buffer()
 
     def process_event(self, event: Any) -> None:
         """Frames websockets parsed: data frames (fragmented, or all of them when the
@@ -174,9 +192,16 @@ class WsConnection(ServerConnection):
                 # sent, so stop its work now rather than when TCP closes.
                 self.session.abandon_all()
             return
+        if self.protocol.state in _CLOSING_OR_CLOSED:  # after a close frame, data frames are dropped
+            return
         opcode = event.opcode
         if opcode is _CONT:
             self._frag_parts.append(event.data)
+            if len(self._frag_parts) > MAX_FRAGMENTS:
+                self._frag_parts, self._frag_opcode = [], None
+                self.protocol.fail(CloseCode.MESSAGE_TOO_BIG, f"message has more than {MAX_FRAGMENTS} fragments")
+                self.send_data()
+                return
             if not event.fin:
                 return
             data = b"".join(self._frag_parts)
@@ -194,6 +219,33 @@ class WsConnection(ServerConnection):
             self._early.append((bytes(data), binary))
         else:
             session.on_message(data, binary)
+
+    # -- flow control
+
+    def _check_write_buffer(self) -> None:
+        """The write-buffer policy, after every read: whatever wrote (our replies, the
+        library's pongs and close frames), while more than ``max_write_buffer_bytes``
+        wait unsent this socket is not read, so a client that does not read cannot make
+        the server produce (and hold) more; the session's slow-consumer policy then
+        closes it.  Reading resumes when the buffer drains (``resume_writing``)."""
+        session = self.session
+        if session is None or self.transport is None:
+            return
+        size = self.transport.get_write_buffer_size()
+        if size > session.write_limit:
+            if not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            session.check_backpressure(size)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+            if self.session is not None:
+                self.session.check_backpressure(self.transport.get_write_buffer_size())
 
     # -- sending
 
@@ -240,4 +292,8 @@ class WsConnection(ServerConnection):
             return
         session = self.session
         if session is not None:
-            session.check_backpressure(self.transport.get_write_buffer_size())
+            size = self.transport.get_write_buffer_size()
+            if size > session.write_limit:
+                self._check_write_buffer()
+            else:
+                session.check_backpressure(size)

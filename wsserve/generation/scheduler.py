@@ -47,6 +47,7 @@ Semantics:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 import itertools
@@ -313,6 +314,8 @@ class Scheduler:
                 retry_after_ms=self._retry_after_ms(),
             )
         context = self.model.initial_context(params.prompt)  # may raise: nothing is queued then
+        if params.prompt:  # only the context is used from here on: do not hold the whole prompt
+            params = dataclasses.replace(params, prompt="")
         seq = Sequence(next(self._ids), params, owner, now, group)
         seq._context = context
         self._waiting[params.priority].push(seq)

@@ -1,0 +1,94 @@
+"""API keys: constant-time matching and a limit on failed attempts (sans-I/O: callers pass ``now``).
+
+:class:`KeyRegistry` answers "which configured key is this token?" without
+leaking timing, and counts *failed* attempts per client address in token
+buckets so that keys cannot be guessed at speed:
+
+- each address may fail ``failures_per_minute`` times a minute (a bucket of that
+  many, refilling continuously); while its bucket is empty, further attempts
+  from it are refused without looking at the token (``retry_after`` says when
+  one will be allowed again);
+- the table of addresses is bounded (``max_addresses``): the least recently
+  failing address is forgotten first, so a flood of addresses costs bounded memory.
+
+The per-connection limit (a few failures, then the socket is closed) lives in
+the connection that counts its own attempts.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from .ratelimit import TokenBucket
+
+__all__ = ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION"]
+
+#: Failed ``auth`` messages a connection may send before it is closed (1008).
+AUTH_FAILURES_PER_CONNECTION = 3
+
+
+class KeyRegistry:
+    """The configured API keys (and an optional metrics-only key)."""
+
+    def __init__(
+        self,
+        keys: Iterable[str],
+        *,
+        metrics_key: str | None = None,
+        failures_per_minute: float = 10.0,
+        max_addresses: int = 10_000,
+    ) -> None:
+        self._keys = tuple(k.encode() for k in keys)
+        self._metrics_key = metrics_key.encode() if metrics_key else None
+        self._rate = failures_per_minute / 60.0
+        self._burst = max(1.0, failures_per_minute)
+        self._max_addresses = max_addresses
+        self._failures: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """True when keys are configured (auth is required)."""
+        return bool(self._keys)
+
+    def match(self, token: str) -> str | None:
+        """The configured key equal to ``token`` (compared in constant time), or None."""
+        given = token.encode()
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(given, key):
+                found = key
+        return None if found is None else found.decode()
+
+    def match_metrics(self, token: str) -> bool:
+        """True for any API key and for the metrics key."""
+        if self.match(token) is not None:
+            return True
+        return self._metrics_key is not None and hmac.compare_digest(token.encode(), self._metrics_key)
+
+    def blocked_for(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may try a key again (0.0: it may now)."""
+        bucket = self._failures.get(address)
+        if bucket is None:
+            return 0.0
+        return bucket.wait(now)
+
+    def failed(self, address: str, now: float) -> None:
+        """Count a failed attempt from ``address``."""
+        bucket = self._failures.get(address)
+        if bucket is None:
+            bucket = TokenBucket(self._rate, self._burst, now)
+            self._failures[address] = bucket
+            if len(self._failures) > self._max_addresses:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(address)
+        bucket.take(now)
+
+    @staticmethod
+    def bearer(header: str | None) -> str | None:
+        """The token of an ``Authorization: Bearer <token>`` header value, or None."""
+        if header is None or not header.startswith("Bearer "):
+            return None
+        return header[7:].strip()
