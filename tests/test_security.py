@@ -227,3 +227,337 @@ async def test_one_connection_cannot_hold_every_generation_slot(start_server) ->
     assert all(frames_[-1]["type"] == "done" and frames_[-1]["reason"] == "cancelled" for frames_ in ended.values())
     await hog.close()
     await other.close()
+
+
+# --------------------------------------------------------------------------- shared raw-socket helpers
+
+from tests.test_hardening import OP_CLOSE, OP_PING, RawClient, close_code, scrape  # noqa: E402
+
+KEY = "k-" + "s" * 140  # longer than what the websockets library prints of a frame
+
+
+def scrape_with_key(server: ServerProcess, key: str) -> dict[str, float]:
+    req = urllib.request.Request(server.http + "/metrics", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        text = resp.read().decode()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send raw request bytes; return (status, body) of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+# --------------------------------------------------------------------------- 3: ping flood, before auth
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_is_bounded_then_closed(start_server) -> None:
+    limit = 1 << 20
+    server = start_server("--api-key", KEY, "--max-write-buffer-bytes", str(limit), "--slow-consumer-timeout", "1",
+                          "--auth-timeout", "60", "--models", "linear")
+    raw = RawClient(server.port, rcvbuf=4096, timeout=3.0)
+    assert raw.recv_json()["type"] == "hello"
+    ping = RawClient.frame(b"x" * 125, opcode=OP_PING)
+    burst = ping * 2000  # 262 KB per write
+    sent = 0
+    import socket as _socket
+
+    try:
+        while sent < 40 << 20:  # the report's 40 MB
+            raw.sock.sendall(burst)
+            sent += len(burst)
+    except (TimeoutError, _socket.timeout, ConnectionError, BrokenPipeError, OSError):
+        pass  # the server stopped reading (or closed): what this test wants
+    # The server stopped taking the flood long before 40 MB: it does not read while its
+    # write buffer is over the limit (kernel socket buffers hold the rest).
+    assert sent < 40 << 20, sent
+    wait_until(lambda: scrape_with_key(server, KEY).get("wsserve_slow_consumer_closes_total", 0) >= 1)
+    raw.close()
+    wait_until(lambda: scrape_with_key(server, KEY)["wsserve_connections"] == 0)
+
+
+# --------------------------------------------------------------------------- 4: unauthenticated sockets
+
+
+async def test_unauthenticated_sockets_are_closed_at_the_auth_timeout(start_server) -> None:
+    server = start_server("--api-key", KEY, "--auth-timeout", "0.5", "--models", "linear")
+    quiet = RawClient(server.port)
+    assert quiet.recv_json()["auth_required"] is True
+    authed = await Conn.open(server.url)
+    assert (await authed.request({"type": "auth", "id": 1, "token": KEY}))["ok"] is True
+    # Text pings keep the unauthenticated one busy, but do not keep it open.
+    quiet.send({"type": "ping", "id": 1})
+    code, _ = await asyncio.to_thread(quiet.read_until_close)
+    assert code == 1008
+    quiet.close()
+    # The authenticated one stays.
+    assert await authed.request({"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
+    await authed.close()
+
+
+async def test_a_valid_bearer_handshake_is_not_blocked_by_unauthenticated_sockets(start_server) -> None:
+    import websockets
+
+    server = start_server("--api-key", KEY, "--max-connections", "3", "--auth-timeout", "60", "--models", "linear")
+    squatters = [RawClient(server.port) for _ in range(3)]
+    for s in squatters:
+        s.recv_json()
+    with pytest.raises(websockets.InvalidStatus) as info:  # no key: still 503 at the cap
+        await Conn.open(server.url)
+    assert info.value.response.status_code == 503
+    conn = await Conn.open(server.url, additional_headers={"Authorization": f"Bearer {KEY}"})
+    assert (await conn.request({"type": "predict", "id": 1, "model": "linear", "inputs": [[1.0]]}))["type"] == "result"
+    # The oldest squatter made room: closed with 1008.
+    code, _ = await asyncio.to_thread(squatters[0].read_until_close)
+    assert code == 1008
+    await conn.close()
+    for s in squatters:
+        s.close()
+
+
+# --------------------------------------------------------------------------- 5: memory bounded in bytes
+
+
+async def test_per_connection_input_bytes_are_bounded(start_server) -> None:
+    server = start_server("--max-inflight-bytes", "900000", "--models", "linear")
+    conn = await Conn.open(server.url)
+    assert conn.hello["limits"]["max_inflight_bytes"] == 900000
+    big = {"type": "predict", "id": "big", "model": "linear", "inputs": [[0.5]] * 60000}  # 480,000 bytes
+    second = {"type": "predict", "id": "second", "model": "linear", "inputs": [[0.5]] * 60000}  # 480,000 more
+    await conn.send(big)
+    await conn.send(second)
+    replies = await conn.collect({"big", "second"})
+    assert replies["big"][-1]["type"] == "result"
+    err = replies["second"][-1]
+    assert err["code"] == "overloaded" and "max_inflight_bytes" in err["message"], err
+    await conn.close()
+
+
+async def test_per_model_queue_bytes_are_bounded(start_server) -> None:
+    server = start_server("--max-queue-bytes", "100000", "--models", "linear")
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "predict", "id": "big", "model": "linear", "inputs": [[0.5]] * 60000})
+    await conn.send({"type": "predict", "id": "more", "model": "linear", "inputs": [[0.5]] * 20000})
+    replies = await conn.collect({"big", "more"})
+    assert replies["big"][-1]["type"] == "result"
+    err = replies["more"][-1]
+    assert err["code"] == "overloaded" and "max_queue_bytes" in err["message"], err
+    await conn.close()
+
+
+# --------------------------------------------------------------------------- 7: nothing computed after close
+
+
+def test_requests_after_the_servers_close_frame_are_not_computed(start_server) -> None:
+    server = start_server("--idle-timeout", "0.3", "--models", "linear")
+    raw = RawClient(server.port)
+    raw.recv_json()
+    before = scrape(server).get('wsserve_requests_total{code="ok",model="linear",type="predict"}', 0)
+    while True:  # wait for the idle close frame, without answering it
+        op, data = raw.recv_frame()
+        if op == OP_CLOSE:
+            assert close_code(data) == 1000
+            break
+    raw.send(*({"type": "predict", "id": i, "model": "linear", "inputs": [[1.0]]} for i in range(20)))
+    raw.sock.sendall(RawClient.frame(b"\x03\xe8", opcode=OP_CLOSE))
+    code, texts = raw.read_until_close()
+    assert texts == 0  # no reply frames after the close frame
+    raw.close()
+    wait_until(lambda: scrape(server)["wsserve_connections"] == 0)
+    values = scrape(server)
+    assert values.get('wsserve_requests_total{code="ok",model="linear",type="predict"}', 0) == before
+    assert values["wsserve_messages_received_total"] == 0
+
+
+# --------------------------------------------------------------------------- 8: keys out of the debug log
+
+
+async def test_debug_log_shows_no_key_however_it_arrives(start_server) -> None:
+    import websockets
+
+    wrong = "w-" + "q" * 140
+    server = start_server("--api-key", KEY, "--log-level", "debug", "--compression", "--models", "linear")
+    with pytest.raises(websockets.InvalidStatus) as info:  # a wrong Bearer key: 401, and never logged
+        await Conn.open(server.url, additional_headers={"Authorization": f"Bearer {wrong}"})
+    assert info.value.response.status_code == 401
+    # With compression on, frames go through the library, which logs them (cut short) at debug level.
+    conn = await Conn.open(server.url, compression="deflate")
+    padded = {"type": "auth", "id": "p" * 100, "token": KEY}
+    assert (await conn.request(padded))["ok"] is True
+    assert (await conn.request({"type": "auth", "id": 2, "token": wrong}))["code"] == "unauthorized"
+    await conn.close()
+    wait_until(lambda: "connection closed" in server.stderr_text())
+    log = server.stderr_text()
+    assert "DEBUG" in log and "TEXT" in log  # debug logging of frames is really on
+    for secret in (KEY, wrong):
+        assert secret[2:30] not in log and secret[-30:] not in log
+
+
+# --------------------------------------------------------------------------- 9: odd HTTP requests
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"Origin: http://a\r\nOrigin: http://b\r\n", b"Upgrade: websocket\r\nUpgrade: websocket\r\n",
+     b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n"],
+    ids=["origin", "upgrade", "authorization"],
+)
+def test_duplicate_headers_get_400_and_one_log_line(start_server, extra: bytes) -> None:
+    server = start_server("--api-key", KEY, "--models", "linear")
+    request = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n" + (b"Upgrade: websocket\r\n" if b"Upgrade" not in extra else b"") + extra + b"\r\n")
+    status, body = raw_http(server.port, request)
+    assert status == 400 and b"duplicate" in body
+    assert "Traceback" not in server.stderr_text()
+    assert urllib.request.urlopen(server.http + "/healthz", timeout=5).status == 200
+
+
+@pytest.mark.parametrize("name", [b"a%00b.js", b"x" * 300, b"..%2findex.html", b"../index.html", b"%2e%2e/x"])
+def test_odd_static_names_get_404_without_a_traceback(plain_server: ServerProcess, name: bytes) -> None:
+    status, _ = raw_http(plain_server.port, b"GET /static/" + name + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 404
+    assert "Traceback" not in plain_server.stderr_text()
+
+
+def test_a_nul_byte_in_a_static_name_gets_404(plain_server: ServerProcess) -> None:
+    status, _ = raw_http(plain_server.port, b"GET /static/a\x00b.js HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status in (400, 404)
+    assert "Traceback" not in plain_server.stderr_text()
+
+
+# --------------------------------------------------------------------------- 11: key-protected routes, auth limits
+
+
+def test_metrics_and_model_list_need_a_key_when_keys_are_on(start_server) -> None:
+    metrics_key = "m-" + "z" * 30
+    server = start_server("--api-key", KEY, "--metrics-key", metrics_key, "--models", "linear")
+
+    def get(path: str, key: str | None) -> int:
+        req = urllib.request.Request(server.http + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert get("/metrics", None) == 401 and get("/v1/models", None) == 401
+    assert get("/metrics", KEY) == 200 and get("/v1/models", KEY) == 200
+    assert get("/metrics", metrics_key) == 200 and get("/v1/models", metrics_key) == 401
+    assert get("/healthz", None) == 200 and get("/readyz", None) == 200  # probes stay open
+
+
+async def test_failed_auth_attempts_are_limited_per_connection_and_per_address(start_server) -> None:
+    import websockets
+
+    server = start_server("--api-key", KEY, "--auth-timeout", "60", "--models", "linear")
+    conn = await Conn.open(server.url)
+    for i in range(2):
+        assert (await conn.request({"type": "auth", "id": i, "token": f"guess{i}"}))["code"] == "unauthorized"
+    await conn.send({"type": "auth", "id": 2, "token": "guess2"})  # the third failure closes the socket
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            await conn.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+    # Per address: 10 failures a minute.  3 so far; 7 more from new sockets...
+    for i in range(7):
+        c = await Conn.open(server.url)
+        assert (await c.request({"type": "auth", "id": i, "token": "nope"}))["code"] == "unauthorized"
+        await c.close()
+    # ... and now even the right key is refused for a while, over the socket and on the handshake.
+    c = await Conn.open(server.url)
+    reply = await c.request({"type": "auth", "id": "right", "token": KEY})
+    assert reply["code"] == "rate_limited" and reply["retry_after_ms"] > 0
+    await c.close()
+    with pytest.raises(websockets.InvalidStatus) as status:
+        await Conn.open(server.url, additional_headers={"Authorization": "Bearer wrong"})
+    assert status.value.response.status_code == 429
+
+
+# --------------------------------------------------------------------------- 12: default origin policy
+
+
+async def test_browser_origins_default_to_the_servers_own(start_server) -> None:
+    import websockets
+
+    server = start_server("--models", "linear")
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await Conn.open(server.url, origin="http://evil.example")
+    assert info.value.response.status_code == 403
+    own = await Conn.open(server.url, origin=f"http://127.0.0.1:{server.port}")  # the demo page's origin
+    no_origin = await Conn.open(server.url)  # not a browser: unaffected
+    for c in (own, no_origin):
+        assert (await c.request({"type": "ping", "id": 1}))["type"] == "pong"
+        await c.close()
+    anyone = start_server("--allow-origin", "*", "--models", "linear")
+    c = await Conn.open(anyone.url, origin="http://evil.example")
+    await c.close()
+
+
+# --------------------------------------------------------------------------- 13: invalid UTF-8
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_invalid_utf8_in_a_text_message_fails_the_connection_with_1007(plain_server: ServerProcess,
+                                                                       fragmented: bool) -> None:
+    raw = RawClient(plain_server.port)
+    raw.recv_json()
+    bad = b'{"type":"ping","id":"\xff\xfe"}'
+    if fragmented:
+        raw.sock.sendall(RawClient.frame(bad[:10], opcode=0x1)[:1].replace(b"\x81", b"\x01")
+                         + RawClient.frame(bad[:10], opcode=0x1)[1:]
+                         + RawClient.frame(bad[10:], opcode=0x0))
+    else:
+        raw.sock.sendall(RawClient.frame(bad))
+    code, texts = raw.read_until_close()
+    assert code == 1007 and texts == 0
+    raw.close()
+    other = RawClient(plain_server.port)  # nobody else is affected
+    other.recv_json()
+    other.send({"type": "ping", "id": "ok"})
+    assert other.recv_json() == {"type": "pong", "id": "ok"}
+    other.close()
+
+
+# --------------------------------------------------------------------------- 15: fragments are counted
+
+
+def test_a_message_of_endless_empty_fragments_is_refused(plain_server: ServerProcess) -> None:
+    raw = RawClient(plain_server.port)
+    raw.recv_json()
+    first = RawClient.frame(b"{", opcode=0x1)
+    first = bytes([first[0] & 0x7F]) + first[1:]  # FIN off
+    empty = RawClient.frame(b"", opcode=0x0)
+    empty = bytes([empty[0] & 0x7F]) + empty[1:]  # an empty, non-final continuation frame
+    try:
+        raw.sock.sendall(first + empty * 5000)
+    except OSError:
+        pass
+    code, _ = raw.read_until_close()
+    assert code == 1009
+    raw.close()
