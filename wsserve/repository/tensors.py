@@ -10,7 +10,7 @@ config.toml cannot declare that for an input of a model.py (see
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -42,21 +42,30 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    # derived from the above:
+    #: Values per row (1 for a scalar row).
+    elements: int = field(init=False, repr=False, compare=False)
+    #: The numpy dtype.
+    np_dtype: np.dtype = field(init=False, repr=False, compare=False)
+    #: Inclusive ``(lo, hi)`` of the values the dtype holds: finite floats, the integer range; ``None`` for bool.
+    bounds: tuple[float, float] | tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
         if len(self.shape) > MAX_DIMS or any(type(d) is not int or not 0 < d <= MAX_DIM for d in self.shape):
             raise ValueError(f"tensor {self.name!r}: bad shape {list(self.shape)}")
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def elements(self) -> int:
-        """Values per row (1 for a scalar row)."""
-        return math.prod(self.shape)
+        object.__setattr__(self, "elements", math.prod(self.shape))
+        dt = DTYPES[self.dtype]
+        object.__setattr__(self, "np_dtype", dt)
+        if dt.kind == "f":
+            bound: Any = float(np.finfo(dt).max)
+            object.__setattr__(self, "bounds", (-bound, bound))
+        elif dt.kind == "i":
+            info = np.iinfo(dt)
+            object.__setattr__(self, "bounds", (int(info.min), int(info.max)))
+        else:
+            object.__setattr__(self, "bounds", None)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
