@@ -212,19 +212,19 @@ def _fast(rows: list[Any], spec: TensorSpec, max_rows: int, max_elements: int) -
         return None
     lo, hi = bounds
     is_float = type(lo) is float
+    allowed = _NUMBERS if is_float else _INTS  # int inputs: integral floats take the slow path
     if size <= _SMALL:
         for row in rows:
             if type(row) is not list or len(row) != width:
                 return None
             for v in row:
-                t = type(v)
-                if not (t is int or (is_float and t is float)) or not lo <= v <= hi:
-                    return None
+                if type(v) in allowed and lo <= v <= hi:  # nan fails the comparison, inf the bound
+                    continue
+                return None
         try:
             return np.array(rows, dtype=spec.np_dtype)
         except OverflowError:
             return None
-    allowed = _NUMBERS if is_float else _INTS
     for row in rows:
         if type(row) is not list or len(row) != width or not allowed.issuperset(map(type, row)):
             return None

@@ -64,6 +64,7 @@ _MAX_MEMBERS = 1024
 _MAX_MLP_LAYERS = 256
 #: Default bound on the total bytes of the arrays of one model.npz.
 MAX_NPZ_BYTES = 1 << 32
+_MLP_NAME_RE = re.compile(r"^[wb](0|[1-9][0-9]{0,3})$")
 _ARRAY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -102,9 +103,11 @@ def _build_linear(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> 
 
 
 def _build_mlp(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> PredictiveModel:
-    layers = len(arrays) // 2
+    # the layer count is the highest index named (w3 -> 4 layers), so a gap reads "missing b1"
+    indices = [int(m.group(1)) for m in map(_MLP_NAME_RE.match, arrays) if m is not None]
+    layers = max(indices) + 1 if indices else 0
     if not 1 <= layers <= _MAX_MLP_LAYERS:
-        raise ValueError(f"mlp needs 1..{_MAX_MLP_LAYERS} layers (w0, b0, ...); got {len(arrays)} arrays")
+        raise ValueError(f"mlp needs 1..{_MAX_MLP_LAYERS} layers (arrays w0, b0, w1, b1, ...); got {sorted(arrays)}")
     _expect_names(arrays, {f"{p}{i}" for i in range(layers) for p in "wb"}, "mlp")
     for i in range(layers):
         _expect(arrays[f"w{i}"], f"w{i}", np.float32, 2)
