@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wsserve.repository import ModelLoadError, load_version, parse_config
-from wsserve.repository.python_backend import DEFAULT_FLOPS_PER_ROW
+from wsserve.repository.python_backend import DEFAULT_FLOPS_PER_ROW, exec_model_file
 
 SHAPES = "input_shape = [3]\noutput_shape = [1]\n"
 
@@ -104,6 +104,13 @@ def test_syntax_error(tmp_path: Path) -> None:
 def test_exception_at_import(tmp_path: Path) -> None:
     vdir = _version(tmp_path, "import no_such_module_here\n")
     assert "executing it raised ModuleNotFoundError: No module named 'no_such_module_here'" in _fails(vdir)
+
+
+def test_missing_file_opened_at_import_is_not_mistaken_for_a_missing_model_py(tmp_path: Path) -> None:
+    vdir = _version(tmp_path, "open('/nonexistent/vocab.txt')\n")
+    assert "executing it raised FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/vocab.txt'" in _fails(vdir)
+    with pytest.raises(ModelLoadError, match="model.py: does not exist"):
+        exec_model_file(tmp_path / "model.py", "m", 1)
 
 
 def test_sys_exit_at_import_is_a_load_error(tmp_path: Path) -> None:
@@ -247,3 +254,15 @@ def test_concurrent_predicts(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert results == [True] * 200
+
+
+def test_the_worked_example_in_the_docs(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "repository.md").read_text()
+    start = doc.index("# REPO/custom/1/model.py")
+    source = doc[start : doc.index("```", start)]
+    vdir = _version(tmp_path, source, name="custom", weights_json="[1.0, 2.0, 3.0]")
+    model = _load(vdir, "input_shape = [3]\noutput_shape = [1]", name="custom")
+    model.warmup()
+    assert model.predict(np.array([[1.0, 1.0, 1.0]])).tolist() == [[6.0]]
+    assert model.flops_per_row() == 3 and model.info.parameters == 3 and model.info.metrics == {"r2": 0.93}
+    model.close()

@@ -48,6 +48,7 @@ class RepositoryModel(PredictiveModel):
     path: Path
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    _closed: bool = False
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> Batch:  # type: ignore[override]
@@ -91,10 +92,10 @@ class RepositoryModel(PredictiveModel):
 
     @property
     def closed(self) -> bool:
-        return getattr(self, "_closed", False)
+        return self._closed
 
     def _require_open(self) -> None:
-        if getattr(self, "_closed", False):
+        if self._closed:
             raise RuntimeError(f"model {self.name!r} version {self.version} is closed")
 
     def _per_row(self, fn: Callable[[Batch], Batch], batch: Batch) -> Batch:

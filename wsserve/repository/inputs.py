@@ -138,6 +138,14 @@ def _to_int(rows: list[Any], spec: TensorSpec, label: str, has_float: bool) -> n
     raise InvalidInput(f"{label} row {i}{where} holds {v!r}, which does not fit input '{spec.name}' of dtype {spec.dtype} ({why})")
 
 
+def _fits_float(v: int) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
 def _flat(rows: list[Any], shape: tuple[int, ...]) -> Any:
     if not shape:
         yield from rows
@@ -180,7 +188,7 @@ def _convert_one(rows: Any, spec: TensorSpec, label: str, max_rows: int, budget:
         try:
             arr = np.array(rows, dtype=np.float64)
         except OverflowError:  # a Python int beyond float64 (never from JSON)
-            i, where, v = _locate(rows, shape, lambda v: type(v) is int and abs(v) > 2**1023)
+            i, where, v = _locate(rows, shape, lambda v: type(v) is int and not _fits_float(v))
             raise InvalidInput(f"{label} row {i}{where} holds {v}, which is not finite as {kind}") from None
         if kind == "float64":
             return arr
@@ -273,7 +281,10 @@ def convert_inputs(
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         label = f"'inputs.{spec.name}'"
-        arr = _convert_one(inputs[spec.name], spec, label, max_rows, max_elements)
+        rows = inputs[spec.name]
+        arr = _fast(rows, spec, max_rows, max_elements) if type(rows) is list else None
+        if arr is None:
+            arr = _convert_one(rows, spec, label, max_rows, max_elements)
         if len(arr) != n:
             raise InvalidInput(f"{label} has {len(arr)} rows but 'inputs.{specs[0].name}' has {n}; every input needs the same rows")
         out[spec.name] = arr

@@ -174,16 +174,18 @@ class OnnxModel(RepositoryModel):
     def _pack(self, outs: list[np.ndarray]) -> Batch:
         return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs))
 
-    def _run_one_row(self, batch: Batch) -> Batch:
-        feeds = {k: v[0] for k, v in self._feeds(batch).items()}
-        return self._pack([o[None] for o in self._session.run(self._output_names, feeds)])
-
     def predict(self, batch: Batch) -> Batch:
         self._require_open()
-        session = self._session
-        if not self.batching:
-            return self._per_row(self._run_one_row, batch)
-        return self._pack(session.run(self._output_names, self._feeds(batch)))
+        session = self._session  # one reference for the whole call, even if close() runs meanwhile
+        names = self._output_names
+        if not self.batching:  # max_batch_size = 0: the graph has no batch dimension
+
+            def one_row(row: Batch) -> Batch:
+                feeds = {k: v[0] for k, v in self._feeds(row).items()}
+                return self._pack([o[None] for o in session.run(names, feeds)])
+
+            return self._per_row(one_row, batch)
+        return self._pack(session.run(names, self._feeds(batch)))
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or max(1, self._parameters)

@@ -55,6 +55,8 @@ def exec_model_file(path: Path, name: str, version: int) -> ModuleType:
     """Execute ``path`` as a fresh module and return it. Raises :class:`ModelLoadError` with the exception text."""
     safe = re.sub(r"[^A-Za-z0-9_]", "_", name)
     module_name = f"_wsserve_model_{safe}_{version}_{uuid.uuid4().hex[:12]}"
+    if not path.is_file():
+        raise ModelLoadError(path, "does not exist")
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(path, "cannot be loaded as a Python module")
@@ -64,8 +66,6 @@ def exec_model_file(path: Path, name: str, version: int) -> ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise ModelLoadError(path, f"SyntaxError: {exc.msg} (line {exc.lineno})") from None
-    except FileNotFoundError:
-        raise ModelLoadError(path, "does not exist") from None
     except (Exception, SystemExit) as exc:
         raise ModelLoadError(path, f"executing it raised {type(exc).__name__}: {exc}") from exc
     finally:
