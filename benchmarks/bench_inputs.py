@@ -20,8 +20,9 @@ import platform
 import statistics
 import sys
 import timeit
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -56,7 +57,7 @@ def _side_by_side(fns: list[Callable[[], object]], repeat: int) -> list[float]:
     numbers = [t.autorange()[0] for t in timers]  # each run >= 0.2 s
     runs: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        for i, (timer, number) in enumerate(zip(timers, numbers)):
+        for i, (timer, number) in enumerate(zip(timers, numbers, strict=True)):
             runs[i].append(timer.timeit(number) / number * 1e9)
     return [statistics.median(r) for r in runs]
 
@@ -80,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         specs = [spec]
         old, old_np, new = _side_by_side(
             [
-                lambda: validate_inputs(value, width, MAX_ROWS),
-                lambda: np.array(validate_inputs(value, width, MAX_ROWS), dtype=np.float64),
-                lambda: convert_inputs(value, specs, max_rows=MAX_ROWS, max_elements=MAX_ELEMENTS),
+                lambda v=value, w=width: validate_inputs(v, w, MAX_ROWS),
+                lambda v=value, w=width: np.array(validate_inputs(v, w, MAX_ROWS), dtype=np.float64),
+                lambda v=value, s=specs: convert_inputs(v, s, max_rows=MAX_ROWS, max_elements=MAX_ELEMENTS),
             ],
             args.repeat,
         )
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         row_lists = [[0.5] * d for _ in range(64)]
         arrays = [np.full((1, d), 0.5, dtype=dtype) for _ in range(64)]
         lists_ns, concat_ns = _side_by_side(
-            [lambda: np.array(row_lists, dtype=np.float64), lambda: np.concatenate(arrays)], args.repeat
+            [lambda r=row_lists: np.array(r, dtype=np.float64), lambda a=arrays: np.concatenate(a)], args.repeat
         )
         lines.append(f"| {label} | {lists_ns:,.0f} | {concat_ns:,.0f} |")
         print(lines[-1], flush=True)

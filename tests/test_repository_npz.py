@@ -29,7 +29,7 @@ RNG = np.random.default_rng(0)
 
 def _mlp(sizes: tuple[int, ...] = (4, 8, 3)) -> MLPModel:
     params = [(RNG.standard_normal((a, b)).astype(np.float32), RNG.standard_normal(b).astype(np.float32))
-              for a, b in zip(sizes, sizes[1:])]
+              for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
     return MLPModel(params, metrics={"accuracy": 0.5})
 
 

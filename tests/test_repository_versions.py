@@ -19,7 +19,7 @@ def test_parse_version(value: object, expected: int | None) -> None:
 
 def test_versions_compare_as_numbers() -> None:
     names = ["2", "10", "9", "1"]
-    assert sorted((parse_version(n) for n in names)) == [1, 2, 9, 10]
+    assert sorted(parse_version(n) for n in names) == [1, 2, 9, 10]
     assert select_versions([parse_version(n) for n in names], VersionPolicy("latest", count=1)) == (10,)
 
 

@@ -57,8 +57,23 @@ from .errors import ConfigError, ModelLoadError, RepositoryError
 from .inputs import batch_rows, convert_inputs
 from .layout import CONFIG_FILE, MODEL_FILES, is_model_name
 from .loader import find_model_file, load_version
-from .npz import ARCHITECTURES, NpzContents, read_npz, save_npz_model, write_builtin_version
-from .plan import Action, LoadVersion, ReloadModel, ReloadVersion, RemoveModel, ReportError, UnloadVersion, plan
+from .npz import (
+    ARCHITECTURES,
+    NpzContents,
+    read_npz,
+    save_npz_model,
+    write_builtin_version,
+)
+from .plan import (
+    Action,
+    LoadVersion,
+    ReloadModel,
+    ReloadVersion,
+    RemoveModel,
+    ReportError,
+    UnloadVersion,
+    plan,
+)
 from .scan import Ignored, ModelScan, RepositoryScan, VersionScan, scan
 from .tensors import DTYPES, TensorSpec
 from .versions import VersionState, default_version, parse_version, select_versions

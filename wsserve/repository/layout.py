@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = ["CONFIG_FILE", "MODEL_FILES", "is_model_name"]
 

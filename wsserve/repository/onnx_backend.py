@@ -172,7 +172,7 @@ class OnnxModel(RepositoryModel):
         return {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs}
 
     def _pack(self, outs: list[np.ndarray]) -> Batch:
-        return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs))
+        return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs, strict=True))
 
     def predict(self, batch: Batch) -> Batch:
         self._require_open()

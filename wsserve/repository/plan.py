@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from .scan import ModelScan, RepositoryScan
 
@@ -95,7 +95,7 @@ class ReportError:
     reason: str
 
 
-Action = Union[LoadVersion, ReloadVersion, UnloadVersion, ReloadModel, RemoveModel, ReportError]
+Action = LoadVersion | ReloadVersion | UnloadVersion | ReloadModel | RemoveModel | ReportError
 
 
 def _model_actions(prev: ModelScan | None, cur: ModelScan) -> list[Action]:
