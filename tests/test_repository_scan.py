@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,7 +88,8 @@ def test_scan_reports_everything_where_it_is(repo: Path) -> None:
     assert v1.error == f"{v1.path}: holds several model files (model.npz, model.py); choose one with backend = \"...\" in config.toml"
     assert v2.error == f"{v2.path}: holds no model file (model.onnx, model.npz, model.py)"
     assert v3.error is None and v3.backend == "python"
-    assert c.loadable == c.selected == (3,)
+    assert c.loadable == (3,)
+    assert c.selected == (1, 2, 3)  # the policy counts every version dir: loading 1 and 2 fails, reported then
 
 
 def test_config_backend_resolves_an_ambiguous_version(repo: Path) -> None:
@@ -104,15 +107,13 @@ def test_missing_repository(tmp_path: Path) -> None:
 
 def test_initial_plan(repo: Path) -> None:
     s = scan(repo)
-    c = s.model("c")
-    assert c is not None
     assert plan(None, s) == [
         LoadVersion("a", 1, repo / "a" / "1"),
         LoadVersion("a", 2, repo / "a" / "2"),
         LoadVersion("a", 10, repo / "a" / "10"),
         ReportError("b", None, s.model("b").error),  # type: ignore[union-attr, arg-type]
-        ReportError("c", 1, c.versions[0].error),  # type: ignore[arg-type]
-        ReportError("c", 2, c.versions[1].error),  # type: ignore[arg-type]
+        LoadVersion("c", 1, repo / "c" / "1"),  # fails to load, with the scan's message
+        LoadVersion("c", 2, repo / "c" / "2"),
         LoadVersion("c", 3, repo / "c" / "3"),
     ]
 
@@ -142,16 +143,16 @@ def test_latest_policy_loads_before_it_unloads(repo: Path) -> None:
     assert plan(before, scan(repo)) == [LoadVersion("a", 11, repo / "a" / "11"), UnloadVersion("a", 10, "policy")]
 
 
-def test_broken_new_version_does_not_displace_the_serving_one(repo: Path) -> None:
+def test_new_version_fixed_after_a_failed_load_is_retried(repo: Path) -> None:
     (repo / "a" / "config.toml").write_text("version_policy = { latest = 1 }\n")
     before = scan(repo)
-    (repo / "a" / "11").mkdir()  # no model file (yet)
+    (repo / "a" / "11").mkdir()  # no model file yet: loading it fails, 10 keeps serving (unload waits for a ready one)
     after = scan(repo)
-    assert after.model("a").selected == (10,)  # type: ignore[union-attr]
-    assert plan(before, after) == [ReportError("a", 11, f"{repo / 'a' / '11'}: holds no model file (model.onnx, model.npz, model.py)")]
-    assert plan(after, scan(repo)) == []  # reported once
+    assert after.model("a").versions[-1].error is not None  # type: ignore[union-attr]
+    assert plan(before, after) == [LoadVersion("a", 11, repo / "a" / "11"), UnloadVersion("a", 10, "policy")]
+    assert plan(after, scan(repo)) == []
     (repo / "a" / "11" / "model.onnx").write_bytes(b"now")
-    assert plan(after, scan(repo)) == [LoadVersion("a", 11, repo / "a" / "11"), UnloadVersion("a", 10, "policy")]
+    assert plan(after, scan(repo)) == [ReloadVersion("a", 11, repo / "a" / "11")]
 
 
 def test_changed_config_reloads_the_model(repo: Path) -> None:
@@ -206,14 +207,15 @@ def test_hidden_files_in_a_version_do_not_count(repo: Path) -> None:
     assert plan(before, scan(repo)) == []
 
 
-def test_version_losing_its_file_keeps_serving_until_removed(repo: Path) -> None:
+def test_version_losing_its_file_is_reloaded_then_unloaded_when_removed(repo: Path) -> None:
     before = scan(repo)
     (repo / "a" / "2" / "model.onnx").unlink()
     during = scan(repo)
-    assert plan(before, during) == [ReportError("a", 2, f"{repo / 'a' / '2'}: holds no model file (model.onnx, model.npz, model.py)")]
+    assert during.model("a").version(2).error is not None  # type: ignore[union-attr]
+    # reload fails (no model file): the instance loaded before keeps serving
+    assert plan(before, during) == [ReloadVersion("a", 2, repo / "a" / "2")]
     shutil.rmtree(repo / "a" / "2")
-    assert plan(during, scan(repo)) == []  # it was not selected any more: nothing left to unload
-    assert plan(before, scan(repo)) == [UnloadVersion("a", 2, "removed")]
+    assert plan(during, scan(repo)) == [UnloadVersion("a", 2, "removed")]
 
 
 def test_model_added_and_removed(repo: Path) -> None:
@@ -227,8 +229,8 @@ def test_bad_model_does_not_hide_the_others(repo: Path) -> None:
     (repo / "a" / "config.toml").write_bytes(b"\xff not utf-8")
     s = scan(repo)
     assert s.model("a").error is not None and "is not UTF-8" in s.model("a").error  # type: ignore[union-attr, operator]
-    assert s.model("c").selected == (3,)  # type: ignore[union-attr]
-    assert [a for a in plan(None, s) if isinstance(a, LoadVersion)] == [LoadVersion("c", 3, repo / "c" / "3")]
+    assert [a.model for a in plan(None, s)] == ["a", "b", "c", "c", "c"]
+    assert plan(None, s)[:2] == [ReportError("a", None, s.model("a").error), ReportError("b", None, s.model("b").error)]  # type: ignore[union-attr, arg-type]
 
 
 def test_a_version_dir_with_too_many_files_is_an_error(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,4 +240,75 @@ def test_a_version_dir_with_too_many_files_is_an_error(repo: Path, monkeypatch: 
         (repo / "a" / "1" / f"f{i}").write_text("x")
     a = scan_mod.scan(repo).model("a")
     assert a is not None and a.versions[0].error == f"{repo / 'a' / '1'}: more than 3 entries"
-    assert a.selected == (2, 10)
+    assert a.loadable == (2, 10)
+
+
+# --------------------------------------------------------------------------- property: the plan tracks the selection
+
+MODELS = ("m", "n")
+POLICIES = ('version_policy = "all"\n', 'version_policy = "latest"\n', "version_policy = { latest = 2 }\n",
+            "version_policy = { specific = [1, 3] }\n", "max_batch_size = -1\n")
+OPS = [(op, m, v) for op in ("add", "add_empty", "remove", "rewrite", "break") for m in MODELS for v in range(1, 5)]
+OPS += [("config", m, i) for m in MODELS for i in range(len(POLICIES))] + [("remove_model", m, 0) for m in MODELS]
+
+
+def _apply_fs(repo: Path, op: str, model: str, arg: int, counter: int) -> None:
+    mdir, vdir = repo / model, repo / model / str(arg)
+    if op == "add" and not vdir.exists():
+        vdir.mkdir(parents=True)
+        (vdir / "model.onnx").write_bytes(b"v")
+    elif op == "add_empty" and not vdir.exists():
+        vdir.mkdir(parents=True)
+    elif op == "remove" and vdir.exists():
+        shutil.rmtree(vdir)
+    elif op == "rewrite" and (vdir / "model.onnx").exists():
+        (vdir / "model.onnx").write_bytes(b"w" * (counter + 2))  # a new size: a new fingerprint
+    elif op == "break" and (vdir / "model.onnx").exists():
+        (vdir / "model.onnx").unlink()
+    elif op == "config":
+        mdir.mkdir(parents=True, exist_ok=True)
+        (mdir / "config.toml").write_text(POLICIES[arg])
+    elif op == "remove_model" and mdir.exists():
+        shutil.rmtree(mdir)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_executing_every_plan_holds_exactly_the_selected_versions(seed: int) -> None:
+    """A seeded random walk of 30 repository edits; after each, a model adapter that executes the plan
+    holds exactly the selected versions of every model with a valid config, and nothing else changes."""
+    rng = random.Random(seed)
+    steps = [rng.choice(OPS) for _ in range(30)]
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        held: dict[str, set[int]] = {}
+        previous = None
+        for counter, (op, model, arg) in enumerate(steps):
+            _apply_fs(repo, op, model, arg, counter)
+            current = scan(repo)
+            before = {k: set(v) for k, v in held.items()}
+            for action in plan(previous, current):
+                if isinstance(action, RemoveModel):
+                    assert current.model(action.model) is None
+                    held.pop(action.model, None)
+                elif isinstance(action, ReloadModel):
+                    held[action.model] = set(action.versions)
+                elif isinstance(action, LoadVersion):
+                    assert action.version not in held.get(action.model, set())
+                    held.setdefault(action.model, set()).add(action.version)
+                elif isinstance(action, ReloadVersion):
+                    assert action.version in held[action.model]
+                elif isinstance(action, UnloadVersion):
+                    held[action.model].remove(action.version)
+                    assert (action.reason == "removed") == (current.model(action.model).version(action.version) is None)  # type: ignore[union-attr]
+                else:
+                    assert isinstance(action, ReportError) and action.version is None
+            walk = steps[: counter + 1]
+            for m in MODELS:
+                entry = current.model(m)
+                if entry is None:
+                    assert m not in held, walk
+                elif entry.error is None:
+                    assert held.get(m, set()) == set(entry.selected), walk
+                else:  # bad config: whatever was held stays held
+                    assert held.get(m) == before.get(m), walk
+            previous = current

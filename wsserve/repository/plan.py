@@ -3,29 +3,36 @@
 :func:`plan` compares the previous :class:`~.scan.RepositoryScan` (``None`` at
 start-up) with a new one and returns :data:`Action` values.  It knows only
 the scans, not which loads succeeded; the adapter that executes actions owns
-the model states.  Contracts the adapter relies on:
+the model states.  The model: for every model with a valid config, the set of
+versions the adapter is asked to hold is exactly ``ModelScan.selected`` of
+the latest scan (the version policy applied to every version directory
+present, loadable or not).  Contracts the adapter relies on:
 
 - Order: repository error, then removed models (by name), then per model (by
-  name): :class:`ReportError`, :class:`ReloadModel`, :class:`LoadVersion`
-  (ascending), :class:`ReloadVersion`, :class:`UnloadVersion`.  Loads come
-  before unloads so a policy-superseded version (``reason="policy"``) can keep
-  serving until the new one is ready; unload it only then.
+  name): :class:`ReportError` or :class:`ReloadModel`, or else
+  :class:`LoadVersion` (ascending), :class:`ReloadVersion`,
+  :class:`UnloadVersion`.
+- :class:`LoadVersion` / :class:`ReloadVersion` / :class:`ReloadModel`: load
+  the directory anew, warm it up, and only then swap it in.  If loading fails
+  (bad file, scan error such as "holds no model file", exception in
+  ``Model()``), mark that version ``failed`` with the error and keep any
+  instance that was serving it.  A failed version is retried when its files
+  change (:class:`ReloadVersion`).
+- :class:`UnloadVersion` ``reason="removed"``: the directory is gone; stop
+  routing to it, finish in-flight work, unload.  ``reason="policy"``: still
+  present but no longer selected (e.g. ``latest = 1`` and a newer version
+  appeared); unload it once the model has another *ready* version, so a new
+  version that fails to load never leaves the model without one.
 - A model whose config.toml became invalid gets only a :class:`ReportError`:
   whatever it serves keeps serving with the old config.  When config.toml is
-  fixed or changes, :class:`ReloadModel` asks to replace everything loaded for
-  the model (possibly nothing, or failed attempts) by ``versions`` under the
-  new config.
-- A version whose directory became unloadable (e.g. its model file is being
-  replaced by hand) gets a :class:`ReportError` and is not unloaded; a version
-  whose files changed in place gets :class:`ReloadVersion` ("replace what is
-  loaded, or retry a failed load").  A version that reappears or gets fixed is
-  a :class:`LoadVersion`.
+  fixed or changes (byte-wise), :class:`ReloadModel` asks to replace everything
+  held for the model (possibly nothing) by ``versions`` under the new config.
 - A repository that cannot be listed (``current.error``) yields one
   :class:`ReportError` with ``model=None`` and nothing else: a transient error
   never unloads anything.  Keep planning from the last scan *without* a
   repository error (its models are still what is loaded): so that error is
-  reported on every scan while it lasts; log it once.
-- Other errors are reported once, when they appear or change, not on every scan.
+  reported on every scan while it lasts; log it once.  A model's config error
+  is reported once, when it appears or changes.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ __all__ = ["LoadVersion", "ReloadVersion", "UnloadVersion", "ReloadModel", "Remo
 
 @dataclass(frozen=True, slots=True)
 class LoadVersion:
-    """Load (then warm up) ``model``'s ``version`` from ``path``."""
+    """Load ``model``'s ``version`` from ``path``, warm it up, then serve it (see the module docstring)."""
 
     model: str
     version: int
@@ -50,7 +57,7 @@ class LoadVersion:
 
 @dataclass(frozen=True, slots=True)
 class ReloadVersion:
-    """The files of a served version changed in place: load it anew and swap it in."""
+    """The files of a held version changed in place (or a failed one was fixed): load anew, swap in when ready."""
 
     model: str
     version: int
@@ -61,9 +68,8 @@ class ReloadVersion:
 class UnloadVersion:
     """Stop routing new requests to the version, finish its in-flight work, unload it.
 
-    ``reason``: ``"removed"`` (its directory is gone) or ``"policy"`` (still
-    present, no longer selected by the version policy: unload once the newly
-    selected versions are ready).
+    ``reason``: ``"removed"`` (its directory is gone: now) or ``"policy"`` (still
+    present, no longer selected: once the model has another ready version).
     """
 
     model: str
@@ -88,7 +94,7 @@ class RemoveModel:
 
 @dataclass(frozen=True, slots=True)
 class ReportError:
-    """A new or changed problem: the repository (``model=None``), a model (``version=None``) or one version."""
+    """A new or changed problem with the repository (``model=None``) or a model's config.toml (``version=None``)."""
 
     model: str | None
     version: int | None
@@ -104,31 +110,21 @@ def _model_actions(prev: ModelScan | None, cur: ModelScan) -> list[Action]:
         if prev is None or prev.error != cur.error:
             return [ReportError(name, None, cur.error)]
         return []
+    if prev is None:
+        return [LoadVersion(name, v.version, v.path) for v in cur.versions if v.version in cur.selected]
+    if prev.error is not None or prev.config_fingerprint != cur.config_fingerprint:
+        return [ReloadModel(name, cur.selected)]
+    before, after = set(prev.selected), set(cur.selected)
     out: list[Action] = []
     for v in cur.versions:
-        was = prev.version(v.version) if prev is not None else None
-        if v.error is not None and (was is None or was.error != v.error):
-            out.append(ReportError(name, v.version, v.error))
-    if prev is None or prev.error is not None or prev.config_fingerprint != cur.config_fingerprint:
-        if prev is None:
-            out.extend(LoadVersion(name, v, cur.version(v).path) for v in cur.selected)  # type: ignore[union-attr]
-        else:
-            out.append(ReloadModel(name, cur.selected))
-        return out
-    before, after = set(prev.selected), set(cur.selected)
-    for v in sorted(after - before):
-        out.append(LoadVersion(name, v, cur.version(v).path))  # type: ignore[union-attr]
-    for v in sorted(after & before):
-        now, was = cur.version(v), prev.version(v)
-        if now is not None and was is not None and now.fingerprint != was.fingerprint:
-            out.append(ReloadVersion(name, v, now.path))
-    for v in sorted(before - after):
-        now = cur.version(v)
-        if now is None:
-            out.append(UnloadVersion(name, v, "removed"))
-        elif now.error is None:
-            out.append(UnloadVersion(name, v, "policy"))
-        # else: present but unloadable right now -> reported above, keeps serving
+        if v.version in after and v.version not in before:
+            out.append(LoadVersion(name, v.version, v.path))
+    for v in cur.versions:
+        was = prev.version(v.version)
+        if v.version in after and v.version in before and was is not None and was.fingerprint != v.fingerprint:
+            out.append(ReloadVersion(name, v.version, v.path))
+    for version in sorted(before - after):
+        out.append(UnloadVersion(name, version, "removed" if cur.version(version) is None else "policy"))
     return out
 
 

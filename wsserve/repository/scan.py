@@ -80,10 +80,14 @@ class ModelScan:
 
     @property
     def selected(self) -> tuple[int, ...]:
-        """Loadable versions the config's version policy serves (``()`` when the config is bad)."""
+        """The versions the config's policy serves, among all version directories (``()`` when the config is bad).
+
+        Versions with a scan ``error`` count: loading them fails and is reported,
+        while the versions already serving keep serving (see :mod:`.plan`).
+        """
         if self.config is None:
             return ()
-        return select_versions(self.loadable, self.config.version_policy)
+        return select_versions((v.version for v in self.versions), self.config.version_policy)
 
 
 @dataclass(frozen=True, slots=True)
