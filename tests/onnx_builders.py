@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "symbolic_features", "string_input"]
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "symbolic_features", "bool_mask", "string_input"]
 
 #: An IR version / opset every onnxruntime >= 1.17 reads.
 IR_VERSION = 8
@@ -123,6 +123,19 @@ def symbolic_features() -> tuple[onnx.ModelProto, Reference]:
         [("axes", axes)],
     )
     return model, lambda x: x.sum(axis=1, keepdims=True)
+
+
+def bool_mask(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
+    """Inputs ``x`` [N, d] float32 and ``mask`` [N, d] bool -> ``y`` [N, d] = x where mask else 0."""
+    f = TensorProto.FLOAT
+    zero = np.zeros(1, dtype=np.float32)
+    model = _model(
+        [helper.make_node("Where", ["mask", "x", "zero"], ["y"])],
+        [helper.make_tensor_value_info("x", f, ["N", d]), helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", d])],
+        [helper.make_tensor_value_info("y", f, ["N", d])],
+        [("zero", zero)],
+    )
+    return model, lambda x, mask: np.where(mask, x, 0)
 
 
 def string_input() -> tuple[onnx.ModelProto, Reference]:

@@ -115,6 +115,19 @@ def test_int64_input(tmp_path: Path) -> None:
     np.testing.assert_array_equal(model.predict(np.array([[3, 4]])), ref(np.array([[3, 4]])))
 
 
+def test_bool_input(tmp_path: Path) -> None:
+    graph, ref = ob.bool_mask(3)
+    model = _load(tmp_path, graph)
+    assert [s.dtype for s in model.inputs] == ["float32", "bool"]
+    value = {"x": [[1, 2, 3], [4, 5, 6]], "mask": [[True, False, True], [False, False, True]]}
+    batch = convert_inputs(value, model.inputs, max_rows=2, max_elements=100)
+    assert batch["mask"].dtype == np.bool_
+    np.testing.assert_array_equal(model.predict(batch), ref(np.array(value["x"]), np.array(value["mask"])))
+    with pytest.raises(InvalidInput) as info:
+        convert_inputs({**value, "mask": [[1, 0, 1], [0, 0, 1]]}, model.inputs, max_rows=2, max_elements=100)
+    assert info.value.message == "'inputs.mask' row 0 holds 1; input 'mask' takes true/false"
+
+
 def test_scikit_learn_pipeline(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     skl2onnx = pytest.importorskip("skl2onnx")
