@@ -129,6 +129,13 @@ def test_no_model_class(tmp_path: Path) -> None:
     assert _fails(_version(tmp_path, "class Model:\n    pass\n", version=2)).endswith("class Model has no predict(batch) method")
 
 
+def test_bad_task_or_metrics(tmp_path: Path) -> None:
+    src = "class Model:\n    task = 'poetry'\n    def __init__(self, d):\n        pass\n    def predict(self, b):\n        return b[:, :1]\n"
+    assert _fails(_version(tmp_path, src)).endswith("Model.task must be one of regression, classification, generation, embedding, other; got 'poetry'")
+    src = src.replace("task = 'poetry'", "metrics = [1]")
+    assert _fails(_version(tmp_path, src, version=2)).endswith("Model.metrics must be a dict, got list")
+
+
 def test_shapes_are_required_for_model_py(tmp_path: Path) -> None:
     vdir = _version(tmp_path, GOOD, weights_json="[1, 2, 3]")
     assert _fails(vdir, "output_shape = [1]").endswith("model.py models need input_shape (or [[inputs]]) in config.toml")

@@ -114,10 +114,11 @@ def _count_parameters(path: Path) -> int:
     """Initializer elements in the graph (via the ``onnx`` package), else a file-size estimate."""
     try:
         import onnx
-    except ImportError:
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return sum(math.prod(init.dims) for init in proto.graph.initializer)
+    except Exception:  # onnx missing, or a graph ONNX Runtime reads but this onnx cannot: estimate
         return max(1, path.stat().st_size // 4)
-    proto = onnx.load(str(path), load_external_data=False)
-    return sum(math.prod(init.dims) for init in proto.graph.initializer)
 
 
 class OnnxModel(RepositoryModel):
@@ -140,11 +141,13 @@ class OnnxModel(RepositoryModel):
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session: Any = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
-            parameters = _count_parameters(self.path)
         except Exception as exc:
             raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
+        parameters = _count_parameters(self.path)
         self.batching = config.batching
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
+        if not graph_in or not graph_out:
+            raise ModelLoadError(self.path, "the graph has no inputs or no outputs")
         own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path)
                   for a in graph_in]
         out_cfg = config.outputs

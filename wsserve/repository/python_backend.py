@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import Any
 
 from .backend import Batch, RepositoryModel, check_outputs, make_info
-from .config import ModelConfig, TensorConfig
+from .config import TASKS, ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .tensors import TensorSpec
 
@@ -96,8 +96,8 @@ class PythonModel(RepositoryModel):
         if not isinstance(cls, type):
             raise ModelLoadError(self.path, "defines no class Model")
         task = config.task or getattr(cls, "task", None) or "regression"
-        if not isinstance(task, str):
-            raise ModelLoadError(self.path, f"Model.task must be a string, got {type(task).__name__}")
+        if task not in TASKS:
+            raise ModelLoadError(self.path, f"Model.task must be one of {', '.join(TASKS)}; got {task!r}")
         self.generative = task == "generation"
         if not self.generative:
             if not callable(getattr(cls, "predict", None)):
@@ -111,12 +111,15 @@ class PythonModel(RepositoryModel):
         except (Exception, SystemExit) as exc:
             raise ModelLoadError(self.path, f"Model({str(self.path.parent)!r}) raised {type(exc).__name__}: {exc}") from exc
         self._flops = config.flops_per_row or self._model_flops()
-        params = getattr(self.model, "parameters", 0)
+        params = getattr(self.model, "parameters", 0)  # may be a method (torch): then unknown
+        metrics = getattr(self.model, "metrics", None) or {}
+        if not isinstance(metrics, dict):
+            raise ModelLoadError(self.path, f"Model.metrics must be a dict, got {type(metrics).__name__}")
         self.info = make_info(
             self,
             task=task,
             parameters=params if type(params) is int and params >= 0 else 0,
-            metrics=dict(getattr(self.model, "metrics", None) or {}),
+            metrics=dict(metrics),
         )
 
     def _model_flops(self) -> int:
