@@ -7,8 +7,9 @@ Per call, on values exactly as ``orjson.loads`` hands them over:
   done per request here (a batch of one request costs this);
 - ``convert_inputs``: the new check + conversion to the model's dtype, per request.
 
-Medians of ``--repeat`` runs of ``timeit`` loops (the loop count is calibrated to ~0.2 s per run),
-side by side, in one process.  Run on an otherwise quiet machine::
+Medians of ``--repeat`` interleaved runs of ``timeit`` loops (each calibrated to ~0.2 s), timed
+with ``time.process_time`` (this process's CPU time, which other processes on a shared machine do
+not inflate), side by side in one process::
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_inputs.py            # prints and writes results/inputs.md
 """
@@ -16,9 +17,11 @@ side by side, in one process.  Run on an otherwise quiet machine::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wsserve.protocol import validate_inputs  # noqa: E402
-from wsserve.repository import TensorSpec, convert_inputs  # noqa: E402
+from wsserve.repository import TensorSpec, check_inputs, convert_inputs  # noqa: E402
 
 MAX_ROWS = 65536
 MAX_ELEMENTS = 1 << 24
@@ -53,7 +56,7 @@ def _cases() -> list[tuple[str, Any, int, TensorSpec]]:
 
 def _side_by_side(fns: list[Callable[[], object]], repeat: int) -> list[float]:
     """Median ns per call of each function; runs are interleaved (a, b, c, a, b, c, ...) so load drifts hit all."""
-    timers = [timeit.Timer(fn) for fn in fns]
+    timers = [timeit.Timer(fn, timer=time.process_time) for fn in fns]
     numbers = [t.autorange()[0] for t in timers]  # each run >= 0.2 s
     runs: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
@@ -71,23 +74,31 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "## Input validation: validate_inputs vs convert_inputs",
         "",
-        f"`OPENBLAS_NUM_THREADS=1 python benchmarks/bench_inputs.py` — median of {args.repeat} timeit runs, "
-        f"ns per call, Python {platform.python_version()}, numpy {np.__version__}.",
+        "Cost of checking one request's `inputs` (values as `orjson.loads` returns them). *validate_inputs* is "
+        "today's check (rows stay lists; the pool converts a whole batch later) and *check_inputs* the new one "
+        "used the same way (all dtypes and bounds checked, rows returned unconverted); *+ np.array* adds that "
+        "conversion for this request alone (a batch of one); *convert_inputs* checks and converts to the "
+        "model's dtype in one go (wsserve.repository.inputs).",
         "",
-        "| inputs | validate_inputs | validate_inputs + np.array | convert_inputs | convert / (validate + np.array) |",
-        "|---|---:|---:|---:|---:|",
+        f"`OPENBLAS_NUM_THREADS=1 python benchmarks/bench_inputs.py` — median of {args.repeat} interleaved "
+        f"timeit runs, process CPU ns per call, Python {platform.python_version()}, numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start (shared machine).",
+        "",
+        "| inputs | validate_inputs | check_inputs | validate_inputs + np.array | convert_inputs | convert / (validate + np.array) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for label, value, width, spec in _cases():
         specs = [spec]
-        old, old_np, new = _side_by_side(
+        old, check, old_np, new = _side_by_side(
             [
                 lambda v=value, w=width: validate_inputs(v, w, MAX_ROWS),
+                lambda v=value, s=specs: check_inputs(v, s, max_rows=MAX_ROWS, max_elements=MAX_ELEMENTS),
                 lambda v=value, w=width: np.array(validate_inputs(v, w, MAX_ROWS), dtype=np.float64),
                 lambda v=value, s=specs: convert_inputs(v, s, max_rows=MAX_ROWS, max_elements=MAX_ELEMENTS),
             ],
             args.repeat,
         )
-        lines.append(f"| {label} | {old:,.0f} | {old_np:,.0f} | {new:,.0f} | {new / old_np:.2f} |")
+        lines.append(f"| {label} | {old:,.0f} | {check:,.0f} | {old_np:,.0f} | {new:,.0f} | {new / old_np:.2f} |")
         print(lines[-1], flush=True)
     # Batch assembly: today the pool turns the rows of a batch into one array; with per-request
     # arrays it concatenates them instead.

@@ -14,7 +14,7 @@ PUBLIC = [
     "RepositoryModel", "Batch", "TensorSpec", "DTYPES", "check_outputs",
     "ModelConfig", "TensorConfig", "VersionPolicy", "parse_config", "load_config",
     "RepositoryError", "ConfigError", "ModelLoadError",
-    "convert_inputs", "batch_rows",
+    "convert_inputs", "check_inputs", "batch_rows",
     "CONFIG_FILE", "MODEL_FILES", "is_model_name", "find_model_file", "load_version",
     "ARCHITECTURES", "NpzContents", "read_npz", "save_npz_model", "write_builtin_version",
     "VersionState", "parse_version", "select_versions", "default_version",

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from wsserve.errors import InvalidInput
 from wsserve.protocol import validate_inputs
-from wsserve.repository import TensorSpec, batch_rows, convert_inputs
+from wsserve.repository import TensorSpec, batch_rows, check_inputs, convert_inputs
 
 
 def _spec(shape: tuple[int, ...], dtype: str = "float64", name: str = "x") -> list[TensorSpec]:
@@ -85,11 +85,41 @@ def test_any_json_value_converts_or_is_invalid_input(value: Any, shape: tuple[in
         out = convert_inputs(value, spec, max_rows=4, max_elements=16)
     except InvalidInput as exc:
         assert exc.message
+        with pytest.raises(InvalidInput) as info:  # check_inputs refuses the same, with the same message
+            check_inputs(value, spec, max_rows=4, max_elements=16)
+        assert info.value.message == exc.message
         return
     assert isinstance(out, np.ndarray) and out.dtype == np.dtype(dtype)
     assert out.shape[1:] == shape and 1 <= len(out) <= 4
     if dtype.startswith("float"):
         assert np.isfinite(out).all()
+    assert check_inputs(value, spec, max_rows=4, max_elements=16) is value
+    rows = value["x"] if isinstance(value, dict) else value
+    again = np.array(rows, dtype=np.dtype(dtype))  # what a pool does with checked rows
+    assert again.dtype == out.dtype and np.array_equal(again, out)
+
+
+numeric_rows = st.integers(1, 4).flatmap(
+    lambda w: st.lists(st.lists(st.one_of(st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=False),
+                                          st.integers(-(2**40), 2**40).map(float)), min_size=w, max_size=w),
+                       min_size=1, max_size=5)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=numeric_rows, dtype=st.sampled_from(["float64", "float32", "int32", "int64"]))
+def test_checked_rows_convert_exactly_like_convert_inputs(rows: list[list[Any]], dtype: str) -> None:
+    spec = _spec((len(rows[0]),), dtype)
+    try:
+        out = convert_inputs(rows, spec, max_rows=5, max_elements=20)
+    except InvalidInput as exc:
+        with pytest.raises(InvalidInput) as info:
+            check_inputs(rows, spec, max_rows=5, max_elements=20)
+        assert info.value.message == exc.message
+        return
+    assert check_inputs(rows, spec, max_rows=5, max_elements=20) is rows
+    again = np.array(rows, dtype=np.dtype(dtype))
+    assert again.dtype == out.dtype and np.array_equal(again, out)
 
 
 # --------------------------------------------------------------------------- bounds

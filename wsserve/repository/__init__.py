@@ -54,7 +54,7 @@ from __future__ import annotations
 from .backend import Batch, RepositoryModel, check_outputs
 from .config import ModelConfig, TensorConfig, VersionPolicy, load_config, parse_config
 from .errors import ConfigError, ModelLoadError, RepositoryError
-from .inputs import batch_rows, convert_inputs
+from .inputs import batch_rows, check_inputs, convert_inputs
 from .layout import CONFIG_FILE, MODEL_FILES, is_model_name
 from .loader import find_model_file, load_version
 from .npz import (
@@ -86,7 +86,7 @@ __all__ = [
     # errors
     "RepositoryError", "ConfigError", "ModelLoadError",
     # inputs
-    "convert_inputs", "batch_rows",
+    "convert_inputs", "check_inputs", "batch_rows",
     # layout and loading
     "CONFIG_FILE", "MODEL_FILES", "is_model_name", "find_model_file", "load_version",
     # npz

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import InvalidInput
 from .tensors import TensorSpec
 
-__all__ = ["convert_inputs", "batch_rows"]
+__all__ = ["convert_inputs", "check_inputs", "batch_rows"]
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -207,32 +207,48 @@ _INTS = frozenset((int,))
 _SMALL = 64
 
 
+def _small_ok(rows: list[Any], spec: TensorSpec, max_rows: int, max_elements: int) -> bool:
+    """True if ``rows`` is a small (<= _SMALL values) batch of a 1-D numeric input whose every value fits.
+
+    False means "not decided here" (large, nested, bool, integral floats for an int input, or a problem):
+    the caller takes another path, which finds the exact problem if there is one.
+    """
+    bounds = spec.bounds
+    shape = spec.shape
+    if bounds is None or len(shape) != 1:
+        return False
+    n = len(rows)
+    width = shape[0]
+    if not 0 < n <= max_rows or n * width > _SMALL or n * width > max_elements:
+        return False
+    lo, hi = bounds
+    allowed = _NUMBERS if type(lo) is float else _INTS  # int inputs: integral floats take the slow path
+    for row in rows:
+        if type(row) is not list or len(row) != width:
+            return False
+        for v in row:
+            if type(v) in allowed and lo <= v <= hi:  # nan fails the comparison, inf the bound
+                continue
+            return False
+    return True
+
+
 def _fast(rows: list[Any], spec: TensorSpec, max_rows: int, max_elements: int) -> np.ndarray | None:
-    """Rows of numbers for a 1-D numeric input, all fine: the array. Anything else: ``None`` (slow path)."""
+    """Rows of numbers for a 1-D numeric input, all fine: the array. Anything else: ``None`` (slow path).
+
+    Checks each row's types in C, then bounds with numpy: for batches :func:`_small_ok` leaves.
+    """
     bounds = spec.bounds
     shape = spec.shape
     if bounds is None or len(shape) != 1:
         return None
     n = len(rows)
     width = shape[0]
-    size = n * width
-    if not 0 < n <= max_rows or size > max_elements:
+    if not 0 < n <= max_rows or n * width > max_elements:
         return None
     lo, hi = bounds
     is_float = type(lo) is float
-    allowed = _NUMBERS if is_float else _INTS  # int inputs: integral floats take the slow path
-    if size <= _SMALL:
-        for row in rows:
-            if type(row) is not list or len(row) != width:
-                return None
-            for v in row:
-                if type(v) in allowed and lo <= v <= hi:  # nan fails the comparison, inf the bound
-                    continue
-                return None
-        try:
-            return np.array(rows, dtype=spec.np_dtype)
-        except OverflowError:
-            return None
+    allowed = _NUMBERS if is_float else _INTS
     for row in rows:
         if type(row) is not list or len(row) != width or not allowed.issuperset(map(type, row)):
             return None
@@ -247,6 +263,24 @@ def _fast(rows: list[Any], spec: TensorSpec, max_rows: int, max_elements: int) -
     return arr if spec.dtype == "int64" else arr.astype(spec.np_dtype)
 
 
+def check_inputs(inputs: Any, specs: Sequence[TensorSpec], *, max_rows: int, max_elements: int) -> Any:
+    """Validate like :func:`convert_inputs` but return ``inputs`` itself (the JSON rows, unconverted).
+
+    For a pool that converts a whole batch at once: after this returns,
+    ``np.array(rows, dtype=spec.np_dtype)`` on any concatenation of checked rows
+    (per input name for several inputs) gives exactly what :func:`convert_inputs`
+    would, and cannot fail.  Small single-input batches (the hot single-row
+    path) are checked without allocating an array; others are converted once
+    and the array dropped, so for large requests :func:`convert_inputs` is the
+    cheaper choice.  Raises :class:`~wsserve.errors.InvalidInput` as
+    :func:`convert_inputs` does.
+    """
+    if len(specs) == 1 and type(inputs) is list and _small_ok(inputs, specs[0], max_rows, max_elements):
+        return inputs
+    convert_inputs(inputs, specs, max_rows=max_rows, max_elements=max_elements)
+    return inputs
+
+
 def convert_inputs(
     inputs: Any, specs: Sequence[TensorSpec], *, max_rows: int, max_elements: int
 ) -> np.ndarray | dict[str, np.ndarray]:
@@ -259,7 +293,10 @@ def convert_inputs(
     allocates more than ``max_elements`` values.
     """
     if len(specs) == 1 and type(inputs) is list:  # hot path: unnamed rows
-        arr = _fast(inputs, specs[0], max_rows, max_elements)
+        spec = specs[0]
+        if _small_ok(inputs, spec, max_rows, max_elements):
+            return np.array(inputs, dtype=spec.np_dtype)
+        arr = _fast(inputs, spec, max_rows, max_elements)
         if arr is not None:
             return arr
     if len(specs) == 1:
@@ -282,7 +319,12 @@ def convert_inputs(
     for spec in specs:
         label = f"'inputs.{spec.name}'"
         rows = inputs[spec.name]
-        arr = _fast(rows, spec, max_rows, max_elements) if type(rows) is list else None
+        arr = None
+        if type(rows) is list:
+            if _small_ok(rows, spec, max_rows, max_elements):
+                arr = np.array(rows, dtype=spec.np_dtype)
+            else:
+                arr = _fast(rows, spec, max_rows, max_elements)
         if arr is None:
             arr = _convert_one(rows, spec, label, max_rows, max_elements)
         if len(arr) != n:
