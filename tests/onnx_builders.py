@@ -1,0 +1,148 @@
+"""Small ONNX graphs built with the ``onnx`` helper API, for tests (and later benchmarks).
+
+Each builder returns ``(onnx.ModelProto, reference)`` where ``reference`` is a
+numpy function computing the same thing, so tests compare ONNX Runtime's
+answer against an independent one.  Needs the ``onnx`` package (import this
+module only after ``pytest.importorskip("onnx")``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "symbolic_features", "bool_mask", "string_input"]
+
+#: An IR version / opset every onnxruntime >= 1.17 reads.
+IR_VERSION = 8
+OPSET = 17
+
+Reference = Callable[..., Any]
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+           initializers: Sequence[np.ndarray | tuple[str, np.ndarray]] = ()) -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(a, name) for name, a in initializers]  # type: ignore[misc]
+    graph = helper.make_graph(nodes, "test", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                              producer_name="wsserve-tests")
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: onnx.ModelProto, version_dir: Path) -> Path:
+    """Write ``version_dir/model.onnx`` (creating the directory)."""
+    version_dir.mkdir(parents=True, exist_ok=True)
+    path = version_dir / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def linear_layer(d_in: int = 3, d_out: int = 2, seed: int = 0, dtype: Any = np.float32) -> tuple[onnx.ModelProto, Reference]:
+    """``y = x @ W + b``: input ``x`` [N, d_in], output ``y`` [N, d_out]."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((d_in, d_out)).astype(dtype)
+    b = rng.standard_normal(d_out).astype(dtype)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = _model(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        [helper.make_tensor_value_info("x", elem, ["N", d_in])],
+        [helper.make_tensor_value_info("y", elem, ["N", d_out])],
+        [("W", w), ("B", b)],
+    )
+    return model, lambda x: x.astype(dtype) @ w + b
+
+
+def mlp_two_inputs(seed: int = 0) -> tuple[onnx.ModelProto, Reference]:
+    """Inputs ``a`` [N, 3] and ``b`` [N, 2] (float32), concatenated -> 5 -> 8 (ReLU) -> 4.
+
+    Outputs ``logits`` [N, 4] and ``probs`` [N, 4] (softmax).
+    """
+    rng = np.random.default_rng(seed)
+    w0, b0 = rng.standard_normal((5, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    w1, b1 = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    f = TensorProto.FLOAT
+    model = _model(
+        [
+            helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+            helper.make_node("Gemm", ["ab", "W0", "B0"], ["h0"]),
+            helper.make_node("Relu", ["h0"], ["h"]),
+            helper.make_node("Gemm", ["h", "W1", "B1"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        [helper.make_tensor_value_info("a", f, ["N", 3]), helper.make_tensor_value_info("b", f, ["N", 2])],
+        [helper.make_tensor_value_info("logits", f, ["N", 4]), helper.make_tensor_value_info("probs", f, ["N", 4])],
+        [("W0", w0), ("B0", b0), ("W1", w1), ("B1", b1)],
+    )
+
+    def reference(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+        h = np.maximum(np.concatenate([a, b], axis=1) @ w0 + b0, 0)
+        logits = h @ w1 + b1
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return {"logits": logits, "probs": e / e.sum(axis=1, keepdims=True)}
+
+    return model, reference
+
+
+def int64_embedding(vocab: int = 10, dim: int = 3, seed: int = 0) -> tuple[onnx.ModelProto, Reference]:
+    """Input ``ids`` [N, 2] int64 -> ``emb`` [N, 2, dim] float32 (an embedding lookup, Gather)."""
+    table = np.random.default_rng(seed).standard_normal((vocab, dim)).astype(np.float32)
+    model = _model(
+        [helper.make_node("Gather", ["E", "ids"], ["emb"], axis=0)],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 2])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["N", 2, dim])],
+        [("E", table)],
+    )
+    return model, lambda ids: table[ids]
+
+
+def fixed_batch(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
+    """Input ``x`` of fixed shape [1, d] -> ``y = 2x`` [1, d] (exported without a dynamic batch axis)."""
+    f = TensorProto.FLOAT
+    model = _model(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", f, [1, d])],
+        [helper.make_tensor_value_info("y", f, [1, d])],
+    )
+    return model, lambda x: 2 * x
+
+
+def symbolic_features() -> tuple[onnx.ModelProto, Reference]:
+    """Input ``x`` [N, F] (F symbolic) -> ``y`` [N, 1] = row sums."""
+    f = TensorProto.FLOAT
+    axes = np.array([1], dtype=np.int64)
+    model = _model(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        [helper.make_tensor_value_info("x", f, ["N", "F"])],
+        [helper.make_tensor_value_info("y", f, ["N", 1])],
+        [("axes", axes)],
+    )
+    return model, lambda x: x.sum(axis=1, keepdims=True)
+
+
+def bool_mask(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
+    """Inputs ``x`` [N, d] float32 and ``mask`` [N, d] bool -> ``y`` [N, d] = x where mask else 0."""
+    f = TensorProto.FLOAT
+    zero = np.zeros(1, dtype=np.float32)
+    model = _model(
+        [helper.make_node("Where", ["mask", "x", "zero"], ["y"])],
+        [helper.make_tensor_value_info("x", f, ["N", d]), helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", d])],
+        [helper.make_tensor_value_info("y", f, ["N", d])],
+        [("zero", zero)],
+    )
+    return model, lambda x, mask: np.where(mask, x, 0)
+
+
+def string_input() -> tuple[onnx.ModelProto, Reference]:
+    """Input ``s`` [N, 1] of strings (unsupported by wsserve) -> ``t`` (Identity)."""
+    model = _model(
+        [helper.make_node("Identity", ["s"], ["t"])],
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["N", 1])],
+    )
+    return model, lambda s: s

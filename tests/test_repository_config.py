@@ -1,0 +1,188 @@
+"""config.toml parsing (wsserve.repository.config): every key, every bound, every error names file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsserve.repository import ConfigError, ModelConfig, TensorConfig, VersionPolicy, load_config, parse_config
+
+P = Path("/repo/m/config.toml")
+
+
+def test_empty_config_is_all_defaults() -> None:
+    cfg = parse_config("", P)
+    assert cfg == ModelConfig(path=P)
+    assert cfg.inputs is None and cfg.outputs is None and cfg.max_batch_size is None
+    assert cfg.instances == 1 and cfg.onnx_intra_op_threads == 1 and cfg.version_policy == VersionPolicy("all")
+    assert cfg.batching
+
+
+def test_every_key() -> None:
+    cfg = parse_config(
+        """
+        backend = "python"
+        task = "classification"
+        input_shape = [2, 3]
+        input_dtype = "int64"
+        output_shape = [4]
+        max_batch_size = 64
+        max_delay_ms = 2.5
+        instances = 2
+        flops_per_row = 1000
+        version_policy = { latest = 2 }
+        [onnx]
+        intra_op_num_threads = 4
+        """,
+        P,
+    )
+    assert cfg.backend == "python" and cfg.task == "classification"
+    assert cfg.inputs == (TensorConfig(None, (2, 3), "int64"),)
+    assert cfg.outputs == (TensorConfig(None, (4,), None),)
+    assert (cfg.max_batch_size, cfg.max_delay_ms, cfg.instances, cfg.flops_per_row) == (64, 2.5, 2, 1000)
+    assert cfg.version_policy == VersionPolicy("latest", count=2)
+    assert cfg.onnx_intra_op_threads == 4
+
+
+def test_named_tensors() -> None:
+    cfg = parse_config(
+        """
+        [[inputs]]
+        name = "a"
+        shape = [3]
+        dtype = "float32"
+        [[inputs]]
+        name = "input:0"
+        [[outputs]]
+        name = "probabilities"
+        """,
+        P,
+    )
+    assert cfg.inputs == (TensorConfig("a", (3,), "float32"), TensorConfig("input:0", None, None))
+    assert cfg.outputs == (TensorConfig("probabilities"),)
+
+
+@pytest.mark.parametrize(
+    "text, policy",
+    [
+        ('version_policy = "all"', VersionPolicy("all")),
+        ('version_policy = "latest"', VersionPolicy("latest", count=1)),
+        ("version_policy = { latest = 3 }", VersionPolicy("latest", count=3)),
+        ("version_policy = { specific = [10, 2, 2] }", VersionPolicy("specific", versions=(2, 10))),
+    ],
+)
+def test_version_policies(text: str, policy: VersionPolicy) -> None:
+    assert parse_config(text, P).version_policy == policy
+
+
+def test_max_batch_size_zero_means_no_batch_dimension() -> None:
+    cfg = parse_config("max_batch_size = 0", P)
+    assert cfg.max_batch_size == 0 and not cfg.batching
+
+
+@pytest.mark.parametrize(
+    "text, key, words",
+    [
+        ("bogus = 1", "bogus", ["unknown key", "input_shape"]),
+        ("input_shape = []", "input_shape", ["must not be empty"]),
+        ("input_shape = [0]", "input_shape", ["dimension 0", "out of range"]),
+        ("input_shape = [-3]", "input_shape", ["dimension -3"]),
+        ("input_shape = [1.5]", "input_shape", ["integers", "a number"]),
+        ("input_shape = [true]", "input_shape", ["integers", "a boolean"]),
+        ("input_shape = 3", "input_shape", ["array of positive integers", "an integer"]),
+        ("input_shape = [1,1,1,1,1,1,1,1,1]", "input_shape", ["9 dimensions", "at most 8"]),
+        ("input_shape = [4194305]", "input_shape", ["4194305", "out of range"]),
+        ("input_shape = [4096, 4096]", "input_shape", ["16777216 values per row", "at most 4194304"]),
+        ("output_shape = []", "output_shape", ["must not be empty"]),
+        ('input_dtype = "float16"', "input_dtype", ["float32", "'float16'"]),
+        ('backend = "tensorflow"', "backend", ["onnx, npz, python", "'tensorflow'"]),
+        ('task = "poetry"', "task", ["regression", "'poetry'"]),
+        ("task = 1", "task", ["an integer"]),
+        ("max_batch_size = -1", "max_batch_size", ["[0, 65536]", "-1"]),
+        ("max_batch_size = 65537", "max_batch_size", ["[0, 65536]", "65537"]),
+        ("max_batch_size = 1e3", "max_batch_size", ["integer", "a number"]),
+        ("max_batch_size = true", "max_batch_size", ["integer", "a boolean"]),
+        ('max_batch_size = "8"', "max_batch_size", ["integer", "a string"]),
+        ("max_delay_ms = -1", "max_delay_ms", ["[0, 60000]", "-1"]),
+        ("max_delay_ms = inf", "max_delay_ms", ["[0, 60000]", "inf"]),
+        ("max_delay_ms = nan", "max_delay_ms", ["[0, 60000]", "nan"]),
+        ("max_delay_ms = 1e9", "max_delay_ms", ["[0, 60000]"]),
+        ("instances = 0", "instances", ["[1, 64]", "0"]),
+        ("instances = 100000", "instances", ["[1, 64]", "100000"]),
+        ("flops_per_row = 0", "flops_per_row", ["[1, "]),
+        ("flops_per_row = 10000000000000000", "flops_per_row", ["10000000000000000"]),
+        ('version_policy = "newest"', "version_policy", ["'newest'", "latest"]),
+        ("version_policy = { latest = 0 }", "version_policy.latest", ["[1, 1000]", "0"]),
+        ("version_policy = { specific = [] }", "version_policy.specific", ["non-empty"]),
+        ("version_policy = { specific = [0] }", "version_policy.specific", ["[1, ", "got 0"]),
+        ("version_policy = { specific = [1000000000000000] }", "version_policy.specific", ["1000000000000000"]),
+        ("version_policy = { oldest = 1 }", "version_policy.oldest", ["unknown policy"]),
+        ("version_policy = { latest = 1, specific = [1] }", "version_policy", ["exactly one"]),
+        ("onnx = 3", "onnx", ["must be a table"]),
+        ("[onnx]\nintra_op_num_threads = 0", "onnx.intra_op_num_threads", ["[1, 64]"]),
+        ("[onnx]\nthreads = 2", "onnx.threads", ["unknown key", "intra_op_num_threads"]),
+        ('input_shape = [2]\n[[inputs]]\nname = "a"', "input_shape", ["together with [[inputs]]"]),
+        ("[[inputs]]\nshape = [2]", "inputs[0].name", ["is required"]),
+        ('[[inputs]]\nname = "a b"', "inputs[0].name", ["printable", "'a b'"]),
+        ('[[inputs]]\nname = ""', "inputs[0].name", ["printable"]),
+        ('[[inputs]]\nname = "a"\n[[inputs]]\nname = "a"', "inputs[1].name", ["duplicate", "'a'"]),
+        ('[[inputs]]\nname = "a"\nshape = []', "inputs[0].shape", ["must not be empty"]),
+        ('[[inputs]]\nname = "a"\ndtype = "complex64"', "inputs[0].dtype", ["'complex64'"]),
+        ('[[outputs]]\nname = "a"\nsize = 3', "outputs[0].size", ["unknown key"]),
+        ('inputs = "a"', "inputs", ["array of tables"]),
+        ("inputs = []", "inputs", ["must not be empty"]),
+    ],
+)
+def test_bad_values_name_file_and_key(text: str, key: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, P)
+    err = info.value
+    assert err.key == key
+    assert str(err).startswith(f"{P}: key '{key}': ")
+    for word in words:
+        assert word in str(err), (word, str(err))
+
+
+def test_too_many_named_inputs() -> None:
+    text = "".join(f'[[inputs]]\nname = "i{i}"\n' for i in range(65))
+    with pytest.raises(ConfigError, match=r"key 'inputs': has 65 entries; at most 64"):
+        parse_config(text, P)
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"input_shape = [", ["is not valid TOML"]),
+        (b"a = 1\na = 2", ["is not valid TOML"]),
+        (b"\xff\xfe", ["is not UTF-8"]),
+        (b"#" * (64 * 1024 + 1), ["bytes; at most 65536"]),
+    ],
+)
+def test_unreadable_config(data: bytes, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, P)
+    assert info.value.key is None and str(info.value).startswith(str(P))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_load_config_missing_file_is_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert load_config(path) == ModelConfig(path=path)
+    path.write_text("max_batch_size = 8\n")
+    assert load_config(path).max_batch_size == 8
+
+
+def test_load_config_refuses_a_huge_file_without_reading_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"# " + b"x" * (10 << 20))
+    with pytest.raises(ConfigError, match="larger than 65536 bytes"):
+        load_config(path)
+
+
+def test_load_config_directory_is_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.mkdir()
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(path)

@@ -1,0 +1,315 @@
+"""model.npz: format, reader checks (corrupt, pickled, missing/extra arrays, bad header), writer, NpzModel."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsserve.models.linear import LinearModel
+from wsserve.models.mlp import MLPModel
+from wsserve.repository import (
+    ARCHITECTURES,
+    ModelLoadError,
+    load_version,
+    parse_config,
+    read_npz,
+    save_npz_model,
+    scan,
+    write_builtin_version,
+)
+from wsserve.repository.npz import build_npz_model
+
+RNG = np.random.default_rng(0)
+
+
+def _mlp(sizes: tuple[int, ...] = (4, 8, 3)) -> MLPModel:
+    params = [(RNG.standard_normal((a, b)).astype(np.float32), RNG.standard_normal(b).astype(np.float32))
+              for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    return MLPModel(params, metrics={"accuracy": 0.5})
+
+
+def _header(obj: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+
+
+def _write(path: Path, header: object = None, **arrays: np.ndarray) -> Path:
+    """An npz written by hand (possibly broken); ``header=None`` omits __meta__."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if header is None else {"__meta__": header if isinstance(header, np.ndarray) else _header(header)}
+    with open(path, "wb") as f:
+        np.savez(f, **extra, **arrays)
+    return path
+
+
+LINEAR_ARRAYS = {"weight": np.array([3.0]), "bias": np.array([0.5])}
+LINEAR_HEADER = {"format": 1, "architecture": "linear", "meta": {"metrics": {"mse": 0.1}}}
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(ModelLoadError) as info:
+        build_npz_model(read_npz(path))
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ")
+    return str(info.value)
+
+
+# --------------------------------------------------------------------------- good files
+
+def test_architectures_are_an_explicit_read_only_mapping() -> None:
+    assert set(ARCHITECTURES) == {"linear", "mlp"}
+    with pytest.raises(TypeError):
+        ARCHITECTURES["evil"] = None  # type: ignore[index]
+
+
+def test_hand_written_linear_file_loads(tmp_path: Path) -> None:
+    path = _write(tmp_path / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    contents = read_npz(path)
+    assert contents.architecture == "linear" and contents.meta == {"metrics": {"mse": 0.1}}
+    model = build_npz_model(contents)
+    assert model.predict(np.array([[1.0], [2.0]])).tolist() == [[3.5], [6.5]]
+    assert model.info.metrics == {"mse": 0.1}
+
+
+@pytest.mark.parametrize("model", [LinearModel(2.0, -1.0, metrics={"m": 1}), _mlp(), _mlp((5, 7, 7, 2))],
+                         ids=["linear", "mlp", "mlp-3-layers"])
+def test_save_then_read_round_trips(tmp_path: Path, model: LinearModel | MLPModel) -> None:
+    arch = "linear" if isinstance(model, LinearModel) else "mlp"
+    arrays, meta = model.to_arrays()
+    path = save_npz_model(tmp_path, arch, arrays, meta)
+    assert path == tmp_path / "model.npz"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary file left
+    loaded = build_npz_model(read_npz(path))
+    x = RNG.standard_normal((6, model.info.input_shape[0]))
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.info.metrics == model.info.metrics
+    # the header is the fixed format, readable without wsserve
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["__meta__"].tobytes())
+    assert header["format"] == 1 and header["architecture"] == arch and set(header) == {"format", "architecture", "meta"}
+
+
+def test_save_refuses_bad_contents_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown architecture 'cnn'"):
+        save_npz_model(tmp_path, "cnn", LINEAR_ARRAYS, {})
+    with pytest.raises(ValueError, match="missing bias"):
+        save_npz_model(tmp_path, "linear", {"weight": np.array([1.0])}, {})
+    with pytest.raises(ValueError, match="unsupported dtype object"):
+        save_npz_model(tmp_path, "linear", {**LINEAR_ARRAYS, "x": np.array([{}], dtype=object)}, {})
+    with pytest.raises(ValueError, match="Out of range float values"):
+        save_npz_model(tmp_path, "linear", LINEAR_ARRAYS, {"metrics": {"mse": float("nan")}})
+    with pytest.raises(ValueError, match="bad array name '__meta__'"):
+        save_npz_model(tmp_path, "linear", {**LINEAR_ARRAYS, "__meta__": np.zeros(1)}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- bad files
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert _load_error(tmp_path / "model.npz").endswith("does not exist")
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"this is not a zip archive at all")
+    assert "unreadable (BadZipFile" in _load_error(path)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.npz", LINEAR_HEADER, **LINEAR_ARRAYS).read_bytes()
+    path = tmp_path / "model.npz"
+    path.write_bytes(good[: len(good) // 2])
+    assert "unreadable" in _load_error(path)
+
+
+def test_bad_crc(tmp_path: Path) -> None:
+    path = _write(tmp_path / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    data = bytearray(path.read_bytes())
+    # flip a byte of the stored weight (8 bytes of 3.0 in little-endian)
+    at = bytes(data).index(np.array([3.0]).tobytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert "unreadable (BadZipFile: Bad CRC-32" in _load_error(path)
+
+
+class _Payload:
+    """Unpickling this creates ``sentinel``: proof that a loader ran pickle."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.sentinel), "w"))
+
+
+def test_pickled_object_array_is_refused_without_unpickling(tmp_path: Path) -> None:
+    sentinel = tmp_path / "pwned"
+    evil = np.empty(1, dtype=object)
+    evil[0] = _Payload(sentinel)
+    path = _write(tmp_path / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS, evil=evil)
+    msg = _load_error(path)
+    assert "array 'evil' has dtype object: only numeric arrays are loaded (no pickled objects)" in msg
+    assert not sentinel.exists()
+
+
+def test_pickled_header_is_refused(tmp_path: Path) -> None:
+    header = np.empty(1, dtype=object)
+    header[0] = LINEAR_HEADER
+    path = _write(tmp_path / "model.npz", header, **LINEAR_ARRAYS)
+    assert "array '__meta__' has dtype object" in _load_error(path)
+
+
+def test_oversized_array_is_refused_before_allocation(tmp_path: Path) -> None:
+    # a member whose .npy header claims 10**12 float64s (8 TB) and holds nothing
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("weight.npy", buf.getvalue())
+    assert "arrays need more than 4294967296 bytes (array 'weight' has shape [1000000000000])" in _load_error(path)
+
+
+def test_max_bytes_is_configurable(tmp_path: Path) -> None:
+    path = _write(tmp_path / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    with pytest.raises(ModelLoadError, match="arrays need more than 8 bytes"):
+        read_npz(path, max_bytes=8)
+
+
+def test_unexpected_member(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("README.txt", "hello")
+    assert "unexpected member 'README.txt'" in _load_error(path)
+
+
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        (None, "missing the __meta__ header array"),
+        (np.zeros(3, dtype=np.float64), "__meta__ must be a 1-D uint8 array"),
+        (np.frombuffer(b"{not json", dtype=np.uint8), "__meta__ is not UTF-8 JSON"),
+        (np.frombuffer(b"\xff\xfe", dtype=np.uint8), "__meta__ is not UTF-8 JSON"),
+        ([1, 2], "__meta__ must be a JSON object, got list"),
+        ({"format": 1, "architecture": "linear"}, "must have exactly the fields architecture, format, meta"),
+        ({**LINEAR_HEADER, "name": "x"}, "must have exactly the fields"),
+        ({**LINEAR_HEADER, "format": 2}, "format 2 is not supported (expected 1)"),
+        ({**LINEAR_HEADER, "format": True}, "format True is not supported"),
+        ({**LINEAR_HEADER, "architecture": "transformer"}, "unknown architecture 'transformer' (known: linear, mlp)"),
+        ({**LINEAR_HEADER, "meta": []}, "__meta__.meta must be a JSON object"),
+    ],
+)
+def test_bad_header(tmp_path: Path, header: object, words: str) -> None:
+    path = _write(tmp_path / "model.npz", header, **LINEAR_ARRAYS)
+    assert words in _load_error(path)
+
+
+@pytest.mark.parametrize(
+    "arrays, meta, words",
+    [
+        ({"weight": np.array([3.0])}, {}, "bad linear model: linear arrays: missing bias (expected bias, weight)"),
+        ({**LINEAR_ARRAYS, "extra": np.zeros(1)}, {}, "linear arrays: unexpected extra"),
+        ({"weight": np.array([3.0], dtype=np.float32), "bias": np.array([0.5])}, {},
+         "array 'weight' is float32 with 1 dims; expected float64 with 1"),
+        ({"weight": np.array([3.0, 1.0]), "bias": np.array([0.5])}, {}, "array 'weight' has shape [2]; expected [1]"),
+        ({"weight": np.array([np.inf]), "bias": np.array([0.5])}, {}, "one finite weight and one finite bias"),
+        (LINEAR_ARRAYS, {"metrics": [1]}, "meta.metrics must be an object"),
+    ],
+)
+def test_bad_linear_arrays(tmp_path: Path, arrays: dict[str, np.ndarray], meta: dict, words: str) -> None:
+    path = _write(tmp_path / "model.npz", {"format": 1, "architecture": "linear", "meta": meta}, **arrays)
+    assert words in _load_error(path)
+
+
+def _mlp_arrays() -> dict[str, np.ndarray]:
+    return _mlp().to_arrays()[0]
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda a: a.pop("b1"), "bad mlp model: mlp arrays: missing b1 (expected b0, b1, w0, w1)"),
+        (lambda a: a.update(c1=a.pop("b1")), "mlp arrays: missing b1; unexpected c1"),
+        (lambda a: a.update(w300=a["w1"], b300=a["b1"]), "mlp needs 1..256 layers (arrays w0, b0, w1, b1, ...)"),
+        (lambda a: a.clear() or a.update(weights=np.zeros(2, np.float32)), "mlp needs 1..256 layers"),
+        (lambda a: a.update(w0=a["w0"].astype(np.float64)), "array 'w0' is float64 with 2 dims; expected float32 with 2"),
+        (lambda a: a.update(b0=a["b0"][:3]), "inconsistent layer shapes"),
+        (lambda a: a.update(w1=np.full_like(a["w1"], np.nan)), "non-finite MLP weights"),
+    ],
+)
+def test_bad_mlp_arrays(tmp_path: Path, edit, words: str) -> None:  # type: ignore[no-untyped-def]
+    arrays = _mlp_arrays()
+    edit(arrays)
+    path = _write(tmp_path / "model.npz", {"format": 1, "architecture": "mlp", "meta": {}}, **arrays)
+    assert words in _load_error(path)
+
+
+# --------------------------------------------------------------------------- write_builtin_version + NpzModel
+
+def test_write_builtin_version_is_an_ordinary_repository_entry(tmp_path: Path) -> None:
+    linear, mlp = LinearModel(3.0, 0.5, metrics={"mse": 0.08}), _mlp()
+    assert write_builtin_version(tmp_path, "linear", linear, 1) == tmp_path / "linear" / "1"
+    write_builtin_version(tmp_path, "mlp", mlp, 1)
+    write_builtin_version(tmp_path, "mlp", mlp, 2)
+    assert sorted(p.name for p in (tmp_path / "mlp").iterdir()) == ["1", "2", "config.toml"]  # no temp dirs left
+
+    repo = scan(tmp_path)
+    assert repo.names == ("linear", "mlp") and repo.model("mlp").selected == (1, 2)  # type: ignore[union-attr]
+    for name, original in (("linear", linear), ("mlp", mlp)):
+        entry = repo.model(name)
+        assert entry is not None and entry.error is None
+        model = load_version(name, 2 if name == "mlp" else 1, entry.versions[-1].path, entry.config)  # type: ignore[arg-type]
+        model.warmup()
+        x = RNG.standard_normal((5, original.info.input_shape[0]))
+        batch = x.astype(model.inputs[0].np_dtype)
+        assert np.array_equal(model.predict(batch), original.predict(x))
+        assert model.backend == "npz" and model.info.name == name and model.info.task == original.info.task
+        assert model.info.metrics == original.info.metrics
+        assert model.flops_per_row() == original.flops_per_row()
+    assert (tmp_path / "mlp" / "config.toml").read_text().count('input_dtype = "float32"') == 1
+
+
+def test_write_builtin_version_rewrites_config_only_when_it_changes(tmp_path: Path) -> None:
+    write_builtin_version(tmp_path, "m", _mlp(), 1)
+    config = tmp_path / "m" / "config.toml"
+    before = config.stat()
+    write_builtin_version(tmp_path, "m", _mlp(), 1)  # same shapes: config untouched, weights replaced in place
+    assert config.stat().st_ino == before.st_ino and config.stat().st_mtime_ns == before.st_mtime_ns
+    write_builtin_version(tmp_path, "m", _mlp((6, 8, 3)), 2)
+    assert config.stat().st_ino != before.st_ino and "input_shape = [6]" in config.read_text()
+
+
+def test_write_builtin_version_refuses_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bad model name '../x'"):
+        write_builtin_version(tmp_path, "../x", _mlp(), 1)
+    with pytest.raises(ValueError, match="bad version 0"):
+        write_builtin_version(tmp_path, "m", _mlp(), 0)
+    with pytest.raises(TypeError, match="takes a LinearModel or MLPModel, got str"):
+        write_builtin_version(tmp_path, "m", "model", 1)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_model_checks_config_against_the_file(tmp_path: Path) -> None:
+    write_builtin_version(tmp_path, "linear", LinearModel(1.0, 0.0), 1)
+    vdir = tmp_path / "linear" / "1"
+    with pytest.raises(ModelLoadError) as info:
+        load_version("linear", 1, vdir, parse_config("input_shape = [2]"))
+    assert str(info.value) == f"{vdir / 'model.npz'}: config.toml says input 'input' has shape [2]; the model's is [1]"
+    with pytest.raises(ModelLoadError, match="config.toml says output 'output' is float32; the model's is float64"):
+        load_version("linear", 1, vdir, parse_config('output_dtype = "float32"'))
+    with pytest.raises(ModelLoadError, match="max_batch_size = 0 .* does not apply to model.npz"):
+        load_version("linear", 1, vdir, parse_config("max_batch_size = 0"))
+    model = load_version("linear", 1, vdir, parse_config('task = "other"\nflops_per_row = 99'))
+    assert model.info.task == "other" and model.flops_per_row() == 99
+
+
+def test_closed_model_refuses_predict(tmp_path: Path) -> None:
+    write_builtin_version(tmp_path, "linear", LinearModel(1.0, 0.0), 1)
+    model = load_version("linear", 1, tmp_path / "linear" / "1", parse_config(""))
+    model.close()
+    model.close()
+    with pytest.raises(RuntimeError, match="model 'linear' version 1 is closed"):
+        model.predict(np.zeros((1, 1)))

@@ -1,0 +1,207 @@
+"""The one interface every repository backend implements: :class:`RepositoryModel`.
+
+See the package docstring (:mod:`wsserve.repository`) for the contract.  This
+module also holds the helpers the backends share: reconciling config.toml's
+tensors with the model's own (:func:`merge_specs`), checking a model's
+outputs (:func:`check_outputs`) and building the :class:`ModelInfo`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..models.base import ModelInfo, PredictiveModel
+from .config import ModelConfig, TensorConfig
+from .errors import ModelLoadError
+from .tensors import TensorSpec
+
+__all__ = ["Batch", "RepositoryModel", "merge_specs", "check_outputs", "make_info"]
+
+#: A batch: one array ``[n, *shape]`` for a single input/output, else ``{name: array}``.
+Batch = np.ndarray | dict[str, np.ndarray]
+
+
+class RepositoryModel(PredictiveModel):
+    """A loaded version of a repository model (ONNX, npz or Python backend).
+
+    Attributes (set by the constructor, immutable afterwards): ``name``,
+    ``version`` (int), ``config`` (:class:`ModelConfig`), ``path`` (the model
+    file), ``inputs``/``outputs`` (tuples of :class:`TensorSpec`; empty for a
+    generative model.py), ``info`` (:class:`ModelInfo`).  ``backend`` is the
+    class's backend name.
+
+    Call order: construct (the loader does; raises :class:`ModelLoadError`),
+    then :meth:`warmup` once, then :meth:`predict` any number of times from any
+    number of threads, then :meth:`close` once (idempotent; :meth:`predict`
+    afterwards raises ``RuntimeError``).
+    """
+
+    backend: ClassVar[str]
+    name: str
+    version: int
+    config: ModelConfig
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    _closed: bool = False
+
+    @abc.abstractmethod
+    def predict(self, batch: Batch) -> Batch:  # type: ignore[override]
+        """``[n, *input_shape]`` -> ``[n, *output_shape]`` (dicts by name when there are several).
+
+        ``batch`` holds arrays of the input specs' dtypes and shapes (as
+        :func:`~wsserve.repository.inputs.convert_inputs` makes them).  Returns
+        arrays of the output specs' dtypes and shapes, row i depending only on
+        input row i.  Raises whatever the model raises (the pool fails that
+        batch's requests) and ``RuntimeError`` after :meth:`close`.
+        """
+
+    def flops_per_row(self) -> int:
+        """Rough multiply-adds per row (config.toml's ``flops_per_row`` wins)."""
+        return self.config.flops_per_row or max(1, self.info.parameters)
+
+    def sample_batch(self, n: int = 2) -> Batch:
+        """A batch of ``n`` zero rows for warm-up (``n`` is capped by ``max_batch_size`` when set)."""
+        if self.config.max_batch_size:
+            n = min(n, self.config.max_batch_size)
+        arrays = {s.name: np.zeros((n, *s.shape), dtype=s.np_dtype) for s in self.inputs}
+        return arrays[self.inputs[0].name] if len(self.inputs) == 1 else arrays
+
+    def warmup(self, batch: Batch | None = None) -> None:
+        """Run :meth:`predict` once on ``batch`` (default :meth:`sample_batch`) and check the outputs.
+
+        Raises :class:`ModelLoadError` naming the model file if predict raises
+        or returns outputs of the wrong type, shape or dtype.
+        """
+        if batch is None:
+            batch = self.sample_batch()
+        n = len(batch) if isinstance(batch, np.ndarray) else len(next(iter(batch.values())))
+        try:
+            check_outputs(self.predict(batch), self.outputs, n)
+        except Exception as exc:
+            raise ModelLoadError(self.path, f"warm-up failed: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the model (idempotent)."""
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"model {self.name!r} version {self.version} is closed")
+
+    def _per_row(self, fn: Callable[[Batch], Batch], batch: Batch) -> Batch:
+        """Run ``fn`` on one-row slices of ``batch`` and stack (``max_batch_size = 0`` models)."""
+        if isinstance(batch, np.ndarray):
+            parts = [fn(batch[i : i + 1]) for i in range(len(batch))]
+        else:
+            n = len(next(iter(batch.values())))
+            parts = [fn({k: v[i : i + 1] for k, v in batch.items()}) for i in range(n)]
+        if isinstance(parts[0], dict):
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
+        return np.concatenate(parts)  # type: ignore[arg-type]
+
+
+def merge_specs(
+    side: str,
+    model_specs: Sequence[TensorSpec],
+    configured: Sequence[TensorConfig] | None,
+    path: Path,
+) -> tuple[TensorSpec, ...]:
+    """Reconcile the model's own specs (from an ONNX graph or an npz architecture) with config.toml's.
+
+    ``configured`` may name a subset of the model's tensors (for outputs: the
+    ones to return) or be the single-tensor shorthand (``name=None``).  Every
+    shape/dtype config.toml gives must equal the model's.  Raises
+    :class:`ModelLoadError` naming ``path`` and the tensor on a disagreement
+    or an unknown name.
+    """
+    if configured is None:
+        return tuple(model_specs)
+    by_name = {s.name: s for s in model_specs}
+    out: list[TensorSpec] = []
+    for tc in configured:
+        if tc.name is None:
+            if len(model_specs) != 1:
+                names = ", ".join(repr(s.name) for s in model_specs)
+                raise ModelLoadError(path, f"the model has {len(model_specs)} {side}s ({names}); name them with [[{side}s]] in config.toml")
+            spec = model_specs[0]
+        elif tc.name not in by_name:
+            names = ", ".join(repr(s.name) for s in model_specs)
+            raise ModelLoadError(path, f"config.toml names {side} {tc.name!r}, which the model does not have (it has {names})")
+        else:
+            spec = by_name[tc.name]
+        if tc.shape is not None and tc.shape != spec.shape:
+            raise ModelLoadError(path, f"config.toml says {side} {spec.name!r} has shape {list(tc.shape)}; the model's is {list(spec.shape)}")
+        if tc.dtype is not None and tc.dtype != spec.dtype:
+            raise ModelLoadError(path, f"config.toml says {side} {spec.name!r} is {tc.dtype}; the model's is {spec.dtype}")
+        out.append(spec)
+    if side == "input" and len(out) != len(model_specs):
+        missing = [s.name for s in model_specs if s not in out]
+        raise ModelLoadError(path, f"config.toml lists {len(out)} inputs but the model needs {len(model_specs)} (missing {missing[0]!r})")
+    return tuple(out)
+
+
+def check_outputs(y: Any, specs: Sequence[TensorSpec], n: int) -> Batch:
+    """Check a model's result against ``specs`` for a batch of ``n`` rows; cast within a dtype kind.
+
+    Accepts an array (one output) or a dict by name (several; a one-output
+    model may also return ``{name: array}``).  Returns the outputs as
+    :meth:`RepositoryModel.predict` must: arrays of exactly the spec dtypes.
+    Raises ``ValueError`` naming the output and what is wrong.
+    """
+    if len(specs) == 1 and not isinstance(y, dict):
+        return _check_one(y, specs[0], n)
+    if not isinstance(y, dict):
+        raise ValueError(f"expected a dict of outputs {[s.name for s in specs]}, got {type(y).__name__}")
+    if set(y) != {s.name for s in specs}:
+        raise ValueError(f"expected outputs {sorted(s.name for s in specs)}, got {sorted(map(str, y))}")
+    out = {s.name: _check_one(y[s.name], s, n) for s in specs}
+    return out[specs[0].name] if len(specs) == 1 else out
+
+
+def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
+    if not isinstance(y, np.ndarray):
+        raise ValueError(f"output {spec.name!r} is a {type(y).__name__}, not a numpy array")
+    if y.shape != (n, *spec.shape):
+        raise ValueError(f"output {spec.name!r} has shape {list(y.shape)}; expected {[n, *spec.shape]}")
+    if y.dtype != spec.np_dtype:
+        if y.dtype.kind not in "biuf" or not np.can_cast(y.dtype, spec.np_dtype, "same_kind"):
+            raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected {spec.dtype}")
+        y = y.astype(spec.np_dtype)
+    return y
+
+
+def make_info(
+    model: RepositoryModel, *, task: str, parameters: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None
+) -> ModelInfo:
+    """The :class:`ModelInfo` of a repository model.
+
+    ``input_shape``/``output_shape`` are those of the first input/output (``()``
+    when there are none); ``extra`` always carries ``backend``, ``inputs`` and
+    ``outputs`` (lists of ``{"name", "shape", "dtype"}``) so several named
+    tensors and their dtypes are reported too.
+    """
+    return ModelInfo(
+        name=model.name,
+        version=str(model.version),
+        task=task,  # type: ignore[arg-type]
+        input_shape=model.inputs[0].shape if model.inputs else (),
+        output_shape=model.outputs[0].shape if model.outputs else (),
+        parameters=int(parameters),
+        metrics=dict(metrics),
+        extra={
+            **(extra or {}),
+            "backend": model.backend,
+            "inputs": [s.to_json() for s in model.inputs],
+            "outputs": [s.to_json() for s in model.outputs],
+        },
+    )

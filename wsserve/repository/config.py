@@ -1,0 +1,314 @@
+"""``config.toml`` of one repository model: strict parsing into a frozen :class:`ModelConfig`.
+
+Every key is optional (a missing file means all defaults), but a key that is
+present must be known, of the right type and within bounds; anything else
+raises :class:`~.errors.ConfigError` naming the file, the key and the
+problem.  Keys (bounds inclusive)::
+
+    backend          "onnx" | "npz" | "python"   which model file to use when a version holds several
+    task             "regression" | "classification" | "generation" | "embedding" | "other"
+    input_shape      [d1, ...]   1..8 positive dims, each <= 4194304, product <= 4194304
+    output_shape     same bounds
+    input_dtype      "float32" | "float64" | "int32" | "int64" | "bool"
+    output_dtype     same
+    [[inputs]]       named inputs, in order: name = "...", shape = [...], dtype = "..." (shape/dtype optional
+    [[outputs]]      for ONNX, where the graph has them); at most 64 each; not together with input_shape/input_dtype
+    max_batch_size   0..65536: rows per batch; 0 = the model has no batch dimension (run one row at a time)
+    max_delay_ms     0..60000 (number): batching window
+    instances        1..64: model instances (ONNX sessions / Model objects) the pool may run
+    flops_per_row    1..10**15: cost estimate used to run cheap batches inline (default: backend's estimate)
+    version_policy   "all" (default) | "latest" (= latest 1) | { latest = N } (1..1000) | { specific = [v, ...] }
+    [onnx]           intra_op_num_threads = 1..64 (default 1)
+
+Names (model inputs/outputs) are 1..128 printable ASCII characters without
+spaces or quotes.  Sans-I/O apart from :func:`load_config`, which reads at most
+:data:`MAX_CONFIG_BYTES`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+from .tensors import DTYPES, MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
+
+__all__ = [
+    "Backend",
+    "BACKENDS",
+    "TASKS",
+    "MAX_CONFIG_BYTES",
+    "MAX_BATCH_SIZE",
+    "MAX_VERSION",
+    "TensorConfig",
+    "VersionPolicy",
+    "ModelConfig",
+    "parse_config",
+    "load_config",
+]
+
+Backend = Literal["onnx", "npz", "python"]
+BACKENDS: tuple[str, ...] = ("onnx", "npz", "python")
+TASKS: tuple[str, ...] = ("regression", "classification", "generation", "embedding", "other")
+
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_BATCH_SIZE = 65536
+MAX_DELAY_MS = 60_000
+MAX_INSTANCES = 64
+MAX_THREADS = 64
+MAX_FLOPS_PER_ROW = 10**15
+MAX_TENSORS = 64
+MAX_POLICY_VERSIONS = 1000
+#: Version numbers are at most 15 decimal digits.
+MAX_VERSION = 10**15 - 1
+
+_NAME_RE = re.compile(r"^[!#-&(-~]{1,128}$")  # printable ASCII, no space, '"' or "'"
+
+_TOP_KEYS = frozenset(
+    {
+        "backend", "task", "input_shape", "output_shape", "input_dtype", "output_dtype", "inputs", "outputs",
+        "max_batch_size", "max_delay_ms", "instances", "flops_per_row", "version_policy", "onnx",
+    }
+)
+_TENSOR_KEYS = frozenset({"name", "shape", "dtype"})
+_ONNX_KEYS = frozenset({"intra_op_num_threads"})
+
+
+@dataclass(frozen=True, slots=True)
+class TensorConfig:
+    """What config.toml says about one input/output; ``None`` = not said (take it from the model).
+
+    ``name`` is ``None`` for the ``input_shape``/``input_dtype`` shorthand, which
+    means "the model's only input".
+    """
+
+    name: str | None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions to serve (Triton's policies). ``all``; ``latest``: the ``count`` highest; ``specific``."""
+
+    kind: Literal["all", "latest", "specific"] = "all"
+    count: int = 0
+    versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A parsed config.toml. ``None`` fields were not given (the server's/backend's default applies)."""
+
+    path: Path | None = None
+    backend: Backend | None = None
+    task: str | None = None
+    inputs: tuple[TensorConfig, ...] | None = None
+    outputs: tuple[TensorConfig, ...] | None = None
+    max_batch_size: int | None = None
+    max_delay_ms: float | None = None
+    instances: int = 1
+    flops_per_row: int | None = None
+    version_policy: VersionPolicy = VersionPolicy()
+    onnx_intra_op_threads: int = 1
+
+    @property
+    def batching(self) -> bool:
+        """False when ``max_batch_size = 0``: the model has no batch dimension."""
+        return self.max_batch_size != 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _tname(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _int(path: Path, key: str, value: Any, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        raise ConfigError(path, key, f"must be an integer in [{lo}, {hi}], got {_tname(value)}")
+    if not lo <= value <= hi:
+        raise ConfigError(path, key, f"must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _choice(path: Path, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if type(value) is not str or value not in choices:
+        shown = repr(value) if type(value) is str else _tname(value)
+        raise ConfigError(path, key, f"must be one of {', '.join(choices)}; got {shown}")
+    return value
+
+
+def _shape(path: Path, key: str, value: Any) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise ConfigError(path, key, f"must be an array of positive integers, got {_tname(value)}")
+    if not value:
+        raise ConfigError(path, key, "must not be empty (a row needs at least one dimension)")
+    if len(value) > MAX_DIMS:
+        raise ConfigError(path, key, f"has {len(value)} dimensions; at most {MAX_DIMS}")
+    for d in value:
+        if type(d) is not int:
+            raise ConfigError(path, key, f"dimensions must be integers, got {_tname(d)}")
+        if not 0 < d <= MAX_DIM:
+            raise ConfigError(path, key, f"dimension {d} is out of range [1, {MAX_DIM}]")
+    if math.prod(value) > MAX_ROW_ELEMENTS:
+        raise ConfigError(path, key, f"shape {value} has {math.prod(value)} values per row; at most {MAX_ROW_ELEMENTS}")
+    return tuple(value)
+
+
+def _tensors(path: Path, key: str, value: Any) -> tuple[TensorConfig, ...]:
+    if type(value) is not list or not all(type(t) is dict for t in value):
+        raise ConfigError(path, key, f"must be an array of tables ([[{key}]]), got {_tname(value)}")
+    if not value:
+        raise ConfigError(path, key, "must not be empty")
+    if len(value) > MAX_TENSORS:
+        raise ConfigError(path, key, f"has {len(value)} entries; at most {MAX_TENSORS}")
+    out: list[TensorConfig] = []
+    for i, table in enumerate(value):
+        where = f"{key}[{i}]"
+        unknown = sorted(set(table) - _TENSOR_KEYS)
+        if unknown:
+            raise ConfigError(path, f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_TENSOR_KEYS))})")
+        name = table.get("name")
+        if name is None:
+            raise ConfigError(path, f"{where}.name", "is required")
+        if type(name) is not str or not _NAME_RE.match(name):
+            raise ConfigError(path, f"{where}.name", f"must be 1-128 printable characters without spaces or quotes, got {name!r}")
+        if any(t.name == name for t in out):
+            raise ConfigError(path, f"{where}.name", f"duplicate name {name!r}")
+        shape = _shape(path, f"{where}.shape", table["shape"]) if "shape" in table else None
+        dtype = _choice(path, f"{where}.dtype", table["dtype"], tuple(DTYPES)) if "dtype" in table else None
+        out.append(TensorConfig(name, shape, dtype))
+    return tuple(out)
+
+
+def _policy(path: Path, value: Any) -> VersionPolicy:
+    key = "version_policy"
+    if type(value) is str:
+        if value == "all":
+            return VersionPolicy("all")
+        if value == "latest":
+            return VersionPolicy("latest", count=1)
+        raise ConfigError(path, key, f"must be \"all\", \"latest\", {{ latest = N }} or {{ specific = [...] }}; got {value!r}")
+    if type(value) is not dict or len(value) != 1:
+        raise ConfigError(path, key, "must be \"all\", \"latest\", or a table with exactly one of 'latest', 'specific'")
+    (kind, arg), = value.items()
+    if kind == "latest":
+        return VersionPolicy("latest", count=_int(path, f"{key}.latest", arg, 1, MAX_POLICY_VERSIONS))
+    if kind == "specific":
+        if type(arg) is not list or not arg:
+            raise ConfigError(path, f"{key}.specific", "must be a non-empty array of version numbers")
+        if len(arg) > MAX_POLICY_VERSIONS:
+            raise ConfigError(path, f"{key}.specific", f"lists {len(arg)} versions; at most {MAX_POLICY_VERSIONS}")
+        versions = tuple(_int(path, f"{key}.specific", v, 1, MAX_VERSION) for v in arg)
+        return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
+    raise ConfigError(path, f"{key}.{kind}", "unknown policy (known: latest, specific; or the string \"all\")")
+
+
+# --------------------------------------------------------------------------- public
+
+def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelConfig:
+    """Parse config.toml contents. ``path`` is only used in messages and stored in the result.
+
+    Raises :class:`ConfigError` (naming ``path``, the key and the problem) for
+    invalid UTF-8/TOML, unknown keys, wrong types, out-of-range values, or
+    contradictory keys (``input_shape`` together with ``[[inputs]]``).
+    """
+    path = Path(path)
+    if isinstance(text, bytes):
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, None, f"is {len(text)} bytes; at most {MAX_CONFIG_BYTES}")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
+    elif len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"is not valid TOML ({exc})") from None
+
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(path, unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+
+    def io(side: str) -> tuple[TensorConfig, ...] | None:
+        shape_key, dtype_key, list_key = f"{side}_shape", f"{side}_dtype", f"{side}s"
+        if list_key in doc:
+            for k in (shape_key, dtype_key):
+                if k in doc:
+                    raise ConfigError(path, k, f"cannot be used together with [[{list_key}]] (give shape/dtype per {side})")
+            return _tensors(path, list_key, doc[list_key])
+        shape = _shape(path, shape_key, doc[shape_key]) if shape_key in doc else None
+        dtype = _choice(path, dtype_key, doc[dtype_key], tuple(DTYPES)) if dtype_key in doc else None
+        if shape is None and dtype is None:
+            return None
+        return (TensorConfig(None, shape, dtype),)
+
+    max_delay = doc.get("max_delay_ms")
+    if max_delay is not None:
+        if type(max_delay) not in (int, float) or not math.isfinite(max_delay) or not 0 <= max_delay <= MAX_DELAY_MS:
+            raise ConfigError(path, "max_delay_ms", f"must be a number in [0, {MAX_DELAY_MS}], got {max_delay!r}")
+        max_delay = float(max_delay)
+
+    onnx = doc.get("onnx", {})
+    if type(onnx) is not dict:
+        raise ConfigError(path, "onnx", f"must be a table ([onnx]), got {_tname(onnx)}")
+    unknown = sorted(set(onnx) - _ONNX_KEYS)
+    if unknown:
+        raise ConfigError(path, f"onnx.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_ONNX_KEYS))})")
+
+    def opt_int(key: str, lo: int, hi: int) -> int | None:
+        return _int(path, key, doc[key], lo, hi) if key in doc else None
+
+    return ModelConfig(
+        path=path,
+        backend=_choice(path, "backend", doc["backend"], BACKENDS) if "backend" in doc else None,  # type: ignore[arg-type]
+        task=_choice(path, "task", doc["task"], TASKS) if "task" in doc else None,
+        inputs=io("input"),
+        outputs=io("output"),
+        max_batch_size=opt_int("max_batch_size", 0, MAX_BATCH_SIZE),
+        max_delay_ms=max_delay,
+        instances=opt_int("instances", 1, MAX_INSTANCES) or 1,
+        flops_per_row=opt_int("flops_per_row", 1, MAX_FLOPS_PER_ROW),
+        version_policy=_policy(path, doc["version_policy"]) if "version_policy" in doc else VersionPolicy(),
+        onnx_intra_op_threads=(
+            _int(path, "onnx.intra_op_num_threads", onnx["intra_op_num_threads"], 1, MAX_THREADS)
+            if "intra_op_num_threads" in onnx else 1
+        ),
+    )
+
+
+def load_config(path: Path | str) -> ModelConfig:
+    """Read and parse a config.toml; a missing file gives ``ModelConfig(path=path)`` (all defaults).
+
+    Raises :class:`ConfigError` for an unreadable, oversized or invalid file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        return ModelConfig(path=path)
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"is larger than {MAX_CONFIG_BYTES} bytes")
+    return parse_config(data, path)

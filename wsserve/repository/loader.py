@@ -1,0 +1,60 @@
+"""Load one version directory into a :class:`RepositoryModel` (does file I/O; no asyncio).
+
+Call from a worker thread: loading an ONNX graph or running a ``Model()``
+constructor can take long.  The result is not warmed up: call
+``model.warmup()`` next (also off the loop).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .backend import RepositoryModel
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .layout import MODEL_FILES
+
+__all__ = ["find_model_file", "load_version"]
+
+
+def find_model_file(version_dir: Path | str, backend: str | None = None) -> tuple[str, Path]:
+    """``(backend, path)`` of the model file in ``version_dir``.
+
+    With ``backend`` given (config.toml's ``backend``) only that file counts.
+    Raises :class:`ModelLoadError` naming the directory when there is no model
+    file, or several and no ``backend`` to choose.
+    """
+    version_dir = Path(version_dir)
+    if backend is not None:
+        path = version_dir / MODEL_FILES[backend]
+        if not path.is_file():
+            raise ModelLoadError(version_dir, f"config.toml says backend = {backend!r} but there is no {MODEL_FILES[backend]}")
+        return backend, path
+    found = [(b, version_dir / f) for b, f in MODEL_FILES.items() if (version_dir / f).is_file()]
+    if not found:
+        raise ModelLoadError(version_dir, f"holds no model file ({', '.join(MODEL_FILES.values())})")
+    if len(found) > 1:
+        names = ", ".join(p.name for _, p in found)
+        raise ModelLoadError(version_dir, f"holds several model files ({names}); choose one with backend = \"...\" in config.toml")
+    return found[0]
+
+
+def load_version(name: str, version: int, version_dir: Path | str, config: ModelConfig) -> RepositoryModel:
+    """Load ``version_dir`` of model ``name`` with its parsed ``config``.
+
+    Raises :class:`ModelLoadError` (naming the file and the problem) for a
+    missing/ambiguous/bad model file, a backend that is not installed, shapes
+    or dtypes that disagree with config.toml, or an exception in ``Model()``.
+    """
+    backend, path = find_model_file(version_dir, config.backend)
+    if backend == "onnx":
+        from .onnx_backend import OnnxModel
+
+        return OnnxModel(name, version, path, config)
+    if backend == "npz":
+        from .npz_backend import NpzModel
+
+        return NpzModel(name, version, path, config)
+    from .python_backend import PythonModel
+
+    return PythonModel(name, version, path, config)

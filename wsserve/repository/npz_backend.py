@@ -1,0 +1,60 @@
+"""The numpy backend: a ``model.npz`` of a built-in architecture, served as a :class:`RepositoryModel`.
+
+The single input is named ``input`` and the single output ``output``
+(config.toml may check their shapes/dtypes, not rename them).  ``linear``
+takes float64 rows, ``mlp`` float32 rows (it computes in float32); both
+return float64.  Thread-safe: the wrapped models only read their weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..models.base import PredictiveModel
+from .backend import Batch, RepositoryModel, make_info, merge_specs
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .npz import build_npz_model, read_npz
+from .tensors import TensorSpec
+
+__all__ = ["NpzModel", "INPUT_DTYPES"]
+
+#: architecture -> dtype of its input rows (outputs are float64).
+INPUT_DTYPES = {"linear": "float64", "mlp": "float32"}
+
+
+class NpzModel(RepositoryModel):
+    """A built-in architecture loaded from ``model.npz``. Raises :class:`ModelLoadError` on any bad file."""
+
+    backend = "npz"
+
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+        self.name, self.version, self.path, self.config = name, version, Path(path), config
+        contents = read_npz(self.path)
+        self.architecture = contents.architecture
+        self.model: PredictiveModel = build_npz_model(contents)
+        if config.max_batch_size == 0:
+            raise ModelLoadError(self.path, "max_batch_size = 0 (no batch dimension) does not apply to model.npz models")
+        inner = self.model.info
+        own_in = TensorSpec("input", inner.input_shape, INPUT_DTYPES.get(self.architecture, "float64"))
+        own_out = TensorSpec("output", inner.output_shape, "float64")
+        self.inputs = merge_specs("input", [own_in], config.inputs, self.path)
+        self.outputs = merge_specs("output", [own_out], config.outputs, self.path)
+        self.info = make_info(
+            self,
+            task=config.task or inner.task,
+            parameters=inner.parameters,
+            metrics=inner.metrics,
+            extra={"architecture": self.architecture, **{k: v for k, v in inner.extra.items() if k != "description"}},
+        )
+
+    def predict(self, batch: Batch) -> np.ndarray:  # type: ignore[override]
+        self._require_open()
+        if isinstance(batch, dict):
+            batch = batch["input"]
+        return self.model.predict(batch)
+
+    def flops_per_row(self) -> int:
+        return self.config.flops_per_row or self.model.flops_per_row()

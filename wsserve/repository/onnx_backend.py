@@ -1,0 +1,198 @@
+"""The ONNX Runtime backend: ``model.onnx`` served as a :class:`RepositoryModel`.
+
+Needs the ``onnx`` extra (``pip install 'wsserve[onnx]'``); without
+onnxruntime a model.onnx fails to load with a message saying so.
+
+- One ``InferenceSession`` per loaded version, CPU provider, sequential
+  execution, ``inter_op_num_threads = 1`` and ``intra_op_num_threads`` from
+  config.toml's ``[onnx] intra_op_num_threads`` (default 1; one thread per
+  instance, the pool runs instances side by side).  Thread pools do not spin
+  between runs (``allow_spinning = 0``): the server shares its cores.
+- Shapes and dtypes come from the graph.  The first dimension of every input
+  and output must be dynamic: it is the batch.  A graph whose first dimension
+  is fixed or absent is refused, unless config.toml says ``max_batch_size =
+  0``: then the graph's whole shape is the row shape and wsserve runs it once
+  per row.  Other dimensions must be fixed in the graph, or symbolic and given
+  by config.toml (``input_shape``/``[[inputs]] shape``); where both give a
+  dimension they must agree.  config.toml's dtypes must equal the graph's.
+- Supported tensor types: float32, float64, int32, int64, bool.  Several named
+  inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
+  subset of the graph's outputs to return.
+- ``InferenceSession.run`` is thread-safe, so :meth:`OnnxModel.predict` may be
+  called from several threads at once (each call is one ``run``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import Batch, RepositoryModel, make_info, merge_specs
+from .config import ModelConfig, TensorConfig
+from .errors import ModelLoadError
+from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
+
+__all__ = ["OnnxModel", "ONNX_TYPES"]
+
+#: ONNX Runtime type string -> wsserve dtype name.
+ONNX_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def _fixed(d: Any) -> bool:
+    return type(d) is int and d > 0
+
+
+def _configured(name: str, configured: Sequence[TensorConfig] | None, count: int) -> TensorConfig | None:
+    if configured is None:
+        return None
+    for tc in configured:
+        if tc.name == name or (tc.name is None and count == 1):
+            return tc
+    return None
+
+
+def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, path: Path) -> TensorSpec:
+    """A graph input/output -> its per-row TensorSpec (symbolic dims filled from config.toml)."""
+    name = arg.name
+    dtype = ONNX_TYPES.get(arg.type)
+    if dtype is None:
+        raise ModelLoadError(path, f"{side} {name!r} has type {arg.type}; supported: {', '.join(ONNX_TYPES)}")
+    shape = arg.shape
+    if shape is None:
+        if tc is None or tc.shape is None:
+            raise ModelLoadError(path, f"the graph does not give the shape of {side} {name!r}; set it in config.toml")
+        shape = ([None] if batching else []) + list(tc.shape)
+    shape = list(shape)
+    if batching:
+        if not shape:
+            raise ModelLoadError(path, f"{side} {name!r} is a scalar: it has no batch dimension "
+                                       "(set max_batch_size = 0 in config.toml to run the model once per row)")
+        if _fixed(shape[0]):
+            raise ModelLoadError(
+                path,
+                f"{side} {name!r} has a fixed first dimension {shape[0]}; wsserve needs it dynamic (the batch). "
+                "Export with a dynamic batch axis, or set max_batch_size = 0 in config.toml to run it once per row "
+                f"with row shape {shape}",
+            )
+        shape = shape[1:]
+    if len(shape) > MAX_DIMS:
+        raise ModelLoadError(path, f"{side} {name!r} has {len(shape)} dimensions per row; at most {MAX_DIMS}")
+    want = tc.shape if tc is not None else None
+    if want is not None and len(want) != len(shape):
+        raise ModelLoadError(path, f"config.toml says {side} {name!r} has shape {list(want)}; the graph's row shape is {_show(shape)}")
+    dims: list[int] = []
+    for j, d in enumerate(shape):
+        if _fixed(d):
+            if d > MAX_DIM:
+                raise ModelLoadError(path, f"{side} {name!r} dimension {d} exceeds {MAX_DIM}")
+            dims.append(d)
+        elif want is not None:
+            dims.append(want[j])
+        else:
+            raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
+                                       "give its row shape in config.toml")
+    if math.prod(dims) > MAX_ROW_ELEMENTS:
+        raise ModelLoadError(path, f"{side} {name!r} has {math.prod(dims)} values per row; at most {MAX_ROW_ELEMENTS}")
+    return TensorSpec(name, tuple(dims), dtype)
+
+
+def _show(shape: list[Any]) -> str:
+    return "[" + ", ".join(str(d) if _fixed(d) else "?" for d in shape) + "]"
+
+
+def _count_parameters(path: Path) -> int:
+    """Initializer elements in the graph (via the ``onnx`` package), else a file-size estimate."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return sum(math.prod(init.dims) for init in proto.graph.initializer)
+    except Exception:  # onnx missing, or a graph ONNX Runtime reads but this onnx cannot: estimate
+        return max(1, path.stat().st_size // 4)
+
+
+class OnnxModel(RepositoryModel):
+    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem."""
+
+    backend = "onnx"
+
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+        self.name, self.version, self.path, self.config = name, version, Path(path), config
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelLoadError(self.path, "serving model.onnx needs onnxruntime: pip install 'wsserve[onnx]'") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = config.onnx_intra_op_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            self._session: Any = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
+        parameters = _count_parameters(self.path)
+        self.batching = config.batching
+        graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
+        if not graph_in or not graph_out:
+            raise ModelLoadError(self.path, "the graph has no inputs or no outputs")
+        own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path)
+                  for a in graph_in]
+        out_cfg = config.outputs
+        chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
+        own_out = [_graph_spec(a, "output", self.batching, _configured(a.name, out_cfg, len(graph_out)), self.path)
+                   for a in (chosen or graph_out)]
+        self.inputs = merge_specs("input", own_in, config.inputs, self.path)
+        self.outputs = merge_specs("output", own_out, config.outputs, self.path)
+        self._output_names = [s.name for s in self.outputs]
+        meta = self._session.get_modelmeta()
+        self.info = make_info(
+            self,
+            task=config.task or "regression",
+            parameters=parameters,
+            metrics={},
+            extra={"producer": meta.producer_name, "intra_op_num_threads": config.onnx_intra_op_threads},
+        )
+        self._parameters = parameters
+
+    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
+        if isinstance(batch, np.ndarray):
+            if len(self.inputs) != 1:
+                raise ValueError(f"model {self.name!r} takes named inputs {[s.name for s in self.inputs]}")
+            return {self.inputs[0].name: np.asarray(batch, dtype=self.inputs[0].np_dtype)}
+        return {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs}
+
+    def _pack(self, outs: list[np.ndarray]) -> Batch:
+        return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs, strict=True))
+
+    def predict(self, batch: Batch) -> Batch:
+        self._require_open()
+        session = self._session  # one reference for the whole call, even if close() runs meanwhile
+        names = self._output_names
+        if not self.batching:  # max_batch_size = 0: the graph has no batch dimension
+
+            def one_row(row: Batch) -> Batch:
+                feeds = {k: v[0] for k, v in self._feeds(row).items()}
+                return self._pack([o[None] for o in session.run(names, feeds)])
+
+            return self._per_row(one_row, batch)
+        return self._pack(session.run(names, self._feeds(batch)))
+
+    def flops_per_row(self) -> int:
+        return self.config.flops_per_row or max(1, self._parameters)
+
+    def close(self) -> None:
+        self._session = None
+        super().close()

@@ -1,0 +1,229 @@
+"""Snapshot a repository directory: models, parsed configs, version dirs, fingerprints, errors.
+
+:func:`scan` is the only I/O here (directory listings, ``stat``, reading
+config.toml); it never loads a model file and never raises for problems inside
+the repository: each one is recorded where it is (the repository, one model,
+one version, or an ignored entry) so one bad model hides nothing else.
+:func:`wsserve.repository.plan.plan` compares two scans.
+
+Fingerprints: a model's ``config_fingerprint`` is the SHA-256 of config.toml's
+bytes (``"absent"`` when there is none).  A version's ``fingerprint`` is the
+SHA-256 of the sorted list of ``(relative path, size, mtime_ns, inode)`` of
+every entry under the version directory, skipping hidden entries (editor swap
+files, temporary files being written) and ``__pycache__``; model files are
+not read, so a rescan costs a few ``stat`` calls per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import MAX_CONFIG_BYTES, ModelConfig, parse_config
+from .errors import RepositoryError
+from .layout import CONFIG_FILE, is_model_name
+from .loader import find_model_file
+from .versions import parse_version, select_versions
+
+__all__ = ["Ignored", "VersionScan", "ModelScan", "RepositoryScan", "scan", "MAX_MODELS", "MAX_VERSIONS", "MAX_VERSION_FILES"]
+
+MAX_MODELS = 1000
+MAX_VERSIONS = 1000
+#: Entries under one version directory beyond which it is reported as an error.
+MAX_VERSION_FILES = 10_000
+_MAX_DEPTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A directory entry that is not part of the layout, and why (for a log line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionScan:
+    """One ``<name>/<version>/`` directory. ``error`` set means it cannot be loaded as it is."""
+
+    version: int
+    path: Path
+    fingerprint: str
+    backend: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScan:
+    """One ``<name>/`` directory. ``config`` is ``None`` exactly when ``error`` is set."""
+
+    name: str
+    path: Path
+    config: ModelConfig | None
+    config_fingerprint: str
+    error: str | None
+    versions: tuple[VersionScan, ...]  # ascending by version
+    ignored: tuple[Ignored, ...] = ()
+
+    def version(self, version: int) -> VersionScan | None:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        return None
+
+    @property
+    def loadable(self) -> tuple[int, ...]:
+        """Versions without a scan error, ascending."""
+        return tuple(v.version for v in self.versions if v.error is None)
+
+    @property
+    def selected(self) -> tuple[int, ...]:
+        """The versions the config's policy serves, among all version directories (``()`` when the config is bad).
+
+        Versions with a scan ``error`` count: loading them fails and is reported,
+        while the versions already serving keep serving (see :mod:`.plan`).
+        """
+        if self.config is None:
+            return ()
+        return select_versions((v.version for v in self.versions), self.config.version_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryScan:
+    """A whole repository. ``error`` set (e.g. the directory is missing) means ``models`` is empty."""
+
+    path: Path
+    models: tuple[ModelScan, ...]  # sorted by name
+    ignored: tuple[Ignored, ...] = ()
+    error: str | None = None
+
+    def model(self, name: str) -> ModelScan | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _fingerprint(version_dir: Path) -> str:
+    """SHA-256 over ``(path, size, mtime_ns, inode)`` of the entries below ``version_dir``."""
+    rows: list[str] = []
+    stack: list[tuple[Path, str, int]] = [(version_dir, "", 0)]
+    while stack:
+        directory, rel, depth = stack.pop()
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.name.startswith(".") or entry.name == "__pycache__":
+                    continue
+                if len(rows) >= MAX_VERSION_FILES:
+                    raise _TooMany
+                try:
+                    st = entry.stat()
+                except OSError:  # a dangling symlink, or removed meanwhile
+                    rows.append(f"{rel}{entry.name}\0missing")
+                    continue
+                if entry.is_dir():
+                    rows.append(f"{rel}{entry.name}/\0{st.st_mtime_ns}")
+                    if depth < _MAX_DEPTH and not entry.is_symlink():
+                        stack.append((Path(entry.path), f"{rel}{entry.name}/", depth + 1))
+                else:
+                    rows.append(f"{rel}{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}")
+    rows.sort()
+    return hashlib.sha256("\n".join(rows).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _scan_version(path: Path, version: int, backend: str | None) -> VersionScan:
+    try:
+        fingerprint = _fingerprint(path)
+    except _TooMany:
+        return VersionScan(version, path, "", None, f"{path}: more than {MAX_VERSION_FILES} entries")
+    except OSError as exc:
+        return VersionScan(version, path, "", None, f"{path}: cannot be listed ({exc.strerror or exc})")
+    try:
+        found, _ = find_model_file(path, backend)
+    except RepositoryError as exc:
+        return VersionScan(version, path, fingerprint, None, str(exc))
+    return VersionScan(version, path, fingerprint, found)
+
+
+def _read_config(path: Path) -> tuple[ModelConfig | None, str, str | None]:
+    """``(config, fingerprint, error)`` for ``<model>/config.toml``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        return ModelConfig(path=path), "absent", None
+    except OSError as exc:
+        return None, f"unreadable:{exc.errno}", f"{path}: cannot be read ({exc.strerror or exc})"
+    fingerprint = hashlib.sha256(data).hexdigest()
+    try:
+        return parse_config(data, path), fingerprint, None
+    except RepositoryError as exc:
+        return None, fingerprint, str(exc)
+
+
+def _scan_model(path: Path, name: str) -> ModelScan:
+    config, config_fp, error = _read_config(path / CONFIG_FILE)
+    backend = config.backend if config is not None else None
+    versions: list[VersionScan] = []
+    ignored: list[Ignored] = []
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as exc:
+        return ModelScan(name, path, None, config_fp, f"{path}: cannot be listed ({exc.strerror or exc})", ())
+    for entry in entries:
+        p = Path(entry.path)
+        if entry.name == CONFIG_FILE:
+            continue
+        if entry.name.startswith("."):
+            ignored.append(Ignored(p, "hidden"))
+            continue
+        version = parse_version(entry.name)
+        if version is None:
+            ignored.append(Ignored(p, "not a version number (a positive integer without leading zeros)"))
+        elif not entry.is_dir():
+            ignored.append(Ignored(p, "a version must be a directory"))
+        elif len(versions) >= MAX_VERSIONS:
+            ignored.append(Ignored(p, f"more than {MAX_VERSIONS} versions"))
+        else:
+            versions.append(_scan_version(p, version, backend))
+    versions.sort(key=lambda v: v.version)
+    return ModelScan(name, path, config, config_fp, error, tuple(versions), tuple(ignored))
+
+
+def scan(repo_dir: Path | str) -> RepositoryScan:
+    """Snapshot ``repo_dir``. Never raises for the repository's contents (see the module docstring).
+
+    A missing or unreadable ``repo_dir`` gives a scan with ``error`` set and no
+    models.  Entries that are hidden, not directories, or not valid model names
+    (see :func:`~.layout.is_model_name`) are listed in ``ignored``.
+    """
+    repo = Path(repo_dir)
+    try:
+        entries = sorted(os.scandir(repo), key=lambda e: e.name)
+    except OSError as exc:
+        return RepositoryScan(repo, (), (), f"{repo}: cannot be listed ({exc.strerror or exc})")
+    models: list[ModelScan] = []
+    ignored: list[Ignored] = []
+    for entry in entries:
+        p = Path(entry.path)
+        if entry.name.startswith("."):
+            ignored.append(Ignored(p, "hidden"))
+        elif not entry.is_dir():
+            ignored.append(Ignored(p, "not a directory (a model is a directory)"))
+        elif not is_model_name(entry.name):
+            ignored.append(Ignored(p, "not a valid model name (1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"))
+        elif len(models) >= MAX_MODELS:
+            ignored.append(Ignored(p, f"more than {MAX_MODELS} models"))
+        else:
+            models.append(_scan_model(p, entry.name))
+    return RepositoryScan(repo, tuple(models), tuple(ignored))

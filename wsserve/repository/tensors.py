@@ -1,0 +1,72 @@
+"""Tensor specs: the name, per-row shape and dtype of one model input or output.
+
+A *row* is one element of the batch: a model with ``input_shape = [2, 3]``
+takes batches of shape ``[n, 2, 3]``.  The per-row shape may be ``()`` (each
+row is a single number, e.g. an ONNX classifier's ``label`` output), though
+config.toml cannot declare that for an input of a model.py (see
+:mod:`.config`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DTYPES", "TensorSpec", "MAX_DIMS", "MAX_ROW_ELEMENTS", "MAX_DIM"]
+
+#: The dtypes wsserve moves between JSON and a model, by their wire name.
+DTYPES: Mapping[str, np.dtype] = MappingProxyType(
+    {
+        "float32": np.dtype(np.float32),
+        "float64": np.dtype(np.float64),
+        "int32": np.dtype(np.int32),
+        "int64": np.dtype(np.int64),
+        "bool": np.dtype(np.bool_),
+    }
+)
+
+#: Bounds on a per-row shape (config.toml and ONNX graphs alike).
+MAX_DIMS = 8
+MAX_DIM = 1 << 22
+MAX_ROW_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output: ``name``, per-row ``shape`` (no batch dim) and ``dtype`` (a key of :data:`DTYPES`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    # derived from the above:
+    #: Values per row (1 for a scalar row).
+    elements: int = field(init=False, repr=False, compare=False)
+    #: The numpy dtype.
+    np_dtype: np.dtype = field(init=False, repr=False, compare=False)
+    #: Inclusive ``(lo, hi)`` of the values the dtype holds: finite floats, the integer range; ``None`` for bool.
+    bounds: tuple[float, float] | tuple[int, int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
+        if len(self.shape) > MAX_DIMS or any(type(d) is not int or not 0 < d <= MAX_DIM for d in self.shape):
+            raise ValueError(f"tensor {self.name!r}: bad shape {list(self.shape)}")
+        object.__setattr__(self, "elements", math.prod(self.shape))
+        dt = DTYPES[self.dtype]
+        object.__setattr__(self, "np_dtype", dt)
+        if dt.kind == "f":
+            bound: Any = float(np.finfo(dt).max)
+            object.__setattr__(self, "bounds", (-bound, bound))
+        elif dt.kind == "i":
+            info = np.iinfo(dt)
+            object.__setattr__(self, "bounds", (int(info.min), int(info.max)))
+        else:
+            object.__setattr__(self, "bounds", None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
