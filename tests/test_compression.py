@@ -223,6 +223,7 @@ INT8_CORRUPTIONS = {
     "layers bool": (lambda a, m: m.__setitem__("layers", True), "layers"),
     "layers huge": (lambda a, m: m.__setitem__("layers", 10**9), "layers"),
     "scale overflow": (lambda a, m: a["w0.scale"].__setitem__(0, 3e38), "overflow"),
+    "metrics not object": (lambda a, m: m.__setitem__("metrics", [1]), "metrics"),
 }
 
 
@@ -251,6 +252,7 @@ SPARSE_CORRUPTIONS = {
                             "parameters"),
     "shape floats": (lambda a, m: m.__setitem__("shapes", [[32.0, 256], [256, 256], [256, 10]]), "integers"),
     "layers disagree": (lambda a, m: m.__setitem__("layers", 2), "layers"),
+    "metrics not object": (lambda a, m: m.__setitem__("metrics", "x"), "metrics"),
 }
 
 
@@ -398,6 +400,8 @@ def test_compress_int8_meets_targets_and_figures_are_true(tmp_path: Path, source
     got = _figures_from_file(tmp_path / "mlp" / "2", heldout)
     fig = got["meta"]["compression"]
     assert got["arch"] == "mlp-int8" and fig["architecture"] == "mlp-int8"
+    assert fig["method"] == "int8" and fig["source_version"] == "1"  # the directory name, not a path
+    assert str(tmp_path) not in json.dumps(got["meta"])
     assert fig["bytes"] == got["bytes"] == report["bytes"] == os.path.getsize(report["path"])
     assert fig["source_bytes"] == (source_dir / "model.npz").stat().st_size
     assert fig["heldout_accuracy"] == got["acc"] == got["meta"]["metrics"]["heldout_accuracy"]
@@ -442,6 +446,7 @@ def test_compress_layer_scope_90(tmp_path: Path, source_dir: Path, heldout) -> N
 def test_compress_from_model_object_and_seed_from_meta(tmp_path: Path, mlp: MLPModel) -> None:
     report = compress(mlp, tmp_path / "a", method="int8", latency_runs=1)
     assert report["source_bytes"] == len(encode_version("mlp", *mlp.to_arrays()))
+    assert report["source_version"] == mlp.info.version
     arrays, meta = mlp.to_arrays()
     save_version(tmp_path / "src", "mlp", arrays, {**meta, "seed": 7})
     report = compress(tmp_path / "src", tmp_path / "b", method="int8", latency_runs=1)

@@ -25,11 +25,12 @@ Methods:
   batch that is not a multiple of 8 rows pays for the padding).  A ReLU network's gradient jumps
   at kinks along the path, so the quadrature error shrinks like 1/steps: on
   the 4000 held-out ``mlp`` rows with 128 steps the largest
-  ``|sum - (f(x) - f(b))|`` measured 0.0045 (probability units); the stated
+  ``|sum - (f(x) - f(b))|`` measured 0.0047 (probability units); the stated
   bound is :data:`COMPLETENESS_TOLERANCE` = 0.01 for inputs from the ``mlp``
   data distribution.  Every :class:`Explanation` carries its rows' actual
-  ``completeness_gap``.  Cost: about 1.5 ms per row on one core (128
-  forward+backward passes), 12 ms for a single row (padded to 8).
+  ``completeness_gap``.  Cost on one core (benchmarks/results/compress.md):
+  about 1.6 ms per row in a batch of 256 (128 forward+backward passes), about
+  10 ms for a single row (padded to the fixed 8-row chunk).
 - anything else is refused: :func:`explain_refusal` says why, and
   :func:`explain` raises :class:`NotExplainable` with that reason.
 

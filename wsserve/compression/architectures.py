@@ -24,7 +24,7 @@ import numpy as np
 from ..models.base import PredictiveModel
 from ..models.mlp import MLPModel
 from . import prune, quantize
-from .layers import check_array, check_names, check_shapes, layer_count
+from .layers import check_array, check_names, check_shapes, layer_count, meta_metrics
 from .versionfile import MAX_FILE_BYTES, VersionFile, load_version
 
 __all__ = ["ARCHITECTURES", "architecture_of", "mlp_from_arrays", "model_from_version", "load_model"]
@@ -54,8 +54,7 @@ def mlp_from_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -
         w = check_array(arrays, f"w{i}", np.float32, (a, b), "mlp", finite=True)
         bias = check_array(arrays, f"b{i}", np.float32, (b,), "mlp", finite=True)
         params.append((w, bias))
-    metrics = meta.get("metrics", {})
-    return MLPModel(params, metrics=dict(metrics) if isinstance(metrics, dict) else {})
+    return MLPModel(params, metrics=meta_metrics(meta, "mlp"))
 
 
 #: Architecture name -> reader ``(arrays, meta) -> model``.  Read-only.

@@ -12,25 +12,25 @@ order: the ``data_seed`` argument; an integer ``seed`` in the source meta
 (top level, ``config`` or ``metrics``); else 0, the server's default
 ``--seed``.  Fine-tuning uses the training split of the same seed.
 
-Recorded figures (``meta["compression"]``, also returned), all measured:
+Recorded figures (``meta["compression"]``, also returned), all measured now:
 
-====================================  ==================================================================
-key                                   meaning
-====================================  ==================================================================
-``bytes`` / ``source_bytes``          file sizes on disk (the new file's size is its own, exactly)
-``bytes_ratio``                       ``bytes / source_bytes`` (returned only: derived)
-``parameters``                        stored parameters (sparse: kept weights + biases)
-``parameters_nonzero`` (+ source_)    non-zero effective weights + biases
-``heldout_accuracy`` (+ source_)      recomputed now for both, on the same rows
-``heldout_accuracy_delta``            new - source, as a fraction (-0.004 = -0.4 points)
-``latency_ms_b256`` (+ source_)       median ms of one ``predict`` of 256 held-out rows, one BLAS thread
-``latency_ratio_b256``                new / source (interleaved timing; > 1 is slower)
-``latency_runs``, ``data_seed``,      how it was measured
-``data_seed_from``, ``n_heldout``
-``method``, ``fraction``, ``scope``,  the recipe (``fraction``/``scope``/``finetune*`` only for prune)
-``finetune``, ``finetune_epochs``,
-``source``, ``architecture``
-====================================  ==================================================================
+- ``bytes`` / ``source_bytes``: file sizes on disk (``bytes`` is the new
+  file's own exact size); ``bytes_ratio`` (returned only, derived).
+- ``parameters``: stored parameters (sparse: kept weights + biases);
+  ``parameters_nonzero`` / ``source_parameters_nonzero``: non-zero effective
+  weights + biases.
+- ``heldout_accuracy`` / ``source_heldout_accuracy``: both recomputed on the
+  same rows; ``heldout_accuracy_delta``: new - source as a fraction
+  (-0.004 = -0.4 points).
+- ``latency_ms_b256`` / ``source_latency_ms_b256``: median ms of one
+  ``predict`` of 256 held-out rows, one BLAS thread, timed interleaved
+  ``latency_runs`` times; ``latency_ratio_b256``: new / source (> 1 is slower).
+- ``data_seed``, ``data_seed_from`` (``argument``/``source meta``/``default``), ``n_heldout``.
+- the recipe: ``method``, ``architecture``, ``source_version`` (the source
+  directory's name, or ``info.version`` of a model object - never a path),
+  and for prune ``fraction``, ``scope``, ``finetune``, ``finetune_epochs``.
+
+``meta["metrics"]`` holds ``heldout_accuracy``, ``n_heldout`` and ``data_seed``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _seed_from_meta(meta: dict[str, Any]) -> int | None:
 
 
 def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str, Path | None]:
-    """``(model, bytes, meta, label, file)``; ``ValueError`` if missing or not a plain ``mlp``."""
+    """``(model, bytes, meta, version label, file)``; ``ValueError`` if missing or not a plain ``mlp``."""
     if isinstance(source, (str, os.PathLike)):
         vf = load_version(source)  # VersionFileError (a ValueError) if missing or corrupt
         if vf.architecture != "mlp":
@@ -105,7 +105,7 @@ def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str, Pa
             model = mlp_from_arrays(vf.arrays, vf.meta)
         except ValueError as exc:
             raise ValueError(f"model file {str(vf.path)!r}: {exc}") from exc
-        return model, vf.size_bytes, vf.meta, str(vf.path.parent), vf.path
+        return model, vf.size_bytes, vf.meta, vf.path.parent.name, vf.path
     arch = architecture_of(source)
     if arch != "mlp":
         info = getattr(source, "info", None)
@@ -115,7 +115,7 @@ def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str, Pa
                          "only the fp32 'mlp' architecture can be compressed")
     assert isinstance(source, MLPModel)
     arrays, meta = source.to_arrays()
-    return source, len(encode_version("mlp", arrays, meta)), meta, f"<{source.info.name} model object>", None
+    return source, len(encode_version("mlp", arrays, meta)), meta, source.info.version, None
 
 
 def compress(
@@ -170,7 +170,7 @@ def compress(
         seed, seed_from = 0, "default"
     (x_train, y_train), (x_held, y_held) = make_mlp_data(seed)
 
-    recipe: dict[str, Any] = {"method": method, "source": src_label}
+    recipe: dict[str, Any] = {"method": method, "source_version": src_label}
     if method == "int8":
         model: quantize.MLPInt8Model | prune.MLPSparseModel = quantize.MLPInt8Model.from_params(src.params)
         reader = quantize.MLPInt8Model.from_arrays

@@ -22,6 +22,7 @@ __all__ = [
     "check_array",
     "check_names",
     "layer_count",
+    "meta_metrics",
     "forward_rowpure",
 ]
 
@@ -44,6 +45,14 @@ def layer_count(meta: Mapping[str, Any], architecture: str) -> int:
     if not _is_int(n) or not 1 <= int(n) <= MAX_LAYERS:
         raise ValueError(f"{architecture}: meta 'layers' must be an integer in 1..{MAX_LAYERS}, got {n!r}")
     return int(n)
+
+
+def meta_metrics(meta: Mapping[str, Any], architecture: str) -> dict[str, Any]:
+    """A copy of ``meta["metrics"]`` (``{}`` if absent); ``ValueError`` if it is not an object."""
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{architecture}: meta 'metrics' must be a JSON object, got {type(metrics).__name__}")
+    return dict(metrics)
 
 
 def check_shapes(shapes: Sequence[Sequence[int]], architecture: str) -> LayerShapes:

@@ -32,7 +32,7 @@ import numpy as np
 from ..models.base import ModelInfo, PredictiveModel
 from ..models.mlp import Params
 from ..models.mlp_gradient import probability_input_gradient
-from .layers import check_array, check_names, check_shapes, forward_rowpure, layer_count
+from .layers import check_array, check_names, check_shapes, forward_rowpure, layer_count, meta_metrics
 
 __all__ = ["ARCHITECTURE", "MLPInt8Model", "quantize_per_channel", "dequantize"]
 
@@ -84,7 +84,7 @@ class MLPInt8Model(PredictiveModel):
         self.info = ModelInfo(
             name="mlp", version=ARCHITECTURE, task="classification",
             input_shape=(n_in,), output_shape=(n_out,), parameters=int(params),
-            metrics=dict(self._meta.get("metrics", {})),
+            metrics=meta_metrics(self._meta, ARCHITECTURE),
             extra={"architecture": ARCHITECTURE,
                    "layers": [n_in] + [q.shape[1] for q, _, _ in layers]},
         )
