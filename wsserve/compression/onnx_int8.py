@@ -14,8 +14,8 @@ they are imported inside the functions, so importing this module is free.
   intra-op and one inter-op thread, timed like :mod:`.measure`.
 - :func:`cpu_int8_features`: which int8 dot-product instruction sets the CPU
   advertises (``/proc/cpuinfo`` flags on Linux; empty elsewhere).  ONNX
-  Runtime's MLAS uses AVX512-VNNI / AVX-VNNI (``vpdpbusd``) or AMX when
-  present, else AVX2/AVX512BW ``vpmaddubsw`` sequences.
+  Runtime's MLAS picks its u8s8 GEMM kernel by CPUID at run time (AVX512-VNNI
+  / AVX-VNNI ``vpdpbusd`` when present, else AVX512BW/AVX2 sequences).
 """
 
 from __future__ import annotations
