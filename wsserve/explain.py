@@ -29,7 +29,7 @@ Methods:
   bound is :data:`COMPLETENESS_TOLERANCE` = 0.01 for inputs from the ``mlp``
   data distribution.  Every :class:`Explanation` carries its rows' actual
   ``completeness_gap``.  Cost on one core (benchmarks/results/compress.md):
-  1.1-1.6 ms per row in a batch of 256 (128 forward+backward passes), 9-10 ms
+  1.1-1.6 ms per row in a batch of 256 (128 forward+backward passes), 9-13 ms
   for a single row (padded to the fixed 8-row chunk).
 - anything else is refused: :func:`explain_refusal` says why, and
   :func:`explain` raises :class:`NotExplainable` with that reason.
