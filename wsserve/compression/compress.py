@@ -46,7 +46,7 @@ from ..models.mlp import MLPConfig, MLPModel, make_mlp_data
 from . import prune, quantize
 from .architectures import architecture_of, mlp_from_arrays
 from .measure import LATENCY_BATCH, heldout_accuracy, latency_medians_ms, nonzero_parameters
-from .versionfile import MODEL_FILE, encode_version, load_version, version_file_path, write_version_bytes
+from .versionfile import MODEL_FILE, encode_version, load_version, write_version_bytes
 
 __all__ = ["Method", "METHODS", "compress"]
 
@@ -94,8 +94,8 @@ def _seed_from_meta(meta: dict[str, Any]) -> int | None:
     return None
 
 
-def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str, Path | None]:
-    """``(model, bytes, meta, version label, file)``; ``ValueError`` if missing or not a plain ``mlp``."""
+def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str]:
+    """``(model, bytes, meta, version label)``; ``ValueError`` if missing or not a plain ``mlp``."""
     if isinstance(source, (str, os.PathLike)):
         vf = load_version(source)  # VersionFileError (a ValueError) if missing or corrupt
         if vf.architecture != "mlp":
@@ -105,7 +105,7 @@ def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str, Pa
             model = mlp_from_arrays(vf.arrays, vf.meta)
         except ValueError as exc:
             raise ValueError(f"model file {str(vf.path)!r}: {exc}") from exc
-        return model, vf.size_bytes, vf.meta, vf.path.parent.name, vf.path
+        return model, vf.size_bytes, vf.meta, vf.path.parent.name
     arch = architecture_of(source)
     if arch != "mlp":
         info = getattr(source, "info", None)
@@ -115,7 +115,7 @@ def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str, Pa
                          "only the fp32 'mlp' architecture can be compressed")
     assert isinstance(source, MLPModel)
     arrays, meta = source.to_arrays()
-    return source, len(encode_version("mlp", arrays, meta)), meta, source.info.version, None
+    return source, len(encode_version("mlp", arrays, meta)), meta, source.info.version
 
 
 def compress(
@@ -142,21 +142,19 @@ def compress(
     Raises ``ValueError`` (nothing written) on: an unknown method, a bad
     fraction/scope/epochs/seed/runs, a missing or corrupt source, a source
     that is not a plain ``mlp`` (int8/sparse/linear/charlm/...), an
-    ``out_version_dir`` that already holds a model or is the source's
-    directory, a source whose widths do not fit the held-out data.
+    ``out_version_dir`` that already holds a model (the source's own
+    directory included), a source whose widths do not fit the held-out data.
     Raises ``OSError`` if the file cannot be written (no partial file left).
     Returns the figures dict of the module docstring plus ``"path"``.
     """
     _check_args(method, fraction, scope, finetune, finetune_epochs, data_seed, latency_runs)
-    src, src_bytes, src_meta, src_label, src_file = _load_source(source)
+    src, src_bytes, src_meta, src_label = _load_source(source)
     out_dir = Path(out_version_dir)
     out_file = out_dir / MODEL_FILE
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output {str(out_dir)!r} exists and is not a directory")
     if out_file.exists():
         raise ValueError(f"output {str(out_dir)!r} already holds a model ({MODEL_FILE}); pick a new version")
-    if src_file is not None and version_file_path(out_dir).resolve() == src_file.resolve():
-        raise ValueError("output directory is the source's own directory")
     cfg = MLPConfig()
     if src.info.input_shape != (cfg.n_features,) or src.info.output_shape != (cfg.n_classes,):
         raise ValueError(f"source mlp is {list(src.info.input_shape)} -> {list(src.info.output_shape)}; "

@@ -154,6 +154,7 @@ class MLPSparseModel(PredictiveModel):
             w[m] = v                                        # row-major, like the stored order
             dense.append(w)
         self._compute = [(w, None, b) for w, b in zip(dense, biases)]
+        self._grad_params = self.dense_params(np.float64)  # for input_gradient, made once
         n_in, n_out = masks[0].shape[0], masks[-1].shape[1]
         self.info = ModelInfo(
             name="mlp", version=ARCHITECTURE, task="classification",
@@ -195,7 +196,7 @@ class MLPSparseModel(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``d predict(x)[i, target[i]] / d x[i]`` as ``[n, d]`` float64 (see :mod:`wsserve.explain`)."""
-        grad, _ = probability_input_gradient(self.dense_params(), np.asarray(x, np.float64), target)
+        grad, _ = probability_input_gradient(self._grad_params, np.asarray(x, np.float64), target)
         return grad
 
     def nonzero_parameters(self) -> int:

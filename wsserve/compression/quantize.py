@@ -78,6 +78,7 @@ class MLPInt8Model(PredictiveModel):
         already validated (use the classmethods)."""
         self._layers = [(q, s, b) for q, s, b in layers]
         self._compute = [(dequantize(q, s), None, b) for q, s, b in layers]
+        self._grad_params = self.dequantized_params(np.float64)  # for input_gradient, made once
         self._meta = dict(meta or {})
         n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
         params = sum(q.size + s.size + b.size for q, s, b in layers)
@@ -112,7 +113,7 @@ class MLPInt8Model(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``d predict(x)[i, target[i]] / d x[i]`` as ``[n, d]`` float64 (see :mod:`wsserve.explain`)."""
-        grad, _ = probability_input_gradient(self.dequantized_params(), np.asarray(x, np.float64), target)
+        grad, _ = probability_input_gradient(self._grad_params, np.asarray(x, np.float64), target)
         return grad
 
     def nonzero_parameters(self) -> int:
