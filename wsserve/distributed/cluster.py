@@ -80,10 +80,9 @@ def map_reduce(
     one extra argument per partition. Blocks until done; a task's exception is
     raised here.
     """
-    if per_part is None:
-        partials = [client.submit(mapper, *args, part, pure=False) for part in parts]
-    else:
-        partials = [client.submit(mapper, *args, part, extra, pure=False) for part, extra in zip(parts, per_part)]
+    n = len(parts)
+    columns = [[a] * n for a in args] + [list(parts)] + ([list(per_part)] if per_part is not None else [])
+    partials = client.map(mapper, *columns, pure=False)  # one message for the whole map
     while len(partials) > REDUCE_FAN_IN:
         partials = [
             client.submit(reducer, *partials[i : i + REDUCE_FAN_IN], pure=False)
