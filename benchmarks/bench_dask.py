@@ -1,0 +1,213 @@
+"""Data-parallel training on Dask: 1 vs 2 local worker processes, and one process without Dask.
+
+Per worker count (a fresh ``LocalCluster`` of single-threaded worker processes
+each time; the scheduler runs in this process, as with ``wsserve train --dask local``):
+
+- ``linear`` on the generated set of ``--rows`` rows (default 10^7) in ``--partitions``
+  partitions (the same for every worker count, so the data and the arithmetic are
+  identical): the time to generate the partitions on the workers, then the time of one
+  gradient-descent epoch (one map/reduce round), median over ``--epochs`` epochs of the
+  real descent, per run; and (``--full-fit``) one whole fit to convergence;
+- ``linear`` on the original 100 rows: seconds per epoch of a whole fit (pure overhead);
+- ``mlp``: seconds per data-parallel Adam step (one epoch = 47 steps of 256 rows).
+
+The baseline is the single-process numpy code: ``mse_and_grad`` over the same 10^7
+rows materialised in this process, ``train_linear`` and ``train_mlp``.
+Figures are medians over ``--runs`` runs. Writes ``benchmarks/results/dask.md``.
+
+    python benchmarks/bench_dask.py                 # ~4 min on 2 cores
+    python benchmarks/bench_dask.py --runs 3 --rows 1000000 --no-full-fit
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from benchmarks.machine import describe, to_markdown  # noqa: E402
+from wsserve.distributed.cluster import check_workers, local_cluster, make_partitions, map_reduce  # noqa: E402
+from wsserve.distributed.data import block_ranges, linear_partition  # noqa: E402
+from wsserve.distributed.linear import train_linear_dask, train_linear_generated_dask  # noqa: E402
+from wsserve.distributed.mlp import train_mlp_dask  # noqa: E402
+from wsserve.distributed.tasks import linear_gradient_sums, sum_arrays  # noqa: E402
+from wsserve.models.linear import LinearConfig, mse_and_grad, train_linear  # noqa: E402
+from wsserve.models.mlp import MLPConfig, train_mlp  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "dask.md"
+
+
+def _version(name: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(name)
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def _linear_epochs(client, parts, rows: int, epochs: int) -> list[float]:
+    """Seconds of each of ``epochs`` real descent epochs (one map/reduce round each)."""
+    cfg = LinearConfig()
+    w = b = 0.0
+    times = []
+    for _ in range(epochs):
+        t = time.perf_counter()
+        s = map_reduce(client, linear_gradient_sums, sum_arrays, parts, w, b)
+        times.append(time.perf_counter() - t)
+        w -= cfg.learning_rate * 2 * s[0] / rows
+        b -= cfg.learning_rate * 2 * s[1] / rows
+    return times
+
+
+def measure_workers(n_workers: int, args: argparse.Namespace) -> dict[str, float]:
+    out: dict[str, list[float]] = {"gen_s": [], "epoch_s": [], "small_epoch_s": [], "mlp_step_s": []}
+    full_fit: float | None = None
+    with local_cluster(n_workers) as client:
+        workers = check_workers(client)
+        ranges = block_ranges(args.rows, args.partitions)
+        mlp_cfg = dataclasses.replace(MLPConfig(), epochs=1)
+        for run in range(args.runs):
+            t = time.perf_counter()
+            parts = make_partitions(client, workers, linear_partition, [(run, r) for r in ranges])
+            client.gather(client.map(len, parts, pure=False))  # wait until every partition exists
+            out["gen_s"].append(time.perf_counter() - t)
+            out["epoch_s"].append(_median(_linear_epochs(client, parts, args.rows, args.epochs)))
+            client.cancel(parts)
+            del parts
+            out["small_epoch_s"].append(
+                train_linear_dask(client, seed=run, partitions=n_workers).info.metrics["seconds_per_epoch"])
+            out["mlp_step_s"].append(
+                train_mlp_dask(client, seed=run, partitions=n_workers, config=mlp_cfg).info.metrics["seconds_per_step"])
+            print(f"  workers={n_workers} run {run + 1}/{args.runs}: "
+                  + ", ".join(f"{k}={v[-1] * 1e3:.1f} ms" for k, v in out.items()), flush=True)
+        if args.full_fit:
+            model = train_linear_generated_dask(client, rows=args.rows, seed=0, partitions=args.partitions)
+            m = model.info.metrics
+            full_fit = m["train_time_s"]
+            print(f"  workers={n_workers} full fit: {full_fit:.1f} s, {m['epochs']} epochs, "
+                  f"w={m['weight']:.6f} b={m['bias']:.6f}", flush=True)
+    res = {k: _median(v) for k, v in out.items()}
+    if full_fit is not None:
+        res["full_fit_s"] = full_fit
+    return res
+
+
+def measure_single(args: argparse.Namespace) -> dict[str, float]:
+    """The same work in this process with numpy alone."""
+    out: dict[str, list[float]] = {"gen_s": [], "epoch_s": [], "small_epoch_s": [], "mlp_step_s": []}
+    mlp_cfg = dataclasses.replace(MLPConfig(), epochs=1)
+    steps = -(-mlp_cfg.n_train // mlp_cfg.batch_size)
+    for run in range(args.runs):
+        t = time.perf_counter()
+        parts = [linear_partition(run, r) for r in block_ranges(args.rows, args.partitions)]
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        del parts
+        out["gen_s"].append(time.perf_counter() - t)
+        times = []
+        w = b = 0.0
+        for _ in range(args.epochs):
+            t = time.perf_counter()
+            _, dw, db = mse_and_grad(w, b, x, y)
+            times.append(time.perf_counter() - t)
+            w, b = w - 0.5 * dw, b - 0.5 * db
+        out["epoch_s"].append(_median(times))
+        del x, y
+        t = time.perf_counter()
+        m = train_linear(seed=run).info.metrics
+        out["small_epoch_s"].append((time.perf_counter() - t) / (m["epochs"] + 1))
+        t = time.perf_counter()
+        train_mlp(seed=run, config=mlp_cfg)
+        out["mlp_step_s"].append((time.perf_counter() - t) / steps)  # includes data making and metrics
+        print(f"  numpy run {run + 1}/{args.runs}: "
+              + ", ".join(f"{k}={v[-1] * 1e3:.1f} ms" for k, v in out.items()), flush=True)
+    return {k: _median(v) for k, v in out.items()}
+
+
+def _ms(s: float | None) -> str:
+    if s is None:
+        return "-"
+    ms = s * 1e3
+    return f"{ms:,.1f}" if ms >= 10 else f"{ms:.3g}"
+
+
+def report(args: argparse.Namespace, single: dict[str, float], per_workers: dict[int, dict[str, float]],
+           machine: dict) -> str:
+    cmd = "python benchmarks/bench_dask.py" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in (("rows", args.rows), ("partitions", args.partitions),
+                                                    ("runs", args.runs), ("epochs", args.epochs)))
+    cmd += "" if args.full_fit else " --no-full-fit"
+    lines = [
+        "## Distributed training on Dask (`wsserve train`)",
+        "",
+        f"Command: `{cmd}`. Medians over {args.runs} runs; each worker count on a fresh `LocalCluster` of",
+        "single-threaded worker processes on 127.0.0.1 (the scheduler in the benchmark process, as with",
+        "`wsserve train --dask local`); OPENBLAS_NUM_THREADS=1.",
+        "",
+        to_markdown(machine),
+        f"- Dask: dask {_version('dask')}, distributed {_version('distributed')}",
+        "",
+        "| | numpy, 1 process | Dask, 1 worker | Dask, 2 workers | 2 vs 1 worker |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    one, two = per_workers.get(1), per_workers.get(2)
+    rows = [
+        (f"generate {args.rows:,} rows ({args.partitions} partitions), ms", "gen_s"),
+        (f"linear, one epoch over {args.rows:,} rows, ms", "epoch_s"),
+        ("linear, one epoch over the original 100 rows, ms", "small_epoch_s"),
+        ("mlp, one Adam step (256 rows), ms", "mlp_step_s"),
+        (f"linear, whole fit on {args.rows:,} rows (1 run), s", "full_fit_s"),
+    ]
+    for label, key in rows:
+        if key == "full_fit_s":
+            if not args.full_fit:
+                continue
+            vals = [None, one.get(key) if one else None, two.get(key) if two else None]
+            fmt = [("-" if v is None else f"{v:.1f}") for v in vals]
+        else:
+            vals = [single.get(key), one.get(key) if one else None, two.get(key) if two else None]
+            fmt = [_ms(v) for v in vals]
+        speed = f"{vals[1] / vals[2]:.2f}x" if vals[1] and vals[2] else "-"
+        lines.append(f"| {label} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=10_000_000)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=20, help="epochs timed per run (of the real descent)")
+    p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
+    p.add_argument("--no-full-fit", dest="full_fit", action="store_false", help="skip the whole 10^7-row fits")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args()
+    machine = describe()
+    with threadpool_limits(1):
+        print("numpy, one process", flush=True)
+        single = measure_single(args)
+        per_workers = {}
+        for k in (int(s) for s in args.workers.split(",")):
+            print(f"Dask, {k} worker(s)", flush=True)
+            per_workers[k] = measure_workers(k, args)
+    text = report(args, single, per_workers, machine)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
