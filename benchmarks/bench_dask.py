@@ -22,6 +22,7 @@ Figures are medians over ``--runs`` runs. Writes ``benchmarks/results/dask.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -72,68 +73,80 @@ def _linear_epochs(client, parts, rows: int, epochs: int) -> list[float]:
     return times
 
 
-def measure_workers(n_workers: int, args: argparse.Namespace) -> dict[str, float]:
-    out: dict[str, list[float]] = {"gen_s": [], "epoch_s": [], "small_epoch_s": [], "mlp_step_s": []}
-    full_fit: float | None = None
-    with local_cluster(n_workers) as client:
-        workers = check_workers(client)
-        ranges = block_ranges(args.rows, args.partitions)
-        mlp_cfg = dataclasses.replace(MLPConfig(), epochs=1)
-        for run in range(args.runs):
-            t = time.perf_counter()
-            parts = make_partitions(client, workers, linear_partition, [(run, r) for r in ranges])
-            client.gather(client.map(len, parts, pure=False))  # wait until every partition exists
-            out["gen_s"].append(time.perf_counter() - t)
-            out["epoch_s"].append(_median(_linear_epochs(client, parts, args.rows, args.epochs)))
-            client.cancel(parts)
-            del parts
-            out["small_epoch_s"].append(
-                train_linear_dask(client, seed=run, partitions=n_workers).info.metrics["seconds_per_epoch"])
-            out["mlp_step_s"].append(
-                train_mlp_dask(client, seed=run, partitions=n_workers, config=mlp_cfg).info.metrics["seconds_per_step"])
-            print(f"  workers={n_workers} run {run + 1}/{args.runs}: "
-                  + ", ".join(f"{k}={v[-1] * 1e3:.1f} ms" for k, v in out.items()), flush=True)
-        if args.full_fit:
-            model = train_linear_generated_dask(client, rows=args.rows, seed=0, partitions=args.partitions)
-            m = model.info.metrics
-            full_fit = m["train_time_s"]
-            print(f"  workers={n_workers} full fit: {full_fit:.1f} s, {m['epochs']} epochs, "
-                  f"w={m['weight']:.6f} b={m['bias']:.6f}", flush=True)
-    res = {k: _median(v) for k, v in out.items()}
-    if full_fit is not None:
-        res["full_fit_s"] = full_fit
-    return res
+KEYS = ("gen_s", "epoch_s", "small_epoch_s", "mlp_step_s")
 
 
-def measure_single(args: argparse.Namespace) -> dict[str, float]:
-    """The same work in this process with numpy alone."""
-    out: dict[str, list[float]] = {"gen_s": [], "epoch_s": [], "small_epoch_s": [], "mlp_step_s": []}
+def run_dask(client, n_workers: int, run: int, args: argparse.Namespace) -> dict[str, float]:
+    """One run on a cluster of ``n_workers``: generate, time epochs, a 100-row fit, mlp steps."""
+    workers = check_workers(client)
+    assert len(workers) == n_workers
+    out = {}
+    t = time.perf_counter()
+    parts = make_partitions(client, workers, linear_partition,
+                            [(run, r) for r in block_ranges(args.rows, args.partitions)])
+    client.gather(client.map(len, parts, pure=False))  # wait until every partition exists
+    out["gen_s"] = time.perf_counter() - t
+    out["epoch_s"] = _median(_linear_epochs(client, parts, args.rows, args.epochs))
+    client.cancel(parts)
+    del parts
+    out["small_epoch_s"] = train_linear_dask(client, seed=run, partitions=n_workers).info.metrics["seconds_per_epoch"]
     mlp_cfg = dataclasses.replace(MLPConfig(), epochs=1)
-    steps = -(-mlp_cfg.n_train // mlp_cfg.batch_size)
-    for run in range(args.runs):
+    out["mlp_step_s"] = train_mlp_dask(client, seed=run, partitions=n_workers,
+                                       config=mlp_cfg).info.metrics["seconds_per_step"]
+    return out
+
+
+def run_numpy(run: int, args: argparse.Namespace) -> dict[str, float]:
+    """The same work in this process with numpy alone."""
+    out = {}
+    t = time.perf_counter()
+    parts = [linear_partition(run, r) for r in block_ranges(args.rows, args.partitions)]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    del parts
+    out["gen_s"] = time.perf_counter() - t
+    times = []
+    w = b = 0.0
+    for _ in range(args.epochs):
         t = time.perf_counter()
-        parts = [linear_partition(run, r) for r in block_ranges(args.rows, args.partitions)]
-        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        del parts
-        out["gen_s"].append(time.perf_counter() - t)
-        times = []
-        w = b = 0.0
-        for _ in range(args.epochs):
-            t = time.perf_counter()
-            _, dw, db = mse_and_grad(w, b, x, y)
-            times.append(time.perf_counter() - t)
-            w, b = w - 0.5 * dw, b - 0.5 * db
-        out["epoch_s"].append(_median(times))
-        del x, y
-        t = time.perf_counter()
-        m = train_linear(seed=run).info.metrics
-        out["small_epoch_s"].append((time.perf_counter() - t) / (m["epochs"] + 1))
-        t = time.perf_counter()
-        train_mlp(seed=run, config=mlp_cfg)
-        out["mlp_step_s"].append((time.perf_counter() - t) / steps)  # includes data making and metrics
-        print(f"  numpy run {run + 1}/{args.runs}: "
-              + ", ".join(f"{k}={v[-1] * 1e3:.1f} ms" for k, v in out.items()), flush=True)
-    return {k: _median(v) for k, v in out.items()}
+        _, dw, db = mse_and_grad(w, b, x, y)
+        times.append(time.perf_counter() - t)
+        w, b = w - 0.5 * dw, b - 0.5 * db
+    out["epoch_s"] = _median(times)
+    del x, y
+    t = time.perf_counter()
+    m = train_linear(seed=run).info.metrics
+    out["small_epoch_s"] = (time.perf_counter() - t) / (m["epochs"] + 1)
+    mlp_cfg = dataclasses.replace(MLPConfig(), epochs=1)
+    t = time.perf_counter()
+    train_mlp(seed=run, config=mlp_cfg)  # includes making the data and the final metrics
+    out["mlp_step_s"] = (time.perf_counter() - t) / -(-mlp_cfg.n_train // mlp_cfg.batch_size)
+    return out
+
+
+def measure(args: argparse.Namespace, counts: list[int]) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """All configurations interleaved run by run (so load drift hits them alike); medians."""
+    samples: dict[object, dict[str, list[float]]] = {c: {k: [] for k in KEYS} for c in ["numpy", *counts]}
+    full_fit: dict[int, float] = {}
+    with contextlib.ExitStack() as stack:
+        clients = {k: stack.enter_context(local_cluster(k)) for k in counts}
+        for run in range(args.runs):
+            for config in ["numpy", *counts]:
+                res = run_numpy(run, args) if config == "numpy" else run_dask(clients[config], config, run, args)
+                for k, v in res.items():
+                    samples[config][k].append(v)
+                print(f"  run {run + 1}/{args.runs} {config!s:>5}: "
+                      + ", ".join(f"{k}={v * 1e3:.1f} ms" for k, v in res.items()), flush=True)
+        if args.full_fit:
+            for k in counts:
+                m = train_linear_generated_dask(clients[k], rows=args.rows, seed=0,
+                                                partitions=args.partitions).info.metrics
+                full_fit[k] = m["train_time_s"]
+                print(f"  {k} worker(s), whole fit: {full_fit[k]:.1f} s, {m['epochs']} epochs, "
+                      f"w={m['weight']:.6f} b={m['bias']:.6f}", flush=True)
+    medians = {c: {k: _median(v) for k, v in samples[c].items()} for c in samples}
+    for k, t in full_fit.items():
+        medians[k]["full_fit_s"] = t
+    return medians.pop("numpy"), medians  # type: ignore[return-value]
 
 
 def _ms(s: float | None) -> str:
@@ -152,11 +165,12 @@ def report(args: argparse.Namespace, single: dict[str, float], per_workers: dict
     lines = [
         "## Distributed training on Dask (`wsserve train`)",
         "",
-        f"Command: `{cmd}`. Medians over {args.runs} runs; each worker count on a fresh `LocalCluster` of",
-        "single-threaded worker processes on 127.0.0.1 (the scheduler in the benchmark process, as with",
-        "`wsserve train --dask local`); OPENBLAS_NUM_THREADS=1.",
+        f"Command: `{cmd}`. Medians over {args.runs} runs, the configurations interleaved run by run;",
+        "each worker count is a `LocalCluster` of single-threaded worker processes on 127.0.0.1 with",
+        "the scheduler in the benchmark process (as `wsserve train --dask local`); OPENBLAS_NUM_THREADS=1.",
         "",
         to_markdown(machine),
+        f"- Load average at the end: {' / '.join(map(str, machine['load_average_end']))}",
         f"- Dask: dask {_version('dask')}, distributed {_version('distributed')}",
         "",
         "| | numpy, 1 process | Dask, 1 worker | Dask, 2 workers | 2 vs 1 worker |",
@@ -196,12 +210,8 @@ def main() -> int:
     args = p.parse_args()
     machine = describe()
     with threadpool_limits(1):
-        print("numpy, one process", flush=True)
-        single = measure_single(args)
-        per_workers = {}
-        for k in (int(s) for s in args.workers.split(",")):
-            print(f"Dask, {k} worker(s)", flush=True)
-            per_workers[k] = measure_workers(k, args)
+        single, per_workers = measure(args, [int(c) for c in args.workers.split(",")])
+    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     text = report(args, single, per_workers, machine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
