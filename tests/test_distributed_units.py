@@ -280,3 +280,13 @@ def test_default_partitions() -> None:
     assert dataclasses.replace(plan, rows=10**7).partitions_for(2) == -(-10**7 // DEFAULT_PARTITION_ROWS)
     assert dataclasses.replace(plan, rows=1000).partitions_for(4) == 1  # one block
     assert dataclasses.replace(plan, partitions=3).partitions_for(8) == 3
+
+
+def test_importing_the_package_and_the_cli_does_not_import_dask() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, wsserve.distributed, wsserve.cli; wsserve.cli.build_parser(); "
+            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
