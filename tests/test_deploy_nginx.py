@@ -293,7 +293,7 @@ async def test_python_client_reconnects_through_nginx(stack) -> None:
         results = await asyncio.gather(*users)
     assert a.wait(timeout=DRAIN_TIMEOUT_S) == 0
 
-    for i, r in enumerate(results):  # the streams in flight during the drain finished whole
+    for r in results:  # the streams in flight during the drain finished whole
         assert (r.reason, r.tokens, len(r.text)) == ("length", LONG_TOKENS, LONG_TOKENS)
     for out in outputs:  # every predict answered, and the same on both backends
         assert out == outputs[0]

@@ -24,10 +24,17 @@ else:
 from wsserve.cli import main
 from wsserve.distributed import train_linear_dask, train_linear_generated_dask, train_mlp_dask
 from wsserve.distributed.cluster import check_workers, make_partitions, map_reduce, scatter_partitions
-from wsserve.distributed.data import BLOCK_ROWS, block_ranges, linear_block, linear_heldout, linear_partition, row_ranges
+from wsserve.distributed.data import (
+    BLOCK_ROWS,
+    block_ranges,
+    linear_block,
+    linear_heldout,
+    linear_partition,
+    row_ranges,
+)
 from wsserve.distributed.tasks import linear_gradient_sums, linear_normal_sums, sum_arrays
 from wsserve.models.linear import LinearConfig, LinearModel, make_linear_data, mse_and_grad, train_linear
-from wsserve.models.mlp import MLPConfig, MLPModel, make_mlp_data, train_mlp
+from wsserve.models.mlp import MLPModel, make_mlp_data, train_mlp
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,17 @@ from .. import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client, Future
 
-__all__ = ["MAX_LOCAL_WORKERS", "REDUCE_FAN_IN", "WorkerMismatch", "check_workers", "local_cluster", "make_partitions", "map_reduce",
-           "scatter_partitions", "worker_addresses"]
+__all__ = [
+    "MAX_LOCAL_WORKERS",
+    "REDUCE_FAN_IN",
+    "WorkerMismatch",
+    "check_workers",
+    "local_cluster",
+    "make_partitions",
+    "map_reduce",
+    "scatter_partitions",
+    "worker_addresses",
+]
 
 #: Most worker processes ``--dask local`` starts.
 MAX_LOCAL_WORKERS = 64
