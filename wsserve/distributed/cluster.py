@@ -129,6 +129,8 @@ def local_cluster(n_workers: int) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+        # no dashboard; the scheduler's own HTTP endpoint on a free loopback port, not 8787
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
     ) as cluster, Client(cluster) as client:
         yield client
