@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def main() -> int:
         "Client, nginx and servers share this machine's cores.",
         "",
         to_markdown(machine),
+        f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
         "",
         "| workload | route | req/s | p50 ms | p99 ms | tokens/s |",
         "|---|---|---:|---:|---:|---:|",
