@@ -144,6 +144,9 @@ def measure(args: argparse.Namespace, counts: list[int]) -> tuple[dict[str, floa
                 print(f"  {k} worker(s), whole fit: {full_fit[k]:.1f} s, {m['epochs']} epochs, "
                       f"w={m['weight']:.6f} b={m['bias']:.6f}", flush=True)
     medians = {c: {k: _median(v) for k, v in samples[c].items()} for c in samples}
+    for c in samples:  # ranges over the runs, shown next to the medians
+        for k, v in samples[c].items():
+            medians[c][f"{k}_range"] = (min(v), max(v))
     for k, t in full_fit.items():
         medians[k]["full_fit_s"] = t
     return medians.pop("numpy"), medians  # type: ignore[return-value]
@@ -165,7 +168,8 @@ def report(args: argparse.Namespace, single: dict[str, float], per_workers: dict
     lines = [
         "## Distributed training on Dask (`wsserve train`)",
         "",
-        f"Command: `{cmd}`. Medians over {args.runs} runs, the configurations interleaved run by run;",
+        f"Command: `{cmd}`. Medians over {args.runs} runs (min–max in small print), the configurations "
+        "interleaved run by run;",
         "each worker count is a `LocalCluster` of single-threaded worker processes on 127.0.0.1 with",
         "the scheduler in the benchmark process (as `wsserve train --dask local`); OPENBLAS_NUM_THREADS=1.",
         "",
@@ -191,11 +195,47 @@ def report(args: argparse.Namespace, single: dict[str, float], per_workers: dict
             vals = [None, one.get(key) if one else None, two.get(key) if two else None]
             fmt = [("-" if v is None else f"{v:.1f}") for v in vals]
         else:
-            vals = [single.get(key), one.get(key) if one else None, two.get(key) if two else None]
-            fmt = [_ms(v) for v in vals]
+            sources = [single, one or {}, two or {}]
+            vals = [src.get(key) for src in sources]
+            fmt = [_ms(v) + (f" <sub>({_ms(src[key + '_range'][0])}–{_ms(src[key + '_range'][1])})</sub>"
+                             if key + "_range" in src else "") for v, src in zip(vals, sources)]
         speed = f"{vals[1] / vals[2]:.2f}x" if vals[1] and vals[2] else "-"
         lines.append(f"| {label} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {speed} |")
+    if one and two:
+        lines += ["", _reading(args, single, one, two, machine)]
     return "\n".join(lines) + "\n"
+
+
+def _reading(args: argparse.Namespace, single: dict[str, float], one: dict[str, float], two: dict[str, float],
+             machine: dict) -> str:
+    """What the figures mean, with this run's numbers."""
+    ratio = one["epoch_s"] / two["epoch_s"]
+    (lo1, hi1), (lo2, hi2) = one["epoch_s_range"], two["epoch_s_range"]
+    if hi2 < lo1:
+        verdict = f"2 workers do an epoch {ratio:.2f}x as fast as 1 (the run ranges do not overlap)"
+    elif hi1 < lo2:
+        verdict = (f"2 workers are slower than 1 ({ratio:.2f}x, the run ranges do not overlap): the second "
+                   "worker only adds contention for the same cores")
+    else:
+        verdict = f"2 vs 1 worker ({ratio:.2f}x per epoch) is within the run-to-run spread, not a measurable speed-up"
+    fit = ""
+    if "full_fit_s" in one and "full_fit_s" in two:
+        fit = (f" The single whole fits ({one['full_fit_s']:.0f} s vs {two['full_fit_s']:.0f} s) move with the "
+               "load of the moment as much as with the worker count.")
+    return (
+        f"Reading: one map/reduce round costs about {one['small_epoch_s'] * 1e3:.0f} ms even on the 100-row data "
+        "(messages client -> scheduler -> worker -> client and task bookkeeping), against "
+        f"{single['small_epoch_s'] * 1e6:.0f} us for the same epoch in numpy. On {args.rows:,} rows a round with one "
+        f"worker takes {one['epoch_s'] * 1e3:.0f} ms for {single['epoch_s'] * 1e3:.0f} ms of numpy arithmetic. "
+        "A second worker can only split the arithmetic, and only if it has a core of its own: here the 2 cores "
+        "are shared by both workers, the scheduler and the client (one process) and whatever else ran (load "
+        f"average {machine['load_average'][0]} at the start, {machine['load_average_end'][0]} at the end): "
+        f"{verdict}.{fit} An mlp step (256 rows, {single['mlp_step_s'] * 1e3:.0f} ms in numpy) is all "
+        "round trip and parameter transfer (0.3 MB per partition per step). Data parallelism on Dask pays when "
+        "a partition's arithmetic per round is large against the round trip and each worker has its own cores "
+        "(several machines); at these sizes one process is faster, and `wsserve train` is for data that do not "
+        "fit one."
+    )
 
 
 def main() -> int:

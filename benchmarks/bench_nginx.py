@@ -104,6 +104,17 @@ def main() -> int:
                 f"| {workload} | {route} | {med(key, lambda r: r['throughput']['achieved_rps']):,.0f} "
                 f"| {med(key, lambda r: r['latency_ms']['p50']):.2f} | {med(key, lambda r: r['latency_ms']['p99']):.2f} "
                 f"| {tokens} |")
+    rps = {k: med(k, lambda r: r["throughput"]["achieved_rps"]) for k in samples}
+    p50 = {k: med(k, lambda r: r["latency_ms"]["p50"]) for k in samples}
+    lines += [
+        "",
+        f"Reading: the extra hop adds {p50[('predict', 'nginx')] - p50[('predict', 'direct')]:.2f} ms to the "
+        f"median single-row predict and the closed-loop rate is {rps[('predict', 'nginx')] / rps[('predict', 'direct')]:.2f}x "
+        "the direct one, because nginx relays every frame twice and, with the second server, competes with the load "
+        "client and the first server for the same two cores: a second server behind a proxy adds capacity only when "
+        "it has cores of its own (another host, or a bigger machine). Token streams, where the servers do more work "
+        f"per frame, lose less ({rps[('generate', 'nginx')] / rps[('generate', 'direct')]:.2f}x).",
+    ]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
