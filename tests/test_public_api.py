@@ -28,6 +28,10 @@ PUBLIC = {
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],
     "wsserve.config": ["ServerConfig", "DEFAULT_MODELS"],
+    "wsserve.distributed": [
+        "WorkerMismatch", "WrittenVersion", "local_cluster", "train_linear_dask", "train_linear_generated_dask",
+        "train_mlp_dask", "write_version",
+    ],
 }
 
 

@@ -4,4 +4,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when re-imported as __mp_main__ by a spawned process (Dask workers)
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Command line: a thin adapter from flags to :class:`~wsserve.config.ServerConfig`.
 
 ``wsserve serve`` runs the server; ``wsserve loadtest`` runs the load-test
-tool.  Bad flags exit with status 2 and a message naming the flag.
+tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`).  Bad flags exit with status 2 and a message naming the flag.
 """
 
 from __future__ import annotations
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     if add_loadtest is not None:
         lt = sub.add_parser("loadtest", help="load-test a server speaking the wsserve protocol")
         add_loadtest(lt)
+    from .distributed.cli import add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train a model data-parallel on Dask into a model repository"))
     return parser
 
 
@@ -218,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         from .loadtest import run as run_loadtest
 
         return run_loadtest(args)
+    if args.command == "train":
+        from .distributed.cli import run_train
+
+        return run_train(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:
