@@ -30,7 +30,7 @@ USER 10001:10001
 EXPOSE 8765
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
   CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8765/healthz', timeout=2)"]
-# SIGTERM (docker stop, Kubernetes) drains gracefully within --drain-timeout; give
+# SIGTERM (docker stop, Kubernetes) drains gracefully within --drain-timeout-s; give
 # `docker stop --time` more than that.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["wsserve"]

@@ -42,7 +42,9 @@ def _check_batch_shape(batch: Batch, max_batch_size: int) -> None:
 # --------------------------------------------------------------------------- construction
 
 
-@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_batch_size": -1}, {"max_delay_ms": -0.5}])
+@pytest.mark.parametrize(
+    "kwargs", [{"max_batch_size": 0}, {"max_batch_size": -1}, {"max_delay_ms": -0.5}, {"max_delay_ms": 0.0}]
+)
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name):
@@ -156,8 +158,8 @@ def test_window_restarts_after_the_queue_empties() -> None:
     assert q.ready_at(5.0) == pytest.approx(5.010)
 
 
-def test_zero_window_is_greedy() -> None:
-    q = BatchQueue(max_batch_size=4, max_delay_ms=0.0)
+def test_no_window_is_greedy() -> None:
+    q = BatchQueue(max_batch_size=4, max_delay_ms=None)
     q.add(_item(1), 3.0)
     assert q.ready_at(3.0) == 3.0
 
@@ -565,11 +567,11 @@ _ops = st.lists(
 @given(
     ops=_ops,
     max_batch_size=st.integers(1, 32),
-    max_delay_ms=st.sampled_from([0.0, 5.0]),
+    max_delay_ms=st.sampled_from([None, 5.0]),
     max_queue_rows=st.one_of(st.none(), st.integers(1, 120)),
 )
 def test_scheduler_invariants(
-    ops: list[tuple], max_batch_size: int, max_delay_ms: float, max_queue_rows: int | None
+    ops: list[tuple], max_batch_size: int, max_delay_ms: float | None, max_queue_rows: int | None
 ) -> None:
     q = BatchQueue(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows)
     tracked: list[_Tracked] = []
@@ -629,7 +631,7 @@ def test_scheduler_invariants(
         ready = q.ready_at(now)
         if not live:
             assert ready is None
-        elif max_delay_ms == 0 or s.rows >= max_batch_size:
+        elif max_delay_ms is None or s.rows >= max_batch_size:
             assert ready == now
         else:
             assert ready == pytest.approx(min(t.added_at for t in live) + max_delay_ms / 1000)

@@ -17,7 +17,7 @@ import pytest
 
 from wsserve import __version__
 from wsserve.cli import build_parser, config_from_args, main
-from wsserve.config import DEFAULT_MODELS, ServerConfig
+from wsserve.config import DEFAULT_MODELS, ServerConfig, flag
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,8 @@ def test_defaults_are_valid_and_match_the_protocol() -> None:
         "max_inflight_bytes": 32 << 20,
     }
     assert cfg.models == DEFAULT_MODELS == ("linear", "mlp", "charlm")
-    assert cfg.max_delay_ms == 0.0  # greedy by default
-    assert cfg.drain_timeout == 10.0
+    assert cfg.max_delay_ms is None  # greedy by default
+    assert cfg.drain_timeout_s == 10.0
 
 
 def test_config_is_keyword_only_and_frozen() -> None:
@@ -62,8 +62,22 @@ def test_config_is_keyword_only_and_frozen() -> None:
 
 def test_field_names() -> None:
     names = ServerConfig.field_names()
-    for name in ("host", "port", "max_batch_size", "max_delay_ms", "max_inflight", "max_message_bytes", "drain_timeout"):
+    for name in ("host", "port", "max_batch_size", "max_delay_ms", "max_inflight", "max_message_bytes", "drain_timeout_s"):
         assert name in names
+
+
+def test_every_setting_is_a_flag_of_the_same_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """One name per setting: the flag is ``--`` + the field name with dashes, and its dest is the field."""
+    parser = build_parser()
+    serve = next(a for a in parser._subparsers._actions if a.dest == "command").choices["serve"]  # type: ignore[union-attr]
+    dests = {a.dest: a.option_strings for a in serve._actions}
+    for name in ServerConfig.field_names():
+        assert name in dests, name
+        assert flag(name) in dests[name], (name, dests[name])
+    # durations carry their unit in the name
+    for name in ServerConfig.field_names():
+        if "timeout" in name or "interval" in name or "delay" in name:
+            assert name.endswith(("_s", "_ms")), name
 
 
 _BAD_SETTINGS = [
@@ -83,35 +97,41 @@ _BAD_SETTINGS = [
     ("max_connections", 0),
     ("rate_limit_burst", 0),
     ("max_delay_ms", -1.0),
-    ("drain_timeout", -0.5),
-    ("slow_consumer_timeout", -1.0),
+    ("max_delay_ms", 0.0),
+    ("drain_timeout_s", -0.5),
+    ("slow_consumer_timeout_s", -1.0),
+    ("auth_timeout_s", -1.0),
     ("inline_max_flops", -1),
-    ("ping_interval", 0.0),
-    ("ping_timeout", -1.0),
-    ("idle_timeout", 0.0),
+    ("ping_interval_s", 0.0),
+    ("ping_timeout_s", -1.0),
+    ("idle_timeout_s", 0.0),
     ("rate_limit_per_s", 0.0),
+    ("max_inflight_bytes", 0),
+    ("max_queue_bytes", 0),
+    ("loop", "trio"),
 ]
 
 
 @pytest.mark.parametrize("name, value", _BAD_SETTINGS, ids=[f"{n}={v!r}" for n, v in _BAD_SETTINGS])
 def test_validate_names_the_setting(name: str, value: object) -> None:
     cfg = ServerConfig(**{name: value})
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=flag(name)):
         cfg.validate()
 
 
 @pytest.mark.parametrize(
     "name, value",
-    [("max_queue_rows", None), ("max_connections", None), ("ping_interval", None), ("idle_timeout", None),
-     ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("drain_timeout", 0.0), ("port", 0), ("port", 65535)],
+    [("max_queue_rows", None), ("max_connections", None), ("ping_interval_s", None), ("idle_timeout_s", None),
+     ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("max_delay_ms", None), ("drain_timeout_s", 0.0),
+     ("port", 0), ("port", 65535)],
 )
 def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()
 
 
-@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout", "ping_interval"])
+@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout_s", "ping_interval_s"])
 def test_validate_refuses_nan(name: str) -> None:
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=flag(name)):
         ServerConfig(**{name: math.nan}).validate()
 
 
@@ -151,6 +171,7 @@ def test_validate_tls_pairs_and_files(tmp_path: Path) -> None:
         (["serve", "--models", ","], ["--models"]),
         (["serve", "--max-delay-ms", "-1"], ["--max-delay-ms"]),
         (["serve", "--max-delay-ms", "nan"], ["--max-delay-ms"]),
+        (["serve", "--drain-timeout-s", "soon"], ["--drain-timeout-s"]),
         (["serve", "--drain-timeout", "soon"], ["--drain-timeout"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
         (["serve", "--log-level", "loud"], ["--log-level"]),
@@ -220,9 +241,9 @@ def test_serve_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--host", "--port", "--max-batch-size", "--max-delay-ms", "--max-queue-rows", "--max-inflight",
-                 "--max-message-bytes", "--max-rows", "--drain-timeout", "--log-level", "--models"):
-        assert flag in out
+    for name in ("--host", "--port", "--max-batch-size", "--max-delay-ms", "--max-queue-rows", "--max-inflight",
+                 "--max-message-bytes", "--max-rows", "--drain-timeout-s", "--log-level", "--models"):
+        assert name in out
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -257,23 +278,33 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "--max-generate-batch", "8", "--max-generate-queue", "off",
         "--max-message-bytes", "4096", "--max-inflight", "3", "--max-rows", "100", "--max-tokens", "50",
         "--max-connections", "10", "--max-write-buffer-bytes", "65536",
-        "--drain-timeout", "1.5", "--slow-consumer-timeout", "2", "--ping-interval", "0", "--ping-timeout", "5",
-        "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file),
+        "--drain-timeout-s", "1.5", "--slow-consumer-timeout-s", "2", "--ping-interval-s", "0", "--ping-timeout-s", "5",
+        "--idle-timeout-s", "30", "--auth-timeout-s", "3", "--handshake-timeout-s", "4", "--close-timeout-s", "6",
+        "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
         "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--require-origin",
         "--certfile", str(cert), "--keyfile", str(key), "--compression",
-        "--rate-limit", "20", "--rate-burst", "40",
+        "--rate-limit-per-s", "20", "--rate-limit-burst", "40", "--key-rate-limit-per-s", "100",
+        "--max-inflight-bytes", "1000", "--max-queue-bytes", "2000", "--loop", "asyncio",
     )
     assert cfg == ServerConfig(
-        host="0.0.0.0", port=0, models=("linear", "mlp"), seed=7, cache_dir=tmp_path, use_cache=False,
+        host="0.0.0.0", port=0, models=("linear", "mlp"), seed=7, cache_dir=tmp_path, cache=False,
         max_batch_size=64, max_delay_ms=2.5, max_queue_rows=1000,
         max_generate_batch=8, max_generate_queue=None,
         max_message_bytes=4096, max_inflight=3, max_rows=100, max_tokens=50,
         max_connections=10, max_write_buffer_bytes=65536,
-        drain_timeout=1.5, slow_consumer_timeout=2.0, ping_interval=None, ping_timeout=5.0,
-        api_keys=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}),
-        allowed_origins=("https://a.example", "https://b.example"), allow_no_origin=False,
+        drain_timeout_s=1.5, slow_consumer_timeout_s=2.0, ping_interval_s=None, ping_timeout_s=5.0,
+        idle_timeout_s=30.0, auth_timeout_s=3.0, handshake_timeout_s=4.0, close_timeout_s=6.0,
+        api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
+        allow_origin=("https://a.example", "https://b.example"), require_origin=True,
         certfile=cert, keyfile=key, compression=True,
-        rate_limit_per_s=20.0, rate_limit_burst=40,
+        rate_limit_per_s=20.0, rate_limit_burst=40, key_rate_limit_per_s=100.0,
+        max_inflight_bytes=1000, max_queue_bytes=2000, loop="asyncio",
+    )
+
+
+def test_older_flag_spellings_are_aliases() -> None:
+    assert _config("--drain-timeout", "2", "--ping-interval", "3", "--rate-limit", "4", "--rate-burst", "5") == ServerConfig(
+        drain_timeout_s=2.0, ping_interval_s=3.0, rate_limit_per_s=4.0, rate_limit_burst=5
     )
 
 
@@ -283,9 +314,10 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         (["--max-queue-rows", "0"], "max_queue_rows", None),
         (["--max-queue-rows", "none"], "max_queue_rows", None),
         (["--max-connections", "0"], "max_connections", None),
-        (["--ping-timeout", "off"], "ping_timeout", None),
-        (["--rate-limit", "0"], "rate_limit_per_s", None),
-        (["--max-delay-ms", "0"], "max_delay_ms", 0.0),
+        (["--ping-timeout-s", "off"], "ping_timeout_s", None),
+        (["--rate-limit-per-s", "0"], "rate_limit_per_s", None),
+        (["--max-delay-ms", "0"], "max_delay_ms", None),
+        (["--max-delay-ms", "off"], "max_delay_ms", None),
         (["--models", "charlm"], "models", ("charlm",)),
     ],
 )

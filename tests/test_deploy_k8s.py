@@ -88,7 +88,7 @@ def test_container_args_are_a_valid_wsserve_command(container) -> None:
 
 def test_grace_period_outlasts_prestop_plus_drain(docs, container) -> None:
     spec = docs["Deployment"]["spec"]["template"]["spec"]
-    drain = config_from_args(build_parser().parse_args(container["args"])).drain_timeout
+    drain = config_from_args(build_parser().parse_args(container["args"])).drain_timeout_s
     cmd = container["lifecycle"]["preStop"]["exec"]["command"]
     assert cmd[0] == "sleep"
     prestop = float(cmd[1])

@@ -41,7 +41,7 @@ WAIT_S = 60.0
 @pytest.fixture
 def stack(tmp_path: Path, model_cache: Path):
     """Backends A and B (linear + charlm) and nginx in front of both."""
-    args = ("--models", "linear,charlm", "--drain-timeout", str(DRAIN_TIMEOUT_S))
+    args = ("--models", "linear,charlm", "--drain-timeout-s", str(DRAIN_TIMEOUT_S))
     procs: list[Any] = []
     try:
         a = ServerProcess(*args, cache_dir=model_cache)
@@ -323,7 +323,7 @@ def test_proxy_timeouts_outlast_the_keepalive_ping() -> None:
     from wsserve.config import ServerConfig
 
     text = DEPLOY_CONF.read_text()
-    ping = ServerConfig().ping_interval
+    ping = ServerConfig().ping_interval_s
     assert ping is not None
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
         (value,) = re.findall(rf"^\s*{directive} (\d+)s;$", text, flags=re.MULTILINE)

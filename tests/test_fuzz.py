@@ -197,12 +197,13 @@ def _check_request(req: Any, max_tokens: int) -> None:
         assert req.chunk_rows is None or (type(req.chunk_rows) is int and req.chunk_rows >= 1)
         assert req.timeout_ms is None or (math.isfinite(req.timeout_ms) and req.timeout_ms > 0)
     elif isinstance(req, Generate):
-        assert type(req.id) in (str, int) and isinstance(req.model, str) and isinstance(req.prompt, str)
-        assert 1 <= req.max_tokens <= max_tokens
-        assert math.isfinite(req.temperature) and req.temperature >= 0
-        assert type(req.top_k) is int and req.top_k >= 0
-        assert req.seed is None or 0 <= req.seed < 2**64
-        assert all(type(s) is str and s for s in req.stop) and req.priority in (0, 1)
+        p = req.params
+        assert type(req.id) in (str, int) and isinstance(req.model, str) and isinstance(p.prompt, str)
+        assert 1 <= p.max_tokens <= max_tokens
+        assert math.isfinite(p.temperature) and 0 <= p.temperature <= 100
+        assert type(p.top_k) is int and 0 <= p.top_k < 2**31
+        assert p.seed is None or 0 <= p.seed < 2**64
+        assert all(type(s) is str and s for s in p.stop) and p.priority in (0, 1)
     elif isinstance(req, Auth):
         assert isinstance(req.token, str)
     else:
@@ -243,7 +244,7 @@ def test_decode_any_input_gives_a_request_or_a_wire_error(data: str | bytes, max
 @pytest.mark.parametrize("limit", [1, 10, 63])
 def test_default_max_tokens_respects_a_lower_limit(limit: int) -> None:
     req = decode(b'{"type":"generate","id":1,"model":"charlm","prompt":"a"}', max_tokens=limit)
-    assert isinstance(req, Generate) and 1 <= req.max_tokens <= limit
+    assert isinstance(req, Generate) and 1 <= req.params.max_tokens <= limit
 
 
 @settings(max_examples=300, deadline=None)
@@ -299,8 +300,9 @@ def test_well_formed_messages_are_accepted_with_their_values(case: tuple[str, di
         assert req.chunk_rows == msg.get("chunk_rows") and req.priority == msg["priority"]
         assert validate_inputs(req.inputs, 1, 8).tolist() == [[float(v) for v in row] for row in msg["inputs"]]
     elif kind == "generate":
-        assert isinstance(req, Generate) and req.prompt == msg["prompt"] and req.max_tokens == msg["max_tokens"]
-        assert req.stop == tuple(msg["stop"]) and req.seed == msg["seed"] % 2**64 and req.top_k == msg["top_k"]
+        p = req.params
+        assert isinstance(req, Generate) and p.prompt == msg["prompt"] and p.max_tokens == msg["max_tokens"]
+        assert p.stop == tuple(msg["stop"]) and p.seed == msg["seed"] % 2**64 and p.top_k == msg["top_k"]
     elif kind == "auth":
         assert isinstance(req, Auth) and req.token == msg["token"]
     else:

@@ -38,11 +38,11 @@ def test_public_api() -> None:
     import wsserve.generation as gen
 
     assert set(gen.__all__) == {
-        "Batch", "EngineStatistics", "GenerationEngine", "GenerationParams", "MIN_TEMPERATURE",
+        "Batch", "StepObserver", "GenerationEngine", "GenerationParams", "MIN_TEMPERATURE",
         "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "StopMatcher", "TokenModel",
         "TokenSink", "run_step", "sample",
     }
-    assert set(engine_mod.__all__) == {"EngineStatistics", "GenerationEngine", "TokenSink", "run_step"}
+    assert set(engine_mod.__all__) == {"StepObserver", "GenerationEngine", "TokenSink", "run_step"}
 
 
 @pytest.mark.parametrize("inline_max_batch", [EXECUTOR, 8, INLINE])
@@ -52,7 +52,7 @@ async def test_same_text_alone_and_among_32_concurrent(inline_max_batch: int) ->
         GenerationParams(prompt="The ", max_tokens=50, temperature=1.0, seed=42),
         GenerationParams(prompt="def ", max_tokens=30, temperature=0.7, top_k=8, seed=3, stop=("\n",)),
     ]
-    engine = GenerationEngine(charlm(), max_batch_size=64, inline_max_batch=inline_max_batch)
+    engine = GenerationEngine(charlm(), max_generate_batch=64, inline_max_batch=inline_max_batch)
     try:
         alone = [(s.text, s.done and s.done[0]) for s in await run_all(engine, targets)]
         others = [
@@ -63,8 +63,8 @@ async def test_same_text_alone_and_among_32_concurrent(inline_max_batch: int) ->
         crowd_sinks = [RecordingSink() for _ in others]
         for p, s in zip(others[:16], crowd_sinks[:16]):
             engine.submit(p, s)
-        steps = engine.statistics().steps
-        await wait_for(lambda: engine.statistics().steps > steps + 3)  # the crowd is running
+        steps = engine.statistics().batches
+        await wait_for(lambda: engine.statistics().batches > steps + 3)  # the crowd is running
         together = [RecordingSink() for _ in targets]
         for p, s in zip(targets, together):
             engine.submit(p, s)
@@ -91,8 +91,8 @@ async def test_cancel_mid_stream_ends_at_once_and_nothing_follows() -> None:
         streamed = len(sink.tokens)
         assert sink.done[1] == streamed and streamed < 100_000
         assert sink.done[2]["ttft_ms"] is not None and sink.done[2]["total_ms"] > 0
-        steps = engine.statistics().steps
-        await wait_for(lambda: engine.statistics().steps > steps + 5)
+        steps = engine.statistics().batches
+        await wait_for(lambda: engine.statistics().batches > steps + 5)
         engine.cancel(handle)  # a second cancel is a no-op
         assert len(sink.tokens) == streamed and not sink.violations
         await wait_for(lambda: bystander.ended)
@@ -102,7 +102,7 @@ async def test_cancel_mid_stream_ends_at_once_and_nothing_follows() -> None:
 
 
 async def test_cancel_while_queued() -> None:
-    engine = GenerationEngine(charlm(), max_batch_size=1)
+    engine = GenerationEngine(charlm(), max_generate_batch=1)
     try:
         first, queued = RecordingSink(), RecordingSink()
         engine.submit(params(max_tokens=100_000), first)
@@ -119,20 +119,20 @@ async def test_deadline_exceeded_mid_stream() -> None:
     engine = GenerationEngine(charlm())
     try:
         sink = RecordingSink()
-        engine.submit(params(max_tokens=100_000, deadline=time.monotonic() + 0.05), sink)
+        engine.submit(params(max_tokens=100_000), sink, deadline=time.monotonic() + 0.05)
         await wait_for(lambda: sink.ended)
         assert isinstance(sink.error, DeadlineExceeded) and sink.done is None
         assert 0 < len(sink.tokens) < 100_000
         n = len(sink.tokens)
         await asyncio.sleep(0.02)
         assert len(sink.tokens) == n and not sink.violations
-        assert engine.statistics().active == 0
+        assert engine.statistics().running == 0
     finally:
         await engine.close()
 
 
 async def test_queue_full_raises_overloaded_and_the_sink_is_never_called() -> None:
-    engine = GenerationEngine(charlm(), max_batch_size=2, max_queue=2)
+    engine = GenerationEngine(charlm(), max_generate_batch=2, max_generate_queue=2)
     try:
         sinks = [RecordingSink() for _ in range(4)]
         for s in sinks:
@@ -149,7 +149,7 @@ async def test_queue_full_raises_overloaded_and_the_sink_is_never_called() -> No
 
 
 async def test_close_ends_unfinished_with_shutting_down_and_refuses_new_work() -> None:
-    engine = GenerationEngine(charlm(), max_batch_size=2, inline_max_batch=EXECUTOR)
+    engine = GenerationEngine(charlm(), max_generate_batch=2, inline_max_batch=EXECUTOR)
     short, longs = RecordingSink(), [RecordingSink() for _ in range(3)]
     engine.submit(params(max_tokens=1), short)
     for s in longs:
@@ -162,19 +162,19 @@ async def test_close_ends_unfinished_with_shutting_down_and_refuses_new_work() -
     with pytest.raises(ShuttingDown):
         engine.submit(params(), RecordingSink())
     await engine.close()  # idempotent
-    assert engine.statistics().active == engine.statistics().queued == 0
+    assert engine.statistics().running == engine.statistics().queued == 0
 
 
 async def test_idle_engine_does_not_step_and_wakes_on_submit() -> None:
     engine = GenerationEngine(charlm())
     try:
         await run_all(engine, [params(max_tokens=3)])
-        steps = engine.statistics().steps
+        steps = engine.statistics().batches
         await asyncio.sleep(0.05)
-        assert engine.statistics().steps == steps
+        assert engine.statistics().batches == steps
         (sink,) = await run_all(engine, [params(max_tokens=4)])
         assert sink.done is not None and sink.done[:2] == ("length", 4)
-        assert engine.statistics().steps == steps + 4
+        assert engine.statistics().batches == steps + 4
     finally:
         await engine.close()
 
@@ -200,7 +200,7 @@ async def test_new_requests_join_a_running_batch() -> None:
         await wait_for(lambda: len(long.tokens) > 10)
         engine.submit(params(max_tokens=5), late)
         await wait_for(lambda: late.ended)
-        assert not long.ended and engine.statistics().active == 1  # the late one left at once
+        assert not long.ended and engine.statistics().running == 1  # the late one left at once
         assert late.done is not None and late.done[2]["queue_ms"] < 1000
     finally:
         await engine.close()
@@ -337,10 +337,10 @@ async def test_statistics_count_tokens_and_executor_steps() -> None:
     try:
         await run_all(engine, [params(max_tokens=10) for _ in range(5)])
         s = engine.statistics()
-        assert (s.active, s.queued, s.tokens, s.generated, s.finished, s.steps) == (0, 0, 50, 50, 5, 10)
-        assert s.executor_steps == 10 and s.max_batch_size == 256
+        assert (s.kind, s.running, s.queued, s.computed, s.batches, s.last_batch_size) == ("generate", 0, 0, 50, 10, 5)
+        assert s.executor_batches == 10 and (s.queued_rows, s.queued_bytes) == (0, 0)
         await run_all(engine, [params(max_tokens=10)])
-        assert engine.statistics().executor_steps == 10  # a batch of one ran inline
+        assert engine.statistics().executor_batches == 10  # a batch of one ran inline
     finally:
         await engine.close()
 
@@ -359,18 +359,18 @@ async def test_a_sequence_that_cannot_start_fails_alone_cancel_after_it_is_harml
     engine = GenerationEngine(OneBadPromptModel())  # type: ignore[arg-type]
     try:
         bad_sink, good_sink = RecordingSink(), RecordingSink()
-        bad = engine.submit(params(prompt="bad", temperature=1.0, top_k=2**63), bad_sink)
+        bad = engine.submit(params(prompt="bad", temperature=1.0, top_k=2**31 - 1), bad_sink)
         engine.submit(params(max_tokens=6), good_sink)
         await wait_for(lambda: bad_sink.ended and good_sink.ended)
         assert isinstance(bad_sink.error, Internal) and "could not start" in bad_sink.error.message
         assert good_sink.done is not None and good_sink.done[:2] == ("length", 6)
         engine.cancel(bad)  # the report's second message: must not corrupt the counts
         stats = engine.statistics()
-        assert (stats.active, stats.queued) == (0, 0)
+        assert (stats.running, stats.queued) == (0, 0)
         (again,) = await run_all(engine, [params(max_tokens=5)])  # the engine still steps...
         assert again.done is not None and again.done[:2] == ("length", 5)
-        steps = engine.statistics().steps
+        steps = engine.statistics().batches
         await asyncio.sleep(0.05)  # ... and sleeps when idle instead of iterating
-        assert engine.statistics().steps == steps and engine.statistics().active == 0
+        assert engine.statistics().batches == steps and engine.statistics().running == 0
     finally:
         await engine.close()

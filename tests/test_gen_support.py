@@ -135,7 +135,7 @@ def test_recording_sink_flags_contract_violations() -> None:
 
 
 def test_collected_rejects_tokens_after_finish() -> None:
-    sched = Scheduler(charlm(), max_batch_size=2)
+    sched = Scheduler(charlm(), max_generate_batch=2)
     clock, out = FakeClock(), Collected()
     seq = sched.add_request(params(max_tokens=2), clock.now)
     run_until_idle(sched, clock, out)

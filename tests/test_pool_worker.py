@@ -357,7 +357,7 @@ async def test_cancelled_request_is_never_computed(make_worker) -> None:
     await asyncio.sleep(0.01)
     assert 55.0 not in model.seen() and 56.0 not in model.seen()
     assert drop.events == [("cancelled",)]
-    assert worker.statistics().rows == 0
+    assert worker.statistics().queued_rows == 0
 
 
 @pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
@@ -376,7 +376,7 @@ async def test_cancel_midway_stops_a_large_request(make_worker, inline_max_flops
     assert sink.events[-1] == ("cancelled",)
     sink.events.pop()
     sink.check_contract()
-    assert worker.statistics().rows == 0
+    assert worker.statistics().queued_rows == 0
 
 
 async def test_expired_request_gets_deadline_exceeded(make_worker) -> None:
@@ -405,7 +405,7 @@ async def test_queue_bound_refuses_at_once(make_worker) -> None:
         worker.submit(refused)
     assert info.value.retry_after_ms is not None and info.value.retry_after_ms > 0
     stats = worker.statistics()
-    assert (stats.requests, stats.rows) == (1, 3)
+    assert (stats.kind, stats.queued, stats.queued_rows) == ("predict", 1, 3)
     gate.set()
     await _wait(first, queued)
     assert refused.events == []
@@ -479,10 +479,10 @@ async def test_statistics_count_scheduled_rows(make_worker) -> None:
     sinks = [Sink(f"s{i}", _col(*range(3))) for i in range(3)]
     for s in sinks:
         worker.submit(s)
-    assert worker.statistics().rows == 9
+    assert worker.statistics().queued_rows == 9
     await _wait(*sinks)
     stats = worker.statistics()
-    assert (stats.requests, stats.rows, stats.batches, stats.rows_scheduled) == (0, 0, 3, 9)
+    assert (stats.queued, stats.queued_rows, stats.batches, stats.computed) == (0, 0, 3, 9)
 
 
 async def test_close_is_idempotent() -> None:

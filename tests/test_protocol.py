@@ -20,6 +20,7 @@ from wsserve.protocol import (
     MAX_TOP_K,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
+    GenerationParams,
     Auth,
     Cancel,
     Generate,
@@ -27,9 +28,19 @@ from wsserve.protocol import (
     Ping,
     Predict,
     decode,
-    encode,
+    encode_auth_ok,
+    encode_chunk,
+    encode_draining,
     encode_error,
+    encode_generate_done,
     encode_hello,
+    encode_models,
+    encode_pong,
+    encode_predict_done,
+    encode_result,
+    encode_seed_result,
+    encode_token,
+    token_prefix,
     validate_inputs,
 )
 
@@ -103,8 +114,9 @@ def test_predict_inputs_are_not_validated_by_decode() -> None:
 
 def test_generate_defaults() -> None:
     req = decode(_generate())
-    assert req == Generate(id="g1", model="charlm", prompt="The ")
-    assert (req.max_tokens, req.temperature, req.top_k, req.seed, req.stop, req.timeout_ms, req.priority) == (
+    assert req == Generate(id="g1", model="charlm", params=GenerationParams(prompt="The "))
+    p = req.params
+    assert (p.max_tokens, p.temperature, p.top_k, p.seed, p.stop, req.timeout_ms, p.priority) == (
         64, 0.0, 0, None, (), None, 0,
     )
 
@@ -117,31 +129,32 @@ def test_generate_all_options() -> None:
         )
     )
     assert isinstance(req, Generate)
+    p = req.params
     assert req.id == 3
-    assert req.max_tokens == 100_000
-    assert req.temperature == 1.0 and type(req.temperature) is float
-    assert (req.top_k, req.seed, req.stop, req.version) == (40, 42, ("\n", "END"), "1")
-    assert (req.timeout_ms, req.priority, req.prompt) == (1.5, 1, "héllo ✓")
+    assert p.max_tokens == 100_000
+    assert p.temperature == 1.0 and type(p.temperature) is float
+    assert (p.top_k, p.seed, p.stop, req.version) == (40, 42, ("\n", "END"), "1")
+    assert (req.timeout_ms, p.priority, p.prompt) == (1.5, 1, "héllo ✓")
 
 
 def test_generate_single_stop_string_is_accepted_like_openai() -> None:
-    assert decode(_generate(stop="\n")).stop == ("\n",)
+    assert decode(_generate(stop="\n")).params.stop == ("\n",)
 
 
 def test_generate_max_tokens_limit_is_the_callers() -> None:
-    assert decode(_generate(max_tokens=10), max_tokens=10).max_tokens == 10
+    assert decode(_generate(max_tokens=10), max_tokens=10).params.max_tokens == 10
     err = _fails(_generate(max_tokens=11), BadRequest, max_tokens=10)
     assert "max_tokens" in err.message
 
 
 def test_generate_negative_seed_is_folded_to_64_bits() -> None:
-    assert decode(_generate(seed=-1)).seed == 2**64 - 1
-    assert decode(_generate(seed=0)).seed == 0
+    assert decode(_generate(seed=-1)).params.seed == 2**64 - 1
+    assert decode(_generate(seed=0)).params.seed == 0
 
 
 def test_generate_stop_limits_boundary() -> None:
-    assert len(decode(_generate(stop=[str(i) for i in range(16)])).stop) == 16
-    assert decode(_generate(stop=["x" * 256])).stop == ("x" * 256,)
+    assert len(decode(_generate(stop=[str(i) for i in range(16)])).params.stop) == 16
+    assert decode(_generate(stop=["x" * 256])).params.stop == ("x" * 256,)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +217,15 @@ def test_generate_numbers_and_strings_have_upper_bounds(field: str, value: objec
 
 def test_top_k_up_to_its_limit_is_accepted() -> None:
     msg = {"type": "generate", "id": 1, "model": "charlm", "prompt": "a", "top_k": MAX_TOP_K}
-    assert decode(orjson.dumps(msg)).top_k == MAX_TOP_K
+    assert decode(orjson.dumps(msg)).params.top_k == MAX_TOP_K
+
+
+@pytest.mark.parametrize("kind", ["predict", "generate"])
+def test_version_may_be_a_positive_integer(kind: str) -> None:
+    req = decode(_predict(version=10) if kind == "predict" else _generate(version=10))
+    assert req.version == "10"
+    for bad in (0, -1, 2**63):
+        _fails(_predict(version=bad) if kind == "predict" else _generate(version=bad), BadRequest)
 
 
 # --------------------------------------------------------------------------- seed-compatible form
@@ -372,7 +393,7 @@ _PREDICT_BAD = [
     ("model", 5, "model"),
     ("model", ["linear"], "model"),
     ("inputs", _DROP, "inputs"),
-    ("version", 1, "version"),
+    ("version", 0, "version"),
     ("version", True, "version"),
     ("stream", "true", "stream"),
     ("stream", 1, "stream"),
@@ -433,7 +454,7 @@ _GENERATE_BAD = [
     ("stop", [["a"]], "stop"),
     ("stop", [str(i) for i in range(17)], "stop"),
     ("stop", ["x" * 257], "stop"),
-    ("version", 2, "version"),
+    ("version", 1.5, "version"),
     ("timeout_ms", 0, "timeout_ms"),
     ("timeout_ms", -1.5, "timeout_ms"),
     ("priority", 3, "priority"),
@@ -509,50 +530,54 @@ def test_valid_inputs_decoded_end_to_end_are_finite() -> None:
 # --------------------------------------------------------------------------- encoders
 
 
-def test_encode_exact_bytes() -> None:
-    assert encode({"type": "pong", "id": 8}) == b'{"type":"pong","id":8}'
-    assert encode({"type": "token", "id": "g1", "seq": 0, "text": "q"}) == b'{"type":"token","id":"g1","seq":0,"text":"q"}'
-    assert encode({"type": "draining", "deadline_ms": 10000}) == b'{"type":"draining","deadline_ms":10000}'
+def test_small_frames_exact_bytes() -> None:
+    assert encode_pong(8) == b'{"type":"pong","id":8}'
+    assert encode_pong(None) == b'{"type":"pong","id":null}'
+    assert encode_pong("p") == b'{"type":"pong","id":"p"}'
+    assert encode_draining(10000) == b'{"type":"draining","deadline_ms":10000}'
+    assert encode_auth_ok("a") == b'{"type":"auth","id":"a","ok":true}'
+    assert encode_models(7, b'[{"name":"linear"}]') == b'{"type":"models","id":7,"models":[{"name":"linear"}]}'
 
 
-def test_encode_numpy_result_frame() -> None:
-    outputs = np.array([[2.0], [3.5]])
-    frame = {
-        "type": "result", "id": "a1", "model": "linear", "version": "1", "outputs": outputs,
-        "timing": {"queue_ms": 0.21, "compute_ms": 0.04, "batch_size": 37},
-    }
-    data = encode(frame)
+def test_token_frames_exact_bytes() -> None:
+    prefix = token_prefix("g1")
+    assert encode_token(prefix, 0, "q") == b'{"type":"token","id":"g1","seq":0,"text":"q"}'
+    assert encode_token(token_prefix(5), 12, 'é\n"\\') == '{"type":"token","id":5,"seq":12,"text":"é\\n\\"\\\\"}'.encode()
+    assert orjson.loads(encode_token(prefix, 7, 'é\n"\\')) == {"type": "token", "id": "g1", "seq": 7, "text": 'é\n"\\'}
+
+
+def test_result_frame_exact_bytes() -> None:
+    data = encode_result("a1", "linear", "1", np.array([[2.0], [3.5]]), {"queue_ms": 0.21, "compute_ms": 0.04, "batch_size": 37})
     assert data == (
         b'{"type":"result","id":"a1","model":"linear","version":"1","outputs":[[2.0],[3.5]],'
         b'"timing":{"queue_ms":0.21,"compute_ms":0.04,"batch_size":37}}'
     )
-    assert orjson.loads(data) == {**frame, "outputs": [[2.0], [3.5]]}
 
 
-@pytest.mark.parametrize(
-    "frame",
-    [
-        {"type": "chunk", "id": "a1", "seq": 0, "offset": 0, "outputs": np.arange(6, dtype=np.float64).reshape(3, 2)},
-        {"type": "chunk", "id": 5, "seq": 3, "offset": 12, "outputs": np.arange(4, dtype=np.float32).reshape(2, 2)},
-        {"type": "done", "id": "a1", "reason": "complete", "rows": 3, "timing": {"queue_ms": 1.0}},
-        {"type": "done", "id": "g1", "reason": "length", "tokens": 64, "timing": {"ttft_ms": 1.9, "total_ms": 40.2}},
-        {"type": "token", "id": "g1", "seq": 7, "text": "é\n\"\\"},
-        {"type": "models", "id": 7, "models": [{"name": "linear", "input_shape": [1], "metrics": {"mse": 0.08}}]},
-        {"type": "pong", "id": None},
-        {"y_pred": np.array([2.01, 3.52])},
-    ],
-)
-def test_encode_round_trips(frame: dict[str, object]) -> None:
-    data = encode(frame)
-    assert isinstance(data, bytes)
-    data.decode("utf-8")  # valid UTF-8 text frame
-    expected = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in frame.items()}
-    assert orjson.loads(data) == expected
-
-
-def test_encode_non_contiguous_numpy_array() -> None:
+def test_result_of_a_non_contiguous_array() -> None:
     outputs = np.arange(6, dtype=np.float64).reshape(2, 3).T  # [3, 2], Fortran order
-    assert orjson.loads(encode({"outputs": outputs})) == {"outputs": outputs.tolist()}
+    assert orjson.loads(encode_result(1, "m", "1", outputs, {}))["outputs"] == outputs.tolist()
+
+
+def test_chunk_and_done_frames_exact_bytes() -> None:
+    assert encode_chunk("a1", 0, 0, np.arange(4, dtype=np.float64).reshape(2, 2)) == (
+        b'{"type":"chunk","id":"a1","seq":0,"offset":0,"outputs":[[0.0,1.0],[2.0,3.0]]}'
+    )
+    assert encode_chunk(5, 3, 12, np.arange(4, dtype=np.float64).reshape(2, 2)[:, :1]) == (
+        b'{"type":"chunk","id":5,"seq":3,"offset":12,"outputs":[[0.0],[2.0]]}'
+    )
+    assert encode_predict_done("a1", 3, {"queue_ms": 1.0}) == (
+        b'{"type":"done","id":"a1","reason":"complete","rows":3,"timing":{"queue_ms":1.0}}'
+    )
+    assert encode_generate_done("g1", "length", 64, {"ttft_ms": 1.9, "total_ms": 40.2}) == (
+        b'{"type":"done","id":"g1","reason":"length","tokens":64,"timing":{"ttft_ms":1.9,"total_ms":40.2}}'
+    )
+
+
+def test_seed_form_replies_exact_bytes() -> None:
+    # A number for one input (also [x], as the original design answers), a list for several.
+    assert encode_seed_result(np.array([[2.5]]), scalar=True) == b'{"y_pred":2.5}'
+    assert encode_seed_result(np.array([[2.5], [3.0]]), scalar=False) == b'{"y_pred":[2.5,3.0]}'
 
 
 def test_encode_error_exact_bytes() -> None:

@@ -18,8 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 PUBLIC = {
     "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run"],
     "wsserve.protocol": [
-        "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "RequestId", "Predict", "Generate", "Cancel", "Models", "Ping", "Auth",
-        "Request", "decode", "validate_inputs", "encode", "encode_error", "encode_hello",
+        "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
+        "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
+        "Models", "Ping", "Auth", "Request", "decode", "validate_inputs", "encode_error", "encode_hello",
+        "encode_draining", "encode_pong", "encode_models", "encode_auth_ok", "encode_result", "encode_seed_result",
+        "encode_chunk", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token",
+    ],
+    "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
+    "wsserve.jobs": ["Job", "JobOwner", "PredictJob", "GenerateJob"],
+    "wsserve.auth": ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION"],
+    "wsserve.stats": ["WorkerStatistics"],
+    "wsserve.transport": [
+        "App", "Flusher", "HttpProtocol", "HttpRequest", "HttpResponse", "WebSocketProtocol", "frame_header",
     ],
     "wsserve.errors": [
         "WsserveError", "BadJson", "BadRequest", "UnknownModel", "DuplicateId", "InvalidInput", "Overloaded",
@@ -27,7 +37,7 @@ PUBLIC = {
         "ERROR_CODES", "error_for_code",
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],
-    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS"],
+    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "flag"],
     "wsserve.distributed": [
         "WorkerMismatch", "WrittenVersion", "local_cluster", "train_linear_dask", "train_linear_generated_dask",
         "train_mlp_dask", "write_version",
@@ -49,10 +59,17 @@ def test_every_public_name_resolves(module_name: str) -> None:
         assert getattr(module, name) is not None, name
 
 
-def test_version() -> None:
+def test_the_version_is_written_once() -> None:
+    """``wsserve.__version__`` is the one place: pyproject.toml reads it (dynamic), and the
+    installed distribution's metadata agrees."""
+    import tomllib
+    from importlib.metadata import version
+
     import wsserve
 
-    assert wsserve.__version__ == "0.1.0"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert version("wsserve") == wsserve.__version__
 
 
 def test_top_level_reexports_are_the_same_objects() -> None:

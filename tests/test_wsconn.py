@@ -17,7 +17,7 @@ import pytest
 import websockets
 
 from tests.wsclient import Conn
-from wsserve.wsconn import frame_header
+from wsserve.transport.framing import frame_header
 
 
 def _client_frame(payload: bytes, opcode: int = 1, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:

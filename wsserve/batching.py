@@ -11,10 +11,10 @@ The driver (:mod:`wsserve.pool`) calls, with ``now`` from a monotonic clock:
 
 Policy:
 
-* **Greedy** by default (``max_delay_ms=0``): a batch is formed as soon as the
-  model is free, taking everything queued up to ``max_batch_size`` rows.  With
-  a window (``max_delay_ms > 0``) a batch waits until it is full or the oldest
-  queued request has waited ``max_delay_ms``.
+* **Greedy** by default (``max_delay_ms=None``): a batch is formed as soon as
+  the model is free, taking everything queued up to ``max_batch_size`` rows.
+  With a window (``max_delay_ms > 0``) a batch waits until it is full or the
+  oldest queued request has waited ``max_delay_ms``.
 * **Priority**: high-priority requests fill the batch first.
 * **Fairness**: inside a priority class, rows are shared round-robin between
   requests, so one 60,000-row request advances by its fair share of each batch
@@ -97,16 +97,16 @@ class BatchQueue:
         self,
         *,
         max_batch_size: int = 256,
-        max_delay_ms: float = 0.0,
+        max_delay_ms: float | None = None,
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_delay_ms < 0:
-            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        if max_delay_ms is not None and not max_delay_ms > 0:
+            raise ValueError(f"max_delay_ms must be > 0 or None (greedy), got {max_delay_ms}")
         self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_ms / 1000.0
+        self.max_delay_s = 0.0 if max_delay_ms is None else max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self.max_queue_bytes = max_queue_bytes
         self._bytes = 0  # unscheduled input bytes of live items
@@ -274,6 +274,17 @@ class BatchQueue:
             expired.append(item)
             self.cancel(item)
         return expired
+
+    def drain(self) -> list[WorkItem]:
+        """Remove and return every queued item (at shutdown); the queue is then empty."""
+        items = [it for q in self._classes for it in q]
+        for q in self._classes:
+            q.clear()
+        for it in items:
+            it.cancelled = True
+            self._forget_deadline(it)
+        self._rows = self._requests = self._bytes = 0
+        return items
 
     def statistics(self, now: float) -> QueueStats:
         oldest = min((it.enqueued_at for q in self._classes for it in q), default=now)

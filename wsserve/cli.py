@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_MODELS, ServerConfig
+from .config import DEFAULT_MODELS, ServerConfig, flag
 from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -56,7 +55,8 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _optional_seconds(text: str) -> float | None:
+def _off_or_number(text: str) -> float | None:
+    """A number > 0, or off/none/0 for "no limit" (None)."""
     if text.lower() in ("none", "off", "0"):
         return None
     value = _non_negative(text)
@@ -74,50 +74,75 @@ def _models(text: str) -> tuple[str, ...]:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """One flag per :class:`ServerConfig` field, spelled ``--`` + the field name with dashes
+    (its ``dest`` is the field name).  Older spellings stay accepted as aliases."""
     p = sub.add_parser("serve", help="train the default models and serve them", description="Serve models over WebSockets.")
     d = ServerConfig()
-    p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s)")
-    p.add_argument("--port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
-    p.add_argument("--models", type=_models, default=d.models, help="comma-separated models to serve (default all)")
-    p.add_argument("--seed", type=int, default=d.seed, help="training seed (default %(default)s)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")
-    p.add_argument("--no-cache", action="store_true", help="always train, never read or write the cache")
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop (default: uvloop if installed)")
+
+    def opt(name: str, *aliases: str, **kwargs: object) -> None:
+        p_or_group = kwargs.pop("group", p)
+        p_or_group.add_argument(flag(name), *aliases, dest=name, **kwargs)  # type: ignore[attr-defined]
+
+    opt("host", default=d.host, help="interface to bind (default %(default)s)")
+    opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
+    opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
+    opt("models", type=_models, default=d.models, help="comma-separated models to serve (default all)")
+    opt("seed", type=int, default=d.seed, help="training seed (default %(default)s)")
+    opt("cache_dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")
+    opt("cache", action=argparse.BooleanOptionalAction, default=d.cache,
+        help="read and write trained weights in the cache (--no-cache: always train)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default %(default)s)")
     g = p.add_argument_group("batching")
-    g.add_argument("--max-batch-size", type=_positive_int, default=d.max_batch_size, help="rows per predict batch (default %(default)s)")
-    g.add_argument("--max-delay-ms", type=_non_negative, default=d.max_delay_ms, help="batching window in ms; 0 = greedy (default)")
-    g.add_argument("--max-queue-rows", type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded'; 0 = unbounded")
-    g.add_argument("--max-queue-bytes", type=_optional_int, default=d.max_queue_bytes, help="queued input bytes (as float64) per model before 'overloaded' (default 64 MiB); 0 = unbounded")
-    g.add_argument("--max-generate-batch", type=_positive_int, default=d.max_generate_batch, help="sequences stepped together (default %(default)s)")
-    g.add_argument("--max-generate-queue", type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded'")
+    opt("max_batch_size", group=g, type=_positive_int, default=d.max_batch_size, help="rows per predict batch (default %(default)s)")
+    opt("max_delay_ms", group=g, type=_off_or_number, default=d.max_delay_ms,
+        help="batching window in ms; off (default) = greedy")
+    opt("max_queue_rows", group=g, type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded'; off = unbounded")
+    opt("max_queue_bytes", group=g, type=_optional_int, default=d.max_queue_bytes,
+        help="queued input bytes (as float64) per model before 'overloaded' (default 64 MiB); off = unbounded")
+    opt("max_generate_batch", group=g, type=_positive_int, default=d.max_generate_batch, help="sequences stepped together (default %(default)s)")
+    opt("max_generate_queue", group=g, type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded'")
+    opt("inline_max_flops", group=g, type=_positive_int, default=d.inline_max_flops,
+        help="predict batches cheaper than this many multiply-adds run on the event loop, others in a thread (default %(default)s)")
     g = p.add_argument_group("limits")
-    g.add_argument("--max-message-bytes", type=_positive_int, default=d.max_message_bytes, help="largest accepted message; bigger closes with 1009")
-    g.add_argument("--max-inflight", type=_positive_int, default=d.max_inflight, help="unfinished requests per connection (default %(default)s)")
-    g.add_argument("--max-inflight-bytes", type=_positive_int, default=d.max_inflight_bytes, help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
-    g.add_argument("--max-rows", type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
-    g.add_argument("--max-tokens", type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
-    g.add_argument("--max-connections", type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
-    g.add_argument("--max-write-buffer-bytes", type=_positive_int, default=d.max_write_buffer_bytes, help="unsent bytes per connection before the slow-consumer policy")
-    g = p.add_argument_group("timeouts")
-    g.add_argument("--drain-timeout", type=_non_negative, default=d.drain_timeout, help="seconds to finish work on shutdown (default %(default)s)")
-    g.add_argument("--slow-consumer-timeout", type=_non_negative, default=d.slow_consumer_timeout, help="seconds over the write buffer before closing (default %(default)s)")
-    g.add_argument("--ping-interval", type=_optional_seconds, default=d.ping_interval, help="keepalive ping period in s; 0 = off")
-    g.add_argument("--ping-timeout", type=_optional_seconds, default=d.ping_timeout, help="keepalive pong timeout in s; 0 = off")
+    opt("max_message_bytes", group=g, type=_positive_int, default=d.max_message_bytes, help="largest accepted message; bigger closes with 1009")
+    opt("max_inflight", group=g, type=_positive_int, default=d.max_inflight, help="unfinished requests per connection (default %(default)s)")
+    opt("max_inflight_bytes", group=g, type=_positive_int, default=d.max_inflight_bytes,
+        help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
+    opt("max_rows", group=g, type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
+    opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
+    opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
+    opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,
+        help="unsent bytes per connection before the slow-consumer policy")
+    g = p.add_argument_group("timeouts (seconds unless the name says otherwise; off disables)")
+    opt("drain_timeout_s", "--drain-timeout", group=g, type=_non_negative, default=d.drain_timeout_s,
+        help="time to finish work on shutdown (default %(default)s)")
+    opt("slow_consumer_timeout_s", "--slow-consumer-timeout", group=g, type=_non_negative, default=d.slow_consumer_timeout_s,
+        help="time over the write buffer before closing (default %(default)s)")
+    opt("ping_interval_s", "--ping-interval", group=g, type=_off_or_number, default=d.ping_interval_s, help="keepalive ping period; off disables")
+    opt("ping_timeout_s", "--ping-timeout", group=g, type=_off_or_number, default=d.ping_timeout_s, help="keepalive pong timeout; off disables")
+    opt("idle_timeout_s", "--idle-timeout", group=g, type=_off_or_number, default=d.idle_timeout_s,
+        help="close connections idle this long (default off)")
+    opt("auth_timeout_s", "--auth-timeout", group=g, type=_non_negative, default=d.auth_timeout_s,
+        help="with API keys: close connections not authenticated by then (default %(default)s)")
+    opt("handshake_timeout_s", group=g, type=_non_negative, default=d.handshake_timeout_s,
+        help="time a client has to send a whole HTTP request (default %(default)s)")
+    opt("close_timeout_s", group=g, type=_non_negative, default=d.close_timeout_s,
+        help="time a client has to answer the server's close frame (default %(default)s)")
     g = p.add_argument_group("security")
-    g.add_argument("--api-key", action="append", default=[], help="accepted API key (repeatable); also $WSSERVE_API_KEYS (comma-separated)")
+    opt("api_key", group=g, action="append", default=[], help="accepted API key (repeatable); also $WSSERVE_API_KEYS (comma-separated)")
     g.add_argument("--api-key-file", type=Path, help="file with one API key per line")
-    g.add_argument("--allow-origin", action="append", default=None, help="allowed browser Origin (exact match, repeatable; '*' = any); default: only the server's own origin")
-    g.add_argument("--require-origin", action="store_true", help="with --allow-origin: refuse handshakes without an Origin header")
-    g.add_argument("--certfile", type=Path, help="TLS certificate (PEM); serves wss://")
-    g.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
-    g.add_argument("--compression", action="store_true", help="enable permessage-deflate (off by default: CPU cost and CRIME-style risks)")
-    g.add_argument("--rate-limit", type=_non_negative, default=None, help="requests per second per connection (token bucket); default off")
-    g.add_argument("--rate-burst", type=_optional_int, default=None, help="token-bucket burst (default: one second's worth)")
-    g.add_argument("--key-rate-limit", type=_non_negative, default=None, help="requests per second per API key, over all its connections")
-    g.add_argument("--idle-timeout", type=_optional_seconds, default=None, help="close connections idle this many seconds (default never)")
-    g.add_argument("--auth-timeout", type=_non_negative, default=d.auth_timeout, help="with API keys: close connections not authenticated within this many seconds (default %(default)s)")
-    g.add_argument("--metrics-key", default=None, help="with API keys: a key accepted on GET /metrics only (for a Prometheus scraper)")
+    opt("metrics_key", group=g, default=None, help="with API keys: a key accepted on GET /metrics only (for a Prometheus scraper)")
+    opt("allow_origin", group=g, action="append", default=None,
+        help="allowed browser Origin (exact match, repeatable; '*' = any); default: only the server's own origin")
+    opt("require_origin", group=g, action="store_true", help="refuse handshakes without an Origin header")
+    opt("certfile", group=g, type=Path, help="TLS certificate (PEM); serves wss://")
+    opt("keyfile", group=g, type=Path, help="TLS private key (PEM)")
+    opt("compression", group=g, action="store_true", help="enable permessage-deflate (off by default: CPU cost and CRIME-style risks)")
+    opt("rate_limit_per_s", "--rate-limit", group=g, type=_off_or_number, default=None,
+        help="requests per second per connection (token bucket); default off")
+    opt("rate_limit_burst", "--rate-burst", group=g, type=_optional_int, default=None, help="token-bucket burst (default: one second's worth)")
+    opt("key_rate_limit_per_s", "--key-rate-limit", group=g, type=_off_or_number, default=None,
+        help="requests per second per API key, over all its connections")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,64 +179,12 @@ def _api_keys(args: argparse.Namespace) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _flag_names(message: str) -> str:
-    """Rewrite config setting names in ``message`` as the flags a user typed."""
-    renames = {
-        "rate_limit_per_s": "rate-limit", "rate_limit_burst": "rate-burst", "allowed_origins": "allow-origin",
-        "key_rate_limit_per_s": "key-rate-limit", "api_keys": "api-key",
-    }
-    for name in sorted(ServerConfig.field_names(), key=len, reverse=True):
-        flag = "--" + renames.get(name, name.replace("_", "-"))
-        message = re.sub(rf"(?<![\w-]){name}(?!\w)", flag, message)
-    return message
-
-
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build and validate the config; raises ``ValueError`` naming the bad flag."""
-    try:
-        return _build_config(args)
-    except ValueError as exc:
-        raise ValueError(_flag_names(str(exc))) from None
-
-
-def _build_config(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        models=args.models,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
-        max_message_bytes=args.max_message_bytes,
-        max_inflight=args.max_inflight,
-        max_inflight_bytes=args.max_inflight_bytes,
-        max_rows=args.max_rows,
-        max_tokens=args.max_tokens,
-        max_batch_size=args.max_batch_size,
-        max_queue_rows=args.max_queue_rows,
-        max_queue_bytes=args.max_queue_bytes,
-        max_generate_batch=args.max_generate_batch,
-        max_generate_queue=args.max_generate_queue,
-        max_connections=args.max_connections,
-        max_write_buffer_bytes=args.max_write_buffer_bytes,
-        max_delay_ms=args.max_delay_ms,
-        drain_timeout=args.drain_timeout,
-        slow_consumer_timeout=args.slow_consumer_timeout,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_timeout,
-        compression=args.compression,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        api_keys=_api_keys(args),
-        allowed_origins=tuple(args.allow_origin) if args.allow_origin else None,
-        allow_no_origin=not args.require_origin,
-        rate_limit_per_s=args.rate_limit or None,
-        rate_limit_burst=args.rate_burst,
-        key_rate_limit_per_s=args.key_rate_limit or None,
-        idle_timeout=args.idle_timeout,
-        auth_timeout=args.auth_timeout,
-        metrics_key=args.metrics_key,
-    ).validate()
+    values = {name: getattr(args, name) for name in ServerConfig.field_names() if hasattr(args, name)}
+    values["api_key"] = _api_keys(args)
+    values["allow_origin"] = tuple(args.allow_origin) if args.allow_origin else None
+    return ServerConfig(**values).validate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    configure_logging(args.log_level, secrets=config.api_keys | ({config.metrics_key} if config.metrics_key else set()))
+    configure_logging(args.log_level, secrets=config.api_key | ({config.metrics_key} if config.metrics_key else set()))
     from .server import run
 
     try:
-        return run(config, loop=args.loop)
+        return run(config)
     except OSError as exc:
         print(f"wsserve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

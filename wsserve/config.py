@@ -1,19 +1,28 @@
 """Server settings: one keyword-only, frozen config object.
 
 The CLI (:mod:`wsserve.cli`) only parses flags into a :class:`ServerConfig`;
-:func:`wsserve.server.serve` takes one.  Limits carry their unit in the name;
-``None`` turns an optional limit off.  :meth:`ServerConfig.validate` raises
-``ValueError`` naming the offending setting.
+:func:`wsserve.server.run` takes one.  **One name per setting**: the flag is
+``--`` plus the field name with dashes (``max_inflight_bytes`` is
+``--max-inflight-bytes``), and the same name is used by every layer below
+(workers, engine, metrics).  Durations carry their unit in the name (``_s``,
+``_ms``); ``None`` turns an optional limit or timer off.
+:meth:`ServerConfig.validate` raises ``ValueError`` naming the offending flag.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "flag"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``max_inflight`` -> ``--max-inflight``."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -22,12 +31,13 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8765
+    loop: str = "auto"  # auto | asyncio | uvloop
 
     # Models
     models: tuple[str, ...] = DEFAULT_MODELS
     seed: int = 0
     cache_dir: Path | None = None  # None: $WSSERVE_CACHE_DIR or ~/.cache/wsserve
-    use_cache: bool = True
+    cache: bool = True  # read and write trained weights in cache_dir
 
     # Limits (per connection)
     max_message_bytes: int = 1 << 20
@@ -43,16 +53,18 @@ class ServerConfig:
     max_generate_queue: int | None = 4096  # generations waiting for a slot
     # Limits (server)
     max_connections: int | None = None
-    max_write_buffer_bytes: int = 8 << 20  # per connection, then slow-consumer policy
+    max_write_buffer_bytes: int = 8 << 20  # per connection, then the slow-consumer policy
 
     # Timeouts
-    max_delay_ms: float = 0.0  # batching window; 0 = greedy
-    drain_timeout: float = 10.0  # seconds
-    slow_consumer_timeout: float = 10.0  # seconds a connection may stay over its write buffer
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    idle_timeout: float | None = None
-    auth_timeout: float = 5.0  # seconds a connection may stay unauthenticated (with api_keys)
+    max_delay_ms: float | None = None  # batching window; None: greedy
+    drain_timeout_s: float = 10.0
+    slow_consumer_timeout_s: float = 10.0  # time a connection may stay over its write buffer
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    idle_timeout_s: float | None = None
+    auth_timeout_s: float = 5.0  # time a connection may stay unauthenticated (with api_key)
+    handshake_timeout_s: float = 10.0  # time to send a whole HTTP request (408 after it)
+    close_timeout_s: float = 10.0  # time the client has to answer our close frame
 
     # Transport
     compression: bool = False
@@ -60,52 +72,57 @@ class ServerConfig:
     keyfile: Path | None = None
 
     # Security
-    api_keys: frozenset[str] = field(default_factory=frozenset)
-    metrics_key: str | None = None  # also accepted on GET /metrics (with api_keys)
-    allowed_origins: tuple[str, ...] | None = None  # None: the server's own origin only; ("*",): any
-    allow_no_origin: bool = True
+    api_key: frozenset[str] = field(default_factory=frozenset)  # the accepted API keys (none: no auth)
+    metrics_key: str | None = None  # also accepted on GET /metrics (with api_key)
+    allow_origin: tuple[str, ...] | None = None  # browser origins; None: the server's own only; ("*",): any
+    require_origin: bool = False  # refuse handshakes without an Origin header
     rate_limit_per_s: float | None = None  # predict/generate per second per connection
     rate_limit_burst: int | None = None  # default: max(1, rate)
     key_rate_limit_per_s: float | None = None  # predict/generate per second per API key
 
     # Compute
-    inline_max_flops: int = 200_000  # batches cheaper than this run on the loop thread
+    inline_max_flops: int = 200_000  # predict batches cheaper than this run on the loop thread
 
-    def validate(self) -> "ServerConfig":
-        """Return self if every setting is in range, else raise ``ValueError``."""
+    def validate(self) -> ServerConfig:
+        """Return self if every setting is in range, else raise ``ValueError`` naming its flag."""
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {self.port}")
+            raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (
             "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
         )
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        for name in ("max_delay_ms", "drain_timeout", "slow_consumer_timeout", "inline_max_flops", "auth_timeout"):
-            if not getattr(self, name) >= 0:  # also refuses NaN
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("ping_interval", "ping_timeout", "idle_timeout", "rate_limit_per_s", "key_rate_limit_per_s"):
+            if value is not None and (type(value) is not int or value < 1):
+                raise ValueError(f"{flag(name)} must be a positive integer or off, got {value!r}")
+        for name in ("drain_timeout_s", "slow_consumer_timeout_s", "auth_timeout_s", "handshake_timeout_s",
+                     "close_timeout_s", "inline_max_flops"):
             value = getattr(self, name)
-            if value is not None and not value > 0:  # also refuses NaN
-                raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag(name)} must be a number >= 0, got {value!r}")
+        for name in ("max_delay_ms", "ping_interval_s", "ping_timeout_s", "idle_timeout_s", "rate_limit_per_s",
+                     "key_rate_limit_per_s"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
         if not self.models:
-            raise ValueError("at least one model must be served")
-        if self.key_rate_limit_per_s is not None and not self.api_keys:
-            raise ValueError("key_rate_limit_per_s needs api_keys")
-        if self.metrics_key is not None and not self.api_keys:
-            raise ValueError("metrics_key needs api_keys (without keys /metrics is open)")
+            raise ValueError(f"{flag('models')}: at least one model must be served")
+        if self.key_rate_limit_per_s is not None and not self.api_key:
+            raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
+        if self.metrics_key is not None and not self.api_key:
+            raise ValueError(f"{flag('metrics_key')} needs {flag('api_key')} (without keys /metrics is open)")
         if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile must be given together")
+            raise ValueError(f"{flag('certfile')} and {flag('keyfile')} must be given together")
         for name in ("certfile", "keyfile"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name}: no such file: {path}")
+                raise ValueError(f"{flag(name)}: no such file: {path}")
         return self
 
     def rate_burst(self, rate: float) -> float:

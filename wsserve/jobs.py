@@ -1,66 +1,90 @@
 """In-flight requests of a connection: one job per ``predict`` or ``generate``.
 
 A job is the sink its worker calls back (:class:`~wsserve.pool.PredictSink`
-for predict, the generation engine's sink for generate).  Every way a job can
-end goes through :meth:`Job._terminal`, which sends at most one terminal
-frame: that is where the protocol's *exactly one terminal frame per id*
-invariant lives.  After it, ``finished`` is true and every callback is a no-op.
+for predict, the generation engine's :class:`~wsserve.generation.TokenSink`
+for generate) and turns what it gets into frames (encoded by
+:mod:`wsserve.protocol`) for its owner, the connection.
+
+Every way a job can end goes through :meth:`Job._terminal`, which hands the
+owner at most one terminal frame: that is where the protocol's *exactly one
+terminal frame per id* invariant lives.  After it, ``finished`` is true and
+every callback is a no-op.  Jobs touch no clock, socket or metrics: the owner
+records what they measured when they finish.
 """
 
 from __future__ import annotations
 
-import asyncio
-from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import orjson
 
 from .errors import Cancelled, DeadlineExceeded, WsserveError
-from .protocol import Generate, Predict, encode_error
+from .protocol import (
+    Generate,
+    Predict,
+    encode_chunk,
+    encode_error,
+    encode_generate_done,
+    encode_predict_done,
+    encode_result,
+    encode_seed_result,
+    encode_token,
+    token_prefix,
+)
 
 if TYPE_CHECKING:
     from .batching import WorkItem
     from .pool import ModelEntry
-    from .session import Session
 
-__all__ = ["Job", "PredictJob", "GenerateJob"]
-
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+__all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
+class JobOwner(Protocol):
+    """What a job needs from its connection."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue a non-terminal frame (chunk, token)."""
+
+    def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
+        """Called exactly once per job with its terminal frame (None: nothing can be
+        sent any more) and its result code (``ok`` or an error code)."""
+
+    def elapsed_ms(self, since: float) -> float:
+        """Milliseconds from ``since`` (the clock the job's times use) to now."""
+
+
 class Job:
     """Base of in-flight requests.  Subclasses stop their work in ``_stop_work``."""
 
-    __slots__ = ("session", "key", "id", "model", "version", "kind", "received_at", "finished", "timer", "nbytes")
+    __slots__ = ("owner", "key", "id", "model", "version", "kind", "received_at", "deadline", "finished", "nbytes")
 
-    def __init__(self, session: Session, key: Any, rid: Any, entry: ModelEntry, kind: str, received_at: float) -> None:
-        self.session = session
+    def __init__(
+        self, owner: JobOwner, key: Any, rid: Any, entry: ModelEntry, kind: str, received_at: float,
+        deadline: float | None,
+    ) -> None:
+        self.owner = owner
         self.key = key
         self.id = rid
         self.model = entry.name
         self.version = entry.version
         self.kind = kind
         self.received_at = received_at
+        self.deadline = deadline
         self.finished = False
-        self.timer: asyncio.TimerHandle | None = None
         self.nbytes = 0  # input bytes held while unfinished (the connection's max_inflight_bytes)
 
     # -- ending
 
     def _terminal(self, frame: bytes | None, code: str) -> bool:
-        """Send the terminal frame (None: the socket is gone) exactly once."""
+        """Hand the owner the terminal frame (None: the socket is gone) exactly once."""
         if self.finished:
             return False
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.session.job_finished(self, frame, code)
+        self.owner.job_finished(self, frame, code)
         return True
 
     def fail(self, exc: WsserveError) -> None:
@@ -77,7 +101,7 @@ class Job:
         self.fail(DeadlineExceeded("deadline passed"))
 
     def abandon(self, code: str = "cancelled") -> None:
-        """The connection is gone: stop work, send nothing."""
+        """The connection is gone (or closing): stop work, send nothing."""
         if self._terminal(None, code):
             self._stop_work()
 
@@ -86,17 +110,18 @@ class Job:
 
 
 class PredictJob(Job):
-    """A ``predict`` (plain, streamed or seed-form) in flight."""
+    """A ``predict`` (plain, streamed or seed-form) in flight; its worker's :class:`PredictSink`."""
 
     __slots__ = (
         "rows", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
-        "_seq", "_pending", "_pending_rows", "_queue_s", "_compute_s", "_batch_max",
+        "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max",
     )
 
     def __init__(
-        self, session: Session, key: Any, req: Predict, entry: ModelEntry, rows: np.ndarray, received_at: float
+        self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, rows: np.ndarray, received_at: float,
+        deadline: float | None,
     ) -> None:
-        super().__init__(session, key, req.id, entry, "predict", received_at)
+        super().__init__(owner, key, req.id, entry, "predict", received_at, deadline)
         self.rows = rows
         self.n = rows.shape[0]
         self.nbytes = rows.nbytes
@@ -110,7 +135,7 @@ class PredictJob(Job):
         self._seq = 0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
-        self._queue_s = -1.0
+        self.queue_s = -1.0  # wait before the first batch (-1: none yet)
         self._compute_s = 0.0
         self._batch_max = 0
 
@@ -126,9 +151,8 @@ class PredictJob(Job):
     def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None:
         if self.finished:
             return
-        if self._queue_s < 0:
-            self._queue_s = queue_s
-            self.session.server.metrics.queued(self.model, queue_s)
+        if self.queue_s < 0:
+            self.queue_s = queue_s
         self._compute_s += compute_s
         if batch_rows > self._batch_max:
             self._batch_max = batch_rows
@@ -144,28 +168,16 @@ class PredictJob(Job):
 
     def _timing(self) -> dict[str, float | int]:
         return {
-            "queue_ms": _ms(max(0.0, self._queue_s)),
+            "queue_ms": _ms(max(0.0, self.queue_s)),
             "compute_ms": _ms(self._compute_s),
             "batch_size": self._batch_max,
         }
 
     def _result(self, outputs: np.ndarray) -> None:
         if self.seed_form is not None:
-            col = outputs[:, 0]
-            value: Any = float(col[0]) if self.seed_form == "scalar" else col
-            frame = orjson.dumps({"y_pred": value}, option=_NUMPY)
+            frame = encode_seed_result(outputs, self.seed_form == "scalar")
         else:
-            frame = orjson.dumps(
-                {
-                    "type": "result",
-                    "id": self.id,
-                    "model": self.model,
-                    "version": self.version,
-                    "outputs": outputs,
-                    "timing": self._timing(),
-                },
-                option=_NUMPY,
-            )
+            frame = encode_result(self.id, self.model, self.version, outputs, self._timing())
         self._terminal(frame, "ok")
 
     def _stream_rows(self, start: int, outputs: np.ndarray, last: bool) -> None:
@@ -189,31 +201,25 @@ class PredictJob(Job):
                     self._send_chunk(offset + cut, rest)
                     self._pending, self._pending_rows = [], 0
         if last:
-            frame = orjson.dumps(
-                {"type": "done", "id": self.id, "reason": "complete", "rows": self.n, "timing": self._timing()}
-            )
-            self._terminal(frame, "ok")
+            self._terminal(encode_predict_done(self.id, self.n, self._timing()), "ok")
 
     def _send_chunk(self, offset: int, outputs: np.ndarray) -> None:
-        frame = orjson.dumps(
-            {"type": "chunk", "id": self.id, "seq": self._seq, "offset": offset, "outputs": np.ascontiguousarray(outputs)},
-            option=_NUMPY,
-        )
+        self.owner.send(encode_chunk(self.id, self._seq, offset, outputs))
         self._seq += 1
-        self.session.send(frame)
 
 
 class GenerateJob(Job):
     """A ``generate`` in flight; the generation engine's sink."""
 
-    __slots__ = ("engine", "handle", "_id_prefix", "tokens")
+    __slots__ = ("engine", "handle", "_prefix", "tokens")
 
-    def __init__(self, session: Session, key: Any, req: Generate, entry: ModelEntry, received_at: float) -> None:
-        super().__init__(session, key, req.id, entry, "generate", received_at)
+    def __init__(
+        self, owner: JobOwner, key: Any, req: Generate, entry: ModelEntry, received_at: float, deadline: float | None
+    ) -> None:
+        super().__init__(owner, key, req.id, entry, "generate", received_at, deadline)
         self.engine = entry.worker
         self.handle: Any = None
-        # Token frames are the hottest frames: build them by concatenation.
-        self._id_prefix = b'{"type":"token","id":' + orjson.dumps(req.id) + b',"seq":'
+        self._prefix = token_prefix(req.id)  # token frames are the hottest: built by concatenation
         self.tokens = 0
 
     def _stop_work(self) -> None:
@@ -230,8 +236,7 @@ class GenerateJob(Job):
         if self.handle is not None:
             self.engine.cancel(self.handle)
         if not self.finished:
-            elapsed = _ms(monotonic() - self.received_at)
-            self.finish("cancelled", self.tokens, {"ttft_ms": None, "total_ms": elapsed})
+            self.finish("cancelled", self.tokens, {"ttft_ms": None, "total_ms": self.owner.elapsed_ms(self.received_at)})
 
     # -- engine sink
 
@@ -239,7 +244,7 @@ class GenerateJob(Job):
         if self.finished:
             return
         self.tokens = seq + 1
-        self.session.send(self._id_prefix + str(seq).encode() + b',"text":' + orjson.dumps(text) + b"}")
+        self.owner.send(encode_token(self._prefix, seq, text))
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         self.finish(reason, tokens, timing)
@@ -248,8 +253,5 @@ class GenerateJob(Job):
         self.fail(exc)
 
     def finish(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
-        frame = orjson.dumps(
-            {"type": "done", "id": self.id, "reason": reason, "tokens": tokens, "timing": timing}
-        )
-        if self._terminal(frame, "ok" if reason != "cancelled" else "cancelled"):
-            self.session.server.metrics.add_tokens(self.model, tokens)
+        self.tokens = tokens
+        self._terminal(encode_generate_done(self.id, reason, tokens, timing), "ok" if reason != "cancelled" else "cancelled")

@@ -106,6 +106,13 @@ class _Collector(Collector):
             "wsserve_slow_consumer_closes", "Connections closed because they stopped reading.", value=m.slow_consumers
         )
         yield CounterMetricFamily("wsserve_messages_received", "WebSocket messages received.", value=state["messages"])
+        frames = CounterMetricFamily(
+            "wsserve_websocket_frames", "Client frames by parsing path: fast (whole data frames) or library.",
+            labels=["path"],
+        )
+        for path, n in state.get("frames", {}).items():
+            frames.add_metric([path], n)
+        yield frames
         yield GaugeMetricFamily("wsserve_connections", "Open WebSocket connections.", value=state["connections"])
         yield GaugeMetricFamily(
             "wsserve_inflight_requests", "Unfinished predict and generate requests across all connections.",

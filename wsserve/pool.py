@@ -1,10 +1,11 @@
 """The model pool: per-model batching workers driven by asyncio.
 
-:class:`PredictWorker` owns one :class:`~wsserve.batching.BatchQueue` and one
-task that forms batches greedily (or after ``max_delay_ms``) across every
-connection, runs the model (off the event loop in a one-thread executor when
-the batch is costly enough, inline when it is cheaper than the thread hop),
-and hands each request its rows through its :class:`PredictSink`.
+:class:`PredictWorker` owns one :class:`~wsserve.batching.BatchQueue` and
+forms batches from loop callbacks (no task per request or per model), greedily
+or after ``max_delay_ms``, across every connection; it runs the model (off the
+event loop in a one-thread executor when the batch is costly enough, inline
+when it is cheaper than the thread hop) and hands each request its rows
+through its :class:`PredictSink`.
 
 :class:`ModelPool` maps ``(name, version)`` to a worker: a
 :class:`PredictWorker` for predictive models, a
@@ -25,10 +26,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
-from .batching import Batch, BatchQueue, QueueStats, WorkItem
-from .errors import DeadlineExceeded, Internal, InvalidInput, UnknownModel, WsserveError
+from .batching import Batch, BatchQueue, WorkItem
+from .errors import DeadlineExceeded, Internal, InvalidInput, ShuttingDown, UnknownModel, WsserveError
 from .models.base import ModelInfo, PredictiveModel
+from .stats import WorkerStatistics
 
 __all__ = ["PredictSink", "PredictWorker", "ModelEntry", "ModelPool", "BatchObserver"]
 
@@ -72,7 +75,7 @@ class PredictWorker:
         model: PredictiveModel,
         *,
         max_batch_size: int = 256,
-        max_delay_ms: float = 0.0,
+        max_delay_ms: float | None = None,
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
         inline_max_flops: int = 200_000,
@@ -96,6 +99,9 @@ class PredictWorker:
         self._tick_handle: asyncio.Handle | None = None
         self._tick_at: float | None = None  # monotonic time of a scheduled window tick
         self._closed = False
+        self._computing: tuple[WorkItem, ...] = ()  # items of the batch in the executor
+        self._executor_batches = 0
+        self._last_batch = 0
 
     # -- lifecycle
 
@@ -104,8 +110,10 @@ class PredictWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wsserve-{self.name}")
 
     async def close(self) -> None:
-        """Stop forming batches.  Requests still queued are ended by the server
-        (drain) before this is called; a batch computing is abandoned."""
+        """Stop forming batches and end every request still queued or computing with
+        ``ShuttingDown`` (as the generation engine does).  Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         if self._tick_handle is not None:
             self._tick_handle.cancel()
@@ -113,11 +121,19 @@ class PredictWorker:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        for item in self.queue.drain():
+            self._end(item, ShuttingDown("the server is shutting down"))
+        for item in self._computing:
+            self._end(item, ShuttingDown("the server is shutting down"))
+        self._computing = ()
 
     # -- requests
 
     def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
-        """Queue ``sink.rows``; raises ``Overloaded`` when the queue is full."""
+        """Queue ``sink.rows``.  Raises ``Overloaded`` when the queue is full and
+        ``ShuttingDown`` after :meth:`close`; the sink is then never called."""
+        if self._closed:
+            raise ShuttingDown("model worker is shutting down")
         rows = sink.rows
         item = WorkItem(rows=rows.shape[0], priority=priority, deadline=deadline, payload=sink,
                         row_bytes=rows.nbytes // max(1, rows.shape[0]))
@@ -135,8 +151,14 @@ class PredictWorker:
         """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
         self.queue.cancel(item)
 
-    def statistics(self) -> QueueStats:
-        return self.queue.statistics(monotonic())
+    def statistics(self) -> WorkerStatistics:
+        q = self.queue.statistics(monotonic())
+        return WorkerStatistics(
+            kind="predict", queued=q.requests, queued_rows=q.rows, queued_bytes=q.bytes,
+            running=len(self._computing), oldest_age_s=q.oldest_age_s, batches=q.batches,
+            computed=q.rows_scheduled, executor_batches=self._executor_batches,
+            last_batch_size=self._last_batch,
+        )
 
     # -- the batching loop
 
@@ -186,12 +208,15 @@ class PredictWorker:
         else:
             x = np.concatenate([s.item.payload.rows[s.start : s.stop] for s in slices])
         started = monotonic()
+        self._last_batch = batch.rows
         try:
             if batch.rows <= self._inline_max_rows:
                 y = self.model.predict(x)
             else:
                 assert self._executor is not None and self._loop is not None
                 self._busy = True
+                self._executor_batches += 1
+                self._computing = tuple(s.item for s in slices)
                 future = self._loop.run_in_executor(self._executor, self.model.predict, x)
                 future.add_done_callback(lambda f: self._computed(batch, f, started))
                 return
@@ -202,7 +227,8 @@ class PredictWorker:
 
     def _computed(self, batch: Batch, future: asyncio.Future[np.ndarray], started: float) -> None:
         self._busy = False
-        if self._closed:
+        self._computing = ()
+        if self._closed:  # close() has ended its requests
             return
         if future.cancelled():
             self._failed(batch, RuntimeError("computation cancelled"))
@@ -225,6 +251,13 @@ class PredictWorker:
                     s.item.payload.on_error(Internal(err))
                 except Exception as sink_exc:  # noqa: BLE001
                     self._sink_failed(s.item, sink_exc)
+
+    def _end(self, item: WorkItem, exc: WsserveError) -> None:
+        try:
+            if not item.payload.finished:
+                item.payload.on_error(exc)
+        except Exception as sink_exc:  # noqa: BLE001
+            log.error("result sink of a %s request failed in on_error", self.name, exc_info=sink_exc)
 
     def _sink_failed(self, item: WorkItem, exc: BaseException) -> None:
         """A sink raised: log it, stop its rows, and end it with ``internal`` (best effort)."""
@@ -300,6 +333,7 @@ class ModelPool:
         self._latest = {name: versions[max(versions, key=_version_key)] for name, versions in self._by_name.items()}
         self._names_text = ", ".join(self._by_name)
         self._started = False
+        self._models_json = orjson.dumps(self.describe(), option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
 
     @property
     def names(self) -> list[str]:
@@ -307,6 +341,15 @@ class ModelPool:
 
     def entries(self) -> list[ModelEntry]:
         return [e for versions in self._by_name.values() for e in versions.values()]
+
+    def knows(self, name: str) -> bool:
+        """True for a served model name."""
+        return name in self._by_name
+
+    @property
+    def models_json(self) -> bytes:
+        """The ``models`` list as JSON (``GET /v1/models`` and the ``models`` reply)."""
+        return self._models_json
 
     def lookup(self, name: str, version: str | None = None) -> ModelEntry:
         """The entry for ``name`` (newest version unless given); raises ``UnknownModel``."""
@@ -337,6 +380,14 @@ class ModelPool:
             return
         self._started = False
         await asyncio.gather(*(e.worker.close() for e in self.entries()), return_exceptions=True)
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars (and anything else with ``.item()``) in model metadata."""
+    item = getattr(value, "item", None)
+    if item is None:
+        raise TypeError(f"cannot serialise {type(value).__name__} in model metadata")
+    return item()
 
 
 def _version_key(version: str) -> tuple[int, str]:

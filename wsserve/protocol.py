@@ -1,14 +1,19 @@
 """Wire codec for protocol v1: bytes in, typed requests out; values in, frame bytes out.
 
-Sans-I/O: nothing here touches a socket, a loop or a clock.  :func:`decode`
-turns one received text message into a request object or raises a
-:class:`~wsserve.errors.WsserveError` whose ``request_id`` is set when the id
-could be read.  Model-dependent checks (does the model exist, is the input
-width right) are the server's; :func:`validate_inputs` does the part of them
-that needs only the model's input width.
+Sans-I/O: nothing here touches a socket, a loop or a clock.
 
-Encoders return ``bytes`` holding one UTF-8 JSON object, ready to be sent as
-a text frame.
+- :func:`decode` turns one received text message into a request object or
+  raises a :class:`~wsserve.errors.WsserveError` whose ``request_id`` is set
+  when the id could be read.  Every number and string a client controls is
+  bounded here (ids, ``top_k``, ``timeout_ms``, ...), before anything else
+  sees it.  Model-dependent checks (does the model exist, is the input width
+  right) are the connection's; :func:`validate_inputs` does the part of them
+  that needs only the model's input width.
+- Every frame the server sends is encoded by a function here (``encode_*``);
+  the hot ones (``result``, ``token``, ``pong``) are built by concatenation.
+  Each returns ``bytes`` holding one UTF-8 JSON object, ready to be sent as a
+  text frame.  :func:`encode_error` is the one place an exception becomes an
+  ``error`` frame.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUBPROTOCOL",
     "MAX_ID_LENGTH",
+    "MAX_TOP_K",
+    "MAX_TEMPERATURE",
+    "MAX_TIMEOUT_MS",
+    "MAX_STOP_STRINGS",
+    "MAX_STOP_CHARS",
     "RequestId",
+    "GenerationParams",
     "Predict",
     "Generate",
     "Cancel",
@@ -35,9 +46,19 @@ __all__ = [
     "Request",
     "decode",
     "validate_inputs",
-    "encode",
     "encode_error",
     "encode_hello",
+    "encode_draining",
+    "encode_pong",
+    "encode_models",
+    "encode_auth_ok",
+    "encode_result",
+    "encode_seed_result",
+    "encode_chunk",
+    "encode_predict_done",
+    "encode_generate_done",
+    "token_prefix",
+    "encode_token",
 ]
 
 PROTOCOL_VERSION = 1
@@ -45,8 +66,6 @@ SUBPROTOCOL = "wsserve.v1"
 
 RequestId = Union[str, int]
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_MAX_STOP_STRINGS = 16
-_MAX_STOP_CHARS = 256
 
 # Bounds on every client-chosen value, checked before it reaches a slot, numpy or a timer.
 #: Longest string id (characters); ids are repeated in every frame of their request.
@@ -55,16 +74,102 @@ MAX_ID_LENGTH = 128
 _MIN_INT_ID, _MAX_INT_ID = -(1 << 63), (1 << 63) - 1
 #: Largest ``top_k`` (values at or above the vocabulary size sample from every token).
 MAX_TOP_K = (1 << 31) - 1
+#: Largest ``temperature``.
+MAX_TEMPERATURE = 100.0
 #: Largest ``timeout_ms`` (about 24.8 days, as JavaScript's ``setTimeout``).
 MAX_TIMEOUT_MS = (1 << 31) - 1
 #: Largest ``chunk_rows``.
 MAX_CHUNK_ROWS = (1 << 31) - 1
-#: Largest ``temperature``.
-MAX_TEMPERATURE = 100.0
+#: At most this many stop strings, each of at most this many characters.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 #: Longest ``model`` name, ``version`` and auth ``token`` (characters).
 MAX_MODEL_NAME_LENGTH = 256
 MAX_VERSION_LENGTH = 64
 MAX_TOKEN_LENGTH = 4096
+_MAX_VERSION_INT = (1 << 63) - 1
+
+
+# --------------------------------------------------------------------------- request values
+
+
+def _jtype(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationParams:
+    """A ``generate`` request's generation fields, wire defaults applied (the one validator).
+
+    - ``prompt``: conditioning text; characters outside the model's vocabulary
+      are normalised by the model (see :func:`wsserve.models.charlm.normalize_text`).
+    - ``max_tokens`` >= 1: tokens to generate at most (reason ``length``); its
+      upper bound is the server's ``max_tokens`` limit, checked by :func:`decode`.
+    - ``temperature`` in [0, :data:`MAX_TEMPERATURE`]: 0 is greedy (argmax);
+      otherwise softmax(logits / T) sampling.
+    - ``top_k`` in [0, :data:`MAX_TOP_K`]: sample only among the k most likely
+      tokens (ties at the k-th value are kept); 0, or k >= the vocabulary, is off.
+      Ignored when greedy.
+    - ``seed``: per-request random generator seed (any int, taken modulo 2**64);
+      ``None`` draws a fresh one.  Same seed, same prompt, same params -> same
+      text, whatever else is batched with it.
+    - ``stop``: at most :data:`MAX_STOP_STRINGS` non-empty strings of at most
+      :data:`MAX_STOP_CHARS` characters; generation ends with reason ``stop``
+      when one is produced, and the stop string is not streamed.
+    - ``priority``: 0 normal, 1 high (admitted to the batch first).
+
+    Raises :class:`~wsserve.errors.BadRequest` naming the bad field as the wire calls it.
+    """
+
+    prompt: str
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.prompt) is not str:
+            raise BadRequest(f"field 'prompt' must be a string, got {_jtype(self.prompt)}")
+        if type(self.max_tokens) is not int or self.max_tokens < 1:
+            raise BadRequest(f"field 'max_tokens' must be an integer >= 1, got {self.max_tokens!r}")
+        t = self.temperature
+        if type(t) not in (int, float) or not 0 <= t <= MAX_TEMPERATURE:  # also refuses NaN
+            raise BadRequest(f"field 'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {t!r}")
+        if type(self.top_k) is not int or not 0 <= self.top_k <= MAX_TOP_K:
+            raise BadRequest(f"field 'top_k' must be an integer in [0, {MAX_TOP_K}], got {self.top_k!r}")
+        if self.seed is not None and type(self.seed) is not int:
+            raise BadRequest(f"field 'seed' must be an integer, got {_jtype(self.seed)}")
+        stop = self.stop
+        if type(stop) is not tuple:
+            raise BadRequest(f"field 'stop' must be a list of strings, got {_jtype(stop)}")
+        if len(stop) > MAX_STOP_STRINGS:
+            raise BadRequest(f"field 'stop' holds {len(stop)} strings; at most {MAX_STOP_STRINGS}")
+        for s in stop:
+            if type(s) is not str or not s or len(s) > MAX_STOP_CHARS:
+                raise BadRequest(
+                    f"field 'stop' must hold non-empty strings of at most {MAX_STOP_CHARS} characters, got {s!r}"
+                )
+        if type(self.priority) is not int or self.priority not in (0, 1):
+            raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {self.priority!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 @dataclass(slots=True)
@@ -87,21 +192,15 @@ class Predict:
     seed_form: Literal["list", "scalar"] | None = None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Generate:
-    """A ``generate`` request with defaults applied."""
+    """A ``generate`` request: routing fields plus the validated :class:`GenerationParams`."""
 
     id: RequestId
     model: str
-    prompt: str
-    max_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    params: GenerationParams
     version: str | None = None
     timeout_ms: float | None = None
-    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +231,7 @@ Request = Union[Predict, Generate, Cancel, Models, Ping, Auth]
 
 # --------------------------------------------------------------------------- decode
 
+
 def _read_id(obj: dict[str, Any], required: bool) -> RequestId | None:
     """The request's id; raises ``BadRequest`` (with no request id: this one is unusable)."""
     rid = obj.get("id")
@@ -143,9 +243,7 @@ def _read_id(obj: dict[str, Any], required: bool) -> RequestId | None:
     if t is str:
         if len(rid) <= MAX_ID_LENGTH:
             return rid
-        raise BadRequest(
-            f"field 'id' has {len(rid)} characters; the limit is {MAX_ID_LENGTH} (max_id_length)"
-        )
+        raise BadRequest(f"field 'id' has {len(rid)} characters; the limit is {MAX_ID_LENGTH} (max_id_length)")
     if t is int:
         if _MIN_INT_ID <= rid <= _MAX_INT_ID:
             return rid
@@ -161,167 +259,124 @@ def _loose_id(obj: dict[str, Any]) -> RequestId | None:
         return None
 
 
-def _jtype(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _opt_str(obj: dict[str, Any], key: str, rid: RequestId | None, max_length: int) -> str | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise BadRequest(f"field '{key}' must be a string, got {_jtype(value)}", request_id=rid)
-    if len(value) > max_length:
-        raise BadRequest(f"field '{key}' has {len(value)} characters; the limit is {max_length}", request_id=rid)
-    return value
-
-
-def _opt_int(obj: dict[str, Any], key: str, rid: RequestId | None, lo: int, hi: int) -> int | None:
+def _opt_int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
     if type(value) is not int:
-        raise BadRequest(f"field '{key}' must be an integer, got {_jtype(value)}", request_id=rid)
+        raise BadRequest(f"field '{key}' must be an integer, got {_jtype(value)}")
     if value < lo or value > hi:
-        raise BadRequest(f"field '{key}' must be in [{lo}, {hi}], got {value}", request_id=rid)
+        raise BadRequest(f"field '{key}' must be in [{lo}, {hi}], got {value}")
     return value
 
 
-def _opt_timeout(obj: dict[str, Any], rid: RequestId | None) -> float | None:
+def _opt_timeout(obj: dict[str, Any]) -> float | None:
     value = obj.get("timeout_ms")
     if value is None:
         return None
     if type(value) not in (int, float) or not 0 < value <= MAX_TIMEOUT_MS:  # also refuses NaN
-        raise BadRequest(
-            f"field 'timeout_ms' must be a number in (0, {MAX_TIMEOUT_MS}], got {value!r}", request_id=rid
-        )
+        raise BadRequest(f"field 'timeout_ms' must be a number in (0, {MAX_TIMEOUT_MS}], got {value!r}")
     return float(value)
 
 
-def _priority(obj: dict[str, Any], rid: RequestId | None) -> int:
+def _priority(obj: dict[str, Any]) -> int:
     value = obj.get("priority")
     if value is None:
         return 0
     if type(value) is int and (value == 0 or value == 1):
         return value
-    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {value!r}", request_id=rid)
+    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {value!r}")
 
 
-def _model(obj: dict[str, Any], rid: RequestId | None) -> str:
+def _model(obj: dict[str, Any]) -> str:
     model = obj.get("model")
     if type(model) is str:
         if len(model) > MAX_MODEL_NAME_LENGTH:
-            raise BadRequest(
-                f"field 'model' has {len(model)} characters; the limit is {MAX_MODEL_NAME_LENGTH}", request_id=rid
-            )
+            raise BadRequest(f"field 'model' has {len(model)} characters; the limit is {MAX_MODEL_NAME_LENGTH}")
         return model
     if model is None:
-        raise BadRequest("missing field 'model'", request_id=rid)
-    raise BadRequest(f"field 'model' must be a string, got {_jtype(model)}", request_id=rid)
+        raise BadRequest("missing field 'model'")
+    raise BadRequest(f"field 'model' must be a string, got {_jtype(model)}")
 
 
-def _decode_predict(obj: dict[str, Any]) -> Predict:
-    rid = _read_id(obj, True)
+def _version(obj: dict[str, Any]) -> str | None:
+    """``version``: a string, or an integer (a repository's version directories are numbers)."""
+    value = obj.get("version")
+    if value is None:
+        return None
+    if type(value) is int:
+        if not 1 <= value <= _MAX_VERSION_INT:
+            raise BadRequest(f"field 'version' must be a positive integer or a string, got {value}")
+        return str(value)
+    if type(value) is not str:
+        raise BadRequest(f"field 'version' must be a string or an integer, got {_jtype(value)}")
+    if len(value) > MAX_VERSION_LENGTH:
+        raise BadRequest(f"field 'version' has {len(value)} characters; the limit is {MAX_VERSION_LENGTH}")
+    return value
+
+
+def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
     if len(obj) == 4:  # hot path: exactly type, id, model and inputs
         model = obj.get("model")
         if type(model) is str and "inputs" in obj and len(model) <= MAX_MODEL_NAME_LENGTH:
             return Predict(rid, model, obj["inputs"])
-    try:
-        model = _model(obj, rid)
-        if "inputs" not in obj:
-            raise BadRequest("missing field 'inputs' (an array of rows)")
-        stream = obj.get("stream")
-        if stream is None:
-            stream = False
-        elif type(stream) is not bool:
-            raise BadRequest(f"field 'stream' must be a boolean, got {_jtype(stream)}")
-        return Predict(
-            id=rid,
-            model=model,
-            inputs=obj["inputs"],
-            version=_opt_str(obj, "version", rid, MAX_VERSION_LENGTH),
-            stream=stream,
-            chunk_rows=_opt_int(obj, "chunk_rows", rid, 1, MAX_CHUNK_ROWS),
-            timeout_ms=_opt_timeout(obj, rid),
-            priority=_priority(obj, rid),
-        )
-    except WsserveError as exc:
-        exc.request_id = rid
-        raise
+    model = _model(obj)
+    if "inputs" not in obj:
+        raise BadRequest("missing field 'inputs' (an array of rows)")
+    stream = obj.get("stream")
+    if stream is None:
+        stream = False
+    elif type(stream) is not bool:
+        raise BadRequest(f"field 'stream' must be a boolean, got {_jtype(stream)}")
+    return Predict(
+        id=rid,
+        model=model,
+        inputs=obj["inputs"],
+        version=_version(obj),
+        stream=stream,
+        chunk_rows=_opt_int(obj, "chunk_rows", 1, MAX_CHUNK_ROWS),
+        timeout_ms=_opt_timeout(obj),
+        priority=_priority(obj),
+    )
 
 
-def _decode_generate(obj: dict[str, Any], max_tokens_limit: int) -> Generate:
-    rid = _read_id(obj, True)
-    assert rid is not None
-    try:
-        model = _model(obj, rid)
-        prompt = obj.get("prompt")
-        if type(prompt) is not str:
-            if prompt is None:
-                raise BadRequest("missing field 'prompt' (a string)")
-            raise BadRequest(f"field 'prompt' must be a string, got {_jtype(prompt)}")
-        max_tokens = _opt_int(obj, "max_tokens", rid, 1, max_tokens_limit)
-        temperature = obj.get("temperature")
-        if temperature is None:
-            temperature = 0.0
-        if type(temperature) not in (int, float) or not 0 <= temperature <= MAX_TEMPERATURE:  # refuses NaN
-            raise BadRequest(f"field 'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
-        top_k = _opt_int(obj, "top_k", rid, 0, MAX_TOP_K)
-        seed = obj.get("seed")
-        if seed is not None and type(seed) is not int:
-            raise BadRequest(f"field 'seed' must be an integer, got {_jtype(seed)}")
-        stop_raw = obj.get("stop")
-        if stop_raw is None:
-            stop: tuple[str, ...] = ()
-        elif type(stop_raw) is str:
-            stop = (stop_raw,)
-        elif type(stop_raw) is list:
-            stop = tuple(stop_raw)
-        else:
-            raise BadRequest(f"field 'stop' must be a list of strings, got {_jtype(stop_raw)}")
-        if len(stop) > _MAX_STOP_STRINGS:
-            raise BadRequest(f"field 'stop' holds {len(stop)} strings; at most {_MAX_STOP_STRINGS}")
-        for s in stop:
-            if type(s) is not str or not s or len(s) > _MAX_STOP_CHARS:
-                raise BadRequest(
-                    f"field 'stop' must hold non-empty strings of at most {_MAX_STOP_CHARS} characters, got {s!r}"
-                )
-        return Generate(
-            id=rid,
-            model=model,
-            prompt=prompt,
-            max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
-            temperature=float(temperature),
-            top_k=top_k or 0,
-            seed=None if seed is None else seed & 0xFFFF_FFFF_FFFF_FFFF,
-            stop=stop,
-            version=_opt_str(obj, "version", rid, MAX_VERSION_LENGTH),
-            timeout_ms=_opt_timeout(obj, rid),
-            priority=_priority(obj, rid),
-        )
-    except WsserveError as exc:
-        exc.request_id = rid
-        raise
+def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int) -> Generate:
+    model = _model(obj)
+    prompt = obj.get("prompt")
+    if prompt is None:
+        raise BadRequest("missing field 'prompt' (a string)")
+    max_tokens = _opt_int(obj, "max_tokens", 1, max_tokens_limit)
+    stop = obj.get("stop")
+    if stop is None:
+        stop = ()
+    elif type(stop) is str:
+        stop = (stop,)
+    elif type(stop) is list:
+        stop = tuple(stop)
+    else:
+        raise BadRequest(f"field 'stop' must be a list of strings, got {_jtype(stop)}")
+    seed = obj.get("seed")
+    temperature = obj.get("temperature")
+    top_k = obj.get("top_k")
+    params = GenerationParams(
+        prompt=prompt,
+        max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
+        temperature=0.0 if temperature is None else float(temperature) if type(temperature) is int else temperature,
+        top_k=0 if top_k is None else top_k,
+        seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,
+        stop=stop,
+        priority=_priority(obj),
+    )
+    return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj))
 
 
 def _decode_seed(obj: dict[str, Any]) -> Predict:
+    """``{"x": 0.5}`` or ``{"x": [0.5]}`` -> a number; ``{"x": [0.5, 1.0]}`` -> a list (the original design)."""
     x = obj["x"]
     if type(x) is list:
         if not x:
             raise InvalidInput("field 'x' must hold at least one number")
-        return Predict(id=None, model="linear", inputs=[[v] for v in x], seed_form="list")
+        return Predict(id=None, model="linear", inputs=[[v] for v in x], seed_form="scalar" if len(x) == 1 else "list")
     if type(x) in (int, float):
         return Predict(id=None, model="linear", inputs=[[x]], seed_form="scalar")
     raise InvalidInput(f"field 'x' must be a number or an array of numbers, got {_jtype(x)}")
@@ -331,10 +386,10 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     """Decode one text message into a request.
 
     Raises ``BadJson`` (unparseable, id ``None``; ``invalid_utf8`` set when the
-    bytes are not UTF-8), ``BadRequest`` (not an
-    object, unknown type, missing/mistyped/out-of-range field) or
-    ``InvalidInput`` (seed form with a bad ``x``); ``request_id`` is set on the
-    exception whenever the id could be read.
+    bytes are not UTF-8), ``BadRequest`` (not an object, unknown type,
+    missing/mistyped/out-of-range field) or ``InvalidInput`` (seed form with a
+    bad ``x``); ``request_id`` is set on the exception whenever the id could be
+    read.  ``max_tokens`` is the server's limit on a generate's ``max_tokens``.
     """
     try:
         obj = orjson.loads(data)
@@ -350,10 +405,14 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     if type(obj) is not dict:
         raise BadRequest(f"message must be a JSON object, got {_jtype(obj)}")
     kind = obj.get("type")
-    if kind == "predict":
-        return _decode_predict(obj)
-    if kind == "generate":
-        return _decode_generate(obj, max_tokens)
+    if kind == "predict" or kind == "generate":
+        rid = _read_id(obj, True)  # an unusable id fails here, with no id to echo
+        assert rid is not None
+        try:
+            return _decode_predict(obj, rid) if kind == "predict" else _decode_generate(obj, rid, max_tokens)
+        except WsserveError as exc:
+            exc.request_id = rid
+            raise
     if kind == "cancel":
         return Cancel(_read_id(obj, True))  # type: ignore[arg-type]
     if kind == "ping":
@@ -361,8 +420,8 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     if kind == "models":
         return Models(_read_id(obj, False))
     if kind == "auth":
-        token = obj.get("token")
         rid = _read_id(obj, False)
+        token = obj.get("token")
         if type(token) is not str or len(token) > MAX_TOKEN_LENGTH:
             raise BadRequest(f"field 'token' must be a string of at most {MAX_TOKEN_LENGTH} characters", request_id=rid)
         return Auth(token, rid)
@@ -371,10 +430,7 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     rid = _loose_id(obj)
     if kind is None:
         raise BadRequest("missing field 'type'", request_id=rid)
-    raise BadRequest(
-        f"unknown type {kind!r}; known: predict, generate, cancel, models, ping, auth",
-        request_id=rid,
-    )
+    raise BadRequest(f"unknown type {kind!r}; known: predict, generate, cancel, models, ping, auth", request_id=rid)
 
 
 def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
@@ -406,16 +462,12 @@ def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- encode
 
-def _encode_default(value: Any) -> Any:
-    tolist = getattr(value, "tolist", None)  # non-contiguous arrays, numpy scalars
-    if tolist is None:
-        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-    return tolist()
 
-
-def encode(frame: dict[str, Any]) -> bytes:
-    """Serialise one frame (numpy arrays of any layout allowed) to JSON bytes."""
-    return orjson.dumps(frame, option=_NUMPY, default=_encode_default)
+def _id(rid: RequestId | None) -> bytes:
+    """An id as JSON (ids are bounded by :func:`decode`, so this is short)."""
+    if rid is None:
+        return b"null"
+    return orjson.dumps(rid)
 
 
 def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> bytes:
@@ -440,3 +492,70 @@ def encode_hello(*, version: str, limits: dict[str, int], models: list[str], aut
     if auth_required:
         frame["auth_required"] = True
     return orjson.dumps(frame)
+
+
+def encode_draining(deadline_ms: int) -> bytes:
+    """``{"type":"draining","deadline_ms":N}``: the server is shutting down."""
+    return b'{"type":"draining","deadline_ms":' + str(int(deadline_ms)).encode() + b"}"
+
+
+def encode_pong(rid: RequestId | None) -> bytes:
+    return b'{"type":"pong","id":' + _id(rid) + b"}"
+
+
+def encode_models(rid: RequestId | None, models_json: bytes) -> bytes:
+    """The ``models`` reply; ``models_json`` is the JSON array of model descriptions."""
+    return b'{"type":"models","id":' + _id(rid) + b',"models":' + models_json + b"}"
+
+
+def encode_auth_ok(rid: RequestId | None) -> bytes:
+    return b'{"type":"auth","id":' + _id(rid) + b',"ok":true}'
+
+
+def _array(outputs: np.ndarray) -> bytes:
+    return orjson.dumps(np.ascontiguousarray(outputs), option=_NUMPY)
+
+
+def encode_result(rid: RequestId | None, model: str, version: str, outputs: np.ndarray, timing: dict[str, Any]) -> bytes:
+    """``result`` of a predict: ``outputs`` is ``[n, k]`` (float64, any layout)."""
+    return orjson.dumps(
+        {"type": "result", "id": rid, "model": model, "version": version, "outputs": np.ascontiguousarray(outputs),
+         "timing": timing},
+        option=_NUMPY,
+    )
+
+
+def encode_seed_result(outputs: np.ndarray, scalar: bool) -> bytes:
+    """``{"y_pred": ...}`` of the seed-compatible form: the first output of each row,
+    as a number when the input was one number (or a one-element list), else a list."""
+    col = outputs[:, 0]
+    value: Any = float(col[0]) if scalar else np.ascontiguousarray(col)
+    return orjson.dumps({"y_pred": value}, option=_NUMPY)
+
+
+def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: np.ndarray) -> bytes:
+    """One ``chunk`` of a streamed predict: rows ``offset .. offset + len(outputs)``."""
+    return (
+        b'{"type":"chunk","id":' + _id(rid) + b',"seq":' + str(seq).encode() + b',"offset":'
+        + str(offset).encode() + b',"outputs":' + _array(outputs) + b"}"
+    )
+
+
+def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any]) -> bytes:
+    """The terminal ``done`` of a streamed predict."""
+    return orjson.dumps({"type": "done", "id": rid, "reason": "complete", "rows": rows, "timing": timing})
+
+
+def encode_generate_done(rid: RequestId | None, reason: str, tokens: int, timing: dict[str, Any]) -> bytes:
+    """The terminal ``done`` of a generate (``reason``: length, stop or cancelled)."""
+    return orjson.dumps({"type": "done", "id": rid, "reason": reason, "tokens": tokens, "timing": timing})
+
+
+def token_prefix(rid: RequestId) -> bytes:
+    """The constant start of every ``token`` frame of one request (built once per request)."""
+    return b'{"type":"token","id":' + _id(rid) + b',"seq":'
+
+
+def encode_token(prefix: bytes, seq: int, text: str) -> bytes:
+    """One ``token`` frame: ``prefix`` from :func:`token_prefix`, then seq and text."""
+    return prefix + str(seq).encode() + b',"text":' + orjson.dumps(text) + b"}"

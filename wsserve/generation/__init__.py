@@ -8,7 +8,7 @@
 - :func:`sample`, :class:`StopMatcher` - the pure pieces.
 """
 
-from .engine import EngineStatistics, GenerationEngine, TokenSink, run_step
+from .engine import GenerationEngine, StepObserver, TokenSink, run_step
 from .params import MIN_TEMPERATURE, GenerationParams
 from .sampling import sample
 from .scheduler import (
@@ -24,7 +24,7 @@ from .stops import StopMatcher
 __all__ = [
     "MIN_TEMPERATURE",
     "Batch",
-    "EngineStatistics",
+    "StepObserver",
     "GenerationEngine",
     "GenerationParams",
     "Scheduler",

@@ -35,19 +35,26 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import Internal, ShuttingDown, WsserveError
+from ..stats import WorkerStatistics
 from .params import GenerationParams
 from .sampling import sample
 from .scheduler import FINISHED, Batch, Event, Scheduler, Sequence, TokenModel
 
-__all__ = ["EngineStatistics", "GenerationEngine", "TokenSink", "run_step"]
+__all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step"]
 
 log = logging.getLogger(__name__)
+
+
+class StepObserver(Protocol):
+    """Optional hook for metrics: called once per computed step."""
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
 
 class TokenSink(Protocol):
@@ -64,23 +71,6 @@ def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     return sample(logits, batch.temperature, batch.top_k, batch.noise)  # [B]
 
 
-@dataclass(frozen=True, slots=True)
-class EngineStatistics:
-    """A snapshot; ``tokens`` counts ``on_token`` calls, ``generated`` model tokens."""
-
-    active: int
-    queued: int
-    steps: int
-    tokens: int
-    generated: int
-    finished: int
-    last_batch_size: int
-    step_ms: float
-    executor_steps: int
-    max_batch_size: int
-    max_queue: int | None
-
-
 class GenerationEngine:
     """Continuous batching over one :class:`TokenModel` on the running event loop.
 
@@ -93,16 +83,25 @@ class GenerationEngine:
         self,
         model: TokenModel,
         *,
+        name: str = "",
         # Limits
-        max_batch_size: int = 256,
-        max_queue: int | None = 4096,
+        max_generate_batch: int = 256,
+        max_generate_queue: int | None = 4096,
         # Compute
         inline_max_batch: int = 64,
+        observer: StepObserver | None = None,
+        after_delivery: Callable[[], None] | None = None,
     ) -> None:
+        """``observer.on_batch(name, sequences, seconds)`` is called once per step (metrics);
+        ``after_delivery`` after each step's tokens were handed to their sinks (the
+        server writes the frames then, rather than one loop iteration later)."""
         if inline_max_batch < 0:
             raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
         self.model = model
-        self._sched = Scheduler(model, max_batch_size=max_batch_size, max_queue=max_queue)
+        self.name = name
+        self._observer = observer
+        self._after_delivery = after_delivery
+        self._sched = Scheduler(model, max_generate_batch=max_generate_batch, max_generate_queue=max_generate_queue)
         self._inline_max_batch = inline_max_batch
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup = asyncio.Event()
@@ -120,18 +119,21 @@ class GenerationEngine:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="wsserve-generate")
 
-    def submit(self, params: GenerationParams, sink: TokenSink, *, group: Any = None) -> Sequence:
+    def submit(
+        self, params: GenerationParams, sink: TokenSink, *, group: Any = None, deadline: float | None = None
+    ) -> Sequence:
         """Queue a generation streaming into ``sink``; return its handle.
 
         ``group`` is the fairness key (the client connection, see
-        :class:`~wsserve.generation.scheduler.Scheduler`).  Raises
-        :class:`~wsserve.errors.Overloaded` (queue full, with ``retry_after_ms``)
-        or :class:`~wsserve.errors.ShuttingDown` (closed); the sink is then never called.
+        :class:`~wsserve.generation.scheduler.Scheduler`); ``deadline`` is in
+        ``time.monotonic()`` seconds.  Raises :class:`~wsserve.errors.Overloaded`
+        (queue full, with ``retry_after_ms``) or :class:`~wsserve.errors.ShuttingDown`
+        (closed); the sink is then never called.
         """
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         self.start()
-        seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group)
+        seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
         self._wakeup.set()
         return seq
 
@@ -147,13 +149,12 @@ class GenerationEngine:
         self._sched.finish_requests((handle,), time.monotonic())  # no-op if it just finished
         self._deliver()  # its terminal callback (whatever the reason) happens now
 
-    def statistics(self) -> EngineStatistics:
+    def statistics(self) -> WorkerStatistics:
         s = self._sched.statistics()
-        return EngineStatistics(
-            active=s.running, queued=s.waiting, steps=s.steps, tokens=s.tokens,
-            generated=s.generated, finished=s.finished, last_batch_size=s.last_batch_size,
-            step_ms=s.step_ms, executor_steps=self._executor_steps,
-            max_batch_size=s.max_batch_size, max_queue=s.max_queue,
+        return WorkerStatistics(
+            kind="generate", queued=s.waiting, queued_rows=0, queued_bytes=0, running=s.running,
+            oldest_age_s=s.oldest_wait_s, batches=s.steps, computed=s.generated,
+            executor_batches=self._executor_steps, last_batch_size=s.last_batch_size,
         )
 
     async def close(self) -> None:
@@ -221,13 +222,16 @@ class GenerationEngine:
             sched.fail_batch(batch, Internal(f"generation step failed: {type(exc).__name__}: {exc}"),
                              time.monotonic())
         else:
-            sched.update_from_output(batch, tokens, time.monotonic())
+            now = time.monotonic()
+            sched.update_from_output(batch, tokens, now)
+            if self._observer is not None:
+                self._observer.on_batch(self.name, batch.size, now - batch.scheduled_at)
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps
 
     def _deliver(self) -> None:
-        """Hand pending events to their sinks, in order.
+        """Hand pending events to their sinks, in order, then call ``after_delivery``.
 
         Re-entrant: a sink callback that cancels (and so calls this again) drains
         the same queue, so events keep their order and a cancelled sequence's
@@ -235,6 +239,8 @@ class GenerationEngine:
         """
         pending = self._pending
         pending.extend(self._sched.take_events())
+        if not pending:
+            return
         while pending:
             seq, n, text = pending.popleft()
             sink = seq.owner
@@ -254,6 +260,8 @@ class GenerationEngine:
                     sink.on_done(seq.finish_reason, seq.streamed, seq.timing())
             except Exception:
                 log.exception("generation sink failed in its terminal callback")
+        if self._after_delivery is not None:
+            self._after_delivery()
 
     def _sink_failed(self, seq: Sequence, method: str, exc: Exception) -> None:
         log.error("generation sink %s raised; ending the generation", method, exc_info=exc)

@@ -14,13 +14,13 @@ it with a fake clock.  Not thread-safe: call it from one thread (the event loop)
 
 Semantics:
 
-- At most ``max_batch_size`` sequences run; each :meth:`schedule` admits waiting
+- At most ``max_generate_batch`` sequences run; each :meth:`schedule` admits waiting
   ones into free slots, high priority first, and within a priority round-robin
   between groups (a group is a client connection), FIFO within a group.
-  ``add_request`` raises :class:`~wsserve.errors.Overloaded` when ``max_queue``
+  ``add_request`` raises :class:`~wsserve.errors.Overloaded` when ``max_generate_queue``
   requests already wait beyond the free slots (``None``: unbounded).
 - Fair share: when sequences wait and no slot is free, a group that has waiting
-  sequences and runs fewer than ``ceil(max_batch_size / G)`` (G = groups with
+  sequences and runs fewer than ``ceil(max_generate_batch / G)`` (G = groups with
   running or waiting sequences) takes a slot from the group running the most, if
   that one runs more than the share: its most recently admitted sequence is
   *preempted* - it goes back to the front of its group's queue with its context
@@ -185,8 +185,8 @@ class Batch:
 class SchedulerStatistics:
     running: int
     waiting: int
-    max_batch_size: int
-    max_queue: int | None
+    max_generate_batch: int
+    max_generate_queue: int | None
     steps: int
     tokens: int  # token events emitted (streamed), all time
     generated: int  # tokens the model produced, all time
@@ -194,6 +194,7 @@ class SchedulerStatistics:
     last_batch_size: int
     step_ms: float  # moving average of schedule -> update_from_output
     preempted: int = 0  # sequences paused to give another group its fair share, all time
+    oldest_wait_s: float = 0.0  # how long the oldest waiting sequence has waited (at the last step)
 
 
 class _WaitQueue:
@@ -267,14 +268,14 @@ class _WaitQueue:
 class Scheduler:
     """See the module docstring.  ``model`` is a :class:`TokenModel`."""
 
-    def __init__(self, model: TokenModel, *, max_batch_size: int = 256, max_queue: int | None = 4096) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_queue is not None and max_queue < 0:
-            raise ValueError(f"max_queue must be >= 0 or None, got {max_queue}")
+    def __init__(self, model: TokenModel, *, max_generate_batch: int = 256, max_generate_queue: int | None = 4096) -> None:
+        if max_generate_batch < 1:
+            raise ValueError(f"max_generate_batch must be >= 1, got {max_generate_batch}")
+        if max_generate_queue is not None and max_generate_queue < 0:
+            raise ValueError(f"max_generate_queue must be >= 0 or None, got {max_generate_queue}")
         self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
+        self.max_generate_batch = max_generate_batch
+        self.max_generate_queue = max_generate_queue
         k, v = model.context_len, model.vocab_size
         self._itos = model.id_to_text
         self._ids = itertools.count()
@@ -282,35 +283,41 @@ class Scheduler:
         self._running: list[Sequence] = []
         self._group_running: dict[Any, int] = {}  # running sequences per group (fair share)
         self._preempted = 0
-        self._free = list(range(max_batch_size - 1, -1, -1))  # stack of free slots
+        self._free = list(range(max_generate_batch - 1, -1, -1))  # stack of free slots
         self._deadlines: list[tuple[float, int, Sequence]] = []
         # Per-slot state (row = slot), so the batch is gathered with a few numpy calls.
-        self._ctx = np.zeros((max_batch_size, k), np.int64)
-        self._temp = np.zeros(max_batch_size)
-        self._topk = np.zeros(max_batch_size, np.int64)
-        self._noise = np.zeros((max_batch_size, NOISE_BLOCK, v))
-        self._npos = np.zeros(max_batch_size, np.int64)
+        self._ctx = np.zeros((max_generate_batch, k), np.int64)
+        self._temp = np.zeros(max_generate_batch)
+        self._topk = np.zeros(max_generate_batch, np.int64)
+        self._noise = np.zeros((max_generate_batch, NOISE_BLOCK, v))
+        self._npos = np.zeros(max_generate_batch, np.int64)
         self._n_running = 0
         self._dirty = True  # running set changed: rebuild the cached batch layout
         self._layout: tuple[Any, ...] = ()
         self._out: list[Event] = []
         self._steps = self._tokens = self._generated = self._finished = self._last_batch = 0
         self._step_s = 0.0
+        self._last_now = 0.0  # the latest ``now`` seen (statistics take no clock)
 
     # -- requests ------------------------------------------------------------------
-    def add_request(self, params: GenerationParams, now: float, *, owner: Any = None, group: Any = None) -> Sequence:
+    def add_request(
+        self, params: GenerationParams, now: float, *, owner: Any = None, group: Any = None,
+        deadline: float | None = None,
+    ) -> Sequence:
         """Queue a generation; it joins the batch at the next :meth:`schedule`.
 
         ``group`` is the fairness key (the client connection): while others wait,
         a group holds at most a fair share of the running slots (module docstring).
+        ``deadline`` (same clock as ``now``): past it the sequence ends with
+        ``deadline_exceeded``, waiting or running.
         Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
         the queue is full; nothing is queued then.
         """
         waiting = len(self._waiting[0]) + len(self._waiting[1])
-        if self.max_queue is not None and waiting - len(self._free) >= self.max_queue:
+        if self.max_generate_queue is not None and waiting - len(self._free) >= self.max_generate_queue:
             raise Overloaded(
-                f"generation queue is full ({waiting} waiting for {self.max_batch_size} slots, "
-                f"max_queue={self.max_queue})",
+                f"generation queue is full ({waiting} waiting for {self.max_generate_batch} slots, "
+                f"max_generate_queue={self.max_generate_queue})",
                 retry_after_ms=self._retry_after_ms(),
             )
         context = self.model.initial_context(params.prompt)  # may raise: nothing is queued then
@@ -319,8 +326,8 @@ class Scheduler:
         seq = Sequence(next(self._ids), params, owner, now, group)
         seq._context = context
         self._waiting[params.priority].push(seq)
-        if params.deadline is not None:
-            heapq.heappush(self._deadlines, (params.deadline, seq.id, seq))
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, seq.id, seq))
             if len(self._deadlines) > 64 + 2 * (waiting + self._n_running):
                 self._deadlines = [e for e in self._deadlines if e[2].state is not SeqState.FINISHED]
                 heapq.heapify(self._deadlines)
@@ -355,6 +362,7 @@ class Scheduler:
     # -- the step --------------------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
         """Expire deadlines, admit waiting sequences, and return the next batch (or None)."""
+        self._last_now = now
         self._expire(now)
         for queue in (self._waiting[1], self._waiting[0]):
             while queue.n and self._free:
@@ -431,8 +439,8 @@ class Scheduler:
         return SchedulerStatistics(
             running=self._n_running,
             waiting=len(self._waiting[0]) + len(self._waiting[1]),
-            max_batch_size=self.max_batch_size,
-            max_queue=self.max_queue,
+            max_generate_batch=self.max_generate_batch,
+            max_generate_queue=self.max_generate_queue,
             steps=self._steps,
             tokens=self._tokens,
             generated=self._generated,
@@ -440,6 +448,8 @@ class Scheduler:
             last_batch_size=self._last_batch,
             step_ms=round(self._step_s * 1e3, 4),
             preempted=self._preempted,
+            oldest_wait_s=max(0.0, self._last_now - min(
+                (s.arrival for q in self._waiting for s in q), default=self._last_now)),
         )
 
     # -- internals -------------------------------------------------------------------
@@ -490,14 +500,14 @@ class Scheduler:
         self._dirty = True
 
     def _rebalance(self, now: float) -> None:
-        """Fair share: while a waiting group runs fewer than ``ceil(max_batch_size /
+        """Fair share: while a waiting group runs fewer than ``ceil(max_generate_batch /
         groups)`` sequences and another runs more, pause the latter's most recently
         admitted sequence (it keeps its state and resumes first) and admit the former's."""
         running = self._group_running
         groups = set(running)
         for queue in self._waiting:
             groups.update(queue.groups())
-        share = -(-self.max_batch_size // len(groups))
+        share = -(-self.max_generate_batch // len(groups))
         while True:
             found = None
             for priority in (1, 0):

@@ -1,0 +1,469 @@
+"""The sans-I/O core of one client connection: admission rules, dispatch, in-flight requests.
+
+Nothing here touches a socket, a loop or the clock: the transport adapter feeds
+it events with ``now`` and receives frames and a close request through a
+:class:`ConnectionIO`; workers (the model pool) call back the connection's jobs.
+Every per-connection rule lives here, so each is unit-tested with a fake clock:
+
+- **auth**: with API keys, ``predict``/``generate``/``models`` need a key (from
+  the handshake's Bearer header or an ``auth`` message); a connection not
+  authenticated by ``auth_timeout_s`` is closed (1008); failed attempts are
+  limited per connection (then 1008) and per address (:class:`~wsserve.auth.KeyRegistry`);
+- **rate limits**: a token bucket per connection and one per API key;
+- **ids**: unique among the connection's unfinished requests (``duplicate_id``);
+- **capacity**: ``max_inflight`` requests and ``max_inflight_bytes`` of inputs;
+- **slow consumers**: while more than ``max_write_buffer_bytes`` are unsent, new
+  work is refused; past ``slow_consumer_timeout_s`` over it, or four times it,
+  the connection is closed (1008);
+- **deadlines** (``timeout_ms``), the **idle timeout**, **draining** and **closing**.
+
+Call order (the adapter's)::
+
+    conn = Connection(ctx, io, address=..., key=..., now=...)
+    conn.open()                          # hello (+ draining) frames
+    conn.receive(data, binary, now)      # each complete message, in order
+    conn.wrote(unsent_bytes, now)        # after writes: the slow-consumer policy
+    conn.on_timer(now)                   # whenever now >= conn.next_timer()
+    conn.drain(deadline_ms) / conn.end_all(exc)    # server shutdown
+    conn.lost()                          # the socket is gone: stop all work
+
+After any call the adapter re-reads :meth:`next_timer`.  Frames go out through
+``io.send`` (payloads of text frames; the adapter frames and writes them) and a
+close through ``io.close`` — called at most once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .auth import AUTH_FAILURES_PER_CONNECTION, KeyRegistry
+from .config import ServerConfig
+from .errors import (
+    BadJson,
+    BadRequest,
+    DuplicateId,
+    Internal,
+    Overloaded,
+    RateLimited,
+    ShuttingDown,
+    Unauthorized,
+    WsserveError,
+)
+from .jobs import GenerateJob, Job, PredictJob
+from .metrics import Metrics
+from .protocol import (
+    Auth,
+    Cancel,
+    Generate,
+    Models,
+    Ping,
+    Predict,
+    decode,
+    encode_auth_ok,
+    encode_draining,
+    encode_error,
+    encode_models,
+    encode_pong,
+    validate_inputs,
+)
+from .ratelimit import TokenBucket
+
+__all__ = ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"]
+
+log = logging.getLogger("wsserve.connection")
+
+
+class ConnectionIO(Protocol):
+    """What the core asks of its transport adapter."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue one text frame (a JSON payload); written after the current event."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Write what is queued, then the close frame with ``code``; called once."""
+
+
+class ModelLookup(Protocol):
+    """What the core needs from the model pool."""
+
+    def lookup(self, name: str, version: str | None = None) -> Any:
+        """The entry serving ``name`` (``kind``, ``input_width``, ``worker``...); raises ``UnknownModel``."""
+
+    def knows(self, name: str) -> bool:
+        """True for a served model name (metrics label only real names)."""
+
+    @property
+    def models_json(self) -> bytes:
+        """The ``models`` list as JSON."""
+
+
+@dataclass(eq=False)
+class Shared:
+    """State the connections of one server share (owned by the server, never global)."""
+
+    draining: bool = False
+    inflight: int = 0  # unfinished predict + generate, all connections
+    messages: int = 0  # messages received, all connections
+    #: Connections not yet authenticated, oldest first (evicted for authenticated handshakes at the cap).
+    unauthenticated: dict[Connection, None] = field(default_factory=dict)
+    evicting: int = 0  # evicted connections still closing
+    key_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def evict_unauthenticated(self) -> bool:
+        """Close the oldest connection that has not authenticated (1008), to free its slot."""
+        for victim in self.unauthenticated:
+            del self.unauthenticated[victim]
+            victim.evicted = True
+            self.evicting += 1
+            victim.close(1008, "connection slot needed by an authenticated client")
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionContext:
+    """Everything a connection may use: never the server itself."""
+
+    config: ServerConfig
+    models: ModelLookup
+    metrics: Metrics
+    keys: KeyRegistry
+    shared: Shared
+    hello: bytes
+    clock: Callable[[], float]  # monotonic seconds, for events that come from workers
+
+
+class Connection:
+    """One client connection's protocol state.  Single-threaded (the event loop)."""
+
+    def __init__(self, ctx: ConnectionContext, io: ConnectionIO, *, address: str, key: str | None, now: float) -> None:
+        """``key``: the API key of a valid Bearer handshake header (vetted by the server), if any."""
+        cfg = ctx.config
+        self.ctx = ctx
+        self.io = io
+        self.address = address
+        self.inflight: dict[Any, Job] = {}
+        self.inflight_bytes = 0
+        self.key = key
+        self.authenticated = key is not None or not cfg.api_key
+        self.evicted = False
+        self.closing = False
+        self.last_activity = now
+        self._now = now
+        self._auth_deadline = None if self.authenticated else now + cfg.auth_timeout_s
+        self._auth_failures = 0
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._tiebreak = itertools.count()
+        self._over_since: float | None = None
+        self._seed_keys = 0
+        rate = cfg.rate_limit_per_s
+        self._bucket = TokenBucket(rate, cfg.rate_burst(rate), now) if rate else None
+        if not self.authenticated:
+            ctx.shared.unauthenticated[self] = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        """Send ``hello`` (and ``draining`` when the server is already draining)."""
+        self.io.send(self.ctx.hello)
+        if self.ctx.shared.draining:
+            self.io.send(encode_draining(0))
+
+    def close(self, code: int, reason: str) -> None:
+        """Stop all work (nothing can be sent after the close frame) and close.  Idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        self._forget_auth()
+        self._abandon_all()
+        self.io.close(code, reason)
+
+    def lost(self) -> None:
+        """The socket is gone (or the client started the closing handshake): stop all work."""
+        self.closing = True
+        self._forget_auth()
+        self._abandon_all()
+
+    def drain(self, deadline_ms: int) -> None:
+        """The server is draining: say so; a connection with nothing in flight closes (1001)."""
+        self.send(encode_draining(deadline_ms))
+        if not self.inflight:
+            self.close(1001, "server shutting down")
+
+    def end_all(self, exc: WsserveError) -> None:
+        """End every unfinished request with ``exc`` (the drain deadline)."""
+        for job in list(self.inflight.values()):
+            job.fail(exc)
+
+    # ------------------------------------------------------------------ output (JobOwner)
+
+    def send(self, frame: bytes) -> None:
+        if not self.closing:  # after close() nothing more goes out before the close frame
+            self.io.send(frame)
+
+    def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
+        """Called once per job by :meth:`Job._terminal`."""
+        self.inflight.pop(job.key, None)
+        self.inflight_bytes -= job.nbytes
+        shared = self.ctx.shared
+        shared.inflight -= 1
+        if frame is not None:
+            self.send(frame)
+        metrics = self.ctx.metrics
+        metrics.request_done(job.model, job.kind, code, self.ctx.clock() - job.received_at)
+        if type(job) is PredictJob:
+            if job.queue_s >= 0:
+                metrics.queued(job.model, job.queue_s)
+        elif code in ("ok", "cancelled"):
+            metrics.add_tokens(job.model, job.tokens)  # type: ignore[attr-defined]
+        if shared.draining and not self.inflight and not self.closing:
+            self.close(1001, "server shutting down")
+
+    def elapsed_ms(self, since: float) -> float:
+        return round((self.ctx.clock() - since) * 1000.0, 3)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_timer(self) -> float | None:
+        """When :meth:`on_timer` should next run (None: no timer needed)."""
+        cfg = self.ctx.config
+        when: float | None = None
+        if self._deadlines:
+            when = self._deadlines[0][0]
+        for t in (
+            self._auth_deadline,
+            None if self._over_since is None else self._over_since + cfg.slow_consumer_timeout_s,
+            None if cfg.idle_timeout_s is None or self.inflight else self.last_activity + cfg.idle_timeout_s,
+        ):
+            if t is not None and (when is None or t < when):
+                when = t
+        return when
+
+    def on_timer(self, now: float) -> None:
+        """Fire whatever is due: request deadlines, auth timeout, slow consumer, idle timeout."""
+        self._now = now
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            job = heapq.heappop(heap)[2]
+            if not job.finished:
+                job.expire()
+        if self.closing:
+            return
+        cfg = self.ctx.config
+        if self._auth_deadline is not None and now >= self._auth_deadline:
+            self.close(1008, "authentication timeout")
+        elif self._over_since is not None and now - self._over_since >= cfg.slow_consumer_timeout_s:
+            self._slow_consumer("stayed over the write-buffer limit")
+        elif cfg.idle_timeout_s is not None and not self.inflight and now - self.last_activity >= cfg.idle_timeout_s:
+            self.close(1000, "idle timeout")
+
+    # ------------------------------------------------------------------ flow control
+
+    @property
+    def congested(self) -> bool:
+        """True while the last reported unsent bytes were over ``max_write_buffer_bytes``."""
+        return self._over_since is not None
+
+    def wrote(self, unsent: int, now: float) -> None:
+        """The slow-consumer policy, after each write: ``unsent`` bytes wait in the socket's buffer."""
+        limit = self.ctx.config.max_write_buffer_bytes
+        if unsent <= limit:
+            self._over_since = None
+            return
+        self._now = now
+        if self._over_since is None:
+            self._over_since = now
+        if unsent > 4 * limit:
+            self._slow_consumer(f"{unsent} bytes unsent")
+        elif now - self._over_since >= self.ctx.config.slow_consumer_timeout_s:
+            self._slow_consumer("stayed over the write-buffer limit")
+
+    def _slow_consumer(self, why: str) -> None:
+        if self.closing:
+            return
+        self.ctx.metrics.slow_consumers += 1
+        log.warning("closing slow consumer %s: %s", self.address, why)
+        self.close(1008, "slow consumer: stopped reading")
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, data: bytes, binary: bool, now: float) -> None:
+        """One complete message.  A bad one gets an ``error`` frame and nothing else happens;
+        a text frame that is not UTF-8 fails the connection (1007)."""
+        if self.closing:  # the connection is being closed: later messages are dropped
+            return
+        self.ctx.shared.messages += 1
+        self.last_activity = self._now = now
+        if binary:
+            self.send(encode_error(BadRequest("binary frames are not accepted: send each JSON message as a text frame")))
+            return
+        req: Any = None
+        try:
+            req = decode(data, max_tokens=self.ctx.config.max_tokens)
+            kind = type(req)
+            if kind is Predict:
+                self._predict(req, now)
+            elif kind is Generate:
+                self._generate(req, now)
+            elif kind is Cancel:
+                job = self.inflight.get(req.id)
+                if job is not None:
+                    job.cancel()
+            elif kind is Ping:
+                self.send(encode_pong(req.id))
+            elif kind is Models:
+                self._need_auth()
+                self.send(encode_models(req.id, self.ctx.models.models_json))
+            elif kind is Auth:
+                self._auth(req, now)
+        except BadJson as exc:
+            if exc.invalid_utf8:  # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection
+                self.close(1007, "invalid UTF-8 in a text frame")
+            else:
+                self._refuse(exc, None)
+        except WsserveError as exc:
+            self._refuse(exc, req)
+        except Exception as exc:  # a bug: report it, keep the connection
+            log.exception("internal error while handling a message")
+            self.send(encode_error(Internal(f"internal error: {type(exc).__name__}: {exc}"), getattr(req, "id", None)))
+
+    def _refuse(self, exc: WsserveError, req: Any) -> None:
+        """The one place a refused message becomes an ``error`` frame (and a metric)."""
+        rid = exc.request_id if exc.request_id is not None else getattr(req, "id", None)
+        self.send(encode_error(exc, rid))
+        kind = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
+        model = getattr(req, "model", "")
+        # Label only real model names: client-chosen labels would grow without bound.
+        self.ctx.metrics.rejected(model if self.ctx.models.knows(model) else "", kind, exc.code)
+
+    # ------------------------------------------------------------------ auth
+
+    def _need_auth(self) -> None:
+        if not self.authenticated:
+            raise Unauthorized('authenticate first: send {"type":"auth","token":...}')
+
+    def _auth(self, req: Auth, now: float) -> None:
+        keys = self.ctx.keys
+        wait = keys.blocked_for(self.address, now)
+        if wait > 0:
+            raise RateLimited(
+                "too many failed authentication attempts from this address",
+                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
+            )
+        key = keys.match(req.token)
+        if key is not None:
+            self.key = key
+            if not self.authenticated:
+                self.authenticated = True
+                self._forget_auth()
+            self.send(encode_auth_ok(req.id))
+            return
+        keys.failed(self.address, now)
+        self._auth_failures += 1
+        if self._auth_failures >= AUTH_FAILURES_PER_CONNECTION:
+            self.send(encode_error(Unauthorized("invalid API key"), req.id))
+            self.close(1008, "too many failed authentication attempts")
+            return
+        raise Unauthorized("invalid API key")
+
+    def _forget_auth(self) -> None:
+        self._auth_deadline = None
+        self.ctx.shared.unauthenticated.pop(self, None)
+
+    # ------------------------------------------------------------------ admission
+
+    def _admit(self, rid: Any, now: float) -> None:
+        """Checks common to predict and generate, before any model work."""
+        self._need_auth()
+        shared = self.ctx.shared
+        if shared.draining:
+            raise ShuttingDown("server is draining; no new work is accepted")
+        if self._bucket is not None:
+            self._take(self._bucket, "this connection", now)
+        rate = self.ctx.config.key_rate_limit_per_s
+        if self.key is not None and rate is not None:
+            bucket = shared.key_buckets.get(self.key)
+            if bucket is None:
+                bucket = shared.key_buckets[self.key] = TokenBucket(rate, self.ctx.config.rate_burst(rate), now)
+            self._take(bucket, "this API key", now)
+        if rid is not None and rid in self.inflight:
+            raise DuplicateId(f"id {rid!r} is already in use by an unfinished request")
+
+    @staticmethod
+    def _take(bucket: TokenBucket, who: str, now: float) -> None:
+        wait = bucket.take(now)
+        if wait > 0:
+            raise RateLimited(
+                f"rate limit of {bucket.rate:g} requests/s for {who} exceeded",
+                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
+            )
+
+    def _capacity(self, nbytes: int) -> None:
+        if self._over_since is not None:
+            raise Overloaded(
+                "this connection is not reading its replies fast enough; no new work until it catches up",
+                retry_after_ms=100,
+            )
+        cfg = self.ctx.config
+        if len(self.inflight) >= cfg.max_inflight:
+            raise Overloaded(
+                f"this connection already has {cfg.max_inflight} unfinished requests (max_inflight)", retry_after_ms=10
+            )
+        # Bytes: with nothing in flight any single request is taken (it fits max_message_bytes).
+        if self.inflight_bytes and self.inflight_bytes + nbytes > cfg.max_inflight_bytes:
+            raise Overloaded(
+                f"this connection's unfinished requests hold {self.inflight_bytes} input bytes; this one needs "
+                f"{nbytes} more and the limit is {cfg.max_inflight_bytes} (max_inflight_bytes)",
+                retry_after_ms=10,
+            )
+
+    def _deadline(self, timeout_ms: float | None, now: float) -> float | None:
+        return None if timeout_ms is None else now + timeout_ms / 1000.0
+
+    def _predict(self, req: Predict, now: float) -> None:
+        rid = req.id
+        self._admit(rid, now)
+        entry = self.ctx.models.lookup(req.model, req.version)
+        if entry.kind != "predict":
+            raise BadRequest(f"model {req.model!r} serves generate, not predict")
+        rows = validate_inputs(req.inputs, entry.input_width, self.ctx.config.max_rows)
+        self._capacity(rows.nbytes)
+        if rid is None:  # seed form: no id, still tracked so shutdown and limits see it
+            self._seed_keys += 1
+            key: Any = ("seed", self._seed_keys)
+        else:
+            key = rid
+        deadline = self._deadline(req.timeout_ms, now)
+        job = PredictJob(self, key, req, entry, rows, now, deadline)
+        job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
+        self._track(job)
+
+    def _generate(self, req: Generate, now: float) -> None:
+        self._admit(req.id, now)
+        entry = self.ctx.models.lookup(req.model, req.version)
+        if entry.kind != "generate":
+            raise BadRequest(f"model {req.model!r} serves predict, not generate")
+        self._capacity(0)
+        deadline = self._deadline(req.timeout_ms, now)
+        job = GenerateJob(self, req.id, req, entry, now, deadline)
+        job.handle = entry.worker.submit(req.params, job, group=self, deadline=deadline)
+        self._track(job)
+
+    def _track(self, job: Job) -> None:
+        self.inflight[job.key] = job
+        self.inflight_bytes += job.nbytes
+        self.ctx.shared.inflight += 1
+        if job.deadline is not None:
+            heapq.heappush(self._deadlines, (job.deadline, next(self._tiebreak), job))
+            if len(self._deadlines) > 64 + 2 * len(self.inflight):  # drop finished jobs' entries
+                self._deadlines = [e for e in self._deadlines if not e[2].finished]
+                heapq.heapify(self._deadlines)
+
+    def _abandon_all(self) -> None:
+        for job in list(self.inflight.values()):
+            job.abandon()

@@ -1,0 +1,68 @@
+"""What the transport needs from the application (the server), and the HTTP values it passes.
+
+The transport owns sockets, parsing and framing; the application owns routes,
+handshake admission and the per-connection cores.  :class:`App` is everything
+the transport may call, so the transport never sees the server itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from websockets.datastructures import Headers
+
+if TYPE_CHECKING:
+    from ..config import ServerConfig
+    from ..connection import Connection, ConnectionIO
+    from .flush import Flusher
+    from .websocket import Counters
+
+__all__ = ["App", "HttpRequest", "HttpResponse"]
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """One parsed HTTP/1.1 request (body read whole, bounded by the transport)."""
+
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: Headers
+    body: bytes = b""
+    http_version: str = "1.1"
+    address: str = "?"
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """A complete HTTP response; the transport adds Content-Length, Date, Server and Connection."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False  # close the connection after it (else keep-alive)
+
+
+class App(Protocol):
+    config: ServerConfig
+    flusher: Flusher
+    counters: Counters
+    server_header: str
+
+    def route_http(self, request: HttpRequest) -> HttpResponse:
+        """Answer a plain (non-upgrade) request.  Never raises."""
+
+    def vet_websocket(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
+        """Admission of a WebSocket handshake: ``(api key or None, None)`` to accept,
+        ``(None, response)`` to refuse it with that response.  Never raises."""
+
+    def open_connection(self, io: ConnectionIO, address: str, key: str | None) -> Connection:
+        """A new connection core for an accepted WebSocket (it has not sent hello yet)."""
+
+    def connection_closed(self, conn: Connection, close_code: int) -> None:
+        """The socket of ``conn`` is gone (``close_code``: the code of the side that closed, 1006 if none)."""
+
+    def track(self, transport_protocol: object, alive: bool) -> None:
+        """Register (alive) or forget a TCP connection's protocol (shutdown closes what is left)."""
