@@ -11,7 +11,7 @@ const client = new Client(wsUrl, {
   token: params.get('token') ?? undefined,
   heartbeatMs: 5000,
   heartbeatTimeoutMs: 5000,
-  reconnect: { initialDelayMs: 200, maxDelayMs: 2000, maxAttempts: 3 },
+  reconnect: { baseDelayMs: 200, maxDelayMs: 2000, maxAttempts: 3 },
 });
 // Exposed for curious developers (devtools) and for the end-to-end tests.
 window.wsserveDemo = { client };

@@ -36,6 +36,7 @@ export interface WsserveErrorOptions {
 export declare class WsserveError extends Error {
   /** The wire code this class stands for (null for client-side errors). */
   static readonly wireCode: WireErrorCode | null;
+  /** @throws {TypeError} an unknown key in `opts`. */
   constructor(message: string, opts?: WsserveErrorOptions);
   /** The wire code (an unknown code from a newer server is kept as is); null for client-side errors. */
   readonly code: WireErrorCode | (string & {}) | null;
@@ -169,6 +170,11 @@ export interface GenerationDone {
 }
 
 // ------------------------------------------------------------------ options
+//
+// Every options object (and the `reconnect` / `retry` policies) is checked at run
+// time too: an unknown key, or a value that is not an object, throws a TypeError
+// naming the key and listing the known ones (async calls reject with it), before
+// anything is sent. The interfaces below are exactly the keys accepted.
 
 export interface ClientOptions {
   /** API key, sent in-band as `{"type":"auth","token":...}` after `hello` (works in browsers). */
@@ -179,8 +185,8 @@ export interface ClientOptions {
   heartbeatTimeoutMs?: number;
   /** One connection attempt, handshake to `hello` (and auth). Default 10000. */
   connectTimeoutMs?: number;
-  /** (Re)connect policy for calls; `false`: one attempt, and a lost connection stays lost. */
-  reconnect?: false | BackoffPolicy;
+  /** (Re)connect policy for calls; `true`: the defaults; `false`: one attempt, and a lost connection stays lost. */
+  reconnect?: boolean | BackoffPolicy;
   /** Opt-in retry of `overloaded` / `rate_limited` refusals, honouring `retry_after_ms`. */
   retry?: boolean | RetryPolicy;
   /** Client-side cap on outstanding predict+generate (default: the server's `max_inflight`). */
@@ -290,6 +296,10 @@ export interface ClientEventMap {
 }
 
 export declare class Client extends EventTarget {
+  /**
+   * @throws {TypeError} a bad URL, or an unknown key in `opts`, `opts.reconnect` or `opts.retry`.
+   * @throws {RangeError} a policy or `maxInflight` out of range.
+   */
   constructor(url: string | URL, opts?: ClientOptions);
   readonly url: string;
   /** The current (or last) connection's `hello`, or null before the first. */

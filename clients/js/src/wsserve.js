@@ -37,6 +37,10 @@
  * - After a connection is lost, the next call reconnects, trying up to
  *   `reconnect.maxAttempts` times with jittered exponential backoff.
  *   `overloaded`/`rate_limited` refusals are retried only when `retry` is set.
+ * - Options objects are checked up front: an unknown key (top level or in
+ *   `reconnect`/`retry`) or a non-object throws a `TypeError` that names the
+ *   key and lists the known ones, before anything is sent. The constructor and
+ *   the synchronous `predictStream`/`generate` throw; the async calls reject.
  *
  * Error tree (each carries `code` — the wire code, or null for client-side
  * errors —, `requestId`, `retryAfterMs` and, from the server, `frame`):
@@ -64,6 +68,55 @@ export const SUBPROTOCOL = 'wsserve.v1';
 /** The client-side deadline fires this long after a request's `timeoutMs`. */
 export const DEADLINE_GRACE_MS = 1000;
 
+// =================================================================== options
+
+/**
+ * The keys each options object accepts (`…Options` in wsserve.d.ts). Anything
+ * else is a typo or a name from another client, and would be ignored silently.
+ */
+const ERROR_OPTIONS = Object.freeze(['code', 'requestId', 'retryAfterMs', 'cause', 'frame']);
+const CLIENT_OPTIONS = Object.freeze([
+  'token', 'heartbeatMs', 'heartbeatTimeoutMs', 'connectTimeoutMs', 'reconnect', 'retry',
+  'maxInflight', 'WebSocket', 'protocols',
+]);
+const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs', 'jitter']);
+const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes']);
+const CONNECT_OPTIONS = Object.freeze(['signal']);
+const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
+const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority']);
+const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
+const GENERATE_OPTIONS = Object.freeze([
+  'signal', 'maxTokens', 'temperature', 'topK', 'seed', 'stop', 'timeoutMs', 'priority',
+]);
+
+function describeValue(v) {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'string' ? `the string ${JSON.stringify(v)}` : `${typeof v} ${String(v)}`;
+}
+
+/**
+ * `opts` as an object (`{}` for undefined). Throws `TypeError` when it is not
+ * a plain object or has an own key outside `known`; the message names `where`,
+ * every unknown key and the known ones.
+ * @param {string} where  e.g. `"predict() options"`
+ * @param {unknown} opts
+ * @param {readonly string[]} known
+ * @returns {Record<string, any>}
+ */
+function checkOptions(where, opts, known) {
+  if (opts === undefined) return {};
+  if (opts === null || typeof opts !== 'object' || Array.isArray(opts)) {
+    throw new TypeError(`${where} must be an object, got ${describeValue(opts)}`);
+  }
+  const unknown = Object.keys(opts).filter((k) => !known.includes(k));
+  if (unknown.length) {
+    const names = unknown.map((k) => JSON.stringify(k)).join(', ');
+    throw new TypeError(`${where}: unknown option${unknown.length === 1 ? '' : 's'} ${names}; known options: ${known.join(', ')}`);
+  }
+  return opts;
+}
+
 // =================================================================== errors
 
 /** Root of every error this client raises. */
@@ -75,8 +128,10 @@ export class WsserveError extends Error {
    * @param {string} message
    * @param {{code?: string|null, requestId?: string|number|null, retryAfterMs?: number|null,
    *          cause?: unknown, frame?: object|null}} [opts]
+   * @throws {TypeError} an unknown key in `opts`
    */
   constructor(message, opts = {}) {
+    checkOptions(`${new.target.name} options`, opts, ERROR_OPTIONS);
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = new.target.name;
     /** The wire error code (`"overloaded"`, ...), or null for client-side errors. */
@@ -177,7 +232,40 @@ function checkPolicy(name, p) {
     throw new RangeError(`${name}: need 0 <= baseDelayMs <= maxDelayMs, got ${p.baseDelayMs}, ${p.maxDelayMs}`);
   }
   if (!(p.jitter >= 0 && p.jitter <= 1)) throw new RangeError(`${name}.jitter must be in [0, 1], got ${p.jitter}`);
+  if (p.codes !== undefined && !(Array.isArray(p.codes) && p.codes.every((c) => typeof c === 'string'))) {
+    throw new TypeError(`${name}.codes must be an array of wire error codes (strings), got ${describeValue(p.codes)}`);
+  }
   return Object.freeze(p);
+}
+
+function checkPolicyType(name, value) {
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw new TypeError(`Client option "${name}" must be true, false or an object, got ${describeValue(value)}`);
+  }
+}
+
+/**
+ * The reconnect policy from the `reconnect` option: `undefined`, `null` or
+ * `true` → the defaults; `false` → one attempt; an object → the defaults
+ * overridden by its keys (unknown keys throw `TypeError`).
+ */
+function reconnectPolicy(value) {
+  if (value === false) return checkPolicy('reconnect', { ...DEFAULT_RECONNECT, maxAttempts: 1 });
+  if (value === undefined || value === null || value === true) return checkPolicy('reconnect', { ...DEFAULT_RECONNECT });
+  checkPolicyType('reconnect', value);
+  return checkPolicy('reconnect', { ...DEFAULT_RECONNECT, ...checkOptions('Client option "reconnect"', value, BACKOFF_OPTIONS) });
+}
+
+/**
+ * The retry policy from the `retry` option: `undefined`, `null` or `false` →
+ * off (null); `true` → the defaults; an object → the defaults overridden by
+ * its keys (unknown keys throw `TypeError`).
+ */
+function retryPolicy(value) {
+  if (value === undefined || value === null || value === false) return null;
+  if (value === true) return checkPolicy('retry', { ...DEFAULT_RETRY });
+  checkPolicyType('retry', value);
+  return checkPolicy('retry', { ...DEFAULT_RETRY, ...checkOptions('Client option "retry"', value, RETRY_OPTIONS) });
 }
 
 // =================================================================== helpers
@@ -584,6 +672,8 @@ export class Client extends EventTarget {
    * @param {number|null} [opts.maxInflight]  client-side cap on outstanding predict+generate (default: the server's)
    * @param {any} [opts.WebSocket]  WebSocket constructor to use
    * @param {string[]} [opts.protocols=['wsserve.v1']]  subprotocols to offer
+   * @throws {TypeError} a bad URL, or an unknown key in `opts`, `opts.reconnect` or `opts.retry`
+   * @throws {RangeError} a policy or `maxInflight` out of range
    */
   constructor(url, opts = {}) {
     super();
@@ -598,6 +688,7 @@ export class Client extends EventTarget {
     if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
       throw new TypeError(`a wsserve URL starts with ws:// or wss://, got ${JSON.stringify(String(url))}`);
     }
+    opts = checkOptions('Client options', opts, CLIENT_OPTIONS);
     if (opts.maxInflight != null && !(Number.isInteger(opts.maxInflight) && opts.maxInflight >= 1)) {
       throw new RangeError(`maxInflight must be an integer >= 1 or null, got ${opts.maxInflight}`);
     }
@@ -607,11 +698,9 @@ export class Client extends EventTarget {
       heartbeatMs: opts.heartbeatMs === undefined ? 15000 : opts.heartbeatMs,
       heartbeatTimeoutMs: opts.heartbeatTimeoutMs ?? 10000,
       connectTimeoutMs: opts.connectTimeoutMs ?? 10000,
-      reconnect: opts.reconnect === false
-        ? checkPolicy('reconnect', { ...DEFAULT_RECONNECT, maxAttempts: 1 })
-        : checkPolicy('reconnect', { ...DEFAULT_RECONNECT, ...(opts.reconnect ?? {}) }),
+      reconnect: reconnectPolicy(opts.reconnect),
       reconnectEnabled: opts.reconnect !== false,
-      retry: opts.retry ? checkPolicy('retry', { ...DEFAULT_RETRY, ...(opts.retry === true ? {} : opts.retry) }) : null,
+      retry: retryPolicy(opts.retry),
       maxInflight: opts.maxInflight ?? null,
       WebSocket: opts.WebSocket ?? null,
       protocols: opts.protocols ?? [SUBPROTOCOL],
@@ -655,7 +744,8 @@ export class Client extends EventTarget {
    * succeeded, `Unauthorized` when the token was refused.
    * @param {{signal?: AbortSignal}} [opts]
    */
-  async connect({ signal } = {}) {
+  async connect(opts) {
+    const { signal } = checkOptions('connect() options', opts, CONNECT_OPTIONS);
     return (await this.#ensureConn(signal)).hello;
   }
 
@@ -973,7 +1063,8 @@ export class Client extends EventTarget {
    * @param {ArrayLike<ArrayLike<number>>} inputs
    * @param {{version?: string, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    */
-  async predict(model, inputs, opts = {}) {
+  async predict(model, inputs, opts) {
+    opts = checkOptions('predict() options', opts, PREDICT_OPTIONS);
     const msg = { type: 'predict', model, inputs: toRows(inputs) };
     setIf(msg, 'version', opts.version);
     setIf(msg, 'timeout_ms', opts.timeoutMs);
@@ -998,7 +1089,8 @@ export class Client extends EventTarget {
    * @param {{chunkRows?: number, version?: string, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    * @returns {PredictStream}
    */
-  predictStream(model, inputs, opts = {}) {
+  predictStream(model, inputs, opts) {
+    opts = checkOptions('predictStream() options', opts, PREDICT_STREAM_OPTIONS);
     const msg = { type: 'predict', model, inputs: toRows(inputs), stream: true };
     setIf(msg, 'chunk_rows', opts.chunkRows);
     setIf(msg, 'version', opts.version);
@@ -1020,7 +1112,8 @@ export class Client extends EventTarget {
    *          timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
-  generate(model, prompt, opts = {}) {
+  generate(model, prompt, opts) {
+    opts = checkOptions('generate() options', opts, GENERATE_OPTIONS);
     const msg = { type: 'generate', model, prompt };
     setIf(msg, 'max_tokens', opts.maxTokens);
     setIf(msg, 'temperature', opts.temperature);
@@ -1040,8 +1133,8 @@ export class Client extends EventTarget {
    * @param {string} prompt
    * @param {Parameters<Client['generate']>[2]} [opts]
    */
-  async complete(model, prompt, opts = {}) {
-    const gen = this.generate(model, prompt, opts);
+  async complete(model, prompt, opts) {
+    const gen = this.generate(model, prompt, checkOptions('complete() options', opts, GENERATE_OPTIONS));
     return gen.wait();
   }
 
@@ -1105,7 +1198,8 @@ export class Client extends EventTarget {
    * @param {{signal?: AbortSignal, timeoutMs?: number}} [opts]  timeoutMs bounds the wait locally
    * @returns {Promise<object[]>}
    */
-  async models({ signal, timeoutMs } = {}) {
+  async models(opts) {
+    const { signal, timeoutMs } = checkOptions('models() options', opts, UNARY_OPTIONS);
     const frame = await this.#unary({ type: 'models' }, { counted: false, signal, guardMs: timeoutMs, abortMode: 'local' });
     return frame.models;
   }
@@ -1115,7 +1209,8 @@ export class Client extends EventTarget {
    * @param {{signal?: AbortSignal, timeoutMs?: number}} [opts]
    * @returns {Promise<number>}
    */
-  async ping({ signal, timeoutMs } = {}) {
+  async ping(opts) {
+    const { signal, timeoutMs } = checkOptions('ping() options', opts, UNARY_OPTIONS);
     await raceAbort(this.#ensureConn(signal), signal).catch((e) => {
       throw signal?.aborted && !(e instanceof WsserveError) ? new RequestCancelled('the ping was aborted', { cause: e }) : e;
     });

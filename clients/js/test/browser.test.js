@@ -1,11 +1,13 @@
 // End-to-end tests of the demo page in real headless Chromium (Debian's /usr/bin/chromium,
-// driven by playwright-core) against a real wsserve on loopback.
+// driven by playwright-core) against a real wsserve on loopback, and the server's browser
+// Origin policy (own origin by default, --allow-origin) as Chromium meets it.
 // Screenshots are written to clients/js/test-artifacts/ (gitignored).
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, mkdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -239,5 +241,91 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     // a refused socket while the server was down is logged by Chromium itself; anything else is a bug
     const real = pageErrors.filter((e) => !/WebSocket connection to .* failed/.test(e));
     assert.deepEqual(real, []);
+  });
+});
+
+describe('browser Origin policy (headless Chromium)', { timeout: 300_000 }, () => {
+  // Another site: a plain Node HTTP server on another loopback port serving a blank page and the
+  // one client source, so its pages send `Origin: http://127.0.0.1:<its port>`, not the
+  // server's own origin. (Loopback, so Chromium's local-network-access checks allow the
+  // socket and only the server's Origin policy decides.) The server takes only its own
+  // pages by default; `--allow-origin` widens that.
+  let site;
+  let siteOrigin;
+  let own;
+  let widened;
+  let browser;
+  let page;
+  const consoleErrors = [];
+
+  /** In the page: import the client from `modulePath`, predict once on `url`. */
+  const predictFrom = (modulePath, url) => page.evaluate(async ([mod, wsUrl]) => {
+    const { Client } = await import(mod);
+    const c = new Client(wsUrl, { reconnect: false, heartbeatMs: null });
+    try {
+      const r = await c.predict('linear', [[0.5]]);
+      return { origin: location.origin, ok: true, y: r.outputs[0][0] };
+    } catch (e) {
+      return { origin: location.origin, ok: false, name: e.name, message: e.message };
+    } finally {
+      await c.close();
+    }
+  }, [modulePath, url]);
+
+  before(async () => {
+    const clientSrc = await readFile(path.join(REPO_ROOT, 'clients/js/src/wsserve.js'), 'utf8');
+    site = http.createServer((req, res) => {
+      const js = req.url === '/wsserve.js';
+      res.writeHead(200, { 'content-type': js ? 'text/javascript' : 'text/html' });
+      res.end(js ? clientSrc : '<!doctype html><title>another site</title>');
+    });
+    await new Promise((resolve) => site.listen(0, '127.0.0.1', resolve));
+    siteOrigin = `http://127.0.0.1:${site.address().port}`;
+    [own, widened] = await Promise.all([
+      startServer(['--models', 'linear']),
+      startServer(['--models', 'linear', '--allow-origin', siteOrigin]),
+    ]);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    page = await browser.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await Promise.all([own?.stop(), widened?.stop()]);
+    await new Promise((resolve) => (site ? site.close(resolve) : resolve()));
+  });
+
+  it("the server's own page connects by default", async () => {
+    await page.goto(`${own.httpUrl}/`);
+    const r = await predictFrom('/static/wsserve.js', own.url);
+    assert.deepEqual(r, { origin: own.httpUrl, ok: true, y: r.y });
+    assert.equal(typeof r.y, 'number');
+  });
+
+  it("another site's page is refused by default, with 403 at the handshake", async () => {
+    await page.goto(`${siteOrigin}/`);
+    consoleErrors.length = 0;
+    const r = await predictFrom('/wsserve.js', own.url);
+    assert.equal(r.origin, siteOrigin);
+    assert.equal(r.ok, false);
+    assert.equal(r.name, 'ConnectionLost', r.message);
+    // Chromium logs why the handshake failed: the server answered 403, nothing else stopped it
+    assert.ok(consoleErrors.some((e) => /Unexpected response code: 403/.test(e)), consoleErrors.join('\n'));
+  });
+
+  it('the same page is served once its origin is allowed with --allow-origin', async () => {
+    await page.goto(`${siteOrigin}/`);
+    consoleErrors.length = 0;
+    const r = await predictFrom('/wsserve.js', widened.url);
+    assert.equal(r.origin, siteOrigin);
+    assert.equal(r.ok, true, r.message);
+    assert.deepEqual(consoleErrors, []);
+    const fromNode = new Client(own.url); // Node sends no Origin: not a browser, allowed
+    try {
+      assert.equal((await fromNode.predict('linear', [[0.5]])).outputs[0][0], r.y);
+    } finally {
+      await fromNode.close();
+    }
   });
 });

@@ -7,6 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import WebSocket from 'ws';
 
 import {
@@ -18,6 +19,7 @@ import { startServer, httpGet, metricSum, eventually, PYTHON, REPO_ROOT } from '
 
 const run = promisify(execFile);
 const CLIENT_SRC = path.join(REPO_ROOT, 'clients/js/src/wsserve.js');
+const CLIENT_TYPES = path.join(REPO_ROOT, 'clients/js/src/wsserve.d.ts');
 
 /** One request over a raw `ws` socket, independent of the client under test. */
 function rawRequest(url, msg) {
@@ -45,6 +47,57 @@ async function cancelledCount(srv, model, type) {
 async function inflightGauge(srv) {
   const { text } = await httpGet(srv.httpUrl, '/metrics');
   return metricSum(text, 'wsserve_inflight_requests');
+}
+
+/**
+ * Every entry point that takes an options object: what its TypeError calls it, the
+ * interface of wsserve.d.ts that declares its keys, a realistic wrong key, whether it
+ * throws synchronously (else the promise rejects), and how to call it with `opts`.
+ */
+const OPTION_ENTRY_POINTS = [
+  { where: 'Client options', iface: 'ClientOptions', typo: 'heartbeatIntervalMs', sync: true,
+    call: (_c, opts) => new Client('ws://127.0.0.1:1/', opts) },
+  { where: 'Client option "reconnect"', iface: 'BackoffPolicy', typo: 'initialDelayMs', sync: true,
+    call: (_c, opts) => new Client('ws://127.0.0.1:1/', { reconnect: opts }) },
+  { where: 'Client option "retry"', iface: 'RetryPolicy', typo: 'retryOn', sync: true,
+    call: (_c, opts) => new Client('ws://127.0.0.1:1/', { retry: opts }) },
+  { where: 'connect() options', iface: 'CallOptions', typo: 'timeoutMs', sync: false, call: (c, opts) => c.connect(opts) },
+  { where: 'predict() options', iface: 'PredictOptions', typo: 'timeout', sync: false,
+    call: (c, opts) => c.predict('linear', [[1]], opts) },
+  { where: 'predictStream() options', iface: 'PredictStreamOptions', typo: 'chunk_rows', sync: true,
+    call: (c, opts) => c.predictStream('linear', [[1]], opts) },
+  { where: 'generate() options', iface: 'GenerateOptions', typo: 'max_tokens', sync: true,
+    call: (c, opts) => c.generate('charlm', 'The ', opts) },
+  { where: 'complete() options', iface: 'GenerateOptions', typo: 'maxNewTokens', sync: false,
+    call: (c, opts) => c.complete('charlm', 'The ', opts) },
+  { where: 'models() options', iface: 'UnaryOptions', typo: 'abortSignal', sync: false, call: (c, opts) => c.models(opts) },
+  { where: 'ping() options', iface: 'UnaryOptions', typo: 'timeout_ms', sync: false, call: (c, opts) => c.ping(opts) },
+  { where: 'WsserveError options', iface: 'WsserveErrorOptions', typo: 'retry_after_ms', sync: true,
+    call: (_c, opts) => new WsserveError('m', opts) },
+];
+
+/** `{error, sync}`: what calling `fn` threw synchronously, or what its promise rejected with. */
+async function failureOf(fn) {
+  let out;
+  try {
+    out = fn();
+  } catch (error) {
+    return { error, sync: true };
+  }
+  try {
+    await out;
+  } catch (error) {
+    return { error, sync: false };
+  }
+  return { error: null, sync: false };
+}
+
+/** The member names of `export interface name` in wsserve.d.ts, inherited ones included. */
+function declaredKeys(dts, name) {
+  const m = dts.match(new RegExp(`export interface ${name}(?: extends (\\w+))? \\{\\n([\\s\\S]*?)\\n\\}`));
+  assert.ok(m, `no interface ${name} in wsserve.d.ts`);
+  const own = [...m[2].matchAll(/^ {2}(\w+)\??:/gm)].map((x) => x[1]);
+  return m[1] ? [...declaredKeys(dts, m[1]), ...own] : own;
 }
 
 async function collect(stream) {
@@ -315,6 +368,30 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.ok(await eventually(async () => (await inflightGauge(srv)) === 0));
   });
 
+  it('a call with an unknown option is refused before anything is sent or even connected', async () => {
+    const fresh = new Client(srv.url);
+    try {
+      for (const ep of OPTION_ENTRY_POINTS) {
+        const { error } = await failureOf(() => ep.call(fresh, { [ep.typo]: 1 }));
+        assert.ok(error instanceof TypeError, `${ep.where}: ${error}`);
+      }
+      assert.equal(fresh.state, 'idle', 'no connection was opened');
+      const { connects, requestsSent, inflight, waiting } = fresh.stats();
+      assert.deepEqual({ connects, requestsSent, inflight, waiting }, { connects: 0, requestsSent: 0, inflight: 0, waiting: 0 });
+      // the same client works once the options are right
+      assert.equal((await fresh.predict('linear', [[0.5]], { timeoutMs: 5000 })).outputs.length, 1);
+      assert.equal(fresh.stats().requestsSent, 1);
+    } finally {
+      await fresh.close();
+    }
+    // while a connection is open, a refused call sends nothing either
+    const sentBefore = c.stats().requestsSent;
+    for (const ep of OPTION_ENTRY_POINTS) await failureOf(() => ep.call(c, { [ep.typo]: 1 }));
+    assert.equal(c.stats().requestsSent, sentBefore);
+    assert.equal(c.stats().inflight, 0);
+    assert.ok((await c.ping()) > 0);
+  });
+
   it("uses the runtime's native WebSocket where there is one", async () => {
     const script = `
       const { Client } = await import(${JSON.stringify(pathToFileURL(CLIENT_SRC).href)});
@@ -531,6 +608,68 @@ describe('connection loss, heartbeat and reconnect', { timeout: 180_000 }, () =>
       assert.equal(info.code, 1001);
       await assert.rejects(c.predict('linear', [[1]]), (e) => e instanceof ConnectionLost && /reconnect is disabled/.test(e.message));
       assert.equal(await stopped, 0, 'the server exits with status 0');
+    } finally {
+      await c.close();
+    }
+  });
+});
+
+describe('options are checked', () => {
+  it('every options object refuses an unknown key, naming it and listing exactly the keys wsserve.d.ts declares', async () => {
+    const dts = await readFile(CLIENT_TYPES, 'utf8');
+    const c = new Client('ws://127.0.0.1:1/', { reconnect: false });
+    try {
+      for (const ep of OPTION_ENTRY_POINTS) {
+        const { error, sync } = await failureOf(() => ep.call(c, { [ep.typo]: 1 }));
+        assert.ok(error instanceof TypeError, `${ep.where}: expected a TypeError, got ${error}`);
+        assert.equal(sync, ep.sync, `${ep.where}: ${ep.sync ? 'throws' : 'rejects'}`);
+        assert.ok(error.message.startsWith(`${ep.where}: unknown option "${ep.typo}"; known options: `), error.message);
+        const known = error.message.split('known options: ')[1].split(', ');
+        assert.deepEqual([...known].sort(), declaredKeys(dts, ep.iface).sort(), `${ep.where} vs ${ep.iface}`);
+        assert.ok(!known.includes(ep.typo));
+      }
+      assert.equal(c.stats().connects, 0);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('names every unknown key at once, and keeps accepting every known one', async () => {
+    assert.throws(() => new Client('ws://127.0.0.1:1/', { reconect: false, heartbeat: 5 }),
+      { name: 'TypeError', message: /^Client options: unknown options "reconect", "heartbeat"; known options: token, / });
+    const dts = await readFile(CLIENT_TYPES, 'utf8');
+    const all = {
+      token: 't', heartbeatMs: null, heartbeatTimeoutMs: 100, connectTimeoutMs: 100, maxInflight: 2,
+      reconnect: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 2, jitter: 0 },
+      retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 2, jitter: 0, codes: ['overloaded'] },
+      WebSocket, protocols: ['wsserve.v1'],
+    };
+    assert.deepEqual(Object.keys(all).sort(), declaredKeys(dts, 'ClientOptions').sort());
+    assert.deepEqual(Object.keys(all.reconnect).sort(), declaredKeys(dts, 'BackoffPolicy').sort());
+    assert.deepEqual(Object.keys(all.retry).sort(), declaredKeys(dts, 'RetryPolicy').sort());
+    const c = new Client('ws://127.0.0.1:1/', all);
+    assert.equal(c.state, 'idle');
+    await c.close();
+    for (const reconnect of [true, false, undefined, null]) new Client('ws://127.0.0.1:1/', { reconnect, retry: reconnect });
+    const e = new OverloadedError('busy', { requestId: 3, retryAfterMs: 20, frame: null, cause: 'x', code: 'overloaded' });
+    assert.equal(e.retryAfterMs, 20);
+  });
+
+  it('refuses options that are not objects, and policies that are neither booleans nor objects', async () => {
+    const c = new Client('ws://127.0.0.1:1/', { reconnect: false });
+    try {
+      for (const bad of [null, 5000, 'fast', ['signal']]) {
+        assert.throws(() => new Client('ws://127.0.0.1:1/', bad), { name: 'TypeError', message: /^Client options must be an object, got / });
+        assert.throws(() => c.generate('charlm', 'x', bad), { name: 'TypeError', message: /^generate\(\) options must be an object/ });
+        await assert.rejects(c.predict('linear', [[1]], bad), { name: 'TypeError', message: /^predict\(\) options must be an object/ });
+      }
+      assert.throws(() => new Client('ws://127.0.0.1:1/', { reconnect: 'fast' }),
+        { name: 'TypeError', message: 'Client option "reconnect" must be true, false or an object, got the string "fast"' });
+      assert.throws(() => new Client('ws://127.0.0.1:1/', { retry: 3 }),
+        { name: 'TypeError', message: 'Client option "retry" must be true, false or an object, got number 3' });
+      assert.throws(() => new Client('ws://127.0.0.1:1/', { retry: { codes: 'overloaded' } }),
+        { name: 'TypeError', message: /^retry\.codes must be an array of wire error codes/ });
+      assert.equal(c.stats().connects, 0);
     } finally {
       await c.close();
     }
