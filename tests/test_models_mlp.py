@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from wsserve.models import mlp
-
 from wsserve.models.base import PredictiveModel
 from wsserve.models.mlp import (
     MLPConfig,
@@ -211,6 +210,8 @@ def test_arrays_round_trip() -> None:
     with pytest.raises(KeyError):
         MLPModel.from_arrays({k: v for k, v in arrays.items() if k != "w0"} | {"x": arrays["w0"]},
                              meta)
+    with pytest.raises(ValueError, match="2-d weight and a 1-d bias"):
+        MLPModel.from_arrays({**arrays, "w1": arrays["w1"][:, 0]}, meta)  # an IndexError before
 
 
 def test_config_is_full_and_json_ready() -> None:

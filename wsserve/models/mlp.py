@@ -207,6 +207,9 @@ class MLPModel(PredictiveModel):
             (np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
             for w, b in params
         ]
+        for w, b in self.params:
+            if w.ndim != 2 or b.ndim != 1:
+                raise ValueError(f"an MLP layer needs a 2-d weight and a 1-d bias, got {w.shape}, {b.shape}")
         for (w, b), (w2, _) in zip(self.params, self.params[1:] + [(None, None)]):
             if b.shape != (w.shape[1],) or (w2 is not None and w2.shape[0] != w.shape[1]):
                 raise ValueError(f"inconsistent layer shapes {w.shape}, {b.shape}")
