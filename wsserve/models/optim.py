@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 
 __all__ = ["Adam", "ArrayTree"]
 
 #: An array, or a list/tuple (incl. NamedTuple) of them, nested to any depth.
-ArrayTree = Union[np.ndarray, Sequence["ArrayTree"]]
+ArrayTree: TypeAlias = np.ndarray | Sequence["ArrayTree"]
 
 
 def _leaves(tree: ArrayTree, what: str) -> list[np.ndarray]:
