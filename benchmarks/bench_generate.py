@@ -144,9 +144,9 @@ async def run_loop(model: Any, c: int, max_tokens: int) -> Result:
 
 
 def bench_engine(levels: tuple[int, ...], runs: int, max_tokens: int, inline_max_batch: int | None) -> dict[str, Any]:
-    from wsserve.models.charlm import train_charlm
+    from wsserve.trainer import train_default_models
 
-    model = train_charlm()
+    model = train_default_models(names=["charlm"])["charlm"]  # the server's weights, cached
     out: dict[str, Any] = {k: {c: [] for c in levels} for k in ("engine", "inline", "loop")}
 
     async def main() -> None:

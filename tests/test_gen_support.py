@@ -21,7 +21,7 @@ from wsserve.models.charlm import CharLM, train_charlm
 
 @functools.lru_cache(maxsize=1)
 def charlm() -> CharLM:
-    return train_charlm(seed=0, use_cache=False)
+    return train_charlm(seed=0)
 
 
 class FakeClock:

@@ -51,6 +51,7 @@ def _same_weights(a: Any, b: Any) -> bool:
 def test_public_api_and_registry_order() -> None:
     assert set(trainer.__all__) == {"CachedTrainer", "TRAINERS", "train_default_models"}
     assert list(TRAINERS) == ["linear", "mlp", "charlm"]
+    assert all(isinstance(t, CachedTrainer) for t in TRAINERS.values())
 
 
 def _without_flag(info: Any) -> dict[str, Any]:
@@ -177,39 +178,16 @@ def test_default_cache_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [p.name.split("-")[0] for p in (tmp_path / "env").iterdir()] == ["linear"]
 
 
-def test_plain_callable_trainer_runs_every_time_with_one_blas_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trainers_run_with_one_blas_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, list[int]]] = []
 
-    def plain(*, seed: int) -> LinearModel:
-        seen.append((seed, [p["num_threads"] for p in threadpool_info()]))
+    def train(*, seed: int) -> LinearModel:
+        seen.append((seed, [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]))
         return train_linear(seed=seed)
 
-    monkeypatch.setitem(TRAINERS, "plain", plain)
+    monkeypatch.setitem(TRAINERS, "linear", CachedTrainer(train, linear_config, LinearModel.from_arrays))
     for _ in range(2):
-        models = train_default_models(seed=4, cache_dir=tmp_path, names=["plain"])
-    assert list(models) == ["plain"] and len(seen) == 2
+        models = train_default_models(seed=4, cache_dir=tmp_path, names=["linear"], use_cache=False)
+    assert list(models) == ["linear"] and len(seen) == 2
     assert all(seed == 4 for seed, _ in seen)
     assert all(threads and set(threads) == {1} for _, threads in seen), seen
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_plain_callable_gets_cache_arguments_it_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A self-caching trainer (like charlm's) receives cache_dir and use_cache."""
-    calls: list[dict[str, Any]] = []
-
-    def self_caching(*, seed: int = 0, cache_dir: Path | None = None,
-                     use_cache: bool = True) -> LinearModel:
-        calls.append({"seed": seed, "cache_dir": cache_dir, "use_cache": use_cache})
-        model = train_linear(seed=seed)
-        model.info.metrics["loaded_from_cache"] = True
-        return model
-
-    monkeypatch.setitem(TRAINERS, "selfcache", self_caching)
-    with caplog.at_level(logging.INFO, logger="wsserve.trainer"):
-        train_default_models(seed=2, cache_dir=tmp_path, use_cache=False, names=["selfcache"])
-    assert calls == [{"seed": 2, "cache_dir": tmp_path, "use_cache": False}]
-    assert any(r.getMessage().startswith("loaded selfcache v1 in ") for r in caplog.records)

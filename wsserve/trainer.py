@@ -1,33 +1,25 @@
 """Make the default models at start-up: train them, or load cached weights.
 
-:data:`TRAINERS` maps a model name to how it is made, in serving order
-(``linear``, ``mlp``, then ``charlm`` once registered).  An entry is either
+:data:`TRAINERS` maps a model name to its :class:`CachedTrainer`, in serving
+order (``linear``, ``mlp``, ``charlm``).  Weights are cached with
+:mod:`wsserve.modelstore`, keyed by the model's full training config, so a
+later start loads them in milliseconds.  Plugging a model in is one line::
 
-- a :class:`CachedTrainer` - its weights are cached with
-  :mod:`wsserve.modelstore`, keyed by the model's full training config, so a
-  later start loads them in milliseconds; or
-- any plain callable ``fn(*, seed: int) -> model``.  If it also accepts the
-  keywords ``cache_dir`` and/or ``use_cache`` it gets them and does its own
-  caching (as :func:`wsserve.models.charlm.train_charlm` does); otherwise it
-  is trained on every start.
+    TRAINERS["mymodel"] = CachedTrainer(train_mymodel, mymodel_config, MyModel.from_arrays)
 
-Plugging a model in is one line, e.g.::
-
-    TRAINERS["charlm"] = train_charlm
-
-A cached model must implement ``to_arrays() -> (arrays, meta)`` (the inverse of
-``restore``).  For :class:`CachedTrainer` models the trainer sets
-``info.metrics["loaded_from_cache"]`` (True/False).  :func:`train_default_models` runs every trainer with BLAS
-limited to one thread and logs one line per model on the ``wsserve.trainer``
-logger, e.g. ``trained mlp v1 in 0.45s: held-out acc 0.939 (chance 0.100)``.
-A corrupt or unreadable cache file is logged as a warning naming the file and
-the model is retrained (and the file rewritten); a cache that cannot be
-written is a warning too, never a crash.
+where the model implements ``to_arrays() -> (arrays, meta)`` (the inverse of
+``from_arrays``) and ``info.metrics`` (a dict).  The trainer sets
+``info.metrics["loaded_from_cache"]`` (True/False) on every model it returns.
+:func:`train_default_models` runs every trainer with BLAS limited to one
+thread and logs one line per model on the ``wsserve.trainer`` logger, e.g.
+``trained mlp v1 in 0.45s: held-out acc 0.939 (chance 0.100)``.  A corrupt or
+unreadable cache file is logged as a warning naming the file and the model is
+retrained (and the file rewritten); a cache that cannot be written is a
+warning too, never a crash.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import modelstore
-from .models.charlm import train_charlm
+from .models.charlm import CharLM, charlm_config, train_charlm
 from .models.linear import LinearModel, linear_config, train_linear
 from .models.mlp import MLPModel, mlp_config, train_mlp
 
@@ -54,7 +46,8 @@ class CachedTrainer:
 
     ``train(seed=...)`` makes the model (which has ``to_arrays()``);
     ``config(seed)`` is its *full* training config - everything that affects
-    the weights, including a code/algorithm version - used as the cache key;
+    the weights, including a code/algorithm version and a hash of any data
+    read from outside the code (charlm's corpus) - used as the cache key;
     ``restore(arrays, meta)`` rebuilds the model from cached arrays and may
     raise ``KeyError``/``ValueError``/``TypeError`` on bad contents.
     Calling the object trains without any cache.
@@ -69,10 +62,10 @@ class CachedTrainer:
 
 
 #: name -> trainer, in serving order.  See the module docstring.
-TRAINERS: dict[str, Callable[..., Any]] = {
+TRAINERS: dict[str, CachedTrainer] = {
     "linear": CachedTrainer(train_linear, linear_config, LinearModel.from_arrays),
     "mlp": CachedTrainer(train_mlp, mlp_config, MLPModel.from_arrays),
-    "charlm": train_charlm,  # caches itself (takes cache_dir, use_cache)
+    "charlm": CachedTrainer(train_charlm, charlm_config, CharLM.from_arrays),
 }
 
 
@@ -106,18 +99,9 @@ def train_default_models(
     return models
 
 
-def _make(name: str, trainer: Callable[..., Any], *, seed: int, cache_dir: Path,
+def _make(name: str, trainer: CachedTrainer, *, seed: int, cache_dir: Path,
           use_cache: bool) -> Any:
     """Load ``name`` from the cache if possible, else train (and cache) it."""
-    if not isinstance(trainer, CachedTrainer):
-        t0 = time.perf_counter()
-        model = trainer(**_plain_kwargs(trainer, seed=seed, cache_dir=cache_dir,
-                                        use_cache=use_cache))
-        verb = "loaded" if _metrics(model).get("loaded_from_cache") is True else "trained"
-        log.info("%s %s in %.2fs: %s", verb, _label(name, model), time.perf_counter() - t0,
-                 _summary(model))
-        return model
-
     config: Mapping[str, Any] = trainer.config(seed) if use_cache else {}
     if use_cache:
         t0 = time.perf_counter()
@@ -164,21 +148,6 @@ def _load(name: str, trainer: CachedTrainer, config: Mapping[str, Any],
         log.warning("ignoring bad cache file %r for %s, retraining: %s: %s",
                     str(path), name, type(exc).__name__, exc)
         return None
-
-
-def _plain_kwargs(fn: Callable[..., Any], *, seed: int, cache_dir: Path,
-                  use_cache: bool) -> dict[str, Any]:
-    """``seed``, plus ``cache_dir``/``use_cache`` if ``fn`` names them as parameters."""
-    kwargs: dict[str, Any] = {"seed": seed}
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return kwargs
-    if "cache_dir" in params:
-        kwargs["cache_dir"] = cache_dir
-    if "use_cache" in params:
-        kwargs["use_cache"] = use_cache
-    return kwargs
 
 
 def _metrics(model: Any) -> dict[str, Any]:

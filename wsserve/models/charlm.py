@@ -16,9 +16,14 @@ Corpus: the Python reference documentation shipped with CPython as
 Nothing third-party is shipped.  Held out: every 10th block of 2048 consecutive
 target characters (their contexts may reach into training text).
 
-Training: Adam on mini-batches, float32, one BLAS thread, deterministic for a
-seed on a given machine (about 1 s on one core).  Weights are cached with
-:mod:`wsserve.modelstore` keyed by the config, which includes a hash of the corpus.
+Training: softmax cross-entropy whose gradient :func:`loss_and_grads` computes
+(a pure function, generic over float dtype, checked against finite differences
+in float64), minimised by :class:`wsserve.models.optim.Adam` (shared with
+``mlp``) on mini-batches in float32 with a warm-up + cosine learning-rate
+schedule; one BLAS thread, deterministic for a seed on a given machine (about
+1-2 s on one core).  :func:`train_charlm` only trains: :mod:`wsserve.trainer`
+caches the weights, keyed by :func:`charlm_config`, which includes a hash of
+the corpus.
 
 Inference (:meth:`CharLM.logits`) is *batching-invariant bit for bit*: the
 first layer is folded into per-position int32 lookup tables (so the hidden
@@ -40,35 +45,37 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import math
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .base import ModelInfo
+from .optim import Adam
 
 __all__ = [
     "VOCAB",
     "CharLM",
     "CharLMConfig",
+    "CharLMParams",
     "Corpus",
     "charlm_config",
+    "forward",
+    "init_params",
     "load_corpus",
+    "loss_and_grads",
     "normalize_text",
     "train_charlm",
 ]
 
-log = logging.getLogger(__name__)
-
 NAME = "charlm"
 VERSION = "1"
 #: Bump when training or inference changes in a way the config does not show.
-ALGORITHM = "mlp-adam-exactgrid/1"
+ALGORITHM = "mlp-adam-exactgrid/2"  # /2: the shared optimiser (float64 step size)
 
 #: The character vocabulary: newline + printable ASCII.  Token id = index.
 VOCAB: str = "\n" + "".join(chr(c) for c in range(32, 127))
@@ -170,7 +177,10 @@ def _windows(docs: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True, slots=True)
 class CharLMConfig:
-    """Hyperparameters of :func:`train_charlm` (everything but the seed)."""
+    """Hyperparameters of :func:`train_charlm` (everything but the seed).
+
+    Raises ``ValueError`` naming the field when a value is out of range.
+    """
 
     context_len: int = 8
     embed_dim: int = 24
@@ -178,14 +188,42 @@ class CharLMConfig:
     steps: int = 500
     batch_size: int = 512
     learning_rate: float = 0.008
+    warmup_steps: int = 50  # linear warm-up, then cosine decay...
+    final_lr_fraction: float = 0.1  # ...to this fraction of learning_rate
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
     heldout_every: int = 10  # every 10th block of positions is held out...
     heldout_block: int = 2048  # ...of this many target characters
     max_corpus_chars: int = 600_000
 
+    def __post_init__(self) -> None:
+        for name in ("context_len", "embed_dim", "hidden", "steps", "batch_size", "warmup_steps",
+                     "heldout_block", "max_corpus_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CharLMConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.heldout_every < 2:
+            raise ValueError(f"CharLMConfig.heldout_every must be >= 2, got {self.heldout_every!r}")
+        if not 0.0 < self.learning_rate < math.inf:
+            raise ValueError(f"CharLMConfig.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError("CharLMConfig.final_lr_fraction must be in [0, 1], "
+                             f"got {self.final_lr_fraction!r}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"CharLMConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0.0 <= self.eps < math.inf:
+            raise ValueError(f"CharLMConfig.eps must be finite and >= 0, got {self.eps!r}")
 
-def charlm_config(seed: int, corpus: Corpus, config: CharLMConfig | None = None) -> dict[str, Any]:
-    """The full training config (the cache key): seed, hyperparameters, versions, corpus hash."""
+
+def charlm_config(seed: int = 0, config: CharLMConfig | None = None) -> dict[str, Any]:
+    """The full training config (the cache key): seed, hyperparameters, versions, corpus hash.
+
+    Loads the corpus (tens of milliseconds) to hash it, so a changed Python
+    documentation set never loads stale weights.
+    """
     cfg = config or CharLMConfig()
+    corpus = load_corpus(cfg.max_corpus_chars)
     return {
         "seed": int(seed), "version": VERSION, "algorithm": ALGORITHM, "vocab": VOCAB,
         "corpus_source": corpus.source, "corpus_sha256": corpus.sha256,
@@ -217,6 +255,11 @@ class CharLM:
         b1 = np.asarray(arrays["b1"], np.float64)  # [H]
         w2 = np.asarray(arrays["w2"], np.float64)  # [H, V]
         b2 = np.asarray(arrays["b2"], np.float64)  # [V]
+        ndims = {"embed": (emb, 2), "w1": (w1, 2), "b1": (b1, 1), "w2": (w2, 2), "b2": (b2, 1)}
+        for name, (a, ndim) in ndims.items():
+            if a.ndim != ndim or 0 in a.shape:
+                raise ValueError(f"charlm array {name!r} has shape {a.shape}, expected {ndim} "
+                                 "non-empty dimension(s)")
         v, d = len(VOCAB), emb.shape[1]
         if emb.shape[0] != v + 1 or w1.shape[0] % d or w2.shape != (w1.shape[1], v) or b2.shape != (v,):
             raise ValueError(f"charlm arrays have inconsistent shapes: embed {emb.shape}, "
@@ -339,59 +382,103 @@ def _count_bpc(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, tes
     return uni_bpc, big_bpc
 
 
+class CharLMParams(NamedTuple):
+    """The trainable arrays, in any one float dtype (float32 in training)."""
+
+    embed: np.ndarray  # [V+1, d]  row V is PAD
+    w1: np.ndarray  # [k*d, H]
+    b1: np.ndarray  # [H]
+    w2: np.ndarray  # [H, V]
+    b2: np.ndarray  # [V]
+
+
+def init_params(rng: np.random.Generator, cfg: CharLMConfig, targets: np.ndarray,
+                dtype: Any = np.float32) -> CharLMParams:
+    """Random weights for ``cfg``; ``b2`` starts at the add-one unigram log-frequencies of ``targets``."""
+    v, k, d, h = len(VOCAB), cfg.context_len, cfg.embed_dim, cfg.hidden
+    unigram = np.bincount(targets, minlength=v) + 1.0  # [V]
+    embed = (rng.standard_normal((v + 1, d)) * 0.5).astype(dtype)
+    w1 = (rng.standard_normal((k * d, h)) / math.sqrt(k * d)).astype(dtype)
+    w2 = (rng.standard_normal((h, v)) * (0.5 / math.sqrt(h))).astype(dtype)
+    return CharLMParams(embed, w1, np.zeros(h, dtype), w2, np.log(unigram / unigram.sum()).astype(dtype))
+
+
+def forward(params: CharLMParams, contexts: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The float network (training's, not the quantised :meth:`CharLM.logits`).
+
+    ``[n, k]`` ids (0..V) -> ``([n, V]`` logits, ``(a0, pre, act)`` for backprop).
+    """
+    n = len(contexts)
+    a0 = params.embed[contexts].reshape(n, -1)  # [n, k, d] -> [n, k*d]
+    pre = a0 @ params.w1 + params.b1  # [n, k*d] @ [k*d, H] -> [n, H]
+    act = np.maximum(pre, 0)  # [n, H]
+    return act @ params.w2 + params.b2, (a0, pre, act)  # [n, H] @ [H, V] -> [n, V]
+
+
+def loss_and_grads(params: CharLMParams, contexts: np.ndarray,
+                   targets: np.ndarray) -> tuple[float, CharLMParams]:
+    """Mean cross-entropy (nats) of ``targets [n]`` given ``contexts [n, k]``, and its gradient.
+
+    Pure; the gradient has the layout and dtype of ``params``.  Ids are not
+    checked (this is the training inner loop): ``contexts`` must hold ``0..V``
+    and ``targets`` ``0..V-1``.
+    """
+    n, k = contexts.shape
+    logits, (a0, pre, act) = forward(params, contexts)
+    rows = np.arange(n)
+    z = logits - logits.max(axis=1, keepdims=True)  # [n, V]
+    e = np.exp(z)
+    total = e.sum(axis=1, keepdims=True)  # [n, 1]
+    loss = float((np.log(total[:, 0]) - z[rows, targets]).mean())
+    p = e / total  # softmax
+    p[rows, targets] -= 1.0
+    dz = p / n  # d loss / d logits  [n, V]
+    dact = dz @ params.w2.T  # [n, V] @ [V, H] -> [n, H]
+    dact *= pre > 0
+    da0 = (dact @ params.w1.T).reshape(n * k, -1)  # [n, k*d] -> [n*k, d]
+    # Scatter-add into the embedding rows as one matmul (fast, and its sums are
+    # ordered like any other product): onehot [n*k, V+1].T @ da0 [n*k, d].
+    onehot = np.zeros((n * k, len(params.embed)), dz.dtype)
+    onehot[np.arange(n * k), contexts.ravel()] = 1.0
+    grads = CharLMParams(
+        embed=onehot.T @ da0,  # [V+1, d]
+        w1=a0.T @ dact,  # [k*d, H]
+        b1=dact.sum(0),  # [H]
+        w2=act.T @ dz,  # [H, V]
+        b2=dz.sum(0),  # [V]
+    )
+    return loss, grads
+
+
+def _learning_rate(cfg: CharLMConfig, step: int) -> float:
+    """Step ``1..steps``: linear warm-up over ``warmup_steps``, cosine decay to ``final_lr_fraction``."""
+    warm = min(1.0, step / cfg.warmup_steps)
+    f = cfg.final_lr_fraction
+    return cfg.learning_rate * warm * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+
+
 def _fit(x: np.ndarray, y: np.ndarray, cfg: CharLMConfig, seed: int) -> dict[str, np.ndarray]:
-    """Adam on softmax cross-entropy; float32; returns the trained arrays."""
-    f = np.float32
-    v, k, d, h, bs = len(VOCAB), cfg.context_len, cfg.embed_dim, cfg.hidden, cfg.batch_size
+    """Adam on mini-batches of ``(x [n, k], y [n])``; float32; returns the trained arrays."""
     rng = np.random.default_rng(seed)
-    unigram = np.bincount(y, minlength=v) + 1.0
-    params = [
-        (rng.standard_normal((v + 1, d)) * 0.5).astype(f),  # embed [V+1, d]
-        (rng.standard_normal((k * d, h)) / math.sqrt(k * d)).astype(f),  # w1 [k*d, H]
-        np.zeros(h, f),  # b1 [H]
-        (rng.standard_normal((h, v)) * (0.5 / math.sqrt(h))).astype(f),  # w2 [H, V]
-        np.log(unigram / unigram.sum()).astype(f),  # b2 [V]
-    ]
-    m = [np.zeros_like(p) for p in params]
-    s = [np.zeros_like(p) for p in params]
-    beta1, beta2, eps = 0.9, 0.99, 1e-8
-    rows = np.arange(bs)
-    onehot = np.zeros((bs * k, v + 1), f)
-    flat_rows = np.arange(bs * k)
-    for it in range(1, cfg.steps + 1):
-        emb, w1, b1, w2, b2 = params
-        pick = rng.integers(0, len(y), bs)
-        xb, yb = x[pick], y[pick]  # [bs, k], [bs]
-        a0 = emb[xb].reshape(bs, k * d)  # [bs, k*d]
-        pre = a0 @ w1 + b1  # [bs, H]
-        act = np.maximum(pre, 0)
-        z = act @ w2 + b2  # [bs, V]
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        p[rows, yb] -= 1.0
-        dz = p / bs  # d loss / d logits
-        dact = dz @ w2.T
-        dact *= pre > 0
-        da0 = (dact @ w1.T).reshape(bs * k, d)
-        onehot[flat_rows, xb.ravel()] = 1.0
-        grads = [onehot.T @ da0, a0.T @ dact, dact.sum(0), act.T @ dz, dz.sum(0)]
-        onehot[flat_rows, xb.ravel()] = 0.0
-        warm = min(1.0, it / 50)
-        lr = cfg.learning_rate * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / cfg.steps)))
-        c1, c2 = 1 - beta1**it, 1 - beta2**it
-        for p_, g, m_, s_ in zip(params, grads, m, s):
-            m_ *= beta1
-            m_ += (1 - beta1) * g
-            s_ *= beta2
-            s_ += (1 - beta2) * (g * g)
-            p_ -= (lr / c1) * m_ / (np.sqrt(s_ / c2) + eps)
-    return dict(zip(("embed", "w1", "b1", "w2", "b2"), params))
+    params = init_params(rng, cfg, y)
+    adam = Adam(params, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
+    for step in range(1, cfg.steps + 1):
+        pick = rng.integers(0, len(y), cfg.batch_size)
+        _, grads = loss_and_grads(params, x[pick], y[pick])
+        adam.step(grads, _learning_rate(cfg, step))
+    return params._asdict()
 
 
-def _train(seed: int, cfg: CharLMConfig, corpus: Corpus) -> CharLM:
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+def train_charlm(*, seed: int = 0, config: CharLMConfig | None = None) -> CharLM:
+    """Train ``charlm`` on :func:`load_corpus`; deterministic for a seed on a given machine.
 
+    Trains every time (about 1-2 s): serve it through :mod:`wsserve.trainer`,
+    which caches the weights.  BLAS is limited to one thread while fitting.
+    ``info.metrics`` holds held-out, unigram and bigram bits per character on
+    the same split, a training-sample bpc, the split sizes and the train time.
+    """
+    cfg = config or CharLMConfig()
+    corpus = load_corpus(cfg.max_corpus_chars)
     t0 = time.perf_counter()
     x_all, y_all = _windows(list(corpus.documents), cfg.context_len)
     held_out = (np.arange(len(y_all)) // cfg.heldout_block) % cfg.heldout_every == cfg.heldout_every - 1
@@ -414,50 +501,3 @@ def _train(seed: int, cfg: CharLMConfig, corpus: Corpus) -> CharLM:
         "train_time_s": round(train_time_s, 3),
     }
     return CharLM(arrays, metrics=metrics)
-
-
-def train_charlm(
-    *,
-    seed: int = 0,
-    cache_dir: Path | None = None,
-    use_cache: bool = True,
-    config: CharLMConfig | None = None,
-) -> CharLM:
-    """Load ``charlm`` from the weight cache, or train it (and cache it).
-
-    ``cache_dir`` None means :func:`wsserve.modelstore.default_cache_dir`.  With
-    ``use_cache`` false the cache is neither read nor written.  A corrupt cache
-    file is logged and replaced; a cache that cannot be written is logged and
-    ignored.  ``info.metrics`` holds held-out, unigram and bigram bits per
-    character on the same split (plus ``loaded_from_cache``).
-    """
-    from .. import modelstore
-
-    cfg = config or CharLMConfig()
-    corpus = load_corpus(cfg.max_corpus_chars)
-    key_config = charlm_config(seed, corpus, cfg)
-    directory = Path(cache_dir) if cache_dir is not None else modelstore.default_cache_dir()
-    if use_cache:
-        try:
-            found = modelstore.load(directory, NAME, key_config)
-        except modelstore.ModelFileError as exc:
-            log.warning("retraining charlm: %s", exc)
-            found = None
-        if found is not None:
-            arrays, meta = found
-            try:
-                model = CharLM.from_arrays(arrays, meta)
-            except (KeyError, ValueError) as exc:
-                log.warning("retraining charlm: cached weights unusable: %s", exc)
-            else:
-                model.info.metrics["loaded_from_cache"] = True
-                return model
-    model = _train(seed, cfg, corpus)
-    model.info.metrics["loaded_from_cache"] = False
-    if use_cache:
-        arrays, meta = model.to_arrays()
-        try:
-            modelstore.save(directory, NAME, key_config, arrays, meta)
-        except OSError as exc:
-            log.warning("could not cache charlm weights in %s: %s", directory, exc)
-    return model

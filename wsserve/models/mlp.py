@@ -8,10 +8,11 @@ of far-apart blobs, so no linear classifier separates them (the least-squares
 linear baseline gets ~0.45 held-out accuracy) while the MLP gets ~0.94 and the
 Bayes-optimal rule ~0.96; chance is 0.10.
 
-Training: minibatch Adam (hand-written) on mean cross-entropy, float32, with a
-linear learning-rate decay.  The numerics are small pure functions with shape
-comments, generic over float dtype, so the tests can check
-:func:`loss_and_grads` against finite differences in float64.
+Training: minibatch Adam (:class:`wsserve.models.optim.Adam`, shared with
+``charlm``) on mean cross-entropy, float32, with a linear learning-rate decay.
+The numerics are small pure functions with shape comments, generic over float
+dtype, so the tests can check :func:`loss_and_grads` against finite
+differences in float64.
 
 Inference (:meth:`MLPModel.predict`) computes in float32 with contiguous
 weights and no per-row Python, and is exactly row-pure: a single row is padded
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .base import ModelInfo, PredictiveModel
+from .optim import Adam
 
 __all__ = [
     "MLPConfig",
@@ -191,29 +193,6 @@ def loss_and_grads(params: Params, x: np.ndarray, y: np.ndarray) -> tuple[float,
     return loss, grads
 
 
-class _Adam:
-    """Adam with bias correction, updating ``params`` arrays in place."""
-
-    def __init__(self, params: Params, *, beta1: float, beta2: float, eps: float) -> None:
-        self.params = [p for pair in params for p in pair]
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
-        self.t = 0
-
-    def step(self, grads: Params, lr: float) -> None:
-        self.t += 1
-        b1, b2 = self.beta1, self.beta2
-        step = lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-        flat = [g for pair in grads for g in pair]
-        for p, g, m, v in zip(self.params, flat, self.m, self.v):
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            p -= (step * m) / (np.sqrt(v) + self.eps)
-
-
 # ---------------------------------------------------------------------------
 # the served model
 # ---------------------------------------------------------------------------
@@ -228,6 +207,9 @@ class MLPModel(PredictiveModel):
             (np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
             for w, b in params
         ]
+        for w, b in self.params:
+            if w.ndim != 2 or b.ndim != 1:
+                raise ValueError(f"an MLP layer needs a 2-d weight and a 1-d bias, got {w.shape}, {b.shape}")
         for (w, b), (w2, _) in zip(self.params, self.params[1:] + [(None, None)]):
             if b.shape != (w.shape[1],) or (w2 is not None and w2.shape[0] != w.shape[1]):
                 raise ValueError(f"inconsistent layer shapes {w.shape}, {b.shape}")
@@ -332,7 +314,7 @@ def train_mlp(*, seed: int = 0, config: MLPConfig | None = None) -> MLPModel:
     train_rng = np.random.default_rng([seed, 1])
     sizes = [cfg.n_features, *cfg.hidden, cfg.n_classes]
     params = init_params(train_rng, sizes)
-    adam = _Adam(params, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
+    adam = Adam(params, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
     steps_per_epoch = -(-cfg.n_train // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     for _epoch in range(cfg.epochs):
