@@ -2,7 +2,7 @@
 
 Every measurement runs in a fresh ``python`` process with ``OPENBLAS_NUM_THREADS=1``
 calling :func:`wsserve.trainer.train_default_models` for one model: *cold* with
-``use_cache=False``, *warm* from a cache the first warm run of that tree filled.
+``cache=False``, *warm* from a cache the first warm run of that tree filled.
 ``--against DIR`` measures another checkout the same way (its ``wsserve``
 imported through ``PYTHONPATH``), interleaved run by run, so both columns share
 the machine's load.  Prints and writes ``results/train.md``: medians with the
@@ -34,18 +34,18 @@ _SNIPPET = """
 import json, sys, time
 from pathlib import Path
 from wsserve.trainer import train_default_models
-name, cache_dir, use_cache = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+name, cache_dir, cache = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
 t0 = time.perf_counter()
-model = train_default_models(names=[name], cache_dir=cache_dir, use_cache=use_cache)[name]
+model = train_default_models(names=[name], cache_dir=cache_dir, cache=cache)[name]
 seconds = time.perf_counter() - t0
 import wsserve
 print(json.dumps({"s": seconds, "metrics": model.info.metrics, "src": wsserve.__file__}))
 """
 
 
-def _run(tree: Path, name: str, cache_dir: Path, use_cache: bool) -> dict[str, Any]:
+def _run(tree: Path, name: str, cache_dir: Path, cache: bool) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", _SNIPPET, name, str(cache_dir), "1" if use_cache else "0"],
+    out = subprocess.run([sys.executable, "-c", _SNIPPET, name, str(cache_dir), "1" if cache else "0"],
                          env=env, capture_output=True, text=True, check=True, timeout=600, cwd=tree)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if not result["src"].startswith(str(tree)):
@@ -81,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 for i, tree in enumerate(trees):
                     key = (str(tree), name)
-                    r = _run(tree, name, Path(tmp) / f"t{i}", use_cache=False)
+                    r = _run(tree, name, Path(tmp) / f"t{i}", cache=False)
                     cold.setdefault(key, []).append(r["s"])
                     metric[key] = r["metrics"].get(_METRIC[name])
                     if rep == 0:  # fill this tree's cache once; not timed
-                        _run(tree, name, Path(tmp) / f"c{i}", use_cache=True)
-                    w = _run(tree, name, Path(tmp) / f"c{i}", use_cache=True)
+                        _run(tree, name, Path(tmp) / f"c{i}", cache=True)
+                    w = _run(tree, name, Path(tmp) / f"c{i}", cache=True)
                     if w["metrics"].get("loaded_from_cache") is not True:
                         raise RuntimeError(f"{tree}: {name} was not loaded from the cache")
                     warm.setdefault(key, []).append(w["s"])
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "## Start-up training and cache loads (per model)", "",
         (f"Command: `{cmd}`; {args.runs} runs per cell, each in a fresh process with one BLAS "
          "thread, trees interleaved run by run; median (min-max) seconds of "
-         "`train_default_models` for one model (cold: `use_cache=False`; warm: cache hit). "
+         "`train_default_models` for one model (cold: `cache=False`; warm: cache hit). "
          "Seed 0."), "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

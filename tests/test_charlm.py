@@ -331,13 +331,13 @@ def test_cache_file_with_unusable_arrays_is_retrained(
                for r in caplog.records if r.levelno == logging.WARNING)
 
 
-def test_use_cache_false_neither_reads_nor_writes(tmp_path: Path, small_charlm: list[int]) -> None:
+def test_cache_false_neither_reads_nor_writes(tmp_path: Path, small_charlm: list[int]) -> None:
     train_default_models(seed=1, cache_dir=tmp_path, names=["charlm"])
     before = sorted(tmp_path.iterdir())
-    m = train_default_models(seed=1, cache_dir=tmp_path, use_cache=False, names=["charlm"])["charlm"]
+    m = train_default_models(seed=1, cache_dir=tmp_path, cache=False, names=["charlm"])["charlm"]
     assert m.info.metrics["loaded_from_cache"] is False and small_charlm == [1, 1]
     assert sorted(tmp_path.iterdir()) == before
-    train_default_models(seed=1, cache_dir=tmp_path / "none", use_cache=False, names=["charlm"])
+    train_default_models(seed=1, cache_dir=tmp_path / "none", cache=False, names=["charlm"])
     assert not (tmp_path / "none").exists()
 
 

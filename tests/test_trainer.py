@@ -110,17 +110,17 @@ def test_seed_is_part_of_the_key(tmp_path: Path, counted: dict[str, Counting]) -
     assert len(list(tmp_path.iterdir())) == 2
 
 
-def test_use_cache_false_always_trains_and_writes_nothing(
+def test_cache_false_always_trains_and_writes_nothing(
     tmp_path: Path, counted: dict[str, Counting]
 ) -> None:
     train_default_models(cache_dir=tmp_path / "c", names=["linear", "mlp"])
     before = sorted((tmp_path / "c").iterdir())
     again = train_default_models(cache_dir=tmp_path / "c", names=["linear", "mlp"],
-                                 use_cache=False)
+                                 cache=False)
     assert counted["linear"].calls == 2 and counted["mlp"].calls == 2
     assert again["mlp"].info.metrics["loaded_from_cache"] is False
     assert sorted((tmp_path / "c").iterdir()) == before
-    train_default_models(cache_dir=tmp_path / "d", use_cache=False, names=["linear"])
+    train_default_models(cache_dir=tmp_path / "d", cache=False, names=["linear"])
     assert not (tmp_path / "d").exists()
     assert isinstance(again["mlp"], MLPModel)
 
@@ -187,7 +187,7 @@ def test_trainers_run_with_one_blas_thread(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setitem(TRAINERS, "linear", CachedTrainer(train, linear_config, LinearModel.from_arrays))
     for _ in range(2):
-        models = train_default_models(seed=4, cache_dir=tmp_path, names=["linear"], use_cache=False)
+        models = train_default_models(seed=4, cache_dir=tmp_path, names=["linear"], cache=False)
     assert list(models) == ["linear"] and len(seen) == 2
     assert all(seed == 4 for seed, _ in seen)
     assert all(threads and set(threads) == {1} for _, threads in seen), seen

@@ -441,7 +441,7 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
     models = await loop.run_in_executor(
         None,
         lambda: train_default_models(
-            seed=config.seed, names=list(config.models), cache_dir=config.cache_dir, use_cache=config.cache
+            seed=config.seed, names=list(config.models), cache_dir=config.cache_dir, cache=config.cache
         ),
     )
     server = Server(config, models)

@@ -74,12 +74,12 @@ def train_default_models(
     seed: int = 0,
     names: Sequence[str] | None = None,
     cache_dir: Path | None = None,
-    use_cache: bool = True,
+    cache: bool = True,
 ) -> dict[str, object]:
     """Return ``{name: model}`` for ``names`` (default: all of :data:`TRAINERS`), in TRAINERS order.
 
     ``cache_dir`` defaults to :func:`wsserve.modelstore.default_cache_dir`.
-    With ``use_cache=False`` every model is trained and the cache is neither
+    With ``cache=False`` every model is trained and the cache is neither
     read nor written.  Raises ``ValueError`` naming the known models if a
     name is unknown; training errors propagate.
     """
@@ -95,15 +95,15 @@ def train_default_models(
         for name, trainer in TRAINERS.items():
             if name in wanted:
                 models[name] = _make(name, trainer, seed=seed, cache_dir=directory,
-                                     use_cache=use_cache)
+                                     cache=cache)
     return models
 
 
 def _make(name: str, trainer: CachedTrainer, *, seed: int, cache_dir: Path,
-          use_cache: bool) -> Any:
+          cache: bool) -> Any:
     """Load ``name`` from the cache if possible, else train (and cache) it."""
-    config: Mapping[str, Any] = trainer.config(seed) if use_cache else {}
-    if use_cache:
+    config: Mapping[str, Any] = trainer.config(seed) if cache else {}
+    if cache:
         t0 = time.perf_counter()
         model = _load(name, trainer, config, cache_dir)
         if model is not None:
@@ -117,7 +117,7 @@ def _make(name: str, trainer: CachedTrainer, *, seed: int, cache_dir: Path,
     _metrics(model)["loaded_from_cache"] = False
     log.info("trained %s in %.2fs: %s", _label(name, model), time.perf_counter() - t0,
              _summary(model))
-    if use_cache:
+    if cache:
         try:
             arrays, meta = model.to_arrays()
             path = modelstore.save(cache_dir, name, config, arrays, meta)

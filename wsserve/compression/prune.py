@@ -43,7 +43,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ..models.base import ModelInfo, PredictiveModel
-from ..models.mlp import MLPConfig, Params, _Adam, loss_and_grads
+from ..models.mlp import MLPConfig, Params, loss_and_grads
+from ..models.optim import Adam
 from ..models.mlp_gradient import probability_input_gradient
 from .layers import check_array, check_names, check_shapes, forward_rowpure, meta_metrics
 
@@ -112,7 +113,7 @@ def finetune_masked(
     fmasks = [m.astype(np.float32) for m in masks]
     xf = np.asarray(x, dtype=np.float32)
     rng = np.random.default_rng([seed, 2])
-    adam = _Adam(tuned, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
+    adam = Adam(tuned, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
     total = epochs * -(-len(xf) // cfg.batch_size)
     for _ in range(epochs):
         order = rng.permutation(len(xf))

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..models.mlp import MLPConfig, MLPModel, Params, _Adam, cross_entropy, forward, init_params, make_mlp_data
+from ..models.mlp import MLPConfig, MLPModel, Params, cross_entropy, forward, init_params, make_mlp_data
+from ..models.optim import Adam
 from .cluster import check_workers, map_reduce, scatter_partitions
 from .data import check_seed, row_ranges
 from .tasks import mlp_gradient_sums, sum_gradients
@@ -66,7 +67,7 @@ def train_mlp_dask(
 
     train_rng = np.random.default_rng([seed, 1])
     params = init_params(train_rng, [cfg.n_features, *cfg.hidden, cfg.n_classes])
-    adam = _Adam(params, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
+    adam = Adam(params, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps)
     total_steps = cfg.epochs * -(-cfg.n_train // cfg.batch_size)
     t_fit = time.perf_counter()
     try:
