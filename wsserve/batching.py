@@ -128,24 +128,26 @@ class BatchQueue:
         its rows would take a non-empty queue past ``max_queue_rows``; an empty
         queue accepts any item (else a request bigger than the bound could
         never be served)."""
-        if item.rows < 1:
+        rows = item.rows - item.next_row
+        if rows < 1:
             raise ValueError("a work item needs at least one row")
+        nbytes = rows * item.row_bytes
         limit = self.max_queue_rows
-        if limit is not None and self._rows + item.remaining > limit and self._rows > 0:
+        if limit is not None and self._rows + rows > limit and self._rows > 0:
             raise Overloaded(
                 f"queue full: {self._rows} rows queued, limit {limit} (max_queue_rows)",
                 retry_after_ms=self._retry_after_ms(),
             )
         byte_limit = self.max_queue_bytes
-        if byte_limit is not None and self._bytes + item.remaining * item.row_bytes > byte_limit and self._rows > 0:
+        if byte_limit is not None and self._bytes + nbytes > byte_limit and self._rows > 0:
             raise Overloaded(
                 f"queue full: {self._bytes} input bytes queued, limit {byte_limit} (max_queue_bytes)",
                 retry_after_ms=self._retry_after_ms(),
             )
         item.enqueued_at = now
         self._classes[1 if item.priority else 0].append(item)
-        self._rows += item.remaining
-        self._bytes += item.remaining * item.row_bytes
+        self._rows += rows
+        self._bytes += nbytes
         self._requests += 1
         if item.deadline is not None:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]

@@ -146,6 +146,12 @@ class Connection:
         cfg = ctx.config
         self.ctx = ctx
         self.io = io
+        # Hot-path shortcuts to the context (read on every message).
+        self._cfg = cfg
+        self._shared = ctx.shared
+        self._models = ctx.models
+        self._metrics = ctx.metrics
+        self._clock = ctx.clock
         self.address = address
         self.inflight: dict[Any, Job] = {}
         self.inflight_bytes = 0
@@ -161,6 +167,8 @@ class Connection:
         self._tiebreak = itertools.count()
         self._over_since: float | None = None
         self._seed_keys = 0
+        #: Changes whenever :meth:`next_timer` may have moved earlier (the adapter re-arms then).
+        self.timer_epoch = 0
         rate = cfg.rate_limit_per_s
         self._bucket = TokenBucket(rate, cfg.rate_burst(rate), now) if rate else None
         if not self.authenticated:
@@ -208,19 +216,21 @@ class Connection:
 
     def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
         """Called once per job by :meth:`Job._terminal`."""
-        self.inflight.pop(job.key, None)
+        del self.inflight[job.key]
         self.inflight_bytes -= job.nbytes
-        shared = self.ctx.shared
+        shared = self._shared
         shared.inflight -= 1
-        if frame is not None:
-            self.send(frame)
-        metrics = self.ctx.metrics
-        metrics.request_done(job.model, job.kind, code, self.ctx.clock() - job.received_at)
+        if frame is not None and not self.closing:
+            self.io.send(frame)
+        metrics = self._metrics
+        metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at)
         if type(job) is PredictJob:
             if job.queue_s >= 0:
                 metrics.queued(job.model, job.queue_s)
         elif code in ("ok", "cancelled"):
             metrics.add_tokens(job.model, job.tokens)  # type: ignore[attr-defined]
+        if not self.inflight and self._cfg.idle_timeout_s is not None:
+            self.timer_epoch += 1  # the idle clock runs again
         if shared.draining and not self.inflight and not self.closing:
             self.close(1001, "server shutting down")
 
@@ -231,7 +241,9 @@ class Connection:
 
     def next_timer(self) -> float | None:
         """When :meth:`on_timer` should next run (None: no timer needed)."""
-        cfg = self.ctx.config
+        if self.closing:
+            return None
+        cfg = self._cfg
         when: float | None = None
         if self._deadlines:
             when = self._deadlines[0][0]
@@ -247,6 +259,7 @@ class Connection:
     def on_timer(self, now: float) -> None:
         """Fire whatever is due: request deadlines, auth timeout, slow consumer, idle timeout."""
         self._now = now
+        self.timer_epoch += 1
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             job = heapq.heappop(heap)[2]
@@ -278,6 +291,7 @@ class Connection:
         self._now = now
         if self._over_since is None:
             self._over_since = now
+            self.timer_epoch += 1
         if unsent > 4 * limit:
             self._slow_consumer(f"{unsent} bytes unsent")
         elif now - self._over_since >= self.ctx.config.slow_consumer_timeout_s:
@@ -297,14 +311,14 @@ class Connection:
         a text frame that is not UTF-8 fails the connection (1007)."""
         if self.closing:  # the connection is being closed: later messages are dropped
             return
-        self.ctx.shared.messages += 1
+        self._shared.messages += 1
         self.last_activity = self._now = now
         if binary:
             self.send(encode_error(BadRequest("binary frames are not accepted: send each JSON message as a text frame")))
             return
         req: Any = None
         try:
-            req = decode(data, max_tokens=self.ctx.config.max_tokens)
+            req = decode(data, max_tokens=self._cfg.max_tokens)
             kind = type(req)
             if kind is Predict:
                 self._predict(req, now)
@@ -373,20 +387,22 @@ class Connection:
 
     def _forget_auth(self) -> None:
         self._auth_deadline = None
+        self.timer_epoch += 1
         self.ctx.shared.unauthenticated.pop(self, None)
 
     # ------------------------------------------------------------------ admission
 
     def _admit(self, rid: Any, now: float) -> None:
         """Checks common to predict and generate, before any model work."""
-        self._need_auth()
-        shared = self.ctx.shared
+        if not self.authenticated:
+            raise Unauthorized('authenticate first: send {"type":"auth","token":...}')
+        shared = self._shared
         if shared.draining:
             raise ShuttingDown("server is draining; no new work is accepted")
         if self._bucket is not None:
             self._take(self._bucket, "this connection", now)
-        rate = self.ctx.config.key_rate_limit_per_s
-        if self.key is not None and rate is not None:
+        rate = self._cfg.key_rate_limit_per_s
+        if rate is not None and self.key is not None:
             bucket = shared.key_buckets.get(self.key)
             if bucket is None:
                 bucket = shared.key_buckets[self.key] = TokenBucket(rate, self.ctx.config.rate_burst(rate), now)
@@ -409,7 +425,7 @@ class Connection:
                 "this connection is not reading its replies fast enough; no new work until it catches up",
                 retry_after_ms=100,
             )
-        cfg = self.ctx.config
+        cfg = self._cfg
         if len(self.inflight) >= cfg.max_inflight:
             raise Overloaded(
                 f"this connection already has {cfg.max_inflight} unfinished requests (max_inflight)", retry_after_ms=10
@@ -428,17 +444,17 @@ class Connection:
     def _predict(self, req: Predict, now: float) -> None:
         rid = req.id
         self._admit(rid, now)
-        entry = self.ctx.models.lookup(req.model, req.version)
+        entry = self._models.lookup(req.model, req.version)
         if entry.kind != "predict":
             raise BadRequest(f"model {req.model!r} serves generate, not predict")
-        rows = validate_inputs(req.inputs, entry.input_width, self.ctx.config.max_rows)
+        rows = validate_inputs(req.inputs, entry.input_width, self._cfg.max_rows)
         self._capacity(rows.nbytes)
         if rid is None:  # seed form: no id, still tracked so shutdown and limits see it
             self._seed_keys += 1
             key: Any = ("seed", self._seed_keys)
         else:
             key = rid
-        deadline = self._deadline(req.timeout_ms, now)
+        deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
         job = PredictJob(self, key, req, entry, rows, now, deadline)
         job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
         self._track(job)
@@ -457,9 +473,10 @@ class Connection:
     def _track(self, job: Job) -> None:
         self.inflight[job.key] = job
         self.inflight_bytes += job.nbytes
-        self.ctx.shared.inflight += 1
+        self._shared.inflight += 1
         if job.deadline is not None:
             heapq.heappush(self._deadlines, (job.deadline, next(self._tiebreak), job))
+            self.timer_epoch += 1
             if len(self._deadlines) > 64 + 2 * len(self.inflight):  # drop finished jobs' entries
                 self._deadlines = [e for e in self._deadlines if not e[2].finished]
                 heapq.heapify(self._deadlines)

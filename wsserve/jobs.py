@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
 class JobOwner(Protocol):
     """What a job needs from its connection."""
 
@@ -130,10 +126,10 @@ class PredictJob(Job):
         self.seed_form = req.seed_form
         self.worker = entry.worker
         self.item: WorkItem | None = None
-        self._parts: list[np.ndarray] = []
+        self._parts: list[np.ndarray] | None = None  # rows computed so far (a request split over batches)
         self._delivered = 0
         self._seq = 0
-        self._pending: list[np.ndarray] = []
+        self._pending: list[np.ndarray] | None = None  # rows waiting for a full chunk (stream + chunk_rows)
         self._pending_rows = 0
         self.queue_s = -1.0  # wait before the first batch (-1: none yet)
         self._compute_s = 0.0
@@ -161,15 +157,16 @@ class PredictJob(Job):
         if self.stream:
             self._stream_rows(start, outputs, last)
         elif last:
-            full = outputs if not self._parts else np.concatenate([*self._parts, outputs])
-            self._result(full)
+            self._result(outputs if self._parts is None else np.concatenate([*self._parts, outputs]))
+        elif self._parts is None:
+            self._parts = [outputs]
         else:
             self._parts.append(outputs)
 
     def _timing(self) -> dict[str, float | int]:
         return {
-            "queue_ms": _ms(max(0.0, self.queue_s)),
-            "compute_ms": _ms(self._compute_s),
+            "queue_ms": round(self.queue_s * 1000.0, 3) if self.queue_s > 0 else 0.0,
+            "compute_ms": round(self._compute_s * 1000.0, 3),
             "batch_size": self._batch_max,
         }
 
@@ -185,6 +182,8 @@ class PredictJob(Job):
         if size is None:  # one chunk per computed slice
             self._send_chunk(start, outputs)
         else:
+            if self._pending is None:
+                self._pending = []
             self._pending.append(outputs)
             self._pending_rows += outputs.shape[0]
             if self._pending_rows >= size or last:

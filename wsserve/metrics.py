@@ -158,8 +158,13 @@ class Metrics:
     def request_done(self, model: str, kind: str, code: str, duration_s: float) -> None:
         """Count one finished request and observe its duration."""
         key = (model, kind, code)
-        self.requests[key] = self.requests.get(key, 0) + 1
-        self.duration.get((model, kind)).observe(duration_s)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        h = self.duration.children.get((model, kind))
+        if h is None:
+            h = self.duration.get((model, kind))
+        h.counts[bisect_left(h.bounds, duration_s)] += 1
+        h.sum += duration_s
 
     def rejected(self, model: str, kind: str, code: str) -> None:
         """Count a request refused before any work (not in the duration histogram)."""
@@ -167,7 +172,11 @@ class Metrics:
         self.requests[key] = self.requests.get(key, 0) + 1
 
     def queued(self, model: str, seconds: float) -> None:
-        self.queue.get((model,)).observe(seconds)
+        h = self.queue.children.get((model,))
+        if h is None:
+            h = self.queue.get((model,))
+        h.counts[bisect_left(h.bounds, seconds)] += 1
+        h.sum += seconds
 
     def on_batch(self, model: str, rows: int, compute_s: float) -> None:
         self.batch_size.get((model,)).observe(rows)

@@ -135,8 +135,8 @@ class PredictWorker:
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         rows = sink.rows
-        item = WorkItem(rows=rows.shape[0], priority=priority, deadline=deadline, payload=sink,
-                        row_bytes=rows.nbytes // max(1, rows.shape[0]))
+        n = rows.shape[0]
+        item = WorkItem(n, priority, deadline, rows.nbytes // n if n else 0, sink)
         now = monotonic()
         self.queue.add(item, now)
         if not self._busy:

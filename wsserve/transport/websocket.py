@@ -114,6 +114,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._pong_deadline: float | None = None
         self._close_deadline: float | None = None
         self._lost = False
+        self._library_wrote = False  # the library wrote since the last write-buffer check
+        self._epoch = -1  # the core's timer_epoch when the timer was last armed
 
     # ------------------------------------------------------------------ handshake
 
@@ -278,12 +280,15 @@ class WebSocketProtocol(asyncio.Protocol):
         conn.receive(data, binary, monotonic())
 
     def _after_read(self) -> None:
-        """After a read: replies out now, the library's close bookkeeping, the timer."""
+        """After a read: replies out now (one write for all of them), then the timer."""
         if self._marked:
             self.app.flusher.flush()  # replies to this read (pongs, errors) go out in one write
-        else:
-            self._check_buffer()
-        self._rearm(monotonic())
+        elif self._library_wrote:
+            self._library_wrote = False
+            self._check_buffer()  # the library wrote (pongs): the write-buffer policy applies to it too
+        conn = self.conn
+        if conn is not None and conn.timer_epoch != self._epoch:
+            self._rearm(monotonic())
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -328,13 +333,17 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._out:
             out, self._out = self._out, []
             try:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                self.transport.write(b"".join(out))
             except Exception:  # noqa: BLE001 - the socket died under us: connection_lost follows
                 log.debug("write failed", exc_info=True)
                 return
         else:
             self._write_library()
+        self._library_wrote = False
         self._check_buffer()
+        conn = self.conn
+        if conn is not None and conn.timer_epoch != self._epoch:  # e.g. the last reply restarted the idle clock
+            self._rearm(monotonic())
 
     def close(self, code: int, reason: str) -> None:
         """Write what is queued, then the close frame; the client has ``close_timeout_s`` to answer."""
@@ -354,6 +363,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 return
             if data:
                 transport.write(data)
+                self._library_wrote = True
             elif transport.can_write_eof():
                 try:
                     transport.write_eof()
@@ -403,7 +413,10 @@ class WebSocketProtocol(asyncio.Protocol):
         """One timer for the core's deadlines, keepalive and the close handshake."""
         if self._lost:
             return
-        when = self.conn.next_timer() if self.conn is not None else None
+        conn = self.conn
+        if conn is not None:
+            self._epoch = conn.timer_epoch
+        when = conn.next_timer() if conn is not None else None
         for t in (self._close_deadline, self._pong_deadline, self._ping_at if self._ping_payload is None else None):
             if t is not None and (when is None or t < when):
                 when = t

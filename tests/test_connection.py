@@ -1,0 +1,530 @@
+"""The sans-I/O connection core: every per-connection rule, driven with a fake clock.
+
+No socket, no event loop: a :class:`FakeIO` records what the core sends and
+whether it closed, fake workers record what was submitted and let a test hand
+back results.  (The same rules over a real socket: test_hardening.py,
+test_security.py.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from wsserve.auth import KeyRegistry
+from wsserve.config import ServerConfig
+from wsserve.connection import Connection, ConnectionContext, Shared
+from wsserve.errors import UnknownModel
+from wsserve.metrics import Metrics
+from wsserve.protocol import encode_hello
+
+KEY = "sk-test-key"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, s: float) -> float:
+        self.now += s
+        return self.now
+
+
+class FakeIO:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        assert self.closed is None, "a frame after the close frame"
+        self.frames.append(orjson.loads(frame))
+
+    def close(self, code: int, reason: str) -> None:
+        assert self.closed is None, "closed twice"
+        self.closed = (code, reason)
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.frames = self.frames, []
+        return out
+
+
+@dataclass
+class FakePredictWorker:
+    submitted: list[Any] = field(default_factory=list)
+    cancelled: list[Any] = field(default_factory=list)
+
+    def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Any:
+        item = object()
+        self.submitted.append((sink, item, deadline))
+        return item
+
+    def cancel(self, item: Any) -> None:
+        self.cancelled.append(item)
+
+    def finish(self, i: int = -1) -> None:
+        sink, _, _ = self.submitted[i]
+        sink.on_rows(0, sink.rows * 2.0, sink.n, 0.001, 0.002)
+
+
+@dataclass
+class FakeEngine:
+    submitted: list[Any] = field(default_factory=list)
+
+    def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None) -> Any:
+        handle = object()
+        self.submitted.append((params, sink, group, deadline))
+        return handle
+
+    def cancel(self, handle: Any) -> None:
+        for _, sink, _, _ in self.submitted:
+            if sink.handle is handle and not sink.finished:
+                sink.on_done("cancelled", sink.tokens, {"ttft_ms": None, "total_ms": 1.0})
+
+
+@dataclass
+class Entry:
+    name: str
+    kind: str
+    worker: Any
+    input_width: int = 1
+    version: str = "1"
+
+
+class FakeModels:
+    def __init__(self) -> None:
+        self.predict = FakePredictWorker()
+        self.engine = FakeEngine()
+        self.entries = {
+            "linear": Entry("linear", "predict", self.predict, 1),
+            "charlm": Entry("charlm", "generate", self.engine, 0),
+        }
+        self.models_json = b'[{"name":"linear"},{"name":"charlm"}]'
+
+    def lookup(self, name: str, version: str | None = None) -> Entry:
+        if name not in self.entries:
+            raise UnknownModel(f"no model named {name!r}")
+        return self.entries[name]
+
+    def knows(self, name: str) -> bool:
+        return name in self.entries
+
+
+class Setup:
+    def __init__(self, **config: Any) -> None:
+        self.config = ServerConfig(**config).validate()
+        self.clock = FakeClock()
+        self.models = FakeModels()
+        self.shared = Shared()
+        self.metrics = Metrics(version="t", read_state=dict)
+        self.keys = KeyRegistry(self.config.api_key)
+        self.ctx = ConnectionContext(
+            config=self.config, models=self.models, metrics=self.metrics, keys=self.keys, shared=self.shared,
+            hello=encode_hello(version="t", limits=self.config.public_limits(), models=["linear", "charlm"],
+                               auth_required=bool(self.config.api_key)),
+            clock=self.clock,
+        )
+
+    def connect(self, *, key: str | None = None, address: str = "10.0.0.1") -> tuple[Connection, FakeIO]:
+        io = FakeIO()
+        conn = Connection(self.ctx, io, address=address, key=key, now=self.clock.now)
+        conn.open()
+        assert io.take()[0]["type"] == "hello"
+        return conn, io
+
+    def send(self, conn: Connection, msg: Any) -> None:
+        data = msg if isinstance(msg, bytes) else orjson.dumps(msg)
+        conn.receive(data, False, self.clock.now)
+
+    def tick(self, conn: Connection, seconds: float) -> None:
+        """Advance the clock and fire the core's timer whenever it is due (as the adapter does)."""
+        end = self.clock.now + seconds
+        for _ in range(10_000):
+            when = conn.next_timer()
+            if when is None or when > end:
+                break
+            self.clock.now = max(self.clock.now, when)
+            conn.on_timer(self.clock.now)
+        else:
+            raise AssertionError("the timer keeps firing without progress")
+        self.clock.now = end
+
+
+def P(rid: Any, **kw: Any) -> dict[str, Any]:
+    return {"type": "predict", "id": rid, "model": "linear", "inputs": [[1.0]], **kw}
+
+
+def G(rid: Any, **kw: Any) -> dict[str, Any]:
+    return {"type": "generate", "id": rid, "model": "charlm", "prompt": "The ", **kw}
+
+
+def codes(frames: list[dict[str, Any]]) -> list[str]:
+    return [f.get("code", f["type"]) for f in frames]
+
+
+# --------------------------------------------------------------------------- open, dispatch, terminal frames
+
+
+def test_hello_then_a_predict_gets_exactly_one_result() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P("a", inputs=[[1.0], [2.0]]))
+    assert io.take() == [] and s.shared.inflight == 1
+    s.models.predict.finish()
+    (result,) = io.take()
+    assert result["type"] == "result" and result["id"] == "a" and result["outputs"] == [[2.0], [4.0]]
+    assert s.shared.inflight == 0 and not conn.inflight
+    s.models.predict.finish()  # a late callback changes nothing
+    assert io.take() == []
+
+
+def test_the_hello_is_followed_by_draining_on_a_draining_server() -> None:
+    s = Setup()
+    s.shared.draining = True
+    io = FakeIO()
+    Connection(s.ctx, io, address="a", key=None, now=0.0).open()
+    assert [f["type"] for f in io.frames] == ["hello", "draining"]
+
+
+def test_seed_form_answers_a_number_for_one_input_and_a_list_for_several() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, {"x": [0.5]})
+    s.models.predict.finish()
+    s.send(conn, {"x": [0.5, 1.0]})
+    s.models.predict.finish()
+    assert io.take() == [{"y_pred": 1.0}, {"y_pred": [1.0, 2.0]}]
+
+
+def test_ping_models_and_bad_messages() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, {"type": "ping", "id": 1})
+    s.send(conn, {"type": "models", "id": 2})
+    s.send(conn, b"not json")
+    conn.receive(b"{}", True, s.clock.now)  # a binary frame
+    s.send(conn, P("u", model="nope"))
+    frames = io.take()
+    assert frames[0] == {"type": "pong", "id": 1}
+    assert frames[1]["type"] == "models" and frames[1]["models"][0]["name"] == "linear"
+    assert codes(frames[2:]) == ["bad_json", "bad_request", "unknown_model"]
+    assert frames[4]["id"] == "u" and io.closed is None
+    # metrics label only real model names
+    assert s.metrics.requests[("", "predict", "unknown_model")] == 1
+
+
+def test_invalid_utf8_fails_the_connection_with_1007_and_stops_its_work() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P(1))
+    conn.receive(b'{"type":"ping","id":"\xff"}', False, s.clock.now)
+    assert io.closed is not None and io.closed[0] == 1007
+    assert s.models.predict.cancelled and not conn.inflight and s.shared.inflight == 0
+    s.send(conn, {"type": "ping", "id": 2})  # dropped: the connection is closing
+    assert io.frames == []
+
+
+def test_cancel_ends_a_predict_with_cancelled_and_a_generate_with_done() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P("p"))
+    s.send(conn, G("g"))
+    s.send(conn, {"type": "cancel", "id": "p"})
+    s.send(conn, {"type": "cancel", "id": "g"})
+    s.send(conn, {"type": "cancel", "id": "unknown"})  # ignored
+    frames = io.take()
+    assert [(f["id"], f["type"], f.get("code") or f.get("reason")) for f in frames] == [
+        ("p", "error", "cancelled"), ("g", "done", "cancelled")]
+    assert s.models.predict.cancelled
+
+
+def test_a_bug_while_handling_a_message_is_internal_and_the_connection_lives() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.models.entries["linear"].worker = None  # submit() will raise AttributeError
+    s.send(conn, P("x"))
+    (err,) = io.take()
+    assert err["code"] == "internal" and err["id"] == "x"
+    s.send(conn, {"type": "ping", "id": 1})
+    assert io.take() == [{"type": "pong", "id": 1}]
+
+
+# --------------------------------------------------------------------------- ids and capacity
+
+
+def test_duplicate_ids_are_refused_while_unfinished_and_free_after() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P(7))
+    s.send(conn, P(7))
+    assert codes(io.take()) == ["duplicate_id"]
+    s.models.predict.finish(0)
+    s.send(conn, P(7))
+    assert codes(io.take()) == ["result"] and len(conn.inflight) == 1
+
+
+def test_max_inflight_then_a_slot_frees() -> None:
+    s = Setup(max_inflight=2)
+    conn, io = s.connect()
+    for i in range(3):
+        s.send(conn, P(i))
+    (err,) = io.take()
+    assert err["id"] == 2 and err["code"] == "overloaded" and "max_inflight" in err["message"]
+    s.models.predict.finish(0)
+    s.send(conn, P(3))
+    assert codes(io.take()) == ["result"]
+
+
+def test_max_inflight_bytes_counts_inputs_but_a_lone_request_always_fits() -> None:
+    s = Setup(max_inflight_bytes=1000)
+    conn, io = s.connect()
+    s.send(conn, P("big", inputs=[[1.0]] * 200))  # 1600 bytes: alone, accepted
+    s.send(conn, P("small"))
+    (err,) = io.take()
+    assert err["id"] == "small" and "max_inflight_bytes" in err["message"]
+    s.models.predict.finish(0)
+    assert conn.inflight_bytes == 0
+    s.send(conn, P("small"))
+    assert conn.inflight_bytes == 8
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+def test_rate_limit_per_connection_refuses_then_recovers() -> None:
+    s = Setup(rate_limit_per_s=2.0, rate_limit_burst=3)
+    conn, io = s.connect()
+    for i in range(4):
+        s.send(conn, P(i))
+    (err,) = io.take()
+    assert err["id"] == 3 and err["code"] == "rate_limited" and 0 < err["retry_after_ms"] <= 500
+    s.send(conn, {"type": "ping", "id": "p"})  # not rate limited
+    assert io.take() == [{"type": "pong", "id": "p"}]
+    s.clock.advance(0.5)
+    s.send(conn, P(4))
+    assert io.take() == []  # accepted (in flight)
+
+
+def test_key_rate_limit_is_shared_by_connections_with_the_same_key() -> None:
+    s = Setup(api_key=frozenset({KEY}), key_rate_limit_per_s=1.0, rate_limit_burst=2)
+    a, io_a = s.connect(key=KEY)
+    b, io_b = s.connect(key=KEY)
+    s.send(a, P(1))
+    s.send(b, P(1))
+    assert io_a.take() == [] and io_b.take() == []  # the key's burst of 2, over two connections
+    s.send(a, P(2))
+    (err,) = io_a.take()
+    assert err["code"] == "rate_limited" and "API key" in err["message"]
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_without_a_key_work_and_models_are_unauthorized_ping_and_cancel_are_not() -> None:
+    s = Setup(api_key=frozenset({KEY}))
+    conn, io = s.connect()
+    assert not conn.authenticated and conn in s.shared.unauthenticated
+    s.send(conn, P(1))
+    s.send(conn, G(2))
+    s.send(conn, {"type": "models", "id": 3})
+    s.send(conn, {"type": "ping", "id": 4})
+    s.send(conn, {"type": "cancel", "id": 1})
+    frames = io.take()
+    assert [(f["id"], f.get("code", f["type"])) for f in frames] == [
+        (1, "unauthorized"), (2, "unauthorized"), (3, "unauthorized"), (4, "pong")]
+    s.send(conn, {"type": "auth", "id": "a", "token": KEY})
+    assert io.take() == [{"type": "auth", "id": "a", "ok": True}]
+    assert conn.authenticated and conn not in s.shared.unauthenticated
+    s.send(conn, P(5))
+    assert io.take() == []
+
+
+def test_a_bearer_key_from_the_handshake_authenticates() -> None:
+    s = Setup(api_key=frozenset({KEY}))
+    conn, io = s.connect(key=KEY)
+    assert conn.authenticated and conn.next_timer() is None
+    s.send(conn, P(1))
+    assert io.take() == []
+
+
+def test_auth_timeout_closes_an_unauthenticated_connection() -> None:
+    s = Setup(api_key=frozenset({KEY}), auth_timeout_s=5.0)
+    conn, io = s.connect()
+    assert conn.next_timer() == pytest.approx(s.clock.now + 5.0)
+    s.tick(conn, 4.9)
+    assert io.closed is None
+    s.send(conn, {"type": "ping", "id": 1})  # activity does not extend it
+    s.tick(conn, 0.2)
+    assert io.closed == (1008, "authentication timeout")
+    assert conn not in s.shared.unauthenticated
+
+
+def test_three_failed_auths_close_the_connection() -> None:
+    s = Setup(api_key=frozenset({KEY}))
+    conn, io = s.connect()
+    for i in range(3):
+        s.send(conn, {"type": "auth", "id": i, "token": "guess"})
+    assert codes(io.take()) == ["unauthorized"] * 3
+    assert io.closed is not None and io.closed[0] == 1008
+
+
+def test_failed_auths_are_limited_per_address_even_for_the_right_key() -> None:
+    s = Setup(api_key=frozenset({KEY}))
+    for _ in range(5):  # 5 connections x 2 failures = the address's 10 a minute
+        conn, io = s.connect(address="10.9.9.9")
+        for i in range(2):
+            s.send(conn, {"type": "auth", "id": i, "token": "guess"})
+    conn, io = s.connect(address="10.9.9.9")
+    s.send(conn, {"type": "auth", "id": "right", "token": KEY})
+    (err,) = io.take()
+    assert err["code"] == "rate_limited" and err["retry_after_ms"] > 0
+    other, io2 = s.connect(address="10.1.1.1")  # another address is not affected
+    s.send(other, {"type": "auth", "id": 1, "token": KEY})
+    assert io2.take()[0]["ok"] is True
+    s.clock.advance(6.5)  # one failure refills every 6 s
+    s.send(conn, {"type": "auth", "id": "later", "token": KEY})
+    assert io.take()[0]["ok"] is True
+
+
+def test_eviction_closes_the_oldest_unauthenticated_connection() -> None:
+    s = Setup(api_key=frozenset({KEY}))
+    first, io1 = s.connect()
+    second, io2 = s.connect()
+    assert s.shared.evict_unauthenticated()
+    assert io1.closed is not None and io1.closed[0] == 1008 and first.evicted and io2.closed is None
+    assert s.shared.evicting == 1
+
+
+# --------------------------------------------------------------------------- deadlines, idle, slow consumers
+
+
+def test_timeout_ms_expires_a_request_at_its_deadline_not_before() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P("t", timeout_ms=50))
+    s.send(conn, G("g", timeout_ms=80))
+    s.tick(conn, 0.049)
+    assert io.take() == []
+    s.tick(conn, 0.002)
+    assert [(f["id"], f["code"]) for f in io.take()] == [("t", "deadline_exceeded")]
+    s.tick(conn, 0.030)
+    assert [(f["id"], f["code"]) for f in io.take()] == [("g", "deadline_exceeded")]
+    assert s.models.predict.submitted[0][2] == pytest.approx(1000.050)  # the worker got the deadline too
+
+
+def test_idle_timeout_closes_only_connections_with_nothing_in_flight() -> None:
+    s = Setup(idle_timeout_s=10.0)
+    busy, io_b = s.connect()
+    quiet, io_q = s.connect()
+    s.send(busy, P(1))
+    s.tick(quiet, 9.0)
+    s.send(quiet, {"type": "ping", "id": 1})  # activity restarts the idle clock
+    s.tick(quiet, 9.0)
+    assert io_q.closed is None
+    s.tick(quiet, 1.5)
+    assert io_q.closed == (1000, "idle timeout")
+    s.tick(busy, 30.0)
+    assert io_b.closed is None  # something in flight
+    s.models.predict.finish(0)
+    s.tick(busy, 10.5)
+    assert io_b.closed == (1000, "idle timeout")
+
+
+def test_slow_consumer_new_work_refused_then_closed_after_the_grace_period() -> None:
+    s = Setup(max_write_buffer_bytes=1000, slow_consumer_timeout_s=2.0)
+    conn, io = s.connect()
+    conn.wrote(1500, s.clock.now)
+    assert conn.congested
+    s.send(conn, P(1))
+    (err,) = io.take()
+    assert err["code"] == "overloaded" and "not reading" in err["message"]
+    conn.wrote(900, s.clock.advance(1.0))  # caught up: served again
+    s.send(conn, P(2))
+    assert io.take() == []
+    conn.wrote(1500, s.clock.now)
+    s.tick(conn, 1.9)
+    assert io.closed is None
+    s.tick(conn, 0.2)
+    assert io.closed is not None and io.closed[0] == 1008
+    assert s.metrics.slow_consumers == 1 and s.models.predict.cancelled  # its work was stopped
+
+
+def test_four_times_the_write_buffer_closes_at_once() -> None:
+    s = Setup(max_write_buffer_bytes=1000)
+    conn, io = s.connect()
+    conn.wrote(4001, s.clock.now)
+    assert io.closed is not None and io.closed[0] == 1008
+
+
+# --------------------------------------------------------------------------- draining and closing
+
+
+def test_draining_refuses_new_work_and_closes_after_the_last_request() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P(1))
+    s.shared.draining = True
+    conn.drain(5000)
+    s.send(conn, P(2))
+    s.send(conn, {"type": "ping", "id": 3})
+    frames = io.take()
+    assert frames[0] == {"type": "draining", "deadline_ms": 5000}
+    assert (frames[1]["id"], frames[1]["code"]) == (2, "shutting_down") and frames[2]["type"] == "pong"
+    assert io.closed is None
+    s.models.predict.finish(0)
+    assert codes(io.take()) == ["result"] and io.closed == (1001, "server shutting down")
+
+
+def test_drain_closes_an_idle_connection_at_once_and_end_all_fails_the_rest() -> None:
+    s = Setup()
+    idle, io_i = s.connect()
+    busy, io_b = s.connect()
+    s.send(busy, G("g"))
+    s.shared.draining = True
+    idle.drain(100)
+    busy.drain(100)
+    assert io_i.closed == (1001, "server shutting down") and io_b.closed is None
+    from wsserve.errors import ShuttingDown
+
+    busy.end_all(ShuttingDown("drain deadline reached"))
+    frames = io_b.take()
+    assert frames[-1]["id"] == "g" and frames[-1]["code"] == "shutting_down"
+
+
+def test_lost_connection_abandons_work_and_sends_nothing() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, P(1))
+    s.send(conn, G(2))
+    conn.lost()
+    assert not conn.inflight and s.shared.inflight == 0 and s.models.predict.cancelled
+    s.models.predict.finish(0)
+    assert io.frames == [] and io.closed is None
+    assert s.metrics.requests[("linear", "predict", "cancelled")] == 1
+
+
+def test_generate_goes_to_the_engine_with_the_connection_as_its_fairness_group() -> None:
+    s = Setup()
+    conn, io = s.connect()
+    s.send(conn, G("g", max_tokens=5, temperature=0.5, seed=3, timeout_ms=1000))
+    params, sink, group, deadline = s.models.engine.submitted[0]
+    assert group is conn and deadline == pytest.approx(1001.0)
+    assert (params.max_tokens, params.temperature, params.seed) == (5, 0.5, 3)
+    sink.on_token(0, "a")
+    sink.on_done("length", 1, {"ttft_ms": 1.0, "total_ms": 2.0})
+    assert [f["type"] for f in io.take()] == ["token", "done"]
+    assert s.metrics.tokens == {"charlm": 1}
+
+
+def test_inputs_reach_the_worker_as_float64_arrays() -> None:
+    s = Setup()
+    conn, _ = s.connect()
+    s.send(conn, P(1, inputs=[[1], [2.5]]))
+    sink = s.models.predict.submitted[0][0]
+    assert sink.rows.dtype == np.float64 and sink.rows.tolist() == [[1.0], [2.5]] and sink.nbytes == 16
