@@ -44,7 +44,7 @@ from .models.base import PredictiveModel
 from .pool import ModelEntry, ModelPool, PredictWorker
 from .protocol import encode_hello
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
-from .transport.websocket import Counters
+from .transport.app import Counters
 
 __all__ = ["Server", "run", "build_pool"]
 

@@ -16,9 +16,18 @@ if TYPE_CHECKING:
     from ..config import ServerConfig
     from ..connection import Connection, ConnectionIO
     from .flush import Flusher
-    from .websocket import Counters
 
-__all__ = ["App", "HttpRequest", "HttpResponse"]
+__all__ = ["App", "Counters", "HttpRequest", "HttpResponse"]
+
+
+class Counters:
+    """Frames handled per path, for one server (``/metrics`` and tests)."""
+
+    __slots__ = ("frames_fast", "frames_library")
+
+    def __init__(self) -> None:
+        self.frames_fast = 0
+        self.frames_library = 0
 
 
 @dataclass(slots=True)

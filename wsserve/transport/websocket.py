@@ -43,6 +43,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
+from .app import Counters
 from .framing import frame_header
 
 try:  # the C implementation websockets itself uses
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from ..connection import Connection
     from .app import App, HttpRequest
 
-__all__ = ["WebSocketProtocol", "MAX_FRAGMENTS", "Counters"]
+__all__ = ["WebSocketProtocol", "MAX_FRAGMENTS"]
 
 log = logging.getLogger("wsserve.websocket")
 
@@ -63,16 +64,6 @@ _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 
 #: Most frames one fragmented message may have (empty continuation frames count too).
 MAX_FRAGMENTS = 4096
-
-
-class Counters:
-    """Frames handled per path, for one server (``/metrics`` and tests)."""
-
-    __slots__ = ("frames_fast", "frames_library")
-
-    def __init__(self) -> None:
-        self.frames_fast = 0
-        self.frames_library = 0
 
 
 def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
