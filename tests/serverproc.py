@@ -15,21 +15,27 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["ServerProcess"]
+__all__ = ["ServerProcess", "TRANSPORTS"]
+
+#: The server's WebSocket transports (``--transport``): every wire test runs on each.
+TRANSPORTS = ["websockets", "picows"]
 
 _URL = re.compile(rb"(wss?)://([0-9.]+|\[[0-9a-f:]+\]|localhost):(\d+)")
 
 
 class ServerProcess:
-    """``python -m wsserve serve --host 127.0.0.1 --port 0 ARGS`` until ``stop()``.
+    """``python -m wsserve serve --host 127.0.0.1 --port 0 ARGS [--transport T]`` until ``stop()``.
 
     ``url`` is the ``ws://`` URL printed by the server; ``http`` the same as
     ``http://``; ``stderr_text()`` what it logged so far.
     """
 
     def __init__(self, *args: str, cache_dir: Path | None = None, loop: str = "auto", port: int = 0,
-                 env: dict[str, str] | None = None, start_timeout: float = 60.0) -> None:
+                 env: dict[str, str] | None = None, start_timeout: float = 60.0, transport: str | None = None) -> None:
         cmd = [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", str(port), "--loop", loop, *args]
+        if transport is not None:
+            cmd += ["--transport", transport]
+        self.transport = transport or "websockets"
         full_env = dict(os.environ)
         full_env.setdefault("OPENBLAS_NUM_THREADS", "1")
         if cache_dir is not None:

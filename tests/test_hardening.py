@@ -22,6 +22,7 @@ import ssl
 import statistics
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -554,10 +555,12 @@ async def test_backlog_left_over_the_limit_after_the_last_reply_is_closed(start_
 
 # --------------------------------------------------------------------------- compression
 
-async def test_compression_off_by_default_on_by_flag(start_server) -> None:
-    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+_OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+
+
+async def test_compression_off_by_default(start_server) -> None:
     plain = start_server("--models", "linear")
-    raw = RawClient(plain.port, headers=offer)
+    raw = RawClient(plain.port, headers=_OFFER)
     assert raw.status == 101
     assert "sec-websocket-extensions" not in raw.response_head.lower()
     raw.close()
@@ -565,6 +568,10 @@ async def test_compression_off_by_default_on_by_flag(start_server) -> None:
     assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
     await ws.close()
 
+
+@pytest.mark.only_transport("websockets", reason="picows has no permessage-deflate: --compression is refused with it")
+async def test_compression_on_by_flag(start_server) -> None:
+    offer = _OFFER
     deflating = start_server("--compression", "--models", "linear")
     raw = RawClient(deflating.port, headers=offer)
     assert raw.status == 101
@@ -574,6 +581,15 @@ async def test_compression_off_by_default_on_by_flag(start_server) -> None:
     assert "permessage-deflate" in conn.ws.response.headers["Sec-WebSocket-Extensions"]
     assert (await conn.request({**P, "id": 1}))["type"] == "result"
     await conn.close()
+
+
+def test_compression_with_picows_is_refused_naming_both_flags() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsserve", "serve", "--port", "0", "--transport", "picows", "--compression"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--compression is not available with --transport picows" in proc.stderr
 
 
 # --------------------------------------------------------------------------- rate limits

@@ -196,6 +196,7 @@ async def test_client_close_handshake(server) -> None:
     assert conn.ws.close_code == 1000
 
 
+@pytest.mark.only_transport("websockets", reason="picows has no permessage-deflate: --compression is refused with it")
 async def test_compression_negotiated_uses_websockets_framing(start_server) -> None:
     server = start_server("--compression", "--models", "linear")
     ws = await websockets.connect(server.url, compression="deflate")

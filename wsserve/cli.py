@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_MODELS, ServerConfig, flag
+from .config import DEFAULT_MODELS, TRANSPORTS, ServerConfig, flag
 from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -86,6 +86,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("host", default=d.host, help="interface to bind (default %(default)s)")
     opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
+    opt("transport", choices=TRANSPORTS, default=d.transport,
+        help="WebSocket implementation: websockets (default) or picows (faster; pip install 'wsserve[fast]'; no --compression)")
     opt("models", type=_models, default=d.models, help="comma-separated models to serve (default all)")
     opt("seed", type=int, default=d.seed, help="training seed (default %(default)s)")
     opt("cache_dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")

@@ -1,0 +1,479 @@
+"""A WebSocket connection served by ``picows`` (``--transport picows``, the ``wsserve[fast]`` extra).
+
+**Design: our HTTP front adopts, picows frames.**  Every TCP connection starts
+in :class:`~wsserve.transport.http.HttpProtocol` whatever the transport, so
+plain HTTP (routes, keep-alive, POST bodies, the 431/413/408/400 limits) is
+served by the same code for both.  When a request is a WebSocket upgrade,
+:func:`adopt` vets it with the application (path, draining, origin, Bearer
+key, connection cap), then hands the socket to a picows ``WSProtocol``: set
+as the transport's protocol, told ``connection_made``, and fed the request's
+bytes and whatever followed them through the ``BufferedProtocol`` interface.
+picows answers the application's refusal (then closes), or checks the upgrade
+headers and answers 101 (or 400), and parses frames from then on, as
+``websockets`` does on the other transport.  This is what picows's own ``ws_connect`` does on a socket it
+did not open (through a proxy).  The other way round - picows's listener
+answering non-upgrade requests - was rejected: its ``ws_create_server``
+answers them only with a response followed by ``Connection: close``, reads
+only GET requests without a body, and has none of our limits.
+
+``WSProtocol`` is constructed here with the arguments ``ws_create_server``
+passes it; it is not in picows's ``__all__``, so the supported picows range is
+pinned in ``pyproject.toml`` and every wire test runs on this transport.
+
+**What picows does**: the handshake's header checks and 101 response, frame
+parsing (masking, opcodes, control-frame rules, 64-bit lengths, close codes
+of received close frames: 1002/1007), frames over ``max_message_bytes``
+(1009, from the frame header alone), framing of what we send.
+
+**What this adapter does** (websockets' library did it on the other
+transport): reassembly of fragmented messages (at most
+:data:`~wsserve.transport.websocket.MAX_FRAGMENTS` frames and
+``max_message_bytes`` in all, else 1009; out-of-order continuation frames:
+1002), RSV bits without an extension (1002), close codes picows lets through
+(0, 1005, 1006 and other reserved codes: 1002), pongs (so the write-buffer
+policy sees them), the closing handshake (echo, then end the TCP stream;
+``close_timeout_s`` for the client to answer ours), keepalive pings (1011 on
+a missing pong), the write-buffer policy (reading pauses while more than
+``max_write_buffer_bytes`` are unsent) and the core's timers on one timer
+handle.  permessage-deflate is never negotiated (picows has none);
+:class:`~wsserve.config.ServerConfig` refuses ``--compression`` with picows.
+
+Sending: the core's frames are queued and written once per read, batch or
+loop iteration (:class:`~.flush.Flusher`): one frame through picows's
+``send`` (header and copy in C), several as one write of our own framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSListener,
+    WSMsgType,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+from picows.picows import WSProtocol  # the protocol ws_create_server builds (see the module docstring)
+
+from ..protocol import SUBPROTOCOL
+from .framing import frame_header
+from .websocket import MAX_FRAGMENTS
+
+if TYPE_CHECKING:
+    from picows import WSFrame, WSTransport
+
+    from ..connection import Connection
+    from .app import App, HttpRequest, HttpResponse
+
+__all__ = ["PicowsConnection", "adopt"]
+
+log = logging.getLogger("wsserve.picows")
+
+_TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
+_PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
+
+#: Close codes a client may send (RFC 6455 §7.4.1, as websockets checks them); 3000-4999 too.
+_CLIENT_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+#: picows's first read buffer (it grows as needed).
+_READ_BUFFER_BYTES = 16 * 1024
+
+
+class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows's log lines, one level down: it logs every connection and disconnection at
+    INFO and a client's protocol errors at ERROR, which are not server errors."""
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.warning(msg, *args, **kwargs)
+
+
+_PICOWS_LOG = _PicowsLog(logging.getLogger("wsserve.picows.library"), {})
+
+
+def adopt(app: App, transport: asyncio.Transport, address: str, head: bytes, request: HttpRequest, rest: bytes) -> None:
+    """Serve the upgrade request ``request`` (whose bytes are ``head``; ``rest`` came after them)
+    on ``transport`` with picows, or answer the application's refusal.  Called by the HTTP front."""
+    key, refusal = app.vet_websocket(request)
+    conn = PicowsConnection(app, address, key)
+    proto = WSProtocol(
+        None,  # host:port (client side only)
+        None,  # path (client side only)
+        False,  # server side
+        conn.upgrade_response if refusal is None else functools.partial(_refuse, app, refusal),
+        _PICOWS_LOG,
+        True,  # disconnect_on_exception: a bug in a callback closes with 1011
+        None,  # handshake timeout: the HTTP front already has the whole request
+        False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # keepalive is ours (one timer per connection)
+        False,  # auto-pong off: pongs are written here, under the write-buffer policy
+        app.config.max_message_bytes,  # max frame size: 1009 from the header alone
+        None,  # extra headers (client side only)
+        _READ_BUFFER_BYTES,
+    )
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    view = memoryview(head + rest)
+    while view and not transport.is_closing():  # BufferedProtocol: copy into picows's buffer
+        buf = proto.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+    conn.flush()  # hello, if no frame followed the handshake
+
+
+def _refuse(app: App, refusal: HttpResponse, request: Any) -> WSUpgradeResponseWithListener:
+    """The application's refusal of the handshake (picows adds ``Connection: close`` and closes)."""
+    headers = [("Content-Type", refusal.content_type), ("Server", app.server_header), *refusal.headers]
+    response = WSUpgradeResponse.create_error_response(refusal.status, refusal.body, headers)
+    return WSUpgradeResponseWithListener(response, None)
+
+
+class PicowsConnection(WSListener):
+    """One WebSocket on picows: a ``WSListener`` for picows, a
+    :class:`~wsserve.connection.ConnectionIO` for the core.  Made by :func:`adopt`."""
+
+    def __init__(self, app: App, address: str, key: str | None) -> None:
+        super().__init__()
+        cfg = app.config
+        self.app = app
+        self.address = address
+        self.key = key
+        self.ws: WSTransport | None = None
+        self.transport: asyncio.Transport | None = None  # the TCP (or TLS) transport under picows
+        self.conn: Connection | None = None
+        self.counters = app.counters
+        self._flusher = app.flusher
+        self._out: list[bytes] = []  # payloads of text frames waiting for flush()
+        self._marked = False  # in the flusher's list
+        self._frag: list[bytes] | None = None  # parts of a fragmented message
+        self._frag_bytes = 0
+        self._frag_binary = False
+        self._max_size = cfg.max_message_bytes
+        self._limit = cfg.max_write_buffer_bytes
+        self._reading_paused = False
+        self._control_wrote = False  # a pong was written since the last write-buffer check
+        self._close_sent = False  # by us (picows may send one on a protocol error too)
+        self._lost = False
+        # One timer for everything time-driven on this connection.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._ping_at: float | None = None
+        self._ping_payload: bytes | None = None
+        self._pong_deadline: float | None = None
+        self._close_deadline: float | None = None
+        self._epoch = -1
+
+    # ------------------------------------------------------------------ handshake (picows calls)
+
+    def upgrade_response(self, request: Any) -> WSUpgradeResponseWithListener:
+        """The 101 response (picows validates the upgrade headers after this, 400 if they are wrong)."""
+        headers = [("Server", self.app.server_header)]
+        offered = ",".join(request.headers.getall("Sec-WebSocket-Protocol", ()))
+        if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
+            headers.append(("Sec-WebSocket-Protocol", SUBPROTOCOL))
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(headers), self)
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.ws = transport
+        self.transport = transport.underlying_transport
+        app = self.app
+        app.track(self, True)
+        self.conn = app.open_connection(self, self.address, self.key)
+        now = monotonic()
+        interval = app.config.ping_interval_s
+        self._ping_at = None if interval is None else now + interval
+        self.conn.open()
+        self._rearm(now)
+
+    # ------------------------------------------------------------------ receiving (picows calls)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if (
+            (kind is _TEXT or kind is _BINARY)
+            and frame.fin
+            and self._frag is None
+            and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+        ):
+            self.counters.frames_fast += 1
+            if not self._close_sent:  # after our close frame, data frames are dropped
+                self.conn.receive(frame.get_payload_as_bytes(), kind is _BINARY, monotonic())  # type: ignore[union-attr]
+        else:
+            self._other_frame(frame, kind)
+        if frame.last_in_buffer:
+            self._after_read()
+
+    def _other_frame(self, frame: WSFrame, kind: WSMsgType) -> None:
+        """Control frames, fragments and protocol errors."""
+        self.counters.frames_library += 1
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._fail(1002, "reserved bits must be 0")
+        elif kind is _PING:
+            if not self._close_sent:
+                self.ws.send_pong(frame.get_payload_as_bytes())  # type: ignore[union-attr]
+                self._control_wrote = True
+        elif kind is _PONG:
+            if self._ping_payload is not None and frame.get_payload_as_bytes() == self._ping_payload:
+                self._ping_payload = self._pong_deadline = None
+        elif kind is _CLOSE:
+            self._close_received(frame)
+        elif kind is _CONT:
+            parts = self._frag
+            if parts is None:
+                self._fail(1002, "unexpected continuation frame")
+                return
+            parts.append(frame.get_payload_as_bytes())
+            self._frag_bytes += frame.payload_size
+            if len(parts) > MAX_FRAGMENTS:
+                self._fail(1009, f"message has more than {MAX_FRAGMENTS} fragments")
+            elif self._frag_bytes > self._max_size:
+                self._fail(1009, f"message over {self._max_size} bytes")
+            elif frame.fin:
+                self._frag = None
+                self._deliver(b"".join(parts), self._frag_binary)
+        elif self._frag is not None:  # a data frame inside a fragmented message
+            self._fail(1002, "expected a continuation frame")
+        else:  # the first fragment of a message
+            self._frag = [frame.get_payload_as_bytes()]
+            self._frag_bytes = frame.payload_size
+            self._frag_binary = kind is _BINARY
+
+    def _deliver(self, data: bytes, binary: bool) -> None:
+        if not self._close_sent and self.conn is not None:
+            self.conn.receive(data, binary, monotonic())
+
+    def _close_received(self, frame: WSFrame) -> None:
+        """The client's close frame: echo it (unless we started), then end the TCP stream."""
+        code = int(frame.get_close_code())
+        if frame.payload_size >= 2 and code not in _CLIENT_CLOSE_CODES and not 3000 <= code <= 4999:
+            self._fail(1002, f"invalid close code {code}")
+            return
+        if self.conn is not None:
+            self.conn.lost()  # nothing more can be sent: stop the work
+        ws = self.ws
+        if not self._close_sent and ws is not None and not ws.is_close_frame_sent:
+            self._out.clear()
+            self._close_sent = True
+            if frame.payload_size >= 2:
+                ws.send_close(WSCloseCode(code), frame.get_close_message())
+            else:
+                ws.send(_CLOSE, b"")  # no status code: an empty close frame back
+        self._end_stream()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """A protocol error by the client: what is queued, our close frame, end of the TCP stream."""
+        self._frag = None
+        if not self._close_sent:
+            self.close(code, reason)
+        if self.conn is not None:
+            self.conn.lost()
+        self._end_stream()
+
+    def _end_stream(self) -> None:
+        """Half-close (the server closes TCP first, RFC 6455 §7.1.1); abort if the client never closes its side."""
+        transport = self.transport
+        if transport is None or self._lost or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except Exception:  # noqa: BLE001 - uvloop may raise if already closing
+                transport.close()
+        else:  # TLS
+            transport.close()
+        if self._close_deadline is None:
+            self._close_deadline = monotonic() + self.app.config.close_timeout_s
+        self._rearm(monotonic())
+
+    def _after_read(self) -> None:
+        """After the last frame of a read: replies out now (one write for all of them), then the timer."""
+        if self._marked:
+            self._flusher.flush()
+        elif self._control_wrote:
+            self._control_wrote = False
+            self._check_buffer()  # pongs count toward the write-buffer policy too
+        conn = self.conn
+        if conn is not None and conn.timer_epoch != self._epoch:
+            self._rearm(monotonic())
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._out.clear()
+        conn = self.conn
+        if conn is not None:
+            conn.lost()
+            self.app.connection_closed(conn, self.close_code())
+        self.app.track(self, False)
+
+    # ------------------------------------------------------------------ sending (ConnectionIO)
+
+    def send(self, frame: bytes) -> None:
+        """Queue one text frame; it is written by the next flush."""
+        if self._close_sent or self._lost:
+            return
+        self._out.append(frame)
+        if not self._marked:
+            self._marked = True
+            self._flusher.mark(self)
+
+    def flush(self) -> None:
+        """Write what is queued now, in one write (called by the flusher)."""
+        self._marked = False
+        out = self._out
+        ws = self.ws
+        if not out or self._lost or ws is None:
+            return
+        self._out = []
+        if ws.is_close_frame_sent:  # picows closed on a protocol error: nothing more goes out
+            return
+        if len(out) == 1:
+            ws.send(_TEXT, out[0])
+        else:
+            parts = []
+            for frame in out:
+                parts.append(frame_header(len(frame)))
+                parts.append(frame)
+            try:
+                ws.underlying_transport.write(b"".join(parts))
+            except Exception:  # noqa: BLE001 - the socket died under us: on_ws_disconnected follows
+                log.debug("write failed", exc_info=True)
+                return
+        self._control_wrote = False
+        self._check_buffer()
+        conn = self.conn
+        if conn is not None and conn.timer_epoch != self._epoch:
+            self._rearm(monotonic())
+
+    def close(self, code: int, reason: str) -> None:
+        """Write what is queued, then the close frame; the client has ``close_timeout_s`` to answer."""
+        ws = self.ws
+        if self._close_sent or self._lost or ws is None:
+            return
+        if self._out:
+            self.flush()
+        self._close_sent = True
+        ws.send_close(WSCloseCode(code), reason.encode())
+        self._close_deadline = monotonic() + self.app.config.close_timeout_s
+        self._check_buffer()
+        self._rearm(monotonic())
+
+    # ------------------------------------------------------------------ flow control
+
+    def _check_buffer(self) -> None:
+        """The write-buffer policy, after every write (replies, pongs, close frames alike)."""
+        transport = self.transport
+        if self._lost or transport is None:
+            return
+        size = transport.get_write_buffer_size()
+        if size > self._limit and not self._reading_paused:
+            # A client that does not read must not make the server produce (and hold) more.
+            self._reading_paused = True
+            transport.pause_reading()
+        conn = self.conn
+        if conn is not None and (size > self._limit or conn.congested):
+            now = monotonic()
+            conn.wrote(size, now)
+            self._rearm(now)  # the slow-consumer deadline may have started
+
+    def pause_writing(self) -> None:  # the transport's buffer passed its high-water mark
+        pass
+
+    def resume_writing(self) -> None:  # ... and drained below its low-water mark
+        transport = self.transport
+        if self._lost or transport is None:
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            if not transport.is_closing():
+                transport.resume_reading()
+        if self.conn is not None:
+            now = monotonic()
+            self.conn.wrote(transport.get_write_buffer_size(), now)
+            self._rearm(now)
+
+    # ------------------------------------------------------------------ timers
+
+    def _rearm(self, now: float) -> None:
+        """One timer for the core's deadlines, keepalive and the close handshake."""
+        if self._lost:
+            return
+        conn = self.conn
+        when = None
+        if conn is not None:
+            self._epoch = conn.timer_epoch
+            when = conn.next_timer()
+        for t in (self._close_deadline, self._pong_deadline, self._ping_at if self._ping_payload is None else None):
+            if t is not None and (when is None or t < when):
+                when = t
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, when - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        ws, transport = self.ws, self.transport
+        if self._lost or ws is None or transport is None:
+            return
+        now = monotonic()
+        if self._close_deadline is not None and now >= self._close_deadline:
+            transport.abort()  # the client did not finish the closing handshake in time
+            return
+        if self._pong_deadline is not None and now >= self._pong_deadline:
+            self._ping_payload = self._pong_deadline = None
+            self._fail(1011, "keepalive ping timeout")
+        elif self._ping_at is not None and self._ping_payload is None and now >= self._ping_at and not self._close_sent:
+            cfg = self.app.config
+            self._ping_payload = os.urandom(4)
+            ws.send_ping(self._ping_payload)
+            self._check_buffer()
+            self._ping_at = now + (cfg.ping_interval_s or 0)
+            if cfg.ping_timeout_s is not None:
+                self._pong_deadline = now + cfg.ping_timeout_s
+            else:
+                self._ping_payload = None
+        conn = self.conn
+        if conn is not None:
+            when = conn.next_timer()
+            if when is not None and now >= when:
+                conn.on_timer(now)
+        if self._marked:
+            self.flush()
+        self._rearm(now)
+
+    # ------------------------------------------------------------------ introspection
+
+    def close_code(self) -> int:
+        """The code of the side that started the close (ours even when the client never
+        answered), 1005 for a close frame without a code, 1006 for a connection that just dropped."""
+        ws = self.ws
+        handshake = ws.close_handshake if ws is not None else None
+        if handshake is None:
+            return 1006
+        sent, rcvd = handshake.sent, handshake.recv
+        if sent is not None and (rcvd is None or not handshake.recv_then_sent):
+            return int(sent.code)
+        if rcvd is not None:
+            return int(rcvd.code) or 1005
+        return 1006
