@@ -207,3 +207,81 @@ async def test_compression_negotiated_uses_websockets_framing(start_server) -> N
         reply = orjson.loads(await ws.recv())
         assert reply["id"] == i and len(reply["outputs"]) == 500
     await ws.close()
+
+
+def _close_frame(code: int | None, reason: bytes = b"") -> bytes:
+    return _client_frame(b"" if code is None else struct.pack("!H", code) + reason, opcode=8)
+
+
+@pytest.mark.parametrize("code", [0, 999, 1005, 1006, 1015, 2999, 5000])
+async def test_a_close_frame_with_a_reserved_code_is_a_protocol_error(server, code: int) -> None:
+    client = await RawClient.open(server.port)
+    await client.message()
+    await client.send(_close_frame(code))
+    assert await client.close_code() == 1002
+    client.close()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1000, b""), (1001, b"going"), (4000, b"app says bye")])
+async def test_the_clients_close_frame_is_echoed_then_the_server_ends_the_stream(server, code: int, reason: bytes) -> None:
+    client = await RawClient.open(server.port)
+    await client.message()
+    await client.send(_close_frame(code, reason))
+    opcode, payload = await client.frame()
+    assert (opcode, payload) == (8, struct.pack("!H", code) + reason)
+    assert await asyncio.wait_for(client.reader.read(), 10) == b""  # then EOF from the server
+    client.close()
+
+
+async def test_an_empty_close_frame_is_answered_with_an_empty_one(server) -> None:
+    client = await RawClient.open(server.port)
+    await client.message()
+    await client.send(_close_frame(None))
+    assert await client.frame() == (8, b"")
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        _client_frame(b'{"type":"ping"}', opcode=0, fin=True),  # a continuation with nothing to continue
+        _client_frame(b'{"type":', opcode=1, fin=False) + _client_frame(b'{"type":"ping"}', opcode=1),  # a new message inside one
+    ],
+    ids=["lone-continuation", "text-inside-fragmented"],
+)
+async def test_misordered_fragments_are_a_protocol_error(server, stream: bytes) -> None:
+    client = await RawClient.open(server.port)
+    await client.message()
+    await client.send(stream)
+    assert await client.close_code() == 1002
+    client.close()
+
+
+async def test_fragments_over_max_message_bytes_in_all_close_1009(start_server) -> None:
+    server = start_server("--max-message-bytes", "1000", "--models", "linear")
+    client = await RawClient.open(server.port)
+    await client.message()
+    # Each fragment is under the limit; together they are over it.
+    await client.send(_client_frame(b"[" + b"1," * 300, opcode=1, fin=False))
+    await client.send(_client_frame(b"1," * 300, opcode=0, fin=False))
+    await client.send(_client_frame(b"1]", opcode=0, fin=True))
+    assert await client.close_code() == 1009
+    client.close()
+
+
+@pytest.mark.only_transport("picows", reason="about picows's own log lines")
+async def test_picows_serves_the_socket_and_logs_connections_at_debug_only(start_server) -> None:
+    quiet = start_server("--models", "linear")
+    chatty = start_server("--models", "linear", "--log-level", "debug")
+    for server in (quiet, chatty):
+        conn = await Conn.open(server.url)
+        assert (await conn.request({"type": "ping", "id": 1})) == {"type": "pong", "id": 1}
+        await conn.ws.close()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while "Disconnected" not in chatty.stderr_text():  # picows's line once the socket is gone
+        assert loop.time() < end, chatty.stderr_text()
+        await asyncio.sleep(0.02)
+    assert "DEBUG wsserve.picows.library" in chatty.stderr_text()  # picows parsed these frames
+    assert "New connection accepted" in chatty.stderr_text()
+    assert "New connection accepted" not in quiet.stderr_text()  # not one INFO line per connection

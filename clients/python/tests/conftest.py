@@ -3,7 +3,8 @@
 The client package is imported from ``clients/python`` (added to ``sys.path`` here, so the
 tests run from the repository root without installing it). The server is started as a
 subprocess (``sys.executable -m wsserve serve --host 127.0.0.1 --port 0``); the client never
-imports the server package.
+imports the server package.  Every server fixture runs once per WebSocket transport of the
+server (``--transport websockets`` and ``picows``): the client must not care which one it meets.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ CLIENT_ROOT = Path(__file__).resolve().parents[1]
 if str(CLIENT_ROOT) not in sys.path:
     sys.path.insert(0, str(CLIENT_ROOT))
 
+#: The server's WebSocket transports (``wsserve serve --transport``).
+TRANSPORTS = ["websockets", "picows"]
+
 _URL = re.compile(r"ws://127\.0\.0\.1:(\d+)")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -35,8 +39,9 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 class Server:
     """One ``wsserve serve`` subprocess. ``start()`` blocks until the ``ws://`` line."""
 
-    def __init__(self, *args: str, cache_dir: Path, port: int = 0, start_timeout: float = 60.0) -> None:
-        self.args = args
+    def __init__(self, *args: str, cache_dir: Path, port: int = 0, start_timeout: float = 60.0,
+                 transport: str = "websockets") -> None:
+        self.args = (*args, "--transport", transport)
         self.cache_dir = cache_dir
         self.port = port
         self.start_timeout = start_timeout
@@ -161,35 +166,35 @@ def client_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(path) if path else tmp_path_factory.mktemp("client-model-cache")
 
 
-def _start(cache: Path, *args: str, port: int = 0) -> Server:
-    return Server(*args, cache_dir=cache, port=port).start()
+def _start(cache: Path, *args: str, port: int = 0, transport: str = "websockets") -> Server:
+    return Server(*args, cache_dir=cache, port=port, transport=transport).start()
 
 
-@pytest.fixture(scope="session")
-def server(client_model_cache: Path) -> Iterator[Server]:
+@pytest.fixture(scope="session", params=TRANSPORTS)
+def server(request: pytest.FixtureRequest, client_model_cache: Path) -> Iterator[Server]:
     """A default server (greedy batching), shared by the session's tests."""
-    srv = _start(client_model_cache)
+    srv = _start(client_model_cache, transport=request.param)
     yield srv
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def slow_server(client_model_cache: Path) -> Iterator[Server]:
+@pytest.fixture(scope="session", params=TRANSPORTS)
+def slow_server(request: pytest.FixtureRequest, client_model_cache: Path) -> Iterator[Server]:
     """A server whose predict batches wait 2 s for company (``--max-delay-ms 2000``): a small
     predict stays queued long enough to be cancelled or to pass its deadline,
     deterministically."""
-    srv = _start(client_model_cache, "--max-delay-ms", "2000")
+    srv = _start(client_model_cache, "--max-delay-ms", "2000", transport=request.param)
     yield srv
     srv.stop()
 
 
-@pytest.fixture
-def start_server(client_model_cache: Path) -> Iterator[Callable[..., Server]]:
-    """Factory for a private server with extra flags; stopped after the test."""
+@pytest.fixture(params=TRANSPORTS)
+def start_server(request: pytest.FixtureRequest, client_model_cache: Path) -> Iterator[Callable[..., Server]]:
+    """Factory for a private server with extra flags, on each transport; stopped after the test."""
     started: list[Server] = []
 
     def start(*args: str, port: int = 0) -> Server:
-        srv = _start(client_model_cache, *args, port=port)
+        srv = _start(client_model_cache, *args, port=port, transport=request.param)
         started.append(srv)
         return srv
 
