@@ -277,6 +277,11 @@ async def test_picows_serves_the_socket_and_logs_connections_at_debug_only(start
         conn = await Conn.open(server.url)
         assert (await conn.request({"type": "ping", "id": 1})) == {"type": "pong", "id": 1}
         await conn.ws.close()
+        client = await RawClient.open(server.port)  # a client's protocol error: picows logs it
+        await client.message()
+        await client.send(_client_frame(_ping_msg(1), mask=False))
+        assert await client.close_code() == 1002
+        client.close()
     loop = asyncio.get_running_loop()
     end = loop.time() + 20
     while "Disconnected" not in chatty.stderr_text():  # picows's line once the socket is gone
@@ -284,4 +289,6 @@ async def test_picows_serves_the_socket_and_logs_connections_at_debug_only(start
         await asyncio.sleep(0.02)
     assert "DEBUG wsserve.picows.library" in chatty.stderr_text()  # picows parsed these frames
     assert "New connection accepted" in chatty.stderr_text()
-    assert "New connection accepted" not in quiet.stderr_text()  # not one INFO line per connection
+    assert "WS parser error" in chatty.stderr_text()
+    for line in ("New connection accepted", "WS parser error"):  # clients cannot fill the log at INFO
+        assert line not in quiet.stderr_text()

@@ -38,6 +38,15 @@ a missing pong), the write-buffer policy (reading pauses while more than
 handle.  permessage-deflate is never negotiated (picows has none);
 :class:`~wsserve.config.ServerConfig` refuses ``--compression`` with picows.
 
+**Memory**: picows's read buffer grows to hold the largest frame a connection
+has sent and is never shrunk, so a connection that once sent a message near
+``max_message_bytes`` holds about twice that until it closes (``websockets``
+frees it once the message is handled).  The worst case a client can force is
+the same order on both transports - every connection in the middle of a
+maximal message - but with picows ordinary large messages leave it pinned;
+size ``max_message_bytes`` x connections accordingly (measured in
+``benchmarks/results/transport.md``).
+
 Sending: the core's frames are queued and written once per read, batch or
 loop iteration (:class:`~.flush.Flusher`): one frame through picows's
 ``send`` (header and copy in C), several as one write of our own framing.
@@ -82,19 +91,26 @@ _PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
 #: Close codes a client may send (RFC 6455 §7.4.1, as websockets checks them); 3000-4999 too.
 _CLIENT_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
-#: picows's first read buffer (it grows as needed).
-_READ_BUFFER_BYTES = 16 * 1024
+#: picows's first read buffer per connection.  It doubles when a read fills it and never
+#: shrinks: a connection keeps a buffer the size of the largest frame it has received (up to
+#: about 2 x max_message_bytes) until it closes.  4 KiB: ~15 KiB per idle connection in all
+#: (16 KiB, picows's default, made it ~27), and any single-row predict fits.
+_READ_BUFFER_BYTES = 4096
 
 
 class _PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """picows's log lines, one level down: it logs every connection and disconnection at
-    INFO and a client's protocol errors at ERROR, which are not server errors."""
+    """picows's log lines at our levels: it logs every connection and disconnection at INFO
+    and a client's protocol error at ERROR; both are DEBUG here (as ``websockets`` logs
+    them), so clients cannot flood the log.  Other errors (a callback of ours raising) stay."""
 
     def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.debug(msg, *args, **kwargs)
 
     def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.warning(msg, *args, **kwargs)
+        if isinstance(msg, str) and msg.startswith("WS parser error"):
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().error(msg, *args, **kwargs)
 
 
 _PICOWS_LOG = _PicowsLog(logging.getLogger("wsserve.picows.library"), {})
