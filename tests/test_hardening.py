@@ -22,7 +22,6 @@ import ssl
 import statistics
 import struct
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -569,7 +568,8 @@ async def test_compression_off_by_default(start_server) -> None:
     await ws.close()
 
 
-@pytest.mark.only_transport("websockets", reason="picows has no permessage-deflate: --compression is refused with it")
+@pytest.mark.only_transport("websockets", reason="picows has no permessage-deflate: --compression is refused with it "
+                            "(tests/test_config_cli.py)")
 async def test_compression_on_by_flag(start_server) -> None:
     offer = _OFFER
     deflating = start_server("--compression", "--models", "linear")
@@ -581,15 +581,6 @@ async def test_compression_on_by_flag(start_server) -> None:
     assert "permessage-deflate" in conn.ws.response.headers["Sec-WebSocket-Extensions"]
     assert (await conn.request({**P, "id": 1}))["type"] == "result"
     await conn.close()
-
-
-def test_compression_with_picows_is_refused_naming_both_flags() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsserve", "serve", "--port", "0", "--transport", "picows", "--compression"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "--compression is not available with --transport picows" in proc.stderr
 
 
 # --------------------------------------------------------------------------- rate limits
