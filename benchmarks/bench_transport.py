@@ -208,7 +208,8 @@ def render(data: dict[str, Any]) -> str:
     plan, m, summary = data["plan"], data["machine"], data["summary"]
     conns = plan["connections"]
     la = m.get("load_average") or ["?", "?", "?"]
-    cmd = "python -m benchmarks.bench_transport" + (" --quick" if plan["quick"] else "")
+    cmd = "python -m benchmarks.bench_transport" + (" --quick" if plan["quick"] else "") + (
+        f" --client-procs {plan['client_procs']}" if plan["client_procs"] > 1 else "")
     out = ["## Transports: websockets vs picows", ""]
     if plan["quick"]:
         out += ["> **Quick run**: one short repetition per cell, a smoke test, not numbers to cite.", ""]
@@ -219,7 +220,8 @@ def render(data: dict[str, Any]) -> str:
         f"Closed loop: N connections, each with one single-row `predict` in flight (echo servers: the same frames "
         f"echoed), {plan['duration_s']:g} s after {plan['warmup_s']:g} s of warm-up; {plan['reps']} repetitions per "
         "cell interleaved across the four servers, median shown (range in small print). Every server is one process "
-        "on uvloop; the load-test client is one separate process. The wire protocol is the same on both transports.",
+        f"on uvloop; the load-test client is {plan['client_procs']} separate process{'es' if plan['client_procs'] > 1 else ''}. "
+        "The wire protocol is the same on both transports.",
         "",
         "| server | model | " + " | ".join(f"{n} conns req/s" for n in conns) + " | "
         + " | ".join(f"{n} conns p50 / p99 ms" for n in conns) + " | "
@@ -297,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 short repetition at 64 connections (~1 min)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 5)")
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 4)")
+    ap.add_argument("--client-procs", type=int, default=1, help="load-test client processes per run (default 1)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where transport.md/json go")
     ap.add_argument("--assemble", action="store_true", help="also rebuild BENCHMARKS.md")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-per-connection measurement (~40 s)")
@@ -306,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, reps=args.reps)
     if args.duration:
         plan = replace(plan, duration_s=args.duration)
+    plan = replace(plan, client_procs=args.client_procs)
     t0 = time.monotonic()
     data = run(plan)
     if not args.no_memory:

@@ -292,3 +292,42 @@ async def test_picows_serves_the_socket_and_logs_connections_at_debug_only(start
     assert "WS parser error" in chatty.stderr_text()
     for line in ("New connection accepted", "WS parser error"):  # clients cannot fill the log at INFO
         assert line not in quiet.stderr_text()
+
+
+def _handshake_status(port: int, connection: str = "Upgrade", upgrade: str = "websocket", version: str = "13",
+                      key: str | None = "dGhlIHNhbXBsZSBub25jZQ==", extra: str = "") -> tuple[int, bytes]:
+    import socket
+
+    key_line = "" if key is None else f"Sec-WebSocket-Key: {key}\r\n"
+    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: {upgrade}\r\nConnection: {connection}\r\n"
+               f"{key_line}Sec-WebSocket-Version: {version}\r\n{extra}\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1]), head
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"connection": "keep-alive, Upgrade"}, 101),  # what Firefox sends
+        ({"connection": "upgrade", "upgrade": "WebSocket"}, 101),
+        ({"connection": "keep-alive"}, 200),  # not an upgrade: the HTTP front serves the page
+        ({"upgrade": "h2c"}, 200),
+        ({"version": "8"}, 400),
+        ({"key": None}, 400),
+        ({"key": "c2hvcnQ="}, 400),  # not 16 bytes
+        ({"extra": "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"}, 400),  # twice
+    ],
+    ids=["firefox-connection", "case", "no-upgrade-token", "other-protocol", "version-8", "no-key", "short-key",
+         "two-keys"],
+)
+def test_the_same_handshakes_are_accepted_and_refused_on_every_transport(server, kwargs: dict, status: int) -> None:
+    got, head = _handshake_status(server.port, **kwargs)
+    assert got == status, head
+    assert b"\r\nServer: wsserve/" in head

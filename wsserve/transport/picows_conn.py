@@ -5,25 +5,27 @@ in :class:`~wsserve.transport.http.HttpProtocol` whatever the transport, so
 plain HTTP (routes, keep-alive, POST bodies, the 431/413/408/400 limits) is
 served by the same code for both.  When a request is a WebSocket upgrade,
 :func:`adopt` vets it with the application (path, draining, origin, Bearer
-key, connection cap), then hands the socket to a picows ``WSProtocol``: set
-as the transport's protocol, told ``connection_made``, and fed the request's
-bytes and whatever followed them through the ``BufferedProtocol`` interface.
-picows answers the application's refusal (then closes), or checks the upgrade
-headers and answers 101 (or 400), and parses frames from then on, as
-``websockets`` does on the other transport.  This is what picows's own ``ws_connect`` does on a socket it
-did not open (through a proxy).  The other way round - picows's listener
-answering non-upgrade requests - was rejected: its ``ws_create_server``
-answers them only with a response followed by ``Connection: close``, reads
-only GET requests without a body, and has none of our limits.
+key, connection cap) and checks its upgrade headers with ``websockets``' own
+handshake code (which also picks the subprotocol), so both transports accept
+and refuse exactly the same handshakes with the same responses.  It then hands
+the socket to a picows ``WSProtocol``: set as the transport's protocol, told
+``connection_made``, and fed a canonical upgrade request followed by whatever
+the client sent after its request, through the ``BufferedProtocol``
+interface.  picows answers 101 and parses frames from then on.  This is what
+picows's own ``ws_connect`` does on a socket it did not open (through a
+proxy).  The other way round - picows's listener answering non-upgrade
+requests - was rejected: its ``ws_create_server`` answers them only with a
+response followed by ``Connection: close``, reads only GET requests without a
+body, and has none of our limits.
 
 ``WSProtocol`` is constructed here with the arguments ``ws_create_server``
 passes it; it is not in picows's ``__all__``, so the supported picows range is
 pinned in ``pyproject.toml`` and every wire test runs on this transport.
 
-**What picows does**: the handshake's header checks and 101 response, frame
-parsing (masking, opcodes, control-frame rules, 64-bit lengths, close codes
-of received close frames: 1002/1007), frames over ``max_message_bytes``
-(1009, from the frame header alone), framing of what we send.
+**What picows does**: the 101 response, frame parsing (masking, opcodes,
+control-frame rules, 64-bit lengths, close codes of received close frames:
+1002/1007), frames over ``max_message_bytes`` (1009, from the frame header
+alone), framing of what we send.
 
 **What this adapter does** (websockets' library did it on the other
 transport): reassembly of fragmented messages (at most
@@ -38,8 +40,9 @@ a missing pong), the write-buffer policy (reading pauses while more than
 handle.  permessage-deflate is never negotiated (picows has none);
 :class:`~wsserve.config.ServerConfig` refuses ``--compression`` with picows.
 
-**Memory**: picows's read buffer grows to hold the largest frame a connection
-has sent and is never shrunk, so a connection that once sent a message near
+**Memory**: picows's read buffer grows to hold the most it has read at once
+(the largest frame a connection has sent, or a burst of pipelined frames) and
+is never shrunk, so a connection that once sent a message near
 ``max_message_bytes`` holds about twice that until it closes (``websockets``
 frees it once the message is handled).  The worst case a client can force is
 the same order on both transports - every connection in the middle of a
@@ -55,7 +58,7 @@ loop iteration (:class:`~.flush.Flusher`): one frame through picows's
 from __future__ import annotations
 
 import asyncio
-import functools
+import http
 import logging
 import os
 from time import monotonic
@@ -70,6 +73,9 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 from picows.picows import WSProtocol  # the protocol ws_create_server builds (see the module docstring)
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
 from .framing import frame_header
@@ -79,7 +85,7 @@ if TYPE_CHECKING:
     from picows import WSFrame, WSTransport
 
     from ..connection import Connection
-    from .app import App, HttpRequest, HttpResponse
+    from .app import App, HttpRequest
 
 __all__ = ["PicowsConnection", "adopt"]
 
@@ -117,15 +123,31 @@ _PICOWS_LOG = _PicowsLog(logging.getLogger("wsserve.picows.library"), {})
 
 
 def adopt(app: App, transport: asyncio.Transport, address: str, head: bytes, request: HttpRequest, rest: bytes) -> None:
-    """Serve the upgrade request ``request`` (whose bytes are ``head``; ``rest`` came after them)
-    on ``transport`` with picows, or answer the application's refusal.  Called by the HTTP front."""
+    """Serve the upgrade request ``request`` on ``transport`` with picows, or refuse it.  Called by
+    the HTTP front; ``rest`` is what the client sent after the request (``head``, the request's
+    own bytes, is not needed: picows is given a canonical request, see below)."""
     key, refusal = app.vet_websocket(request)
-    conn = PicowsConnection(app, address, key)
+    if refusal is not None:
+        headers = [("Content-Type", refusal.content_type), ("Content-Length", str(len(refusal.body))),
+                   ("Connection", "close"), *refusal.headers]
+        _respond(app, transport, Response(refusal.status, _reason(refusal.status), Headers(headers), refusal.body))
+        return
+    # The upgrade headers are checked by websockets' own handshake code, as on the other transport
+    # (picows is stricter in places - it refuses "Connection: keep-alive, Upgrade", which Firefox
+    # sends - and looser in others); its verdict and subprotocol choice stand.
+    handshake = ServerProtocol(subprotocols=[SUBPROTOCOL], select_subprotocol=_select_subprotocol)  # type: ignore[list-item]
+    target = request.path + ("?" + request.query if request.query else "")
+    response = handshake.accept(Request(target, request.headers, protocol=f"HTTP/{request.http_version}"))
+    if response.status_code != 101:
+        _respond(app, transport, response)
+        return
+    subprotocol = response.headers.get("Sec-WebSocket-Protocol")
+    conn = PicowsConnection(app, address, key, subprotocol)
     proto = WSProtocol(
         None,  # host:port (client side only)
         None,  # path (client side only)
         False,  # server side
-        conn.upgrade_response if refusal is None else functools.partial(_refuse, app, refusal),
+        conn.upgrade_response,
         _PICOWS_LOG,
         True,  # disconnect_on_exception: a bug in a callback closes with 1011
         None,  # handshake timeout: the HTTP front already has the whole request
@@ -137,7 +159,11 @@ def adopt(app: App, transport: asyncio.Transport, address: str, head: bytes, req
     )
     transport.set_protocol(proto)
     proto.connection_made(transport)
-    view = memoryview(head + rest)
+    canonical = (
+        "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {request.headers['Sec-WebSocket-Key']}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode("latin-1")
+    view = memoryview(canonical + rest)
     while view and not transport.is_closing():  # BufferedProtocol: copy into picows's buffer
         buf = proto.get_buffer(len(view))
         n = min(len(buf), len(view))
@@ -147,23 +173,35 @@ def adopt(app: App, transport: asyncio.Transport, address: str, head: bytes, req
     conn.flush()  # hello, if no frame followed the handshake
 
 
-def _refuse(app: App, refusal: HttpResponse, request: Any) -> WSUpgradeResponseWithListener:
-    """The application's refusal of the handshake (picows adds ``Connection: close`` and closes)."""
-    headers = [("Content-Type", refusal.content_type), ("Server", app.server_header), *refusal.headers]
-    response = WSUpgradeResponse.create_error_response(refusal.status, refusal.body, headers)
-    return WSUpgradeResponseWithListener(response, None)
+def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def _respond(app: App, transport: asyncio.Transport, response: Response) -> None:
+    """A refused handshake: the response, then close (after it is written)."""
+    response.headers["Server"] = app.server_header
+    transport.write(response.serialize())
+    transport.close()
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 class PicowsConnection(WSListener):
     """One WebSocket on picows: a ``WSListener`` for picows, a
     :class:`~wsserve.connection.ConnectionIO` for the core.  Made by :func:`adopt`."""
 
-    def __init__(self, app: App, address: str, key: str | None) -> None:
+    def __init__(self, app: App, address: str, key: str | None, subprotocol: str | None) -> None:
         super().__init__()
         cfg = app.config
         self.app = app
         self.address = address
         self.key = key
+        self._subprotocol = subprotocol
         self.ws: WSTransport | None = None
         self.transport: asyncio.Transport | None = None  # the TCP (or TLS) transport under picows
         self.conn: Connection | None = None
@@ -192,11 +230,10 @@ class PicowsConnection(WSListener):
     # ------------------------------------------------------------------ handshake (picows calls)
 
     def upgrade_response(self, request: Any) -> WSUpgradeResponseWithListener:
-        """The 101 response (picows validates the upgrade headers after this, 400 if they are wrong)."""
+        """The 101 response to the canonical request :func:`adopt` gave picows."""
         headers = [("Server", self.app.server_header)]
-        offered = ",".join(request.headers.getall("Sec-WebSocket-Protocol", ()))
-        if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
-            headers.append(("Sec-WebSocket-Protocol", SUBPROTOCOL))
+        if self._subprotocol is not None:
+            headers.append(("Sec-WebSocket-Protocol", self._subprotocol))
         return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(headers), self)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
