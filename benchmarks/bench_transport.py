@@ -30,6 +30,7 @@ import asyncio
 import datetime as dt
 import json
 import resource
+import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -101,13 +102,13 @@ def run(plan: Plan) -> dict[str, Any]:
             s.stop()
     for key, rs in runs.items():
         for r in rs:
-            if "rps" in r and r["rps"]:
+            if r.get("rps"):
                 r["server_us_per_req"] = r["server_cpu"] / r["rps"] * 1e6
     summary = {key: median_of(rs) for key, rs in runs.items()}
     for key, rs in runs.items():
-        cpu = sorted(r["server_us_per_req"] for r in rs if "server_us_per_req" in r)
+        cpu = [r["server_us_per_req"] for r in rs if "server_us_per_req" in r]
         if cpu:
-            summary[key]["server_us_per_req"] = cpu[len(cpu) // 2] if len(cpu) % 2 else (cpu[len(cpu) // 2 - 1] + cpu[len(cpu) // 2]) / 2
+            summary[key]["server_us_per_req"] = statistics.median(cpu)
     return {
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

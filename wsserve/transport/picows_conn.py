@@ -58,7 +58,6 @@ loop iteration (:class:`~.flush.Flusher`): one frame through picows's
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import os
 from time import monotonic
@@ -72,14 +71,16 @@ from picows import (
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-from picows.picows import WSProtocol  # the protocol ws_create_server builds (see the module docstring)
+# The protocol ws_create_server builds (see the module docstring).
+from picows.picows import WSProtocol
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
 from .framing import frame_header
-from .websocket import MAX_FRAGMENTS
+# The same fragment limit and handshake policy as the websockets transport.
+from .websocket import MAX_FRAGMENTS, _reason, _select_subprotocol
 
 if TYPE_CHECKING:
     from picows import WSFrame, WSTransport
@@ -173,22 +174,11 @@ def adopt(app: App, transport: asyncio.Transport, address: str, head: bytes, req
     conn.flush()  # hello, if no frame followed the handshake
 
 
-def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
-    return SUBPROTOCOL if SUBPROTOCOL in offered else None
-
-
 def _respond(app: App, transport: asyncio.Transport, response: Response) -> None:
     """A refused handshake: the response, then close (after it is written)."""
     response.headers["Server"] = app.server_header
     transport.write(response.serialize())
     transport.close()
-
-
-def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 class PicowsConnection(WSListener):
@@ -403,7 +393,7 @@ class PicowsConnection(WSListener):
                 parts.append(frame)
             try:
                 ws.underlying_transport.write(b"".join(parts))
-            except Exception:  # noqa: BLE001 - the socket died under us: on_ws_disconnected follows
+            except Exception:
                 log.debug("write failed", exc_info=True)
                 return
         self._control_wrote = False
