@@ -20,6 +20,7 @@ from wsserve.config import ServerConfig
 from wsserve.connection import Connection, ConnectionContext, Shared
 from wsserve.errors import UnknownModel
 from wsserve.metrics import Metrics
+from wsserve.pool import _float_rows
 from wsserve.protocol import encode_hello
 
 KEY = "sk-test-key"
@@ -70,7 +71,7 @@ class FakePredictWorker:
 
     def finish(self, i: int = -1) -> None:
         sink, _, _ = self.submitted[i]
-        sink.on_rows(0, sink.rows * 2.0, sink.n, 0.001, 0.002)
+        sink.on_rows(0, sink.inputs * 2.0, sink.n, 0.001, 0.002)
 
 
 @dataclass
@@ -95,6 +96,9 @@ class Entry:
     worker: Any
     input_width: int = 1
     version: str = "1"
+
+    def __post_init__(self) -> None:
+        self.prepare = _float_rows(self.input_width)  # the pool's path for a single float input
 
 
 class FakeModels:
@@ -527,4 +531,4 @@ def test_inputs_reach_the_worker_as_float64_arrays() -> None:
     conn, _ = s.connect()
     s.send(conn, P(1, inputs=[[1], [2.5]]))
     sink = s.models.predict.submitted[0][0]
-    assert sink.rows.dtype == np.float64 and sink.rows.tolist() == [[1.0], [2.5]] and sink.nbytes == 16
+    assert sink.inputs.dtype == np.float64 and sink.inputs.tolist() == [[1.0], [2.5]] and sink.nbytes == 16

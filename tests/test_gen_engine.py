@@ -40,7 +40,7 @@ def test_public_api() -> None:
     assert set(gen.__all__) == {
         "Batch", "StepObserver", "GenerationEngine", "GenerationParams", "MIN_TEMPERATURE",
         "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "StopMatcher", "TokenModel",
-        "TokenSink", "run_step", "sample",
+        "TokenModelAdapter", "TokenSink", "run_step", "sample",
     }
     assert set(engine_mod.__all__) == {"StepObserver", "GenerationEngine", "TokenSink", "run_step"}
 

@@ -19,7 +19,7 @@ import pytest
 
 from wsserve.errors import DeadlineExceeded, Internal, InvalidInput, Overloaded, WsserveError
 from wsserve.models.base import ModelInfo, PredictiveModel
-from wsserve.pool import PredictWorker
+from wsserve.worker import PredictWorker
 
 RAISE = 666.0  # the model raises when a batch holds this value
 INF = 777.0  # the model outputs inf for this value
@@ -86,7 +86,10 @@ class Sink:
 
     def __init__(self, name: str, rows: list[list[float]]) -> None:
         self.name = name
-        self.rows = np.array(rows, dtype=np.float64)  # as the connection hands them over (validate_inputs)
+        self.inputs = np.array(rows, dtype=np.float64)  # as the connection hands them over (validate_inputs)
+        self.rows = self.inputs
+        self.n = len(rows)
+        self.nbytes = self.inputs.nbytes
         self.finished = False
         self.events: list[tuple[Any, ...]] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

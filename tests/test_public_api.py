@@ -20,8 +20,9 @@ PUBLIC = {
     "wsserve.protocol": [
         "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
         "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
-        "Models", "Ping", "Auth", "Request", "decode", "validate_inputs", "encode_error", "encode_hello",
-        "encode_draining", "encode_pong", "encode_models", "encode_auth_ok", "encode_result", "encode_seed_result",
+        "Models", "Ping", "Auth", "Admin", "Request", "decode", "validate_inputs", "encode_error", "encode_hello",
+        "encode_draining", "encode_pong", "encode_models", "encode_auth_ok", "encode_admin_ok", "encode_result",
+        "encode_seed_result",
         "encode_chunk", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token",
     ],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
@@ -33,7 +34,7 @@ PUBLIC = {
     ],
     "wsserve.errors": [
         "WsserveError", "BadJson", "BadRequest", "UnknownModel", "DuplicateId", "InvalidInput", "Overloaded",
-        "RateLimited", "DeadlineExceeded", "Cancelled", "Unauthorized", "ShuttingDown", "Internal",
+        "RateLimited", "DeadlineExceeded", "Cancelled", "Unauthorized", "Forbidden", "ShuttingDown", "Internal",
         "ERROR_CODES", "error_for_code",
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],

@@ -61,7 +61,7 @@ def _load_error(path: Path) -> str:
 # --------------------------------------------------------------------------- good files
 
 def test_architectures_are_an_explicit_read_only_mapping() -> None:
-    assert set(ARCHITECTURES) == {"linear", "mlp"}
+    assert set(ARCHITECTURES) == {"linear", "mlp", "charlm"}
     with pytest.raises(TypeError):
         ARCHITECTURES["evil"] = None  # type: ignore[index]
 
@@ -198,7 +198,7 @@ def test_unexpected_member(tmp_path: Path) -> None:
         ({**LINEAR_HEADER, "name": "x"}, "must have exactly the fields"),
         ({**LINEAR_HEADER, "format": 2}, "format 2 is not supported (expected 1)"),
         ({**LINEAR_HEADER, "format": True}, "format True is not supported"),
-        ({**LINEAR_HEADER, "architecture": "transformer"}, "unknown architecture 'transformer' (known: linear, mlp)"),
+        ({**LINEAR_HEADER, "architecture": "transformer"}, "unknown architecture 'transformer' (known: linear, mlp, charlm)"),
         ({**LINEAR_HEADER, "meta": []}, "__meta__.meta must be a JSON object"),
     ],
 )
@@ -287,7 +287,7 @@ def test_write_builtin_version_refuses_bad_arguments(tmp_path: Path) -> None:
         write_builtin_version(tmp_path, "../x", _mlp(), 1)
     with pytest.raises(ValueError, match="bad version 0"):
         write_builtin_version(tmp_path, "m", _mlp(), 0)
-    with pytest.raises(TypeError, match="takes a LinearModel or MLPModel, got str"):
+    with pytest.raises(TypeError, match="takes a LinearModel, MLPModel or CharLM, got str"):
         write_builtin_version(tmp_path, "m", "model", 1)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
 

@@ -64,6 +64,8 @@ def _off_or_number(text: str) -> float | None:
 
 
 def _models(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":
+        return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in DEFAULT_MODELS]
     if not names or unknown:
@@ -86,7 +88,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("host", default=d.host, help="interface to bind (default %(default)s)")
     opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
-    opt("models", type=_models, default=d.models, help="comma-separated models to serve (default all)")
+    opt("models", type=_models, default=d.models,
+        help="comma-separated default models to serve (default all; none = only the repository)")
+    opt("model_repository", action="append", type=Path, default=None,
+        help="serve the models of this directory (repeatable); also $WSSERVE_MODEL_REPOSITORY")
+    opt("reload", action="store_true", help="watch the model repository and load/unload what changes")
     opt("seed", type=int, default=d.seed, help="training seed (default %(default)s)")
     opt("cache_dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")
     opt("cache", action=argparse.BooleanOptionalAction, default=d.cache,
@@ -131,6 +137,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("security")
     opt("api_key", group=g, action="append", default=[], help="accepted API key (repeatable); also $WSSERVE_API_KEYS (comma-separated)")
     g.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    opt("admin_key", group=g, action="append", default=[],
+        help="key allowed to load/unload/reload models (repeatable); also $WSSERVE_ADMIN_KEYS")
+    g.add_argument("--admin-key-file", type=Path, help="file with one admin key per line")
     opt("metrics_key", group=g, default=None, help="with API keys: a key accepted on GET /metrics only (for a Prometheus scraper)")
     opt("allow_origin", group=g, action="append", default=None,
         help="allowed browser Origin (exact match, repeatable; '*' = any); default: only the server's own origin")
@@ -164,26 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _api_keys(args: argparse.Namespace) -> frozenset[str]:
-    keys = [k for k in args.api_key if k]
-    env = os.environ.get("WSSERVE_API_KEYS", "")
+def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) -> frozenset[str]:
+    """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per line)."""
+    keys = [k for k in given if k]
+    env = os.environ.get(env_name, "")
     keys += [k.strip() for k in env.split(",") if k.strip()]
-    if args.api_key_file is not None:
+    if file is not None:
         try:
-            text = args.api_key_file.read_text()
+            text = file.read_text()
         except OSError as exc:
-            raise ValueError(f"--api-key-file: cannot read {args.api_key_file}: {exc.strerror}") from None
-        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        if not keys:
-            raise ValueError(f"--api-key-file: {args.api_key_file} holds no keys")
+            raise ValueError(f"{flag_name}: cannot read {file}: {exc.strerror}") from None
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not found:
+            raise ValueError(f"{flag_name}: {file} holds no keys")
+        keys += found
     return frozenset(keys)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build and validate the config; raises ``ValueError`` naming the bad flag."""
     values = {name: getattr(args, name) for name in ServerConfig.field_names() if hasattr(args, name)}
-    values["api_key"] = _api_keys(args)
+    values["api_key"] = _keys(args.api_key, "WSSERVE_API_KEYS", args.api_key_file, "--api-key-file")
+    values["admin_key"] = _keys(args.admin_key, "WSSERVE_ADMIN_KEYS", args.admin_key_file, "--admin-key-file")
     values["allow_origin"] = tuple(args.allow_origin) if args.allow_origin else None
+    repos = list(args.model_repository or [])
+    env_repo = os.environ.get("WSSERVE_MODEL_REPOSITORY", "")
+    if env_repo and not repos:
+        repos = [Path(env_repo)]
+    values["model_repository"] = tuple(repos)
     return ServerConfig(**values).validate()
 
 
@@ -202,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    configure_logging(args.log_level, secrets=config.api_key | ({config.metrics_key} if config.metrics_key else set()))
+    configure_logging(args.log_level,
+                      secrets=config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set()))
     from .server import run
 
     try:

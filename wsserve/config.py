@@ -34,7 +34,9 @@ class ServerConfig:
     loop: str = "auto"  # auto | asyncio | uvloop
 
     # Models
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = DEFAULT_MODELS  # the default (built-in) models to serve; () for none
+    model_repository: tuple[Path, ...] = ()  # the operator's model repositories
+    reload: bool = False  # watch model_repository and apply changes
     seed: int = 0
     cache_dir: Path | None = None  # None: $WSSERVE_CACHE_DIR or ~/.cache/wsserve
     cache: bool = True  # read and write trained weights in cache_dir
@@ -73,6 +75,7 @@ class ServerConfig:
 
     # Security
     api_key: frozenset[str] = field(default_factory=frozenset)  # the accepted API keys (none: no auth)
+    admin_key: frozenset[str] = field(default_factory=frozenset)  # keys that may load/unload/reload models
     metrics_key: str | None = None  # also accepted on GET /metrics (with api_key)
     allow_origin: tuple[str, ...] | None = None  # browser origins; None: the server's own only; ("*",): any
     require_origin: bool = False  # refuse handshakes without an Origin header
@@ -111,8 +114,13 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
-        if not self.models:
-            raise ValueError(f"{flag('models')}: at least one model must be served")
+        if not self.models and not self.model_repository:
+            raise ValueError(f"{flag('models')} none needs {flag('model_repository')}: nothing would be served")
+        for repo in self.model_repository:
+            if not Path(repo).is_dir():
+                raise ValueError(f"{flag('model_repository')}: no such directory: {repo}")
+        if self.reload and not self.model_repository:
+            raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.metrics_key is not None and not self.api_key:

@@ -28,7 +28,9 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 from importlib import resources
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
@@ -40,13 +42,14 @@ from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
 from .errors import ShuttingDown
 from .metrics import CONTENT_TYPE, Metrics
-from .models.base import PredictiveModel
-from .pool import ModelEntry, ModelPool, PredictWorker
+from .errors import WsserveError
+from .pool import ModelPool
 from .protocol import encode_hello
+from .registry import ModelRegistry
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
 from .transport.app import Counters
 
-__all__ = ["Server", "run", "build_pool"]
+__all__ = ["Server", "run"]
 
 log = logging.getLogger("wsserve.server")
 
@@ -59,57 +62,27 @@ mimetypes.add_type("text/javascript", ".js")
 mimetypes.add_type("text/javascript", ".mjs")
 
 
-def build_pool(models: dict[str, Any], config: ServerConfig, metrics: Metrics | None, flusher: Flusher | None) -> ModelPool:
-    """Wrap each model in its worker: predictive -> batching queue, generative -> engine.
-
-    Workers report each batch to ``metrics`` and call ``flusher.flush`` after
-    handing out a batch's results, so replies are written at once."""
-    after = flusher.flush if flusher is not None else None
-    entries = []
-    for name, model in models.items():
-        if isinstance(model, PredictiveModel):
-            worker: Any = PredictWorker(
-                model,
-                max_batch_size=config.max_batch_size,
-                max_delay_ms=config.max_delay_ms,
-                max_queue_rows=config.max_queue_rows,
-                max_queue_bytes=config.max_queue_bytes,
-                inline_max_flops=config.inline_max_flops,
-                observer=metrics,
-                after_batch=after,
-            )
-            kind = "predict"
-            width = model.input_width
-        else:
-            from .generation import GenerationEngine
-
-            worker = GenerationEngine(
-                model,
-                name=name,
-                max_generate_batch=config.max_generate_batch,
-                max_generate_queue=config.max_generate_queue,
-                observer=metrics,
-                after_delivery=after,
-            )
-            kind = "generate"
-            width = 0
-        entries.append(
-            ModelEntry(name=name, version=model.info.version, kind=kind, model=model, worker=worker, input_width=width)
-        )
-    return ModelPool(entries)
-
-
 class Server:
     """One wsserve server process's state.  Not thread-safe: use from its loop."""
 
-    def __init__(self, config: ServerConfig, models: dict[str, Any]) -> None:
+    def __init__(self, config: ServerConfig, models: dict[str, Any] | None = None, *,
+                 builtin_repository: Path | None = None) -> None:
+        """``models``: in-process model objects to serve (name -> model: a predictive model
+        with ``predict`` and ``info``, or a generative one, see :mod:`wsserve.generation.model`);
+        ``builtin_repository``: where the trainer wrote the default models (``config.models``
+        of it are served); ``config.model_repository``: the operator's repositories."""
         self.config = config.validate()
         self.server_header = f"wsserve/{__version__}"
         self.metrics = Metrics(version=__version__, read_state=self._state)
         self.flusher = Flusher()
         self.counters = Counters()
-        self.pool = build_pool(models, config, self.metrics, self.flusher)
-        self.keys = KeyRegistry(config.api_key, metrics_key=config.metrics_key)
+        self.pool = ModelPool(self.config, observer=self.metrics, after_batch=self.flusher.flush)
+        self.registry = ModelRegistry(self.pool, builtin=builtin_repository, builtin_names=config.models,
+                                      repositories=config.model_repository)
+        for name, model in (models or {}).items():
+            self.registry.serve_object(name, model)
+        self.pool.on_change = self._set_hello
+        self.keys = KeyRegistry(config.api_key, admin_keys=config.admin_key, metrics_key=config.metrics_key)
         self.shared = Shared()
         self.connections: set[Connection] = set()
         self.ctx = ConnectionContext(
@@ -118,15 +91,12 @@ class Server:
             metrics=self.metrics,
             keys=self.keys,
             shared=self.shared,
-            hello=encode_hello(
-                version=__version__,
-                limits=config.public_limits(),
-                models=self.pool.names,
-                auth_required=bool(config.api_key),
-            ),
+            hello=b"",  # set by start(), once the repositories are loaded
             clock=monotonic,
+            admin=self._admin if (config.model_repository or builtin_repository) else None,
         )
         self.ready = False
+        self._set_hello()
         self._static = _load_static()
         self._protocols: set[Any] = set()  # every open TCP connection's protocol (HTTP or WebSocket)
         self._listener: asyncio.base_events.Server | None = None
@@ -136,6 +106,8 @@ class Server:
         self._closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port: int = 0
+        self._watch_stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def draining(self) -> bool:
@@ -152,6 +124,7 @@ class Server:
         """Start workers and listen.  Raises ``OSError`` if the port is taken."""
         self.loop = asyncio.get_running_loop()
         await self.pool.start()
+        await self.registry.load_all()
         cfg = self.config
         ssl_ctx = None
         if cfg.certfile:
@@ -159,6 +132,8 @@ class Server:
             ssl_ctx.load_cert_chain(str(cfg.certfile), str(cfg.keyfile))
         self._listener = await self.loop.create_server(lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx)
         self.port = self._listener.sockets[0].getsockname()[1]
+        if cfg.reload:
+            self._spawn(self._watch(), "wsserve-reload")
         self.ready = True
         log.info("serving %s on %s", ", ".join(self.pool.names), self.url)
 
@@ -201,6 +176,7 @@ class Server:
             return
         self._closed = True
         self.ready = False
+        self._watch_stop.set()
         if self._listener is not None:
             self._listener.close()
         for proto in list(self._protocols):
@@ -208,11 +184,52 @@ class Server:
                 proto.close()
             else:
                 proto.transport.abort()
-        await self.pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pool.close()  # ends what is left; retiring versions then finish closing
+        await self.registry.wait_retired()
 
     def _note_closed(self) -> None:
         if self._draining and not self.connections:
             self._all_closed.set()
+
+    # -- models
+
+    def _set_hello(self) -> None:
+        """The ``hello`` frame: limits and the served model names (as of start-up)."""
+        import dataclasses
+
+        hello = encode_hello(version=__version__, limits=self.config.public_limits(), models=self.pool.names,
+                             auth_required=bool(self.config.api_key))
+        self.ctx = dataclasses.replace(self.ctx, hello=hello)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self) -> None:
+        try:
+            await self.registry.watch(self._watch_stop)
+        except Exception:  # noqa: BLE001 - e.g. the repository vanished: log, keep serving
+            log.exception("watching the model repository stopped")
+
+    def _admin(self, op: str, name: str, version: str | None, done: Any) -> None:
+        """The connections' admin hook: run the operation, then hand ``done`` its result."""
+
+        async def run() -> None:
+            try:
+                result: Any = await self.registry.admin(op, name, version)
+            except WsserveError as exc:
+                result = exc
+            except Exception as exc:  # noqa: BLE001
+                log.exception("%s of model %r failed", op, name)
+                from .errors import Internal
+
+                result = Internal(f"{op} failed: {type(exc).__name__}: {exc}")
+            done(result)
+
+        self._spawn(run(), f"wsserve-{op}-{name}")
 
     # -- App: connections
 
@@ -433,18 +450,26 @@ def _limit_blas_threads() -> None:
 
 
 async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int:
-    """Train the models, serve until a signal, drain, return the exit status."""
-    from .trainer import train_default_models
+    """Train (or load) the default models into the built-in repository, serve until a
+    signal, drain, return the exit status."""
+    from .trainer import prepare_builtin_repository
 
     _limit_blas_threads()
     loop = asyncio.get_running_loop()
-    models = await loop.run_in_executor(
-        None,
-        lambda: train_default_models(
-            seed=config.seed, names=list(config.models), cache_dir=config.cache_dir, cache=config.cache
-        ),
-    )
-    server = Server(config, models)
+    with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
+        builtin = await loop.run_in_executor(
+            None,
+            lambda: prepare_builtin_repository(
+                config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache,
+                scratch=Path(scratch),
+            ),
+        )
+        server = Server(config, builtin_repository=builtin)
+        return await _serve(server, ready_line)
+
+
+async def _serve(server: Server, ready_line: bool) -> int:
+    loop = asyncio.get_running_loop()
     await server.start()
     stop = asyncio.Event()
     signals = 0

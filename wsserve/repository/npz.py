@@ -10,6 +10,8 @@ Format 1 (fixed; other tools write it too)::
 - ``linear``: ``weight`` [1] and ``bias`` [1], float64 (as ``LinearModel.to_arrays()``)
 - ``mlp``: ``w0, b0, w1, b1, ...`` float32, ``w_i`` [d_i, d_{i+1}], ``b_i`` [d_{i+1}]
   (as ``MLPModel.to_arrays()``; the number of layers is derived from the names)
+- ``charlm`` (generative): ``embed`` [V+1, d], ``w1`` [k*d, H], ``b1`` [H], ``w2`` [H, V],
+  ``b2`` [V], float32 or float64 (as ``CharLM.to_arrays()``)
 
 ``meta`` is free-form JSON; ``meta["metrics"]`` (an object), when present, is
 reported as the model's metrics.
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..models.base import PredictiveModel
+from ..models.charlm import CharLM
 from ..models.linear import LinearModel
 from ..models.mlp import MLPModel
 from .config import MAX_VERSION
@@ -115,10 +118,22 @@ def _build_mlp(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Pre
     return MLPModel.from_arrays(dict(arrays), {"layers": layers, "metrics": _metrics(meta)})
 
 
-#: architecture name -> builder ``(arrays, meta) -> PredictiveModel`` (raises ``ValueError`` on bad contents).
-ARCHITECTURES: Mapping[str, Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], PredictiveModel]] = (
-    MappingProxyType({"linear": _build_linear, "mlp": _build_mlp})
+def _build_charlm(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Any:
+    _expect_names(arrays, {"embed", "w1", "b1", "w2", "b2"}, "charlm")
+    for name, ndim in (("embed", 2), ("w1", 2), ("b1", 1), ("w2", 2), ("b2", 1)):
+        a = arrays[name]
+        if a.dtype not in (np.float32, np.float64) or a.ndim != ndim:
+            raise ValueError(f"array {name!r} is {a.dtype} with {a.ndim} dims; expected float32/float64 with {ndim}")
+    return CharLM.from_arrays(dict(arrays), {"metrics": _metrics(meta)})
+
+
+#: architecture name -> builder ``(arrays, meta) -> model`` (raises ``ValueError`` on bad contents):
+#: a :class:`~wsserve.models.base.PredictiveModel`, or a token model for the generative ones.
+ARCHITECTURES: Mapping[str, Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], Any]] = (
+    MappingProxyType({"linear": _build_linear, "mlp": _build_mlp, "charlm": _build_charlm})
 )
+#: Architectures served by ``generate`` (the others by ``predict``).
+GENERATIVE_ARCHITECTURES = frozenset({"charlm"})
 
 
 # --------------------------------------------------------------------------- reading
@@ -270,8 +285,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-def _builtin_config(model: LinearModel | MLPModel) -> str:
+def _builtin_config(model: LinearModel | MLPModel | CharLM) -> str:
     info = model.info
+    if isinstance(model, CharLM):
+        return '# written by wsserve for a built-in model\ntask = "generation"\n'
     dtype = "float64" if isinstance(model, LinearModel) else "float32"
     return (
         "# written by wsserve for a built-in model\n"
@@ -283,7 +300,9 @@ def _builtin_config(model: LinearModel | MLPModel) -> str:
     )
 
 
-def write_builtin_version(repo_dir: Path | str, name: str, model: LinearModel | MLPModel, version: int) -> Path:
+def write_builtin_version(
+    repo_dir: Path | str, name: str, model: LinearModel | MLPModel | CharLM, version: int
+) -> Path:
     """Write a built-in model as ``repo_dir/name/version/model.npz`` plus ``repo_dir/name/config.toml``.
 
     The config.toml is (re)written atomically only when its contents differ.  A
@@ -301,8 +320,10 @@ def write_builtin_version(repo_dir: Path | str, name: str, model: LinearModel | 
         arch = "linear"
     elif isinstance(model, MLPModel):
         arch = "mlp"
+    elif isinstance(model, CharLM):
+        arch = "charlm"
     else:
-        raise TypeError(f"write_builtin_version takes a LinearModel or MLPModel, got {type(model).__name__}")
+        raise TypeError(f"write_builtin_version takes a LinearModel, MLPModel or CharLM, got {type(model).__name__}")
     arrays, meta = model.to_arrays()
     model_dir = Path(repo_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,14 @@ return float64.  Thread-safe: the wrapped models only read their weights.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..models.base import PredictiveModel
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig
 from .errors import ModelLoadError
-from .npz import build_npz_model, read_npz
+from .npz import GENERATIVE_ARCHITECTURES, build_npz_model, read_npz
 from .tensors import TensorSpec
 
 __all__ = ["NpzModel", "INPUT_DTYPES"]
@@ -34,7 +34,14 @@ class NpzModel(RepositoryModel):
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         contents = read_npz(self.path)
         self.architecture = contents.architecture
-        self.model: PredictiveModel = build_npz_model(contents)
+        self.model: Any = build_npz_model(contents)
+        self.generative = contents.architecture in GENERATIVE_ARCHITECTURES
+        if self.generative:  # served by the generation engine through .model; no tensors
+            inner = self.model.info
+            self.inputs = self.outputs = ()
+            self.info = make_info(self, task="generation", parameters=inner.parameters, metrics=inner.metrics,
+                                  extra={"architecture": self.architecture, **inner.extra})
+            return
         if config.max_batch_size == 0:
             raise ModelLoadError(self.path, "max_batch_size = 0 (no batch dimension) does not apply to model.npz models")
         inner = self.model.info
@@ -52,9 +59,15 @@ class NpzModel(RepositoryModel):
 
     def predict(self, batch: Batch) -> np.ndarray:  # type: ignore[override]
         self._require_open()
+        if self.generative:
+            raise RuntimeError(f"model {self.name!r} is generative: it serves generate, not predict")
         if isinstance(batch, dict):
             batch = batch["input"]
         return self.model.predict(batch)
+
+    def warmup(self, batch: Batch | None = None) -> None:
+        if not self.generative:  # a generative model is checked by the generation engine's adapter
+            super().warmup(batch)
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or self.model.flops_per_row()
