@@ -19,6 +19,7 @@ pipe).  The child imports this checkout first (see :func:`child_env`), whatever
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal as signals
@@ -169,6 +170,10 @@ class ServerProcess:
     def metrics(self, key: str | None = None) -> Metrics:
         """``/metrics``, parsed (blocking; see :func:`tests.support.metrics.scrape_metrics`)."""
         return scrape_metrics(self.http, key=key)
+
+    async def ametrics(self, key: str | None = None) -> Metrics:
+        """:meth:`metrics` from a coroutine (in a worker thread, so the loop keeps running)."""
+        return await asyncio.to_thread(self.metrics, key)
 
     def cpu_seconds(self) -> float:
         """CPU seconds the server has used so far; NaN once it has exited."""
