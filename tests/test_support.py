@@ -110,5 +110,8 @@ def test_launcher_reads_the_ready_line_and_reports_a_server_that_never_starts() 
         assert proc.stdout_text().startswith("noise\n")
     assert proc.proc.returncode is not None
     quitter = [sys.executable, "-c", "import sys; print('no url here'); sys.exit('bad flag --x')"]
-    with pytest.raises(RuntimeError, match="(?s)did not start.*no url here.*bad flag --x"):
+    with pytest.raises(RuntimeError, match="(?s)exited with status 1 before its ready line.*no url here.*bad flag --x"):
         ServerProcess.from_command(quitter, start_timeout_s=30)
+    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(RuntimeError, match="printed no ready line within 0.5 s"):
+        ServerProcess.from_command(silent, start_timeout_s=0.5)

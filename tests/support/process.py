@@ -138,8 +138,10 @@ class ServerProcess:
             self.kill()
             for pump in self._pumps:
                 pump.join(2.0)
-            raise RuntimeError(f"server did not start within {start_timeout_s:g} s (exit status "
-                               f"{self.proc.poll()}): {' '.join(cmd)}\nstdout:\n{self.stdout_text()[-3000:]}\n"
+            status = self.proc.returncode
+            what = (f"printed no ready line within {start_timeout_s:g} s" if status == -signals.SIGKILL
+                    else f"exited with status {status} before its ready line")
+            raise RuntimeError(f"server {what}: {' '.join(cmd)}\nstdout:\n{self.stdout_text()[-3000:]}\n"
                                f"stderr:\n{self.stderr_text()[-3000:]}")
         scheme, host, port = (g.decode() for g in self._found.groups())
         self.port = int(port)
