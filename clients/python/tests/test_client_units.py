@@ -8,6 +8,7 @@ import math
 import numpy as np
 import orjson
 import pytest
+
 import wsserve_client
 from wsserve_client import errors
 from wsserve_client._limiter import Limiter
