@@ -136,12 +136,23 @@ class ModelRegistry:
                 await self._rescan(repo)
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Rescan whenever files change under the operator's repositories, until ``stop``."""
+        """Rescan whenever files change under the operator's repositories, until ``stop``.
+
+        Changes made after :meth:`load_all` returned are never missed: one rescan runs as soon as
+        the watches are established."""
         if not self._repos:
             return
         from watchfiles import awatch
 
-        async for _changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True):
+        # The first (empty) yield comes once the watches are in place: rescanning then catches
+        # whatever changed between the start-up scan and the watcher; later empty yields are
+        # timeouts with nothing to do.
+        established = False
+        async for changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True,
+                                    rust_timeout=1000, yield_on_timeout=True):
+            if not changes and established:
+                continue
+            established = True
             try:
                 await self.rescan()
             except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
