@@ -23,7 +23,8 @@ LAYERS: dict[str, int] = {
     "wsserve.connection": 4,
     "wsserve.transport": 5,
     "wsserve.server": 6,
-    "wsserve.cli": 7,
+    "wsserve.registry": 5, "wsserve.worker": 2, "wsserve.supervisor": 7,
+    "wsserve.cli": 8,
 }
 
 
