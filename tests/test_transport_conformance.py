@@ -93,7 +93,7 @@ async def test_binary_frames_are_framed_as_binary_on_the_fast_path(echo: Echo) -
 async def test_invalid_utf8_text_fails_the_connection_with_1007(echo: Echo, fragmented: bool) -> None:
     _, port = await echo()
     client = await _raw_client(port)
-    await client.send(_client_frame("ok".encode()))
+    await client.send(_client_frame(b"ok"))
     assert await client.frame() == (1, b"ok")
     if fragmented:
         stream = _client_frame(INVALID_UTF8[:4], opcode=1, fin=False) + _client_frame(INVALID_UTF8[4:], opcode=0)
