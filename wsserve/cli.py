@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .config import DEFAULT_MODELS, ServerConfig, flag
 from .logs import configure_logging
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
-from . import __version__
+from ._version import __version__
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
