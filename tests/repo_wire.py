@@ -1,0 +1,51 @@
+"""What the model-repository wire tests share: reading ``models`` and waiting for a model's states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tests.support import ServerProcess, http_get, wait_until
+
+__all__ = ["models_http", "states", "wait_models", "predict"]
+
+
+def models_http(server: ServerProcess, key: str | None = None) -> dict[str, dict[str, Any]]:
+    """``GET /v1/models`` by name; asserts one entry per model name."""
+    status, _, body = http_get(server.http + "/v1/models", key=key)
+    assert status == 200, (status, body)
+    listed = orjson.loads(body)
+    names = [m["name"] for m in listed]
+    assert len(names) == len(set(names)), f"a model is listed twice: {names}"
+    return {m["name"]: m for m in listed}
+
+
+def states(entry: dict[str, Any] | None) -> dict[str, str]:
+    """``{version: state}`` of one ``models`` entry (``{}`` for a model not listed)."""
+    return {} if entry is None else {v["version"]: v["state"] for v in entry["versions"]}
+
+
+def wait_models(server: ServerProcess, name: str, what: str, predicate: Any, timeout_s: float = 30.0,
+                key: str | None = None) -> dict[str, Any] | None:
+    """Wait until ``predicate(entry)`` (the model's ``models`` entry, or None when it is not
+    listed) holds; return that entry.  ``what`` names the condition in the failure."""
+    found: list[dict[str, Any] | None] = []
+
+    def check() -> bool:
+        entry = models_http(server, key).get(name)
+        found[:] = [entry]
+        return bool(predicate(entry))
+
+    try:
+        wait_until(check, timeout_s, interval_s=0.05, what=f"model {name!r}: {what}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlast entry: {found}\nserver log:\n{server.stderr_text()[-4000:]}") from None
+    return found[0]
+
+
+async def predict(conn: Any, rid: Any, model: str, inputs: Any, **fields: Any) -> dict[str, Any]:
+    """One predict on a :class:`tests.support.Conn`; its terminal frame."""
+    await conn.send({"type": "predict", "id": rid, "model": model, "inputs": inputs, **fields})
+    _, last = await conn.until_terminal(rid)
+    return last
