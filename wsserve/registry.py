@@ -75,9 +75,9 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     except ModelLoadError:
         model.close()
         raise
-    except Exception as exc:
+    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
         model.close()
-        raise ModelLoadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
 
 
 class ModelRegistry:
