@@ -16,7 +16,12 @@ source serves several versions with different behaviour:
 - :data:`BIGRAM_PY`: a generative model (``task = "generation"``): a bigram table over
   :data:`BIGRAM_VOCAB` drawn from ``seed.txt``; ``delay.txt`` (seconds) slows every step.
   :func:`bigram_table` and :func:`bigram_greedy` are the test's independent reference.
+- :data:`NAMED_PY` (with :data:`NAMED_CONFIG`): named inputs ``a`` [2] and ``b`` [1], named
+  outputs ``sum`` [1] (``a0 + a1 + b``) and ``scaled`` [2] (``a * b``).
 - :data:`RAISES_PY`, :data:`WARMUP_FAILS_PY`, :data:`SYNTAX_ERROR_PY`: the failure modes.
+
+:func:`write_client_repository` writes the repository the clients' tests serve (Python and JS:
+``python -c 'from tests.repo_models import write_client_repository as w; w("DIR")'``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import numpy as np
 
 __all__ = [
     "AFFINE_PY", "GATED_PY", "BIGRAM_PY", "RAISES_PY", "WARMUP_FAILS_PY", "SYNTAX_ERROR_PY",
-    "AFFINE_CONFIG", "BIGRAM_CONFIG", "BIGRAM_VOCAB", "write_py", "write_affine", "affine", "bigram_table",
+    "NAMED_PY", "NAMED_CONFIG", "AFFINE_CONFIG", "BIGRAM_CONFIG", "BIGRAM_VOCAB", "CLIENT_GEN_SEEDS",
+    "write_client_repository", "write_py", "write_affine", "affine", "bigram_table",
     "bigram_greedy", "move_in", "remove_version",
 ]
 
@@ -129,6 +135,37 @@ class Model:
         return self.table[contexts[:, -1]]
 """
 
+NAMED_CONFIG = """
+[[inputs]]
+name = "a"
+shape = [2]
+
+[[inputs]]
+name = "b"
+shape = [1]
+
+[[outputs]]
+name = "sum"
+shape = [1]
+
+[[outputs]]
+name = "scaled"
+shape = [2]
+"""
+
+NAMED_PY = """
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, batch):
+        a, b = batch["a"], batch["b"]                    # [n, 2], [n, 1]
+        return {"sum": a.sum(axis=1, keepdims=True) + b, "scaled": a * b}
+
+    def flops_per_row(self):
+        return 5
+"""
+
 RAISES_PY = """
 class Model:
     def __init__(self, version_dir):
@@ -207,3 +244,27 @@ def move_in(build: Path, version_dir: Path) -> None:
 def remove_version(version_dir: Path) -> None:
     """Delete a version directory (what an operator does to retire it)."""
     shutil.rmtree(version_dir)
+
+
+#: Table seeds of the clients' generative model ``gen``, by version.
+CLIENT_GEN_SEEDS = {1: 20, 2: 29}
+
+
+def write_client_repository(root: Path | str) -> Path:
+    """The repository the clients' tests serve: ``adm`` (:data:`AFFINE_PY`, ``bias = version``,
+    versions 1, 2, 10 and a 3 without a model file), ``gen`` (:data:`BIGRAM_PY`, versions 1
+    and 2 with :data:`CLIENT_GEN_SEEDS`) and ``two`` (:data:`NAMED_PY`)."""
+    root = Path(root)
+    (root / "adm").mkdir(parents=True)
+    (root / "adm" / "config.toml").write_text(AFFINE_CONFIG)
+    for version in (1, 2, 10):
+        write_affine(root / "adm" / str(version), bias=float(version))
+    (root / "adm" / "3").mkdir()
+    (root / "gen").mkdir()
+    (root / "gen" / "config.toml").write_text(BIGRAM_CONFIG)
+    for version, seed in CLIENT_GEN_SEEDS.items():
+        write_py(root / "gen" / str(version), BIGRAM_PY, **{"seed.txt": str(seed)})
+    (root / "two").mkdir()
+    (root / "two" / "config.toml").write_text(NAMED_CONFIG)
+    write_py(root / "two" / "1", NAMED_PY)
+    return root

@@ -3,7 +3,7 @@
 
 The repository is written here with the model.py sources of the server's tests
 (tests/repo_models.py): ``adm`` answers ``x @ [1, 2, 3] + bias`` with ``bias = version``, and
-``gen`` is a generative bigram model in two versions.
+``gen`` is a generative bigram model in two versions, ``two`` takes and answers named tensors.
 """
 
 from __future__ import annotations
@@ -22,27 +22,17 @@ from wsserve_client import (
     VersionStatus,
 )
 
-from tests.repo_models import AFFINE_CONFIG, BIGRAM_CONFIG, BIGRAM_PY, affine, bigram_greedy, write_affine, write_py
+from tests.repo_models import CLIENT_GEN_SEEDS as GEN_SEEDS
+from tests.repo_models import affine, bigram_greedy, write_client_repository
 from tests.support import ServerProcess, wait_until_async
 
 ADMIN = "client-admin-key-42"
 ROWS = [[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]
-GEN_SEEDS = {1: 20, 2: 29}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    (root / "adm").mkdir()
-    (root / "adm" / "config.toml").write_text(AFFINE_CONFIG)
-    for version in (1, 2, 10):
-        write_affine(root / "adm" / str(version), bias=float(version))
-    (root / "adm" / "3").mkdir()  # no model file: failed
-    (root / "gen").mkdir()
-    (root / "gen" / "config.toml").write_text(BIGRAM_CONFIG)
-    for version, seed in GEN_SEEDS.items():
-        write_py(root / "gen" / str(version), BIGRAM_PY, **{"seed.txt": str(seed)})
-    return root
+    return write_client_repository(tmp_path_factory.mktemp("repository"))
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +66,17 @@ async def test_predict_pins_a_version_as_a_string_or_an_integer(server: ServerPr
         with pytest.raises(ValueError, match="version"):
             c.predict_stream("adm", ROWS, version=0)
         assert c.stats().requests_sent == 6  # the versions refused client-side were never sent
+
+
+async def test_named_inputs_and_outputs(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        r = await c.predict("two", {"a": [[1, 2], [3, 4]], "b": [[10], [-1]]})
+        assert r.version == "1" and r.outputs == {"sum": [[13.0], [6.0]], "scaled": [[10.0, 20.0], [-3.0, -4.0]]}
+        chunks = [ch.outputs async for ch in c.predict_stream("two", {"a": [[1, 2], [3, 4]], "b": [[10], [-1]]},
+                                                              chunk_rows=1)]
+        assert chunks == [{"sum": [[13.0]], "scaled": [[10.0, 20.0]]}, {"sum": [[6.0]], "scaled": [[-3.0, -4.0]]}]
+        arrays = (await c.predict("two", {"a": [[1, 2]], "b": [[2]]}, as_numpy=True)).outputs
+        assert arrays["scaled"].shape == (1, 2) and arrays["sum"].tolist() == [[5.0]]
 
 
 async def test_generate_pins_a_version_and_says_which_one_answered(server: ServerProcess) -> None:

@@ -240,7 +240,8 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
 
 
 def to_numpy(outputs: Any) -> Any:
-    """Convert nested lists to a float64 ``numpy.ndarray``.
+    """Convert nested lists to a float64 ``numpy.ndarray`` (each of them, for named outputs
+    ``{name: rows}``).
 
     Raises:
         RuntimeError: numpy is not installed.
@@ -249,6 +250,8 @@ def to_numpy(outputs: Any) -> Any:
         import numpy as np  # optional dependency, imported on demand
     except ImportError as exc:  # pragma: no cover - numpy is present in the test env
         raise RuntimeError("as_numpy=True needs numpy installed") from exc
+    if isinstance(outputs, dict):
+        return {name: np.asarray(rows, dtype=np.float64) for name, rows in outputs.items()}
     return np.asarray(outputs, dtype=np.float64)
 
 
