@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from tests.repo_models import AFFINE_CONFIG, write_affine
 from tests.support import ServerProcess, http_get, wait_until
 
-__all__ = ["models_http", "states", "wait_models", "predict"]
+__all__ = ["models_http", "predict", "states", "wait_models", "wait_watching"]
 
 
 def models_http(server: ServerProcess, key: str | None = None) -> dict[str, dict[str, Any]]:
@@ -49,3 +52,22 @@ async def predict(conn: Any, rid: Any, model: str, inputs: Any, **fields: Any) -
     await conn.send({"type": "predict", "id": rid, "model": model, "inputs": inputs, **fields})
     _, last = await conn.until_terminal(rid)
     return last
+
+
+def wait_watching(server: ServerProcess, repo: Path, timeout_s: float = 30.0) -> None:
+    """Return once ``server``'s ``--reload`` watcher sees changes under ``repo``.
+
+    A change made before the watcher is in place is missed (no event), a later one is not: so
+    a probe model (``repo/probe``) is added, then a file in it rewritten until ``models`` lists it.
+    """
+    version = repo / "probe" / "1"
+    if not version.exists():
+        (repo / "probe").mkdir()
+        (repo / "probe" / "config.toml").write_text(AFFINE_CONFIG)
+        write_affine(version, bias=0.0)
+
+    def listed() -> bool:
+        (version / "tick.txt").write_text(str(time.monotonic_ns()))
+        return "probe" in models_http(server)
+
+    wait_until(listed, timeout_s, interval_s=0.25, what=f"the --reload watcher sees {repo}")

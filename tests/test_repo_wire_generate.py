@@ -210,7 +210,7 @@ async def test_one_connection_cannot_hold_every_slot_and_a_paused_generation_kee
     for i in range(2 * MAX_BATCH):
         await hog.send({"type": "cancel", "id": i})
     ended = await hog.collect(set(range(2 * MAX_BATCH)))
-    for i, frames in ended.items():
+    for i in ended:
         text, done = text_of([f for f in hog.frames if f.get("id") == i])
         assert done["reason"] == "cancelled"
         assert text[:prefix] == alone[i][: len(text)], i  # paused or not: the same text

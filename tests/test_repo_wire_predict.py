@@ -251,7 +251,7 @@ async def test_int64_input_takes_integers_and_refuses_one_and_a_half(repo: Repo,
     assert (bad["code"], bad["message"]) == (
         "invalid_input", "'inputs' row 1 holds 1.5, which does not fit input 'ids' of dtype int64 (integers only)")
     for text, shown in (("9223372036854775808", "9223372036854775808"), ("1180591620717411303424", "1.1805916207174113e+21")):
-        await conn.send('{"type":"predict","id":"big","model":"ids","inputs":[[1,2],[3,%s]]}' % text)
+        await conn.send(f'{{"type":"predict","id":"big","model":"ids","inputs":[[1,2],[3,{text}]]}}')
         _, huge = await conn.until_terminal("big")
         assert huge["code"] == "invalid_input", huge
         assert huge["message"] == (f"'inputs' row 1 holds {shown}, which does not fit input 'ids' of dtype int64 "

@@ -28,7 +28,7 @@ from tests.repo_models import (
     write_affine,
     write_py,
 )
-from tests.repo_wire import models_http, predict, states, wait_models
+from tests.repo_wire import models_http, predict, states, wait_models, wait_watching
 from tests.support import Conn, ServerProcess, wait_until
 
 ROWS = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
@@ -46,6 +46,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[ServerProcess]:
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
+        wait_watching(srv, repo)
         yield srv
 
 
@@ -163,7 +164,7 @@ async def test_a_changed_config_toml_reloads_the_model(server: ServerProcess, re
     (repo / "cfg" / "config.toml").write_text(AFFINE_CONFIG.replace('"regression"', '"embedding"'))
     entry = wait_models(server, "cfg", "reloaded with task embedding", lambda e: e["task"] == "embedding")
     assert entry is not None and entry["version"] == "2" and states(entry) == {"1": "ready", "2": "ready"}
-    assert f"serving model 'cfg' version 1" in server.stderr_text()
+    assert "serving model 'cfg' version 1" in server.stderr_text()
     r = await predict(conn, 1, "cfg", ROWS)
     assert r["version"] == "2"
     close(r["outputs"], affine(ROWS, 4.0))

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from tests.repo_models import AFFINE_CONFIG, affine, move_in, remove_version, write_affine
-from tests.repo_wire import models_http, states, wait_models
+from tests.repo_wire import states, wait_models, wait_watching
 from tests.support import ROOT, Conn, ServerProcess, child_env, wait_until
 
 SWAPS = 10
@@ -78,6 +79,7 @@ async def test_ten_version_swaps_under_load_lose_no_request_and_every_reply_name
     write_affine(repo / "hot" / "1", bias=1.0)
     report_path = tmp_path / "loadtest.json"
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload", "--log-level", "warning") as server:
+        wait_watching(server, repo)
         load = subprocess.Popen(
             [sys.executable, "-m", "wsserve", "loadtest", server.url, "-c", "64", "-d", str(LOAD_S), "-w", "0",
              "--model", "hot", "--protocol", "-q", "--json", str(report_path)],
