@@ -66,8 +66,8 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError``."""
     assert mscan.config is not None
     vscan = mscan.version(version)
-    if vscan is not None and vscan.error is not None:
-        raise ModelLoadError(path, vscan.error)
+    if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
+        raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
     model = load_version(name, version, path, mscan.config)
     try:
         model.warmup()
@@ -75,9 +75,9 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     except ModelLoadError:
         model.close()
         raise
-    except Exception as exc:
+    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
         model.close()
-        raise ModelLoadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
 
 
 class ModelRegistry:

@@ -298,7 +298,7 @@ class Server:
         cfg = self.config
         key = None
         authorization = _single_header(headers, "Authorization")
-        if cfg.api_key and authorization is not None:
+        if (cfg.api_key or cfg.admin_key) and authorization is not None:  # an admin key alone is a key too
             key, refused = self._check_bearer(request.address, authorization)
             if refused is not None:
                 return None, refused
