@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..models.mlp import Params
-from .versionfile import MAX_FILE_BYTES
+from ..repository.npz import MAX_NPZ_BYTES as MAX_FILE_BYTES
 
 __all__ = [
     "INT8_DOT_FLAGS",

@@ -2,8 +2,8 @@
 
 The single input is named ``input`` and the single output ``output``
 (config.toml may check their shapes/dtypes, not rename them).  ``linear``
-takes float64 rows, ``mlp`` float32 rows (it computes in float32); both
-return float64.  Thread-safe: the wrapped models only read their weights.
+takes float64 rows, ``mlp`` and its compressed forms (``mlp-int8``,
+``mlp-sparse``) float32 rows (they compute in float32); all return float64.  Thread-safe: the wrapped models only read their weights.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from .tensors import TensorSpec
 
 __all__ = ["NpzModel", "INPUT_DTYPES"]
 
-#: architecture -> dtype of its input rows (outputs are float64).
-INPUT_DTYPES = {"linear": "float64", "mlp": "float32"}
+#: architecture -> dtype of its input rows (outputs are float64); the mlp family computes in float32.
+INPUT_DTYPES = {"linear": "float64", "mlp": "float32", "mlp-int8": "float32", "mlp-sparse": "float32"}
 
 
 class NpzModel(RepositoryModel):
