@@ -38,11 +38,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from wsserve.compression import compress, load_model, save_version  # noqa: E402
+from wsserve.compression import compress, load_model  # noqa: E402
 from wsserve.compression.measure import heldout_accuracy, nonzero_parameters  # noqa: E402
 from wsserve.compression.onnx_int8 import cpu_int8_features  # noqa: E402
 from wsserve.explain import explain  # noqa: E402
 from wsserve.models.mlp import make_mlp_data, train_mlp  # noqa: E402
+from wsserve.repository import save_npz_model  # noqa: E402
 
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("int8", {"method": "int8"}),
@@ -101,7 +102,8 @@ def main() -> None:
         t0 = time.perf_counter()
         source = train_mlp(seed=0)
         train_s = time.perf_counter() - t0
-        save_version(tmp / "src", "mlp", *source.to_arrays())
+        (tmp / "src").mkdir()
+        save_npz_model(tmp / "src", "mlp", *source.to_arrays())
         _, (x, y) = make_mlp_data(0)
         batch = x[:256]
         rows: list[tuple[str, Any, dict[str, Any]]] = []
