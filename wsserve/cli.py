@@ -1,7 +1,9 @@
 """Command line: a thin adapter from flags to :class:`~wsserve.config.ServerConfig`.
 
 ``wsserve serve`` runs the server; ``wsserve loadtest`` runs the load-test
-tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`).  Bad flags exit with status 2 and a message naming the flag.
+tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`); ``wsserve compress`` writes an
+int8 or pruned version of a repository model (:mod:`wsserve.compression.cli`).  Bad flags exit with status 2
+and a message naming the flag.
 """
 
 from __future__ import annotations
@@ -170,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .distributed.cli import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train a model data-parallel on Dask into a model repository"))
+    from .compression.cli import add_compress_arguments
+
+    add_compress_arguments(sub.add_parser(
+        "compress", help="write an int8 or pruned version of a repository model, with its measured figures",
+        description="Write a compressed version of MODEL next to its source in a model repository."))
     return parser
 
 
@@ -215,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.cli import run_train
 
         return run_train(args)
+    if args.command == "compress":
+        from .compression.cli import run_compress
+
+        return run_compress(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:

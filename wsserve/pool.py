@@ -126,6 +126,19 @@ def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
 
 
+def _version_figures(entry: ModelEntry) -> dict[str, Any]:
+    """A loaded version's figures for ``models``: the repository model's own (bytes on disk, parameters,
+    non-zero parameters, metrics, compression figures: see ``RepositoryModel.version_figures``),
+    else what its info says."""
+    own = getattr(entry.model, "version_figures", None)
+    if callable(own):
+        return own()  # type: ignore[no-any-return]
+    info = getattr(entry.model, "info", None)
+    if info is None:
+        return {}
+    return {"parameters": info.parameters, "metrics": dict(info.metrics)}
+
+
 def _json_default(value: Any) -> Any:
     """numpy scalars (and anything else with ``.item()``) in model metadata."""
     item = getattr(value, "item", None)
@@ -204,6 +217,8 @@ class ModelPool:
                 item: dict[str, Any] = {"version": v, "state": status.state}
                 if status.reason:
                     item["reason"] = status.reason
+                if status.entry is not None:
+                    item.update(_version_figures(status.entry))
                 versions.append(item)
             base["name"] = name
             base["version"] = default.version if default is not None else None

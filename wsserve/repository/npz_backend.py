@@ -34,6 +34,8 @@ class NpzModel(RepositoryModel):
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         contents = read_npz(self.path)
         self.architecture = contents.architecture
+        compression = contents.meta.get("compression")
+        self._compression = dict(compression) if isinstance(compression, dict) else None
         self.model: Any = build_npz_model(contents)
         self.generative = contents.architecture in GENERATIVE_ARCHITECTURES
         if self.generative:  # served by the generation engine through .model; no tensors
@@ -71,3 +73,19 @@ class NpzModel(RepositoryModel):
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or self.model.flops_per_row()
+
+    def _backend_figures(self) -> dict[str, Any]:
+        """``parameters_nonzero`` (of the effective weights and biases) and, for a version written by
+        ``wsserve compress``, its ``compression`` figures (from the file's meta)."""
+        out: dict[str, Any] = {"parameters_nonzero": _nonzero_parameters(self.model)}
+        if self._compression is not None:
+            out["compression"] = self._compression
+        return out
+
+
+def _nonzero_parameters(model: Any) -> int:
+    own = getattr(model, "nonzero_parameters", None)
+    if callable(own):  # the compressed mlp forms know their effective weights
+        return int(own())
+    arrays, _ = model.to_arrays()
+    return int(sum(np.count_nonzero(a) for a in arrays.values()))
