@@ -117,6 +117,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_inflight_bytes", group=g, type=_positive_int, default=d.max_inflight_bytes,
         help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
     opt("max_rows", group=g, type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
+    opt("max_explain_rows", group=g, type=_positive_int, default=d.max_explain_rows,
+        help='rows per "explain": true predict (default %(default)s; each row costs about 1.5 ms on mlp)')
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,

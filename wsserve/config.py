@@ -46,6 +46,7 @@ class ServerConfig:
     max_inflight: int = 256
     max_inflight_bytes: int = 32 << 20  # input bytes (float64) of a connection's unfinished requests
     max_rows: int = 65536
+    max_explain_rows: int = 256  # rows of one "explain": true predict (each costs ~1.5 ms on the mlp)
     max_tokens: int = 100_000
     # Limits (per model)
     max_batch_size: int = 256  # rows per predict batch
@@ -93,7 +94,7 @@ class ServerConfig:
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (
-            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_tokens",
+            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
         )
         for name in positive:
@@ -145,6 +146,7 @@ class ServerConfig:
             "max_rows": self.max_rows,
             "max_tokens": self.max_tokens,
             "max_inflight_bytes": self.max_inflight_bytes,
+            "max_explain_rows": self.max_explain_rows,
         }
 
     @classmethod

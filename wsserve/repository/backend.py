@@ -112,6 +112,11 @@ class RepositoryModel(PredictiveModel):
         """Figures only the backend knows (see :meth:`version_figures`); none by default."""
         return {}
 
+    def explain_model(self) -> PredictiveModel | None:
+        """The model :mod:`wsserve.explain` explains for this version (it must compute what
+        :meth:`predict` computes), or None when the backend offers no input gradient (the default)."""
+        return None
+
     def close(self) -> None:
         """Release the model (idempotent)."""
         self._closed = True

@@ -74,6 +74,11 @@ class NpzModel(RepositoryModel):
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or self.model.flops_per_row()
 
+    def explain_model(self) -> Any:
+        """The architecture's own model (linear: exact attributions; the mlp family: integrated
+        gradients through its input gradient); None for a generative one."""
+        return None if self.generative else self.model
+
     def _backend_figures(self) -> dict[str, Any]:
         """``parameters_nonzero`` (of the effective weights and biases) and, for a version written by
         ``wsserve compress``, its ``compression`` figures (from the file's meta)."""
