@@ -136,12 +136,27 @@ export interface PredictTiming {
   [extra: string]: unknown;
 }
 
+/** How attributions were computed (`explain: true`). */
+export interface Explanation {
+  /** `linear-exact` (w * (x - baseline)) or `integrated-gradients`. */
+  method: 'linear-exact' | 'integrated-gradients' | (string & {});
+  /** `zeros`: the all-zeros input. */
+  baseline: 'zeros' | (string & {});
+  /** `argmax`: each row's largest output (the predicted class for a classifier). */
+  target: 'argmax' | (string & {});
+  /** Integration steps (0 for the exact method). */
+  steps: number;
+}
+
 export interface PredictResult {
   id: RequestId;
   model: string;
   version: string;
   /** Shape `[n, k]`: row i answers input row i. */
   outputs: number[][];
+  /** With `explain: true`: shape `[n, d]`, row i's per-feature attributions (they sum to f(x) - f(baseline)). */
+  attributions?: number[][];
+  explanation?: Explanation;
   timing: PredictTiming;
   [extra: string]: unknown;
 }
@@ -150,6 +165,8 @@ export interface Chunk {
   seq: number;
   offset: number;
   outputs: number[][];
+  /** With `explain: true`: the chunk's rows' attributions. */
+  attributions?: number[][];
 }
 
 export interface StreamDone {
@@ -212,6 +229,8 @@ export interface PredictOptions extends CallOptions {
   timeoutMs?: number;
   /** 0 normal, 1 high. */
   priority?: 0 | 1;
+  /** Also return per-feature attributions (models that can be explained: `linear`, `mlp`, ...). */
+  explain?: boolean;
 }
 
 export interface PredictStreamOptions extends PredictOptions {
