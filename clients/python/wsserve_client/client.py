@@ -188,12 +188,15 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         as_numpy: bool = False,
+        explain: bool = False,
     ) -> PredictResult:
         """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array).
 
         ``timeout`` (seconds) is sent as the server deadline ``timeout_ms``; the client also
         gives up on its own 1 s after it. ``priority`` 1 is served first. ``as_numpy`` returns
-        ``outputs`` as a float64 ``numpy.ndarray``.
+        ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray``. ``explain`` asks for
+        per-feature attributions with each row (``BadRequestError`` for a model that cannot
+        be explained).
 
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
@@ -204,7 +207,8 @@ class Client:
         attempt = 0
         while True:
             rid = next(self._ids)
-            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority)
+            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority,
+                                  explain=explain)
             try:
                 frame = await self._unary(rid, data, counted=True, timeout=timeout, grace=True)
             except WsserveError as exc:
