@@ -119,6 +119,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_rows", group=g, type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
     opt("max_explain_rows", group=g, type=_positive_int, default=d.max_explain_rows,
         help='rows per "explain": true predict (default %(default)s; each row costs about 1.5 ms on mlp)')
+    opt("explain_row_cost", group=g, type=_positive_int, default=d.explain_row_cost,
+        help="batch and queue units one row to explain counts against --max-batch-size and --max-queue-rows "
+             "(a plain row: 1; default %(default)s, so a batch of 256 holds at most 8)")
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,

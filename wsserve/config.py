@@ -50,6 +50,7 @@ class ServerConfig:
     max_tokens: int = 100_000
     # Limits (per model)
     max_batch_size: int = 256  # rows per predict batch
+    explain_row_cost: int = 32  # batch and queue units one row to explain counts (a plain row: 1)
     max_queue_rows: int | None = 1 << 20  # queued predict rows per model
     max_queue_bytes: int | None = 64 << 20  # queued predict input bytes (float64) per model
     max_generate_batch: int = 256  # sequences stepped together
@@ -101,6 +102,8 @@ class ServerConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
+            raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):

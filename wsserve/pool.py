@@ -303,7 +303,7 @@ class ModelPool:
             max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
             instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
-            explainer=explainer, explain_refusal=refusal,
+            explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
         )
 
     def serve(self, name: str, version: str, model: Any, *, worker: Any | None = None) -> tuple[ModelEntry, ModelEntry | None]:
