@@ -198,7 +198,7 @@ class _GradientView(PredictiveModel):
         """``Model.input_gradient(x, target)`` as float64 ``[n, d]``; ``ValueError`` if it returns anything else."""
         g = self._outer.model.input_gradient(x, target)
         if not isinstance(g, np.ndarray) or g.shape != x.shape or g.dtype.kind not in "fiu":
-            got = f"{type(g).__name__} {getattr(g, 'dtype', '')} {list(getattr(g, 'shape', []))}"
+            got = f"{g.dtype} {list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
             raise ValueError(f"Model.input_gradient must return a numeric array of shape {list(x.shape)}, got {got}")
         g = g.astype(np.float64)
         if not np.isfinite(g).all():
