@@ -157,3 +157,35 @@ def test_explainer_rounds_rows_to_the_served_input_dtype() -> None:
     assert np.array_equal(f32, explainer_for(model, label="m").attributions(x.astype(np.float32)))
     assert not np.array_equal(f32, f64)  # the rounding is really applied
     assert EXPLAIN_ROW_COST == 32
+
+
+class CheapQuadratic(LinearModel):
+    """A model that says it is cheap (2 flops a row) but is explained by integrated gradients."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0, 0.0)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x * x
+
+    def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return 2 * x
+
+
+async def test_integrated_gradients_never_run_on_the_loop_however_cheap_the_model() -> None:
+    from wsserve.explain import Explainer
+
+    exact = PredictWorker(LinearModel(2.0, 1.0), explainer=resolve_explainer("lin", LinearModel(2.0, 1.0))[0])
+    quad = CheapQuadratic()
+    ig = PredictWorker(quad, explainer=Explainer(quad, "integrated-gradients", 128, np.dtype("float64")))
+    for worker in (exact, ig):
+        worker.start()
+        plain, wants = Sink(np.ones((2, 1)), False), Sink(np.ones((2, 1)), True)
+        worker.submit(plain)
+        await asyncio.wait_for(plain.done.wait(), 10)
+        worker.submit(wants)
+        await asyncio.wait_for(wants.done.wait(), 10)
+        await worker.close()
+    assert exact.statistics().executor_batches == 0  # exact attributions are cheap: inline
+    assert ig.statistics().executor_batches == 1  # only the explain batch left the loop
+    np.testing.assert_allclose(wants.rows[0][2], np.ones((2, 1)), rtol=1e-12)  # IG of x**2 from 0: x**2

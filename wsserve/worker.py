@@ -331,9 +331,12 @@ class PredictWorker:
                 if s.item.cost != 1:
                     spans.append((offset, offset + s.rows))
                 offset += s.rows
+        # integrated gradients (possibly a model.py's own input_gradient) never run on the loop
+        inline = batch.cost <= self._inline_max_rows and (
+            not spans or self.explainer is None or self.explainer.method == "linear-exact")
         try:
             x = _gather(slices)
-            if batch.cost <= self._inline_max_rows:
+            if inline:
                 y, attributions = self._run(x, spans)
             else:
                 assert self._executor is not None and self._loop is not None
