@@ -61,7 +61,7 @@ def test_every_public_name_resolves(module_name: str) -> None:
 
 
 def test_the_version_is_written_once() -> None:
-    """``wsserve.__version__`` is the one place: pyproject.toml reads it (dynamic), and the
+    """``wsserve/_version.py`` is the one place: pyproject.toml reads it (dynamic), and the
     installed distribution's metadata agrees."""
     import tomllib
     from importlib.metadata import version
@@ -70,6 +70,8 @@ def test_the_version_is_written_once() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
+    dynamic = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
+    assert dynamic["version"] == {"attr": "wsserve._version.__version__"}
     assert version("wsserve") == wsserve.__version__
 
 

@@ -8,10 +8,9 @@ The wire protocol is documented in ``docs/PROTOCOL.md``; the CLI is
 ``wsserve serve`` (see ``wsserve serve --help``).
 """
 
-__version__ = "0.1.0"
-
-from .config import ServerConfig  # noqa: E402
-from .errors import WsserveError  # noqa: E402
+from ._version import __version__
+from .config import ServerConfig
+from .errors import WsserveError
 
 __all__ = ["__version__", "ServerConfig", "Server", "WsserveError", "run"]
 

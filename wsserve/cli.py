@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .config import DEFAULT_MODELS, ServerConfig, flag
 from .logs import configure_logging
 
@@ -90,6 +90,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("host", default=d.host, help="interface to bind (default %(default)s)")
     opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
+    opt("workers", type=int, default=d.workers,
+        help="server processes sharing the port, under a supervisor that trains once and restarts dead workers (default 1)")
     opt("models", type=_models, default=d.models,
         help="comma-separated default models to serve (default all; none = only the repository)")
     opt("model_repository", action="append", type=Path, default=None,
@@ -237,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     configure_logging(args.log_level,
                       secrets=config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set()))
-    from .server import run
+    if config.workers > 1:
+        from .supervisor import run_supervisor as run
+    else:
+        from .server import run
 
     try:
         return run(config)

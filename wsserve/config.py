@@ -32,6 +32,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     loop: str = "auto"  # auto | asyncio | uvloop
+    workers: int = 1  # server processes sharing the port (a supervisor starts them when > 1)
 
     # Models
     models: tuple[str, ...] = DEFAULT_MODELS  # the default (built-in) models to serve; () for none
@@ -92,6 +93,8 @@ class ServerConfig:
         """Return self if every setting is in range, else raise ``ValueError`` naming its flag."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
+        if type(self.workers) is not int or not 1 <= self.workers <= 64:
+            raise ValueError(f"{flag('workers')} must be an integer in 1..64, got {self.workers!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (

@@ -66,8 +66,8 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError``."""
     assert mscan.config is not None
     vscan = mscan.version(version)
-    if vscan is not None and vscan.error is not None:
-        raise ModelLoadError(path, vscan.error)
+    if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
+        raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
     model = load_version(name, version, path, mscan.config)
     try:
         model.warmup()
@@ -76,9 +76,9 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     except ModelLoadError:
         model.close()
         raise
-    except Exception as exc:
+    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
         model.close()
-        raise ModelLoadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
 
 
 class ModelRegistry:
@@ -137,12 +137,23 @@ class ModelRegistry:
                 await self._rescan(repo)
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Rescan whenever files change under the operator's repositories, until ``stop``."""
+        """Rescan whenever files change under the operator's repositories, until ``stop``.
+
+        Changes made after :meth:`load_all` returned are never missed: one rescan runs as soon as
+        the watches are established."""
         if not self._repos:
             return
         from watchfiles import awatch
 
-        async for _changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True):
+        # The first (empty) yield comes once the watches are in place: rescanning then catches
+        # whatever changed between the start-up scan and the watcher; later empty yields are
+        # timeouts with nothing to do.
+        established = False
+        async for changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True,
+                                    rust_timeout=1000, yield_on_timeout=True):
+            if not changes and established:
+                continue
+            established = True
             try:
                 await self.rescan()
             except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher

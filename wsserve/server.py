@@ -22,6 +22,7 @@ narrow :class:`~wsserve.connection.ConnectionContext` (never itself).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 import os
@@ -36,13 +37,12 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
-from . import __version__
+from ._version import __version__
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
-from .errors import ShuttingDown
+from .errors import Forbidden, ShuttingDown, WsserveError
 from .metrics import CONTENT_TYPE, Metrics
-from .errors import WsserveError
 from .pool import ModelPool
 from .protocol import encode_hello
 from .registry import ModelRegistry
@@ -66,14 +66,18 @@ class Server:
     """One wsserve server process's state.  Not thread-safe: use from its loop."""
 
     def __init__(self, config: ServerConfig, models: dict[str, Any] | None = None, *,
-                 builtin_repository: Path | None = None) -> None:
+                 builtin_repository: Path | None = None, worker: int | None = None,
+                 metrics_dir: Path | None = None) -> None:
         """``models``: in-process model objects to serve (name -> model: a predictive model
         with ``predict`` and ``info``, or a generative one, see :mod:`wsserve.generation.model`);
         ``builtin_repository``: where the trainer wrote the default models (``config.models``
-        of it are served); ``config.model_repository``: the operator's repositories."""
+        of it are served); ``config.model_repository``: the operator's repositories;
+        ``worker``/``metrics_dir``: this process's index among ``--workers`` and the directory
+        where workers share their metrics (the port is then shared with ``SO_REUSEPORT``)."""
         self.config = config.validate()
         self.server_header = f"wsserve/{__version__}"
-        self.metrics = Metrics(version=__version__, read_state=self._state)
+        self.worker = worker
+        self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
         self.flusher = Flusher()
         self.counters = Counters()
         self.pool = ModelPool(self.config, observer=self.metrics, after_batch=self.flusher.flush)
@@ -130,10 +134,14 @@ class Server:
         if cfg.certfile:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(str(cfg.certfile), str(cfg.keyfile))
-        self._listener = await self.loop.create_server(lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx)
+        self._listener = await self.loop.create_server(
+            lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx, reuse_port=self.worker is not None
+        )
         self.port = self._listener.sockets[0].getsockname()[1]
         if cfg.reload:
             self._spawn(self._watch(), "wsserve-reload")
+        if self.worker is not None:
+            self._spawn(self._share_metrics(), "wsserve-metrics")
         self.ready = True
         log.info("serving %s on %s", ", ".join(self.pool.names), self.url)
 
@@ -214,8 +222,26 @@ class Server:
         except Exception:  # noqa: BLE001 - e.g. the repository vanished: log, keep serving
             log.exception("watching the model repository stopped")
 
+    async def _share_metrics(self) -> None:
+        """Write this worker's metrics for the other workers twice a second (and once at the end)."""
+        try:
+            while True:
+                self.metrics.write_snapshot()
+                await asyncio.sleep(0.5)
+        finally:
+            with contextlib.suppress(OSError):
+                self.metrics.write_snapshot()
+
     def _admin(self, op: str, name: str, version: str | None, done: Any) -> None:
-        """The connections' admin hook: run the operation, then hand ``done`` its result."""
+        """The connections' admin hook: run the operation, then hand ``done`` its result.
+
+        Under ``--workers`` each worker process has its own models and a connection reaches
+        one of them, so an operation would change one worker only: it is refused, and models
+        change through the repository, which every worker watches with ``--reload``."""
+        if self.worker is not None:
+            done(Forbidden(f"{op} is not available with --workers: each worker process has its own models; "
+                           "change the model repository instead (every worker reloads it with --reload)"))
+            return
 
         async def run() -> None:
             try:
@@ -272,7 +298,7 @@ class Server:
         cfg = self.config
         key = None
         authorization = _single_header(headers, "Authorization")
-        if cfg.api_key and authorization is not None:
+        if (cfg.api_key or cfg.admin_key) and authorization is not None:  # an admin key alone is a key too
             key, refused = self._check_bearer(request.address, authorization)
             if refused is not None:
                 return None, refused
@@ -348,8 +374,11 @@ class Server:
                 return HttpResponse(200, b"ready\n", headers=no_store)
             return HttpResponse(503, b"draining\n" if self._draining else b"starting\n", headers=no_store)
         if path == "/metrics":
+            # Under --workers, which worker merged this scrape (its own values are live, the
+            # others' are their last snapshot).
+            served_by = [("Wsserve-Worker", str(self.worker))] if self.worker is not None else []
             return self._authorized(request, metrics=True) or HttpResponse(
-                200, self.metrics.render(), content_type=CONTENT_TYPE, headers=no_store
+                200, self.metrics.render(), content_type=CONTENT_TYPE, headers=no_store + served_by
             )
         if path == "/v1/models":
             return self._authorized(request, metrics=False) or HttpResponse(
@@ -465,10 +494,15 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
             ),
         )
         server = Server(config, builtin_repository=builtin)
-        return await _serve(server, ready_line)
+        return await serve_until_signal(
+            server, on_ready=(lambda: print(f"wsserve {__version__} ready on {server.url}", flush=True)) if ready_line else None
+        )
 
 
-async def _serve(server: Server, ready_line: bool) -> int:
+async def serve_until_signal(server: Server, *, on_ready: Any = None, exit_on_second_signal: bool = True) -> int:
+    """Start ``server``, call ``on_ready``, serve until SIGINT/SIGTERM, drain, close; return 0.
+    A second signal exits at once (status 1) unless ``exit_on_second_signal`` is false (a
+    worker process, whose supervisor decides)."""
     loop = asyncio.get_running_loop()
     await server.start()
     stop = asyncio.Event()
@@ -480,7 +514,7 @@ async def _serve(server: Server, ready_line: bool) -> int:
         if signals == 1:
             log.info("received %s: draining (send again to exit at once)", signal.Signals(signum).name)
             stop.set()
-        else:
+        elif exit_on_second_signal:
             log.warning("second signal: exiting now")
             sys.stdout.flush()
             os._exit(1)
@@ -490,8 +524,8 @@ async def _serve(server: Server, ready_line: bool) -> int:
             loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
-    if ready_line:
-        print(f"wsserve {__version__} ready on {server.url}", flush=True)
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     await server.drain()
     await server.close()
@@ -499,16 +533,21 @@ async def _serve(server: Server, ready_line: bool) -> int:
     return 0
 
 
-def run(config: ServerConfig) -> int:
-    """Blocking entry point for the CLI (``config.loop``: ``auto``, ``asyncio`` or ``uvloop``)."""
-    factory = None
-    if config.loop in ("auto", "uvloop"):
+def _loop_factory(loop: str) -> Any:
+    """The event loop factory for ``--loop`` (None: asyncio's default)."""
+    if loop in ("auto", "uvloop"):
         try:
             import uvloop
 
-            factory = uvloop.new_event_loop
+            return uvloop.new_event_loop
         except ImportError:
-            if config.loop == "uvloop":
+            if loop == "uvloop":
                 raise SystemExit("error: --loop uvloop requested but uvloop is not installed") from None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    return None
+
+
+def run(config: ServerConfig) -> int:
+    """Blocking entry point for one server process (``config.loop``: ``auto``, ``asyncio`` or
+    ``uvloop``).  ``--workers`` > 1 runs :func:`wsserve.supervisor.run_supervisor` instead."""
+    with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
         return runner.run(serve_forever(config))
