@@ -47,9 +47,11 @@ class ServerConfig:
     max_inflight: int = 256
     max_inflight_bytes: int = 32 << 20  # input bytes (float64) of a connection's unfinished requests
     max_rows: int = 65536
+    max_explain_rows: int = 256  # rows of one "explain": true predict (each costs ~1.5 ms on the mlp)
     max_tokens: int = 100_000
     # Limits (per model)
     max_batch_size: int = 256  # rows per predict batch
+    explain_row_cost: int = 32  # batch and queue units one row to explain counts (a plain row: 1)
     max_queue_rows: int | None = 1 << 20  # queued predict rows per model
     max_queue_bytes: int | None = 64 << 20  # queued predict input bytes (float64) per model
     max_generate_batch: int = 256  # sequences stepped together
@@ -96,13 +98,15 @@ class ServerConfig:
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (
-            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_tokens",
+            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
         )
         for name in positive:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
+            raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
@@ -148,6 +152,7 @@ class ServerConfig:
             "max_rows": self.max_rows,
             "max_tokens": self.max_tokens,
             "max_inflight_bytes": self.max_inflight_bytes,
+            "max_explain_rows": self.max_explain_rows,
         }
 
     @classmethod

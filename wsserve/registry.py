@@ -71,6 +71,7 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     model = load_version(name, version, path, mscan.config)
     try:
         model.warmup()
+        model.version_figures()  # reads the file system: here, off the event loop, once
         return _servable(model, name)
     except ModelLoadError:
         model.close()

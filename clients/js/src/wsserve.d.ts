@@ -151,6 +151,18 @@ export interface PredictTiming {
   [extra: string]: unknown;
 }
 
+/** How attributions were computed (`explain: true`). */
+export interface Explanation {
+  /** `linear-exact` (w * (x - baseline)) or `integrated-gradients`. */
+  method: 'linear-exact' | 'integrated-gradients' | (string & {});
+  /** `zeros`: the all-zeros input. */
+  baseline: 'zeros' | (string & {});
+  /** `argmax`: each row's largest output (the predicted class for a classifier). */
+  target: 'argmax' | (string & {});
+  /** Integration steps (0 for the exact method). */
+  steps: number;
+}
+
 /** Outputs: `[n, ...]` rows, or `{name: rows}` for a model with several named outputs. */
 export type Outputs = number[][] | Record<string, unknown[]>;
 
@@ -161,6 +173,9 @@ export interface PredictResult {
   version: string;
   /** Shape `[n, k]`: row i answers input row i (by name for a model with named outputs). */
   outputs: Outputs;
+  /** With `explain: true`: shape `[n, d]`, row i's per-feature attributions (they sum to f(x) - f(baseline)). */
+  attributions?: number[][];
+  explanation?: Explanation;
   timing: PredictTiming;
   [extra: string]: unknown;
 }
@@ -169,6 +184,8 @@ export interface Chunk {
   seq: number;
   offset: number;
   outputs: Outputs;
+  /** With `explain: true`: the chunk's rows' attributions. */
+  attributions?: number[][];
 }
 
 export interface StreamDone {
@@ -177,6 +194,8 @@ export interface StreamDone {
   timing: PredictTiming;
   /** The model version that computed it. */
   version?: string;
+  /** With `explain: true`: how the chunks' attributions were computed. */
+  explanation?: Explanation;
   [extra: string]: unknown;
 }
 
@@ -243,6 +262,8 @@ export interface PredictOptions extends CallOptions {
   timeoutMs?: number;
   /** 0 normal, 1 high. */
   priority?: 0 | 1;
+  /** Also return per-feature attributions (models that can be explained: `linear`, `mlp`, ...). */
+  explain?: boolean;
 }
 
 export interface PredictStreamOptions extends PredictOptions {

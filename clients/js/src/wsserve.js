@@ -88,7 +88,7 @@ const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs
 const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes']);
 const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
-const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority']);
+const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'seed', 'stop', 'timeoutMs', 'priority',
@@ -649,12 +649,17 @@ export class ResponseStream {
 }
 
 /**
- * Streaming predict: yields `{seq, offset, outputs}` chunks in order; `done`
- * is `{reason: 'complete', rows, timing}` at the end.
- * @extends {ResponseStream<{seq: number, offset: number, outputs: number[][]}>}
+ * Streaming predict: yields `{seq, offset, outputs}` chunks in order (plus
+ * `attributions` with `explain: true`); `done` is `{reason: 'complete', rows,
+ * timing}` at the end (plus `explanation`).
+ * @extends {ResponseStream<{seq: number, offset: number, outputs: number[][], attributions?: number[][]}>}
  */
 export class PredictStream extends ResponseStream {
-  _item(f) { return { seq: f.seq, offset: f.offset, outputs: f.outputs }; }
+  _item(f) {
+    const chunk = { seq: f.seq, offset: f.offset, outputs: f.outputs };
+    if (f.attributions !== undefined) chunk.attributions = f.attributions;
+    return chunk;
+  }
 }
 
 /**
@@ -1092,10 +1097,13 @@ export class Client extends EventTarget {
 
   /**
    * Batched inference: `model` on `inputs` (shape `[n, d]`). Resolves with
-   * `{id, model, version, outputs, timing}` (outputs shape `[n, k]`).
+   * `{id, model, version, outputs, timing}` (outputs shape `[n, k]`); with
+   * `explain: true` also `attributions` (shape `[n, d]`: each feature's share
+   * of the row's explained output) and `explanation` (`{method, baseline,
+   * target, steps}`).
    * @param {string} model
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
-   * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
    */
   async predict(model, inputs, opts) {
     opts = checkOptions('predict() options', opts, PREDICT_OPTIONS);
@@ -1103,6 +1111,7 @@ export class Client extends EventTarget {
     setIf(msg, 'version', checkVersion('predict()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
+    if (opts.explain) msg.explain = true;
     const frame = await this.#withRetry(() => this.#unary(msg, {
       counted: true,
       signal: opts.signal,
@@ -1120,7 +1129,7 @@ export class Client extends EventTarget {
    * after an abort included) are thrown by the iteration.
    * @param {string} model
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
-   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
    * @returns {PredictStream}
    */
   predictStream(model, inputs, opts) {
@@ -1130,6 +1139,7 @@ export class Client extends EventTarget {
     setIf(msg, 'version', checkVersion('predictStream()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
+    if (opts.explain) msg.explain = true;
     const stream = new PredictStream();
     this.#runStream(stream, msg, opts);
     return stream;

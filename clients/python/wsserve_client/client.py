@@ -192,6 +192,7 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         as_numpy: bool = False,
+        explain: bool = False,
     ) -> PredictResult:
         """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array, or
         ``{name: rows}`` for a model with several named inputs).
@@ -199,7 +200,9 @@ class Client:
         ``version`` pins a model version (``"2"`` or ``2``; default: the server's default, its
         highest ready version); ``result.version`` says which one answered. ``timeout`` (seconds) is sent as the server deadline ``timeout_ms``; the client also
         gives up on its own 1 s after it. ``priority`` 1 is served first. ``as_numpy`` returns
-        ``outputs`` as a float64 ``numpy.ndarray``.
+        ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray``. ``explain`` asks for
+        per-feature attributions with each row (``BadRequestError`` for a model that cannot
+        be explained).
 
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
@@ -210,7 +213,8 @@ class Client:
         attempt = 0
         while True:
             rid = next(self._ids)
-            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority)
+            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority,
+                                  explain=explain)
             try:
                 frame = await self._unary(rid, data, counted=True, timeout=timeout, grace=True)
             except WsserveError as exc:

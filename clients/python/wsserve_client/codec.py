@@ -121,12 +121,15 @@ def encode_predict(
     priority: int = 0,
     stream: bool = False,
     chunk_rows: int | None = None,
+    explain: bool = False,
 ) -> bytes:
     """Encode a ``predict`` frame. ``inputs`` is an ``[n, d]`` nested sequence or array;
     the server validates its shape and values. Optional fields are omitted when default."""
     frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model, "inputs": inputs}
     if check_version(version) is not None:
         frame["version"] = version
+    if explain:
+        frame["explain"] = True
     if stream:
         frame["stream"] = True
         if chunk_rows is not None:
@@ -258,12 +261,15 @@ def to_numpy(outputs: Any) -> Any:
 def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictResult:
     """Build :class:`PredictResult` from a ``result`` frame."""
     outputs = frame.get("outputs")
+    attributions = frame.get("attributions")
     return PredictResult(
         outputs=to_numpy(outputs) if as_numpy else outputs,
         model=str(frame.get("model", "")),
         version=str(frame.get("version", "")),
         timing=frame.get("timing") or {},
         request_id=frame["id"],
+        attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
+        explanation=frame.get("explanation"),
     )
 
 

@@ -51,13 +51,20 @@ class ServerHello:
 
 @dataclass(frozen=True, slots=True)
 class PredictResult:
-    """Answer to one ``predict``: ``outputs[i]`` answers input row ``i``."""
+    """Answer to one ``predict``: ``outputs[i]`` answers input row ``i``.
+
+    With ``explain=True``: ``attributions[i]`` holds input row ``i``'s per-feature
+    attributions of its explained output, and ``explanation`` says how (method,
+    baseline, target, steps); both None otherwise.
+    """
 
     outputs: Outputs
     model: str
     version: str
     timing: Mapping[str, Any]
     request_id: int | str
+    attributions: Outputs | None = None
+    explanation: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
