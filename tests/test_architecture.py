@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "wsserve.connection": 4,
     "wsserve.transport": 5,
     "wsserve.server": 6,
-    "wsserve.cli": 7,
+    "wsserve.cli": 7, "wsserve.embed": 7,
 }
 
 

@@ -2,7 +2,7 @@
 
 Call order::
 
-    server = Server(config, models)      # models: name -> trained model
+    server = Server(config, models)      # models: name -> in-process model object (optional)
     await server.start()                 # pool workers, listening socket
     ...                                  # server.url, server.port
     await server.drain()                 # PROTOCOL.md "Shutdown"; idempotent
@@ -67,11 +67,13 @@ class Server:
 
     def __init__(self, config: ServerConfig, models: dict[str, Any] | None = None, *,
                  builtin_repository: Path | None = None) -> None:
-        """``models``: in-process model objects to serve (name -> model: a predictive model
-        with ``predict`` and ``info``, or a generative one, see :mod:`wsserve.generation.model`);
+        """``models``: in-process model objects to serve (name -> model: ``wsserve.FunctionModel``,
+        ``wsserve.onnx_model(...)``, any predictive model with ``predict`` and ``info``, or a
+        generative one, see :mod:`wsserve.generation.model`; see
+        :meth:`~wsserve.registry.ModelRegistry.serve_object`, which raises for a bad one);
         ``builtin_repository``: where the trainer wrote the default models (``config.models``
         of it are served); ``config.model_repository``: the operator's repositories."""
-        self.config = config.validate()
+        self.config = config.validate(in_process_models=bool(models))
         self.server_header = f"wsserve/{__version__}"
         self.metrics = Metrics(version=__version__, read_state=self._state)
         self.flusher = Flusher()
@@ -449,9 +451,10 @@ def _limit_blas_threads() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int:
-    """Train (or load) the default models into the built-in repository, serve until a
-    signal, drain, return the exit status."""
+async def serve_forever(config: ServerConfig, *, ready_line: bool = True, models: dict[str, Any] | None = None) -> int:
+    """Train (or load) the default models into the built-in repository, serve them (with the
+    in-process ``models`` and the operator's repositories) until a signal, drain, return the
+    exit status."""
     from .trainer import prepare_builtin_repository
 
     _limit_blas_threads()
@@ -464,7 +467,7 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
                 scratch=Path(scratch),
             ),
         )
-        server = Server(config, builtin_repository=builtin)
+        server = Server(config, models, builtin_repository=builtin)
         return await _serve(server, ready_line)
 
 
@@ -499,8 +502,9 @@ async def _serve(server: Server, ready_line: bool) -> int:
     return 0
 
 
-def run(config: ServerConfig) -> int:
-    """Blocking entry point for the CLI (``config.loop``: ``auto``, ``asyncio`` or ``uvloop``)."""
+def run(config: ServerConfig, *, models: dict[str, Any] | None = None) -> int:
+    """Blocking entry point for the CLI and :func:`wsserve.serve` (``config.loop``: ``auto``,
+    ``asyncio`` or ``uvloop``); ``models``: in-process model objects served too (see :class:`Server`)."""
     factory = None
     if config.loop in ("auto", "uvloop"):
         try:
@@ -511,4 +515,4 @@ def run(config: ServerConfig) -> int:
             if config.loop == "uvloop":
                 raise SystemExit("error: --loop uvloop requested but uvloop is not installed") from None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve_forever(config))
+        return runner.run(serve_forever(config, models=models))

@@ -110,23 +110,27 @@ def _show(shape: list[Any]) -> str:
     return "[" + ", ".join(str(d) if _fixed(d) else "?" for d in shape) + "]"
 
 
-def _count_parameters(path: Path) -> int:
-    """Initializer elements in the graph (via the ``onnx`` package), else a file-size estimate."""
+def _count_parameters(path: Path, data: bytes | None = None) -> int:
+    """Initializer elements in the graph (via the ``onnx`` package), else a size estimate."""
     try:
         import onnx
 
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_from_string(data) if data is not None else onnx.load(str(path), load_external_data=False)
         return sum(math.prod(init.dims) for init in proto.graph.initializer)
     except Exception:  # onnx missing, or a graph ONNX Runtime reads but this onnx cannot: estimate
-        return max(1, path.stat().st_size // 4)
+        return max(1, (len(data) if data is not None else path.stat().st_size) // 4)
 
 
 class OnnxModel(RepositoryModel):
-    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem."""
+    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem.
+
+    ``data``: the serialized graph, already in memory (``wsserve.onnx_model`` for embedding
+    programs); ``path`` then only names it in messages.
+    """
 
     backend = "onnx"
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *, data: bytes | None = None) -> None:
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         try:
             import onnxruntime as ort
@@ -140,10 +144,11 @@ class OnnxModel(RepositoryModel):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self._session: Any = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._session: Any = ort.InferenceSession(data if data is not None else str(self.path), sess_options=so,
+                                                      providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
-        parameters = _count_parameters(self.path)
+        parameters = _count_parameters(self.path, data)
         self.batching = config.batching
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
