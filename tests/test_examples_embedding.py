@@ -164,3 +164,30 @@ async def test_repository_example_serves_versions_and_the_bigram_model(model_cac
         await conn.ws.close()
     finally:
         server.stop()
+
+
+async def test_admin_operations_as_docs_show_them_on_a_copy_of_the_example_repository(tmp_path: Path,
+                                                                                        model_cache: Path) -> None:
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(REPOSITORY, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    server = ServerProcess("--models", "none", "--model-repository", str(repo), "--admin-key", "adm1n",
+                           cache_dir=model_cache)
+    try:
+        conn = await Conn.open(server.url)
+        refused = await conn.request({"type": "unload", "id": 1, "model": "custom", "version": "1"})
+        assert refused["code"] == "forbidden" and "--admin-key" in refused["message"]
+        assert (await conn.request({"type": "auth", "id": 2, "token": "adm1n"}))["ok"] is True
+        unloaded = await conn.request({"type": "unload", "id": 3, "model": "custom", "version": 1})
+        assert unloaded["ok"] is True and {"version": "2", "state": "ready"} in unloaded["versions"]
+        gone = await conn.request({"type": "predict", "id": 4, "model": "custom", "version": 1, "inputs": [[1, 2, 3]]})
+        assert gone["code"] == "unknown_model" and "'1'" in gone["message"]
+        loaded = await conn.request({"type": "load", "id": 5, "model": "custom", "version": "1"})
+        assert loaded == {"type": "load", "id": 5, "ok": True, "model": "custom",
+                          "versions": [{"version": "1", "state": "ready"}, {"version": "2", "state": "ready"}]}
+        back = await conn.request({"type": "predict", "id": 6, "model": "custom", "version": 1, "inputs": [[1, 2, 3]]})
+        assert back["outputs"] == [[14.0]]
+        await conn.ws.close()
+    finally:
+        server.stop()

@@ -354,7 +354,7 @@ class ModelRegistry:
                     others = tuple(m for m in previous.models if m.name != name)
                     self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
                                                        previous.ignored, previous.error)
-            return {"model": name, "versions": [
-                {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})}
-                for v, s in self.pool.status(name).items()
+            status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
+            return {"model": name, "versions": [  # in the order the `models` reply lists them
+                {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status
             ]}
