@@ -4,7 +4,8 @@
   batching, drain on SIGTERM with exit status 0);
 - ``examples/serve_sklearn.py --write-repository`` then ``wsserve serve --model-repository``;
 - ``examples/repository/`` served by the CLI (``--models none``): versions, a pinned version,
-  and the bigram ``model.py`` generating exactly its own greedy continuation.
+  and the bigram ``model.py`` generating exactly its own greedy continuation; the admin flow;
+- docs/repository.md shows the example files as they are.
 """
 
 from __future__ import annotations
@@ -191,3 +192,10 @@ async def test_admin_operations_as_docs_show_them_on_a_copy_of_the_example_repos
         await conn.ws.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("relative", ["custom/config.toml", "custom/1/model.py", "bigram/1/model.py", "bigram/config.toml"])
+def test_docs_show_the_example_repository_files_as_they_are(relative: str) -> None:
+    """docs/repository.md quotes these files whole: a change to one must show in the other."""
+    text = (REPOSITORY / relative).read_text()
+    assert text in (ROOT / "docs" / "repository.md").read_text(), f"docs/repository.md does not show examples/repository/{relative}"

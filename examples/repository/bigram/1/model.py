@@ -14,7 +14,7 @@ class Model:
         self.vocabulary = sorted(set(text))              # token id -> its text (one character)
         self.ids = {ch: i for i, ch in enumerate(self.vocabulary)}
         v = len(self.vocabulary)
-        counts = np.ones((v + 1, v))                     # add-one smoothing; row v: after PAD (no text yet)
+        counts = np.full((v + 1, v), 0.01)               # smoothing; row v: after PAD (no text yet)
         seq = [self.ids[ch] for ch in text]
         np.add.at(counts, (seq[:-1], seq[1:]), 1)        # counts[a, b] += 1 for each "ab" in the text
         np.add.at(counts[v], seq, 1)                     # first token: unigram frequencies
