@@ -223,7 +223,7 @@ def swaps(repo: Path, staged: Path, plan: Plan) -> dict[str, Any]:
     load_before = _load()
     try:
         for rep in range(plan.reps):
-            for kind in ("steady", "swapping"):
+            for kind in ("steady", "swapping") if rep % 2 == 0 else ("swapping", "steady"):  # no order bias
                 probe = VersionProbe(server.url, SWAP_SHAPE[0])
                 probe.start()
                 swapper = Swapper(staged) if kind == "swapping" else None
@@ -249,6 +249,7 @@ def swaps(repo: Path, staged: Path, plan: Plan) -> dict[str, Any]:
         server.stop()
     log = server.stderr_text()
     return {
+        "plan": {"reps": plan.reps, "duration_s": plan.duration_s, "warmup_s": plan.warmup_s},
         "command": "python -m wsserve serve --host 127.0.0.1 --port 0 --models none --model-repository REPO --reload",
         "load_before": load_before, "load_after": _load(),
         "summary": {kind: median_of(rs) for kind, rs in runs.items()},
@@ -264,6 +265,22 @@ def swaps(repo: Path, staged: Path, plan: Plan) -> dict[str, Any]:
 
 def _f(v: float, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
+
+
+def paired_ratios(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians over repetitions of ``b ÷ a`` for runs measured side by side (rep i of each):
+    ``rps`` (throughput) and ``per_cpu`` (requests per second of server CPU, which a busy machine
+    distorts less: a server starved of CPU serves fewer requests but not fewer per CPU-second)."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if "rps" in x and "rps" in y]
+    if not pairs:
+        return {}
+    return {
+        "rps": statistics.median(y["rps"] / x["rps"] for x, y in pairs),
+        "per_cpu": statistics.median((y["rps"] / max(y["server_cpu"], 1e-3)) / (x["rps"] / max(x["server_cpu"], 1e-3))
+                                     for x, y in pairs),
+        "min": min(y["rps"] / x["rps"] for x, y in pairs),
+        "max": max(y["rps"] / x["rps"] for x, y in pairs),
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -307,28 +324,35 @@ def render(report: dict[str, Any]) -> str:
         f"- load: `python -m wsserve.loadtest URL -c {CONNECTIONS} -k 1 -d {plan['duration_s']:g} "
         f"-w {plan['warmup_s']:g} --model MODEL -q --json FILE`",
         "",
-        "| model | parameters | naive req/s | wsserve req/s | wsserve ÷ naive | target | naive p50 / p99 ms | wsserve p50 / p99 ms | busy cores server / client (naive; wsserve) |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "*wsserve ÷ naive* is the median over repetitions of the ratio of runs measured one after the "
+        "other (range in small print); *per server CPU-second* divides each run's throughput by the cores "
+        "its server was busy, which other processes on a shared machine distort less.",
+        "",
+        "| model | parameters | naive req/s | wsserve req/s | wsserve ÷ naive | target | per server CPU-second | naive p50 / p99 ms | wsserve p50 / p99 ms | busy cores server / client (naive; wsserve) |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     ratios = {}
     for name, dims in SHAPES.items():
         n, w = s.get(f"naive|{name}", {}), s.get(f"wsserve|{name}", {})
-        if "rps" not in n or "rps" not in w:
-            lines.append(f"| {name} | {_f(parameters(dims))} | {n.get('failed', '—')} | {w.get('failed', '—')} | | | | | |")
+        pr = paired_ratios(peer.get("runs", {}).get(f"naive|{name}", []), peer.get("runs", {}).get(f"wsserve|{name}", []))
+        if "rps" not in n or "rps" not in w or not pr:
+            lines.append(f"| {name} | {_f(parameters(dims))} | {n.get('failed', '—')} | {w.get('failed', '—')} | | | | | | |")
             continue
-        ratio = w["rps"] / n["rps"]
+        ratio = pr["rps"]
         ratios[name] = ratio
         target = TARGETS.get(name)
         verdict = f"≥ {target}× {'✅' if ratio >= target else '❌'}" if target else "report"
         lines.append(
             f"| {name} ({'→'.join(map(str, dims))}) | {_f(parameters(dims))} | {_f(n['rps'])} <sub>({_f(n['rps_min'])}–{_f(n['rps_max'])})</sub> | "
-            f"{_f(w['rps'])} <sub>({_f(w['rps_min'])}–{_f(w['rps_max'])})</sub> | **{ratio:.2f}×** | {verdict} | "
+            f"{_f(w['rps'])} <sub>({_f(w['rps_min'])}–{_f(w['rps_max'])})</sub> | **{ratio:.2f}×** "
+            f"<sub>({pr['min']:.2f}–{pr['max']:.2f})</sub> | {verdict} | {pr['per_cpu']:.2f}× | "
             f"{n['p50']:.2f} / {n['p99']:.2f} | {w['p50']:.2f} / {w['p99']:.2f} | "
             f"{n['server_cpu']:.2f} / {n['client_cpu']:.2f}; {w['server_cpu']:.2f} / {w['client_cpu']:.2f} |")
     errors = {k: v["errors"] for k, v in s.items() if v.get("errors")}
     lines += ["", f"Errors: {errors or 'none'}."]
     o, z = s.get("wsserve|mlp-s", {}), s.get("wsserve|mlp-npz", {})
-    if "rps" in o and "rps" in z:
+    onnx_npz = paired_ratios(peer.get("runs", {}).get("wsserve|mlp-npz", []), peer.get("runs", {}).get("wsserve|mlp-s", []))
+    if "rps" in o and "rps" in z and onnx_npz:
         lines += [
             "",
             "### ONNX vs numpy backend, same weights (`mlp-s`, served by wsserve)",
@@ -338,10 +362,12 @@ def render(report: dict[str, Any]) -> str:
             f"| onnx (model.onnx) | {_f(o['rps'])} | {o['p50']:.2f} / {o['p99']:.2f} | {o['server_cpu']:.2f} |",
             f"| numpy (model.npz, built-in `mlp` architecture) | {_f(z['rps'])} | {z['p50']:.2f} / {z['p99']:.2f} | {z['server_cpu']:.2f} |",
             "",
-            f"ONNX ÷ numpy throughput: {o['rps'] / z['rps']:.2f}×.",
+            f"ONNX ÷ numpy throughput: {onnx_npz['rps']:.2f}× <sub>({onnx_npz['min']:.2f}–{onnx_npz['max']:.2f})</sub>, "
+            f"per server CPU-second {onnx_npz['per_cpu']:.2f}× (medians of paired runs).",
         ]
     st, sw = swap["summary"].get("steady", {}), swap["summary"].get("swapping", {})
     if "p99" in st and "p99" in sw:
+        sp = swap["plan"]
         renames = [r.get("renames", 0) for r in swap["runs"]["swapping"]]
         changes = [r.get("probe_changes", 0) for r in swap["runs"]["swapping"]]
         lines += [
@@ -349,10 +375,10 @@ def render(report: dict[str, Any]) -> str:
             "### Latency during version swaps",
             "",
             f"`{swap['command']}`; model `swap` = {'→'.join(map(str, SWAP_SHAPE))} (ONNX). While the same load runs "
-            f"({CONNECTIONS} connections, single-row, {plan['duration_s']:g} s + {plan['warmup_s']:g} s warm-up), "
+            f"({CONNECTIONS} connections, single-row, {sp['duration_s']:g} s + {sp['warmup_s']:g} s warm-up), "
             "version 2 is renamed into `REPO/swap/2` and out again every second (each rename is a swap: loaded, "
-            "warmed up and made the default; or retired, drained and unloaded). Runs interleaved with steady ones, "
-            f"{plan['reps']} each, medians. Load average {swap['load_before']} before, {swap['load_after']} after.",
+            "warmed up and made the default; or retired, drained and unloaded). Runs interleaved with steady ones "
+            f"(the order alternating), {sp['reps']} each, medians. Load average {swap['load_before']} before, {swap['load_after']} after.",
             "",
             "| run | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
             "|---|---:|---:|---:|---:|---:|---|",

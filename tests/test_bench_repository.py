@@ -92,15 +92,27 @@ def test_the_report_gives_each_target_its_honest_verdict() -> None:
         "machine": {"cpu": "cpu", "cores": 2, "commit": "abc"}, "onnxruntime": "1",
         "plan": {"reps": 2, "duration_s": 4, "warmup_s": 1, "compute_repeat": 3},
         "compute": {"models": {}, "max_abs_difference_onnx_vs_npz": 0.0},
-        "peers": {"summary": {k: median_of([_run(v), _run(v)]) for k, v in rps.items()}, "load_before": "1",
+        "peers": {"summary": {k: median_of([_run(v), _run(v)]) for k, v in rps.items()},
+                  "runs": {k: [_run(v), _run(v)] for k, v in rps.items()}, "load_before": "1",
                   "load_after": "1", "commands": {"wsserve": "w", "naive": "n"}},
         "swaps": {"summary": {"steady": median_of([_run(100, 10.0)]), "swapping": median_of([_run(100, 12.0)])},
                   "runs": {"swapping": [{"renames": 10, "probe_changes": 10, "probe_versions": ["1", "2"]}]},
-                  "command": "c", "load_before": "1", "load_after": "1", "loads": 5, "unloads": 5, "failed_lines": []},
+                  "command": "c", "plan": {"reps": 3, "duration_s": 10, "warmup_s": 1}, "load_before": "1", "load_after": "1", "loads": 5, "unloads": 5, "failed_lines": []},
     }
     text = render(report)
-    assert "**2.50×** | report |" in text  # mlp-s: no target, the ratio is reported
-    assert "**1.70×** | ≥ 1.8× ❌ |" in text  # 1.3M: under its target, said so
-    assert "**5.50×** | ≥ 5.0× ✅ |" in text
+    assert "**2.50×** <sub>(2.50–2.50)</sub> | report |" in text  # mlp-s: no target, the ratio is reported
+    assert "**1.70×** <sub>(1.70–1.70)</sub> | ≥ 1.8× ❌ |" in text  # 1.3M: under its target, said so
+    assert "**5.50×** <sub>(5.50–5.50)</sub> | ≥ 5.0× ✅ |" in text
     assert "ONNX ÷ numpy throughput: 0.83×" in text
     assert "p99 swapping ÷ steady: 1.20×" in text and "no failure" in text
+
+
+def test_paired_ratios_pair_runs_by_repetition_and_normalise_by_cpu() -> None:
+    from benchmarks.bench_repository import paired_ratios
+
+    naive = [_run(100.0), _run(50.0), {"failed": "x"}]
+    mine = [dict(_run(300.0), server_cpu=0.5), _run(100.0), _run(1.0)]
+    r = paired_ratios(naive, mine)
+    assert (r["min"], r["max"]) == (2.0, 3.0) and r["rps"] == 2.5  # the failed pair is left out
+    assert r["per_cpu"] == pytest.approx((6.0 + 2.0) / 2)  # 300/0.5 per CPU-s vs 100/1.0; 100 vs 50
+    assert paired_ratios([{"failed": "x"}], [_run(1.0)]) == {}
