@@ -18,7 +18,9 @@ weights as a ``model.npz`` of the built-in ``mlp`` architecture, and measures:
    and out again (one rename each) every second, interleaved; a side connection records which
    version answered.
 
-Writes ``benchmarks/results/repository.md`` and ``repository.json``.  ``--quick`` is a smoke run.
+Writes ``benchmarks/results/repository.md`` and ``repository.json``.  ``--quick`` is a smoke run;
+``--from-json benchmarks/results/repository.json --analysis NOTES.md`` re-renders the fragment from
+the saved figures with hand-written findings appended (nothing is measured again).
 """
 
 from __future__ import annotations
@@ -407,8 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="compute,peers,swaps", help="sections to run (comma-separated)")
     ap.add_argument("--quick", action="store_true", help="1 repetition of 1 s: a smoke run")
     ap.add_argument("--analysis", type=Path, help="markdown appended to the fragment (findings written by hand)")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="measure nothing: render the fragment again from a report this script wrote (with --analysis)")
     ap.add_argument("--out", type=Path, default=RESULTS / "repository.md")
     args = ap.parse_args(argv)
+    if args.from_json is not None:
+        report = json.loads(args.from_json.read_text())
+        if args.analysis is not None:
+            report["analysis"] = args.analysis.read_text()
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+        args.out.write_text(render(report))
+        print(args.out.read_text())
+        return 0
     if args.quick:
         args.reps, args.duration, args.warmup, args.swap_duration, args.swap_reps, args.compute_repeat = 1, 1.0, 0.5, 3.0, 1, 3
     only = set(args.only.split(","))
