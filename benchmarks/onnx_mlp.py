@@ -10,6 +10,7 @@ ONNX and numpy backends can be compared on identical models.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ Weights = list[tuple[np.ndarray, np.ndarray]]
 
 
 def parameters(dims: Sequence[int]) -> int:
-    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=False))
+    return sum(a * b + b for a, b in pairwise(dims))
 
 
 def mlp_weights(dims: Sequence[int], seed: int = 0) -> Weights:
@@ -36,7 +37,7 @@ def mlp_weights(dims: Sequence[int], seed: int = 0) -> Weights:
     return [
         ((rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32),
          (rng.standard_normal(b) * 0.01).astype(np.float32))
-        for a, b in zip(dims[:-1], dims[1:], strict=False)
+        for a, b in pairwise(dims)
     ]
 
 

@@ -118,8 +118,10 @@ async def test_serve_sklearn_example_answers_as_the_pipeline_does(sklearn_exampl
 
 async def test_sklearn_example_writes_a_repository_the_cli_serves(sklearn_example: ModuleType, tmp_path: Path,
                                                                  model_cache: Path) -> None:
-    out = subprocess.run([sys.executable, "examples/serve_sklearn.py", "--write-repository", str(tmp_path)],
-                         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "examples/serve_sklearn.py", "--write-repository", str(tmp_path)],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120, check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "iris" / "1" / "model.onnx").is_file()
     server = ServerProcess("--models", "none", "--model-repository", str(tmp_path), cache_dir=model_cache)

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from .backend import Batch, RepositoryModel, check_outputs, make_info
-from .config import MAX_BATCH_SIZE, MAX_DELAY_MS, MAX_FLOPS_PER_ROW, MAX_INSTANCES, MAX_VERSION, TASKS, ModelConfig
+from .config import (
+    MAX_BATCH_SIZE,
+    MAX_DELAY_MS,
+    MAX_FLOPS_PER_ROW,
+    MAX_INSTANCES,
+    MAX_VERSION,
+    TASKS,
+    ModelConfig,
+)
 from .layout import is_model_name
 from .python_backend import DEFAULT_FLOPS_PER_ROW
 from .tensors import DTYPES, TensorSpec
