@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "wsserve.transport": 5,
     "wsserve.server": 6,
     "wsserve.registry": 5, "wsserve.worker": 2, "wsserve.supervisor": 7,
-    "wsserve.cli": 8,
+    "wsserve.cli": 8, "wsserve.embed": 8,
 }
 
 

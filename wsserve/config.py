@@ -89,8 +89,11 @@ class ServerConfig:
     # Compute
     inline_max_flops: int = 200_000  # predict batches cheaper than this run on the loop thread
 
-    def validate(self) -> ServerConfig:
-        """Return self if every setting is in range, else raise ``ValueError`` naming its flag."""
+    def validate(self, *, in_process_models: bool = False) -> ServerConfig:
+        """Return self if every setting is in range, else raise ``ValueError`` naming its flag.
+
+        ``in_process_models``: the server also serves objects given in the program
+        (``Server(config, models=...)``), so no default model and no repository is fine."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
         if type(self.workers) is not int or not 1 <= self.workers <= 64:
@@ -121,7 +124,10 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
-        if not self.models and not self.model_repository:
+        if in_process_models and self.workers > 1:
+            raise ValueError(f"{flag('workers')} {self.workers}: worker processes serve the built-in models and "
+                             "repositories only; in-process model objects need workers=1 (or put them in a repository)")
+        if not self.models and not self.model_repository and not in_process_models:
             raise ValueError(f"{flag('models')} none needs {flag('model_repository')}: nothing would be served")
         for repo in self.model_repository:
             if not Path(repo).is_dir():

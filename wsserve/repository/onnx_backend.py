@@ -121,19 +121,19 @@ def _show(shape: list[Any]) -> str:
     return "[" + ", ".join(str(d) if _fixed(d) else "?" for d in shape) + "]"
 
 
-def _count_parameters(path: Path) -> tuple[int, int | None]:
-    """``(elements, non-zero elements)`` of the graph's initializers (via the ``onnx`` package),
-    else ``(file-size estimate, None)``."""
+def _count_parameters(path: Path, data: bytes | None = None) -> tuple[int, int | None]:
+    """``(elements, non-zero elements)`` of the graph's initializers (via the ``onnx`` package;
+    from ``data`` when the graph came as bytes), else ``(size estimate, None)``."""
     try:
         import onnx
         from onnx import numpy_helper
 
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_from_string(data) if data is not None else onnx.load(str(path), load_external_data=False)
         total = sum(math.prod(init.dims) for init in proto.graph.initializer)
         nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(init))) for init in proto.graph.initializer)
         return total, nonzero
     except Exception:  # onnx missing, or a graph ONNX Runtime reads but this onnx cannot: estimate
-        return max(1, path.stat().st_size // 4), None
+        return max(1, (len(data) if data is not None else path.stat().st_size) // 4), None
 
 
 def read_wsserve_metadata(metadata: dict[str, str], label: str) -> dict[str, Any]:
@@ -164,11 +164,15 @@ def read_wsserve_metadata(metadata: dict[str, str], label: str) -> dict[str, Any
 
 
 class OnnxModel(RepositoryModel):
-    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem."""
+    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem.
+
+    ``data``: the serialized graph, already in memory (``wsserve.onnx_model`` for embedding
+    programs); ``path`` then only names it in messages.
+    """
 
     backend = "onnx"
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *, data: bytes | None = None) -> None:
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         try:
             import onnxruntime as ort
@@ -182,10 +186,11 @@ class OnnxModel(RepositoryModel):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self._session: Any = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._session: Any = ort.InferenceSession(data if data is not None else str(self.path), sess_options=so,
+                                                      providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
-        parameters, self._nonzero = _count_parameters(self.path)
+        parameters, self._nonzero = _count_parameters(self.path, data)
         self.batching = config.batching
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
