@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -32,9 +30,11 @@ import websockets
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "clients" / "python"))
+sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from wsserve_client import Client  # noqa: E402
+
+from benchmarks.servers import start_wsserve  # noqa: E402
 
 __all__ = ["raw_run", "client_run", "main"]
 
@@ -97,25 +97,6 @@ def _run(loop: str, coro: Coroutine[Any, Any, Sample]) -> Sample:
     return asyncio.run(coro)
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        if not line:
-            break
-        m = re.search(r"ws://127\.0\.0\.1:\d+", line)
-        if m:
-            return proc, m.group(0)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
 def _fmt(values: list[float], digits: int = 0) -> str:
     med = statistics.median(values)
     return f"{med:,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
@@ -176,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "client.md")
     args = ap.parse_args(argv)
     command = "python benchmarks/bench_client.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    proc = None
+    server = None
     url = args.url
     if url is None:
-        proc, url = start_server()
+        server = start_wsserve("--log-level", "warning")
+        url = server.url
     try:
         loops = [lp.strip() for lp in args.loops.split(",") if lp.strip()]
         kinds: dict[str, Callable[..., Coroutine[Any, Any, Sample]]] = {"raw": raw_run, "client": client_run}
@@ -195,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"run {i + 1}/{args.runs} {lp:7} {name:6} {rate:10,.0f} calls/s "
                           f"{cpu_us:6.1f} CPU µs/call", flush=True)
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(15)
+        if server is not None:
+            server.stop()
     text = report(results, args, command.strip())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from benchmarks.servers import start_wsserve
+
 CONCURRENCY = (1, 8, 64, 256)
 
 
@@ -198,25 +200,6 @@ async def measure_hop(model: Any) -> list[str]:
 
 # --------------------------------------------------------------------------- over the wire
 
-def _start_server(cache_dir: str | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cache_dir:
-        env["WSSERVE_CACHE_DIR"] = cache_dir
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if "ws://" in line:
-            url = line[line.index("ws://"):].split()[0]
-            return proc, url
-    proc.kill()
-    raise RuntimeError("server did not print its ws:// URL")
-
-
 async def wire_client(url: str, c: int, max_tokens: int) -> dict[str, Any]:
     """Runs in its own process: C streams over min(C, 16) connections; returns a Result as JSON."""
     import orjson
@@ -265,7 +248,8 @@ async def wire_client(url: str, c: int, max_tokens: int) -> dict[str, Any]:
 
 
 def bench_wire(levels: tuple[int, ...], runs: int, max_tokens: int, cache_dir: str | None) -> dict[int, list[Result]]:
-    proc, url = _start_server(cache_dir)
+    server = start_wsserve(cache_dir=cache_dir or None)
+    url = server.url
     out: dict[int, list[Result]] = {c: [] for c in levels}
     try:
         for r in range(runs + 1):
@@ -278,11 +262,7 @@ def bench_wire(levels: tuple[int, ...], runs: int, max_tokens: int, cache_dir: s
                     d = json.loads(res.stdout)
                     out[c].append(Result(d["tokens"], d["wall_s"], d["ttft_ms"]))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     return out
 
 

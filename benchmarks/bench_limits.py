@@ -21,7 +21,6 @@ import asyncio
 import os
 import socket
 import statistics
-import struct
 import sys
 import time
 from pathlib import Path
@@ -30,51 +29,26 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.servers import ROOT, ServerUnderTest  # noqa: E402
+from benchmarks.servers import ROOT, start_command, start_wsserve  # noqa: E402
+from tests.support import RawClient, client_frame, serve_command  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "limits.md"
 
 
-def _frame(payload: bytes, opcode: int = 1) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
-    masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
-def _handshake(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += sock.recv(4096)
-    return sock
-
-
-def _rss_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
+def _connect(port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    """A handshaken WebSocket's socket (the reply is not read: these clients only push)."""
+    client = RawClient(port, rcvbuf=rcvbuf, timeout_s=30)
+    assert client.status == 101, client.response_head
+    return client.sock
 
 
 def memory(connections: int) -> dict[str, float]:
-    server = ServerUnderTest("wsserve", [sys.executable, "-m", "wsserve", "serve", "--port", "0", "--models", "mlp",
-                                         "--slow-consumer-timeout", "60"])
+    server = start_wsserve("--models", "mlp", "--slow-consumer-timeout", "60")
     try:
-        port = int(server.url.rsplit(":", 1)[1])
+        port = server.port
         pid = server.proc.pid
-        time.sleep(0.5)
-        idle = _rss_kib(pid)
+        time.sleep(0.5)  # the measurement procedure: idle RSS once start-up settled
+        idle = server.memory_kib()
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
         rows = 15800  # "0," per value: the most rows a 1 MiB message can carry (65 bytes a row)
         msg = orjson.dumps({"type": "predict", "id": 0, "model": "mlp", "inputs": [[0] * 32] * rows})
@@ -82,11 +56,9 @@ def memory(connections: int) -> dict[str, float]:
         per_conn = 12  # 12 × 15,800 rows × 32 × 8 B = 47 MiB > the 32 MiB per-connection bound
         socks = []
         sent_rows = 0
-        for c in range(connections):
-            sock = _handshake(port)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            socks.append(sock)
-        payload = b"".join(_frame(msg.replace(b'"id":0', f'"id":{i}'.encode())) for i in range(per_conn))
+        for _ in range(connections):
+            socks.append(_connect(port, rcvbuf=4096))
+        payload = b"".join(client_frame(msg.replace(b'"id":0', f'"id":{i}'.encode())) for i in range(per_conn))
 
         async def push(sock: socket.socket) -> None:
             await asyncio.to_thread(sock.sendall, payload)
@@ -97,7 +69,7 @@ def memory(connections: int) -> dict[str, float]:
         asyncio.run(all_push())
         sent_rows = rows * per_conn * connections
         time.sleep(3.0)
-        peak = _rss_kib(pid, "VmHWM")
+        peak = server.memory_kib("VmHWM")
         for s in socks:
             s.close()
     finally:
@@ -118,13 +90,12 @@ def memory(connections: int) -> dict[str, float]:
 
 def reassembly_cpu(cmd: list[str], name: str, size: int = 1_000_000, segment: int = 32) -> float:
     """Server CPU seconds for one ``size``-byte text frame sent in ``segment``-byte TCP segments."""
-    server = ServerUnderTest(name, cmd)
+    server = start_command(cmd)
     try:
-        port = int(server.url.rsplit(":", 1)[1])
-        sock = _handshake(port)
+        sock = _connect(server.port)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         time.sleep(0.3)
-        data = _frame(b'"' + b"a" * (size - 2) + b'"')
+        data = client_frame(b'"' + b"a" * (size - 2) + b'"')
         before = server.cpu_seconds()
         for i in range(0, len(data), segment):
             sock.send(data[i : i + segment])
@@ -148,8 +119,7 @@ def main() -> None:
     args = ap.parse_args()
     mem = memory(args.connections)
     print(mem, flush=True)
-    wsserve_cmd = [sys.executable, "-m", "wsserve", "serve", "--port", "0", "--models", "linear",
-                   "--max-message-bytes", str(2 << 20)]
+    wsserve_cmd = serve_command("--models", "linear", "--max-message-bytes", str(2 << 20))
     echo_cmd = [sys.executable, "benchmarks/peers/echo_server.py", "--port", "0"]
     ours, lib = [], []
     for _ in range(args.reps):  # interleaved

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe, to_markdown  # noqa: E402
-from benchmarks.servers import ServerUnderTest, bench_env  # noqa: E402
+from benchmarks.servers import bench_env, start_wsserve  # noqa: E402
 from tests.nginxproc import NGINX, NginxProcess  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "nginx.md"
@@ -54,13 +54,12 @@ def main() -> int:
     if NGINX is None:
         sys.exit("nginx is not installed (apt-get install -y nginx)")
     machine = describe()
-    serve = [sys.executable, "-m", "wsserve", "serve", "--port", "0", "--log-level", "warning",
-             "--models", "linear,charlm"]
+    serve = ("--log-level", "warning", "--models", "linear,charlm")
     samples: dict[tuple[str, str], list[dict]] = {}
-    a = ServerUnderTest("A", serve)
-    b = ServerUnderTest("B", serve)
+    a = start_wsserve(*serve)
+    b = start_wsserve(*serve)
     try:
-        ports = [int(s.url.rsplit(":", 1)[1]) for s in (a, b)]
+        ports = [a.port, b.port]
         with tempfile.TemporaryDirectory() as tmp, NginxProcess(Path(tmp), ports) as nginx:
             for run in range(args.runs):
                 for workload in ("predict", "generate"):

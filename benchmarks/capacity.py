@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import resource
@@ -36,14 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # python benchmarks/capacity.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.servers import ROOT, ServerUnderTest, bench_env
+from benchmarks.servers import ROOT, bench_env, start_wsserve
+from tests.support import ServerProcess, wait_until
 
 __all__ = ["hold", "main"]
 
@@ -141,28 +142,11 @@ class Holder:
 # --------------------------------------------------------------------------- measurements
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def gauge(http: str, name: str) -> float:
-    with urllib.request.urlopen(http + "/metrics", timeout=30) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    return float("nan")
-
-
-def wait_gauge(http: str, name: str, value: float, timeout_s: float = 60.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        current = gauge(http, name)
-        if current == value or time.monotonic() > deadline:
-            return current
-        time.sleep(0.1)
+def wait_gauge(server: ServerProcess, name: str, value: float, timeout_s: float = 60.0) -> float:
+    """The gauge ``name`` once it reads ``value``, or what it reads after ``timeout_s`` (reported, not raised)."""
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: server.metrics().value(name) == value, timeout_s, interval_s=0.1)
+    return server.metrics().value(name)
 
 
 def load(url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -256,10 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_nofile(args.idle + 1024)  # inherited by the server, the holder and the load tool
     if nofile < args.idle + 200:
         raise SystemExit(f"open-files limit {nofile} is too low for {args.idle} idle connections")
-    server = ServerUnderTest("wsserve", [PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0",
-                                         "--log-level", "warning"])
-    http = server.url.replace("ws://", "http://")
-    pid = server.proc.pid
+    server = start_wsserve("--log-level", "warning")
     runs_a: list[dict[str, Any]] = []
     runs_b: list[dict[str, Any]] = []
     opens: list[dict[str, Any]] = []
@@ -267,13 +248,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         time.sleep(1.0)
         for rep in range(args.reps):
-            before = rss_kib(pid)
+            before = server.memory_kib()
             holder = Holder(server.url, args.idle)
             try:
                 info = holder.opened()
-                gauges.append(wait_gauge(http, "wsserve_connections", float(info["opened"])))
-                time.sleep(args.settle)
-                after = rss_kib(pid)
+                gauges.append(wait_gauge(server, "wsserve_connections", float(info["opened"])))
+                time.sleep(args.settle)  # the measurement procedure: RSS once the connections settled
+                after = server.memory_kib()
                 info.update(rss_before_kib=before, rss_with_kib=after,
                             kib_per_idle=(after - before) / max(1, info["opened"]))
                 opens.append(info)
@@ -283,11 +264,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _log(f"[{rep + 1}/{args.reps}] with {info['opened']} idle: {_brief(runs_b[-1])}")
             finally:
                 holder.close()
-            wait_gauge(http, "wsserve_connections", 0)
+            wait_gauge(server, "wsserve_connections", 0)
             time.sleep(1.0)
             runs_a.append(load(server.url, args))
             _log(f"[{rep + 1}/{args.reps}] without idle: {_brief(runs_a[-1])}")
-            wait_gauge(http, "wsserve_connections", 0)
+            wait_gauge(server, "wsserve_connections", 0)
             time.sleep(1.0)
     finally:
         server.stop()

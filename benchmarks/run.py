@@ -35,8 +35,9 @@ if __package__ in (None, ""):  # python benchmarks/run.py
 
 from benchmarks.assemble import assemble
 from benchmarks.machine import describe
-from benchmarks.servers import ROOT, CpuSampler, ServerUnderTest, bench_env
+from benchmarks.servers import ROOT, CpuSampler, bench_env, start_command
 from benchmarks.suite_report import render_suite, render_svg
+from tests.support import ServerProcess, serve_command
 
 RESULTS = ROOT / "benchmarks" / "results"
 PY = sys.executable
@@ -64,17 +65,10 @@ SERVERS: dict[str, tuple[list[str], tuple[str | None, ...]]] = {
     "echo": ([PY, "benchmarks/peers/echo_server.py", "--port", "0"], (None,)),
     "naive": ([PY, "benchmarks/peers/naive_server.py", "--port", "0"], ("linear", "mlp")),
     "fastapi": ([PY, "benchmarks/peers/fastapi_server.py", "--port", "0"], ("linear", "mlp")),
-    "wsserve": (
-        [PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
-        ("linear", "mlp"),
-    ),
+    "wsserve": (serve_command("--log-level", "warning"), ("linear", "mlp")),
     # --transport picows and its library's raw echo (the `fast` extra; skipped when missing)
     "echo-picows": ([PY, "benchmarks/peers/picows_echo_server.py", "--port", "0"], (None,)),
-    "wsserve-picows": (
-        [PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning",
-         "--transport", "picows"],
-        ("linear", "mlp"),
-    ),
+    "wsserve-picows": (serve_command("--log-level", "warning", "--transport", "picows"), ("linear", "mlp")),
 }
 
 
@@ -106,7 +100,7 @@ def loadtest_cmd(
 
 
 def measure(
-    server: ServerUnderTest, *, model: str | None, connections: int, plan: Plan, rate: float | None = None
+    server: ServerProcess, *, model: str | None, connections: int, plan: Plan, rate: float | None = None
 ) -> dict[str, Any]:
     """One load-test run; the figures the suite keeps (``failed`` set when the tool did not complete)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,13 +167,13 @@ def _log(msg: str) -> None:
 def run_suite(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     machine = describe()
-    servers: dict[str, ServerUnderTest] = {}
+    servers: dict[str, ServerProcess] = {}
     skipped: dict[str, str] = {}
     try:
         for name in only:
             cmd, _ = SERVERS[name]
             try:
-                servers[name] = ServerUnderTest(name, cmd)
+                servers[name] = start_command(cmd)
                 _log(f"started {name} at {servers[name].url}")
             except RuntimeError as exc:
                 skipped[name] = str(exc).splitlines()[-1][:300]
@@ -221,7 +215,7 @@ def run_suite(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def run_curve(server: ServerUnderTest, summary: dict[str, Any], plan: Plan) -> dict[str, Any]:
+def run_curve(server: ServerProcess, summary: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """Open loop on wsserve ``linear`` at fractions of its best closed-loop median throughput."""
     best = [(v["rps"], k) for k, v in summary.items() if k.startswith("wsserve|linear|") and "rps" in v]
     if not best:

@@ -1,82 +1,39 @@
-"""Start a server under test in its own process, find its ``ws://`` URL, measure its CPU, stop it."""
+"""Servers under test for the benchmarks: started through :mod:`tests.support`, plus a CPU sampler.
+
+A server is a :class:`tests.support.ServerProcess` (the same launcher the test suites use),
+with one BLAS/OpenMP thread forced in its environment whatever the caller's environment says.
+"""
 
 from __future__ import annotations
 
 import bisect
-import os
-import re
-import signal
-import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-__all__ = ["ROOT", "CpuSampler", "ServerUnderTest", "bench_env"]
+from tests.support import ROOT, ServerProcess, child_env
 
-ROOT = Path(__file__).resolve().parent.parent
-_URL = re.compile(r"ws://[0-9.]+:\d+")
+__all__ = ["BENCH_THREADS", "ROOT", "CpuSampler", "bench_env", "start_command", "start_wsserve"]
+
+#: Forced in every benchmark process, so figures do not depend on the caller's environment.
+BENCH_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: Seconds a server may take to print its ready line (a first start trains the default models).
+START_TIMEOUT_S = 90.0
 
 
 def bench_env() -> dict[str, str]:
-    """Environment for every benchmark process: one BLAS thread, the checkout importable."""
-    env = dict(os.environ)
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    """Environment for every benchmark process: one BLAS thread, the checkout importable first."""
+    return child_env(BENCH_THREADS)
 
 
-class ServerUnderTest:
-    """``cmd`` run from the repository root; ready when its stdout shows a ``ws://`` URL.
+def start_wsserve(*flags: str, cache_dir: str | None = None) -> ServerProcess:
+    """``python -m wsserve serve --host 127.0.0.1 --port 0 FLAGS``, ready (``cache_dir``: the weights
+    cache, default the server's own).  ``RuntimeError`` with the server's output when it does not start."""
+    return ServerProcess(*flags, cache_dir=cache_dir, env=BENCH_THREADS, start_timeout_s=START_TIMEOUT_S)
 
-    Output goes to temporary files (never an undrained pipe).  Raises
-    ``RuntimeError`` with the server's output if it exits or is not ready in
-    ``start_timeout_s``.
-    """
 
-    def __init__(self, name: str, cmd: list[str], *, start_timeout_s: float = 90.0) -> None:
-        self.name = name
-        self.cmd = cmd
-        self._out = tempfile.TemporaryFile()
-        self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(), stdout=self._out, stderr=self._err)
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            match = _URL.search(self.output())
-            if match:
-                self.url = match.group(0)
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{name} did not start ({' '.join(cmd)}):\n{self.output()}\n{self.errors()[-3000:]}")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        self._out.seek(0)
-        return self._out.read().decode(errors="replace")
-
-    def errors(self) -> str:
-        self._err.seek(0)
-        return self._err.read().decode(errors="replace")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (Linux ``/proc``)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-        self._err.close()
+def start_command(cmd: list[str]) -> ServerProcess:
+    """Any server command (a peer in benchmarks/peers/) that prints a ``ws://`` URL, ready."""
+    return ServerProcess.from_command(cmd, env=BENCH_THREADS, start_timeout_s=START_TIMEOUT_S)
 
 
 class CpuSampler:
@@ -86,7 +43,7 @@ class CpuSampler:
     seconds): busy cores averaged over [t0, t1], linearly interpolated between samples.
     """
 
-    def __init__(self, server: ServerUnderTest, *, interval_s: float = 0.05) -> None:
+    def __init__(self, server: ServerProcess, *, interval_s: float = 0.05) -> None:
         self._server = server
         self._interval_s = interval_s
         self._t: list[float] = []

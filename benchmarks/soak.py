@@ -44,7 +44,6 @@ import resource
 import statistics
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,8 @@ from typing import Any
 if __package__ in (None, ""):  # python benchmarks/soak.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.servers import ROOT, ServerUnderTest
+from benchmarks.servers import ROOT, start_wsserve
+from tests.support import Metrics, ServerProcess, proc_status
 
 __all__ = ["Sample", "main", "sample_server", "verdict"]
 
@@ -77,30 +77,10 @@ class Sample:
     requests_total: float
 
 
-def _proc_status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def scrape(http: str) -> dict[str, float]:
-    """``/metrics`` as ``{name{labels}: value}``."""
-    with urllib.request.urlopen(http + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
-def sample_server(label: str, pid: int, http: str, t0: float) -> Sample:
-    status = _proc_status(pid)
-    metrics = scrape(http)
+def sample_server(label: str, server: ServerProcess, t0: float) -> Sample:
+    pid = server.proc.pid
+    status = proc_status(pid, "VmRSS", "Threads")
+    metrics = server.metrics()
     return Sample(
         label=label,
         t_s=round(time.monotonic() - t0, 1),
@@ -109,7 +89,7 @@ def sample_server(label: str, pid: int, http: str, t0: float) -> Sample:
         fds=len(os.listdir(f"/proc/{pid}/fd")),
         connections=metrics.get("wsserve_connections", float("nan")),
         inflight=metrics.get("wsserve_inflight_requests", float("nan")),
-        requests_total=sum(v for k, v in metrics.items() if k.startswith("wsserve_requests_total")),
+        requests_total=metrics.sum("wsserve_requests_total"),
     )
 
 
@@ -420,7 +400,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def render(args: argparse.Namespace, command: str, samples: list[Sample], stats: ClientStats, metrics: dict[str, float],
+def render(args: argparse.Namespace, command: str, samples: list[Sample], stats: ClientStats, metrics: Metrics,
            failures: list[str], wall_s: float) -> str:
     before, after = samples[0], samples[-1]
     measured = samples[1:-1]
@@ -466,7 +446,8 @@ def render(args: argparse.Namespace, command: str, samples: list[Sample], stats:
         lines.append(f"| {kind} | {stats.sent[kind]:,} | {stats.ok[kind]:,} | {stats.cancelled[kind]:,} | {errs:,} | "
                      f"{_pct(lat, 0.5):.2f} | {_pct(lat, 0.99):.2f} |")
     closes = ", ".join(f"{k}: {int(v):,}" for k, v in sorted(
-        ((k.split('"')[1], v) for k, v in metrics.items() if k.startswith("wsserve_connections_closed_total{")),
+        ((dict(labels)["code"], v) for (name, labels), v in metrics.samples.items()
+         if name == "wsserve_connections_closed_total"),
     )) or "none"
     lines += [
         "",
@@ -518,14 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     _raise_nofile()
 
     wall0 = time.monotonic()
-    server = ServerUnderTest("wsserve", [PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0",
-                                         "--log-level", "warning"])
-    http = server.url.replace("ws://", "http://")
-    pid = server.proc.pid
+    server = start_wsserve("--log-level", "warning")
     try:
         time.sleep(1.0)
         t0 = time.monotonic()
-        samples = [sample_server("idle before", pid, http, t0)]
+        samples = [sample_server("idle before", server, t0)]
         load_s = args.warmup + args.duration
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.procs) as pool:
@@ -536,17 +514,17 @@ def main(argv: list[str] | None = None) -> int:
             label = "start"
             while next_at < load_s - 1.0:
                 time.sleep(max(0.0, t0 + next_at - time.monotonic()))
-                samples.append(sample_server(label, pid, http, t0))
+                samples.append(sample_server(label, server, t0))
                 print(f"  {samples[-1]}", flush=True)
                 label = "under load"
                 next_at += every
             time.sleep(max(0.0, t0 + load_s - 1.0 - time.monotonic()))
-            samples.append(sample_server("end of load", pid, http, t0))
+            samples.append(sample_server("end of load", server, t0))
             parts = [job.get(timeout=load_s + 120) for job in jobs]
         time.sleep(2.0)
-        samples.append(sample_server("idle after", pid, http, t0))
-        metrics = scrape(http)
-        log = server.errors()
+        samples.append(sample_server("idle after", server, t0))
+        metrics = server.metrics()
+        log = server.stderr_text()
     finally:
         server.stop()
     wall_s = time.monotonic() - wall0

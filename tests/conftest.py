@@ -7,7 +7,7 @@ and ``--transport picows``):
   uvloop, picows on uvloop (picows is what fast deployments run, on uvloop);
 - ``start_server`` (a factory, per test): parametrized by ``transport``;
 - module-scoped servers started with :class:`ServerProcess` are parametrized
-  with :data:`tests.serverproc.TRANSPORTS` themselves.
+  with :data:`tests.support.TRANSPORTS` themselves.
 
 A test that pins one library's behaviour says so with
 ``@pytest.mark.only_transport("websockets", reason=...)``: it is skipped, with
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import TRANSPORTS, ServerProcess
+from tests.support import TRANSPORTS, ServerProcess
 
 LOOPS = ["asyncio", "uvloop"]
 #: (loop, transport) of the session servers.

@@ -15,10 +15,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-__all__ = ["NGINX", "DEPLOY_CONF", "NginxProcess", "free_port", "render_config"]
+from tests.support import wait_until
+
+__all__ = ["DEPLOY_CONF", "NGINX", "NginxProcess", "free_port", "render_config"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -83,17 +84,21 @@ class NginxProcess:
         )
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + start_timeout
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited with {self.proc.returncode}: {self.log_text()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                return True
             except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen on {self.port}: {self.log_text()}")
+                return False
+
+        try:
+            wait_until(listening, start_timeout)
+        except AssertionError:
+            self.stop()
+            raise RuntimeError(f"nginx did not listen on {self.port}: {self.log_text()}") from None
 
     def log_text(self) -> str:
         try:

@@ -7,7 +7,6 @@ import hashlib
 import itertools
 import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -291,13 +290,11 @@ def test_cache_round_trip_loads_identical_weights(tmp_path: Path, small_charlm: 
     first = train_default_models(seed=1, cache_dir=tmp_path, names=["charlm"])["charlm"]
     assert first.info.metrics["loaded_from_cache"] is False
     assert len(list(tmp_path.glob("charlm-*.npz"))) == 1
-    t0 = time.perf_counter()
     second = train_default_models(seed=1, cache_dir=tmp_path, names=["charlm"])["charlm"]
     assert second.info.metrics["loaded_from_cache"] is True and small_charlm == [1]
     ctx = np.random.default_rng(0).integers(0, first.pad_id + 1, (50, first.context_len))
     assert np.array_equal(first.logits(ctx), second.logits(ctx))
     assert second.info.metrics["heldout_bpc"] == first.info.metrics["heldout_bpc"]
-    assert time.perf_counter() - t0 < 5  # sanity only; speed is measured in benchmarks/
     other_seed = train_default_models(seed=2, cache_dir=tmp_path, names=["charlm"])["charlm"]
     assert other_seed.info.metrics["loaded_from_cache"] is False and small_charlm == [1, 2]
     assert len(list(tmp_path.glob("charlm-*.npz"))) == 2

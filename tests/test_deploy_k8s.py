@@ -79,16 +79,33 @@ def test_the_validator_rejects_broken_manifests(docs) -> None:
         kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
 
 
-def test_container_args_are_a_valid_wsserve_command(container) -> None:
+def _container_config(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch, volumes: Path):
+    """The container's arguments parsed by wsserve's real CLI, in the container's environment;
+    a mounted path in it stands for a directory under ``volumes``."""
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    for var in container.get("env", []):
+        value = var["value"]
+        if value in mounts:
+            value = str(volumes / value.strip("/").replace("/", "_"))
+            Path(value).mkdir(exist_ok=True)
+        monkeypatch.setenv(var["name"], value)
     args = build_parser().parse_args(container["args"])
-    config = config_from_args(args)  # raises on a bad value
+    return args, config_from_args(args)  # raises on a bad value
+
+
+def test_container_args_are_a_valid_wsserve_command(container, monkeypatch, tmp_path) -> None:
+    args, config = _container_config(container, monkeypatch, tmp_path)
+    env = {v["name"]: v["value"] for v in container["env"]}
+    # the repository served, and watched for new versions, is the mounted volume
+    assert env["WSSERVE_MODEL_REPOSITORY"] in {m["mountPath"] for m in container["volumeMounts"]}
+    assert config.reload and config.model_repository == (tmp_path / "models",)
     assert args.command == "serve" and config.host == "0.0.0.0"
     assert [p["containerPort"] for p in container["ports"]] == [config.port]
 
 
-def test_grace_period_outlasts_prestop_plus_drain(docs, container) -> None:
+def test_grace_period_outlasts_prestop_plus_drain(docs, container, monkeypatch, tmp_path) -> None:
     spec = docs["Deployment"]["spec"]["template"]["spec"]
-    drain = config_from_args(build_parser().parse_args(container["args"])).drain_timeout_s
+    drain = _container_config(container, monkeypatch, tmp_path)[1].drain_timeout_s
     cmd = container["lifecycle"]["preStop"]["exec"]["command"]
     assert cmd[0] == "sleep"
     prestop = float(cmd[1])

@@ -14,8 +14,6 @@ import asyncio
 import json
 import re
 import signal
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.nginxproc import DEPLOY_CONF, NGINX, NginxProcess
-from tests.serverproc import ServerProcess
+from tests.support import ServerProcess, http_get, wait_until_async
 from wsserve.models.linear import train_linear
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install -y nginx)")
@@ -62,11 +60,8 @@ def _expected(x: float) -> float:
 
 
 def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
+    status, _, body = http_get(url)
+    return status, body.decode()
 
 
 async def _connections(proc: ServerProcess) -> int:
@@ -74,25 +69,15 @@ async def _connections(proc: ServerProcess) -> int:
     if proc.proc.poll() is not None:
         return 0
     try:
-        status, text = await asyncio.to_thread(_get, proc.http + "/metrics")
+        metrics = await asyncio.to_thread(proc.metrics)
     except OSError:
         return 0
-    match = re.search(r"^wsserve_connections (\S+)$", text, flags=re.MULTILINE)
-    assert status == 200 and match, text[:200]
-    return int(float(match.group(1)))
+    return int(metrics.value("wsserve_connections"))
 
 
-async def _wait(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> None:
-    """Poll an (async or plain) predicate until true; fail naming ``what`` after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.02)
-    raise AssertionError(what)  # pragma: no cover - timeout raises first
+async def _wait(predicate: Callable[[], Any], what: str) -> None:
+    """Poll an (async or plain) predicate until true; fail naming ``what`` after ``WAIT_S``."""
+    await wait_until_async(predicate, WAIT_S, what=what)
 
 
 class Conn:
@@ -205,7 +190,7 @@ async def test_drain_behind_nginx_loses_nothing(stack) -> None:
         await c.until(c.all_answered, "a terminal frame for every request")
     for i in drained:
         await conns[i].until(lambda i=i: conns[i].closed.is_set(), f"A closing c{i}")
-    assert a.wait(timeout=DRAIN_TIMEOUT_S) == 0
+    assert a.wait(timeout_s=DRAIN_TIMEOUT_S) == 0
 
     for i, c in enumerate(conns):
         # every request id got exactly one terminal frame
@@ -291,7 +276,7 @@ async def test_python_client_reconnects_through_nginx(stack) -> None:
         await _wait(lambda: sum(c.draining for c in clients) == n_a, "the clients of A seeing 'draining'")
         resume.set()
         results = await asyncio.gather(*users)
-    assert a.wait(timeout=DRAIN_TIMEOUT_S) == 0
+    assert a.wait(timeout_s=DRAIN_TIMEOUT_S) == 0
 
     for r in results:  # the streams in flight during the drain finished whole
         assert (r.reason, r.tokens, len(r.text)) == ("length", LONG_TOKENS, LONG_TOKENS)

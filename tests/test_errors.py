@@ -23,6 +23,7 @@ PROTOCOL_CODES = (
     "unauthorized",
     "shutting_down",
     "internal",
+    "forbidden",  # an extension announced by the contract (admin operations)
 )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import urllib.request
 from typing import Any
 
 import numpy as np
@@ -476,9 +475,8 @@ def test_over_the_wire_every_message_gets_its_promised_replies(start_server) -> 
     wire.ws.send(orjson.dumps({"type": "ping", "id": "final"}).decode())
     assert wire.recv() == {"type": "pong", "id": "final"}
     wire.ws.close()
-    with urllib.request.urlopen(server.http + "/metrics", timeout=5) as resp:
-        metrics = resp.read().decode()
-    assert 'code="internal"' not in metrics
-    assert "wsserve_inflight_requests 0.0" in metrics
+    metrics = server.metrics()
+    assert not [key for key in metrics.samples if ("code", "internal") in key[1]]
+    assert metrics.value("wsserve_inflight_requests") == 0
     log = server.stderr_text()
     assert "Traceback" not in log and "internal error" not in log

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from functools import partial
 
 import pytest
 
+from tests.support import wait_until_async
 from tests.test_gen_support import RecordingSink, charlm, params
 from wsserve.errors import DeadlineExceeded, Internal, Overloaded, ShuttingDown
 from wsserve.generation import GenerationEngine, GenerationParams
@@ -16,20 +17,16 @@ from wsserve.generation import engine as engine_mod
 # The batch computes off the loop above this size; 0 forces the executor, 10**6 keeps it inline.
 EXECUTOR, INLINE = 0, 10**6
 
-
-async def wait_for(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
+WAIT_S = 10.0  # upper bound for anything to happen; tests normally take milliseconds
+#: Poll an in-process condition every millisecond until it holds (AssertionError after WAIT_S).
+until = partial(wait_until_async, timeout_s=WAIT_S, interval_s=0.001)
 
 
 async def run_all(engine: GenerationEngine, items: list[GenerationParams]) -> list[RecordingSink]:
     sinks = [RecordingSink() for _ in items]
     for p, s in zip(items, sinks):
         engine.submit(p, s)
-    await wait_for(lambda: all(s.ended for s in sinks))
+    await until(lambda: all(s.ended for s in sinks))
     assert all(not s.violations for s in sinks), [s.violations for s in sinks]
     return sinks
 
@@ -40,7 +37,7 @@ def test_public_api() -> None:
     assert set(gen.__all__) == {
         "Batch", "StepObserver", "GenerationEngine", "GenerationParams", "MIN_TEMPERATURE",
         "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "StopMatcher", "TokenModel",
-        "TokenSink", "run_step", "sample",
+        "TokenModelAdapter", "TokenSink", "run_step", "sample",
     }
     assert set(engine_mod.__all__) == {"StepObserver", "GenerationEngine", "TokenSink", "run_step"}
 
@@ -64,14 +61,14 @@ async def test_same_text_alone_and_among_32_concurrent(inline_max_batch: int) ->
         for p, s in zip(others[:16], crowd_sinks[:16]):
             engine.submit(p, s)
         steps = engine.statistics().batches
-        await wait_for(lambda: engine.statistics().batches > steps + 3)  # the crowd is running
+        await until(lambda: engine.statistics().batches > steps + 3)  # the crowd is running
         together = [RecordingSink() for _ in targets]
         for p, s in zip(targets, together):
             engine.submit(p, s)
-        await wait_for(lambda: all(len(s.tokens) >= 3 or s.ended for s in together))
+        await until(lambda: all(len(s.tokens) >= 3 or s.ended for s in together))
         for p, s in zip(others[16:], crowd_sinks[16:]):  # join while the targets run
             engine.submit(p, s)
-        await wait_for(lambda: all(s.ended for s in crowd_sinks + together))
+        await until(lambda: all(s.ended for s in crowd_sinks + together))
         assert not any(s.violations for s in crowd_sinks + together)
         assert [(s.text, s.done and s.done[0]) for s in together] == alone
         assert all(s.done and s.done[0] == "length" for s in crowd_sinks)
@@ -85,17 +82,17 @@ async def test_cancel_mid_stream_ends_at_once_and_nothing_follows() -> None:
         sink, bystander = RecordingSink(), RecordingSink()
         handle = engine.submit(params(max_tokens=100_000), sink)
         engine.submit(params(max_tokens=200), bystander)
-        await wait_for(lambda: len(sink.tokens) >= 5)
+        await until(lambda: len(sink.tokens) >= 5)
         engine.cancel(handle)
         assert sink.done is not None and sink.done[0] == "cancelled"  # synchronously
         streamed = len(sink.tokens)
         assert sink.done[1] == streamed and streamed < 100_000
         assert sink.done[2]["ttft_ms"] is not None and sink.done[2]["total_ms"] > 0
         steps = engine.statistics().batches
-        await wait_for(lambda: engine.statistics().batches > steps + 5)
+        await until(lambda: engine.statistics().batches > steps + 5)
         engine.cancel(handle)  # a second cancel is a no-op
         assert len(sink.tokens) == streamed and not sink.violations
-        await wait_for(lambda: bystander.ended)
+        await until(lambda: bystander.ended)
         assert bystander.done is not None and bystander.done[:2] == ("length", 200)
     finally:
         await engine.close()
@@ -107,7 +104,7 @@ async def test_cancel_while_queued() -> None:
         first, queued = RecordingSink(), RecordingSink()
         engine.submit(params(max_tokens=100_000), first)
         handle = engine.submit(params(max_tokens=5), queued)
-        await wait_for(lambda: len(first.tokens) > 3)
+        await until(lambda: len(first.tokens) > 3)
         engine.cancel(handle)
         assert queued.done is not None and queued.done[:2] == ("cancelled", 0)
         assert queued.done[2]["ttft_ms"] is None and queued.tokens == []
@@ -120,11 +117,11 @@ async def test_deadline_exceeded_mid_stream() -> None:
     try:
         sink = RecordingSink()
         engine.submit(params(max_tokens=100_000), sink, deadline=time.monotonic() + 0.05)
-        await wait_for(lambda: sink.ended)
+        await until(lambda: sink.ended)
         assert isinstance(sink.error, DeadlineExceeded) and sink.done is None
         assert 0 < len(sink.tokens) < 100_000
         n = len(sink.tokens)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # no token arrives after the end: absence over a window is the behaviour
         assert len(sink.tokens) == n and not sink.violations
         assert engine.statistics().running == 0
     finally:
@@ -141,7 +138,7 @@ async def test_queue_full_raises_overloaded_and_the_sink_is_never_called() -> No
         with pytest.raises(Overloaded) as info:
             engine.submit(params(), refused)
         assert info.value.retry_after_ms and info.value.code == "overloaded"
-        await wait_for(lambda: all(s.ended for s in sinks))
+        await until(lambda: all(s.ended for s in sinks))
         assert not refused.tokens and not refused.ended
         assert all(s.done and s.done[:2] == ("length", 20) for s in sinks)
     finally:
@@ -154,7 +151,7 @@ async def test_close_ends_unfinished_with_shutting_down_and_refuses_new_work() -
     engine.submit(params(max_tokens=1), short)
     for s in longs:
         engine.submit(params(max_tokens=100_000), s)
-    await wait_for(lambda: short.ended and len(longs[0].tokens) > 2)
+    await until(lambda: short.ended and len(longs[0].tokens) > 2)
     await engine.close()
     assert short.done is not None and short.done[0] == "length"
     assert all(isinstance(s.error, ShuttingDown) and s.done is None for s in longs)
@@ -170,7 +167,7 @@ async def test_idle_engine_does_not_step_and_wakes_on_submit() -> None:
     try:
         await run_all(engine, [params(max_tokens=3)])
         steps = engine.statistics().batches
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # an idle engine takes no step: absence over a window is the behaviour
         assert engine.statistics().batches == steps
         (sink,) = await run_all(engine, [params(max_tokens=4)])
         assert sink.done is not None and sink.done[:2] == ("length", 4)
@@ -197,9 +194,9 @@ async def test_new_requests_join_a_running_batch() -> None:
     try:
         long, late = RecordingSink(), RecordingSink()
         engine.submit(params(max_tokens=100_000), long)
-        await wait_for(lambda: len(long.tokens) > 10)
+        await until(lambda: len(long.tokens) > 10)
         engine.submit(params(max_tokens=5), late)
-        await wait_for(lambda: late.ended)
+        await until(lambda: late.ended)
         assert not long.ended and engine.statistics().running == 1  # the late one left at once
         assert late.done is not None and late.done[2]["queue_ms"] < 1000
     finally:
@@ -219,7 +216,7 @@ async def test_a_failing_sink_ends_only_its_own_generation() -> None:
         bad, good = ExplodingSink(), RecordingSink()
         engine.submit(params(max_tokens=50), bad)
         engine.submit(params(max_tokens=50), good)
-        await wait_for(lambda: bad.ended and good.ended)
+        await until(lambda: bad.ended and good.ended)
         assert isinstance(bad.error, Internal) and "sink bug" in bad.error.message
         assert len(bad.tokens) == 3 and not bad.violations
         assert good.done is not None and good.done[:2] == ("length", 50)
@@ -243,8 +240,8 @@ async def test_cancel_from_inside_a_sink_callback() -> None:
         sink = CancellingSink()
         sink.engine = engine
         sink.handle = engine.submit(params(max_tokens=50), sink)
-        await wait_for(lambda: sink.ended)
-        await asyncio.sleep(0.01)
+        await until(lambda: sink.ended)
+        await asyncio.sleep(0.01)  # nothing (no second end, no token) follows: absence is the behaviour
         assert sink.done is not None and sink.done[:2] == ("cancelled", 2) and not sink.violations
     finally:
         await engine.close()
@@ -270,7 +267,7 @@ async def test_cancel_from_another_sink_keeps_order_and_counts(inline_max_batch:
         canceller.engine = engine
         engine.submit(params(max_tokens=20), canceller)  # admitted first: its events come first
         canceller.victim = engine.submit(params(max_tokens=20), victim)
-        await wait_for(lambda: canceller.ended and victim.ended)
+        await until(lambda: canceller.ended and victim.ended)
         assert victim.done is not None and victim.done[:2] == ("cancelled", 4)
         assert len(victim.tokens) == 4 and not victim.violations and not canceller.violations
         assert canceller.done is not None and canceller.done[:2] == ("length", 20)
@@ -327,7 +324,7 @@ async def test_concurrent_closes_both_return_and_end_everything_once() -> None:
     sinks = [RecordingSink() for _ in range(4)]
     for s in sinks:
         engine.submit(params(max_tokens=100_000), s)
-    await wait_for(lambda: all(s.tokens for s in sinks))
+    await until(lambda: all(s.tokens for s in sinks))
     await asyncio.gather(engine.close(), engine.close())
     assert all(isinstance(s.error, ShuttingDown) and not s.violations for s in sinks)
 
@@ -361,7 +358,7 @@ async def test_a_sequence_that_cannot_start_fails_alone_cancel_after_it_is_harml
         bad_sink, good_sink = RecordingSink(), RecordingSink()
         bad = engine.submit(params(prompt="bad", temperature=1.0, top_k=2**31 - 1), bad_sink)
         engine.submit(params(max_tokens=6), good_sink)
-        await wait_for(lambda: bad_sink.ended and good_sink.ended)
+        await until(lambda: bad_sink.ended and good_sink.ended)
         assert isinstance(bad_sink.error, Internal) and "could not start" in bad_sink.error.message
         assert good_sink.done is not None and good_sink.done[:2] == ("length", 6)
         engine.cancel(bad)  # the report's second message: must not corrupt the counts

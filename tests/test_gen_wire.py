@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.wsclient import Conn
+from tests.support import Conn
 
 GEN = {"type": "generate", "model": "charlm"}
 

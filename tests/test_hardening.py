@@ -4,7 +4,8 @@ slow consumers, compression, rate limits and the idle timeout.
 Every test starts its own ``wsserve serve`` subprocess with the flags under test
 (``start_server`` from ``tests/conftest.py``).  Where the behaviour lives below
 what a WebSocket library lets a client do (never answering pings, never reading)
-the test speaks the protocol itself over a plain TCP socket (:class:`RawClient`).
+the test speaks the protocol itself over a plain TCP socket
+(:class:`tests.support.RawClient`).
 
 Not repeated here (see ``test_server_errors.py``, ``test_server_lifecycle.py`` and
 ``test_server_http.py``): ``--api-key`` with the ``auth`` message and ``Bearer`` 401,
@@ -14,174 +15,36 @@ Not repeated here (see ``test_server_errors.py``, ``test_server_lifecycle.py`` a
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import os
-import socket
 import ssl
 import statistics
-import struct
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import websockets
 
-from tests.serverproc import ServerProcess
-from tests.wsclient import Conn
+from tests.support import (
+    OP_CLOSE,
+    OP_PING,
+    Conn,
+    RawClient,
+    ServerProcess,
+    close_code,
+    http_get,
+    wait_until_async,
+)
 
 P = {"type": "predict", "model": "linear", "inputs": [[1.0]]}
 GEN = {"type": "generate", "model": "charlm", "prompt": "The ", "max_tokens": 100000}
 
-OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
-
 
 # --------------------------------------------------------------------------- helpers
 
-class RawClient:
-    """A WebSocket client over a blocking TCP socket, handshake and framing by hand.
-
-    It does only what a test tells it to: it never answers pings and never reads
-    unless asked.  ``rcvbuf`` shrinks the socket's receive buffer (set before
-    ``connect`` so the TCP window stays small) so that a client that stops reading
-    pushes the backlog into the server quickly.
-    """
-
-    def __init__(self, port: int, *, headers: dict[str, str] | None = None, rcvbuf: int | None = None,
-                 timeout: float = 10.0) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            "GET / HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-            *(f"{k}: {v}" for k, v in (headers or {}).items()),
-        ]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"connection closed during the handshake: {buf!r}")
-            buf += chunk
-        head, _, self._buf = buf.partition(b"\r\n\r\n")
-        self.status = int(head.split()[1])
-        self.response_head = head.decode()
-        self.sock = sock
-
-    @staticmethod
-    def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-        """One masked client frame."""
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-        elif n < 1 << 16:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
-        return head + mask + masked
-
-    def send(self, *messages: Any) -> None:
-        """Send each message (dict → JSON) as a text frame, all in one TCP write."""
-        out = []
-        for msg in messages:
-            data = msg if isinstance(msg, bytes) else msg.encode() if isinstance(msg, str) else orjson.dumps(msg)
-            out.append(self.frame(data))
-        self.sock.sendall(b"".join(out))
-
-    def _need(self, n: int) -> None:
-        while len(self._buf) < n:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise EOFError("connection closed")
-            self._buf += chunk
-
-    def recv_frame(self) -> tuple[int, bytes]:
-        """The next frame from the server as ``(opcode, payload)``; ``EOFError`` at EOF."""
-        self._need(2)
-        b0, b1 = self._buf[0], self._buf[1]
-        n, off = b1 & 0x7F, 2
-        if n == 126:
-            self._need(4)
-            n, off = struct.unpack("!H", self._buf[2:4])[0], 4
-        elif n == 127:
-            self._need(10)
-            n, off = struct.unpack("!Q", self._buf[2:10])[0], 10
-        self._need(off + n)
-        data, self._buf = self._buf[off : off + n], self._buf[off + n :]
-        return b0 & 0x0F, bytes(data)
-
-    def recv_json(self) -> dict[str, Any]:
-        """The next text frame as JSON (control frames are skipped)."""
-        while True:
-            op, data = self.recv_frame()
-            if op == OP_TEXT:
-                return orjson.loads(data)
-            if op == OP_CLOSE:
-                raise EOFError(f"closed: {close_code(data)}")
-
-    def read_until_close(self) -> tuple[int | None, int]:
-        """Read everything up to the close frame: ``(close code or None at bare EOF, text frames seen)``."""
-        texts = 0
-        try:
-            while True:
-                op, data = self.recv_frame()
-                if op == OP_CLOSE:
-                    return close_code(data), texts
-                texts += op == OP_TEXT
-        except (EOFError, ConnectionResetError):
-            return None, texts
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def close_code(payload: bytes) -> int | None:
-    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-
-
-def scrape(server: ServerProcess) -> dict[str, float]:
-    with urllib.request.urlopen(server.http + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 def http_status(url: str, context: ssl.SSLContext | None = None) -> int:
-    with urllib.request.urlopen(url, timeout=5, context=context) as resp:
-        return resp.status
-
-
-def proc_status_kib(pid: int, field: str) -> int:
-    """A ``/proc/PID/status`` memory field (``VmRSS``, ``VmHWM``) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-async def wait_for(predicate, timeout: float, interval: float = 0.05) -> float:
-    """Poll ``predicate()`` (run in a thread) until true; returns the seconds it took."""
-    t0 = time.monotonic()
-    while not await asyncio.to_thread(predicate):
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-    return time.monotonic() - t0
+    return http_get(url, context=context)[0]
 
 
 def p99(samples: list[float]) -> float:
@@ -233,7 +96,8 @@ async def test_keys_stay_out_of_a_debug_log(start_server) -> None:
     assert (await conn.request({"type": "auth", "id": 1, "token": wrong}))["code"] == "unauthorized"
     assert (await conn.request({"type": "auth", "id": 2, "token": key}))["ok"] is True
     await conn.close()
-    await asyncio.sleep(0.2)
+    # Everything both connections made the server log is in once it logged both closes.
+    await wait_until_async(lambda: server.stderr_text().count("connection closed") >= 2, 10)
     log = server.stderr_text()
     assert "DEBUG" in log  # debug logging is really on
     assert key not in log
@@ -364,22 +228,10 @@ async def test_max_connections_503_then_a_slot_frees(start_server) -> None:
             assert exc.response.status_code == 503
             return None
 
-    for _ in range(100):
-        extra = await one_more()
-        if extra is not None:
-            break
-        await asyncio.sleep(0.02)
-    assert extra is not None, "the closed connection's slot was never freed"
-    conns.append(extra)
+    conns.append(await wait_until_async(one_more, 10, what="the closed connection's slot is freed"))
     # An abrupt disconnect (no closing handshake) frees its slot too.
     conns.pop().ws.transport.abort()
-    for _ in range(100):
-        extra = await one_more()
-        if extra is not None:
-            break
-        await asyncio.sleep(0.02)
-    assert extra is not None, "the aborted connection's slot was never freed"
-    conns.append(extra)
+    conns.append(await wait_until_async(one_more, 10, what="the aborted connection's slot is freed"))
     for conn in conns:
         await conn.close()
 
@@ -399,7 +251,7 @@ async def test_max_connections_holds_under_a_concurrent_burst(start_server) -> N
     try:
         assert len(opened) == 5
         assert refused == [503] * 35
-        assert (await asyncio.to_thread(scrape, server))["wsserve_connections"] == 5
+        assert (await asyncio.to_thread(server.metrics)).value("wsserve_connections") == 5
     finally:
         for ws in opened:
             await ws.close()
@@ -416,22 +268,23 @@ async def test_client_that_never_answers_pings_is_dropped(start_server) -> None:
     assert raw.recv_json()["type"] == "hello"
     t0 = time.monotonic()
 
-    def until_closed() -> tuple[list[int], int | None, float]:
+    def until_closed() -> tuple[list[int], int | None]:
+        # Each read waits at most the client's 10 s timeout (10 x interval + timeout): a server that
+        # never dropped the silent client fails here with TimeoutError.
         ops: list[int] = []
         try:
             while True:
-                op, data = raw.recv_frame()
-                ops.append(op)
-                if op == OP_CLOSE:
-                    return ops, close_code(data), time.monotonic() - t0
+                frame = raw.recv_frame()
+                ops.append(frame.opcode)
+                if frame.opcode == OP_CLOSE:
+                    return ops, close_code(frame.payload)
         except (EOFError, ConnectionResetError):
-            return ops, None, time.monotonic() - t0
+            return ops, None
 
-    ops, code, elapsed = await asyncio.to_thread(until_closed)
+    ops, code = await asyncio.to_thread(until_closed)
     raw.close()
     assert OP_PING in ops, ops  # the server did ping
     assert code == 1011  # keepalive ping timeout
-    assert elapsed < 0.5 + 0.5 + 2.0  # interval + timeout + scheduling slack
     assert (await polite.request({"type": "ping", "id": "still"}, timeout=5)) == {"type": "pong", "id": "still"}
     assert time.monotonic() - t0 > 1.0  # the polite one lived through at least one full ping cycle
     await polite.close()
@@ -464,19 +317,61 @@ def _stuck_requests(kind: str) -> list[dict[str, Any]]:
              "chunk_rows": 32} for i in range(4)]
 
 
+SLOW_CONSUMER_FLAGS = (
+    "--max-write-buffer-bytes", str(WRITE_BUFFER), "--slow-consumer-timeout", "1",
+    "--max-message-bytes", str(4 << 20), "--models", "linear,mlp,charlm",
+)
+
+
+def _slow_consumer_closes(server: ServerProcess) -> float:
+    return server.metrics().get("wsserve_slow_consumer_closes_total")
+
+
 @pytest.mark.parametrize("kind", ["generate", "stream"])
-async def test_reader_that_stops_is_closed_1008_and_others_keep_their_latency(
+async def test_reader_that_stops_is_closed_1008_its_work_cancelled_and_others_served(
     start_server, request: pytest.FixtureRequest, kind: str
 ) -> None:
-    server = start_server(
-        "--max-write-buffer-bytes", str(WRITE_BUFFER), "--slow-consumer-timeout", "1",
-        "--max-message-bytes", str(4 << 20), "--models", "linear,mlp,charlm",
-    )
+    server = start_server(*SLOW_CONSUMER_FLAGS)
+    normal = await Conn.open(server.url)
+    stuck = RawClient(server.port, rcvbuf=4096)
+    request.addfinalizer(stuck.close)
+    assert stuck.recv_json()["type"] == "hello"
+    stuck.send(*_stuck_requests(kind))  # ... and never read again until the server gave up
+    closed = asyncio.Event()
+    during_task = asyncio.create_task(_latency_samples(normal, 60.0, tag="during", stop=closed))
+    # Without the policy the stuck connection would stay open (and its work run) indefinitely.
+    await wait_until_async(lambda: _slow_consumer_closes(server) >= 1, 30, in_thread=True,
+                           what="the stuck reader is closed as a slow consumer")
+    closed.set()
+    during = await during_task
+    # The stuck socket gets everything that was buffered, then a 1008 close frame.
+    code, texts = await asyncio.to_thread(stuck.read_until_close)
+    stuck.close()
+    assert code == 1008, (code, texts)
+    # Its work was cancelled, not finished in the background.
+    await wait_until_async(lambda: server.metrics().value("wsserve_inflight_requests") == 0, 10, in_thread=True)
+    assert await asyncio.to_thread(_slow_consumer_closes, server) == 1
+    # The other client was served throughout.
+    assert len(during) >= 5, len(during)
+    assert (await normal.request({"type": "ping", "id": "end"})) == {"type": "pong", "id": "end"}
+    await normal.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["generate", "stream"])
+async def test_a_stopped_reader_costs_others_little_latency_and_the_server_bounded_memory(
+    start_server, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Generous bounds on what a stuck reader costs (the behaviour itself is the test above):
+    the policy fires within 1 s (its timeout) + 10 s; the other client's p99 round trip stays
+    under 5x its baseline (or baseline + 100 ms); for generate, the server's RSS grows by less
+    than 4x the write buffer + 12 MiB (about 5 MiB measured), not the ~300 MB requested."""
+    server = start_server(*SLOW_CONSUMER_FLAGS)
     normal = await Conn.open(server.url)
     await _latency_samples(normal, 0.3, tag="warm")
     before = await _latency_samples(normal, 1.5, tag="base")
     pid = server.proc.pid
-    rss_before = proc_status_kib(pid, "VmRSS")
+    rss_before = server.memory_kib("VmRSS")
     try:  # VmHWM := VmRSS, so the peak below is this phase's (Linux >= 4.0)
         Path(f"/proc/{pid}/clear_refs").write_text("5")
         hwm_reset = True
@@ -487,42 +382,30 @@ async def test_reader_that_stops_is_closed_1008_and_others_keep_their_latency(
     stuck = RawClient(server.port, rcvbuf=4096)
     request.addfinalizer(stuck.close)
     assert stuck.recv_json()["type"] == "hello"
-    stuck.send(*_stuck_requests(kind))  # ... and never read again until the server gave up
+    stuck.send(*_stuck_requests(kind))
     closed = asyncio.Event()
 
     def slow_closed() -> bool:
         nonlocal rss_peak
-        rss_peak = max(rss_peak, proc_status_kib(pid, "VmRSS"))
-        if scrape(server).get("wsserve_slow_consumer_closes_total", 0) >= 1:
-            closed.set()
-            return True
-        return False
+        rss_peak = max(rss_peak, server.memory_kib("VmRSS"))
+        return _slow_consumer_closes(server) >= 1
 
     during_task = asyncio.create_task(_latency_samples(normal, 15.0, tag="during", stop=closed))
-    took = await wait_for(slow_closed, timeout=15.0)
+    t0 = time.monotonic()
+    await wait_until_async(slow_closed, 1.0 + 10.0, in_thread=True, interval_s=0.05,
+                           what="the slow-consumer policy fires within its timeout + 10 s")
+    took = time.monotonic() - t0
+    closed.set()
     during = await during_task
     if hwm_reset:
-        rss_peak = max(rss_peak, proc_status_kib(pid, "VmHWM"))
-
-    # Bounded time: the policy fires at 4× the buffer or after the timeout (1 s) over it.
-    assert took < 1.0 + 5.0, took
-    # The stuck socket gets everything that was buffered, then a 1008 close frame.
-    code, texts = await asyncio.to_thread(stuck.read_until_close)
+        rss_peak = max(rss_peak, server.memory_kib("VmHWM"))
     stuck.close()
-    assert code == 1008, (code, texts)
-    # Its work was cancelled, not finished in the background.
-    await wait_for(lambda: scrape(server)["wsserve_inflight_requests"] == 0, timeout=5)
-    assert (await asyncio.to_thread(scrape, server))["wsserve_slow_consumer_closes_total"] == 1
-    if kind == "generate":
-        # Memory: the unsent backlog is capped near 4 × the buffer (~5 MiB growth measured), not the
-        # ~300 MB requested.  (Not for streamed predict: parsing its inputs alone takes ~30 MB.)
+    if kind == "generate":  # (not for streamed predict: parsing its inputs alone takes ~30 MB)
         growth_kib = rss_peak - rss_before
         assert growth_kib < 4 * WRITE_BUFFER // 1024 + 12 * 1024, growth_kib
-    # The other client was served throughout, with its latency within a generous bound.
-    assert len(during) >= 5, len(during)
+    assert len(during) >= 5, (len(during), took)
     base_p99, during_p99 = p99(before), p99(during)
-    assert during_p99 < max(5 * base_p99, base_p99 + 0.1), (base_p99, during_p99)
-    assert (await normal.request({"type": "ping", "id": "end"})) == {"type": "pong", "id": "end"}
+    assert during_p99 < max(5 * base_p99, base_p99 + 0.1), (base_p99, during_p99, took)
     await normal.close()
 
 
@@ -544,8 +427,10 @@ async def test_backlog_left_over_the_limit_after_the_last_reply_is_closed(start_
     try:
         assert stuck.recv_json()["type"] == "hello"
         stuck.send({"type": "predict", "id": "big", "model": "mlp", "inputs": [[0] * 32] * n_rows})
-        await wait_for(lambda: scrape(server)["wsserve_inflight_requests"] == 0, timeout=10)
-        await wait_for(lambda: scrape(server).get("wsserve_slow_consumer_closes_total", 0) >= 1, timeout=1.0 + 3.0)
+        await wait_until_async(lambda: server.metrics().value("wsserve_inflight_requests") == 0, 10, in_thread=True)
+        # The reply sits over the limit for longer than the 1 s timeout; without the rule the
+        # connection would stay open (no keepalive pings here) and this wait would fail.
+        await wait_until_async(lambda: _slow_consumer_closes(server) >= 1, 15, in_thread=True)
         code, _ = await asyncio.to_thread(stuck.read_until_close)
         assert code == 1008
     finally:
@@ -615,7 +500,7 @@ def test_rate_limit_per_connection_then_recovery(start_server) -> None:
     frames = [raw.recv_json() for _ in range(12)]
     assert [f["type"] for f in frames[:11]] == ["pong"] * 10 + ["models"]
     assert frames[11]["id"] == "g" and frames[11]["code"] == "rate_limited"
-    # Waiting as told is enough to be served again.
+    # Waiting as told is enough to be served again (the sleep is the behaviour under test).
     time.sleep(frames[11]["retry_after_ms"] / 1000 + 0.05)
     raw.send({**P, "id": "again"})
     assert raw.recv_json()["type"] == "result"
@@ -626,9 +511,9 @@ def test_rate_limit_per_connection_then_recovery(start_server) -> None:
     assert all(r["type"] == "result" for r in _replies(other, ids[:3]).values())
     other.close()
     raw.close()
-    values = scrape(server)
-    assert values['wsserve_requests_total{code="rate_limited",model="linear",type="predict"}'] == 3
-    assert values['wsserve_requests_total{code="rate_limited",model="charlm",type="generate"}'] == 1
+    values = server.metrics()
+    assert values.value("wsserve_requests_total", code="rate_limited", model="linear", type="predict") == 3
+    assert values.value("wsserve_requests_total", code="rate_limited", model="charlm", type="generate") == 1
 
 
 @pytest.mark.parametrize(("rate", "burst"), [("4", 4), ("0.5", 1)])
@@ -667,7 +552,7 @@ def test_key_rate_limit_is_shared_by_connections_with_the_same_key(start_server)
     b.recv_json()
     b.send({**P, "id": "y"})
     assert b.recv_json()["type"] == "result"
-    time.sleep(limited["retry_after_ms"] / 1000 + 0.05)
+    time.sleep(limited["retry_after_ms"] / 1000 + 0.05)  # waiting as told (the behaviour under test)
     a2.send({**P, "id": "z"})
     assert a2.recv_json()["type"] == "result"
     for raw in (a1, a2, b):
@@ -690,19 +575,21 @@ async def test_idle_timeout_closes_quiet_connections_only(start_server) -> None:
     busy_frames = asyncio.create_task(busy.collect(set(ids), timeout=60))
 
     async def closed_after(conn: Conn) -> tuple[int, float]:
+        # Waits at most 10 s per frame: a connection never closed for idleness fails here.
         with pytest.raises(websockets.ConnectionClosed) as info:
             while True:
                 await conn.recv(timeout=10)
         return info.value.rcvd.code, time.monotonic()
 
     quiet_task = asyncio.create_task(closed_after(quiet))
-    # chatty sends something every 0.3 s for 1.8 s while busy's generations stream.
+    # chatty sends something every 0.3 s for 1.8 s while busy's generations stream (the pauses
+    # are the behaviour under test: each shorter than the timeout, their sum longer).
     for i in range(6):
         assert (await chatty.request({"type": "ping", "id": i})) == {"type": "pong", "id": i}
         await asyncio.sleep(0.3)
     code, at = await quiet_task
     assert code == 1000
-    assert 0.9 <= at - t0 <= 3.0, at - t0
+    assert at - t0 >= 0.9, at - t0  # not before the idle timeout
     assert not busy_frames.done(), "the generations finished too soon to test the in-flight case"
     assert busy.ws.state is websockets.State.OPEN
     assert chatty.ws.state is websockets.State.OPEN
@@ -715,4 +602,4 @@ async def test_idle_timeout_closes_quiet_connections_only(start_server) -> None:
     # Now idle: closed about one timeout after its last message (the cancels).
     code, at = await closed_after(busy)
     assert code == 1000
-    assert 0.9 <= at - t_cancel <= 3.0, at - t_cancel
+    assert at - t_cancel >= 0.9, at - t_cancel  # not before one idle timeout after its last message

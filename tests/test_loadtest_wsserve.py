@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.serverproc import TRANSPORTS, ServerProcess
+from tests.support import TRANSPORTS, ServerProcess
 from wsserve.loadtest import EXIT_OK, LoadConfig, parse_mix, run_load
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from functools import partial
 from time import monotonic
 from typing import Any
 
 import numpy as np
 import pytest
 
-from wsserve.errors import DeadlineExceeded, Internal, InvalidInput, Overloaded, WsserveError
+from tests.support import wait_until_async
+from wsserve.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    Overloaded,
+    WsserveError,
+)
 from wsserve.models.base import ModelInfo, PredictiveModel
-from wsserve.pool import PredictWorker
+from wsserve.worker import PredictWorker
 
 RAISE = 666.0  # the model raises when a batch holds this value
 INF = 777.0  # the model outputs inf for this value
 WAIT_S = 5.0  # upper bound for anything to arrive; tests normally take milliseconds
+#: Poll an in-process condition every millisecond until it holds (AssertionError after WAIT_S).
+until = partial(wait_until_async, timeout_s=WAIT_S, interval_s=0.001)
 
 INLINE = pytest.param(10**9, id="inline")
 EXECUTOR = pytest.param(0, id="executor")  # inline_max_flops=0 forces the executor
@@ -86,7 +96,10 @@ class Sink:
 
     def __init__(self, name: str, rows: list[list[float]]) -> None:
         self.name = name
-        self.rows = np.array(rows, dtype=np.float64)  # as the connection hands them over (validate_inputs)
+        self.inputs = np.array(rows, dtype=np.float64)  # as the connection hands them over (validate_inputs)
+        self.rows = self.inputs
+        self.n = len(rows)
+        self.nbytes = self.inputs.nbytes
         self.finished = False
         self.events: list[tuple[Any, ...]] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -161,11 +174,6 @@ async def _wait(*sinks: Sink) -> None:
         s.check_contract()
 
 
-async def _until(predicate: Any) -> None:
-    deadline = monotonic() + WAIT_S
-    while not predicate():
-        assert monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 @pytest.fixture
@@ -284,7 +292,7 @@ async def test_failure_in_a_later_batch_of_a_split_request(make_worker, inline_m
     assert [ev[0] for ev in sink.events] == ["rows", "error"]
     assert sink.events[0][2].tolist() == [[2.0], [4.0]]
     assert isinstance(sink.error, Internal)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # absence over a window is the behaviour: the rest is never computed
     assert 5.0 not in model.seen()  # the rest was dropped, not computed
 
 
@@ -310,7 +318,7 @@ async def test_malformed_model_output_is_internal(make_worker, inline_max_flops:
     worker = make_worker(BadOutput(make), inline_max_flops=inline_max_flops)
     bad = Sink("bad", _col(13.0))
     worker.submit(bad)
-    await asyncio.wait_for(bad.done, 0.3)
+    await asyncio.wait_for(bad.done, WAIT_S)
     assert isinstance(bad.error, Internal)
     ok = Sink("ok", _col(1.0))
     worker.submit(ok)
@@ -354,7 +362,7 @@ async def test_cancelled_request_is_never_computed(make_worker) -> None:
     worker.cancel(item)
     drop.mark_cancelled()
     await _wait(keep)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # absence over a window is the behaviour: never computed, even later
     assert 55.0 not in model.seen() and 56.0 not in model.seen()
     assert drop.events == [("cancelled",)]
     assert worker.statistics().queued_rows == 0
@@ -370,7 +378,7 @@ async def test_cancel_midway_stops_a_large_request(make_worker, inline_max_flops
     worker.cancel(item)
     sink.mark_cancelled()
     computed_at_cancel = len(model.seen())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # what is computed during this window is the behaviour under test
     assert len(model.seen()) <= computed_at_cancel + 10  # at most the batch already computing
     assert len(model.seen()) < 1000
     assert sink.events[-1] == ("cancelled",)
@@ -397,7 +405,7 @@ async def test_queue_bound_refuses_at_once(make_worker) -> None:
     worker = make_worker(model, max_batch_size=1, max_queue_rows=3, inline_max_flops=0)
     first = Sink("first", _col(1.0))
     worker.submit(first)
-    await _until(model.started.is_set)  # the model is busy with 'first'
+    await until(model.started.is_set)  # the model is busy with 'first'
     queued = Sink("queued", _col(2.0, 3.0, 4.0))
     worker.submit(queued)
     refused = Sink("refused", _col(5.0))
@@ -418,7 +426,7 @@ async def test_high_priority_is_served_first(make_worker) -> None:
     worker = make_worker(model, max_batch_size=1, inline_max_flops=0)
     busy = Sink("busy", _col(0.0))
     worker.submit(busy)
-    await _until(model.started.is_set)
+    await until(model.started.is_set)
     # While the model computes in its thread the loop keeps running: we can queue.
     normal, high = Sink("normal", _col(1.0)), Sink("high", _col(2.0))
     worker.submit(normal, priority=0)
@@ -434,7 +442,7 @@ async def test_loop_stays_responsive_while_the_executor_computes(make_worker) ->
     worker = make_worker(model, inline_max_flops=0)
     sink = Sink("s", _col(1.0))
     worker.submit(sink)
-    await _until(model.started.is_set)
+    await until(model.started.is_set)
     ticks = 0
     for _ in range(20):
         await asyncio.sleep(0)
@@ -452,7 +460,7 @@ async def test_window_collects_requests_from_later_loop_iterations(make_worker) 
     t0 = monotonic()
     a = Sink("a", _col(1.0))
     worker.submit(a)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # b arrives in a later loop iteration, inside the window: the scenario itself
     assert not a.done.done()
     b = Sink("b", _col(2.0))
     worker.submit(b)
@@ -465,9 +473,9 @@ async def test_window_ends_early_when_the_batch_is_full(make_worker) -> None:
     worker = make_worker(Doubler(), max_batch_size=2, max_delay_ms=30_000.0)
     a, b = Sink("a", _col(1.0)), Sink("b", _col(2.0))
     worker.submit(a)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # b comes in a later loop iteration (the scenario itself)
     worker.submit(b)
-    await _wait(a, b)  # well before the 30 s window
+    await _wait(a, b)  # well before the 30 s window (WAIT_S is 5 s)
     assert a.batch_sizes == b.batch_sizes == [2]
 
 

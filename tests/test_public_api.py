@@ -16,12 +16,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 PUBLIC = {
-    "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run"],
+    "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run", "serve", "FunctionModel", "onnx_model"],
+    "wsserve.embed": ["serve", "onnx_model"],
     "wsserve.protocol": [
         "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
         "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
-        "Models", "Ping", "Auth", "Request", "decode", "validate_inputs", "encode_error", "encode_hello",
-        "encode_draining", "encode_pong", "encode_models", "encode_auth_ok", "encode_result", "encode_seed_result",
+        "Models", "Ping", "Auth", "Admin", "Request", "decode", "validate_inputs", "encode_error", "encode_hello",
+        "encode_draining", "encode_pong", "encode_models", "encode_auth_ok", "encode_admin_ok", "encode_result",
+        "encode_seed_result",
         "encode_chunk", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token",
     ],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
@@ -33,7 +35,7 @@ PUBLIC = {
     ],
     "wsserve.errors": [
         "WsserveError", "BadJson", "BadRequest", "UnknownModel", "DuplicateId", "InvalidInput", "Overloaded",
-        "RateLimited", "DeadlineExceeded", "Cancelled", "Unauthorized", "ShuttingDown", "Internal",
+        "RateLimited", "DeadlineExceeded", "Cancelled", "Unauthorized", "Forbidden", "ShuttingDown", "Internal",
         "ERROR_CODES", "error_for_code",
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],
@@ -60,7 +62,7 @@ def test_every_public_name_resolves(module_name: str) -> None:
 
 
 def test_the_version_is_written_once() -> None:
-    """``wsserve.__version__`` is the one place: pyproject.toml reads it (dynamic), and the
+    """``wsserve/_version.py`` is the one place: pyproject.toml reads it (dynamic), and the
     installed distribution's metadata agrees."""
     import tomllib
     from importlib.metadata import version
@@ -69,6 +71,8 @@ def test_the_version_is_written_once() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
+    dynamic = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
+    assert dynamic["version"] == {"attr": "wsserve._version.__version__"}
     assert version("wsserve") == wsserve.__version__
 
 
@@ -78,6 +82,12 @@ def test_top_level_reexports_are_the_same_objects() -> None:
 
     assert wsserve.ServerConfig is config.ServerConfig
     assert wsserve.WsserveError is errors.WsserveError
+    from wsserve import embed, server
+    from wsserve.repository import function_backend
+
+    assert wsserve.Server is server.Server and wsserve.run is server.run
+    assert wsserve.serve is embed.serve and wsserve.onnx_model is embed.onnx_model
+    assert wsserve.FunctionModel is function_backend.FunctionModel
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:

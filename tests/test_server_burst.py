@@ -7,7 +7,7 @@ import asyncio
 import random
 
 
-from tests.wsclient import TERMINAL, Conn
+from tests.support import TERMINAL, Conn
 
 
 CONNECTIONS = 24

@@ -7,7 +7,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.wsclient import Conn
+from tests.support import Conn
 
 
 P = {"type": "predict", "model": "linear", "inputs": [[1.0]]}

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import pytest
 import websockets
 
-from tests.wsclient import Conn
-
-
-def _get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
+from tests.support import Conn, Metrics
+from tests.support import http_get as _get
 
 
 def test_healthz_and_readyz(server) -> None:
@@ -44,19 +35,14 @@ def test_index_page_and_unknown_paths(server) -> None:
 
 @pytest.mark.asyncio
 async def test_metrics_move_as_requests_are_served(server) -> None:
-    def scrape() -> dict[str, float]:
+    def scrape() -> Metrics:
         status, headers, body = _get(server.http + "/metrics")
         assert status == 200 and headers["Content-Type"].startswith("text/plain")
-        values = {}
-        for line in body.decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return Metrics.parse(body.decode())
 
     before = scrape()
-    for name in ("wsserve_connections", "wsserve_inflight_requests", "wsserve_info{version=\"0.1.0\"}"):
-        assert name in before
+    assert before.has("wsserve_connections") and before.has("wsserve_inflight_requests")
+    assert before.has("wsserve_info", version="0.1.0")
     conn = await Conn.open(server.url)
     for i in range(5):
         assert (await conn.request({"type": "predict", "id": i, "model": "linear", "inputs": [[1.0]]}))["type"] == "result"
@@ -64,16 +50,16 @@ async def test_metrics_move_as_requests_are_served(server) -> None:
     await conn.until_terminal("g")
     await conn.request({"type": "predict", "id": "bad", "model": "linear", "inputs": [["x"]]})
     after = scrape()
-    ok = 'wsserve_requests_total{code="ok",model="linear",type="predict"}'
-    assert after[ok] - before.get(ok, 0) == 5
-    bad = 'wsserve_requests_total{code="invalid_input",model="linear",type="predict"}'
-    assert after[bad] - before.get(bad, 0) == 1
-    tok = 'wsserve_generated_tokens_total{model="charlm"}'
-    assert after[tok] - before.get(tok, 0) == 7
-    count = 'wsserve_request_duration_seconds_count{model="linear",type="predict"}'
-    assert after[count] - before.get(count, 0) == 5
-    assert after['wsserve_batch_size_count{model="linear"}'] >= 1
-    assert after["wsserve_connections"] >= 1
+
+    def moved(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.get(name, **labels)
+
+    assert moved("wsserve_requests_total", code="ok", model="linear", type="predict") == 5
+    assert moved("wsserve_requests_total", code="invalid_input", model="linear", type="predict") == 1
+    assert moved("wsserve_generated_tokens_total", model="charlm") == 7
+    assert moved("wsserve_request_duration_seconds_count", model="linear", type="predict") == 5
+    assert after.value("wsserve_batch_size_count", model="linear") >= 1
+    assert after.value("wsserve_connections") >= 1
     await conn.close()
 
 

@@ -8,7 +8,7 @@ import math
 import orjson
 import pytest
 
-from tests.wsclient import Conn
+from tests.support import Conn, wait_until_async
 
 
 
@@ -150,7 +150,8 @@ async def test_big_request_does_not_starve_small_ones(start_server) -> None:
     small = await Conn.open(server.url)
     rows = [[0.2] * 32] * 65536
     await big.send(orjson.dumps({"type": "predict", "id": "big", "model": "mlp", "inputs": rows}).decode())
-    await asyncio.sleep(0.05)  # the big request is being batched
+    # The big request is admitted (parsed, validated and queued or computing) before the small ones go.
+    await wait_until_async(lambda: server.metrics().value("wsserve_inflight_requests") >= 1, 30, in_thread=True)
     latencies = []
     loop = asyncio.get_running_loop()
     for i in range(5):

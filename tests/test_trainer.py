@@ -49,7 +49,7 @@ def _same_weights(a: Any, b: Any) -> bool:
 
 
 def test_public_api_and_registry_order() -> None:
-    assert set(trainer.__all__) == {"CachedTrainer", "TRAINERS", "train_default_models"}
+    assert set(trainer.__all__) == {"CachedTrainer", "TRAINERS", "train_default_models", "prepare_builtin_repository"}
     assert list(TRAINERS) == ["linear", "mlp", "charlm"]
     assert all(isinstance(t, CachedTrainer) for t in TRAINERS.values())
 

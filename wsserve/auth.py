@@ -36,11 +36,15 @@ class KeyRegistry:
         self,
         keys: Iterable[str],
         *,
+        admin_keys: Iterable[str] = (),
         metrics_key: str | None = None,
         failures_per_minute: float = 10.0,
         max_addresses: int = 10_000,
     ) -> None:
-        self._keys = tuple(k.encode() for k in keys)
+        """``keys``: the API keys; ``admin_keys`` are accepted as API keys too and
+        also allow admin operations (load/unload/reload)."""
+        self._admin = frozenset(admin_keys)
+        self._keys = tuple(k.encode() for k in (*keys, *sorted(self._admin)))
         self._metrics_key = metrics_key.encode() if metrics_key else None
         self._rate = failures_per_minute / 60.0
         self._burst = max(1.0, failures_per_minute)
@@ -60,6 +64,14 @@ class KeyRegistry:
             if hmac.compare_digest(given, key):
                 found = key
         return None if found is None else found.decode()
+
+    def is_admin(self, key: str | None) -> bool:
+        """True for an admin key (as returned by :meth:`match`)."""
+        return key is not None and key in self._admin
+
+    @property
+    def admin_configured(self) -> bool:
+        return bool(self._admin)
 
     def match_metrics(self, token: str) -> bool:
         """True for any API key and for the metrics key."""

@@ -1,7 +1,9 @@
 """Command line: a thin adapter from flags to :class:`~wsserve.config.ServerConfig`.
 
 ``wsserve serve`` runs the server; ``wsserve loadtest`` runs the load-test
-tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`).  Bad flags exit with status 2 and a message naming the flag.
+tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`); ``wsserve compress`` writes an
+int8 or pruned version of a repository model (:mod:`wsserve.compression.cli`).  Bad flags exit with status 2
+and a message naming the flag.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .config import DEFAULT_MODELS, TRANSPORTS, ServerConfig, flag
 from .logs import configure_logging
 
@@ -64,6 +66,8 @@ def _off_or_number(text: str) -> float | None:
 
 
 def _models(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":
+        return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in DEFAULT_MODELS]
     if not names or unknown:
@@ -88,7 +92,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
     opt("transport", choices=TRANSPORTS, default=d.transport,
         help="WebSocket implementation: websockets (default) or picows (faster; pip install 'wsserve[fast]'; no --compression)")
-    opt("models", type=_models, default=d.models, help="comma-separated models to serve (default all)")
+    opt("workers", type=int, default=d.workers,
+        help="server processes sharing the port, under a supervisor that trains once and restarts dead workers (default 1)")
+    opt("models", type=_models, default=d.models,
+        help="comma-separated default models to serve (default all; none = only the repository)")
+    opt("model_repository", action="append", type=Path, default=None,
+        help="serve the models of this directory (repeatable); also $WSSERVE_MODEL_REPOSITORY")
+    opt("reload", action="store_true", help="watch the model repository and load/unload what changes")
     opt("seed", type=int, default=d.seed, help="training seed (default %(default)s)")
     opt("cache_dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")
     opt("cache", action=argparse.BooleanOptionalAction, default=d.cache,
@@ -111,6 +121,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_inflight_bytes", group=g, type=_positive_int, default=d.max_inflight_bytes,
         help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
     opt("max_rows", group=g, type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
+    opt("max_explain_rows", group=g, type=_positive_int, default=d.max_explain_rows,
+        help='rows per "explain": true predict (default %(default)s; each row costs about 1.5 ms on mlp)')
+    opt("explain_row_cost", group=g, type=_positive_int, default=d.explain_row_cost,
+        help="batch and queue units one row to explain counts against --max-batch-size and --max-queue-rows "
+             "(a plain row: 1; default %(default)s, so a batch of 256 holds at most 8)")
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,
@@ -133,6 +148,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("security")
     opt("api_key", group=g, action="append", default=[], help="accepted API key (repeatable); also $WSSERVE_API_KEYS (comma-separated)")
     g.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    opt("admin_key", group=g, action="append", default=[],
+        help="key allowed to load/unload/reload models (repeatable); also $WSSERVE_ADMIN_KEYS")
+    g.add_argument("--admin-key-file", type=Path, help="file with one admin key per line")
     opt("metrics_key", group=g, default=None, help="with API keys: a key accepted on GET /metrics only (for a Prometheus scraper)")
     opt("allow_origin", group=g, action="append", default=None,
         help="allowed browser Origin (exact match, repeatable; '*' = any); default: only the server's own origin")
@@ -163,29 +181,42 @@ def build_parser() -> argparse.ArgumentParser:
     from .distributed.cli import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train a model data-parallel on Dask into a model repository"))
+    from .compression.cli import add_compress_arguments
+
+    add_compress_arguments(sub.add_parser(
+        "compress", help="write an int8 or pruned version of a repository model, with its measured figures",
+        description="Write a compressed version of MODEL next to its source in a model repository."))
     return parser
 
 
-def _api_keys(args: argparse.Namespace) -> frozenset[str]:
-    keys = [k for k in args.api_key if k]
-    env = os.environ.get("WSSERVE_API_KEYS", "")
+def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) -> frozenset[str]:
+    """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per line)."""
+    keys = [k for k in given if k]
+    env = os.environ.get(env_name, "")
     keys += [k.strip() for k in env.split(",") if k.strip()]
-    if args.api_key_file is not None:
+    if file is not None:
         try:
-            text = args.api_key_file.read_text()
+            text = file.read_text()
         except OSError as exc:
-            raise ValueError(f"--api-key-file: cannot read {args.api_key_file}: {exc.strerror}") from None
-        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        if not keys:
-            raise ValueError(f"--api-key-file: {args.api_key_file} holds no keys")
+            raise ValueError(f"{flag_name}: cannot read {file}: {exc.strerror}") from None
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not found:
+            raise ValueError(f"{flag_name}: {file} holds no keys")
+        keys += found
     return frozenset(keys)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build and validate the config; raises ``ValueError`` naming the bad flag."""
     values = {name: getattr(args, name) for name in ServerConfig.field_names() if hasattr(args, name)}
-    values["api_key"] = _api_keys(args)
+    values["api_key"] = _keys(args.api_key, "WSSERVE_API_KEYS", args.api_key_file, "--api-key-file")
+    values["admin_key"] = _keys(args.admin_key, "WSSERVE_ADMIN_KEYS", args.admin_key_file, "--admin-key-file")
     values["allow_origin"] = tuple(args.allow_origin) if args.allow_origin else None
+    repos = list(args.model_repository or [])
+    env_repo = os.environ.get("WSSERVE_MODEL_REPOSITORY", "")
+    if env_repo and not repos:
+        repos = [Path(env_repo)]
+    values["model_repository"] = tuple(repos)
     return ServerConfig(**values).validate()
 
 
@@ -200,12 +231,20 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.cli import run_train
 
         return run_train(args)
+    if args.command == "compress":
+        from .compression.cli import run_compress
+
+        return run_compress(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    configure_logging(args.log_level, secrets=config.api_key | ({config.metrics_key} if config.metrics_key else set()))
-    from .server import run
+    configure_logging(args.log_level,
+                      secrets=config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set()))
+    if config.workers > 1:
+        from .supervisor import run_supervisor as run
+    else:
+        from .server import run
 
     try:
         return run(config)

@@ -35,9 +35,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     loop: str = "auto"  # auto | asyncio | uvloop
+    workers: int = 1  # server processes sharing the port (a supervisor starts them when > 1)
 
     # Models
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = DEFAULT_MODELS  # the default (built-in) models to serve; () for none
+    model_repository: tuple[Path, ...] = ()  # the operator's model repositories
+    reload: bool = False  # watch model_repository and apply changes
     seed: int = 0
     cache_dir: Path | None = None  # None: $WSSERVE_CACHE_DIR or ~/.cache/wsserve
     cache: bool = True  # read and write trained weights in cache_dir
@@ -47,9 +50,11 @@ class ServerConfig:
     max_inflight: int = 256
     max_inflight_bytes: int = 32 << 20  # input bytes (float64) of a connection's unfinished requests
     max_rows: int = 65536
+    max_explain_rows: int = 256  # rows of one "explain": true predict (each costs ~1.5 ms on the mlp)
     max_tokens: int = 100_000
     # Limits (per model)
     max_batch_size: int = 256  # rows per predict batch
+    explain_row_cost: int = 32  # batch and queue units one row to explain counts (a plain row: 1)
     max_queue_rows: int | None = 1 << 20  # queued predict rows per model
     max_queue_bytes: int | None = 64 << 20  # queued predict input bytes (float64) per model
     max_generate_batch: int = 256  # sequences stepped together
@@ -77,6 +82,7 @@ class ServerConfig:
 
     # Security
     api_key: frozenset[str] = field(default_factory=frozenset)  # the accepted API keys (none: no auth)
+    admin_key: frozenset[str] = field(default_factory=frozenset)  # keys that may load/unload/reload models
     metrics_key: str | None = None  # also accepted on GET /metrics (with api_key)
     allow_origin: tuple[str, ...] | None = None  # browser origins; None: the server's own only; ("*",): any
     require_origin: bool = False  # refuse handshakes without an Origin header
@@ -87,20 +93,27 @@ class ServerConfig:
     # Compute
     inline_max_flops: int = 200_000  # predict batches cheaper than this run on the loop thread
 
-    def validate(self) -> ServerConfig:
-        """Return self if every setting is in range, else raise ``ValueError`` naming its flag."""
+    def validate(self, *, in_process_models: bool = False) -> ServerConfig:
+        """Return self if every setting is in range, else raise ``ValueError`` naming its flag.
+
+        ``in_process_models``: the server also serves objects given in the program
+        (``Server(config, models=...)``), so no default model and no repository is fine."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
+        if type(self.workers) is not int or not 1 <= self.workers <= 64:
+            raise ValueError(f"{flag('workers')} must be an integer in 1..64, got {self.workers!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (
-            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_tokens",
+            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
         )
         for name in positive:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
+            raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
@@ -125,8 +138,16 @@ class ServerConfig:
                     f"{flag('compression')} is not available with {flag('transport')} picows "
                     "(picows has no permessage-deflate); use the websockets transport for compression"
                 )
-        if not self.models:
-            raise ValueError(f"{flag('models')}: at least one model must be served")
+        if in_process_models and self.workers > 1:
+            raise ValueError(f"{flag('workers')} {self.workers}: worker processes serve the built-in models and "
+                             "repositories only; in-process model objects need workers=1 (or put them in a repository)")
+        if not self.models and not self.model_repository and not in_process_models:
+            raise ValueError(f"{flag('models')} none needs {flag('model_repository')}: nothing would be served")
+        for repo in self.model_repository:
+            if not Path(repo).is_dir():
+                raise ValueError(f"{flag('model_repository')}: no such directory: {repo}")
+        if self.reload and not self.model_repository:
+            raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.metrics_key is not None and not self.api_key:
@@ -151,6 +172,7 @@ class ServerConfig:
             "max_rows": self.max_rows,
             "max_tokens": self.max_tokens,
             "max_inflight_bytes": self.max_inflight_bytes,
+            "max_explain_rows": self.max_explain_rows,
         }
 
     @classmethod

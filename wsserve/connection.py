@@ -47,7 +47,9 @@ from .errors import (
     BadJson,
     BadRequest,
     DuplicateId,
+    Forbidden,
     Internal,
+    InvalidInput,
     Overloaded,
     RateLimited,
     ShuttingDown,
@@ -57,6 +59,7 @@ from .errors import (
 from .jobs import GenerateJob, Job, PredictJob
 from .metrics import Metrics
 from .protocol import (
+    Admin,
     Auth,
     Cancel,
     Generate,
@@ -64,12 +67,12 @@ from .protocol import (
     Ping,
     Predict,
     decode,
+    encode_admin_ok,
     encode_auth_ok,
     encode_draining,
     encode_error,
     encode_models,
     encode_pong,
-    validate_inputs,
 )
 from .ratelimit import TokenBucket
 
@@ -136,6 +139,9 @@ class ConnectionContext:
     shared: Shared
     hello: bytes
     clock: Callable[[], float]  # monotonic seconds, for events that come from workers
+    #: ``admin(op, model, version, done)``: run a load/unload/reload and call ``done`` with
+    #: the result (a dict) or the ``WsserveError``; None when the server has no repository.
+    admin: Callable[[str, str, str | None, Callable[[Any], None]], None] | None = None
 
 
 class Connection:
@@ -335,6 +341,8 @@ class Connection:
                 self.send(encode_models(req.id, self.ctx.models.models_json))
             elif kind is Auth:
                 self._auth(req, now)
+            elif kind is Admin:
+                self._admin(req)
         except BadJson as exc:
             if exc.invalid_utf8:  # RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection
                 self.close(1007, "invalid UTF-8 in a text frame")
@@ -384,6 +392,29 @@ class Connection:
             self.close(1008, "too many failed authentication attempts")
             return
         raise Unauthorized("invalid API key")
+
+    def may_admin(self) -> bool:
+        """Admin operations: with keys configured, an admin key; without, loopback only."""
+        cfg = self._cfg
+        if cfg.api_key or cfg.admin_key:
+            return self.ctx.keys.is_admin(self.key)
+        return self.address == "::1" or self.address.startswith("127.")
+
+    def _admin(self, req: Admin) -> None:
+        if not self.may_admin():
+            raise Forbidden(f"{req.op} needs the admin key (--admin-key), or loopback when no keys are configured")
+        admin = self.ctx.admin
+        if admin is None:
+            raise BadRequest(f"{req.op}: this server serves no model repository")
+        rid, op = req.id, req.op
+
+        def done(result: Any) -> None:
+            if isinstance(result, WsserveError):
+                self.send(encode_error(result, rid))
+            else:
+                self.send(encode_admin_ok(op, rid, result))
+
+        admin(op, req.model, req.version, done)
 
     def _forget_auth(self) -> None:
         self._auth_deadline = None
@@ -447,15 +478,22 @@ class Connection:
         entry = self._models.lookup(req.model, req.version)
         if entry.kind != "predict":
             raise BadRequest(f"model {req.model!r} serves generate, not predict")
-        rows = validate_inputs(req.inputs, entry.input_width, self._cfg.max_rows)
-        self._capacity(rows.nbytes)
+        if req.explain and (refusal := entry.explain_refusal) is not None:
+            raise BadRequest(refusal)
+        cfg = self._cfg
+        # Any JSON number takes at least two bytes of the message: a bound before anything is allocated.
+        inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+        if req.explain and n > cfg.max_explain_rows:
+            raise InvalidInput(f"'inputs' has {n} rows; explain takes at most {cfg.max_explain_rows} "
+                               "rows per request (max_explain_rows)")
+        self._capacity(nbytes)
         if rid is None:  # seed form: no id, still tracked so shutdown and limits see it
             self._seed_keys += 1
             key: Any = ("seed", self._seed_keys)
         else:
             key = rid
         deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
-        job = PredictJob(self, key, req, entry, rows, now, deadline)
+        job = PredictJob(self, key, req, entry, inputs, n, nbytes, now, deadline)
         job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
         self._track(job)
 

@@ -14,6 +14,7 @@ Tree (all carry ``code``, ``message``, and optionally ``retry_after_ms`` and
     ├── DeadlineExceeded   deadline_exceeded
     ├── Cancelled          cancelled
     ├── Unauthorized       unauthorized
+    ├── Forbidden          forbidden           (an admin operation without the admin key)
     ├── ShuttingDown       shutting_down
     └── Internal           internal
 
@@ -38,6 +39,7 @@ __all__ = [
     "DeadlineExceeded",
     "Cancelled",
     "Unauthorized",
+    "Forbidden",
     "ShuttingDown",
     "Internal",
     "ERROR_CODES",
@@ -115,6 +117,13 @@ class Unauthorized(WsserveError):
     code = "unauthorized"
 
 
+class Forbidden(WsserveError):
+    """An operation this connection may not perform (admin operations need the admin key,
+    or loopback when no keys are configured)."""
+
+    code = "forbidden"
+
+
 class ShuttingDown(WsserveError):
     code = "shutting_down"
 
@@ -125,7 +134,7 @@ class Internal(WsserveError):
 
 _CLASSES: tuple[type[WsserveError], ...] = (
     BadJson, BadRequest, UnknownModel, DuplicateId, InvalidInput, Overloaded,
-    RateLimited, DeadlineExceeded, Cancelled, Unauthorized, ShuttingDown, Internal,
+    RateLimited, DeadlineExceeded, Cancelled, Unauthorized, ShuttingDown, Internal, Forbidden,
 )
 
 #: Every wire error code, in the order PROTOCOL.md lists them.

@@ -58,6 +58,11 @@ class RedactSecrets(logging.Filter):
         super().__init__()
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The configured secrets (a worker process's filter gets the same)."""
+        return tuple(self._secrets)
+
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(_is_frame(a) for a in record.args):
             record.args = tuple(_frame_placeholder(a) if _is_frame(a) else a for a in record.args)
@@ -86,10 +91,12 @@ def _frame_placeholder(frame: object) -> object:
     return frame
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Log to stderr at ``level`` with credentials redacted on every handler."""
+def configure_logging(level: str, secrets: Iterable[str] = (), *, prefix: str | None = None) -> None:
+    """Log to stderr at ``level`` with credentials redacted on every handler
+    (``prefix``: e.g. ``worker 1``, written before the logger name)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    head = f"[{prefix}] " if prefix else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {head}%(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

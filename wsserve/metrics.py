@@ -10,8 +10,11 @@ fraction of a microsecond per request, where the library's locked
 
 from __future__ import annotations
 
+import json
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Info, generate_latest
@@ -67,14 +70,50 @@ class _Family:
             h = self.children[key] = Histogram(self.bounds)
         return h
 
-    def export(self) -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
-        for key, h in self.children.items():
-            fam.add_metric(list(key), h.cumulative(), sum_value=h.sum)
-        return fam
+    def snapshot(self) -> dict[str, list[float]]:
+        """``{"label\\x00label": [count per bucket..., sum]}`` (JSON-ready)."""
+        return {_SEP.join(key): [*h.counts, h.sum] for key, h in self.children.items()}
+
+
+_SEP = "\x00"  # joins label values into one JSON key
+
+
+def _merge_counts(into: dict[str, float], more: dict[str, float]) -> None:
+    for key, n in more.items():
+        into[key] = into.get(key, 0) + n
+
+
+def _merge_hist(into: dict[str, list[float]], more: dict[str, list[float]]) -> None:
+    for key, values in more.items():
+        mine = into.get(key)
+        if mine is None or len(mine) != len(values):
+            into[key] = list(values)
+        else:
+            for i, v in enumerate(values):
+                mine[i] += v
+
+
+def _cumulative(bounds: tuple[float, ...], values: list[float]) -> list[tuple[str, float]]:
+    out, total = [], 0.0
+    for bound, n in zip((*bounds, float("inf")), values[:-1]):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+    return out
+
+
+_HISTOGRAMS = (
+    ("duration", "wsserve_request_duration_seconds", "Time from receipt to terminal frame.", ("model", "type"), LATENCY_BUCKETS),
+    ("queue", "wsserve_queue_duration_seconds", "Time a request waited before its first batch or step.", ("model",),
+     LATENCY_BUCKETS),
+    ("batch_size", "wsserve_batch_size", "Rows (predict) or sequences (generate) per batch.", ("model",), BATCH_BUCKETS),
+    ("compute", "wsserve_batch_compute_seconds", "Model compute time per batch.", ("model",), LATENCY_BUCKETS),
+)
 
 
 class _Collector(Collector):
+    """Renders a merged snapshot: this process's, plus (with worker processes) every
+    other worker's last snapshot: counters and histograms summed, gauges by ``worker``."""
+
     def __init__(self, metrics: "Metrics") -> None:
         self._m = metrics
 
@@ -82,57 +121,68 @@ class _Collector(Collector):
         return []  # registered before the server's state exists
 
     def collect(self) -> Iterator[Metric]:
-        m = self._m
-        state = m.read_state()
-        requests = CounterMetricFamily(
-            "wsserve_requests", "Requests by model, type and result code (ok on success).", labels=["model", "type", "code"]
-        )
-        for (model, kind, code), n in m.requests.items():
-            requests.add_metric([model, kind, code], n)
-        yield requests
-        yield m.duration.export()
-        yield m.queue.export()
-        yield m.batch_size.export()
-        yield m.compute.export()
-        tokens = CounterMetricFamily("wsserve_generated_tokens", "Tokens streamed by generate.", labels=["model"])
-        for model, n in m.tokens.items():
-            tokens.add_metric([model], n)
-        yield tokens
-        closes = CounterMetricFamily("wsserve_connections_closed", "Closed connections by close code.", labels=["code"])
-        for code, n in m.closes.items():
-            closes.add_metric([code], n)
-        yield closes
-        yield CounterMetricFamily(
-            "wsserve_slow_consumer_closes", "Connections closed because they stopped reading.", value=m.slow_consumers
-        )
-        yield CounterMetricFamily("wsserve_messages_received", "WebSocket messages received.", value=state["messages"])
-        frames = CounterMetricFamily(
-            "wsserve_websocket_frames", "Client frames by parsing path: fast (whole data frames) or library.",
-            labels=["path"],
-        )
-        for path, n in state.get("frames", {}).items():
-            frames.add_metric([path], n)
-        yield frames
-        yield GaugeMetricFamily("wsserve_connections", "Open WebSocket connections.", value=state["connections"])
-        yield GaugeMetricFamily(
-            "wsserve_inflight_requests", "Unfinished predict and generate requests across all connections.",
-            value=state["inflight"],
-        )
-        depth = GaugeMetricFamily("wsserve_queue_depth", "Requests waiting in a model's queue.", labels=["model"])
-        rows = GaugeMetricFamily("wsserve_queue_rows", "Rows waiting in a model's predict queue.", labels=["model"])
-        for model, (queued, queued_rows) in state["queues"].items():
-            depth.add_metric([model], queued)
-            rows.add_metric([model], queued_rows)
-        yield depth
-        yield rows
-        yield GaugeMetricFamily("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", value=state["tasks"])
-        yield GaugeMetricFamily("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", value=state["ready"])
+        snaps = self._m.snapshots()
+        counters: dict[str, dict[str, float]] = {}
+        hists: dict[str, dict[str, list[float]]] = {}
+        for snap in snaps:
+            for name, values in snap["counters"].items():
+                _merge_counts(counters.setdefault(name, {}), values)
+            for name, values in snap["histograms"].items():
+                _merge_hist(hists.setdefault(name, {}), values)
+
+        def counter(name: str, doc: str, labels: list[str], values: dict[str, float]) -> CounterMetricFamily:
+            fam = CounterMetricFamily(name, doc, labels=labels)
+            for key, n in values.items():
+                fam.add_metric(key.split(_SEP) if labels else [], n)
+            return fam
+
+        yield counter("wsserve_requests", "Requests by model, type and result code (ok on success).",
+                      ["model", "type", "code"], counters.get("requests", {}))
+        for key, name, doc, labels, bounds in _HISTOGRAMS:
+            fam = HistogramMetricFamily(name, doc, labels=list(labels))
+            for labelkey, values in hists.get(key, {}).items():
+                fam.add_metric(labelkey.split(_SEP), _cumulative(bounds, values), sum_value=values[-1])
+            yield fam
+        yield counter("wsserve_generated_tokens", "Tokens streamed by generate.", ["model"], counters.get("tokens", {}))
+        yield counter("wsserve_connections_closed", "Closed connections by close code.", ["code"], counters.get("closes", {}))
+        yield counter("wsserve_slow_consumer_closes", "Connections closed because they stopped reading.", [],
+                      counters.get("slow_consumers", {}))
+        yield counter("wsserve_messages_received", "WebSocket messages received.", [], counters.get("messages", {}))
+        yield counter("wsserve_websocket_frames", "Client frames by parsing path: fast (whole data frames) or library.",
+                      ["path"], counters.get("frames", {}))
+        live = [s for s in snaps if s.get("alive", True)]
+        per_worker = self._m.worker is not None
+        extra = ["worker"] if per_worker else []
+
+        def gauge(name: str, doc: str, field: str, labels: list[str] = ()) -> GaugeMetricFamily:  # type: ignore[assignment]
+            fam = GaugeMetricFamily(name, doc, labels=[*labels, *extra])
+            for snap in live:
+                value = snap["gauges"][field]
+                tail = [str(snap["worker"])] if per_worker else []
+                if labels:
+                    for key, n in value.items():
+                        fam.add_metric([key, *tail], n)
+                else:
+                    fam.add_metric(tail, value)
+            return fam
+
+        yield gauge("wsserve_connections", "Open WebSocket connections.", "connections")
+        yield gauge("wsserve_inflight_requests", "Unfinished predict and generate requests across all connections.",
+                    "inflight")
+        yield gauge("wsserve_queue_depth", "Requests waiting in a model's queue.", "queue_depth", ["model"])
+        yield gauge("wsserve_queue_rows", "Rows waiting in a model's predict queue.", "queue_rows", ["model"])
+        yield gauge("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", "tasks")
+        yield gauge("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", "ready")
 
 
 class Metrics:
     """All metrics of one server.  ``read_state()`` returns the gauges' values."""
 
-    def __init__(self, *, version: str, read_state: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, *, version: str, read_state: Callable[[], dict[str, Any]], worker: int | None = None,
+                 peers_dir: Path | None = None) -> None:
+        """``worker``/``peers_dir``: with several worker processes, this process's index and
+        the directory where every worker writes its snapshot (:meth:`write_snapshot`);
+        ``/metrics`` then reports totals over all workers and gauges labelled by ``worker``."""
         self.read_state = read_state
         self.requests: dict[tuple[str, str, str], int] = {}
         self.duration = _Family(
@@ -151,6 +201,8 @@ class Metrics:
         self.tokens: dict[str, int] = {}
         self.closes: dict[str, int] = {}
         self.slow_consumers = 0
+        self.worker = worker
+        self._peers_dir = Path(peers_dir) if peers_dir is not None else None
         self.registry = CollectorRegistry(auto_describe=True)
         Info("wsserve", "wsserve build information.", registry=self.registry).info({"version": version})
         self.registry.register(_Collector(self))
@@ -188,6 +240,59 @@ class Metrics:
     def closed(self, code: int | None) -> None:
         key = str(code if code is not None else 1006)
         self.closes[key] = self.closes.get(key, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every value of this process, JSON-ready (what other workers merge)."""
+        state = self.read_state()
+        return {
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "alive": True,
+            "counters": {
+                "requests": {_SEP.join(k): n for k, n in self.requests.items()},
+                "tokens": dict(self.tokens),
+                "closes": dict(self.closes),
+                "slow_consumers": {"": self.slow_consumers},
+                "messages": {"": state["messages"]},
+                "frames": dict(state.get("frames", {})),
+            },
+            "histograms": {
+                "duration": self.duration.snapshot(), "queue": self.queue.snapshot(),
+                "batch_size": self.batch_size.snapshot(), "compute": self.compute.snapshot(),
+            },
+            "gauges": {
+                "connections": state["connections"], "inflight": state["inflight"],
+                "queue_depth": {m: q for m, (q, _) in state["queues"].items()},
+                "queue_rows": {m: r for m, (_, r) in state["queues"].items()},
+                "tasks": state["tasks"], "ready": state["ready"],
+            },
+        }
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """This process's snapshot and (with workers) the others' last ones."""
+        own = self.snapshot()
+        if self._peers_dir is None:
+            return [own]
+        out = [own]
+        for path in sorted(self._peers_dir.glob("*.json")):
+            if path.name == f"worker-{self.worker}.json":
+                continue
+            try:
+                snap = json.loads(path.read_text())
+            except (OSError, ValueError):  # being replaced, or gone: skip this scrape
+                continue
+            if isinstance(snap, dict) and "counters" in snap:
+                out.append(snap)
+        return out
+
+    def write_snapshot(self) -> None:
+        """Write this worker's snapshot for the others (atomically: temp file + rename)."""
+        if self._peers_dir is None:
+            return
+        path = self._peers_dir / f"worker-{self.worker}.json"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        os.replace(tmp, path)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

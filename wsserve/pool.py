@@ -1,385 +1,168 @@
-"""The model pool: per-model batching workers driven by asyncio.
+"""The model pool: every model version served, its state, its worker, and the default version.
 
-:class:`PredictWorker` owns one :class:`~wsserve.batching.BatchQueue` and
-forms batches from loop callbacks (no task per request or per model), greedily
-or after ``max_delay_ms``, across every connection; it runs the model (off the
-event loop in a one-thread executor when the batch is costly enough, inline
-when it is cheaper than the thread hop) and hands each request its rows
-through its :class:`PredictSink`.
+A :class:`ModelEntry` is one *loaded* version of a model with its worker (a
+:class:`~wsserve.worker.PredictWorker` for predictive models, a
+:class:`~wsserve.generation.GenerationEngine` for generative ones) and the
+function that turns a request's ``inputs`` into its tensors.  The pool also
+keeps the state of every version it was asked about — ``loading``, ``ready``,
+``unloading`` or ``failed`` (with the reason) — for the ``models`` reply.
 
-:class:`ModelPool` maps ``(name, version)`` to a worker: a
-:class:`PredictWorker` for predictive models, a
-:class:`~wsserve.generation.engine.GenerationEngine` for generative ones.
+- :meth:`ModelPool.lookup` serves requests: the model's default version (the
+  highest ``ready`` one) or a pinned ``ready`` version; anything else is
+  ``unknown_model`` naming the model or the version and its state.
+- :meth:`ModelPool.serve` starts a loaded model's worker and makes it ready
+  (the new default if it is the highest ready version) in one step on the
+  event loop, so a swap is atomic for requests.
+- :meth:`ModelPool.retire` stops routing to a version (``unloading``); the
+  caller awaits its worker's idle state, closes it, then :meth:`forget`\\ s it.
 
-Call order: ``pool = ModelPool(...)``; ``await pool.start()``; ``submit`` /
-``cancel`` from the loop thread; ``await pool.close()`` (idempotent).
+Event-loop thread only.  Loading files and warming up happen elsewhere (the
+repository manager, :mod:`wsserve.registry`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from time import monotonic
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
 
-from .batching import Batch, BatchQueue, WorkItem
-from .errors import DeadlineExceeded, Internal, InvalidInput, ShuttingDown, UnknownModel, WsserveError
+from .config import ServerConfig
+from .errors import InvalidInput, UnknownModel
+from .explain import Explainer, NotExplainable, explainer_for
 from .models.base import ModelInfo, PredictiveModel
-from .stats import WorkerStatistics
+from .protocol import validate_inputs
+from .worker import BatchObserver, PredictWorker, Tensors
 
-__all__ = ["PredictSink", "PredictWorker", "ModelEntry", "ModelPool", "BatchObserver"]
+__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer"]
 
 log = logging.getLogger("wsserve.pool")
 
-
-class PredictSink(Protocol):
-    """Receives one request's results, on the event-loop thread, in row order.
-
-    Contract: ``on_rows`` is called for consecutive row ranges starting at 0
-    until all rows are delivered, unless ``on_error`` is called first; after
-    ``on_error`` nothing more is called.  Neither may block.
-    """
-
-    rows: np.ndarray  # [n, d] float64
-    finished: bool  # True once the request has its terminal frame
-
-    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
-
-    def on_error(self, exc: WsserveError) -> None: ...
+#: ``prepare(inputs, max_rows, max_elements) -> (tensors, n, nbytes)``: a request's JSON ``inputs``
+#: checked and converted for one model (raises ``InvalidInput``).
+Prepare = Callable[[Any, int, int], tuple[Tensors, int, int]]
 
 
-class BatchObserver(Protocol):
-    """Optional hook for metrics: called once per computed batch."""
-
-    def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
-
-
-class PredictWorker:
-    """Batches and runs ``predict`` for one model version.
-
-    Driven by loop callbacks, not a task: ``submit`` schedules a tick with
-    ``call_soon`` when the model is idle; a tick forms one batch and either
-    computes it inline (cheap batches) or hands it to a one-thread executor and
-    ticks again when it is done.  Requests that arrive in the same loop
-    iteration therefore share a batch, and an idle server adds no wait.
-    """
-
-    def __init__(
-        self,
-        model: PredictiveModel,
-        *,
-        max_batch_size: int = 256,
-        max_delay_ms: float | None = None,
-        max_queue_rows: int | None = None,
-        max_queue_bytes: int | None = None,
-        inline_max_flops: int = 200_000,
-        observer: BatchObserver | None = None,
-        after_batch: Callable[[], None] | None = None,
-    ) -> None:
-        """``after_batch`` runs after each batch's results were handed out (the
-        server uses it to write the replies at once rather than a loop iteration later)."""
-        self.model = model
-        self._after_batch = after_batch
-        self.name = model.info.name
-        self.queue = BatchQueue(
-            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
-            max_queue_bytes=max_queue_bytes,
-        )
-        self._inline_max_rows = max(0, inline_max_flops // model.flops_per_row())
-        self._observer = observer
-        self._executor: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._busy = False  # a batch is computing in the executor
-        self._tick_handle: asyncio.Handle | None = None
-        self._tick_at: float | None = None  # monotonic time of a scheduled window tick
-        self._closed = False
-        self._computing: tuple[WorkItem, ...] = ()  # items of the batch in the executor
-        self._executor_batches = 0
-        self._last_batch = 0
-
-    # -- lifecycle
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wsserve-{self.name}")
-
-    async def close(self) -> None:
-        """Stop forming batches and end every request still queued or computing with
-        ``ShuttingDown`` (as the generation engine does).  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-            self._tick_handle = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-        for item in self.queue.drain():
-            self._end(item, ShuttingDown("the server is shutting down"))
-        for item in self._computing:
-            self._end(item, ShuttingDown("the server is shutting down"))
-        self._computing = ()
-
-    # -- requests
-
-    def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
-        """Queue ``sink.rows``.  Raises ``Overloaded`` when the queue is full and
-        ``ShuttingDown`` after :meth:`close`; the sink is then never called."""
-        if self._closed:
-            raise ShuttingDown("model worker is shutting down")
-        rows = sink.rows
-        n = rows.shape[0]
-        item = WorkItem(n, priority, deadline, rows.nbytes // n if n else 0, sink)
-        now = monotonic()
-        self.queue.add(item, now)
-        if not self._busy:
-            if self._tick_handle is None:
-                self._schedule(now, now)
-            elif self._tick_at is not None and self.queue.ready_at(now) == now:
-                self._tick_handle.cancel()  # the window filled up: go now
-                self._schedule(now, now)
-        return item
-
-    def cancel(self, item: WorkItem) -> None:
-        """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
-        self.queue.cancel(item)
-
-    def statistics(self) -> WorkerStatistics:
-        q = self.queue.statistics(monotonic())
-        return WorkerStatistics(
-            kind="predict", queued=q.requests, queued_rows=q.rows, queued_bytes=q.bytes,
-            running=len(self._computing), oldest_age_s=q.oldest_age_s, batches=q.batches,
-            computed=q.rows_scheduled, executor_batches=self._executor_batches,
-            last_batch_size=self._last_batch,
-        )
-
-    # -- the batching loop
-
-    def _schedule(self, at: float, now: float) -> None:
-        loop = self._loop
-        assert loop is not None, "start() first"
-        if at <= now:
-            self._tick_at = None
-            self._tick_handle = loop.call_soon(self._tick)
-        else:
-            self._tick_at = at
-            self._tick_handle = loop.call_later(at - now, self._tick)
-
-    def _tick(self) -> None:
-        self._tick_handle = None
-        self._tick_at = None
-        if self._busy or self._closed:
-            return
-        queue = self.queue
-        now = monotonic()
-        ready = queue.ready_at(now)
-        if ready is None:
-            return
-        if ready > now:
-            self._schedule(ready, now)
-            return
-        batch = queue.next_batch(now)
-        if batch is None:
-            return
-        for item in batch.expired:
-            try:
-                item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
-            except Exception as exc:  # noqa: BLE001
-                self._sink_failed(item, exc)
-        if batch.slices:
-            self._compute(batch)
-        if not self._busy and self._tick_handle is None and len(queue):
-            # Next batch on the next loop iteration, after pending socket I/O.
-            self._schedule(now, now)
-
-    def _compute(self, batch: Batch) -> None:
-        slices = batch.slices
-        if len(slices) == 1:
-            s = slices[0]
-            rows = s.item.payload.rows
-            x = rows if s.start == 0 and s.stop == rows.shape[0] else rows[s.start : s.stop]
-        else:
-            x = np.concatenate([s.item.payload.rows[s.start : s.stop] for s in slices])
-        started = monotonic()
-        self._last_batch = batch.rows
-        try:
-            if batch.rows <= self._inline_max_rows:
-                y = self.model.predict(x)
-            else:
-                assert self._executor is not None and self._loop is not None
-                self._busy = True
-                self._executor_batches += 1
-                self._computing = tuple(s.item for s in slices)
-                future = self._loop.run_in_executor(self._executor, self.model.predict, x)
-                future.add_done_callback(lambda f: self._computed(batch, f, started))
-                return
-        except Exception as exc:
-            self._failed(batch, exc)
-            return
-        self._deliver(batch, y, started)
-
-    def _computed(self, batch: Batch, future: asyncio.Future[np.ndarray], started: float) -> None:
-        self._busy = False
-        self._computing = ()
-        if self._closed:  # close() has ended its requests
-            return
-        if future.cancelled():
-            self._failed(batch, RuntimeError("computation cancelled"))
-        elif future.exception() is not None:
-            self._failed(batch, future.exception())  # type: ignore[arg-type]
-        else:
-            self._deliver(batch, future.result(), started)
-        if self._tick_handle is None and len(self.queue):
-            now = monotonic()
-            self._schedule(now, now)
-
-    def _failed(self, batch: Batch, exc: BaseException) -> None:
-        """A model failure fails only the requests of this batch, with ``internal``."""
-        log.error("model %s failed on a batch of %d rows", self.name, batch.rows, exc_info=exc)
-        err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
-        for s in batch.slices:
-            if not s.item.payload.finished:
-                self.queue.cancel(s.item)
-                try:
-                    s.item.payload.on_error(Internal(err))
-                except Exception as sink_exc:  # noqa: BLE001
-                    self._sink_failed(s.item, sink_exc)
-
-    def _end(self, item: WorkItem, exc: WsserveError) -> None:
-        try:
-            if not item.payload.finished:
-                item.payload.on_error(exc)
-        except Exception as sink_exc:  # noqa: BLE001
-            log.error("result sink of a %s request failed in on_error", self.name, exc_info=sink_exc)
-
-    def _sink_failed(self, item: WorkItem, exc: BaseException) -> None:
-        """A sink raised: log it, stop its rows, and end it with ``internal`` (best effort)."""
-        log.error("result sink of a %s request failed", self.name, exc_info=exc)
-        self.queue.cancel(item)
-        try:
-            if not item.payload.finished:
-                item.payload.on_error(Internal(f"internal error delivering results: {type(exc).__name__}: {exc}"))
-        except Exception:  # noqa: BLE001
-            log.exception("result sink failed again in on_error")
-
-    def _deliver(self, batch: Batch, y: np.ndarray, started: float) -> None:
-        compute_s = monotonic() - started
-        try:  # a model may return anything: never let it escape this callback
-            if not isinstance(y, np.ndarray) or y.dtype.kind not in "fiu":
-                raise TypeError(f"model returned {type(y).__name__} of {getattr(y, 'dtype', '?')}, not a numeric array")
-            y = np.ascontiguousarray(y, dtype=np.float64)
-            if y.ndim != 2 or y.shape[0] != batch.rows:
-                raise ValueError(f"model returned shape {y.shape} for {batch.rows} rows")
-            finite = np.isfinite(y)
-        except Exception as exc:
-            self._failed(batch, exc)
-            return
-        if self._observer is not None:
-            self._observer.on_batch(self.name, batch.rows, compute_s)
-        finite_rows = None if finite.all() else finite.all(axis=1)
-        offset = 0
-        for s in batch.slices:
-            item = s.item
-            end = offset + s.rows
-            out = y[offset:end]
-            if item.payload.finished:  # cancelled or timed out while computing
-                offset = end
-                continue
-            sink = item.payload
-            try:  # one sink's failure must not keep the rest of the batch from their frames
-                if finite_rows is not None and not finite_rows[offset:end].all():
-                    bad = s.start + int(np.argmin(finite_rows[offset:end]))
-                    self.queue.cancel(item)
-                    sink.on_error(InvalidInput(f"output row {bad} is not finite"))
-                else:
-                    sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
-            except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
-                self._sink_failed(item, exc)
-            offset = end
-        if self._after_batch is not None:
-            self._after_batch()
+def is_generative(model: Any) -> bool:
+    """A model for ``generate``: a token model (``logits`` and ``id_to_text``)."""
+    return hasattr(model, "logits") and hasattr(model, "id_to_text") and not isinstance(model, PredictiveModel)
 
 
-@dataclass(frozen=True, slots=True)
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float_rows(width: int, float32: bool = False) -> Prepare:
+    """The fast path: a single float input of ``width`` values per row (the built-in models).
+    For a float32 input, a value beyond float32's range is refused as the general path does."""
+
+    def prepare(inputs: Any, max_rows: int, max_elements: int) -> tuple[Tensors, int, int]:
+        rows = validate_inputs(inputs, width, max_rows)
+        if float32 and np.abs(rows).max() > _F32_MAX:
+            i = int(np.argmax(np.abs(rows).max(axis=1) > _F32_MAX))
+            raise InvalidInput(f"'inputs' row {i} holds a value beyond float32's range")
+        return rows, rows.shape[0], rows.nbytes
+
+    return prepare
+
+
+def _tensor_inputs(specs: tuple[Any, ...]) -> Prepare:
+    """Any inputs a repository model declares (shapes, dtypes, names)."""
+    from .repository import batch_rows, convert_inputs
+
+    def prepare(inputs: Any, max_rows: int, max_elements: int) -> tuple[Tensors, int, int]:
+        tensors = convert_inputs(inputs, specs, max_rows=max_rows, max_elements=max_elements)
+        nbytes = sum(a.nbytes for a in tensors.values()) if isinstance(tensors, dict) else tensors.nbytes
+        return tensors, batch_rows(tensors), nbytes
+
+    return prepare
+
+
+def _prepare_for(model: Any) -> tuple[Prepare, int]:
+    """How a model's inputs are prepared, and its flat input width (0 when not a single float row)."""
+    specs = getattr(model, "inputs", None)
+    if specs:
+        if len(specs) == 1 and len(specs[0].shape) == 1 and specs[0].dtype in ("float64", "float32"):
+            width = int(specs[0].shape[0])
+            return _float_rows(width, specs[0].dtype == "float32"), width
+        return _tensor_inputs(tuple(specs)), 0
+    width = int(np.prod(model.info.input_shape))
+    return _float_rows(width), width
+
+
+@dataclass(eq=False)
 class ModelEntry:
-    """One servable model version.  ``kind`` is ``"predict"`` or ``"generate"``."""
+    """One loaded model version.  ``kind`` is ``"predict"`` or ``"generate"``."""
 
     name: str
     version: str
     kind: str
     model: Any
     worker: Any  # PredictWorker | GenerationEngine
-    input_width: int = 0  # flattened input width (predict models)
+    input_width: int = 0  # flat width of a single float input (the fast path), else 0
+    prepare: Prepare | None = None  # predict models: inputs -> tensors
 
     @property
     def info(self) -> ModelInfo:
         return self.model.info
 
-
-class ModelPool:
-    """Every served model version and its worker."""
-
-    def __init__(self, entries: list[ModelEntry]) -> None:
-        self._by_name: dict[str, dict[str, ModelEntry]] = {}
-        for entry in entries:
-            self._by_name.setdefault(entry.name, {})[entry.version] = entry
-        self._latest = {name: versions[max(versions, key=_version_key)] for name, versions in self._by_name.items()}
-        self._names_text = ", ".join(self._by_name)
-        self._started = False
-        self._models_json = orjson.dumps(self.describe(), option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+    @property
+    def explain_refusal(self) -> str | None:
+        """None if ``"explain": true`` is served for this version, else why not (naming the model)."""
+        if self.kind != "predict":
+            return f"model {self.name!r} serves generate; explanations are for predict"
+        return getattr(self.worker, "explain_refusal", f"model {self.name!r} cannot be explained")
 
     @property
-    def names(self) -> list[str]:
-        return list(self._by_name)
+    def explanation(self) -> dict[str, Any] | None:
+        """How this version's rows are explained (method, baseline, target, steps), or None."""
+        explainer = getattr(self.worker, "explainer", None)
+        return explainer.describe() if explainer is not None else None
 
-    def entries(self) -> list[ModelEntry]:
-        return [e for versions in self._by_name.values() for e in versions.values()]
 
-    def knows(self, name: str) -> bool:
-        """True for a served model name."""
-        return name in self._by_name
+def resolve_explainer(name: str, model: Any) -> tuple[Explainer | None, str | None]:
+    """``(explainer, None)`` for a predictive model that can be explained, else ``(None, reason)``."""
+    version = getattr(model, "version", None)
+    label = f"model {name!r}" + (f" version {version}" if version is not None else "")
+    specs = getattr(model, "inputs", None)
+    dtype = specs[0].dtype if specs and len(specs) == 1 and specs[0].dtype in ("float32", "float64") else "float64"
+    try:
+        return explainer_for(model, label=label, input_dtype=dtype), None
+    except NotExplainable as exc:
+        return None, exc.reason
 
-    @property
-    def models_json(self) -> bytes:
-        """The ``models`` list as JSON (``GET /v1/models`` and the ``models`` reply)."""
-        return self._models_json
 
-    def lookup(self, name: str, version: str | None = None) -> ModelEntry:
-        """The entry for ``name`` (newest version unless given); raises ``UnknownModel``."""
-        if version is None:
-            entry = self._latest.get(name)
-            if entry is not None:
-                return entry
-            raise UnknownModel(f"no model named {name!r}; known: {self._names_text}")
-        versions = self._by_name.get(name)
-        if versions is None:
-            raise UnknownModel(f"no model named {name!r}; known: {self._names_text}")
-        entry = versions.get(version)
-        if entry is None:
-            raise UnknownModel(f"model {name!r} has no version {version!r}; available: {', '.join(versions)}")
-        return entry
+@dataclass
+class VersionStatus:
+    state: str  # loading | ready | unloading | failed
+    reason: str | None = None
+    entry: ModelEntry | None = None
 
-    def describe(self) -> list[dict[str, Any]]:
-        """The ``models`` list: one JSON-ready dict per model version."""
-        return [e.info.to_json() for e in self.entries()]
 
-    async def start(self) -> None:
-        for entry in self.entries():
-            entry.worker.start()
-        self._started = True
+@dataclass
+class _Model:
+    versions: dict[str, VersionStatus] = field(default_factory=dict)
+    default: ModelEntry | None = None
 
-    async def close(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        await asyncio.gather(*(e.worker.close() for e in self.entries()), return_exceptions=True)
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _version_figures(entry: ModelEntry) -> dict[str, Any]:
+    """A loaded version's figures for ``models``: the repository model's own (bytes on disk, parameters,
+    non-zero parameters, metrics, compression figures: see ``RepositoryModel.version_figures``),
+    else what its info says."""
+    own = getattr(entry.model, "version_figures", None)
+    if callable(own):
+        return own()  # type: ignore[no-any-return]
+    info = getattr(entry.model, "info", None)
+    if info is None:
+        return {}
+    return {"parameters": info.parameters, "metrics": dict(info.metrics)}
 
 
 def _json_default(value: Any) -> Any:
@@ -390,5 +173,194 @@ def _json_default(value: Any) -> Any:
     return item()
 
 
-def _version_key(version: str) -> tuple[int, str]:
-    return (int(version), "") if version.isdigit() else (-1, version)
+class ModelPool:
+    """Every model version known to the server.  See the module docstring."""
+
+    def __init__(self, config: ServerConfig, *, observer: BatchObserver | None = None,
+                 after_batch: Callable[[], None] | None = None) -> None:
+        self._config = config
+        self._observer = observer
+        self._after_batch = after_batch
+        self._models: dict[str, _Model] = {}
+        self._models_json: bytes | None = None
+        self._started = False
+        #: Called after any change of what is served (the server refreshes its hello frame).
+        self.on_change: Callable[[], None] | None = None
+
+    # -- serving requests
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def knows(self, name: str) -> bool:
+        """True for a model name the pool has (whatever the state of its versions)."""
+        return name in self._models
+
+    def lookup(self, name: str, version: str | None = None) -> ModelEntry:
+        """The entry for ``name``: its default version, or ``version`` if ready.
+
+        Raises ``UnknownModel`` naming the model, or the version and why it cannot serve."""
+        model = self._models.get(name)
+        if model is None:
+            raise UnknownModel(f"no model named {name!r}; known: {', '.join(self._models) or 'none'}")
+        if version is None:
+            entry = model.default
+            if entry is not None:
+                return entry
+            states = ", ".join(f"{v}: {s.state}" for v, s in sorted(model.versions.items(), key=lambda x: _version_key(x[0])))
+            raise UnknownModel(f"model {name!r} has no ready version ({states or 'no versions'})")
+        status = model.versions.get(version)
+        if status is None:
+            known = ", ".join(sorted(model.versions, key=_version_key)) or "none"
+            raise UnknownModel(f"model {name!r} has no version {version!r}; available: {known}")
+        if status.state != "ready" or status.entry is None:
+            why = f" ({status.reason})" if status.reason else ""
+            raise UnknownModel(f"version {version!r} of model {name!r} is {status.state}{why}")
+        return status.entry
+
+    def entries(self) -> list[ModelEntry]:
+        """Every loaded entry (ready or unloading)."""
+        return [s.entry for m in self._models.values() for s in m.versions.values() if s.entry is not None]
+
+    def default_entries(self) -> list[ModelEntry]:
+        return [m.default for m in self._models.values() if m.default is not None]
+
+    def status(self, name: str) -> dict[str, VersionStatus]:
+        model = self._models.get(name)
+        return dict(model.versions) if model is not None else {}
+
+    # -- describing
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The ``models`` list: one entry per model (its default version's description) and ``versions``."""
+        out = []
+        for name, model in self._models.items():
+            default = model.default
+            base = default.info.to_json() if default is not None else {"name": name, "version": None}
+            versions = []
+            for v, status in sorted(model.versions.items(), key=lambda x: _version_key(x[0])):
+                item: dict[str, Any] = {"version": v, "state": status.state}
+                if status.reason:
+                    item["reason"] = status.reason
+                if status.entry is not None:
+                    item.update(_version_figures(status.entry))
+                versions.append(item)
+            base["name"] = name
+            base["version"] = default.version if default is not None else None
+            if default is not None and default.kind == "predict":
+                base["explain"] = default.explanation  # null: "explain": true is refused for it
+            base["versions"] = versions
+            out.append(base)
+        return out
+
+    @property
+    def models_json(self) -> bytes:
+        """The ``models`` list as JSON (``GET /v1/models`` and the ``models`` reply); cached."""
+        if self._models_json is None:
+            self._models_json = orjson.dumps(self.describe(), option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+        return self._models_json
+
+    def _changed(self, name: str) -> None:
+        self._models_json = None
+        model = self._models.get(name)
+        if model is not None:
+            ready = [s.entry for s in model.versions.values() if s.state == "ready" and s.entry is not None]
+            model.default = max(ready, key=lambda e: _version_key(e.version)) if ready else None
+        if self.on_change is not None:
+            self.on_change()
+
+    # -- changing what is served
+
+    def set_state(self, name: str, version: str, state: str, reason: str | None = None) -> None:
+        """Record a version that is not (or not yet) served: ``loading`` or ``failed``."""
+        model = self._models.setdefault(name, _Model())
+        status = model.versions.get(version)
+        if status is None:
+            model.versions[version] = VersionStatus(state, reason)
+        elif status.entry is None or state in ("loading", "failed") and status.state != "ready":
+            status.state, status.reason = state, reason
+        else:  # a serving version stays served; note the problem
+            status.reason = reason
+        self._changed(name)
+
+    def make_worker(self, name: str, model: Any, *, max_batch_size: int | None = None,
+                    max_delay_ms: float | None = None, instances: int = 1) -> Any:
+        """The worker a model needs (not started)."""
+        cfg = self._config
+        if is_generative(model):
+            from .generation import GenerationEngine
+
+            return GenerationEngine(
+                model, name=name, max_generate_batch=cfg.max_generate_batch, max_generate_queue=cfg.max_generate_queue,
+                observer=self._observer, after_delivery=self._after_batch,
+            )
+        explainer, refusal = resolve_explainer(name, model)
+        return PredictWorker(
+            model, name=name,
+            max_batch_size=max_batch_size or cfg.max_batch_size,
+            max_delay_ms=max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms,
+            max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
+            instances=instances, inline_max_flops=cfg.inline_max_flops,
+            observer=self._observer, after_batch=self._after_batch,
+            explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
+        )
+
+    def serve(self, name: str, version: str, model: Any, *, worker: Any | None = None) -> tuple[ModelEntry, ModelEntry | None]:
+        """Start serving a loaded (and warmed-up) model version: it becomes ``ready`` (and the
+        default if it is the highest ready version).  Returns ``(entry, replaced)``: the entry
+        it replaced for the same version, which the caller retires (drains and closes)."""
+        worker = worker if worker is not None else self.make_worker(name, model)
+        if self._started:
+            worker.start()
+        if is_generative(model):
+            entry = ModelEntry(name, version, "generate", model, worker)
+        else:
+            prepare, width = _prepare_for(model)
+            entry = ModelEntry(name, version, "predict", model, worker, width, prepare)
+        m = self._models.setdefault(name, _Model())
+        old = m.versions.get(version)
+        replaced = old.entry if old is not None else None
+        m.versions[version] = VersionStatus("ready", None, entry)
+        self._changed(name)
+        return entry, replaced
+
+    def retire(self, name: str, version: str) -> ModelEntry | None:
+        """Stop routing requests to ``version`` (state ``unloading``); returns its entry
+        (None if it held none) for the caller to drain, close and :meth:`forget`."""
+        m = self._models.get(name)
+        status = m.versions.get(version) if m is not None else None
+        if status is None:
+            return None
+        entry = status.entry
+        if entry is None:
+            del m.versions[version]
+        else:
+            status.state = "unloading"
+        self._changed(name)
+        return entry
+
+    def forget(self, name: str, version: str, entry: ModelEntry | None = None) -> None:
+        """Drop ``version`` (after its worker closed); a model with no version left is dropped.
+        With ``entry``, only if that entry is still the one recorded (a newer load may have replaced it)."""
+        m = self._models.get(name)
+        if m is None:
+            return
+        status = m.versions.get(version)
+        if status is not None and (entry is None or status.entry is entry):
+            del m.versions[version]
+        if not m.versions:
+            del self._models[name]
+        self._changed(name)
+
+    async def start(self) -> None:
+        for entry in self.entries():
+            entry.worker.start()
+        self._started = True
+
+    async def close(self) -> None:
+        """Close every worker (they end what they hold with ``shutting_down``).  Idempotent."""
+        if not self._started:
+            return
+        self._started = False
+        await asyncio.gather(*(e.worker.close() for e in self.entries()), return_exceptions=True)

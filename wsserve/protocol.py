@@ -43,6 +43,7 @@ __all__ = [
     "Models",
     "Ping",
     "Auth",
+    "Admin",
     "Request",
     "decode",
     "validate_inputs",
@@ -52,6 +53,7 @@ __all__ = [
     "encode_pong",
     "encode_models",
     "encode_auth_ok",
+    "encode_admin_ok",
     "encode_result",
     "encode_seed_result",
     "encode_chunk",
@@ -178,7 +180,8 @@ class Predict:
 
     ``inputs`` is the raw JSON value; :func:`validate_inputs` checks it against
     the model.  ``seed_form`` is ``"list"`` or ``"scalar"`` for the seed form
-    (reply ``{"y_pred": ...}``, no id), else ``None``.
+    (reply ``{"y_pred": ...}``, no id), else ``None``.  ``explain``: also
+    return per-feature attributions with each output row.
     """
 
     id: RequestId | None
@@ -190,6 +193,7 @@ class Predict:
     timeout_ms: float | None = None
     priority: int = 0
     seed_form: Literal["list", "scalar"] | None = None
+    explain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,19 @@ class Auth:
     id: RequestId | None = None
 
 
-Request = Union[Predict, Generate, Cancel, Models, Ping, Auth]
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """``load``, ``unload`` or ``reload`` of a model (all its versions, or ``version``)."""
+
+    op: Literal["load", "unload", "reload"]
+    model: str
+    version: str | None = None
+    id: RequestId | None = None
+
+
+ADMIN_OPS = ("load", "unload", "reload")
+
+Request = Union[Predict, Generate, Cancel, Models, Ping, Auth, Admin]
 
 
 # --------------------------------------------------------------------------- decode
@@ -328,6 +344,11 @@ def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
         stream = False
     elif type(stream) is not bool:
         raise BadRequest(f"field 'stream' must be a boolean, got {_jtype(stream)}")
+    explain = obj.get("explain")
+    if explain is None:
+        explain = False
+    elif type(explain) is not bool:
+        raise BadRequest(f"field 'explain' must be a boolean, got {_jtype(explain)}")
     return Predict(
         id=rid,
         model=model,
@@ -337,6 +358,7 @@ def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
         chunk_rows=_opt_int(obj, "chunk_rows", 1, MAX_CHUNK_ROWS),
         timeout_ms=_opt_timeout(obj),
         priority=_priority(obj),
+        explain=explain,
     )
 
 
@@ -425,12 +447,22 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
         if type(token) is not str or len(token) > MAX_TOKEN_LENGTH:
             raise BadRequest(f"field 'token' must be a string of at most {MAX_TOKEN_LENGTH} characters", request_id=rid)
         return Auth(token, rid)
+    if kind in ADMIN_OPS:
+        rid = _read_id(obj, False)
+        try:
+            return Admin(kind, _model(obj), _version(obj), rid)  # type: ignore[arg-type]
+        except WsserveError as exc:
+            exc.request_id = rid
+            raise
     if kind is None and "x" in obj:
         return _decode_seed(obj)
     rid = _loose_id(obj)
     if kind is None:
         raise BadRequest("missing field 'type'", request_id=rid)
-    raise BadRequest(f"unknown type {kind!r}; known: predict, generate, cancel, models, ping, auth", request_id=rid)
+    raise BadRequest(
+        f"unknown type {kind!r}; known: predict, generate, cancel, models, ping, auth, load, unload, reload",
+        request_id=rid,
+    )
 
 
 def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
@@ -512,17 +544,37 @@ def encode_auth_ok(rid: RequestId | None) -> bytes:
     return b'{"type":"auth","id":' + _id(rid) + b',"ok":true}'
 
 
-def _array(outputs: np.ndarray) -> bytes:
-    return orjson.dumps(np.ascontiguousarray(outputs), option=_NUMPY)
+def encode_admin_ok(op: str, rid: RequestId | None, result: dict[str, Any]) -> bytes:
+    """The reply to a ``load``/``unload``/``reload`` that succeeded: the model's versions afterwards."""
+    return orjson.dumps({"type": op, "id": rid, "ok": True, **result})
 
 
-def encode_result(rid: RequestId | None, model: str, version: str, outputs: np.ndarray, timing: dict[str, Any]) -> bytes:
-    """``result`` of a predict: ``outputs`` is ``[n, k]`` (float64, any layout)."""
-    return orjson.dumps(
-        {"type": "result", "id": rid, "model": model, "version": version, "outputs": np.ascontiguousarray(outputs),
-         "timing": timing},
-        option=_NUMPY,
-    )
+def _contiguous(outputs: Any) -> Any:
+    """Arrays orjson can serialise: C-contiguous (each of a ``{name: array}`` of named outputs)."""
+    if isinstance(outputs, dict):
+        return {k: np.ascontiguousarray(v) for k, v in outputs.items()}
+    return np.ascontiguousarray(outputs)
+
+
+def _array(outputs: Any) -> bytes:
+    return orjson.dumps(_contiguous(outputs), option=_NUMPY)
+
+
+def encode_result(
+    rid: RequestId | None, model: str, version: str, outputs: Any, timing: dict[str, Any],
+    attributions: np.ndarray | None = None, explanation: dict[str, Any] | None = None,
+) -> bytes:
+    """``result`` of a predict: ``outputs`` is ``[n, ...]`` (any numeric dtype and layout),
+    or ``{name: [n, ...]}`` for a model with named outputs.  With ``attributions``
+    (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
+    ``explanation`` (method, baseline, target, steps)."""
+    frame: dict[str, Any] = {"type": "result", "id": rid, "model": model, "version": version,
+                             "outputs": _contiguous(outputs)}
+    if attributions is not None:
+        frame["attributions"] = np.ascontiguousarray(attributions)
+        frame["explanation"] = explanation
+    frame["timing"] = timing
+    return orjson.dumps(frame, option=_NUMPY)
 
 
 def encode_seed_result(outputs: np.ndarray, scalar: bool) -> bytes:
@@ -533,22 +585,37 @@ def encode_seed_result(outputs: np.ndarray, scalar: bool) -> bytes:
     return orjson.dumps({"y_pred": value}, option=_NUMPY)
 
 
-def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: np.ndarray) -> bytes:
-    """One ``chunk`` of a streamed predict: rows ``offset .. offset + len(outputs)``."""
+def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: Any,
+                 attributions: np.ndarray | None = None) -> bytes:
+    """One ``chunk`` of a streamed predict: rows ``offset .. offset + len(outputs)`` (and their
+    ``attributions``, for an ``"explain": true`` predict)."""
+    extra = b"" if attributions is None else b',"attributions":' + _array(attributions)
     return (
         b'{"type":"chunk","id":' + _id(rid) + b',"seq":' + str(seq).encode() + b',"offset":'
-        + str(offset).encode() + b',"outputs":' + _array(outputs) + b"}"
+        + str(offset).encode() + b',"outputs":' + _array(outputs) + extra + b"}"
     )
 
 
-def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any]) -> bytes:
-    """The terminal ``done`` of a streamed predict."""
-    return orjson.dumps({"type": "done", "id": rid, "reason": "complete", "rows": rows, "timing": timing})
+def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any], version: str | None = None,
+                        explanation: dict[str, Any] | None = None) -> bytes:
+    """The terminal ``done`` of a streamed predict (``version``: the model version that computed it;
+    ``explanation``: how the chunks' attributions were computed, for an ``"explain": true`` predict)."""
+    frame: dict[str, Any] = {"type": "done", "id": rid, "reason": "complete", "rows": rows, "timing": timing}
+    if version is not None:
+        frame["version"] = version
+    if explanation is not None:
+        frame["explanation"] = explanation
+    return orjson.dumps(frame)
 
 
-def encode_generate_done(rid: RequestId | None, reason: str, tokens: int, timing: dict[str, Any]) -> bytes:
-    """The terminal ``done`` of a generate (``reason``: length, stop or cancelled)."""
-    return orjson.dumps({"type": "done", "id": rid, "reason": reason, "tokens": tokens, "timing": timing})
+def encode_generate_done(
+    rid: RequestId | None, reason: str, tokens: int, timing: dict[str, Any], version: str | None = None
+) -> bytes:
+    """The terminal ``done`` of a generate (``reason``: length, stop or cancelled; ``version``: who served it)."""
+    frame: dict[str, Any] = {"type": "done", "id": rid, "reason": reason, "tokens": tokens, "timing": timing}
+    if version is not None:
+        frame["version"] = version
+    return orjson.dumps(frame)
 
 
 def token_prefix(rid: RequestId) -> bytes:

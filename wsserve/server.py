@@ -2,7 +2,7 @@
 
 Call order::
 
-    server = Server(config, models)      # models: name -> trained model
+    server = Server(config, models)      # models: name -> in-process model object (optional)
     await server.start()                 # pool workers, listening socket
     ...                                  # server.url, server.port
     await server.drain()                 # PROTOCOL.md "Shutdown"; idempotent
@@ -22,31 +22,34 @@ narrow :class:`~wsserve.connection.ConnectionContext` (never itself).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 import os
 import signal
 import ssl
 import sys
+import tempfile
 from importlib import resources
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
 from websockets.datastructures import Headers
 
-from . import __version__
+from ._version import __version__
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
-from .errors import ShuttingDown
+from .errors import Forbidden, ShuttingDown, WsserveError
 from .metrics import CONTENT_TYPE, Metrics
-from .models.base import PredictiveModel
-from .pool import ModelEntry, ModelPool, PredictWorker
+from .pool import ModelPool
 from .protocol import encode_hello
+from .registry import ModelRegistry
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
 from .transport.app import Counters
 
-__all__ = ["Server", "run", "build_pool"]
+__all__ = ["Server", "run"]
 
 log = logging.getLogger("wsserve.server")
 
@@ -59,57 +62,33 @@ mimetypes.add_type("text/javascript", ".js")
 mimetypes.add_type("text/javascript", ".mjs")
 
 
-def build_pool(models: dict[str, Any], config: ServerConfig, metrics: Metrics | None, flusher: Flusher | None) -> ModelPool:
-    """Wrap each model in its worker: predictive -> batching queue, generative -> engine.
-
-    Workers report each batch to ``metrics`` and call ``flusher.flush`` after
-    handing out a batch's results, so replies are written at once."""
-    after = flusher.flush if flusher is not None else None
-    entries = []
-    for name, model in models.items():
-        if isinstance(model, PredictiveModel):
-            worker: Any = PredictWorker(
-                model,
-                max_batch_size=config.max_batch_size,
-                max_delay_ms=config.max_delay_ms,
-                max_queue_rows=config.max_queue_rows,
-                max_queue_bytes=config.max_queue_bytes,
-                inline_max_flops=config.inline_max_flops,
-                observer=metrics,
-                after_batch=after,
-            )
-            kind = "predict"
-            width = model.input_width
-        else:
-            from .generation import GenerationEngine
-
-            worker = GenerationEngine(
-                model,
-                name=name,
-                max_generate_batch=config.max_generate_batch,
-                max_generate_queue=config.max_generate_queue,
-                observer=metrics,
-                after_delivery=after,
-            )
-            kind = "generate"
-            width = 0
-        entries.append(
-            ModelEntry(name=name, version=model.info.version, kind=kind, model=model, worker=worker, input_width=width)
-        )
-    return ModelPool(entries)
-
-
 class Server:
     """One wsserve server process's state.  Not thread-safe: use from its loop."""
 
-    def __init__(self, config: ServerConfig, models: dict[str, Any]) -> None:
-        self.config = config.validate()
+    def __init__(self, config: ServerConfig, models: dict[str, Any] | None = None, *,
+                 builtin_repository: Path | None = None, worker: int | None = None,
+                 metrics_dir: Path | None = None) -> None:
+        """``models``: in-process model objects to serve (name -> model: ``wsserve.FunctionModel``,
+        ``wsserve.onnx_model(...)``, any predictive model with ``predict`` and ``info``, or a
+        generative one, see :mod:`wsserve.generation.model`; see
+        :meth:`~wsserve.registry.ModelRegistry.serve_object`, which raises for a bad one);
+        ``builtin_repository``: where the trainer wrote the default models (``config.models``
+        of it are served); ``config.model_repository``: the operator's repositories;
+        ``worker``/``metrics_dir``: this process's index among ``--workers`` and the directory
+        where workers share their metrics (the port is then shared with ``SO_REUSEPORT``)."""
+        self.config = config.validate(in_process_models=bool(models))
         self.server_header = f"wsserve/{__version__}"
-        self.metrics = Metrics(version=__version__, read_state=self._state)
+        self.worker = worker
+        self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
         self.flusher = Flusher()
         self.counters = Counters()
-        self.pool = build_pool(models, config, self.metrics, self.flusher)
-        self.keys = KeyRegistry(config.api_key, metrics_key=config.metrics_key)
+        self.pool = ModelPool(self.config, observer=self.metrics, after_batch=self.flusher.flush)
+        self.registry = ModelRegistry(self.pool, builtin=builtin_repository, builtin_names=config.models,
+                                      repositories=config.model_repository)
+        for name, model in (models or {}).items():
+            self.registry.serve_object(name, model)
+        self.pool.on_change = self._set_hello
+        self.keys = KeyRegistry(config.api_key, admin_keys=config.admin_key, metrics_key=config.metrics_key)
         self.shared = Shared()
         self.connections: set[Connection] = set()
         self.ctx = ConnectionContext(
@@ -118,15 +97,12 @@ class Server:
             metrics=self.metrics,
             keys=self.keys,
             shared=self.shared,
-            hello=encode_hello(
-                version=__version__,
-                limits=config.public_limits(),
-                models=self.pool.names,
-                auth_required=bool(config.api_key),
-            ),
+            hello=b"",  # set by start(), once the repositories are loaded
             clock=monotonic,
+            admin=self._admin if (config.model_repository or builtin_repository) else None,
         )
         self.ready = False
+        self._set_hello()
         self._static = _load_static()
         self._protocols: set[Any] = set()  # every open TCP connection's protocol (HTTP or WebSocket)
         self._listener: asyncio.base_events.Server | None = None
@@ -136,6 +112,8 @@ class Server:
         self._closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port: int = 0
+        self._watch_stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def draining(self) -> bool:
@@ -152,13 +130,20 @@ class Server:
         """Start workers and listen.  Raises ``OSError`` if the port is taken."""
         self.loop = asyncio.get_running_loop()
         await self.pool.start()
+        await self.registry.load_all()
         cfg = self.config
         ssl_ctx = None
         if cfg.certfile:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(str(cfg.certfile), str(cfg.keyfile))
-        self._listener = await self.loop.create_server(lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx)
+        self._listener = await self.loop.create_server(
+            lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx, reuse_port=self.worker is not None
+        )
         self.port = self._listener.sockets[0].getsockname()[1]
+        if cfg.reload:
+            self._spawn(self._watch(), "wsserve-reload")
+        if self.worker is not None:
+            self._spawn(self._share_metrics(), "wsserve-metrics")
         self.ready = True
         log.info("serving %s on %s", ", ".join(self.pool.names), self.url)
 
@@ -201,6 +186,7 @@ class Server:
             return
         self._closed = True
         self.ready = False
+        self._watch_stop.set()
         if self._listener is not None:
             self._listener.close()
         for proto in list(self._protocols):
@@ -208,11 +194,70 @@ class Server:
                 proto.close()
             else:
                 proto.transport.abort()
-        await self.pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pool.close()  # ends what is left; retiring versions then finish closing
+        await self.registry.wait_retired()
 
     def _note_closed(self) -> None:
         if self._draining and not self.connections:
             self._all_closed.set()
+
+    # -- models
+
+    def _set_hello(self) -> None:
+        """The ``hello`` frame: limits and the served model names (as of start-up)."""
+        import dataclasses
+
+        hello = encode_hello(version=__version__, limits=self.config.public_limits(), models=self.pool.names,
+                             auth_required=bool(self.config.api_key))
+        self.ctx = dataclasses.replace(self.ctx, hello=hello)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self) -> None:
+        try:
+            await self.registry.watch(self._watch_stop)
+        except Exception:  # noqa: BLE001 - e.g. the repository vanished: log, keep serving
+            log.exception("watching the model repository stopped")
+
+    async def _share_metrics(self) -> None:
+        """Write this worker's metrics for the other workers twice a second (and once at the end)."""
+        try:
+            while True:
+                self.metrics.write_snapshot()
+                await asyncio.sleep(0.5)
+        finally:
+            with contextlib.suppress(OSError):
+                self.metrics.write_snapshot()
+
+    def _admin(self, op: str, name: str, version: str | None, done: Any) -> None:
+        """The connections' admin hook: run the operation, then hand ``done`` its result.
+
+        Under ``--workers`` each worker process has its own models and a connection reaches
+        one of them, so an operation would change one worker only: it is refused, and models
+        change through the repository, which every worker watches with ``--reload``."""
+        if self.worker is not None:
+            done(Forbidden(f"{op} is not available with --workers: each worker process has its own models; "
+                           "change the model repository instead (every worker reloads it with --reload)"))
+            return
+
+        async def run() -> None:
+            try:
+                result: Any = await self.registry.admin(op, name, version)
+            except WsserveError as exc:
+                result = exc
+            except Exception as exc:  # noqa: BLE001
+                log.exception("%s of model %r failed", op, name)
+                from .errors import Internal
+
+                result = Internal(f"{op} failed: {type(exc).__name__}: {exc}")
+            done(result)
+
+        self._spawn(run(), f"wsserve-{op}-{name}")
 
     # -- App: connections
 
@@ -255,7 +300,7 @@ class Server:
         cfg = self.config
         key = None
         authorization = _single_header(headers, "Authorization")
-        if cfg.api_key and authorization is not None:
+        if (cfg.api_key or cfg.admin_key) and authorization is not None:  # an admin key alone is a key too
             key, refused = self._check_bearer(request.address, authorization)
             if refused is not None:
                 return None, refused
@@ -331,8 +376,11 @@ class Server:
                 return HttpResponse(200, b"ready\n", headers=no_store)
             return HttpResponse(503, b"draining\n" if self._draining else b"starting\n", headers=no_store)
         if path == "/metrics":
+            # Under --workers, which worker merged this scrape (its own values are live, the
+            # others' are their last snapshot).
+            served_by = [("Wsserve-Worker", str(self.worker))] if self.worker is not None else []
             return self._authorized(request, metrics=True) or HttpResponse(
-                200, self.metrics.render(), content_type=CONTENT_TYPE, headers=no_store
+                200, self.metrics.render(), content_type=CONTENT_TYPE, headers=no_store + served_by
             )
         if path == "/v1/models":
             return self._authorized(request, metrics=False) or HttpResponse(
@@ -432,19 +480,33 @@ def _limit_blas_threads() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int:
-    """Train the models, serve until a signal, drain, return the exit status."""
-    from .trainer import train_default_models
+async def serve_forever(config: ServerConfig, *, ready_line: bool = True, models: dict[str, Any] | None = None) -> int:
+    """Train (or load) the default models into the built-in repository, serve them (with the
+    in-process ``models`` and the operator's repositories) until a signal, drain, return the
+    exit status."""
+    from .trainer import prepare_builtin_repository
 
     _limit_blas_threads()
     loop = asyncio.get_running_loop()
-    models = await loop.run_in_executor(
-        None,
-        lambda: train_default_models(
-            seed=config.seed, names=list(config.models), cache_dir=config.cache_dir, cache=config.cache
-        ),
-    )
-    server = Server(config, models)
+    with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
+        builtin = await loop.run_in_executor(
+            None,
+            lambda: prepare_builtin_repository(
+                config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache,
+                scratch=Path(scratch),
+            ),
+        )
+        server = Server(config, models, builtin_repository=builtin)
+        return await serve_until_signal(
+            server, on_ready=(lambda: print(f"wsserve {__version__} ready on {server.url}", flush=True)) if ready_line else None
+        )
+
+
+async def serve_until_signal(server: Server, *, on_ready: Any = None, exit_on_second_signal: bool = True) -> int:
+    """Start ``server``, call ``on_ready``, serve until SIGINT/SIGTERM, drain, close; return 0.
+    A second signal exits at once (status 1) unless ``exit_on_second_signal`` is false (a
+    worker process, whose supervisor decides)."""
+    loop = asyncio.get_running_loop()
     await server.start()
     stop = asyncio.Event()
     signals = 0
@@ -455,7 +517,7 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
         if signals == 1:
             log.info("received %s: draining (send again to exit at once)", signal.Signals(signum).name)
             stop.set()
-        else:
+        elif exit_on_second_signal:
             log.warning("second signal: exiting now")
             sys.stdout.flush()
             os._exit(1)
@@ -465,8 +527,8 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
             loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
-    if ready_line:
-        print(f"wsserve {__version__} ready on {server.url}", flush=True)
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     await server.drain()
     await server.close()
@@ -474,16 +536,22 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
     return 0
 
 
-def run(config: ServerConfig) -> int:
-    """Blocking entry point for the CLI (``config.loop``: ``auto``, ``asyncio`` or ``uvloop``)."""
-    factory = None
-    if config.loop in ("auto", "uvloop"):
+def _loop_factory(loop: str) -> Any:
+    """The event loop factory for ``--loop`` (None: asyncio's default)."""
+    if loop in ("auto", "uvloop"):
         try:
             import uvloop
 
-            factory = uvloop.new_event_loop
+            return uvloop.new_event_loop
         except ImportError:
-            if config.loop == "uvloop":
+            if loop == "uvloop":
                 raise SystemExit("error: --loop uvloop requested but uvloop is not installed") from None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve_forever(config))
+    return None
+
+
+def run(config: ServerConfig, *, models: dict[str, Any] | None = None) -> int:
+    """Blocking entry point for one server process (``config.loop``: ``auto``, ``asyncio`` or
+    ``uvloop``); ``models``: in-process model objects served too (see :class:`Server`).
+    ``--workers`` > 1 runs :func:`wsserve.supervisor.run_supervisor` instead."""
+    with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
+        return runner.run(serve_forever(config, models=models))

@@ -35,7 +35,7 @@ from .models.charlm import CharLM, charlm_config, train_charlm
 from .models.linear import LinearModel, linear_config, train_linear
 from .models.mlp import MLPModel, mlp_config, train_mlp
 
-__all__ = ["CachedTrainer", "TRAINERS", "train_default_models"]
+__all__ = ["CachedTrainer", "TRAINERS", "train_default_models", "prepare_builtin_repository"]
 
 log = logging.getLogger("wsserve.trainer")
 
@@ -188,3 +188,38 @@ def _summary(model: Any) -> str:
     shown = [f"{k} {v:.4g}" for k, v in metrics.items()
              if isinstance(v, float) and ("heldout" in k or "loss" in k)][:3]
     return ", ".join(shown) or "no metrics"
+
+
+def prepare_builtin_repository(
+    names: Sequence[str],
+    *,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    cache: bool = True,
+    scratch: Path | None = None,
+) -> Path | None:
+    """Train (or load from the cache) the default models ``names`` and write them into a
+    model repository in the ordinary layout (``<name>/config.toml``, ``<name>/1/model.npz``),
+    so the server loads them like any repository model.  Returns that directory, or
+    ``None`` when ``names`` is empty.
+
+    The repository is ``<cache_dir>/repository/seed-<seed>`` (one per seed, so servers of
+    different seeds sharing a cache never read each other's weights), or, with
+    ``cache=False``, a directory under ``scratch``.  Files are replaced atomically.
+    """
+    from .repository import write_builtin_version
+
+    if not names:
+        return None
+    models = train_default_models(seed=seed, names=names, cache_dir=cache_dir, cache=cache)
+    if cache:
+        base = Path(cache_dir) if cache_dir is not None else modelstore.default_cache_dir()
+        repo = base / "repository" / f"seed-{int(seed)}"
+    else:
+        if scratch is None:
+            raise ValueError("cache=False needs a scratch directory for the built-in repository")
+        repo = Path(scratch) / "repository"
+    repo.mkdir(parents=True, exist_ok=True)
+    for name, model in models.items():
+        write_builtin_version(repo, name, model, 1)
+    return repo

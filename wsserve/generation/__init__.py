@@ -6,9 +6,11 @@
 - :class:`GenerationEngine` - the asyncio driver (``submit``, ``cancel``,
   ``statistics``, ``close``) streaming into a :class:`TokenSink`.
 - :func:`sample`, :class:`StopMatcher` - the pure pieces.
+- :class:`TokenModelAdapter` - the interface every generative model implements, checked.
 """
 
 from .engine import GenerationEngine, StepObserver, TokenSink, run_step
+from .model import TokenModelAdapter
 from .params import MIN_TEMPERATURE, GenerationParams
 from .sampling import sample
 from .scheduler import (
@@ -33,6 +35,7 @@ __all__ = [
     "Sequence",
     "StopMatcher",
     "TokenModel",
+    "TokenModelAdapter",
     "TokenSink",
     "run_step",
     "sample",

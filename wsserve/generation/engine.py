@@ -110,6 +110,8 @@ class GenerationEngine:
         self._closing: asyncio.Future[None] | None = None
         self._executor_steps = 0
         self._pending: deque[Event] = deque()
+        self._idle = asyncio.Event()  # set while nothing is unfinished
+        self._idle.set()
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -134,6 +136,7 @@ class GenerationEngine:
             raise ShuttingDown("generation engine is shutting down")
         self.start()
         seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
+        self._idle.clear()
         self._wakeup.set()
         return seq
 
@@ -157,6 +160,13 @@ class GenerationEngine:
             executor_batches=self._executor_steps, last_batch_size=s.last_batch_size,
         )
 
+    async def wait_idle(self) -> None:
+        """Return once no generation is unfinished (a retired version finishing its work)."""
+        while self._sched.has_unfinished():
+            self._idle.clear()
+            self._wakeup.set()  # let the loop notice when it is done
+            await self._idle.wait()
+
     async def close(self) -> None:
         """Stop stepping (after the current step) and end every unfinished generation
         with :class:`~wsserve.errors.ShuttingDown`.  Idempotent."""
@@ -171,6 +181,7 @@ class GenerationEngine:
             await self._task  # finishes the step in progress and delivers its events
         self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())
         self._deliver()
+        self._idle.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -200,6 +211,7 @@ class GenerationEngine:
             self._deliver()
             self._wakeup.clear()
             if not sched.has_unfinished():
+                self._idle.set()
                 await self._wakeup.wait()
             else:  # pragma: no cover - defensive: never busy-wait, whatever the state
                 await asyncio.sleep(0.001)

@@ -276,6 +276,8 @@ class CharLM:
         self.hidden: int = w1.shape[1]
         self.id_to_text: tuple[str, ...] = tuple(VOCAB)
         k, h = self.context_len, self.hidden
+        #: The generative-model interface (wsserve.generation.model): encode() needs only the prompt's tail.
+        self.prompt_chars: int = 2 * k
 
         # Layer 1 as lookup tables: T[j] = E @ W1[j*d:(j+1)*d], b1 folded into T[0].
         tables = np.einsum("vd,jdh->jvh", emb, w1.reshape(k, d, h))  # [k, V+1, H]
@@ -325,6 +327,11 @@ class CharLM:
         out *= self._out_scale
         out += self._b2
         return out
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """Token id -> text (the generative-model interface of :mod:`wsserve.generation.model`)."""
+        return self.id_to_text
 
     def encode(self, text: str) -> np.ndarray:
         """``str -> [n]`` int64 token ids after :func:`normalize_text` (never raises)."""

@@ -14,8 +14,10 @@ frames:
   ``max_message_bytes`` hands the rest of the stream to the library, which
   closes with 1009.  Partial frames wait in a ``bytearray`` and are parsed only
   once they can be complete.
-* **Send**: text frames are framed here (a 2-10 byte header and the payload)
-  and written once per read, batch or loop iteration (:class:`~.flush.Flusher`).
+* **Send**: text frames (and binary ones, :meth:`~WebSocketProtocol.send_binary`)
+  are framed here (a 2-10 byte header and the payload) and written once per
+  read, batch or loop iteration (:class:`~.flush.Flusher`), before anything the
+  library writes (pongs, close frames), so replies keep their order.
 
 With an extension negotiated, both directions go through the library.  The
 fast path is a fixed property of the connection (no extension), counted in
@@ -44,7 +46,7 @@ from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
 from .app import Counters
-from .framing import frame_header
+from .framing import OP_BINARY, frame_header
 
 try:  # the C implementation websockets itself uses
     from websockets.speedups import apply_mask
@@ -316,6 +318,21 @@ class WebSocketProtocol(asyncio.Protocol):
             self._marked = True
             self.app.flusher.mark(self)
 
+    def send_binary(self, payload: bytes) -> None:
+        """Queue one binary frame; it is written by the next flush (same rules as :meth:`send`).
+
+        The serving core never sends binary; echo harnesses (``benchmarks/conformance``) do."""
+        if self.ws.state is not _OPEN or self._lost:
+            return
+        if self._fast:
+            self._out.append(frame_header(len(payload), OP_BINARY))
+            self._out.append(payload)
+        else:
+            self.ws.send_binary(payload)
+        if not self._marked:
+            self._marked = True
+            self.app.flusher.mark(self)
+
     def flush(self) -> None:
         """Write what is queued now, in one write (called by the flusher)."""
         self._marked = False
@@ -347,9 +364,20 @@ class WebSocketProtocol(asyncio.Protocol):
         self._rearm(monotonic())
 
     def _write_library(self) -> None:
-        """Write what the library has to send; an empty chunk means: end the TCP stream."""
+        """Write what the library has to send; an empty chunk means: end the TCP stream.
+
+        Frames queued on the fast path go first, so the library's output (a pong,
+        a close frame that fails the connection) never overtakes replies to
+        messages received before it."""
         transport = self.transport
-        for data in self.ws.data_to_send():
+        chunks = self.ws.data_to_send()
+        if chunks and self._out and not self._lost:
+            out, self._out = self._out, []
+            try:
+                transport.write(b"".join(out))
+            except Exception:  # noqa: BLE001 - the socket died under us: connection_lost follows
+                log.debug("write failed", exc_info=True)
+        for data in chunks:
             if self._lost:
                 return
             if data:

@@ -1,5 +1,5 @@
 // The JS tests' server launcher (helpers/server.js) must read the server's ready line exactly
-// as the Python suites' launcher (tests/serverproc.py) does, so the two cannot drift apart.
+// as the Python suites' launcher (tests/support/process.py) does, so the two cannot drift apart.
 
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,27 +20,27 @@ const SAMPLES = [
   'http://127.0.0.1:8765',
 ];
 
-/** What tests/serverproc.py makes of each sample line: its `_URL` pattern and matches. */
+/** What tests/support/process.py makes of each sample line: its `READY_LINE` pattern and matches. */
 async function pythonView() {
   const script = [
     'import json, sys',
-    'from tests.serverproc import _URL',
+    'from tests.support import READY_LINE',
     'lines = json.loads(sys.argv[1])',
-    'found = [(lambda m: [g.decode() for g in m.groups()] if m else None)(_URL.search(l.encode())) for l in lines]',
-    'print(json.dumps({"pattern": _URL.pattern.decode(), "found": found}))',
+    'found = [(lambda m: [g.decode() for g in m.groups()] if m else None)(READY_LINE.search(l.encode())) for l in lines]',
+    'print(json.dumps({"pattern": READY_LINE.pattern.decode(), "found": found}))',
   ].join('\n');
   const { stdout } = await run(PYTHON, ['-c', script, JSON.stringify(SAMPLES)], { cwd: REPO_ROOT });
   return JSON.parse(stdout);
 }
 
 describe('server launcher', () => {
-  it('uses the ready-line pattern of tests/serverproc.py, character for character', async () => {
+  it('uses the ready-line pattern of tests/support/process.py, character for character', async () => {
     const py = await pythonView();
     assert.equal(READY_LINE_PATTERN, py.pattern,
-      'tests/serverproc.py _URL changed: update READY_LINE_PATTERN in test/helpers/server.js to match');
+      'tests/support/process.py READY_LINE changed: update READY_LINE_PATTERN in test/helpers/server.js to match');
   });
 
-  it('reads the same scheme, host and port from every line as tests/serverproc.py', async () => {
+  it('reads the same scheme, host and port from every line as tests/support/process.py', async () => {
     const py = await pythonView();
     const js = SAMPLES.map((line) => {
       const r = parseReadyLine(line);

@@ -6,8 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import Server
-
 from wsserve_client import (
     BadRequestError,
     Client,
@@ -18,8 +16,10 @@ from wsserve_client import (
     RequestTooLarge,
 )
 
+from tests.support import ServerProcess
 
-async def test_hello_limits_and_models(server: Server) -> None:
+
+async def test_hello_limits_and_models(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         assert c.hello is not None
         assert c.hello.server == "wsserve" and c.hello.protocol == 1
@@ -31,7 +31,7 @@ async def test_hello_limits_and_models(server: Server) -> None:
         assert models["mlp"].parameters and models["mlp"].input_shape
 
 
-async def test_predict_linear(server: Server) -> None:
+async def test_predict_linear(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         r = await c.predict("linear", [[0.0], [0.5], [1.0]])
         assert r.model == "linear" and r.version
@@ -43,7 +43,7 @@ async def test_predict_linear(server: Server) -> None:
         assert r.timing["batch_size"] >= 3
 
 
-async def test_predict_numpy_in_and_out(server: Server) -> None:
+async def test_predict_numpy_in_and_out(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         (mlp,) = [m for m in await c.models() if m.name == "mlp"]
         assert mlp.input_shape is not None and mlp.output_shape is not None
@@ -55,7 +55,7 @@ async def test_predict_numpy_in_and_out(server: Server) -> None:
         np.testing.assert_allclose(r.outputs, np.asarray(plain.outputs), rtol=1e-6)
 
 
-async def test_priority_and_version_are_accepted(server: Server) -> None:
+async def test_priority_and_version_are_accepted(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         (lin,) = [m for m in await c.models() if m.name == "linear"]
         r = await c.predict("linear", [[0.25]], version=lin.version, priority=1, timeout=5)
@@ -65,7 +65,23 @@ async def test_priority_and_version_are_accepted(server: Server) -> None:
         assert ei.value.request_id is not None
 
 
-async def test_predict_stream_chunks_in_order_with_summary(server: Server) -> None:
+async def test_predict_with_explain_returns_attributions(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        x = np.random.default_rng(4).normal(size=(3, 32))
+        r = await c.predict("mlp", x, explain=True, as_numpy=True)
+        assert isinstance(r.attributions, np.ndarray) and r.attributions.shape == (3, 32)
+        assert r.explanation is not None and r.explanation["method"] == "integrated-gradients"
+        base = (await c.predict("mlp", [[0.0] * 32], as_numpy=True)).outputs[0]
+        target = r.outputs.argmax(axis=1)
+        gap = r.attributions.sum(axis=1) - (r.outputs[np.arange(3), target] - base[target])
+        assert np.abs(gap).max() <= 0.01  # the server's stated completeness bound
+        plain = await c.predict("mlp", x)
+        assert plain.attributions is None and plain.explanation is None
+        with pytest.raises(BadRequestError, match="'charlm'"):
+            await c.predict("charlm", [[0.0]], explain=True)
+
+
+async def test_predict_stream_chunks_in_order_with_summary(server: ServerProcess) -> None:
     rows = [[i / 100] for i in range(100)]
     async with Client(server.url) as c:
         whole = await c.predict("linear", rows)
@@ -84,7 +100,7 @@ async def test_predict_stream_chunks_in_order_with_summary(server: Server) -> No
         assert c.stats().inflight == 0
 
 
-async def test_predict_stream_as_numpy_with_async_with(server: Server) -> None:
+async def test_predict_stream_as_numpy_with_async_with(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         async with c.predict_stream("linear", [[0.1], [0.2], [0.3]], chunk_rows=2, as_numpy=True) as s:
             chunks = [ch async for ch in s]
@@ -92,7 +108,7 @@ async def test_predict_stream_as_numpy_with_async_with(server: Server) -> None:
         assert s.summary.rows == 3
 
 
-async def test_summary_before_end_is_an_error(server: Server) -> None:
+async def test_summary_before_end_is_an_error(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         s = c.predict_stream("linear", [[0.1]])
         with pytest.raises(RuntimeError, match="not completed"):
@@ -100,7 +116,7 @@ async def test_summary_before_end_is_an_error(server: Server) -> None:
         await s.aclose()
 
 
-async def test_500_concurrent_calls_on_one_socket(server: Server) -> None:
+async def test_500_concurrent_calls_on_one_socket(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         xs = [i / 500 for i in range(500)]
         results = await asyncio.gather(*(c.predict("linear", [[x]]) for x in xs))
@@ -113,7 +129,7 @@ async def test_500_concurrent_calls_on_one_socket(server: Server) -> None:
         assert max(r.timing["batch_size"] for r in results) > 1
 
 
-async def test_mixed_concurrent_call_types(server: Server) -> None:
+async def test_mixed_concurrent_call_types(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         async def stream_rows() -> int:
             n = 0
@@ -131,13 +147,13 @@ async def test_mixed_concurrent_call_types(server: Server) -> None:
         assert all(0 < rtt < 5 for rtt in out[70:90])
 
 
-async def test_ping_measures_rtt(server: Server) -> None:
+async def test_ping_measures_rtt(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         rtts = [await c.ping() for _ in range(5)]
         assert all(0 < r < 1.0 for r in rtts)
 
 
-async def test_bad_inputs_raise_and_connection_survives(server: Server) -> None:
+async def test_bad_inputs_raise_and_connection_survives(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         with pytest.raises(InvalidInput, match="row"):
             await c.predict("linear", [[1.0, 2.0]])
@@ -147,7 +163,7 @@ async def test_bad_inputs_raise_and_connection_survives(server: Server) -> None:
         assert len(r.outputs) == 1 and c.stats().connects == 1
 
 
-async def test_request_too_large_is_refused_before_sending(server: Server) -> None:
+async def test_request_too_large_is_refused_before_sending(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         assert c.hello is not None and c.hello.limits.max_message_bytes is not None
         rows = c.hello.limits.max_message_bytes // 8 + 10  # "[0.125]," is 8 bytes per row
@@ -161,7 +177,7 @@ async def test_request_too_large_is_refused_before_sending(server: Server) -> No
         assert len((await c.predict("linear", [[0.5]])).outputs) == 1
 
 
-async def test_calls_after_close_raise_client_closed(server: Server) -> None:
+async def test_calls_after_close_raise_client_closed(server: ServerProcess) -> None:
     c = Client(server.url)
     await c.connect()
     await c.close()
@@ -170,7 +186,7 @@ async def test_calls_after_close_raise_client_closed(server: Server) -> None:
         await c.predict("linear", [[0.5]])
 
 
-async def test_lazy_connect_without_async_with(server: Server) -> None:
+async def test_lazy_connect_without_async_with(server: ServerProcess) -> None:
     c = Client(server.url)
     try:
         assert c.hello is None
@@ -182,7 +198,7 @@ async def test_lazy_connect_without_async_with(server: Server) -> None:
 
 # -- generate ---------------------------------------------------------------------------
 
-async def test_generate_streams_tokens_and_result(server: Server) -> None:
+async def test_generate_streams_tokens_and_result(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         gen = c.generate("charlm", "The ", max_tokens=20)
         assert isinstance(gen, Generation)
@@ -196,7 +212,7 @@ async def test_generate_streams_tokens_and_result(server: Server) -> None:
         assert again.text == r.text and again.reason == "length" and again.tokens == 20
 
 
-async def test_generate_seeded_sampling_and_stop(server: Server) -> None:
+async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         a = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)
         b = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)
@@ -207,7 +223,7 @@ async def test_generate_seeded_sampling_and_stop(server: Server) -> None:
         assert s.reason == "stop" and stop not in s.text and a.text.startswith(s.text)
 
 
-async def test_generate_bad_parameters(server: Server) -> None:
+async def test_generate_bad_parameters(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         with pytest.raises(BadRequestError):
             await c.complete("charlm", "x", max_tokens=0)
@@ -217,7 +233,7 @@ async def test_generate_bad_parameters(server: Server) -> None:
             await c.predict("charlm", [[0.5]])  # charlm does not predict
 
 
-async def test_many_concurrent_generations(server: Server) -> None:
+async def test_many_concurrent_generations(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         alone = await c.complete("charlm", "To be", max_tokens=16)
         outs = await asyncio.gather(*(c.complete("charlm", "To be", max_tokens=16) for _ in range(32)))

@@ -5,33 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable
 
 import pytest
-from conftest import Server
-
 from wsserve_client import Backoff, Client, ConnectionLost
+
+from tests.support import ServerProcess, wait_until_async
 
 FAST = Backoff(max_attempts=3, base_delay=0.05, max_delay=0.2)
 
 
-async def test_reconnect_after_server_restart_on_same_port(start_server: Callable[..., Server]) -> None:
+async def test_reconnect_after_server_restart_on_same_port(start_server: Callable[..., ServerProcess]) -> None:
     srv = start_server()
     port = srv.port
-    async with Client(srv.url, reconnect=FAST) as c:
+    # Keepalive off: only the socket's end can tell the client the server is gone.
+    async with Client(srv.url, reconnect=FAST, ping_interval=None) as c:
         assert len((await c.predict("linear", [[0.5]])).outputs) == 1
         srv.kill()
-        # The reader sees the socket die promptly ...
-        deadline = time.monotonic() + 2.0
-        while c.stats().connected and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert not c.stats().connected
-        # ... and the next call tries to reconnect, boundedly, and fails.
-        start = time.monotonic()
+        # The reader sees the socket die ...
+        await wait_until_async(lambda: not c.stats().connected, 10, interval_s=0.01, what="the client sees the EOF")
+        # ... and the next call tries to reconnect, boundedly (3 attempts; the watchdog only
+        # catches endless retrying), and fails.
         with pytest.raises(ConnectionLost, match="could not connect"):
-            await c.predict("linear", [[0.5]])
-        assert time.monotonic() - start < 3.0
+            await asyncio.wait_for(c.predict("linear", [[0.5]]), 30)
         assert not c.stats().connected
         start_server(port=port)  # same port, new process
         r = await c.predict("linear", [[0.5]])
@@ -41,9 +37,10 @@ async def test_reconnect_after_server_restart_on_same_port(start_server: Callabl
         assert await c.ping() > 0
 
 
-async def test_server_dies_mid_stream(start_server: Callable[..., Server]) -> None:
+async def test_server_dies_mid_stream(start_server: Callable[..., ServerProcess]) -> None:
     srv = start_server("--max-delay-ms", "5000")  # the predict below stays queued
-    async with Client(srv.url, reconnect=FAST) as c:
+    # Keepalive off: only the socket's end can end the calls (a hang fails the 30 s watchdog).
+    async with Client(srv.url, reconnect=FAST, ping_interval=None) as c, asyncio.timeout(30):
         pending = asyncio.ensure_future(c.predict("linear", [[0.5]]))
         stream = c.predict_stream("linear", [[0.5]] * 3)
         await stream.__aenter__()
@@ -52,9 +49,7 @@ async def test_server_dies_mid_stream(start_server: Callable[..., Server]) -> No
             async for _ in c.generate("charlm", "The ", max_tokens=100_000):
                 tokens += 1
                 if tokens == 5:
-                    killed_at = time.monotonic()
                     srv.kill()
-        assert time.monotonic() - killed_at < 2.0  # promptly, not after a keepalive timeout
         assert ei.value.code is None and isinstance(ei.value.request_id, int)
         with pytest.raises(ConnectionLost):
             await asyncio.wait_for(pending, 2)
@@ -68,21 +63,19 @@ async def test_connect_failure_is_bounded() -> None:
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start = time.monotonic()
     with pytest.raises(ConnectionLost, match="after 3 attempts"):
-        async with Client(f"ws://127.0.0.1:{port}", reconnect=FAST):
+        async with asyncio.timeout(30), Client(f"ws://127.0.0.1:{port}", reconnect=FAST):  # (watchdog)
             pass
-    assert time.monotonic() - start < 2.0
 
 
-async def test_calls_waiting_for_a_slot_survive_a_reconnect(start_server: Callable[..., Server]) -> None:
+async def test_calls_waiting_for_a_slot_survive_a_reconnect(start_server: Callable[..., ServerProcess]) -> None:
     """Calls queued behind max_inflight when the socket dies either fail with ConnectionLost
     (if they were sent) or go out on the next connection — none hangs."""
     srv = start_server("--max-inflight", "2", "--max-delay-ms", "3000")
     port = srv.port
     async with Client(srv.url, reconnect=Backoff(max_attempts=40, base_delay=0.05, max_delay=0.2)) as c:
         calls = [asyncio.ensure_future(c.predict("linear", [[0.5]])) for _ in range(4)]
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: c.stats().requests_sent == 2, 5)  # queued in the 3 s window
         assert c.stats().inflight == 2 and c.stats().waiting == 2
         srv.kill()
         start_server("--max-inflight", "2", port=port)
@@ -99,10 +92,9 @@ async def test_close_interrupts_a_reconnect_in_progress() -> None:
         port = s.getsockname()[1]
     c = Client(f"ws://127.0.0.1:{port}", reconnect=Backoff(max_attempts=100, base_delay=0.2, max_delay=0.2))
     connecting = asyncio.ensure_future(c.connect())
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: a few attempts into ~20 s of them
     assert not connecting.done()
-    start = time.monotonic()
-    await c.close()
-    with pytest.raises(ConnectionLost):  # ClientClosed is a ConnectionLost
-        await asyncio.wait_for(connecting, 2)
-    assert time.monotonic() - start < 1.0
+    async with asyncio.timeout(10):  # well under the ~20 s the attempts would go on for
+        await c.close()
+        with pytest.raises(ConnectionLost):  # ClientClosed is a ConnectionLost
+            await connecting

@@ -1,11 +1,11 @@
 // Start and stop a real wsserve process on loopback for the tests.
 //
-// This mirrors tests/serverproc.py (`ServerProcess`), the Python suites' launcher, on purpose:
+// This mirrors tests/support/process.py (`ServerProcess`), the Python suites' launcher, on purpose:
 // the server is started only through its CLI, exactly as there,
 //   $PYTHON -m wsserve serve --host 127.0.0.1 --port 0 --loop auto ...args
 // (cwd: the repository root; OPENBLAS_NUM_THREADS defaults to 1; `cacheDir` sets
 // WSSERVE_CACHE_DIR), and it is ready when a stdout line matches the same pattern,
-// `READY_LINE_PATTERN` = tests/serverproc.py `_URL`. test/server-helper.test.js fails when the
+// `READY_LINE_PATTERN` = tests/support/process.py `READY_LINE`. test/server-helper.test.js fails when the
 // two patterns differ, so change both together. Every started process is killed when the test
 // process exits, whatever happens.
 
@@ -17,12 +17,12 @@ import path from 'node:path';
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
 export const PYTHON = process.env.PYTHON || 'python3';
 
-/** The ready line's URL; the same regular expression as `_URL` in tests/serverproc.py. */
+/** The ready line's URL; the same regular expression as `READY_LINE` in tests/support/process.py. */
 export const READY_LINE_PATTERN = String.raw`(wss?)://([0-9.]+|\[[0-9a-f:]+\]|localhost):(\d+)`;
 const READY_LINE = new RegExp(READY_LINE_PATTERN);
 
 /**
- * The server's address from one stdout line, as tests/serverproc.py reads it, or null.
+ * The server's address from one stdout line, as tests/support/process.py reads it, or null.
  * `url` is `scheme://host:port` (no path), `httpUrl` the same with http(s).
  * @param {string} line
  * @returns {{url: string, httpUrl: string, port: number} | null}

@@ -1,6 +1,8 @@
-"""A minimal raw protocol client for integration tests (no wsserve_client).
+"""A thin protocol client on the ``websockets`` library (no wsserve_client).
 
-Deliberately thin: tests should see exactly what the server sends.
+Deliberately thin: tests see exactly the frames the server sends, as JSON.  For
+behaviour below what the library does (unanswered pings, hand-made frames) use
+:mod:`tests.support.rawws`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-__all__ = ["Conn", "TERMINAL"]
+__all__ = ["TERMINAL", "Conn"]
 
 TERMINAL = {"result", "done", "error"}
 
@@ -26,7 +28,7 @@ class Conn:
         self.frames: list[dict[str, Any]] = []
 
     @classmethod
-    async def open(cls, url: str, **kwargs: Any) -> "Conn":
+    async def open(cls, url: str, **kwargs: Any) -> Conn:
         kwargs.setdefault("compression", None)
         kwargs.setdefault("max_size", None)
         ws = await websockets.connect(url, **kwargs)

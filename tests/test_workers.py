@@ -1,0 +1,186 @@
+"""``wsserve serve --workers N``: a supervisor, N processes on one port (SO_REUSEPORT).
+
+Real processes on 127.0.0.1: the models are trained once (by the supervisor), new
+connections spread over the workers, ``/metrics`` on any worker reports totals over
+all of them with gauges labelled ``worker``, a worker that dies is restarted, SIGTERM
+drains every worker and the supervisor exits 0, and a hot reload reaches every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import Conn, Metrics, ServerProcess, http_get, wait_until, wait_until_async
+from tests.support.process import ROOT, child_env
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only (SO_REUSEPORT)")
+
+P = {"type": "predict", "model": "linear", "inputs": [[0.5]]}
+
+
+def _worker_pids(server: ServerProcess) -> dict[str, int]:
+    """``worker index -> pid``, from the supervisor's "worker N started (pid P)" lines (latest wins)."""
+    return {i: int(pid) for i, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", server.stderr_text())}
+
+
+def _workers_seen(server: ServerProcess) -> set[str]:
+    """Workers that report themselves ready in ``/metrics``."""
+    m = server.metrics()
+    return {dict(labels)["worker"] for (name, labels), v in m.samples.items() if name == "wsserve_ready" and v == 1}
+
+
+@pytest.fixture(scope="module")
+def two_workers(model_cache: Path):
+    proc = ServerProcess("--workers", "2", cache_dir=model_cache)
+    yield proc
+    proc.stop()
+
+
+def test_the_models_are_trained_once_and_both_workers_serve(two_workers: ServerProcess) -> None:
+    assert "(2 workers)" in two_workers.stdout_text()
+    log = two_workers.stderr_text()
+    # The trainer runs in the supervisor only; each worker loads the built-in repository.
+    assert re.search(r"wsserve\.trainer: (loaded|trained) linear", log)
+    assert not re.search(r"\[worker \d\] wsserve\.trainer", log)
+    assert log.count("serving model 'linear' version 1") == 2
+    wait_until(lambda: _workers_seen(two_workers) == {"0", "1"}, 20, what="both workers in /metrics")
+
+
+async def test_connections_spread_over_the_workers_and_metrics_sum_over_them(two_workers: ServerProcess) -> None:
+    before = two_workers.metrics().get("wsserve_requests_total", model="linear", type="predict", code="ok")
+    conns = [await Conn.open(two_workers.url) for _ in range(24)]
+    try:
+        for i, c in enumerate(conns):
+            assert (await c.request({**P, "id": i}))["type"] == "result"
+
+        def spread() -> bool:
+            m = two_workers.metrics()
+            per = [m.get("wsserve_connections", worker=w) for w in ("0", "1")]
+            return all(n > 0 for n in per) and sum(per) == 24
+
+        await wait_until_async(spread, 20, what="24 connections over both workers", in_thread=True)
+
+        def total() -> float:
+            return two_workers.metrics().get("wsserve_requests_total", model="linear", type="predict", code="ok")
+
+        await wait_until_async(lambda: total() - before == 24, 20, what="the total over both workers", in_thread=True)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_admin_operations_are_refused_with_workers_and_say_why(two_workers: ServerProcess) -> None:
+    """An unload on one connection would change one worker only: refused, and the model stays."""
+    conn = await Conn.open(two_workers.url)
+    try:
+        for op in ("unload", "load", "reload"):
+            reply = await conn.request({"type": op, "id": op, "model": "linear"})
+            assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+            assert "--workers" in reply["message"] and "repository" in reply["message"]
+        assert (await conn.request({**P, "id": "still"}))["type"] == "result"
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_that_dies_is_restarted_and_its_counts_stay(model_cache: Path) -> None:
+    server = ServerProcess("--workers", "2", cache_dir=model_cache)
+    try:
+        conns = [await Conn.open(server.url) for _ in range(8)]
+        for i, c in enumerate(conns):
+            assert (await c.request({**P, "id": i}))["type"] == "result"
+        for c in conns:
+            await c.close()
+
+        def counted() -> float:
+            return server.metrics().get("wsserve_requests_total", model="linear", type="predict", code="ok")
+
+        def all_8_seen_by() -> str | None:
+            """The worker whose scrape counts all 8: its own live values plus the other worker's
+            last snapshot, so that snapshot is complete (a killed worker keeps what it last wrote)."""
+            status, headers, body = http_get(server.http + "/metrics")
+            assert status == 200
+            n = Metrics.parse(body.decode()).get("wsserve_requests_total", model="linear", type="predict", code="ok")
+            return headers.get("Wsserve-Worker") if n == 8 else None
+
+        witness = await wait_until_async(all_8_seen_by, 20, what="8 requests counted", in_thread=True)
+        pids = _worker_pids(server)
+        assert set(pids) == {"0", "1"} and witness in pids
+        index = "1" if witness == "0" else "0"
+        victim = pids[index]
+        os.kill(victim, signal.SIGKILL)
+        await wait_until_async(lambda: "restarting it" in server.stderr_text(), 30, what="the restart log line")
+        await wait_until_async(lambda: _worker_pids(server)[index] != victim, 30, what="a new worker")
+        await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready", in_thread=True)
+        conn = await Conn.open(server.url)
+        assert (await conn.request({**P, "id": "after"}))["type"] == "result"
+        await conn.close()
+        # The dead worker's requests still count in the total.
+        await wait_until_async(lambda: counted() >= 9, 20, what="the total kept the dead worker's counts", in_thread=True)
+    finally:
+        assert server.stop() == 0
+
+
+async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(model_cache: Path) -> None:
+    server = ServerProcess("--workers", "2", "--drain-timeout-s", "20", cache_dir=model_cache)
+    conns = [await Conn.open(server.url) for _ in range(6)]
+    for i, c in enumerate(conns):  # a long generation on each: some land on each worker
+        await c.send({"type": "generate", "id": i, "model": "charlm", "prompt": "The ", "max_tokens": 3000})
+    for c in conns:
+        await c.recv()  # streaming
+    server.signal(signal.SIGTERM)
+    for i, c in enumerate(conns):
+        frames, end = await c.until_terminal(i, timeout=60)
+        assert any(f.get("type") == "draining" for f in c.frames), "the worker said it is draining"
+        assert end["type"] == "done" and end["reason"] == "length" and end["tokens"] == 3000, end
+    assert await asyncio.to_thread(server.wait, 60) == 0
+    assert "stopped" in server.stderr_text()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "two"])
+def test_bad_worker_counts_are_clear_errors(value: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "wsserve", "serve", "--workers", value], cwd=ROOT,
+                          env=child_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--workers" in proc.stderr and "ws://" not in proc.stdout
+
+
+async def test_hot_reload_reaches_every_worker(model_cache: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    model = repo / "double"
+    (model / "1").mkdir(parents=True)
+    (model / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    code = "import numpy as np\nclass Model:\n    def __init__(self, d):\n        self.k = {k}\n    def predict(self, x):\n        return x * self.k\n"
+    (model / "1" / "model.py").write_text(code.format(k=2.0))
+    server = ServerProcess("--workers", "2", "--reload", "--model-repository", str(repo), "--models", "linear",
+                           cache_dir=model_cache)
+    try:
+        staging = model / ".2.tmp"
+        staging.mkdir()
+        (staging / "model.py").write_text(code.format(k=3.0))
+        staging.rename(model / "2")
+
+        async def every_connection_sees_version_2() -> bool:
+            for i in range(12):  # connections land on both workers
+                c = await Conn.open(server.url)
+                try:
+                    reply = await c.request({"type": "predict", "id": i, "model": "double", "inputs": [[1.0]]})
+                finally:
+                    await c.close()
+                if reply.get("version") != "2" or reply["outputs"] != [[3.0]]:
+                    return False
+            return True
+
+        await wait_until_async(every_connection_sees_version_2, 30, what="version 2 on every worker")
+        assert server.stderr_text().count("serving model 'double' version 2") == 2
+        shutil.rmtree(model / "2")
+    finally:
+        server.stop()

@@ -1,0 +1,118 @@
+"""The interface a generative model implements, and the adapter that checks it: :class:`TokenModelAdapter`.
+
+Every generative model — the built-in ``charlm``, a repository ``model.py``
+whose ``task`` is ``"generation"``, an object passed to ``Server(models=...)`` —
+is served through this one adapter, so all get the same token streaming,
+stop strings, sampling, cancellation, fair share and batching invariance.
+
+The interface (batch-first; ``V`` is the vocabulary size)::
+
+    class Model:
+        task = "generation"
+        vocabulary: Sequence[str]      # token id -> its text; 1 <= V <= 1_000_000
+        context_len: int               # the model sees the last context_len tokens; 1..4096
+        prompt_chars: int              # optional: encode() is given at most the prompt's last
+                                       #   prompt_chars characters (default 16 * context_len)
+        def encode(self, prompt: str) -> Sequence[int]      # prompt -> token ids in [0, V)
+        def logits(self, contexts):    # [B, context_len] int64 -> [B, V] float next-token logits
+            ...
+
+``contexts`` row ``i`` holds sequence ``i``'s last ``context_len`` token ids,
+left-padded with the id ``V`` (PAD) while shorter.  ``logits`` must be
+*row-pure* (row ``i`` depends only on ``contexts[i]``, bit for bit, whatever
+``B`` is): that is what makes output independent of batching.  It may be
+called from a worker thread and must be thread-safe for reads.  Sampling
+(greedy, temperature, top-k, seeds) and stop strings are the engine's.
+
+The adapter checks the interface when it is built (types, bounds, one
+``encode`` and one ``logits`` call), then every ``encode`` result (ids in
+range) and every ``logits`` batch (type and shape), raising with a message
+naming the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import Internal
+from ..models.base import ModelInfo
+
+__all__ = ["TokenModelAdapter", "MAX_VOCABULARY", "MAX_CONTEXT_LEN"]
+
+MAX_VOCABULARY = 1_000_000
+MAX_CONTEXT_LEN = 4096
+
+
+class TokenModelAdapter:
+    """A generative model, checked, in the shape the scheduler needs (a ``TokenModel``)."""
+
+    def __init__(self, model: Any, *, name: str, info: ModelInfo | None = None) -> None:
+        """Raises ``ValueError`` naming the problem if ``model`` does not follow the interface."""
+        self.model = model
+        self.name = name
+        vocabulary = getattr(model, "vocabulary", None)
+        if vocabulary is None or isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence):
+            raise ValueError(f"generative model {name!r} needs a vocabulary: a sequence of token texts")
+        if not 1 <= len(vocabulary) <= MAX_VOCABULARY or not all(type(t) is str for t in vocabulary):
+            raise ValueError(f"generative model {name!r}: vocabulary must hold 1..{MAX_VOCABULARY} strings")
+        k = getattr(model, "context_len", None)
+        if type(k) is not int or not 1 <= k <= MAX_CONTEXT_LEN:
+            raise ValueError(f"generative model {name!r}: context_len must be an integer in 1..{MAX_CONTEXT_LEN}, got {k!r}")
+        for method in ("encode", "logits"):
+            if not callable(getattr(model, method, None)):
+                raise ValueError(f"generative model {name!r} has no {method}() method")
+        chars = getattr(model, "prompt_chars", None)
+        if chars is None:
+            chars = 16 * k
+        if type(chars) is not int or chars < 1:
+            raise ValueError(f"generative model {name!r}: prompt_chars must be a positive integer, got {chars!r}")
+        self.context_len: int = k
+        self.vocab_size: int = len(vocabulary)
+        self.pad_id: int = self.vocab_size
+        self.id_to_text: tuple[str, ...] = tuple(vocabulary)
+        self.prompt_chars = chars
+        self._encode = model.encode
+        self._logits = model.logits
+        self.info: ModelInfo = info if info is not None else model.info
+        # One call of each, so a broken model fails at load time, not on the first request.
+        self.initial_context("")
+        self.logits(np.full((2, k), self.pad_id, dtype=np.int64))
+
+    def initial_context(self, prompt: str) -> np.ndarray:
+        """``[k]`` int64: the last ``k`` token ids of the (tail of the) prompt, left-padded with PAD."""
+        k = self.context_len
+        try:
+            ids = np.asarray(self._encode(prompt[-self.prompt_chars:]), dtype=np.int64)
+        except Exception as exc:
+            raise Internal(f"model {self.name!r}: encode() raised {type(exc).__name__}: {exc}") from None
+        if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size)):
+            raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
+        ids = ids[-k:]
+        ctx = np.full(k, self.pad_id, dtype=np.int64)
+        if len(ids):
+            ctx[k - len(ids):] = ids
+        return ctx
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        """``[B, k]`` -> ``[B, V]`` float64, checked.  Raises ``ValueError`` on a bad result."""
+        out = self._logits(contexts)
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "fiu":
+            raise ValueError(f"model {self.name!r}: logits() returned {type(out).__name__}, not a numeric array")
+        if out.shape != (contexts.shape[0], self.vocab_size):
+            raise ValueError(f"model {self.name!r}: logits() returned shape {list(out.shape)}, "
+                             f"expected [{contexts.shape[0]}, {self.vocab_size}]")
+        if out.dtype != np.float64 or not out.flags.c_contiguous:
+            out = np.ascontiguousarray(out, dtype=np.float64)
+        return out  # non-finite logits are not checked per step: they give unspecified (valid) token ids
+
+    def flops_per_row(self) -> int:
+        value = getattr(self.model, "flops_per_row", None)
+        return int(value()) if callable(value) else 1
+
+    def close(self) -> None:
+        close = getattr(self.model, "close", None)
+        if callable(close):
+            close()

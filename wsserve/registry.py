@@ -1,0 +1,372 @@
+"""What the server serves, kept in step with its model repositories: loading, swapping, unloading.
+
+:class:`ModelRegistry` executes the sans-I/O plans of :mod:`wsserve.repository`
+(``scan`` + ``plan``) on the :class:`~wsserve.pool.ModelPool`:
+
+- a version is loaded and warmed up off the event loop (state ``loading``),
+  then served; it becomes the default at once if it is the highest ready
+  version — one assignment on the loop, so a swap loses no request;
+- a version that fails to load (bad file, exception in ``Model()``, shapes
+  that disagree with config.toml, warm-up error) is ``failed`` with the reason,
+  logged, and whatever served before keeps serving;
+- a version that is removed (or unloaded) stops taking new requests
+  (``unloading``), finishes what it has in flight, then is closed and leaves
+  the list; one that is merely out of the version policy goes only once the
+  model has another ready version;
+- a changed config.toml reloads that model.
+
+Repositories: the built-in one (the trainer writes the default models there,
+in the same layout, so they are ordinary entries) and the operator's
+(``--model-repository``), watched with ``watchfiles`` when ``--reload`` is on.
+Objects passed to ``Server(models=...)`` are served as their own version (``1`` by
+default), warmed up and batched with their own settings; their names are theirs alone.
+
+Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
+come from the connection core; authorisation is the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import BadRequest, UnknownModel
+from .generation.model import TokenModelAdapter
+from .pool import ModelEntry, ModelPool, is_generative
+from .repository import (
+    LoadVersion,
+    ModelConfig,
+    ModelLoadError,
+    ModelScan,
+    ReloadModel,
+    ReloadVersion,
+    RemoveModel,
+    ReportError,
+    RepositoryModel,
+    RepositoryScan,
+    UnloadVersion,
+    is_model_name,
+    load_version,
+    plan,
+    scan,
+)
+
+__all__ = ["ModelRegistry"]
+
+log = logging.getLogger("wsserve.registry")
+
+
+def _servable(model: Any, name: str) -> Any:
+    """What the pool serves for a loaded repository model: itself, or (generative) its token model."""
+    if getattr(model, "generative", False):
+        return TokenModelAdapter(model.model, name=name, info=model.info)
+    return model
+
+
+def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
+    """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError``."""
+    assert mscan.config is not None
+    vscan = mscan.version(version)
+    if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
+        raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
+    model = load_version(name, version, path, mscan.config)
+    try:
+        model.warmup()
+        model.version_figures()  # reads the file system: here, off the event loop, once
+        return _servable(model, name)
+    except ModelLoadError:
+        model.close()
+        raise
+    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
+        model.close()
+        raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
+
+
+class ModelRegistry:
+    """The pool's contents, driven by repository scans and admin operations.  Loop thread only."""
+
+    def __init__(self, pool: ModelPool, *, builtin: Path | None = None, builtin_names: Iterable[str] = (),
+                 repositories: Iterable[Path] = ()) -> None:
+        """``builtin``: the directory the trainer wrote the default models to (only
+        ``builtin_names`` of it are served); ``repositories``: the operator's."""
+        self.pool = pool
+        self._builtin = builtin
+        self._builtin_order = tuple(builtin_names)
+        self._builtin_names = frozenset(builtin_names)
+        self._repos = [Path(r) for r in repositories]
+        self._scans: dict[Path, RepositoryScan] = {}
+        self._owner: dict[str, Path] = {}  # model name -> the repository it comes from
+        self._deferred: dict[str, set[int]] = {}  # policy unloads waiting for another ready version
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._unloaded: set[str] = set()  # models unloaded by an admin: kept out until loaded again
+        self._objects: set[str] = set()  # names of in-process objects (serve_object): no repository may take them
+
+    @property
+    def repositories(self) -> list[Path]:
+        return list(self._repos)
+
+    # ------------------------------------------------------------------ start-up
+
+    def serve_object(self, name: str, model: Any, version: str | None = None) -> ModelEntry:
+        """Serve an in-process model object (``Server(models=...)``) as ``version``.
+
+        ``model``: a :class:`~wsserve.repository.RepositoryModel` (``wsserve.FunctionModel``,
+        ``wsserve.onnx_model(...)``), warmed up here and batched with its own config
+        (``max_batch_size``, ``max_delay_ms``, ``instances``), served as its ``version``; a
+        generative model (:mod:`wsserve.generation.model`); or any object with ``predict``
+        and ``info``.  ``version`` defaults to the model's own, else ``"1"``.  The name is
+        then taken: a repository model of that name is refused (logged).  Raises
+        ``ValueError`` for a bad or taken name, ``TypeError`` for an object that is no
+        model, :class:`~wsserve.repository.ModelLoadError` for a failed warm-up.
+        """
+        if not is_model_name(name):
+            raise ValueError(f"model name {name!r}: 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+        if name in self._objects or self.pool.knows(name):
+            raise ValueError(f"model name {name!r} is already served")
+        worker = None
+        if isinstance(model, RepositoryModel):
+            model.warmup()  # raises ModelLoadError naming what is wrong, before anything is served
+            version = version if version is not None else str(model.version)
+            worker = self._worker(name, model, model.config)
+        elif is_generative(model) and not isinstance(model, TokenModelAdapter):
+            model = TokenModelAdapter(model, name=name)
+        elif not is_generative(model) and not hasattr(model, "predict"):
+            raise TypeError(f"model {name!r}: {type(model).__name__} has no predict() (nor the generative interface)")
+        entry, _ = self.pool.serve(name, version if version is not None else "1", model, worker=worker)
+        self._objects.add(name)
+        return entry
+
+    def _worker(self, name: str, model: Any, cfg: ModelConfig) -> Any:
+        """A worker batching with the model's own settings (the server's where it has none)."""
+        return self.pool.make_worker(
+            name, model, max_batch_size=cfg.max_batch_size or None, max_delay_ms=cfg.max_delay_ms,
+            instances=cfg.instances,
+        )
+
+    async def load_all(self) -> None:
+        """Load every repository (the built-in one first).  A model name in two
+        repositories is an error; a model that fails to load is ``failed``, the rest serve."""
+        async with self._lock:
+            if self._builtin is not None:  # the default models keep their documented order
+                for name in self._builtin_order:
+                    self.pool.set_state(name, "1", "loading")
+            for repo in self._all_repos():
+                await self._rescan(repo)
+
+    def _all_repos(self) -> list[Path]:
+        return ([self._builtin] if self._builtin is not None else []) + self._repos
+
+    # ------------------------------------------------------------------ hot reload
+
+    async def rescan(self) -> None:
+        """Scan the operator's repositories again and apply what changed."""
+        async with self._lock:
+            for repo in self._repos:
+                await self._rescan(repo)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Rescan whenever files change under the operator's repositories, until ``stop``.
+
+        Changes made after :meth:`load_all` returned are never missed: one rescan runs as soon as
+        the watches are established."""
+        if not self._repos:
+            return
+        from watchfiles import awatch
+
+        # The first (empty) yield comes once the watches are in place: rescanning then catches
+        # whatever changed between the start-up scan and the watcher; later empty yields are
+        # timeouts with nothing to do.
+        established = False
+        async for changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True,
+                                    rust_timeout=1000, yield_on_timeout=True):
+            if not changes and established:
+                continue
+            established = True
+            try:
+                await self.rescan()
+            except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
+                log.exception("repository reload failed")
+
+    async def _rescan(self, repo: Path) -> None:
+        loop = asyncio.get_running_loop()
+        current = await loop.run_in_executor(None, scan, repo)
+        current = self._filtered(repo, current)
+        previous = self._scans.get(repo)
+        if current.error is not None:
+            log.error("model repository %s: %s", repo, current.error)
+            return  # keep planning from the last good scan
+        self._scans[repo] = current
+        for action in plan(previous, current):
+            await self._apply(repo, current, action)
+
+    def _filtered(self, repo: Path, current: RepositoryScan) -> RepositoryScan:
+        """The built-in repository is served only for the names asked for; a name another
+        repository already serves is refused (reported once)."""
+        keep = []
+        for m in current.models:
+            if repo == self._builtin and m.name not in self._builtin_names:
+                continue
+            if m.name in self._objects:
+                log.error("model %r in %s is ignored: an in-process model of that name is served", m.name, repo)
+                continue
+            owner = self._owner.setdefault(m.name, repo)
+            if owner != repo:
+                log.error("model %r in %s is ignored: %s already serves a model of that name", m.name, repo, owner)
+                continue
+            if m.name in self._unloaded:
+                continue
+            keep.append(m)
+        return RepositoryScan(current.path, tuple(keep), current.ignored, current.error)
+
+    async def _apply(self, repo: Path, current: RepositoryScan, action: Any) -> None:
+        name = getattr(action, "model", None)
+        mscan = current.model(name) if name is not None else None
+        if isinstance(action, ReportError):
+            where = f"model {action.model!r}" + (f" version {action.version}" if action.version else "")
+            log.error("%s: %s", where if action.model else str(repo), action.reason)
+            if action.model and action.version is not None:
+                self.pool.set_state(action.model, str(action.version), "failed", action.reason)
+        elif isinstance(action, (LoadVersion, ReloadVersion)):
+            assert mscan is not None
+            await self._load(action.model, action.version, action.path, mscan)
+        elif isinstance(action, ReloadModel):
+            assert mscan is not None
+            held = {int(v) for v, s in self.pool.status(action.model).items() if v.isdigit() and s.entry is not None}
+            for version in action.versions:
+                vscan = mscan.version(version)
+                if vscan is not None:
+                    await self._load(action.model, version, vscan.path, mscan)
+            for version in held - set(action.versions):
+                self._unload(action.model, version)
+        elif isinstance(action, UnloadVersion):
+            if action.reason == "policy" and not self._has_other_ready(action.model, action.version):
+                self._deferred.setdefault(action.model, set()).add(action.version)
+            else:
+                self._unload(action.model, action.version)
+        elif isinstance(action, RemoveModel):
+            for version in list(self.pool.status(action.model)):
+                if version.isdigit():
+                    self._unload(action.model, int(version))
+            if self._owner.get(action.model) == repo:
+                del self._owner[action.model]
+
+    def _has_other_ready(self, name: str, version: int) -> bool:
+        return any(s.state == "ready" and v != str(version) for v, s in self.pool.status(name).items())
+
+    async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> None:
+        v = str(version)
+        self.pool.set_state(name, v, "loading")
+        loop = asyncio.get_running_loop()
+        try:
+            model = await loop.run_in_executor(None, _load, name, version, path, mscan)
+        except (ModelLoadError, ValueError) as exc:
+            reason = str(exc)
+            log.error("model %r version %s failed to load: %s", name, v, reason)
+            self.pool.set_state(name, v, "failed", reason)
+            return
+        assert mscan.config is not None
+        worker = self._worker(name, model, mscan.config)
+        _, replaced = self.pool.serve(name, v, model, worker=worker)
+        log.info("serving model %r version %s (%s)", name, v, getattr(model, "backend", type(model).__name__))
+        if replaced is not None:
+            self._drain(replaced, forget=False)
+        for waiting in sorted(self._deferred.pop(name, set())):
+            if self._has_other_ready(name, waiting):
+                self._unload(name, waiting)
+            else:
+                self._deferred.setdefault(name, set()).add(waiting)
+
+    def _unload(self, name: str, version: int) -> None:
+        entry = self.pool.retire(name, str(version))
+        if entry is not None:
+            self._drain(entry, forget=True)
+
+    def _drain(self, entry: ModelEntry, *, forget: bool) -> None:
+        """Let a retired (or replaced) entry finish its work, then close it (and drop its version)."""
+
+        async def drain() -> None:
+            try:
+                await entry.worker.wait_idle()
+            finally:
+                await entry.worker.close()
+                close = getattr(entry.model, "close", None)
+                if callable(close):
+                    try:
+                        close()
+                    except Exception:  # noqa: BLE001
+                        log.exception("closing model %r version %s failed", entry.name, entry.version)
+                if forget:
+                    self.pool.forget(entry.name, entry.version, entry)
+                log.info("unloaded model %r version %s", entry.name, entry.version)
+
+        task = asyncio.get_running_loop().create_task(drain(), name=f"wsserve-unload-{entry.name}-{entry.version}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def wait_retired(self) -> None:
+        """Wait for every unloading version to finish (tests, shutdown)."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+
+    # ------------------------------------------------------------------ admin operations
+
+    def _repo_of(self, name: str) -> Path:
+        repo = self._owner.get(name)
+        if repo is None:
+            for r in self._repos:
+                if (r / name).is_dir():
+                    return r
+            raise UnknownModel(f"no model named {name!r} in the model repository")
+        return repo
+
+    async def admin(self, op: str, name: str, version: str | None) -> dict[str, Any]:
+        """``load``, ``unload`` or ``reload`` ``name`` (one ``version``, or all); returns the
+        model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``."""
+        if name in self._objects:
+            raise BadRequest(f"model {name!r} is an in-process object: it cannot be loaded, unloaded or reloaded")
+        async with self._lock:
+            if op == "unload":
+                status = self.pool.status(name)
+                if not status:
+                    raise UnknownModel(f"no model named {name!r} is loaded")
+                versions = [version] if version is not None else [v for v in status if v.isdigit()]
+                for v in versions:
+                    if v not in status:
+                        raise UnknownModel(f"model {name!r} has no version {v!r}")
+                    self._unload(name, int(v))
+                if version is None:
+                    self._unloaded.add(name)
+            else:
+                repo = self._repo_of(name)
+                self._unloaded.discard(name)
+                loop = asyncio.get_running_loop()
+                current = await loop.run_in_executor(None, scan, repo)
+                mscan = current.model(name)
+                if mscan is None:
+                    raise UnknownModel(f"no model named {name!r} in the model repository")
+                if mscan.config is None:
+                    raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
+                if version is not None:
+                    vscan = mscan.version(int(version)) if version.isdigit() else None
+                    if vscan is None:
+                        raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
+                    targets = [vscan]
+                else:
+                    targets = [v for v in mscan.versions if v.version in mscan.selected]
+                for vscan in targets:
+                    held = self.pool.status(name).get(str(vscan.version))
+                    if op == "reload" or held is None or held.entry is None:
+                        await self._load(name, vscan.version, vscan.path, mscan)
+                previous = self._scans.get(repo)
+                if previous is not None:  # remember what is now held, for the next hot-reload plan
+                    others = tuple(m for m in previous.models if m.name != name)
+                    self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
+                                                       previous.ignored, previous.error)
+            status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
+            return {"model": name, "versions": [  # in the order the `models` reply lists them
+                {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status
+            ]}

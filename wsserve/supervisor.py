@@ -1,0 +1,216 @@
+"""``wsserve serve --workers N``: N server processes sharing one port, under one supervisor.
+
+The supervisor:
+
+1. trains (or loads) the default models once and writes the built-in model
+   repository (workers only load it: they never train);
+2. picks the port (``--port 0``: the kernel's free port, reserved by a bound
+   socket until the workers listen) and starts N worker processes that each
+   listen on it with ``SO_REUSEPORT``, so the kernel spreads new connections
+   over them;
+3. prints the ``ws://HOST:PORT`` ready line once every worker is ready;
+4. restarts a worker that dies (with a log line naming its exit status);
+5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
+   process does, within ``--drain-timeout-s`` — and exits 0 when they are done
+   (a worker still alive after the drain timeout plus a margin is killed); a
+   second signal kills the workers and exits 1 at once.
+
+Metrics: every worker writes a snapshot of its metrics to a shared temporary
+directory twice a second and ``/metrics`` on any worker merges its own live
+values with the other workers' snapshots (counters and histograms summed,
+gauges labelled ``worker``) — the approach of prometheus-client's multiprocess
+mode, with plain per-process counters on the hot path.  A dead worker's
+counters keep counting in the totals (its gauges are dropped), as in that mode.
+Hot reload (``--reload``) runs in every worker: each watches the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .config import ServerConfig
+
+__all__ = ["run_supervisor"]
+
+log = logging.getLogger("wsserve.supervisor")
+
+#: How long after the drain timeout a worker may take before it is killed.
+KILL_MARGIN_S = 5.0
+
+
+def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_dir: str, ready: Any,
+                 log_level: int, secrets: frozenset[str]) -> None:
+    """One worker process: serve until SIGTERM, drain, exit 0."""
+    from .logs import configure_logging
+    from .server import Server, _limit_blas_threads, _loop_factory, serve_until_signal
+
+    configure_logging(logging.getLevelName(log_level), secrets=secrets, prefix=f"worker {index}")
+    _limit_blas_threads()
+
+    async def main() -> int:
+        server = Server(config, builtin_repository=Path(builtin) if builtin else None, worker=index,
+                        metrics_dir=Path(metrics_dir))
+        return await serve_until_signal(server, on_ready=lambda: ready.send(("ready", index, os.getpid())),
+                                        exit_on_second_signal=False)
+
+    with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
+        status = runner.run(main())
+    sys.exit(status)
+
+
+class _Workers:
+    """The supervisor's view of its worker processes."""
+
+    def __init__(self, config: ServerConfig, builtin: Path | None, metrics_dir: Path, log_level: int,
+                 secrets: frozenset[str]) -> None:
+        self.config = config
+        self.builtin = str(builtin) if builtin else None
+        self.metrics_dir = metrics_dir
+        self.log_level = log_level
+        self.secrets = secrets
+        self.ctx = multiprocessing.get_context("spawn")
+        self.procs: dict[int, Any] = {}
+        self.pipes: dict[int, Any] = {}
+        self.stopping = False
+
+    def start(self, index: int) -> None:
+        parent, child = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(
+            target=_worker_main, name=f"wsserve-worker-{index}", daemon=False,
+            args=(self.config, self.builtin, index, str(self.metrics_dir), child, self.log_level, self.secrets),
+        )
+        proc.start()
+        child.close()
+        log.info("worker %d started (pid %d)", index, proc.pid)
+        self.procs[index] = proc
+        self.pipes[index] = parent
+
+    def retire_metrics(self, index: int, pid: int) -> None:
+        """Keep a dead worker's counters in the totals; drop its gauges."""
+        path = self.metrics_dir / f"worker-{index}.json"
+        try:
+            snap = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        snap["alive"] = False
+        (self.metrics_dir / f"dead-{pid}-{index}.json").write_text(json.dumps(snap))
+        path.unlink(missing_ok=True)
+
+    def signal_all(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A bound (not listening) SO_REUSEPORT socket holding the port until the workers listen."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int, secrets: frozenset[str]) -> int:
+    loop = asyncio.get_running_loop()
+    reserved = _reserve_port(config.host, config.port)
+    port = reserved.getsockname()[1]
+    config = dataclasses.replace(config, port=port)
+    with tempfile.TemporaryDirectory(prefix="wsserve-metrics-") as metrics_dir:
+        workers = _Workers(config, builtin, Path(metrics_dir), log_level, secrets)
+        stop = asyncio.Event()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.info("received %s: draining %d workers", signal.Signals(signum).name, len(workers.procs))
+                workers.stopping = True
+                workers.signal_all(signal.SIGTERM)
+                stop.set()
+            else:
+                log.warning("second signal: killing the workers")
+                workers.signal_all(signal.SIGKILL)
+                sys.stdout.flush()
+                os._exit(1)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        for i in range(config.workers):
+            workers.start(i)
+        # Wait for every worker's ready message (a worker that dies first fails the start).
+        pending = set(range(config.workers))
+        while pending and not stop.is_set():
+            for i in list(pending):
+                proc, pipe = workers.procs[i], workers.pipes[i]
+                if pipe.poll():
+                    pipe.recv()
+                    pending.discard(i)
+                elif not proc.is_alive():
+                    log.error("worker %d exited with status %s while starting", i, proc.exitcode)
+                    workers.stopping = True
+                    workers.signal_all(signal.SIGTERM)
+                    reserved.close()
+                    return 1
+            await asyncio.sleep(0.02)
+        reserved.close()
+        if not stop.is_set():
+            scheme = "wss" if config.certfile else "ws"
+            print(f"wsserve {__version__} ready on {scheme}://{config.host}:{port} ({config.workers} workers)", flush=True)
+        # Watch the workers: restart one that dies, until a signal asks them to stop.
+        while not stop.is_set():
+            for i, proc in list(workers.procs.items()):
+                if not proc.is_alive() and not workers.stopping:
+                    log.error("worker %d (pid %d) exited with status %s: restarting it", i, proc.pid, proc.exitcode)
+                    workers.retire_metrics(i, proc.pid)
+                    workers.start(i)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
+        # Draining: every worker exits by itself within the drain timeout.
+        deadline = loop.time() + config.drain_timeout_s + KILL_MARGIN_S
+        while any(p.is_alive() for p in workers.procs.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        late = [i for i, p in workers.procs.items() if p.is_alive()]
+        for i in late:
+            log.error("worker %d did not stop in time: killed", i)
+            workers.procs[i].kill()
+        for p in workers.procs.values():
+            p.join(timeout=5)
+        log.info("stopped")
+        return 0
+
+
+def run_supervisor(config: ServerConfig) -> int:
+    """Blocking entry point for ``--workers N`` (N > 1)."""
+    from .server import _limit_blas_threads
+    from .trainer import prepare_builtin_repository
+
+    _limit_blas_threads()
+    root = logging.getLogger()
+    secrets: frozenset[str] = frozenset()
+    for handler in root.handlers:
+        for f in handler.filters:
+            secrets = secrets | frozenset(getattr(f, "secrets", ()))
+    with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
+        builtin = prepare_builtin_repository(
+            config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache, scratch=Path(scratch)
+        )
+        return asyncio.run(_supervise(config, builtin, root.level, secrets))

@@ -1,0 +1,441 @@
+"""The batching worker of one predictive model version: :class:`PredictWorker`.
+
+It owns one :class:`~wsserve.batching.BatchQueue` and forms batches from loop
+callbacks (no task per request or per model), greedily or after
+``max_delay_ms``, across every connection and every HTTP request; it runs the
+model (off the event loop in an executor when the batch is costly enough,
+inline when it is cheaper than the thread hop) and hands each request its
+output rows through its :class:`PredictSink`.
+
+Inputs and outputs are a *batch*: one array ``[n, *shape]`` for a model with
+a single input/output, or ``{name: array}`` for several (named tensors).
+Outputs keep the model's dtypes; a float output row that is not finite fails
+only its own request with ``invalid_input``.
+
+Explanations: a request whose sink has ``explain`` true also gets per-feature
+attributions for its rows, computed in the same batch and the same call as
+the outputs (by the worker's :class:`~wsserve.explain.Explainer`, off the loop
+like any costly batch).  Each of its rows counts :data:`EXPLAIN_ROW_COST` units
+against ``max_batch_size`` and ``max_queue_rows`` (see
+:mod:`wsserve.batching`): with the default batch of 256, at most 8 rows to
+explain share a batch - one 1024-point integrated-gradients chunk for the
+``mlp`` (about 9-13 ms on one core) - so explanations cannot stall the
+predictions batched with them for long.
+
+Call order: ``PredictWorker(...)``; ``start()`` (on the loop); ``submit`` /
+``cancel`` from the loop thread; ``await close()`` (idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from time import monotonic
+from typing import Any, Protocol
+
+import numpy as np
+
+from .batching import Batch, BatchQueue, WorkItem
+from .errors import BadRequest, DeadlineExceeded, Internal, InvalidInput, ShuttingDown, WsserveError
+from .explain import Explainer
+from .stats import WorkerStatistics
+
+__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "Tensors"]
+
+log = logging.getLogger("wsserve.worker")
+
+#: One array ``[n, *shape]``, or ``{name: array}`` for named tensors.
+Tensors = np.ndarray | dict[str, np.ndarray]
+
+#: Cost units of one row to explain (a plain row costs 1): integrated gradients on the ``mlp`` are
+#: 128 forward+backward passes, ~1.1-1.6 ms a row, against ~2 us a row for a plain batch-256 predict.
+EXPLAIN_ROW_COST = 32
+
+
+class PredictSink(Protocol):
+    """Receives one request's results, on the event-loop thread, in row order.
+
+    Contract: ``on_rows`` is called for consecutive row ranges starting at 0
+    until all ``n`` rows are delivered, unless ``on_error`` is called first;
+    after ``on_error`` nothing more is called.  Neither may block.
+
+    Optional: a sink with a true ``explain`` attribute gets ``on_rows(...,
+    attributions=a)`` with ``a`` ``[rows, d]`` float64 (the same rows as
+    ``outputs``); sinks without it are never passed ``attributions``.
+    """
+
+    inputs: Tensors  # [n, ...] (or {name: [n, ...]})
+    n: int
+    nbytes: int
+    finished: bool  # True once the request has its terminal frame
+
+    def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
+
+    def on_error(self, exc: WsserveError) -> None: ...
+
+
+class BatchObserver(Protocol):
+    """Optional hook for metrics: called once per computed batch."""
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
+
+
+def _gather(slices: tuple[Any, ...]) -> Tensors:
+    """The batch's inputs: each slice's rows, concatenated (per name for named tensors)."""
+    if len(slices) == 1:
+        s = slices[0]
+        sink = s.item.payload
+        whole = s.start == 0 and s.stop == sink.n
+        x = sink.inputs
+        if whole:
+            return x
+        if isinstance(x, dict):
+            return {k: v[s.start : s.stop] for k, v in x.items()}
+        return x[s.start : s.stop]
+    first = slices[0].item.payload.inputs
+    if isinstance(first, dict):
+        return {k: np.concatenate([s.item.payload.inputs[k][s.start : s.stop] for s in slices]) for k in first}
+    return np.concatenate([s.item.payload.inputs[s.start : s.stop] for s in slices])
+
+
+def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
+    """Validate a model's outputs; return them (contiguous) and, when some float row is
+    not finite, a boolean ``[rows]`` mask of the finite ones.  Raises on bad outputs."""
+    arrays = y.items() if isinstance(y, dict) else (("", y),)
+    out: dict[str, np.ndarray] = {}
+    finite_rows: np.ndarray | None = None
+    for name, a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
+            label = f"output {name!r}" if name else "model"
+            raise TypeError(f"{label} returned {type(a).__name__} of {getattr(a, 'dtype', '?')}, not a numeric array")
+        if a.ndim < 1 or a.shape[0] != rows:
+            raise ValueError(f"model returned shape {a.shape} for {rows} rows")
+        a = np.ascontiguousarray(a)
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a)
+            if not finite.all():
+                ok = finite.reshape(rows, -1).all(axis=1)
+                finite_rows = ok if finite_rows is None else finite_rows & ok
+        out[name] = a
+    return (out if isinstance(y, dict) else out[""]), finite_rows
+
+
+def _rows(y: Tensors, a: int, b: int) -> Tensors:
+    if isinstance(y, dict):
+        return {k: v[a:b] for k, v in y.items()}
+    return y[a:b]
+
+
+class PredictWorker:
+    """Batches and runs ``predict`` for one model version.
+
+    Driven by loop callbacks, not a task: ``submit`` schedules a tick with
+    ``call_soon`` when the model is idle; a tick forms one batch and either
+    computes it inline (cheap batches) or hands it to the executor and ticks
+    again when it is done.  Requests that arrive in the same loop iteration
+    therefore share a batch, and an idle server adds no wait.  With
+    ``instances`` > 1, up to that many batches compute side by side.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        name: str | None = None,
+        max_batch_size: int = 256,
+        max_delay_ms: float | None = None,
+        max_queue_rows: int | None = None,
+        max_queue_bytes: int | None = None,
+        instances: int = 1,
+        inline_max_flops: int = 200_000,
+        observer: BatchObserver | None = None,
+        after_batch: Callable[[], None] | None = None,
+        explainer: Explainer | None = None,
+        explain_refusal: str | None = None,
+        explain_row_cost: int = EXPLAIN_ROW_COST,
+    ) -> None:
+        """``after_batch`` runs after each batch's results were handed out (the
+        server uses it to write the replies at once rather than a loop iteration later).
+        ``explainer``: how this model's rows are explained (None: they are not, and
+        ``explain_refusal`` says why)."""
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
+        if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
+            raise ValueError(f"explain_row_cost must be >= 2, got {explain_row_cost}")
+        self.model = model
+        self.explainer = explainer
+        self.explain_refusal = None if explainer is not None else (
+            explain_refusal or f"model {model.info.name!r} cannot be explained")
+        self._explain_cost = explain_row_cost
+        self.name = name if name is not None else model.info.name
+        self._after_batch = after_batch
+        self.queue = BatchQueue(
+            max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
+            max_queue_bytes=max_queue_bytes,
+        )
+        self._instances = instances
+        self._inline_max_rows = max(0, inline_max_flops // max(1, model.flops_per_row()))
+        self._observer = observer
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = 0  # batches computing in the executor
+        self._tick_handle: asyncio.Handle | None = None
+        self._tick_at: float | None = None  # monotonic time of a scheduled window tick
+        self._closed = False
+        self._computing: dict[int, tuple[WorkItem, ...]] = {}  # items of each batch in the executor
+        self._executor_batches = 0
+        self._last_batch = 0
+        self._idle: asyncio.Event | None = None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=self._instances, thread_name_prefix=f"wsserve-{self.name}")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def close(self) -> None:
+        """Stop forming batches and end every request still queued or computing with
+        ``ShuttingDown`` (as the generation engine does).  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        for item in self.queue.drain():
+            self._end(item, ShuttingDown("the server is shutting down"))
+        for items in self._computing.values():
+            for item in items:
+                self._end(item, ShuttingDown("the server is shutting down"))
+        self._computing = {}
+        if self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is queued or computing (a retired version finishing its work)."""
+        assert self._idle is not None, "start() first"
+        while len(self.queue) or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- requests
+
+    def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
+        """Queue ``sink``'s rows.  Raises ``Overloaded`` when the queue is full,
+        ``ShuttingDown`` after :meth:`close` and ``BadRequest`` for a sink that
+        wants explanations from a model that has none; the sink is then never called."""
+        if self._closed:
+            raise ShuttingDown("model worker is shutting down")
+        n = sink.n
+        explain = getattr(sink, "explain", False)
+        if explain and self.explainer is None:
+            raise BadRequest(self.explain_refusal or "cannot be explained")
+        item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
+                        cost=self._explain_cost if explain else 1)
+        now = monotonic()
+        self.queue.add(item, now)
+        if self._running < self._instances:
+            if self._tick_handle is None:
+                self._schedule(now, now)
+            elif self._tick_at is not None and self.queue.ready_at(now) == now:
+                self._tick_handle.cancel()  # the window filled up: go now
+                self._schedule(now, now)
+        return item
+
+    def cancel(self, item: WorkItem) -> None:
+        """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
+        self.queue.cancel(item)
+        self._note_idle()
+
+    def statistics(self) -> WorkerStatistics:
+        q = self.queue.statistics(monotonic())
+        return WorkerStatistics(
+            kind="predict", queued=q.requests, queued_rows=q.rows, queued_bytes=q.bytes,
+            running=sum(len(items) for items in self._computing.values()), oldest_age_s=q.oldest_age_s,
+            batches=q.batches, computed=q.rows_scheduled, executor_batches=self._executor_batches,
+            last_batch_size=self._last_batch,
+        )
+
+    # -- the batching loop
+
+    def _note_idle(self) -> None:
+        if self._idle is not None and not self._running and not len(self.queue):
+            self._idle.set()
+
+    def _schedule(self, at: float, now: float) -> None:
+        loop = self._loop
+        assert loop is not None, "start() first"
+        if at <= now:
+            self._tick_at = None
+            self._tick_handle = loop.call_soon(self._tick)
+        else:
+            self._tick_at = at
+            self._tick_handle = loop.call_later(at - now, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        self._tick_at = None
+        if self._running >= self._instances or self._closed:
+            return
+        queue = self.queue
+        now = monotonic()
+        ready = queue.ready_at(now)
+        if ready is None:
+            self._note_idle()
+            return
+        if ready > now:
+            self._schedule(ready, now)
+            return
+        batch = queue.next_batch(now)
+        if batch is None:
+            self._note_idle()
+            return
+        for item in batch.expired:
+            try:
+                item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
+            except Exception as exc:  # noqa: BLE001
+                self._sink_failed(item, exc)
+        if batch.slices:
+            self._compute(batch)
+        if self._running < self._instances and self._tick_handle is None and len(queue):
+            # Next batch on the next loop iteration, after pending socket I/O.
+            self._schedule(now, now)
+        else:
+            self._note_idle()
+
+    def _run(self, x: Tensors, spans: list[tuple[int, int]] | None) -> tuple[Any, np.ndarray | None]:
+        """The batch's outputs, and the attributions of the rows in ``spans`` (batch row ranges, in
+        order) stacked in that order.  One call, on the loop or in the executor."""
+        y = self.model.predict(x)
+        if not spans:
+            return y, None
+        assert self.explainer is not None and isinstance(x, np.ndarray)
+        rows = x[spans[0][0]:spans[0][1]] if len(spans) == 1 else np.concatenate([x[a:b] for a, b in spans])
+        return y, self.explainer.attributions(rows)
+
+    def _compute(self, batch: Batch) -> None:
+        slices = batch.slices
+        started = monotonic()
+        self._last_batch = batch.rows
+        spans: list[tuple[int, int]] | None = None
+        if batch.cost != batch.rows:  # some rows are to be explained
+            spans, offset = [], 0
+            for s in slices:
+                if s.item.cost != 1:
+                    spans.append((offset, offset + s.rows))
+                offset += s.rows
+        # integrated gradients (possibly a model.py's own input_gradient) never run on the loop
+        inline = batch.cost <= self._inline_max_rows and (
+            not spans or self.explainer is None or self.explainer.method == "linear-exact")
+        try:
+            x = _gather(slices)
+            if inline:
+                y, attributions = self._run(x, spans)
+            else:
+                assert self._executor is not None and self._loop is not None
+                self._running += 1
+                self._executor_batches += 1
+                key = id(batch)
+                self._computing[key] = tuple(s.item for s in slices)
+                future = self._loop.run_in_executor(self._executor, self._run, x, spans)
+                future.add_done_callback(lambda f: self._computed(batch, key, f, started))
+                return
+        except Exception as exc:
+            self._failed(batch, exc)
+            return
+        self._deliver(batch, y, started, attributions)
+
+    def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:
+        self._running -= 1
+        self._computing.pop(key, None)
+        if self._closed:  # close() has ended its requests
+            return
+        if future.cancelled():
+            self._failed(batch, RuntimeError("computation cancelled"))
+        elif future.exception() is not None:
+            self._failed(batch, future.exception())  # type: ignore[arg-type]
+        else:
+            y, attributions = future.result()
+            self._deliver(batch, y, started, attributions)
+        if self._tick_handle is None and len(self.queue):
+            now = monotonic()
+            self._schedule(now, now)
+        else:
+            self._note_idle()
+
+    def _failed(self, batch: Batch, exc: BaseException) -> None:
+        """A model failure fails only the requests of this batch, with ``internal``."""
+        log.error("model %s failed on a batch of %d rows", self.name, batch.rows, exc_info=exc)
+        err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
+        for s in batch.slices:
+            if not s.item.payload.finished:
+                self.queue.cancel(s.item)
+                try:
+                    s.item.payload.on_error(Internal(err))
+                except Exception as sink_exc:  # noqa: BLE001
+                    self._sink_failed(s.item, sink_exc)
+
+    def _end(self, item: WorkItem, exc: WsserveError) -> None:
+        try:
+            if not item.payload.finished:
+                item.payload.on_error(exc)
+        except Exception as sink_exc:  # noqa: BLE001
+            log.error("result sink of a %s request failed in on_error", self.name, exc_info=sink_exc)
+
+    def _sink_failed(self, item: WorkItem, exc: BaseException) -> None:
+        """A sink raised: log it, stop its rows, and end it with ``internal`` (best effort)."""
+        log.error("result sink of a %s request failed", self.name, exc_info=exc)
+        self.queue.cancel(item)
+        try:
+            if not item.payload.finished:
+                item.payload.on_error(Internal(f"internal error delivering results: {type(exc).__name__}: {exc}"))
+        except Exception:  # noqa: BLE001
+            log.exception("result sink failed again in on_error")
+
+    def _deliver(self, batch: Batch, y: Any, started: float, attributions: np.ndarray | None = None) -> None:
+        compute_s = monotonic() - started
+        try:  # a model may return anything: never let it escape this callback
+            y, finite_rows = _check_outputs(y, batch.rows)
+        except Exception as exc:
+            self._failed(batch, exc)
+            return
+        explained = 0  # rows of ``attributions`` handed out so far
+        if self._observer is not None:
+            self._observer.on_batch(self.name, batch.rows, compute_s)
+        offset = 0
+        single = not isinstance(y, dict)
+        for s in batch.slices:
+            item = s.item
+            end = offset + s.rows
+            sink = item.payload
+            first_attr = explained
+            if item.cost != 1:
+                explained += s.rows
+            if sink.finished:  # cancelled or timed out while computing
+                offset = end
+                continue
+            try:  # one sink's failure must not keep the rest of the batch from their frames
+                if finite_rows is not None and not finite_rows[offset:end].all():
+                    bad = s.start + int(np.argmin(finite_rows[offset:end]))
+                    self.queue.cancel(item)
+                    sink.on_error(InvalidInput(f"output row {bad} is not finite"))
+                else:
+                    out = y[offset:end] if single else _rows(y, offset, end)
+                    if item.cost != 1 and attributions is not None:
+                        attr = attributions[first_attr:explained]
+                        sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s,
+                                     attributions=attr)
+                    else:
+                        sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
+            except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
+                self._sink_failed(item, exc)
+            offset = end
+        if self._after_batch is not None:
+            self._after_batch()
