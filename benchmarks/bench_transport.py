@@ -215,14 +215,14 @@ def render(data: dict[str, Any]) -> str:
     if plan["quick"]:
         out += ["> **Quick run**: one short repetition per cell, a smoke test, not numbers to cite.", ""]
     out += [
-        f"Measured {data['started_at']} by `{cmd}` in {data.get('elapsed_s', '?')} s; load average at the start "
-        f"{la[0]} / {la[1]} / {la[2]} on {m['cores']} cores (wsserve {m.get('git_commit') or 'commit unknown'}).",
+        (f"Measured {data['started_at']} by `{cmd}` in {data.get('elapsed_s', '?')} s; load average at the start "
+        f"{la[0]} / {la[1]} / {la[2]} on {m['cores']} cores (wsserve {m.get('git_commit') or 'commit unknown'})."),
         "",
-        f"Closed loop: N connections, each with one single-row `predict` in flight (echo servers: the same frames "
+        (f"Closed loop: N connections, each with one single-row `predict` in flight (echo servers: the same frames "
         f"echoed), {plan['duration_s']:g} s after {plan['warmup_s']:g} s of warm-up; {plan['reps']} repetitions per "
         "cell interleaved across the four servers, median shown (range in small print). Every server is one process "
         f"on uvloop; the load-test client is {plan['client_procs']} separate process{'es' if plan['client_procs'] > 1 else ''}. "
-        "The wire protocol is the same on both transports.",
+        "The wire protocol is the same on both transports."),
         "",
         "| server | model | " + " | ".join(f"{n} conns req/s" for n in conns) + " | "
         + " | ".join(f"{n} conns p50 / p99 ms" for n in conns) + " | "
@@ -241,8 +241,8 @@ def render(data: dict[str, Any]) -> str:
             out.append(f"| {LABELS[name]} | {model or '—'} | " + " | ".join(rps + lat + cpu) + " |")
     out += [
         "",
-        "*server µs/req*: the server process's CPU time per request (busy cores ÷ requests/s, median of the runs): "
-        "its own cost, whatever the client's speed.",
+        ("*server µs/req*: the server process's CPU time per request (busy cores ÷ requests/s, median of the runs): "
+        "its own cost, whatever the client's speed."),
         "",
         "| comparison | " + " | ".join(f"{n} conns" for n in conns) + " | "
         + " | ".join(f"{n} conns, server CPU/req" for n in conns) + " | target (throughput) |",
@@ -271,13 +271,13 @@ def render(data: dict[str, Any]) -> str:
         out += [
             "### Memory per connection",
             "",
-            f"RSS of the server process: growth per connection after opening {mem['idle']:,} idle connections "
+            (f"RSS of the server process: growth per connection after opening {mem['idle']:,} idle connections "
             f"(each read its `hello`), then the further growth per connection after {mem['big']} of them each sent "
             f"one {mem['big_bytes']:,}-byte message (a JSON string, answered with `bad_request`); and, on a fresh "
             f"server, the growth per socket when {mem['flooders']} raw sockets each write {mem['flood_frames']:,} "
             "pipelined `ping` messages at once and never read a reply. picows's read buffer grows to the most it "
             "has read at once (a large frame, or a burst the kernel had queued) and is never shrunk; websockets "
-            "frees it.",
+            "frees it."),
             "",
             "| transport | KiB per idle connection | KiB per connection left after one large message | KiB per flooding socket |",
             "|---|---:|---:|---:|",

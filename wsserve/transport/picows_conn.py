@@ -50,9 +50,23 @@ maximal message - but with picows ordinary large messages leave it pinned;
 size ``max_message_bytes`` x connections accordingly (measured in
 ``benchmarks/results/transport.md``).
 
-Sending: the core's frames are queued and written once per read, batch or
-loop iteration (:class:`~.flush.Flusher`): one frame through picows's
-``send`` (header and copy in C), several as one write of our own framing.
+Sending: the core's frames (text, and binary ones through
+:meth:`PicowsConnection.send_binary`, as on the other transport) are queued
+and written once per read, batch or loop iteration (:class:`~.flush.Flusher`),
+in the order they were queued: one frame through picows's ``send`` (header and
+copy in C), several as one write of our own framing.  Pongs and close frames
+are written after what is queued (:meth:`PicowsConnection.close` flushes
+first, and so does the echo of a client's close frame), so replies keep their
+order.  One exception: a frame picows's own parser rejects (a reserved opcode,
+a fragmented or oversized control frame, an unmasked frame, a non-minimal
+length) makes picows write its 1002 close frame at once, straight to the
+socket; replies queued for earlier messages of the same read are then dropped
+(the websockets library's own server drops them too; wsserve's websockets
+transport writes them first).
+
+Receiving: every complete message, text or binary, goes to the core's
+``Connection.receive(data, binary, now)`` - the entry point the websockets
+transport uses; what a binary message means is the core's business.
 """
 
 from __future__ import annotations
@@ -71,16 +85,20 @@ from picows import (
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-# The protocol ws_create_server builds (see the module docstring).
-from picows.picows import WSProtocol
+from picows.picows import (
+    WSProtocol,  # the protocol ws_create_server builds (see the module docstring)
+)
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
-from .framing import frame_header
-# The same fragment limit and handshake policy as the websockets transport.
-from .websocket import MAX_FRAGMENTS, _reason, _select_subprotocol
+from .framing import OP_BINARY, OP_TEXT, frame_header
+from .websocket import (  # the same fragment limit and handshake policy
+    MAX_FRAGMENTS,
+    _reason,
+    _select_subprotocol,
+)
 
 if TYPE_CHECKING:
     from picows import WSFrame, WSTransport
@@ -197,7 +215,8 @@ class PicowsConnection(WSListener):
         self.conn: Connection | None = None
         self.counters = app.counters
         self._flusher = app.flusher
-        self._out: list[bytes] = []  # payloads of text frames waiting for flush()
+        self._out: list[bytes] = []  # payloads of frames waiting for flush()
+        self._ops: list[int] | None = None  # their opcodes, once a binary frame is queued (None: all text)
         self._marked = False  # in the flusher's list
         self._frag: list[bytes] | None = None  # parts of a fragmented message
         self._frag_bytes = 0
@@ -296,16 +315,19 @@ class PicowsConnection(WSListener):
             self.conn.receive(data, binary, monotonic())
 
     def _close_received(self, frame: WSFrame) -> None:
-        """The client's close frame: echo it (unless we started), then end the TCP stream."""
+        """The client's close frame: write the replies already queued (as the websockets
+        transport does: they were answers to messages received before the close), echo
+        the close frame (unless we started), then end the TCP stream."""
         code = int(frame.get_close_code())
         if frame.payload_size >= 2 and code not in _CLIENT_CLOSE_CODES and not 3000 <= code <= 4999:
             self._fail(1002, f"invalid close code {code}")
             return
+        if self._out and not self._close_sent:
+            self.flush()
         if self.conn is not None:
             self.conn.lost()  # nothing more can be sent: stop the work
         ws = self.ws
         if not self._close_sent and ws is not None and not ws.is_close_frame_sent:
-            self._out.clear()
             self._close_sent = True
             if frame.payload_size >= 2:
                 ws.send_close(WSCloseCode(code), frame.get_close_message())
@@ -357,6 +379,7 @@ class PicowsConnection(WSListener):
             self._timer.cancel()
             self._timer = None
         self._out.clear()
+        self._ops = None
         conn = self.conn
         if conn is not None:
             conn.lost()
@@ -370,6 +393,22 @@ class PicowsConnection(WSListener):
         if self._close_sent or self._lost:
             return
         self._out.append(frame)
+        if self._ops is not None:
+            self._ops.append(OP_TEXT)
+        if not self._marked:
+            self._marked = True
+            self._flusher.mark(self)
+
+    def send_binary(self, payload: bytes) -> None:
+        """Queue one binary frame; it is written by the next flush, in order with the text
+        frames (same rules as :meth:`send`: dropped once a close frame was sent or the
+        connection is lost)."""
+        if self._close_sent or self._lost:
+            return
+        if self._ops is None:
+            self._ops = [OP_TEXT] * len(self._out)
+        self._out.append(payload)
+        self._ops.append(OP_BINARY)
         if not self._marked:
             self._marked = True
             self._flusher.mark(self)
@@ -377,20 +416,26 @@ class PicowsConnection(WSListener):
     def flush(self) -> None:
         """Write what is queued now, in one write (called by the flusher)."""
         self._marked = False
-        out = self._out
+        out, ops = self._out, self._ops
         ws = self.ws
         if not out or self._lost or ws is None:
             return
         self._out = []
+        self._ops = None
         if ws.is_close_frame_sent:  # picows closed on a protocol error: nothing more goes out
             return
         if len(out) == 1:
-            ws.send(_TEXT, out[0])
+            ws.send(_BINARY if ops is not None and ops[0] == OP_BINARY else _TEXT, out[0])
         else:
             parts = []
-            for frame in out:
-                parts.append(frame_header(len(frame)))
-                parts.append(frame)
+            if ops is None:
+                for frame in out:
+                    parts.append(frame_header(len(frame)))
+                    parts.append(frame)
+            else:
+                for frame, op in zip(out, ops, strict=True):
+                    parts.append(frame_header(len(frame), op))
+                    parts.append(frame)
             try:
                 ws.underlying_transport.write(b"".join(parts))
             except Exception:
