@@ -6,7 +6,8 @@ and ``--transport picows``):
 - ``server`` (one per session and kind): websockets on the asyncio loop and on
   uvloop, picows on uvloop (picows is what fast deployments run, on uvloop);
 - ``start_server`` (a factory, per test): parametrized by ``transport``;
-- module-scoped servers started with :class:`ServerProcess` are parametrized
+- module-scoped servers started with :class:`ServerProcess` take the
+  ``module_transport`` fixture (each transport in turn) or are parametrized
   with :data:`tests.support.TRANSPORTS` themselves.
 
 A test that pins one library's behaviour says so with
@@ -73,6 +74,13 @@ def server_url(server: ServerProcess) -> str:
 def transport_name(request: pytest.FixtureRequest) -> str:
     """Each WebSocket transport in turn (skipped where the test is marked ``only_transport``)."""
     _only(request, request.param)
+    return request.param
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def module_transport(request: pytest.FixtureRequest) -> str:
+    """Each WebSocket transport in turn, for a module's own servers (pass it as ``transport=``):
+    every server of the module runs on the same one, so they are started once per transport."""
     return request.param
 
 

@@ -134,9 +134,9 @@ async def test_invalid_utf8_with_compression_fails_with_1007(echo: Echo) -> None
             client_frame(b"", opcode=5),  # reserved data opcode (4.1.3)
             marks=pytest.mark.only_transport(
                 "websockets",
-                reason="picows's own parser fails the connection on a reserved opcode and writes its close frame "
-                "(straight to the socket) before the replies queued for this read: the echo is dropped, as the "
-                "websockets library's own server drops it (documented in picows_conn.py)",
+                reason="picows parses one frame ahead and fails the connection on a reserved opcode, writing its "
+                "close frame before the message ahead of it is delivered: the echo is dropped, as the websockets "
+                "library's own server drops it (documented in picows_conn.py)",
             ),
             id="reserved-opcode",
         ),

@@ -57,12 +57,14 @@ in the order they were queued: one frame through picows's ``send`` (header and
 copy in C), several as one write of our own framing.  Pongs and close frames
 are written after what is queued (:meth:`PicowsConnection.close` flushes
 first, and so does the echo of a client's close frame), so replies keep their
-order.  One exception: a frame picows's own parser rejects (a reserved opcode,
-a fragmented or oversized control frame, an unmasked frame, a non-minimal
-length) makes picows write its 1002 close frame at once, straight to the
-socket; replies queued for earlier messages of the same read are then dropped
-(the websockets library's own server drops them too; wsserve's websockets
-transport writes them first).
+order.  One exception: picows parses one frame ahead of the one it delivers
+(``WSProtocol._process_new_data``), and a frame its own parser rejects (a
+reserved opcode, a fragmented or oversized control frame, an unmasked frame, a
+non-minimal length, a second close frame) makes it write its 1002 close frame
+at once, straight to the socket, before the frame ahead is delivered: the reply
+to that message (and any still queued) is dropped.  The websockets library's
+own server drops it too; wsserve's websockets transport writes it first
+(Autobahn 4.1.3-4.2.5 and 7.1.2 in ``benchmarks/results/conformance.md``).
 
 Receiving: every complete message, text or binary, goes to the core's
 ``Connection.receive(data, binary, now)`` - the entry point the websockets
