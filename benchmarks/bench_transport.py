@@ -43,9 +43,10 @@ if __package__ in (None, ""):  # python benchmarks/bench_transport.py
 from benchmarks.assemble import assemble
 from benchmarks.machine import describe
 from benchmarks.run import PY, RESULTS, Plan, loadtest_cmd, measure, median_of, shown
-from benchmarks.servers import ServerUnderTest
+from benchmarks.servers import start_command
+from tests.support import ServerProcess, proc_status, serve_command
 
-_WSSERVE = [PY, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", "--loop", "uvloop"]
+_WSSERVE = serve_command("--log-level", "warning", loop="uvloop")
 
 #: name -> (server command, models to drive it with; None = echo)
 SERVERS: dict[str, tuple[list[str], tuple[str | None, ...]]] = {
@@ -81,10 +82,10 @@ def _log(msg: str) -> None:
 def run(plan: Plan) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     machine = describe()
-    servers: dict[str, ServerUnderTest] = {}
+    servers: dict[str, ServerProcess] = {}
     try:
         for name, (cmd, _) in SERVERS.items():
-            servers[name] = ServerUnderTest(name, cmd)
+            servers[name] = start_command(cmd)
             _log(f"started {name} at {servers[name].url}")
         cells = [(name, model, n) for name in servers for model in SERVERS[name][1] for n in plan.connections]
         runs: dict[str, list[dict[str, Any]]] = {}
@@ -122,10 +123,7 @@ def run(plan: Plan) -> dict[str, Any]:
 
 
 def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return proc_status(pid, "VmRSS")["VmRSS"]
 
 
 async def _hold(url: str, idle: int, big: int, big_bytes: int, pid: int) -> dict[str, float]:
@@ -189,13 +187,13 @@ def run_memory(idle: int = 1000, big: int = 200, big_bytes: int = 900_000, flood
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(idle + 256, hard), hard))
     for name in ("wsserve", "wsserve-picows"):
         cmd = [*SERVERS[name][0], "--models", "linear", "--ping-interval", "off"]
-        server = ServerUnderTest(name, cmd)
+        server = start_command(cmd)
         try:
             time.sleep(1.0)
             out[name] = asyncio.run(_hold(server.url, idle, big, big_bytes, server.proc.pid))
         finally:
             server.stop()
-        server = ServerUnderTest(name, cmd)
+        server = start_command(cmd)
         try:
             time.sleep(1.0)
             out[name]["flood_kib_per_conn"] = asyncio.run(_flood(server.url, flooders, flood_frames, server.proc.pid))

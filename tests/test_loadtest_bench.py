@@ -137,3 +137,14 @@ def test_assembler_orders_fragments_and_describes_the_machine(tmp_path: Path) ->
     order = [text.index(h) for h in ("## Machine", "## Peer comparison", "## Generation", "## Zeta things")]
     assert order == sorted(order)
     assert "- [Peer comparison: single-row predict](#peer-comparison-single-row-predict)" in text
+
+
+def test_bench_transport_starts_the_cli_of_this_checkout_on_each_transport() -> None:
+    """benchmarks/bench_transport.py imports (it broke once when benchmarks/servers.py changed)
+    and drives the same CLI command as the tests, once per transport."""
+    from benchmarks.bench_transport import SERVERS
+    from tests.support import serve_command
+
+    base = serve_command("--log-level", "warning", loop="uvloop")
+    assert SERVERS["wsserve"][0] == base
+    assert SERVERS["wsserve-picows"][0] == [*base, "--transport", "picows"]
