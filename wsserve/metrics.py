@@ -115,6 +115,10 @@ class _Collector(Collector):
         yield frames
         yield GaugeMetricFamily("wsserve_connections", "Open WebSocket connections.", value=state["connections"])
         yield GaugeMetricFamily(
+            "wsserve_http_connections", "Open HTTP connections (not upgraded to WebSocket).",
+            value=state.get("http_connections", 0),
+        )
+        yield GaugeMetricFamily(
             "wsserve_inflight_requests", "Unfinished predict and generate requests across all connections.",
             value=state["inflight"],
         )
