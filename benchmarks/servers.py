@@ -1,4 +1,4 @@
-"""Start a server under test in its own process, find its ``ws://`` URL, measure its CPU, stop it."""
+"""Start a server under test in its own process, find its ``ws://`` (or ``http://``) URL, measure its CPU, stop it."""
 
 from __future__ import annotations
 
@@ -15,31 +15,32 @@ from pathlib import Path
 __all__ = ["ROOT", "CpuSampler", "ServerUnderTest", "bench_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
-_URL = re.compile(r"ws://[0-9.]+:\d+")
+_URL = re.compile(r"(?:ws|http)://[0-9.]+:\d+")
 
 
-def bench_env() -> dict[str, str]:
-    """Environment for every benchmark process: one BLAS thread, the checkout importable."""
+def bench_env(root: Path = ROOT) -> dict[str, str]:
+    """Environment for every benchmark process: one BLAS thread, the checkout ``root`` importable first."""
     env = dict(os.environ)
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
 class ServerUnderTest:
-    """``cmd`` run from the repository root; ready when its stdout shows a ``ws://`` URL.
+    """``cmd`` run from the repository root (or ``root``, another checkout: then that one is
+    imported); ready when its stdout shows a ``ws://`` or ``http://`` URL.
 
     Output goes to temporary files (never an undrained pipe).  Raises
     ``RuntimeError`` with the server's output if it exits or is not ready in
     ``start_timeout_s``.
     """
 
-    def __init__(self, name: str, cmd: list[str], *, start_timeout_s: float = 90.0) -> None:
+    def __init__(self, name: str, cmd: list[str], *, start_timeout_s: float = 90.0, root: Path = ROOT) -> None:
         self.name = name
         self.cmd = cmd
         self._out = tempfile.TemporaryFile()
         self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(), stdout=self._out, stderr=self._err)
+        self.proc = subprocess.Popen(cmd, cwd=root, env=bench_env(root), stdout=self._out, stderr=self._err)
         deadline = time.monotonic() + start_timeout_s
         while True:
             match = _URL.search(self.output())
