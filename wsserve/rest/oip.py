@@ -253,8 +253,11 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
     """One input as ``[n, *spec.shape]`` in the spec's dtype, and the binary bytes it used."""
     name = spec.name
     shape = tensor.get("shape")
-    if type(shape) is not list or not 0 < len(shape) <= MAX_DIMS or any(type(d) is not int or d < 0 for d in shape):
+    if type(shape) is not list or not 0 < len(shape) <= MAX_DIMS:
         raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
     if shape[1:] != list(spec.shape):
         raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {[-1, *spec.shape]}")
     n = shape[0]

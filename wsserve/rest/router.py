@@ -26,6 +26,8 @@ Handler = Callable[..., Any]
 NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 #: Longest accepted path segment once decoded (model names, versions, file names).
 MAX_SEGMENT = 256
+#: Matched pattern paths remembered (``/v2/models/mlp/infer`` is matched once, then looked up).
+CACHE_SIZE = 1024
 
 
 @dataclass(slots=True)
@@ -49,6 +51,7 @@ class Route:
 
 class Router:
     def __init__(self) -> None:
+        self._cache: dict[str, tuple[Route, Mapping[str, str]]] = {}
         self._exact: dict[str, Route] = {}
         self._patterns: dict[int, list[tuple[tuple[str | None, ...], tuple[str, ...], Route]]] = {}
 
@@ -68,6 +71,7 @@ class Router:
                 self._exact[pattern] = route
         elif route.auth != auth or route.style != style:
             raise ValueError(f"{pattern}: every method of a path has the same auth and error style")
+        self._cache.clear()
         if method in route.handlers:
             raise ValueError(f"{method} {pattern} is already routed")
         route.handlers[method] = handler
@@ -83,10 +87,21 @@ class Router:
         return None
 
     def match(self, path: str) -> tuple[Route, Mapping[str, str]] | None:
-        """The route for ``path`` and its decoded ``{name}`` values, or None (404)."""
+        """The route for ``path`` and its decoded ``{name}`` values (read-only), or None (404)."""
         route = self._exact.get(path)
         if route is not None:
             return route, NO_PARAMS
+        found = self._cache.get(path)
+        if found is not None:
+            return found
+        found = self._match(path)
+        if found is not None and len(path) <= 512:  # bounded: at most CACHE_SIZE short paths
+            if len(self._cache) >= CACHE_SIZE:
+                self._cache.clear()
+            self._cache[path] = found
+        return found
+
+    def _match(self, path: str) -> tuple[Route, Mapping[str, str]] | None:
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
             route = self._exact.get(path)
@@ -103,8 +118,8 @@ class Router:
                 elif want != got:
                     break
             else:
-                decoded = [unquote(v) for v in values]
+                decoded = [unquote(v) if "%" in v else v for v in values]
                 if any(len(v) > MAX_SEGMENT or "/" in v or "\x00" in v for v in decoded):
                     return None
-                return route, dict(zip(names, decoded))
+                return route, MappingProxyType(dict(zip(names, decoded)))
         return None
