@@ -109,6 +109,20 @@ def test_unknown_route_404_and_wrong_method_405_with_allow(server) -> None:
         assert c.request("GET", "/healthz").status == 200  # none of these closed the connection
 
 
+def test_nothing_after_connection_close_is_served(server) -> None:
+    """A request pipelined behind ``Connection: close`` is neither answered nor computed."""
+    def predicts() -> float:
+        return _metric(server, 'wsserve_requests_total{code="ok",model="linear",type="predict"}')
+
+    before = predicts()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/predict", b'{"x": 1.0}', {"Connection": "close"})
+               + request_bytes("POST", "/predict", b'{"x": 2.0}'))
+        a = c.answer()
+        assert a.status == 200 and a.header("connection") == "close" and c.closed() and c.buf == b""
+    assert predicts() == before + 1
+
+
 def test_garbage_is_400_and_closes(server) -> None:
     with RawHttp(server.port) as c:
         c.send(b"NOT HTTP AT ALL\r\n\r\n")

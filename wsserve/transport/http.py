@@ -329,11 +329,14 @@ class HttpProtocol(asyncio.Protocol):
         if parser.should_upgrade() and self._is_websocket():
             return  # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket
         self._in_request = False
+        if self._stopped:  # pipelined behind a request that ends the connection: not served
+            return
         request = self._request()
         version = request.http_version
-        ex = self._new_exchange(parser.should_keep_alive(), version != "1.0")
-        if parser.should_upgrade():  # an Upgrade to something else: answer it and close
-            ex._keep_alive = False
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # other upgrades: answer, close
+        ex = self._new_exchange(keep_alive, version != "1.0")
+        if not keep_alive:
+            self._stopped = True  # nothing after this request is read
         try:
             response = self.app.route_http(request, ex)
         except Exception:  # noqa: BLE001 - route_http must not raise; if it does, answer and keep serving
