@@ -342,7 +342,7 @@ class HttpApi:
             try:
                 entry = self.models.lookup(model)
             except UnknownModel as exc:
-                raise _Param("model", exc) from None
+                raise _with_param(exc, "model") from None
             if entry.kind != "generate":
                 raise ParamError("model", f"model {model!r} does not generate text (use POST /v2/models/{model}/infer "
                                           "or POST /predict)")
@@ -374,7 +374,8 @@ class _TooManyConnections(Overloaded):
     close_connection = True
 
 
-def _Param(param: str, exc: WsserveError) -> WsserveError:
+def _with_param(exc: WsserveError, param: str) -> WsserveError:
+    """``exc`` naming the request field it is about (OpenAI's error envelope shows it)."""
     exc.param = param  # type: ignore[attr-defined]
     return exc
 

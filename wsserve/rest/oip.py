@@ -146,20 +146,22 @@ def _kind(value: Any) -> str:
 _NO_PARAMS: Mapping[str, Any] = {}
 
 
-def _params(obj: Mapping[str, Any], where: Any) -> Mapping[str, Any]:
-    """``obj["parameters"]`` ({} when absent); ``where()`` names ``obj`` in the error."""
+def _params(obj: Mapping[str, Any], what: str, which: Any = "") -> Mapping[str, Any]:
+    """``obj["parameters"]`` ({} when absent); ``what`` and ``which`` name ``obj`` in the error
+    (formatted only then: this runs for every tensor)."""
     params = obj.get("parameters")
     if params is None:
         return _NO_PARAMS
     if type(params) is not dict:
-        raise BadRequest(f"{where()} 'parameters' must be an object, got {_kind(params)}")
+        label = f"{what} {which!r}" if which else what
+        raise BadRequest(f"{label}: 'parameters' must be an object, got {_kind(params)}")
     return params
 
 
-def _name(obj: Mapping[str, Any], where: Any) -> str:
+def _name(obj: Mapping[str, Any], what: str, index: int) -> str:
     name = obj.get("name")
     if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
-        raise BadRequest(f"{where()} needs a 'name' (a string of 1 to {MAX_NAME_LENGTH} characters)")
+        raise BadRequest(f"{what} item {index} needs a 'name' (a string of 1 to {MAX_NAME_LENGTH} characters)")
     return name
 
 
@@ -181,7 +183,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     rid = obj.get("id")
     if rid is not None and (type(rid) is not str or len(rid) > MAX_ID_LENGTH):
         raise BadRequest(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
-    params = _params(obj, lambda: "the request's")
+    params = _params(obj, "the request")
     priority = params.get("priority", 0)
     if type(priority) is not int or priority < 0:
         raise BadRequest(f"parameter 'priority' must be an integer >= 0, got {priority!r}")
@@ -203,7 +205,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     for i, tensor in enumerate(given):
         if type(tensor) is not dict:
             raise BadRequest(f"'inputs' item {i} must be an object, got {_kind(tensor)}")
-        name = _name(tensor, lambda: f"'inputs' item {i}")
+        name = _name(tensor, "'inputs'", i)
         spec = by_name.get(name)
         if spec is None:
             raise BadRequest(f"unknown input {name!r}; the model takes: {', '.join(by_name) or 'none'}")
@@ -235,10 +237,10 @@ def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defau
     for i, item in enumerate(wanted):
         if type(item) is not dict:
             raise BadRequest(f"'outputs' item {i} must be an object, got {_kind(item)}")
-        name = _name(item, lambda: f"'outputs' item {i}")
+        name = _name(item, "'outputs'", i)
         if name not in index:
             raise BadRequest(f"unknown output {name!r}; the model produces: {', '.join(index)}")
-        params = _params(item, lambda: f"output {name!r}")
+        params = _params(item, "output", name)
         if "classification" in params:
             raise BadRequest("the classification extension is not supported")
         binary = params.get("binary_data", binary_default)
@@ -270,7 +272,7 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
         raise InvalidInput(f"input {name!r} is {spec.datatype}; got {datatype}")
     wire = DATATYPES[datatype]
-    size = _params(tensor, lambda: f"input {name!r}").get("binary_data_size")
+    size = _params(tensor, "input", name).get("binary_data_size")
     if size is not None:
         if binary is None:
             raise BadRequest(f"input {name!r} has 'binary_data_size' but the request has no "

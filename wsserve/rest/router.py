@@ -110,7 +110,7 @@ class Router:
         segments = path[1:].split("/")
         for literals, names, route in self._patterns.get(len(segments), ()):
             values = []
-            for want, got in zip(literals, segments):
+            for want, got in zip(literals, segments, strict=True):
                 if want is None:
                     if not got:
                         break
@@ -121,5 +121,5 @@ class Router:
                 decoded = [unquote(v) if "%" in v else v for v in values]
                 if any(len(v) > MAX_SEGMENT or "/" in v or "\x00" in v for v in decoded):
                     return None
-                return route, MappingProxyType(dict(zip(names, decoded)))
+                return route, MappingProxyType(dict(zip(names, decoded, strict=True)))
         return None
