@@ -237,7 +237,7 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
         for s in servers.values():
             s.stop()
     return {"summary": {k: median_of(v) for k, v in runs.items()}, "runs": runs,
-            "commits": {"base": _commit(base), "head": _commit(ROOT)}}
+            "commits": {"base": _commit(base), "head": args.commit}}
 
 
 # --------------------------------------------------------------------------- report
@@ -265,7 +265,7 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, target: float) ->
 
 
 def render(http: dict[str, Any] | None, ws: dict[str, Any] | None, args: argparse.Namespace, started: str,
-           seconds: float, load: str) -> str:
+           seconds: float, load: str, commit: str) -> str:
     lines = ["## HTTP: /predict and OIP v2 infer vs FastAPI and KServe; WebSocket before/after", ""]
     cmd = f"python benchmarks/bench_http.py --reps {args.reps} --duration {args.duration:g} --warmup {args.warmup:g}"
     if args.kserve_python:
@@ -275,7 +275,7 @@ def render(http: dict[str, Any] | None, ws: dict[str, Any] | None, args: argpars
     if args.only != "http,ws":
         cmd += f" --only {args.only}"
     lines += [f"Measured {started} by `{cmd}` in {seconds:.0f} s; load average at the start {load} "
-              f"(wsserve {_commit(ROOT)}).", ""]
+              f"(wsserve {commit}).", ""]
     if http is not None:
         s = http["summary"]
         lines += [
@@ -340,11 +340,15 @@ def main() -> int:
     if "http" in parts and shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    args.commit = _commit(ROOT)  # what the servers run (read before they start)
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                      capture_output=True, text=True).stdout.strip():
+        args.commit += "+changes"
     load = " / ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
     t0 = time.monotonic()
     http = run_http(args) if "http" in parts else None
     ws = run_ws(args) if "ws" in parts and args.ws_against else None
-    text = render(http, ws, args, started, time.monotonic() - t0, load)
+    text = render(http, ws, args, started, time.monotonic() - t0, load, args.commit)
     args.out.write_text(text + "\n")
     (args.out.with_suffix(".json")).write_text(json.dumps(
         {"machine": describe(), "http": http, "ws": ws, "args": vars(args) | {"out": str(args.out)}}, indent=1,
