@@ -110,14 +110,18 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, route: str, connections: int, duration_s: float) -> dict[str, Any]:
-    proc = subprocess.run(wrk_cmd(url, route, connections, duration_s), cwd=ROOT, capture_output=True, text=True,
-                          timeout=duration_s + 60)
+def run_wrk(server: ServerUnderTest, route: str, connections: int, duration_s: float) -> dict[str, Any]:
+    cpu0 = server.cpu_seconds()
+    proc = subprocess.run(wrk_cmd(http_url(server), route, connections, duration_s), cwd=ROOT, capture_output=True,
+                          text=True, timeout=duration_s + 60)
+    cpu = server.cpu_seconds() - cpu0
     out = proc.stdout
     rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if proc.returncode != 0 or rps is None:
+    total = re.search(r"(\d+) requests in", out)
+    if proc.returncode != 0 or rps is None or total is None:
         return {"failed": (proc.stderr or out).strip()[-500:]}
-    result: dict[str, Any] = {"rps": float(rps.group(1))}
+    # Server CPU (all its threads, user + system) per request: far less sensitive to other load than req/s.
+    result: dict[str, Any] = {"rps": float(rps.group(1)), "cpu_us": cpu / max(1, int(total.group(1))) * 1e6}
     for pct in ("50", "90", "99"):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
         result[f"p{pct}"] = _ms(m.group(1)) if m else float("nan")
@@ -132,7 +136,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     good = [r for r in runs if "failed" not in r]
     if not good:
         return {"failed": runs[0].get("failed", "not run") if runs else "not run", "n": 0}
-    out = {k: statistics.median(r[k] for r in good) for k in ("rps", "p50", "p90", "p99")}
+    out = {k: statistics.median(r[k] for r in good) for k in ("rps", "cpu_us", "p50", "p90", "p99")}
     out.update(rps_min=min(r["rps"] for r in good), rps_max=max(r["rps"] for r in good), n=len(good),
                non2xx=sum(r["non2xx"] for r in good),
                socket_errors=sorted({r["socket_errors"] for r in good if r["socket_errors"]}))
@@ -183,12 +187,12 @@ def run_http(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {}
         for rep in range(args.reps):
             for name, route in cells:
-                url = http_url(servers[name])
-                run_wrk(url, route, args.connections, args.warmup)
-                result = run_wrk(url, route, args.connections, args.duration)
+                run_wrk(servers[name], route, args.connections, args.warmup)
+                result = run_wrk(servers[name], route, args.connections, args.duration)
                 runs.setdefault(f"{name}|{route}", []).append(result)
-                brief = result.get("failed") or (f"{result['rps']:>9,.0f} req/s  p50 {result['p50']:.2f}  "
-                                                 f"p99 {result['p99']:.2f} ms  non-2xx {result['non2xx']}")
+                brief = result.get("failed") or (f"{result['rps']:>9,.0f} req/s  {result['cpu_us']:6.1f} us CPU/req  "
+                                                 f"p50 {result['p50']:.2f}  p99 {result['p99']:.2f} ms  "
+                                                 f"non-2xx {result['non2xx']}")
                 _log(f"[rep {rep + 1}/{args.reps}] {name:<8} {route:<8} {brief}")
     finally:
         for s in servers.values():
@@ -200,19 +204,88 @@ def run_http(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- part 2: WebSocket before/after
 
 
-def run_loadtest(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_loadtest(server: ServerUnderTest, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [PY, "-m", "wsserve.loadtest", url, "-c", str(args.connections), "-k", "1", "--model", "mlp",
+        cmd = [PY, "-m", "wsserve.loadtest", server.url, "-c", str(args.connections), "-k", "1", "--model", "mlp",
                "-d", f"{args.duration:g}", "-w", f"{args.warmup:g}", "-q", "--json", str(out)]
+        cpu0 = server.cpu_seconds()
         proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(), capture_output=True, text=True,
                               timeout=args.duration + args.warmup + 90)
+        cpu = server.cpu_seconds() - cpu0  # warm-up included, as its requests are
         if proc.returncode not in (0, 3) or not out.exists():
             return {"failed": (proc.stderr or proc.stdout).strip()[-500:]}
         rep = json.loads(out.read_text())
     lat = rep["latency_ms"]
-    return {"rps": rep["throughput"]["achieved_rps"], "p50": lat["p50"], "p90": lat["p90"], "p99": lat["p99"],
-            "non2xx": rep["requests"]["sent"] - rep["requests"]["ok"], "socket_errors": ""}
+    served = rep["requests"]["ok"] * (args.duration + args.warmup) / args.duration  # the warm-up's share, estimated
+    return {"rps": rep["throughput"]["achieved_rps"], "cpu_us": cpu / max(1.0, served) * 1e6, "p50": lat["p50"],
+            "p90": lat["p90"], "p99": lat["p99"], "non2xx": rep["requests"]["sent"] - rep["requests"]["ok"],
+            "socket_errors": ""}
+
+
+#: The connection core's predict path in-process (no socket, no worker): receive a single-row ``predict``
+#: for a 32-wide model, then hand its job the result.  Runs against whichever checkout is on PYTHONPATH,
+#: so it only uses the API both sides have.  Prints the mean microseconds per message of 7 timed blocks.
+CORE_SNIPPET = r"""
+import json, time
+import numpy as np, orjson
+from wsserve.auth import KeyRegistry
+from wsserve.config import ServerConfig
+from wsserve.connection import Connection, ConnectionContext, Shared
+from wsserve.metrics import Metrics
+from wsserve.pool import ModelEntry
+
+class IO:
+    def send(self, frame): pass
+    def close(self, code, reason): pass
+
+class Worker:
+    pending = None
+    def submit(self, sink, *, priority=0, deadline=None):
+        self.pending = sink
+        return object()
+    def cancel(self, item): pass
+
+class Pool:
+    models_json = b"[]"
+    def __init__(self, entry): self.entry = entry
+    def lookup(self, name, version=None): return self.entry
+    def knows(self, name): return True
+
+worker = Worker()
+entry = ModelEntry(name="mlp", version="1", kind="predict", model=None, worker=worker, input_width=32)
+ctx = ConnectionContext(config=ServerConfig(), models=Pool(entry), metrics=Metrics(version="x", read_state=dict),
+                        keys=KeyRegistry([]), shared=Shared(), hello=b"{}", clock=time.monotonic)
+conn = Connection(ctx, IO(), address="127.0.0.1", key=None, now=time.monotonic())
+msg = orjson.dumps({"type": "predict", "id": 1, "model": "mlp", "inputs": [[0.5] * 32]})
+out = np.zeros((1, 10))
+def one():
+    conn.receive(msg, False, 1.0)
+    worker.pending.on_rows(0, out, 1, 0.0, 0.0)
+for _ in range(3000):
+    one()
+n, times = 20000, []
+for _ in range(7):
+    t = time.perf_counter()
+    for _ in range(n):
+        one()
+    times.append((time.perf_counter() - t) / n * 1e6)
+print(json.dumps(times))
+"""
+
+
+def run_core(base: Path, rounds: int) -> dict[str, Any]:
+    """In-process connection-core cost, base and head interleaved: the fastest block of each round."""
+    best: dict[str, list[float]] = {"base": [], "head": []}
+    for r in range(rounds):
+        for name, root in (("base", base), ("head", ROOT)):
+            proc = subprocess.run([PY, "-c", CORE_SNIPPET], cwd=root, env=bench_env(root), capture_output=True,
+                                  text=True, timeout=300)
+            if proc.returncode != 0:
+                return {"failed": proc.stderr.strip()[-500:]}
+            best[name].append(min(json.loads(proc.stdout)))
+            _log(f"[round {r + 1}/{rounds}] core {name:<5} {best[name][-1]:.2f} us/message")
+    return {name: {"median": statistics.median(v), "min": min(v), "max": max(v)} for name, v in best.items()}
 
 
 def _commit(root: Path) -> str:
@@ -229,15 +302,16 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {}
         for rep in range(args.reps):
             for name in ("base", "head"):
-                result = run_loadtest(servers[name].url, args)
+                result = run_loadtest(servers[name], args)
                 runs.setdefault(name, []).append(result)
-                brief = result.get("failed") or f"{result['rps']:>9,.0f} req/s  p50 {result['p50']:.2f}  p99 {result['p99']:.2f} ms"
+                brief = result.get("failed") or (f"{result['rps']:>9,.0f} req/s  {result['cpu_us']:6.1f} us CPU/req  "
+                                                 f"p50 {result['p50']:.2f}  p99 {result['p99']:.2f} ms")
                 _log(f"[rep {rep + 1}/{args.reps}] websocket {name:<5} {brief}")
     finally:
         for s in servers.values():
             s.stop()
     return {"summary": {k: median_of(v) for k, v in runs.items()}, "runs": runs,
-            "commits": {"base": _commit(base), "head": args.commit}}
+            "commits": {"base": _commit(base), "head": args.commit}, "core": run_core(base, args.reps)}
 
 
 # --------------------------------------------------------------------------- report
@@ -249,6 +323,12 @@ def _cell(s: dict[str, Any] | None) -> str:
     if "failed" in s:
         return "failed"
     return f"{s['rps']:,.0f} <sub>({s['rps_min']:,.0f}–{s['rps_max']:,.0f})</sub>"
+
+
+def _cpu(s: dict[str, Any] | None) -> str:
+    if not s or "failed" in s:
+        return "—"
+    return f"{s['cpu_us']:.0f}"
 
 
 def _lat(s: dict[str, Any] | None) -> str:
@@ -286,17 +366,19 @@ def render(http: dict[str, Any] | None, ws: dict[str, Any] | None, args: argpars
             "server is one process on uvloop with `OPENBLAS_NUM_THREADS=1`; its answer to the body was checked "
             "against wsserve's before measuring.",
             "",
-            "| server | `POST /predict` req/s | `POST /v2/models/mlp/infer` req/s | p50 / p99 ms (predict) | p50 / p99 ms (infer) |",
-            "|---|---:|---:|---:|---:|",
+            "| server | `POST /predict` req/s | `POST /v2/models/mlp/infer` req/s | server CPU µs/request (predict / infer) | p50 / p99 ms (predict) | p50 / p99 ms (infer) |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         names = {"wsserve": "wsserve", "fastapi": "FastAPI/uvicorn", "kserve": "KServe ModelServer"}
         for name, label in names.items():
             if name in http["skipped"]:
-                lines.append(f"| {label} | {http['skipped'][name]} | | | |")
+                lines.append(f"| {label} | {http['skipped'][name]} | | | | |")
                 continue
             p, i = s.get(f"{name}|predict"), s.get(f"{name}|infer")
-            lines.append(f"| {label} | {_cell(p)} | {_cell(i)} | {_lat(p)} | {_lat(i)} |")
-        lines += ["", "| comparison | ratio | target |", "|---|---:|---|"]
+            lines.append(f"| {label} | {_cell(p)} | {_cell(i)} | {_cpu(p)} / {_cpu(i)} | {_lat(p)} | {_lat(i)} |")
+        lines += ["", "Server CPU per request is the server process's CPU time (all threads, user + system, from "
+                  "`/proc`) over the requests it answered: it moves far less with other load on the machine than "
+                  "req/s does.", "", "| comparison | ratio | target |", "|---|---:|---|"]
         w_p, w_i = s.get("wsserve|predict"), s.get("wsserve|infer")
         lines.append(f"| wsserve `/predict` ÷ FastAPI `/predict` | {_ratio(w_p, s.get('fastapi|predict'), 1.5)} | ≥ 1.5× |")
         lines.append(f"| wsserve OIP infer ÷ FastAPI OIP infer | {_ratio(w_i, s.get('fastapi|infer'), 1.5)} | ≥ 1.5× |")
@@ -314,14 +396,31 @@ def render(http: dict[str, Any] | None, ws: dict[str, Any] | None, args: argpars
             f"before the HTTP layer ({c['base']}, `--ws-against {args.ws_against}`), {args.reps} interleaved "
             "repetitions, median (range):",
             "",
-            "| server | req/s | p50 / p99 ms |",
-            "|---|---:|---:|",
-            f"| before ({c['base']}) | {_cell(s.get('base'))} | {_lat(s.get('base'))} |",
-            f"| with HTTP ({c['head']}) | {_cell(s.get('head'))} | {_lat(s.get('head'))} |",
+            "| server | req/s | server CPU µs/request | p50 / p99 ms |",
+            "|---|---:|---:|---:|",
+            f"| before ({c['base']}) | {_cell(s.get('base'))} | {_cpu(s.get('base'))} | {_lat(s.get('base'))} |",
+            f"| with HTTP ({c['head']}) | {_cell(s.get('head'))} | {_cpu(s.get('head'))} | {_lat(s.get('head'))} |",
             "",
-            f"Ratio with ÷ before: {_ratio(s.get('head'), s.get('base'), 0.95)} (target ≥ 0.95×).",
-            "",
+            f"Throughput ratio with ÷ before: {_ratio(s.get('head'), s.get('base'), 0.95)} (target ≥ 0.95×).",
         ]
+        b, h = s.get("base"), s.get("head")
+        if b and h and "failed" not in b and "failed" not in h:
+            lines.append(f"Server CPU per request, before ÷ with (the throughput ratio it implies on a CPU-bound "
+                         f"server): {b['cpu_us'] / h['cpu_us']:.2f}×.")
+        core = ws["core"]
+        if "failed" not in core:
+            cb, ch = core["base"], core["head"]
+            lines += [
+                "",
+                "The connection core's predict path in-process (`CORE_SNIPPET` in this script: a sans-I/O "
+                "`Connection` receives a single-row `predict` for a 32-wide model and its job gets the result; "
+                "no socket, no model), the fastest of 7 blocks of 20,000 messages per process, "
+                f"{args.reps} processes per side interleaved, median (range): before "
+                f"{cb['median']:.2f} µs/message ({cb['min']:.2f}–{cb['max']:.2f}), with HTTP "
+                f"{ch['median']:.2f} µs ({ch['min']:.2f}–{ch['max']:.2f}): "
+                f"{cb['median'] / ch['median']:.2f}× the speed.",
+            ]
+        lines.append("")
     return "\n".join(lines)
 
 
