@@ -204,10 +204,15 @@ def run_http(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- part 2: WebSocket before/after
 
 
-def run_loadtest(server: ServerUnderTest, args: argparse.Namespace) -> dict[str, Any]:
+#: Offered load of the fixed-rate WebSocket comparison (requests/s, well under either server's capacity).
+FIXED_RATE = 4000
+
+
+def run_loadtest(server: ServerUnderTest, args: argparse.Namespace, rate: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [PY, "-m", "wsserve.loadtest", server.url, "-c", str(args.connections), "-k", "1", "--model", "mlp",
+        load = ["--rate", str(rate)] if rate else ["-k", "1"]
+        cmd = [PY, "-m", "wsserve.loadtest", server.url, "-c", str(args.connections), *load, "--model", "mlp",
                "-d", f"{args.duration:g}", "-w", f"{args.warmup:g}", "-q", "--json", str(out)]
         cpu0 = server.cpu_seconds()
         proc = subprocess.run(cmd, cwd=ROOT, env=bench_env(), capture_output=True, text=True,
@@ -305,9 +310,12 @@ def run_ws(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("base", "head"):
                 result = run_loadtest(servers[name], args)
                 runs.setdefault(name, []).append(result)
+                fixed = run_loadtest(servers[name], args, rate=FIXED_RATE)
+                runs.setdefault(f"{name}@rate", []).append(fixed)
                 brief = result.get("failed") or (f"{result['rps']:>9,.0f} req/s  {result['cpu_us']:6.1f} us CPU/req  "
                                                  f"p50 {result['p50']:.2f}  p99 {result['p99']:.2f} ms")
-                _log(f"[rep {rep + 1}/{args.reps}] websocket {name:<5} {brief}")
+                at_rate = fixed.get("failed") or f"at {FIXED_RATE}/s: {fixed['cpu_us']:6.1f} us CPU/req"
+                _log(f"[rep {rep + 1}/{args.reps}] websocket {name:<5} {brief}; {at_rate}")
     finally:
         for s in servers.values():
             s.stop()
@@ -406,8 +414,13 @@ def render(http: dict[str, Any] | None, ws: dict[str, Any] | None, args: argpars
         ]
         b, h = s.get("base"), s.get("head")
         if b and h and "failed" not in b and "failed" not in h:
-            lines.append(f"Server CPU per request, before ÷ with (the throughput ratio it implies on a CPU-bound "
-                         f"server): {b['cpu_us'] / h['cpu_us']:.2f}×.")
+            lines.append(f"Server CPU per request in these closed-loop runs, before ÷ with: {b['cpu_us'] / h['cpu_us']:.2f}× "
+                         "(with batching it depends on the batch sizes the client's timing produces).")
+        b, h = s.get("base@rate"), s.get("head@rate")
+        if b and h and "failed" not in b and "failed" not in h:
+            lines.append(f"At a fixed offered load (`--rate {FIXED_RATE}` instead of `-k 1`, same connections, so "
+                         f"both see the same arrivals), server CPU per request, median: before {b['cpu_us']:.0f} µs, "
+                         f"with HTTP {h['cpu_us']:.0f} µs: {b['cpu_us'] / h['cpu_us']:.2f}×.")
         core = ws["core"]
         if "failed" not in core:
             cb, ch = core["base"], core["head"]
