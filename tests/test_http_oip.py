@@ -38,7 +38,7 @@ def test_server_health_and_metadata(client) -> None:
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta["name"] == "wsserve" and meta["version"] == "0.1.0"
-    assert meta["extensions"] == ["binary_tensor_data"]  # only what is implemented
+    assert meta["extensions"] == ["binary_tensor_data", "model_repository"]  # only what is implemented
 
 
 def test_model_metadata_and_readiness(client) -> None:

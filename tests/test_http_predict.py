@@ -139,3 +139,30 @@ def test_predicts_are_counted_in_the_request_metrics(server, body: str) -> None:
     for _ in range(3):
         assert post(server.http + "/predict", body)[0] == 200
     assert count() == before + 3
+
+
+async def test_explain_gives_the_websocket_attributions(server) -> None:
+    """``"explain": true`` on POST /predict: the same attributions and explanation as the WebSocket result."""
+    rows = [[0.05 * i - 0.7 for i in range(32)], [0.3] * 32]
+    conn = await Conn.open(server.url)
+    for model, inputs in (("linear", [[0.5], [-1.25]]), ("mlp", rows)):
+        ws = await conn.request({"type": "predict", "id": 1, "model": model, "inputs": inputs, "explain": True})
+        status, _, body = await asyncio.to_thread(
+            post, server.http + "/predict", json.dumps({"model": model, "inputs": inputs, "explain": True}))
+        answer = json.loads(body)
+        assert status == 200, answer
+        assert (answer["outputs"], answer["attributions"], answer["explanation"]) == (
+            ws["outputs"], ws["attributions"], ws["explanation"]), model
+        assert len(answer["attributions"]) == len(inputs) and answer["explanation"]["method"]
+        plain = json.loads((await asyncio.to_thread(post, server.http + "/predict",
+                                                    json.dumps({"model": model, "inputs": inputs})))[2])
+        assert "attributions" not in plain and "explanation" not in plain
+    # Refused as on the WebSocket (a generative model; over max_explain_rows), with its message.
+    for body in ({"model": "charlm", "inputs": [[1.0]], "explain": True},
+                 {"model": "mlp", "inputs": [[0.0] * 32] * 300, "explain": True}):
+        ws = await conn.request({"type": "predict", "id": 2, **body})
+        status, _, raw = await asyncio.to_thread(post, server.http + "/predict", json.dumps(body))
+        error = json.loads(raw)["error"]
+        assert (status, error["code"]) == (400, ws["code"])
+        assert error["message"].startswith(ws["message"])  # HTTP may add where to go instead
+    await conn.close()

@@ -115,6 +115,7 @@ class Server:
             config=self.config, models=self.pool, metrics=self.metrics, keys=self.keys, shared=self.shared,
             version=__version__, clock=monotonic, wall_clock=time,
             ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
+            admin=self.ctx.admin, unloaded=self.registry.unloaded_names,
         )
         add = self.api.add_route
         add("GET", "/healthz", self._healthz, auth="none", style=None)

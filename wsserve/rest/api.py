@@ -15,12 +15,15 @@ Routes (docs/PROTOCOL.md, "HTTP"):
   ``{"model", "inputs", ...}`` -> ``{"model", "version", "outputs", "timing"}``;
 - the Open Inference Protocol v2: ``GET /v2``, ``/v2/health/live|ready``,
   ``/v2/models/{name}[/versions/{version}][/ready]``, ``POST .../infer``;
-- ``POST /v1/completions`` (OpenAI), ``GET /v1/models`` (``?format=openai``:
-  OpenAI's list shape).
+- the OIP model repository extension (Triton's): ``POST /v2/repository/index``,
+  ``POST /v2/repository/models/{name}/load`` and ``/unload`` (optional body
+  ``{"parameters": {"version": ...}}``), through the server's admin hook (the
+  WebSocket ``load``/``unload`` path) with the same authorization rule;
+- ``POST /v1/completions`` (OpenAI), ``GET /v1/models`` (the WebSocket ``models``
+  reply, versions included; ``?format=openai``: OpenAI's list shape).
 
 More routes are added with :meth:`HttpApi.add_route` (the server adds its
-health, metrics and static routes; the model repository adds
-``/v2/repository/...`` and announces its extension in :attr:`HttpApi.extensions`).
+health, metrics and static routes).
 """
 
 from __future__ import annotations
@@ -29,17 +32,19 @@ import itertools
 import logging
 import secrets
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
+import orjson
 
 from ..admission import Shared, check_bearer, origin_allowed
 from ..auth import KeyRegistry
 from ..config import ServerConfig
 from ..errors import (
     BadRequest,
+    Forbidden,
     Internal,
     InvalidInput,
     Overloaded,
@@ -49,7 +54,7 @@ from ..errors import (
 )
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
-from ..protocol import decode_predict_body, loads
+from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
 from . import oip
 from .calls import CompletionCall, HttpSession, InferCall, PredictFormCall, SeedCall
 from .errors import Style, error_response, plain_error
@@ -69,6 +74,13 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
+#: The largest integer version a load/unload may name (the WebSocket's bound).
+MAX_VERSION_INT = (1 << 63) - 1
+#: Version states as Triton's repository index names them.
+_OIP_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING", "failed": "UNAVAILABLE"}
+
+#: ``admin(op, model, version, done)``: the server's admin hook (see ConnectionContext.admin).
+AdminHook = Callable[[str, str, "str | None", Callable[[Any], None]], None]
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz"}
 
 
@@ -94,6 +106,8 @@ class HttpApi:
         wall_clock: Callable[[], float],
         ready: Callable[[], bool],
         slot_free: Callable[[], bool],
+        admin: AdminHook | None = None,
+        unloaded: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.config = config
         self.models = models
@@ -105,10 +119,12 @@ class HttpApi:
         self.wall_clock = wall_clock
         self.ready = ready
         self.slot_free = slot_free
+        self.admin = admin
+        self.unloaded = unloaded
         #: Sessions of open HTTP connections holding a connection slot.
         self.sessions: set[HttpSession] = set()
         #: OIP extensions announced by ``GET /v2``.
-        self.extensions: list[str] = ["binary_tensor_data"]
+        self.extensions: list[str] = ["binary_tensor_data"] + (["model_repository"] if admin is not None else [])
         self.router = Router()
         self._keys_on = bool(config.api_key)  # an admin key alone guards admin operations only (as on the WebSocket)
         self._completion_prefix = f"cmpl-{secrets.token_hex(6)}-"  # unique across restarts, cheap per request
@@ -128,6 +144,10 @@ class HttpApi:
             add("GET", base, self._model_metadata, auth="key", style="oip")
             add("GET", base + "/ready", self._model_ready, auth="key", style="oip")
             add("POST", base + "/infer", self._infer, auth="key", style="oip")
+        # The model repository extension (Triton's): admin operations check their own rule (_may_admin).
+        add("POST", "/v2/repository/index", self._repository_index, auth="key", style="oip")
+        add("POST", "/v2/repository/models/{name}/load", self._load, auth="none", style="oip")
+        add("POST", "/v2/repository/models/{name}/unload", self._unload, auth="none", style="oip")
 
     def add_route(self, method: str, pattern: str, handler: Handler, *, auth: Auth, style: Style | None) -> Route:
         """Route ``method pattern`` to ``handler(request, exchange, params, key, cors)``, which
@@ -336,6 +356,85 @@ class HttpApi:
         exchange.on_abort = call.abort
         return None
 
+    # ------------------------------------------------------------------ OIP model repository extension
+
+    def _repository_index(self, request: HttpRequest, *_: Any) -> HttpResponse:
+        """Every model version and its state (``READY``, ``LOADING``, ``UNLOADING``, ``UNAVAILABLE``
+        with the reason), and models an admin unloaded (``UNAVAILABLE``, no version).  Body: none,
+        or ``{"ready": true}`` for the ready versions only."""
+        ready_only = False
+        if request.body.strip():
+            body = loads(request.body)
+            if type(body) is not dict:
+                raise BadRequest("the repository index request must be a JSON object")
+            ready_only = body.get("ready", False)
+            if type(ready_only) is not bool:
+                raise BadRequest("'ready' must be a boolean")
+        rows: list[dict[str, str]] = []
+        for name in sorted(set(self.models.names) | set(self.unloaded())):
+            status = self.models.status(name)
+            if not status:
+                if not ready_only:
+                    rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
+                continue
+            for version in sorted(status, key=_version_key):
+                st = status[version]
+                if ready_only and st.state != "ready":
+                    continue
+                rows.append({"name": name, "version": version, "state": _OIP_STATES.get(st.state, "UNAVAILABLE"),
+                             "reason": st.reason or ""})
+        return HttpResponse(200, orjson.dumps(rows), JSON, [_NO_STORE])
+
+    def _load(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+              cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._repository_op("load", request, exchange, params["name"], cors)
+
+    def _unload(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._repository_op("unload", request, exchange, params["name"], cors)
+
+    def _may_admin(self, request: HttpRequest, op: str) -> None:
+        """The WebSocket admin rule: with keys configured, a Bearer admin key (401 without a valid
+        key, 403 with another key); without keys, loopback clients only (403)."""
+        cfg = self.config
+        refusal = f"{op} needs the admin key (--admin-key), or loopback when no keys are configured"
+        if cfg.api_key or cfg.admin_key:
+            if request.header_count(b"authorization") > 1:
+                raise BadRequest("duplicate Authorization header")
+            key = check_bearer(self.keys, request.address, request.header(b"authorization"), self.clock())
+            if not self.keys.is_admin(key):
+                raise Forbidden(refusal)
+        elif not (request.address == "::1" or request.address.startswith("127.")):
+            raise Forbidden(refusal)
+
+    def _repository_op(self, op: str, request: HttpRequest, exchange: HttpExchange, name: str,
+                       cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        """Load or unload ``name`` through the admin hook; answered when the operation is done
+        (200 with the model's versions and states, or the OIP error)."""
+        self._may_admin(request, op)
+        if self.admin is None:
+            raise BadRequest(f"{op}: this server serves no model repository")
+        version = _admin_version(request.body)
+        answer: list[HttpResponse] = []  # set if the hook answers before we return
+        returned = False
+
+        def done(result: Any) -> None:
+            if isinstance(result, WsserveError):
+                response = _with(error_response(result, "oip"), cors)
+            else:
+                response = _with(HttpResponse(200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), JSON,
+                                              [_NO_STORE]), cors)
+            if returned:
+                exchange.respond(response)  # ignored if the client is gone
+            else:
+                answer.append(response)
+
+        self.admin(op, name, version, done)
+        if answer:
+            return answer[0]
+        returned = True
+        return None
+
     # ------------------------------------------------------------------ OpenAI
 
     def _models(self, request: HttpRequest, *_: Any) -> HttpResponse:
@@ -408,6 +507,37 @@ def _worker_inputs(entry: Any, inputs: tuple[oip.Tensor, ...], req: oip.InferReq
     if len(inputs) == 1:
         return req.arrays[inputs[0].name]
     return {t.name: req.arrays[t.name] for t in inputs}
+
+
+def _admin_version(body: bytes) -> str | None:
+    """The version a load/unload names: ``{"parameters": {"version": "2" or 2}}``; None for an
+    empty body or no version (every version).  Other parameters Triton defines are refused,
+    except ``unload_dependents`` (wsserve has no ensembles: nothing depends on a model)."""
+    if not body.strip():
+        return None
+    obj = loads(body)
+    if type(obj) is not dict:
+        raise BadRequest("the request body must be a JSON object")
+    params = obj.get("parameters")
+    if params is None:
+        return None
+    if type(params) is not dict:
+        raise BadRequest("'parameters' must be an object")
+    unknown = sorted(k for k in params if k not in ("version", "unload_dependents"))
+    if unknown:
+        raise BadRequest(f"parameter {unknown[0][:64]!r} is not supported (only 'version'; models load from the "
+                         "repository as they are)")
+    if type(params.get("unload_dependents", False)) is not bool:
+        raise BadRequest("parameter 'unload_dependents' must be a boolean")
+    version = params.get("version")
+    if version is None:
+        return None
+    if type(version) is int and 1 <= version <= MAX_VERSION_INT:
+        return str(version)
+    if type(version) is str and 0 < len(version) <= MAX_VERSION_LENGTH:
+        return version
+    raise BadRequest(f"parameter 'version' must be a positive integer or a string of at most {MAX_VERSION_LENGTH} "
+                     "characters")
 
 
 def _version_key(version: str) -> tuple[int, str]:
