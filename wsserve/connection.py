@@ -9,7 +9,9 @@ Every per-connection rule lives here, so each is unit-tested with a fake clock:
   the handshake's Bearer header or an ``auth`` message); a connection not
   authenticated by ``auth_timeout_s`` is closed (1008); failed attempts are
   limited per connection (then 1008) and per address (:class:`~wsserve.auth.KeyRegistry`);
-- **rate limits**: a token bucket per connection and one per API key;
+- **rate limits**: a token bucket per connection and one per API key, and
+  **capacity** (below): :class:`~wsserve.admission.Admission`, the rules HTTP
+  requests go through too;
 - **ids**: unique among the connection's unfinished requests (``duplicate_id``);
 - **capacity**: ``max_inflight`` requests and ``max_inflight_bytes`` of inputs;
 - **slow consumers**: while more than ``max_write_buffer_bytes`` are unsent, new
@@ -38,9 +40,10 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .admission import Admission, Shared, retry_ms
 from .auth import AUTH_FAILURES_PER_CONNECTION, KeyRegistry
 from .config import ServerConfig
 from .errors import (
@@ -52,7 +55,6 @@ from .errors import (
     InvalidInput,
     Overloaded,
     RateLimited,
-    ShuttingDown,
     Unauthorized,
     WsserveError,
 )
@@ -74,7 +76,6 @@ from .protocol import (
     encode_models,
     encode_pong,
 )
-from .ratelimit import TokenBucket
 
 __all__ = ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"]
 
@@ -103,29 +104,6 @@ class ModelLookup(Protocol):
     @property
     def models_json(self) -> bytes:
         """The ``models`` list as JSON."""
-
-
-@dataclass(eq=False)
-class Shared:
-    """State the connections of one server share (owned by the server, never global)."""
-
-    draining: bool = False
-    inflight: int = 0  # unfinished predict + generate, all connections
-    messages: int = 0  # messages received, all connections
-    #: Connections not yet authenticated, oldest first (evicted for authenticated handshakes at the cap).
-    unauthenticated: dict[Connection, None] = field(default_factory=dict)
-    evicting: int = 0  # evicted connections still closing
-    key_buckets: dict[str, TokenBucket] = field(default_factory=dict)
-
-    def evict_unauthenticated(self) -> bool:
-        """Close the oldest connection that has not authenticated (1008), to free its slot."""
-        for victim in self.unauthenticated:
-            del self.unauthenticated[victim]
-            victim.evicted = True
-            self.evicting += 1
-            victim.close(1008, "connection slot needed by an authenticated client")
-            return True
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +153,7 @@ class Connection:
         self._seed_keys = 0
         #: Changes whenever :meth:`next_timer` may have moved earlier (the adapter re-arms then).
         self.timer_epoch = 0
-        rate = cfg.rate_limit_per_s
-        self._bucket = TokenBucket(rate, cfg.rate_burst(rate), now) if rate else None
+        self._admission = Admission(cfg, ctx.shared, now)  # rate limits and capacity, shared with HTTP
         if not self.authenticated:
             ctx.shared.unauthenticated[self] = None
 
@@ -373,10 +350,7 @@ class Connection:
         keys = self.ctx.keys
         wait = keys.blocked_for(self.address, now)
         if wait > 0:
-            raise RateLimited(
-                "too many failed authentication attempts from this address",
-                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
-            )
+            raise RateLimited("too many failed authentication attempts from this address", retry_after_ms=retry_ms(wait))
         key = keys.match(req.token)
         if key is not None:
             self.key = key
@@ -427,28 +401,9 @@ class Connection:
         """Checks common to predict and generate, before any model work."""
         if not self.authenticated:
             raise Unauthorized('authenticate first: send {"type":"auth","token":...}')
-        shared = self._shared
-        if shared.draining:
-            raise ShuttingDown("server is draining; no new work is accepted")
-        if self._bucket is not None:
-            self._take(self._bucket, "this connection", now)
-        rate = self._cfg.key_rate_limit_per_s
-        if rate is not None and self.key is not None:
-            bucket = shared.key_buckets.get(self.key)
-            if bucket is None:
-                bucket = shared.key_buckets[self.key] = TokenBucket(rate, self.ctx.config.rate_burst(rate), now)
-            self._take(bucket, "this API key", now)
+        self._admission.admit(self.key, now)  # draining, this connection's and this key's rates
         if rid is not None and rid in self.inflight:
             raise DuplicateId(f"id {rid!r} is already in use by an unfinished request")
-
-    @staticmethod
-    def _take(bucket: TokenBucket, who: str, now: float) -> None:
-        wait = bucket.take(now)
-        if wait > 0:
-            raise RateLimited(
-                f"rate limit of {bucket.rate:g} requests/s for {who} exceeded",
-                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
-            )
 
     def _capacity(self, nbytes: int) -> None:
         if self._over_since is not None:
@@ -456,18 +411,7 @@ class Connection:
                 "this connection is not reading its replies fast enough; no new work until it catches up",
                 retry_after_ms=100,
             )
-        cfg = self._cfg
-        if len(self.inflight) >= cfg.max_inflight:
-            raise Overloaded(
-                f"this connection already has {cfg.max_inflight} unfinished requests (max_inflight)", retry_after_ms=10
-            )
-        # Bytes: with nothing in flight any single request is taken (it fits max_message_bytes).
-        if self.inflight_bytes and self.inflight_bytes + nbytes > cfg.max_inflight_bytes:
-            raise Overloaded(
-                f"this connection's unfinished requests hold {self.inflight_bytes} input bytes; this one needs "
-                f"{nbytes} more and the limit is {cfg.max_inflight_bytes} (max_inflight_bytes)",
-                retry_after_ms=10,
-            )
+        self._admission.capacity(len(self.inflight), self.inflight_bytes, nbytes)
 
     def _deadline(self, timeout_ms: float | None, now: float) -> float | None:
         return None if timeout_ms is None else now + timeout_ms / 1000.0

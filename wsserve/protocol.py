@@ -46,6 +46,8 @@ __all__ = [
     "Admin",
     "Request",
     "decode",
+    "decode_predict_body",
+    "loads",
     "validate_inputs",
     "encode_error",
     "encode_hello",
@@ -331,7 +333,7 @@ def _version(obj: dict[str, Any]) -> str | None:
     return value
 
 
-def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
+def _decode_predict(obj: dict[str, Any], rid: RequestId | None) -> Predict:
     if len(obj) == 4:  # hot path: exactly type, id, model and inputs
         model = obj.get("model")
         if type(model) is str and "inputs" in obj and len(model) <= MAX_MODEL_NAME_LENGTH:
@@ -404,17 +406,11 @@ def _decode_seed(obj: dict[str, Any]) -> Predict:
     raise InvalidInput(f"field 'x' must be a number or an array of numbers, got {_jtype(x)}")
 
 
-def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
-    """Decode one text message into a request.
-
-    Raises ``BadJson`` (unparseable, id ``None``; ``invalid_utf8`` set when the
-    bytes are not UTF-8), ``BadRequest`` (not an object, unknown type,
-    missing/mistyped/out-of-range field) or ``InvalidInput`` (seed form with a
-    bad ``x``); ``request_id`` is set on the exception whenever the id could be
-    read.  ``max_tokens`` is the server's limit on a generate's ``max_tokens``.
-    """
+def loads(data: bytes | str) -> Any:
+    """Parse one JSON text (a message, or an HTTP body).  Raises ``BadJson`` with the
+    protocol's messages (``invalid_utf8`` set when the bytes are not UTF-8)."""
     try:
-        obj = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         # orjson validates UTF-8, so only a failed parse can hide invalid UTF-8: check it
         # here, off the hot path, rather than decoding every message twice.
@@ -424,6 +420,32 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
             except UnicodeDecodeError as bad:
                 raise BadJson(f"message is not valid UTF-8 (byte {bad.start})", invalid_utf8=True) from None
         raise BadJson(f"message is not valid JSON: {exc}") from None
+
+
+def decode_predict_body(data: bytes) -> Predict:
+    """The body of HTTP ``POST /predict``: the seed form ``{"x": ...}`` (on ``linear``), or a
+    predict without ``type`` and ``id`` (``{"model": ..., "inputs": ...}`` and its optional
+    fields).  Raises like :func:`decode`."""
+    obj = loads(data)
+    if type(obj) is not dict:
+        raise BadRequest(f"the body must be a JSON object, got {_jtype(obj)}")
+    if "x" in obj and "inputs" not in obj:
+        return _decode_seed(obj)
+    if "inputs" not in obj and "model" not in obj:
+        raise BadRequest('the body must be {"x": ...} or {"model": ..., "inputs": [[...], ...]}')
+    return _decode_predict(obj, None)
+
+
+def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
+    """Decode one text message into a request.
+
+    Raises ``BadJson`` (unparseable, id ``None``; ``invalid_utf8`` set when the
+    bytes are not UTF-8), ``BadRequest`` (not an object, unknown type,
+    missing/mistyped/out-of-range field) or ``InvalidInput`` (seed form with a
+    bad ``x``); ``request_id`` is set on the exception whenever the id could be
+    read.  ``max_tokens`` is the server's limit on a generate's ``max_tokens``.
+    """
+    obj = loads(data)
     if type(obj) is not dict:
         raise BadRequest(f"message must be a JSON object, got {_jtype(obj)}")
     kind = obj.get("type")
