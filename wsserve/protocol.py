@@ -508,6 +508,9 @@ def decode_binary(data: bytes | memoryview, *, max_rows: int, max_header_bytes: 
     try:
         model = _model(header)
         tensors = TensorPayload(read_tensors(header, len(payload), max_rows=max_rows), payload)
+        if len(header) == 6 and header.get("binary_outputs") is True and "shape" in header:
+            # hot path: exactly type, id, model, dtype, shape and binary_outputs
+            return Predict(rid, model, None, tensors=tensors, binary_outputs=True)
         return _predict_fields(header, rid, model, None, tensors)
     except WsserveError as exc:
         exc.request_id = rid
