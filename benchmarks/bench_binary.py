@@ -217,17 +217,21 @@ def main(argv: list[str] | None = None) -> int:
         "process (pre-built frames; replies counted, not parsed). JSON: `inputs` as rows of numbers, "
         "answer as JSON. Binary: a binary tensor frame (float32) with `binary_outputs`, answer as a "
         f"binary frame. Medians of {args.reps} interleaved runs of {args.duration:g} s each "
-        f"({args.warmup:g} s warm-up). Load average at the end: {describe().get('load_average', 'n/a')}.",
+        f"({args.warmup:g} s warm-up); a target counts as met when both ratios reach it. "
+        f"Load average at the end: {describe().get('load_average', 'n/a')} (2 cores shared with other work: "
+        "run to run spread is large; the CPU per row is the steadier figure).",
         "",
-        "| rows/message | JSON rows/s | binary rows/s | ratio | target | server CPU/row JSON | binary |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| rows/message | JSON rows/s | binary rows/s | ratio of medians | median of per-run ratios | target "
+        "| server CPU/row JSON | binary | CPU ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rows in (1, 16):
         (jr, jc), (br, bc) = med[("json", rows)], med[("binary", rows)]
         ratio = br / jr
-        ok = "met" if ratio >= TARGETS[rows] else "**not met**"
-        lines.append(f"| {rows} | {jr:,.0f} | {br:,.0f} | {ratio:.2f}× | ≥ {TARGETS[rows]:g}× ({ok}) | "
-                     f"{jc * 1e6:.1f} µs | {bc * 1e6:.1f} µs |")
+        paired = statistics.median(b[0] / j[0] for j, b in zip(runs[("json", rows)], runs[("binary", rows)]))
+        ok = "met" if min(ratio, paired) >= TARGETS[rows] else "**not met**"
+        lines.append(f"| {rows} | {jr:,.0f} | {br:,.0f} | {ratio:.2f}× | {paired:.2f}× | ≥ {TARGETS[rows]:g}× ({ok}) | "
+                     f"{jc * 1e6:.1f} µs | {bc * 1e6:.1f} µs | {jc / bc:.2f}× |")
     lines += [
         "",
         "Every run (rows/s):",
