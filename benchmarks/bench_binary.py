@@ -26,7 +26,6 @@ import sys
 import time
 import timeit
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

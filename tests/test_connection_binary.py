@@ -90,7 +90,10 @@ def test_bad_binary_frames_touch_no_other_request() -> None:
     assert list(conn.inflight) == ["keep"] and io.closed is None
     s.models.predict.finish()
     assert [f["id"] for f in io.take()] == ["keep"]
-    assert s.metrics.requests[("linear", "predict", "invalid_input")] == 2  # "cut" fails before the model is known
+    assert s.metrics.requests[("linear", "predict", "invalid_input")] == 2
+    # "cut" and the 2-byte frame fail before the model is read: still counted as predicts
+    assert s.metrics.requests[("", "predict", "invalid_input")] == 1
+    assert s.metrics.requests[("", "predict", "bad_request")] == 1
 
 
 def test_inflight_limits_count_binary_requests() -> None:

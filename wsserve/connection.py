@@ -364,16 +364,17 @@ class Connection:
             else:
                 self._refuse(exc, None)
         except WsserveError as exc:
-            self._refuse(exc, req)
+            self._refuse(exc, req, binary)
         except Exception as exc:  # a bug: report it, keep the connection
             log.exception("internal error while handling a message")
             self.send(encode_error(Internal(f"internal error: {type(exc).__name__}: {exc}"), getattr(req, "id", None)))
 
-    def _refuse(self, exc: WsserveError, req: Any) -> None:
-        """The one place a refused message becomes an ``error`` frame (and a metric)."""
+    def _refuse(self, exc: WsserveError, req: Any, binary: bool = False) -> None:
+        """The one place a refused message becomes an ``error`` frame (and a metric).
+        ``binary``: a binary tensor frame, always a predict (even when it failed to decode)."""
         rid = exc.request_id if exc.request_id is not None else getattr(req, "id", None)
         self.send(encode_error(exc, rid))
-        kind = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
+        kind = "generate" if type(req) is Generate else "predict" if binary or type(req) is Predict else "other"
         model = getattr(req, "model", "")
         # Label only real model names: client-chosen labels would grow without bound.
         self.ctx.metrics.rejected(model if self.ctx.models.knows(model) else "", kind, exc.code)

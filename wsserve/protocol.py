@@ -2,6 +2,8 @@
 
 Sans-I/O: nothing here touches a socket, a loop or a clock.
 
+- :func:`decode_binary` does the same for a binary tensor frame (a ``predict``
+  whose inputs are raw tensor bytes, :mod:`wsserve.tensorframe`).
 - :func:`decode` turns one received text message into a request object or
   raises a :class:`~wsserve.errors.WsserveError` whose ``request_id`` is set
   when the id could be read.  Every number and string a client controls is
