@@ -31,7 +31,10 @@ Call order (the adapter's)::
 
 After any call the adapter re-reads :meth:`next_timer`.  Frames go out through
 ``io.send`` (payloads of text frames; the adapter frames and writes them) and a
-close through ``io.close`` — called at most once.
+close through ``io.close`` — called at most once.  Binary tensor frames
+(answers to predicts with ``"binary_outputs": true``) go out through
+``io.send_binary``; binary messages in are ``predict`` tensor frames
+(:func:`~wsserve.protocol.decode_binary`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from .protocol import (
     Ping,
     Predict,
     decode,
+    decode_binary,
     encode_admin_ok,
     encode_auth_ok,
     encode_draining,
@@ -87,6 +91,9 @@ class ConnectionIO(Protocol):
 
     def send(self, frame: bytes) -> None:
         """Queue one text frame (a JSON payload); written after the current event."""
+
+    def send_binary(self, frame: bytes) -> None:
+        """Queue one binary frame (a binary tensor frame); same order and rules as :meth:`send`."""
 
     def close(self, code: int, reason: str) -> None:
         """Write what is queued, then the close frame with ``code``; called once."""
@@ -197,14 +204,21 @@ class Connection:
         if not self.closing:  # after close() nothing more goes out before the close frame
             self.io.send(frame)
 
-    def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
+    def send_binary(self, frame: bytes) -> None:
+        if not self.closing:
+            self.io.send_binary(frame)
+
+    def job_finished(self, job: Job, frame: bytes | None, code: str, binary: bool = False) -> None:
         """Called once per job by :meth:`Job._terminal`."""
         del self.inflight[job.key]
         self.inflight_bytes -= job.nbytes
         shared = self._shared
         shared.inflight -= 1
         if frame is not None and not self.closing:
-            self.io.send(frame)
+            if binary:
+                self.io.send_binary(frame)
+            else:
+                self.io.send(frame)
         metrics = self._metrics
         metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at)
         if type(job) is PredictJob:
@@ -290,18 +304,19 @@ class Connection:
     # ------------------------------------------------------------------ input
 
     def receive(self, data: bytes, binary: bool, now: float) -> None:
-        """One complete message.  A bad one gets an ``error`` frame and nothing else happens;
-        a text frame that is not UTF-8 fails the connection (1007)."""
+        """One complete message: a text frame's JSON, or (``binary``) a binary tensor frame.
+        A bad one gets an ``error`` frame and nothing else happens; a text frame
+        that is not UTF-8 fails the connection (1007)."""
         if self.closing:  # the connection is being closed: later messages are dropped
             return
         self._shared.messages += 1
         self.last_activity = self._now = now
-        if binary:
-            self.send(encode_error(BadRequest("binary frames are not accepted: send each JSON message as a text frame")))
-            return
         req: Any = None
         try:
-            req = decode(data, max_tokens=self._cfg.max_tokens)
+            if binary:
+                req = decode_binary(data, max_rows=self._cfg.max_rows)
+            else:
+                req = decode(data, max_tokens=self._cfg.max_tokens)
             kind = type(req)
             if kind is Predict:
                 self._predict(req, now)
@@ -326,16 +341,17 @@ class Connection:
             else:
                 self._refuse(exc, None)
         except WsserveError as exc:
-            self._refuse(exc, req)
+            self._refuse(exc, req, binary)
         except Exception as exc:  # a bug: report it, keep the connection
             log.exception("internal error while handling a message")
             self.send(encode_error(Internal(f"internal error: {type(exc).__name__}: {exc}"), getattr(req, "id", None)))
 
-    def _refuse(self, exc: WsserveError, req: Any) -> None:
-        """The one place a refused message becomes an ``error`` frame (and a metric)."""
+    def _refuse(self, exc: WsserveError, req: Any, binary: bool = False) -> None:
+        """The one place a refused message becomes an ``error`` frame (and a metric).
+        ``binary``: a binary tensor frame, always a predict (even when it failed to decode)."""
         rid = exc.request_id if exc.request_id is not None else getattr(req, "id", None)
         self.send(encode_error(exc, rid))
-        kind = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
+        kind = "generate" if type(req) is Generate else "predict" if binary or type(req) is Predict else "other"
         model = getattr(req, "model", "")
         # Label only real model names: client-chosen labels would grow without bound.
         self.ctx.metrics.rejected(model if self.ctx.models.knows(model) else "", kind, exc.code)
@@ -425,8 +441,11 @@ class Connection:
         if req.explain and (refusal := entry.explain_refusal) is not None:
             raise BadRequest(refusal)
         cfg = self._cfg
-        # Any JSON number takes at least two bytes of the message: a bound before anything is allocated.
-        inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+        if req.tensors is not None:  # a binary tensor frame: sizes were checked against the payload
+            inputs, n, nbytes = entry.prepare_binary(req.tensors)
+        else:
+            # Any JSON number takes at least two bytes of the message: a bound before anything is allocated.
+            inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
         if req.explain and n > cfg.max_explain_rows:
             raise InvalidInput(f"'inputs' has {n} rows; explain takes at most {cfg.max_explain_rows} "
                                "rows per request (max_explain_rows)")
