@@ -284,9 +284,10 @@ def _all_finite(raw: np.ndarray) -> bool:
     """True if every value of the 1-D ``raw`` is finite.  The sum of squares (one BLAS call,
     cheaper than ``isfinite``) is finite only if every value is (NaN and infinities propagate;
     squares never cancel); when it is not (a NaN, an infinity, or just an overflow of large
-    finite values beyond about 1e19, where numpy may warn once about the overflow), ``isfinite``
-    decides."""
-    if math.isfinite(raw.dot(raw)):
+    finite values beyond about 1e19: silenced, it is not the client's error), ``isfinite`` decides."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        square = raw.dot(raw)
+    if math.isfinite(square):
         return True
     return bool(np.isfinite(raw).all())
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..dtypes import DTYPES, OIP_NAMES
 from ..errors import BadRequest, InvalidInput
 from ..protocol import MAX_ID_LENGTH, loads
 
@@ -45,17 +46,15 @@ __all__ = [
     "signature",
 ]
 
-#: OIP datatype -> numpy dtype (little-endian, as the binary extension sends them).
+#: OIP datatype -> numpy dtype (little-endian, as the binary extension sends them): the model
+#: dtypes of :mod:`wsserve.dtypes` under their OIP names, plus the integer and half-float
+#: types the OIP may send (converted to the model's input dtype when it fits).
 DATATYPES: Mapping[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
+    **{OIP_NAMES[name]: dtype for name, dtype in DTYPES.items()},
     "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "FP16": np.dtype("<f2"),
 }
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
-#: wsserve dtype names (repository TensorSpec.dtype) -> OIP datatypes.
-_FROM_DTYPE = {"float16": "FP16", "float32": "FP32", "float64": "FP64", "int8": "INT8", "int16": "INT16",
-               "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL"}
 
 #: Bounds on what a request may declare.
 MAX_TENSORS = 64
@@ -89,8 +88,8 @@ def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     each; a generative model has none."""
     specs_in, specs_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
     if specs_in is not None and specs_out is not None:
-        return (tuple(Tensor(s.name, _FROM_DTYPE.get(s.dtype, s.dtype.upper()), tuple(s.shape)) for s in specs_in),
-                tuple(Tensor(s.name, _FROM_DTYPE.get(s.dtype, s.dtype.upper()), tuple(s.shape)) for s in specs_out))
+        return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_in),
+                tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_out))
     info = getattr(model, "info", None)
     if info is None or info.task == "generation":
         return (), ()
