@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from pathlib import Path
 
 from tests.support import ROOT, ServerProcess, child_env
 
@@ -20,9 +21,10 @@ BENCH_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_T
 START_TIMEOUT_S = 90.0
 
 
-def bench_env() -> dict[str, str]:
-    """Environment for every benchmark process: one BLAS thread, the checkout importable first."""
-    return child_env(BENCH_THREADS)
+def bench_env(root: Path = ROOT) -> dict[str, str]:
+    """Environment for every benchmark process: one BLAS thread, the checkout ``root`` (default
+    this one) importable first."""
+    return child_env(BENCH_THREADS, root=root)
 
 
 def start_wsserve(*flags: str, cache_dir: str | None = None) -> ServerProcess:
@@ -31,9 +33,10 @@ def start_wsserve(*flags: str, cache_dir: str | None = None) -> ServerProcess:
     return ServerProcess(*flags, cache_dir=cache_dir, env=BENCH_THREADS, start_timeout_s=START_TIMEOUT_S)
 
 
-def start_command(cmd: list[str]) -> ServerProcess:
-    """Any server command (a peer in benchmarks/peers/) that prints a ``ws://`` URL, ready."""
-    return ServerProcess.from_command(cmd, env=BENCH_THREADS, start_timeout_s=START_TIMEOUT_S)
+def start_command(cmd: list[str], *, root: Path = ROOT) -> ServerProcess:
+    """Any server command (a peer in benchmarks/peers/, or wsserve from another checkout
+    ``root``) that prints a ``ws://`` or ``http://`` URL, ready."""
+    return ServerProcess.from_command(cmd, env=BENCH_THREADS, start_timeout_s=START_TIMEOUT_S, root=root)
 
 
 class CpuSampler:

@@ -21,17 +21,23 @@ PUBLIC = {
     "wsserve.protocol": [
         "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
         "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
-        "Models", "Ping", "Auth", "Admin", "Request", "decode", "validate_inputs", "encode_error", "encode_hello",
-        "encode_draining", "encode_pong", "encode_models", "encode_auth_ok", "encode_admin_ok", "encode_result",
-        "encode_seed_result",
+        "Models", "Ping", "Auth", "Admin", "Request", "decode", "decode_binary", "decode_predict_body", "loads",
+        "validate_inputs", "encode_error", "encode_hello", "encode_draining", "encode_pong", "encode_models",
+        "encode_auth_ok", "encode_admin_ok", "encode_result", "encode_seed_result",
         "encode_chunk", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token",
     ],
+    "wsserve.tensorframe": [
+        "MAX_HEADER_BYTES", "MAX_TENSORS", "MAX_DIMS", "TensorDesc", "TensorPayload", "Spec", "split", "read_tensors",
+        "view_tensors", "conform", "encode", "header_length",
+    ],
+    "wsserve.dtypes": ["DTYPES", "OIP_NAMES", "ITEMSIZE"],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
     "wsserve.jobs": ["Job", "JobOwner", "PredictJob", "GenerateJob"],
     "wsserve.auth": ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION"],
     "wsserve.stats": ["WorkerStatistics"],
     "wsserve.transport": [
-        "App", "Flusher", "HttpProtocol", "HttpRequest", "HttpResponse", "WebSocketProtocol", "frame_header",
+        "App", "Exchange", "Flusher", "HttpExchange", "HttpProtocol", "HttpRequest", "HttpResponse", "WebSocketProtocol",
+        "frame_header",
     ],
     "wsserve.errors": [
         "WsserveError", "BadJson", "BadRequest", "UnknownModel", "DuplicateId", "InvalidInput", "Overloaded",

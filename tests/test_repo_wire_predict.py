@@ -328,3 +328,47 @@ async def test_a_bad_config_toml_at_start_up_is_logged_naming_file_key_and_probl
     assert r["code"] == "unknown_model" and "f_cfg" in r["message"]
     ok = await predict(conn, "ok", "lin", [[1, 2, 3]])  # every other model serves
     assert ok["type"] == "result"
+
+
+# --------------------------------------------------------------------------- binary tensor frames
+
+
+async def test_binary_frames_with_named_inputs_and_named_outputs(repo: Repo, conn: Conn) -> None:
+    from wsserve.tensorframe import encode, read_tensors, split, view_tensors
+
+    a, b = RNG.standard_normal((4, 3)).astype(np.float32), RNG.standard_normal((4, 2)).astype(np.float32)
+    expected = repo.mlp2(a, b)
+    # named inputs in any order; outputs named, in a binary frame
+    await conn.ws.send(encode({"type": "predict", "id": "bn", "model": "mlp2", "binary_outputs": True}, {"b": b, "a": a},
+                                key="inputs"))
+    message = await conn.ws.recv()
+    assert isinstance(message, bytes)
+    header, payload = split(message)
+    descs = read_tensors(header, len(payload), max_rows=100, key="outputs")
+    assert [d["name"] for d in header["outputs"]] == [d.name for d in descs] and header["version"] == "1"
+    for desc, arr in zip(descs, view_tensors(payload, descs)):
+        close(arr, expected[desc.name])
+    # a model with several inputs needs them named; a missing one is named
+    await conn.ws.send(encode({"type": "predict", "id": "b1", "model": "mlp2"}, a, key="inputs"))
+    err = await conn.recv()
+    assert err["code"] == "invalid_input" and "list them in 'inputs'" in err["message"]
+    await conn.ws.send(encode({"type": "predict", "id": "b2", "model": "mlp2"}, {"a": a}, key="inputs"))
+    err = await conn.recv()
+    assert err["code"] == "invalid_input" and "missing input 'b'" in err["message"]
+
+
+async def test_binary_int64_input_takes_integers_and_integral_floats_only(repo: Repo, conn: Conn) -> None:
+    from wsserve.tensorframe import encode
+
+    ids = np.array([[1, 2], [9, 0], [3, 7]], dtype=np.int64)
+    for x in (ids, ids.astype(np.int32), ids.astype(np.float64)):
+        await conn.ws.send(encode({"type": "predict", "id": "i", "model": "ids"}, x, key="inputs"))
+        r = await conn.recv()
+        assert r["type"] == "result", r
+        close(r["outputs"], repo.ids(ids))
+    await conn.ws.send(encode({"type": "predict", "id": "h", "model": "ids"}, np.array([[1, 2], [3, 1.5]]), key="inputs"))
+    bad = await conn.recv()
+    assert bad["code"] == "invalid_input" and "row 1[1]" in bad["message"] and "not an integer" in bad["message"]
+    await conn.ws.send(encode({"type": "predict", "id": "t", "model": "ids"}, np.ones((1, 2), bool), key="inputs"))
+    bad = await conn.recv()
+    assert bad["code"] == "invalid_input" and "is bool; input 'ids' takes int64" in bad["message"]

@@ -11,6 +11,7 @@ picows`` listens through the same SO_REUSEPORT HTTP front).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TRANSPORTS, Conn, Metrics, ServerProcess, http_get, wait_until, wait_until_async
+from tests.support import TRANSPORTS, Conn, Metrics, RawHttp, ServerProcess, http_get, wait_until, wait_until_async
 from tests.support.process import ROOT, child_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only (SO_REUSEPORT)")
@@ -55,6 +56,10 @@ def test_the_models_are_trained_once_and_both_workers_serve(two_workers: ServerP
     assert not re.search(r"\[worker \d\] wsserve\.trainer", log)
     assert log.count("serving model 'linear' version 1") == 2
     wait_until(lambda: _workers_seen(two_workers) == {"0", "1"}, 20, what="both workers in /metrics")
+    # Open HTTP connections are a gauge per worker like the others (the scrape's own connection is one).
+    m = two_workers.metrics()
+    assert {dict(labels)["worker"] for (name, labels) in m.samples if name == "wsserve_http_connections"} == {"0", "1"}
+    assert m.sum("wsserve_http_connections") >= 1
 
 
 async def test_connections_spread_over_the_workers_and_metrics_sum_over_them(two_workers: ServerProcess) -> None:
@@ -109,6 +114,10 @@ async def test_admin_operations_are_refused_with_workers_and_say_why(two_workers
             reply = await conn.request({"type": op, "id": op, "model": "linear"})
             assert reply["type"] == "error" and reply["code"] == "forbidden", reply
             assert "--workers" in reply["message"] and "repository" in reply["message"]
+            if op != "reload":  # the OIP repository extension: the same refusal, 403 with the same message
+                with RawHttp(two_workers.port) as c:
+                    answer = c.request("POST", f"/v2/repository/models/linear/{op}")
+                assert (answer.status, json.loads(answer.body)) == (403, {"error": reply["message"]})
         assert (await conn.request({**P, "id": "still"}))["type"] == "result"
     finally:
         await conn.close()

@@ -9,7 +9,9 @@ Every per-connection rule lives here, so each is unit-tested with a fake clock:
   the handshake's Bearer header or an ``auth`` message); a connection not
   authenticated by ``auth_timeout_s`` is closed (1008); failed attempts are
   limited per connection (then 1008) and per address (:class:`~wsserve.auth.KeyRegistry`);
-- **rate limits**: a token bucket per connection and one per API key;
+- **rate limits**: a token bucket per connection and one per API key, and
+  **capacity** (below): :class:`~wsserve.admission.Admission`, the rules HTTP
+  requests go through too;
 - **ids**: unique among the connection's unfinished requests (``duplicate_id``);
 - **capacity**: ``max_inflight`` requests and ``max_inflight_bytes`` of inputs;
 - **slow consumers**: while more than ``max_write_buffer_bytes`` are unsent, new
@@ -29,7 +31,10 @@ Call order (the adapter's)::
 
 After any call the adapter re-reads :meth:`next_timer`.  Frames go out through
 ``io.send`` (payloads of text frames; the adapter frames and writes them) and a
-close through ``io.close`` — called at most once.
+close through ``io.close`` — called at most once.  Binary tensor frames
+(answers to predicts with ``"binary_outputs": true``) go out through
+``io.send_binary``; binary messages in are ``predict`` tensor frames
+(:func:`~wsserve.protocol.decode_binary`).
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .admission import Admission, Shared, retry_ms
 from .auth import AUTH_FAILURES_PER_CONNECTION, KeyRegistry
 from .config import ServerConfig
 from .errors import (
@@ -52,7 +58,6 @@ from .errors import (
     InvalidInput,
     Overloaded,
     RateLimited,
-    ShuttingDown,
     Unauthorized,
     WsserveError,
 )
@@ -67,6 +72,7 @@ from .protocol import (
     Ping,
     Predict,
     decode,
+    decode_binary,
     encode_admin_ok,
     encode_auth_ok,
     encode_draining,
@@ -74,7 +80,6 @@ from .protocol import (
     encode_models,
     encode_pong,
 )
-from .ratelimit import TokenBucket
 
 __all__ = ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"]
 
@@ -86,6 +91,9 @@ class ConnectionIO(Protocol):
 
     def send(self, frame: bytes) -> None:
         """Queue one text frame (a JSON payload); written after the current event."""
+
+    def send_binary(self, frame: bytes) -> None:
+        """Queue one binary frame (a binary tensor frame); same order and rules as :meth:`send`."""
 
     def close(self, code: int, reason: str) -> None:
         """Write what is queued, then the close frame with ``code``; called once."""
@@ -103,29 +111,6 @@ class ModelLookup(Protocol):
     @property
     def models_json(self) -> bytes:
         """The ``models`` list as JSON."""
-
-
-@dataclass(eq=False)
-class Shared:
-    """State the connections of one server share (owned by the server, never global)."""
-
-    draining: bool = False
-    inflight: int = 0  # unfinished predict + generate, all connections
-    messages: int = 0  # messages received, all connections
-    #: Connections not yet authenticated, oldest first (evicted for authenticated handshakes at the cap).
-    unauthenticated: dict[Connection, None] = field(default_factory=dict)
-    evicting: int = 0  # evicted connections still closing
-    key_buckets: dict[str, TokenBucket] = field(default_factory=dict)
-
-    def evict_unauthenticated(self) -> bool:
-        """Close the oldest connection that has not authenticated (1008), to free its slot."""
-        for victim in self.unauthenticated:
-            del self.unauthenticated[victim]
-            victim.evicted = True
-            self.evicting += 1
-            victim.close(1008, "connection slot needed by an authenticated client")
-            return True
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,8 +160,7 @@ class Connection:
         self._seed_keys = 0
         #: Changes whenever :meth:`next_timer` may have moved earlier (the adapter re-arms then).
         self.timer_epoch = 0
-        rate = cfg.rate_limit_per_s
-        self._bucket = TokenBucket(rate, cfg.rate_burst(rate), now) if rate else None
+        self._admission = Admission(cfg, ctx.shared, now)  # rate limits and capacity, shared with HTTP
         if not self.authenticated:
             ctx.shared.unauthenticated[self] = None
 
@@ -220,14 +204,21 @@ class Connection:
         if not self.closing:  # after close() nothing more goes out before the close frame
             self.io.send(frame)
 
-    def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
+    def send_binary(self, frame: bytes) -> None:
+        if not self.closing:
+            self.io.send_binary(frame)
+
+    def job_finished(self, job: Job, frame: bytes | None, code: str, binary: bool = False) -> None:
         """Called once per job by :meth:`Job._terminal`."""
         del self.inflight[job.key]
         self.inflight_bytes -= job.nbytes
         shared = self._shared
         shared.inflight -= 1
         if frame is not None and not self.closing:
-            self.io.send(frame)
+            if binary:
+                self.io.send_binary(frame)
+            else:
+                self.io.send(frame)
         metrics = self._metrics
         metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at)
         if type(job) is PredictJob:
@@ -313,18 +304,19 @@ class Connection:
     # ------------------------------------------------------------------ input
 
     def receive(self, data: bytes, binary: bool, now: float) -> None:
-        """One complete message.  A bad one gets an ``error`` frame and nothing else happens;
-        a text frame that is not UTF-8 fails the connection (1007)."""
+        """One complete message: a text frame's JSON, or (``binary``) a binary tensor frame.
+        A bad one gets an ``error`` frame and nothing else happens; a text frame
+        that is not UTF-8 fails the connection (1007)."""
         if self.closing:  # the connection is being closed: later messages are dropped
             return
         self._shared.messages += 1
         self.last_activity = self._now = now
-        if binary:
-            self.send(encode_error(BadRequest("binary frames are not accepted: send each JSON message as a text frame")))
-            return
         req: Any = None
         try:
-            req = decode(data, max_tokens=self._cfg.max_tokens)
+            if binary:
+                req = decode_binary(data, max_rows=self._cfg.max_rows)
+            else:
+                req = decode(data, max_tokens=self._cfg.max_tokens)
             kind = type(req)
             if kind is Predict:
                 self._predict(req, now)
@@ -349,16 +341,17 @@ class Connection:
             else:
                 self._refuse(exc, None)
         except WsserveError as exc:
-            self._refuse(exc, req)
+            self._refuse(exc, req, binary)
         except Exception as exc:  # a bug: report it, keep the connection
             log.exception("internal error while handling a message")
             self.send(encode_error(Internal(f"internal error: {type(exc).__name__}: {exc}"), getattr(req, "id", None)))
 
-    def _refuse(self, exc: WsserveError, req: Any) -> None:
-        """The one place a refused message becomes an ``error`` frame (and a metric)."""
+    def _refuse(self, exc: WsserveError, req: Any, binary: bool = False) -> None:
+        """The one place a refused message becomes an ``error`` frame (and a metric).
+        ``binary``: a binary tensor frame, always a predict (even when it failed to decode)."""
         rid = exc.request_id if exc.request_id is not None else getattr(req, "id", None)
         self.send(encode_error(exc, rid))
-        kind = "generate" if type(req) is Generate else "predict" if type(req) is Predict else "other"
+        kind = "generate" if type(req) is Generate else "predict" if binary or type(req) is Predict else "other"
         model = getattr(req, "model", "")
         # Label only real model names: client-chosen labels would grow without bound.
         self.ctx.metrics.rejected(model if self.ctx.models.knows(model) else "", kind, exc.code)
@@ -373,10 +366,7 @@ class Connection:
         keys = self.ctx.keys
         wait = keys.blocked_for(self.address, now)
         if wait > 0:
-            raise RateLimited(
-                "too many failed authentication attempts from this address",
-                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
-            )
+            raise RateLimited("too many failed authentication attempts from this address", retry_after_ms=retry_ms(wait))
         key = keys.match(req.token)
         if key is not None:
             self.key = key
@@ -427,28 +417,9 @@ class Connection:
         """Checks common to predict and generate, before any model work."""
         if not self.authenticated:
             raise Unauthorized('authenticate first: send {"type":"auth","token":...}')
-        shared = self._shared
-        if shared.draining:
-            raise ShuttingDown("server is draining; no new work is accepted")
-        if self._bucket is not None:
-            self._take(self._bucket, "this connection", now)
-        rate = self._cfg.key_rate_limit_per_s
-        if rate is not None and self.key is not None:
-            bucket = shared.key_buckets.get(self.key)
-            if bucket is None:
-                bucket = shared.key_buckets[self.key] = TokenBucket(rate, self.ctx.config.rate_burst(rate), now)
-            self._take(bucket, "this API key", now)
+        self._admission.admit(self.key, now)  # draining, this connection's and this key's rates
         if rid is not None and rid in self.inflight:
             raise DuplicateId(f"id {rid!r} is already in use by an unfinished request")
-
-    @staticmethod
-    def _take(bucket: TokenBucket, who: str, now: float) -> None:
-        wait = bucket.take(now)
-        if wait > 0:
-            raise RateLimited(
-                f"rate limit of {bucket.rate:g} requests/s for {who} exceeded",
-                retry_after_ms=max(1, int(wait * 1000 + 0.999)),
-            )
 
     def _capacity(self, nbytes: int) -> None:
         if self._over_since is not None:
@@ -456,18 +427,7 @@ class Connection:
                 "this connection is not reading its replies fast enough; no new work until it catches up",
                 retry_after_ms=100,
             )
-        cfg = self._cfg
-        if len(self.inflight) >= cfg.max_inflight:
-            raise Overloaded(
-                f"this connection already has {cfg.max_inflight} unfinished requests (max_inflight)", retry_after_ms=10
-            )
-        # Bytes: with nothing in flight any single request is taken (it fits max_message_bytes).
-        if self.inflight_bytes and self.inflight_bytes + nbytes > cfg.max_inflight_bytes:
-            raise Overloaded(
-                f"this connection's unfinished requests hold {self.inflight_bytes} input bytes; this one needs "
-                f"{nbytes} more and the limit is {cfg.max_inflight_bytes} (max_inflight_bytes)",
-                retry_after_ms=10,
-            )
+        self._admission.capacity(len(self.inflight), self.inflight_bytes, nbytes)
 
     def _deadline(self, timeout_ms: float | None, now: float) -> float | None:
         return None if timeout_ms is None else now + timeout_ms / 1000.0
@@ -481,8 +441,11 @@ class Connection:
         if req.explain and (refusal := entry.explain_refusal) is not None:
             raise BadRequest(refusal)
         cfg = self._cfg
-        # Any JSON number takes at least two bytes of the message: a bound before anything is allocated.
-        inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+        if req.tensors is not None:  # a binary tensor frame: sizes were checked against the payload
+            inputs, n, nbytes = entry.prepare_binary(req.tensors)
+        else:
+            # Any JSON number takes at least two bytes of the message: a bound before anything is allocated.
+            inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
         if req.explain and n > cfg.max_explain_rows:
             raise InvalidInput(f"'inputs' has {n} rows; explain takes at most {cfg.max_explain_rows} "
                                "rows per request (max_explain_rows)")

@@ -31,6 +31,7 @@ from .protocol import (
     encode_token,
     token_prefix,
 )
+from .tensorframe import encode as encode_tensor_frame
 
 if TYPE_CHECKING:
     from .batching import WorkItem
@@ -64,11 +65,15 @@ class JobOwner(Protocol):
     """What a job needs from its connection."""
 
     def send(self, frame: bytes) -> None:
-        """Queue a non-terminal frame (chunk, token)."""
+        """Queue a non-terminal text frame (chunk, token)."""
 
-    def job_finished(self, job: Job, frame: bytes | None, code: str) -> None:
+    def send_binary(self, frame: bytes) -> None:
+        """Queue a non-terminal binary frame (a binary tensor ``chunk``)."""
+
+    def job_finished(self, job: Job, frame: bytes | None, code: str, binary: bool = False) -> None:
         """Called exactly once per job with its terminal frame (None: nothing can be
-        sent any more) and its result code (``ok`` or an error code)."""
+        sent any more; ``binary``: a binary tensor frame, else text) and its result
+        code (``ok`` or an error code)."""
 
     def elapsed_ms(self, since: float) -> float:
         """Milliseconds from ``since`` (the clock the job's times use) to now."""
@@ -96,12 +101,12 @@ class Job:
 
     # -- ending
 
-    def _terminal(self, frame: bytes | None, code: str) -> bool:
+    def _terminal(self, frame: bytes | None, code: str, binary: bool = False) -> bool:
         """Hand the owner the terminal frame (None: the socket is gone) exactly once."""
         if self.finished:
             return False
         self.finished = True
-        self.owner.job_finished(self, frame, code)
+        self.owner.job_finished(self, frame, code, binary)
         return True
 
     def fail(self, exc: WsserveError) -> None:
@@ -132,7 +137,7 @@ class PredictJob(Job):
     __slots__ = (
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
-        "_attr_parts", "_attr_pending",
+        "_attr_parts", "_attr_pending", "binary_outputs",
     )
 
     def __init__(
@@ -161,6 +166,7 @@ class PredictJob(Job):
         self.explanation = entry.explanation if req.explain else None
         self._attr_parts: list[np.ndarray] = []  # attributions of the rows computed so far
         self._attr_pending: list[np.ndarray] = []  # attributions of the rows in _pending
+        self.binary_outputs = req.binary_outputs  # result and chunks as binary tensor frames
 
     def _stop_work(self) -> None:
         if self.item is not None:
@@ -211,6 +217,11 @@ class PredictJob(Job):
             attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
             frame = encode_result(self.id, self.model, self.version, outputs, self._timing(),
                                   attributions, self.explanation)
+        elif self.binary_outputs:
+            fields = {"type": "result", "id": self.id, "model": self.model, "version": self.version,
+                      "timing": self._timing()}
+            self._terminal(encode_tensor_frame(fields, outputs), "ok", True)
+            return
         else:
             frame = encode_result(self.id, self.model, self.version, outputs, self._timing())
         self._terminal(frame, "ok")
@@ -250,7 +261,11 @@ class PredictJob(Job):
             self._terminal(frame, "ok")
 
     def _send_chunk(self, offset: int, outputs: np.ndarray, attributions: np.ndarray | None = None) -> None:
-        self.owner.send(encode_chunk(self.id, self._seq, offset, outputs, attributions))
+        if self.binary_outputs:
+            fields = {"type": "chunk", "id": self.id, "seq": self._seq, "offset": offset}
+            self.owner.send_binary(encode_tensor_frame(fields, outputs))
+        else:
+            self.owner.send(encode_chunk(self.id, self._seq, offset, outputs, attributions))
         self._seq += 1
 
 

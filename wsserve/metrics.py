@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Info, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 __all__ = ["Metrics", "Histogram", "CONTENT_TYPE"]
@@ -167,6 +172,7 @@ class _Collector(Collector):
             return fam
 
         yield gauge("wsserve_connections", "Open WebSocket connections.", "connections")
+        yield gauge("wsserve_http_connections", "Open HTTP connections (not upgraded to WebSocket).", "http_connections")
         yield gauge("wsserve_inflight_requests", "Unfinished predict and generate requests across all connections.",
                     "inflight")
         yield gauge("wsserve_queue_depth", "Requests waiting in a model's queue.", "queue_depth", ["model"])
@@ -261,7 +267,8 @@ class Metrics:
                 "batch_size": self.batch_size.snapshot(), "compute": self.compute.snapshot(),
             },
             "gauges": {
-                "connections": state["connections"], "inflight": state["inflight"],
+                "connections": state["connections"], "http_connections": state.get("http_connections", 0),
+                "inflight": state["inflight"],
                 "queue_depth": {m: q for m, (q, _) in state["queues"].items()},
                 "queue_rows": {m: r for m, (_, r) in state["queues"].items()},
                 "tasks": state["tasks"], "ready": state["ready"],

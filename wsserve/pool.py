@@ -36,6 +36,7 @@ from .errors import InvalidInput, UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import validate_inputs
+from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
 __all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer"]
@@ -81,6 +82,16 @@ def _tensor_inputs(specs: tuple[Any, ...]) -> Prepare:
     return prepare
 
 
+def _input_specs(model: Any) -> tuple[Any, ...]:
+    """The model's input specs (a model without declared specs takes float64 rows of its input shape)."""
+    specs = getattr(model, "inputs", None)
+    if specs:
+        return tuple(specs)
+    from .repository import TensorSpec
+
+    return (TensorSpec("input", tuple(int(d) for d in model.info.input_shape), "float64"),)
+
+
 def _prepare_for(model: Any) -> tuple[Prepare, int]:
     """How a model's inputs are prepared, and its flat input width (0 when not a single float row)."""
     specs = getattr(model, "inputs", None)
@@ -104,6 +115,13 @@ class ModelEntry:
     worker: Any  # PredictWorker | GenerationEngine
     input_width: int = 0  # flat width of a single float input (the fast path), else 0
     prepare: Prepare | None = None  # predict models: inputs -> tensors
+    input_specs: tuple[Any, ...] = ()  # predict models: what binary tensor frames are fitted to
+
+    def prepare_binary(self, tensors: TensorPayload) -> tuple[Tensors, int, int]:
+        """A binary tensor frame's tensors as this model's inputs: ``(tensors, n, nbytes)``
+        (the same as :attr:`prepare` gives for JSON rows).  Raises ``InvalidInput``."""
+        arrays = view_tensors(tensors.payload, tensors.descs)
+        return conform(arrays, tensors.descs, self.input_specs)
 
     @property
     def info(self) -> ModelInfo:
@@ -317,7 +335,7 @@ class ModelPool:
             entry = ModelEntry(name, version, "generate", model, worker)
         else:
             prepare, width = _prepare_for(model)
-            entry = ModelEntry(name, version, "predict", model, worker, width, prepare)
+            entry = ModelEntry(name, version, "predict", model, worker, width, prepare, _input_specs(model))
         m = self._models.setdefault(name, _Model())
         old = m.versions.get(version)
         replaced = old.entry if old is not None else None

@@ -2,6 +2,8 @@
 
 Sans-I/O: nothing here touches a socket, a loop or a clock.
 
+- :func:`decode_binary` does the same for a binary tensor frame (a ``predict``
+  whose inputs are raw tensor bytes, :mod:`wsserve.tensorframe`).
 - :func:`decode` turns one received text message into a request object or
   raises a :class:`~wsserve.errors.WsserveError` whose ``request_id`` is set
   when the id could be read.  Every number and string a client controls is
@@ -25,6 +27,7 @@ import numpy as np
 import orjson
 
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
+from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -46,6 +49,9 @@ __all__ = [
     "Admin",
     "Request",
     "decode",
+    "decode_predict_body",
+    "loads",
+    "decode_binary",
     "validate_inputs",
     "encode_error",
     "encode_hello",
@@ -179,7 +185,8 @@ class Predict:
     """A ``predict`` (or the seed-compatible ``{"x": ...}`` form).
 
     ``inputs`` is the raw JSON value; :func:`validate_inputs` checks it against
-    the model.  ``seed_form`` is ``"list"`` or ``"scalar"`` for the seed form
+    the model.  A binary tensor frame (:func:`decode_binary`) carries
+    ``tensors`` instead (described and size-checked, converted after admission).  ``seed_form`` is ``"list"`` or ``"scalar"`` for the seed form
     (reply ``{"y_pred": ...}``, no id), else ``None``.  ``explain``: also
     return per-feature attributions with each output row.
     """
@@ -194,6 +201,10 @@ class Predict:
     priority: int = 0
     seed_form: Literal["list", "scalar"] | None = None
     explain: bool = False
+    #: A binary tensor frame's tensors (``inputs`` is then None).
+    tensors: TensorPayload | None = None
+    #: Answer with binary tensor frames (``result`` / ``chunk``).
+    binary_outputs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +342,7 @@ def _version(obj: dict[str, Any]) -> str | None:
     return value
 
 
-def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
+def _decode_predict(obj: dict[str, Any], rid: RequestId | None) -> Predict:
     if len(obj) == 4:  # hot path: exactly type, id, model and inputs
         model = obj.get("model")
         if type(model) is str and "inputs" in obj and len(model) <= MAX_MODEL_NAME_LENGTH:
@@ -339,26 +350,38 @@ def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
     model = _model(obj)
     if "inputs" not in obj:
         raise BadRequest("missing field 'inputs' (an array of rows)")
-    stream = obj.get("stream")
-    if stream is None:
-        stream = False
-    elif type(stream) is not bool:
-        raise BadRequest(f"field 'stream' must be a boolean, got {_jtype(stream)}")
-    explain = obj.get("explain")
-    if explain is None:
-        explain = False
-    elif type(explain) is not bool:
-        raise BadRequest(f"field 'explain' must be a boolean, got {_jtype(explain)}")
+    return _predict_fields(obj, rid, model, obj["inputs"], None)
+
+
+def _flag(obj: dict[str, Any], key: str) -> bool:
+    value = obj.get(key)
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise BadRequest(f"field '{key}' must be a boolean, got {_jtype(value)}")
+    return value
+
+
+def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any,
+                    tensors: TensorPayload | None) -> Predict:
+    """A predict's optional fields (the same for a JSON message and a binary frame's header)."""
+    explain = _flag(obj, "explain")
+    binary_outputs = _flag(obj, "binary_outputs")
+    if explain and (binary_outputs or tensors is not None):
+        raise BadRequest("'explain' is not available with binary tensor frames or 'binary_outputs'; "
+                         "send a JSON predict")
     return Predict(
         id=rid,
         model=model,
-        inputs=obj["inputs"],
+        inputs=inputs,
         version=_version(obj),
-        stream=stream,
+        stream=_flag(obj, "stream"),
         chunk_rows=_opt_int(obj, "chunk_rows", 1, MAX_CHUNK_ROWS),
         timeout_ms=_opt_timeout(obj),
         priority=_priority(obj),
         explain=explain,
+        tensors=tensors,
+        binary_outputs=binary_outputs,
     )
 
 
@@ -404,17 +427,11 @@ def _decode_seed(obj: dict[str, Any]) -> Predict:
     raise InvalidInput(f"field 'x' must be a number or an array of numbers, got {_jtype(x)}")
 
 
-def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
-    """Decode one text message into a request.
-
-    Raises ``BadJson`` (unparseable, id ``None``; ``invalid_utf8`` set when the
-    bytes are not UTF-8), ``BadRequest`` (not an object, unknown type,
-    missing/mistyped/out-of-range field) or ``InvalidInput`` (seed form with a
-    bad ``x``); ``request_id`` is set on the exception whenever the id could be
-    read.  ``max_tokens`` is the server's limit on a generate's ``max_tokens``.
-    """
+def loads(data: bytes | str) -> Any:
+    """Parse one JSON text (a message, or an HTTP body).  Raises ``BadJson`` with the
+    protocol's messages (``invalid_utf8`` set when the bytes are not UTF-8)."""
     try:
-        obj = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         # orjson validates UTF-8, so only a failed parse can hide invalid UTF-8: check it
         # here, off the hot path, rather than decoding every message twice.
@@ -424,6 +441,32 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
             except UnicodeDecodeError as bad:
                 raise BadJson(f"message is not valid UTF-8 (byte {bad.start})", invalid_utf8=True) from None
         raise BadJson(f"message is not valid JSON: {exc}") from None
+
+
+def decode_predict_body(data: bytes) -> Predict:
+    """The body of HTTP ``POST /predict``: the seed form ``{"x": ...}`` (on ``linear``), or a
+    predict without ``type`` and ``id`` (``{"model": ..., "inputs": ...}`` and its optional
+    fields).  Raises like :func:`decode`."""
+    obj = loads(data)
+    if type(obj) is not dict:
+        raise BadRequest(f"the body must be a JSON object, got {_jtype(obj)}")
+    if "x" in obj and "inputs" not in obj:
+        return _decode_seed(obj)
+    if "inputs" not in obj and "model" not in obj:
+        raise BadRequest('the body must be {"x": ...} or {"model": ..., "inputs": [[...], ...]}')
+    return _decode_predict(obj, None)
+
+
+def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
+    """Decode one text message into a request.
+
+    Raises ``BadJson`` (unparseable, id ``None``; ``invalid_utf8`` set when the
+    bytes are not UTF-8), ``BadRequest`` (not an object, unknown type,
+    missing/mistyped/out-of-range field) or ``InvalidInput`` (seed form with a
+    bad ``x``); ``request_id`` is set on the exception whenever the id could be
+    read.  ``max_tokens`` is the server's limit on a generate's ``max_tokens``.
+    """
+    obj = loads(data)
     if type(obj) is not dict:
         raise BadRequest(f"message must be a JSON object, got {_jtype(obj)}")
     kind = obj.get("type")
@@ -463,6 +506,39 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
         f"unknown type {kind!r}; known: predict, generate, cancel, models, ping, auth, load, unload, reload",
         request_id=rid,
     )
+
+
+def decode_binary(data: bytes | memoryview, *, max_rows: int, max_header_bytes: int = MAX_HEADER_BYTES) -> Predict:
+    """Decode one binary message: a ``predict`` in a binary tensor frame (:mod:`wsserve.tensorframe`).
+
+    The header takes every field of a JSON predict except ``inputs`` rows and
+    ``explain``; the tensors are described by ``dtype``/``shape`` or a list
+    ``inputs`` of ``{name, dtype, shape}``, checked against the payload's size
+    here (nothing is allocated), converted later by the model's entry.  Raises
+    ``BadRequest`` (malformed frame or header, a type other than ``predict``)
+    or ``InvalidInput`` (sizes, shapes); ``request_id`` set once the id is read.
+    """
+    header, payload = split(data, max_header_bytes=max_header_bytes)
+    kind = header.get("type")
+    if kind != "predict":
+        rid = _loose_id(header)
+        if kind is None:
+            raise BadRequest("binary frame header: missing field 'type' (binary frames carry predict requests)",
+                             request_id=rid)
+        raise BadRequest(f"binary frames carry only predict requests, got type {kind!r}; send it as a text frame",
+                         request_id=rid)
+    rid = _read_id(header, True)
+    assert rid is not None
+    try:
+        model = _model(header)
+        tensors = TensorPayload(read_tensors(header, len(payload), max_rows=max_rows), payload)
+        if len(header) == 6 and header.get("binary_outputs") is True and "shape" in header:
+            # hot path: exactly type, id, model, dtype, shape and binary_outputs
+            return Predict(rid, model, None, tensors=tensors, binary_outputs=True)
+        return _predict_fields(header, rid, model, None, tensors)
+    except WsserveError as exc:
+        exc.request_id = rid
+        raise
 
 
 def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
@@ -512,13 +588,14 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 
 
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
-    """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``)."""
+    """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
+    ``max_binary_header_bytes``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
         "version": version,
         "protocol": PROTOCOL_VERSION,
-        "limits": {**limits, "max_id_length": MAX_ID_LENGTH},
+        "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES},
         "models": models,
     }
     if auth_required:

@@ -111,6 +111,10 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ start-up
 
+    def unloaded_names(self) -> list[str]:
+        """Models an admin unloaded (kept out of hot reload until loaded again)."""
+        return sorted(self._unloaded)
+
     def serve_object(self, name: str, model: Any, version: str | None = None) -> ModelEntry:
         """Serve an in-process model object (``Server(models=...)``) as ``version``.
 

@@ -13,10 +13,13 @@ prints the ``ws://HOST:PORT`` line, drains on SIGINT/SIGTERM, and exits at
 once on a second signal.
 
 The server is the :class:`~wsserve.transport.app.App` of the transport: it
-answers plain HTTP routes, vets WebSocket handshakes (path, draining, origin,
-Bearer key, connection cap) and creates one sans-I/O
-:class:`~wsserve.connection.Connection` per accepted socket, giving it a
-narrow :class:`~wsserve.connection.ConnectionContext` (never itself).
+hands plain HTTP requests to its :class:`~wsserve.rest.HttpApi` (the API
+routes, plus the health, metrics and static routes it adds there), vets
+WebSocket handshakes (path, draining, origin, Bearer key, connection cap) and
+creates one sans-I/O :class:`~wsserve.connection.Connection` per accepted
+socket, giving it a narrow :class:`~wsserve.connection.ConnectionContext`
+(never itself).  ``--max-connections`` counts WebSocket connections and HTTP
+connections that made a work request (predict, infer, completion).
 """
 
 from __future__ import annotations
@@ -30,22 +33,26 @@ import signal
 import ssl
 import sys
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 from websockets.datastructures import Headers
 
 from ._version import __version__
+from .admission import check_bearer, origin_allowed
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
-from .errors import Forbidden, ShuttingDown, WsserveError
+from .errors import Forbidden, RateLimited, ShuttingDown, Unauthorized, WsserveError
+from .httpmsg import HttpExchange
 from .metrics import CONTENT_TYPE, Metrics
 from .pool import ModelPool
 from .protocol import encode_hello
 from .registry import ModelRegistry
+from .rest import HttpApi
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
 from .transport.app import Counters
 
@@ -104,6 +111,19 @@ class Server:
         self.ready = False
         self._set_hello()
         self._static = _load_static()
+        self.api = HttpApi(
+            config=self.config, models=self.pool, metrics=self.metrics, keys=self.keys, shared=self.shared,
+            version=__version__, clock=monotonic, wall_clock=time,
+            ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
+            admin=self.ctx.admin, unloaded=self.registry.unloaded_names,
+        )
+        add = self.api.add_route
+        add("GET", "/healthz", self._healthz, auth="none", style=None)
+        add("GET", "/readyz", self._readyz, auth="none", style=None)
+        add("GET", "/metrics", self._metrics, auth="metrics", style=None)
+        for page in ("/", "/index.html"):
+            add("GET", page, self._index, auth="none", style=None)
+        add("GET", "/static/{file}", self._static_file, auth="none", style=None)
         self._protocols: set[Any] = set()  # every open TCP connection's protocol (HTTP or WebSocket)
         self._listener: asyncio.base_events.Server | None = None
         self._all_closed = asyncio.Event()  # set while draining once no WebSocket connection is left
@@ -160,6 +180,9 @@ class Server:
                  len(self.connections), self.shared.inflight, timeout_s)
         for conn in list(self.connections):
             conn.drain(int(timeout_s * 1000))
+        for proto in list(self._protocols):
+            if isinstance(proto, HttpProtocol):
+                proto.drain()  # idle: closed now; else after the answers it owes
         self.flusher.flush()
         self._note_closed()
         try:
@@ -169,6 +192,7 @@ class Server:
             for conn in list(self.connections):
                 conn.end_all(ShuttingDown("drain deadline reached"))
                 conn.close(1001, "server shutting down")
+            self.api.end_all(ShuttingDown("drain deadline reached"))  # HTTP calls: 503, then the connection closes
             self.flusher.flush()
             try:
                 async with asyncio.timeout(2.0):
@@ -200,7 +224,10 @@ class Server:
         await self.registry.wait_retired()
 
     def _note_closed(self) -> None:
-        if self._draining and not self.connections:
+        """While draining: set ``_all_closed`` once no WebSocket is open and no HTTP connection owes answers."""
+        if self._draining and not self.connections and not any(
+            p.busy for p in self._protocols if isinstance(p, HttpProtocol)
+        ):
             self._all_closed.set()
 
     # -- models
@@ -277,8 +304,17 @@ class Server:
     def track(self, protocol: object, alive: bool) -> None:
         if alive:
             self._protocols.add(protocol)
-        else:
-            self._protocols.discard(protocol)
+            return
+        self._protocols.discard(protocol)
+        if isinstance(protocol, HttpProtocol):
+            self.api.release(protocol.session)  # its calls stop, its connection slot is free
+            protocol.session = None
+            self._note_closed()
+
+    def _slot_free(self) -> bool:
+        """Room for one more connection under ``--max-connections``?"""
+        cap = self.config.max_connections
+        return cap is None or len(self.connections) + len(self.api.sessions) - self.shared.evicting < cap
 
     # -- App: WebSocket handshakes
 
@@ -305,7 +341,7 @@ class Server:
             if refused is not None:
                 return None, refused
         _single_header(headers, "Upgrade")  # refuses a repeated Upgrade header (400)
-        if cfg.max_connections is not None and len(self.connections) - self.shared.evicting >= cfg.max_connections:
+        if not self._slot_free():
             if key is None or not self.shared.evict_unauthenticated():
                 return None, HttpResponse(503, b"too many connections\n", headers=[("Retry-After", "1")], close=True)
         return key, None
@@ -313,107 +349,60 @@ class Server:
     def _check_origin(self, headers: Headers) -> HttpResponse | None:
         """Browsers send their page's Origin: allow the allowlist, or by default only this
         server's own origin (its demo page); requests without an Origin are not browsers."""
-        cfg = self.config
         origin = _single_header(headers, "Origin")
         if origin is None:
-            if cfg.require_origin:
+            if self.config.require_origin:
                 return HttpResponse(403, b"an Origin header is required\n", close=True)
             return None
-        if cfg.allow_origin is None:
-            scheme = "https" if cfg.certfile else "http"
-            host = (_single_header(headers, "Host") or "").lower()
-            if origin.lower() != f"{scheme}://{host}":
+        if not origin_allowed(self.config, origin, _single_header(headers, "Host")):
+            if self.config.allow_origin is None:
                 return HttpResponse(
                     403, b"origin not allowed (only this server's own pages by default; see --allow-origin)\n", close=True
                 )
-        elif "*" not in cfg.allow_origin and origin not in cfg.allow_origin:
             return HttpResponse(403, b"origin not allowed\n", close=True)
         return None
 
     def _check_bearer(self, address: str, authorization: str) -> tuple[str | None, HttpResponse | None]:
         """``(key, None)`` for a valid Bearer key, else ``(None, 401 or 429)``."""
-        now = monotonic()
-        wait = self.keys.blocked_for(address, now)
-        if wait > 0:
+        try:
+            return check_bearer(self.keys, address, authorization, monotonic()), None
+        except RateLimited as exc:
+            wait_s = -(-(exc.retry_after_ms or 1000) // 1000)
             return None, HttpResponse(429, b"too many failed authentication attempts\n",
-                                      headers=[("Retry-After", str(int(wait) + 1))], close=True)
-        token = KeyRegistry.bearer(authorization)
-        key = None if token is None else self.keys.match(token)
-        if key is None:
-            self.keys.failed(address, now)
+                                      headers=[("Retry-After", str(wait_s))], close=True)
+        except Unauthorized:
             return None, HttpResponse(401, b"invalid API key\n", headers=[("WWW-Authenticate", "Bearer")], close=True)
-        return key, None
 
     # -- App: plain HTTP
 
-    def route_http(self, request: HttpRequest) -> HttpResponse:
-        try:
-            return self._route(request)
-        except _BadHeader as exc:
-            return HttpResponse(400, f"{exc}\n".encode(), close=True)
-        except Exception as exc:  # noqa: BLE001 - one line, no traceback with install paths
-            log.error("error handling %s %r: %s: %s", request.method, request.path[:200], type(exc).__name__, exc)
-            return HttpResponse(500, b"internal error\n")
+    def route_http(self, request: HttpRequest, exchange: HttpExchange) -> HttpResponse | None:
+        return self.api.handle(request, exchange)
 
-    def _route(self, request: HttpRequest) -> HttpResponse:
-        path = request.path
-        known = path in _GET_ROUTES or path.startswith("/static/")
-        if request.method not in ("GET", "HEAD"):
-            if known:
-                return HttpResponse(405, b"method not allowed\n", headers=[("Allow", "GET, HEAD")])
+    def _healthz(self, *_: Any) -> HttpResponse:
+        return HttpResponse(200, b"ok\n", headers=[_NO_STORE])
+
+    def _readyz(self, *_: Any) -> HttpResponse:
+        if self.ready and not self._draining:
+            return HttpResponse(200, b"ready\n", headers=[_NO_STORE])
+        return HttpResponse(503, b"draining\n" if self._draining else b"starting\n", headers=[_NO_STORE])
+
+    def _metrics(self, *_: Any) -> HttpResponse:
+        # Under --workers, which worker merged this scrape (its own values are live, the
+        # others' are their last snapshot).
+        served_by = [("Wsserve-Worker", str(self.worker))] if self.worker is not None else []
+        return HttpResponse(200, self.metrics.render(), content_type=CONTENT_TYPE, headers=[_NO_STORE, *served_by])
+
+    def _index(self, *_: Any) -> HttpResponse:
+        page = self._static.get("index.html")
+        return HttpResponse(200, page[1] if page is not None else _FALLBACK_PAGE,
+                            content_type="text/html; charset=utf-8", headers=[_NO_STORE])
+
+    def _static_file(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                     *_: Any) -> HttpResponse:
+        found = self._static.get(params["file"])
+        if found is None:
             return HttpResponse(404, b"not found\n")
-        response = self._get(path, request)
-        if request.method == "HEAD":
-            response = HttpResponse(response.status, b"", response.content_type, response.headers, response.close)
-        return response
-
-    def _get(self, path: str, request: HttpRequest) -> HttpResponse:
-        no_store = [("Cache-Control", "no-store")]
-        if path == "/healthz":
-            return HttpResponse(200, b"ok\n", headers=no_store)
-        if path == "/readyz":
-            if self.ready and not self._draining:
-                return HttpResponse(200, b"ready\n", headers=no_store)
-            return HttpResponse(503, b"draining\n" if self._draining else b"starting\n", headers=no_store)
-        if path == "/metrics":
-            # Under --workers, which worker merged this scrape (its own values are live, the
-            # others' are their last snapshot).
-            served_by = [("Wsserve-Worker", str(self.worker))] if self.worker is not None else []
-            return self._authorized(request, metrics=True) or HttpResponse(
-                200, self.metrics.render(), content_type=CONTENT_TYPE, headers=no_store + served_by
-            )
-        if path == "/v1/models":
-            return self._authorized(request, metrics=False) or HttpResponse(
-                200, self.pool.models_json, content_type="application/json", headers=no_store
-            )
-        if path in ("/", "/index.html"):
-            page = self._static.get("index.html")
-            return HttpResponse(200, page[1] if page is not None else _FALLBACK_PAGE,
-                                content_type="text/html; charset=utf-8", headers=no_store)
-        if path.startswith("/static/"):
-            found = self._static.get(path[len("/static/") :])
-            if found is not None:
-                return HttpResponse(200, found[1], content_type=found[0], headers=no_store)
-        return HttpResponse(404, b"not found\n")
-
-    def _authorized(self, request: HttpRequest, *, metrics: bool) -> HttpResponse | None:
-        """With API keys, ``/metrics`` and ``/v1/models`` need a Bearer key (``/metrics``
-        also takes ``--metrics-key``); returns the refusal, or None when allowed."""
-        if not self.config.api_key:
-            return None
-        now = monotonic()
-        wait = self.keys.blocked_for(request.address, now)
-        if wait > 0:
-            return HttpResponse(429, b"too many failed authentication attempts\n",
-                                headers=[("Retry-After", str(int(wait) + 1))])
-        token = KeyRegistry.bearer(_single_header(request.headers, "Authorization"))
-        ok = token is not None and (self.keys.match_metrics(token) if metrics else self.keys.match(token) is not None)
-        if ok:
-            return None
-        if token is not None:
-            self.keys.failed(request.address, now)
-        return HttpResponse(401, b"an API key is required: Authorization: Bearer <key>\n",
-                            headers=[("WWW-Authenticate", "Bearer")])
+        return HttpResponse(200, found[1], content_type=found[0], headers=[_NO_STORE])
 
     # -- metrics
 
@@ -424,6 +413,7 @@ class Server:
             queues[entry.name] = (stats.queued, stats.queued_rows)
         return {
             "connections": len(self.connections),
+            "http_connections": sum(1 for p in self._protocols if isinstance(p, HttpProtocol)),
             "inflight": self.shared.inflight,
             "queues": queues,
             "ready": 1 if self.ready else 0,
@@ -433,7 +423,7 @@ class Server:
         }
 
 
-_GET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v1/models", "/", "/index.html"})
+_NO_STORE = ("Cache-Control", "no-store")
 
 
 class _BadHeader(ValueError):

@@ -11,6 +11,8 @@ pytest, so the client's tests and the benchmarks can use it as they are.
   and frames by hand.
 - :mod:`~tests.support.metrics`: :func:`scrape_metrics` (``/metrics`` parsed, optional
   Bearer key), :func:`http_get`.
+- :mod:`~tests.support.rawhttp`: :class:`RawHttp`, an HTTP/1.1 client on a raw socket
+  (any bytes out, answers read by hand), :func:`request_bytes`.
 - :mod:`~tests.support.waits`: :func:`wait_until` / :func:`wait_until_async`.
 """
 
@@ -26,6 +28,7 @@ from tests.support.process import (
     proc_status,
     serve_command,
 )
+from tests.support.rawhttp import Answer, RawHttp, request_bytes
 from tests.support.rawws import (
     OP_BINARY,
     OP_CLOSE,
@@ -46,7 +49,8 @@ from tests.support.waits import wait_until, wait_until_async
 
 __all__ = [
     "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "READY_LINE", "ROOT", "TERMINAL", "TRANSPORTS",
-    "AsyncRawClient", "Conn", "Frame", "FrameParser", "Metrics", "RawClient", "ServerProcess", "child_env",
+    "Answer", "AsyncRawClient", "Conn", "Frame", "FrameParser", "Metrics", "RawClient", "RawHttp", "ServerProcess",
+    "child_env",
     "client_frame", "close_code", "cpu_seconds", "encode_message", "handshake_request", "http_get",
-    "proc_status", "scrape_metrics", "serve_command", "wait_until", "wait_until_async",
+    "proc_status", "request_bytes", "scrape_metrics", "serve_command", "wait_until", "wait_until_async",
 ]

@@ -10,7 +10,9 @@ same command line and reads the same line with the same pattern;
 clients/js/test/server-helper.test.js fails when the two patterns differ.
 
 ``ServerProcess.from_command(cmd)`` does the same for any server that prints a
-``ws://HOST:PORT`` line (the benchmark peers in benchmarks/peers/).
+``ws://HOST:PORT`` or ``http://HOST:PORT`` line (the benchmark peers in
+benchmarks/peers/), run from this checkout or from another one (``root=``: a
+base commit's worktree, which the child then imports instead of this one).
 
 The child's stdout and stderr are read to the end by threads (never an undrained
 pipe).  The child imports this checkout first (see :func:`child_env`), whatever
@@ -33,7 +35,8 @@ from typing import IO, Self
 from tests.support.metrics import Metrics, scrape_metrics
 
 __all__ = [
-    "READY_LINE", "ROOT", "TRANSPORTS", "ServerProcess", "child_env", "cpu_seconds", "proc_status", "serve_command",
+    "ANY_URL_LINE", "READY_LINE", "ROOT", "TRANSPORTS", "ServerProcess", "child_env", "cpu_seconds", "proc_status",
+    "serve_command",
 ]
 
 #: The repository root (the checkout these tests belong to).
@@ -45,18 +48,23 @@ READY_LINE = re.compile(rb"(wss?)://([0-9.]+|\[[0-9a-f:]+\]|localhost):(\d+)")
 #: The server's WebSocket transports (``wsserve serve --transport``): the wire tests run on each.
 TRANSPORTS = ("websockets", "picows")
 
+#: A peer's ready line (:meth:`ServerProcess.from_command`): a ``ws(s)://`` or ``http(s)://`` URL.
+ANY_URL_LINE = re.compile(rb"(wss?|https?)://([0-9.]+|\[[0-9a-f:]+\]|localhost):(\d+)")
+
 #: Thread counts of the BLAS libraries in child processes unless the environment sets them.
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(overrides: Mapping[str, str] | None = None, *, root: Path = ROOT) -> dict[str, str]:
     """The environment for a child process: ``os.environ``, one BLAS thread unless set,
-    this checkout first on ``PYTHONPATH``, then ``overrides``."""
+    the checkout ``root`` (default this one) first on ``PYTHONPATH`` and this one dropped
+    from it when ``root`` is another, then ``overrides``."""
     env = dict(os.environ)
     for name, value in ONE_THREAD.items():
         env.setdefault(name, value)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
+    root = root.resolve()
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() not in (ROOT, root)]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *paths])
     env.update(overrides or {})
     return env
 
@@ -93,10 +101,10 @@ def cpu_seconds(pid: int) -> float:
 class ServerProcess:
     """A server subprocess, ready when constructed; ``stop()`` it (or use ``with``).
 
-    Attributes once ready: ``url`` (``ws://`` or ``wss://HOST:PORT`` as printed),
-    ``http`` (the same with ``http``/``https``), ``port``, ``cmd``, ``proc``
-    (the ``subprocess.Popen``), ``transport`` (the ``--transport`` it was given,
-    ``"websockets"`` when none).
+    Attributes once ready: ``url`` (``ws://`` or ``wss://HOST:PORT`` as printed; a peer's
+    ``http(s)://`` URL as printed), ``http`` (the same with ``http``/``https``), ``port``,
+    ``cmd``, ``proc`` (the ``subprocess.Popen``), ``transport`` (the ``--transport`` it was
+    given, ``"websockets"`` when none).
     """
 
     url: str
@@ -122,21 +130,24 @@ class ServerProcess:
 
     @classmethod
     def from_command(cls, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
-                     start_timeout_s: float = 90.0) -> ServerProcess:
-        """Any server command (run from the repository root) that prints a ``ws://`` URL when
-        ready.  Raises ``RuntimeError`` as the constructor does."""
+                     start_timeout_s: float = 90.0, root: Path = ROOT) -> ServerProcess:
+        """Any server command that prints a ``ws://`` or ``http://`` URL when ready, run from
+        the checkout ``root`` (default this one; another one is then imported instead of this
+        one, see :func:`child_env`).  Raises ``RuntimeError`` as the constructor does."""
         self = cls.__new__(cls)
         self.transport = "websockets"
-        self._launch(list(cmd), dict(env or {}), start_timeout_s)
+        self._launch(list(cmd), dict(env or {}), start_timeout_s, root=root, ready=ANY_URL_LINE)
         return self
 
-    def _launch(self, cmd: list[str], env: Mapping[str, str], start_timeout_s: float) -> None:
+    def _launch(self, cmd: list[str], env: Mapping[str, str], start_timeout_s: float, *, root: Path = ROOT,
+                ready: re.Pattern[bytes] = READY_LINE) -> None:
         self.cmd = cmd
+        self._ready_line = ready
         self._stdout: list[bytes] = []
         self._stderr: list[bytes] = []
         self._ready = threading.Event()
         self._found: re.Match[bytes] | None = None
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(env), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=root, env=child_env(env, root=root), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._pumps = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout, True), daemon=True),
@@ -156,13 +167,13 @@ class ServerProcess:
         scheme, host, port = (g.decode() for g in self._found.groups())
         self.port = int(port)
         self.url = f"{scheme}://{host}:{self.port}"
-        self.http = self.url.replace("ws", "http", 1)
+        self.http = self.url.replace("ws", "http", 1) if scheme.startswith("ws") else self.url
 
     def _pump(self, stream: IO[bytes], sink: list[bytes], watch: bool) -> None:
         for line in iter(stream.readline, b""):
             sink.append(line)
             if watch and self._found is None:
-                self._found = READY_LINE.search(line)
+                self._found = self._ready_line.search(line)
                 if self._found is not None:
                     self._ready.set()
         if watch:

@@ -10,25 +10,14 @@ config.toml cannot declare that for an input of a model.py (see
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "TensorSpec", "MAX_DIMS", "MAX_ROW_ELEMENTS", "MAX_DIM"]
+from ..dtypes import DTYPES  # the one table (also used by the binary tensor frames)
 
-#: The dtypes wsserve moves between JSON and a model, by their wire name.
-DTYPES: Mapping[str, np.dtype] = MappingProxyType(
-    {
-        "float32": np.dtype(np.float32),
-        "float64": np.dtype(np.float64),
-        "int32": np.dtype(np.int32),
-        "int64": np.dtype(np.int64),
-        "bool": np.dtype(np.bool_),
-    }
-)
+__all__ = ["DTYPES", "TensorSpec", "MAX_DIMS", "MAX_ROW_ELEMENTS", "MAX_DIM"]
 
 #: Bounds on a per-row shape (config.toml and ONNX graphs alike).
 MAX_DIMS = 8

@@ -7,17 +7,16 @@ the transport may call, so the transport never sees the server itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from websockets.datastructures import Headers
+from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
     from ..connection import Connection, ConnectionIO
     from .flush import Flusher
 
-__all__ = ["App", "Counters", "HttpRequest", "HttpResponse"]
+__all__ = ["App", "Counters", "HttpExchange", "HttpRequest", "HttpResponse"]
 
 
 class Counters:
@@ -30,38 +29,15 @@ class Counters:
         self.frames_library = 0
 
 
-@dataclass(slots=True)
-class HttpRequest:
-    """One parsed HTTP/1.1 request (body read whole, bounded by the transport)."""
-
-    method: str
-    path: str  # without the query string
-    query: str
-    headers: Headers
-    body: bytes = b""
-    http_version: str = "1.1"
-    address: str = "?"
-
-
-@dataclass(slots=True)
-class HttpResponse:
-    """A complete HTTP response; the transport adds Content-Length, Date, Server and Connection."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    close: bool = False  # close the connection after it (else keep-alive)
-
-
 class App(Protocol):
     config: ServerConfig
     flusher: Flusher
     counters: Counters
     server_header: str
 
-    def route_http(self, request: HttpRequest) -> HttpResponse:
-        """Answer a plain (non-upgrade) request.  Never raises."""
+    def route_http(self, request: HttpRequest, exchange: HttpExchange) -> HttpResponse | None:
+        """Answer a plain (non-upgrade) request: a response to send now, or None when the
+        application answers later through ``exchange`` (in request order).  Never raises."""
 
     def vet_websocket(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
         """Admission of a WebSocket handshake: ``(api key or None, None)`` to accept,
@@ -74,4 +50,6 @@ class App(Protocol):
         """The socket of ``conn`` is gone (``close_code``: the code of the side that closed, 1006 if none)."""
 
     def track(self, transport_protocol: object, alive: bool) -> None:
-        """Register (alive) or forget a TCP connection's protocol (shutdown closes what is left)."""
+        """Register (alive) or forget a TCP connection's protocol (shutdown closes what is left).
+        An HTTP connection is forgotten when it closes or becomes a WebSocket (before the
+        handshake is vetted)."""

@@ -1,20 +1,38 @@
 """HTTP/1.1 on the listening socket: every TCP connection starts here.
 
 :class:`HttpProtocol` parses requests with ``httptools`` (the parser uvicorn
-uses), answers plain requests through the application's routes with
+uses), hands plain requests to the application (:meth:`App.route_http`) with
 keep-alive, and hands a WebSocket upgrade to
 :class:`~wsserve.transport.websocket.WebSocketProtocol` on the same socket.
+
+Answers.  Each request gets an :class:`Exchange` (its answer slot) in the
+connection's queue.  The application answers at once (a returned
+:class:`~wsserve.httpmsg.HttpResponse`) or later through the exchange: a
+complete response, or a stream (``Transfer-Encoding: chunked``, e.g.
+Server-Sent Events).  Answers go out in request order: pipelined requests
+are all read and worked on at once, and an answer that is ready before the
+ones ahead of it waits in its exchange.  Writes are coalesced (one per read,
+batch or loop iteration, through the server's :class:`~.flush.Flusher`).  A
+client that goes away aborts every unanswered exchange (``on_abort``: the
+application cancels the work).
 
 Limits, each with its status code and a closed connection:
 
 - a request line and headers of more than :data:`MAX_HEADER_BYTES` bytes or
   :data:`MAX_HEADERS` fields: **431**;
-- a body over ``max_message_bytes`` (announced or received): **413**;
+- a body over ``max_message_bytes`` (announced or received, ``Content-Length``
+  or chunked): **413**, without reading the body;
 - a request not complete within ``handshake_timeout_s`` of its first byte:
-  **408** (an idle keep-alive connection is closed after the same time, silently);
-- anything ``httptools`` cannot parse: **400**.
+  **408** (an idle keep-alive connection is closed after the same time, silently;
+  a connection waiting for its answers is never timed out);
+- anything ``httptools`` cannot parse: **400**;
+- ``max_inflight`` unanswered requests: reading pauses until one is answered;
+- more than ``max_write_buffer_bytes`` unsent (a client that does not read its
+  answers): reading pauses; past ``slow_consumer_timeout_s``, or four times the
+  limit, the connection is dropped (its work is cancelled).
 
-``Expect: 100-continue`` is answered before the body is read.
+``Expect: 100-continue`` is answered before the body is read (unless the body
+is refused: then the 413 comes at once).
 """
 
 from __future__ import annotations
@@ -24,12 +42,15 @@ import email.utils
 import http
 import logging
 import time
+from collections import deque
+from typing import Any
+
 import httptools
-from websockets.datastructures import Headers
 
-from .app import App, HttpRequest, HttpResponse
+from ..httpmsg import HttpRequest, HttpResponse
+from .app import App
 
-__all__ = ["HttpProtocol", "MAX_HEADER_BYTES", "MAX_HEADERS", "encode_response"]
+__all__ = ["Exchange", "HttpProtocol", "MAX_HEADER_BYTES", "MAX_HEADERS", "encode_response"]
 
 log = logging.getLogger("wsserve.http")
 
@@ -39,42 +60,124 @@ MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADERS = 100
 
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {s: f"HTTP/1.1 {s} {r}\r\n".encode() for s, r in _REASONS.items()}
+
+_PENDING, _STREAMING, _DONE = 0, 1, 2
 
 
 class _Date:
-    """The ``Date`` header value, formatted at most once a second."""
+    """The ``Date`` header line, formatted at most once a second."""
 
-    __slots__ = ("_second", "_value")
+    __slots__ = ("_second", "_line")
 
     def __init__(self) -> None:
         self._second = -1
-        self._value = ""
+        self._line = b""
 
-    def now(self) -> str:
+    def line(self) -> bytes:
         second = int(time.time())
         if second != self._second:
             self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True)
-        return self._value
+            self._line = b"Date: " + email.utils.formatdate(second, usegmt=True).encode() + b"\r\n"
+        return self._line
 
 
 _DATE = _Date()
 
 
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
 def encode_response(response: HttpResponse, server_header: str, *, close: bool) -> bytes:
     """The bytes of ``response`` (status line, headers, body)."""
-    status = response.status
-    lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
-        f"Date: {_DATE.now()}",
-        f"Server: {server_header}",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in response.headers)
+    return _encode(response, _server_line(server_header), close)
+
+
+def _server_line(server_header: str) -> bytes:
+    return f"Server: {server_header}\r\n".encode("latin-1")
+
+
+def _encode(response: HttpResponse, server_line: bytes, close: bool) -> bytes:
+    body = response.body
+    head = b"Content-Type: " + response.content_type.encode("latin-1") + b"\r\nContent-Length: " + \
+        str(len(body)).encode() + b"\r\n"
+    extra = response.headers
+    if extra:
+        head += "".join(f"{n}: {v}\r\n" for n, v in extra).encode("latin-1")
     if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+        head += b"Connection: close\r\n"
+    return b"".join((_status_line(response.status), head, _DATE.line(), server_line, b"\r\n", body))
+
+
+class Exchange:
+    """One request's answer slot (implements :class:`~wsserve.httpmsg.HttpExchange`)."""
+
+    __slots__ = ("_proto", "_buf", "_state", "_keep_alive", "_chunked", "_close_after", "on_abort")
+
+    def __init__(self, proto: HttpProtocol, keep_alive: bool, chunked: bool) -> None:
+        self._proto = proto
+        self._buf: list[bytes] | None = None  # output produced while an earlier answer is still going out
+        self._state = _PENDING
+        self._keep_alive = keep_alive
+        self._chunked = chunked  # the client speaks HTTP/1.1: streams use chunked transfer encoding
+        self._close_after = False
+        self.on_abort: Any = None
+
+    @property
+    def lost(self) -> bool:
+        return self._proto._lost
+
+    @property
+    def session(self) -> Any:
+        return self._proto.session
+
+    @session.setter
+    def session(self, value: Any) -> None:
+        self._proto.session = value
+
+    def respond(self, response: HttpResponse) -> None:
+        proto = self._proto
+        if self._state != _PENDING or proto._lost:
+            return
+        close = response.close or not self._keep_alive or proto._closing_when_idle(self)
+        self._state = _DONE
+        self._close_after = close
+        proto._emit(self, _encode(response, proto._server_line, close), True)
+
+    def start_stream(self, status: int, content_type: str, headers: list[tuple[str, str]]) -> None:
+        proto = self._proto
+        if self._state != _PENDING or proto._lost:
+            return
+        self._state = _STREAMING
+        head = _status_line(status) + f"Content-Type: {content_type}\r\n".encode("latin-1")
+        if headers:
+            head += "".join(f"{n}: {v}\r\n" for n, v in headers).encode("latin-1")
+        if self._chunked:
+            head += b"Transfer-Encoding: chunked\r\n"
+            if not self._keep_alive:
+                head += b"Connection: close\r\n"
+                self._close_after = True
+        else:  # HTTP/1.0: the end of the stream is the end of the connection
+            head += b"Connection: close\r\n"
+            self._close_after = True
+        proto._emit(self, head + _DATE.line() + proto._server_line + b"\r\n", False)
+
+    def send(self, data: bytes) -> None:
+        if self._state != _STREAMING or not data:
+            return
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._proto._emit(self, data, False)
+
+    def end_stream(self, *, close: bool = False) -> None:
+        if self._state != _STREAMING:
+            return
+        self._state = _DONE
+        if close:
+            self._close_after = True
+        self._proto._emit(self, b"0\r\n\r\n" if self._chunked else b"", True)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -84,95 +187,326 @@ class HttpProtocol(asyncio.Protocol):
         self.app = app
         self.transport: asyncio.Transport | None = None
         self.address = "?"
+        self.session: Any = None  # the application's per-connection state
+        cfg = app.config
+        self._timeout = cfg.handshake_timeout_s
+        self._max_body = cfg.max_message_bytes
+        self._max_queue = cfg.max_inflight
+        self._write_limit = cfg.max_write_buffer_bytes
+        self._slow_timeout = cfg.slow_consumer_timeout_s
+        self._server_line = _server_line(app.server_header)
         self._parser = httptools.HttpRequestParser(self)
-        self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
+        self._queue: deque[Exchange] = deque()  # unanswered (or not yet written) requests, in order
+        self._out: list[bytes] = []  # bytes for the next write
+        self._marked = False  # in the flusher's list
+        self._close_pending = False  # close once _out is written
+        self._lost = False
         self._upgraded = False
-        self._reset()
-
-    def _reset(self) -> None:
+        self._stopped = False  # no more requests are read (a closing answer is queued)
+        self._draining = False
+        self._paused_queue = False  # reading paused: too many unanswered requests
+        self._paused_writes = False  # reading paused: too many unsent bytes
+        self._over_since: float | None = None
+        self._loop = asyncio.get_running_loop()
+        # One lazy timer: _deadline may move without re-arming; the handle re-checks when it fires.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline: float | None = None
         self._in_request = False
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
-        self._refused: HttpResponse | None = None  # answer the request with this once it is complete
+        self._refused: HttpResponse | None = None  # answer the request with this once parsing stops
 
-    # -- asyncio.Protocol
+    # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if peer else "?"
         self.app.track(self, True)
-        self._arm_timer()
+        self._set_deadline(self._loop.time() + self._timeout)  # the first request must come in time
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._upgraded:
+        if self._lost or self._upgraded or self._stopped:
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0]:])
+            return
         except httptools.HttpParserError as exc:
-            if self._refused is not None:  # a limit was hit inside a callback
-                self._respond(self._refused, close=True)
-            else:
-                self._respond(HttpResponse(400, f"bad HTTP request: {exc}\n".encode()), close=True)
+            refused = self._refused or HttpResponse(400, f"bad HTTP request: {exc}\n".encode())
+            refused.close = True
+            self._in_request = False
+            self._stopped = True  # the parser is in its error state: nothing more is read
+            self._new_exchange(False, False).respond(refused)
+        if len(self._queue) >= self._max_queue and not self._paused_queue and not self._lost:
+            self._paused_queue = True
+            self._pause()
+        if self._marked:
+            self.app.flusher.flush()  # answers to this read go out in one write
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is gone (as uvicorn treats a half-close): close, cancel its work
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        self._cancel_timer()
+        if self._lost:
+            return
+        self._lost = True
+        self._out.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        queue, self._queue = self._queue, deque()
+        for ex in queue:
+            if ex._state != _DONE and ex.on_abort is not None:
+                ex._state = _DONE
+                try:
+                    ex.on_abort()
+                except Exception:  # noqa: BLE001 - one failing abort must not keep the others from theirs
+                    log.exception("aborting an unanswered HTTP request failed")
         if not self._upgraded:
             self.app.track(self, False)
 
-    # -- httptools callbacks
+    def pause_writing(self) -> None:  # the transport's buffer passed its high-water mark
+        pass
+
+    def resume_writing(self) -> None:  # ... and drained below its low-water mark
+        self._over_since = None
+        if self._paused_writes:
+            self._paused_writes = False
+            self._resume()
+        self._refresh_deadline()
+
+    # ------------------------------------------------------------------ httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._reset()
         self._in_request = True
-        self._arm_timer()  # the whole request must arrive within handshake_timeout_s
+        self._url = b""
+        self._raw_headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_bytes = 0
+        self._refused = None
+        self._set_deadline(self._loop.time() + self._timeout)  # the whole request must arrive in time
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))
+        self._raw_headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
         if len(self._raw_headers) > MAX_HEADERS:
             self._refuse(HttpResponse(431, f"more than {MAX_HEADERS} header fields\n".encode()))
 
     def on_headers_complete(self) -> None:
-        limit = self.app.config.max_message_bytes
         length = None
+        expect = False
         for name, value in self._raw_headers:
-            if name.lower() == b"content-length" and value.strip().isdigit():
-                length = int(value)
-        if length is not None and length > limit:
-            self._refuse(HttpResponse(413, f"body of {length} bytes; the limit is {limit} (max_message_bytes)\n".encode()))
-        for name, value in self._raw_headers:
-            if name.lower() == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if name == b"content-length":
+                value = value.strip()
+                if value.isdigit():
+                    length = int(value)
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        if length is not None and length > self._max_body:
+            self._refuse(HttpResponse(413, f"body of {length} bytes; the limit is {self._max_body} (max_message_bytes)\n".encode()))
+        if expect and not self._queue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        limit = self.app.config.max_message_bytes
-        if self._body_bytes > limit:
-            self._refuse(HttpResponse(413, f"body over {limit} bytes (max_message_bytes)\n".encode()))
+        if self._body_bytes > self._max_body:
+            self._refuse(HttpResponse(413, f"body over {self._max_body} bytes (max_message_bytes)\n".encode()))
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._parser.should_upgrade() and self._is_websocket():
+        parser = self._parser
+        if parser.should_upgrade() and self._is_websocket():
             return  # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket
         self._in_request = False
+        if self._stopped:  # pipelined behind a request that ends the connection: not served
+            return
         request = self._request()
-        keep_alive = self._parser.should_keep_alive()
-        response = self._refused if self._refused is not None else self.app.route_http(request)
-        self._respond(response, close=response.close or not keep_alive or self._parser.should_upgrade())
+        version = request.http_version
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # other upgrades: answer, close
+        ex = self._new_exchange(keep_alive, version != "1.0")
+        if not keep_alive:
+            self._stopped = True  # nothing after this request is read
+        try:
+            response = self.app.route_http(request, ex)
+        except Exception:  # noqa: BLE001 - route_http must not raise; if it does, answer and keep serving
+            log.exception("error routing %s %r", request.method, request.path[:200])
+            response = HttpResponse(500, b"internal error\n")
+        if response is not None:
+            ex.respond(response)
 
-    # -- internals
+    # ------------------------------------------------------------------ answers (called by Exchange)
+
+    def _new_exchange(self, keep_alive: bool, chunked: bool) -> Exchange:
+        ex = Exchange(self, keep_alive, chunked)
+        self._queue.append(ex)
+        self._deadline = None  # waiting for the application: no timeout (until the queue empties)
+        return ex
+
+    def _closing_when_idle(self, ex: Exchange) -> bool:
+        """While draining, the last answer of a connection says ``Connection: close``."""
+        return self._draining and not self._in_request and self._queue[-1] is ex
+
+    def _emit(self, ex: Exchange, data: bytes, done: bool) -> None:
+        if self._lost:
+            return
+        queue = self._queue
+        if queue and queue[0] is ex:
+            if data:
+                self._out.append(data)
+            if done:
+                self._advance()
+        elif data:  # an earlier answer is still going out: keep this one in order
+            if ex._buf is None:
+                ex._buf = [data]
+            else:
+                ex._buf.append(data)
+        if not self._marked:
+            self._marked = True
+            self.app.flusher.mark(self)
+
+    def _advance(self) -> None:
+        """The head answer is complete: move on to the next ones (those already complete go out too)."""
+        queue = self._queue
+        out = self._out
+        while queue:
+            ex = queue.popleft()
+            if ex._close_after:
+                self._close_pending = True
+                self._stopped = True
+                for later in queue:  # pipelined behind a closing answer: never answered
+                    if later._state != _DONE and later.on_abort is not None:
+                        later._state = _DONE
+                        later.on_abort()
+                queue.clear()
+                return
+            if not queue:
+                break
+            nxt = queue[0]
+            if nxt._buf:
+                out.extend(nxt._buf)
+                nxt._buf = None
+            if nxt._state != _DONE:
+                break
+        if self._paused_queue and len(queue) < self._max_queue:
+            self._paused_queue = False
+            self._resume()
+        if not queue and not self._in_request:
+            if self._draining:
+                self._close_pending = True
+                self._stopped = True
+            else:
+                self._set_deadline(self._loop.time() + self._timeout)  # keep-alive idle time
+
+    def flush(self) -> None:
+        """Write what is queued (called by the flusher)."""
+        self._marked = False
+        if self._lost:
+            return
+        transport = self.transport
+        assert transport is not None
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out = []
+            try:
+                transport.write(data)
+            except Exception:  # noqa: BLE001 - the socket died under us: connection_lost follows
+                log.debug("write failed", exc_info=True)
+                return
+        if self._close_pending:
+            self._close_pending = False
+            transport.close()
+            return
+        size = transport.get_write_buffer_size()
+        if size > self._write_limit:
+            self._congested(size)
+
+    # ------------------------------------------------------------------ flow control
+
+    def _congested(self, size: int) -> None:
+        """More than ``max_write_buffer_bytes`` unsent: stop reading; drop the connection when
+        it stays so for ``slow_consumer_timeout_s`` or reaches four times the limit."""
+        if size > 4 * self._write_limit:
+            log.warning("dropping HTTP client %s: %d bytes unsent", self.address, size)
+            self._abort()
+            return
+        if not self._paused_writes:
+            self._paused_writes = True
+            self._pause()
+        if self._over_since is None:
+            self._over_since = self._loop.time()
+            self._refresh_deadline()
+
+    def _pause(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused_queue or self._paused_writes or self._lost or self.transport is None:
+            return
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abort()  # connection_lost follows: the unanswered requests are aborted
+
+    # ------------------------------------------------------------------ timers
+
+    def _set_deadline(self, when: float) -> None:
+        self._deadline = when
+        if self._timer is None or when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _refresh_deadline(self) -> None:
+        """After the write-buffer state changed: the slow-consumer deadline, else the usual ones."""
+        if self._over_since is not None:
+            self._set_deadline(self._over_since + self._slow_timeout)
+        elif not self._queue and not self._in_request:
+            self._set_deadline(self._loop.time() + self._timeout)
+        elif not self._in_request:
+            self._deadline = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._lost or self._upgraded:
+            return
+        deadline = self._deadline
+        if deadline is None:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        self._deadline = None
+        if self._over_since is not None:
+            log.warning("dropping HTTP client %s: it stopped reading its answers", self.address)
+            self._abort()
+        elif self._in_request:
+            self._in_request = False
+            self._stopped = True
+            self._new_exchange(False, False).respond(HttpResponse(408, b"request not complete in time\n", close=True))
+            self.flush()
+        elif not self._queue:  # an idle keep-alive connection
+            self._stopped = True
+            assert self.transport is not None
+            self.transport.close()
+
+    # ------------------------------------------------------------------ internals
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
@@ -185,41 +519,37 @@ class HttpProtocol(asyncio.Protocol):
         raise httptools.HttpParserCallbackError(response.body.decode().strip())
 
     def _is_websocket(self) -> bool:
-        return any(n.lower() == b"upgrade" and b"websocket" in v.lower() for n, v in self._raw_headers)
+        return any(n == b"upgrade" and b"websocket" in v.lower() for n, v in self._raw_headers)
 
     def _request(self) -> HttpRequest:
-        url = self._url.decode("latin-1")
-        path, _, query = url.partition("?")
-        headers = Headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw_headers)
+        path, _, query = self._url.decode("latin-1").partition("?")
+        body = self._body
         return HttpRequest(
-            method=self._parser.get_method().decode("latin-1"),
-            path=path,
-            query=query,
-            headers=headers,
-            body=b"".join(self._body),
-            http_version=self._parser.get_http_version(),
-            address=self.address,
+            self._parser.get_method().decode("latin-1"),
+            path,
+            query,
+            self._raw_headers,
+            body[0] if len(body) == 1 else b"".join(body),
+            self._parser.get_http_version(),
+            self.address,
         )
-
-    def _respond(self, response: HttpResponse, *, close: bool) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(encode_response(response, self.app.server_header, close=close))
-        if close:
-            self._closing = True
-            self._cancel_timer()
-            transport.close()
-        else:
-            self._arm_timer()  # keep-alive: the next request has the same time to arrive
 
     def _upgrade(self, rest: bytes) -> None:
         """Hand this socket to a WebSocket protocol (the handshake happens there):
         ``websockets``' (:mod:`.websocket`) or picows (:mod:`.picows_conn`), per ``config.transport``."""
         from .websocket import WebSocketProtocol
 
+        if self._queue:  # answers still owed on this connection: a handshake cannot overtake them
+            self._in_request = False
+            self._new_exchange(False, False).respond(
+                HttpResponse(400, b"a WebSocket upgrade cannot be pipelined behind unanswered requests\n", close=True)
+            )
+            self.app.flusher.flush()
+            return
         self._upgraded = True
-        self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         transport = self.transport
         assert transport is not None
         request = self._request()
@@ -236,29 +566,22 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_protocol(ws)
         ws.start(head, request, rest)
 
-    def _arm_timer(self) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.app.config.handshake_timeout_s, self._timed_out)
+    # ------------------------------------------------------------------ server lifecycle
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    @property
+    def busy(self) -> bool:
+        """True while requests are unanswered or one is being received."""
+        return bool(self._queue) or self._in_request
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self._closing or self._upgraded or self.transport is None:
-            return
-        if self._in_request:
-            self._respond(HttpResponse(408, b"request not complete in time\n"), close=True)
-        else:  # an idle keep-alive connection
-            self._closing = True
+    def drain(self) -> None:
+        """Server drain: close now if idle, else after the answers owed (the last says ``Connection: close``)."""
+        self._draining = True
+        if not self.busy and not self._lost and self.transport is not None:
+            self._stopped = True
             self.transport.close()
 
     def close(self) -> None:
-        """Server shutdown: close the socket (an idle keep-alive connection, or mid-request)."""
-        if not self._closing and self.transport is not None:
-            self._closing = True
-            self._cancel_timer()
+        """Server shutdown: close the socket (unanswered requests are aborted)."""
+        if not self._lost and self.transport is not None:
+            self._stopped = True
             self.transport.close()

@@ -8,7 +8,8 @@ frames:
 
 * **Receive**: complete client data frames (FIN set, no RSV bits, masked, text
   or binary, not inside a fragmented message) are parsed here and handed to the
-  :class:`~wsserve.connection.Connection` core straight from ``data_received``.
+  :class:`~wsserve.connection.Connection` core straight from ``data_received``
+  (``conn.receive(payload, binary, now)``: binary messages are tensor frames).
   Every other frame is fed to the library *whole*, so its parser is always at a
   frame boundary (we feed it nothing else).  A frame that announces more than
   ``max_message_bytes`` hands the rest of the stream to the library, which
@@ -321,7 +322,8 @@ class WebSocketProtocol(asyncio.Protocol):
     def send_binary(self, payload: bytes) -> None:
         """Queue one binary frame; it is written by the next flush (same rules as :meth:`send`).
 
-        The serving core never sends binary; echo harnesses (``benchmarks/conformance``) do."""
+        The serving core sends binary tensor frames (``"binary_outputs": true``); echo harnesses
+        (``benchmarks/conformance``) use it too."""
         if self.ws.state is not _OPEN or self._lost:
             return
         if self._fast:

@@ -163,8 +163,37 @@ export interface Explanation {
   steps: number;
 }
 
-/** Outputs: `[n, ...]` rows, or `{name: rows}` for a model with several named outputs. */
-export type Outputs = number[][] | Record<string, unknown[]>;
+/** Outputs: `[n, ...]` rows, or `{name: rows}` for a model with several named outputs;
+ *  with `binary: true` a {@link Tensor} (or `{name: Tensor}`). */
+export type Outputs = number[][] | Record<string, unknown[]> | Tensor | Record<string, Tensor>;
+
+/** Wire dtypes of binary tensor frames. */
+export type TensorDtype = 'float32' | 'float64' | 'int32' | 'int64' | 'bool';
+/** The TypedArray of each wire dtype (`bool`: one byte per value, 0 or 1). */
+export interface TensorDataTypes {
+  float32: Float32Array; float64: Float64Array; int32: Int32Array; int64: BigInt64Array; bool: Uint8Array;
+}
+/** Raw values in C order with their shape (batch dimension first). */
+export interface Tensor<D extends TensorDtype = TensorDtype> {
+  data: TensorDataTypes[D];
+  shape: number[];
+  dtype: D;
+}
+/** A binary input: a tensor (`dtype` inferred from `data`; `shape` defaults to one row), or a bare TypedArray (one row). */
+export type TensorInput =
+  | Float32Array | Float64Array | Int32Array | BigInt64Array
+  | { data: Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array; shape?: number[]; dtype?: TensorDtype };
+export declare const TENSOR_DTYPES: Readonly<{
+  float32: Float32ArrayConstructor; float64: Float64ArrayConstructor; int32: Int32ArrayConstructor;
+  int64: BigInt64ArrayConstructor; bool: Uint8ArrayConstructor;
+}>;
+/** Checks and normalises a binary input; throws `TypeError` when sizes or types do not match. */
+export declare function toTensor(value: TensorInput, what?: string): Tensor;
+/** One binary tensor frame (request side): header `fields` plus one tensor or `{name: tensor}`. */
+export declare function encodeTensorFrame(
+  fields: Record<string, unknown>, tensors: Tensor | Record<string, Tensor>, key?: 'inputs' | 'outputs'): Uint8Array;
+/** A binary `result`/`chunk` frame as an object whose `outputs` is a Tensor (or `{name: Tensor}`). */
+export declare function decodeTensorFrame(buffer: ArrayBuffer | ArrayBufferView): Record<string, unknown> & { outputs: Tensor | Record<string, Tensor> };
 
 export interface PredictResult {
   id: RequestId;
@@ -264,6 +293,9 @@ export interface PredictOptions extends CallOptions {
   priority?: 0 | 1;
   /** Also return per-feature attributions (models that can be explained: `linear`, `mlp`, ...). */
   explain?: boolean;
+  /** Send `inputs` as a binary tensor frame ({@link TensorInput}, or `{name: TensorInput}`) and get
+   *  `outputs` back as {@link Tensor}s (no JSON numbers either way; not with `explain`). */
+  binary?: boolean;
 }
 
 export interface PredictStreamOptions extends PredictOptions {
@@ -290,8 +322,9 @@ export interface AdminOptions extends CallOptions {
 }
 
 export type Rows = ArrayLike<ArrayLike<number>>;
-/** Rows, or `{name: rows}` for a model with several named inputs. */
-export type Inputs = Rows | Record<string, Rows>;
+/** Rows, or `{name: rows}` for a model with several named inputs; with `binary: true` a
+ *  {@link TensorInput} or `{name: TensorInput}`. */
+export type Inputs = Rows | Record<string, Rows> | TensorInput | Record<string, TensorInput>;
 
 // ------------------------------------------------------------------ streams
 

@@ -88,7 +88,7 @@ const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs
 const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes']);
 const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
-const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain']);
+const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'seed', 'stop', 'timeoutMs', 'priority',
@@ -350,6 +350,17 @@ function toRows(rows, what) {
   return Array.from(/** @type {any} */ (rows), (row) => (ArrayBuffer.isView(row) ? Array.from(/** @type {any} */ (row)) : row));
 }
 
+/** A predict's message: JSON rows, or (`opts.binary`) tensors for a binary tensor frame with binary outputs. */
+function predictMessage(model, inputs, opts) {
+  if (!opts.binary) return { type: 'predict', model, inputs: toInputs(inputs) };
+  if (opts.explain) throw new TypeError('explain is not available with binary: true');
+  const named = inputs !== null && typeof inputs === 'object' && !ArrayBuffer.isView(inputs) && inputs.data === undefined;
+  const tensors = named
+    ? Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, toTensor(v, `inputs.${k}`)]))
+    : toTensor(inputs);
+  return { type: 'predict', model, binary_outputs: true, tensors };
+}
+
 function setIf(obj, key, value) {
   if (value !== undefined && value !== null) obj[key] = value;
 }
@@ -362,6 +373,111 @@ function exceedsBytes(text, limit) {
   if (text.length * 3 <= limit) return false; // and at most three
   utf8 ??= new TextEncoder();
   return utf8.encode(text).length > limit;
+}
+
+// ------------------------------------------------------------ binary tensor frames
+
+/** Wire dtype → TypedArray constructor (bool travels as one byte, 0 or 1). */
+export const TENSOR_DTYPES = Object.freeze({
+  float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array, bool: Uint8Array,
+});
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function dtypeOf(data) {
+  for (const [name, ctor] of Object.entries(TENSOR_DTYPES)) if (data instanceof ctor) return name;
+  return null;
+}
+
+/**
+ * A tensor from `{data, shape, dtype?}` (data a TypedArray: Float32Array, Float64Array,
+ * Int32Array, BigInt64Array, or Uint8Array for `dtype: 'bool'`), or a bare TypedArray
+ * (one row: shape `[1, length]`). Throws `TypeError` when sizes or types do not match.
+ */
+export function toTensor(value, what = 'inputs') {
+  const t = ArrayBuffer.isView(value) ? { data: value, shape: [1, value.length] } : value;
+  if (t === null || typeof t !== 'object' || !ArrayBuffer.isView(t.data) || t.data instanceof DataView) {
+    throw new TypeError(`${what} must be a TypedArray or {data: TypedArray, shape: number[]} for a binary predict`);
+  }
+  const dtype = t.dtype ?? dtypeOf(t.data);
+  if (dtype === null || !(dtype in TENSOR_DTYPES) || !(t.data instanceof TENSOR_DTYPES[dtype])) {
+    throw new TypeError(`${what}: a ${t.data.constructor.name} is not one of the wire dtypes (${Object.keys(TENSOR_DTYPES).join(', ')})`);
+  }
+  const shape = Array.from(t.shape ?? [1, t.data.length]);
+  if (!shape.length || !shape.every((d) => Number.isInteger(d) && d >= 1)) {
+    throw new TypeError(`${what}: shape must be a non-empty array of integers >= 1, got ${JSON.stringify(t.shape)}`);
+  }
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (count !== t.data.length) {
+    throw new TypeError(`${what}: shape ${JSON.stringify(shape)} holds ${count} values; data has ${t.data.length}`);
+  }
+  return { data: t.data, shape, dtype };
+}
+
+/**
+ * One binary tensor frame: 4-byte little-endian header length, the JSON header padded
+ * with spaces so the payload starts at a multiple of 8, then the tensors' bytes.
+ * `tensors` is one tensor (described by `dtype`/`shape`) or `{name: tensor}` (a list under `key`:
+ * `inputs` in requests, `outputs` in replies).
+ */
+export function encodeTensorFrame(fields, tensors, key = 'inputs') {
+  if (!LITTLE_ENDIAN) throw new Error('binary tensor frames need a little-endian platform');
+  const header = { ...fields };
+  let list;
+  if (tensors.data !== undefined) {
+    header.dtype = tensors.dtype;
+    header.shape = tensors.shape;
+    list = [tensors];
+  } else {
+    list = Object.values(tensors);
+    header[key] = Object.entries(tensors).map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape }));
+  }
+  utf8 ??= new TextEncoder();
+  let head = utf8.encode(JSON.stringify(header));
+  const pad = (8 - ((4 + head.length) % 8)) % 8;
+  const size = 4 + head.length + pad + list.reduce((a, t) => a + t.data.byteLength, 0);
+  const out = new Uint8Array(size);
+  new DataView(out.buffer).setUint32(0, head.length + pad, true);
+  out.set(head, 4);
+  out.fill(0x20, 4 + head.length, 4 + head.length + pad);
+  let at = 4 + head.length + pad;
+  for (const t of list) {
+    out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), at);
+    at += t.data.byteLength;
+  }
+  return out;
+}
+
+let utf8Decoder = null;
+/**
+ * A binary reply (`result` or `chunk`) as a frame object whose `outputs` is a tensor
+ * `{data, shape, dtype}` (or `{name: tensor}` for named outputs). Throws on a malformed frame.
+ */
+export function decodeTensorFrame(buffer) {
+  const bytes = buffer instanceof ArrayBuffer ? new Uint8Array(buffer)
+    : new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+  if (bytes.length < 4) throw new Error('binary frame shorter than its length prefix');
+  const n = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+  if (n > bytes.length - 4) throw new Error(`binary frame header length ${n} exceeds the frame`);
+  utf8Decoder ??= new TextDecoder();
+  const header = JSON.parse(utf8Decoder.decode(bytes.subarray(4, 4 + n)));
+  let at = 4 + n;
+  const take = (desc) => {
+    const ctor = TENSOR_DTYPES[desc.dtype];
+    if (!ctor || !Array.isArray(desc.shape)) throw new Error(`binary frame: bad tensor ${JSON.stringify(desc)}`);
+    const count = desc.shape.reduce((a, b) => a * b, 1);
+    const nbytes = count * ctor.BYTES_PER_ELEMENT;
+    if (at + nbytes > bytes.length) throw new Error('binary frame: payload shorter than its header says');
+    // A copy: aligned for the TypedArray, and independent of the socket's buffer.
+    const data = new ctor(bytes.slice(at, at + nbytes).buffer);
+    at += nbytes;
+    return { data, shape: desc.shape, dtype: desc.dtype };
+  };
+  const { outputs, dtype, shape, ...frame } = header;
+  frame.outputs = Array.isArray(outputs)
+    ? Object.fromEntries(outputs.map((d) => [d.name, take(d)]))
+    : take({ dtype, shape });
+  if (at !== bytes.length) throw new Error(`binary frame: ${bytes.length - at} bytes beyond the tensors`);
+  return frame;
 }
 
 let wsModulePromise = null;
@@ -472,7 +588,7 @@ class Connection {
 
   constructor(ws) { this.ws = ws; }
 
-  /** Send one JSON message; throws `ConnectionLost` if the socket is gone. */
+  /** Send one JSON message (or a binary tensor frame, a Uint8Array); throws `ConnectionLost` if the socket is gone. */
   sendText(text) {
     if (this.dead || this.ws.readyState !== 1) throw new ConnectionLost('the connection is closed');
     this.ws.send(text);
@@ -823,6 +939,7 @@ export class Client extends EventTarget {
   async #openOnce() {
     const WS = await resolveWebSocket(this.#opts.WebSocket);
     const ws = new WS(this.url, this.#opts.protocols);
+    ws.binaryType = 'arraybuffer'; // binary tensor frames
     const conn = new Connection(ws);
     const token = this.#opts.token;
     let authId = null;
@@ -862,9 +979,9 @@ export class Client extends EventTarget {
         conn.lastRxAt = now();
         let frame;
         try {
-          frame = JSON.parse(typeof ev.data === 'string' ? ev.data : new TextDecoder().decode(ev.data));
+          frame = typeof ev.data === 'string' ? JSON.parse(ev.data) : decodeTensorFrame(ev.data);
         } catch {
-          return; // the server only sends JSON text; ignore anything else
+          return; // neither JSON text nor a binary tensor frame: ignore it
         }
         if (settled) { this.#onFrame(conn, frame); return; }
         if (frame?.type === 'hello') {
@@ -1004,10 +1121,10 @@ export class Client extends EventTarget {
       const conn = await this.#ensureConn(signal); // it may have died while we waited
       if (signal?.aborted) throw signal.reason;
       const id = this.#nextId++;
-      const { type, ...rest } = msg;
-      const text = JSON.stringify({ type, id, ...rest });
+      const { type, tensors, ...rest } = msg;
+      const text = tensors ? encodeTensorFrame({ type, id, ...rest }, tensors) : JSON.stringify({ type, id, ...rest });
       const limit = conn.hello?.limits?.max_message_bytes;
-      if (exceedsBytes(text, limit)) {
+      if (tensors ? limit != null && text.byteLength > limit : exceedsBytes(text, limit)) {
         throw new RequestTooLarge(
           `the ${type} request is larger than the server's max_message_bytes (${limit}); split it`,
           { requestId: id },
@@ -1107,7 +1224,7 @@ export class Client extends EventTarget {
    */
   async predict(model, inputs, opts) {
     opts = checkOptions('predict() options', opts, PREDICT_OPTIONS);
-    const msg = { type: 'predict', model, inputs: toInputs(inputs) };
+    const msg = predictMessage(model, inputs, opts);
     setIf(msg, 'version', checkVersion('predict()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
@@ -1134,7 +1251,8 @@ export class Client extends EventTarget {
    */
   predictStream(model, inputs, opts) {
     opts = checkOptions('predictStream() options', opts, PREDICT_STREAM_OPTIONS);
-    const msg = { type: 'predict', model, inputs: toInputs(inputs), stream: true };
+    const msg = predictMessage(model, inputs, opts);
+    msg.stream = true;
     setIf(msg, 'chunk_rows', opts.chunkRows);
     setIf(msg, 'version', checkVersion('predictStream()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);

@@ -31,6 +31,7 @@ from wsserve_client.codec import (
 # -- public API ---------------------------------------------------------------------------
 
 PUBLIC = {
+    "Tensor", "as_tensor",
     "Client", "DEFAULT_URL", "PredictStream", "Generation", "PredictResult", "Chunk",
     "StreamSummary", "GenerationResult", "Completion", "ModelInfo", "ModelStatus", "VersionStatus", "ServerHello", "Limits",
     "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",

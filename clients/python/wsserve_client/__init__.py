@@ -57,11 +57,14 @@ from .results import (
     VersionStatus,
 )
 from .streams import Generation, PredictStream
+from .tensors import Tensor, as_tensor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Tensor",
+    "as_tensor",
     "DEFAULT_URL",
     "PredictStream",
     "Generation",

@@ -30,6 +30,7 @@ from ._wsconn import CoalescingClientConnection, supports_coalescing
 from .codec import encode_auth, encode_cancel, parse_hello
 from .errors import ConnectionLost, Unauthorized, WsserveError
 from .results import ServerHello
+from .tensors import BinaryFrame, decode_frame
 
 __all__ = ["Connection", "Counters", "open_connection"]
 
@@ -113,14 +114,15 @@ class Connection:
         """
         try:
             fast = self._fast
+            binary = type(data) is BinaryFrame  # a binary tensor frame; everything else is JSON text
             if fast is not None:
-                if not fast.queue_text(data):
+                if not fast.queue_text(data, binary=binary):
                     raise ConnectionClosed(None, None)
                 self._counters.requests_sent += 1
                 if fast.congested:
                     await fast.drain()
                 return
-            await self.ws.send(data, text=True)
+            await self.ws.send(data, text=not binary)
             self._counters.requests_sent += 1
         except ConnectionClosed as exc:
             call.abandoned = True  # the caller gets the exception raised here, not via the call
@@ -190,11 +192,11 @@ class Connection:
         lost: WsserveError
         try:
             while True:
-                data = await ws.recv(decode=False)
+                data = await ws.recv()  # str for a text frame, bytes for a binary one
                 try:
-                    frame = loads(data)
-                except orjson.JSONDecodeError:
-                    log.warning("wsserve_client: ignoring a frame that is not JSON: %.80r", data)
+                    frame = loads(data) if type(data) is str else decode_frame(data, as_numpy=True)
+                except (orjson.JSONDecodeError, ValueError):
+                    log.warning("wsserve_client: ignoring a frame that cannot be decoded: %.80r", data)
                     continue
                 if type(frame) is not dict:
                     continue

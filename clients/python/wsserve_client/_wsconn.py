@@ -41,14 +41,17 @@ class CoalescingClientConnection(ClientConnection):
         self._queued = 0
         self._queued_bytes = 0
 
-    def queue_text(self, data: bytes) -> bool:
-        """Queue one text frame for this loop iteration's flush.
+    def queue_text(self, data: bytes, *, binary: bool = False) -> bool:
+        """Queue one text frame (``binary``: a binary frame) for this loop iteration's flush.
 
         Returns False, queueing nothing, when the connection is not open.
         """
         if self.protocol.state is not _OPEN:
             return False
-        self.protocol.send_text(data)
+        if binary:
+            self.protocol.send_binary(data)
+        else:
+            self.protocol.send_text(data)
         self._queued += 1
         self._queued_bytes += len(data)
         if self._queued >= self.flush_frames or self._queued_bytes >= self.flush_bytes:

@@ -193,6 +193,7 @@ class Client:
         priority: int = 0,
         as_numpy: bool = False,
         explain: bool = False,
+        binary: bool = False,
     ) -> PredictResult:
         """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array, or
         ``{name: rows}`` for a model with several named inputs).
@@ -204,6 +205,13 @@ class Client:
         per-feature attributions with each row (``BadRequestError`` for a model that cannot
         be explained).
 
+        ``binary=True`` sends ``inputs`` as a binary tensor frame and asks for binary outputs
+        (no JSON number parsing on either side; not with ``explain``). ``inputs`` is then a
+        numpy array ``[n, ...]``, an ``array.array`` (one row), a :class:`~wsserve_client.Tensor`
+        (raw bytes + dtype + shape, see :func:`~wsserve_client.as_tensor`) or ``{name: ...}``
+        of those; ``outputs`` come back as numpy arrays in the model's dtype when numpy is
+        installed, else as :class:`~wsserve_client.Tensor` (``.tolist()``).
+
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
                 ``DeadlineExceeded``, ``OverloadedError`` once retries are exhausted, ...).
@@ -214,7 +222,7 @@ class Client:
         while True:
             rid = next(self._ids)
             data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority,
-                                  explain=explain)
+                                  explain=explain, binary=binary)
             try:
                 frame = await self._unary(rid, data, counted=True, timeout=timeout, grace=True)
             except WsserveError as exc:
@@ -236,19 +244,21 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         as_numpy: bool = False,
+        binary: bool = False,
     ) -> PredictStream:
         """Streamed predict: ``async for chunk in client.predict_stream(...)`` yields
         :class:`Chunk` (``offset``, ``outputs``) in order; ``.summary`` after the end.
 
         Returns at once (not a coroutine); the request is sent on first iteration or on
-        ``async with``. See :mod:`wsserve_client.streams` for cancellation.
+        ``async with``. See :mod:`wsserve_client.streams` for cancellation. ``binary`` as
+        for :meth:`predict`: each chunk's ``outputs`` is then an array (or ``Tensor``).
         """
         check_version(version)
 
         def make(rid: int) -> bytes:
             return encode_predict(
                 rid, model, inputs, version=version, timeout=timeout, priority=priority,
-                stream=True, chunk_rows=chunk_rows,
+                stream=True, chunk_rows=chunk_rows, binary=binary,
             )
 
         return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy)

@@ -9,8 +9,9 @@ server adds are ignored.
 
 from __future__ import annotations
 
+import array
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from .results import (
     StreamSummary,
     VersionStatus,
 )
+from .tensors import Tensor, as_tensor, encode_frame
 
 __all__ = [
     "RequestId",
@@ -122,10 +124,17 @@ def encode_predict(
     stream: bool = False,
     chunk_rows: int | None = None,
     explain: bool = False,
+    binary: bool = False,
 ) -> bytes:
     """Encode a ``predict`` frame. ``inputs`` is an ``[n, d]`` nested sequence or array;
-    the server validates its shape and values. Optional fields are omitted when default."""
-    frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model, "inputs": inputs}
+    the server validates its shape and values. Optional fields are omitted when default.
+
+    ``binary``: a binary tensor frame asking for binary outputs; ``inputs`` is then a numpy
+    array, an ``array.array`` of one row, a :class:`~wsserve_client.tensors.Tensor`, or
+    ``{name: any of those}`` (see :func:`wsserve_client.tensors.as_tensor`)."""
+    frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model}
+    if not binary:
+        frame["inputs"] = inputs
     if check_version(version) is not None:
         frame["version"] = version
     if explain:
@@ -139,7 +148,19 @@ def encode_predict(
         frame["timeout_ms"] = ms
     if priority:
         frame["priority"] = priority
+    if binary:
+        frame["binary_outputs"] = True
+        if isinstance(inputs, Mapping):
+            return encode_frame(frame, {name: _binary_input(v) for name, v in inputs.items()})
+        return encode_frame(frame, _binary_input(inputs))
     return encode(frame)
+
+
+def _binary_input(value: Any) -> Tensor:
+    """One binary input: an ``array.array`` is one row unless it is a Tensor already."""
+    if isinstance(value, array.array):
+        return as_tensor(value, shape=(1, len(value)))
+    return as_tensor(value)
 
 
 def encode_generate(
@@ -258,9 +279,18 @@ def to_numpy(outputs: Any) -> Any:
     return np.asarray(outputs, dtype=np.float64)
 
 
+def _decoded(outputs: Any) -> bool:
+    """Outputs of a binary frame: arrays or Tensors already (never converted again)."""
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()), None)
+    return isinstance(outputs, Tensor) or type(outputs).__module__ == "numpy"
+
+
 def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictResult:
-    """Build :class:`PredictResult` from a ``result`` frame."""
+    """Build :class:`PredictResult` from a ``result`` frame (JSON, or a decoded binary frame)."""
     outputs = frame.get("outputs")
+    if _decoded(outputs):
+        as_numpy = False
     attributions = frame.get("attributions")
     return PredictResult(
         outputs=to_numpy(outputs) if as_numpy else outputs,
@@ -274,8 +304,10 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictRes
 
 
 def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False) -> Chunk:
-    """Build :class:`Chunk` from a ``chunk`` frame."""
+    """Build :class:`Chunk` from a ``chunk`` frame (JSON, or a decoded binary frame)."""
     outputs = frame.get("outputs")
+    if _decoded(outputs):
+        as_numpy = False
     return Chunk(
         seq=int(frame.get("seq", 0)),
         offset=int(frame.get("offset", 0)),

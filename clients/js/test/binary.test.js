@@ -1,0 +1,109 @@
+// Binary tensor frames through the JS client against a real wsserve on loopback: TypedArrays in and out.
+// Run: `npm test` (or `node --test test/binary.test.js`) in clients/js.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  Client, InvalidInput, encodeTensorFrame, decodeTensorFrame, toTensor, TENSOR_DTYPES,
+} from 'wsserve-client';
+import { startServer } from './helpers/server.js';
+
+describe('binary tensor frames (codec)', () => {
+  it('encodes the byte-level example of docs/PROTOCOL.md', () => {
+    const frame = encodeTensorFrame({ type: 'predict', id: 1, model: 'm' }, toTensor({ data: new Float32Array([0.5, 1.0]), shape: [1, 2] }));
+    const hex = Buffer.from(frame).toString('hex');
+    assert.equal(hex.slice(0, 8), '4c000000'); // 76: 69 bytes of JSON + 7 spaces
+    assert.equal(Buffer.from(frame.subarray(4, 73)).toString(), '{"type":"predict","id":1,"model":"m","dtype":"float32","shape":[1,2]}');
+    assert.equal(Buffer.from(frame.subarray(73, 80)).toString(), '       ');
+    assert.equal(hex.slice(160), '0000003f0000803f');
+  });
+
+  it('round-trips every dtype, named tensors included', () => {
+    const tensors = {
+      a: toTensor({ data: new Float64Array([1.5, -2]), shape: [2, 1] }),
+      b: toTensor({ data: new Int32Array([7, 8]), shape: [2] }),
+      c: toTensor({ data: new BigInt64Array([1n, -1n]), shape: [2, 1] }),
+      d: toTensor({ data: new Uint8Array([1, 0]), shape: [2], dtype: 'bool' }),
+      e: toTensor(new Float32Array([0.25, 4])),
+    };
+    assert.deepEqual(tensors.e.shape, [1, 2]);
+    const reply = encodeTensorFrame({ type: 'result', id: 'x' }, tensors, 'outputs');
+    assert.equal((4 + new DataView(reply.buffer).getUint32(0, true)) % 8, 0);
+    const back = decodeTensorFrame(reply.buffer);
+    assert.equal(back.type, 'result');
+    for (const [name, t] of Object.entries(tensors)) {
+      assert.deepEqual(back.outputs[name].shape, t.shape);
+      assert.equal(back.outputs[name].dtype, t.dtype);
+      assert.deepEqual(Array.from(back.outputs[name].data), Array.from(t.data));
+      assert.ok(back.outputs[name].data instanceof TENSOR_DTYPES[t.dtype]);
+    }
+    assert.throws(() => decodeTensorFrame(reply.slice(0, reply.length - 1).buffer), /payload shorter|beyond/);
+  });
+
+  it('refuses tensors whose shape does not match their data', () => {
+    assert.throws(() => toTensor({ data: new Float32Array(3), shape: [2, 2] }), TypeError);
+    assert.throws(() => toTensor({ data: new Float32Array(2), shape: [0, 2] }), TypeError);
+    assert.throws(() => toTensor({ data: new Int16Array(2), shape: [1, 2] }), TypeError);
+    assert.throws(() => toTensor([[1, 2]]), TypeError);
+  });
+});
+
+describe('binary tensor frames against a real server', { timeout: 240_000 }, () => {
+  let srv;
+  let c;
+  before(async () => {
+    srv = await startServer();
+    c = new Client(srv.url);
+  });
+  after(async () => {
+    await c?.close();
+    await srv?.stop();
+  });
+
+  it('predict({binary: true}) answers TypedArrays equal to the JSON answer', async () => {
+    const width = (await c.models()).find((m) => m.name === 'mlp').input_shape[0];
+    const x = new Float32Array(3 * width).map((_, i) => (i % 7) / 7);
+    const rows = Array.from({ length: 3 }, (_, i) => Array.from(x.subarray(i * width, (i + 1) * width)));
+    const want = await c.predict('mlp', rows);
+    const got = await c.predict('mlp', { data: x, shape: [3, width] }, { binary: true });
+    assert.equal(got.model, 'mlp');
+    assert.equal(got.version, want.version);
+    assert.ok(got.outputs.data instanceof Float64Array || got.outputs.data instanceof Float32Array);
+    assert.deepEqual(got.outputs.shape, [3, want.outputs[0].length]);
+    const flat = want.outputs.flat();
+    got.outputs.data.forEach((v, i) => assert.ok(Math.abs(v - flat[i]) <= 1e-6 * Math.max(1, Math.abs(flat[i]))));
+  });
+
+  it('a bare Float64Array is one row; int inputs are cast like JSON', async () => {
+    const want = await c.predict('linear', [[0.25]]);
+    const one = await c.predict('linear', new Float64Array([0.25]), { binary: true });
+    assert.deepEqual(Array.from(one.outputs.data), want.outputs.flat());
+    const ints = await c.predict('linear', { data: new Int32Array([1, 2]), shape: [2, 1] }, { binary: true });
+    const wantInts = await c.predict('linear', [[1], [2]]);
+    assert.deepEqual(Array.from(ints.outputs.data), wantInts.outputs.flat());
+  });
+
+  it('predictStream({binary: true}) yields TypedArray chunks in order', async () => {
+    const data = new Float64Array([0, 0.25, 0.5, 0.75, 1]);
+    const want = await c.predict('linear', Array.from(data, (v) => [v]));
+    const stream = c.predictStream('linear', { data, shape: [5, 1] }, { binary: true, chunkRows: 2 });
+    const offsets = [];
+    const values = [];
+    for await (const chunk of stream) {
+      offsets.push(chunk.offset);
+      values.push(...chunk.outputs.data);
+    }
+    assert.deepEqual(offsets, [0, 2, 4]);
+    assert.deepEqual(values, want.outputs.flat());
+    assert.equal(stream.done.rows, 5);
+  });
+
+  it('server refusals of binary frames reject with the wire error classes', async () => {
+    await assert.rejects(c.predict('linear', new Float64Array([NaN]), { binary: true }), InvalidInput);
+    await assert.rejects(c.predict('linear', { data: new Float64Array(2), shape: [1, 2] }, { binary: true }),
+      (e) => e instanceof InvalidInput && /\[n, 1\]/.test(e.message));
+    const ok = await c.predict('linear', new Float64Array([1]), { binary: true });
+    assert.equal(ok.outputs.data.length, 1);
+  });
+});

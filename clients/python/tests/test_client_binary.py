@@ -1,0 +1,92 @@
+"""Binary tensor frames through the client against a real server: numpy, array.array, bytes."""
+
+from __future__ import annotations
+
+import array
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from wsserve_client import Client, InvalidInput, Tensor, as_tensor
+from wsserve_client.tensors import decode_frame, encode_frame
+
+from tests.support import ServerProcess
+
+
+async def test_binary_predict_with_numpy_answers_arrays_equal_to_json(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        width = next(m for m in await c.models() if m.name == "mlp").input_shape[0]
+        x = np.random.default_rng(1).random((4, width), dtype=np.float32)
+        want = await c.predict("mlp", x.tolist(), as_numpy=True)
+        got = await c.predict("mlp", x, binary=True)
+        assert isinstance(got.outputs, np.ndarray) and got.outputs.shape == want.outputs.shape
+        np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-6)
+        assert got.model == "mlp" and got.version == want.version and got.timing["batch_size"] >= 1
+
+
+async def test_array_array_and_raw_bytes_inputs(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        want = (await c.predict("linear", [[0.25]])).outputs
+        one_row = await c.predict("linear", array.array("d", [0.25]), binary=True)
+        assert one_row.outputs.tolist() == want
+        raw = await c.predict("linear", as_tensor(array.array("f", [0.25, 0.25]), shape=(2, 1)), binary=True)
+        assert raw.outputs.tolist() == want * 2
+        t = Tensor(np.array([[0.25]], "<f8").tobytes(), "float64", (1, 1))
+        assert (await c.predict("linear", t, binary=True)).outputs.tolist() == want
+
+
+async def test_binary_stream_yields_array_chunks(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        x = np.linspace(0, 1, 5).reshape(5, 1)
+        want = (await c.predict("linear", x.tolist())).outputs
+        chunks = [ch async for ch in c.predict_stream("linear", x, chunk_rows=2, binary=True)]
+        assert [ch.offset for ch in chunks] == [0, 2, 4]
+        assert np.concatenate([ch.outputs for ch in chunks]).tolist() == want
+
+
+async def test_binary_refusals_are_the_server_errors(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        with pytest.raises(InvalidInput, match="not finite"):
+            await c.predict("linear", np.array([[np.nan]]), binary=True)
+        with pytest.raises(InvalidInput, match=r"the model takes \[n, 1\]"):
+            await c.predict("linear", np.zeros((1, 2)), binary=True)
+        assert (await c.predict("linear", np.zeros((1, 1)), binary=True)).outputs.shape == (1, 1)
+
+
+def test_frames_round_trip_without_numpy_types() -> None:
+    t = as_tensor(array.array("i", [1, -2, 3, 4]), shape=(2, 2))
+    frame = encode_frame({"type": "result", "id": 1}, {"a": t, "b": Tensor(b"\x01\x00", "bool", (2,))}, key="outputs")
+    assert type(frame).__name__ == "BinaryFrame" and (4 + int.from_bytes(frame[:4], "little")) % 8 == 0
+    back = decode_frame(bytes(frame), as_numpy=False)
+    assert back["outputs"]["a"].tolist() == [[1, -2], [3, 4]] and back["outputs"]["b"].tolist() == [True, False]
+    with pytest.raises(ValueError):
+        decode_frame(bytes(frame)[:-1], as_numpy=False)
+    with pytest.raises(ValueError, match="do not hold"):
+        Tensor(b"\0" * 3, "float32", (1,))
+
+
+def test_the_client_works_without_numpy(server: ServerProcess) -> None:
+    """A child interpreter where ``import numpy`` fails: array.array in, Tensor out."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["numpy"] = None  # import numpy now raises ImportError
+        import array, asyncio
+        from wsserve_client import Client, Tensor
+
+        async def main():
+            async with Client({server.url!r}) as c:
+                r = await c.predict("linear", array.array("d", [0.25]), binary=True)
+                assert isinstance(r.outputs, Tensor), type(r.outputs)
+                want = (await c.predict("linear", [[0.25]])).outputs
+                assert r.outputs.tolist() == want, (r.outputs.tolist(), want)
+                print("ok", r.outputs.dtype, r.outputs.shape)
+
+        asyncio.run(main())
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok float64 (1, 1)"

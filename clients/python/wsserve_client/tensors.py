@@ -1,0 +1,212 @@
+"""Binary tensor frames (the server's docs/PROTOCOL.md, "Binary tensor frames"): numpy optional.
+
+One binary WebSocket message is a 4-byte little-endian header length ``N``, ``N`` bytes of
+JSON header (padded with spaces so the payload starts 8-byte aligned), then the tensors'
+raw little-endian bytes in C order. The header describes one tensor with ``dtype`` and
+``shape``, or several with ``inputs``/``outputs``: a list of ``{name, dtype, shape}``.
+
+- :class:`Tensor` holds raw bytes with their dtype and shape; :func:`as_tensor` makes one
+  from a numpy array, an ``array.array`` (with a shape) or bytes (with a dtype and a shape).
+- :func:`encode_frame` builds a request; :func:`decode_frame` reads a reply into a frame
+  dict whose ``outputs`` are numpy arrays (numpy installed and ``as_numpy``) or
+  :class:`Tensor` objects (``.tolist()`` gives nested lists without numpy).
+"""
+
+from __future__ import annotations
+
+import array
+import functools
+import math
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = ["DTYPES", "Tensor", "BinaryFrame", "as_tensor", "encode_frame", "decode_frame"]
+
+#: wire dtype -> (struct/array format, bytes per value)
+DTYPES: Mapping[str, tuple[str, int]] = {
+    "float32": ("f", 4), "float64": ("d", 8), "int32": ("i", 4), "int64": ("q", 8), "bool": ("?", 1),
+}
+#: array.array typecodes -> wire dtype (by item size where the C type's size varies)
+_ARRAY_CODES = {"f": "float32", "d": "float64"}
+_MAX_HEADER = 1 << 16  # a reply header this long is refused (the server's are a few hundred bytes)
+_LITTLE = sys.byteorder == "little"
+
+
+class BinaryFrame(bytes):
+    """An encoded request to send as a binary WebSocket message (plain ``bytes`` go as text)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """Raw little-endian values in C order: ``len(data) == prod(shape) * itemsize(dtype)``."""
+
+    data: bytes
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        if not self.shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.shape):
+            raise ValueError(f"shape must be a non-empty sequence of integers >= 1, got {list(self.shape)}")
+        want = math.prod(self.shape) * DTYPES[self.dtype][1]
+        if len(self.data) != want:
+            raise ValueError(f"{len(self.data)} bytes do not hold shape {list(self.shape)} of {self.dtype} ({want} bytes)")
+
+    def tolist(self) -> list[Any]:
+        """The values as nested lists (no numpy needed)."""
+        fmt, size = DTYPES[self.dtype]
+        count = len(self.data) // size
+        flat: list[Any] = list(struct.unpack(f"<{count}{fmt}", self.data))
+        for d in reversed(self.shape[1:]):
+            flat = [flat[i : i + d] for i in range(0, len(flat), d)]
+        return flat
+
+    def numpy(self) -> Any:
+        """The values as a numpy array (a copy, writable). Raises ``ImportError`` without numpy."""
+        import numpy as np
+
+        return np.frombuffer(self.data, dtype=np.dtype(DTYPES_NP[self.dtype])).reshape(self.shape).copy()
+
+
+DTYPES_NP = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "?"}
+
+
+def _numpy_tensor(value: Any) -> Tensor | None:
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(value, np.ndarray):
+        return None
+    kind, size = value.dtype.kind, value.dtype.itemsize
+    if kind == "f":
+        dtype = "float32" if size <= 4 else "float64"
+    elif kind in "iu":
+        dtype = "int32" if size < 4 or (kind == "i" and size == 4) else "int64"
+    elif kind == "b":
+        dtype = "bool"
+    else:
+        raise TypeError(f"cannot send a numpy array of dtype {value.dtype} as a tensor")
+    arr = np.ascontiguousarray(value, dtype=np.dtype(DTYPES_NP[dtype]))
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    return Tensor(arr.tobytes(), dtype, tuple(int(d) for d in arr.shape))
+
+
+def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | None = None) -> Tensor:
+    """A :class:`Tensor` from a numpy array, an ``array.array`` (with ``shape``, e.g. ``[n, d]``;
+    default ``[len]``), raw little-endian ``bytes`` with ``dtype`` and ``shape``, or a
+    :class:`Tensor` (returned as is).
+
+    Raises:
+        TypeError: an unsupported value. ValueError: sizes that do not match.
+    """
+    if isinstance(value, Tensor):
+        return value
+    t = _numpy_tensor(value)
+    if t is not None:
+        return t
+    if isinstance(value, array.array):
+        code, size = value.typecode, value.itemsize
+        if code in "fd":
+            wire = _ARRAY_CODES[code]
+        elif code in "bhilq" or (code in "BHIL" and size < 8):
+            wire = "int32" if size < 4 or (size == 4 and code.islower()) else "int64"
+        else:
+            raise TypeError(f"cannot send array.array of typecode {code!r}")
+        fmt, wsize = DTYPES[wire]
+        if wsize == size and (code in "fd" or code.islower()):
+            data = value if _LITTLE else array.array(code, value)
+            if not _LITTLE:
+                data.byteswap()
+            raw = data.tobytes()
+        else:
+            raw = struct.pack(f"<{len(value)}{fmt}", *value)
+        return Tensor(raw, wire, tuple(shape) if shape is not None else (len(value),))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if dtype is None or shape is None:
+            raise TypeError("raw bytes need dtype= and shape=")
+        return Tensor(bytes(value), dtype, tuple(shape))
+    raise TypeError(f"binary inputs must be a numpy array, array.array, bytes (with dtype and shape) or Tensor, "
+                    f"got {type(value).__name__}")
+
+
+def encode_frame(fields: Mapping[str, Any], tensors: Tensor | Mapping[str, Tensor], *, key: str = "inputs") -> BinaryFrame:
+    """Header ``fields`` plus the tensors' descriptions, padded, then the tensors' bytes."""
+    header = dict(fields)
+    if isinstance(tensors, Tensor):
+        header["dtype"], header["shape"] = tensors.dtype, list(tensors.shape)
+        parts = [tensors.data]
+    else:
+        header[key] = [{"name": n, "dtype": t.dtype, "shape": list(t.shape)} for n, t in tensors.items()]
+        parts = [t.data for t in tensors.values()]
+    head = orjson.dumps(header)
+    pad = (-(4 + len(head))) % 8
+    return BinaryFrame(b"".join([(len(head) + pad).to_bytes(4, "little"), head, b" " * pad, *parts]))
+
+
+def _tensor(desc: Mapping[str, Any], payload: memoryview, offset: int) -> tuple[Tensor, int]:
+    dtype, shape = desc.get("dtype"), desc.get("shape")
+    if dtype not in DTYPES or not isinstance(shape, list) or not shape:
+        raise ValueError(f"binary frame: bad tensor description {dict(desc)!r}")
+    size = DTYPES[dtype][1]
+    for d in shape:
+        if not isinstance(d, int) or d < 1:
+            raise ValueError(f"binary frame: bad shape {shape!r}")
+        size *= d
+        if offset + size > len(payload):
+            raise ValueError("binary frame: the payload is shorter than its header says")
+    return Tensor(bytes(payload[offset : offset + size]), dtype, tuple(shape)), offset + size
+
+
+def decode_frame(data: bytes, *, as_numpy: bool) -> dict[str, Any]:
+    """A binary reply as a frame dict: the header's fields, ``outputs`` (one tensor, or ``{name: tensor}``)
+    as numpy arrays when ``as_numpy`` and numpy is installed, else :class:`Tensor`.
+
+    Raises:
+        ValueError: a malformed frame.
+    """
+    view = memoryview(data)
+    if len(view) < 4:
+        raise ValueError("binary frame shorter than its length prefix")
+    n = int.from_bytes(view[:4], "little")
+    if n > _MAX_HEADER or n > len(view) - 4:
+        raise ValueError(f"binary frame header length {n} is out of range")
+    header = orjson.loads(view[4 : 4 + n])
+    if not isinstance(header, dict):
+        raise ValueError("binary frame header is not a JSON object")
+    payload = view[4 + n :]
+    named = header.pop("outputs", None)
+    if named is None:
+        out: Any
+        out, end = _tensor(header, payload, 0)
+        header.pop("dtype", None)
+        header.pop("shape", None)
+    else:
+        if not isinstance(named, list):
+            raise ValueError("binary frame: 'outputs' must be a list")
+        out, end = {}, 0
+        for desc in named:
+            if not isinstance(desc, dict) or not isinstance(desc.get("name"), str):
+                raise ValueError("binary frame: bad 'outputs' entry")
+            out[desc["name"]], end = _tensor(desc, payload, end)
+    if end != len(payload):
+        raise ValueError(f"binary frame payload has {len(payload)} bytes; the header describes {end}")
+    if as_numpy and _have_numpy():
+        out = {k: t.numpy() for k, t in out.items()} if isinstance(out, dict) else out.numpy()
+    header["outputs"] = out
+    return header
+
+
+@functools.cache
+def _have_numpy() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True

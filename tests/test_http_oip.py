@@ -1,0 +1,172 @@
+"""The Open Inference Protocol v2 (KServe/Triton REST) with a client we did not write: ``tritonclient[http]``.
+
+Health, metadata and inference on ``linear`` and ``mlp`` (JSON and binary
+tensor data, FP32 and FP64 inputs), and the spec's error shape
+``{"error": "..."}`` for every refusal.  Outputs are compared with what the
+WebSocket protocol answers for the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from tests.support import Conn, RawHttp
+
+tritonclient_http = pytest.importorskip("tritonclient.http")  # the test extra installs it
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+
+@pytest.fixture
+def client(server):
+    c = tritonclient_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    yield c
+    c.close()
+
+
+async def _ws_outputs(server, model: str, rows: np.ndarray) -> np.ndarray:
+    conn = await Conn.open(server.url)
+    answer = await conn.request({"type": "predict", "id": 1, "model": model, "inputs": rows.tolist()})
+    await conn.close()
+    return np.array(answer["outputs"])
+
+
+def test_server_health_and_metadata(client) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta["name"] == "wsserve" and meta["version"] == "0.1.0"
+    assert meta["extensions"] == ["binary_tensor_data", "model_repository"]  # only what is implemented
+
+
+def test_model_metadata_and_readiness(client) -> None:
+    mlp = client.get_model_metadata("mlp")
+    assert mlp["name"] == "mlp" and mlp["versions"] == ["1"] and mlp["platform"]
+    # The built-in mlp is served from the repository the trainer writes: float32 in, float64 out.
+    assert mlp["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}]
+    assert mlp["outputs"] == [{"name": "output", "datatype": "FP64", "shape": [-1, 10]}]
+    assert client.get_model_metadata("linear", model_version="1")["inputs"][0]["shape"] == [-1, 1]
+    assert client.is_model_ready("mlp") and client.is_model_ready("linear", model_version="1")
+    assert not client.is_model_ready("nope") and not client.is_model_ready("mlp", model_version="9")
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("nope")
+    assert info.value.status() == "404" and "no model named 'nope'" in info.value.message()
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("dtype", ["FP32", "FP64"])
+async def test_infer_mlp_matches_the_websocket_answer(server, client, binary: bool, dtype: str) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 32)).astype(np.float32 if dtype == "FP32" else np.float64)
+    inp = tritonclient_http.InferInput("input", list(x.shape), dtype)
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = tritonclient_http.InferRequestedOutput("output", binary_data=binary)
+    result = client.infer("mlp", [inp], outputs=[out], request_id="req-7")
+    y = result.as_numpy("output")
+    assert y.dtype == np.float64 and y.shape == (5, 10)  # the model's own datatype
+    response = result.get_response()
+    assert response["model_name"] == "mlp" and response["model_version"] == "1" and response["id"] == "req-7"
+    assert np.array_equal(y, await _ws_outputs(server, "mlp", x.astype(np.float64)))
+
+
+async def test_infer_linear_with_the_clients_defaults_and_a_version(server, client) -> None:
+    """Default InferInput data and no requested outputs: tritonclient asks for binary outputs."""
+    x = np.array([[0.5], [1.0], [-2.0]], dtype=np.float32)
+    inp = tritonclient_http.InferInput("input", [3, 1], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("linear", [inp], model_version="1")
+    assert result.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 3 * 8
+    assert np.array_equal(result.as_numpy("output"), await _ws_outputs(server, "linear", x.astype(np.float64)))
+
+
+@pytest.mark.parametrize(
+    "make, status, text",
+    [
+        (lambda: ("nope", "input", [1, 32], "FP32"), "404", "no model named 'nope'"),
+        (lambda: ("mlp", "x", [1, 32], "FP32"), "400", "unknown input 'x'"),
+        (lambda: ("mlp", "input", [1, 31], "FP32"), "400", "shape [1, 31]; the model takes [-1, 32]"),
+        (lambda: ("mlp", "input", [1, 32], "INT64"), "400", "input 'input' is FP32; got INT64"),
+        (lambda: ("charlm", "input", [1, 32], "FP32"), "400", "generates text"),
+    ],
+    ids=["unknown-model", "unknown-input", "wrong-shape", "wrong-datatype", "generative-model"],
+)
+def test_infer_errors_reach_the_client(client, make, status: str, text: str) -> None:
+    model, name, shape, dtype = make()
+    inp = tritonclient_http.InferInput(name, shape, dtype)
+    np_type = {"FP32": np.float32, "INT64": np.int64}[dtype]
+    inp.set_data_from_numpy(np.zeros(shape, dtype=np_type), binary_data=False)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(model, [inp])
+    assert info.value.status() == status and text in info.value.message(), info.value.message()
+
+
+def _post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None):
+    with RawHttp(port) as c:
+        return c.request("POST", path, body, headers)
+
+
+def test_error_bodies_are_the_spec_shape(server) -> None:
+    bad = [
+        (b'{"inputs": [', 400, "message is not valid JSON"),
+        (b'{"inputs": []}', 400, "'inputs' must be a non-empty array"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32"}]}', 400, "needs 'data'"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [1]}]}', 400, "needs 32 values"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ' + json.dumps(["a"] * 32).encode()
+         + b"}]}", 400, "not a number"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ' + json.dumps([True] * 32).encode()
+         + b"}]}", 400, "not a number"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ' + json.dumps([1e300] * 32).encode()
+         + b"}]}", 400, "out of the FP32 range"),
+        (b'{"inputs": [{"name": "input", "shape": [0, 32], "datatype": "FP64", "data": []}]}', 400, "has 0 rows"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "BYTES", "data": []}]}', 400, "unsupported datatype"),
+        (b'{"id": 5, "inputs": []}', 400, "'id' must be a string"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ' + json.dumps([0] * 32).encode()
+         + b'}], "outputs": [{"name": "nope"}]}', 400, "unknown output 'nope'"),
+    ]
+    for body, status, text in bad:
+        a = _post(server.port, "/v2/models/mlp/infer", body)
+        error = json.loads(a.body)
+        assert a.status == status and list(error) == ["error"] and text in error["error"], (body[:80], a.body)
+
+
+def test_nested_data_and_version_route(server) -> None:
+    rows = [[0.25 * i for i in range(32)], [0.5] * 32]
+    flat = {"name": "input", "shape": [2, 32], "datatype": "FP64", "data": [v for r in rows for v in r]}
+    nested = dict(flat, data=rows)
+    answers = [json.loads(_post(server.port, path, json.dumps({"inputs": [t]}).encode()).body)
+               for path, t in (("/v2/models/mlp/infer", flat), ("/v2/models/mlp/versions/1/infer", nested))]
+    assert answers[0]["outputs"] == answers[1]["outputs"]
+    out = answers[0]["outputs"][0]
+    assert out["shape"] == [2, 10] and out["datatype"] == "FP64" and len(out["data"]) == 20
+    ragged = dict(flat, data=[rows[0], rows[1][:5]])
+    assert "does not have shape" in json.loads(_post(server.port, "/v2/models/mlp/infer",
+                                                     json.dumps({"inputs": [ragged]}).encode()).body)["error"]
+
+
+def test_binary_input_is_checked_against_its_header(server) -> None:
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 4}}]}).encode()
+    good = header + struct.pack("<f", 0.5)
+    a = _post(server.port, "/v2/models/linear/infer", good, {"Inference-Header-Content-Length": str(len(header))})
+    assert a.status == 200 and abs(json.loads(a.body)["outputs"][0]["data"][0] - 2.02) < 0.05
+    for body, length, text in [
+        (good + b"xx", len(header), "binary tensor data"),  # bytes left over
+        (header + b"\x00", len(header), "ends before"),
+        (good, len(good) + 1, "Inference-Header-Content-Length is"),
+        (header + struct.pack("<f", float("nan")), len(header), "not finite"),
+    ]:
+        a = _post(server.port, "/v2/models/linear/infer", body, {"Inference-Header-Content-Length": str(length)})
+        assert a.status == 400 and text in json.loads(a.body)["error"], a.body
+    a = _post(server.port, "/v2/models/linear/infer", header)  # binary_data_size without the header
+    assert a.status == 400 and "Inference-Header-Content-Length" in json.loads(a.body)["error"]
+
+
+def test_health_routes_follow_the_spec(server) -> None:
+    with RawHttp(server.port) as c:
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/v2/models/mlp/versions/1/ready"):
+            a = c.request("GET", path)
+            assert a.status == 200 and a.body == b"", path
+        a = c.request("GET", "/v2/")  # the trailing slash some clients send
+        assert a.status == 200 and json.loads(a.body)["name"] == "wsserve"

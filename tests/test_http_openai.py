@@ -1,0 +1,131 @@
+"""OpenAI-compatible completions with a client we did not write: the ``openai`` Python SDK.
+
+``base_url`` points at wsserve; texts are compared with what the WebSocket
+``generate`` gives for the same parameters (greedy and seeded sampling do not
+depend on what else runs), and closing a stream must cancel the generation
+on the server (seen in ``/metrics``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.support import Conn, http_get, scrape_metrics, wait_until
+
+openai = pytest.importorskip("openai")  # the test extra installs it
+
+
+@pytest.fixture
+def client(server):
+    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    yield c
+    c.close()
+
+
+async def _ws_text(server, **params) -> tuple[str, str]:
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "generate", "id": "g", "model": "charlm", **params})
+    frames, done = await conn.until_terminal("g")
+    await conn.close()
+    return "".join(f["text"] for f in frames if f["type"] == "token"), done["reason"]
+
+
+def _cancelled(server) -> float:
+    return scrape_metrics(server.http).get("wsserve_requests_total", code="cancelled", model="charlm", type="generate")
+
+
+async def test_completion_matches_the_websocket_generation(server, client) -> None:
+    r = client.completions.create(model="charlm", prompt="The ", max_tokens=40, temperature=0)
+    assert r.object == "text_completion" and r.model == "charlm" and r.id.startswith("cmpl-")
+    choice = r.choices[0]
+    assert choice.finish_reason == "length" and choice.index == 0 and len(choice.text) == 40
+    assert r.usage.completion_tokens == 40 and r.usage.prompt_tokens == 4 and r.usage.total_tokens == 44
+    assert (choice.text, "length") == await _ws_text(server, prompt="The ", max_tokens=40, temperature=0)
+
+
+async def test_streamed_completion_is_the_same_text_in_chunks(server, client) -> None:
+    whole = client.completions.create(model="charlm", prompt="It was ", max_tokens=30, temperature=0.8, seed=11)
+    stream = client.completions.create(model="charlm", prompt="It was ", max_tokens=30, temperature=0.8, seed=11,
+                                       stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len([t for t in texts if t]) == 30 and "".join(texts) == whole.choices[0].text
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 30
+    assert len({c.id for c in chunks}) == 1
+    ws, _ = await _ws_text(server, prompt="It was ", max_tokens=30, temperature=0.8, seed=11)
+    assert ws == whole.choices[0].text
+
+
+def test_stop_strings_end_with_finish_reason_stop(client) -> None:
+    full = client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0).choices[0].text
+    stop = full[10:13]
+    r = client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].text == full[: full.index(stop)]
+    assert stop not in r.choices[0].text
+
+
+def test_closing_a_stream_cancels_the_generation(server, client) -> None:
+    before = _cancelled(server)
+    stream = client.completions.create(model="charlm", prompt="a", max_tokens=100000, temperature=0, stream=True)
+    it = iter(stream)
+    assert [next(it).choices[0].text for _ in range(5)]
+    stream.close()
+    wait_until(lambda: _cancelled(server) == before + 1, 30.0, what="the generation was cancelled")
+    m = scrape_metrics(server.http)
+    assert m.value("wsserve_inflight_requests") == 0
+    tokens = m.value("wsserve_generated_tokens_total", model="charlm")
+    time.sleep(0.3)  # a generation still running would add tokens meanwhile
+    assert scrape_metrics(server.http).value("wsserve_generated_tokens_total", model="charlm") == tokens
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"top_p": 0.9}, "top_p"),
+        ({"n": 2}, "n"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"echo": True}, "echo"),
+        ({"max_tokens": 10**9}, "max_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"stop": ["x"] * 20}, "stop"),
+    ],
+)
+def test_unsupported_or_bad_parameters_are_refused_by_name(client, kwargs: dict, param: str) -> None:
+    args = {"model": "charlm", "prompt": "a", "max_tokens": 5, **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(**args)
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == param and info.value.body["code"] == "bad_request"
+
+
+def test_model_errors(client) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.completions.create(model="nope", prompt="a")
+    assert "no model named 'nope'" in info.value.body["message"] and info.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="mlp", prompt="a")
+    assert "does not generate text" in info.value.body["message"]
+
+
+async def test_models_list_in_the_openai_shape(server, client) -> None:
+    page = await asyncio.to_thread(client.models.list, extra_query={"format": "openai"})
+    assert [m.id for m in page.data] == ["linear", "mlp", "charlm"]
+    assert all(m.object == "model" and m.owned_by == "wsserve" for m in page.data)
+    # Without the parameter, /v1/models answers our own list: the WebSocket models reply's, versions included.
+    status, _, body = await asyncio.to_thread(http_get, server.http + "/v1/models")
+    ours = json.loads(body)
+    assert status == 200 and [m["name"] for m in ours] == ["linear", "mlp", "charlm"]
+    conn = await Conn.open(server.url)
+    reply = await conn.request({"type": "models", "id": "m"})
+    await conn.close()
+    assert ours == reply["models"]
+    assert all(m["version"] == "1" and [v["version"] for v in m["versions"]] == ["1"] for m in ours)
+    assert all(v["state"] == "ready" for m in ours for v in m["versions"])

@@ -1,0 +1,220 @@
+"""HTTP/1.1 on the WebSocket port, over raw sockets: keep-alive, pipelining, bodies, limits, streams.
+
+Every refusal is checked on the wire: its status, and whether the connection
+is closed.  Runs against real servers on 127.0.0.1 (the shared ``server``
+fixture runs once on asyncio and once on uvloop).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.support import RawHttp, request_bytes, scrape_metrics, wait_until
+
+
+def _metric(server, name: str, **labels: str) -> float:
+    """One sample of ``/metrics`` (0 when absent: a labelled counter appears at its first increment)."""
+    return scrape_metrics(server.http).get(name, **labels)
+
+
+def _wait_for(predicate) -> None:
+    wait_until(predicate, 30.0)
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server) -> None:
+    with RawHttp(server.port) as c:
+        for i in range(20):
+            a = c.request("POST", "/predict", json.dumps({"x": float(i)}).encode())
+            assert a.status == 200 and a.header("connection") is None
+            assert isinstance(json.loads(a.body)["y_pred"], float)
+        assert c.request("GET", "/healthz").body == b"ok\n"
+
+
+def test_pipelined_answers_come_back_in_request_order(server) -> None:
+    """A slow answer (a 300-token completion) first, then instant ones: they wait their turn."""
+    completion = json.dumps({"model": "charlm", "prompt": "The ", "max_tokens": 300, "temperature": 0}).encode()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", completion)
+               + request_bytes("GET", "/healthz")
+               + request_bytes("POST", "/predict", b'{"x": 1.0}')
+               + request_bytes("GET", "/v2/health/live"))
+        first, second, third, fourth = (c.answer() for _ in range(4))
+    assert len(json.loads(first.body)["choices"][0]["text"]) == 300
+    assert second.body == b"ok\n"
+    assert "y_pred" in json.loads(third.body)
+    assert fourth.status == 200 and fourth.body == b""
+
+
+def test_content_length_and_chunked_bodies(server) -> None:
+    body = b'{"x": [0.5, 1.0]}'
+    with RawHttp(server.port) as c:
+        plain = c.request("POST", "/predict", body)
+        chunked = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in (body[:5], body[5:9], body[9:])) + b"0\r\n\r\n"
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+        framed = c.answer()
+    assert plain.status == framed.status == 200
+    assert json.loads(plain.body) == json.loads(framed.body)
+    assert len(json.loads(plain.body)["y_pred"]) == 2
+
+
+def test_expect_100_continue_is_answered_before_the_body(server) -> None:
+    body = b'{"x": 2.0}'
+    with RawHttp(server.port) as c:
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        interim = c.interim()
+        assert interim.status == 100
+        c.send(body)
+        final = c.answer()
+    assert final.status == 200 and "y_pred" in json.loads(final.body)
+
+
+def test_head_http10_and_unknown_upgrade(server) -> None:
+    with RawHttp(server.port) as c:
+        head = c.request("HEAD", "/healthz")
+        assert head.status == 200 and head.body == b""
+        assert c.request("GET", "/healthz").body == b"ok\n"  # the HEAD left nothing unread
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("GET", "/healthz", version="1.0"))
+        a = c.answer()
+        assert a.status == 200 and a.header("connection") == "close" and c.closed()
+
+
+def test_unknown_route_404_and_wrong_method_405_with_allow(server) -> None:
+    with RawHttp(server.port) as c:
+        a = c.request("GET", "/nope")
+        assert a.status == 404 and a.body.startswith(b"no route")
+        a = c.request("GET", "/v2/nope")
+        assert a.status == 404 and set(json.loads(a.body)) == {"error"} and isinstance(json.loads(a.body)["error"], str)
+        a = c.request("POST", "/v1/nope", b"{}")
+        assert a.status == 404 and json.loads(a.body)["error"]["code"] == "not_found"
+        a = c.request("PUT", "/predict", b"{}")
+        assert a.status == 405 and a.header("allow") == "OPTIONS, POST"
+        assert json.loads(a.body)["error"]["code"] == "method_not_allowed"
+        a = c.request("GET", "/v2/models/mlp/infer")
+        assert a.status == 405 and a.header("allow") == "OPTIONS, POST"
+        a = c.request("POST", "/v2/health/live", b"")
+        assert a.status == 405 and a.header("allow") == "GET, HEAD, OPTIONS" and "error" in json.loads(a.body)
+        a = c.request("DELETE", "/healthz")
+        assert a.status == 405 and a.header("allow") == "GET, HEAD, OPTIONS"
+        assert c.request("GET", "/healthz").status == 200  # none of these closed the connection
+
+
+def test_nothing_after_connection_close_is_served(server) -> None:
+    """A request pipelined behind ``Connection: close`` is neither answered nor computed."""
+    def predicts() -> float:
+        return _metric(server, "wsserve_requests_total", code="ok", model="linear", type="predict")
+
+    before = predicts()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/predict", b'{"x": 1.0}', {"Connection": "close"})
+               + request_bytes("POST", "/predict", b'{"x": 2.0}'))
+        a = c.answer()
+        assert a.status == 200 and a.header("connection") == "close" and c.closed() and c.buf == b""
+    assert predicts() == before + 1
+
+
+def test_garbage_is_400_and_closes(server) -> None:
+    with RawHttp(server.port) as c:
+        c.send(b"NOT HTTP AT ALL\r\n\r\n")
+        a = c.answer()
+        assert a.status == 400 and a.header("connection") == "close" and c.closed()
+
+
+@pytest.fixture(scope="module")
+def tight(request, model_cache):
+    """A server with small limits: 1000-byte bodies, a 1 s request timeout."""
+    from tests.support import ServerProcess
+
+    proc = ServerProcess("--max-message-bytes", "1000", "--handshake-timeout", "1", "--models", "linear,charlm",
+                         cache_dir=model_cache)
+    yield proc
+    proc.stop()
+
+
+def test_body_over_max_message_bytes_is_413_without_reading_it(tight) -> None:
+    with RawHttp(tight.port) as c:
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")  # announced, never sent
+        a = c.answer()
+        assert a.status == 413 and a.header("connection") == "close" and b"1000" in a.body and c.closed()
+    with RawHttp(tight.port) as c:  # announced with Expect: refused at once, no 100 Continue
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+        assert c.interim().status == 413
+    with RawHttp(tight.port) as c:  # chunked: counted as it arrives
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send((b"200\r\n" + b"1" * 0x200 + b"\r\n") * 2)
+        a = c.answer()
+        assert a.status == 413 and c.closed()
+    with RawHttp(tight.port) as c:  # at the limit: served
+        body = b'{"x": [' + b",".join([b"1.0"] * 240) + b"]}"
+        assert len(body) <= 1000
+        assert c.request("POST", "/predict", body).status == 200
+
+
+def test_oversized_headers_are_431(tight) -> None:
+    with RawHttp(tight.port) as c:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+        a = c.answer()
+        assert a.status == 431 and a.header("connection") == "close" and c.closed()
+    with RawHttp(tight.port) as c:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n")
+        a = c.answer()
+        assert a.status == 431 and b"header fields" in a.body and c.closed()
+
+
+def test_a_request_that_trickles_in_is_408(tight) -> None:
+    with RawHttp(tight.port) as c:
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"x\":")  # and then nothing
+        a = c.answer()
+        assert a.status == 408 and a.header("connection") == "close" and c.closed()
+    with RawHttp(tight.port) as c:  # a slow header counts as well
+        c.send(b"GET /healthz HTTP/1.1\r\nHo")
+        assert c.answer().status == 408 and c.closed()
+
+
+def test_an_idle_keep_alive_connection_is_closed_silently(tight) -> None:
+    with RawHttp(tight.port) as c:
+        assert c.request("GET", "/healthz").status == 200
+        assert c.closed() and c.buf == b""  # no 408 for a connection between requests
+
+
+def test_a_long_stream_outlives_the_request_timeout(tight) -> None:
+    """The 1 s request timeout bounds receiving a request, not waiting for or reading its answer."""
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000, "stream": True}).encode()
+    with RawHttp(tight.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", body))
+        head = c.interim()
+        assert head.status == 200 and head.header("transfer-encoding") == "chunked"
+        end = time.monotonic() + 2.5  # well past the 1 s timeout
+        events = 0
+        while time.monotonic() < end:
+            size = int(c._line(), 16)
+            chunk = c._exactly(size + 2)
+            assert chunk.startswith(b"data: {")
+            events += 1
+        assert events > 10
+
+
+def test_closing_the_socket_cancels_the_generation(server) -> None:
+    before = _metric(server, "wsserve_requests_total", code="cancelled", model="charlm", type="generate")
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000}).encode()
+    c = RawHttp(server.port)
+    c.send(request_bytes("POST", "/v1/completions", body))
+    _wait_for(lambda: _metric(server, "wsserve_inflight_requests") >= 1)
+    c.close()
+    _wait_for(lambda: _metric(server, "wsserve_requests_total", code="cancelled", model="charlm", type="generate") == before + 1)
+    _wait_for(lambda: _metric(server, "wsserve_inflight_requests") == 0)
+
+
+def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_cancelled(start_server) -> None:
+    server = start_server("--max-write-buffer-bytes", "65536", "--slow-consumer-timeout", "1", "--models", "charlm")
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000, "stream": True}).encode()
+    c = RawHttp(server.port)
+    c.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    c.send(request_bytes("POST", "/v1/completions", body))  # and never read
+    _wait_for(lambda: _metric(server, "wsserve_requests_total", code="cancelled", model="charlm", type="generate") == 1)
+    assert _metric(server, "wsserve_inflight_requests") == 0
+    assert "stopped reading" in server.stderr_text() or "unsent" in server.stderr_text()
+    c.close()

@@ -1,0 +1,145 @@
+"""Admission rules shared by every client connection, WebSocket or HTTP (sans-I/O: callers pass ``now``).
+
+One place decides whether new work may start, so both front doors - the
+WebSocket :class:`~wsserve.connection.Connection` and the HTTP
+:class:`~wsserve.rest.HttpSession` - refuse the same things with the same
+errors:
+
+- :class:`Shared` - the server-wide state the connections share (draining,
+  in-flight count, per-key rate buckets, unauthenticated sockets);
+- :class:`Admission` - one connection's rate limit and capacity:
+  :meth:`Admission.admit` (draining, the connection's and the API key's
+  request rates) then :meth:`Admission.capacity` (``max_inflight`` requests and
+  ``max_inflight_bytes`` of inputs), before any work is queued;
+- :func:`check_bearer` - an ``Authorization: Bearer`` header against the keys,
+  with the per-address limit on failed attempts;
+- :func:`origin_allowed` - the browser ``Origin`` policy (allowlist, or by
+  default only the server's own origin).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .auth import KeyRegistry
+from .config import ServerConfig
+from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
+from .ratelimit import TokenBucket
+
+__all__ = ["Admission", "Shared", "check_bearer", "origin_allowed", "retry_ms"]
+
+
+@dataclass(eq=False)
+class Shared:
+    """State the connections of one server share (owned by the server, never global)."""
+
+    draining: bool = False
+    inflight: int = 0  # unfinished predict + generate, all connections (WebSocket and HTTP)
+    messages: int = 0  # WebSocket messages received, all connections
+    #: WebSocket connections not yet authenticated, oldest first (evicted for authenticated handshakes at the cap).
+    unauthenticated: dict[Any, None] = field(default_factory=dict)
+    evicting: int = 0  # evicted connections still closing
+    key_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def evict_unauthenticated(self) -> bool:
+        """Close the oldest connection that has not authenticated (1008), to free its slot."""
+        for victim in self.unauthenticated:
+            del self.unauthenticated[victim]
+            victim.evicted = True
+            self.evicting += 1
+            victim.close(1008, "connection slot needed by an authenticated client")
+            return True
+        return False
+
+
+def retry_ms(wait_s: float) -> int:
+    """A wait in seconds as a whole number of milliseconds, at least 1 (``retry_after_ms``)."""
+    return max(1, int(wait_s * 1000 + 0.999))
+
+
+class Admission:
+    """One connection's admission state: its request-rate bucket (and the server's shared state).
+
+    Call order, for each new predict or generate: :meth:`admit` (before decoding
+    the model's inputs), then :meth:`capacity` (once the input size is known).
+    Both raise; nothing is changed when they do, except the rate bucket a
+    successful :meth:`admit` spent.
+    """
+
+    __slots__ = ("_cfg", "_shared", "_bucket", "_key_rate")
+
+    def __init__(self, cfg: ServerConfig, shared: Shared, now: float) -> None:
+        self._cfg = cfg
+        self._shared = shared
+        rate = cfg.rate_limit_per_s
+        self._bucket = TokenBucket(rate, cfg.rate_burst(rate), now) if rate else None
+        self._key_rate = cfg.key_rate_limit_per_s
+
+    def admit(self, key: str | None, now: float) -> None:
+        """May new work start?  Raises ``ShuttingDown`` while the server drains, ``RateLimited``
+        (with ``retry_after_ms``) over this connection's or this API key's request rate."""
+        shared = self._shared
+        if shared.draining:
+            raise ShuttingDown("server is draining; no new work is accepted")
+        if self._bucket is not None:
+            _take(self._bucket, "this connection", now)
+        rate = self._key_rate
+        if rate is not None and key is not None:
+            bucket = shared.key_buckets.get(key)
+            if bucket is None:
+                bucket = shared.key_buckets[key] = TokenBucket(rate, self._cfg.rate_burst(rate), now)
+            _take(bucket, "this API key", now)
+
+    def capacity(self, inflight: int, inflight_bytes: int, nbytes: int) -> None:
+        """Room for one more request of ``nbytes`` input bytes next to ``inflight`` unfinished
+        ones holding ``inflight_bytes``?  Raises ``Overloaded`` (``retry_after_ms``).  With nothing
+        in flight any single request is taken (it already fits ``max_message_bytes``)."""
+        cfg = self._cfg
+        if inflight >= cfg.max_inflight:
+            raise Overloaded(
+                f"this connection already has {cfg.max_inflight} unfinished requests (max_inflight)", retry_after_ms=10
+            )
+        if inflight_bytes and inflight_bytes + nbytes > cfg.max_inflight_bytes:
+            raise Overloaded(
+                f"this connection's unfinished requests hold {inflight_bytes} input bytes; this one needs "
+                f"{nbytes} more and the limit is {cfg.max_inflight_bytes} (max_inflight_bytes)",
+                retry_after_ms=10,
+            )
+
+
+def _take(bucket: TokenBucket, who: str, now: float) -> None:
+    wait = bucket.take(now)
+    if wait > 0:
+        raise RateLimited(f"rate limit of {bucket.rate:g} requests/s for {who} exceeded", retry_after_ms=retry_ms(wait))
+
+
+def check_bearer(keys: KeyRegistry, address: str, authorization: str | None, now: float, *, metrics: bool = False) -> str:
+    """The API key an ``Authorization: Bearer <key>`` header carries (``metrics``: the
+    ``--metrics-key`` is accepted too, returned as ``""``).
+
+    Raises ``RateLimited`` while ``address`` has failed too often (the token is not
+    even looked at), ``Unauthorized`` for a missing or wrong key (a wrong one counts
+    as a failed attempt of ``address``)."""
+    wait = keys.blocked_for(address, now)
+    if wait > 0:
+        raise RateLimited("too many failed authentication attempts from this address", retry_after_ms=retry_ms(wait))
+    token = KeyRegistry.bearer(authorization)
+    if token is None:
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+    key = keys.match(token)
+    if key is not None:
+        return key
+    if metrics and keys.match_metrics(token):
+        return ""
+    keys.failed(address, now)
+    raise Unauthorized("invalid API key")
+
+
+def origin_allowed(cfg: ServerConfig, origin: str, host: str | None) -> bool:
+    """The browser ``Origin`` policy: ``--allow-origin`` entries (``*``: any), or by default
+    only the server's own origin (``scheme://Host``: its demo page)."""
+    if cfg.allow_origin is None:
+        scheme = "https" if cfg.certfile else "http"
+        return origin.lower() == f"{scheme}://{(host or '').lower()}"
+    return "*" in cfg.allow_origin or origin in cfg.allow_origin

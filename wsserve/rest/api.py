@@ -1,0 +1,572 @@
+"""The HTTP API: every plain (non-WebSocket) route of a server, sans-I/O.
+
+:meth:`HttpApi.handle` answers one request: at once (a returned
+:class:`~wsserve.httpmsg.HttpResponse`) or later through its exchange (the
+work routes, which queue rows or a generation next to the WebSocket traffic).
+It applies, in order: the route (404; 405 with ``Allow``), the browser
+``Origin`` policy (403; CORS headers and ``OPTIONS`` preflights answered from
+the allowlist), the API key (401/429), then for work routes the same admission
+rules as a WebSocket connection (:class:`~wsserve.admission.Admission`:
+draining, rate limits, capacity) and the same codec errors.
+
+Routes (docs/PROTOCOL.md, "HTTP"):
+
+- ``POST /predict`` - the seed form ``{"x": ...}`` -> ``{"y_pred": ...}``, or
+  ``{"model", "inputs", ...}`` -> ``{"model", "version", "outputs", "timing"}``;
+- the Open Inference Protocol v2: ``GET /v2``, ``/v2/health/live|ready``,
+  ``/v2/models/{name}[/versions/{version}][/ready]``, ``POST .../infer``;
+- the OIP model repository extension (Triton's): ``POST /v2/repository/index``,
+  ``POST /v2/repository/models/{name}/load`` and ``/unload`` (optional body
+  ``{"parameters": {"version": ...}}``), through the server's admin hook (the
+  WebSocket ``load``/``unload`` path) with the same authorization rule;
+- ``POST /v1/completions`` (OpenAI), ``GET /v1/models`` (the WebSocket ``models``
+  reply, versions included; ``?format=openai``: OpenAI's list shape).
+
+More routes are added with :meth:`HttpApi.add_route` (the server adds its
+health, metrics and static routes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+import orjson
+
+from ..admission import Shared, check_bearer, origin_allowed
+from ..auth import KeyRegistry
+from ..config import ServerConfig
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    Internal,
+    InvalidInput,
+    Overloaded,
+    ShuttingDown,
+    UnknownModel,
+    WsserveError,
+)
+from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
+from ..metrics import Metrics
+from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
+from . import oip
+from .calls import CompletionCall, HttpSession, InferCall, PredictFormCall, SeedCall
+from .errors import Style, error_response, plain_error
+from .openai import CompletionEncoder, ParamError, models_list, parse_completion
+from .router import Auth, Handler, Route, Router
+
+__all__ = ["HttpApi"]
+
+log = logging.getLogger("wsserve.rest")
+
+JSON = "application/json"
+#: Request headers a browser may send cross-origin (the preflight's answer).
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Inference-Header-Content-Length"
+#: Response headers a cross-origin page may read.
+CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
+#: Preflight answers may be cached this long (seconds).
+CORS_MAX_AGE = "600"
+
+_NO_STORE = ("Cache-Control", "no-store")
+#: The largest integer version a load/unload may name (the WebSocket's bound).
+MAX_VERSION_INT = (1 << 63) - 1
+#: Version states as Triton's repository index names them.
+_OIP_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING", "failed": "UNAVAILABLE"}
+
+#: ``admin(op, model, version, done)``: the server's admin hook (see ConnectionContext.admin).
+AdminHook = Callable[[str, str, "str | None", Callable[[Any], None]], None]
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz"}
+
+
+class HttpApi:
+    """The routes of one server.  Event-loop thread only.
+
+    ``ready()`` says whether the server takes new work (``/v2/health/ready``);
+    ``slot_free()`` whether one more connection fits ``--max-connections`` (an
+    HTTP connection takes a slot at its first work request, see :attr:`sessions`);
+    ``clock`` is monotonic seconds, ``wall_clock`` Unix seconds (OpenAI's ``created``).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        models: Any,  # ModelPool: lookup, knows, names, status, models_json
+        metrics: Metrics,
+        keys: KeyRegistry,
+        shared: Shared,
+        version: str,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        ready: Callable[[], bool],
+        slot_free: Callable[[], bool],
+        admin: AdminHook | None = None,
+        unloaded: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.metrics = metrics
+        self.keys = keys
+        self.shared = shared
+        self.version = version
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.ready = ready
+        self.slot_free = slot_free
+        self.admin = admin
+        self.unloaded = unloaded
+        #: Sessions of open HTTP connections holding a connection slot.
+        self.sessions: set[HttpSession] = set()
+        #: OIP extensions announced by ``GET /v2``.
+        self.extensions: list[str] = ["binary_tensor_data"] + (["model_repository"] if admin is not None else [])
+        self.router = Router()
+        self._keys_on = bool(config.api_key)  # an admin key alone guards admin operations only (as on the WebSocket)
+        self._completion_prefix = f"cmpl-{secrets.token_hex(6)}-"  # unique across restarts, cheap per request
+        self._completion_ids = itertools.count(1)
+        self._started = int(wall_clock())
+        # Per loaded version (weak: a retired version's entry and model are not kept alive here).
+        self._signatures: weakref.WeakKeyDictionary[Any, tuple[tuple[oip.Tensor, ...], tuple[oip.Tensor, ...]]] = (
+            weakref.WeakKeyDictionary())
+        add = self.add_route
+        add("POST", "/predict", self._predict, auth="key", style="wsserve")
+        add("GET", "/v1/models", self._models, auth="key", style="wsserve")
+        add("POST", "/v1/completions", self._completions, auth="key", style="openai")
+        add("GET", "/v2", self._server_metadata, auth="key", style="oip")
+        add("GET", "/v2/health/live", self._live, auth="none", style="oip")
+        add("GET", "/v2/health/ready", self._server_ready, auth="none", style="oip")
+        for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            add("GET", base, self._model_metadata, auth="key", style="oip")
+            add("GET", base + "/ready", self._model_ready, auth="key", style="oip")
+            add("POST", base + "/infer", self._infer, auth="key", style="oip")
+        # The model repository extension (Triton's): admin operations check their own rule (_may_admin).
+        add("POST", "/v2/repository/index", self._repository_index, auth="key", style="oip")
+        add("POST", "/v2/repository/models/{name}/load", self._load, auth="none", style="oip")
+        add("POST", "/v2/repository/models/{name}/unload", self._unload, auth="none", style="oip")
+
+    def add_route(self, method: str, pattern: str, handler: Handler, *, auth: Auth, style: Style | None) -> Route:
+        """Route ``method pattern`` to ``handler(request, exchange, params, key, cors)``, which
+        returns a response or None (it answers through ``exchange`` later).
+
+        ``auth``: ``"none"``, ``"key"`` (an API key when keys are on) or ``"metrics"``
+        (an API key or ``--metrics-key``); ``key`` is the caller's key (None with keys
+        off).  ``style``: the error body (``"wsserve"``, ``"oip"``, ``"openai"``, or None
+        for plain text).  ``cors``: headers to add to the answer (None: none).  Handlers
+        may raise :class:`~wsserve.errors.WsserveError`: answered in the route's style."""
+        return self.router.add(method, pattern, handler, auth=auth, style=style)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request: HttpRequest, exchange: HttpExchange) -> HttpResponse | None:
+        """Answer ``request`` now (the response) or later through ``exchange`` (None).  Never raises."""
+        match = self.router.match(request.path)
+        if match is None:
+            return plain_error(404, f"no route for {request.path[:200]!r}", _style_of(request.path), "not_found")
+        route, params = match
+        cors = None
+        origin = request.header(b"origin")
+        if origin is not None:
+            if request.header_count(b"origin") > 1:
+                return plain_error(400, "duplicate Origin header", route.style)
+            if not origin_allowed(self.config, origin, request.header(b"host")):
+                return plain_error(403, "origin not allowed (only this server's own pages by default; see --allow-origin)",
+                                   route.style, "forbidden")
+            cors = self._cors(origin)
+        method = request.method
+        if method == "OPTIONS":
+            return self._options(request, route, cors)
+        handler = route.handlers.get(method)
+        if handler is None and method == "HEAD":
+            handler = route.handlers.get("GET")
+        if handler is None:
+            return _with(plain_error(405, f"{method} is not allowed on {route.pattern}; allowed: {route.allow}",
+                                     route.style, "method_not_allowed", [("Allow", route.allow)]), cors)
+        try:
+            key = None
+            if route.auth != "none" and self._keys_on:
+                if request.header_count(b"authorization") > 1:
+                    raise BadRequest("duplicate Authorization header")
+                key = check_bearer(self.keys, request.address, request.header(b"authorization"), self.clock(),
+                                   metrics=route.auth == "metrics")
+            response = handler(request, exchange, params, key, cors)
+        except WsserveError as exc:
+            return _with(error_response(exc, route.style or "wsserve", param=getattr(exc, "param", None)), cors)
+        except Exception as exc:  # noqa: BLE001 - a bug: one log line, a 500, the connection stays
+            log.error("error handling %s %r: %s: %s", method, request.path[:200], type(exc).__name__, exc)
+            return _with(error_response(Internal("internal error"), route.style or "wsserve"), cors)
+        if response is None:
+            return None
+        if method == "HEAD":
+            response = HttpResponse(response.status, b"", response.content_type, response.headers, response.close)
+        return _with(response, cors)
+
+    def _cors(self, origin: str) -> list[tuple[str, str]] | None:
+        """Headers for an allowed cross-origin request (None for a same-origin one)."""
+        cfg = self.config
+        if cfg.allow_origin is None:
+            return None  # only our own origin is allowed, and it needs no CORS headers
+        allow = "*" if "*" in cfg.allow_origin else origin
+        return [("Access-Control-Allow-Origin", allow), ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS),
+                ("Vary", "Origin")]
+
+    def _options(self, request: HttpRequest, route: Route, cors: list[tuple[str, str]] | None) -> HttpResponse:
+        """``OPTIONS``: a CORS preflight is answered from the allowlist and the route's methods."""
+        wanted = request.header(b"access-control-request-method")
+        if wanted is None or cors is None:  # not a (cross-origin) preflight
+            return HttpResponse(204, headers=[("Allow", route.allow), *(cors or ())])
+        allowed = route.allow
+        if wanted not in allowed.split(", "):
+            return plain_error(405, f"{wanted} is not allowed on {route.pattern}; allowed: {allowed}",
+                               route.style, "method_not_allowed", [("Allow", allowed), *cors])
+        return HttpResponse(204, headers=[
+            *cors, ("Access-Control-Allow-Methods", allowed), ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+            ("Access-Control-Max-Age", CORS_MAX_AGE),
+        ])
+
+    # ------------------------------------------------------------------ sessions (connection slots)
+
+    def _session(self, exchange: HttpExchange, request: HttpRequest) -> HttpSession:
+        """The connection's session, created at its first work request (taking a connection
+        slot); raises ``ShuttingDown`` while draining, ``Overloaded``-like 503 at the cap."""
+        session = exchange.session
+        if session is None:
+            if self.shared.draining:
+                raise ShuttingDown("server is draining; no new work is accepted")
+            if not self.slot_free():
+                raise _TooManyConnections("too many connections (max_connections)", retry_after_ms=1000)
+            now = self.clock()
+            session = HttpSession(self.config, self.shared, self.metrics, self.clock, request.address, now)
+            exchange.session = session
+            self.sessions.add(session)
+        return session
+
+    def release(self, session: HttpSession | None) -> None:
+        """The connection of ``session`` closed (or became a WebSocket): stop its calls, free its slot."""
+        if session is not None:
+            session.abort_all()
+            self.sessions.discard(session)
+
+    def _rejected(self, exc: WsserveError, model: str, kind: str) -> None:
+        self.metrics.rejected(model if self.models.knows(model) else "", kind, exc.code)
+
+    # ------------------------------------------------------------------ POST /predict
+
+    def _predict(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                 cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        now = self.clock()
+        model = ""
+        try:
+            session = self._session(exchange, request)
+            session.admission.admit(key, now)
+            req = decode_predict_body(request.body)
+            model = req.model
+            if req.stream:
+                raise BadRequest("'stream' is not available on POST /predict; use the WebSocket for streamed rows")
+            entry = self.models.lookup(req.model, req.version)
+            if entry.kind != "predict":
+                raise BadRequest(f"model {req.model!r} serves generate, not predict (use POST /v1/completions)")
+            if req.explain and (refusal := entry.explain_refusal) is not None:
+                raise BadRequest(refusal)
+            cfg = self.config
+            # Any JSON number takes at least two bytes of the body: a bound before anything is allocated.
+            inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+            if req.explain and n > cfg.max_explain_rows:
+                raise InvalidInput(f"'inputs' has {n} rows; explain takes at most {cfg.max_explain_rows} "
+                                   "rows per request (max_explain_rows)")
+            session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
+            args = (session, exchange, entry, inputs, n, nbytes, "wsserve", now, cors)
+            if req.seed_form is not None:
+                call: Any = SeedCall(*args, scalar=req.seed_form == "scalar")
+            else:
+                call = PredictFormCall(*args, explain=req.explain)
+            deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
+            call.item = entry.worker.submit(call, priority=req.priority, deadline=deadline)
+        except WsserveError as exc:
+            self._rejected(exc, model, "predict")
+            raise
+        session.track(call)
+        exchange.on_abort = call.abort
+        return None
+
+    # ------------------------------------------------------------------ OIP v2
+
+    def _live(self, *_: Any) -> HttpResponse:
+        return HttpResponse(200, b"", JSON, [_NO_STORE])
+
+    def _server_ready(self, *_: Any) -> HttpResponse:
+        return HttpResponse(200 if self.ready() else 400, b"", JSON, [_NO_STORE])
+
+    def _server_metadata(self, *_: Any) -> HttpResponse:
+        return HttpResponse(200, oip.server_metadata(self.version, self.extensions), JSON)
+
+    def _signature(self, entry: Any) -> tuple[tuple[oip.Tensor, ...], tuple[oip.Tensor, ...]]:
+        cached = self._signatures.get(entry)
+        if cached is None:
+            cached = self._signatures[entry] = oip.signature(entry.model)
+        return cached
+
+    def _model_metadata(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                        *_: Any) -> HttpResponse:
+        entry = self.models.lookup(params["name"], params.get("version"))
+        inputs, outputs = self._signature(entry)
+        versions = sorted((v for v, st in self.models.status(entry.name).items() if st.state == "ready"),
+                          key=_version_key)
+        backend = entry.model.info.extra.get("backend") if hasattr(entry.model, "info") else None
+        platform = _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
+        return HttpResponse(200, oip.model_metadata(entry.name, versions, platform, inputs, outputs), JSON)
+
+    def _model_ready(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                     *_: Any) -> HttpResponse:
+        self.models.lookup(params["name"], params.get("version"))  # UnknownModel: 404
+        return HttpResponse(200 if self.ready() else 400, b"", JSON, [_NO_STORE])
+
+    def _infer(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+               cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        now = self.clock()
+        name = params["name"]
+        try:
+            session = self._session(exchange, request)
+            session.admission.admit(key, now)
+            entry = self.models.lookup(name, params.get("version"))
+            if entry.kind != "predict":
+                raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
+            inputs, outputs = self._signature(entry)
+            if not inputs or not outputs:
+                raise BadRequest(f"model {name!r} declares no input or output tensors")
+            encoding = request.header(b"content-encoding")
+            if encoding is not None and encoding.strip().lower() != "identity":
+                raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+            req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=self.config.max_rows)
+            batch = _worker_inputs(entry, inputs, req)
+            nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
+            session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
+            call = InferCall(session, exchange, entry, batch, req.rows, nbytes, "oip", now, cors, rid=req.id,
+                             outputs=outputs, requested=req.outputs)
+            deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
+            call.item = entry.worker.submit(call, priority=1 if req.priority == 1 else 0, deadline=deadline)
+        except WsserveError as exc:
+            self._rejected(exc, name, "predict")
+            raise
+        session.track(call)
+        exchange.on_abort = call.abort
+        return None
+
+    # ------------------------------------------------------------------ OIP model repository extension
+
+    def _repository_index(self, request: HttpRequest, *_: Any) -> HttpResponse:
+        """Every model version and its state (``READY``, ``LOADING``, ``UNLOADING``, ``UNAVAILABLE``
+        with the reason), and models an admin unloaded (``UNAVAILABLE``, no version).  Body: none,
+        or ``{"ready": true}`` for the ready versions only."""
+        ready_only = False
+        if request.body.strip():
+            body = loads(request.body)
+            if type(body) is not dict:
+                raise BadRequest("the repository index request must be a JSON object")
+            ready_only = body.get("ready", False)
+            if type(ready_only) is not bool:
+                raise BadRequest("'ready' must be a boolean")
+        rows: list[dict[str, str]] = []
+        for name in sorted(set(self.models.names) | set(self.unloaded())):
+            status = self.models.status(name)
+            if not status:
+                if not ready_only:
+                    rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
+                continue
+            for version in sorted(status, key=_version_key):
+                st = status[version]
+                if ready_only and st.state != "ready":
+                    continue
+                rows.append({"name": name, "version": version, "state": _OIP_STATES.get(st.state, "UNAVAILABLE"),
+                             "reason": st.reason or ""})
+        return HttpResponse(200, orjson.dumps(rows), JSON, [_NO_STORE])
+
+    def _load(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+              cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._repository_op("load", request, exchange, params["name"], cors)
+
+    def _unload(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._repository_op("unload", request, exchange, params["name"], cors)
+
+    def _may_admin(self, request: HttpRequest, op: str) -> None:
+        """The WebSocket admin rule: with keys configured, a Bearer admin key (401 without a valid
+        key, 403 with another key); without keys, loopback clients only (403)."""
+        cfg = self.config
+        refusal = f"{op} needs the admin key (--admin-key), or loopback when no keys are configured"
+        if cfg.api_key or cfg.admin_key:
+            if request.header_count(b"authorization") > 1:
+                raise BadRequest("duplicate Authorization header")
+            key = check_bearer(self.keys, request.address, request.header(b"authorization"), self.clock())
+            if not self.keys.is_admin(key):
+                raise Forbidden(refusal)
+        elif not (request.address == "::1" or request.address.startswith("127.")):
+            raise Forbidden(refusal)
+
+    def _repository_op(self, op: str, request: HttpRequest, exchange: HttpExchange, name: str,
+                       cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        """Load or unload ``name`` through the admin hook; answered when the operation is done
+        (200 with the model's versions and states, or the OIP error)."""
+        self._may_admin(request, op)
+        if self.admin is None:
+            raise BadRequest(f"{op}: this server serves no model repository")
+        version = _admin_version(request.body)
+        answer: list[HttpResponse] = []  # set if the hook answers before we return
+        returned = False
+
+        def done(result: Any) -> None:
+            if isinstance(result, WsserveError):
+                response = _with(error_response(result, "oip"), cors)
+            else:
+                response = _with(HttpResponse(200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), JSON,
+                                              [_NO_STORE]), cors)
+            if returned:
+                exchange.respond(response)  # ignored if the client is gone
+            else:
+                answer.append(response)
+
+        self.admin(op, name, version, done)
+        if answer:
+            return answer[0]
+        returned = True
+        return None
+
+    # ------------------------------------------------------------------ OpenAI
+
+    def _models(self, request: HttpRequest, *_: Any) -> HttpResponse:
+        if request.query:
+            fmt = parse_qs(request.query).get("format", [""])[-1]
+            if fmt == "openai":
+                return HttpResponse(200, models_list(self.models.names, self._started), JSON, [_NO_STORE])
+            if fmt not in ("", "wsserve"):
+                raise BadRequest(f"unknown format {fmt[:64]!r}; known: wsserve (default), openai")
+        return HttpResponse(200, self.models.models_json, JSON, [_NO_STORE])
+
+    def _completions(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                     cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        now = self.clock()
+        model = ""
+        try:
+            session = self._session(exchange, request)
+            session.admission.admit(key, now)
+            completion = parse_completion(loads(request.body), max_tokens_limit=self.config.max_tokens)
+            model = completion.model
+            try:
+                entry = self.models.lookup(model)
+            except UnknownModel as exc:
+                raise _with_param(exc, "model") from None
+            if entry.kind != "generate":
+                raise ParamError("model", f"model {model!r} does not generate text (use POST /v2/models/{model}/infer "
+                                          "or POST /predict)")
+            session.admission.capacity(len(session.calls), session.inflight_bytes, 0)
+            cid = f"{self._completion_prefix}{next(self._completion_ids)}"
+            encoder = CompletionEncoder(cid, int(self.wall_clock()), model, len(completion.params.prompt))
+            call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
+            call.handle = entry.worker.submit(completion.params, call, group=session)
+        except WsserveError as exc:
+            self._rejected(exc, model, "generate")
+            raise
+        session.track(call)
+        exchange.on_abort = call.abort
+        if completion.stream:
+            exchange.start_stream(200, "text/event-stream", [("Cache-Control", "no-cache"), *(cors or ())])
+        return None
+
+    # ------------------------------------------------------------------ drain
+
+    def end_all(self, exc: WsserveError) -> None:
+        """End every unfinished HTTP call with ``exc`` (the drain deadline)."""
+        for session in list(self.sessions):
+            session.end_all(exc)
+
+
+class _TooManyConnections(Overloaded):
+    """503 at ``--max-connections``; the connection is closed."""
+
+    close_connection = True
+
+
+def _with_param(exc: WsserveError, param: str) -> WsserveError:
+    """``exc`` naming the request field it is about (OpenAI's error envelope shows it)."""
+    exc.param = param  # type: ignore[attr-defined]
+    return exc
+
+
+def _worker_inputs(entry: Any, inputs: tuple[oip.Tensor, ...], req: oip.InferRequest) -> Any:
+    """The checked OIP tensors as the entry's worker batches them (as its ``prepare`` makes them
+    from JSON): float64 rows ``[n, width]`` for a model on the float-rows fast path (the
+    built-in models, a single one-dimensional float input); else the array of the only
+    input, or ``{name: array}`` for several (each ``[n, *shape]`` in its declared dtype)."""
+    if entry.input_width:
+        array = req.arrays[inputs[0].name]
+        return np.ascontiguousarray(array.reshape(req.rows, -1), dtype=np.float64)
+    if len(inputs) == 1:
+        return req.arrays[inputs[0].name]
+    return {t.name: req.arrays[t.name] for t in inputs}
+
+
+def _admin_version(body: bytes) -> str | None:
+    """The version a load/unload names: ``{"parameters": {"version": "2" or 2}}``; None for an
+    empty body or no version (every version).  Other parameters Triton defines are refused,
+    except ``unload_dependents`` (wsserve has no ensembles: nothing depends on a model)."""
+    if not body.strip():
+        return None
+    obj = loads(body)
+    if type(obj) is not dict:
+        raise BadRequest("the request body must be a JSON object")
+    params = obj.get("parameters")
+    if params is None:
+        return None
+    if type(params) is not dict:
+        raise BadRequest("'parameters' must be an object")
+    unknown = sorted(k for k in params if k not in ("version", "unload_dependents"))
+    if unknown:
+        raise BadRequest(f"parameter {unknown[0][:64]!r} is not supported (only 'version'; models load from the "
+                         "repository as they are)")
+    if type(params.get("unload_dependents", False)) is not bool:
+        raise BadRequest("parameter 'unload_dependents' must be a boolean")
+    version = params.get("version")
+    if version is None:
+        return None
+    if type(version) is int and 1 <= version <= MAX_VERSION_INT:
+        return str(version)
+    if type(version) is str and 0 < len(version) <= MAX_VERSION_LENGTH:
+        return version
+    raise BadRequest(f"parameter 'version' must be a positive integer or a string of at most {MAX_VERSION_LENGTH} "
+                     "characters")
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    """Numbered versions in numeric order (as the pool orders them), others before them by name."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _header_length(request: HttpRequest) -> int | None:
+    value = request.header(b"inference-header-content-length")
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit() or len(value) > 12:
+        raise BadRequest(f"Inference-Header-Content-Length must be a byte count, got {value[:32]!r}")
+    return int(value)
+
+
+def _style_of(path: str) -> Style | None:
+    """The error style of an unknown path: by its prefix (plain text outside the APIs)."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oip"
+    if path.startswith("/v1/"):
+        return "openai"
+    if path.startswith("/predict"):
+        return "wsserve"
+    return None
+
+
+def _with(response: HttpResponse, cors: list[tuple[str, str]] | None) -> HttpResponse:
+    if cors:
+        response.headers = [*response.headers, *cors]
+    return response

@@ -1,0 +1,344 @@
+"""HTTP requests in flight: one call per predict, inference or completion, and the session that owns them.
+
+A call is the sink its worker calls back (:class:`~wsserve.worker.PredictSink`
+or the engine's :class:`~wsserve.generation.TokenSink`, exactly as a
+WebSocket job is) and answers through its request's
+:class:`~wsserve.httpmsg.HttpExchange`.  Every way a call ends goes through
+:meth:`Call._end`, once: then ``finished`` is true, every callback is a no-op,
+and the session counts it (in-flight totals, metrics).  A client that goes away
+aborts its calls (``exchange.on_abort``): queued rows are dropped and a
+generation is cancelled in the engine.
+
+Sans-I/O: the session is given its clock; calls touch no socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from ..admission import Admission
+from ..errors import Internal, WsserveError
+from ..httpmsg import HttpExchange, HttpResponse
+from ..protocol import encode_seed_result
+from . import oip
+from .errors import Style, error_response
+from .openai import Completion, CompletionEncoder, error_event
+
+if TYPE_CHECKING:
+    from ..admission import Shared
+    from ..config import ServerConfig
+    from ..metrics import Metrics
+    from ..pool import ModelEntry
+
+__all__ = ["Call", "CompletionCall", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall"]
+
+JSON = "application/json"
+_NO_HEADERS: tuple[tuple[str, str], ...] = ()  # never mutated
+
+
+class HttpSession:
+    """One HTTP connection's admission state and unfinished calls (created at its first work request).
+
+    Holds a connection slot (``--max-connections``) until the server releases it
+    when the connection closes."""
+
+    __slots__ = ("admission", "calls", "inflight_bytes", "address", "_shared", "_metrics", "_clock")
+
+    def __init__(self, cfg: ServerConfig, shared: Shared, metrics: Metrics, clock: Callable[[], float],
+                 address: str, now: float) -> None:
+        self.admission = Admission(cfg, shared, now)
+        self.calls: set[Call] = set()
+        self.inflight_bytes = 0
+        self.address = address
+        self._shared = shared
+        self._metrics = metrics
+        self._clock = clock
+
+    def track(self, call: Call) -> None:
+        """``call`` was accepted by its worker."""
+        self.calls.add(call)
+        self.inflight_bytes += call.nbytes
+        self._shared.inflight += 1
+
+    def finished(self, call: Call, code: str) -> None:
+        """Called once per tracked call, by :meth:`Call._end`."""
+        self.calls.discard(call)
+        self.inflight_bytes -= call.nbytes
+        self._shared.inflight -= 1
+        metrics = self._metrics
+        metrics.request_done(call.model, call.kind, code, self._clock() - call.received_at)
+        if type(call) is CompletionCall:
+            if code in ("ok", "cancelled"):
+                metrics.add_tokens(call.model, call.tokens)
+        elif call.queue_s >= 0:  # type: ignore[attr-defined]
+            metrics.queued(call.model, call.queue_s)  # type: ignore[attr-defined]
+
+    def end_all(self, exc: WsserveError) -> None:
+        """End every unfinished call with ``exc`` (the drain deadline)."""
+        for call in list(self.calls):
+            call.fail(exc)
+
+    def abort_all(self) -> None:
+        """The connection is gone: stop every call's work."""
+        for call in list(self.calls):
+            call.abort()
+
+
+class Call:
+    """Base of HTTP calls.  Subclasses stop their work in ``_stop_work``."""
+
+    __slots__ = ("session", "exchange", "model", "version", "kind", "received_at", "finished", "nbytes", "style",
+                 "headers")
+
+    def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, kind: str, style: Style,
+                 received_at: float, headers: list[tuple[str, str]] | None) -> None:
+        self.session = session
+        self.exchange = exchange
+        self.model = entry.name
+        self.version = entry.version
+        self.kind = kind
+        self.style = style
+        self.received_at = received_at
+        self.finished = False
+        self.nbytes = 0
+        self.headers = headers or _NO_HEADERS  # CORS headers for the answer
+
+    def _end(self, code: str) -> bool:
+        if self.finished:
+            return False
+        self.finished = True
+        self.session.finished(self, code)
+        return True
+
+    def _answer(self, body: bytes, content_type: str = JSON, headers: Any = None) -> None:
+        self.exchange.respond(HttpResponse(200, body, content_type, headers or self.headers))  # type: ignore[arg-type]
+
+    def fail(self, exc: WsserveError) -> None:
+        """End with an error answer and stop the remaining work."""
+        if self._end(exc.code):
+            self._stop_work()
+            self._error(exc)
+
+    def _error(self, exc: WsserveError) -> None:
+        response = error_response(exc, self.style)
+        if self.headers:
+            response.headers.extend(self.headers)
+        self.exchange.respond(response)
+
+    def abort(self) -> None:
+        """The client is gone: stop the work, answer nothing."""
+        if self._end("cancelled"):
+            self._stop_work()
+
+    def _stop_work(self) -> None:
+        raise NotImplementedError
+
+
+def _count(outputs: Any) -> int:
+    """Rows in a delivery (an array, or named arrays of equal length)."""
+    if isinstance(outputs, dict):
+        return len(next(iter(outputs.values())))
+    return int(outputs.shape[0])
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Rows of several deliveries, in order (per name for named outputs)."""
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def _contiguous(outputs: Any) -> Any:
+    if isinstance(outputs, dict):
+        return {k: np.ascontiguousarray(v) for k, v in outputs.items()}
+    return np.ascontiguousarray(outputs)
+
+
+class PredictCall(Call):
+    """Rows through a predict worker (its :class:`~wsserve.worker.PredictSink`); subclasses encode the answer.
+
+    ``inputs`` is what the entry's ``prepare`` made (``[n, ...]`` or ``{name: [n, ...]}``);
+    outputs arrive the same way (an array, or ``{name: [n, ...]}`` for named outputs).
+    With ``explain`` the worker also hands each delivery's attributions (``[rows, d]``)."""
+
+    __slots__ = ("inputs", "n", "worker", "item", "queue_s", "explain", "explanation", "_compute_s", "_batch_max",
+                 "_parts", "_attr_parts", "_delivered")
+
+    def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, inputs: Any, n: int,
+                 nbytes: int, style: Style, received_at: float, headers: list[tuple[str, str]] | None, *,
+                 explain: bool = False) -> None:
+        super().__init__(session, exchange, entry, "predict", style, received_at, headers)
+        self.inputs = inputs
+        self.n = n
+        self.nbytes = nbytes
+        self.worker = entry.worker
+        self.item: Any = None
+        self.queue_s = -1.0
+        self.explain = explain
+        self.explanation = entry.explanation if explain else None
+        self._compute_s = 0.0
+        self._batch_max = 0
+        self._parts: list[Any] | None = None
+        self._attr_parts: list[np.ndarray] = []
+        self._delivered = 0
+
+    def _stop_work(self) -> None:
+        if self.item is not None:
+            self.worker.cancel(self.item)
+
+    # -- PredictSink
+
+    def on_error(self, exc: WsserveError) -> None:
+        self.fail(exc)
+
+    def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float,
+                attributions: np.ndarray | None = None) -> None:
+        if self.finished:
+            return
+        if self.queue_s < 0:
+            self.queue_s = queue_s
+        self._compute_s += compute_s
+        if batch_rows > self._batch_max:
+            self._batch_max = batch_rows
+        if self.explain:
+            if attributions is None:  # the worker must explain every row of an explain request
+                self.fail(Internal(f"model {self.model!r} returned rows without their attributions"))
+                return
+            self._attr_parts.append(attributions)
+        self._delivered += _count(outputs)
+        if self._delivered < self.n:
+            if self._parts is None:
+                self._parts = [outputs]
+            else:
+                self._parts.append(outputs)
+            return
+        if self._parts is not None:
+            outputs = _concat([*self._parts, outputs])
+        if self._end("ok"):
+            self._result(outputs)
+
+    def _timing(self) -> dict[str, float | int]:
+        return {
+            "queue_ms": round(self.queue_s * 1000.0, 3) if self.queue_s > 0 else 0.0,
+            "compute_ms": round(self._compute_s * 1000.0, 3),
+            "batch_size": self._batch_max,
+        }
+
+    def _result(self, outputs: Any) -> None:
+        raise NotImplementedError
+
+
+class SeedCall(PredictCall):
+    """``POST /predict`` in the seed form: ``{"y_pred": number or list}``."""
+
+    __slots__ = ("scalar",)
+
+    def __init__(self, *args: Any, scalar: bool) -> None:
+        super().__init__(*args)
+        self.scalar = scalar
+
+    def _result(self, outputs: Any) -> None:
+        self._answer(encode_seed_result(outputs, self.scalar))
+
+
+class PredictFormCall(PredictCall):
+    """``POST /predict`` with ``model`` and ``inputs``: ``{"model", "version", "outputs", "timing"}``
+    (``outputs`` by name for a model with named outputs; with ``"explain": true`` also
+    ``attributions`` and ``explanation``, as the WebSocket ``result`` frame has them)."""
+
+    __slots__ = ()
+
+    def _result(self, outputs: Any) -> None:
+        body: dict[str, Any] = {"model": self.model, "version": self.version, "outputs": _contiguous(outputs)}
+        if self.explain:
+            parts = self._attr_parts
+            body["attributions"] = np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            body["explanation"] = self.explanation
+        body["timing"] = self._timing()
+        self._answer(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+class InferCall(PredictCall):
+    """``POST /v2/models/{name}[/versions/{version}]/infer``: the Open Inference Protocol response
+    (JSON or binary outputs), each output tensor by its name."""
+
+    __slots__ = ("rid", "outputs", "requested")
+
+    def __init__(self, *args: Any, rid: str | None, outputs: tuple[oip.Tensor, ...],
+                 requested: list[tuple[int, bool]]) -> None:
+        super().__init__(*args)
+        self.rid = rid
+        self.outputs = outputs
+        self.requested = requested
+
+    def _result(self, outputs: Any) -> None:
+        n = _count(outputs)
+        if isinstance(outputs, dict):
+            values = [outputs[spec.name].reshape((n, *spec.shape)) for spec in self.outputs]
+        else:
+            values = [outputs.reshape((n, *self.outputs[0].shape))]
+        body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values)
+        if json_size is None:
+            self._answer(body)
+        else:
+            self._answer(body, "application/octet-stream",
+                         [("Inference-Header-Content-Length", str(json_size)), *self.headers])
+
+
+class CompletionCall(Call):
+    """``POST /v1/completions``: the engine's token sink; a JSON answer, or Server-Sent Events when streamed."""
+
+    __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "_texts")
+
+    def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
+                 completion: Completion, encoder: CompletionEncoder, headers: list[tuple[str, str]] | None) -> None:
+        super().__init__(session, exchange, entry, "generate", "openai", received_at, headers)
+        self.engine = entry.worker
+        self.handle: Any = None
+        self.encoder = encoder
+        self.stream = completion.stream
+        self.include_usage = completion.include_usage
+        self.tokens = 0
+        self._texts: list[str] = []
+
+    def _stop_work(self) -> None:
+        if self.handle is not None:
+            self.engine.cancel(self.handle)  # its on_done("cancelled") finds the call finished
+
+    def _error(self, exc: WsserveError) -> None:
+        if not self.stream:
+            super()._error(exc)
+            return
+        # The 200 and the first events are out: the error is an event, then [DONE].
+        self.exchange.send(error_event(error_response(exc, "openai").body))
+        self.exchange.end_stream()
+
+    # -- TokenSink
+
+    def on_token(self, seq: int, text: str) -> None:
+        if self.finished:
+            return
+        self.tokens = seq + 1
+        if self.stream:
+            self.exchange.send(self.encoder.token_event(text))
+        else:
+            self._texts.append(text)
+
+    def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
+        self.tokens = tokens
+        if not self._end("ok" if reason != "cancelled" else "cancelled"):
+            return
+        if reason == "cancelled":  # not by us (we end first): answer what there is
+            reason = "stop"
+        if self.stream:
+            self.exchange.send(self.encoder.final_events(reason, tokens, self.include_usage))
+            self.exchange.end_stream()
+        else:
+            self._answer(self.encoder.response("".join(self._texts), reason, tokens))
+
+    def on_error(self, exc: WsserveError) -> None:
+        self.fail(exc)

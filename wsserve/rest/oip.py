@@ -1,0 +1,387 @@
+"""The Open Inference Protocol v2 (KServe / Triton REST), sans-I/O: bytes in, values out, and back.
+
+- :func:`signature` - a served model's input and output tensors
+  (:class:`Tensor`: name, OIP datatype, per-row shape), from the model's own
+  specs when it has them (repository models), else the built-in defaults
+  (one ``FP64`` input :data:`DEFAULT_INPUT`, one ``FP64`` output
+  :data:`DEFAULT_OUTPUT`).
+- :func:`model_metadata`, :func:`server_metadata` - the metadata bodies.
+- :func:`parse_infer` - an inference request (JSON, or JSON followed by binary
+  tensor data when ``Inference-Header-Content-Length`` is given) checked
+  against the signature; every number from the wire is bounded before it
+  reaches numpy.  Raises :class:`~wsserve.errors.BadJson`,
+  :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`.
+- :func:`encode_infer` - the response, JSON or JSON + binary outputs.
+
+Datatypes: a float model (``FP16``/``FP32``/``FP64``) accepts ``FP16``,
+``FP32`` and ``FP64`` input (rounded to the declared input type first) and
+answers in its own output datatype; other models take exactly their
+datatype.  ``BYTES`` is not supported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..dtypes import DTYPES, OIP_NAMES
+from ..errors import BadRequest, InvalidInput
+from ..protocol import MAX_ID_LENGTH, loads
+
+__all__ = [
+    "DATATYPES",
+    "DEFAULT_INPUT",
+    "DEFAULT_OUTPUT",
+    "InferRequest",
+    "Tensor",
+    "encode_infer",
+    "model_metadata",
+    "parse_infer",
+    "server_metadata",
+    "signature",
+]
+
+#: OIP datatype -> numpy dtype (little-endian, as the binary extension sends them): the model
+#: dtypes of :mod:`wsserve.dtypes` under their OIP names, plus the integer and half-float
+#: types the OIP may send (converted to the model's input dtype when it fits).
+DATATYPES: Mapping[str, np.dtype] = {
+    **{OIP_NAMES[name]: dtype for name, dtype in DTYPES.items()},
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "FP16": np.dtype("<f2"),
+}
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
+
+#: Bounds on what a request may declare.
+MAX_TENSORS = 64
+MAX_DIMS = 8
+MAX_NAME_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """One model input or output as the OIP describes it: per-row ``shape`` (no batch dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
+
+
+#: The input / output of the built-in models (a float64 ``[n, d]`` -> ``[n, k]`` map).
+DEFAULT_INPUT = "input"
+DEFAULT_OUTPUT = "output"
+
+
+def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``(inputs, outputs)`` of a served model.
+
+    A model with ``inputs``/``outputs`` tensor specs (``name``, ``shape``,
+    ``dtype``: a repository model) is described by them; a built-in predictive
+    model by its ``info.input_shape``/``output_shape`` as one ``FP64`` tensor
+    each; a generative model has none."""
+    specs_in, specs_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    if specs_in is not None and specs_out is not None:
+        return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_in),
+                tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_out))
+    info = getattr(model, "info", None)
+    if info is None or info.task == "generation":
+        return (), ()
+    return (Tensor(DEFAULT_INPUT, "FP64", tuple(info.input_shape)),), (Tensor(DEFAULT_OUTPUT, "FP64", tuple(info.output_shape)),)
+
+
+def server_metadata(version: str, extensions: list[str]) -> bytes:
+    return orjson.dumps({"name": "wsserve", "version": version, "extensions": extensions})
+
+
+def model_metadata(name: str, versions: list[str], platform: str, inputs: tuple[Tensor, ...],
+                   outputs: tuple[Tensor, ...]) -> bytes:
+    return orjson.dumps({
+        "name": name, "versions": versions, "platform": platform,
+        "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
+    })
+
+
+class InferRequest:
+    """A checked inference request.
+
+    ``arrays`` maps each model input to its ``[n, *shape]`` array (in the
+    input's declared dtype), ``rows`` is ``n``; ``outputs`` lists
+    ``(output index, binary)`` for the outputs to return, in order.
+    """
+
+    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us")
+
+    def __init__(self, rid: str | None, arrays: dict[str, np.ndarray], rows: int, outputs: list[tuple[int, bool]],
+                 priority: int, timeout_us: int | None) -> None:
+        self.id = rid
+        self.arrays = arrays
+        self.rows = rows
+        self.outputs = outputs
+        self.priority = priority
+        self.timeout_us = timeout_us
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+_NO_PARAMS: Mapping[str, Any] = {}
+
+
+def _params(obj: Mapping[str, Any], what: str, which: Any = "") -> Mapping[str, Any]:
+    """``obj["parameters"]`` ({} when absent); ``what`` and ``which`` name ``obj`` in the error
+    (formatted only then: this runs for every tensor)."""
+    params = obj.get("parameters")
+    if params is None:
+        return _NO_PARAMS
+    if type(params) is not dict:
+        label = f"{what} {which!r}" if which else what
+        raise BadRequest(f"{label}: 'parameters' must be an object, got {_kind(params)}")
+    return params
+
+
+def _name(obj: Mapping[str, Any], what: str, index: int) -> str:
+    name = obj.get("name")
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise BadRequest(f"{what} item {index} needs a 'name' (a string of 1 to {MAX_NAME_LENGTH} characters)")
+    return name
+
+
+def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
+                *, max_rows: int) -> InferRequest:
+    """Check an inference request body against the model's tensors (see the module docstring).
+
+    ``header_length``: the ``Inference-Header-Content-Length`` value (the JSON
+    part's size; the rest of ``body`` is binary tensor data), or None for a
+    JSON-only body.  ``max_rows`` bounds the batch dimension."""
+    if header_length is None:
+        obj, binary = loads(body), None
+    else:
+        if not 0 < header_length <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
+        obj, binary = loads(body[:header_length]), memoryview(body)[header_length:]
+    if type(obj) is not dict:
+        raise BadRequest(f"the inference request must be a JSON object, got {_kind(obj)}")
+    rid = obj.get("id")
+    if rid is not None and (type(rid) is not str or len(rid) > MAX_ID_LENGTH):
+        raise BadRequest(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
+    params = _params(obj, "the request")
+    priority = params.get("priority", 0)
+    if type(priority) is not int or priority < 0:
+        raise BadRequest(f"parameter 'priority' must be an integer >= 0, got {priority!r}")
+    timeout = params.get("timeout")
+    if timeout is not None and (type(timeout) is not int or not 0 < timeout <= (1 << 31) * 1000):
+        raise BadRequest(f"parameter 'timeout' (microseconds) must be an integer in (0, {(1 << 31) * 1000}], got {timeout!r}")
+    binary_out = params.get("binary_data_output", False)
+    if type(binary_out) is not bool:
+        raise BadRequest("parameter 'binary_data_output' must be a boolean")
+    given = obj.get("inputs")
+    if type(given) is not list or not given:
+        raise BadRequest("'inputs' must be a non-empty array of input tensors")
+    if len(given) > MAX_TENSORS:
+        raise BadRequest(f"'inputs' holds {len(given)} tensors; at most {MAX_TENSORS}")
+    by_name = {t.name: t for t in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    rows = -1
+    offset = 0
+    for i, tensor in enumerate(given):
+        if type(tensor) is not dict:
+            raise BadRequest(f"'inputs' item {i} must be an object, got {_kind(tensor)}")
+        name = _name(tensor, "'inputs'", i)
+        spec = by_name.get(name)
+        if spec is None:
+            raise BadRequest(f"unknown input {name!r}; the model takes: {', '.join(by_name) or 'none'}")
+        if name in arrays:
+            raise BadRequest(f"input {name!r} is given twice")
+        array, used = _input(tensor, spec, binary, offset, max_rows)
+        offset += used
+        if rows >= 0 and array.shape[0] != rows:
+            raise InvalidInput(f"input {name!r} has {array.shape[0]} rows; the other inputs have {rows}")
+        rows = array.shape[0]
+        arrays[name] = array
+    missing = [t.name for t in inputs if t.name not in arrays]
+    if missing:
+        raise BadRequest(f"missing input {missing[0]!r}; the model takes: {', '.join(by_name)}")
+    if binary is not None and offset != len(binary):
+        raise BadRequest(f"the body holds {len(binary)} bytes of binary tensor data; the inputs use {offset}")
+    return InferRequest(rid, arrays, rows, _requested(obj, outputs, binary_out), priority,
+                        None if timeout is None else timeout)
+
+
+def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool) -> list[tuple[int, bool]]:
+    wanted = obj.get("outputs")
+    if wanted is None:
+        return [(i, binary_default) for i in range(len(outputs))]
+    if type(wanted) is not list or len(wanted) > MAX_TENSORS:
+        raise BadRequest(f"'outputs' must be an array of at most {MAX_TENSORS} requested outputs")
+    index = {t.name: i for i, t in enumerate(outputs)}
+    out = []
+    for i, item in enumerate(wanted):
+        if type(item) is not dict:
+            raise BadRequest(f"'outputs' item {i} must be an object, got {_kind(item)}")
+        name = _name(item, "'outputs'", i)
+        if name not in index:
+            raise BadRequest(f"unknown output {name!r}; the model produces: {', '.join(index)}")
+        params = _params(item, "output", name)
+        if "classification" in params:
+            raise BadRequest("the classification extension is not supported")
+        binary = params.get("binary_data", binary_default)
+        if type(binary) is not bool:
+            raise BadRequest(f"output {name!r}: parameter 'binary_data' must be a boolean")
+        out.append((index[name], binary))
+    return out
+
+
+def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, offset: int,
+           max_rows: int) -> tuple[np.ndarray, int]:
+    """One input as ``[n, *spec.shape]`` in the spec's dtype, and the binary bytes it used."""
+    name = spec.name
+    shape = tensor.get("shape")
+    if type(shape) is not list or not 0 < len(shape) <= MAX_DIMS:
+        raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
+    if shape[1:] != list(spec.shape):
+        raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {[-1, *spec.shape]}")
+    n = shape[0]
+    if not 1 <= n <= max_rows:
+        raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
+    count = n * math.prod(spec.shape)
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
+    if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
+        raise InvalidInput(f"input {name!r} is {spec.datatype}; got {datatype}")
+    wire = DATATYPES[datatype]
+    size = _params(tensor, "input", name).get("binary_data_size")
+    if size is not None:
+        if binary is None:
+            raise BadRequest(f"input {name!r} has 'binary_data_size' but the request has no "
+                             "Inference-Header-Content-Length header")
+        if type(size) is not int or size != count * wire.itemsize:
+            raise InvalidInput(f"input {name!r}: 'binary_data_size' must be {count * wire.itemsize} "
+                               f"({count} {datatype} values), got {size!r}")
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
+        flat = np.frombuffer(binary[offset : offset + size], dtype=wire)
+        if wire.kind == "f" and not np.isfinite(flat).all():
+            raise InvalidInput(f"input {name!r} holds a value that is not finite")
+        used = size
+    else:
+        data = tensor.get("data")
+        if type(data) is not list:
+            raise BadRequest(f"input {name!r} needs 'data' (an array) or a 'binary_data_size' parameter")
+        flat = _json_data(data, shape, wire, DATATYPES[spec.datatype], name, count)
+        used = 0
+    want = DATATYPES[spec.datatype]
+    array = flat.reshape(shape)
+    if array.dtype != want:
+        if wire.kind == "f" and want.kind == "f" and wire.itemsize > want.itemsize:  # binary FP64 into an FP32 model
+            limit = float(np.finfo(want).max)
+            if array.size and not (np.abs(array) <= limit).all():
+                raise InvalidInput(f"input {name!r} holds a value out of the {spec.datatype} range")
+        array = array.astype(want)
+    return array, used
+
+
+_FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
+
+
+def _json_data(data: list[Any], shape: list[int], dtype: np.dtype, want: np.dtype, name: str, count: int) -> np.ndarray:
+    """Tensor data from JSON, flat or nested as ``shape``; element types checked (no strings, no
+    booleans for numbers, integers in range)."""
+    if data and type(data[0]) is list:
+        data = _flatten(data, shape, name)
+    if len(data) != count:
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} values; 'data' holds {len(data)}")
+    kind = dtype.kind
+    if kind == "f":
+        for v in data:
+            t = type(v)
+            if t is not float and t is not int:
+                raise InvalidInput(f"input {name!r} holds {v!r}, which is not a number")
+        # JSON numbers are finite doubles (orjson refuses 1e400 and integers past 64 bits): only a
+        # narrower type can overflow, so check its range on the Python values (no numpy warnings).
+        narrow = min(dtype.itemsize, want.itemsize)
+        if narrow < 8 and data:
+            limit = _FLOAT_MAX[narrow]
+            if max(data) > limit or min(data) < -limit:
+                raise InvalidInput(f"input {name!r} holds a value out of the {'FP16' if narrow == 2 else 'FP32'} range")
+        return np.array(data, dtype=dtype)
+    if kind == "b":
+        if any(type(v) is not bool for v in data):
+            raise InvalidInput(f"input {name!r} is BOOL: every value must be true or false")
+        return np.array(data, dtype=dtype)
+    info = np.iinfo(dtype)
+    lo, hi = int(info.min), int(info.max)
+    for v in data:
+        if type(v) is not int or not lo <= v <= hi:
+            raise InvalidInput(f"input {name!r} holds {v!r}, which is not an integer in [{lo}, {hi}]")
+    return np.array(data, dtype=dtype)
+
+
+def _flatten(data: list[Any], shape: list[int], name: str) -> list[Any]:
+    """Row-major flattening of nested lists that must match ``shape`` exactly."""
+    out: list[Any] = []
+
+    def walk(node: Any, depth: int) -> None:
+        if depth == len(shape):
+            if type(node) is list:
+                raise InvalidInput(f"input {name!r}: 'data' is nested deeper than shape {shape}")
+            out.append(node)
+            return
+        if type(node) is not list or len(node) != shape[depth]:
+            raise InvalidInput(f"input {name!r}: 'data' does not have shape {shape}")
+        for child in node:
+            walk(child, depth + 1)
+
+    walk(data, 0)
+    return out
+
+
+def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tensor, ...],
+                 requested: list[tuple[int, bool]], values: list[np.ndarray]) -> tuple[bytes, int | None]:
+    """The response body, and the JSON part's length when binary outputs follow it (the
+    ``Inference-Header-Content-Length`` header), else None.
+
+    ``values[i]`` is output ``i`` as ``[n, *shape]`` (any float or int dtype); it is
+    answered in the output's declared datatype."""
+    described = []
+    binary: list[bytes] = []
+    for index, as_binary in requested:
+        spec = outputs[index]
+        array = np.ascontiguousarray(values[index], dtype=DATATYPES[spec.datatype])
+        item: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
+        if as_binary:
+            raw = array.tobytes()
+            item["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            item["data"] = array.reshape(-1)
+        described.append(item)
+    head: dict[str, Any] = {"model_name": model, "model_version": version}
+    if rid is not None:
+        head["id"] = rid
+    head["outputs"] = described
+    text = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary:
+        return text, None
+    return b"".join((text, *binary)), len(text)

@@ -1,0 +1,194 @@
+"""OpenAI-compatible completions (``POST /v1/completions``, ``GET /v1/models?format=openai``), sans-I/O.
+
+- :func:`parse_completion` - a request body into :class:`Completion` (the
+  engine's :class:`~wsserve.protocol.GenerationParams` plus the stream
+  options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
+  parameters wsserve cannot honour are refused by name with ``bad_request``
+  rather than ignored: ``top_p`` other than 1, ``n``/``best_of`` other than 1,
+  ``echo``, ``logprobs``, ``suffix``, penalties, ``logit_bias``, token-id
+  prompts, several prompts.  ``top_k`` (an extension several servers accept)
+  is taken; ``user`` and unknown fields are ignored.
+- :class:`CompletionEncoder` - the response object, and the Server-Sent Events
+  of a streamed one: one ``text_completion`` chunk per token, a last chunk with
+  ``finish_reason``, an optional usage chunk, then ``data: [DONE]``.
+- :func:`models_list` - the OpenAI list shape of the served models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import BadRequest
+from ..protocol import MAX_MODEL_NAME_LENGTH, MAX_TEMPERATURE, GenerationParams
+
+__all__ = ["Completion", "CompletionEncoder", "DONE", "ParamError", "error_event", "models_list", "parse_completion"]
+
+#: The event that ends a stream.
+DONE = b"data: [DONE]\n\n"
+
+#: Sent as is when the field holds one of these (OpenAI's defaults / "off").
+_NEUTRAL = {
+    "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "logprobs": (None,), "suffix": (None, ""),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None,),
+}
+
+
+class ParamError(BadRequest):
+    """A refused request field; ``param`` names it (OpenAI's error envelope carries it)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A checked completion request."""
+
+    model: str
+    params: GenerationParams
+    stream: bool
+    include_usage: bool  # stream_options.include_usage: a usage chunk before [DONE]
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
+    """Check a decoded request body; raises :class:`ParamError` (a ``BadRequest``) naming the field."""
+    if type(obj) is not dict:
+        raise BadRequest(f"the body must be a JSON object, got {_type(obj)}")
+    model = obj.get("model")
+    if type(model) is not str or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH:
+        raise ParamError("model", f"'model' must be a string of 1 to {MAX_MODEL_NAME_LENGTH} characters")
+    prompt = obj.get("prompt")
+    if type(prompt) is list:
+        if len(prompt) == 1 and type(prompt[0]) is str:
+            prompt = prompt[0]
+        elif prompt and all(type(p) is str for p in prompt):
+            raise ParamError("prompt", "one prompt per request: a list of several prompts is not supported")
+        else:
+            raise ParamError("prompt", "'prompt' must be a string (token-id prompts are not supported)")
+    if type(prompt) is not str:
+        raise ParamError("prompt", f"'prompt' must be a string, got {_type(prompt)}")
+    for name, neutral in _NEUTRAL.items():
+        value = obj.get(name)
+        if value is not None and not any(value == v and type(value) is type(v) for v in neutral if v is not None):
+            if name == "logit_bias" and value == {}:
+                continue
+            raise ParamError(name, f"'{name}' is not supported (only its default); got {value!r}")
+    top_p = obj.get("top_p")
+    if top_p is not None and (type(top_p) not in (int, float) or top_p != 1):
+        raise ParamError("top_p", f"'top_p' is not supported (nucleus sampling); only 1 is accepted, got {top_p!r}. "
+                                  "Use 'temperature' and 'top_k'")
+    max_tokens = obj.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = min(16, max_tokens_limit)
+    elif type(max_tokens) is not int or not 1 <= max_tokens <= max_tokens_limit:
+        raise ParamError("max_tokens", f"'max_tokens' must be an integer in [1, {max_tokens_limit}], got {max_tokens!r}")
+    temperature = obj.get("temperature")
+    if temperature is None:
+        temperature = 1.0
+    elif type(temperature) not in (int, float) or not 0 <= temperature <= MAX_TEMPERATURE:
+        raise ParamError("temperature", f"'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
+    top_k = obj.get("top_k")
+    if top_k is None or top_k == -1:  # -1: "off", as vLLM spells it
+        top_k = 0
+    seed = obj.get("seed")
+    if seed is not None and type(seed) is not int:
+        raise ParamError("seed", f"'seed' must be an integer, got {_type(seed)}")
+    stop = obj.get("stop")
+    if stop is None:
+        stop = ()
+    elif type(stop) is str:
+        stop = (stop,)
+    elif type(stop) is list:
+        stop = tuple(stop)
+    else:
+        raise ParamError("stop", f"'stop' must be a string or an array of strings, got {_type(stop)}")
+    stream = obj.get("stream")
+    if stream is None:
+        stream = False
+    elif type(stream) is not bool:
+        raise ParamError("stream", f"'stream' must be a boolean, got {_type(stream)}")
+    include_usage = False
+    options = obj.get("stream_options")
+    if options is not None:
+        if type(options) is not dict:
+            raise ParamError("stream_options", "'stream_options' must be an object")
+        if not stream:
+            raise ParamError("stream_options", "'stream_options' is only allowed with 'stream': true")
+        include_usage = options.get("include_usage") is True
+    try:
+        params = GenerationParams(
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=float(temperature),
+            top_k=top_k,
+            seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
+            stop=stop,
+        )
+    except BadRequest as exc:  # GenerationParams names the field as 'field ...'
+        field = next((f for f in ("top_k", "stop", "prompt") if f"'{f}'" in exc.message), None)
+        raise ParamError(field or "", exc.message) from None
+    return Completion(model=model, params=params, stream=stream, include_usage=include_usage)
+
+
+class CompletionEncoder:
+    """Bodies and events of one completion (``id``: ``cmpl-...``; ``created``: Unix seconds)."""
+
+    __slots__ = ("_head", "_token_prefix", "_prompt_tokens")
+
+    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int) -> None:
+        self._head = (b'{"id":' + orjson.dumps(completion_id) + b',"object":"text_completion","created":'
+                      + str(created).encode() + b',"model":' + orjson.dumps(model))
+        self._token_prefix = b"data: " + self._head + b',"choices":[{"text":'
+        self._prompt_tokens = prompt_tokens
+
+    def _usage(self, tokens: int) -> bytes:
+        return (b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}'
+                % (self._prompt_tokens, tokens, self._prompt_tokens + tokens))
+
+    def response(self, text: str, finish_reason: str, tokens: int) -> bytes:
+        """The whole (non-streamed) response."""
+        return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,'
+                b'"finish_reason":' + orjson.dumps(finish_reason) + b"}]," + self._usage(tokens) + b"}")
+
+    def token_event(self, text: str) -> bytes:
+        """One streamed token as an SSE event."""
+        return self._token_prefix + orjson.dumps(text) + b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def final_events(self, finish_reason: str, tokens: int, include_usage: bool) -> bytes:
+        """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
+        out = (self._token_prefix + b'"","index":0,"logprobs":null,"finish_reason":'
+               + orjson.dumps(finish_reason) + b"}]}\n\n")
+        if include_usage:
+            out += b"data: " + self._head + b',"choices":[],' + self._usage(tokens) + b"}\n\n"
+        return out + DONE
+
+
+def error_event(body: bytes) -> bytes:
+    """An error after the stream started: OpenAI clients raise on an event holding ``error``."""
+    return b"data: " + body + b"\n\n" + DONE
+
+
+def models_list(names: list[str], created: int) -> bytes:
+    """``GET /v1/models?format=openai``: ``{"object": "list", "data": [{"id", "object", "created", "owned_by"}]}``."""
+    return orjson.dumps({
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "wsserve"} for name in names],
+    })
