@@ -93,7 +93,7 @@ async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int 
     from wsserve.generation import GenerationEngine, GenerationParams
 
     kw = {} if inline_max_batch is None else {"inline_max_batch": inline_max_batch}
-    engine = GenerationEngine(model, max_batch_size=256, max_queue=None, **kw)
+    engine = GenerationEngine(model, max_generate_batch=256, max_generate_queue=None, **kw)
     engine.start()
     await asyncio.sleep(0)
     remaining, event = [c], asyncio.Event()
@@ -181,7 +181,7 @@ async def measure_hop(model: Any) -> list[str]:
             hops.append(time.perf_counter() - t)
     cells = []
     for b in (1, 8, 16, 32, 64, 256):
-        sched = Scheduler(model, max_batch_size=256)
+        sched = Scheduler(model, max_generate_batch=256)
         for i in range(b):
             sched.add_request(GenerationParams(**_params(i, 10**6)), 0.0)
         batch = sched.schedule(0.0)

@@ -1,0 +1,281 @@
+"""The running sequences of a scheduler, laid out as arrays: :class:`RunningSet` (sans-I/O).
+
+Per step, the scheduler needs the batch (contexts, sampling, noise) and, after
+the model step, each row's token number, text and whether it ends by length.
+Doing that with Python work per sequence is what bounds continuous batching of
+a small model, so the running set keeps it in arrays and counters:
+
+- **Layout** (rebuilt only when the running set changes): the sequences in
+  admission order, their contexts ``[B, k]`` (rolled by one numpy call per
+  step), the next token number of every row (a list, incremented per step), the
+  rows with stop strings, and the sampling spec (:class:`~.sampling.SampledRows`).
+- **Counters**: a running sequence's token count is ``tick - base``; nothing is
+  incremented per sequence.
+- **Calendars** (tick -> sequences): when a sequence ends by ``max_tokens``
+  (sequences without stop strings) and when a sampled one needs its next block
+  of noise; a step looks up its own tick, nothing else.
+- **Noise**: one buffer of ``capacity * NOISE_BLOCK`` rows (a block per slot),
+  read per step with one ``take`` of the sampled rows' positions.
+
+Call order (the scheduler's): ``add``/``remove`` between steps; ``batch`` once
+per step, then ``advance`` with that batch's tokens.  Not thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .params import MIN_TEMPERATURE
+from .sampling import NOISE_BLOCK, SampledRows, gumbel_block, gumbel_from_uniform
+from .sequence import SeqState, Sequence, Tick
+
+__all__ = ["RunningSet", "TokenModel"]
+
+_RUNNING = SeqState.RUNNING
+
+
+class TokenModel(Protocol):
+    """What the scheduler and the engine need from a generative model (e.g. ``CharLM``)."""
+
+    context_len: int
+    vocab_size: int
+    id_to_text: tuple[str, ...]
+
+    def initial_context(self, prompt: str) -> np.ndarray:
+        """``[k]`` int ids for the prompt."""
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
+
+
+def _book(calendar: dict[int, dict[Sequence, None]], tick: int, seq: Sequence) -> None:
+    day = calendar.get(tick)
+    if day is None:
+        calendar[tick] = {seq: None}
+    else:
+        day[seq] = None
+
+
+def _unbook(calendar: dict[int, dict[Sequence, None]], tick: int, seq: Sequence) -> None:
+    day = calendar.get(tick)
+    if day is not None:
+        day.pop(seq, None)
+        if not day:
+            del calendar[tick]
+
+
+class RunningSet:
+    """Up to ``capacity`` running sequences and the arrays of their next step."""
+
+    def __init__(self, model: TokenModel, capacity: int) -> None:
+        self.capacity = capacity
+        self.tick = Tick()
+        self._k, self._v = model.context_len, model.vocab_size
+        self._itos = np.array(model.id_to_text, dtype=object)  # [V] token texts, taken per step
+        self._free = list(range(capacity - 1, -1, -1))  # stack of free slots
+        self._seqs: list[Sequence] = []  # admission order (may hold ended ones until the next layout)
+        self._noise = np.zeros((capacity * NOISE_BLOCK, self._v))  # slot s: rows s*NB .. s*NB+NB-1
+        self._ends: dict[int, dict[Sequence, None]] = {}
+        self._refills: dict[int, dict[Sequence, None]] = {}
+        self._fresh: list[Sequence] = []  # admitted before their first token
+        self._dirty = False
+        # The layout.
+        self._rows: tuple[Sequence, ...] = ()
+        self._contexts = np.zeros((0, self._k), np.int64)  # [B, k], row order of _rows
+        self._next: list[int] = []  # token number of each row's next token
+        self._stop_rows: list[int] = []
+        self._plain: list[bool] | None = None  # per row: no stop strings (None: every row)
+        self._n_plain = 0
+        self._sampling: SampledRows | None = None
+        self._nidx = np.zeros(0, np.int64)  # [S] noise buffer row of each sampled row's next token
+
+    # -- membership ----------------------------------------------------------------
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        """The running sequences, oldest admission first."""
+        if self._dirty:
+            self._seqs = [s for s in self._seqs if s.state is _RUNNING]
+        return self._seqs
+
+    def __len__(self) -> int:
+        return self.capacity - len(self._free)
+
+    def add(self, seq: Sequence, context: np.ndarray) -> None:
+        """Start running ``seq`` (a free slot must exist) from ``context [k]``, resuming its
+        count and noise block if it ran before.  Its first token is at the next step."""
+        slot = self._free.pop()
+        tick = self.tick.value
+        g = seq._gen
+        seq.state, seq.slot = _RUNNING, slot
+        seq._base = tick - g
+        seq._context = context
+        p = seq.params
+        if seq._stops is None:
+            seq._end = seq._base + p.max_tokens
+            _book(self._ends, seq._end, seq)
+        if p.temperature > 0:
+            into = g % NOISE_BLOCK
+            if into:  # resuming inside a noise block: the same noise, in order
+                self._noise[slot * NOISE_BLOCK:(slot + 1) * NOISE_BLOCK] = seq._noise
+                seq._refill = tick + NOISE_BLOCK - into
+            else:
+                seq._refill = tick
+            _book(self._refills, seq._refill, seq)
+        seq._noise = None
+        if seq.first_token_at is None:
+            self._fresh.append(seq)
+        self._seqs.append(seq)
+        self._dirty = True
+
+    def remove(self, seq: Sequence, *, keep: bool = False) -> None:
+        """Stop running ``seq`` (the caller then changes its state).  Its token count is
+        frozen; with ``keep`` (preemption) its context and noise block are saved on it."""
+        g = self.tick.value - seq._base
+        seq._gen = g
+        slot = seq.slot
+        if keep:
+            if seq._context is None:
+                seq._context = self._contexts[seq._row].copy()
+            if seq.params.temperature > 0 and g % NOISE_BLOCK:
+                seq._noise = self._noise[slot * NOISE_BLOCK:(slot + 1) * NOISE_BLOCK].copy()
+        else:
+            seq._context = None
+        if seq._end >= 0:
+            _unbook(self._ends, seq._end, seq)
+            seq._end = -1
+        if seq._refill >= 0:
+            _unbook(self._refills, seq._refill, seq)
+            seq._refill = -1
+        self._free.append(slot)
+        seq.slot = -1
+        self._dirty = True
+
+    # -- the step --------------------------------------------------------------------
+    def batch(self) -> tuple[tuple[Sequence, ...], np.ndarray, SampledRows | None, np.ndarray | None]:
+        """The next step's ``(seqs, contexts [B, k], sampling, noise [S, V])``; B may be 0.
+
+        Draws the noise blocks that are due (so call it once per step)."""
+        if self._dirty:
+            self._layout()
+        noise = None
+        if self._sampling is not None:
+            due = self._refills.pop(self.tick.value, None)
+            if due:
+                self._refill(due)
+            noise = self._noise.take(self._nidx, axis=0)  # [S, V]
+            self._nidx += 1
+        return self._rows, self._contexts, self._sampling, noise
+
+    def texts(self, tokens: np.ndarray) -> list[str]:
+        """Token ids -> texts (raises ``IndexError`` on an id outside the vocabulary; changes nothing)."""
+        return self._itos.take(tokens).tolist()
+
+    def advance(self, contexts: np.ndarray, tokens: np.ndarray, now: float) -> tuple[list[int], dict[Sequence, None] | None]:
+        """Apply one token per row (``contexts`` are the batch's): returns each row's token
+        number and the sequences that reach ``max_tokens`` now (those without stop strings).
+
+        Rows of sequences that ended during the step are not looked at (the next
+        layout drops them)."""
+        self.tick.value += 1
+        self._contexts = np.concatenate((contexts[:, 1:], tokens[:, None]), axis=1)  # [B, k]
+        if self._fresh:
+            for seq in self._fresh:
+                if seq.state is _RUNNING and seq.first_token_at is None:
+                    seq.first_token_at = now
+            self._fresh = []
+        numbers = self._next
+        self._next = [n + 1 for n in numbers]
+        return numbers, self._ends.pop(self.tick.value, None)
+
+    @property
+    def changed(self) -> bool:
+        """True when a sequence left or joined since the last layout."""
+        return self._dirty
+
+    @property
+    def stop_rows(self) -> list[int]:
+        return self._stop_rows
+
+    @property
+    def plain(self) -> list[bool] | None:
+        """Per row: True if it has no stop strings (None: every row has none)."""
+        return self._plain
+
+    @property
+    def n_plain(self) -> int:
+        """Rows without stop strings."""
+        return self._n_plain
+
+    # -- internals -------------------------------------------------------------------
+    def _layout(self) -> None:
+        seqs = self.sequences
+        old = self._contexts
+        keep: list[int] = []
+        fresh: list[np.ndarray] = []
+        for s in seqs:  # laid-out sequences come first (admission order), new ones after
+            if s._context is None:
+                keep.append(s._row)
+            else:
+                fresh.append(s._context)
+                s._context = None
+        parts = []
+        if keep:
+            parts.append(old if len(keep) == len(old) else old[keep])
+        if fresh:
+            parts.append(np.stack(fresh))
+        self._contexts = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else \
+            np.zeros((0, self._k), np.int64)
+        rows = tuple(seqs)
+        self._rows = rows
+        tick = self.tick.value
+        nxt, stop_rows, sampled = [], [], []
+        for i, s in enumerate(rows):
+            s._row = i
+            nxt.append(tick - s._base)
+            if s._stops is not None:
+                stop_rows.append(i)
+            if s.params.temperature > 0:
+                s._srow = len(sampled)
+                sampled.append(i)
+        self._next = nxt
+        self._stop_rows = stop_rows
+        self._plain = [s._stops is None for s in rows] if stop_rows else None
+        self._n_plain = len(rows) - len(stop_rows)
+        self._sampling = None
+        if sampled:
+            v = self._v
+            ss = [rows[i] for i in sampled]
+            ks = [(j, s.params.top_k) for j, s in enumerate(ss) if 0 < s.params.top_k < v]
+            self._sampling = SampledRows(
+                rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
+                scale=np.array([max(s.params.temperature, MIN_TEMPERATURE) for s in ss])[:, None],
+                top_k_rows=np.array([j for j, _ in ks], np.int64) if ks else None,
+                top_k=np.array([k for _, k in ks], np.int64) if ks else None,
+            )
+            self._nidx = np.array([s.slot * NOISE_BLOCK + (tick - s._base) % NOISE_BLOCK for s in ss], np.int64)
+        self._dirty = False
+
+    def _refill(self, due: dict[Sequence, None]) -> None:
+        """Draw the next noise block of each sequence in ``due`` (from its own generator);
+        several at once share the log transforms (elementwise: the same values)."""
+        tick, v, buf, nidx = self.tick.value, self._v, self._noise, self._nidx
+        seqs = list(due)
+        if len(seqs) == 1:
+            start = seqs[0].slot * NOISE_BLOCK
+            gumbel_block(seqs[0]._rng, v, out=buf[start:start + NOISE_BLOCK])  # type: ignore[arg-type]
+        else:
+            u = np.empty((len(seqs) * NOISE_BLOCK, v))  # [n * NB, V]
+            for j, seq in enumerate(seqs):
+                seq._rng.random(out=u[j * NOISE_BLOCK:(j + 1) * NOISE_BLOCK])  # type: ignore[union-attr]
+            gumbel_from_uniform(u)
+            buf.reshape(self.capacity, NOISE_BLOCK, v)[[s.slot for s in seqs]] = u.reshape(len(seqs), NOISE_BLOCK, v)
+        for seq in seqs:
+            nidx[seq._srow] = seq.slot * NOISE_BLOCK
+            seq._refill = tick + NOISE_BLOCK
+            _book(self._refills, seq._refill, seq)
