@@ -6,7 +6,8 @@ Side by side, in one process, one BLAS / ONNX Runtime thread:
 - ``compress()`` outputs: int8; pruning 50% and 90%, global (the default)
   and per-layer, each without and with fine-tuning (2 epochs; 4 once);
 - ONNX Runtime: the same weights as an ONNX graph, fp32 and dynamic int8
-  (per-channel int8 weights, uint8 activations).
+  (per-channel int8 weights, uint8 activations), the int8 file as ``wsserve compress --int8``
+  writes it (``compress_onnx``: figures in its metadata).
 
 Accuracy is on ``make_mlp_data(0)``'s 4000 held-out rows.  Latency: one
 ``predict`` (or ``session.run``) of 256 held-out rows; every model is timed
@@ -38,11 +39,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from wsserve.compression import compress, load_model, save_version  # noqa: E402
+from wsserve.compression import compress, load_model  # noqa: E402
 from wsserve.compression.measure import heldout_accuracy, nonzero_parameters  # noqa: E402
 from wsserve.compression.onnx_int8 import cpu_int8_features  # noqa: E402
 from wsserve.explain import explain  # noqa: E402
 from wsserve.models.mlp import make_mlp_data, train_mlp  # noqa: E402
+from wsserve.repository import save_npz_model  # noqa: E402
 
 CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("int8", {"method": "int8"}),
@@ -72,11 +74,12 @@ def _onnx(params: Any, tmp: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Any
     try:
         import onnxruntime
 
-        from wsserve.compression.onnx_int8 import build_mlp_onnx, onnx_session, quantize_onnx_file, save_onnx
+        from wsserve.compression.onnx_int8 import build_mlp_onnx, compress_onnx, onnx_session, save_onnx
     except ImportError:
         return None
-    fp32 = save_onnx(build_mlp_onnx(params), tmp / "onnx-fp32" / "model.onnx")
-    int8 = quantize_onnx_file(fp32, tmp / "onnx-int8" / "model.onnx")
+    fp32 = save_onnx(build_mlp_onnx(params), tmp / "onnx" / "1" / "model.onnx")
+    # what `wsserve compress --int8` writes for a model.onnx (its figures in the file's metadata)
+    int8 = Path(compress_onnx(fp32, tmp / "onnx" / "2", latency_runs=3)["path"])
     out: dict[str, Any] = {"version": onnxruntime.__version__}
     for name, path in (("fp32", fp32), ("int8", int8)):
         sess = onnx_session(path)
@@ -101,7 +104,8 @@ def main() -> None:
         t0 = time.perf_counter()
         source = train_mlp(seed=0)
         train_s = time.perf_counter() - t0
-        save_version(tmp / "src", "mlp", *source.to_arrays())
+        (tmp / "src").mkdir()
+        save_npz_model(tmp / "src", "mlp", *source.to_arrays())
         _, (x, y) = make_mlp_data(0)
         batch = x[:256]
         rows: list[tuple[str, Any, dict[str, Any]]] = []

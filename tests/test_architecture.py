@@ -15,16 +15,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsserve"
 
 #: Layer of each core module (a module may import its own layer or lower ones).
 LAYERS: dict[str, int] = {
-    "wsserve.errors": 0, "wsserve.config": 0, "wsserve.stats": 0, "wsserve.ratelimit": 0, "wsserve.logs": 0,
+    "wsserve._version": 0, "wsserve.errors": 0, "wsserve.config": 0, "wsserve.stats": 0, "wsserve.ratelimit": 0, "wsserve.logs": 0,
     "wsserve.protocol": 1, "wsserve.batching": 1, "wsserve.auth": 1, "wsserve.metrics": 1,
-    "wsserve.models": 1, "wsserve.modelstore": 1,
+    "wsserve.models": 1, "wsserve.modelstore": 1, "wsserve.explain": 1,
     "wsserve.generation": 2, "wsserve.pool": 2,
     "wsserve.jobs": 3,
     "wsserve.connection": 4,
     "wsserve.transport": 5,
     "wsserve.server": 6,
     "wsserve.registry": 5, "wsserve.worker": 2, "wsserve.supervisor": 7,
-    "wsserve.cli": 8,
+    "wsserve.cli": 8, "wsserve.embed": 8,
 }
 
 

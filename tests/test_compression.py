@@ -1,4 +1,4 @@
-"""Tests for wsserve.compression: int8 quantization, pruning, the version file, ``compress``."""
+"""Tests for wsserve.compression: int8 quantization, pruning, their version files, ``compress``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,25 @@ from wsserve import compression
 from wsserve.compression import (
     MLPInt8Model,
     MLPSparseModel,
-    VersionFileError,
     compress,
     dequantize,
-    encode_version,
     finetune_masked,
     load_model,
-    load_version,
     prune_masks,
     quantize_per_channel,
-    save_version,
 )
 from wsserve.compression.layers import MAX_WIDTH
 from wsserve.compression.measure import heldout_accuracy, nonzero_parameters
 from wsserve.models.linear import LinearModel
 from wsserve.models.mlp import MLPConfig, MLPModel, cross_entropy, forward, make_mlp_data, train_mlp
+from wsserve.repository import ARCHITECTURES, ModelLoadError, read_npz, save_npz_model
+from wsserve.repository.npz import encode_npz
 from wsserve.trainer import train_default_models
+
+def save_version(version_dir: Path, architecture: str, arrays: dict, meta: dict) -> Path:
+    version_dir.mkdir(parents=True, exist_ok=True)
+    return save_npz_model(version_dir, architecture, arrays, meta)
+
 
 SMALL = MLPConfig(n_train=1500, n_heldout=300, hidden=(32, 16), epochs=2, batch_size=100)
 
@@ -61,12 +63,12 @@ def source_dir(tmp_path: Path, mlp: MLPModel) -> Path:
 
 def test_public_api() -> None:
     assert sorted(compression.__all__) == sorted([
-        "ARCHITECTURES", "DEFAULT_SCOPE", "METHODS", "MODEL_FILE", "MLPInt8Model", "MLPSparseModel",
-        "VersionFile", "VersionFileError", "architecture_of", "compress", "dequantize", "encode_version",
-        "finetune_masked", "load_model", "load_version", "mlp_from_arrays", "model_from_version",
-        "prune_masks", "quantize_per_channel", "save_version",
+        "DEFAULT_SCOPE", "FAMILY", "METHODS", "MODEL_FILE", "MLPInt8Model", "MLPSparseModel",
+        "architecture_of", "compress", "dequantize", "finetune_masked", "load_model",
+        "prune_masks", "quantize_per_channel",
     ])
-    assert set(compression.ARCHITECTURES) == {"mlp", "mlp-int8", "mlp-sparse"}
+    # one reader for the repository's model.npz: it knows the whole family
+    assert set(compression.FAMILY) <= set(ARCHITECTURES)
 
 
 # -- int8 quantization --------------------------------------------------------
@@ -192,8 +194,8 @@ def test_sparse_storage_round_trip_and_size(mlp: MLPModel, heldout) -> None:
     assert np.array_equal(back.predict(x[:300]), model.predict(x[:300]))
     for (w, b), (w2, b2) in zip(back.dense_params(np.float32), model.dense_params(np.float32)):
         assert np.array_equal(w, w2) and np.array_equal(b, b2)
-    dense_bytes = len(encode_version("mlp", *mlp.to_arrays()))
-    sparse_bytes = len(encode_version("mlp-sparse", arrays, meta))
+    dense_bytes = len(encode_npz("mlp", *mlp.to_arrays()))
+    sparse_bytes = len(encode_npz("mlp-sparse", arrays, meta))
     assert sparse_bytes < 0.56 * dense_bytes  # 1 bit + 50% of 32 bits per weight
 
 
@@ -283,7 +285,7 @@ def test_sparse_padding_bits_clear_is_accepted() -> None:
     np.testing.assert_array_equal(model.dense_params(np.float32)[0][0], np.arange(9).reshape(3, 3))
 
 
-# -- the version file -----------------------------------------------------------
+# -- the version file (the repository's model.npz) -----------------------------------
 
 def test_version_file_round_trip(tmp_path: Path, mlp: MLPModel, heldout) -> None:
     x, _ = heldout
@@ -292,106 +294,44 @@ def test_version_file_round_trip(tmp_path: Path, mlp: MLPModel, heldout) -> None
         path = save_version(tmp_path / arch, arch, arrays, meta)
         assert path == tmp_path / arch / "model.npz"
         assert [p.name for p in path.parent.iterdir()] == ["model.npz"]  # no temp file left
-        vf = load_version(path.parent)
-        assert vf.architecture == arch and vf.size_bytes == path.stat().st_size
-        assert sorted(vf.arrays) == sorted(arrays)
-        model = load_model(path)
+        contents = read_npz(path)
+        assert contents.architecture == arch and contents.size_bytes == path.stat().st_size
+        assert sorted(contents.arrays) == sorted(arrays)
+        model = load_model(path.parent)
         assert compression.architecture_of(model) == arch
-        expected = compression.ARCHITECTURES[arch](arrays, meta).predict(x[:50])
+        expected = ARCHITECTURES[arch](arrays, meta).predict(x[:50])
         assert np.array_equal(model.predict(x[:50]), expected)
         raw = np.load(path, allow_pickle=False)["__meta__"]
         header = json.loads(raw.tobytes().decode("utf-8"))
         assert header["format"] == 1 and header["architecture"] == arch and isinstance(header["meta"], dict)
 
 
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
+def test_load_model_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    arrays = {"w0.int8": np.ones((2, 2), np.int8)}
+    with pytest.raises(ValueError, match=r"missing arrays \['b0', 'w0.scale'\]"):
+        save_version(tmp_path / "bad", "mlp-int8", arrays, {"layers": 1})
+    assert list((tmp_path / "bad").iterdir()) == []  # refused before anything was written
+    # written by another tool: the reader names the file
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def _header(obj: object) -> np.ndarray:
-    return np.frombuffer(json.dumps(obj).encode(), np.uint8)
-
-
-BAD_FILES = {
-    "not a zip": (b"hello world", "not a readable npz"),
-    "truncated": (None, "not a readable npz"),
-    "no header": (_npz_bytes(w0=np.ones(2)), "missing the __meta__"),
-    "header not json": (_npz_bytes(__meta__=np.frombuffer(b"{nope", np.uint8)), "not UTF-8 JSON"),
-    "header int32": (_npz_bytes(__meta__=np.zeros(4, np.int32)), "1-D uint8"),
-    "header list": (_npz_bytes(__meta__=_header([1])), "not a JSON object"),
-    "wrong format": (_npz_bytes(__meta__=_header({"format": 2, "architecture": "mlp", "meta": {}})), "format"),
-    "bad architecture": (_npz_bytes(__meta__=_header({"format": 1, "architecture": "../x", "meta": {}})),
-                         "architecture"),
-    "meta not object": (_npz_bytes(__meta__=_header({"format": 1, "architecture": "mlp", "meta": 3})), "meta"),
-    "object array": (_npz_bytes(__meta__=_header({"format": 1, "architecture": "mlp", "meta": {}}),
-                                w0=np.array([{"a": 1}], dtype=object)), "not a readable npz"),
-    "complex array": (_npz_bytes(__meta__=_header({"format": 1, "architecture": "mlp", "meta": {}}),
-                                 w0=np.ones(2, np.complex64)), "unsupported dtype"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_FILES))
-def test_load_version_rejects_bad_files(tmp_path: Path, mlp: MLPModel, case: str) -> None:
-    data, message = BAD_FILES[case]
-    if data is None:
-        data = encode_version("mlp", *mlp.to_arrays())[:-100]
-    (tmp_path / "model.npz").write_bytes(data)
-    with pytest.raises(VersionFileError, match=message) as info:
-        load_version(tmp_path)
-    assert str(tmp_path / "model.npz") in str(info.value)
-
-
-def test_load_version_bounds_size_and_members(tmp_path: Path, mlp: MLPModel) -> None:
-    path = save_version(tmp_path, "mlp", *mlp.to_arrays())
-    with pytest.raises(VersionFileError, match="limit"):
-        load_version(path, max_file_bytes=path.stat().st_size - 1)
-    # a small deflated member that would expand past the limit is refused before numpy reads it
-    buf = io.BytesIO()
-    np.savez_compressed(buf, __meta__=_header({"format": 1, "architecture": "mlp", "meta": {}}),
-                        w0=np.zeros(4_000_000, np.float32))
-    (tmp_path / "bomb.npz").write_bytes(buf.getvalue())
-    assert (tmp_path / "bomb.npz").stat().st_size < 100_000
-    with pytest.raises(VersionFileError, match="expand"):
-        load_version(tmp_path / "bomb.npz", max_file_bytes=1_000_000)
-    with zipfile.ZipFile(tmp_path / "extra.npz", "w") as zf:
-        zf.writestr("__meta__.npy", b"")
-        zf.writestr("../evil.txt", b"x")
-    with pytest.raises(VersionFileError, match="unexpected member"):
-        load_version(tmp_path / "extra.npz")
-    with pytest.raises(VersionFileError, match="no such file"):
-        load_version(tmp_path / "nowhere")
-
-
-def test_load_model_names_unknown_architecture(tmp_path: Path) -> None:
-    save_version(tmp_path, "resnet", {"w": np.ones(2)}, {})
-    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
-        load_model(tmp_path)
-    save_version(tmp_path / "bad", "mlp-int8", {"w0.int8": np.ones((2, 2), np.int8)}, {"layers": 1})
-    with pytest.raises(ValueError, match=r"model file .*missing arrays \['b0', 'w0.scale'\]"):
+    header = json.dumps({"format": 1, "architecture": "mlp-int8", "meta": {"layers": 1}}).encode()
+    np.savez(buf, __meta__=np.frombuffer(header, np.uint8), **arrays)
+    (tmp_path / "bad" / "model.npz").write_bytes(buf.getvalue())
+    with pytest.raises(ModelLoadError, match=r"bad/model.npz: bad mlp-int8 model: .*missing arrays") as info:
         load_model(tmp_path / "bad")
-
-
-def test_encode_version_rejects_bad_names_and_dtypes() -> None:
-    with pytest.raises(ValueError, match="array name"):
-        encode_version("mlp", {"../w": np.ones(2)}, {})
-    with pytest.raises(TypeError, match="dtype"):
-        encode_version("mlp", {"w": np.array(["a"])}, {})
-    with pytest.raises(ValueError, match="architecture"):
-        encode_version("mlp int8", {}, {})
-    with pytest.raises(ValueError):
-        encode_version("mlp", {}, {"x": float("nan")})
+    assert info.value.path == tmp_path / "bad" / "model.npz"
 
 
 # -- compress(): the whole job on files -------------------------------------------
 
 def _figures_from_file(version_dir: Path, heldout) -> dict:
     x, y = heldout
-    vf = load_version(version_dir)
+    contents = read_npz(version_dir / "model.npz")
     model = load_model(version_dir)
-    return {"bytes": vf.size_bytes, "acc": heldout_accuracy(model, x, y), "nonzero": nonzero_parameters(model),
-            "meta": vf.meta, "arch": vf.architecture, "model": model}
+    return {"bytes": contents.size_bytes, "acc": heldout_accuracy(model, x, y), "nonzero": nonzero_parameters(model),
+            "meta": dict(contents.meta), "arch": contents.architecture, "model": model}
 
 
 def test_compress_int8_meets_targets_and_figures_are_true(tmp_path: Path, source_dir: Path, mlp: MLPModel,
@@ -445,7 +385,7 @@ def test_compress_layer_scope_90(tmp_path: Path, source_dir: Path, heldout) -> N
 
 def test_compress_from_model_object_and_seed_from_meta(tmp_path: Path, mlp: MLPModel) -> None:
     report = compress(mlp, tmp_path / "a", method="int8", latency_runs=1)
-    assert report["source_bytes"] == len(encode_version("mlp", *mlp.to_arrays()))
+    assert report["source_bytes"] == len(encode_npz("mlp", *mlp.to_arrays()))
     assert report["source_version"] == mlp.info.version
     arrays, meta = mlp.to_arrays()
     save_version(tmp_path / "src", "mlp", arrays, {**meta, "seed": 7})
@@ -489,7 +429,7 @@ def test_compress_bad_arguments_write_nothing(tmp_path: Path, source_dir: Path, 
 def test_compress_bad_sources_write_nothing(tmp_path: Path, source_dir: Path, mlp: MLPModel) -> None:
     before = _tree(tmp_path)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="no such file"):
+    with pytest.raises(ValueError, match="does not exist"):
         compress(tmp_path / "missing", out, method="int8")
     with pytest.raises(ValueError, match=r"model 'linear' of type LinearModel.*only the fp32 'mlp'"):
         compress(LinearModel(3.0, 0.5), out, method="int8")

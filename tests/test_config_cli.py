@@ -45,7 +45,7 @@ def test_defaults_are_valid_and_match_the_protocol() -> None:
     assert cfg.validate() is cfg
     assert cfg.public_limits() == {
         "max_message_bytes": 1048576, "max_inflight": 256, "max_rows": 65536, "max_tokens": 100000,
-        "max_inflight_bytes": 32 << 20,
+        "max_inflight_bytes": 32 << 20, "max_explain_rows": 256,
     }
     assert cfg.models == DEFAULT_MODELS == ("linear", "mlp", "charlm")
     assert cfg.max_delay_ms is None  # greedy by default

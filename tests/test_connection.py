@@ -8,6 +8,7 @@ test_security.py.)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,13 +128,20 @@ class Setup:
         self.models = FakeModels()
         self.shared = Shared()
         self.metrics = Metrics(version="t", read_state=dict)
-        self.keys = KeyRegistry(self.config.api_key)
+        self.keys = KeyRegistry(self.config.api_key, admin_keys=self.config.admin_key)
+        #: Admin operations that reached the server's hook: (op, model, version); each answered at once.
+        self.admin_calls: list[tuple[str, str, str | None]] = []
+        self.admin_result: Any = {"model": "m", "versions": [{"version": "1", "state": "ready"}]}
         self.ctx = ConnectionContext(
             config=self.config, models=self.models, metrics=self.metrics, keys=self.keys, shared=self.shared,
             hello=encode_hello(version="t", limits=self.config.public_limits(), models=["linear", "charlm"],
                                auth_required=bool(self.config.api_key)),
-            clock=self.clock,
+            clock=self.clock, admin=self._admin,
         )
+
+    def _admin(self, op: str, model: str, version: str | None, done: Any) -> None:
+        self.admin_calls.append((op, model, version))
+        done(self.admin_result)
 
     def connect(self, *, key: str | None = None, address: str = "10.0.0.1") -> tuple[Connection, FakeIO]:
         io = FakeIO()
@@ -532,3 +540,81 @@ def test_inputs_reach_the_worker_as_float64_arrays() -> None:
     s.send(conn, P(1, inputs=[[1], [2.5]]))
     sink = s.models.predict.submitted[0][0]
     assert sink.inputs.dtype == np.float64 and sink.inputs.tolist() == [[1.0], [2.5]] and sink.nbytes == 16
+
+
+# --------------------------------------------------------------------------- admin operations
+
+
+ADMIN_KEY = "sk-admin-key"
+FORBIDDEN = "needs the admin key (--admin-key), or loopback when no keys are configured"
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "192.168.1.20", "8.8.8.8", "2001:db8::1", "fe80::1"])
+def test_without_keys_admin_operations_are_forbidden_beyond_loopback(address: str) -> None:
+    s = Setup()
+    conn, io = s.connect(address=address)
+    for op in ("load", "unload", "reload"):
+        s.send(conn, {"type": op, "id": op, "model": "m", "version": 2})
+    assert [(f["type"], f["id"], f["code"], f["message"]) for f in io.take()] == [
+        ("error", op, "forbidden", f"{op} {FORBIDDEN}") for op in ("load", "unload", "reload")]
+    assert s.admin_calls == [] and conn.inflight == {} and io.closed is None
+    assert s.metrics.requests[("", "other", "forbidden")] == 3
+    s.send(conn, P("p"))  # the connection serves on
+    assert len(s.models.predict.submitted) == 1
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.3.2.1", "::1"])
+def test_without_keys_admin_operations_are_allowed_from_loopback(address: str) -> None:
+    s = Setup()
+    conn, io = s.connect(address=address)
+    s.send(conn, {"type": "load", "id": 1, "model": "m", "version": 2})
+    s.send(conn, {"type": "unload", "id": "u", "model": "m"})
+    s.send(conn, {"type": "reload", "id": None, "model": "m", "version": "3"})
+    assert s.admin_calls == [("load", "m", "2"), ("unload", "m", None), ("reload", "m", "3")]
+    assert io.take() == [
+        {"type": op, "id": rid, "ok": True, "model": "m", "versions": [{"version": "1", "state": "ready"}]}
+        for op, rid in (("load", 1), ("unload", "u"), ("reload", None))
+    ]
+
+
+@pytest.mark.parametrize("keys", [{"admin_key": frozenset({ADMIN_KEY})},
+                                  {"api_key": frozenset({KEY}), "admin_key": frozenset({ADMIN_KEY})}])
+def test_with_keys_only_the_admin_key_may_administer_even_from_loopback(keys: dict[str, Any]) -> None:
+    s = Setup(**keys)
+    nobody, io = s.connect(address="127.0.0.1")
+    s.send(nobody, {"type": "load", "id": 1, "model": "m"})
+    assert [(f["code"], f["message"]) for f in io.take()] == [("forbidden", f"load {FORBIDDEN}")]
+    if "api_key" in keys:
+        user, io = s.connect(key=KEY, address="127.0.0.1")
+        s.send(user, {"type": "unload", "id": 2, "model": "m"})
+        assert [f["code"] for f in io.take()] == ["forbidden"]
+        s.send(user, P("p"))  # an ordinary key predicts as before
+        assert len(s.models.predict.submitted) == 1
+    assert s.admin_calls == []
+    admin, io = s.connect(key=ADMIN_KEY, address="10.0.0.9")  # a Bearer admin key on the handshake, from anywhere
+    s.send(admin, {"type": "reload", "id": 3, "model": "m"})
+    assert [f["type"] for f in io.take()] == ["reload"]
+    by_message, io = s.connect(address="10.0.0.9")  # or the admin key in an auth message
+    s.send(by_message, {"type": "auth", "id": "a", "token": ADMIN_KEY})
+    s.send(by_message, {"type": "unload", "id": 4, "model": "m", "version": 1})
+    assert io.take() == [{"type": "auth", "id": "a", "ok": True},
+                         {"type": "unload", "id": 4, "ok": True, "model": "m",
+                          "versions": [{"version": "1", "state": "ready"}]}]
+    assert s.admin_calls == [("reload", "m", None), ("unload", "m", "1")]
+
+
+def test_an_admin_failure_is_an_error_frame_for_its_id() -> None:
+    s = Setup()
+    conn, io = s.connect(address="127.0.0.1")
+    s.admin_result = UnknownModel("no model named 'm' in the model repository")
+    s.send(conn, {"type": "load", "id": "x", "model": "m"})
+    assert io.take() == [{"type": "error", "id": "x", "code": "unknown_model",
+                          "message": "no model named 'm' in the model repository"}]
+
+
+def test_admin_operations_on_a_server_without_a_repository_are_bad_requests() -> None:
+    s = Setup()
+    s.ctx = dataclasses.replace(s.ctx, admin=None)
+    conn, io = s.connect(address="127.0.0.1")
+    s.send(conn, {"type": "unload", "id": 1, "model": "m"})
+    assert [(f["code"], f["message"]) for f in io.take()] == [("bad_request", "unload: this server serves no model repository")]

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from wsserve.cli import main
-from wsserve.distributed import data, repository, tasks
+from wsserve.distributed import data, tasks
 from wsserve.distributed.data import BLOCK_ROWS, BlockRange, block_ranges, linear_block, row_ranges
 from wsserve.distributed.repository import write_version
 from wsserve.models.linear import LinearConfig, LinearModel, mse_and_grad, train_linear
 from wsserve.models.mlp import MLPConfig, MLPModel, init_params, loss_and_grads, train_mlp
+from wsserve.repository import newversion
 
 # -- layouts ---------------------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ def test_a_failed_write_leaves_no_version(tmp_path: Path, linear_model: LinearMo
     def refuse(src, dst):  # the filesystem refusing the final rename (a true boundary)
         raise PermissionError(13, "Permission denied", str(dst))
 
-    monkeypatch.setattr(repository.os, "rename", refuse)
+    monkeypatch.setattr(newversion.os, "rename", refuse)
     with pytest.raises(PermissionError):
         write_version(tmp_path, "m", linear_model)
     assert os.listdir(tmp_path / "m") == []

@@ -66,6 +66,7 @@ def test_public_api() -> None:
     assert sorted(explain_mod.__all__) == sorted([
         "DEFAULT_STEPS", "MAX_STEPS", "CHUNK_POINTS", "COMPLETENESS_TOLERANCE", "SupportsInputGradient",
         "Explanation", "NotExplainable", "explain_refusal", "explain", "integrated_gradients",
+        "Explainer", "explainer_for",
     ])
 
 

@@ -632,7 +632,8 @@ def test_encode_hello_matches_protocol_example() -> None:
     # Verbatim from PROTOCOL.md "On connect".
     assert data == (
         b'{"type":"hello","server":"wsserve","version":"0.1.0","protocol":1,"limits":{"max_message_bytes":1048576,'
-        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_inflight_bytes":33554432,"max_id_length":128},"models":["linear","mlp","charlm"]}'
+        b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_inflight_bytes":33554432,"max_explain_rows":256,'
+            b'"max_id_length":128},"models":["linear","mlp","charlm"]}'
     )
 
 

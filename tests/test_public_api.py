@@ -16,7 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 PUBLIC = {
-    "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run"],
+    "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run", "serve", "FunctionModel", "onnx_model"],
+    "wsserve.embed": ["serve", "onnx_model"],
     "wsserve.protocol": [
         "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
         "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
@@ -61,7 +62,7 @@ def test_every_public_name_resolves(module_name: str) -> None:
 
 
 def test_the_version_is_written_once() -> None:
-    """``wsserve.__version__`` is the one place: pyproject.toml reads it (dynamic), and the
+    """``wsserve/_version.py`` is the one place: pyproject.toml reads it (dynamic), and the
     installed distribution's metadata agrees."""
     import tomllib
     from importlib.metadata import version
@@ -70,6 +71,8 @@ def test_the_version_is_written_once() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
+    dynamic = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]
+    assert dynamic["version"] == {"attr": "wsserve._version.__version__"}
     assert version("wsserve") == wsserve.__version__
 
 
@@ -79,6 +82,12 @@ def test_top_level_reexports_are_the_same_objects() -> None:
 
     assert wsserve.ServerConfig is config.ServerConfig
     assert wsserve.WsserveError is errors.WsserveError
+    from wsserve import embed, server
+    from wsserve.repository import function_backend
+
+    assert wsserve.Server is server.Server and wsserve.run is server.run
+    assert wsserve.serve is embed.serve and wsserve.onnx_model is embed.onnx_model
+    assert wsserve.FunctionModel is function_backend.FunctionModel
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:

@@ -61,7 +61,7 @@ def _load_error(path: Path) -> str:
 # --------------------------------------------------------------------------- good files
 
 def test_architectures_are_an_explicit_read_only_mapping() -> None:
-    assert set(ARCHITECTURES) == {"linear", "mlp", "charlm"}
+    assert set(ARCHITECTURES) == {"linear", "mlp", "mlp-int8", "mlp-sparse", "charlm"}
     with pytest.raises(TypeError):
         ARCHITECTURES["evil"] = None  # type: ignore[index]
 
@@ -198,7 +198,7 @@ def test_unexpected_member(tmp_path: Path) -> None:
         ({**LINEAR_HEADER, "name": "x"}, "must have exactly the fields"),
         ({**LINEAR_HEADER, "format": 2}, "format 2 is not supported (expected 1)"),
         ({**LINEAR_HEADER, "format": True}, "format True is not supported"),
-        ({**LINEAR_HEADER, "architecture": "transformer"}, "unknown architecture 'transformer' (known: linear, mlp, charlm)"),
+        ({**LINEAR_HEADER, "architecture": "transformer"}, "unknown architecture 'transformer' (known: linear, mlp, mlp-int8, mlp-sparse, charlm)"),
         ({**LINEAR_HEADER, "meta": []}, "__meta__.meta must be a JSON object"),
     ],
 )
@@ -313,3 +313,65 @@ def test_closed_model_refuses_predict(tmp_path: Path) -> None:
     model.close()
     with pytest.raises(RuntimeError, match="model 'linear' version 1 is closed"):
         model.predict(np.zeros((1, 1)))
+
+
+# --------------------------------------------------------------------------- bounds before numpy reads
+
+def test_file_bigger_than_its_arrays_can_be_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"\0" * (6 << 20))  # 6 MiB: more than 8 bytes of arrays + header + member overhead
+    assert "is 6291456 bytes, more than arrays of at most 8 bytes need" in str(
+        pytest.raises(ModelLoadError, read_npz, path, max_bytes=8).value)
+
+
+def test_members_that_expand_past_the_bound_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("__meta__.npy", b"\0" * (6 << 20))  # deflates to a few KB
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ModelLoadError, match="members expand to 6291456 bytes"):
+        read_npz(path, max_bytes=8)
+
+
+def test_nan_in_the_header_is_refused(tmp_path: Path) -> None:
+    text = b'{"format": 1, "architecture": "linear", "meta": {"metrics": {"mse": NaN}}}'
+    path = _write(tmp_path / "model.npz", np.frombuffer(text, dtype=np.uint8), **LINEAR_ARRAYS)
+    assert "__meta__ is not UTF-8 JSON (NaN is not allowed)" in _load_error(path)
+
+
+# --------------------------------------------------------------------------- compressed architectures
+
+def _compressed(arch: str, mlp: MLPModel) -> tuple[dict[str, np.ndarray], dict]:
+    from wsserve.compression import MLPInt8Model, MLPSparseModel, prune_masks
+
+    if arch == "mlp-int8":
+        return MLPInt8Model.from_params(mlp.params).to_arrays()
+    masks = prune_masks([w for w, _ in mlp.params], 0.5)
+    return MLPSparseModel.from_pruned([(w * m, b) for (w, b), m in zip(mlp.params, masks)], masks).to_arrays()
+
+
+@pytest.mark.parametrize("arch", ["mlp-int8", "mlp-sparse"])
+def test_compressed_architectures_are_served_like_mlp(tmp_path: Path, arch: str) -> None:
+    mlp = _mlp((4, 8, 3))
+    arrays, meta = _compressed(arch, mlp)
+    version_dir = tmp_path / "m" / "2"
+    version_dir.mkdir(parents=True)
+    save_npz_model(version_dir, arch, arrays, {**meta, "metrics": {"heldout_accuracy": 0.5}})
+    model = load_version("m", 2, version_dir, parse_config(""))
+    model.warmup()
+    assert model.architecture == arch and model.info.task == "classification"
+    assert [s.to_json() for s in model.inputs] == [{"name": "input", "shape": [4], "dtype": "float32"}]
+    x = RNG.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), build_npz_model(read_npz(version_dir / "model.npz")).predict(x))
+    assert np.abs(model.predict(x) - mlp.predict(x)).max() < 0.2  # close to the float model it came from
+    assert model.info.metrics == {"heldout_accuracy": 0.5}
+
+
+def test_compressed_arrays_are_checked_on_write_and_read(tmp_path: Path) -> None:
+    arrays, meta = _compressed("mlp-int8", _mlp((4, 8, 3)))
+    arrays["w0.scale"] = -arrays["w0.scale"]
+    with pytest.raises(ValueError, match="'w0.scale' must be positive"):
+        save_npz_model(tmp_path, "mlp-int8", arrays, meta)
+    assert list(tmp_path.iterdir()) == []
+    path = _write(tmp_path / "model.npz", {"format": 1, "architecture": "mlp-int8", "meta": meta}, **arrays)
+    assert "bad mlp-int8 model: mlp-int8: array 'w0.scale' must be positive" in _load_error(path)

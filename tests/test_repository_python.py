@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import threading
@@ -272,4 +273,45 @@ def test_the_worked_example_in_the_docs(tmp_path: Path) -> None:
     model.warmup()
     assert model.predict(np.array([[1.0, 1.0, 1.0]])).tolist() == [[6.0]]
     assert model.flops_per_row() == 3 and model.info.parameters == 3 and model.info.metrics == {"r2": 0.93}
+    # its input_gradient makes it explainable: integrated gradients of a linear map are exactly w * x
+    from wsserve.pool import resolve_explainer
+
+    explainer, refusal = resolve_explainer("custom", model)
+    assert refusal is None and explainer is not None and explainer.method == "integrated-gradients"
+    x = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, 1.0]])
+    np.testing.assert_allclose(explainer.attributions(x), x * np.array([1.0, 2.0, 3.0]), rtol=1e-12)
     model.close()
+
+
+@pytest.mark.parametrize("gradient, words", [
+    # called with the interpolation points of a whole chunk (8 rows x 128 steps)
+    ("x[:, :2]", "must return a numeric array of shape [1024, 3], got float64 [1024, 2]"),
+    ("[[0.0] * 3] * len(x)", "must return a numeric array of shape [1024, 3], got list"),
+    ("x * np.inf", "returned non-finite values"),
+])
+def test_a_bad_input_gradient_fails_the_explanation_naming_it(tmp_path: Path, gradient: str, words: str) -> None:
+    from wsserve.pool import resolve_explainer
+
+    source = f"""
+    import numpy as np
+
+    class Model:
+        def __init__(self, version_dir):
+            pass
+        def predict(self, batch):
+            return batch.sum(axis=1, keepdims=True)
+        def input_gradient(self, x, target):
+            return {gradient}
+    """
+    model = _load(_version(tmp_path, source))
+    explainer, refusal = resolve_explainer("m", model)
+    assert refusal is None and explainer is not None
+    with pytest.raises(ValueError, match=re.escape(words)):
+        explainer.attributions(np.ones((4, 3)))
+    # several inputs cannot be explained: refused up front, naming them
+    multi = _load(_version(tmp_path, source, name="multi"),
+                  'output_shape = [1]\n[[inputs]]\nname = "a"\nshape = [3]\n[[inputs]]\nname = "b"\nshape = [3]\n',
+                  name="multi")
+    explainer, refusal = resolve_explainer("multi", multi)
+    assert explainer is None and refusal is not None
+    assert refusal.startswith("model 'multi' version 1 cannot be explained: explanations need one float input, it takes a")

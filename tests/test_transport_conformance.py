@@ -19,7 +19,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from benchmarks.conformance.echo_server import EchoApp, echo_config, start
-from tests.test_wsconn import RawClient, _client_frame
+from tests.support.rawws import AsyncRawClient, client_frame
 
 Echo = Callable[..., Awaitable[tuple[EchoApp, int]]]
 
@@ -44,14 +44,22 @@ async def echo() -> AsyncIterator[Echo]:
         app.abort_all()
 
 
-async def _raw_client(port: int) -> RawClient:
-    return await RawClient.open(port)
+async def _raw_client(port: int) -> AsyncRawClient:
+    client = await AsyncRawClient.open(port)
+    assert client.status == 101, client.response_head
+    return client
 
 
-async def _close_code(client: RawClient) -> int:
+async def _frame(client: AsyncRawClient) -> tuple[int, bytes]:
+    """The next frame as ``(opcode, payload)``."""
+    frame = await client.recv_frame()
+    return frame.opcode, frame.payload
+
+
+async def _close_code(client: AsyncRawClient) -> int:
     """The code of the next close frame, failing on any data frame before it."""
     while True:
-        opcode, payload = await client.frame()
+        opcode, payload = await _frame(client)
         assert opcode in (8, 9, 10), (opcode, payload[:40])
         if opcode == 8:
             return struct.unpack("!H", payload[:2])[0]
@@ -83,8 +91,8 @@ async def test_binary_frames_are_framed_as_binary_on_the_fast_path(echo: Echo) -
     client = await _raw_client(port)
     for size in (5, 300, 70000):  # 7-bit, 16-bit and 64-bit length headers
         payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
-        await client.send(_client_frame(payload, opcode=2))
-        assert await client.frame() == (2, payload)
+        await client.send_bytes(client_frame(payload, opcode=2))
+        assert await _frame(client) == (2, payload)
     assert app.counters.frames_fast == 3 and app.counters.frames_library == 0
     client.close()
 
@@ -93,13 +101,13 @@ async def test_binary_frames_are_framed_as_binary_on_the_fast_path(echo: Echo) -
 async def test_invalid_utf8_text_fails_the_connection_with_1007(echo: Echo, fragmented: bool) -> None:
     _, port = await echo()
     client = await _raw_client(port)
-    await client.send(_client_frame(b"ok"))
-    assert await client.frame() == (1, b"ok")
+    await client.send_bytes(client_frame(b"ok"))
+    assert await _frame(client) == (1, b"ok")
     if fragmented:
-        stream = _client_frame(INVALID_UTF8[:4], opcode=1, fin=False) + _client_frame(INVALID_UTF8[4:], opcode=0)
+        stream = client_frame(INVALID_UTF8[:4], opcode=1, fin=False) + client_frame(INVALID_UTF8[4:], opcode=0)
     else:
-        stream = _client_frame(INVALID_UTF8)
-    await client.send(stream)
+        stream = client_frame(INVALID_UTF8)
+    await client.send_bytes(stream)
     assert await _close_code(client) == 1007
     client.close()
 
@@ -116,26 +124,26 @@ async def test_invalid_utf8_with_compression_fails_with_1007(echo: Echo) -> None
 @pytest.mark.parametrize(
     "bad",
     [
-        _client_frame(b"x", rsv=0x20),  # RSV2 without an extension (Autobahn 3.2)
-        _client_frame(b"", opcode=5),  # reserved data opcode (4.1.3)
-        _client_frame(b"x", opcode=0),  # a continuation with nothing to continue (5.15)
+        client_frame(b"x", rsv=0x20),  # RSV2 without an extension (Autobahn 3.2)
+        client_frame(b"", opcode=5),  # reserved data opcode (4.1.3)
+        client_frame(b"x", opcode=0),  # a continuation with nothing to continue (5.15)
     ],
     ids=["rsv2", "reserved-opcode", "stray-continuation"],
 )
 async def test_echo_goes_out_before_the_close_frame_that_follows_it(echo: Echo, bad: bytes) -> None:
     _, port = await echo()
     client = await _raw_client(port)
-    await client.send(_client_frame(b"Hello, world!") + bad + _client_frame(b"", opcode=9))  # one write
-    assert await client.frame() == (1, b"Hello, world!")
+    await client.send_bytes(client_frame(b"Hello, world!") + bad + client_frame(b"", opcode=9))  # one write
+    assert await _frame(client) == (1, b"Hello, world!")
     assert await _close_code(client) == 1002
     client.close()
 
 
 async def test_wsserve_reply_goes_out_before_the_close_frame_that_follows_it(server) -> None:
     """The same ordering in the real server: a ping message and a protocol error in one write."""
-    client = await RawClient.open(server.port)
-    assert (await client.message())["type"] == "hello"
-    await client.send(_client_frame(orjson.dumps({"type": "ping", "id": "before"})) + _client_frame(b"x", rsv=0x20))
-    assert await client.message() == {"type": "pong", "id": "before"}
+    client = await _raw_client(server.port)
+    assert (await client.recv_json())["type"] == "hello"
+    await client.send_bytes(client_frame(orjson.dumps({"type": "ping", "id": "before"})) + client_frame(b"x", rsv=0x20))
+    assert await client.recv_json() == {"type": "pong", "id": "before"}
     assert await _close_code(client) == 1002
     client.close()

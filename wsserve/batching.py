@@ -22,6 +22,13 @@ Policy:
   partly served goes to the back of its class.
 * **Deadlines and cancellation**: a request past its deadline, or cancelled,
   never has further rows scheduled; ``next_batch`` reports expired ones.
+* **Costly rows**: a request's rows may each count ``cost`` units (default 1;
+  the pool counts a row to explain as :data:`wsserve.worker.EXPLAIN_ROW_COST`).
+  ``max_batch_size`` and ``max_queue_rows`` bound *units*, so a batch holds at
+  most ``max_batch_size // cost`` such rows (at least one: a batch that starts
+  with a row costlier than the whole budget still takes it).  ``Batch.rows``,
+  the statistics' ``rows`` and the round-robin shares stay in rows and units
+  as documented on each.
 
 Rows of one request are always scheduled in order (``start`` increases), so
 streamed chunks come out in order.
@@ -53,6 +60,7 @@ class WorkItem:
     next_row: int = 0  # rows already handed out in batches
     cancelled: bool = False
     deadline_entry: list[Any] | None = None  # its entry in the queue's deadline heap
+    cost: int = 1  # units one row counts against max_batch_size and max_queue_rows (>= 1)
 
     @property
     def remaining(self) -> int:
@@ -73,9 +81,16 @@ class Slice(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """Rows to compute together.  ``rows``: how many; ``units``: their cost (``rows`` when every row costs 1)."""
+
     slices: tuple[Slice, ...]
     rows: int
     expired: tuple[WorkItem, ...] = ()
+    units: int = -1  # -1: same as rows
+
+    @property
+    def cost(self) -> int:
+        return self.rows if self.units < 0 else self.units
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,7 @@ class BatchQueue:
         self._bytes = 0  # unscheduled input bytes of live items
         self._classes = (deque[WorkItem](), deque[WorkItem]())  # index = priority; 1 is high
         self._rows = 0  # unscheduled rows of live items
+        self._units = 0  # their cost units (== _rows while every row costs 1)
         self._requests = 0  # live items with unscheduled rows
         self._batches = 0
         self._rows_scheduled = 0
@@ -125,17 +141,21 @@ class BatchQueue:
 
     def add(self, item: WorkItem, now: float) -> None:
         """Queue ``item``.  Raises ``Overloaded`` (with ``retry_after_ms``) if
-        its rows would take a non-empty queue past ``max_queue_rows``; an empty
-        queue accepts any item (else a request bigger than the bound could
-        never be served)."""
+        its rows' cost units would take a non-empty queue past ``max_queue_rows``;
+        an empty queue accepts any item (else a request bigger than the bound
+        could never be served)."""
         rows = item.rows - item.next_row
         if rows < 1:
             raise ValueError("a work item needs at least one row")
+        if item.cost < 1:
+            raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
+        units = rows * item.cost
         limit = self.max_queue_rows
-        if limit is not None and self._rows + rows > limit and self._rows > 0:
+        if limit is not None and self._units + units > limit and self._rows > 0:
+            what = f"{self._rows} rows" if self._units == self._rows else f"{self._rows} rows ({self._units} units)"
             raise Overloaded(
-                f"queue full: {self._rows} rows queued, limit {limit} (max_queue_rows)",
+                f"queue full: {what} queued, limit {limit} (max_queue_rows)",
                 retry_after_ms=self._retry_after_ms(),
             )
         byte_limit = self.max_queue_bytes
@@ -147,6 +167,7 @@ class BatchQueue:
         item.enqueued_at = now
         self._classes[1 if item.priority else 0].append(item)
         self._rows += rows
+        self._units += units
         self._bytes += nbytes
         self._requests += 1
         if item.deadline is not None:
@@ -156,7 +177,7 @@ class BatchQueue:
     def _retry_after_ms(self) -> int:
         # One batch period per max_batch_size rows is unknown here; a few ms per
         # full batch ahead is a reasonable, bounded hint.
-        batches_ahead = self._rows // self.max_batch_size + 1
+        batches_ahead = self._units // self.max_batch_size + 1
         return int(min(5000, max(5, 2 * batches_ahead)))
 
     def cancel(self, item: WorkItem) -> bool:
@@ -172,6 +193,7 @@ class BatchQueue:
         except ValueError:  # never queued (e.g. refused with Overloaded)
             return False
         self._rows -= item.remaining
+        self._units -= item.remaining * item.cost
         self._bytes -= item.remaining * item.row_bytes
         self._requests -= 1
         self._forget_deadline(item)
@@ -201,21 +223,23 @@ class BatchQueue:
         """When the next batch should be formed, or ``None`` if nothing is queued."""
         if self._requests == 0:
             return None
-        if self.max_delay_s <= 0 or self._rows >= self.max_batch_size:
+        if self.max_delay_s <= 0 or self._units >= self.max_batch_size:
             return now
         # Window mode only: O(queued requests), which is bounded by the batch size.
         oldest = min(it.enqueued_at for q in self._classes for it in q)
         return oldest + self.max_delay_s
 
     def next_batch(self, now: float) -> Batch | None:
-        """Form a batch of at most ``max_batch_size`` rows, or ``None``.
+        """Form a batch of at most ``max_batch_size`` cost units, or ``None``.
 
         Items whose deadline is ``<= now`` are removed first and returned in
         ``Batch.expired`` (a batch with no slices may carry only those).
+        Round-robin shares are in units: a request whose rows cost more gets
+        fewer rows of a batch.
         """
         expired = self._expire(now) if self._deadlines else []
         cap = self.max_batch_size
-        if 0 < self._rows <= cap:  # everything queued fits: take it all, high priority first
+        if 0 < self._units <= cap:  # everything queued fits: take it all, high priority first
             out = []
             for queue in (self._classes[1], self._classes[0]):
                 for item in queue:
@@ -224,20 +248,29 @@ class BatchQueue:
                     if item.deadline_entry is not None:
                         self._forget_deadline(item)
                 queue.clear()
-            rows = self._rows
-            self._rows = self._requests = self._bytes = 0
+            rows, units = self._rows, self._units
+            self._rows = self._units = self._requests = self._bytes = 0
             self._batches += 1
             self._rows_scheduled += rows
-            return Batch(slices=tuple(out), rows=rows, expired=tuple(expired))
+            return Batch(slices=tuple(out), rows=rows, expired=tuple(expired), units=units)
         slices: dict[WorkItem, list[int]] = {}
+        rows = units = 0
         for queue in (self._classes[1], self._classes[0]):
             while cap > 0 and queue:
                 share = max(1, cap // len(queue))
+                progressed = False
                 for _ in range(len(queue)):
-                    if cap == 0:
+                    if cap <= 0:
                         break
                     item = queue.popleft()
-                    take = min(item.remaining, share, cap)
+                    cost = item.cost
+                    take = min(item.remaining, max(1, share // cost), cap // cost)
+                    if take == 0 and not slices:  # costlier than the whole budget: alone, one row
+                        take = 1
+                    if take == 0:  # does not fit what is left of this batch
+                        queue.append(item)
+                        continue
+                    progressed = True
                     span = slices.get(item)
                     if span is None:
                         slices[item] = [item.next_row, item.next_row + take]
@@ -245,15 +278,19 @@ class BatchQueue:
                         span[1] += take
                     item.next_row += take
                     self._bytes -= take * item.row_bytes
-                    cap -= take
+                    self._units -= take * cost
+                    rows += take
+                    units += take * cost
+                    cap -= take * cost
                     if item.remaining:
                         queue.append(item)
                     else:
                         self._requests -= 1
                         self._forget_deadline(item)
+                if not progressed:
+                    break
         if not slices and not expired:
             return None
-        rows = self.max_batch_size - cap
         self._rows -= rows
         if slices:
             self._batches += 1
@@ -262,6 +299,7 @@ class BatchQueue:
             slices=tuple(Slice(item, a, b) for item, (a, b) in slices.items()),
             rows=rows,
             expired=tuple(expired),
+            units=units,
         )
 
     def _expire(self, now: float) -> list[WorkItem]:
@@ -285,7 +323,7 @@ class BatchQueue:
         for it in items:
             it.cancelled = True
             self._forget_deadline(it)
-        self._rows = self._requests = self._bytes = 0
+        self._rows = self._units = self._requests = self._bytes = 0
         return items
 
     def statistics(self, now: float) -> QueueStats:

@@ -1,7 +1,9 @@
 """Command line: a thin adapter from flags to :class:`~wsserve.config.ServerConfig`.
 
 ``wsserve serve`` runs the server; ``wsserve loadtest`` runs the load-test
-tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`).  Bad flags exit with status 2 and a message naming the flag.
+tool; ``wsserve train`` trains on Dask (:mod:`wsserve.distributed.cli`); ``wsserve compress`` writes an
+int8 or pruned version of a repository model (:mod:`wsserve.compression.cli`).  Bad flags exit with status 2
+and a message naming the flag.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .config import DEFAULT_MODELS, ServerConfig, flag
 from .logs import configure_logging
 
@@ -117,6 +119,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_inflight_bytes", group=g, type=_positive_int, default=d.max_inflight_bytes,
         help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
     opt("max_rows", group=g, type=_positive_int, default=d.max_rows, help="rows per predict (default %(default)s)")
+    opt("max_explain_rows", group=g, type=_positive_int, default=d.max_explain_rows,
+        help='rows per "explain": true predict (default %(default)s; each row costs about 1.5 ms on mlp)')
+    opt("explain_row_cost", group=g, type=_positive_int, default=d.explain_row_cost,
+        help="batch and queue units one row to explain counts against --max-batch-size and --max-queue-rows "
+             "(a plain row: 1; default %(default)s, so a batch of 256 holds at most 8)")
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,
@@ -172,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .distributed.cli import add_train_arguments
 
     add_train_arguments(sub.add_parser("train", help="train a model data-parallel on Dask into a model repository"))
+    from .compression.cli import add_compress_arguments
+
+    add_compress_arguments(sub.add_parser(
+        "compress", help="write an int8 or pruned version of a repository model, with its measured figures",
+        description="Write a compressed version of MODEL next to its source in a model repository."))
     return parser
 
 
@@ -217,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.cli import run_train
 
         return run_train(args)
+    if args.command == "compress":
+        from .compression.cli import run_compress
+
+        return run_compress(args)
     try:
         config = config_from_args(args)
     except ValueError as exc:

@@ -47,9 +47,11 @@ class ServerConfig:
     max_inflight: int = 256
     max_inflight_bytes: int = 32 << 20  # input bytes (float64) of a connection's unfinished requests
     max_rows: int = 65536
+    max_explain_rows: int = 256  # rows of one "explain": true predict (each costs ~1.5 ms on the mlp)
     max_tokens: int = 100_000
     # Limits (per model)
     max_batch_size: int = 256  # rows per predict batch
+    explain_row_cost: int = 32  # batch and queue units one row to explain counts (a plain row: 1)
     max_queue_rows: int | None = 1 << 20  # queued predict rows per model
     max_queue_bytes: int | None = 64 << 20  # queued predict input bytes (float64) per model
     max_generate_batch: int = 256  # sequences stepped together
@@ -87,8 +89,11 @@ class ServerConfig:
     # Compute
     inline_max_flops: int = 200_000  # predict batches cheaper than this run on the loop thread
 
-    def validate(self) -> ServerConfig:
-        """Return self if every setting is in range, else raise ``ValueError`` naming its flag."""
+    def validate(self, *, in_process_models: bool = False) -> ServerConfig:
+        """Return self if every setting is in range, else raise ``ValueError`` naming its flag.
+
+        ``in_process_models``: the server also serves objects given in the program
+        (``Server(config, models=...)``), so no default model and no repository is fine."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
         if type(self.workers) is not int or not 1 <= self.workers <= 64:
@@ -96,13 +101,15 @@ class ServerConfig:
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (
-            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_tokens",
+            "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
         )
         for name in positive:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
+            raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
@@ -117,7 +124,10 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
-        if not self.models and not self.model_repository:
+        if in_process_models and self.workers > 1:
+            raise ValueError(f"{flag('workers')} {self.workers}: worker processes serve the built-in models and "
+                             "repositories only; in-process model objects need workers=1 (or put them in a repository)")
+        if not self.models and not self.model_repository and not in_process_models:
             raise ValueError(f"{flag('models')} none needs {flag('model_repository')}: nothing would be served")
         for repo in self.model_repository:
             if not Path(repo).is_dir():
@@ -148,6 +158,7 @@ class ServerConfig:
             "max_rows": self.max_rows,
             "max_tokens": self.max_tokens,
             "max_inflight_bytes": self.max_inflight_bytes,
+            "max_explain_rows": self.max_explain_rows,
         }
 
     @classmethod

@@ -49,6 +49,7 @@ from .errors import (
     DuplicateId,
     Forbidden,
     Internal,
+    InvalidInput,
     Overloaded,
     RateLimited,
     ShuttingDown,
@@ -477,9 +478,14 @@ class Connection:
         entry = self._models.lookup(req.model, req.version)
         if entry.kind != "predict":
             raise BadRequest(f"model {req.model!r} serves generate, not predict")
+        if req.explain and (refusal := entry.explain_refusal) is not None:
+            raise BadRequest(refusal)
         cfg = self._cfg
         # Any JSON number takes at least two bytes of the message: a bound before anything is allocated.
         inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+        if req.explain and n > cfg.max_explain_rows:
+            raise InvalidInput(f"'inputs' has {n} rows; explain takes at most {cfg.max_explain_rows} "
+                               "rows per request (max_explain_rows)")
         self._capacity(nbytes)
         if rid is None:  # seed form: no id, still tracked so shutdown and limits see it
             self._seed_keys += 1

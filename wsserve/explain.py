@@ -34,6 +34,12 @@ Methods:
 - anything else is refused: :func:`explain_refusal` says why, and
   :func:`explain` raises :class:`NotExplainable` with that reason.
 
+Serving (:func:`explainer_for`): the pool resolves, once per served version,
+an :class:`Explainer` - the model to explain (a served wrapper may name its
+inner model with an ``explain_model()`` method, e.g. the repository's npz and
+model.py backends; returning None means "not explainable"), the method and
+the step count - or the refusal text that names the served model.
+
 Batching invariance: a row's attributions do not depend on the other rows of
 the batch - bit for bit (the tests check it), because the per-row work is
 elementwise, every gradient call has the same shape (see
@@ -65,6 +71,8 @@ __all__ = [
     "explain_refusal",
     "explain",
     "integrated_gradients",
+    "Explainer",
+    "explainer_for",
 ]
 
 DEFAULT_STEPS = 128
@@ -125,18 +133,23 @@ def _model_label(model: object) -> str:
     return f"model {name!r}" if name else f"a {type(model).__name__}"
 
 
-def explain_refusal(model: object) -> str | None:
-    """``None`` if :func:`explain` can explain ``model``, else the reason (naming the model)."""
+def explain_refusal(model: object, *, label: str | None = None) -> str | None:
+    """``None`` if :func:`explain` can explain ``model``, else the reason, naming the model
+    (as ``label`` if given, else by its ``info.name``)."""
     if isinstance(model, (LinearModel, MLPModel)):
         return None
+    who = label or _model_label(model)
     if not isinstance(model, PredictiveModel):
-        return f"{_model_label(model)} is not a predictive model; explanations need a predict model"
+        return f"{who} is not a predictive model; explanations need a predict model"
     if len(model.info.input_shape) != 1:
-        return f"{_model_label(model)} takes inputs of shape {list(model.info.input_shape)}; " \
+        return f"{who} takes inputs of shape {list(model.info.input_shape)}; " \
                "explanations need flat [n, d] inputs"
+    if len(model.info.output_shape) != 1:
+        return f"{who} gives outputs of shape {list(model.info.output_shape)}; " \
+               "explanations need flat [n, k] outputs"
     if callable(getattr(model, "input_gradient", None)):
         return None
-    return (f"{_model_label(model)} cannot be explained: it is not linear or mlp and provides "
+    return (f"{who} cannot be explained: it is not linear or mlp and provides "
             "no input_gradient(x, target)")
 
 
@@ -226,3 +239,63 @@ def explain(
     gap = attributions.sum(axis=1) - (outputs[rows, t] - base_out[t])
     return Explanation(method=method, outputs=outputs, target=t, attributions=attributions,
                        baseline=b, baseline_output=base_out[t], completeness_gap=gap, steps=used_steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Explainer:
+    """How one served model version is explained (made by :func:`explainer_for`).
+
+    ``model``: what :func:`explain` runs on; ``method`` and ``steps`` as in
+    :class:`Explanation`; ``input_dtype``: the dtype the served model reads
+    its rows in (rows are rounded to it first, so the attributions explain
+    exactly the row the model computed on).  Thread-safe.
+    """
+
+    model: PredictiveModel
+    method: Literal["linear-exact", "integrated-gradients"]
+    steps: int
+    input_dtype: np.dtype
+
+    def attributions(self, x: np.ndarray) -> np.ndarray:
+        """``[n, d]`` attributions of each row's argmax output from the zeros baseline (float64).
+
+        Row i depends only on ``x[i]`` (bit for bit).  Raises what :func:`explain` raises.
+        """
+        rows = np.asarray(x).astype(self.input_dtype).astype(np.float64)
+        return explain(self.model, rows, steps=self.steps if self.steps else DEFAULT_STEPS).attributions
+
+    def describe(self) -> dict[str, object]:
+        """The JSON description a reply carries: method, baseline, target and steps."""
+        return {"method": self.method, "baseline": "zeros", "target": "argmax", "steps": self.steps}
+
+
+def explainer_for(model: object, *, label: str, input_dtype: object = np.float64) -> Explainer:
+    """The :class:`Explainer` of a served model, or :class:`NotExplainable` whose reason starts with ``label``.
+
+    ``model`` is explained itself, or - if it has a callable ``explain_model()``
+    (a serving wrapper) - what that returns (None: not explainable).
+    """
+    inputs, outputs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    if inputs is not None and (len(inputs) != 1 or getattr(inputs[0], "dtype", None) not in ("float32", "float64")):
+        raise NotExplainable(f"{label} cannot be explained: explanations need one float input, it takes "
+                             + ", ".join(f"{getattr(i, 'name', '?')} ({getattr(i, 'dtype', '?')})" for i in inputs))
+    if outputs is not None and len(outputs) != 1:
+        raise NotExplainable(f"{label} cannot be explained: explanations need one output, it gives {len(outputs)}")
+    hook = getattr(model, "explain_model", None)
+    if callable(hook):
+        inner = hook()
+        if inner is None:
+            backend = getattr(model, "backend", None)
+            via = f"its {backend} backend" if backend else "it"
+            raise NotExplainable(
+                f"{label} cannot be explained: {via} provides no input gradient (explanations: linear, mlp and "
+                "its int8/sparse versions, and model.py models that define input_gradient(x, target))")
+    else:
+        inner = model
+    reason = explain_refusal(inner, label=label)
+    if reason is not None:
+        raise NotExplainable(reason)
+    assert isinstance(inner, PredictiveModel)
+    if isinstance(inner, LinearModel):
+        return Explainer(inner, "linear-exact", 0, np.dtype(input_dtype))  # type: ignore[arg-type]
+    return Explainer(inner, "integrated-gradients", DEFAULT_STEPS, np.dtype(input_dtype))  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import Cancelled, DeadlineExceeded, WsserveError
+from .errors import Cancelled, DeadlineExceeded, Internal, WsserveError
 from .protocol import (
     Generate,
     Predict,
@@ -131,7 +131,8 @@ class PredictJob(Job):
 
     __slots__ = (
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
-        "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max",
+        "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
+        "_attr_parts", "_attr_pending",
     )
 
     def __init__(
@@ -155,6 +156,11 @@ class PredictJob(Job):
         self.queue_s = -1.0  # wait before the first batch (-1: none yet)
         self._compute_s = 0.0
         self._batch_max = 0
+        # "explain": true - attributions arrive with each delivery, kept beside the outputs
+        self.explain = req.explain
+        self.explanation = entry.explanation if req.explain else None
+        self._attr_parts: list[np.ndarray] = []  # attributions of the rows computed so far
+        self._attr_pending: list[np.ndarray] = []  # attributions of the rows in _pending
 
     def _stop_work(self) -> None:
         if self.item is not None:
@@ -165,7 +171,8 @@ class PredictJob(Job):
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)
 
-    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None:
+    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float,
+                attributions: np.ndarray | None = None) -> None:
         if self.finished:
             return
         if self.queue_s < 0:
@@ -175,6 +182,11 @@ class PredictJob(Job):
             self._batch_max = batch_rows
         self._delivered += _count(outputs)
         last = self._delivered >= self.n
+        if self.explain:
+            if attributions is None:  # the worker must explain every row of an explain request
+                self.fail(Internal(f"model {self.model!r} returned rows without their attributions"))
+                return
+            self._attr_parts.append(attributions)
         if self.stream:
             self._stream_rows(start, outputs, last)
         elif last:
@@ -194,37 +206,51 @@ class PredictJob(Job):
     def _result(self, outputs: np.ndarray) -> None:
         if self.seed_form is not None:
             frame = encode_seed_result(outputs, self.seed_form == "scalar")
+        elif self.explain:
+            parts = self._attr_parts
+            attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            frame = encode_result(self.id, self.model, self.version, outputs, self._timing(),
+                                  attributions, self.explanation)
         else:
             frame = encode_result(self.id, self.model, self.version, outputs, self._timing())
         self._terminal(frame, "ok")
 
     def _stream_rows(self, start: int, outputs: np.ndarray, last: bool) -> None:
         size = self.chunk_rows
+        explain = self.explain
         if size is None:  # one chunk per computed slice
-            self._send_chunk(start, outputs)
+            self._send_chunk(start, outputs, self._attr_parts.pop() if explain else None)
         else:
             if self._pending is None:
                 self._pending = []
             self._pending.append(outputs)
+            if explain:
+                self._attr_pending.append(self._attr_parts.pop())
             self._pending_rows += _count(outputs)
             if self._pending_rows >= size or last:
                 block = self._pending[0] if len(self._pending) == 1 else _concat(self._pending)
+                ablock = (self._attr_pending[0] if len(self._attr_pending) == 1 else np.concatenate(self._attr_pending)
+                          ) if explain else None
                 offset = self._delivered - self._pending_rows
                 cut = 0
                 while self._pending_rows - cut >= size:
-                    self._send_chunk(offset + cut, _rows(block, cut, cut + size))
+                    self._send_chunk(offset + cut, _rows(block, cut, cut + size),
+                                     None if ablock is None else ablock[cut:cut + size])
                     cut += size
                 rest = _rows(block, cut, self._pending_rows)
+                arest = None if ablock is None else ablock[cut:self._pending_rows]
                 self._pending_rows -= cut
                 self._pending = [rest] if self._pending_rows else []
+                self._attr_pending = [arest] if self._pending_rows and arest is not None else []
                 if last and self._pending_rows:
-                    self._send_chunk(offset + cut, rest)
-                    self._pending, self._pending_rows = [], 0
+                    self._send_chunk(offset + cut, rest, arest)
+                    self._pending, self._pending_rows, self._attr_pending = [], 0, []
         if last:
-            self._terminal(encode_predict_done(self.id, self.n, self._timing(), self.version), "ok")
+            frame = encode_predict_done(self.id, self.n, self._timing(), self.version, self.explanation)
+            self._terminal(frame, "ok")
 
-    def _send_chunk(self, offset: int, outputs: np.ndarray) -> None:
-        self.owner.send(encode_chunk(self.id, self._seq, offset, outputs))
+    def _send_chunk(self, offset: int, outputs: np.ndarray, attributions: np.ndarray | None = None) -> None:
+        self.owner.send(encode_chunk(self.id, self._seq, offset, outputs, attributions))
         self._seq += 1
 
 

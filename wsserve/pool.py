@@ -33,11 +33,12 @@ import orjson
 
 from .config import ServerConfig
 from .errors import InvalidInput, UnknownModel
+from .explain import Explainer, NotExplainable, explainer_for
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import validate_inputs
 from .worker import BatchObserver, PredictWorker, Tensors
 
-__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative"]
+__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer"]
 
 log = logging.getLogger("wsserve.pool")
 
@@ -108,6 +109,31 @@ class ModelEntry:
     def info(self) -> ModelInfo:
         return self.model.info
 
+    @property
+    def explain_refusal(self) -> str | None:
+        """None if ``"explain": true`` is served for this version, else why not (naming the model)."""
+        if self.kind != "predict":
+            return f"model {self.name!r} serves generate; explanations are for predict"
+        return getattr(self.worker, "explain_refusal", f"model {self.name!r} cannot be explained")
+
+    @property
+    def explanation(self) -> dict[str, Any] | None:
+        """How this version's rows are explained (method, baseline, target, steps), or None."""
+        explainer = getattr(self.worker, "explainer", None)
+        return explainer.describe() if explainer is not None else None
+
+
+def resolve_explainer(name: str, model: Any) -> tuple[Explainer | None, str | None]:
+    """``(explainer, None)`` for a predictive model that can be explained, else ``(None, reason)``."""
+    version = getattr(model, "version", None)
+    label = f"model {name!r}" + (f" version {version}" if version is not None else "")
+    specs = getattr(model, "inputs", None)
+    dtype = specs[0].dtype if specs and len(specs) == 1 and specs[0].dtype in ("float32", "float64") else "float64"
+    try:
+        return explainer_for(model, label=label, input_dtype=dtype), None
+    except NotExplainable as exc:
+        return None, exc.reason
+
 
 @dataclass
 class VersionStatus:
@@ -124,6 +150,19 @@ class _Model:
 
 def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _version_figures(entry: ModelEntry) -> dict[str, Any]:
+    """A loaded version's figures for ``models``: the repository model's own (bytes on disk, parameters,
+    non-zero parameters, metrics, compression figures: see ``RepositoryModel.version_figures``),
+    else what its info says."""
+    own = getattr(entry.model, "version_figures", None)
+    if callable(own):
+        return own()  # type: ignore[no-any-return]
+    info = getattr(entry.model, "info", None)
+    if info is None:
+        return {}
+    return {"parameters": info.parameters, "metrics": dict(info.metrics)}
 
 
 def _json_default(value: Any) -> Any:
@@ -204,9 +243,13 @@ class ModelPool:
                 item: dict[str, Any] = {"version": v, "state": status.state}
                 if status.reason:
                     item["reason"] = status.reason
+                if status.entry is not None:
+                    item.update(_version_figures(status.entry))
                 versions.append(item)
             base["name"] = name
             base["version"] = default.version if default is not None else None
+            if default is not None and default.kind == "predict":
+                base["explain"] = default.explanation  # null: "explain": true is refused for it
             base["versions"] = versions
             out.append(base)
         return out
@@ -252,6 +295,7 @@ class ModelPool:
                 model, name=name, max_generate_batch=cfg.max_generate_batch, max_generate_queue=cfg.max_generate_queue,
                 observer=self._observer, after_delivery=self._after_batch,
             )
+        explainer, refusal = resolve_explainer(name, model)
         return PredictWorker(
             model, name=name,
             max_batch_size=max_batch_size or cfg.max_batch_size,
@@ -259,6 +303,7 @@ class ModelPool:
             max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
             instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
+            explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
         )
 
     def serve(self, name: str, version: str, model: Any, *, worker: Any | None = None) -> tuple[ModelEntry, ModelEntry | None]:

@@ -180,7 +180,8 @@ class Predict:
 
     ``inputs`` is the raw JSON value; :func:`validate_inputs` checks it against
     the model.  ``seed_form`` is ``"list"`` or ``"scalar"`` for the seed form
-    (reply ``{"y_pred": ...}``, no id), else ``None``.
+    (reply ``{"y_pred": ...}``, no id), else ``None``.  ``explain``: also
+    return per-feature attributions with each output row.
     """
 
     id: RequestId | None
@@ -192,6 +193,7 @@ class Predict:
     timeout_ms: float | None = None
     priority: int = 0
     seed_form: Literal["list", "scalar"] | None = None
+    explain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +344,11 @@ def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
         stream = False
     elif type(stream) is not bool:
         raise BadRequest(f"field 'stream' must be a boolean, got {_jtype(stream)}")
+    explain = obj.get("explain")
+    if explain is None:
+        explain = False
+    elif type(explain) is not bool:
+        raise BadRequest(f"field 'explain' must be a boolean, got {_jtype(explain)}")
     return Predict(
         id=rid,
         model=model,
@@ -351,6 +358,7 @@ def _decode_predict(obj: dict[str, Any], rid: RequestId) -> Predict:
         chunk_rows=_opt_int(obj, "chunk_rows", 1, MAX_CHUNK_ROWS),
         timeout_ms=_opt_timeout(obj),
         priority=_priority(obj),
+        explain=explain,
     )
 
 
@@ -552,14 +560,21 @@ def _array(outputs: Any) -> bytes:
     return orjson.dumps(_contiguous(outputs), option=_NUMPY)
 
 
-def encode_result(rid: RequestId | None, model: str, version: str, outputs: Any, timing: dict[str, Any]) -> bytes:
+def encode_result(
+    rid: RequestId | None, model: str, version: str, outputs: Any, timing: dict[str, Any],
+    attributions: np.ndarray | None = None, explanation: dict[str, Any] | None = None,
+) -> bytes:
     """``result`` of a predict: ``outputs`` is ``[n, ...]`` (any numeric dtype and layout),
-    or ``{name: [n, ...]}`` for a model with named outputs."""
-    return orjson.dumps(
-        {"type": "result", "id": rid, "model": model, "version": version, "outputs": _contiguous(outputs),
-         "timing": timing},
-        option=_NUMPY,
-    )
+    or ``{name: [n, ...]}`` for a model with named outputs.  With ``attributions``
+    (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
+    ``explanation`` (method, baseline, target, steps)."""
+    frame: dict[str, Any] = {"type": "result", "id": rid, "model": model, "version": version,
+                             "outputs": _contiguous(outputs)}
+    if attributions is not None:
+        frame["attributions"] = np.ascontiguousarray(attributions)
+        frame["explanation"] = explanation
+    frame["timing"] = timing
+    return orjson.dumps(frame, option=_NUMPY)
 
 
 def encode_seed_result(outputs: np.ndarray, scalar: bool) -> bytes:
@@ -570,19 +585,26 @@ def encode_seed_result(outputs: np.ndarray, scalar: bool) -> bytes:
     return orjson.dumps({"y_pred": value}, option=_NUMPY)
 
 
-def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: Any) -> bytes:
-    """One ``chunk`` of a streamed predict: rows ``offset .. offset + len(outputs)``."""
+def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: Any,
+                 attributions: np.ndarray | None = None) -> bytes:
+    """One ``chunk`` of a streamed predict: rows ``offset .. offset + len(outputs)`` (and their
+    ``attributions``, for an ``"explain": true`` predict)."""
+    extra = b"" if attributions is None else b',"attributions":' + _array(attributions)
     return (
         b'{"type":"chunk","id":' + _id(rid) + b',"seq":' + str(seq).encode() + b',"offset":'
-        + str(offset).encode() + b',"outputs":' + _array(outputs) + b"}"
+        + str(offset).encode() + b',"outputs":' + _array(outputs) + extra + b"}"
     )
 
 
-def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any], version: str | None = None) -> bytes:
-    """The terminal ``done`` of a streamed predict (``version``: the model version that computed it)."""
+def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any], version: str | None = None,
+                        explanation: dict[str, Any] | None = None) -> bytes:
+    """The terminal ``done`` of a streamed predict (``version``: the model version that computed it;
+    ``explanation``: how the chunks' attributions were computed, for an ``"explain": true`` predict)."""
     frame: dict[str, Any] = {"type": "done", "id": rid, "reason": "complete", "rows": rows, "timing": timing}
     if version is not None:
         frame["version"] = version
+    if explanation is not None:
+        frame["explanation"] = explanation
     return orjson.dumps(frame)
 
 

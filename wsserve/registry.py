@@ -18,7 +18,8 @@
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
 (``--model-repository``), watched with ``watchfiles`` when ``--reload`` is on.
-Objects passed to ``Server(models=...)`` are served as version ``1``.
+Objects passed to ``Server(models=...)`` are served as their own version (``1`` by
+default), warmed up and batched with their own settings; their names are theirs alone.
 
 Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
 come from the connection core; authorisation is the core's.
@@ -37,14 +38,17 @@ from .generation.model import TokenModelAdapter
 from .pool import ModelEntry, ModelPool, is_generative
 from .repository import (
     LoadVersion,
+    ModelConfig,
     ModelLoadError,
     ModelScan,
     ReloadModel,
     ReloadVersion,
     RemoveModel,
     ReportError,
+    RepositoryModel,
     RepositoryScan,
     UnloadVersion,
+    is_model_name,
     load_version,
     plan,
     scan,
@@ -66,18 +70,19 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError``."""
     assert mscan.config is not None
     vscan = mscan.version(version)
-    if vscan is not None and vscan.error is not None:
-        raise ModelLoadError(path, vscan.error)
+    if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
+        raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
     model = load_version(name, version, path, mscan.config)
     try:
         model.warmup()
+        model.version_figures()  # reads the file system: here, off the event loop, once
         return _servable(model, name)
     except ModelLoadError:
         model.close()
         raise
-    except Exception as exc:
+    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
         model.close()
-        raise ModelLoadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
 
 
 class ModelRegistry:
@@ -98,6 +103,7 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._unloaded: set[str] = set()  # models unloaded by an admin: kept out until loaded again
+        self._objects: set[str] = set()  # names of in-process objects (serve_object): no repository may take them
 
     @property
     def repositories(self) -> list[Path]:
@@ -105,14 +111,41 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ start-up
 
-    def serve_object(self, name: str, model: Any, version: str = "1") -> ModelEntry:
-        """Serve an in-process model object (``Server(models=...)``) as ``version``."""
-        if is_generative(model) and not isinstance(model, TokenModelAdapter):
+    def serve_object(self, name: str, model: Any, version: str | None = None) -> ModelEntry:
+        """Serve an in-process model object (``Server(models=...)``) as ``version``.
+
+        ``model``: a :class:`~wsserve.repository.RepositoryModel` (``wsserve.FunctionModel``,
+        ``wsserve.onnx_model(...)``), warmed up here and batched with its own config
+        (``max_batch_size``, ``max_delay_ms``, ``instances``), served as its ``version``; a
+        generative model (:mod:`wsserve.generation.model`); or any object with ``predict``
+        and ``info``.  ``version`` defaults to the model's own, else ``"1"``.  The name is
+        then taken: a repository model of that name is refused (logged).  Raises
+        ``ValueError`` for a bad or taken name, ``TypeError`` for an object that is no
+        model, :class:`~wsserve.repository.ModelLoadError` for a failed warm-up.
+        """
+        if not is_model_name(name):
+            raise ValueError(f"model name {name!r}: 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+        if name in self._objects or self.pool.knows(name):
+            raise ValueError(f"model name {name!r} is already served")
+        worker = None
+        if isinstance(model, RepositoryModel):
+            model.warmup()  # raises ModelLoadError naming what is wrong, before anything is served
+            version = version if version is not None else str(model.version)
+            worker = self._worker(name, model, model.config)
+        elif is_generative(model) and not isinstance(model, TokenModelAdapter):
             model = TokenModelAdapter(model, name=name)
         elif not is_generative(model) and not hasattr(model, "predict"):
             raise TypeError(f"model {name!r}: {type(model).__name__} has no predict() (nor the generative interface)")
-        entry, _ = self.pool.serve(name, version, model)
+        entry, _ = self.pool.serve(name, version if version is not None else "1", model, worker=worker)
+        self._objects.add(name)
         return entry
+
+    def _worker(self, name: str, model: Any, cfg: ModelConfig) -> Any:
+        """A worker batching with the model's own settings (the server's where it has none)."""
+        return self.pool.make_worker(
+            name, model, max_batch_size=cfg.max_batch_size or None, max_delay_ms=cfg.max_delay_ms,
+            instances=cfg.instances,
+        )
 
     async def load_all(self) -> None:
         """Load every repository (the built-in one first).  A model name in two
@@ -177,6 +210,9 @@ class ModelRegistry:
         for m in current.models:
             if repo == self._builtin and m.name not in self._builtin_names:
                 continue
+            if m.name in self._objects:
+                log.error("model %r in %s is ignored: an in-process model of that name is served", m.name, repo)
+                continue
             owner = self._owner.setdefault(m.name, repo)
             if owner != repo:
                 log.error("model %r in %s is ignored: %s already serves a model of that name", m.name, repo, owner)
@@ -232,12 +268,8 @@ class ModelRegistry:
             log.error("model %r version %s failed to load: %s", name, v, reason)
             self.pool.set_state(name, v, "failed", reason)
             return
-        cfg = mscan.config
-        assert cfg is not None
-        worker = self.pool.make_worker(
-            name, model, max_batch_size=cfg.max_batch_size or None, max_delay_ms=cfg.max_delay_ms,
-            instances=cfg.instances,
-        )
+        assert mscan.config is not None
+        worker = self._worker(name, model, mscan.config)
         _, replaced = self.pool.serve(name, v, model, worker=worker)
         log.info("serving model %r version %s (%s)", name, v, getattr(model, "backend", type(model).__name__))
         if replaced is not None:
@@ -294,6 +326,8 @@ class ModelRegistry:
     async def admin(self, op: str, name: str, version: str | None) -> dict[str, Any]:
         """``load``, ``unload`` or ``reload`` ``name`` (one ``version``, or all); returns the
         model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``."""
+        if name in self._objects:
+            raise BadRequest(f"model {name!r} is an in-process object: it cannot be loaded, unloaded or reloaded")
         async with self._lock:
             if op == "unload":
                 status = self.pool.status(name)
@@ -332,7 +366,7 @@ class ModelRegistry:
                     others = tuple(m for m in previous.models if m.name != name)
                     self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
                                                        previous.ignored, previous.error)
-            return {"model": name, "versions": [
-                {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})}
-                for v, s in self.pool.status(name).items()
+            status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
+            return {"model": name, "versions": [  # in the order the `models` reply lists them
+                {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status
             ]}

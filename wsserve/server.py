@@ -2,7 +2,7 @@
 
 Call order::
 
-    server = Server(config, models)      # models: name -> trained model
+    server = Server(config, models)      # models: name -> in-process model object (optional)
     await server.start()                 # pool workers, listening socket
     ...                                  # server.url, server.port
     await server.drain()                 # PROTOCOL.md "Shutdown"; idempotent
@@ -37,7 +37,7 @@ from typing import Any
 
 from websockets.datastructures import Headers
 
-from . import __version__
+from ._version import __version__
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
@@ -68,13 +68,15 @@ class Server:
     def __init__(self, config: ServerConfig, models: dict[str, Any] | None = None, *,
                  builtin_repository: Path | None = None, worker: int | None = None,
                  metrics_dir: Path | None = None) -> None:
-        """``models``: in-process model objects to serve (name -> model: a predictive model
-        with ``predict`` and ``info``, or a generative one, see :mod:`wsserve.generation.model`);
+        """``models``: in-process model objects to serve (name -> model: ``wsserve.FunctionModel``,
+        ``wsserve.onnx_model(...)``, any predictive model with ``predict`` and ``info``, or a
+        generative one, see :mod:`wsserve.generation.model`; see
+        :meth:`~wsserve.registry.ModelRegistry.serve_object`, which raises for a bad one);
         ``builtin_repository``: where the trainer wrote the default models (``config.models``
         of it are served); ``config.model_repository``: the operator's repositories;
         ``worker``/``metrics_dir``: this process's index among ``--workers`` and the directory
         where workers share their metrics (the port is then shared with ``SO_REUSEPORT``)."""
-        self.config = config.validate()
+        self.config = config.validate(in_process_models=bool(models))
         self.server_header = f"wsserve/{__version__}"
         self.worker = worker
         self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
@@ -298,7 +300,7 @@ class Server:
         cfg = self.config
         key = None
         authorization = _single_header(headers, "Authorization")
-        if cfg.api_key and authorization is not None:
+        if (cfg.api_key or cfg.admin_key) and authorization is not None:  # an admin key alone is a key too
             key, refused = self._check_bearer(request.address, authorization)
             if refused is not None:
                 return None, refused
@@ -478,9 +480,10 @@ def _limit_blas_threads() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int:
-    """Train (or load) the default models into the built-in repository, serve until a
-    signal, drain, return the exit status."""
+async def serve_forever(config: ServerConfig, *, ready_line: bool = True, models: dict[str, Any] | None = None) -> int:
+    """Train (or load) the default models into the built-in repository, serve them (with the
+    in-process ``models`` and the operator's repositories) until a signal, drain, return the
+    exit status."""
     from .trainer import prepare_builtin_repository
 
     _limit_blas_threads()
@@ -493,7 +496,7 @@ async def serve_forever(config: ServerConfig, *, ready_line: bool = True) -> int
                 scratch=Path(scratch),
             ),
         )
-        server = Server(config, builtin_repository=builtin)
+        server = Server(config, models, builtin_repository=builtin)
         return await serve_until_signal(
             server, on_ready=(lambda: print(f"wsserve {__version__} ready on {server.url}", flush=True)) if ready_line else None
         )
@@ -546,8 +549,9 @@ def _loop_factory(loop: str) -> Any:
     return None
 
 
-def run(config: ServerConfig) -> int:
+def run(config: ServerConfig, *, models: dict[str, Any] | None = None) -> int:
     """Blocking entry point for one server process (``config.loop``: ``auto``, ``asyncio`` or
-    ``uvloop``).  ``--workers`` > 1 runs :func:`wsserve.supervisor.run_supervisor` instead."""
+    ``uvloop``); ``models``: in-process model objects served too (see :class:`Server`).
+    ``--workers`` > 1 runs :func:`wsserve.supervisor.run_supervisor` instead."""
     with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
-        return runner.run(serve_forever(config))
+        return runner.run(serve_forever(config, models=models))

@@ -41,7 +41,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .config import ServerConfig
 
 __all__ = ["run_supervisor"]

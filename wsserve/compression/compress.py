@@ -43,15 +43,17 @@ from typing import Any, Literal
 import numpy as np
 
 from ..models.mlp import MLPConfig, MLPModel, make_mlp_data
+from ..repository.layout import MODEL_FILES
+from ..repository.npz import build_npz_model, encode_npz, read_npz, write_npz_bytes
 from . import prune, quantize
-from .architectures import architecture_of, mlp_from_arrays
+from .architectures import architecture_of, version_file
 from .measure import LATENCY_BATCH, heldout_accuracy, latency_medians_ms, nonzero_parameters
-from .versionfile import MODEL_FILE, encode_version, load_version, write_version_bytes
 
 __all__ = ["Method", "METHODS", "compress"]
 
 Method = Literal["int8", "prune"]
 METHODS: tuple[str, ...] = ("int8", "prune")
+MODEL_FILE = MODEL_FILES["npz"]
 MAX_FINETUNE_EPOCHS = 50
 MAX_LATENCY_RUNS = 1000
 
@@ -97,15 +99,13 @@ def _seed_from_meta(meta: dict[str, Any]) -> int | None:
 def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str]:
     """``(model, bytes, meta, version label)``; ``ValueError`` if missing or not a plain ``mlp``."""
     if isinstance(source, (str, os.PathLike)):
-        vf = load_version(source)  # VersionFileError (a ValueError) if missing or corrupt
-        if vf.architecture != "mlp":
-            raise ValueError(f"cannot compress {str(vf.path)!r}: architecture {vf.architecture!r}; "
+        contents = read_npz(version_file(source))  # ModelLoadError (a ValueError) if missing or corrupt
+        if contents.architecture != "mlp":
+            raise ValueError(f"cannot compress {str(contents.path)!r}: architecture {contents.architecture!r}; "
                              "only the fp32 'mlp' architecture can be compressed")
-        try:
-            model = mlp_from_arrays(vf.arrays, vf.meta)
-        except ValueError as exc:
-            raise ValueError(f"model file {str(vf.path)!r}: {exc}") from exc
-        return model, vf.size_bytes, vf.meta, vf.path.parent.name
+        model = build_npz_model(contents)
+        assert isinstance(model, MLPModel)
+        return model, contents.size_bytes, dict(contents.meta), contents.path.parent.name
     arch = architecture_of(source)
     if arch != "mlp":
         info = getattr(source, "info", None)
@@ -115,7 +115,7 @@ def _load_source(source: object) -> tuple[MLPModel, int, dict[str, Any], str]:
                          "only the fp32 'mlp' architecture can be compressed")
     assert isinstance(source, MLPModel)
     arrays, meta = source.to_arrays()
-    return source, len(encode_version("mlp", arrays, meta)), meta, source.info.version
+    return source, len(encode_npz("mlp", arrays, meta)), meta, source.info.version
 
 
 def compress(
@@ -213,7 +213,7 @@ def compress(
             "compression": figures}
     data = b""
     for _ in range(8):  # the size is written inside the file: iterate to the fixed point
-        data = encode_version(stored.architecture, arrays, meta)
+        data = encode_npz(stored.architecture, arrays, meta)
         if figures["bytes"] == len(data):
             break
         figures["bytes"] = len(data)
@@ -222,7 +222,8 @@ def compress(
 
     created = not out_dir.exists()
     try:
-        path = write_version_bytes(out_dir, data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = write_npz_bytes(out_dir, data)
     except OSError:
         if created:
             try:

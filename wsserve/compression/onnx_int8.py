@@ -12,6 +12,11 @@ they are imported inside the functions, so importing this module is free.
   activations to uint8 at run time, per batch (the U8S8 kernels).
 - :func:`onnx_session` / :func:`onnx_latency_ms`: a CPU session with one
   intra-op and one inter-op thread, timed like :mod:`.measure`.
+- :func:`compress_onnx`: the ``wsserve compress --int8`` job for a
+  ``model.onnx`` version: quantize, measure, and store the figures in the new
+  file's metadata (``metadata_props`` key :data:`METADATA_KEY`, a JSON object
+  ``{"metrics": {...}, "compression": {...}}`` that the repository's ONNX
+  backend reports).
 - :func:`cpu_int8_features`: which int8 dot-product instruction sets the CPU
   advertises (``/proc/cpuinfo`` flags on Linux; empty elsewhere).  ONNX
   Runtime's MLAS picks its u8s8 GEMM kernel by CPUID at run time (AVX512-VNNI
@@ -31,9 +36,13 @@ from typing import Any
 import numpy as np
 
 from ..models.mlp import Params
-from .versionfile import MAX_FILE_BYTES
+from ..repository.npz import MAX_NPZ_BYTES as MAX_FILE_BYTES
+from ..repository.onnx_backend import METADATA_KEY, read_wsserve_metadata
 
 __all__ = [
+    "METADATA_KEY",
+    "compress_onnx",
+    "read_wsserve_metadata",
     "INT8_DOT_FLAGS",
     "cpu_int8_features",
     "build_mlp_onnx",
@@ -168,9 +177,10 @@ def onnx_session(path: str | os.PathLike[str], *, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_latency_ms(sessions: Sequence[Any], x: np.ndarray, *, runs: int = 21, warmup: int = 3) -> list[float]:
-    """Median ms of ``session.run`` on ``x`` (as float32) per session, timed interleaved."""
-    feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+def onnx_latency_ms(sessions: Sequence[Any], x: np.ndarray, *, runs: int = 21, warmup: int = 3,
+                    input_name: str = "x") -> list[float]:
+    """Median ms of ``session.run`` on ``x`` (as float32, fed as ``input_name``) per session, timed interleaved."""
+    feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(warmup):
         for s in sessions:
@@ -181,3 +191,160 @@ def onnx_latency_ms(sessions: Sequence[Any], x: np.ndarray, *, runs: int = 21, w
             s.run(None, feed)
             t.append((time.perf_counter() - t0) * 1e3)
     return [statistics.median(t) for t in times]
+
+
+def _single_float_input(session: Any, label: str) -> tuple[str, tuple[int, ...]]:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+        kinds = ", ".join(f"{a.name}: {a.type}" for a in inputs)
+        raise ValueError(f"{label}: wsserve compress measures ONNX models with one float32 input; this one has {kinds}")
+    shape = inputs[0].shape
+    row = tuple(shape[1:]) if shape else ()
+    if not shape or isinstance(shape[0], int) or not row or not all(isinstance(d, int) and 0 < d <= 1 << 16 for d in row):
+        raise ValueError(f"{label}: input {inputs[0].name!r} has shape {shape}; wsserve compress needs a dynamic "
+                         "batch dimension and fixed row dimensions")
+    return inputs[0].name, row
+
+
+def _initializer_counts(path: Path) -> tuple[int, int]:
+    """``(elements, non-zero elements)`` of the graph's initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    total = nonzero = 0
+    for init in proto.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        total += int(arr.size)
+        nonzero += int(np.count_nonzero(arr))
+    return total, nonzero
+
+
+def compress_onnx(
+    source: str | os.PathLike[str],
+    out_version_dir: str | os.PathLike[str],
+    *,
+    data_seed: int | None = None,
+    latency_runs: int = 21,
+    source_version: str | None = None,
+) -> dict[str, Any]:
+    """Dynamic int8 quantization of the ONNX file ``source`` into ``out_version_dir/model.onnx``, with figures.
+
+    Measured (all now, one ORT thread): ``bytes`` (the new file's exact size,
+    figures included) / ``source_bytes``; ``parameters`` and
+    ``parameters_nonzero`` (initializer elements) and the source's; the
+    median ms of one run on 256 rows and the ratio new / source
+    (``latency_ratio_b256``); ``output_max_abs_diff`` between the two on
+    those rows.  When the model is ``[32] -> [10]`` (the ``mlp`` task), the
+    rows are ``make_mlp_data(seed)``'s held-out split and
+    ``heldout_accuracy`` / ``source_heldout_accuracy`` / ``heldout_accuracy_delta``
+    are recorded (seed: ``data_seed``, else a ``seed`` in the source's
+    wsserve metadata, else 0); otherwise the rows are standard normal
+    (seeded) and no accuracy is claimed (``heldout_accuracy`` is None).
+
+    Raises ``ValueError`` (nothing written) for a missing/invalid source, one
+    that is not a single float input with a dynamic batch, or an
+    ``out_version_dir`` already holding a model.onnx; ``ImportError`` without
+    the ``onnx`` extra; ``OSError`` on I/O failure.
+    """
+    import json
+
+    import onnx
+
+    from ..models.mlp import make_mlp_data
+    from .measure import LATENCY_BATCH
+
+    src = Path(source)
+    out_dir = Path(out_version_dir)
+    dst = out_dir / "model.onnx"
+    if dst.exists():
+        raise ValueError(f"output {str(out_dir)!r} already holds a model (model.onnx); pick a new version")
+    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or not 1 <= latency_runs <= 1000:
+        raise ValueError(f"latency_runs must be an integer in 1..1000, got {latency_runs!r}")
+    if data_seed is not None and (isinstance(data_seed, bool) or not isinstance(data_seed, int)
+                                  or not 0 <= data_seed < 2**63):
+        raise ValueError(f"data_seed must be a non-negative integer, got {data_seed!r}")
+    label = f"ONNX source {str(src)!r}"
+    if not src.is_file():
+        raise ValueError(f"{label} does not exist")
+    src_session = onnx_session(src)
+    name, row = _single_float_input(src_session, label)
+    src_meta = read_wsserve_metadata(dict(src_session.get_modelmeta().custom_metadata_map), label)
+    if data_seed is not None:
+        seed, seed_from = data_seed, "argument"
+    elif isinstance(src_meta.get("seed"), int) and not isinstance(src_meta["seed"], bool) and src_meta["seed"] >= 0:
+        seed, seed_from = int(src_meta["seed"]), "source meta"
+    else:
+        seed, seed_from = 0, "default"
+    n_out = src_session.get_outputs()[0].shape
+    mlp_task = row == (32,) and len(n_out) == 2 and n_out[1] == 10
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged = out_dir / ".quantized.onnx.tmp"
+    try:
+        quantize_onnx_file(src, staged)
+        new_session = onnx_session(staged)
+        if mlp_task:
+            _, (x_all, y_all) = make_mlp_data(seed)
+        else:
+            x_all, y_all = np.random.default_rng(seed).standard_normal((LATENCY_BATCH, *row)), None
+        x_all = x_all.astype(np.float32)
+        xb = x_all[:LATENCY_BATCH]
+        lat_src, lat_new = onnx_latency_ms([src_session, new_session], xb, runs=latency_runs, input_name=name)
+        out_src = src_session.run(None, {name: x_all})[0]
+        out_new = new_session.run(None, {name: x_all})[0]
+        params, params_nz = _initializer_counts(staged)
+        src_params, src_params_nz = _initializer_counts(src)
+        figures: dict[str, Any] = {
+            "method": "int8",
+            "backend": "onnx",
+            "quantization": "onnxruntime dynamic: per-channel int8 weights, uint8 activations",
+            "source_version": source_version if source_version is not None else src.parent.name,
+            "bytes": 0,  # filled in below: the file's own size
+            "source_bytes": src.stat().st_size,
+            "parameters": params,
+            "parameters_nonzero": params_nz,
+            "source_parameters": src_params,
+            "source_parameters_nonzero": src_params_nz,
+            "latency_ms_b256": round(lat_new, 4),
+            "source_latency_ms_b256": round(lat_src, 4),
+            "latency_ratio_b256": round(lat_new / lat_src, 4),
+            "latency_runs": latency_runs,
+            "output_max_abs_diff": float(np.abs(out_new[:LATENCY_BATCH].astype(np.float64)
+                                                - out_src[:LATENCY_BATCH]).max()),
+            "cpu_int8_features": cpu_int8_features(),
+            "heldout_accuracy": None,
+            "data_seed": seed,
+            "data_seed_from": seed_from,
+        }
+        metrics: dict[str, Any] = {}
+        if y_all is not None:
+            acc_src = float((out_src.argmax(axis=1) == y_all).mean())
+            acc_new = float((out_new.argmax(axis=1) == y_all).mean())
+            figures.update(heldout_accuracy=acc_new, source_heldout_accuracy=acc_src,
+                           heldout_accuracy_delta=round(acc_new - acc_src, 10), n_heldout=int(len(y_all)))
+            metrics = {"heldout_accuracy": acc_new, "n_heldout": int(len(y_all)), "data_seed": seed}
+        proto = onnx.load(str(staged))
+        entry = proto.metadata_props.add()
+        entry.key = METADATA_KEY
+        data = b""
+        for _ in range(8):  # the size is written inside the file: iterate to the fixed point
+            entry.value = json.dumps({"metrics": metrics, "compression": figures}, sort_keys=True, allow_nan=False)
+            data = proto.SerializeToString()
+            if figures["bytes"] == len(data):
+                break
+            figures["bytes"] = len(data)
+        else:  # pragma: no cover - the digit count changes at most a few times
+            raise RuntimeError("file size did not settle")
+        path, tmp = _atomic_target(dst)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    finally:
+        staged.unlink(missing_ok=True)
+    return {**figures, "bytes_ratio": figures["bytes"] / figures["source_bytes"], "path": str(dst)}

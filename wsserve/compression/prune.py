@@ -209,7 +209,7 @@ class MLPSparseModel(PredictiveModel):
 
     # -- persistence -------------------------------------------------------------
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``(arrays, meta)`` for :func:`wsserve.compression.versionfile.save_version`."""
+        """``(arrays, meta)`` for :func:`wsserve.repository.npz.save_npz_model`."""
         arrays: dict[str, np.ndarray] = {}
         for i, (m, v, b) in enumerate(zip(self._masks, self._values, self._biases)):
             arrays[f"w{i}.mask"] = np.packbits(m.ravel())

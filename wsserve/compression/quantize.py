@@ -125,7 +125,7 @@ class MLPInt8Model(PredictiveModel):
 
     # -- persistence -------------------------------------------------------------
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``(arrays, meta)`` for :func:`wsserve.compression.versionfile.save_version`."""
+        """``(arrays, meta)`` for :func:`wsserve.repository.npz.save_npz_model`."""
         arrays: dict[str, np.ndarray] = {}
         for i, (q, s, b) in enumerate(self._layers):
             arrays[f"w{i}.int8"] = q

@@ -9,6 +9,8 @@ outputs (:func:`check_outputs`) and building the :class:`ModelInfo`.
 from __future__ import annotations
 
 import abc
+import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +22,10 @@ from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .tensors import TensorSpec
 
-__all__ = ["Batch", "RepositoryModel", "merge_specs", "check_outputs", "make_info"]
+__all__ = ["Batch", "RepositoryModel", "merge_specs", "check_outputs", "make_info", "version_bytes"]
+
+#: :func:`version_bytes` gives up (None) on a version directory with more entries than this.
+MAX_VERSION_ENTRIES = 10_000
 
 #: A batch: one array ``[n, *shape]`` for a single input/output, else ``{name: array}``.
 Batch = np.ndarray | dict[str, np.ndarray]
@@ -49,6 +54,7 @@ class RepositoryModel(PredictiveModel):
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     _closed: bool = False
+    _figures: dict[str, Any] | None = None
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> Batch:  # type: ignore[override]
@@ -85,6 +91,31 @@ class RepositoryModel(PredictiveModel):
             check_outputs(self.predict(batch), self.outputs, n)
         except Exception as exc:
             raise ModelLoadError(self.path, f"warm-up failed: {type(exc).__name__}: {exc}") from exc
+
+    def version_figures(self) -> dict[str, Any]:
+        """What ``models`` reports for this version, as JSON-ready values.
+
+        ``bytes`` (the files of the version directory, :func:`version_bytes`),
+        ``parameters``, ``metrics``, plus the backend's own
+        (:meth:`_backend_figures`: ``parameters_nonzero``, and ``compression``
+        - the figures ``wsserve compress`` measured - when the version is a
+        compressed one).  Computed on the first call (it reads the file
+        system: make that call off the event loop, as the registry does after
+        warm-up) and cached; returns a copy.
+        """
+        if self._figures is None:
+            self._figures = {"bytes": version_bytes(self.path.parent), "parameters": self.info.parameters,
+                             "metrics": dict(self.info.metrics), **self._backend_figures()}
+        return dict(self._figures)
+
+    def _backend_figures(self) -> dict[str, Any]:
+        """Figures only the backend knows (see :meth:`version_figures`); none by default."""
+        return {}
+
+    def explain_model(self) -> PredictiveModel | None:
+        """The model :mod:`wsserve.explain` explains for this version (it must compute what
+        :meth:`predict` computes), or None when the backend offers no input gradient (the default)."""
+        return None
 
     def close(self) -> None:
         """Release the model (idempotent)."""
@@ -205,3 +236,23 @@ def make_info(
             "outputs": [s.to_json() for s in model.outputs],
         },
     )
+
+
+def version_bytes(version_dir: Path) -> int | None:
+    """Bytes of the regular files under ``version_dir`` (recursively, symlinks not followed).
+
+    None if it cannot be listed or holds more than :data:`MAX_VERSION_ENTRIES` entries.
+    """
+    total = entries = 0
+    try:
+        for root, dirs, files in os.walk(version_dir, followlinks=False):
+            entries += len(dirs) + len(files)
+            if entries > MAX_VERSION_ENTRIES:
+                return None
+            for f in files:
+                st = os.lstat(os.path.join(root, f))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    except OSError:
+        return None
+    return total

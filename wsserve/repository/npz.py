@@ -1,30 +1,43 @@
 """``model.npz``: the numpy backend's file format, its reader/writer, and built-in architectures.
 
+The one reader and writer of this format in wsserve: the repository loader,
+the trainer, ``wsserve train`` and ``wsserve compress`` all go through it.
+
 Format 1 (fixed; other tools write it too)::
 
     np.savez(f, allow_pickle=False, __meta__=<1-D uint8: UTF-8 JSON>, **arrays)
-    __meta__ = {"format": 1, "architecture": "linear" | "mlp", "meta": {...}}
+    __meta__ = {"format": 1, "architecture": "<a key of ARCHITECTURES>", "meta": {...}}
 
-``arrays`` per architecture (anything missing or extra is an error):
+``arrays`` per architecture (anything missing or extra is an error); array
+names are ``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 128 characters:
 
 - ``linear``: ``weight`` [1] and ``bias`` [1], float64 (as ``LinearModel.to_arrays()``)
 - ``mlp``: ``w0, b0, w1, b1, ...`` float32, ``w_i`` [d_i, d_{i+1}], ``b_i`` [d_{i+1}]
   (as ``MLPModel.to_arrays()``; the number of layers is derived from the names)
+- ``mlp-int8``: ``w{i}.int8`` int8, ``w{i}.scale`` float32, ``b{i}`` float32, meta
+  ``layers`` (:class:`wsserve.compression.quantize.MLPInt8Model`)
+- ``mlp-sparse``: ``w{i}.mask`` uint8 bitmap, ``w{i}.values`` float32, ``b{i}`` float32,
+  meta ``layers`` and ``shapes`` (:class:`wsserve.compression.prune.MLPSparseModel`)
 - ``charlm`` (generative): ``embed`` [V+1, d], ``w1`` [k*d, H], ``b1`` [H], ``w2`` [H, V],
   ``b2`` [V], float32 or float64 (as ``CharLM.to_arrays()``)
 
-``meta`` is free-form JSON; ``meta["metrics"]`` (an object), when present, is
-reported as the model's metrics.
+``meta`` is free-form JSON (no NaN or infinities); ``meta["metrics"]`` (an
+object), when present, is reported as the model's metrics, and
+``meta["compression"]`` (written by ``wsserve compress``) as the version's
+compression figures.
 
-Reading never unpickles: every member's ``.npy`` header is read and checked
-(numeric dtype, bounded size) before its data is, and the data is read with
+Reading never unpickles and bounds everything before numpy allocates: the
+file size, the zip members' declared sizes, every member's ``.npy`` header
+(numeric dtype, bounded size) before its data, the data read with
 ``allow_pickle=False``.  :data:`ARCHITECTURES` maps an architecture name to
 the function that builds a :class:`~wsserve.models.base.PredictiveModel` from
-the arrays; add new architectures there.
+the arrays; add new architectures there.  Writing (:func:`encode_npz`) builds
+the model from the arrays first, so a file written here always loads.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -55,6 +68,8 @@ __all__ = [
     "NpzContents",
     "read_npz",
     "build_npz_model",
+    "encode_npz",
+    "write_npz_bytes",
     "save_npz_model",
     "write_builtin_version",
 ]
@@ -64,6 +79,8 @@ _META_KEY = "__meta__"
 _META_FIELDS = frozenset({"format", "architecture", "meta"})
 _MAX_META_BYTES = 1 << 20
 _MAX_MEMBERS = 1024
+#: Bytes a member may add besides its data: zip headers, its name (twice), the .npy header.
+_MEMBER_OVERHEAD = 4096
 _MAX_MLP_LAYERS = 256
 #: Default bound on the total bytes of the arrays of one model.npz.
 MAX_NPZ_BYTES = 1 << 32
@@ -118,6 +135,19 @@ def _build_mlp(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Pre
     return MLPModel.from_arrays(dict(arrays), {"layers": layers, "metrics": _metrics(meta)})
 
 
+def _build_mlp_int8(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> PredictiveModel:
+    # imported here: the compression package imports this module (it reads and writes versions)
+    from ..compression.quantize import MLPInt8Model
+
+    return MLPInt8Model.from_arrays(arrays, meta)
+
+
+def _build_mlp_sparse(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> PredictiveModel:
+    from ..compression.prune import MLPSparseModel
+
+    return MLPSparseModel.from_arrays(arrays, meta)
+
+
 def _build_charlm(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Any:
     _expect_names(arrays, {"embed", "w1", "b1", "w2", "b2"}, "charlm")
     for name, ndim in (("embed", 2), ("w1", 2), ("b1", 1), ("w2", 2), ("b2", 1)):
@@ -130,7 +160,8 @@ def _build_charlm(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> 
 #: architecture name -> builder ``(arrays, meta) -> model`` (raises ``ValueError`` on bad contents):
 #: a :class:`~wsserve.models.base.PredictiveModel`, or a token model for the generative ones.
 ARCHITECTURES: Mapping[str, Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], Any]] = (
-    MappingProxyType({"linear": _build_linear, "mlp": _build_mlp, "charlm": _build_charlm})
+    MappingProxyType({"linear": _build_linear, "mlp": _build_mlp, "mlp-int8": _build_mlp_int8,
+                      "mlp-sparse": _build_mlp_sparse, "charlm": _build_charlm})
 )
 #: Architectures served by ``generate`` (the others by ``predict``).
 GENERATIVE_ARCHITECTURES = frozenset({"charlm"})
@@ -140,45 +171,63 @@ GENERATIVE_ARCHITECTURES = frozenset({"charlm"})
 
 @dataclass(frozen=True, slots=True)
 class NpzContents:
-    """A checked model.npz: its architecture (a key of :data:`ARCHITECTURES`), arrays and free-form meta."""
+    """A checked model.npz: its architecture (a key of :data:`ARCHITECTURES`), arrays, free-form meta
+    and the file's size in bytes."""
 
     path: Path
     architecture: str
     arrays: Mapping[str, np.ndarray]
     meta: Mapping[str, Any]
+    size_bytes: int = 0
 
 
-def _read_members(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
+def _max_file_bytes(max_bytes: int) -> int:
+    """The largest file that can hold ``max_bytes`` of arrays: plus the header and per-member overhead."""
+    return max_bytes + _MAX_META_BYTES + _MAX_MEMBERS * _MEMBER_OVERHEAD
+
+
+def _read_members(path: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], int]:
     out: dict[str, np.ndarray] = {}
     total = 0
-    with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
-        infos = zf.infolist()
-        if len(infos) > _MAX_MEMBERS:
-            raise ModelLoadError(path, f"holds {len(infos)} members; at most {_MAX_MEMBERS}")
-        for info in infos:
-            member = info.filename
-            if not member.endswith(".npy") or not (member[:-4] == _META_KEY or _ARRAY_RE.match(member[:-4])):
-                raise ModelLoadError(path, f"unexpected member {member!r} (an .npz holds only NAME.npy arrays)")
-            name = member[:-4]
-            if name in out:
-                raise ModelLoadError(path, f"member {member!r} appears twice")
-            with zf.open(info) as fp:
-                version = np.lib.format.read_magic(fp)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-                else:
-                    raise ModelLoadError(path, f"array {name!r} uses .npy format {version}; only 1.0 and 2.0 are read")
-            if dtype.hasobject or dtype.kind not in "biuf":
-                raise ModelLoadError(path, f"array {name!r} has dtype {dtype}: only numeric arrays are loaded (no pickled objects)")
-            nbytes = math.prod(shape) * dtype.itemsize
-            total += nbytes
-            if total > max_bytes:
-                raise ModelLoadError(path, f"arrays need more than {max_bytes} bytes (array {name!r} has shape {list(shape)})")
-            with zf.open(info) as fp:
-                out[name] = np.lib.format.read_array(fp, allow_pickle=False)
-    return out
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > _max_file_bytes(max_bytes):
+            raise ModelLoadError(path, f"is {size} bytes, more than arrays of at most {max_bytes} bytes need")
+        with zipfile.ZipFile(f) as zf:
+            infos = zf.infolist()
+            if len(infos) > _MAX_MEMBERS:
+                raise ModelLoadError(path, f"holds {len(infos)} members; at most {_MAX_MEMBERS}")
+            declared = sum(info.file_size for info in infos)
+            if declared > _max_file_bytes(max_bytes):
+                raise ModelLoadError(path, f"members expand to {declared} bytes, more than arrays of at most {max_bytes} bytes need")
+            for info in infos:
+                member = info.filename
+                if not member.endswith(".npy") or not (member[:-4] == _META_KEY or _ARRAY_RE.match(member[:-4])):
+                    raise ModelLoadError(path, f"unexpected member {member!r} (an .npz holds only NAME.npy arrays)")
+                name = member[:-4]
+                if name in out:
+                    raise ModelLoadError(path, f"member {member!r} appears twice")
+                with zf.open(info) as fp:
+                    version = np.lib.format.read_magic(fp)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+                    else:
+                        raise ModelLoadError(path, f"array {name!r} uses .npy format {version}; only 1.0 and 2.0 are read")
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise ModelLoadError(path, f"array {name!r} has dtype {dtype}: only numeric arrays are loaded (no pickled objects)")
+                nbytes = math.prod(shape) * dtype.itemsize
+                total += nbytes
+                if total > max_bytes:
+                    raise ModelLoadError(path, f"arrays need more than {max_bytes} bytes (array {name!r} has shape {list(shape)})")
+                with zf.open(info) as fp:
+                    out[name] = np.lib.format.read_array(fp, allow_pickle=False)
+    return out, size
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
 
 
 def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents:
@@ -186,16 +235,19 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
 
     Raises :class:`ModelLoadError` naming the file for: a missing/unreadable
     file, not a zip, truncated or corrupt data, object (pickled) or non-numeric
-    arrays, more than ``max_bytes`` of arrays, a missing or malformed
-    ``__meta__`` header, an unknown format or architecture.
+    arrays, more than ``max_bytes`` of arrays (or a file or zip members bigger
+    than such arrays need), a missing or malformed ``__meta__`` header (NaN or
+    infinities included), an unknown format or architecture.
     """
     path = Path(path)
     try:
-        arrays = _read_members(path, max_bytes)
+        arrays, size = _read_members(path, max_bytes)
     except ModelLoadError:
         raise
     except FileNotFoundError:
         raise ModelLoadError(path, "does not exist") from None
+    except IsADirectoryError:
+        raise ModelLoadError(path, "is a directory") from None
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise ModelLoadError(path, f"unreadable ({type(exc).__name__}: {exc})") from None
 
@@ -205,7 +257,7 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
     if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_META_BYTES:
         raise ModelLoadError(path, f"{_META_KEY} must be a 1-D uint8 array of at most {_MAX_META_BYTES} bytes, got {raw.dtype} {list(raw.shape)}")
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
+        header = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelLoadError(path, f"{_META_KEY} is not UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -219,7 +271,7 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
         raise ModelLoadError(path, f"unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
     if not isinstance(header["meta"], dict):
         raise ModelLoadError(path, f"{_META_KEY}.meta must be a JSON object")
-    return NpzContents(path, arch, MappingProxyType(arrays), MappingProxyType(header["meta"]))
+    return NpzContents(path, arch, MappingProxyType(arrays), MappingProxyType(header["meta"]), size)
 
 
 def build_npz_model(contents: NpzContents) -> PredictiveModel:
@@ -249,16 +301,12 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
-def save_npz_model(
-    version_dir: Path | str, architecture: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
-) -> Path:
-    """Write ``version_dir/model.npz`` atomically (temp file + ``os.replace``); return its path.
+def encode_npz(architecture: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> bytes:
+    """The exact bytes of a model.npz holding ``arrays`` and ``meta`` for ``architecture``.
 
-    The contents are checked first by building the model (so a file this
-    writes always loads).  Raises ``ValueError`` for an unknown architecture,
-    bad array names/dtypes/shapes or non-JSON (or NaN) ``meta``, and
-    ``OSError`` on I/O failure (no temporary file is left behind).
-    ``version_dir`` must exist.
+    The contents are checked first by building the model (so these bytes
+    always load).  Raises ``ValueError`` for an unknown architecture, bad array
+    names/dtypes/shapes/values or non-JSON (or NaN/infinite) ``meta``.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})")
@@ -274,9 +322,34 @@ def save_npz_model(
     text = json.dumps({"format": NPZ_FORMAT, "architecture": architecture, "meta": dict(meta)},
                       allow_nan=False, sort_keys=True, default=_json_default)
     header = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    if header.size > _MAX_META_BYTES:
+        raise ValueError(f"meta takes {header.size} bytes as JSON; at most {_MAX_META_BYTES}")
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **{_META_KEY: header}, **clean)
+    return buf.getvalue()
+
+
+def write_npz_bytes(version_dir: Path | str, data: bytes) -> Path:
+    """Write ``data`` (from :func:`encode_npz`) as ``version_dir/model.npz`` atomically; return its path.
+
+    Temporary file + fsync + ``os.replace``: a reader sees the old file, the
+    new one or none.  ``version_dir`` must exist.  Raises ``OSError`` (no
+    temporary file is left behind).
+    """
     path = Path(version_dir) / MODEL_FILES["npz"]
-    _atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **{_META_KEY: header}, **clean))
+    _atomic_write(path, lambda f: f.write(data))
     return path
+
+
+def save_npz_model(
+    version_dir: Path | str, architecture: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+) -> Path:
+    """:func:`encode_npz` then :func:`write_npz_bytes`: ``version_dir/model.npz``, atomically; return its path.
+
+    Raises ``ValueError`` as :func:`encode_npz` (nothing written) and
+    ``OSError`` on I/O failure.  ``version_dir`` must exist.
+    """
+    return write_npz_bytes(version_dir, encode_npz(architecture, arrays, meta))
 
 
 def _json_default(obj: Any) -> Any:

@@ -2,8 +2,8 @@
 
 The single input is named ``input`` and the single output ``output``
 (config.toml may check their shapes/dtypes, not rename them).  ``linear``
-takes float64 rows, ``mlp`` float32 rows (it computes in float32); both
-return float64.  Thread-safe: the wrapped models only read their weights.
+takes float64 rows, ``mlp`` and its compressed forms (``mlp-int8``,
+``mlp-sparse``) float32 rows (they compute in float32); all return float64.  Thread-safe: the wrapped models only read their weights.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from .tensors import TensorSpec
 
 __all__ = ["NpzModel", "INPUT_DTYPES"]
 
-#: architecture -> dtype of its input rows (outputs are float64).
-INPUT_DTYPES = {"linear": "float64", "mlp": "float32"}
+#: architecture -> dtype of its input rows (outputs are float64); the mlp family computes in float32.
+INPUT_DTYPES = {"linear": "float64", "mlp": "float32", "mlp-int8": "float32", "mlp-sparse": "float32"}
 
 
 class NpzModel(RepositoryModel):
@@ -34,6 +34,8 @@ class NpzModel(RepositoryModel):
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         contents = read_npz(self.path)
         self.architecture = contents.architecture
+        compression = contents.meta.get("compression")
+        self._compression = dict(compression) if isinstance(compression, dict) else None
         self.model: Any = build_npz_model(contents)
         self.generative = contents.architecture in GENERATIVE_ARCHITECTURES
         if self.generative:  # served by the generation engine through .model; no tensors
@@ -71,3 +73,24 @@ class NpzModel(RepositoryModel):
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or self.model.flops_per_row()
+
+    def explain_model(self) -> Any:
+        """The architecture's own model (linear: exact attributions; the mlp family: integrated
+        gradients through its input gradient); None for a generative one."""
+        return None if self.generative else self.model
+
+    def _backend_figures(self) -> dict[str, Any]:
+        """``parameters_nonzero`` (of the effective weights and biases) and, for a version written by
+        ``wsserve compress``, its ``compression`` figures (from the file's meta)."""
+        out: dict[str, Any] = {"parameters_nonzero": _nonzero_parameters(self.model)}
+        if self._compression is not None:
+            out["compression"] = self._compression
+        return out
+
+
+def _nonzero_parameters(model: Any) -> int:
+    own = getattr(model, "nonzero_parameters", None)
+    if callable(own):  # the compressed mlp forms know their effective weights
+        return int(own())
+    arrays, _ = model.to_arrays()
+    return int(sum(np.count_nonzero(a) for a in arrays.values()))

@@ -20,10 +20,16 @@ onnxruntime a model.onnx fails to load with a message saying so.
   subset of the graph's outputs to return.
 - ``InferenceSession.run`` is thread-safe, so :meth:`OnnxModel.predict` may be
   called from several threads at once (each call is one ``run``).
+- wsserve's own metadata: the graph's ``metadata_props`` entry ``wsserve``
+  (:data:`METADATA_KEY`), when present, is a JSON object; its ``metrics``
+  object is reported as the model's metrics and its ``compression`` object
+  (written by ``wsserve compress --int8``) as the version's compression
+  figures.  A malformed one fails the load, naming the file.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +42,12 @@ from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
 
-__all__ = ["OnnxModel", "ONNX_TYPES"]
+__all__ = ["OnnxModel", "ONNX_TYPES", "METADATA_KEY", "read_wsserve_metadata"]
+
+#: ``metadata_props`` key of the JSON object wsserve writes into an ONNX file.
+METADATA_KEY = "wsserve"
+#: Upper bound on that JSON (characters).
+MAX_METADATA_CHARS = 1 << 20
 
 #: ONNX Runtime type string -> wsserve dtype name.
 ONNX_TYPES = {
@@ -110,23 +121,58 @@ def _show(shape: list[Any]) -> str:
     return "[" + ", ".join(str(d) if _fixed(d) else "?" for d in shape) + "]"
 
 
-def _count_parameters(path: Path) -> int:
-    """Initializer elements in the graph (via the ``onnx`` package), else a file-size estimate."""
+def _count_parameters(path: Path, data: bytes | None = None) -> tuple[int, int | None]:
+    """``(elements, non-zero elements)`` of the graph's initializers (via the ``onnx`` package;
+    from ``data`` when the graph came as bytes), else ``(size estimate, None)``."""
     try:
         import onnx
+        from onnx import numpy_helper
 
-        proto = onnx.load(str(path), load_external_data=False)
-        return sum(math.prod(init.dims) for init in proto.graph.initializer)
+        proto = onnx.load_from_string(data) if data is not None else onnx.load(str(path), load_external_data=False)
+        total = sum(math.prod(init.dims) for init in proto.graph.initializer)
+        nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(init))) for init in proto.graph.initializer)
+        return total, nonzero
     except Exception:  # onnx missing, or a graph ONNX Runtime reads but this onnx cannot: estimate
-        return max(1, path.stat().st_size // 4)
+        return max(1, (len(data) if data is not None else path.stat().st_size) // 4), None
+
+
+def read_wsserve_metadata(metadata: dict[str, str], label: str) -> dict[str, Any]:
+    """The :data:`METADATA_KEY` JSON object of an ONNX model's custom metadata (``{}`` if absent).
+
+    Raises ``ValueError`` naming ``label`` if it is too long, not JSON (NaN
+    included), not an object, or has a ``metrics``/``compression`` that is not an object.
+    """
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        return {}
+    if len(text) > MAX_METADATA_CHARS:
+        raise ValueError(f"{label}: metadata {METADATA_KEY!r} has {len(text)} characters; at most {MAX_METADATA_CHARS}")
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except ValueError as exc:
+        raise ValueError(f"{label}: metadata {METADATA_KEY!r} is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{label}: metadata {METADATA_KEY!r} must be a JSON object")
+    for key in ("metrics", "compression"):
+        if key in value and not isinstance(value[key], dict):
+            raise ValueError(f"{label}: metadata {METADATA_KEY!r}: {key!r} must be a JSON object")
+    return value
 
 
 class OnnxModel(RepositoryModel):
-    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem."""
+    """``model.onnx`` run by ONNX Runtime. Raises :class:`ModelLoadError` naming the file on any problem.
+
+    ``data``: the serialized graph, already in memory (``wsserve.onnx_model`` for embedding
+    programs); ``path`` then only names it in messages.
+    """
 
     backend = "onnx"
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *, data: bytes | None = None) -> None:
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         try:
             import onnxruntime as ort
@@ -140,10 +186,11 @@ class OnnxModel(RepositoryModel):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self._session: Any = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._session: Any = ort.InferenceSession(data if data is not None else str(self.path), sess_options=so,
+                                                      providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
-        parameters = _count_parameters(self.path)
+        parameters, self._nonzero = _count_parameters(self.path, data)
         self.batching = config.batching
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
@@ -158,11 +205,16 @@ class OnnxModel(RepositoryModel):
         self.outputs = merge_specs("output", own_out, config.outputs, self.path)
         self._output_names = [s.name for s in self.outputs]
         meta = self._session.get_modelmeta()
+        try:
+            own = read_wsserve_metadata(dict(meta.custom_metadata_map), "the graph")
+        except ValueError as exc:
+            raise ModelLoadError(self.path, str(exc)) from None
+        self._compression = own.get("compression")
         self.info = make_info(
             self,
             task=config.task or "regression",
             parameters=parameters,
-            metrics={},
+            metrics=dict(own.get("metrics", {})),
             extra={"producer": meta.producer_name, "intra_op_num_threads": config.onnx_intra_op_threads},
         )
         self._parameters = parameters
@@ -192,6 +244,16 @@ class OnnxModel(RepositoryModel):
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or max(1, self._parameters)
+
+    def _backend_figures(self) -> dict[str, Any]:
+        """``parameters_nonzero`` (initializer elements; when the ``onnx`` package could read the graph)
+        and, for a ``wsserve compress`` output, its ``compression`` figures."""
+        out: dict[str, Any] = {}
+        if self._nonzero is not None:
+            out["parameters_nonzero"] = self._nonzero
+        if self._compression is not None:
+            out["compression"] = self._compression
+        return out
 
     def close(self) -> None:
         self._session = None

@@ -12,6 +12,7 @@ Interface (see docs/repository.md for a worked example)::
         def predict(self, batch):           # [n, *input_shape] -> [n, *output_shape]
             ...                             # dicts by name for several inputs/outputs
         def flops_per_row(self) -> int      # optional cost estimate (default: 1_000_000, i.e. "costly")
+        def input_gradient(self, x, target) # optional: makes "explain": true work (integrated gradients)
         def close(self) -> None             # optional
 
 Shapes and dtypes come from config.toml (``input_shape``/``output_shape``, or
@@ -23,6 +24,11 @@ one.  With ``max_batch_size = 0`` predict is called with one row at a time.
 The file is executed under a unique module name (``_wsserve_model_<name>_<version>_<random>``)
 with no package and without adding the repository to ``sys.path``; the module is
 in ``sys.modules`` only while it executes (so dataclasses and the like work).
+
+``input_gradient(x [n, d] float64, target [n] int64) -> [n, d]``: row i is
+the gradient of ``predict(x)[i, target[i]]`` with respect to ``x[i]`` (row-pure,
+thread-safe); checked on every call (shape, finite).  Only for one flat input
+and one flat output; see :mod:`wsserve.explain`.
 
 A model whose task is ``"generation"`` (config.toml or ``Model.task``) is
 loaded and exposed as :attr:`PythonModel.model` with no tensor specs; serving
@@ -40,6 +46,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
+from ..models.base import PredictiveModel
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import TASKS, ModelConfig, TensorConfig
 from .errors import ModelLoadError
@@ -155,6 +164,12 @@ class PythonModel(RepositoryModel):
     def flops_per_row(self) -> int:
         return self._flops
 
+    def explain_model(self) -> PredictiveModel | None:
+        """A view whose ``input_gradient`` calls ``Model.input_gradient`` (checked), if the class has one."""
+        if self.generative or not callable(getattr(self.model, "input_gradient", None)):
+            return None
+        return _GradientView(self)
+
     def close(self) -> None:
         """Calls ``Model.close()`` if it has one (once; its exceptions propagate)."""
         if self.closed:
@@ -163,3 +178,29 @@ class PythonModel(RepositoryModel):
         close = getattr(self.model, "close", None)
         if callable(close):
             close()
+
+
+class _GradientView(PredictiveModel):
+    """A :class:`PythonModel` seen by :mod:`wsserve.explain`: its predict, and ``Model.input_gradient`` checked."""
+
+    def __init__(self, outer: PythonModel) -> None:
+        self._outer = outer
+        self.info = outer.info
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        spec = self._outer.inputs[0]
+        return np.asarray(self._outer.predict(np.asarray(x, dtype=spec.np_dtype)), dtype=np.float64)
+
+    def flops_per_row(self) -> int:
+        return self._outer.flops_per_row()
+
+    def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """``Model.input_gradient(x, target)`` as float64 ``[n, d]``; ``ValueError`` if it returns anything else."""
+        g = self._outer.model.input_gradient(x, target)
+        if not isinstance(g, np.ndarray) or g.shape != x.shape or g.dtype.kind not in "fiu":
+            got = f"{g.dtype} {list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
+            raise ValueError(f"Model.input_gradient must return a numeric array of shape {list(x.shape)}, got {got}")
+        g = g.astype(np.float64)
+        if not np.isfinite(g).all():
+            raise ValueError("Model.input_gradient returned non-finite values")
+        return g

@@ -141,6 +141,7 @@ function renderModels() {
       all.append(el('dt', {}, k.replaceAll('_', ' ')), el('dd', {}, typeof v === 'number' ? fmt(v) : typeof v === 'string' ? v : JSON.stringify(v)));
     }
     const details = el('details', { class: 'more' }, el('summary', {}, `all metrics (${Object.keys(metrics).length})`), all);
+    const versions = renderVersions(m);
 
     const item = el('li', { class: 'model', 'data-testid': `model-${m.name}`, 'data-model': m.name },
       el('div', { class: 'model-top' },
@@ -152,8 +153,34 @@ function renderModels() {
     if (m.description) item.append(el('p', { class: 'desc' }, m.description));
     if (chips.childElementCount) item.append(chips);
     if (Object.keys(metrics).length) item.append(details);
+    if (versions) item.append(versions);
     modelsList.append(item);
   }
+}
+
+/** A model's versions with their figures (bytes on disk, non-zero parameters, accuracy, compression). */
+function renderVersions(m) {
+  const vs = (m.versions ?? []).filter((v) => v.bytes !== undefined || v.compression);
+  if (!vs.length) return null;
+  const kb = (b) => (b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : `${(b / 1e3).toFixed(1)} kB`);
+  const list = el('ul', { class: 'versions', 'data-testid': `versions-${m.name}` });
+  for (const v of vs) {
+    const c = v.compression;
+    const parts = [`v${v.version}`, v.state];
+    if (typeof v.bytes === 'number') parts.push(kb(v.bytes));
+    if (typeof v.parameters_nonzero === 'number') parts.push(`${fmtInt(v.parameters_nonzero)} non-zero`);
+    const acc = v.metrics?.heldout_accuracy;
+    if (typeof acc === 'number') {
+      const delta = typeof c?.heldout_accuracy_delta === 'number' ? ` (${c.heldout_accuracy_delta >= 0 ? '+' : ''}${(100 * c.heldout_accuracy_delta).toFixed(2)} pts)` : '';
+      parts.push(`acc ${(100 * acc).toFixed(2)}%${delta}`);
+    }
+    if (c) {
+      parts.push(c.method === 'prune' ? `pruned ${Math.round(100 * c.fraction)}% of v${c.source_version}` : `${c.method} of v${c.source_version}`);
+      if (typeof c.latency_ratio_b256 === 'number') parts.push(`latency ×${c.latency_ratio_b256.toFixed(2)}`);
+    }
+    list.append(el('li', { 'data-version': v.version }, parts.join(' · ')));
+  }
+  return el('details', { class: 'more' }, el('summary', {}, `versions (${vs.length})`), list);
 }
 
 function fillSelect(select, names) {
@@ -190,6 +217,12 @@ function currentPredictModel() { return models.find((m) => m.name === predictMod
 function updateShapeHint() {
   const m = currentPredictModel();
   $('predict-shape').textContent = m?.input_shape ? `· ${m.input_shape[0]} number${m.input_shape[0] === 1 ? '' : 's'} per row` : '';
+  // "explain": true is offered for the models the server says it can explain (models[].explain)
+  const box = $('predict-explain');
+  box.disabled = !m?.explain;
+  if (box.disabled) box.checked = false;
+  $('predict-explain-hint').textContent = m?.explain ? `· ${EXPLAIN_METHODS[m.explain.method] ?? m.explain.method}`
+    : m ? '· not available for this model' : '';
 }
 
 function randomRows(n = 3) {
@@ -223,15 +256,63 @@ function parseInputs(text) {
     }));
 }
 
+// ------------------------------------------------------------------ explanations
+
+const EXPLAIN_METHODS = { 'linear-exact': 'exact', 'integrated-gradients': 'integrated gradients' };
+/** Features shown as bars (largest |attribution| first); the rest are summed on one line. */
+const MAX_BARS = 12;
+
+/**
+ * The attributions of row `i` of an `explain: true` result as a horizontal bar chart: one bar per
+ * feature (largest |attribution| first), right of the axis when the feature pushed the explained
+ * output up from the baseline, left when it pulled it down.
+ */
+function renderExplain(rows, res, i, classifier) {
+  const attr = res.attributions[i];
+  const out = res.outputs[i];
+  const how = res.explanation ?? {};
+  const target = out.reduce((bi, v, j) => (v > out[bi] ? j : bi), 0);
+  const total = attr.reduce((a, b) => a + b, 0);
+  const order = attr.map((_, j) => j).sort((a, b) => Math.abs(attr[b]) - Math.abs(attr[a]) || a - b);
+  const shown = order.slice(0, MAX_BARS);
+  const scale = Math.max(...attr.map(Math.abs)) || 1;
+  const bars = $('explain-bars');
+  bars.replaceChildren();
+  for (const j of shown) {
+    const v = attr[j];
+    const fill = el('span', { class: `bar-fill ${v < 0 ? 'neg' : 'pos'}`, style: `width: ${(50 * Math.abs(v)) / scale}%` });
+    bars.append(
+      el('span', { class: 'bar-label' }, `x${j} = ${fmt(rows[i][j])}`),
+      el('span', { class: 'bar-track', 'data-testid': 'explain-bar', 'data-feature': j, 'data-value': JSON.stringify(v) }, fill),
+      el('span', { class: 'bar-value' }, `${v > 0 ? '+' : ''}${fmt(v)}`));
+  }
+  bars.setAttribute('aria-label', `Attributions of row ${i}: ${shown.map((j) => `x${j} ${fmt(attr[j])}`).join(', ')}`);
+  const what = classifier ? `class ${target} (p = ${fmt(out[target])})` : `output ${fmt(out[target])}`;
+  const method = how.method === 'integrated-gradients'
+    ? `integrated gradients, ${how.steps} steps from the all-zeros input`
+    : how.method === 'linear-exact' ? 'exact: weight × (x − 0)' : String(how.method ?? '');
+  $('explain-head').replaceChildren(`Why row ${i} → ${what}`, el('span', { class: 'how' }, method));
+  const rest = order.length - shown.length;
+  const restSum = order.slice(MAX_BARS).reduce((a, j) => a + attr[j], 0);
+  $('explain-foot').textContent = `${rest ? `${rest} smaller feature${rest === 1 ? '' : 's'} not drawn (sum ${fmt(restSum)}) · ` : ''}`
+    + `sum of all ${attr.length} = ${fmt(total)} = f(x) − f(0)${how.method === 'integrated-gradients' ? ' (± integration error)' : ''}`
+    + `${rows.length > 1 ? ' · click a row to explain it' : ''}`;
+  const box = $('explain');
+  box.dataset.row = String(i);
+  box.hidden = false;
+  for (const tr of document.querySelectorAll('#predict-output tbody tr')) tr.classList.toggle('picked', tr.dataset.row === String(i));
+}
+
 function renderPredict(rows, res) {
   const m = currentPredictModel();
   const classifier = /class/i.test(m?.task ?? '');
+  const explained = Array.isArray(res.attributions);
   const table = $('predict-output');
   const head = el('tr', {}, el('th', {}, '#'), el('th', {}, 'input'), el('th', {}, 'output'));
   if (classifier) head.append(el('th', {}, 'class'));
   const body = el('tbody');
   res.outputs.forEach((out, i) => {
-    const tr = el('tr', { 'data-testid': 'predict-row' },
+    const tr = el('tr', { 'data-testid': 'predict-row', 'data-row': i, class: explained ? 'pickable' : null },
       el('td', {}, i),
       el('td', {}, rows[i].map(fmt).join(', ')),
       el('td', { class: 'out', 'data-testid': 'predict-value', 'data-value': JSON.stringify(out) },
@@ -240,9 +321,12 @@ function renderPredict(rows, res) {
       const best = out.reduce((bi, v, j) => (v > out[bi] ? j : bi), 0);
       tr.append(el('td', { class: 'cls' }, `${best}${out.length > 1 ? ` (${fmt(out[best])})` : ''}`));
     }
+    if (explained) tr.addEventListener('click', () => renderExplain(rows, res, i, classifier));
     body.append(tr);
   });
   table.replaceChildren(el('thead', {}, head), body);
+  if (explained) renderExplain(rows, res, 0, classifier);
+  else $('explain').hidden = true;
   const t = res.timing ?? {};
   $('predict-timing').replaceChildren(
     el('span', {}, 'model ', el('b', {}, `${res.model} v${res.version}`)),
@@ -267,7 +351,8 @@ $('predict-form').addEventListener('submit', async (ev) => {
   predictResult.dataset.state = 'busy';
   const t0 = performance.now();
   try {
-    const res = await client.predict(predictModel.value, rows);
+    const explain = $('predict-explain').checked && !$('predict-explain').disabled;
+    const res = await client.predict(predictModel.value, rows, explain ? { explain: true } : undefined);
     res.rtt = performance.now() - t0;
     renderPredict(rows, res);
     predictResult.dataset.state = 'ok';

@@ -11,7 +11,10 @@ export type RequestId = string | number;
 export type WireErrorCode =
   | 'bad_json' | 'bad_request' | 'unknown_model' | 'duplicate_id' | 'invalid_input'
   | 'overloaded' | 'rate_limited' | 'deadline_exceeded' | 'cancelled' | 'unauthorized'
-  | 'shutting_down' | 'internal';
+  | 'forbidden' | 'shutting_down' | 'internal';
+
+/** A model version: its directory name (`"2"`) or the number (`2`, an integer >= 1). */
+export type Version = string | number;
 
 export interface ErrorFrame {
   type: 'error';
@@ -59,6 +62,8 @@ export declare class DeadlineExceeded extends WsserveError {}
 /** The request was cancelled: by the server's terminal frame, or locally before it was sent. */
 export declare class RequestCancelled extends WsserveError {}
 export declare class Unauthorized extends WsserveError {}
+/** An admin call (load/unload/reload) without the server's admin key (or, without keys, not from loopback). */
+export declare class Forbidden extends WsserveError {}
 export declare class ShuttingDown extends WsserveError {}
 export declare class InternalServerError extends WsserveError {}
 /** The request is larger than the server's `max_message_bytes`; it was not sent. */
@@ -118,9 +123,19 @@ export interface Hello {
   [extra: string]: unknown;
 }
 
+export interface VersionStatus {
+  version: string;
+  state: 'loading' | 'ready' | 'unloading' | 'failed' | (string & {});
+  /** Why it failed (only when `state` is `'failed'`). */
+  reason?: string;
+}
+
 export interface ModelInfo {
   name: string;
-  version: string;
+  /** The default version (the highest ready one); null when no version is ready. */
+  version: string | null;
+  /** Every version the server knows of, with its state (servers with a model repository). */
+  versions?: VersionStatus[];
   task: string;
   input_shape?: number[];
   output_shape?: number[];
@@ -136,12 +151,31 @@ export interface PredictTiming {
   [extra: string]: unknown;
 }
 
+/** How attributions were computed (`explain: true`). */
+export interface Explanation {
+  /** `linear-exact` (w * (x - baseline)) or `integrated-gradients`. */
+  method: 'linear-exact' | 'integrated-gradients' | (string & {});
+  /** `zeros`: the all-zeros input. */
+  baseline: 'zeros' | (string & {});
+  /** `argmax`: each row's largest output (the predicted class for a classifier). */
+  target: 'argmax' | (string & {});
+  /** Integration steps (0 for the exact method). */
+  steps: number;
+}
+
+/** Outputs: `[n, ...]` rows, or `{name: rows}` for a model with several named outputs. */
+export type Outputs = number[][] | Record<string, unknown[]>;
+
 export interface PredictResult {
   id: RequestId;
   model: string;
+  /** The model version that computed it. */
   version: string;
-  /** Shape `[n, k]`: row i answers input row i. */
-  outputs: number[][];
+  /** Shape `[n, k]`: row i answers input row i (by name for a model with named outputs). */
+  outputs: Outputs;
+  /** With `explain: true`: shape `[n, d]`, row i's per-feature attributions (they sum to f(x) - f(baseline)). */
+  attributions?: number[][];
+  explanation?: Explanation;
   timing: PredictTiming;
   [extra: string]: unknown;
 }
@@ -149,13 +183,19 @@ export interface PredictResult {
 export interface Chunk {
   seq: number;
   offset: number;
-  outputs: number[][];
+  outputs: Outputs;
+  /** With `explain: true`: the chunk's rows' attributions. */
+  attributions?: number[][];
 }
 
 export interface StreamDone {
   reason: 'complete' | (string & {});
   rows: number;
   timing: PredictTiming;
+  /** The model version that computed it. */
+  version?: string;
+  /** With `explain: true`: how the chunks' attributions were computed. */
+  explanation?: Explanation;
   [extra: string]: unknown;
 }
 
@@ -166,6 +206,15 @@ export interface GenerationDone {
   timing: { ttft_ms?: number; total_ms?: number; queue_ms?: number; [k: string]: unknown } | null;
   /** The whole generated text (stop strings excluded). */
   text: string;
+  /** The model version that generated it (absent when cancelled before the request was sent). */
+  version?: string;
+  [extra: string]: unknown;
+}
+
+/** The answer to `load`, `unload` and `reload`: the model's versions once the operation was done. */
+export interface ModelStatus {
+  model: string;
+  versions: VersionStatus[];
   [extra: string]: unknown;
 }
 
@@ -207,11 +256,14 @@ export interface UnaryOptions extends CallOptions {
 }
 
 export interface PredictOptions extends CallOptions {
-  version?: string;
+  /** Pin a model version (default: the server's default version). */
+  version?: Version;
   /** Server-side deadline from receipt (`DeadlineExceeded`); the client gives up 1 s later. */
   timeoutMs?: number;
   /** 0 normal, 1 high. */
   priority?: 0 | 1;
+  /** Also return per-feature attributions (models that can be explained: `linear`, `mlp`, ...). */
+  explain?: boolean;
 }
 
 export interface PredictStreamOptions extends PredictOptions {
@@ -219,6 +271,8 @@ export interface PredictStreamOptions extends PredictOptions {
 }
 
 export interface GenerateOptions extends CallOptions {
+  /** Pin a model version (default: the server's default version). */
+  version?: Version;
   maxTokens?: number;
   temperature?: number;
   topK?: number;
@@ -228,7 +282,16 @@ export interface GenerateOptions extends CallOptions {
   priority?: 0 | 1;
 }
 
+export interface AdminOptions extends CallOptions {
+  /** One version of the model (default: the whole model). */
+  version?: Version;
+  /** Bounds the wait locally (`DeadlineExceeded`); the operation itself goes on. */
+  timeoutMs?: number;
+}
+
 export type Rows = ArrayLike<ArrayLike<number>>;
+/** Rows, or `{name: rows}` for a model with several named inputs. */
+export type Inputs = Rows | Record<string, Rows>;
 
 // ------------------------------------------------------------------ streams
 
@@ -264,7 +327,7 @@ export declare class Generation extends ResponseStream<string, GenerationDone> {
 // ------------------------------------------------------------------ client
 
 export interface RequestEventDetail {
-  type: 'predict' | 'generate' | 'models' | 'ping';
+  type: 'predict' | 'generate' | 'models' | 'ping' | 'load' | 'unload' | 'reload';
   model: string | null;
   /** From send to the terminal frame. */
   ms: number;
@@ -312,13 +375,20 @@ export declare class Client extends EventTarget {
   connect(opts?: CallOptions): Promise<Hello>;
   close(): Promise<void>;
 
-  predict(model: string, inputs: Rows, opts?: PredictOptions): Promise<PredictResult>;
-  predictStream(model: string, inputs: Rows, opts?: PredictStreamOptions): PredictStream;
+  predict(model: string, inputs: Inputs, opts?: PredictOptions): Promise<PredictResult>;
+  predictStream(model: string, inputs: Inputs, opts?: PredictStreamOptions): PredictStream;
   generate(model: string, prompt: string, opts?: GenerateOptions): Generation;
   complete(model: string, prompt: string, opts?: GenerateOptions): Promise<GenerationDone>;
   models(opts?: UnaryOptions): Promise<ModelInfo[]>;
   /** Round-trip time in milliseconds. */
   ping(opts?: UnaryOptions): Promise<number>;
+  /**
+   * Admin calls on the server's model repository: they need the admin key as `token`
+   * (or loopback to a server without keys), else reject with `Forbidden`.
+   */
+  load(model: string, opts?: AdminOptions): Promise<ModelStatus>;
+  unload(model: string, opts?: AdminOptions): Promise<ModelStatus>;
+  reload(model: string, opts?: AdminOptions): Promise<ModelStatus>;
 
   addEventListener<K extends keyof ClientEventMap>(
     type: K,

@@ -37,6 +37,10 @@
  * - After a connection is lost, the next call reconnects, trying up to
  *   `reconnect.maxAttempts` times with jittered exponential backoff.
  *   `overloaded`/`rate_limited` refusals are retried only when `retry` is set.
+ * - `version` (predict, predictStream, generate, complete and the admin calls
+ *   load/unload/reload) pins a model version: a string, or an integer >= 1;
+ *   anything else throws (or rejects) before anything is sent. Results and
+ *   `done` say which `version` computed them.
  * - Options objects are checked up front: an unknown key (top level or in
  *   `reconnect`/`retry`) or a non-object throws a `TypeError` that names the
  *   key and lists the known ones, before anything is sent. The constructor and
@@ -56,6 +60,7 @@
  *   ├── DeadlineExceeded      deadline_exceeded   (server deadline, or the client-side guard)
  *   ├── RequestCancelled      cancelled
  *   ├── Unauthorized          unauthorized
+ *   ├── Forbidden             forbidden           (an admin call without the admin key)
  *   ├── ShuttingDown          shutting_down
  *   ├── InternalServerError   internal
  *   ├── RequestTooLarge       (client side: larger than max_message_bytes; not sent)
@@ -83,11 +88,12 @@ const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs
 const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes']);
 const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
-const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority']);
+const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
-  'signal', 'maxTokens', 'temperature', 'topK', 'seed', 'stop', 'timeoutMs', 'priority',
+  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'seed', 'stop', 'timeoutMs', 'priority',
 ]);
+const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
 function describeValue(v) {
   if (v === null) return 'null';
@@ -115,6 +121,22 @@ function checkOptions(where, opts, known) {
     throw new TypeError(`${where}: unknown option${unknown.length === 1 ? '' : 's'} ${names}; known options: ${known.join(', ')}`);
   }
   return opts;
+}
+
+/**
+ * `version` as sent: undefined/null (the server's default), a string, or an
+ * integer >= 1. Throws `TypeError` (or `RangeError` for an integer < 1) naming `where`.
+ * @param {string} where  e.g. `"predict()"`
+ * @param {unknown} version
+ * @returns {string|number|undefined}
+ */
+function checkVersion(where, version) {
+  if (version === undefined || version === null || typeof version === 'string') return version ?? undefined;
+  if (typeof version !== 'number' || !Number.isInteger(version)) {
+    throw new TypeError(`${where}: version must be a string or an integer, got ${describeValue(version)}`);
+  }
+  if (version < 1 || !Number.isSafeInteger(version)) throw new RangeError(`${where}: version must be an integer >= 1, got ${version}`);
+  return version;
 }
 
 // =================================================================== errors
@@ -155,6 +177,8 @@ export class RateLimitedError extends WsserveError { static wireCode = 'rate_lim
 export class DeadlineExceeded extends WsserveError { static wireCode = 'deadline_exceeded'; }
 export class RequestCancelled extends WsserveError { static wireCode = 'cancelled'; }
 export class Unauthorized extends WsserveError { static wireCode = 'unauthorized'; }
+/** An admin call (load/unload/reload) without the server's admin key (or, without keys, not from loopback). */
+export class Forbidden extends WsserveError { static wireCode = 'forbidden'; }
 export class ShuttingDown extends WsserveError { static wireCode = 'shutting_down'; }
 export class InternalServerError extends WsserveError { static wireCode = 'internal'; }
 /** The request is larger than the server's `max_message_bytes`; it was not sent. */
@@ -168,7 +192,7 @@ export class ClientClosed extends ConnectionLost {}
 export const ERROR_CLASSES = Object.freeze(Object.fromEntries([
   BadJsonError, BadRequestError, UnknownModelError, DuplicateIdError, InvalidInput,
   OverloadedError, RateLimitedError, DeadlineExceeded, RequestCancelled, Unauthorized,
-  ShuttingDown, InternalServerError,
+  Forbidden, ShuttingDown, InternalServerError,
 ].map((cls) => [cls.wireCode, cls])));
 
 /**
@@ -308,12 +332,22 @@ function makeEvent(type, detail) {
   return ev;
 }
 
-/** Inputs as plain nested arrays (rows may be typed arrays). Throws TypeError on a non-array. */
-function toRows(inputs) {
-  if (!Array.isArray(inputs) && !ArrayBuffer.isView(inputs)) {
-    throw new TypeError('inputs must be an array of rows (number[][])');
+/**
+ * Inputs as plain nested arrays (rows may be typed arrays), or `{name: rows}`
+ * for a model with several named inputs. Throws TypeError on anything else.
+ */
+function toInputs(inputs) {
+  if (inputs !== null && typeof inputs === 'object' && !Array.isArray(inputs) && !ArrayBuffer.isView(inputs)) {
+    return Object.fromEntries(Object.entries(inputs).map(([name, rows]) => [name, toRows(rows, `inputs.${name}`)]));
   }
-  return Array.from(/** @type {any} */ (inputs), (row) => (ArrayBuffer.isView(row) ? Array.from(/** @type {any} */ (row)) : row));
+  return toRows(inputs, 'inputs');
+}
+
+function toRows(rows, what) {
+  if (!Array.isArray(rows) && !ArrayBuffer.isView(rows)) {
+    throw new TypeError(`${what} must be an array of rows (number[][])${what === 'inputs' ? ' or an object {name: rows}' : ''}`);
+  }
+  return Array.from(/** @type {any} */ (rows), (row) => (ArrayBuffer.isView(row) ? Array.from(/** @type {any} */ (row)) : row));
 }
 
 function setIf(obj, key, value) {
@@ -615,12 +649,17 @@ export class ResponseStream {
 }
 
 /**
- * Streaming predict: yields `{seq, offset, outputs}` chunks in order; `done`
- * is `{reason: 'complete', rows, timing}` at the end.
- * @extends {ResponseStream<{seq: number, offset: number, outputs: number[][]}>}
+ * Streaming predict: yields `{seq, offset, outputs}` chunks in order (plus
+ * `attributions` with `explain: true`); `done` is `{reason: 'complete', rows,
+ * timing}` at the end (plus `explanation`).
+ * @extends {ResponseStream<{seq: number, offset: number, outputs: number[][], attributions?: number[][]}>}
  */
 export class PredictStream extends ResponseStream {
-  _item(f) { return { seq: f.seq, offset: f.offset, outputs: f.outputs }; }
+  _item(f) {
+    const chunk = { seq: f.seq, offset: f.offset, outputs: f.outputs };
+    if (f.attributions !== undefined) chunk.attributions = f.attributions;
+    return chunk;
+  }
 }
 
 /**
@@ -1058,17 +1097,21 @@ export class Client extends EventTarget {
 
   /**
    * Batched inference: `model` on `inputs` (shape `[n, d]`). Resolves with
-   * `{id, model, version, outputs, timing}` (outputs shape `[n, k]`).
+   * `{id, model, version, outputs, timing}` (outputs shape `[n, k]`); with
+   * `explain: true` also `attributions` (shape `[n, d]`: each feature's share
+   * of the row's explained output) and `explanation` (`{method, baseline,
+   * target, steps}`).
    * @param {string} model
-   * @param {ArrayLike<ArrayLike<number>>} inputs
-   * @param {{version?: string, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
+   * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
    */
   async predict(model, inputs, opts) {
     opts = checkOptions('predict() options', opts, PREDICT_OPTIONS);
-    const msg = { type: 'predict', model, inputs: toRows(inputs) };
-    setIf(msg, 'version', opts.version);
+    const msg = { type: 'predict', model, inputs: toInputs(inputs) };
+    setIf(msg, 'version', checkVersion('predict()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
+    if (opts.explain) msg.explain = true;
     const frame = await this.#withRetry(() => this.#unary(msg, {
       counted: true,
       signal: opts.signal,
@@ -1085,17 +1128,18 @@ export class Client extends EventTarget {
    * `{reason: 'complete', rows, timing}` at the end. Errors (`RequestCancelled`
    * after an abort included) are thrown by the iteration.
    * @param {string} model
-   * @param {ArrayLike<ArrayLike<number>>} inputs
-   * @param {{chunkRows?: number, version?: string, timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
+   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
    * @returns {PredictStream}
    */
   predictStream(model, inputs, opts) {
     opts = checkOptions('predictStream() options', opts, PREDICT_STREAM_OPTIONS);
-    const msg = { type: 'predict', model, inputs: toRows(inputs), stream: true };
+    const msg = { type: 'predict', model, inputs: toInputs(inputs), stream: true };
     setIf(msg, 'chunk_rows', opts.chunkRows);
-    setIf(msg, 'version', opts.version);
+    setIf(msg, 'version', checkVersion('predictStream()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
+    if (opts.explain) msg.explain = true;
     const stream = new PredictStream();
     this.#runStream(stream, msg, opts);
     return stream;
@@ -1103,18 +1147,19 @@ export class Client extends EventTarget {
 
   /**
    * Token streaming: `for await (const text of c.generate(...))` yields each
-   * token's text; `gen.done` is `{reason, tokens, timing, text}` at the end,
+   * token's text; `gen.done` is `{reason, tokens, timing, text, version}` at the end,
    * reason `length`, `stop` or `cancelled`. Options left out take the
-   * server's defaults (`max_tokens` 64, greedy).
+   * server's defaults (`max_tokens` 64, greedy, the default version).
    * @param {string} model
    * @param {string} prompt
-   * @param {{maxTokens?: number, temperature?: number, topK?: number, seed?: number, stop?: string|string[],
-   *          timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, seed?: number,
+   *          stop?: string|string[], timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
   generate(model, prompt, opts) {
     opts = checkOptions('generate() options', opts, GENERATE_OPTIONS);
     const msg = { type: 'generate', model, prompt };
+    setIf(msg, 'version', checkVersion('generate()', opts.version));
     setIf(msg, 'max_tokens', opts.maxTokens);
     setIf(msg, 'temperature', opts.temperature);
     setIf(msg, 'top_k', opts.topK);
@@ -1202,6 +1247,47 @@ export class Client extends EventTarget {
     const { signal, timeoutMs } = checkOptions('models() options', opts, UNARY_OPTIONS);
     const frame = await this.#unary({ type: 'models' }, { counted: false, signal, guardMs: timeoutMs, abortMode: 'local' });
     return frame.models;
+  }
+
+  /**
+   * Load `model` from the server's model repository (one `version`, or every
+   * version its policy selects). Resolves with `{model, versions}`: each
+   * version's `{version, state, reason?}` afterwards; a version that failed to
+   * load is reported there (`state: 'failed'`), not thrown.
+   *
+   * An admin call: it needs the server's admin key as the `token` option, or a
+   * loopback connection to a server without keys; else it rejects with
+   * `Forbidden`. `UnknownModelError` for a model or version not in the
+   * repository. `timeoutMs` bounds the wait locally.
+   * @param {string} model
+   * @param {{version?: string|number, signal?: AbortSignal, timeoutMs?: number}} [opts]
+   * @returns {Promise<{model: string, versions: {version: string, state: string, reason?: string}[]}>}
+   */
+  async load(model, opts) { return this.#admin('load', model, opts); }
+
+  /**
+   * Stop serving `model` (or one `version`): no new requests, in-flight ones
+   * finish (state `unloading`), then it leaves. Admin call, see `load()`.
+   * @param {string} model
+   * @param {{version?: string|number, signal?: AbortSignal, timeoutMs?: number}} [opts]
+   */
+  async unload(model, opts) { return this.#admin('unload', model, opts); }
+
+  /**
+   * Load `model` (or one `version`) again from its files and swap it in once
+   * warmed up. Admin call, see `load()`.
+   * @param {string} model
+   * @param {{version?: string|number, signal?: AbortSignal, timeoutMs?: number}} [opts]
+   */
+  async reload(model, opts) { return this.#admin('reload', model, opts); }
+
+  async #admin(op, model, opts) {
+    const { signal, timeoutMs, version } = checkOptions(`${op}() options`, opts, ADMIN_OPTIONS);
+    const msg = { type: op, model };
+    setIf(msg, 'version', checkVersion(`${op}()`, version));
+    const frame = await this.#unary(msg, { counted: false, signal, guardMs: timeoutMs, abortMode: 'local' });
+    const { type: _t, id: _i, ok: _o, ...result } = frame;
+    return result;
   }
 
   /**

@@ -111,6 +111,58 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     assert.match(await page.innerText('#predict-output td.cls'), new RegExp(`^${best}\\b`));
   });
 
+  it('explain draws the attributions of a predicted row as a bar chart', async () => {
+    const rows = [
+      Array.from({ length: 32 }, (_, j) => Number((Math.sin(j + 1) * 1.7).toFixed(3))),
+      Array.from({ length: 32 }, (_, j) => Number((Math.cos(2 * j) * 1.2).toFixed(3))),
+    ];
+    await page.selectOption('#predict-model', 'mlp');
+    assert.equal(await page.isEnabled('#predict-explain'), true);
+    assert.match(await page.innerText('#predict-explain-hint'), /integrated gradients/);
+    await page.fill('#predict-inputs', rows.map((r) => r.join(', ')).join('\n'));
+    await page.check('#predict-explain');
+    await page.click('#predict-run');
+    await page.waitForSelector('#predict-result[data-state="ok"] [data-testid="explain-bar"]');
+    const truth = await client.predict('mlp', rows, { explain: true });
+    assert.deepEqual(truth.explanation, { method: 'integrated-gradients', baseline: 'zeros', target: 'argmax', steps: 128 });
+    const bars = () => page.$$eval('[data-testid="explain-bar"]', (els) => els.map((e) => ({
+      feature: Number(e.dataset.feature), value: JSON.parse(e.dataset.value), width: e.firstChild.style.width,
+      neg: e.firstChild.classList.contains('neg') })));
+    const expectBars = (attr) => {
+      const order = attr.map((_, j) => j).sort((a, b) => Math.abs(attr[b]) - Math.abs(attr[a]) || a - b).slice(0, 12);
+      return order.map((j) => ({ feature: j, value: attr[j] }));
+    };
+    // row 0: the twelve largest attributions, exactly the server's values (batching does not change them)
+    let drawn = await bars();
+    assert.deepEqual(drawn.map(({ feature, value }) => ({ feature, value })), expectBars(truth.attributions[0]));
+    assert.equal(drawn[0].width, '50%'); // the largest bar spans half the track (the axis is in the middle)
+    drawn.forEach((b) => assert.equal(b.neg, b.value < 0));
+    const best = truth.outputs[0].indexOf(Math.max(...truth.outputs[0]));
+    assert.match(await page.innerText('#explain-head'), new RegExp(`row 0 → class ${best} `));
+    const sum = truth.attributions[0].reduce((a, b) => a + b, 0);
+    assert.ok((await page.innerText('#explain-foot')).includes(`sum of all 32 = ${shown(sum)}`));
+    // clicking the second row explains it
+    await page.click('#predict-output tbody tr[data-row="1"]');
+    await page.waitForSelector('#explain[data-row="1"]');
+    drawn = await bars();
+    assert.deepEqual(drawn.map(({ feature, value }) => ({ feature, value })), expectBars(truth.attributions[1]));
+    await page.locator('#predict-card').screenshot({ path: path.join(ARTIFACTS, 'demo-explain.png') });
+
+    // linear: one exact bar, w * x
+    await page.selectOption('#predict-model', 'linear');
+    await page.fill('#predict-inputs', '0.75');
+    await page.check('#predict-explain');
+    await page.click('#predict-run');
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="explain-bar"]').length === 1
+      && document.querySelector('#explain-head').textContent.includes('exact'));
+    const lin = await client.predict('linear', [[0.75]], { explain: true });
+    assert.deepEqual((await bars()).map(({ feature, value }) => ({ feature, value })), [{ feature: 0, value: lin.attributions[0][0] }]);
+    // without the box ticked, no chart
+    await page.uncheck('#predict-explain');
+    await page.click('#predict-run');
+    await page.waitForFunction(() => document.querySelector('#explain').hidden);
+  });
+
   it('predict shows input mistakes and server errors with their code', async () => {
     await page.selectOption('#predict-model', 'linear');
     await page.fill('#predict-inputs', '0.5, 0.7');

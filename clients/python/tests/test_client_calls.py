@@ -65,6 +65,22 @@ async def test_priority_and_version_are_accepted(server: ServerProcess) -> None:
         assert ei.value.request_id is not None
 
 
+async def test_predict_with_explain_returns_attributions(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        x = np.random.default_rng(4).normal(size=(3, 32))
+        r = await c.predict("mlp", x, explain=True, as_numpy=True)
+        assert isinstance(r.attributions, np.ndarray) and r.attributions.shape == (3, 32)
+        assert r.explanation is not None and r.explanation["method"] == "integrated-gradients"
+        base = (await c.predict("mlp", [[0.0] * 32], as_numpy=True)).outputs[0]
+        target = r.outputs.argmax(axis=1)
+        gap = r.attributions.sum(axis=1) - (r.outputs[np.arange(3), target] - base[target])
+        assert np.abs(gap).max() <= 0.01  # the server's stated completeness bound
+        plain = await c.predict("mlp", x)
+        assert plain.attributions is None and plain.explanation is None
+        with pytest.raises(BadRequestError, match="'charlm'"):
+            await c.predict("charlm", [[0.0]], explain=True)
+
+
 async def test_predict_stream_chunks_in_order_with_summary(server: ServerProcess) -> None:
     rows = [[i / 100] for i in range(100)]
     async with Client(server.url) as c:

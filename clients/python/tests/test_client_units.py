@@ -14,11 +14,16 @@ from wsserve_client import errors
 from wsserve_client._limiter import Limiter
 from wsserve_client.backoff import Backoff, RetryPolicy
 from wsserve_client.codec import (
+    check_version,
+    encode_admin,
     encode_cancel,
     encode_generate,
     encode_predict,
+    parse_generation_done,
     parse_hello,
+    parse_model_status,
     parse_models,
+    parse_stream_done,
     parse_result,
     timeout_to_ms,
 )
@@ -27,10 +32,10 @@ from wsserve_client.codec import (
 
 PUBLIC = {
     "Client", "DEFAULT_URL", "PredictStream", "Generation", "PredictResult", "Chunk",
-    "StreamSummary", "GenerationResult", "Completion", "ModelInfo", "ServerHello", "Limits",
+    "StreamSummary", "GenerationResult", "Completion", "ModelInfo", "ModelStatus", "VersionStatus", "ServerHello", "Limits",
     "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",
     "UnknownModelError", "DuplicateIdError", "InvalidInput", "OverloadedError",
-    "RateLimitedError", "DeadlineExceeded", "RequestCancelled", "Unauthorized", "ShuttingDown",
+    "RateLimitedError", "DeadlineExceeded", "RequestCancelled", "Unauthorized", "Forbidden", "ShuttingDown",
     "InternalServerError", "RequestTooLarge", "ConnectionLost", "ClientClosed",
     "error_from_frame", "__version__",
 }
@@ -70,6 +75,7 @@ WIRE_CODES = {
     "deadline_exceeded": errors.DeadlineExceeded,
     "cancelled": errors.RequestCancelled,
     "unauthorized": errors.Unauthorized,
+    "forbidden": errors.Forbidden,
     "shutting_down": errors.ShuttingDown,
     "internal": errors.InternalServerError,
 }
@@ -190,6 +196,55 @@ def test_parse_models_keeps_raw() -> None:
          "output_shape": [10], "parameters": 9, "metrics": {"acc": 0.9}, "new": True}, "junk"]})
     assert (m.name, m.input_shape, m.output_shape, m.parameters) == ("mlp", (32,), (10,), 9)
     assert m.raw["new"] is True and m.metrics == {"acc": 0.9}
+
+
+def test_parse_models_versions_and_a_model_without_a_ready_version() -> None:
+    models = parse_models({"type": "models", "models": [
+        {"name": "m", "version": "10", "versions": [
+            {"version": "2", "state": "ready"}, {"version": "3", "state": "failed", "reason": "bad file"},
+            {"version": "10", "state": "ready"}, "junk", {"state": "ready"}]},
+        {"name": "down", "version": None, "versions": [{"version": "1", "state": "loading"}]},
+        {"name": "old"}]})
+    m, down, old = models
+    assert m.version == "10" and m.versions == (
+        wsserve_client.VersionStatus("2", "ready"), wsserve_client.VersionStatus("3", "failed", "bad file"),
+        wsserve_client.VersionStatus("10", "ready"))
+    assert down.version is None and down.versions == (wsserve_client.VersionStatus("1", "loading", None),)
+    assert old.version is None and old.versions == ()  # a server that does not say
+
+
+def test_done_frames_carry_the_version() -> None:
+    done = {"type": "done", "id": 1, "reason": "length", "tokens": 2, "rows": 3, "timing": {}, "version": "7"}
+    assert parse_stream_done(done).version == "7" and parse_generation_done(done, "ab").version == "7"
+    del done["version"]
+    assert parse_stream_done(done).version is None and parse_generation_done(done, "ab").version is None
+
+
+@pytest.mark.parametrize("version, sent", [("2", "2"), (2, 2), ("v1", "v1")])
+def test_version_is_sent_as_given(version: object, sent: object) -> None:
+    assert orjson.loads(encode_predict(1, "m", [[1]], version=version))["version"] == sent  # type: ignore[arg-type]
+    assert orjson.loads(encode_generate(1, "m", "", version=version))["version"] == sent  # type: ignore[arg-type]
+    assert orjson.loads(encode_admin("load", 1, "m", version))["version"] == sent  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad, exc", [(True, TypeError), (1.0, TypeError), ([1], TypeError), (0, ValueError),
+                                      (-2, ValueError)])
+def test_a_bad_version_is_refused_before_sending(bad: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="version"):
+        check_version(bad)  # type: ignore[arg-type]
+    with pytest.raises(exc, match="version"):
+        encode_predict(1, "m", [[1]], version=bad)  # type: ignore[arg-type]
+
+
+def test_encode_admin_and_parse_its_reply() -> None:
+    assert orjson.loads(encode_admin("unload", 5, "m")) == {"type": "unload", "id": 5, "model": "m"}
+    assert orjson.loads(encode_admin("reload", "r", "m", 3)) == {"type": "reload", "id": "r", "model": "m", "version": 3}
+    with pytest.raises(ValueError, match="not an admin operation"):
+        encode_admin("predict", 1, "m")
+    status = parse_model_status({"type": "load", "id": 1, "ok": True, "model": "m", "versions": [
+        {"version": "1", "state": "ready"}, {"version": "2", "state": "failed", "reason": "no file"}]})
+    assert status.model == "m" and status.states() == {"1": "ready", "2": "failed"}
+    assert status.versions[1].reason == "no file"
 
 
 # -- backoff ----------------------------------------------------------------------------

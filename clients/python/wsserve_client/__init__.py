@@ -16,8 +16,8 @@
 
 Public API: :class:`Client`; results (:class:`PredictResult`, :class:`Chunk`,
 :class:`StreamSummary`, :class:`GenerationResult`, :class:`Completion`, :class:`ModelInfo`,
-:class:`ServerHello`, :class:`Limits`, :class:`ClientStats`); streams (:class:`PredictStream`,
-:class:`Generation`); policies (:class:`RetryPolicy`, :class:`Backoff`); and the error tree
+:class:`ModelStatus`, :class:`VersionStatus`, :class:`ServerHello`, :class:`Limits`,
+:class:`ClientStats`); streams (:class:`PredictStream`, :class:`Generation`); policies (:class:`RetryPolicy`, :class:`Backoff`); and the error tree
 rooted at :class:`WsserveError` (see :mod:`wsserve_client.errors`).
 """
 
@@ -30,6 +30,7 @@ from .errors import (
     ConnectionLost,
     DeadlineExceeded,
     DuplicateIdError,
+    Forbidden,
     InternalServerError,
     InvalidInput,
     OverloadedError,
@@ -49,9 +50,11 @@ from .results import (
     GenerationResult,
     Limits,
     ModelInfo,
+    ModelStatus,
     PredictResult,
     ServerHello,
     StreamSummary,
+    VersionStatus,
 )
 from .streams import Generation, PredictStream
 
@@ -68,6 +71,8 @@ __all__ = [
     "GenerationResult",
     "Completion",
     "ModelInfo",
+    "ModelStatus",
+    "VersionStatus",
     "ServerHello",
     "Limits",
     "ClientStats",
@@ -84,6 +89,7 @@ __all__ = [
     "DeadlineExceeded",
     "RequestCancelled",
     "Unauthorized",
+    "Forbidden",
     "ShuttingDown",
     "InternalServerError",
     "RequestTooLarge",

@@ -14,10 +14,14 @@ from ._connection import Connection, Counters, open_connection
 from ._limiter import Limiter
 from .backoff import Backoff, RetryPolicy
 from .codec import (
+    Version,
+    check_version,
+    encode_admin,
     encode_generate,
     encode_models,
     encode_ping,
     encode_predict,
+    parse_model_status,
     parse_models,
     parse_result,
 )
@@ -29,7 +33,7 @@ from .errors import (
     Unauthorized,
     WsserveError,
 )
-from .results import ClientStats, Completion, ModelInfo, PredictResult, ServerHello
+from .results import ClientStats, Completion, ModelInfo, ModelStatus, PredictResult, ServerHello
 from .streams import DEADLINE_GRACE_S, Generation, PredictStream
 
 __all__ = ["Client", "DEFAULT_URL"]
@@ -184,16 +188,21 @@ class Client:
         model: str,
         inputs: Any,
         *,
-        version: str | None = None,
+        version: Version | None = None,
         timeout: float | None = None,
         priority: int = 0,
         as_numpy: bool = False,
+        explain: bool = False,
     ) -> PredictResult:
-        """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array).
+        """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array, or
+        ``{name: rows}`` for a model with several named inputs).
 
-        ``timeout`` (seconds) is sent as the server deadline ``timeout_ms``; the client also
+        ``version`` pins a model version (``"2"`` or ``2``; default: the server's default, its
+        highest ready version); ``result.version`` says which one answered. ``timeout`` (seconds) is sent as the server deadline ``timeout_ms``; the client also
         gives up on its own 1 s after it. ``priority`` 1 is served first. ``as_numpy`` returns
-        ``outputs`` as a float64 ``numpy.ndarray``.
+        ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray``. ``explain`` asks for
+        per-feature attributions with each row (``BadRequestError`` for a model that cannot
+        be explained).
 
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
@@ -204,7 +213,8 @@ class Client:
         attempt = 0
         while True:
             rid = next(self._ids)
-            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority)
+            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority,
+                                  explain=explain)
             try:
                 frame = await self._unary(rid, data, counted=True, timeout=timeout, grace=True)
             except WsserveError as exc:
@@ -222,7 +232,7 @@ class Client:
         inputs: Any,
         *,
         chunk_rows: int | None = None,
-        version: str | None = None,
+        version: Version | None = None,
         timeout: float | None = None,
         priority: int = 0,
         as_numpy: bool = False,
@@ -233,6 +243,7 @@ class Client:
         Returns at once (not a coroutine); the request is sent on first iteration or on
         ``async with``. See :mod:`wsserve_client.streams` for cancellation.
         """
+        check_version(version)
 
         def make(rid: int) -> bytes:
             return encode_predict(
@@ -254,18 +265,20 @@ class Client:
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        version: Version | None = None,
     ) -> Generation:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
-        text as it is generated; ``.result`` (reason, tokens, timing, text) after the end.
+        text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
 
-        ``None`` parameters take the server's defaults (``max_tokens`` 64, greedy). Returns at
-        once; the request is sent on first iteration or on ``async with``.
+        ``None`` parameters take the server's defaults (``max_tokens`` 64, greedy, the default
+        version). Returns at once; the request is sent on first iteration or on ``async with``.
         """
+        check_version(version)  # a bad version raises here, not on first iteration
 
         def make(rid: int) -> bytes:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
-                top_k=top_k, seed=seed, stop=stop, timeout=timeout, priority=priority,
+                top_k=top_k, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry)
@@ -282,17 +295,18 @@ class Client:
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        version: Version | None = None,
     ) -> Completion:
         """Generate to the end and return the whole text with how it ended."""
         gen = self.generate(
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-            seed=seed, stop=stop, timeout=timeout, priority=priority,
+            seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
         )
         async with gen:
             async for _ in gen:
                 pass
         r = gen.result
-        return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing)
+        return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing, version=r.version)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The server's models with shapes, parameter counts and metrics.
@@ -301,6 +315,46 @@ class Client:
         rid = next(self._ids)
         frame = await self._unary(rid, encode_models(rid), counted=False, timeout=timeout, grace=False)
         return parse_models(frame)
+
+    async def load(self, model: str, *, version: Version | None = None, timeout: float | None = None) -> ModelStatus:
+        """Load ``model`` from the server's model repository (one ``version``, or every version
+        its policy selects); returns its versions and their states afterwards.
+
+        An admin operation: the client needs the server's admin key (``token=``), or a loopback
+        connection to a server without keys. A version that fails to load is reported as
+        ``state == "failed"`` with its ``reason``, not raised. ``timeout`` (seconds) bounds
+        the wait locally (loading a large model takes a while).
+
+        Raises:
+            Forbidden: not allowed. UnknownModelError: no such model or version in the
+            repository. BadRequestError: e.g. the server has no model repository.
+        """
+        return await self._admin("load", model, version, timeout)
+
+    async def unload(self, model: str, *, version: Version | None = None, timeout: float | None = None) -> ModelStatus:
+        """Stop serving ``version`` of ``model`` (or the whole model): it takes no new requests,
+        finishes those in flight (state ``"unloading"``), then leaves. Admin operation, see
+        :meth:`load`.
+
+        Raises:
+            Forbidden, UnknownModelError (not loaded), BadRequestError.
+        """
+        return await self._admin("unload", model, version, timeout)
+
+    async def reload(self, model: str, *, version: Version | None = None, timeout: float | None = None) -> ModelStatus:
+        """Load ``version`` of ``model`` (or all its versions) again from the repository's files
+        and swap it in once warmed up. Admin operation, see :meth:`load`.
+
+        Raises:
+            Forbidden, UnknownModelError, BadRequestError.
+        """
+        return await self._admin("reload", model, version, timeout)
+
+    async def _admin(self, op: str, model: str, version: Version | None, timeout: float | None) -> ModelStatus:
+        rid = next(self._ids)
+        data = encode_admin(op, rid, model, version)
+        frame = await self._unary(rid, data, counted=False, timeout=timeout, grace=False)
+        return parse_model_status(frame)
 
     async def ping(self, *, timeout: float | None = None) -> float:
         """Round-trip time of one application-level ``ping``/``pong``, in seconds."""

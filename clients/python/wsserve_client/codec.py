@@ -20,9 +20,11 @@ from .results import (
     GenerationResult,
     Limits,
     ModelInfo,
+    ModelStatus,
     PredictResult,
     ServerHello,
     StreamSummary,
+    VersionStatus,
 )
 
 __all__ = [
@@ -34,6 +36,10 @@ __all__ = [
     "encode_models",
     "encode_ping",
     "encode_auth",
+    "encode_admin",
+    "check_version",
+    "Version",
+    "ADMIN_OPS",
     "timeout_to_ms",
     "parse_hello",
     "parse_result",
@@ -41,10 +47,16 @@ __all__ = [
     "parse_stream_done",
     "parse_generation_done",
     "parse_models",
+    "parse_model_status",
     "to_numpy",
 ]
 
 RequestId = int | str
+#: A model version: its directory name as a string (``"2"``) or the number (``2``).
+Version = str | int
+
+#: The admin operations (``load``, ``unload``, ``reload``).
+ADMIN_OPS = ("load", "unload", "reload")
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -84,22 +96,40 @@ def timeout_to_ms(timeout: float | None) -> int | None:
     return max(1, math.ceil(timeout * 1000.0))
 
 
+def check_version(version: Version | None) -> Version | None:
+    """``version`` checked: a string, or an integer >= 1 (``bool`` is refused).
+
+    Raises:
+        TypeError: not a string or an integer. ValueError: an integer < 1.
+    """
+    if version is None or isinstance(version, str):
+        return version
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TypeError(f"version must be a string or an integer, got {type(version).__name__}")
+    if version < 1:
+        raise ValueError(f"version must be >= 1, got {version}")
+    return version
+
+
 def encode_predict(
     request_id: RequestId,
     model: str,
     inputs: Any,
     *,
-    version: str | None = None,
+    version: Version | None = None,
     timeout: float | None = None,
     priority: int = 0,
     stream: bool = False,
     chunk_rows: int | None = None,
+    explain: bool = False,
 ) -> bytes:
     """Encode a ``predict`` frame. ``inputs`` is an ``[n, d]`` nested sequence or array;
     the server validates its shape and values. Optional fields are omitted when default."""
     frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model, "inputs": inputs}
-    if version is not None:
+    if check_version(version) is not None:
         frame["version"] = version
+    if explain:
+        frame["explain"] = True
     if stream:
         frame["stream"] = True
         if chunk_rows is not None:
@@ -124,10 +154,13 @@ def encode_generate(
     stop: Sequence[str] | str | None = None,
     timeout: float | None = None,
     priority: int = 0,
+    version: Version | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
     ``stop`` string is sent as a one-element list."""
     frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model, "prompt": prompt}
+    if check_version(version) is not None:
+        frame["version"] = version
     if max_tokens is not None:
         frame["max_tokens"] = max_tokens
     if temperature is not None:
@@ -166,6 +199,20 @@ def encode_auth(token: str) -> bytes:
     return orjson.dumps({"type": "auth", "token": token})
 
 
+def encode_admin(op: str, request_id: RequestId, model: str, version: Version | None = None) -> bytes:
+    """Encode ``{"type": op, "id", "model"[, "version"]}`` for ``op`` in :data:`ADMIN_OPS`.
+
+    Raises:
+        ValueError: ``op`` is not an admin operation (or a bad ``version``).
+    """
+    if op not in ADMIN_OPS:
+        raise ValueError(f"not an admin operation: {op!r}; known: {', '.join(ADMIN_OPS)}")
+    frame: dict[str, Any] = {"type": op, "id": request_id, "model": model}
+    if check_version(version) is not None:
+        frame["version"] = version
+    return orjson.dumps(frame)
+
+
 def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -196,7 +243,8 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
 
 
 def to_numpy(outputs: Any) -> Any:
-    """Convert nested lists to a float64 ``numpy.ndarray``.
+    """Convert nested lists to a float64 ``numpy.ndarray`` (each of them, for named outputs
+    ``{name: rows}``).
 
     Raises:
         RuntimeError: numpy is not installed.
@@ -205,18 +253,23 @@ def to_numpy(outputs: Any) -> Any:
         import numpy as np  # optional dependency, imported on demand
     except ImportError as exc:  # pragma: no cover - numpy is present in the test env
         raise RuntimeError("as_numpy=True needs numpy installed") from exc
+    if isinstance(outputs, dict):
+        return {name: np.asarray(rows, dtype=np.float64) for name, rows in outputs.items()}
     return np.asarray(outputs, dtype=np.float64)
 
 
 def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictResult:
     """Build :class:`PredictResult` from a ``result`` frame."""
     outputs = frame.get("outputs")
+    attributions = frame.get("attributions")
     return PredictResult(
         outputs=to_numpy(outputs) if as_numpy else outputs,
         model=str(frame.get("model", "")),
         version=str(frame.get("version", "")),
         timing=frame.get("timing") or {},
         request_id=frame["id"],
+        attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
+        explanation=frame.get("explanation"),
     )
 
 
@@ -237,6 +290,7 @@ def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:
         rows=int(frame.get("rows", 0)),
         timing=frame.get("timing") or {},
         request_id=frame["id"],
+        version=_opt_str(frame.get("version")),
     )
 
 
@@ -248,7 +302,21 @@ def parse_generation_done(frame: dict[str, Any], text: str) -> GenerationResult:
         timing=frame.get("timing") or {},
         text=text,
         request_id=frame["id"],
+        version=_opt_str(frame.get("version")),
     )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _versions(value: Any) -> tuple[VersionStatus, ...]:
+    out = []
+    for v in value if isinstance(value, list) else ():
+        if isinstance(v, dict) and "version" in v:
+            out.append(VersionStatus(version=str(v["version"]), state=str(v.get("state", "")),
+                                     reason=_opt_str(v.get("reason"))))
+    return tuple(out)
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -266,13 +334,19 @@ def parse_models(frame: dict[str, Any]) -> list[ModelInfo]:
         out.append(
             ModelInfo(
                 name=str(m.get("name", "")),
-                version=str(m.get("version", "")),
+                version=_opt_str(m.get("version")),
                 task=str(m.get("task", "")),
                 input_shape=_shape(m.get("input_shape")),
                 output_shape=_shape(m.get("output_shape")),
                 parameters=_opt_int(m.get("parameters")),
                 metrics=m.get("metrics") or {},
                 raw=m,
+                versions=_versions(m.get("versions")),
             )
         )
     return out
+
+
+def parse_model_status(frame: dict[str, Any]) -> ModelStatus:
+    """Build :class:`ModelStatus` from the reply to ``load``/``unload``/``reload``."""
+    return ModelStatus(model=str(frame.get("model", "")), versions=_versions(frame.get("versions")))

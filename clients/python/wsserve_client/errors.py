@@ -13,6 +13,7 @@ Tree (every class carries ``code``, ``request_id`` and ``message``)::
     ├── DeadlineExceeded      deadline_exceeded   (server deadline, or the client-side guard)
     ├── RequestCancelled      cancelled           (not asyncio.CancelledError: a server reply)
     ├── Unauthorized          unauthorized        (also a 401/403 handshake answer)
+    ├── Forbidden             forbidden           (an admin call without the admin key)
     ├── ShuttingDown          shutting_down
     ├── InternalServerError   internal
     ├── RequestTooLarge       (client-side, code None: the frame exceeds the server's
@@ -42,6 +43,7 @@ __all__ = [
     "DeadlineExceeded",
     "RequestCancelled",
     "Unauthorized",
+    "Forbidden",
     "ShuttingDown",
     "InternalServerError",
     "RequestTooLarge",
@@ -150,6 +152,13 @@ class Unauthorized(WsserveError):
     wire_code = "unauthorized"
 
 
+class Forbidden(WsserveError):
+    """The connection may not do this: ``load``/``unload``/``reload`` need the server's admin key
+    (``--admin-key``), or a loopback connection when the server has no keys."""
+
+    wire_code = "forbidden"
+
+
 class ShuttingDown(WsserveError):
     """The server is draining and takes no new work."""
 
@@ -184,7 +193,7 @@ ERROR_CLASSES: dict[str, type[WsserveError]] = {
     for cls in (
         BadJsonError, BadRequestError, UnknownModelError, DuplicateIdError, InvalidInput,
         OverloadedError, RateLimitedError, DeadlineExceeded, RequestCancelled, Unauthorized,
-        ShuttingDown, InternalServerError,
+        Forbidden, ShuttingDown, InternalServerError,
     )
     if cls.wire_code is not None
 }

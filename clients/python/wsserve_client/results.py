@@ -20,6 +20,8 @@ __all__ = [
     "GenerationResult",
     "Completion",
     "ModelInfo",
+    "VersionStatus",
+    "ModelStatus",
     "ClientStats",
 ]
 
@@ -49,13 +51,20 @@ class ServerHello:
 
 @dataclass(frozen=True, slots=True)
 class PredictResult:
-    """Answer to one ``predict``: ``outputs[i]`` answers input row ``i``."""
+    """Answer to one ``predict``: ``outputs[i]`` answers input row ``i``.
+
+    With ``explain=True``: ``attributions[i]`` holds input row ``i``'s per-feature
+    attributions of its explained output, and ``explanation`` says how (method,
+    baseline, target, steps); both None otherwise.
+    """
 
     outputs: Outputs
     model: str
     version: str
     timing: Mapping[str, Any]
     request_id: int | str
+    attributions: Outputs | None = None
+    explanation: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +78,14 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class StreamSummary:
-    """The ``done`` frame ending a streamed predict."""
+    """The ``done`` frame ending a streamed predict; ``version``: the model version that
+    computed it (``None`` from a server that does not say)."""
 
     reason: str
     rows: int
     timing: Mapping[str, Any]
     request_id: int | str
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +93,8 @@ class GenerationResult:
     """The ``done`` frame ending a generation, plus the text streamed before it.
 
     ``reason`` is ``"length"``, ``"stop"`` or ``"cancelled"``; ``tokens`` is the server's
-    count; ``text`` is the concatenation of the tokens this client received.
+    count; ``text`` is the concatenation of the tokens this client received; ``version`` the
+    model version that generated it (``None`` from a server that does not say).
     """
 
     reason: str
@@ -90,6 +102,7 @@ class GenerationResult:
     timing: Mapping[str, Any]
     text: str
     request_id: int | str
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,20 +113,49 @@ class Completion:
     reason: str
     tokens: int
     timing: Mapping[str, Any]
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    """One version of a model: ``state`` is ``"loading"``, ``"ready"``, ``"unloading"`` or
+    ``"failed"`` (then ``reason`` says why)."""
+
+    version: str
+    state: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """One entry of the ``models`` reply; ``raw`` holds every field the server sent."""
+    """One entry of the ``models`` reply; ``raw`` holds every field the server sent.
+
+    ``version`` is the default version (the highest ready one; ``None`` when no version is
+    ready); ``versions`` every version the server knows of, with its state.
+    """
 
     name: str
-    version: str
+    version: str | None
     task: str
     input_shape: tuple[int, ...] | None
     output_shape: tuple[int, ...] | None
     parameters: int | None
     metrics: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False)
+    versions: tuple[VersionStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    """The answer to :meth:`Client.load`, :meth:`Client.unload` and :meth:`Client.reload`:
+    the model's versions and their states once the operation was done."""
+
+    model: str
+    versions: tuple[VersionStatus, ...]
+
+    def states(self) -> dict[str, str]:
+        """``{version: state}``."""
+        return {v.version: v.state for v in self.versions}
 
 
 @dataclass(frozen=True, slots=True)

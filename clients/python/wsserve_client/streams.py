@@ -26,19 +26,27 @@ import asyncio
 import random
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from ._calls import StreamCall
+from ._calls import Call, StreamCall
 from ._connection import Connection
 from .backoff import RetryPolicy
 from .codec import parse_chunk, parse_generation_done, parse_stream_done
 from .errors import DeadlineExceeded, WsserveError
 from .results import Chunk, GenerationResult, StreamSummary
 
-if TYPE_CHECKING:
-    from .client import Client
-
 __all__ = ["PredictStream", "Generation"]
+
+
+class StreamOwner(Protocol):
+    """What a stream needs from its :class:`~wsserve_client.Client` (which implements it)."""
+
+    def _next_id(self) -> int: ...
+
+    def _loop_or_running(self) -> asyncio.AbstractEventLoop: ...
+
+    async def _send_call(self, call: Call, data: bytes) -> Connection: ...
+
 
 T = TypeVar("T")
 
@@ -76,7 +84,7 @@ class _Stream(Generic[T]):
 
     def __init__(
         self,
-        client: Client,
+        client: StreamOwner,
         make_frame: Callable[[int], bytes],
         *,
         timeout: float | None,
@@ -233,7 +241,7 @@ class PredictStream(_Stream[Chunk]):
 
     def __init__(
         self,
-        client: Client,
+        client: StreamOwner,
         make_frame: Callable[[int], bytes],
         *,
         timeout: float | None,
@@ -276,7 +284,7 @@ class Generation(_Stream[str]):
 
     def __init__(
         self,
-        client: Client,
+        client: StreamOwner,
         make_frame: Callable[[int], bytes],
         *,
         timeout: float | None,

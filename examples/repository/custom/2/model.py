@@ -1,0 +1,23 @@
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class Model:
+    task = "regression"                                  # optional; config.toml's task wins
+
+    def __init__(self, version_dir: Path):
+        w = json.loads((version_dir / "weights.json").read_text())
+        self.w = np.asarray(w, dtype=np.float64)[:, None]   # [3, 1]
+        self.parameters = self.w.size                    # optional, reported in `models`
+        self.metrics = {"r2": 0.93}                      # optional, reported in `models`
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return batch @ self.w                            # [n, 3] -> [n, 1]
+
+    def flops_per_row(self) -> int:                      # optional; default 1,000,000 ("costly")
+        return 3
+
+    def close(self) -> None:                             # optional; called when the version is unloaded
+        pass
