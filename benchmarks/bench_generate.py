@@ -366,7 +366,7 @@ def measure_side_by_side(levels: tuple[int, ...], args: argparse.Namespace) -> d
                 cmd += ["--inline-max-batch", str(args.inline_max_batch)]
             if args.cache_dir:
                 cmd += ["--cache-dir", args.cache_dir]
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
             if res.returncode:
                 raise RuntimeError(f"{label} run failed:\n{res.stderr[-3000:]}")
             one = _from_json(json.loads(res.stdout))
@@ -386,8 +386,8 @@ def _targets(res: dict[str, Any], label: str) -> list[str]:
     for key, how in (("engine", "as served"), ("inline", "all inline")):
         e1, e64, l64 = (_median(res[k][c])[0] for k, c in ((key, 1), (key, 64), ("loop", 64)))
         ok = e64 / e1 >= 12 and e64 / l64 >= 8
-        lines += [f"{label}Targets at 64 streams, engine {how}: {e64 / e1:.1f}x one stream (target >= 12x), "
-                  f"{e64 / l64:.1f}x the per-request loop (target >= 8x): {'met' if ok else 'not met'}.", ""]
+        lines += [(f"{label}Targets at 64 streams, engine {how}: {e64 / e1:.1f}x one stream (target >= 12x), "
+                   f"{e64 / l64:.1f}x the per-request loop (target >= 8x): {'met' if ok else 'not met'}."), ""]
     return lines
 
 
@@ -471,8 +471,8 @@ def main() -> None:
     if args.before:
         both = measure_side_by_side(levels, args)
         after, before = both["after"], both["before"]
-        lines += [f"Before = `{args.before}` (git {_git_head(Path(args.before))}), after = this checkout "
-                  f"(git {_git_head(ROOT)}); each run starts both in fresh processes, alternately first.", ""]
+        lines += [(f"Before = `{args.before}` (git {_git_head(Path(args.before))}), after = this checkout "
+                   f"(git {_git_head(ROOT)}); each run starts both in fresh processes, alternately first."), ""]
         lines += _comparison(after, before, levels)
     else:
         after, before = measure(args.mode, levels, args.runs, args), None
@@ -497,7 +497,8 @@ def main() -> None:
 
 
 def _git_head(path: Path) -> str:
-    res = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    res = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         check=False)
     return res.stdout.strip() or "?"
 
 
