@@ -20,8 +20,9 @@ The engine runs the model through :class:`~wsserve.generation.TokenModelAdapter`
 as the server does.
 
 ``--before DIR`` measures another checkout's code (e.g. ``/work/main``) with this
-script, side by side: each run, this checkout and DIR each run once in a fresh
-subprocess, alternating, and the fragment shows both ("after" = this checkout).
+script, side by side: ``--runs`` times, this checkout and DIR each measure
+``--runs-per-process`` runs in a fresh subprocess, alternating who goes first;
+medians are over all their runs, and the fragment shows both ("after" = this checkout).
 
     python benchmarks/bench_generate.py                   # engine + wire, ~2-3 min
     python benchmarks/bench_generate.py --mode engine --runs 3
@@ -360,8 +361,8 @@ def measure_side_by_side(levels: tuple[int, ...], args: argparse.Namespace) -> d
     for r in range(args.runs):
         for label in (("after", "before") if r % 2 == 0 else ("before", "after")):
             env = {**os.environ, "WSSERVE_BENCH_CODE": codes[label], "PYTHONPATH": codes[label]}
-            cmd = [sys.executable, __file__, "--child", "--mode", args.mode, "--runs", "1", "--tokens", str(args.tokens),
-                   "--concurrency", args.concurrency]
+            cmd = [sys.executable, __file__, "--child", "--mode", args.mode, "--runs", str(args.runs_per_process),
+                   "--tokens", str(args.tokens), "--concurrency", args.concurrency]
             if args.inline_max_batch is not None:
                 cmd += ["--inline-max-batch", str(args.inline_max_batch)]
             if args.cache_dir:
@@ -444,6 +445,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None, help="weights cache for the wire server")
     ap.add_argument("--before", default=None, metavar="DIR",
                     help="another checkout (e.g. /work/main) measured side by side, interleaved")
+    ap.add_argument("--runs-per-process", type=int, default=3,
+                    help="with --before: runs in each subprocess (so medians are over runs x this)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate.md"))
     ap.add_argument("--wire-client", nargs=3, metavar=("URL", "C", "TOKENS"), help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one run, JSON on stdout
@@ -458,7 +461,8 @@ def main() -> None:
         return
 
     cmd = "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:])
-    setup = (f"Command: `{cmd.strip()}` - {args.runs} runs, medians; {args.tokens} tokens per stream, "
+    runs = f"{args.runs} x {args.runs_per_process} runs" if args.before else f"{args.runs} runs"
+    setup = (f"Command: `{cmd.strip()}` - {runs}, medians; {args.tokens} tokens per stream, "
              "every other stream sampled (temperature 0.8, seeded), the rest greedy; the model is the "
              "server's charlm behind `TokenModelAdapter`. "
              f"{platform.python_implementation()} {platform.python_version()}, "
