@@ -19,7 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_gen_support import Collected, FakeClock, charlm, params, run_until_idle, step_once
+from tests.test_gen_support import (
+    Collected,
+    FakeClock,
+    charlm,
+    params,
+    run_until_idle,
+    step_once,
+)
 from wsserve.errors import DeadlineExceeded
 from wsserve.generation import GenerationParams, Scheduler, StopMatcher, sample
 from wsserve.generation.running import RunningSet
@@ -37,7 +44,7 @@ PROMPTS = ("The ", "def f(x):\n    ", "", "import ", "A")
 STOPS = ("e", "th", "the", "\n", "  ", "ion", "zz", "self", "(")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def alone(p: GenerationParams) -> tuple[tuple[str, ...], str, int]:
     """The per-sequence semantics: (streamed pieces, finish reason, tokens generated)."""
     model = charlm()

@@ -34,9 +34,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from itertools import compress
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import compress
 from typing import Any, Protocol
 
 import numpy as np
