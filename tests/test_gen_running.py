@@ -169,6 +169,42 @@ def test_counters_follow_the_step_counter() -> None:
     assert (a.generated, b.generated) == (4, 4)  # a's count froze when it ended
 
 
+def _layout_state(run: RunningSet) -> tuple:
+    sp = run._sampling
+    arrays = None if sp is None else tuple(None if a is None else a.tolist()
+                                           for a in (sp.rows, sp.scale, sp.top_k_rows, sp.top_k))
+    return (run._rows, run._contexts.tolist(), list(run._next), list(run.stop_rows), run.plain, run.n_plain,
+            arrays, run._nidx.tolist(), [(s._row, s._srow) for s in run._rows])
+
+
+def test_rows_appended_while_sequences_only_join_equal_a_full_layout() -> None:
+    """Joining sequences are laid out by appending rows; the result must be what a
+    rebuild from scratch gives (contexts, token numbers, stop rows, sampling, noise rows)."""
+    model = charlm()
+    sched = Scheduler(model, max_generate_batch=32)
+    clock, out = FakeClock(), Collected()
+    run = sched._run
+    prompts: dict[int, str] = {}
+    for wave in range(6):  # joins at different steps: different counts and noise offsets
+        for i in range(wave % 3 + 1):
+            j = 3 * wave + i
+            seq = sched.add_request(params(PROMPTS[j % 5], max_tokens=100, temperature=(0.0, 0.7, 1.3)[j % 3],
+                                           top_k=(0, 3, 0, 200)[j % 4], seed=j,
+                                           stop=("zz",) if j % 4 == 1 else ()), clock.now)
+            prompts[seq.id] = PROMPTS[j % 5]
+        for _ in range(wave + 2):
+            step_once(sched, clock, out)
+        assert not run._left  # nobody left: every layout so far appended rows
+        appended = _layout_state(run)
+        for s in run._rows:  # each row's context is its own prompt and tokens (rows without held-back text)
+            if s._stops is None:
+                expected = model.initial_context(prompts[s.id] + "".join(out.text.get(s.id, [])))
+                assert run._contexts[s._row].tolist() == expected.tolist()
+        run._left = run._dirty = True  # force the rebuild path on the same running set
+        run._layout()
+        assert _layout_state(run) == appended
+
+
 def test_a_sequence_cancelled_while_its_batch_computes_gets_no_token_and_leaves_the_next_layout() -> None:
     sched = Scheduler(charlm(), max_generate_batch=8)
     clock, out = FakeClock(), Collected()

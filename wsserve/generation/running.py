@@ -81,6 +81,8 @@ class RunningSet:
         self._refills: dict[int, dict[Sequence, None]] = {}
         self._fresh: list[Sequence] = []  # admitted before their first token
         self._dirty = False
+        self._joined: list[Sequence] = []  # added since the last layout, in order
+        self._left = False  # a sequence was removed since the last layout
         # The layout.
         self._rows: tuple[Sequence, ...] = ()
         self._contexts = np.zeros((0, self._k), np.int64)  # [B, k], row order of _rows
@@ -90,6 +92,9 @@ class RunningSet:
         self._n_plain = 0
         self._sampling: SampledRows | None = None
         self._nidx = np.zeros(0, np.int64)  # [S] noise buffer row of each sampled row's next token
+        self._sampled: list[int] = []  # rows that sample, and per sampled row its scale and top-k
+        self._scales: list[float] = []
+        self._top_ks: list[tuple[int, int]] = []  # (index among the sampled rows, k) with 0 < k < V
 
     # -- membership ----------------------------------------------------------------
     @property
@@ -99,7 +104,7 @@ class RunningSet:
     @property
     def sequences(self) -> list[Sequence]:
         """The running sequences, oldest admission first."""
-        if self._dirty:
+        if self._left:
             self._seqs = [s for s in self._seqs if s.state is _RUNNING]
         return self._seqs
 
@@ -131,6 +136,7 @@ class RunningSet:
         if seq.first_token_at is None:
             self._fresh.append(seq)
         self._seqs.append(seq)
+        self._joined.append(seq)
         self._dirty = True
 
     def remove(self, seq: Sequence, *, keep: bool = False) -> None:
@@ -154,7 +160,7 @@ class RunningSet:
             seq._refill = -1
         self._free.append(slot)
         seq.slot = -1
-        self._dirty = True
+        self._dirty = self._left = True
 
     # -- the step --------------------------------------------------------------------
     def batch(self) -> tuple[tuple[Sequence, ...], np.ndarray, SampledRows | None, np.ndarray | None]:
@@ -214,7 +220,19 @@ class RunningSet:
 
     # -- internals -------------------------------------------------------------------
     def _layout(self) -> None:
-        seqs = self.sequences
+        """Lay out the running set after a change: appended rows when sequences only
+        joined (O(joined) Python work, the common case while requests arrive), else a
+        rebuild (O(B))."""
+        if self._left:
+            self._seqs = [s for s in self._seqs if s.state is _RUNNING]
+            self._rebuild()
+        else:
+            self._append(self._joined)
+        self._joined = []
+        self._left = self._dirty = False
+
+    def _rebuild(self) -> None:
+        seqs = self._seqs
         old = self._contexts
         keep: list[int] = []
         fresh: list[np.ndarray] = []
@@ -231,35 +249,53 @@ class RunningSet:
             parts.append(np.stack(fresh))
         self._contexts = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else \
             np.zeros((0, self._k), np.int64)
-        rows = tuple(seqs)
-        self._rows = rows
-        tick = self.tick.value
-        nxt, stop_rows, sampled = [], [], []
-        for i, s in enumerate(rows):
+        self._rows = ()
+        self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
+        self._sampled, self._scales, self._top_ks = [], [], []
+        self._nidx = np.zeros(0, np.int64)
+        self._extend(seqs)
+
+    def _append(self, joined: list[Sequence]) -> None:
+        """Rows for ``joined`` (added since the last layout, none removed) after the current ones."""
+        self._contexts = np.concatenate((self._contexts, np.stack([s._context for s in joined])))  # type: ignore[misc]
+        for s in joined:
+            s._context = None
+        self._extend(joined)
+
+    def _extend(self, seqs: list[Sequence]) -> None:
+        """Append the per-row bookkeeping of ``seqs`` (their contexts are already in place)."""
+        first = len(self._rows)
+        self._rows = rows = self._rows + tuple(seqs)
+        tick, v = self.tick.value, self._v
+        nxt, stop_rows, sampled = self._next, self._stop_rows, self._sampled
+        scales, top_ks = self._scales, self._top_ks
+        nidx: list[int] = []
+        for i, s in enumerate(seqs, first):
             s._row = i
-            nxt.append(tick - s._base)
+            g = tick - s._base
+            nxt.append(g)
             if s._stops is not None:
                 stop_rows.append(i)
-            if s.params.temperature > 0:
-                s._srow = len(sampled)
+            p = s.params
+            if p.temperature > 0:
+                s._srow = j = len(sampled)
                 sampled.append(i)
-        self._next = nxt
-        self._stop_rows = stop_rows
-        self._plain = [s._stops is None for s in rows] if stop_rows else None
+                scales.append(max(p.temperature, MIN_TEMPERATURE))
+                if 0 < p.top_k < v:
+                    top_ks.append((j, p.top_k))
+                nidx.append(s.slot * NOISE_BLOCK + g % NOISE_BLOCK)
+        if stop_rows:
+            old = self._plain if self._plain is not None else [True] * first
+            self._plain = old + [s._stops is None for s in seqs]  # a new list: blocks keep theirs
         self._n_plain = len(rows) - len(stop_rows)
-        self._sampling = None
-        if sampled:
-            v = self._v
-            ss = [rows[i] for i in sampled]
-            ks = [(j, s.params.top_k) for j, s in enumerate(ss) if 0 < s.params.top_k < v]
-            self._sampling = SampledRows(
-                rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
-                scale=np.array([max(s.params.temperature, MIN_TEMPERATURE) for s in ss])[:, None],
-                top_k_rows=np.array([j for j, _ in ks], np.int64) if ks else None,
-                top_k=np.array([k for _, k in ks], np.int64) if ks else None,
-            )
-            self._nidx = np.array([s.slot * NOISE_BLOCK + (tick - s._base) % NOISE_BLOCK for s in ss], np.int64)
-        self._dirty = False
+        if nidx:
+            self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
+        self._sampling = None if not sampled else SampledRows(
+            rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
+            scale=np.array(scales)[:, None],
+            top_k_rows=np.array([j for j, _ in top_ks], np.int64) if top_ks else None,
+            top_k=np.array([k for _, k in top_ks], np.int64) if top_ks else None,
+        )
 
     def _refill(self, due: dict[Sequence, None]) -> None:
         """Draw the next noise block of each sequence in ``due`` (from its own generator);
