@@ -8,9 +8,17 @@ step N+1 computes there, the loop thread delivers step N's tokens to the sinks
 (and serves sockets).  Smaller batches run inline, followed by ``sleep(0)`` so
 I/O still runs between steps.  The default (64) comes from measurements on the
 2-core development machine (``benchmarks/results/generate.md``): an executor
-round trip costs ~35 us, a step of 16 / 64 / 256 sequences ~36 / 78 / 260 us;
-in-process, inline steps won at every size, so a step goes to the executor only
-when it would block the loop for more than about two round trips.  With nothing
+round trip costs ~40-90 us, the model step and sampling (:func:`run_step`) of
+16 / 64 / 256 sequences ~30 / 65 / 235 us; in-process, inline steps won at
+every size, so a step goes to the executor only when it would block the loop
+for more than about two round trips.
+
+Per step the Python work does not grow with the sequences, except one sink
+call per streamed token: the scheduler keeps the running set as arrays and
+counters (:mod:`.running`), stop strings are matched only on the rows that have
+them, and each step's other tokens arrive as one
+:class:`~.sequence.TokenEvents` block delivered through bound ``on_token``
+methods cached per layout.  With nothing
 to do the task sleeps on an ``asyncio.Event`` (no polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::

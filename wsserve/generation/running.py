@@ -5,10 +5,12 @@ the model step, each row's token number, text and whether it ends by length.
 Doing that with Python work per sequence is what bounds continuous batching of
 a small model, so the running set keeps it in arrays and counters:
 
-- **Layout** (rebuilt only when the running set changes): the sequences in
+- **Layout** (changed only when the running set changes): the sequences in
   admission order, their contexts ``[B, k]`` (rolled by one numpy call per
   step), the next token number of every row (a list, incremented per step), the
   rows with stop strings, and the sampling spec (:class:`~.sampling.SampledRows`).
+  Sequences that join get rows appended after the current ones (Python work for
+  the joiners only); after one left, the layout is rebuilt (O(B)).
 - **Counters**: a running sequence's token count is ``tick - base``; nothing is
   incremented per sequence.
 - **Calendars** (tick -> sequences): when a sequence ends by ``max_tokens``
