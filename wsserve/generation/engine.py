@@ -13,10 +13,10 @@ round trip costs ~40-90 us, the model step and sampling (:func:`run_step`) of
 every size, so a step goes to the executor only when it would block the loop
 for more than about two round trips.
 
-Per step the Python work does not grow with the sequences, except one sink
-call per streamed token: the scheduler keeps the running set as arrays and
-counters (:mod:`.running`), stop strings are matched only on the rows that have
-them, and each step's other tokens arrive as one
+Per step, the Python work per sequence is one list element of token numbers and
+one sink call per streamed token: the scheduler keeps the running set as
+arrays and counters (:mod:`.running`), stop strings are matched only on the
+rows that have them, and each step's other tokens arrive as one
 :class:`~.sequence.TokenEvents` block delivered through bound ``on_token``
 methods cached per layout.  With nothing
 to do the task sleeps on an ``asyncio.Event`` (no polling).
