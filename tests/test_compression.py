@@ -25,7 +25,7 @@ from wsserve.compression import (
     prune_masks,
     quantize_per_channel,
 )
-from wsserve.compression.layers import MAX_WIDTH
+from wsserve.models.mlp_layers import MAX_WIDTH
 from wsserve.compression.measure import heldout_accuracy, nonzero_parameters
 from wsserve.models.linear import LinearModel
 from wsserve.models.mlp import MLPConfig, MLPModel, cross_entropy, forward, make_mlp_data, train_mlp

@@ -266,7 +266,7 @@ def test_concurrent_predicts(tmp_path: Path) -> None:
 
 def test_the_worked_example_in_the_docs(tmp_path: Path) -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "repository.md").read_text()
-    start = doc.index("# REPO/custom/1/model.py")
+    start = doc.index("# examples/repository/custom/1/model.py")
     source = doc[start : doc.index("```", start)]
     vdir = _version(tmp_path, source, name="custom", weights_json="[1.0, 2.0, 3.0]")
     model = _load(vdir, "input_shape = [3]\noutput_shape = [1]", name="custom")

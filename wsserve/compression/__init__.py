@@ -4,10 +4,11 @@ Public API (re-exported from the submodules):
 
 - :func:`compress` (``.compress``): the whole job on files - source version
   -> new version directory with measured figures in its meta.
-- :class:`MLPInt8Model`, :func:`quantize_per_channel`, :func:`dequantize`
-  (``.quantize``, architecture ``mlp-int8``).
-- :class:`MLPSparseModel`, :func:`prune_masks`, :func:`finetune_masked`
-  (``.prune``, architecture ``mlp-sparse``).
+- :func:`prune_masks`, :func:`finetune_masked` (``.prune``).
+- The compressed models themselves live with the other models, re-exported here:
+  :class:`MLPInt8Model`, :func:`quantize_per_channel`, :func:`dequantize`
+  (:mod:`wsserve.models.mlp_int8`, architecture ``mlp-int8``) and
+  :class:`MLPSparseModel` (:mod:`wsserve.models.mlp_sparse`, ``mlp-sparse``).
 - :data:`FAMILY`, :func:`architecture_of`, :func:`load_model` (``.architectures``).
   The version file (``model.npz``) is the model repository's format: read and
   written by :mod:`wsserve.repository.npz`, which knows all three architectures.
@@ -18,8 +19,9 @@ Public API (re-exported from the submodules):
 
 from .architectures import FAMILY, architecture_of, load_model
 from .compress import METHODS, MODEL_FILE, compress
-from .prune import DEFAULT_SCOPE, MLPSparseModel, finetune_masked, prune_masks
-from .quantize import MLPInt8Model, dequantize, quantize_per_channel
+from ..models.mlp_int8 import MLPInt8Model, dequantize, quantize_per_channel
+from ..models.mlp_sparse import MLPSparseModel
+from .prune import DEFAULT_SCOPE, finetune_masked, prune_masks
 
 __all__ = [
     "DEFAULT_SCOPE",

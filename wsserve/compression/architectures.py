@@ -22,12 +22,12 @@ from ..models.base import PredictiveModel
 from ..models.mlp import MLPModel
 from ..repository.layout import MODEL_FILES
 from ..repository.npz import MAX_NPZ_BYTES, build_npz_model, read_npz
-from . import prune, quantize
+from ..models import mlp_int8, mlp_sparse
 
 __all__ = ["FAMILY", "architecture_of", "version_file", "load_model"]
 
 #: The architectures of the ``mlp`` family (the fp32 source and its compressed forms).
-FAMILY: tuple[str, ...] = ("mlp", quantize.ARCHITECTURE, prune.ARCHITECTURE)
+FAMILY: tuple[str, ...] = ("mlp", mlp_int8.ARCHITECTURE, mlp_sparse.ARCHITECTURE)
 
 
 def architecture_of(model: object) -> str | None:
@@ -35,7 +35,7 @@ def architecture_of(model: object) -> str | None:
     if isinstance(model, MLPModel):
         return "mlp"
     return getattr(type(model), "architecture", None) if isinstance(
-        model, (quantize.MLPInt8Model, prune.MLPSparseModel)) else None
+        model, (mlp_int8.MLPInt8Model, mlp_sparse.MLPSparseModel)) else None
 
 
 def version_file(path: str | os.PathLike[str]) -> Path:

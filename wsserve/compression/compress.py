@@ -45,7 +45,8 @@ import numpy as np
 from ..models.mlp import MLPConfig, MLPModel, make_mlp_data
 from ..repository.layout import MODEL_FILES
 from ..repository.npz import build_npz_model, encode_npz, read_npz, write_npz_bytes
-from . import prune, quantize
+from ..models import mlp_int8, mlp_sparse
+from . import prune
 from .architectures import architecture_of, version_file
 from .measure import LATENCY_BATCH, heldout_accuracy, latency_medians_ms, nonzero_parameters
 
@@ -170,8 +171,8 @@ def compress(
 
     recipe: dict[str, Any] = {"method": method, "source_version": src_label}
     if method == "int8":
-        model: quantize.MLPInt8Model | prune.MLPSparseModel = quantize.MLPInt8Model.from_params(src.params)
-        reader = quantize.MLPInt8Model.from_arrays
+        model: mlp_int8.MLPInt8Model | mlp_sparse.MLPSparseModel = mlp_int8.MLPInt8Model.from_params(src.params)
+        reader = mlp_int8.MLPInt8Model.from_arrays
     else:
         assert fraction is not None
         masks = prune.prune_masks([w for w, _ in src.params], float(fraction), scope)
@@ -180,8 +181,8 @@ def compress(
                                            epochs=int(finetune_epochs), seed=seed)
         else:
             params = [(w * m, b) for (w, b), m in zip(src.params, masks)]
-        model = prune.MLPSparseModel.from_pruned(params, masks)
-        reader = prune.MLPSparseModel.from_arrays  # type: ignore[assignment]
+        model = mlp_sparse.MLPSparseModel.from_pruned(params, masks)
+        reader = mlp_sparse.MLPSparseModel.from_arrays  # type: ignore[assignment]
         recipe.update(fraction=float(fraction), scope=scope, finetune=finetune,
                       finetune_epochs=int(finetune_epochs) if finetune else 0)
     arrays, meta = model.to_arrays()

@@ -36,7 +36,8 @@ class RepositoryModel(PredictiveModel):
 
     Attributes (set by the constructor, immutable afterwards): ``name``,
     ``version`` (int), ``config`` (:class:`ModelConfig`), ``path`` (the model
-    file), ``inputs``/``outputs`` (tuples of :class:`TensorSpec`; empty for a
+    file; for a model that came from memory, ``in_memory`` is true and ``path``
+    only names it in messages), ``inputs``/``outputs`` (tuples of :class:`TensorSpec`; empty for a
     generative model.py), ``info`` (:class:`ModelInfo`).  ``backend`` is the
     class's backend name.
 
@@ -51,6 +52,7 @@ class RepositoryModel(PredictiveModel):
     version: int
     config: ModelConfig
     path: Path
+    in_memory: bool = False
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     _closed: bool = False
@@ -95,7 +97,8 @@ class RepositoryModel(PredictiveModel):
     def version_figures(self) -> dict[str, Any]:
         """What ``models`` reports for this version, as JSON-ready values.
 
-        ``bytes`` (the files of the version directory, :func:`version_bytes`),
+        ``bytes`` (the files of the version directory, :func:`version_bytes`;
+        absent for a model that came from memory),
         ``parameters``, ``metrics``, plus the backend's own
         (:meth:`_backend_figures`: ``parameters_nonzero``, and ``compression``
         - the figures ``wsserve compress`` measured - when the version is a
@@ -104,7 +107,8 @@ class RepositoryModel(PredictiveModel):
         warm-up) and cached; returns a copy.
         """
         if self._figures is None:
-            self._figures = {"bytes": version_bytes(self.path.parent), "parameters": self.info.parameters,
+            on_disk = {} if self.in_memory else {"bytes": version_bytes(self.path.parent)}
+            self._figures = {**on_disk, "parameters": self.info.parameters,
                              "metrics": dict(self.info.metrics), **self._backend_figures()}
         return dict(self._figures)
 

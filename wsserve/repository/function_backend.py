@@ -144,6 +144,7 @@ class FunctionModel(RepositoryModel):
             instances=_bounded("instances", instances, 1, MAX_INSTANCES),
             flops_per_row=flops_per_row,
         )
+        self.in_memory = True
         self.path = Path(f"<function {getattr(fn, '__qualname__', type(fn).__name__)}>")
         if metrics is not None and not isinstance(metrics, Mapping):
             raise ValueError(f"FunctionModel: metrics must be a mapping, got {type(metrics).__name__}")

@@ -15,9 +15,9 @@ names are ``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 128 characters:
 - ``mlp``: ``w0, b0, w1, b1, ...`` float32, ``w_i`` [d_i, d_{i+1}], ``b_i`` [d_{i+1}]
   (as ``MLPModel.to_arrays()``; the number of layers is derived from the names)
 - ``mlp-int8``: ``w{i}.int8`` int8, ``w{i}.scale`` float32, ``b{i}`` float32, meta
-  ``layers`` (:class:`wsserve.compression.quantize.MLPInt8Model`)
+  ``layers`` (:class:`wsserve.models.mlp_int8.MLPInt8Model`)
 - ``mlp-sparse``: ``w{i}.mask`` uint8 bitmap, ``w{i}.values`` float32, ``b{i}`` float32,
-  meta ``layers`` and ``shapes`` (:class:`wsserve.compression.prune.MLPSparseModel`)
+  meta ``layers`` and ``shapes`` (:class:`wsserve.models.mlp_sparse.MLPSparseModel`)
 - ``charlm`` (generative): ``embed`` [V+1, d], ``w1`` [k*d, H], ``b1`` [H], ``w2`` [H, V],
   ``b2`` [V], float32 or float64 (as ``CharLM.to_arrays()``)
 
@@ -137,13 +137,13 @@ def _build_mlp(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Pre
 
 def _build_mlp_int8(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> PredictiveModel:
     # imported here: the compression package imports this module (it reads and writes versions)
-    from ..compression.quantize import MLPInt8Model
+    from ..models.mlp_int8 import MLPInt8Model
 
     return MLPInt8Model.from_arrays(arrays, meta)
 
 
 def _build_mlp_sparse(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> PredictiveModel:
-    from ..compression.prune import MLPSparseModel
+    from ..models.mlp_sparse import MLPSparseModel
 
     return MLPSparseModel.from_arrays(arrays, meta)
 

@@ -174,6 +174,7 @@ class OnnxModel(RepositoryModel):
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *, data: bytes | None = None) -> None:
         self.name, self.version, self.path, self.config = name, version, Path(path), config
+        self.in_memory = data is not None
         try:
             import onnxruntime as ort
         except ImportError:

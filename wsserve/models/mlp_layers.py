@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.mlp import softmax
+from .mlp import softmax
 
 __all__ = [
     "MAX_LAYERS",

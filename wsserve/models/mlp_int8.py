@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ..models.base import ModelInfo, PredictiveModel
-from ..models.mlp import Params
-from ..models.mlp_gradient import probability_input_gradient
-from .layers import check_array, check_names, check_shapes, forward_rowpure, layer_count, meta_metrics
+from .base import ModelInfo, PredictiveModel
+from .mlp import Params
+from .mlp_gradient import probability_input_gradient
+from .mlp_layers import check_array, check_names, check_shapes, forward_rowpure, layer_count, meta_metrics
 
 __all__ = ["ARCHITECTURE", "MLPInt8Model", "quantize_per_channel", "dequantize"]
 
