@@ -317,22 +317,21 @@ def _table(title: str, rows: dict[int, list[Result]], base: dict[int, list[Resul
 
 
 def _reading(inline: dict[int, list[Result]]) -> list[str]:
-    """Fit step time = fixed + per_token * B on the all-inline engine and say what it implies."""
-    t1 = 1e6 / _median(inline[1])[0]  # us per step with one stream
-    t256 = 256 * 1e6 / _median(inline[256])[0]  # us per step with 256
+    """Fit CPU per step = fixed + per_sequence * B on the all-inline engine and say what it implies.
+
+    CPU time, not wall time: on a shared machine wall figures move with other load."""
+    t1 = _cpu(inline[1])  # us per step with one stream (one token per step)
+    t256 = 256 * _cpu(inline[256])  # us per step with 256
     per_token = (t256 - t1) / 255
     fixed = t1 - per_token
     at64 = 64 * t1 / (fixed + 64 * per_token)
-    text = (f"Reading: a step costs about {fixed:.0f} us fixed (Python + ~10 small numpy calls + one loop "
-            f"iteration) plus {per_token:.1f} us per sequence (numpy compute, scheduler bookkeeping "
-            f"and delivery). That caps 64 streams at ~{at64:.0f}x one stream and any batch at "
-            f"~{t1 / per_token:.0f}x: charlm is so small that one stream is already fast, so the 12x target "
-            "would need a heavier model per step (where batching amortises weight traffic) or a slower "
-            "single stream. Over the wire every token is also a "
+    text = (f"Reading (from CPU per token, all inline): a step costs about {fixed:.0f} us fixed (Python + ~10 small "
+            f"numpy calls + one loop iteration) plus {per_token:.1f} us per sequence (mostly numpy: the model, "
+            f"sampling, noise; then delivery). That caps 64 streams at ~{at64:.0f}x one stream and any batch at "
+            f"~{t1 / per_token:.0f}x. Over the wire every token is also a "
             "WebSocket frame built, written and parsed in Python, which lowers all ratios; wire figures vary "
             "by up to 2x between runs on this shared machine.")
     return [text, ""]
-
 
 
 def _to_json(res: dict[str, Any]) -> dict[str, Any]:
