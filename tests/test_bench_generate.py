@@ -26,6 +26,6 @@ def test_side_by_side_engine_run_writes_a_complete_fragment(tmp_path: Path) -> N
                    "x one stream, by CPU/token", "1 stream CPU us/token"):
         assert re.search(rf"\| engine as served: {re.escape(figure)} \| [\d.,]+x? \| [\d.,]+x? \| [\d.]+ \|", text), figure
     # 64 streams x 3 tokens each, in every engine table, with a CPU figure per row
-    assert len(re.findall(r"^\| 64 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", text, re.M)) == 6
+    assert len(re.findall(r"^\| 64 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", text, re.MULTILINE)) == 6
     assert text.count("Targets at 64 streams") == 4
     assert "Reading (from CPU per token" in text
