@@ -8,9 +8,17 @@ step N+1 computes there, the loop thread delivers step N's tokens to the sinks
 (and serves sockets).  Smaller batches run inline, followed by ``sleep(0)`` so
 I/O still runs between steps.  The default (64) comes from measurements on the
 2-core development machine (``benchmarks/results/generate.md``): an executor
-round trip costs ~35 us, a step of 16 / 64 / 256 sequences ~36 / 78 / 260 us;
-in-process, inline steps won at every size, so a step goes to the executor only
-when it would block the loop for more than about two round trips.  With nothing
+round trip costs ~40-90 us, the model step and sampling (:func:`run_step`) of
+16 / 64 / 256 sequences ~30 / 65 / 235 us; in-process, inline steps won at
+every size, so a step goes to the executor only when it would block the loop
+for more than about two round trips.
+
+Per step, the Python work per sequence is one list element of token numbers and
+one sink call per streamed token: the scheduler keeps the running set as
+arrays and counters (:mod:`.running`), stop strings are matched only on the
+rows that have them, and each step's other tokens arrive as one
+:class:`~.sequence.TokenEvents` block delivered through bound ``on_token``
+methods cached per layout.  With nothing
 to do the task sleeps on an ``asyncio.Event`` (no polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
@@ -34,8 +42,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
+from itertools import compress
 from typing import Any, Protocol
 
 import numpy as np
@@ -43,12 +52,15 @@ import numpy as np
 from ..errors import Internal, ShuttingDown, WsserveError
 from ..stats import WorkerStatistics
 from .params import GenerationParams
-from .sampling import sample
-from .scheduler import FINISHED, Batch, Event, Scheduler, Sequence, TokenModel
+from .sampling import sample_rows
+from .scheduler import Batch, Scheduler, Sequence, TokenModel
+from .sequence import TokenEvents
 
 __all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step"]
 
 log = logging.getLogger(__name__)
+
+_LIST_ITERATOR = type(iter([]))
 
 
 class StepObserver(Protocol):
@@ -68,7 +80,7 @@ class TokenSink(Protocol):
 def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
     logits = model.logits(batch.contexts)  # [B, k] -> [B, V]
-    return sample(logits, batch.temperature, batch.top_k, batch.noise)  # [B]
+    return sample_rows(logits, batch.sampling, batch.noise)  # [B]
 
 
 class GenerationEngine:
@@ -109,7 +121,9 @@ class GenerationEngine:
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._executor_steps = 0
-        self._pending: deque[Event] = deque()
+        self._pending: deque[Iterator[Any]] = deque()  # event lists (and a token block) being delivered
+        self._calls_for: tuple[Sequence, ...] | None = None  # the layout _calls belongs to
+        self._calls: list[Any] = []
         self._idle = asyncio.Event()  # set while nothing is unfinished
         self._idle.set()
 
@@ -247,33 +261,75 @@ class GenerationEngine:
 
         Re-entrant: a sink callback that cancels (and so calls this again) drains
         the same queue, so events keep their order and a cancelled sequence's
-        ``on_done`` still comes after every token it counts.
+        ``on_done`` still comes after every token it counts.  The queue holds
+        iterators, in order: over each step's token block (one bound-method call
+        per token, no per-event checks) and over runs of single events (stop-string
+        tokens, terminals); a nested call continues the very iterator the outer
+        call is walking.
         """
-        pending = self._pending
-        pending.extend(self._sched.take_events())
-        if not pending:
-            return
-        while pending:
-            seq, n, text = pending.popleft()
-            sink = seq.owner
-            if sink is None:  # already terminated (cancelled from a callback, failed sink)
-                continue
-            if n != FINISHED:
-                try:
-                    sink.on_token(n, text)
-                except Exception as exc:  # noqa: BLE001 - a faulty sink must not stop the others
-                    self._sink_failed(seq, "on_token", exc)
-                continue
-            seq.owner = None
-            try:
-                if seq.error is not None:
-                    sink.on_error(seq.error)
+        items = self._sched.take_output()
+        queue = self._pending
+        if items:  # token blocks and runs of single events, in order
+            run: list[Any] | None = None
+            for item in items:
+                if type(item) is TokenEvents:
+                    if run:
+                        queue.append(iter(run))
+                        run = None
+                    queue.append(self._token_calls(item))
+                elif run is None:
+                    run = [item]
                 else:
-                    sink.on_done(seq.finish_reason, seq.streamed, seq.timing())
-            except Exception:
-                log.exception("generation sink failed in its terminal callback")
+                    run.append(item)
+            if run:
+                queue.append(iter(run))
+        elif not queue:
+            return
+        while queue:
+            it = queue[0]
+            seq = None
+            try:
+                if type(it) is _LIST_ITERATOR:  # (seq, n, text) events
+                    for seq, n, text in it:
+                        sink = seq.owner
+                        if sink is None:  # already terminated (cancelled from a callback, failed sink)
+                            continue
+                        if n >= 0:
+                            sink.on_token(n, text)
+                        else:
+                            self._terminal(seq, sink)
+                else:  # a token block: (on_token, n, text, seq) rows
+                    for on_token, n, text, seq in it:
+                        on_token(n, text)
+            except Exception as exc:  # noqa: BLE001 - a faulty sink must not stop the others
+                self._sink_failed(seq, "on_token", exc)  # type: ignore[arg-type]
+                continue  # the rest of the same iterator
+            if queue and queue[0] is it:  # (a nested call may have finished it and moved on)
+                queue.popleft()
         if self._after_delivery is not None:
             self._after_delivery()
+
+    def _token_calls(self, block: TokenEvents) -> Iterator[tuple[Any, int, str, Sequence]]:
+        """``(sink.on_token, n, text, seq)`` per event of ``block``.  The bound methods are
+        made once per running-set layout; a row in the block runs, so its sink is
+        set and ends (terminal event) only after the block (rows whose sequence
+        ended are masked out, so their missing sink is never called)."""
+        seqs = block.seqs
+        if seqs is not self._calls_for:
+            self._calls_for = seqs
+            self._calls = [None if s.owner is None else s.owner.on_token for s in seqs]
+        rows = zip(self._calls, block.numbers, block.texts, seqs)
+        return rows if block.mask is None else compress(rows, block.mask)
+
+    def _terminal(self, seq: Sequence, sink: TokenSink) -> None:
+        seq.owner = None
+        try:
+            if seq.error is not None:
+                sink.on_error(seq.error)
+            else:
+                sink.on_done(seq.finish_reason, seq.streamed, seq.timing())  # type: ignore[arg-type]
+        except Exception:
+            log.exception("generation sink failed in its terminal callback")
 
     def _sink_failed(self, seq: Sequence, method: str, exc: Exception) -> None:
         log.error("generation sink %s raised; ending the generation", method, exc_info=exc)

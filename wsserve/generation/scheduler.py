@@ -7,7 +7,9 @@ The shape of vLLM's scheduler interface: a driver calls, once per model step::
     scheduler.update_from_output(batch, tokens, now)
     events = scheduler.take_events()            # deliver them, in order
 
-and, at any time between those calls, :meth:`Scheduler.add_request` and
+(each batch is given back exactly once, to ``update_from_output`` or, when the
+step failed, ``fail_batch``, before the next ``schedule``), and, at any time
+between those calls, :meth:`Scheduler.add_request` and
 :meth:`Scheduler.finish_requests` (cancel).  Nothing here awaits, sleeps or reads
 a clock: every call takes ``now`` (``time.monotonic()`` seconds), so tests drive
 it with a fake clock.  Not thread-safe: call it from one thread (the event loop).
@@ -43,136 +45,55 @@ Semantics:
   ``tokens`` of ``done``.
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
+- Within one step, the token events of the rows without stop strings come
+  first, then the rows with stop strings (each followed by its terminal event
+  if it ended), then the terminal events of ``length`` finishes.  A sequence's
+  own events are always in order; only the interleaving between sequences
+  differs from a row-by-row walk (the protocol does not fix it).
+
+Cost per step: the bookkeeping is array- and counter-based
+(:mod:`.running`): no per-sequence attribute work, stop matching only on the
+rows with stop strings, and the token events of all other rows kept as one
+:class:`~.sequence.TokenEvents` block (columns, no per-event object);
+:meth:`Scheduler.take_events` expands it into the tuples above,
+:meth:`Scheduler.take_output` (the engine's) leaves it whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import heapq
 import itertools
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ..errors import DeadlineExceeded, Internal, Overloaded, WsserveError
 from .params import GenerationParams
-from .sampling import NOISE_BLOCK, gumbel_block, new_generator
-from .stops import StopMatcher
+from .running import RunningSet, TokenModel
+from .sampling import SampledRows, new_generator
+from .sequence import FINISHED, Event, SeqState, Sequence, TokenEvents
+from .waitqueue import WaitQueue
 
 __all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel"]
 
-#: ``n`` of a sequence's terminal event.
-FINISHED = -1
-
-
-class TokenModel(Protocol):
-    """What the scheduler and the engine need from a generative model (e.g. ``CharLM``)."""
-
-    context_len: int
-    vocab_size: int
-    id_to_text: tuple[str, ...]
-
-    def initial_context(self, prompt: str) -> np.ndarray:
-        """``[k]`` int ids for the prompt."""
-
-    def logits(self, contexts: np.ndarray) -> np.ndarray:
-        """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
-
-
-class SeqState(enum.Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    FINISHED = "finished"
-
-
-class Sequence:
-    """One generation; also the handle the engine hands out.  Read-only outside this module.
-
-    ``finish_reason`` is ``"length" | "stop" | "cancelled"`` for a normal end, or
-    ``None`` with ``error`` set.  ``owner`` is the caller's (the engine keeps the sink there).
-    """
-
-    __slots__ = (
-        "_context",
-        "_noise",
-        "_rng",
-        "_stops",
-        "admitted_at",
-        "arrival",
-        "error",
-        "finish_reason",
-        "finished_at",
-        "first_token_at",
-        "generated",
-        "group",
-        "id",
-        "owner",
-        "params",
-        "slot",
-        "state",
-        "streamed",
-    )
-
-    def __init__(self, seq_id: int, params: GenerationParams, owner: Any, now: float, group: Any = None) -> None:
-        self.id = seq_id
-        self.params = params
-        self.owner = owner
-        self.group = group  # fairness key (the connection); None: a group of its own
-        self.state = SeqState.WAITING
-        self.slot = -1
-        self.generated = 0  # tokens produced by the model (incl. held back / stop text)
-        self.streamed = 0  # token events emitted
-        self.arrival = now
-        self.admitted_at: float | None = None
-        self.first_token_at: float | None = None
-        self.finished_at: float | None = None
-        self.finish_reason: str | None = None
-        self.error: WsserveError | None = None
-        self._stops = StopMatcher(params.stop) if params.stop else None
-        self._rng: np.random.Generator | None = None
-        self._context: np.ndarray | None = None  # [k] while not running (set on arrival and on preemption)
-        self._noise: tuple[np.ndarray, int] | None = None  # (noise block, position) saved on preemption
-
-    @property
-    def finished(self) -> bool:
-        return self.state is SeqState.FINISHED
-
-    def timing(self) -> dict[str, float | None]:
-        """``queue_ms`` (arrival -> slot), ``ttft_ms`` (arrival -> first generated token,
-        None if none), ``total_ms`` (arrival -> finish, or so far)."""
-        end = self.finished_at if self.finished_at is not None else self.arrival
-        admitted = self.admitted_at if self.admitted_at is not None else end
-        first = self.first_token_at
-        return {
-            "queue_ms": round((admitted - self.arrival) * 1e3, 3),
-            "ttft_ms": None if first is None else round((first - self.arrival) * 1e3, 3),
-            "total_ms": round((end - self.arrival) * 1e3, 3),
-        }
-
-    def __repr__(self) -> str:
-        return f"<Sequence {self.id} {self.state.value} generated={self.generated}>"
-
-
-#: ``(seq, n, text)``: token ``n`` of ``seq``, or its terminal event when ``n == FINISHED``.
-Event = tuple[Sequence, int, str]
+_RUNNING = SeqState.RUNNING
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Inputs of one model step; row i belongs to ``seqs[i]``.
 
-    ``contexts [B, k]`` int64, ``temperature [B]``, ``top_k [B]``, ``noise [B, V]``
-    or ``None`` (all greedy).  Arrays are private copies: safe to read from another thread.
+    ``contexts [B, k]`` int64; ``sampling`` says which rows sample and how
+    (``None``: every row is greedy) and ``noise [S, V]`` holds their Gumbel
+    noise.  Arrays are never written after the batch is made: safe to read
+    from another thread.
     """
 
     seqs: tuple[Sequence, ...]
-    slots: np.ndarray
     contexts: np.ndarray
-    temperature: np.ndarray
-    top_k: np.ndarray
+    sampling: SampledRows | None
     noise: np.ndarray | None
     scheduled_at: float
 
@@ -197,74 +118,6 @@ class SchedulerStatistics:
     oldest_wait_s: float = 0.0  # how long the oldest waiting sequence has waited (at the last step)
 
 
-class _WaitQueue:
-    """Waiting sequences of one priority: FIFO within a group, round-robin between groups."""
-
-    __slots__ = ("_groups", "_order", "n")
-
-    def __init__(self) -> None:
-        self._groups: dict[Any, deque[Sequence]] = {}
-        self._order: deque[Any] = deque()  # groups with waiting sequences, next to serve first
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def push(self, seq: Sequence, *, front: bool = False) -> None:
-        """Queue ``seq`` at the back of its group (``front``: at the front, group served next)."""
-        key = seq.group if seq.group is not None else seq
-        q = self._groups.get(key)
-        if q is None:
-            q = self._groups[key] = deque()
-            if front:
-                self._order.appendleft(key)
-            else:
-                self._order.append(key)
-        if front:
-            q.appendleft(seq)
-        else:
-            q.append(seq)
-        self.n += 1
-
-    def pop(self) -> Sequence:
-        """The first sequence of the next group; that group moves to the back."""
-        key = self._order.popleft()
-        q = self._groups[key]
-        seq = q.popleft()
-        if q:
-            self._order.append(key)
-        else:
-            del self._groups[key]
-        self.n -= 1
-        return seq
-
-    def pop_group(self, key: Any) -> Sequence:
-        """The first sequence of group ``key`` (which must be waiting)."""
-        q = self._groups[key]
-        seq = q.popleft()
-        if not q:
-            del self._groups[key]
-            self._order.remove(key)
-        self.n -= 1
-        return seq
-
-    def remove(self, seq: Sequence) -> None:
-        key = seq.group if seq.group is not None else seq
-        q = self._groups[key]
-        q.remove(seq)
-        if not q:
-            del self._groups[key]
-            self._order.remove(key)
-        self.n -= 1
-
-    def groups(self) -> list[Any]:
-        return list(self._order)
-
-    def __iter__(self) -> Any:
-        for q in list(self._groups.values()):
-            yield from list(q)
-
-
 class Scheduler:
     """See the module docstring.  ``model`` is a :class:`TokenModel`."""
 
@@ -276,25 +129,15 @@ class Scheduler:
         self.model = model
         self.max_generate_batch = max_generate_batch
         self.max_generate_queue = max_generate_queue
-        k, v = model.context_len, model.vocab_size
-        self._itos = model.id_to_text
         self._ids = itertools.count()
-        self._waiting: tuple[_WaitQueue, _WaitQueue] = (_WaitQueue(), _WaitQueue())  # by priority
-        self._running: list[Sequence] = []
+        self._waiting: tuple[WaitQueue, WaitQueue] = (WaitQueue(), WaitQueue())  # by priority
+        self._run = RunningSet(model, max_generate_batch)
         self._group_running: dict[Any, int] = {}  # running sequences per group (fair share)
         self._preempted = 0
-        self._free = list(range(max_generate_batch - 1, -1, -1))  # stack of free slots
         self._deadlines: list[tuple[float, int, Sequence]] = []
-        # Per-slot state (row = slot), so the batch is gathered with a few numpy calls.
-        self._ctx = np.zeros((max_generate_batch, k), np.int64)
-        self._temp = np.zeros(max_generate_batch)
-        self._topk = np.zeros(max_generate_batch, np.int64)
-        self._noise = np.zeros((max_generate_batch, NOISE_BLOCK, v))
-        self._npos = np.zeros(max_generate_batch, np.int64)
-        self._n_running = 0
-        self._dirty = True  # running set changed: rebuild the cached batch layout
-        self._layout: tuple[Any, ...] = ()
-        self._out: list[Event] = []
+        self._batch: Batch | None = None  # scheduled, not yet given back
+        self._out: list[Event | TokenEvents] = []
+        self._blocks = 0  # TokenEvents in _out
         self._steps = self._tokens = self._generated = self._finished = self._last_batch = 0
         self._step_s = 0.0
         self._last_now = 0.0  # the latest ``now`` seen (statistics take no clock)
@@ -314,7 +157,7 @@ class Scheduler:
         the queue is full; nothing is queued then.
         """
         waiting = len(self._waiting[0]) + len(self._waiting[1])
-        if self.max_generate_queue is not None and waiting - len(self._free) >= self.max_generate_queue:
+        if self.max_generate_queue is not None and waiting - self._run.free >= self.max_generate_queue:
             raise Overloaded(
                 f"generation queue is full ({waiting} waiting for {self.max_generate_batch} slots, "
                 f"max_generate_queue={self.max_generate_queue})",
@@ -323,12 +166,12 @@ class Scheduler:
         context = self.model.initial_context(params.prompt)  # may raise: nothing is queued then
         if params.prompt:  # only the context is used from here on: do not hold the whole prompt
             params = dataclasses.replace(params, prompt="")
-        seq = Sequence(next(self._ids), params, owner, now, group)
+        seq = Sequence(next(self._ids), params, owner, now, group, self._run.tick)
         seq._context = context
         self._waiting[params.priority].push(seq)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, seq.id, seq))
-            if len(self._deadlines) > 64 + 2 * (waiting + self._n_running):
+            if len(self._deadlines) > 64 + 2 * (waiting + len(self._run)):
                 self._deadlines = [e for e in self._deadlines if e[2].state is not SeqState.FINISHED]
                 heapq.heapify(self._deadlines)
         return seq
@@ -341,103 +184,135 @@ class Scheduler:
 
     def fail_batch(self, batch: Batch, error: WsserveError, now: float) -> None:
         """End every unfinished sequence of ``batch`` with ``error`` (a failed model step)."""
+        if batch is self._batch:
+            self._batch = None
         for seq in batch.seqs:
             if seq.state is not SeqState.FINISHED:
                 self._finish(seq, now, error=error)
 
     def abort_all(self, error: WsserveError, now: float) -> None:
         """End every running and waiting sequence with ``error`` (shutdown)."""
-        for seq in [*self._running, *self._waiting[1], *self._waiting[0]]:
+        self._batch = None
+        for seq in [*self._run.sequences, *self._waiting[1], *self._waiting[0]]:
             if seq.state is not SeqState.FINISHED:
                 self._finish(seq, now, error=error)
 
     def has_unfinished(self) -> bool:
-        return self._n_running > 0 or self._waiting[0].n > 0 or self._waiting[1].n > 0
+        return len(self._run) > 0 or self._waiting[0].n > 0 or self._waiting[1].n > 0
 
     def take_events(self) -> list[Event]:
         """The events since the last call, in order (see the module docstring)."""
         out, self._out = self._out, []
+        if not self._blocks:
+            return out  # type: ignore[return-value]
+        self._blocks = 0
+        events: list[Event] = []
+        for item in out:
+            if type(item) is TokenEvents:
+                events.extend(item.events())
+            else:
+                events.append(item)  # type: ignore[arg-type]
+        return events
+
+    def take_output(self) -> list[Event | TokenEvents]:
+        """:meth:`take_events` with each step's plain token events left as one
+        :class:`~.sequence.TokenEvents` block (what the engine delivers from)."""
+        out, self._out = self._out, []
+        self._blocks = 0
         return out
 
     # -- the step --------------------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
-        """Expire deadlines, admit waiting sequences, and return the next batch (or None)."""
+        """Expire deadlines, admit waiting sequences, and return the next batch (or None).
+
+        Raises ``RuntimeError`` if the previous batch was not given back
+        (:meth:`update_from_output` or :meth:`fail_batch`)."""
+        if self._batch is not None:
+            raise RuntimeError("schedule() called before the previous batch was given back "
+                               "(update_from_output or fail_batch)")
         self._last_now = now
-        self._expire(now)
-        for queue in (self._waiting[1], self._waiting[0]):
-            while queue.n and self._free:
-                self._admit(queue.pop(), now)
-        if not self._free and (self._waiting[0].n or self._waiting[1].n):
-            self._rebalance(now)
-        if self._dirty:
-            self._running = [s for s in self._running if s.state is SeqState.RUNNING]
-            self._relayout()
-        if not self._running:
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self._expire(now)
+        waiting, run = self._waiting, self._run
+        if waiting[0].n or waiting[1].n:
+            for queue in (waiting[1], waiting[0]):
+                while queue.n and run.free:
+                    self._admit(queue.pop(), now)
+            if not run.free and (waiting[0].n or waiting[1].n):
+                self._rebalance(now)
+        seqs, contexts, sampling, noise = run.batch()
+        if not seqs:
             return None
-        seqs, slots, temp, topk, s_rows, s_slots = self._layout
-        noise = None
-        if len(s_rows):
-            pos = self._npos[s_slots]
-            for i in np.flatnonzero(pos >= NOISE_BLOCK).tolist():
-                seq = seqs[s_rows[i]]
-                self._noise[seq.slot] = gumbel_block(seq._rng, self.model.vocab_size)
-                pos[i] = 0
-            noise = np.zeros((len(seqs), self.model.vocab_size))
-            noise[s_rows] = self._noise[s_slots, pos]
-            self._npos[s_slots] = pos + 1
-        return Batch(seqs, slots, self._ctx[slots], temp, topk, noise, now)
+        batch = self._batch = Batch(seqs, contexts, sampling, noise, now)
+        return batch
 
     def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float) -> None:
         """Apply one token per row of ``batch`` (``tokens [B]`` int ids); finish what ends.
 
         Deadlines are checked first: a sequence whose deadline passed during the
-        step gets its error, not the token.
+        step gets its error, not the token.  Raises ``RuntimeError`` if ``batch``
+        is not the one the last :meth:`schedule` returned (or was given back
+        already), and ``IndexError`` for a token id outside the vocabulary
+        (nothing is applied then).
         """
-        self._expire(now)
+        if batch is not self._batch:
+            raise RuntimeError("update_from_output() needs the batch of the last schedule(), once")
+        run = self._run
+        texts = run.texts(tokens)  # may raise: nothing changed yet
+        self._batch = None
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self._expire(now)
         self._steps += 1
-        self._last_batch = batch.size
+        self._last_batch = size = batch.size
         elapsed = now - batch.scheduled_at
         self._step_s = elapsed if self._steps == 1 else self._step_s + 0.2 * (elapsed - self._step_s)
-        ctx = batch.contexts
-        rolled = np.empty_like(ctx)  # [B, k]
-        rolled[:, :-1] = ctx[:, 1:]
-        rolled[:, -1] = tokens
-        self._ctx[batch.slots] = rolled
-        itos, out = self._itos, self._out
-        running, emitted = SeqState.RUNNING, 0
-        for seq, tok in zip(batch.seqs, tokens.tolist()):
-            if seq.state is not running:
+        numbers, ending = run.advance(batch.contexts, tokens, now)
+        seqs = batch.seqs
+        if run.changed:  # a row ended during the step: it streams nothing more
+            mask: list[bool] | None = [s.state is _RUNNING and s._stops is None for s in seqs]
+            emitted = sum(mask)  # type: ignore[arg-type]
+        else:
+            mask, emitted = run.plain, run.n_plain
+        if emitted:  # the rows without stop strings stream their token as is: one block
+            self._out.append(TokenEvents(seqs, numbers, texts, mask))
+            self._blocks += 1
+        if run.stop_rows:
+            emitted += self._emit_stops(seqs, texts, run.stop_rows, now)
+        if ending:
+            for seq in list(ending):
+                self._finish(seq, now, reason="length")
+        self._generated += size
+        self._tokens += emitted
+
+    def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], rows: list[int], now: float) -> int:
+        """Token events of the running rows with stop strings (held-back text released,
+        a completed stop string ends the sequence); returns how many."""
+        out, emitted, tick = self._out, 0, self._run.tick.value
+        for i in rows:
+            seq = seqs[i]
+            if seq.state is not _RUNNING:
                 continue
-            text = itos[tok]
-            seq.generated += 1
-            if seq.first_token_at is None:
-                seq.first_token_at = now
             matcher = seq._stops
-            if matcher is None:
-                out.append((seq, seq.streamed, text))
-                seq.streamed += 1
-                emitted += 1
-                if seq.generated >= seq.params.max_tokens:
-                    self._finish(seq, now, reason="length")
-                continue
-            released, stopped = matcher.feed(text)
-            if not stopped and seq.generated >= seq.params.max_tokens:
-                released += matcher.flush()
+            released, stopped = matcher.feed(texts[i])  # type: ignore[union-attr]
+            length = tick - seq._base >= seq.params.max_tokens
+            if not stopped and length:
+                released += matcher.flush()  # type: ignore[union-attr]
+            n = seq._streamed
             for ch in released:
-                out.append((seq, seq.streamed, ch))
-                seq.streamed += 1
-                emitted += 1
+                out.append((seq, n, ch))
+                n += 1
+            emitted += n - seq._streamed
+            seq._streamed = n
             if stopped:
                 self._finish(seq, now, reason="stop")
-            elif seq.generated >= seq.params.max_tokens:
+            elif length:
                 self._finish(seq, now, reason="length")
-        self._generated += batch.size
-        self._tokens += emitted
+        return emitted
 
     # -- introspection ---------------------------------------------------------------
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(
-            running=self._n_running,
+            running=len(self._run),
             waiting=len(self._waiting[0]) + len(self._waiting[1]),
             max_generate_batch=self.max_generate_batch,
             max_generate_queue=self.max_generate_queue,
@@ -474,30 +349,16 @@ class Scheduler:
             rng = seq._rng
             if p.temperature > 0 and rng is None:
                 rng = new_generator(p.seed)
-            top_k = p.top_k if 0 < p.top_k < self.model.vocab_size else 0  # >= V: every token
         except Exception as exc:  # noqa: BLE001 - one sequence's failure stays in it
             # Already out of its wait queue: end it without touching the queues.
             self._ended(seq, now, None, Internal(f"could not start the generation: {type(exc).__name__}: {exc}"))
             return
-        slot = self._free.pop()
-        seq.state, seq.slot = SeqState.RUNNING, slot
         if seq.admitted_at is None:
             seq.admitted_at = now
-        self._ctx[slot] = context
-        self._temp[slot] = p.temperature
-        self._topk[slot] = top_k
-        if p.temperature > 0:
-            seq._rng = rng
-            if seq._noise is not None:  # resuming after preemption: the same noise, in order
-                self._noise[slot], self._npos[slot] = seq._noise
-            else:
-                self._npos[slot] = NOISE_BLOCK  # refill before first use
-        seq._context = seq._noise = None
-        self._running.append(seq)
-        self._n_running += 1
+        seq._rng = rng
+        self._run.add(seq, context)
         key = seq.group if seq.group is not None else seq
         self._group_running[key] = self._group_running.get(key, 0) + 1
-        self._dirty = True
 
     def _rebalance(self, now: float) -> None:
         """Fair share: while a waiting group runs fewer than ``ceil(max_generate_batch /
@@ -520,47 +381,33 @@ class Scheduler:
             victim_group = max(running, key=running.__getitem__)
             if running[victim_group] <= share:
                 return
-            victim = next(s for s in reversed(self._running)
-                          if s.state is SeqState.RUNNING and (s.group if s.group is not None else s) == victim_group)
+            victim = next(s for s in reversed(self._run.sequences)
+                          if s.state is _RUNNING and (s.group if s.group is not None else s) == victim_group)
             self._preempt(victim)
             self._admit(self._waiting[priority].pop_group(found), now)
 
     def _preempt(self, seq: Sequence) -> None:
         """Move running ``seq`` back to the front of its group's wait queue, with its state."""
-        slot = seq.slot
-        seq._context = self._ctx[slot].copy()
-        if seq.params.temperature > 0:
-            seq._noise = (self._noise[slot].copy(), int(self._npos[slot]))
-        self._release(seq)
-        seq.state, seq.slot = SeqState.WAITING, -1
+        self._release(seq, keep=True)
+        seq.state = SeqState.WAITING
         self._waiting[seq.params.priority].push(seq, front=True)
         self._preempted += 1
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seq: Sequence, *, keep: bool = False) -> None:
         """Free a running sequence's slot and count."""
-        self._free.append(seq.slot)
-        self._n_running -= 1
+        self._run.remove(seq, keep=keep)
         key = seq.group if seq.group is not None else seq
         left = self._group_running[key] - 1
         if left > 0:
             self._group_running[key] = left
         else:
             del self._group_running[key]
-        self._dirty = True
-
-    def _relayout(self) -> None:
-        seqs = tuple(self._running)
-        slots = np.array([s.slot for s in seqs], dtype=np.int64)
-        temp, topk = self._temp[slots], self._topk[slots]
-        s_rows = np.flatnonzero(temp > 0)
-        self._layout = (seqs, slots, temp, topk, s_rows, slots[s_rows])
-        self._dirty = False
 
     def _finish(self, seq: Sequence, now: float, *, reason: str | None = None,
                 error: WsserveError | None = None) -> None:
         if seq.state is SeqState.WAITING:
             self._waiting[seq.params.priority].remove(seq)
-        elif seq.state is SeqState.RUNNING:
+        elif seq.state is _RUNNING:
             self._release(seq)
         self._ended(seq, now, reason, error)
 
@@ -573,7 +420,7 @@ class Scheduler:
         self._out.append((seq, FINISHED, ""))
 
     def _retry_after_ms(self) -> int:
-        running = [s for s in self._running if s.state is SeqState.RUNNING]
+        running = [s for s in self._run.sequences if s.state is _RUNNING]
         if not running:
             return 100
         soonest = min(s.params.max_tokens - s.generated for s in running)

@@ -37,7 +37,7 @@ class StopMatcher:
     (which returns the held-back text, to be streamed on a ``length`` finish).
     """
 
-    __slots__ = ("_fail", "_held", "_state", "_stops")
+    __slots__ = ("_fail", "_first", "_held", "_state", "_stops")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         if not stops or not all(stops):
@@ -46,6 +46,7 @@ class StopMatcher:
         self._fail = [_failure(s) for s in stops]
         self._state = [0] * len(stops)  # longest prefix of stop i that is a suffix of the text
         self._held = ""
+        self._first = frozenset(s[0] for s in stops)
 
     @property
     def held(self) -> str:
@@ -59,6 +60,10 @@ class StopMatcher:
         ``stopped`` is true when a stop string completed inside ``text`` - then
         ``released`` is everything before it and the rest is discarded.
         """
+        if not self._held and self._first.isdisjoint(text):
+            # Nothing is held (every match state is 0) and no character can start a
+            # stop string: the states stay 0 and all of ``text`` is released.
+            return text, False
         held = self._held + text
         consumed = len(self._held)
         stops, fail, state = self._stops, self._fail, self._state

@@ -1,0 +1,319 @@
+"""The running sequences of a scheduler, laid out as arrays: :class:`RunningSet` (sans-I/O).
+
+Per step, the scheduler needs the batch (contexts, sampling, noise) and, after
+the model step, each row's token number, text and whether it ends by length.
+Doing that with Python work per sequence is what bounds continuous batching of
+a small model, so the running set keeps it in arrays and counters:
+
+- **Layout** (changed only when the running set changes): the sequences in
+  admission order, their contexts ``[B, k]`` (rolled by one numpy call per
+  step), the next token number of every row (a list, incremented per step), the
+  rows with stop strings, and the sampling spec (:class:`~.sampling.SampledRows`).
+  Sequences that join get rows appended after the current ones (Python work for
+  the joiners only); after one left, the layout is rebuilt (O(B)).
+- **Counters**: a running sequence's token count is ``tick - base``; nothing is
+  incremented per sequence.
+- **Calendars** (tick -> sequences): when a sequence ends by ``max_tokens``
+  (sequences without stop strings) and when a sampled one needs its next block
+  of noise; a step looks up its own tick, nothing else.
+- **Noise**: one buffer of ``capacity * NOISE_BLOCK`` rows (a block per slot),
+  read per step with one ``take`` of the sampled rows' positions.
+
+Call order (the scheduler's): ``add``/``remove`` between steps; ``batch`` once
+per step, then ``advance`` with that batch's tokens.  Not thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .params import MIN_TEMPERATURE
+from .sampling import NOISE_BLOCK, SampledRows, gumbel_block, gumbel_from_uniform
+from .sequence import SeqState, Sequence, Tick
+
+__all__ = ["RunningSet", "TokenModel"]
+
+_RUNNING = SeqState.RUNNING
+
+
+class TokenModel(Protocol):
+    """What the scheduler and the engine need from a generative model (e.g. ``CharLM``)."""
+
+    context_len: int
+    vocab_size: int
+    id_to_text: tuple[str, ...]
+
+    def initial_context(self, prompt: str) -> np.ndarray:
+        """``[k]`` int ids for the prompt."""
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
+
+
+def _book(calendar: dict[int, dict[Sequence, None]], tick: int, seq: Sequence) -> None:
+    day = calendar.get(tick)
+    if day is None:
+        calendar[tick] = {seq: None}
+    else:
+        day[seq] = None
+
+
+def _unbook(calendar: dict[int, dict[Sequence, None]], tick: int, seq: Sequence) -> None:
+    day = calendar.get(tick)
+    if day is not None:
+        day.pop(seq, None)
+        if not day:
+            del calendar[tick]
+
+
+class RunningSet:
+    """Up to ``capacity`` running sequences and the arrays of their next step."""
+
+    def __init__(self, model: TokenModel, capacity: int) -> None:
+        self.capacity = capacity
+        self.tick = Tick()
+        self._k, self._v = model.context_len, model.vocab_size
+        self._itos = np.array(model.id_to_text, dtype=object)  # [V] token texts, taken per step
+        self._free = list(range(capacity - 1, -1, -1))  # stack of free slots
+        self._seqs: list[Sequence] = []  # admission order (may hold ended ones until the next layout)
+        self._noise = np.zeros((capacity * NOISE_BLOCK, self._v))  # slot s: rows s*NB .. s*NB+NB-1
+        self._ends: dict[int, dict[Sequence, None]] = {}
+        self._refills: dict[int, dict[Sequence, None]] = {}
+        self._fresh: list[Sequence] = []  # admitted before their first token
+        self._dirty = False
+        self._joined: list[Sequence] = []  # added since the last layout, in order
+        self._left = False  # a sequence was removed since the last layout
+        # The layout.
+        self._rows: tuple[Sequence, ...] = ()
+        self._contexts = np.zeros((0, self._k), np.int64)  # [B, k], row order of _rows
+        self._next: list[int] = []  # token number of each row's next token
+        self._stop_rows: list[int] = []
+        self._plain: list[bool] | None = None  # per row: no stop strings (None: every row)
+        self._n_plain = 0
+        self._sampling: SampledRows | None = None
+        self._nidx = np.zeros(0, np.int64)  # [S] noise buffer row of each sampled row's next token
+        self._sampled: list[int] = []  # rows that sample, and per sampled row its scale and top-k
+        self._scales: list[float] = []
+        self._top_ks: list[tuple[int, int]] = []  # (index among the sampled rows, k) with 0 < k < V
+
+    # -- membership ----------------------------------------------------------------
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    @property
+    def sequences(self) -> list[Sequence]:
+        """The running sequences, oldest admission first."""
+        if self._left:
+            self._seqs = [s for s in self._seqs if s.state is _RUNNING]
+        return self._seqs
+
+    def __len__(self) -> int:
+        return self.capacity - len(self._free)
+
+    def add(self, seq: Sequence, context: np.ndarray) -> None:
+        """Start running ``seq`` (a free slot must exist) from ``context [k]``, resuming its
+        count and noise block if it ran before.  Its first token is at the next step."""
+        slot = self._free.pop()
+        tick = self.tick.value
+        g = seq._gen
+        seq.state, seq.slot = _RUNNING, slot
+        seq._base = tick - g
+        seq._context = context
+        p = seq.params
+        if seq._stops is None:
+            seq._end = seq._base + p.max_tokens
+            _book(self._ends, seq._end, seq)
+        if p.temperature > 0:
+            into = g % NOISE_BLOCK
+            if into:  # resuming inside a noise block: the same noise, in order
+                self._noise[slot * NOISE_BLOCK:(slot + 1) * NOISE_BLOCK] = seq._noise
+                seq._refill = tick + NOISE_BLOCK - into
+            else:
+                seq._refill = tick
+            _book(self._refills, seq._refill, seq)
+        seq._noise = None
+        if seq.first_token_at is None:
+            self._fresh.append(seq)
+        self._seqs.append(seq)
+        self._joined.append(seq)
+        self._dirty = True
+
+    def remove(self, seq: Sequence, *, keep: bool = False) -> None:
+        """Stop running ``seq`` (the caller then changes its state).  Its token count is
+        frozen; with ``keep`` (preemption) its context and noise block are saved on it."""
+        g = self.tick.value - seq._base
+        seq._gen = g
+        slot = seq.slot
+        if keep:
+            if seq._context is None:
+                seq._context = self._contexts[seq._row].copy()
+            if seq.params.temperature > 0 and g % NOISE_BLOCK:
+                seq._noise = self._noise[slot * NOISE_BLOCK:(slot + 1) * NOISE_BLOCK].copy()
+        else:
+            seq._context = None
+        if seq._end >= 0:
+            _unbook(self._ends, seq._end, seq)
+            seq._end = -1
+        if seq._refill >= 0:
+            _unbook(self._refills, seq._refill, seq)
+            seq._refill = -1
+        self._free.append(slot)
+        seq.slot = -1
+        self._dirty = self._left = True
+
+    # -- the step --------------------------------------------------------------------
+    def batch(self) -> tuple[tuple[Sequence, ...], np.ndarray, SampledRows | None, np.ndarray | None]:
+        """The next step's ``(seqs, contexts [B, k], sampling, noise [S, V])``; B may be 0.
+
+        Draws the noise blocks that are due (so call it once per step)."""
+        if self._dirty:
+            self._layout()
+        noise = None
+        if self._sampling is not None:
+            due = self._refills.pop(self.tick.value, None)
+            if due:
+                self._refill(due)
+            noise = self._noise.take(self._nidx, axis=0)  # [S, V]
+            self._nidx += 1
+        return self._rows, self._contexts, self._sampling, noise
+
+    def texts(self, tokens: np.ndarray) -> list[str]:
+        """Token ids -> texts (raises ``IndexError`` on an id outside the vocabulary; changes nothing)."""
+        return self._itos.take(tokens).tolist()
+
+    def advance(self, contexts: np.ndarray, tokens: np.ndarray, now: float) -> tuple[list[int], dict[Sequence, None] | None]:
+        """Apply one token per row (``contexts`` are the batch's): returns each row's token
+        number and the sequences that reach ``max_tokens`` now (those without stop strings).
+
+        Rows of sequences that ended during the step are not looked at (the next
+        layout drops them)."""
+        self.tick.value += 1
+        self._contexts = np.concatenate((contexts[:, 1:], tokens[:, None]), axis=1)  # [B, k]
+        if self._fresh:
+            for seq in self._fresh:
+                if seq.state is _RUNNING and seq.first_token_at is None:
+                    seq.first_token_at = now
+            self._fresh = []
+        numbers = self._next
+        self._next = [n + 1 for n in numbers]
+        return numbers, self._ends.pop(self.tick.value, None)
+
+    @property
+    def changed(self) -> bool:
+        """True when a sequence left or joined since the last layout."""
+        return self._dirty
+
+    @property
+    def stop_rows(self) -> list[int]:
+        return self._stop_rows
+
+    @property
+    def plain(self) -> list[bool] | None:
+        """Per row: True if it has no stop strings (None: every row has none)."""
+        return self._plain
+
+    @property
+    def n_plain(self) -> int:
+        """Rows without stop strings."""
+        return self._n_plain
+
+    # -- internals -------------------------------------------------------------------
+    def _layout(self) -> None:
+        """Lay out the running set after a change: appended rows when sequences only
+        joined (O(joined) Python work, the common case while requests arrive), else a
+        rebuild (O(B))."""
+        if self._left:
+            self._seqs = [s for s in self._seqs if s.state is _RUNNING]
+            self._rebuild()
+        else:
+            self._append(self._joined)
+        self._joined = []
+        self._left = self._dirty = False
+
+    def _rebuild(self) -> None:
+        seqs = self._seqs
+        old = self._contexts
+        keep: list[int] = []
+        fresh: list[np.ndarray] = []
+        for s in seqs:  # laid-out sequences come first (admission order), new ones after
+            if s._context is None:
+                keep.append(s._row)
+            else:
+                fresh.append(s._context)
+                s._context = None
+        parts = []
+        if keep:
+            parts.append(old if len(keep) == len(old) else old[keep])
+        if fresh:
+            parts.append(np.stack(fresh))
+        self._contexts = (np.concatenate(parts) if len(parts) > 1 else parts[0]) if parts else \
+            np.zeros((0, self._k), np.int64)
+        self._rows = ()
+        self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
+        self._sampled, self._scales, self._top_ks = [], [], []
+        self._nidx = np.zeros(0, np.int64)
+        self._extend(seqs)
+
+    def _append(self, joined: list[Sequence]) -> None:
+        """Rows for ``joined`` (added since the last layout, none removed) after the current ones."""
+        self._contexts = np.concatenate((self._contexts, np.stack([s._context for s in joined])))  # type: ignore[misc]
+        for s in joined:
+            s._context = None
+        self._extend(joined)
+
+    def _extend(self, seqs: list[Sequence]) -> None:
+        """Append the per-row bookkeeping of ``seqs`` (their contexts are already in place)."""
+        first = len(self._rows)
+        self._rows = rows = self._rows + tuple(seqs)
+        tick, v = self.tick.value, self._v
+        nxt, stop_rows, sampled = self._next, self._stop_rows, self._sampled
+        scales, top_ks = self._scales, self._top_ks
+        nidx: list[int] = []
+        for i, s in enumerate(seqs, first):
+            s._row = i
+            g = tick - s._base
+            nxt.append(g)
+            if s._stops is not None:
+                stop_rows.append(i)
+            p = s.params
+            if p.temperature > 0:
+                s._srow = j = len(sampled)
+                sampled.append(i)
+                scales.append(max(p.temperature, MIN_TEMPERATURE))
+                if 0 < p.top_k < v:
+                    top_ks.append((j, p.top_k))
+                nidx.append(s.slot * NOISE_BLOCK + g % NOISE_BLOCK)
+        if stop_rows:
+            old = self._plain if self._plain is not None else [True] * first
+            self._plain = old + [s._stops is None for s in seqs]  # a new list: blocks keep theirs
+        self._n_plain = len(rows) - len(stop_rows)
+        if nidx:
+            self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
+        self._sampling = None if not sampled else SampledRows(
+            rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
+            scale=np.array(scales)[:, None],
+            top_k_rows=np.array([j for j, _ in top_ks], np.int64) if top_ks else None,
+            top_k=np.array([k for _, k in top_ks], np.int64) if top_ks else None,
+        )
+
+    def _refill(self, due: dict[Sequence, None]) -> None:
+        """Draw the next noise block of each sequence in ``due`` (from its own generator);
+        several at once share the log transforms (elementwise: the same values)."""
+        tick, v, buf, nidx = self.tick.value, self._v, self._noise, self._nidx
+        seqs = list(due)
+        if len(seqs) == 1:
+            start = seqs[0].slot * NOISE_BLOCK
+            gumbel_block(seqs[0]._rng, v, out=buf[start:start + NOISE_BLOCK])  # type: ignore[arg-type]
+        else:
+            u = np.empty((len(seqs) * NOISE_BLOCK, v))  # [n * NB, V]
+            for j, seq in enumerate(seqs):
+                seq._rng.random(out=u[j * NOISE_BLOCK:(j + 1) * NOISE_BLOCK])  # type: ignore[union-attr]
+            gumbel_from_uniform(u)
+            buf.reshape(self.capacity, NOISE_BLOCK, v)[[s.slot for s in seqs]] = u.reshape(len(seqs), NOISE_BLOCK, v)
+        for seq in seqs:
+            nidx[seq._srow] = seq.slot * NOISE_BLOCK
+            seq._refill = tick + NOISE_BLOCK
+            _book(self._refills, seq._refill, seq)
