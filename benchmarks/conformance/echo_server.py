@@ -118,7 +118,8 @@ class EchoApp:
         self.protocols: set[Any] = set()
         self.close_codes: list[int] = []
 
-    def route_http(self, request: HttpRequest) -> HttpResponse:
+    def route_http(self, request: HttpRequest, exchange: object = None) -> HttpResponse:
+        """Every plain request: 404, answered at once (the transport passes its exchange too)."""
         return HttpResponse(404, b"WebSocket echo only\n")
 
     def vet_websocket(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
