@@ -377,7 +377,7 @@ class WireSession:
         self.reopened = 0
 
     def _open(self) -> ClientConnection:
-        ws = connect(self.url, compression=None, max_size=None, open_timeout=10)
+        ws = connect(self.url, compression=None, max_size=None, open_timeout=10, legacy=True)  # closed by close()
         assert orjson.loads(ws.recv(timeout=10))["type"] == "hello"
         return ws
 

@@ -268,3 +268,21 @@ def test_the_same_handshakes_are_accepted_and_refused_on_every_transport(server,
     got, head = _handshake_status(server.port, **kwargs)
     assert got == status, head
     assert b"\r\nServer: wsserve/" in head
+
+
+async def test_whole_data_frames_take_the_fast_path(server) -> None:
+    """The fast path is how the server reaches its throughput: if a websockets release changed
+    what the transport relies on and every frame went through the library instead, the server
+    would still be correct, only slower; this test fails instead."""
+    before = await server.ametrics()
+    client = await _open(server.port)
+    assert (await client.recv_json())["type"] == "hello"
+    await client.send_bytes(b"".join(client_frame(_ping_msg(i)) for i in range(50)))
+    for i in range(50):
+        assert await client.recv_json() == {"type": "pong", "id": i}
+    client.close()
+    after = await server.ametrics()
+    fast = after.get("wsserve_websocket_frames_total", path="fast") - before.get("wsserve_websocket_frames_total", path="fast")
+    library = after.get("wsserve_websocket_frames_total", path="library") - before.get(
+        "wsserve_websocket_frames_total", path="library")
+    assert fast >= 50 and library == 0, (fast, library)
