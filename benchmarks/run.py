@@ -1,8 +1,9 @@
 """The peer-comparison suite: ``python -m benchmarks.run [--quick]`` (or ``python benchmarks/run.py``).
 
-Starts four servers, each its own process with uvloop and one BLAS thread —
+Starts the servers, each its own process with uvloop and one BLAS thread —
 the raw ``websockets`` echo (the ceiling), the naive per-message server, a
-FastAPI/uvicorn endpoint and wsserve — and drives each with the load-test tool
+FastAPI/uvicorn endpoint, wsserve, and for ``--transport picows`` a raw picows
+echo and wsserve on picows — and drives each with the load-test tool
 (``python -m wsserve.loadtest``, a separate process) using single-row
 ``predict`` at 1, 64 and 256 connections, closed loop, one request in flight
 per connection.  Repetitions are interleaved across servers (so a noisy
@@ -65,6 +66,9 @@ SERVERS: dict[str, tuple[list[str], tuple[str | None, ...]]] = {
     "naive": ([PY, "benchmarks/peers/naive_server.py", "--port", "0"], ("linear", "mlp")),
     "fastapi": ([PY, "benchmarks/peers/fastapi_server.py", "--port", "0"], ("linear", "mlp")),
     "wsserve": (serve_command("--log-level", "warning"), ("linear", "mlp")),
+    # --transport picows and its library's raw echo (the `fast` extra; skipped when missing)
+    "echo-picows": ([PY, "benchmarks/peers/picows_echo_server.py", "--port", "0"], (None,)),
+    "wsserve-picows": (serve_command("--log-level", "warning", "--transport", "picows"), ("linear", "mlp")),
 }
 
 

@@ -1,4 +1,19 @@
-"""Shared fixtures: a real server on loopback, once per event-loop kind."""
+"""Shared fixtures: real servers on loopback, on every WebSocket transport.
+
+Every over-the-wire test runs on both transports (``--transport websockets``
+and ``--transport picows``):
+
+- ``server`` (one per session and kind): websockets on the asyncio loop and on
+  uvloop, picows on uvloop (picows is what fast deployments run, on uvloop);
+- ``start_server`` (a factory, per test): parametrized by ``transport``;
+- module-scoped servers started with :class:`ServerProcess` take the
+  ``module_transport`` fixture (each transport in turn) or are parametrized
+  with :data:`tests.support.TRANSPORTS` themselves.
+
+A test that pins one library's behaviour says so with
+``@pytest.mark.only_transport("websockets", reason=...)``: it is skipped, with
+that reason, on the other transport.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +22,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import TRANSPORTS, ServerProcess
 
 LOOPS = ["asyncio", "uvloop"]
+#: (loop, transport) of the session servers.
+SERVERS = [("asyncio", "websockets"), ("uvloop", "websockets"), ("uvloop", "picows")]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "only_transport(name, reason): run the test on that WebSocket transport only, with the reason why"
+    )
+
+
+def _only(request: pytest.FixtureRequest, transport: str) -> None:
+    """Skip the test if it is marked for another transport."""
+    marker = request.node.get_closest_marker("only_transport")
+    if marker is not None and marker.args[0] != transport:
+        reason = marker.kwargs.get("reason") or f"{marker.args[0]} only"
+        pytest.skip(f"{marker.args[0]} only: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -19,25 +50,47 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(path) if path else tmp_path_factory.mktemp("model-cache")
 
 
-@pytest.fixture(scope="session", params=LOOPS)
-def server(request: pytest.FixtureRequest, model_cache: Path):
-    """A default server (all models), once on the asyncio loop and once on uvloop."""
-    proc = ServerProcess(cache_dir=model_cache, loop=request.param)
+@pytest.fixture(scope="session", params=SERVERS, ids=[f"{t}-{loop}" for loop, t in SERVERS])
+def _session_server(request: pytest.FixtureRequest, model_cache: Path):
+    loop, transport = request.param
+    proc = ServerProcess(cache_dir=model_cache, loop=loop, transport=transport)
     yield proc
     proc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def server(request: pytest.FixtureRequest, _session_server: ServerProcess) -> ServerProcess:
+    """A default server (all models): websockets on asyncio and on uvloop, picows on uvloop."""
+    _only(request, _session_server.transport)
+    return _session_server
+
+
+@pytest.fixture
 def server_url(server: ServerProcess) -> str:
     return server.url
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport_name(request: pytest.FixtureRequest) -> str:
+    """Each WebSocket transport in turn (skipped where the test is marked ``only_transport``)."""
+    _only(request, request.param)
+    return request.param
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def module_transport(request: pytest.FixtureRequest) -> str:
+    """Each WebSocket transport in turn, for a module's own servers (pass it as ``transport=``):
+    every server of the module runs on the same one, so they are started once per transport."""
+    return request.param
+
+
 @pytest.fixture
-def start_server(model_cache: Path):
-    """Factory for a server with extra flags; stopped at the end of the test."""
+def start_server(model_cache: Path, transport_name: str):
+    """Factory for a server with extra flags, on each transport; stopped at the end of the test."""
     started: list[ServerProcess] = []
 
     def start(*args: str, loop: str = "auto", **kwargs) -> ServerProcess:
+        kwargs.setdefault("transport", transport_name)
         proc = ServerProcess(*args, cache_dir=model_cache, loop=loop, **kwargs)
         started.append(proc)
         return proc

@@ -155,6 +155,26 @@ def test_validate_tls_pairs_and_files(tmp_path: Path) -> None:
     ServerConfig(certfile=cert, keyfile=key).validate()
 
 
+def test_validate_transport() -> None:
+    assert ServerConfig().transport == "websockets"
+    ServerConfig(transport="picows").validate()
+    with pytest.raises(ValueError, match="--transport must be websockets or picows, got 'trio'"):
+        ServerConfig(transport="trio").validate()
+    with pytest.raises(ValueError, match="--compression is not available with --transport picows"):
+        ServerConfig(transport="picows", compression=True).validate()
+    ServerConfig(transport="websockets", compression=True).validate()
+
+
+def test_picows_transport_without_picows_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "picows" else real(name, *a))
+    with pytest.raises(ValueError, match=r"--transport picows needs the picows package: pip install 'wsserve\[fast\]'"):
+        ServerConfig(transport="picows").validate()
+    ServerConfig().validate()  # the default transport does not need it
+
+
 # --------------------------------------------------------------------------- CLI errors
 
 
@@ -174,6 +194,8 @@ def test_validate_tls_pairs_and_files(tmp_path: Path) -> None:
         (["serve", "--drain-timeout-s", "soon"], ["--drain-timeout-s"]),
         (["serve", "--drain-timeout", "soon"], ["--drain-timeout"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
+        (["serve", "--transport", "trio"], ["--transport", "trio"]),
+        (["serve", "--transport", "picows", "--compression"], ["--compression", "--transport picows"]),
         (["serve", "--log-level", "loud"], ["--log-level"]),
         (["serve", "--no-such-flag"], ["--no-such-flag"]),
         (["serve", "--api-key-file", "/nonexistent/keys.txt"], ["--api-key-file"]),

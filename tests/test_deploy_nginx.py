@@ -37,14 +37,14 @@ WAIT_S = 60.0
 
 
 @pytest.fixture
-def stack(tmp_path: Path, model_cache: Path):
-    """Backends A and B (linear + charlm) and nginx in front of both."""
+def stack(tmp_path: Path, model_cache: Path, transport_name: str):
+    """Backends A and B (linear + charlm) and nginx in front of both, on each WebSocket transport."""
     args = ("--models", "linear,charlm", "--drain-timeout-s", str(DRAIN_TIMEOUT_S))
     procs: list[Any] = []
     try:
-        a = ServerProcess(*args, cache_dir=model_cache)
+        a = ServerProcess(*args, cache_dir=model_cache, transport=transport_name)
         procs.append(a)
-        b = ServerProcess(*args, cache_dir=model_cache)
+        b = ServerProcess(*args, cache_dir=model_cache, transport=transport_name)
         procs.append(b)
         nginx = NginxProcess(tmp_path / "nginx", [a.port, b.port])
         procs.append(nginx)

@@ -71,9 +71,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory, mlp: MLPModel) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path, model_cache: Path):
-    """The default models plus the repository."""
-    proc = ServerProcess("--model-repository", str(repo), "--max-explain-rows", "40", cache_dir=model_cache)
+def server(repo: Path, model_cache: Path, module_transport: str):
+    """The default models plus the repository, on each transport."""
+    proc = ServerProcess("--model-repository", str(repo), "--max-explain-rows", "40", cache_dir=model_cache,
+                         transport=module_transport)
     yield proc
     proc.stop()
 

@@ -90,6 +90,18 @@ def test_suite_fragment_reports_ratios_and_verdicts_honestly() -> None:
     assert "All targets met in this run." in met and "❌" not in met
 
 
+def test_picows_targets_are_judged_at_64_connections_only() -> None:
+    data = _data(wsserve_linear=36_000.0, wsserve_mlp=12_000.0)
+    for n in (1, 64, 256):  # 1.5x the echo ceiling: below the 2x target; mlp 1.6x wsserve's: above 1.5x
+        data["summary"][f"wsserve-picows|linear|{n}"] = median_of([_run(60_000.0)])
+        data["summary"][f"wsserve-picows|mlp|{n}"] = median_of([_run(19_200.0)])
+    text = render_suite(data)
+    assert "| wsserve picows linear ÷ echo ceiling | 1.50× | 1.50× ❌ | 1.50× | ≥ 2× at 64 conns |" in text
+    assert "| wsserve picows mlp ÷ wsserve mlp | 1.60× | 1.60× ✅ | 1.60× | ≥ 1.5× at 64 conns |" in text
+    assert "**Below target:** wsserve picows linear ÷ echo ceiling is 1.50× at 64 connections, below the 2× target." in text
+    assert "| wsserve --transport picows | linear | 60,000 <sub>(60,000–60,000)</sub> |" in text
+
+
 def test_quick_runs_are_labelled() -> None:
     data = _data(30_000.0, 12_000.0)
     data["plan"] = {**QUICK.__dict__, "connections": [1, 64, 256]}
@@ -125,3 +137,14 @@ def test_assembler_orders_fragments_and_describes_the_machine(tmp_path: Path) ->
     order = [text.index(h) for h in ("## Machine", "## Peer comparison", "## Generation", "## Zeta things")]
     assert order == sorted(order)
     assert "- [Peer comparison: single-row predict](#peer-comparison-single-row-predict)" in text
+
+
+def test_bench_transport_starts_the_cli_of_this_checkout_on_each_transport() -> None:
+    """benchmarks/bench_transport.py imports (it broke once when benchmarks/servers.py changed)
+    and drives the same CLI command as the tests, once per transport."""
+    from benchmarks.bench_transport import SERVERS
+    from tests.support import serve_command
+
+    base = serve_command("--log-level", "warning", loop="uvloop")
+    assert SERVERS["wsserve"][0] == base
+    assert SERVERS["wsserve-picows"][0] == [*base, "--transport", "picows"]

@@ -11,15 +11,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import TRANSPORTS, ServerProcess
 from wsserve.loadtest import EXIT_OK, LoadConfig, parse_mix, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def wsserve_url(model_cache: Path) -> Iterator[str]:
-    proc = ServerProcess(cache_dir=model_cache)
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def wsserve_url(request: pytest.FixtureRequest, model_cache: Path) -> Iterator[str]:
+    proc = ServerProcess(cache_dir=model_cache, transport=request.param)
     yield proc.url
     proc.stop()
 
@@ -88,8 +88,8 @@ def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path:
     assert rep["requests"]["errors"] == 0
 
 
-def test_api_key_is_sent_in_every_handshake(model_cache: Path) -> None:
-    proc = ServerProcess("--api-key", "k3y", cache_dir=model_cache)
+def test_api_key_is_sent_in_every_handshake(start_server) -> None:
+    proc = start_server("--api-key", "k3y")
     try:
         base = dict(
             url=proc.url,

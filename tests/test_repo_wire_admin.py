@@ -46,9 +46,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def open_server(repo: Path) -> Iterator[ServerProcess]:
+def open_server(repo: Path, module_transport: str) -> Iterator[ServerProcess]:
     """No keys at all: admin operations are allowed from loopback."""
-    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+    with ServerProcess("--models", "none", "--model-repository", str(repo), transport=module_transport) as srv:
         yield srv
 
 
@@ -154,17 +154,18 @@ async def test_admin_errors_name_the_problem(open_server: ServerProcess, msg: di
 
 
 @pytest.fixture(scope="module")
-def admin_only_server(repo: Path) -> Iterator[ServerProcess]:
+def admin_only_server(repo: Path, module_transport: str) -> Iterator[ServerProcess]:
     """An admin key and no API keys: anyone may predict, only K may administer."""
-    with ServerProcess("--models", "none", "--model-repository", str(repo), "--admin-key", ADMIN) as srv:
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--admin-key", ADMIN,
+                       transport=module_transport) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def keyed_server(repo: Path) -> Iterator[ServerProcess]:
+def keyed_server(repo: Path, module_transport: str) -> Iterator[ServerProcess]:
     """API keys and an admin key."""
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--api-key", API,
-                       "--admin-key", ADMIN) as srv:
+                       "--admin-key", ADMIN, transport=module_transport) as srv:
         yield srv
 
 

@@ -27,7 +27,7 @@ BAD_LOGITS_PY = BIGRAM_PY.replace("return self.table[contexts[:, -1]]", "return 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory, module_transport: str) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("repository")
     for name in ("bigram", "slowgen", "badgen"):
         (root / name).mkdir()
@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     write_py(root / "slowgen" / "1", BIGRAM_PY, **{"seed.txt": str(SLOW_SEED), "delay.txt": "0.002"})
     write_py(root / "badgen" / "1", BAD_LOGITS_PY, **{"seed.txt": "1"})
     with ServerProcess("--models", "none", "--model-repository", str(root),
-                       "--max-generate-batch", str(MAX_BATCH)) as srv:
+                       "--max-generate-batch", str(MAX_BATCH), transport=module_transport) as srv:
         srv.root = root  # type: ignore[attr-defined]
         yield srv
 

@@ -105,8 +105,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Repo) -> Iterator[ServerProcess]:
-    with ServerProcess("--models", "none", "--model-repository", str(repo.root)) as srv:
+def server(repo: Repo, module_transport: str) -> Iterator[ServerProcess]:
+    with ServerProcess("--models", "none", "--model-repository", str(repo.root), transport=module_transport) as srv:
         yield srv
 
 

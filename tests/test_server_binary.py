@@ -95,6 +95,7 @@ async def test_bad_binary_frames_get_errors_and_the_connection_goes_on(server_ur
     await conn.close()
 
 
+@pytest.mark.only_transport("websockets", reason="picows has no permessage-deflate: --compression is refused with it")
 async def test_binary_frames_through_the_library_path_with_compression(start_server) -> None:
     server = start_server("--compression", "--models", "linear")
     async with connect(server.url, compression="deflate") as ws:

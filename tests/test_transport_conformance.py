@@ -1,8 +1,10 @@
 """What the Autobahn runs (benchmarks/conformance) showed about the transport, pinned over real sockets.
 
-- The conformance echo application drives wsserve's real transport: text is echoed as text,
-  binary as binary (``WebSocketProtocol.send_binary``), on the fast path and through the
-  library (permessage-deflate); a text message that is not UTF-8 fails the connection (1007).
+- The conformance echo application drives wsserve's real transport, on each transport
+  (``websockets`` and ``picows``): text is echoed as text, binary as binary (``send_binary``
+  of ``WebSocketProtocol`` and of ``PicowsConnection``), on the fast path and through the
+  library (permessage-deflate, websockets only); a text message that is not UTF-8 fails the
+  connection (1007).
 - Replies queued on the fast path go out before anything the library writes after them:
   a message followed, in the same read, by a frame that fails the connection gets its reply
   before the close frame (it used to be dropped: the close frame and EOF overtook it).
@@ -28,12 +30,15 @@ INVALID_UTF8 = "κόσμε".encode() + b"\xed\xa0\x80edited"
 
 
 @pytest.fixture
-async def echo() -> AsyncIterator[Echo]:
-    """Factory: an echo server on wsserve's transport in this test's loop, on a free port."""
+async def echo(transport_name: str) -> AsyncIterator[Echo]:
+    """Factory: an echo server on wsserve's transport (each in turn) in this test's loop, on a
+    free port.  Compression is skipped on picows (it has none; the config refuses it)."""
     started = []
 
     async def make(compression: bool = False) -> tuple[EchoApp, int]:
-        app = EchoApp(echo_config(compression=compression))
+        if compression and transport_name == "picows":
+            pytest.skip("picows has no permessage-deflate")
+        app = EchoApp(echo_config(compression=compression, transport=transport_name))
         listener = await start(app)
         started.append((app, listener))
         return app, listener.sockets[0].getsockname()[1]
@@ -125,10 +130,19 @@ async def test_invalid_utf8_with_compression_fails_with_1007(echo: Echo) -> None
     "bad",
     [
         client_frame(b"x", rsv=0x20),  # RSV2 without an extension (Autobahn 3.2)
-        client_frame(b"", opcode=5),  # reserved data opcode (4.1.3)
+        pytest.param(
+            client_frame(b"", opcode=5),  # reserved data opcode (4.1.3)
+            marks=pytest.mark.only_transport(
+                "websockets",
+                reason="picows parses one frame ahead and fails the connection on a reserved opcode, writing its "
+                "close frame before the message ahead of it is delivered: the echo is dropped, as the websockets "
+                "library's own server drops it (documented in picows_conn.py)",
+            ),
+            id="reserved-opcode",
+        ),
         client_frame(b"x", opcode=0),  # a continuation with nothing to continue (5.15)
     ],
-    ids=["rsv2", "reserved-opcode", "stray-continuation"],
+    ids=["rsv2", None, "stray-continuation"],
 )
 async def test_echo_goes_out_before_the_close_frame_that_follows_it(echo: Echo, bad: bytes) -> None:
     _, port = await echo()
@@ -146,4 +160,24 @@ async def test_wsserve_reply_goes_out_before_the_close_frame_that_follows_it(ser
     await client.send_bytes(client_frame(orjson.dumps({"type": "ping", "id": "before"})) + client_frame(b"x", rsv=0x20))
     assert await client.recv_json() == {"type": "pong", "id": "before"}
     assert await _close_code(client) == 1002
+    client.close()
+
+
+async def test_binary_and_text_replies_keep_their_order_in_one_flush(echo: Echo) -> None:
+    """Several messages in one read: their echoes (binary and text mixed) go out in one
+    flush, each with its own opcode, in the order received."""
+    _, port = await echo()
+    client = await _raw_client(port)
+    messages = [(2, b"\x00one"), (1, b"two"), (2, b"\xffthree" * 40), (1, b"four"), (2, b"")]
+    await client.send_bytes(b"".join(client_frame(p, opcode=op) for op, p in messages))  # one write
+    assert [await _frame(client) for _ in messages] == messages
+    client.close()
+
+
+async def test_replies_queued_before_the_clients_close_go_out_before_the_close_echo(echo: Echo) -> None:
+    _, port = await echo()
+    client = await _raw_client(port)
+    await client.send_bytes(client_frame(b"last", opcode=2) + client_frame(struct.pack("!H", 1000), opcode=8))
+    assert await _frame(client) == (2, b"last")
+    assert await _frame(client) == (8, struct.pack("!H", 1000))
     client.close()

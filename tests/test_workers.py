@@ -4,6 +4,8 @@ Real processes on 127.0.0.1: the models are trained once (by the supervisor), ne
 connections spread over the workers, ``/metrics`` on any worker reports totals over
 all of them with gauges labelled ``worker``, a worker that dies is restarted, SIGTERM
 drains every worker and the supervisor exits 0, and a hot reload reaches every worker.
+The shared two-worker server and the drain run on each WebSocket transport (``--transport
+picows`` listens through the same SO_REUSEPORT HTTP front).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Conn, Metrics, RawHttp, ServerProcess, http_get, wait_until, wait_until_async
+from tests.support import TRANSPORTS, Conn, Metrics, RawHttp, ServerProcess, http_get, wait_until, wait_until_async
 from tests.support.process import ROOT, child_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only (SO_REUSEPORT)")
@@ -39,9 +41,9 @@ def _workers_seen(server: ServerProcess) -> set[str]:
     return {dict(labels)["worker"] for (name, labels), v in m.samples.items() if name == "wsserve_ready" and v == 1}
 
 
-@pytest.fixture(scope="module")
-def two_workers(model_cache: Path):
-    proc = ServerProcess("--workers", "2", cache_dir=model_cache)
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def two_workers(request: pytest.FixtureRequest, model_cache: Path):
+    proc = ServerProcess("--workers", "2", cache_dir=model_cache, transport=request.param)
     yield proc
     proc.stop()
 
@@ -81,6 +83,27 @@ async def test_connections_spread_over_the_workers_and_metrics_sum_over_them(two
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_picows_workers_serve_through_picows(model_cache: Path) -> None:
+    """--workers 2 --transport picows: each worker's connections are picows's (its debug line
+    for a new connection comes from both worker processes), and both serve."""
+    server = ServerProcess("--workers", "2", "--transport", "picows", "--log-level", "debug", "--models", "linear",
+                           cache_dir=model_cache)
+    try:
+        conns = [await Conn.open(server.url) for _ in range(16)]
+        for i, c in enumerate(conns):
+            assert (await c.request({**P, "id": i}))["type"] == "result"
+
+        def picows_pids() -> set[str]:
+            return set(re.findall(r"\[worker (\d)\][^\n]*wsserve\.picows\.library[^\n]*New connection accepted",
+                                  server.stderr_text()))
+
+        await wait_until_async(lambda: picows_pids() == {"0", "1"}, 20, what="picows connections in both workers")
+        for c in conns:
+            await c.close()
+    finally:
+        assert server.stop() == 0
 
 
 async def test_admin_operations_are_refused_with_workers_and_say_why(two_workers: ServerProcess) -> None:
@@ -138,8 +161,8 @@ async def test_a_worker_that_dies_is_restarted_and_its_counts_stay(model_cache: 
         assert server.stop() == 0
 
 
-async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(model_cache: Path) -> None:
-    server = ServerProcess("--workers", "2", "--drain-timeout-s", "20", cache_dir=model_cache)
+async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(model_cache: Path, transport_name: str) -> None:
+    server = ServerProcess("--workers", "2", "--drain-timeout-s", "20", cache_dir=model_cache, transport=transport_name)
     conns = [await Conn.open(server.url) for _ in range(6)]
     for i, c in enumerate(conns):  # a long generation on each: some land on each worker
         await c.send({"type": "generate", "id": i, "model": "charlm", "prompt": "The ", "max_tokens": 3000})

@@ -7,7 +7,10 @@ messages, control frames between data frames, and protocol violations.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import struct
 
 import orjson
 import pytest
@@ -15,6 +18,7 @@ import websockets
 
 from tests.support import (
     OP_BINARY,
+    OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
@@ -22,6 +26,7 @@ from tests.support import (
     AsyncRawClient,
     Conn,
     client_frame,
+    wait_until_async,
 )
 from wsserve.transport.framing import frame_header
 
@@ -133,6 +138,7 @@ async def test_client_close_handshake(server) -> None:
     assert conn.ws.close_code == 1000
 
 
+@pytest.mark.only_transport("websockets", reason="picows has no permessage-deflate: --compression is refused with it")
 async def test_compression_negotiated_uses_websockets_framing(start_server) -> None:
     server = start_server("--compression", "--models", "linear")
     ws = await websockets.connect(server.url, compression="deflate")
@@ -143,6 +149,125 @@ async def test_compression_negotiated_uses_websockets_framing(start_server) -> N
         reply = orjson.loads(await ws.recv())
         assert reply["id"] == i and len(reply["outputs"]) == 500
     await ws.close()
+
+
+def _close_frame(code: int | None, reason: bytes = b"") -> bytes:
+    return client_frame(b"" if code is None else struct.pack("!H", code) + reason, opcode=OP_CLOSE)
+
+
+@pytest.mark.parametrize("code", [0, 999, 1005, 1006, 1015, 2999, 5000])
+async def test_a_close_frame_with_a_reserved_code_is_a_protocol_error(server, code: int) -> None:
+    client = await _open(server.port)
+    await client.recv_json()
+    await client.send_bytes(_close_frame(code))
+    assert (await client.read_until_close())[0] == 1002
+    client.close()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(1000, b""), (1001, b"going"), (4000, b"app says bye")])
+async def test_the_clients_close_frame_is_echoed_then_the_server_ends_the_stream(server, code: int, reason: bytes) -> None:
+    client = await _open(server.port)
+    await client.recv_json()
+    await client.send_bytes(_close_frame(code, reason))
+    frame = await client.recv_frame()
+    assert (frame.opcode, frame.payload) == (OP_CLOSE, struct.pack("!H", code) + reason)
+    assert await asyncio.wait_for(client.reader.read(), 10) == b""  # then EOF from the server
+    client.close()
+
+
+async def test_an_empty_close_frame_is_answered_with_an_empty_one(server) -> None:
+    client = await _open(server.port)
+    await client.recv_json()
+    await client.send_bytes(_close_frame(None))
+    frame = await client.recv_frame()
+    assert (frame.opcode, frame.payload) == (OP_CLOSE, b"")
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        client_frame(b'{"type":"ping"}', opcode=OP_CONT, fin=True),  # a continuation with nothing to continue
+        client_frame(b'{"type":', opcode=OP_TEXT, fin=False) + client_frame(b'{"type":"ping"}', opcode=OP_TEXT),  # a new message inside one
+    ],
+    ids=["lone-continuation", "text-inside-fragmented"],
+)
+async def test_misordered_fragments_are_a_protocol_error(server, stream: bytes) -> None:
+    client = await _open(server.port)
+    await client.recv_json()
+    await client.send_bytes(stream)
+    assert (await client.read_until_close())[0] == 1002
+    client.close()
+
+
+async def test_fragments_over_max_message_bytes_in_all_close_1009(start_server) -> None:
+    server = start_server("--max-message-bytes", "1000", "--models", "linear")
+    client = await _open(server.port)
+    await client.recv_json()
+    # Each fragment is under the limit; together they are over it.
+    await client.send_bytes(client_frame(b"[" + b"1," * 300, opcode=OP_TEXT, fin=False))
+    await client.send_bytes(client_frame(b"1," * 300, opcode=OP_CONT, fin=False))
+    await client.send_bytes(client_frame(b"1]", opcode=OP_CONT, fin=True))
+    assert (await client.read_until_close())[0] == 1009
+    client.close()
+
+
+@pytest.mark.only_transport("picows", reason="about picows's own log lines")
+async def test_picows_serves_the_socket_and_logs_connections_at_debug_only(start_server) -> None:
+    quiet = start_server("--models", "linear")
+    chatty = start_server("--models", "linear", "--log-level", "debug")
+    for server in (quiet, chatty):
+        conn = await Conn.open(server.url)
+        assert (await conn.request({"type": "ping", "id": 1})) == {"type": "pong", "id": 1}
+        await conn.ws.close()
+        client = await _open(server.port)  # a client's protocol error: picows logs it
+        await client.recv_json()
+        await client.send_bytes(client_frame(_ping_msg(1), mask=False))
+        assert (await client.read_until_close())[0] == 1002
+        client.close()
+    await wait_until_async(lambda: "Disconnected" in chatty.stderr_text(), 20)  # picows's line once the socket is gone
+    assert "DEBUG wsserve.picows.library" in chatty.stderr_text()  # picows parsed these frames
+    assert "New connection accepted" in chatty.stderr_text()
+    assert "WS parser error" in chatty.stderr_text()
+    for line in ("New connection accepted", "WS parser error"):  # clients cannot fill the log at INFO
+        assert line not in quiet.stderr_text()
+
+
+def _handshake_status(port: int, connection: str = "Upgrade", upgrade: str = "websocket", version: str = "13",
+                      key: str | None = "dGhlIHNhbXBsZSBub25jZQ==", extra: str = "") -> tuple[int, bytes]:
+    key_line = "" if key is None else f"Sec-WebSocket-Key: {key}\r\n"
+    request = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: {upgrade}\r\nConnection: {connection}\r\n"
+               f"{key_line}Sec-WebSocket-Version: {version}\r\n{extra}\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1]), head
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"connection": "keep-alive, Upgrade"}, 101),  # what Firefox sends
+        ({"connection": "upgrade", "upgrade": "WebSocket"}, 101),
+        ({"connection": "keep-alive"}, 200),  # not an upgrade: the HTTP front serves the page
+        ({"upgrade": "h2c"}, 426),  # another protocol: the WebSocket handshake answers (since the async HTTP front)
+        ({"version": "8"}, 400),
+        ({"key": None}, 400),
+        ({"key": "c2hvcnQ="}, 400),  # not 16 bytes
+        ({"extra": "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"}, 400),  # twice
+    ],
+    ids=["firefox-connection", "case", "no-upgrade-token", "other-protocol", "version-8", "no-key", "short-key",
+         "two-keys"],
+)
+def test_the_same_handshakes_are_accepted_and_refused_on_every_transport(server, kwargs: dict, status: int) -> None:
+    got, head = _handshake_status(server.port, **kwargs)
+    assert got == status, head
+    assert b"\r\nServer: wsserve/" in head
 
 
 async def test_whole_data_frames_take_the_fast_path(server) -> None:

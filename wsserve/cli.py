@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .config import DEFAULT_MODELS, ServerConfig, flag
+from .config import DEFAULT_MODELS, TRANSPORTS, ServerConfig, flag
 from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -90,6 +90,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("host", default=d.host, help="interface to bind (default %(default)s)")
     opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
+    opt("transport", choices=TRANSPORTS, default=d.transport,
+        help="WebSocket implementation: websockets (default) or picows (faster; pip install 'wsserve[fast]'; no --compression)")
     opt("workers", type=int, default=d.workers,
         help="server processes sharing the port, under a supervisor that trains once and restarts dead workers (default 1)")
     opt("models", type=_models, default=d.models,

@@ -11,13 +11,16 @@ The CLI (:mod:`wsserve.cli`) only parses flags into a :class:`ServerConfig`;
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "flag"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "TRANSPORTS", "flag"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
+#: WebSocket implementations the server can run on (``transport``); the first is the default.
+TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 
 
 def flag(name: str) -> str:
@@ -72,6 +75,7 @@ class ServerConfig:
     close_timeout_s: float = 10.0  # time the client has to answer our close frame
 
     # Transport
+    transport: str = "websockets"  # websockets | picows (the optional extra wsserve[fast])
     compression: bool = False
     certfile: Path | None = None
     keyfile: Path | None = None
@@ -124,6 +128,16 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"{flag('transport')} must be {' or '.join(TRANSPORTS)}, got {self.transport!r}")
+        if self.transport == "picows":
+            if importlib.util.find_spec("picows") is None:
+                raise ValueError(f"{flag('transport')} picows needs the picows package: pip install 'wsserve[fast]'")
+            if self.compression:
+                raise ValueError(
+                    f"{flag('compression')} is not available with {flag('transport')} picows "
+                    "(picows has no permessage-deflate); use the websockets transport for compression"
+                )
         if in_process_models and self.workers > 1:
             raise ValueError(f"{flag('workers')} {self.workers}: worker processes serve the built-in models and "
                              "repositories only; in-process model objects need workers=1 (or put them in a repository)")

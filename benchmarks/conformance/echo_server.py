@@ -1,22 +1,23 @@
 """wsserve's real transport with an echo application: the testee for the Autobahn test suite.
 
-``python -m benchmarks.conformance.echo_server --port 0 [--compression]`` prints
-``ws://HOST:PORT`` when ready and serves until SIGINT/SIGTERM.
+``python -m benchmarks.conformance.echo_server --port 0 [--compression | --transport picows]``
+prints ``ws://HOST:PORT`` when ready and serves until SIGINT/SIGTERM.
 
 Every TCP connection starts in :class:`wsserve.transport.HttpProtocol` and is
-upgraded to :class:`wsserve.transport.WebSocketProtocol`, exactly as in
-``wsserve serve``; only the application behind the transport differs:
+upgraded to :class:`wsserve.transport.WebSocketProtocol` (or, with ``--transport
+picows``, adopted by :class:`wsserve.transport.picows_conn.PicowsConnection`),
+exactly as in ``wsserve serve``; only the application behind the transport differs:
 :class:`EchoApp` implements the :class:`wsserve.transport.app.App` interface and
 its connections (:class:`EchoConnection`) send each message back —
 
 - a text message as a text frame, after checking it is UTF-8; one that is not
   fails the connection with close code 1007 (RFC 6455 §8.1), as wsserve's JSON
   path does (its core maps orjson's rejection of invalid UTF-8 to 1007);
-- a binary message as a binary frame (``WebSocketProtocol.send_binary``).
+- a binary message as a binary frame (``send_binary``, on either transport).
 
 Without compression whole data frames take the transport's fast path; with
-``--compression`` (permessage-deflate) every frame goes through the
-``websockets`` library's path.  ``max_message_bytes`` is 64 MiB (Autobahn sends
+``--compression`` (permessage-deflate, websockets transport only) every frame
+goes through the ``websockets`` library's path.  ``max_message_bytes`` is 64 MiB (Autobahn sends
 messages of up to 16 MiB) and keepalive pings are off (as in
 ``benchmarks/peers/echo_server.py``).
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from wsserve.config import ServerConfig  # noqa: E402
+from wsserve.config import TRANSPORTS, ServerConfig  # noqa: E402
 from wsserve.transport import Flusher, HttpProtocol, HttpRequest, HttpResponse, WebSocketProtocol  # noqa: E402
 from wsserve.transport.app import Counters  # noqa: E402
 
@@ -43,13 +44,16 @@ __all__ = ["EchoApp", "EchoConnection", "echo_config", "start"]
 MAX_MESSAGE_BYTES = 64 << 20
 
 
-def echo_config(*, host: str = "127.0.0.1", port: int = 0, compression: bool = False) -> ServerConfig:
-    """The transport settings of the conformance runs (validated)."""
+def echo_config(*, host: str = "127.0.0.1", port: int = 0, compression: bool = False,
+                transport: str = "websockets") -> ServerConfig:
+    """The transport settings of the conformance runs (validated: ``ValueError`` for
+    compression with picows, or picows not installed)."""
     return replace(
         ServerConfig(),
         host=host,
         port=port,
         compression=compression,
+        transport=transport,
         max_message_bytes=MAX_MESSAGE_BYTES,
         max_write_buffer_bytes=4 * MAX_MESSAGE_BYTES,
         ping_interval_s=None,
@@ -63,7 +67,7 @@ class EchoConnection:
 
     congested = False  # no slow-consumer policy: the transport's pause_reading is the only flow control
 
-    def __init__(self, io: WebSocketProtocol) -> None:
+    def __init__(self, io: WebSocketProtocol | Any) -> None:  # or a PicowsConnection
         self.io = io
         self.closing = False
         self.timer_epoch = 0  # never changes: the echo has no deadlines
@@ -114,7 +118,8 @@ class EchoApp:
         self.protocols: set[Any] = set()
         self.close_codes: list[int] = []
 
-    def route_http(self, request: HttpRequest) -> HttpResponse:
+    def route_http(self, request: HttpRequest, exchange: object = None) -> HttpResponse:
+        """Every plain request: 404, answered at once (the transport passes its exchange too)."""
         return HttpResponse(404, b"WebSocket echo only\n")
 
     def vet_websocket(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
@@ -148,8 +153,8 @@ async def start(app: EchoApp) -> asyncio.base_events.Server:
     return await loop.create_server(lambda: HttpProtocol(app), app.config.host, app.config.port)  # type: ignore[arg-type]
 
 
-async def _main(host: str, port: int, compression: bool) -> None:
-    app = EchoApp(echo_config(host=host, port=port, compression=compression))
+async def _main(host: str, port: int, compression: bool, transport: str) -> None:
+    app = EchoApp(echo_config(host=host, port=port, compression=compression, transport=transport))
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -157,6 +162,8 @@ async def _main(host: str, port: int, compression: bool) -> None:
     listener = await start(app)
     bound = listener.sockets[0].getsockname()[1]
     mode = "permessage-deflate (library path)" if compression else "no compression (fast path)"
+    if transport != "websockets":
+        mode = f"{transport}, {mode}"
     print(f"wsserve echo ({mode}) listening on ws://{host}:{bound}", flush=True)
     await stop
     listener.close()
@@ -169,9 +176,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--compression", action="store_true", help="offer permessage-deflate (library path)")
+    ap.add_argument("--transport", choices=TRANSPORTS, default="websockets",
+                    help="WebSocket implementation, as wsserve serve --transport (picows: no --compression)")
     ap.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     a = ap.parse_args(argv)
-    coro = _main(a.host, a.port, a.compression)
+    try:
+        echo_config(compression=a.compression, transport=a.transport)
+    except ValueError as exc:
+        ap.error(str(exc))
+    coro = _main(a.host, a.port, a.compression, a.transport)
     if a.loop != "asyncio":
         try:
             import uvloop

@@ -21,6 +21,7 @@ from tests.support.metrics import Metrics, http_get, scrape_metrics
 from tests.support.process import (
     READY_LINE,
     ROOT,
+    TRANSPORTS,
     ServerProcess,
     child_env,
     cpu_seconds,
@@ -47,7 +48,7 @@ from tests.support.rawws import (
 from tests.support.waits import wait_until, wait_until_async
 
 __all__ = [
-    "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "READY_LINE", "ROOT", "TERMINAL",
+    "OP_BINARY", "OP_CLOSE", "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "READY_LINE", "ROOT", "TERMINAL", "TRANSPORTS",
     "Answer", "AsyncRawClient", "Conn", "Frame", "FrameParser", "Metrics", "RawClient", "RawHttp", "ServerProcess",
     "child_env",
     "client_frame", "close_code", "cpu_seconds", "encode_message", "handshake_request", "http_get",

@@ -35,7 +35,8 @@ from typing import IO, Self
 from tests.support.metrics import Metrics, scrape_metrics
 
 __all__ = [
-    "ANY_URL_LINE", "READY_LINE", "ROOT", "ServerProcess", "child_env", "cpu_seconds", "proc_status", "serve_command",
+    "ANY_URL_LINE", "READY_LINE", "ROOT", "TRANSPORTS", "ServerProcess", "child_env", "cpu_seconds", "proc_status",
+    "serve_command",
 ]
 
 #: The repository root (the checkout these tests belong to).
@@ -43,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: The server's ready line: the first stdout line with a URL.  Groups: scheme, host, port.
 READY_LINE = re.compile(rb"(wss?)://([0-9.]+|\[[0-9a-f:]+\]|localhost):(\d+)")
+
+#: The server's WebSocket transports (``wsserve serve --transport``): the wire tests run on each.
+TRANSPORTS = ("websockets", "picows")
 
 #: A peer's ready line (:meth:`ServerProcess.from_command`): a ``ws(s)://`` or ``http(s)://`` URL.
 ANY_URL_LINE = re.compile(rb"(wss?|https?)://([0-9.]+|\[[0-9a-f:]+\]|localhost):(\d+)")
@@ -99,7 +103,8 @@ class ServerProcess:
 
     Attributes once ready: ``url`` (``ws://`` or ``wss://HOST:PORT`` as printed; a peer's
     ``http(s)://`` URL as printed), ``http`` (the same with ``http``/``https``), ``port``,
-    ``cmd``, ``proc`` (the ``subprocess.Popen``).
+    ``cmd``, ``proc`` (the ``subprocess.Popen``), ``transport`` (the ``--transport`` it was
+    given, ``"websockets"`` when none).
     """
 
     url: str
@@ -107,15 +112,20 @@ class ServerProcess:
     port: int
 
     def __init__(self, *flags: str, cache_dir: Path | str | None = None, loop: str = "auto", port: int = 0,
-                 env: Mapping[str, str] | None = None, start_timeout_s: float = 60.0) -> None:
+                 env: Mapping[str, str] | None = None, start_timeout_s: float = 60.0,
+                 transport: str | None = None) -> None:
         """``wsserve serve FLAGS`` on 127.0.0.1; ``cache_dir`` sets ``WSSERVE_CACHE_DIR`` (the
-        trained-weights cache), ``env`` adds to the environment.
+        trained-weights cache), ``env`` adds to the environment, ``transport`` appends
+        ``--transport TRANSPORT``.
 
         Raises ``RuntimeError`` with the command and the server's output when it exits or
         prints no ready line within ``start_timeout_s`` (it is killed then).
         """
         overrides = {"WSSERVE_CACHE_DIR": str(cache_dir)} if cache_dir is not None else {}
         overrides.update(env or {})
+        if transport is not None:
+            flags = (*flags, "--transport", transport)
+        self.transport = transport or "websockets"
         self._launch(serve_command(*flags, port=port, loop=loop), overrides, start_timeout_s)
 
     @classmethod
@@ -125,6 +135,7 @@ class ServerProcess:
         the checkout ``root`` (default this one; another one is then imported instead of this
         one, see :func:`child_env`).  Raises ``RuntimeError`` as the constructor does."""
         self = cls.__new__(cls)
+        self.transport = "websockets"
         self._launch(list(cmd), dict(env or {}), start_timeout_s, root=root, ready=ANY_URL_LINE)
         return self
 

@@ -535,7 +535,8 @@ class HttpProtocol(asyncio.Protocol):
         )
 
     def _upgrade(self, rest: bytes) -> None:
-        """Hand this socket to a WebSocket protocol (the handshake happens there)."""
+        """Hand this socket to a WebSocket protocol (the handshake happens there):
+        ``websockets``' (:mod:`.websocket`) or picows (:mod:`.picows_conn`), per ``config.transport``."""
         from .websocket import WebSocketProtocol
 
         if self._queue:  # answers still owed on this connection: a handshake cannot overtake them
@@ -556,6 +557,11 @@ class HttpProtocol(asyncio.Protocol):
         lines.extend(f"{n.decode('latin-1')}: {v.decode('latin-1')}" for n, v in self._raw_headers)
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.app.track(self, False)
+        if self.app.config.transport == "picows":
+            from .picows_conn import adopt
+
+            adopt(self.app, transport, self.address, head, request, rest)
+            return
         ws = WebSocketProtocol(self.app, transport, self.address)
         transport.set_protocol(ws)
         ws.start(head, request, rest)
