@@ -21,12 +21,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support import TRANSPORTS, ServerProcess
 
 LOOPS = ["asyncio", "uvloop"]
 #: (loop, transport) of the session servers.
 SERVERS = [("asyncio", "websockets"), ("uvloop", "websockets"), ("uvloop", "picows")]
+
+# Property tests check behaviour, not speed: no per-example deadline (a loaded CI machine
+# once took 277 ms for a case that takes 10 ms alone).
+settings.register_profile("wsserve", deadline=None)
+settings.load_profile("wsserve")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -54,7 +54,9 @@ def test_the_models_are_trained_once_and_both_workers_serve(two_workers: ServerP
     # The trainer runs in the supervisor only; each worker loads the built-in repository.
     assert re.search(r"wsserve\.trainer: (loaded|trained) linear", log)
     assert not re.search(r"\[worker \d\] wsserve\.trainer", log)
-    assert log.count("serving model 'linear' version 1") == 2
+    # each worker logs its own line (forwarded by the supervisor, possibly after the ready line)
+    wait_until(lambda: two_workers.stderr_text().count("serving model 'linear' version 1") == 2, 20,
+               what="both workers serving linear")
     wait_until(lambda: _workers_seen(two_workers) == {"0", "1"}, 20, what="both workers in /metrics")
     # Open HTTP connections are a gauge per worker like the others (the scrape's own connection is one).
     m = two_workers.metrics()

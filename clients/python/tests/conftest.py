@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 CLIENT_ROOT = Path(__file__).resolve().parents[1]
 REPO_ROOT = CLIENT_ROOT.parents[1]
@@ -27,6 +28,11 @@ from tests.support import TRANSPORTS, ServerProcess  # noqa: E402
 
 #: Flags of every server here (the client tests read no server log).
 QUIET = ("--log-level", "warning")
+
+# Property tests check behaviour, not speed: no per-example deadline (a loaded CI machine
+# once took 277 ms for a case that takes 10 ms alone).
+settings.register_profile("wsserve", deadline=None)
+settings.load_profile("wsserve")
 
 
 @pytest.fixture(scope="session")
