@@ -255,7 +255,7 @@ def _handshake_status(port: int, connection: str = "Upgrade", upgrade: str = "we
         ({"connection": "keep-alive, Upgrade"}, 101),  # what Firefox sends
         ({"connection": "upgrade", "upgrade": "WebSocket"}, 101),
         ({"connection": "keep-alive"}, 200),  # not an upgrade: the HTTP front serves the page
-        ({"upgrade": "h2c"}, 426),  # another protocol: the WebSocket handshake answers (since the async HTTP front)
+        ({"upgrade": "h2c"}, 200),  # another protocol: ignored (RFC 9110 7.8), the request is answered as HTTP/1.1
         ({"version": "8"}, 400),
         ({"key": None}, 400),
         ({"key": "c2hvcnQ="}, 400),  # not 16 bytes

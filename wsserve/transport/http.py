@@ -235,7 +235,10 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgrade(data[exc.args[0]:])
+            # httptools stops at any Upgrade; only a WebSocket one is taken.  Another protocol
+            # (h2c...) was answered as plain HTTP by on_message_complete, which closes after it.
+            if self._is_websocket():
+                self._upgrade(data[exc.args[0]:])
             return
         except httptools.HttpParserError as exc:
             refused = self._refused or HttpResponse(400, f"bad HTTP request: {exc}\n".encode())
