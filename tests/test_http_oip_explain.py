@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.repo_models import NAMED_CONFIG, NAMED_PY, write_py
 from tests.support import Conn, RawHttp, ServerProcess
 from wsserve.explain import COMPLETENESS_TOLERANCE, DEFAULT_STEPS
 from wsserve.models.mlp import make_mlp_data
@@ -40,8 +41,11 @@ EXACT = {"explain": True, "explain_method": "linear-exact", "explain_baseline": 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
-    """The default models, a model.py model without input_gradient, and a low --max-explain-rows."""
+    """The default models, model.py models without input_gradient (one with named tensors), and a
+    low --max-explain-rows."""
     root = tmp_path_factory.mktemp("repo")
+    write_py(root / "named" / "1", NAMED_PY)
+    (root / "named" / "config.toml").write_text(NAMED_CONFIG)
     (root / "opaque" / "1").mkdir(parents=True)
     (root / "opaque" / "1" / "model.py").write_text(textwrap.dedent(OPAQUE))
     (root / "opaque" / "config.toml").write_text("input_shape = [4]\noutput_shape = [1]\nflops_per_row = 10\n")
@@ -84,6 +88,7 @@ def test_model_metadata_says_how_each_model_is_explained(client) -> None:
     assert client.get_model_metadata("linear", model_version="1")["parameters"] == EXACT
     assert client.get_model_metadata("opaque")["parameters"] == {"explain": False}
     assert client.get_model_metadata("charlm")["parameters"] == {"explain": False}
+    assert client.get_model_metadata("named")["parameters"] == {"explain": False}
 
 
 @pytest.mark.parametrize("form", ["json", "binary"])
@@ -147,6 +152,9 @@ def test_without_explain_nothing_changes(client) -> None:
          ("model 'opaque' version 1 cannot be explained: its python backend provides no input gradient "
           "(explanations: linear, mlp and its int8/sparse versions, and model.py models that define "
           "input_gradient(x, target))")),
+        ("named", [1, 2], "FP64", {"explain": True}, None,
+         ("model 'named' version 1 cannot be explained: explanations need one float input, it takes a (float64), "
+          "b (float64)")),
         ("charlm", [1, 4], "FP64", {"explain": True}, None, "model 'charlm' generates text: use POST /v1/completions"),
         ("mlp", [MAX_EXPLAIN_ROWS + 1, 32], "FP32", {"explain": True}, None,
          (f"'inputs' has {MAX_EXPLAIN_ROWS + 1} rows; explain takes at most {MAX_EXPLAIN_ROWS} rows per request "
@@ -155,7 +163,7 @@ def test_without_explain_nothing_changes(client) -> None:
         ("mlp", [1, 32], "FP32", {}, ["output_attributions"],
          "output 'output_attributions' is only answered with parameter 'explain': true"),
     ],
-    ids=["not-explainable", "generative", "over-max-explain-rows", "not-a-boolean", "attributions-without-explain"],
+    ids=["not-explainable", "named-inputs", "generative", "over-max-explain-rows", "not-a-boolean", "attributions-without-explain"],
 )
 def test_refusals_are_the_websockets_in_the_oip_error_shape(server, client, model, shape, dtype, params, outputs,
                                                              text) -> None:
