@@ -14,7 +14,7 @@ class Listed:
     """encode() returns whatever ``ids`` says (a list, like a repository model's)."""
 
     task = "generation"
-    vocabulary = list("abcd")
+    vocabulary = ("a", "b", "c", "d")
     context_len = 3
     info = ModelInfo(name="listed", version="1", task="generation", input_shape=(3,), output_shape=(4,),
                      parameters=0)
