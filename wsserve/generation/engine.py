@@ -18,7 +18,7 @@ one sink call per streamed token: the scheduler keeps the running set as
 arrays and counters (:mod:`.running`), stop strings are matched only on the
 rows that have them, and each step's other tokens arrive as one
 :class:`~.sequence.TokenEvents` block delivered through bound ``on_token``
-methods cached per layout.  With nothing
+methods cached per layout (called from C: ``map(operator.call, ...)``).  With nothing
 to do the task sleeps on an ``asyncio.Event`` (no polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
