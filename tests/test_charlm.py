@@ -226,6 +226,29 @@ def test_logits_rows_are_bitwise_identical_whatever_the_batch(sizes: tuple[int, 
     assert np.array_equal(model.logits(ctx[::-1])[::-1], full)  # order within the batch
 
 
+def _logits_as_first_written(model: CharLM, contexts: np.ndarray) -> np.ndarray:
+    """The original arithmetic of ``CharLM.logits`` on the model's quantised arrays: a per-row
+    sum of the k table rows, relu, shift, the integer matmul, then the power-of-two scale."""
+    h = np.zeros((len(contexts), model.hidden), np.int64)
+    for j in range(model.context_len):
+        h += model._tables[contexts[:, j] + j * (model.vocab_size + 1)]
+    hq = np.maximum(h, 0) >> model._h_shift
+    out = hq.astype(np.float64) @ model._w2
+    out *= model._out_scale
+    return out + model._b2
+
+
+@pytest.mark.parametrize("b", [1, 2, 4, 5, 8, 31, 64, 257])
+def test_logits_are_bitwise_those_of_the_original_arithmetic(b: int) -> None:
+    """The optimised gathers and the folded output scale change no bit of any logit
+    (so no generated token changes)."""
+    model = charlm()
+    rng = np.random.default_rng(b)
+    ctx = rng.integers(0, model.pad_id + 1, (b, model.context_len))
+    ctx[0] = model.pad_id  # an empty prompt's context
+    assert np.array_equal(model.logits(ctx), _logits_as_first_written(model, ctx))
+
+
 def test_encode_decode_and_context() -> None:
     model = charlm()
     ids = model.encode("Hi\tthere\r\n")

@@ -224,6 +224,27 @@ async def test_a_failing_sink_ends_only_its_own_generation() -> None:
         await engine.close()
 
 
+async def test_a_failing_sink_among_many_ends_only_its_own_generation() -> None:
+    """A step's tokens go out in one pass over all rows: a sink raising in the middle of
+    it ends its own generation, and the rows after it still get every token."""
+    engine = GenerationEngine(charlm())
+    try:
+        sinks = [RecordingSink() for _ in range(5)]
+        sinks[2] = ExplodingSink()
+        for sink in sinks:
+            engine.submit(params(max_tokens=20), sink)
+        await until(lambda: all(s.ended for s in sinks))
+        for i, sink in enumerate(sinks):
+            assert not sink.violations, i
+            if i == 2:
+                assert isinstance(sink.error, Internal) and len(sink.tokens) == 3
+            else:
+                assert sink.error is None and sink.done is not None and sink.done[:2] == ("length", 20), i
+                assert len(sink.tokens) == 20, i
+    finally:
+        await engine.close()
+
+
 class CancellingSink(RecordingSink):
     engine: GenerationEngine
     handle: object = None

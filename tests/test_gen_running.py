@@ -285,8 +285,10 @@ def test_take_events_expands_token_blocks_in_order() -> None:
     b=st.integers(1, 40),
     seed=st.integers(0, 2**32 - 1),
     v=st.integers(2, 30),
+    full_scale=st.booleans(),
 )
-def test_sample_rows_equals_sample(b: int, seed: int, v: int) -> None:
+def test_sample_rows_equals_sample(b: int, seed: int, v: int, full_scale: bool) -> None:
+    """Bitwise the same tokens, with the temperatures laid out as [S, 1] or [S, V]."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, (b, v))
     temp = rng.choice([0.0, 0.0, 1e-300, 0.5, 1.0, 3.0], b)
@@ -299,9 +301,10 @@ def test_sample_rows_equals_sample(b: int, seed: int, v: int) -> None:
     spec = None
     if len(rows):
         k_rows = np.flatnonzero(top_k[rows] > 0)
+        column = np.maximum(temp[rows], 1e-6)[:, None]
         spec = SampledRows(
             rows=None if len(rows) == b else rows,
-            scale=np.maximum(temp[rows], 1e-6)[:, None],
+            scale=np.repeat(column, v, axis=1) if full_scale else column,
             top_k_rows=k_rows if len(k_rows) else None,
             top_k=top_k[rows][k_rows] if len(k_rows) else None,
         )

@@ -133,6 +133,42 @@ def test_binary_inputs_in_order_and_binary_outputs() -> None:
     assert json_size is None and json.loads(encoded)["outputs"][0]["data"] == [1.0, 2.5]
 
 
+def test_explain_parameter_adds_each_outputs_attributions_after_it() -> None:
+    row = [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [1.0, 2.0, 3.0]}]
+    assert oip.attribution_tensors(FP64_IN, FP64_OUT) == (oip.Tensor("output_attributions", "FP64", (3,)),)
+
+    def parse(refusal: str | None = None, **extra: object) -> oip.InferRequest:
+        return oip.parse_infer(_infer(row, **extra), None, FP64_IN, FP64_OUT, max_rows=4, explain_refusal=refusal)
+
+    req = parse(parameters={"explain": True, "binary_data_output": True})
+    assert req.explain and req.outputs == [(0, True), (1, True)]  # index 1: output 0's attributions
+    req = parse(parameters={"explain": True}, outputs=[{"name": "output", "parameters": {"binary_data": True}}])
+    assert req.outputs == [(0, True), (1, True)]  # follows its output, in its form
+    req = parse(parameters={"explain": True}, outputs=[{"name": "output_attributions"}, {"name": "output"}])
+    assert req.outputs == [(1, False), (0, False)]  # named: where and how it is named, once
+    assert parse(parameters={"explain": False}).outputs == [(0, False)] and not parse().explain
+    with pytest.raises(BadRequest, match="^no gradient here$"):  # before the inputs are read
+        oip.parse_infer(_infer([{}], parameters={"explain": True}), None, FP64_IN, FP64_OUT, max_rows=4,
+                        explain_refusal="no gradient here")
+    with pytest.raises(BadRequest, match="not available for this model"):  # callers opt in
+        oip.parse_infer(_infer(row, parameters={"explain": True}), None, FP64_IN, FP64_OUT, max_rows=4)
+    with pytest.raises(BadRequest, match="must be a boolean, got number"):
+        parse(parameters={"explain": 1})
+    with pytest.raises(BadRequest, match="only answered with parameter 'explain': true"):
+        parse(outputs=[{"name": "output_attributions"}])
+    assert oip.explain_parameters(None) == {"explain": False}
+    assert oip.explain_parameters({"method": "linear-exact", "steps": 0}) == {
+        "explain": True, "explain_method": "linear-exact", "explain_steps": 0}
+    encoded, json_size = oip.encode_infer("m", "1", None, (*FP64_OUT, *oip.attribution_tensors(FP64_IN, FP64_OUT)),
+                                          [(0, False), (1, True)], [np.zeros((1, 2)), np.array([[0.5, 1.0, 2.0]])],
+                                          {"explain": True})
+    head = json.loads(encoded[:json_size])
+    assert head["parameters"] == {"explain": True}
+    assert head["outputs"][1] == {"name": "output_attributions", "datatype": "FP64", "shape": [1, 3],
+                                  "parameters": {"binary_data_size": 24}}
+    assert encoded[json_size:] == struct.pack("<3d", 0.5, 1.0, 2.0)
+
+
 def test_signature_from_repository_specs_and_builtin_defaults() -> None:
     class Repo:
         inputs = (TensorSpec("pixels", (2, 2), "float32"),)

@@ -28,7 +28,7 @@ from tests.support import (
     client_frame,
     wait_until_async,
 )
-from wsserve.transport.framing import frame_header
+from wsserve.transport.framing import SHORT_TEXT_HEADERS, frame_header
 
 
 async def _open(port: int, pipelined: bytes = b"") -> AsyncRawClient:
@@ -45,6 +45,7 @@ async def test_frame_header_sizes() -> None:
     assert frame_header(5) == b"\x81\x05"
     assert frame_header(126) == b"\x81\x7e\x00\x7e"
     assert frame_header(70000) == b"\x81\x7f" + (70000).to_bytes(8, "big")
+    assert list(SHORT_TEXT_HEADERS) == [frame_header(n) for n in range(126)]
 
 
 async def test_pipelined_behind_handshake_and_split_byte_by_byte(server) -> None:

@@ -20,6 +20,7 @@ Sans-I/O: nothing here touches a socket, a loop or a clock.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -702,4 +703,10 @@ def token_prefix(rid: RequestId) -> bytes:
 
 def encode_token(prefix: bytes, seq: int, text: str) -> bytes:
     """One ``token`` frame: ``prefix`` from :func:`token_prefix`, then seq and text."""
-    return prefix + str(seq).encode() + b',"text":' + orjson.dumps(text) + b"}"
+    return prefix + str(seq).encode() + _token_tail(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_tail(text: str) -> bytes:
+    """The end of a ``token`` frame carrying ``text`` (a vocabulary's texts repeat: cached)."""
+    return b',"text":' + orjson.dumps(text) + b"}"

@@ -18,7 +18,7 @@ one sink call per streamed token: the scheduler keeps the running set as
 arrays and counters (:mod:`.running`), stop strings are matched only on the
 rows that have them, and each step's other tokens arrive as one
 :class:`~.sequence.TokenEvents` block delivered through bound ``on_token``
-methods cached per layout.  With nothing
+methods cached per layout (called from C: ``map(operator.call, ...)``).  With nothing
 to do the task sleeps on an ``asyncio.Event`` (no polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -61,6 +62,23 @@ __all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step"]
 log = logging.getLogger(__name__)
 
 _LIST_ITERATOR = type(iter([]))
+
+
+class _TokenCalls:
+    """One unmasked token block as ``map(operator.call, on_token methods, numbers, texts)``:
+    consuming it makes every sink call from C, with no per-token bytecode.  After a call
+    raised, :meth:`failed` names its sequence (the map continues after it)."""
+
+    __slots__ = ("_left", "_seqs", "calls")
+
+    def __init__(self, calls: list[Any], block: TokenEvents) -> None:
+        self._left = left = iter(calls)
+        self._seqs = block.seqs
+        self.calls = map(operator.call, left, block.numbers, block.texts)
+
+    def failed(self) -> Sequence:
+        """The sequence whose ``on_token`` raised last (call right after the exception)."""
+        return self._seqs[len(self._seqs) - operator.length_hint(self._left) - 1]
 
 
 class StepObserver(Protocol):
@@ -124,6 +142,7 @@ class GenerationEngine:
         self._pending: deque[Iterator[Any]] = deque()  # event lists (and a token block) being delivered
         self._calls_for: tuple[Sequence, ...] | None = None  # the layout _calls belongs to
         self._calls: list[Any] = []
+        self._exhaust = deque(maxlen=0).extend  # runs an iterator to its end in C
         self._idle = asyncio.Event()  # set while nothing is unfinished
         self._idle.set()
 
@@ -289,7 +308,9 @@ class GenerationEngine:
             it = queue[0]
             seq = None
             try:
-                if type(it) is _LIST_ITERATOR:  # (seq, n, text) events
+                if type(it) is _TokenCalls:  # a whole step's tokens: every sink call made from C
+                    self._exhaust(it.calls)
+                elif type(it) is _LIST_ITERATOR:  # (seq, n, text) events
                     for seq, n, text in it:
                         sink = seq.owner
                         if sink is None:  # already terminated (cancelled from a callback, failed sink)
@@ -302,6 +323,8 @@ class GenerationEngine:
                     for on_token, n, text, seq in it:
                         on_token(n, text)
             except Exception as exc:  # noqa: BLE001 - a faulty sink must not stop the others
+                if type(it) is _TokenCalls:
+                    seq = it.failed()
                 self._sink_failed(seq, "on_token", exc)  # type: ignore[arg-type]
                 continue  # the rest of the same iterator
             if queue and queue[0] is it:  # (a nested call may have finished it and moved on)
@@ -309,17 +332,19 @@ class GenerationEngine:
         if self._after_delivery is not None:
             self._after_delivery()
 
-    def _token_calls(self, block: TokenEvents) -> Iterator[tuple[Any, int, str, Sequence]]:
-        """``(sink.on_token, n, text, seq)`` per event of ``block``.  The bound methods are
-        made once per running-set layout; a row in the block runs, so its sink is
+    def _token_calls(self, block: TokenEvents) -> Iterator[tuple[Any, int, str, Sequence]] | _TokenCalls:
+        """The sink calls of ``block``: a :class:`_TokenCalls` when every row streams (the
+        common case), else ``(sink.on_token, n, text, seq)`` per event.  The bound methods
+        are made once per running-set layout; a row in the block runs, so its sink is
         set and ends (terminal event) only after the block (rows whose sequence
         ended are masked out, so their missing sink is never called)."""
         seqs = block.seqs
         if seqs is not self._calls_for:
             self._calls_for = seqs
             self._calls = [None if s.owner is None else s.owner.on_token for s in seqs]
-        rows = zip(self._calls, block.numbers, block.texts, seqs)
-        return rows if block.mask is None else compress(rows, block.mask)
+        if block.mask is None:
+            return _TokenCalls(self._calls, block)
+        return compress(zip(self._calls, block.numbers, block.texts, seqs), block.mask)
 
     def _terminal(self, seq: Sequence, sink: TokenSink) -> None:
         seq.owner = None

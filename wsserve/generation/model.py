@@ -88,13 +88,13 @@ class TokenModelAdapter:
             ids = np.asarray(self._encode(prompt[-self.prompt_chars:]), dtype=np.int64)
         except Exception as exc:
             raise Internal(f"model {self.name!r}: encode() raised {type(exc).__name__}: {exc}") from None
-        if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size)):
+        if ids.ndim != 1:
             raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
-        ids = ids[-k:]
-        ctx = np.full(k, self.pad_id, dtype=np.int64)
-        if len(ids):
-            ctx[k - len(ids):] = ids
-        return ctx
+        tail = ids[-k:].tolist()  # at most k ints: checked and padded in Python (cheaper than numpy calls)
+        if tail and (min(tail) < 0 or max(tail) >= self.vocab_size) or (
+                len(ids) > k and (ids.min() < 0 or ids.max() >= self.vocab_size)):
+            raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
+        return np.array([self.pad_id] * (k - len(tail)) + tail, dtype=np.int64)
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """``[B, k]`` -> ``[B, V]`` float64, checked.  Raises ``ValueError`` on a bad result."""

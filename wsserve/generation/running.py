@@ -52,6 +52,17 @@ class TokenModel(Protocol):
         """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
 
 
+#: Up to this many elements, the sampled rows' temperatures are laid out as ``[S, V]``
+#: (see :class:`~.sampling.SampledRows`); beyond it (big vocabularies) as ``[S, 1]``.
+_FULL_SCALE_MAX = 1 << 16
+
+
+def _scale_rows(scales: list[float], v: int) -> np.ndarray:
+    """The ``scale`` of :class:`~.sampling.SampledRows` for temperatures ``scales`` and ``V = v``."""
+    column = np.array(scales)[:, None]  # [S, 1]
+    return np.repeat(column, v, axis=1) if len(scales) * v <= _FULL_SCALE_MAX else column
+
+
 def _book(calendar: dict[int, dict[Sequence, None]], tick: int, seq: Sequence) -> None:
     day = calendar.get(tick)
     if day is None:
@@ -294,7 +305,7 @@ class RunningSet:
             self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
         self._sampling = None if not sampled else SampledRows(
             rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
-            scale=np.array(scales)[:, None],
+            scale=_scale_rows(scales, v),
             top_k_rows=np.array([j for j, _ in top_ks], np.int64) if top_ks else None,
             top_k=np.array([k for _, k in top_ks], np.int64) if top_ks else None,
         )

@@ -88,8 +88,10 @@ def sample(
 class SampledRows:
     """Which rows of a batch sample, and how; every other row is greedy.
 
-    ``rows [S]`` row indices, or ``None`` when every row samples; ``scale [S, 1]``
-    their temperatures (``>= MIN_TEMPERATURE``); ``top_k_rows [R]`` indices *into
+    ``rows [S]`` row indices, or ``None`` when every row samples; ``scale`` their
+    temperatures (``>= MIN_TEMPERATURE``), ``[S, 1]`` or repeated across the
+    vocabulary as ``[S, V]`` (the same divisions; contiguous operands divide
+    about twice as fast, so small vocabularies get that); ``top_k_rows [R]`` indices *into
     the S sampled rows* whose ``top_k [R]`` is active (``0 < k < V``), or ``None``.
     Built once per change of the running set, not per step.
     """
@@ -112,7 +114,7 @@ def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray 
     if spec is None:
         return logits.argmax(axis=1)  # [B]
     rows = spec.rows
-    z = logits / spec.scale if rows is None else logits[rows]  # [S, V] (a copy either way)
+    z = logits / spec.scale if rows is None else logits.take(rows, axis=0)  # [S, V] (a copy either way)
     if rows is not None:
         z /= spec.scale
     k_rows = spec.top_k_rows

@@ -233,6 +233,10 @@ def charlm_config(seed: int = 0, config: CharLMConfig | None = None) -> dict[str
 
 # --------------------------------------------------------------------------- model
 
+#: Batches up to this size gather with one fancy index and a sum (fewest calls); bigger ones
+#: with one ``take`` and halving adds (less work per row).  Both are exact integer sums.
+_SMALL_BATCH = 4
+
 def _pow2_exponent(max_abs: float, bits: int) -> int:
     """Largest ``s`` with ``max_abs * 2**s <= 2**bits`` (so rounded values fit in ``bits`` bits)."""
     if max_abs <= 0:
@@ -289,6 +293,7 @@ class CharLM:
         s_t = _pow2_exponent(t_bound, 30)  # sums stay below 2**30 (+ k/2 from rounding)
         self._tables = np.rint(np.ldexp(tables, s_t)).astype(np.int32).reshape(k * (v + 1), h)
         self._offsets = (np.arange(k) * (v + 1))[None, :]  # [1, k]: row offset of position j
+        self._offsets_t = self._offsets.T.copy()  # [k, 1]: the same, for position-major gathers
         h_max = float(np.clip(tables.max(axis=1), 0, None).sum(axis=0).max())  # bound on relu(h)
         half = (52 - math.ceil(math.log2(h))) // 2  # hq, w2q < 2**half: H*hq*w2q < 2**52
         s_h = min(s_t, _pow2_exponent(h_max, half))
@@ -296,6 +301,10 @@ class CharLM:
         self._h_shift = s_t - s_h  # hq = floor(h_int / 2**shift)
         self._w2 = np.rint(np.ldexp(w2, s_w))  # [H, V] integers (float64)
         self._out_scale = math.ldexp(1.0, -(s_h + s_w))
+        # The scale is a power of two, so hq @ (w2q * scale) == (hq @ w2q) * scale bit for bit:
+        # every partial sum is the exact integer one times 2**-(s_h + s_w) (normal numbers:
+        # the smallest nonzero |w2q| * scale is >= 2**-(s_h + s_w) >> the float64 minimum).
+        self._w2_scaled = self._w2 * self._out_scale  # [H, V]
         self._b2 = b2
 
         params = sum(int(np.asarray(arrays[n]).size) for n in ("embed", "w1", "b1", "w2", "b2"))
@@ -313,18 +322,23 @@ class CharLM:
         Pure; row i depends only on ``contexts[i]`` and is bitwise identical
         whatever B is.  Raises ``IndexError`` on ids outside ``0..V``.
         """
-        idx = contexts + self._offsets  # [B, k] rows of the stacked tables
-        if len(idx) <= 8:
+        b = len(contexts)
+        if b <= _SMALL_BATCH:
+            idx = contexts + self._offsets  # [B, k] rows of the stacked tables
             h = self._tables[idx].sum(axis=1, dtype=np.int32)  # [B, k, H] -> [B, H], exact
-        else:  # the same exact sums with less memory traffic for big batches
-            h = self._tables.take(idx[:, 0], axis=0)  # [B, H] int32
-            for j in range(1, self.context_len):
-                h += self._tables.take(idx[:, j], axis=0)
+        else:  # the same exact sums with fewer calls: one gather, then halving adds
+            idx = contexts.T + self._offsets_t  # [k, B], position-major
+            g = self._tables.take(idx.ravel(), axis=0).reshape(self.context_len, b, self.hidden)  # [k, B, H]
+            n = self.context_len
+            while n > 1:  # g[0] += g[n - 1], ... pairwise (integer sums: any order is exact)
+                half = n // 2
+                g[:half] += g[n - half:n]
+                n -= half
+            h = g[0]  # [B, H] int32
         np.maximum(h, 0, out=h)  # relu
         if self._h_shift:
             np.right_shift(h, self._h_shift, out=h)  # onto the coarser grid (floor; exact)
-        out = h.astype(np.float64) @ self._w2  # [B, H] @ [H, V] -> [B, V], exact integer dot products
-        out *= self._out_scale
+        out = h.astype(np.float64) @ self._w2_scaled  # [B, H] @ [H, V] -> [B, V], exact (see __init__)
         out += self._b2
         return out
 

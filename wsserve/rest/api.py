@@ -318,7 +318,8 @@ class HttpApi:
                           key=_version_key)
         backend = entry.model.info.extra.get("backend") if hasattr(entry.model, "info") else None
         platform = _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
-        return HttpResponse(200, oip.model_metadata(entry.name, versions, platform, inputs, outputs), JSON)
+        explain = oip.explain_parameters(entry.explanation)
+        return HttpResponse(200, oip.model_metadata(entry.name, versions, platform, inputs, outputs, explain), JSON)
 
     def _model_ready(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
@@ -341,12 +342,19 @@ class HttpApi:
             encoding = request.header(b"content-encoding")
             if encoding is not None and encoding.strip().lower() != "identity":
                 raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
-            req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=self.config.max_rows)
+            cfg = self.config
+            req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=cfg.max_rows,
+                                  explain_refusal=entry.explain_refusal)
+            if req.explain:
+                if req.rows > cfg.max_explain_rows:  # the WebSocket's limit and message
+                    raise InvalidInput(f"'inputs' has {req.rows} rows; explain takes at most {cfg.max_explain_rows} "
+                                       "rows per request (max_explain_rows)")
+                outputs = (*outputs, *oip.attribution_tensors(inputs, outputs))
             batch = _worker_inputs(entry, inputs, req)
             nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
             session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
             call = InferCall(session, exchange, entry, batch, req.rows, nbytes, "oip", now, cors, rid=req.id,
-                             outputs=outputs, requested=req.outputs)
+                             outputs=outputs, requested=req.outputs, explain=req.explain)
             deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
             call.item = entry.worker.submit(call, priority=1 if req.priority == 1 else 0, deadline=deadline)
         except WsserveError as exc:

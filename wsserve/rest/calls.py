@@ -264,24 +264,36 @@ class PredictFormCall(PredictCall):
 
 class InferCall(PredictCall):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: the Open Inference Protocol response
-    (JSON or binary outputs), each output tensor by its name."""
+    (JSON or binary outputs), each output tensor by its name.
+
+    With ``explain``, ``outputs`` goes on past the model's outputs with their
+    :func:`~wsserve.rest.oip.attribution_tensors` (filled with the worker's
+    attributions), and the response carries :func:`~wsserve.rest.oip.explain_parameters`."""
 
     __slots__ = ("rid", "outputs", "requested")
 
     def __init__(self, *args: Any, rid: str | None, outputs: tuple[oip.Tensor, ...],
-                 requested: list[tuple[int, bool]]) -> None:
-        super().__init__(*args)
+                 requested: list[tuple[int, bool]], explain: bool = False) -> None:
+        super().__init__(*args, explain=explain)
         self.rid = rid
         self.outputs = outputs
         self.requested = requested
 
     def _result(self, outputs: Any) -> None:
         n = _count(outputs)
+        specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
         if isinstance(outputs, dict):
-            values = [outputs[spec.name].reshape((n, *spec.shape)) for spec in self.outputs]
+            values = [outputs[spec.name].reshape((n, *spec.shape)) for spec in specs]
         else:
-            values = [outputs.reshape((n, *self.outputs[0].shape))]
-        body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values)
+            values = [outputs.reshape((n, *specs[0].shape))]
+        parameters = None
+        if self.explain:
+            parts = self._attr_parts
+            attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            values.extend(attributions.reshape((n, *spec.shape)) for spec in self.outputs[len(specs):])
+            parameters = oip.explain_parameters(self.explanation)
+        body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values,
+                                           parameters)
         if json_size is None:
             self._answer(body)
         else:

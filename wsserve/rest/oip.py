@@ -12,6 +12,12 @@
   reaches numpy.  Raises :class:`~wsserve.errors.BadJson`,
   :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`.
 - :func:`encode_infer` - the response, JSON or JSON + binary outputs.
+- :func:`attribution_tensors`, :func:`explain_parameters` - explanations
+  (wsserve's extension, request parameter ``"explain": true``): one extra
+  ``FP64`` output ``<output>_attributions`` of the input's per-row shape per
+  model output, and the flat ``explain_*`` parameters that say how the
+  attributions were computed (OIP parameter values are strings, numbers or
+  booleans, so the WebSocket ``explanation`` object is spread over keys).
 
 Datatypes: a float model (``FP16``/``FP32``/``FP64``) accepts ``FP16``,
 ``FP32`` and ``FP64`` input (rounded to the declared input type first) and
@@ -37,9 +43,12 @@ __all__ = [
     "DATATYPES",
     "DEFAULT_INPUT",
     "DEFAULT_OUTPUT",
+    "ATTRIBUTIONS_SUFFIX",
     "InferRequest",
     "Tensor",
+    "attribution_tensors",
     "encode_infer",
+    "explain_parameters",
     "model_metadata",
     "parse_infer",
     "server_metadata",
@@ -96,16 +105,47 @@ def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     return (Tensor(DEFAULT_INPUT, "FP64", tuple(info.input_shape)),), (Tensor(DEFAULT_OUTPUT, "FP64", tuple(info.output_shape)),)
 
 
+#: ``<output>`` + this names the output's attributions tensor.
+ATTRIBUTIONS_SUFFIX = "_attributions"
+#: What :func:`parse_infer` answers ``"explain": true`` with unless the caller says the model can be explained.
+_NOT_EXPLAINED = "explanations are not available for this model"
+
+
+def attribution_tensors(inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The extra outputs of an explained inference: ``<output>_attributions`` per output, ``FP64``,
+    the per-row shape of the model's one input (feature ``j`` of row ``i`` is its share of the
+    row's explained output).  Empty unless the model has exactly one input (the only kind
+    :mod:`wsserve.explain` explains)."""
+    if len(inputs) != 1:
+        return ()
+    return tuple(Tensor(t.name + ATTRIBUTIONS_SUFFIX, "FP64", inputs[0].shape) for t in outputs)
+
+
+def explain_parameters(explanation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """OIP ``parameters`` describing explanations: ``{"explain": false}`` for a model that cannot be
+    explained, else ``{"explain": true, "explain_method": ..., "explain_baseline": ...,
+    "explain_target": ..., "explain_steps": ...}`` (the keys of the WebSocket ``explanation``
+    object, prefixed: OIP parameter values may not be objects)."""
+    if explanation is None:
+        return {"explain": False}
+    return {"explain": True, **{f"explain_{key}": value for key, value in explanation.items()}}
+
+
 def server_metadata(version: str, extensions: list[str]) -> bytes:
     return orjson.dumps({"name": "wsserve", "version": version, "extensions": extensions})
 
 
 def model_metadata(name: str, versions: list[str], platform: str, inputs: tuple[Tensor, ...],
-                   outputs: tuple[Tensor, ...]) -> bytes:
-    return orjson.dumps({
+                   outputs: tuple[Tensor, ...], parameters: Mapping[str, Any] | None = None) -> bytes:
+    """The model metadata body; ``parameters`` (e.g. :func:`explain_parameters`) is added when given
+    (not in the spec's metadata: clients that do not know it ignore it)."""
+    body: dict[str, Any] = {
         "name": name, "versions": versions, "platform": platform,
         "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
-    })
+    }
+    if parameters is not None:
+        body["parameters"] = parameters
+    return orjson.dumps(body)
 
 
 class InferRequest:
@@ -113,19 +153,22 @@ class InferRequest:
 
     ``arrays`` maps each model input to its ``[n, *shape]`` array (in the
     input's declared dtype), ``rows`` is ``n``; ``outputs`` lists
-    ``(output index, binary)`` for the outputs to return, in order.
+    ``(output index, binary)`` for the outputs to return, in order; with
+    ``explain`` an index ``len(model outputs) + i`` is output ``i``'s
+    attributions (:func:`attribution_tensors`).
     """
 
-    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us")
+    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us", "explain")
 
     def __init__(self, rid: str | None, arrays: dict[str, np.ndarray], rows: int, outputs: list[tuple[int, bool]],
-                 priority: int, timeout_us: int | None) -> None:
+                 priority: int, timeout_us: int | None, explain: bool = False) -> None:
         self.id = rid
         self.arrays = arrays
         self.rows = rows
         self.outputs = outputs
         self.priority = priority
         self.timeout_us = timeout_us
+        self.explain = explain
 
 
 def _kind(value: Any) -> str:
@@ -165,12 +208,18 @@ def _name(obj: Mapping[str, Any], what: str, index: int) -> str:
 
 
 def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
-                *, max_rows: int) -> InferRequest:
+                *, max_rows: int, explain_refusal: str | None = _NOT_EXPLAINED) -> InferRequest:
     """Check an inference request body against the model's tensors (see the module docstring).
 
     ``header_length``: the ``Inference-Header-Content-Length`` value (the JSON
     part's size; the rest of ``body`` is binary tensor data), or None for a
-    JSON-only body.  ``max_rows`` bounds the batch dimension."""
+    JSON-only body.  ``max_rows`` bounds the batch dimension.
+
+    ``explain_refusal``: why the model cannot be explained (raised as
+    :class:`~wsserve.errors.BadRequest` for a request with parameter
+    ``"explain": true``, before its inputs are read), or None if it can: then
+    such a request may also ask for the :func:`attribution_tensors`, and gets
+    each one after its output unless ``outputs`` names it."""
     if header_length is None:
         obj, binary = loads(body), None
     else:
@@ -192,6 +241,14 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     binary_out = params.get("binary_data_output", False)
     if type(binary_out) is not bool:
         raise BadRequest("parameter 'binary_data_output' must be a boolean")
+    explain = params.get("explain", False)
+    if type(explain) is not bool:
+        raise BadRequest(f"parameter 'explain' must be a boolean, got {_kind(explain)}")
+    if explain and explain_refusal is not None:
+        raise BadRequest(explain_refusal)
+    attributions = attribution_tensors(inputs, outputs) if explain else ()
+    if explain and not attributions:
+        raise BadRequest("explanations need a model with one input")
     given = obj.get("inputs")
     if type(given) is not list or not given:
         raise BadRequest("'inputs' must be a non-empty array of input tensors")
@@ -221,23 +278,30 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
         raise BadRequest(f"missing input {missing[0]!r}; the model takes: {', '.join(by_name)}")
     if binary is not None and offset != len(binary):
         raise BadRequest(f"the body holds {len(binary)} bytes of binary tensor data; the inputs use {offset}")
-    return InferRequest(rid, arrays, rows, _requested(obj, outputs, binary_out), priority,
-                        None if timeout is None else timeout)
+    return InferRequest(rid, arrays, rows, _requested(obj, outputs, binary_out, attributions), priority,
+                        None if timeout is None else timeout, explain)
 
 
-def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool) -> list[tuple[int, bool]]:
+def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,
+               attributions: tuple[Tensor, ...]) -> list[tuple[int, bool]]:
+    """``(index, binary)`` of the tensors to answer, in order: indexes past the model's outputs are
+    ``attributions`` (each follows its output, in the output's form, unless named itself)."""
     wanted = obj.get("outputs")
+    answerable = (*outputs, *attributions)
     if wanted is None:
-        return [(i, binary_default) for i in range(len(outputs))]
+        return [(i, binary_default) for i in range(len(answerable))]
     if type(wanted) is not list or len(wanted) > MAX_TENSORS:
         raise BadRequest(f"'outputs' must be an array of at most {MAX_TENSORS} requested outputs")
-    index = {t.name: i for i, t in enumerate(outputs)}
+    index = {t.name: i for i, t in enumerate(answerable)}
     out = []
     for i, item in enumerate(wanted):
         if type(item) is not dict:
             raise BadRequest(f"'outputs' item {i} must be an object, got {_kind(item)}")
         name = _name(item, "'outputs'", i)
         if name not in index:
+            if not attributions and name.endswith(ATTRIBUTIONS_SUFFIX) and \
+                    any(t.name + ATTRIBUTIONS_SUFFIX == name for t in outputs):
+                raise BadRequest(f"output {name!r} is only answered with parameter 'explain': true")
             raise BadRequest(f"unknown output {name!r}; the model produces: {', '.join(index)}")
         params = _params(item, "output", name)
         if "classification" in params:
@@ -246,6 +310,14 @@ def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defau
         if type(binary) is not bool:
             raise BadRequest(f"output {name!r}: parameter 'binary_data' must be a boolean")
         out.append((index[name], binary))
+    if attributions:
+        named = {i for i, _ in out}
+        with_attr = []
+        for i, binary in out:
+            with_attr.append((i, binary))
+            if i < len(outputs) and len(outputs) + i not in named:
+                with_attr.append((len(outputs) + i, binary))
+        out = with_attr
     return out
 
 
@@ -358,12 +430,14 @@ def _flatten(data: list[Any], shape: list[int], name: str) -> list[Any]:
 
 
 def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tensor, ...],
-                 requested: list[tuple[int, bool]], values: list[np.ndarray]) -> tuple[bytes, int | None]:
+                 requested: list[tuple[int, bool]], values: list[np.ndarray],
+                 parameters: Mapping[str, Any] | None = None) -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when binary outputs follow it (the
     ``Inference-Header-Content-Length`` header), else None.
 
     ``values[i]`` is output ``i`` as ``[n, *shape]`` (any float or int dtype); it is
-    answered in the output's declared datatype."""
+    answered in the output's declared datatype.  ``outputs`` may go on past the model's
+    own (the :func:`attribution_tensors`).  ``parameters``: the response's, if any."""
     described = []
     binary: list[bytes] = []
     for index, as_binary in requested:
@@ -380,6 +454,8 @@ def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tenso
     head: dict[str, Any] = {"model_name": model, "model_version": version}
     if rid is not None:
         head["id"] = rid
+    if parameters is not None:
+        head["parameters"] = parameters
     head["outputs"] = described
     text = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
     if not binary:

@@ -47,7 +47,7 @@ from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
 from .app import Counters
-from .framing import OP_BINARY, frame_header
+from .framing import OP_BINARY, SHORT_TEXT_HEADERS, frame_header
 
 try:  # the C implementation websockets itself uses
     from websockets.speedups import apply_mask
@@ -311,7 +311,8 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.ws.state is not _OPEN or self._lost:
             return
         if self._fast:
-            self._out.append(frame_header(len(frame)))
+            n = len(frame)
+            self._out.append(SHORT_TEXT_HEADERS[n] if n < 126 else frame_header(n))
             self._out.append(frame)
         else:
             self.ws.send_text(frame)

@@ -1,0 +1,52 @@
+"""TokenModelAdapter.initial_context: the prompt's last k ids, left-padded, every id checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsserve.errors import Internal
+from wsserve.generation.model import TokenModelAdapter
+from wsserve.models.base import ModelInfo
+
+
+class Listed:
+    """encode() returns whatever ``ids`` says (a list, like a repository model's)."""
+
+    task = "generation"
+    vocabulary = ("a", "b", "c", "d")
+    context_len = 3
+    info = ModelInfo(name="listed", version="1", task="generation", input_shape=(3,), output_shape=(4,),
+                     parameters=0)
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.ids
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        return np.zeros((len(contexts), 4))
+
+
+@pytest.mark.parametrize(("ids", "expected"), [
+    ([], [4, 4, 4]),
+    ([2], [4, 4, 2]),
+    ([0, 1, 2], [0, 1, 2]),
+    ([3, 3, 0, 1, 2], [0, 1, 2]),
+])
+def test_context_is_the_last_ids_left_padded(ids: list[int], expected: list[int]) -> None:
+    model = Listed()
+    adapter = TokenModelAdapter(model, name="listed")
+    model.ids = ids
+    ctx = adapter.initial_context("prompt")
+    assert ctx.dtype == np.int64 and ctx.tolist() == expected
+
+
+@pytest.mark.parametrize("ids", [[4], [-1], [0, 9], [7, 0, 1, 2], [0, -3, 1, 2, 3]])
+def test_an_id_outside_the_vocabulary_anywhere_is_refused(ids: list[int]) -> None:
+    model = Listed()
+    adapter = TokenModelAdapter(model, name="listed")
+    model.ids = ids
+    with pytest.raises(Internal, match=r"token ids in \[0, 4\)"):
+        adapter.initial_context("prompt")
