@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.assemble`` (also run at the end of ``python -m benchmarks.run``).
 The page is a header with the machine description followed by every fragment,
-in a fixed order for the known ones (``suite``, ``capacity``, ``generate``,
+in a fixed order for the known ones (``summary``, ``suite``, ``capacity``, ``generate``,
 ``client``, ``soak``) and alphabetically after them.  Each fragment is written
 by its own benchmark script, starts with a ``## `` heading, and links files
 relative to the repository root (e.g. ``benchmarks/results/latency_curve.svg``).
@@ -21,7 +21,7 @@ __all__ = ["ORDER", "assemble", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ("suite", "capacity", "generate", "client", "soak")
+ORDER = ("summary", "suite", "capacity", "generate", "client", "soak")
 
 
 def _key(path: Path) -> tuple[int, str]:
