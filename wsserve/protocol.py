@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
+from .jsontypes import json_type
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
 
 __all__ = [
@@ -102,22 +103,6 @@ _MAX_VERSION_INT = (1 << 63) - 1
 # --------------------------------------------------------------------------- request values
 
 
-def _jtype(value: Any) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerationParams:
@@ -153,7 +138,7 @@ class GenerationParams:
 
     def __post_init__(self) -> None:
         if type(self.prompt) is not str:
-            raise BadRequest(f"field 'prompt' must be a string, got {_jtype(self.prompt)}")
+            raise BadRequest(f"field 'prompt' must be a string, got {json_type(self.prompt)}")
         if type(self.max_tokens) is not int or self.max_tokens < 1:
             raise BadRequest(f"field 'max_tokens' must be an integer >= 1, got {self.max_tokens!r}")
         t = self.temperature
@@ -162,10 +147,10 @@ class GenerationParams:
         if type(self.top_k) is not int or not 0 <= self.top_k <= MAX_TOP_K:
             raise BadRequest(f"field 'top_k' must be an integer in [0, {MAX_TOP_K}], got {self.top_k!r}")
         if self.seed is not None and type(self.seed) is not int:
-            raise BadRequest(f"field 'seed' must be an integer, got {_jtype(self.seed)}")
+            raise BadRequest(f"field 'seed' must be an integer, got {json_type(self.seed)}")
         stop = self.stop
         if type(stop) is not tuple:
-            raise BadRequest(f"field 'stop' must be a list of strings, got {_jtype(stop)}")
+            raise BadRequest(f"field 'stop' must be a list of strings, got {json_type(stop)}")
         if len(stop) > MAX_STOP_STRINGS:
             raise BadRequest(f"field 'stop' holds {len(stop)} strings; at most {MAX_STOP_STRINGS}")
         for s in stop:
@@ -276,7 +261,7 @@ def _read_id(obj: dict[str, Any], required: bool) -> RequestId | None:
         if _MIN_INT_ID <= rid <= _MAX_INT_ID:
             return rid
         raise BadRequest("field 'id' must be an integer within a signed 64-bit range (-2**63 .. 2**63-1)")
-    raise BadRequest(f"field 'id' must be a string or an integer, got {_jtype(rid)}")
+    raise BadRequest(f"field 'id' must be a string or an integer, got {json_type(rid)}")
 
 
 def _loose_id(obj: dict[str, Any]) -> RequestId | None:
@@ -292,7 +277,7 @@ def _opt_int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     if value is None:
         return None
     if type(value) is not int:
-        raise BadRequest(f"field '{key}' must be an integer, got {_jtype(value)}")
+        raise BadRequest(f"field '{key}' must be an integer, got {json_type(value)}")
     if value < lo or value > hi:
         raise BadRequest(f"field '{key}' must be in [{lo}, {hi}], got {value}")
     return value
@@ -324,7 +309,7 @@ def _model(obj: dict[str, Any]) -> str:
         return model
     if model is None:
         raise BadRequest("missing field 'model'")
-    raise BadRequest(f"field 'model' must be a string, got {_jtype(model)}")
+    raise BadRequest(f"field 'model' must be a string, got {json_type(model)}")
 
 
 def _version(obj: dict[str, Any]) -> str | None:
@@ -337,7 +322,7 @@ def _version(obj: dict[str, Any]) -> str | None:
             raise BadRequest(f"field 'version' must be a positive integer or a string, got {value}")
         return str(value)
     if type(value) is not str:
-        raise BadRequest(f"field 'version' must be a string or an integer, got {_jtype(value)}")
+        raise BadRequest(f"field 'version' must be a string or an integer, got {json_type(value)}")
     if len(value) > MAX_VERSION_LENGTH:
         raise BadRequest(f"field 'version' has {len(value)} characters; the limit is {MAX_VERSION_LENGTH}")
     return value
@@ -359,7 +344,7 @@ def _flag(obj: dict[str, Any], key: str) -> bool:
     if value is None:
         return False
     if type(value) is not bool:
-        raise BadRequest(f"field '{key}' must be a boolean, got {_jtype(value)}")
+        raise BadRequest(f"field '{key}' must be a boolean, got {json_type(value)}")
     return value
 
 
@@ -400,7 +385,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
     elif type(stop) is list:
         stop = tuple(stop)
     else:
-        raise BadRequest(f"field 'stop' must be a list of strings, got {_jtype(stop)}")
+        raise BadRequest(f"field 'stop' must be a list of strings, got {json_type(stop)}")
     seed = obj.get("seed")
     temperature = obj.get("temperature")
     top_k = obj.get("top_k")
@@ -425,7 +410,7 @@ def _decode_seed(obj: dict[str, Any]) -> Predict:
         return Predict(id=None, model="linear", inputs=[[v] for v in x], seed_form="scalar" if len(x) == 1 else "list")
     if type(x) in (int, float):
         return Predict(id=None, model="linear", inputs=[[x]], seed_form="scalar")
-    raise InvalidInput(f"field 'x' must be a number or an array of numbers, got {_jtype(x)}")
+    raise InvalidInput(f"field 'x' must be a number or an array of numbers, got {json_type(x)}")
 
 
 def loads(data: bytes | str) -> Any:
@@ -450,7 +435,7 @@ def decode_predict_body(data: bytes) -> Predict:
     fields).  Raises like :func:`decode`."""
     obj = loads(data)
     if type(obj) is not dict:
-        raise BadRequest(f"the body must be a JSON object, got {_jtype(obj)}")
+        raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
     if "x" in obj and "inputs" not in obj:
         return _decode_seed(obj)
     if "inputs" not in obj and "model" not in obj:
@@ -469,7 +454,7 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     """
     obj = loads(data)
     if type(obj) is not dict:
-        raise BadRequest(f"message must be a JSON object, got {_jtype(obj)}")
+        raise BadRequest(f"message must be a JSON object, got {json_type(obj)}")
     kind = obj.get("type")
     if kind == "predict" or kind == "generate":
         rid = _read_id(obj, True)  # an unusable id fails here, with no id to echo
@@ -551,7 +536,7 @@ def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
     them), so every number that passes is finite.
     """
     if type(inputs) is not list:
-        raise InvalidInput(f"'inputs' must be an array of rows, got {_jtype(inputs)}")
+        raise InvalidInput(f"'inputs' must be an array of rows, got {json_type(inputs)}")
     n = len(inputs)
     if n == 0:
         raise InvalidInput("'inputs' has no rows")
@@ -559,7 +544,7 @@ def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
         raise InvalidInput(f"'inputs' has {n} rows; the limit is {max_rows}")
     for i, row in enumerate(inputs):
         if type(row) is not list:
-            raise InvalidInput(f"'inputs' row {i} must be an array of {width} numbers, got {_jtype(row)}")
+            raise InvalidInput(f"'inputs' row {i} must be an array of {width} numbers, got {json_type(row)}")
         if len(row) != width:
             raise InvalidInput(f"'inputs' row {i} has {len(row)} values; the model takes {width}")
         for v in row:

@@ -42,6 +42,7 @@ import orjson
 
 from .dtypes import DTYPES, ITEMSIZE
 from .errors import BadRequest, InvalidInput
+from .jsontypes import json_type
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -105,21 +106,6 @@ class Spec(Protocol):
     dtype: str
 
 
-def _jtype(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
 
 # --------------------------------------------------------------------------- decode
 
@@ -151,14 +137,14 @@ def split(data: bytes | bytearray | memoryview, *, max_header_bytes: int = MAX_H
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"binary frame header is not valid UTF-8 JSON: {exc}") from None
     if type(header) is not dict:
-        raise BadRequest(f"binary frame header must be a JSON object, got {_jtype(header)}")
+        raise BadRequest(f"binary frame header must be a JSON object, got {json_type(header)}")
     return header, view[_PREFIX + n :]
 
 
 def _shape(value: Any, label: str) -> tuple[int, ...]:
     """A shape: a list of 1..MAX_DIMS integers (types here: BadRequest; values: the caller's)."""
     if type(value) is not list or not 1 <= len(value) <= MAX_DIMS:
-        raise BadRequest(f"{label}: 'shape' must be an array of 1 to {MAX_DIMS} integers, got {_jtype(value)}"
+        raise BadRequest(f"{label}: 'shape' must be an array of 1 to {MAX_DIMS} integers, got {json_type(value)}"
                          + (f" of {len(value)}" if type(value) is list else ""))
     for d in value:
         if type(d) is not int:
@@ -168,7 +154,7 @@ def _shape(value: Any, label: str) -> tuple[int, ...]:
 
 def _dtype(value: Any, label: str) -> str:
     if type(value) is not str:
-        raise BadRequest(f"{label}: 'dtype' must be a string, got {_jtype(value)}")
+        raise BadRequest(f"{label}: 'dtype' must be a string, got {json_type(value)}")
     if value not in DTYPES:
         raise BadRequest(f"{label}: unknown dtype {value!r}; known: {', '.join(DTYPES)}")
     return value
@@ -206,7 +192,7 @@ def read_tensors(header: Mapping[str, Any], payload_bytes: int, *, max_rows: int
         seen: set[str] = set()
         for i, t in enumerate(named):
             if type(t) is not dict:
-                raise BadRequest(f"'{key}' item {i} must be an object {{name, dtype, shape}}, got {_jtype(t)}")
+                raise BadRequest(f"'{key}' item {i} must be an object {{name, dtype, shape}}, got {json_type(t)}")
             name = t.get("name")
             if type(name) is not str or not 1 <= len(name) <= 256:
                 raise BadRequest(f"'{key}' item {i}: 'name' must be a string of 1 to 256 characters")

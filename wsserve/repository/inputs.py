@@ -26,27 +26,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
+from ..jsontypes import json_type
 from .tensors import TensorSpec
 
 __all__ = ["convert_inputs", "check_inputs", "batch_rows"]
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
-
-def _jtype(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def batch_rows(batch: np.ndarray | dict[str, np.ndarray]) -> int:
@@ -89,8 +75,8 @@ def _check_nested(label: str, i: int, node: Any, shape: tuple[int, ...], spec: T
         return _check_leaves(label, i, where, [node], spec)
     if type(node) is not list:
         if not where:
-            raise InvalidInput(f"{label} row {i} must be {_shape_words(shape)}, got {_jtype(node)}")
-        raise InvalidInput(f"{label} row {i}{where} must be an array of {shape[0]} values, got {_jtype(node)}")
+            raise InvalidInput(f"{label} row {i} must be {_shape_words(shape)}, got {json_type(node)}")
+        raise InvalidInput(f"{label} row {i}{where} must be an array of {shape[0]} values, got {json_type(node)}")
     if len(node) != shape[0]:
         raise InvalidInput(f"{label} row {i}{where} has {len(node)} values; the model takes {shape[0]}")
     if len(shape) == 1:
@@ -162,7 +148,7 @@ def _map_leaves(node: list[Any], shape: tuple[int, ...], fn: Any) -> list[Any]:
 
 def _convert_one(rows: Any, spec: TensorSpec, label: str, max_rows: int, budget: int) -> np.ndarray:
     if type(rows) is not list:
-        raise InvalidInput(f"{label} must be an array of rows, got {_jtype(rows)}")
+        raise InvalidInput(f"{label} must be an array of rows, got {json_type(rows)}")
     n = len(rows)
     if n == 0:
         raise InvalidInput(f"{label} has no rows")
@@ -176,7 +162,7 @@ def _convert_one(rows: Any, spec: TensorSpec, label: str, max_rows: int, budget:
         width = shape[0]
         for i, row in enumerate(rows):
             if type(row) is not list:
-                raise InvalidInput(f"{label} row {i} must be an array of {width} numbers, got {_jtype(row)}")
+                raise InvalidInput(f"{label} row {i} must be an array of {width} numbers, got {json_type(row)}")
             if len(row) != width:
                 raise InvalidInput(f"{label} row {i} has {len(row)} values; the model takes {width}")
             has_float |= _check_leaves(label, i, "", row, spec)
@@ -308,7 +294,7 @@ def convert_inputs(
         return _convert_one(inputs, spec, "'inputs'", max_rows, max_elements)
     if type(inputs) is not dict:
         names = ", ".join(repr(s.name) for s in specs)
-        raise InvalidInput(f"'inputs' must be an object {{name: rows}} with the inputs {names}, got {_jtype(inputs)}")
+        raise InvalidInput(f"'inputs' must be an object {{name: rows}} with the inputs {names}, got {json_type(inputs)}")
     if set(inputs) != {s.name for s in specs}:
         raise InvalidInput(_names_message(inputs, specs))
     n = len(inputs[specs[0].name]) if type(inputs[specs[0].name]) is list else 0

@@ -37,6 +37,7 @@ import orjson
 
 from ..dtypes import DTYPES, OIP_NAMES
 from ..errors import BadRequest, InvalidInput
+from ..jsontypes import json_type
 from ..protocol import MAX_ID_LENGTH, loads
 
 __all__ = [
@@ -171,19 +172,6 @@ class InferRequest:
         self.explain = explain
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
 
 _NO_PARAMS: Mapping[str, Any] = {}
 
@@ -196,7 +184,7 @@ def _params(obj: Mapping[str, Any], what: str, which: Any = "") -> Mapping[str, 
         return _NO_PARAMS
     if type(params) is not dict:
         label = f"{what} {which!r}" if which else what
-        raise BadRequest(f"{label}: 'parameters' must be an object, got {_kind(params)}")
+        raise BadRequest(f"{label}: 'parameters' must be an object, got {json_type(params)}")
     return params
 
 
@@ -227,7 +215,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
             raise BadRequest(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
         obj, binary = loads(body[:header_length]), memoryview(body)[header_length:]
     if type(obj) is not dict:
-        raise BadRequest(f"the inference request must be a JSON object, got {_kind(obj)}")
+        raise BadRequest(f"the inference request must be a JSON object, got {json_type(obj)}")
     rid = obj.get("id")
     if rid is not None and (type(rid) is not str or len(rid) > MAX_ID_LENGTH):
         raise BadRequest(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
@@ -243,7 +231,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
         raise BadRequest("parameter 'binary_data_output' must be a boolean")
     explain = params.get("explain", False)
     if type(explain) is not bool:
-        raise BadRequest(f"parameter 'explain' must be a boolean, got {_kind(explain)}")
+        raise BadRequest(f"parameter 'explain' must be a boolean, got {json_type(explain)}")
     if explain and explain_refusal is not None:
         raise BadRequest(explain_refusal)
     attributions = attribution_tensors(inputs, outputs) if explain else ()
@@ -260,7 +248,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     offset = 0
     for i, tensor in enumerate(given):
         if type(tensor) is not dict:
-            raise BadRequest(f"'inputs' item {i} must be an object, got {_kind(tensor)}")
+            raise BadRequest(f"'inputs' item {i} must be an object, got {json_type(tensor)}")
         name = _name(tensor, "'inputs'", i)
         spec = by_name.get(name)
         if spec is None:
@@ -296,7 +284,7 @@ def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defau
     out = []
     for i, item in enumerate(wanted):
         if type(item) is not dict:
-            raise BadRequest(f"'outputs' item {i} must be an object, got {_kind(item)}")
+            raise BadRequest(f"'outputs' item {i} must be an object, got {json_type(item)}")
         name = _name(item, "'outputs'", i)
         if name not in index:
             if not attributions and name.endswith(ATTRIBUTIONS_SUFFIX) and \

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest
+from ..jsontypes import json_type
 from ..protocol import MAX_MODEL_NAME_LENGTH, MAX_TEMPERATURE, GenerationParams
 
 __all__ = ["Completion", "CompletionEncoder", "DONE", "ParamError", "error_event", "models_list", "parse_completion"]
@@ -54,24 +55,11 @@ class Completion:
     include_usage: bool  # stream_options.include_usage: a usage chunk before [DONE]
 
 
-def _type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
 
 def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     """Check a decoded request body; raises :class:`ParamError` (a ``BadRequest``) naming the field."""
     if type(obj) is not dict:
-        raise BadRequest(f"the body must be a JSON object, got {_type(obj)}")
+        raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
     model = obj.get("model")
     if type(model) is not str or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH:
         raise ParamError("model", f"'model' must be a string of 1 to {MAX_MODEL_NAME_LENGTH} characters")
@@ -84,7 +72,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         else:
             raise ParamError("prompt", "'prompt' must be a string (token-id prompts are not supported)")
     if type(prompt) is not str:
-        raise ParamError("prompt", f"'prompt' must be a string, got {_type(prompt)}")
+        raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
     for name, neutral in _NEUTRAL.items():
         value = obj.get(name)
         if value is not None and not any(value == v and type(value) is type(v) for v in neutral if v is not None):
@@ -110,7 +98,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         top_k = 0
     seed = obj.get("seed")
     if seed is not None and type(seed) is not int:
-        raise ParamError("seed", f"'seed' must be an integer, got {_type(seed)}")
+        raise ParamError("seed", f"'seed' must be an integer, got {json_type(seed)}")
     stop = obj.get("stop")
     if stop is None:
         stop = ()
@@ -119,12 +107,12 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     elif type(stop) is list:
         stop = tuple(stop)
     else:
-        raise ParamError("stop", f"'stop' must be a string or an array of strings, got {_type(stop)}")
+        raise ParamError("stop", f"'stop' must be a string or an array of strings, got {json_type(stop)}")
     stream = obj.get("stream")
     if stream is None:
         stream = False
     elif type(stream) is not bool:
-        raise ParamError("stream", f"'stream' must be a boolean, got {_type(stream)}")
+        raise ParamError("stream", f"'stream' must be a boolean, got {json_type(stream)}")
     include_usage = False
     options = obj.get("stream_options")
     if options is not None:
