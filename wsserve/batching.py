@@ -79,6 +79,11 @@ class Slice(NamedTuple):
         return self.stop - self.start
 
 
+#: ``_slice(Slice, (item, start, stop))`` makes a :class:`Slice` without the named tuple's
+#: Python-level ``__new__`` (a lambda): ~140 ns instead of ~390 ns, once per request per batch.
+_slice = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Rows to compute together.  ``rows``: how many; ``units``: their cost (``rows`` when every row costs 1)."""
@@ -243,7 +248,7 @@ class BatchQueue:
             out = []
             for queue in (self._classes[1], self._classes[0]):
                 for item in queue:
-                    out.append(Slice(item, item.next_row, item.rows))
+                    out.append(_slice(Slice, (item, item.next_row, item.rows)))
                     item.next_row = item.rows
                     if item.deadline_entry is not None:
                         self._forget_deadline(item)
@@ -296,7 +301,7 @@ class BatchQueue:
             self._batches += 1
             self._rows_scheduled += rows
         return Batch(
-            slices=tuple(Slice(item, a, b) for item, (a, b) in slices.items()),
+            slices=tuple(_slice(Slice, (item, a, b)) for item, (a, b) in slices.items()),
             rows=rows,
             expired=tuple(expired),
             units=units,
