@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -131,6 +132,14 @@ async def _child(driver: str, model: str, conns: int, requests: int, warmup: int
     msgs = [orjson.dumps({"type": "predict", "id": i, "model": model, "inputs": [row]}) for i in range(conns)]
     total = warmup + requests
     state = {"sent": 0, "done": 0, "t0": 0.0, "c0": 0.0}
+    collected = [0, 0]  # objects the cyclic GC freed, and its runs, during the measured requests
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and warmup <= state["done"] < total:
+            collected[0] += info["collected"]
+            collected[1] += 1
+
+    gc.callbacks.append(on_gc)
     finished = loop.create_future()
     now = time.monotonic
 
@@ -205,7 +214,9 @@ async def _child(driver: str, model: str, conns: int, requests: int, warmup: int
 
         prof.dump_stats(profile)
         pstats.Stats(profile).sort_stats("tottime").print_stats(30)
-    return {"us_per_req_cpu": cpu / requests * 1e6, "us_per_req_wall": wall / requests * 1e6, "requests": requests}
+    gc.callbacks.remove(on_gc)
+    return {"us_per_req_cpu": cpu / requests * 1e6, "us_per_req_wall": wall / requests * 1e6, "requests": requests,
+            "gc_collected_per_request": collected[0] / requests, "gc_runs": collected[1]}
 
 
 def child_main(args: argparse.Namespace) -> int:

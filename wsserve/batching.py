@@ -49,7 +49,8 @@ __all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"]
 
 @dataclass(eq=False, slots=True)
 class WorkItem:
-    """One request's rows waiting in a queue.  ``payload`` is the caller's."""
+    """One request's rows waiting in a queue.  ``payload`` is the caller's (the
+    :class:`~wsserve.worker.PredictWorker` sets it to None once it has delivered the last rows)."""
 
     rows: int
     priority: int = 0
