@@ -235,7 +235,7 @@ def child_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the parent (side by side)
 
 
-def _run(root: Path, args: argparse.Namespace, driver: str) -> float:
+def _run(root: Path, args: argparse.Namespace, driver: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(root), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--driver", driver, "--model", args.model,
            "-c", str(args.connections), "-n", str(args.requests), "--warmup", str(args.warmup)]
@@ -244,7 +244,44 @@ def _run(root: Path, args: argparse.Namespace, driver: str) -> float:
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"{root}: {proc.stderr.strip()[-2000:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["us_per_req_cpu"])
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+DRIVERS = {
+    "core": "`Connection` + fake `ConnectionIO` (the core alone)",
+    "picows": "`PicowsConnection` fed fake picows frames (adapter + core)",
+}
+
+
+def render(args: argparse.Namespace, drivers: list[str], sides: dict[str, Path],
+           figures: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    """The markdown fragment: µs of CPU per request (median and range) and what the GC freed, per driver and side."""
+    cmd = (f"python -m benchmarks.bench_core --model {args.model} -c {args.connections} -n {args.requests} "
+           f"--rounds {args.rounds}" + (" --base BASE" if args.base else ""))
+    out = [
+        f"### In-process: CPU per single-row `{args.model}` predict",
+        "",
+        (f"`{cmd}`: a real server core (model pool, batching worker, metrics, flusher) on uvloop, driven by "
+         f"{args.connections} fake connections with one request in flight each ({args.requests:,} requests per run "
+         f"after {args.warmup:,} of warm-up), no sockets; µs of process CPU per request, median of {args.rounds} "
+         "interleaved runs (range in small print). *GC freed*: objects the cyclic garbage collector had to free "
+         "per request (reference cycles)."
+         + (f" *base*: the same harness run against `{sides['base']}`." if "base" in sides else "")),
+        "",
+        "| driver | " + " | ".join(f"{s} µs/request" for s in sides) + (" | base ÷ head" if "base" in sides else "")
+        + " | " + " | ".join(f"{s} GC freed / request" for s in sides) + " |",
+        "|---|" + "---:|" * (2 * len(sides) + (1 if "base" in sides else 0)),
+    ]
+    for d in drivers:
+        us = {s: [r["us_per_req_cpu"] for r in figures[d][s]] for s in sides}
+        med = {s: statistics.median(v) for s, v in us.items()}
+        cells = [f"{med[s]:.2f} <sub>({min(us[s]):.2f}–{max(us[s]):.2f})</sub>" for s in sides]
+        if "base" in sides:
+            cells.append(f"{med['base'] / med['head']:.2f}×")
+        cells += [f"{statistics.median(r.get('gc_collected_per_request', float('nan')) for r in figures[d][s]):.2f}"
+                  for s in sides]
+        out.append(f"| {DRIVERS.get(d, d)} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=Path, default=None, help="another checkout to compare with (e.g. main's)")
     p.add_argument("--cache-dir", default=os.environ.get("WSSERVE_TEST_CACHE_DIR"))
     p.add_argument("--profile", default=None, help="cProfile one run (this checkout) into FILE")
+    p.add_argument("--results", type=Path, default=None,
+                   help="also write the table as a markdown fragment FILE (e.g. benchmarks/results/core.md)")
     args = p.parse_args(argv)
     if args.child:
         return child_main(args)
@@ -268,22 +307,20 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     drivers = [args.driver] if args.driver else ["core", "picows"]
     sides = {"head": ROOT} | ({"base": args.base.resolve()} if args.base else {})
-    figures: dict[str, dict[str, list[float]]] = {d: {s: [] for s in sides} for d in drivers}
+    figures: dict[str, dict[str, list[dict[str, Any]]]] = {d: {s: [] for s in sides} for d in drivers}
     for r in range(args.rounds):
         for d in drivers:
             for side, root in sides.items():
-                us = _run(root, args, d)
-                figures[d][side].append(us)
-                print(f"[round {r + 1}/{args.rounds}] {d:<6} {side:<4} {us:6.2f} us/request", file=sys.stderr, flush=True)
-    print(f"\n{args.model}, {args.connections} connections, {args.requests:,} single-row predicts per run, "
-          f"median of {args.rounds} interleaved runs (µs of process CPU per request):\n")
-    print("| driver | " + " | ".join(sides) + (" | base ÷ head |" if args.base else ""))
-    print("|---|" + "---:|" * (len(sides) + (1 if args.base else 0)))
-    for d in drivers:
-        med = {s: statistics.median(v) for s, v in figures[d].items()}
-        cells = [f"{med[s]:.2f} <sub>({min(figures[d][s]):.2f}–{max(figures[d][s]):.2f})</sub>" for s in sides]
-        extra = f" | {med['base'] / med['head']:.2f}× |" if args.base else ""
-        print(f"| {d} | " + " | ".join(cells) + extra)
+                run = _run(root, args, d)
+                figures[d][side].append(run)
+                print(f"[round {r + 1}/{args.rounds}] {d:<6} {side:<4} {run['us_per_req_cpu']:6.2f} us/request, "
+                      f"GC freed {run.get('gc_collected_per_request', float('nan')):.2f} objects/request",
+                      file=sys.stderr, flush=True)
+    table = render(args, drivers, sides, figures)
+    print(table)
+    if args.results:
+        args.results.write_text(table)
+        print(f"wrote {args.results}", file=sys.stderr)
     return 0
 
 
