@@ -28,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ class _Frame:
 
 
 class _Transport:
-    """The TCP transport under picows: writes are counted, never blocked."""
+    """The TCP transport under picows: writes go nowhere and never block."""
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -119,8 +120,6 @@ async def _child(driver: str, model: str, conns: int, requests: int, warmup: int
 
     config = ServerConfig(host="127.0.0.1", port=0, models=(model,), cache_dir=Path(cache_dir) if cache_dir else None,
                           ping_interval_s=None)
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="bench-core-") as scratch:
         builtin = prepare_builtin_repository(config.models, seed=config.seed, cache_dir=config.cache_dir,
                                              cache=config.cache, scratch=Path(scratch))
@@ -207,7 +206,6 @@ async def _child(driver: str, model: str, conns: int, requests: int, warmup: int
         state["sent"] += 1
         loop.call_soon(send_next, owner)
     wall, cpu = await finished
-    batches = server.metrics  # noqa: F841 - kept alive until here
     await server.pool.close()
     if profile:
         import pstats
