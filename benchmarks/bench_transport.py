@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # python benchmarks/bench_transport.py
 from benchmarks.assemble import assemble
 from benchmarks.machine import describe
 from benchmarks.run import PY, RESULTS, Plan, loadtest_cmd, measure, median_of, shown
-from benchmarks.servers import start_command
+from benchmarks.servers import ROOT, start_command
 from tests.support import ServerProcess, proc_status, serve_command
 
 _WSSERVE = serve_command("--log-level", "warning", loop="uvloop")
@@ -61,6 +61,24 @@ LABELS = {
     "wsserve": "wsserve, websockets",
     "wsserve-picows": "wsserve, picows",
 }
+#: name -> the checkout a server runs from (default this one): ``--base DIR`` adds wsserve from DIR on both transports
+ROOTS: dict[str, Path] = {}
+
+
+def add_base(base: Path) -> None:
+    """Also run wsserve from the checkout ``base`` (e.g. main's, for a before/after), on both transports."""
+    for name in ("wsserve", "wsserve-picows"):
+        SERVERS[f"{name}@base"] = SERVERS[name]
+        LABELS[f"{name}@base"] = f"{LABELS[name]} (base)"
+        ROOTS[f"{name}@base"] = base
+    BASE_COMPARISONS.extend([
+        ("wsserve-picows|linear", "wsserve-picows@base|linear", "wsserve-picows linear ÷ its base", None),
+        ("wsserve-picows|mlp", "wsserve-picows@base|mlp", "wsserve-picows mlp ÷ its base", None),
+        ("wsserve|linear", "wsserve@base|linear", "wsserve linear ÷ its base", None),
+        ("wsserve|mlp", "wsserve@base|mlp", "wsserve mlp ÷ its base", None),
+    ])
+
+
 #: (numerator, denominator, label, target multiple or None), keys "server|model"
 TARGETS = (
     ("wsserve-picows|linear", "echo|-", "wsserve-picows linear ÷ websockets echo", 2.0),
@@ -70,6 +88,9 @@ TARGETS = (
     ("echo-picows|-", "echo|-", "picows echo ÷ websockets echo", None),
     ("wsserve|linear", "echo|-", "wsserve linear ÷ websockets echo", None),
 )
+
+#: Before/after rows of ``--base`` (same shape as TARGETS).
+BASE_COMPARISONS: list[tuple[str, str, str, float | None]] = []
 
 FULL = Plan(reps=5, duration_s=4.0, warmup_s=1.0, connections=(64, 256))
 QUICK = Plan(reps=1, duration_s=1.5, warmup_s=0.5, connections=(64,), quick=True)
@@ -85,7 +106,7 @@ def run(plan: Plan) -> dict[str, Any]:
     servers: dict[str, ServerProcess] = {}
     try:
         for name, (cmd, _) in SERVERS.items():
-            servers[name] = start_command(cmd)
+            servers[name] = start_command(cmd, root=ROOTS.get(name, ROOT))
             _log(f"started {name} at {servers[name].url}")
         cells = [(name, model, n) for name in servers for model in SERVERS[name][1] for n in plan.connections]
         runs: dict[str, list[dict[str, Any]]] = {}
@@ -115,7 +136,8 @@ def run(plan: Plan) -> dict[str, Any]:
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "plan": asdict(plan),
         "machine": machine,
-        "server_commands": {name: shown(cmd) for name, (cmd, _) in SERVERS.items()},
+        "server_commands": {name: shown(cmd) for name, (cmd, _) in SERVERS.items() if name not in ROOTS},
+        "base": {name: str(root) for name, root in ROOTS.items()},
         "loadtest_command": shown(loadtest_cmd("URL", model="MODEL", connections=0, plan=plan)).replace("-c 0", "-c N"),
         "runs": runs,
         "summary": summary,
@@ -208,7 +230,9 @@ def render(data: dict[str, Any]) -> str:
     conns = plan["connections"]
     la = m.get("load_average") or ["?", "?", "?"]
     cmd = "python -m benchmarks.bench_transport" + (" --quick" if plan["quick"] else "") + (
-        f" --client-procs {plan['client_procs']}" if plan["client_procs"] > 1 else "")
+        f" --client-procs {plan['client_procs']}" if plan["client_procs"] > 1 else "") + (
+        f" --connections {' '.join(map(str, conns))}" if tuple(conns) != (64, 256) and not plan["quick"] else "") + (
+        " --base BASE" if data.get("base") else "")
     out = ["## Transports: websockets vs picows", ""]
     if plan["quick"]:
         out += ["> **Quick run**: one short repetition per cell, a smoke test, not numbers to cite.", ""]
@@ -218,7 +242,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         (f"Closed loop: N connections, each with one single-row `predict` in flight (echo servers: the same frames "
         f"echoed), {plan['duration_s']:g} s after {plan['warmup_s']:g} s of warm-up; {plan['reps']} repetitions per "
-        "cell interleaved across the four servers, median shown (range in small print). Every server is one process "
+        f"cell interleaved across the {len(SERVERS)} servers, median shown (range in small print). Every server is one process "
         f"on uvloop; the load-test client is {plan['client_procs']} separate process{'es' if plan['client_procs'] > 1 else ''}. "
         "The wire protocol is the same on both transports."),
         "",
@@ -247,7 +271,7 @@ def render(data: dict[str, Any]) -> str:
         "|---|" + "---:|" * (2 * len(conns)) + "---|",
     ]
     verdicts = []
-    for num, den, label, target in TARGETS:
+    for num, den, label, target in (*TARGETS, *BASE_COMPARISONS):
         cells, cpu = [], []
         for n in conns:
             a, b = summary.get(f"{num}|{n}") or {}, summary.get(f"{den}|{n}") or {}
@@ -286,6 +310,10 @@ def render(data: dict[str, Any]) -> str:
                 out.append(f"| {LABELS[name]} | {m_['idle_kib_per_conn']:.1f} | {m_['after_big_kib_per_conn']:,.0f} | "
                            f"{m_.get('flood_kib_per_conn', float('nan')):,.0f} |")
         out += [""]
+    base = data.get("base")
+    if base:
+        out += [(f"*(base)*: the same wsserve commands run from `{next(iter(base.values()))}`, a checkout of the "
+                 f"commit the changes measured here started from (`--base`)."), ""]
     out += ["Servers (from the repository root):", "", "```", *data["server_commands"].values(), "```", "",
             "Load, per cell (`--echo` instead of `--model` for the echo servers):", "", "```",
             data["loadtest_command"], "```", "",
@@ -301,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-procs", type=int, default=1, help="load-test client processes per run (default 1)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where transport.md/json go")
     ap.add_argument("--assemble", action="store_true", help="also rebuild BENCHMARKS.md")
+    ap.add_argument("--base", type=Path, help="also run wsserve from this checkout (before/after), both transports")
+    ap.add_argument("--connections", type=int, nargs="+", help="connection counts (default 64 256)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-per-connection measurement (~40 s)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -309,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration:
         plan = replace(plan, duration_s=args.duration)
     plan = replace(plan, client_procs=args.client_procs)
+    if args.connections:
+        plan = replace(plan, connections=tuple(args.connections))
+    if args.base:
+        add_base(args.base.resolve())
     t0 = time.monotonic()
     data = run(plan)
     if not args.no_memory:

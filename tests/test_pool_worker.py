@@ -10,7 +10,9 @@ the :class:`~wsserve.pool.PredictSink` contract.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from functools import partial
 from time import monotonic
 from typing import Any
@@ -521,3 +523,23 @@ async def test_a_failing_sink_does_not_keep_the_rest_of_its_batch_from_their_res
     await _wait(first, bad, last)
     assert first.outputs().tolist() == [[2.0]] and last.outputs().tolist() == [[6.0]]
     assert isinstance(bad.error, Internal) and "sink bug" in bad.error.message
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_worker_drops_a_sink_once_its_last_rows_are_delivered(make_worker, inline_max_flops):
+    """A connection's job keeps its work item (to cancel it) and the item holds the job: the worker
+    drops the item's sink after handing out the last rows, so a finished request is freed by
+    reference counting, not left for the cyclic garbage collector (it cost a busy server ~8% of its CPU)."""
+    worker = make_worker(Doubler(), inline_max_flops=inline_max_flops, max_batch_size=2)
+    sink = Sink("a", _col(1.0, 2.0, 3.0))  # two batches: the item is needed until the second
+    item = sink.item = worker.submit(sink)  # type: ignore[attr-defined]
+    await _wait(sink)
+    assert sink.outputs().ravel().tolist() == [2.0, 4.0, 6.0]
+    assert item.payload is None
+    ref = weakref.ref(sink)
+    gc.disable()
+    try:
+        del sink
+        assert ref() is None, "the finished sink is only reachable through a reference cycle"
+    finally:
+        gc.enable()

@@ -49,7 +49,8 @@ __all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"]
 
 @dataclass(eq=False, slots=True)
 class WorkItem:
-    """One request's rows waiting in a queue.  ``payload`` is the caller's."""
+    """One request's rows waiting in a queue.  ``payload`` is the caller's (the
+    :class:`~wsserve.worker.PredictWorker` sets it to None once it has delivered the last rows)."""
 
     rows: int
     priority: int = 0
@@ -77,6 +78,11 @@ class Slice(NamedTuple):
     @property
     def rows(self) -> int:
         return self.stop - self.start
+
+
+#: ``_slice(Slice, (item, start, stop))`` makes a :class:`Slice` without the named tuple's
+#: Python-level ``__new__`` (a lambda): ~140 ns instead of ~390 ns, once per request per batch.
+_slice = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +249,7 @@ class BatchQueue:
             out = []
             for queue in (self._classes[1], self._classes[0]):
                 for item in queue:
-                    out.append(Slice(item, item.next_row, item.rows))
+                    out.append(_slice(Slice, (item, item.next_row, item.rows)))
                     item.next_row = item.rows
                     if item.deadline_entry is not None:
                         self._forget_deadline(item)
@@ -296,7 +302,7 @@ class BatchQueue:
             self._batches += 1
             self._rows_scheduled += rows
         return Batch(
-            slices=tuple(Slice(item, a, b) for item, (a, b) in slices.items()),
+            slices=tuple(_slice(Slice, (item, a, b)) for item, (a, b) in slices.items()),
             rows=rows,
             expired=tuple(expired),
             units=units,

@@ -220,12 +220,12 @@ class Connection:
             else:
                 self.io.send(frame)
         metrics = self._metrics
-        metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at)
         if type(job) is PredictJob:
-            if job.queue_s >= 0:
-                metrics.queued(job.model, job.queue_s)
-        elif code in ("ok", "cancelled"):
-            metrics.add_tokens(job.model, job.tokens)  # type: ignore[attr-defined]
+            metrics.predict_done(job.model, code, self._clock() - job.received_at, job.queue_s)
+        else:
+            metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at)
+            if code in ("ok", "cancelled"):
+                metrics.add_tokens(job.model, job.tokens)  # type: ignore[attr-defined]
         if not self.inflight and self._cfg.idle_timeout_s is not None:
             self.timer_epoch += 1  # the idle clock runs again
         if shared.draining and not self.inflight and not self.closing:

@@ -137,14 +137,24 @@ class PredictJob(Job):
     __slots__ = (
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
-        "_attr_parts", "_attr_pending", "binary_outputs",
+        "_attr_parts", "_attr_pending", "binary_outputs", "_plain",
     )
 
     def __init__(
         self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, inputs: Tensors, n: int, nbytes: int,
         received_at: float, deadline: float | None,
     ) -> None:
-        super().__init__(owner, key, req.id, entry, "predict", received_at, deadline)
+        # Job.__init__'s fields, assigned here rather than through super().__init__ (one call
+        # less per request on the predict hot path; keep in step with Job.__init__).
+        self.owner = owner
+        self.key = key
+        self.id = req.id
+        self.model = entry.name
+        self.version = entry.version
+        self.kind = "predict"
+        self.received_at = received_at
+        self.deadline = deadline
+        self.finished = False
         self.inputs = inputs  # [n, ...] or {name: [n, ...]}: what the worker batches
         self.n = n
         self.nbytes = nbytes
@@ -167,6 +177,8 @@ class PredictJob(Job):
         self._attr_parts: list[np.ndarray] = []  # attributions of the rows computed so far
         self._attr_pending: list[np.ndarray] = []  # attributions of the rows in _pending
         self.binary_outputs = req.binary_outputs  # result and chunks as binary tensor frames
+        #: One JSON ``result`` frame, nothing else to keep: :meth:`on_rows`'s fast path applies.
+        self._plain = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
 
     def _stop_work(self) -> None:
         if self.item is not None:
@@ -181,12 +193,23 @@ class PredictJob(Job):
                 attributions: np.ndarray | None = None) -> None:
         if self.finished:
             return
+        if self._plain and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n:
+            # The common case - a plain predict whose rows all come in one delivery - in one step: the
+            # same frame and figures as the general path below, without its bookkeeping (-0.3 us a request).
+            self.queue_s = queue_s
+            self._compute_s = compute_s
+            self._batch_max = batch_rows
+            self._delivered = self.n
+            timing = {"queue_ms": round(queue_s * 1000.0, 3) if queue_s > 0 else 0.0,
+                      "compute_ms": round(compute_s * 1000.0, 3), "batch_size": batch_rows}
+            self._terminal(encode_result(self.id, self.model, self.version, outputs, timing), "ok")
+            return
         if self.queue_s < 0:
             self.queue_s = queue_s
         self._compute_s += compute_s
         if batch_rows > self._batch_max:
             self._batch_max = batch_rows
-        self._delivered += _count(outputs)
+        self._delivered += outputs.shape[0] if type(outputs) is np.ndarray else _count(outputs)
         last = self._delivered >= self.n
         if self.explain:
             if attributions is None:  # the worker must explain every row of an explain request

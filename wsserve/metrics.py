@@ -224,6 +224,20 @@ class Metrics:
         h.counts[bisect_left(h.bounds, duration_s)] += 1
         h.sum += duration_s
 
+    def predict_done(self, model: str, code: str, duration_s: float, queue_s: float) -> None:
+        """:meth:`request_done` for a ``predict`` and, when ``queue_s >= 0``, :meth:`queued`, in one
+        call (the hot path: one method call and one label lookup per family instead of two calls)."""
+        key = (model, "predict", code)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        h = self.duration.children.get((model, "predict"))
+        if h is None:
+            h = self.duration.get((model, "predict"))
+        h.counts[bisect_left(h.bounds, duration_s)] += 1
+        h.sum += duration_s
+        if queue_s >= 0:
+            self.queued(model, queue_s)
+
     def rejected(self, model: str, kind: str, code: str) -> None:
         """Count a request refused before any work (not in the duration histogram)."""
         key = (model, kind, code)

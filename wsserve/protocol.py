@@ -452,7 +452,10 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     bad ``x``); ``request_id`` is set on the exception whenever the id could be
     read.  ``max_tokens`` is the server's limit on a generate's ``max_tokens``.
     """
-    obj = loads(data)
+    try:  # orjson directly: loads() (one call more per message) only makes the error
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        obj = loads(data)  # raises BadJson
     if type(obj) is not dict:
         raise BadRequest(f"message must be a JSON object, got {json_type(obj)}")
     kind = obj.get("type")
@@ -631,8 +634,11 @@ def encode_result(
     or ``{name: [n, ...]}`` for a model with named outputs.  With ``attributions``
     (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
     ``explanation`` (method, baseline, target, steps)."""
-    frame: dict[str, Any] = {"type": "result", "id": rid, "model": model, "version": version,
-                             "outputs": _contiguous(outputs)}
+    if type(outputs) is np.ndarray:  # the common case, without _contiguous's call and isinstance
+        outputs = np.ascontiguousarray(outputs)
+    else:
+        outputs = _contiguous(outputs)
+    frame: dict[str, Any] = {"type": "result", "id": rid, "model": model, "version": version, "outputs": outputs}
     if attributions is not None:
         frame["attributions"] = np.ascontiguousarray(attributions)
         frame["explanation"] = explanation

@@ -436,6 +436,12 @@ class PredictWorker:
                         sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
             except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
                 self._sink_failed(item, exc)
+            if s.stop == item.rows:
+                # Its last rows are handed out: the worker is done with this item.  Dropping the sink
+                # breaks the sink <-> item reference cycle (a job keeps its item to cancel it), so
+                # both are freed at once rather than by the cyclic GC, which otherwise cost ~8% of
+                # a busy server's CPU.
+                item.payload = None
             offset = end
         if self._after_batch is not None:
             self._after_batch()

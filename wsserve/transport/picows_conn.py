@@ -444,8 +444,13 @@ class PicowsConnection(WSListener):
                 log.debug("write failed", exc_info=True)
                 return
         self._control_wrote = False
-        self._check_buffer()
         conn = self.conn
+        transport = self.transport
+        # The write-buffer policy, called only when it has something to do (under the limit and
+        # not congested it does nothing): a method call less per flush, i.e. per reply burst.
+        if transport is not None and (transport.get_write_buffer_size() > self._limit
+                                      or (conn is not None and conn.congested)):
+            self._check_buffer()
         if conn is not None and conn.timer_epoch != self._epoch:
             self._rearm(monotonic())
 
