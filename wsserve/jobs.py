@@ -32,33 +32,16 @@ from .protocol import (
     token_prefix,
 )
 from .tensorframe import encode as encode_tensor_frame
+from .worker import Tensors, concat_rows, count_rows, slice_rows
 
 if TYPE_CHECKING:
     from .batching import WorkItem
     from .pool import ModelEntry
-    from .worker import Tensors
 
 __all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
 
 
-def _concat(parts: list[Any]) -> Any:
-    """Rows of several deliveries, in order (per name for named outputs)."""
-    if isinstance(parts[0], dict):
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return np.concatenate(parts)
 
-
-def _count(outputs: Any) -> int:
-    """Rows in a delivery (an array, or named arrays of equal length)."""
-    if isinstance(outputs, dict):
-        return len(next(iter(outputs.values())))
-    return outputs.shape[0]
-
-
-def _rows(block: Any, a: int, b: int) -> Any:
-    if isinstance(block, dict):
-        return {k: v[a:b] for k, v in block.items()}
-    return block[a:b]
 
 
 class JobOwner(Protocol):
@@ -209,7 +192,7 @@ class PredictJob(Job):
         self._compute_s += compute_s
         if batch_rows > self._batch_max:
             self._batch_max = batch_rows
-        self._delivered += outputs.shape[0] if type(outputs) is np.ndarray else _count(outputs)
+        self._delivered += outputs.shape[0] if type(outputs) is np.ndarray else count_rows(outputs)
         last = self._delivered >= self.n
         if self.explain:
             if attributions is None:  # the worker must explain every row of an explain request
@@ -219,7 +202,7 @@ class PredictJob(Job):
         if self.stream:
             self._stream_rows(start, outputs, last)
         elif last:
-            self._result(outputs if self._parts is None else _concat([*self._parts, outputs]))
+            self._result(outputs if self._parts is None else concat_rows([*self._parts, outputs]))
         elif self._parts is None:
             self._parts = [outputs]
         else:
@@ -260,18 +243,18 @@ class PredictJob(Job):
             self._pending.append(outputs)
             if explain:
                 self._attr_pending.append(self._attr_parts.pop())
-            self._pending_rows += _count(outputs)
+            self._pending_rows += count_rows(outputs)
             if self._pending_rows >= size or last:
-                block = self._pending[0] if len(self._pending) == 1 else _concat(self._pending)
+                block = self._pending[0] if len(self._pending) == 1 else concat_rows(self._pending)
                 ablock = (self._attr_pending[0] if len(self._attr_pending) == 1 else np.concatenate(self._attr_pending)
                           ) if explain else None
                 offset = self._delivered - self._pending_rows
                 cut = 0
                 while self._pending_rows - cut >= size:
-                    self._send_chunk(offset + cut, _rows(block, cut, cut + size),
+                    self._send_chunk(offset + cut, slice_rows(block, cut, cut + size),
                                      None if ablock is None else ablock[cut:cut + size])
                     cut += size
-                rest = _rows(block, cut, self._pending_rows)
+                rest = slice_rows(block, cut, self._pending_rows)
                 arest = None if ablock is None else ablock[cut:self._pending_rows]
                 self._pending_rows -= cut
                 self._pending = [rest] if self._pending_rows else []

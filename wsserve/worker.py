@@ -38,11 +38,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from .batching import Batch, BatchQueue, WorkItem
-from .errors import BadRequest, DeadlineExceeded, Internal, InvalidInput, ShuttingDown, WsserveError
+from .errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    ShuttingDown,
+    WsserveError,
+)
 from .explain import Explainer
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "Tensors"]
+__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "Tensors", "count_rows", "concat_rows",
+           "slice_rows"]
 
 log = logging.getLogger("wsserve.worker")
 
@@ -52,6 +60,27 @@ Tensors = np.ndarray | dict[str, np.ndarray]
 #: Cost units of one row to explain (a plain row costs 1): integrated gradients on the ``mlp`` are
 #: 128 forward+backward passes, ~1.1-1.6 ms a row, against ~2 us a row for a plain batch-256 predict.
 EXPLAIN_ROW_COST = 32
+
+def count_rows(block: Tensors) -> int:
+    """Rows in a delivery (an array, or named arrays of equal length)."""
+    if isinstance(block, dict):
+        return len(next(iter(block.values())))
+    return int(block.shape[0])
+
+
+def concat_rows(parts: list[Tensors]) -> Tensors:
+    """Rows of several deliveries, in order (per name for named outputs)."""
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
+    return np.concatenate(parts)  # type: ignore[arg-type]
+
+
+def slice_rows(block: Tensors, a: int, b: int) -> Tensors:
+    """Rows ``a:b`` of a delivery (per name for named outputs)."""
+    if isinstance(block, dict):
+        return {k: v[a:b] for k, v in block.items()}
+    return block[a:b]
+
 
 
 class PredictSink(Protocol):

@@ -24,6 +24,7 @@ from ..admission import Admission
 from ..errors import Internal, WsserveError
 from ..httpmsg import HttpExchange, HttpResponse
 from ..protocol import encode_seed_result
+from ..worker import concat_rows, count_rows
 from . import oip
 from .errors import Style, error_response
 from .openai import Completion, CompletionEncoder, error_event
@@ -138,18 +139,6 @@ class Call:
         raise NotImplementedError
 
 
-def _count(outputs: Any) -> int:
-    """Rows in a delivery (an array, or named arrays of equal length)."""
-    if isinstance(outputs, dict):
-        return len(next(iter(outputs.values())))
-    return int(outputs.shape[0])
-
-
-def _concat(parts: list[Any]) -> Any:
-    """Rows of several deliveries, in order (per name for named outputs)."""
-    if isinstance(parts[0], dict):
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return np.concatenate(parts)
 
 
 def _contiguous(outputs: Any) -> Any:
@@ -209,7 +198,7 @@ class PredictCall(Call):
                 self.fail(Internal(f"model {self.model!r} returned rows without their attributions"))
                 return
             self._attr_parts.append(attributions)
-        self._delivered += _count(outputs)
+        self._delivered += count_rows(outputs)
         if self._delivered < self.n:
             if self._parts is None:
                 self._parts = [outputs]
@@ -217,7 +206,7 @@ class PredictCall(Call):
                 self._parts.append(outputs)
             return
         if self._parts is not None:
-            outputs = _concat([*self._parts, outputs])
+            outputs = concat_rows([*self._parts, outputs])
         if self._end("ok"):
             self._result(outputs)
 
@@ -280,7 +269,7 @@ class InferCall(PredictCall):
         self.requested = requested
 
     def _result(self, outputs: Any) -> None:
-        n = _count(outputs)
+        n = count_rows(outputs)
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
         if isinstance(outputs, dict):
             values = [outputs[spec.name].reshape((n, *spec.shape)) for spec in specs]
