@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import bounded_int
 from ..repository.errors import ModelLoadError
 from ..repository.layout import MODEL_FILES, is_model_name
 from ..repository.loader import find_model_file
@@ -50,18 +51,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _bounded_int(lo: int, hi: int):  # noqa: ANN202 - an argparse type
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, got {value}")
-        return value
-
-    return parse
-
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``wsserve compress``'s arguments to ``parser``."""
@@ -78,13 +67,13 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--prune: one ranking over all weights (global, the default) or per layer")
     parser.add_argument("--finetune", action="store_true",
                         help="--prune: fine-tune with the mask fixed on the training split afterwards")
-    parser.add_argument("--finetune-epochs", type=_bounded_int(1, MAX_FINETUNE_EPOCHS), default=None,
+    parser.add_argument("--finetune-epochs", type=bounded_int(1, MAX_FINETUNE_EPOCHS), default=None,
                         help=f"--finetune: epochs (default 2, at most {MAX_FINETUNE_EPOCHS})")
-    parser.add_argument("--version", type=_bounded_int(1, 10**18), default=None,
+    parser.add_argument("--version", type=bounded_int(1, 10**18), default=None,
                         help="source version (default: the highest version that can be compressed)")
-    parser.add_argument("--data-seed", type=_bounded_int(0, 2**63 - 1), default=None,
+    parser.add_argument("--data-seed", type=bounded_int(0, 2**63 - 1), default=None,
                         help="seed of the held-out data (default: the source's training seed, else 0)")
-    parser.add_argument("--latency-runs", type=_bounded_int(1, MAX_LATENCY_RUNS), default=21,
+    parser.add_argument("--latency-runs", type=bounded_int(1, MAX_LATENCY_RUNS), default=21,
                         help="timed batch-256 runs per model for the latency ratio (default 21)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 

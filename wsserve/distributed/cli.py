@@ -20,10 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import bounded_int
 from ..models.linear import LinearConfig
 from ..models.mlp import MLPConfig
 from .cluster import MAX_LOCAL_WORKERS
-from .data import BLOCK_ROWS, MAX_PARTITIONS, MAX_ROWS, MAX_SEED, block_ranges, check_seed, row_ranges
+from .data import (
+    BLOCK_ROWS,
+    MAX_PARTITIONS,
+    MAX_ROWS,
+    MAX_SEED,
+    block_ranges,
+    check_seed,
+    row_ranges,
+)
 
 __all__ = ["MAX_LINEAR_EPOCHS", "MAX_MLP_EPOCHS", "TrainPlan", "add_train_arguments", "plan_from_args", "run_train"]
 
@@ -36,18 +45,6 @@ DEFAULT_PARTITION_ROWS = 16 * BLOCK_ROWS
 _ADDRESS_RE = re.compile(r"^(?:(?:tcp|tls)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-
-def _bounded_int(lo: int, hi: int):  # noqa: ANN202 - an argparse type
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, got {value}")
-        return value
-
-    return parse
 
 
 def _dask_address(text: str) -> str:
@@ -75,17 +72,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask", type=_dask_address, default="local", metavar="ADDRESS|local",
                         help="scheduler address (tcp://HOST:PORT), or 'local' to start a LocalCluster "
                              "of worker processes for this run (default)")
-    parser.add_argument("--workers", type=_bounded_int(1, MAX_LOCAL_WORKERS), default=None,
+    parser.add_argument("--workers", type=bounded_int(1, MAX_LOCAL_WORKERS), default=None,
                         help=f"--dask local: worker processes (default: CPU count, at most {MAX_LOCAL_WORKERS}); "
                              "with an address: wait for at least this many workers")
-    parser.add_argument("--partitions", type=_bounded_int(1, MAX_PARTITIONS), default=None,
+    parser.add_argument("--partitions", type=bounded_int(1, MAX_PARTITIONS), default=None,
                         help="data partitions (default: one per worker; for --rows, also at most "
                              f"{DEFAULT_PARTITION_ROWS:,} rows each)")
-    parser.add_argument("--rows", type=_bounded_int(1, MAX_ROWS), default=None,
+    parser.add_argument("--rows", type=bounded_int(1, MAX_ROWS), default=None,
                         help=f"linear only: train on the generated data set of this many rows (1..{MAX_ROWS:,}), "
                              "made on the workers; default: the original 100 rows")
-    parser.add_argument("--seed", type=_bounded_int(0, MAX_SEED), default=0, help="data and init seed (default 0)")
-    parser.add_argument("--epochs", type=_bounded_int(1, MAX_LINEAR_EPOCHS), default=None,
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="data and init seed (default 0)")
+    parser.add_argument("--epochs", type=bounded_int(1, MAX_LINEAR_EPOCHS), default=None,
                         help=f"mlp: epochs to run (default {MLPConfig().epochs}, at most {MAX_MLP_EPOCHS}); "
                              f"linear: the cap on gradient-descent epochs (default {LinearConfig().max_epochs})")
     parser.add_argument("--timeout", type=_positive_seconds, default=30.0,

@@ -96,6 +96,7 @@ from websockets.server import ServerProtocol
 
 from ..protocol import SUBPROTOCOL
 from .framing import OP_BINARY, OP_TEXT, frame_header
+from .timer import OneTimer
 from .websocket import (  # the same fragment limit and handshake policy
     MAX_FRAGMENTS,
     _reason,
@@ -201,7 +202,7 @@ def _respond(app: App, transport: asyncio.Transport, response: Response) -> None
     transport.close()
 
 
-class PicowsConnection(WSListener):
+class PicowsConnection(OneTimer, WSListener):
     """One WebSocket on picows: a ``WSListener`` for picows, a
     :class:`~wsserve.connection.ConnectionIO` for the core.  Made by :func:`adopt`."""
 
@@ -503,27 +504,6 @@ class PicowsConnection(WSListener):
 
     # ------------------------------------------------------------------ timers
 
-    def _rearm(self, now: float) -> None:
-        """One timer for the core's deadlines, keepalive and the close handshake."""
-        if self._lost:
-            return
-        conn = self.conn
-        when = None
-        if conn is not None:
-            self._epoch = conn.timer_epoch
-            when = conn.next_timer()
-        for t in (self._close_deadline, self._pong_deadline, self._ping_at if self._ping_payload is None else None):
-            if t is not None and (when is None or t < when):
-                when = t
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + max(0.0, when - now), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

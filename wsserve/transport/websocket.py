@@ -48,6 +48,7 @@ from websockets.server import ServerProtocol
 from ..protocol import SUBPROTOCOL
 from .app import Counters
 from .framing import OP_BINARY, SHORT_TEXT_HEADERS, frame_header
+from .timer import OneTimer
 
 try:  # the C implementation websockets itself uses
     from websockets.speedups import apply_mask
@@ -73,7 +74,7 @@ def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-class WebSocketProtocol(asyncio.Protocol):
+class WebSocketProtocol(OneTimer, asyncio.Protocol):
     """One upgraded TCP connection.  Created by :class:`~.http.HttpProtocol`, which calls :meth:`start`."""
 
     def __init__(self, app: App, transport: asyncio.Transport, address: str) -> None:
@@ -431,27 +432,6 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ timers
 
-    def _rearm(self, now: float) -> None:
-        """One timer for the core's deadlines, keepalive and the close handshake."""
-        if self._lost:
-            return
-        conn = self.conn
-        if conn is not None:
-            self._epoch = conn.timer_epoch
-        when = conn.next_timer() if conn is not None else None
-        for t in (self._close_deadline, self._pong_deadline, self._ping_at if self._ping_payload is None else None):
-            if t is not None and (when is None or t < when):
-                when = t
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = asyncio.get_running_loop().call_at(
-                asyncio.get_running_loop().time() + max(0.0, when - now), self._on_timer
-            )
 
     def _on_timer(self) -> None:
         self._timer = None
