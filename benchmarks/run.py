@@ -55,6 +55,7 @@ class Plan:
     curve_connections: int = 64
     client_procs: int = 1
     quick: bool = False
+    inflight: int = 1  # requests in flight per connection (closed loop, ``-k``)
 
 
 FULL = Plan(reps=3, duration_s=4.0, warmup_s=1.0)
@@ -92,7 +93,7 @@ def loadtest_cmd(
         "-w",
         f"{plan.warmup_s:g}",
     ]
-    cmd += ["--rate", f"{rate:.0f}"] if rate is not None else ["-k", "1"]
+    cmd += ["--rate", f"{rate:.0f}"] if rate is not None else ["-k", str(plan.inflight)]
     cmd += ["--echo"] if model is None else ["--model", model]
     if plan.client_procs > 1:
         cmd += ["--procs", str(plan.client_procs)]

@@ -21,7 +21,7 @@ from wsserve.config import ServerConfig
 from wsserve.connection import Connection, ConnectionContext, Shared
 from wsserve.errors import UnknownModel
 from wsserve.metrics import Metrics
-from wsserve.pool import _float_rows
+from wsserve.pool import LIST_ROWS_MAX_VALUES, _float_rows, list_rows_bytes
 from wsserve.protocol import encode_hello
 
 KEY = "sk-test-key"
@@ -72,7 +72,8 @@ class FakePredictWorker:
 
     def finish(self, i: int = -1) -> None:
         sink, _, _ = self.submitted[i]
-        sink.on_rows(0, sink.inputs * 2.0, sink.n, 0.001, 0.002)
+        # Small requests keep their checked JSON rows; the real worker converts them in its batch.
+        sink.on_rows(0, np.asarray(sink.inputs, dtype=np.float64) * 2.0, sink.n, 0.001, 0.002)
 
 
 @dataclass
@@ -303,7 +304,7 @@ def test_max_inflight_bytes_counts_inputs_but_a_lone_request_always_fits() -> No
     s.models.predict.finish(0)
     assert conn.inflight_bytes == 0
     s.send(conn, P("small"))
-    assert conn.inflight_bytes == 8
+    assert conn.inflight_bytes == list_rows_bytes(1, 1)  # kept as its JSON row: counted as such
 
 
 # --------------------------------------------------------------------------- rate limits
@@ -534,12 +535,15 @@ def test_generate_goes_to_the_engine_with_the_connection_as_its_fairness_group()
     assert s.metrics.tokens == {"charlm": 1}
 
 
-def test_inputs_reach_the_worker_as_float64_arrays() -> None:
+def test_small_inputs_reach_the_worker_as_checked_rows_and_large_ones_as_float64_arrays() -> None:
     s = Setup()
     conn, _ = s.connect()
-    s.send(conn, P(1, inputs=[[1], [2.5]]))
-    sink = s.models.predict.submitted[0][0]
-    assert sink.inputs.dtype == np.float64 and sink.inputs.tolist() == [[1.0], [2.5]] and sink.nbytes == 16
+    s.send(conn, P(1, inputs=[[1], [2.5]]))  # converted with its batch, by the worker
+    s.send(conn, P(2, inputs=[[0.5]] * (LIST_ROWS_MAX_VALUES + 1)))  # converted at once: 8 bytes a value
+    small, large = (sub[0] for sub in s.models.predict.submitted)
+    assert small.inputs == [[1], [2.5]] and small.nbytes == list_rows_bytes(2, 1) > 16
+    assert large.inputs.dtype == np.float64 and large.inputs.shape == (LIST_ROWS_MAX_VALUES + 1, 1)
+    assert large.nbytes == 8 * (LIST_ROWS_MAX_VALUES + 1)
 
 
 # --------------------------------------------------------------------------- admin operations

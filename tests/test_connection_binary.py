@@ -9,7 +9,7 @@ import orjson
 
 from tests.test_connection import FakeIO, P, Setup, codes
 from wsserve.connection import Connection
-from wsserve.pool import ModelEntry
+from wsserve.pool import ModelEntry, list_rows_bytes
 from wsserve.repository import TensorSpec
 from wsserve.tensorframe import encode, read_tensors, split, view_tensors
 
@@ -46,7 +46,7 @@ def test_a_binary_predict_joins_the_same_worker_as_json_and_answers_json_by_defa
     s.send(conn, P("j"))
     assert len(s.models.predict.submitted) == 2 and s.shared.inflight == 2
     job = s.models.predict.submitted[0][0]
-    assert job.inputs.dtype == np.float64 and job.n == 2 and conn.inflight_bytes == 16 + 8
+    assert job.inputs.dtype == np.float64 and job.n == 2 and conn.inflight_bytes == 16 + list_rows_bytes(1, 1)
     s.models.predict.finish(0)
     s.models.predict.finish(1)
     frames = io.take()

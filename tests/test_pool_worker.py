@@ -236,6 +236,28 @@ async def test_requests_submitted_together_share_one_batch(make_worker, inline_m
         np.testing.assert_array_equal(s.outputs(), 2.0 * np.array(s.rows))
 
 
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_checked_json_rows_and_arrays_share_a_batch_in_order(make_worker, inline_max_flops: int) -> None:
+    """Small requests hand the worker their checked JSON rows (lists), others arrays
+    (wsserve.pool.LIST_ROWS_MAX_VALUES): one batch mixes both, a list request split
+    across batches keeps its row order, and every row reaches the model as float64."""
+    model = Doubler(width=2)
+    worker = make_worker(model, max_batch_size=5, inline_max_flops=inline_max_flops)
+    as_list = Sink("list", [[1, 2.5], [3, 4.5]])
+    as_list.inputs = [[1, 2.5], [3, 4.5]]  # ints and floats, as the JSON decoder gives them
+    array = Sink("array", [[5.0, 6.0]])
+    split = Sink("split", [[float(i), -float(i)] for i in range(7)])
+    split.inputs = [[float(i), -float(i)] for i in range(7)]
+    for sink in (as_list, array, split):
+        worker.submit(sink)
+    await _wait(as_list, array, split)
+    for sink in (as_list, array, split):
+        np.testing.assert_array_equal(sink.outputs(), 2.0 * np.array(sink.rows))
+    assert all(x.dtype == np.float64 for x, _ in model.calls)
+    assert [x.shape[0] for x, _ in model.calls] == [5, 5]  # 2 + 1 + 2 of "split", then its last 5
+    assert model.calls[0][0].tolist() == [[1.0, 2.5], [3.0, 4.5], [5.0, 6.0], [0.0, -0.0], [1.0, -1.0]]
+
+
 async def test_integer_inputs_are_computed_as_floats(make_worker) -> None:
     model = Doubler()
     worker = make_worker(model)

@@ -79,6 +79,7 @@ from .protocol import (
     encode_error,
     encode_models,
     encode_pong,
+    ms,
 )
 
 __all__ = ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"]
@@ -232,7 +233,7 @@ class Connection:
             self.close(1001, "server shutting down")
 
     def elapsed_ms(self, since: float) -> float:
-        return round((self.ctx.clock() - since) * 1000.0, 3)
+        return ms(self.ctx.clock() - since)
 
     # ------------------------------------------------------------------ timers
 

@@ -29,6 +29,7 @@ from .protocol import (
     encode_result,
     encode_seed_result,
     encode_token,
+    ms,
     token_prefix,
 )
 from .tensorframe import encode as encode_tensor_frame
@@ -40,8 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
 
-
-
+#: The attribution lists of a job that explains nothing: shared, never appended to (only
+#: ``explain`` jobs append), so a plain predict allocates no lists for them.
+_NO_ATTRIBUTIONS: list[np.ndarray] = []
 
 
 class JobOwner(Protocol):
@@ -157,8 +159,9 @@ class PredictJob(Job):
         # "explain": true - attributions arrive with each delivery, kept beside the outputs
         self.explain = req.explain
         self.explanation = entry.explanation if req.explain else None
-        self._attr_parts: list[np.ndarray] = []  # attributions of the rows computed so far
-        self._attr_pending: list[np.ndarray] = []  # attributions of the rows in _pending
+        # attributions of the rows computed so far, and of the rows in _pending (explain only)
+        self._attr_parts: list[np.ndarray] = [] if req.explain else _NO_ATTRIBUTIONS
+        self._attr_pending: list[np.ndarray] = [] if req.explain else _NO_ATTRIBUTIONS
         self.binary_outputs = req.binary_outputs  # result and chunks as binary tensor frames
         #: One JSON ``result`` frame, nothing else to keep: :meth:`on_rows`'s fast path applies.
         self._plain = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
@@ -183,8 +186,7 @@ class PredictJob(Job):
             self._compute_s = compute_s
             self._batch_max = batch_rows
             self._delivered = self.n
-            timing = {"queue_ms": round(queue_s * 1000.0, 3) if queue_s > 0 else 0.0,
-                      "compute_ms": round(compute_s * 1000.0, 3), "batch_size": batch_rows}
+            timing = {"queue_ms": ms(queue_s), "compute_ms": ms(compute_s), "batch_size": batch_rows}
             self._terminal(encode_result(self.id, self.model, self.version, outputs, timing), "ok")
             return
         if self.queue_s < 0:
@@ -210,8 +212,8 @@ class PredictJob(Job):
 
     def _timing(self) -> dict[str, float | int]:
         return {
-            "queue_ms": round(self.queue_s * 1000.0, 3) if self.queue_s > 0 else 0.0,
-            "compute_ms": round(self._compute_s * 1000.0, 3),
+            "queue_ms": ms(self.queue_s),
+            "compute_ms": ms(self._compute_s),
             "batch_size": self._batch_max,
         }
 

@@ -55,6 +55,8 @@ __all__ = [
     "loads",
     "decode_binary",
     "validate_inputs",
+    "check_rows",
+    "ms",
     "encode_error",
     "encode_hello",
     "encode_draining",
@@ -531,12 +533,19 @@ def decode_binary(data: bytes | memoryview, *, max_rows: int, max_header_bytes: 
 
 
 def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
-    """Check ``inputs`` is ``[n, width]`` of numbers with ``1 <= n <= max_rows``.
+    """Check ``inputs`` is ``[n, width]`` of numbers with ``1 <= n <= max_rows``
+    (:func:`check_rows`) and return the rows as a float64 array ``[n, width]`` (8 bytes
+    a value, where the parsed JSON lists take about four times that)."""
+    check_rows(inputs, width, max_rows)
+    return np.array(inputs, dtype=np.float64)
 
-    Returns the rows as a float64 array ``[n, width]`` (8 bytes a value, where the
-    parsed JSON lists take about five times that).  Raises ``InvalidInput`` naming
-    the first problem.  JSON cannot carry NaN or infinities (the decoder rejects
-    them), so every number that passes is finite.
+
+def check_rows(inputs: Any, width: int, max_rows: int) -> int:
+    """Check ``inputs`` is ``[n, width]`` of numbers with ``1 <= n <= max_rows``; return ``n``.
+
+    Raises ``InvalidInput`` naming the first problem.  JSON cannot carry NaN or
+    infinities (the decoder rejects them) and its integers are 64-bit, so rows that
+    pass always convert to finite float64 (``np.array(inputs, dtype=np.float64)``).
     """
     if type(inputs) is not list:
         raise InvalidInput(f"'inputs' must be an array of rows, got {json_type(inputs)}")
@@ -554,10 +563,17 @@ def validate_inputs(inputs: Any, width: int, max_rows: int) -> np.ndarray:
             t = type(v)
             if t is not float and t is not int:
                 raise InvalidInput(f"'inputs' row {i} holds {v!r}, which is not a number")
-    return np.array(inputs, dtype=np.float64)
+    return n
 
 
 # --------------------------------------------------------------------------- encode
+
+
+def ms(seconds: float) -> float:
+    """``seconds`` as milliseconds rounded to 3 decimals (the wire's timing fields; 0.0 for
+    anything not above 0).  ``int(x + 0.5)`` rather than ``round(x, 3)``: the same figures
+    for non-negative times at a third of the cost, and it runs twice per predict."""
+    return int(seconds * 1_000_000.0 + 0.5) / 1000.0 if seconds > 0 else 0.0
 
 
 def _id(rid: RequestId | None) -> bytes:

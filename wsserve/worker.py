@@ -112,12 +112,19 @@ class BatchObserver(Protocol):
 
 
 def _gather(slices: tuple[Any, ...]) -> Tensors:
-    """The batch's inputs: each slice's rows, concatenated (per name for named tensors)."""
+    """The batch's inputs: each slice's rows, concatenated (per name for named tensors).
+
+    A sink's ``inputs`` may also be a list of checked JSON rows (small requests to the
+    built-in models, see :data:`wsserve.pool.LIST_ROWS_MAX_VALUES`): numbers only, every
+    row the model's width, so ``np.array(rows, dtype=np.float64)`` cannot fail.  The
+    rows of all such slices become one array in one call."""
     if len(slices) == 1:
         s = slices[0]
         sink = s.item.payload
         whole = s.start == 0 and s.stop == sink.n
         x = sink.inputs
+        if type(x) is list:
+            return np.array(x if whole else x[s.start : s.stop], dtype=np.float64)
         if whole:
             return x
         if isinstance(x, dict):
@@ -126,7 +133,22 @@ def _gather(slices: tuple[Any, ...]) -> Tensors:
     first = slices[0].item.payload.inputs
     if isinstance(first, dict):
         return {k: np.concatenate([s.item.payload.inputs[k][s.start : s.stop] for s in slices]) for k in first}
-    return np.concatenate([s.item.payload.inputs[s.start : s.stop] for s in slices])
+    rows: list[Any] = []
+    arrays: list[np.ndarray] = []
+    for s in slices:
+        x = s.item.payload.inputs
+        if type(x) is list:
+            rows += x[s.start : s.stop]
+        else:
+            if rows:  # keep the batch's row order: the lists so far become an array first
+                arrays.append(np.array(rows, dtype=np.float64))
+                rows = []
+            arrays.append(x[s.start : s.stop])
+    if not arrays:
+        return np.array(rows, dtype=np.float64)
+    if rows:
+        arrays.append(np.array(rows, dtype=np.float64))
+    return np.concatenate(arrays)
 
 
 def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:

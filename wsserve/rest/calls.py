@@ -23,7 +23,7 @@ import orjson
 from ..admission import Admission
 from ..errors import Internal, WsserveError
 from ..httpmsg import HttpExchange, HttpResponse
-from ..protocol import encode_seed_result
+from ..protocol import encode_seed_result, ms
 from ..worker import concat_rows, count_rows
 from . import oip
 from .errors import Style, error_response
@@ -212,8 +212,8 @@ class PredictCall(Call):
 
     def _timing(self) -> dict[str, float | int]:
         return {
-            "queue_ms": round(self.queue_s * 1000.0, 3) if self.queue_s > 0 else 0.0,
-            "compute_ms": round(self._compute_s * 1000.0, 3),
+            "queue_ms": ms(self.queue_s),
+            "compute_ms": ms(self._compute_s),
             "batch_size": self._batch_max,
         }
 
