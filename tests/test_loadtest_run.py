@@ -407,6 +407,7 @@ async def test_json_report_schema(echo_url: str, tmp_path: Path) -> None:
             "rows": 1,
             "chunk_rows": None,
             "max_tokens": 32,
+            "binary": False,
         }
     ]
     assert set(rep["histograms"]) == {"all", "predict:linear"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -34,6 +35,7 @@ from wsserve.loadtest import (
     parse_mix,
     split_evenly,
 )
+from wsserve.tensorframe import read_tensors, split, view_tensors
 
 
 def test_public_api_is_pinned() -> None:
@@ -226,6 +228,30 @@ def test_request_factory_builds_valid_frames_fitting_the_model() -> None:
     assert frames[0]["inputs"] == frames[4]["inputs"]  # and cycle
     g = orjson.loads(RequestFactory(WorkloadSpec(kind="generate", model="charlm", max_tokens=7)).build(123456789))
     assert g["type"] == "generate" and g["id"] == 123456789 and g["max_tokens"] == 7 and isinstance(g["prompt"], str)
+
+
+def test_request_factory_binary_frames_are_read_by_the_servers_own_parser() -> None:
+    """``--binary``: tensor frames the server's tensorframe module splits and reads, with the id
+    spliced into the header (ids of any length keep the payload 8-byte aligned)."""
+    spec = WorkloadSpec(kind="stream", model="mlp", rows=3, chunk_rows=2, binary=True)
+    f = RequestFactory(spec, input_width=6, input_shape=(2, 3), seed=1, variants=2)
+    json_twin = RequestFactory(replace(spec, binary=False), input_width=6, seed=1, variants=2)
+    assert f.binary and not json_twin.binary and spec.label == "stream:mlp:3/binary"
+    for rid in (0, 7, 12345, 10**15):
+        data = f.build(rid)
+        header, payload = split(data)
+        assert (len(data) - len(payload)) % 8 == 0  # the payload starts 8-byte aligned
+        assert {k: header[k] for k in ("id", "type", "model", "stream", "chunk_rows", "dtype", "shape")} == {
+            "id": rid, "type": "predict", "model": "mlp", "stream": True, "chunk_rows": 2, "dtype": "float64",
+            "shape": [3, 2, 3]}
+        (desc,) = read_tensors(header, len(payload), max_rows=8)
+        (x,) = view_tensors(payload, [desc])
+        expected = orjson.loads(json_twin.build(rid))["inputs"]
+        assert x.shape == (3, 2, 3) and x.reshape(3, 6).tolist() == expected  # the JSON body's numbers
+    with pytest.raises(ValueError, match="generate"):
+        WorkloadSpec(kind="generate", model="charlm", binary=True)
+    mixed = parse_mix("predict:linear,generate:charlm", binary=True)
+    assert [s.binary for s in mixed] == [True, False]
 
 
 def test_request_factory_is_deterministic_per_seed() -> None:

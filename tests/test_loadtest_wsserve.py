@@ -52,6 +52,28 @@ def test_mixed_open_loop_workload_is_served_without_errors(wsserve_url: str) -> 
     assert stream["first_chunk_ms"]["p50"] <= stream["latency_ms"]["p50"]
 
 
+def test_binary_tensor_frames_are_served_without_errors(wsserve_url: str) -> None:
+    """``--binary``: predicts and streamed predicts sent as binary tensor frames, closed loop."""
+    cfg = LoadConfig(
+        url=wsserve_url,
+        specs=tuple(parse_mix("predict:mlp:4=2,stream:mlp:20=1", chunk_rows=5, binary=True)),
+        connections=2,
+        inflight=2,
+        duration_s=1.0,
+        warmup_s=0.2,
+        progress=False,
+    )
+    rep = run_load(cfg, err=io.StringIO())
+    assert rep["requests"]["errors"] == 0, rep["errors"]
+    w = rep["workloads"]
+    assert set(w) == {"predict:mlp:4/binary", "stream:mlp:20/binary"}
+    assert all(x["ok"] > 0 and x["ok"] == x["sent"] for x in w.values()), w
+    stream = w["stream:mlp:20/binary"]
+    # 4 chunks per request, give or take those of the (at most 4) requests in flight when measuring began
+    assert 4 * (stream["ok"] - 4) <= stream["chunks"] <= 4 * (stream["ok"] + 4)
+    assert [m["binary"] for m in rep["config"]["mix"]] == [True, True]
+
+
 @pytest.mark.parametrize("entry", [["-m", "wsserve", "loadtest"], [str(ROOT / "clients" / "loadtest.py")]])
 def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path: Path) -> None:
     out = tmp_path / "r.json"

@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     work.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk for stream (default: the server's)")
     work.add_argument("--max-tokens", type=int, default=32, help="tokens per generate request (default 32)")
     work.add_argument(
+        "--binary", action="store_true",
+        help="send predict/stream inputs as binary tensor frames (float64 after a JSON header) instead of JSON",
+    )
+    work.add_argument(
         "--mix",
         default=None,
         metavar="SPEC",
@@ -132,12 +136,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """Build the config; raises ``ValueError`` with a message naming the bad flag."""
     if args.mix:
-        specs = parse_mix(args.mix, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens)
+        specs = parse_mix(args.mix, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens,
+                          binary=args.binary)
     else:
         model = args.model or ("charlm" if args.workload == "generate" else "linear")
         specs = [
             WorkloadSpec(
-                kind=args.workload, model=model, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens
+                kind=args.workload, model=model, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens,
+                binary=args.binary and args.workload != "generate",
             )
         ]
     return LoadConfig(

@@ -96,6 +96,7 @@ class Worker:
             RequestFactory(
                 spec,
                 input_width=models[spec.model].input_width if spec.model in models else 1,
+                input_shape=models[spec.model].input_shape if spec.model in models else None,
                 seed=load.seed * 1009 + cfg.index,
             )
             for spec in load.specs
@@ -261,9 +262,13 @@ class Worker:
         rid = conn.next_id
         conn.next_id = rid + 1
         measured = self._window.measured(intended)  # type: ignore[union-attr]
-        data = self._factories[i].build(rid)
+        factory = self._factories[i]
+        data = factory.build(rid)
         try:
-            conn.client.send(data)  # type: ignore[union-attr]
+            if factory.binary:
+                conn.client.send_binary(data)  # type: ignore[union-attr]
+            else:
+                conn.client.send(data)  # type: ignore[union-attr]
         except ConnectionError:  # the connection is closing: the request counts, as failed
             if measured:
                 self.stats.workloads[i].sent += 1

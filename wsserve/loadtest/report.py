@@ -36,6 +36,7 @@ def _spec_json(cfg: LoadConfig) -> list[dict[str, Any]]:
             "rows": s.rows,
             "chunk_rows": s.chunk_rows,
             "max_tokens": s.max_tokens,
+            "binary": s.binary,
         }
         for s in cfg.specs
     ]

@@ -167,6 +167,16 @@ class WsClient(asyncio.Protocol):
         else:
             self._transport.write(frame)  # type: ignore[union-attr]
 
+    def send_binary(self, data: bytes) -> None:
+        """Send one binary frame.  Raises ``ConnectionError`` when not open."""
+        if self._state != "open":
+            raise ConnectionError("connection is not open")
+        frame = self._masker.frame(OP_BINARY, data)
+        if self._corked:
+            self._out.append(frame)
+        else:
+            self._transport.write(frame)  # type: ignore[union-attr]
+
     def close(self, code: int = 1000) -> None:
         """Start the closing handshake (no-op unless open); await :attr:`closed` for the end."""
         if self._state == "open":

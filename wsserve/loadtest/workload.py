@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -46,6 +47,8 @@ class WorkloadSpec:
     ``rows`` is the rows per ``predict``/``stream`` request, ``chunk_rows`` the
     rows per streamed chunk (``None``: server default), ``max_tokens`` the
     tokens per ``generate``.  ``weight`` is the relative share in a mix.
+    ``binary``: send ``predict``/``stream`` inputs as binary tensor frames
+    (little-endian float64 after a JSON header) instead of JSON numbers.
     """
 
     kind: Kind
@@ -54,6 +57,7 @@ class WorkloadSpec:
     rows: int = 1
     chunk_rows: int | None = None
     max_tokens: int = 32
+    binary: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -68,21 +72,26 @@ class WorkloadSpec:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.binary and self.kind == "generate":
+            raise ValueError("binary tensor frames carry predict inputs; generate has none")
 
     @property
     def label(self) -> str:
-        """Short name used in reports, e.g. ``predict:linear`` or ``predict:mlp:16``."""
+        """Short name used in reports, e.g. ``predict:linear``, ``predict:mlp:16`` or
+        ``predict:mlp/binary``."""
         size = self.max_tokens if self.kind == "generate" else self.rows
         default = 32 if self.kind == "generate" else 1
-        return f"{self.kind}:{self.model}" + ("" if size == default else f":{size}")
+        return f"{self.kind}:{self.model}" + ("" if size == default else f":{size}") + ("/binary" if self.binary else "")
 
 
-def parse_mix(text: str, *, rows: int = 1, chunk_rows: int | None = None, max_tokens: int = 32) -> list[WorkloadSpec]:
+def parse_mix(text: str, *, rows: int = 1, chunk_rows: int | None = None, max_tokens: int = 32,
+              binary: bool = False) -> list[WorkloadSpec]:
     """Parse ``kind:model[:size][=weight],...`` into specs.
 
     ``size`` is rows per request for ``predict``/``stream`` and ``max_tokens``
     for ``generate``; when omitted the keyword defaults apply.  ``weight``
-    defaults to 1.  Raises ``ValueError`` naming the bad item.
+    defaults to 1.  ``binary`` applies to the ``predict`` and ``stream`` items.
+    Raises ``ValueError`` naming the bad item.
     """
     specs: list[WorkloadSpec] = []
     items = [item.strip() for item in text.split(",")]
@@ -115,6 +124,7 @@ def parse_mix(text: str, *, rows: int = 1, chunk_rows: int | None = None, max_to
             rows=rows,
             chunk_rows=chunk_rows,
             max_tokens=max_tokens,
+            binary=binary and kind != "generate",
         )
         if size is not None:
             spec = replace(spec, max_tokens=size) if kind == "generate" else replace(spec, rows=size)
@@ -189,14 +199,20 @@ class RequestFactory:
 
     ``variants`` different bodies are generated (inputs uniform in [0, 1),
     deterministic for a given ``seed``) and used in turn.  ``input_width`` is
-    the model's flattened input width (``ModelShape.input_width``).
+    the model's flattened input width (``ModelShape.input_width``);
+    ``input_shape`` (default ``(input_width,)``) its per-row shape, which a
+    binary tensor frame states.  ``binary`` is true when :meth:`build` makes
+    binary tensor frames (send them with a binary opcode).
     """
 
-    __slots__ = ("_bodies", "_i")
+    __slots__ = ("_bodies", "_i", "binary")
 
-    def __init__(self, spec: WorkloadSpec, *, input_width: int = 1, seed: int = 0, variants: int = 16) -> None:
-        rng = random.Random(f"{seed}:{spec.label}")
-        bodies: list[bytes] = []
+    def __init__(self, spec: WorkloadSpec, *, input_width: int = 1, seed: int = 0, variants: int = 16,
+                 input_shape: tuple[int, ...] | None = None) -> None:
+        rng = random.Random(f"{seed}:{spec.label.removesuffix('/binary')}")  # binary or JSON: the same numbers
+        shape = input_shape if input_shape else (input_width,)
+        self.binary = spec.binary
+        bodies: list[Any] = []
         for v in range(max(1, variants)):
             frame: dict[str, Any]
             if spec.kind == "generate":
@@ -208,11 +224,15 @@ class RequestFactory:
                 }
             else:
                 inputs = [[round(rng.random(), 4) for _ in range(input_width)] for _ in range(spec.rows)]
-                frame = {"type": "predict", "model": spec.model, "inputs": inputs}
+                frame = {"type": "predict", "model": spec.model}
                 if spec.kind == "stream":
                     frame["stream"] = True
                     if spec.chunk_rows is not None:
                         frame["chunk_rows"] = spec.chunk_rows
+                if spec.binary:
+                    bodies.append(_tensor_parts(frame, inputs, (spec.rows, *shape)))
+                    continue
+                frame["inputs"] = inputs
             encoded = orjson.dumps(frame)
             bodies.append(b"," + encoded[1:])  # '{' dropped: the id goes first
         self._bodies = bodies
@@ -223,4 +243,16 @@ class RequestFactory:
         bodies = self._bodies
         body = bodies[self._i]
         self._i = (self._i + 1) % len(bodies)
+        if self.binary:
+            head = b'{"id":' + str(request_id).encode() + body[0]
+            pad = -(4 + len(head)) % 8  # the payload starts 8-byte aligned (docs/PROTOCOL.md)
+            return (len(head) + pad).to_bytes(4, "little") + head + b" " * pad + body[1]
         return b'{"id":' + str(request_id).encode() + body
+
+
+def _tensor_parts(fields: dict[str, Any], rows: list[list[float]], shape: tuple[int, ...]) -> tuple[bytes, bytes]:
+    """A binary tensor frame's header after its id (``,"type":...,"dtype":"float64","shape":[...]}``)
+    and its payload (the rows as little-endian float64), for :meth:`RequestFactory.build`."""
+    header = orjson.dumps({**fields, "dtype": "float64", "shape": list(shape)})
+    values = [x for row in rows for x in row]
+    return b"," + header[1:], struct.pack(f"<{len(values)}d", *values)
