@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.support import TRANSPORTS, ServerProcess
+from tests.support import TRANSPORTS, ServerProcess, interrupt_on_sigterm
 
 LOOPS = ["asyncio", "uvloop"]
 #: (loop, transport) of the session servers.
@@ -36,6 +36,7 @@ settings.load_profile("wsserve")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    interrupt_on_sigterm()  # a SIGTERMed session stops its servers too
     config.addinivalue_line(
         "markers", "only_transport(name, reason): run the test on that WebSocket transport only, with the reason why"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import threading
 
@@ -115,3 +117,42 @@ def test_launcher_reads_the_ready_line_and_reports_a_server_that_never_starts() 
     silent = [sys.executable, "-c", "import time; time.sleep(60)"]
     with pytest.raises(RuntimeError, match="printed no ready line within 0.5 s"):
         ServerProcess.from_command(silent, start_timeout_s=0.5)
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie waiting to be reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_sigtermed_test_session_stops_the_servers_it_started(tmp_path) -> None:
+    """``interrupt_on_sigterm`` (installed by the conftests): SIGTERM to pytest tears the fixtures
+    and ``with`` blocks down as Ctrl-C does, so no server is left running (without it, Python dies
+    on the spot and the server, a child of the session, is orphaned)."""
+    pidfile = tmp_path / "server.pid"
+    server = [sys.executable, "-c", "import time; print('up on ws://127.0.0.1:4321', flush=True); time.sleep(300)"]
+    (tmp_path / "test_holds_a_server.py").write_text(
+        "import threading\nfrom pathlib import Path\nfrom tests.support import ServerProcess\n\n"
+        "def test_hold():\n"
+        f"    with ServerProcess.from_command({server!r}, start_timeout_s=30) as proc:\n"
+        f"        Path({str(pidfile)!r}).write_text(str(proc.proc.pid))\n"
+        "        threading.Event().wait(300)  # held until the session is signalled\n"
+    )
+    session = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider", "-p", "no:randomly",
+         str(tmp_path / "test_holds_a_server.py")],
+        cwd=ROOT, env=child_env(None), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 60, what="the session's server started"))
+        session.send_signal(signal.SIGTERM)
+        out, _ = session.communicate(timeout=60)
+        assert b"KeyboardInterrupt" in out, out.decode(errors="replace")
+        wait_until(lambda: _gone(pid), 30, what="the server stopped with its session")
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()

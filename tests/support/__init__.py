@@ -25,6 +25,7 @@ from tests.support.process import (
     ServerProcess,
     child_env,
     cpu_seconds,
+    interrupt_on_sigterm,
     proc_status,
     serve_command,
 )
@@ -53,4 +54,5 @@ __all__ = [
     "child_env",
     "client_frame", "close_code", "cpu_seconds", "encode_message", "handshake_request", "http_get",
     "proc_status", "request_bytes", "scrape_metrics", "serve_command", "wait_until", "wait_until_async",
+    "interrupt_on_sigterm",
 ]

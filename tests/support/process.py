@@ -36,7 +36,7 @@ from tests.support.metrics import Metrics, scrape_metrics
 
 __all__ = [
     "ANY_URL_LINE", "READY_LINE", "ROOT", "TRANSPORTS", "ServerProcess", "child_env", "cpu_seconds", "proc_status",
-    "serve_command",
+    "serve_command", "interrupt_on_sigterm",
 ]
 
 #: The repository root (the checkout these tests belong to).
@@ -90,6 +90,18 @@ def proc_status(pid: int, *fields: str) -> dict[str, int]:
     if missing:
         raise KeyError(f"/proc/{pid}/status has no {', '.join(missing)}")
     return found
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM stop a test session the way Ctrl-C does (pytest then tears every fixture
+    down, so the servers it started are stopped) instead of killing it on the spot, which
+    would leave them running.  Call once from the main thread (the conftests' ``pytest_configure``)."""
+    if threading.current_thread() is threading.main_thread():
+        signals.signal(signals.SIGTERM, _interrupt)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -24,7 +24,7 @@ for _path in (REPO_ROOT, CLIENT_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from tests.support import TRANSPORTS, ServerProcess  # noqa: E402
+from tests.support import TRANSPORTS, ServerProcess, interrupt_on_sigterm  # noqa: E402
 
 #: Flags of every server here (the client tests read no server log).
 QUIET = ("--log-level", "warning")
@@ -33,6 +33,10 @@ QUIET = ("--log-level", "warning")
 # once took 277 ms for a case that takes 10 ms alone).
 settings.register_profile("wsserve", deadline=None)
 settings.load_profile("wsserve")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    interrupt_on_sigterm()  # a SIGTERMed session stops its servers too
 
 
 @pytest.fixture(scope="session")
