@@ -10,6 +10,7 @@ from wsserve.generation.sampling import (
     FLOAT32_NOISE_MAX_VOCAB,
     NOISE_BLOCK,
     SampledRows,
+    SplitMixSeed,
     gumbel_block,
     gumbel_blocks,
     gumbel_from_bits,
@@ -170,3 +171,19 @@ def test_seeded_sampler_draws_from_softmax_over_temperature_with_top_k(top_k: in
     support = p > 0
     chi2 = (((counts - n * p)[support]) ** 2 / (n * p[support])).sum()
     assert chi2 < _CHI2_1E4[int(support.sum()) - 1], (chi2, counts, n * p)
+
+
+def test_split_mix_seed_gives_the_splitmix64_sequence() -> None:
+    """The words behind each seeded request's PCG64: splitmix64 from the seed (reference values
+    of splitmix64 from 0), as uint64 or as uint32 halves, low half first."""
+    words = SplitMixSeed(0).generate_state(2, np.uint64)
+    assert words.dtype == np.uint64 and words.tolist() == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+    halves = SplitMixSeed(0).generate_state(3)
+    assert halves.dtype == np.uint32 and halves.tolist() == [0x7B1DCDAF, 0xE220A839, 0xA1B965F4]
+    assert SplitMixSeed(2**64 - 1).generate_state(4, np.uint64).tolist() != words.tolist()
+    with pytest.raises(ValueError, match="seed"):
+        SplitMixSeed(2**64)
+    with pytest.raises(ValueError, match="dtype"):
+        SplitMixSeed(1).generate_state(2, np.int64)
+    a, b = new_generator(5).random(4), new_generator(5).random(4)
+    assert np.array_equal(a, b) and not np.array_equal(a, new_generator(6).random(4))
