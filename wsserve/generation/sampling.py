@@ -88,16 +88,17 @@ FLOAT32_NOISE_MAX_VOCAB = 4096
 
 
 def gumbel_blocks(rngs: Sequence[np.random.Generator], vocab_size: int) -> np.ndarray:
-    """``[n * NOISE_BLOCK, V]`` standard Gumbel noise: rows ``j*NB .. j*NB+NB-1`` are the next
-    ``NOISE_BLOCK`` rows of request ``j``'s noise, from its generator ``rngs[j]`` alone
-    (consumed in order), so they do not depend on the other requests: the same
-    values as ``n`` separate calls (``tests/test_gen_sampling.py`` checks it).
+    """``[n * NOISE_BLOCK, V]`` standard Gumbel noise for ``n >= 1`` generators: rows
+    ``j*NB .. j*NB+NB-1`` are the next ``NOISE_BLOCK`` rows of request ``j``'s noise,
+    from its generator ``rngs[j]`` alone (consumed in order), so they do not depend
+    on the other requests: the same values as ``n`` separate calls
+    (``tests/test_gen_sampling.py`` checks it).
 
     Up to :data:`FLOAT32_NOISE_MAX_VOCAB` tokens the noise is float32, from 32-bit
     words (two per raw 64-bit draw, half the draws of float64 uniforms, and twice
     the SIMD width): uniforms ``(2m + 1) / 2**24`` for 23-bit ``m`` (never 0 or 1),
     so the noise lies in [-2.81, 16.64].  A token is then out of reach only when
-    another one is more than ``e**19.4`` (2.7e8) times as likely, which bounds the
+    another one is more than ``e**19.45`` (2.8e8) times as likely, which bounds the
     probability mass lost to ``V * 3.6e-9`` of the likeliest token's (3.5e-7 for
     charlm's 96).  Over its 2**23 levels the noise's distribution function is
     within 1.4e-7 of the Gumbel one, and the odds of one token against another
