@@ -31,10 +31,11 @@ from wsserve.errors import DeadlineExceeded
 from wsserve.generation import GenerationParams, Scheduler, StopMatcher, sample
 from wsserve.generation.running import RunningSet
 from wsserve.generation.sampling import (
+    FLOAT32_NOISE_MAX_VOCAB,
     NOISE_BLOCK,
     SampledRows,
     gumbel_block,
-    gumbel_from_uniform,
+    gumbel_blocks,
     new_generator,
     sample_rows,
 )
@@ -313,17 +314,26 @@ def test_sample_rows_equals_sample(b: int, seed: int, v: int, full_scale: bool) 
 
 
 def test_noise_blocks_transformed_together_equal_one_by_one() -> None:
-    gens = [new_generator(s) for s in range(7)]
-    u = np.concatenate([g.random((NOISE_BLOCK, 33)) for g in gens])
-    together = gumbel_from_uniform(u)
+    together = gumbel_blocks([new_generator(s) for s in range(7)], 33)
     one_by_one = np.concatenate([gumbel_block(new_generator(s), 33) for s in range(7)])
     assert np.array_equal(together, one_by_one)
 
 
-def test_refills_due_at_the_same_step_give_each_sequence_its_own_noise() -> None:
+class _BigVocabulary:
+    """What a RunningSet reads of a model, with a vocabulary past the float32-noise limit."""
+
+    context_len, vocab_size = 4, FLOAT32_NOISE_MAX_VOCAB + 3
+    id_to_text = tuple(str(i) for i in range(FLOAT32_NOISE_MAX_VOCAB + 3))
+
+    def initial_context(self, prompt: str) -> np.ndarray:
+        return np.full(self.context_len, self.vocab_size, np.int64)
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["charlm-float32-noise", "big-vocabulary-float64-noise"])
+def test_refills_due_at_the_same_step_give_each_sequence_its_own_noise(big: bool) -> None:
     """Many sampled sequences start together (their refills coincide): each one's noise rows
     are its own generator's blocks, in order, whatever the batch."""
-    model = charlm()
+    model = _BigVocabulary() if big else charlm()
     run = RunningSet(model, 8)
     seqs = []
     for i in range(5):

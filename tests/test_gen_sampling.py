@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from wsserve.generation import sample
-from wsserve.generation.sampling import NOISE_BLOCK, gumbel_block, new_generator
+from wsserve.generation.sampling import (
+    FLOAT32_NOISE_MAX_VOCAB,
+    NOISE_BLOCK,
+    SampledRows,
+    SplitMixSeed,
+    gumbel_block,
+    gumbel_blocks,
+    gumbel_from_bits,
+    new_generator,
+    sample_rows,
+)
 
 V = 12
 
@@ -83,11 +94,96 @@ def test_gumbel_blocks_are_standard_gumbel() -> None:
     assert abs(draws.mean() - 0.5772) < 0.03 and abs(draws.var() - np.pi**2 / 6) < 0.06
 
 
+def _words(seed: int, n: int) -> np.ndarray:
+    """The first ``n`` 32-bit words of seed ``seed``'s generator, low half of each draw first."""
+    raw = new_generator(seed).bit_generator.random_raw((n + 1) // 2)
+    return np.stack([raw & 0xFFFF_FFFF, raw >> 32], axis=1).ravel()[:n].astype(np.uint32)
+
+
 def test_generators_are_seeded_modulo_2_64_and_blocks_continue_the_stream() -> None:
     a = gumbel_block(new_generator(-1), V)
     b = gumbel_block(new_generator(2**64 - 1), V)
-    assert a.shape == (NOISE_BLOCK, V) and np.array_equal(a, b)
+    assert a.shape == (NOISE_BLOCK, V) and a.dtype == np.float64 and np.array_equal(a, b)
     g = new_generator(11)
     two = np.concatenate([gumbel_block(g, V), gumbel_block(g, V)])
-    assert np.array_equal(two, -np.log(-np.log(new_generator(11).random((2 * NOISE_BLOCK, V)))))
+    expected = gumbel_from_bits(_words(11, 2 * NOISE_BLOCK * V)).reshape(2 * NOISE_BLOCK, V)
+    assert expected.dtype == np.float32 and np.array_equal(two, expected)
     assert not np.array_equal(gumbel_block(new_generator(None), V), gumbel_block(new_generator(None), V))
+
+
+@pytest.mark.parametrize("v", [V, 97, FLOAT32_NOISE_MAX_VOCAB, FLOAT32_NOISE_MAX_VOCAB + 1])
+def test_blocks_of_many_requests_equal_each_request_alone(v: int) -> None:
+    """Blocks drawn together (one call for the requests whose refill is due) are bitwise each
+    request's own blocks, in order - whatever else is drawn with them."""
+    together = gumbel_blocks([new_generator(s) for s in range(5)], v)
+    alone = np.concatenate([gumbel_block(new_generator(s), v) for s in range(5)])
+    assert together.shape == (5 * NOISE_BLOCK, v) and np.isfinite(together).all()
+    assert together.dtype == (np.float32 if v <= FLOAT32_NOISE_MAX_VOCAB else np.float64)
+    assert np.array_equal(together, alone)
+    gens = [new_generator(s) for s in (7, 8)]
+    gumbel_blocks(gens, v)
+    second = gumbel_blocks([gens[1]], v)  # request 8's second block, drawn without request 7
+    g8 = new_generator(8)
+    assert np.array_equal(second, (gumbel_block(g8, v), gumbel_block(g8, v))[1])
+
+
+def test_float32_noise_is_gumbel_within_1e_7_at_every_level() -> None:
+    """All 2**23 values the float32 noise takes (one per 23-bit word prefix, equally likely):
+    finite, increasing, within [-2.82, 16.64], their distribution function within 1.4e-7 of
+    the standard Gumbel's, and the odds of a token with logit d against one with logit 0
+    within 1e-7 of the exact ``1 / (1 + e**-d)`` (computed over every pair of levels)."""
+    n = 2**23
+    levels = gumbel_from_bits(np.arange(n, dtype=np.uint32) << np.uint32(9)).astype(np.float64)
+    assert np.isfinite(levels).all() and (np.diff(levels) > 0).all()
+    assert -2.82 < levels[0] < -2.81 and 16.63 < levels[-1] < 16.64
+    cdf = np.exp(-np.exp(-levels))  # the Gumbel distribution function at each level
+    i = np.arange(n)
+    assert max(np.abs((i + 1) / n - cdf).max(), np.abs(i / n - cdf).max()) < 1.4e-7
+    for d in (0.0, 1.0, 5.0):
+        wins = np.searchsorted(levels, d + levels, side="right").sum() / n / n
+        assert abs(wins - 1 / (1 + np.exp(-d))) < 1e-7, d
+
+
+# Chi-square critical values at p = 1e-4 (scipy.stats.chi2.isf(1e-4, df)).
+_CHI2_1E4 = {4: 23.5127, 11: 37.3670}
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_seeded_sampler_draws_from_softmax_over_temperature_with_top_k(top_k: int) -> None:
+    """The sampler as the scheduler runs it (one request's generator, its noise blocks in
+    order, ``sample_rows``): 60k draws with a fixed seed pass a chi-square test against
+    ``softmax(logits / T)`` restricted to the top k, and never leave the top k."""
+    n, t = 60_000, 0.7
+    row = _logits(1, seed=4)[0] * 0.6
+    g = new_generator(2024)
+    noise = np.concatenate([gumbel_block(g, V) for _ in range(n // NOISE_BLOCK)])  # [n, V]
+    spec = SampledRows(rows=None, scale=np.full((n, 1), t),
+                       top_k_rows=np.arange(n) if top_k else None,
+                       top_k=np.full(n, top_k) if top_k else None)
+    got = sample_rows(np.tile(row, (n, 1)), spec, noise)
+    counts = np.bincount(got, minlength=V)
+    p = np.exp(row / t - (row / t).max())
+    if top_k:
+        outside = np.argsort(row)[:-top_k]
+        p[outside] = 0.0
+        assert counts[outside].sum() == 0
+    p /= p.sum()
+    support = p > 0
+    chi2 = (((counts - n * p)[support]) ** 2 / (n * p[support])).sum()
+    assert chi2 < _CHI2_1E4[int(support.sum()) - 1], (chi2, counts, n * p)
+
+
+def test_split_mix_seed_gives_the_splitmix64_sequence() -> None:
+    """The words behind each seeded request's PCG64: splitmix64 from the seed (reference values
+    of splitmix64 from 0), as uint64 or as uint32 halves, low half first."""
+    words = SplitMixSeed(0).generate_state(2, np.uint64)
+    assert words.dtype == np.uint64 and words.tolist() == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+    halves = SplitMixSeed(0).generate_state(3)
+    assert halves.dtype == np.uint32 and halves.tolist() == [0x7B1DCDAF, 0xE220A839, 0xA1B965F4]
+    assert SplitMixSeed(2**64 - 1).generate_state(4, np.uint64).tolist() != words.tolist()
+    with pytest.raises(ValueError, match="seed"):
+        SplitMixSeed(2**64)
+    with pytest.raises(ValueError, match="dtype"):
+        SplitMixSeed(1).generate_state(2, np.int64)
+    a, b = new_generator(5).random(4), new_generator(5).random(4)
+    assert np.array_equal(a, b) and not np.array_equal(a, new_generator(6).random(4))

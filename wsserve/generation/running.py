@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from .params import MIN_TEMPERATURE
-from .sampling import NOISE_BLOCK, SampledRows, gumbel_block, gumbel_from_uniform
+from .sampling import NOISE_BLOCK, SampledRows, gumbel_blocks
 from .sequence import SeqState, Sequence, Tick
 
 __all__ = ["RunningSet", "TokenModel"]
@@ -315,15 +315,13 @@ class RunningSet:
         several at once share the log transforms (elementwise: the same values)."""
         tick, v, buf, nidx = self.tick.value, self._v, self._noise, self._nidx
         seqs = list(due)
+        noise = gumbel_blocks([s._rng for s in seqs], v)  # type: ignore[misc]  # [n * NB, V]
         if len(seqs) == 1:
             start = seqs[0].slot * NOISE_BLOCK
-            gumbel_block(seqs[0]._rng, v, out=buf[start:start + NOISE_BLOCK])  # type: ignore[arg-type]
+            buf[start:start + NOISE_BLOCK] = noise
         else:
-            u = np.empty((len(seqs) * NOISE_BLOCK, v))  # [n * NB, V]
-            for j, seq in enumerate(seqs):
-                seq._rng.random(out=u[j * NOISE_BLOCK:(j + 1) * NOISE_BLOCK])  # type: ignore[union-attr]
-            gumbel_from_uniform(u)
-            buf.reshape(self.capacity, NOISE_BLOCK, v)[[s.slot for s in seqs]] = u.reshape(len(seqs), NOISE_BLOCK, v)
+            rows = buf.reshape(self.capacity, NOISE_BLOCK * v)
+            rows[[s.slot for s in seqs]] = noise.reshape(len(seqs), NOISE_BLOCK * v)
         for seq in seqs:
             nidx[seq._srow] = seq.slot * NOISE_BLOCK
             seq._refill = tick + NOISE_BLOCK
