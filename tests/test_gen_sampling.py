@@ -9,12 +9,14 @@ from wsserve.generation import sample
 from wsserve.generation.sampling import (
     FLOAT32_NOISE_MAX_VOCAB,
     NOISE_BLOCK,
+    NOISE_BLOCK_VALUES,
     SampledRows,
     SplitMixSeed,
     gumbel_block,
     gumbel_blocks,
     gumbel_from_bits,
     new_generator,
+    noise_block_rows,
     sample_rows,
 )
 
@@ -117,7 +119,7 @@ def test_blocks_of_many_requests_equal_each_request_alone(v: int) -> None:
     request's own blocks, in order - whatever else is drawn with them."""
     together = gumbel_blocks([new_generator(s) for s in range(5)], v)
     alone = np.concatenate([gumbel_block(new_generator(s), v) for s in range(5)])
-    assert together.shape == (5 * NOISE_BLOCK, v) and np.isfinite(together).all()
+    assert together.shape == (5 * noise_block_rows(v), v) and np.isfinite(together).all()
     assert together.dtype == (np.float32 if v <= FLOAT32_NOISE_MAX_VOCAB else np.float64)
     assert np.array_equal(together, alone)
     gens = [new_generator(s) for s in (7, 8)]
@@ -187,3 +189,18 @@ def test_split_mix_seed_gives_the_splitmix64_sequence() -> None:
         SplitMixSeed(1).generate_state(2, np.int64)
     a, b = new_generator(5).random(4), new_generator(5).random(4)
     assert np.array_equal(a, b) and not np.array_equal(a, new_generator(6).random(4))
+
+
+@pytest.mark.parametrize("v", [FLOAT32_NOISE_MAX_VOCAB + 1, 20_000, 50_257, 70_000])
+def test_big_vocabularies_get_smaller_blocks_of_the_same_noise(v: int) -> None:
+    """Above FLOAT32_NOISE_MAX_VOCAB a block holds at most NOISE_BLOCK_VALUES values (at least one
+    row), so the running set's buffer (a block per slot) stays bounded, and the rows are the
+    request's float64 uniforms in order, whatever the block size."""
+    nb = noise_block_rows(v)
+    assert 1 <= nb <= NOISE_BLOCK and (nb == 1 or nb * v <= NOISE_BLOCK_VALUES)
+    assert noise_block_rows(FLOAT32_NOISE_MAX_VOCAB) == NOISE_BLOCK
+    rows = 2 * NOISE_BLOCK
+    g = new_generator(7)
+    blocks = np.concatenate([gumbel_blocks([g], v) for _ in range(-(-rows // nb))])[:rows]
+    u = new_generator(7).random((rows, v))
+    np.testing.assert_array_equal(blocks, -np.log(-np.log(u)))

@@ -16,7 +16,7 @@ a small model, so the running set keeps it in arrays and counters:
 - **Calendars** (tick -> sequences): when a sequence ends by ``max_tokens``
   (sequences without stop strings) and when a sampled one needs its next block
   of noise; a step looks up its own tick, nothing else.
-- **Noise**: one buffer of ``capacity * NOISE_BLOCK`` rows (a block per slot),
+- **Noise**: one buffer of ``capacity * NB`` rows (a block per slot, NB = ``noise_block_rows(V)``),
   read per step with one ``take`` of the sampled rows' positions.
 
 Call order (the scheduler's): ``add``/``remove`` between steps; ``batch`` once
@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from .params import MIN_TEMPERATURE
-from .sampling import NOISE_BLOCK, SampledRows, gumbel_blocks
+from .sampling import SampledRows, gumbel_blocks, noise_block_rows
 from .sequence import SeqState, Sequence, Tick
 
 __all__ = ["RunningSet", "TokenModel"]
@@ -89,7 +89,8 @@ class RunningSet:
         self._itos = np.array(model.id_to_text, dtype=object)  # [V] token texts, taken per step
         self._free = list(range(capacity - 1, -1, -1))  # stack of free slots
         self._seqs: list[Sequence] = []  # admission order (may hold ended ones until the next layout)
-        self._noise = np.zeros((capacity * NOISE_BLOCK, self._v))  # slot s: rows s*NB .. s*NB+NB-1
+        self._nb = nb = noise_block_rows(self._v)  # rows of a noise block
+        self._noise = np.zeros((capacity * nb, self._v))  # slot s: rows s*NB .. s*NB+NB-1
         self._ends: dict[int, dict[Sequence, None]] = {}
         self._refills: dict[int, dict[Sequence, None]] = {}
         self._fresh: list[Sequence] = []  # admitted before their first token
@@ -138,10 +139,10 @@ class RunningSet:
             seq._end = seq._base + p.max_tokens
             _book(self._ends, seq._end, seq)
         if p.temperature > 0:
-            into = g % NOISE_BLOCK
+            into = g % self._nb
             if into:  # resuming inside a noise block: the same noise, in order
-                self._noise[slot * NOISE_BLOCK:(slot + 1) * NOISE_BLOCK] = seq._noise
-                seq._refill = tick + NOISE_BLOCK - into
+                self._noise[slot * self._nb:(slot + 1) * self._nb] = seq._noise
+                seq._refill = tick + self._nb - into
             else:
                 seq._refill = tick
             _book(self._refills, seq._refill, seq)
@@ -161,8 +162,8 @@ class RunningSet:
         if keep:
             if seq._context is None:
                 seq._context = self._contexts[seq._row].copy()
-            if seq.params.temperature > 0 and g % NOISE_BLOCK:
-                seq._noise = self._noise[slot * NOISE_BLOCK:(slot + 1) * NOISE_BLOCK].copy()
+            if seq.params.temperature > 0 and g % self._nb:
+                seq._noise = self._noise[slot * self._nb:(slot + 1) * self._nb].copy()
         else:
             seq._context = None
         if seq._end >= 0:
@@ -279,7 +280,7 @@ class RunningSet:
         """Append the per-row bookkeeping of ``seqs`` (their contexts are already in place)."""
         first = len(self._rows)
         self._rows = rows = self._rows + tuple(seqs)
-        tick, v = self.tick.value, self._v
+        tick, v, nb = self.tick.value, self._v, self._nb
         nxt, stop_rows, sampled = self._next, self._stop_rows, self._sampled
         scales, top_ks = self._scales, self._top_ks
         nidx: list[int] = []
@@ -296,7 +297,7 @@ class RunningSet:
                 scales.append(max(p.temperature, MIN_TEMPERATURE))
                 if 0 < p.top_k < v:
                     top_ks.append((j, p.top_k))
-                nidx.append(s.slot * NOISE_BLOCK + g % NOISE_BLOCK)
+                nidx.append(s.slot * nb + g % nb)
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
             self._plain = old + [s._stops is None for s in seqs]  # a new list: blocks keep theirs
@@ -317,12 +318,12 @@ class RunningSet:
         seqs = list(due)
         noise = gumbel_blocks([s._rng for s in seqs], v)  # type: ignore[misc]  # [n * NB, V]
         if len(seqs) == 1:
-            start = seqs[0].slot * NOISE_BLOCK
-            buf[start:start + NOISE_BLOCK] = noise
+            start = seqs[0].slot * self._nb
+            buf[start:start + self._nb] = noise
         else:
-            rows = buf.reshape(self.capacity, NOISE_BLOCK * v)
-            rows[[s.slot for s in seqs]] = noise.reshape(len(seqs), NOISE_BLOCK * v)
+            rows = buf.reshape(self.capacity, self._nb * v)
+            rows[[s.slot for s in seqs]] = noise.reshape(len(seqs), self._nb * v)
         for seq in seqs:
-            nidx[seq._srow] = seq.slot * NOISE_BLOCK
-            seq._refill = tick + NOISE_BLOCK
+            nidx[seq._srow] = seq.slot * self._nb
+            seq._refill = tick + self._nb
             _book(self._refills, seq._refill, seq)

@@ -24,18 +24,36 @@ from .params import MIN_TEMPERATURE
 __all__ = [
     "FLOAT32_NOISE_MAX_VOCAB",
     "NOISE_BLOCK",
+    "NOISE_BLOCK_VALUES",
     "SampledRows",
     "SplitMixSeed",
     "gumbel_block",
     "gumbel_blocks",
     "gumbel_from_bits",
     "new_generator",
+    "noise_block_rows",
     "sample",
     "sample_rows",
 ]
 
-#: Rows of noise drawn per refill of a sampled request (amortises generator calls).
+#: Rows of noise drawn per refill of a sampled request (amortises generator calls), for a
+#: vocabulary of up to FLOAT32_NOISE_MAX_VOCAB tokens; see :func:`noise_block_rows`.
 NOISE_BLOCK = 16
+
+#: Values of noise a slot holds at most when the vocabulary is bigger (float64: 512 KiB): the
+#: running set keeps a block per slot, so rows x vocabulary x slots must stay bounded.
+NOISE_BLOCK_VALUES = 65_536
+
+
+def noise_block_rows(vocab_size: int) -> int:
+    """Rows of a noise block for ``vocab_size`` tokens: :data:`NOISE_BLOCK` up to
+    :data:`FLOAT32_NOISE_MAX_VOCAB`, else as many as fit :data:`NOISE_BLOCK_VALUES` (at least
+    one).  A 50,257-token vocabulary gets one row a block: 400 KiB per slot instead of 6.4 MiB.
+    Bigger vocabularies draw float64 uniforms in order, so the rows per block never change a
+    request's noise."""
+    if vocab_size <= FLOAT32_NOISE_MAX_VOCAB:
+        return NOISE_BLOCK
+    return max(1, min(NOISE_BLOCK, NOISE_BLOCK_VALUES // vocab_size))
 
 
 def new_generator(seed: int | None) -> np.random.Generator:
@@ -88,8 +106,8 @@ FLOAT32_NOISE_MAX_VOCAB = 4096
 
 
 def gumbel_blocks(rngs: Sequence[np.random.Generator], vocab_size: int) -> np.ndarray:
-    """``[n * NOISE_BLOCK, V]`` standard Gumbel noise for ``n >= 1`` generators: rows
-    ``j*NB .. j*NB+NB-1`` are the next ``NOISE_BLOCK`` rows of request ``j``'s noise,
+    """``[n * NB, V]`` standard Gumbel noise for ``n >= 1`` generators, ``NB`` =
+    :func:`noise_block_rows` (V): rows ``j*NB .. j*NB+NB-1`` are the next ``NB`` rows of request ``j``'s noise,
     from its generator ``rngs[j]`` alone (consumed in order), so they do not depend
     on the other requests: the same values as ``n`` separate calls
     (``tests/test_gen_sampling.py`` checks it).
@@ -108,9 +126,10 @@ def gumbel_blocks(rngs: Sequence[np.random.Generator], vocab_size: int) -> np.nd
     """
     n, v = len(rngs), vocab_size
     if v > FLOAT32_NOISE_MAX_VOCAB:
-        u = np.empty((n * NOISE_BLOCK, v))  # [n * NB, V]
+        nb = noise_block_rows(v)
+        u = np.empty((n * nb, v))  # [n * NB, V]
         for j, rng in enumerate(rngs):
-            rng.random(out=u[j * NOISE_BLOCK:(j + 1) * NOISE_BLOCK])
+            rng.random(out=u[j * nb:(j + 1) * nb])
         np.log(u, out=u)
         np.negative(u, out=u)
         np.log(u, out=u)
@@ -143,9 +162,9 @@ _ONE_MINUS_HALF_ULP = np.float32(1.0 - 2.0**-24)
 
 
 def gumbel_block(rng: np.random.Generator, vocab_size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``[NOISE_BLOCK, V]`` float64 standard Gumbel noise, row t for the request's t-th next
-    token: :func:`gumbel_blocks` of one request.  With ``out`` (a float64 ``[NOISE_BLOCK,
-    V]`` array, e.g. a view of the scheduler's noise buffer) the block is written
+    """``[NB, V]`` float64 standard Gumbel noise (``NB`` = :func:`noise_block_rows` (V)), row t
+    for the request's t-th next token: :func:`gumbel_blocks` of one request.  With ``out`` (a
+    float64 ``[NB, V]`` array, e.g. a view of the scheduler's noise buffer) the block is written
     there, with the same values.
     """
     g = gumbel_blocks([rng], vocab_size)
