@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import orjson
 
 from tests.test_connection import FakeIO, P, Setup, codes
 from wsserve.connection import Connection
@@ -104,9 +103,81 @@ def test_inflight_limits_count_binary_requests() -> None:
     assert over["code"] == "overloaded" and over["id"] == 2
 
 
-def test_a_json_predict_may_ask_for_binary_outputs_and_explain_is_refused_with_them() -> None:
+EXPLANATION = {"method": "linear-exact", "baseline": "zeros", "target": "argmax", "steps": 0}
+
+
+def explained(s: Setup, refusal: str | None = None) -> None:
+    """The fake linear entry as the pool describes a model that can (or, with ``refusal``, cannot) be explained."""
+    entry = s.models.entries["linear"]
+    entry.explain_refusal = refusal  # type: ignore[attr-defined]
+    entry.explanation = None if refusal else EXPLANATION  # type: ignore[attr-defined]
+    entry.attribution_names = ("output", "output_attributions")  # type: ignore[attr-defined]
+
+
+def deliver(s: Setup, i: int, start: int, stop: int) -> None:
+    """Hand job ``i`` rows ``start:stop`` as the worker does for an explain request: outputs 2x, attributions x + 0.5."""
+    sink = s.models.predict.submitted[i][0]
+    x = np.asarray(sink.inputs, dtype=np.float64)[start:stop]
+    sink.on_rows(start, x * 2.0, stop - start, 0.001, 0.002, x + 0.5)
+
+
+def test_explain_with_binary_outputs_answers_named_output_and_attributions_tensors() -> None:
     s, conn, io = setup()
-    s.send(conn, P("e", explain=True, binary_outputs=True))
-    (err,) = io.take()
-    assert err["code"] == "bad_request" and "explain" in err["message"]
-    assert orjson.loads(orjson.dumps(err))["id"] == "e"
+    explained(s)
+    conn.receive(B("b", np.array([[1.0], [2.0]]), binary_outputs=True, explain=True), True, s.clock.now)
+    s.send(conn, P("j", inputs=[[3.0]], explain=True, binary_outputs=True))  # a JSON predict may ask too
+    deliver(s, 0, 0, 1)  # a request split over two batches
+    deliver(s, 0, 1, 2)
+    deliver(s, 1, 0, 1)
+    b, j = io.take()
+    assert (b["type"], b["id"], b["model"], b["version"]) == ("result", "b", "linear", "1")
+    assert b["explanation"] == EXPLANATION and "timing" in b and "dtype" not in b
+    assert b["outputs"] == [{"name": "output", "dtype": "float64", "shape": [2, 1]},
+                            {"name": "output_attributions", "dtype": "float64", "shape": [2, 1]}]
+    out, attributions = b["_arrays"]
+    assert out.tolist() == [[2.0], [4.0]] and attributions.tolist() == [[1.5], [2.5]]
+    assert j["id"] == "j" and [a.tolist() for a in j["_arrays"]] == [[[6.0]], [[3.5]]]
+    assert conn.inflight == {} and conn.inflight_bytes == 0
+
+
+def test_explain_on_a_binary_request_answered_in_json_carries_attributions() -> None:
+    s, conn, io = setup()
+    explained(s)
+    conn.receive(B("b", np.array([[1.0], [2.0]]), explain=True), True, s.clock.now)
+    deliver(s, 0, 0, 2)
+    (r,) = io.take()
+    assert r["type"] == "result" and r["outputs"] == [[2.0], [4.0]] and r["attributions"] == [[1.5], [2.5]]
+    assert r["explanation"] == EXPLANATION
+
+
+def test_streamed_explain_with_binary_outputs_sends_named_chunks_then_a_json_done() -> None:
+    s, conn, io = setup()
+    explained(s)
+    x = np.arange(5, dtype=np.float64).reshape(5, 1)
+    conn.receive(B("s", x, stream=True, chunk_rows=2, binary_outputs=True, explain=True), True, s.clock.now)
+    deliver(s, 0, 0, 3)
+    deliver(s, 0, 3, 5)
+    *chunks, done = io.take()
+    assert [(c["type"], c["seq"], c["offset"]) for c in chunks] == [("chunk", 0, 0), ("chunk", 1, 2), ("chunk", 2, 4)]
+    assert all([t["name"] for t in c["outputs"]] == ["output", "output_attributions"] for c in chunks)
+    assert np.concatenate([c["_arrays"][0] for c in chunks]).tolist() == (x * 2).tolist()
+    assert np.concatenate([c["_arrays"][1] for c in chunks]).tolist() == (x + 0.5).tolist()
+    assert "explanation" not in chunks[0]  # as a JSON chunk: done says how they were computed
+    assert done["type"] == "done" and done["rows"] == 5 and done["explanation"] == EXPLANATION
+
+
+def test_explain_refusals_are_the_same_for_binary_requests() -> None:
+    s, conn, io = setup(max_explain_rows=2)
+    explained(s, refusal="model 'linear' cannot be explained: no gradient")
+    conn.receive(B("b", np.array([[1.0]]), binary_outputs=True, explain=True), True, s.clock.now)
+    s.send(conn, P("j", explain=True, binary_outputs=True))
+    explained(s)
+    conn.receive(B("big", np.zeros((3, 1)), binary_outputs=True, explain=True), True, s.clock.now)
+    conn.receive(B("t", np.zeros((1, 1)), explain="yes"), True, s.clock.now)
+    b, j, big, t = io.take()
+    assert (b["code"], b["id"], b["message"]) == ("bad_request", "b", "model 'linear' cannot be explained: no gradient")
+    assert (j["code"], j["id"], j["message"]) == ("bad_request", "j", b["message"])
+    assert (big["code"], big["id"]) == ("invalid_input", "big")
+    assert big["message"] == "'inputs' has 3 rows; explain takes at most 2 rows per request (max_explain_rows)"
+    assert (t["code"], t["message"]) == ("bad_request", "field 'explain' must be a boolean, got string")
+    assert s.models.predict.submitted == [] and conn.inflight == {}

@@ -66,8 +66,26 @@ def test_public_api() -> None:
     assert sorted(explain_mod.__all__) == sorted([
         "DEFAULT_STEPS", "MAX_STEPS", "CHUNK_POINTS", "COMPLETENESS_TOLERANCE", "SupportsInputGradient",
         "Explanation", "NotExplainable", "explain_refusal", "explain", "integrated_gradients",
-        "Explainer", "explainer_for",
+        "Explainer", "explainer_for", "ATTRIBUTIONS_SUFFIX", "DEFAULT_OUTPUT", "tensor_names",
     ])
+
+
+def test_tensor_names_are_the_oip_names() -> None:
+    """One naming rule: the output's name as the OIP signature gives it, then ``<output>_attributions``."""
+    from types import SimpleNamespace
+
+    from wsserve.repository import TensorSpec
+    from wsserve.rest import oip
+
+    info = SimpleNamespace(task="classification", input_shape=(3,), output_shape=(2,))
+    builtin = SimpleNamespace(info=info)
+    named = SimpleNamespace(info=info, inputs=(TensorSpec("x", (3,), "float32"),),
+                            outputs=(TensorSpec("probs", (2,), "float32"),))
+    assert explain_mod.tensor_names(builtin) == ("output", "output_attributions")
+    assert explain_mod.tensor_names(named) == ("probs", "probs_attributions")
+    for model in (builtin, named):
+        inputs, outputs = oip.signature(model)
+        assert explain_mod.tensor_names(model) == (outputs[0].name, oip.attribution_tensors(inputs, outputs)[0].name)
 
 
 # -- gradient ---------------------------------------------------------------------

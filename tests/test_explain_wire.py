@@ -9,13 +9,15 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
-from tests.support import Conn, ServerProcess
+from tests.support import Conn, RawHttp, ServerProcess
 from wsserve.compression import compress
 from wsserve.explain import COMPLETENESS_TOLERANCE, DEFAULT_STEPS
 from wsserve.models.mlp import MLPModel, make_mlp_data
 from wsserve.repository import write_builtin_version
+from wsserve.tensorframe import encode, read_tensors, split, view_tensors
 from wsserve.trainer import train_default_models
 
 
@@ -58,7 +60,8 @@ class Model:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, mlp: MLPModel) -> Path:
-    """mlpc 1 (fp32 mlp) 2 (int8) 3 (50% pruned); quad and opaque (model.py, with and without input_gradient)."""
+    """mlpc 1 (fp32 mlp) 2 (int8) 3 (50% pruned); quad and opaque (model.py, with and without input_gradient);
+    quadn: quad with named tensors (input x, output y)."""
     root = tmp_path_factory.mktemp("repo")
     write_builtin_version(root, "mlpc", mlp, 1)
     compress(root / "mlpc" / "1", root / "mlpc" / "2", method="int8", latency_runs=1)
@@ -67,6 +70,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory, mlp: MLPModel) -> Path:
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.py").write_text(textwrap.dedent(source))
         (root / name / "config.toml").write_text("input_shape = [4]\noutput_shape = [1]\nflops_per_row = 10\n")
+    (root / "quadn" / "1").mkdir(parents=True)
+    (root / "quadn" / "1" / "model.py").write_text(textwrap.dedent(QUADRATIC))
+    (root / "quadn" / "config.toml").write_text('[[inputs]]\nname = "x"\nshape = [4]\n\n'
+                                               '[[outputs]]\nname = "y"\nshape = [1]\n')
     return root
 
 
@@ -194,4 +201,111 @@ async def test_refusals_name_the_model_at_admission(server: ServerProcess) -> No
     models = {m["name"]: m for m in (await conn.request({"type": "models"}))["models"]}
     assert models["opaque"]["explain"] is None and models["quad"]["explain"]["method"] == "integrated-gradients"
     assert models["linear"]["explain"]["method"] == "linear-exact"
+    await conn.close()
+
+
+# --------------------------------------------------------------------------- binary tensor frames
+
+
+def _binary(rid: str, model: str, x: np.ndarray, **fields: object) -> bytes:
+    return encode({"type": "predict", "id": rid, "model": model, **fields}, x, key="inputs")
+
+
+def _unpack(message: str | bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """A binary answer's header and its tensors by name (the named form)."""
+    assert isinstance(message, bytes), message
+    header, payload = split(message)
+    descs = read_tensors(header, len(payload), max_rows=1 << 20, key="outputs")
+    return header, {d.name: a for d, a in zip(descs, view_tensors(payload, descs), strict=True)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+async def test_binary_explain_gives_the_json_attributions_bit_for_bit(server: ServerProcess, rows: np.ndarray,
+                                                                     dtype: type) -> None:
+    conn = await Conn.open(server.url)
+    x = rows[:9]
+    want = await _predict(conn, "j", "mlp", x, explain=True)
+    await conn.send(_binary("b", "mlp", x.astype(dtype), binary_outputs=True, explain=True))
+    header, tensors = _unpack(await asyncio.wait_for(conn.ws.recv(), 60))
+    assert (header["type"], header["id"], header["model"], header["version"]) == ("result", "b", "mlp", want["version"])
+    assert header["explanation"] == want["explanation"]
+    assert header["timing"]["batch_size"] == want["timing"]["batch_size"] == 8  # 32 units a row: split as JSON is
+    assert [(t["name"], t["shape"]) for t in header["outputs"]] == [("output", [9, 10]),
+                                                                    ("output_attributions", [9, 32])]
+    assert header["outputs"][1]["dtype"] == "float64"
+    attributions = tensors["output_attributions"]
+    assert attributions.dtype == np.float64
+    assert np.array_equal(attributions, np.array(want["attributions"]))  # bit for bit: JSON floats round-trip
+    out = tensors["output"]
+    assert np.array_equal(out, np.array(want["outputs"], dtype=out.dtype))
+    await conn.close()
+
+
+async def test_binary_request_without_binary_outputs_answers_json_with_attributions(server: ServerProcess,
+                                                                                     rows: np.ndarray) -> None:
+    conn = await Conn.open(server.url)
+    want = await _predict(conn, "j", "mlp", rows[:5], explain=True)
+    await conn.send(_binary("b", "mlp", rows[:5], explain=True))
+    got = await conn.recv(60)
+    assert got["type"] == "result" and got["id"] == "b"
+    assert got["attributions"] == want["attributions"] and got["explanation"] == want["explanation"]
+    assert got["outputs"] == want["outputs"]
+    await conn.close()
+
+
+async def test_binary_streamed_explain_chunks_concatenate_to_the_json_attributions(server: ServerProcess,
+                                                                                    rows: np.ndarray) -> None:
+    conn = await Conn.open(server.url)
+    whole = await _predict(conn, "w", "mlp", rows[:11], explain=True)
+    await conn.send(_binary("s", "mlp", rows[:11], explain=True, stream=True, chunk_rows=4, binary_outputs=True))
+    chunks = []
+    while isinstance(message := await asyncio.wait_for(conn.ws.recv(), 60), bytes):
+        chunks.append(_unpack(message))
+    done = orjson.loads(message)
+    assert [(h["type"], h["seq"], h["offset"]) for h, _ in chunks] == [("chunk", 0, 0), ("chunk", 1, 4),
+                                                                       ("chunk", 2, 8)]
+    assert [[t["name"] for t in h["outputs"]] for h, _ in chunks] == [["output", "output_attributions"]] * 3
+    attributions = np.concatenate([t["output_attributions"] for _, t in chunks])
+    assert np.array_equal(attributions, np.array(whole["attributions"]))
+    assert done == {**done, "type": "done", "id": "s", "rows": 11, "explanation": whole["explanation"]}
+    await conn.close()
+
+
+async def test_binary_explain_names_tensors_as_the_oip_does(server: ServerProcess) -> None:
+    """A model with a named output: its name, and ``<name>_attributions``, on both protocols."""
+    conn = await Conn.open(server.url)
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    await conn.send(_binary("n", "quadn", x, binary_outputs=True, explain=True))
+    header, tensors = _unpack(await asyncio.wait_for(conn.ws.recv(), 60))
+    assert [t["name"] for t in header["outputs"]] == ["y", "y_attributions"]
+    np.testing.assert_allclose(tensors["y_attributions"], x * x, rtol=1e-12)
+    np.testing.assert_allclose(tensors["y"][:, 0], (x * x).sum(axis=1), rtol=1e-12)
+    await conn.close()
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP64", "data": x.ravel().tolist()}],
+                         "parameters": {"explain": True}})
+    with RawHttp(server.port) as http:
+        answer = http.request("POST", "/v2/models/quadn/infer", body, {"Content-Type": "application/json"})
+    assert answer.status == 200, answer.body
+    oip = orjson.loads(answer.body)
+    assert [o["name"] for o in oip["outputs"]] == ["y", "y_attributions"]
+    assert np.array_equal(np.array(oip["outputs"][1]["data"]).reshape(3, 4), tensors["y_attributions"])
+
+
+async def test_binary_explain_refusals_are_the_json_ones(server: ServerProcess) -> None:
+    conn = await Conn.open(server.url)
+    for rid, model, x in (("o", "opaque", np.zeros((2, 4))), ("big", "mlp", np.zeros((41, 32)))):
+        want = await _predict(conn, rid, model, x, explain=True)
+        for fields in ({}, {"binary_outputs": True}):
+            await conn.send(_binary(rid, model, x, explain=True, **fields))
+            got = await conn.recv()
+            assert got == want, (fields, got)
+    assert want["code"] == "invalid_input" and "(max_explain_rows)" in want["message"]
+    # a generative model has no predict to explain
+    got = await conn.request({"type": "predict", "id": "g", "model": "charlm", "inputs": [[0.0]], "explain": True,
+                              "binary_outputs": True})
+    assert got["type"] == "error" and got["code"] == "bad_request" and "'charlm'" in got["message"]
+    # the same binary request without explain is served
+    await conn.send(_binary("o2", "opaque", np.zeros((2, 4)), binary_outputs=True))
+    header, tensors = _unpack(await asyncio.wait_for(conn.ws.recv(), 60))
+    assert header["type"] == "result" and header["shape"] == [2, 1] and "explanation" not in header
     await conn.close()

@@ -277,11 +277,11 @@ def test_conform_named_inputs() -> None:
 def test_decode_binary_reads_every_predict_field() -> None:
     x = np.zeros((2, 1), np.float32)
     req = decode_binary(encode({"type": "predict", "id": "a", "model": "linear", "version": 3, "stream": True,
-                                "chunk_rows": 1, "timeout_ms": 50, "priority": 1, "binary_outputs": True}, x,
-                               key="inputs"), max_rows=10)
+                                "chunk_rows": 1, "timeout_ms": 50, "priority": 1, "binary_outputs": True,
+                                "explain": True}, x, key="inputs"), max_rows=10)
     assert isinstance(req, Predict) and req.inputs is None and req.tensors is not None
     assert (req.id, req.model, req.version, req.stream, req.chunk_rows, req.timeout_ms, req.priority,
-            req.binary_outputs) == ("a", "linear", "3", True, 1, 50.0, 1, True)
+            req.binary_outputs, req.explain) == ("a", "linear", "3", True, 1, 50.0, 1, True, True)
     assert req.tensors.descs[0].shape == (2, 1) and req.tensors.nbytes == 8
 
 
@@ -293,7 +293,7 @@ def test_decode_binary_reads_every_predict_field() -> None:
     ({"type": "predict", "id": 2}, "bad_request", 2, "missing field 'model'"),
     ({"type": "predict", "id": 2, "model": "m", "stream": 1}, "bad_request", 2, "'stream' must be a boolean"),
     ({"type": "predict", "id": 2, "model": "m", "binary_outputs": "yes"}, "bad_request", 2, "'binary_outputs'"),
-    ({"type": "predict", "id": 2, "model": "m", "explain": True}, "bad_request", 2, "'explain' is not available"),
+    ({"type": "predict", "id": 2, "model": "m", "explain": 1}, "bad_request", 2, "'explain' must be a boolean"),
     ({"type": "predict", "id": 2, "model": "m", "priority": 5}, "bad_request", 2, "'priority'"),
     ({"type": "predict", "id": 3, "model": "m", "shape": [2, 1]}, "invalid_input", 3, "needs more than"),
 ])

@@ -73,6 +73,9 @@ __all__ = [
     "integrated_gradients",
     "Explainer",
     "explainer_for",
+    "ATTRIBUTIONS_SUFFIX",
+    "DEFAULT_OUTPUT",
+    "tensor_names",
 ]
 
 DEFAULT_STEPS = 128
@@ -82,7 +85,23 @@ CHUNK_POINTS = 1024
 #: Stated completeness bound for ``mlp`` with DEFAULT_STEPS on its data distribution.
 COMPLETENESS_TOLERANCE = 0.01
 
+#: An output's attributions tensor is named ``<output>`` + this (binary WebSocket frames and the OIP).
+ATTRIBUTIONS_SUFFIX = "_attributions"
+#: The name of the one output of a model that declares no tensor specs (the built-in models).
+DEFAULT_OUTPUT = "output"
+
 GradientFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def tensor_names(model: object) -> tuple[str, str]:
+    """``(output, attributions)``: the names of an explained model's output tensor and of its
+    attributions tensor.  The output's declared name when the model declares input and output
+    tensor specs (a repository model), else :data:`DEFAULT_OUTPUT`; the attributions are
+    ``<output>`` + :data:`ATTRIBUTIONS_SUFFIX`.  One rule for the WebSocket's binary tensor frames
+    and the Open Inference Protocol (:func:`wsserve.rest.oip.signature` names outputs the same way)."""
+    specs_in, specs_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    name = specs_out[0].name if specs_in is not None and specs_out else DEFAULT_OUTPUT
+    return name, name + ATTRIBUTIONS_SUFFIX
 
 
 @runtime_checkable

@@ -122,7 +122,7 @@ class PredictJob(Job):
     __slots__ = (
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
-        "_attr_parts", "_attr_pending", "binary_outputs", "_plain",
+        "_attr_parts", "_attr_pending", "binary_outputs", "_plain", "_names",
     )
 
     def __init__(
@@ -158,11 +158,18 @@ class PredictJob(Job):
         self._batch_max = 0
         # "explain": true - attributions arrive with each delivery, kept beside the outputs
         self.explain = req.explain
-        self.explanation = entry.explanation if req.explain else None
-        # attributions of the rows computed so far, and of the rows in _pending (explain only)
-        self._attr_parts: list[np.ndarray] = [] if req.explain else _NO_ATTRIBUTIONS
-        self._attr_pending: list[np.ndarray] = [] if req.explain else _NO_ATTRIBUTIONS
         self.binary_outputs = req.binary_outputs  # result and chunks as binary tensor frames
+        if req.explain:
+            self.explanation: dict[str, Any] | None = entry.explanation
+            # attributions of the rows computed so far, and of the rows in _pending
+            self._attr_parts: list[np.ndarray] = []
+            self._attr_pending: list[np.ndarray] = []
+            #: (output, attributions) tensor names of binary answers (read only with binary_outputs)
+            self._names: tuple[str, str] = entry.attribution_names if req.binary_outputs else ("", "")
+        else:
+            self.explanation = None
+            self._attr_parts = self._attr_pending = _NO_ATTRIBUTIONS
+            self._names = ("", "")
         #: One JSON ``result`` frame, nothing else to keep: :meth:`on_rows`'s fast path applies.
         self._plain = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
 
@@ -220,16 +227,23 @@ class PredictJob(Job):
     def _result(self, outputs: np.ndarray) -> None:
         if self.seed_form is not None:
             frame = encode_seed_result(outputs, self.seed_form == "scalar")
+        elif self.binary_outputs:
+            fields: dict[str, Any] = {"type": "result", "id": self.id, "model": self.model, "version": self.version,
+                                      "timing": self._timing()}
+            if self.explain:
+                parts = self._attr_parts
+                fields["explanation"] = self.explanation
+                frame = encode_tensor_frame(fields, self._named(outputs, parts[0] if len(parts) == 1
+                                                                else np.concatenate(parts)))
+            else:
+                frame = encode_tensor_frame(fields, outputs)
+            self._terminal(frame, "ok", True)
+            return
         elif self.explain:
             parts = self._attr_parts
             attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
             frame = encode_result(self.id, self.model, self.version, outputs, self._timing(),
                                   attributions, self.explanation)
-        elif self.binary_outputs:
-            fields = {"type": "result", "id": self.id, "model": self.model, "version": self.version,
-                      "timing": self._timing()}
-            self._terminal(encode_tensor_frame(fields, outputs), "ok", True)
-            return
         else:
             frame = encode_result(self.id, self.model, self.version, outputs, self._timing())
         self._terminal(frame, "ok")
@@ -268,10 +282,19 @@ class PredictJob(Job):
             frame = encode_predict_done(self.id, self.n, self._timing(), self.version, self.explanation)
             self._terminal(frame, "ok")
 
+    def _named(self, outputs: Tensors, attributions: np.ndarray) -> dict[str, np.ndarray]:
+        """The tensors of a binary answer to an explain request: the output, then its attributions
+        (an explained model has one output, so ``outputs`` is one array or a one-entry dict)."""
+        output_name, attributions_name = self._names
+        named = dict(outputs) if isinstance(outputs, dict) else {output_name: outputs}
+        named[attributions_name] = attributions
+        return named
+
     def _send_chunk(self, offset: int, outputs: np.ndarray, attributions: np.ndarray | None = None) -> None:
         if self.binary_outputs:
             fields = {"type": "chunk", "id": self.id, "seq": self._seq, "offset": offset}
-            self.owner.send_binary(encode_tensor_frame(fields, outputs))
+            tensors = outputs if attributions is None else self._named(outputs, attributions)
+            self.owner.send_binary(encode_tensor_frame(fields, tensors))
         else:
             self.owner.send(encode_chunk(self.id, self._seq, offset, outputs, attributions))
         self._seq += 1

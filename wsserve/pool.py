@@ -33,7 +33,7 @@ import orjson
 
 from .config import ServerConfig
 from .errors import InvalidInput, UnknownModel
-from .explain import Explainer, NotExplainable, explainer_for
+from .explain import Explainer, NotExplainable, explainer_for, tensor_names
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import check_rows, validate_inputs
 from .tensorframe import TensorPayload, conform, view_tensors
@@ -160,6 +160,12 @@ class ModelEntry:
         """How this version's rows are explained (method, baseline, target, steps), or None."""
         explainer = getattr(self.worker, "explainer", None)
         return explainer.describe() if explainer is not None else None
+
+    @property
+    def attribution_names(self) -> tuple[str, str]:
+        """``(output, attributions)``: the tensor names a binary answer to an ``"explain": true``
+        predict gives them (:func:`wsserve.explain.tensor_names`, the OIP's names)."""
+        return tensor_names(self.model)
 
 
 def resolve_explainer(name: str, model: Any) -> tuple[Explainer | None, str | None]:

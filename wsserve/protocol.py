@@ -176,7 +176,8 @@ class Predict:
     the model.  A binary tensor frame (:func:`decode_binary`) carries
     ``tensors`` instead (described and size-checked, converted after admission).  ``seed_form`` is ``"list"`` or ``"scalar"`` for the seed form
     (reply ``{"y_pred": ...}``, no id), else ``None``.  ``explain``: also
-    return per-feature attributions with each output row.
+    return per-feature attributions with each output row (in JSON, or with
+    ``binary_outputs`` as a second tensor of the binary frames).
     """
 
     id: RequestId | None
@@ -353,11 +354,6 @@ def _flag(obj: dict[str, Any], key: str) -> bool:
 def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any,
                     tensors: TensorPayload | None) -> Predict:
     """A predict's optional fields (the same for a JSON message and a binary frame's header)."""
-    explain = _flag(obj, "explain")
-    binary_outputs = _flag(obj, "binary_outputs")
-    if explain and (binary_outputs or tensors is not None):
-        raise BadRequest("'explain' is not available with binary tensor frames or 'binary_outputs'; "
-                         "send a JSON predict")
     return Predict(
         id=rid,
         model=model,
@@ -367,9 +363,9 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
         chunk_rows=_opt_int(obj, "chunk_rows", 1, MAX_CHUNK_ROWS),
         timeout_ms=_opt_timeout(obj),
         priority=_priority(obj),
-        explain=explain,
+        explain=_flag(obj, "explain"),
         tensors=tensors,
-        binary_outputs=binary_outputs,
+        binary_outputs=_flag(obj, "binary_outputs"),
     )
 
 
@@ -502,8 +498,9 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
 def decode_binary(data: bytes | memoryview, *, max_rows: int, max_header_bytes: int = MAX_HEADER_BYTES) -> Predict:
     """Decode one binary message: a ``predict`` in a binary tensor frame (:mod:`wsserve.tensorframe`).
 
-    The header takes every field of a JSON predict except ``inputs`` rows and
-    ``explain``; the tensors are described by ``dtype``/``shape`` or a list
+    The header takes every field of a JSON predict except ``inputs`` rows
+    (``explain`` included: whether the model can be explained is checked at
+    admission, as for JSON); the tensors are described by ``dtype``/``shape`` or a list
     ``inputs`` of ``{name, dtype, shape}``, checked against the payload's size
     here (nothing is allocated), converted later by the model's entry.  Raises
     ``BadRequest`` (malformed frame or header, a type other than ``predict``)

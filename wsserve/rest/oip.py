@@ -37,6 +37,7 @@ import orjson
 
 from ..dtypes import DTYPES, OIP_NAMES
 from ..errors import BadRequest, InvalidInput
+from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type
 from ..protocol import MAX_ID_LENGTH, loads
 
@@ -84,9 +85,10 @@ class Tensor:
         return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
 
 
-#: The input / output of the built-in models (a float64 ``[n, d]`` -> ``[n, k]`` map).
+#: The input / output of the built-in models (a float64 ``[n, d]`` -> ``[n, k]`` map); the output's
+#: name, and ``<output>`` + :data:`ATTRIBUTIONS_SUFFIX`, are :mod:`wsserve.explain`'s (one naming rule
+#: with the WebSocket's binary frames: :func:`wsserve.explain.tensor_names`).
 DEFAULT_INPUT = "input"
-DEFAULT_OUTPUT = "output"
 
 
 def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -106,8 +108,6 @@ def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     return (Tensor(DEFAULT_INPUT, "FP64", tuple(info.input_shape)),), (Tensor(DEFAULT_OUTPUT, "FP64", tuple(info.output_shape)),)
 
 
-#: ``<output>`` + this names the output's attributions tensor.
-ATTRIBUTIONS_SUFFIX = "_attributions"
 #: What :func:`parse_infer` answers ``"explain": true`` with unless the caller says the model can be explained.
 _NOT_EXPLAINED = "explanations are not available for this model"
 

@@ -194,6 +194,12 @@ export declare function encodeTensorFrame(
   fields: Record<string, unknown>, tensors: Tensor | Record<string, Tensor>, key?: 'inputs' | 'outputs'): Uint8Array;
 /** A binary `result`/`chunk` frame as an object whose `outputs` is a Tensor (or `{name: Tensor}`). */
 export declare function decodeTensorFrame(buffer: ArrayBuffer | ArrayBufferView): Record<string, unknown> & { outputs: Tensor | Record<string, Tensor> };
+/** A binary answer to an `explain: true` predict names its attributions `<output>` + this. */
+export declare const ATTRIBUTIONS_SUFFIX: '_attributions';
+/** `[outputs, attributions]` of a decoded binary answer to an `explain: true` predict (named tensors
+ *  `{<output>, <output>_attributions}`); anything else comes back as it is, with `undefined`. */
+export declare function splitAttributions(
+  outputs: Tensor | Record<string, Tensor>): [Tensor | Record<string, Tensor>, Tensor<'float64'> | undefined];
 
 export interface PredictResult {
   id: RequestId;
@@ -202,8 +208,9 @@ export interface PredictResult {
   version: string;
   /** Shape `[n, k]`: row i answers input row i (by name for a model with named outputs). */
   outputs: Outputs;
-  /** With `explain: true`: shape `[n, d]`, row i's per-feature attributions (they sum to f(x) - f(baseline)). */
-  attributions?: number[][];
+  /** With `explain: true`: shape `[n, d]`, row i's per-feature attributions (they sum to f(x) - f(baseline));
+   *  with `binary: true` a float64 {@link Tensor} of that shape. */
+  attributions?: number[][] | Tensor<'float64'>;
   explanation?: Explanation;
   timing: PredictTiming;
   [extra: string]: unknown;
@@ -213,8 +220,8 @@ export interface Chunk {
   seq: number;
   offset: number;
   outputs: Outputs;
-  /** With `explain: true`: the chunk's rows' attributions. */
-  attributions?: number[][];
+  /** With `explain: true`: the chunk's rows' attributions (with `binary: true` a float64 {@link Tensor}). */
+  attributions?: number[][] | Tensor<'float64'>;
 }
 
 export interface StreamDone {
@@ -294,7 +301,7 @@ export interface PredictOptions extends CallOptions {
   /** Also return per-feature attributions (models that can be explained: `linear`, `mlp`, ...). */
   explain?: boolean;
   /** Send `inputs` as a binary tensor frame ({@link TensorInput}, or `{name: TensorInput}`) and get
-   *  `outputs` back as {@link Tensor}s (no JSON numbers either way; not with `explain`). */
+   *  `outputs` back as {@link Tensor}s (no JSON numbers either way; with `explain`, `attributions` too). */
   binary?: boolean;
 }
 

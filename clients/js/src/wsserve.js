@@ -353,7 +353,6 @@ function toRows(rows, what) {
 /** A predict's message: JSON rows, or (`opts.binary`) tensors for a binary tensor frame with binary outputs. */
 function predictMessage(model, inputs, opts) {
   if (!opts.binary) return { type: 'predict', model, inputs: toInputs(inputs) };
-  if (opts.explain) throw new TypeError('explain is not available with binary: true');
   const named = inputs !== null && typeof inputs === 'object' && !ArrayBuffer.isView(inputs) && inputs.data === undefined;
   const tensors = named
     ? Object.fromEntries(Object.entries(inputs).map(([k, v]) => [k, toTensor(v, `inputs.${k}`)]))
@@ -445,6 +444,32 @@ export function encodeTensorFrame(fields, tensors, key = 'inputs') {
     at += t.data.byteLength;
   }
   return out;
+}
+
+/** A binary answer to an `explain: true` predict names its attributions `<output>` + this. */
+export const ATTRIBUTIONS_SUFFIX = '_attributions';
+
+/**
+ * `[outputs, attributions]` of a decoded binary answer to an `explain: true` predict: its named
+ * tensors `{<output>: Tensor, <output>_attributions: Tensor}` as the output alone and its
+ * attributions (float64, shape `[n, d]`); anything else is returned as it is, with `undefined`.
+ */
+export function splitAttributions(outputs) {
+  if (outputs !== null && typeof outputs === 'object' && outputs.data === undefined) {
+    const names = Object.keys(outputs);
+    if (names.length === 2 && names[1] === names[0] + ATTRIBUTIONS_SUFFIX) {
+      return [outputs[names[0]], outputs[names[1]]];
+    }
+  }
+  return [outputs, undefined];
+}
+
+/** A binary reply to an explain request with its attributions moved out of `outputs` (JSON replies as they are). */
+function withAttributions(frame, explain) {
+  if (!explain || frame.attributions !== undefined) return frame;
+  const [outputs, attributions] = splitAttributions(frame.outputs);
+  if (attributions === undefined) return frame;
+  return { ...frame, outputs, attributions };
 }
 
 let utf8Decoder = null;
@@ -771,7 +796,16 @@ export class ResponseStream {
  * @extends {ResponseStream<{seq: number, offset: number, outputs: number[][], attributions?: number[][]}>}
  */
 export class PredictStream extends ResponseStream {
-  _item(f) {
+  #explain;
+
+  /** @param {boolean} [explain] the request asked for attributions (a binary chunk's are its second tensor) */
+  constructor(explain = false) {
+    super();
+    this.#explain = explain;
+  }
+
+  _item(frame) {
+    const f = withAttributions(frame, this.#explain);
     const chunk = { seq: f.seq, offset: f.offset, outputs: f.outputs };
     if (f.attributions !== undefined) chunk.attributions = f.attributions;
     return chunk;
@@ -1217,7 +1251,8 @@ export class Client extends EventTarget {
    * `{id, model, version, outputs, timing}` (outputs shape `[n, k]`); with
    * `explain: true` also `attributions` (shape `[n, d]`: each feature's share
    * of the row's explained output) and `explanation` (`{method, baseline,
-   * target, steps}`).
+   * target, steps}`). With `binary: true` `outputs` (and `attributions`, float64)
+   * are tensors `{data: TypedArray, shape, dtype}`.
    * @param {string} model
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
    * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
@@ -1235,7 +1270,7 @@ export class Client extends EventTarget {
       guardMs: opts.timeoutMs == null ? null : opts.timeoutMs + DEADLINE_GRACE_MS,
       abortMode: 'server',
     }), opts.signal);
-    const { type: _t, ...result } = frame;
+    const { type: _t, ...result } = withAttributions(frame, opts.explain);
     return result;
   }
 
@@ -1258,7 +1293,7 @@ export class Client extends EventTarget {
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
     if (opts.explain) msg.explain = true;
-    const stream = new PredictStream();
+    const stream = new PredictStream(Boolean(opts.explain));
     this.#runStream(stream, msg, opts);
     return stream;
   }

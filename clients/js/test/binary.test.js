@@ -5,7 +5,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  Client, InvalidInput, encodeTensorFrame, decodeTensorFrame, toTensor, TENSOR_DTYPES,
+  Client, BadRequestError, InvalidInput, encodeTensorFrame, decodeTensorFrame, splitAttributions, toTensor,
+  TENSOR_DTYPES,
 } from 'wsserve-client';
 import { startServer } from './helpers/server.js';
 
@@ -39,6 +40,23 @@ describe('binary tensor frames (codec)', () => {
       assert.ok(back.outputs[name].data instanceof TENSOR_DTYPES[t.dtype]);
     }
     assert.throws(() => decodeTensorFrame(reply.slice(0, reply.length - 1).buffer), /payload shorter|beyond/);
+  });
+
+  it('splits an explained answer into its output and its <output>_attributions tensor', () => {
+    const out = toTensor({ data: new Float32Array([0.5, 1.5]), shape: [2, 1] });
+    const attr = toTensor({ data: new Float64Array([0.25, -0.75]), shape: [2, 1] });
+    const reply = encodeTensorFrame({ type: 'result', id: 1, explanation: { method: 'linear-exact' } },
+      { y: out, y_attributions: attr }, 'outputs');
+    const frame = decodeTensorFrame(reply);
+    const [outputs, attributions] = splitAttributions(frame.outputs);
+    assert.deepEqual(frame.explanation, { method: 'linear-exact' });
+    assert.ok(outputs.data instanceof Float32Array && attributions.data instanceof Float64Array);
+    assert.deepEqual([Array.from(outputs.data), outputs.shape], [[0.5, 1.5], [2, 1]]);
+    assert.deepEqual([Array.from(attributions.data), attributions.shape, attributions.dtype], [[0.25, -0.75], [2, 1], 'float64']);
+    // only that pair: other named outputs, or one tensor, stay as they are
+    const other = { y: out, z_attributions: attr };
+    assert.deepEqual(splitAttributions(other), [other, undefined]);
+    assert.deepEqual(splitAttributions(out), [out, undefined]);
   });
 
   it('refuses tensors whose shape does not match their data', () => {
@@ -97,6 +115,36 @@ describe('binary tensor frames against a real server', { timeout: 240_000 }, () 
     assert.deepEqual(offsets, [0, 2, 4]);
     assert.deepEqual(values, want.outputs.flat());
     assert.equal(stream.done.rows, 5);
+  });
+
+  it('predict({binary: true, explain: true}) answers the JSON attributions, bit for bit, as a Float64Array', async () => {
+    const width = (await c.models()).find((m) => m.name === 'mlp').input_shape[0];
+    const x = new Float32Array(3 * width).map((_, i) => ((i * 13) % 11) / 11 - 0.5);
+    const rows = Array.from({ length: 3 }, (_, i) => Array.from(x.subarray(i * width, (i + 1) * width)));
+    const want = await c.predict('mlp', rows, { explain: true });
+    const got = await c.predict('mlp', { data: x, shape: [3, width] }, { binary: true, explain: true });
+    assert.ok(got.attributions.data instanceof Float64Array);
+    assert.deepEqual(got.attributions.shape, [3, width]);
+    assert.deepEqual(Array.from(got.attributions.data), want.attributions.flat());
+    assert.deepEqual(got.outputs.shape, [3, want.outputs[0].length]);
+    assert.deepEqual(got.explanation, want.explanation);
+    assert.equal(got.explanation.method, 'integrated-gradients');
+    const plain = await c.predict('mlp', { data: x, shape: [3, width] }, { binary: true });
+    assert.equal(plain.attributions, undefined);
+    // streamed: each chunk its rows' attributions; done says how they were computed
+    const stream = c.predictStream('mlp', { data: x, shape: [3, width] }, { binary: true, explain: true, chunkRows: 2 });
+    const offsets = [];
+    const values = [];
+    for await (const chunk of stream) {
+      offsets.push(chunk.offset);
+      assert.deepEqual(chunk.attributions.shape, [chunk.outputs.shape[0], width]);
+      values.push(...chunk.attributions.data);
+    }
+    assert.deepEqual(offsets, [0, 2]);
+    assert.deepEqual(values, want.attributions.flat());
+    assert.deepEqual(stream.done.explanation, want.explanation);
+    await assert.rejects(c.predict('charlm', new Float64Array([1]), { binary: true, explain: true }),
+      (e) => e instanceof BadRequestError && /'charlm'/.test(e.message));
   });
 
   it('server refusals of binary frames reject with the wire error classes', async () => {

@@ -10,7 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from wsserve_client import Client, InvalidInput, Tensor, as_tensor
+from wsserve_client import BadRequestError, Client, InvalidInput, Tensor, as_tensor
+from wsserve_client.codec import split_attributions
 from wsserve_client.tensors import decode_frame, encode_frame
 
 from tests.support import ServerProcess
@@ -56,6 +57,37 @@ async def test_binary_refusals_are_the_server_errors(server: ServerProcess) -> N
         assert (await c.predict("linear", np.zeros((1, 1)), binary=True)).outputs.shape == (1, 1)
 
 
+async def test_binary_explain_returns_the_json_attributions_and_explanation(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        x = np.random.default_rng(4).normal(size=(3, 32)).astype(np.float32)
+        want = await c.predict("mlp", x.astype(np.float64), explain=True, as_numpy=True)
+        got = await c.predict("mlp", x, binary=True, explain=True)
+        assert isinstance(got.attributions, np.ndarray) and got.attributions.dtype == np.float64
+        assert np.array_equal(got.attributions, want.attributions)  # bit for bit
+        assert isinstance(got.outputs, np.ndarray) and got.outputs.shape == (3, 10)
+        np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-6)
+        assert got.explanation == want.explanation and got.explanation["method"] == "integrated-gradients"
+        plain = await c.predict("mlp", x, binary=True)
+        assert plain.attributions is None and plain.explanation is None and plain.outputs.shape == (3, 10)
+        # streamed: each chunk its rows' attributions, the summary how they were computed
+        stream = c.predict_stream("mlp", x, chunk_rows=2, binary=True, explain=True)
+        chunks = [ch async for ch in stream]
+        assert [(ch.offset, ch.attributions.shape) for ch in chunks] == [(0, (2, 32)), (2, (1, 32))]
+        assert np.array_equal(np.concatenate([ch.attributions for ch in chunks]), want.attributions)
+        assert stream.summary.explanation == want.explanation
+        json_chunks = [ch async for ch in c.predict_stream("mlp", x.tolist(), chunk_rows=2, explain=True)]
+        assert [a for ch in json_chunks for a in ch.attributions] == want.attributions.tolist()
+        with pytest.raises(BadRequestError, match="'charlm'"):
+            await c.predict("charlm", np.zeros((1, 1)), binary=True, explain=True)
+
+
+def test_split_attributions_takes_only_the_named_pair() -> None:
+    out, attr = object(), object()
+    assert split_attributions({"y": out, "y_attributions": attr}) == (out, attr)
+    assert split_attributions({"y": out, "z_attributions": attr}) == ({"y": out, "z_attributions": attr}, None)
+    assert split_attributions(out) == (out, None)
+
+
 def test_frames_round_trip_without_numpy_types() -> None:
     t = as_tensor(array.array("i", [1, -2, 3, 4]), shape=(2, 2))
     frame = encode_frame({"type": "result", "id": 1}, {"a": t, "b": Tensor(b"\x01\x00", "bool", (2,))}, key="outputs")
@@ -82,11 +114,15 @@ def test_the_client_works_without_numpy(server: ServerProcess) -> None:
                 assert isinstance(r.outputs, Tensor), type(r.outputs)
                 want = (await c.predict("linear", [[0.25]])).outputs
                 assert r.outputs.tolist() == want, (r.outputs.tolist(), want)
-                print("ok", r.outputs.dtype, r.outputs.shape)
+                e = await c.predict("linear", array.array("d", [0.25]), binary=True, explain=True)
+                assert isinstance(e.attributions, Tensor) and e.explanation["method"] == "linear-exact"
+                want = (await c.predict("linear", [[0.25]], explain=True)).attributions
+                assert e.attributions.tolist() == want and e.outputs.tolist() == r.outputs.tolist()
+                print("ok", r.outputs.dtype, r.outputs.shape, e.attributions.dtype, e.attributions.shape)
 
         asyncio.run(main())
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok float64 (1, 1)"
+    assert out.stdout.strip() == "ok float64 (1, 1) float64 (1, 1)"

@@ -203,14 +203,15 @@ class Client:
         gives up on its own 1 s after it. ``priority`` 1 is served first. ``as_numpy`` returns
         ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray``. ``explain`` asks for
         per-feature attributions with each row (``BadRequestError`` for a model that cannot
-        be explained).
+        be explained): ``result.attributions`` and ``result.explanation``.
 
         ``binary=True`` sends ``inputs`` as a binary tensor frame and asks for binary outputs
-        (no JSON number parsing on either side; not with ``explain``). ``inputs`` is then a
+        (no JSON number parsing on either side). ``inputs`` is then a
         numpy array ``[n, ...]``, an ``array.array`` (one row), a :class:`~wsserve_client.Tensor`
         (raw bytes + dtype + shape, see :func:`~wsserve_client.as_tensor`) or ``{name: ...}``
         of those; ``outputs`` come back as numpy arrays in the model's dtype when numpy is
-        installed, else as :class:`~wsserve_client.Tensor` (``.tolist()``).
+        installed, else as :class:`~wsserve_client.Tensor` (``.tolist()``); with ``explain``
+        ``attributions`` come back the same way (float64).
 
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
@@ -232,7 +233,7 @@ class Client:
                     attempt += 1
                     continue
                 raise
-            return parse_result(frame, as_numpy=as_numpy)
+            return parse_result(frame, as_numpy=as_numpy, explain=explain)
 
     def predict_stream(
         self,
@@ -245,6 +246,7 @@ class Client:
         priority: int = 0,
         as_numpy: bool = False,
         binary: bool = False,
+        explain: bool = False,
     ) -> PredictStream:
         """Streamed predict: ``async for chunk in client.predict_stream(...)`` yields
         :class:`Chunk` (``offset``, ``outputs``) in order; ``.summary`` after the end.
@@ -252,16 +254,18 @@ class Client:
         Returns at once (not a coroutine); the request is sent on first iteration or on
         ``async with``. See :mod:`wsserve_client.streams` for cancellation. ``binary`` as
         for :meth:`predict`: each chunk's ``outputs`` is then an array (or ``Tensor``).
+        ``explain`` as for :meth:`predict`: each chunk carries its rows' ``attributions``
+        and ``summary.explanation`` says how they were computed.
         """
         check_version(version)
 
         def make(rid: int) -> bytes:
             return encode_predict(
                 rid, model, inputs, version=version, timeout=timeout, priority=priority,
-                stream=True, chunk_rows=chunk_rows, binary=binary,
+                stream=True, chunk_rows=chunk_rows, binary=binary, explain=explain,
             )
 
-        return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy)
+        return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy, explain=explain)
 
     def generate(
         self,

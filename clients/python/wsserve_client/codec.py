@@ -46,6 +46,8 @@ __all__ = [
     "parse_hello",
     "parse_result",
     "parse_chunk",
+    "split_attributions",
+    "ATTRIBUTIONS_SUFFIX",
     "parse_stream_done",
     "parse_generation_done",
     "parse_models",
@@ -286,12 +288,31 @@ def _decoded(outputs: Any) -> bool:
     return isinstance(outputs, Tensor) or type(outputs).__module__ == "numpy"
 
 
-def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictResult:
-    """Build :class:`PredictResult` from a ``result`` frame (JSON, or a decoded binary frame)."""
+#: A binary answer to an ``"explain": true`` predict names its attributions ``<output>`` + this.
+ATTRIBUTIONS_SUFFIX = "_attributions"
+
+
+def split_attributions(outputs: Any) -> tuple[Any, Any]:
+    """``(outputs, attributions)`` of a decoded binary answer to an ``"explain": true`` predict:
+    its named tensors ``{<output>: ..., <output>_attributions: ...}`` (the server's docs/PROTOCOL.md,
+    "Binary tensor frames") as the output alone and its attributions; anything else is returned
+    as it is, with ``None``."""
+    if isinstance(outputs, dict) and len(outputs) == 2:
+        name, attributions_name = outputs
+        if attributions_name == name + ATTRIBUTIONS_SUFFIX:
+            return outputs[name], outputs[attributions_name]
+    return outputs, None
+
+
+def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool = False) -> PredictResult:
+    """Build :class:`PredictResult` from a ``result`` frame (JSON, or a decoded binary frame).
+    ``explain``: the request asked for attributions (a binary frame's are its second tensor)."""
     outputs = frame.get("outputs")
+    attributions = frame.get("attributions")
     if _decoded(outputs):
         as_numpy = False
-    attributions = frame.get("attributions")
+        if explain and attributions is None:
+            outputs, attributions = split_attributions(outputs)
     return PredictResult(
         outputs=to_numpy(outputs) if as_numpy else outputs,
         model=str(frame.get("model", "")),
@@ -303,15 +324,20 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False) -> PredictRes
     )
 
 
-def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False) -> Chunk:
-    """Build :class:`Chunk` from a ``chunk`` frame (JSON, or a decoded binary frame)."""
+def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool = False) -> Chunk:
+    """Build :class:`Chunk` from a ``chunk`` frame (JSON, or a decoded binary frame);
+    ``explain`` as for :func:`parse_result`."""
     outputs = frame.get("outputs")
+    attributions = frame.get("attributions")
     if _decoded(outputs):
         as_numpy = False
+        if explain and attributions is None:
+            outputs, attributions = split_attributions(outputs)
     return Chunk(
         seq=int(frame.get("seq", 0)),
         offset=int(frame.get("offset", 0)),
         outputs=to_numpy(outputs) if as_numpy else outputs,
+        attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
     )
 
 
@@ -323,6 +349,7 @@ def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:
         timing=frame.get("timing") or {},
         request_id=frame["id"],
         version=_opt_str(frame.get("version")),
+        explanation=frame.get("explanation"),
     )
 
 

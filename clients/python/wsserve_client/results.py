@@ -69,23 +69,27 @@ class PredictResult:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One streamed slice of a predict: rows ``offset .. offset+len(outputs)-1``."""
+    """One streamed slice of a predict: rows ``offset .. offset+len(outputs)-1`` (with
+    ``explain=True`` also their ``attributions``; None otherwise)."""
 
     seq: int
     offset: int
     outputs: Outputs
+    attributions: Outputs | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSummary:
     """The ``done`` frame ending a streamed predict; ``version``: the model version that
-    computed it (``None`` from a server that does not say)."""
+    computed it (``None`` from a server that does not say); ``explanation``: how the chunks'
+    attributions were computed (``explain=True``; None otherwise)."""
 
     reason: str
     rows: int
     timing: Mapping[str, Any]
     request_id: int | str
     version: str | None = None
+    explanation: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

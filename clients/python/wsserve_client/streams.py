@@ -247,9 +247,11 @@ class PredictStream(_Stream[Chunk]):
         timeout: float | None,
         retry: RetryPolicy | None,
         as_numpy: bool,
+        explain: bool = False,
     ) -> None:
         super().__init__(client, make_frame, timeout=timeout, retry=retry)
         self._as_numpy = as_numpy
+        self._explain = explain
         self._summary: StreamSummary | None = None
 
     async def __aenter__(self) -> PredictStream:
@@ -257,7 +259,7 @@ class PredictStream(_Stream[Chunk]):
         return self
 
     def _item(self, frame: dict[str, Any]) -> Chunk:
-        return parse_chunk(frame, as_numpy=self._as_numpy)
+        return parse_chunk(frame, as_numpy=self._as_numpy, explain=self._explain)
 
     def _on_done(self, frame: dict[str, Any]) -> None:
         self._summary = parse_stream_done(frame)
