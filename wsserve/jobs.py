@@ -29,7 +29,7 @@ from .protocol import (
     encode_result,
     encode_seed_result,
     encode_token,
-    ms,
+    timing_fields,
     token_prefix,
 )
 from .tensorframe import encode as encode_tensor_frame
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
 
-#: The attribution lists of a job that explains nothing: shared, never appended to (only
-#: ``explain`` jobs append), so a plain predict allocates no lists for them.
-_NO_ATTRIBUTIONS: list[np.ndarray] = []
+#: The attributions of a job that explains nothing: an empty tuple, so a plain predict allocates
+#: no lists for them (only ``explain`` jobs append, to lists of their own).
+_NO_ATTRIBUTIONS: tuple[()] = ()
 
 
 class JobOwner(Protocol):
@@ -168,7 +168,7 @@ class PredictJob(Job):
             self._names: tuple[str, str] = entry.attribution_names if req.binary_outputs else ("", "")
         else:
             self.explanation = None
-            self._attr_parts = self._attr_pending = _NO_ATTRIBUTIONS
+            self._attr_parts = self._attr_pending = _NO_ATTRIBUTIONS  # type: ignore[assignment]
             self._names = ("", "")
         #: One JSON ``result`` frame, nothing else to keep: :meth:`on_rows`'s fast path applies.
         self._plain = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
@@ -193,7 +193,7 @@ class PredictJob(Job):
             self._compute_s = compute_s
             self._batch_max = batch_rows
             self._delivered = self.n
-            timing = {"queue_ms": ms(queue_s), "compute_ms": ms(compute_s), "batch_size": batch_rows}
+            timing = timing_fields(queue_s, compute_s, batch_rows)
             self._terminal(encode_result(self.id, self.model, self.version, outputs, timing), "ok")
             return
         if self.queue_s < 0:
@@ -218,11 +218,7 @@ class PredictJob(Job):
             self._parts.append(outputs)
 
     def _timing(self) -> dict[str, float | int]:
-        return {
-            "queue_ms": ms(self.queue_s),
-            "compute_ms": ms(self._compute_s),
-            "batch_size": self._batch_max,
-        }
+        return timing_fields(self.queue_s, self._compute_s, self._batch_max)
 
     def _result(self, outputs: np.ndarray) -> None:
         if self.seed_form is not None:

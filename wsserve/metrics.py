@@ -235,12 +235,8 @@ class Metrics:
             h = self.duration.get((model, "predict"))
         h.counts[bisect_left(h.bounds, duration_s)] += 1
         h.sum += duration_s
-        if queue_s >= 0:  # queued(), inline
-            h = self.queue.children.get((model,))
-            if h is None:
-                h = self.queue.get((model,))
-            h.counts[bisect_left(h.bounds, queue_s)] += 1
-            h.sum += queue_s
+        if queue_s >= 0:
+            self.queued(model, queue_s)
 
     def rejected(self, model: str, kind: str, code: str) -> None:
         """Count a request refused before any work (not in the duration histogram)."""

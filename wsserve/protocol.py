@@ -57,6 +57,8 @@ __all__ = [
     "validate_inputs",
     "check_rows",
     "ms",
+    "timing_fields",
+    "stop_tuple",
     "encode_error",
     "encode_hello",
     "encode_draining",
@@ -369,21 +371,28 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
     )
 
 
+def stop_tuple(value: Any) -> tuple[Any, ...] | None:
+    """A request's ``stop`` as a tuple: absent -> ``()``, one string -> ``(s,)``, a list -> its
+    items (checked later, by :class:`GenerationParams`); None for any other JSON type (the caller
+    raises its protocol's error)."""
+    if value is None:
+        return ()
+    if type(value) is str:
+        return (value,)
+    if type(value) is list:
+        return tuple(value)
+    return None
+
+
 def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int) -> Generate:
     model = _model(obj)
     prompt = obj.get("prompt")
     if prompt is None:
         raise BadRequest("missing field 'prompt' (a string)")
     max_tokens = _opt_int(obj, "max_tokens", 1, max_tokens_limit)
-    stop = obj.get("stop")
+    stop = stop_tuple(obj.get("stop"))
     if stop is None:
-        stop = ()
-    elif type(stop) is str:
-        stop = (stop,)
-    elif type(stop) is list:
-        stop = tuple(stop)
-    else:
-        raise BadRequest(f"field 'stop' must be a list of strings, got {json_type(stop)}")
+        raise BadRequest(f"field 'stop' must be a list of strings, got {json_type(obj.get('stop'))}")
     seed = obj.get("seed")
     temperature = obj.get("temperature")
     top_k = obj.get("top_k")
@@ -571,6 +580,12 @@ def ms(seconds: float) -> float:
     anything not above 0).  ``int(x + 0.5)`` rather than ``round(x, 3)``: the same figures
     for non-negative times at a third of the cost, and it runs twice per predict."""
     return int(seconds * 1_000_000.0 + 0.5) / 1000.0 if seconds > 0 else 0.0
+
+
+def timing_fields(queue_s: float, compute_s: float, batch_size: int) -> dict[str, float | int]:
+    """The ``timing`` object of a predict's ``result`` or ``done`` (WebSocket and HTTP alike):
+    ``queue_ms`` and ``compute_ms`` (:func:`ms`) and ``batch_size``."""
+    return {"queue_ms": ms(queue_s), "compute_ms": ms(compute_s), "batch_size": batch_size}
 
 
 def _id(rid: RequestId | None) -> bytes:

@@ -209,7 +209,7 @@ class RequestFactory:
 
     def __init__(self, spec: WorkloadSpec, *, input_width: int = 1, seed: int = 0, variants: int = 16,
                  input_shape: tuple[int, ...] | None = None) -> None:
-        rng = random.Random(f"{seed}:{spec.label.removesuffix('/binary')}")  # binary or JSON: the same numbers
+        rng = random.Random(f"{seed}:{replace(spec, binary=False).label}")  # binary or JSON: the same numbers
         shape = input_shape if input_shape else (input_width,)
         self.binary = spec.binary
         bodies: list[Any] = []

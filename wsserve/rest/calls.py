@@ -23,7 +23,7 @@ import orjson
 from ..admission import Admission
 from ..errors import Internal, WsserveError
 from ..httpmsg import HttpExchange, HttpResponse
-from ..protocol import encode_seed_result, ms
+from ..protocol import encode_seed_result, timing_fields
 from ..worker import concat_rows, count_rows
 from . import oip
 from .errors import Style, error_response
@@ -211,11 +211,7 @@ class PredictCall(Call):
             self._result(outputs)
 
     def _timing(self) -> dict[str, float | int]:
-        return {
-            "queue_ms": ms(self.queue_s),
-            "compute_ms": ms(self._compute_s),
-            "batch_size": self._batch_max,
-        }
+        return timing_fields(self.queue_s, self._compute_s, self._batch_max)
 
     def _result(self, outputs: Any) -> None:
         raise NotImplementedError

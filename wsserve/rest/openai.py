@@ -23,7 +23,7 @@ import orjson
 
 from ..errors import BadRequest
 from ..jsontypes import json_type
-from ..protocol import MAX_MODEL_NAME_LENGTH, MAX_TEMPERATURE, GenerationParams
+from ..protocol import MAX_MODEL_NAME_LENGTH, MAX_TEMPERATURE, GenerationParams, stop_tuple
 
 __all__ = ["Completion", "CompletionEncoder", "DONE", "ParamError", "error_event", "models_list", "parse_completion"]
 
@@ -99,15 +99,9 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     seed = obj.get("seed")
     if seed is not None and type(seed) is not int:
         raise ParamError("seed", f"'seed' must be an integer, got {json_type(seed)}")
-    stop = obj.get("stop")
+    stop = stop_tuple(obj.get("stop"))
     if stop is None:
-        stop = ()
-    elif type(stop) is str:
-        stop = (stop,)
-    elif type(stop) is list:
-        stop = tuple(stop)
-    else:
-        raise ParamError("stop", f"'stop' must be a string or an array of strings, got {json_type(stop)}")
+        raise ParamError("stop", f"'stop' must be a string or an array of strings, got {json_type(obj.get('stop'))}")
     stream = obj.get("stream")
     if stream is None:
         stream = False
