@@ -53,8 +53,8 @@ _MIN_SLEEP_S = 0.001
 #: cannot flatter the figures
 _LOOKAHEAD_S = 0.001
 _CLOSE_WAIT_S = 3.0
-_TERMINAL_OK = frozenset({"result", "done"})
-_PARTIAL = frozenset({"token", "chunk"})
+_TERMINAL_OK = ("result", "done")  # tuples: a server may send any JSON as "type"
+_PARTIAL = ("token", "chunk")
 
 
 class _Req:

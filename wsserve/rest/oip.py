@@ -326,7 +326,7 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
         raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
     count = n * math.prod(spec.shape)
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if type(datatype) is not str or datatype not in DATATYPES:  # a list or object is unhashable
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
         raise InvalidInput(f"input {name!r} is {spec.datatype}; got {datatype}")
