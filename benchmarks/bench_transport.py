@@ -12,7 +12,9 @@ and drives each with the load-test tool (``python -m wsserve.loadtest``, separat
 single-row ``predict`` on ``linear`` and ``mlp`` (echo: the same frames echoed), closed loop, one
 request in flight per connection, at 64 and 256 connections.  Repetitions are interleaved across
 servers; medians reported with the range.  The targets (issue #16): ``wsserve-picows linear`` ≥ 2×
-the ``websockets`` echo ceiling at 64 connections, and ``wsserve-picows mlp`` ≥ 1.5× ``wsserve mlp``.
+the ``websockets`` echo ceiling at 64 connections, and ``wsserve-picows mlp`` ≥ 1.5× ``wsserve mlp``
+(in the same run; ``--issue-base DIR`` also runs wsserve from a checkout of the commit the issue was
+filed against, 05ffc32, for the literal reading "1.5× the current wsserve").
 
 Then the memory side: RSS per idle connection (1,000 of them) and what one 900 KB message leaves
 behind per connection, on each transport (picows keeps its grown read buffer).
@@ -79,6 +81,19 @@ def add_base(base: Path) -> None:
     ])
 
 
+def add_issue_base(root: Path) -> None:
+    """Also run wsserve (websockets, its only transport then) from ``root``, a checkout of the commit the
+    transport issue was filed against: its "mlp >= 1.5x the current wsserve" target read literally."""
+    SERVERS["wsserve@issue"] = SERVERS["wsserve"]
+    LABELS["wsserve@issue"] = "wsserve, websockets (as filed)"
+    ROOTS["wsserve@issue"] = root
+    BASE_COMPARISONS.extend([
+        ("wsserve-picows|mlp", "wsserve@issue|mlp", "wsserve-picows mlp ÷ wsserve mlp as filed", 1.5),
+        ("wsserve-picows|linear", "wsserve@issue|linear", "wsserve-picows linear ÷ wsserve linear as filed", None),
+        ("wsserve|mlp", "wsserve@issue|mlp", "wsserve mlp ÷ wsserve mlp as filed", None),
+    ])
+
+
 #: (numerator, denominator, label, target multiple or None), keys "server|model"
 TARGETS = (
     ("wsserve-picows|linear", "echo|-", "wsserve-picows linear ÷ websockets echo", 2.0),
@@ -137,7 +152,8 @@ def run(plan: Plan) -> dict[str, Any]:
         "plan": asdict(plan),
         "machine": machine,
         "server_commands": {name: shown(cmd) for name, (cmd, _) in SERVERS.items() if name not in ROOTS},
-        "base": {name: str(root) for name, root in ROOTS.items()},
+        "base": {name: str(root) for name, root in ROOTS.items() if name.endswith("@base")},
+        "issue_base": {name: str(root) for name, root in ROOTS.items() if name.endswith("@issue")},
         "loadtest_command": shown(loadtest_cmd("URL", model="MODEL", connections=0, plan=plan)).replace("-c 0", "-c N"),
         "runs": runs,
         "summary": summary,
@@ -234,7 +250,7 @@ def render(data: dict[str, Any]) -> str:
         f" --inflight {k}" if k > 1 else "") + (
         f" --client-procs {plan['client_procs']}" if plan["client_procs"] > 1 else "") + (
         f" --connections {' '.join(map(str, conns))}" if tuple(conns) != (64, 256) and not plan["quick"] else "") + (
-        " --base BASE" if data.get("base") else "")
+        " --base BASE" if data.get("base") else "") + (" --issue-base ISSUE_BASE" if data.get("issue_base") else "")
     out = ["## Transports: websockets vs picows" + (f", {k} requests in flight per connection" if k > 1 else ""), ""]
     if k > 1:
         out += [(f"The same servers and comparisons as above with {k} pipelined requests per connection instead of "
@@ -322,6 +338,11 @@ def render(data: dict[str, Any]) -> str:
     if base:
         out += [(f"*(base)*: the same wsserve commands run from `{next(iter(base.values()))}`, a checkout of the "
                  f"commit the changes measured here started from (`--base`)."), ""]
+    issue_base = data.get("issue_base")
+    if issue_base:
+        out += [(f"*(as filed)*: the same wsserve command run from `{next(iter(issue_base.values()))}`, a checkout of "
+                 "the commit the transport issue was filed against (`--issue-base`; websockets was its only transport): "
+                 "the mlp target's \"1.5× the current wsserve\" read literally, next to the same-run reading above."), ""]
     out += ["Servers (from the repository root):", "", "```", *data["server_commands"].values(), "```", "",
             "Load, per cell (`--echo` instead of `--model` for the echo servers):", "", "```",
             data["loadtest_command"], "```", "",
@@ -343,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="where transport.md/json go")
     ap.add_argument("--assemble", action="store_true", help="also rebuild BENCHMARKS.md")
     ap.add_argument("--base", type=Path, help="also run wsserve from this checkout (before/after), both transports")
+    ap.add_argument("--issue-base", type=Path,
+                    help="also run wsserve (websockets) from this checkout of the commit the transport issue was filed against")
     ap.add_argument("--connections", type=int, nargs="+", help="connection counts (default 64 256)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-per-connection measurement (~40 s)")
     ap.add_argument("--inflight", type=int, default=1, choices=range(1, 65), metavar="K",
@@ -358,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, connections=tuple(args.connections))
     if args.base:
         add_base(args.base.resolve())
+    if args.issue_base:
+        add_issue_base(args.issue_base.resolve())
     t0 = time.monotonic()
     data = run(plan)
     if not args.no_memory:

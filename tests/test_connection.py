@@ -19,7 +19,7 @@ import pytest
 from wsserve.auth import KeyRegistry
 from wsserve.config import ServerConfig
 from wsserve.connection import Connection, ConnectionContext, Shared
-from wsserve.errors import UnknownModel
+from wsserve.errors import InvalidInput, UnknownModel
 from wsserve.metrics import Metrics
 from wsserve.pool import LIST_ROWS_MAX_VALUES, _float_rows, list_rows_bytes
 from wsserve.protocol import encode_hello
@@ -622,3 +622,19 @@ def test_admin_operations_on_a_server_without_a_repository_are_bad_requests() ->
     conn, io = s.connect(address="127.0.0.1")
     s.send(conn, {"type": "unload", "id": 1, "model": "m"})
     assert [(f["code"], f["message"]) for f in io.take()] == [("bad_request", "unload: this server serves no model repository")]
+
+
+def test_a_float32_input_keeps_small_requests_as_rows_and_checks_its_range_either_way() -> None:
+    """The pool's path for one float32 vector input (the built-in mlp, float32 repository models):
+    small requests stay checked JSON rows as for float64, a bigger one becomes float64 at once; a
+    value beyond float32's range is refused by both, naming the row."""
+    prepare = _float_rows(2, float32=True)
+    rows, n, nbytes = prepare([[1, 2.5]], 100, 1 << 20)
+    assert rows == [[1, 2.5]] and n == 1 and nbytes == list_rows_bytes(1, 2)
+    big = [[0.5, -0.5]] * (LIST_ROWS_MAX_VALUES // 2 + 1)
+    rows, n, nbytes = prepare(big, 100, 1 << 20)
+    assert rows.dtype == np.float64 and rows.shape == (len(big), 2) and nbytes == rows.nbytes
+    for inputs in ([[0, 0], [3.5e38, 0]], [*big[:-1], [0, 0], [0, -1e39]]):
+        with pytest.raises(InvalidInput) as info:
+            prepare(inputs, 100, 1 << 20)
+        assert info.value.message == f"'inputs' row {len(inputs) - 1} holds a value beyond float32's range"

@@ -40,6 +40,8 @@ from wsserve.protocol import (
     encode_result,
     encode_seed_result,
     encode_token,
+    check_rows,
+    check_rows_within,
     token_prefix,
     validate_inputs,
 )
@@ -255,6 +257,39 @@ def test_seed_form_bad_elements_fail_validation(x: list[object]) -> None:
     req = decode(orjson.dumps({"x": x}))
     with pytest.raises(InvalidInput):
         validate_inputs(req.inputs, 1, 10)
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("inputs", [
+    [[1, 2.5]], [[F32_MAX, -F32_MAX], [0, -0.0]], [[2**63 - 1, -(2**63)]], [[3.4e38, 1e-45]],
+])
+def test_rows_within_float32_range_pass_and_count_their_rows(inputs: list) -> None:
+    assert check_rows_within(inputs, 2, 4, F32_MAX, "float32") == len(inputs)
+
+
+@pytest.mark.parametrize("inputs,row", [
+    ([[1e39, 0]], 0), ([[0, 0], [0, -3.5e38]], 1), ([[0, 0], [1e300, 0], [-1e300, 0]], 1),
+    ([[0, 0], [0, 0], [0, 0], [float(np.nextafter(F32_MAX, np.inf)), 0]], 3),
+])
+def test_a_float_beyond_float32s_range_names_its_first_row(inputs: list, row: int) -> None:
+    with pytest.raises(InvalidInput) as info:
+        check_rows_within(inputs, 2, 4, F32_MAX, "float32")
+    assert info.value.message == f"'inputs' row {row} holds a value beyond float32's range"
+
+
+@pytest.mark.parametrize("inputs", [
+    "x", [], [[1, 2]] * 5, [[1]], [[1, 2], [1, "2"]], [[1e39, 0], [1, None]], [[1e39, 0], [1]], [[True, 0]],
+    [[1, 2], 3],
+])
+def test_shape_and_type_problems_are_named_as_check_rows_names_them(inputs: object) -> None:
+    """Out-of-range rows next to a malformed one: the malformed one is named, with check_rows' words."""
+    with pytest.raises(InvalidInput) as expected:
+        check_rows(inputs, 2, 4)
+    with pytest.raises(InvalidInput) as got:
+        check_rows_within(inputs, 2, 4, F32_MAX, "float32")
+    assert got.value.message == expected.value.message
 
 
 # --------------------------------------------------------------------------- bad_json

@@ -32,10 +32,10 @@ import numpy as np
 import orjson
 
 from .config import ServerConfig
-from .errors import InvalidInput, UnknownModel
+from .errors import UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for, tensor_names
 from .models.base import ModelInfo, PredictiveModel
-from .protocol import check_rows, validate_inputs
+from .protocol import check_rows, check_rows_within
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
@@ -58,8 +58,9 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 #: A request of at most this many values keeps its checked JSON rows (lists of numbers) until
 #: its batch is gathered, where the batch's rows become one float64 array (-0.45 us a request
-#: against one array per request); a bigger one is converted at once, so what waits in a queue
-#: is 8 bytes a value.  The built-in float64 models only (see :func:`_float_rows`).
+#: against one array per request; -2 us for a float32 model, whose range is checked in the same
+#: pass); a bigger one is converted at once, so what waits in a queue is 8 bytes a value.  Models
+#: with a single float input only (see :func:`_float_rows`).
 LIST_ROWS_MAX_VALUES = 64
 
 
@@ -70,23 +71,21 @@ def list_rows_bytes(n: int, width: int) -> int:
 
 
 def _float_rows(width: int, float32: bool = False) -> Prepare:
-    """The fast path: a single float input of ``width`` values per row (the built-in models).
-    Small float64 requests stay lists until their batch is gathered (``LIST_ROWS_MAX_VALUES``;
-    :func:`wsserve.worker.gather` converts them).  For a float32 input, a value beyond
-    float32's range is refused as the general path does."""
+    """The fast path: a single float input of ``width`` values per row (the built-in models and
+    repository models with one float32/float64 vector input).  Small requests stay lists until
+    their batch is gathered (``LIST_ROWS_MAX_VALUES``; :func:`wsserve.worker._gather` converts a
+    batch's rows to one float64 array, which the model casts as it always did).  For a float32
+    input, a value beyond float32's range is refused, as the general path does."""
 
     def prepare(inputs: Any, max_rows: int, max_elements: int) -> tuple[Tensors, int, int]:
-        if not float32:
+        if float32:
+            n = check_rows_within(inputs, width, max_rows, _F32_MAX, "float32")
+        else:
             n = check_rows(inputs, width, max_rows)
-            if n * width <= LIST_ROWS_MAX_VALUES:
-                return inputs, n, list_rows_bytes(n, width)
-            rows = np.array(inputs, dtype=np.float64)
-            return rows, n, rows.nbytes
-        rows = validate_inputs(inputs, width, max_rows)
-        if float32 and np.abs(rows).max() > _F32_MAX:
-            i = int(np.argmax(np.abs(rows).max(axis=1) > _F32_MAX))
-            raise InvalidInput(f"'inputs' row {i} holds a value beyond float32's range")
-        return rows, rows.shape[0], rows.nbytes
+        if n * width <= LIST_ROWS_MAX_VALUES:
+            return inputs, n, list_rows_bytes(n, width)
+        rows = np.array(inputs, dtype=np.float64)
+        return rows, n, rows.nbytes
 
     return prepare
 

@@ -572,6 +572,37 @@ def check_rows(inputs: Any, width: int, max_rows: int) -> int:
     return n
 
 
+def _rows_fit(inputs: Any, width: int, max_rows: int, lo: float, hi: float) -> bool:
+    """Whether ``inputs`` passes :func:`check_rows` with every float in ``[lo, hi]`` (one pass)."""
+    if type(inputs) is not list or not 0 < len(inputs) <= max_rows:
+        return False
+    for row in inputs:
+        if type(row) is not list or len(row) != width:
+            return False
+        for v in row:
+            t = type(v)
+            if t is float:
+                if not lo <= v <= hi:
+                    return False
+            elif t is not int:
+                return False
+    return True
+
+
+def check_rows_within(inputs: Any, width: int, max_rows: int, limit: float, dtype: str) -> int:
+    """:func:`check_rows` for a model that reads ``dtype`` (float32), in one pass: also refuses a
+    float beyond ``±limit`` (the dtype's largest finite value) with ``InvalidInput`` naming the
+    first such row, after any problem :func:`check_rows` names.  Integers are not range-checked:
+    JSON's are 64-bit, well within float32's range."""
+    if _rows_fit(inputs, width, max_rows, -limit, limit):
+        return len(inputs)
+    check_rows(inputs, width, max_rows)  # raises for anything but the range
+    for i, row in enumerate(inputs):
+        if not all(-limit <= v <= limit for v in row):
+            raise InvalidInput(f"'inputs' row {i} holds a value beyond {dtype}'s range")
+    raise AssertionError("unreachable: _rows_fit and check_rows disagree")
+
+
 # --------------------------------------------------------------------------- encode
 
 
