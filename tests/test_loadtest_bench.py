@@ -148,3 +148,45 @@ def test_bench_transport_starts_the_cli_of_this_checkout_on_each_transport() -> 
     base = serve_command("--log-level", "warning", loop="uvloop")
     assert SERVERS["wsserve"][0] == base
     assert SERVERS["wsserve-picows"][0] == [*base, "--transport", "picows"]
+
+
+def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the_old_default() -> None:
+    """benchmarks/bench_inline.py: the same serve command but for --inline-max-flops, and a report
+    whose ratios are each threshold's median over the old default's, with the batch the default inlines."""
+    from benchmarks.bench_inline import THRESHOLDS, _command, render
+    from tests.support import serve_command
+
+    assert THRESHOLDS[1] == __import__("wsserve.config").config.ServerConfig().inline_max_flops  # the real default
+    for flops in THRESHOLDS:
+        assert _command(flops, None) == serve_command("--log-level", "warning", "--models", "mlp",
+                                                      "--inline-max-flops", str(flops), loop="uvloop")
+    rps = {THRESHOLDS[0]: 30_000.0, THRESHOLDS[1]: 36_000.0, THRESHOLDS[2]: 33_000.0}
+    summary = {f"{f}|64": {**median_of([_run(r)]), "server_us_per_req": 1e6 * 0.9 / r} for f, r in rps.items()}
+    data = {"plan": {**FULL.__dict__, "connections": (64,)}, "machine": {"cores": 2, "load_average": [0, 0, 0]},
+            "summary": summary, "started_at": "t", "server_commands": {"a": "cmd"}, "loadtest_command": "lt",
+            "costs": {"flops_per_row": 76_810, "predict_us": {"1": 20.0, "64": 150.0, "128": 300.0},
+                      "executor_round_trip_us": 75.0}}
+    text = render(data)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ") and "req/s" not in line}
+    assert rows["| 200,000 (old default)"].endswith("| 1.00× |")
+    assert rows["| 5,000,000 (default)"].endswith("| 1.20× |") and "36,000" in rows["| 5,000,000 (default)"]
+    assert rows["| 10¹¹ (all inline)"].endswith("| 1.10× |")
+    assert "batches of up to 65 rows run on the loop; 64 rows take 150 µs here, 2.0 executor round trips" in text
+
+
+def test_bench_transport_issue_base_runs_wsserve_on_websockets_from_that_checkout(tmp_path: Path) -> None:
+    """--issue-base adds wsserve (the default transport: the only one then) from another checkout, and
+    judges the mlp target against it too."""
+    import benchmarks.bench_transport as bt
+
+    saved = (dict(bt.SERVERS), dict(bt.LABELS), dict(bt.ROOTS), list(bt.BASE_COMPARISONS))
+    try:
+        bt.add_issue_base(tmp_path)
+        assert bt.SERVERS["wsserve@issue"] == bt.SERVERS["wsserve"] and bt.ROOTS["wsserve@issue"] == tmp_path
+        assert ("wsserve-picows|mlp", "wsserve@issue|mlp", "wsserve-picows mlp ÷ wsserve mlp as filed", 1.5) \
+            in bt.BASE_COMPARISONS
+    finally:
+        bt.SERVERS.clear(); bt.SERVERS.update(saved[0])  # noqa: E702
+        bt.LABELS.clear(); bt.LABELS.update(saved[1])  # noqa: E702
+        bt.ROOTS.clear(); bt.ROOTS.update(saved[2])  # noqa: E702
+        bt.BASE_COMPARISONS[:] = saved[3]

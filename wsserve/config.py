@@ -91,7 +91,10 @@ class ServerConfig:
     key_rate_limit_per_s: float | None = None  # predict/generate per second per API key
 
     # Compute
-    inline_max_flops: int = 200_000  # predict batches cheaper than this run on the loop thread
+    # Predict batches of at most this many multiply-adds run on the loop thread, costlier ones in a
+    # thread: ~150 us of numpy here (the mlp's 64-row batch is 4.9M), about two executor round trips
+    # (70-110 us each), the generation engine's rule too. Models of unknown cost always use the thread.
+    inline_max_flops: int = 5_000_000
 
     def validate(self, *, in_process_models: bool = False) -> ServerConfig:
         """Return self if every setting is in range, else raise ``ValueError`` naming its flag.

@@ -109,7 +109,7 @@ class FunctionModel(RepositoryModel):
         ``name`` (default: the function's name) and ``version`` are what ``models`` reports
         (the server serves it under the name it is given).  ``max_batch_size``,
         ``max_delay_ms``: this model's batching (default: the server's); ``instances``: batches
-        computed side by side; ``flops_per_row``: a per-row cost estimate (default 1,000,000:
+        computed side by side; ``flops_per_row``: a per-row cost estimate (default 10⁹:
         always off the event loop; a cheap function can say less and run inline)."""
         if not callable(fn):
             raise TypeError(f"FunctionModel: fn must be callable, got {type(fn).__name__}")

@@ -11,7 +11,7 @@ Interface (see docs/repository.md for a worked example)::
         def __init__(self, version_dir: pathlib.Path): ...
         def predict(self, batch):           # [n, *input_shape] -> [n, *output_shape]
             ...                             # dicts by name for several inputs/outputs
-        def flops_per_row(self) -> int      # optional cost estimate (default: 1_000_000, i.e. "costly")
+        def flops_per_row(self) -> int      # optional cost estimate (default: 1_000_000_000, i.e. "unknown": off the loop)
         def input_gradient(self, x, target) # optional: makes "explain": true work (integrated gradients)
         def close(self) -> None             # optional
 
@@ -56,8 +56,9 @@ from .tensors import TensorSpec
 
 __all__ = ["PythonModel", "DEFAULT_FLOPS_PER_ROW", "exec_model_file"]
 
-#: Cost assumed for Python code that does not say: high enough that the pool runs it off the loop.
-DEFAULT_FLOPS_PER_ROW = 1_000_000
+#: Cost assumed for Python code that does not say: high enough that the pool always runs it off
+#: the event loop (a batch of one row is far above ``--inline-max-flops``); its cost is unknown.
+DEFAULT_FLOPS_PER_ROW = 1_000_000_000
 
 
 def exec_model_file(path: Path, name: str, version: int) -> ModuleType:

@@ -1,0 +1,232 @@
+"""Where a predict batch runs: on the event loop or in a thread (``--inline-max-flops``).
+
+``python -m benchmarks.bench_inline`` (~4 min) starts ``wsserve serve --models mlp`` three times,
+each in its own process on uvloop with one BLAS thread, differing only in ``--inline-max-flops``:
+
+- ``200000``: the old default; an ``mlp`` batch of more than 2 rows (76,810 multiply-adds a row) goes
+  to the worker thread;
+- ``5000000``: the default since; batches of up to 65 ``mlp`` rows run on the loop (~150 µs here);
+- ``100000000000``: every batch on the loop, for reference.
+
+and drives each with the load-test tool (closed loop, one single-row ``mlp`` predict in flight per
+connection) at 64 and 256 connections, repetitions interleaved across the servers, medians with
+their range.  It also times the model on batches of 1 to 256 rows and an executor round trip (a
+no-op through ``run_in_executor``) in this process: the two costs the threshold weighs.  Writes
+``benchmarks/results/inline.md`` and ``inline.json``; ``--assemble`` also rebuilds BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # python benchmarks/bench_inline.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.assemble import assemble
+from benchmarks.machine import describe
+from benchmarks.run import RESULTS, Plan, loadtest_cmd, measure, median_of, shown
+from benchmarks.servers import start_command
+from tests.support import ServerProcess, serve_command
+
+#: --inline-max-flops values compared, the first being the baseline of the ratios
+THRESHOLDS = (200_000, 5_000_000, 100_000_000_000)
+LABELS = {200_000: "200,000 (old default)", 5_000_000: "5,000,000 (default)", 100_000_000_000: "10¹¹ (all inline)"}
+FULL = Plan(reps=5, duration_s=4.0, warmup_s=1.0, connections=(64, 256))
+QUICK = Plan(reps=1, duration_s=1.5, warmup_s=0.5, connections=(64,), quick=True)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _command(flops: int, cache_dir: str | None) -> list[str]:
+    extra = ["--cache-dir", cache_dir] if cache_dir else []
+    return serve_command("--log-level", "warning", "--models", "mlp", "--inline-max-flops", str(flops), *extra,
+                         loop="uvloop")
+
+
+def model_costs(cache_dir: str | None) -> dict[str, Any]:
+    """The mlp's predict time per batch size, and an executor round trip, in µs (medians)."""
+    import numpy as np
+
+    from wsserve.config import ServerConfig
+    from wsserve.trainer import prepare_builtin_repository
+
+    async def go() -> dict[str, Any]:
+        from wsserve.server import Server
+
+        config = ServerConfig(host="127.0.0.1", port=0, models=("mlp",),
+                              cache_dir=Path(cache_dir) if cache_dir else None, ping_interval_s=None)
+        with tempfile.TemporaryDirectory(prefix="bench-inline-") as scratch:
+            builtin = prepare_builtin_repository(config.models, seed=config.seed, cache_dir=config.cache_dir,
+                                                 cache=config.cache, scratch=Path(scratch))
+            server = Server(config, builtin_repository=builtin)
+            await server.start()
+        try:
+            model = server.pool.lookup("mlp").model
+            per_batch = {}
+            for rows in (1, 8, 16, 32, 64, 128, 256):
+                x = np.random.default_rng(rows).random((rows, 32))
+                model.predict(x)
+                times = []
+                for _ in range(7):
+                    t0 = time.perf_counter()
+                    for _ in range(50):
+                        model.predict(x)
+                    times.append((time.perf_counter() - t0) / 50 * 1e6)
+                per_batch[rows] = statistics.median(times)
+            loop = asyncio.get_running_loop()
+            trips = []
+            with ThreadPoolExecutor(1) as ex:
+                for _ in range(500):
+                    t0 = time.perf_counter()
+                    await loop.run_in_executor(ex, int)
+                    trips.append((time.perf_counter() - t0) * 1e6)
+            return {"flops_per_row": model.flops_per_row(), "predict_us": per_batch,
+                    "executor_round_trip_us": statistics.median(trips)}
+        finally:
+            await server.close()
+
+    return asyncio.run(go())
+
+
+def run(plan: Plan, cache_dir: str | None) -> dict[str, Any]:
+    started = dt.datetime.now(dt.UTC)
+    machine = describe()
+    servers: dict[int, ServerProcess] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for flops in THRESHOLDS:
+            servers[flops] = start_command(_command(flops, cache_dir))
+            _log(f"started --inline-max-flops {flops} at {servers[flops].url}")
+        for rep in range(plan.reps):
+            for flops in THRESHOLDS:
+                for n in plan.connections:
+                    r = measure(servers[flops], model="mlp", connections=n, plan=plan)
+                    if r.get("rps"):
+                        r["server_us_per_req"] = r["server_cpu"] / r["rps"] * 1e6
+                    runs.setdefault(f"{flops}|{n}", []).append(r)
+                    brief = r.get("failed") or (f"{r['rps']:>9,.0f} req/s  server {r['server_cpu']:.2f} cores  "
+                                                f"{r['server_us_per_req']:.1f} µs/req  p99 {r['p99']:.2f} ms")
+                    _log(f"[rep {rep + 1}/{plan.reps}] {flops:>13,} {n:>4} conns: {brief}")
+    finally:
+        for s in servers.values():
+            s.stop()
+    summary = {key: median_of(rs) for key, rs in runs.items()}
+    for key, rs in runs.items():
+        cpu = [r["server_us_per_req"] for r in rs if "server_us_per_req" in r]
+        if cpu:
+            summary[key]["server_us_per_req"] = statistics.median(cpu)
+    return {
+        "started_at": started.isoformat(timespec="seconds"),
+        "plan": asdict(plan),
+        "machine": machine,
+        "server_commands": {str(f): shown(_command(f, "DIR" if cache_dir else None)) for f in THRESHOLDS},
+        "loadtest_command": shown(loadtest_cmd("URL", model="mlp", connections=0, plan=plan)).replace("-c 0", "-c N"),
+        "runs": runs,
+        "summary": summary,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    plan, m, summary, costs = data["plan"], data["machine"], data["summary"], data["costs"]
+    conns = plan["connections"]
+    la = m.get("load_average") or ["?", "?", "?"]
+    cmd = "python -m benchmarks.bench_inline" + (" --quick" if plan["quick"] else "")
+    out = ["## Predict batches on the event loop or in a thread", ""]
+    if plan["quick"]:
+        out += ["> **Quick run**: one short repetition per cell, a smoke test, not numbers to cite.", ""]
+    per_row = costs["flops_per_row"]
+    out += [
+        (f"Measured {data['started_at']} by `{cmd}` in {data.get('elapsed_s', '?')} s; load average at the start "
+         f"{la[0]} / {la[1]} / {la[2]} on {m['cores']} cores (wsserve {m.get('git_commit') or 'commit unknown'})."),
+        "",
+        ("A predict batch of at most `--inline-max-flops` multiply-adds (rows × the model's `flops_per_row`) runs "
+         "on the event loop; a costlier one in the worker's thread, while the loop goes on reading. The thread "
+         "costs a round trip (a no-op through `run_in_executor`: "
+         f"**{costs['executor_round_trip_us']:.0f} µs** here, median) and hands the GIL back and forth. "
+         f"The `mlp` ({per_row:,} multiply-adds a row) computes a batch in:"),
+        "",
+        "| rows | " + " | ".join(str(r) for r in costs["predict_us"]) + " |",
+        "|---|" + "---:|" * len(costs["predict_us"]),
+        "| µs (median) | " + " | ".join(f"{v:.0f}" for v in costs["predict_us"].values()) + " |",
+        "",
+        (f"Closed loop: N connections, each with one single-row `mlp` predict in flight, {plan['duration_s']:g} s after "
+         f"{plan['warmup_s']:g} s of warm-up; {plan['reps']} repetitions per cell interleaved across the three "
+         "servers, median shown (range in small print). *server µs/req*: the server's CPU time per request "
+         "(busy cores ÷ requests/s), which does not depend on the client's speed."),
+        "",
+        "| `--inline-max-flops` | " + " | ".join(f"{n} conns req/s" for n in conns) + " | "
+        + " | ".join(f"{n} conns p50 / p99 ms" for n in conns) + " | "
+        + " | ".join(f"{n} conns server µs/req" for n in conns) + " | "
+        + " | ".join(f"{n} conns ÷ old default" for n in conns) + " |",
+        "|---|" + "---:|" * (4 * len(conns)),
+    ]
+    base = THRESHOLDS[0]
+    for flops in THRESHOLDS:
+        cells = [summary.get(f"{flops}|{n}") or {} for n in conns]
+        rps = [f"{c['rps']:,.0f} <sub>({c['rps_min']:,.0f}–{c['rps_max']:,.0f})</sub>" if "rps" in c else "failed"
+               for c in cells]
+        lat = [f"{c['p50']:.2f} / {c['p99']:.2f}" if "p50" in c else "—" for c in cells]
+        cpu = [f"{c['server_us_per_req']:.1f}" if "server_us_per_req" in c else "—" for c in cells]
+        ratio = []
+        for n, c in zip(conns, cells, strict=True):
+            b = summary.get(f"{base}|{n}") or {}
+            ratio.append(f"{c['rps'] / b['rps']:.2f}×" if c.get("rps") and b.get("rps") else "—")
+        out.append(f"| {LABELS[flops]} | " + " | ".join(rps + lat + cpu + ratio) + " |")
+    fits = THRESHOLDS[1] // per_row
+    near = max((r for r in costs["predict_us"] if int(r) <= fits), key=int)
+    took = costs["predict_us"][near]
+    out += [
+        "",
+        (f"The default lets `mlp` batches of up to {fits} rows run on the loop; {near} rows take {took:.0f} µs here, "
+         f"{took / costs['executor_round_trip_us']:.1f} executor round trips. For batches that cost a few round "
+         "trips the thread costs more than it saves (the table above); much costlier ones would stop the loop "
+         "reading for longer, so they still go to the thread (the generation engine draws its inline line the "
+         "same way). Models whose cost is unknown (a `model.py` or "
+         "`FunctionModel` without `flops_per_row`) count 10⁹ multiply-adds a row, so they always run in the thread."),
+        "",
+        "Servers (from the repository root):", "", "```", *data["server_commands"].values(), "```", "",
+        "Load, per cell:", "", "```", data["loadtest_command"], "```", "",
+        f"Reproduce: `{cmd}`. Raw per-run figures: `benchmarks/results/inline.json`.", "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 short repetition at 64 connections (~1 min)")
+    ap.add_argument("--reps", type=int, help="repetitions per cell (default 5)")
+    ap.add_argument("--cache-dir", help="trained-weights cache for the servers (default: theirs)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where inline.md/json go")
+    ap.add_argument("--assemble", action="store_true", help="also rebuild BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.reps:
+        plan = replace(plan, reps=args.reps)
+    t0 = time.monotonic()
+    data = run(plan, args.cache_dir)
+    data["costs"] = model_costs(args.cache_dir)
+    data["elapsed_s"] = round(time.monotonic() - t0, 1)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "inline.json").write_text(json.dumps(data, indent=1) + "\n")
+    (args.results / "inline.md").write_text(render(data))
+    _log(f"wrote {args.results / 'inline.md'}")
+    if args.assemble:
+        _log(f"wrote {assemble(args.results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
