@@ -69,7 +69,7 @@ def check_all(body: Any, call: Callable[[Any], object]) -> int:
         except WsserveError as exc:
             assert exc.code in ERROR_CODES and exc.message, (path, new)
             refused += 1
-        except Exception as exc:  # the defect this file exists to catch
+        except Exception as exc:  # noqa: BLE001 - the defect this file exists to catch
             pytest.fail(f"{type(exc).__name__} at {list(path)} = {new!r}: {exc}")
     return refused
 
@@ -211,6 +211,74 @@ def test_model_config_toml(name: str) -> None:
             except ConfigError as exc:
                 assert "config.toml" in str(exc), (path, new)
                 refused += 1
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any other exception is the defect
                 pytest.fail(f"{type(exc).__name__} at {list(path)} = {new!r}: {exc}")
     assert refused > 0
+
+
+# --------------------------------------------------------------------------- a model.npz's header
+
+
+def _npz_models() -> dict[str, tuple[dict, dict]]:
+    """``architecture -> (arrays, meta)`` of a small valid model of each predictive architecture."""
+    import numpy as np
+
+    from wsserve.models.mlp import init_params
+    from wsserve.models.mlp_int8 import MLPInt8Model
+    from wsserve.models.mlp_sparse import MLPSparseModel
+
+    params = init_params(np.random.default_rng(0), [4, 8, 3])
+    mlp = {f"{p}{i}": a for i, layer in enumerate(params) for p, a in zip("wb", layer, strict=True)}
+    masks = [np.arange(w.size).reshape(w.shape) % 2 == 0 for w, _ in params]
+    return {
+        "linear": ({"weight": np.array([3.0]), "bias": np.array([0.5])}, {"metrics": {"mse": 0.01}}),
+        "mlp": (mlp, {"metrics": {"accuracy": 0.9}}),
+        "mlp-int8": MLPInt8Model.from_params(params, meta={"metrics": {"accuracy": 0.9}}).to_arrays(),
+        "mlp-sparse": MLPSparseModel.from_pruned(params, masks, meta={"metrics": {"accuracy": 0.9}}).to_arrays(),
+    }
+
+
+@pytest.mark.parametrize("architecture", ["linear", "mlp", "mlp-int8", "mlp-sparse"])
+def test_model_npz_header(tmp_path, architecture: str) -> None:
+    """Every field of a model.npz's JSON header (format, architecture, each meta value) as each JSON
+    type: the file loads and predicts, or is refused with a ModelLoadError naming it."""
+    import io
+    import json
+
+    import numpy as np
+
+    from wsserve.repository.errors import ModelLoadError
+    from wsserve.repository.npz import build_npz_model, read_npz
+
+    arrays, meta = _npz_models()[architecture]
+    header = json.loads(json.dumps({"format": 1, "architecture": architecture, "meta": meta}))
+    path = tmp_path / "model.npz"
+
+    def load(h: Any) -> None:
+        buf = io.BytesIO()
+        raw = np.frombuffer(json.dumps(h).encode(), dtype=np.uint8)
+        np.savez(buf, allow_pickle=False, __meta__=raw, **arrays)
+        path.write_bytes(buf.getvalue())
+        try:
+            model = build_npz_model(read_npz(path))
+        except ModelLoadError as exc:
+            assert str(path) in str(exc)
+            raise Refused from None
+        width = model.info.input_shape[0]
+        assert np.isfinite(model.predict(np.ones((2, width)))).all()
+
+    load(header)
+    refused = 0
+    for p in paths(header):
+        for new in REPLACEMENTS:
+            try:
+                load(replaced(header, p, new))
+            except Refused:
+                refused += 1
+            except Exception as exc:  # noqa: BLE001 - any other exception is the defect
+                pytest.fail(f"{type(exc).__name__} at {list(p)} = {new!r}: {exc}")
+    assert refused > 0
+
+
+class Refused(Exception):
+    """The loader refused the file with a ModelLoadError naming it (the outcome the test accepts)."""

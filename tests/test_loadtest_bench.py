@@ -186,7 +186,7 @@ def test_bench_transport_issue_base_runs_wsserve_on_websockets_from_that_checkou
         assert ("wsserve-picows|mlp", "wsserve@issue|mlp", "wsserve-picows mlp ÷ wsserve mlp as filed", 1.5) \
             in bt.BASE_COMPARISONS
     finally:
-        bt.SERVERS.clear(); bt.SERVERS.update(saved[0])  # noqa: E702
-        bt.LABELS.clear(); bt.LABELS.update(saved[1])  # noqa: E702
-        bt.ROOTS.clear(); bt.ROOTS.update(saved[2])  # noqa: E702
+        for table, before in zip((bt.SERVERS, bt.LABELS, bt.ROOTS), saved[:3], strict=True):
+            table.clear()
+            table.update(before)
         bt.BASE_COMPARISONS[:] = saved[3]
