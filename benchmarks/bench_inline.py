@@ -1,11 +1,12 @@
 """Where a predict batch runs: on the event loop or in a thread (``--inline-max-flops``).
 
-``python -m benchmarks.bench_inline`` (~4 min) starts ``wsserve serve --models mlp`` three times,
+``python -m benchmarks.bench_inline`` (~4 min) starts ``wsserve serve --models mlp`` four times,
 each in its own process on uvloop with one BLAS thread, differing only in ``--inline-max-flops``:
 
 - ``200000``: the old default; an ``mlp`` batch of more than 2 rows (76,810 multiply-adds a row) goes
   to the worker thread;
-- ``5000000``: the default since; batches of up to 65 ``mlp`` rows run on the loop (~150 µs here);
+- ``5000000``: batches of up to 65 ``mlp`` rows run on the loop (~150 µs here);
+- ``20000000``: the default since; up to 260 rows (the default ``--max-batch-size`` is 256; ~550 µs);
 - ``100000000000``: every batch on the loop, for reference.
 
 and drives each with the load-test tool (closed loop, one single-row ``mlp`` predict in flight per
@@ -39,9 +40,19 @@ from benchmarks.run import RESULTS, Plan, loadtest_cmd, measure, median_of, show
 from benchmarks.servers import start_command
 from tests.support import ServerProcess, serve_command
 
-#: --inline-max-flops values compared, the first being the baseline of the ratios
-THRESHOLDS = (200_000, 5_000_000, 100_000_000_000)
-LABELS = {200_000: "200,000 (old default)", 5_000_000: "5,000,000 (default)", 100_000_000_000: "10¹¹ (all inline)"}
+#: --inline-max-flops values compared, the first (the old default) being the baseline of the ratios
+THRESHOLDS = (200_000, 5_000_000, 20_000_000, 100_000_000_000)
+
+
+def _label(flops: int) -> str:
+    from wsserve.config import ServerConfig
+
+    text = "10¹¹ (all inline)" if flops == THRESHOLDS[-1] else f"{flops:,}"
+    if flops == THRESHOLDS[0]:
+        text += " (old default)"
+    if flops == ServerConfig().inline_max_flops:
+        text += " (default)"
+    return text
 FULL = Plan(reps=5, duration_s=4.0, warmup_s=1.0, connections=(64, 256))
 QUICK = Plan(reps=1, duration_s=1.5, warmup_s=0.5, connections=(64,), quick=True)
 
@@ -163,8 +174,8 @@ def render(data: dict[str, Any]) -> str:
         "| µs (median) | " + " | ".join(f"{v:.0f}" for v in costs["predict_us"].values()) + " |",
         "",
         (f"Closed loop: N connections, each with one single-row `mlp` predict in flight, {plan['duration_s']:g} s after "
-         f"{plan['warmup_s']:g} s of warm-up; {plan['reps']} repetitions per cell interleaved across the three "
-         "servers, median shown (range in small print). *server µs/req*: the server's CPU time per request "
+         f"{plan['warmup_s']:g} s of warm-up; {plan['reps']} repetitions per cell interleaved across the "
+         f"{len(THRESHOLDS)} servers, median shown (range in small print). *server µs/req*: the server's CPU time per request "
          "(busy cores ÷ requests/s), which does not depend on the client's speed."),
         "",
         "| `--inline-max-flops` | " + " | ".join(f"{n} conns req/s" for n in conns) + " | "
@@ -184,8 +195,10 @@ def render(data: dict[str, Any]) -> str:
         for n, c in zip(conns, cells, strict=True):
             b = summary.get(f"{base}|{n}") or {}
             ratio.append(f"{c['rps'] / b['rps']:.2f}×" if c.get("rps") and b.get("rps") else "—")
-        out.append(f"| {LABELS[flops]} | " + " | ".join(rps + lat + cpu + ratio) + " |")
-    fits = THRESHOLDS[1] // per_row
+        out.append(f"| {_label(flops)} | " + " | ".join(rps + lat + cpu + ratio) + " |")
+    from wsserve.config import ServerConfig
+
+    fits = ServerConfig().inline_max_flops // per_row
     near = max((r for r in costs["predict_us"] if int(r) <= fits), key=int)
     took = costs["predict_us"][near]
     out += [

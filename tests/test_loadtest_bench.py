@@ -156,11 +156,12 @@ def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the
     from benchmarks.bench_inline import THRESHOLDS, _command, render
     from tests.support import serve_command
 
-    assert THRESHOLDS[1] == __import__("wsserve.config").config.ServerConfig().inline_max_flops  # the real default
+    default = __import__("wsserve.config").config.ServerConfig().inline_max_flops
+    assert THRESHOLDS[0] == 200_000 and default in THRESHOLDS[1:-1]  # the old default, the real one
     for flops in THRESHOLDS:
         assert _command(flops, None) == serve_command("--log-level", "warning", "--models", "mlp",
                                                       "--inline-max-flops", str(flops), loop="uvloop")
-    rps = {THRESHOLDS[0]: 30_000.0, THRESHOLDS[1]: 36_000.0, THRESHOLDS[2]: 33_000.0}
+    rps = dict(zip(THRESHOLDS, (30_000.0, 36_000.0, 34_500.0, 33_000.0), strict=True))
     summary = {f"{f}|64": {**median_of([_run(r)]), "server_us_per_req": 1e6 * 0.9 / r} for f, r in rps.items()}
     data = {"plan": {**FULL.__dict__, "connections": (64,)}, "machine": {"cores": 2, "load_average": [0, 0, 0]},
             "summary": summary, "started_at": "t", "server_commands": {"a": "cmd"}, "loadtest_command": "lt",
@@ -169,9 +170,10 @@ def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the
     text = render(data)
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ") and "req/s" not in line}
     assert rows["| 200,000 (old default)"].endswith("| 1.00× |")
-    assert rows["| 5,000,000 (default)"].endswith("| 1.20× |") and "36,000" in rows["| 5,000,000 (default)"]
+    assert rows["| 5,000,000"].endswith("| 1.20× |") and "36,000" in rows["| 5,000,000"]
+    assert rows[f"| {default:,} (default)"].endswith("| 1.15× |")
     assert rows["| 10¹¹ (all inline)"].endswith("| 1.10× |")
-    assert "batches of up to 65 rows run on the loop; 64 rows take 150 µs here, 2.0 executor round trips" in text
+    assert f"batches of up to {default // 76_810} rows run on the loop; 128 rows take 300 µs here, 4.0 executor" in text
 
 
 def test_bench_transport_issue_base_runs_wsserve_on_websockets_from_that_checkout(tmp_path: Path) -> None:

@@ -92,9 +92,10 @@ class ServerConfig:
 
     # Compute
     # Predict batches of at most this many multiply-adds run on the loop thread, costlier ones in a
-    # thread: ~150 us of numpy here (the mlp's 64-row batch is 4.9M), about two executor round trips
-    # (70-110 us each), the generation engine's rule too. Models of unknown cost always use the thread.
-    inline_max_flops: int = 5_000_000
+    # thread: ~0.5 ms of numpy here (a full 256-row mlp batch is 19.7M), where the thread's round
+    # trip and GIL hand-offs cost more than they save (benchmarks/bench_inline.py). Models of
+    # unknown cost (no flops_per_row) count 10^9 a row: always in the thread.
+    inline_max_flops: int = 20_000_000
 
     def validate(self, *, in_process_models: bool = False) -> ServerConfig:
         """Return self if every setting is in range, else raise ``ValueError`` naming its flag.

@@ -200,7 +200,7 @@ class PredictWorker:
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
         instances: int = 1,
-        inline_max_flops: int = 5_000_000,
+        inline_max_flops: int = 20_000_000,
         observer: BatchObserver | None = None,
         after_batch: Callable[[], None] | None = None,
         explainer: Explainer | None = None,
