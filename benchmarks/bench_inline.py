@@ -204,10 +204,10 @@ def render(data: dict[str, Any]) -> str:
     out += [
         "",
         (f"The default lets `mlp` batches of up to {fits} rows run on the loop; {near} rows take {took:.0f} µs here, "
-         f"{took / costs['executor_round_trip_us']:.1f} executor round trips. For batches that cost a few round "
-         "trips the thread costs more than it saves (the table above); much costlier ones would stop the loop "
-         "reading for longer, so they still go to the thread (the generation engine draws its inline line the "
-         "same way). Models whose cost is unknown (a `model.py` or "
+         f"{took / costs['executor_round_trip_us']:.1f} executor round trips. Up to there, the thread cost more "
+         "than it saved in the table above, in throughput, server CPU and p99 alike, and a threshold that splits "
+         "the batches a load produces between the loop and the thread did worst. Much costlier batches would "
+         "stop the loop reading for longer, so they still go to the thread. Models whose cost is unknown (a `model.py` or "
          "`FunctionModel` without `flops_per_row`) count 10⁹ multiply-adds a row, so they always run in the thread."),
         "",
         "Servers (from the repository root):", "", "```", *data["server_commands"].values(), "```", "",
