@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -34,9 +33,16 @@ from typing import Any
 if __package__ in (None, ""):  # python benchmarks/bench_inline.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.assemble import assemble
 from benchmarks.machine import describe
-from benchmarks.run import RESULTS, Plan, loadtest_cmd, measure, median_of, shown
+from benchmarks.run import (
+    RESULTS,
+    Plan,
+    loadtest_cmd,
+    measure,
+    median_of,
+    shown,
+    write_results,
+)
 from benchmarks.servers import start_command
 from tests.support import ServerProcess, serve_command
 
@@ -232,12 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     data = run(plan, args.cache_dir)
     data["costs"] = model_costs(args.cache_dir)
     data["elapsed_s"] = round(time.monotonic() - t0, 1)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "inline.json").write_text(json.dumps(data, indent=1) + "\n")
-    (args.results / "inline.md").write_text(render(data))
-    _log(f"wrote {args.results / 'inline.md'}")
-    if args.assemble:
-        _log(f"wrote {assemble(args.results)}")
+    write_results(args.results, "inline", data, render(data), rebuild=args.assemble)
     return 0
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import resource
 import statistics
 import sys
@@ -42,9 +41,17 @@ from typing import Any
 if __package__ in (None, ""):  # python benchmarks/bench_transport.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.assemble import assemble
 from benchmarks.machine import describe
-from benchmarks.run import PY, RESULTS, Plan, loadtest_cmd, measure, median_of, shown
+from benchmarks.run import (
+    PY,
+    RESULTS,
+    Plan,
+    loadtest_cmd,
+    measure,
+    median_of,
+    shown,
+    write_results,
+)
 from benchmarks.servers import ROOT, start_command
 from tests.support import ServerProcess, proc_status, serve_command
 
@@ -388,13 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_memory:
         data["memory"] = run_memory()
     data["elapsed_s"] = round(time.monotonic() - t0, 1)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = _stem(args.inflight)
-    (args.results / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (args.results / f"{stem}.md").write_text(render(data))
-    _log(f"wrote {args.results / stem}.md")
-    if args.assemble:
-        _log(f"wrote {assemble(args.results)}")
+    write_results(args.results, _stem(args.inflight), data, render(data), rebuild=args.assemble)
     return 0
 
 

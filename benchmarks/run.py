@@ -161,6 +161,17 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def write_results(results: Path, stem: str, data: dict[str, Any], markdown: str, *, rebuild: bool) -> None:
+    """Write ``results/STEM.json`` (the raw figures) and ``results/STEM.md`` (the fragment), and
+    rebuild BENCHMARKS.md from all fragments when ``rebuild``."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (results / f"{stem}.md").write_text(markdown)
+    _log(f"wrote {results / stem}.md")
+    if rebuild:
+        _log(f"wrote {assemble(results)}")
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
