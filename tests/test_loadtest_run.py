@@ -408,6 +408,7 @@ async def test_json_report_schema(echo_url: str, tmp_path: Path) -> None:
             "chunk_rows": None,
             "max_tokens": 32,
             "binary": False,
+            "explain": False,
         }
     ]
     assert set(rep["histograms"]) == {"all", "predict:linear"}

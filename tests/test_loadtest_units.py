@@ -199,6 +199,31 @@ def test_check_against_models() -> None:
         check_against_models(parse_mix("stream:charlm"), models)
 
 
+def test_explain_specs_ask_for_attributions_on_explainable_models_only() -> None:
+    """``--explain``: ``"explain": true`` in JSON and binary frames (the same numbers as without it),
+    labelled ``+explain``, refused for generate, and checked against the models reply's ``explain``."""
+    spec = WorkloadSpec(kind="predict", model="mlp", rows=2, explain=True)
+    plain = RequestFactory(replace(spec, explain=False), input_width=4, seed=2)
+    frame = orjson.loads(RequestFactory(spec, input_width=4, seed=2).build(5))
+    assert frame["explain"] is True and frame["inputs"] == orjson.loads(plain.build(5))["inputs"]
+    assert "explain" not in orjson.loads(plain.build(6))
+    header, _ = split(RequestFactory(replace(spec, binary=True), input_width=4, seed=2).build(7))
+    assert header["explain"] is True and header["shape"] == [2, 4]
+    assert spec.label == "predict:mlp:2+explain" and replace(spec, binary=True).label == "predict:mlp:2/binary+explain"
+    with pytest.raises(ValueError, match="generate has no attributions"):
+        WorkloadSpec(kind="generate", model="charlm", explain=True)
+    assert [s.explain for s in parse_mix("stream:mlp,generate:charlm", explain=True)] == [True, False]
+    models = {name: ModelShape.from_json(entry) for name, entry in (
+        ("mlp", {"name": "mlp", "task": "classification", "input_shape": [4], "explain": {"method": "ig"}}),
+        ("net", {"name": "net", "task": "regression", "input_shape": [4], "explain": None}),
+        ("other", {"name": "other", "task": "regression", "input_shape": [4]}))}
+    assert [models[n].explainable for n in ("mlp", "net", "other")] == [True, False, None]
+    check_against_models(parse_mix("predict:mlp,predict:other", explain=True), models)  # unknown: let the server say
+    check_against_models(parse_mix("predict:net"), models)  # no explain asked
+    with pytest.raises(ValueError, match="model 'net' cannot be explained"):
+        check_against_models(parse_mix("predict:net", explain=True), models)
+
+
 @given(weights=st.lists(st.integers(1, 9), min_size=1, max_size=5), rounds=st.integers(1, 4))
 def test_weighted_cycle_is_exactly_proportional_per_round(weights: list[int], rounds: int) -> None:
     cycle = WeightedCycle(weights)
@@ -405,3 +430,19 @@ def test_slo_without_any_success_is_a_breach() -> None:
 def test_config_errors_name_the_flag(kw: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         _cfg(**kw)
+
+
+@pytest.mark.parametrize("argv,explained", [
+    (["--model", "mlp", "--explain"], [True]),
+    (["--workload", "stream", "--explain", "--binary"], [True]),
+    (["--workload", "generate", "--explain"], [False]),  # generate has no attributions: the flag does not apply
+    (["--mix", "predict:linear,generate:charlm", "--explain"], [True, False]),
+    (["--model", "mlp"], [False]),
+])
+def test_the_explain_flag_reaches_the_predict_and_stream_specs(argv: list[str], explained: list[bool]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    lt.add_arguments(parser)
+    cfg = lt.config_from_args(parser.parse_args(["ws://127.0.0.1:1", *argv]))
+    assert [s.explain for s in cfg.specs] == explained

@@ -74,6 +74,27 @@ def test_binary_tensor_frames_are_served_without_errors(wsserve_url: str) -> Non
     assert [m["binary"] for m in rep["config"]["mix"]] == [True, True]
 
 
+def test_explain_requests_are_served_without_errors(wsserve_url: str) -> None:
+    """``--explain``: predicts and streamed predicts asking for attributions, as JSON and as binary
+    tensor frames; the models reply says both built-in models can be explained."""
+    cfg = LoadConfig(
+        url=wsserve_url,
+        specs=(*parse_mix("predict:linear:3=2,stream:mlp:4=1", chunk_rows=2, explain=True),
+               *parse_mix("predict:mlp", explain=True, binary=True)),
+        connections=2,
+        inflight=2,
+        duration_s=1.0,
+        warmup_s=0.2,
+        progress=False,
+    )
+    rep = run_load(cfg, err=io.StringIO())
+    assert rep["requests"]["errors"] == 0, rep["errors"]
+    w = rep["workloads"]
+    assert set(w) == {"predict:linear:3+explain", "stream:mlp:4+explain", "predict:mlp/binary+explain"}
+    assert all(x["ok"] > 0 and x["ok"] == x["sent"] for x in w.values()), w
+    assert [m["explain"] for m in rep["config"]["mix"]] == [True, True, True]
+
+
 @pytest.mark.parametrize("entry", [["-m", "wsserve", "loadtest"], [str(ROOT / "clients" / "loadtest.py")]])
 def test_command_line_entry_points(wsserve_url: str, entry: list[str], tmp_path: Path) -> None:
     out = tmp_path / "r.json"

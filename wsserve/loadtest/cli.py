@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send predict/stream inputs as binary tensor frames (float64 after a JSON header) instead of JSON",
     )
     work.add_argument(
+        "--explain", action="store_true",
+        help='ask predict/stream requests for attributions ("explain": true; the model must be explainable)',
+    )
+    work.add_argument(
         "--mix",
         default=None,
         metavar="SPEC",
@@ -137,13 +141,14 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """Build the config; raises ``ValueError`` with a message naming the bad flag."""
     if args.mix:
         specs = parse_mix(args.mix, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens,
-                          binary=args.binary)
+                          binary=args.binary, explain=args.explain)
     else:
         model = args.model or ("charlm" if args.workload == "generate" else "linear")
         specs = [
             WorkloadSpec(
                 kind=args.workload, model=model, rows=args.rows, chunk_rows=args.chunk_rows, max_tokens=args.max_tokens,
                 binary=args.binary and args.workload != "generate",
+                explain=args.explain and args.workload != "generate",
             )
         ]
     return LoadConfig(

@@ -37,6 +37,7 @@ def _spec_json(cfg: LoadConfig) -> list[dict[str, Any]]:
             "chunk_rows": s.chunk_rows,
             "max_tokens": s.max_tokens,
             "binary": s.binary,
+            "explain": s.explain,
         }
         for s in cfg.specs
     ]

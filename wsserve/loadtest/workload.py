@@ -49,6 +49,8 @@ class WorkloadSpec:
     tokens per ``generate``.  ``weight`` is the relative share in a mix.
     ``binary``: send ``predict``/``stream`` inputs as binary tensor frames
     (little-endian float64 after a JSON header) instead of JSON numbers.
+    ``explain``: ask for per-feature attributions (``"explain": true``; the model
+    must be explainable, and each row counts 32 units of the server's batch).
     """
 
     kind: Kind
@@ -58,6 +60,7 @@ class WorkloadSpec:
     chunk_rows: int | None = None
     max_tokens: int = 32
     binary: bool = False
+    explain: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -74,23 +77,26 @@ class WorkloadSpec:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.binary and self.kind == "generate":
             raise ValueError("binary tensor frames carry predict inputs; generate has none")
+        if self.explain and self.kind == "generate":
+            raise ValueError("explain applies to predict and stream; generate has no attributions")
 
     @property
     def label(self) -> str:
-        """Short name used in reports, e.g. ``predict:linear``, ``predict:mlp:16`` or
-        ``predict:mlp/binary``."""
+        """Short name used in reports, e.g. ``predict:linear``, ``predict:mlp:16``,
+        ``predict:mlp/binary`` or ``predict:mlp+explain``."""
         size = self.max_tokens if self.kind == "generate" else self.rows
         default = 32 if self.kind == "generate" else 1
-        return f"{self.kind}:{self.model}" + ("" if size == default else f":{size}") + ("/binary" if self.binary else "")
+        return (f"{self.kind}:{self.model}" + ("" if size == default else f":{size}")
+                + ("/binary" if self.binary else "") + ("+explain" if self.explain else ""))
 
 
 def parse_mix(text: str, *, rows: int = 1, chunk_rows: int | None = None, max_tokens: int = 32,
-              binary: bool = False) -> list[WorkloadSpec]:
+              binary: bool = False, explain: bool = False) -> list[WorkloadSpec]:
     """Parse ``kind:model[:size][=weight],...`` into specs.
 
     ``size`` is rows per request for ``predict``/``stream`` and ``max_tokens``
     for ``generate``; when omitted the keyword defaults apply.  ``weight``
-    defaults to 1.  ``binary`` applies to the ``predict`` and ``stream`` items.
+    defaults to 1.  ``binary`` and ``explain`` apply to the ``predict`` and ``stream`` items.
     Raises ``ValueError`` naming the bad item.
     """
     specs: list[WorkloadSpec] = []
@@ -125,6 +131,7 @@ def parse_mix(text: str, *, rows: int = 1, chunk_rows: int | None = None, max_to
             chunk_rows=chunk_rows,
             max_tokens=max_tokens,
             binary=binary and kind != "generate",
+            explain=explain and kind != "generate",
         )
         if size is not None:
             spec = replace(spec, max_tokens=size) if kind == "generate" else replace(spec, rows=size)
@@ -143,6 +150,9 @@ class ModelShape:
     name: str
     task: str
     input_shape: tuple[int, ...]
+    #: whether ``"explain": true`` is served (the entry's ``explain`` is an object, not null);
+    #: None when the server does not say
+    explainable: bool | None = None
 
     @property
     def input_width(self) -> int:
@@ -151,11 +161,14 @@ class ModelShape:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ModelShape:
         shape = obj.get("input_shape") or [1]
-        return cls(name=str(obj["name"]), task=str(obj.get("task", "")), input_shape=tuple(int(v) for v in shape))
+        explainable = None if "explain" not in obj else obj["explain"] is not None
+        return cls(name=str(obj["name"]), task=str(obj.get("task", "")), input_shape=tuple(int(v) for v in shape),
+                   explainable=explainable)
 
 
 def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, ModelShape]) -> None:
-    """Raise ``ValueError`` when a spec names an unknown model or the wrong kind for it."""
+    """Raise ``ValueError`` when a spec names an unknown model, the wrong kind for it, or asks a
+    model that says it cannot be explained for attributions."""
     for spec in specs:
         shape = models.get(spec.model)
         if shape is None:
@@ -167,6 +180,9 @@ def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, Mod
             )
         if spec.kind != "generate" and shape.task == "generation":
             raise ValueError(f"workload {spec.label}: model {spec.model!r} only serves generate")
+        if spec.explain and shape.explainable is False:
+            raise ValueError(f"workload {spec.label}: model {spec.model!r} cannot be explained (its 'models' "
+                             "entry has \"explain\": null)")
 
 
 class WeightedCycle:
@@ -209,7 +225,8 @@ class RequestFactory:
 
     def __init__(self, spec: WorkloadSpec, *, input_width: int = 1, seed: int = 0, variants: int = 16,
                  input_shape: tuple[int, ...] | None = None) -> None:
-        rng = random.Random(f"{seed}:{replace(spec, binary=False).label}")  # binary or JSON: the same numbers
+        # binary or JSON, explained or not: the same numbers
+        rng = random.Random(f"{seed}:{replace(spec, binary=False, explain=False).label}")
         shape = input_shape if input_shape else (input_width,)
         self.binary = spec.binary
         bodies: list[Any] = []
@@ -229,6 +246,8 @@ class RequestFactory:
                     frame["stream"] = True
                     if spec.chunk_rows is not None:
                         frame["chunk_rows"] = spec.chunk_rows
+                if spec.explain:
+                    frame["explain"] = True
                 if spec.binary:
                     bodies.append(_tensor_parts(frame, inputs, (spec.rows, *shape)))
                     continue
