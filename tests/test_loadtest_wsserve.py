@@ -7,12 +7,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from tests.support import TRANSPORTS, ServerProcess
-from wsserve.loadtest import EXIT_OK, LoadConfig, parse_mix, run_load
+from wsserve.loadtest import EXIT_OK, LoadConfig, WorkloadSpec, parse_mix, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,19 +53,18 @@ def test_mixed_open_loop_workload_is_served_without_errors(wsserve_url: str) -> 
     assert stream["first_chunk_ms"]["p50"] <= stream["latency_ms"]["p50"]
 
 
-def test_binary_tensor_frames_are_served_without_errors(wsserve_url: str) -> None:
-    """``--binary``: predicts and streamed predicts sent as binary tensor frames, closed loop."""
-    cfg = LoadConfig(
-        url=wsserve_url,
-        specs=tuple(parse_mix("predict:mlp:4=2,stream:mlp:20=1", chunk_rows=5, binary=True)),
-        connections=2,
-        inflight=2,
-        duration_s=1.0,
-        warmup_s=0.2,
-        progress=False,
-    )
+def _closed_loop_without_errors(url: str, specs: tuple[WorkloadSpec, ...]) -> dict[str, Any]:
+    """A second of closed-loop load (2 connections, 2 in flight each); its report, which has no errors."""
+    cfg = LoadConfig(url=url, specs=specs, connections=2, inflight=2, duration_s=1.0, warmup_s=0.2, progress=False)
     rep = run_load(cfg, err=io.StringIO())
     assert rep["requests"]["errors"] == 0, rep["errors"]
+    return rep
+
+
+def test_binary_tensor_frames_are_served_without_errors(wsserve_url: str) -> None:
+    """``--binary``: predicts and streamed predicts sent as binary tensor frames, closed loop."""
+    rep = _closed_loop_without_errors(wsserve_url, tuple(parse_mix("predict:mlp:4=2,stream:mlp:20=1", chunk_rows=5,
+                                                                   binary=True)))
     w = rep["workloads"]
     assert set(w) == {"predict:mlp:4/binary", "stream:mlp:20/binary"}
     assert all(x["ok"] > 0 and x["ok"] == x["sent"] for x in w.values()), w
@@ -77,18 +77,9 @@ def test_binary_tensor_frames_are_served_without_errors(wsserve_url: str) -> Non
 def test_explain_requests_are_served_without_errors(wsserve_url: str) -> None:
     """``--explain``: predicts and streamed predicts asking for attributions, as JSON and as binary
     tensor frames; the models reply says both built-in models can be explained."""
-    cfg = LoadConfig(
-        url=wsserve_url,
-        specs=(*parse_mix("predict:linear:3=2,stream:mlp:4=1", chunk_rows=2, explain=True),
-               *parse_mix("predict:mlp", explain=True, binary=True)),
-        connections=2,
-        inflight=2,
-        duration_s=1.0,
-        warmup_s=0.2,
-        progress=False,
-    )
-    rep = run_load(cfg, err=io.StringIO())
-    assert rep["requests"]["errors"] == 0, rep["errors"]
+    rep = _closed_loop_without_errors(wsserve_url, (
+        *parse_mix("predict:linear:3=2,stream:mlp:4=1", chunk_rows=2, explain=True),
+        *parse_mix("predict:mlp", explain=True, binary=True)))
     w = rep["workloads"]
     assert set(w) == {"predict:linear:3+explain", "stream:mlp:4+explain", "predict:mlp/binary+explain"}
     assert all(x["ok"] > 0 and x["ok"] == x["sent"] for x in w.values()), w
