@@ -22,6 +22,13 @@ DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 
+#: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
+#: loop thread, costlier ones in a thread. ~0.5 ms of numpy here (a full 256-row mlp batch is
+#: 19.7M), where the thread's round trip and GIL hand-offs cost more than they save
+#: (benchmarks/bench_inline.py). Models of unknown cost (no flops_per_row) count 10^9 a row:
+#: always in the thread.
+INLINE_MAX_FLOPS = 20_000_000
+
 
 def flag(name: str) -> str:
     """The command-line flag of a config field: ``max_inflight`` -> ``--max-inflight``."""
@@ -91,11 +98,7 @@ class ServerConfig:
     key_rate_limit_per_s: float | None = None  # predict/generate per second per API key
 
     # Compute
-    # Predict batches of at most this many multiply-adds run on the loop thread, costlier ones in a
-    # thread: ~0.5 ms of numpy here (a full 256-row mlp batch is 19.7M), where the thread's round
-    # trip and GIL hand-offs cost more than they save (benchmarks/bench_inline.py). Models of
-    # unknown cost (no flops_per_row) count 10^9 a row: always in the thread.
-    inline_max_flops: int = 20_000_000
+    inline_max_flops: int = INLINE_MAX_FLOPS
 
     def validate(self, *, in_process_models: bool = False) -> ServerConfig:
         """Return self if every setting is in range, else raise ``ValueError`` naming its flag.

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .batching import Batch, BatchQueue, WorkItem
+from .config import INLINE_MAX_FLOPS
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -114,8 +115,8 @@ class BatchObserver(Protocol):
 def _gather(slices: tuple[Any, ...]) -> Tensors:
     """The batch's inputs: each slice's rows, concatenated (per name for named tensors).
 
-    A sink's ``inputs`` may also be a list of checked JSON rows (small requests to the
-    built-in models, see :data:`wsserve.pool.LIST_ROWS_MAX_VALUES`): numbers only, every
+    A sink's ``inputs`` may also be a list of checked JSON rows (small requests to models
+    with one float vector input, see :data:`wsserve.pool.LIST_ROWS_MAX_VALUES`): numbers only, every
     row the model's width, so ``np.array(rows, dtype=np.float64)`` cannot fail.  The
     rows of all such slices become one array in one call."""
     if len(slices) == 1:
@@ -200,7 +201,7 @@ class PredictWorker:
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
         instances: int = 1,
-        inline_max_flops: int = 20_000_000,
+        inline_max_flops: int = INLINE_MAX_FLOPS,
         observer: BatchObserver | None = None,
         after_batch: Callable[[], None] | None = None,
         explainer: Explainer | None = None,
