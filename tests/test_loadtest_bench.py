@@ -150,14 +150,14 @@ def test_bench_transport_starts_the_cli_of_this_checkout_on_each_transport() -> 
     assert SERVERS["wsserve-picows"][0] == [*base, "--transport", "picows"]
 
 
-def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the_old_default() -> None:
+def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the_default() -> None:
     """benchmarks/bench_inline.py: the same serve command but for --inline-max-flops, and a report
-    whose ratios are each threshold's median over the old default's, with the batch the default inlines."""
+    whose ratios are each threshold's median over the default's, with the batch 20,000,000 inlines."""
     from benchmarks.bench_inline import THRESHOLDS, _command, render
     from tests.support import serve_command
 
     default = __import__("wsserve.config").config.ServerConfig().inline_max_flops
-    assert THRESHOLDS[0] == 200_000 and default in THRESHOLDS[1:-1]  # the old default, the real one
+    assert THRESHOLDS[0] == default == 200_000  # the ratios' baseline is the real default
     for flops in THRESHOLDS:
         assert _command(flops, None) == serve_command("--log-level", "warning", "--models", "mlp",
                                                       "--inline-max-flops", str(flops), loop="uvloop")
@@ -169,11 +169,11 @@ def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the
                       "executor_round_trip_us": 75.0}}
     text = render(data)
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ") and "req/s" not in line}
-    assert rows["| 200,000 (old default)"].endswith("| 1.00× |")
+    assert rows["| 200,000 (default)"].endswith("| 1.00× |")
     assert rows["| 5,000,000"].endswith("| 1.20× |") and "36,000" in rows["| 5,000,000"]
-    assert rows[f"| {default:,} (default)"].endswith("| 1.15× |")
+    assert rows["| 20,000,000"].endswith("| 1.15× |")
     assert rows["| 10¹¹ (all inline)"].endswith("| 1.10× |")
-    assert f"batches of up to {default // 76_810} rows run on the loop; 128 rows take 300 µs here, 4.0 executor" in text
+    assert "batches of up to 260 rows run on the loop; 128 rows take 300 µs here, 4.0 executor" in text
 
 
 def test_bench_transport_issue_base_runs_wsserve_on_websockets_from_that_checkout(tmp_path: Path) -> None:

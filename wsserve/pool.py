@@ -32,10 +32,10 @@ import numpy as np
 import orjson
 
 from .config import ServerConfig
-from .errors import UnknownModel
+from .errors import InvalidInput, UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for, tensor_names
 from .models.base import ModelInfo, PredictiveModel
-from .protocol import check_rows, check_rows_within
+from .protocol import check_rows, check_rows_within, validate_inputs
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
@@ -78,14 +78,18 @@ def _float_rows(width: int, float32: bool = False) -> Prepare:
     input, a value beyond float32's range is refused, as the general path does."""
 
     def prepare(inputs: Any, max_rows: int, max_elements: int) -> tuple[Tensors, int, int]:
-        if float32:
-            n = check_rows_within(inputs, width, max_rows, _F32_MAX, "float32")
-        else:
-            n = check_rows(inputs, width, max_rows)
-        if n * width <= LIST_ROWS_MAX_VALUES:
+        if type(inputs) is list and len(inputs) * width <= LIST_ROWS_MAX_VALUES:
+            if float32:
+                n = check_rows_within(inputs, width, max_rows, _F32_MAX, "float32")
+            else:
+                n = check_rows(inputs, width, max_rows)
             return inputs, n, list_rows_bytes(n, width)
-        rows = np.array(inputs, dtype=np.float64)
-        return rows, n, rows.nbytes
+        # a bigger request: one array at once, float32's range checked by numpy, not per value in Python
+        rows = validate_inputs(inputs, width, max_rows)
+        if float32 and np.abs(rows).max() > _F32_MAX:
+            i = int(np.argmax(np.abs(rows).max(axis=1) > _F32_MAX))
+            raise InvalidInput(f"'inputs' row {i} holds a value beyond float32's range")
+        return rows, rows.shape[0], rows.nbytes
 
     return prepare
 

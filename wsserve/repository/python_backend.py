@@ -57,7 +57,7 @@ from .tensors import TensorSpec
 __all__ = ["PythonModel", "DEFAULT_FLOPS_PER_ROW", "exec_model_file"]
 
 #: Cost assumed for Python code that does not say: high enough that the pool always runs it off
-#: the event loop (one row is far above ``--inline-max-flops``, 2*10^7 by default); its cost is unknown.
+#: the event loop (one row is far above any sensible ``--inline-max-flops``); its cost is unknown.
 DEFAULT_FLOPS_PER_ROW = 1_000_000_000
 
 
