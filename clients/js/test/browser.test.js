@@ -17,6 +17,7 @@ import { startServer, httpGet, metricSum, eventually, REPO_ROOT } from './helper
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../test-artifacts');
+const LONG_GENERATION = 100_000_000; // tokens: hours at the measured rate, so only Cancel ends it
 const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
@@ -35,7 +36,10 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium`);
     await mkdir(ARTIFACTS, { recursive: true });
-    srv = await startServer();
+    // A generation long enough that Cancel always reaches the server first: at ~12k tokens/s
+    // the default 100,000-token limit ends in ~8 s, and with the page's renderer and this
+    // server sharing two cores, Playwright's click on Cancel has been seen to take seconds.
+    srv = await startServer(['--max-tokens', String(LONG_GENERATION)]);
     client = new Client(srv.url);
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -192,7 +196,7 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
   it('tokens appear while the generation runs, and Cancel stops it on the server', async () => {
     const before = metricSum((await httpGet(srv.httpUrl, '/metrics')).text, 'wsserve_requests_total',
       { model: 'charlm', type: 'generate', code: 'cancelled' });
-    await page.fill('#gen-max-tokens', '100000');
+    await page.fill('#gen-max-tokens', String(LONG_GENERATION));
     await page.fill('#gen-temperature', '0.8');
     await page.fill('#gen-seed', '11');
     await page.click('#gen-start');
@@ -214,7 +218,7 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     await page.waitForSelector('#gen-box[data-state="done"]');
     assert.equal(await page.getAttribute('#gen-status', 'data-reason'), 'cancelled');
     const shownTokens = Number(await page.getAttribute('#gen-box', 'data-tokens'));
-    assert.ok(shownTokens > 0 && shownTokens < 100000, `tokens ${shownTokens}`);
+    assert.ok(shownTokens > 0 && shownTokens < LONG_GENERATION, `tokens ${shownTokens}`);
     assert.equal((await page.textContent('#gen-output-text')).length > 0, true);
     assert.ok(await eventually(async () => metricSum((await httpGet(srv.httpUrl, '/metrics')).text, 'wsserve_requests_total',
       { model: 'charlm', type: 'generate', code: 'cancelled' }) === before + 1), 'the server counted one cancelled generation');
