@@ -1,19 +1,23 @@
 """Where a predict batch runs: on the event loop or in a thread (``--inline-max-flops``).
 
-``python -m benchmarks.bench_inline`` (~4 min) starts ``wsserve serve --models mlp`` four times,
-each in its own process on uvloop with one BLAS thread, differing only in ``--inline-max-flops``:
+``python -m benchmarks.bench_inline`` (~5 min) starts ``wsserve serve --models mlp`` four times,
+each in its own process on uvloop with one BLAS thread, differing only in ``--inline-max-flops``
+(``mlp`` is 76,810 multiply-adds a row):
 
-- ``200000``: the default; an ``mlp`` batch of more than 2 rows (76,810 multiply-adds a row) goes
-  to the worker thread;
+- ``200000``: an ``mlp`` batch of more than 2 rows goes to the worker thread (the default until
+  the measurements below);
 - ``5000000``: batches of up to 65 ``mlp`` rows run on the loop (~150 µs here);
-- ``20000000``: up to 260 rows (the default ``--max-batch-size`` is 256; ~550 µs);
+- ``20000000``: the default: up to 260 rows (the default ``--max-batch-size`` is 256; ~0.4 ms);
 - ``100000000000``: every batch on the loop, for reference.
 
-and drives each with the load-test tool (closed loop, one single-row ``mlp`` predict in flight per
+It drives each with the load-test tool (closed loop, one single-row ``mlp`` predict in flight per
 connection) at 64 and 256 connections, repetitions interleaved across the servers, medians with
-their range.  It also times the model on batches of 1 to 256 rows and an executor round trip (a
-no-op through ``run_in_executor``) in this process: the two costs the threshold weighs.  Writes
-``benchmarks/results/inline.md`` and ``inline.json``; ``--assemble`` also rebuilds BENCHMARKS.md.
+their range; then, on each server, measures a backlog: one connection streams 4 predicts of 16,384
+``mlp`` rows (and reads its replies) while another sends single-row predicts one after another:
+the big requests' rows/s and the other connection's round trips.  It also times the model on
+batches of 1 to 256 rows and an executor round trip (a no-op through ``run_in_executor``) in this
+process: the two costs the threshold weighs.  Writes ``benchmarks/results/inline.md`` and
+``inline.json``; ``--assemble`` also rebuilds BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ from benchmarks.run import (
 from benchmarks.servers import start_command
 from tests.support import ServerProcess, serve_command
 
-#: --inline-max-flops values compared, the first (the default) being the baseline of the ratios
+#: --inline-max-flops values compared; the first (every batch above 2 mlp rows in the thread) is the
+#: baseline of the ratios
 THRESHOLDS = (200_000, 5_000_000, 20_000_000, 100_000_000_000)
+#: the big request of the backlog measurement: this many streamed predicts of ``BIG_ROWS`` mlp rows
+BIG_REQUESTS, BIG_ROWS, BIG_CHUNK = 4, 16_384, 32
 
 
 def _label(flops: int) -> str:
@@ -55,6 +62,8 @@ def _label(flops: int) -> str:
 
     text = "10¹¹ (all inline)" if flops == THRESHOLDS[-1] else f"{flops:,}"
     return text + " (default)" if flops == ServerConfig().inline_max_flops else text
+
+
 FULL = Plan(reps=5, duration_s=4.0, warmup_s=1.0, connections=(64, 256))
 QUICK = Plan(reps=1, duration_s=1.5, warmup_s=0.5, connections=(64,), quick=True)
 
@@ -65,8 +74,74 @@ def _log(msg: str) -> None:
 
 def _command(flops: int, cache_dir: str | None) -> list[str]:
     extra = ["--cache-dir", cache_dir] if cache_dir else []
-    return serve_command("--log-level", "warning", "--models", "mlp", "--inline-max-flops", str(flops), *extra,
-                         loop="uvloop")
+    return serve_command("--log-level", "warning", "--models", "mlp", "--inline-max-flops", str(flops),
+                         "--max-message-bytes", str(4 << 20), *extra, loop="uvloop")
+
+
+async def _beside_a_backlog(url: str) -> dict[str, float]:
+    """Round trips (ms) of one connection's sequential single-row predicts while another connection
+    streams ``BIG_REQUESTS`` big predicts and reads every chunk: what a backlog costs the others."""
+    import orjson
+    import websockets
+
+    import numpy as np
+
+    from wsserve.tensorframe import encode
+
+    # binary tensor frames: decoding a JSON body this size would hold the loop ~60 ms per request
+    # whatever the threshold, and be what the other connection's p99 measured
+    big_rows = np.full((BIG_ROWS, 32), 0.25, dtype=np.float32)
+    async with websockets.connect(url, compression=None, max_size=None) as big, \
+            websockets.connect(url, compression=None, max_size=None) as small:
+        await big.recv()
+        await small.recv()
+        for i in range(20):  # warm-up
+            await small.send(orjson.dumps({"type": "predict", "id": i, "model": "mlp", "inputs": [[0.5] * 32]}).decode())
+            await small.recv()
+
+        span: list[float] = []
+
+        async def flood() -> None:
+            t0 = time.perf_counter()
+            for i in range(BIG_REQUESTS):
+                await big.send(encode({"type": "predict", "id": i, "model": "mlp", "stream": True,
+                                       "chunk_rows": BIG_CHUNK}, big_rows))
+            ended = 0
+            while ended < BIG_REQUESTS:
+                frame = orjson.loads(await big.recv())
+                if frame["type"] != "chunk":
+                    if frame["type"] != "done":
+                        raise RuntimeError(f"big request failed: {frame}")
+                    ended += 1
+            span.append(time.perf_counter() - t0)
+
+        task = asyncio.create_task(flood())
+        trips: list[float] = []
+        try:
+            await _sample(small, task, trips)
+        except BaseException:
+            task.cancel()
+            raise
+        await task
+    trips.sort()
+    return {"samples": len(trips), "p50": trips[len(trips) // 2],
+            "p99": trips[min(len(trips) - 1, int(len(trips) * 0.99))], "max": trips[-1],
+            "big_rows_per_s": BIG_REQUESTS * BIG_ROWS / span[0]}
+
+
+async def _sample(small: Any, task: asyncio.Task[None], trips: list[float]) -> None:
+    """Sequential single-row predicts on ``small`` until ``task`` is done; round trips (ms) into ``trips``."""
+    import orjson
+
+    i = 0
+    while not task.done():
+        t0 = time.perf_counter()
+        await small.send(orjson.dumps({"type": "predict", "id": i, "model": "mlp", "inputs": [[0.5] * 32]}).decode())
+        reply = orjson.loads(await small.recv())
+        if reply["type"] != "result":
+            raise RuntimeError(f"small request failed: {reply}")
+        trips.append((time.perf_counter() - t0) * 1e3)
+        i += 1
 
 
 def model_costs(cache_dir: str | None) -> dict[str, Any]:
@@ -117,22 +192,31 @@ def model_costs(cache_dir: str | None) -> dict[str, Any]:
 def run(plan: Plan, cache_dir: str | None) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     machine = describe()
-    servers: dict[int, ServerProcess] = {}
+    servers: dict[str, ServerProcess] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
+    backlog: dict[str, list[dict[str, float]]] = {}
     try:
         for flops in THRESHOLDS:
-            servers[flops] = start_command(_command(flops, cache_dir))
-            _log(f"started --inline-max-flops {flops} at {servers[flops].url}")
+            servers[str(flops)] = start_command(_command(flops, cache_dir))
+            _log(f"started --inline-max-flops {flops} at {servers[str(flops)].url}")
         for rep in range(plan.reps):
             for flops in THRESHOLDS:
+                key = str(flops)
                 for n in plan.connections:
-                    r = measure(servers[flops], model="mlp", connections=n, plan=plan)
+                    r = measure(servers[key], model="mlp", connections=n, plan=plan)
                     if r.get("rps"):
                         r["server_us_per_req"] = r["server_cpu"] / r["rps"] * 1e6
-                    runs.setdefault(f"{flops}|{n}", []).append(r)
+                    runs.setdefault(f"{key}|{n}", []).append(r)
                     brief = r.get("failed") or (f"{r['rps']:>9,.0f} req/s  server {r['server_cpu']:.2f} cores  "
                                                 f"{r['server_us_per_req']:.1f} µs/req  p99 {r['p99']:.2f} ms")
-                    _log(f"[rep {rep + 1}/{plan.reps}] {flops:>13,} {n:>4} conns: {brief}")
+                    _log(f"[rep {rep + 1}/{plan.reps}] {flops:>15,} {n:>4} conns: {brief}")
+        for rep in range(plan.reps):
+            for flops in THRESHOLDS:
+                key = str(flops)
+                b = asyncio.run(_beside_a_backlog(servers[key].url))
+                backlog.setdefault(key, []).append(b)
+                _log(f"[backlog {rep + 1}/{plan.reps}] {flops:>15,}: other connection p50 {b['p50']:.2f} "
+                     f"p99 {b['p99']:.2f} max {b['max']:.1f} ms ({b['samples']} samples); big rows/s {b['big_rows_per_s']:,.0f}")
     finally:
         for s in servers.values():
             s.stop()
@@ -149,6 +233,9 @@ def run(plan: Plan, cache_dir: str | None) -> dict[str, Any]:
         "loadtest_command": shown(loadtest_cmd("URL", model="mlp", connections=0, plan=plan)).replace("-c 0", "-c N"),
         "runs": runs,
         "summary": summary,
+        "backlog": backlog,
+        "backlog_summary": {key: {m: statistics.median(b[m] for b in bs) for m in ("p50", "p99", "max", "samples", "big_rows_per_s")}
+                            for key, bs in backlog.items()},
     }
 
 
@@ -186,9 +273,10 @@ def render(data: dict[str, Any]) -> str:
         + " | ".join(f"{n} conns ÷ {THRESHOLDS[0]:,}" for n in conns) + " |",
         "|---|" + "---:|" * (4 * len(conns)),
     ]
-    base = THRESHOLDS[0]
+    base = str(THRESHOLDS[0])
     for flops in THRESHOLDS:
-        cells = [summary.get(f"{flops}|{n}") or {} for n in conns]
+        key = str(flops)
+        cells = [summary.get(f"{key}|{n}") or {} for n in conns]
         rps = [f"{c['rps']:,.0f} <sub>({c['rps_min']:,.0f}–{c['rps_max']:,.0f})</sub>" if "rps" in c else "failed"
                for c in cells]
         lat = [f"{c['p50']:.2f} / {c['p99']:.2f}" if "p50" in c else "—" for c in cells]
@@ -198,21 +286,38 @@ def render(data: dict[str, Any]) -> str:
             b = summary.get(f"{base}|{n}") or {}
             ratio.append(f"{c['rps'] / b['rps']:.2f}×" if c.get("rps") and b.get("rps") else "—")
         out.append(f"| {_label(flops)} | " + " | ".join(rps + lat + cpu + ratio) + " |")
+    bsum = data.get("backlog_summary") or {}
+    if bsum:
+        out += [
+            "",
+            (f"Beside a backlog: one connection streams {BIG_REQUESTS} predicts of {BIG_ROWS:,} `mlp` rows "
+             f"(binary tensor frames, `chunk_rows` {BIG_CHUNK}) and reads every chunk, while another sends single-row "
+             "predicts one after another until the big ones are done: the big requests' rows per second, and the "
+             f"other connection's round trips; medians over the {plan['reps']} repetitions."),
+            "",
+            "| `--inline-max-flops` | big requests rows/s | other connection p50 ms | p99 ms | max ms | round trips |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for flops in THRESHOLDS:
+            b = bsum.get(str(flops))
+            if b:
+                out.append(f"| {_label(flops)} | {b['big_rows_per_s']:,.0f} | {b['p50']:.2f} | {b['p99']:.2f} | "
+                           f"{b['max']:.1f} | {b['samples']:,.0f} |")
     fits = THRESHOLDS[2] // per_row
     near = max((r for r in costs["predict_us"] if int(r) <= fits), key=int)
     took = costs["predict_us"][near]
     out += [
         "",
         (f"{THRESHOLDS[2]:,} lets `mlp` batches of up to {fits} rows run on the loop; {near} rows take {took:.0f} µs "
-         f"here, {took / costs['executor_round_trip_us']:.1f} executor round trips. For this closed-loop load the "
-         "thread cost more than it saved up to there, in throughput, server CPU and p99 alike, and a threshold "
-         "that splits a load's batches between the loop and the thread did worst. The default nevertheless stays "
-         "at 200,000, because a higher one also runs a big request's whole backlog on the loop. In the "
-         "stuck-reader test (`tests/test_hardening.py`: another connection's 4 streamed predicts of 16,384 `mlp` "
-         "rows), the other client's p99 went from ~2.5 ms to ~6 ms at 20,000,000, with outliers of 90 and 340 ms "
-         "that broke the test's 100 ms bound. Raise it with `--inline-max-flops` where throughput matters more "
-         "than one connection's big request delaying the others. Models whose cost is unknown (a `model.py` or "
-         "`FunctionModel` without `flops_per_row`) count 10⁹ multiply-adds a row, so they always run in the thread."),
+         f"here, {took / costs['executor_round_trip_us']:.1f} executor round trips. The thread would pay if numpy "
+         "computed beside a loop with other work to do; here the hop, the wake-ups and the GIL cost more than that "
+         "overlap gains, in the closed loop and beside a backlog alike, so 20,000,000 is the default. An earlier "
+         "session kept 200,000 because the stuck-reader test (`tests/test_hardening.py`) failed once at 20,000,000; "
+         "the cause was not the threshold but that test's p99 taken over ~100 round trips, one of which waited "
+         "~200 ms for the server to decode the stuck reader's 4 MB of JSON requests (at any threshold). The test "
+         "now samples once those requests are admitted. Models whose cost is unknown (a `model.py` or "
+         "`FunctionModel` without `flops_per_row`) count 10⁹ multiply-adds a row, so they always run in the "
+         "thread."),
         "",
         "Servers (from the repository root):", "", "```", *data["server_commands"].values(), "```", "",
         "Load, per cell:", "", "```", data["loadtest_command"], "```", "",
@@ -223,7 +328,7 @@ def render(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 short repetition at 64 connections (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="1 short repetition at 64 connections (~1.5 min)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 5)")
     ap.add_argument("--cache-dir", help="trained-weights cache for the servers (default: theirs)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where inline.md/json go")

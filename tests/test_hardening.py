@@ -385,6 +385,13 @@ async def test_a_stopped_reader_costs_others_little_latency_and_the_server_bound
     request.addfinalizer(stuck.close)
     assert stuck.recv_json()["type"] == "hello"
     stuck.send(*_stuck_requests(kind))
+    # Sample once its requests are admitted: decoding the 4 streamed predicts' ~1 MB of JSON each
+    # holds the loop ~200 ms whoever reads the answers (any big message does, up to
+    # --max-message-bytes), and with the ~100 round trips of a fast run that one sample would be the p99.
+    admitted = len(_stuck_requests(kind))
+    await wait_until_async(lambda: server.metrics().value("wsserve_inflight_requests") >= admitted
+                           or _slow_consumer_closes(server) >= 1, 10, in_thread=True, interval_s=0.01,
+                           what="the stuck reader's requests are admitted")
     closed = asyncio.Event()
 
     def slow_closed() -> bool:

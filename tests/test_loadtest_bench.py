@@ -150,29 +150,38 @@ def test_bench_transport_starts_the_cli_of_this_checkout_on_each_transport() -> 
     assert SERVERS["wsserve-picows"][0] == [*base, "--transport", "picows"]
 
 
-def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the_default() -> None:
+def test_bench_inline_compares_the_thresholds_on_one_cli_and_reports_against_the_thread() -> None:
     """benchmarks/bench_inline.py: the same serve command but for --inline-max-flops, and a report
-    whose ratios are each threshold's median over the default's, with the batch 20,000,000 inlines."""
+    whose ratios are each threshold's median over 200,000's (every mlp batch above 2 rows in the
+    thread), the default marked, with the batch 20,000,000 inlines and the backlog table."""
     from benchmarks.bench_inline import THRESHOLDS, _command, render
     from tests.support import serve_command
 
     default = __import__("wsserve.config").config.ServerConfig().inline_max_flops
-    assert THRESHOLDS[0] == default == 200_000  # the ratios' baseline is the real default
+    assert THRESHOLDS[0] == 200_000 and default == THRESHOLDS[2] == 20_000_000
     for flops in THRESHOLDS:
         assert _command(flops, None) == serve_command("--log-level", "warning", "--models", "mlp",
-                                                      "--inline-max-flops", str(flops), loop="uvloop")
+                                                      "--inline-max-flops", str(flops),
+                                                      "--max-message-bytes", str(4 << 20), loop="uvloop")
     rps = dict(zip(THRESHOLDS, (30_000.0, 36_000.0, 34_500.0, 33_000.0), strict=True))
     summary = {f"{f}|64": {**median_of([_run(r)]), "server_us_per_req": 1e6 * 0.9 / r} for f, r in rps.items()}
+    backlog = {str(f): {"p50": 2.0, "p99": 6.5, "max": 22.25, "samples": 129, "big_rows_per_s": 200_000.0 + i}
+               for i, f in enumerate(THRESHOLDS)}
     data = {"plan": {**FULL.__dict__, "connections": (64,)}, "machine": {"cores": 2, "load_average": [0, 0, 0]},
             "summary": summary, "started_at": "t", "server_commands": {"a": "cmd"}, "loadtest_command": "lt",
+            "backlog_summary": backlog,
             "costs": {"flops_per_row": 76_810, "predict_us": {"1": 20.0, "64": 150.0, "128": 300.0},
                       "executor_round_trip_us": 75.0}}
     text = render(data)
-    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ") and "req/s" not in line}
-    assert rows["| 200,000 (default)"].endswith("| 1.00× |")
+    rows: dict[str, str] = {}  # the closed-loop table's rows (the backlog table's come after, same labels)
+    for line in text.splitlines():
+        if line.startswith("| ") and "req/s" not in line:
+            rows.setdefault(line.split(" | ")[0], line)
+    assert rows["| 200,000"].endswith("| 1.00× |")
     assert rows["| 5,000,000"].endswith("| 1.20× |") and "36,000" in rows["| 5,000,000"]
-    assert rows["| 20,000,000"].endswith("| 1.15× |")
+    assert rows["| 20,000,000 (default)"].endswith("| 1.15× |")
     assert rows["| 10¹¹ (all inline)"].endswith("| 1.10× |")
+    assert "| 20,000,000 (default) | 200,002 | 2.00 | 6.50 | 22.2 | 129 |" in text
     assert "batches of up to 260 rows run on the loop; 128 rows take 300 µs here, 4.0 executor" in text
 
 

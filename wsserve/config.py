@@ -23,12 +23,13 @@ DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 
 #: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
-#: loop thread, costlier ones in a thread (2 mlp rows). 20,000,000 (a full 256-row mlp batch, ~0.5 ms)
-#: serves a closed-loop mlp load ~1.2x faster here (benchmarks/bench_inline.py), but it also runs a
-#: big request's backlog on the loop: in the stuck-reader test (tests/test_hardening.py) the other
-#: connection's p99 went from ~2.5 to ~6 ms, with 90-340 ms outliers. Models of unknown cost (no
-#: flops_per_row) count 10^9 a row: always in the thread.
-INLINE_MAX_FLOPS = 200_000
+#: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.4 ms
+#: here): the thread's round trip (~75 µs and a wake-up on each side) costs more than it frees the loop
+#: for, so a closed-loop mlp load runs ~1.25x faster than at 200,000 (2 mlp rows), and a big streamed
+#: request's rows go ~8% faster, with no worse latency for the other connections
+#: (benchmarks/bench_inline.py). Models of unknown cost (no flops_per_row) count 10^9 a row: always
+#: in the thread.
+INLINE_MAX_FLOPS = 20_000_000
 
 
 def flag(name: str) -> str:
