@@ -309,21 +309,41 @@ def render(data: dict[str, Any]) -> str:
     out += [
         "",
         (f"{THRESHOLDS[2]:,} lets `mlp` batches of up to {fits} rows run on the loop; {near} rows take {took:.0f} µs "
-         f"here, {took / costs['executor_round_trip_us']:.1f} executor round trips. The thread would pay if numpy "
-         "computed beside a loop with other work to do; here the hop, the wake-ups and the GIL cost more than that "
-         "overlap gains, in the closed loop and beside a backlog alike, so 20,000,000 is the default. An earlier "
-         "session kept 200,000 because the stuck-reader test (`tests/test_hardening.py`) failed once at 20,000,000; "
-         "the cause was not the threshold but that test's p99 taken over ~100 round trips, one of which waited "
-         "~200 ms for the server to decode the stuck reader's 4 MB of JSON requests (at any threshold). The test "
-         "now samples once those requests are admitted. Models whose cost is unknown (a `model.py` or "
-         "`FunctionModel` without `flops_per_row`) count 10⁹ multiply-adds a row, so they always run in the "
-         "thread."),
+         f"here, {took / costs['executor_round_trip_us']:.1f} executor round trips. {_verdict(data)} The thread "
+         "would pay if numpy computed beside a loop with other work to do; on this machine the hop, the wake-ups "
+         "and the GIL cost about what that overlap gains or more, so 20,000,000 is the default. An earlier "
+         "session kept 200,000 because the stuck-reader test (`tests/test_hardening.py`) failed once at "
+         "20,000,000; the cause was not the threshold but that test's p99 taken over ~100 round trips, one of "
+         "which waited ~200 ms for the server to decode the stuck reader's 4 MB of JSON requests (at any "
+         "threshold). The test now samples once those requests are admitted. Models whose cost is unknown (a "
+         "`model.py` or `FunctionModel` without `flops_per_row`) count 10⁹ multiply-adds a row, so they always "
+         "run in the thread."),
         "",
         "Servers (from the repository root):", "", "```", *data["server_commands"].values(), "```", "",
         "Load, per cell:", "", "```", data["loadtest_command"], "```", "",
         f"Reproduce: `{cmd}`. Raw per-run figures: `benchmarks/results/inline.json`.", "",
     ]
     return "\n".join(out)
+
+
+def _verdict(data: dict[str, Any]) -> str:
+    """This run's figures for the default threshold against 200,000, in one sentence."""
+    summary, conns = data["summary"], data["plan"]["connections"]
+    base, dflt = str(THRESHOLDS[0]), str(THRESHOLDS[2])
+    parts = []
+    for n in conns:
+        a, b = summary.get(f"{dflt}|{n}") or {}, summary.get(f"{base}|{n}") or {}
+        if a.get("rps") and b.get("rps"):
+            overlap = a["rps_min"] <= b["rps_max"] and b["rps_min"] <= a["rps_max"]
+            parts.append(f"{a['rps'] / b['rps']:.2f}× the closed-loop throughput at {n} connections"
+                         + (" (the runs' ranges overlap)" if overlap else ""))
+    bsum = data.get("backlog_summary") or {}
+    a, b = bsum.get(dflt), bsum.get(base)
+    if a and b:
+        parts.append(f"{a['big_rows_per_s'] / b['big_rows_per_s']:.2f}× the big requests' rows/s beside a backlog, "
+                     f"with the other connection's p50 at {a['p50']:.2f} instead of {b['p50']:.2f} ms and p99 at "
+                     f"{a['p99']:.2f} instead of {b['p99']:.2f} ms")
+    return ("Against 200,000, in this run, 20,000,000 gives " + "; ".join(parts) + ".") if parts else ""
 
 
 def main(argv: list[str] | None = None) -> int:
