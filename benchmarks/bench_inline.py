@@ -7,7 +7,7 @@ each in its own process on uvloop with one BLAS thread, differing only in ``--in
 - ``200000``: an ``mlp`` batch of more than 2 rows goes to the worker thread (the default until
   the measurements below);
 - ``5000000``: batches of up to 65 ``mlp`` rows run on the loop (~150 µs here);
-- ``20000000``: the default: up to 260 rows (the default ``--max-batch-size`` is 256; ~0.4 ms);
+- ``20000000``: the default: up to 260 rows (the default ``--max-batch-size`` is 256; ~0.5 ms);
 - ``100000000000``: every batch on the loop, for reference.
 
 It drives each with the load-test tool (closed loop, one single-row ``mlp`` predict in flight per

@@ -23,12 +23,12 @@ DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 
 #: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
-#: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.4 ms
-#: here): the thread's round trip (~75 µs and a wake-up on each side) costs more than it frees the loop
-#: for, so a closed-loop mlp load runs ~1.25x faster than at 200,000 (2 mlp rows), and a big streamed
-#: request's rows go ~8% faster, with no worse latency for the other connections
-#: (benchmarks/bench_inline.py). Models of unknown cost (no flops_per_row) count 10^9 a row: always
-#: in the thread.
+#: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.5 ms
+#: here). The thread's round trip (40-75 µs, a wake-up on each side, the GIL handed back and forth)
+#: costs more than numpy computing beside the loop gains: against 200,000 (2 mlp rows), a closed-loop
+#: mlp load at 64 connections runs ~1.2x faster, and a big streamed request ~1.3x faster with lower
+#: latency for a connection beside it (benchmarks/bench_inline.py). Models of unknown cost (no
+#: flops_per_row) count 10^9 a row: always in the thread.
 INLINE_MAX_FLOPS = 20_000_000
 
 
