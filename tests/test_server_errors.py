@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 
 import orjson
 import pytest
 import websockets
 
-from tests.support import Conn
-
+from tests.support import Conn, RawClient
 
 P = {"type": "predict", "model": "linear", "inputs": [[1.0]]}
 
@@ -122,17 +122,25 @@ async def test_max_inflight_overloaded_then_recovers(start_server) -> None:
     await conn.close()
 
 
-async def test_queue_bound_overloaded(start_server) -> None:
+async def test_queue_bound_overloaded(start_server, request: pytest.FixtureRequest) -> None:
     server = start_server("--max-queue-rows", "1000", "--max-batch-size", "8", "--models", "mlp", "--max-message-bytes", "8000000")
-    conn = await Conn.open(server.url)
-    await conn.send(orjson.dumps({**P, "model": "mlp", "id": "fill", "inputs": [[0.1] * 32] * 1000}).decode())
-    reply = await conn.request({**P, "model": "mlp", "id": "more", "inputs": [[0.1] * 32] * 10})
-    if reply["id"] == "fill":  # the first one already finished: nothing to test on this run
-        pytest.skip("the queue drained before the second request arrived")
-    assert reply["id"] == "more" and reply["code"] == "overloaded" and reply["retry_after_ms"] > 0
-    _, fill = await conn.until_terminal("fill")
-    assert fill["type"] == "result"
-    await conn.close()
+    raw = RawClient(server.port)
+    request.addfinalizer(raw.close)
+    assert raw.recv_json()["type"] == "hello"
+    # Both in one TCP write, so the server reads the second a loop iteration or two after the first,
+    # while nearly all of the first's 1,000 rows still wait (batches of 8, one per iteration): 1,000 +
+    # 500 rows cannot fit the 1,000-row bound unless 63 batches ran in between. (Two separate writes
+    # from a client preempted between them once let the queue drain below the bound.)
+    raw.send({**P, "model": "mlp", "id": "fill", "inputs": [[0.1] * 32] * 1000},
+             {**P, "model": "mlp", "id": "more", "inputs": [[0.1] * 32] * 500})
+    replies: dict[str, dict] = {}
+    while len(replies) < 2:
+        frame = await asyncio.to_thread(raw.recv_json)
+        replies[frame["id"]] = frame
+    more = replies["more"]
+    assert more["type"] == "error" and more["code"] == "overloaded" and more["retry_after_ms"] > 0, more
+    assert replies["fill"]["type"] == "result"
+    assert len(replies["fill"]["outputs"]) == 1000
 
 
 async def test_deadline_exceeded_while_queued_or_running(start_server) -> None:
