@@ -81,10 +81,9 @@ def _command(flops: int, cache_dir: str | None) -> list[str]:
 async def _beside_a_backlog(url: str) -> dict[str, float]:
     """Round trips (ms) of one connection's sequential single-row predicts while another connection
     streams ``BIG_REQUESTS`` big predicts and reads every chunk: what a backlog costs the others."""
+    import numpy as np
     import orjson
     import websockets
-
-    import numpy as np
 
     from wsserve.tensorframe import encode
 
@@ -204,8 +203,6 @@ def run(plan: Plan, cache_dir: str | None) -> dict[str, Any]:
                 key = str(flops)
                 for n in plan.connections:
                     r = measure(servers[key], model="mlp", connections=n, plan=plan)
-                    if r.get("rps"):
-                        r["server_us_per_req"] = r["server_cpu"] / r["rps"] * 1e6
                     runs.setdefault(f"{key}|{n}", []).append(r)
                     brief = r.get("failed") or (f"{r['rps']:>9,.0f} req/s  server {r['server_cpu']:.2f} cores  "
                                                 f"{r['server_us_per_req']:.1f} µs/req  p99 {r['p99']:.2f} ms")
@@ -221,10 +218,6 @@ def run(plan: Plan, cache_dir: str | None) -> dict[str, Any]:
         for s in servers.values():
             s.stop()
     summary = {key: median_of(rs) for key, rs in runs.items()}
-    for key, rs in runs.items():
-        cpu = [r["server_us_per_req"] for r in rs if "server_us_per_req" in r]
-        if cpu:
-            summary[key]["server_us_per_req"] = statistics.median(cpu)
     return {
         "started_at": started.isoformat(timespec="seconds"),
         "plan": asdict(plan),

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import datetime as dt
 import resource
-import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -144,15 +143,7 @@ def run(plan: Plan) -> dict[str, Any]:
     finally:
         for s in servers.values():
             s.stop()
-    for key, rs in runs.items():
-        for r in rs:
-            if r.get("rps"):
-                r["server_us_per_req"] = r["server_cpu"] / r["rps"] * 1e6
     summary = {key: median_of(rs) for key, rs in runs.items()}
-    for key, rs in runs.items():
-        cpu = [r["server_us_per_req"] for r in rs if "server_us_per_req" in r]
-        if cpu:
-            summary[key]["server_us_per_req"] = statistics.median(cpu)
     return {
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -122,7 +122,7 @@ def measure(
     tl = rep["timeline"]
     server_cores = sampler.cores_between(tl["measure_start_monotonic"], tl["end_monotonic"])
     lat = rep["latency_ms"]
-    return {
+    result = {
         "rps": rep["throughput"]["achieved_rps"],
         "target_rps": rep["throughput"]["target_rps"],
         "p50": lat["p50"],
@@ -139,6 +139,9 @@ def measure(
         "server_cpu": round(server_cores, 2),
         "client_cpu": max(rep["client"]["cpu_cores_per_proc"] or [float("nan")]),
     }
+    if result["rps"]:
+        result["server_us_per_req"] = result["server_cpu"] / result["rps"] * 1e6  # its own cost, whatever the client's speed
+    return result
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,6 +153,9 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for k in ("rps", "p50", "p90", "p99", "p999", "max", "error_rate", "server_cpu", "client_cpu")
     }
     out["rps_min"], out["rps_max"] = min(r["rps"] for r in good), max(r["rps"] for r in good)
+    cpu = [r["server_us_per_req"] for r in good if "server_us_per_req" in r]
+    if cpu:
+        out["server_us_per_req"] = statistics.median(cpu)
     out["n"] = len(good)
     errors: dict[str, int] = {}
     for r in good:
