@@ -22,7 +22,8 @@ from wsserve.connection import Connection, ConnectionContext, Shared
 from wsserve.errors import InvalidInput, UnknownModel
 from wsserve.metrics import Metrics
 from wsserve.pool import LIST_ROWS_MAX_VALUES, _float_rows, list_rows_bytes
-from wsserve.protocol import encode_hello
+from wsserve.protocol import encode_hello, result_head
+from wsserve.worker import BatchOutputs
 
 KEY = "sk-test-key"
 
@@ -101,6 +102,7 @@ class Entry:
 
     def __post_init__(self) -> None:
         self.prepare = _float_rows(self.input_width)  # the pool's path for a single float input
+        self.result_head = result_head(self.name, self.version)  # as ModelEntry has it
 
 
 class FakeModels:
@@ -195,6 +197,41 @@ def test_hello_then_a_predict_gets_exactly_one_result() -> None:
     assert s.shared.inflight == 0 and not conn.inflight
     s.models.predict.finish()  # a late callback changes nothing
     assert io.take() == []
+
+
+def test_a_plain_predict_answers_the_same_from_its_batchs_shared_outputs() -> None:
+    """The worker may hand a plain predict its rows as a range of the whole batch's outputs
+    (``on_batch_outputs``): the result is the frame ``on_rows`` gives for the same rows and times,
+    the batch's encoding is made once for all its jobs, and the job ends once."""
+    s = Setup()
+    conn, io = s.connect()
+    for rid in ("a", "b", "c"):
+        s.send(conn, P(rid, inputs=[[1.0], [2.0]] if rid == "b" else [[3.0]]))
+    (a, _, _), (b, _, _), (c, _, _) = s.models.predict.submitted
+    assert a.shared_outputs and b.shared_outputs and c.shared_outputs
+    y = np.array([[6.0], [2.0], [4.0], [6.0]])  # the batch: a's row, b's two, c's
+    out = BatchOutputs(y, 4, 0.002)
+    a.on_batch_outputs(out, 0, 1, 0.001)
+    encoded = out.encoded
+    b.on_batch_outputs(out, 1, 3, 0.0015)
+    assert out.encoded is encoded is not None  # made by the first job, used by the next
+    c.on_rows(0, y[3:4], 4, 0.001, 0.002)  # the per-request path, for comparison
+    fa, fb, fc = io.take()
+    assert fa == {**fc, "id": "a"}
+    assert fb["id"] == "b" and fb["outputs"] == [[2.0], [4.0]] and fb["timing"]["queue_ms"] == 1.5
+    assert fb["timing"]["batch_size"] == 4 and fb["timing"]["compute_ms"] == 2.0
+    assert not conn.inflight and s.shared.inflight == 0
+    a.on_batch_outputs(out, 0, 1, 0.001)  # a late delivery changes nothing
+    assert io.take() == []
+
+
+def test_streamed_explained_binary_and_seed_predicts_take_no_shared_outputs() -> None:
+    s = Setup()
+    conn, _ = s.connect()
+    s.send(conn, P("s", inputs=[[1.0]], stream=True))
+    s.send(conn, P("bin", inputs=[[1.0]], binary_outputs=True))
+    s.send(conn, {"x": [0.5]})
+    assert [job.shared_outputs for job, _, _ in s.models.predict.submitted] == [False, False, False]
 
 
 def test_the_hello_is_followed_by_draining_on_a_draining_server() -> None:

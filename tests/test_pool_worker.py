@@ -565,3 +565,72 @@ async def test_worker_drops_a_sink_once_its_last_rows_are_delivered(make_worker,
         assert ref() is None, "the finished sink is only reachable through a reference cycle"
     finally:
         gc.enable()
+
+
+# --------------------------------------------------------------------------- shared outputs
+
+
+class SharingSink(Sink):
+    """A sink with ``shared_outputs``: it takes whole-request rows from the batch's
+    :class:`~wsserve.worker.BatchOutputs` when the worker offers them (as a plain predict's job does)."""
+
+    shared_outputs = True
+
+    def __init__(self, name: str, rows: list[list[float]]) -> None:
+        super().__init__(name, rows)
+        self.shared: list[Any] = []
+
+    def on_batch_outputs(self, out: Any, a: int, b: int, queue_s: float) -> None:
+        assert threading.current_thread() is self._loop_thread
+        self.shared.append((out, a, b))
+        self.on_rows(0, out.y[a:b], out.rows, queue_s, out.compute_s)
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_whole_requests_of_a_batch_share_its_outputs(make_worker, inline_max_flops: int) -> None:
+    """Requests whose rows all come in one batch, with sinks that take shared outputs, get that
+    batch's one BatchOutputs and their own row range in it; a sink without the attribute, and a
+    request split over two batches, get ``on_rows`` as before."""
+    worker = make_worker(Doubler(width=2), max_batch_size=6, inline_max_flops=inline_max_flops)
+    a = SharingSink("a", [[1.0, 2.0]])
+    plain = Sink("plain", [[3.0, 4.0]])
+    b = SharingSink("b", [[5.0, 6.0], [7.0, 8.0]])
+    split = SharingSink("split", [[float(i), 0.5] for i in range(4)])  # 2 rows in this batch, 2 in the next
+    for s in (a, plain, b, split):
+        worker.submit(s)
+    await _wait(a, plain, b, split)
+    for s in (a, plain, b, split):
+        np.testing.assert_array_equal(s.outputs(), 2.0 * np.array(s.rows))
+    assert [(a_, b_) for _, a_, b_ in a.shared] == [(0, 1)]
+    assert [(a_, b_) for _, a_, b_ in b.shared] == [(2, 4)]
+    out = a.shared[0][0]
+    assert b.shared[0][0] is out  # one object per batch, for every sink that shares it
+    assert out.rows == 6 and out.y.shape == (6, 2) and out.compute_s >= 0.0 and out.encoded is None
+    assert split.shared == [] and split.batch_sizes == [6, 2]
+    assert a.batch_sizes == b.batch_sizes == plain.batch_sizes == [6]
+
+
+async def test_a_batch_with_a_non_finite_row_shares_nothing(make_worker) -> None:
+    """Shared outputs are only offered when every row of the batch is finite: otherwise each
+    request gets ``on_rows`` (or its error), as the per-request checks decide."""
+    worker = make_worker(Doubler())
+    good, bad = SharingSink("good", _col(1.0)), SharingSink("bad", _col(INF))
+    for s in (good, bad):
+        worker.submit(s)
+    await _wait(good, bad)
+    assert good.outputs().tolist() == [[2.0]] and good.shared == []
+    assert isinstance(bad.error, InvalidInput) and bad.shared == []
+
+
+async def test_one_dimensional_outputs_are_not_shared(make_worker) -> None:
+    """A model returning ``[n]`` (no columns to encode as rows) delivers through ``on_rows``."""
+
+    class Flat(Doubler):
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return super().predict(x)[:, 0].copy()
+
+    worker = make_worker(Flat())
+    sink = SharingSink("flat", _col(1.5))
+    worker.submit(sink)
+    await _wait(sink)
+    assert sink.outputs().tolist() == [3.0] and sink.shared == []

@@ -8,25 +8,38 @@ seed-compatible form, and the exact bytes of encoded frames.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsserve.config import ServerConfig
-from wsserve.errors import BadJson, BadRequest, InvalidInput, Overloaded, UnknownModel, WsserveError
+from wsserve.errors import (
+    BadJson,
+    BadRequest,
+    InvalidInput,
+    Overloaded,
+    UnknownModel,
+    WsserveError,
+)
 from wsserve.protocol import (
     MAX_ID_LENGTH,
     MAX_TOP_K,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
-    GenerationParams,
     Auth,
     Cancel,
     Generate,
+    GenerationParams,
     Models,
     Ping,
     Predict,
+    ResultRows,
+    check_rows,
+    check_rows_within,
     decode,
     encode_auth_ok,
     encode_chunk,
@@ -40,8 +53,8 @@ from wsserve.protocol import (
     encode_result,
     encode_seed_result,
     encode_token,
-    check_rows,
-    check_rows_within,
+    result_head,
+    timing_fields,
     token_prefix,
     validate_inputs,
 )
@@ -683,3 +696,52 @@ def test_encode_hello_auth_required() -> None:
 def test_protocol_constants() -> None:
     assert PROTOCOL_VERSION == 1
     assert SUBPROTOCOL == "wsserve.v1"
+
+
+# --------------------------------------------------------------------------- ResultRows
+
+
+_RESULT_DTYPES = ["float64", "float32", "float16", "int64", "int8", "uint8", "bool"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(_RESULT_DTYPES),
+    n=st.integers(1, 8),
+    c=st.integers(1, 6),
+    rid=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=12)),
+    model=st.text(min_size=1, max_size=10),
+    version=st.text(min_size=1, max_size=6),
+    queue_s=st.one_of(st.just(0.0), st.floats(-1.0, 10.0, allow_nan=False)),
+    compute_s=st.one_of(st.just(0.0), st.floats(-1.0, 10.0, allow_nan=False)),
+)
+def test_result_rows_frames_are_encode_results_bytes(
+    data: Any, dtype: str, n: int, c: int, rid: Any, model: str, version: str, queue_s: float, compute_s: float,
+) -> None:
+    """One encoding of a batch's [n, c] outputs gives, for any row range, the exact bytes of
+    encode_result for those rows (the worker's shared path and the per-request path agree)."""
+    info = np.finfo(dtype) if dtype.startswith("float") else None
+    if dtype == "bool":
+        elements = st.booleans()
+    elif info is not None:
+        elements = st.floats(float(info.min), float(info.max), allow_nan=False, allow_infinity=False,
+                             width=info.bits)
+    else:
+        ii = np.iinfo(dtype)
+        elements = st.integers(int(ii.min), int(ii.max))
+    values = data.draw(st.lists(elements, min_size=n * c, max_size=n * c))
+    y = np.array(values, dtype=dtype).reshape(n, c)
+    a = data.draw(st.integers(0, n - 1))
+    b = data.draw(st.integers(a + 1, n))
+    rows = ResultRows(y, compute_s, n)
+    frame = rows.frame(rid, result_head(model, version), a, b, queue_s)
+    assert frame == encode_result(rid, model, version, y[a:b], timing_fields(queue_s, compute_s, n))
+    # and the numbers read back as the rows (float32/float16 are written at their own precision)
+    np.testing.assert_array_equal(np.array(orjson.loads(frame)["outputs"], dtype=dtype), y[a:b])
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 0), (0, 2), (2, 2, 2)])
+def test_result_rows_refuses_what_is_not_rows_of_numbers(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="ResultRows needs"):
+        ResultRows(np.zeros(shape), 0.001, 3)

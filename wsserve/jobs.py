@@ -22,6 +22,7 @@ from .errors import Cancelled, DeadlineExceeded, Internal, WsserveError
 from .protocol import (
     Generate,
     Predict,
+    ResultRows,
     encode_chunk,
     encode_error,
     encode_generate_done,
@@ -33,7 +34,7 @@ from .protocol import (
     token_prefix,
 )
 from .tensorframe import encode as encode_tensor_frame
-from .worker import Tensors, concat_rows, count_rows, slice_rows
+from .worker import BatchOutputs, Tensors, concat_rows, count_rows, slice_rows
 
 if TYPE_CHECKING:
     from .batching import WorkItem
@@ -122,7 +123,7 @@ class PredictJob(Job):
     __slots__ = (
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
-        "_attr_parts", "_attr_pending", "binary_outputs", "_plain", "_names",
+        "_attr_parts", "_attr_pending", "binary_outputs", "shared_outputs", "_names", "_head",
     )
 
     def __init__(
@@ -170,8 +171,10 @@ class PredictJob(Job):
             self.explanation = None
             self._attr_parts = self._attr_pending = _NO_ATTRIBUTIONS  # type: ignore[assignment]
             self._names = ("", "")
-        #: One JSON ``result`` frame, nothing else to keep: :meth:`on_rows`'s fast path applies.
-        self._plain = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
+        #: One JSON ``result`` frame, nothing else to keep: the worker may deliver through
+        #: :meth:`on_batch_outputs`, and :meth:`on_rows` has a fast path for it.
+        self.shared_outputs = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
+        self._head = entry.result_head
 
     def _stop_work(self) -> None:
         if self.item is not None:
@@ -182,11 +185,26 @@ class PredictJob(Job):
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)
 
+    def on_batch_outputs(self, out: BatchOutputs, a: int, b: int, queue_s: float) -> None:
+        """All of a plain predict's rows at once, as rows ``a .. b`` of its batch's outputs: the
+        same ``result`` frame as :meth:`on_rows` gives, from one encoding of the whole batch
+        (:class:`~wsserve.protocol.ResultRows`, made by the batch's first such job)."""
+        if self.finished:
+            return
+        rows = out.encoded
+        if rows is None:
+            rows = out.encoded = ResultRows(out.y, out.compute_s, out.rows)
+        self.queue_s = queue_s
+        self._compute_s = out.compute_s
+        self._batch_max = out.rows
+        self._delivered = self.n
+        self._terminal(rows.frame(self.id, self._head, a, b, queue_s), "ok")
+
     def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float,
                 attributions: np.ndarray | None = None) -> None:
         if self.finished:
             return
-        if self._plain and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n:
+        if self.shared_outputs and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n:
             # The common case - a plain predict whose rows all come in one delivery - in one step: the
             # same frame and figures as the general path below, without its bookkeeping (-0.3 us a request).
             self.queue_s = queue_s

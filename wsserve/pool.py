@@ -35,7 +35,7 @@ from .config import ServerConfig
 from .errors import InvalidInput, UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for, tensor_names
 from .models.base import ModelInfo, PredictiveModel
-from .protocol import check_rows, check_rows_within, validate_inputs
+from .protocol import check_rows, check_rows_within, result_head, validate_inputs
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
@@ -140,6 +140,11 @@ class ModelEntry:
     input_width: int = 0  # flat width of a single float input (the fast path), else 0
     prepare: Prepare | None = None  # predict models: inputs -> tensors
     input_specs: tuple[Any, ...] = ()  # predict models: what binary tensor frames are fitted to
+    #: what every ``result`` frame of this version holds between its id and its rows (:func:`result_head`)
+    result_head: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        self.result_head = result_head(self.name, self.version)
 
     def prepare_binary(self, tensors: TensorPayload) -> tuple[Tensors, int, int]:
         """A binary tensor frame's tensors as this model's inputs: ``(tensors, n, nbytes)``

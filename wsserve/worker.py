@@ -50,7 +50,7 @@ from .errors import (
 from .explain import Explainer
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "Tensors", "count_rows", "concat_rows",
+__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "Tensors", "count_rows", "concat_rows",
            "slice_rows"]
 
 log = logging.getLogger("wsserve.worker")
@@ -94,6 +94,14 @@ class PredictSink(Protocol):
     Optional: a sink with a true ``explain`` attribute gets ``on_rows(...,
     attributions=a)`` with ``a`` ``[rows, d]`` float64 (the same rows as
     ``outputs``); sinks without it are never passed ``attributions``.
+
+    Optional: a sink with a true ``shared_outputs`` attribute (never one that
+    explains) whose rows all come in one batch, of a model that returned one
+    ``[rows, c >= 1]`` array with every row finite, gets instead of ``on_rows``
+    ``on_batch_outputs(out, a, b, queue_s)``: its rows are ``out.y[a:b]``, and
+    ``out`` (a :class:`BatchOutputs`) is the same object for every such sink of
+    the batch, so they can share work done once on the whole batch (one JSON
+    encoding of its rows).
     """
 
     inputs: Tensors  # [n, ...] (or {name: [n, ...]})
@@ -104,6 +112,21 @@ class PredictSink(Protocol):
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
 
     def on_error(self, exc: WsserveError) -> None: ...
+
+
+class BatchOutputs:
+    """One computed batch's outputs, handed whole to the sinks that take ``on_batch_outputs``
+    (see :class:`PredictSink`): ``y`` (``[rows, c]``, contiguous, every row finite), ``rows``
+    (the batch's), ``compute_s`` (its compute time), and ``encoded``, None until a sink stores
+    there what it derived from ``y`` for the others (the worker never reads it)."""
+
+    __slots__ = ("y", "rows", "compute_s", "encoded")
+
+    def __init__(self, y: np.ndarray, rows: int, compute_s: float) -> None:
+        self.y = y
+        self.rows = rows
+        self.compute_s = compute_s
+        self.encoded: Any = None
 
 
 class BatchObserver(Protocol):
@@ -463,6 +486,9 @@ class PredictWorker:
             self._observer.on_batch(self.name, batch.rows, compute_s)
         offset = 0
         single = not isinstance(y, dict)
+        # sinks taking a whole request's rows from the batch's outputs share one BatchOutputs
+        shareable = single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0
+        shared: BatchOutputs | None = None
         for s in batch.slices:
             item = s.item
             end = offset + s.rows
@@ -478,6 +504,10 @@ class PredictWorker:
                     bad = s.start + int(np.argmin(finite_rows[offset:end]))
                     self.queue.cancel(item)
                     sink.on_error(InvalidInput(f"output row {bad} is not finite"))
+                elif shareable and s.rows == item.rows and getattr(sink, "shared_outputs", False):
+                    if shared is None:
+                        shared = BatchOutputs(y, batch.rows, compute_s)
+                    sink.on_batch_outputs(shared, offset, end, started - item.enqueued_at)
                 else:
                     out = y[offset:end] if single else _rows(y, offset, end)
                     if item.cost != 1 and attributions is not None:
