@@ -23,7 +23,7 @@ PUBLIC = {
         "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
         "Models", "Ping", "Auth", "Admin", "Request", "decode", "decode_binary", "decode_predict_body", "loads",
         "validate_inputs", "check_rows", "ms", "timing_fields", "stop_tuple", "encode_error", "encode_hello", "encode_draining", "encode_pong", "encode_models",
-        "encode_auth_ok", "encode_admin_ok", "encode_result", "encode_seed_result",
+        "encode_auth_ok", "encode_admin_ok", "encode_result", "result_head", "ResultRows", "encode_seed_result",
         "encode_chunk", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token",
     ],
     "wsserve.tensorframe": [
