@@ -50,8 +50,8 @@ from .errors import (
 from .explain import Explainer
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "Tensors", "count_rows", "concat_rows",
-           "slice_rows"]
+__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "Tensors",
+           "count_rows", "concat_rows", "slice_rows"]
 
 log = logging.getLogger("wsserve.worker")
 
