@@ -194,11 +194,15 @@ class PredictJob(Job):
         rows = out.encoded
         if rows is None:
             rows = out.encoded = ResultRows(out.y, out.compute_s, out.rows)
+        self._whole_result(rows.frame(self.id, self._head, a, b, queue_s), queue_s, out.compute_s, out.rows)
+
+    def _whole_result(self, frame: bytes, queue_s: float, compute_s: float, batch_rows: int) -> None:
+        """A plain predict whose rows all came in one delivery: its figures, then its ``result``."""
         self.queue_s = queue_s
-        self._compute_s = out.compute_s
-        self._batch_max = out.rows
+        self._compute_s = compute_s
+        self._batch_max = batch_rows
         self._delivered = self.n
-        self._terminal(rows.frame(self.id, self._head, a, b, queue_s), "ok")
+        self._terminal(frame, "ok")
 
     def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float,
                 attributions: np.ndarray | None = None) -> None:
@@ -207,12 +211,9 @@ class PredictJob(Job):
         if self.shared_outputs and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n:
             # The common case - a plain predict whose rows all come in one delivery - in one step: the
             # same frame and figures as the general path below, without its bookkeeping (-0.3 us a request).
-            self.queue_s = queue_s
-            self._compute_s = compute_s
-            self._batch_max = batch_rows
-            self._delivered = self.n
             timing = timing_fields(queue_s, compute_s, batch_rows)
-            self._terminal(encode_result(self.id, self.model, self.version, outputs, timing), "ok")
+            frame = encode_result(self.id, self.model, self.version, outputs, timing)
+            self._whole_result(frame, queue_s, compute_s, batch_rows)
             return
         if self.queue_s < 0:
             self.queue_s = queue_s
