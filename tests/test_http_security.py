@@ -45,6 +45,7 @@ def test_keys_protect_every_route_but_the_probes(start_server) -> None:
 def test_third_party_clients_send_their_key(start_server) -> None:
     openai = pytest.importorskip("openai")
     tritonclient_http = pytest.importorskip("tritonclient.http")
+    tritonclient_utils = pytest.importorskip("tritonclient.utils")
     server = start_server("--api-key", KEY, "--models", "mlp,charlm")
     good = openai.OpenAI(base_url=server.http + "/v1", api_key=KEY, max_retries=0)
     assert len(good.completions.create(model="charlm", prompt="a", max_tokens=3).choices[0].text) == 3
@@ -54,9 +55,9 @@ def test_third_party_clients_send_their_key(start_server) -> None:
     triton = tritonclient_http.InferenceServerClient(f"127.0.0.1:{server.port}")
     assert triton.is_server_live()  # health needs no key
     assert triton.get_model_metadata("mlp", headers={"Authorization": f"Bearer {KEY}"})["name"] == "mlp"
-    with pytest.raises(Exception) as info:
+    with pytest.raises(tritonclient_utils.InferenceServerException) as info:
         triton.get_model_metadata("mlp")
-    assert "API key" in str(info.value)
+    assert info.value.status() == "401" and "API key" in str(info.value)
 
 
 def test_failed_keys_are_limited_per_address_across_http_and_websocket(start_server) -> None:
