@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -137,20 +138,26 @@ async def test_mixed_concurrent_call_types(server: ServerProcess) -> None:
                 n += len(ch.outputs)
             return n
 
+        t0 = time.perf_counter()
         out = await asyncio.gather(
             *(c.predict("linear", [[0.1]]) for _ in range(50)),
             *(stream_rows() for _ in range(20)),
             *(c.ping() for _ in range(20)),
             c.models(),
         )
+        took = time.perf_counter() - t0
         assert all(n == 20 for n in out[50:70])
-        assert all(0 < rtt < 5 for rtt in out[70:90])
+        assert all(0 < rtt <= took for rtt in out[70:90]), (out[70:90], took)  # each ping inside the gather
 
 
 async def test_ping_measures_rtt(server: ServerProcess) -> None:
     async with Client(server.url) as c:
-        rtts = [await c.ping() for _ in range(5)]
-        assert all(0 < r < 1.0 for r in rtts)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            rtt = await c.ping()
+            took = time.perf_counter() - t0
+            # In seconds, and the round trip itself: positive, and no more than the whole call took.
+            assert 0 < rtt <= took, (rtt, took)
 
 
 async def test_bad_inputs_raise_and_connection_survives(server: ServerProcess) -> None:
