@@ -89,12 +89,14 @@ def test_int8_writes_the_next_version_with_true_figures(repo: Path, capsys, held
     assert fig["heldout_accuracy"] >= fig["source_heldout_accuracy"] - 0.01
 
 
-def test_layer_scope_and_explicit_source_version(repo: Path, capsys) -> None:
+def test_layer_scope_and_explicit_source_version(repo: Path, mlp: MLPModel, capsys) -> None:
     code, _, err = _run(capsys, "mlp", "--repository", str(repo), "--prune", "0.9", "--scope", "layer",
                         "--version", "1")
     assert code == 0, err
     model = load_model(repo / "mlp" / "2")
-    for m in model.masks():  # type: ignore[attr-defined]
+    masks = model.masks()  # type: ignore[attr-defined]
+    assert [m.shape for m in masks] == [w.shape for w, _ in mlp.params]  # one mask per weight matrix
+    for m in masks:
         assert (~m).sum() == round(0.9 * m.size)  # per layer: exactly 90% of each matrix
     fig = dict(read_npz(repo / "mlp" / "2" / "model.npz").meta)["compression"]
     assert fig["scope"] == "layer" and fig["finetune"] is False

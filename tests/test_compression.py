@@ -374,10 +374,12 @@ def test_compress_prune_sparsity_exact_and_finetune_target(tmp_path: Path, sourc
     assert report["bytes_ratio"] == pytest.approx(fig["bytes"] / fig["source_bytes"])
 
 
-def test_compress_layer_scope_90(tmp_path: Path, source_dir: Path, heldout) -> None:
+def test_compress_layer_scope_90(tmp_path: Path, source_dir: Path, mlp: MLPModel, heldout) -> None:
     compress(source_dir, tmp_path / "p90", method="prune", fraction=0.9, scope="layer", latency_runs=1)
     got = _figures_from_file(tmp_path / "p90", heldout)
-    for m in got["model"].masks():
+    masks = got["model"].masks()
+    assert [m.shape for m in masks] == [w.shape for w, _ in mlp.params]  # one mask per weight matrix
+    for m in masks:
         assert (~m).sum() == round(0.9 * m.size)
     assert got["meta"]["compression"]["heldout_accuracy"] == got["acc"]
     assert got["bytes"] < 0.2 * got["meta"]["compression"]["source_bytes"]
