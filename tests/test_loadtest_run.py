@@ -210,8 +210,8 @@ async def test_server_closing_mid_run_is_reported() -> None:
     assert rep["errors"] == {"connection_closed": 3}
 
 
-async def _run_against_a_silent_server() -> tuple[dict[str, Any], float]:
-    """0.5 s at 50/s on one connection to a server that never answers, 0.5 s grace: (report, seconds)."""
+async def _run_against_a_silent_server() -> dict[str, Any]:
+    """0.5 s at 50/s on one connection to a server that never answers, 0.5 s grace: the report."""
 
     async def silent(ws: ServerConnection) -> None:
         async for _ in ws:
@@ -220,29 +220,22 @@ async def _run_against_a_silent_server() -> tuple[dict[str, Any], float]:
     server, url = await _start(silent)
     cfg = _cfg(url, connections=1, inflight=1, rate_per_s=50.0, warmup_s=0.0, duration_s=0.5, grace_s=0.5, echo=True)
     try:
-        t0 = asyncio.get_running_loop().time()
         # A watchdog, not a timing bound: a run that never ended would hang the suite.
         rep = await asyncio.wait_for(asyncio.to_thread(run_load, cfg, err=io.StringIO()), 60)
-        elapsed = asyncio.get_running_loop().time() - t0
     finally:
         server.close()
         await server.wait_closed()
-    return rep, elapsed
+    return rep
 
 
 async def test_a_server_that_never_answers_ends_the_run_with_every_request_accounted() -> None:
-    rep, _ = await _run_against_a_silent_server()
+    # A run that waited for the replies instead of ending with its grace period would not
+    # report: run_load raises LoadTestError once its client processes overrun it (by 15 s).
+    rep = await _run_against_a_silent_server()
     # the first request is sent and never answered; the other 24 wait for room that never comes
     assert rep["requests"]["sent"] == 25 and rep["requests"]["ok"] == 0
     assert rep["errors"] == {"no_reply": 1, "not_sent": 24}
     assert rep["requests"]["error_rate"] == 1.0
-
-
-@pytest.mark.slow
-async def test_a_server_that_never_answers_ends_the_run_on_time() -> None:
-    """Duration 0.5 s + grace 0.5 s: the run ends within a generous 8 s, not when replies come."""
-    _, elapsed = await _run_against_a_silent_server()
-    assert elapsed < 8.0
 
 
 async def test_refused_connections_are_reported_and_the_rest_load() -> None:
