@@ -48,6 +48,22 @@ def test_pipelined_answers_come_back_in_request_order(server) -> None:
     assert fourth.status == 200 and fourth.body == b""
 
 
+def test_requests_pipelined_past_max_inflight_wait_their_turn(start_server) -> None:
+    """Flow control, not refusals: with ``--max-inflight 4``, 40 predicts pipelined (in one
+    write) behind a slow completion are all served, in order - none gets 503 ``overloaded``."""
+    server = start_server("--max-inflight", "4", "--models", "linear,charlm")
+    completion = json.dumps({"model": "charlm", "prompt": "The ", "max_tokens": 200, "temperature": 0}).encode()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", completion)
+               + b"".join(request_bytes("POST", "/predict", json.dumps({"x": float(i)}).encode()) for i in range(40)))
+        answers = [c.answer() for _ in range(41)]
+        assert c.request("GET", "/healthz").status == 200  # and the connection goes on
+    assert [a.status for a in answers] == [200] * 41, [a.body for a in answers if a.status != 200][:1]
+    assert len(json.loads(answers[0].body)["choices"][0]["text"]) == 200
+    preds = [json.loads(a.body)["y_pred"] for a in answers[1:]]
+    assert preds == sorted(preds) and len(set(preds)) == 40  # y = w·x + b, w > 0: in request order
+
+
 def test_content_length_and_chunked_bodies(server) -> None:
     body = b'{"x": [0.5, 1.0]}'
     with RawHttp(server.port) as c:

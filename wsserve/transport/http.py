@@ -27,6 +27,9 @@ Limits, each with its status code and a closed connection:
   a connection waiting for its answers is never timed out);
 - anything ``httptools`` cannot parse: **400**;
 - ``max_inflight`` unanswered requests: reading pauses until one is answered;
+  requests already read past that (pipelined in the same read) wait in a
+  backlog and are handed to the application, in order, as earlier ones are
+  answered (never refused for it);
 - more than ``max_write_buffer_bytes`` unsent (a client that does not read its
   answers): reading pauses; past ``slow_consumer_timeout_s``, or four times the
   limit, the connection is dropped (its work is cancelled).
@@ -197,6 +200,10 @@ class HttpProtocol(asyncio.Protocol):
         self._server_line = _server_line(app.server_header)
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Exchange] = deque()  # unanswered (or not yet written) requests, in order
+        # Requests read past max_inflight (their exchanges are at the end of _queue): routed as earlier ones are
+        # answered.  Bounded by one read, as reading pauses at max_inflight.
+        self._backlog: deque[tuple[Exchange, HttpRequest]] = deque()
+        self._backlog_handle: asyncio.Handle | None = None
         self._out: list[bytes] = []  # bytes for the next write
         self._marked = False  # in the flusher's list
         self._close_pending = False  # close once _out is written
@@ -263,6 +270,10 @@ class HttpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._backlog.clear()
+        if self._backlog_handle is not None:
+            self._backlog_handle.cancel()
+            self._backlog_handle = None
         queue, self._queue = self._queue, deque()
         for ex in queue:
             if ex._state != _DONE and ex.on_abort is not None:
@@ -340,6 +351,12 @@ class HttpProtocol(asyncio.Protocol):
         ex = self._new_exchange(keep_alive, version != "1.0")
         if not keep_alive:
             self._stopped = True  # nothing after this request is read
+        if self._backlog or len(self._queue) > self._max_queue:  # pipelined past max_inflight: wait its turn
+            self._backlog.append((ex, request))
+            return
+        self._route(ex, request)
+
+    def _route(self, ex: Exchange, request: HttpRequest) -> None:
         try:
             response = self.app.route_http(request, ex)
         except Exception:  # noqa: BLE001 - route_http must not raise; if it does, answer and keep serving
@@ -347,6 +364,17 @@ class HttpProtocol(asyncio.Protocol):
             response = HttpResponse(500, b"internal error\n")
         if response is not None:
             ex.respond(response)
+
+    def _route_backlog(self) -> None:
+        """Hand waiting requests to the application while fewer than ``max_inflight`` are unanswered
+        (called soon after an answer completed, never from inside the callback that answered)."""
+        self._backlog_handle = None
+        backlog = self._backlog
+        while backlog and not self._lost and len(self._queue) - len(backlog) < self._max_queue:
+            ex, request = backlog.popleft()
+            self._route(ex, request)
+        if self._marked:
+            self.app.flusher.flush()
 
     # ------------------------------------------------------------------ answers (called by Exchange)
 
@@ -392,6 +420,7 @@ class HttpProtocol(asyncio.Protocol):
                         later._state = _DONE
                         later.on_abort()
                 queue.clear()
+                self._backlog.clear()
                 return
             if not queue:
                 break
@@ -401,6 +430,8 @@ class HttpProtocol(asyncio.Protocol):
                 nxt._buf = None
             if nxt._state != _DONE:
                 break
+        if self._backlog and self._backlog_handle is None:
+            self._backlog_handle = self._loop.call_soon(self._route_backlog)
         if self._paused_queue and len(queue) < self._max_queue:
             self._paused_queue = False
             self._resume()
