@@ -234,3 +234,20 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_canc
     assert _metric(server, "wsserve_inflight_requests") == 0
     assert "stopped reading" in server.stderr_text() or "unsent" in server.stderr_text()
     c.close()
+
+
+def test_a_stream_held_behind_an_unanswered_request_counts_as_unsent(start_server) -> None:
+    """A stream pipelined behind a long answer cannot go out yet (answers keep request order), so
+    its events wait in the server: they count towards ``--max-write-buffer-bytes`` like any unsent
+    bytes, and past the bound the connection is dropped and both generations cancelled (before,
+    the held events grew without bound: ~45 MB/s with 20 such streams)."""
+    server = start_server("--max-write-buffer-bytes", "65536", "--slow-consumer-timeout", "1", "--models", "charlm")
+    before = _metric(server, "wsserve_requests_total", code="cancelled", model="charlm", type="generate")
+    slow = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000}).encode()
+    stream = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000, "stream": True}).encode()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", slow) + request_bytes("POST", "/v1/completions", stream))
+        _wait_for(lambda: _metric(server, "wsserve_requests_total", code="cancelled", model="charlm",
+                                  type="generate") == before + 2)
+        assert c.closed() and c.buf == b""  # nothing was answered: the head was not done
+    assert _metric(server, "wsserve_inflight_requests") == 0

@@ -31,7 +31,8 @@ Limits, each with its status code and a closed connection:
   backlog and are handed to the application, in order, as earlier ones are
   answered (never refused for it);
 - more than ``max_write_buffer_bytes`` unsent (a client that does not read its
-  answers): reading pauses; past ``slow_consumer_timeout_s``, or four times the
+  answers; answers held back behind an earlier unfinished one count too):
+  reading pauses; past ``slow_consumer_timeout_s``, or four times the
   limit, the connection is dropped (its work is cancelled).
 
 ``Expect: 100-continue`` is answered before the body is read (unless the body
@@ -205,6 +206,7 @@ class HttpProtocol(asyncio.Protocol):
         self._backlog: deque[tuple[Exchange, HttpRequest]] = deque()
         self._backlog_handle: asyncio.Handle | None = None
         self._out: list[bytes] = []  # bytes for the next write
+        self._held = 0  # bytes in exchanges' _buf: produced, waiting behind an earlier answer (unsent)
         self._marked = False  # in the flusher's list
         self._close_pending = False  # close once _out is written
         self._lost = False
@@ -213,6 +215,7 @@ class HttpProtocol(asyncio.Protocol):
         self._draining = False
         self._paused_queue = False  # reading paused: too many unanswered requests
         self._paused_writes = False  # reading paused: too many unsent bytes
+        self._transport_paused = False  # the transport is over its high-water mark (resume_writing will come)
         self._over_since: float | None = None
         self._loop = asyncio.get_running_loop()
         # One lazy timer: _deadline may move without re-arming; the handle re-checks when it fires.
@@ -267,6 +270,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._lost = True
         self._out.clear()
+        self._held = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -286,9 +290,10 @@ class HttpProtocol(asyncio.Protocol):
             self.app.track(self, False)
 
     def pause_writing(self) -> None:  # the transport's buffer passed its high-water mark
-        pass
+        self._transport_paused = True
 
     def resume_writing(self) -> None:  # ... and drained below its low-water mark
+        self._transport_paused = False
         self._over_since = None
         if self._paused_writes:
             self._paused_writes = False
@@ -398,6 +403,7 @@ class HttpProtocol(asyncio.Protocol):
             if done:
                 self._advance()
         elif data:  # an earlier answer is still going out: keep this one in order
+            self._held += len(data)
             if ex._buf is None:
                 ex._buf = [data]
             else:
@@ -421,12 +427,14 @@ class HttpProtocol(asyncio.Protocol):
                         later.on_abort()
                 queue.clear()
                 self._backlog.clear()
+                self._held = 0
                 return
             if not queue:
                 break
             nxt = queue[0]
             if nxt._buf:
                 out.extend(nxt._buf)
+                self._held -= sum(map(len, nxt._buf))
                 nxt._buf = None
             if nxt._state != _DONE:
                 break
@@ -461,9 +469,13 @@ class HttpProtocol(asyncio.Protocol):
             self._close_pending = False
             transport.close()
             return
-        size = transport.get_write_buffer_size()
+        size = transport.get_write_buffer_size() + self._held
         if size > self._write_limit:
             self._congested(size)
+        elif self._over_since is not None and not self._transport_paused:
+            # Over the limit by held answers that have now gone out without filling the transport
+            # (which then never calls resume_writing): under the limit again.
+            self.resume_writing()
 
     # ------------------------------------------------------------------ flow control
 
