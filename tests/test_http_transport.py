@@ -251,3 +251,19 @@ def test_a_stream_held_behind_an_unanswered_request_counts_as_unsent(start_serve
                                   type="generate") == before + 2)
         assert c.closed() and c.buf == b""  # nothing was answered: the head was not done
     assert _metric(server, "wsserve_inflight_requests") == 0
+
+
+def test_expect_100_continue_behind_an_unanswered_request_gets_its_100_in_turn(tight) -> None:
+    """The 100 cannot overtake the answer ahead of it, so it comes right after that answer
+    (before: never, and a client waiting for it got 408 once the request timeout passed)."""
+    completion = json.dumps({"model": "charlm", "prompt": "The ", "max_tokens": 500, "temperature": 0}).encode()
+    body = b'{"x": 2.0}'
+    with RawHttp(tight.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", completion)
+               + b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        first = c.answer()
+        assert first.status == 200 and len(json.loads(first.body)["choices"][0]["text"]) == 500
+        assert c.interim().status == 100  # then the client sends the body
+        c.send(body)
+        final = c.answer()
+        assert final.status == 200 and "y_pred" in json.loads(final.body)

@@ -36,7 +36,8 @@ Limits, each with its status code and a closed connection:
   limit, the connection is dropped (its work is cancelled).
 
 ``Expect: 100-continue`` is answered before the body is read (unless the body
-is refused: then the 413 comes at once).
+is refused: then the 413 comes at once); behind unanswered requests, right
+after the last of their answers (the request timeout starts then).
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._deadline: float | None = None
         self._in_request = False
+        self._continue_owed = False  # the request being received awaits a 100 Continue behind earlier answers
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -310,6 +312,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         self._refused = None
+        self._continue_owed = False
         self._set_deadline(self._loop.time() + self._timeout)  # the whole request must arrive in time
 
     def on_url(self, url: bytes) -> None:
@@ -334,8 +337,12 @@ class HttpProtocol(asyncio.Protocol):
                 expect = True
         if length is not None and length > self._max_body:
             self._refuse(HttpResponse(413, f"body of {length} bytes; the limit is {self._max_body} (max_message_bytes)\n".encode()))
-        if expect and not self._queue and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if expect and self.transport is not None:
+            if not self._queue:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            else:  # it cannot overtake the answers ahead of it: sent after them (_advance), the timeout then
+                self._continue_owed = True
+                self._deadline = None
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -348,6 +355,7 @@ class HttpProtocol(asyncio.Protocol):
         if parser.should_upgrade() and self._is_websocket():
             return  # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket
         self._in_request = False
+        self._continue_owed = False  # the body came anyway (a client need not wait for the 100)
         if self._stopped:  # pipelined behind a request that ends the connection: not served
             return
         request = self._request()
@@ -449,6 +457,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._stopped = True
             else:
                 self._set_deadline(self._loop.time() + self._timeout)  # keep-alive idle time
+        elif not queue and self._continue_owed:
+            self._continue_owed = False
+            out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._set_deadline(self._loop.time() + self._timeout)  # now the body can come
 
     def flush(self) -> None:
         """Write what is queued (called by the flusher)."""
