@@ -58,6 +58,21 @@ def test_predict_form_on_any_model(server) -> None:
     assert pinned["outputs"][0] == answer["outputs"][0]  # row i depends only on input row i
 
 
+def test_a_single_input_model_takes_its_input_by_name_too(server) -> None:
+    """docs/PROTOCOL.md, named tensors: "a single-input model accepts either form" - the built-in
+    models (one float input named ``input``) included; another name is ``invalid_input`` naming it."""
+    rows = [[0.1 * i for i in range(32)], [0.5] * 32]
+    for model, inputs in (("mlp", rows), ("linear", [[0.5], [1.0]])):
+        status, _, listed = post(server.http + "/predict", json.dumps({"model": model, "inputs": inputs}))
+        assert status == 200
+        status, _, named = post(server.http + "/predict", json.dumps({"model": model, "inputs": {"input": inputs}}))
+        assert status == 200, named
+        assert json.loads(named)["outputs"] == json.loads(listed)["outputs"]
+    status, _, body = post(server.http + "/predict", json.dumps({"model": "linear", "inputs": {"x": [[0.5]]}}))
+    assert status == 400 and json.loads(body)["error"] == {
+        "code": "invalid_input", "message": "'inputs' names unknown input 'x'; the model takes 'input'"}
+
+
 async def test_error_codes_and_messages_are_the_websocket_ones(server) -> None:
     cases = [
         ('{"x": ', "bad_json"),

@@ -48,6 +48,22 @@ def test_pipelined_answers_come_back_in_request_order(server) -> None:
     assert fourth.status == 200 and fourth.body == b""
 
 
+def test_requests_pipelined_past_max_inflight_wait_their_turn(start_server) -> None:
+    """Flow control, not refusals: with ``--max-inflight 4``, 40 predicts pipelined (in one
+    write) behind a slow completion are all served, in order - none gets 503 ``overloaded``."""
+    server = start_server("--max-inflight", "4", "--models", "linear,charlm")
+    completion = json.dumps({"model": "charlm", "prompt": "The ", "max_tokens": 200, "temperature": 0}).encode()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", completion)
+               + b"".join(request_bytes("POST", "/predict", json.dumps({"x": float(i)}).encode()) for i in range(40)))
+        answers = [c.answer() for _ in range(41)]
+        assert c.request("GET", "/healthz").status == 200  # and the connection goes on
+    assert [a.status for a in answers] == [200] * 41, [a.body for a in answers if a.status != 200][:1]
+    assert len(json.loads(answers[0].body)["choices"][0]["text"]) == 200
+    preds = [json.loads(a.body)["y_pred"] for a in answers[1:]]
+    assert preds == sorted(preds) and len(set(preds)) == 40  # y = w·x + b, w > 0: in request order
+
+
 def test_content_length_and_chunked_bodies(server) -> None:
     body = b'{"x": [0.5, 1.0]}'
     with RawHttp(server.port) as c:
@@ -218,3 +234,36 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_canc
     assert _metric(server, "wsserve_inflight_requests") == 0
     assert "stopped reading" in server.stderr_text() or "unsent" in server.stderr_text()
     c.close()
+
+
+def test_a_stream_held_behind_an_unanswered_request_counts_as_unsent(start_server) -> None:
+    """A stream pipelined behind a long answer cannot go out yet (answers keep request order), so
+    its events wait in the server: they count towards ``--max-write-buffer-bytes`` like any unsent
+    bytes, and past the bound the connection is dropped and both generations cancelled (before,
+    the held events grew without bound: ~45 MB/s with 20 such streams)."""
+    server = start_server("--max-write-buffer-bytes", "65536", "--slow-consumer-timeout", "1", "--models", "charlm")
+    before = _metric(server, "wsserve_requests_total", code="cancelled", model="charlm", type="generate")
+    slow = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000}).encode()
+    stream = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000, "stream": True}).encode()
+    with RawHttp(server.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", slow) + request_bytes("POST", "/v1/completions", stream))
+        _wait_for(lambda: _metric(server, "wsserve_requests_total", code="cancelled", model="charlm",
+                                  type="generate") == before + 2)
+        assert c.closed() and c.buf == b""  # nothing was answered: the head was not done
+    assert _metric(server, "wsserve_inflight_requests") == 0
+
+
+def test_expect_100_continue_behind_an_unanswered_request_gets_its_100_in_turn(tight) -> None:
+    """The 100 cannot overtake the answer ahead of it, so it comes right after that answer
+    (before: never, and a client waiting for it got 408 once the request timeout passed)."""
+    completion = json.dumps({"model": "charlm", "prompt": "The ", "max_tokens": 500, "temperature": 0}).encode()
+    body = b'{"x": 2.0}'
+    with RawHttp(tight.port) as c:
+        c.send(request_bytes("POST", "/v1/completions", completion)
+               + b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        first = c.answer()
+        assert first.status == 200 and len(json.loads(first.body)["choices"][0]["text"]) == 500
+        assert c.interim().status == 100  # then the client sends the body
+        c.send(body)
+        final = c.answer()
+        assert final.status == 200 and "y_pred" in json.loads(final.body)

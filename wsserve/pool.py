@@ -70,14 +70,21 @@ def list_rows_bytes(n: int, width: int) -> int:
     return 56 + n * (64 + 32 * width)
 
 
-def _float_rows(width: int, float32: bool = False) -> Prepare:
+def _float_rows(width: int, float32: bool = False, name: str = "input") -> Prepare:
     """The fast path: a single float input of ``width`` values per row (the built-in models and
     repository models with one float32/float64 vector input).  Small requests stay lists until
     their batch is gathered (``LIST_ROWS_MAX_VALUES``; :func:`wsserve.worker._gather` converts a
     batch's rows to one float64 array, which the model casts as it always did).  For a float32
-    input, a value beyond float32's range is refused, as the general path does."""
+    input, a value beyond float32's range is refused, as the general path does.  ``inputs`` may
+    also name the input (``{name: rows}``), as for any single-input model."""
 
     def prepare(inputs: Any, max_rows: int, max_elements: int) -> tuple[Tensors, int, int]:
+        if type(inputs) is dict:
+            if set(inputs) != {name}:
+                other = sorted(k for k in inputs if k != name)
+                raise InvalidInput(f"'inputs' names unknown input {other[0]!r}; the model takes {name!r}" if other
+                                   else f"'inputs' is missing input {name!r}; the model takes {name!r}")
+            inputs = inputs[name]
         if type(inputs) is list and len(inputs) * width <= LIST_ROWS_MAX_VALUES:
             if float32:
                 n = check_rows_within(inputs, width, max_rows, _F32_MAX, "float32")
@@ -122,7 +129,7 @@ def _prepare_for(model: Any) -> tuple[Prepare, int]:
     if specs:
         if len(specs) == 1 and len(specs[0].shape) == 1 and specs[0].dtype in ("float64", "float32"):
             width = int(specs[0].shape[0])
-            return _float_rows(width, specs[0].dtype == "float32"), width
+            return _float_rows(width, specs[0].dtype == "float32", specs[0].name), width
         return _tensor_inputs(tuple(specs)), 0
     width = int(np.prod(model.info.input_shape))
     return _float_rows(width), width

@@ -27,12 +27,17 @@ Limits, each with its status code and a closed connection:
   a connection waiting for its answers is never timed out);
 - anything ``httptools`` cannot parse: **400**;
 - ``max_inflight`` unanswered requests: reading pauses until one is answered;
+  requests already read past that (pipelined in the same read) wait in a
+  backlog and are handed to the application, in order, as earlier ones are
+  answered (never refused for it);
 - more than ``max_write_buffer_bytes`` unsent (a client that does not read its
-  answers): reading pauses; past ``slow_consumer_timeout_s``, or four times the
+  answers; answers held back behind an earlier unfinished one count too):
+  reading pauses; past ``slow_consumer_timeout_s``, or four times the
   limit, the connection is dropped (its work is cancelled).
 
 ``Expect: 100-continue`` is answered before the body is read (unless the body
-is refused: then the 413 comes at once).
+is refused: then the 413 comes at once); behind unanswered requests, right
+after the last of their answers (the request timeout starts then).
 """
 
 from __future__ import annotations
@@ -197,7 +202,12 @@ class HttpProtocol(asyncio.Protocol):
         self._server_line = _server_line(app.server_header)
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Exchange] = deque()  # unanswered (or not yet written) requests, in order
+        # Requests read past max_inflight (their exchanges are at the end of _queue): routed as earlier ones are
+        # answered.  Bounded by one read, as reading pauses at max_inflight.
+        self._backlog: deque[tuple[Exchange, HttpRequest]] = deque()
+        self._backlog_handle: asyncio.Handle | None = None
         self._out: list[bytes] = []  # bytes for the next write
+        self._held = 0  # bytes in exchanges' _buf: produced, waiting behind an earlier answer (unsent)
         self._marked = False  # in the flusher's list
         self._close_pending = False  # close once _out is written
         self._lost = False
@@ -206,6 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         self._draining = False
         self._paused_queue = False  # reading paused: too many unanswered requests
         self._paused_writes = False  # reading paused: too many unsent bytes
+        self._transport_paused = False  # the transport is over its high-water mark (resume_writing will come)
         self._over_since: float | None = None
         self._loop = asyncio.get_running_loop()
         # One lazy timer: _deadline may move without re-arming; the handle re-checks when it fires.
@@ -213,6 +224,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._deadline: float | None = None
         self._in_request = False
+        self._continue_owed = False  # the request being received awaits a 100 Continue behind earlier answers
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -260,9 +272,14 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._lost = True
         self._out.clear()
+        self._held = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._backlog.clear()
+        if self._backlog_handle is not None:
+            self._backlog_handle.cancel()
+            self._backlog_handle = None
         queue, self._queue = self._queue, deque()
         for ex in queue:
             if ex._state != _DONE and ex.on_abort is not None:
@@ -275,9 +292,10 @@ class HttpProtocol(asyncio.Protocol):
             self.app.track(self, False)
 
     def pause_writing(self) -> None:  # the transport's buffer passed its high-water mark
-        pass
+        self._transport_paused = True
 
     def resume_writing(self) -> None:  # ... and drained below its low-water mark
+        self._transport_paused = False
         self._over_since = None
         if self._paused_writes:
             self._paused_writes = False
@@ -294,6 +312,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         self._refused = None
+        self._continue_owed = False
         self._set_deadline(self._loop.time() + self._timeout)  # the whole request must arrive in time
 
     def on_url(self, url: bytes) -> None:
@@ -318,8 +337,12 @@ class HttpProtocol(asyncio.Protocol):
                 expect = True
         if length is not None and length > self._max_body:
             self._refuse(HttpResponse(413, f"body of {length} bytes; the limit is {self._max_body} (max_message_bytes)\n".encode()))
-        if expect and not self._queue and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if expect and self.transport is not None:
+            if not self._queue:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            else:  # it cannot overtake the answers ahead of it: sent after them (_advance), the timeout then
+                self._continue_owed = True
+                self._deadline = None
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -332,6 +355,7 @@ class HttpProtocol(asyncio.Protocol):
         if parser.should_upgrade() and self._is_websocket():
             return  # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket
         self._in_request = False
+        self._continue_owed = False  # the body came anyway (a client need not wait for the 100)
         if self._stopped:  # pipelined behind a request that ends the connection: not served
             return
         request = self._request()
@@ -340,6 +364,12 @@ class HttpProtocol(asyncio.Protocol):
         ex = self._new_exchange(keep_alive, version != "1.0")
         if not keep_alive:
             self._stopped = True  # nothing after this request is read
+        if self._backlog or len(self._queue) > self._max_queue:  # pipelined past max_inflight: wait its turn
+            self._backlog.append((ex, request))
+            return
+        self._route(ex, request)
+
+    def _route(self, ex: Exchange, request: HttpRequest) -> None:
         try:
             response = self.app.route_http(request, ex)
         except Exception:  # noqa: BLE001 - route_http must not raise; if it does, answer and keep serving
@@ -347,6 +377,17 @@ class HttpProtocol(asyncio.Protocol):
             response = HttpResponse(500, b"internal error\n")
         if response is not None:
             ex.respond(response)
+
+    def _route_backlog(self) -> None:
+        """Hand waiting requests to the application while fewer than ``max_inflight`` are unanswered
+        (called soon after an answer completed, never from inside the callback that answered)."""
+        self._backlog_handle = None
+        backlog = self._backlog
+        while backlog and not self._lost and len(self._queue) - len(backlog) < self._max_queue:
+            ex, request = backlog.popleft()
+            self._route(ex, request)
+        if self._marked:
+            self.app.flusher.flush()
 
     # ------------------------------------------------------------------ answers (called by Exchange)
 
@@ -370,6 +411,7 @@ class HttpProtocol(asyncio.Protocol):
             if done:
                 self._advance()
         elif data:  # an earlier answer is still going out: keep this one in order
+            self._held += len(data)
             if ex._buf is None:
                 ex._buf = [data]
             else:
@@ -392,15 +434,20 @@ class HttpProtocol(asyncio.Protocol):
                         later._state = _DONE
                         later.on_abort()
                 queue.clear()
+                self._backlog.clear()
+                self._held = 0
                 return
             if not queue:
                 break
             nxt = queue[0]
             if nxt._buf:
                 out.extend(nxt._buf)
+                self._held -= sum(map(len, nxt._buf))
                 nxt._buf = None
             if nxt._state != _DONE:
                 break
+        if self._backlog and self._backlog_handle is None:
+            self._backlog_handle = self._loop.call_soon(self._route_backlog)
         if self._paused_queue and len(queue) < self._max_queue:
             self._paused_queue = False
             self._resume()
@@ -410,6 +457,10 @@ class HttpProtocol(asyncio.Protocol):
                 self._stopped = True
             else:
                 self._set_deadline(self._loop.time() + self._timeout)  # keep-alive idle time
+        elif not queue and self._continue_owed:
+            self._continue_owed = False
+            out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._set_deadline(self._loop.time() + self._timeout)  # now the body can come
 
     def flush(self) -> None:
         """Write what is queued (called by the flusher)."""
@@ -430,9 +481,13 @@ class HttpProtocol(asyncio.Protocol):
             self._close_pending = False
             transport.close()
             return
-        size = transport.get_write_buffer_size()
+        size = transport.get_write_buffer_size() + self._held
         if size > self._write_limit:
             self._congested(size)
+        elif self._over_since is not None and not self._transport_paused:
+            # Over the limit by held answers that have now gone out without filling the transport
+            # (which then never calls resume_writing): under the limit again.
+            self.resume_writing()
 
     # ------------------------------------------------------------------ flow control
 
