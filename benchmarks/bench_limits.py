@@ -12,6 +12,13 @@ that arrives in tiny TCP segments.
 2. **Reassembly.**  One 1 MB text frame sent in 32-byte TCP segments (``TCP_NODELAY``, one ``send``
    each), to wsserve and to a plain ``websockets`` echo server (the library's own parser): server
    CPU seconds for the frame, median of ``--reps`` runs, side by side.
+3. **A stopped reader's cost to others.**  A server with a 1 MiB write-buffer limit and a 1 s
+   slow-consumer timeout; one client sends work whose answers it never reads (64 long ``generate``
+   streams, or 4 streamed 16,384-row ``mlp`` predicts) while another sends sequential single-row
+   ``linear`` predicts.  The other client's round trips before and while the stopped reader is held
+   (until the server closes it with 1008), p50 and p99, median of ``--reps`` runs per kind.  (The
+   behaviour itself, closed and its work cancelled while others are served, is tested in
+   ``tests/test_hardening.py``; this is its cost.)
 """
 
 from __future__ import annotations
@@ -112,6 +119,66 @@ def reassembly_cpu(cmd: list[str], name: str, size: int = 1_000_000, segment: in
         server.stop()
 
 
+STUCK_FLAGS = ("--max-write-buffer-bytes", str(1 << 20), "--slow-consumer-timeout", "1",
+               "--max-message-bytes", str(4 << 20), "--models", "linear,mlp,charlm")
+
+
+def _stuck_requests(kind: str) -> list[dict[str, object]]:
+    """What the stopped reader sends (as tests/test_hardening.py's slow-consumer tests)."""
+    if kind == "generate":  # 64 x 100,000 tokens: ~300 MB of token frames if nothing stopped them
+        return [{"type": "generate", "id": i, "model": "charlm", "prompt": "The ", "max_tokens": 100000}
+                for i in range(64)]
+    return [{"type": "predict", "id": i, "model": "mlp", "inputs": [[0] * 32] * 16384, "stream": True,
+             "chunk_rows": 32} for i in range(4)]
+
+
+def _round_trips(ws: object, seconds: float, until: object = None) -> list[float]:
+    """Sequential single-row ``linear`` predicts on ``ws`` for ``seconds`` (or until ``until()``
+    is true, checked every 20 requests): round trips in seconds."""
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end and not (until is not None and i % 20 == 0 and until()):  # type: ignore[operator]
+        t = time.perf_counter()
+        ws.send(orjson.dumps({"type": "predict", "id": i, "model": "linear", "inputs": [[1.0]]}).decode())  # type: ignore[attr-defined]
+        reply = orjson.loads(ws.recv())  # type: ignore[attr-defined]
+        out.append(time.perf_counter() - t)
+        assert reply["type"] == "result", reply
+        i += 1
+    return out
+
+
+def stuck_reader(kind: str) -> dict[str, float]:
+    """One run: the other client's round trips (ms) before and while a stopped reader is held."""
+    from websockets.sync.client import connect
+
+    server = start_wsserve(*STUCK_FLAGS)
+    try:
+        with connect(server.url, max_size=None) as ws:
+            ws.recv()  # hello
+            _round_trips(ws, 0.3)  # warm-up
+            before = _round_trips(ws, 1.5)
+            stuck = RawClient(server.port, rcvbuf=4096, timeout_s=30)
+            try:
+                stuck.recv_json()  # hello
+                stuck.send(*_stuck_requests(kind))
+                closes = lambda: server.metrics().get("wsserve_slow_consumer_closes_total") >= 1  # noqa: E731
+                t0 = time.monotonic()
+                during = _round_trips(ws, 30.0, until=closes)
+                held = time.monotonic() - t0
+                assert closes(), "the stopped reader was not closed within 30 s"
+            finally:
+                stuck.close()
+    finally:
+        server.stop()
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1e3
+
+    return {"before_p50": pct(before, 0.5), "before_p99": pct(before, 0.99), "during_p50": pct(during, 0.5),
+            "during_p99": pct(during, 0.99), "during_n": len(during), "held_s": held}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=32)
@@ -127,6 +194,19 @@ def main() -> None:
         lib.append(reassembly_cpu(echo_cmd, "echo"))
         print(f"wsserve {ours[-1]:.3f} s, websockets echo {lib[-1]:.3f} s", flush=True)
     mo, ml = statistics.median(ours), statistics.median(lib)
+    stuck: dict[str, list[dict[str, float]]] = {"generate": [], "stream": []}
+    for _ in range(args.reps):  # interleaved
+        for kind in stuck:
+            stuck[kind].append(stuck_reader(kind))
+            print(kind, stuck[kind][-1], flush=True)
+    rows = []
+    for kind, label in (("generate", "64 `generate` streams of 100,000 tokens"),
+                        ("stream", "4 streamed `mlp` predicts of 16,384 rows")):
+        med = {k: statistics.median(r[k] for r in stuck[kind]) for k in stuck[kind][0]}
+        rows.append(f"| {label} | {med['before_p50']:.2f} / {med['before_p99']:.2f} | "
+                    f"{med['during_p50']:.2f} / {med['during_p99']:.2f} | "
+                    f"{med['during_p99'] / med['before_p99']:.1f}x | {med['held_s']:.1f} |")
+    stuck_table = "\n".join(rows)
     load = os.getloadavg()[0]
     text = f"""## Limits: worst-case memory and reassembly CPU
 
@@ -152,6 +232,19 @@ parsed is a list of Python floats (about 8 MiB for 1 MiB of JSON) until it is va
 |---|---:|---:|
 | wsserve (fast path, `bytearray` reassembly) | {mo:.3f} | {mo / ml:.2f} |
 | plain `websockets` echo server (the library's parser) | {ml:.3f} | 1.00 |
+
+**A stopped reader's cost to the other clients.** `--max-write-buffer-bytes 1048576
+--slow-consumer-timeout 1`: one client sends work and never reads again; another sends
+sequential single-row `linear` predicts on its own connection. Its round trips (ms, p50 / p99)
+in 1.5 s before, and from the stopped reader's requests until the server closed that connection
+(1008), median of {args.reps} runs per kind, interleaved. *held*: seconds until the close (after
+the 1 s timeout, or at once when the unsent answers reach four times the limit). The streamed
+predicts' ~1 MB messages are decoded on the loop (any message up to `--max-message-bytes` is),
+whoever reads the answers: that is most of their p99.
+
+| stopped reader sent | before p50 / p99 | during p50 / p99 | p99 during / before | held s |
+|---|---:|---:|---:|---:|
+{stuck_table}
 """
     RESULTS.write_text(text)
     print(text)

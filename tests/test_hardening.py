@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -45,10 +44,6 @@ GEN = {"type": "generate", "model": "charlm", "prompt": "The ", "max_tokens": 10
 
 def http_status(url: str, context: ssl.SSLContext | None = None) -> int:
     return http_get(url, context=context)[0]
-
-
-def p99(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[98]
 
 
 # --------------------------------------------------------------------------- API keys
@@ -360,18 +355,12 @@ async def test_reader_that_stops_is_closed_1008_its_work_cancelled_and_others_se
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["generate", "stream"])
-async def test_a_stopped_reader_costs_others_little_latency_and_the_server_bounded_memory(
-    start_server, request: pytest.FixtureRequest, kind: str
-) -> None:
-    """Generous bounds on what a stuck reader costs (the behaviour itself is the test above):
-    the policy fires within 1 s (its timeout) + 10 s; the other client's p99 round trip stays
-    under 5x its baseline (or baseline + 100 ms); for generate, the server's RSS grows by less
-    than 4x the write buffer + 12 MiB (about 5 MiB measured), not the ~300 MB requested."""
+async def test_a_stopped_reader_leaves_the_server_bounded_memory(start_server, request: pytest.FixtureRequest) -> None:
+    """A generous bound on the memory a stuck reader costs (the behaviour itself is the test above;
+    the other clients' latency meanwhile is measured by benchmarks/bench_limits.py): the server's
+    RSS grows by less than 4x the write buffer + 12 MiB (about 5 MiB measured), not the ~300 MB of
+    token frames requested."""
     server = start_server(*SLOW_CONSUMER_FLAGS)
-    normal = await Conn.open(server.url)
-    await _latency_samples(normal, 0.3, tag="warm")
-    before = await _latency_samples(normal, 1.5, tag="base")
     pid = server.proc.pid
     rss_before = server.memory_kib("VmRSS")
     try:  # VmHWM := VmRSS, so the peak below is this phase's (Linux >= 4.0)
@@ -384,38 +373,20 @@ async def test_a_stopped_reader_costs_others_little_latency_and_the_server_bound
     stuck = RawClient(server.port, rcvbuf=4096)
     request.addfinalizer(stuck.close)
     assert stuck.recv_json()["type"] == "hello"
-    stuck.send(*_stuck_requests(kind))
-    # Sample once its requests are admitted: decoding the 4 streamed predicts' ~1 MB of JSON each
-    # holds the loop ~200 ms whoever reads the answers (any big message does, up to
-    # --max-message-bytes), and with the ~100 round trips of a fast run that one sample would be the p99.
-    admitted = len(_stuck_requests(kind))
-    await wait_until_async(lambda: server.metrics().value("wsserve_inflight_requests") >= admitted
-                           or _slow_consumer_closes(server) >= 1, 10, in_thread=True, interval_s=0.01,
-                           what="the stuck reader's requests are admitted")
-    closed = asyncio.Event()
+    stuck.send(*_stuck_requests("generate"))
 
     def slow_closed() -> bool:
         nonlocal rss_peak
         rss_peak = max(rss_peak, server.memory_kib("VmRSS"))
         return _slow_consumer_closes(server) >= 1
 
-    during_task = asyncio.create_task(_latency_samples(normal, 15.0, tag="during", stop=closed))
-    t0 = time.monotonic()
-    await wait_until_async(slow_closed, 1.0 + 10.0, in_thread=True, interval_s=0.05,
-                           what="the slow-consumer policy fires within its timeout + 10 s")
-    took = time.monotonic() - t0
-    closed.set()
-    during = await during_task
+    await wait_until_async(slow_closed, 30, in_thread=True, interval_s=0.05,
+                           what="the slow-consumer policy closes the stuck reader")
     if hwm_reset:
         rss_peak = max(rss_peak, server.memory_kib("VmHWM"))
     stuck.close()
-    if kind == "generate":  # (not for streamed predict: parsing its inputs alone takes ~30 MB)
-        growth_kib = rss_peak - rss_before
-        assert growth_kib < 4 * WRITE_BUFFER // 1024 + 12 * 1024, growth_kib
-    assert len(during) >= 5, (len(during), took)
-    base_p99, during_p99 = p99(before), p99(during)
-    assert during_p99 < max(5 * base_p99, base_p99 + 0.1), (base_p99, during_p99, took)
-    await normal.close()
+    growth_kib = rss_peak - rss_before
+    assert growth_kib < 4 * WRITE_BUFFER // 1024 + 12 * 1024, growth_kib
 
 
 async def test_backlog_left_over_the_limit_after_the_last_reply_is_closed(start_server) -> None:
