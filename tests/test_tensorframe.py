@@ -182,6 +182,10 @@ def test_rows_are_bounded_by_max_rows() -> None:
     (frame({"inputs": {"a": 1}}, b""), "'inputs' must be an array"),
     (frame({"inputs": [{"name": "a", "dtype": "int32", "shape": [1]}] * 2}, b"\0" * 8), "names 'a' twice"),
     (frame({"inputs": [{"dtype": "int32", "shape": [1]}]}, b"\0" * 4), "'name' must be a string"),
+    # the bounds docs/PROTOCOL.md states: 64 tensors, names of 1 to 256 characters
+    (frame({"inputs": [{"name": f"t{i}", "dtype": "bool", "shape": [1]} for i in range(65)]}, b"\0" * 65),
+     "1 to 64 objects"),
+    (frame({"inputs": [{"name": "a" * 257, "dtype": "bool", "shape": [1]}]}, b"\0"), "1 to 256 characters"),
     (frame({"inputs": [], "dtype": "int32", "shape": [1]}, b"\0" * 4), "use one form"),
 ])
 def test_malformed_frames_are_bad_request(data: bytes, words: str) -> None:
