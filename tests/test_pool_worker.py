@@ -634,3 +634,44 @@ async def test_one_dimensional_outputs_are_not_shared(make_worker) -> None:
     worker.submit(sink)
     await _wait(sink)
     assert sink.outputs().tolist() == [3.0] and sink.shared == []
+
+
+class GateFirstRow(Doubler):
+    """A :class:`Doubler` whose calls wait for ``gate`` only when the batch starts with row value 0.0
+    (the first slice of a split request), so a later slice can finish before an earlier one; with
+    ``fail_first`` that held call then raises."""
+
+    fail_first = False
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if x[0, 0] == 0.0:
+            self.started.set()
+            assert self.gate is not None and self.gate.wait(WAIT_S)
+            if self.fail_first:
+                raise RuntimeError("boom on the first slice")
+        return 2.0 * x
+
+
+@pytest.mark.parametrize("fail_first", [False, True], ids=["ok", "first-batch-fails"])
+async def test_split_request_rows_arrive_in_order_with_several_instances(make_worker, fail_first: bool) -> None:
+    """With ``instances`` > 1, two batches of one request compute side by side: the later (smaller)
+    one may finish first, yet its sink still gets its rows in order and exactly one ending (an
+    error when the earlier batch fails: the rows computed ahead of it are never delivered)."""
+    gate = threading.Event()
+    model = GateFirstRow(gate=gate)
+    model.fail_first = fail_first
+    worker = make_worker(model, max_batch_size=8, instances=2, inline_max_flops=0)
+    sink = Sink("split", _col(*(float(i) for i in range(12))))  # batches: rows 0-7 (held), rows 8-11
+    other = Sink("other", _col(100.0))
+    worker.submit(sink)
+    await until(model.started.is_set)  # rows 0-7 are computing, held by the gate
+    worker.submit(other)  # joins rows 8-11 in the second batch, which computes at once
+    await _wait(other)
+    assert sink.events == []  # rows 8-11 are computed but wait for rows 0-7
+    gate.set()
+    await _wait(sink)
+    if fail_first:
+        assert isinstance(sink.error, Internal) and [ev[0] for ev in sink.events] == ["error"]
+    else:
+        np.testing.assert_array_equal(sink.outputs(), 2.0 * np.arange(12.0).reshape(12, 1))
+    assert other.outputs().tolist() == [[200.0]]

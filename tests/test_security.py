@@ -420,6 +420,34 @@ def test_duplicate_headers_get_400_and_one_log_line(start_server, extra: bytes) 
     assert healthz(server) == 200
 
 
+def _upgrade_answer(port: int, method: bytes = b"GET", extra: bytes = b"", body: bytes = b"") -> bytes:
+    """The first line of the answer to a WebSocket upgrade request (b"" when the server just closes)."""
+    request = (method + b" / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n" + body)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n" not in data and (chunk := sock.recv(65536)):
+            data += chunk
+    return data.partition(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(("method", "extra", "body", "expect"), [
+    (b"POST", b"", b"", b"HTTP/1.1 405 Method Not Allowed"),
+    (b"PUT", b"Content-Length: 0\r\n", b"", b"HTTP/1.1 405 Method Not Allowed"),
+    (b"GET", b"Content-Length: 5\r\n", b"hello", b""),  # a handshake has no body: not upgraded
+    (b"GET", b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n", b""),
+    (b"GET", b"X-Long: " + b"a" * 9000 + b"\r\n", b"", b"HTTP/1.1 431 Request Header Fields Too Large"),
+], ids=["post", "put", "body", "chunked", "long-header-line"])
+def test_upgrades_the_handshake_refuses_are_refused_alike_on_every_transport(
+        plain_server: ServerProcess, method: bytes, extra: bytes, body: bytes, expect: bytes) -> None:
+    """The websockets library's handshake decides on both transports (picows's adapter used to build
+    the library's request from the parsed headers, so it upgraded a POST or a request with a body)."""
+    assert _upgrade_answer(plain_server.port, method, extra, body) == expect
+    assert _upgrade_answer(plain_server.port) == b"HTTP/1.1 101 Switching Protocols"
+    assert "Traceback" not in plain_server.stderr_text()
+
+
 @pytest.mark.parametrize("name", [b"a%00b.js", b"x" * 300, b"..%2findex.html", b"../index.html", b"%2e%2e/x"])
 def test_odd_static_names_get_404_without_a_traceback(plain_server: ServerProcess, name: bytes) -> None:
     status, _ = raw_http(plain_server.port, b"GET /static/" + name + b" HTTP/1.1\r\nHost: x\r\n\r\n")

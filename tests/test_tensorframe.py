@@ -182,6 +182,10 @@ def test_rows_are_bounded_by_max_rows() -> None:
     (frame({"inputs": {"a": 1}}, b""), "'inputs' must be an array"),
     (frame({"inputs": [{"name": "a", "dtype": "int32", "shape": [1]}] * 2}, b"\0" * 8), "names 'a' twice"),
     (frame({"inputs": [{"dtype": "int32", "shape": [1]}]}, b"\0" * 4), "'name' must be a string"),
+    # the bounds docs/PROTOCOL.md states: 64 tensors, names of 1 to 256 characters
+    (frame({"inputs": [{"name": f"t{i}", "dtype": "bool", "shape": [1]} for i in range(65)]}, b"\0" * 65),
+     "1 to 64 objects"),
+    (frame({"inputs": [{"name": "a" * 257, "dtype": "bool", "shape": [1]}]}, b"\0"), "1 to 256 characters"),
     (frame({"inputs": [], "dtype": "int32", "shape": [1]}, b"\0" * 4), "use one form"),
 ])
 def test_malformed_frames_are_bad_request(data: bytes, words: str) -> None:
@@ -236,6 +240,11 @@ def test_conform_casts_as_the_json_path_does() -> None:
     assert out.dtype == np.int32 and out.tolist() == [[1, -2]]
     out, _, _ = fit(np.array([[1e30]]), Spec("x", (1,), "float32"))
     assert out.dtype == np.float32
+    # the ends of the integer ranges that floats hold exactly are taken, as JSON takes them
+    out, _, _ = fit(np.array([[-(2.0**63), 2.0**62]]), Spec("x", (2,), "int64"))
+    assert out.tolist() == [[-(2**63), 2**62]]
+    out, _, _ = fit(np.array([[-(2.0**31), 2.0**31 - 1]]), Spec("x", (2,), "int32"))
+    assert out.tolist() == [[-(2**31), 2**31 - 1]]
 
 
 @pytest.mark.parametrize(("arr", "spec", "words"), [
@@ -245,6 +254,11 @@ def test_conform_casts_as_the_json_path_does() -> None:
     (np.array([[1.5]]), Spec("x", (1,), "int64"), "row 0[0] holds a value that is not an integer"),
     (np.array([[2.0**40]]), Spec("x", (1,), "int32"), "not an integer in input 'x''s int32 range"),
     (np.array([[2**40]], dtype=np.int64), Spec("x", (1,), "int32"), "beyond int32's range"),
+    # one past the top of the range, where the bound itself rounds up to it as a float (numpy would wrap)
+    (np.array([[2.0**63]]), Spec("x", (1,), "int64"), "not an integer in input 'x''s int64 range"),
+    (np.array([[2.0**63]], dtype=np.float32), Spec("x", (1,), "int64"), "int64 range"),
+    (np.array([[2.0**31]], dtype=np.float32), Spec("x", (1,), "int32"), "int32 range"),
+    (np.array([[-(2.0**63) - 2048]]), Spec("x", (1,), "int64"), "int64 range"),
     (np.array([[True]]), Spec("x", (1,), "float32"), "is bool; input 'x' takes float32"),
     (np.array([[1]], dtype=np.int32), Spec("x", (1,), "bool"), "true/false only"),
 ])

@@ -185,6 +185,18 @@ async def test_an_empty_close_frame_is_answered_with_an_empty_one(server) -> Non
     client.close()
 
 
+async def test_a_close_frame_between_fragments_is_echoed_on_every_transport(server) -> None:
+    """RFC 6455 §5.4: control frames may come between a message's fragments, a close frame too;
+    the unfinished message is dropped and the close echoed, as after a whole message (Autobahn 7.1.5)."""
+    client = await _open(server.port)
+    await client.recv_json()
+    await client.send_bytes(client_frame(b'{"type":', opcode=OP_TEXT, fin=False) + _close_frame(1000, b"bye"))
+    frame = await client.recv_frame()
+    assert (frame.opcode, frame.payload) == (OP_CLOSE, struct.pack("!H", 1000) + b"bye")
+    assert await asyncio.wait_for(client.reader.read(), 10) == b""  # then EOF from the server
+    client.close()
+
+
 @pytest.mark.parametrize(
     "stream",
     [

@@ -62,6 +62,7 @@ class WorkItem:
     cancelled: bool = False
     deadline_entry: list[Any] | None = None  # its entry in the queue's deadline heap
     cost: int = 1  # units one row counts against max_batch_size and max_queue_rows (>= 1)
+    delivered: int = 0  # rows whose results went back to ``payload`` (the caller's count; never read here)
 
     @property
     def remaining(self) -> int:

@@ -308,8 +308,10 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
                                        f"(input '{spec.name}' is int32)")
             return arr.astype(DTYPES[want].newbyteorder("="))
         if desc.dtype in ("float32", "float64"):
-            # As JSON: integral floats within range are taken; 1.5 is not.
-            bad = (arr != np.floor(arr)) | (arr < info.min) | (arr > info.max)
+            # As JSON: integral floats within range are taken; 1.5 is not.  The top bound is
+            # 2**(bits-1), exact as a float (info.max is not: as a float it rounds up to that very
+            # value, which would pass ``> info.max`` and wrap to the range's minimum).
+            bad = (arr != np.floor(arr)) | (arr < info.min) | (arr >= -float(info.min))
             if bad.any():
                 raise InvalidInput(f"{label} {_first_bad(bad, desc.shape)} holds a value that is not an integer in "
                                    f"input '{spec.name}''s {want} range")

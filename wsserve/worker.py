@@ -197,6 +197,15 @@ def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
     return (out if isinstance(y, dict) else out[""]), finite_rows
 
 
+#: Rows of one request computed in a batch: ``(start, stop, outputs, attributions, first non-finite
+#: row or None, batch rows, queue_s, compute_s)``.
+_Part = tuple[int, int, Any, "np.ndarray | None", "int | None", int, float, float]
+
+
+def _start(part: _Part) -> int:
+    return part[0]
+
+
 def _rows(y: Tensors, a: int, b: int) -> Tensors:
     if isinstance(y, dict):
         return {k: v[a:b] for k, v in y.items()}
@@ -211,7 +220,9 @@ class PredictWorker:
     computes it inline (cheap batches) or hands it to the executor and ticks
     again when it is done.  Requests that arrive in the same loop iteration
     therefore share a batch, and an idle server adds no wait.  With
-    ``instances`` > 1, up to that many batches compute side by side.
+    ``instances`` > 1, up to that many batches compute side by side; rows a batch
+    computed ahead of an earlier batch of the same request wait for it (its sink
+    gets its rows in order).
     """
 
     def __init__(
@@ -260,6 +271,8 @@ class PredictWorker:
         self._tick_at: float | None = None  # monotonic time of a scheduled window tick
         self._closed = False
         self._computing: dict[int, tuple[WorkItem, ...]] = {}  # items of each batch in the executor
+        #: rows computed ahead of an earlier batch of the same request (instances > 1), waiting for it
+        self._early: dict[WorkItem, list[_Part]] = {}
         self._executor_batches = 0
         self._last_batch = 0
         self._idle: asyncio.Event | None = None
@@ -290,6 +303,7 @@ class PredictWorker:
             for item in items:
                 self._end(item, ShuttingDown("the server is shutting down"))
         self._computing = {}
+        self._early = {}
         if self._idle is not None:
             self._idle.set()
 
@@ -450,6 +464,7 @@ class PredictWorker:
         log.error("model %s failed on a batch of %d rows", self.name, batch.rows, exc_info=exc)
         err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
         for s in batch.slices:
+            self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
             if not s.item.payload.finished:
                 self.queue.cancel(s.item)
                 try:
@@ -497,33 +512,66 @@ class PredictWorker:
             if item.cost != 1:
                 explained += s.rows
             if sink.finished:  # cancelled or timed out while computing
+                if self._early:
+                    self._early.pop(item, None)  # its later rows, computed ahead, go too
                 offset = end
                 continue
-            try:  # one sink's failure must not keep the rest of the batch from their frames
-                if finite_rows is not None and not finite_rows[offset:end].all():
-                    bad = s.start + int(np.argmin(finite_rows[offset:end]))
-                    self.queue.cancel(item)
-                    sink.on_error(InvalidInput(f"output row {bad} is not finite"))
-                elif shareable and s.rows == item.rows and getattr(sink, "shared_outputs", False):
+            queue_s = started - item.enqueued_at
+            if shareable and s.rows == item.rows and getattr(sink, "shared_outputs", False):
+                try:  # one sink's failure must not keep the rest of the batch from their frames
                     if shared is None:
                         shared = BatchOutputs(y, batch.rows, compute_s)
-                    sink.on_batch_outputs(shared, offset, end, started - item.enqueued_at)
-                else:
-                    out = y[offset:end] if single else _rows(y, offset, end)
-                    if item.cost != 1 and attributions is not None:
-                        attr = attributions[first_attr:explained]
-                        sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s,
-                                     attributions=attr)
-                    else:
-                        sink.on_rows(s.start, out, batch.rows, started - item.enqueued_at, compute_s)
-            except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
-                self._sink_failed(item, exc)
-            if s.stop == item.rows:
+                    item.delivered = end - offset
+                    sink.on_batch_outputs(shared, offset, end, queue_s)
+                except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
+                    self._sink_failed(item, exc)
                 # Its last rows are handed out: the worker is done with this item.  Dropping the sink
                 # breaks the sink <-> item reference cycle (a job keeps its item to cancel it), so
                 # both are freed at once rather than by the cyclic GC, which otherwise cost ~8% of
                 # a busy server's CPU.
                 item.payload = None
+                offset = end
+                continue
+            bad = None
+            if finite_rows is not None and not finite_rows[offset:end].all():
+                bad = s.start + int(np.argmin(finite_rows[offset:end]))
+            out = y[offset:end] if single else _rows(y, offset, end)
+            attr = attributions[first_attr:explained] if item.cost != 1 and attributions is not None else None
+            part = (s.start, s.stop, out, attr, bad, batch.rows, queue_s, compute_s)
+            if s.start != item.delivered:
+                # With instances > 1 an earlier batch holding this request's previous rows is still
+                # computing: these rows wait for it, so the sink gets its rows in order.
+                self._early.setdefault(item, []).append(part)
+            else:
+                self._hand(item, part)
+                if self._early and item in self._early:
+                    self._hand_early(item)
             offset = end
         if self._after_batch is not None:
             self._after_batch()
+
+    def _hand(self, item: WorkItem, part: _Part) -> None:
+        """Rows ``start .. stop`` of ``item`` to its sink (its rows before ``start`` went already)."""
+        start, stop, out, attr, bad, batch_rows, queue_s, compute_s = part
+        sink = item.payload
+        item.delivered = stop
+        try:  # one sink's failure must not keep the rest of the batch from their frames
+            if bad is not None:
+                self.queue.cancel(item)
+                sink.on_error(InvalidInput(f"output row {bad} is not finite"))
+            elif attr is not None:
+                sink.on_rows(start, out, batch_rows, queue_s, compute_s, attributions=attr)
+            else:
+                sink.on_rows(start, out, batch_rows, queue_s, compute_s)
+        except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
+            self._sink_failed(item, exc)
+        if stop == item.rows:
+            item.payload = None  # done with this item (see _deliver)
+
+    def _hand_early(self, item: WorkItem) -> None:
+        """Hand ``item``'s rows that were computed ahead of earlier ones, as far as they now follow on."""
+        early = sorted(self._early.pop(item), key=_start)
+        while early and item.payload is not None and not item.payload.finished and early[0][0] == item.delivered:
+            self._hand(item, early.pop(0))
+        if early and item.payload is not None and not item.payload.finished:
+            self._early[item] = early  # an earlier batch is still computing

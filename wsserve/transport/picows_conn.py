@@ -146,20 +146,30 @@ _PICOWS_LOG = _PicowsLog(logging.getLogger("wsserve.picows.library"), {})
 
 def adopt(app: App, transport: asyncio.Transport, address: str, head: bytes, request: HttpRequest, rest: bytes) -> None:
     """Serve the upgrade request ``request`` on ``transport`` with picows, or refuse it.  Called by
-    the HTTP front; ``rest`` is what the client sent after the request (``head``, the request's
-    own bytes, is not needed: picows is given a canonical request, see below)."""
+    the HTTP front; ``head`` is the request's own bytes, ``rest`` what the client sent after them
+    (picows is given a canonical request, see below)."""
+    # The handshake is websockets' own handshake code, in the same steps as on the other transport
+    # (WebSocketProtocol.start), so both accept and refuse the same requests: it parses ``head``
+    # (a method other than GET is 405, a request with a body is not upgraded, over-long lines
+    # 414/431), the application vets it, then the library checks the upgrade headers and picks
+    # the subprotocol (picows is stricter in places - it refuses "Connection: keep-alive, Upgrade",
+    # which Firefox sends - and looser in others); its verdict and subprotocol choice stand.
+    handshake = ServerProtocol(subprotocols=[SUBPROTOCOL], select_subprotocol=_select_subprotocol)  # type: ignore[list-item]
+    handshake.receive_data(head)
+    events = handshake.events_received()
+    if not events or not isinstance(events[0], Request):  # unparseable: what the library answers, then close
+        for data in handshake.data_to_send():
+            if data:
+                transport.write(data)
+        transport.close()
+        return
     key, refusal = app.vet_websocket(request)
     if refusal is not None:
         headers = [("Content-Type", refusal.content_type), ("Content-Length", str(len(refusal.body))),
                    ("Connection", "close"), *refusal.headers]
         _respond(app, transport, Response(refusal.status, _reason(refusal.status), Headers(headers), refusal.body))
         return
-    # The upgrade headers are checked by websockets' own handshake code, as on the other transport
-    # (picows is stricter in places - it refuses "Connection: keep-alive, Upgrade", which Firefox
-    # sends - and looser in others); its verdict and subprotocol choice stand.
-    handshake = ServerProtocol(subprotocols=[SUBPROTOCOL], select_subprotocol=_select_subprotocol)  # type: ignore[list-item]
-    target = request.path + ("?" + request.query if request.query else "")
-    response = handshake.accept(Request(target, request.headers, protocol=f"HTTP/{request.http_version}"))
+    response = handshake.accept(events[0])
     if response.status_code != 101:
         _respond(app, transport, response)
         return

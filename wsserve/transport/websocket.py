@@ -213,6 +213,14 @@ class WebSocketProtocol(OneTimer, asyncio.Protocol):
                     self._in_fragment = not (b0 & 0x80)
                 elif opcode == 0 and b0 & 0x80:
                     self._in_fragment = False
+                elif opcode == 8 and self._in_fragment:
+                    # RFC 6455 §5.4: a close frame may come between fragments.  The unfinished
+                    # message is dropped, and the library is told so first: it would fail the
+                    # connection with 1002 ("incomplete fragmented message") rather than echo
+                    # the close as picows does (Autobahn 7.1.5).
+                    self._in_fragment = False
+                    self._frag_parts = []
+                    ws.current_size = None
                 self._feed_library(data[pos:end])
                 if ws.state is not _OPEN:  # closing: the library owns the rest
                     self._fast = False
