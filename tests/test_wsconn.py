@@ -176,6 +176,29 @@ async def test_the_clients_close_frame_is_echoed_then_the_server_ends_the_stream
     client.close()
 
 
+async def test_close_codes_a_client_picks_cannot_add_metric_series(start_server) -> None:
+    """``wsserve_connections_closed_total{code}``: RFC 6455's codes by number, the application
+    ranges a client may pick from (3000-4999) as ``3xxx`` / ``4xxx`` (one series each)."""
+    server = start_server("--models", "linear")
+    codes = (1000, 3001, 3999, 4000, 4321, 4999)
+    for code in codes:
+        client = await _open(server.port)
+        await client.recv_json()
+        await client.send_bytes(_close_frame(code))
+        assert (await client.recv_frame()).opcode == OP_CLOSE
+        client.close()
+    want = {"1000": 1, "3xxx": 2, "4xxx": 3}
+
+    def counted() -> bool:
+        m = server.metrics()
+        return all(m.get("wsserve_connections_closed_total", code=k) == v for k, v in want.items())
+
+    await wait_until_async(counted, 10, in_thread=True, what=f"closes counted as {want}")
+    m = server.metrics()
+    for code in codes[1:]:
+        assert m.get("wsserve_connections_closed_total", default=-1.0, code=str(code)) == -1.0, code
+
+
 async def test_an_empty_close_frame_is_answered_with_an_empty_one(server) -> None:
     client = await _open(server.port)
     await client.recv_json()

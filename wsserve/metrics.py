@@ -258,7 +258,11 @@ class Metrics:
         self.tokens[model] = self.tokens.get(model, 0) + n
 
     def closed(self, code: int | None) -> None:
-        key = str(code if code is not None else 1006)
+        """Count a closed connection under its close code; the codes applications choose
+        (3000-3999, 4000-4999: a client picks any) count as ``3xxx`` / ``4xxx``, so clients
+        cannot grow the label set past the ~20 codes RFC 6455 defines."""
+        code = 1006 if code is None else code
+        key = str(code) if code < 3000 else "3xxx" if code < 4000 else "4xxx" if code < 5000 else "other"
         self.closes[key] = self.closes.get(key, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
