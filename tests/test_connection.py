@@ -132,9 +132,12 @@ class Setup:
         self.shared = Shared()
         self.metrics = Metrics(version="t", read_state=dict)
         self.keys = KeyRegistry(self.config.api_key, admin_keys=self.config.admin_key)
-        #: Admin operations that reached the server's hook: (op, model, version); each answered at once.
+        #: Admin operations that reached the server's hook: (op, model, version); each answered at once,
+        #: unless ``admin_later``: then their ``done`` callbacks wait in ``admin_pending``.
         self.admin_calls: list[tuple[str, str, str | None]] = []
         self.admin_result: Any = {"model": "m", "versions": [{"version": "1", "state": "ready"}]}
+        self.admin_later = False
+        self.admin_pending: list[Any] = []
         self.ctx = ConnectionContext(
             config=self.config, models=self.models, metrics=self.metrics, keys=self.keys, shared=self.shared,
             hello=encode_hello(version="t", limits=self.config.public_limits(), models=["linear", "charlm"],
@@ -144,7 +147,10 @@ class Setup:
 
     def _admin(self, op: str, model: str, version: str | None, done: Any) -> None:
         self.admin_calls.append((op, model, version))
-        done(self.admin_result)
+        if self.admin_later:
+            self.admin_pending.append(done)
+        else:
+            done(self.admin_result)
 
     def connect(self, *, key: str | None = None, address: str = "10.0.0.1") -> tuple[Connection, FakeIO]:
         io = FakeIO()
@@ -651,6 +657,49 @@ def test_an_admin_failure_is_an_error_frame_for_its_id() -> None:
     s.send(conn, {"type": "load", "id": "x", "model": "m"})
     assert io.take() == [{"type": "error", "id": "x", "code": "unknown_model",
                           "message": "no model named 'm' in the model repository"}]
+
+
+def test_a_running_admin_operation_holds_a_draining_connection_open_until_it_answers() -> None:
+    """A load still running when the drain starts is answered (its one frame), then the connection
+    closes; as for a job, not closed under it with the answer dropped."""
+    s = Setup()
+    s.admin_later = True
+    conn, io = s.connect(address="127.0.0.1")
+    s.send(conn, {"type": "load", "id": "l", "model": "m"})
+    s.shared.draining = True
+    conn.drain(5000)
+    assert codes(io.take()) == ["draining"] and io.closed is None
+    s.admin_pending.pop()(s.admin_result)
+    assert [(f["type"], f["id"]) for f in io.take()] == [("load", "l")]
+    assert io.closed == (1001, "server shutting down")
+
+
+def test_the_drain_deadline_ends_a_running_admin_operation_once() -> None:
+    s = Setup()
+    s.admin_later = True
+    conn, io = s.connect(address="127.0.0.1")
+    s.send(conn, {"type": "reload", "id": 7, "model": "m"})
+    s.send(conn, G("g"))
+    s.shared.draining = True
+    conn.drain(100)
+    from wsserve.errors import ShuttingDown
+
+    conn.end_all(ShuttingDown("drain deadline reached"))
+    frames = io.take()[1:]  # after "draining"
+    assert [(f["id"], f["code"]) for f in frames if f["type"] == "error"] == [("g", "shutting_down"), (7, "shutting_down")]
+    s.admin_pending.pop()(s.admin_result)  # the operation ends after all: its answer is not sent too
+    assert io.take() == []
+
+
+def test_a_running_admin_operation_stops_the_idle_clock() -> None:
+    s = Setup(idle_timeout_s=30.0)
+    s.admin_later = True
+    conn, io = s.connect(address="127.0.0.1")
+    assert conn.next_timer() is not None
+    s.send(conn, {"type": "load", "id": 1, "model": "m"})
+    assert conn.next_timer() is None  # a slow load is not idleness
+    s.admin_pending.pop()(s.admin_result)
+    assert conn.next_timer() is not None
 
 
 def test_admin_operations_on_a_server_without_a_repository_are_bad_requests() -> None:

@@ -86,6 +86,8 @@ __all__ = ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Sh
 
 log = logging.getLogger("wsserve.connection")
 
+_GONE = object()  # an admin operation already answered (the drain deadline)
+
 
 class ConnectionIO(Protocol):
     """What the core asks of its transport adapter."""
@@ -147,6 +149,10 @@ class Connection:
         self.address = address
         self.inflight: dict[Any, Job] = {}
         self.inflight_bytes = 0
+        #: admin operations (load/unload/reload) running for this connection: token -> request id.
+        #: They hold the connection open while draining, as jobs do, and end with one frame each.
+        self.admin_ops: dict[int, Any] = {}
+        self._admin_seq = 0
         self.key = key
         self.authenticated = key is not None or not cfg.api_key
         self.evicted = False
@@ -189,15 +195,20 @@ class Connection:
         self._abandon_all()
 
     def drain(self, deadline_ms: int) -> None:
-        """The server is draining: say so; a connection with nothing in flight closes (1001)."""
+        """The server is draining: say so; a connection with nothing in flight (no job, no admin
+        operation) closes (1001)."""
         self.send(encode_draining(deadline_ms))
-        if not self.inflight:
+        if not self.inflight and not self.admin_ops:
             self.close(1001, "server shutting down")
 
     def end_all(self, exc: WsserveError) -> None:
-        """End every unfinished request with ``exc`` (the drain deadline)."""
+        """End every unfinished request with ``exc`` (the drain deadline): jobs, and admin
+        operations still running (their own answer, if it comes later, is not sent)."""
         for job in list(self.inflight.values()):
             job.fail(exc)
+        ops, self.admin_ops = self.admin_ops, {}
+        for rid in ops.values():
+            self.send(encode_error(exc, rid))
 
     # ------------------------------------------------------------------ output (JobOwner)
 
@@ -229,7 +240,7 @@ class Connection:
                 metrics.add_tokens(job.model, job.tokens)  # type: ignore[attr-defined]
         if not self.inflight and self._cfg.idle_timeout_s is not None:
             self.timer_epoch += 1  # the idle clock runs again
-        if shared.draining and not self.inflight and not self.closing:
+        if shared.draining and not self.inflight and not self.admin_ops and not self.closing:
             self.close(1001, "server shutting down")
 
     def elapsed_ms(self, since: float) -> float:
@@ -248,7 +259,8 @@ class Connection:
         for t in (
             self._auth_deadline,
             None if self._over_since is None else self._over_since + cfg.slow_consumer_timeout_s,
-            None if cfg.idle_timeout_s is None or self.inflight else self.last_activity + cfg.idle_timeout_s,
+            None if cfg.idle_timeout_s is None or self.inflight or self.admin_ops
+            else self.last_activity + cfg.idle_timeout_s,
         ):
             if t is not None and (when is None or t < when):
                 when = t
@@ -398,12 +410,23 @@ class Connection:
         if admin is None:
             raise BadRequest(f"{req.op}: this server serves no model repository")
         rid, op = req.id, req.op
+        self._admin_seq += 1
+        token = self._admin_seq
+        self.admin_ops[token] = rid
 
         def done(result: Any) -> None:
+            """The operation's one answer, unless the drain deadline answered it already
+            (or the connection is closing: nothing goes out then)."""
+            if self.admin_ops.pop(token, _GONE) is _GONE:
+                return
             if isinstance(result, WsserveError):
                 self.send(encode_error(result, rid))
             else:
                 self.send(encode_admin_ok(op, rid, result))
+            if not self.admin_ops and not self.inflight:
+                self.timer_epoch += 1  # the idle clock runs again
+                if self._shared.draining and not self.closing:
+                    self.close(1001, "server shutting down")
 
         admin(op, req.model, req.version, done)
 
