@@ -122,6 +122,9 @@ def test_binary_inputs_in_order_and_binary_outputs() -> None:
     body = header + struct.pack("<qq", 7, -8) + struct.pack("<f", 1.5)
     req = oip.parse_infer(body, len(header), two, FP64_OUT, max_rows=4)
     assert req.arrays["b"].tolist() == [[7, -8]] and req.arrays["a"].tolist() == [[1.5]]
+    # A model gets arrays of its own (writable), as from JSON and WebSocket binary frames: not
+    # read-only views of the request body (a model.py that works in place would fail on binary only).
+    assert req.arrays["b"].flags.writeable and req.arrays["b"].flags.owndata
     assert req.outputs == [(0, True)]
     out32 = (oip.Tensor("y", "FP32", (2,)),)
     encoded, json_size = oip.encode_infer("m", "1", "r", out32, [(0, True)], [np.array([[1.0, 2.5]])])

@@ -359,6 +359,8 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
             if array.size and not (np.abs(array) <= limit).all():
                 raise InvalidInput(f"input {name!r} holds a value out of the {spec.datatype} range")
         array = array.astype(want)
+    elif used:  # a view of the request body (read-only): the model gets an array of its own, as from JSON
+        array = array.copy()
     return array, used
 
 
