@@ -10,7 +10,12 @@ WebSocket protocol answers for the same rows.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,8 +258,10 @@ def test_inference_statistics_count_what_was_sent(client) -> None:
     assert delta("inference_stats", "fail", "count") == 0
     for field in ("success", "queue", "compute_infer"):
         assert delta("inference_stats", field, "ns") > 0, field
+    # no separate input/output copy step in wsserve: its counts match compute_infer's (as clients expect), 0 ns
+    infer_count = after["inference_stats"]["compute_infer"]["count"]
     assert after["inference_stats"]["compute_input"] == after["inference_stats"]["compute_output"] == \
-        {"count": 0, "ns": 0}  # no separate input/output copy step in wsserve
+        {"count": infer_count, "ns": 0}
     # the success time holds the queue and compute time
     assert delta("inference_stats", "success", "ns") >= delta("inference_stats", "compute_infer", "ns")
     sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
@@ -281,3 +288,40 @@ def test_generation_statistics(server, client) -> None:
     after = _stat(client, "charlm")
     assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 1
     assert after["execution_count"] > before["execution_count"]  # generation steps
+
+
+# ---------------------------------------------------------------- Triton's perf_analyzer
+
+_PERF_ANALYZER_DEFAULT = Path(__file__).resolve().parent.parent / ".cache" / "perf_analyzer" / "perf_analyzer"
+
+
+def _perf_analyzer() -> str:
+    """The binary: $WSSERVE_PERF_ANALYZER, scripts/install-perf-analyzer's default place, or PATH."""
+    found = os.environ.get("WSSERVE_PERF_ANALYZER") or (
+        str(_PERF_ANALYZER_DEFAULT) if _PERF_ANALYZER_DEFAULT.exists() else shutil.which("perf_analyzer"))
+    if not found:
+        pytest.skip("perf_analyzer is not installed: bash scripts/install-perf-analyzer")
+    return found
+
+
+def test_perf_analyzer_runs_against_wsserve(server, client) -> None:
+    """Triton's own load generator reads the model's config, runs a bounded count of batch-4
+    requests on two connections, and reads the statistics: it stops with an error on any
+    inconsistency it checks (e.g. unequal compute counts) and prints the server's figures."""
+    binary = _perf_analyzer()
+    before = _stat(client, "mlp")
+    run = subprocess.run(
+        [binary, "-m", "mlp", "-u", f"127.0.0.1:{server.port}", "-i", "http", "-b", "4", "--concurrency-range", "2",
+         "--measurement-mode", "count_windows", "--measurement-request-count", "100", "--max-trials", "3",
+         "--stability-percentage", "100000"],  # no timing criterion: 3 windows of >= 100 requests are enough
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = dict(re.findall(r"^\s+(Inference count|Execution count|Successful request count): (\d+)$", run.stdout,
+                              re.M))
+    assert set(figures) == {"Inference count", "Execution count", "Successful request count"}, run.stdout
+    requests = int(figures["Successful request count"])
+    assert requests >= 100 and int(figures["Inference count"]) == 4 * requests
+    assert 0 < int(figures["Execution count"]) <= requests  # the dynamic batcher may merge requests
+    assert "compute infer" in run.stdout  # the server-side latency breakdown from the statistics
+    after = _stat(client, "mlp")
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] >= requests

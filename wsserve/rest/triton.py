@@ -31,9 +31,12 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   ``max_batch_size`` 0, no ``input``/``output``, and
   ``model_transaction_policy: {"decoupled": true}`` as Triton marks a model that
   streams several responses per request.
-- Statistics: ``compute_input``/``compute_output`` and ``cache_hit`` are zero
-  (wsserve has no separate input/output copy step nor a response cache, so
-  their time is inside ``compute_infer``, as for Triton's CPU backends).
+- Statistics: ``compute_input``/``compute_output`` have ``compute_infer``'s
+  count and 0 ns (wsserve has no separate step copying tensors to or from a
+  device: gathering a batch's rows is timed inside ``compute_infer``, handing
+  out and encoding its outputs inside the requests' ``success`` time; Triton's
+  clients, e.g. perf_analyzer, require the three counts to be equal),
+  ``cache_hit`` is zero (no response cache).
 """
 
 from __future__ import annotations
@@ -116,14 +119,14 @@ def _one(name: str, version: str, s: Mapping[str, Any]) -> dict[str, Any]:
             "success": _duration(get("ok", 0), get("ok_s", 0.0)),
             "fail": _duration(get("fail", 0), get("fail_s", 0.0)),
             "queue": _duration(get("ok", 0), get("queue_s", 0.0)),
-            "compute_input": dict(_ZERO),
+            "compute_input": _duration(get("pair_count", 0), 0.0),
             "compute_infer": _duration(get("pair_count", 0), get("pair_s", 0.0)),
-            "compute_output": dict(_ZERO),
+            "compute_output": _duration(get("pair_count", 0), 0.0),
             "cache_hit": dict(_ZERO),
         },
         "batch_stats": [
-            {"batch_size": int(size), "compute_input": dict(_ZERO),
-             "compute_infer": _duration(values[0], values[1]), "compute_output": dict(_ZERO)}
+            {"batch_size": int(size), "compute_input": _duration(values[0], 0.0),
+             "compute_infer": _duration(values[0], values[1]), "compute_output": _duration(values[0], 0.0)}
             for size, values in sorted(sizes.items(), key=lambda kv: int(kv[0]))
         ],
     }
