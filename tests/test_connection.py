@@ -62,6 +62,7 @@ class FakeIO:
 class FakePredictWorker:
     submitted: list[Any] = field(default_factory=list)
     cancelled: list[Any] = field(default_factory=list)
+    stats: Any = None  # the version's VersionStats (the pool sets it on a real worker)
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Any:
         item = object()
@@ -80,6 +81,7 @@ class FakePredictWorker:
 @dataclass
 class FakeEngine:
     submitted: list[Any] = field(default_factory=list)
+    stats: Any = None
 
     def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None) -> Any:
         handle = object()

@@ -357,14 +357,14 @@ class HttpApi:
         model or an unknown or not-ready version).  Figures: :meth:`Metrics.model_statistics`
         (merged over worker processes)."""
         name = params.get("name")
-        if name is None:
-            versions = [(m, v) for m in sorted(self.models.names) for v in self._ready_versions(m)]
-        elif params.get("version") is not None:
-            entry = self.models.lookup(name, params["version"])
-            versions = [(entry.name, entry.version)]
-        else:
-            self.models.lookup(name)  # UnknownModel: 404
-            versions = [(name, v) for v in self._ready_versions(name)]
+        if name is not None:
+            self.models.lookup(name, params.get("version"))  # UnknownModel: 404
+        versions = []
+        for model in sorted(self.models.names) if name is None else (name,):
+            status = self.models.status(model)
+            for version in self._ready_versions(model):
+                if params.get("version") in (None, version):
+                    versions.append((model, version, status[version].entry.kind == "generate"))
         return HttpResponse(200, triton.model_stats(versions, self.metrics.model_statistics()), JSON, [_NO_STORE])
 
     def _model_ready(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],

@@ -105,8 +105,9 @@ def _duration(count: float, seconds: float) -> dict[str, int]:
 _ZERO = {"count": 0, "ns": 0}
 
 
-def _one(name: str, version: str, s: Mapping[str, Any]) -> dict[str, Any]:
-    """One ``$model_stat`` from merged :meth:`~wsserve.metrics.VersionStats.snapshot` values (or {})."""
+def _one(name: str, version: str, s: Mapping[str, Any], generative: bool) -> dict[str, Any]:
+    """One ``$model_stat`` from merged :meth:`~wsserve.metrics.VersionStats.snapshot` values (or {});
+    a generative model's queue time is not kept (zero)."""
     get = s.get
     sizes = get("sizes", {})
     return {
@@ -118,7 +119,7 @@ def _one(name: str, version: str, s: Mapping[str, Any]) -> dict[str, Any]:
         "inference_stats": {
             "success": _duration(get("ok", 0), get("ok_s", 0.0)),
             "fail": _duration(get("fail", 0), get("fail_s", 0.0)),
-            "queue": _duration(get("ok", 0), get("queue_s", 0.0)),
+            "queue": dict(_ZERO) if generative else _duration(get("ok", 0), get("queue_s", 0.0)),
             "compute_input": _duration(get("pair_count", 0), 0.0),
             "compute_infer": _duration(get("pair_count", 0), get("pair_s", 0.0)),
             "compute_output": _duration(get("pair_count", 0), 0.0),
@@ -132,7 +133,8 @@ def _one(name: str, version: str, s: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def model_stats(versions: Iterable[tuple[str, str]], stats: Mapping[tuple[str, str], Mapping[str, Any]]) -> bytes:
-    """``{"model_stats": [...]}`` for ``versions`` (``(model, version)`` pairs, in order), each
-    from ``stats[(model, version)]`` (all zero when absent: no request reached it yet)."""
-    return orjson.dumps({"model_stats": [_one(m, v, stats.get((m, v), {})) for m, v in versions]})
+def model_stats(versions: Iterable[tuple[str, str, bool]],
+                stats: Mapping[tuple[str, str], Mapping[str, Any]]) -> bytes:
+    """``{"model_stats": [...]}`` for ``versions`` (``(model, version, generative)``, in order),
+    each from ``stats[(model, version)]`` (all zero when absent: no request reached it yet)."""
+    return orjson.dumps({"model_stats": [_one(m, v, stats.get((m, v), {}), g) for m, v, g in versions]})
