@@ -20,7 +20,7 @@ from wsserve.auth import KeyRegistry
 from wsserve.config import ServerConfig
 from wsserve.connection import Connection, ConnectionContext, Shared
 from wsserve.errors import InvalidInput, UnknownModel
-from wsserve.metrics import Metrics
+from wsserve.metrics import Metrics, VersionStats
 from wsserve.pool import LIST_ROWS_MAX_VALUES, _float_rows, list_rows_bytes
 from wsserve.protocol import encode_hello, result_head
 from wsserve.worker import BatchOutputs
@@ -62,6 +62,7 @@ class FakeIO:
 class FakePredictWorker:
     submitted: list[Any] = field(default_factory=list)
     cancelled: list[Any] = field(default_factory=list)
+    stats: Any = None  # the version's VersionStats (the pool sets it on a real worker)
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Any:
         item = object()
@@ -80,6 +81,7 @@ class FakePredictWorker:
 @dataclass
 class FakeEngine:
     submitted: list[Any] = field(default_factory=list)
+    stats: Any = None
 
     def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None) -> Any:
         handle = object()
@@ -563,6 +565,23 @@ def test_lost_connection_abandons_work_and_sends_nothing() -> None:
     s.models.predict.finish(0)
     assert io.frames == [] and io.closed is None
     assert s.metrics.requests[("linear", "predict", "cancelled")] == 1
+
+
+def test_finished_requests_count_in_their_versions_statistics() -> None:
+    """Triton's statistics: a success adds its duration and queue time, anything else a failure."""
+    s = Setup()
+    stats = s.models.predict.stats = VersionStats()
+    conn, io = s.connect()
+    s.send(conn, P("a", inputs=[[1.0], [2.0]]))
+    s.models.predict.finish()  # queued 0.001 s (FakePredictWorker)
+    assert (stats.ok, stats.fail) == (1, 0) and stats.ok_s >= 0 and stats.queue_s == pytest.approx(0.001)
+    s.send(conn, P("b"))
+    conn.lost()  # cancelled: a failure
+    assert (stats.ok, stats.fail) == (1, 1) and stats.queue_s == pytest.approx(0.001)
+    stats.on_batch(4, 2, 0.5, 10.0)
+    stats.on_batch(4, 1, 0.25, 11.0)
+    assert (stats.executions, stats.rows, stats.pair_count, stats.last) == (2, 8, 3, 11.0)
+    assert stats.pair_s == pytest.approx(1.25) and stats.sizes == {4: [2, 0.75]}
 
 
 def test_generate_goes_to_the_engine_with_the_connection_as_its_fairness_group() -> None:

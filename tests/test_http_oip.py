@@ -1,15 +1,21 @@
 """The Open Inference Protocol v2 (KServe/Triton REST) with a client we did not write: ``tritonclient[http]``.
 
 Health, metadata and inference on ``linear`` and ``mlp`` (JSON and binary
-tensor data, FP32 and FP64 inputs), and the spec's error shape
-``{"error": "..."}`` for every refusal.  Outputs are compared with what the
+tensor data, FP32 and FP64 inputs), the spec's error shape
+``{"error": "..."}`` for every refusal, and Triton's model configuration and
+statistics extensions (``get_model_config``, ``get_inference_statistics``).  Outputs are compared with what the
 WebSocket protocol answers for the same rows.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +44,8 @@ def test_server_health_and_metadata(client) -> None:
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta["name"] == "wsserve" and meta["version"] == "0.1.0"
-    assert meta["extensions"] == ["binary_tensor_data", "model_repository"]  # only what is implemented
+    # only what is implemented, under Triton's names
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 
 
 def test_model_metadata_and_readiness(client) -> None:
@@ -170,3 +177,151 @@ def test_health_routes_follow_the_spec(server) -> None:
             assert a.status == 200 and a.body == b"", path
         a = c.request("GET", "/v2/")  # the trailing slash some clients send
         assert a.status == 200 and json.loads(a.body)["name"] == "wsserve"
+
+
+# ---------------------------------------------------------------- Triton's model configuration extension
+
+
+def test_model_config_of_the_predictive_models(client) -> None:
+    mlp = client.get_model_config("mlp")
+    assert mlp["name"] == "mlp" and mlp["platform"] and mlp["backend"]
+    assert mlp["max_batch_size"] == 65536  # --max-rows: the rows one request may carry
+    assert mlp["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [32]}]
+    assert mlp["output"] == [{"name": "output", "data_type": "TYPE_FP64", "format": "FORMAT_NONE", "dims": [10]}]
+    assert mlp["version_policy"] == {"all": {}}
+    assert mlp["dynamic_batching"]["max_queue_delay_microseconds"] == 0  # greedy: no batching window
+    assert mlp["model_transaction_policy"] == {"decoupled": False}
+    assert mlp["parameters"] == {"max_batch_rows": {"string_value": "256"}}
+    linear = client.get_model_config("linear", model_version="1")
+    assert linear["name"] == "linear" and linear["max_batch_size"] == 65536
+    assert [(t["name"], t["data_type"], t["dims"]) for t in linear["input"]] == [("input", "TYPE_FP64", [1])]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in linear["output"]] == [("output", "TYPE_FP64", [1])]
+
+
+def test_model_config_of_a_generative_model_is_decoupled(client) -> None:
+    config = client.get_model_config("charlm")
+    assert config["name"] == "charlm" and config["model_transaction_policy"] == {"decoupled": True}
+    assert config["max_batch_size"] == 0 and config["input"] == [] and config["output"] == []
+    assert "dynamic_batching" not in config
+
+
+@pytest.mark.parametrize("call", ["get_model_config", "get_inference_statistics"])
+@pytest.mark.parametrize("model, version, text", [("nope", "", "no model named 'nope'"),
+                                                  ("mlp", "9", "has no version '9'")])
+def test_unknown_model_or_version_is_404(client, call: str, model: str, version: str, text: str) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        getattr(client, call)(model, model_version=version)
+    assert info.value.status() == "404" and text in info.value.message(), info.value.message()
+
+
+def test_config_and_stats_error_bodies_are_the_spec_shape(server) -> None:
+    with RawHttp(server.port) as c:
+        for path in ("/v2/models/nope/config", "/v2/models/mlp/versions/9/stats", "/v2/models/nope/stats"):
+            a = c.request("GET", path)
+            assert a.status == 404 and list(json.loads(a.body)) == ["error"], (path, a.body)
+
+
+# ---------------------------------------------------------------- Triton's statistics extension
+
+
+def _stat(client, model: str, version: str = "") -> dict:
+    stats = client.get_inference_statistics(model, model_version=version)["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [(model, "1")]
+    return stats[0]
+
+
+def test_inference_statistics_count_what_was_sent(client) -> None:
+    before = _stat(client, "mlp", "1")
+    rows = [1, 3, 5, 2]
+    for n in rows:  # one at a time: each request is its own batch
+        inp = tritonclient_http.InferInput("input", [n, 32], "FP32")
+        inp.set_data_from_numpy(np.ones((n, 32), dtype=np.float32))
+        client.infer("mlp", [inp])
+    bad = tritonclient_http.InferInput("input", [1, 32], "FP32")
+    bad.set_data_from_numpy(np.full((1, 32), np.nan, dtype=np.float32), binary_data=False)
+    with pytest.raises(InferenceServerException):  # refused before any work: not a failed inference
+        client.infer("mlp", [bad])
+    after = _stat(client, "mlp")  # the default version: the same one
+    assert after == _stat(client, "mlp", "1") | {"last_inference": after["last_inference"]}
+
+    def delta(*path: str) -> int:
+        a, b = after, before
+        for key in path:
+            a, b = a[key], b[key]
+        return a - b
+
+    assert delta("inference_count") == sum(rows)
+    assert delta("execution_count") == len(rows)
+    assert delta("inference_stats", "success", "count") == len(rows)
+    assert delta("inference_stats", "queue", "count") == len(rows)
+    assert delta("inference_stats", "compute_infer", "count") == len(rows)
+    assert delta("inference_stats", "fail", "count") == 0
+    for field in ("success", "queue", "compute_infer"):
+        assert delta("inference_stats", field, "ns") > 0, field
+    # no separate input/output copy step in wsserve: its counts match compute_infer's (as clients expect), 0 ns
+    infer_count = after["inference_stats"]["compute_infer"]["count"]
+    assert after["inference_stats"]["compute_input"] == after["inference_stats"]["compute_output"] == \
+        {"count": infer_count, "ns": 0}
+    # the success time holds the queue and compute time
+    assert delta("inference_stats", "success", "ns") >= delta("inference_stats", "compute_infer", "ns")
+    sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    old = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+    for n in rows:
+        assert sizes[n] - old.get(n, 0) == 1, (n, sizes, old)
+    assert after["last_inference"] >= before["last_inference"]
+    assert after["last_inference"] > 1_600_000_000_000  # ms since the epoch
+
+
+def test_statistics_of_every_model(client) -> None:
+    everything = client.get_inference_statistics()["model_stats"]
+    names = [(s["name"], s["version"]) for s in everything]
+    assert ("mlp", "1") in names and ("linear", "1") in names and ("charlm", "1") in names
+    assert names == sorted(names)
+
+
+def test_generation_statistics(server, client) -> None:
+    before = _stat(client, "charlm")
+    with RawHttp(server.port) as c:
+        a = c.request("POST", "/v1/completions", json.dumps({"model": "charlm", "prompt": "to be", "max_tokens": 3,
+                                                             "temperature": 0}).encode())
+        assert a.status == 200, a.body
+    after = _stat(client, "charlm")
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 1
+    assert after["execution_count"] > before["execution_count"]  # generation steps
+
+
+# ---------------------------------------------------------------- Triton's perf_analyzer
+
+_PERF_ANALYZER_DEFAULT = Path(__file__).resolve().parent.parent / ".cache" / "perf_analyzer" / "perf_analyzer"
+
+
+def _perf_analyzer() -> str:
+    """The binary: $WSSERVE_PERF_ANALYZER, scripts/install-perf-analyzer's default place, or PATH."""
+    found = os.environ.get("WSSERVE_PERF_ANALYZER") or (
+        str(_PERF_ANALYZER_DEFAULT) if _PERF_ANALYZER_DEFAULT.exists() else shutil.which("perf_analyzer"))
+    if not found:
+        pytest.skip("perf_analyzer is not installed: bash scripts/install-perf-analyzer")
+    return found
+
+
+def test_perf_analyzer_runs_against_wsserve(server, client) -> None:
+    """Triton's own load generator reads the model's config, runs a bounded count of batch-4
+    requests on two connections, and reads the statistics: it stops with an error on any
+    inconsistency it checks (e.g. unequal compute counts) and prints the server's figures."""
+    binary = _perf_analyzer()
+    before = _stat(client, "mlp")
+    run = subprocess.run(
+        [binary, "-m", "mlp", "-u", f"127.0.0.1:{server.port}", "-i", "http", "-b", "4", "--concurrency-range", "2",
+         "--measurement-mode", "count_windows", "--measurement-request-count", "100", "--max-trials", "3",
+         "--stability-percentage", "100000"],  # no timing criterion: 3 windows of >= 100 requests are enough
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = dict(re.findall(r"^\s+(Inference count|Execution count|Successful request count): (\d+)$", run.stdout,
+                              re.M))
+    assert set(figures) == {"Inference count", "Execution count", "Successful request count"}, run.stdout
+    requests = int(figures["Successful request count"])
+    assert requests >= 100 and int(figures["Inference count"]) == 4 * requests
+    assert 0 < int(figures["Execution count"]) <= requests  # the dynamic batcher may merge requests
+    assert "compute infer" in run.stdout  # the server-side latency breakdown from the statistics
+    after = _stat(client, "mlp")
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] >= requests

@@ -36,6 +36,10 @@ def test_keys_protect_every_route_but_the_probes(start_server) -> None:
         a = c.request("GET", "/v2")
         assert a.status == 401 and isinstance(_error(a), str)  # the OIP envelope
         assert c.request("GET", "/v2", headers={"Authorization": f"Bearer {KEY}"}).status == 200
+        for path in ("/v2/models/linear/config", "/v2/models/linear/versions/1/stats", "/v2/models/stats"):
+            a = c.request("GET", path)  # Triton's configuration and statistics extensions
+            assert a.status == 401 and isinstance(_error(a), str), path
+            assert c.request("GET", path, headers={"Authorization": f"Bearer {KEY}"}).status == 200, path
         for probe in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
             assert c.request("GET", probe).status == 200, probe
         a = c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", "authorization": f"Bearer {KEY}"})
@@ -55,9 +59,13 @@ def test_third_party_clients_send_their_key(start_server) -> None:
     triton = tritonclient_http.InferenceServerClient(f"127.0.0.1:{server.port}")
     assert triton.is_server_live()  # health needs no key
     assert triton.get_model_metadata("mlp", headers={"Authorization": f"Bearer {KEY}"})["name"] == "mlp"
-    with pytest.raises(tritonclient_utils.InferenceServerException) as info:
-        triton.get_model_metadata("mlp")
-    assert info.value.status() == "401" and "API key" in str(info.value)
+    assert triton.get_model_config("mlp", headers={"Authorization": f"Bearer {KEY}"})["name"] == "mlp"
+    stats = triton.get_inference_statistics("mlp", headers={"Authorization": f"Bearer {KEY}"})
+    assert [s["name"] for s in stats["model_stats"]] == ["mlp"]
+    for call in (triton.get_model_metadata, triton.get_model_config, triton.get_inference_statistics):
+        with pytest.raises(tritonclient_utils.InferenceServerException) as info:
+            call("mlp")
+        assert info.value.status() == "401" and "API key" in str(info.value), call
 
 
 def test_failed_keys_are_limited_per_address_across_http_and_websocket(start_server) -> None:

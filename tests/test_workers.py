@@ -87,6 +87,38 @@ async def test_connections_spread_over_the_workers_and_metrics_sum_over_them(two
             await c.close()
 
 
+async def test_triton_statistics_sum_over_the_workers(two_workers: ServerProcess) -> None:
+    """``GET /v2/models/linear/versions/1/stats`` on any worker: requests served by both workers."""
+
+    def stats() -> dict:
+        status, _, body = http_get(f"http://127.0.0.1:{two_workers.port}/v2/models/linear/versions/1/stats")
+        assert status == 200, body
+        (stat,) = json.loads(body)["model_stats"]
+        return stat
+
+    before = stats()
+    conns = [await Conn.open(two_workers.url) for _ in range(24)]
+    try:
+        for i, c in enumerate(conns):
+            assert (await c.request({**P, "inputs": [[0.5], [1.5]], "id": i}))["type"] == "result"
+
+        def counted() -> bool:
+            after = stats()
+            return (after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 24
+                    and after["inference_count"] - before["inference_count"] == 48)
+
+        def spread() -> bool:  # the 24 connections, still open, are on both workers
+            m = two_workers.metrics()
+            per = [m.get("wsserve_connections", worker=w) for w in ("0", "1")]
+            return all(n > 0 for n in per) and sum(per) == 24
+
+        await wait_until_async(spread, 20, what="24 connections over both workers", in_thread=True)
+        await wait_until_async(counted, 20, what="24 requests of 2 rows in the merged statistics", in_thread=True)
+    finally:
+        for c in conns:
+            await c.close()
+
+
 async def test_picows_workers_serve_through_picows(model_cache: Path) -> None:
     """--workers 2 --transport picows: each worker's connections are picows's (its debug line
     for a new connection comes from both worker processes), and both serve."""

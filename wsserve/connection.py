@@ -233,9 +233,10 @@ class Connection:
                 self.io.send(frame)
         metrics = self._metrics
         if type(job) is PredictJob:
-            metrics.predict_done(job.model, code, self._clock() - job.received_at, job.queue_s)
+            metrics.predict_done(job.model, code, self._clock() - job.received_at, job.queue_s, job.worker.stats)
         else:
-            metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at)
+            metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at,
+                                 job.engine.stats)  # type: ignore[attr-defined]
             if code in ("ok", "cancelled"):
                 metrics.add_tokens(job.model, job.tokens)  # type: ignore[attr-defined]
         if not self.inflight and self._cfg.idle_timeout_s is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "Histogram", "CONTENT_TYPE"]
+__all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -60,6 +61,67 @@ class Histogram:
             total += n
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
         return out
+
+
+class VersionStats:
+    """One model version's counters for Triton's statistics extension (``GET /v2/models/.../stats``).
+
+    Per finished request (:meth:`Metrics.predict_done` / :meth:`Metrics.request_done`):
+    ``ok``/``ok_s`` (count and total seconds of successful requests), ``fail``/``fail_s``
+    (the others: errors, timeouts, cancellations), ``queue_s`` (total wait of the successful
+    ones before their first batch; its count is ``ok``).  Per computed batch
+    (:meth:`on_batch`, the worker calls it): ``executions``, ``rows``, ``compute_s``;
+    ``pair_count``/``pair_s``: the batch's requests and its compute time once per request
+    (Triton's per-request ``compute_infer``); ``sizes``: ``{rows: [batches, seconds]}``;
+    ``last``: the monotonic time the last batch ended (None: none yet).
+    Plain attributes, event-loop thread only; no object is made per request."""
+
+    __slots__ = ("ok", "ok_s", "fail", "fail_s", "queue_s", "executions", "rows", "compute_s", "pair_count",
+                 "pair_s", "sizes", "last")
+
+    def __init__(self) -> None:
+        self.ok = self.fail = self.executions = self.rows = self.pair_count = 0
+        self.ok_s = self.fail_s = self.queue_s = self.compute_s = self.pair_s = 0.0
+        self.sizes: dict[int, list[float]] = {}
+        self.last: float | None = None
+
+    def on_batch(self, rows: int, requests: int, compute_s: float, ended: float) -> None:
+        """One computed batch of ``rows`` rows from ``requests`` requests, ended at monotonic ``ended``."""
+        self.executions += 1
+        self.rows += rows
+        self.compute_s += compute_s
+        self.pair_count += requests
+        self.pair_s += compute_s * requests
+        size = self.sizes.get(rows)
+        if size is None:
+            size = self.sizes[rows] = [0, 0.0]
+        size[0] += 1
+        size[1] += compute_s
+        self.last = ended
+
+    def snapshot(self, mono_now: float, wall_now: float) -> dict[str, Any]:
+        """JSON-ready values; ``last`` as Unix seconds (0: no batch yet), from the two clocks' now."""
+        return {
+            "ok": self.ok, "ok_s": self.ok_s, "fail": self.fail, "fail_s": self.fail_s, "queue_s": self.queue_s,
+            "executions": self.executions, "rows": self.rows, "compute_s": self.compute_s,
+            "pair_count": self.pair_count, "pair_s": self.pair_s,
+            "sizes": {str(k): list(v) for k, v in self.sizes.items()},
+            "last": 0.0 if self.last is None else wall_now - (mono_now - self.last),
+        }
+
+
+def merge_version_stats(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of :meth:`VersionStats.snapshot` values (``last``: the latest)."""
+    out: dict[str, Any] = {"sizes": {}, "last": 0.0}
+    for snap in snaps:
+        for key, value in snap.items():
+            if key == "sizes":
+                _merge_hist(out["sizes"], value)
+            elif key == "last":
+                out["last"] = max(out["last"], value)
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
 
 
 class _Family:
@@ -204,6 +266,8 @@ class Metrics:
         self.compute = _Family(
             "wsserve_batch_compute_seconds", "Model compute time per batch.", ("model",), LATENCY_BUCKETS
         )
+        #: Triton statistics per ``(model, version)`` (:meth:`version_stats`).
+        self.model_stats: dict[tuple[str, str], VersionStats] = {}
         self.tokens: dict[str, int] = {}
         self.closes: dict[str, int] = {}
         self.slow_consumers = 0
@@ -213,8 +277,25 @@ class Metrics:
         Info("wsserve", "wsserve build information.", registry=self.registry).info({"version": version})
         self.registry.register(_Collector(self))
 
-    def request_done(self, model: str, kind: str, code: str, duration_s: float) -> None:
-        """Count one finished request and observe its duration."""
+    def version_stats(self, model: str, version: str) -> VersionStats:
+        """The statistics of one model version (made at its first call, then the same object:
+        a reloaded version keeps counting, as /metrics does per model)."""
+        key = (model, version)
+        stats = self.model_stats.get(key)
+        if stats is None:
+            stats = self.model_stats[key] = VersionStats()
+        return stats
+
+    def request_done(self, model: str, kind: str, code: str, duration_s: float,
+                     stats: VersionStats | None = None) -> None:
+        """Count one finished request and observe its duration (in ``stats`` too, when given)."""
+        if stats is not None:
+            if code == "ok":
+                stats.ok += 1
+                stats.ok_s += duration_s
+            else:
+                stats.fail += 1
+                stats.fail_s += duration_s
         key = (model, kind, code)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
@@ -224,9 +305,19 @@ class Metrics:
         h.counts[bisect_left(h.bounds, duration_s)] += 1
         h.sum += duration_s
 
-    def predict_done(self, model: str, code: str, duration_s: float, queue_s: float) -> None:
+    def predict_done(self, model: str, code: str, duration_s: float, queue_s: float,
+                     stats: VersionStats | None = None) -> None:
         """:meth:`request_done` for a ``predict`` and, when ``queue_s >= 0``, :meth:`queued`, in one
-        call (the hot path: one method call and one label lookup per family instead of two calls)."""
+        call (the hot path: one method call and one label lookup per family instead of two calls).
+        ``stats``: the version's :class:`VersionStats` (a success's queue time goes there too)."""
+        if stats is not None:
+            if code == "ok":
+                stats.ok += 1
+                stats.ok_s += duration_s
+                stats.queue_s += queue_s
+            else:
+                stats.fail += 1
+                stats.fail_s += duration_s
         key = (model, "predict", code)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
@@ -268,6 +359,7 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         """Every value of this process, JSON-ready (what other workers merge)."""
         state = self.read_state()
+        mono, wall = time.monotonic(), time.time()
         return {
             "worker": self.worker,
             "pid": os.getpid(),
@@ -284,6 +376,7 @@ class Metrics:
                 "duration": self.duration.snapshot(), "queue": self.queue.snapshot(),
                 "batch_size": self.batch_size.snapshot(), "compute": self.compute.snapshot(),
             },
+            "model_stats": {_SEP.join(k): v.snapshot(mono, wall) for k, v in self.model_stats.items()},
             "gauges": {
                 "connections": state["connections"], "http_connections": state.get("http_connections", 0),
                 "inflight": state["inflight"],
@@ -309,6 +402,16 @@ class Metrics:
             if isinstance(snap, dict) and "counters" in snap:
                 out.append(snap)
         return out
+
+    def model_statistics(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """``{(model, version): merged VersionStats values}``: this process's, plus (with workers)
+        every other worker's last snapshot (as ``/metrics`` merges its counters)."""
+        parts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for snap in self.snapshots():
+            for key, values in snap.get("model_stats", {}).items():
+                model, _, version = key.partition(_SEP)
+                parts.setdefault((model, version), []).append(values)
+        return {key: merge_version_stats(values) for key, values in parts.items()}
 
     def write_snapshot(self) -> None:
         """Write this worker's snapshot for the others (atomically: temp file + rename)."""

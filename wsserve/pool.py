@@ -371,6 +371,9 @@ class ModelPool:
         default if it is the highest ready version).  Returns ``(entry, replaced)``: the entry
         it replaced for the same version, which the caller retires (drains and closes)."""
         worker = worker if worker is not None else self.make_worker(name, model)
+        version_stats = getattr(self._observer, "version_stats", None)  # Metrics: per-version statistics
+        if version_stats is not None:
+            worker.stats = version_stats(name, version)
         if self._started:
             worker.start()
         if is_generative(model):

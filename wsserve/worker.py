@@ -48,6 +48,7 @@ from .errors import (
     WsserveError,
 )
 from .explain import Explainer
+from .metrics import VersionStats
 from .stats import WorkerStatistics
 
 __all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "Tensors",
@@ -264,6 +265,9 @@ class PredictWorker:
         self._instances = instances
         self._inline_max_rows = max(0, inline_max_flops // max(1, model.flops_per_row()))
         self._observer = observer
+        #: This version's :class:`~wsserve.metrics.VersionStats` (the pool sets it when it serves the
+        #: version; None: not counted).  Each computed batch is recorded there.
+        self.stats: VersionStats | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = 0  # batches computing in the executor
@@ -499,6 +503,8 @@ class PredictWorker:
         explained = 0  # rows of ``attributions`` handed out so far
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.rows, compute_s)
+        if self.stats is not None:
+            self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
         offset = 0
         single = not isinstance(y, dict)
         # sinks taking a whole request's rows from the batch's outputs share one BatchOutputs

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import Internal, ShuttingDown, WsserveError
+from ..metrics import VersionStats
 from ..stats import WorkerStatistics
 from .params import GenerationParams
 from .sampling import sample_rows
@@ -130,6 +131,9 @@ class GenerationEngine:
         self.model = model
         self.name = name
         self._observer = observer
+        #: This version's :class:`~wsserve.metrics.VersionStats` (set by the pool; None: not
+        #: counted): each step is recorded there as one execution of its sequences.
+        self.stats: VersionStats | None = None
         self._after_delivery = after_delivery
         self._sched = Scheduler(model, max_generate_batch=max_generate_batch, max_generate_queue=max_generate_queue)
         self._inline_max_batch = inline_max_batch
@@ -271,6 +275,8 @@ class GenerationEngine:
             sched.update_from_output(batch, tokens, now)
             if self._observer is not None:
                 self._observer.on_batch(self.name, batch.size, now - batch.scheduled_at)
+            if self.stats is not None:
+                self.stats.on_batch(batch.size, batch.size, now - batch.scheduled_at, now)
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps

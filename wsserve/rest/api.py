@@ -15,6 +15,9 @@ Routes (docs/PROTOCOL.md, "HTTP"):
   ``{"model", "inputs", ...}`` -> ``{"model", "version", "outputs", "timing"}``;
 - the Open Inference Protocol v2: ``GET /v2``, ``/v2/health/live|ready``,
   ``/v2/models/{name}[/versions/{version}][/ready]``, ``POST .../infer``;
+- Triton's model configuration and statistics extensions:
+  ``GET /v2/models/{name}[/versions/{version}]/config``, ``GET /v2/models[/{name}[/versions/{version}]]/stats``
+  (bodies: :mod:`wsserve.rest.triton`);
 - the OIP model repository extension (Triton's): ``POST /v2/repository/index``,
   ``POST /v2/repository/models/{name}/load`` and ``/unload`` (optional body
   ``{"parameters": {"version": ...}}``), through the server's admin hook (the
@@ -55,7 +58,7 @@ from ..errors import (
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
 from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
-from . import oip
+from . import oip, triton
 from .calls import CompletionCall, HttpSession, InferCall, PredictFormCall, SeedCall
 from .errors import Style, error_response, plain_error
 from .openai import CompletionEncoder, ParamError, models_list, parse_completion
@@ -82,6 +85,8 @@ _OIP_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING",
 #: ``admin(op, model, version, done)``: the server's admin hook (see ConnectionContext.admin).
 AdminHook = Callable[[str, str, "str | None", Callable[[Any], None]], None]
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz"}
+#: Triton's ``backend`` for a ``platform`` (others: the platform's name).
+_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
 
 
 class HttpApi:
@@ -124,7 +129,8 @@ class HttpApi:
         #: Sessions of open HTTP connections holding a connection slot.
         self.sessions: set[HttpSession] = set()
         #: OIP extensions announced by ``GET /v2``.
-        self.extensions: list[str] = ["binary_tensor_data"] + (["model_repository"] if admin is not None else [])
+        self.extensions: list[str] = (["binary_tensor_data", "model_configuration", "statistics"]
+                                      + (["model_repository"] if admin is not None else []))
         self.router = Router()
         self._keys_on = bool(config.api_key)  # an admin key alone guards admin operations only (as on the WebSocket)
         self._completion_prefix = f"cmpl-{secrets.token_hex(6)}-"  # unique across restarts, cheap per request
@@ -144,6 +150,9 @@ class HttpApi:
             add("GET", base, self._model_metadata, auth="key", style="oip")
             add("GET", base + "/ready", self._model_ready, auth="key", style="oip")
             add("POST", base + "/infer", self._infer, auth="key", style="oip")
+            add("GET", base + "/config", self._model_config, auth="key", style="oip")
+            add("GET", base + "/stats", self._model_stats, auth="key", style="oip")
+        add("GET", "/v2/models/stats", self._model_stats, auth="key", style="oip")
         # The model repository extension (Triton's): admin operations check their own rule (_may_admin).
         add("POST", "/v2/repository/index", self._repository_index, auth="key", style="oip")
         add("POST", "/v2/repository/models/{name}/load", self._load, auth="none", style="oip")
@@ -316,10 +325,47 @@ class HttpApi:
         inputs, outputs = self._signature(entry)
         versions = sorted((v for v, st in self.models.status(entry.name).items() if st.state == "ready"),
                           key=_version_key)
-        backend = entry.model.info.extra.get("backend") if hasattr(entry.model, "info") else None
-        platform = _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
         explain = oip.explain_parameters(entry.explanation)
-        return HttpResponse(200, oip.model_metadata(entry.name, versions, platform, inputs, outputs, explain), JSON)
+        return HttpResponse(200, oip.model_metadata(entry.name, versions, _platform(entry), inputs, outputs, explain),
+                            JSON)
+
+    def _ready_versions(self, name: str) -> list[str]:
+        return sorted((v for v, st in self.models.status(name).items() if st.state == "ready"), key=_version_key)
+
+    def _model_config(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                      *_: Any) -> HttpResponse:
+        """Triton's model configuration extension (:func:`wsserve.rest.triton.model_config`): of
+        version ``v``, or of the default version; 404 as the metadata route."""
+        entry = self.models.lookup(params["name"], params.get("version"))
+        platform = _platform(entry)
+        policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
+        if entry.kind != "predict":
+            body = triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
+                                       policy=policy, generative=True, max_rows=self.config.max_rows)
+            return HttpResponse(200, body, JSON)
+        inputs, outputs = self._signature(entry)
+        queue = entry.worker.queue
+        body = triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
+                                   policy=policy, generative=False, max_rows=self.config.max_rows, inputs=inputs,
+                                   outputs=outputs, max_batch_rows=queue.max_batch_size, max_delay_s=queue.max_delay_s)
+        return HttpResponse(200, body, JSON)
+
+    def _model_stats(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                     *_: Any) -> HttpResponse:
+        """Triton's statistics extension (:func:`wsserve.rest.triton.model_stats`): every ready version
+        of every model, of one model, or one version (404 as the metadata route for an unknown
+        model or an unknown or not-ready version).  Figures: :meth:`Metrics.model_statistics`
+        (merged over worker processes)."""
+        name = params.get("name")
+        if name is not None:
+            self.models.lookup(name, params.get("version"))  # UnknownModel: 404
+        versions = []
+        for model in sorted(self.models.names) if name is None else (name,):
+            status = self.models.status(model)
+            for version in self._ready_versions(model):
+                if params.get("version") in (None, version):
+                    versions.append((model, version, status[version].entry.kind == "generate"))
+        return HttpResponse(200, triton.model_stats(versions, self.metrics.model_statistics()), JSON, [_NO_STORE])
 
     def _model_ready(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
@@ -496,6 +542,12 @@ class _TooManyConnections(Overloaded):
     """503 at ``--max-connections``; the connection is closed."""
 
     close_connection = True
+
+
+def _platform(entry: Any) -> str:
+    """The OIP ``platform`` of a served version (Triton's names where Triton has the backend)."""
+    backend = entry.model.info.extra.get("backend") if hasattr(entry.model, "info") else None
+    return _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
 
 
 def _with_param(exc: WsserveError, param: str) -> WsserveError:

@@ -71,12 +71,13 @@ class HttpSession:
         self.inflight_bytes -= call.nbytes
         self._shared.inflight -= 1
         metrics = self._metrics
-        metrics.request_done(call.model, call.kind, code, self._clock() - call.received_at)
         if type(call) is CompletionCall:
+            metrics.request_done(call.model, call.kind, code, self._clock() - call.received_at, call.engine.stats)
             if code in ("ok", "cancelled"):
                 metrics.add_tokens(call.model, call.tokens)
-        elif call.queue_s >= 0:  # type: ignore[attr-defined]
-            metrics.queued(call.model, call.queue_s)  # type: ignore[attr-defined]
+        else:
+            metrics.predict_done(call.model, code, self._clock() - call.received_at,  # type: ignore[attr-defined]
+                                 call.queue_s, call.worker.stats)  # type: ignore[attr-defined]
 
     def end_all(self, exc: WsserveError) -> None:
         """End every unfinished call with ``exc`` (the drain deadline)."""

@@ -1,0 +1,140 @@
+"""Two Triton extensions of the Open Inference Protocol, sans-I/O: values in, JSON bodies out.
+
+- :func:`model_config` - Triton's model configuration extension
+  (``GET /v2/models/{name}[/versions/{v}]/config``): the model's configuration
+  as Triton answers it, the JSON form of ``ModelConfig`` in Triton's
+  ``model_config.proto`` (``name``, ``platform``, ``backend``,
+  ``version_policy``, ``max_batch_size``, ``input``/``output`` with
+  ``data_type`` ``TYPE_*`` and per-row ``dims``, ``dynamic_batching``,
+  ``model_transaction_policy``, ``parameters``).
+- :func:`model_stats` - Triton's statistics extension
+  (``GET /v2/models[/{name}[/versions/{v}]]/stats``): ``{"model_stats": [...]}``
+  from :class:`~wsserve.metrics.VersionStats` values.
+
+Followed: triton-inference-server/server ``docs/protocol/extension_model_configuration.md``
+and ``docs/protocol/extension_statistics.md`` (the JSON shapes, durations in
+``ns``, ``last_inference`` in ms since the epoch), triton-inference-server/common
+``protobuf/model_config.proto`` (field names, ``TYPE_*`` names, ``version_policy``
+``latest``/``all``/``specific``, ``dynamic_batching`` fields, ``max_batch_size``
+0 = no batch dimension, ``model_transaction_policy.decoupled``).
+
+What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
+
+- ``max_batch_size`` is ``--max-rows`` (the rows one request may carry: a
+  predict request is split over batches, so any count up to it is served);
+  the rows of one model execution are ``parameters.max_batch_rows``.
+- ``dynamic_batching``: always on in wsserve; ``max_queue_delay_microseconds``
+  is the batching window (0: greedy, a batch forms as soon as the model is
+  free); ``priority_levels`` 2, ``default_priority_level`` 2 (request
+  ``priority`` 1 is served first, others in the default level).
+- A generative model has no OIP tensors (it is served by ``/v1/completions``):
+  ``max_batch_size`` 0, no ``input``/``output``, and
+  ``model_transaction_policy: {"decoupled": true}`` as Triton marks a model that
+  streams several responses per request.
+- Statistics: ``compute_input``/``compute_output`` have ``compute_infer``'s
+  count and 0 ns (wsserve has no separate step copying tensors to or from a
+  device: gathering a batch's rows is timed inside ``compute_infer``, handing
+  out and encoding its outputs inside the requests' ``success`` time; Triton's
+  clients, e.g. perf_analyzer, require the three counts to be equal),
+  ``cache_hit`` is zero (no response cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from .oip import Tensor
+
+__all__ = ["model_config", "model_stats", "version_policy"]
+
+_NS = 1e9
+
+
+def version_policy(policy: Any) -> dict[str, Any]:
+    """Triton's ``version_policy`` for a repository :class:`~wsserve.repository.config.VersionPolicy`
+    (``kind`` ``all``/``latest``/``specific``); ``{"all": {}}`` for None (wsserve's default)."""
+    kind = getattr(policy, "kind", "all")
+    if kind == "latest":
+        return {"latest": {"num_versions": policy.count}}
+    if kind == "specific":
+        return {"specific": {"versions": list(policy.versions)}}
+    return {"all": {}}
+
+
+def _tensors(tensors: Iterable[Tensor]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "data_type": "TYPE_" + t.datatype, "format": "FORMAT_NONE", "dims": list(t.shape)}
+            for t in tensors]
+
+
+def model_config(name: str, *, platform: str, backend: str, policy: Any, generative: bool, max_rows: int,
+                 inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
+                 max_batch_rows: int | None = None, max_delay_s: float = 0.0) -> bytes:
+    """The configuration body of one model version (see the module docstring).
+
+    ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
+    the predict worker's batch bound and window (0: greedy); ``policy``: the repository
+    config's version policy (or None)."""
+    body: dict[str, Any] = {
+        "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
+    }
+    if generative:
+        body.update({"max_batch_size": 0, "input": [], "output": [],
+                     "model_transaction_policy": {"decoupled": True},
+                     "parameters": {"endpoint": {"string_value": "/v1/completions"}}})
+        return orjson.dumps(body)
+    body.update({
+        "max_batch_size": max_rows,
+        "input": _tensors(inputs),
+        "output": _tensors(outputs),
+        "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
+                             "priority_levels": 2, "default_priority_level": 2},
+        "model_transaction_policy": {"decoupled": False},
+    })
+    if max_batch_rows is not None:
+        body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
+    return orjson.dumps(body)
+
+
+def _duration(count: float, seconds: float) -> dict[str, int]:
+    return {"count": int(count), "ns": round(seconds * _NS)}
+
+
+_ZERO = {"count": 0, "ns": 0}
+
+
+def _one(name: str, version: str, s: Mapping[str, Any], generative: bool) -> dict[str, Any]:
+    """One ``$model_stat`` from merged :meth:`~wsserve.metrics.VersionStats.snapshot` values (or {});
+    a generative model's queue time is not kept (zero)."""
+    get = s.get
+    sizes = get("sizes", {})
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": round(get("last", 0.0) * 1000),
+        "inference_count": int(get("rows", 0)),
+        "execution_count": int(get("executions", 0)),
+        "inference_stats": {
+            "success": _duration(get("ok", 0), get("ok_s", 0.0)),
+            "fail": _duration(get("fail", 0), get("fail_s", 0.0)),
+            "queue": dict(_ZERO) if generative else _duration(get("ok", 0), get("queue_s", 0.0)),
+            "compute_input": _duration(get("pair_count", 0), 0.0),
+            "compute_infer": _duration(get("pair_count", 0), get("pair_s", 0.0)),
+            "compute_output": _duration(get("pair_count", 0), 0.0),
+            "cache_hit": dict(_ZERO),
+        },
+        "batch_stats": [
+            {"batch_size": int(size), "compute_input": _duration(values[0], 0.0),
+             "compute_infer": _duration(values[0], values[1]), "compute_output": _duration(values[0], 0.0)}
+            for size, values in sorted(sizes.items(), key=lambda kv: int(kv[0]))
+        ],
+    }
+
+
+def model_stats(versions: Iterable[tuple[str, str, bool]],
+                stats: Mapping[tuple[str, str], Mapping[str, Any]]) -> bytes:
+    """``{"model_stats": [...]}`` for ``versions`` (``(model, version, generative)``, in order),
+    each from ``stats[(model, version)]`` (all zero when absent: no request reached it yet)."""
+    return orjson.dumps({"model_stats": [_one(m, v, stats.get((m, v), {}), g) for m, v, g in versions]})
