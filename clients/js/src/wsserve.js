@@ -311,10 +311,17 @@ function sleep(ms, signal) {
   });
 }
 
-/** `promise`, or a rejection with `signal.reason` if the signal aborts first. */
+/**
+ * `promise`, or a rejection with `signal.reason` if the signal aborts first.
+ * Nobody awaits `promise` after an abort: its own rejection is then handled here, not
+ * left to become an unhandled rejection (which ends a Node process).
+ */
 function raceAbort(promise, signal) {
   if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
+  if (signal.aborted) {
+    promise.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
   return new Promise((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
     signal.addEventListener('abort', onAbort, { once: true });

@@ -618,6 +618,28 @@ describe('connection loss, heartbeat and reconnect', { timeout: 180_000 }, () =>
   });
 });
 
+describe('aborted calls and failed connects', () => {
+  it('a call with a signal aborted before it connects leaves no unhandled rejection when the connect fails', async () => {
+    const unhandled = [];
+    const onUnhandled = (reason) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    const c = new Client('ws://127.0.0.1:1/', { reconnect: false, heartbeatMs: null });
+    try {
+      await assert.rejects(c.predict('linear', [[1]], { signal: AbortSignal.abort() }), RequestCancelled);
+      await assert.rejects(c.ping({ signal: AbortSignal.abort() }), RequestCancelled);
+      // The connection attempt these calls started fails (nothing listens on port 1) ...
+      assert.ok(await eventually(() => c.state === 'idle'), 'the failed connection attempt ended');
+      // ... and Node reports an unhandled rejection once the microtasks of that turn ran.
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(unhandled.map(String), []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await c.close();
+    }
+  });
+});
+
 describe('options are checked', () => {
   it('every options object refuses an unknown key, naming it and listing exactly the keys wsserve.d.ts declares', async () => {
     const dts = await readFile(CLIENT_TYPES, 'utf8');
