@@ -10,7 +10,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from wsserve_client import BadRequestError, Client, InvalidInput, Tensor, as_tensor
+from wsserve_client import (
+    BadRequestError,
+    Client,
+    InvalidInput,
+    RequestTooLarge,
+    Tensor,
+    as_tensor,
+)
 from wsserve_client.codec import split_attributions
 from wsserve_client.tensors import decode_frame, encode_frame
 
@@ -37,6 +44,25 @@ async def test_array_array_and_raw_bytes_inputs(server: ServerProcess) -> None:
         assert raw.outputs.tolist() == want * 2
         t = Tensor(np.array([[0.25]], "<f8").tobytes(), "float64", (1, 1))
         assert (await c.predict("linear", t, binary=True)).outputs.tolist() == want
+
+
+async def test_binary_header_over_the_server_limit_is_refused_before_sending(server: ServerProcess) -> None:
+    """The server cannot read the id of a binary frame whose header is over
+    ``max_binary_header_bytes``: its ``bad_request`` carries id null and answers no call, so
+    such a request would wait forever. The client refuses it unsent, as a frame over
+    ``max_message_bytes``."""
+    async with Client(server.url) as c:
+        assert c.hello is not None and c.hello.limits.max_binary_header_bytes == 4096
+        # 20 named inputs with 250-character names: a header of about 6 KB
+        inputs = {f"{i:02d}" + "n" * 248: np.zeros((1, 1)) for i in range(20)}
+        sent_before = c.stats().requests_sent
+        with pytest.raises(RequestTooLarge, match="max_binary_header_bytes"):
+            await c.predict("linear", inputs, binary=True, timeout=5)
+        with pytest.raises(RequestTooLarge, match="max_binary_header_bytes"):
+            async for _ in c.predict_stream("linear", inputs, binary=True, timeout=5):
+                pass
+        assert c.stats().requests_sent == sent_before and c.stats().inflight == 0
+        assert (await c.predict("linear", np.array([[0.5]]), binary=True)).outputs.shape == (1, 1)
 
 
 async def test_binary_stream_yields_array_chunks(server: ServerProcess) -> None:

@@ -75,6 +75,8 @@ class Connection:
         self.draining = False
         #: The server's ``max_message_bytes`` (``None``: no limit announced).
         self.max_message_bytes = hello.limits.max_message_bytes
+        #: The server's ``max_binary_header_bytes`` (``None``: not announced).
+        self.max_binary_header_bytes = hello.limits.max_binary_header_bytes
         self._limiter = limiter
         self._counters = counters
         self._open = True

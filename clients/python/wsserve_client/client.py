@@ -33,8 +33,16 @@ from .errors import (
     Unauthorized,
     WsserveError,
 )
-from .results import ClientStats, Completion, ModelInfo, ModelStatus, PredictResult, ServerHello
+from .results import (
+    ClientStats,
+    Completion,
+    ModelInfo,
+    ModelStatus,
+    PredictResult,
+    ServerHello,
+)
 from .streams import DEADLINE_GRACE_S, Generation, PredictStream
+from .tensors import BinaryFrame
 
 __all__ = ["Client", "DEFAULT_URL"]
 
@@ -216,7 +224,8 @@ class Client:
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
                 ``DeadlineExceeded``, ``OverloadedError`` once retries are exhausted, ...).
-            RequestTooLarge: the request exceeds the server's ``max_message_bytes``.
+            RequestTooLarge: the request exceeds the server's ``max_message_bytes`` (or, binary,
+                its header exceeds ``max_binary_header_bytes``).
             ConnectionLost: the connection closed before the answer.
         """
         attempt = 0
@@ -456,6 +465,16 @@ class Client:
                 "(it would close the connection); split the inputs into smaller calls",
                 request_id=call.id,
             )
+        header_limit = conn.max_binary_header_bytes
+        if header_limit is not None and type(data) is BinaryFrame:
+            header = int.from_bytes(data[:4], "little")
+            if header > header_limit:
+                # The server could not read this frame's id: its error would answer no call.
+                raise RequestTooLarge(
+                    f"binary frame header is {header} bytes, over the server's max_binary_header_bytes="
+                    f"{header_limit}; use fewer or shorter input names",
+                    request_id=call.id,
+                )
 
     async def _send_call(self, call: Call, data: bytes) -> Connection:
         """Take a slot (for counted calls), register ``call`` and send ``data``.

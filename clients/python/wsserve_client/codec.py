@@ -260,6 +260,7 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
             max_inflight=_opt_int(lim.get("max_inflight")),
             max_rows=_opt_int(lim.get("max_rows")),
             max_tokens=_opt_int(lim.get("max_tokens")),
+            max_binary_header_bytes=_opt_int(lim.get("max_binary_header_bytes")),
         ),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )

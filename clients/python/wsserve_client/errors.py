@@ -172,10 +172,13 @@ class InternalServerError(WsserveError):
 
 
 class RequestTooLarge(WsserveError):
-    """The encoded request is larger than the server's ``max_message_bytes``; it was not sent.
+    """The encoded request is larger than the server's ``max_message_bytes``, or its binary
+    tensor frame's header is longer than ``max_binary_header_bytes``; it was not sent.
 
     Sending it would make the server close the whole connection (code 1009), failing every
     other call on it, so the client refuses it up front. Split the inputs into several calls.
+    A header the server cannot read would be refused with an error that names no request id
+    (so it could answer no call): use fewer or shorter input names.
     """
 
 

@@ -36,6 +36,8 @@ class Limits:
     max_inflight: int | None = None
     max_rows: int | None = None
     max_tokens: int | None = None
+    #: Longest header of a binary tensor frame the server reads (its id included).
+    max_binary_header_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
