@@ -66,7 +66,7 @@ export declare class Unauthorized extends WsserveError {}
 export declare class Forbidden extends WsserveError {}
 export declare class ShuttingDown extends WsserveError {}
 export declare class InternalServerError extends WsserveError {}
-/** The request is larger than the server's `max_message_bytes`; it was not sent. */
+/** The request is larger than the server's `max_message_bytes` (or its binary header than `max_binary_header_bytes`); it was not sent. */
 export declare class RequestTooLarge extends WsserveError {}
 /** The connection closed, missed the heartbeat, or could not be opened before the call finished. */
 export declare class ConnectionLost extends WsserveError {}

@@ -33,7 +33,9 @@
  * - `timeoutMs` is sent as the server deadline `timeout_ms`; the client also
  *   gives up on its own 1 s later (`DeadlineExceeded`, cancel sent).
  * - A request larger than the server's `max_message_bytes` is refused
- *   locally with `RequestTooLarge` (sending it would close the connection).
+ *   locally with `RequestTooLarge` (sending it would close the connection),
+ *   and so is a binary tensor frame whose header is longer than
+ *   `max_binary_header_bytes` (the server could not read its id).
  * - After a connection is lost, the next call reconnects, trying up to
  *   `reconnect.maxAttempts` times with jittered exponential backoff.
  *   `overloaded`/`rate_limited` refusals are retried only when `retry` is set.
@@ -63,7 +65,8 @@
  *   ├── Forbidden             forbidden           (an admin call without the admin key)
  *   ├── ShuttingDown          shutting_down
  *   ├── InternalServerError   internal
- *   ├── RequestTooLarge       (client side: larger than max_message_bytes; not sent)
+ *   ├── RequestTooLarge       (client side: larger than max_message_bytes, or a binary header
+ *   │                          over max_binary_header_bytes; not sent)
  *   └── ConnectionLost        (client side: socket closed, heartbeat missed, connect failed)
  *       └── ClientClosed      (the Client was closed while the call was unfinished)
  */
@@ -181,7 +184,7 @@ export class Unauthorized extends WsserveError { static wireCode = 'unauthorized
 export class Forbidden extends WsserveError { static wireCode = 'forbidden'; }
 export class ShuttingDown extends WsserveError { static wireCode = 'shutting_down'; }
 export class InternalServerError extends WsserveError { static wireCode = 'internal'; }
-/** The request is larger than the server's `max_message_bytes`; it was not sent. */
+/** The request is larger than the server's `max_message_bytes` (or its binary header than `max_binary_header_bytes`); it was not sent. */
 export class RequestTooLarge extends WsserveError {}
 /** The connection closed (or could not be opened) before the call finished. */
 export class ConnectionLost extends WsserveError {}
@@ -1169,6 +1172,15 @@ export class Client extends EventTarget {
         throw new RequestTooLarge(
           `the ${type} request is larger than the server's max_message_bytes (${limit}); split it`,
           { requestId: id },
+        );
+      }
+      const headerLimit = conn.hello?.limits?.max_binary_header_bytes;
+      const header = tensors ? new DataView(text.buffer, text.byteOffset, 4).getUint32(0, true) : 0;
+      if (headerLimit != null && header > headerLimit) {
+        // The server could not read this frame's id: its error would answer no call.
+        throw new RequestTooLarge(
+          `the binary ${type} header is ${header} bytes, over the server's max_binary_header_bytes (${headerLimit}); `
+          + 'use fewer or shorter input names', { requestId: id },
         );
       }
       const call = new Call(id, msg, counted, now());

@@ -5,7 +5,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  Client, BadRequestError, InvalidInput, encodeTensorFrame, decodeTensorFrame, splitAttributions, toTensor,
+  Client, BadRequestError, InvalidInput, RequestTooLarge, encodeTensorFrame, decodeTensorFrame, splitAttributions, toTensor,
   TENSOR_DTYPES,
 } from 'wsserve-client';
 import { startServer } from './helpers/server.js';
@@ -145,6 +145,20 @@ describe('binary tensor frames against a real server', { timeout: 240_000 }, () 
     assert.deepEqual(stream.done.explanation, want.explanation);
     await assert.rejects(c.predict('charlm', new Float64Array([1]), { binary: true, explain: true }),
       (e) => e instanceof BadRequestError && /'charlm'/.test(e.message));
+  });
+
+  it("a header over the server's max_binary_header_bytes is refused locally, unsent (its error could answer no call)", async () => {
+    assert.equal((await c.connect()).limits.max_binary_header_bytes, 4096);
+    // 20 named inputs with 250-character names: a header of about 6 KB, whose id the server cannot read
+    const inputs = Object.fromEntries(Array.from({ length: 20 },
+      (_, i) => [String(i).padStart(2, '0') + 'n'.repeat(248), { data: new Float64Array([0]), shape: [1, 1] }]));
+    const sentBefore = c.stats().requestsSent;
+    await assert.rejects(c.predict('linear', inputs, { binary: true, timeoutMs: 5000 }),
+      (e) => e instanceof RequestTooLarge && /max_binary_header_bytes/.test(e.message));
+    const stream = c.predictStream('linear', inputs, { binary: true, timeoutMs: 5000 });
+    await assert.rejects(stream.wait(), RequestTooLarge);
+    assert.equal(c.stats().requestsSent, sentBefore);
+    assert.equal(c.stats().inflight, 0);
   });
 
   it('server refusals of binary frames reject with the wire error classes', async () => {
