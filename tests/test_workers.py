@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TRANSPORTS, Conn, Metrics, RawHttp, ServerProcess, http_get, wait_until, wait_until_async
+from tests.support import (
+    TRANSPORTS,
+    Conn,
+    Metrics,
+    RawHttp,
+    ServerProcess,
+    http_get,
+    wait_until,
+    wait_until_async,
+)
 from tests.support.process import ROOT, child_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only (SO_REUSEPORT)")
@@ -193,6 +202,30 @@ async def test_a_worker_that_dies_is_restarted_and_its_counts_stay(model_cache: 
         await wait_until_async(lambda: counted() >= 9, 20, what="the total kept the dead worker's counts", in_thread=True)
     finally:
         assert server.stop() == 0
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not re.search(r"^State:\s+Z", status, re.M)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(model_cache: Path) -> None:
+    """A supervisor killed outright (SIGKILL, the OOM killer) cannot signal its workers; they must
+    not stay behind as orphans serving the port (a new supervisor would share it with them)."""
+    server = ServerProcess("--workers", "2", cache_dir=model_cache)
+    pids = list(_worker_pids(server).values())
+    try:
+        assert len(pids) == 2 and all(_running(p) for p in pids)
+        server.kill()
+        wait_until(lambda: not any(_running(p) for p in pids), 30, what="the orphaned workers to exit")
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_zero(model_cache: Path, transport_name: str) -> None:

@@ -13,7 +13,11 @@ The supervisor:
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
    (a worker still alive after the drain timeout plus a margin is killed); a
-   second signal kills the workers and exits 1 at once.
+   second signal kills the workers and exits 1 at once;
+6. a supervisor killed outright (SIGKILL) cannot signal its workers: on Linux
+   each worker asks the kernel for SIGTERM when its parent dies
+   (``PR_SET_PDEATHSIG``), so they drain and exit instead of staying behind
+   as orphans that still serve the port.
 
 Metrics: every worker writes a snapshot of its metrics to a shared temporary
 directory twice a second and ``/metrics`` on any worker merges its own live
@@ -52,9 +56,24 @@ log = logging.getLogger("wsserve.supervisor")
 KILL_MARGIN_S = 5.0
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel send this process SIGTERM (a drain) when the supervisor dies,
+    even by SIGKILL, so that no worker is left behind serving the port as an orphan."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to be stopped with the supervisor (prctl: errno %d)", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_dir: str, ready: Any,
-                 log_level: int, secrets: frozenset[str]) -> None:
-    """One worker process: serve until SIGTERM, drain, exit 0."""
+                 log_level: int, secrets: frozenset[str], parent_pid: int) -> None:
+    """One worker process: serve until SIGTERM (also sent when the supervisor dies), drain, exit 0."""
+    _die_with_parent(parent_pid)
     from .logs import configure_logging
     from .server import Server, _limit_blas_threads, _loop_factory, serve_until_signal
 
@@ -91,7 +110,8 @@ class _Workers:
         parent, child = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_worker_main, name=f"wsserve-worker-{index}", daemon=False,
-            args=(self.config, self.builtin, index, str(self.metrics_dir), child, self.log_level, self.secrets),
+            args=(self.config, self.builtin, index, str(self.metrics_dir), child, self.log_level, self.secrets,
+                  os.getpid()),
         )
         proc.start()
         child.close()
