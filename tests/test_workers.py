@@ -204,6 +204,30 @@ async def test_a_worker_that_dies_is_restarted_and_its_counts_stay(model_cache: 
         assert server.stop() == 0
 
 
+def test_restart_delays_double_for_a_worker_that_keeps_dying() -> None:
+    from wsserve.supervisor import RESTART_MAX_S, restart_delay
+
+    assert [restart_delay(k) for k in range(1, 7)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert restart_delay(0) == 0.0 and restart_delay(40) == RESTART_MAX_S
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_with_backoff(model_cache: Path) -> None:
+    """A worker that dies again soon after each restart (a crash loop) is not restarted in a
+    tight loop: the supervisor waits longer each time (its log line says how long)."""
+    server = ServerProcess("--workers", "2", cache_dir=model_cache)
+    try:
+        for _ in range(3):
+            victim = _worker_pids(server)["1"]
+            os.kill(victim, signal.SIGKILL)
+            await wait_until_async(lambda v=victim: _worker_pids(server)["1"] != v, 30, what="worker 1 restarted")
+        delays = re.findall(r"worker 1 \(pid \d+\) exited with status -9: restarting it (now|in [\d.]+ s)",
+                            server.stderr_text())
+        assert delays == ["now", "in 0.5 s", "in 1.0 s"], server.stderr_text()[-2000:]
+        await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready", in_thread=True)
+    finally:
+        assert server.stop() == 0
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
     try:

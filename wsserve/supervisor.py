@@ -9,7 +9,9 @@ The supervisor:
    listen on it with ``SO_REUSEPORT``, so the kernel spreads new connections
    over them;
 3. prints the ``ws://HOST:PORT`` ready line once every worker is ready;
-4. restarts a worker that dies (with a log line naming its exit status);
+4. restarts a worker that dies (with a log line naming its exit status); one
+   that keeps dying within 30 s of its start is restarted with a doubling
+   delay (at once, then 0.5 s, 1 s, ... up to 30 s: :func:`restart_delay`);
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
    (a worker still alive after the drain timeout plus a margin is killed); a
@@ -48,12 +50,26 @@ from typing import Any
 from ._version import __version__
 from .config import ServerConfig
 
-__all__ = ["run_supervisor"]
+__all__ = ["restart_delay", "run_supervisor"]
 
 log = logging.getLogger("wsserve.supervisor")
 
 #: How long after the drain timeout a worker may take before it is killed.
 KILL_MARGIN_S = 5.0
+#: A worker that dies within this long of its start died "quickly": its restarts back off.
+STABLE_S = 30.0
+#: Backoff of the restarts of a worker that keeps dying quickly: doubling from the base, capped.
+RESTART_BASE_S = 0.5
+RESTART_MAX_S = 30.0
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds to wait before restarting a worker after its ``quick_deaths``-th death in a row
+    within :data:`STABLE_S` of its start: the first is restarted at once, then 0.5 s, 1 s, 2 s, ...
+    up to :data:`RESTART_MAX_S`, so a worker that cannot run does not spin the CPU."""
+    if quick_deaths <= 1:
+        return 0.0
+    return min(RESTART_MAX_S, RESTART_BASE_S * 2.0 ** (quick_deaths - 2))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -105,6 +121,11 @@ class _Workers:
         self.procs: dict[int, Any] = {}
         self.pipes: dict[int, Any] = {}
         self.stopping = False
+        self.started_at: dict[int, float] = {}
+        #: deaths in a row of each worker within STABLE_S of its start
+        self.quick_deaths: dict[int, int] = {}
+        #: loop time at which a dead worker is due to be restarted
+        self.restart_at: dict[int, float] = {}
 
     def start(self, index: int) -> None:
         parent, child = self.ctx.Pipe(duplex=False)
@@ -114,6 +135,7 @@ class _Workers:
                   os.getpid()),
         )
         proc.start()
+        self.started_at[index] = asyncio.get_running_loop().time()
         child.close()
         log.info("worker %d started (pid %d)", index, proc.pid)
         self.procs[index] = proc
@@ -194,15 +216,27 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         if not stop.is_set():
             scheme = "wss" if config.certfile else "ws"
             print(f"wsserve {__version__} ready on {scheme}://{config.host}:{port} ({config.workers} workers)", flush=True)
-        # Watch the workers: restart one that dies, until a signal asks them to stop.
+        # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
+        # asks them to stop.
         while not stop.is_set():
+            now = loop.time()
             for i, proc in list(workers.procs.items()):
-                if not proc.is_alive() and not workers.stopping:
-                    log.error("worker %d (pid %d) exited with status %s: restarting it", i, proc.pid, proc.exitcode)
+                if proc.is_alive() or workers.stopping:
+                    continue
+                if i not in workers.restart_at:
+                    quick = now - workers.started_at[i] < STABLE_S
+                    workers.quick_deaths[i] = workers.quick_deaths.get(i, 0) + 1 if quick else 0
+                    delay = restart_delay(workers.quick_deaths[i])
+                    log.error("worker %d (pid %d) exited with status %s: restarting it %s", i, proc.pid,
+                              proc.exitcode, f"in {delay:.1f} s" if delay else "now")
                     workers.retire_metrics(i, proc.pid)
+                    workers.restart_at[i] = now + delay
+                if workers.restart_at[i] <= now:
+                    del workers.restart_at[i]
                     workers.start(i)
+            wake = min([0.5, *(t - now for t in workers.restart_at.values())])
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(max(wake, 0.01)):
                     await stop.wait()
         # Draining: every worker exits by itself within the drain timeout.
         deadline = loop.time() + config.drain_timeout_s + KILL_MARGIN_S
