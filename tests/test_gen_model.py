@@ -50,3 +50,12 @@ def test_an_id_outside_the_vocabulary_anywhere_is_refused(ids: list[int]) -> Non
     model.ids = ids
     with pytest.raises(Internal, match=r"token ids in \[0, 4\)"):
         adapter.initial_context("prompt")
+
+
+def test_a_vocabulary_entry_that_is_not_valid_unicode_is_refused_at_load() -> None:
+    """A lone surrogate (e.g. a byte-level token decoded with ``surrogateescape``) cannot be sent in
+    a JSON frame: refused when the model loads, naming the entry, not mid-stream as ``internal``."""
+    model = Listed()
+    model.vocabulary = ("a", "b", "\udce9", "d")  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"vocabulary entry 2 .*not valid Unicode"):
+        TokenModelAdapter(model, name="listed")

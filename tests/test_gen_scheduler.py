@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.test_gen_support import (
@@ -14,6 +15,8 @@ from tests.test_gen_support import (
 )
 from wsserve.errors import DeadlineExceeded, Internal, Overloaded, ShuttingDown
 from wsserve.generation import GenerationParams, Scheduler, SeqState, run_step
+from wsserve.generation.model import TokenModelAdapter
+from wsserve.models.base import ModelInfo
 
 PROMPTS = ["The ", "def f(x):\n    ", "import ", "A", "", "class ", "Note: ", "for i in range(10):"]
 
@@ -347,3 +350,41 @@ def test_a_group_within_its_share_is_not_preempted() -> None:
     assert c.state is SeqState.WAITING and sched.statistics().preempted == 0
     run_until_idle(sched, clock, out)
     assert c.finish_reason == "length" and all(s.finish_reason == "length" for s in a + b)
+
+
+class _Words:
+    """A model whose tokens are words: hello -> world -> stop -> hello ..."""
+
+    task = "generation"
+    vocabulary = ("hello ", "world ", "stop")
+    context_len = 1
+    info = ModelInfo(name="words", version="1", task="generation", input_shape=(1,), output_shape=(3,),
+                     parameters=0)
+
+    def encode(self, prompt: str) -> list[int]:
+        return [0] if prompt else []
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(contexts), 3))
+        out[np.arange(len(contexts)), (contexts[:, -1] + 1) % 3] = 1.0
+        return out
+
+
+@pytest.mark.parametrize(("stop", "frames", "reason"), [
+    ((), ["world ", "stop", "hello ", "world "], "length"),
+    (("xyz",), ["world ", "stop", "hello ", "world "], "length"),  # a stop that never matches changes nothing
+    (("wor",), [], "stop"),
+    (("phe",), ["world ", "sto"], "stop"),  # the stop begins inside a held token: its text before it
+    (("o w", "zz"), ["world ", "stop", "hell"], "stop"),
+    (("ld stop",), ["wor"], "stop"),  # spans three tokens
+    (("world hello",), ["world ", "stop", "hello ", "world "], "length"),  # held tokens flushed whole
+])
+def test_stop_strings_keep_one_token_frame_per_multi_character_token(
+        stop: tuple[str, ...], frames: list[str], reason: str) -> None:
+    """Token frames carry whole vocabulary entries with stop strings too, so ``tokens`` (and the
+    OpenAI ``completion_tokens``) count tokens, never more than ``max_tokens``."""
+    sched = Scheduler(TokenModelAdapter(_Words(), name="words"), max_generate_batch=2)
+    clock, out = FakeClock(), Collected()
+    seq = sched.add_request(params("a", max_tokens=4, stop=stop), clock.now)
+    run_until_idle(sched, clock, out)
+    assert (out.text.get(seq.id, []), seq.finish_reason, seq.streamed) == (frames, reason, len(frames))

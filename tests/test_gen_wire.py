@@ -115,3 +115,15 @@ async def test_any_prompt_text_is_accepted(server_url: str, prompt: str) -> None
     text, done = await generate(conn, "p", prompt=prompt, max_tokens=8)
     assert done["reason"] == "length" and len(text) == 8
     await conn.close()
+
+
+async def test_hello_announces_the_stop_string_limits_it_enforces(server_url: str) -> None:
+    conn = await Conn.open(server_url)
+    limits = conn.hello["limits"]
+    count, chars = limits["max_stop_strings"], limits["max_stop_chars"]
+    _, done = await generate(conn, "ok", prompt="a", max_tokens=2, stop=["\x00" * chars] * count)
+    assert done["type"] == "done"
+    for rid, stop in (("many", ["z"] * (count + 1)), ("long", ["z" * (chars + 1)])):
+        _, last = await generate(conn, rid, prompt="a", max_tokens=2, stop=stop)
+        assert (last["type"], last["code"]) == ("error", "bad_request")
+    await conn.close()

@@ -200,6 +200,8 @@ def test_completion_defaults_are_openais() -> None:
     ({"model": "m"}, "prompt"),
     ({"model": "m", "prompt": "a", "stream_options": {}}, "stream_options"),
     ({"model": "m", "prompt": "a", "stream": "yes"}, "stream"),
+    ({"model": "m", "prompt": "a", "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
+    ({"model": "m", "prompt": "a", "stream": True, "stream_options": {"include_usage": 1}}, "stream_options"),
     ({"model": "m", "prompt": "a", "seed": 1.5}, "seed"),
     ({"model": "m", "prompt": "a", "stop": [""]}, "stop"),
     ({"model": "m", "prompt": "a", "top_k": 2**40}, "top_k"),

@@ -639,13 +639,14 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
-    ``max_binary_header_bytes``)."""
+    ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
         "version": version,
         "protocol": PROTOCOL_VERSION,
-        "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES},
+        "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES,
+                   "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS},
         "models": models,
     }
     if auth_required:

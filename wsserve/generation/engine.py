@@ -23,7 +23,7 @@ to do the task sleeps on an ``asyncio.Event`` (no polling).
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
-    on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed character
+    on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed token
     on_done(reason: str, tokens: int, timing: dict)   # "length" | "stop" | "cancelled"
     on_error(exc: WsserveError)          # DeadlineExceeded, ShuttingDown, Internal
 

@@ -58,6 +58,13 @@ class TokenModelAdapter:
             raise ValueError(f"generative model {name!r} needs a vocabulary: a sequence of token texts")
         if not 1 <= len(vocabulary) <= MAX_VOCABULARY or not all(type(t) is str for t in vocabulary):
             raise ValueError(f"generative model {name!r}: vocabulary must hold 1..{MAX_VOCABULARY} strings")
+        for i, t in enumerate(vocabulary):  # token texts go out in JSON frames: UTF-8 only
+            if not t.isascii():
+                try:
+                    t.encode()
+                except UnicodeEncodeError:
+                    raise ValueError(f"generative model {name!r}: vocabulary entry {i} ({t!r}) is not valid "
+                                     "Unicode (a lone surrogate); token texts are sent as UTF-8") from None
         k = getattr(model, "context_len", None)
         if type(k) is not int or not 1 <= k <= MAX_CONTEXT_LEN:
             raise ValueError(f"generative model {name!r}: context_len must be an integer in 1..{MAX_CONTEXT_LEN}, got {k!r}")

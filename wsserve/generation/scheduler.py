@@ -37,7 +37,7 @@ Semantics:
   the deadline is not delivered), or whatever :meth:`fail_batch` /
   :meth:`abort_all` pass.
 - Events are ``(seq, n, text)`` tuples in one ordered list: a token event per
-  streamed character with ``n`` = 0, 1, 2, ..., then exactly one terminal event
+  streamed token with ``n`` = 0, 1, 2, ..., then exactly one terminal event
   with ``n == FINISHED`` (-1) and ``text == ""`` (``seq.finish_reason`` or
   ``seq.error`` says how it ended).  Text that may begin a stop string is held
   back (:mod:`.stops`); on a ``length`` finish it is released first; on cancel
@@ -293,14 +293,28 @@ class Scheduler:
             if seq.state is not _RUNNING:
                 continue
             matcher = seq._stops
-            released, stopped = matcher.feed(texts[i])  # type: ignore[union-attr]
+            text = texts[i]
+            released, stopped = matcher.feed(text)  # type: ignore[union-attr]
             length = tick - seq._base >= seq.params.max_tokens
             if not stopped and length:
                 released += matcher.flush()  # type: ignore[union-attr]
             n = seq._streamed
-            for ch in released:
-                out.append((seq, n, ch))
+            pieces = seq._pieces
+            if not pieces and released == text:  # nothing held: the token goes out whole
+                out.append((seq, n, text))
                 n += 1
+            else:  # a token goes out whole once all its text is released (one frame per token)
+                pieces.append(text)
+                safe = seq._safe + len(released)
+                while pieces and len(pieces[0]) <= safe:
+                    piece = pieces.pop(0)
+                    safe -= len(piece)
+                    out.append((seq, n, piece))
+                    n += 1
+                if stopped and safe:  # the stop string begins inside a held token: its text before it
+                    out.append((seq, n, pieces[0][:safe]))
+                    n += 1
+                seq._safe = safe
             emitted += n - seq._streamed
             seq._streamed = n
             if stopped:

@@ -56,9 +56,11 @@ class Sequence:
         "_end",
         "_gen",
         "_noise",
+        "_pieces",
         "_refill",
         "_rng",
         "_row",
+        "_safe",
         "_srow",
         "_stops",
         "_streamed",
@@ -97,6 +99,10 @@ class Sequence:
         self._base = 0  # while running: generated = tick - base
         self._streamed = 0  # token events emitted (kept only with stop strings; else = generated)
         self._stops = StopMatcher(params.stop) if params.stop else None
+        # With stop strings: the tokens generated but not streamed yet (some of their text is
+        # held back), and how many of their characters the matcher has released.
+        self._pieces: list[str] = []
+        self._safe = 0
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block

@@ -23,7 +23,12 @@ import orjson
 
 from ..errors import BadRequest
 from ..jsontypes import json_type
-from ..protocol import MAX_MODEL_NAME_LENGTH, MAX_TEMPERATURE, GenerationParams, stop_tuple
+from ..protocol import (
+    MAX_MODEL_NAME_LENGTH,
+    MAX_TEMPERATURE,
+    GenerationParams,
+    stop_tuple,
+)
 
 __all__ = ["Completion", "CompletionEncoder", "DONE", "ParamError", "error_event", "models_list", "parse_completion"]
 
@@ -114,7 +119,12 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
             raise ParamError("stream_options", "'stream_options' must be an object")
         if not stream:
             raise ParamError("stream_options", "'stream_options' is only allowed with 'stream': true")
-        include_usage = options.get("include_usage") is True
+        include_usage = options.get("include_usage")
+        if include_usage is None:
+            include_usage = False
+        elif type(include_usage) is not bool:
+            raise ParamError("stream_options", "'stream_options.include_usage' must be a boolean, "
+                                               f"got {json_type(include_usage)}")
     try:
         params = GenerationParams(
             prompt=prompt,
