@@ -97,6 +97,15 @@ class Repo:
         (root / "f_cfg").mkdir()
         (root / "f_cfg" / "config.toml").write_text("max_batch_size = -4\n")
         ob.save(ob.linear_layer(3, 2)[0], root / "f_cfg" / "1")
+        # Nesting deeper than the parsers recurse (used to stop the server from starting at all).
+        ob.save(ob.linear_layer(3, 2)[0], root / "f_npz" / "1")
+        (root / "f_npz" / "2").mkdir()
+        deep = np.frombuffer(b"[" * 400_000 + b"]" * 400_000, dtype=np.uint8)
+        np.savez(root / "f_npz" / "2" / "model.npz", allow_pickle=False, __meta__=deep,
+                 weight=np.ones(1), bias=np.zeros(1))
+        (root / "f_deep").mkdir()
+        (root / "f_deep" / "config.toml").write_text("a = " + "[" * 30000 + "]" * 30000 + "\n")
+        ob.save(ob.linear_layer(3, 2)[0], root / "f_deep" / "1")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +139,7 @@ async def test_models_has_one_entry_per_model_with_its_versions_and_states(serve
     ws = await conn.request({"type": "models", "id": "m"})
     assert ws["type"] == "models" and ws["id"] == "m"
     assert orjson.loads(orjson.dumps(ws["models"])) == list(listed.values())  # WS and HTTP agree
-    assert sorted(listed) == ["f_file", "f_init", "f_shape", "f_syntax", "f_warm", "ids", "lin", "mlp2", "py", "skl"]
+    assert sorted(listed) == ["f_file", "f_init", "f_npz", "f_shape", "f_syntax", "f_warm", "ids", "lin", "mlp2", "py", "skl"]
     assert conn.hello["models"] == sorted(listed)
     lin = listed["lin"]
     assert lin["version"] == "10"  # the highest ready version, compared as a number
@@ -299,6 +308,7 @@ FAILURES = {
     "f_warm": "{dir}/2/model.py: warm-up failed: ValueError: an all-zero batch is not a valid input",
     "f_syntax": "{dir}/2/model.py: SyntaxError: expected ':' (line 2)",
     "f_shape": "{dir}/2/model.onnx: config.toml says input 'x' has shape [3]; the model's is [4]",
+    "f_npz": "{dir}/2/model.npz: __meta__ is not UTF-8 JSON (arrays or objects nested too deeply)",
 }
 
 
@@ -327,6 +337,15 @@ async def test_a_bad_config_toml_at_start_up_is_logged_naming_file_key_and_probl
     r = await predict(conn, "c", "f_cfg", [[1, 2, 3]])
     assert r["code"] == "unknown_model" and "f_cfg" in r["message"]
     ok = await predict(conn, "ok", "lin", [[1, 2, 3]])  # every other model serves
+    assert ok["type"] == "result"
+
+
+async def test_a_config_toml_nested_too_deeply_is_an_error_like_any_other(
+        server: ServerProcess, repo: Repo, conn: Conn) -> None:
+    assert (f"model 'f_deep': {repo.root / 'f_deep' / 'config.toml'}: is not valid TOML (arrays or tables nested too deeply)"
+            in server.stderr_text())
+    assert "f_deep" not in models_http(server)
+    ok = await predict(conn, "ok", "lin", [[1, 2, 3]])
     assert ok["type"] == "result"
 
 

@@ -333,6 +333,13 @@ def test_members_that_expand_past_the_bound_are_refused(tmp_path: Path) -> None:
         read_npz(path, max_bytes=8)
 
 
+def test_a_deeply_nested_header_is_refused(tmp_path: Path) -> None:
+    # json recurses once per nesting level: 1 MiB of "[" used to escape read_npz as RecursionError
+    header = np.frombuffer(b"[" * 400_000 + b"]" * 400_000, dtype=np.uint8)
+    path = _write(tmp_path / "deep.npz", header, **LINEAR_ARRAYS)
+    assert _load_error(path) == f"{path}: __meta__ is not UTF-8 JSON (arrays or objects nested too deeply)"
+
+
 def test_nan_in_the_header_is_refused(tmp_path: Path) -> None:
     text = b'{"format": 1, "architecture": "linear", "meta": {"metrics": {"mse": NaN}}}'
     path = _write(tmp_path / "model.npz", np.frombuffer(text, dtype=np.uint8), **LINEAR_ARRAYS)

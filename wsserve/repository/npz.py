@@ -237,7 +237,7 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
     file, not a zip, truncated or corrupt data, object (pickled) or non-numeric
     arrays, more than ``max_bytes`` of arrays (or a file or zip members bigger
     than such arrays need), a missing or malformed ``__meta__`` header (NaN or
-    infinities included), an unknown format or architecture.
+    infinities, or nesting too deep to parse, included), an unknown format or architecture.
     """
     path = Path(path)
     try:
@@ -260,6 +260,8 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
         header = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelLoadError(path, f"{_META_KEY} is not UTF-8 JSON ({exc})") from None
+    except RecursionError:  # json recurses per nested array/object: 1 MiB of "[" would escape
+        raise ModelLoadError(path, f"{_META_KEY} is not UTF-8 JSON (arrays or objects nested too deeply)") from None
     if not isinstance(header, dict):
         raise ModelLoadError(path, f"{_META_KEY} must be a JSON object, got {type(header).__name__}")
     if set(header) != _META_FIELDS:
