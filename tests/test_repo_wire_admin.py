@@ -22,9 +22,9 @@ import orjson
 import pytest
 import websockets
 
-from tests.repo_models import AFFINE_CONFIG, affine, write_affine
+from tests.repo_models import AFFINE_CONFIG, GATED_PY, affine, write_affine
 from tests.repo_wire import models_http, predict, states, wait_models
-from tests.support import ROOT, Conn, ServerProcess, child_env, http_get
+from tests.support import ROOT, Conn, ServerProcess, child_env, http_get, wait_until
 
 ROWS = [[1.0, 2.0, 3.0]]
 ADMIN = "admin-key-0123456789"
@@ -130,6 +130,38 @@ async def test_unload_a_whole_model_then_load_it_again(open_server: ServerProces
     assert models_http(open_server)["adm"]["version"] == "2"
     assert (await predict(conn, 2, "adm", ROWS))["version"] == "2"
     await conn.close()
+
+
+@pytest.mark.parametrize("whole_model", [False, True], ids=["version", "model"])
+async def test_load_right_after_unload_serves_again_while_the_old_copy_finishes(tmp_path: Path, whole_model: bool) -> None:
+    """A ``load`` of a version still ``unloading`` (work in flight) loads it anew: it is not
+    "already loaded", and the old copy's end must not take the new one with it."""
+    repo, gate = tmp_path / "repository", tmp_path / "gate"
+    (repo / "g").mkdir(parents=True)
+    (repo / "g" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "g" / "1", bias=2.0, source=GATED_PY, **{"gate.txt": str(gate)})
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as server:
+        conn = await Conn.open(server.url)
+        held = [[-1.0, 0.0, 0.0]]
+        await conn.send({"type": "predict", "id": "held", "model": "g", "inputs": held})
+        wait_until(lambda: Path(f"{gate}.started").exists(), 30, what="the held predict started")
+        pin = {} if whole_model else {"version": 1}
+        reply = await admin(conn, "unload", "u", model="g", **pin)
+        assert version_list(reply) == {"1": "unloading"}, reply
+        reply = await admin(conn, "load", "l", model="g", **pin)
+        assert (reply["type"], reply.get("ok"), version_list(reply)) == ("load", True, {"1": "ready"}), reply
+        r = await predict(conn, "new", "g", ROWS)  # the new copy serves while the old one holds its request
+        assert (r["type"], r["version"]) == ("result", "1"), r
+        close(r["outputs"], affine(ROWS, 2.0))
+        gate.touch()
+        (done,) = (await conn.collect({"held"}))["held"]
+        assert (done["type"], done["version"]) == ("result", "1"), done
+        close(done["outputs"], affine(held, 2.0))
+        wait_until(lambda: "unloaded model 'g' version 1" in server.stderr_text(), 30, what="the old copy closed")
+        assert states(models_http(server).get("g")) == {"1": "ready"}
+        r = await predict(conn, "after", "g", ROWS)
+        assert (r["type"], r["version"]) == ("result", "1"), r
+        await conn.close()
 
 
 @pytest.mark.parametrize("msg, code, message", [

@@ -363,7 +363,8 @@ class ModelRegistry:
                     targets = [v for v in mscan.versions if v.version in mscan.selected]
                 for vscan in targets:
                     held = self.pool.status(name).get(str(vscan.version))
-                    if op == "reload" or held is None or held.entry is None:
+                    # an `unloading` version is on its way out (finishing its work): load it anew
+                    if op == "reload" or held is None or held.entry is None or held.state == "unloading":
                         await self._load(name, vscan.version, vscan.path, mscan)
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan
