@@ -168,6 +168,10 @@ async def test_load_right_after_unload_serves_again_while_the_old_copy_finishes(
     ({"type": "load", "model": "zzz"}, "unknown_model", "no model named 'zzz' in the model repository"),
     ({"type": "load", "model": "adm", "version": 9}, "unknown_model", "model 'adm' has no version '9' in the repository"),
     ({"type": "reload", "model": "adm", "version": "v2"}, "unknown_model", "model 'adm' has no version 'v2' in the repository"),
+    # not canonical version numbers (str.isdigit() holds for them): no version of the repository, not internal
+    ({"type": "load", "model": "adm", "version": "\u00b2"}, "unknown_model", "model 'adm' has no version '\u00b2' in the repository"),
+    ({"type": "reload", "model": "adm", "version": "\u0662"}, "unknown_model", "model 'adm' has no version '\u0662' in the repository"),
+    ({"type": "reload", "model": "adm", "version": "02"}, "unknown_model", "model 'adm' has no version '02' in the repository"),
     ({"type": "unload", "model": "adm", "version": "7"}, "unknown_model", "model 'adm' has no version '7'"),
     ({"type": "load"}, "bad_request", "missing field 'model'"),
     ({"type": "unload", "model": "adm", "version": 0}, "bad_request", "field 'version' must be a positive integer or a string, got 0"),

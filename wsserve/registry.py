@@ -50,6 +50,7 @@ from .repository import (
     UnloadVersion,
     is_model_name,
     load_version,
+    parse_version,
     plan,
     scan,
 )
@@ -355,7 +356,8 @@ class ModelRegistry:
                 if mscan.config is None:
                     raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
                 if version is not None:
-                    vscan = mscan.version(int(version)) if version.isdigit() else None
+                    number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
+                    vscan = mscan.version(number) if number is not None else None
                     if vscan is None:
                         raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
                     targets = [vscan]
