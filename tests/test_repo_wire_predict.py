@@ -24,6 +24,7 @@ pytest.importorskip("onnxruntime")
 from tests import onnx_builders as ob  # noqa: E402
 from tests.repo_models import (  # noqa: E402
     AFFINE_CONFIG,
+    AFFINE_PY,
     RAISES_PY,
     SYNTAX_ERROR_PY,
     WARMUP_FAILS_PY,
@@ -103,6 +104,12 @@ class Repo:
         deep = np.frombuffer(b"[" * 400_000 + b"]" * 400_000, dtype=np.uint8)
         np.savez(root / "f_npz" / "2" / "model.npz", allow_pickle=False, __meta__=deep,
                  weight=np.ones(1), bias=np.zeros(1))
+        # Metrics `models` cannot serialise (used to break GET /v1/models for every model).
+        (root / "f_meta").mkdir()
+        (root / "f_meta" / "config.toml").write_text(AFFINE_CONFIG)
+        write_affine(root / "f_meta" / "1", bias=1.0)
+        write_affine(root / "f_meta" / "2", bias=2.0, source=AFFINE_PY.replace(
+            'self.metrics = {"bias": self.bias}', "self.metrics = {1: {2, 3}}"))
         (root / "f_deep").mkdir()
         (root / "f_deep" / "config.toml").write_text("a = " + "[" * 30000 + "]" * 30000 + "\n")
         ob.save(ob.linear_layer(3, 2)[0], root / "f_deep" / "1")
@@ -139,7 +146,7 @@ async def test_models_has_one_entry_per_model_with_its_versions_and_states(serve
     ws = await conn.request({"type": "models", "id": "m"})
     assert ws["type"] == "models" and ws["id"] == "m"
     assert orjson.loads(orjson.dumps(ws["models"])) == list(listed.values())  # WS and HTTP agree
-    assert sorted(listed) == ["f_file", "f_init", "f_npz", "f_shape", "f_syntax", "f_warm", "ids", "lin", "mlp2", "py", "skl"]
+    assert sorted(listed) == ["f_file", "f_init", "f_meta", "f_npz", "f_shape", "f_syntax", "f_warm", "ids", "lin", "mlp2", "py", "skl"]
     assert conn.hello["models"] == sorted(listed)
     lin = listed["lin"]
     assert lin["version"] == "10"  # the highest ready version, compared as a number
@@ -309,6 +316,7 @@ FAILURES = {
     "f_syntax": "{dir}/2/model.py: SyntaxError: expected ':' (line 2)",
     "f_shape": "{dir}/2/model.onnx: config.toml says input 'x' has shape [3]; the model's is [4]",
     "f_npz": "{dir}/2/model.npz: __meta__ is not UTF-8 JSON (arrays or objects nested too deeply)",
+    "f_meta": "{dir}/2/model.py: its metrics or figures are not JSON (Dict key must be str)",
 }
 
 

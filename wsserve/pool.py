@@ -39,7 +39,7 @@ from .protocol import check_rows, check_rows_within, result_head, validate_input
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
-__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer"]
+__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer", "check_describable"]
 
 log = logging.getLogger("wsserve.pool")
 
@@ -231,6 +231,16 @@ def _json_default(value: Any) -> Any:
     if item is None:
         raise TypeError(f"cannot serialise {type(value).__name__} in model metadata")
     return item()
+
+
+def check_describable(model: Any) -> None:
+    """Raise ``TypeError`` (``orjson.JSONEncodeError``) naming the problem when what ``models``
+    reports for ``model`` (its info and version figures) cannot be serialised, as
+    :attr:`ModelPool.models_json` does: one such model would break the list for every model."""
+    info = getattr(model, "info", None)
+    own = getattr(model, "version_figures", None)
+    orjson.dumps([info.to_json() if info is not None else None, own() if callable(own) else None],
+                 option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
 
 
 class ModelPool:

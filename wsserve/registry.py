@@ -35,7 +35,7 @@ from typing import Any
 
 from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
-from .pool import ModelEntry, ModelPool, is_generative
+from .pool import ModelEntry, ModelPool, check_describable, is_generative
 from .repository import (
     LoadVersion,
     ModelConfig,
@@ -77,7 +77,12 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     try:
         model.warmup()
         model.version_figures()  # reads the file system: here, off the event loop, once
-        return _servable(model, name)
+        servable = _servable(model, name)
+        try:  # e.g. Model.metrics = {1: ...}: it would break `models` for every model
+            check_describable(servable)
+        except TypeError as exc:
+            raise ModelLoadError(getattr(model, "path", path), f"its metrics or figures are not JSON ({exc})") from None
+        return servable
     except ModelLoadError:
         model.close()
         raise
