@@ -130,7 +130,7 @@ class ModelRegistry:
         generative model (:mod:`wsserve.generation.model`); or any object with ``predict``
         and ``info``.  ``version`` defaults to the model's own, else ``"1"``.  The name is
         then taken: a repository model of that name is refused (logged).  Raises
-        ``ValueError`` for a bad or taken name, ``TypeError`` for an object that is no
+        ``ValueError`` for a bad or taken name or metrics that are not JSON, ``TypeError`` for an object that is no
         model, :class:`~wsserve.repository.ModelLoadError` for a failed warm-up.
         """
         if not is_model_name(name):
@@ -146,6 +146,10 @@ class ModelRegistry:
             model = TokenModelAdapter(model, name=name)
         elif not is_generative(model) and not hasattr(model, "predict"):
             raise TypeError(f"model {name!r}: {type(model).__name__} has no predict() (nor the generative interface)")
+        try:  # as for a repository version: it would break `models` for every model
+            check_describable(model)
+        except TypeError as exc:
+            raise ValueError(f"model {name!r}: its metrics or figures are not JSON ({exc})") from None
         entry, _ = self.pool.serve(name, version if version is not None else "1", model, worker=worker)
         self._objects.add(name)
         return entry
