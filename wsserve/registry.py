@@ -28,7 +28,9 @@ come from the connection core; authorisation is the core's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -182,28 +184,54 @@ class ModelRegistry:
             for repo in self._repos:
                 await self._rescan(repo)
 
+    def _identities(self) -> tuple[tuple[int, int] | None, ...]:
+        """``(device, inode)`` of each operator repository directory (None: missing)."""
+        out: list[tuple[int, int] | None] = []
+        for repo in self._repos:
+            try:
+                st = os.stat(repo)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_dev, st.st_ino))
+        return tuple(out)
+
     async def watch(self, stop: asyncio.Event) -> None:
         """Rescan whenever files change under the operator's repositories, until ``stop``.
 
         Changes made after :meth:`load_all` returned are never missed: one rescan runs as soon as
-        the watches are established."""
+        the watches are established.  The watches are on directories, not paths: when a repository
+        directory is replaced as a whole (``mv repo.new repo``), disappears or comes back, they are
+        established anew on the directories the paths now name (checked once a second)."""
         if not self._repos:
             return
         from watchfiles import awatch
 
-        # The first (empty) yield comes once the watches are in place: rescanning then catches
-        # whatever changed between the start-up scan and the watcher; later empty yields are
-        # timeouts with nothing to do.
-        established = False
-        async for changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True,
-                                    rust_timeout=1000, yield_on_timeout=True):
-            if not changes and established:
-                continue
-            established = True
+        while not stop.is_set():
+            watched = self._identities()
+            # The first (empty) yield comes once the watches are in place: rescanning then catches
+            # whatever changed between the last scan and the watcher; later empty yields are
+            # timeouts (one a second), with nothing to do unless a repository directory was replaced.
+            established = False
+            present = [repo for repo, identity in zip(self._repos, watched, strict=True) if identity is not None]
             try:
-                await self.rescan()
-            except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
-                log.exception("repository reload failed")
+                if not present:
+                    raise FileNotFoundError
+                async for changes in awatch(*present, stop_event=stop, debounce=500, recursive=True,
+                                            rust_timeout=1000, yield_on_timeout=True):
+                    replaced = self._identities() != watched
+                    if not changes and established and not replaced:
+                        continue
+                    established = True
+                    try:
+                        await self.rescan()
+                    except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
+                        log.exception("repository reload failed")
+                    if replaced:
+                        break  # watch what the paths name now
+            except FileNotFoundError:  # every repository directory is missing (the rescan logged it): wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _rescan(self, repo: Path) -> None:
         loop = asyncio.get_running_loop()
