@@ -81,6 +81,9 @@ class Repo:
         (root / "py").mkdir()
         (root / "py" / "config.toml").write_text(AFFINE_CONFIG)
         write_affine(root / "py" / "1", bias=0.5)
+        (root / "greedy").mkdir()  # max_delay_ms = 0 is in bounds: greedy batching (it used to stop the server)
+        (root / "greedy" / "config.toml").write_text(AFFINE_CONFIG + "max_delay_ms = 0\n")
+        write_affine(root / "greedy" / "1", bias=0.25)
 
         # Start-up failures: a good version 1 keeps serving next to a broken version 2.
         ob.save(ob.linear_layer(3, 2)[0], root / "f_file" / "1")
@@ -146,7 +149,7 @@ async def test_models_has_one_entry_per_model_with_its_versions_and_states(serve
     ws = await conn.request({"type": "models", "id": "m"})
     assert ws["type"] == "models" and ws["id"] == "m"
     assert orjson.loads(orjson.dumps(ws["models"])) == list(listed.values())  # WS and HTTP agree
-    assert sorted(listed) == ["f_file", "f_init", "f_meta", "f_npz", "f_shape", "f_syntax", "f_warm", "ids", "lin", "mlp2", "py", "skl"]
+    assert sorted(listed) == ["f_file", "f_init", "f_meta", "f_npz", "f_shape", "f_syntax", "f_warm", "greedy", "ids", "lin", "mlp2", "py", "skl"]
     assert conn.hello["models"] == sorted(listed)
     lin = listed["lin"]
     assert lin["version"] == "10"  # the highest ready version, compared as a number
@@ -295,6 +298,12 @@ async def test_scikit_learn_pipeline_answers_exactly_what_scikit_learn_predicts(
 
 
 # --------------------------------------------------------------------------- model.py
+
+
+async def test_a_zero_batching_window_in_config_toml_is_greedy_batching(conn: Conn) -> None:
+    r = await predict(conn, "g", "greedy", [[1, 2, 3], [4, 5, 6]])
+    assert (r["type"], r["version"]) == ("result", "1"), r
+    close(r["outputs"], affine([[1, 2, 3], [4, 5, 6]], 0.25))
 
 
 async def test_model_py_predicts_with_its_own_code(conn: Conn) -> None:

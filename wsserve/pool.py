@@ -356,7 +356,8 @@ class ModelPool:
 
     def make_worker(self, name: str, model: Any, *, max_batch_size: int | None = None,
                     max_delay_ms: float | None = None, instances: int = 1) -> Any:
-        """The worker a model needs (not started)."""
+        """The worker a model needs (not started).  ``max_delay_ms``: the model's batching window
+        (None: the server's; 0: greedy, whatever the server's is)."""
         cfg = self._config
         if is_generative(model):
             from .generation import GenerationEngine
@@ -366,10 +367,11 @@ class ModelPool:
                 observer=self._observer, after_delivery=self._after_batch,
             )
         explainer, refusal = resolve_explainer(name, model)
+        delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms
         return PredictWorker(
             model, name=name,
             max_batch_size=max_batch_size or cfg.max_batch_size,
-            max_delay_ms=max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms,
+            max_delay_ms=delay or None,  # a window of 0 (config.toml allows it) is greedy batching
             max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
             instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
