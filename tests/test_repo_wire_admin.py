@@ -22,7 +22,7 @@ import orjson
 import pytest
 import websockets
 
-from tests.repo_models import AFFINE_CONFIG, GATED_PY, affine, write_affine
+from tests.repo_models import AFFINE_CONFIG, AFFINE_PY, GATED_PY, affine, write_affine
 from tests.repo_wire import models_http, predict, states, wait_models
 from tests.support import ROOT, Conn, ServerProcess, child_env, http_get, wait_until
 
@@ -161,6 +161,40 @@ async def test_load_right_after_unload_serves_again_while_the_old_copy_finishes(
         assert states(models_http(server).get("g")) == {"1": "ready"}
         r = await predict(conn, "after", "g", ROWS)
         assert (r["type"], r["version"]) == ("result", "1"), r
+        await conn.close()
+
+
+SLOW_CLOSE_PY = AFFINE_PY + '''
+    def close(self):  # holds until the gate named in close_gate.txt exists (at most 60 s)
+        import time
+        gate = Path((Path(__file__).parent / "close_gate.txt").read_text().strip())
+        Path(str(gate) + ".started").touch()
+        end = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < end:
+            time.sleep(0.005)
+'''
+
+
+async def test_a_model_close_that_takes_long_does_not_stall_the_server(tmp_path: Path) -> None:
+    """Model.close() is the model's own code: it runs off the event loop, so other models
+    (and the admin reply) are served while it runs."""
+    repo, gate = tmp_path / "repository", tmp_path / "close-gate"
+    for name in ("slow", "other"):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "slow" / "1", bias=1.0, source=SLOW_CLOSE_PY, **{"close_gate.txt": str(gate)})
+    write_affine(repo / "other" / "1", bias=3.0)
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as server:
+        conn = await Conn.open(server.url)
+        reply = await admin(conn, "unload", "u", model="slow")
+        assert reply["ok"] is True, reply
+        wait_until(lambda: Path(f"{gate}.started").exists(), 30, what="Model.close() started")
+        r = await predict(conn, "o", "other", ROWS)  # while close() runs
+        assert (r["type"], r["version"]) == ("result", "1"), r
+        close(r["outputs"], affine(ROWS, 3.0))
+        assert states(models_http(server)["slow"]) == {"1": "unloading"}
+        gate.touch()
+        wait_models(server, "slow", "gone once closed", lambda e: e is None)
         await conn.close()
 
 

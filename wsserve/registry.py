@@ -337,8 +337,8 @@ class ModelRegistry:
                 await entry.worker.close()
                 close = getattr(entry.model, "close", None)
                 if callable(close):
-                    try:
-                        close()
+                    try:  # the model's own code (Model.close()): off the event loop
+                        await asyncio.get_running_loop().run_in_executor(None, close)
                     except Exception:  # noqa: BLE001
                         log.exception("closing model %r version %s failed", entry.name, entry.version)
                 if forget:
