@@ -164,6 +164,20 @@ async def test_load_right_after_unload_serves_again_while_the_old_copy_finishes(
         await conn.close()
 
 
+async def test_unloading_a_model_whose_only_version_failed_takes_it_off_the_list(tmp_path: Path) -> None:
+    repo = tmp_path / "repository"
+    (repo / "broken").mkdir(parents=True)
+    (repo / "broken" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "broken" / "1", bias=1.0, source="raise RuntimeError('no weights')\n")
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as server:
+        assert states(models_http(server)["broken"]) == {"1": "failed"}
+        conn = await Conn.open(server.url)
+        reply = await admin(conn, "unload", "u", model="broken")
+        assert (reply["ok"], reply["versions"]) == (True, []), reply
+        assert "broken" not in models_http(server)  # it used to stay listed with no versions
+        await conn.close()
+
+
 SLOW_CLOSE_PY = AFFINE_PY + '''
     def close(self):  # holds until the gate named in close_gate.txt exists (at most 60 s)
         import time

@@ -155,6 +155,18 @@ async def test_a_deleted_model_leaves_the_list(server: ServerProcess, repo: Path
     assert (await predict(conn, 2, "seed", ROWS))["type"] == "result"
 
 
+async def test_a_deleted_model_whose_versions_all_failed_leaves_the_list(server: ServerProcess, repo: Path) -> None:
+    build = repo / ".broken.tmp"
+    build.mkdir()
+    (build / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(build / "1", RAISES_PY)
+    os.rename(build, repo / "broken")
+    wait_models(server, "broken", "version 1 failed", lambda e: states(e) == {"1": "failed"})
+    remove_version(repo / "broken")
+    # it used to stay listed for good, as {"name": "broken", "version": null, "versions": []}
+    wait_models(server, "broken", "not listed", lambda e: e is None)
+
+
 async def test_a_repository_directory_replaced_as_a_whole_is_watched_again(tmp_path: Path) -> None:
     """``mv repo repo.old && mv repo.new repo``: the watches were on the old directory; the
     new one is watched too (it used to be never rescanned again: new models never loaded)."""

@@ -402,7 +402,8 @@ class ModelPool:
 
     def retire(self, name: str, version: str) -> ModelEntry | None:
         """Stop routing requests to ``version`` (state ``unloading``); returns its entry
-        (None if it held none) for the caller to drain, close and :meth:`forget`."""
+        (None if it held none: then the version is dropped at once, and the model with its
+        last version) for the caller to drain, close and :meth:`forget`."""
         m = self._models.get(name)
         status = m.versions.get(version) if m is not None else None
         if status is None:
@@ -410,6 +411,8 @@ class ModelPool:
         entry = status.entry
         if entry is None:
             del m.versions[version]
+            if not m.versions:  # as forget(): a model with no version left is dropped
+                del self._models[name]
         else:
             status.state = "unloading"
         self._changed(name)
