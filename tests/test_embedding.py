@@ -90,6 +90,13 @@ def test_a_model_failing_its_warm_up_is_refused_before_serving() -> None:
         wsserve.Server(wsserve.ServerConfig(port=0, models=()), models={"broken": bad})
 
 
+def test_a_model_whose_metrics_are_not_json_is_refused_before_serving() -> None:
+    # used to be served, then every GET /v1/models and `models` request failed, for every model
+    odd = wsserve.FunctionModel(lambda x: x, input_shape=(1,), output_shape=(1,), metrics={"seen": {1, 2}})
+    with pytest.raises(ValueError, match=r"^model 'odd': its metrics or figures are not JSON \(Type is not JSON serializable: set\)$"):
+        wsserve.Server(wsserve.ServerConfig(port=0, models=()), models={"odd": odd})
+
+
 def test_server_refuses_bad_names_and_non_models() -> None:
     ok = wsserve.FunctionModel(lambda x: x, input_shape=(1,), output_shape=(1,))
     with pytest.raises(ValueError, match="model name '.hidden'"):

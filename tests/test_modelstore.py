@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -164,6 +165,23 @@ def test_pickle_is_never_loaded(tmp_path: Path) -> None:
         np.savez(f, allow_pickle=True, __meta__=np.array([{"evil": 1}], dtype=object),
                  w=np.array([object()], dtype=object))
     _assert_corrupt(tmp_path, path)
+
+
+@pytest.mark.parametrize("shape", [(1 << 40,), (1 << 20, 1 << 20)], ids=["8TiB", "8TiB-2d"])
+def test_a_huge_declared_shape_is_refused_before_numpy_allocates(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    # a member whose .npy header declares 8 TiB (with 16 bytes of data) used to raise MemoryError
+    # from np.load, which escaped load() and the trainer: the server did not start
+    path = save(tmp_path, "mlp", CONFIG, {"w": np.ones(2)}, META)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    members["w.npy"] = head.getvalue() + bytes(16)
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    err = _assert_corrupt(tmp_path, path)
+    assert err.reason == f"arrays need more than {1 << 32} bytes ('w.npy' has shape {list(shape)})"
 
 
 def test_missing_header(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ import orjson
 import pytest
 import websockets
 
-from tests.repo_models import AFFINE_CONFIG, affine, write_affine
+from tests.repo_models import AFFINE_CONFIG, AFFINE_PY, GATED_PY, affine, write_affine
 from tests.repo_wire import models_http, predict, states, wait_models
-from tests.support import ROOT, Conn, ServerProcess, child_env, http_get
+from tests.support import ROOT, Conn, ServerProcess, child_env, http_get, wait_until
 
 ROWS = [[1.0, 2.0, 3.0]]
 ADMIN = "admin-key-0123456789"
@@ -132,10 +132,94 @@ async def test_unload_a_whole_model_then_load_it_again(open_server: ServerProces
     await conn.close()
 
 
+@pytest.mark.parametrize("whole_model", [False, True], ids=["version", "model"])
+async def test_load_right_after_unload_serves_again_while_the_old_copy_finishes(tmp_path: Path, whole_model: bool) -> None:
+    """A ``load`` of a version still ``unloading`` (work in flight) loads it anew: it is not
+    "already loaded", and the old copy's end must not take the new one with it."""
+    repo, gate = tmp_path / "repository", tmp_path / "gate"
+    (repo / "g").mkdir(parents=True)
+    (repo / "g" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "g" / "1", bias=2.0, source=GATED_PY, **{"gate.txt": str(gate)})
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as server:
+        conn = await Conn.open(server.url)
+        held = [[-1.0, 0.0, 0.0]]
+        await conn.send({"type": "predict", "id": "held", "model": "g", "inputs": held})
+        wait_until(lambda: Path(f"{gate}.started").exists(), 30, what="the held predict started")
+        pin = {} if whole_model else {"version": 1}
+        reply = await admin(conn, "unload", "u", model="g", **pin)
+        assert version_list(reply) == {"1": "unloading"}, reply
+        reply = await admin(conn, "load", "l", model="g", **pin)
+        assert (reply["type"], reply.get("ok"), version_list(reply)) == ("load", True, {"1": "ready"}), reply
+        r = await predict(conn, "new", "g", ROWS)  # the new copy serves while the old one holds its request
+        assert (r["type"], r["version"]) == ("result", "1"), r
+        close(r["outputs"], affine(ROWS, 2.0))
+        gate.touch()
+        (done,) = (await conn.collect({"held"}))["held"]
+        assert (done["type"], done["version"]) == ("result", "1"), done
+        close(done["outputs"], affine(held, 2.0))
+        wait_until(lambda: "unloaded model 'g' version 1" in server.stderr_text(), 30, what="the old copy closed")
+        assert states(models_http(server).get("g")) == {"1": "ready"}
+        r = await predict(conn, "after", "g", ROWS)
+        assert (r["type"], r["version"]) == ("result", "1"), r
+        await conn.close()
+
+
+async def test_unloading_a_model_whose_only_version_failed_takes_it_off_the_list(tmp_path: Path) -> None:
+    repo = tmp_path / "repository"
+    (repo / "broken").mkdir(parents=True)
+    (repo / "broken" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "broken" / "1", bias=1.0, source="raise RuntimeError('no weights')\n")
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as server:
+        assert states(models_http(server)["broken"]) == {"1": "failed"}
+        conn = await Conn.open(server.url)
+        reply = await admin(conn, "unload", "u", model="broken")
+        assert (reply["ok"], reply["versions"]) == (True, []), reply
+        assert "broken" not in models_http(server)  # it used to stay listed with no versions
+        await conn.close()
+
+
+SLOW_CLOSE_PY = AFFINE_PY + '''
+    def close(self):  # holds until the gate named in close_gate.txt exists (at most 60 s)
+        import time
+        gate = Path((Path(__file__).parent / "close_gate.txt").read_text().strip())
+        Path(str(gate) + ".started").touch()
+        end = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < end:
+            time.sleep(0.005)
+'''
+
+
+async def test_a_model_close_that_takes_long_does_not_stall_the_server(tmp_path: Path) -> None:
+    """Model.close() is the model's own code: it runs off the event loop, so other models
+    (and the admin reply) are served while it runs."""
+    repo, gate = tmp_path / "repository", tmp_path / "close-gate"
+    for name in ("slow", "other"):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "slow" / "1", bias=1.0, source=SLOW_CLOSE_PY, **{"close_gate.txt": str(gate)})
+    write_affine(repo / "other" / "1", bias=3.0)
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as server:
+        conn = await Conn.open(server.url)
+        reply = await admin(conn, "unload", "u", model="slow")
+        assert reply["ok"] is True, reply
+        wait_until(lambda: Path(f"{gate}.started").exists(), 30, what="Model.close() started")
+        r = await predict(conn, "o", "other", ROWS)  # while close() runs
+        assert (r["type"], r["version"]) == ("result", "1"), r
+        close(r["outputs"], affine(ROWS, 3.0))
+        assert states(models_http(server)["slow"]) == {"1": "unloading"}
+        gate.touch()
+        wait_models(server, "slow", "gone once closed", lambda e: e is None)
+        await conn.close()
+
+
 @pytest.mark.parametrize("msg, code, message", [
     ({"type": "load", "model": "zzz"}, "unknown_model", "no model named 'zzz' in the model repository"),
     ({"type": "load", "model": "adm", "version": 9}, "unknown_model", "model 'adm' has no version '9' in the repository"),
     ({"type": "reload", "model": "adm", "version": "v2"}, "unknown_model", "model 'adm' has no version 'v2' in the repository"),
+    # not canonical version numbers (str.isdigit() holds for them): no version of the repository, not internal
+    ({"type": "load", "model": "adm", "version": "\u00b2"}, "unknown_model", "model 'adm' has no version '\u00b2' in the repository"),
+    ({"type": "reload", "model": "adm", "version": "\u0662"}, "unknown_model", "model 'adm' has no version '\u0662' in the repository"),
+    ({"type": "reload", "model": "adm", "version": "02"}, "unknown_model", "model 'adm' has no version '02' in the repository"),
     ({"type": "unload", "model": "adm", "version": "7"}, "unknown_model", "model 'adm' has no version '7'"),
     ({"type": "load"}, "bad_request", "missing field 'model'"),
     ({"type": "unload", "model": "adm", "version": 0}, "bad_request", "field 'version' must be a positive integer or a string, got 0"),

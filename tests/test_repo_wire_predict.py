@@ -24,6 +24,7 @@ pytest.importorskip("onnxruntime")
 from tests import onnx_builders as ob  # noqa: E402
 from tests.repo_models import (  # noqa: E402
     AFFINE_CONFIG,
+    AFFINE_PY,
     RAISES_PY,
     SYNTAX_ERROR_PY,
     WARMUP_FAILS_PY,
@@ -80,6 +81,9 @@ class Repo:
         (root / "py").mkdir()
         (root / "py" / "config.toml").write_text(AFFINE_CONFIG)
         write_affine(root / "py" / "1", bias=0.5)
+        (root / "greedy").mkdir()  # max_delay_ms = 0 is in bounds: greedy batching (it used to stop the server)
+        (root / "greedy" / "config.toml").write_text(AFFINE_CONFIG + "max_delay_ms = 0\n")
+        write_affine(root / "greedy" / "1", bias=0.25)
 
         # Start-up failures: a good version 1 keeps serving next to a broken version 2.
         ob.save(ob.linear_layer(3, 2)[0], root / "f_file" / "1")
@@ -97,6 +101,21 @@ class Repo:
         (root / "f_cfg").mkdir()
         (root / "f_cfg" / "config.toml").write_text("max_batch_size = -4\n")
         ob.save(ob.linear_layer(3, 2)[0], root / "f_cfg" / "1")
+        # Nesting deeper than the parsers recurse (used to stop the server from starting at all).
+        ob.save(ob.linear_layer(3, 2)[0], root / "f_npz" / "1")
+        (root / "f_npz" / "2").mkdir()
+        deep = np.frombuffer(b"[" * 400_000 + b"]" * 400_000, dtype=np.uint8)
+        np.savez(root / "f_npz" / "2" / "model.npz", allow_pickle=False, __meta__=deep,
+                 weight=np.ones(1), bias=np.zeros(1))
+        # Metrics `models` cannot serialise (used to break GET /v1/models for every model).
+        (root / "f_meta").mkdir()
+        (root / "f_meta" / "config.toml").write_text(AFFINE_CONFIG)
+        write_affine(root / "f_meta" / "1", bias=1.0)
+        write_affine(root / "f_meta" / "2", bias=2.0, source=AFFINE_PY.replace(
+            'self.metrics = {"bias": self.bias}', "self.metrics = {1: {2, 3}}"))
+        (root / "f_deep").mkdir()
+        (root / "f_deep" / "config.toml").write_text("a = " + "[" * 30000 + "]" * 30000 + "\n")
+        ob.save(ob.linear_layer(3, 2)[0], root / "f_deep" / "1")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +149,7 @@ async def test_models_has_one_entry_per_model_with_its_versions_and_states(serve
     ws = await conn.request({"type": "models", "id": "m"})
     assert ws["type"] == "models" and ws["id"] == "m"
     assert orjson.loads(orjson.dumps(ws["models"])) == list(listed.values())  # WS and HTTP agree
-    assert sorted(listed) == ["f_file", "f_init", "f_shape", "f_syntax", "f_warm", "ids", "lin", "mlp2", "py", "skl"]
+    assert sorted(listed) == ["f_file", "f_init", "f_meta", "f_npz", "f_shape", "f_syntax", "f_warm", "greedy", "ids", "lin", "mlp2", "py", "skl"]
     assert conn.hello["models"] == sorted(listed)
     lin = listed["lin"]
     assert lin["version"] == "10"  # the highest ready version, compared as a number
@@ -281,6 +300,12 @@ async def test_scikit_learn_pipeline_answers_exactly_what_scikit_learn_predicts(
 # --------------------------------------------------------------------------- model.py
 
 
+async def test_a_zero_batching_window_in_config_toml_is_greedy_batching(conn: Conn) -> None:
+    r = await predict(conn, "g", "greedy", [[1, 2, 3], [4, 5, 6]])
+    assert (r["type"], r["version"]) == ("result", "1"), r
+    close(r["outputs"], affine([[1, 2, 3], [4, 5, 6]], 0.25))
+
+
 async def test_model_py_predicts_with_its_own_code(conn: Conn) -> None:
     rows = RNG.standard_normal((9, 3)).tolist()
     r = await predict(conn, "py", "py", rows)
@@ -299,6 +324,8 @@ FAILURES = {
     "f_warm": "{dir}/2/model.py: warm-up failed: ValueError: an all-zero batch is not a valid input",
     "f_syntax": "{dir}/2/model.py: SyntaxError: expected ':' (line 2)",
     "f_shape": "{dir}/2/model.onnx: config.toml says input 'x' has shape [3]; the model's is [4]",
+    "f_npz": "{dir}/2/model.npz: __meta__ is not UTF-8 JSON (arrays or objects nested too deeply)",
+    "f_meta": "{dir}/2/model.py: its metrics or figures are not JSON (Dict key must be str)",
 }
 
 
@@ -327,6 +354,15 @@ async def test_a_bad_config_toml_at_start_up_is_logged_naming_file_key_and_probl
     r = await predict(conn, "c", "f_cfg", [[1, 2, 3]])
     assert r["code"] == "unknown_model" and "f_cfg" in r["message"]
     ok = await predict(conn, "ok", "lin", [[1, 2, 3]])  # every other model serves
+    assert ok["type"] == "result"
+
+
+async def test_a_config_toml_nested_too_deeply_is_an_error_like_any_other(
+        server: ServerProcess, repo: Repo, conn: Conn) -> None:
+    assert (f"model 'f_deep': {repo.root / 'f_deep' / 'config.toml'}: is not valid TOML (arrays or tables nested too deeply)"
+            in server.stderr_text())
+    assert "f_deep" not in models_http(server)
+    ok = await predict(conn, "ok", "lin", [[1, 2, 3]])
     assert ok["type"] == "result"
 
 

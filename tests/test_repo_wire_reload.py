@@ -155,6 +155,56 @@ async def test_a_deleted_model_leaves_the_list(server: ServerProcess, repo: Path
     assert (await predict(conn, 2, "seed", ROWS))["type"] == "result"
 
 
+async def test_a_deleted_model_whose_versions_all_failed_leaves_the_list(server: ServerProcess, repo: Path) -> None:
+    build = repo / ".broken.tmp"
+    build.mkdir()
+    (build / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(build / "1", RAISES_PY)
+    os.rename(build, repo / "broken")
+    wait_models(server, "broken", "version 1 failed", lambda e: states(e) == {"1": "failed"})
+    remove_version(repo / "broken")
+    # it used to stay listed for good, as {"name": "broken", "version": null, "versions": []}
+    wait_models(server, "broken", "not listed", lambda e: e is None)
+
+
+async def test_a_repository_directory_replaced_as_a_whole_is_watched_again(tmp_path: Path) -> None:
+    """``mv repo repo.old && mv repo.new repo``: the watches were on the old directory; the
+    new one is watched too (it used to be never rescanned again: new models never loaded)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "first").mkdir()
+    (repo / "first" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "first" / "1", bias=1.0)
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as server:
+        wait_watching(server, repo)
+        new = tmp_path / "repo.new"
+        new.mkdir()
+        (new / "first").mkdir()
+        (new / "first" / "config.toml").write_text(AFFINE_CONFIG)
+        write_affine(new / "first" / "1", bias=1.0)
+        os.rename(repo, tmp_path / "repo.old")
+        os.rename(new, repo)
+        wait_models(server, "probe", "gone with the old directory", lambda e: e is None)
+        build = repo / ".second.tmp"  # a change made inside the new directory afterwards
+        build.mkdir()
+        (build / "config.toml").write_text(AFFINE_CONFIG)
+        write_affine(build / "1", bias=2.0)
+        os.rename(build, repo / "second")
+        wait_models(server, "second", "loaded from the new directory", lambda e: states(e) == {"1": "ready"})
+        conn = await Conn.open(server.url)
+        r = await predict(conn, 1, "second", ROWS)
+        close(r["outputs"], affine(ROWS, 2.0))
+        assert (await predict(conn, 2, "first", ROWS))["type"] == "result"
+        # gone for a while (what it served keeps serving, the error is logged), then back
+        os.rename(repo, tmp_path / "repo.away")
+        wait_until(lambda: f"{repo}: cannot be listed" in server.stderr_text(), 30, what="the missing directory is logged")
+        assert (await predict(conn, 3, "second", ROWS))["type"] == "result"
+        os.rename(tmp_path / "repo.away", repo)
+        (repo / "second" / "config.toml").write_text(AFFINE_CONFIG.replace('"regression"', '"other"'))
+        wait_models(server, "second", "reloaded from the directory that came back", lambda e: e["task"] == "other")
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- config.toml
 
 

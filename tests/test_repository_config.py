@@ -157,6 +157,9 @@ def test_too_many_named_inputs() -> None:
         (b"a = 1\na = 2", ["is not valid TOML"]),
         (b"\xff\xfe", ["is not UTF-8"]),
         (b"#" * (64 * 1024 + 1), ["bytes; at most 65536"]),
+        # tomllib recurses once per nesting level: these used to escape as RecursionError
+        pytest.param(b"a = " + b"[" * 30000 + b"]" * 30000, ["is not valid TOML", "nested too deeply"], id="deep-arrays"),
+        pytest.param(b"a = " + b"{b=" * 10000 + b"1" + b"}" * 10000, ["is not valid TOML", "nested too deeply"], id="deep-tables"),
     ],
 )
 def test_unreadable_config(data: bytes, words: list[str]) -> None:

@@ -247,6 +247,20 @@ def test_bad_mlp_arrays(tmp_path: Path, edit, words: str) -> None:  # type: igno
     assert words in _load_error(path)
 
 
+@pytest.mark.parametrize("w0, w1", [((0, 8), (8, 3)), ((4, 8), (8, 0))], ids=["no-input", "no-output"])
+def test_a_zero_width_mlp_layer_is_refused_naming_the_file(tmp_path: Path, w0: tuple[int, int], w1: tuple[int, int]) -> None:
+    # (no RNG here: test_compressed_architectures_are_served_like_mlp depends on the module RNG's order)
+    # used to load, then fail as "tensor 'input': bad shape [0]", a reason without the file's name
+    arrays = {"w0": np.ones(w0, np.float32), "b0": np.zeros(w0[1], np.float32),
+              "w1": np.ones(w1, np.float32), "b1": np.zeros(w1[1], np.float32)}
+    path = _write(tmp_path / "1" / "model.npz", {"format": 1, "architecture": "mlp", "meta": {}}, **arrays)
+    bad = "w0" if 0 in w0 else "w1"
+    shape = list(w0 if 0 in w0 else w1)
+    assert _load_error(path) == f"{path}: bad mlp model: array {bad!r} has shape {shape}; each dimension must be in 1..65536"
+    with pytest.raises(ModelLoadError, match=f"^{path}: "):
+        load_version("m", 1, path.parent, parse_config(""))
+
+
 # --------------------------------------------------------------------------- write_builtin_version + NpzModel
 
 def test_write_builtin_version_is_an_ordinary_repository_entry(tmp_path: Path) -> None:
@@ -331,6 +345,13 @@ def test_members_that_expand_past_the_bound_are_refused(tmp_path: Path) -> None:
     assert path.stat().st_size < 100_000
     with pytest.raises(ModelLoadError, match="members expand to 6291456 bytes"):
         read_npz(path, max_bytes=8)
+
+
+def test_a_deeply_nested_header_is_refused(tmp_path: Path) -> None:
+    # json recurses once per nesting level: 1 MiB of "[" used to escape read_npz as RecursionError
+    header = np.frombuffer(b"[" * 400_000 + b"]" * 400_000, dtype=np.uint8)
+    path = _write(tmp_path / "deep.npz", header, **LINEAR_ARRAYS)
+    assert _load_error(path) == f"{path}: __meta__ is not UTF-8 JSON (arrays or objects nested too deeply)"
 
 
 def test_nan_in_the_header_is_refused(tmp_path: Path) -> None:

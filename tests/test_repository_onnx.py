@@ -216,6 +216,14 @@ def test_corrupt_file(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{vdir / 'model.onnx'}: ONNX Runtime cannot load it: ")
 
 
+def test_deeply_nested_wsserve_metadata_is_refused(tmp_path: Path) -> None:
+    # json recurses once per nesting level: this used to escape the loader as RecursionError
+    graph, _ = ob.linear_layer()
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "wsserve", "[" * 400_000 + "]" * 400_000
+    assert _fails(tmp_path, graph).endswith("the graph: metadata 'wsserve' is not JSON (arrays or objects nested too deeply)")
+
+
 def test_without_onnxruntime_the_error_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     graph, _ = ob.linear_layer()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -50,6 +51,8 @@ __all__ = [
 FORMAT_VERSION = 1
 
 _META_KEY = "__meta__"
+#: Bound on the bytes of the arrays one cache file may declare (checked before numpy allocates).
+MAX_FILE_ARRAY_BYTES = 1 << 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ARRAY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -157,13 +160,44 @@ def save(
     return path
 
 
+def _check_sizes(f: Any, path: Path) -> None:
+    """Refuse an archive whose members declare more than :data:`MAX_FILE_ARRAY_BYTES` (their
+    ``.npy`` headers and zip sizes), before numpy allocates what they declare.  A file that is
+    no zip is left to ``np.load`` (which says what it is)."""
+    if not zipfile.is_zipfile(f):
+        f.seek(0)
+        return
+    f.seek(0)
+    with zipfile.ZipFile(f) as zf:
+        infos = zf.infolist()
+        declared = sum(info.file_size for info in infos)
+        if declared > MAX_FILE_ARRAY_BYTES + (1 << 20):
+            raise ModelFileError(path, f"members expand to {declared} bytes; at most {MAX_FILE_ARRAY_BYTES} are read")
+        total = 0
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                continue  # np.load refuses what it cannot read
+            with zf.open(info) as fp:
+                version = np.lib.format.read_magic(fp)
+                if version not in ((1, 0), (2, 0)):
+                    raise ModelFileError(path, f"member {info.filename!r} uses .npy format {version}")
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(fp) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(fp))
+            total += math.prod(shape) * dtype.itemsize if all(d >= 0 for d in shape) else 0
+            if total > MAX_FILE_ARRAY_BYTES:
+                raise ModelFileError(path, f"arrays need more than {MAX_FILE_ARRAY_BYTES} bytes "
+                                           f"({info.filename!r} has shape {list(shape)})")
+    f.seek(0)
+
+
 def load(
     cache_dir: Path, name: str, config: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """Return ``(arrays, meta)`` saved for ``(name, config)``, or ``None`` if there is no file.
 
     Raises :class:`ModelFileError` if the file exists but is corrupt, truncated,
-    holds pickled/object data, or its header does not match ``(name, config)``
+    holds pickled/object data, declares arrays of more than :data:`MAX_FILE_ARRAY_BYTES`
+    (refused before anything is allocated), or its header does not match ``(name, config)``
     or the arrays it lists.  Arrays are returned fully read into memory.
     """
     key = config_key(name, config)
@@ -173,6 +207,7 @@ def load(
     try:
         # Open the file ourselves: np.load(path) leaks the handle when the zip is bad.
         with open(path, "rb") as f:
+            _check_sizes(f, path)
             obj = np.load(f, allow_pickle=False)
             if not isinstance(obj, np.lib.npyio.NpzFile):
                 raise ModelFileError(path, f"not an .npz archive (got {type(obj).__name__})")

@@ -39,7 +39,7 @@ from .protocol import check_rows, check_rows_within, result_head, validate_input
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
-__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer"]
+__all__ = ["ModelEntry", "ModelPool", "VersionStatus", "Prepare", "is_generative", "resolve_explainer", "check_describable"]
 
 log = logging.getLogger("wsserve.pool")
 
@@ -233,6 +233,16 @@ def _json_default(value: Any) -> Any:
     return item()
 
 
+def check_describable(model: Any) -> None:
+    """Raise ``TypeError`` (``orjson.JSONEncodeError``) naming the problem when what ``models``
+    reports for ``model`` (its info and version figures) cannot be serialised, as
+    :attr:`ModelPool.models_json` does: one such model would break the list for every model."""
+    info = getattr(model, "info", None)
+    own = getattr(model, "version_figures", None)
+    orjson.dumps([info.to_json() if info is not None else None, own() if callable(own) else None],
+                 option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+
+
 class ModelPool:
     """Every model version known to the server.  See the module docstring."""
 
@@ -346,7 +356,8 @@ class ModelPool:
 
     def make_worker(self, name: str, model: Any, *, max_batch_size: int | None = None,
                     max_delay_ms: float | None = None, instances: int = 1) -> Any:
-        """The worker a model needs (not started)."""
+        """The worker a model needs (not started).  ``max_delay_ms``: the model's batching window
+        (None: the server's; 0: greedy, whatever the server's is)."""
         cfg = self._config
         if is_generative(model):
             from .generation import GenerationEngine
@@ -356,10 +367,11 @@ class ModelPool:
                 observer=self._observer, after_delivery=self._after_batch,
             )
         explainer, refusal = resolve_explainer(name, model)
+        delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms
         return PredictWorker(
             model, name=name,
             max_batch_size=max_batch_size or cfg.max_batch_size,
-            max_delay_ms=max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms,
+            max_delay_ms=delay or None,  # a window of 0 (config.toml allows it) is greedy batching
             max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
             instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
@@ -390,7 +402,8 @@ class ModelPool:
 
     def retire(self, name: str, version: str) -> ModelEntry | None:
         """Stop routing requests to ``version`` (state ``unloading``); returns its entry
-        (None if it held none) for the caller to drain, close and :meth:`forget`."""
+        (None if it held none: then the version is dropped at once, and the model with its
+        last version) for the caller to drain, close and :meth:`forget`."""
         m = self._models.get(name)
         status = m.versions.get(version) if m is not None else None
         if status is None:
@@ -398,6 +411,8 @@ class ModelPool:
         entry = status.entry
         if entry is None:
             del m.versions[version]
+            if not m.versions:  # as forget(): a model with no version left is dropped
+                del self._models[name]
         else:
             status.state = "unloading"
         self._changed(name)

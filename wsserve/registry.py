@@ -28,14 +28,16 @@ come from the connection core; authorisation is the core's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
-from .pool import ModelEntry, ModelPool, is_generative
+from .pool import ModelEntry, ModelPool, check_describable, is_generative
 from .repository import (
     LoadVersion,
     ModelConfig,
@@ -50,6 +52,7 @@ from .repository import (
     UnloadVersion,
     is_model_name,
     load_version,
+    parse_version,
     plan,
     scan,
 )
@@ -76,7 +79,12 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     try:
         model.warmup()
         model.version_figures()  # reads the file system: here, off the event loop, once
-        return _servable(model, name)
+        servable = _servable(model, name)
+        try:  # e.g. Model.metrics = {1: ...}: it would break `models` for every model
+            check_describable(servable)
+        except TypeError as exc:
+            raise ModelLoadError(getattr(model, "path", path), f"its metrics or figures are not JSON ({exc})") from None
+        return servable
     except ModelLoadError:
         model.close()
         raise
@@ -124,7 +132,7 @@ class ModelRegistry:
         generative model (:mod:`wsserve.generation.model`); or any object with ``predict``
         and ``info``.  ``version`` defaults to the model's own, else ``"1"``.  The name is
         then taken: a repository model of that name is refused (logged).  Raises
-        ``ValueError`` for a bad or taken name, ``TypeError`` for an object that is no
+        ``ValueError`` for a bad or taken name or metrics that are not JSON, ``TypeError`` for an object that is no
         model, :class:`~wsserve.repository.ModelLoadError` for a failed warm-up.
         """
         if not is_model_name(name):
@@ -140,6 +148,10 @@ class ModelRegistry:
             model = TokenModelAdapter(model, name=name)
         elif not is_generative(model) and not hasattr(model, "predict"):
             raise TypeError(f"model {name!r}: {type(model).__name__} has no predict() (nor the generative interface)")
+        try:  # as for a repository version: it would break `models` for every model
+            check_describable(model)
+        except TypeError as exc:
+            raise ValueError(f"model {name!r}: its metrics or figures are not JSON ({exc})") from None
         entry, _ = self.pool.serve(name, version if version is not None else "1", model, worker=worker)
         self._objects.add(name)
         return entry
@@ -172,28 +184,54 @@ class ModelRegistry:
             for repo in self._repos:
                 await self._rescan(repo)
 
+    def _identities(self) -> tuple[tuple[int, int] | None, ...]:
+        """``(device, inode)`` of each operator repository directory (None: missing)."""
+        out: list[tuple[int, int] | None] = []
+        for repo in self._repos:
+            try:
+                st = os.stat(repo)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_dev, st.st_ino))
+        return tuple(out)
+
     async def watch(self, stop: asyncio.Event) -> None:
         """Rescan whenever files change under the operator's repositories, until ``stop``.
 
         Changes made after :meth:`load_all` returned are never missed: one rescan runs as soon as
-        the watches are established."""
+        the watches are established.  The watches are on directories, not paths: when a repository
+        directory is replaced as a whole (``mv repo.new repo``), disappears or comes back, they are
+        established anew on the directories the paths now name (checked once a second)."""
         if not self._repos:
             return
         from watchfiles import awatch
 
-        # The first (empty) yield comes once the watches are in place: rescanning then catches
-        # whatever changed between the start-up scan and the watcher; later empty yields are
-        # timeouts with nothing to do.
-        established = False
-        async for changes in awatch(*self._repos, stop_event=stop, debounce=500, recursive=True,
-                                    rust_timeout=1000, yield_on_timeout=True):
-            if not changes and established:
-                continue
-            established = True
+        while not stop.is_set():
+            watched = self._identities()
+            # The first (empty) yield comes once the watches are in place: rescanning then catches
+            # whatever changed between the last scan and the watcher; later empty yields are
+            # timeouts (one a second), with nothing to do unless a repository directory was replaced.
+            established = False
+            present = [repo for repo, identity in zip(self._repos, watched, strict=True) if identity is not None]
             try:
-                await self.rescan()
-            except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
-                log.exception("repository reload failed")
+                if not present:
+                    raise FileNotFoundError
+                async for changes in awatch(*present, stop_event=stop, debounce=500, recursive=True,
+                                            rust_timeout=1000, yield_on_timeout=True):
+                    replaced = self._identities() != watched
+                    if not changes and established and not replaced:
+                        continue
+                    established = True
+                    try:
+                        await self.rescan()
+                    except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
+                        log.exception("repository reload failed")
+                    if replaced:
+                        break  # watch what the paths name now
+            except FileNotFoundError:  # every repository directory is missing (the rescan logged it): wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
 
     async def _rescan(self, repo: Path) -> None:
         loop = asyncio.get_running_loop()
@@ -299,8 +337,8 @@ class ModelRegistry:
                 await entry.worker.close()
                 close = getattr(entry.model, "close", None)
                 if callable(close):
-                    try:
-                        close()
+                    try:  # the model's own code (Model.close()): off the event loop
+                        await asyncio.get_running_loop().run_in_executor(None, close)
                     except Exception:  # noqa: BLE001
                         log.exception("closing model %r version %s failed", entry.name, entry.version)
                 if forget:
@@ -355,7 +393,8 @@ class ModelRegistry:
                 if mscan.config is None:
                     raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
                 if version is not None:
-                    vscan = mscan.version(int(version)) if version.isdigit() else None
+                    number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
+                    vscan = mscan.version(number) if number is not None else None
                     if vscan is None:
                         raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
                     targets = [vscan]
@@ -363,7 +402,8 @@ class ModelRegistry:
                     targets = [v for v in mscan.versions if v.version in mscan.selected]
                 for vscan in targets:
                     held = self.pool.status(name).get(str(vscan.version))
-                    if op == "reload" or held is None or held.entry is None:
+                    # an `unloading` version is on its way out (finishing its work): load it anew
+                    if op == "reload" or held is None or held.entry is None or held.state == "unloading":
                         await self._load(name, vscan.version, vscan.path, mscan)
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan

@@ -227,7 +227,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
     """Parse config.toml contents. ``path`` is only used in messages and stored in the result.
 
     Raises :class:`ConfigError` (naming ``path``, the key and the problem) for
-    invalid UTF-8/TOML, unknown keys, wrong types, out-of-range values, or
+    invalid UTF-8/TOML (nesting too deep for the parser included), unknown keys, wrong types, out-of-range values, or
     contradictory keys (``input_shape`` together with ``[[inputs]]``).
     """
     path = Path(path)
@@ -244,6 +244,8 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"is not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses per nested array/table: "a = [[[[...]]]]" would escape
+        raise ConfigError(path, None, "is not valid TOML (arrays or tables nested too deeply)") from None
 
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:

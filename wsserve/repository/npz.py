@@ -12,7 +12,7 @@ Format 1 (fixed; other tools write it too)::
 names are ``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 128 characters:
 
 - ``linear``: ``weight`` [1] and ``bias`` [1], float64 (as ``LinearModel.to_arrays()``)
-- ``mlp``: ``w0, b0, w1, b1, ...`` float32, ``w_i`` [d_i, d_{i+1}], ``b_i`` [d_{i+1}]
+- ``mlp``: ``w0, b0, w1, b1, ...`` float32, ``w_i`` [d_i, d_{i+1}] (widths 1..65536), ``b_i`` [d_{i+1}]
   (as ``MLPModel.to_arrays()``; the number of layers is derived from the names)
 - ``mlp-int8``: ``w{i}.int8`` int8, ``w{i}.scale`` float32, ``b{i}`` float32, meta
   ``layers`` (:class:`wsserve.models.mlp_int8.MLPInt8Model`)
@@ -57,6 +57,7 @@ from ..models.base import PredictiveModel
 from ..models.charlm import CharLM
 from ..models.linear import LinearModel
 from ..models.mlp import MLPModel
+from ..models.mlp_layers import MAX_WIDTH
 from .config import MAX_VERSION
 from .errors import ModelLoadError
 from .layout import CONFIG_FILE, MODEL_FILES, is_model_name
@@ -132,6 +133,8 @@ def _build_mlp(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Pre
     for i in range(layers):
         _expect(arrays[f"w{i}"], f"w{i}", np.float32, 2)
         _expect(arrays[f"b{i}"], f"b{i}", np.float32, 1)
+        if not all(1 <= d <= MAX_WIDTH for d in arrays[f"w{i}"].shape):  # as the compressed forms
+            raise ValueError(f"array 'w{i}' has shape {list(arrays[f'w{i}'].shape)}; each dimension must be in 1..{MAX_WIDTH}")
     return MLPModel.from_arrays(dict(arrays), {"layers": layers, "metrics": _metrics(meta)})
 
 
@@ -237,7 +240,7 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
     file, not a zip, truncated or corrupt data, object (pickled) or non-numeric
     arrays, more than ``max_bytes`` of arrays (or a file or zip members bigger
     than such arrays need), a missing or malformed ``__meta__`` header (NaN or
-    infinities included), an unknown format or architecture.
+    infinities, or nesting too deep to parse, included), an unknown format or architecture.
     """
     path = Path(path)
     try:
@@ -260,6 +263,8 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
         header = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelLoadError(path, f"{_META_KEY} is not UTF-8 JSON ({exc})") from None
+    except RecursionError:  # json recurses per nested array/object: 1 MiB of "[" would escape
+        raise ModelLoadError(path, f"{_META_KEY} is not UTF-8 JSON (arrays or objects nested too deeply)") from None
     if not isinstance(header, dict):
         raise ModelLoadError(path, f"{_META_KEY} must be a JSON object, got {type(header).__name__}")
     if set(header) != _META_FIELDS:

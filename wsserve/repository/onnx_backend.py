@@ -139,8 +139,8 @@ def _count_parameters(path: Path, data: bytes | None = None) -> tuple[int, int |
 def read_wsserve_metadata(metadata: dict[str, str], label: str) -> dict[str, Any]:
     """The :data:`METADATA_KEY` JSON object of an ONNX model's custom metadata (``{}`` if absent).
 
-    Raises ``ValueError`` naming ``label`` if it is too long, not JSON (NaN
-    included), not an object, or has a ``metrics``/``compression`` that is not an object.
+    Raises ``ValueError`` naming ``label`` if it is too long, not JSON (NaN, or
+    nesting too deep to parse, included), not an object, or has a ``metrics``/``compression`` that is not an object.
     """
     text = metadata.get(METADATA_KEY)
     if text is None:
@@ -155,6 +155,8 @@ def read_wsserve_metadata(metadata: dict[str, str], label: str) -> dict[str, Any
         value = json.loads(text, parse_constant=no_constant)
     except ValueError as exc:
         raise ValueError(f"{label}: metadata {METADATA_KEY!r} is not JSON ({exc})") from None
+    except RecursionError:  # json recurses per nested array/object
+        raise ValueError(f"{label}: metadata {METADATA_KEY!r} is not JSON (arrays or objects nested too deeply)") from None
     if not isinstance(value, dict):
         raise ValueError(f"{label}: metadata {METADATA_KEY!r} must be a JSON object")
     for key in ("metrics", "compression"):
