@@ -346,23 +346,19 @@ async def test_a_version_that_fails_at_start_up_is_failed_with_its_reason_and_th
         close(served["outputs"], affine([[1, 2, 3]], 1.0))
 
 
+@pytest.mark.parametrize(("name", "problem"), [
+    ("f_cfg", "key 'max_batch_size': must be in [0, 65536], got -4"),
+    ("f_deep", "is not valid TOML (arrays or tables nested too deeply)"),
+])
 async def test_a_bad_config_toml_at_start_up_is_logged_naming_file_key_and_problem(
-        server: ServerProcess, repo: Repo, conn: Conn) -> None:
-    assert (f"model 'f_cfg': {repo.root / 'f_cfg' / 'config.toml'}: key 'max_batch_size': must be in [0, 65536], got -4"
-            in server.stderr_text())
-    assert "f_cfg" not in models_http(server)
-    r = await predict(conn, "c", "f_cfg", [[1, 2, 3]])
-    assert r["code"] == "unknown_model" and "f_cfg" in r["message"]
+        server: ServerProcess, repo: Repo, conn: Conn, name: str, problem: str) -> None:
+    """A bad value and a document nested too deeply alike: an error naming the file, the model
+    is not served, every other model is."""
+    assert f"model {name!r}: {repo.root / name / 'config.toml'}: {problem}" in server.stderr_text()
+    assert name not in models_http(server)
+    r = await predict(conn, "c", name, [[1, 2, 3]])
+    assert r["code"] == "unknown_model" and name in r["message"]
     ok = await predict(conn, "ok", "lin", [[1, 2, 3]])  # every other model serves
-    assert ok["type"] == "result"
-
-
-async def test_a_config_toml_nested_too_deeply_is_an_error_like_any_other(
-        server: ServerProcess, repo: Repo, conn: Conn) -> None:
-    assert (f"model 'f_deep': {repo.root / 'f_deep' / 'config.toml'}: is not valid TOML (arrays or tables nested too deeply)"
-            in server.stderr_text())
-    assert "f_deep" not in models_http(server)
-    ok = await predict(conn, "ok", "lin", [[1, 2, 3]])
     assert ok["type"] == "result"
 
 
