@@ -98,6 +98,7 @@ _BAD_SETTINGS = [
     ("rate_limit_burst", 0),
     ("max_delay_ms", -1.0),
     ("max_delay_ms", 0.0),
+    ("max_delay_ms", 60_001.0),
     ("drain_timeout_s", -0.5),
     ("slow_consumer_timeout_s", -1.0),
     ("auth_timeout_s", -1.0),

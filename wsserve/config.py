@@ -16,11 +16,13 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "TRANSPORTS", "flag"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "TRANSPORTS", "flag"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
+#: The longest batching window, in ms: --max-delay-ms and config.toml's max_delay_ms alike.
+MAX_DELAY_MS = 60_000
 
 #: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
 #: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.5 ms
@@ -137,6 +139,8 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
+        if self.max_delay_ms is not None and self.max_delay_ms > MAX_DELAY_MS:
+            raise ValueError(f"{flag('max_delay_ms')} must be at most {MAX_DELAY_MS} (a minute), got {self.max_delay_ms!r}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"{flag('transport')} must be {' or '.join(TRANSPORTS)}, got {self.transport!r}")
         if self.transport == "picows":

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..config import MAX_DELAY_MS
 from .errors import ConfigError
 from .tensors import DTYPES, MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 
@@ -57,7 +58,6 @@ TASKS: tuple[str, ...] = ("regression", "classification", "generation", "embeddi
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_BATCH_SIZE = 65536
-MAX_DELAY_MS = 60_000
 MAX_INSTANCES = 64
 MAX_THREADS = 64
 MAX_FLOPS_PER_ROW = 10**15
