@@ -129,7 +129,7 @@ def test_rows_over_max_rows_are_invalid_input(start_server) -> None:
 async def test_http_and_websocket_rows_share_one_batch(start_server) -> None:
     """With a batch of two rows and a long window, one HTTP row and one WebSocket row
     can only be answered together, in one batch."""
-    server = start_server("--max-batch-size", "2", "--max-delay-ms", "600000", "--models", "mlp")
+    server = start_server("--max-batch-size", "2", "--max-delay-ms", "60000", "--models", "mlp")
     conn = await Conn.open(server.url)
     await conn.send({"type": "predict", "id": 1, "model": "mlp", "inputs": [[0.5] * 32]})
     loop = asyncio.get_running_loop()

@@ -177,7 +177,7 @@ def test_drain_finishes_http_work_refuses_new_work_and_exits_0(start_server) -> 
 
 
 def test_drain_deadline_ends_queued_http_work_with_503(start_server) -> None:
-    server = start_server("--drain-timeout", "1", "--max-batch-size", "2", "--max-delay-ms", "600000",
+    server = start_server("--drain-timeout", "1", "--max-batch-size", "2", "--max-delay-ms", "60000",
                           "--models", "linear")
     waiting = RawHttp(server.port)
     waiting.send(request_bytes("POST", "/predict", SEED))  # waits for a second row that never comes
