@@ -160,6 +160,20 @@ def save(
     return path
 
 
+def read_npy_header(fp: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """The ``(shape, dtype)`` an ``.npy`` stream declares, read from its header only (nothing is
+    allocated).  Raises ``ValueError`` for a format other than 1.0 and 2.0 (and whatever numpy
+    raises for a malformed header)."""
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"uses .npy format {version}; only 1.0 and 2.0 are read")
+    return shape, dtype
+
+
 def _check_sizes(f: Any, path: Path) -> None:
     """Refuse an archive whose members declare more than :data:`MAX_FILE_ARRAY_BYTES` (their
     ``.npy`` headers and zip sizes), before numpy allocates what they declare.  A file that is
@@ -178,11 +192,10 @@ def _check_sizes(f: Any, path: Path) -> None:
             if not info.filename.endswith(".npy"):
                 continue  # np.load refuses what it cannot read
             with zf.open(info) as fp:
-                version = np.lib.format.read_magic(fp)
-                if version not in ((1, 0), (2, 0)):
-                    raise ModelFileError(path, f"member {info.filename!r} uses .npy format {version}")
-                shape, _, dtype = (np.lib.format.read_array_header_1_0(fp) if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0(fp))
+                try:
+                    shape, dtype = read_npy_header(fp)
+                except ValueError as exc:
+                    raise ModelFileError(path, f"member {info.filename!r} {exc}") from None
             total += math.prod(shape) * dtype.itemsize if all(d >= 0 for d in shape) else 0
             if total > MAX_FILE_ARRAY_BYTES:
                 raise ModelFileError(path, f"arrays need more than {MAX_FILE_ARRAY_BYTES} bytes "

@@ -527,7 +527,7 @@ class PredictWorker:
                 try:  # one sink's failure must not keep the rest of the batch from their frames
                     if shared is None:
                         shared = BatchOutputs(y, batch.rows, compute_s)
-                    item.delivered = end - offset
+                    item.delivered = s.stop
                     sink.on_batch_outputs(shared, offset, end, queue_s)
                 except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
                     self._sink_failed(item, exc)

@@ -58,6 +58,7 @@ from ..models.charlm import CharLM
 from ..models.linear import LinearModel
 from ..models.mlp import MLPModel
 from ..models.mlp_layers import MAX_WIDTH
+from ..modelstore import read_npy_header
 from .config import MAX_VERSION
 from .errors import ModelLoadError
 from .layout import CONFIG_FILE, MODEL_FILES, is_model_name
@@ -211,13 +212,10 @@ def _read_members(path: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], in
                 if name in out:
                     raise ModelLoadError(path, f"member {member!r} appears twice")
                 with zf.open(info) as fp:
-                    version = np.lib.format.read_magic(fp)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-                    elif version == (2, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-                    else:
-                        raise ModelLoadError(path, f"array {name!r} uses .npy format {version}; only 1.0 and 2.0 are read")
+                    try:
+                        shape, dtype = read_npy_header(fp)
+                    except ValueError as exc:
+                        raise ModelLoadError(path, f"array {name!r} {exc}") from None
                 if dtype.hasobject or dtype.kind not in "biuf":
                     raise ModelLoadError(path, f"array {name!r} has dtype {dtype}: only numeric arrays are loaded (no pickled objects)")
                 nbytes = math.prod(shape) * dtype.itemsize

@@ -323,8 +323,7 @@ class HttpApi:
                         *_: Any) -> HttpResponse:
         entry = self.models.lookup(params["name"], params.get("version"))
         inputs, outputs = self._signature(entry)
-        versions = sorted((v for v, st in self.models.status(entry.name).items() if st.state == "ready"),
-                          key=_version_key)
+        versions = self._ready_versions(entry.name)
         explain = oip.explain_parameters(entry.explanation)
         return HttpResponse(200, oip.model_metadata(entry.name, versions, _platform(entry), inputs, outputs, explain),
                             JSON)
@@ -339,15 +338,15 @@ class HttpApi:
         entry = self.models.lookup(params["name"], params.get("version"))
         platform = _platform(entry)
         policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
-        if entry.kind != "predict":
-            body = triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
-                                       policy=policy, generative=True, max_rows=self.config.max_rows)
-            return HttpResponse(200, body, JSON)
-        inputs, outputs = self._signature(entry)
-        queue = entry.worker.queue
+        batching: dict[str, Any] = {}
+        if entry.kind == "predict":
+            inputs, outputs = self._signature(entry)
+            queue = entry.worker.queue
+            batching = {"inputs": inputs, "outputs": outputs, "max_batch_rows": queue.max_batch_size,
+                        "max_delay_s": queue.max_delay_s}
         body = triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
-                                   policy=policy, generative=False, max_rows=self.config.max_rows, inputs=inputs,
-                                   outputs=outputs, max_batch_rows=queue.max_batch_size, max_delay_s=queue.max_delay_s)
+                                   policy=policy, generative=entry.kind != "predict", max_rows=self.config.max_rows,
+                                   **batching)
         return HttpResponse(200, body, JSON)
 
     def _model_stats(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
