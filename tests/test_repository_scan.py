@@ -233,6 +233,37 @@ def test_bad_model_does_not_hide_the_others(repo: Path) -> None:
     assert plan(None, s)[:2] == [ReportError("a", None, s.model("a").error), ReportError("b", None, s.model("b").error)]  # type: ignore[union-attr, arg-type]
 
 
+@pytest.mark.parametrize("how", ["scan", "load_config"])
+def test_a_config_toml_that_is_a_fifo_is_an_error_not_a_hang(repo: Path, how: str) -> None:
+    """Opening a FIFO for reading waits for a writer: the scan (and with it every hot reload and
+    admin operation) would wait forever.  It is refused as not a regular file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wsserve.repository import ConfigError, load_config
+
+    path = repo / "a" / "config.toml"
+    path.unlink()
+    os.mkfifo(path)
+
+    def run() -> str | None:
+        if how == "scan":
+            return scan(repo).model("a").error  # type: ignore[union-attr]
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        return str(info.value)
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        error = pool.submit(run).result(timeout=60)  # a hang guard, not a time bound
+    finally:
+        try:  # a read stuck on the FIFO (the test failed) ends when a writer comes and goes
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: nobody is reading it
+            pass
+        pool.shutdown(wait=False)
+    assert error == f"{path}: cannot be read (not a regular file)"
+
+
 def test_a_version_dir_with_too_many_files_is_an_error(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scan_mod = importlib.import_module("wsserve.repository.scan")  # the module (the package re-exports the function)
     monkeypatch.setattr(scan_mod, "MAX_VERSION_FILES", 3)

@@ -28,7 +28,9 @@ spaces or quotes.  Sans-I/O apart from :func:`load_config`, which reads at most
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +300,22 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
     )
 
 
+def read_config_bytes(path: Path | str) -> bytes:
+    """At most ``MAX_CONFIG_BYTES + 1`` bytes of the regular file ``path``.
+
+    Opened without blocking, so a FIFO (or a device) named ``config.toml`` is refused at once
+    instead of holding the scan that reads it.  Raises ``FileNotFoundError`` when it is missing,
+    ``OSError`` when it cannot be read or is not a regular file (``EINVAL``, "not a regular file")."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
 def load_config(path: Path | str) -> ModelConfig:
     """Read and parse a config.toml; a missing file gives ``ModelConfig(path=path)`` (all defaults).
 
@@ -305,8 +323,7 @@ def load_config(path: Path | str) -> ModelConfig:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        data = read_config_bytes(path)
     except FileNotFoundError:
         return ModelConfig(path=path)
     except OSError as exc:

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MAX_CONFIG_BYTES, ModelConfig, parse_config
+from .config import ModelConfig, parse_config, read_config_bytes
 from .errors import RepositoryError
 from .layout import CONFIG_FILE, is_model_name
 from .loader import find_model_file
@@ -158,8 +158,7 @@ def _scan_version(path: Path, version: int, backend: str | None) -> VersionScan:
 def _read_config(path: Path) -> tuple[ModelConfig | None, str, str | None]:
     """``(config, fingerprint, error)`` for ``<model>/config.toml``."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        data = read_config_bytes(path)
     except FileNotFoundError:
         return ModelConfig(path=path), "absent", None
     except OSError as exc:
