@@ -23,6 +23,15 @@ default), warmed up and batched with their own settings; their names are theirs 
 
 Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
 come from the connection core; authorisation is the core's.
+
+Concurrency: what happens to one model is serialised (its own lock: a hot-reload change and an
+admin operation on it run one after the other, in the order they came), different models do
+not wait for each other.  So a load that takes long, or never returns (a ``Model()`` that hangs),
+holds up only its own model: other models load, reload and answer admin operations meanwhile,
+and the repository watcher keeps applying changes.  At most :data:`LOAD_CONCURRENCY` loads run at
+once (each in a daemon thread of its own, so a hung one does not hold up the process's exit or
+the default executor).  Scans and plans run one at a time (``_scan_lock``); they never wait for a
+model.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +67,40 @@ from .repository import (
     scan,
 )
 
-__all__ = ["ModelRegistry"]
+__all__ = ["ModelRegistry", "LOAD_CONCURRENCY"]
 
 log = logging.getLogger("wsserve.registry")
+
+#: Loads (``Model()`` and its warm-up) running at once, over all models, as Triton's default
+#: ``--model-load-thread-count``.  A load that never returns keeps its slot.
+LOAD_CONCURRENCY = 4
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
+    """``fn(*args)`` in a new daemon thread; its result or exception.
+
+    Unlike the default executor, a call that never returns holds no pool thread that other work
+    (scans, other loads) needs, and does not keep the process from exiting.  Cancelling the
+    awaiting task abandons the call (its result is dropped; the thread runs to its end)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            ok, value = False, exc
+        else:
+            ok, value = True, result
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 def _servable(model: Any, name: str) -> Any:
@@ -93,6 +134,16 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
         raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
 
 
+class _ModelLock:
+    """One model's lock and how many hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class ModelRegistry:
     """The pool's contents, driven by repository scans and admin operations.  Loop thread only."""
 
@@ -108,7 +159,10 @@ class ModelRegistry:
         self._scans: dict[Path, RepositoryScan] = {}
         self._owner: dict[str, Path] = {}  # model name -> the repository it comes from
         self._deferred: dict[str, set[int]] = {}  # policy unloads waiting for another ready version
-        self._lock = asyncio.Lock()
+        self._scan_lock = asyncio.Lock()  # scans and plans, and self._scans
+        self._model_locks: dict[str, _ModelLock] = {}  # what happens to one model, one at a time
+        self._loads = asyncio.Semaphore(LOAD_CONCURRENCY)
+        self._applying: set[asyncio.Task[None]] = set()  # a rescan's changes, one task per model
         self._retiring: set[asyncio.Task[None]] = set()
         self._unloaded: set[str] = set()  # models unloaded by an admin: kept out until loaded again
         self._objects: set[str] = set()  # names of in-process objects (serve_object): no repository may take them
@@ -166,23 +220,61 @@ class ModelRegistry:
     async def load_all(self) -> None:
         """Load every repository (the built-in one first).  A model name in two
         repositories is an error; a model that fails to load is ``failed``, the rest serve."""
-        async with self._lock:
+        tasks: list[asyncio.Task[None]] = []
+        async with self._scan_lock:
             if self._builtin is not None:  # the default models keep their documented order
                 for name in self._builtin_order:
                     self.pool.set_state(name, "1", "loading")
             for repo in self._all_repos():
-                await self._rescan(repo)
+                tasks += await self._rescan(repo)
+        await self._settle(tasks)
 
     def _all_repos(self) -> list[Path]:
         return ([self._builtin] if self._builtin is not None else []) + self._repos
 
     # ------------------------------------------------------------------ hot reload
 
-    async def rescan(self) -> None:
-        """Scan the operator's repositories again and apply what changed."""
-        async with self._lock:
+    async def rescan(self, *, wait: bool = True) -> None:
+        """Scan the operator's repositories again and apply what changed.
+
+        Each model's changes are applied by a task of its own, after whatever that model is
+        already doing; ``wait``: return once they are applied (else once they are planned, as
+        the watcher does, so a model that takes long to load holds up no other model's changes)."""
+        tasks: list[asyncio.Task[None]] = []
+        async with self._scan_lock:
             for repo in self._repos:
-                await self._rescan(repo)
+                tasks += await self._rescan(repo)
+        if wait:
+            await self._settle(tasks)
+
+    @staticmethod
+    async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks`` (each logs its own failure)."""
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, name: str) -> AsyncIterator[None]:
+        """Hold ``name``'s lock (waiting behind whoever holds or waits for it, in order).  The
+        lock is dropped once nobody holds or waits for it: names come and go (and come from the
+        wire, in admin operations)."""
+        held = self._model_locks.get(name)
+        if held is None:
+            held = self._model_locks[name] = _ModelLock()
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._model_locks[name]
+
+    async def stop(self) -> None:
+        """Stop applying changes (shutdown): a load in progress is abandoned, not served."""
+        for task in list(self._applying):
+            task.cancel()
+        await self._settle(list(self._applying))
 
     def _identities(self) -> tuple[tuple[int, int] | None, ...]:
         """``(device, inode)`` of each operator repository directory (None: missing)."""
@@ -224,7 +316,7 @@ class ModelRegistry:
                         continue
                     established = True
                     try:
-                        await self.rescan()
+                        await self.rescan(wait=False)
                     except Exception:  # noqa: BLE001 - a reload bug must not stop the server or the watcher
                         log.exception("repository reload failed")
                     if replaced:
@@ -233,17 +325,42 @@ class ModelRegistry:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
 
-    async def _rescan(self, repo: Path) -> None:
+    async def _rescan(self, repo: Path) -> list[asyncio.Task[None]]:
+        """Scan ``repo`` and plan (caller holds ``_scan_lock``); start one task per model that
+        changed, applying its actions in order after what that model is doing.  Returns them."""
         loop = asyncio.get_running_loop()
         current = await loop.run_in_executor(None, scan, repo)
         current = self._filtered(repo, current)
         previous = self._scans.get(repo)
         if current.error is not None:
             log.error("model repository %s: %s", repo, current.error)
-            return  # keep planning from the last good scan
+            return []  # keep planning from the last good scan
         self._scans[repo] = current
+        per_model: dict[str, list[Any]] = {}
         for action in plan(previous, current):
-            await self._apply(repo, current, action)
+            name = getattr(action, "model", None)
+            if not name:  # about the repository itself
+                await self._apply(repo, current, action)
+            else:
+                per_model.setdefault(name, []).append(action)
+        tasks = []
+        for name, actions in per_model.items():
+            task = loop.create_task(self._apply_model(repo, current, name, actions), name=f"wsserve-apply-{name}")
+            self._applying.add(task)
+            task.add_done_callback(self._applying.discard)
+            tasks.append(task)
+        return tasks
+
+    async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any]) -> None:
+        """Apply one model's planned ``actions``, holding its lock; failures are logged."""
+        try:
+            async with self._holding(name):
+                if name in self._unloaded:  # an admin unloaded it since this was planned
+                    return
+                for action in actions:
+                    await self._apply(repo, current, action)
+        except Exception:  # noqa: BLE001 - a reload bug must not stop other models' changes
+            log.exception("applying repository changes to model %r failed", name)
 
     def _filtered(self, repo: Path, current: RepositoryScan) -> RepositoryScan:
         """The built-in repository is served only for the names asked for; a name another
@@ -302,9 +419,9 @@ class ModelRegistry:
     async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> None:
         v = str(version)
         self.pool.set_state(name, v, "loading")
-        loop = asyncio.get_running_loop()
         try:
-            model = await loop.run_in_executor(None, _load, name, version, path, mscan)
+            async with self._loads:
+                model = await _in_thread(_load, name, version, path, mscan, name=f"wsserve-load-{name}-{v}")
         except (ModelLoadError, ValueError) as exc:
             reason = str(exc)
             log.error("model %r version %s failed to load: %s", name, v, reason)
@@ -370,47 +487,52 @@ class ModelRegistry:
         model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``."""
         if name in self._objects:
             raise BadRequest(f"model {name!r} is an in-process object: it cannot be loaded, unloaded or reloaded")
-        async with self._lock:
-            if op == "unload":
-                status = self.pool.status(name)
-                if not status:
-                    raise UnknownModel(f"no model named {name!r} is loaded")
-                versions = [version] if version is not None else [v for v in status if v.isdigit()]
-                for v in versions:
-                    if v not in status:
-                        raise UnknownModel(f"model {name!r} has no version {v!r}")
-                    self._unload(name, int(v))
-                if version is None:
-                    self._unloaded.add(name)
+        async with self._holding(name):
+            return await self._admin(op, name, version)
+
+    async def _admin(self, op: str, name: str, version: str | None) -> dict[str, Any]:
+        """:meth:`admin`, holding ``name``'s lock."""
+        if op == "unload":
+            status = self.pool.status(name)
+            if not status:
+                raise UnknownModel(f"no model named {name!r} is loaded")
+            versions = [version] if version is not None else [v for v in status if v.isdigit()]
+            for v in versions:
+                if v not in status:
+                    raise UnknownModel(f"model {name!r} has no version {v!r}")
+                self._unload(name, int(v))
+            if version is None:
+                self._unloaded.add(name)
+        else:
+            repo = self._repo_of(name)
+            self._unloaded.discard(name)
+            loop = asyncio.get_running_loop()
+            current = await loop.run_in_executor(None, scan, repo)
+            mscan = current.model(name)
+            if mscan is None:
+                raise UnknownModel(f"no model named {name!r} in the model repository")
+            if mscan.config is None:
+                raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
+            if version is not None:
+                number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
+                vscan = mscan.version(number) if number is not None else None
+                if vscan is None:
+                    raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
+                targets = [vscan]
             else:
-                repo = self._repo_of(name)
-                self._unloaded.discard(name)
-                loop = asyncio.get_running_loop()
-                current = await loop.run_in_executor(None, scan, repo)
-                mscan = current.model(name)
-                if mscan is None:
-                    raise UnknownModel(f"no model named {name!r} in the model repository")
-                if mscan.config is None:
-                    raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
-                if version is not None:
-                    number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
-                    vscan = mscan.version(number) if number is not None else None
-                    if vscan is None:
-                        raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
-                    targets = [vscan]
-                else:
-                    targets = [v for v in mscan.versions if v.version in mscan.selected]
-                for vscan in targets:
-                    held = self.pool.status(name).get(str(vscan.version))
-                    # an `unloading` version is on its way out (finishing its work): load it anew
-                    if op == "reload" or held is None or held.entry is None or held.state == "unloading":
-                        await self._load(name, vscan.version, vscan.path, mscan)
+                targets = [v for v in mscan.versions if v.version in mscan.selected]
+            for vscan in targets:
+                held = self.pool.status(name).get(str(vscan.version))
+                # an `unloading` version is on its way out (finishing its work): load it anew
+                if op == "reload" or held is None or held.entry is None or held.state == "unloading":
+                    await self._load(name, vscan.version, vscan.path, mscan)
+            async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan
                     others = tuple(m for m in previous.models if m.name != name)
                     self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
                                                        previous.ignored, previous.error)
-            status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
-            return {"model": name, "versions": [  # in the order the `models` reply lists them
-                {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status
-            ]}
+        status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
+        return {"model": name, "versions": [  # in the order the `models` reply lists them
+            {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status
+        ]}

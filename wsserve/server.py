@@ -220,6 +220,7 @@ class Server:
                 proto.transport.abort()
         for task in list(self._tasks):
             task.cancel()
+        await self.registry.stop()  # a load still running is abandoned, not served
         await self.pool.close()  # ends what is left; retiring versions then finish closing
         await self.registry.wait_retired()
 
