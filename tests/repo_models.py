@@ -16,6 +16,11 @@ source serves several versions with different behaviour:
 - :data:`BIGRAM_PY`: a generative model (``task = "generation"``): a bigram table over
   :data:`BIGRAM_VOCAB` drawn from ``seed.txt``; ``delay.txt`` (seconds) slows every step.
   :func:`bigram_table` and :func:`bigram_greedy` are the test's independent reference.
+- :data:`WORDS_PY`: a generative model whose tokens are words (``"hello "``, ``"world "``,
+  ``"stop"``) and single letters; ``encode`` takes the longest vocabulary entry at each
+  position and drops other characters, and ``prompt_chars`` is 24.  Greedy, it continues
+  ``hello -> world -> stop -> hello ...`` (after a letter or nothing: ``hello``);
+  :func:`words_encode` is the test's copy of its tokenizer.
 - :data:`NAMED_PY` (with :data:`NAMED_CONFIG`): named inputs ``a`` [2] and ``b`` [1], named
   outputs ``sum`` [1] (``a0 + a1 + b``) and ``scaled`` [2] (``a * b``).
 - :data:`RAISES_PY`, :data:`WARMUP_FAILS_PY`, :data:`SYNTAX_ERROR_PY`: the failure modes.
@@ -36,7 +41,8 @@ import numpy as np
 
 __all__ = [
     "AFFINE_PY", "GATED_PY", "BIGRAM_PY", "RAISES_PY", "WARMUP_FAILS_PY", "SYNTAX_ERROR_PY",
-    "NAMED_PY", "NAMED_CONFIG", "AFFINE_CONFIG", "BIGRAM_CONFIG", "BIGRAM_VOCAB", "CLIENT_GEN_SEEDS",
+    "NAMED_PY", "NAMED_CONFIG", "WORDS_PY", "WORDS_VOCAB", "WORDS_PROMPT_CHARS", "words_encode",
+    "AFFINE_CONFIG", "BIGRAM_CONFIG", "BIGRAM_VOCAB", "CLIENT_GEN_SEEDS",
     "write_client_repository", "write_py", "write_affine", "affine", "bigram_table",
     "bigram_greedy", "move_in", "remove_version",
 ]
@@ -134,6 +140,58 @@ class Model:
             time.sleep(self.delay)
         return self.table[contexts[:, -1]]
 """
+
+WORDS_VOCAB = ("hello ", "world ", "stop", "h", "e", "l", "o", "w", "r", "d", "s", "t", "p", " ")
+WORDS_PROMPT_CHARS = 24
+
+WORDS_PY = """
+import numpy as np
+
+VOCAB = ("hello ", "world ", "stop", "h", "e", "l", "o", "w", "r", "d", "s", "t", "p", " ")
+
+
+class Model:
+    task = "generation"
+    vocabulary = VOCAB
+    context_len = 2
+    prompt_chars = 24
+
+    def __init__(self, version_dir):
+        self.parameters = 0
+
+    def encode(self, prompt):            # longest entry first (the words come first); others dropped
+        ids, i = [], 0
+        while i < len(prompt):
+            for j, token in enumerate(VOCAB):
+                if prompt.startswith(token, i):
+                    ids.append(j)
+                    i += len(token)
+                    break
+            else:
+                i += 1
+        return ids
+
+    def logits(self, contexts):          # [B, 2] int64 -> [B, V]: hello -> world -> stop -> hello
+        last = contexts[:, -1]
+        nxt = np.where(last < 3, (last + 1) % 3, 0)
+        out = np.zeros((len(contexts), len(VOCAB)))
+        out[np.arange(len(contexts)), nxt] = 1.0
+        return out
+"""
+
+
+def words_encode(prompt: str) -> list[int]:
+    """:data:`WORDS_PY`'s tokenizer, written again: the token ids of ``prompt``."""
+    ids, i = [], 0
+    while i < len(prompt):
+        j = next((j for j, t in enumerate(WORDS_VOCAB) if prompt.startswith(t, i)), None)
+        if j is None:
+            i += 1
+        else:
+            ids.append(j)
+            i += len(WORDS_VOCAB[j])
+    return ids
+
 
 NAMED_CONFIG = """
 [[inputs]]

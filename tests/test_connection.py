@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,7 @@ class FakeEngine:
     stats: Any = None
 
     def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None) -> Any:
-        handle = object()
+        handle = SimpleNamespace(prompt_tokens=len(params.prompt))  # the engine's Sequence: a handle with its count
         self.submitted.append((params, sink, group, deadline))
         return handle
 

@@ -302,7 +302,7 @@ class BrokenModel:
     def __init__(self) -> None:
         real = charlm()
         self.context_len, self.vocab_size, self.id_to_text = real.context_len, real.vocab_size, real.id_to_text
-        self.initial_context = real.initial_context
+        self.encode_prompt = real.encode_prompt
 
     def logits(self, contexts: object) -> object:
         raise FloatingPointError("numerical trouble")
@@ -370,7 +370,8 @@ class OneBadPromptModel(BrokenModel):
         super().__init__()
         real = charlm()
         self.logits = real.logits  # type: ignore[method-assign]
-        self.initial_context = lambda prompt: real.initial_context(prompt)[:2] if prompt == "bad" else real.initial_context(prompt)
+        self.encode_prompt = lambda prompt: ((real.initial_context(prompt)[:2], 3) if prompt == "bad"
+                                             else real.encode_prompt(prompt))
 
 
 async def test_a_sequence_that_cannot_start_fails_alone_cancel_after_it_is_harmless() -> None:

@@ -1,4 +1,5 @@
-"""TokenModelAdapter.initial_context: the prompt's last k ids, left-padded, every id checked."""
+"""TokenModelAdapter.initial_context: the prompt's last k ids, left-padded, every id checked;
+encode_prompt: the same context and how many ids encode() gave (the prompt's token count)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,37 @@ def test_context_is_the_last_ids_left_padded(ids: list[int], expected: list[int]
     model.ids = ids
     ctx = adapter.initial_context("prompt")
     assert ctx.dtype == np.int64 and ctx.tolist() == expected
+
+
+@pytest.mark.parametrize("ids", [[], [2], [0, 1, 2], [3, 3, 0, 1, 2]])
+def test_encode_prompt_counts_every_id_encode_gave(ids: list[int]) -> None:
+    model = Listed()
+    adapter = TokenModelAdapter(model, name="listed")
+    model.ids = ids
+    ctx, n = adapter.encode_prompt("prompt")
+    assert n == len(ids) and ctx.tolist() == adapter.initial_context("prompt").tolist()
+
+
+class Recording(Listed):
+    """Listed, recording the text encode() is given; one id per character."""
+
+    prompt_chars = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def encode(self, prompt: str) -> list[int]:
+        self.seen.append(prompt)
+        return [0] * len(prompt)
+
+
+def test_encode_prompt_encodes_the_prompt_s_tail_once_and_counts_its_ids() -> None:
+    model = Recording()
+    adapter = TokenModelAdapter(model, name="recording")
+    model.seen.clear()
+    ctx, n = adapter.encode_prompt("abcdefgh")
+    assert model.seen == ["defgh"] and n == 5 and ctx.tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("ids", [[4], [-1], [0, 9], [7, 0, 1, 2], [0, -3, 1, 2, 3]])

@@ -280,9 +280,9 @@ class _BrokenContext:
         self._inner = inner
         self.context_len, self.vocab_size, self.id_to_text = inner.context_len, inner.vocab_size, inner.id_to_text
 
-    def initial_context(self, prompt: str):
-        ctx = self._inner.initial_context(prompt)
-        return ctx[:3] if prompt == "bad" else ctx
+    def encode_prompt(self, prompt: str):
+        ctx, n = self._inner.encode_prompt(prompt)
+        return (ctx[:3], n) if prompt == "bad" else (ctx, n)
 
     def logits(self, contexts):
         return self._inner.logits(contexts)
@@ -388,3 +388,22 @@ def test_stop_strings_keep_one_token_frame_per_multi_character_token(
     seq = sched.add_request(params("a", max_tokens=4, stop=stop), clock.now)
     run_until_idle(sched, clock, out)
     assert (out.text.get(seq.id, []), seq.finish_reason, seq.streamed) == (frames, reason, len(frames))
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("", 0), ("The ", 4), ("a\r\nb\u2026", 6),  # normalised "a\nb...": 6 ids for 5 characters
+    ("x" * 30 + "\u2026", 18),  # charlm's encode gets the last 16 characters: 15 x and "..."
+])
+def test_a_sequence_counts_the_prompt_ids_charlm_was_given(prompt: str, expected: int) -> None:
+    model = charlm()
+    sched = Scheduler(TokenModelAdapter(model, name="charlm"), max_generate_batch=2)
+    seq = sched.add_request(params(prompt, max_tokens=1), FakeClock().now)
+    assert model.prompt_chars == 16 and seq.prompt_tokens == expected
+    assert expected == len(model.encode(prompt[-16:]))
+
+
+def test_a_sequence_counts_multi_character_prompt_tokens() -> None:
+    """_Words encodes any non-empty prompt as one token, whatever its length."""
+    sched = Scheduler(TokenModelAdapter(_Words(), name="words"), max_generate_batch=2)
+    clock = FakeClock()
+    assert [sched.add_request(params(p, max_tokens=1), clock.now).prompt_tokens for p in ("", "hello world")] == [0, 1]

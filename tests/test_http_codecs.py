@@ -215,16 +215,17 @@ def test_completion_refusals_name_the_field(body: dict, param: str) -> None:
 
 
 def test_completion_events() -> None:
-    enc = CompletionEncoder("cmpl-x", 123, "charlm", 2)
+    enc = CompletionEncoder("cmpl-x", 123, "charlm")
     event = enc.token_event('a"b')
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
     assert json.loads(event[6:])["choices"] == [{"text": 'a"b', "index": 0, "logprobs": None, "finish_reason": None}]
-    tail = enc.final_events("stop", 5, True).split(b"\n\n")
+    tail = enc.final_events("stop", 2, 5, True).split(b"\n\n")
     assert json.loads(tail[0][6:])["choices"][0]["finish_reason"] == "stop"
     assert json.loads(tail[1][6:])["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
     assert tail[2] == b"data: [DONE]" and tail[3] == b""
-    whole = json.loads(enc.response("hey", "length", 3))
+    whole = json.loads(enc.response("hey", "length", 4, 3))
     assert whole["id"] == "cmpl-x" and whole["created"] == 123 and whole["choices"][0]["text"] == "hey"
+    assert whole["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
 
 
 # --------------------------------------------------------------------------- error envelopes

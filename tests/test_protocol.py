@@ -620,6 +620,9 @@ def test_chunk_and_done_frames_exact_bytes() -> None:
     assert encode_generate_done("g1", "length", 64, {"ttft_ms": 1.9, "total_ms": 40.2}) == (
         b'{"type":"done","id":"g1","reason":"length","tokens":64,"timing":{"ttft_ms":1.9,"total_ms":40.2}}'
     )
+    assert encode_generate_done(7, "stop", 2, {}, "1", prompt_tokens=0) == (
+        b'{"type":"done","id":7,"reason":"stop","tokens":2,"timing":{},"version":"1","prompt_tokens":0}'
+    )
 
 
 def test_seed_form_replies_exact_bytes() -> None:

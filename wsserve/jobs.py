@@ -361,5 +361,6 @@ class GenerateJob(Job):
 
     def finish(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         self.tokens = tokens
-        frame = encode_generate_done(self.id, reason, tokens, timing, self.version)
+        prompt_tokens = self.handle.prompt_tokens if self.handle is not None else None
+        frame = encode_generate_done(self.id, reason, tokens, timing, self.version, prompt_tokens)
         self._terminal(frame, "ok" if reason != "cancelled" else "cancelled")

@@ -161,7 +161,8 @@ class GenerationEngine:
     def submit(
         self, params: GenerationParams, sink: TokenSink, *, group: Any = None, deadline: float | None = None
     ) -> Sequence:
-        """Queue a generation streaming into ``sink``; return its handle.
+        """Queue a generation streaming into ``sink``; return its handle (its ``prompt_tokens``,
+        the token ids the model was given for the prompt, is set before this returns).
 
         ``group`` is the fairness key (the client connection, see
         :class:`~wsserve.generation.scheduler.Scheduler`); ``deadline`` is in

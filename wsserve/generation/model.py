@@ -13,7 +13,8 @@ The interface (batch-first; ``V`` is the vocabulary size)::
         context_len: int               # the model sees the last context_len tokens; 1..4096
         prompt_chars: int              # optional: encode() is given at most the prompt's last
                                        #   prompt_chars characters (default 16 * context_len)
-        def encode(self, prompt: str) -> Sequence[int]      # prompt -> token ids in [0, V)
+        def encode(self, prompt: str) -> Sequence[int]      # prompt -> token ids in [0, V); how
+                                       #   many ids is the prompt's token count (OpenAI's usage)
         def logits(self, contexts):    # [B, context_len] int64 -> [B, V] float next-token logits
             ...
 
@@ -85,11 +86,19 @@ class TokenModelAdapter:
         self._logits = model.logits
         self.info: ModelInfo = info if info is not None else model.info
         # One call of each, so a broken model fails at load time, not on the first request.
-        self.initial_context("")
+        self.encode_prompt("")
         self.logits(np.full((2, k), self.pad_id, dtype=np.int64))
 
     def initial_context(self, prompt: str) -> np.ndarray:
         """``[k]`` int64: the last ``k`` token ids of the (tail of the) prompt, left-padded with PAD."""
+        return self.encode_prompt(prompt)[0]
+
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, int]:
+        """``(context, n)``: :meth:`initial_context`, and ``n``, the number of token ids
+        ``encode()`` gave for the prompt's last ``prompt_chars`` characters (the prompt's
+        tokens, as OpenAI's ``usage.prompt_tokens`` counts them).  One ``encode()`` call.
+        Raises :class:`~wsserve.errors.Internal` naming the model when ``encode()`` raises
+        or returns something other than a flat sequence of ids in ``[0, V)``."""
         k = self.context_len
         try:
             ids = np.asarray(self._encode(prompt[-self.prompt_chars:]), dtype=np.int64)
@@ -101,7 +110,7 @@ class TokenModelAdapter:
         if tail and (min(tail) < 0 or max(tail) >= self.vocab_size) or (
                 len(ids) > k and (ids.min() < 0 or ids.max() >= self.vocab_size)):
             raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
-        return np.array([self.pad_id] * (k - len(tail)) + tail, dtype=np.int64)
+        return np.array([self.pad_id] * (k - len(tail)) + tail, dtype=np.int64), len(ids)
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """``[B, k]`` -> ``[B, V]`` float64, checked.  Raises ``ValueError`` on a bad result."""

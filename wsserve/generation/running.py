@@ -45,8 +45,9 @@ class TokenModel(Protocol):
     vocab_size: int
     id_to_text: tuple[str, ...]
 
-    def initial_context(self, prompt: str) -> np.ndarray:
-        """``[k]`` int ids for the prompt."""
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, int]:
+        """``([k] int ids, n)``: the prompt's context, and ``n``, how many token ids the model
+        was given for the prompt (its ``prompt_tokens``; the context holds the last ``k``)."""
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""

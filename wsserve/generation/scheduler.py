@@ -163,11 +163,12 @@ class Scheduler:
                 f"max_generate_queue={self.max_generate_queue})",
                 retry_after_ms=self._retry_after_ms(),
             )
-        context = self.model.initial_context(params.prompt)  # may raise: nothing is queued then
+        context, prompt_tokens = self.model.encode_prompt(params.prompt)  # may raise: nothing is queued then
         if params.prompt:  # only the context is used from here on: do not hold the whole prompt
             params = dataclasses.replace(params, prompt="")
         seq = Sequence(next(self._ids), params, owner, now, group, self._run.tick)
         seq._context = context
+        seq.prompt_tokens = prompt_tokens
         self._waiting[params.priority].push(seq)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, seq.id, seq))

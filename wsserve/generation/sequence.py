@@ -48,6 +48,8 @@ class Sequence:
     ``None`` with ``error`` set.  ``owner`` is the caller's (the engine keeps the sink there).
     ``generated`` counts the tokens the model produced for it (held-back and stop
     text included), ``streamed`` its token events (the ``tokens`` of ``done``).
+    ``prompt_tokens`` is the number of token ids the model was given for the prompt
+    (set when the request is added; OpenAI's ``usage.prompt_tokens``).
     """
 
     __slots__ = (
@@ -75,6 +77,7 @@ class Sequence:
         "id",
         "owner",
         "params",
+        "prompt_tokens",
         "slot",
         "state",
     )
@@ -84,6 +87,7 @@ class Sequence:
     ) -> None:
         self.id = seq_id
         self.params = params
+        self.prompt_tokens = 0
         self.owner = owner
         self.group = group  # fairness key (the connection); None: a group of its own
         self.state = SeqState.WAITING

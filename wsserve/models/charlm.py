@@ -363,12 +363,18 @@ class CharLM:
 
     def initial_context(self, prompt: str) -> np.ndarray:
         """``[k]`` int64: the last k ids of the normalised prompt, left-padded with PAD."""
+        return self.encode_prompt(prompt)[0]
+
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, int]:
+        """``(context, n)``: :meth:`initial_context`, and ``n``, the ids :meth:`encode` gave for
+        the prompt's last ``prompt_chars`` characters (characters after normalisation)."""
         k = self.context_len
-        ids = self.encode(prompt[-2 * k:])[-k:]
+        ids = self.encode(prompt[-self.prompt_chars:])
+        tail = ids[-k:]
         ctx = np.full(k, self.pad_id, dtype=np.int64)
-        if len(ids):
-            ctx[k - len(ids):] = ids
-        return ctx
+        if len(tail):
+            ctx[k - len(tail):] = tail
+        return ctx, len(ids)
 
     def flops_per_row(self) -> int:
         """Multiply-adds per generated token (gathers + output layer)."""

@@ -517,7 +517,7 @@ class HttpApi:
                                           "or POST /predict)")
             session.admission.capacity(len(session.calls), session.inflight_bytes, 0)
             cid = f"{self._completion_prefix}{next(self._completion_ids)}"
-            encoder = CompletionEncoder(cid, int(self.wall_clock()), model, len(completion.params.prompt))
+            encoder = CompletionEncoder(cid, int(self.wall_clock()), model)
             call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             call.handle = entry.worker.submit(completion.params, call, group=session)
         except WsserveError as exc:

@@ -332,11 +332,12 @@ class CompletionCall(Call):
             return
         if reason == "cancelled":  # not by us (we end first): answer what there is
             reason = "stop"
+        prompt_tokens = self.handle.prompt_tokens  # set by submit, before any sink call
         if self.stream:
-            self.exchange.send(self.encoder.final_events(reason, tokens, self.include_usage))
+            self.exchange.send(self.encoder.final_events(reason, prompt_tokens, tokens, self.include_usage))
             self.exchange.end_stream()
         else:
-            self._answer(self.encoder.response("".join(self._texts), reason, tokens))
+            self._answer(self.encoder.response("".join(self._texts), reason, prompt_tokens, tokens))
 
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)

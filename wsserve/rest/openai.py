@@ -141,35 +141,39 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
 
 
 class CompletionEncoder:
-    """Bodies and events of one completion (``id``: ``cmpl-...``; ``created``: Unix seconds)."""
+    """Bodies and events of one completion (``id``: ``cmpl-...``; ``created``: Unix seconds).
 
-    __slots__ = ("_head", "_token_prefix", "_prompt_tokens")
+    ``usage`` counts tokens: ``prompt_tokens`` is the number of token ids the model was given
+    for the prompt (the generation's ``Sequence.prompt_tokens``), ``tokens`` the tokens sent."""
 
-    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int) -> None:
+    __slots__ = ("_head", "_token_prefix")
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
         self._head = (b'{"id":' + orjson.dumps(completion_id) + b',"object":"text_completion","created":'
                       + str(created).encode() + b',"model":' + orjson.dumps(model))
         self._token_prefix = b"data: " + self._head + b',"choices":[{"text":'
-        self._prompt_tokens = prompt_tokens
 
-    def _usage(self, tokens: int) -> bytes:
+    @staticmethod
+    def _usage(prompt_tokens: int, tokens: int) -> bytes:
         return (b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}'
-                % (self._prompt_tokens, tokens, self._prompt_tokens + tokens))
+                % (prompt_tokens, tokens, prompt_tokens + tokens))
 
-    def response(self, text: str, finish_reason: str, tokens: int) -> bytes:
+    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
         """The whole (non-streamed) response."""
         return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,'
-                b'"finish_reason":' + orjson.dumps(finish_reason) + b"}]," + self._usage(tokens) + b"}")
+                b'"finish_reason":' + orjson.dumps(finish_reason) + b"}]," + self._usage(prompt_tokens, tokens)
+                + b"}")
 
     def token_event(self, text: str) -> bytes:
         """One streamed token as an SSE event."""
         return self._token_prefix + orjson.dumps(text) + b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
 
-    def final_events(self, finish_reason: str, tokens: int, include_usage: bool) -> bytes:
+    def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
         """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
         out = (self._token_prefix + b'"","index":0,"logprobs":null,"finish_reason":'
                + orjson.dumps(finish_reason) + b"}]}\n\n")
         if include_usage:
-            out += b"data: " + self._head + b',"choices":[],' + self._usage(tokens) + b"}\n\n"
+            out += b"data: " + self._head + b',"choices":[],' + self._usage(prompt_tokens, tokens) + b"}\n\n"
         return out + DONE
 
 
