@@ -244,6 +244,9 @@ export interface GenerationDone {
   text: string;
   /** The model version that generated it (absent when cancelled before the request was sent). */
   version?: string;
+  /** The token ids the model was given for the prompt (servers that say; absent when cancelled
+   * before the request was sent). */
+  prompt_tokens?: number;
   [extra: string]: unknown;
 }
 

@@ -209,6 +209,7 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.ok(tokens.every((t) => typeof t === 'string' && t.length >= 1));
     assert.equal(gen.done.reason, 'length');
     assert.equal(gen.done.tokens, 40);
+    assert.equal(gen.done.prompt_tokens, 4); // 'The ': one id a character for charlm
     assert.equal(gen.done.text, tokens.join(''));
     assert.equal(gen.text, tokens.join(''));
     assert.equal(typeof gen.done.timing.ttft_ms, 'number');

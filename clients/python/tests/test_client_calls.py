@@ -213,10 +213,12 @@ async def test_generate_streams_tokens_and_result(server: ServerProcess) -> None
         assert len(tokens) == 20 and all(isinstance(t, str) and len(t) == 1 for t in tokens)
         r = gen.result
         assert r.reason == "length" and r.tokens == 20 and r.text == "".join(tokens)
+        assert r.prompt_tokens == 4  # "The ": one id a character for charlm
         assert {"ttft_ms", "total_ms"} <= set(r.timing)
         # greedy is deterministic
         again = await c.complete("charlm", "The ", max_tokens=20)
         assert again.text == r.text and again.reason == "length" and again.tokens == 20
+        assert again.prompt_tokens == 4
 
 
 async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:

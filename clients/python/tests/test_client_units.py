@@ -214,6 +214,15 @@ def test_parse_models_versions_and_a_model_without_a_ready_version() -> None:
     assert old.version is None and old.versions == ()  # a server that does not say
 
 
+def test_generation_done_carries_the_prompt_tokens_when_the_server_says() -> None:
+    done = {"type": "done", "id": 1, "reason": "length", "tokens": 2, "timing": {}, "prompt_tokens": 9}
+    assert parse_generation_done(done, "ab").prompt_tokens == 9
+    for odd in (None, -1, "9", 9.0, True):
+        assert parse_generation_done({**done, "prompt_tokens": odd}, "ab").prompt_tokens is None, odd
+    del done["prompt_tokens"]
+    assert parse_generation_done(done, "ab").prompt_tokens is None
+
+
 def test_done_frames_carry_the_version() -> None:
     done = {"type": "done", "id": 1, "reason": "length", "tokens": 2, "rows": 3, "timing": {}, "version": "7"}
     assert parse_stream_done(done).version == "7" and parse_generation_done(done, "ab").version == "7"

@@ -329,7 +329,8 @@ class Client:
             async for _ in gen:
                 pass
         r = gen.result
-        return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing, version=r.version)
+        return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing, version=r.version,
+                          prompt_tokens=r.prompt_tokens)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The server's models with shapes, parameter counts and metrics.

@@ -363,7 +363,13 @@ def parse_generation_done(frame: dict[str, Any], text: str) -> GenerationResult:
         text=text,
         request_id=frame["id"],
         version=_opt_str(frame.get("version")),
+        prompt_tokens=_opt_count(frame.get("prompt_tokens")),
     )
+
+
+def _opt_count(value: Any) -> int | None:
+    """A non-negative integer count from a frame, else ``None`` (absent or not a count)."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def _opt_str(value: Any) -> str | None:

@@ -100,7 +100,8 @@ class GenerationResult:
 
     ``reason`` is ``"length"``, ``"stop"`` or ``"cancelled"``; ``tokens`` is the server's
     count; ``text`` is the concatenation of the tokens this client received; ``version`` the
-    model version that generated it (``None`` from a server that does not say).
+    model version that generated it and ``prompt_tokens`` the token ids the model was given for
+    the prompt (each ``None`` from a server that does not say).
     """
 
     reason: str
@@ -109,6 +110,7 @@ class GenerationResult:
     text: str
     request_id: int | str
     version: str | None = None
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ class Completion:
     tokens: int
     timing: Mapping[str, Any]
     version: str | None = None
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
