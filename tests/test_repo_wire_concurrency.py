@@ -144,3 +144,32 @@ async def test_a_server_whose_model_load_never_returns_still_stops(tmp_path: Pat
             fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) if server.proc.poll() is None else None
             if fd is not None:
                 os.close(fd)
+
+
+NEVER_CLOSES_PY = AFFINE_PY + """
+    def close(self):  # never returns: nobody writes to the FIFO
+        open((Path(__file__).parent / "fifo.txt").read_text().strip()).read()
+"""
+
+
+async def test_a_server_whose_model_close_never_returns_still_stops(tmp_path: Path) -> None:
+    """An unloaded version's ``Model.close()`` that never returns is abandoned at shutdown, after
+    the drain deadline, rather than holding the process forever."""
+    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (repo / "stuck").mkdir(parents=True)
+    (repo / "stuck" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "stuck" / "1", bias=1.0, source=NEVER_CLOSES_PY, **{"fifo.txt": str(fifo)})
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--drain-timeout-s", "1") as server:
+        conn = await Conn.open(server.url)
+        await conn.send({"type": "unload", "id": "u", "model": "stuck"})
+        reply = await reply_to(conn, "u")
+        assert (reply["type"], reply.get("ok")) == ("unload", True), reply
+        await conn.close()
+        try:
+            assert server.stop(timeout_s=30) == 0, server.stderr_text()[-3000:]
+        finally:  # let the thread go if the server did not exit (the test failed)
+            if server.proc.poll() is None:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        assert "gave up waiting for 1 unloading model version(s)" in server.stderr_text()
+        assert "stuck-1" in server.stderr_text()

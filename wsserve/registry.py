@@ -454,8 +454,9 @@ class ModelRegistry:
                 await entry.worker.close()
                 close = getattr(entry.model, "close", None)
                 if callable(close):
-                    try:  # the model's own code (Model.close()): off the event loop
-                        await asyncio.get_running_loop().run_in_executor(None, close)
+                    try:  # the model's own code (Model.close()): off the event loop, in a thread of
+                        # its own, so one that never returns holds nothing but itself
+                        await _in_thread(close, name=f"wsserve-close-{entry.name}-{entry.version}")
                     except Exception:  # noqa: BLE001
                         log.exception("closing model %r version %s failed", entry.name, entry.version)
                 if forget:
@@ -466,10 +467,20 @@ class ModelRegistry:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def wait_retired(self) -> None:
-        """Wait for every unloading version to finish (tests, shutdown)."""
+    async def wait_retired(self, timeout_s: float | None = None) -> None:
+        """Wait for every unloading version to finish (tests, shutdown); at most ``timeout_s``
+        seconds (None: no limit), after which the versions still closing (a ``Model.close()``
+        that does not return) are logged and abandoned."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout_s is None else loop.time() + timeout_s
         while self._retiring:
-            await asyncio.gather(*list(self._retiring), return_exceptions=True)
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                names = ", ".join(sorted(t.get_name().removeprefix("wsserve-unload-") for t in self._retiring))
+                log.warning("gave up waiting for %d unloading model version(s) after %.1fs: %s",
+                            len(self._retiring), timeout_s, names)
+                return
+            await asyncio.wait(list(self._retiring), timeout=left)  # (not gather: that would cancel them)
 
     # ------------------------------------------------------------------ admin operations
 

@@ -129,6 +129,7 @@ class Server:
         self._all_closed = asyncio.Event()  # set while draining once no WebSocket connection is left
         self._drained = asyncio.Event()
         self._draining = False
+        self._drain_deadline: float | None = None  # monotonic, once a drain began
         self._closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port: int = 0
@@ -174,6 +175,7 @@ class Server:
             await self._drained.wait()
             return
         timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
+        self._drain_deadline = monotonic() + timeout_s
         self._draining = self.shared.draining = True
         self.ready = False
         log.info("draining %d connections (%d requests in flight), deadline %.1fs",
@@ -222,7 +224,11 @@ class Server:
             task.cancel()
         await self.registry.stop()  # a load still running is abandoned, not served
         await self.pool.close()  # ends what is left; retiring versions then finish closing
-        await self.registry.wait_retired()
+        # Versions being unloaded finish closing, until the drain deadline (at least 2 s more; without
+        # a drain, --drain-timeout): a Model.close() that does not return by then is abandoned.
+        deadline = self._drain_deadline
+        budget = self.config.drain_timeout_s if deadline is None else max(2.0, deadline - monotonic())
+        await self.registry.wait_retired(budget)
 
     def _note_closed(self) -> None:
         """While draining: set ``_all_closed`` once no WebSocket is open and no HTTP connection owes answers."""
