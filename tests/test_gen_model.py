@@ -91,3 +91,38 @@ def test_a_vocabulary_entry_that_is_not_valid_unicode_is_refused_at_load() -> No
     model.vocabulary = ("a", "b", "\udce9", "d")  # type: ignore[misc]
     with pytest.raises(ValueError, match=r"vocabulary entry 2 .*not valid Unicode"):
         TokenModelAdapter(model, name="listed")
+
+
+class Costed(Listed):
+    def __init__(self, flops: object) -> None:
+        super().__init__()
+        self._flops = flops
+
+    def flops_per_row(self) -> object:
+        return self._flops
+
+
+def test_a_token_s_cost_is_config_s_then_the_model_s_then_unknown() -> None:
+    """Unknown (no ``flops_per_row``) is costly, as for a predictive model.py: the engine then
+    computes every step off the event loop."""
+    from wsserve.generation.model import UNKNOWN_FLOPS_PER_TOKEN
+
+    assert TokenModelAdapter(Listed(), name="m").flops_per_row() == UNKNOWN_FLOPS_PER_TOKEN
+    assert TokenModelAdapter(Costed(300), name="m").flops_per_row() == 300
+    assert TokenModelAdapter(Costed(300), name="m", flops_per_token=7).flops_per_row() == 7
+
+
+@pytest.mark.parametrize("flops", [0, -1, 2.5, "9", True])
+def test_a_flops_per_row_that_is_no_positive_integer_is_refused_at_load(flops: object) -> None:
+    with pytest.raises(ValueError, match=r"generative model 'm': flops_per_row must be a positive integer"):
+        TokenModelAdapter(Costed(flops), name="m")
+
+
+@pytest.mark.parametrize(("flops", "inline"), [(None, 0), (1_000, 64), (1_000_000, 20)])
+def test_the_engine_runs_a_step_inline_only_when_the_model_says_it_is_cheap(flops: int | None, inline: int) -> None:
+    from wsserve.generation import GenerationEngine
+
+    model = TokenModelAdapter(Listed() if flops is None else Costed(flops), name="m")
+    engine = GenerationEngine(model, name="m", inline_max_flops=20_000_000)
+    assert engine._inline_max_batch == inline
+    assert GenerationEngine(model, name="m")._inline_max_batch == 64  # without the budget: sequences only

@@ -364,7 +364,7 @@ class ModelPool:
 
             return GenerationEngine(
                 model, name=name, max_generate_batch=cfg.max_generate_batch, max_generate_queue=cfg.max_generate_queue,
-                observer=self._observer, after_delivery=self._after_batch,
+                inline_max_flops=cfg.inline_max_flops, observer=self._observer, after_delivery=self._after_batch,
             )
         explainer, refusal = resolve_explainer(name, model)
         delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms

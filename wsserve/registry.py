@@ -105,8 +105,8 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
 
 def _servable(model: Any, name: str) -> Any:
     """What the pool serves for a loaded repository model: itself, or (generative) its token model."""
-    if getattr(model, "generative", False):
-        return TokenModelAdapter(model.model, name=name, info=model.info)
+    if getattr(model, "generative", False):  # config.toml's flops_per_row wins, as for predictive models
+        return TokenModelAdapter(model.model, name=name, info=model.info, flops_per_token=model.config.flops_per_row)
     return model
 
 

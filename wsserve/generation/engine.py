@@ -11,7 +11,11 @@ I/O still runs between steps.  The default (64) comes from measurements on the
 round trip costs ~40-90 us, the model step and sampling (:func:`run_step`) of
 16 / 64 / 256 sequences ~30 / 65 / 235 us; in-process, inline steps won at
 every size, so a step goes to the executor only when it would block the loop
-for more than about two round trips.
+for more than about two round trips.  With ``inline_max_flops`` (the server's
+``--inline-max-flops``, as for predict batches) a step inline also costs at most
+that many multiply-adds (the model's ``flops_per_row`` a token): a model that
+does not say what a token costs, or a costly one, computes every step in the
+executor, so a slow (or hung) ``logits()`` never holds up the event loop.
 
 Per step, the Python work per sequence is one list element of token numbers and
 one sink call per streamed token: the scheduler keeps the running set as
@@ -120,10 +124,12 @@ class GenerationEngine:
         max_generate_queue: int | None = 4096,
         # Compute
         inline_max_batch: int = 64,
+        inline_max_flops: int | None = None,
         observer: StepObserver | None = None,
         after_delivery: Callable[[], None] | None = None,
     ) -> None:
-        """``observer.on_batch(name, sequences, seconds)`` is called once per step (metrics);
+        """``inline_max_flops``: see the module docstring (None: only ``inline_max_batch`` decides).
+        ``observer.on_batch(name, sequences, seconds)`` is called once per step (metrics);
         ``after_delivery`` after each step's tokens were handed to their sinks (the
         server writes the frames then, rather than one loop iteration later)."""
         if inline_max_batch < 0:
@@ -136,6 +142,11 @@ class GenerationEngine:
         self.stats: VersionStats | None = None
         self._after_delivery = after_delivery
         self._sched = Scheduler(model, max_generate_batch=max_generate_batch, max_generate_queue=max_generate_queue)
+        if inline_max_flops is not None:  # and no step costing more than that (a model that does not
+            # say what a token costs is "unknown": every step in the thread)
+            cost = getattr(model, "flops_per_row", None)
+            per_token = cost() if callable(cost) else 1
+            inline_max_batch = min(inline_max_batch, inline_max_flops // max(1, per_token))
         self._inline_max_batch = inline_max_batch
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup = asyncio.Event()

@@ -41,17 +41,23 @@ import numpy as np
 from ..errors import Internal
 from ..models.base import ModelInfo
 
-__all__ = ["TokenModelAdapter", "MAX_VOCABULARY", "MAX_CONTEXT_LEN"]
+__all__ = ["TokenModelAdapter", "MAX_VOCABULARY", "MAX_CONTEXT_LEN", "UNKNOWN_FLOPS_PER_TOKEN"]
 
 MAX_VOCABULARY = 1_000_000
 MAX_CONTEXT_LEN = 4096
+#: The cost of a token of a model that does not say (no ``flops_per_row``): "unknown", so its
+#: steps run in a thread, off the event loop (as a predictive model.py's batches do).
+UNKNOWN_FLOPS_PER_TOKEN = 1_000_000_000
 
 
 class TokenModelAdapter:
     """A generative model, checked, in the shape the scheduler needs (a ``TokenModel``)."""
 
-    def __init__(self, model: Any, *, name: str, info: ModelInfo | None = None) -> None:
-        """Raises ``ValueError`` naming the problem if ``model`` does not follow the interface."""
+    def __init__(self, model: Any, *, name: str, info: ModelInfo | None = None,
+                 flops_per_token: int | None = None) -> None:
+        """``flops_per_token``: what a token costs (config.toml's ``flops_per_row``), else the
+        model's own ``flops_per_row``, else :data:`UNKNOWN_FLOPS_PER_TOKEN`.  Raises
+        ``ValueError`` naming the problem if ``model`` does not follow the interface."""
         self.model = model
         self.name = name
         vocabulary = getattr(model, "vocabulary", None)
@@ -85,6 +91,7 @@ class TokenModelAdapter:
         self._encode = model.encode
         self._logits = model.logits
         self.info: ModelInfo = info if info is not None else model.info
+        self._flops = flops_per_token if flops_per_token is not None else _own_flops(model, name)
         # One call of each, so a broken model fails at load time, not on the first request.
         self.encode_prompt("")
         self.logits(np.full((2, k), self.pad_id, dtype=np.int64))
@@ -125,10 +132,23 @@ class TokenModelAdapter:
         return out  # non-finite logits are not checked per step: they give unspecified (valid) token ids
 
     def flops_per_row(self) -> int:
-        value = getattr(self.model, "flops_per_row", None)
-        return int(value()) if callable(value) else 1
+        """Multiply-adds per generated token (what decides whether a step runs on the event loop)."""
+        return self._flops
 
     def close(self) -> None:
         close = getattr(self.model, "close", None)
         if callable(close):
             close()
+
+
+def _own_flops(model: Any, name: str) -> int:
+    """The model's ``flops_per_row`` (an attribute or a method), else :data:`UNKNOWN_FLOPS_PER_TOKEN`.
+    Raises ``ValueError`` for one that is not a positive integer."""
+    value = getattr(model, "flops_per_row", None)
+    if callable(value):
+        value = value()
+    if value is None:
+        return UNKNOWN_FLOPS_PER_TOKEN
+    if type(value) is not int or value < 1:
+        raise ValueError(f"generative model {name!r}: flops_per_row must be a positive integer, got {value!r}")
+    return value
