@@ -2,13 +2,12 @@
 
 Each model's changes (hot reload, admin operations) run one after the other, in order; different
 models do not wait for each other.  A ``Model()`` held by a gate (:data:`~tests.repo_models.GATED_PY`'s
-``init_gate.txt``) stands for a load that takes long; one blocked reading a FIFO nobody writes to
-stands for one that never returns.
+``init_gate.txt``) stands for a load that takes long.  (Model code that never returns, at
+shutdown: test_shutdown_stuck_models.py.)
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import numpy as np
 
 from tests.repo_models import (
     AFFINE_CONFIG,
-    AFFINE_PY,
     GATED_PY,
     affine,
     move_in,
@@ -109,67 +107,3 @@ async def test_an_admin_unload_waits_for_the_model_s_load_in_progress_then_wins(
         wait_models(server, "later", "served", lambda e: states(e) == {"1": "ready"})
         assert "m" not in models_http(server)
         await conn.close()
-
-
-NEVER_PY = AFFINE_PY.replace(
-    "    def __init__(self, version_dir):\n",
-    "    def __init__(self, version_dir):\n"
-    "        open((Path(version_dir) / 'fifo.txt').read_text().strip()).read()  # nobody writes to it\n",
-)
-
-
-async def test_a_server_whose_model_load_never_returns_still_stops(tmp_path: Path) -> None:
-    """SIGTERM drains and exits though a ``Model()`` never returns (its thread is abandoned)."""
-    assert NEVER_PY != AFFINE_PY
-    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    (repo / "ok").mkdir(parents=True)
-    (repo / "ok" / "config.toml").write_text(AFFINE_CONFIG)
-    write_affine(repo / "ok" / "1", bias=1.0)
-    with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as server:
-        wait_watching(server, repo)
-        (repo / "stuck").mkdir()
-        (repo / "stuck" / "config.toml").write_text(AFFINE_CONFIG)
-        build = repo / "stuck" / ".1.tmp"
-        write_affine(build, bias=2.0, source=NEVER_PY, **{"fifo.txt": str(fifo)})
-        move_in(build, repo / "stuck" / "1")
-        wait_models(server, "stuck", "loading", lambda e: states(e) == {"1": "loading"})
-        conn = await Conn.open(server.url)
-        r = await predict(conn, "p", "ok", ROWS)  # the rest serves
-        assert (r["type"], r["version"]) == ("result", "1"), r
-        await conn.close()
-        try:
-            assert server.stop(timeout_s=30) == 0, server.stderr_text()[-3000:]
-        finally:  # let the thread go if the server did not exit (the test failed)
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) if server.proc.poll() is None else None
-            if fd is not None:
-                os.close(fd)
-
-
-NEVER_CLOSES_PY = AFFINE_PY + """
-    def close(self):  # never returns: nobody writes to the FIFO
-        open((Path(__file__).parent / "fifo.txt").read_text().strip()).read()
-"""
-
-
-async def test_a_server_whose_model_close_never_returns_still_stops(tmp_path: Path) -> None:
-    """An unloaded version's ``Model.close()`` that never returns is abandoned at shutdown, after
-    the drain deadline, rather than holding the process forever."""
-    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    (repo / "stuck").mkdir(parents=True)
-    (repo / "stuck" / "config.toml").write_text(AFFINE_CONFIG)
-    write_affine(repo / "stuck" / "1", bias=1.0, source=NEVER_CLOSES_PY, **{"fifo.txt": str(fifo)})
-    with ServerProcess("--models", "none", "--model-repository", str(repo), "--drain-timeout-s", "1") as server:
-        conn = await Conn.open(server.url)
-        await conn.send({"type": "unload", "id": "u", "model": "stuck"})
-        reply = await reply_to(conn, "u")
-        assert (reply["type"], reply.get("ok")) == ("unload", True), reply
-        await conn.close()
-        try:
-            assert server.stop(timeout_s=30) == 0, server.stderr_text()[-3000:]
-        finally:  # let the thread go if the server did not exit (the test failed)
-            if server.proc.poll() is None:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        assert "gave up waiting for 1 unloading model version(s)" in server.stderr_text()
-        assert "stuck-1" in server.stderr_text()

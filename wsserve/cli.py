@@ -247,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         from .server import run
 
     try:
-        return run(config)
+        code = run(config)
     except OSError as exc:
         print(f"wsserve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if config.workers <= 1:  # this process is the server's: model code that never returned does not hold it
+        from .server import exit_past_stuck_threads
+
+        exit_past_stuck_threads(code)
+    return code

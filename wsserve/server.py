@@ -33,6 +33,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -223,12 +224,18 @@ class Server:
         for task in list(self._tasks):
             task.cancel()
         await self.registry.stop()  # a load still running is abandoned, not served
-        await self.pool.close()  # ends what is left; retiring versions then finish closing
-        # Versions being unloaded finish closing, until the drain deadline (at least 2 s more; without
-        # a drain, --drain-timeout): a Model.close() that does not return by then is abandoned.
+        # What is left ends now; model code still running (a generation step, a Model.close() of a
+        # version being unloaded) gets until the drain deadline (at least 2 s more; without a drain,
+        # --drain-timeout), then is abandoned, logged: a model that never returns cannot hold the
+        # server forever.
         deadline = self._drain_deadline
-        budget = self.config.drain_timeout_s if deadline is None else max(2.0, deadline - monotonic())
-        await self.registry.wait_retired(budget)
+        end = monotonic() + (self.config.drain_timeout_s if deadline is None else max(2.0, deadline - monotonic()))
+        try:
+            async with asyncio.timeout(end - monotonic()):
+                await self.pool.close()  # retiring versions then finish closing
+        except TimeoutError:
+            log.warning("gave up waiting for the models to stop: model code is still running")
+        await self.registry.wait_retired(max(0.0, end - monotonic()))
 
     def _note_closed(self) -> None:
         """While draining: set ``_all_closed`` once no WebSocket is open and no HTTP connection owes answers."""
@@ -544,6 +551,27 @@ def _loop_factory(loop: str) -> Any:
             if loop == "uvloop":
                 raise SystemExit("error: --loop uvloop requested but uvloop is not installed") from None
     return None
+
+
+def exit_past_stuck_threads(code: int, grace_s: float = 2.0) -> None:
+    """After the server stopped, in a process that is the server's own (the CLI): if a thread
+    still runs (model code that never returned: a ``predict`` or a generation step, whose
+    thread the interpreter would join at exit, forever) ``grace_s`` later, log it and exit now
+    with ``code`` (``os._exit``, after flushing the logs).  Returns when every thread ended."""
+    end = monotonic() + grace_s
+    stuck = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, end - monotonic()))
+        if thread.is_alive():
+            stuck.append(thread.name)
+    if stuck:
+        log.warning("exiting with %d thread(s) still running model code: %s", len(stuck), ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def run(config: ServerConfig, *, models: dict[str, Any] | None = None) -> int:

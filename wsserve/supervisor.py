@@ -91,7 +91,13 @@ def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_
     """One worker process: serve until SIGTERM (also sent when the supervisor dies), drain, exit 0."""
     _die_with_parent(parent_pid)
     from .logs import configure_logging
-    from .server import Server, _limit_blas_threads, _loop_factory, serve_until_signal
+    from .server import (
+        Server,
+        _limit_blas_threads,
+        _loop_factory,
+        exit_past_stuck_threads,
+        serve_until_signal,
+    )
 
     configure_logging(logging.getLevelName(log_level), secrets=secrets, prefix=f"worker {index}")
     _limit_blas_threads()
@@ -104,6 +110,7 @@ def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_
 
     with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
         status = runner.run(main())
+    exit_past_stuck_threads(status)
     sys.exit(status)
 
 
