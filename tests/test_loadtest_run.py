@@ -288,7 +288,7 @@ async def test_exit_codes(echo_url: str, capsys: pytest.CaptureFixture[str]) -> 
     assert await asyncio.to_thread(main, [dead, *common]) == EXIT_ERROR
     assert "loadtest: error: cannot use" in capsys.readouterr().err
     assert await asyncio.to_thread(main, [echo_url, "-c", "0"]) == EXIT_USAGE
-    assert "--connections must be >= 1" in capsys.readouterr().err
+    assert "--connections must be an integer in 1..100,000" in capsys.readouterr().err
     assert await asyncio.to_thread(main, [echo_url, "--protocol", *common]) == EXIT_ERROR
     assert "echo server" in capsys.readouterr().err
 
