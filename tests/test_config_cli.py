@@ -110,6 +110,8 @@ _BAD_SETTINGS = [
     ("max_inflight_bytes", 0),
     ("max_queue_bytes", 0),
     ("loop", "trio"),
+    ("seed", -1),
+    ("seed", 2**63),
 ]
 
 
@@ -198,6 +200,9 @@ def test_picows_transport_without_picows_installed_names_the_extra(monkeypatch: 
         (["serve", "--transport", "trio"], ["--transport", "trio"]),
         (["serve", "--transport", "picows", "--compression"], ["--compression", "--transport picows"]),
         (["serve", "--log-level", "loud"], ["--log-level"]),
+        # a negative seed reached numpy in training: a traceback after the flags were accepted
+        (["serve", "--seed", "-1"], ["--seed", "0..9223372036854775807"]),
+        (["serve", "--seed", str(2**63)], ["--seed"]),
         (["serve", "--no-such-flag"], ["--no-such-flag"]),
         (["serve", "--api-key-file", "/nonexistent/keys.txt"], ["--api-key-file"]),
         ([], ["COMMAND"]),

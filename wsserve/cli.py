@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .config import DEFAULT_MODELS, TRANSPORTS, ServerConfig, flag
+from .argtypes import bounded_int
+from .config import DEFAULT_MODELS, MAX_SEED, TRANSPORTS, ServerConfig, flag
 from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -99,7 +100,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("model_repository", action="append", type=Path, default=None,
         help="serve the models of this directory (repeatable); also $WSSERVE_MODEL_REPOSITORY")
     opt("reload", action="store_true", help="watch the model repository and load/unload what changes")
-    opt("seed", type=int, default=d.seed, help="training seed (default %(default)s)")
+    opt("seed", type=bounded_int(0, MAX_SEED), default=d.seed, help="training seed, 0..2**63-1 (default %(default)s)")
     opt("cache_dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")
     opt("cache", action=argparse.BooleanOptionalAction, default=d.cache,
         help="read and write trained weights in the cache (--no-cache: always train)")

@@ -16,13 +16,15 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "TRANSPORTS", "flag"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_SEED", "TRANSPORTS", "flag"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 #: The longest batching window, in ms: --max-delay-ms and config.toml's max_delay_ms alike.
 MAX_DELAY_MS = 60_000
+#: Training seeds are 0..MAX_SEED (numpy's SeedSequence takes non-negative integers; as ``wsserve train``).
+MAX_SEED = 2**63 - 1
 
 #: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
 #: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.5 ms
@@ -113,6 +115,8 @@ class ServerConfig:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
         if type(self.workers) is not int or not 1 <= self.workers <= 64:
             raise ValueError(f"{flag('workers')} must be an integer in 1..64, got {self.workers!r}")
+        if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"{flag('seed')} must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         positive = (
