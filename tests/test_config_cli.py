@@ -236,6 +236,16 @@ def test_certfile_error_names_the_flag(capsys: pytest.CaptureFixture[str], tmp_p
     assert "--certfile" in err and "--keyfile" in err
 
 
+@pytest.mark.parametrize("flag_name", ["--api-key-file", "--admin-key-file"])
+def test_a_key_file_that_is_not_utf8_exits_2_naming_the_flag(
+    flag_name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.bin"
+    keys.write_bytes(b"\xff\xfe\xfa key\n")
+    err = _cli_error(["serve", flag_name, str(keys)], capsys)
+    assert flag_name in err and "keys.bin" in err and "not UTF-8" in err
+
+
 def test_empty_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text("# no keys here\n\n")

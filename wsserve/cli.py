@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) -> frozenset[str]:
-    """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per line)."""
+    """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per
+    line, UTF-8).  Raises ``ValueError`` naming ``flag_name`` if the file cannot be read, is not UTF-8
+    or holds no keys."""
     keys = [k for k in given if k]
     env = os.environ.get(env_name, "")
     keys += [k.strip() for k in env.split(",") if k.strip()]
@@ -200,6 +202,8 @@ def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) ->
             text = file.read_text()
         except OSError as exc:
             raise ValueError(f"{flag_name}: cannot read {file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{flag_name}: {file} is not UTF-8 text (byte {exc.start})") from None
         found = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         if not found:
             raise ValueError(f"{flag_name}: {file} holds no keys")
