@@ -155,7 +155,34 @@ def test_validate_tls_pairs_and_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keyfile: no such file"):
         ServerConfig(certfile=cert, keyfile=key).validate()
     key.write_text("x")
+    with pytest.raises(ValueError, match="--certfile .* and --keyfile .* are not a usable PEM"):
+        ServerConfig(certfile=cert, keyfile=key).validate()
+
+
+def test_validate_loads_the_tls_pair(tmp_path: Path) -> None:
+    """A certificate and key that are files but not a PEM pair fail validation naming both flags
+    (they failed after training, as \"cannot listen on ...: [SSL] PEM lib\"); a good pair passes, and
+    so does a passphrase-protected key, which the server asks for as before (validation never asks)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.test_hardening import make_self_signed
+
+    cert, key = make_self_signed(tmp_path)
     ServerConfig(certfile=cert, keyfile=key).validate()
+    with pytest.raises(ValueError, match="--certfile .* and --keyfile .* are not a usable PEM"):
+        ServerConfig(certfile=key, keyfile=cert).validate()
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.BestAvailableEncryption(b"secret")))
+    ServerConfig(certfile=cert, keyfile=locked).validate()
+
+
+def test_a_bad_tls_pair_exits_2_before_training(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate")
+    err = _cli_error(["serve", "--certfile", str(cert), "--keyfile", str(cert)], capsys)
+    assert "--certfile" in err and "--keyfile" in err and "not a usable PEM" in err
 
 
 def test_validate_transport() -> None:
@@ -306,9 +333,9 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("WSSERVE_API_KEYS", "env1, env2,")
     key_file = tmp_path / "keys.txt"
     key_file.write_text("# comment\nfile1\n\nfile2\n")
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.write_text("c")
-    key.write_text("k")
+    from tests.test_hardening import make_self_signed
+
+    cert, key = make_self_signed(tmp_path)
     cfg = _config(
         "--host", "0.0.0.0", "--port", "0", "--models", "linear, mlp", "--seed", "7",
         "--cache-dir", str(tmp_path), "--no-cache",

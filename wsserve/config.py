@@ -36,6 +36,30 @@ MAX_SEED = 2**63 - 1
 INLINE_MAX_FLOPS = 20_000_000
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _ask_no_password() -> bytes:
+    raise _EncryptedKey
+
+
+def _check_tls_files(certfile: Path, keyfile: Path) -> None:
+    """Raise ``ValueError`` naming both flags unless the files load as a PEM certificate chain and
+    its private key (as the server loads them), so a bad pair fails at start-up, before training,
+    and not as a listening error.  A passphrase-protected key is left to the server (which asks)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            str(certfile), str(keyfile), password=_ask_no_password)
+    except _EncryptedKey:
+        return
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"{flag('certfile')} {certfile} and {flag('keyfile')} {keyfile} are not a usable PEM "
+                         f"certificate and private key: {exc.strerror or exc}") from None
+
+
 def flag(name: str) -> str:
     """The command-line flag of a config field: ``max_inflight`` -> ``--max-inflight``."""
     return "--" + name.replace("_", "-")
@@ -175,6 +199,8 @@ class ServerConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{flag(name)}: no such file: {path}")
+        if self.certfile is not None and self.keyfile is not None:
+            _check_tls_files(Path(self.certfile), Path(self.keyfile))
         return self
 
     def rate_burst(self, rate: float) -> float:
