@@ -185,6 +185,18 @@ def test_a_bad_tls_pair_exits_2_before_training(capsys: pytest.CaptureFixture[st
     assert "--certfile" in err and "--keyfile" in err and "not a usable PEM" in err
 
 
+def test_validate_cache_dir_must_be_a_directory(tmp_path: Path) -> None:
+    """A --cache-dir that is a file (or under one) failed after training as \"cannot listen on
+    127.0.0.1:0: Not a directory\"; now validation names the flag.  With --no-cache it is unused."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (afile, afile / "sub"):
+        with pytest.raises(ValueError, match=f"--cache-dir {bad}: {afile} is not a directory"):
+            ServerConfig(cache_dir=bad).validate()
+    ServerConfig(cache_dir=afile, cache=False).validate()
+    ServerConfig(cache_dir=tmp_path / "new" / "cache").validate()  # made on first use
+
+
 def test_validate_transport() -> None:
     assert ServerConfig().transport == "websockets"
     ServerConfig(transport="picows").validate()

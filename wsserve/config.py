@@ -187,6 +187,10 @@ class ServerConfig:
         for repo in self.model_repository:
             if not Path(repo).is_dir():
                 raise ValueError(f"{flag('model_repository')}: no such directory: {repo}")
+        if self.cache and self.cache_dir is not None:
+            existing = next((p for p in (Path(self.cache_dir), *Path(self.cache_dir).parents) if p.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise ValueError(f"{flag('cache_dir')} {self.cache_dir}: {existing} is not a directory")
         if self.reload and not self.model_repository:
             raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
         if self.key_rate_limit_per_s is not None and not self.api_key:
