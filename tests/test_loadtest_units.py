@@ -452,6 +452,19 @@ def test_report_exit_code_follows_slo(slo_ms: float | None, max_err: float | Non
     assert ("SLO: FAIL" in format_text(rep)) is (expected == EXIT_SLO)
 
 
+@pytest.mark.parametrize("closed_early, code", [(0, EXIT_OK), (1, EXIT_OK), (2, lt.EXIT_ERROR)])
+def test_connections_the_server_closed_are_reported_and_all_of_them_is_exit_1(closed_early: int, code: int) -> None:
+    stats = _stats([0.002] * 90, {})
+    stats.connections, stats.closed_early = 2, closed_early
+    rep = build_report(_cfg(), ServerInfo(kind="protocol"), stats, started_at_unix=0.0)
+    assert rep["connections"] == {"opened": 2, "failed": 0, "closed_early": closed_early}
+    assert rep["exit_code"] == code
+    text = format_text(rep)
+    assert (f"{closed_early} connection(s) closed by the server before the end" in text) is (closed_early > 0)
+    assert ("closed every connection before the end" in text) is (code == lt.EXIT_ERROR)
+    assert RunStats.from_dict(orjson.loads(orjson.dumps(stats.to_dict()))).closed_early == closed_early
+
+
 def test_slo_without_any_success_is_a_breach() -> None:
     assert evaluate_slo(p99_ms=None, error_rate=1.0, ok=0, slo_p99_ms=100.0, max_error_rate=None)
     assert not evaluate_slo(p99_ms=None, error_rate=0.0, ok=0, slo_p99_ms=None, max_error_rate=None)
