@@ -195,6 +195,11 @@ class ServerConfig:
             raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
+        if self.key_rate_limit_per_s is not None and self.workers > 1:
+            raise ValueError(f"{flag('key_rate_limit_per_s')} is not available with {flag('workers')} {self.workers}: "
+                             "each worker process keeps its own count, so a key's connections on different workers "
+                             f"would get up to {self.workers} times the rate; use {flag('workers')} 1 or limit keys "
+                             "in a proxy in front")
         if self.metrics_key is not None and not self.api_key:
             raise ValueError(f"{flag('metrics_key')} needs {flag('api_key')} (without keys /metrics is open)")
         if (self.certfile is None) != (self.keyfile is None):
