@@ -111,6 +111,9 @@ _BAD_SETTINGS = [
     ("max_queue_bytes", 0),
     ("loop", "trio"),
     ("seed", -1),
+    # sized a per-slot array and a free-slot list up front: 10**9 never became ready (killed at 40 s)
+    ("max_generate_batch", 10**9),
+    ("max_generate_batch", 4097),
     ("seed", 2**63),
 ]
 
@@ -126,7 +129,7 @@ def test_validate_names_the_setting(name: str, value: object) -> None:
     "name, value",
     [("max_queue_rows", None), ("max_connections", None), ("ping_interval_s", None), ("idle_timeout_s", None),
      ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("max_delay_ms", None), ("drain_timeout_s", 0.0),
-     ("port", 0), ("port", 65535)],
+     ("port", 0), ("port", 65535), ("max_generate_batch", 4096)],
 )
 def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()

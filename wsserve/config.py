@@ -16,13 +16,16 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_SEED", "TRANSPORTS", "flag"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 #: The longest batching window, in ms: --max-delay-ms and config.toml's max_delay_ms alike.
 MAX_DELAY_MS = 60_000
+#: The most sequences a generative model steps together (--max-generate-batch): each slot holds a
+#: noise block allocated up front (up to 512 KiB a slot: 16 rows of the vocabulary, or 65,536 values).
+MAX_GENERATE_BATCH = 4096
 #: Training seeds are 0..MAX_SEED (numpy's SeedSequence takes non-negative integers; as ``wsserve train``).
 MAX_SEED = 2**63 - 1
 
@@ -151,6 +154,9 @@ class ServerConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if self.max_generate_batch > MAX_GENERATE_BATCH:
+            raise ValueError(f"{flag('max_generate_batch')} must be at most {MAX_GENERATE_BATCH}, "
+                             f"got {self.max_generate_batch!r}")
         if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
             raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
