@@ -234,6 +234,19 @@ def test_picows_transport_without_picows_installed_names_the_extra(monkeypatch: 
     ServerConfig().validate()  # the default transport does not need it
 
 
+def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was refused only when the loop started: after training, and under --workers by every
+    worker dying while the supervisor said only "worker 0 exited with status 1 while starting"."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    with pytest.raises(ValueError, match="--loop uvloop needs the uvloop package"):
+        ServerConfig(loop="uvloop").validate()
+    ServerConfig(loop="auto").validate()  # auto falls back to asyncio
+    ServerConfig(loop="asyncio").validate()
+
+
 # --------------------------------------------------------------------------- CLI errors
 
 

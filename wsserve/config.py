@@ -146,6 +146,9 @@ class ServerConfig:
             raise ValueError(f"{flag('seed')} must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
+        if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError(f"{flag('loop')} uvloop needs the uvloop package (pip install uvloop); "
+                             f"{flag('loop')} auto uses it when installed")
         positive = (
             "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
