@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tests.repo_models import AFFINE_CONFIG, affine, move_in, remove_version, write_affine
+from tests.repo_models import (
+    AFFINE_CONFIG,
+    affine,
+    move_in,
+    remove_version,
+    write_affine,
+)
 from tests.repo_wire import states, wait_models, wait_watching
 from tests.support import ROOT, Conn, ServerProcess, child_env, wait_until
 
