@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import ROOT, Conn, ServerProcess, child_env, http_get, wait_until_async
+from tests.support import (
+    ROOT,
+    Conn,
+    ServerProcess,
+    child_env,
+    http_get,
+    wait_until_async,
+)
 from wsserve.cli import main
 from wsserve.compression import MLPInt8Model, load_model
 from wsserve.compression.measure import heldout_accuracy, nonzero_parameters
@@ -109,6 +116,10 @@ BAD = [
     (["mlp", "--prune", "-0.2"], "--prune: must be a fraction in (0, 1)"),
     (["mlp", "--prune", "nan"], "--prune: must be a fraction in (0, 1)"),
     (["mlp", "--prune", "half"], "expected a fraction in (0, 1), got 'half'"),
+    # inside (0, 1) but nothing pruned: it wrote a "pruned" version bigger than its source
+    (["mlp", "--prune", "1e-320"], "pruning fraction 1e-320 (global) removes no weight of"),
+    (["mlp", "--prune", "1e-9", "--scope", "layer"], "pruning fraction 1e-09 (layer) removes no weight of"),
+    (["mlp", "--prune", "0.9999999999"], "pruning fraction 0.9999999999 (global) removes every weight of"),
     (["mlp"], "one of the arguments --int8 --prune is required"),
     (["mlp", "--int8", "--prune", "0.5"], "not allowed with argument"),
     (["mlp", "--int8", "--finetune"], "--finetune applies to --prune only"),

@@ -16,10 +16,22 @@ import pytest
 
 from wsserve.cli import main
 from wsserve.distributed import data, tasks
-from wsserve.distributed.data import BLOCK_ROWS, BlockRange, block_ranges, linear_block, row_ranges
+from wsserve.distributed.data import (
+    BLOCK_ROWS,
+    BlockRange,
+    block_ranges,
+    linear_block,
+    row_ranges,
+)
 from wsserve.distributed.repository import write_version
 from wsserve.models.linear import LinearConfig, LinearModel, mse_and_grad, train_linear
-from wsserve.models.mlp import MLPConfig, MLPModel, init_params, loss_and_grads, train_mlp
+from wsserve.models.mlp import (
+    MLPConfig,
+    MLPModel,
+    init_params,
+    loss_and_grads,
+    train_mlp,
+)
 from wsserve.repository import newversion
 
 # -- layouts ---------------------------------------------------------------------------------
@@ -248,6 +260,9 @@ def test_write_version_refuses_bad_input(tmp_path: Path, linear_model: LinearMod
         (["linear", "--workers", "65"], "--workers"),
         (["linear", "--dask", "not an address"], "--dask"),
         (["linear", "--dask", "tcp://host"], "--dask"),
+        # an out-of-range port was accepted and only failed when connecting (exit 1 after --timeout)
+        (["linear", "--dask", "tcp://127.0.0.1:99999", "--timeout", "1"], "the port must be in 1..65535, got 99999"),
+        (["linear", "--dask", "tcp://127.0.0.1:0", "--timeout", "1"], "the port must be in 1..65535, got 0"),
         (["linear", "--timeout", "0"], "--timeout"),
         (["linear", "--name", "../up"], "--name"),
         (["cnn"], "invalid choice"),

@@ -150,7 +150,7 @@ async def test_closed_loop_against_echo_counts_everything(echo_url: str) -> None
     rq = rep["requests"]
     assert rq["ok"] > 100 and rq["errors"] == 0 and rq["sent"] == rq["ok"]
     assert rep["latency_ms"]["count"] == rq["ok"]
-    assert rep["close_codes"] == {"1000": 4} and rep["connections"] == {"opened": 4, "failed": 0}
+    assert rep["close_codes"] == {"1000": 4} and rep["connections"] == {"opened": 4, "failed": 0, "closed_early": 0}
     assert rep["throughput"]["target_rps"] is None and rep["throughput"]["achieved_rps"] > 100
     assert rep["late_sends"]["count"] == 0
 
@@ -256,7 +256,7 @@ async def test_refused_connections_are_reported_and_the_rest_load() -> None:
     finally:
         server.close()
         await server.wait_closed()
-    assert rep["connections"] == {"opened": 2, "failed": 3}
+    assert rep["connections"] == {"opened": 2, "failed": 3, "closed_early": 0}
     assert rep["close_codes"] == {"1000": 2} and rep["requests"]["ok"] > 0
     assert "only 2 of 5 connections opened" in err.getvalue() and "503" in err.getvalue()
 
@@ -288,7 +288,7 @@ async def test_exit_codes(echo_url: str, capsys: pytest.CaptureFixture[str]) -> 
     assert await asyncio.to_thread(main, [dead, *common]) == EXIT_ERROR
     assert "loadtest: error: cannot use" in capsys.readouterr().err
     assert await asyncio.to_thread(main, [echo_url, "-c", "0"]) == EXIT_USAGE
-    assert "--connections must be >= 1" in capsys.readouterr().err
+    assert "--connections must be an integer in 1..100,000" in capsys.readouterr().err
     assert await asyncio.to_thread(main, [echo_url, "--protocol", *common]) == EXIT_ERROR
     assert "echo server" in capsys.readouterr().err
 
@@ -331,7 +331,7 @@ SCHEMA: dict[str, Any] = {
     "workloads": dict,
     "errors": dict,
     "close_codes": dict,
-    "connections": {"opened": int, "failed": int},
+    "connections": {"opened": int, "failed": int, "closed_early": int},
     "client": {"procs": int, "ok_per_proc": list, "cpu_cores_per_proc": list, "busy": bool},
     "timeline": {"start_monotonic": float, "measure_start_monotonic": float, "end_monotonic": float},
     "late_sends": {"count": int, "threshold_ms": NUM, "send_lag_ms": SUMMARY},

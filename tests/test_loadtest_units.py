@@ -175,7 +175,7 @@ def test_parse_mix_full_grammar() -> None:
         ("predict:linear=x", "bad weight"),
         ("predict:linear=0", "weight must be >= 1"),
         ("predict:linear:zero", "bad size"),
-        ("predict:linear:0", "rows must be >= 1"),
+        ("predict:linear:0", "rows must be in 1..1048576"),
         ("predict:linear,predict:linear", "listed twice"),
         ("predict:linear,,generate:charlm", "empty item"),
     ],
@@ -183,6 +183,49 @@ def test_parse_mix_full_grammar() -> None:
 def test_parse_mix_errors_name_the_problem(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_mix(text)
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"rows": 10**11}, "rows must be in 1..1048576"),
+    ({"chunk_rows": 10**11}, "chunk_rows must be in"),
+    ({"kind": "generate", "model": "charlm", "max_tokens": 10**11}, "max_tokens must be in"),
+])
+def test_workload_sizes_are_bounded(kw: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        WorkloadSpec(**{"kind": "predict", "model": "linear", **kw})
+
+
+def test_request_values_are_bounded_by_the_models_input_width() -> None:
+    """Rows x the input width the server states: a huge ``input_shape`` from the server (or
+    many rows of a wide model) is refused before any inputs are built."""
+    wide = {"wide": ModelShape("wide", "regression", (1 << 18, 8))}
+    with pytest.raises(ValueError, match="more than 1,048,576 values per request"):
+        check_against_models(parse_mix("predict:wide"), wide)
+    mlp = {"mlp": ModelShape("mlp", "classification", (64,))}
+    check_against_models(parse_mix("predict:mlp:16384"), mlp)  # 2**20 values: the edge
+    with pytest.raises(ValueError, match="16385 rows of 64 values"):
+        check_against_models(parse_mix("predict:mlp:16385"), mlp)
+
+
+def _loadtest_args(argv: list[str]):  # noqa: ANN202 - an argparse.Namespace
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    lt.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("target", ["dir", "missing/report.json"])
+def test_an_unwritable_json_file_is_refused_before_the_run(
+    target: str, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--json`` naming a directory or a file in a missing directory exits 2 naming the flag
+    before any connection (here the URL is a closed port, so a run would exit 1), instead of a
+    traceback after the whole run with the report lost."""
+    (tmp_path / "dir").mkdir()
+    code = lt.run(_loadtest_args(["ws://127.0.0.1:1", "--json", str(tmp_path / target)]))
+    assert code == 2
+    assert "--json" in capsys.readouterr().err
 
 
 def test_check_against_models() -> None:
@@ -409,6 +452,19 @@ def test_report_exit_code_follows_slo(slo_ms: float | None, max_err: float | Non
     assert ("SLO: FAIL" in format_text(rep)) is (expected == EXIT_SLO)
 
 
+@pytest.mark.parametrize("closed_early, code", [(0, EXIT_OK), (1, EXIT_OK), (2, lt.EXIT_ERROR)])
+def test_connections_the_server_closed_are_reported_and_all_of_them_is_exit_1(closed_early: int, code: int) -> None:
+    stats = _stats([0.002] * 90, {})
+    stats.connections, stats.closed_early = 2, closed_early
+    rep = build_report(_cfg(), ServerInfo(kind="protocol"), stats, started_at_unix=0.0)
+    assert rep["connections"] == {"opened": 2, "failed": 0, "closed_early": closed_early}
+    assert rep["exit_code"] == code
+    text = format_text(rep)
+    assert (f"{closed_early} connection(s) closed by the server before the end" in text) is (closed_early > 0)
+    assert ("closed every connection before the end" in text) is (code == lt.EXIT_ERROR)
+    assert RunStats.from_dict(orjson.loads(orjson.dumps(stats.to_dict()))).closed_early == closed_early
+
+
 def test_slo_without_any_success_is_a_breach() -> None:
     assert evaluate_slo(p99_ms=None, error_rate=1.0, ok=0, slo_p99_ms=100.0, max_error_rate=None)
     assert not evaluate_slo(p99_ms=None, error_rate=0.0, ok=0, slo_p99_ms=None, max_error_rate=None)
@@ -425,6 +481,23 @@ def test_slo_without_any_success_is_a_breach() -> None:
         ({"max_error_rate": 2.0}, "--max-error-rate"),
         ({"slo_p99_ms": -1.0}, "--slo-p99-ms"),
         ({"inflight": 0}, "--inflight"),
+        # every count and every time is bounded and finite: the test's traffic is bounded
+        ({"duration_s": math.inf}, "--duration"),
+        ({"duration_s": math.nan}, "--duration"),
+        ({"duration_s": 1e9}, "--duration"),
+        ({"rate_per_s": math.inf}, "--rate"),
+        ({"warmup_s": math.nan}, "--warmup"),
+        ({"warmup_s": math.inf}, "--warmup"),
+        ({"grace_s": math.nan}, "--grace"),
+        ({"grace_s": math.inf}, "--grace"),
+        ({"open_timeout_s": -1.0}, "--open-timeout"),
+        ({"open_timeout_s": math.nan}, "--open-timeout"),
+        ({"open_timeout_s": 0.0}, "--open-timeout"),
+        ({"late_ms": math.nan}, "--late-ms"),
+        ({"connections": 10**8}, "--connections"),
+        ({"connections": 10**8, "procs": 10**8}, "--connections"),
+        ({"inflight": 10**11}, "--inflight"),
+        ({"slo_p99_ms": math.nan}, "--slo-p99-ms"),
     ],
 )
 def test_config_errors_name_the_flag(kw: dict, fragment: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -12,8 +13,16 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import TRANSPORTS, ServerProcess
-from wsserve.loadtest import EXIT_OK, LoadConfig, WorkloadSpec, parse_mix, run_load
+from tests.support import TRANSPORTS, ServerProcess, wait_until_async
+from wsserve.loadtest import (
+    EXIT_ERROR,
+    EXIT_OK,
+    LoadConfig,
+    WorkloadSpec,
+    format_text,
+    parse_mix,
+    run_load,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,3 +149,49 @@ def test_api_key_is_sent_in_every_handshake(start_server) -> None:
     assert with_key["requests"]["ok"] > 0 and with_key["requests"]["errors"] == 0
     assert without["requests"]["ok"] == 0 and set(without["errors"]) == {"unauthorized"}
     assert "k3y" not in repr(LoadConfig(**base, api_key="k3y")) and "k3y" not in orjson.dumps(with_key).decode()
+
+
+@pytest.mark.parametrize("rate", [None, 2000.0], ids=["closed-loop", "open-loop"])
+async def test_a_server_that_goes_away_mid_run_ends_the_run_with_exit_1(start_server, rate: float | None) -> None:
+    """The server drains and closes every connection while the test runs: the run stops at once
+    (it used to wait out the whole --duration with no connection, closed loop) and the report
+    says so, with exit code 1 (it said exit 0 as if the whole duration had been measured)."""
+    proc = start_server("--models", "linear", "--drain-timeout-s", "5")
+    cfg = LoadConfig(url=proc.url, specs=tuple(parse_mix("predict:linear")), connections=3, inflight=2,
+                     rate_per_s=rate, duration_s=600.0, warmup_s=0.0, progress=False)
+    run = asyncio.create_task(asyncio.to_thread(run_load, cfg, err=io.StringIO()))
+
+    def served() -> float:
+        return sum(v for (name, labels), v in proc.metrics().samples.items()
+                   if name == "wsserve_requests_total" and dict(labels).get("model") == "linear")
+
+    await wait_until_async(lambda: served() > 50, timeout_s=60)
+    proc.signal()
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    rep = await asyncio.wait_for(run, 120)  # not the 600 s duration
+    assert rep["exit_code"] == EXIT_ERROR
+    assert rep["connections"] == {"opened": 3, "failed": 0, "closed_early": 3}
+    assert rep["requests"]["ok"] > 50 and set(rep["errors"]) <= {"connection_closed"}
+    assert "closed every connection before the end" in format_text(rep)
+
+
+def test_the_reports_counts_match_the_servers_metrics(start_server) -> None:
+    """Successes and errors counted by the tool equal the server's ``wsserve_requests_total`` for
+    the same run (no warm-up, so every request is measured): half the requests ask for more
+    tokens than the server allows and are refused."""
+    proc = start_server("--models", "linear,charlm", "--max-tokens", "64")
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {(dict(labels)["code"], dict(labels)["model"]): v for (name, labels), v in proc.metrics().samples.items()
+                if name == "wsserve_requests_total"}
+
+    before = counts()
+    cfg = LoadConfig(url=proc.url, specs=tuple(parse_mix("predict:linear=1,generate:charlm:65=1")), connections=2,
+                     inflight=2, duration_s=1.0, warmup_s=0.0, progress=False)
+    rep = run_load(cfg, err=io.StringIO())
+    after = counts()
+    delta = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+    assert rep["exit_code"] == EXIT_OK and rep["connections"]["closed_early"] == 0
+    assert rep["requests"]["ok"] == delta.pop(("ok", "linear")) > 0
+    assert rep["requests"]["errors"] == sum(delta.values()) > 0  # the refused generates, whatever their labels
+    assert rep["requests"]["sent"] == rep["requests"]["ok"] + rep["requests"]["errors"]

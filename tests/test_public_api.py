@@ -45,7 +45,7 @@ PUBLIC = {
         "ERROR_CODES", "error_for_code",
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],
-    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "TRANSPORTS", "flag"],
+    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag"],
     "wsserve.distributed": [
         "WorkerMismatch", "WrittenVersion", "local_cluster", "train_linear_dask", "train_linear_generated_dask",
         "train_mlp_dask", "write_version",

@@ -287,6 +287,19 @@ def test_bad_worker_counts_are_clear_errors(value: str) -> None:
     assert "--workers" in proc.stderr and "ws://" not in proc.stdout
 
 
+def test_a_port_another_server_listens_on_is_refused(two_workers: ServerProcess, model_cache: Path) -> None:
+    """A second ``--workers`` server on a port the first listens on (both SO_REUSEPORT, same user)
+    started and shared the port, splitting new connections between two servers; it must fail
+    as a single process does, naming the address, with no worker started."""
+    proc = subprocess.run([sys.executable, "-m", "wsserve", "serve", "--workers", "2", "--models", "linear",
+                           "--port", str(two_workers.port), "--cache-dir", str(model_cache)], cwd=ROOT,
+                          env=child_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{two_workers.port}" in proc.stderr
+    assert "ready" not in proc.stdout and "worker 0 started" not in proc.stderr
+
+
 async def test_hot_reload_reaches_every_worker(model_cache: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     model = repo / "double"

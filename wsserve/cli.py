@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .config import DEFAULT_MODELS, TRANSPORTS, ServerConfig, flag
+from .argtypes import bounded_int
+from .config import DEFAULT_MODELS, MAX_SEED, TRANSPORTS, ServerConfig, flag
 from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -99,7 +100,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("model_repository", action="append", type=Path, default=None,
         help="serve the models of this directory (repeatable); also $WSSERVE_MODEL_REPOSITORY")
     opt("reload", action="store_true", help="watch the model repository and load/unload what changes")
-    opt("seed", type=int, default=d.seed, help="training seed (default %(default)s)")
+    opt("seed", type=bounded_int(0, MAX_SEED), default=d.seed, help="training seed, 0..2**63-1 (default %(default)s)")
     opt("cache_dir", type=Path, default=None, help="trained-weights cache (default $WSSERVE_CACHE_DIR or ~/.cache/wsserve)")
     opt("cache", action=argparse.BooleanOptionalAction, default=d.cache,
         help="read and write trained weights in the cache (--no-cache: always train)")
@@ -190,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) -> frozenset[str]:
-    """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per line)."""
+    """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per
+    line, UTF-8).  Raises ``ValueError`` naming ``flag_name`` if the file cannot be read, is not UTF-8
+    or holds no keys."""
     keys = [k for k in given if k]
     env = os.environ.get(env_name, "")
     keys += [k.strip() for k in env.split(",") if k.strip()]
@@ -199,6 +202,8 @@ def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) ->
             text = file.read_text()
         except OSError as exc:
             raise ValueError(f"{flag_name}: cannot read {file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{flag_name}: {file} is not UTF-8 text (byte {exc.start})") from None
         found = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         if not found:
             raise ValueError(f"{flag_name}: {file} holds no keys")

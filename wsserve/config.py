@@ -16,13 +16,18 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "TRANSPORTS", "flag"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 #: The longest batching window, in ms: --max-delay-ms and config.toml's max_delay_ms alike.
 MAX_DELAY_MS = 60_000
+#: The most sequences a generative model steps together (--max-generate-batch): each slot holds a
+#: noise block allocated up front (up to 512 KiB a slot: 16 rows of the vocabulary, or 65,536 values).
+MAX_GENERATE_BATCH = 4096
+#: Training seeds are 0..MAX_SEED (numpy's SeedSequence takes non-negative integers; as ``wsserve train``).
+MAX_SEED = 2**63 - 1
 
 #: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
 #: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.5 ms
@@ -32,6 +37,30 @@ MAX_DELAY_MS = 60_000
 #: latency for a connection beside it (benchmarks/bench_inline.py). Models of unknown cost (no
 #: flops_per_row) count 10^9 a row: always in the thread.
 INLINE_MAX_FLOPS = 20_000_000
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _ask_no_password() -> bytes:
+    raise _EncryptedKey
+
+
+def _check_tls_files(certfile: Path, keyfile: Path) -> None:
+    """Raise ``ValueError`` naming both flags unless the files load as a PEM certificate chain and
+    its private key (as the server loads them), so a bad pair fails at start-up, before training,
+    and not as a listening error.  A passphrase-protected key is left to the server (which asks)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            str(certfile), str(keyfile), password=_ask_no_password)
+    except _EncryptedKey:
+        return
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"{flag('certfile')} {certfile} and {flag('keyfile')} {keyfile} are not a usable PEM "
+                         f"certificate and private key: {exc.strerror or exc}") from None
 
 
 def flag(name: str) -> str:
@@ -113,8 +142,13 @@ class ServerConfig:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
         if type(self.workers) is not int or not 1 <= self.workers <= 64:
             raise ValueError(f"{flag('workers')} must be an integer in 1..64, got {self.workers!r}")
+        if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"{flag('seed')} must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
+        if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError(f"{flag('loop')} uvloop needs the uvloop package (pip install uvloop); "
+                             f"{flag('loop')} auto uses it when installed")
         positive = (
             "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
@@ -123,6 +157,9 @@ class ServerConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+        if self.max_generate_batch > MAX_GENERATE_BATCH:
+            raise ValueError(f"{flag('max_generate_batch')} must be at most {MAX_GENERATE_BATCH}, "
+                             f"got {self.max_generate_batch!r}")
         if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
             raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
@@ -159,10 +196,19 @@ class ServerConfig:
         for repo in self.model_repository:
             if not Path(repo).is_dir():
                 raise ValueError(f"{flag('model_repository')}: no such directory: {repo}")
+        if self.cache and self.cache_dir is not None:
+            existing = next((p for p in (Path(self.cache_dir), *Path(self.cache_dir).parents) if p.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise ValueError(f"{flag('cache_dir')} {self.cache_dir}: {existing} is not a directory")
         if self.reload and not self.model_repository:
             raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
+        if self.key_rate_limit_per_s is not None and self.workers > 1:
+            raise ValueError(f"{flag('key_rate_limit_per_s')} is not available with {flag('workers')} {self.workers}: "
+                             "each worker process keeps its own count, so a key's connections on different workers "
+                             f"would get up to {self.workers} times the rate; use {flag('workers')} 1 or limit keys "
+                             "in a proxy in front")
         if self.metrics_key is not None and not self.api_key:
             raise ValueError(f"{flag('metrics_key')} needs {flag('api_key')} (without keys /metrics is open)")
         if (self.certfile is None) != (self.keyfile is None):
@@ -171,6 +217,8 @@ class ServerConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{flag(name)}: no such file: {path}")
+        if self.certfile is not None and self.keyfile is not None:
+            _check_tls_files(Path(self.certfile), Path(self.keyfile))
         return self
 
     def rate_burst(self, rate: float) -> float:

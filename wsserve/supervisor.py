@@ -167,8 +167,18 @@ class _Workers:
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket holding the port until the workers listen."""
+    """A bound (not listening) SO_REUSEPORT socket holding the port until the workers listen.
+
+    Raises ``OSError`` (``EADDRINUSE``) if another process listens on the port, even with
+    SO_REUSEPORT: the kernel would let this one share the port with, say, another
+    ``wsserve --workers`` of the same user, splitting the traffic between two servers.  The
+    port is first bound without SO_REUSEPORT, which any listener refuses, then released and
+    bound again with it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -51,7 +51,8 @@ def prune_masks(weights: Sequence[np.ndarray], fraction: float, scope: Scope = D
 
     Exactly ``round(fraction * n)`` entries are False, where ``n`` is each
     matrix's size (``"layer"``) or the total size (``"global"``).  Raises
-    ``ValueError`` if ``fraction`` is not in (0, 1) or ``scope`` is unknown.
+    ``ValueError`` if ``fraction`` is not in (0, 1), ``scope`` is unknown, or
+    the fraction is so close to 0 or 1 that no weight or every weight would go.
     """
     if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise ValueError(f"pruning fraction must be in (0, 1), got {fraction!r}")
@@ -70,6 +71,11 @@ def prune_masks(weights: Sequence[np.ndarray], fraction: float, scope: Scope = D
         flat = np.split(allmask, np.cumsum([m.size for m in mags])[:-1])
     else:
         raise ValueError(f"pruning scope must be 'global' or 'layer', got {scope!r}")
+    total = sum(m.size for m in mags)
+    kept = sum(int(f.sum()) for f in flat)
+    if kept == total or kept == 0:
+        raise ValueError(f"pruning fraction {fraction!r} ({scope}) removes {'no' if kept == total else 'every'} "
+                         f"weight of {total:,}; use a fraction that removes at least one and keeps at least one")
     return [f.reshape(np.shape(w)) for f, w in zip(flat, weights)]
 
 

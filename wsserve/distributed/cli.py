@@ -48,8 +48,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _dask_address(text: str) -> str:
-    if text == "local" or _ADDRESS_RE.match(text):
+    if text == "local":
         return text
+    if _ADDRESS_RE.match(text):
+        port = int(text.rpartition(":")[2])
+        if 1 <= port <= 65535:
+            return text
+        raise argparse.ArgumentTypeError(f"the port must be in 1..65535, got {port} in {text!r}")
     raise argparse.ArgumentTypeError(f"expected 'local' or a scheduler address like tcp://HOST:8786, got {text!r}")
 
 

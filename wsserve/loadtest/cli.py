@@ -172,10 +172,26 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     )
 
 
+def _check_json_path(path: Path | None) -> None:
+    """Refuse a ``--json`` FILE that could not be written, before the run rather than after it."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--json {path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"--json {path}: no such directory: {parent}")
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise ValueError(f"--json {path}: not writable")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the load test described by ``args``; print the report; return the exit code."""
+    """Run the load test described by ``args``; print the report; return the exit code
+    (``--json`` FILE is checked before the run; if writing it fails anyway, the text report
+    is already printed and the exit code is 1)."""
     try:
         cfg = config_from_args(args)
+        _check_json_path(args.json)
     except ValueError as exc:
         print(f"loadtest: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -189,7 +205,11 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(format_text(report), flush=True)
     if args.json is not None:
-        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        try:
+            args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as exc:
+            print(f"loadtest: error: --json {args.json}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
     return int(report["exit_code"])
 
 

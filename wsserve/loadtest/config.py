@@ -8,12 +8,41 @@ are plain values, picklable so they cross into ``spawn``-ed processes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .workload import ModelShape, WorkloadSpec
 
 __all__ = ["LoadConfig", "ServerInfo", "WorkerConfig"]
+
+#: Upper bounds of the settings, so that a typo cannot start an unbounded test:
+#: its traffic is bounded in count (connections x inflight, rate) and in time
+#: (open timeout + warmup + duration + grace).
+MAX_CONNECTIONS = 100_000
+MAX_INFLIGHT = 100_000
+MAX_PROCS = 256
+MAX_RATE_PER_S = 10_000_000.0
+MAX_DURATION_S = 86_400.0  # a day
+MAX_WARMUP_S = 3_600.0
+MAX_GRACE_S = 600.0
+MAX_OPEN_TIMEOUT_S = 600.0
+MAX_LATE_MS = 60_000.0
+
+
+def _check_count(flag: str, value: int | None, hi: int) -> None:
+    if value is not None and (type(value) is not int or not 1 <= value <= hi):
+        raise ValueError(f"{flag} must be an integer in 1..{hi:,}, got {value!r}")
+
+
+def _check_span(flag: str, value: float | None, hi: float, *, zero_ok: bool, unit: str) -> None:
+    """A finite number in ``(0, hi]`` (``[0, hi]`` with ``zero_ok``); NaN and infinity are refused."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+    if not ok or value > hi:
+        low = "[0" if zero_ok else "(0"
+        raise ValueError(f"{flag} must be a number in {low}, {hi:g}] {unit}, got {value!r}")
 
 ServerKind = Literal["protocol", "echo"]
 
@@ -57,26 +86,21 @@ class LoadConfig:
             raise ValueError(f"URL must start with ws:// or wss://, got {self.url!r}")
         if not self.specs:
             raise ValueError("no workload given")
-        if self.connections < 1:
-            raise ValueError(f"--connections must be >= 1, got {self.connections}")
-        if self.inflight is not None and self.inflight < 1:
-            raise ValueError(f"--inflight must be >= 1, got {self.inflight}")
-        if self.rate_per_s is not None and not self.rate_per_s > 0:
-            raise ValueError(f"--rate must be > 0 requests/s, got {self.rate_per_s}")
-        if not self.duration_s > 0:
-            raise ValueError(f"--duration must be > 0 s, got {self.duration_s}")
-        if self.warmup_s < 0:
-            raise ValueError(f"--warmup must be >= 0 s, got {self.warmup_s}")
-        if self.procs < 1:
-            raise ValueError(f"--procs must be >= 1, got {self.procs}")
+        _check_count("--connections", self.connections, MAX_CONNECTIONS)
+        _check_count("--inflight", self.inflight, MAX_INFLIGHT)
+        _check_count("--procs", self.procs, MAX_PROCS)
+        _check_span("--rate", self.rate_per_s, MAX_RATE_PER_S, zero_ok=False, unit="requests/s")
+        _check_span("--duration", self.duration_s, MAX_DURATION_S, zero_ok=False, unit="s")
+        _check_span("--warmup", self.warmup_s, MAX_WARMUP_S, zero_ok=True, unit="s")
+        _check_span("--grace", self.grace_s, MAX_GRACE_S, zero_ok=True, unit="s")
+        _check_span("--open-timeout", self.open_timeout_s, MAX_OPEN_TIMEOUT_S, zero_ok=False, unit="s")
+        _check_span("--late-ms", self.late_ms, MAX_LATE_MS, zero_ok=True, unit="ms")
         if self.procs > self.connections:
             raise ValueError(
                 f"--procs ({self.procs}) cannot exceed --connections ({self.connections}): each process needs a connection"
             )
-        if self.late_ms < 0 or self.grace_s < 0:
-            raise ValueError("--late-ms and --grace must be >= 0")
-        if self.slo_p99_ms is not None and not self.slo_p99_ms > 0:
-            raise ValueError(f"--slo-p99-ms must be > 0, got {self.slo_p99_ms}")
+        if self.slo_p99_ms is not None and not (math.isfinite(self.slo_p99_ms) and self.slo_p99_ms > 0):
+            raise ValueError(f"--slo-p99-ms must be a number > 0, got {self.slo_p99_ms}")
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"--max-error-rate must be within [0, 1], got {self.max_error_rate}")
 

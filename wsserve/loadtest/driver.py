@@ -105,6 +105,8 @@ class Worker:
         self.stats = RunStats.for_labels([(s.label, s.kind) for s in load.specs])
         self._conns: list[_Conn] = []
         self._window: Window | None = None
+        #: set when the server has closed every connection: a closed-loop run stops waiting
+        self._all_closed = asyncio.Event()
         self._late_s = load.late_ms / 1000.0
         # live counters for the progress line (all requests, warm-up included)
         self._live_sent = 0
@@ -161,7 +163,7 @@ class Worker:
             self._sending = True
             if self._closed_loop:
                 self._closed_start()
-                await self._sleep_until(window.end)
+                await self._sleep_until(window.end, unless=self._all_closed)
             else:
                 await self._open_loop(window)
             self._cpu_done()
@@ -177,9 +179,18 @@ class Worker:
         self.stats.ok_per_proc = [sum(w.ok for w in self.stats.workloads)]
         return self.stats
 
-    async def _sleep_until(self, t: float) -> None:
+    async def _sleep_until(self, t: float, *, unless: asyncio.Event | None = None) -> None:
+        """Sleep until ``t`` on the clock, or until ``unless`` is set."""
         while (left := t - self._clock()) > 0:
-            await asyncio.sleep(left)
+            if unless is None:
+                await asyncio.sleep(left)
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    await unless.wait()
+                return
+            except TimeoutError:
+                pass
 
     def _closed_start(self) -> None:
         k = self._cfg.inflight
@@ -346,6 +357,8 @@ class Worker:
     def _on_close(self, conn: _Conn, code: int) -> None:
         if conn.close_code is None:
             conn.close_code = code
+            if not any(c.alive for c in self._conns):
+                self._all_closed.set()
         if self._want_slot and self._slot_freed is not None:
             self._slot_freed.set()
 
@@ -361,6 +374,7 @@ class Worker:
         clients = [c.client for c in self._conns if c.client is not None]
         for c in self._conns:
             c.open_at_end = c.alive
+        self.stats.closed_early = sum(not c.open_at_end for c in self._conns)
         for client in clients:
             client.close(1000)
         if clients:

@@ -102,7 +102,10 @@ def build_report(
     achieved_ratio}, ``requests`` {sent, ok, errors, error_rate},
     ``latency_ms`` {count, min, mean, p50, p90, p99, p99.9, max} over every
     workload, ``workloads`` {label: {...}}, ``errors`` {code: n},
-    ``close_codes`` {code: n}, ``connections`` {opened, failed}, ``client``
+    ``close_codes`` {code: n}, ``connections`` {opened, failed, closed_early}
+    (``closed_early``: closed by the server, or broken, before the tool closed
+    them at the end; when that is every opened connection the load stopped early
+    and ``exit_code`` is 1), ``client``
     {procs, ok_per_proc[], cpu_cores_per_proc[], busy}, ``timeline``
     {start_monotonic, measure_start_monotonic, end_monotonic} (seconds on the
     system-wide monotonic clock, or nulls; to correlate with other measurements),
@@ -132,6 +135,7 @@ def build_report(
         slo_p99_ms=cfg.slo_p99_ms,
         max_error_rate=cfg.max_error_rate,
     )
+    lost_all = stats.connections > 0 and stats.closed_early >= stats.connections
     weights = {s.label: s.weight for s in cfg.specs}
     cpu_cores = list(stats.cpu_cores_per_proc)
     return {
@@ -161,7 +165,8 @@ def build_report(
         "workloads": {w.label: _workload_json(w, weights.get(w.label, 1), duration) for w in stats.workloads},
         "errors": dict(sorted(errors.items())),
         "close_codes": dict(sorted(stats.close_codes.items())),
-        "connections": {"opened": stats.connections, "failed": stats.connect_failures},
+        "connections": {"opened": stats.connections, "failed": stats.connect_failures,
+                        "closed_early": stats.closed_early},
         "client": {
             "procs": stats.procs,
             "ok_per_proc": list(stats.ok_per_proc),
@@ -184,7 +189,7 @@ def build_report(
             "passed": not breaches,
             "breaches": breaches,
         },
-        "exit_code": EXIT_SLO if breaches else EXIT_OK,
+        "exit_code": EXIT_ERROR if lost_all else EXIT_SLO if breaches else EXIT_OK,
         "histograms": {"all": total.encode(), **{w.label: w.latency.encode() for w in stats.workloads}},
     }
 
@@ -249,7 +254,15 @@ def format_text(report: dict[str, Any]) -> str:
             if report["connections"]["failed"]
             else ""
         )
+        + (
+            f"; {report['connections']['closed_early']} connection(s) closed by the server before the end"
+            if report["connections"].get("closed_early")
+            else ""
+        )
     )
+    if report["exit_code"] == EXIT_ERROR:
+        lines.append("ERROR: the server closed every connection before the end of the run: the load stopped "
+                     "early and the figures cover only part of the duration")
     if report["mode"] == "open":
         ls = report["late_sends"]
         lines.append(

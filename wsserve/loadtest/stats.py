@@ -105,6 +105,8 @@ class RunStats:
     workloads: list[WorkloadStats]
     connections: int = 0
     connect_failures: int = 0
+    #: connections the server closed (or that broke) before the tool closed them at the end
+    closed_early: int = 0
     late_sends: int = 0
     #: actual minus intended send time of every measured request (open loop only)
     send_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -126,6 +128,7 @@ class RunStats:
             mine.merge(theirs)
         self.connections += other.connections
         self.connect_failures += other.connect_failures
+        self.closed_early += other.closed_early
         self.late_sends += other.late_sends
         self.send_lag.merge(other.send_lag)
         self.close_codes.update(other.close_codes)
@@ -138,6 +141,7 @@ class RunStats:
             "workloads": [w.to_dict() for w in self.workloads],
             "connections": self.connections,
             "connect_failures": self.connect_failures,
+            "closed_early": self.closed_early,
             "late_sends": self.late_sends,
             "send_lag": self.send_lag.encode(),
             "close_codes": dict(self.close_codes),
@@ -152,6 +156,7 @@ class RunStats:
             workloads=[WorkloadStats.from_dict(w) for w in d["workloads"]],
             connections=int(d["connections"]),
             connect_failures=int(d["connect_failures"]),
+            closed_early=int(d["closed_early"]),
             late_sends=int(d["late_sends"]),
             send_lag=LatencyHistogram.decode(d["send_lag"]),
             close_codes=Counter({str(k): int(v) for k, v in d["close_codes"].items()}),

@@ -37,6 +37,13 @@ __all__ = [
 Kind = Literal["predict", "stream", "generate"]
 KINDS: tuple[Kind, ...] = ("predict", "stream", "generate")
 
+#: Upper bounds: rows per predict/stream request and per chunk, tokens per generate, and the
+#: values of one request (rows x the model's input width; 2**20 float64 is 8 MiB), so the
+#: inputs built before the run stay small whatever the flags or the server's ``input_shape``.
+MAX_ROWS = 1 << 20
+MAX_TOKENS = 1 << 20
+MAX_REQUEST_VALUES = 1 << 20
+
 _PROMPTS = ("The ", "Once upon a time ", "In the beginning ", "She said ", "A ", "It was ")
 
 
@@ -69,12 +76,12 @@ class WorkloadSpec:
             raise ValueError("workload needs a model name")
         if self.weight < 1:
             raise ValueError(f"weight must be >= 1, got {self.weight}")
-        if self.rows < 1:
-            raise ValueError(f"rows must be >= 1, got {self.rows}")
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 1 <= self.rows <= MAX_ROWS:
+            raise ValueError(f"rows must be in 1..{MAX_ROWS}, got {self.rows}")
+        if self.chunk_rows is not None and not 1 <= self.chunk_rows <= MAX_ROWS:
+            raise ValueError(f"chunk_rows must be in 1..{MAX_ROWS}, got {self.chunk_rows}")
+        if not 1 <= self.max_tokens <= MAX_TOKENS:
+            raise ValueError(f"max_tokens must be in 1..{MAX_TOKENS}, got {self.max_tokens}")
         if self.binary and self.kind == "generate":
             raise ValueError("binary tensor frames carry predict inputs; generate has none")
         if self.explain and self.kind == "generate":
@@ -167,8 +174,9 @@ class ModelShape:
 
 
 def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, ModelShape]) -> None:
-    """Raise ``ValueError`` when a spec names an unknown model, the wrong kind for it, or asks a
-    model that says it cannot be explained for attributions."""
+    """Raise ``ValueError`` when a spec names an unknown model, the wrong kind for it, asks a
+    model that says it cannot be explained for attributions, or would send requests of more than
+    :data:`MAX_REQUEST_VALUES` input values (rows x the model's input width)."""
     for spec in specs:
         shape = models.get(spec.model)
         if shape is None:
@@ -180,6 +188,10 @@ def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, Mod
             )
         if spec.kind != "generate" and shape.task == "generation":
             raise ValueError(f"workload {spec.label}: model {spec.model!r} only serves generate")
+        if spec.kind != "generate" and not 1 <= spec.rows * shape.input_width <= MAX_REQUEST_VALUES:
+            raise ValueError(f"workload {spec.label}: {spec.rows} rows of {shape.input_width} values "
+                             f"(input_shape {list(shape.input_shape)}) is more than {MAX_REQUEST_VALUES:,} "
+                             "values per request")
         if spec.explain and shape.explainable is False:
             raise ValueError(f"workload {spec.label}: model {spec.model!r} cannot be explained (its 'models' "
                              "entry has \"explain\": null)")
