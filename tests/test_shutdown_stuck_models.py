@@ -51,6 +51,22 @@ def stops_cleanly(server: ServerProcess, fifo: Path) -> Iterator[None]:
                 pass
 
 
+def fifo_repo(tmp_path: Path) -> tuple[Path, Path]:
+    """``(repository, fifo)``: an empty repository directory and a FIFO nobody writes to."""
+    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
+    repo.mkdir()
+    os.mkfifo(fifo)
+    return repo, fifo
+
+
+def add_affine(repo: Path, name: str, source: str = AFFINE_PY, config: str = AFFINE_CONFIG, **files: str) -> Path:
+    """Model ``name`` with version 1 (an affine model.py, ``source``) in ``repo``; returns the model directory."""
+    (repo / name).mkdir()
+    (repo / name / "config.toml").write_text(config)
+    write_affine(repo / name / "1", bias=1.0, source=source, **files)
+    return repo / name
+
+
 NEVER_PY = AFFINE_PY.replace(
     "    def __init__(self, version_dir):\n",
     "    def __init__(self, version_dir):\n"
@@ -61,11 +77,8 @@ NEVER_PY = AFFINE_PY.replace(
 async def test_a_server_whose_model_load_never_returns_still_stops(tmp_path: Path) -> None:
     """SIGTERM drains and exits though a ``Model()`` never returns (its thread is abandoned)."""
     assert NEVER_PY != AFFINE_PY
-    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    (repo / "ok").mkdir(parents=True)
-    (repo / "ok" / "config.toml").write_text(AFFINE_CONFIG)
-    write_affine(repo / "ok" / "1", bias=1.0)
+    repo, fifo = fifo_repo(tmp_path)
+    add_affine(repo, "ok")
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as server:
         wait_watching(server, repo)
         (repo / "stuck").mkdir()
@@ -91,11 +104,8 @@ NEVER_CLOSES_PY = AFFINE_PY + """
 async def test_a_server_whose_model_close_never_returns_still_stops(tmp_path: Path) -> None:
     """An unloaded version's ``Model.close()`` that never returns is abandoned at shutdown, after
     the drain deadline, rather than holding the process forever."""
-    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    (repo / "stuck").mkdir(parents=True)
-    (repo / "stuck" / "config.toml").write_text(AFFINE_CONFIG)
-    write_affine(repo / "stuck" / "1", bias=1.0, source=NEVER_CLOSES_PY, **{"fifo.txt": str(fifo)})
+    repo, fifo = fifo_repo(tmp_path)
+    add_affine(repo, "stuck", NEVER_CLOSES_PY, **{"fifo.txt": str(fifo)})
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--drain-timeout-s", "1") as server:
         conn = await Conn.open(server.url)
         await conn.send({"type": "unload", "id": "u", "model": "stuck"})
@@ -129,12 +139,9 @@ NEVER_STEPS_PY = BIGRAM_PY.replace(
 
 async def test_a_server_whose_predict_never_returns_still_stops(tmp_path: Path) -> None:
     assert NEVER_PREDICTS_PY != AFFINE_PY
-    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    (repo / "stuck").mkdir(parents=True)
+    repo, fifo = fifo_repo(tmp_path)
     # costly enough to run in a thread (a batch declared cheap runs on the event loop: its own business)
-    (repo / "stuck" / "config.toml").write_text(AFFINE_CONFIG + "flops_per_row = 1000000000\n")
-    write_affine(repo / "stuck" / "1", bias=1.0, source=NEVER_PREDICTS_PY, **{"fifo.txt": str(fifo)})
+    add_affine(repo, "stuck", NEVER_PREDICTS_PY, AFFINE_CONFIG + "flops_per_row = 1000000000\n", **{"fifo.txt": str(fifo)})
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--drain-timeout-s", "1") as server:
         conn = await Conn.open(server.url)
         r = await predict(conn, "fine", "stuck", ROWS)
@@ -149,9 +156,8 @@ async def test_a_server_whose_predict_never_returns_still_stops(tmp_path: Path) 
 
 async def test_a_server_whose_generation_step_never_returns_still_stops(tmp_path: Path) -> None:
     assert NEVER_STEPS_PY != BIGRAM_PY
-    repo, fifo = tmp_path / "repository", tmp_path / "fifo"
-    os.mkfifo(fifo)
-    (repo / "gen").mkdir(parents=True)
+    repo, fifo = fifo_repo(tmp_path)
+    (repo / "gen").mkdir()
     (repo / "gen" / "config.toml").write_text(BIGRAM_CONFIG)
     write_py(repo / "gen" / "1", NEVER_STEPS_PY, **{"seed.txt": "3", "fifo.txt": str(fifo)})
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--drain-timeout-s", "1") as server:
