@@ -200,6 +200,12 @@ def test_picows_transport_without_picows_installed_names_the_extra(monkeypatch: 
         (["serve", "--log-level", "loud"], ["--log-level"]),
         (["serve", "--no-such-flag"], ["--no-such-flag"]),
         (["serve", "--api-key-file", "/nonexistent/keys.txt"], ["--api-key-file"]),
+        # An empty key (say --api-key "$KEY" with $KEY unset) was dropped and the server ran open.
+        (["serve", "--api-key", ""], ["--api-key", "non-empty"]),
+        (["serve", "--api-key", "k1", "--api-key", ""], ["--api-key", "non-empty"]),
+        (["serve", "--admin-key", ""], ["--admin-key", "non-empty"]),
+        (["serve", "--api-key", "k1", "--metrics-key", ""], ["--metrics-key", "non-empty"]),
+        (["serve", "--api-key", "two words"], ["--api-key", "visible ASCII"]),
         ([], ["COMMAND"]),
         (["frobnicate"], ["frobnicate"]),
     ],
@@ -229,6 +235,17 @@ def test_certfile_error_names_the_flag(capsys: pytest.CaptureFixture[str], tmp_p
     cert.write_text("x")
     err = _cli_error(["serve", "--certfile", str(cert)], capsys)
     assert "--certfile" in err and "--keyfile" in err
+
+
+@pytest.mark.parametrize("field", ["api_key", "admin_key"])
+@pytest.mark.parametrize("key", ["", " ", "k\n", "s3cret ", "kl\u00e9", "tab\tkey"])
+def test_validate_refuses_keys_a_bearer_header_cannot_carry_without_showing_them(field: str, key: str) -> None:
+    # ServerConfig(api_key=frozenset({""})) made "Authorization: Bearer " (no token) a valid key.
+    with pytest.raises(ValueError, match=flag(field)) as err:
+        ServerConfig(**{field: frozenset({"good-key", key})}).validate()
+    assert "s3cret" not in str(err.value)  # key material is never echoed
+    with pytest.raises(ValueError, match="--metrics-key"):
+        ServerConfig(api_key=frozenset({"good-key"}), metrics_key=key).validate()
 
 
 def test_empty_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -161,6 +161,10 @@ class ServerConfig:
                 raise ValueError(f"{flag('model_repository')}: no such directory: {repo}")
         if self.reload and not self.model_repository:
             raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
+        for name in ("api_key", "admin_key", "metrics_key"):
+            value = getattr(self, name)
+            for key in () if value is None else (value,) if isinstance(value, str) else value:
+                _check_key(name, key)
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.metrics_key is not None and not self.api_key:
@@ -191,3 +195,17 @@ class ServerConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def _check_key(name: str, key: object) -> None:
+    """Raise ``ValueError`` unless ``key`` can be sent as ``Authorization: Bearer <key>``: one or
+    more visible ASCII characters.  An empty key would be accepted from ``Bearer `` with nothing
+    after it, and one with spaces or other characters could not be sent in a header (it is
+    trimmed and read as Latin-1).  The message never shows the key."""
+    if type(key) is not str or not key:
+        raise ValueError(f"{flag(name)}: a key must be a non-empty string (an empty value would turn "
+                         "authentication off or accept an empty token)")
+    if not all("!" <= c <= "~" for c in key):
+        raise ValueError(f"{flag(name)}: a key of {len(key)} characters holds a space, a control or a "
+                         "non-ASCII character; keys are sent as 'Authorization: Bearer <key>': use visible "
+                         "ASCII only")
