@@ -381,6 +381,27 @@ def test_key_rate_limit_is_shared_by_connections_with_the_same_key() -> None:
     assert err["code"] == "rate_limited" and "API key" in err["message"]
 
 
+def test_a_request_the_key_limit_refuses_does_not_spend_the_connections_budget() -> None:
+    # The connection's token was taken before the key's bucket refused: a connection sharing a
+    # busy key was then refused for "this connection" although it had sent nothing that ran.
+    s = Setup(api_key=frozenset({KEY}), key_rate_limit_per_s=1.0, rate_limit_per_s=0.5, rate_limit_burst=2)
+    a, io_a = s.connect(key=KEY)
+    b, io_b = s.connect(key=KEY)
+    s.send(b, P(1))
+    s.send(b, P(2))
+    assert io_b.take() == []  # the key's burst of 2, spent by b
+    s.send(a, P(1))
+    s.send(a, P(2))
+    assert [f["message"] for f in io_a.take()] == ["rate limit of 1 requests/s for this API key exceeded"] * 2
+    s.clock.advance(2.0)  # the key refills 2 tokens; a's bucket was never spent, so it holds 2
+    s.send(a, P(3))
+    s.send(a, P(4))
+    assert io_a.take() == []
+    s.send(a, P(5))  # now both are spent: the connection's limit answers first
+    (err,) = io_a.take()
+    assert err["code"] == "rate_limited" and "this connection" in err["message"]
+
+
 # --------------------------------------------------------------------------- auth
 
 

@@ -63,8 +63,9 @@ class Admission:
 
     Call order, for each new predict or generate: :meth:`admit` (before decoding
     the model's inputs), then :meth:`capacity` (once the input size is known).
-    Both raise; nothing is changed when they do, except the rate bucket a
-    successful :meth:`admit` spent.
+    Both raise; nothing is changed when they do (a request either rate limit
+    refuses spends neither bucket), except the tokens a successful :meth:`admit`
+    spent.
     """
 
     __slots__ = ("_cfg", "_shared", "_bucket", "_key_rate")
@@ -82,14 +83,21 @@ class Admission:
         shared = self._shared
         if shared.draining:
             raise ShuttingDown("server is draining; no new work is accepted")
-        if self._bucket is not None:
-            _take(self._bucket, "this connection", now)
+        conn = self._bucket
         rate = self._key_rate
+        keyed = None
         if rate is not None and key is not None:
-            bucket = shared.key_buckets.get(key)
-            if bucket is None:
-                bucket = shared.key_buckets[key] = TokenBucket(rate, self._cfg.rate_burst(rate), now)
-            _take(bucket, "this API key", now)
+            keyed = shared.key_buckets.get(key)
+            if keyed is None:
+                keyed = shared.key_buckets[key] = TokenBucket(rate, self._cfg.rate_burst(rate), now)
+        # Both are checked before either is spent: a request one refuses costs the other nothing.
+        if conn is not None:
+            _check(conn, "this connection", now)
+        if keyed is not None:
+            _check(keyed, "this API key", now)
+            keyed.take(now)
+        if conn is not None:
+            conn.take(now)
 
     def capacity(self, inflight: int, inflight_bytes: int, nbytes: int) -> None:
         """Room for one more request of ``nbytes`` input bytes next to ``inflight`` unfinished
@@ -108,8 +116,9 @@ class Admission:
             )
 
 
-def _take(bucket: TokenBucket, who: str, now: float) -> None:
-    wait = bucket.take(now)
+def _check(bucket: TokenBucket, who: str, now: float) -> None:
+    """Raise ``RateLimited`` unless ``bucket`` has a token now (nothing is spent)."""
+    wait = bucket.wait(now)
     if wait > 0:
         raise RateLimited(f"rate limit of {bucket.rate:g} requests/s for {who} exceeded", retry_after_ms=retry_ms(wait))
 
