@@ -100,7 +100,8 @@ class KeyRegistry:
 
     @staticmethod
     def bearer(header: str | None) -> str | None:
-        """The token of an ``Authorization: Bearer <token>`` header value, or None."""
-        if header is None or not header.startswith("Bearer "):
+        """The token of an ``Authorization: Bearer <token>`` header value, or None (no header,
+        another scheme).  The scheme is matched without regard to case (RFC 7235 §2.1)."""
+        if header is None or header[:7].lower() != "bearer ":
             return None
         return header[7:].strip()
