@@ -504,6 +504,22 @@ async def test_failed_auth_attempts_are_limited_per_connection_and_per_address(s
     assert status.value.response.status_code == 429
 
 
+async def test_auth_on_a_server_without_keys_is_answered_ok_and_never_counted(plain_server: ServerProcess) -> None:
+    # Without keys every connection is authenticated and a Bearer header is ignored, but an in-band
+    # auth was "invalid API key" and the third closed the socket (1008): the JS client given a
+    # token (the same page against a server without keys) could not connect.
+    conn = await Conn.open(plain_server.url)
+    try:
+        assert "auth_required" not in conn.hello
+        for i in range(4):
+            assert await conn.request({"type": "auth", "id": i, "token": f"any-{i}"}) == {
+                "type": "auth", "id": i, "ok": True}
+        reply = await conn.request({"type": "predict", "id": "p", "model": "linear", "inputs": [[0.5]]})
+        assert reply["type"] == "result", reply
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- 12: default origin policy
 
 
