@@ -25,6 +25,7 @@ from tests.support import (
     TRANSPORTS,
     Conn,
     RawClient,
+    RawHttp,
     ServerProcess,
     client_frame,
     close_code,
@@ -518,6 +519,37 @@ async def test_auth_on_a_server_without_keys_is_answered_ok_and_never_counted(pl
         assert reply["type"] == "result", reply
     finally:
         await conn.close()
+
+
+def test_a_dns_rebinding_page_on_loopback_gets_no_admin_operation(start_server) -> None:
+    # Without keys, admin operations are for loopback clients. A web page of a name that the attacker
+    # re-points at 127.0.0.1 (DNS rebinding) reaches the server from the victim's browser on loopback,
+    # with its Origin equal to its Host, so the default origin policy lets it in: it could load,
+    # unload or reload every model, over the WebSocket and over HTTP.
+    server = start_server("--models", "linear")
+    port = server.port
+    load = {"type": "load", "id": 1, "model": "linear"}
+    rebound = {"Host": f"rebind.example:{port}", "Origin": f"http://rebind.example:{port}"}
+    with RawClient(port, headers=rebound) as c:
+        assert c.status == 101 and c.recv_json()["type"] == "hello"  # a page may still use the server
+        c.send(load)
+        reply = c.recv_json()
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        c.send({"type": "predict", "id": 2, "model": "linear", "inputs": [[0.5]]})
+        assert c.recv_json()["type"] == "result"
+    with RawHttp(port) as h:
+        a = h.request("POST", "/v2/repository/models/linear/load", b"", rebound)
+        assert a.status == 403, (a.status, a.body)
+        # The server's own pages on this machine, and clients that are not browsers, still may.
+        for headers in ({"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+                        {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"},
+                        {"Host": f"rebind.example:{port}"}):
+            assert h.request("POST", "/v2/repository/models/linear/load", b"", headers).status == 200, headers
+            with RawClient(port, headers=headers) as c:
+                assert c.recv_json()["type"] == "hello"
+                c.send(load)
+                reply = c.recv_json()
+                assert reply["type"] == "load" and reply["ok"] is True, (headers, reply)
 
 
 # --------------------------------------------------------------------------- 12: default origin policy

@@ -14,11 +14,16 @@ errors:
 - :func:`check_bearer` - an ``Authorization: Bearer`` header against the keys,
   with the per-address limit on failed attempts;
 - :func:`origin_allowed` - the browser ``Origin`` policy (allowlist, or by
-  default only the server's own origin).
+  default only the server's own origin);
+- :func:`local_admin` - without keys, who may run admin operations (loopback
+  clients, but not a browser page of another name: DNS rebinding);
+  :class:`Handshake` carries it, with the key, from a vetted WebSocket handshake
+  to its connection.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +32,8 @@ from .config import ServerConfig
 from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
 from .ratelimit import TokenBucket
 
-__all__ = ["Admission", "Shared", "check_bearer", "origin_allowed", "retry_ms"]
+__all__ = ["Admission", "Handshake", "Shared", "check_bearer", "is_loopback", "local_admin", "origin_allowed",
+           "retry_ms"]
 
 
 @dataclass(eq=False)
@@ -152,3 +158,46 @@ def origin_allowed(cfg: ServerConfig, origin: str, host: str | None) -> bool:
         scheme = "https" if cfg.certfile else "http"
         return origin.lower() == f"{scheme}://{(host or '').lower()}"
     return "*" in cfg.allow_origin or origin in cfg.allow_origin
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a vetted WebSocket handshake grants its connection: the API key of a valid Bearer
+    header (or None), and whether it may run admin operations on a server without keys
+    (:func:`local_admin`)."""
+
+    key: str | None
+    local_admin: bool
+
+
+def is_loopback(address: str) -> bool:
+    """True for a client address on this machine (127.0.0.0/8, ::1)."""
+    return address == "::1" or address.startswith("127.")
+
+
+def local_admin(address: str, origin: str | None, host: str | None) -> bool:
+    """Without keys, may this client run admin operations (load, unload, reload)?
+
+    A loopback client may, unless it is a browser page (it sent an ``Origin``) whose ``Host`` is
+    not this machine's (``localhost`` or a loopback address): a page of a name its owner points
+    at 127.0.0.1 after it loaded (DNS rebinding) reaches us from the victim's browser on loopback
+    with an Origin equal to its Host, which the default origin policy lets in."""
+    if not is_loopback(address):
+        return False
+    return origin is None or (host is not None and _loopback_host(host))
+
+
+def _loopback_host(host: str) -> bool:
+    """True for a ``Host`` header value naming this machine: ``localhost``, ``127.x.y.z``, ``[::1]``
+    (with or without a port)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name = host.rpartition(":")[0] if ":" in host else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
