@@ -471,6 +471,25 @@ def test_failed_auths_are_limited_per_address_even_for_the_right_key() -> None:
     assert io.take()[0]["ok"] is True
 
 
+def test_failed_auths_from_one_ipv6_network_share_one_budget() -> None:
+    # The budget was per address string: a client holds a whole IPv6 /64 (2**64 addresses), so a new
+    # source address per guess gave it unlimited guesses (and each one evicted a real entry).
+    s = Setup(api_key=frozenset({KEY}))
+    for i in range(10):
+        conn, io = s.connect(address=f"2001:db8:1:2::{i + 1:x}")
+        s.send(conn, {"type": "auth", "id": i, "token": "guess"})
+        assert codes(io.take()) == ["unauthorized"]
+    conn, io = s.connect(address="2001:db8:1:2:ffff:ffff:ffff:ffff")  # the same /64
+    s.send(conn, {"type": "auth", "id": "next", "token": "guess"})
+    assert codes(io.take()) == ["rate_limited"]
+    other, io2 = s.connect(address="2001:db8:1:3::1")  # another /64 is not affected
+    s.send(other, {"type": "auth", "id": 1, "token": KEY})
+    assert io2.take()[0]["ok"] is True
+    v4, io4 = s.connect(address="10.1.2.3")  # IPv4 stays per address
+    s.send(v4, {"type": "auth", "id": 1, "token": KEY})
+    assert io4.take()[0]["ok"] is True
+
+
 def test_eviction_closes_the_oldest_unauthenticated_connection() -> None:
     s = Setup(api_key=frozenset({KEY}))
     first, io1 = s.connect()

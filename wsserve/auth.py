@@ -4,7 +4,8 @@
 leaking timing, and counts *failed* attempts per client address in token
 buckets so that keys cannot be guessed at speed:
 
-- each address may fail ``failures_per_minute`` times a minute (a bucket of that
+- each address (an IPv6 client: its /64, which one client holds whole) may fail
+  ``failures_per_minute`` times a minute (a bucket of that
   many, refilling continuously); while its bucket is empty, further attempts
   from it are refused without looking at the token (``retry_after`` says when
   one will be allowed again);
@@ -18,6 +19,7 @@ the connection that counts its own attempts.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -81,13 +83,14 @@ class KeyRegistry:
 
     def blocked_for(self, address: str, now: float) -> float:
         """Seconds until ``address`` may try a key again (0.0: it may now)."""
-        bucket = self._failures.get(address)
+        bucket = self._failures.get(_client(address))
         if bucket is None:
             return 0.0
         return bucket.wait(now)
 
     def failed(self, address: str, now: float) -> None:
         """Count a failed attempt from ``address``."""
+        address = _client(address)
         bucket = self._failures.get(address)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst, now)
@@ -105,3 +108,17 @@ class KeyRegistry:
         if header is None or header[:7].lower() != "bearer ":
             return None
         return header[7:].strip()
+
+
+def _client(address: str) -> str:
+    """Whose failure budget an attempt from ``address`` spends: the address, or for IPv6 its /64
+    (one client holds a whole /64, 2**64 source addresses); an IPv4-mapped address as IPv4."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
