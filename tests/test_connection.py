@@ -490,6 +490,27 @@ def test_failed_auths_from_one_ipv6_network_share_one_budget() -> None:
     assert io4.take()[0]["ok"] is True
 
 
+@pytest.mark.parametrize("token", ["", "k", KEY[:-1], KEY, KEY + "x", "z" * 4096])
+def test_keys_are_compared_as_fixed_length_digests(token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # hmac.compare_digest returns early when the lengths differ (its documentation says a timing
+    # attack may learn the length): tokens were compared with the keys themselves, so the time
+    # told a guesser each key's length. Every comparison is now between two SHA-256 digests.
+    import hmac
+
+    seen: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    keys = KeyRegistry([KEY, "another-key-of-another-length"], admin_keys=["adm"], metrics_key="metrics-key-1")
+    assert (keys.match(token) == KEY) is (token == KEY)
+    assert keys.match_metrics(token) is (token == KEY)
+    assert len(seen) >= 4 and set(seen) == {(32, 32)}, seen
+
+
 def test_eviction_closes_the_oldest_unauthenticated_connection() -> None:
     s = Setup(api_key=frozenset({KEY}))
     first, io1 = s.connect()

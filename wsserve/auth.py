@@ -18,6 +18,7 @@ the connection that counts its own attempts.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from collections import OrderedDict
@@ -46,8 +47,11 @@ class KeyRegistry:
         """``keys``: the API keys; ``admin_keys`` are accepted as API keys too and
         also allow admin operations (load/unload/reload)."""
         self._admin = frozenset(admin_keys)
-        self._keys = tuple(k.encode() for k in (*keys, *sorted(self._admin)))
-        self._metrics_key = metrics_key.encode() if metrics_key else None
+        # Tokens are compared with the keys' SHA-256 digests: equal lengths, so the time of a
+        # comparison does not tell a guesser a key's length (hmac.compare_digest returns early
+        # on a length mismatch).
+        self._keys = tuple((_digest(k), k) for k in dict.fromkeys((*keys, *sorted(self._admin))))
+        self._metrics_key = _digest(metrics_key) if metrics_key else None
         self._rate = failures_per_minute / 60.0
         self._burst = max(1.0, failures_per_minute)
         self._max_addresses = max_addresses
@@ -59,13 +63,13 @@ class KeyRegistry:
         return bool(self._keys)
 
     def match(self, token: str) -> str | None:
-        """The configured key equal to ``token`` (compared in constant time), or None."""
-        given = token.encode()
+        """The configured key equal to ``token`` (compared in constant time, as digests), or None."""
+        given = _digest(token)
         found = None
-        for key in self._keys:
-            if hmac.compare_digest(given, key):
+        for digest, key in self._keys:
+            if hmac.compare_digest(given, digest):
                 found = key
-        return None if found is None else found.decode()
+        return found
 
     def is_admin(self, key: str | None) -> bool:
         """True for an admin key (as returned by :meth:`match`)."""
@@ -79,7 +83,7 @@ class KeyRegistry:
         """True for any API key and for the metrics key."""
         if self.match(token) is not None:
             return True
-        return self._metrics_key is not None and hmac.compare_digest(token.encode(), self._metrics_key)
+        return self._metrics_key is not None and hmac.compare_digest(_digest(token), self._metrics_key)
 
     def blocked_for(self, address: str, now: float) -> float:
         """Seconds until ``address`` may try a key again (0.0: it may now)."""
@@ -108,6 +112,10 @@ class KeyRegistry:
         if header is None or header[:7].lower() != "bearer ":
             return None
         return header[7:].strip()
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
 
 
 def _client(address: str) -> str:
