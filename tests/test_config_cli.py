@@ -206,6 +206,13 @@ def test_picows_transport_without_picows_installed_names_the_extra(monkeypatch: 
         (["serve", "--admin-key", ""], ["--admin-key", "non-empty"]),
         (["serve", "--api-key", "k1", "--metrics-key", ""], ["--metrics-key", "non-empty"]),
         (["serve", "--api-key", "two words"], ["--api-key", "visible ASCII"]),
+        # An origin that is not written as browsers send it never matched: every page was refused, silently.
+        (["serve", "--allow-origin", "https://app.example/"], ["--allow-origin", "https://app.example/", "no path"]),
+        (["serve", "--allow-origin", "https://app.example/ui"], ["--allow-origin", "no path"]),
+        (["serve", "--allow-origin", "HTTPS://App.example"], ["--allow-origin", "lower case"]),
+        (["serve", "--allow-origin", "app.example"], ["--allow-origin", "scheme://host"]),
+        (["serve", "--allow-origin", "https://app.example:443"], ["--allow-origin", "default port"]),
+        (["serve", "--allow-origin", "http://app.example:80"], ["--allow-origin", "default port"]),
         ([], ["COMMAND"]),
         (["frobnicate"], ["frobnicate"]),
     ],

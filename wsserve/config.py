@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -165,6 +166,8 @@ class ServerConfig:
             value = getattr(self, name)
             for key in () if value is None else (value,) if isinstance(value, str) else value:
                 _check_key(name, key)
+        for origin in self.allow_origin or ():
+            _check_origin(origin)
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.metrics_key is not None and not self.api_key:
@@ -195,6 +198,24 @@ class ServerConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+#: An origin as browsers send it (RFC 6454 §6.2): lower-case scheme and host, an optional port, no path.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5})?")
+
+
+def _check_origin(origin: object) -> None:
+    """Raise ``ValueError`` unless ``origin`` is ``*`` or could equal a browser's ``Origin`` header
+    (compared exactly: an entry written otherwise would silently never match)."""
+    if origin == "*":
+        return
+    if type(origin) is not str or not _ORIGIN.fullmatch(origin):
+        raise ValueError(f"{flag('allow_origin')} {origin!r} is not an origin as browsers send it: "
+                         "scheme://host[:port] in lower case, with no path (no trailing '/'), "
+                         "e.g. https://app.example.com")
+    if origin.endswith(":443") and origin.startswith("https://") or origin.endswith(":80") and origin.startswith("http://"):
+        raise ValueError(f"{flag('allow_origin')} {origin!r}: browsers leave the default port out of their Origin; "
+                         f"write {origin.rpartition(':')[0]}")
 
 
 def _check_key(name: str, key: object) -> None:
