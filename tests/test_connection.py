@@ -730,6 +730,30 @@ def test_with_keys_only_the_admin_key_may_administer_even_from_loopback(keys: di
     assert s.admin_calls == [("reload", "m", None), ("unload", "m", "1")]
 
 
+@pytest.mark.parametrize(("address", "origin", "host", "allowed"), [
+    ("127.0.0.1", None, "anything.example:8765", True),  # not a browser
+    ("127.0.0.1", "http://localhost:8765", "localhost:8765", True),
+    ("127.0.0.1", "http://LOCALHOST:8765", "LOCALHOST:8765", True),
+    ("::1", "http://[::1]:8765", "[::1]:8765", True),
+    ("127.0.0.1", "http://127.0.0.2", "127.0.0.2", True),
+    ("127.0.0.1", "http://rebind.example:8765", "rebind.example:8765", False),  # DNS rebinding
+    ("127.0.0.1", "http://localhost.rebind.example", "localhost.rebind.example", False),
+    ("127.0.0.1", "http://127.0.0.1.rebind.example", "127.0.0.1.rebind.example", False),
+    ("127.0.0.1", "http://10.0.0.1:8765", "10.0.0.1:8765", False),
+    ("127.0.0.1", "http://x", None, False),
+    ("10.0.0.1", None, "localhost:8765", False),  # not loopback
+])
+def test_who_may_administer_a_server_without_keys(address: str, origin: str | None, host: str | None,
+                                                   allowed: bool) -> None:
+    from wsserve.admission import local_admin
+
+    assert local_admin(address, origin, host) is allowed
+    s = Setup()
+    conn = Connection(s.ctx, FakeIO(), address=address, key=None, now=s.clock.now,
+                      local_admin=local_admin(address, origin, host))
+    assert conn.may_admin() is allowed
+
+
 def test_an_admin_failure_is_an_error_frame_for_its_id() -> None:
     s = Setup()
     conn, io = s.connect(address="127.0.0.1")
