@@ -552,6 +552,22 @@ def test_a_dns_rebinding_page_on_loopback_gets_no_admin_operation(start_server) 
                 assert reply["type"] == "load" and reply["ok"] is True, (headers, reply)
 
 
+@pytest.mark.parametrize("header", [("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
+                                    ("X-Real-IP", "203.0.113.9")])
+def test_a_request_a_proxy_forwarded_gets_no_loopback_admin(start_server, header: tuple[str, str]) -> None:
+    # Behind a reverse proxy on the same host every client arrives from 127.0.0.1 (see
+    # test_deploy_nginx.py): a forwarded request is some other machine's, not loopback.
+    server = start_server("--models", "linear")
+    with RawClient(server.port, headers=dict([header])) as c:
+        assert c.recv_json()["type"] == "hello"
+        c.send({"type": "reload", "id": 1, "model": "linear"})
+        reply = c.recv_json()
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+    with RawHttp(server.port) as h:
+        assert h.request("POST", "/v2/repository/models/linear/unload", b"", dict([header])).status == 403
+        assert h.request("GET", "/v1/models", headers=dict([header])).status == 200  # only admin is affected
+
+
 # --------------------------------------------------------------------------- 12: default origin policy
 
 

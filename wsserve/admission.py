@@ -16,7 +16,8 @@ errors:
 - :func:`origin_allowed` - the browser ``Origin`` policy (allowlist, or by
   default only the server's own origin);
 - :func:`local_admin` - without keys, who may run admin operations (loopback
-  clients, but not a browser page of another name: DNS rebinding);
+  clients, but not a request a proxy forwarded nor a browser page of another
+  name: DNS rebinding);
   :class:`Handshake` carries it, with the key, from a vetted WebSocket handshake
   to its connection.
 """
@@ -32,8 +33,8 @@ from .config import ServerConfig
 from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
 from .ratelimit import TokenBucket
 
-__all__ = ["Admission", "Handshake", "Shared", "check_bearer", "is_loopback", "local_admin", "origin_allowed",
-           "retry_ms"]
+__all__ = ["Admission", "Handshake", "PROXY_HEADERS", "Shared", "check_bearer", "is_loopback", "local_admin",
+           "origin_allowed", "proxied", "retry_ms"]
 
 
 @dataclass(eq=False)
@@ -175,14 +176,26 @@ def is_loopback(address: str) -> bool:
     return address == "::1" or address.startswith("127.")
 
 
-def local_admin(address: str, origin: str | None, host: str | None) -> bool:
+#: Headers a reverse proxy adds: the client of such a request is not the TCP peer.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def proxied(request: Any) -> bool:
+    """True when ``request`` (an :class:`~wsserve.httpmsg.HttpRequest`) carries a header a reverse
+    proxy adds (:data:`PROXY_HEADERS`): it was forwarded for a client elsewhere."""
+    return any(request.header(name) is not None for name in PROXY_HEADERS)
+
+
+def local_admin(address: str, origin: str | None, host: str | None, forwarded: bool = False) -> bool:
     """Without keys, may this client run admin operations (load, unload, reload)?
 
-    A loopback client may, unless it is a browser page (it sent an ``Origin``) whose ``Host`` is
-    not this machine's (``localhost`` or a loopback address): a page of a name its owner points
-    at 127.0.0.1 after it loaded (DNS rebinding) reaches us from the victim's browser on loopback
-    with an Origin equal to its Host, which the default origin policy lets in."""
-    if not is_loopback(address):
+    A loopback client may, unless its request was ``forwarded`` by a proxy (:func:`proxied`:
+    behind nginx on the same host every client's TCP peer is 127.0.0.1), or it is a browser
+    page (it sent an ``Origin``) whose ``Host`` is not this machine's (``localhost`` or a
+    loopback address): a page of a name its owner points at 127.0.0.1 after it loaded (DNS
+    rebinding) reaches us from the victim's browser on loopback with an Origin equal to its
+    Host, which the default origin policy lets in."""
+    if forwarded or not is_loopback(address):
         return False
     return origin is None or (host is not None and _loopback_host(host))
 

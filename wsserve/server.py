@@ -42,7 +42,7 @@ from typing import Any
 from websockets.datastructures import Headers
 
 from ._version import __version__
-from .admission import Handshake, check_bearer, local_admin, origin_allowed
+from .admission import Handshake, check_bearer, local_admin, origin_allowed, proxied
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
@@ -347,7 +347,8 @@ class Server:
         if not self._slot_free():
             if key is None or not self.shared.evict_unauthenticated():
                 return None, HttpResponse(503, b"too many connections\n", headers=[("Retry-After", "1")], close=True)
-        local = local_admin(request.address, _single_header(headers, "Origin"), _single_header(headers, "Host"))
+        local = local_admin(request.address, _single_header(headers, "Origin"), _single_header(headers, "Host"),
+                            proxied(request))
         return Handshake(key, local), None
 
     def _check_origin(self, headers: Headers) -> HttpResponse | None:
