@@ -274,6 +274,19 @@ def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypat
         (["serve", "--seed", str(2**63)], ["--seed"]),
         (["serve", "--no-such-flag"], ["--no-such-flag"]),
         (["serve", "--api-key-file", "/nonexistent/keys.txt"], ["--api-key-file"]),
+        # An empty key (say --api-key "$KEY" with $KEY unset) was dropped and the server ran open.
+        (["serve", "--api-key", ""], ["--api-key", "non-empty"]),
+        (["serve", "--api-key", "k1", "--api-key", ""], ["--api-key", "non-empty"]),
+        (["serve", "--admin-key", ""], ["--admin-key", "non-empty"]),
+        (["serve", "--api-key", "k1", "--metrics-key", ""], ["--metrics-key", "non-empty"]),
+        (["serve", "--api-key", "two words"], ["--api-key", "visible ASCII"]),
+        # An origin that is not written as browsers send it never matched: every page was refused, silently.
+        (["serve", "--allow-origin", "https://app.example/"], ["--allow-origin", "https://app.example/", "no path"]),
+        (["serve", "--allow-origin", "https://app.example/ui"], ["--allow-origin", "no path"]),
+        (["serve", "--allow-origin", "HTTPS://App.example"], ["--allow-origin", "lower case"]),
+        (["serve", "--allow-origin", "app.example"], ["--allow-origin", "scheme://host"]),
+        (["serve", "--allow-origin", "https://app.example:443"], ["--allow-origin", "default port"]),
+        (["serve", "--allow-origin", "http://app.example:80"], ["--allow-origin", "default port"]),
         ([], ["COMMAND"]),
         (["frobnicate"], ["frobnicate"]),
     ],
@@ -313,6 +326,17 @@ def test_a_key_file_that_is_not_utf8_exits_2_naming_the_flag(
     keys.write_bytes(b"\xff\xfe\xfa key\n")
     err = _cli_error(["serve", flag_name, str(keys)], capsys)
     assert flag_name in err and "keys.bin" in err and "not UTF-8" in err
+
+
+@pytest.mark.parametrize("field", ["api_key", "admin_key"])
+@pytest.mark.parametrize("key", ["", " ", "k\n", "s3cret ", "kl\u00e9", "tab\tkey"])
+def test_validate_refuses_keys_a_bearer_header_cannot_carry_without_showing_them(field: str, key: str) -> None:
+    # ServerConfig(api_key=frozenset({""})) made "Authorization: Bearer " (no token) a valid key.
+    with pytest.raises(ValueError, match=flag(field)) as err:
+        ServerConfig(**{field: frozenset({"good-key", key})}).validate()
+    assert "s3cret" not in str(err.value)  # key material is never echoed
+    with pytest.raises(ValueError, match="--metrics-key"):
+        ServerConfig(api_key=frozenset({"good-key"}), metrics_key=key).validate()
 
 
 def test_empty_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -382,6 +382,27 @@ def test_key_rate_limit_is_shared_by_connections_with_the_same_key() -> None:
     assert err["code"] == "rate_limited" and "API key" in err["message"]
 
 
+def test_a_request_the_key_limit_refuses_does_not_spend_the_connections_budget() -> None:
+    # The connection's token was taken before the key's bucket refused: a connection sharing a
+    # busy key was then refused for "this connection" although it had sent nothing that ran.
+    s = Setup(api_key=frozenset({KEY}), key_rate_limit_per_s=1.0, rate_limit_per_s=0.5, rate_limit_burst=2)
+    a, io_a = s.connect(key=KEY)
+    b, io_b = s.connect(key=KEY)
+    s.send(b, P(1))
+    s.send(b, P(2))
+    assert io_b.take() == []  # the key's burst of 2, spent by b
+    s.send(a, P(1))
+    s.send(a, P(2))
+    assert [f["message"] for f in io_a.take()] == ["rate limit of 1 requests/s for this API key exceeded"] * 2
+    s.clock.advance(2.0)  # the key refills 2 tokens; a's bucket was never spent, so it holds 2
+    s.send(a, P(3))
+    s.send(a, P(4))
+    assert io_a.take() == []
+    s.send(a, P(5))  # now both are spent: the connection's limit answers first
+    (err,) = io_a.take()
+    assert err["code"] == "rate_limited" and "this connection" in err["message"]
+
+
 # --------------------------------------------------------------------------- auth
 
 
@@ -449,6 +470,46 @@ def test_failed_auths_are_limited_per_address_even_for_the_right_key() -> None:
     s.clock.advance(6.5)  # one failure refills every 6 s
     s.send(conn, {"type": "auth", "id": "later", "token": KEY})
     assert io.take()[0]["ok"] is True
+
+
+def test_failed_auths_from_one_ipv6_network_share_one_budget() -> None:
+    # The budget was per address string: a client holds a whole IPv6 /64 (2**64 addresses), so a new
+    # source address per guess gave it unlimited guesses (and each one evicted a real entry).
+    s = Setup(api_key=frozenset({KEY}))
+    for i in range(10):
+        conn, io = s.connect(address=f"2001:db8:1:2::{i + 1:x}")
+        s.send(conn, {"type": "auth", "id": i, "token": "guess"})
+        assert codes(io.take()) == ["unauthorized"]
+    conn, io = s.connect(address="2001:db8:1:2:ffff:ffff:ffff:ffff")  # the same /64
+    s.send(conn, {"type": "auth", "id": "next", "token": "guess"})
+    assert codes(io.take()) == ["rate_limited"]
+    other, io2 = s.connect(address="2001:db8:1:3::1")  # another /64 is not affected
+    s.send(other, {"type": "auth", "id": 1, "token": KEY})
+    assert io2.take()[0]["ok"] is True
+    v4, io4 = s.connect(address="10.1.2.3")  # IPv4 stays per address
+    s.send(v4, {"type": "auth", "id": 1, "token": KEY})
+    assert io4.take()[0]["ok"] is True
+
+
+@pytest.mark.parametrize("token", ["", "k", KEY[:-1], KEY, KEY + "x", "z" * 4096])
+def test_keys_are_compared_as_fixed_length_digests(token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # hmac.compare_digest returns early when the lengths differ (its documentation says a timing
+    # attack may learn the length): tokens were compared with the keys themselves, so the time
+    # told a guesser each key's length. Every comparison is now between two SHA-256 digests.
+    import hmac
+
+    seen: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    keys = KeyRegistry([KEY, "another-key-of-another-length"], admin_keys=["adm"], metrics_key="metrics-key-1")
+    assert (keys.match(token) == KEY) is (token == KEY)
+    assert keys.match_metrics(token) is (token == KEY)
+    assert len(seen) >= 4 and set(seen) == {(32, 32)}, seen
 
 
 def test_eviction_closes_the_oldest_unauthenticated_connection() -> None:
@@ -668,6 +729,30 @@ def test_with_keys_only_the_admin_key_may_administer_even_from_loopback(keys: di
                          {"type": "unload", "id": 4, "ok": True, "model": "m",
                           "versions": [{"version": "1", "state": "ready"}]}]
     assert s.admin_calls == [("reload", "m", None), ("unload", "m", "1")]
+
+
+@pytest.mark.parametrize(("address", "origin", "host", "allowed"), [
+    ("127.0.0.1", None, "anything.example:8765", True),  # not a browser
+    ("127.0.0.1", "http://localhost:8765", "localhost:8765", True),
+    ("127.0.0.1", "http://LOCALHOST:8765", "LOCALHOST:8765", True),
+    ("::1", "http://[::1]:8765", "[::1]:8765", True),
+    ("127.0.0.1", "http://127.0.0.2", "127.0.0.2", True),
+    ("127.0.0.1", "http://rebind.example:8765", "rebind.example:8765", False),  # DNS rebinding
+    ("127.0.0.1", "http://localhost.rebind.example", "localhost.rebind.example", False),
+    ("127.0.0.1", "http://127.0.0.1.rebind.example", "127.0.0.1.rebind.example", False),
+    ("127.0.0.1", "http://10.0.0.1:8765", "10.0.0.1:8765", False),
+    ("127.0.0.1", "http://x", None, False),
+    ("10.0.0.1", None, "localhost:8765", False),  # not loopback
+])
+def test_who_may_administer_a_server_without_keys(address: str, origin: str | None, host: str | None,
+                                                   allowed: bool) -> None:
+    from wsserve.admission import local_admin
+
+    assert local_admin(address, origin, host) is allowed
+    s = Setup()
+    conn = Connection(s.ctx, FakeIO(), address=address, key=None, now=s.clock.now,
+                      local_admin=local_admin(address, origin, host))
+    assert conn.may_admin() is allowed
 
 
 def test_an_admin_failure_is_an_error_frame_for_its_id() -> None:

@@ -24,7 +24,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.nginxproc import DEPLOY_CONF, NGINX, NginxProcess
-from tests.support import ServerProcess, http_get, wait_until_async
+from tests.support import RawClient, RawHttp, ServerProcess, http_get, wait_until_async
 from wsserve.models.linear import train_linear
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install -y nginx)")
@@ -300,6 +300,26 @@ def test_http_routes_through_nginx(stack) -> None:
     assert _get(nginx.http + "/readyz")[0] == 200
     status, body = _get(nginx.http + "/v1/models")
     assert status == 200 and {"linear", "charlm"} <= {m["name"] for m in json.loads(body)}
+
+
+def test_admin_operations_through_the_proxy_are_not_loopback(stack) -> None:
+    # Without keys, admin operations are for loopback clients, and behind deploy/nginx.conf every
+    # client's TCP peer is nginx on 127.0.0.1: anyone on the internet could load, unload or reload
+    # the models. A request a proxy forwarded (X-Forwarded-For, Forwarded, X-Real-IP) is not local.
+    a, _b, nginx = stack
+    load = {"type": "load", "id": 1, "model": "linear"}
+    with RawClient(nginx.port) as c:
+        assert c.status == 101 and c.recv_json()["type"] == "hello"
+        c.send(load)
+        reply = c.recv_json()
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+    with RawHttp(nginx.port) as h:
+        answer = h.request("POST", "/v2/repository/models/linear/load", b"")
+        assert answer.status == 403, (answer.status, answer.body)
+    with RawClient(a.port) as c:  # on the backend's host itself, directly: still allowed
+        assert c.recv_json()["type"] == "hello"
+        c.send(load)
+        assert c.recv_json()["ok"] is True
 
 
 def test_proxy_timeouts_outlast_the_keepalive_ping() -> None:

@@ -46,6 +46,27 @@ def test_keys_protect_every_route_but_the_probes(start_server) -> None:
         assert a.status == 400 and "duplicate Authorization" in _error(a)["message"]
 
 
+async def test_the_bearer_scheme_is_case_insensitive_as_rfc_7235_says(start_server) -> None:
+    # Only "Bearer " was recognised: "bearer <key>" (RFC 7235 §2.1: the scheme is a case-insensitive
+    # token; RFC 6750 §2.1 uses it) was 401 on HTTP and on the WebSocket handshake, and counted as a
+    # failed attempt of the address.
+    server = start_server("--api-key", KEY, "--models", "linear")
+    with RawHttp(server.port) as c:
+        for value in (f"bearer {KEY}", f"BEARER {KEY}", f"Bearer   {KEY}"):
+            a = c.request("POST", "/predict", SEED, {"Authorization": value})
+            assert a.status == 200, (value, a.status, a.body)
+        for value in (f"Basic {KEY}", f"Bearer{KEY}", f"Bearerx {KEY}"):
+            a = c.request("POST", "/predict", SEED, {"Authorization": value})
+            assert a.status == 401 and _error(a)["code"] == "unauthorized", value
+    conn = await Conn.open(server.url, additional_headers={"Authorization": f"bearer {KEY}"})
+    try:
+        assert "auth_required" in conn.hello
+        reply = await conn.request({"type": "predict", "id": 1, "model": "linear", "inputs": [[0.5]]})
+        assert reply["type"] == "result", reply
+    finally:
+        await conn.close()
+
+
 def test_third_party_clients_send_their_key(start_server) -> None:
     openai = pytest.importorskip("openai")
     tritonclient_http = pytest.importorskip("tritonclient.http")

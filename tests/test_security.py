@@ -25,6 +25,7 @@ from tests.support import (
     TRANSPORTS,
     Conn,
     RawClient,
+    RawHttp,
     ServerProcess,
     client_frame,
     close_code,
@@ -502,6 +503,69 @@ async def test_failed_auth_attempts_are_limited_per_connection_and_per_address(s
     with pytest.raises(websockets.InvalidStatus) as status:
         await Conn.open(server.url, additional_headers={"Authorization": "Bearer wrong"})
     assert status.value.response.status_code == 429
+
+
+async def test_auth_on_a_server_without_keys_is_answered_ok_and_never_counted(plain_server: ServerProcess) -> None:
+    # Without keys every connection is authenticated and a Bearer header is ignored, but an in-band
+    # auth was "invalid API key" and the third closed the socket (1008): the JS client given a
+    # token (the same page against a server without keys) could not connect.
+    conn = await Conn.open(plain_server.url)
+    try:
+        assert "auth_required" not in conn.hello
+        for i in range(4):
+            assert await conn.request({"type": "auth", "id": i, "token": f"any-{i}"}) == {
+                "type": "auth", "id": i, "ok": True}
+        reply = await conn.request({"type": "predict", "id": "p", "model": "linear", "inputs": [[0.5]]})
+        assert reply["type"] == "result", reply
+    finally:
+        await conn.close()
+
+
+def test_a_dns_rebinding_page_on_loopback_gets_no_admin_operation(start_server) -> None:
+    # Without keys, admin operations are for loopback clients. A web page of a name that the attacker
+    # re-points at 127.0.0.1 (DNS rebinding) reaches the server from the victim's browser on loopback,
+    # with its Origin equal to its Host, so the default origin policy lets it in: it could load,
+    # unload or reload every model, over the WebSocket and over HTTP.
+    server = start_server("--models", "linear")
+    port = server.port
+    load = {"type": "load", "id": 1, "model": "linear"}
+    rebound = {"Host": f"rebind.example:{port}", "Origin": f"http://rebind.example:{port}"}
+    with RawClient(port, headers=rebound) as c:
+        assert c.status == 101 and c.recv_json()["type"] == "hello"  # a page may still use the server
+        c.send(load)
+        reply = c.recv_json()
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        c.send({"type": "predict", "id": 2, "model": "linear", "inputs": [[0.5]]})
+        assert c.recv_json()["type"] == "result"
+    with RawHttp(port) as h:
+        a = h.request("POST", "/v2/repository/models/linear/load", b"", rebound)
+        assert a.status == 403, (a.status, a.body)
+        # The server's own pages on this machine, and clients that are not browsers, still may.
+        for headers in ({"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+                        {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"},
+                        {"Host": f"rebind.example:{port}"}):
+            assert h.request("POST", "/v2/repository/models/linear/load", b"", headers).status == 200, headers
+            with RawClient(port, headers=headers) as c:
+                assert c.recv_json()["type"] == "hello"
+                c.send(load)
+                reply = c.recv_json()
+                assert reply["type"] == "load" and reply["ok"] is True, (headers, reply)
+
+
+@pytest.mark.parametrize("header", [("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
+                                    ("X-Real-IP", "203.0.113.9")])
+def test_a_request_a_proxy_forwarded_gets_no_loopback_admin(start_server, header: tuple[str, str]) -> None:
+    # Behind a reverse proxy on the same host every client arrives from 127.0.0.1 (see
+    # test_deploy_nginx.py): a forwarded request is some other machine's, not loopback.
+    server = start_server("--models", "linear")
+    with RawClient(server.port, headers=dict([header])) as c:
+        assert c.recv_json()["type"] == "hello"
+        c.send({"type": "reload", "id": 1, "model": "linear"})
+        reply = c.recv_json()
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+    with RawHttp(server.port) as h:
+        assert h.request("POST", "/v2/repository/models/linear/unload", b"", dict([header])).status == 403
+        assert h.request("GET", "/v1/models", headers=dict([header])).status == 200  # only admin is affected
 
 
 # --------------------------------------------------------------------------- 12: default origin policy

@@ -14,11 +14,17 @@ errors:
 - :func:`check_bearer` - an ``Authorization: Bearer`` header against the keys,
   with the per-address limit on failed attempts;
 - :func:`origin_allowed` - the browser ``Origin`` policy (allowlist, or by
-  default only the server's own origin).
+  default only the server's own origin);
+- :func:`local_admin` - without keys, who may run admin operations (loopback
+  clients, but not a request a proxy forwarded nor a browser page of another
+  name: DNS rebinding);
+  :class:`Handshake` carries it, with the key, from a vetted WebSocket handshake
+  to its connection.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +33,8 @@ from .config import ServerConfig
 from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
 from .ratelimit import TokenBucket
 
-__all__ = ["Admission", "Shared", "check_bearer", "origin_allowed", "retry_ms"]
+__all__ = ["Admission", "Handshake", "PROXY_HEADERS", "Shared", "check_bearer", "is_loopback", "local_admin",
+           "origin_allowed", "proxied", "retry_ms"]
 
 
 @dataclass(eq=False)
@@ -63,8 +70,9 @@ class Admission:
 
     Call order, for each new predict or generate: :meth:`admit` (before decoding
     the model's inputs), then :meth:`capacity` (once the input size is known).
-    Both raise; nothing is changed when they do, except the rate bucket a
-    successful :meth:`admit` spent.
+    Both raise; nothing is changed when they do (a request either rate limit
+    refuses spends neither bucket), except the tokens a successful :meth:`admit`
+    spent.
     """
 
     __slots__ = ("_cfg", "_shared", "_bucket", "_key_rate")
@@ -82,14 +90,21 @@ class Admission:
         shared = self._shared
         if shared.draining:
             raise ShuttingDown("server is draining; no new work is accepted")
-        if self._bucket is not None:
-            _take(self._bucket, "this connection", now)
+        conn = self._bucket
         rate = self._key_rate
+        keyed = None
         if rate is not None and key is not None:
-            bucket = shared.key_buckets.get(key)
-            if bucket is None:
-                bucket = shared.key_buckets[key] = TokenBucket(rate, self._cfg.rate_burst(rate), now)
-            _take(bucket, "this API key", now)
+            keyed = shared.key_buckets.get(key)
+            if keyed is None:
+                keyed = shared.key_buckets[key] = TokenBucket(rate, self._cfg.rate_burst(rate), now)
+        # Both are checked before either is spent: a request one refuses costs the other nothing.
+        if conn is not None:
+            _check(conn, "this connection", now)
+        if keyed is not None:
+            _check(keyed, "this API key", now)
+            keyed.take(now)
+        if conn is not None:
+            conn.take(now)
 
     def capacity(self, inflight: int, inflight_bytes: int, nbytes: int) -> None:
         """Room for one more request of ``nbytes`` input bytes next to ``inflight`` unfinished
@@ -108,8 +123,9 @@ class Admission:
             )
 
 
-def _take(bucket: TokenBucket, who: str, now: float) -> None:
-    wait = bucket.take(now)
+def _check(bucket: TokenBucket, who: str, now: float) -> None:
+    """Raise ``RateLimited`` unless ``bucket`` has a token now (nothing is spent)."""
+    wait = bucket.wait(now)
     if wait > 0:
         raise RateLimited(f"rate limit of {bucket.rate:g} requests/s for {who} exceeded", retry_after_ms=retry_ms(wait))
 
@@ -143,3 +159,58 @@ def origin_allowed(cfg: ServerConfig, origin: str, host: str | None) -> bool:
         scheme = "https" if cfg.certfile else "http"
         return origin.lower() == f"{scheme}://{(host or '').lower()}"
     return "*" in cfg.allow_origin or origin in cfg.allow_origin
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a vetted WebSocket handshake grants its connection: the API key of a valid Bearer
+    header (or None), and whether it may run admin operations on a server without keys
+    (:func:`local_admin`)."""
+
+    key: str | None
+    local_admin: bool
+
+
+def is_loopback(address: str) -> bool:
+    """True for a client address on this machine (127.0.0.0/8, ::1)."""
+    return address == "::1" or address.startswith("127.")
+
+
+#: Headers a reverse proxy adds: the client of such a request is not the TCP peer.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def proxied(request: Any) -> bool:
+    """True when ``request`` (an :class:`~wsserve.httpmsg.HttpRequest`) carries a header a reverse
+    proxy adds (:data:`PROXY_HEADERS`): it was forwarded for a client elsewhere."""
+    return any(request.header(name) is not None for name in PROXY_HEADERS)
+
+
+def local_admin(address: str, origin: str | None, host: str | None, forwarded: bool = False) -> bool:
+    """Without keys, may this client run admin operations (load, unload, reload)?
+
+    A loopback client may, unless its request was ``forwarded`` by a proxy (:func:`proxied`:
+    behind nginx on the same host every client's TCP peer is 127.0.0.1), or it is a browser
+    page (it sent an ``Origin``) whose ``Host`` is not this machine's (``localhost`` or a
+    loopback address): a page of a name its owner points at 127.0.0.1 after it loaded (DNS
+    rebinding) reaches us from the victim's browser on loopback with an Origin equal to its
+    Host, which the default origin policy lets in."""
+    if forwarded or not is_loopback(address):
+        return False
+    return origin is None or (host is not None and _loopback_host(host))
+
+
+def _loopback_host(host: str) -> bool:
+    """True for a ``Host`` header value naming this machine: ``localhost``, ``127.x.y.z``, ``[::1]``
+    (with or without a port)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name = host.rpartition(":")[0] if ":" in host else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

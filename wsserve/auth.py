@@ -4,7 +4,8 @@
 leaking timing, and counts *failed* attempts per client address in token
 buckets so that keys cannot be guessed at speed:
 
-- each address may fail ``failures_per_minute`` times a minute (a bucket of that
+- each address (an IPv6 client: its /64, which one client holds whole) may fail
+  ``failures_per_minute`` times a minute (a bucket of that
   many, refilling continuously); while its bucket is empty, further attempts
   from it are refused without looking at the token (``retry_after`` says when
   one will be allowed again);
@@ -17,7 +18,9 @@ the connection that counts its own attempts.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -44,8 +47,11 @@ class KeyRegistry:
         """``keys``: the API keys; ``admin_keys`` are accepted as API keys too and
         also allow admin operations (load/unload/reload)."""
         self._admin = frozenset(admin_keys)
-        self._keys = tuple(k.encode() for k in (*keys, *sorted(self._admin)))
-        self._metrics_key = metrics_key.encode() if metrics_key else None
+        # Tokens are compared with the keys' SHA-256 digests: equal lengths, so the time of a
+        # comparison does not tell a guesser a key's length (hmac.compare_digest returns early
+        # on a length mismatch).
+        self._keys = tuple((_digest(k), k) for k in dict.fromkeys((*keys, *sorted(self._admin))))
+        self._metrics_key = _digest(metrics_key) if metrics_key else None
         self._rate = failures_per_minute / 60.0
         self._burst = max(1.0, failures_per_minute)
         self._max_addresses = max_addresses
@@ -57,13 +63,13 @@ class KeyRegistry:
         return bool(self._keys)
 
     def match(self, token: str) -> str | None:
-        """The configured key equal to ``token`` (compared in constant time), or None."""
-        given = token.encode()
+        """The configured key equal to ``token`` (compared in constant time, as digests), or None."""
+        given = _digest(token)
         found = None
-        for key in self._keys:
-            if hmac.compare_digest(given, key):
+        for digest, key in self._keys:
+            if hmac.compare_digest(given, digest):
                 found = key
-        return None if found is None else found.decode()
+        return found
 
     def is_admin(self, key: str | None) -> bool:
         """True for an admin key (as returned by :meth:`match`)."""
@@ -77,17 +83,18 @@ class KeyRegistry:
         """True for any API key and for the metrics key."""
         if self.match(token) is not None:
             return True
-        return self._metrics_key is not None and hmac.compare_digest(token.encode(), self._metrics_key)
+        return self._metrics_key is not None and hmac.compare_digest(_digest(token), self._metrics_key)
 
     def blocked_for(self, address: str, now: float) -> float:
         """Seconds until ``address`` may try a key again (0.0: it may now)."""
-        bucket = self._failures.get(address)
+        bucket = self._failures.get(_client(address))
         if bucket is None:
             return 0.0
         return bucket.wait(now)
 
     def failed(self, address: str, now: float) -> None:
         """Count a failed attempt from ``address``."""
+        address = _client(address)
         bucket = self._failures.get(address)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst, now)
@@ -100,7 +107,26 @@ class KeyRegistry:
 
     @staticmethod
     def bearer(header: str | None) -> str | None:
-        """The token of an ``Authorization: Bearer <token>`` header value, or None."""
-        if header is None or not header.startswith("Bearer "):
+        """The token of an ``Authorization: Bearer <token>`` header value, or None (no header,
+        another scheme).  The scheme is matched without regard to case (RFC 7235 §2.1)."""
+        if header is None or header[:7].lower() != "bearer ":
             return None
         return header[7:].strip()
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _client(address: str) -> str:
+    """Whose failure budget an attempt from ``address`` spends: the address, or for IPv6 its /64
+    (one client holds a whole /64, 2**64 source addresses); an IPv4-mapped address as IPv4."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))

@@ -194,7 +194,7 @@ def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) ->
     """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per
     line, UTF-8).  Raises ``ValueError`` naming ``flag_name`` if the file cannot be read, is not UTF-8
     or holds no keys."""
-    keys = [k for k in given if k]
+    keys = list(given)  # an empty --api-key "" is refused by ServerConfig.validate, never dropped
     env = os.environ.get(env_name, "")
     keys += [k.strip() for k in env.split(",") if k.strip()]
     if file is not None:

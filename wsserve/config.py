@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -202,6 +203,12 @@ class ServerConfig:
                 raise ValueError(f"{flag('cache_dir')} {self.cache_dir}: {existing} is not a directory")
         if self.reload and not self.model_repository:
             raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
+        for name in ("api_key", "admin_key", "metrics_key"):
+            value = getattr(self, name)
+            for key in () if value is None else (value,) if isinstance(value, str) else value:
+                _check_key(name, key)
+        for origin in self.allow_origin or ():
+            _check_origin(origin)
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.key_rate_limit_per_s is not None and self.workers > 1:
@@ -239,3 +246,35 @@ class ServerConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+#: An origin as browsers send it (RFC 6454 §6.2): lower-case scheme and host, an optional port, no path.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5})?")
+
+
+def _check_origin(origin: object) -> None:
+    """Raise ``ValueError`` unless ``origin`` is ``*`` or could equal a browser's ``Origin`` header
+    (compared exactly: an entry written otherwise would silently never match)."""
+    if origin == "*":
+        return
+    if type(origin) is not str or not _ORIGIN.fullmatch(origin):
+        raise ValueError(f"{flag('allow_origin')} {origin!r} is not an origin as browsers send it: "
+                         "scheme://host[:port] in lower case, with no path (no trailing '/'), "
+                         "e.g. https://app.example.com")
+    if origin.endswith(":443") and origin.startswith("https://") or origin.endswith(":80") and origin.startswith("http://"):
+        raise ValueError(f"{flag('allow_origin')} {origin!r}: browsers leave the default port out of their Origin; "
+                         f"write {origin.rpartition(':')[0]}")
+
+
+def _check_key(name: str, key: object) -> None:
+    """Raise ``ValueError`` unless ``key`` can be sent as ``Authorization: Bearer <key>``: one or
+    more visible ASCII characters.  An empty key would be accepted from ``Bearer `` with nothing
+    after it, and one with spaces or other characters could not be sent in a header (it is
+    trimmed and read as Latin-1).  The message never shows the key."""
+    if type(key) is not str or not key:
+        raise ValueError(f"{flag(name)}: a key must be a non-empty string (an empty value would turn "
+                         "authentication off or accept an empty token)")
+    if not all("!" <= c <= "~" for c in key):
+        raise ValueError(f"{flag(name)}: a key of {len(key)} characters holds a space, a control or a "
+                         "non-ASCII character; keys are sent as 'Authorization: Bearer <key>': use visible "
+                         "ASCII only")

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .admission import Admission, Shared, retry_ms
+from .admission import Admission, Shared, is_loopback, retry_ms
 from .auth import AUTH_FAILURES_PER_CONNECTION, KeyRegistry
 from .config import ServerConfig
 from .errors import (
@@ -135,8 +135,11 @@ class ConnectionContext:
 class Connection:
     """One client connection's protocol state.  Single-threaded (the event loop)."""
 
-    def __init__(self, ctx: ConnectionContext, io: ConnectionIO, *, address: str, key: str | None, now: float) -> None:
-        """``key``: the API key of a valid Bearer handshake header (vetted by the server), if any."""
+    def __init__(self, ctx: ConnectionContext, io: ConnectionIO, *, address: str, key: str | None, now: float,
+                 local_admin: bool | None = None) -> None:
+        """``key``: the API key of a valid Bearer handshake header (vetted by the server), if any;
+        ``local_admin``: without keys, may it run admin operations (the server decides from the
+        handshake, :func:`~wsserve.admission.local_admin`; None: if ``address`` is loopback)."""
         cfg = ctx.config
         self.ctx = ctx
         self.io = io
@@ -147,6 +150,7 @@ class Connection:
         self._metrics = ctx.metrics
         self._clock = ctx.clock
         self.address = address
+        self._local_admin = is_loopback(address) if local_admin is None else local_admin
         self.inflight: dict[Any, Job] = {}
         self.inflight_bytes = 0
         #: admin operations (load/unload/reload) running for this connection: token -> request id.
@@ -378,6 +382,9 @@ class Connection:
 
     def _auth(self, req: Auth, now: float) -> None:
         keys = self.ctx.keys
+        if not keys.enabled:  # no keys at all: nothing to check (as a Bearer header, it is ignored)
+            self.send(encode_auth_ok(req.id))
+            return
         wait = keys.blocked_for(self.address, now)
         if wait > 0:
             raise RateLimited("too many failed authentication attempts from this address", retry_after_ms=retry_ms(wait))
@@ -398,11 +405,12 @@ class Connection:
         raise Unauthorized("invalid API key")
 
     def may_admin(self) -> bool:
-        """Admin operations: with keys configured, an admin key; without, loopback only."""
+        """Admin operations: with keys configured, an admin key; without, loopback only (and not
+        a browser page of another name: :func:`~wsserve.admission.local_admin`)."""
         cfg = self._cfg
         if cfg.api_key or cfg.admin_key:
             return self.ctx.keys.is_admin(self.key)
-        return self.address == "::1" or self.address.startswith("127.")
+        return self._local_admin
 
     def _admin(self, req: Admin) -> None:
         if not self.may_admin():

@@ -43,7 +43,7 @@ from typing import Any
 from websockets.datastructures import Headers
 
 from ._version import __version__
-from .admission import check_bearer, origin_allowed
+from .admission import Handshake, check_bearer, local_admin, origin_allowed, proxied
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
@@ -302,8 +302,11 @@ class Server:
 
     # -- App: connections
 
-    def open_connection(self, io: ConnectionIO, address: str, key: str | None) -> Connection:
-        conn = Connection(self.ctx, io, address=address, key=key, now=monotonic())
+    def open_connection(self, io: ConnectionIO, address: str, grant: Handshake | None) -> Connection:
+        """``grant``: what :meth:`vet_websocket` returned (None: no key, admin by address)."""
+        key = grant.key if grant is not None else None
+        local = grant.local_admin if grant is not None else None
+        conn = Connection(self.ctx, io, address=address, key=key, now=monotonic(), local_admin=local)
         self.connections.add(conn)
         return conn
 
@@ -332,13 +335,13 @@ class Server:
 
     # -- App: WebSocket handshakes
 
-    def vet_websocket(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
+    def vet_websocket(self, request: HttpRequest) -> tuple[Handshake | None, HttpResponse | None]:
         try:
             return self._vet(request)
         except _BadHeader as exc:
             return None, HttpResponse(400, f"{exc}\n".encode(), close=True)
 
-    def _vet(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
+    def _vet(self, request: HttpRequest) -> tuple[Handshake | None, HttpResponse | None]:
         if request.path != "/":
             return None, HttpResponse(404, b"WebSocket endpoint is at /\n", close=True)
         if self._draining or self._closed:
@@ -358,7 +361,9 @@ class Server:
         if not self._slot_free():
             if key is None or not self.shared.evict_unauthenticated():
                 return None, HttpResponse(503, b"too many connections\n", headers=[("Retry-After", "1")], close=True)
-        return key, None
+        local = local_admin(request.address, _single_header(headers, "Origin"), _single_header(headers, "Host"),
+                            proxied(request))
+        return Handshake(key, local), None
 
     def _check_origin(self, headers: Headers) -> HttpResponse | None:
         """Browsers send their page's Origin: allow the allowlist, or by default only this

@@ -27,9 +27,11 @@ class Answer:
 
 def request_bytes(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                   version: str = "1.1") -> bytes:
-    """A request with ``Host`` and (when there is a body) ``Content-Length``."""
-    lines = [f"{method} {path} HTTP/{version}", "Host: 127.0.0.1"]
-    for name, value in (headers or {}).items():
+    """A request with ``Host`` (``127.0.0.1`` unless ``headers`` has one) and (when there is a body)
+    ``Content-Length``."""
+    headers = dict(headers or {})
+    lines = [f"{method} {path} HTTP/{version}", f"Host: {headers.pop('Host', '127.0.0.1')}"]
+    for name, value in headers.items():
         lines.append(f"{name}: {value}")
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")

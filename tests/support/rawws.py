@@ -69,12 +69,15 @@ def encode_message(msg: Any) -> bytes:
 
 
 def handshake_request(port: int, headers: dict[str, str] | None = None) -> bytes:
-    """A WebSocket upgrade request for ``/`` on ``127.0.0.1:port`` with a fresh key, plus ``headers``."""
+    """A WebSocket upgrade request for ``/`` on ``127.0.0.1:port`` with a fresh key, plus ``headers``
+    (a ``Host`` among them replaces the default one)."""
     key = base64.b64encode(os.urandom(16)).decode()
+    headers = dict(headers or {})
+    host = headers.pop("Host", f"127.0.0.1:{port}")
     lines = [
-        "GET / HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+        "GET / HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        *(f"{k}: {v}" for k, v in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 

@@ -42,7 +42,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 
-from ..admission import Shared, check_bearer, origin_allowed
+from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxied
 from ..auth import KeyRegistry
 from ..config import ServerConfig
 from ..errors import (
@@ -457,8 +457,8 @@ class HttpApi:
             key = check_bearer(self.keys, request.address, request.header(b"authorization"), self.clock())
             if not self.keys.is_admin(key):
                 raise Forbidden(refusal)
-        elif not (request.address == "::1" or request.address.startswith("127.")):
-            raise Forbidden(refusal)
+        elif not local_admin(request.address, request.header(b"origin"), request.header(b"host"), proxied(request)):
+            raise Forbidden(refusal)  # not loopback, forwarded by a proxy, or a page of another name (DNS rebinding)
 
     def _repository_op(self, op: str, request: HttpRequest, exchange: HttpExchange, name: str,
                        cors: list[tuple[str, str]] | None) -> HttpResponse | None:

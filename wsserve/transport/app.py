@@ -7,7 +7,7 @@ the transport may call, so the transport never sees the server itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 
@@ -39,12 +39,14 @@ class App(Protocol):
         """Answer a plain (non-upgrade) request: a response to send now, or None when the
         application answers later through ``exchange`` (in request order).  Never raises."""
 
-    def vet_websocket(self, request: HttpRequest) -> tuple[str | None, HttpResponse | None]:
-        """Admission of a WebSocket handshake: ``(api key or None, None)`` to accept,
-        ``(None, response)`` to refuse it with that response.  Never raises."""
+    def vet_websocket(self, request: HttpRequest) -> tuple[Any, HttpResponse | None]:
+        """Admission of a WebSocket handshake: ``(grant, None)`` to accept (``grant``: what the
+        application grants the connection, e.g. its API key, handed back as it is to
+        :meth:`open_connection`), ``(None, response)`` to refuse it with that response.  Never raises."""
 
-    def open_connection(self, io: ConnectionIO, address: str, key: str | None) -> Connection:
-        """A new connection core for an accepted WebSocket (it has not sent hello yet)."""
+    def open_connection(self, io: ConnectionIO, address: str, grant: Any) -> Connection:
+        """A new connection core for an accepted WebSocket (it has not sent hello yet);
+        ``grant``: what :meth:`vet_websocket` returned."""
 
     def connection_closed(self, conn: Connection, close_code: int) -> None:
         """The socket of ``conn`` is gone (``close_code``: the code of the side that closed, 1006 if none)."""

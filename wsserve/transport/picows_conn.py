@@ -216,7 +216,8 @@ class PicowsConnection(OneTimer, WSListener):
     """One WebSocket on picows: a ``WSListener`` for picows, a
     :class:`~wsserve.connection.ConnectionIO` for the core.  Made by :func:`adopt`."""
 
-    def __init__(self, app: App, address: str, key: str | None, subprotocol: str | None) -> None:
+    def __init__(self, app: App, address: str, key: object, subprotocol: str | None) -> None:
+        """``key``: the application's grant for this connection (``App.vet_websocket``), passed on as it is."""
         super().__init__()
         cfg = app.config
         self.app = app
