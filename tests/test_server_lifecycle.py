@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.support import Conn, Metrics, http_get, wait_until_async
+from tests.support import Conn, Metrics, child_env, http_get, wait_until_async
 
 
 def _status(url: str) -> int:
@@ -106,6 +107,20 @@ def test_bad_flags_exit_2_naming_the_flag() -> None:
         proc = subprocess.run([sys.executable, "-m", "wsserve", "serve", *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2, proc.stderr
         assert word in proc.stderr
+
+
+def test_a_file_error_while_starting_names_the_file_not_the_port(tmp_path: Path) -> None:
+    """An OSError about a file (here: $WSSERVE_CACHE_DIR is a file, so the trained weights cannot be
+    written under it) used to be reported as "cannot listen on HOST:PORT"."""
+    cache = tmp_path / "cache-is-a-file"
+    cache.write_text("not a directory")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--models", "linear"],
+        capture_output=True, text=True, timeout=120, env=child_env({"WSSERVE_CACHE_DIR": str(cache)}),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot listen" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "Not a directory" in proc.stderr and str(cache) in proc.stderr, proc.stderr
 
 
 def test_port_in_use_is_a_clear_error(start_server) -> None:

@@ -251,10 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from .server import run
 
+    from .server import ListenError
+
     try:
         code = run(config)
-    except OSError as exc:
+    except ListenError as exc:
         print(f"wsserve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file: the weights cache, the built-in repository... (not the port)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"wsserve: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     if config.workers <= 1:  # this process is the server's: model code that never returned does not hold it
         from .server import exit_past_stuck_threads

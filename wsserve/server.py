@@ -57,7 +57,7 @@ from .rest import HttpApi
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
 from .transport.app import Counters
 
-__all__ = ["Server", "run"]
+__all__ = ["ListenError", "Server", "run"]
 
 log = logging.getLogger("wsserve.server")
 
@@ -68,6 +68,11 @@ see <a href=/v1/models>/v1/models</a>, <a href=/metrics>/metrics</a>.</p>"""
 
 mimetypes.add_type("text/javascript", ".js")
 mimetypes.add_type("text/javascript", ".mjs")
+
+
+class ListenError(OSError):
+    """The listening socket could not be opened: the port is taken, or the address is not this
+    machine's (the CLI's "cannot listen on HOST:PORT")."""
 
 
 class Server:
@@ -149,7 +154,8 @@ class Server:
         return f"{scheme}://{self.config.host}:{self.port}"
 
     async def start(self) -> None:
-        """Start workers and listen.  Raises ``OSError`` if the port is taken."""
+        """Start workers and listen.  Raises :class:`ListenError` if the port is taken (or the
+        address is not this machine's); other ``OSError``\ s are about files (models, caches)."""
         self.loop = asyncio.get_running_loop()
         await self.pool.start()
         await self.registry.load_all()
@@ -158,9 +164,12 @@ class Server:
         if cfg.certfile:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(str(cfg.certfile), str(cfg.keyfile))
-        self._listener = await self.loop.create_server(
-            lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx, reuse_port=self.worker is not None
-        )
+        try:
+            self._listener = await self.loop.create_server(
+                lambda: HttpProtocol(self), cfg.host, cfg.port, ssl=ssl_ctx, reuse_port=self.worker is not None
+            )
+        except OSError as exc:
+            raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
         self.port = self._listener.sockets[0].getsockname()[1]
         if cfg.reload:
             self._spawn(self._watch(), "wsserve-reload")

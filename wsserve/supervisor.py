@@ -188,7 +188,12 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 
 async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int, secrets: frozenset[str]) -> int:
     loop = asyncio.get_running_loop()
-    reserved = _reserve_port(config.host, config.port)
+    from .server import ListenError
+
+    try:
+        reserved = _reserve_port(config.host, config.port)
+    except OSError as exc:
+        raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
     port = reserved.getsockname()[1]
     config = dataclasses.replace(config, port=port)
     with tempfile.TemporaryDirectory(prefix="wsserve-metrics-") as metrics_dir:
