@@ -98,6 +98,52 @@ def test_failed_keys_are_limited_per_address_across_http_and_websocket(start_ser
         assert a.status == 429 and int(a.header("retry-after")) >= 1 and _error(a)["code"] == "rate_limited"
 
 
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "X-Real-IP"])
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_failed_key_budget(start_server, header: str) -> None:
+    """Behind nginx every client's TCP peer is 127.0.0.1: one guesser used to lock every client out.
+    With ``--trusted-proxy 127.0.0.1`` the client is the address the proxy forwards."""
+    server = start_server("--api-key", KEY, "--models", "linear", "--trusted-proxy", "127.0.0.1")
+    guesser, client = {header: "203.0.113.7"}, {header: "198.51.100.2"}
+    with RawHttp(server.port) as c:
+        for _ in range(10):
+            assert c.request("POST", "/predict", SEED, {"Authorization": "Bearer wrong", **guesser}).status == 401
+        assert c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", **guesser}).status == 429
+        assert c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", **client}).status == 200
+        # a hop the client wrote itself (on the left) is not believed: the proxy's last hop is
+        if header == "X-Forwarded-For":
+            spoofed = {header: "198.51.100.2, 203.0.113.7"}
+            assert c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", **spoofed}).status == 429
+
+
+async def test_a_websocket_behind_a_trusted_proxy_is_its_forwarded_client(start_server) -> None:
+    """The WebSocket handshake is a request too: its forwarded client owns the connection's failures."""
+    server = start_server("--api-key", KEY, "--models", "linear", "--trusted-proxy", "127.0.0.1")
+    url = f"ws://127.0.0.1:{server.port}"
+    for _ in range(10):
+        with pytest.raises(websockets.InvalidStatus) as info:
+            await websockets.connect(url, additional_headers={"Authorization": "Bearer wrong",
+                                                              "X-Forwarded-For": "203.0.113.7"})
+        assert info.value.response.status_code == 401
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(url, additional_headers={"Authorization": f"Bearer {KEY}", "X-Forwarded-For": "203.0.113.7"})
+    assert info.value.response.status_code == 429
+    conn = await Conn.open(url, additional_headers={"Authorization": f"Bearer {KEY}", "X-Forwarded-For": "198.51.100.2"})
+    r = await conn.request({"type": "predict", "id": 1, "model": "linear", "inputs": [[0.5]]})
+    assert r["type"] == "result", r
+    await conn.close()
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_ignored(start_server) -> None:
+    """Without --trusted-proxy a client cannot pick its address (a fresh X-Forwarded-For per guess)."""
+    server = start_server("--api-key", KEY, "--models", "linear")
+    with RawHttp(server.port) as c:
+        for i in range(10):
+            wrong = {"Authorization": "Bearer wrong", "X-Forwarded-For": f"203.0.113.{i}"}
+            assert c.request("POST", "/predict", SEED, wrong).status == 401
+        right = {"Authorization": f"Bearer {KEY}", "X-Forwarded-For": "198.51.100.2"}
+        assert c.request("POST", "/predict", SEED, right).status == 429
+
+
 # --------------------------------------------------------------------------- rate limits
 
 

@@ -15,6 +15,8 @@ errors:
   with the per-address limit on failed attempts;
 - :func:`origin_allowed` - the browser ``Origin`` policy (allowlist, or by
   default only the server's own origin);
+- :func:`client_address` - who the client is: the TCP peer, or behind a
+  trusted reverse proxy (``--trusted-proxy``) the address it forwards;
 - :func:`local_admin` - without keys, who may run admin operations (loopback
   clients, but not a request a proxy forwarded nor a browser page of another
   name: DNS rebinding);
@@ -25,6 +27,7 @@ errors:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +36,8 @@ from .config import ServerConfig
 from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
 from .ratelimit import TokenBucket
 
-__all__ = ["Admission", "Handshake", "PROXY_HEADERS", "Shared", "check_bearer", "is_loopback", "local_admin",
-           "origin_allowed", "proxied", "retry_ms"]
+__all__ = ["Admission", "Handshake", "PROXY_HEADERS", "Shared", "check_bearer", "client_address", "is_loopback",
+           "local_admin", "origin_allowed", "proxied", "proxy_networks", "retry_ms"]
 
 
 @dataclass(eq=False)
@@ -214,3 +217,65 @@ def _loopback_host(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: X-Forwarded-For hops looked at, from the right (the header is bounded by the HTTP limits anyway).
+MAX_FORWARDED_HOPS = 32
+
+
+def proxy_networks(trusted: Iterable[str]) -> tuple[Network, ...]:
+    """The networks of ``--trusted-proxy`` values (an address, or a network such as ``10.0.0.0/8``).
+    Raises ``ValueError`` for a value that is neither."""
+    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in trusted)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in ``text`` (``1.2.3.4``, ``::1``, ``[::1]``, with or without ``:port``), IPv4-mapped
+    IPv6 as IPv4; None if it names none."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, proxies: tuple[Network, ...]) -> bool:
+    return any(address.version == net.version and address in net for net in proxies)
+
+
+def client_address(peer: str, request: Any, proxies: tuple[Network, ...]) -> str:
+    """Who sent ``request`` (an :class:`~wsserve.httpmsg.HttpRequest` from TCP peer ``peer``).
+
+    The peer itself, unless it is one of the trusted ``proxies`` (:func:`proxy_networks`): then
+    the rightmost ``X-Forwarded-For`` hop that is not a trusted proxy (a client may write hops of
+    its own on the left, never on the right: each proxy appends the address it saw), else
+    ``X-Real-IP``.  A hop that names no address stops the walk there, and the peer is kept; so is
+    it when the proxy sent neither header.  Used for the failed-authentication budget, the admin
+    rule and logs; requests from untrusted peers are never read for it."""
+    if not proxies:
+        return peer
+    address = _ip(peer)
+    if address is None or not _trusted(address, proxies):
+        return peer
+    forwarded = request.header(b"x-forwarded-for")
+    if forwarded is not None:
+        hops = forwarded.split(",")
+        for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
+            hop_address = _ip(hop)
+            if hop_address is None:
+                return peer
+            if not _trusted(hop_address, proxies):
+                return str(hop_address)
+        return peer
+    real = request.header(b"x-real-ip")
+    real_address = _ip(real) if real is not None else None
+    return str(real_address) if real_address is not None else peer

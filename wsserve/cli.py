@@ -156,6 +156,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("allow_origin", group=g, action="append", default=None,
         help="allowed browser Origin (exact match, repeatable; '*' = any); default: only the server's own origin")
     opt("require_origin", group=g, action="store_true", help="refuse handshakes without an Origin header")
+    opt("trusted_proxy", group=g, action="append", default=None,
+        help="a reverse proxy in front (address or network, repeatable, e.g. 127.0.0.1 behind nginx on the "
+             "same host): the client of its requests is the last X-Forwarded-For hop it added (or X-Real-IP), "
+             "for the failed-authentication limit, the admin rule and logs")
     opt("certfile", group=g, type=Path, help="TLS certificate (PEM); serves wss://")
     opt("keyfile", group=g, type=Path, help="TLS private key (PEM)")
     opt("compression", group=g, action="store_true", help="enable permessage-deflate (off by default: CPU cost and CRIME-style risks)")
@@ -217,6 +221,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values["api_key"] = _keys(args.api_key, "WSSERVE_API_KEYS", args.api_key_file, "--api-key-file")
     values["admin_key"] = _keys(args.admin_key, "WSSERVE_ADMIN_KEYS", args.admin_key_file, "--admin-key-file")
     values["allow_origin"] = tuple(args.allow_origin) if args.allow_origin else None
+    values["trusted_proxy"] = tuple(args.trusted_proxy or ())
     repos = list(args.model_repository or [])
     env_repo = os.environ.get("WSSERVE_MODEL_REPOSITORY", "")
     if env_repo and not repos:

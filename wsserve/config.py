@@ -12,6 +12,7 @@ The CLI (:mod:`wsserve.cli`) only parses flags into a :class:`ServerConfig`;
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -127,6 +128,7 @@ class ServerConfig:
     metrics_key: str | None = None  # also accepted on GET /metrics (with api_key)
     allow_origin: tuple[str, ...] | None = None  # browser origins; None: the server's own only; ("*",): any
     require_origin: bool = False  # refuse handshakes without an Origin header
+    trusted_proxy: tuple[str, ...] = ()  # reverse proxies (addresses or networks) whose X-Forwarded-For names the client
     rate_limit_per_s: float | None = None  # predict/generate per second per connection
     rate_limit_burst: int | None = None  # default: max(1, rate)
     key_rate_limit_per_s: float | None = None  # predict/generate per second per API key
@@ -209,6 +211,12 @@ class ServerConfig:
                 _check_key(name, key)
         for origin in self.allow_origin or ():
             _check_origin(origin)
+        for proxy in self.trusted_proxy:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{flag('trusted_proxy')} {proxy!r} is not an IP address or network "
+                                 "(e.g. 127.0.0.1, 10.0.0.0/8)") from None
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.key_rate_limit_per_s is not None and self.workers > 1:

@@ -43,7 +43,14 @@ from typing import Any
 from websockets.datastructures import Headers
 
 from ._version import __version__
-from .admission import Handshake, check_bearer, local_admin, origin_allowed, proxied
+from .admission import (
+    Handshake,
+    check_bearer,
+    local_admin,
+    origin_allowed,
+    proxied,
+    proxy_networks,
+)
 from .auth import KeyRegistry
 from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
@@ -91,6 +98,7 @@ class Server:
         where workers share their metrics (the port is then shared with ``SO_REUSEPORT``)."""
         self.config = config.validate(in_process_models=bool(models))
         self.server_header = f"wsserve/{__version__}"
+        self.trusted_proxies = proxy_networks(config.trusted_proxy)
         self.worker = worker
         self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
         self.flusher = Flusher()

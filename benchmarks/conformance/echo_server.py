@@ -109,6 +109,7 @@ class EchoApp:
     """The :class:`wsserve.transport.app.App` of the echo testee: every handshake on any path accepted."""
 
     server_header = "wsserve-echo"
+    trusted_proxies: tuple = ()
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config

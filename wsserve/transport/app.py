@@ -34,6 +34,8 @@ class App(Protocol):
     flusher: Flusher
     counters: Counters
     server_header: str
+    #: ``--trusted-proxy`` as networks (:func:`wsserve.admission.proxy_networks`); () for none.
+    trusted_proxies: tuple[Any, ...]
 
     def route_http(self, request: HttpRequest, exchange: HttpExchange) -> HttpResponse | None:
         """Answer a plain (non-upgrade) request: a response to send now, or None when the

@@ -52,6 +52,7 @@ from typing import Any
 
 import httptools
 
+from ..admission import client_address
 from ..httpmsg import HttpRequest, HttpResponse
 from .app import App
 
@@ -580,9 +581,11 @@ class HttpProtocol(asyncio.Protocol):
         return any(n == b"upgrade" and b"websocket" in v.lower() for n, v in self._raw_headers)
 
     def _request(self) -> HttpRequest:
+        """The request parsed so far; its ``address`` is the client's (behind a trusted proxy: the one
+        it forwards, see :func:`~wsserve.admission.client_address`)."""
         path, _, query = self._url.decode("latin-1").partition("?")
         body = self._body
-        return HttpRequest(
+        request = HttpRequest(
             self._parser.get_method().decode("latin-1"),
             path,
             query,
@@ -591,6 +594,10 @@ class HttpProtocol(asyncio.Protocol):
             self._parser.get_http_version(),
             self.address,
         )
+        proxies = self.app.trusted_proxies
+        if proxies:
+            request.address = client_address(self.address, request, proxies)
+        return request
 
     def _upgrade(self, rest: bytes) -> None:
         """Hand this socket to a WebSocket protocol (the handshake happens there):
@@ -618,9 +625,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.app.config.transport == "picows":
             from .picows_conn import adopt
 
-            adopt(self.app, transport, self.address, head, request, rest)
+            adopt(self.app, transport, request.address, head, request, rest)
             return
-        ws = WebSocketProtocol(self.app, transport, self.address)
+        ws = WebSocketProtocol(self.app, transport, request.address)
         transport.set_protocol(ws)
         ws.start(head, request, rest)
 
