@@ -163,7 +163,7 @@ class Server:
 
     async def start(self) -> None:
         """Start workers and listen.  Raises :class:`ListenError` if the port is taken (or the
-        address is not this machine's); other ``OSError``\ s are about files (models, caches)."""
+        address is not this machine's); any other ``OSError`` is about a file (models, caches)."""
         self.loop = asyncio.get_running_loop()
         await self.pool.start()
         await self.registry.load_all()
