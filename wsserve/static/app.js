@@ -280,7 +280,8 @@ function renderExplain(rows, res, i, classifier) {
   bars.replaceChildren();
   for (const j of shown) {
     const v = attr[j];
-    const fill = el('span', { class: `bar-fill ${v < 0 ? 'neg' : 'pos'}`, style: `width: ${(50 * Math.abs(v)) / scale}%` });
+    const fill = el('span', { class: `bar-fill ${v < 0 ? 'neg' : 'pos'}` });
+    fill.style.width = `${(50 * Math.abs(v)) / scale}%`; // CSSOM: the page's CSP refuses style attributes
     bars.append(
       el('span', { class: 'bar-label' }, `x${j} = ${fmt(rows[i][j])}`),
       el('span', { class: 'bar-track', 'data-testid': 'explain-bar', 'data-feature': j, 'data-value': JSON.stringify(v) }, fill),

@@ -45,6 +45,14 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+    // Every Content-Security-Policy violation of the page (an inline style attribute, a script
+    // from elsewhere, ...), whatever Chromium logs for it.
+    await page.addInitScript(() => {
+      window.cspViolations = [];
+      document.addEventListener('securitypolicyviolation', (e) => {
+        window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sample}`);
+      });
+    });
   });
 
   after(async () => {
@@ -291,6 +299,14 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
       && document.querySelectorAll('[data-testid="predict-value"]').length === 1);
     const expected = (await client.predict('linear', [[0.5]])).outputs[0];
     assert.deepEqual(JSON.parse(await page.getAttribute('[data-testid="predict-value"]', 'data-value')), expected);
+  });
+
+  it('works under its own Content-Security-Policy: explain bars, generation and reconnects drew no violation', async () => {
+    const res = await page.request.get(`${srv.httpUrl}/`);
+    assert.match(res.headers()['content-security-policy'] ?? '', /script-src 'self'/);
+    assert.equal(res.headers()['x-content-type-options'], 'nosniff');
+    // the one page load that ran every test above
+    assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
   });
 
   it('raised no errors in the page', () => {
