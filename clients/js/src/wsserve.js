@@ -20,7 +20,9 @@
  *   fresh integer id each. Every call settles with the server's terminal frame
  *   for its id (`result`, `done` or `error`), or with `ConnectionLost` when the
  *   connection dies first: the socket closed, or no frame arrived within
- *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`.
+ *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A frame for
+ *   a call's id of a type that does not answer it (one a later protocol adds,
+ *   or another request type's) is ignored.
  * - At most `max_inflight` (from `hello`, or the `maxInflight` option)
  *   predict/generate requests are outstanding; further calls wait, FIFO. A
  *   request's slot is held until the server's terminal frame for it, even
@@ -589,6 +591,15 @@ class Limiter {
 
 // =================================================================== calls and connection
 
+/**
+ * Request type → the frame type that answers it successfully (a non-streaming `predict`:
+ * `result`; a streaming one: `done`). A frame of any other type for a call's id, such as a
+ * type a later protocol adds, is not its answer and is ignored.
+ */
+const REPLY_TYPES = Object.freeze({
+  generate: 'done', models: 'models', ping: 'pong', load: 'load', unload: 'unload', reload: 'reload',
+});
+
 /** One request on the wire, until its terminal frame or the connection's end. */
 class Call {
   /** Called with each non-terminal frame (chunk, token). */
@@ -602,6 +613,10 @@ class Call {
   constructor(id, msg, counted, sentAt) {
     this.id = id;
     this.type = msg.type;
+    /** The frame type of a successful answer (an `error` also ends the call; other types do not). */
+    this.reply = REPLY_TYPES[msg.type] ?? (msg.stream ? 'done' : 'result');
+    /** The frame type of its items: `token` (generate), `chunk` (streaming predict), else none. */
+    this.item = msg.type === 'generate' ? 'token' : msg.type === 'predict' && msg.stream ? 'chunk' : null;
     this.model = msg.model ?? null;
     this.rows = Array.isArray(msg.inputs) ? msg.inputs.length : undefined;
     this.counted = counted;
@@ -1115,6 +1130,7 @@ export class Client extends EventTarget {
     switch (frame.type) {
       case 'chunk':
       case 'token':
+        if (frame.type !== call.item) return; // another request type's items: not this call's
         call.items++;
         call.onItem(frame);
         return;
@@ -1122,11 +1138,9 @@ export class Client extends EventTarget {
         if (frame.code === 'cancelled') this.#counters.serverCancelled++;
         this.#endCall(conn, call, errorFromFrame(frame), null);
         return;
-      case 'done':
-        if (frame.reason === 'cancelled') this.#counters.serverCancelled++;
-        this.#endCall(conn, call, null, frame);
-        return;
-      default: // result, models, pong
+      default:
+        if (frame.type !== call.reply) return; // not this call's answer: a type the client does not know
+        if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
         this.#endCall(conn, call, null, frame);
     }
   }

@@ -1,0 +1,92 @@
+// The client against peers that do more than today's server: frames of a type it does not know
+// (PROTOCOL.md: "clients must ignore fields they do not know"; a later server may add frame
+// types), and the events a Client dispatches while connection attempts fail.
+// Run: `node --test test/frames.test.js` in clients/js.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket, { WebSocketServer } from 'ws';
+
+import { Client, Unauthorized, ConnectionLost } from 'wsserve-client';
+import { startServer } from './helpers/server.js';
+
+/**
+ * A WebSocket relay on loopback in front of the real server `target`: every frame passes
+ * through unchanged, and before the server's answer to a request it also sends the client
+ * `inject(request)` (frames of a type protocol version 1 does not have, for the request's id).
+ * @returns {Promise<{url: string, close: () => Promise<void>}>}
+ */
+async function relay(target, inject) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => [...p][0] ?? false });
+  await new Promise((resolve) => wss.once('listening', resolve));
+  wss.on('connection', (down, req) => {
+    const up = new WebSocket(target, req.headers['sec-websocket-protocol']?.split(/\s*,\s*/) ?? []);
+    const early = [];
+    up.on('open', () => { for (const m of early.splice(0)) up.send(m); });
+    up.on('message', (data, binary) => down.send(binary ? data : String(data)));
+    down.on('message', (data, binary) => {
+      const text = binary ? null : String(data);
+      if (text !== null) {
+        const msg = JSON.parse(text);
+        for (const extra of inject(msg)) down.send(JSON.stringify(extra));
+      }
+      if (up.readyState === WebSocket.OPEN) up.send(binary ? data : text); else early.push(binary ? data : text);
+    });
+    down.on('close', () => up.close());
+    up.on('close', () => down.close());
+    up.on('error', () => down.terminate());
+  });
+  return {
+    url: `ws://127.0.0.1:${wss.address().port}/`,
+    close: () => new Promise((resolve) => { for (const c of wss.clients) c.terminate(); wss.close(() => resolve()); }),
+  };
+}
+
+describe('frames of a type the client does not know', { timeout: 120_000 }, () => {
+  let srv;
+  let peer;
+
+  before(async () => {
+    srv = await startServer();
+    // Before each answer: a frame type of a later protocol ("progress"), and one of this
+    // protocol that answers other requests ("pong", "models"), all with the request's id.
+    peer = await relay(srv.url, (msg) => (msg.id === undefined || msg.type === 'auth' ? [] : [
+      { type: 'progress', id: msg.id, fraction: 0.5 },
+      ...(msg.type === 'ping' ? [] : [{ type: 'pong', id: msg.id }]),
+      ...(msg.type === 'models' ? [] : [{ type: 'models', id: msg.id, models: [] }]),
+      // and the items of the other streaming request type
+      ...(msg.type === 'generate' ? [{ type: 'chunk', id: msg.id, seq: 0, offset: 0, outputs: [[9]] }] : []),
+      ...(msg.type === 'predict' ? [{ type: 'token', id: msg.id, seq: 0, text: 'X' }] : []),
+    ]));
+  });
+
+  after(async () => {
+    await peer?.close();
+    await srv?.stop();
+  });
+
+  it('are ignored: each call still settles with its own answer', async () => {
+    const direct = new Client(srv.url);
+    const c = new Client(peer.url);
+    try {
+      const r = await c.predict('linear', [[0.5], [1.0]]);
+      assert.deepEqual(r.outputs, (await direct.predict('linear', [[0.5], [1.0]])).outputs);
+      const models = await c.models();
+      assert.deepEqual(models.map((m) => m.name), (await direct.models()).map((m) => m.name));
+      assert.equal(typeof await c.ping(), 'number');
+      const g = c.generate('charlm', 'The ', { maxTokens: 12 });
+      const tokens = [];
+      for await (const t of g) tokens.push(t);
+      assert.equal(g.done.reason, 'length');
+      assert.equal(tokens.length, 12);
+      assert.ok(tokens.every((t) => typeof t === 'string'), JSON.stringify(tokens));
+      assert.equal(g.done.text, tokens.join(''));
+      const chunks = [];
+      for await (const ch of c.predictStream('linear', [[0.5], [1.0], [2.0]], { chunkRows: 1 })) chunks.push(ch.outputs);
+      assert.deepEqual(chunks.flat(), (await direct.predict('linear', [[0.5], [1.0], [2.0]])).outputs);
+    } finally {
+      await c.close();
+      await direct.close();
+    }
+  });
+});
