@@ -857,7 +857,8 @@ export class Generation extends ResponseStream {
  * A wsserve client: one WebSocket, many concurrent calls.
  *
  * It is an `EventTarget`; `event.detail` carries: `open` → the hello frame;
- * `close` → `{code, reason, error}`; `reconnecting` → `{attempt, delayMs, error}`;
+ * `close` → `{code, reason, error}`, once per connection that opened (a failed
+ * attempt dispatches none; `reconnecting` reports it); `reconnecting` → `{attempt, delayMs, error}`;
  * `draining` → the draining frame; `request` → `{type, model, ms, ok, code,
  * rows, tokens}` after every finished call (for dashboards); `servererror` →
  * an error frame that answers no call.
@@ -1005,6 +1006,7 @@ export class Client extends EventTarget {
 
     return new Promise((resolve, reject) => {
       let settled = false;
+      let opened = false; // a failed attempt is settled too, but its end is no `close` event
       const fail = (err) => {
         if (settled) return;
         settled = true;
@@ -1019,7 +1021,7 @@ export class Client extends EventTarget {
       );
       const open = () => {
         if (this.#closed) { fail(new ClientClosed('the client was closed')); return; }
-        settled = true;
+        settled = opened = true;
         clearTimeout(timer);
         this.#lastHello = conn.hello;
         this.#conn = conn;
@@ -1059,7 +1061,7 @@ export class Client extends EventTarget {
       ws.addEventListener('close', (ev) => {
         const why = `connection closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`;
         if (!settled) fail(new ConnectionLost(why));
-        else this.#connectionDied(conn, new ConnectionLost(why), ev.code, ev.reason);
+        else if (opened) this.#connectionDied(conn, new ConnectionLost(why), ev.code, ev.reason);
       });
       ws.addEventListener('error', (ev) => {
         // After open, the close event that follows does the cleanup.

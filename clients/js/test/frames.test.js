@@ -90,3 +90,51 @@ describe('frames of a type the client does not know', { timeout: 120_000 }, () =
     }
   });
 });
+
+describe('events while connection attempts fail', { timeout: 120_000 }, () => {
+  const KEY = 'sk-frames-' + 'k'.repeat(24);
+  let srv;
+
+  before(async () => { srv = await startServer(['--api-key', KEY, '--models', 'linear']); });
+  after(async () => { await srv?.stop(); });
+
+  /** `{open, close, reconnecting}`: how many of each event `c` dispatched. */
+  function countEvents(c) {
+    const n = { open: 0, close: 0, reconnecting: 0 };
+    for (const type of Object.keys(n)) c.addEventListener(type, () => { n[type]++; });
+    return n;
+  }
+
+  // `close` ends a connection that opened (PROTOCOL: its detail carries the close code). A
+  // failed attempt dispatched one too, after its `reconnecting`: the demo page then showed
+  // "disconnected" while the client was still trying.
+  it('a refused token: the connect rejects, and no close event for a connection that never opened', async () => {
+    const c = new Client(srv.url, { token: 'wrong', reconnect: false });
+    const n = countEvents(c);
+    await assert.rejects(c.connect(), Unauthorized);
+    const ok = new Client(srv.url, { token: KEY });
+    await ok.ping(); // the server has seen the refused socket's close by the time it answers another
+    await ok.close();
+    await c.close();
+    assert.deepEqual(n, { open: 0, close: 0, reconnecting: 0 });
+  });
+
+  it('nothing listening: one reconnecting per retry, no close events', async () => {
+    const down = await startServer(['--models', 'linear']);
+    const url = down.url;
+    await down.stop();
+    const c = new Client(url, { reconnect: { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 20 } });
+    const n = countEvents(c);
+    await assert.rejects(c.connect(), ConnectionLost);
+    await c.close();
+    assert.deepEqual(n, { open: 0, close: 0, reconnecting: 2 });
+  });
+
+  it('a connection that opened dispatches exactly one close when it ends', async () => {
+    const c = new Client(srv.url, { token: KEY, reconnect: false });
+    const n = countEvents(c);
+    await c.ping();
+    await c.close();
+    assert.deepEqual(n, { open: 1, close: 1, reconnecting: 0 });
+  });
+});
