@@ -868,6 +868,8 @@ export class Client extends EventTarget {
   #conn = null;
   #connecting = null;
   #closed = false;
+  /** Aborted by `close()`: ends a connection attempt or the backoff between two at once. */
+  #closing = new AbortController();
   #nextId = 1;
   #lastHello = null;
   #opts;
@@ -987,7 +989,9 @@ export class Client extends EventTarget {
         if (attempt + 1 >= policy.maxAttempts) break;
         const delayMs = reconnectDelayMs(policy, attempt, Math.random());
         this.dispatchEvent(makeEvent('reconnecting', { attempt: attempt + 1, delayMs, error: e }));
-        await sleep(delayMs);
+        await sleep(delayMs, this.#closing.signal).catch(() => {
+          throw new ClientClosed('the client was closed');
+        });
       }
     }
     throw new ConnectionLost(
@@ -1007,10 +1011,12 @@ export class Client extends EventTarget {
     return new Promise((resolve, reject) => {
       let settled = false;
       let opened = false; // a failed attempt is settled too, but its end is no `close` event
+      const onClosing = () => fail(new ClientClosed('the client was closed'));
       const fail = (err) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        this.#closing.signal.removeEventListener('abort', onClosing);
         conn.dead = true;
         try { ws.close(); } catch { /* not open yet */ }
         reject(err);
@@ -1019,10 +1025,13 @@ export class Client extends EventTarget {
         () => fail(new ConnectionLost(`no hello from ${this.url} within ${this.#opts.connectTimeoutMs} ms`)),
         this.#opts.connectTimeoutMs,
       );
+      if (this.#closing.signal.aborted) onClosing();
+      else this.#closing.signal.addEventListener('abort', onClosing, { once: true });
       const open = () => {
         if (this.#closed) { fail(new ClientClosed('the client was closed')); return; }
         settled = opened = true;
         clearTimeout(timer);
+        this.#closing.signal.removeEventListener('abort', onClosing);
         this.#lastHello = conn.hello;
         this.#conn = conn;
         this.#counters.connects++;
@@ -1095,11 +1104,14 @@ export class Client extends EventTarget {
 
   /**
    * Close the client: send `cancel` for unfinished calls, close the socket,
-   * fail local waiters with `ClientClosed`. Idempotent; the client cannot be reused.
+   * fail local waiters with `ClientClosed` — also the calls waiting for a connection: an
+   * attempt in progress or the backoff between two ends at once. Idempotent; the client
+   * cannot be reused.
    */
   async close() {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closing.abort();
     const error = new ClientClosed('the client was closed');
     this.#limiter.failAll(error);
     const conn = this.#conn;

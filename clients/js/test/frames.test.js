@@ -7,7 +7,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket, { WebSocketServer } from 'ws';
 
-import { Client, Unauthorized, ConnectionLost } from 'wsserve-client';
+import { Client, Unauthorized, ConnectionLost, ClientClosed } from 'wsserve-client';
 import { startServer } from './helpers/server.js';
 
 /**
@@ -136,5 +136,23 @@ describe('events while connection attempts fail', { timeout: 120_000 }, () => {
     await c.ping();
     await c.close();
     assert.deepEqual(n, { open: 1, close: 1, reconnecting: 0 });
+  });
+
+  // close() during the backoff between two attempts left every waiting call pending until the
+  // wait ended (maxDelayMs: here ten minutes) and kept a Node process alive that long.
+  it('close() during the reconnect backoff settles the waiting calls at once', { timeout: 60_000 }, async () => {
+    const down = await startServer(['--models', 'linear']);
+    const url = down.url;
+    await down.stop();
+    const c = new Client(url, { reconnect: { maxAttempts: 2, baseDelayMs: 600_000, maxDelayMs: 600_000 } });
+    const backingOff = new Promise((resolve) => c.addEventListener('reconnecting', resolve, { once: true }));
+    const calls = [c.predict('linear', [[0.5]]), c.models(), c.connect(), c.ping()];
+    const settled = Promise.allSettled(calls);
+    await backingOff;
+    await c.close();
+    for (const r of await settled) {
+      assert.equal(r.status, 'rejected');
+      assert.ok(r.reason instanceof ClientClosed, String(r.reason));
+    }
   });
 });
