@@ -30,7 +30,8 @@
  * - Cancellation: aborting a call's `AbortSignal`, calling `stream.cancel()`,
  *   leaving a `for await` early or hitting the client-side deadline sends
  *   `{"type":"cancel","id":...}`. An aborted `predict` rejects with the
- *   server's `RequestCancelled` (a local one if it was never sent); an aborted
+ *   server's `RequestCancelled` (a local one if it was never sent, or was
+ *   waiting to retry a refusal); an aborted
  *   `generate` ends normally with `done.reason === 'cancelled'`.
  * - `timeoutMs` is sent as the server deadline `timeout_ms`; the client also
  *   gives up on its own 1 s later (`DeadlineExceeded`, cancel sent).
@@ -1284,8 +1285,8 @@ export class Client extends EventTarget {
         if (!policy || !(e instanceof WsserveError) || !policy.codes.includes(e.code) || attempt + 1 >= policy.maxAttempts) throw e;
         try {
           await sleep(retryDelayMs(policy, attempt, e.retryAfterMs, Math.random()), signal);
-        } catch {
-          throw e;
+        } catch (abort) { // aborted while waiting: nothing is on the wire
+          throw new RequestCancelled('aborted while waiting to retry', { cause: abort });
         }
       }
     }
@@ -1423,8 +1424,8 @@ export class Client extends EventTarget {
           try {
             await sleep(retryDelayMs(policy, attempt, err.retryAfterMs, Math.random()), signal);
             continue;
-          } catch {
-            stream._finish(null, err);
+          } catch { // aborted while waiting: nothing is on the wire
+            stream._finishLocalCancel();
             return;
           }
         }

@@ -7,7 +7,9 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket, { WebSocketServer } from 'ws';
 
-import { Client, Unauthorized, ConnectionLost, ClientClosed } from 'wsserve-client';
+import {
+  Client, Unauthorized, ConnectionLost, ClientClosed, OverloadedError, RequestCancelled,
+} from 'wsserve-client';
 import { startServer } from './helpers/server.js';
 
 /**
@@ -153,6 +155,65 @@ describe('events while connection attempts fail', { timeout: 120_000 }, () => {
     for (const r of await settled) {
       assert.equal(r.status, 'rejected');
       assert.ok(r.reason instanceof ClientClosed, String(r.reason));
+    }
+  });
+});
+
+describe('an abort while waiting to retry an overloaded refusal', { timeout: 120_000 }, () => {
+  // A 300 ms batching window and 16 queued rows: of two 12-row predicts sent together, the
+  // second is refused `overloaded` (as in client.test.js).
+  let srv;
+  const rows = Array.from({ length: 12 }, (_, i) => [i / 12]);
+  before(async () => { srv = await startServer(['--max-delay-ms', '300', '--max-queue-rows', '16']); });
+  after(async () => { await srv?.stop(); });
+
+  /** A client that retries `overloaded` after ten minutes, and a promise of its first refusal. */
+  function retryingClient() {
+    const c = new Client(srv.url, { retry: { maxAttempts: 2, baseDelayMs: 600_000, maxDelayMs: 600_000 } });
+    const refused = new Promise((resolve) => {
+      c.addEventListener('request', (ev) => { if (ev.detail.code === 'overloaded') resolve(); });
+    });
+    return { c, refused };
+  }
+
+  // PROTOCOL/README: an aborted predict rejects with RequestCancelled (a local one if it was
+  // never sent), an aborted predictStream throws it too. Aborted in the wait before a retry
+  // (nothing on the wire), they rejected with the OverloadedError of the try before.
+  it('predict rejects with a local RequestCancelled', async () => {
+    const { c, refused } = retryingClient();
+    try {
+      const ac = new AbortController();
+      const first = c.predict('linear', rows).then((r) => r.outputs.length, (e) => e); // settled, whatever happens
+      const second = c.predict('linear', rows, { signal: ac.signal });
+      await refused;
+      ac.abort();
+      await assert.rejects(second, (e) => {
+        assert.ok(e instanceof RequestCancelled, `${e?.name}: ${e?.message}`);
+        assert.equal(e.frame, null, 'local: nothing was on the wire to cancel');
+        return true;
+      });
+      assert.equal(await first, 12);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('predictStream ends with a local RequestCancelled', async () => {
+    const { c, refused } = retryingClient();
+    try {
+      const ac = new AbortController();
+      const first = c.predict('linear', rows).then((r) => r.outputs.length, (e) => e); // settled, whatever happens
+      const stream = c.predictStream('linear', rows, { signal: ac.signal, chunkRows: 4 });
+      await refused;
+      ac.abort();
+      await assert.rejects(stream.wait(), (e) => {
+        assert.ok(e instanceof RequestCancelled, `${e?.name}: ${e?.message}`);
+        return true;
+      });
+      assert.ok(!(stream.error instanceof OverloadedError));
+      assert.equal(await first, 12);
+    } finally {
+      await c.close();
     }
   });
 });
