@@ -1105,8 +1105,8 @@ export class Client extends EventTarget {
 
   /**
    * Close the client: send `cancel` for unfinished calls, close the socket,
-   * fail local waiters with `ClientClosed` — also the calls waiting for a connection: an
-   * attempt in progress or the backoff between two ends at once. Idempotent; the client
+   * fail local waiters with `ClientClosed` — also the calls waiting for a connection or to
+   * retry a refusal: an attempt in progress and any backoff wait end at once. Idempotent; the client
    * cannot be reused.
    */
   async close() {
@@ -1276,6 +1276,27 @@ export class Client extends EventTarget {
     });
   }
 
+  /**
+   * Wait `ms` before retrying a refusal. Rejects with `ClientClosed` when the client closes
+   * first, with a local `RequestCancelled` when `signal` aborts or the function given to
+   * `bindCancel` (a stream's cancel) is called first; nothing is on the wire meanwhile.
+   */
+  async #retryWait(ms, signal, bindCancel) {
+    const stop = new AbortController();
+    const onAbort = () => stop.abort(new RequestCancelled('cancelled while waiting to retry', { cause: signal?.reason }));
+    const onClose = () => stop.abort(new ClientClosed('the client was closed'));
+    bindCancel?.(onAbort);
+    if (signal?.aborted) onAbort(); else signal?.addEventListener('abort', onAbort, { once: true });
+    if (this.#closing.signal.aborted) onClose(); else this.#closing.signal.addEventListener('abort', onClose, { once: true });
+    try {
+      await sleep(ms, stop.signal);
+    } finally {
+      bindCancel?.(null);
+      signal?.removeEventListener('abort', onAbort);
+      this.#closing.signal.removeEventListener('abort', onClose);
+    }
+  }
+
   async #withRetry(fn, signal) {
     const policy = this.#opts.retry;
     for (let attempt = 0; ; attempt++) {
@@ -1283,11 +1304,7 @@ export class Client extends EventTarget {
         return await fn();
       } catch (e) {
         if (!policy || !(e instanceof WsserveError) || !policy.codes.includes(e.code) || attempt + 1 >= policy.maxAttempts) throw e;
-        try {
-          await sleep(retryDelayMs(policy, attempt, e.retryAfterMs, Math.random()), signal);
-        } catch (abort) { // aborted while waiting: nothing is on the wire
-          throw new RequestCancelled('aborted while waiting to retry', { cause: abort });
-        }
+        await this.#retryWait(retryDelayMs(policy, attempt, e.retryAfterMs, Math.random()), signal);
       }
     }
   }
@@ -1420,12 +1437,13 @@ export class Client extends EventTarget {
         const { err, frame } = outcome;
         if (err && policy && err.code && policy.codes.includes(err.code) && stream.received === 0
             && !call.cancelSent && attempt + 1 < policy.maxAttempts) {
-          stream._bindCancel(null);
           try {
-            await sleep(retryDelayMs(policy, attempt, err.retryAfterMs, Math.random()), signal);
+            await this.#retryWait(retryDelayMs(policy, attempt, err.retryAfterMs, Math.random()), signal,
+              (fn) => stream._bindCancel(fn));
             continue;
-          } catch { // aborted while waiting: nothing is on the wire
-            stream._finishLocalCancel();
+          } catch (e) { // nothing is on the wire
+            if (e instanceof ClientClosed) stream._finish(null, e);
+            else stream._finishLocalCancel();
             return;
           }
         }

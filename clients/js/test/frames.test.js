@@ -10,7 +10,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import {
   Client, Unauthorized, ConnectionLost, ClientClosed, OverloadedError, RequestCancelled,
 } from 'wsserve-client';
-import { startServer } from './helpers/server.js';
+import { startServer, eventually } from './helpers/server.js';
 
 /**
  * A WebSocket relay on loopback in front of the real server `target`: every frame passes
@@ -215,5 +215,37 @@ describe('an abort while waiting to retry an overloaded refusal', { timeout: 120
     } finally {
       await c.close();
     }
+  });
+
+  // Neither stream.cancel() (no signal) nor close() ended the ten-minute wait: the stream, or
+  // the predict, stayed pending until it was over.
+  it('stream.cancel() ends the wait at once, as a local cancel', { timeout: 60_000 }, async () => {
+    const { c, refused } = retryingClient();
+    try {
+      const first = c.predict('linear', rows).then((r) => r.outputs.length, (e) => e);
+      const stream = c.predictStream('linear', rows, { chunkRows: 4 });
+      await refused;
+      stream.cancel();
+      await assert.rejects(stream.wait(), RequestCancelled);
+      assert.equal(await first, 12);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('close() ends the wait at once: the predict and the stream reject with ClientClosed', { timeout: 60_000 }, async () => {
+    const { c, refused } = retryingClient();
+    const first = c.predict('linear', rows).then((r) => r.outputs.length, (e) => e);
+    const waiting = [c.predict('linear', rows), c.predictStream('linear', rows, { chunkRows: 4 }).wait()];
+    const settled = Promise.allSettled(waiting);
+    await refused;
+    assert.ok(await eventually(() => c.stats().inflight === 1), 'only the first one is on the wire');
+    await c.close();
+    for (const r of await settled) {
+      assert.equal(r.status, 'rejected');
+      assert.ok(r.reason instanceof ClientClosed, `${r.reason?.name}: ${r.reason?.message}`);
+    }
+    const one = await first; // answered, or cancelled by close() if still in the batching window
+    assert.ok(one === 12 || one instanceof ClientClosed, String(one));
   });
 });
