@@ -5,7 +5,8 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, mkdir } from 'node:fs/promises';
+import { readFile, mkdir, mkdtemp, writeFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import { existsSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -399,5 +400,62 @@ describe('browser Origin policy (headless Chromium)', { timeout: 300_000 }, () =
     } finally {
       await fromNode.close();
     }
+  });
+});
+
+describe('demo page: text from a repository model is shown as text (headless Chromium)', { timeout: 300_000 }, () => {
+  // A model.py controls its metrics (keys and values) and its exceptions' messages, which the
+  // page shows: HTML in them must stay text (no element made, no handler run).
+  const X = '<img src=x onerror="window.pwned=(window.pwned||[]).concat(1)">';
+  const MODEL_PY = `
+X = ${JSON.stringify(X)}
+
+class Model:
+    def __init__(self, version_dir):
+        self.parameters = 2
+        self.metrics = {X: X, "note": "<b>bold</b>" + X}
+
+    def predict(self, batch):
+        if (batch < 0).any():
+            raise ValueError(X)
+        return batch * 2
+`;
+  let dir;
+  let srv;
+  let browser;
+  let page;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'wsserve-xss-'));
+    await mkdir(path.join(dir, 'hostile', '1'), { recursive: true });
+    await writeFile(path.join(dir, 'hostile', 'config.toml'), 'task = "regression"\ninput_shape = [1]\noutput_shape = [1]\n');
+    await writeFile(path.join(dir, 'hostile', '1', 'model.py'), MODEL_PY);
+    srv = await startServer(['--models', 'none', '--model-repository', dir]);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    page = await browser.newPage();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await srv?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("metrics and error messages appear literally; none of their markup becomes elements", async () => {
+    await page.goto(`${srv.httpUrl}/`);
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 30_000 });
+    const card = page.locator('[data-testid="model-hostile"]');
+    await card.locator('details.more summary').first().click();
+    assert.ok((await card.innerText()).includes(X.replaceAll('_', ' ')), await card.innerText());
+    assert.equal(await page.locator('#models img, #models b').count(), 0);
+
+    await page.selectOption('#predict-model', 'hostile');
+    await page.fill('#predict-inputs', '-1');
+    await page.click('#predict-run');
+    await page.waitForFunction(() => document.querySelector('#predict-result').dataset.state === 'error');
+    const shown = await page.innerText('#predict-error');
+    assert.ok(shown.length > 0);
+    assert.equal(await page.locator('#predict-error img').count(), 0);
+    assert.equal(await page.evaluate(() => window.pwned), undefined);
   });
 });
