@@ -22,7 +22,9 @@
  *   connection dies first: the socket closed, or no frame arrived within
  *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A frame for
  *   a call's id of a type that does not answer it (one a later protocol adds,
- *   or another request type's) is ignored.
+ *   or another request type's) is ignored. A binary frame that does not decode
+ *   but whose header names a call fails that call (`WsserveError`, code null,
+ *   "malformed binary frame ...") and cancels it on the server.
  * - At most `max_inflight` (from `hello`, or the `maxInflight` option)
  *   predict/generate requests are outstanding; further calls wait, FIFO. A
  *   request's slot is held until the server's terminal frame for it, even
@@ -1051,8 +1053,11 @@ export class Client extends EventTarget {
         let frame;
         try {
           frame = typeof ev.data === 'string' ? JSON.parse(ev.data) : decodeTensorFrame(ev.data);
-        } catch {
-          return; // neither JSON text nor a binary tensor frame: ignore it
+        } catch (e) {
+          // Neither JSON text nor a binary tensor frame: ignored, unless it is a binary frame
+          // whose header names a call (which would else wait forever for an answer it lost).
+          if (settled && typeof ev.data !== 'string') this.#onMalformedBinary(conn, ev.data, e);
+          return;
         }
         if (settled) { this.#onFrame(conn, frame); return; }
         if (frame?.type === 'hello') {
@@ -1158,6 +1163,27 @@ export class Client extends EventTarget {
         if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
         this.#endCall(conn, call, null, frame);
     }
+  }
+
+  /**
+   * A binary frame that did not decode (`error`): if its header still reads and names a
+   * pending call, that call is cancelled on the server and fails with a `WsserveError`.
+   */
+  #onMalformedBinary(conn, data, error) {
+    let id;
+    try {
+      const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      const n = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+      utf8Decoder ??= new TextDecoder();
+      id = JSON.parse(utf8Decoder.decode(bytes.subarray(4, 4 + n)))?.id;
+    } catch {
+      return; // not even its header reads: nothing to tie it to
+    }
+    const call = id === undefined || id === null ? undefined : conn.pending.get(id);
+    if (!call) return;
+    this.#cancel(conn, call);
+    this.#endCall(conn, call, new WsserveError(`malformed binary frame from the server: ${error?.message ?? error}`,
+      { code: null, requestId: id, cause: error }), null);
   }
 
   #endCall(conn, call, error, frame) {

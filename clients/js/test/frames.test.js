@@ -8,24 +8,25 @@ import assert from 'node:assert/strict';
 import WebSocket, { WebSocketServer } from 'ws';
 
 import {
-  Client, Unauthorized, ConnectionLost, ClientClosed, OverloadedError, RequestCancelled,
+  Client, Unauthorized, ConnectionLost, ClientClosed, OverloadedError, RequestCancelled, WsserveError,
 } from 'wsserve-client';
 import { startServer, eventually } from './helpers/server.js';
 
 /**
  * A WebSocket relay on loopback in front of the real server `target`: every frame passes
  * through unchanged, and before the server's answer to a request it also sends the client
- * `inject(request)` (frames of a type protocol version 1 does not have, for the request's id).
+ * `inject(request)` (frames of a type protocol version 1 does not have, for the request's id);
+ * binary frames from the server pass through `mangleBinary`.
  * @returns {Promise<{url: string, close: () => Promise<void>}>}
  */
-async function relay(target, inject) {
+async function relay(target, inject, mangleBinary = (data) => data) {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => [...p][0] ?? false });
   await new Promise((resolve) => wss.once('listening', resolve));
   wss.on('connection', (down, req) => {
     const up = new WebSocket(target, req.headers['sec-websocket-protocol']?.split(/\s*,\s*/) ?? []);
     const early = [];
     up.on('open', () => { for (const m of early.splice(0)) up.send(m); });
-    up.on('message', (data, binary) => down.send(binary ? data : String(data)));
+    up.on('message', (data, binary) => down.send(binary ? mangleBinary(data) : String(data)));
     down.on('message', (data, binary) => {
       const text = binary ? null : String(data);
       if (text !== null) {
@@ -247,5 +248,37 @@ describe('an abort while waiting to retry an overloaded refusal', { timeout: 120
     }
     const one = await first; // answered, or cancelled by close() if still in the batching window
     assert.ok(one === 12 || one instanceof ClientClosed, String(one));
+  });
+});
+
+describe('a binary frame from the server that does not decode', { timeout: 120_000 }, () => {
+  let srv;
+  let peer;
+  before(async () => {
+    srv = await startServer();
+    // the tensor payload loses its last 4 bytes: the header (and its id) still reads
+    peer = await relay(srv.url, () => [], (data) => data.subarray(0, data.length - 4));
+  });
+  after(async () => {
+    await peer?.close();
+    await srv?.stop();
+  });
+
+  // It was dropped without a word, so the call it answered never settled (no timeoutMs: forever).
+  it('fails the call it answers, naming the problem', { timeout: 60_000 }, async () => {
+    const c = new Client(peer.url);
+    try {
+      await assert.rejects(c.predict('linear', { data: new Float32Array([0.5, 1.0]), shape: [2, 1] }, { binary: true }), (e) => {
+        assert.ok(e instanceof WsserveError, String(e));
+        assert.match(e.message, /malformed binary frame/);
+        assert.equal(typeof e.requestId, 'number');
+        return true;
+      });
+      const ok = await c.predict('linear', [[0.5]]); // JSON still flows on the same connection
+      assert.equal(ok.outputs.length, 1);
+      assert.equal(c.stats().inflight, 0);
+    } finally {
+      await c.close();
+    }
   });
 });
