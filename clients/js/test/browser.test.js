@@ -234,6 +234,26 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     assert.equal(await page.isEnabled('#gen-start'), true);
   });
 
+  it('a long generation keeps only the latest text on the page', async () => {
+    // The output box took every token for as long as the generation ran: with the server's
+    // --max-tokens as large as here, the page grew without bound.
+    const MAX_SHOWN_CHARS = 20_000; // app.js
+    await page.fill('#gen-max-tokens', String(LONG_GENERATION));
+    await page.fill('#gen-temperature', '0.8');
+    await page.fill('#gen-seed', '5');
+    await page.click('#gen-start');
+    await page.waitForFunction((max) => Number(document.querySelector('#gen-box').dataset.tokens) > 3 * max,
+      MAX_SHOWN_CHARS, { timeout: 120_000 });
+    const [length, dropped] = await page.evaluate(() => [
+      document.querySelector('#gen-output-text').textContent.length, Number(document.querySelector('#gen-box').dataset.dropped)]);
+    assert.ok(length <= 2 * MAX_SHOWN_CHARS, `${length} characters shown`);
+    assert.ok(dropped > 0, `dropped ${dropped}`);
+    assert.equal(await page.textContent('#gen-output-prompt'), '…');
+    await page.click('#gen-cancel');
+    await page.waitForSelector('#gen-box[data-state="done"]');
+    assert.equal(await page.getAttribute('#gen-status', 'data-reason'), 'cancelled');
+  });
+
   it("the live chart tracks the page's own traffic", async () => {
     await page.click('#burst');
     await page.waitForFunction(() => /200\/200/.test(document.querySelector('#burst-note').textContent), null, { timeout: 30_000 });
