@@ -68,3 +68,19 @@ async def test_websocket_upgrade_on_other_path_is_404(server) -> None:
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(server.url + "/other")
     assert info.value.response.status_code == 404
+
+
+def test_page_and_static_files_forbid_sniffing_and_carry_a_content_security_policy(server) -> None:
+    # The demo page and its files were served with only Content-Type and Cache-Control: no
+    # X-Content-Type-Options (a browser could sniff a file into another type) and no
+    # Content-Security-Policy (nothing limited what an injected string could load or run).
+    # The page itself must work under the policy: clients/js/test/browser.test.js checks that
+    # Chromium reports no violation.
+    for path in ("/", "/static/app.js", "/static/wsserve.js", "/static/style.css"):
+        status, headers, _ = _get(server.http + path)
+        assert status == 200, path
+        assert headers.get("X-Content-Type-Options") == "nosniff", (path, headers)
+        policy = {d.split()[0]: d.split()[1:] for d in headers.get("Content-Security-Policy", "").split(";") if d.strip()}
+        assert policy.get("default-src") == ["'none'"], (path, headers)
+        assert policy.get("script-src") == ["'self'"] and policy.get("style-src") == ["'self'"], (path, policy)
+        assert policy.get("frame-ancestors") == ["'none'"] and policy.get("base-uri") == ["'none'"], (path, policy)

@@ -431,14 +431,14 @@ class Server:
     def _index(self, *_: Any) -> HttpResponse:
         page = self._static.get("index.html")
         return HttpResponse(200, page[1] if page is not None else _FALLBACK_PAGE,
-                            content_type="text/html; charset=utf-8", headers=[_NO_STORE])
+                            content_type="text/html; charset=utf-8", headers=[_NO_STORE, *_PAGE_HEADERS])
 
     def _static_file(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
         found = self._static.get(params["file"])
         if found is None:
             return HttpResponse(404, b"not found\n")
-        return HttpResponse(200, found[1], content_type=found[0], headers=[_NO_STORE])
+        return HttpResponse(200, found[1], content_type=found[0], headers=[_NO_STORE, *_PAGE_HEADERS])
 
     # -- metrics
 
@@ -460,6 +460,15 @@ class Server:
 
 
 _NO_STORE = ("Cache-Control", "no-store")
+#: The demo page and its files: never sniffed into another type, and a policy that lets the page
+#: load only its own scripts and styles (no inline code, no inline style attributes), images
+#: only from itself or data: URLs (its icon), and open WebSockets to any server (``?ws=``).
+_PAGE_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy",
+     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+)
 
 
 class _BadHeader(ValueError):

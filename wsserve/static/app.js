@@ -280,7 +280,8 @@ function renderExplain(rows, res, i, classifier) {
   bars.replaceChildren();
   for (const j of shown) {
     const v = attr[j];
-    const fill = el('span', { class: `bar-fill ${v < 0 ? 'neg' : 'pos'}`, style: `width: ${(50 * Math.abs(v)) / scale}%` });
+    const fill = el('span', { class: `bar-fill ${v < 0 ? 'neg' : 'pos'}` });
+    fill.style.width = `${(50 * Math.abs(v)) / scale}%`; // CSSOM: the page's CSP refuses style attributes
     bars.append(
       el('span', { class: 'bar-label' }, `x${j} = ${fmt(rows[i][j])}`),
       el('span', { class: 'bar-track', 'data-testid': 'explain-bar', 'data-feature': j, 'data-value': JSON.stringify(v) }, fill),
@@ -373,6 +374,13 @@ function showPredictError(err) {
 
 // ------------------------------------------------------------------ generate
 
+/**
+ * The output box keeps at most the latest 2 × MAX_SHOWN_CHARS characters of a generation
+ * (trimmed back to MAX_SHOWN_CHARS, with `…` before them): a long generation, or one that ran
+ * while the tab was hidden (no animation frames, so nothing flushed), cannot grow the page
+ * without bound. `data-dropped` on the box counts the characters no longer shown.
+ */
+const MAX_SHOWN_CHARS = 20_000;
 const genBox = $('gen-box');
 const genText = $('gen-output-text');
 const genStatus = $('gen-status');
@@ -402,19 +410,34 @@ $('gen-form').addEventListener('submit', async (ev) => {
   genText.textContent = '';
   genBox.dataset.state = 'running';
   genBox.dataset.tokens = '0';
+  genBox.dataset.dropped = '0';
   delete genStatus.dataset.reason;
   statusParts([[null, 'streaming…', 'running']]);
 
   const t0 = performance.now();
   let count = 0;
   let pending = '';
+  let shown = 0; // characters in genText
+  let dropped = 0;
+  const drop = (n) => {
+    dropped += n;
+    genBox.dataset.dropped = String(dropped);
+    $('gen-output-prompt').textContent = '…';
+  };
   let scheduled = false;
   const flush = () => {
     scheduled = false;
     if (!pending) return;
     const stick = genBox.scrollTop + genBox.clientHeight >= genBox.scrollHeight - 8;
     genText.append(pending);
+    shown += pending.length;
     pending = '';
+    if (shown > 2 * MAX_SHOWN_CHARS) {
+      const keep = genText.textContent.slice(-MAX_SHOWN_CHARS);
+      drop(shown - keep.length);
+      genText.textContent = keep;
+      shown = keep.length;
+    }
     genBox.dataset.tokens = String(count);
     if (stick) genBox.scrollTop = genBox.scrollHeight;
     const secs = (performance.now() - t0) / 1000;
@@ -426,6 +449,12 @@ $('gen-form').addEventListener('submit', async (ev) => {
     for await (const token of stream) {
       count++;
       pending += token;
+      if (pending.length > 2 * MAX_SHOWN_CHARS) { // not flushed for a while (hidden tab)
+        drop(shown + pending.length - MAX_SHOWN_CHARS);
+        pending = pending.slice(-MAX_SHOWN_CHARS);
+        genText.textContent = '';
+        shown = 0;
+      }
       if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
     }
     flush();

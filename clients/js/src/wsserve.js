@@ -20,7 +20,11 @@
  *   fresh integer id each. Every call settles with the server's terminal frame
  *   for its id (`result`, `done` or `error`), or with `ConnectionLost` when the
  *   connection dies first: the socket closed, or no frame arrived within
- *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`.
+ *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A frame for
+ *   a call's id of a type that does not answer it (one a later protocol adds,
+ *   or another request type's) is ignored. A binary frame that does not decode
+ *   but whose header names a call fails that call (`WsserveError`, code null,
+ *   "malformed binary frame ...") and cancels it on the server.
  * - At most `max_inflight` (from `hello`, or the `maxInflight` option)
  *   predict/generate requests are outstanding; further calls wait, FIFO. A
  *   request's slot is held until the server's terminal frame for it, even
@@ -28,7 +32,8 @@
  * - Cancellation: aborting a call's `AbortSignal`, calling `stream.cancel()`,
  *   leaving a `for await` early or hitting the client-side deadline sends
  *   `{"type":"cancel","id":...}`. An aborted `predict` rejects with the
- *   server's `RequestCancelled` (a local one if it was never sent); an aborted
+ *   server's `RequestCancelled` (a local one if it was never sent, or was
+ *   waiting to retry a refusal); an aborted
  *   `generate` ends normally with `done.reason === 'cancelled'`.
  * - `timeoutMs` is sent as the server deadline `timeout_ms`; the client also
  *   gives up on its own 1 s later (`DeadlineExceeded`, cancel sent).
@@ -589,6 +594,15 @@ class Limiter {
 
 // =================================================================== calls and connection
 
+/**
+ * Request type → the frame type that answers it successfully (a non-streaming `predict`:
+ * `result`; a streaming one: `done`). A frame of any other type for a call's id, such as a
+ * type a later protocol adds, is not its answer and is ignored.
+ */
+const REPLY_TYPES = Object.freeze({
+  generate: 'done', models: 'models', ping: 'pong', load: 'load', unload: 'unload', reload: 'reload',
+});
+
 /** One request on the wire, until its terminal frame or the connection's end. */
 class Call {
   /** Called with each non-terminal frame (chunk, token). */
@@ -602,6 +616,10 @@ class Call {
   constructor(id, msg, counted, sentAt) {
     this.id = id;
     this.type = msg.type;
+    /** The frame type of a successful answer (an `error` also ends the call; other types do not). */
+    this.reply = REPLY_TYPES[msg.type] ?? (msg.stream ? 'done' : 'result');
+    /** The frame type of its items: `token` (generate), `chunk` (streaming predict), else none. */
+    this.item = msg.type === 'generate' ? 'token' : msg.type === 'predict' && msg.stream ? 'chunk' : null;
     this.model = msg.model ?? null;
     this.rows = Array.isArray(msg.inputs) ? msg.inputs.length : undefined;
     this.counted = counted;
@@ -842,7 +860,8 @@ export class Generation extends ResponseStream {
  * A wsserve client: one WebSocket, many concurrent calls.
  *
  * It is an `EventTarget`; `event.detail` carries: `open` → the hello frame;
- * `close` → `{code, reason, error}`; `reconnecting` → `{attempt, delayMs, error}`;
+ * `close` → `{code, reason, error}`, once per connection that opened (a failed
+ * attempt dispatches none; `reconnecting` reports it); `reconnecting` → `{attempt, delayMs, error}`;
  * `draining` → the draining frame; `request` → `{type, model, ms, ok, code,
  * rows, tokens}` after every finished call (for dashboards); `servererror` →
  * an error frame that answers no call.
@@ -852,6 +871,8 @@ export class Client extends EventTarget {
   #conn = null;
   #connecting = null;
   #closed = false;
+  /** Aborted by `close()`: ends a connection attempt or the backoff between two at once. */
+  #closing = new AbortController();
   #nextId = 1;
   #lastHello = null;
   #opts;
@@ -971,7 +992,9 @@ export class Client extends EventTarget {
         if (attempt + 1 >= policy.maxAttempts) break;
         const delayMs = reconnectDelayMs(policy, attempt, Math.random());
         this.dispatchEvent(makeEvent('reconnecting', { attempt: attempt + 1, delayMs, error: e }));
-        await sleep(delayMs);
+        await sleep(delayMs, this.#closing.signal).catch(() => {
+          throw new ClientClosed('the client was closed');
+        });
       }
     }
     throw new ConnectionLost(
@@ -990,10 +1013,13 @@ export class Client extends EventTarget {
 
     return new Promise((resolve, reject) => {
       let settled = false;
+      let opened = false; // a failed attempt is settled too, but its end is no `close` event
+      const onClosing = () => fail(new ClientClosed('the client was closed'));
       const fail = (err) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        this.#closing.signal.removeEventListener('abort', onClosing);
         conn.dead = true;
         try { ws.close(); } catch { /* not open yet */ }
         reject(err);
@@ -1002,10 +1028,13 @@ export class Client extends EventTarget {
         () => fail(new ConnectionLost(`no hello from ${this.url} within ${this.#opts.connectTimeoutMs} ms`)),
         this.#opts.connectTimeoutMs,
       );
+      if (this.#closing.signal.aborted) onClosing();
+      else this.#closing.signal.addEventListener('abort', onClosing, { once: true });
       const open = () => {
         if (this.#closed) { fail(new ClientClosed('the client was closed')); return; }
-        settled = true;
+        settled = opened = true;
         clearTimeout(timer);
+        this.#closing.signal.removeEventListener('abort', onClosing);
         this.#lastHello = conn.hello;
         this.#conn = conn;
         this.#counters.connects++;
@@ -1024,8 +1053,11 @@ export class Client extends EventTarget {
         let frame;
         try {
           frame = typeof ev.data === 'string' ? JSON.parse(ev.data) : decodeTensorFrame(ev.data);
-        } catch {
-          return; // neither JSON text nor a binary tensor frame: ignore it
+        } catch (e) {
+          // Neither JSON text nor a binary tensor frame: ignored, unless it is a binary frame
+          // whose header names a call (which would else wait forever for an answer it lost).
+          if (settled && typeof ev.data !== 'string') this.#onMalformedBinary(conn, ev.data, e);
+          return;
         }
         if (settled) { this.#onFrame(conn, frame); return; }
         if (frame?.type === 'hello') {
@@ -1044,7 +1076,7 @@ export class Client extends EventTarget {
       ws.addEventListener('close', (ev) => {
         const why = `connection closed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`;
         if (!settled) fail(new ConnectionLost(why));
-        else this.#connectionDied(conn, new ConnectionLost(why), ev.code, ev.reason);
+        else if (opened) this.#connectionDied(conn, new ConnectionLost(why), ev.code, ev.reason);
       });
       ws.addEventListener('error', (ev) => {
         // After open, the close event that follows does the cleanup.
@@ -1078,11 +1110,14 @@ export class Client extends EventTarget {
 
   /**
    * Close the client: send `cancel` for unfinished calls, close the socket,
-   * fail local waiters with `ClientClosed`. Idempotent; the client cannot be reused.
+   * fail local waiters with `ClientClosed` — also the calls waiting for a connection or to
+   * retry a refusal: an attempt in progress and any backoff wait end at once. Idempotent; the client
+   * cannot be reused.
    */
   async close() {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closing.abort();
     const error = new ClientClosed('the client was closed');
     this.#limiter.failAll(error);
     const conn = this.#conn;
@@ -1115,6 +1150,7 @@ export class Client extends EventTarget {
     switch (frame.type) {
       case 'chunk':
       case 'token':
+        if (frame.type !== call.item) return; // another request type's items: not this call's
         call.items++;
         call.onItem(frame);
         return;
@@ -1122,13 +1158,32 @@ export class Client extends EventTarget {
         if (frame.code === 'cancelled') this.#counters.serverCancelled++;
         this.#endCall(conn, call, errorFromFrame(frame), null);
         return;
-      case 'done':
-        if (frame.reason === 'cancelled') this.#counters.serverCancelled++;
-        this.#endCall(conn, call, null, frame);
-        return;
-      default: // result, models, pong
+      default:
+        if (frame.type !== call.reply) return; // not this call's answer: a type the client does not know
+        if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
         this.#endCall(conn, call, null, frame);
     }
+  }
+
+  /**
+   * A binary frame that did not decode (`error`): if its header still reads and names a
+   * pending call, that call is cancelled on the server and fails with a `WsserveError`.
+   */
+  #onMalformedBinary(conn, data, error) {
+    let id;
+    try {
+      const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      const n = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+      utf8Decoder ??= new TextDecoder();
+      id = JSON.parse(utf8Decoder.decode(bytes.subarray(4, 4 + n)))?.id;
+    } catch {
+      return; // not even its header reads: nothing to tie it to
+    }
+    const call = id === undefined || id === null ? undefined : conn.pending.get(id);
+    if (!call) return;
+    this.#cancel(conn, call);
+    this.#endCall(conn, call, new WsserveError(`malformed binary frame from the server: ${error?.message ?? error}`,
+      { code: null, requestId: id, cause: error }), null);
   }
 
   #endCall(conn, call, error, frame) {
@@ -1247,6 +1302,27 @@ export class Client extends EventTarget {
     });
   }
 
+  /**
+   * Wait `ms` before retrying a refusal. Rejects with `ClientClosed` when the client closes
+   * first, with a local `RequestCancelled` when `signal` aborts or the function given to
+   * `bindCancel` (a stream's cancel) is called first; nothing is on the wire meanwhile.
+   */
+  async #retryWait(ms, signal, bindCancel) {
+    const stop = new AbortController();
+    const onAbort = () => stop.abort(new RequestCancelled('cancelled while waiting to retry', { cause: signal?.reason }));
+    const onClose = () => stop.abort(new ClientClosed('the client was closed'));
+    bindCancel?.(onAbort);
+    if (signal?.aborted) onAbort(); else signal?.addEventListener('abort', onAbort, { once: true });
+    if (this.#closing.signal.aborted) onClose(); else this.#closing.signal.addEventListener('abort', onClose, { once: true });
+    try {
+      await sleep(ms, stop.signal);
+    } finally {
+      bindCancel?.(null);
+      signal?.removeEventListener('abort', onAbort);
+      this.#closing.signal.removeEventListener('abort', onClose);
+    }
+  }
+
   async #withRetry(fn, signal) {
     const policy = this.#opts.retry;
     for (let attempt = 0; ; attempt++) {
@@ -1254,11 +1330,7 @@ export class Client extends EventTarget {
         return await fn();
       } catch (e) {
         if (!policy || !(e instanceof WsserveError) || !policy.codes.includes(e.code) || attempt + 1 >= policy.maxAttempts) throw e;
-        try {
-          await sleep(retryDelayMs(policy, attempt, e.retryAfterMs, Math.random()), signal);
-        } catch {
-          throw e;
-        }
+        await this.#retryWait(retryDelayMs(policy, attempt, e.retryAfterMs, Math.random()), signal);
       }
     }
   }
@@ -1391,12 +1463,13 @@ export class Client extends EventTarget {
         const { err, frame } = outcome;
         if (err && policy && err.code && policy.codes.includes(err.code) && stream.received === 0
             && !call.cancelSent && attempt + 1 < policy.maxAttempts) {
-          stream._bindCancel(null);
           try {
-            await sleep(retryDelayMs(policy, attempt, err.retryAfterMs, Math.random()), signal);
+            await this.#retryWait(retryDelayMs(policy, attempt, err.retryAfterMs, Math.random()), signal,
+              (fn) => stream._bindCancel(fn));
             continue;
-          } catch {
-            stream._finish(null, err);
+          } catch (e) { // nothing is on the wire
+            if (e instanceof ClientClosed) stream._finish(null, e);
+            else stream._finishLocalCancel();
             return;
           }
         }

@@ -5,7 +5,8 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, mkdir } from 'node:fs/promises';
+import { readFile, mkdir, mkdtemp, writeFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import { existsSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -45,6 +46,14 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+    // Every Content-Security-Policy violation of the page (an inline style attribute, a script
+    // from elsewhere, ...), whatever Chromium logs for it.
+    await page.addInitScript(() => {
+      window.cspViolations = [];
+      document.addEventListener('securitypolicyviolation', (e) => {
+        window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sample}`);
+      });
+    });
   });
 
   after(async () => {
@@ -225,6 +234,26 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
     assert.equal(await page.isEnabled('#gen-start'), true);
   });
 
+  it('a long generation keeps only the latest text on the page', async () => {
+    // The output box took every token for as long as the generation ran: with the server's
+    // --max-tokens as large as here, the page grew without bound.
+    const MAX_SHOWN_CHARS = 20_000; // app.js
+    await page.fill('#gen-max-tokens', String(LONG_GENERATION));
+    await page.fill('#gen-temperature', '0.8');
+    await page.fill('#gen-seed', '5');
+    await page.click('#gen-start');
+    await page.waitForFunction((max) => Number(document.querySelector('#gen-box').dataset.tokens) > 3 * max,
+      MAX_SHOWN_CHARS, { timeout: 120_000 });
+    const [length, dropped] = await page.evaluate(() => [
+      document.querySelector('#gen-output-text').textContent.length, Number(document.querySelector('#gen-box').dataset.dropped)]);
+    assert.ok(length <= 2 * MAX_SHOWN_CHARS, `${length} characters shown`);
+    assert.ok(dropped > 0, `dropped ${dropped}`);
+    assert.equal(await page.textContent('#gen-output-prompt'), '…');
+    await page.click('#gen-cancel');
+    await page.waitForSelector('#gen-box[data-state="done"]');
+    assert.equal(await page.getAttribute('#gen-status', 'data-reason'), 'cancelled');
+  });
+
   it("the live chart tracks the page's own traffic", async () => {
     await page.click('#burst');
     await page.waitForFunction(() => /200\/200/.test(document.querySelector('#burst-note').textContent), null, { timeout: 30_000 });
@@ -291,6 +320,14 @@ describe('demo page in headless Chromium', { timeout: 300_000 }, () => {
       && document.querySelectorAll('[data-testid="predict-value"]').length === 1);
     const expected = (await client.predict('linear', [[0.5]])).outputs[0];
     assert.deepEqual(JSON.parse(await page.getAttribute('[data-testid="predict-value"]', 'data-value')), expected);
+  });
+
+  it('works under its own Content-Security-Policy: explain bars, generation and reconnects drew no violation', async () => {
+    const res = await page.request.get(`${srv.httpUrl}/`);
+    assert.match(res.headers()['content-security-policy'] ?? '', /script-src 'self'/);
+    assert.equal(res.headers()['x-content-type-options'], 'nosniff');
+    // the one page load that ran every test above
+    assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
   });
 
   it('raised no errors in the page', () => {
@@ -383,5 +420,62 @@ describe('browser Origin policy (headless Chromium)', { timeout: 300_000 }, () =
     } finally {
       await fromNode.close();
     }
+  });
+});
+
+describe('demo page: text from a repository model is shown as text (headless Chromium)', { timeout: 300_000 }, () => {
+  // A model.py controls its metrics (keys and values) and its exceptions' messages, which the
+  // page shows: HTML in them must stay text (no element made, no handler run).
+  const X = '<img src=x onerror="window.pwned=(window.pwned||[]).concat(1)">';
+  const MODEL_PY = `
+X = ${JSON.stringify(X)}
+
+class Model:
+    def __init__(self, version_dir):
+        self.parameters = 2
+        self.metrics = {X: X, "note": "<b>bold</b>" + X}
+
+    def predict(self, batch):
+        if (batch < 0).any():
+            raise ValueError(X)
+        return batch * 2
+`;
+  let dir;
+  let srv;
+  let browser;
+  let page;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'wsserve-xss-'));
+    await mkdir(path.join(dir, 'hostile', '1'), { recursive: true });
+    await writeFile(path.join(dir, 'hostile', 'config.toml'), 'task = "regression"\ninput_shape = [1]\noutput_shape = [1]\n');
+    await writeFile(path.join(dir, 'hostile', '1', 'model.py'), MODEL_PY);
+    srv = await startServer(['--models', 'none', '--model-repository', dir]);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    page = await browser.newPage();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await srv?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("metrics and error messages appear literally; none of their markup becomes elements", async () => {
+    await page.goto(`${srv.httpUrl}/`);
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 30_000 });
+    const card = page.locator('[data-testid="model-hostile"]');
+    await card.locator('details.more summary').first().click();
+    assert.ok((await card.innerText()).includes(X.replaceAll('_', ' ')), await card.innerText());
+    assert.equal(await page.locator('#models img, #models b').count(), 0);
+
+    await page.selectOption('#predict-model', 'hostile');
+    await page.fill('#predict-inputs', '-1');
+    await page.click('#predict-run');
+    await page.waitForFunction(() => document.querySelector('#predict-result').dataset.state === 'error');
+    const shown = await page.innerText('#predict-error');
+    assert.ok(shown.length > 0);
+    assert.equal(await page.locator('#predict-error img').count(), 0);
+    assert.equal(await page.evaluate(() => window.pwned), undefined);
   });
 });
