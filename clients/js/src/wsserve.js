@@ -32,8 +32,8 @@
  * - Cancellation: aborting a call's `AbortSignal`, calling `stream.cancel()`,
  *   leaving a `for await` early or hitting the client-side deadline sends
  *   `{"type":"cancel","id":...}`. An aborted `predict` rejects with the
- *   server's `RequestCancelled` (a local one if it was never sent, or was
- *   waiting to retry a refusal); an aborted
+ *   server's `RequestCancelled` (a local one if it was never sent: waiting for
+ *   a connection or a free slot, or to retry a refusal); an aborted
  *   `generate` ends normally with `done.reason === 'cancelled'`.
  * - `timeoutMs` is sent as the server deadline `timeout_ms`; the client also
  *   gives up on its own 1 s later (`DeadlineExceeded`, cancel sent).
@@ -539,6 +539,21 @@ async function resolveWebSocket(explicit) {
 }
 
 // =================================================================== limiter
+
+/**
+ * A signal that aborts when `a` (optional) or `b` does, with its reason (`AbortSignal.any`; by hand
+ * where it is missing: Node before 20.3).
+ */
+function eitherSignal(a, b) {
+  if (!a) return b;
+  if (typeof AbortSignal.any === 'function') return AbortSignal.any([a, b]);
+  const both = new AbortController();
+  for (const s of [a, b]) {
+    if (s.aborted) { both.abort(s.reason); break; }
+    s.addEventListener('abort', () => both.abort(s.reason), { once: true });
+  }
+  return both.signal;
+}
 
 /** FIFO counting semaphore for the `max_inflight` slots. */
 class Limiter {
@@ -1436,9 +1451,13 @@ export class Client extends EventTarget {
     const run = async () => {
       for (let attempt = 0; ; attempt++) {
         if (stream.cancelRequested) { stream._finishLocalCancel(); return; }
+        // Until it is sent, stream.cancel() ends the wait for a connection or a free slot: it is then
+        // a local cancel, with nothing on the wire.
+        const unsent = new AbortController();
+        stream._bindCancel(() => unsent.abort(new RequestCancelled('cancelled before it was sent')));
         let sent;
         try {
-          sent = await this.#send(msg, { counted: true, signal });
+          sent = await this.#send(msg, { counted: true, signal: eitherSignal(signal, unsent.signal) });
         } catch (e) {
           if (stream.cancelRequested || signal?.aborted) stream._finishLocalCancel();
           else stream._finish(null, e);

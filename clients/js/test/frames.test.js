@@ -282,3 +282,32 @@ describe('a binary frame from the server that does not decode', { timeout: 120_0
     }
   });
 });
+
+describe('stream.cancel() while the stream waits for a free request slot', { timeout: 120_000 }, () => {
+  // --max-inflight 1: a long generation holds the connection's one slot, so a second stream waits
+  // in the client. Cancelled there, it used to be sent once the slot came free, then cancelled.
+  let srv;
+  before(async () => { srv = await startServer(['--max-inflight', '1', '--models', 'charlm']); });
+  after(async () => { await srv?.stop(); });
+
+  it('ends it locally: nothing is sent', async () => {
+    const c = new Client(srv.url);
+    try {
+      const holder = c.generate('charlm', 'The ', { maxTokens: 100_000 });
+      assert.ok(await eventually(() => c.stats().inflight === 1, { timeoutMs: 30_000 }), 'the long generation holds the slot');
+      const sentBefore = c.stats().requestsSent;
+      const queued = c.generate('charlm', 'a', { maxTokens: 5 });
+      assert.ok(await eventually(() => c.stats().waiting === 1, { timeoutMs: 30_000 }), 'the second stream waits for the slot');
+      queued.cancel();
+      const done = await queued.wait();
+      assert.equal(done.reason, 'cancelled');
+      assert.equal(done.tokens, 0);
+      assert.equal(c.stats().requestsSent, sentBefore, 'the cancelled stream was never sent');
+      assert.equal(c.stats().waiting, 0);
+      holder.cancel();
+      assert.equal((await holder.wait()).reason, 'cancelled');
+    } finally {
+      await c.close();
+    }
+  });
+});
