@@ -27,12 +27,11 @@ errors:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .auth import KeyRegistry
-from .config import ServerConfig
+from .config import Network, ServerConfig, proxy_networks
 from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
 from .ratelimit import TokenBucket
 
@@ -207,28 +206,14 @@ def _loopback_host(host: str) -> bool:
     """True for a ``Host`` header value naming this machine: ``localhost``, ``127.x.y.z``, ``[::1]``
     (with or without a port)."""
     host = host.strip().lower()
-    if host.startswith("["):
-        name = host[1:host.find("]")] if "]" in host else ""
-    else:
-        name = host.rpartition(":")[0] if ":" in host else host
-    if name == "localhost":
+    if host == "localhost" or host.startswith("localhost:"):
         return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    address = _ip(host)
+    return address is not None and address.is_loopback
 
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: X-Forwarded-For hops looked at, from the right (the header is bounded by the HTTP limits anyway).
 MAX_FORWARDED_HOPS = 32
-
-
-def proxy_networks(trusted: Iterable[str]) -> tuple[Network, ...]:
-    """The networks of ``--trusted-proxy`` values (an address, or a network such as ``10.0.0.0/8``).
-    Raises ``ValueError`` for a value that is neither."""
-    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in trusted)
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -15,6 +15,7 @@ import importlib.util
 import ipaddress
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -63,6 +64,22 @@ def _check_tls_files(certfile: Path, keyfile: Path) -> None:
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"{flag('certfile')} {certfile} and {flag('keyfile')} {keyfile} are not a usable PEM "
                          f"certificate and private key: {exc.strerror or exc}") from None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def proxy_networks(trusted: Iterable[str]) -> tuple[Network, ...]:
+    """The networks of ``--trusted-proxy`` values (an address, or a network such as ``10.0.0.0/8``).
+    Raises ``ValueError`` naming the flag and the value for one that is neither."""
+    networks = []
+    for value in trusted:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{flag('trusted_proxy')} {value!r} is not an IP address or network "
+                             "(e.g. 127.0.0.1, 10.0.0.0/8)") from None
+    return tuple(networks)
 
 
 def flag(name: str) -> str:
@@ -211,12 +228,7 @@ class ServerConfig:
                 _check_key(name, key)
         for origin in self.allow_origin or ():
             _check_origin(origin)
-        for proxy in self.trusted_proxy:
-            try:
-                ipaddress.ip_network(proxy.strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"{flag('trusted_proxy')} {proxy!r} is not an IP address or network "
-                                 "(e.g. 127.0.0.1, 10.0.0.0/8)") from None
+        proxy_networks(self.trusted_proxy)
         if self.key_rate_limit_per_s is not None and not self.api_key:
             raise ValueError(f"{flag('key_rate_limit_per_s')} needs {flag('api_key')}")
         if self.key_rate_limit_per_s is not None and self.workers > 1:

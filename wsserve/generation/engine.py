@@ -57,6 +57,7 @@ import numpy as np
 from ..errors import Internal, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
+from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
 from .sampling import sample_rows
 from .scheduler import Batch, Scheduler, Sequence, TokenModel
@@ -145,7 +146,7 @@ class GenerationEngine:
         if inline_max_flops is not None:  # and no step costing more than that (a model that does not
             # say what a token costs is "unknown": every step in the thread)
             cost = getattr(model, "flops_per_row", None)
-            per_token = cost() if callable(cost) else 1
+            per_token = cost() if callable(cost) else UNKNOWN_FLOPS_PER_TOKEN
             inline_max_batch = min(inline_max_batch, inline_max_flops // max(1, per_token))
         self._inline_max_batch = inline_max_batch
         self._executor: ThreadPoolExecutor | None = None

@@ -34,7 +34,7 @@ class App(Protocol):
     flusher: Flusher
     counters: Counters
     server_header: str
-    #: ``--trusted-proxy`` as networks (:func:`wsserve.admission.proxy_networks`); () for none.
+    #: ``--trusted-proxy`` as networks (:func:`wsserve.config.proxy_networks`); () for none.
     trusted_proxies: tuple[Any, ...]
 
     def route_http(self, request: HttpRequest, exchange: HttpExchange) -> HttpResponse | None:
