@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsserve"
 LAYERS: dict[str, int] = {
     "wsserve._version": 0, "wsserve.errors": 0, "wsserve.dtypes": 0, "wsserve.jsontypes": 0, "wsserve.argtypes": 0, "wsserve.config": 0, "wsserve.stats": 0, "wsserve.ratelimit": 0, "wsserve.logs": 0,
     "wsserve.httpmsg": 0,
-    "wsserve.tensorframe": 1, "wsserve.protocol": 1, "wsserve.batching": 1, "wsserve.auth": 1, "wsserve.metrics": 1,
+    "wsserve.tensorframe": 1, "wsserve.chat": 1, "wsserve.protocol": 1, "wsserve.batching": 1, "wsserve.auth": 1, "wsserve.metrics": 1,
     "wsserve.models": 1, "wsserve.modelstore": 1, "wsserve.explain": 1,
     "wsserve.generation": 2, "wsserve.pool": 2,
     "wsserve.jobs": 3, "wsserve.admission": 3,
@@ -127,7 +127,7 @@ def test_core_modules_import_only_downward() -> None:
 
 def test_the_connection_core_touches_no_socket_loop_or_clock() -> None:
     """Sans-I/O: the core modules import neither asyncio nor time."""
-    for name in ("connection", "jobs", "protocol", "batching", "auth", "ratelimit", "admission", "httpmsg",
+    for name in ("connection", "jobs", "protocol", "chat", "batching", "auth", "ratelimit", "admission", "httpmsg",
                  "rest/api", "rest/calls", "rest/oip", "rest/openai", "rest/router", "rest/errors"):
         deps = {a.name if isinstance(a, ast.alias) else "" for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text()))
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}

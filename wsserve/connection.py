@@ -43,7 +43,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .admission import Admission, Shared, is_loopback, retry_ms
@@ -499,9 +499,12 @@ class Connection:
         if entry.kind != "generate":
             raise BadRequest(f"model {req.model!r} serves predict, not generate")
         self._capacity(0)
+        params = req.params
+        if req.messages is not None:  # the model's chat template makes the prompt (BadRequest if it has none)
+            params = replace(params, prompt=entry.model.chat_prompt(req.messages))
         deadline = self._deadline(req.timeout_ms, now)
         job = GenerateJob(self, req.id, req, entry, now, deadline)
-        job.handle = entry.worker.submit(req.params, job, group=self, deadline=deadline)
+        job.handle = entry.worker.submit(params, job, group=self, deadline=deadline)
         self._track(job)
 
     def _track(self, job: Job) -> None:

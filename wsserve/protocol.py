@@ -27,6 +27,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import orjson
 
+from .chat import ChatMessage, parse_messages
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import json_type
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
@@ -209,6 +210,9 @@ class Generate:
     params: GenerationParams
     version: str | None = None
     timeout_ms: float | None = None
+    #: The conversation of a ``messages`` generate (then ``params.prompt`` is empty: the served
+    #: model's chat template makes the prompt, see :mod:`wsserve.chat`).
+    messages: tuple[ChatMessage, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +393,13 @@ def stop_tuple(value: Any) -> tuple[Any, ...] | None:
 def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int) -> Generate:
     model = _model(obj)
     prompt = obj.get("prompt")
-    if prompt is None:
+    messages = None
+    if "messages" in obj:
+        if prompt is not None:
+            raise BadRequest("a generate takes 'prompt' or 'messages', not both")
+        messages = parse_messages(obj["messages"])
+        prompt = ""
+    elif prompt is None:
         raise BadRequest("missing field 'prompt' (a string)")
     max_tokens = _opt_int(obj, "max_tokens", 1, max_tokens_limit)
     stop = stop_tuple(obj.get("stop"))
@@ -407,7 +417,8 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         stop=stop,
         priority=_priority(obj),
     )
-    return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj))
+    return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
+                    messages=messages)
 
 
 def _decode_seed(obj: dict[str, Any]) -> Predict:

@@ -17,6 +17,8 @@ The interface (batch-first; ``V`` is the vocabulary size)::
                                        #   many ids is the prompt's token count (OpenAI's usage)
         def logits(self, contexts):    # [B, context_len] int64 -> [B, V] float next-token logits
             ...
+        def chat_prompt(self, messages) -> str   # optional: a conversation ([{"role", "content"
+                                       #   [, "name"]}]) as the prompt the reply continues
 
 ``contexts`` row ``i`` holds sequence ``i``'s last ``context_len`` token ids,
 left-padded with the id ``V`` (PAD) while shorter.  ``logits`` must be
@@ -26,9 +28,10 @@ called from a worker thread and must be thread-safe for reads.  Sampling
 (greedy, temperature, top-k, seeds) and stop strings are the engine's.
 
 The adapter checks the interface when it is built (types, bounds, one
-``encode`` and one ``logits`` call), then every ``encode`` result (ids in
-range) and every ``logits`` batch (type and shape), raising with a message
-naming the model.
+``encode`` and one ``logits`` call, and one ``chat_prompt`` call if the model
+has one), then every ``encode`` result (ids in range), every ``chat_prompt``
+result (a string) and every ``logits`` batch (type and shape), raising with a
+message naming the model.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Internal
+from ..chat import ChatMessage
+from ..errors import BadRequest, Internal
 from ..models.base import ModelInfo
 
 __all__ = ["TokenModelAdapter", "MAX_VOCABULARY", "MAX_CONTEXT_LEN", "UNKNOWN_FLOPS_PER_TOKEN"]
@@ -90,11 +94,45 @@ class TokenModelAdapter:
         self.prompt_chars = chars
         self._encode = model.encode
         self._logits = model.logits
+        chat = getattr(model, "chat_prompt", None)
+        if chat is not None and not callable(chat):
+            raise ValueError(f"generative model {name!r}: chat_prompt must be a method, got {type(chat).__name__}")
+        self._chat = chat
         self.info: ModelInfo = info if info is not None else model.info
         self._flops = flops_per_token if flops_per_token is not None else _own_flops(model, name)
         # One call of each, so a broken model fails at load time, not on the first request.
         self.encode_prompt("")
         self.logits(np.full((2, k), self.pad_id, dtype=np.int64))
+        if chat is not None:
+            try:
+                self.chat_prompt((ChatMessage("user", "Hello"),))
+            except (BadRequest, Internal) as exc:
+                raise ValueError(exc.message) from None
+
+    @property
+    def chats(self) -> bool:
+        """Whether the model has a chat template (``chat_prompt``)."""
+        return self._chat is not None
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt for a conversation: the model's ``chat_prompt`` of the messages as dicts.
+
+        Raises ``BadRequest`` when the model has no ``chat_prompt``, or refuses the conversation
+        by raising ``ValueError`` (its message is the answer's: "a system message must come
+        first"); ``Internal`` naming the model when it raises anything else or returns
+        something other than a string."""
+        if self._chat is None:
+            raise BadRequest(f"model {self.name!r} has no chat template (no chat_prompt()): send a prompt "
+                             "instead (POST /v1/completions, or generate with 'prompt')")
+        try:
+            prompt = self._chat([m.as_dict() for m in messages])
+        except ValueError as exc:
+            raise BadRequest(f"model {self.name!r} refused the conversation: {exc}") from None
+        except Exception as exc:
+            raise Internal(f"model {self.name!r}: chat_prompt() raised {type(exc).__name__}: {exc}") from None
+        if type(prompt) is not str:
+            raise Internal(f"model {self.name!r}: chat_prompt() must return a string, got {type(prompt).__name__}")
+        return prompt
 
     def initial_context(self, prompt: str) -> np.ndarray:
         """``[k]`` int64: the last ``k`` token ids of the (tail of the) prompt, left-padded with PAD."""

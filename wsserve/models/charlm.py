@@ -357,6 +357,15 @@ class CharLM:
         """``str -> [n]`` int64 token ids after :func:`normalize_text` (never raises)."""
         return np.array([_STOI[c] for c in normalize_text(text)], dtype=np.int64)
 
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """A conversation as charlm's prompt (the generative-model interface's chat template).
+
+        charlm was trained on plain text, not on conversations: its template is the messages'
+        contents joined by newlines, so a reply continues the last message's text (as a
+        completion of that text would; only the prompt's last :attr:`prompt_chars` characters
+        count)."""
+        return "\n".join(m["content"] for m in messages)
+
     def decode(self, ids: Any) -> str:
         """Token ids -> text.  Raises ``IndexError`` on an id outside ``0..V-1``."""
         return "".join(VOCAB[int(i)] for i in ids)

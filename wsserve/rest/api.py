@@ -22,7 +22,8 @@ Routes (docs/PROTOCOL.md, "HTTP"):
   ``POST /v2/repository/models/{name}/load`` and ``/unload`` (optional body
   ``{"parameters": {"version": ...}}``), through the server's admin hook (the
   WebSocket ``load``/``unload`` path) with the same authorization rule;
-- ``POST /v1/completions`` (OpenAI), ``GET /v1/models`` (the WebSocket ``models``
+- ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI; a chat's prompt is the
+  served model's template of its ``messages``), ``GET /v1/models`` (the WebSocket ``models``
   reply, versions included; ``?format=openai``: OpenAI's list shape).
 
 More routes are added with :meth:`HttpApi.add_route` (the server adds its
@@ -61,7 +62,14 @@ from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
 from . import oip, triton
 from .calls import CompletionCall, HttpSession, InferCall, PredictFormCall, SeedCall
 from .errors import Style, error_response, plain_error
-from .openai import CompletionEncoder, ParamError, models_list, parse_completion
+from .openai import (
+    ChatCompletionEncoder,
+    CompletionEncoder,
+    ParamError,
+    models_list,
+    parse_chat_completion,
+    parse_completion,
+)
 from .router import Auth, Handler, Route, Router
 
 __all__ = ["HttpApi"]
@@ -143,6 +151,7 @@ class HttpApi:
         add("POST", "/predict", self._predict, auth="key", style="wsserve")
         add("GET", "/v1/models", self._models, auth="key", style="wsserve")
         add("POST", "/v1/completions", self._completions, auth="key", style="openai")
+        add("POST", "/v1/chat/completions", self._chat_completions, auth="key", style="openai")
         add("GET", "/v2", self._server_metadata, auth="key", style="oip")
         add("GET", "/v2/health/live", self._live, auth="none", style="oip")
         add("GET", "/v2/health/ready", self._server_ready, auth="none", style="oip")
@@ -501,12 +510,23 @@ class HttpApi:
 
     def _completions(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
                      cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._generate(request, exchange, key, cors, chat=False)
+
+    def _chat_completions(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                          key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._generate(request, exchange, key, cors, chat=True)
+
+    def _generate(self, request: HttpRequest, exchange: HttpExchange, key: str | None,
+                  cors: list[tuple[str, str]] | None, *, chat: bool) -> HttpResponse | None:
+        """``POST /v1/completions`` or (``chat``) ``/v1/chat/completions``: a generation queued
+        next to the WebSocket ones, answered (or streamed) through ``exchange``."""
         now = self.clock()
         model = ""
         try:
             session = self._session(exchange, request)
             session.admission.admit(key, now)
-            completion = parse_completion(loads(request.body), max_tokens_limit=self.config.max_tokens)
+            parse = parse_chat_completion if chat else parse_completion
+            completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
             model = completion.model
             try:
                 entry = self.models.lookup(model)
@@ -516,8 +536,13 @@ class HttpApi:
                 raise ParamError("model", f"model {model!r} does not generate text (use POST /v2/models/{model}/infer "
                                           "or POST /predict)")
             session.admission.capacity(len(session.calls), session.inflight_bytes, 0)
-            cid = f"{self._completion_prefix}{next(self._completion_ids)}"
-            encoder = CompletionEncoder(cid, int(self.wall_clock()), model)
+            if completion.messages is not None:
+                try:
+                    completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
+                except BadRequest as exc:
+                    raise _with_param(exc, "messages") from None
+            cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
+            encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
             call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             call.handle = entry.worker.submit(completion.params, call, group=session)
         except WsserveError as exc:
@@ -527,6 +552,9 @@ class HttpApi:
         exchange.on_abort = call.abort
         if completion.stream:
             exchange.start_stream(200, "text/event-stream", [("Cache-Control", "no-cache"), *(cors or ())])
+            start = encoder.start_events()
+            if start:
+                exchange.send(start)
         return None
 
     # ------------------------------------------------------------------ drain

@@ -1,4 +1,5 @@
-"""OpenAI-compatible completions (``POST /v1/completions``, ``GET /v1/models?format=openai``), sans-I/O.
+"""OpenAI-compatible completions (``POST /v1/completions``, ``POST /v1/chat/completions``,
+``GET /v1/models?format=openai``), sans-I/O.
 
 - :func:`parse_completion` - a request body into :class:`Completion` (the
   engine's :class:`~wsserve.protocol.GenerationParams` plus the stream
@@ -8,19 +9,24 @@
   ``echo``, ``logprobs``, ``suffix``, penalties, ``logit_bias``, token-id
   prompts, several prompts.  ``top_k`` (an extension several servers accept)
   is taken; ``user`` and unknown fields are ignored.
+- :func:`parse_chat_completion` - the same for a chat: ``messages``
+  (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
+  tools, audio, logprobs, JSON output and per-request templates refused by name.
 - :class:`CompletionEncoder` - the response object, and the Server-Sent Events
   of a streamed one: one ``text_completion`` chunk per token, a last chunk with
-  ``finish_reason``, an optional usage chunk, then ``data: [DONE]``.
+  ``finish_reason``, an optional usage chunk, then ``data: [DONE]``;
+  :class:`ChatCompletionEncoder` - the same in ``chat.completion`` shapes.
 - :func:`models_list` - the OpenAI list shape of the served models.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
+from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest
 from ..jsontypes import json_type
 from ..protocol import (
@@ -30,7 +36,8 @@ from ..protocol import (
     stop_tuple,
 )
 
-__all__ = ["Completion", "CompletionEncoder", "DONE", "ParamError", "error_event", "models_list", "parse_completion"]
+__all__ = ["ChatCompletionEncoder", "Completion", "CompletionEncoder", "DONE", "ParamError", "error_event",
+           "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -39,6 +46,14 @@ DONE = b"data: [DONE]\n\n"
 _NEUTRAL = {
     "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "logprobs": (None,), "suffix": (None, ""),
     "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None,),
+}
+#: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
+#: template, refused: the model's own template applies).
+_NEUTRAL_CHAT = {
+    "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None,),
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
 }
 
 
@@ -58,16 +73,18 @@ class Completion:
     params: GenerationParams
     stream: bool
     include_usage: bool  # stream_options.include_usage: a usage chunk before [DONE]
+    #: A chat completion's conversation (``params.prompt`` is then empty until :meth:`with_prompt`).
+    messages: tuple[ChatMessage, ...] | None = None
 
+    def with_prompt(self, prompt: str) -> Completion:
+        """The same request generating from ``prompt`` (a chat's, from the model's template)."""
+        return replace(self, params=replace(self.params, prompt=prompt))
 
 
 def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
-    """Check a decoded request body; raises :class:`ParamError` (a ``BadRequest``) naming the field."""
-    if type(obj) is not dict:
-        raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
-    model = obj.get("model")
-    if type(model) is not str or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH:
-        raise ParamError("model", f"'model' must be a string of 1 to {MAX_MODEL_NAME_LENGTH} characters")
+    """Check a decoded ``/v1/completions`` body; raises :class:`ParamError` (a ``BadRequest``)
+    naming the field."""
+    model = _model(obj)
     prompt = obj.get("prompt")
     if type(prompt) is list:
         if len(prompt) == 1 and type(prompt[0]) is str:
@@ -78,21 +95,71 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
             raise ParamError("prompt", "'prompt' must be a string (token-id prompts are not supported)")
     if type(prompt) is not str:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
-    for name, neutral in _NEUTRAL.items():
+    _refuse_unsupported(obj, _NEUTRAL)
+    max_tokens = _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit)
+    return _completion(obj, model, prompt, max_tokens, None)
+
+
+def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
+    """Check a decoded ``/v1/chat/completions`` body; raises :class:`ParamError` naming the field.
+
+    The result's ``params.prompt`` is empty: the served model's chat template makes the prompt
+    from ``messages`` (:meth:`Completion.with_prompt`).  ``max_completion_tokens`` (or the older
+    ``max_tokens``) defaults to ``max_tokens_limit``, as vLLM's default is what the context
+    leaves: a chat ends at a stop string or the limit."""
+    model = _model(obj)
+    try:
+        messages = parse_messages(obj.get("messages"))
+    except BadRequest as exc:
+        raise ParamError("messages", exc.message) from None
+    _refuse_unsupported(obj, _NEUTRAL_CHAT)
+    fmt = obj.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise ParamError("response_format", "'response_format' is not supported (only {\"type\": \"text\"}): "
+                                            "wsserve does not constrain output to JSON")
+    max_tokens = _max_tokens(obj, "max_completion_tokens", None, max_tokens_limit)
+    if max_tokens is None:
+        max_tokens = _max_tokens(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
+    return _completion(obj, model, "", max_tokens, messages)
+
+
+def _model(obj: Any) -> str:
+    if type(obj) is not dict:
+        raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
+    model = obj.get("model")
+    if type(model) is not str or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH:
+        raise ParamError("model", f"'model' must be a string of 1 to {MAX_MODEL_NAME_LENGTH} characters")
+    return model
+
+
+def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
+    """Refuse, by name, a field holding anything but one of its neutral values."""
+    for name, values in neutral.items():
         value = obj.get(name)
-        if value is not None and not any(value == v and type(value) is type(v) for v in neutral if v is not None):
+        if value is not None and not any(value == v and type(value) is type(v) for v in values if v is not None):
             if name == "logit_bias" and value == {}:
                 continue
-            raise ParamError(name, f"'{name}' is not supported (only its default); got {value!r}")
+            shown = repr(value)
+            raise ParamError(name, f"'{name}' is not supported (only its default); got "
+                                   f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
+
+
+def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return default
+    if type(value) is not int or not 1 <= value <= limit:
+        raise ParamError(name, f"'{name}' must be an integer in [1, {limit}], got {value!r}")
+    return value
+
+
+def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
+                messages: tuple[ChatMessage, ...] | None) -> Completion:
+    """The sampling and streaming fields both endpoints share, checked, and the result."""
     top_p = obj.get("top_p")
     if top_p is not None and (type(top_p) not in (int, float) or top_p != 1):
         raise ParamError("top_p", f"'top_p' is not supported (nucleus sampling); only 1 is accepted, got {top_p!r}. "
                                   "Use 'temperature' and 'top_k'")
-    max_tokens = obj.get("max_tokens")
-    if max_tokens is None:
-        max_tokens = min(16, max_tokens_limit)
-    elif type(max_tokens) is not int or not 1 <= max_tokens <= max_tokens_limit:
-        raise ParamError("max_tokens", f"'max_tokens' must be an integer in [1, {max_tokens_limit}], got {max_tokens!r}")
     temperature = obj.get("temperature")
     if temperature is None:
         temperature = 1.0
@@ -137,7 +204,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
         field = next((f for f in ("top_k", "stop", "prompt") if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
-    return Completion(model=model, params=params, stream=stream, include_usage=include_usage)
+    return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 
 
 class CompletionEncoder:
@@ -158,6 +225,10 @@ class CompletionEncoder:
         return (b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}'
                 % (prompt_tokens, tokens, prompt_tokens + tokens))
 
+    def start_events(self) -> bytes:
+        """What a stream begins with before its first token (nothing, for a text completion)."""
+        return b""
+
     def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
         """The whole (non-streamed) response."""
         return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,'
@@ -174,6 +245,47 @@ class CompletionEncoder:
                + orjson.dumps(finish_reason) + b"}]}\n\n")
         if include_usage:
             out += b"data: " + self._head + b',"choices":[],' + self._usage(prompt_tokens, tokens) + b"}\n\n"
+        return out + DONE
+
+
+class ChatCompletionEncoder:
+    """Bodies and events of one chat completion (``id``: ``chatcmpl-...``), as OpenAI's:
+
+    - the response: ``{"object": "chat.completion", "choices": [{"index": 0, "message": {"role":
+      "assistant", "content": ...}, "logprobs": null, "finish_reason": ...}], "usage": {...}}``;
+    - a stream: ``chat.completion.chunk`` events: first ``"delta": {"role": "assistant", "content":
+      ""}``, then ``"delta": {"content": token}`` per token, then ``"delta": {}`` with the
+      ``finish_reason``, the usage chunk (``"choices": []``) if asked, and ``[DONE]``."""
+
+    __slots__ = ("_head", "_chunk", "_token_prefix")
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        tail = b',"created":' + str(created).encode() + b',"model":' + orjson.dumps(model)
+        self._head = b'{"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion"' + tail
+        self._chunk = b'data: {"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion.chunk"' + tail
+        self._token_prefix = self._chunk + b',"choices":[{"index":0,"delta":{"content":'
+
+    def start_events(self) -> bytes:
+        """The first chunk: the reply's role."""
+        return (self._chunk + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+                b'"logprobs":null,"finish_reason":null}]}\n\n')
+
+    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
+        """The whole (non-streamed) response."""
+        return (self._head + b',"choices":[{"index":0,"message":{"role":"assistant","content":' + orjson.dumps(text)
+                + b'},"logprobs":null,"finish_reason":' + orjson.dumps(finish_reason) + b"}],"
+                + CompletionEncoder._usage(prompt_tokens, tokens) + b"}")
+
+    def token_event(self, text: str) -> bytes:
+        """One streamed token as an SSE event."""
+        return self._token_prefix + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
+        """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
+        out = (self._chunk + b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
+               + orjson.dumps(finish_reason) + b"}]}\n\n")
+        if include_usage:
+            out += self._chunk + b',"choices":[],' + CompletionEncoder._usage(prompt_tokens, tokens) + b"}\n\n"
         return out + DONE
 
 

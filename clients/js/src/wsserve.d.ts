@@ -235,6 +235,14 @@ export interface StreamDone {
   [extra: string]: unknown;
 }
 
+/** One message of a conversation (OpenAI's chat `messages`; text only, no tool calling). */
+export interface ChatMessage {
+  role: 'system' | 'developer' | 'user' | 'assistant';
+  /** A string, or text parts (joined); `null` only for `assistant`. */
+  content: string | Array<{ type: 'text'; text: string }> | null;
+  name?: string;
+}
+
 export interface GenerationDone {
   reason: 'length' | 'stop' | 'cancelled' | (string & {});
   tokens: number;
@@ -420,8 +428,9 @@ export declare class Client extends EventTarget {
 
   predict(model: string, inputs: Inputs, opts?: PredictOptions): Promise<PredictResult>;
   predictStream(model: string, inputs: Inputs, opts?: PredictStreamOptions): PredictStream;
-  generate(model: string, prompt: string, opts?: GenerateOptions): Generation;
-  complete(model: string, prompt: string, opts?: GenerateOptions): Promise<GenerationDone>;
+  /** `prompt`: the text to continue, or chat messages (sent as `messages`: the model's chat template makes the prompt). */
+  generate(model: string, prompt: string | ChatMessage[], opts?: GenerateOptions): Generation;
+  complete(model: string, prompt: string | ChatMessage[], opts?: GenerateOptions): Promise<GenerationDone>;
   models(opts?: UnaryOptions): Promise<ModelInfo[]>;
   /** Round-trip time in milliseconds. */
   ping(opts?: UnaryOptions): Promise<number>;

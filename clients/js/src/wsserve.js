@@ -1409,15 +1409,17 @@ export class Client extends EventTarget {
    * token's text; `gen.done` is `{reason, tokens, timing, text, version}` at the end,
    * reason `length`, `stop` or `cancelled`. Options left out take the
    * server's defaults (`max_tokens` 64, greedy, the default version).
+   * `prompt` is the text to continue, or an array of chat messages
+   * (`{role, content}`, sent as `messages`: the model's chat template makes the prompt).
    * @param {string} model
-   * @param {string} prompt
+   * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, seed?: number,
    *          stop?: string|string[], timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
   generate(model, prompt, opts) {
     opts = checkOptions('generate() options', opts, GENERATE_OPTIONS);
-    const msg = { type: 'generate', model, prompt };
+    const msg = Array.isArray(prompt) ? { type: 'generate', model, messages: prompt } : { type: 'generate', model, prompt };
     setIf(msg, 'version', checkVersion('generate()', opts.version));
     setIf(msg, 'max_tokens', opts.maxTokens);
     setIf(msg, 'temperature', opts.temperature);
@@ -1434,7 +1436,7 @@ export class Client extends EventTarget {
   /**
    * Generate to the end; resolves with `{text, reason, tokens, timing}`.
    * @param {string} model
-   * @param {string} prompt
+   * @param {Parameters<Client['generate']>[1]} prompt  text, or chat messages
    * @param {Parameters<Client['generate']>[2]} [opts]
    */
   async complete(model, prompt, opts) {

@@ -230,6 +230,19 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.ok(!text.includes(stop));
   });
 
+  it('generate() takes chat messages: the model\'s template makes the prompt', async () => {
+    const messages = [{ role: 'system', content: 'You continue text.' }, { role: 'user', content: [{ type: 'text', text: 'The ' }] }];
+    const chat = await c.complete('charlm', messages, { maxTokens: 30 });
+    // charlm's template joins the contents with newlines
+    const plain = await c.complete('charlm', 'You continue text.\nThe ', { maxTokens: 30 });
+    assert.equal(chat.text, plain.text);
+    assert.equal(chat.tokens, 30);
+    assert.equal(chat.prompt_tokens, plain.prompt_tokens);
+    await assert.rejects(c.complete('charlm', [{ role: 'tool', content: '1' }]),
+      (e) => e.code === 'bad_request' && e.message.includes("'messages[0].role' 'tool' is not supported"));
+    assert.equal((await c.complete('charlm', 'The ', { maxTokens: 3 })).tokens, 3); // the connection still serves
+  });
+
   it('seeded sampling is reproducible through the client', async () => {
     const opts = { maxTokens: 40, temperature: 1, topK: 20, seed: 7 };
     const a = await c.complete('charlm', 'Once ', opts);
