@@ -248,6 +248,12 @@ def test_a_template_failure_stays_in_its_request(server, client) -> None:
     assert chat("world").usage.prompt_tokens == len(words_encode("hello world")) == 6  # "world": no space, 5 letters
 
 
+def test_the_models_list_says_which_models_chat(server) -> None:
+    models = models_http(server)
+    assert {name: models[name].get("chat") for name in ("charlm", "words", "bigram", "mlp")} == {
+        "charlm": True, "words": True, "bigram": False, "mlp": None}
+
+
 def test_a_template_that_fails_its_load_check_fails_the_version(server) -> None:
     entry = models_http(server)["brokenchat"]
     assert states(entry) == {"1": "failed"}

@@ -320,6 +320,8 @@ class ModelPool:
             base["version"] = default.version if default is not None else None
             if default is not None and default.kind == "predict":
                 base["explain"] = default.explanation  # null: "explain": true is refused for it
+            elif default is not None:
+                base["chat"] = bool(getattr(default.model, "chats", False))  # has a chat template (messages)
             base["versions"] = versions
             out.append(base)
         return out
