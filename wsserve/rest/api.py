@@ -59,8 +59,15 @@ from ..errors import (
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
 from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
-from . import oip, triton
-from .calls import CompletionCall, HttpSession, InferCall, PredictFormCall, SeedCall
+from . import kserve, oip, triton
+from .calls import (
+    CompletionCall,
+    HttpSession,
+    InferCall,
+    KServeCall,
+    PredictFormCall,
+    SeedCall,
+)
 from .errors import Style, error_response, plain_error
 from .openai import (
     ChatCompletionEncoder,
@@ -152,6 +159,10 @@ class HttpApi:
         add("GET", "/v1/models", self._models, auth="key", style="wsserve")
         add("POST", "/v1/completions", self._completions, auth="key", style="openai")
         add("POST", "/v1/chat/completions", self._chat_completions, auth="key", style="openai")
+        # KServe's V1 protocol (TensorFlow Serving's REST API): {name} / {version} end with ":predict" or ":explain".
+        for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
+            add("GET", base, self._v1_model, auth="key", style="oip")
+            add("POST", base, self._v1_predict, auth="key", style="oip")
         add("GET", "/v2", self._server_metadata, auth="key", style="oip")
         add("GET", "/v2/health/live", self._live, auth="none", style="oip")
         add("GET", "/v2/health/ready", self._server_ready, auth="none", style="oip")
@@ -306,6 +317,61 @@ class HttpApi:
             call.item = entry.worker.submit(call, priority=req.priority, deadline=deadline)
         except WsserveError as exc:
             self._rejected(exc, model, "predict")
+            raise
+        session.track(call)
+        exchange.on_abort = call.abort
+        return None
+
+    # ------------------------------------------------------------------ KServe V1
+
+    def _v1_model(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                  *_: Any) -> HttpResponse:
+        entry = self.models.lookup(params["name"], params.get("version"))  # UnknownModel: 404
+        if not self.ready():
+            return HttpResponse(503, orjson.dumps({"error": f"model {entry.name!r} is not ready: the server is "
+                                                            "draining"}), JSON, [_NO_STORE])
+        return HttpResponse(200, kserve.model_ready(entry.name, self._started), JSON, [_NO_STORE])
+
+    def _v1_predict(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                    cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        """``POST /v1/models/{name}[/versions/{version}]:predict|:explain``: rows through the model's
+        queue as a WebSocket predict's, answered in KServe's V1 shapes."""
+        now = self.clock()
+        version = params.get("version")
+        if version is None:
+            name, verb = kserve.split_verb(params["name"])
+        else:
+            name = params["name"]
+            version, verb = kserve.split_verb(version)
+        if verb is None:
+            return plain_error(404, f"no route for POST {request.path[:200]!r}: KServe's V1 "
+                                    "protocol is POST /v1/models/NAME:predict (or :explain)", "oip", "not_found")
+        try:
+            session = self._session(exchange, request)
+            session.admission.admit(key, now)
+            entry = self.models.lookup(name, version)
+            if entry.kind != "predict":
+                raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
+            explain = verb == "explain"
+            if explain and (refusal := entry.explain_refusal) is not None:
+                raise BadRequest(refusal)
+            req = kserve.parse_v1(loads(request.body), tuple(spec.name for spec in entry.input_specs))
+            cfg = self.config
+            try:
+                inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+            except InvalidInput as exc:  # the checks name the WebSocket's field: name the one sent
+                if not req.columnar:
+                    exc.message = exc.message.replace("'inputs'", "'instances'")
+                raise
+            if explain and n > cfg.max_explain_rows:
+                raise InvalidInput(f"'instances' has {n} rows; explain takes at most {cfg.max_explain_rows} "
+                                   "rows per request (max_explain_rows)")
+            session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
+            call = KServeCall(session, exchange, entry, inputs, n, nbytes, "oip", now, cors, columnar=req.columnar,
+                              explain=explain)
+            call.item = entry.worker.submit(call)
+        except WsserveError as exc:
+            self._rejected(exc, name, "predict")
             raise
         session.track(call)
         exchange.on_abort = call.abort

@@ -25,9 +25,9 @@ from ..errors import Internal, WsserveError
 from ..httpmsg import HttpExchange, HttpResponse
 from ..protocol import encode_seed_result, timing_fields
 from ..worker import concat_rows, count_rows
-from . import oip
+from . import kserve, oip
 from .errors import Style, error_response
-from .openai import Completion, CompletionEncoder, error_event
+from .openai import ChatCompletionEncoder, Completion, CompletionEncoder, error_event
 
 if TYPE_CHECKING:
     from ..admission import Shared
@@ -248,6 +248,25 @@ class PredictFormCall(PredictCall):
         self._answer(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
+class KServeCall(PredictCall):
+    """``POST /v1/models/{name}[/versions/{v}]:predict`` or ``:explain`` (KServe's V1 protocol):
+    ``{"predictions": ...}`` or, for a columnar request, ``{"outputs": ...}``; explained rows also
+    carry ``explanations`` (:func:`~wsserve.rest.kserve.encode_v1`)."""
+
+    __slots__ = ("columnar",)
+
+    def __init__(self, *args: Any, columnar: bool, explain: bool = False) -> None:
+        super().__init__(*args, explain=explain)
+        self.columnar = columnar
+
+    def _result(self, outputs: Any) -> None:
+        attributions = None
+        if self.explain:
+            parts = self._attr_parts
+            attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self._answer(kserve.encode_v1(outputs, self.columnar, attributions, self.explanation))
+
+
 class InferCall(PredictCall):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: the Open Inference Protocol response
     (JSON or binary outputs), each output tensor by its name.
@@ -293,7 +312,7 @@ class CompletionCall(Call):
     __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "_texts")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
-                 completion: Completion, encoder: CompletionEncoder, headers: list[tuple[str, str]] | None) -> None:
+                 completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder, headers: list[tuple[str, str]] | None) -> None:
         super().__init__(session, exchange, entry, "generate", "openai", received_at, headers)
         self.engine = entry.worker
         self.handle: Any = None
