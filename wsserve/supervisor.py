@@ -49,6 +49,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import ServerConfig
+from .metrics import fold_dead_snapshot
 
 __all__ = ["restart_delay", "run_supervisor"]
 
@@ -148,16 +149,27 @@ class _Workers:
         self.procs[index] = proc
         self.pipes[index] = parent
 
-    def retire_metrics(self, index: int, pid: int) -> None:
-        """Keep a dead worker's counters in the totals; drop its gauges."""
+    def retire_metrics(self, index: int) -> None:
+        """Keep a dead worker's counters in the totals (folded into the one ``retired.json``
+        of every dead worker, so the directory does not grow with each restart); drop its
+        gauges and its snapshot."""
         path = self.metrics_dir / f"worker-{index}.json"
         try:
             snap = json.loads(path.read_text())
         except (OSError, ValueError):
-            return
-        snap["alive"] = False
-        (self.metrics_dir / f"dead-{pid}-{index}.json").write_text(json.dumps(snap))
+            snap = None
+        if isinstance(snap, dict):
+            retired_path = self.metrics_dir / "retired.json"
+            try:
+                retired = json.loads(retired_path.read_text())
+            except (OSError, ValueError):
+                retired = None
+            tmp = retired_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(fold_dead_snapshot(retired, snap)))
+            os.replace(tmp, retired_path)
         path.unlink(missing_ok=True)
+        for leftover in self.metrics_dir.glob(f"worker-{index}.*.tmp"):  # killed between write and rename
+            leftover.unlink(missing_ok=True)
 
     def signal_all(self, sig: int) -> None:
         for proc in self.procs.values():
@@ -251,7 +263,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     delay = restart_delay(workers.quick_deaths[i])
                     log.error("worker %d (pid %d) exited with status %s: restarting it %s", i, proc.pid,
                               proc.exitcode, f"in {delay:.1f} s" if delay else "now")
-                    workers.retire_metrics(i, proc.pid)
+                    workers.retire_metrics(i)
                     workers.restart_at[i] = now + delay
                 if workers.restart_at[i] <= now:
                     del workers.restart_at[i]
