@@ -90,15 +90,26 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_dir: str, ready: Any,
                  log_level: int, secrets: frozenset[str], parent_pid: int) -> None:
     """One worker process: serve until SIGTERM (also sent when the supervisor dies), drain, exit 0."""
-    _die_with_parent(parent_pid)
+    from .server import StartupInterrupted, stop_on_signal_while_starting
+
+    try:
+        with stop_on_signal_while_starting():
+            _die_with_parent(parent_pid)
+            status = _serve_worker(config, builtin, index, metrics_dir, ready, log_level, secrets)
+    except StartupInterrupted as exc:
+        log.info("received %s while starting: stopped", exc.name)
+        status = 0
+    from .server import exit_past_stuck_threads
+
+    exit_past_stuck_threads(status)
+    sys.exit(status)
+
+
+def _serve_worker(config: ServerConfig, builtin: str | None, index: int, metrics_dir: str, ready: Any,
+                  log_level: int, secrets: frozenset[str]) -> int:
+    """The worker's server, from its start to its exit status."""
     from .logs import configure_logging
-    from .server import (
-        Server,
-        _limit_blas_threads,
-        _loop_factory,
-        exit_past_stuck_threads,
-        serve_until_signal,
-    )
+    from .server import Server, _limit_blas_threads, _loop_factory, serve_until_signal
 
     configure_logging(logging.getLevelName(log_level), secrets=secrets, prefix=f"worker {index}")
     _limit_blas_threads()
@@ -110,9 +121,7 @@ def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_
                                         exit_on_second_signal=False)
 
     with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
-        status = runner.run(main())
-    exit_past_stuck_threads(status)
-    sys.exit(status)
+        return runner.run(main())
 
 
 class _Workers:
@@ -212,12 +221,14 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         workers = _Workers(config, builtin, Path(metrics_dir), log_level, secrets)
         stop = asyncio.Event()
         signals = 0
+        started = False  # every worker was ready (the ready line is out)
 
         def on_signal(signum: int) -> None:
-            nonlocal signals
+            nonlocal signals, started
             signals += 1
             if signals == 1:
-                log.info("received %s: draining %d workers", signal.Signals(signum).name, len(workers.procs))
+                log.info("received %s%s: %s %d workers", signal.Signals(signum).name,
+                         "" if started else " while starting", "draining" if started else "stopping", len(workers.procs))
                 workers.stopping = True
                 workers.signal_all(signal.SIGTERM)
                 stop.set()
@@ -248,6 +259,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             await asyncio.sleep(0.02)
         reserved.close()
         if not stop.is_set():
+            started = True
             scheme = "wss" if config.certfile else "ws"
             print(f"wsserve {__version__} ready on {scheme}://{config.host}:{port} ({config.workers} workers)", flush=True)
         # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
@@ -288,7 +300,11 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
 
 def run_supervisor(config: ServerConfig) -> int:
     """Blocking entry point for ``--workers N`` (N > 1)."""
-    from .server import _limit_blas_threads
+    from .server import (
+        StartupInterrupted,
+        _limit_blas_threads,
+        stop_on_signal_while_starting,
+    )
     from .trainer import prepare_builtin_repository
 
     _limit_blas_threads()
@@ -298,7 +314,13 @@ def run_supervisor(config: ServerConfig) -> int:
         for f in handler.filters:
             secrets = secrets | frozenset(getattr(f, "secrets", ()))
     with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
-        builtin = prepare_builtin_repository(
-            config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache, scratch=Path(scratch)
-        )
-        return asyncio.run(_supervise(config, builtin, root.level, secrets))
+        try:
+            with stop_on_signal_while_starting():  # a signal while training: stop, clean up, exit 0
+                builtin = prepare_builtin_repository(
+                    config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache,
+                    scratch=Path(scratch),
+                )
+                return asyncio.run(_supervise(config, builtin, root.level, secrets))
+        except StartupInterrupted as exc:
+            log.info("received %s while starting: stopped", exc.name)
+            return 0
