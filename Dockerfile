@@ -30,8 +30,10 @@ USER 10001:10001
 EXPOSE 8765
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
   CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8765/healthz', timeout=2)"]
-# SIGTERM (docker stop, Kubernetes) drains gracefully within --drain-timeout-s; give
-# `docker stop --time` more than that.
+# SIGTERM (docker stop, Kubernetes) drains gracefully within --drain-timeout-s (default 10 s),
+# and the process exits at most 6 s after that deadline: docker stop's own default (10 s) kills
+# it mid-drain, so give `docker stop --time 16` (or `docker run --stop-timeout 16`), or drain
+# time + 6 s.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["wsserve"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8765"]

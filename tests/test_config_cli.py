@@ -454,3 +454,38 @@ def test_older_flag_spellings_are_aliases() -> None:
 )
 def test_zero_or_off_disables_optional_limits(argv: list[str], field: str, value: object) -> None:
     assert getattr(_config(*argv), field) == value
+
+
+def _serve_actions() -> list:
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    return [a for a in serve._actions if a.dest != "help"]
+
+
+def test_serve_help_states_every_numeric_default() -> None:
+    """``wsserve serve --help`` is where README's table sends a user for "every flag": each flag
+    with a numeric default says what it is (--ping-interval-s, which nginx's timeouts must
+    outlast, and --max-message-bytes, which nginx's client_max_body_size must match, did not)."""
+    missing = [a.option_strings[0] for a in _serve_actions()
+               if isinstance(a.default, int | float) and not isinstance(a.default, bool) and "default" not in a.help]
+    assert missing == []
+
+
+def test_serve_help_offers_off_only_where_it_is_accepted() -> None:
+    """A flag whose help (or group title) says ``off`` disables it accepts ``off``; one that
+    does not accept it is not under a title that says so (``--drain-timeout-s off`` is an error)."""
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    wrong = []
+    for group in serve._action_groups:
+        for a in group._group_actions:
+            if a.dest == "help" or a.type is None or isinstance(a.default, bool):
+                continue
+            says_off = "off" in (a.help or "") or "off disables" in (group.title or "")
+            try:
+                a.type("off")
+                accepts = True
+            except Exception:  # noqa: BLE001 - argparse's ArgumentTypeError or ValueError
+                accepts = False
+            if says_off and not accepts:
+                wrong.append(a.option_strings[0])
+    assert wrong == []

@@ -103,15 +103,22 @@ def test_container_args_are_a_valid_wsserve_command(container, monkeypatch, tmp_
     assert [p["containerPort"] for p in container["ports"]] == [config.port]
 
 
+#: The longest a server takes to exit after its drain deadline (wsserve/server.py): up to 2 s for
+#: the connections ended with shutting_down to close (Server.drain), at least 2 s more for model
+#: code still running (Server.close), then 2 s for threads stuck in model code
+#: (exit_past_stuck_threads).  docs/deploy.md and the Dockerfile say the same.
+STOP_AFTER_DRAIN_S = 6.0
+
+
 def test_grace_period_outlasts_prestop_plus_drain(docs, container, monkeypatch, tmp_path) -> None:
     spec = docs["Deployment"]["spec"]["template"]["spec"]
     drain = _container_config(container, monkeypatch, tmp_path)[1].drain_timeout_s
     cmd = container["lifecycle"]["preStop"]["exec"]["command"]
     assert cmd[0] == "sleep"
     prestop = float(cmd[1])
-    # The kubelet's grace period starts before preStop; SIGTERM comes after it.
-    assert spec["terminationGracePeriodSeconds"] > prestop + drain
-    assert spec["terminationGracePeriodSeconds"] > drain
+    # The kubelet's grace period starts before preStop; SIGTERM comes after it.  After the drain
+    # deadline the server still takes up to STOP_AFTER_DRAIN_S to end what is left, close and exit.
+    assert spec["terminationGracePeriodSeconds"] >= prestop + drain + STOP_AFTER_DRAIN_S
 
 
 def test_probes_use_the_health_routes_on_the_container_port(container) -> None:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.support import Conn, Metrics, child_env, http_get, wait_until_async
+from tests.support import (
+    Conn,
+    Metrics,
+    child_env,
+    http_get,
+    serve_command,
+    wait_until,
+    wait_until_async,
+)
 
 
 def _status(url: str) -> int:
@@ -131,3 +140,70 @@ def test_port_in_use_is_a_clear_error(start_server) -> None:
     )
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+def _start_and_signal_when(tmp_path: Path, flags: list[str], when: Callable[[str], bool], sig: int
+                           ) -> tuple[int, str, str, Path]:
+    """Run ``wsserve serve FLAGS`` with its own ``$TMPDIR``; once ``when(its log so far)`` is
+    true, send ``sig``; return its exit status, stdout, stderr and that temporary directory."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen(serve_command(*flags), stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                env=child_env({"TMPDIR": str(tmp)}))
+        try:
+            wait_until(lambda: when(err.read_text()) or proc.poll() is not None, 120, what="the moment to signal")
+            proc.send_signal(sig)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return code, out.read_text(), err.read_text(), tmp
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_training_stops_cleanly(tmp_path: Path, workers: str, sig: int) -> None:
+    """SIGTERM (a rollout, ``docker stop``) or SIGINT while the default models train: the process
+    stops as it does when serving (exit 0, a log line saying so, no traceback) and leaves no
+    temporary directory behind.  SIGTERM used to kill it outright (status -15, the built-in
+    repository's directory left in $TMPDIR, which a Kubernetes /tmp emptyDir keeps across
+    container restarts) and SIGINT ended in a KeyboardInterrupt traceback."""
+    code, out, err, tmp = _start_and_signal_when(
+        tmp_path, ["--no-cache", "--workers", workers], lambda log: "wsserve.trainer: trained linear" in log, sig)
+    assert code == 0, err[-3000:]
+    assert "ready" not in out and "Traceback" not in err, err[-3000:]
+    assert "while starting" in err, err[-3000:]
+    assert list(tmp.iterdir()) == []
+
+
+SLOW_MODEL = """import time
+from pathlib import Path
+class Model:
+    def __init__(self, d):
+        Path({flag!r}).write_text("loading")
+        time.sleep(60)
+    def predict(self, x):
+        return x
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_signal_while_loading_models_stops_cleanly(tmp_path: Path, workers: str) -> None:
+    """SIGTERM while a repository model still loads (a slow ``__init__``): the start is abandoned,
+    the process exits 0 without waiting out the load, and leaves no temporary directory."""
+    repo = tmp_path / "repo"
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    flag = tmp_path / "loading"
+    (repo / "slow" / "1" / "model.py").write_text(SLOW_MODEL.format(flag=str(flag)))
+    code, out, err, tmp = _start_and_signal_when(
+        tmp_path, ["--no-cache", "--models", "linear", "--model-repository", str(repo), "--workers", workers,
+                   "--drain-timeout-s", "1"], lambda _: flag.exists(), signal.SIGTERM)
+    assert code == 0, err[-3000:]
+    assert "ready" not in out and "Traceback" not in err, err[-3000:]
+    assert "while starting" in err, err[-3000:]
+    assert list(tmp.iterdir()) == []

@@ -331,3 +331,74 @@ async def test_hot_reload_reaches_every_worker(model_cache: Path, tmp_path: Path
         shutil.rmtree(model / "2")
     finally:
         server.stop()
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_restarts_leave_no_growing_files_or_descriptors(model_cache: Path, tmp_path: Path) -> None:
+    """A worker that keeps dying (a crash loop, restarted every 30 s at worst, for days) must not
+    leave something behind per death: the supervisor's open descriptors and the files in the
+    shared metrics directory (which every scrape reads whole) stay bounded, and every dead
+    worker's counts stay in the totals."""
+    server = ServerProcess("--workers", "2", "--models", "linear", cache_dir=model_cache,
+                           env={"TMPDIR": str(tmp_path)})
+    try:
+        (metrics_dir,) = tmp_path.glob("wsserve-metrics-*")
+        fds_before = _fds(server.proc.pid)
+        counted_by_the_dead = 0
+        for death in range(1, 5):
+            # a request on each new connection until worker 1 has served one (its count must survive)
+            before = server.metrics().get("wsserve_requests_total", model="linear", type="predict", code="ok")
+
+            async def worker_1_served(n: int = int(before)) -> bool:
+                conn = await Conn.open(server.url)
+                try:
+                    assert (await conn.request({**P, "id": n}))["type"] == "result"
+                finally:
+                    await conn.close()
+                snap = metrics_dir / "worker-1.json"
+                try:
+                    counts = json.loads(snap.read_text())["counters"]["requests"]
+                except (OSError, ValueError):
+                    return False
+                return sum(counts.values()) > 0
+
+            await wait_until_async(worker_1_served, 30, what="a request counted by worker 1")
+            victim = _worker_pids(server)["1"]
+            counted_by_the_dead += sum(json.loads((metrics_dir / "worker-1.json").read_text())["counters"]["requests"].values())
+            os.kill(victim, signal.SIGKILL)
+            await wait_until_async(lambda v=victim: _worker_pids(server)["1"] != v, 30, what="worker 1 restarted")
+            await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready",
+                                   in_thread=True)
+            files = sorted(p.name for p in metrics_dir.iterdir())
+            assert len(files) <= 3, f"after {death} deaths: {files}"
+        assert _fds(server.proc.pid) <= fds_before, "the supervisor keeps descriptors of dead workers"
+        # what each dead worker 1 had counted (its last snapshot) stays in the totals
+        total = server.metrics().get("wsserve_requests_total", model="linear", type="predict", code="ok")
+        assert total >= counted_by_the_dead >= 4
+    finally:
+        assert server.stop() == 0
+
+
+def test_dead_snapshots_fold_into_one() -> None:
+    """The supervisor's fold of dead workers' snapshots: counters, histograms and model
+    statistics summed, gauges dropped, the inputs left as they were."""
+    from wsserve.metrics import fold_dead_snapshot
+
+    def snap(n: int) -> dict:
+        return {"worker": 1, "pid": 10 + n, "alive": True, "counters": {"requests": {"linear\x00predict\x00ok": n}},
+                "histograms": {"duration": {"linear\x00predict": [n, 0, 0.5 * n]}},
+                "model_stats": {"linear\x001": {"ok": n, "last": 100.0 + n, "sizes": {"1": [n, 0.1 * n]}}},
+                "gauges": {"connections": 3}}
+
+    first = snap(1)
+    once = fold_dead_snapshot(None, first)
+    twice = fold_dead_snapshot(once, snap(2))
+    assert first == snap(1) and once == fold_dead_snapshot(None, snap(1))
+    assert twice["alive"] is False and twice["gauges"] == {}
+    assert twice["counters"] == {"requests": {"linear\x00predict\x00ok": 3}}
+    assert twice["histograms"] == {"duration": {"linear\x00predict": [3, 0, 1.5]}}
+    stats = twice["model_stats"]["linear\x001"]
+    assert stats["ok"] == 3 and stats["last"] == 102.0 and stats["sizes"] == {"1": [3, pytest.approx(0.3)]}

@@ -109,15 +109,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_batch_size", group=g, type=_positive_int, default=d.max_batch_size, help="rows per predict batch (default %(default)s)")
     opt("max_delay_ms", group=g, type=_off_or_number, default=d.max_delay_ms,
         help="batching window in ms; off (default) = greedy")
-    opt("max_queue_rows", group=g, type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded'; off = unbounded")
+    opt("max_queue_rows", group=g, type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded' (default %(default)s); off = unbounded")
     opt("max_queue_bytes", group=g, type=_optional_int, default=d.max_queue_bytes,
         help="queued input bytes (as float64) per model before 'overloaded' (default 64 MiB); off = unbounded")
     opt("max_generate_batch", group=g, type=_positive_int, default=d.max_generate_batch, help="sequences stepped together (default %(default)s)")
-    opt("max_generate_queue", group=g, type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded'")
+    opt("max_generate_queue", group=g, type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded' (default %(default)s); off = unbounded")
     opt("inline_max_flops", group=g, type=_positive_int, default=d.inline_max_flops,
         help="predict batches cheaper than this many multiply-adds run on the event loop, others in a thread (default %(default)s)")
     g = p.add_argument_group("limits")
-    opt("max_message_bytes", group=g, type=_positive_int, default=d.max_message_bytes, help="largest accepted message; bigger closes with 1009")
+    opt("max_message_bytes", group=g, type=_positive_int, default=d.max_message_bytes, help="largest accepted message, and HTTP request body (default 1 MiB); a bigger message closes with 1009, "
+             "a bigger body gets 413")
     opt("max_inflight", group=g, type=_positive_int, default=d.max_inflight, help="unfinished requests per connection (default %(default)s)")
     opt("max_inflight_bytes", group=g, type=_positive_int, default=d.max_inflight_bytes,
         help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")
@@ -130,14 +131,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,
-        help="unsent bytes per connection before the slow-consumer policy")
-    g = p.add_argument_group("timeouts (seconds unless the name says otherwise; off disables)")
+        help="unsent bytes per connection before the slow-consumer policy (default 8 MiB)")
+    g = p.add_argument_group("timeouts (seconds)")
     opt("drain_timeout_s", "--drain-timeout", group=g, type=_non_negative, default=d.drain_timeout_s,
         help="time to finish work on shutdown (default %(default)s)")
     opt("slow_consumer_timeout_s", "--slow-consumer-timeout", group=g, type=_non_negative, default=d.slow_consumer_timeout_s,
         help="time over the write buffer before closing (default %(default)s)")
-    opt("ping_interval_s", "--ping-interval", group=g, type=_off_or_number, default=d.ping_interval_s, help="keepalive ping period; off disables")
-    opt("ping_timeout_s", "--ping-timeout", group=g, type=_off_or_number, default=d.ping_timeout_s, help="keepalive pong timeout; off disables")
+    opt("ping_interval_s", "--ping-interval", group=g, type=_off_or_number, default=d.ping_interval_s, help="keepalive ping period (default %(default)s); off disables")
+    opt("ping_timeout_s", "--ping-timeout", group=g, type=_off_or_number, default=d.ping_timeout_s, help="keepalive pong timeout (default %(default)s); off disables")
     opt("idle_timeout_s", "--idle-timeout", group=g, type=_off_or_number, default=d.idle_timeout_s,
         help="close connections idle this long (default off)")
     opt("auth_timeout_s", "--auth-timeout", group=g, type=_non_negative, default=d.auth_timeout_s,

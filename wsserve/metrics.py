@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE"]
+__all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE", "fold_dead_snapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -158,6 +158,26 @@ def _merge_hist(into: dict[str, list[float]], more: dict[str, list[float]]) -> N
         else:
             for i, v in enumerate(values):
                 mine[i] += v
+
+
+def fold_dead_snapshot(retired: dict[str, Any] | None, dead: dict[str, Any]) -> dict[str, Any]:
+    """What dead workers counted, as one snapshot: ``retired`` (a previous fold, or None) plus
+    the counters, histograms and model statistics of the dead worker's last snapshot ``dead``.
+    Gauges are dropped (``alive`` is false).  Neither argument is modified.
+
+    Under ``--workers`` the supervisor keeps one such snapshot however many workers died, so
+    the metrics directory (read whole by every scrape) does not grow with each restart."""
+    out: dict[str, Any] = {"worker": "retired", "pid": 0, "alive": False, "counters": {}, "histograms": {},
+                           "model_stats": {}, "gauges": {}}
+    for snap in (retired or {}), dead:
+        for name, values in snap.get("counters", {}).items():
+            _merge_counts(out["counters"].setdefault(name, {}), values)
+        for name, values in snap.get("histograms", {}).items():
+            _merge_hist(out["histograms"].setdefault(name, {}), {k: list(v) for k, v in values.items()})
+        for key, values in snap.get("model_stats", {}).items():
+            mine = out["model_stats"].get(key)
+            out["model_stats"][key] = merge_version_stats([mine, values] if mine is not None else [values])
+    return out
 
 
 def _cumulative(bounds: tuple[float, ...], values: list[float]) -> list[tuple[str, float]]:

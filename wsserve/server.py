@@ -34,7 +34,7 @@ import ssl
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from time import monotonic, time
@@ -515,34 +515,50 @@ def _limit_blas_threads() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-async def serve_forever(config: ServerConfig, *, ready_line: bool = True, models: dict[str, Any] | None = None) -> int:
-    """Train (or load) the default models into the built-in repository, serve them (with the
-    in-process ``models`` and the operator's repositories) until a signal, drain, return the
-    exit status."""
-    from .trainer import prepare_builtin_repository
+class StartupInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived while the process was still starting (training the default
+    models, in the main thread).  A ``BaseException``, like ``KeyboardInterrupt``: no
+    ``except Exception`` on the way swallows it, and every ``finally`` and ``with`` runs."""
 
-    _limit_blas_threads()
-    loop = asyncio.get_running_loop()
-    with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
-        builtin = await loop.run_in_executor(
-            None,
-            lambda: prepare_builtin_repository(
-                config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache,
-                scratch=Path(scratch),
-            ),
-        )
-        server = Server(config, models, builtin_repository=builtin)
-        return await serve_until_signal(
-            server, on_ready=(lambda: print(f"wsserve {__version__} ready on {server.url}", flush=True)) if ready_line else None
-        )
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stop_on_signal_while_starting() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise :class:`StartupInterrupted` in the main
+    thread, between two bytecodes of whatever it runs (the trainer's numpy loops stop within
+    one step), instead of killing the process (SIGTERM's default action: no clean-up, the
+    temporary directories stay) or raising ``KeyboardInterrupt``.  The caller catches it and
+    exits 0.  An event loop started inside the block installs its own handlers, which win.
+    Outside the main thread (no signals arrive there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise StartupInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def serve_until_signal(server: Server, *, on_ready: Any = None, exit_on_second_signal: bool = True) -> int:
     """Start ``server``, call ``on_ready``, serve until SIGINT/SIGTERM, drain, close; return 0.
+    A signal while the server still starts (loading models) abandons the start: the server
+    is closed (a load in progress is abandoned) and 0 returned without ``on_ready``.
     A second signal exits at once (status 1) unless ``exit_on_second_signal`` is false (a
     worker process, whose supervisor decides)."""
     loop = asyncio.get_running_loop()
-    await server.start()
     stop = asyncio.Event()
     signals = 0
 
@@ -550,7 +566,10 @@ async def serve_until_signal(server: Server, *, on_ready: Any = None, exit_on_se
         nonlocal signals
         signals += 1
         if signals == 1:
-            log.info("received %s: draining (send again to exit at once)", signal.Signals(signum).name)
+            if server.ready:
+                log.info("received %s: draining (send again to exit at once)", signal.Signals(signum).name)
+            else:
+                log.info("received %s while starting: stopping", signal.Signals(signum).name)
             stop.set()
         elif exit_on_second_signal:
             log.warning("second signal: exiting now")
@@ -562,6 +581,18 @@ async def serve_until_signal(server: Server, *, on_ready: Any = None, exit_on_se
             loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
+    starting = loop.create_task(server.start(), name="wsserve-start")
+    stopping = loop.create_task(stop.wait(), name="wsserve-stop")
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal while starting: abandon the start
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        await server.close()
+        log.info("stopped before serving")
+        return 0
+    stopping.cancel()
+    starting.result()  # ListenError, a file error...: raised here
     if on_ready is not None:
         on_ready()
     await stop.wait()
@@ -607,7 +638,30 @@ def exit_past_stuck_threads(code: int, grace_s: float = 2.0) -> None:
 
 def run(config: ServerConfig, *, models: dict[str, Any] | None = None) -> int:
     """Blocking entry point for one server process (``config.loop``: ``auto``, ``asyncio`` or
-    ``uvloop``); ``models``: in-process model objects served too (see :class:`Server`).
-    ``--workers`` > 1 runs :func:`wsserve.supervisor.run_supervisor` instead."""
-    with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
-        return runner.run(serve_forever(config, models=models))
+    ``uvloop``): train (or load) the default models into the built-in repository, serve them
+    (with the in-process ``models`` and the operator's repositories) until a signal, drain,
+    return the exit status.  A signal while starting stops it, with status 0 and the
+    temporary directories removed.  ``--workers`` > 1 runs
+    :func:`wsserve.supervisor.run_supervisor` instead."""
+    from .trainer import prepare_builtin_repository
+
+    _limit_blas_threads()
+    with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
+        try:
+            with stop_on_signal_while_starting():
+                # In the main thread, so that a signal interrupts the training (see above).
+                builtin = prepare_builtin_repository(
+                    config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache,
+                    scratch=Path(scratch),
+                )
+
+                async def serve() -> int:
+                    server = Server(config, models, builtin_repository=builtin)
+                    return await serve_until_signal(
+                        server, on_ready=lambda: print(f"wsserve {__version__} ready on {server.url}", flush=True))
+
+                with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
+                    return runner.run(serve())
+        except StartupInterrupted as exc:
+            log.info("received %s while starting: stopped", exc.name)
+            return 0

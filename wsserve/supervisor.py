@@ -49,6 +49,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import ServerConfig
+from .metrics import fold_dead_snapshot
 
 __all__ = ["restart_delay", "run_supervisor"]
 
@@ -89,15 +90,26 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_dir: str, ready: Any,
                  log_level: int, secrets: frozenset[str], parent_pid: int) -> None:
     """One worker process: serve until SIGTERM (also sent when the supervisor dies), drain, exit 0."""
-    _die_with_parent(parent_pid)
+    from .server import StartupInterrupted, stop_on_signal_while_starting
+
+    try:
+        with stop_on_signal_while_starting():
+            _die_with_parent(parent_pid)
+            status = _serve_worker(config, builtin, index, metrics_dir, ready, log_level, secrets)
+    except StartupInterrupted as exc:
+        log.info("received %s while starting: stopped", exc.name)
+        status = 0
+    from .server import exit_past_stuck_threads
+
+    exit_past_stuck_threads(status)
+    sys.exit(status)
+
+
+def _serve_worker(config: ServerConfig, builtin: str | None, index: int, metrics_dir: str, ready: Any,
+                  log_level: int, secrets: frozenset[str]) -> int:
+    """The worker's server, from its start to its exit status."""
     from .logs import configure_logging
-    from .server import (
-        Server,
-        _limit_blas_threads,
-        _loop_factory,
-        exit_past_stuck_threads,
-        serve_until_signal,
-    )
+    from .server import Server, _limit_blas_threads, _loop_factory, serve_until_signal
 
     configure_logging(logging.getLevelName(log_level), secrets=secrets, prefix=f"worker {index}")
     _limit_blas_threads()
@@ -109,9 +121,7 @@ def _worker_main(config: ServerConfig, builtin: str | None, index: int, metrics_
                                         exit_on_second_signal=False)
 
     with asyncio.Runner(loop_factory=_loop_factory(config.loop)) as runner:
-        status = runner.run(main())
-    exit_past_stuck_threads(status)
-    sys.exit(status)
+        return runner.run(main())
 
 
 class _Workers:
@@ -148,16 +158,27 @@ class _Workers:
         self.procs[index] = proc
         self.pipes[index] = parent
 
-    def retire_metrics(self, index: int, pid: int) -> None:
-        """Keep a dead worker's counters in the totals; drop its gauges."""
+    def retire_metrics(self, index: int) -> None:
+        """Keep a dead worker's counters in the totals (folded into the one ``retired.json``
+        of every dead worker, so the directory does not grow with each restart); drop its
+        gauges and its snapshot."""
         path = self.metrics_dir / f"worker-{index}.json"
         try:
             snap = json.loads(path.read_text())
         except (OSError, ValueError):
-            return
-        snap["alive"] = False
-        (self.metrics_dir / f"dead-{pid}-{index}.json").write_text(json.dumps(snap))
+            snap = None
+        if isinstance(snap, dict):
+            retired_path = self.metrics_dir / "retired.json"
+            try:
+                retired = json.loads(retired_path.read_text())
+            except (OSError, ValueError):
+                retired = None
+            tmp = retired_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(fold_dead_snapshot(retired, snap)))
+            os.replace(tmp, retired_path)
         path.unlink(missing_ok=True)
+        for leftover in self.metrics_dir.glob(f"worker-{index}.*.tmp"):  # killed between write and rename
+            leftover.unlink(missing_ok=True)
 
     def signal_all(self, sig: int) -> None:
         for proc in self.procs.values():
@@ -200,12 +221,14 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         workers = _Workers(config, builtin, Path(metrics_dir), log_level, secrets)
         stop = asyncio.Event()
         signals = 0
+        started = False  # every worker was ready (the ready line is out)
 
         def on_signal(signum: int) -> None:
-            nonlocal signals
+            nonlocal signals, started
             signals += 1
             if signals == 1:
-                log.info("received %s: draining %d workers", signal.Signals(signum).name, len(workers.procs))
+                log.info("received %s%s: %s %d workers", signal.Signals(signum).name,
+                         "" if started else " while starting", "draining" if started else "stopping", len(workers.procs))
                 workers.stopping = True
                 workers.signal_all(signal.SIGTERM)
                 stop.set()
@@ -236,6 +259,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             await asyncio.sleep(0.02)
         reserved.close()
         if not stop.is_set():
+            started = True
             scheme = "wss" if config.certfile else "ws"
             print(f"wsserve {__version__} ready on {scheme}://{config.host}:{port} ({config.workers} workers)", flush=True)
         # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
@@ -251,7 +275,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     delay = restart_delay(workers.quick_deaths[i])
                     log.error("worker %d (pid %d) exited with status %s: restarting it %s", i, proc.pid,
                               proc.exitcode, f"in {delay:.1f} s" if delay else "now")
-                    workers.retire_metrics(i, proc.pid)
+                    workers.retire_metrics(i)
                     workers.restart_at[i] = now + delay
                 if workers.restart_at[i] <= now:
                     del workers.restart_at[i]
@@ -276,7 +300,11 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
 
 def run_supervisor(config: ServerConfig) -> int:
     """Blocking entry point for ``--workers N`` (N > 1)."""
-    from .server import _limit_blas_threads
+    from .server import (
+        StartupInterrupted,
+        _limit_blas_threads,
+        stop_on_signal_while_starting,
+    )
     from .trainer import prepare_builtin_repository
 
     _limit_blas_threads()
@@ -286,7 +314,13 @@ def run_supervisor(config: ServerConfig) -> int:
         for f in handler.filters:
             secrets = secrets | frozenset(getattr(f, "secrets", ()))
     with tempfile.TemporaryDirectory(prefix="wsserve-builtin-") as scratch:
-        builtin = prepare_builtin_repository(
-            config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache, scratch=Path(scratch)
-        )
-        return asyncio.run(_supervise(config, builtin, root.level, secrets))
+        try:
+            with stop_on_signal_while_starting():  # a signal while training: stop, clean up, exit 0
+                builtin = prepare_builtin_repository(
+                    config.models, seed=config.seed, cache_dir=config.cache_dir, cache=config.cache,
+                    scratch=Path(scratch),
+                )
+                return asyncio.run(_supervise(config, builtin, root.level, secrets))
+        except StartupInterrupted as exc:
+            log.info("received %s while starting: stopped", exc.name)
+            return 0
