@@ -12,6 +12,7 @@ import signal
 import pytest
 import websockets
 
+from tests.repo_models import BIGRAM_CONFIG, BIGRAM_PY, write_py
 from tests.support import Conn, RawHttp, request_bytes, wait_until, wait_until_async
 
 KEY = "sk-http-" + "k" * 24
@@ -252,6 +253,34 @@ def test_drain_deadline_ends_queued_http_work_with_503(start_server) -> None:
     server.signal(signal.SIGTERM)
     a = waiting.answer()
     assert a.status == 503 and _error(a)["code"] == "shutting_down" and a.header("connection") == "close"
+    assert server.wait(30) == 0
+
+
+def test_drain_deadline_ends_running_streams_with_an_error_event(start_server, tmp_path) -> None:
+    """Streams still running at the drain deadline get their error after the 200: OpenAI's form
+    (``data: {"error": {...}}`` then ``[DONE]``) and Triton's (``data: {"error": "..."}``)."""
+    root = tmp_path / "repository"
+    (root / "slowgen").mkdir(parents=True)
+    (root / "slowgen" / "config.toml").write_text(BIGRAM_CONFIG)
+    write_py(root / "slowgen" / "1", BIGRAM_PY, **{"seed.txt": "3", "delay.txt": "0.002"})  # 2 ms a step
+    server = start_server("--drain-timeout", "1", "--models", "none", "--model-repository", str(root))
+    openai_stream, triton_stream = RawHttp(server.port), RawHttp(server.port)
+    openai_stream.send(request_bytes("POST", "/v1/completions", json.dumps(
+        {"model": "slowgen", "prompt": "a", "max_tokens": 100000, "stream": True}).encode()))
+    triton_stream.send(request_bytes("POST", "/v2/models/slowgen/generate_stream", json.dumps(
+        {"text_input": "a", "max_tokens": 100000}).encode()))
+    for stream in (openai_stream, triton_stream):
+        assert stream.interim().status == 200
+        assert stream._line()  # the first event's chunk size: the generation runs
+    server.signal(signal.SIGTERM)
+    for stream in (openai_stream, triton_stream):
+        while not stream.closed():
+            pass
+    assert openai_stream.buf.endswith(
+        b'data: {"error":{"message":"drain deadline reached","type":"server_error","param":null,'
+        b'"code":"shutting_down"}}\n\ndata: [DONE]\n\n\r\n0\r\n\r\n'), openai_stream.buf[-300:]
+    assert triton_stream.buf.endswith(b'data: {"error":"drain deadline reached"}\n\n\r\n0\r\n\r\n'), \
+        triton_stream.buf[-300:]
     assert server.wait(30) == 0
 
 

@@ -18,6 +18,10 @@ Routes (docs/PROTOCOL.md, "HTTP"):
 - Triton's model configuration and statistics extensions:
   ``GET /v2/models/{name}[/versions/{version}]/config``, ``GET /v2/models[/{name}[/versions/{version}]]/stats``
   (bodies: :mod:`wsserve.rest.triton`);
+- Triton's generate extension: ``POST /v2/models/{name}[/versions/{version}]/generate`` and
+  ``/generate_stream`` (bodies: :mod:`wsserve.rest.tritongen`);
+- KServe's V1 protocol: ``GET /v1/models/{name}[/versions/{version}]``, ``POST
+  /v1/models/{name}[/versions/{version}]:predict`` and ``:explain`` (bodies: :mod:`wsserve.rest.kserve`);
 - the OIP model repository extension (Triton's): ``POST /v2/repository/index``,
   ``POST /v2/repository/models/{name}/load`` and ``/unload`` (optional body
   ``{"parameters": {"version": ...}}``), through the server's admin hook (the
@@ -78,6 +82,7 @@ from .openai import (
     parse_completion,
 )
 from .router import Auth, Handler, Route, Router
+from .tritongen import GenerateEncoder, parse_generate
 
 __all__ = ["HttpApi"]
 
@@ -172,6 +177,8 @@ class HttpApi:
             add("POST", base + "/infer", self._infer, auth="key", style="oip")
             add("GET", base + "/config", self._model_config, auth="key", style="oip")
             add("GET", base + "/stats", self._model_stats, auth="key", style="oip")
+            add("POST", base + "/generate", self._triton_generate, auth="key", style="oip")
+            add("POST", base + "/generate_stream", self._triton_generate_stream, auth="key", style="oip")
         add("GET", "/v2/models/stats", self._model_stats, auth="key", style="oip")
         # The model repository extension (Triton's): admin operations check their own rule (_may_admin).
         add("POST", "/v2/repository/index", self._repository_index, auth="key", style="oip")
@@ -582,34 +589,56 @@ class HttpApi:
                           key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
         return self._generate(request, exchange, key, cors, chat=True)
 
+    def _triton_generate(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                         key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._generate(request, exchange, key, cors, chat=False, triton=params, stream=False)
+
+    def _triton_generate_stream(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                                key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._generate(request, exchange, key, cors, chat=False, triton=params, stream=True)
+
     def _generate(self, request: HttpRequest, exchange: HttpExchange, key: str | None,
-                  cors: list[tuple[str, str]] | None, *, chat: bool) -> HttpResponse | None:
-        """``POST /v1/completions`` or (``chat``) ``/v1/chat/completions``: a generation queued
-        next to the WebSocket ones, answered (or streamed) through ``exchange``."""
+                  cors: list[tuple[str, str]] | None, *, chat: bool, triton: Mapping[str, str] | None = None,
+                  stream: bool = False) -> HttpResponse | None:
+        """``POST /v1/completions``, (``chat``) ``/v1/chat/completions`` or (``triton``: the path's
+        parameters) Triton's ``/v2/models/{name}[/versions/{v}]/generate[_stream]``: a generation
+        queued next to the WebSocket ones, answered (or streamed) through ``exchange``."""
         now = self.clock()
         model = ""
         try:
             session = self._session(exchange, request)
             session.admission.admit(key, now)
-            parse = parse_chat_completion if chat else parse_completion
-            completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
-            model = completion.model
-            try:
-                entry = self.models.lookup(model)
-            except UnknownModel as exc:
-                raise _with_param(exc, "model") from None
-            if entry.kind != "generate":
-                raise ParamError("model", f"model {model!r} does not generate text (use POST /v2/models/{model}/infer "
-                                          "or POST /predict)")
+            if triton is not None:
+                model = triton["name"]
+                entry = self.models.lookup(model, triton.get("version"))
+                if entry.kind != "generate":
+                    raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
+                completion, rid = parse_generate(loads(request.body), model=model, stream=stream,
+                                                 max_tokens_limit=self.config.max_tokens)
+            else:
+                parse = parse_chat_completion if chat else parse_completion
+                completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
+                model = completion.model
+                try:
+                    entry = self.models.lookup(model)
+                except UnknownModel as exc:
+                    raise _with_param(exc, "model") from None
+                if entry.kind != "generate":
+                    raise ParamError("model", f"model {model!r} does not generate text (use POST "
+                                              f"/v2/models/{model}/infer or POST /predict)")
             session.admission.capacity(len(session.calls), session.inflight_bytes, 0)
             if completion.messages is not None:
                 try:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
                 except BadRequest as exc:
                     raise _with_param(exc, "messages") from None
-            cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
-            encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
-            call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
+            if triton is not None:
+                encoder: Any = GenerateEncoder(rid, model, entry.version)
+                call = CompletionCall(session, exchange, entry, now, completion, encoder, cors, style="oip")
+            else:
+                cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
+                encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
+                call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             call.handle = entry.worker.submit(completion.params, call, group=session)
         except WsserveError as exc:
             self._rejected(exc, model, "generate")

@@ -27,7 +27,8 @@ from ..protocol import encode_seed_result, timing_fields
 from ..worker import concat_rows, count_rows
 from . import kserve, oip
 from .errors import Style, error_response
-from .openai import ChatCompletionEncoder, Completion, CompletionEncoder, error_event
+from .openai import ChatCompletionEncoder, Completion, CompletionEncoder
+from .tritongen import GenerateEncoder
 
 if TYPE_CHECKING:
     from ..admission import Shared
@@ -307,13 +308,16 @@ class InferCall(PredictCall):
 
 
 class CompletionCall(Call):
-    """``POST /v1/completions``: the engine's token sink; a JSON answer, or Server-Sent Events when streamed."""
+    """``POST /v1/completions``, ``/v1/chat/completions`` or Triton's ``generate``/``generate_stream``:
+    the engine's token sink; a JSON answer, or Server-Sent Events when streamed (the bytes are
+    the ``encoder``'s)."""
 
     __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "_texts")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
-                 completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder, headers: list[tuple[str, str]] | None) -> None:
-        super().__init__(session, exchange, entry, "generate", "openai", received_at, headers)
+                 completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
+                 headers: list[tuple[str, str]] | None, style: Style = "openai") -> None:
+        super().__init__(session, exchange, entry, "generate", style, received_at, headers)
         self.engine = entry.worker
         self.handle: Any = None
         self.encoder = encoder
@@ -330,8 +334,8 @@ class CompletionCall(Call):
         if not self.stream:
             super()._error(exc)
             return
-        # The 200 and the first events are out: the error is an event, then [DONE].
-        self.exchange.send(error_event(error_response(exc, "openai").body))
+        # The 200 and the first events are out: the error is an event (OpenAI's: then [DONE]).
+        self.exchange.send(self.encoder.error_event(exc))
         self.exchange.end_stream()
 
     # -- TokenSink

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from ..chat import ChatMessage, parse_messages
-from ..errors import BadRequest
+from ..errors import BadRequest, WsserveError
 from ..jsontypes import json_type
 from ..protocol import (
     MAX_MODEL_NAME_LENGTH,
@@ -35,6 +35,7 @@ from ..protocol import (
     GenerationParams,
     stop_tuple,
 )
+from .errors import error_response
 
 __all__ = ["ChatCompletionEncoder", "Completion", "CompletionEncoder", "DONE", "ParamError", "error_event",
            "models_list", "parse_chat_completion", "parse_completion"]
@@ -229,6 +230,11 @@ class CompletionEncoder:
         """What a stream begins with before its first token (nothing, for a text completion)."""
         return b""
 
+    @staticmethod
+    def error_event(exc: WsserveError) -> bytes:
+        """An error after the stream started (see :func:`error_event`)."""
+        return error_event(error_response(exc, "openai").body)
+
     def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
         """The whole (non-streamed) response."""
         return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,'
@@ -264,6 +270,8 @@ class ChatCompletionEncoder:
         self._head = b'{"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion"' + tail
         self._chunk = b'data: {"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion.chunk"' + tail
         self._token_prefix = self._chunk + b',"choices":[{"index":0,"delta":{"content":'
+
+    error_event = CompletionEncoder.error_event
 
     def start_events(self) -> bytes:
         """The first chunk: the reply's role."""

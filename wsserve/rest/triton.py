@@ -27,7 +27,8 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   is the batching window (0: greedy, a batch forms as soon as the model is
   free); ``priority_levels`` 2, ``default_priority_level`` 2 (request
   ``priority`` 1 is served first, others in the default level).
-- A generative model has no OIP tensors (it is served by ``/v1/completions``):
+- A generative model has no OIP tensors (it is served by Triton's generate
+  extension, :mod:`wsserve.rest.tritongen`, and ``/v1/completions``):
   ``max_batch_size`` 0, no ``input``/``output``, and
   ``model_transaction_policy: {"decoupled": true}`` as Triton marks a model that
   streams several responses per request.
