@@ -41,6 +41,15 @@ def test_keys_protect_every_route_but_the_probes(start_server) -> None:
             a = c.request("GET", path)  # Triton's configuration and statistics extensions
             assert a.status == 401 and isinstance(_error(a), str), path
             assert c.request("GET", path, headers={"Authorization": f"Bearer {KEY}"}).status == 200, path
+        work = (("POST", "/v1/models/linear:predict", b'{"instances": [[0.5]]}'),  # KServe V1
+                ("GET", "/v1/models/linear", None),
+                ("POST", "/v2/models/charlm/generate", b'{"text_input": "a", "max_tokens": 2}'),  # Triton's generate
+                ("POST", "/v1/chat/completions",
+                 b'{"model": "charlm", "messages": [{"role": "user", "content": "a"}], "max_tokens": 2}'))
+        for method, path, body in work:
+            a = c.request(method, path, body)
+            assert a.status == 401 and _error(a) is not None, path
+            assert c.request(method, path, body, {"Authorization": f"Bearer {KEY}"}).status == 200, path
         for probe in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
             assert c.request("GET", probe).status == 200, probe
         a = c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", "authorization": f"Bearer {KEY}"})
