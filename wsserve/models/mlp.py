@@ -29,6 +29,7 @@ import numpy as np
 
 from .base import ModelInfo, PredictiveModel
 from .optim import Adam
+from .rowpure import row_block, rowpure_matmul
 
 __all__ = [
     "MLPConfig",
@@ -215,6 +216,7 @@ class MLPModel(PredictiveModel):
                 raise ValueError(f"inconsistent layer shapes {w.shape}, {b.shape}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
                 raise ValueError("non-finite MLP weights")
+        self._blocks = [row_block(w) for w, _ in self.params]  # rows per GEMM call (see wsserve.models.rowpure)
         n_in = self.params[0][0].shape[0]
         n_out = self.params[-1][0].shape[1]
         self.info = ModelInfo(
@@ -242,15 +244,14 @@ class MLPModel(PredictiveModel):
             raise ValueError(
                 f"mlp expects inputs of shape [n, {self.info.input_shape[0]}], got {list(x.shape)}"
             )
-        n = x.shape[0]
-        h = np.array(x if n != 1 else np.concatenate([x, x]), dtype=np.float32, order="C")
+        h = np.array(x, dtype=np.float32, order="C")
         last = len(self.params) - 1
-        for i, (w, b) in enumerate(self.params):
-            h = h @ w                      # [n, d_i] -> [n, d_{i+1}], float32 gemm
+        for i, ((w, b), block) in enumerate(zip(self.params, self._blocks, strict=True)):
+            h = rowpure_matmul(h, w, block)  # [n, d_i] -> [n, d_{i+1}], float32 gemm in same-shaped blocks
             h += b
             if i < last:
                 np.maximum(h, 0, out=h)
-        return softmax(h[:n].astype(np.float64))  # [n, C]
+        return softmax(h.astype(np.float64))  # [n, C]
 
     def predict_labels(self, x: np.ndarray) -> np.ndarray:
         """``[n, d] -> [n]`` argmax class."""

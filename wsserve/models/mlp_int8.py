@@ -32,7 +32,15 @@ import numpy as np
 from .base import ModelInfo, PredictiveModel
 from .mlp import Params
 from .mlp_gradient import probability_input_gradient
-from .mlp_layers import check_array, check_names, check_shapes, forward_rowpure, layer_count, meta_metrics
+from .mlp_layers import (
+    check_array,
+    check_names,
+    check_shapes,
+    forward_rowpure,
+    layer_count,
+    meta_metrics,
+)
+from .rowpure import row_block
 
 __all__ = ["ARCHITECTURE", "MLPInt8Model", "quantize_per_channel", "dequantize"]
 
@@ -78,6 +86,7 @@ class MLPInt8Model(PredictiveModel):
         already validated (use the classmethods)."""
         self._layers = [(q, s, b) for q, s, b in layers]
         self._compute = [(dequantize(q, s), None, b) for q, s, b in layers]
+        self._blocks = [row_block(w) for w, _, _ in self._compute]  # see wsserve.models.rowpure
         self._grad_params = self.dequantized_params(np.float64)  # for input_gradient, made once
         self._meta = dict(meta or {})
         n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
@@ -105,7 +114,7 @@ class MLPInt8Model(PredictiveModel):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``[n, d] -> [n, C]`` probabilities, row-pure bit for bit; ``ValueError`` on a bad shape."""
-        return forward_rowpure(self._compute, x, ARCHITECTURE)
+        return forward_rowpure(self._compute, x, ARCHITECTURE, self._blocks)
 
     def dequantized_params(self, dtype: Any = np.float64) -> Params:
         """The effective weights ``[(float32(q * scale), b), ...]`` (what ``predict`` uses) in ``dtype``."""

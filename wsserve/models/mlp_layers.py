@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .mlp import softmax
+from .rowpure import rowpure_matmul
 
 __all__ = [
     "MAX_LAYERS",
@@ -102,28 +103,27 @@ def forward_rowpure(
     layers: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
     x: np.ndarray,
     label: str,
+    blocks: Sequence[int],
 ) -> np.ndarray:
     """``[n, d] -> [n, C]`` softmax probabilities through ``(W, scale, b)`` float32 layers.
 
-    Each layer is ``h @ W`` (float32 GEMM), times the per-output-column
-    ``scale`` if not None, plus ``b``; ReLU between layers.  A single row is
-    padded to two so BLAS never takes its gemv path (different summation
-    order), as :class:`wsserve.models.mlp.MLPModel` does: row i of the result
-    is bitwise the same whatever else is in the batch.  Raises ``ValueError``
-    naming ``label`` on a wrong input shape.
+    Each layer is ``h @ W`` (float32 GEMM, in same-shaped blocks of ``blocks[i]`` rows: see
+    :mod:`wsserve.models.rowpure`), times the per-output-column ``scale`` if not None, plus
+    ``b``; ReLU between layers.  Row i of the result is bitwise the same whatever else is in
+    the batch, as :class:`wsserve.models.mlp.MLPModel` does.  Raises ``ValueError`` naming
+    ``label`` on a wrong input shape.
     """
     d = layers[0][0].shape[0]
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != d:
         raise ValueError(f"{label} expects inputs of shape [n, {d}], got {list(x.shape)}")
-    n = x.shape[0]
-    h = np.array(x if n != 1 else np.concatenate([x, x]), dtype=np.float32, order="C")
+    h = np.array(x, dtype=np.float32, order="C")
     last = len(layers) - 1
-    for i, (w, scale, b) in enumerate(layers):
-        h = h @ w                                       # [n, d_i] -> [n, d_{i+1}], float32 accumulation
+    for i, ((w, scale, b), block) in enumerate(zip(layers, blocks, strict=True)):
+        h = rowpure_matmul(h, w, block)                 # [n, d_i] -> [n, d_{i+1}], float32 accumulation
         if scale is not None:
             h *= scale
         h += b
         if i < last:
             np.maximum(h, 0, out=h)
-    return softmax(h[:n].astype(np.float64))            # [n, C]
+    return softmax(h.astype(np.float64))                # [n, C]

@@ -26,7 +26,14 @@ import numpy as np
 from .base import ModelInfo, PredictiveModel
 from .mlp import Params
 from .mlp_gradient import probability_input_gradient
-from .mlp_layers import check_array, check_names, check_shapes, forward_rowpure, meta_metrics
+from .mlp_layers import (
+    check_array,
+    check_names,
+    check_shapes,
+    forward_rowpure,
+    meta_metrics,
+)
+from .rowpure import row_block
 
 __all__ = ["ARCHITECTURE", "MLPSparseModel"]
 
@@ -60,6 +67,7 @@ class MLPSparseModel(PredictiveModel):
             w[m] = v                                        # row-major, like the stored order
             dense.append(w)
         self._compute = [(w, None, b) for w, b in zip(dense, biases)]
+        self._blocks = [row_block(w) for w, _, _ in self._compute]  # see wsserve.models.rowpure
         self._grad_params = self.dense_params(np.float64)  # for input_gradient, made once
         n_in, n_out = masks[0].shape[0], masks[-1].shape[1]
         self.info = ModelInfo(
@@ -90,7 +98,7 @@ class MLPSparseModel(PredictiveModel):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``[n, d] -> [n, C]`` probabilities, row-pure bit for bit; ``ValueError`` on a bad shape."""
-        return forward_rowpure(self._compute, x, ARCHITECTURE)
+        return forward_rowpure(self._compute, x, ARCHITECTURE, self._blocks)
 
     def dense_params(self, dtype: Any = np.float64) -> Params:
         """The effective dense ``[(W, b), ...]`` in ``dtype`` (pruned entries 0)."""
