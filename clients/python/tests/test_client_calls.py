@@ -232,6 +232,32 @@ async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
         assert s.reason == "stop" and stop not in s.text and a.text.startswith(s.text)
 
 
+async def test_generate_chat_messages(server: ServerProcess) -> None:
+    """A conversation is sent as ``messages``: charlm's chat template joins the contents with
+    newlines, so the answer is the text prompt's, token for token."""
+    chat = [{"role": "system", "content": "You continue text."}, {"role": "user", "content": "The "}]
+    as_text = "You continue text.\nThe "
+    async with Client(server.url) as c:
+        by_text = await c.complete("charlm", as_text, max_tokens=12)
+        by_chat = await c.complete("charlm", chat, max_tokens=12)
+        assert by_chat.text == by_text.text and by_chat.tokens == 12
+        assert by_chat.prompt_tokens == by_text.prompt_tokens is not None
+        gen = c.generate("charlm", tuple(chat), max_tokens=12)  # any sequence of mappings
+        chat.append({"role": "user", "content": "changed after the call"})  # copied at the call
+        assert "".join([t async for t in gen]) == by_text.text
+        # The server checks the messages and names the field; the connection goes on.
+        with pytest.raises(BadRequestError, match=r"messages\[0\]\.role"):
+            await c.complete("charlm", [{"role": "tool", "content": "x"}], max_tokens=3)
+        with pytest.raises(BadRequestError, match="messages"):
+            await c.complete("charlm", [], max_tokens=3)
+        # Not a conversation at all: refused here, before anything is sent.
+        with pytest.raises(TypeError, match="sequence of chat messages"):
+            c.generate("charlm", {"role": "user", "content": "x"})  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="chat message 1"):
+            c.generate("charlm", [{"role": "user", "content": "x"}, "y"])  # type: ignore[list-item]
+        assert (await c.complete("charlm", as_text, max_tokens=12)).text == by_text.text
+
+
 async def test_generate_bad_parameters(server: ServerProcess) -> None:
     async with Client(server.url) as c:
         with pytest.raises(BadRequestError):

@@ -15,6 +15,7 @@ from ._limiter import Limiter
 from .backoff import Backoff, RetryPolicy
 from .codec import (
     Version,
+    chat_messages,
     check_version,
     encode_admin,
     encode_generate,
@@ -279,7 +280,7 @@ class Client:
     def generate(
         self,
         model: str,
-        prompt: str,
+        prompt: str | Sequence[Mapping[str, Any]],
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -293,10 +294,16 @@ class Client:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
         text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
 
-        ``None`` parameters take the server's defaults (``max_tokens`` 64, greedy, the default
-        version). Returns at once; the request is sent on first iteration or on ``async with``.
+        ``prompt`` is the text to continue, or a conversation: a sequence of chat messages
+        (``{"role": "system" | "user" | "assistant", "content": str}``, OpenAI's form) sent as
+        ``messages``, which the server turns into the prompt with the model's chat template (a
+        model without one answers ``bad_request``). ``None`` parameters take the server's
+        defaults (``max_tokens`` 64, greedy, the default version). Returns at once; the request
+        is sent on first iteration or on ``async with``.
         """
         check_version(version)  # a bad version raises here, not on first iteration
+        if not isinstance(prompt, str):
+            prompt = chat_messages(prompt)  # a TypeError here; a copy, so later edits don't leak in
 
         def make(rid: int) -> bytes:
             return encode_generate(
@@ -309,7 +316,7 @@ class Client:
     async def complete(
         self,
         model: str,
-        prompt: str,
+        prompt: str | Sequence[Mapping[str, Any]],
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -320,7 +327,8 @@ class Client:
         priority: int = 0,
         version: Version | None = None,
     ) -> Completion:
-        """Generate to the end and return the whole text with how it ended."""
+        """Generate to the end and return the whole text with how it ended (``prompt`` as for
+        :meth:`generate`: text, or chat messages)."""
         gen = self.generate(
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
             seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,

@@ -165,10 +165,24 @@ def _binary_input(value: Any) -> Tensor:
     return as_tensor(value)
 
 
+def chat_messages(messages: Any) -> list[dict[str, Any]]:
+    """A conversation as a list of plain dicts; the contents are the server's to check."""
+    if isinstance(messages, (bytes, bytearray, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError(
+            f"prompt must be a str or a sequence of chat messages, not {type(messages).__name__}")
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise TypeError(f"chat message {i} must be a mapping with 'role' and 'content', "
+                            f"not {type(m).__name__}")
+        out.append(dict(m))
+    return out
+
+
 def encode_generate(
     request_id: RequestId,
     model: str,
-    prompt: str,
+    prompt: str | Sequence[Mapping[str, Any]],
     *,
     max_tokens: int | None = None,
     temperature: float | None = None,
@@ -180,8 +194,16 @@ def encode_generate(
     version: Version | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
-    ``stop`` string is sent as a one-element list."""
-    frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model, "prompt": prompt}
+    ``stop`` string is sent as a one-element list. ``prompt`` is the text to continue, or a
+    conversation (a sequence of ``{"role": ..., "content": ...}`` mappings, OpenAI's chat
+    messages) sent as ``messages``: the server makes the prompt with the model's chat template
+    and checks the messages (``bad_request`` naming the field). Anything else is a ``TypeError``
+    here, before a request is sent."""
+    frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model}
+    if isinstance(prompt, str):
+        frame["prompt"] = prompt
+    else:
+        frame["messages"] = chat_messages(prompt)
     if check_version(version) is not None:
         frame["version"] = version
     if max_tokens is not None:
