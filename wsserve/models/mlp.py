@@ -208,14 +208,17 @@ class MLPModel(PredictiveModel):
             (np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32))
             for w, b in params
         ]
-        for w, b in self.params:
+        for i, (w, b) in enumerate(self.params):
             if w.ndim != 2 or b.ndim != 1:
-                raise ValueError(f"an MLP layer needs a 2-d weight and a 1-d bias, got {w.shape}, {b.shape}")
-        for (w, b), (w2, _) in zip(self.params, self.params[1:] + [(None, None)]):
-            if b.shape != (w.shape[1],) or (w2 is not None and w2.shape[0] != w.shape[1]):
-                raise ValueError(f"inconsistent layer shapes {w.shape}, {b.shape}")
+                raise ValueError(
+                    f"MLP layer {i} needs a 2-d weight and a 1-d bias, got {list(w.shape)}, {list(b.shape)}")
+            if b.shape != (w.shape[1],):
+                raise ValueError(f"MLP layer {i}: bias shape {list(b.shape)} does not match weight {list(w.shape)}")
+            if i and w.shape[0] != self.params[i - 1][0].shape[1]:
+                raise ValueError(f"MLP layer {i} takes {w.shape[0]} inputs but layer {i - 1} "
+                                 f"gives {self.params[i - 1][0].shape[1]}")
             if not (np.isfinite(w).all() and np.isfinite(b).all()):
-                raise ValueError("non-finite MLP weights")
+                raise ValueError(f"MLP layer {i} holds non-finite weights")
         self._blocks = [row_block(w) for w, _ in self.params]  # rows per GEMM call (see wsserve.models.rowpure)
         n_in = self.params[0][0].shape[0]
         n_out = self.params[-1][0].shape[1]
