@@ -27,6 +27,7 @@ else:
     yaml = pytest.importorskip("yaml")
 
 from wsserve.cli import build_parser, config_from_args
+from wsserve.server import EXIT_AFTER_DRAIN_S
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -103,11 +104,20 @@ def test_container_args_are_a_valid_wsserve_command(container, monkeypatch, tmp_
     assert [p["containerPort"] for p in container["ports"]] == [config.port]
 
 
-#: The longest a server takes to exit after its drain deadline (wsserve/server.py): up to 2 s for
-#: the connections ended with shutting_down to close (Server.drain), at least 2 s more for model
-#: code still running (Server.close), then 2 s for threads stuck in model code
-#: (exit_past_stuck_threads).  docs/deploy.md and the Dockerfile say the same.
-STOP_AFTER_DRAIN_S = 6.0
+#: The longest a server takes to exit after its drain deadline (wsserve/server.py): the time for
+#: the connections ended with shutting_down to close (Server.drain), for model code still running
+#: (Server.close), then for threads stuck in model code (exit_past_stuck_threads).
+STOP_AFTER_DRAIN_S = EXIT_AFTER_DRAIN_S
+
+
+def test_deploy_docs_state_the_exit_bound() -> None:
+    """docs/deploy.md and the manifest's comment give operators the code's bound, not a stale one."""
+    said = f"{EXIT_AFTER_DRAIN_S:g} s"
+    assert f"plus {said}" in (ROOT / "docs" / "deploy.md").read_text()
+    assert f"the {said} wsserve may take" in (K8S / "deployment.yaml").read_text()
+    dockerfile = DOCKERFILE.read_text()
+    stop = build_parser().parse_args(["serve"]).drain_timeout_s + EXIT_AFTER_DRAIN_S
+    assert f"at most {said} after" in dockerfile and f"--time {stop:g}" in dockerfile
 
 
 def test_grace_period_outlasts_prestop_plus_drain(docs, container, monkeypatch, tmp_path) -> None:

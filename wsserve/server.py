@@ -68,6 +68,19 @@ __all__ = ["ListenError", "Server", "run"]
 
 log = logging.getLogger("wsserve.server")
 
+#: After the drain deadline: how long connections ended with ``shutting_down`` get to close
+#: before their transports are aborted (:meth:`Server.drain`).
+CLOSE_AFTER_DRAIN_S = 2.0
+#: The least time model code still running gets in :meth:`Server.close` (a generation step, a
+#: ``Model.close()`` of a version being unloaded) before it is abandoned.
+MODEL_CODE_GRACE_S = 2.0
+#: How long a process waits for threads stuck in model code before ``os._exit``
+#: (:func:`exit_past_stuck_threads`).
+STUCK_THREAD_GRACE_S = 2.0
+#: The longest a server process takes to exit after its drain deadline: the sum of the three.
+#: Deployments give a stop this much more than the drain (docs/deploy.md, deploy/).
+EXIT_AFTER_DRAIN_S = CLOSE_AFTER_DRAIN_S + MODEL_CODE_GRACE_S + STUCK_THREAD_GRACE_S
+
 _STATIC = resources.files("wsserve") / "static"
 _FALLBACK_PAGE = b"""<!doctype html><meta charset=utf-8><title>wsserve</title>
 <h1>wsserve</h1><p>WebSocket inference server. Connect to this URL with a WebSocket client;
@@ -215,7 +228,7 @@ class Server:
             self.api.end_all(ShuttingDown("drain deadline reached"))  # HTTP calls: 503, then the connection closes
             self.flusher.flush()
             try:
-                async with asyncio.timeout(2.0):
+                async with asyncio.timeout(CLOSE_AFTER_DRAIN_S):
                     await self._all_closed.wait()
             except TimeoutError:
                 for proto in list(self._protocols):
@@ -242,11 +255,12 @@ class Server:
             task.cancel()
         await self.registry.stop()  # a load still running is abandoned, not served
         # What is left ends now; model code still running (a generation step, a Model.close() of a
-        # version being unloaded) gets until the drain deadline (at least 2 s more; without a drain,
-        # --drain-timeout), then is abandoned, logged: a model that never returns cannot hold the
-        # server forever.
+        # version being unloaded) gets until the drain deadline (at least MODEL_CODE_GRACE_S more;
+        # without a drain, --drain-timeout), then is abandoned, logged: a model that never returns
+        # cannot hold the server forever.
         deadline = self._drain_deadline
-        end = monotonic() + (self.config.drain_timeout_s if deadline is None else max(2.0, deadline - monotonic()))
+        end = monotonic() + (self.config.drain_timeout_s if deadline is None
+                             else max(MODEL_CODE_GRACE_S, deadline - monotonic()))
         try:
             async with asyncio.timeout(end - monotonic()):
                 await self.pool.close()  # retiring versions then finish closing
@@ -615,7 +629,7 @@ def _loop_factory(loop: str) -> Any:
     return None
 
 
-def exit_past_stuck_threads(code: int, grace_s: float = 2.0) -> None:
+def exit_past_stuck_threads(code: int, grace_s: float = STUCK_THREAD_GRACE_S) -> None:
     """After the server stopped, in a process that is the server's own (the CLI): if a thread
     still runs (model code that never returned: a ``predict`` or a generation step, whose
     thread the interpreter would join at exit, forever) ``grace_s`` later, log it and exit now
