@@ -253,3 +253,64 @@ def test_malformed_wsserve_metadata_fails_the_load_naming_the_file(tmp_path: Pat
     with pytest.raises(ModelLoadError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
         load_version("net", 1, path.parent, parse_config(""))
     assert info.value.path == path
+
+
+def _onnx_graph(path: Path, nodes: list, inputs: list, outputs: list, inits: list | None = None,
+                producer: str = "someone-else", opsets: tuple = (("", 17),)) -> None:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets],
+                              producer_name=producer)
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+
+
+def test_onnx_models_onnxruntime_cannot_load_or_run_exit_2_naming_the_file(tmp_path: Path, capsys) -> None:
+    """A model.onnx with a dangling node input, an unknown op, or a fixed reshape its dynamic batch
+    breaks was a traceback (onnxruntime's own exception types are not ValueError/RuntimeError);
+    now exit 2, the file and onnxruntime's reason named, nothing written."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])
+    _onnx_graph(tmp_path / "dangling" / "1" / "model.onnx", [helper.make_node("MatMul", ["x", "nowhere"], ["y"])],
+                [x], [y])
+    _onnx_graph(tmp_path / "unknownop" / "1" / "model.onnx",
+                [helper.make_node("FooBar", ["x"], ["y"], domain="weird.domain")], [x], [y],
+                opsets=(("", 17), ("weird.domain", 1)))
+    shape = numpy_helper.from_array(np.array([3, 8], np.int64), "shape")  # 256 rows do not make [3, 8]
+    _onnx_graph(tmp_path / "reshape" / "1" / "model.onnx", [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 8])], [shape])
+    before = _tree(tmp_path)
+    for model, reason in (("dangling", "Node input 'nowhere' is not a graph input"),
+                          ("unknownop", "weird.domain:FooBar(-1) is not a registered function/op"),
+                          ("reshape", "running it on 256 rows of shape [4] failed")):
+        code, out, err = _run(capsys, model, "--repository", str(tmp_path), "--int8")
+        src = tmp_path / model / "1" / "model.onnx"
+        assert code == 2 and out == "", err
+        assert f"ONNX source {str(src)!r}" in err and reason in err and "Traceback" not in err
+    assert _tree(tmp_path) == before
+
+
+def test_an_onnx_model_not_from_wsserve_gets_no_mlp_accuracy_claim(tmp_path: Path, capsys) -> None:
+    """Any [32] -> [10] model.onnx was measured on the mlp task's held-out rows and given a 'held-out
+    accuracy' on a task it was never trained for; only wsserve's own mlp export claims it now."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((32, 10)).astype(np.float32), "w")
+    _onnx_graph(tmp_path / "theirs" / "1" / "model.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], [w])
+    code, out, err = _run(capsys, "theirs", "--repository", str(tmp_path), "--int8", "--json")
+    assert code == 0, err
+    figures = json.loads(out)
+    assert figures["heldout_accuracy"] is None and "source_heldout_accuracy" not in figures
+    assert math.isfinite(figures["output_max_abs_diff"])  # measured on standard-normal rows instead

@@ -26,6 +26,7 @@ they are imported inside the functions, so importing this module is free.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -206,6 +207,12 @@ def _single_float_input(session: Any, label: str) -> tuple[str, tuple[int, ...]]
     return inputs[0].name, row
 
 
+def _ort_message(exc: BaseException) -> str:
+    """onnxruntime's message without its ``[ONNXRuntimeError] : N : KIND :`` prefix, prefixed by the type."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ", "", str(exc))
+    return f"{type(exc).__name__}: {text.strip()}"
+
+
 def _initializer_counts(path: Path) -> tuple[int, int]:
     """``(elements, non-zero elements)`` of the graph's initializers."""
     import onnx
@@ -235,7 +242,8 @@ def compress_onnx(
     ``parameters_nonzero`` (initializer elements) and the source's; the
     median ms of one run on 256 rows and the ratio new / source
     (``latency_ratio_b256``); ``output_max_abs_diff`` between the two on
-    those rows.  When the model is ``[32] -> [10]`` (the ``mlp`` task), the
+    those rows.  When the model is wsserve's own ``[32] -> [10]`` export
+(producer ``wsserve``, :func:`build_mlp_onnx`: the ``mlp`` task), the
     rows are ``make_mlp_data(seed)``'s held-out split and
     ``heldout_accuracy`` / ``source_heldout_accuracy`` / ``heldout_accuracy_delta``
     are recorded (seed: ``data_seed``, else a ``seed`` in the source's
@@ -243,7 +251,8 @@ def compress_onnx(
     (seeded) and no accuracy is claimed (``heldout_accuracy`` is None).
 
     Raises ``ValueError`` (nothing written) for a missing/invalid source, one
-    that is not a single float input with a dynamic batch, or an
+    onnxruntime cannot load or that fails on rows of its declared input shape,
+    one that is not a single float input with a dynamic batch, or an
     ``out_version_dir`` already holding a model.onnx; ``ImportError`` without
     the ``onnx`` extra; ``OSError`` on I/O failure.
     """
@@ -267,7 +276,10 @@ def compress_onnx(
     label = f"ONNX source {str(src)!r}"
     if not src.is_file():
         raise ValueError(f"{label} does not exist")
-    src_session = onnx_session(src)
+    try:
+        src_session = onnx_session(src)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types (Fail, InvalidGraph...)
+        raise ValueError(f"{label}: onnxruntime cannot load it: {_ort_message(exc)}") from None
     name, row = _single_float_input(src_session, label)
     src_meta = read_wsserve_metadata(dict(src_session.get_modelmeta().custom_metadata_map), label)
     if data_seed is not None:
@@ -277,7 +289,10 @@ def compress_onnx(
     else:
         seed, seed_from = 0, "default"
     n_out = src_session.get_outputs()[0].shape
-    mlp_task = row == (32,) and len(n_out) == 2 and n_out[1] == 10
+    # Held-out accuracy only for wsserve's own mlp export: any other [32] -> [10] model is not
+    # known to solve that task, so an accuracy on its rows would be a figure about nothing.
+    producer = src_session.get_modelmeta().producer_name
+    mlp_task = producer == "wsserve" and row == (32,) and len(n_out) == 2 and n_out[1] == 10
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = out_dir / ".quantized.onnx.tmp"
@@ -290,9 +305,13 @@ def compress_onnx(
             x_all, y_all = np.random.default_rng(seed).standard_normal((LATENCY_BATCH, *row)), None
         x_all = x_all.astype(np.float32)
         xb = x_all[:LATENCY_BATCH]
-        lat_src, lat_new = onnx_latency_ms([src_session, new_session], xb, runs=latency_runs, input_name=name)
-        out_src = src_session.run(None, {name: x_all})[0]
+        try:
+            out_src = src_session.run(None, {name: x_all})[0]
+        except Exception as exc:  # noqa: BLE001 - the source fails on rows of its own declared input
+            raise ValueError(f"{label}: running it on {len(x_all)} rows of shape {list(row)} failed: "
+                             f"{_ort_message(exc)}") from None
         out_new = new_session.run(None, {name: x_all})[0]
+        lat_src, lat_new = onnx_latency_ms([src_session, new_session], xb, runs=latency_runs, input_name=name)
         params, params_nz = _initializer_counts(staged)
         src_params, src_params_nz = _initializer_counts(src)
         figures: dict[str, Any] = {
