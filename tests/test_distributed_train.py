@@ -22,8 +22,17 @@ else:
     distributed = pytest.importorskip("distributed")
 
 from wsserve.cli import main
-from wsserve.distributed import train_linear_dask, train_linear_generated_dask, train_mlp_dask
-from wsserve.distributed.cluster import check_workers, make_partitions, map_reduce, scatter_partitions
+from wsserve.distributed import (
+    train_linear_dask,
+    train_linear_generated_dask,
+    train_mlp_dask,
+)
+from wsserve.distributed.cluster import (
+    check_workers,
+    make_partitions,
+    map_reduce,
+    scatter_partitions,
+)
 from wsserve.distributed.data import (
     BLOCK_ROWS,
     block_ranges,
@@ -32,8 +41,18 @@ from wsserve.distributed.data import (
     linear_partition,
     row_ranges,
 )
-from wsserve.distributed.tasks import linear_gradient_sums, linear_normal_sums, sum_arrays
-from wsserve.models.linear import LinearConfig, LinearModel, make_linear_data, mse_and_grad, train_linear
+from wsserve.distributed.tasks import (
+    linear_gradient_sums,
+    linear_normal_sums,
+    sum_arrays,
+)
+from wsserve.models.linear import (
+    LinearConfig,
+    LinearModel,
+    make_linear_data,
+    mse_and_grad,
+    train_linear,
+)
 from wsserve.models.mlp import MLPModel, make_mlp_data, train_mlp
 
 
@@ -165,6 +184,38 @@ def test_cli_unreachable_scheduler_exits_1_and_writes_nothing(tmp_path: Path, ca
     assert main(["train", "linear", "--out", str(repo), "--dask", "tcp://127.0.0.1:9", "--timeout", "2"]) == 1
     assert "wsserve train: error" in capsys.readouterr().err
     assert not repo.exists()
+
+
+def test_a_round_on_a_cluster_without_workers_ends_with_no_workers() -> None:
+    """Dask waits forever for a worker: a remote scheduler whose workers all left held a round
+    (and ``wsserve train``) until killed. Now a round raises NoWorkers after the bound."""
+    from distributed import Client, LocalCluster
+
+    from wsserve.distributed.cluster import NoWorkers, map_reduce
+    from wsserve.distributed.tasks import sum_arrays
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        with pytest.raises(NoWorkers, match=r"no workers for 1 s with 1 task\(s\) waiting"):
+            map_reduce(client, np.add, sum_arrays, [np.ones(2)], np.ones(2), no_workers_timeout_s=1.0)
+
+
+def test_cli_a_task_that_kills_its_worker_exits_1_naming_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A task that kills every worker it runs on ends in Dask's KilledWorker, which is none of
+    OSError/RuntimeError/ValueError: it was a traceback; now exit 1 with Dask's reason."""
+    import dask
+
+    from wsserve.distributed import cli
+
+    def deadly(plan, client):  # the real cluster of the command; a task that kills its process
+        return client.submit(os._exit, 3, pure=False).result()
+
+    monkeypatch.setattr(cli, "_train", deadly)
+    repo = tmp_path / "repo"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        assert main(["train", "linear", "--out", str(repo), "--dask", "local", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "wsserve train: error: the Dask run failed: KilledWorker: Attempted to run task" in err
+    assert "Traceback" not in err and not repo.exists()
 
 
 def test_python_m_wsserve_train_with_a_local_cluster(tmp_path: Path) -> None:

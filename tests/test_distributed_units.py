@@ -286,6 +286,14 @@ def test_out_must_be_a_directory(tmp_path: Path, capsys) -> None:
     assert target.read_text() == "keep me"
 
 
+def test_out_under_a_file_is_refused_before_training(tmp_path: Path, capsys) -> None:
+    """--out below a regular file (its parent cannot be made) was only found when writing the
+    version, after the whole training run; now exit 2 before any cluster starts."""
+    (tmp_path / "file").write_text("keep me")
+    assert main(["train", "linear", "--out", str(tmp_path / "file" / "repo"), "--dask", "tcp://127.0.0.1:9"]) == 2
+    assert f"--out {tmp_path / 'file' / 'repo'}: {tmp_path / 'file'} is not a directory" in capsys.readouterr().err
+
+
 def test_default_partitions() -> None:
     from wsserve.distributed.cli import DEFAULT_PARTITION_ROWS, TrainPlan
 

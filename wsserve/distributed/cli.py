@@ -5,7 +5,9 @@ A thin adapter: flags -> :class:`TrainPlan` (validated before anything starts)
 
 Exit status: 0 written; 2 bad flags (nothing started, nothing written);
 1 a failure while running (cannot reach the cluster, workers without wsserve,
-no convergence, repository not writable; nothing written).
+no worker for ``--timeout`` seconds, a task killing its workers, a scattered
+partition lost with its worker, no convergence, repository not writable;
+nothing written).
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"mlp: epochs to run (default {MLPConfig().epochs}, at most {MAX_MLP_EPOCHS}); "
                              f"linear: the cap on gradient-descent epochs (default {LinearConfig().max_epochs})")
     parser.add_argument("--timeout", type=_positive_seconds, default=30.0,
-                        help="seconds to reach the scheduler and its workers (default 30)")
+                        help="seconds to reach the scheduler and its workers, and the longest the run "
+                             "waits while the cluster has no worker at all (default 30)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +125,30 @@ class TrainPlan:
         return min(max(n_workers, math.ceil(self.rows / DEFAULT_PARTITION_ROWS)), n_blocks, MAX_PARTITIONS)
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse, before any training, an ``--out`` that could not be written: its nearest existing
+    ancestor must be a directory this process may create entries in."""
+    probe = out.absolute()
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {probe} is not writable by this user")
+
+
 def plan_from_args(args: argparse.Namespace) -> TrainPlan:
     """Validate the flags together; raises ``ValueError`` naming the flag. Touches nothing but
-    ``stat`` of ``--out``."""
+    ``stat`` and ``access`` of ``--out`` and its ancestors."""
     name = args.name if args.name is not None else args.model
     if not _NAME_RE.match(name):
         raise ValueError(f"--name must match {_NAME_RE.pattern}, got {name!r}")
     check_seed(args.seed)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} exists and is not a directory")
+    _check_writable(args.out)
     if args.rows is not None and args.model != "linear":
         raise ValueError("--rows applies to linear only (mlp trains on its own 12,000-row task)")
     if args.workers is not None and args.dask == "local" and args.workers > (os.cpu_count() or 1) * 8:
@@ -165,13 +183,16 @@ def _train(plan: TrainPlan, client: Any) -> tuple[Any, dict[str, Any]]:
     from .mlp import train_mlp_dask
 
     partitions = plan.partitions_for(len(check_workers(client)))
+    wait = plan.timeout  # one bound: reaching the cluster's workers, and going on without any
     if plan.model == "mlp":
-        model = train_mlp_dask(client, seed=plan.seed, partitions=partitions, config=plan.mlp)
+        model = train_mlp_dask(client, seed=plan.seed, partitions=partitions, config=plan.mlp,
+                               no_workers_timeout_s=wait)
     elif plan.rows is None:
-        model = train_linear_dask(client, seed=plan.seed, partitions=partitions, config=plan.linear)
+        model = train_linear_dask(client, seed=plan.seed, partitions=partitions, config=plan.linear,
+                                  no_workers_timeout_s=wait)
     else:
         model = train_linear_generated_dask(client, rows=plan.rows, seed=plan.seed, partitions=partitions,
-                                            config=plan.linear)
+                                            config=plan.linear, no_workers_timeout_s=wait)
     m = model.info.metrics
     extra = {"trained_with": "dask", "partitions": m["partitions"], "workers": m["workers"], "seed": plan.seed,
              "dask": "local" if plan.dask == "local" else "scheduler"}
@@ -217,7 +238,16 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         return _run(plan)
     except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
-        # RuntimeError covers WorkerMismatch and non-convergence; OSError a scheduler
+        # RuntimeError covers WorkerMismatch, NoWorkers and non-convergence; OSError a scheduler
         # that cannot be reached or a repository that cannot be written.
         print(f"wsserve train: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - Dask's own failures (KilledWorker, lost scattered data...)
+        print(f"wsserve train: error: the Dask run failed: {_dask_failure(exc)}", file=sys.stderr)
+        return 1
+
+
+def _dask_failure(exc: Exception) -> str:
+    """A one-line reason for a failure Dask raised into the client (its own text names the task
+    and, for ``KilledWorker``, the worker that died)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

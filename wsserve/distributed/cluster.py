@@ -8,6 +8,7 @@ so the pure parts of :mod:`wsserve.distributed` import without it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +18,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client, Future
 
 __all__ = [
+    "DEFAULT_NO_WORKERS_TIMEOUT_S",
     "MAX_LOCAL_WORKERS",
     "REDUCE_FAN_IN",
+    "NoWorkers",
     "WorkerMismatch",
     "check_workers",
     "local_cluster",
@@ -34,6 +37,17 @@ MAX_LOCAL_WORKERS = 64
 
 class WorkerMismatch(RuntimeError):
     """The cluster's workers cannot run wsserve's tasks (none, or another wsserve version)."""
+
+
+class NoWorkers(RuntimeError):
+    """The cluster had no worker for longer than the run allows, with tasks waiting."""
+
+
+#: How long a round waits while the cluster has no worker at all (Dask itself waits forever:
+#: a remote scheduler whose workers all left would hold ``wsserve train`` until killed).
+DEFAULT_NO_WORKERS_TIMEOUT_S = 30.0
+#: How often a round that is not done yet looks at the cluster's worker count.
+_POLL_S = 0.5
 
 
 def _worker_wsserve_version() -> str:
@@ -78,6 +92,7 @@ def map_reduce(
     parts: Sequence[Future],
     *args: Any,
     per_part: Sequence[Any] | None = None,
+    no_workers_timeout_s: float = DEFAULT_NO_WORKERS_TIMEOUT_S,
 ) -> Any:
     """One round: ``reducer(*[mapper(*args, part[, extra]) for part in parts])``.
 
@@ -87,7 +102,8 @@ def map_reduce(
     the client gathers the last at most ``REDUCE_FAN_IN`` and reduces them. With
     few partitions that is one task hop per round. ``per_part``, if given, adds
     one extra argument per partition. Blocks until done; a task's exception is
-    raised here.
+    raised here. Raises :class:`NoWorkers` once the cluster has had no worker for
+    ``no_workers_timeout_s`` seconds while the round waits.
     """
     n = len(parts)
     columns = [[a] * n for a in args] + [list(parts)] + ([list(per_part)] if per_part is not None else [])
@@ -97,7 +113,31 @@ def map_reduce(
             client.submit(reducer, *partials[i : i + REDUCE_FAN_IN], pure=False)
             for i in range(0, len(partials), REDUCE_FAN_IN)
         ]
+    _wait_with_workers(client, partials, no_workers_timeout_s)
     return reducer(*client.gather(partials))
+
+
+def _wait_with_workers(client: Client, futures: Sequence[Future], no_workers_timeout_s: float) -> None:
+    """Wait until every future is finished (done or erred), looking every :data:`_POLL_S` s at the
+    cluster: raise :class:`NoWorkers` once it has had no worker for ``no_workers_timeout_s``."""
+    from distributed import wait
+
+    without_since: float | None = None
+    while True:
+        try:
+            wait(futures, timeout=_POLL_S)
+            return
+        except TimeoutError:
+            pass
+        now = time.monotonic()
+        if worker_addresses(client):
+            without_since = None
+        elif without_since is None:
+            without_since = now
+        elif now - without_since >= no_workers_timeout_s:
+            pending = sum(1 for f in futures if not f.done())
+            raise NoWorkers(f"the Dask cluster has had no workers for {no_workers_timeout_s:g} s "
+                            f"with {pending} task(s) waiting; start workers or check the scheduler")
 
 
 def scatter_partitions(client: Client, workers: Sequence[str], items: Sequence[Any]) -> list[Future]:

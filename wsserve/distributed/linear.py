@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..models.linear import LinearConfig, LinearModel, make_linear_data, mse_and_grad
-from .cluster import check_workers, make_partitions, map_reduce, scatter_partitions
+from .cluster import (
+    DEFAULT_NO_WORKERS_TIMEOUT_S,
+    check_workers,
+    make_partitions,
+    map_reduce,
+    scatter_partitions,
+)
 from .data import block_ranges, check_seed, linear_heldout, linear_partition, row_ranges
 from .tasks import linear_gradient_sums, linear_normal_sums, sum_arrays
 
@@ -47,7 +53,7 @@ class _Fit:
     train_mse: float
 
 
-def _descend(client: Client, parts: list[Future], n_rows: int, cfg: LinearConfig) -> _Fit:
+def _descend(client: Client, parts: list[Future], n_rows: int, cfg: LinearConfig, no_workers_s: float) -> _Fit:
     """Gradient descent by map/reduce; mirrors ``train_linear``'s loop step for step.
 
     Raises ``RuntimeError`` if it does not converge within ``cfg.max_epochs`` or a
@@ -56,7 +62,7 @@ def _descend(client: Client, parts: list[Future], n_rows: int, cfg: LinearConfig
     w = b = 0.0
     epochs = 0
     while epochs < cfg.max_epochs:
-        sums = map_reduce(client, linear_gradient_sums, sum_arrays, parts, w, b)
+        sums = map_reduce(client, linear_gradient_sums, sum_arrays, parts, w, b, no_workers_timeout_s=no_workers_s)
         if int(sums[3]) != n_rows:
             raise RuntimeError(f"the partitions hold {int(sums[3])} rows, expected {n_rows}")
         dw, db = 2 * sums[0] / n_rows, 2 * sums[1] / n_rows  # the mean gradient
@@ -68,9 +74,9 @@ def _descend(client: Client, parts: list[Future], n_rows: int, cfg: LinearConfig
     raise RuntimeError(f"linear did not converge in {cfg.max_epochs} epochs")
 
 
-def _lstsq(client: Client, parts: list[Future]) -> tuple[float, float]:
+def _lstsq(client: Client, parts: list[Future], no_workers_s: float) -> tuple[float, float]:
     """The least-squares line of all partitions' rows, from the normal equations (map/reduce)."""
-    n, sx, sxx, sy, sxy = map_reduce(client, linear_normal_sums, sum_arrays, parts)
+    n, sx, sxx, sy, sxy = map_reduce(client, linear_normal_sums, sum_arrays, parts, no_workers_timeout_s=no_workers_s)
     a = np.array([[sxx, sx], [sx, n]])
     lw, lb = np.linalg.solve(a, np.array([sxy, sy]))
     return float(lw), float(lb)
@@ -78,12 +84,12 @@ def _lstsq(client: Client, parts: list[Future]) -> tuple[float, float]:
 
 def _model(
     client: Client, parts: list[Future], n_rows: int, cfg: LinearConfig, held: tuple[np.ndarray, np.ndarray],
-    *, workers: int, t0: float, extra: dict[str, Any],
+    *, workers: int, t0: float, extra: dict[str, Any], no_workers_s: float,
 ) -> LinearModel:
     t_fit = time.perf_counter()
-    fit = _descend(client, parts, n_rows, cfg)
+    fit = _descend(client, parts, n_rows, cfg, no_workers_s)
     fit_s = time.perf_counter() - t_fit
-    lw, lb = _lstsq(client, parts)
+    lw, lb = _lstsq(client, parts, no_workers_s)
     metrics = {
         "train_mse": fit.train_mse,
         "heldout_mse": mse_and_grad(fit.weight, fit.bias, *held)[0],
@@ -107,7 +113,8 @@ def _model(
 
 
 def train_linear_dask(
-    client: Client, *, seed: int = 0, partitions: int = 2, config: LinearConfig | None = None
+    client: Client, *, seed: int = 0, partitions: int = 2, config: LinearConfig | None = None,
+    no_workers_timeout_s: float = DEFAULT_NO_WORKERS_TIMEOUT_S,
 ) -> LinearModel:
     """Fit ``linear`` on the original data of ``seed`` split into ``partitions``.
 
@@ -115,7 +122,8 @@ def train_linear_dask(
     ``info.metrics`` has the same keys plus ``trained_with``, ``partitions``,
     ``workers``, ``data`` and ``seconds_per_epoch``.
     Raises ``ValueError`` for a bad seed or partition count (``1..n_train``),
-    :class:`.cluster.WorkerMismatch` for an unusable cluster, ``RuntimeError``
+    :class:`.cluster.WorkerMismatch` for an unusable cluster, :class:`.cluster.NoWorkers`
+    when it has had no worker for ``no_workers_timeout_s`` seconds, ``RuntimeError``
     if it does not converge.
     """
     cfg = config or LinearConfig()
@@ -129,13 +137,14 @@ def train_linear_dask(
     parts = scatter_partitions(client, workers, [(x[a:b], y[a:b]) for a, b in ranges])
     try:
         return _model(client, parts, cfg.n_train, cfg, held, workers=len(workers), t0=t0,
-                      extra={"data": "original", "seed": seed})
+                      extra={"data": "original", "seed": seed}, no_workers_s=no_workers_timeout_s)
     finally:
         client.cancel(parts)
 
 
 def train_linear_generated_dask(
-    client: Client, *, rows: int, seed: int = 0, partitions: int = 2, config: LinearConfig | None = None
+    client: Client, *, rows: int, seed: int = 0, partitions: int = 2, config: LinearConfig | None = None,
+    no_workers_timeout_s: float = DEFAULT_NO_WORKERS_TIMEOUT_S,
 ) -> LinearModel:
     """Fit ``linear`` on the generated set of ``rows`` rows (see :mod:`.data`).
 
@@ -145,7 +154,8 @@ def train_linear_generated_dask(
     The data, hence the fit, do not depend on ``partitions`` or the worker count.
     Raises ``ValueError`` for a bad seed, ``rows`` (``1..MAX_ROWS``) or
     ``partitions`` (``1..number of blocks``), :class:`.cluster.WorkerMismatch`,
-    ``RuntimeError`` if it does not converge.
+    :class:`.cluster.NoWorkers` (as for :func:`train_linear_dask`), ``RuntimeError`` if it
+    does not converge.
     """
     cfg = config or LinearConfig()
     seed = check_seed(seed)
@@ -155,6 +165,6 @@ def train_linear_generated_dask(
     parts = make_partitions(client, workers, linear_partition, [(seed, r) for r in ranges])
     try:
         return _model(client, parts, rows, cfg, linear_heldout(seed, cfg.n_heldout), workers=len(workers),
-                      t0=t0, extra={"data": "generated", "seed": seed})
+                      t0=t0, extra={"data": "generated", "seed": seed}, no_workers_s=no_workers_timeout_s)
     finally:
         client.cancel(parts)

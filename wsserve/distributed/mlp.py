@@ -20,9 +20,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..models.mlp import MLPConfig, MLPModel, Params, cross_entropy, forward, init_params, make_mlp_data
+from ..models.mlp import (
+    MLPConfig,
+    MLPModel,
+    Params,
+    cross_entropy,
+    forward,
+    init_params,
+    make_mlp_data,
+)
 from ..models.optim import Adam
-from .cluster import check_workers, map_reduce, scatter_partitions
+from .cluster import (
+    DEFAULT_NO_WORKERS_TIMEOUT_S,
+    check_workers,
+    map_reduce,
+    scatter_partitions,
+)
 from .data import check_seed, row_ranges
 from .tasks import mlp_gradient_sums, sum_gradients
 
@@ -45,7 +58,8 @@ def split_minibatch(idx: np.ndarray, ranges: list[tuple[int, int]]) -> list[np.n
 
 
 def train_mlp_dask(
-    client: Client, *, seed: int = 0, partitions: int = 2, config: MLPConfig | None = None
+    client: Client, *, seed: int = 0, partitions: int = 2, config: MLPConfig | None = None,
+    no_workers_timeout_s: float = DEFAULT_NO_WORKERS_TIMEOUT_S,
 ) -> MLPModel:
     """Train ``mlp`` like ``train_mlp(seed=seed, config=config)``, data-parallel on Dask.
 
@@ -53,7 +67,8 @@ def train_mlp_dask(
     steps, row counts, train time, seconds per step, and ``trained_with``,
     ``partitions``, ``workers``, ``seed``.
     Raises ``ValueError`` for a bad seed or partition count (``1..n_train``),
-    :class:`.cluster.WorkerMismatch` for an unusable cluster.
+    :class:`.cluster.WorkerMismatch` for an unusable cluster, :class:`.cluster.NoWorkers` when it has had
+    no worker for ``no_workers_timeout_s`` seconds during the run.
     """
     cfg = config or MLPConfig()
     seed = check_seed(seed)
@@ -78,7 +93,7 @@ def train_mlp_dask(
                 used = [p for p, rows in enumerate(local) if len(rows)]
                 rows, _, sums = map_reduce(
                     client, mlp_gradient_sums, sum_gradients, [parts[p] for p in used], params,
-                    per_part=[local[p] for p in used],
+                    per_part=[local[p] for p in used], no_workers_timeout_s=no_workers_timeout_s,
                 )
                 grads = [(gw / rows, gb / rows) for gw, gb in sums]  # the minibatch's mean gradient
                 frac = adam.t / max(1, total_steps - 1)  # linear decay to final_lr_fraction
