@@ -55,3 +55,27 @@ def test_a_failing_fill_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="measured figures"):
         add_version(tmp_path / "m", fill)
     assert os.listdir(tmp_path / "m") == []
+
+
+def test_numbers_follow_the_servers_rules(tmp_path: Path) -> None:
+    """The next number is counted over the versions a server serves: a symlinked version directory
+    (served) used to be skipped, so a new version numbered below it and was not the newest; '0'
+    (never served) counted; a highest at MAX_VERSION gave a number no server reads."""
+    from wsserve.repository.config import MAX_VERSION
+
+    model_dir = tmp_path / "m"
+    add_version(model_dir, _fill_linear)
+    elsewhere = tmp_path / "kept" / "v9"
+    add_version(tmp_path / "kept", _fill_linear)
+    os.rename(tmp_path / "kept" / "1", elsewhere)
+    (model_dir / "9").symlink_to(elsewhere, target_is_directory=True)
+    (model_dir / "0").mkdir()
+    assert existing_versions(model_dir) == [1, 9]
+    model = scan(tmp_path).model("m")
+    assert model is not None and tuple(v.version for v in model.versions) == (1, 9)  # what a server sees
+    assert add_version(model_dir, _fill_linear).version == 10
+    (model_dir / str(MAX_VERSION)).mkdir()
+    (model_dir / str(MAX_VERSION + 1)).mkdir()  # too large: a server ignores it, and so does the count
+    with pytest.raises(OSError, match=f"no version number left under .*: the highest a server reads is {MAX_VERSION}"):
+        add_version(model_dir, _fill_linear)
+    assert not [p for p in os.listdir(model_dir) if p.startswith(".")]

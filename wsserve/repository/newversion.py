@@ -17,7 +17,6 @@ else is left but possibly an empty ``REPO/<name>``.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from .config import MAX_VERSION
+from .versions import parse_version
+
 __all__ = ["NewVersion", "existing_versions", "add_version"]
 
 T = TypeVar("T")
 
-_VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,17})$")
 _RENAME_ATTEMPTS = 100
 
 
@@ -43,12 +44,22 @@ class NewVersion(Generic[T]):
 
 
 def existing_versions(model_dir: Path | str) -> list[int]:
-    """Integer version directories under ``model_dir`` (others are ignored), ascending; [] if it is missing."""
+    """The version directories under ``model_dir`` as a server's scan sees them, ascending; [] if it is missing.
+
+    Same rules as :func:`~.scan.scan`: a canonical number in ``1..MAX_VERSION``
+    (:func:`~.versions.parse_version`) naming a directory, a symlink to one included
+    (the server serves it, so a new version must number above it).
+    """
     try:
         entries = list(os.scandir(model_dir))
     except FileNotFoundError:
         return []
-    return sorted(int(e.name) for e in entries if _VERSION_RE.match(e.name) and e.is_dir(follow_symlinks=False))
+    found = []
+    for e in entries:
+        version = parse_version(e.name)
+        if version is not None and e.is_dir():
+            found.append(version)
+    return sorted(found)
 
 
 def _fsync(path: Path, *, directory: bool) -> None:
@@ -78,6 +89,8 @@ def add_version(model_dir: Path | str, fill: Callable[[Path], T]) -> NewVersion[
         _fsync(tmp_dir, directory=True)
         version = max(existing_versions(model_dir), default=0) + 1
         for _ in range(_RENAME_ATTEMPTS):
+            if version > MAX_VERSION:
+                raise OSError(f"no version number left under {model_dir}: the highest a server reads is {MAX_VERSION}")
             target = model_dir / str(version)
             # rename(2) refuses a non-empty target but would replace an *empty*
             # directory: claim only numbers that do not exist yet.
