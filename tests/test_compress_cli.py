@@ -314,3 +314,20 @@ def test_an_onnx_model_not_from_wsserve_gets_no_mlp_accuracy_claim(tmp_path: Pat
     figures = json.loads(out)
     assert figures["heldout_accuracy"] is None and "source_heldout_accuracy" not in figures
     assert math.isfinite(figures["output_max_abs_diff"])  # measured on standard-normal rows instead
+
+
+def test_an_onnx_model_without_weights_to_quantize_is_refused(tmp_path: Path, capsys) -> None:
+    """A model.onnx without weights (Relu of its input) was 'compressed' into a larger file (the
+    quantizer adds nodes, the figures add metadata); now exit 2, nothing written."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    _onnx_graph(tmp_path / "relu" / "1" / "model.onnx", [helper.make_node("Relu", ["x"], ["y"])],
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])])
+    before = _tree(tmp_path)
+    code, out, err = _run(capsys, "relu", "--repository", str(tmp_path), "--int8")
+    assert code == 2 and out == ""
+    assert "int8 quantization finds no float weights to quantize in it" in err
+    assert _tree(tmp_path) == before

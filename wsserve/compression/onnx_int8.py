@@ -25,6 +25,7 @@ they are imported inside the functions, so importing this module is free.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import statistics
@@ -213,6 +214,15 @@ def _ort_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.strip()}"
 
 
+def _int8_elements(path: Path) -> int:
+    """Elements of the graph's 8-bit integer initializers (what quantization produced)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    return sum(math.prod(init.dims) for init in proto.graph.initializer if init.data_type in eight_bit)
+
+
 def _initializer_counts(path: Path) -> tuple[int, int]:
     """``(elements, non-zero elements)`` of the graph's initializers."""
     import onnx
@@ -252,6 +262,7 @@ def compress_onnx(
 
     Raises ``ValueError`` (nothing written) for a missing/invalid source, one
     onnxruntime cannot load or that fails on rows of its declared input shape,
+    one in which int8 quantization finds no float weights to quantize,
     one that is not a single float input with a dynamic batch, or an
     ``out_version_dir`` already holding a model.onnx; ``ImportError`` without
     the ``onnx`` extra; ``OSError`` on I/O failure.
@@ -297,8 +308,6 @@ def compress_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = out_dir / ".quantized.onnx.tmp"
     try:
-        quantize_onnx_file(src, staged)
-        new_session = onnx_session(staged)
         if mlp_task:
             _, (x_all, y_all) = make_mlp_data(seed)
         else:
@@ -310,6 +319,11 @@ def compress_onnx(
         except Exception as exc:  # noqa: BLE001 - the source fails on rows of its own declared input
             raise ValueError(f"{label}: running it on {len(x_all)} rows of shape {list(row)} failed: "
                              f"{_ort_message(exc)}") from None
+        quantize_onnx_file(src, staged)
+        if _int8_elements(staged) <= _int8_elements(src):  # e.g. no weights: only quantize nodes added
+            raise ValueError(f"{label}: int8 quantization finds no float weights to quantize in it (onnxruntime "
+                             "quantizes the weights of MatMul, Gemm, Conv... nodes); nothing written")
+        new_session = onnx_session(staged)
         out_new = new_session.run(None, {name: x_all})[0]
         lat_src, lat_new = onnx_latency_ms([src_session, new_session], xb, runs=latency_runs, input_name=name)
         params, params_nz = _initializer_counts(staged)
