@@ -146,8 +146,8 @@ def test_api_key_is_sent_in_every_handshake(start_server) -> None:
         without = run_load(LoadConfig(**base), err=io.StringIO())
     finally:
         proc.stop()
-    assert with_key["requests"]["ok"] > 0 and with_key["requests"]["errors"] == 0
-    assert without["requests"]["ok"] == 0 and set(without["errors"]) == {"unauthorized"}
+    assert with_key["requests"]["ok"] > 0 and with_key["requests"]["errors"] == 0, with_key
+    assert without["requests"]["ok"] == 0 and set(without["errors"]) == {"unauthorized"}, without
     assert "k3y" not in repr(LoadConfig(**base, api_key="k3y")) and "k3y" not in orjson.dumps(with_key).decode()
 
 
