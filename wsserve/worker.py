@@ -491,19 +491,19 @@ class PredictWorker:
             x = _gather(slices)
             if inline:
                 y, attributions = self._run(x, spans)
-            else:
-                assert self._executor is not None and self._loop is not None
-                self._running += 1
-                self._executor_batches += 1
-                key = id(batch)
-                self._computing[key] = tuple(s.item for s in slices)
-                future = self._loop.run_in_executor(self._executor, self._run, x, spans)
-                future.add_done_callback(lambda f: self._computed(batch, key, f, started))
-                return
         except Exception as exc:
-            self._batch_failed(batch, exc, started, inline=True)
+            self._batch_failed(batch, exc, started, inline=inline)
             return
-        self._deliver(batch, y, started, attributions, inline=True)
+        if inline:
+            self._deliver(batch, y, started, attributions, inline=True)
+            return
+        assert self._executor is not None and self._loop is not None
+        self._running += 1
+        self._executor_batches += 1
+        key = id(batch)
+        self._computing[key] = tuple(s.item for s in slices)
+        future = self._loop.run_in_executor(self._executor, self._run, x, spans)
+        future.add_done_callback(lambda f: self._computed(batch, key, f, started))
 
     def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:
         self._running -= 1
