@@ -123,7 +123,8 @@ async def test_a_poison_request_fails_alone_and_its_batch_neighbours_get_their_r
     assert x1["type"] == "result", x1
     np.testing.assert_allclose(x1["attributions"], [[0.5, -2.0, 6.0]], rtol=1e-9)
     assert server.metrics().get("wsserve_batch_isolations_total", model="poison") == before + 1
-    assert "computing each request alone" in server.stderr_text()
+    log = server.stderr_text()
+    assert "computing each request alone" in log and "model poison failed on a request's 2 rows computed alone" in log
 
 
 async def test_non_finite_attributions_end_only_their_request_with_invalid_input(

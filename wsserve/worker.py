@@ -613,7 +613,7 @@ class PredictWorker:
             except Exception as bad:  # noqa: BLE001
                 exc = bad
         if exc is not None:
-            self._failed(Batch((s,), s.rows), exc)
+            self._failed(Batch((s,), s.rows), exc, alone=True)
         else:
             self._hand_out((s,), y, finite_rows, attributions, iso.started, iso.first_s + seconds, s.rows)
         if self._after_batch is not None:
@@ -627,9 +627,11 @@ class PredictWorker:
         if self.stats is not None:
             self.stats.on_batch(batch.rows, len(batch.slices), iso.compute_s, monotonic())
 
-    def _failed(self, batch: Batch, exc: BaseException) -> None:
-        """A model failure fails the requests of ``batch`` (one, when it has been isolated), with ``internal``."""
-        log.error("model %s failed on a batch of %d rows", self.name, batch.rows, exc_info=exc)
+    def _failed(self, batch: Batch, exc: BaseException, *, alone: bool = False) -> None:
+        """A model failure fails the requests of ``batch`` with ``internal`` (``alone``: one request
+        of an isolated batch, computed by itself)."""
+        what = "a request's %d rows computed alone" if alone else "a batch of %d rows"
+        log.error("model %s failed on " + what, self.name, batch.rows, exc_info=exc)
         err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
         for s in batch.slices:
             self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
