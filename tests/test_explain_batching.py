@@ -10,7 +10,8 @@ import pytest
 
 from wsserve.batching import BatchQueue, WorkItem
 from wsserve.errors import BadRequest, Overloaded
-from wsserve.explain import explainer_for
+from wsserve.explain import Explainer, explainer_for
+from wsserve.models.base import ModelInfo, PredictiveModel
 from wsserve.models.linear import LinearModel
 from wsserve.models.mlp import MLPModel, init_params
 from wsserve.pool import resolve_explainer
@@ -105,10 +106,14 @@ class Sink:
             self.finished = True
             self.done.set()
 
-    def on_error(self, exc: Exception) -> None:  # pragma: no cover - reported by the assertions
+    def on_error(self, exc: Exception) -> None:
+        assert not self.finished, "a second ending"
         self.finished = True
+        self.error = exc
         self.rows.append((-1, np.zeros(0), None))
         self.done.set()
+
+    error: Exception | None = None
 
 
 def _mlp() -> MLPModel:
@@ -189,3 +194,78 @@ async def test_integrated_gradients_never_run_on_the_loop_however_cheap_the_mode
     assert exact.statistics().executor_batches == 0  # exact attributions are cheap: inline
     assert ig.statistics().executor_batches == 1  # only the explain batch left the loop
     np.testing.assert_allclose(wants.rows[0][2], np.ones((2, 1)), rtol=1e-12)  # IG of x**2 from 0: x**2
+
+
+RAISE, NAN = 666.0, 777.0  # markers of Weighted: predict raises / the input gradient is NaN on the path
+
+
+class Weighted(PredictiveModel):
+    """``[n, 3] -> [n, 1]``, ``x @ w``, explained by integrated gradients through its own
+    ``input_gradient`` (``w`` for every row, so the attributions are ``x * w``).  A batch holding
+    ``RAISE`` makes ``predict`` raise; the gradient is NaN at points whose first value is over 100
+    (on the path from 0 to a row starting with ``NAN``, never for the rows that do not)."""
+
+    w = np.array([1.0, 2.0, 3.0])
+
+    def __init__(self) -> None:
+        self.info = ModelInfo(name="weighted", version="1", task="regression", input_shape=(3,),
+                              output_shape=(1,), parameters=3)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if (x == RAISE).any():
+            raise ValueError("poison row")
+        return x @ self.w[:, None]
+
+    def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+        g = np.tile(self.w, (len(x), 1))
+        g[x[:, 0] > 100] = np.nan
+        return g
+
+
+def _weighted_worker(**kwargs: Any) -> tuple[PredictWorker, Weighted]:
+    model = Weighted()
+    explainer = Explainer(model, "integrated-gradients", 8, np.dtype("float64"))
+    worker = PredictWorker(model, max_delay_ms=50, explainer=explainer, **kwargs)
+    worker.start()
+    return worker, model
+
+
+async def test_a_failing_batch_with_rows_to_explain_is_recomputed_request_by_request() -> None:
+    """The model raises on one request's row: the others of the batch - explained or not - get
+    their outputs and attributions as if alone; only that request ends with ``internal``."""
+    worker, model = _weighted_worker()
+    explained = Sink(np.array([[1.0, 1.0, 1.0], [0.5, -1.0, 2.0]]), True)
+    plain = Sink(np.array([[2.0, 0.0, 0.0]]), False)
+    poison = Sink(np.array([[1.0, RAISE, 0.0]]), True)
+    for sink in (explained, poison, plain):
+        worker.submit(sink)
+    await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in (explained, poison, plain))), 30)
+    assert worker.statistics().batches == 1 and worker.isolated_batches == 1
+    assert poison.error is not None and poison.error.code == "internal"
+    assert "'weighted'" in poison.error.message and "poison row" in poison.error.message
+    [(start, outputs, attributions)] = explained.rows
+    np.testing.assert_array_equal(outputs, model.predict(explained.inputs))
+    np.testing.assert_allclose(attributions, explained.inputs * model.w, rtol=1e-12)
+    [(_, outputs, attributions)] = plain.rows
+    assert outputs.tolist() == [[2.0]] and attributions is None
+    await worker.close()
+
+
+async def test_non_finite_attributions_end_only_their_request_with_invalid_input() -> None:
+    """A row whose attributions are NaN ends its request with ``invalid_input`` naming the row (as a
+    non-finite output row does), never a NaN in a reply; the batch's other requests are served."""
+    worker, model = _weighted_worker()
+    nan = Sink(np.array([[1.0, 1.0, 1.0], [NAN, 1.0, 1.0]]), True)
+    explained = Sink(np.array([[0.5, -1.0, 2.0]]), True)
+    plain = Sink(np.array([[NAN, 0.0, 0.0]]), False)  # its gradient would be NaN, but it is not explained
+    for sink in (nan, explained, plain):
+        worker.submit(sink)
+    await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in (nan, explained, plain))), 30)
+    assert worker.statistics().batches == 1
+    assert nan.error is not None and nan.error.code == "invalid_input"
+    assert nan.error.message == "attributions of row 1 are not finite"
+    assert [start for start, _, _ in nan.rows] == [-1]  # nothing delivered before the error
+    [(_, outputs, attributions)] = explained.rows
+    np.testing.assert_allclose(attributions, explained.inputs * model.w, rtol=1e-12)
+    assert plain.rows[0][1].tolist() == [[NAN]]
+    await worker.close()

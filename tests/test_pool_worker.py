@@ -286,24 +286,153 @@ async def test_observer_sees_each_batch(make_worker) -> None:
 
 
 @pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
-async def test_model_failure_fails_only_the_requests_of_that_batch(make_worker, inline_max_flops: int) -> None:
+async def test_model_failure_fails_only_the_request_whose_rows_fail(make_worker, inline_max_flops: int) -> None:
+    """A batch of two requests fails: each is computed again alone, where the batch ran, so only
+    the request holding the marker ends with ``internal``; its neighbour gets its result."""
     model = Doubler()
     worker = make_worker(model, max_batch_size=2, inline_max_flops=inline_max_flops)
     bad, neighbour, later = Sink("bad", _col(RAISE)), Sink("neighbour", _col(1.0)), Sink("later", _col(2.0))
     for s in (bad, neighbour, later):
         worker.submit(s)
     await _wait(bad, neighbour, later)
-    for s in (bad, neighbour):  # the first batch: [RAISE, 1.0]
-        assert isinstance(s.error, Internal)
-        assert s.error.code == "internal"
-        assert "double" in s.error.message and "boom on a marker" in s.error.message
-        assert [ev[0] for ev in s.events] == ["error"]
+    assert isinstance(bad.error, Internal) and bad.error.code == "internal"
+    assert "double" in bad.error.message and "boom on a marker" in bad.error.message
+    assert [ev[0] for ev in bad.events] == ["error"]
+    assert neighbour.outputs().tolist() == [[2.0]] and neighbour.batch_sizes == [1]  # computed alone
     assert later.outputs().tolist() == [[4.0]]  # the second batch is fine
+    assert [x.ravel().tolist() for x, _ in model.calls] == [[RAISE, 1.0], [RAISE], [1.0], [2.0]]
+    threads = {thread for _, thread in model.calls}
+    if inline_max_flops:
+        assert threads == {threading.current_thread().name}
+    else:  # recomputed in the executor, as the batch was
+        assert all(t.startswith("wsserve-double") for t in threads), threads
+    assert worker.isolated_batches == worker.statistics().isolated_batches == 1
     # and the worker keeps serving
     again = Sink("again", _col(5.0))
     worker.submit(again)
     await _wait(again)
     assert again.outputs().tolist() == [[10.0]]
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_a_batch_of_one_request_is_not_recomputed(make_worker, inline_max_flops: int) -> None:
+    model = Doubler()
+    worker = make_worker(model, inline_max_flops=inline_max_flops)
+    bad = Sink("bad", _col(1.0, RAISE))
+    worker.submit(bad)
+    await _wait(bad)
+    assert isinstance(bad.error, Internal) and [ev[0] for ev in bad.events] == ["error"]
+    assert len(model.calls) == 1 and worker.isolated_batches == 0
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_a_model_failing_on_every_row_ends_each_request_once(make_worker, inline_max_flops: int) -> None:
+    model = Doubler()
+    worker = make_worker(model, inline_max_flops=inline_max_flops)
+    sinks = [Sink(f"s{i}", _col(RAISE, float(i))) for i in range(4)]
+    for s in sinks:
+        worker.submit(s)
+    await _wait(*sinks)
+    for s in sinks:
+        assert isinstance(s.error, Internal) and [ev[0] for ev in s.events] == ["error"]
+    assert [len(x) for x, _ in model.calls] == [8, 2, 2, 2, 2]  # the batch, then each request once
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+@pytest.mark.parametrize(
+    "make",
+    [pytest.param(lambda y: y[:-1], id="shape"), pytest.param(lambda y: y.tolist(), id="list")],
+)
+async def test_bad_outputs_of_a_batch_fail_only_the_request_that_causes_them(
+        make_worker, inline_max_flops: int, make: Any) -> None:
+    worker = make_worker(BadOutput(make), inline_max_flops=inline_max_flops)
+    good, bad, other = Sink("good", _col(1.0, 2.0)), Sink("bad", _col(13.0)), Sink("other", _col(3.0))
+    for s in (good, bad, other):
+        worker.submit(s)
+    await _wait(good, bad, other)
+    assert isinstance(bad.error, Internal) and "double" in bad.error.message
+    assert good.outputs().tolist() == [[2.0], [4.0]] and other.outputs().tolist() == [[6.0]]
+
+
+async def test_observer_and_stats_count_an_isolated_batch_once(make_worker) -> None:
+    from wsserve.metrics import VersionStats
+
+    seen: list[tuple[str, int, float]] = []
+    isolated: list[str] = []
+
+    class Observer:
+        def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+            seen.append((model, rows, compute_s))
+
+        def on_isolated(self, model: str) -> None:
+            isolated.append(model)
+
+    worker = make_worker(Doubler(), observer=Observer(), inline_max_flops=0)
+    worker.stats = stats = VersionStats()
+    sinks = [Sink("a", _col(1.0)), Sink("bad", _col(RAISE)), Sink("b", _col(2.0, 3.0))]
+    for s in sinks:
+        worker.submit(s)
+    await _wait(*sinks)
+    assert [(m, r) for m, r, _ in seen] == [("double", 4)] and isolated == ["double"]
+    assert (stats.executions, stats.rows, stats.pair_count) == (1, 4, 3)
+    assert stats.compute_s == seen[0][2] > 0
+
+
+class GateAlone(Doubler):
+    """A :class:`Doubler` whose call on the row ``[HOLD]`` alone waits for ``gate`` (``started`` is set then)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] == 1 and x[0, 0] == HOLD:
+            self.started.set()
+            assert self.gate is not None and self.gate.wait(WAIT_S)
+        self.calls.append((x.copy(), threading.current_thread().name))
+        if (x == RAISE).any():
+            raise RuntimeError("boom on a marker")
+        return 2.0 * x
+
+
+HOLD = 55.0
+
+
+async def test_a_request_cancelled_while_its_batch_is_recomputed_is_skipped(make_worker) -> None:
+    gate = threading.Event()
+    model = GateAlone(gate=gate)
+    worker = make_worker(model, inline_max_flops=0)
+    bad, held, gone = Sink("bad", _col(RAISE)), Sink("held", _col(HOLD)), Sink("gone", _col(9.0))
+    items = {s.name: worker.submit(s) for s in (bad, held, gone)}
+    await until(model.started.is_set)  # "held" is being recomputed alone
+    gone.mark_cancelled()
+    worker.cancel(items["gone"])
+    assert worker.statistics().running == 2  # "held" and "gone" still count until the isolation moves on
+    gate.set()
+    await _wait(bad, held)
+    await until(lambda: worker.statistics().running == 0)
+    assert isinstance(bad.error, Internal) and held.outputs().tolist() == [[2 * HOLD]]
+    assert gone.events == [("cancelled",)]
+    assert 9.0 not in [v for x, _ in model.calls[1:] for v in x.ravel()]  # never recomputed
+
+
+async def test_close_while_a_batch_is_recomputed_ends_each_request_once(make_worker) -> None:
+    gate = threading.Event()
+    model = GateAlone(gate=gate)
+    worker = make_worker(model, inline_max_flops=0)
+    first, bad, held, last = (Sink("first", _col(1.0)), Sink("bad", _col(RAISE)), Sink("held", _col(HOLD)),
+                              Sink("last", _col(2.0)))
+    for s in (first, bad, held, last):
+        worker.submit(s)
+    await until(model.started.is_set)
+    await worker.close()
+    gate.set()
+    await _wait(first, bad, held, last)
+    assert first.outputs().tolist() == [[2.0]] and isinstance(bad.error, Internal)
+    for s in (held, last):
+        assert s.error is not None and s.error.code == "shutting_down", s.events
+    await until(lambda: [HOLD] in [x.ravel().tolist() for x, _ in model.calls])  # the held call returned
+    await asyncio.sleep(0.05)  # absence over a window is the behaviour: nothing more arrives or runs
+    for s in (first, bad, held, last):
+        s.check_contract()
+    assert [2.0] not in [x.ravel().tolist() for x, _ in model.calls]  # "last" was never computed alone
+    assert worker.statistics().running == 0
 
 
 @pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
@@ -675,3 +804,37 @@ async def test_split_request_rows_arrive_in_order_with_several_instances(make_wo
     else:
         np.testing.assert_array_equal(sink.outputs(), 2.0 * np.arange(12.0).reshape(12, 1))
     assert other.outputs().tolist() == [[200.0]]
+
+
+class HoldSplitThenRaise(Doubler):
+    """Records each call; a call whose first row is 0.0 waits for ``gate``; a call holding ``RAISE`` raises."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append((x.copy(), threading.current_thread().name))
+        if x[0, 0] == 0.0:
+            self.started.set()
+            assert self.gate is not None and self.gate.wait(WAIT_S)
+        if (x == RAISE).any():
+            raise RuntimeError("boom on a marker")
+        return 2.0 * x
+
+
+async def test_isolated_rows_of_a_split_request_come_before_its_rows_computed_ahead(make_worker) -> None:
+    """instances=2: a request's first rows share a batch with a failing request, and its last rows
+    compute meanwhile in another batch: the failed batch is isolated, and the request still gets all
+    its rows, in order, and one ending; the failing request ends with ``internal``."""
+    gate = threading.Event()
+    model = HoldSplitThenRaise(gate=gate)
+    worker = make_worker(model, max_batch_size=8, instances=2, inline_max_flops=0)
+    sink = Sink("split", _col(*(float(i) for i in range(12))))
+    bad = Sink("bad", _col(RAISE))
+    worker.submit(sink)  # batches: [split rows 0-6, bad] (held, then raises), [split rows 7-11]
+    worker.submit(bad)
+    await until(lambda: len(model.calls) == 2)  # both batches started; the second is done or finishing
+    assert sink.events == []
+    gate.set()
+    await _wait(sink, bad)
+    assert isinstance(bad.error, Internal)
+    np.testing.assert_array_equal(sink.outputs(), 2.0 * np.arange(12.0).reshape(12, 1))
+    assert [ev[1] for ev in sink.events] == [0, 7]
+    assert worker.isolated_batches == 1

@@ -231,6 +231,9 @@ class _Collector(Collector):
                 fam.add_metric(labelkey.split(_SEP), _cumulative(bounds, values), sum_value=values[-1])
             yield fam
         yield counter("wsserve_generated_tokens", "Tokens streamed by generate.", ["model"], counters.get("tokens", {}))
+        yield counter("wsserve_batch_isolations",
+                      "Predict batches of several requests that failed and whose requests were computed alone.",
+                      ["model"], counters.get("isolations", {}))
         yield counter("wsserve_connections_closed", "Closed connections by close code.", ["code"], counters.get("closes", {}))
         yield counter("wsserve_slow_consumer_closes", "Connections closed because they stopped reading.", [],
                       counters.get("slow_consumers", {}))
@@ -289,6 +292,8 @@ class Metrics:
         #: Triton statistics per ``(model, version)`` (:meth:`version_stats`).
         self.model_stats: dict[tuple[str, str], VersionStats] = {}
         self.tokens: dict[str, int] = {}
+        #: Isolated predict batches per model (:meth:`on_isolated`).
+        self.isolations: dict[str, int] = {}
         self.closes: dict[str, int] = {}
         self.slow_consumers = 0
         self.worker = worker
@@ -365,6 +370,10 @@ class Metrics:
         self.batch_size.get((model,)).observe(rows)
         self.compute.get((model,)).observe(compute_s)
 
+    def on_isolated(self, model: str) -> None:
+        """A predict batch of ``model`` failed and its requests are computed alone (the worker calls it)."""
+        self.isolations[model] = self.isolations.get(model, 0) + 1
+
     def add_tokens(self, model: str, n: int) -> None:
         self.tokens[model] = self.tokens.get(model, 0) + n
 
@@ -387,6 +396,7 @@ class Metrics:
             "counters": {
                 "requests": {_SEP.join(k): n for k, n in self.requests.items()},
                 "tokens": dict(self.tokens),
+                "isolations": dict(self.isolations),
                 "closes": dict(self.closes),
                 "slow_consumers": {"": self.slow_consumers},
                 "messages": {"": state["messages"]},

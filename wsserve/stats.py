@@ -26,6 +26,8 @@ class WorkerStatistics:
       ``computed``: rows (predict) or tokens (generate) computed, all time;
       ``executor_batches``: those that ran off the event loop.
     - ``last_batch_size``: rows or sequences in the latest batch or step.
+    - ``isolated_batches``: predict batches of several requests that failed and whose
+      requests were computed again one at a time (so only the failing ones failed); 0 for generate.
     """
 
     kind: Literal["predict", "generate"]
@@ -38,3 +40,4 @@ class WorkerStatistics:
     computed: int
     executor_batches: int
     last_batch_size: int
+    isolated_batches: int = 0

@@ -10,7 +10,20 @@ output rows through its :class:`PredictSink`.
 Inputs and outputs are a *batch*: one array ``[n, *shape]`` for a model with
 a single input/output, or ``{name: array}`` for several (named tensors).
 Outputs keep the model's dtypes; a float output row that is not finite fails
-only its own request with ``invalid_input``.
+only its own request with ``invalid_input`` (so do attributions that are not finite).
+
+Failure isolation: when a batch of several requests fails - the model raised
+(or its explainer did), or it returned outputs that are not a numeric array of
+the batch's rows - each request of the batch is computed again alone, one after
+the other, where the batch ran (in the executor, or inline when the batch was
+inline).  Only a request whose own rows fail gets ``internal`` (naming the
+model and the error); the others get their normal results, with the row count
+they were computed in as their batch size.  A batch of one request fails it at
+once (nothing to isolate), and a request computed alone is never recomputed,
+so a model that fails on every row ends each request once.  The batch counts
+once in the statistics (its rows, its first attempt's compute time plus the
+recomputes); :attr:`PredictWorker.isolated_batches` and the observer's optional
+``on_isolated(model)`` count the batches isolated.
 
 Explanations: a request whose sink has ``explain`` true also gets per-feature
 attributions for its rows, computed in the same batch and the same call as
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
@@ -37,7 +51,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .batching import Batch, BatchQueue, WorkItem
+from .batching import Batch, BatchQueue, Slice, WorkItem
 from .config import INLINE_MAX_FLOPS
 from .errors import (
     BadRequest,
@@ -131,7 +145,10 @@ class BatchOutputs:
 
 
 class BatchObserver(Protocol):
-    """Optional hook for metrics: called once per computed batch."""
+    """Optional hook for metrics: ``on_batch`` is called once per computed batch (an isolated
+    batch included, once, after its last recompute).  An observer may also define
+    ``on_isolated(model: str) -> None``, called once per batch whose failure made the worker
+    compute its requests alone (see the module docstring)."""
 
     def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
@@ -207,6 +224,47 @@ def _start(part: _Part) -> int:
     return part[0]
 
 
+def _alone(s: Slice) -> tuple[Tensors, list[tuple[int, int]] | None]:
+    """One slice's inputs and explain spans, as :meth:`PredictWorker._run` takes them for it alone."""
+    return _gather((s,)), ([(0, s.rows)] if s.item.cost != 1 else None)
+
+
+def _failure(future: asyncio.Future[Any]) -> BaseException | None:
+    """What a finished executor future failed with (None: it has a result)."""
+    if future.cancelled():
+        return RuntimeError("computation cancelled")
+    return future.exception()
+
+
+def _first_non_finite(a: np.ndarray) -> int | None:
+    """The index of the first row of ``a`` (``[rows, ...]``) holding a NaN or an infinity, or None."""
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    return int(np.argmin(finite.reshape(len(a), -1).all(axis=1)))
+
+
+def _live(item: WorkItem) -> bool:
+    """True while ``item``'s request has not ended (not finished, cancelled, or fully delivered)."""
+    sink = item.payload
+    return sink is not None and not sink.finished
+
+
+class _Isolation:
+    """A failed batch whose requests are computed alone: ``pending`` slices still to compute (in
+    batch order), ``started`` (when the batch started) and ``compute_s`` (its first attempt's
+    compute time plus the recomputes so far)."""
+
+    __slots__ = ("batch", "pending", "started", "first_s", "compute_s")
+
+    def __init__(self, batch: Batch, started: float, first_s: float) -> None:
+        self.batch = batch
+        self.pending: deque[Slice] = deque(batch.slices)
+        self.started = started
+        self.first_s = first_s
+        self.compute_s = first_s
+
+
 def _rows(y: Tensors, a: int, b: int) -> Tensors:
     if isinstance(y, dict):
         return {k: v[a:b] for k, v in y.items()}
@@ -278,6 +336,8 @@ class PredictWorker:
         #: rows computed ahead of an earlier batch of the same request (instances > 1), waiting for it
         self._early: dict[WorkItem, list[_Part]] = {}
         self._executor_batches = 0
+        #: Batches of several requests that failed and whose requests were computed alone.
+        self.isolated_batches = 0
         self._last_batch = 0
         self._idle: asyncio.Event | None = None
 
@@ -353,7 +413,7 @@ class PredictWorker:
             kind="predict", queued=q.requests, queued_rows=q.rows, queued_bytes=q.bytes,
             running=sum(len(items) for items in self._computing.values()), oldest_age_s=q.oldest_age_s,
             batches=q.batches, computed=q.rows_scheduled, executor_batches=self._executor_batches,
-            last_batch_size=self._last_batch,
+            last_batch_size=self._last_batch, isolated_batches=self.isolated_batches,
         )
 
     # -- the batching loop
@@ -431,41 +491,147 @@ class PredictWorker:
             x = _gather(slices)
             if inline:
                 y, attributions = self._run(x, spans)
-            else:
-                assert self._executor is not None and self._loop is not None
-                self._running += 1
-                self._executor_batches += 1
-                key = id(batch)
-                self._computing[key] = tuple(s.item for s in slices)
-                future = self._loop.run_in_executor(self._executor, self._run, x, spans)
-                future.add_done_callback(lambda f: self._computed(batch, key, f, started))
-                return
         except Exception as exc:
-            self._failed(batch, exc)
+            self._batch_failed(batch, exc, started, inline=inline)
             return
-        self._deliver(batch, y, started, attributions)
+        if inline:
+            self._deliver(batch, y, started, attributions, inline=True)
+            return
+        assert self._executor is not None and self._loop is not None
+        self._running += 1
+        self._executor_batches += 1
+        key = id(batch)
+        self._computing[key] = tuple(s.item for s in slices)
+        future = self._loop.run_in_executor(self._executor, self._run, x, spans)
+        future.add_done_callback(lambda f: self._computed(batch, key, f, started))
 
     def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:
         self._running -= 1
         self._computing.pop(key, None)
         if self._closed:  # close() has ended its requests
             return
-        if future.cancelled():
-            self._failed(batch, RuntimeError("computation cancelled"))
-        elif future.exception() is not None:
-            self._failed(batch, future.exception())  # type: ignore[arg-type]
+        exc = _failure(future)
+        if exc is not None:
+            self._batch_failed(batch, exc, started, inline=False)
         else:
             y, attributions = future.result()
-            self._deliver(batch, y, started, attributions)
+            self._deliver(batch, y, started, attributions, inline=False)
+        self._resume()
+
+    def _resume(self) -> None:
+        """After a batch in the executor ended: the next tick if rows are queued, else maybe idle."""
         if self._tick_handle is None and len(self.queue):
             now = monotonic()
             self._schedule(now, now)
         else:
             self._note_idle()
 
-    def _failed(self, batch: Batch, exc: BaseException) -> None:
-        """A model failure fails only the requests of this batch, with ``internal``."""
-        log.error("model %s failed on a batch of %d rows", self.name, batch.rows, exc_info=exc)
+    # -- failures and their isolation
+
+    def _batch_failed(self, batch: Batch, exc: BaseException, started: float, *, inline: bool) -> None:
+        """``batch`` failed (the model or explainer raised, or its outputs are bad).  One request:
+        it ends with ``internal``.  Several: each is computed alone, where the batch ran (see the
+        module docstring), so only the requests whose own rows fail end with ``internal``."""
+        if len(batch.slices) < 2:
+            self._failed(batch, exc)
+            return
+        first_s = monotonic() - started
+        self.isolated_batches += 1
+        log.warning("model %s failed on a batch of %d rows from %d requests (%s: %s); computing each request "
+                    "alone", self.name, batch.rows, len(batch.slices), type(exc).__name__, exc)
+        hook = getattr(self._observer, "on_isolated", None)
+        if hook is not None:
+            hook(self.name)
+        iso = _Isolation(batch, started, first_s)
+        if inline:
+            self._isolate_inline(iso)
+            return
+        self._running += 1  # the batch keeps its instance until its last request is recomputed
+        self._isolate_next(iso, id(batch))
+
+    def _isolate_inline(self, iso: _Isolation) -> None:
+        """Compute each live request of ``iso`` alone, on the loop (its batch ran inline)."""
+        while iso.pending:
+            s = iso.pending.popleft()
+            if not _live(s.item):  # cancelled, timed out, or ended by another sink's callback
+                continue
+            begun = monotonic()
+            try:
+                x, spans = _alone(s)
+                y, attributions = self._run(x, spans)
+            except Exception as exc:  # noqa: BLE001 - this request's own failure
+                self._alone_done(iso, s, None, None, exc, monotonic() - begun)
+            else:
+                self._alone_done(iso, s, y, attributions, None, monotonic() - begun)
+        self._isolation_done(iso)
+
+    def _isolate_next(self, iso: _Isolation, key: int) -> None:
+        """Hand ``iso``'s next live request, alone, to the executor; or end the isolation when none
+        is left.  ``_computing[key]`` holds the requests still to compute, for :meth:`close`."""
+        assert self._loop is not None
+        while iso.pending and not _live(iso.pending[0].item):
+            iso.pending.popleft()
+        if not iso.pending:
+            self._computing.pop(key, None)
+            self._running -= 1
+            self._isolation_done(iso)
+            self._resume()
+            return
+        self._computing[key] = tuple(s.item for s in iso.pending)
+        s = iso.pending[0]
+        begun = monotonic()
+        try:
+            x, spans = _alone(s)
+            future = self._loop.run_in_executor(self._executor, self._run, x, spans)
+        except Exception as exc:  # noqa: BLE001 - cannot happen for a live slice; end it, not the batch
+            iso.pending.popleft()
+            self._alone_done(iso, s, None, None, exc, 0.0)
+            self._isolate_next(iso, key)
+            return
+        future.add_done_callback(lambda f: self._recomputed(iso, key, s, f, begun))
+
+    def _recomputed(self, iso: _Isolation, key: int, s: Slice, future: asyncio.Future[Any], begun: float) -> None:
+        if self._closed:  # close() has ended the requests still pending
+            self._running -= 1
+            return
+        iso.pending.popleft()
+        exc = _failure(future)
+        y, attributions = future.result() if exc is None else (None, None)
+        self._alone_done(iso, s, y, attributions, exc, monotonic() - begun)
+        self._isolate_next(iso, key)
+
+    def _alone_done(self, iso: _Isolation, s: Slice, y: Any, attributions: np.ndarray | None,
+                    exc: BaseException | None, seconds: float) -> None:
+        """One request of an isolated batch was computed alone: hand it its rows, or end it with
+        ``internal`` when its own rows failed (or a callback ended it meanwhile: nothing)."""
+        iso.compute_s += seconds
+        if not _live(s.item):
+            return
+        if exc is None:
+            try:
+                y, finite_rows = _check_outputs(y, s.rows)
+            except Exception as bad:  # noqa: BLE001
+                exc = bad
+        if exc is not None:
+            self._failed(Batch((s,), s.rows), exc, alone=True)
+        else:
+            self._hand_out((s,), y, finite_rows, attributions, iso.started, iso.first_s + seconds, s.rows)
+        if self._after_batch is not None:
+            self._after_batch()
+
+    def _isolation_done(self, iso: _Isolation) -> None:
+        """Count the isolated batch once: its rows, and the compute time of all its attempts."""
+        batch = iso.batch
+        if self._observer is not None:
+            self._observer.on_batch(self.name, batch.rows, iso.compute_s)
+        if self.stats is not None:
+            self.stats.on_batch(batch.rows, len(batch.slices), iso.compute_s, monotonic())
+
+    def _failed(self, batch: Batch, exc: BaseException, *, alone: bool = False) -> None:
+        """A model failure fails the requests of ``batch`` with ``internal`` (``alone``: one request
+        of an isolated batch, computed by itself)."""
+        what = "a request's %d rows computed alone" if alone else "a batch of %d rows"
+        log.error("model %s failed on " + what, self.name, batch.rows, exc_info=exc)
         err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
         for s in batch.slices:
             self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
@@ -478,7 +644,7 @@ class PredictWorker:
 
     def _end(self, item: WorkItem, exc: WsserveError) -> None:
         try:
-            if not item.payload.finished:
+            if _live(item):
                 item.payload.on_error(exc)
         except Exception as sink_exc:  # noqa: BLE001
             log.error("result sink of a %s request failed in on_error", self.name, exc_info=sink_exc)
@@ -493,24 +659,33 @@ class PredictWorker:
         except Exception:  # noqa: BLE001
             log.exception("result sink failed again in on_error")
 
-    def _deliver(self, batch: Batch, y: Any, started: float, attributions: np.ndarray | None = None) -> None:
+    def _deliver(self, batch: Batch, y: Any, started: float, attributions: np.ndarray | None, *,
+                 inline: bool) -> None:
         compute_s = monotonic() - started
         try:  # a model may return anything: never let it escape this callback
             y, finite_rows = _check_outputs(y, batch.rows)
         except Exception as exc:
-            self._failed(batch, exc)
+            self._batch_failed(batch, exc, started, inline=inline)
             return
-        explained = 0  # rows of ``attributions`` handed out so far
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.rows, compute_s)
         if self.stats is not None:
             self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
+        self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows)
+        if self._after_batch is not None:
+            self._after_batch()
+
+    def _hand_out(self, slices: tuple[Slice, ...], y: Tensors, finite_rows: np.ndarray | None,
+                  attributions: np.ndarray | None, started: float, compute_s: float, batch_rows: int) -> None:
+        """Hand each slice its rows of the checked outputs ``y`` (and attributions, stacked in slice
+        order for the slices that explain) of a computation of ``batch_rows`` rows."""
+        explained = 0  # rows of ``attributions`` handed out so far
         offset = 0
         single = not isinstance(y, dict)
         # sinks taking a whole request's rows from the batch's outputs share one BatchOutputs
-        shareable = single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0
+        shareable = single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0  # type: ignore[union-attr]
         shared: BatchOutputs | None = None
-        for s in batch.slices:
+        for s in slices:
             item = s.item
             end = offset + s.rows
             sink = item.payload
@@ -526,7 +701,7 @@ class PredictWorker:
             if shareable and s.rows == item.rows and getattr(sink, "shared_outputs", False):
                 try:  # one sink's failure must not keep the rest of the batch from their frames
                     if shared is None:
-                        shared = BatchOutputs(y, batch.rows, compute_s)
+                        shared = BatchOutputs(y, batch_rows, compute_s)  # type: ignore[arg-type]
                     item.delivered = s.stop
                     sink.on_batch_outputs(shared, offset, end, queue_s)
                 except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
@@ -543,7 +718,7 @@ class PredictWorker:
                 bad = s.start + int(np.argmin(finite_rows[offset:end]))
             out = y[offset:end] if single else _rows(y, offset, end)
             attr = attributions[first_attr:explained] if item.cost != 1 and attributions is not None else None
-            part = (s.start, s.stop, out, attr, bad, batch.rows, queue_s, compute_s)
+            part = (s.start, s.stop, out, attr, bad, batch_rows, queue_s, compute_s)
             if s.start != item.delivered:
                 # With instances > 1 an earlier batch holding this request's previous rows is still
                 # computing: these rows wait for it, so the sink gets its rows in order.
@@ -553,8 +728,6 @@ class PredictWorker:
                 if self._early and item in self._early:
                     self._hand_early(item)
             offset = end
-        if self._after_batch is not None:
-            self._after_batch()
 
     def _hand(self, item: WorkItem, part: _Part) -> None:
         """Rows ``start .. stop`` of ``item`` to its sink (its rows before ``start`` went already)."""
@@ -562,9 +735,13 @@ class PredictWorker:
         sink = item.payload
         item.delivered = stop
         try:  # one sink's failure must not keep the rest of the batch from their frames
+            bad_attr = _first_non_finite(attr) if bad is None and attr is not None else None
             if bad is not None:
                 self.queue.cancel(item)
                 sink.on_error(InvalidInput(f"output row {bad} is not finite"))
+            elif bad_attr is not None:  # as for outputs: never NaN in a reply, only this request ends
+                self.queue.cancel(item)
+                sink.on_error(InvalidInput(f"attributions of row {start + bad_attr} are not finite"))
             elif attr is not None:
                 sink.on_rows(start, out, batch_rows, queue_s, compute_s, attributions=attr)
             else:
