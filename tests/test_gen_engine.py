@@ -6,6 +6,7 @@ import asyncio
 import time
 from functools import partial
 
+import numpy as np
 import pytest
 
 from tests.support import wait_until_async
@@ -393,3 +394,41 @@ async def test_a_sequence_that_cannot_start_fails_alone_cancel_after_it_is_harml
         assert engine.statistics().batches == steps and engine.statistics().running == 0
     finally:
         await engine.close()
+
+
+class PoisonModel(BrokenModel):
+    """charlm whose step raises when any row's context holds one chosen id, which it never
+    generates itself: the prompt holding that character poisons every step it is in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._real = charlm()
+        self.poison = self._real.id_to_text.index("#")
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        if (contexts == self.poison).any():
+            raise FloatingPointError("poisoned row")
+        out = self._real.logits(contexts).copy()
+        out[:, self.poison] = -np.inf
+        return out
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_a_step_failing_on_one_sequence_ends_only_that_sequence(inline_max_batch: int) -> None:
+    """A step whose logits() raised ended every sequence of the batch with internal; now the
+    rows are computed alone and only the sequence whose own row fails ends, the others
+    stream exactly what they stream without it (greedy and seeded sampling)."""
+    good = [params(prompt="x", max_tokens=12), params(prompt="import ", max_tokens=9),
+            params(prompt="A ", max_tokens=15, temperature=0.8, seed=7)]
+    engine = GenerationEngine(PoisonModel(), inline_max_batch=inline_max_batch)  # type: ignore[arg-type]
+    try:
+        reference = await run_all(engine, good)
+        assert engine.isolated_steps == 0
+        sinks = await run_all(engine, [good[0], params(prompt="a # b", max_tokens=12), good[1], good[2]])
+        assert engine.isolated_steps >= 1 and engine.statistics().isolated_batches == engine.isolated_steps
+    finally:
+        await engine.close()
+    poisoned = sinks.pop(1)
+    assert isinstance(poisoned.error, Internal) and "poisoned row" in poisoned.error.message
+    for got, want in zip(sinks, reference, strict=True):
+        assert got.error is None and got.tokens == want.tokens and got.done[:2] == want.done[:2]

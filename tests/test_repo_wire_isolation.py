@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.repo_models import AFFINE_CONFIG, write_py
+from tests.repo_models import (
+    AFFINE_CONFIG,
+    BIGRAM_CONFIG,
+    BIGRAM_PY,
+    BIGRAM_VOCAB,
+    bigram_table,
+    write_py,
+)
 from tests.support import Conn, ServerProcess, wait_until
 
 RAISE, SHORT = 666.0, 667.0
@@ -61,6 +68,19 @@ class Model:
 """
 
 
+#: A bigram generative model (tests/repo_models.py's BIGRAM_PY) whose step raises when a context
+#: holds the newline id, which it never generates itself (its logit is -inf), and takes 2 ms.
+POISONGEN_PY = BIGRAM_PY.replace("""        if self.delay:
+            time.sleep(self.delay)
+        return self.table[contexts[:, -1]]""", """        if (contexts == VOCAB.index("\\n")).any():
+            raise ValueError("poison context")
+        time.sleep(0.002)
+        out = self.table[contexts[:, -1]].copy()
+        out[:, VOCAB.index("\\n")] = -np.inf
+        return out""")
+GEN_SEED = 31
+
+
 @pytest.fixture(scope="module")
 def gates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("gates")
@@ -72,6 +92,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, gates: Path, module_transpo
     (repo / "poison").mkdir()
     (repo / "poison" / "config.toml").write_text(AFFINE_CONFIG)
     write_py(repo / "poison" / "1", POISON_PY, **{"gates.txt": str(gates)})
+    (repo / "poisongen").mkdir()
+    (repo / "poisongen" / "config.toml").write_text(BIGRAM_CONFIG)
+    write_py(repo / "poisongen" / "1", POISONGEN_PY, **{"seed.txt": str(GEN_SEED)})
     with ServerProcess("--models", "none", "--model-repository", str(repo), transport=module_transport) as srv:
         yield srv
 
@@ -139,3 +162,49 @@ async def test_non_finite_attributions_end_only_their_request_with_invalid_input
                               "message": "attributions of row 1 are not finite"}, replies["inf"]
     np.testing.assert_allclose(replies["x1"]["attributions"], [[0.5, -2.0, 6.0]], rtol=1e-9)
     assert replies["plain"]["outputs"] == [[200.0]]
+
+
+def _greedy_without_newline(prompt: str, n: int) -> str:
+    """POISONGEN_PY's greedy text, computed here: the bigram table with the newline never chosen."""
+    table = bigram_table(GEN_SEED).copy()
+    table[:, BIGRAM_VOCAB.index("\n")] = -np.inf
+    last = BIGRAM_VOCAB.index(prompt[-1])
+    out = []
+    for _ in range(n):
+        last = int(np.argmax(table[last]))
+        out.append(BIGRAM_VOCAB[last])
+    return "".join(out)
+
+
+async def test_a_generation_step_failing_on_one_sequence_ends_only_that_sequence(server: ServerProcess) -> None:
+    """Two long generations run; a third whose prompt makes the model's step raise joins their
+    steps. It used to end all three with internal; now it ends alone and the two stream on,
+    token for token what they stream without it, until the test cancels them."""
+    before = server.metrics().get("wsserve_batch_isolations_total", model="poisongen") or 0
+    conn = await Conn.open(server.url)
+    prompts = {"g1": "ab", "g2": "h."}
+    for rid, prompt in prompts.items():  # they end only when cancelled: the bad one meets them
+        await conn.send({"type": "generate", "id": rid, "model": "poisongen", "prompt": prompt,
+                         "max_tokens": conn.hello["limits"]["max_tokens"]})
+    streaming: set[str] = set()
+    while streaming != set(prompts):
+        frame = await conn.recv()
+        assert frame["type"] == "token", frame
+        streaming.add(frame["id"])
+    await conn.send({"type": "generate", "id": "bad", "model": "poisongen", "prompt": "ab\n", "max_tokens": 5})
+    _, bad = await conn.until_terminal("bad")
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert "poison context" in bad["message"], bad
+    for rid in prompts:
+        await conn.send({"type": "cancel", "id": rid})
+    await conn.collect(set(prompts))
+    await conn.close()
+    for rid, prompt in prompts.items():
+        frames = [f for f in conn.frames if f.get("id") == rid]
+        *tokens, last = frames
+        assert (last["type"], last.get("reason")) == ("done", "cancelled"), last
+        assert all(f["type"] == "token" for f in tokens) and [f["seq"] for f in tokens] == list(range(len(tokens)))
+        text = "".join(f["text"] for f in tokens)
+        assert text == _greedy_without_newline(prompt, len(text))
+    assert server.metrics().get("wsserve_batch_isolations_total", model="poisongen") >= before + 1
+    assert "generation step of model poisongen failed on" in server.stderr_text()

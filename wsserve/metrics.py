@@ -232,7 +232,7 @@ class _Collector(Collector):
             yield fam
         yield counter("wsserve_generated_tokens", "Tokens streamed by generate.", ["model"], counters.get("tokens", {}))
         yield counter("wsserve_batch_isolations",
-                      "Predict batches of several requests that failed and whose requests were computed alone.",
+                      "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",
                       ["model"], counters.get("isolations", {}))
         yield counter("wsserve_connections_closed", "Closed connections by close code.", ["code"], counters.get("closes", {}))
         yield counter("wsserve_slow_consumer_closes", "Connections closed because they stopped reading.", [],
@@ -371,7 +371,8 @@ class Metrics:
         self.compute.get((model,)).observe(compute_s)
 
     def on_isolated(self, model: str) -> None:
-        """A predict batch of ``model`` failed and its requests are computed alone (the worker calls it)."""
+        """A predict batch or generation step of ``model`` failed and its requests are computed alone
+        (the predict worker and the generation engine call it)."""
         self.isolations[model] = self.isolations.get(model, 0) + 1
 
     def add_tokens(self, model: str, n: int) -> None:

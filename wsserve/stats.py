@@ -26,8 +26,9 @@ class WorkerStatistics:
       ``computed``: rows (predict) or tokens (generate) computed, all time;
       ``executor_batches``: those that ran off the event loop.
     - ``last_batch_size``: rows or sequences in the latest batch or step.
-    - ``isolated_batches``: predict batches of several requests that failed and whose
-      requests were computed again one at a time (so only the failing ones failed); 0 for generate.
+    - ``isolated_batches``: predict batches of several requests (generate: steps of several
+      sequences) that failed and whose requests were computed again one at a time (so only
+      the failing ones failed).
     """
 
     kind: Literal["predict", "generate"]

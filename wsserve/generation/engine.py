@@ -25,6 +25,12 @@ rows that have them, and each step's other tokens arrive as one
 methods cached per layout (called from C: ``map(operator.call, ...)``).  With nothing
 to do the task sleeps on an ``asyncio.Event`` (no polling).
 
+Failures.  A step of several sequences whose ``logits()`` (or sampling) raises is
+computed again row by row, where it ran (:func:`run_step_rows`): only the
+sequences whose own row fails end with ``Internal``; the others get their token
+as from any step (``isolated_steps``, and the observer's optional
+``on_isolated(model)``, count such steps).  A failed step of one sequence ends it.
+
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
     on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed token
@@ -88,7 +94,8 @@ class _TokenCalls:
 
 
 class StepObserver(Protocol):
-    """Optional hook for metrics: called once per computed step."""
+    """Optional hook for metrics: ``on_batch`` is called once per computed step; an observer may
+    also define ``on_isolated(model)``, called once per failed step computed again row by row."""
 
     def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
@@ -105,6 +112,31 @@ def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
     logits = model.logits(batch.contexts)  # [B, k] -> [B, V]
     return sample_rows(logits, batch.sampling, batch.noise)  # [B]
+
+
+def run_step_rows(model: TokenModel, batch: Batch) -> tuple[np.ndarray | None, dict[int, Exception]]:
+    """:func:`run_step` with each row's logits computed alone (after the whole step failed):
+    ``(tokens [B], failed)`` where ``failed`` maps the rows whose ``logits()`` raised to their
+    exception (their tokens are meaningless); ``tokens`` is None when every row failed.
+    Sampling runs once over the stacked rows, so each good row gets the token it gets in any
+    batch (a row-pure model).  Pure; thread-safe."""
+    contexts = batch.contexts
+    rows: list[np.ndarray | None] = []
+    failed: dict[int, Exception] = {}
+    for i in range(len(contexts)):
+        try:
+            rows.append(model.logits(contexts[i : i + 1]))
+        except Exception as exc:  # noqa: BLE001 - this row's own failure
+            rows.append(None)
+            failed[i] = exc
+    good = next((r for r in rows if r is not None), None)
+    if good is None:
+        return None, failed
+    logits = np.zeros((len(rows), good.shape[1]), dtype=good.dtype)
+    for i, r in enumerate(rows):
+        if r is not None:
+            logits[i] = r[0]
+    return sample_rows(logits, batch.sampling, batch.noise), failed
 
 
 class GenerationEngine:
@@ -155,6 +187,8 @@ class GenerationEngine:
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._executor_steps = 0
+        #: Steps of several sequences that failed and whose rows were computed alone.
+        self.isolated_steps = 0
         self._pending: deque[Iterator[Any]] = deque()  # event lists (and a token block) being delivered
         self._calls_for: tuple[Sequence, ...] | None = None  # the layout _calls belongs to
         self._calls: list[Any] = []
@@ -208,6 +242,7 @@ class GenerationEngine:
             kind="generate", queued=s.waiting, queued_rows=0, queued_bytes=0, running=s.running,
             oldest_age_s=s.oldest_wait_s, batches=s.steps, computed=s.generated,
             executor_batches=self._executor_steps, last_batch_size=s.last_batch_size,
+            isolated_batches=self.isolated_steps,
         )
 
     async def wait_idle(self) -> None:
@@ -279,20 +314,61 @@ class GenerationEngine:
                 # Pipelining: the previous step's tokens go out while this one computes.
                 self._deliver()
                 tokens = await future
-        except Exception as exc:  # a model failure ends this batch, not the engine
-            log.exception("generation step failed (batch of %d)", batch.size)
-            sched.fail_batch(batch, Internal(f"generation step failed: {type(exc).__name__}: {exc}"),
-                             time.monotonic())
+        except Exception as exc:  # a model failure ends its own sequences, not the engine
+            if batch.size < 2:
+                log.exception("generation step of model %s failed (batch of %d)", self.name, batch.size)
+                sched.fail_batch(batch, Internal(f"generation step failed: {type(exc).__name__}: {exc}"),
+                                 time.monotonic())
+            else:
+                await self._isolate(batch, exc, inline)
         else:
-            now = time.monotonic()
-            sched.update_from_output(batch, tokens, now)
-            if self._observer is not None:
-                self._observer.on_batch(self.name, batch.size, now - batch.scheduled_at)
-            if self.stats is not None:
-                self.stats.on_batch(batch.size, batch.size, now - batch.scheduled_at, now)
+            self._stepped(batch, tokens)
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps
+
+    def _stepped(self, batch: Batch, tokens: np.ndarray) -> None:
+        """Apply a step's tokens and count the step."""
+        now = time.monotonic()
+        self._sched.update_from_output(batch, tokens, now)
+        if self._observer is not None:
+            self._observer.on_batch(self.name, batch.size, now - batch.scheduled_at)
+        if self.stats is not None:
+            self.stats.on_batch(batch.size, batch.size, now - batch.scheduled_at, now)
+
+    async def _isolate(self, batch: Batch, exc: Exception, inline: bool) -> None:
+        """A step of several sequences failed: compute each row's logits alone, where the step ran
+        (:func:`run_step_rows`); the sequences whose own row fails end with ``Internal``, the others
+        get their token as from any step."""
+        sched = self._sched
+        self.isolated_steps += 1
+        log.warning("generation step of model %s failed on %d sequences (%s: %s); computing each alone",
+                    self.name, batch.size, type(exc).__name__, exc)
+        hook = getattr(self._observer, "on_isolated", None)
+        if hook is not None:
+            hook(self.name)
+        try:
+            if inline:
+                tokens, failed = run_step_rows(self.model, batch)
+            else:
+                assert self._executor is not None
+                tokens, failed = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, run_step_rows, self.model, batch)
+        except Exception as again:  # noqa: BLE001 - sampling the stacked rows failed: end the step
+            log.exception("generation step of model %s failed again, row by row", self.name)
+            sched.fail_batch(batch, Internal(f"generation step failed: {type(again).__name__}: {again}"),
+                             time.monotonic())
+            return
+        now = time.monotonic()
+        for i, row_exc in failed.items():
+            log.error("generation step of model %s failed on one sequence computed alone", self.name,
+                      exc_info=row_exc)
+            sched.fail_requests((batch.seqs[i],), Internal(
+                f"generation step failed: {type(row_exc).__name__}: {row_exc}"), now)
+        if tokens is None:  # every row failed: nothing to apply
+            sched.fail_batch(batch, Internal("generation step failed"), now)
+        else:
+            self._stepped(batch, tokens)
 
     def _deliver(self) -> None:
         """Hand pending events to their sinks, in order, then call ``after_delivery``.

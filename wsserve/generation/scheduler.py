@@ -183,6 +183,13 @@ class Scheduler:
             if seq.state is not SeqState.FINISHED:
                 self._finish(seq, now, reason=reason)
 
+    def fail_requests(self, seqs: Any, error: WsserveError, now: float) -> None:
+        """End unfinished ``seqs`` now with ``error`` (finished ones are ignored); a step in
+        progress keeps its batch, as for a cancel (:meth:`update_from_output` skips them)."""
+        for seq in seqs:
+            if seq.state is not SeqState.FINISHED:
+                self._finish(seq, now, error=error)
+
     def fail_batch(self, batch: Batch, error: WsserveError, now: float) -> None:
         """End every unfinished sequence of ``batch`` with ``error`` (a failed model step)."""
         if batch is self._batch:
