@@ -74,10 +74,13 @@ export declare class InternalServerError extends WsserveError {}
 export declare class RequestTooLarge extends WsserveError {}
 /** A stream's unread items went over `maxStreamBufferBytes`; they were dropped and the request cancelled. */
 export declare class StreamOverflow extends WsserveError {}
-/** The server's answer to the call is malformed (not JSON, or fields of the wrong type); other calls are unaffected. */
-export declare class MalformedFrame extends WsserveError {}
+/** The server broke the protocol (the Python client's `ProtocolError`): one of the two below. */
+export declare class ProtocolError extends WsserveError {}
+/** The server's answer to the call is malformed (not JSON, a type that does not answer the call, or fields of
+ *  the wrong type); other calls and the socket are unaffected. */
+export declare class MalformedFrame extends ProtocolError {}
 /** The server's `hello` is of another protocol version than {@link PROTOCOL_VERSION}; the connect is not retried. */
-export declare class UnsupportedProtocol extends WsserveError {}
+export declare class UnsupportedProtocol extends ProtocolError {}
 /** The connection closed, missed the heartbeat, or could not be opened before the call finished. */
 export declare class ConnectionLost extends WsserveError {}
 /** The client was closed while the call was unfinished. */

@@ -20,16 +20,19 @@
  *   fresh integer id each. Every call settles with the server's terminal frame
  *   for its id (`result`, `done` or `error`), or with `ConnectionLost` when the
  *   connection dies first: the socket closed, or no frame arrived within
- *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A frame for
- *   a call's id of a type that does not answer it (one a later protocol adds,
- *   or another request type's) is ignored.
+ *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A
+ *   streaming predict answered by a plain `result` (a server that did not
+ *   stream) yields it as one chunk, then ends.
  * - A malformed frame fails only the call it answers (`MalformedFrame`), never
  *   the socket or another call: a text frame that is not JSON but names a
  *   pending call's `"id"`, a binary frame that does not decode but whose header
- *   names one, or a frame whose fields the client reads have the wrong types
- *   (`outputs` not rows or tensors, a token's `text` not a string, ...). A
- *   stream fails at the bad item (the items before it stay readable) and is
- *   cancelled on the server. Garbage that names no call is ignored.
+ *   names one, a frame for the call's id of a type that does not answer it
+ *   (another request type's, or one protocol version 1 does not have), or one
+ *   whose fields the client reads have the wrong types (`outputs` not rows or
+ *   tensors, a token's `text` not a string, ...). Unless that frame ended the
+ *   request on the server, `cancel` is sent (the request slot is held until the
+ *   server's terminal frame). A stream fails at the bad frame (the items before
+ *   it stay readable). Garbage that names no call is ignored.
  * - `hello` is checked: a `protocol` other than `PROTOCOL_VERSION` fails the
  *   connection attempt with `UnsupportedProtocol` (not retried); a limit the
  *   client relies on (`DEFAULT_LIMITS`) that is not an integer in
@@ -91,8 +94,9 @@
  *   ├── RequestTooLarge       (client side: larger than max_message_bytes, or a binary header
  *   │                          over max_binary_header_bytes; not sent)
  *   ├── StreamOverflow        (client side: a stream's unread items over maxStreamBufferBytes; cancelled)
- *   ├── MalformedFrame        (client side: the server's answer to the call is malformed)
- *   ├── UnsupportedProtocol   (client side: the server's hello is of another protocol version)
+ *   ├── ProtocolError         (client side: the server broke the protocol)
+ *   │   ├── MalformedFrame    (the server's answer to the call is malformed or of the wrong type)
+ *   │   └── UnsupportedProtocol (the server's hello is of another protocol version)
  *   └── ConnectionLost        (client side: socket closed, heartbeat missed, connect failed)
  *       └── ClientClosed      (the Client was closed while the call was unfinished)
  */
@@ -229,10 +233,15 @@ export class RequestTooLarge extends WsserveError {}
  * items were dropped and the request cancelled on the server.
  */
 export class StreamOverflow extends WsserveError {}
-/** The server's answer to the call is malformed (not JSON, or fields of the wrong type); other calls are unaffected. */
-export class MalformedFrame extends WsserveError {}
+/** The server broke the protocol (the Python client's `ProtocolError`); one of the two below. */
+export class ProtocolError extends WsserveError {}
+/**
+ * The server's answer to the call is malformed: not JSON, of a type that does not answer the
+ * call, or with fields of the wrong type. Only that call fails; other calls and the socket go on.
+ */
+export class MalformedFrame extends ProtocolError {}
 /** The server's `hello` announced a protocol version this client does not speak; not retried. */
-export class UnsupportedProtocol extends WsserveError {}
+export class UnsupportedProtocol extends ProtocolError {}
 /** The connection closed (or could not be opened) before the call finished. */
 export class ConnectionLost extends WsserveError {}
 /** The client was closed while the call was unfinished. */
@@ -602,6 +611,13 @@ const isOutput = (v) => (Array.isArray(v) && v.every(Array.isArray)) || isTensor
 /** Rows (an array of arrays), a decoded binary tensor, or `{name: rows or tensor}`. */
 const isOutputs = (v) => isOutput(v) || (isObject(v) && Object.values(v).every(isOutput));
 const isObjectArray = (v) => Array.isArray(v) && v.every(isObject);
+/** Rows in checked outputs: an array's length, a tensor's first dimension, or the first named output's. */
+function rowCount(outputs) {
+  if (Array.isArray(outputs)) return outputs.length;
+  if (isTensor(outputs)) return outputs.shape?.[0] ?? 0;
+  const first = Object.values(outputs)[0];
+  return first === undefined ? 0 : rowCount(first);
+}
 const isTiming = (v) => v === null || isObject(v);
 
 const OUTPUTS = 'rows (an array of arrays), a tensor or {name: rows or tensor}';
@@ -751,7 +767,7 @@ class Call {
   onItem = () => {};
   /** Called once: `(error, terminalFrame)`. */
   onEnd = () => {};
-  /** Called with a `MalformedFrame` for a malformed item (the call is cancelled, not ended). */
+  /** Called with a `MalformedFrame` for a malformed non-terminal frame (the call is cancelled, not ended). */
   onFault = () => {};
   items = 0;
   ended = false;
@@ -1355,32 +1371,55 @@ export class Client extends EventTarget {
       if (frame.type === 'error') this.dispatchEvent(makeEvent('servererror', frame));
       return; // a late frame for a call that already ended, or one we do not know
     }
-    switch (frame.type) {
-      case 'chunk':
-      case 'token': {
-        if (frame.type !== call.item) return; // another request type's items: not this call's
-        const problem = frameProblem(frame);
-        if (problem) {
-          this.#cancel(conn, call);
-          call.onFault(this.#malformed(call, problem));
-          return;
-        }
-        call.items++;
-        call.onItem(frame, size);
-        return;
-      }
-      case 'error':
-        if (frame.code === 'cancelled') this.#counters.serverCancelled++;
-        this.#endCall(conn, call, errorFromFrame(frame), null);
-        return;
-      default: {
-        if (frame.type !== call.reply) return; // not this call's answer: a type the client does not know
-        const problem = frameProblem(frame);
-        if (problem) { this.#endCall(conn, call, this.#malformed(call, problem), null); return; }
-        if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
-        this.#endCall(conn, call, null, frame);
-      }
+    if (frame.type === 'error') {
+      if (frame.code === 'cancelled') this.#counters.serverCancelled++;
+      this.#endCall(conn, call, errorFromFrame(frame), null);
+      return;
     }
+    if (frame.type === call.item) {
+      const problem = frameProblem(frame);
+      if (problem) { this.#fault(conn, call, frame.type, problem); return; }
+      call.items++;
+      call.onItem(frame, size);
+      return;
+    }
+    if (frame.type === call.reply) {
+      const problem = frameProblem(frame);
+      if (problem) { this.#fault(conn, call, frame.type, problem); return; }
+      if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
+      this.#endCall(conn, call, null, frame);
+      return;
+    }
+    if (frame.type === 'result' && call.item === 'chunk') { // a server that did not stream: one chunk, then done
+      const problem = frameProblem(frame);
+      if (problem) { this.#fault(conn, call, frame.type, problem); return; }
+      const { type: _t, outputs, attributions, timing, ...rest } = frame;
+      const chunk = { type: 'chunk', id: call.id, seq: 0, offset: 0, outputs };
+      if (attributions !== undefined) chunk.attributions = attributions;
+      call.items++;
+      call.onItem(chunk, size);
+      this.#endCall(conn, call, null, { ...rest, type: 'done', reason: 'complete', rows: rowCount(outputs), timing: timing ?? {} });
+      return;
+    }
+    // Another request type's answer or items, or a type protocol version 1 does not have.
+    const expected = [call.reply, call.item, 'error'].filter(Boolean).map((t) => JSON.stringify(t)).join(', ');
+    this.#fault(conn, call, frame.type, `a ${JSON.stringify(frame.type) ?? 'typeless'} frame does not answer it (expected ${expected})`);
+  }
+
+  /**
+   * Fail `call` with a `MalformedFrame` for a frame of type `type`. A frame that ends a request on
+   * the server (`result`, `done`), or a call that holds no request slot, ends the call; otherwise
+   * the server may still be running it: `cancel` is sent and the caller gets the error at once,
+   * while the slot stays held until the server's terminal frame (as for any cancel).
+   */
+  #fault(conn, call, type, problem) {
+    const error = this.#malformed(call, problem);
+    if (!call.counted || type === 'result' || type === 'done') {
+      this.#endCall(conn, call, error, null);
+      return;
+    }
+    this.#cancel(conn, call);
+    call.onFault(error);
   }
 
   #malformed(call, problem, cause) {
@@ -1520,6 +1559,7 @@ export class Client extends EventTarget {
         }
       };
       call.onEnd = (err, frame) => { cleanup(); if (err) reject(err); else resolve(frame); };
+      call.onFault = (err) => { cleanup(); reject(err); }; // cancel sent; the slot waits for the terminal frame
       if (signal) {
         if (signal.aborted) onAbort();
         else signal.addEventListener('abort', onAbort, { once: true });

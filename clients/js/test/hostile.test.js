@@ -13,7 +13,7 @@ import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 
 import {
-  Client, WsserveError, ClientClosed, DeadlineExceeded, StreamOverflow, MalformedFrame, UnsupportedProtocol,
+  Client, WsserveError, ClientClosed, DeadlineExceeded, StreamOverflow, ProtocolError, MalformedFrame, UnsupportedProtocol,
   DEFAULT_LIMITS, DEFAULT_RETRY, DEFAULT_STREAM_BUFFER_BYTES, DEFAULT_CLOSE_TIMEOUT_MS, PROTOCOL_VERSION,
   errorFromFrame, retryDelayMs,
 } from 'wsserve-client';
@@ -25,7 +25,8 @@ const HELLO = Object.freeze({
   models: ['m'],
 });
 
-const TERMINAL = new Set(['result', 'done', 'error', 'models', 'pong']);
+// The frames that end a predict or generate on the server (the only requests a cancel concerns).
+const TERMINAL = new Set(['result', 'done', 'error']);
 
 /**
  * A scripted wsserve peer on loopback. It sends `hello`, then answers each request: with
@@ -259,7 +260,7 @@ describe('hello is checked', { timeout: 60_000 }, () => {
       const c = new Client(peer.url, { reconnect: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 } });
       try {
         await assert.rejects(c.connect(), (e) => {
-          assert.ok(e instanceof UnsupportedProtocol && e instanceof WsserveError, `${e?.name}: ${e?.message}`);
+          assert.ok(e instanceof UnsupportedProtocol && e instanceof ProtocolError, `${e?.name}: ${e?.message}`);
           const theirs = protocol === undefined ? 'a hello without a protocol version' : `protocol ${JSON.stringify(protocol)}`;
           assert.ok(e.message.includes(theirs), e.message);
           assert.ok(e.message.includes(`this client speaks protocol ${PROTOCOL_VERSION}`), e.message);
@@ -356,17 +357,17 @@ describe('malformed frames fail only the call they answer', { timeout: 60_000 },
         },
         badchunk: (msg, send) => send({ type: 'chunk', id: msg.id, seq: 'zero', offset: 0, outputs: [[1]] }),
         baddone: (msg, send) => send({ type: 'done', id: msg.id, reason: 7, tokens: 'x' }),
-        wrongtype: (msg, send) => { // a frame of another request type for this id is not its answer: ignored
-          send({ type: 'done', id: msg.id, reason: 'complete' });
-          send({ type: 'result', id: msg.id, model: 'wrongtype', version: '1', outputs: [[4]] });
-        },
+        wrongtype: (msg, send) => send({ type: 'done', id: msg.id, reason: 'complete' }), // ends it on the server
+        pong: (msg, send) => send({ type: 'pong', id: msg.id }), // another request's answer: then nothing until cancelled
+        progress: (msg, send) => send({ type: 'progress', id: msg.id, fraction: 0.5 }), // not in protocol version 1
+        unstreamed: (msg, send) => send({ type: 'result', id: msg.id, model: 'unstreamed', version: '1', outputs: [[5], [6]] }),
         baderror: (msg, send) => send({ type: 'error', id: msg.id, code: 5, message: ['x'], retry_after_ms: 'soon' }),
         models: (msg, send) => send({ type: 'models', id: msg.id, models: 'x' }),
       },
     });
     const c = new Client(peer.url);
     const malformed = (re) => (e) => {
-      assert.ok(e instanceof MalformedFrame && e instanceof WsserveError, `${e?.name}: ${e?.message}`);
+      assert.ok(e instanceof MalformedFrame && e instanceof ProtocolError && e instanceof WsserveError, `${e?.name}: ${e?.message}`);
       assert.equal(e.code, null);
       assert.equal(typeof e.requestId, 'number');
       assert.match(e.message, re);
@@ -376,7 +377,12 @@ describe('malformed frames fail only the call they answer', { timeout: 60_000 },
       const good = c.predict('m', [[1]]);
       const goodGen = c.complete('m', 'x');
       const badToken = c.generate('badtoken', 'x');
+      const pong = c.predict('pong', [[1]]);
+      const progress = c.generate('progress', 'x');
       await Promise.all([
+        assert.rejects(c.predict('wrongtype', [[1]]), malformed(/predict \d+: a "done" frame does not answer it \(expected "result", "error"\)/)),
+        assert.rejects(pong, malformed(/a "pong" frame does not answer it/)),
+        assert.rejects(progress.wait(), malformed(/generate \d+: a "progress" frame does not answer it \(expected "done", "token", "error"\)/)),
         assert.rejects(c.predict('notjson', [[1]]), malformed(/malformed frame from the server.*not JSON/)),
         assert.rejects(c.predict('badoutputs', [[1]]), malformed(/result frame: outputs must be .*got the string "lots"/)),
         assert.rejects(c.predictStream('badchunk', [[1]]).wait(), malformed(/chunk frame: seq must be an integer >= 0/)),
@@ -385,7 +391,16 @@ describe('malformed frames fail only the call they answer', { timeout: 60_000 },
         assert.rejects(c.predict('baderror', [[1]]), (e) => e instanceof WsserveError && e.retryAfterMs === null),
       ]);
       assert.deepEqual((await c.predict('garbage', [[1]])).outputs, [[3]]);
-      assert.deepEqual((await c.predict('wrongtype', [[1]])).outputs, [[4]]);
+      // a streaming predict answered by a plain result (a server that did not stream): one chunk, then done
+      const unstreamed = c.predictStream('unstreamed', [[1], [2]]);
+      assert.deepEqual(await drain(unstreamed), { items: [{ seq: 0, offset: 0, outputs: [[5], [6]] }], error: null });
+      assert.equal(unstreamed.done.rows, 2);
+      assert.equal(unstreamed.done.reason, 'complete');
+      // what did not end the request on the server was cancelled there; what did was not
+      const ids = peer.received.filter((m) => m.type !== 'cancel');
+      const idOf = (model) => ids.find((m) => m.model === model).id;
+      for (const model of ['pong', 'progress', 'badtoken', 'notjson']) assert.ok(peer.cancelled(idOf(model)), model);
+      for (const model of ['wrongtype', 'badoutputs', 'baddone']) assert.ok(!peer.cancelled(idOf(model)), model);
       const { items, error } = await drain(badToken);
       assert.deepEqual(items, ['a'], 'what came before the bad frame is still read');
       assert.ok(malformed(/token frame: text must be a string, got number 5/)(error));
