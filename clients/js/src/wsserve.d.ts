@@ -113,7 +113,8 @@ export declare const DEFAULT_RECONNECT: Readonly<Required<BackoffPolicy>>;
 export declare const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
 /** `min(maxDelayMs, baseDelayMs * 2**attempt)` scaled by a factor in `[1 - jitter, 1]`. */
 export declare function reconnectDelayMs(policy: Required<BackoffPolicy>, attempt: number, rand: number): number;
-/** `max(backoff, min(retryAfterMs, maxRetryAfterMs))` stretched by a factor in `[1, 1 + jitter]`. */
+/** `max(backoff, min(retryAfterMs, maxRetryAfterMs))` stretched by a factor in `[1, 1 + jitter]`, but a wait the
+ *  server asked for never past `maxRetryAfterMs`. */
 export declare function retryDelayMs(
   policy: Required<BackoffPolicy> & { maxRetryAfterMs?: number | null }, attempt: number, retryAfterMs: number | null, rand: number,
 ): number;

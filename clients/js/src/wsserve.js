@@ -298,7 +298,8 @@ export function reconnectDelayMs(policy, attempt, rand) {
  * Wait before retrying after refused try `attempt` (0-based): the backoff
  * `min(maxDelayMs, baseDelayMs * 2**attempt)` or the server's `retryAfterMs`
  * if longer (never shortened, but honoured only up to `policy.maxRetryAfterMs`
- * when that is set), stretched by a factor in `[1, 1 + jitter]`.
+ * when that is set), stretched by a factor in `[1, 1 + jitter]` — though never
+ * past `maxRetryAfterMs` when the wait is the server's.
  * @param {{baseDelayMs: number, maxDelayMs: number, jitter: number, maxRetryAfterMs?: number|null}} policy
  * @param {number} attempt
  * @param {number|null} retryAfterMs
@@ -306,8 +307,12 @@ export function reconnectDelayMs(policy, attempt, rand) {
  */
 export function retryDelayMs(policy, attempt, retryAfterMs, rand) {
   const backoff = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** attempt);
-  const asked = Math.min(retryAfterMs ?? 0, policy.maxRetryAfterMs ?? Infinity);
-  return Math.max(backoff, asked) * (1 + policy.jitter * rand);
+  const stretch = 1 + policy.jitter * rand;
+  if (!(retryAfterMs > 0)) return backoff * stretch;
+  const cap = policy.maxRetryAfterMs ?? Infinity;
+  const floor = Math.max(backoff, Math.min(retryAfterMs, cap));
+  // The jitter never takes a wait the server asked for past the cap (as the Python client).
+  return Math.min(floor * stretch, Math.max(cap, backoff * stretch));
 }
 
 function checkPolicy(name, p) {

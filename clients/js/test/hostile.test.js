@@ -179,6 +179,9 @@ describe("the server's retry_after_ms is honoured only up to maxRetryAfterMs", {
   it('caps the wait in the delay arithmetic (default 60 s; null: no cap)', () => {
     assert.equal(DEFAULT_RETRY.maxRetryAfterMs, 60_000);
     assert.equal(retryDelayMs(DEFAULT_RETRY, 0, 3_600_000, 0), 60_000);
+    assert.equal(retryDelayMs(DEFAULT_RETRY, 0, 3_600_000, 1), 60_000, 'the jitter does not stretch it past the bound');
+    assert.equal(retryDelayMs(DEFAULT_RETRY, 0, 50_000, 1), 60_000);
+    assert.equal(retryDelayMs(DEFAULT_RETRY, 0, 5000, 1), 5000 * (1 + DEFAULT_RETRY.jitter), 'under the bound: jittered as before');
     assert.equal(retryDelayMs({ ...DEFAULT_RETRY, maxRetryAfterMs: 500 }, 0, 5000, 0), 500);
     assert.equal(retryDelayMs({ ...DEFAULT_RETRY, maxRetryAfterMs: 500 }, 0, 100, 0), 100, 'under the bound: as asked');
     assert.equal(retryDelayMs({ ...DEFAULT_RETRY, maxRetryAfterMs: null }, 0, 3_600_000, 0), 3_600_000);
