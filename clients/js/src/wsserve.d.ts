@@ -121,19 +121,22 @@ export declare function retryDelayMs(
 
 // ------------------------------------------------------------------ frames and results
 
-/** `hello.limits` as the client uses them (see {@link DEFAULT_LIMITS}); other limits as the server sent them. */
+/** `hello.limits` as the client uses them: each of {@link LIMIT_NAMES} an integer in [1, 2**53], or null when the
+ *  server did not announce it or sent something else (then the client does not check that limit); other limits as sent. */
 export interface Limits {
-  max_message_bytes: number;
-  max_inflight: number;
-  max_rows: number;
-  max_tokens: number;
-  max_binary_header_bytes: number;
+  max_message_bytes: number | null;
+  max_inflight: number | null;
+  max_rows: number | null;
+  max_tokens: number | null;
+  max_binary_header_bytes: number | null;
   [extra: string]: unknown;
 }
 
-/** The limits the client relies on, with the values it uses when the server's is not an integer in [1, 2**53 - 1]. */
-export declare const DEFAULT_LIMITS: Readonly<Pick<Limits, 'max_message_bytes' | 'max_inflight' | 'max_rows' | 'max_tokens' | 'max_binary_header_bytes'>>;
-/** A copy of `hello` whose {@link DEFAULT_LIMITS} limits are integers in [1, 2**53 - 1] (a bad one takes its default). */
+/** The `hello.limits` the client relies on. */
+export declare const LIMIT_NAMES: readonly ['max_message_bytes', 'max_inflight', 'max_rows', 'max_tokens', 'max_binary_header_bytes'];
+/** The largest `hello` limit trusted: 2**53. */
+export declare const MAX_LIMIT: number;
+/** A copy of `hello` whose {@link LIMIT_NAMES} limits are integers in [1, 2**53] or null (not announced or not trusted). */
 export declare function checkedHello(hello: Record<string, unknown>): Hello;
 /** What is wrong with the fields the client reads in a reply frame, or null. */
 export declare function frameProblem(frame: Record<string, unknown>): string | null;

@@ -34,9 +34,11 @@
  *   server's terminal frame). A stream fails at the bad frame (the items before
  *   it stay readable). Garbage that names no call is ignored.
  * - `hello` is checked: a `protocol` other than `PROTOCOL_VERSION` fails the
- *   connection attempt with `UnsupportedProtocol` (not retried); a limit the
- *   client relies on (`DEFAULT_LIMITS`) that is not an integer in
- *   [1, 2**53 - 1] is replaced by its default, in `client.hello` too.
+ *   connection attempt with `UnsupportedProtocol` (not retried; a hello without
+ *   one is taken as version 1, as the Python client does); a limit the client
+ *   relies on (`LIMIT_NAMES`) that is not an integer in [1, 2**53] is not
+ *   trusted: it is null in `client.hello.limits` and the client acts as for a
+ *   server that does not announce it (no client-side check of that limit).
  * - A stream buffers the items its consumer has not read yet; past
  *   `maxStreamBufferBytes` of buffered frames (default 64 MiB) it fails with
  *   `StreamOverflow`, drops them and is cancelled on the server.
@@ -109,13 +111,10 @@ export const DEADLINE_GRACE_MS = 1000;
 export const DEFAULT_STREAM_BUFFER_BYTES = 64 * 1024 * 1024;
 /** Default `closeTimeoutMs`: how long `close()` waits for the close handshake. */
 export const DEFAULT_CLOSE_TIMEOUT_MS = 2000;
-/**
- * The `hello.limits` the client relies on, with the values used when a server's is not an
- * integer in [1, 2**53 - 1] (the protocol's defaults).
- */
-export const DEFAULT_LIMITS = Object.freeze({
-  max_message_bytes: 1048576, max_inflight: 256, max_rows: 65536, max_tokens: 100000, max_binary_header_bytes: 4096,
-});
+/** The `hello.limits` the client relies on; each must be an integer in [1, `MAX_LIMIT`] to be trusted. */
+export const LIMIT_NAMES = Object.freeze(['max_message_bytes', 'max_inflight', 'max_rows', 'max_tokens', 'max_binary_header_bytes']);
+/** The largest `hello` limit trusted (2**53, as the Python client); a larger one is as absurd as a negative one. */
+export const MAX_LIMIT = 2 ** 53;
 
 // =================================================================== options
 
@@ -587,28 +586,32 @@ export function decodeTensorFrame(buffer) {
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
-/** A limit the client can rely on: an integer in [1, 2**53 - 1]. */
-const isLimit = (v) => Number.isSafeInteger(v) && v >= 1;
+/** A limit the client can rely on: an integer in [1, MAX_LIMIT]. */
+const isLimit = (v) => Number.isInteger(v) && v >= 1 && v <= MAX_LIMIT;
 
 /**
- * `hello` with `limits` the client can rely on: each of `DEFAULT_LIMITS` that is not an integer in
- * [1, 2**53 - 1] (a string, zero, negative, fractional or absurdly large, missing, or no `limits`
- * object at all) takes its default value; other limits are kept as they are.
+ * `hello` with `limits` the client can rely on: each of `LIMIT_NAMES` is an integer in
+ * [1, MAX_LIMIT], or null — not announced, or not trusted (a string, zero, negative, fractional
+ * or absurdly large; any of them when `limits` is not an object). The client treats null as a
+ * server that does not announce the limit: no client-side check of it. Other limits are kept.
  * @param {Record<string, any>} hello
  * @returns {Record<string, any>} a copy
  */
 export function checkedHello(hello) {
   const given = isObject(hello.limits) ? hello.limits : {};
   const limits = { ...given };
-  for (const [name, fallback] of Object.entries(DEFAULT_LIMITS)) if (!isLimit(given[name])) limits[name] = fallback;
+  for (const name of LIMIT_NAMES) limits[name] = isLimit(given[name]) ? given[name] : null;
   return { ...hello, limits };
 }
 
-/** Why this client cannot talk to the server that sent `hello` (at `url`), or null. */
+/**
+ * Why this client cannot talk to the server that sent `hello` (at `url`), or null. A hello
+ * without `protocol` is taken as version 1, like any missing field (as the Python client).
+ */
 function protocolMismatch(hello, url) {
-  if (hello.protocol === PROTOCOL_VERSION) return null;
-  const theirs = hello.protocol === undefined ? 'a hello without a protocol version' : `protocol ${JSON.stringify(hello.protocol)}`;
-  return `the server at ${url} sent ${theirs}; this client speaks protocol ${PROTOCOL_VERSION} (${SUBPROTOCOL}): upgrade the client or use a matching server`;
+  if (hello.protocol === PROTOCOL_VERSION || hello.protocol === undefined) return null;
+  return `the server at ${url} sent protocol ${JSON.stringify(hello.protocol)}; this client speaks protocol `
+    + `${PROTOCOL_VERSION} (${SUBPROTOCOL}): upgrade the client or use a matching server`;
 }
 
 const isTensor = (v) => isObject(v) && ArrayBuffer.isView(v.data);
@@ -1136,7 +1139,7 @@ export class Client extends EventTarget {
 
   /**
    * The current (or last) connection's `hello`, or null before the first; its `limits` as the
-   * client uses them (`checkedHello`: a bad value of one of `DEFAULT_LIMITS` replaced by its default).
+   * client uses them (`checkedHello`: each of `LIMIT_NAMES` a number, or null when not announced or not trusted).
    */
   get hello() { return this.#lastHello; }
 

@@ -14,7 +14,7 @@ import { WebSocketServer } from 'ws';
 
 import {
   Client, WsserveError, ClientClosed, DeadlineExceeded, StreamOverflow, ProtocolError, MalformedFrame, UnsupportedProtocol,
-  DEFAULT_LIMITS, DEFAULT_RETRY, DEFAULT_STREAM_BUFFER_BYTES, DEFAULT_CLOSE_TIMEOUT_MS, PROTOCOL_VERSION,
+  LIMIT_NAMES, DEFAULT_RETRY, DEFAULT_STREAM_BUFFER_BYTES, DEFAULT_CLOSE_TIMEOUT_MS, PROTOCOL_VERSION,
   errorFromFrame, retryDelayMs,
 } from 'wsserve-client';
 import { eventually } from './helpers/server.js';
@@ -219,7 +219,7 @@ describe("the server's retry_after_ms is honoured only up to maxRetryAfterMs", {
 describe('hello is checked', { timeout: 60_000 }, () => {
   // Garbage limits were trusted: max_message_bytes -5 refused every request as too large,
   // max_inflight "lots" (or 0) made every call wait for a slot forever.
-  it('limits that are not integers >= 1 fall back to the defaults; the calls work', async () => {
+  it('limits that are not integers in [1, 2**53] are taken as not announced (null); the calls work', async () => {
     for (const limits of [
       { max_inflight: 'lots', max_message_bytes: -5, max_rows: 2.5, max_tokens: null, max_binary_header_bytes: 1e300 },
       { max_inflight: 0, max_message_bytes: [1], max_rows: {}, max_tokens: -1, max_binary_header_bytes: '4096' },
@@ -230,8 +230,8 @@ describe('hello is checked', { timeout: 60_000 }, () => {
       const c = new Client(peer.url);
       try {
         const hello = await c.connect();
-        for (const [name, value] of Object.entries(DEFAULT_LIMITS)) assert.equal(hello.limits[name], value, `${JSON.stringify(limits)}: ${name}`);
-        assert.equal(c.stats().capacity, DEFAULT_LIMITS.max_inflight);
+        for (const name of LIMIT_NAMES) assert.equal(hello.limits[name], null, `${JSON.stringify(limits)}: ${name}`);
+        assert.equal(c.stats().capacity, Infinity, 'no max_inflight announced: no client-side cap');
         const results = await Promise.all([1, 2, 3].map(() => c.predict('m', [[1]])));
         assert.equal(results.length, 3);
         assert.equal((await c.complete('m', 'x')).text, 'abc');
@@ -242,12 +242,27 @@ describe('hello is checked', { timeout: 60_000 }, () => {
     }
   });
 
+  it('a hello without protocol is taken as version 1 (as the Python client)', async () => {
+    const { protocol: _p, ...hello } = HELLO;
+    const peer = await fakeServer({ hello });
+    const c = new Client(peer.url);
+    try {
+      await c.connect();
+      assert.deepEqual((await c.predict('m', [[1]])).outputs, [[1]]);
+    } finally {
+      await c.close();
+      await peer.close();
+    }
+  });
+
   it('valid limits are used as the server gives them, and unknown ones are kept', async () => {
-    const peer = await fakeServer({ hello: { ...HELLO, limits: { ...HELLO.limits, max_inflight: 2, max_message_bytes: 4096, max_new_thing: 'x' } } });
+    const peer = await fakeServer({ hello: { ...HELLO, limits: { ...HELLO.limits, max_inflight: 2, max_message_bytes: 2 ** 53, max_new_thing: 'x' } } });
     const c = new Client(peer.url);
     try {
       const hello = await c.connect();
       assert.equal(hello.limits.max_inflight, 2);
+      assert.equal(hello.limits.max_message_bytes, 2 ** 53);
+      assert.equal(hello.limits.max_binary_header_bytes, null, 'not announced');
       assert.equal(hello.limits.max_new_thing, 'x');
       assert.equal(c.stats().capacity, 2);
     } finally {
@@ -258,14 +273,13 @@ describe('hello is checked', { timeout: 60_000 }, () => {
 
   // A server of another protocol version was talked to as if it spoke version 1.
   it('a hello of another protocol version is refused at connect, once, naming both versions', async () => {
-    for (const protocol of [2, '1', 0, undefined]) {
+    for (const protocol of [2, '1', 0, null, 1.5]) {
       const peer = await fakeServer({ hello: { ...HELLO, protocol } });
       const c = new Client(peer.url, { reconnect: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 1 } });
       try {
         await assert.rejects(c.connect(), (e) => {
           assert.ok(e instanceof UnsupportedProtocol && e instanceof ProtocolError, `${e?.name}: ${e?.message}`);
-          const theirs = protocol === undefined ? 'a hello without a protocol version' : `protocol ${JSON.stringify(protocol)}`;
-          assert.ok(e.message.includes(theirs), e.message);
+          assert.ok(e.message.includes(`sent protocol ${JSON.stringify(protocol)};`), e.message);
           assert.ok(e.message.includes(`this client speaks protocol ${PROTOCOL_VERSION}`), e.message);
           return true;
         });
