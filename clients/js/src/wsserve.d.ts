@@ -136,6 +136,8 @@ export interface Limits {
 export declare const LIMIT_NAMES: readonly ['max_message_bytes', 'max_inflight', 'max_rows', 'max_tokens', 'max_binary_header_bytes'];
 /** The largest `hello` limit trusted: 2**53. */
 export declare const MAX_LIMIT: number;
+/** The frame types of protocol version 1; a frame of another type for a pending call is ignored. */
+export declare const FRAME_TYPES: readonly string[];
 /** A copy of `hello` whose {@link LIMIT_NAMES} limits are integers in [1, 2**53] or null (not announced or not trusted). */
 export declare function checkedHello(hello: Record<string, unknown>): Hello;
 /** What is wrong with the fields the client reads in a reply frame, or null. */

@@ -115,6 +115,14 @@ export const DEFAULT_CLOSE_TIMEOUT_MS = 2000;
 export const LIMIT_NAMES = Object.freeze(['max_message_bytes', 'max_inflight', 'max_rows', 'max_tokens', 'max_binary_header_bytes']);
 /** The largest `hello` limit trusted (2**53, as the Python client); a larger one is as absurd as a negative one. */
 export const MAX_LIMIT = 2 ** 53;
+/**
+ * The frame types of protocol version 1. A frame for a pending call of any other type is ignored
+ * (a later, compatible protocol may add types: clients ignore what they do not know); one of
+ * these types that does not answer the call fails it with `MalformedFrame`.
+ */
+export const FRAME_TYPES = Object.freeze(['hello', 'result', 'chunk', 'done', 'token', 'error', 'models', 'pong',
+  'draining', 'auth', 'load', 'unload', 'reload']);
+const KNOWN_FRAME_TYPES = new Set(FRAME_TYPES);
 
 // =================================================================== options
 
@@ -1409,7 +1417,8 @@ export class Client extends EventTarget {
       this.#endCall(conn, call, null, { ...rest, type: 'done', reason: 'complete', rows: rowCount(outputs), timing: timing ?? {} });
       return;
     }
-    // Another request type's answer or items, or a type protocol version 1 does not have.
+    if (!KNOWN_FRAME_TYPES.has(frame.type)) return; // a type protocol version 1 does not have: ignored
+    // Another request type's answer or items.
     const expected = [call.reply, call.item, 'error'].filter(Boolean).map((t) => JSON.stringify(t)).join(', ');
     this.#fault(conn, call, frame.type, `a ${JSON.stringify(frame.type) ?? 'typeless'} frame does not answer it (expected ${expected})`);
   }
