@@ -4,6 +4,10 @@ export declare const PROTOCOL_VERSION: 1;
 export declare const SUBPROTOCOL: 'wsserve.v1';
 /** The client-side deadline fires this long after a request's `timeoutMs`. */
 export declare const DEADLINE_GRACE_MS: number;
+/** Default `maxStreamBufferBytes` (64 MiB). */
+export declare const DEFAULT_STREAM_BUFFER_BYTES: number;
+/** Default `closeTimeoutMs` (2000). */
+export declare const DEFAULT_CLOSE_TIMEOUT_MS: number;
 
 export type RequestId = string | number;
 
@@ -68,6 +72,15 @@ export declare class ShuttingDown extends WsserveError {}
 export declare class InternalServerError extends WsserveError {}
 /** The request is larger than the server's `max_message_bytes` (or its binary header than `max_binary_header_bytes`); it was not sent. */
 export declare class RequestTooLarge extends WsserveError {}
+/** A stream's unread items went over `maxStreamBufferBytes`; they were dropped and the request cancelled. */
+export declare class StreamOverflow extends WsserveError {}
+/** The server broke the protocol (the Python client's `ProtocolError`): one of the two below. */
+export declare class ProtocolError extends WsserveError {}
+/** The server's answer to the call is malformed (not JSON, a type that does not answer the call, or fields of
+ *  the wrong type); other calls and the socket are unaffected. */
+export declare class MalformedFrame extends ProtocolError {}
+/** The server's `hello` is of another protocol version than {@link PROTOCOL_VERSION}; the connect is not retried. */
+export declare class UnsupportedProtocol extends ProtocolError {}
 /** The connection closed, missed the heartbeat, or could not be opened before the call finished. */
 export declare class ConnectionLost extends WsserveError {}
 /** The client was closed while the call was unfinished. */
@@ -92,26 +105,43 @@ export interface BackoffPolicy {
 export interface RetryPolicy extends BackoffPolicy {
   /** Wire codes that are retried. Default `['overloaded', 'rate_limited']`. */
   codes?: string[];
+  /** A server's `retry_after_ms` is waited for up to this many ms; `null`: no bound. Default 60000. */
+  maxRetryAfterMs?: number | null;
 }
 
 export declare const DEFAULT_RECONNECT: Readonly<Required<BackoffPolicy>>;
 export declare const DEFAULT_RETRY: Readonly<Required<RetryPolicy>>;
 /** `min(maxDelayMs, baseDelayMs * 2**attempt)` scaled by a factor in `[1 - jitter, 1]`. */
 export declare function reconnectDelayMs(policy: Required<BackoffPolicy>, attempt: number, rand: number): number;
-/** `max(backoff, retryAfterMs)` stretched by a factor in `[1, 1 + jitter]`. */
+/** `max(backoff, min(retryAfterMs, maxRetryAfterMs))` stretched by a factor in `[1, 1 + jitter]`, but a wait the
+ *  server asked for never past `maxRetryAfterMs`. */
 export declare function retryDelayMs(
-  policy: Required<BackoffPolicy>, attempt: number, retryAfterMs: number | null, rand: number,
+  policy: Required<BackoffPolicy> & { maxRetryAfterMs?: number | null }, attempt: number, retryAfterMs: number | null, rand: number,
 ): number;
 
 // ------------------------------------------------------------------ frames and results
 
+/** `hello.limits` as the client uses them: each of {@link LIMIT_NAMES} an integer in [1, 2**53], or null when the
+ *  server did not announce it or sent something else (then the client does not check that limit); other limits as sent. */
 export interface Limits {
-  max_message_bytes: number;
-  max_inflight: number;
-  max_rows: number;
-  max_tokens: number;
-  [extra: string]: number;
+  max_message_bytes: number | null;
+  max_inflight: number | null;
+  max_rows: number | null;
+  max_tokens: number | null;
+  max_binary_header_bytes: number | null;
+  [extra: string]: unknown;
 }
+
+/** The `hello.limits` the client relies on. */
+export declare const LIMIT_NAMES: readonly ['max_message_bytes', 'max_inflight', 'max_rows', 'max_tokens', 'max_binary_header_bytes'];
+/** The largest `hello` limit trusted: 2**53. */
+export declare const MAX_LIMIT: number;
+/** The frame types of protocol version 1; a frame of another type for a pending call is ignored. */
+export declare const FRAME_TYPES: readonly string[];
+/** A copy of `hello` whose {@link LIMIT_NAMES} limits are integers in [1, 2**53] or null (not announced or not trusted). */
+export declare function checkedHello(hello: Record<string, unknown>): Hello;
+/** What is wrong with the fields the client reads in a reply frame, or null. */
+export declare function frameProblem(frame: Record<string, unknown>): string | null;
 
 export interface Hello {
   type: 'hello';
@@ -287,6 +317,11 @@ export interface ClientOptions {
   retry?: boolean | RetryPolicy;
   /** Client-side cap on outstanding predict+generate (default: the server's `max_inflight`). */
   maxInflight?: number | null;
+  /** A stream's unread frames may hold this many bytes; past it the stream fails with `StreamOverflow`
+   *  and is cancelled. `null`: no bound. Default 64 MiB. */
+  maxStreamBufferBytes?: number | null;
+  /** `close()` waits this long for the close handshake, then drops the socket. Default 2000. */
+  closeTimeoutMs?: number;
   /** WebSocket constructor to use instead of the global one (or the `ws` package). */
   WebSocket?: unknown;
   /** Subprotocols to offer. Default `['wsserve.v1']`. */
@@ -356,6 +391,8 @@ export declare class ResponseStream<T, D> implements AsyncIterableIterator<T> {
   readonly error: WsserveError | null;
   /** Items received so far. */
   readonly received: number;
+  /** Size of the frames of the items received but not read yet (bounded by `maxStreamBufferBytes`). */
+  readonly bufferedBytes: number;
   readonly finished: boolean;
   readonly cancelRequested: boolean;
   /** Send `cancel`; iteration continues to the server's terminal frame. Idempotent. */

@@ -20,11 +20,30 @@
  *   fresh integer id each. Every call settles with the server's terminal frame
  *   for its id (`result`, `done` or `error`), or with `ConnectionLost` when the
  *   connection dies first: the socket closed, or no frame arrived within
- *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A frame for
- *   a call's id of a type that does not answer it (one a later protocol adds,
- *   or another request type's) is ignored. A binary frame that does not decode
- *   but whose header names a call fails that call (`WsserveError`, code null,
- *   "malformed binary frame ...") and cancels it on the server.
+ *   `heartbeatTimeoutMs` of an application-level heartbeat `ping`. A
+ *   streaming predict answered by a plain `result` (a server that did not
+ *   stream) yields it as one chunk, then ends.
+ * - A malformed frame fails only the call it answers (`MalformedFrame`), never
+ *   the socket or another call: a text frame that is not JSON but names a
+ *   pending call's `"id"`, a binary frame that does not decode but whose header
+ *   names one, a frame for the call's id of a type that does not answer it
+ *   (another request type's, or one protocol version 1 does not have), or one
+ *   whose fields the client reads have the wrong types (`outputs` not rows or
+ *   tensors, a token's `text` not a string, ...). Unless that frame ended the
+ *   request on the server, `cancel` is sent (the request slot is held until the
+ *   server's terminal frame). A stream fails at the bad frame (the items before
+ *   it stay readable). Garbage that names no call is ignored.
+ * - `hello` is checked: a `protocol` other than `PROTOCOL_VERSION` fails the
+ *   connection attempt with `UnsupportedProtocol` (not retried; a hello without
+ *   one is taken as version 1, as the Python client does); a limit the client
+ *   relies on (`LIMIT_NAMES`) that is not an integer in [1, 2**53] is not
+ *   trusted: it is null in `client.hello.limits` and the client acts as for a
+ *   server that does not announce it (no client-side check of that limit).
+ * - A stream buffers the items its consumer has not read yet; past
+ *   `maxStreamBufferBytes` of buffered frames (default 64 MiB) it fails with
+ *   `StreamOverflow`, drops them and is cancelled on the server.
+ * - A stream whose client-side deadline passes still yields the items that
+ *   arrived before it, then throws `DeadlineExceeded` (as the Python client).
  * - At most `max_inflight` (from `hello`, or the `maxInflight` option)
  *   predict/generate requests are outstanding; further calls wait, FIFO. A
  *   request's slot is held until the server's terminal frame for it, even
@@ -43,7 +62,11 @@
  *   `max_binary_header_bytes` (the server could not read its id).
  * - After a connection is lost, the next call reconnects, trying up to
  *   `reconnect.maxAttempts` times with jittered exponential backoff.
- *   `overloaded`/`rate_limited` refusals are retried only when `retry` is set.
+ *   `overloaded`/`rate_limited` refusals are retried only when `retry` is set;
+ *   a server's `retry_after_ms` is waited for up to the policy's
+ *   `maxRetryAfterMs` (default 60000).
+ * - `close()` resolves within `closeTimeoutMs` (default 2000) even when the
+ *   server never completes the close handshake: the socket is then dropped.
  * - `version` (predict, predictStream, generate, complete and the admin calls
  *   load/unload/reload) pins a model version: a string, or an integer >= 1;
  *   anything else throws (or rejects) before anything is sent. Results and
@@ -72,6 +95,10 @@
  *   ├── InternalServerError   internal
  *   ├── RequestTooLarge       (client side: larger than max_message_bytes, or a binary header
  *   │                          over max_binary_header_bytes; not sent)
+ *   ├── StreamOverflow        (client side: a stream's unread items over maxStreamBufferBytes; cancelled)
+ *   ├── ProtocolError         (client side: the server broke the protocol)
+ *   │   ├── MalformedFrame    (the server's answer to the call is malformed or of the wrong type)
+ *   │   └── UnsupportedProtocol (the server's hello is of another protocol version)
  *   └── ConnectionLost        (client side: socket closed, heartbeat missed, connect failed)
  *       └── ClientClosed      (the Client was closed while the call was unfinished)
  */
@@ -80,6 +107,22 @@ export const PROTOCOL_VERSION = 1;
 export const SUBPROTOCOL = 'wsserve.v1';
 /** The client-side deadline fires this long after a request's `timeoutMs`. */
 export const DEADLINE_GRACE_MS = 1000;
+/** Default `maxStreamBufferBytes`: a stream's unread frames may hold this much (64 MiB). */
+export const DEFAULT_STREAM_BUFFER_BYTES = 64 * 1024 * 1024;
+/** Default `closeTimeoutMs`: how long `close()` waits for the close handshake. */
+export const DEFAULT_CLOSE_TIMEOUT_MS = 2000;
+/** The `hello.limits` the client relies on; each must be an integer in [1, `MAX_LIMIT`] to be trusted. */
+export const LIMIT_NAMES = Object.freeze(['max_message_bytes', 'max_inflight', 'max_rows', 'max_tokens', 'max_binary_header_bytes']);
+/** The largest `hello` limit trusted (2**53, as the Python client); a larger one is as absurd as a negative one. */
+export const MAX_LIMIT = 2 ** 53;
+/**
+ * The frame types of protocol version 1. A frame for a pending call of any other type is ignored
+ * (a later, compatible protocol may add types: clients ignore what they do not know); one of
+ * these types that does not answer the call fails it with `MalformedFrame`.
+ */
+export const FRAME_TYPES = Object.freeze(['hello', 'result', 'chunk', 'done', 'token', 'error', 'models', 'pong',
+  'draining', 'auth', 'load', 'unload', 'reload']);
+const KNOWN_FRAME_TYPES = new Set(FRAME_TYPES);
 
 // =================================================================== options
 
@@ -90,10 +133,10 @@ export const DEADLINE_GRACE_MS = 1000;
 const ERROR_OPTIONS = Object.freeze(['code', 'requestId', 'retryAfterMs', 'cause', 'frame']);
 const CLIENT_OPTIONS = Object.freeze([
   'token', 'heartbeatMs', 'heartbeatTimeoutMs', 'connectTimeoutMs', 'reconnect', 'retry',
-  'maxInflight', 'WebSocket', 'protocols',
+  'maxInflight', 'maxStreamBufferBytes', 'closeTimeoutMs', 'WebSocket', 'protocols',
 ]);
 const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs', 'jitter']);
-const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes']);
+const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes', 'maxRetryAfterMs']);
 const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
 const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary']);
@@ -105,6 +148,7 @@ const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
 function describeValue(v) {
   if (v === null) return 'null';
+  if (v === undefined) return 'nothing';
   if (Array.isArray(v)) return 'an array';
   return typeof v === 'string' ? `the string ${JSON.stringify(v)}` : `${typeof v} ${String(v)}`;
 }
@@ -191,6 +235,20 @@ export class ShuttingDown extends WsserveError { static wireCode = 'shutting_dow
 export class InternalServerError extends WsserveError { static wireCode = 'internal'; }
 /** The request is larger than the server's `max_message_bytes` (or its binary header than `max_binary_header_bytes`); it was not sent. */
 export class RequestTooLarge extends WsserveError {}
+/**
+ * A stream's unread items went over `maxStreamBufferBytes`: its consumer does not keep up. The
+ * items were dropped and the request cancelled on the server.
+ */
+export class StreamOverflow extends WsserveError {}
+/** The server broke the protocol (the Python client's `ProtocolError`); one of the two below. */
+export class ProtocolError extends WsserveError {}
+/**
+ * The server's answer to the call is malformed: not JSON, of a type that does not answer the
+ * call, or with fields of the wrong type. Only that call fails; other calls and the socket go on.
+ */
+export class MalformedFrame extends ProtocolError {}
+/** The server's `hello` announced a protocol version this client does not speak; not retried. */
+export class UnsupportedProtocol extends ProtocolError {}
 /** The connection closed (or could not be opened) before the call finished. */
 export class ConnectionLost extends WsserveError {}
 /** The client was closed while the call was unfinished. */
@@ -215,7 +273,8 @@ export function errorFromFrame(frame) {
   return new Cls(typeof frame?.message === 'string' ? frame.message : code, {
     code,
     requestId: frame?.id ?? null,
-    retryAfterMs: typeof frame?.retry_after_ms === 'number' ? frame.retry_after_ms : null,
+    // anything but a finite number >= 0 is not a wait to honour
+    retryAfterMs: Number.isFinite(frame?.retry_after_ms) && frame.retry_after_ms >= 0 ? frame.retry_after_ms : null,
     frame,
   });
 }
@@ -227,6 +286,7 @@ export const DEFAULT_RECONNECT = Object.freeze({ maxAttempts: 5, baseDelayMs: 10
 /** Retry policy defaults (used when `retry: true`). `maxAttempts` counts every try. */
 export const DEFAULT_RETRY = Object.freeze({
   maxAttempts: 4, baseDelayMs: 50, maxDelayMs: 2000, jitter: 0.5, codes: Object.freeze(['overloaded', 'rate_limited']),
+  maxRetryAfterMs: 60000,
 });
 
 /**
@@ -244,15 +304,22 @@ export function reconnectDelayMs(policy, attempt, rand) {
 /**
  * Wait before retrying after refused try `attempt` (0-based): the backoff
  * `min(maxDelayMs, baseDelayMs * 2**attempt)` or the server's `retryAfterMs`
- * if longer (never shortened), stretched by a factor in `[1, 1 + jitter]`.
- * @param {{baseDelayMs: number, maxDelayMs: number, jitter: number}} policy
+ * if longer (never shortened, but honoured only up to `policy.maxRetryAfterMs`
+ * when that is set), stretched by a factor in `[1, 1 + jitter]` — though never
+ * past `maxRetryAfterMs` when the wait is the server's.
+ * @param {{baseDelayMs: number, maxDelayMs: number, jitter: number, maxRetryAfterMs?: number|null}} policy
  * @param {number} attempt
  * @param {number|null} retryAfterMs
  * @param {number} rand  uniform in [0, 1)
  */
 export function retryDelayMs(policy, attempt, retryAfterMs, rand) {
   const backoff = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** attempt);
-  return Math.max(backoff, retryAfterMs ?? 0) * (1 + policy.jitter * rand);
+  const stretch = 1 + policy.jitter * rand;
+  if (!(retryAfterMs > 0)) return backoff * stretch;
+  const cap = policy.maxRetryAfterMs ?? Infinity;
+  const floor = Math.max(backoff, Math.min(retryAfterMs, cap));
+  // The jitter never takes a wait the server asked for past the cap (as the Python client).
+  return Math.min(floor * stretch, Math.max(cap, backoff * stretch));
 }
 
 function checkPolicy(name, p) {
@@ -264,6 +331,9 @@ function checkPolicy(name, p) {
     throw new RangeError(`${name}: need 0 <= baseDelayMs <= maxDelayMs, got ${p.baseDelayMs}, ${p.maxDelayMs}`);
   }
   if (!(p.jitter >= 0 && p.jitter <= 1)) throw new RangeError(`${name}.jitter must be in [0, 1], got ${p.jitter}`);
+  if (p.maxRetryAfterMs !== undefined && p.maxRetryAfterMs !== null && !(typeof p.maxRetryAfterMs === 'number' && p.maxRetryAfterMs >= 0)) {
+    throw new RangeError(`${name}.maxRetryAfterMs must be a number >= 0 or null, got ${describeValue(p.maxRetryAfterMs)}`);
+  }
   if (p.codes !== undefined && !(Array.isArray(p.codes) && p.codes.every((c) => typeof c === 'string'))) {
     throw new TypeError(`${name}.codes must be an array of wire error codes (strings), got ${describeValue(p.codes)}`);
   }
@@ -520,6 +590,95 @@ export function decodeTensorFrame(buffer) {
   return frame;
 }
 
+// =================================================================== what the server sends
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+const isCount = (v) => Number.isSafeInteger(v) && v >= 0;
+/** A limit the client can rely on: an integer in [1, MAX_LIMIT]. */
+const isLimit = (v) => Number.isInteger(v) && v >= 1 && v <= MAX_LIMIT;
+
+/**
+ * `hello` with `limits` the client can rely on: each of `LIMIT_NAMES` is an integer in
+ * [1, MAX_LIMIT], or null — not announced, or not trusted (a string, zero, negative, fractional
+ * or absurdly large; any of them when `limits` is not an object). The client treats null as a
+ * server that does not announce the limit: no client-side check of it. Other limits are kept.
+ * @param {Record<string, any>} hello
+ * @returns {Record<string, any>} a copy
+ */
+export function checkedHello(hello) {
+  const given = isObject(hello.limits) ? hello.limits : {};
+  const limits = { ...given };
+  for (const name of LIMIT_NAMES) limits[name] = isLimit(given[name]) ? given[name] : null;
+  return { ...hello, limits };
+}
+
+/**
+ * Why this client cannot talk to the server that sent `hello` (at `url`), or null. A hello
+ * without `protocol` is taken as version 1, like any missing field (as the Python client).
+ */
+function protocolMismatch(hello, url) {
+  if (hello.protocol === PROTOCOL_VERSION || hello.protocol === undefined) return null;
+  return `the server at ${url} sent protocol ${JSON.stringify(hello.protocol)}; this client speaks protocol `
+    + `${PROTOCOL_VERSION} (${SUBPROTOCOL}): upgrade the client or use a matching server`;
+}
+
+const isTensor = (v) => isObject(v) && ArrayBuffer.isView(v.data);
+const isOutput = (v) => (Array.isArray(v) && v.every(Array.isArray)) || isTensor(v);
+/** Rows (an array of arrays), a decoded binary tensor, or `{name: rows or tensor}`. */
+const isOutputs = (v) => isOutput(v) || (isObject(v) && Object.values(v).every(isOutput));
+const isObjectArray = (v) => Array.isArray(v) && v.every(isObject);
+/** Rows in checked outputs: an array's length, a tensor's first dimension, or the first named output's. */
+function rowCount(outputs) {
+  if (Array.isArray(outputs)) return outputs.length;
+  if (isTensor(outputs)) return outputs.shape?.[0] ?? 0;
+  const first = Object.values(outputs)[0];
+  return first === undefined ? 0 : rowCount(first);
+}
+const isTiming = (v) => v === null || isObject(v);
+
+const OUTPUTS = 'rows (an array of arrays), a tensor or {name: rows or tensor}';
+/** Per reply type: `[field, check, what it must be, optional]` for the fields the client reads. */
+const FRAME_FIELDS = Object.freeze({
+  result: [['outputs', isOutputs, OUTPUTS], ['attributions', isOutputs, OUTPUTS, true], ['timing', isTiming, 'an object', true]],
+  chunk: [['seq', isCount, 'an integer >= 0'], ['offset', isCount, 'an integer >= 0'], ['outputs', isOutputs, OUTPUTS],
+    ['attributions', isOutputs, OUTPUTS, true]],
+  token: [['seq', isCount, 'an integer >= 0'], ['text', (v) => typeof v === 'string', 'a string']],
+  done: [['reason', (v) => typeof v === 'string', 'a string'], ['tokens', isCount, 'an integer >= 0', true],
+    ['rows', isCount, 'an integer >= 0', true], ['timing', isTiming, 'an object', true]],
+  models: [['models', isObjectArray, 'an array of objects']],
+  load: [['versions', isObjectArray, 'an array of objects']],
+  unload: [['versions', isObjectArray, 'an array of objects']],
+  reload: [['versions', isObjectArray, 'an array of objects']],
+});
+
+/**
+ * What is wrong with a reply `frame`, or null: the fields the client reads (`FRAME_FIELDS`) must
+ * have their protocol types; other fields, and frame types it does not read, are not looked at.
+ * The values inside `outputs` are not checked one by one.
+ * @param {Record<string, any>} frame
+ * @returns {string|null}
+ */
+export function frameProblem(frame) {
+  for (const [field, ok, what, optional] of Object.hasOwn(FRAME_FIELDS, frame.type) ? FRAME_FIELDS[frame.type] : []) {
+    const v = frame[field];
+    if (v === undefined && optional) continue;
+    if (!ok(v)) return `${frame.type} frame: ${field} must be ${what}, got ${describeValue(v)}`;
+  }
+  return null;
+}
+
+/**
+ * The `"id"` a text frame that is not JSON names (its first `"id":` member that reads as a JSON
+ * string or integer), or undefined. Best effort: the frame is broken, so this may be wrong — it
+ * only decides which pending call, if any, fails.
+ * @param {string} text
+ */
+function idOfBrokenText(text) {
+  const m = /(?:^|[^\\])"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)/.exec(text.slice(0, 4096));
+  if (!m) return undefined;
+  try { return JSON.parse(m[1]); } catch { return undefined; }
+}
+
 let wsModulePromise = null;
 async function resolveWebSocket(explicit) {
   if (explicit) return explicit;
@@ -620,10 +779,12 @@ const REPLY_TYPES = Object.freeze({
 
 /** One request on the wire, until its terminal frame or the connection's end. */
 class Call {
-  /** Called with each non-terminal frame (chunk, token). */
+  /** Called with each non-terminal frame (chunk, token) and its size on the wire. */
   onItem = () => {};
   /** Called once: `(error, terminalFrame)`. */
   onEnd = () => {};
+  /** Called with a `MalformedFrame` for a malformed non-terminal frame (the call is cancelled, not ended). */
+  onFault = () => {};
   items = 0;
   ended = false;
   cancelSent = false;
@@ -709,7 +870,9 @@ export class ResponseStream {
   /** Items received from the server so far (all attempts). */
   received = 0;
 
+  /** @type {Array<[T, number]>} unread items, each with its frame's size */
   #items = [];
+  #bufferedBytes = 0;
   #waiter = null;
   #abandoned = false;
   #errorThrown = false;
@@ -722,6 +885,13 @@ export class ResponseStream {
 
   /** True once `cancel()` was called (or the signal aborted). */
   get cancelRequested() { return this.#cancelRequested; }
+
+  /**
+   * The size of the frames of the items received but not read yet (characters of a text
+   * frame — bytes for the ASCII JSON the server sends —, bytes of a binary one). Past the
+   * client's `maxStreamBufferBytes` the stream fails with `StreamOverflow`.
+   */
+  get bufferedBytes() { return this.#bufferedBytes; }
 
   /**
    * Ask the server to stop this request; iteration continues to its terminal
@@ -746,7 +916,11 @@ export class ResponseStream {
 
   /** @returns {Promise<IteratorResult<T>>} */
   next() {
-    if (this.#items.length) return Promise.resolve({ value: this.#items.shift(), done: false });
+    if (this.#items.length) {
+      const [value, size] = this.#items.shift();
+      this.#bufferedBytes -= size;
+      return Promise.resolve({ value, done: false });
+    }
     if (this.#abandoned) return Promise.resolve({ value: undefined, done: true });
     if (this.error) {
       if (this.#errorThrown) return Promise.resolve({ value: undefined, done: true });
@@ -765,7 +939,7 @@ export class ResponseStream {
   return() {
     this.cancel();
     this.#abandoned = true;
-    this.#items.length = 0;
+    this.#dropItems();
     this.#wake();
     return Promise.resolve({ value: undefined, done: true });
   }
@@ -784,7 +958,8 @@ export class ResponseStream {
     if (fn && this.#cancelRequested) fn();
   }
 
-  _push(frame) {
+  /** One item from the server, `size` the length of its frame (counted while it is unread). */
+  _push(frame, size = 0) {
     if (this.finished) return;
     this.received++;
     const item = this._item(frame);
@@ -793,8 +968,21 @@ export class ResponseStream {
       const w = this.#waiter; this.#waiter = null;
       w.resolve({ value: item, done: false });
     } else {
-      this.#items.push(item);
+      this.#items.push([item, size]);
+      this.#bufferedBytes += size;
     }
+  }
+
+  /** End with `error` (a `StreamOverflow`), letting go of the unread items: the next read throws it. */
+  _overflow(error) {
+    if (this.finished) return;
+    this.#dropItems();
+    this._finish(null, error);
+  }
+
+  #dropItems() {
+    this.#items.length = 0;
+    this.#bufferedBytes = 0;
   }
 
   _finish(doneFrame, error) {
@@ -905,6 +1093,9 @@ export class Client extends EventTarget {
    * @param {boolean|{maxAttempts?: number, baseDelayMs?: number, maxDelayMs?: number, jitter?: number, codes?: string[]}} [opts.retry]
    *   opt-in retry of `overloaded`/`rate_limited` refusals, honouring `retry_after_ms`
    * @param {number|null} [opts.maxInflight]  client-side cap on outstanding predict+generate (default: the server's)
+   * @param {number|null} [opts.maxStreamBufferBytes=67108864]  a stream's unread frames may hold this many bytes,
+   *   past it the stream fails with `StreamOverflow` and is cancelled; null: no bound
+   * @param {number} [opts.closeTimeoutMs=2000]  `close()` waits this long for the close handshake, then drops the socket
    * @param {any} [opts.WebSocket]  WebSocket constructor to use
    * @param {string[]} [opts.protocols=['wsserve.v1']]  subprotocols to offer
    * @throws {TypeError} a bad URL, or an unknown key in `opts`, `opts.reconnect` or `opts.retry`
@@ -927,6 +1118,15 @@ export class Client extends EventTarget {
     if (opts.maxInflight != null && !(Number.isInteger(opts.maxInflight) && opts.maxInflight >= 1)) {
       throw new RangeError(`maxInflight must be an integer >= 1 or null, got ${opts.maxInflight}`);
     }
+    const { maxStreamBufferBytes = DEFAULT_STREAM_BUFFER_BYTES, closeTimeoutMs = DEFAULT_CLOSE_TIMEOUT_MS } = opts;
+    if (maxStreamBufferBytes !== null && !(Number.isSafeInteger(maxStreamBufferBytes) && maxStreamBufferBytes >= 1)) {
+      const Err = typeof maxStreamBufferBytes === 'number' ? RangeError : TypeError;
+      throw new Err(`maxStreamBufferBytes must be an integer >= 1 or null, got ${describeValue(maxStreamBufferBytes)}`);
+    }
+    if (!(typeof closeTimeoutMs === 'number' && closeTimeoutMs >= 0)) {
+      const Err = typeof closeTimeoutMs === 'number' ? RangeError : TypeError;
+      throw new Err(`closeTimeoutMs must be a number >= 0, got ${describeValue(closeTimeoutMs)}`);
+    }
     this.url = parsed.toString();
     this.#opts = {
       token: opts.token ?? null,
@@ -937,13 +1137,18 @@ export class Client extends EventTarget {
       reconnectEnabled: opts.reconnect !== false,
       retry: retryPolicy(opts.retry),
       maxInflight: opts.maxInflight ?? null,
+      maxStreamBufferBytes: maxStreamBufferBytes ?? Infinity,
+      closeTimeoutMs,
       WebSocket: opts.WebSocket ?? null,
       protocols: opts.protocols ?? [SUBPROTOCOL],
     };
     this.#limiter = new Limiter(() => this.#opts.maxInflight ?? this.#lastHello?.limits?.max_inflight ?? Infinity);
   }
 
-  /** The current (or last) connection's `hello`, or null before the first. */
+  /**
+   * The current (or last) connection's `hello`, or null before the first; its `limits` as the
+   * client uses them (`checkedHello`: each of `LIMIT_NAMES` a number, or null when not announced or not trusted).
+   */
   get hello() { return this.#lastHello; }
 
   /** `'open'`, `'connecting'`, `'idle'` (no socket; the next call connects) or `'closed'`. */
@@ -976,7 +1181,8 @@ export class Client extends EventTarget {
   /**
    * Open the connection now (calls also connect on demand). Resolves with
    * the `hello` frame. Rejects with `ConnectionLost` when no attempt
-   * succeeded, `Unauthorized` when the token was refused.
+   * succeeded, `Unauthorized` when the token was refused, `UnsupportedProtocol`
+   * when the server's `hello` is of another protocol version (neither is retried).
    * @param {{signal?: AbortSignal}} [opts]
    */
   async connect(opts) {
@@ -1003,7 +1209,8 @@ export class Client extends EventTarget {
         return await this.#openOnce();
       } catch (e) {
         lastError = e;
-        if (e instanceof Unauthorized || e instanceof ClientClosed || this.#closed) throw e;
+        // a refused token or another protocol version will not change on the next try
+        if (e instanceof Unauthorized || e instanceof UnsupportedProtocol || e instanceof ClientClosed || this.#closed) throw e;
         if (attempt + 1 >= policy.maxAttempts) break;
         const delayMs = reconnectDelayMs(policy, attempt, Math.random());
         this.dispatchEvent(makeEvent('reconnecting', { attempt: attempt + 1, delayMs, error: e }));
@@ -1069,14 +1276,19 @@ export class Client extends EventTarget {
         try {
           frame = typeof ev.data === 'string' ? JSON.parse(ev.data) : decodeTensorFrame(ev.data);
         } catch (e) {
-          // Neither JSON text nor a binary tensor frame: ignored, unless it is a binary frame
-          // whose header names a call (which would else wait forever for an answer it lost).
-          if (settled && typeof ev.data !== 'string') this.#onMalformedBinary(conn, ev.data, e);
+          // Neither JSON text nor a binary tensor frame: ignored, unless it names a pending call
+          // (which would else wait forever for an answer it lost).
+          if (settled) this.#onMalformed(conn, ev.data, e);
           return;
         }
-        if (settled) { this.#onFrame(conn, frame); return; }
+        if (settled) {
+          this.#onFrame(conn, frame, typeof ev.data === 'string' ? ev.data.length : ev.data.byteLength);
+          return;
+        }
         if (frame?.type === 'hello') {
-          conn.hello = frame;
+          const mismatch = protocolMismatch(frame, this.url);
+          if (mismatch) { fail(new UnsupportedProtocol(mismatch)); return; }
+          conn.hello = checkedHello(frame);
           if (!token) { open(); return; }
           // Browsers cannot set headers on a WebSocket handshake: authenticate in-band.
           authId = this.#nextId++;
@@ -1126,8 +1338,9 @@ export class Client extends EventTarget {
   /**
    * Close the client: send `cancel` for unfinished calls, close the socket,
    * fail local waiters with `ClientClosed` — also the calls waiting for a connection or to
-   * retry a refusal: an attempt in progress and any backoff wait end at once. Idempotent; the client
-   * cannot be reused.
+   * retry a refusal: an attempt in progress and any backoff wait end at once. Resolves when the
+   * close handshake is done, or after `closeTimeoutMs` when the server does not complete it (the
+   * socket is then dropped). Idempotent; the client cannot be reused.
    */
   async close() {
     if (this.#closed) return;
@@ -1140,18 +1353,30 @@ export class Client extends EventTarget {
     for (const call of conn.pending.values()) {
       if (call.counted && conn.cancel(call)) this.#counters.cancelsSent++;
     }
+    let timer = null;
     const closed = new Promise((resolve) => {
       conn.ws.addEventListener('close', resolve, { once: true });
-      unrefTimer(setTimeout(resolve, 2000));
+      // A server that never answers the close frame: drop the socket rather than wait (the `ws`
+      // package would keep it for 30 s). A browser WebSocket has no such call; it closes on its own.
+      timer = unrefTimer(setTimeout(() => {
+        try { conn.ws.terminate?.(); } catch { /* already gone */ }
+        resolve();
+      }, this.#opts.closeTimeoutMs));
     });
     this.#connectionDied(conn, error, 1000, 'client closed', true);
     await closed;
+    clearTimeout(timer);
   }
 
   // ------------------------------------------------------------ frames
 
-  #onFrame(conn, frame) {
-    if (!frame || typeof frame !== 'object') return;
+  /**
+   * One parsed frame after `hello` (`size`: its length on the wire). A frame for a pending call
+   * whose fields have the wrong types fails that call with `MalformedFrame` (a stream's item also
+   * cancels it); nothing here fails the socket or another call.
+   */
+  #onFrame(conn, frame, size) {
+    if (!isObject(frame)) return;
     if (frame.type === 'draining') {
       conn.draining = true;
       this.dispatchEvent(makeEvent('draining', frame));
@@ -1162,30 +1387,78 @@ export class Client extends EventTarget {
       if (frame.type === 'error') this.dispatchEvent(makeEvent('servererror', frame));
       return; // a late frame for a call that already ended, or one we do not know
     }
-    switch (frame.type) {
-      case 'chunk':
-      case 'token':
-        if (frame.type !== call.item) return; // another request type's items: not this call's
-        call.items++;
-        call.onItem(frame);
-        return;
-      case 'error':
-        if (frame.code === 'cancelled') this.#counters.serverCancelled++;
-        this.#endCall(conn, call, errorFromFrame(frame), null);
-        return;
-      default:
-        if (frame.type !== call.reply) return; // not this call's answer: a type the client does not know
-        if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
-        this.#endCall(conn, call, null, frame);
+    if (frame.type === 'error') {
+      if (frame.code === 'cancelled') this.#counters.serverCancelled++;
+      this.#endCall(conn, call, errorFromFrame(frame), null);
+      return;
     }
+    if (frame.type === call.item) {
+      const problem = frameProblem(frame);
+      if (problem) { this.#fault(conn, call, frame.type, problem); return; }
+      call.items++;
+      call.onItem(frame, size);
+      return;
+    }
+    if (frame.type === call.reply) {
+      const problem = frameProblem(frame);
+      if (problem) { this.#fault(conn, call, frame.type, problem); return; }
+      if (frame.type === 'done' && frame.reason === 'cancelled') this.#counters.serverCancelled++;
+      this.#endCall(conn, call, null, frame);
+      return;
+    }
+    if (frame.type === 'result' && call.item === 'chunk') { // a server that did not stream: one chunk, then done
+      const problem = frameProblem(frame);
+      if (problem) { this.#fault(conn, call, frame.type, problem); return; }
+      const { type: _t, outputs, attributions, timing, ...rest } = frame;
+      const chunk = { type: 'chunk', id: call.id, seq: 0, offset: 0, outputs };
+      if (attributions !== undefined) chunk.attributions = attributions;
+      call.items++;
+      call.onItem(chunk, size);
+      this.#endCall(conn, call, null, { ...rest, type: 'done', reason: 'complete', rows: rowCount(outputs), timing: timing ?? {} });
+      return;
+    }
+    if (!KNOWN_FRAME_TYPES.has(frame.type)) return; // a type protocol version 1 does not have: ignored
+    // Another request type's answer or items.
+    const expected = [call.reply, call.item, 'error'].filter(Boolean).map((t) => JSON.stringify(t)).join(', ');
+    this.#fault(conn, call, frame.type, `a ${JSON.stringify(frame.type) ?? 'typeless'} frame does not answer it (expected ${expected})`);
   }
 
   /**
-   * A binary frame that did not decode (`error`): if its header still reads and names a
-   * pending call, that call is cancelled on the server and fails with a `WsserveError`.
+   * Fail `call` with a `MalformedFrame` for a frame of type `type`. A frame that ends a request on
+   * the server (`result`, `done`), or a call that holds no request slot, ends the call; otherwise
+   * the server may still be running it: `cancel` is sent and the caller gets the error at once,
+   * while the slot stays held until the server's terminal frame (as for any cancel).
    */
-  #onMalformedBinary(conn, data, error) {
+  #fault(conn, call, type, problem) {
+    const error = this.#malformed(call, problem);
+    if (!call.counted || type === 'result' || type === 'done') {
+      this.#endCall(conn, call, error, null);
+      return;
+    }
+    this.#cancel(conn, call);
+    call.onFault(error);
+  }
+
+  #malformed(call, problem, cause) {
+    return new MalformedFrame(`malformed frame from the server for ${call.type} ${JSON.stringify(call.id)}: ${problem}`,
+      { requestId: call.id, cause });
+  }
+
+  /**
+   * A frame that did not parse (`error`): a text frame that is not JSON, or a binary frame that
+   * does not decode. If it still names a pending call (the text's `"id"`, the binary header's),
+   * that call is cancelled on the server and fails with a `MalformedFrame`.
+   */
+  #onMalformed(conn, data, error) {
     let id;
+    if (typeof data === 'string') {
+      id = idOfBrokenText(data);
+      const call = id === undefined || id === null ? undefined : conn.pending.get(id);
+      if (!call) return;
+      this.#cancel(conn, call);
+      this.#endCall(conn, call, this.#malformed(call, `not JSON (${error?.message ?? error})`, error), null);
+      return;
+    }
     try {
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       const n = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
@@ -1197,8 +1470,8 @@ export class Client extends EventTarget {
     const call = id === undefined || id === null ? undefined : conn.pending.get(id);
     if (!call) return;
     this.#cancel(conn, call);
-    this.#endCall(conn, call, new WsserveError(`malformed binary frame from the server: ${error?.message ?? error}`,
-      { code: null, requestId: id, cause: error }), null);
+    this.#endCall(conn, call, new MalformedFrame(`malformed binary frame from the server: ${error?.message ?? error}`,
+      { requestId: id, cause: error }), null);
   }
 
   #endCall(conn, call, error, frame) {
@@ -1303,6 +1576,7 @@ export class Client extends EventTarget {
         }
       };
       call.onEnd = (err, frame) => { cleanup(); if (err) reject(err); else resolve(frame); };
+      call.onFault = (err) => { cleanup(); reject(err); }; // cancel sent; the slot waits for the terminal frame
       if (signal) {
         if (signal.aborted) onAbort();
         else signal.addEventListener('abort', onAbort, { once: true });
@@ -1469,7 +1743,18 @@ export class Client extends EventTarget {
         stream.id = call.id;
         const outcome = await new Promise((resolve) => {
           let timer = null;
-          call.onItem = (f) => stream._push(f);
+          const limit = this.#opts.maxStreamBufferBytes;
+          call.onItem = (f, size) => {
+            stream._push(f, size);
+            if (stream.bufferedBytes > limit) {
+              this.#cancel(conn, call);
+              stream._overflow(new StreamOverflow(
+                `${stream.bufferedBytes} bytes of unread items, over maxStreamBufferBytes (${limit}): `
+                + 'read the stream as it comes (or raise the bound); cancel sent', { requestId: call.id }));
+            }
+          };
+          // the items before a malformed one stay readable; the slot stays held until the server's terminal frame
+          call.onFault = (err) => stream._finish(null, err);
           call.onEnd = (err, frame) => { clearTimeout(timer); resolve({ err, frame }); };
           if (timeoutMs != null) {
             timer = setTimeout(() => {

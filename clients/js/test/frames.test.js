@@ -1,6 +1,6 @@
-// The client against peers that do more than today's server: frames of a type it does not know
-// (PROTOCOL.md: "clients must ignore fields they do not know"; a later server may add frame
-// types), and the events a Client dispatches while connection attempts fail.
+// The client against peers that do more than today's server: frames for a call's id of a type that
+// does not answer it, a binary frame that does not decode, and the events a Client dispatches
+// while connection attempts fail.
 // Run: `node --test test/frames.test.js` in clients/js.
 
 import { describe, it, before, after } from 'node:test';
@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import WebSocket, { WebSocketServer } from 'ws';
 
 import {
-  Client, Unauthorized, ConnectionLost, ClientClosed, OverloadedError, RequestCancelled, WsserveError,
+  Client, Unauthorized, ConnectionLost, ClientClosed, OverloadedError, RequestCancelled, WsserveError, MalformedFrame,
 } from 'wsserve-client';
 import { startServer, eventually } from './helpers/server.js';
 
@@ -45,22 +45,24 @@ async function relay(target, inject, mangleBinary = (data) => data) {
   };
 }
 
-describe('frames of a type the client does not know', { timeout: 120_000 }, () => {
+describe('a frame of a type that does not answer the call', { timeout: 120_000 }, () => {
   let srv;
   let peer;
 
   before(async () => {
     srv = await startServer();
-    // Before each answer: a frame type of a later protocol ("progress"), and one of this
-    // protocol that answers other requests ("pong", "models"), all with the request's id.
-    peer = await relay(srv.url, (msg) => (msg.id === undefined || msg.type === 'auth' ? [] : [
-      { type: 'progress', id: msg.id, fraction: 0.5 },
-      ...(msg.type === 'ping' ? [] : [{ type: 'pong', id: msg.id }]),
-      ...(msg.type === 'models' ? [] : [{ type: 'models', id: msg.id, models: [] }]),
-      // and the items of the other streaming request type
-      ...(msg.type === 'generate' ? [{ type: 'chunk', id: msg.id, seq: 0, offset: 0, outputs: [[9]] }] : []),
-      ...(msg.type === 'predict' ? [{ type: 'token', id: msg.id, seq: 0, text: 'X' }] : []),
-    ]));
+    // Before the answer to the requests marked below, a frame with the request's id that does not
+    // answer it: a type a later protocol might add ("progress", to be ignored), another request
+    // type's answer ("pong", "models") or the other streaming request type's items. The rest pass
+    // untouched.
+    peer = await relay(srv.url, (msg) => {
+      const marked = msg.inputs?.[0]?.[0] === 0.25 || msg.prompt === 'X' || msg.type === 'models';
+      if (msg.id === undefined || msg.type === 'auth' || !marked) return [];
+      if (msg.type === 'models') return [{ type: 'pong', id: msg.id }];
+      if (msg.type === 'generate') return [{ type: 'chunk', id: msg.id, seq: 0, offset: 0, outputs: [[9]] }];
+      if (msg.stream) return [{ type: 'token', id: msg.id, seq: 0, text: 'X' }];
+      return [{ type: 'progress', id: msg.id, fraction: 0.5 }];
+    });
   });
 
   after(async () => {
@@ -68,25 +70,35 @@ describe('frames of a type the client does not know', { timeout: 120_000 }, () =
     await srv?.stop();
   });
 
-  it('are ignored: each call still settles with its own answer', async () => {
+  // It used to be ignored (the call then waited for its own answer); the Python client fails the
+  // call with a ProtocolError, and so does this one now: MalformedFrame, that call only.
+  it('fails that call only (MalformedFrame); the socket and the other calls carry on', async () => {
     const direct = new Client(srv.url);
     const c = new Client(peer.url);
+    const malformed = (type) => (e) => {
+      assert.ok(e instanceof MalformedFrame, `${e?.name}: ${e?.message}`);
+      assert.ok(e.message.includes(`a "${type}" frame does not answer it`), e.message);
+      return true;
+    };
     try {
+      // a type protocol version 1 does not have is ignored: the call gets its own answer
+      assert.deepEqual((await c.predict('linear', [[0.25]])).outputs, (await direct.predict('linear', [[0.25]])).outputs);
+      await assert.rejects(c.models(), malformed('pong'));
+      await assert.rejects(c.generate('charlm', 'X', { maxTokens: 12 }).wait(), malformed('chunk'));
+      await assert.rejects(c.predictStream('linear', [[0.25], [1.0]], { chunkRows: 1 }).wait(), malformed('token'));
       const r = await c.predict('linear', [[0.5], [1.0]]);
       assert.deepEqual(r.outputs, (await direct.predict('linear', [[0.5], [1.0]])).outputs);
-      const models = await c.models();
-      assert.deepEqual(models.map((m) => m.name), (await direct.models()).map((m) => m.name));
       assert.equal(typeof await c.ping(), 'number');
       const g = c.generate('charlm', 'The ', { maxTokens: 12 });
       const tokens = [];
       for await (const t of g) tokens.push(t);
       assert.equal(g.done.reason, 'length');
       assert.equal(tokens.length, 12);
-      assert.ok(tokens.every((t) => typeof t === 'string'), JSON.stringify(tokens));
-      assert.equal(g.done.text, tokens.join(''));
       const chunks = [];
       for await (const ch of c.predictStream('linear', [[0.5], [1.0], [2.0]], { chunkRows: 1 })) chunks.push(ch.outputs);
       assert.deepEqual(chunks.flat(), (await direct.predict('linear', [[0.5], [1.0], [2.0]])).outputs);
+      assert.ok(await eventually(() => c.stats().inflight === 0), 'every slot came back with its terminal frame');
+      assert.equal(c.stats().connects, 1, 'one socket throughout');
     } finally {
       await c.close();
       await direct.close();
