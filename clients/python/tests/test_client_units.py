@@ -8,7 +8,6 @@ import math
 import numpy as np
 import orjson
 import pytest
-
 import wsserve_client
 from wsserve_client import errors
 from wsserve_client._limiter import Limiter
@@ -23,8 +22,8 @@ from wsserve_client.codec import (
     parse_hello,
     parse_model_status,
     parse_models,
-    parse_stream_done,
     parse_result,
+    parse_stream_done,
     timeout_to_ms,
 )
 
@@ -37,7 +36,7 @@ PUBLIC = {
     "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",
     "UnknownModelError", "DuplicateIdError", "InvalidInput", "OverloadedError",
     "RateLimitedError", "DeadlineExceeded", "RequestCancelled", "Unauthorized", "Forbidden", "ShuttingDown",
-    "InternalServerError", "RequestTooLarge", "ConnectionLost", "ClientClosed",
+    "InternalServerError", "RequestTooLarge", "ProtocolError", "StreamOverflow", "ConnectionLost", "ClientClosed",
     "error_from_frame", "__version__",
 }
 
