@@ -322,21 +322,23 @@ async def test_close_is_bounded_when_the_server_stops_reading() -> None:
     async with websockets.serve(deaf, "127.0.0.1", 0, max_size=None, close_timeout=0.1) as server:
         port = server.sockets[0].getsockname()[1]
         c = Client(f"ws://127.0.0.1:{port}", close_timeout=0.5, ping_interval=None)
-        await c.connect()
-        calls = [asyncio.ensure_future(c.predict("linear", big)) for _ in range(32)]
-        conn = c._conn
-        assert conn is not None and conn._fast is not None
-        await wait_until_async(lambda: conn._fast.congested, 10, what="the client's writes back up")
-        # Without a bound this waits for the socket to drain, which never happens. (The
-        # watchdog does not cancel: a close() stuck there may not even end when cancelled.)
-        closing = asyncio.ensure_future(c.close())
-        await asyncio.wait({closing}, timeout=WATCHDOG_S)
-        assert closing.done(), "close() did not return"
-        await closing
-        out = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), WATCHDOG_S)
-        assert all(isinstance(r, ClientClosed) for r in out), out
-        assert not c.stats().connected
-        stop.set()
+        try:
+            await c.connect()
+            calls = [asyncio.ensure_future(c.predict("linear", big)) for _ in range(32)]
+            conn = c._conn
+            assert conn is not None and conn._fast is not None
+            await wait_until_async(lambda: conn._fast.congested, 10, what="the client's writes back up")
+            # Without a bound this waits for the socket to drain, which never happens. (The
+            # watchdog does not cancel: a close() stuck there may not even end when cancelled.)
+            closing = asyncio.ensure_future(c.close())
+            await asyncio.wait({closing}, timeout=WATCHDOG_S)
+            assert closing.done(), "close() did not return"
+            await closing
+            out = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), WATCHDOG_S)
+            assert all(isinstance(r, ClientClosed) for r in out), out
+            assert not c.stats().connected
+        finally:
+            stop.set()
 
 
 # -- 5. bounded stream buffering ---------------------------------------------------------------
