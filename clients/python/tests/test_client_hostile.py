@@ -23,7 +23,9 @@ from wsserve_client import (
     ClientClosed,
     DeadlineExceeded,
     Limits,
+    OverloadedError,
     ProtocolError,
+    RetryPolicy,
     StreamOverflow,
 )
 
@@ -62,6 +64,12 @@ class Fake:
     async def handler(self, ws: websockets.ServerConnection) -> None:
         self.connections += 1
         self.ws = ws
+        try:
+            await self._serve(ws)
+        except websockets.ConnectionClosed:
+            pass  # the client left while an answer was going out
+
+    async def _serve(self, ws: websockets.ServerConnection) -> None:
         await self.send(ws, self.hello)
         async for msg in ws:
             frame = orjson.loads(msg)
@@ -304,6 +312,70 @@ async def test_a_generation_timeout_fires_while_tokens_are_still_buffered() -> N
             assert await c.ping() > 0
         for t in flooding:
             t.cancel()
+
+
+async def test_a_stream_timeout_covers_the_wait_for_an_inflight_slot() -> None:
+    async with fake_server(script(lambda f: ())) as (url, fake), Client(url, max_inflight=1) as c:
+        async with asyncio.timeout(WATCHDOG_S):
+            holder = asyncio.ensure_future(c.predict("silent", [[0.5]]))
+            await wait_until_async(lambda: c.stats().requests_sent == 1, 5)
+            with pytest.raises(TimeoutError, match="not sent within timeout"):
+                async for _ in c.generate("good", "x", timeout=0.05):
+                    pass
+            holder.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await holder
+            await _all_ended(c)
+            assert [f["type"] for f in fake.received] == ["predict", "cancel"]  # the generate never went out
+            assert (await c.complete("good", "x", timeout=5)).text == "abc"
+
+
+def overloaded_first(n: int, retry_after_ms: int) -> Callable[[Frame], Sequence[Out]]:
+    """Refuse the first ``n`` requests with ``overloaded`` asking for ``retry_after_ms``."""
+    seen: list[Any] = []
+
+    def reply(frame: Frame) -> Sequence[Out]:
+        seen.append(frame["id"])
+        if len(seen) <= n:
+            return [{"type": "error", "id": frame["id"], "code": "overloaded", "message": "full",
+                     "retry_after_ms": retry_after_ms}]
+        return [good_result(frame)]
+    return reply
+
+
+async def test_retries_stop_at_the_calls_timeout() -> None:
+    """A server asking to come back in 10 s: with timeout=0.2 the client does not sleep past its
+    deadline to retry; the refusal is the answer, at once."""
+    retry = RetryPolicy(max_attempts=5)
+    async with fake_server(overloaded_first(10, 10_000)) as (url, fake), Client(url, retry=retry) as c:
+        async with asyncio.timeout(WATCHDOG_S):  # 4 retries 10 s apart would end here
+            with pytest.raises(OverloadedError) as ei:
+                await c.predict("good", [[0.5]], timeout=0.2)
+            assert ei.value.retry_after == 10.0
+            assert [f["type"] for f in fake.received] == ["predict"]  # no retry was made
+
+
+async def test_a_servers_hour_long_retry_after_is_cut_to_max_retry_after() -> None:
+    retry = RetryPolicy(max_attempts=3, max_retry_after=0.01)
+    async with fake_server(overloaded_first(2, 3_600_000)) as (url, fake), Client(url, retry=retry) as c:
+        async with asyncio.timeout(WATCHDOG_S):  # honoured, the hour would end here
+            assert (await c.predict("good", [[0.5]])).outputs == [[1.0]]
+        assert [f["type"] for f in fake.received] == ["predict"] * 3
+
+
+@pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "plain send"])
+async def test_the_cancel_after_a_bad_frame_goes_out_on_either_send_path(
+        coalesce: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsserve_client._connection as connection_module
+
+    monkeypatch.setattr(connection_module, "COALESCE", coalesce)
+    bad = script(lambda f: [{"type": "token", "id": f["id"], "seq": 0, "text": "x"}])
+    async with fake_server(bad) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):
+        assert (c._conn is not None and c._conn._fast is not None) == coalesce
+        with pytest.raises(ProtocolError) as ei:
+            await c.predict("bad", [[0.5]])
+        await _all_ended(c)
+        assert fake.cancels() == [ei.value.request_id] and c.stats().cancels_sent == 1
 
 
 # -- 4. bounded close ------------------------------------------------------------------------
