@@ -284,7 +284,8 @@ async def test_a_predict_timeout_sends_cancel_and_raises_timeout_error() -> None
 
 async def test_a_generation_timeout_fires_while_tokens_are_still_buffered() -> None:
     """A server that streams tokens faster than the caller reads them, forever: the deadline
-    covers the whole stream, so it still fires although a token is always waiting."""
+    covers the whole stream, so it still fires although a token is always waiting (the tokens
+    that arrived before it are read first, those after it are not)."""
     flooding: list[asyncio.Task[None]] = []
 
     async def flood(fake: Fake, rid: Any) -> None:
@@ -305,13 +306,36 @@ async def test_a_generation_timeout_fires_while_tokens_are_still_buffered() -> N
             with pytest.raises(TimeoutError) as ei:
                 async for _ in c.generate("flood", "x", timeout=0.05):
                     n += 1
-                    await asyncio.sleep(0.01)  # a slow consumer: the flood outpaces it
+                    await asyncio.sleep(0.002)  # a slow consumer: the flood outpaces it
             assert isinstance(ei.value, DeadlineExceeded) and n > 0
             await _all_ended(c)
             assert fake.cancels() == [ei.value.request_id]
             assert await c.ping() > 0
         for t in flooding:
             t.cancel()
+
+
+async def test_tokens_that_arrived_before_the_deadline_are_still_read_after_it() -> None:
+    """A reader that comes back after the deadline gets the tokens the server sent in time, then
+    the timeout (the JS client does the same); a server that then goes silent cannot hold it."""
+    def reply(frame: Frame) -> Sequence[Out]:
+        return [{"type": "token", "id": frame["id"], "seq": i, "text": t} for i, t in enumerate("abc")]
+
+    async with fake_server(reply) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):
+        gen = c.generate("slow", "x", timeout=0.01)
+        first = await gen.__anext__()
+        await wait_until_async(lambda: gen._call is not None and len(gen._call.items) == 2, 5, interval_s=0.001,
+                               what="the other two tokens buffered")
+        # the client's own deadline (timeout + DEADLINE_GRACE_S) passes while nobody reads
+        await wait_until_async(lambda: asyncio.get_running_loop().time() > gen._deadline, 10, interval_s=0.01,
+                               what="the deadline passed")
+        rest = []
+        with pytest.raises(DeadlineExceeded):
+            async for t in gen:
+                rest.append(t)
+        assert [first, *rest] == ["a", "b", "c"]
+        await _all_ended(c)
+        assert fake.cancels() == [gen.request_id]
 
 
 async def test_a_stream_timeout_covers_the_wait_for_an_inflight_slot() -> None:

@@ -147,7 +147,8 @@ class StreamCall(Call):
                  max_buffer_bytes: int | None = None) -> None:
         super().__init__(request_id, counted=counted,
                          what="generate" if item_kind == "token" else "streamed predict")
-        self.items: deque[tuple[Frame, int]] = deque()
+        #: unread items: (frame, its size, loop time it arrived)
+        self.items: deque[tuple[Frame, int, float]] = deque()
         self.final: Frame | None = None
         self.error: WsserveError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -204,7 +205,7 @@ class StreamCall(Call):
                 f"pass max_stream_buffer_bytes={limit}; the consumer fell behind, request cancelled",
                 request_id=self.id))
             return
-        self.items.append((frame, nbytes))
+        self.items.append((frame, nbytes, self._loop.time()))
         self.buffered_bytes += nbytes
         self._wake()
 
@@ -227,22 +228,24 @@ class StreamCall(Call):
     async def next_frame(self, deadline: float | None = None) -> Frame | None:
         """Next ``chunk``/``token`` frame, or ``None`` after ``done``.
 
-        ``deadline`` (loop time) bounds the whole stream: once it passed, this raises
-        :class:`TimeoutError` even while frames are buffered, unless the server already ended
-        the request (then the buffered frames are all there is, and they are returned).
+        ``deadline`` (loop time) bounds the whole stream: once it passed, the frames that
+        arrived before it are still returned (a slow reader gets what came in time), then this
+        raises :class:`TimeoutError`; frames that arrived after it are not returned, so a server
+        streaming faster than the reader cannot keep the stream alive.  Once the server ended
+        the request, every buffered frame is returned.
 
         Raises:
             WsserveError: the server's error frame, ConnectionLost, ProtocolError, StreamOverflow.
             TimeoutError: ``deadline`` (loop time) passed before the end of the stream.
         """
         while True:
-            if (deadline is not None and not self.finished and self.error is None
-                    and self._loop.time() >= deadline):
-                raise TimeoutError
-            if self.items:
-                frame, nbytes = self.items.popleft()
+            ended = self.finished or self.error is not None
+            if self.items and (deadline is None or ended or self.items[0][2] < deadline):
+                frame, nbytes, _ = self.items.popleft()
                 self.buffered_bytes -= nbytes
                 return frame
+            if deadline is not None and not ended and self._loop.time() >= deadline:
+                raise TimeoutError
             if self.error is not None:
                 raise self.error
             if self.finished:
