@@ -206,6 +206,7 @@ async def test_client_side_deadline_guard_sends_cancel() -> None:
                 await asyncio.wait_for(c.predict("linear", [[0.5]], timeout=0.05), 30)
             assert asyncio.get_running_loop().time() - start >= 1.0  # the 1 s grace was granted
             assert ei.value.code == "deadline_exceeded" and "grace" in ei.value.message  # the client's guard
+            assert isinstance(ei.value, TimeoutError)  # ``except TimeoutError`` catches it too
             rid = ei.value.request_id
             await wait_until_async(lambda: len(received) >= 2, 5, what="the request and its cancel reach the server")
     assert b'"timeout_ms":50' in received[0]

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import orjson
 import pytest
-
 import wsserve_client
 from wsserve_client import errors
 from wsserve_client._limiter import Limiter
@@ -23,8 +22,8 @@ from wsserve_client.codec import (
     parse_hello,
     parse_model_status,
     parse_models,
-    parse_stream_done,
     parse_result,
+    parse_stream_done,
     timeout_to_ms,
 )
 
@@ -37,7 +36,7 @@ PUBLIC = {
     "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",
     "UnknownModelError", "DuplicateIdError", "InvalidInput", "OverloadedError",
     "RateLimitedError", "DeadlineExceeded", "RequestCancelled", "Unauthorized", "Forbidden", "ShuttingDown",
-    "InternalServerError", "RequestTooLarge", "ConnectionLost", "ClientClosed",
+    "InternalServerError", "RequestTooLarge", "ProtocolError", "StreamOverflow", "ConnectionLost", "ClientClosed",
     "error_from_frame", "__version__",
 }
 
@@ -325,3 +324,23 @@ async def test_limiter_capacity_growth_wakes_waiters() -> None:
     lim.set_capacity(2)
     await asyncio.sleep(0)
     assert waiter.done() and lim.used == 2
+
+
+def test_retry_policy_caps_the_servers_retry_after() -> None:
+    """A server's retry_after_ms is honoured only up to max_retry_after (default 60 s), jitter
+    included: a hostile server asking for an hour cannot park the client for an hour."""
+    p = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.1, jitter=0.5)
+    assert p.max_retry_after == 60.0
+    assert p.delay(0, 3600.0, 0.0) == pytest.approx(60.0)
+    assert p.delay(0, 3600.0, 0.999999) == pytest.approx(60.0)  # the jitter does not stretch it past
+    assert p.delay(0, 59.0, 0.0) == pytest.approx(59.0)  # below the cap: honoured as before
+    short = RetryPolicy(max_retry_after=1.0, jitter=0.0)
+    assert short.delay(0, 1e9, 0.0) == pytest.approx(1.0)
+    assert short.delay(0, float("nan"), 0.0) == pytest.approx(short.base_delay)  # not a number: ignored
+    assert RetryPolicy(max_retry_after=0.0, jitter=0.0).delay(0, 30.0, 0.0) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan"), "60"])
+def test_retry_policy_rejects_a_bad_max_retry_after(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_retry_after"):
+        RetryPolicy(max_retry_after=bad)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from ._wsconn import CoalescingClientConnection, supports_coalescing
 from .codec import encode_auth, encode_cancel, parse_hello
 from .errors import ConnectionLost, Unauthorized, WsserveError
 from .results import ServerHello
-from .tensors import BinaryFrame, decode_frame
+from .tensors import BinaryFrame, decode_frame, peek_header
 
 __all__ = ["Connection", "Counters", "open_connection"]
 
@@ -127,9 +127,14 @@ class Connection:
             await self.ws.send(data, text=not binary)
             self._counters.requests_sent += 1
         except ConnectionClosed as exc:
-            call.abandoned = True  # the caller gets the exception raised here, not via the call
+            # Already ended locally (the client closed, the reader saw the socket die)? Then the
+            # caller gets that error, here. Else the one raised here, not via the call.
+            failure = call.take_failure() if call.finished else None
+            call.abandoned = True
             call.finished = True
             self._end(call)
+            if failure is not None:
+                raise failure from exc
             reason = _closed_message(self.url, exc) if exc.rcvd or exc.sent else f"connection to {self.url} is closed"
             raise ConnectionLost(reason, request_id=call.id) from exc
         except BaseException:
@@ -187,20 +192,20 @@ class Connection:
                 self._limiter.release()
 
     async def _read_loop(self) -> None:
+        """Route every frame to its call until the socket closes.
+
+        Nothing a server sends ends this loop but the socket's end: a frame that cannot be
+        decoded, is not an object, or does not fit its call fails only the call it names (with
+        :class:`ProtocolError`), or is logged and dropped when it names no pending call.
+        """
         ws = self.ws
         calls = self.calls
-        loads = orjson.loads
-        counters = self._counters
         lost: WsserveError
         try:
             while True:
                 data = await ws.recv()  # str for a text frame, bytes for a binary one
-                try:
-                    frame = loads(data) if type(data) is str else decode_frame(data, as_numpy=True)
-                except (orjson.JSONDecodeError, ValueError):
-                    log.warning("wsserve_client: ignoring a frame that cannot be decoded: %.80r", data)
-                    continue
-                if type(frame) is not dict:
+                frame = self._decode(data)
+                if frame is None:
                     continue
                 rid = frame.get("id")
                 kind = frame.get("type")
@@ -208,14 +213,13 @@ class Connection:
                 if call is None:
                     self._unrouted(kind, frame)
                     continue
-                if call.on_frame(kind, frame):
-                    del calls[call.id]
-                    if call.counted:
-                        self._limiter.release()
-                    if (kind == "done" and frame.get("reason") == "cancelled") or (
-                        kind == "error" and frame.get("code") == "cancelled"
-                    ):
-                        counters.server_cancelled += 1
+                try:
+                    terminal = call.on_frame(kind, frame, len(data))
+                except Exception as exc:  # a bug handling one frame fails only its call
+                    log.exception("wsserve_client: cannot handle a %r frame for request %r", kind, rid)
+                    terminal = call.protocol_violation(kind, f"cannot handle the server's {kind!r} frame "
+                                                             f"for {call.what} {rid!r}: {exc!r}")
+                self._after_frame(call, terminal, kind, frame)
         except ConnectionClosed as exc:
             lost = ConnectionLost(_closed_message(self.url, exc))
         except asyncio.CancelledError:
@@ -228,6 +232,50 @@ class Connection:
             self._open = False
             self._fail_all(lost)
 
+    def _after_frame(self, call: Call, terminal: bool, kind: Any, frame: dict[str, Any]) -> None:
+        """Unregister ``call`` after its terminal frame; send ``cancel`` for a call that gave
+        up on a request the server may still be running (overflow, protocol violation)."""
+        if terminal:
+            del self.calls[call.id]
+            if call.counted:
+                self._limiter.release()
+            if (kind == "done" and frame.get("reason") == "cancelled") or (
+                kind == "error" and frame.get("code") == "cancelled"
+            ):
+                self._counters.server_cancelled += 1
+        elif call.abandoned and not call.cancel_sent:
+            self.request_cancel(call)
+
+    def _decode(self, data: str | bytes) -> dict[str, Any] | None:
+        """One received frame as a dict, or ``None`` (logged; a malformed binary reply whose
+        header names a pending call fails that call) when it is not a frame object."""
+        if type(data) is str:
+            try:
+                frame = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                log.warning("wsserve_client: ignoring a frame from %s that is not JSON: %.80r", self.url, data)
+                return None
+            if type(frame) is not dict:
+                log.warning("wsserve_client: ignoring a frame from %s that is not a JSON object: %.80r",
+                            self.url, data)
+                return None
+            return frame
+        try:
+            return decode_frame(data, as_numpy=True)
+        except Exception as exc:  # ValueError for a malformed frame; anything else is as bad
+            header = peek_header(data)
+            rid = header.get("id") if header is not None else None
+            call = self.calls.get(rid) if type(rid) is int or type(rid) is str else None
+            if call is None:
+                log.warning("wsserve_client: ignoring a binary frame from %s that cannot be decoded: %s",
+                            self.url, exc)
+                return None
+            kind = header.get("type") if header is not None else None
+            terminal = call.protocol_violation(
+                kind, f"the server's binary {kind!r} frame for {call.what} {rid!r} is malformed: {exc}")
+            self._after_frame(call, terminal, kind, {})
+            return None
+
     def _unrouted(self, kind: Any, frame: dict[str, Any]) -> None:
         if kind == "draining":
             self.draining = True
@@ -235,7 +283,11 @@ class Connection:
         elif kind == "error" and frame.get("id") is None:
             log.warning("wsserve_client: server error without id: %s %s",
                         frame.get("code"), frame.get("message"))
-        # Late frames for calls already ended locally, and unknown frames, are ignored.
+        elif not isinstance(kind, str):
+            log.warning("wsserve_client: ignoring a frame from %s without a type: %.80r", self.url, frame)
+        else:
+            # Late frames for calls already ended locally are normal (a cancel crossing a reply).
+            log.debug("wsserve_client: ignoring a %r frame for no pending request (id %r)", kind, frame.get("id"))
 
     def _fail_all(self, exc: WsserveError) -> None:
         calls = list(self.calls.values())
@@ -250,14 +302,17 @@ class Connection:
     async def close(self, exc: WsserveError, *, timeout: float | None) -> None:
         """Send ``cancel`` for every unfinished call, end them locally with ``exc``, close.
 
-        Idempotent; bounded by ``timeout`` seconds for the cancels plus the socket's own
-        close timeout.
+        Idempotent. Bounded by ``timeout`` seconds in all (``None``: unbounded): when the close
+        handshake is not done by then — a server that never answers it, or stopped reading so
+        that even the close frame cannot be written — the TCP connection is aborted.
         """
+        loop = self.loop
+        deadline = None if timeout is None else loop.time() + timeout
         if self._open:
             self._open = False
             pending = [c.id for c in self.calls.values() if not c.finished and not c.cancel_sent]
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(deadline):
                     for request_id in pending:
                         frame = encode_cancel(request_id)
                         if self._fast is not None:
@@ -271,7 +326,13 @@ class Connection:
             self._fail_all(exc)
         if self._cancel_task is not None:
             self._cancel_task.cancel()
-        await self.ws.close()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.ws.close()
+        except TimeoutError:
+            log.warning("wsserve_client: %s did not complete the close handshake within %ss; "
+                        "dropping the connection", self.url, timeout)
+            self.ws.transport.abort()  # connection_lost follows at once and ends the reader
         await asyncio.wait([self._reader])
 
 

@@ -54,8 +54,10 @@ class RetryPolicy:
     exponential backoff ``min(max_delay, base_delay * 2**attempt)`` or the server's
     ``retry_after`` if that is longer, then stretched by a factor drawn uniformly from
     ``[1, 1 + jitter]`` so clients refused together do not all come back at the same instant.
-    The server's ``retry_after`` is always honoured (never shortened), even above
-    ``max_delay``. Only refusals are retried — they come before any work is done, so a retry
+    The server's ``retry_after`` is honoured (never shortened), even above ``max_delay``, up
+    to ``max_retry_after`` seconds (default 60): a longer one is cut to it, and the jitter never
+    stretches a wait the server asked for past it, so a hostile or buggy server cannot park
+    the client for hours. Only refusals are retried — they come before any work is done, so a retry
     never repeats work; for streams only before the first chunk/token.
     """
 
@@ -64,9 +66,12 @@ class RetryPolicy:
     max_delay: float = 2.0
     jitter: float = 0.5
     codes: frozenset[str] = field(default=RETRYABLE_CODES)
+    max_retry_after: float = 60.0
 
     def __post_init__(self) -> None:
         _check(self.max_attempts, self.base_delay, self.max_delay, self.jitter)
+        if not (isinstance(self.max_retry_after, (int, float)) and 0 <= self.max_retry_after < float("inf")):
+            raise ValueError(f"max_retry_after must be a finite number of seconds >= 0, got {self.max_retry_after!r}")
         object.__setattr__(self, "codes", frozenset(self.codes))
 
     def should_retry(self, code: str | None, attempt: int) -> bool:
@@ -74,7 +79,12 @@ class RetryPolicy:
         return code in self.codes and attempt + 1 < self.max_attempts
 
     def delay(self, attempt: int, retry_after: float | None, rand: float) -> float:
-        """Seconds to wait after failed try ``attempt`` (0-based); ``rand`` in ``[0, 1)``."""
+        """Seconds to wait after failed try ``attempt`` (0-based); ``rand`` in ``[0, 1)``.
+        ``retry_after`` (the server's, seconds) counts up to ``max_retry_after``."""
         backoff = min(self.max_delay, self.base_delay * (2.0 ** attempt))
-        floor = max(backoff, retry_after or 0.0)
-        return floor * (1.0 + self.jitter * rand)
+        stretch = 1.0 + self.jitter * rand
+        if retry_after is None or not retry_after > 0:  # also NaN
+            return backoff * stretch
+        floor = max(backoff, min(retry_after, self.max_retry_after))
+        # The jitter never takes a wait the server asked for past max_retry_after.
+        return min(floor * stretch, max(self.max_retry_after, backoff * stretch))

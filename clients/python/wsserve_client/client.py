@@ -25,11 +25,13 @@ from .codec import (
     parse_model_status,
     parse_models,
     parse_result,
+    timeout_to_ms,
 )
 from .errors import (
     ClientClosed,
     ConnectionLost,
     DeadlineExceeded,
+    ProtocolError,
     RequestTooLarge,
     Unauthorized,
     WsserveError,
@@ -49,10 +51,17 @@ __all__ = ["Client", "DEFAULT_URL"]
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
 
+#: Default bound on the unread frames one stream may hold (``max_stream_buffer_bytes``).
+DEFAULT_MAX_STREAM_BUFFER_BYTES = 64 * 2**20
+
 #: Reconnect policy used unless ``reconnect=`` is given.
 DEFAULT_RECONNECT = Backoff()
 
 Frame = dict[str, Any]
+
+_RESULT = frozenset({"result"})
+_MODELS = frozenset({"models"})
+_PONG = frozenset({"pong"})
 
 
 class Client:
@@ -80,10 +89,14 @@ class Client:
         retry: opt-in retry of ``overloaded``/``rate_limited`` refusals (``None``: no retry).
         reconnect: attempts and backoff for (re)connecting.
         connect_timeout: seconds for one connection attempt, handshake and ``hello`` included.
-        close_timeout: seconds to wait for the close handshake and for cancels on close.
+        close_timeout: seconds :meth:`close` may take in all (cancels, close handshake); past
+            it the socket is dropped without the handshake (``None``: wait as long as it takes).
         ping_interval, ping_timeout: WebSocket keepalive (``None`` disables).
         max_inflight: client-side cap on outstanding predict+generate (``None``: the server's).
         max_receive_bytes: largest frame accepted from the server (``None``: unlimited).
+        max_stream_buffer_bytes: most bytes of received frames one stream (``predict_stream``,
+            ``generate``) may hold unread; past it the stream raises :class:`StreamOverflow`
+            and the client cancels that request (``None``: unbounded).
         compression: ``"deflate"`` to offer permessage-deflate; off by default (speed).
         additional_headers: extra handshake headers.
     """
@@ -105,11 +118,16 @@ class Client:
         # Limits
         max_inflight: int | None = None,
         max_receive_bytes: int | None = 64 * 2**20,
+        max_stream_buffer_bytes: int | None = DEFAULT_MAX_STREAM_BUFFER_BYTES,
         compression: str | None = None,
         additional_headers: Mapping[str, str] | None = None,
     ) -> None:
         if max_inflight is not None and max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1 or None, got {max_inflight!r}")
+        if max_stream_buffer_bytes is not None and max_stream_buffer_bytes < 1:
+            raise ValueError(f"max_stream_buffer_bytes must be >= 1 or None, got {max_stream_buffer_bytes!r}")
+        if close_timeout is not None and not close_timeout >= 0:
+            raise ValueError(f"close_timeout must be >= 0 seconds or None, got {close_timeout!r}")
         self.url = url
         self._subprotocol = subprotocol
         self._token = token
@@ -122,6 +140,7 @@ class Client:
         self._ping_timeout = ping_timeout
         self._max_inflight = max_inflight
         self._max_receive_bytes = max_receive_bytes
+        self._max_stream_buffer_bytes = max_stream_buffer_bytes
         self._compression = compression
         self._headers = dict(additional_headers or {})
         self._ids = itertools.count(1)
@@ -146,12 +165,18 @@ class Client:
 
         Raises:
             ConnectionLost: no attempt succeeded. Unauthorized: the handshake got 401/403.
+            ProtocolError: the server's ``hello`` has a ``protocol`` version this client does not
+                speak (1); not retried.
         """
         await self._connection()
 
     async def close(self) -> None:
         """Cancel what is unfinished on the server, end local waiters with
-        :class:`ClientClosed`, close the socket. Idempotent; the client cannot be reused."""
+        :class:`ClientClosed`, close the socket. Idempotent; the client cannot be reused.
+
+        Returns within ``close_timeout`` seconds (plus a loop iteration or two), even when the
+        server never answers the close handshake or stopped reading: past it the TCP
+        connection is aborted."""
         if self._closed:
             return
         self._closed = True
@@ -208,8 +233,12 @@ class Client:
         ``{name: rows}`` for a model with several named inputs).
 
         ``version`` pins a model version (``"2"`` or ``2``; default: the server's default, its
-        highest ready version); ``result.version`` says which one answered. ``timeout`` (seconds) is sent as the server deadline ``timeout_ms``; the client also
-        gives up on its own 1 s after it. ``priority`` 1 is served first. ``as_numpy`` returns
+        highest ready version); ``result.version`` says which one answered. ``timeout`` (seconds)
+        bounds the whole call — connecting, waiting for an inflight slot, retries and the
+        answer: it is sent as the server deadline ``timeout_ms`` (a retry sends what is left),
+        and the client gives up on its own 1 s (``DEADLINE_GRACE_S``) after it, sending
+        ``cancel``; either way :class:`DeadlineExceeded` (a :class:`TimeoutError`) is raised.
+        ``priority`` 1 is served first. ``as_numpy`` returns
         ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray``. ``explain`` asks for
         per-feature attributions with each row (``BadRequestError`` for a model that cannot
         be explained): ``result.attributions`` and ``result.explanation``.
@@ -224,22 +253,31 @@ class Client:
 
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
-                ``DeadlineExceeded``, ``OverloadedError`` once retries are exhausted, ...).
+                ``DeadlineExceeded``, ``OverloadedError`` once retries are exhausted, or when the
+                next retry could not start before ``timeout``, ...).
             RequestTooLarge: the request exceeds the server's ``max_message_bytes`` (or, binary,
                 its header exceeds ``max_binary_header_bytes``).
+            ProtocolError: the server's answer is not a well-formed ``result``.
             ConnectionLost: the connection closed before the answer.
         """
+        loop = asyncio.get_running_loop()
+        deadline = call_deadline(loop, timeout, DEADLINE_GRACE_S)
         attempt = 0
         while True:
             rid = next(self._ids)
-            data = encode_predict(rid, model, inputs, version=version, timeout=timeout, priority=priority,
+            left = timeout if attempt == 0 else time_left(loop, deadline, DEADLINE_GRACE_S)
+            data = encode_predict(rid, model, inputs, version=version, timeout=left, priority=priority,
                                   explain=explain, binary=binary)
             try:
-                frame = await self._unary(rid, data, counted=True, timeout=timeout, grace=True)
+                frame = await self._unary(rid, data, counted=True, deadline=deadline, timeout=timeout,
+                                          grace=True, expect=_RESULT, what="predict")
             except WsserveError as exc:
                 retry = self._retry
                 if retry is not None and retry.should_retry(exc.code, attempt):
-                    await asyncio.sleep(retry.delay(attempt, exc.retry_after, random.random()))
+                    delay = retry.delay(attempt, exc.retry_after, random.random())
+                    if deadline is not None and loop.time() + delay >= deadline - DEADLINE_GRACE_S:
+                        raise  # no time left for another try: the refusal is the answer
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 raise
@@ -269,13 +307,14 @@ class Client:
         """
         check_version(version)
 
-        def make(rid: int) -> bytes:
+        def make(rid: int, left: float | None) -> bytes:
             return encode_predict(
-                rid, model, inputs, version=version, timeout=timeout, priority=priority,
+                rid, model, inputs, version=version, timeout=left, priority=priority,
                 stream=True, chunk_rows=chunk_rows, binary=binary, explain=explain,
             )
 
-        return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy, explain=explain)
+        return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy, explain=explain,
+                             max_buffer_bytes=self._max_stream_buffer_bytes)
 
     def generate(
         self,
@@ -305,13 +344,14 @@ class Client:
         if not isinstance(prompt, str):
             prompt = chat_messages(prompt)  # a TypeError here; a copy, so later edits don't leak in
 
-        def make(rid: int) -> bytes:
+        def make(rid: int, left: float | None) -> bytes:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
-                top_k=top_k, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
+                top_k=top_k, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
             )
 
-        return Generation(self, make, timeout=timeout, retry=self._retry)
+        return Generation(self, make, timeout=timeout, retry=self._retry,
+                          max_buffer_bytes=self._max_stream_buffer_bytes)
 
     async def complete(
         self,
@@ -345,7 +385,8 @@ class Client:
 
         ``timeout`` (seconds) bounds the wait locally (:class:`DeadlineExceeded`)."""
         rid = next(self._ids)
-        frame = await self._unary(rid, encode_models(rid), counted=False, timeout=timeout, grace=False)
+        frame = await self._unary(rid, encode_models(rid), counted=False, timeout=timeout, grace=False,
+                                  expect=_MODELS, what="models")
         return parse_models(frame)
 
     async def load(self, model: str, *, version: Version | None = None, timeout: float | None = None) -> ModelStatus:
@@ -385,7 +426,8 @@ class Client:
     async def _admin(self, op: str, model: str, version: Version | None, timeout: float | None) -> ModelStatus:
         rid = next(self._ids)
         data = encode_admin(op, rid, model, version)
-        frame = await self._unary(rid, data, counted=False, timeout=timeout, grace=False)
+        frame = await self._unary(rid, data, counted=False, timeout=timeout, grace=False,
+                                  expect=frozenset({op}), what=op)
         return parse_model_status(frame)
 
     async def ping(self, *, timeout: float | None = None) -> float:
@@ -393,7 +435,7 @@ class Client:
         rid = next(self._ids)
         data = encode_ping(rid)
         start = time.perf_counter()
-        await self._unary(rid, data, counted=False, timeout=timeout, grace=False)
+        await self._unary(rid, data, counted=False, timeout=timeout, grace=False, expect=_PONG, what="ping")
         return time.perf_counter() - start
 
     # -- internals (used by streams) -------------------------------------------------------
@@ -453,8 +495,8 @@ class Client:
                     limiter=self._limiter,
                     counters=self._counters,
                 )
-            except Unauthorized:
-                raise
+            except (Unauthorized, ProtocolError):
+                raise  # a refusal, not a failure: another attempt would get the same
             except (ConnectionLost, TimeoutError, OSError) as exc:
                 last = exc
                 continue
@@ -514,23 +556,66 @@ class Client:
         await conn.send(call, data)
         return conn
 
-    async def _unary(self, rid: int, data: bytes, *, counted: bool, timeout: float | None, grace: bool) -> Frame:
-        conn = self._conn
-        loop = conn.loop if conn is not None else asyncio.get_running_loop()
-        call = UnaryCall(rid, loop.create_future(), counted=counted)
-        conn = await self._send_call(call, data)
+    async def _unary(
+        self,
+        rid: int,
+        data: bytes,
+        *,
+        counted: bool,
+        timeout: float | None,
+        grace: bool,
+        expect: frozenset[str],
+        what: str,
+        deadline: float | None = None,
+    ) -> Frame:
+        """Send one request and return its reply frame (of a type in ``expect``).
+
+        ``deadline`` (loop time; default: now + ``timeout`` [+ grace]) bounds everything:
+        connecting, waiting for a slot, sending and the answer. Past it a sent request is
+        abandoned (``cancel`` sent) and :class:`DeadlineExceeded` raised.
+        """
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = call_deadline(loop, timeout, DEADLINE_GRACE_S if grace else 0.0)
+        call = UnaryCall(rid, loop.create_future(), counted=counted, expect=expect, what=what)
+        conn: Connection | None = None
+        guard = asyncio.timeout_at(deadline)
         try:
-            if timeout is None:
-                return await call.future
-            async with asyncio.timeout(timeout + (DEADLINE_GRACE_S if grace else 0.0)):
+            async with guard:
+                conn = await self._send_call(call, data)
                 return await call.future
         except TimeoutError:
-            conn.abandon(call)
+            if not guard.expired():
+                raise  # the server's deadline_exceeded (a TimeoutError too), not our guard
+            if conn is not None:
+                conn.abandon(call)
+            sent = "cancel sent" if conn is not None or call.cancel_sent else "the request was never sent (no connection or inflight slot in time)"
             raise DeadlineExceeded(
-                f"no answer within {timeout}s" + (f" (+{DEADLINE_GRACE_S}s grace)" if grace else "")
-                + "; cancel sent",
+                f"{what}: no answer within {timeout}s" + (f" (+{DEADLINE_GRACE_S}s grace)" if grace else "")
+                + f"; {sent}",
                 request_id=rid,
             ) from None
         except asyncio.CancelledError:
-            conn.abandon(call)
+            if conn is not None:
+                conn.abandon(call)
             raise
+
+
+def call_deadline(loop: asyncio.AbstractEventLoop, timeout: float | None, grace: float) -> float | None:
+    """The loop time at which a call with ``timeout`` seconds gives up (``None``: never).
+
+    Raises:
+        ValueError: ``timeout`` is not a positive finite number.
+    """
+    if timeout is None:
+        return None
+    timeout_to_ms(timeout)  # validates
+    return loop.time() + timeout + grace
+
+
+def time_left(loop: asyncio.AbstractEventLoop, deadline: float | None, grace: float) -> float | None:
+    """Seconds left of a call's ``timeout`` (its deadline less the grace), at least 1 ms, to
+    send as a retry's ``timeout_ms``; ``None`` without a deadline."""
+    if deadline is None:
+        return None
+    return max(deadline - grace - loop.time(), 0.001)

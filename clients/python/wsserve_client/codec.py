@@ -10,12 +10,14 @@ server adds are ignored.
 from __future__ import annotations
 
 import array
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from .errors import ProtocolError
 from .results import (
     Chunk,
     GenerationResult,
@@ -44,8 +46,10 @@ __all__ = [
     "ADMIN_OPS",
     "timeout_to_ms",
     "parse_hello",
+    "PROTOCOL_VERSION",
     "parse_result",
     "parse_chunk",
+    "parse_token",
     "split_attributions",
     "ATTRIBUTIONS_SUFFIX",
     "parse_stream_done",
@@ -63,6 +67,8 @@ Version = str | int
 ADMIN_OPS = ("load", "unload", "reload")
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+log = logging.getLogger("wsserve_client")
 
 
 def encode(frame: dict[str, Any]) -> bytes:
@@ -262,28 +268,56 @@ def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+#: The protocol version this client speaks (``hello.protocol``).
+PROTOCOL_VERSION = 1
+#: The largest ``hello`` limit trusted (2**53, the largest integer a JSON number holds exactly
+#: in every implementation); a larger one is as absurd as a negative one.
+MAX_LIMIT = 2**53
+#: The ``hello.limits`` the client reads; each must be an integer in ``[1, MAX_LIMIT]``.
+LIMIT_NAMES = ("max_message_bytes", "max_inflight", "max_rows", "max_tokens", "max_binary_header_bytes")
+
+
+def _limit(limits: dict[str, Any], name: str) -> int | None:
+    """One ``hello`` limit, or ``None`` (logged) when absent or not a sane count."""
+    value = limits.get(name)
+    if value is None:
+        return None
+    if type(value) is int and 1 <= value <= MAX_LIMIT:
+        return value
+    log.warning("wsserve_client: ignoring the server's hello limit %s=%.40r (not an integer in "
+                "[1, 2**53]); the client treats it as not announced", name, value)
+    return None
+
+
 def parse_hello(frame: dict[str, Any]) -> ServerHello:
-    """Build :class:`ServerHello` from a ``hello`` frame; missing fields become defaults.
+    """Build :class:`ServerHello` from a ``hello`` frame.
+
+    Missing fields become defaults. A limit the client relies on (:data:`LIMIT_NAMES`) that is
+    not an integer in ``[1, 2**53]`` — a string, a float, a negative or zero count, an absurd
+    size — is not trusted: it is logged as a warning and treated as not announced (``None``),
+    exactly like a server that does not send it; ``limits`` that is not an object likewise.
 
     Raises:
         ValueError: ``frame`` is not a ``hello``.
+        ProtocolError: its ``protocol`` is not :data:`PROTOCOL_VERSION` (1); a hello without
+            ``protocol`` is taken as version 1, like any missing field.
     """
     if frame.get("type") != "hello":
         raise ValueError(f"expected a hello frame, got type {frame.get('type')!r}")
+    protocol = frame.get("protocol", PROTOCOL_VERSION)
+    if type(protocol) is not int or protocol != PROTOCOL_VERSION:
+        raise ProtocolError(f"the server's hello says protocol {protocol!r:.40}; this client speaks "
+                            f"wsserve protocol {PROTOCOL_VERSION} only")
     raw_limits = frame.get("limits")
+    if raw_limits is not None and not isinstance(raw_limits, dict):
+        log.warning("wsserve_client: ignoring the server's hello limits %.60r (not an object)", raw_limits)
     lim = raw_limits if isinstance(raw_limits, dict) else {}
     models = frame.get("models")
     return ServerHello(
         server=str(frame.get("server", "")),
         version=str(frame.get("version", "")),
-        protocol=_opt_int(frame.get("protocol")) or 1,
-        limits=Limits(
-            max_message_bytes=_opt_int(lim.get("max_message_bytes")),
-            max_inflight=_opt_int(lim.get("max_inflight")),
-            max_rows=_opt_int(lim.get("max_rows")),
-            max_tokens=_opt_int(lim.get("max_tokens")),
-            max_binary_header_bytes=_opt_int(lim.get("max_binary_header_bytes")),
-        ),
+        protocol=protocol,
+        limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES}),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )
 
@@ -327,11 +361,69 @@ def split_attributions(outputs: Any) -> tuple[Any, Any]:
     return outputs, None
 
 
+def _bad(frame: dict[str, Any], what: str) -> ProtocolError:
+    rid = frame.get("id")
+    return ProtocolError(f"the server's {frame.get('type')!r} frame has {what}",
+                         request_id=rid if type(rid) is int or type(rid) is str else None)
+
+
+def _rows_field(frame: dict[str, Any], name: str, *, required: bool) -> Any:
+    """``outputs``/``attributions``: rows (a list), named rows (an object), or decoded tensors."""
+    value = frame.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, (list, dict)) or _decoded(value):
+        return value
+    raise _bad(frame, f"{name!r} of type {type(value).__name__}, not rows" if name in frame else f"no {name!r}")
+
+
+def _count_field(frame: dict[str, Any], name: str, default: int) -> int:
+    value = frame.get(name, default)
+    if type(value) is int and value >= 0:
+        return value
+    raise _bad(frame, f"{name!r} = {value!r:.40}, not a count")
+
+
+def _dict_field(frame: dict[str, Any], name: str) -> Any:
+    value = frame.get(name)
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise _bad(frame, f"{name!r} of type {type(value).__name__}, not an object")
+
+
+def _str_field(frame: dict[str, Any], name: str, default: str) -> str:
+    value = frame.get(name, default)
+    if isinstance(value, str):
+        return value
+    raise _bad(frame, f"{name!r} = {value!r:.40}, not a string")
+
+
+def _version_field(frame: dict[str, Any]) -> str | None:
+    value = frame.get("version")
+    if value is None or isinstance(value, str) or type(value) is int:
+        return _opt_str(value)
+    raise _bad(frame, f"'version' = {value!r:.40}, not a string")
+
+
+def _opt_dict_field(frame: dict[str, Any], name: str) -> Any:
+    value = frame.get(name)
+    if value is None or isinstance(value, dict):
+        return value
+    raise _bad(frame, f"{name!r} of type {type(value).__name__}, not an object")
+
+
 def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool = False) -> PredictResult:
     """Build :class:`PredictResult` from a ``result`` frame (JSON, or a decoded binary frame).
-    ``explain``: the request asked for attributions (a binary frame's are its second tensor)."""
-    outputs = frame.get("outputs")
-    attributions = frame.get("attributions")
+    ``explain``: the request asked for attributions (a binary frame's are its second tensor).
+
+    Raises:
+        ProtocolError: a field has the wrong type (``outputs`` not rows, ``timing`` not an
+            object, ...).
+    """
+    outputs = _rows_field(frame, "outputs", required=True)
+    attributions = _rows_field(frame, "attributions", required=False)
     if _decoded(outputs):
         as_numpy = False
         if explain and attributions is None:
@@ -339,52 +431,76 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool
     return PredictResult(
         outputs=to_numpy(outputs) if as_numpy else outputs,
         model=str(frame.get("model", "")),
-        version=str(frame.get("version", "")),
-        timing=frame.get("timing") or {},
+        version=_version_field(frame) or "",
+        timing=_dict_field(frame, "timing"),
         request_id=frame["id"],
         attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
-        explanation=frame.get("explanation"),
+        explanation=_opt_dict_field(frame, "explanation"),
     )
 
 
 def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool = False) -> Chunk:
     """Build :class:`Chunk` from a ``chunk`` frame (JSON, or a decoded binary frame);
-    ``explain`` as for :func:`parse_result`."""
-    outputs = frame.get("outputs")
-    attributions = frame.get("attributions")
+    ``explain`` as for :func:`parse_result`.
+
+    Raises:
+        ProtocolError: a field has the wrong type.
+    """
+    outputs = _rows_field(frame, "outputs", required=True)
+    attributions = _rows_field(frame, "attributions", required=False)
     if _decoded(outputs):
         as_numpy = False
         if explain and attributions is None:
             outputs, attributions = split_attributions(outputs)
     return Chunk(
-        seq=int(frame.get("seq", 0)),
-        offset=int(frame.get("offset", 0)),
+        seq=_count_field(frame, "seq", 0),
+        offset=_count_field(frame, "offset", 0),
         outputs=to_numpy(outputs) if as_numpy else outputs,
         attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
     )
 
 
+def parse_token(frame: dict[str, Any]) -> str:
+    """The text of a ``token`` frame.
+
+    Raises:
+        ProtocolError: ``text`` is missing or not a string.
+    """
+    text = frame.get("text")
+    if isinstance(text, str):
+        return text
+    raise _bad(frame, f"'text' = {text!r:.40}, not a string")
+
+
 def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:
-    """Build :class:`StreamSummary` from the ``done`` frame of a streamed predict."""
+    """Build :class:`StreamSummary` from the ``done`` frame of a streamed predict.
+
+    Raises:
+        ProtocolError: a field has the wrong type.
+    """
     return StreamSummary(
-        reason=str(frame.get("reason", "complete")),
-        rows=int(frame.get("rows", 0)),
-        timing=frame.get("timing") or {},
+        reason=_str_field(frame, "reason", "complete"),
+        rows=_count_field(frame, "rows", 0),
+        timing=_dict_field(frame, "timing"),
         request_id=frame["id"],
-        version=_opt_str(frame.get("version")),
-        explanation=frame.get("explanation"),
+        version=_version_field(frame),
+        explanation=_opt_dict_field(frame, "explanation"),
     )
 
 
 def parse_generation_done(frame: dict[str, Any], text: str) -> GenerationResult:
-    """Build :class:`GenerationResult` from a generation's ``done`` frame and its text."""
+    """Build :class:`GenerationResult` from a generation's ``done`` frame and its text.
+
+    Raises:
+        ProtocolError: a field has the wrong type.
+    """
     return GenerationResult(
-        reason=str(frame.get("reason", "")),
-        tokens=int(frame.get("tokens", 0)),
-        timing=frame.get("timing") or {},
+        reason=_str_field(frame, "reason", ""),
+        tokens=_count_field(frame, "tokens", 0),
+        timing=_dict_field(frame, "timing"),
         text=text,
         request_id=frame["id"],
-        version=_opt_str(frame.get("version")),
+        version=_version_field(frame),
         prompt_tokens=_opt_count(frame.get("prompt_tokens")),
     )
 
@@ -414,9 +530,17 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def parse_models(frame: dict[str, Any]) -> list[ModelInfo]:
-    """Build the list of :class:`ModelInfo` from a ``models`` reply."""
+    """Build the list of :class:`ModelInfo` from a ``models`` reply (entries that are not
+    objects are skipped).
+
+    Raises:
+        ProtocolError: ``models`` is not a list.
+    """
     out: list[ModelInfo] = []
-    for m in frame.get("models") or ():
+    models = frame.get("models")
+    if models is not None and not isinstance(models, list):
+        raise _bad(frame, f"'models' of type {type(models).__name__}, not a list")
+    for m in models or ():
         if not isinstance(m, dict):
             continue
         out.append(

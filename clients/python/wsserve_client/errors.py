@@ -10,7 +10,8 @@ Tree (every class carries ``code``, ``request_id`` and ``message``)::
     ├── InvalidInput          invalid_input
     ├── OverloadedError       overloaded          (.retry_after, seconds or None)
     ├── RateLimitedError      rate_limited        (.retry_after, seconds or None)
-    ├── DeadlineExceeded      deadline_exceeded   (server deadline, or the client-side guard)
+    ├── DeadlineExceeded      deadline_exceeded   (server deadline, or the client-side guard;
+    │                          also a TimeoutError)
     ├── RequestCancelled      cancelled           (not asyncio.CancelledError: a server reply)
     ├── Unauthorized          unauthorized        (also a 401/403 handshake answer)
     ├── Forbidden             forbidden           (an admin call without the admin key)
@@ -18,6 +19,10 @@ Tree (every class carries ``code``, ``request_id`` and ``message``)::
     ├── InternalServerError   internal
     ├── RequestTooLarge       (client-side, code None: the frame exceeds the server's
     │                          max_message_bytes and was not sent)
+    ├── ProtocolError         (client-side, code None: the server sent a frame that breaks the
+    │                          protocol, or a hello with a protocol version this client lacks)
+    ├── StreamOverflow        (client-side, code None: a stream's unread frames passed
+    │                          max_stream_buffer_bytes; the request was cancelled)
     └── ConnectionLost        (client-side, code None: the socket closed or could not be opened)
         └── ClientClosed      (the Client was closed while the call was unfinished)
 
@@ -47,6 +52,8 @@ __all__ = [
     "ShuttingDown",
     "InternalServerError",
     "RequestTooLarge",
+    "ProtocolError",
+    "StreamOverflow",
     "ConnectionLost",
     "ClientClosed",
     "ERROR_CLASSES",
@@ -134,8 +141,10 @@ class RateLimitedError(WsserveError):
     wire_code = "rate_limited"
 
 
-class DeadlineExceeded(WsserveError):
-    """The request's ``timeout`` passed before it finished."""
+class DeadlineExceeded(WsserveError, TimeoutError):
+    """The request's ``timeout`` passed before it finished: the server's ``deadline_exceeded``,
+    or the client's own guard (which then sent ``cancel``). Also a :class:`TimeoutError`, so
+    ``except TimeoutError`` catches a call that ran out of time whoever noticed it."""
 
     wire_code = "deadline_exceeded"
 
@@ -180,6 +189,21 @@ class RequestTooLarge(WsserveError):
     A header the server cannot read would be refused with an error that names no request id
     (so it could answer no call): use fewer or shorter input names.
     """
+
+
+class ProtocolError(WsserveError):
+    """The server broke the protocol: a frame for this call that is not JSON, not an object, of
+    a type that does not answer this call (a ``token`` for a predict, a ``result`` for a
+    generate), or with a field of the wrong type; or, at connect, a ``hello`` whose ``protocol``
+    version this client does not speak. Only the call the frame answers fails (the client sends
+    ``cancel`` for it if the server may still be running it); other calls and the connection
+    go on. A hello refused at connect is not retried."""
+
+
+class StreamOverflow(WsserveError):
+    """A stream's consumer fell behind: the frames received for it and not yet read passed
+    the client's ``max_stream_buffer_bytes``. They are dropped, the client sent ``cancel`` for
+    the request, and the stream raises this; other calls are not affected."""
 
 
 class ConnectionLost(WsserveError):

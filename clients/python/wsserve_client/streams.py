@@ -31,8 +31,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from ._calls import Call, StreamCall
 from ._connection import Connection
 from .backoff import RetryPolicy
-from .codec import parse_chunk, parse_generation_done, parse_stream_done
-from .errors import DeadlineExceeded, WsserveError
+from .codec import parse_chunk, parse_generation_done, parse_stream_done, parse_token
+from .errors import DeadlineExceeded, ProtocolError, WsserveError
 from .results import Chunk, GenerationResult, StreamSummary
 
 __all__ = ["PredictStream", "Generation"]
@@ -80,20 +80,32 @@ def _abandon_from_gc(conn: Connection, call: StreamCall) -> None:
 
 
 class _Stream(Generic[T]):
-    """Shared machinery; subclasses convert frames to items and keep the final frame."""
+    """Shared machinery; subclasses convert frames to items and keep the final frame.
+
+    ``make_frame(request_id, timeout)`` encodes the request (``timeout``: seconds left, sent as
+    ``timeout_ms``). ``timeout`` bounds the whole stream from the first send on (connecting,
+    waiting for a slot, retries, every item) plus :data:`DEADLINE_GRACE_S`.
+    ``max_buffer_bytes`` bounds the frames held unread (:class:`StreamOverflow` past it).
+    """
+
+    #: Frame type of one item, and whether a plain ``result`` is accepted as the whole stream.
+    item_kind = "chunk"
+    accepts_result = True
 
     def __init__(
         self,
         client: StreamOwner,
-        make_frame: Callable[[int], bytes],
+        make_frame: Callable[[int, float | None], bytes],
         *,
         timeout: float | None,
         retry: RetryPolicy | None,
+        max_buffer_bytes: int | None = None,
     ) -> None:
         self._client = client
         self._make_frame = make_frame
         self._request_id = client._next_id()
-        self._data: bytes | None = make_frame(self._request_id)  # raises on bad arguments now
+        self._data: bytes | None = make_frame(self._request_id, timeout)  # raises on bad arguments now
+        self._max_buffer_bytes = max_buffer_bytes
         self._timeout = timeout
         self._retry = retry
         self._conn: Connection | None = None
@@ -151,13 +163,19 @@ class _Stream(Generic[T]):
                     and self._retry.should_retry(exc.code, self._attempt)
                 ):
                     self._detach()
+                    delay = self._retry.delay(self._attempt, exc.retry_after, random.random())
+                    loop = self._client._loop_or_running()
+                    if self._deadline is not None and loop.time() + delay >= self._deadline - DEADLINE_GRACE_S:
+                        self._ended = True
+                        raise  # no time left for another try: the refusal is the answer
                     try:
-                        await asyncio.sleep(
-                            self._retry.delay(self._attempt, exc.retry_after, random.random())
-                        )
+                        await asyncio.sleep(delay)
                         self._attempt += 1
                         self._request_id = self._client._next_id()
-                        self._data = self._make_frame(self._request_id)
+                        left = None
+                        if self._deadline is not None:
+                            left = max(self._deadline - DEADLINE_GRACE_S - loop.time(), 0.001)
+                        self._data = self._make_frame(self._request_id, left)
                         await self._start()
                     except BaseException:
                         self._ended = True
@@ -182,10 +200,14 @@ class _Stream(Generic[T]):
                 self._ended = True
                 self._detach()
                 assert call.final is not None
-                self._on_done(call.final)
+                self._on_done(call.final)  # ProtocolError for a malformed done
                 raise StopAsyncIteration
             self._received += 1
-            return self._item(frame)
+            try:
+                return self._item(frame)
+            except ProtocolError:
+                self._abandon()  # a malformed item: stop here and tell the server
+                raise
 
     def cancel(self) -> None:
         """Ask the server to stop this request but keep iterating to its terminal frame.
@@ -208,17 +230,35 @@ class _Stream(Generic[T]):
 
     # -- internals -------------------------------------------------------------------------
     async def _start(self) -> None:
+        """Send the request (the first time, the stream's deadline starts here).
+
+        Raises:
+            DeadlineExceeded: no connection or inflight slot before the deadline (nothing sent).
+        """
         data = self._data
         if data is None:
             raise RuntimeError("stream already closed")
-        call = StreamCall(self._request_id, self._client._loop_or_running(), counted=True)
-        conn = await self._client._send_call(call, data)
+        loop = self._client._loop_or_running()
+        if self._timeout is not None and self._deadline is None:
+            self._deadline = loop.time() + self._timeout + DEADLINE_GRACE_S
+        call = StreamCall(self._request_id, loop, counted=True, item_kind=self.item_kind,
+                          accepts_result=self.accepts_result, max_buffer_bytes=self._max_buffer_bytes)
+        guard = asyncio.timeout_at(self._deadline)
+        try:
+            async with guard:
+                conn = await self._client._send_call(call, data)
+        except TimeoutError:
+            if not guard.expired():
+                raise
+            self._ended = True
+            self._data = None
+            raise DeadlineExceeded(
+                f"{call.what}: not sent within timeout={self._timeout}s (+{DEADLINE_GRACE_S}s grace): "
+                "no connection or inflight slot in time", request_id=call.id) from None
         self._conn, self._call = conn, call
         fin = weakref.finalize(self, _abandon_from_gc, conn, call)
         fin.atexit = False
         self._finalizer = fin
-        if self._timeout is not None:
-            self._deadline = conn.loop.time() + self._timeout + DEADLINE_GRACE_S
 
     def _detach(self) -> None:
         if self._finalizer is not None:
@@ -242,14 +282,15 @@ class PredictStream(_Stream[Chunk]):
     def __init__(
         self,
         client: StreamOwner,
-        make_frame: Callable[[int], bytes],
+        make_frame: Callable[[int, float | None], bytes],
         *,
         timeout: float | None,
         retry: RetryPolicy | None,
         as_numpy: bool,
         explain: bool = False,
+        max_buffer_bytes: int | None = None,
     ) -> None:
-        super().__init__(client, make_frame, timeout=timeout, retry=retry)
+        super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
         self._as_numpy = as_numpy
         self._explain = explain
         self._summary: StreamSummary | None = None
@@ -284,15 +325,19 @@ class Generation(_Stream[str]):
     whole text; :attr:`text` is the text received so far at any time.
     """
 
+    item_kind = "token"
+    accepts_result = False
+
     def __init__(
         self,
         client: StreamOwner,
-        make_frame: Callable[[int], bytes],
+        make_frame: Callable[[int, float | None], bytes],
         *,
         timeout: float | None,
         retry: RetryPolicy | None,
+        max_buffer_bytes: int | None = None,
     ) -> None:
-        super().__init__(client, make_frame, timeout=timeout, retry=retry)
+        super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
         self._parts: list[str] = []
         self._result: GenerationResult | None = None
 
@@ -301,9 +346,7 @@ class Generation(_Stream[str]):
         return self
 
     def _item(self, frame: dict[str, Any]) -> str:
-        text = frame.get("text")
-        if not isinstance(text, str):
-            text = ""
+        text = parse_token(frame)
         self._parts.append(text)
         return text
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DTYPES", "Tensor", "BinaryFrame", "as_tensor", "encode_frame", "decode_frame"]
+__all__ = ["DTYPES", "Tensor", "BinaryFrame", "as_tensor", "encode_frame", "decode_frame", "peek_header"]
 
 #: wire dtype -> (struct/array format, bytes per value)
 DTYPES: Mapping[str, tuple[str, int]] = {
@@ -201,6 +201,19 @@ def decode_frame(data: bytes, *, as_numpy: bool) -> dict[str, Any]:
         out = {k: t.numpy() for k, t in out.items()} if isinstance(out, dict) else out.numpy()
     header["outputs"] = out
     return header
+
+
+def peek_header(data: bytes) -> dict[str, Any] | None:
+    """The JSON header of a binary frame, or ``None`` when even that cannot be read; used to
+    find which request a malformed binary reply answers. Never raises."""
+    try:
+        n = int.from_bytes(data[:4], "little")
+        if len(data) < 4 or n > _MAX_HEADER or n > len(data) - 4:
+            return None
+        header = orjson.loads(bytes(data[4 : 4 + n]))
+    except (ValueError, TypeError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 @functools.cache
