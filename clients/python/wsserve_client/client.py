@@ -579,6 +579,14 @@ class Client:
             deadline = call_deadline(loop, timeout, DEADLINE_GRACE_S if grace else 0.0)
         call = UnaryCall(rid, loop.create_future(), counted=counted, expect=expect, what=what)
         conn: Connection | None = None
+        if deadline is None:  # no guard to arm (the common case: an asyncio.timeout costs ~3 us a call)
+            try:
+                conn = await self._send_call(call, data)
+                return await call.future
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.abandon(call)
+                raise
         guard = asyncio.timeout_at(deadline)
         try:
             async with guard:

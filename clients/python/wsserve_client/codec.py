@@ -422,6 +422,13 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool
         ProtocolError: a field has the wrong type (``outputs`` not rows, ``timing`` not an
             object, ...).
     """
+    get = frame.get
+    outputs, model, version, timing = get("outputs"), get("model"), get("version"), get("timing")
+    if (type(outputs) is list and type(model) is str and type(version) is str and type(timing) is dict
+            and get("attributions") is None and get("explanation") is None):
+        # the common JSON answer, every field of the right type: no field-by-field checks
+        return PredictResult(outputs=to_numpy(outputs) if as_numpy else outputs, model=model, version=version,
+                             timing=timing, request_id=frame["id"])
     outputs = _rows_field(frame, "outputs", required=True)
     attributions = _rows_field(frame, "attributions", required=False)
     if _decoded(outputs):
