@@ -43,9 +43,10 @@ class Fake:
     (dicts are sent as JSON text, ``bytes`` as a binary frame, ``str`` as a raw text frame);
     ``received`` holds every frame the client sent."""
 
-    def __init__(self, reply: Callable[[Frame], Sequence[Out]], hello: Out) -> None:
+    def __init__(self, reply: Callable[[Frame], Sequence[Out]], hello: Out, answer_cancels: bool = True) -> None:
         self.reply = reply
         self.hello = hello
+        self.answer_cancels = answer_cancels  # False: a server that ignores cancels
         self.received: list[Frame] = []
         self.connections = 0
         self.open: dict[Any, str] = {}  # unfinished request id -> its type
@@ -78,7 +79,9 @@ class Fake:
             if kind == "ping":
                 await self.send(ws, {"type": "pong", "id": rid})
             elif kind == "cancel":
-                if self.open.get(rid) == "generate":
+                if not self.answer_cancels:
+                    pass
+                elif self.open.get(rid) == "generate":
                     await self.send(ws, {"type": "done", "id": rid, "reason": "cancelled", "tokens": 0})
                 elif rid in self.open:
                     await self.send(ws, {"type": "error", "id": rid, "code": "cancelled", "message": "cancelled"})
@@ -90,8 +93,8 @@ class Fake:
 
 @asynccontextmanager
 async def fake_server(reply: Callable[[Frame], Sequence[Out]] = lambda f: (), hello: Out = HELLO,
-                      ) -> AsyncIterator[tuple[str, Fake]]:
-    fake = Fake(reply, hello)
+                      answer_cancels: bool = True) -> AsyncIterator[tuple[str, Fake]]:
+    fake = Fake(reply, hello, answer_cancels)
     async with websockets.serve(fake.handler, "127.0.0.1", 0, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}", fake
@@ -459,3 +462,25 @@ async def test_a_stream_whose_consumer_does_not_read_overflows_alone() -> None:
             assert (await c.complete("good", "x")).text == "abc"  # other calls are not affected
             await _all_ended(c)
             assert await c.ping() > 0 and c.stats().connects == 1
+
+
+async def test_a_server_that_ignores_cancels_cannot_hold_the_inflight_slots() -> None:
+    """A request the server never ends, not even after the client's cancel, held its inflight
+    slot for good: with max_inflight=1 every later call waited forever. Now the slot is freed
+    cancel_timeout after the cancel (the call ends with ProtocolError)."""
+    async with fake_server(script(lambda f: ()), answer_cancels=False) as (url, fake), \
+            Client(url, max_inflight=1, cancel_timeout=0.2) as c:
+        async with asyncio.timeout(WATCHDOG_S):
+            with pytest.raises(DeadlineExceeded, match="cancel sent"):
+                await c.predict("silent", [[0.5]], timeout=0.05)
+            assert (await c.predict("good", [[0.5]])).outputs == [[1.0]]  # the slot came back
+            gen = c.generate("silent", "x")
+            first = asyncio.ensure_future(gen.__anext__())  # sends the request, then waits
+            await wait_until_async(lambda: c.stats().requests_sent == 3, 5, what="the generate sent")
+            gen.cancel()  # keeps iterating to the server's end of the stream, which never comes
+            with pytest.raises(ProtocolError, match="did not end the request within 0.2s of its cancel"):
+                await first
+            await _all_ended(c)
+            assert [f["type"] for f in fake.received] == ["predict", "cancel", "predict", "generate", "cancel"]
+    with pytest.raises(ValueError, match="cancel_timeout"):
+        Client(url, cancel_timeout=0)

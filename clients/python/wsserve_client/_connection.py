@@ -28,7 +28,7 @@ from ._calls import Call
 from ._limiter import Limiter
 from ._wsconn import CoalescingClientConnection, supports_coalescing
 from .codec import encode_auth, encode_cancel, parse_hello
-from .errors import ConnectionLost, Unauthorized, WsserveError
+from .errors import ConnectionLost, ProtocolError, Unauthorized, WsserveError
 from .results import ServerHello
 from .tensors import BinaryFrame, decode_frame, peek_header
 
@@ -66,6 +66,7 @@ class Connection:
         url: str,
         limiter: Limiter,
         counters: Counters,
+        cancel_timeout: float | None = None,
     ) -> None:
         self.ws = ws
         self.hello = hello
@@ -79,6 +80,8 @@ class Connection:
         self.max_binary_header_bytes = hello.limits.max_binary_header_bytes
         self._limiter = limiter
         self._counters = counters
+        #: Seconds the server has to end a request after its ``cancel`` (None: forever).
+        self._cancel_timeout = cancel_timeout
         self._open = True
         #: The socket, when it supports coalesced writes (else None: plain ``send()``).
         self._fast: CoalescingClientConnection | None = (
@@ -157,6 +160,8 @@ class Connection:
         if call.finished or call.cancel_sent or not self._open or self.calls.get(call.id) is not call:
             return
         call.cancel_sent = True
+        if self._cancel_timeout is not None:
+            self.loop.call_later(self._cancel_timeout, self._cancel_unanswered, call)
         if self._fast is not None:
             if self._fast.queue_text(encode_cancel(call.id)):
                 self._counters.cancels_sent += 1
@@ -181,6 +186,18 @@ class Connection:
             self._cancel_task = None
             if not self._open:
                 self._cancel_ids.clear()
+
+    def _cancel_unanswered(self, call: Call) -> None:
+        """``cancel_timeout`` after the cancel: a request the server has not ended yet is ended
+        here (:class:`ProtocolError`) and its inflight slot released, so a server that ignores
+        cancels cannot hold the client's slots; its later frames are dropped as unknown."""
+        if call.finished or self.calls.get(call.id) is not call:
+            return
+        log.warning("wsserve_client: %s %r not ended by the server %gs after its cancel; slot released",
+                    call.what, call.id, self._cancel_timeout)
+        call.fail(ProtocolError(f"{call.what} {call.id!r}: the server did not end the request within "
+                                f"{self._cancel_timeout:g}s of its cancel", request_id=call.id))
+        self._end(call)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -351,6 +368,7 @@ async def open_connection(
     additional_headers: dict[str, str] | None,
     limiter: Limiter,
     counters: Counters,
+    cancel_timeout: float | None = None,
 ) -> Connection:
     """Open one socket, read ``hello``, optionally send the auth frame, start the reader.
 
@@ -401,4 +419,4 @@ async def open_connection(
         except ConnectionClosed as exc:
             raise ConnectionLost(f"connection to {url} closed after hello: {exc}") from exc
     counters.connects += 1
-    return Connection(ws, hello, url=url, limiter=limiter, counters=counters)
+    return Connection(ws, hello, url=url, limiter=limiter, counters=counters, cancel_timeout=cancel_timeout)

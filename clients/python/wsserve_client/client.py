@@ -53,6 +53,9 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 
 #: Default bound on the unread frames one stream may hold (``max_stream_buffer_bytes``).
 DEFAULT_MAX_STREAM_BUFFER_BYTES = 64 * 2**20
+#: Seconds the server has to end a request after the client's ``cancel`` before the client ends
+#: it itself and frees its inflight slot (``Client(cancel_timeout=...)``).
+DEFAULT_CANCEL_TIMEOUT_S = 30.0
 
 #: Reconnect policy used unless ``reconnect=`` is given.
 DEFAULT_RECONNECT = Backoff()
@@ -91,6 +94,10 @@ class Client:
         connect_timeout: seconds for one connection attempt, handshake and ``hello`` included.
         close_timeout: seconds :meth:`close` may take in all (cancels, close handshake); past
             it the socket is dropped without the handshake (``None``: wait as long as it takes).
+        cancel_timeout: seconds the server has to end a request after the client sent its
+            ``cancel`` (a timeout, an abandoned call, a stream's ``cancel()``); past it the call
+            ends with :class:`ProtocolError` and its inflight slot is freed, so a server that
+            ignores cancels cannot hold every slot (``None``: wait for the server forever).
         ping_interval, ping_timeout: WebSocket keepalive (``None`` disables).
         max_inflight: client-side cap on outstanding predict+generate (``None``: the server's).
         max_receive_bytes: largest frame accepted from the server (``None``: unlimited).
@@ -113,6 +120,7 @@ class Client:
         # Timeouts
         connect_timeout: float | None = 10.0,
         close_timeout: float | None = 5.0,
+        cancel_timeout: float | None = DEFAULT_CANCEL_TIMEOUT_S,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         # Limits
@@ -128,6 +136,8 @@ class Client:
             raise ValueError(f"max_stream_buffer_bytes must be >= 1 or None, got {max_stream_buffer_bytes!r}")
         if close_timeout is not None and not close_timeout >= 0:
             raise ValueError(f"close_timeout must be >= 0 seconds or None, got {close_timeout!r}")
+        if cancel_timeout is not None and not 0 < cancel_timeout < float("inf"):
+            raise ValueError(f"cancel_timeout must be > 0 seconds or None, got {cancel_timeout!r}")
         self.url = url
         self._subprotocol = subprotocol
         self._token = token
@@ -136,6 +146,7 @@ class Client:
         self._reconnect = reconnect
         self._connect_timeout = connect_timeout
         self._close_timeout = close_timeout
+        self._cancel_timeout = cancel_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._max_inflight = max_inflight
@@ -487,6 +498,7 @@ class Client:
                     auth_message=self._auth_message,
                     connect_timeout=self._connect_timeout,
                     close_timeout=self._close_timeout,
+                    cancel_timeout=self._cancel_timeout,
                     ping_interval=self._ping_interval,
                     ping_timeout=self._ping_timeout,
                     max_receive_bytes=self._max_receive_bytes,
