@@ -8,6 +8,8 @@ export declare const DEADLINE_GRACE_MS: number;
 export declare const DEFAULT_STREAM_BUFFER_BYTES: number;
 /** Default `closeTimeoutMs` (2000). */
 export declare const DEFAULT_CLOSE_TIMEOUT_MS: number;
+/** Default `cancelTimeoutMs` (30000). */
+export declare const DEFAULT_CANCEL_TIMEOUT_MS: number;
 
 export type RequestId = string | number;
 
@@ -322,6 +324,9 @@ export interface ClientOptions {
   maxStreamBufferBytes?: number | null;
   /** `close()` waits this long for the close handshake, then drops the socket. Default 2000. */
   closeTimeoutMs?: number;
+  /** After a `cancel`, the server has this long to end the request; then the call fails with
+   *  `ProtocolError` and frees its inflight slot. `null`: wait forever. Default 30000. */
+  cancelTimeoutMs?: number | null;
   /** WebSocket constructor to use instead of the global one (or the `ws` package). */
   WebSocket?: unknown;
   /** Subprotocols to offer. Default `['wsserve.v1']`. */

@@ -109,6 +109,8 @@ export const SUBPROTOCOL = 'wsserve.v1';
 export const DEADLINE_GRACE_MS = 1000;
 /** Default `maxStreamBufferBytes`: a stream's unread frames may hold this much (64 MiB). */
 export const DEFAULT_STREAM_BUFFER_BYTES = 64 * 1024 * 1024;
+/** Default `cancelTimeoutMs`: how long the server has to end a request after its `cancel`. */
+export const DEFAULT_CANCEL_TIMEOUT_MS = 30000;
 /** Default `closeTimeoutMs`: how long `close()` waits for the close handshake. */
 export const DEFAULT_CLOSE_TIMEOUT_MS = 2000;
 /** The `hello.limits` the client relies on; each must be an integer in [1, `MAX_LIMIT`] to be trusted. */
@@ -133,7 +135,7 @@ const KNOWN_FRAME_TYPES = new Set(FRAME_TYPES);
 const ERROR_OPTIONS = Object.freeze(['code', 'requestId', 'retryAfterMs', 'cause', 'frame']);
 const CLIENT_OPTIONS = Object.freeze([
   'token', 'heartbeatMs', 'heartbeatTimeoutMs', 'connectTimeoutMs', 'reconnect', 'retry',
-  'maxInflight', 'maxStreamBufferBytes', 'closeTimeoutMs', 'WebSocket', 'protocols',
+  'maxInflight', 'maxStreamBufferBytes', 'closeTimeoutMs', 'cancelTimeoutMs', 'WebSocket', 'protocols',
 ]);
 const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs', 'jitter']);
 const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes', 'maxRetryAfterMs']);
@@ -1096,6 +1098,8 @@ export class Client extends EventTarget {
    * @param {number|null} [opts.maxStreamBufferBytes=67108864]  a stream's unread frames may hold this many bytes,
    *   past it the stream fails with `StreamOverflow` and is cancelled; null: no bound
    * @param {number} [opts.closeTimeoutMs=2000]  `close()` waits this long for the close handshake, then drops the socket
+   * @param {number|null} [opts.cancelTimeoutMs=30000]  after a `cancel`, the server has this long to end the request;
+   *   then the call fails with `ProtocolError` and frees its inflight slot (null: wait forever)
    * @param {any} [opts.WebSocket]  WebSocket constructor to use
    * @param {string[]} [opts.protocols=['wsserve.v1']]  subprotocols to offer
    * @throws {TypeError} a bad URL, or an unknown key in `opts`, `opts.reconnect` or `opts.retry`
@@ -1118,10 +1122,17 @@ export class Client extends EventTarget {
     if (opts.maxInflight != null && !(Number.isInteger(opts.maxInflight) && opts.maxInflight >= 1)) {
       throw new RangeError(`maxInflight must be an integer >= 1 or null, got ${opts.maxInflight}`);
     }
-    const { maxStreamBufferBytes = DEFAULT_STREAM_BUFFER_BYTES, closeTimeoutMs = DEFAULT_CLOSE_TIMEOUT_MS } = opts;
+    const {
+      maxStreamBufferBytes = DEFAULT_STREAM_BUFFER_BYTES, closeTimeoutMs = DEFAULT_CLOSE_TIMEOUT_MS,
+      cancelTimeoutMs = DEFAULT_CANCEL_TIMEOUT_MS,
+    } = opts;
     if (maxStreamBufferBytes !== null && !(Number.isSafeInteger(maxStreamBufferBytes) && maxStreamBufferBytes >= 1)) {
       const Err = typeof maxStreamBufferBytes === 'number' ? RangeError : TypeError;
       throw new Err(`maxStreamBufferBytes must be an integer >= 1 or null, got ${describeValue(maxStreamBufferBytes)}`);
+    }
+    if (cancelTimeoutMs !== null && !(typeof cancelTimeoutMs === 'number' && cancelTimeoutMs > 0 && cancelTimeoutMs < Infinity)) {
+      const Err = typeof cancelTimeoutMs === 'number' ? RangeError : TypeError;
+      throw new Err(`cancelTimeoutMs must be a number > 0 or null, got ${describeValue(cancelTimeoutMs)}`);
     }
     if (!(typeof closeTimeoutMs === 'number' && closeTimeoutMs >= 0)) {
       const Err = typeof closeTimeoutMs === 'number' ? RangeError : TypeError;
@@ -1139,6 +1150,7 @@ export class Client extends EventTarget {
       maxInflight: opts.maxInflight ?? null,
       maxStreamBufferBytes: maxStreamBufferBytes ?? Infinity,
       closeTimeoutMs,
+      cancelTimeoutMs,
       WebSocket: opts.WebSocket ?? null,
       protocols: opts.protocols ?? [SUBPROTOCOL],
     };
@@ -1542,8 +1554,20 @@ export class Client extends EventTarget {
     }
   }
 
+  /**
+   * Send `cancel` for `call` (once). A server that has not ended the request `cancelTimeoutMs`
+   * later is not going to: the call ends with `ProtocolError` and frees its inflight slot.
+   */
   #cancel(conn, call) {
+    if (call.ended || call.cancelSent) return;
     if (conn.cancel(call)) this.#counters.cancelsSent++;
+    const ms = this.#opts.cancelTimeoutMs;
+    if (ms === null) return;
+    unrefTimer(setTimeout(() => {
+      if (call.ended || conn.pending.get(call.id) !== call) return;
+      this.#endCall(conn, call, new ProtocolError(`${call.type} ${JSON.stringify(call.id)}: the server did not end `
+        + `the request within ${ms} ms of its cancel`, { requestId: call.id }), null);
+    }, ms));
   }
 
   /**

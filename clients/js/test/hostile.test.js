@@ -14,7 +14,7 @@ import { WebSocketServer } from 'ws';
 
 import {
   Client, WsserveError, ClientClosed, DeadlineExceeded, StreamOverflow, ProtocolError, MalformedFrame, UnsupportedProtocol,
-  LIMIT_NAMES, DEFAULT_RETRY, DEFAULT_STREAM_BUFFER_BYTES, DEFAULT_CLOSE_TIMEOUT_MS, PROTOCOL_VERSION,
+  LIMIT_NAMES, DEFAULT_RETRY, DEFAULT_STREAM_BUFFER_BYTES, DEFAULT_CLOSE_TIMEOUT_MS, DEFAULT_CANCEL_TIMEOUT_MS, PROTOCOL_VERSION,
   errorFromFrame, retryDelayMs,
 } from 'wsserve-client';
 import { eventually } from './helpers/server.js';
@@ -33,9 +33,10 @@ const TERMINAL = new Set(['result', 'done', 'error']);
  * `scripts[model or type](msg, send)` when there is one, else like a tiny server (`pong`,
  * an empty `models`, a `result` of ones, three tokens then `done`). A `cancel` for a request
  * it has not ended yet is answered as the real server does (`done` reason `cancelled` for a
- * generate, an `error` `cancelled` otherwise). `received` holds every request it got.
+ * generate, an `error` `cancelled` otherwise), unless `answerCancels` is false. `received` holds
+ * every request it got.
  */
-async function fakeServer({ hello = HELLO, scripts = {} } = {}) {
+async function fakeServer({ hello = HELLO, scripts = {}, answerCancels = true } = {}) {
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => [...p][0] ?? false });
   await once(wss, 'listening');
   const received = [];
@@ -52,6 +53,7 @@ async function fakeServer({ hello = HELLO, scripts = {} } = {}) {
       const msg = JSON.parse(String(data));
       received.push(msg);
       if (msg.type === 'cancel') {
+        if (!answerCancels) return; // a server that ignores cancels
         const type = open.get(msg.id);
         if (type === 'generate') send({ type: 'done', id: msg.id, reason: 'cancelled', tokens: 0 });
         else if (type) send({ type: 'error', id: msg.id, code: 'cancelled', message: 'cancelled' });
@@ -432,6 +434,33 @@ describe('malformed frames fail only the call they answer', { timeout: 60_000 },
       assert.ok((await c.ping()) >= 0);
       assert.equal(c.state, 'open');
       assert.equal(c.stats().connects, 1, 'one socket throughout');
+    } finally {
+      await c.close();
+      await peer.close();
+    }
+  });
+});
+
+describe('a server that ignores cancels (cancelTimeoutMs)', { timeout: 60_000 }, () => {
+  // A request the server never ended, not even after the client's cancel, kept its inflight slot
+  // for good: with maxInflight 1 every later call waited forever.
+  it('frees the slot cancelTimeoutMs after the cancel; the call fails with ProtocolError', async () => {
+    assert.equal(DEFAULT_CANCEL_TIMEOUT_MS, 30000);
+    assert.throws(() => new Client('ws://127.0.0.1:1/', { cancelTimeoutMs: 0 }), RangeError);
+    const peer = await fakeServer({ answerCancels: false, scripts: { silent: () => {} } });
+    const c = new Client(peer.url, { maxInflight: 1, cancelTimeoutMs: 200 });
+    try {
+      await assert.rejects(c.predict('silent', [[1]], { timeoutMs: 50 }), DeadlineExceeded);
+      assert.deepEqual((await c.predict('m', [[1]])).outputs, [[1]], 'the slot came back');
+      const s = c.generate('silent', 'x');
+      assert.ok(await eventually(() => peer.received.some((m) => m.type === 'generate')), 'the generate was sent');
+      s.cancel(); // waits for the server's end of the stream, which never comes
+      const { items, error } = await drain(s);
+      assert.deepEqual(items, []);
+      assert.ok(error instanceof ProtocolError && /did not end the request within 200 ms of its cancel/.test(error.message),
+        `${error?.name}: ${error?.message}`);
+      assert.ok(await eventually(() => c.stats().inflight === 0), 'every slot free');
+      assert.deepEqual(peer.received.map((m) => m.type), ['predict', 'cancel', 'predict', 'generate', 'cancel']);
     } finally {
       await c.close();
       await peer.close();
