@@ -129,6 +129,24 @@ def test_bad_requests_are_named(server, path: str, body: Any, status: int, messa
     assert got_status == status and message in got["error"], got
 
 
+@pytest.mark.parametrize("path,body,message", [
+    # a named input's row in the row format is named by its instance, not by the WebSocket's 'inputs.NAME'
+    ("/v1/models/named:predict", {"instances": [{"a": [1, 2], "b": [1]}, {"a": [1, 2], "b": [1, 2]}]},
+     "'instances[1].b' has 2 values; the model takes 1"),
+    ("/v1/models/named:predict", {"instances": [{"a": [1, "x"], "b": [1]}]},
+     "'instances[0].a' holds 'x', which is not a number"),
+    ("/v1/models/named:predict", {"instances": [{"a": 3, "b": [1]}]},
+     "'instances[0].a' must be an array of 2 numbers, got number"),
+    # the columnar form is named 'inputs', also by the explain limit
+    ("/v1/models/linear:explain", {"inputs": [[1.0]] * 5},
+     "'inputs' has 5 rows; explain takes at most 4 rows per request (max_explain_rows)"),
+    ("/v1/models/named:predict", {"inputs": {"a": [[1, 2]], "b": [[1, 2]]}}, "'inputs.b' row 0 has 2 values"),
+])
+def test_messages_name_the_field_that_was_sent(server, path: str, body: Any, message: str) -> None:
+    status, got = call(server, "POST", path, body)
+    assert status == 400 and got["error"].startswith(message), got
+
+
 def test_bad_json_and_a_failure_stays_in_its_request(server) -> None:
     status, body = call(server, "POST", "/v1/models/linear:predict", raw=b'{"instances": [[0.5]')
     assert status == 400 and "error" in body

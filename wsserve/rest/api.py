@@ -368,10 +368,11 @@ class HttpApi:
                 inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
             except InvalidInput as exc:  # the checks name the WebSocket's field: name the one sent
                 if not req.columnar:
-                    exc.message = exc.message.replace("'inputs'", "'instances'")
+                    exc.message = kserve.instances_message(exc.message)
                 raise
             if explain and n > cfg.max_explain_rows:
-                raise InvalidInput(f"'instances' has {n} rows; explain takes at most {cfg.max_explain_rows} "
+                field = "inputs" if req.columnar else "instances"
+                raise InvalidInput(f"'{field}' has {n} rows; explain takes at most {cfg.max_explain_rows} "
                                    "rows per request (max_explain_rows)")
             session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
             call = KServeCall(session, exchange, entry, inputs, n, nbytes, "oip", now, cors, columnar=req.columnar,

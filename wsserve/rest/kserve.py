@@ -20,6 +20,7 @@ Errors are ``{"error": "message"}`` (KServe's form) with the wire codes' statuse
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ import orjson
 from ..errors import BadRequest
 from ..jsontypes import json_type
 
-__all__ = ["VERBS", "V1Request", "encode_v1", "model_ready", "parse_v1", "split_verb"]
+__all__ = ["VERBS", "V1Request", "encode_v1", "instances_message", "model_ready", "parse_v1", "split_verb"]
 
 #: What may follow the model (or version) segment after a ``:``.
 VERBS = ("predict", "explain")
@@ -90,6 +91,18 @@ def parse_v1(obj: Any, names: tuple[str, ...]) -> V1Request:
         for name in names:
             columns[name].append(instance[name])
     return V1Request(columns if len(names) > 1 else columns[names[0]], columnar=False)
+
+
+#: A row check's name for a named input's row (``'inputs.a' row 3[1]``), as the WebSocket calls it.
+_NAMED_ROW = re.compile(r"'inputs\.([^']+)' row (\d+)((?:\[\d+\])*)")
+
+
+def instances_message(message: str) -> str:
+    """A row check's message (which names the WebSocket's ``inputs``) naming what a row-format
+    request sent: ``'inputs.a' row 3[1]`` -> ``'instances[3].a[1]'`` (instance 3's input ``a``),
+    ``'inputs' row 3`` -> ``'instances' row 3``."""
+    message = _NAMED_ROW.sub(lambda m: f"'instances[{m[2]}].{m[1]}{m[3]}'", message)
+    return message.replace("'inputs'", "'instances'")
 
 
 def encode_v1(outputs: Any, columnar: bool, attributions: np.ndarray | None = None,
