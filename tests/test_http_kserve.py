@@ -9,12 +9,14 @@ named inputs ``a`` [2], ``b`` [1] and outputs ``sum``, ``scaled``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -122,7 +124,6 @@ def test_model_ready_is_also_openais_model_object(server) -> None:
     ("/v1/models/nope:predict", {"instances": ROWS}, 404, "no model named 'nope'"),
     ("/v1/models/linear/versions/7:predict", {"instances": ROWS}, 404, "model 'linear' has no version '7'"),
     ("/v1/models/linear:classify", {"instances": ROWS}, 404, "POST /v1/models/NAME:predict (or :explain)"),
-    ("/v1/models/linear", {"instances": ROWS}, 404, "POST /v1/models/NAME:predict (or :explain)"),
 ])
 def test_bad_requests_are_named(server, path: str, body: Any, status: int, message: str) -> None:
     got_status, got = call(server, "POST", path, body)
@@ -145,6 +146,32 @@ def test_bad_requests_are_named(server, path: str, body: Any, status: int, messa
 def test_messages_name_the_field_that_was_sent(server, path: str, body: Any, message: str) -> None:
     status, got = call(server, "POST", path, body)
     assert status == 400 and got["error"].startswith(message), got
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/v1/models/linear:predict", "OPTIONS, POST"),
+    ("HEAD", "/v1/models/linear:explain", "OPTIONS, POST"),
+    ("PUT", "/v1/models/linear/versions/1:predict", "OPTIONS, POST"),
+    ("POST", "/v1/models/linear", "GET, HEAD, OPTIONS"),
+    ("DELETE", "/v1/models/linear/versions/1", "GET, HEAD, OPTIONS"),
+])
+def test_a_method_the_path_does_not_take_is_405_with_its_allow(server, method: str, path: str, allow: str) -> None:
+    """``{name}:predict`` takes POST only, ``{name}`` GET only (one route pattern serves both)."""
+    url = urlsplit(server.http)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request(method, path, b"{}" if method in ("POST", "PUT") else None, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    assert (resp.status, resp.getheader("Allow")) == (405, allow), raw
+    if method != "HEAD":
+        assert json.loads(raw) == {"error": f"{method} is not allowed on {path!r}; allowed: {allow}"}
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("OPTIONS", path)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert (resp.status, resp.getheader("Allow")) == (204, allow)
 
 
 def test_bad_json_and_a_failure_stays_in_its_request(server) -> None:

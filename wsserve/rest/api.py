@@ -167,7 +167,7 @@ class HttpApi:
         # KServe's V1 protocol (TensorFlow Serving's REST API): {name} / {version} end with ":predict" or ":explain".
         for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
             add("GET", base, self._v1_model, auth="key", style="oip")
-            add("POST", base, self._v1_predict, auth="key", style="oip")
+            add("POST", base, self._v1_predict, auth="key", style="oip").methods_of = _v1_methods
         add("GET", "/v2", self._server_metadata, auth="key", style="oip")
         add("GET", "/v2/health/live", self._live, auth="none", style="oip")
         add("GET", "/v2/health/ready", self._server_ready, auth="none", style="oip")
@@ -215,13 +215,13 @@ class HttpApi:
             cors = self._cors(origin)
         method = request.method
         if method == "OPTIONS":
-            return self._options(request, route, cors)
-        handler = route.handlers.get(method)
-        if handler is None and method == "HEAD":
-            handler = route.handlers.get("GET")
+            return self._options(request, route, params, cors)
+        handler = route.handler_for(method, params)
         if handler is None:
-            return _with(plain_error(405, f"{method} is not allowed on {route.pattern}; allowed: {route.allow}",
-                                     route.style, "method_not_allowed", [("Allow", route.allow)]), cors)
+            allow = route.allow_for(params)
+            where = route.pattern if route.methods_of is None else repr(request.path[:200])
+            return _with(plain_error(405, f"{method} is not allowed on {where}; allowed: {allow}",
+                                     route.style, "method_not_allowed", [("Allow", allow)]), cors)
         try:
             key = None
             if route.auth != "none" and self._keys_on:
@@ -250,12 +250,13 @@ class HttpApi:
         return [("Access-Control-Allow-Origin", allow), ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS),
                 ("Vary", "Origin")]
 
-    def _options(self, request: HttpRequest, route: Route, cors: list[tuple[str, str]] | None) -> HttpResponse:
-        """``OPTIONS``: a CORS preflight is answered from the allowlist and the route's methods."""
+    def _options(self, request: HttpRequest, route: Route, params: Mapping[str, str],
+                 cors: list[tuple[str, str]] | None) -> HttpResponse:
+        """``OPTIONS``: a CORS preflight is answered from the allowlist and the path's methods."""
         wanted = request.header(b"access-control-request-method")
+        allowed = route.allow_for(params)
         if wanted is None or cors is None:  # not a (cross-origin) preflight
-            return HttpResponse(204, headers=[("Allow", route.allow), *(cors or ())])
-        allowed = route.allow
+            return HttpResponse(204, headers=[("Allow", allowed), *(cors or ())])
         if wanted not in allowed.split(", "):
             return plain_error(405, f"{wanted} is not allowed on {route.pattern}; allowed: {allowed}",
                                route.style, "method_not_allowed", [("Allow", allowed), *cors])
@@ -665,6 +666,16 @@ class _TooManyConnections(Overloaded):
     """503 at ``--max-connections``; the connection is closed."""
 
     close_connection = True
+
+
+def _v1_methods(params: Mapping[str, str]) -> tuple[str, ...]:
+    """The methods of a KServe V1 path: ``POST`` for ``{name}:predict`` / ``:explain``, ``GET`` for
+    ``{name}`` (model ready), both for a ``:`` without a known verb (a model name may hold one; a
+    POST is then answered 404 naming the verbs)."""
+    last = params.get("version") or params["name"]
+    if kserve.split_verb(last)[1] is not None:
+        return ("POST",)
+    return ("GET", "POST") if ":" in last else ("GET",)
 
 
 def _platform(entry: Any) -> str:

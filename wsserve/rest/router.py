@@ -8,7 +8,7 @@ segment count.  A trailing slash is ignored (``/v2/`` is ``/v2``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -32,21 +32,42 @@ CACHE_SIZE = 1024
 
 @dataclass(slots=True)
 class Route:
-    """One path pattern and the handlers of its methods (``GET`` also answers ``HEAD``)."""
+    """One path pattern and the handlers of its methods (``GET`` also answers ``HEAD``).
+
+    ``methods_of``, when set, narrows the methods per matched path: ``methods_of(params)`` is the
+    subset of :attr:`handlers` that path takes (KServe's ``/v1/models/{name}`` is ``GET`` for
+    ``mlp`` and ``POST`` for ``mlp:predict``)."""
 
     pattern: str
     style: Style | None  # error body style; None: plain text
     auth: Auth
     handlers: dict[str, Handler] = field(default_factory=dict)
+    methods_of: Callable[[Mapping[str, str]], Collection[str]] | None = None
 
     @property
     def allow(self) -> str:
-        """The ``Allow`` header value."""
-        methods = set(self.handlers)
-        if "GET" in methods:
-            methods.add("HEAD")
-        methods.add("OPTIONS")
-        return ", ".join(sorted(methods))
+        """The ``Allow`` header value of the pattern (every method it has a handler for)."""
+        return _allow(self.handlers)
+
+    def allow_for(self, params: Mapping[str, str]) -> str:
+        """The ``Allow`` header value of one matched path."""
+        return self.allow if self.methods_of is None else _allow(self.methods_of(params))
+
+    def handler_for(self, method: str, params: Mapping[str, str]) -> Handler | None:
+        """The handler of ``method`` (``HEAD``: ``GET``'s) on one matched path, or None (405)."""
+        if method == "HEAD" and "HEAD" not in self.handlers:
+            method = "GET"
+        if self.methods_of is not None and method not in self.methods_of(params):
+            return None
+        return self.handlers.get(method)
+
+
+def _allow(methods: Collection[str]) -> str:
+    found = set(methods)
+    if "GET" in found:
+        found.add("HEAD")
+    found.add("OPTIONS")
+    return ", ".join(sorted(found))
 
 
 class Router:
