@@ -105,6 +105,13 @@ def test_closing_a_stream_cancels_the_generation(server) -> None:
     ("/v2/models/charlm/generate", {"text_input": "a", "stop": "x", "stop_words": ["y"]}, 400, "not both"),
     ("/v2/models/charlm/generate", {"text_input": "a", "temperature": -1}, 400, "'temperature' must be"),
     ("/v2/models/charlm/generate", {"text_input": "a", "parameters": 3}, 400, "'parameters' must be an object"),
+    # a string is shown as one (not "got 3" for "3")
+    ("/v2/models/charlm/generate", {"text_input": "a", "max_tokens": "3"}, 400,
+     "'max_tokens' must be an integer in [1, 100000], got '3'"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "temperature": "0.5"}, 400,
+     "'temperature' must be a number in [0, 100], got '0.5'"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "parameters": {"top_p": "1"}}, 400,
+     "'top_p' is not supported (only 1); got '1'"),
     ("/v2/models/charlm/generate", [1], 400, "the body must be a JSON object"),
     ("/v2/models/mlp/generate", {"text_input": "a"}, 400, "model 'mlp' does not generate text"),
     ("/v2/models/nope/generate_stream", {"text_input": "a"}, 404, "no model named 'nope'"),
