@@ -174,6 +174,17 @@ def test_a_method_the_path_does_not_take_is_405_with_its_allow(server, method: s
     assert (resp.status, resp.getheader("Allow")) == (204, allow)
 
 
+@pytest.mark.parametrize("path,body,start", [
+    ("/v1/models/linear:predict", {"instances": [["x" * 100_000]]}, "'instances' row 0 holds 'xxx"),
+    ("/v1/models/named:predict", {"instances": [{"a": [1, [0.5] * 100_000], "b": [1]}]},
+     "'instances[0].a' holds [0.5, 0.5"),
+])
+def test_a_refused_value_is_shown_cut(server, path: str, body: Any, start: str) -> None:
+    """The message shows the start of a refused value, not all of it (it may be most of the body)."""
+    status, got = call(server, "POST", path, body)
+    assert status == 400 and got["error"].startswith(start) and len(got["error"]) < len(start) + 100, got["error"][:300]
+
+
 def test_bad_json_and_a_failure_stays_in_its_request(server) -> None:
     status, body = call(server, "POST", "/v1/models/linear:predict", raw=b'{"instances": [[0.5]')
     assert status == 400 and "error" in body

@@ -212,6 +212,20 @@ def test_the_refusal_names_the_problem(client) -> None:
     assert "'messages[1].content[0].type' 'input_audio' is not supported: only text parts" in info.value.body["message"]
 
 
+@pytest.mark.parametrize("kwargs,param,start", [
+    ({"stop": ["x" * 100_000]}, "stop", "field 'stop' must hold non-empty strings of at most 256 characters, got 'xxx"),
+    ({"extra_body": {"top_k": [7] * 100_000}}, "top_k", "field 'top_k' must be an integer in [0, 2147483647], got [7, 7"),
+])
+def test_a_refused_value_is_shown_cut(client, kwargs: dict, param: str, start: str) -> None:
+    """The message shows the start of a refused value, not all of it (it may be most of the body)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="charlm", messages=[{"role": "user", "content": "a"}], max_tokens=5,
+                                       **kwargs)
+    message = info.value.body["message"]
+    assert info.value.body["param"] == param and message.startswith(start) and message.endswith("..."), message
+    assert len(message) < len(start) + 80, len(message)
+
+
 def test_model_errors(client) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="nope", messages=CONVERSATION)

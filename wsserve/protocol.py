@@ -29,7 +29,7 @@ import orjson
 
 from .chat import ChatMessage, parse_messages
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
-from .jsontypes import json_type
+from .jsontypes import json_type, shown
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
 
 __all__ = [
@@ -147,12 +147,12 @@ class GenerationParams:
         if type(self.prompt) is not str:
             raise BadRequest(f"field 'prompt' must be a string, got {json_type(self.prompt)}")
         if type(self.max_tokens) is not int or self.max_tokens < 1:
-            raise BadRequest(f"field 'max_tokens' must be an integer >= 1, got {self.max_tokens!r}")
+            raise BadRequest(f"field 'max_tokens' must be an integer >= 1, got {shown(self.max_tokens)}")
         t = self.temperature
         if type(t) not in (int, float) or not 0 <= t <= MAX_TEMPERATURE:  # also refuses NaN
-            raise BadRequest(f"field 'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {t!r}")
+            raise BadRequest(f"field 'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {shown(t)}")
         if type(self.top_k) is not int or not 0 <= self.top_k <= MAX_TOP_K:
-            raise BadRequest(f"field 'top_k' must be an integer in [0, {MAX_TOP_K}], got {self.top_k!r}")
+            raise BadRequest(f"field 'top_k' must be an integer in [0, {MAX_TOP_K}], got {shown(self.top_k)}")
         if self.seed is not None and type(self.seed) is not int:
             raise BadRequest(f"field 'seed' must be an integer, got {json_type(self.seed)}")
         stop = self.stop
@@ -163,10 +163,10 @@ class GenerationParams:
         for s in stop:
             if type(s) is not str or not s or len(s) > MAX_STOP_CHARS:
                 raise BadRequest(
-                    f"field 'stop' must hold non-empty strings of at most {MAX_STOP_CHARS} characters, got {s!r}"
+                    f"field 'stop' must hold non-empty strings of at most {MAX_STOP_CHARS} characters, got {shown(s)}"
                 )
         if type(self.priority) is not int or self.priority not in (0, 1):
-            raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {self.priority!r}")
+            raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(self.priority)}")
 
     @property
     def greedy(self) -> bool:
@@ -299,7 +299,7 @@ def _opt_timeout(obj: dict[str, Any]) -> float | None:
     if value is None:
         return None
     if type(value) not in (int, float) or not 0 < value <= MAX_TIMEOUT_MS:  # also refuses NaN
-        raise BadRequest(f"field 'timeout_ms' must be a number in (0, {MAX_TIMEOUT_MS}], got {value!r}")
+        raise BadRequest(f"field 'timeout_ms' must be a number in (0, {MAX_TIMEOUT_MS}], got {shown(value)}")
     return float(value)
 
 
@@ -309,7 +309,7 @@ def _priority(obj: dict[str, Any]) -> int:
         return 0
     if type(value) is int and (value == 0 or value == 1):
         return value
-    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {value!r}")
+    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(value)}")
 
 
 def _model(obj: dict[str, Any]) -> str:
@@ -581,7 +581,7 @@ def check_rows(inputs: Any, width: int, max_rows: int) -> int:
         for v in row:
             t = type(v)
             if t is not float and t is not int:
-                raise InvalidInput(f"'inputs' row {i} holds {v!r}, which is not a number")
+                raise InvalidInput(f"'inputs' row {i} holds {shown(v)}, which is not a number")
     return n
 
 

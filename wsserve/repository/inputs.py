@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
-from ..jsontypes import json_type
+from ..jsontypes import json_type, shown
 from .tensors import TensorSpec
 
 __all__ = ["convert_inputs", "check_inputs", "batch_rows"]
@@ -56,16 +56,16 @@ def _check_leaves(label: str, i: int, where: str, leaf: list[Any], spec: TensorS
     if spec.dtype == "bool":
         for v in leaf:
             if type(v) is not bool:
-                raise InvalidInput(f"{label} row {i}{where} holds {v!r}; input '{spec.name}' takes true/false")
+                raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}; input '{spec.name}' takes true/false")
         return False
     for v in leaf:
         t = type(v)
         if t is float:
             has_float = True
             if v - v != 0.0:  # inf or nan (never from JSON; possible from Python callers)
-                raise InvalidInput(f"{label} row {i}{where} holds {v!r}, which is not finite")
+                raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which is not finite")
         elif t is not int:
-            raise InvalidInput(f"{label} row {i}{where} holds {v!r}, which is not a number")
+            raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which is not a number")
     return has_float
 
 
@@ -121,7 +121,7 @@ def _to_int(rows: list[Any], spec: TensorSpec, label: str, has_float: bool) -> n
         return np.array(_map_leaves(rows, spec.shape, int), dtype=spec.np_dtype)
     i, where, v = _locate(rows, spec.shape, bad)
     why = "integers only" if type(v) is float and not v.is_integer() else f"range [{lo}, {hi}]"
-    raise InvalidInput(f"{label} row {i}{where} holds {v!r}, which does not fit input '{spec.name}' of dtype {spec.dtype} ({why})")
+    raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which does not fit input '{spec.name}' of dtype {spec.dtype} ({why})")
 
 
 def _fits_float(v: int) -> bool:
@@ -180,7 +180,7 @@ def _convert_one(rows: Any, spec: TensorSpec, label: str, max_rows: int, budget:
             return arr
         if float(np.abs(arr).max()) > _F32_MAX:
             i, where, v = _locate(rows, shape, lambda v: abs(v) > _F32_MAX)
-            raise InvalidInput(f"{label} row {i}{where} holds {v!r}, which does not fit input '{spec.name}' of dtype float32")
+            raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which does not fit input '{spec.name}' of dtype float32")
         return arr.astype(np.float32)
     if kind == "bool":
         return np.array(rows, dtype=np.bool_)

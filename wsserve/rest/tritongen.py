@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest, WsserveError
-from ..jsontypes import json_type
+from ..jsontypes import json_type, shown
 from ..protocol import MAX_TEMPERATURE, GenerationParams, stop_tuple
 from .openai import Completion
 
@@ -62,7 +62,7 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
     for name, neutral in _NEUTRAL.items():
         value = fields.get(name)
         if value is not None and not (type(value) in (int, float) and value in neutral):
-            raise BadRequest(f"'{name}' is not supported (only {neutral[0]}); got {_shown(value)}")
+            raise BadRequest(f"'{name}' is not supported (only {neutral[0]}); got {shown(value)}")
     rid = obj.get("id")
     if rid is not None and (type(rid) is not str or len(rid) > 256):
         raise BadRequest("'id' must be a string of at most 256 characters")
@@ -76,10 +76,10 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
         raise BadRequest("'stream' must be true on generate_stream and false (or absent) on generate")
     max_tokens = fields.get("max_tokens", min(16, max_tokens_limit))
     if type(max_tokens) is not int or not 1 <= max_tokens <= max_tokens_limit:
-        raise BadRequest(f"'max_tokens' must be an integer in [1, {max_tokens_limit}], got {_shown(max_tokens)}")
+        raise BadRequest(f"'max_tokens' must be an integer in [1, {max_tokens_limit}], got {shown(max_tokens)}")
     temperature = fields.get("temperature", 0.0)
     if type(temperature) not in (int, float) or not 0 <= temperature <= MAX_TEMPERATURE:
-        raise BadRequest(f"'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {_shown(temperature)}")
+        raise BadRequest(f"'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {shown(temperature)}")
     if "stop" in fields and "stop_words" in fields:
         raise BadRequest("give 'stop' or 'stop_words', not both")
     stop = stop_tuple(fields.get("stop", fields.get("stop_words")))
@@ -94,13 +94,6 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
         top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None, stop=stop,
     )
     return Completion(model=model, params=params_, stream=stream, include_usage=False), rid
-
-
-def _shown(value: Any) -> str:
-    """A refused value as the message shows it: ``repr``, so a string is quoted (``'3'``, not
-    ``3``), cut to 64 characters."""
-    shown = repr(value)
-    return shown if len(shown) <= 64 else shown[:61] + "..."
 
 
 class GenerateEncoder:
