@@ -129,6 +129,9 @@ def test_error_bodies_are_the_spec_shape(server) -> None:
         (b'{"inputs": [{"name": "input", "shape": [0, 32], "datatype": "FP64", "data": []}]}', 400, "has 0 rows"),
         (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "BYTES", "data": []}]}', 400, "unsupported datatype"),
         (b'{"id": 5, "inputs": []}', 400, "'id' must be a string"),
+        # a refused value is shown cut (its first 64 characters), not echoed whole
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ' + json.dumps(["z" * 100_000] + [0] * 31).encode()
+         + b"}]}", 400, "input 'input' holds '" + "z" * 60 + "..., which is not a number"),
         (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ' + json.dumps([0] * 32).encode()
          + b'}], "outputs": [{"name": "nope"}]}', 400, "unknown output 'nope'"),
     ]

@@ -38,7 +38,7 @@ import orjson
 from ..dtypes import DTYPES, OIP_NAMES
 from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
-from ..jsontypes import json_type
+from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
 
 __all__ = [
@@ -379,7 +379,7 @@ def _json_data(data: list[Any], shape: list[int], dtype: np.dtype, want: np.dtyp
         for v in data:
             t = type(v)
             if t is not float and t is not int:
-                raise InvalidInput(f"input {name!r} holds {v!r}, which is not a number")
+                raise InvalidInput(f"input {name!r} holds {shown(v)}, which is not a number")
         # JSON numbers are finite doubles (orjson refuses 1e400 and integers past 64 bits): only a
         # narrower type can overflow, so check its range on the Python values (no numpy warnings).
         narrow = min(dtype.itemsize, want.itemsize)
@@ -396,7 +396,7 @@ def _json_data(data: list[Any], shape: list[int], dtype: np.dtype, want: np.dtyp
     lo, hi = int(info.min), int(info.max)
     for v in data:
         if type(v) is not int or not lo <= v <= hi:
-            raise InvalidInput(f"input {name!r} holds {v!r}, which is not an integer in [{lo}, {hi}]")
+            raise InvalidInput(f"input {name!r} holds {shown(v)}, which is not an integer in [{lo}, {hi}]")
     return np.array(data, dtype=dtype)
 
 
