@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.repo_models import NAMED_CONFIG, NAMED_PY, write_py
+from tests.repo_models import NAMED_CONFIG, NAMED_PY, RAISES_PY, write_py
 from tests.support import Conn, ServerProcess, scrape_metrics, wait_until
 
 
@@ -30,6 +30,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_transport: str, mode
     (root / "named").mkdir()
     (root / "named" / "config.toml").write_text(NAMED_CONFIG)
     write_py(root / "named" / "1", NAMED_PY)
+    write_py(root / "named" / "2", RAISES_PY)  # failed: version 1 stays the default
+    (root / "broken").mkdir()
+    (root / "broken" / "config.toml").write_text(NAMED_CONFIG)
+    write_py(root / "broken" / "1", RAISES_PY)  # a model with no ready version
     with ServerProcess("--model-repository", str(root), "--max-explain-rows", "4", cache_dir=model_cache,
                        transport=module_transport) as srv:
         yield srv
@@ -183,6 +187,22 @@ def test_a_refused_value_is_shown_cut(server, path: str, body: Any, start: str) 
     """The message shows the start of a refused value, not all of it (it may be most of the body)."""
     status, got = call(server, "POST", path, body)
     assert status == 400 and got["error"].startswith(start) and len(got["error"]) < len(start) + 100, got["error"][:300]
+
+
+@pytest.mark.parametrize("method,path,status,message", [
+    ("GET", "/v1/models/broken", 503, "model 'broken' has no ready version (1: failed)"),
+    ("POST", "/v1/models/broken:predict", 503, "model 'broken' has no ready version (1: failed)"),
+    ("GET", "/v1/models/named/versions/2", 503, "version '2' of model 'named' is failed ("),
+    ("POST", "/v1/models/named/versions/2:explain", 503, "version '2' of model 'named' is failed ("),
+    ("GET", "/v1/models/named/versions/3", 404, "model 'named' has no version '3'; available: 1, 2"),
+    ("POST", "/v1/models/nope:predict", 404, "no model named 'nope'"),
+])
+def test_a_model_that_is_not_ready_is_503_an_unknown_one_404(server, method: str, path: str, status: int,
+                                                             message: str) -> None:
+    """As KServe's ModelNotReady: a model (or version) that exists but cannot serve is 503, so a
+    probe tells "not ready yet" from "no such model" (404)."""
+    got_status, got = call(server, method, path, {"instances": [{"a": [1, 2], "b": [1]}]} if method == "POST" else None)
+    assert got_status == status and got["error"].startswith(message), (got_status, got)
 
 
 def test_bad_json_and_a_failure_stays_in_its_request(server) -> None:

@@ -334,11 +334,23 @@ class HttpApi:
 
     def _v1_model(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                   *_: Any) -> HttpResponse:
-        entry = self.models.lookup(params["name"], params.get("version"))  # UnknownModel: 404
+        entry = self._v1_lookup(params["name"], params.get("version"))
         if not self.ready():
             return HttpResponse(503, orjson.dumps({"error": f"model {entry.name!r} is not ready: the server is "
                                                             "draining"}), JSON, [_NO_STORE])
         return HttpResponse(200, kserve.model_ready(entry.name, self._started), JSON, [_NO_STORE])
+
+    def _v1_lookup(self, name: str, version: str | None) -> Any:
+        """The entry serving ``name`` (``version``), as KServe answers a lookup: 404 (``UnknownModel``)
+        for an unknown model or version, 503 (KServe's ModelNotReady) for a model or version that
+        exists but is not ready (loading, unloading, failed; a model with no ready version)."""
+        try:
+            return self.models.lookup(name, version)
+        except UnknownModel as exc:
+            status = self.models.status(name)
+            if status and (version is None or version in status):
+                raise _ModelNotReady(exc.message) from None
+            raise
 
     def _v1_predict(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
                     cors: list[tuple[str, str]] | None) -> HttpResponse | None:
@@ -357,7 +369,7 @@ class HttpApi:
         try:
             session = self._session(exchange, request)
             session.admission.admit(key, now)
-            entry = self.models.lookup(name, version)
+            entry = self._v1_lookup(name, version)
             if entry.kind != "predict":
                 raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
             explain = verb == "explain"
@@ -660,6 +672,12 @@ class HttpApi:
         """End every unfinished HTTP call with ``exc`` (the drain deadline)."""
         for session in list(self.sessions):
             session.end_all(exc)
+
+
+class _ModelNotReady(UnknownModel):
+    """KServe V1: the model or version exists but cannot serve (wire code ``unknown_model``, HTTP 503)."""
+
+    http_status = 503
 
 
 class _TooManyConnections(Overloaded):

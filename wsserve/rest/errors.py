@@ -53,8 +53,9 @@ JSON = "application/json"
 
 def error_response(exc: WsserveError, style: Style, *, param: str | None = None) -> HttpResponse:
     """The response for ``exc`` in a route family's ``style`` (``param``: the offending
-    request field, for OpenAI's envelope)."""
-    status = STATUS.get(exc.code, 500)
+    request field, for OpenAI's envelope).  The status is its code's, unless the error
+    carries its own ``http_status`` (a protocol that answers one code with another status)."""
+    status = getattr(exc, "http_status", None) or STATUS.get(exc.code, 500)
     if style == "oip":
         body = orjson.dumps({"error": exc.message})
     elif style == "openai":
