@@ -87,6 +87,21 @@ def test_expect_100_continue_is_answered_before_the_body(server) -> None:
     assert final.status == 200 and "y_pred" in json.loads(final.body)
 
 
+@pytest.mark.parametrize("path,status", [
+    ("/v1/models/nope", 404),  # a handler's error
+    ("/v2/models/charlm/generate", 405),  # a route without GET
+    ("/no/such/route", 404),  # no route
+])
+def test_an_error_answer_to_head_has_no_body(server, path: str, status: int) -> None:
+    """A HEAD answer never has content (RFC 9112): error answers sent theirs, which a keep-alive
+    client read as the start of its next answer."""
+    with RawHttp(server.port) as c:
+        head = c.request("HEAD", path)  # reads the head only, as a client does
+        assert head.status == status
+        after = c.request("GET", "/healthz")  # the same connection: its answer must come next
+        assert (after.status, after.body) == (200, b"ok\n")
+
+
 def test_head_http10_and_unknown_upgrade(server) -> None:
     with RawHttp(server.port) as c:
         head = c.request("HEAD", "/healthz")

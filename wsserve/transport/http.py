@@ -105,7 +105,9 @@ def _server_line(server_header: str) -> bytes:
     return f"Server: {server_header}\r\n".encode("latin-1")
 
 
-def _encode(response: HttpResponse, server_line: bytes, close: bool) -> bytes:
+def _encode(response: HttpResponse, server_line: bytes, close: bool, head_only: bool = False) -> bytes:
+    """``head_only``: the answer to a ``HEAD``, which never has content (RFC 9112): the headers,
+    ``Content-Length`` included, without the body."""
     body = response.body
     head = b"Content-Type: " + response.content_type.encode("latin-1") + b"\r\nContent-Length: " + \
         str(len(body)).encode() + b"\r\n"
@@ -114,16 +116,18 @@ def _encode(response: HttpResponse, server_line: bytes, close: bool) -> bytes:
         head += "".join(f"{n}: {v}\r\n" for n, v in extra).encode("latin-1")
     if close:
         head += b"Connection: close\r\n"
-    return b"".join((_status_line(response.status), head, _DATE.line(), server_line, b"\r\n", body))
+    return b"".join((_status_line(response.status), head, _DATE.line(), server_line, b"\r\n",
+                     b"" if head_only else body))
 
 
 class Exchange:
     """One request's answer slot (implements :class:`~wsserve.httpmsg.HttpExchange`)."""
 
-    __slots__ = ("_proto", "_buf", "_state", "_keep_alive", "_chunked", "_close_after", "on_abort")
+    __slots__ = ("_proto", "_buf", "_state", "_keep_alive", "_chunked", "_close_after", "_head_only", "on_abort")
 
-    def __init__(self, proto: HttpProtocol, keep_alive: bool, chunked: bool) -> None:
+    def __init__(self, proto: HttpProtocol, keep_alive: bool, chunked: bool, head_only: bool = False) -> None:
         self._proto = proto
+        self._head_only = head_only  # a HEAD request: its answer is sent without content
         self._buf: list[bytes] | None = None  # output produced while an earlier answer is still going out
         self._state = _PENDING
         self._keep_alive = keep_alive
@@ -150,7 +154,7 @@ class Exchange:
         close = response.close or not self._keep_alive or proto._closing_when_idle(self)
         self._state = _DONE
         self._close_after = close
-        proto._emit(self, _encode(response, proto._server_line, close), True)
+        proto._emit(self, _encode(response, proto._server_line, close, self._head_only), True)
 
     def start_stream(self, status: int, content_type: str, headers: list[tuple[str, str]]) -> None:
         proto = self._proto
@@ -362,7 +366,7 @@ class HttpProtocol(asyncio.Protocol):
         request = self._request()
         version = request.http_version
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # other upgrades: answer, close
-        ex = self._new_exchange(keep_alive, version != "1.0")
+        ex = self._new_exchange(keep_alive, version != "1.0", request.method == "HEAD")
         if not keep_alive:
             self._stopped = True  # nothing after this request is read
         if self._backlog or len(self._queue) > self._max_queue:  # pipelined past max_inflight: wait its turn
@@ -392,8 +396,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ answers (called by Exchange)
 
-    def _new_exchange(self, keep_alive: bool, chunked: bool) -> Exchange:
-        ex = Exchange(self, keep_alive, chunked)
+    def _new_exchange(self, keep_alive: bool, chunked: bool, head_only: bool = False) -> Exchange:
+        ex = Exchange(self, keep_alive, chunked, head_only)
         self._queue.append(ex)
         self._deadline = None  # waiting for the application: no timeout (until the queue empties)
         return ex
