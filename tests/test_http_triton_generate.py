@@ -108,7 +108,14 @@ def test_closing_a_stream_cancels_the_generation(server) -> None:
     # a string is shown as one (not "got 3" for "3")
     # a refused value is shown cut, not whole (it may be most of the body)
     ("/v2/models/charlm/generate", {"text_input": "a", "parameters": {"stop_words": ["y" * 100_000]}}, 400,
-     "field 'stop' must hold non-empty strings of at most 256 characters, got 'yyyyyyyyyyyyyyyyyy"),
+     "field 'stop_words' must hold non-empty strings of at most 256 characters, got 'yyyyyyyyyyyyyyyyyy"),
+    # stop_words is named as sent
+    ("/v2/models/charlm/generate", {"text_input": "a", "parameters": {"stop_words": ["s"] * 17}}, 400,
+     "field 'stop_words' holds 17 strings; at most 16"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "stop_words": [""]}, 400,
+     "field 'stop_words' must hold non-empty strings"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "stop_words": 5}, 400,
+     "'stop_words' must be a string or an array of strings"),
     ("/v2/models/charlm/generate", {"text_input": "a", "max_tokens": "3"}, 400,
      "'max_tokens' must be an integer in [1, 100000], got '3'"),
     ("/v2/models/charlm/generate", {"text_input": "a", "temperature": "0.5"}, 400,

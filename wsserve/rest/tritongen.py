@@ -82,17 +82,24 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
         raise BadRequest(f"'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {shown(temperature)}")
     if "stop" in fields and "stop_words" in fields:
         raise BadRequest("give 'stop' or 'stop_words', not both")
-    stop = stop_tuple(fields.get("stop", fields.get("stop_words")))
+    stop_field = "stop_words" if "stop_words" in fields else "stop"  # errors name the field sent
+    stop = stop_tuple(fields.get(stop_field))
     if stop is None:
-        raise BadRequest("'stop' must be a string or an array of strings")
+        raise BadRequest(f"'{stop_field}' must be a string or an array of strings")
     seed = fields.get("seed")
     if seed is not None and type(seed) is not int:
         raise BadRequest(f"'seed' must be an integer, got {json_type(seed)}")
     top_k = fields.get("top_k", 0)
-    params_ = GenerationParams(  # raises BadRequest naming top_k or stop
-        prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
-        top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None, stop=stop,
-    )
+    try:
+        params_ = GenerationParams(  # raises BadRequest naming top_k or stop
+            prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
+            top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
+            stop=stop,
+        )
+    except BadRequest as exc:
+        if stop_field == "stop_words":
+            exc.message = exc.message.replace("field 'stop'", "field 'stop_words'")
+        raise
     return Completion(model=model, params=params_, stream=stream, include_usage=False), rid
 
 
