@@ -205,6 +205,14 @@ def test_a_model_that_is_not_ready_is_503_an_unknown_one_404(server, method: str
     assert got_status == status and got["error"].startswith(message), (got_status, got)
 
 
+@pytest.mark.parametrize("path", ["/v1/models/" + "n" * 300 + ":predict", "/v1/models/linear/extra:predict",
+                                  "/v1/models/linear%2Fx:predict"])
+def test_a_path_under_v1_models_that_no_route_takes_is_a_kserve_404(server, path: str) -> None:
+    """Not OpenAI's envelope (the /v1/completions family's): KServe's ``{"error": "message"}``."""
+    status, got = call(server, "POST", path, {"instances": ROWS})
+    assert status == 404 and type(got["error"]) is str and got["error"].startswith("no route for"), got
+
+
 def test_bad_json_and_a_failure_stays_in_its_request(server) -> None:
     status, body = call(server, "POST", "/v1/models/linear:predict", raw=b'{"instances": [[0.5]')
     assert status == 400 and "error" in body

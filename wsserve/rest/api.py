@@ -769,7 +769,7 @@ def _header_length(request: HttpRequest) -> int | None:
 
 def _style_of(path: str) -> Style | None:
     """The error style of an unknown path: by its prefix (plain text outside the APIs)."""
-    if path == "/v2" or path.startswith("/v2/"):
+    if path == "/v2" or path.startswith("/v2/") or path.startswith("/v1/models/"):  # OIP, KServe V1
         return "oip"
     if path.startswith("/v1/"):
         return "openai"
