@@ -680,7 +680,7 @@ describe('options are checked', () => {
     const dts = await readFile(CLIENT_TYPES, 'utf8');
     const all = {
       token: 't', heartbeatMs: null, heartbeatTimeoutMs: 100, connectTimeoutMs: 100, maxInflight: 2,
-      maxStreamBufferBytes: 1 << 20, closeTimeoutMs: 500,
+      maxStreamBufferBytes: 1 << 20, closeTimeoutMs: 500, cancelTimeoutMs: 1000,
       reconnect: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 2, jitter: 0 },
       retry: { maxAttempts: 2, baseDelayMs: 1, maxDelayMs: 2, jitter: 0, codes: ['overloaded'], maxRetryAfterMs: 1000 },
       WebSocket, protocols: ['wsserve.v1'],
