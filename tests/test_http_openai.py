@@ -96,6 +96,7 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": [1, 2, 3]}, "prompt"),
         ({"stop": ["x"] * 20}, "stop"),
+        ({"seed": 1.5}, "seed"),
     ],
 )
 def test_unsupported_or_bad_parameters_are_refused_by_name(client, kwargs: dict, param: str) -> None:
@@ -104,6 +105,8 @@ def test_unsupported_or_bad_parameters_are_refused_by_name(client, kwargs: dict,
         client.completions.create(**args)
     assert info.value.status_code == 400
     assert info.value.body["param"] == param and info.value.body["code"] == "bad_request"
+    if param == "seed":  # the number is shown, not only its JSON type
+        assert info.value.body["message"] == "'seed' must be an integer, got 1.5"
 
 
 def test_model_errors(client) -> None:

@@ -167,6 +167,20 @@ def test_generate_negative_seed_is_folded_to_64_bits() -> None:
     assert decode(_generate(seed=0)).params.seed == 0
 
 
+@pytest.mark.parametrize("raw, shown", [
+    (b"1.5", "got 1.5"),
+    (b"123456789012345678901234567890",  # orjson reads an integer beyond 64 bits as a float
+     "got 1.2345678901234568e+29 (a JSON integer beyond 64 bits is read as a floating-point number)"),
+    (b'"7"', "got string"),
+])
+def test_a_seed_that_is_not_an_integer_is_shown(raw: bytes, shown: str) -> None:
+    """'must be an integer, got number' for a number the caller believed an integer (a seed of 30
+    digits) did not say what was wrong; the number is shown now, and why it is not an integer."""
+    frame = b'{"type":"generate","id":1,"model":"charlm","prompt":"a","seed":' + raw + b"}"
+    err = _fails(frame, BadRequest)
+    assert err.message == f"field 'seed' must be an integer, {shown}"
+
+
 def test_generate_stop_limits_boundary() -> None:
     assert len(decode(_generate(stop=[str(i) for i in range(16)])).params.stop) == 16
     assert decode(_generate(stop=["x" * 256])).params.stop == ("x" * 256,)

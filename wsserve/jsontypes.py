@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["json_type", "shown"]
+__all__ = ["described", "json_type", "shown"]
 
 #: Characters of a refused value an error message shows at most.
 SHOWN_CHARS = 64
@@ -27,6 +27,17 @@ def json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def described(value: Any) -> str:
+    """A refused value for "must be an integer, got ...": a number is shown (``1.5``; an integer
+    too large for 64 bits, which the JSON decoder reads as a float, is said to be one), anything
+    else named by its JSON type."""
+    if type(value) is float:
+        if value.is_integer() and abs(value) >= 2**63:
+            return f"{value!r} (a JSON integer beyond 64 bits is read as a floating-point number)"
+        return shown(value)
+    return json_type(value)
 
 
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:

@@ -29,7 +29,7 @@ import orjson
 
 from .chat import ChatMessage, parse_messages
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
-from .jsontypes import json_type, shown
+from .jsontypes import described, json_type, shown
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
 
 __all__ = [
@@ -154,7 +154,7 @@ class GenerationParams:
         if type(self.top_k) is not int or not 0 <= self.top_k <= MAX_TOP_K:
             raise BadRequest(f"field 'top_k' must be an integer in [0, {MAX_TOP_K}], got {shown(self.top_k)}")
         if self.seed is not None and type(self.seed) is not int:
-            raise BadRequest(f"field 'seed' must be an integer, got {json_type(self.seed)}")
+            raise BadRequest(f"field 'seed' must be an integer, got {described(self.seed)}")
         stop = self.stop
         if type(stop) is not tuple:
             raise BadRequest(f"field 'stop' must be a list of strings, got {json_type(stop)}")
@@ -288,7 +288,7 @@ def _opt_int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
     if value is None:
         return None
     if type(value) is not int:
-        raise BadRequest(f"field '{key}' must be an integer, got {json_type(value)}")
+        raise BadRequest(f"field '{key}' must be an integer, got {described(value)}")
     if value < lo or value > hi:
         raise BadRequest(f"field '{key}' must be in [{lo}, {hi}], got {value}")
     return value

@@ -28,7 +28,7 @@ import orjson
 
 from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest, WsserveError
-from ..jsontypes import json_type
+from ..jsontypes import described, json_type
 from ..protocol import (
     MAX_MODEL_NAME_LENGTH,
     MAX_TEMPERATURE,
@@ -171,7 +171,7 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
         top_k = 0
     seed = obj.get("seed")
     if seed is not None and type(seed) is not int:
-        raise ParamError("seed", f"'seed' must be an integer, got {json_type(seed)}")
+        raise ParamError("seed", f"'seed' must be an integer, got {described(seed)}")
     stop = stop_tuple(obj.get("stop"))
     if stop is None:
         raise ParamError("stop", f"'stop' must be a string or an array of strings, got {json_type(obj.get('stop'))}")

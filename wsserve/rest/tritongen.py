@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest, WsserveError
-from ..jsontypes import json_type, shown
+from ..jsontypes import described, json_type, shown
 from ..protocol import MAX_TEMPERATURE, GenerationParams, stop_tuple
 from .openai import Completion
 
@@ -88,7 +88,7 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
         raise BadRequest(f"'{stop_field}' must be a string or an array of strings")
     seed = fields.get("seed")
     if seed is not None and type(seed) is not int:
-        raise BadRequest(f"'seed' must be an integer, got {json_type(seed)}")
+        raise BadRequest(f"'seed' must be an integer, got {described(seed)}")
     top_k = fields.get("top_k", 0)
     try:
         params_ = GenerationParams(  # raises BadRequest naming top_k or stop
