@@ -58,7 +58,7 @@ import numpy as np
 from .models.base import PredictiveModel
 from .models.linear import LinearModel
 from .models.mlp import MLPModel
-from .models.mlp_gradient import probability_input_gradient
+from .models.mlp_gradient import gradient_plan, probability_input_gradient
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -175,7 +175,8 @@ def explain_refusal(model: object, *, label: str | None = None) -> str | None:
 def _gradient_fn(model: PredictiveModel) -> GradientFn:
     if isinstance(model, MLPModel):
         params = [(w.astype(np.float64), b.astype(np.float64)) for w, b in model.params]
-        return lambda x, t: probability_input_gradient(params, x, t)[0]
+        plan = gradient_plan(params)
+        return lambda x, t: probability_input_gradient(params, x, t, plan)[0]
     return model.input_gradient  # type: ignore[attr-defined, no-any-return]
 
 

@@ -7,7 +7,9 @@ For a ReLU network with softmax outputs (the ``mlp`` family, see
 
 for a whole batch at once.  Pure numerics, generic over float dtype (pass
 float64 params for attributions); row i depends only on ``x[i]`` and
-``target[i]``.  At a ReLU kink (a pre-activation exactly 0) the derivative is
+``target[i]``, bit for bit: every product runs through
+:func:`~wsserve.models.rowpure.rowpure_matmul` (a plain GEMM gives a row
+different last bits by its position in the batch on some BLAS builds).  At a ReLU kink (a pre-activation exactly 0) the derivative is
 taken as 0, the same convention as :func:`wsserve.models.mlp.loss_and_grads`.
 """
 
@@ -16,12 +18,27 @@ from __future__ import annotations
 import numpy as np
 
 from .mlp import Params
+from .rowpure import row_block, rowpure_matmul
 
-__all__ = ["probability_input_gradient"]
+__all__ = ["gradient_plan", "probability_input_gradient"]
+
+
+#: Per layer: the weights' row block, their transpose (C-contiguous) and its row block.
+GradientPlan = list[tuple[int, np.ndarray, int]]
+
+
+def gradient_plan(params: Params) -> GradientPlan:
+    """What :func:`probability_input_gradient` works out per layer before its products (the
+    :func:`~wsserve.models.rowpure.row_block` probes, the transposes): compute it once for many calls."""
+    plan = []
+    for w, _ in params:
+        wt = np.ascontiguousarray(w.T)
+        plan.append((row_block(w), wt, row_block(wt)))
+    return plan
 
 
 def probability_input_gradient(
-    params: Params, x: np.ndarray, target: np.ndarray
+    params: Params, x: np.ndarray, target: np.ndarray, plan: GradientPlan | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(grad [n, d], probs [n, C])``: d p_target / d x per row, and the probabilities.
 
@@ -29,11 +46,13 @@ def probability_input_gradient(
     (the caller validates them; an out-of-range id raises ``IndexError``).
     The arithmetic is in ``x``'s dtype promoted with the params' dtype.
     """
+    if plan is None:
+        plan = gradient_plan(params)
     acts = []                                           # ReLU outputs, for the masks
-    h = x
+    h = np.ascontiguousarray(x)
     last = len(params) - 1
     for i, (w, b) in enumerate(params):
-        h = h @ w + b                                   # [n, d_i] -> [n, d_{i+1}]
+        h = rowpure_matmul(h, w, plan[i][0]) + b        # [n, d_i] -> [n, d_{i+1}]
         if i < last:
             np.maximum(h, 0, out=h)
             acts.append(h)
@@ -45,7 +64,8 @@ def probability_input_gradient(
     delta = -pt[:, None] * p                            # d p_t / d z_j = p_t (1[j=t] - p_j)
     delta[rows, target] += pt
     for i in range(last, -1, -1):
-        delta = delta @ params[i][0].T                  # [n, d_{i+1}] -> [n, d_i]
+        _, wt, block = plan[i]
+        delta = rowpure_matmul(np.ascontiguousarray(delta), wt, block)  # [n, d_{i+1}] -> [n, d_i]
         if i > 0:
             delta *= acts[i - 1] > 0                    # ReLU'(pre) == (post > 0)
     return delta, p
