@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wsserve import explain as explain_mod
@@ -209,6 +209,8 @@ def test_batching_invariance_bit_for_bit(mlp: MLPModel, heldout, kind: str) -> N
 
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 30), i=st.integers(0, 29), steps=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
+@example(n=3, i=2, steps=267, seed=1)  # found in CI: the gradient's plain GEMMs were not row-pure
+@example(n=14, i=11, steps=295, seed=2042306300)
 def test_batching_invariance_property(mlp: MLPModel, n: int, i: int, steps: int, seed: int) -> None:
     x = np.random.default_rng(seed).standard_normal((n, 32)) * 2
     i %= n
