@@ -20,7 +20,7 @@ import numpy as np
 from .mlp import Params
 from .rowpure import row_block, rowpure_matmul
 
-__all__ = ["gradient_plan", "probability_input_gradient"]
+__all__ = ["GradientPlan", "gradient_plan", "probability_input_gradient"]
 
 
 #: Per layer: the weights' row block, their transpose (C-contiguous) and its row block.

@@ -31,7 +31,7 @@ import numpy as np
 
 from .base import ModelInfo, PredictiveModel
 from .mlp import Params
-from .mlp_gradient import probability_input_gradient
+from .mlp_gradient import GradientPlan, gradient_plan, probability_input_gradient
 from .mlp_layers import (
     check_array,
     check_names,
@@ -88,6 +88,7 @@ class MLPInt8Model(PredictiveModel):
         self._compute = [(dequantize(q, s), None, b) for q, s, b in layers]
         self._blocks = [row_block(w) for w, _, _ in self._compute]  # see wsserve.models.rowpure
         self._grad_params = self.dequantized_params(np.float64)  # for input_gradient, made once
+        self._grad_plan: GradientPlan | None = None  # its row blocks and transposes, at the first explain
         self._meta = dict(meta or {})
         n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
         params = sum(q.size + s.size + b.size for q, s, b in layers)
@@ -122,7 +123,9 @@ class MLPInt8Model(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``d predict(x)[i, target[i]] / d x[i]`` as ``[n, d]`` float64 (see :mod:`wsserve.explain`)."""
-        grad, _ = probability_input_gradient(self._grad_params, np.asarray(x, np.float64), target)
+        if self._grad_plan is None:  # planned once, not per call (a race only plans it twice)
+            self._grad_plan = gradient_plan(self._grad_params)
+        grad, _ = probability_input_gradient(self._grad_params, np.asarray(x, np.float64), target, self._grad_plan)
         return grad
 
     def nonzero_parameters(self) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .base import ModelInfo, PredictiveModel
 from .mlp import Params
-from .mlp_gradient import probability_input_gradient
+from .mlp_gradient import GradientPlan, gradient_plan, probability_input_gradient
 from .mlp_layers import (
     check_array,
     check_names,
@@ -69,6 +69,7 @@ class MLPSparseModel(PredictiveModel):
         self._compute = [(w, None, b) for w, b in zip(dense, biases)]
         self._blocks = [row_block(w) for w, _, _ in self._compute]  # see wsserve.models.rowpure
         self._grad_params = self.dense_params(np.float64)  # for input_gradient, made once
+        self._grad_plan: GradientPlan | None = None  # its row blocks and transposes, at the first explain
         n_in, n_out = masks[0].shape[0], masks[-1].shape[1]
         self.info = ModelInfo(
             name="mlp", version=ARCHITECTURE, task="classification",
@@ -110,7 +111,9 @@ class MLPSparseModel(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``d predict(x)[i, target[i]] / d x[i]`` as ``[n, d]`` float64 (see :mod:`wsserve.explain`)."""
-        grad, _ = probability_input_gradient(self._grad_params, np.asarray(x, np.float64), target)
+        if self._grad_plan is None:  # planned once, not per call (a race only plans it twice)
+            self._grad_plan = gradient_plan(self._grad_params)
+        grad, _ = probability_input_gradient(self._grad_params, np.asarray(x, np.float64), target, self._grad_plan)
         return grad
 
     def nonzero_parameters(self) -> int:
