@@ -14,7 +14,7 @@ import json
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE", "fold_dead_snapshot"]
+__all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE", "fold_dead_snapshot", "supervisor_snapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -180,6 +180,26 @@ def fold_dead_snapshot(retired: dict[str, Any] | None, dead: dict[str, Any]) -> 
     return out
 
 
+def supervisor_snapshot(restarts: Mapping[int, int], backoff_s: Mapping[int, float], *, pid: int) -> dict[str, Any]:
+    """The ``--workers`` supervisor's figures as a snapshot the workers' ``/metrics`` merges
+    (the supervisor writes it as ``supervisor.json`` next to the workers' snapshots).
+
+    ``restarts``: restarts the supervisor made of each worker index (0 for one never restarted,
+    so the series exists before its first increment); ``backoff_s``: for each index, the delay
+    of its pending restart while the dead worker waits in backoff, 0 otherwise.  One entry per
+    worker index, so the file does not grow with restarts.  The result has the shape of a
+    worker's snapshot — ``counters`` (summed by the merge like any worker's), no histograms
+    or model statistics — with ``alive`` false because the supervisor serves nothing and has
+    none of a worker's gauges; its own gauges, already keyed by ``worker``, are under
+    ``worker_gauges``.  Pure: no clock, no file."""
+    return {
+        "worker": "supervisor", "pid": pid, "alive": False,
+        "counters": {"worker_restarts": {str(i): n for i, n in sorted(restarts.items())}},
+        "histograms": {}, "model_stats": {}, "gauges": {},
+        "worker_gauges": {"restart_backoff": {str(i): float(s) for i, s in sorted(backoff_s.items())}},
+    }
+
+
 def _cumulative(bounds: tuple[float, ...], values: list[float]) -> list[tuple[str, float]]:
     out, total = [], 0.0
     for bound, n in zip((*bounds, float("inf")), values[:-1]):
@@ -199,7 +219,8 @@ _HISTOGRAMS = (
 
 class _Collector(Collector):
     """Renders a merged snapshot: this process's, plus (with worker processes) every
-    other worker's last snapshot: counters and histograms summed, gauges by ``worker``."""
+    other worker's last snapshot and the supervisor's (:func:`supervisor_snapshot`):
+    counters and histograms summed, gauges by ``worker``."""
 
     def __init__(self, metrics: "Metrics") -> None:
         self._m = metrics
@@ -264,6 +285,18 @@ class _Collector(Collector):
         yield gauge("wsserve_queue_rows", "Rows waiting in a model's predict queue.", "queue_rows", ["model"])
         yield gauge("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", "tasks")
         yield gauge("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", "ready")
+        if per_worker:  # the supervisor's figures (supervisor_snapshot); one process has no supervisor
+            yield counter("wsserve_worker_restarts", "Restarts of a dead worker process by the --workers supervisor.",
+                          ["worker"], counters.get("worker_restarts", {}))
+            backoff: dict[str, float] = {}
+            for snap in snaps:
+                backoff.update(snap.get("worker_gauges", {}).get("restart_backoff", {}))
+            fam = GaugeMetricFamily("wsserve_worker_restart_backoff_seconds",
+                                    "Delay of a dead worker's pending restart while it waits in backoff "
+                                    "(crash loop), 0 when it runs.", labels=["worker"])
+            for index, seconds in backoff.items():
+                fam.add_metric([index], seconds)
+            yield fam
 
 
 class Metrics:
@@ -418,7 +451,8 @@ class Metrics:
         }
 
     def snapshots(self) -> list[dict[str, Any]]:
-        """This process's snapshot and (with workers) the others' last ones."""
+        """This process's snapshot and (with workers) every other ``*.json`` of the directory:
+        the other workers' last ones, the dead workers' fold and the supervisor's."""
         own = self.snapshot()
         if self._peers_dir is None:
             return [own]

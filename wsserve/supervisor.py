@@ -27,6 +27,24 @@ values with the other workers' snapshots (counters and histograms summed,
 gauges labelled ``worker``) — the approach of prometheus-client's multiprocess
 mode, with plain per-process counters on the hot path.  A dead worker's
 counters keep counting in the totals (its gauges are dropped), as in that mode.
+The supervisor serves nothing but writes its own figures there too
+(``supervisor.json``, :func:`~wsserve.metrics.supervisor_snapshot`), so ``/metrics``
+shows the restarts as Kubernetes shows a pod's:
+
+- ``wsserve_worker_restarts_total{worker}`` — restarts the supervisor made of each
+  worker index (``kube_pod_container_status_restarts_total``); 0 from the start for
+  every index, so ``increase()`` sees the first restart;
+- ``wsserve_worker_restart_backoff_seconds{worker}`` — the delay of a dead worker's
+  pending restart while it waits in backoff, 0 when it runs (or is restarted at once).
+  Kubernetes says ``CrashLoopBackOff`` with a 0/1 gauge
+  (``kube_pod_container_status_waiting_reason``); the delay says as much (> 0: waiting,
+  not serving) and also how deep the crash loop is (it doubles with each quick death, up
+  to 30 s).  It is the delay, not the time left, so it holds between the supervisor's
+  writes and the file is only rewritten when something changes.
+
+Both are absent without ``--workers``: one process has no supervisor, and whatever
+restarts it (systemd, Kubernetes) counts its restarts.  The file is written atomically
+(temp file + rename), with one entry per worker index, so it does not grow with restarts.
 Hot reload (``--reload``) runs in every worker: each watches the repository.
 """
 
@@ -49,7 +67,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import ServerConfig
-from .metrics import fold_dead_snapshot
+from .metrics import fold_dead_snapshot, supervisor_snapshot
 
 __all__ = ["restart_delay", "run_supervisor"]
 
@@ -143,6 +161,10 @@ class _Workers:
         self.quick_deaths: dict[int, int] = {}
         #: loop time at which a dead worker is due to be restarted
         self.restart_at: dict[int, float] = {}
+        #: the delay of each pending restart (``wsserve_worker_restart_backoff_seconds``)
+        self.backoff_s: dict[int, float] = {}
+        #: restarts made of each worker index (``wsserve_worker_restarts_total``)
+        self.restarts: dict[int, int] = dict.fromkeys(range(config.workers), 0)
 
     def start(self, index: int) -> None:
         parent, child = self.ctx.Pipe(duplex=False)
@@ -157,6 +179,31 @@ class _Workers:
         log.info("worker %d started (pid %d)", index, proc.pid)
         self.procs[index] = proc
         self.pipes[index] = parent
+
+    def schedule_restart(self, index: int, at: float, delay: float) -> None:
+        """Restart dead worker ``index`` at loop time ``at``, ``delay`` s after its death."""
+        self.restart_at[index] = at
+        self.backoff_s[index] = delay
+
+    def restart(self, index: int) -> None:
+        """Start dead worker ``index`` again (its restart was due) and count the restart."""
+        del self.restart_at[index]
+        self.backoff_s.pop(index, None)
+        self.start(index)
+        self.restarts[index] = self.restarts.get(index, 0) + 1
+
+    def write_metrics(self) -> None:
+        """Write the supervisor's figures for the workers' ``/metrics`` (atomically: temp
+        file + rename, as the workers write theirs); call it after each change.  A failed
+        write (a full disk) is logged, not raised: the workers matter more than the figures."""
+        backoff = {i: self.backoff_s.get(i, 0.0) for i in self.restarts}
+        path = self.metrics_dir / "supervisor.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(supervisor_snapshot(self.restarts, backoff, pid=os.getpid())))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the restart metrics: %s", exc)
 
     def retire_metrics(self, index: int) -> None:
         """Keep a dead worker's counters in the totals (folded into the one ``retired.json``
@@ -240,6 +287,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        workers.write_metrics()  # every worker's restart count is 0 from its first scrape
         for i in range(config.workers):
             workers.start(i)
         # Wait for every worker's ready message (a worker that dies first fails the start).
@@ -266,6 +314,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         # asks them to stop.
         while not stop.is_set():
             now = loop.time()
+            changed = False
             for i, proc in list(workers.procs.items()):
                 if proc.is_alive() or workers.stopping:
                     continue
@@ -276,10 +325,13 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     log.error("worker %d (pid %d) exited with status %s: restarting it %s", i, proc.pid,
                               proc.exitcode, f"in {delay:.1f} s" if delay else "now")
                     workers.retire_metrics(i)
-                    workers.restart_at[i] = now + delay
+                    workers.schedule_restart(i, now + delay, delay)
+                    changed = True
                 if workers.restart_at[i] <= now:
-                    del workers.restart_at[i]
-                    workers.start(i)
+                    workers.restart(i)
+                    changed = True
+            if changed:
+                workers.write_metrics()
             wake = min([0.5, *(t - now for t in workers.restart_at.values())])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wake, 0.01)):
