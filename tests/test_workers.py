@@ -215,6 +215,41 @@ async def test_a_worker_that_dies_is_restarted_and_its_counts_stay(model_cache: 
         assert server.stop() == 0
 
 
+def _restarts(server: ServerProcess) -> dict[str, float]:
+    """``worker index -> wsserve_worker_restarts_total`` in one scrape (of whichever worker answers)."""
+    m = server.metrics()
+    return {dict(labels)["worker"]: v for (name, labels), v in m.samples.items() if name == "wsserve_worker_restarts_total"}
+
+
+async def test_restarts_are_counted_per_worker_in_metrics(model_cache: Path) -> None:
+    """The supervisor's restarts are on ``/metrics`` (any worker's), as Kubernetes'
+    ``kube_pod_container_status_restarts_total``: 0 for each worker from the start, then 1
+    for the worker that was killed and restarted, still 0 for the other; no restart pending."""
+    server = ServerProcess("--workers", "2", "--models", "linear", cache_dir=model_cache)
+    try:
+        assert _restarts(server) == {"0": 0, "1": 0}
+        pids = _worker_pids(server)
+        os.kill(pids["1"], signal.SIGKILL)
+        await wait_until_async(lambda: _restarts(server) == {"0": 0, "1": 1}, 30,
+                               what="one restart of worker 1 and none of worker 0", in_thread=True)
+        await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready", in_thread=True)
+        assert _worker_pids(server)["0"] == pids["0"]
+        for _ in range(4):  # each scrape, whichever worker answers, merges the supervisor's figures
+            m = await server.ametrics()
+            assert m.value("wsserve_worker_restarts_total", worker="0") == 0
+            assert m.value("wsserve_worker_restarts_total", worker="1") == 1
+            assert m.value("wsserve_worker_restart_backoff_seconds", worker="0") == 0
+            assert m.value("wsserve_worker_restart_backoff_seconds", worker="1") == 0
+        for i in range(4):  # and the server still answers predicts, on new connections
+            conn = await Conn.open(server.url)
+            try:
+                assert (await conn.request({**P, "id": i}))["type"] == "result"
+            finally:
+                await conn.close()
+    finally:
+        assert server.stop() == 0
+
+
 def test_restart_delays_double_for_a_worker_that_keeps_dying() -> None:
     from wsserve.supervisor import RESTART_MAX_S, restart_delay
 
@@ -235,6 +270,10 @@ async def test_a_worker_that_keeps_dying_is_restarted_with_backoff(model_cache: 
                             server.stderr_text())
         assert delays == ["now", "in 0.5 s", "in 1.0 s"], server.stderr_text()[-2000:]
         await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready", in_thread=True)
+        # each restart counted, whatever its delay; none pending now
+        await wait_until_async(lambda: _restarts(server) == {"0": 0, "1": 3}, 30, what="3 restarts of worker 1",
+                               in_thread=True)
+        assert server.metrics().value("wsserve_worker_restart_backoff_seconds", worker="1") == 0
     finally:
         assert server.stop() == 0
 
@@ -373,7 +412,8 @@ async def test_restarts_leave_no_growing_files_or_descriptors(model_cache: Path,
             await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready",
                                    in_thread=True)
             files = sorted(p.name for p in metrics_dir.iterdir())
-            assert len(files) <= 3, f"after {death} deaths: {files}"
+            # a snapshot per worker, the dead workers' fold and the supervisor's figures
+            assert len(files) <= 4, f"after {death} deaths: {files}"
             if fds_steady is None:
                 fds_steady = _fds(server.proc.pid)
         # a dead worker's pipes are closed once the supervisor has reaped it: wait for that, not for a time
@@ -406,3 +446,35 @@ def test_dead_snapshots_fold_into_one() -> None:
     assert twice["histograms"] == {"duration": {"linear\x00predict": [3, 0, 1.5]}}
     stats = twice["model_stats"]["linear\x001"]
     assert stats["ok"] == 3 and stats["last"] == 102.0 and stats["sizes"] == {"1": [3, pytest.approx(0.3)]}
+
+
+def _render(peers: Path, worker: int | None) -> Metrics:
+    """``/metrics`` of a ``Metrics`` (of worker ``worker``, merging the snapshots in ``peers``), parsed."""
+    from wsserve.metrics import Metrics as ServerMetrics
+
+    state = {"messages": 0, "connections": 0, "inflight": 0, "queues": {}, "tasks": 1, "ready": 1}
+    metrics = ServerMetrics(version="test", read_state=lambda: state, worker=worker,
+                            peers_dir=peers if worker is not None else None)
+    return Metrics.parse(metrics.render().decode())
+
+
+def test_the_supervisor_snapshot_is_merged_into_metrics(tmp_path: Path) -> None:
+    """The supervisor's figures (one entry per worker index), written next to the workers'
+    snapshots, become a counter and a gauge labelled ``worker`` on any worker's ``/metrics``
+    without touching the workers' own series; one process (no supervisor) has neither."""
+    from wsserve.metrics import supervisor_snapshot
+
+    snap = supervisor_snapshot({0: 0, 1: 4, 2: 1}, {0: 0.0, 1: 2.0, 2: 0.0}, pid=123)
+    assert snap == supervisor_snapshot({2: 1, 1: 4, 0: 0}, {2: 0.0, 1: 2.0, 0: 0.0}, pid=123)  # order-free
+    assert json.loads(json.dumps(snap)) == snap and snap["alive"] is False
+    (tmp_path / "supervisor.json").write_text(json.dumps(snap))
+    m = _render(tmp_path, worker=0)
+    assert {dict(k)["worker"]: v for (n, k), v in m.samples.items() if n == "wsserve_worker_restarts_total"} == \
+        {"0": 0, "1": 4, "2": 1}
+    assert {dict(k)["worker"]: v for (n, k), v in m.samples.items()
+            if n == "wsserve_worker_restart_backoff_seconds"} == {"0": 0, "1": 2.0, "2": 0}
+    # the supervisor is no worker: only this worker's own gauges
+    assert {dict(k)["worker"] for (n, k) in m.samples if n == "wsserve_ready"} == {"0"}
+    # one process: no supervisor, no such series
+    single = _render(tmp_path, worker=None)
+    assert not [n for (n, _) in single.samples if n.startswith("wsserve_worker_")]
