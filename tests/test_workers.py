@@ -478,3 +478,30 @@ def test_the_supervisor_snapshot_is_merged_into_metrics(tmp_path: Path) -> None:
     # one process: no supervisor, no such series
     single = _render(tmp_path, worker=None)
     assert not [n for (n, _) in single.samples if n.startswith("wsserve_worker_")]
+
+
+def test_the_supervisor_writes_a_pending_restart_and_keeps_one_file(tmp_path: Path) -> None:
+    """The supervisor's bookkeeping, without processes: a dead worker waiting 2 s shows that
+    backoff on ``/metrics``; its restart (counted) sets it back to 0; and however many restarts,
+    one ``supervisor.json`` with one entry per worker, no temporary file left."""
+    from wsserve.config import ServerConfig
+    from wsserve.supervisor import _Workers
+
+    workers = _Workers(ServerConfig(workers=2), None, tmp_path, 20, frozenset())
+    workers.start = lambda index: None  # type: ignore[method-assign]  # no process: bookkeeping only
+    workers.write_metrics()
+    m = _render(tmp_path, worker=0)
+    assert m.value("wsserve_worker_restarts_total", worker="1") == 0
+    assert m.value("wsserve_worker_restart_backoff_seconds", worker="1") == 0
+    for n in range(1, 6):
+        workers.schedule_restart(1, at=100.0 + n, delay=2.0)
+        workers.write_metrics()
+        assert _render(tmp_path, worker=0).value("wsserve_worker_restart_backoff_seconds", worker="1") == 2.0
+        workers.restart(1)
+        workers.write_metrics()
+    m = _render(tmp_path, worker=0)
+    assert m.value("wsserve_worker_restarts_total", worker="1") == 5
+    assert m.value("wsserve_worker_restarts_total", worker="0") == 0
+    assert m.value("wsserve_worker_restart_backoff_seconds", worker="1") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["supervisor.json"]
+    assert set(json.loads((tmp_path / "supervisor.json").read_text())["counters"]["worker_restarts"]) == {"0", "1"}
