@@ -51,6 +51,7 @@ from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxi
 from ..auth import KeyRegistry
 from ..config import ServerConfig
 from ..errors import (
+    BadJson,
     BadRequest,
     Forbidden,
     Internal,
@@ -72,7 +73,7 @@ from .calls import (
     PredictFormCall,
     SeedCall,
 )
-from .errors import Style, error_response, plain_error
+from .errors import Style, content_type_note, error_response, plain_error
 from .openai import (
     ChatCompletionEncoder,
     CompletionEncoder,
@@ -231,6 +232,8 @@ class HttpApi:
                                    metrics=route.auth == "metrics")
             response = handler(request, exchange, params, key, cors)
         except WsserveError as exc:
+            if isinstance(exc, BadJson):
+                exc.message += _content_type_note(request, route)
             return _with(error_response(exc, route.style or "wsserve", param=getattr(exc, "param", None)), cors)
         except Exception as exc:  # noqa: BLE001 - a bug: one log line, a 500, the connection stays
             log.error("error handling %s %r: %s: %s", method, request.path[:200], type(exc).__name__, exc)
@@ -775,6 +778,15 @@ def _header_length(request: HttpRequest) -> int | None:
     if not value.isdigit() or len(value) > 12:
         raise BadRequest(f"Inference-Header-Content-Length must be a byte count, got {value[:32]!r}")
     return int(value)
+
+
+def _content_type_note(request: HttpRequest, route: Route) -> str:
+    """What a body that is not JSON adds to its ``bad_json`` message: the request's Content-Type
+    when it is present and not JSON (:func:`~wsserve.rest.errors.content_type_note`).  Not for a
+    binary OIP request (``Inference-Header-Content-Length``: its Content-Type is binary, rightly)."""
+    if request.header(b"inference-header-content-length") is not None:
+        return ""
+    return content_type_note(request.header(b"content-type"), binary=route.pattern.endswith("/infer"))
 
 
 def _style_of(path: str) -> Style | None:
