@@ -33,6 +33,8 @@ def test_roles_contents_and_names() -> None:
     ([{"role": "user", "content": "x"}, {"role": "tool", "content": "1"}], "'messages[1].role' 'tool' is not supported"),
     ([{"role": "function", "content": "1"}], "'messages[0].role' 'function' is not supported"),
     ([{"role": "user", "content": None}], "'messages[0].content' must be a string or an array of text parts, got null"),
+    ([{"role": "user", "content": []}], "'messages[0].content' is an empty array; send a string or at least one text part"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": []}], "'messages[1].content' is an empty array"),
     ([{"role": "user", "content": ["a"]}], "'messages[0].content[0]' must be a content part object, got string"),
     ([{"role": "user", "content": [{"type": "image_url"}]}], "'messages[0].content[0].type' 'image_url' is not supported"),
     ([{"role": "user", "content": [{"type": 3}]}], "'messages[0].content[0].type' 'number' is not supported"),

@@ -18,7 +18,12 @@ from wsserve.errors import (
 )
 from wsserve.repository.tensors import TensorSpec
 from wsserve.rest import oip
-from wsserve.rest.errors import error_response, plain_error
+from wsserve.rest.errors import (
+    content_type_note,
+    error_response,
+    is_json_type,
+    plain_error,
+)
 from wsserve.rest.openai import CompletionEncoder, ParamError, parse_completion
 from wsserve.rest.router import Router
 
@@ -243,3 +248,26 @@ def test_error_envelopes_and_headers() -> None:
 
     assert error_response(ShuttingDown("bye"), "oip").close
     assert plain_error(404, "no route", None).body == b"no route\n"
+
+
+@pytest.mark.parametrize("content_type,json_type", [
+    ("application/json", True), ("Application/JSON; charset=utf-8", True), ("application/vnd.api+json", True),
+    ("application/merge-patch+json ; q=1", True), ("text/x+json", True),
+    ("application/x-www-form-urlencoded", False), ("text/plain", False), ("application/octet-stream", False),
+    ("application/jsonx", False), ("+json", False), ("/+json", False), ("application/json-seq", False),
+])
+def test_json_media_types(content_type: str, json_type: bool) -> None:
+    assert is_json_type(content_type) is json_type
+
+
+def test_content_type_note_names_a_type_that_is_not_json_cut() -> None:
+    assert content_type_note("application/x-www-form-urlencoded") == (
+        " (the request's Content-Type is 'application/x-www-form-urlencoded'; send JSON)")
+    assert content_type_note("application/octet-stream", binary=True) == (
+        " (the request's Content-Type is 'application/octet-stream'; send JSON, or binary tensors after an "
+        "Inference-Header-Content-Length header)")
+    for quiet in (None, "", "  ", "application/json", "application/problem+json; charset=utf-8"):
+        assert content_type_note(quiet) == ""
+    long = content_type_note("text/" + "x" * 10_000)
+    assert long.startswith(" (the request's Content-Type is 'text/xxx") and "...; send JSON)" in long
+    assert len(long) < 120

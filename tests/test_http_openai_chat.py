@@ -212,6 +212,18 @@ def test_the_refusal_names_the_problem(client) -> None:
     assert "'messages[1].content[0].type' 'input_audio' is not supported: only text parts" in info.value.body["message"]
 
 
+def test_an_empty_content_array_is_refused_not_read_as_empty_text(server, client) -> None:
+    """OpenAI refuses ``"content": []``; so does wsserve, naming the field as sent (it used to
+    generate from an empty message), over HTTP and on the WebSocket alike."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="charlm", max_tokens=5, messages=[
+            {"role": "system", "content": "a"}, {"role": "user", "content": []}])
+    assert info.value.status_code == 400
+    assert info.value.body == {"message": "'messages[1].content' is an empty array; send a string or at least one "
+                                          "text part", "type": "invalid_request_error", "param": "messages",
+                               "code": "bad_request"}
+
+
 @pytest.mark.parametrize("kwargs,param,start", [
     ({"stop": ["x" * 100_000]}, "stop", "field 'stop' must hold non-empty strings of at most 256 characters, got 'xxx"),
     ({"extra_body": {"top_k": [7] * 100_000}}, "top_k", "field 'top_k' must be an integer in [0, 2147483647], got [7, 7"),
@@ -292,6 +304,8 @@ async def test_websocket_messages_errors_end_only_their_request(server) -> None:
         ({"model": "charlm", "messages": CONVERSATION, "prompt": "x"}, "'prompt' or 'messages', not both"),
         ({"model": "charlm", "messages": [{"role": "tool", "content": "1"}]}, "'messages[0].role' 'tool'"),
         ({"model": "charlm", "messages": "hi"}, "field 'messages' must be an array of messages"),
+        ({"model": "charlm", "messages": [{"role": "user", "content": []}]},
+         "'messages[0].content' is an empty array; send a string or at least one text part"),
         ({"model": "bigram", "messages": CONVERSATION}, "model 'bigram' has no chat template"),
         ({"model": "picky", "messages": [{"role": "system", "content": "boom"}]}, "chat_prompt() raised KeyError"),
     ]
@@ -307,7 +321,7 @@ async def test_websocket_messages_errors_end_only_their_request(server) -> None:
     await conn.close()
     for i, (_, message) in enumerate(bad):
         assert answers[i]["type"] == "error" and message in answers[i]["message"], answers[i]
-    assert [answers[i]["code"] for i in range(len(bad))] == ["bad_request"] * 4 + ["internal"]
+    assert [answers[i]["code"] for i in range(len(bad))] == ["bad_request"] * 5 + ["internal"]
     assert answers["ok"]["type"] == "done" and answers["ok"]["prompt_tokens"] == 1
 
 

@@ -5,9 +5,10 @@ A conversation is a non-empty list of ``{"role", "content"[, "name"]}`` objects:
 
 - ``role``: ``"system"``, ``"developer"``, ``"user"`` or ``"assistant"``.  ``"tool"`` and
   ``"function"`` (tool calling) are refused by name: wsserve's models call no tools.
-- ``content``: a string, or an array of text parts ``{"type": "text", "text": ...}`` (joined,
-  as OpenAI joins them); other part types (images, audio, files) are refused by name.  An
-  ``assistant`` message may have ``null`` content (read as ``""``).
+- ``content``: a string, or a non-empty array of text parts ``{"type": "text", "text": ...}``
+  (joined, as OpenAI joins them); other part types (images, audio, files) are refused by name,
+  and so is an empty array (OpenAI refuses it too; it is not read as ``""``).  An ``assistant``
+  message may have ``null`` content (read as ``""``).
 - ``name``: optional string, passed on to the model's template.
 
 A message carrying tool calling or audio (non-empty ``tool_calls``, ``function_call``, ``audio``,
@@ -93,7 +94,10 @@ def parse_messages(value: Any, field: str = "messages") -> tuple[ChatMessage, ..
 
 
 def _text_parts(parts: list[Any], where: str) -> str:
-    """An array of content parts as one text (each must be ``{"type": "text", "text": str}``)."""
+    """An array of content parts as one text (each must be ``{"type": "text", "text": str}``; at
+    least one)."""
+    if not parts:
+        raise BadRequest(f"'{where}' is an empty array; send a string or at least one text part")
     texts = []
     for j, part in enumerate(parts):
         if type(part) is not dict:

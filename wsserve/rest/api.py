@@ -51,6 +51,7 @@ from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxi
 from ..auth import KeyRegistry
 from ..config import ServerConfig
 from ..errors import (
+    BadJson,
     BadRequest,
     Forbidden,
     Internal,
@@ -72,7 +73,7 @@ from .calls import (
     PredictFormCall,
     SeedCall,
 )
-from .errors import Style, error_response, plain_error
+from .errors import Style, content_type_note, error_response, plain_error
 from .openai import (
     ChatCompletionEncoder,
     CompletionEncoder,
@@ -231,6 +232,8 @@ class HttpApi:
                                    metrics=route.auth == "metrics")
             response = handler(request, exchange, params, key, cors)
         except WsserveError as exc:
+            if isinstance(exc, BadJson):
+                exc.message += _content_type_note(request, route)
             return _with(error_response(exc, route.style or "wsserve", param=getattr(exc, "param", None)), cors)
         except Exception as exc:  # noqa: BLE001 - a bug: one log line, a 500, the connection stays
             log.error("error handling %s %r: %s: %s", method, request.path[:200], type(exc).__name__, exc)
@@ -334,16 +337,18 @@ class HttpApi:
 
     def _v1_model(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                   *_: Any) -> HttpResponse:
-        entry = self._v1_lookup(params["name"], params.get("version"))
+        entry = self._lookup(params["name"], params.get("version"))
         if not self.ready():
             return HttpResponse(503, orjson.dumps({"error": f"model {entry.name!r} is not ready: the server is "
                                                             "draining"}), JSON, [_NO_STORE])
         return HttpResponse(200, kserve.model_ready(entry.name, self._started), JSON, [_NO_STORE])
 
-    def _v1_lookup(self, name: str, version: str | None) -> Any:
+    def _lookup(self, name: str, version: str | None) -> Any:
         """The entry serving ``name`` (``version``), as KServe answers a lookup: 404 (``UnknownModel``)
-        for an unknown model or version, 503 (KServe's ModelNotReady) for a model or version that
-        exists but is not ready (loading, unloading, failed; a model with no ready version)."""
+        for an unknown model or version, 503 (:class:`_ModelNotReady`, KServe's ModelNotReady) for a
+        model or version that exists but is not ready (loading, unloading, failed; a model with no
+        ready version).  Every model route of the KServe V1, OIP v2, Triton and OpenAI families
+        looks up through here; ``POST /predict`` keeps the WebSocket's 404."""
         try:
             return self.models.lookup(name, version)
         except UnknownModel as exc:
@@ -369,7 +374,7 @@ class HttpApi:
         try:
             session = self._session(exchange, request)
             session.admission.admit(key, now)
-            entry = self._v1_lookup(name, version)
+            entry = self._lookup(name, version)
             if entry.kind != "predict":
                 raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
             explain = verb == "explain"
@@ -417,7 +422,7 @@ class HttpApi:
 
     def _model_metadata(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                         *_: Any) -> HttpResponse:
-        entry = self.models.lookup(params["name"], params.get("version"))
+        entry = self._lookup(params["name"], params.get("version"))
         inputs, outputs = self._signature(entry)
         versions = self._ready_versions(entry.name)
         explain = oip.explain_parameters(entry.explanation)
@@ -430,8 +435,8 @@ class HttpApi:
     def _model_config(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                       *_: Any) -> HttpResponse:
         """Triton's model configuration extension (:func:`wsserve.rest.triton.model_config`): of
-        version ``v``, or of the default version; 404 as the metadata route."""
-        entry = self.models.lookup(params["name"], params.get("version"))
+        version ``v``, or of the default version; 404 or 503 as the metadata route."""
+        entry = self._lookup(params["name"], params.get("version"))
         platform = _platform(entry)
         policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
         batching: dict[str, Any] = {}
@@ -448,12 +453,12 @@ class HttpApi:
     def _model_stats(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
         """Triton's statistics extension (:func:`wsserve.rest.triton.model_stats`): every ready version
-        of every model, of one model, or one version (404 as the metadata route for an unknown
-        model or an unknown or not-ready version).  Figures: :meth:`Metrics.model_statistics`
+        of every model, of one model, or one version (as the metadata route: 404 for an unknown
+        model or version, 503 for one that is not ready).  Figures: :meth:`Metrics.model_statistics`
         (merged over worker processes)."""
         name = params.get("name")
         if name is not None:
-            self.models.lookup(name, params.get("version"))  # UnknownModel: 404
+            self._lookup(name, params.get("version"))
         versions = []
         for model in sorted(self.models.names) if name is None else (name,):
             status = self.models.status(model)
@@ -464,7 +469,13 @@ class HttpApi:
 
     def _model_ready(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
-        self.models.lookup(params["name"], params.get("version"))  # UnknownModel: 404
+        """200 when the model (version) serves and the server is not draining; 400, with no body
+        (Triton's "not ready", as ``/v2/health/ready``), when it exists but is not ready or the
+        server drains; 404 for an unknown model or version."""
+        try:
+            self._lookup(params["name"], params.get("version"))
+        except _ModelNotReady:
+            return HttpResponse(400, b"", JSON, [_NO_STORE])
         return HttpResponse(200 if self.ready() else 400, b"", JSON, [_NO_STORE])
 
     def _infer(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
@@ -474,7 +485,7 @@ class HttpApi:
         try:
             session = self._session(exchange, request)
             session.admission.admit(key, now)
-            entry = self.models.lookup(name, params.get("version"))
+            entry = self._lookup(name, params.get("version"))
             if entry.kind != "predict":
                 raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
             inputs, outputs = self._signature(entry)
@@ -624,7 +635,7 @@ class HttpApi:
             session.admission.admit(key, now)
             if triton is not None:
                 model = triton["name"]
-                entry = self.models.lookup(model, triton.get("version"))
+                entry = self._lookup(model, triton.get("version"))
                 if entry.kind != "generate":
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
                 completion, rid = parse_generate(loads(request.body), model=model, stream=stream,
@@ -634,8 +645,8 @@ class HttpApi:
                 completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
                 model = completion.model
                 try:
-                    entry = self.models.lookup(model)
-                except UnknownModel as exc:
+                    entry = self._lookup(model, None)
+                except UnknownModel as exc:  # _ModelNotReady too: 503
                     raise _with_param(exc, "model") from None
                 if entry.kind != "generate":
                     raise ParamError("model", f"model {model!r} does not generate text (use POST "
@@ -675,7 +686,9 @@ class HttpApi:
 
 
 class _ModelNotReady(UnknownModel):
-    """KServe V1: the model or version exists but cannot serve (wire code ``unknown_model``, HTTP 503)."""
+    """The model or version exists but cannot serve (KServe's ModelNotReady): wire code
+    ``unknown_model``, as the WebSocket answers it, with HTTP 503 (OpenAI's envelope: type
+    ``server_error``, as every 503) so a client tells "not ready yet" from "no such model" (404)."""
 
     http_status = 503
 
@@ -765,6 +778,15 @@ def _header_length(request: HttpRequest) -> int | None:
     if not value.isdigit() or len(value) > 12:
         raise BadRequest(f"Inference-Header-Content-Length must be a byte count, got {value[:32]!r}")
     return int(value)
+
+
+def _content_type_note(request: HttpRequest, route: Route) -> str:
+    """What a body that is not JSON adds to its ``bad_json`` message: the request's Content-Type
+    when it is present and not JSON (:func:`~wsserve.rest.errors.content_type_note`).  Not for a
+    binary OIP request (``Inference-Header-Content-Length``: its Content-Type is binary, rightly)."""
+    if request.header(b"inference-header-content-length") is not None:
+        return ""
+    return content_type_note(request.header(b"content-type"), binary=route.pattern.endswith("/infer"))
 
 
 def _style_of(path: str) -> Style | None:

@@ -13,6 +13,11 @@ per code, :mod:`wsserve.errors`); only the envelope depends on the route:
 ``Retry-After`` (whole seconds, rounded up) goes with ``retry_after_ms``;
 ``WWW-Authenticate: Bearer`` with 401; ``shutting_down`` (and an error whose
 ``close_connection`` is true) closes the connection.
+
+A body is read as JSON whatever its ``Content-Type`` (as Triton and KServe do:
+``curl -d`` sends ``application/x-www-form-urlencoded``); only when it fails to
+parse does the ``bad_json`` message name a ``Content-Type`` that is not JSON
+(:func:`content_type_note`).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import orjson
 
 from ..errors import WsserveError
 from ..httpmsg import HttpResponse
+from ..jsontypes import shown
 
-__all__ = ["STATUS", "Style", "error_response", "plain_error"]
+__all__ = ["STATUS", "Style", "content_type_note", "error_response", "is_json_type", "plain_error"]
 
 Style = Literal["wsserve", "oip", "openai"]
 
@@ -92,3 +98,24 @@ def plain_error(status: int, message: str, style: Style | None, code: str = "bad
     else:
         body = orjson.dumps({"error": {"code": code, "message": message}})
     return HttpResponse(status, body, JSON, headers or [])
+
+
+def is_json_type(content_type: str) -> bool:
+    """True for a JSON media type: ``application/json`` or any ``type/subtype+json`` (RFC 6839),
+    parameters (``; charset=utf-8``) and case ignored."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    kind, slash, subtype = media.partition("/")
+    return media == "application/json" or (bool(kind) and bool(slash) and subtype.endswith("+json"))
+
+
+def content_type_note(content_type: str | None, *, binary: bool = False) -> str:
+    """What a ``bad_json`` message adds for a request whose ``Content-Type`` is present and not
+    JSON (:func:`is_json_type`): the type sent, cut as a refused value is
+    (:func:`wsserve.jsontypes.shown`), e.g. ``" (the request's Content-Type is
+    'application/x-www-form-urlencoded'; send JSON)"``; ``""`` with no (or an empty) Content-Type
+    or a JSON one.  ``binary``: the route also takes the OIP binary tensor extension, which the
+    note then names."""
+    if content_type is None or not content_type.strip() or is_json_type(content_type):
+        return ""
+    wanted = "send JSON, or binary tensors after an Inference-Header-Content-Length header" if binary else "send JSON"
+    return f" (the request's Content-Type is {shown(content_type.strip())}; {wanted})"
