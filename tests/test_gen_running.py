@@ -296,10 +296,11 @@ def test_sample_rows_equals_sample(b: int, seed: int, v: int, full_scale: bool) 
     temp = rng.choice([0.0, 0.0, 1e-300, 0.5, 1.0, 3.0], b)
     top_k = rng.choice([0, 1, 2, v - 1, v, v + 5], b).astype(np.int64)
     top_k = np.where((top_k > 0) & (top_k < v), top_k, 0)  # the scheduler's normalisation
+    top_p = rng.choice([1.0, 1.0, 0.3, 0.8, 0.999], b)
     rows = np.flatnonzero(temp > 0)
     noise = np.zeros((b, v))
     noise[rows] = rng.gumbel(size=(len(rows), v))
-    expected = sample(logits, temp, top_k, noise if len(rows) else None)
+    expected = sample(logits, temp, top_k, noise if len(rows) else None, top_p=top_p)
     spec = None
     if len(rows):
         k_rows = np.flatnonzero(top_k[rows] > 0)
@@ -309,6 +310,8 @@ def test_sample_rows_equals_sample(b: int, seed: int, v: int, full_scale: bool) 
             scale=np.repeat(column, v, axis=1) if full_scale else column,
             top_k_rows=k_rows if len(k_rows) else None,
             top_k=top_k[rows][k_rows] if len(k_rows) else None,
+            top_p_rows=np.flatnonzero(top_p[rows] < 1) if (top_p[rows] < 1).any() else None,
+            top_p=top_p[rows][top_p[rows] < 1] if (top_p[rows] < 1).any() else None,
         )
     got = sample_rows(logits, spec, noise[rows] if len(rows) else None)
     assert got.tolist() == expected.tolist()

@@ -17,6 +17,7 @@ from wsserve.generation.sampling import (
     gumbel_from_bits,
     new_generator,
     noise_block_rows,
+    nucleus_rows,
     sample_rows,
 )
 
@@ -79,6 +80,54 @@ def test_each_row_is_independent_of_the_rest_of_the_batch() -> None:
     full = sample(z, temp, top_k, noise)
     for i in range(b):
         alone = sample(z[i:i + 1], temp[i:i + 1], top_k[i:i + 1], noise[i:i + 1])
+        assert alone[0] == full[i]
+
+
+def test_nucleus_keeps_the_fewest_likeliest_tokens_reaching_top_p() -> None:
+    probs = np.array([0.05, 0.5, 0.2, 0.25])  # ranked: 1 (0.5), 3 (0.25), 2 (0.2), 0 (0.05)
+    for top_p, kept in [(0.1, {1}), (0.5, {1}), (0.51, {1, 3}), (0.75, {1, 3}), (0.76, {1, 3, 2}),
+                        (0.96, {0, 1, 2, 3}), (1e-9, {1})]:
+        z = np.log(probs)[None, :]
+        nucleus_rows(z, np.array([0]), np.array([top_p]))
+        z = z[0]
+        assert set(np.flatnonzero(np.isfinite(z)).tolist()) == kept, top_p
+        assert np.array_equal(z[list(kept)], np.log(probs)[list(kept)])  # kept entries untouched
+
+
+def test_nucleus_orders_ties_by_token_id_and_counts_masked_tokens_as_zero() -> None:
+    z = np.array([[9.0] * 5, [0.0, 1.0, 1.0, -np.inf, 1.0]])  # row 1: three equal likeliest; token 3 masked
+    nucleus_rows(z, np.array([1]), np.array([0.5]))  # each tied token holds ~0.31: two are needed, the lowest ids
+    assert np.flatnonzero(np.isfinite(z[1])).tolist() == [1, 2]
+    assert z[0].tolist() == [9.0] * 5  # rows not named are untouched
+
+
+def test_top_p_bounds_the_support_of_sampling() -> None:
+    n = 4000
+    row = np.log(np.array([0.4, 0.3, 0.2, 0.06, 0.04]))
+    z = np.tile(row, (n, 1))
+    noise = np.random.default_rng(12).gumbel(size=z.shape)
+    temp = np.ones(n)
+    got = sample(z, temp, np.zeros(n, np.int64), noise, top_p=np.full(n, 0.85))
+    assert set(got.tolist()) == {0, 1, 2}
+    freq = np.bincount(got, minlength=5)[:3] / n  # renormalised over the nucleus: 4/9, 3/9, 2/9
+    assert np.abs(freq - np.array([4, 3, 2]) / 9).max() < 0.04, freq
+    off = sample(z, temp, np.zeros(n, np.int64), noise, top_p=np.ones(n))
+    assert set(off.tolist()) == {0, 1, 2, 3, 4}
+    greedy = sample(z, np.zeros(n), np.zeros(n, np.int64), None, top_p=np.full(n, 0.1))
+    assert set(greedy.tolist()) == {0}
+
+
+def test_top_p_rows_are_independent_of_the_rest_of_the_batch() -> None:
+    b, v = 37, 61  # rows that do not start on a vector boundary
+    rng = np.random.default_rng(13)
+    z = rng.normal(0, 3, (b, v))
+    temp = rng.choice([0.0, 0.3, 1.0, 2.5], b)
+    top_k = rng.choice([0, 3, 20], b).astype(np.int64)
+    top_p = rng.choice([1.0, 0.5, 0.9, 0.99], b)
+    noise = np.where(temp[:, None] > 0, rng.gumbel(size=(b, v)), 0.0)
+    full = sample(z, temp, top_k, noise, top_p=top_p)
+    for i in range(b):
+        alone = sample(z[i:i + 1], temp[i:i + 1], top_k[i:i + 1], noise[i:i + 1], top_p=top_p[i:i + 1])
         assert alone[0] == full[i]
 
 

@@ -32,6 +32,7 @@ TARGETS = [
     {"prompt": "The ", "max_tokens": 60},
     {"prompt": "The ", "max_tokens": 60, "temperature": 0.9, "seed": 7},
     {"prompt": "def ", "max_tokens": 40, "temperature": 1.2, "top_k": 12, "seed": 99, "stop": ["\n\n"]},
+    {"prompt": "x = ", "max_tokens": 40, "temperature": 1.5, "top_p": 0.75, "seed": 5},
 ]
 
 
@@ -41,7 +42,8 @@ async def test_same_text_alone_and_among_32_concurrent_generations(server_url: s
     crowd = await Conn.open(server_url)  # a second connection keeps the batch busy
     for i in range(32):
         await crowd.send({**GEN, "id": i, "prompt": ("x", "import ", "A ")[i % 3],
-                          "max_tokens": 10 + 17 * i % 150, "temperature": (0, 0.8, 1.5)[i % 3], "seed": i})
+                          "max_tokens": 10 + 17 * i % 150, "temperature": (0, 0.8, 1.5)[i % 3], "seed": i,
+                          "top_p": (1, 0.9)[i % 2]})
     for i, t in enumerate(TARGETS):
         await conn.send({**GEN, "id": f"busy{i}", **t})
     got = await conn.collect({f"busy{i}" for i in range(len(TARGETS))})
@@ -52,6 +54,26 @@ async def test_same_text_alone_and_among_32_concurrent_generations(server_url: s
         assert (busy_text, busy_last["reason"]) == (text, last["reason"]), TARGETS[i]
     await conn.close()
     await crowd.close()
+
+
+async def test_top_p_narrows_sampling_and_is_bounded(server_url: str) -> None:
+    """``top_p`` is honoured (it used to be ignored as an unknown field): a nucleus too small
+    for a second token is greedy at any temperature, 1 is off; values outside (0, 1] are refused."""
+    conn = await Conn.open(server_url)
+    hot = {"prompt": "The ", "max_tokens": 40, "temperature": 2.0, "seed": 3}
+    greedy, _ = await generate(conn, "g", prompt="The ", max_tokens=40)
+    narrow, _ = await generate(conn, "n", **hot, top_p=1e-9)
+    assert narrow == greedy
+    free, _ = await generate(conn, "f", **hot)
+    assert free != greedy
+    assert (await generate(conn, "off", **hot, top_p=1))[0] == free
+    mid, _ = await generate(conn, "m", **hot, top_p=0.5)
+    assert mid not in (free, greedy)
+    for bad in (0, -0.1, 1.0001, "0.5", True):
+        reply = await conn.request({**GEN, "id": "bad", **hot, "top_p": bad})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", (bad, reply)
+        assert "field 'top_p' must be a number in (0, 1]" in reply["message"]
+    await conn.close()
 
 
 async def test_stop_string_is_not_streamed(server_url: str) -> None:

@@ -62,6 +62,21 @@ async def test_streamed_completion_is_the_same_text_in_chunks(server, client) ->
     assert ws == whole.choices[0].text
 
 
+async def test_top_p_is_honoured_as_on_the_websocket(server, client) -> None:
+    """Nucleus sampling: the same text as the WebSocket ``generate`` with the same fields; a
+    nucleus too small for a second token is greedy whatever the temperature."""
+    args = {"prompt": "It was ", "max_tokens": 40, "temperature": 1.5, "seed": 21}
+    r = client.completions.create(model="charlm", top_p=0.6, **args)
+    ws_text, _ = await _ws_text(server, **args, top_p=0.6)
+    assert r.choices[0].text == ws_text
+    greedy = client.completions.create(model="charlm", prompt="It was ", max_tokens=40, temperature=0)
+    narrow = client.completions.create(model="charlm", top_p=1e-9, **args)
+    assert narrow.choices[0].text == greedy.choices[0].text
+    hot = client.completions.create(model="charlm", top_p=1, **args)  # 1: off
+    assert hot.choices[0].text == client.completions.create(model="charlm", **args).choices[0].text
+    assert hot.choices[0].text not in (r.choices[0].text, greedy.choices[0].text)
+
+
 def test_stop_strings_end_with_finish_reason_stop(client) -> None:
     full = client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0).choices[0].text
     stop = full[10:13]
@@ -87,7 +102,8 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
 @pytest.mark.parametrize(
     "kwargs, param",
     [
-        ({"top_p": 0.9}, "top_p"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
         ({"n": 2}, "n"),
         ({"logprobs": 2}, "logprobs"),
         ({"echo": True}, "echo"),

@@ -179,7 +179,7 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
-        ({"top_p": 0.5}, "top_p"),
+        ({"top_p": -0.5}, "top_p"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),

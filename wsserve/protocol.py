@@ -124,6 +124,9 @@ class GenerationParams:
     - ``top_k`` in [0, :data:`MAX_TOP_K`]: sample only among the k most likely
       tokens (ties at the k-th value are kept); 0, or k >= the vocabulary, is off.
       Ignored when greedy.
+    - ``top_p`` in (0, 1] (nucleus sampling): after top-k, sample only among the
+      fewest most likely tokens whose probability sums to at least ``top_p``
+      (ties ordered by token id); 1 is off.  Ignored when greedy.
     - ``seed``: per-request random generator seed (any int, taken modulo 2**64);
       ``None`` draws a fresh one.  Same seed, same prompt, same params -> same
       text, whatever else is batched with it.
@@ -139,6 +142,7 @@ class GenerationParams:
     max_tokens: int = 64
     temperature: float = 0.0
     top_k: int = 0
+    top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     priority: int = 0
@@ -153,6 +157,9 @@ class GenerationParams:
             raise BadRequest(f"field 'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {shown(t)}")
         if type(self.top_k) is not int or not 0 <= self.top_k <= MAX_TOP_K:
             raise BadRequest(f"field 'top_k' must be an integer in [0, {MAX_TOP_K}], got {shown(self.top_k)}")
+        p = self.top_p
+        if type(p) not in (int, float) or not 0 < p <= 1:  # also refuses NaN
+            raise BadRequest(f"field 'top_p' must be a number in (0, 1], got {shown(p)}")
         if self.seed is not None and type(self.seed) is not int:
             raise BadRequest(f"field 'seed' must be an integer, got {described(self.seed)}")
         stop = self.stop
@@ -408,11 +415,13 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
     seed = obj.get("seed")
     temperature = obj.get("temperature")
     top_k = obj.get("top_k")
+    top_p = obj.get("top_p")
     params = GenerationParams(
         prompt=prompt,
         max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
         temperature=0.0 if temperature is None else float(temperature) if type(temperature) is int else temperature,
         top_k=0 if top_k is None else top_k,
+        top_p=1.0 if top_p is None else float(top_p) if type(top_p) is int else top_p,
         seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,
         stop=stop,
         priority=_priority(obj),

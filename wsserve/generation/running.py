@@ -110,6 +110,7 @@ class RunningSet:
         self._sampled: list[int] = []  # rows that sample, and per sampled row its scale and top-k
         self._scales: list[float] = []
         self._top_ks: list[tuple[int, int]] = []  # (index among the sampled rows, k) with 0 < k < V
+        self._top_ps: list[tuple[int, float]] = []  # (index among the sampled rows, p) with p < 1
 
     # -- membership ----------------------------------------------------------------
     @property
@@ -266,7 +267,7 @@ class RunningSet:
             np.zeros((0, self._k), np.int64)
         self._rows = ()
         self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
-        self._sampled, self._scales, self._top_ks = [], [], []
+        self._sampled, self._scales, self._top_ks, self._top_ps = [], [], [], []
         self._nidx = np.zeros(0, np.int64)
         self._extend(seqs)
 
@@ -283,7 +284,7 @@ class RunningSet:
         self._rows = rows = self._rows + tuple(seqs)
         tick, v, nb = self.tick.value, self._v, self._nb
         nxt, stop_rows, sampled = self._next, self._stop_rows, self._sampled
-        scales, top_ks = self._scales, self._top_ks
+        scales, top_ks, top_ps = self._scales, self._top_ks, self._top_ps
         nidx: list[int] = []
         for i, s in enumerate(seqs, first):
             s._row = i
@@ -298,6 +299,8 @@ class RunningSet:
                 scales.append(max(p.temperature, MIN_TEMPERATURE))
                 if 0 < p.top_k < v:
                     top_ks.append((j, p.top_k))
+                if p.top_p < 1:
+                    top_ps.append((j, p.top_p))
                 nidx.append(s.slot * nb + g % nb)
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
@@ -310,6 +313,8 @@ class RunningSet:
             scale=_scale_rows(scales, v),
             top_k_rows=np.array([j for j, _ in top_ks], np.int64) if top_ks else None,
             top_k=np.array([k for _, k in top_ks], np.int64) if top_ks else None,
+            top_p_rows=np.array([j for j, _ in top_ps], np.int64) if top_ps else None,
+            top_p=np.array([q for _, q in top_ps]) if top_ps else None,
         )
 
     def _refill(self, due: dict[Sequence, None]) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "gumbel_from_bits",
     "new_generator",
     "noise_block_rows",
+    "nucleus_rows",
     "sample",
     "sample_rows",
 ]
@@ -174,18 +175,47 @@ def gumbel_block(rng: np.random.Generator, vocab_size: int, out: np.ndarray | No
     return out
 
 
+def nucleus_rows(z: np.ndarray, rows: np.ndarray, top_p: np.ndarray) -> None:
+    """Top-p (nucleus) filtering of rows ``rows [R]`` of ``z [S, V]``, in place: row ``rows[i]``
+    (float64, already divided by its temperature and top-k masked) keeps the fewest most likely
+    tokens whose probability under ``softmax`` of the row sums to at least ``top_p[i]`` (in
+    ``(0, 1)``); every other entry becomes ``-inf``.  Ties are ranked by token id (a stable
+    sort), so the kept set is a function of the row alone; at least one token is always kept.
+
+    Row purity: sorting, ``cumsum`` along a row (sequential adds), subtraction, multiplication and
+    comparisons are exact or per row whatever the batch; ``exp`` is not exactly rounded and a
+    vectorised call over ``[R, V]`` could treat an element differently depending on where it
+    falls in SIMD blocks that cross row boundaries, so it runs one row at a time (the same
+    ``V``-element call for a row in any batch).  A request's tokens thus stay independent of
+    its neighbours (``tests/test_gen_sampling.py`` checks it)."""
+    sub = z[rows]  # [R, V] a copy
+    order = np.argsort(-sub, axis=1, kind="stable")  # [R, V] most likely first; ties by token id
+    ranked = np.take_along_axis(sub, order, axis=1)
+    ranked -= ranked[:, :1]  # <= 0; -inf (masked) stays -inf
+    probs = np.empty_like(ranked)
+    for i in range(len(rows)):
+        np.exp(ranked[i], out=probs[i])
+    cum = np.cumsum(probs, axis=1)  # [R, V] unnormalised
+    keep = (cum < (top_p * cum[:, -1])[:, None]).sum(axis=1) + 1  # [R] tokens kept, >= 1
+    drop = np.arange(sub.shape[1]) >= keep[:, None]  # [R, V] in ranked order
+    np.put_along_axis(sub, order, np.where(drop, -np.inf, np.take_along_axis(sub, order, axis=1)), axis=1)
+    z[rows] = sub
+
+
 def sample(
     logits: np.ndarray,
     temperature: np.ndarray,
     top_k: np.ndarray,
     noise: np.ndarray | None,
+    top_p: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pick one token per row.
 
     ``logits [B, V]`` float64; ``temperature [B]`` (0 = greedy); ``top_k [B]`` int
     (0 = off); ``noise [B, V]`` Gumbel noise (zero rows for greedy requests), or
-    ``None`` when every row is greedy.  Returns ``[B]`` int64 token ids.
-    Greedy rows take the argmax (first index on ties).
+    ``None`` when every row is greedy; ``top_p [B]`` (1 = off, or ``None``: off for every
+    row), applied after top-k (:func:`nucleus_rows`).  Returns ``[B]`` int64 token ids.
+    Greedy rows take the argmax (first index on ties); they ignore top-k and top-p.
     """
     if noise is None:
         return logits.argmax(axis=1)  # [B]
@@ -198,6 +228,10 @@ def sample(
         kth = np.sort(sub, axis=1)[np.arange(len(rows)), vocab - top_k[rows]]  # [R] k-th largest
         sub[sub < kth[:, None]] = -np.inf
         z[rows] = sub
+    if top_p is not None:
+        p_rows = np.flatnonzero((top_p < 1) & (temperature > 0))
+        if len(p_rows):
+            nucleus_rows(z, p_rows, top_p[p_rows])
     z += noise
     return z.argmax(axis=1)  # [B]
 
@@ -210,14 +244,17 @@ class SampledRows:
     temperatures (``>= MIN_TEMPERATURE``), ``[S, 1]`` or repeated across the
     vocabulary as ``[S, V]`` (the same divisions; contiguous operands divide
     about twice as fast, so small vocabularies get that); ``top_k_rows [R]`` indices *into
-    the S sampled rows* whose ``top_k [R]`` is active (``0 < k < V``), or ``None``.
-    Built once per change of the running set, not per step.
+    the S sampled rows* whose ``top_k [R]`` is active (``0 < k < V``), or ``None``;
+    ``top_p_rows [P]`` indices into the S sampled rows whose ``top_p [P]`` is active
+    (``p < 1``), or ``None``.  Built once per change of the running set, not per step.
     """
 
     rows: np.ndarray | None
     scale: np.ndarray
     top_k_rows: np.ndarray | None
     top_k: np.ndarray | None
+    top_p_rows: np.ndarray | None = None
+    top_p: np.ndarray | None = None
 
 
 def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray | None) -> np.ndarray:
@@ -226,7 +263,7 @@ def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray 
     ``logits [B, V]``; ``spec`` (None: every row greedy); ``noise [S, V]`` Gumbel
     noise of the sampled rows only.  Returns ``[B]`` int64 token ids.  Each row
     goes through exactly the operations :func:`sample` applies to it (divide by
-    its temperature, top-k mask, add its noise, argmax), so the result is bitwise
+    its temperature, top-k mask, top-p mask, add its noise, argmax), so the result is bitwise
     the same as ``sample`` on the full arrays, and independent of the batch.
     """
     if spec is None:
@@ -242,6 +279,8 @@ def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray 
         kth = np.sort(sub, axis=1)[np.arange(len(k_rows)), vocab - spec.top_k]  # [R] k-th largest
         sub[sub < kth[:, None]] = -np.inf
         z[k_rows] = sub
+    if spec.top_p_rows is not None:
+        nucleus_rows(z, spec.top_p_rows, spec.top_p)  # type: ignore[arg-type]
     z += noise
     picks = z.argmax(axis=1)  # [S]
     if rows is None:

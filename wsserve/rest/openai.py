@@ -5,10 +5,11 @@
   engine's :class:`~wsserve.protocol.GenerationParams` plus the stream
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
-  rather than ignored: ``top_p`` other than 1, ``n``/``best_of`` other than 1,
+  rather than ignored: ``n``/``best_of`` other than 1,
   ``echo``, ``logprobs``, ``suffix``, penalties, ``logit_bias``, token-id
-  prompts, several prompts.  ``top_k`` (an extension several servers accept)
-  is taken; ``user`` and unknown fields are ignored.
+  prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  takes it) and ``top_k`` (an extension several servers accept; -1 is off)
+  are taken; ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
   tools, audio, logprobs, JSON output and per-request templates refused by name.
@@ -158,9 +159,8 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
                 messages: tuple[ChatMessage, ...] | None) -> Completion:
     """The sampling and streaming fields both endpoints share, checked, and the result."""
     top_p = obj.get("top_p")
-    if top_p is not None and (type(top_p) not in (int, float) or top_p != 1):
-        raise ParamError("top_p", f"'top_p' is not supported (nucleus sampling); only 1 is accepted, got {top_p!r}. "
-                                  "Use 'temperature' and 'top_k'")
+    if top_p is None:
+        top_p = 1.0
     temperature = obj.get("temperature")
     if temperature is None:
         temperature = 1.0
@@ -199,11 +199,12 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             max_tokens=max_tokens,
             temperature=float(temperature),
             top_k=top_k,
+            top_p=float(top_p) if type(top_p) is int else top_p,
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        field = next((f for f in ("top_k", "stop", "prompt") if f"'{f}'" in exc.message), None)
+        field = next((f for f in ("top_k", "top_p", "stop", "prompt") if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 

@@ -366,6 +366,8 @@ export interface GenerateOptions extends CallOptions {
   maxTokens?: number;
   temperature?: number;
   topK?: number;
+  /** Nucleus sampling, in (0, 1]: sample among the fewest likeliest tokens holding this much probability (1: off). */
+  topP?: number;
   seed?: number;
   stop?: string | string[];
   timeoutMs?: number;

@@ -249,6 +249,11 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     const b = await c.complete('charlm', 'Once ', opts);
     assert.equal(a.text, b.text);
     assert.equal(a.tokens, 40);
+    // topP reaches the server: a nucleus of one token is greedy at any temperature
+    const greedy = await c.complete('charlm', 'Once ', { maxTokens: 40 });
+    const narrow = await c.complete('charlm', 'Once ', { ...opts, temperature: 2, topP: 1e-9 });
+    assert.equal(narrow.text, greedy.text);
+    assert.notEqual(a.text, greedy.text);
   });
 
   it('500 concurrent predicts and 4 generations share one socket without mix-ups', async () => {

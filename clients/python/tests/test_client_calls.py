@@ -230,6 +230,11 @@ async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
         stop = a.text[5]
         s = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42, stop=[stop])
         assert s.reason == "stop" and stop not in s.text and a.text.startswith(s.text)
+        # top_p reaches the server: a nucleus of one token is greedy at any temperature
+        greedy = await c.complete("charlm", "a", max_tokens=30)
+        narrow = await c.complete("charlm", "a", max_tokens=30, temperature=2.0, top_p=1e-9, seed=42)
+        assert narrow.text == greedy.text != (await c.complete("charlm", "a", max_tokens=30, temperature=2.0,
+                                                               seed=42)).text
 
 
 async def test_generate_chat_messages(server: ServerProcess) -> None:

@@ -335,6 +335,7 @@ class Client:
         max_tokens: int | None = None,
         temperature: float | None = None,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
@@ -348,7 +349,8 @@ class Client:
         (``{"role": "system" | "user" | "assistant", "content": str}``, OpenAI's form) sent as
         ``messages``, which the server turns into the prompt with the model's chat template (a
         model without one answers ``bad_request``). ``None`` parameters take the server's
-        defaults (``max_tokens`` 64, greedy, the default version). Returns at once; the request
+        defaults (``max_tokens`` 64, greedy, the default version). ``top_k`` and ``top_p``
+        (nucleus sampling, in (0, 1]) narrow sampling; greedy ignores them. Returns at once; the request
         is sent on first iteration or on ``async with``.
         """
         check_version(version)  # a bad version raises here, not on first iteration
@@ -358,7 +360,7 @@ class Client:
         def make(rid: int, left: float | None) -> bytes:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
-                top_k=top_k, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
+                top_k=top_k, top_p=top_p, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -372,6 +374,7 @@ class Client:
         max_tokens: int | None = None,
         temperature: float | None = None,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
@@ -381,7 +384,7 @@ class Client:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
         :meth:`generate`: text, or chat messages)."""
         gen = self.generate(
-            model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+            model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
             seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
         )
         async with gen:

@@ -193,6 +193,7 @@ def encode_generate(
     max_tokens: int | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
+    top_p: float | None = None,
     seed: int | None = None,
     stop: Sequence[str] | str | None = None,
     timeout: float | None = None,
@@ -218,6 +219,8 @@ def encode_generate(
         frame["temperature"] = temperature
     if top_k is not None:
         frame["top_k"] = top_k
+    if top_p is not None:
+        frame["top_p"] = top_p
     if seed is not None:
         frame["seed"] = seed
     if stop is not None:
