@@ -49,6 +49,7 @@ from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
 from .pool import ModelEntry, ModelPool, check_describable, is_generative
 from .repository import (
+    MODEL_FILES,
     LoadVersion,
     ModelConfig,
     ModelLoadError,
@@ -92,8 +93,11 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
     def run() -> None:
         try:
             result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting task
             ok, value = False, exc
+        except BaseException as exc:  # noqa: BLE001 - a model's sys.exit() or KeyboardInterrupt: raised
+            # as such in the awaiting task, asyncio would let it stop the event loop (the server)
+            ok, value = False, RuntimeError(f"{type(exc).__name__}: {exc}")
         else:
             ok, value = True, result
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
@@ -111,12 +115,20 @@ def _servable(model: Any, name: str) -> Any:
 
 
 def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
-    """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError``."""
+    """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
+    nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
+    ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file."""
     assert mscan.config is not None
     vscan = mscan.version(version)
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
         raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
-    model = load_version(name, version, path, mscan.config)
+    try:
+        model = load_version(name, version, path, mscan.config)
+    except ModelLoadError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
+        model_file = vscan.path / MODEL_FILES[vscan.backend] if vscan is not None and vscan.backend else path
+        raise ModelLoadError(model_file, f"{type(exc).__name__}: {exc}") from exc
     try:
         model.warmup()
         model.version_figures()  # reads the file system: here, off the event loop, once
@@ -127,11 +139,20 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
             raise ModelLoadError(getattr(model, "path", path), f"its metrics or figures are not JSON ({exc})") from None
         return servable
     except ModelLoadError:
-        model.close()
+        _close_failed(model)
         raise
-    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
-        model.close()
+    except BaseException as exc:  # noqa: BLE001 - e.g. a generative model that breaks its interface: name its file
+        _close_failed(model)
         raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
+
+
+def _close_failed(model: Any) -> None:
+    """Close a version that failed to load; what ``close()`` raises is logged, not raised (the
+    load's own error is the one to report)."""
+    try:
+        model.close()
+    except BaseException:  # noqa: BLE001 - the model's own Model.close()
+        log.exception("closing model %r version %s after its failed load raised", model.name, model.version)
 
 
 class _ModelLock:

@@ -76,7 +76,7 @@ def exec_model_file(path: Path, name: str, version: int) -> ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise ModelLoadError(path, f"SyntaxError: {exc.msg} (line {exc.lineno})") from None
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
         raise ModelLoadError(path, f"executing it raised {type(exc).__name__}: {exc}") from exc
     finally:
         sys.modules.pop(module_name, None)
@@ -118,7 +118,7 @@ class PythonModel(RepositoryModel):
             self.inputs = self.outputs = ()
         try:
             self.model: Any = cls(self.path.parent)
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
             raise ModelLoadError(self.path, f"Model({str(self.path.parent)!r}) raised {type(exc).__name__}: {exc}") from exc
         self._flops = config.flops_per_row or self._model_flops()
         params = getattr(self.model, "parameters", 0)  # may be a method (torch): then unknown
