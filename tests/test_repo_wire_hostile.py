@@ -6,6 +6,10 @@ every other model keep serving.
   ``sys.exit()``, whose ``parameters`` property raises, or whose ``close()`` raises after its
   warm-up failed: each version ends ``failed`` (not ``loading`` forever), naming ``model.py``
   and the exception; the server does not exit.
+- Serving: a cheap ``model.py`` (its batches run on the event loop) whose ``predict`` calls
+  ``sys.exit()`` on one row, and a generative one whose ``encode``, ``chat_prompt`` or
+  ``logits`` does on one prompt: that request ends with ``internal`` naming the exception, the
+  next requests are served.
 """
 
 from __future__ import annotations
@@ -60,6 +64,53 @@ LOAD_FAILURES = {
 }
 
 
+#: Its batches run inline (flops_per_row 4): a row holding 5 calls sys.exit(4) on the event loop.
+EXITS_PY = """
+import sys
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+    def predict(self, batch):
+        if (batch == 5).any():
+            sys.exit(4)
+        return batch[:, :1]
+    def flops_per_row(self):
+        return 4
+"""
+
+#: Generative, its steps inline: encode("exit") calls sys.exit(5), chat_prompt of a message
+#: "exit" sys.exit(6), logits of a context ending in "b" sys.exit(7); otherwise it says "aaa...".
+GEN_EXITS_PY = """
+import sys
+
+import numpy as np
+
+class Model:
+    task = "generation"
+    vocabulary = ["a", "b", "c"]
+    context_len = 2
+    def __init__(self, version_dir):
+        pass
+    def encode(self, prompt):
+        if prompt == "exit":
+            sys.exit(5)
+        return [self.vocabulary.index(c) for c in prompt if c in self.vocabulary]
+    def chat_prompt(self, messages):
+        if messages[-1]["content"] == "exit":
+            sys.exit(6)
+        return messages[-1]["content"]
+    def logits(self, contexts):
+        if (contexts[:, -1] == 1).any():
+            sys.exit(7)
+        out = np.zeros((len(contexts), 3))
+        out[:, 0] = 1.0
+        return out
+    def flops_per_row(self):
+        return 1
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repository")
@@ -70,6 +121,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / name).mkdir()
         (root / name / "config.toml").write_text(AFFINE_CONFIG)
         write_py(root / name / "1", source)
+    (root / "exits").mkdir()
+    (root / "exits" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(root / "exits" / "1", EXITS_PY)
+    (root / "genexits").mkdir()
+    (root / "genexits" / "config.toml").write_text('task = "generation"\n')
+    write_py(root / "genexits" / "1", GEN_EXITS_PY)
     return root
 
 
@@ -91,4 +148,35 @@ async def test_model_code_that_raises_anything_while_loading_fails_its_version_o
     reply = await predict(conn, 1, "good", ROWS)
     await conn.close()
     assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 1.0), reply
+    assert server.proc.poll() is None
+
+
+async def test_a_cheap_predict_that_calls_sys_exit_fails_its_request_only(server: ServerProcess) -> None:
+    conn = await Conn.open(server.url)
+    bad = await predict(conn, "bad", "exits", [[5.0, 0.0, 0.0]])
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert "model 'exits'" in bad["message"] and "SystemExit: 4" in bad["message"], bad
+    ok = await predict(conn, "ok", "exits", [[1.0, 0.0, 0.0]])
+    assert ok["type"] == "result" and ok["outputs"] == [[1.0]], ok
+    await conn.close()
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("fields, exit_status", [
+    ({"prompt": "exit"}, 5),
+    ({"messages": [{"role": "user", "content": "exit"}]}, 6),
+    ({"prompt": "b"}, 7),
+], ids=["encode", "chat_prompt", "logits"])
+async def test_generative_model_code_that_calls_sys_exit_fails_its_request_only(
+        server: ServerProcess, fields: dict[str, object], exit_status: int) -> None:
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "generate", "id": "bad", "model": "genexits", "max_tokens": 3, **fields})
+    _, bad = await conn.until_terminal("bad")
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert f"SystemExit: {exit_status}" in bad["message"], bad
+    await conn.send({"type": "generate", "id": "ok", "model": "genexits", "max_tokens": 3, "prompt": "c"})
+    frames, ok = await conn.until_terminal("ok")
+    await conn.close()
+    assert ok["type"] == "done", ok
+    assert "".join(f["text"] for f in frames if f["type"] == "token") == "aaa", frames
     assert server.proc.poll() is None

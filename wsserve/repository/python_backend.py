@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.base import PredictiveModel
+from ..models.base import PredictiveModel, call_model_code
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import TASKS, ModelConfig, TensorConfig
 from .errors import ModelLoadError
@@ -147,7 +147,7 @@ class PythonModel(RepositoryModel):
 
     def _call(self, batch: Batch) -> Batch:
         n = len(batch) if not isinstance(batch, dict) else len(next(iter(batch.values())))
-        return check_outputs(self.model.predict(batch), self.outputs, n)
+        return check_outputs(call_model_code(self.model.predict, batch), self.outputs, n)
 
     def predict(self, batch: Batch) -> Batch:
         """Calls ``Model.predict`` and checks its result (``ValueError`` naming the output if wrong)."""
@@ -197,7 +197,7 @@ class _GradientView(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``Model.input_gradient(x, target)`` as float64 ``[n, d]``; ``ValueError`` if it returns anything else."""
-        g = self._outer.model.input_gradient(x, target)
+        g = call_model_code(self._outer.model.input_gradient, x, target)
         if not isinstance(g, np.ndarray) or g.shape != x.shape or g.dtype.kind not in "fiu":
             got = f"{g.dtype} {list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
             raise ValueError(f"Model.input_gradient must return a numeric array of shape {list(x.shape)}, got {got}")
