@@ -140,6 +140,19 @@ def test_bad_crc(tmp_path: Path) -> None:
     assert "unreadable (BadZipFile: Bad CRC-32" in _load_error(path)
 
 
+def test_encrypted_member(tmp_path: Path) -> None:
+    """zipfile raises RuntimeError for an encrypted member: still a ModelLoadError naming the file."""
+    path = _write(tmp_path / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    data = bytearray(path.read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags] |= 1  # general purpose bit 0: encrypted
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    assert "unreadable (RuntimeError:" in _load_error(path) and "encrypted" in _load_error(path)
+
+
 class _Payload:
     """Unpickling this creates ``sentinel``: proof that a loader ran pickle."""
 
