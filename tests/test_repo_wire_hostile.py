@@ -10,6 +10,8 @@ every other model keep serving.
   ``sys.exit()`` on one row, and a generative one whose ``encode``, ``chat_prompt`` or
   ``logits`` does on one prompt: that request ends with ``internal`` naming the exception, the
   next requests are served.
+- The layout: a symlink loop named like a model or a version (``is_dir()`` raises ``ELOOP``) is
+  ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.repo_models import AFFINE_CONFIG, affine, write_affine, write_py
-from tests.repo_wire import predict, states, wait_models
+from tests.repo_models import AFFINE_CONFIG, affine, move_in, write_affine, write_py
+from tests.repo_wire import predict, states, wait_models, wait_watching
 from tests.support import Conn, ServerProcess
 
 ROWS = [[1.0, 2.0, 3.0]]
@@ -180,3 +182,21 @@ async def test_generative_model_code_that_calls_sys_exit_fails_its_request_only(
     assert ok["type"] == "done", ok
     assert "".join(f["text"] for f in frames if f["type"] == "token") == "aaa", frames
     assert server.proc.poll() is None
+
+
+async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path) -> None:
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    (repo / "loop").symlink_to(repo / "loop")  # a model name that loops
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
+        wait_watching(srv, repo)
+        (repo / "good" / "7").symlink_to(repo / "good" / "7")  # a version that loops
+        write_affine(repo / "good" / ".2.tmp", bias=2.0)
+        move_in(repo / "good" / ".2.tmp", repo / "good" / "2")
+        wait_models(srv, "good", "version 2 served", lambda e: e is not None and e["version"] == "2")
+        conn = await Conn.open(srv.url)
+        reply = await predict(conn, 1, "good", ROWS)
+        await conn.close()
+        assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 2.0), reply

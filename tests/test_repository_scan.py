@@ -233,6 +233,19 @@ def test_bad_model_does_not_hide_the_others(repo: Path) -> None:
     assert plan(None, s)[:2] == [ReportError("a", None, s.model("a").error), ReportError("b", None, s.model("b").error)]  # type: ignore[union-attr, arg-type]
 
 
+def test_symlink_loops_are_ignored_not_raised(repo: Path) -> None:
+    """A symlink loop named like a model or a version: ``is_dir()`` raises ELOOP; scan raised it,
+    so one loop anywhere stopped the server from starting (and every --reload rescan)."""
+    (repo / "loop").symlink_to(repo / "loop")
+    (repo / "a" / "7").symlink_to(repo / "a" / "7")
+    s = scan(repo)
+    assert s.error is None and s.names == ("a", "b", "c")
+    assert Ignored(repo / "loop", "cannot be read (Too many levels of symbolic links)") in s.ignored
+    a = s.model("a")
+    assert a is not None and a.loadable == (1, 2, 10)
+    assert Ignored(repo / "a" / "7", "cannot be read (Too many levels of symbolic links)") in a.ignored
+
+
 @pytest.mark.parametrize("how", ["scan", "load_config"])
 def test_a_config_toml_that_is_a_fifo_is_an_error_not_a_hang(repo: Path, how: str) -> None:
     """Opening a FIFO for reading waits for a writer: the scan (and with it every hot reload and
