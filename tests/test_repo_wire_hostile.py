@@ -12,6 +12,7 @@ every other model keep serving.
   next requests are served.
 - The layout: a symlink loop named like a model or a version (``is_dir()`` raises ``ELOOP``) is
   ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
+  Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits).
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path)
     (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
     write_affine(repo / "good" / "1", bias=1.0)
     (repo / "loop").symlink_to(repo / "loop")  # a model name that loops
+    (repo / "good" / "01").mkdir()
+    (repo / "good" / "1234567890123456").mkdir()
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
         wait_watching(srv, repo)
         (repo / "good" / "7").symlink_to(repo / "good" / "7")  # a version that loops
@@ -200,3 +203,9 @@ async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path)
         reply = await predict(conn, 1, "good", ROWS)
         await conn.close()
         assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 2.0), reply
+        log = srv.stderr_text()
+    loop = "cannot be read (Too many levels of symbolic links)"
+    number = "not a version number (a positive integer of at most 15 digits, without leading zeros)"
+    for path, reason in ((repo / "loop", loop), (repo / "good" / "7", loop), (repo / "good" / "01", number),
+                         (repo / "good" / "1234567890123456", number)):
+        assert log.count(f"WARNING wsserve.registry: ignored {path}: {reason}\n") == 1, (path, log[-3000:])

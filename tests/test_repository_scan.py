@@ -72,7 +72,7 @@ def test_scan_reports_everything_where_it_is(repo: Path) -> None:
     assert [v.version for v in a.versions] == [1, 2, 10]  # numeric order: 10 > 2
     assert all(v.backend == "onnx" and v.error is None and len(v.fingerprint) == 64 for v in a.versions)
     assert a.selected == (1, 2, 10)
-    not_version = "not a version number (a positive integer without leading zeros)"
+    not_version = "not a version number (a positive integer of at most 15 digits, without leading zeros)"
     assert {(i.path.name, i.reason) for i in a.ignored} == {
         (".hidden", "hidden"), ("0", not_version), ("07", not_version), ("3.tmp", not_version),
         ("notes.txt", not_version), ("5", "a version must be a directory"),

@@ -50,6 +50,7 @@ from .generation.model import TokenModelAdapter
 from .pool import ModelEntry, ModelPool, check_describable, is_generative
 from .repository import (
     MODEL_FILES,
+    Ignored,
     LoadVersion,
     ModelConfig,
     ModelLoadError,
@@ -153,6 +154,18 @@ def _close_failed(model: Any) -> None:
         model.close()
     except BaseException:  # noqa: BLE001 - the model's own Model.close()
         log.exception("closing model %r version %s after its failed load raised", model.name, model.version)
+
+
+def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) -> None:
+    """Log each entry ``current`` ignores that ``previous`` did not (so once, when it appears), with
+    the reason: a warning (``v1/``, ``01/``, a file where a version directory belongs, a symlink
+    loop), or a debug line for a hidden one (``.git``, a version being built as ``.4.tmp``)."""
+
+    def ignored(s: RepositoryScan | None) -> set[Ignored]:
+        return set() if s is None else {*s.ignored, *(i for m in s.models for i in m.ignored)}
+
+    for item in sorted(ignored(current) - ignored(previous), key=lambda i: str(i.path)):
+        log.log(logging.DEBUG if item.reason == "hidden" else logging.WARNING, "ignored %s: %s", item.path, item.reason)
 
 
 class _ModelLock:
@@ -356,6 +369,7 @@ class ModelRegistry:
         if current.error is not None:
             log.error("model repository %s: %s", repo, current.error)
             return []  # keep planning from the last good scan
+        _report_ignored(previous, current)
         self._scans[repo] = current
         per_model: dict[str, list[Any]] = {}
         for action in plan(previous, current):

@@ -198,7 +198,7 @@ def _scan_model(path: Path, name: str) -> ModelScan:
             continue
         version = parse_version(entry.name)
         if version is None:
-            ignored.append(Ignored(p, "not a version number (a positive integer without leading zeros)"))
+            ignored.append(Ignored(p, "not a version number (a positive integer of at most 15 digits, without leading zeros)"))
         elif (why := _unreadable(entry)) is not None:
             ignored.append(Ignored(p, why))
         elif not entry.is_dir():
