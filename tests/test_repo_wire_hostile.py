@@ -10,6 +10,8 @@ every other model keep serving.
   ``sys.exit()`` on one row, and a generative one whose ``encode``, ``chat_prompt`` or
   ``logits`` does on one prompt: that request ends with ``internal`` naming the exception, the
   next requests are served.
+- Outputs: an int64 result for an int32 output whose value int32 cannot hold fails its request
+  with ``internal`` naming the value (it was wrapped around, a silently wrong answer).
 - The layout: a symlink loop named like a model or a version (``is_dir()`` raises ``ELOOP``) is
   ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
   Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits).
@@ -114,6 +116,18 @@ class Model:
 """
 
 
+#: output_dtype int32, computed in int64: first value * 2**30 (2 -> 2**31, beyond int32).
+WIDE_PY = """
+import numpy as np
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+    def predict(self, batch):
+        return batch[:, :1].astype(np.int64) * 2**30
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repository")
@@ -127,6 +141,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "exits").mkdir()
     (root / "exits" / "config.toml").write_text(AFFINE_CONFIG)
     write_py(root / "exits" / "1", EXITS_PY)
+    (root / "wide").mkdir()
+    (root / "wide" / "config.toml").write_text(AFFINE_CONFIG + 'output_dtype = "int32"\n')
+    write_py(root / "wide" / "1", WIDE_PY)
     (root / "genexits").mkdir()
     (root / "genexits" / "config.toml").write_text('task = "generation"\n')
     write_py(root / "genexits" / "1", GEN_EXITS_PY)
@@ -183,6 +200,16 @@ async def test_generative_model_code_that_calls_sys_exit_fails_its_request_only(
     assert ok["type"] == "done", ok
     assert "".join(f["text"] for f in frames if f["type"] == "token") == "aaa", frames
     assert server.proc.poll() is None
+
+
+async def test_an_integer_output_beyond_its_declared_dtype_fails_instead_of_wrapping(server: ServerProcess) -> None:
+    conn = await Conn.open(server.url)
+    ok = await predict(conn, "ok", "wide", [[1.0, 0.0, 0.0], [-2.0, 0.0, 0.0]])
+    assert ok["type"] == "result" and ok["outputs"] == [[2**30], [-(2**31)]], ok
+    bad = await predict(conn, "bad", "wide", [[2.0, 0.0, 0.0]])
+    await conn.close()
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert "output 'output' holds 2147483648, which does not fit its dtype int32" in bad["message"], bad
 
 
 async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path) -> None:
