@@ -12,6 +12,10 @@ every other model keep serving.
   next requests are served.
 - Outputs: an int64 result for an int32 output whose value int32 cannot hold fails its request
   with ``internal`` naming the value (it was wrapped around, a silently wrong answer).
+- Undecodable file names: in a repository whose path holds byte 0xff (Python's ``\udcff``), a
+  version that fails to load and a request whose model names a missing file fail with that path
+  in the reason and the message, escaped, and ``models`` still lists every model (a lone surrogate
+  made the list fail to encode, for every model: ``GET /v1/models`` answered 500).
 - The layout: a symlink loop named like a model or a version (``is_dir()`` raises ``ELOOP``) is
   ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
   Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits).
@@ -19,13 +23,14 @@ every other model keep serving.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.repo_models import AFFINE_CONFIG, affine, move_in, write_affine, write_py
-from tests.repo_wire import predict, states, wait_models, wait_watching
+from tests.repo_wire import models_http, predict, states, wait_models, wait_watching
 from tests.support import Conn, ServerProcess
 
 ROWS = [[1.0, 2.0, 3.0]]
@@ -236,3 +241,58 @@ async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path)
     for path, reason in ((repo / "loop", loop), (repo / "good" / "7", loop), (repo / "good" / "01", number),
                          (repo / "good" / "1234567890123456", number)):
         assert log.count(f"WARNING wsserve.registry: ignored {path}: {reason}\n") == 1, (path, log[-3000:])
+
+
+#: Reads ``later.txt`` of its version directory on a row holding 5 (there is none).
+READS_LATER_PY = """
+from pathlib import Path
+
+class Model:
+    def __init__(self, version_dir):
+        self.later = Path(version_dir) / "later.txt"
+    def predict(self, batch):
+        if (batch == 5).any():
+            self.later.read_text()
+        return batch[:, :1]
+"""
+
+
+#: Model() reads ``weights.bin`` of its version directory (there is none).
+MISSING_WEIGHTS_PY = """
+from pathlib import Path
+
+class Model:
+    def __init__(self, version_dir):
+        (Path(version_dir) / "weights.bin").read_bytes()
+    def predict(self, batch):
+        return batch[:, :1]
+"""
+
+
+async def test_a_path_with_an_undecodable_byte_in_a_reason_or_message_breaks_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / os.fsdecode(b"repo-\xff")
+    shown = str(repo).replace("\udcff", "\\udcff")  # how JSON text shows it
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    (repo / "broken").mkdir()
+    (repo / "broken" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(repo / "broken" / "1", MISSING_WEIGHTS_PY)
+    (repo / "later").mkdir()
+    (repo / "later" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(repo / "later" / "1", READS_LATER_PY)
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        listed = models_http(srv)  # 500 before: the failed version's reason holds the path
+        assert states(listed["good"]) == {"1": "ready"} and states(listed["later"]) == {"1": "ready"}
+        (version,) = listed["broken"]["versions"]
+        assert version["state"] == "failed", version
+        assert f"{shown}/broken/1/weights.bin" in version["reason"], version
+        conn = await Conn.open(srv.url)
+        bad = await predict(conn, "bad", "later", [[5.0, 0.0, 0.0]])
+        assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+        assert f"No such file or directory: '{shown}/later/1/later.txt'" in bad["message"], bad
+        ok = await predict(conn, "ok", "good", ROWS)
+        assert ok["type"] == "result" and ok["outputs"] == affine(ROWS, 1.0), ok
+        reply = await conn.request({"type": "models", "id": "m"})
+        await conn.close()
+    assert reply["type"] == "models" and {m["name"] for m in reply["models"]} == {"good", "broken", "later"}, reply
