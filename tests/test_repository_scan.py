@@ -246,6 +246,26 @@ def test_symlink_loops_are_ignored_not_raised(repo: Path) -> None:
     assert Ignored(repo / "a" / "7", "cannot be read (Too many levels of symbolic links)") in a.ignored
 
 
+def test_a_version_directory_that_cannot_be_searched_is_an_error_of_that_version(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory that may be listed but not searched (``chmod -R 644``; a server not run as root):
+    ``Path.is_file()`` of its model file raises PermissionError, which escaped scan, so the server did
+    not start (and no --reload rescan applied anything any more).  Root is never refused: faked here."""
+    blocked = repo / "a" / "2"
+    is_file = Path.is_file
+
+    def refusing(self: Path) -> bool:
+        if self.parent == blocked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", refusing)
+    s = scan(repo)
+    a = s.model("a")
+    assert a is not None and a.loadable == (1, 10)
+    assert a.version(2).error == f"{blocked}: cannot be read (Permission denied)"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("how", ["scan", "load_config"])
 def test_a_config_toml_that_is_a_fifo_is_an_error_not_a_hang(repo: Path, how: str) -> None:
     """Opening a FIFO for reading waits for a writer: the scan (and with it every hot reload and
