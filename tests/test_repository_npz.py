@@ -334,6 +334,10 @@ def test_npz_model_checks_config_against_the_file(tmp_path: Path) -> None:
         load_version("linear", 1, vdir, parse_config('output_dtype = "float32"'))
     with pytest.raises(ModelLoadError, match="max_batch_size = 0 .* does not apply to model.npz"):
         load_version("linear", 1, vdir, parse_config("max_batch_size = 0"))
+    with pytest.raises(ModelLoadError) as info:  # it was listed as generative, and refused every generate
+        load_version("linear", 1, vdir, parse_config('task = "generation"'))
+    assert str(info.value) == (f'{vdir / "model.npz"}: config.toml says task = "generation", but a linear model '
+                               "is not generative (it serves predict)")
     model = load_version("linear", 1, vdir, parse_config('task = "other"\nflops_per_row = 99'))
     assert model.info.task == "other" and model.flops_per_row() == 99
 
