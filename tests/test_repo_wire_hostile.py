@@ -18,7 +18,9 @@ every other model keep serving.
   made the list fail to encode, for every model: ``GET /v1/models`` answered 500).
 - The layout: a symlink loop named like a model or a version (``is_dir()`` raises ``ELOOP``) is
   ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
-  Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits).
+  Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits), and
+  so is a model with nothing to serve (no version directory, or a ``version_policy`` that selects
+  none): the ``models`` list does not show it.
 """
 
 from __future__ import annotations
@@ -225,6 +227,11 @@ async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path)
     (repo / "loop").symlink_to(repo / "loop")  # a model name that loops
     (repo / "good" / "01").mkdir()
     (repo / "good" / "1234567890123456").mkdir()
+    (repo / "empty").mkdir()
+    (repo / "empty" / "config.toml").write_text(AFFINE_CONFIG)
+    (repo / "unselected").mkdir()
+    (repo / "unselected" / "config.toml").write_text(AFFINE_CONFIG + "version_policy = { specific = [5] }\n")
+    write_affine(repo / "unselected" / "1", bias=1.0)
     with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
         wait_watching(srv, repo)
         (repo / "good" / "7").symlink_to(repo / "good" / "7")  # a version that loops
@@ -241,6 +248,10 @@ async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path)
     for path, reason in ((repo / "loop", loop), (repo / "good" / "7", loop), (repo / "good" / "01", number),
                          (repo / "good" / "1234567890123456", number)):
         assert log.count(f"WARNING wsserve.registry: ignored {path}: {reason}\n") == 1, (path, log[-3000:])
+    assert log.count(f"WARNING wsserve.registry: model 'empty' ({repo / 'empty'}) has no version directory "
+                     "(1/, 2/, ...): nothing to serve\n") == 1, log[-3000:]
+    assert log.count(f"WARNING wsserve.registry: model 'unselected' ({repo / 'unselected'}): version_policy selects "
+                     "none of its versions (1): nothing to serve\n") == 1, log[-3000:]
 
 
 #: Reads ``later.txt`` of its version directory on a row holding 5 (there is none).

@@ -168,6 +168,25 @@ def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) ->
         log.log(logging.DEBUG if item.reason == "hidden" else logging.WARNING, "ignored %s: %s", item.path, item.reason)
 
 
+def _report_nothing_to_serve(previous: RepositoryScan | None, current: RepositoryScan) -> None:
+    """Warn once about each model (valid config.toml) that has nothing to serve: no version
+    directory, or a ``version_policy`` that selects none of those present (the ``models`` list
+    would not show it at all)."""
+    for m in current.models:
+        if m.config is None or m.selected:
+            continue
+        before = previous.model(m.name) if previous is not None else None
+        if before is not None and before.config is not None and not before.selected \
+                and [v.version for v in before.versions] == [v.version for v in m.versions] \
+                and before.config.version_policy == m.config.version_policy:
+            continue  # said already
+        if not m.versions:
+            log.warning("model %r (%s) has no version directory (1/, 2/, ...): nothing to serve", m.name, m.path)
+        else:
+            log.warning("model %r (%s): version_policy selects none of its versions (%s): nothing to serve", m.name,
+                        m.path, ", ".join(str(v.version) for v in m.versions))
+
+
 class _ModelLock:
     """One model's lock and how many hold or wait for it."""
 
@@ -370,6 +389,7 @@ class ModelRegistry:
             log.error("model repository %s: %s", repo, current.error)
             return []  # keep planning from the last good scan
         _report_ignored(previous, current)
+        _report_nothing_to_serve(previous, current)
         self._scans[repo] = current
         per_model: dict[str, list[Any]] = {}
         for action in plan(previous, current):
