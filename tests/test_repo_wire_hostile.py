@@ -3,8 +3,8 @@ or its ``model.py`` do, that version fails with a reason naming its file, and th
 every other model keep serving.
 
 - Loading: a ``model.py`` whose ``Model()`` raises ``KeyboardInterrupt``, whose warm-up calls
-  ``sys.exit()``, whose ``parameters`` property raises, or whose ``close()`` raises after its
-  warm-up failed: each version ends ``failed`` (not ``loading`` forever), naming ``model.py``
+  ``sys.exit()``, whose ``parameters`` or ``input_gradient`` property raises (the latter was read
+  on the event loop), or whose ``close()`` raises after its warm-up failed: each version ends ``failed`` (not ``loading`` forever), naming ``model.py``
   and the exception; the server does not exit.
 - Serving: a cheap ``model.py`` (its batches run on the event loop) whose ``predict`` calls
   ``sys.exit()`` on one row, and a generative one whose ``encode``, ``chat_prompt`` or
@@ -64,6 +64,27 @@ LOAD_FAILURES = {
             def predict(self, batch):
                 return batch[:, :1]
         """, "RuntimeError: no parameters here"),
+    "gradient-raises": ("""
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            def predict(self, batch):
+                return batch[:, :1]
+            @property
+            def input_gradient(self):
+                raise RuntimeError("no gradient today")
+        """, "Model.input_gradient raised RuntimeError: no gradient today"),
+    "gradient-exits": ("""
+        import sys
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            def predict(self, batch):
+                return batch[:, :1]
+            @property
+            def input_gradient(self):
+                sys.exit(6)
+        """, "Model.input_gradient raised SystemExit: 6"),
     "close-raises": ("""
         class Model:
             def __init__(self, version_dir):

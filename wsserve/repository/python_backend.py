@@ -125,6 +125,11 @@ class PythonModel(RepositoryModel):
         metrics = getattr(self.model, "metrics", None) or {}
         if not isinstance(metrics, dict):
             raise ModelLoadError(self.path, f"Model.metrics must be a dict, got {type(metrics).__name__}")
+        try:  # read once, here in the load's thread: the server asks for it on the event loop
+            gradient = None if self.generative else getattr(self.model, "input_gradient", None)
+        except BaseException as exc:  # noqa: BLE001 - a property of the model's: sys.exit() included
+            raise ModelLoadError(self.path, f"Model.input_gradient raised {type(exc).__name__}: {exc}") from exc
+        self._gradient = gradient if callable(gradient) else None
         self.info = make_info(
             self,
             task=task,
@@ -167,7 +172,7 @@ class PythonModel(RepositoryModel):
 
     def explain_model(self) -> PredictiveModel | None:
         """A view whose ``input_gradient`` calls ``Model.input_gradient`` (checked), if the class has one."""
-        if self.generative or not callable(getattr(self.model, "input_gradient", None)):
+        if self._gradient is None:
             return None
         return _GradientView(self)
 
@@ -197,7 +202,7 @@ class _GradientView(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``Model.input_gradient(x, target)`` as float64 ``[n, d]``; ``ValueError`` if it returns anything else."""
-        g = call_model_code(self._outer.model.input_gradient, x, target)
+        g = call_model_code(self._outer._gradient, x, target)
         if not isinstance(g, np.ndarray) or g.shape != x.shape or g.dtype.kind not in "fiu":
             got = f"{g.dtype} {list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
             raise ValueError(f"Model.input_gradient must return a numeric array of shape {list(x.shape)}, got {got}")
