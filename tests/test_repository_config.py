@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from wsserve.repository import ConfigError, ModelConfig, TensorConfig, VersionPolicy, load_config, parse_config
+from wsserve.repository import (
+    ConfigError,
+    ModelConfig,
+    TensorConfig,
+    VersionPolicy,
+    load_config,
+    parse_config,
+)
 
 P = Path("/repo/m/config.toml")
 
@@ -156,6 +163,8 @@ def test_too_many_named_inputs() -> None:
         (b"input_shape = [", ["is not valid TOML"]),
         (b"a = 1\na = 2", ["is not valid TOML"]),
         (b"\xff\xfe", ["is not UTF-8"]),
+        # what a Windows editor may write: tomllib said only "Invalid statement (at line 1, column 1)"
+        pytest.param(b"\xef\xbb\xbftask = 'regression'\n", ["starts with a byte order mark (BOM)"], id="bom"),
         (b"#" * (64 * 1024 + 1), ["bytes; at most 65536"]),
         # tomllib recurses once per nesting level: these used to escape as RecursionError
         pytest.param(b"a = " + b"[" * 30000 + b"]" * 30000, ["is not valid TOML", "nested too deeply"], id="deep-arrays"),

@@ -57,6 +57,14 @@ def test_a_failing_fill_leaves_nothing(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "m") == []
 
 
+def test_a_symlink_loop_named_like_a_version_is_no_version(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    add_version(model_dir, _fill_linear)
+    (model_dir / "5").symlink_to(model_dir / "5")
+    assert existing_versions(model_dir) == [1]
+    assert add_version(model_dir, _fill_linear).version == 2
+
+
 def test_numbers_follow_the_servers_rules(tmp_path: Path) -> None:
     """The next number is counted over the versions a server serves: a symlinked version directory
     (served) used to be skipped, so a new version numbered below it and was not the newest; '0'

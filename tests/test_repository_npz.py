@@ -140,6 +140,19 @@ def test_bad_crc(tmp_path: Path) -> None:
     assert "unreadable (BadZipFile: Bad CRC-32" in _load_error(path)
 
 
+def test_encrypted_member(tmp_path: Path) -> None:
+    """zipfile raises RuntimeError for an encrypted member: still a ModelLoadError naming the file."""
+    path = _write(tmp_path / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    data = bytearray(path.read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags] |= 1  # general purpose bit 0: encrypted
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    assert "unreadable (RuntimeError:" in _load_error(path) and "encrypted" in _load_error(path)
+
+
 class _Payload:
     """Unpickling this creates ``sentinel``: proof that a loader ran pickle."""
 
@@ -321,6 +334,10 @@ def test_npz_model_checks_config_against_the_file(tmp_path: Path) -> None:
         load_version("linear", 1, vdir, parse_config('output_dtype = "float32"'))
     with pytest.raises(ModelLoadError, match="max_batch_size = 0 .* does not apply to model.npz"):
         load_version("linear", 1, vdir, parse_config("max_batch_size = 0"))
+    with pytest.raises(ModelLoadError) as info:  # it was listed as generative, and refused every generate
+        load_version("linear", 1, vdir, parse_config('task = "generation"'))
+    assert str(info.value) == (f'{vdir / "model.npz"}: config.toml says task = "generation", but a linear model '
+                               "is not generative (it serves predict)")
     model = load_version("linear", 1, vdir, parse_config('task = "other"\nflops_per_row = 99'))
     assert model.info.task == "other" and model.flops_per_row() == 99
 

@@ -17,7 +17,12 @@ pytest.importorskip("onnxruntime")
 
 from tests import onnx_builders as ob  # noqa: E402
 from wsserve.errors import InvalidInput  # noqa: E402
-from wsserve.repository import ModelLoadError, convert_inputs, load_version, parse_config  # noqa: E402
+from wsserve.repository import (  # noqa: E402
+    ModelLoadError,
+    convert_inputs,
+    load_version,
+    parse_config,
+)
 
 RNG = np.random.default_rng(1)
 OPSET_SKL = 17
@@ -186,6 +191,8 @@ def test_symbolic_feature_dimension_needs_config(tmp_path: Path) -> None:
         ('[[inputs]]\nname = "z"', "config.toml names input 'z', which the model does not have (it has 'x')"),
         ('[[outputs]]\nname = "q"', "config.toml names output 'q', which the model does not have (it has 'y')"),
         ('backend = "python"', "config.toml says backend = 'python' but there is no model.py"),
+        ('task = "generation"', 'config.toml says task = "generation", but an ONNX model is not generative '
+                                "(wsserve serves it with predict)"),
     ],
 )
 def test_config_that_disagrees_with_the_graph(tmp_path: Path, config: str, words: str) -> None:

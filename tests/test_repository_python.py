@@ -178,6 +178,21 @@ def test_outputs_of_the_same_kind_are_cast(tmp_path: Path) -> None:
         model.predict(np.ones((2, 3)))
 
 
+@pytest.mark.parametrize("returned, declared, value", [
+    ("np.int64", "int32", 2**31), ("np.int64", "int32", -(2**31) - 1), ("np.uint64", "int64", 2**63),
+])
+def test_integer_outputs_that_do_not_fit_the_declared_dtype_fail_instead_of_wrapping(
+        tmp_path: Path, returned: str, declared: str, value: int) -> None:
+    """int64 2**31 cast to int32 was -2**31 (a silently wrong answer); an integer of a narrower
+    kind that fits is still cast."""
+    src = ("import numpy as np\nclass Model:\n    def __init__(self, d):\n        pass\n"  # rows of 7s give 0
+           f"    def predict(self, b):\n        return np.full((len(b), 1), {value}, dtype={returned}) * (b[:, :1] != 7)\n")
+    model = _load(_version(tmp_path, src), SHAPES + f'output_dtype = "{declared}"')
+    assert model.predict(np.full((2, 3), 7.0)).tolist() == [[0], [0]]
+    with pytest.raises(ValueError, match=f"output 'output' holds {value}, which does not fit its dtype {declared}"):
+        model.predict(np.ones((2, 3)))
+
+
 NAMED = """
     import numpy as np
 

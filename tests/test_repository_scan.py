@@ -72,7 +72,7 @@ def test_scan_reports_everything_where_it_is(repo: Path) -> None:
     assert [v.version for v in a.versions] == [1, 2, 10]  # numeric order: 10 > 2
     assert all(v.backend == "onnx" and v.error is None and len(v.fingerprint) == 64 for v in a.versions)
     assert a.selected == (1, 2, 10)
-    not_version = "not a version number (a positive integer without leading zeros)"
+    not_version = "not a version number (a positive integer of at most 15 digits, without leading zeros)"
     assert {(i.path.name, i.reason) for i in a.ignored} == {
         (".hidden", "hidden"), ("0", not_version), ("07", not_version), ("3.tmp", not_version),
         ("notes.txt", not_version), ("5", "a version must be a directory"),
@@ -231,6 +231,39 @@ def test_bad_model_does_not_hide_the_others(repo: Path) -> None:
     assert s.model("a").error is not None and "is not UTF-8" in s.model("a").error  # type: ignore[union-attr, operator]
     assert [a.model for a in plan(None, s)] == ["a", "b", "c", "c", "c"]
     assert plan(None, s)[:2] == [ReportError("a", None, s.model("a").error), ReportError("b", None, s.model("b").error)]  # type: ignore[union-attr, arg-type]
+
+
+def test_symlink_loops_are_ignored_not_raised(repo: Path) -> None:
+    """A symlink loop named like a model or a version: ``is_dir()`` raises ELOOP; scan raised it,
+    so one loop anywhere stopped the server from starting (and every --reload rescan)."""
+    (repo / "loop").symlink_to(repo / "loop")
+    (repo / "a" / "7").symlink_to(repo / "a" / "7")
+    s = scan(repo)
+    assert s.error is None and s.names == ("a", "b", "c")
+    assert Ignored(repo / "loop", "cannot be read (Too many levels of symbolic links)") in s.ignored
+    a = s.model("a")
+    assert a is not None and a.loadable == (1, 2, 10)
+    assert Ignored(repo / "a" / "7", "cannot be read (Too many levels of symbolic links)") in a.ignored
+
+
+def test_a_version_directory_that_cannot_be_searched_is_an_error_of_that_version(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory that may be listed but not searched (``chmod -R 644``; a server not run as root):
+    ``Path.is_file()`` of its model file raises PermissionError, which escaped scan, so the server did
+    not start (and no --reload rescan applied anything any more).  Root is never refused: faked here."""
+    blocked = repo / "a" / "2"
+    is_file = Path.is_file
+
+    def refusing(self: Path) -> bool:
+        if self.parent == blocked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", refusing)
+    s = scan(repo)
+    a = s.model("a")
+    assert a is not None and a.loadable == (1, 10)
+    assert a.version(2).error == f"{blocked}: cannot be read (Permission denied)"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("how", ["scan", "load_config"])

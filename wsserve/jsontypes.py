@@ -1,11 +1,11 @@
 """Decoded values in error messages (one place for every codec): the JSON name of a value's type,
-and a refused value shown cut."""
+a refused value shown cut, and text made fit for a JSON frame."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["described", "json_type", "shown"]
+__all__ = ["described", "json_type", "shown", "utf8_text"]
 
 #: Characters of a refused value an error message shows at most.
 SHOWN_CHARS = 64
@@ -45,3 +45,17 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     value may be most of a request (a long string, a large array) and is not echoed whole."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as a JSON frame (UTF-8) can carry it: each lone surrogate written as its escape
+    (``\\udcff``).  Such a character comes from an undecodable byte of a file name (Python reads
+    byte 0xff of a path as ``\\udcff``), which a model's error names, and would make the frame
+    (or the ``models`` list it is part of) fail to encode.  Any other text is returned as it is."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

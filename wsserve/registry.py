@@ -49,6 +49,8 @@ from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
 from .pool import ModelEntry, ModelPool, check_describable, is_generative
 from .repository import (
+    MODEL_FILES,
+    Ignored,
     LoadVersion,
     ModelConfig,
     ModelLoadError,
@@ -92,8 +94,11 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
     def run() -> None:
         try:
             result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting task
             ok, value = False, exc
+        except BaseException as exc:  # noqa: BLE001 - a model's sys.exit() or KeyboardInterrupt: raised
+            # as such in the awaiting task, asyncio would let it stop the event loop (the server)
+            ok, value = False, RuntimeError(f"{type(exc).__name__}: {exc}")
         else:
             ok, value = True, result
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
@@ -111,12 +116,20 @@ def _servable(model: Any, name: str) -> Any:
 
 
 def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
-    """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError``."""
+    """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
+    nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
+    ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file."""
     assert mscan.config is not None
     vscan = mscan.version(version)
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
         raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
-    model = load_version(name, version, path, mscan.config)
+    try:
+        model = load_version(name, version, path, mscan.config)
+    except ModelLoadError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
+        model_file = vscan.path / MODEL_FILES[vscan.backend] if vscan is not None and vscan.backend else path
+        raise ModelLoadError(model_file, f"{type(exc).__name__}: {exc}") from exc
     try:
         model.warmup()
         model.version_figures()  # reads the file system: here, off the event loop, once
@@ -127,11 +140,51 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
             raise ModelLoadError(getattr(model, "path", path), f"its metrics or figures are not JSON ({exc})") from None
         return servable
     except ModelLoadError:
-        model.close()
+        _close_failed(model)
         raise
-    except Exception as exc:  # e.g. a generative model that breaks its interface: name its file
-        model.close()
+    except BaseException as exc:  # noqa: BLE001 - e.g. a generative model that breaks its interface: name its file
+        _close_failed(model)
         raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
+
+
+def _close_failed(model: Any) -> None:
+    """Close a version that failed to load; what ``close()`` raises is logged, not raised (the
+    load's own error is the one to report)."""
+    try:
+        model.close()
+    except BaseException:  # noqa: BLE001 - the model's own Model.close()
+        log.exception("closing model %r version %s after its failed load raised", model.name, model.version)
+
+
+def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) -> None:
+    """Log each entry ``current`` ignores that ``previous`` did not (so once, when it appears), with
+    the reason: a warning (``v1/``, ``01/``, a file where a version directory belongs, a symlink
+    loop), or a debug line for a hidden one (``.git``, a version being built as ``.4.tmp``)."""
+
+    def ignored(s: RepositoryScan | None) -> set[Ignored]:
+        return set() if s is None else {*s.ignored, *(i for m in s.models for i in m.ignored)}
+
+    for item in sorted(ignored(current) - ignored(previous), key=lambda i: str(i.path)):
+        log.log(logging.DEBUG if item.reason == "hidden" else logging.WARNING, "ignored %s: %s", item.path, item.reason)
+
+
+def _report_nothing_to_serve(previous: RepositoryScan | None, current: RepositoryScan) -> None:
+    """Warn once about each model (valid config.toml) that has nothing to serve: no version
+    directory, or a ``version_policy`` that selects none of those present (the ``models`` list
+    would not show it at all)."""
+    for m in current.models:
+        if m.config is None or m.selected:
+            continue
+        before = previous.model(m.name) if previous is not None else None
+        if before is not None and before.config is not None and not before.selected \
+                and [v.version for v in before.versions] == [v.version for v in m.versions] \
+                and before.config.version_policy == m.config.version_policy:
+            continue  # said already
+        if not m.versions:
+            log.warning("model %r (%s) has no version directory (1/, 2/, ...): nothing to serve", m.name, m.path)
+        else:
+            log.warning("model %r (%s): version_policy selects none of its versions (%s): nothing to serve", m.name,
+                        m.path, ", ".join(str(v.version) for v in m.versions))
 
 
 class _ModelLock:
@@ -335,6 +388,8 @@ class ModelRegistry:
         if current.error is not None:
             log.error("model repository %s: %s", repo, current.error)
             return []  # keep planning from the last good scan
+        _report_ignored(previous, current)
+        _report_nothing_to_serve(previous, current)
         self._scans[repo] = current
         per_model: dict[str, list[Any]] = {}
         for action in plan(previous, current):

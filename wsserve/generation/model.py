@@ -43,7 +43,7 @@ import numpy as np
 
 from ..chat import ChatMessage
 from ..errors import BadRequest, Internal
-from ..models.base import ModelInfo
+from ..models.base import ModelInfo, call_model_code
 
 __all__ = ["TokenModelAdapter", "MAX_VOCABULARY", "MAX_CONTEXT_LEN", "UNKNOWN_FLOPS_PER_TOKEN"]
 
@@ -125,7 +125,7 @@ class TokenModelAdapter:
             raise BadRequest(f"model {self.name!r} has no chat template (no chat_prompt()): send a prompt "
                              "instead (POST /v1/completions, or generate with 'prompt')")
         try:
-            prompt = self._chat([m.as_dict() for m in messages])
+            prompt = call_model_code(self._chat, [m.as_dict() for m in messages])
         except ValueError as exc:
             raise BadRequest(f"model {self.name!r} refused the conversation: {exc}") from None
         except Exception as exc:
@@ -146,7 +146,7 @@ class TokenModelAdapter:
         or returns something other than a flat sequence of ids in ``[0, V)``."""
         k = self.context_len
         try:
-            ids = np.asarray(self._encode(prompt[-self.prompt_chars:]), dtype=np.int64)
+            ids = np.asarray(call_model_code(self._encode, prompt[-self.prompt_chars:]), dtype=np.int64)
         except Exception as exc:
             raise Internal(f"model {self.name!r}: encode() raised {type(exc).__name__}: {exc}") from None
         if ids.ndim != 1:
@@ -159,7 +159,7 @@ class TokenModelAdapter:
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """``[B, k]`` -> ``[B, V]`` float64, checked.  Raises ``ValueError`` on a bad result."""
-        out = self._logits(contexts)
+        out = call_model_code(self._logits, contexts)
         if not isinstance(out, np.ndarray) or out.dtype.kind not in "fiu":
             raise ValueError(f"model {self.name!r}: logits() returned {type(out).__name__}, not a numeric array")
         if out.shape != (contexts.shape[0], self.vocab_size):

@@ -10,12 +10,15 @@ in a worker thread.  A *generative* model (``charlm``) is defined in
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-__all__ = ["ModelInfo", "PredictiveModel", "Task"]
+__all__ = ["ModelInfo", "PredictiveModel", "Task", "call_model_code"]
+
+T = TypeVar("T")
 
 Task = Literal["regression", "classification", "generation"]
 
@@ -70,3 +73,17 @@ class PredictiveModel(abc.ABC):
         """Rough multiply-adds per row; the pool uses it to decide whether a
         batch is worth a thread hop.  Default: the parameter count."""
         return max(1, self.info.parameters)
+
+
+def call_model_code(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, where ``fn`` is the operator's own code (a ``model.py``'s ``predict``,
+    ``encode``, ``logits``, ...).  An exception that is not an ``Exception`` (``sys.exit()``,
+    ``KeyboardInterrupt``, another ``BaseException``) is raised as ``RuntimeError`` naming it, so
+    callers handle it as any model failure: raised as such on the event loop, or awaited from an
+    executor, asyncio would let it stop the server."""
+    try:
+        return fn(*args)
+    except Exception:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - see the docstring
+        raise RuntimeError(f"the model raised {type(exc).__name__}: {exc}") from exc

@@ -191,7 +191,8 @@ def check_outputs(y: Any, specs: Sequence[TensorSpec], n: int) -> Batch:
     Accepts an array (one output) or a dict by name (several; a one-output
     model may also return ``{name: array}``).  Returns the outputs as
     :meth:`RepositoryModel.predict` must: arrays of exactly the spec dtypes.
-    Raises ``ValueError`` naming the output and what is wrong.
+    Raises ``ValueError`` naming the output and what is wrong (an integer value
+    that the spec's narrower integer dtype cannot hold included: no wrap-around).
     """
     if len(specs) == 1 and not isinstance(y, dict):
         return _check_one(y, specs[0], n)
@@ -211,6 +212,12 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
     if y.dtype != spec.np_dtype:
         if y.dtype.kind not in "biuf" or not np.can_cast(y.dtype, spec.np_dtype, "same_kind"):
             raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected {spec.dtype}")
+        if y.dtype.kind in "iu" and y.size and not np.can_cast(y.dtype, spec.np_dtype, "safe"):
+            info = np.iinfo(spec.np_dtype)  # the cast would wrap around: int64 2**32 -> int32 0
+            lo, hi = int(y.min()), int(y.max())
+            if lo < info.min or hi > info.max:
+                raise ValueError(f"output {spec.name!r} holds {lo if lo < info.min else hi}, "
+                                 f"which does not fit its dtype {spec.dtype}")
         y = y.astype(spec.np_dtype)
     return y
 

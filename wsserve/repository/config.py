@@ -229,7 +229,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
     """Parse config.toml contents. ``path`` is only used in messages and stored in the result.
 
     Raises :class:`ConfigError` (naming ``path``, the key and the problem) for
-    invalid UTF-8/TOML (nesting too deep for the parser included), unknown keys, wrong types, out-of-range values, or
+    invalid UTF-8/TOML (nesting too deep for the parser, or a leading byte order mark, included), unknown keys, wrong types, out-of-range values, or
     contradictory keys (``input_shape`` together with ``[[inputs]]``).
     """
     path = Path(path)
@@ -242,6 +242,8 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
             raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
     elif len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    if text.startswith("\ufeff"):  # tomllib's own message would be "Invalid statement (at line 1, column 1)"
+        raise ConfigError(path, None, "starts with a byte order mark (BOM), which TOML does not allow: save it as UTF-8 without one")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

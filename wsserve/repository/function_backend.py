@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.base import call_model_code
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import (
     MAX_BATCH_SIZE,
@@ -156,7 +157,7 @@ class FunctionModel(RepositoryModel):
         self._require_open()
         if isinstance(batch, dict):
             batch = batch["input"]
-        return check_outputs(self.fn(batch), self.outputs, len(batch))
+        return check_outputs(call_model_code(self.fn, batch), self.outputs, len(batch))
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or DEFAULT_FLOPS_PER_ROW

@@ -17,20 +17,30 @@ from .layout import MODEL_FILES
 __all__ = ["find_model_file", "load_version"]
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``; raises :class:`ModelLoadError` naming the directory when it cannot be
+    told (``Path.is_file`` raises ``PermissionError``: a directory that may be listed but not
+    searched, as ``chmod -R 644`` leaves it)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ModelLoadError(path.parent, f"cannot be read ({exc.strerror or exc})") from None
+
+
 def find_model_file(version_dir: Path | str, backend: str | None = None) -> tuple[str, Path]:
     """``(backend, path)`` of the model file in ``version_dir``.
 
     With ``backend`` given (config.toml's ``backend``) only that file counts.
     Raises :class:`ModelLoadError` naming the directory when there is no model
-    file, or several and no ``backend`` to choose.
+    file, or several and no ``backend`` to choose, or it cannot be searched.
     """
     version_dir = Path(version_dir)
     if backend is not None:
         path = version_dir / MODEL_FILES[backend]
-        if not path.is_file():
+        if not _is_file(path):
             raise ModelLoadError(version_dir, f"config.toml says backend = {backend!r} but there is no {MODEL_FILES[backend]}")
         return backend, path
-    found = [(b, version_dir / f) for b, f in MODEL_FILES.items() if (version_dir / f).is_file()]
+    found = [(b, version_dir / f) for b, f in MODEL_FILES.items() if _is_file(version_dir / f)]
     if not found:
         raise ModelLoadError(version_dir, f"holds no model file ({', '.join(MODEL_FILES.values())})")
     if len(found) > 1:

@@ -57,8 +57,11 @@ def existing_versions(model_dir: Path | str) -> list[int]:
     found = []
     for e in entries:
         version = parse_version(e.name)
-        if version is not None and e.is_dir():
-            found.append(version)
+        try:
+            if version is not None and e.is_dir():
+                found.append(version)
+        except OSError:  # a symlink loop (ELOOP): not a version a server serves
+            continue
     return sorted(found)
 
 

@@ -235,7 +235,7 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
     """Read and check a model.npz (format, header, array dtypes and sizes; not yet the architecture's arrays).
 
     Raises :class:`ModelLoadError` naming the file for: a missing/unreadable
-    file, not a zip, truncated or corrupt data, object (pickled) or non-numeric
+    file, not a zip, truncated, corrupt or encrypted data, object (pickled) or non-numeric
     arrays, more than ``max_bytes`` of arrays (or a file or zip members bigger
     than such arrays need), a missing or malformed ``__meta__`` header (NaN or
     infinities, or nesting too deep to parse, included), an unknown format or architecture.
@@ -249,7 +249,8 @@ def read_npz(path: Path | str, *, max_bytes: int = MAX_NPZ_BYTES) -> NpzContents
         raise ModelLoadError(path, "does not exist") from None
     except IsADirectoryError:
         raise ModelLoadError(path, "is a directory") from None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as exc:  # RuntimeError: zipfile's "is encrypted, password required"
         raise ModelLoadError(path, f"unreadable ({type(exc).__name__}: {exc})") from None
 
     raw = arrays.pop(_META_KEY, None)

@@ -46,6 +46,9 @@ class NpzModel(RepositoryModel):
             return
         if config.max_batch_size == 0:
             raise ModelLoadError(self.path, "max_batch_size = 0 (no batch dimension) does not apply to model.npz models")
+        if config.task == "generation":  # it would be listed as generative and refuse every generate
+            raise ModelLoadError(self.path, f'config.toml says task = "generation", but a {self.architecture} model '
+                                            "is not generative (it serves predict)")
         inner = self.model.info
         own_in = TensorSpec("input", inner.input_shape, INPUT_DTYPES.get(self.architecture, "float64"))
         own_out = TensorSpec("output", inner.output_shape, "float64")

@@ -181,6 +181,9 @@ class OnnxModel(RepositoryModel):
             import onnxruntime as ort
         except ImportError:
             raise ModelLoadError(self.path, "serving model.onnx needs onnxruntime: pip install 'wsserve[onnx]'") from None
+        if config.task == "generation":  # it would be listed as generative and refuse every generate
+            raise ModelLoadError(self.path, 'config.toml says task = "generation", but an ONNX model is not generative '
+                                            "(wsserve serves it with predict)")
         so = ort.SessionOptions()
         so.intra_op_num_threads = config.onnx_intra_op_threads
         so.inter_op_num_threads = 1

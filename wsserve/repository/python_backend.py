@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.base import PredictiveModel
+from ..models.base import PredictiveModel, call_model_code
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import TASKS, ModelConfig, TensorConfig
 from .errors import ModelLoadError
@@ -76,7 +76,7 @@ def exec_model_file(path: Path, name: str, version: int) -> ModuleType:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise ModelLoadError(path, f"SyntaxError: {exc.msg} (line {exc.lineno})") from None
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
         raise ModelLoadError(path, f"executing it raised {type(exc).__name__}: {exc}") from exc
     finally:
         sys.modules.pop(module_name, None)
@@ -118,13 +118,18 @@ class PythonModel(RepositoryModel):
             self.inputs = self.outputs = ()
         try:
             self.model: Any = cls(self.path.parent)
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
             raise ModelLoadError(self.path, f"Model({str(self.path.parent)!r}) raised {type(exc).__name__}: {exc}") from exc
         self._flops = config.flops_per_row or self._model_flops()
         params = getattr(self.model, "parameters", 0)  # may be a method (torch): then unknown
         metrics = getattr(self.model, "metrics", None) or {}
         if not isinstance(metrics, dict):
             raise ModelLoadError(self.path, f"Model.metrics must be a dict, got {type(metrics).__name__}")
+        try:  # read once, here in the load's thread: the server asks for it on the event loop
+            gradient = None if self.generative else getattr(self.model, "input_gradient", None)
+        except BaseException as exc:  # noqa: BLE001 - a property of the model's: sys.exit() included
+            raise ModelLoadError(self.path, f"Model.input_gradient raised {type(exc).__name__}: {exc}") from exc
+        self._gradient = gradient if callable(gradient) else None
         self.info = make_info(
             self,
             task=task,
@@ -147,7 +152,7 @@ class PythonModel(RepositoryModel):
 
     def _call(self, batch: Batch) -> Batch:
         n = len(batch) if not isinstance(batch, dict) else len(next(iter(batch.values())))
-        return check_outputs(self.model.predict(batch), self.outputs, n)
+        return check_outputs(call_model_code(self.model.predict, batch), self.outputs, n)
 
     def predict(self, batch: Batch) -> Batch:
         """Calls ``Model.predict`` and checks its result (``ValueError`` naming the output if wrong)."""
@@ -167,7 +172,7 @@ class PythonModel(RepositoryModel):
 
     def explain_model(self) -> PredictiveModel | None:
         """A view whose ``input_gradient`` calls ``Model.input_gradient`` (checked), if the class has one."""
-        if self.generative or not callable(getattr(self.model, "input_gradient", None)):
+        if self._gradient is None:
             return None
         return _GradientView(self)
 
@@ -197,7 +202,7 @@ class _GradientView(PredictiveModel):
 
     def input_gradient(self, x: np.ndarray, target: np.ndarray) -> np.ndarray:
         """``Model.input_gradient(x, target)`` as float64 ``[n, d]``; ``ValueError`` if it returns anything else."""
-        g = self._outer.model.input_gradient(x, target)
+        g = call_model_code(self._outer._gradient, x, target)
         if not isinstance(g, np.ndarray) or g.shape != x.shape or g.dtype.kind not in "fiu":
             got = f"{g.dtype} {list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
             raise ValueError(f"Model.input_gradient must return a numeric array of shape {list(x.shape)}, got {got}")

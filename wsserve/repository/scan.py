@@ -141,6 +141,16 @@ def _fingerprint(version_dir: Path) -> str:
     return hashlib.sha256("\n".join(rows).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _unreadable(entry: os.DirEntry[str]) -> str | None:
+    """Why ``entry`` cannot be told a directory or not (``is_dir`` follows symlinks: a symlink
+    loop is ``ELOOP``), or None when it can."""
+    try:
+        entry.is_dir()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
 def _scan_version(path: Path, version: int, backend: str | None) -> VersionScan:
     try:
         fingerprint = _fingerprint(path)
@@ -188,7 +198,9 @@ def _scan_model(path: Path, name: str) -> ModelScan:
             continue
         version = parse_version(entry.name)
         if version is None:
-            ignored.append(Ignored(p, "not a version number (a positive integer without leading zeros)"))
+            ignored.append(Ignored(p, "not a version number (a positive integer of at most 15 digits, without leading zeros)"))
+        elif (why := _unreadable(entry)) is not None:
+            ignored.append(Ignored(p, why))
         elif not entry.is_dir():
             ignored.append(Ignored(p, "a version must be a directory"))
         elif len(versions) >= MAX_VERSIONS:
@@ -217,6 +229,8 @@ def scan(repo_dir: Path | str) -> RepositoryScan:
         p = Path(entry.path)
         if entry.name.startswith("."):
             ignored.append(Ignored(p, "hidden"))
+        elif (why := _unreadable(entry)) is not None:
+            ignored.append(Ignored(p, why))
         elif not entry.is_dir():
             ignored.append(Ignored(p, "not a directory (a model is a directory)"))
         elif not is_model_name(entry.name):

@@ -1,0 +1,330 @@
+"""A hostile or careless repository against a real server on loopback: whatever a version's files
+or its ``model.py`` do, that version fails with a reason naming its file, and the server and
+every other model keep serving.
+
+- Loading: a ``model.py`` whose ``Model()`` raises ``KeyboardInterrupt``, whose warm-up calls
+  ``sys.exit()``, whose ``parameters`` or ``input_gradient`` property raises (the latter was read
+  on the event loop), or whose ``close()`` raises after its warm-up failed: each version ends ``failed`` (not ``loading`` forever), naming ``model.py``
+  and the exception; the server does not exit.
+- Serving: a cheap ``model.py`` (its batches run on the event loop) whose ``predict`` calls
+  ``sys.exit()`` on one row, and a generative one whose ``encode``, ``chat_prompt`` or
+  ``logits`` does on one prompt: that request ends with ``internal`` naming the exception, the
+  next requests are served.
+- Outputs: an int64 result for an int32 output whose value int32 cannot hold fails its request
+  with ``internal`` naming the value (it was wrapped around, a silently wrong answer).
+- Undecodable file names: in a repository whose path holds byte 0xff (Python's ``\udcff``), a
+  version that fails to load and a request whose model names a missing file fail with that path
+  in the reason and the message, escaped, and ``models`` still lists every model (a lone surrogate
+  made the list fail to encode, for every model: ``GET /v1/models`` answered 500).
+- The layout: a symlink loop named like a model or a version (``is_dir()`` raises ``ELOOP``) is
+  ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
+  Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits), and
+  so is a model with nothing to serve (no version directory, or a ``version_policy`` that selects
+  none): the ``models`` list does not show it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.repo_models import AFFINE_CONFIG, affine, move_in, write_affine, write_py
+from tests.repo_wire import models_http, predict, states, wait_models, wait_watching
+from tests.support import Conn, ServerProcess
+
+ROWS = [[1.0, 2.0, 3.0]]
+
+#: name -> (model.py, what the failed version's reason says after the file's path)
+LOAD_FAILURES = {
+    "init-interrupt": ("""
+        class Model:
+            def __init__(self, version_dir):
+                raise KeyboardInterrupt
+            def predict(self, batch):
+                return batch[:, :1]
+        """, "raised KeyboardInterrupt"),
+    "warmup-exit": ("""
+        import sys
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            def predict(self, batch):
+                sys.exit(3)
+        """, "SystemExit: 3"),
+    "parameters-raise": ("""
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            @property
+            def parameters(self):
+                raise RuntimeError("no parameters here")
+            def predict(self, batch):
+                return batch[:, :1]
+        """, "RuntimeError: no parameters here"),
+    "gradient-raises": ("""
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            def predict(self, batch):
+                return batch[:, :1]
+            @property
+            def input_gradient(self):
+                raise RuntimeError("no gradient today")
+        """, "Model.input_gradient raised RuntimeError: no gradient today"),
+    "gradient-exits": ("""
+        import sys
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            def predict(self, batch):
+                return batch[:, :1]
+            @property
+            def input_gradient(self):
+                sys.exit(6)
+        """, "Model.input_gradient raised SystemExit: 6"),
+    "close-raises": ("""
+        class Model:
+            def __init__(self, version_dir):
+                pass
+            def predict(self, batch):
+                raise ArithmeticError("warm-up refused")
+            def close(self):
+                raise RuntimeError("close refused")
+        """, "warm-up failed: ArithmeticError: warm-up refused"),
+}
+
+
+#: Its batches run inline (flops_per_row 4): a row holding 5 calls sys.exit(4) on the event loop.
+EXITS_PY = """
+import sys
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+    def predict(self, batch):
+        if (batch == 5).any():
+            sys.exit(4)
+        return batch[:, :1]
+    def flops_per_row(self):
+        return 4
+"""
+
+#: Generative, its steps inline: encode("exit") calls sys.exit(5), chat_prompt of a message
+#: "exit" sys.exit(6), logits of a context ending in "b" sys.exit(7); otherwise it says "aaa...".
+GEN_EXITS_PY = """
+import sys
+
+import numpy as np
+
+class Model:
+    task = "generation"
+    vocabulary = ["a", "b", "c"]
+    context_len = 2
+    def __init__(self, version_dir):
+        pass
+    def encode(self, prompt):
+        if prompt == "exit":
+            sys.exit(5)
+        return [self.vocabulary.index(c) for c in prompt if c in self.vocabulary]
+    def chat_prompt(self, messages):
+        if messages[-1]["content"] == "exit":
+            sys.exit(6)
+        return messages[-1]["content"]
+    def logits(self, contexts):
+        if (contexts[:, -1] == 1).any():
+            sys.exit(7)
+        out = np.zeros((len(contexts), 3))
+        out[:, 0] = 1.0
+        return out
+    def flops_per_row(self):
+        return 1
+"""
+
+
+#: output_dtype int32, computed in int64: first value * 2**30 (2 -> 2**31, beyond int32).
+WIDE_PY = """
+import numpy as np
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+    def predict(self, batch):
+        return batch[:, :1].astype(np.int64) * 2**30
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repository")
+    (root / "good").mkdir()
+    (root / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(root / "good" / "1", bias=1.0)
+    for name, (source, _) in LOAD_FAILURES.items():
+        (root / name).mkdir()
+        (root / name / "config.toml").write_text(AFFINE_CONFIG)
+        write_py(root / name / "1", source)
+    (root / "exits").mkdir()
+    (root / "exits" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(root / "exits" / "1", EXITS_PY)
+    (root / "wide").mkdir()
+    (root / "wide" / "config.toml").write_text(AFFINE_CONFIG + 'output_dtype = "int32"\n')
+    write_py(root / "wide" / "1", WIDE_PY)
+    (root / "genexits").mkdir()
+    (root / "genexits" / "config.toml").write_text('task = "generation"\n')
+    write_py(root / "genexits" / "1", GEN_EXITS_PY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[ServerProcess]:
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("name", sorted(LOAD_FAILURES))
+async def test_model_code_that_raises_anything_while_loading_fails_its_version_only(
+        server: ServerProcess, repo: Path, name: str) -> None:
+    entry = wait_models(server, name, "version 1 failed", lambda e: e is not None and states(e) == {"1": "failed"})
+    assert entry is not None
+    reason = entry["versions"][0]["reason"]
+    assert reason.startswith(f"{repo / name / '1' / 'model.py'}: "), reason
+    assert LOAD_FAILURES[name][1] in reason, reason
+    conn = await Conn.open(server.url)
+    reply = await predict(conn, 1, "good", ROWS)
+    await conn.close()
+    assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 1.0), reply
+    assert server.proc.poll() is None
+
+
+async def test_a_cheap_predict_that_calls_sys_exit_fails_its_request_only(server: ServerProcess) -> None:
+    conn = await Conn.open(server.url)
+    bad = await predict(conn, "bad", "exits", [[5.0, 0.0, 0.0]])
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert "model 'exits'" in bad["message"] and "SystemExit: 4" in bad["message"], bad
+    ok = await predict(conn, "ok", "exits", [[1.0, 0.0, 0.0]])
+    assert ok["type"] == "result" and ok["outputs"] == [[1.0]], ok
+    await conn.close()
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("fields, exit_status", [
+    ({"prompt": "exit"}, 5),
+    ({"messages": [{"role": "user", "content": "exit"}]}, 6),
+    ({"prompt": "b"}, 7),
+], ids=["encode", "chat_prompt", "logits"])
+async def test_generative_model_code_that_calls_sys_exit_fails_its_request_only(
+        server: ServerProcess, fields: dict[str, object], exit_status: int) -> None:
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "generate", "id": "bad", "model": "genexits", "max_tokens": 3, **fields})
+    _, bad = await conn.until_terminal("bad")
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert f"SystemExit: {exit_status}" in bad["message"], bad
+    await conn.send({"type": "generate", "id": "ok", "model": "genexits", "max_tokens": 3, "prompt": "c"})
+    frames, ok = await conn.until_terminal("ok")
+    await conn.close()
+    assert ok["type"] == "done", ok
+    assert "".join(f["text"] for f in frames if f["type"] == "token") == "aaa", frames
+    assert server.proc.poll() is None
+
+
+async def test_an_integer_output_beyond_its_declared_dtype_fails_instead_of_wrapping(server: ServerProcess) -> None:
+    conn = await Conn.open(server.url)
+    ok = await predict(conn, "ok", "wide", [[1.0, 0.0, 0.0], [-2.0, 0.0, 0.0]])
+    assert ok["type"] == "result" and ok["outputs"] == [[2**30], [-(2**31)]], ok
+    bad = await predict(conn, "bad", "wide", [[2.0, 0.0, 0.0]])
+    await conn.close()
+    assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+    assert "output 'output' holds 2147483648, which does not fit its dtype int32" in bad["message"], bad
+
+
+async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path) -> None:
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    (repo / "loop").symlink_to(repo / "loop")  # a model name that loops
+    (repo / "good" / "01").mkdir()
+    (repo / "good" / "1234567890123456").mkdir()
+    (repo / "empty").mkdir()
+    (repo / "empty" / "config.toml").write_text(AFFINE_CONFIG)
+    (repo / "unselected").mkdir()
+    (repo / "unselected" / "config.toml").write_text(AFFINE_CONFIG + "version_policy = { specific = [5] }\n")
+    write_affine(repo / "unselected" / "1", bias=1.0)
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
+        wait_watching(srv, repo)
+        (repo / "good" / "7").symlink_to(repo / "good" / "7")  # a version that loops
+        write_affine(repo / "good" / ".2.tmp", bias=2.0)
+        move_in(repo / "good" / ".2.tmp", repo / "good" / "2")
+        wait_models(srv, "good", "version 2 served", lambda e: e is not None and e["version"] == "2")
+        conn = await Conn.open(srv.url)
+        reply = await predict(conn, 1, "good", ROWS)
+        await conn.close()
+        assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 2.0), reply
+        log = srv.stderr_text()
+    loop = "cannot be read (Too many levels of symbolic links)"
+    number = "not a version number (a positive integer of at most 15 digits, without leading zeros)"
+    for path, reason in ((repo / "loop", loop), (repo / "good" / "7", loop), (repo / "good" / "01", number),
+                         (repo / "good" / "1234567890123456", number)):
+        assert log.count(f"WARNING wsserve.registry: ignored {path}: {reason}\n") == 1, (path, log[-3000:])
+    assert log.count(f"WARNING wsserve.registry: model 'empty' ({repo / 'empty'}) has no version directory "
+                     "(1/, 2/, ...): nothing to serve\n") == 1, log[-3000:]
+    assert log.count(f"WARNING wsserve.registry: model 'unselected' ({repo / 'unselected'}): version_policy selects "
+                     "none of its versions (1): nothing to serve\n") == 1, log[-3000:]
+
+
+#: Reads ``later.txt`` of its version directory on a row holding 5 (there is none).
+READS_LATER_PY = """
+from pathlib import Path
+
+class Model:
+    def __init__(self, version_dir):
+        self.later = Path(version_dir) / "later.txt"
+    def predict(self, batch):
+        if (batch == 5).any():
+            self.later.read_text()
+        return batch[:, :1]
+"""
+
+
+#: Model() reads ``weights.bin`` of its version directory (there is none).
+MISSING_WEIGHTS_PY = """
+from pathlib import Path
+
+class Model:
+    def __init__(self, version_dir):
+        (Path(version_dir) / "weights.bin").read_bytes()
+    def predict(self, batch):
+        return batch[:, :1]
+"""
+
+
+async def test_a_path_with_an_undecodable_byte_in_a_reason_or_message_breaks_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / os.fsdecode(b"repo-\xff")
+    shown = str(repo).replace("\udcff", "\\udcff")  # how JSON text shows it
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    (repo / "broken").mkdir()
+    (repo / "broken" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(repo / "broken" / "1", MISSING_WEIGHTS_PY)
+    (repo / "later").mkdir()
+    (repo / "later" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(repo / "later" / "1", READS_LATER_PY)
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        listed = models_http(srv)  # 500 before: the failed version's reason holds the path
+        assert states(listed["good"]) == {"1": "ready"} and states(listed["later"]) == {"1": "ready"}
+        (version,) = listed["broken"]["versions"]
+        assert version["state"] == "failed", version
+        assert f"{shown}/broken/1/weights.bin" in version["reason"], version
+        conn = await Conn.open(srv.url)
+        bad = await predict(conn, "bad", "later", [[5.0, 0.0, 0.0]])
+        assert (bad["type"], bad["code"]) == ("error", "internal"), bad
+        assert f"No such file or directory: '{shown}/later/1/later.txt'" in bad["message"], bad
+        ok = await predict(conn, "ok", "good", ROWS)
+        assert ok["type"] == "result" and ok["outputs"] == affine(ROWS, 1.0), ok
+        reply = await conn.request({"type": "models", "id": "m"})
+        await conn.close()
+    assert reply["type"] == "models" and {m["name"] for m in reply["models"]} == {"good", "broken", "later"}, reply
