@@ -50,13 +50,15 @@ async def test_same_text_alone_and_among_32_concurrent(inline_max_batch: int) ->
         GenerationParams(prompt="The ", max_tokens=50, temperature=1.0, seed=42),
         GenerationParams(prompt="def ", max_tokens=30, temperature=0.7, top_k=8, seed=3, stop=("\n",)),
         GenerationParams(prompt="x = ", max_tokens=30, temperature=1.4, top_p=0.8, seed=4),
+        GenerationParams(prompt="The ", max_tokens=40, presence_penalty=1.2, frequency_penalty=0.4),
     ]
     engine = GenerationEngine(charlm(), max_generate_batch=64, inline_max_batch=inline_max_batch)
     try:
         alone = [(s.text, s.done and s.done[0]) for s in await run_all(engine, targets)]
         others = [
             GenerationParams(prompt=("x", "import ", "A ")[i % 3], max_tokens=5 + 3 * i,
-                             temperature=(0.0, 0.8, 1.5)[i % 3], top_p=(1.0, 0.9)[i % 2], seed=i)
+                             temperature=(0.0, 0.8, 1.5)[i % 3], top_p=(1.0, 0.9)[i % 2],
+                             presence_penalty=(0.0, 0.0, 0.0, 1.0)[i % 4], seed=i)
             for i in range(32)
         ]
         crowd_sinks = [RecordingSink() for _ in others]

@@ -3,8 +3,9 @@ token blocks) against the per-sequence semantics it replaced.
 
 The reference is a generation stepping *alone*, one token at a time, with the
 public :func:`~wsserve.generation.sample` on a ``[1, V]`` batch, its own
-generator's Gumbel blocks, a :class:`StopMatcher` fed token by token and a
-``max_tokens`` count: the old per-sequence path.  Random schedules (arrivals,
+generator's Gumbel blocks, its own token counts for the presence/frequency
+penalties, a :class:`StopMatcher` fed token by token and a ``max_tokens``
+count: the old per-sequence path.  Random schedules (arrivals,
 priorities, groups that force preemption, cancels, deadlines, stop strings)
 must give every sequence exactly its reference output (or a prefix of it when
 cancelled or expired), with consistent counts, and leave no bookkeeping behind.
@@ -55,6 +56,8 @@ def alone(p: GenerationParams) -> tuple[tuple[str, ...], str, int]:
     rng = new_generator(p.seed) if p.temperature > 0 else None
     temp = np.array([p.temperature])
     top_k = np.array([p.top_k if 0 < p.top_k < v else 0])
+    top_p = np.array([p.top_p])
+    counts = np.zeros(v)  # tokens generated so far, for the penalties (OpenAI's formula)
     matcher = StopMatcher(p.stop) if p.stop else None
     pieces: list[str] = []
     block = np.zeros((NOISE_BLOCK, v))
@@ -64,7 +67,11 @@ def alone(p: GenerationParams) -> tuple[tuple[str, ...], str, int]:
             if t % NOISE_BLOCK == 0:
                 block = gumbel_block(rng, v)
             noise = block[t % NOISE_BLOCK][None, :]
-        tok = int(sample(model.logits(ctx[None, :]), temp, top_k, noise)[0])
+        logits = model.logits(ctx[None, :])
+        logits[0] -= counts * p.frequency_penalty
+        logits[0] -= (counts > 0) * p.presence_penalty
+        tok = int(sample(logits, temp, top_k, noise, top_p=top_p)[0])
+        counts[tok] += 1
         ctx = np.append(ctx[1:], tok)
         text = model.id_to_text[tok]
         if matcher is None:
@@ -85,6 +92,9 @@ request = st.builds(
     max_tokens=st.integers(1, 40),
     temperature=st.sampled_from([0.0, 0.0, 0.6, 1.0, 1.8]),
     top_k=st.sampled_from([0, 0, 1, 4, 200]),
+    top_p=st.sampled_from([1.0, 1.0, 0.5, 0.9]),
+    presence_penalty=st.sampled_from([0.0, 0.0, 0.7, -0.5]),
+    frequency_penalty=st.sampled_from([0.0, 0.0, 1.5, -2.0]),
     seed=st.integers(0, 2**64),
     stop=st.lists(st.sampled_from(STOPS), max_size=2, unique=True).map(tuple),
     priority=st.sampled_from([0, 0, 1]),

@@ -38,8 +38,11 @@ def generate_alone(p: GenerationParams) -> tuple[str, str]:
         GenerationParams(prompt="The ", max_tokens=80, temperature=0.8, seed=1, stop=("ion", "\n\n")),
         GenerationParams(prompt="x = ", max_tokens=45, temperature=1.5, top_p=0.7, seed=11),
         GenerationParams(prompt="The ", max_tokens=45, temperature=1.2, top_k=20, top_p=0.9, seed=12),
+        GenerationParams(prompt="The ", max_tokens=60, frequency_penalty=1.0, presence_penalty=0.5),
+        GenerationParams(prompt="x = ", max_tokens=45, temperature=0.9, frequency_penalty=-0.8, seed=13),
     ],
-    ids=["greedy", "sampled", "sampled-top-k", "sampled-stop", "sampled-top-p", "sampled-top-k-top-p"],
+    ids=["greedy", "sampled", "sampled-top-k", "sampled-stop", "sampled-top-p", "sampled-top-k-top-p",
+         "greedy-penalties", "sampled-penalty"],
 )
 def test_same_output_alone_and_among_32_concurrent_generations(target: GenerationParams) -> None:
     alone = generate_alone(target)
@@ -53,7 +56,7 @@ def test_same_output_alone_and_among_32_concurrent_generations(target: Generatio
             others.append(sched.add_request(GenerationParams(
                 prompt=PROMPTS[j % len(PROMPTS)], max_tokens=3 + 7 * j % 90,
                 temperature=(0.0, 0.5, 1.0, 2.0)[j % 4], top_k=(0, 0, 5)[j % 3], top_p=(1.0, 0.8)[j % 2],
-                seed=j), clock.now))
+                frequency_penalty=(0.0, 0.0, 0.6)[j % 3], seed=j), clock.now))
 
     add_others(12, 0)
     step_once(sched, clock, out)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.support import Conn
+from wsserve.trainer import train_default_models
 
 GEN = {"type": "generate", "model": "charlm"}
 
@@ -33,6 +36,7 @@ TARGETS = [
     {"prompt": "The ", "max_tokens": 60, "temperature": 0.9, "seed": 7},
     {"prompt": "def ", "max_tokens": 40, "temperature": 1.2, "top_k": 12, "seed": 99, "stop": ["\n\n"]},
     {"prompt": "x = ", "max_tokens": 40, "temperature": 1.5, "top_p": 0.75, "seed": 5},
+    {"prompt": "The ", "max_tokens": 60, "frequency_penalty": 1.5, "presence_penalty": 0.3},
 ]
 
 
@@ -43,7 +47,7 @@ async def test_same_text_alone_and_among_32_concurrent_generations(server_url: s
     for i in range(32):
         await crowd.send({**GEN, "id": i, "prompt": ("x", "import ", "A ")[i % 3],
                           "max_tokens": 10 + 17 * i % 150, "temperature": (0, 0.8, 1.5)[i % 3], "seed": i,
-                          "top_p": (1, 0.9)[i % 2]})
+                          "top_p": (1, 0.9)[i % 2], "frequency_penalty": (0, 0, 0.5)[i % 3]})
     for i, t in enumerate(TARGETS):
         await conn.send({**GEN, "id": f"busy{i}", **t})
     got = await conn.collect({f"busy{i}" for i in range(len(TARGETS))})
@@ -73,6 +77,38 @@ async def test_top_p_narrows_sampling_and_is_bounded(server_url: str) -> None:
         reply = await conn.request({**GEN, "id": "bad", **hot, "top_p": bad})
         assert reply["type"] == "error" and reply["code"] == "bad_request", (bad, reply)
         assert "field 'top_p' must be a number in (0, 1]" in reply["message"]
+    await conn.close()
+
+
+def _reference_greedy(cache: Path, prompt: str, max_tokens: int, presence: float, frequency: float) -> str:
+    """Greedy text with OpenAI's penalties, by the formula, one token at a time on the
+    server's own charlm (read from the weights cache the server wrote)."""
+    model: Any = train_default_models(names=["charlm"], cache_dir=cache)["charlm"]
+    ctx, counts, out = model.initial_context(prompt), np.zeros(model.vocab_size), []
+    for _ in range(max_tokens):
+        logits = model.logits(ctx[None, :])[0] - counts * frequency - (counts > 0) * presence
+        tok = int(logits.argmax())
+        counts[tok] += 1
+        ctx = np.append(ctx[1:], tok)
+        out.append(model.id_to_text[tok])
+    return "".join(out)
+
+
+async def test_presence_and_frequency_penalties_follow_openais_formula(server_url: str, model_cache: Path) -> None:
+    """The penalties are honoured (they used to be ignored as unknown fields): the greedy
+    text is the formula's, and it repeats itself less than without them; out-of-range
+    values are refused by name."""
+    conn = await Conn.open(server_url)
+    plain, _ = await generate(conn, "p", prompt="The ", max_tokens=80)
+    assert plain == _reference_greedy(model_cache, "The ", 80, 0.0, 0.0)
+    penalised, _ = await generate(conn, "q", prompt="The ", max_tokens=80, presence_penalty=0.4,
+                                  frequency_penalty=1.2)
+    assert penalised == _reference_greedy(model_cache, "The ", 80, 0.4, 1.2) != plain
+    assert max(penalised.count(c) for c in set(penalised)) < max(plain.count(c) for c in set(plain))
+    for field, bad in (("presence_penalty", 2.5), ("frequency_penalty", -3), ("frequency_penalty", "1")):
+        reply = await conn.request({**GEN, "id": "bad", "prompt": "a", field: bad})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", (field, bad, reply)
+        assert f"field '{field}' must be a number in [-2, 2]" in reply["message"]
     await conn.close()
 
 

@@ -198,6 +198,9 @@ def test_completion_defaults_are_openais() -> None:
                           "stream_options": {"include_usage": True}, "stop": "x"}, max_tokens_limit=8)
     assert c.params.top_k == 0 and c.params.seed == 2**64 - 1 and c.params.stop == ("x",) and c.include_usage
     assert parse_completion({"model": "m", "prompt": "a"}, max_tokens_limit=8).params.max_tokens == 8
+    c = parse_completion({"model": "m", "prompt": "a", "presence_penalty": -2, "frequency_penalty": 1.5,
+                          "repetition_penalty": 1, "min_p": 0}, max_tokens_limit=8)
+    assert (c.params.presence_penalty, c.params.frequency_penalty) == (-2.0, 1.5)
 
 
 @pytest.mark.parametrize("body, param", [
@@ -210,7 +213,10 @@ def test_completion_defaults_are_openais() -> None:
     ({"model": "m", "prompt": "a", "seed": 1.5}, "seed"),
     ({"model": "m", "prompt": "a", "stop": [""]}, "stop"),
     ({"model": "m", "prompt": "a", "top_k": 2**40}, "top_k"),
-    ({"model": "m", "prompt": "a", "frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"model": "m", "prompt": "a", "frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"model": "m", "prompt": "a", "presence_penalty": "0.5"}, "presence_penalty"),
+    ({"model": "m", "prompt": "a", "repetition_penalty": 1.1}, "repetition_penalty"),
+    ({"model": "m", "prompt": "a", "min_p": 0.1}, "min_p"),
     ({"model": "m", "prompt": "a", "suffix": "z"}, "suffix"),
 ])
 def test_completion_refusals_name_the_field(body: dict, param: str) -> None:

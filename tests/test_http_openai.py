@@ -62,9 +62,10 @@ async def test_streamed_completion_is_the_same_text_in_chunks(server, client) ->
     assert ws == whole.choices[0].text
 
 
-async def test_top_p_is_honoured_as_on_the_websocket(server, client) -> None:
-    """Nucleus sampling: the same text as the WebSocket ``generate`` with the same fields; a
-    nucleus too small for a second token is greedy whatever the temperature."""
+async def test_top_p_and_penalties_are_honoured_as_on_the_websocket(server, client) -> None:
+    """Nucleus sampling and OpenAI's penalties: the same text as the WebSocket ``generate``
+    with the same fields; a nucleus too small for a second token is greedy whatever the
+    temperature."""
     args = {"prompt": "It was ", "max_tokens": 40, "temperature": 1.5, "seed": 21}
     r = client.completions.create(model="charlm", top_p=0.6, **args)
     ws_text, _ = await _ws_text(server, **args, top_p=0.6)
@@ -75,6 +76,9 @@ async def test_top_p_is_honoured_as_on_the_websocket(server, client) -> None:
     hot = client.completions.create(model="charlm", top_p=1, **args)  # 1: off
     assert hot.choices[0].text == client.completions.create(model="charlm", **args).choices[0].text
     assert hot.choices[0].text not in (r.choices[0].text, greedy.choices[0].text)
+    penalised = client.completions.create(model="charlm", presence_penalty=0.5, frequency_penalty=1.5, **args)
+    ws_text, _ = await _ws_text(server, **args, presence_penalty=0.5, frequency_penalty=1.5)
+    assert penalised.choices[0].text == ws_text != hot.choices[0].text
 
 
 def test_stop_strings_end_with_finish_reason_stop(client) -> None:
@@ -104,6 +108,8 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
     [
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"extra_body": {"repetition_penalty": 1.1}}, "repetition_penalty"),
         ({"n": 2}, "n"),
         ({"logprobs": 2}, "logprobs"),
         ({"echo": True}, "echo"),

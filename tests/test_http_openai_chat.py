@@ -136,6 +136,18 @@ async def test_streamed_chat_is_the_same_text_in_chunks(server, client) -> None:
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
 
 
+async def test_sampling_fields_are_the_websockets(server, client) -> None:
+    """``top_p`` and OpenAI's penalties reach the engine: the chat's text is the WebSocket
+    ``generate``'s of the templated prompt with the same fields."""
+    fields = {"temperature": 1.2, "top_p": 0.85, "presence_penalty": 0.6, "frequency_penalty": 0.9, "seed": 5}
+    r = client.chat.completions.create(model="charlm", messages=CONVERSATION, max_tokens=40, **fields)
+    text, _ = await _ws_generate(server, model="charlm", prompt="You continue text.\nThe ", max_tokens=40, **fields)
+    assert r.choices[0].message.content == text
+    plain, _ = await _ws_generate(server, model="charlm", prompt="You continue text.\nThe ", max_tokens=40,
+                                  temperature=1.2, seed=5)
+    assert text != plain
+
+
 def test_stop_strings_end_with_finish_reason_stop(client) -> None:
     args = {"model": "charlm", "messages": CONVERSATION, "temperature": 0}
     full = client.chat.completions.create(**args, max_tokens=60).choices[0].message.content
@@ -180,7 +192,8 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"logprobs": True}, "logprobs"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"top_p": -0.5}, "top_p"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"extra_body": {"repetition_penalty": 1.2}}, "repetition_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),

@@ -55,6 +55,14 @@ async def test_generate_is_the_websocket_generation(server) -> None:
     assert status == 200 and body["id"] == "r7"
     text, _ = await ws_text(server, prompt="Once ", max_tokens=25, temperature=0.8, top_k=20, seed=4)
     assert body["text_output"] == text and len(text) == 25
+    # nucleus sampling and OpenAI's penalties, as the WebSocket's
+    fields = {"max_tokens": 40, "temperature": 1.3, "top_p": 0.8, "presence_penalty": 0.5, "frequency_penalty": 1,
+              "seed": 9}
+    status, raw = post(server, "/v2/models/charlm/generate", {"text_input": "The ", "parameters": fields})
+    assert status == 200
+    assert json.loads(raw)["text_output"] == (await ws_text(server, prompt="The ", **fields))[0]
+    assert json.loads(raw)["text_output"] != (await ws_text(server, prompt="The ", max_tokens=40, temperature=1.3,
+                                                            seed=9))[0]
 
 
 async def test_generate_stream_is_one_event_per_token(server) -> None:
@@ -101,6 +109,9 @@ def test_closing_a_stream_cancels_the_generation(server) -> None:
      "'max_tokens' is given both as an input and in 'parameters'"),
     ("/v2/models/charlm/generate", {"text_input": "a", "top_p": 0}, 400, "field 'top_p' must be a number in (0, 1], got 0"),
     ("/v2/models/charlm/generate", {"text_input": "a", "parameters": {"beam_width": 4}}, 400, "'beam_width'"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "repetition_penalty": 1.2}, 400, "'repetition_penalty'"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "frequency_penalty": 9}, 400,
+     "field 'frequency_penalty' must be a number in [-2, 2], got 9"),
     ("/v2/models/charlm/generate", {"text_input": "a", "stream": True}, 400, "'stream' must be true on generate_stream"),
     ("/v2/models/charlm/generate", {"text_input": "a", "stop": "x", "stop_words": ["y"]}, 400, "not both"),
     ("/v2/models/charlm/generate", {"text_input": "a", "temperature": -1}, 400, "'temperature' must be"),

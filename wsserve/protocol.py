@@ -37,6 +37,7 @@ __all__ = [
     "SUBPROTOCOL",
     "MAX_ID_LENGTH",
     "MAX_TOP_K",
+    "MAX_PENALTY",
     "MAX_TEMPERATURE",
     "MAX_TIMEOUT_MS",
     "MAX_STOP_STRINGS",
@@ -93,6 +94,8 @@ _MIN_INT_ID, _MAX_INT_ID = -(1 << 63), (1 << 63) - 1
 MAX_TOP_K = (1 << 31) - 1
 #: Largest ``temperature``.
 MAX_TEMPERATURE = 100.0
+#: ``presence_penalty`` and ``frequency_penalty`` lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range).
+MAX_PENALTY = 2.0
 #: Largest ``timeout_ms`` (about 24.8 days, as JavaScript's ``setTimeout``).
 MAX_TIMEOUT_MS = (1 << 31) - 1
 #: Largest ``chunk_rows``.
@@ -127,6 +130,11 @@ class GenerationParams:
     - ``top_p`` in (0, 1] (nucleus sampling): after top-k, sample only among the
       fewest most likely tokens whose probability sums to at least ``top_p``
       (ties ordered by token id); 1 is off.  Ignored when greedy.
+    - ``presence_penalty`` and ``frequency_penalty`` in [-:data:`MAX_PENALTY`,
+      :data:`MAX_PENALTY`] (OpenAI's): subtracted from a token's logit once if
+      the request generated it before (presence) and once per time it did
+      (frequency), before any other choice, greedy included; 0 is off.  Only
+      the generated tokens count, not the prompt's (as vLLM does).
     - ``seed``: per-request random generator seed (any int, taken modulo 2**64);
       ``None`` draws a fresh one.  Same seed, same prompt, same params -> same
       text, whatever else is batched with it.
@@ -143,6 +151,8 @@ class GenerationParams:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     priority: int = 0
@@ -160,6 +170,10 @@ class GenerationParams:
         p = self.top_p
         if type(p) not in (int, float) or not 0 < p <= 1:  # also refuses NaN
             raise BadRequest(f"field 'top_p' must be a number in (0, 1], got {shown(p)}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not -MAX_PENALTY <= v <= MAX_PENALTY:  # also refuses NaN
+                raise BadRequest(f"field '{name}' must be a number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {shown(v)}")
         if self.seed is not None and type(self.seed) is not int:
             raise BadRequest(f"field 'seed' must be an integer, got {described(self.seed)}")
         stop = self.stop
@@ -416,12 +430,15 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
     temperature = obj.get("temperature")
     top_k = obj.get("top_k")
     top_p = obj.get("top_p")
+    presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
     params = GenerationParams(
         prompt=prompt,
         max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
         temperature=0.0 if temperature is None else float(temperature) if type(temperature) is int else temperature,
         top_k=0 if top_k is None else top_k,
         top_p=1.0 if top_p is None else float(top_p) if type(top_p) is int else top_p,
+        presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
+        frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
         seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,
         stop=stop,
         priority=_priority(obj),

@@ -65,7 +65,7 @@ from ..metrics import VersionStats
 from ..stats import WorkerStatistics
 from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
-from .sampling import sample_rows
+from .sampling import apply_penalties, sample_rows
 from .scheduler import Batch, Scheduler, Sequence, TokenModel
 from .sequence import TokenEvents
 
@@ -110,7 +110,7 @@ class TokenSink(Protocol):
 
 def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
-    logits = model.logits(batch.contexts)  # [B, k] -> [B, V]
+    logits = apply_penalties(model.logits(batch.contexts), batch.penalties)  # [B, k] -> [B, V]
     return sample_rows(logits, batch.sampling, batch.noise)  # [B]
 
 
@@ -136,7 +136,7 @@ def run_step_rows(model: TokenModel, batch: Batch) -> tuple[np.ndarray | None, d
     for i, r in enumerate(rows):
         if r is not None:
             logits[i] = r[0]
-    return sample_rows(logits, batch.sampling, batch.noise), failed
+    return sample_rows(apply_penalties(logits, batch.penalties), batch.sampling, batch.noise), failed
 
 
 class GenerationEngine:

@@ -18,6 +18,9 @@ a small model, so the running set keeps it in arrays and counters:
   of noise; a step looks up its own tick, nothing else.
 - **Noise**: one buffer of ``capacity * NB`` rows (a block per slot, NB = ``noise_block_rows(V)``),
   read per step with one ``take`` of the sampled rows' positions.
+- **Token counts** (presence/frequency penalties): a ``[capacity, V]`` int32 buffer, made
+  at the first sequence with a penalty, a row per slot; the rows with penalties are read
+  per step with one ``take`` and incremented with one fancy-indexed add.
 
 Call order (the scheduler's): ``add``/``remove`` between steps; ``batch`` once
 per step, then ``advance`` with that batch's tokens.  Not thread-safe.
@@ -30,7 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from .params import MIN_TEMPERATURE
-from .sampling import SampledRows, gumbel_blocks, noise_block_rows
+from .sampling import Penalties, SampledRows, gumbel_blocks, noise_block_rows
 from .sequence import SeqState, Sequence, Tick
 
 __all__ = ["RunningSet", "TokenModel"]
@@ -111,6 +114,10 @@ class RunningSet:
         self._scales: list[float] = []
         self._top_ks: list[tuple[int, int]] = []  # (index among the sampled rows, k) with 0 < k < V
         self._top_ps: list[tuple[int, float]] = []  # (index among the sampled rows, p) with p < 1
+        self._counts: np.ndarray | None = None  # [capacity, V] int32 tokens generated (penalties)
+        self._pen: list[tuple[int, int, float, float]] = []  # (row, slot, presence, frequency)
+        self._pen_rows = self._pen_slots = np.zeros(0, np.int64)
+        self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # rows, presence, frequency
 
     # -- membership ----------------------------------------------------------------
     @property
@@ -149,6 +156,11 @@ class RunningSet:
                 seq._refill = tick
             _book(self._refills, seq._refill, seq)
         seq._noise = None
+        if p.presence_penalty or p.frequency_penalty:
+            if self._counts is None:
+                self._counts = np.zeros((self.capacity, self._v), np.int32)
+            self._counts[slot] = 0 if seq._counts is None else seq._counts  # resumed: its counts so far
+            seq._counts = None
         if seq.first_token_at is None:
             self._fresh.append(seq)
         self._seqs.append(seq)
@@ -166,6 +178,8 @@ class RunningSet:
                 seq._context = self._contexts[seq._row].copy()
             if seq.params.temperature > 0 and g % self._nb:
                 seq._noise = self._noise[slot * self._nb:(slot + 1) * self._nb].copy()
+            if self._counts is not None and (seq.params.presence_penalty or seq.params.frequency_penalty):
+                seq._counts = self._counts[slot].copy()
         else:
             seq._context = None
         if seq._end >= 0:
@@ -194,6 +208,15 @@ class RunningSet:
             self._nidx += 1
         return self._rows, self._contexts, self._sampling, noise
 
+    def penalties(self) -> Penalties | None:
+        """The penalties of the current layout's rows with any, their token counts copied now
+        (call after :meth:`batch`); None when no row has a penalty."""
+        spec = self._pen_spec
+        if spec is None:
+            return None
+        rows, presence, frequency = spec
+        return Penalties(rows, presence, frequency, self._counts.take(self._pen_slots, axis=0))  # type: ignore[union-attr]
+
     def texts(self, tokens: np.ndarray) -> list[str]:
         """Token ids -> texts (raises ``IndexError`` on an id outside the vocabulary; changes nothing)."""
         return self._itos.take(tokens).tolist()
@@ -211,9 +234,18 @@ class RunningSet:
                 if seq.state is _RUNNING and seq.first_token_at is None:
                     seq.first_token_at = now
             self._fresh = []
+        if self._pen_spec is not None:
+            self._count(tokens)
         numbers = self._next
         self._next = [n + 1 for n in numbers]
         return numbers, self._ends.pop(self.tick.value, None)
+
+    def _count(self, tokens: np.ndarray) -> None:
+        """Count each penalised row's new token in its slot's row of the counts.  A row whose
+        sequence left during the step counts into the slot it freed, which is harmless:
+        :meth:`add` sets a slot's counts whenever a sequence takes it (and a preempted
+        sequence saved its counts when it left, without this step's token, which it drops)."""
+        self._counts[self._pen_slots, tokens[self._pen_rows]] += 1  # type: ignore[index]  # a slot per row
 
     @property
     def changed(self) -> bool:
@@ -268,6 +300,7 @@ class RunningSet:
         self._rows = ()
         self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
         self._sampled, self._scales, self._top_ks, self._top_ps = [], [], [], []
+        self._pen = []
         self._nidx = np.zeros(0, np.int64)
         self._extend(seqs)
 
@@ -284,7 +317,7 @@ class RunningSet:
         self._rows = rows = self._rows + tuple(seqs)
         tick, v, nb = self.tick.value, self._v, self._nb
         nxt, stop_rows, sampled = self._next, self._stop_rows, self._sampled
-        scales, top_ks, top_ps = self._scales, self._top_ks, self._top_ps
+        scales, top_ks, top_ps, pen = self._scales, self._top_ks, self._top_ps, self._pen
         nidx: list[int] = []
         for i, s in enumerate(seqs, first):
             s._row = i
@@ -302,12 +335,21 @@ class RunningSet:
                 if p.top_p < 1:
                     top_ps.append((j, p.top_p))
                 nidx.append(s.slot * nb + g % nb)
+            if p.presence_penalty or p.frequency_penalty:
+                pen.append((i, s.slot, p.presence_penalty, p.frequency_penalty))
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
             self._plain = old + [s._stops is None for s in seqs]  # a new list: blocks keep theirs
         self._n_plain = len(rows) - len(stop_rows)
         if nidx:
             self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
+        if pen:
+            self._pen_rows = np.array([r for r, _, _, _ in pen], np.int64)
+            self._pen_slots = np.array([slot for _, slot, _, _ in pen], np.int64)
+            self._pen_spec = (self._pen_rows, np.array([q for _, _, q, _ in pen])[:, None],
+                              np.array([f for _, _, _, f in pen])[:, None])
+        else:
+            self._pen_spec = None
         self._sampling = None if not sampled else SampledRows(
             rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
             scale=_scale_rows(scales, v),

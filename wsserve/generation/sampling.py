@@ -25,11 +25,13 @@ __all__ = [
     "FLOAT32_NOISE_MAX_VOCAB",
     "NOISE_BLOCK",
     "NOISE_BLOCK_VALUES",
+    "Penalties",
     "SampledRows",
     "SplitMixSeed",
     "gumbel_block",
     "gumbel_blocks",
     "gumbel_from_bits",
+    "apply_penalties",
     "new_generator",
     "noise_block_rows",
     "nucleus_rows",
@@ -234,6 +236,38 @@ def sample(
             nucleus_rows(z, p_rows, top_p[p_rows])
     z += noise
     return z.argmax(axis=1)  # [B]
+
+
+@dataclass(frozen=True, slots=True)
+class Penalties:
+    """OpenAI's presence and frequency penalties of some rows of a batch (vLLM's semantics: on
+    the tokens the request generated, not its prompt).
+
+    ``rows [P]`` batch row indices; ``presence [P, 1]`` and ``frequency [P, 1]`` their
+    penalties; ``counts [P, V]`` how many times each token was generated so far by each of
+    those rows (a copy, taken when the batch is made).  See :func:`apply_penalties`."""
+
+    rows: np.ndarray
+    presence: np.ndarray
+    frequency: np.ndarray
+    counts: np.ndarray
+
+
+def apply_penalties(logits: np.ndarray, pen: Penalties | None) -> np.ndarray:
+    """``logits [B, V]`` with the penalties of ``pen``'s rows applied (a new array; ``logits``
+    itself, unchanged, when ``pen`` is None), as OpenAI defines them:
+    ``logit[j] - count[j] * frequency - (count[j] > 0) * presence``, before temperature,
+    top-k, top-p or greedy choice.  Elementwise products and differences, each exactly
+    rounded: a row's result does not depend on the rest of the batch."""
+    if pen is None:
+        return logits
+    counts = pen.counts.astype(np.float64)  # [P, V]
+    sub = logits[pen.rows]  # [P, V] a copy
+    sub -= counts * pen.frequency
+    sub -= (counts > 0) * pen.presence
+    out = logits.copy()
+    out[pen.rows] = sub
+    return out
 
 
 @dataclass(frozen=True, slots=True)

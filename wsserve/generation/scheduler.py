@@ -72,7 +72,7 @@ import numpy as np
 from ..errors import DeadlineExceeded, Internal, Overloaded, WsserveError
 from .params import GenerationParams
 from .running import RunningSet, TokenModel
-from .sampling import SampledRows, new_generator
+from .sampling import Penalties, SampledRows, new_generator
 from .sequence import FINISHED, Event, SeqState, Sequence, TokenEvents
 from .waitqueue import WaitQueue
 
@@ -87,8 +87,9 @@ class Batch:
 
     ``contexts [B, k]`` int64; ``sampling`` says which rows sample and how
     (``None``: every row is greedy) and ``noise [S, V]`` holds their Gumbel
-    noise.  Arrays are never written after the batch is made: safe to read
-    from another thread.
+    noise; ``penalties`` the presence/frequency penalties of the rows that have
+    them (``None``: no row has).  Arrays are never written after the batch is
+    made: safe to read from another thread.
     """
 
     seqs: tuple[Sequence, ...]
@@ -96,6 +97,7 @@ class Batch:
     sampling: SampledRows | None
     noise: np.ndarray | None
     scheduled_at: float
+    penalties: Penalties | None = None
 
     @property
     def size(self) -> int:
@@ -251,7 +253,7 @@ class Scheduler:
         seqs, contexts, sampling, noise = run.batch()
         if not seqs:
             return None
-        batch = self._batch = Batch(seqs, contexts, sampling, noise, now)
+        batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties())
         return batch
 
     def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float) -> None:

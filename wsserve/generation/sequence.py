@@ -55,6 +55,7 @@ class Sequence:
     __slots__ = (
         "_base",
         "_context",
+        "_counts",
         "_end",
         "_gen",
         "_noise",
@@ -110,6 +111,7 @@ class Sequence:
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block
+        self._counts: np.ndarray | None = None  # [V] tokens generated so far (penalties), saved on preemption
         self._row = -1  # row in the running layout
         self._srow = -1  # row among the layout's sampled rows
         self._end = -1  # tick at which it ends by length (no stop strings), while running

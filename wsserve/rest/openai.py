@@ -6,10 +6,12 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``n``/``best_of`` other than 1,
-  ``echo``, ``logprobs``, ``suffix``, penalties, ``logit_bias``, token-id
+  ``echo``, ``logprobs``, ``suffix``, ``logit_bias``, vLLM's ``repetition_penalty``
+  and ``min_p``, token-id
   prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
-  takes it) and ``top_k`` (an extension several servers accept; -1 is off)
-  are taken; ``user`` and unknown fields are ignored.
+  takes it), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]) and
+  ``top_k`` (an extension several servers accept; -1 is off) are taken;
+  ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
   tools, audio, logprobs, JSON output and per-request templates refused by name.
@@ -47,13 +49,13 @@ DONE = b"data: [DONE]\n\n"
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
 _NEUTRAL = {
     "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "logprobs": (None,), "suffix": (None, ""),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None,),
+    "logit_bias": (None,), "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0),
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
-    "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None,),
+    "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None,),
+    "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
 }
@@ -161,6 +163,7 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
     top_p = obj.get("top_p")
     if top_p is None:
         top_p = 1.0
+    presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
     temperature = obj.get("temperature")
     if temperature is None:
         temperature = 1.0
@@ -200,11 +203,14 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             temperature=float(temperature),
             top_k=top_k,
             top_p=float(top_p) if type(top_p) is int else top_p,
+            presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
+            frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        field = next((f for f in ("top_k", "top_p", "stop", "prompt") if f"'{f}'" in exc.message), None)
+        field = next((f for f in ("top_k", "top_p", "presence_penalty", "frequency_penalty", "stop", "prompt")
+                      if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 

@@ -254,6 +254,9 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     const narrow = await c.complete('charlm', 'Once ', { ...opts, temperature: 2, topP: 1e-9 });
     assert.equal(narrow.text, greedy.text);
     assert.notEqual(a.text, greedy.text);
+    const penalised = await c.complete('charlm', 'Once ', { maxTokens: 40, presencePenalty: 1, frequencyPenalty: 1 });
+    assert.equal(penalised.tokens, 40);
+    assert.notEqual(penalised.text, greedy.text);
   });
 
   it('500 concurrent predicts and 4 generations share one socket without mix-ups', async () => {

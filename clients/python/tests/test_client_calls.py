@@ -235,6 +235,9 @@ async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
         narrow = await c.complete("charlm", "a", max_tokens=30, temperature=2.0, top_p=1e-9, seed=42)
         assert narrow.text == greedy.text != (await c.complete("charlm", "a", max_tokens=30, temperature=2.0,
                                                                seed=42)).text
+        # so do the penalties (greedy included): the text differs from the plain greedy one
+        penalised = await c.complete("charlm", "a", max_tokens=30, presence_penalty=1.0, frequency_penalty=1.0)
+        assert penalised.tokens == 30 and penalised.text != greedy.text
 
 
 async def test_generate_chat_messages(server: ServerProcess) -> None:

@@ -336,6 +336,8 @@ class Client:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
@@ -350,7 +352,9 @@ class Client:
         ``messages``, which the server turns into the prompt with the model's chat template (a
         model without one answers ``bad_request``). ``None`` parameters take the server's
         defaults (``max_tokens`` 64, greedy, the default version). ``top_k`` and ``top_p``
-        (nucleus sampling, in (0, 1]) narrow sampling; greedy ignores them. Returns at once; the request
+        (nucleus sampling, in (0, 1]) narrow sampling; greedy ignores them. ``presence_penalty``
+        and ``frequency_penalty`` (in [-2, 2], OpenAI's) lower the logits of tokens already
+        generated, greedy included. Returns at once; the request
         is sent on first iteration or on ``async with``.
         """
         check_version(version)  # a bad version raises here, not on first iteration
@@ -360,7 +364,8 @@ class Client:
         def make(rid: int, left: float | None) -> bytes:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
-                top_k=top_k, top_p=top_p, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
+                top_k=top_k, top_p=top_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                seed=seed, stop=stop, timeout=left, priority=priority, version=version,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -375,6 +380,8 @@ class Client:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
@@ -385,7 +392,7 @@ class Client:
         :meth:`generate`: text, or chat messages)."""
         gen = self.generate(
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
         )
         async with gen:
             async for _ in gen:

@@ -194,6 +194,8 @@ def encode_generate(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
     seed: int | None = None,
     stop: Sequence[str] | str | None = None,
     timeout: float | None = None,
@@ -221,6 +223,10 @@ def encode_generate(
         frame["top_k"] = top_k
     if top_p is not None:
         frame["top_p"] = top_p
+    if presence_penalty is not None:
+        frame["presence_penalty"] = presence_penalty
+    if frequency_penalty is not None:
+        frame["frequency_penalty"] = frequency_penalty
     if seed is not None:
         frame["seed"] = seed
     if stop is not None:
