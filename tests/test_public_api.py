@@ -19,7 +19,7 @@ PUBLIC = {
     "wsserve": ["__version__", "ServerConfig", "Server", "WsserveError", "run", "serve", "FunctionModel", "onnx_model"],
     "wsserve.embed": ["serve", "onnx_model"],
     "wsserve.protocol": [
-        "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
+        "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_PENALTY", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
         "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
         "Models", "Ping", "Auth", "Admin", "Request", "decode", "decode_binary", "decode_predict_body", "loads",
         "validate_inputs", "check_rows", "ms", "timing_fields", "stop_tuple", "encode_error", "encode_hello", "encode_draining", "encode_pong", "encode_models",
