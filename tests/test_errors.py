@@ -97,3 +97,15 @@ def test_one_except_clause_catches_them_all() -> None:
 def test_retry_after_and_request_id_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         errors.Overloaded("x", 25)  # type: ignore[misc]
+
+
+def test_a_message_is_cut_to_a_bound_saying_how_much_was_left_out() -> None:
+    from wsserve.jsontypes import MAX_MESSAGE_CHARS, frame_text
+
+    short = "model 'm': predict() raised RuntimeError: no"
+    assert Internal(short).message == short
+    long = Internal("x" * 10_000).message
+    assert len(long) <= MAX_MESSAGE_CHARS and long == "x" * (MAX_MESSAGE_CHARS - 40) + \
+        f"... ({10_000 - MAX_MESSAGE_CHARS + 40} more characters)"
+    assert frame_text("a" * 5000, limit=100) == "a" * 60 + "... (4940 more characters)"
+    assert frame_text("path \udcff") == "path \\udcff"  # still fit for JSON

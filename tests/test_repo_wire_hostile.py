@@ -34,6 +34,7 @@ import pytest
 from tests.repo_models import AFFINE_CONFIG, affine, move_in, write_affine, write_py
 from tests.repo_wire import models_http, predict, states, wait_models, wait_watching
 from tests.support import Conn, ServerProcess
+from wsserve.jsontypes import MAX_MESSAGE_CHARS
 
 ROWS = [[1.0, 2.0, 3.0]]
 
@@ -156,6 +157,19 @@ class Model:
 """
 
 
+#: A megabyte-long exception message: from predict when a row holds 5, from Model() in version 2.
+LOUD_PY = """
+class Model:
+    def __init__(self, version_dir):
+        if version_dir.name == "2":
+            raise ValueError("y" * 1_000_000)
+    def predict(self, batch):
+        if (batch == 5).any():
+            raise RuntimeError("x" * 1_000_000)
+        return batch[:, :1]
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repository")
@@ -172,6 +186,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "wide").mkdir()
     (root / "wide" / "config.toml").write_text(AFFINE_CONFIG + 'output_dtype = "int32"\n')
     write_py(root / "wide" / "1", WIDE_PY)
+    (root / "loud").mkdir()
+    (root / "loud" / "config.toml").write_text(AFFINE_CONFIG + 'version_policy = "all"\n')
+    write_py(root / "loud" / "1", LOUD_PY)
+    write_py(root / "loud" / "2", LOUD_PY)
     (root / "genexits").mkdir()
     (root / "genexits" / "config.toml").write_text('task = "generation"\n')
     write_py(root / "genexits" / "1", GEN_EXITS_PY)
@@ -328,3 +346,23 @@ async def test_a_path_with_an_undecodable_byte_in_a_reason_or_message_breaks_not
         reply = await conn.request({"type": "models", "id": "m"})
         await conn.close()
     assert reply["type"] == "models" and {m["name"] for m in reply["models"]} == {"good", "broken", "later"}, reply
+
+
+async def test_a_huge_exception_message_from_model_code_is_cut_in_errors_and_reasons(
+        server: ServerProcess, repo: Path) -> None:
+    """Nothing else bounds what a model's own exception says: an error frame quoting a 1 MB
+    message, and the ``models`` entry of a version whose load raised one, are cut to
+    MAX_MESSAGE_CHARS (they used to carry the whole megabyte, in every error of the model)."""
+    entry = wait_models(server, "loud", "version 2 failed", lambda e: e is not None and states(e).get("2") == "failed")
+    assert entry is not None
+    reason = next(v["reason"] for v in entry["versions"] if v["version"] == "2")
+    assert len(reason) <= MAX_MESSAGE_CHARS and reason.endswith(" more characters)"), reason[-200:]
+    assert reason.startswith(f"{repo / 'loud' / '2' / 'model.py'}: ") and "yyyy" in reason
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "predict", "id": "bad", "model": "loud", "version": 1, "inputs": [[5.0, 0.0, 0.0]]})
+    _, bad = await conn.until_terminal("bad")
+    ok = await predict(conn, "ok", "loud", [[1.0, 0.0, 0.0]])
+    await conn.close()
+    assert (bad["type"], bad["code"]) == ("error", "internal") and "xxxx" in bad["message"], bad["message"][:200]
+    assert len(bad["message"]) <= MAX_MESSAGE_CHARS and bad["message"].endswith(" more characters)")
+    assert ok["type"] == "result" and ok["outputs"] == [[1.0]], ok

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .jsontypes import utf8_text
+from .jsontypes import frame_text
 
 __all__ = [
     "WsserveError",
@@ -61,7 +61,7 @@ class WsserveError(Exception):
         retry_after_ms: int | None = None,
         request_id: object = None,
     ) -> None:
-        message = utf8_text(message)  # it goes out in a JSON frame: an exception may name an undecodable path
+        message = frame_text(message)  # it goes out in a JSON frame: it may quote a model's exception
         super().__init__(message)
         self.message = message
         self.retry_after_ms = retry_after_ms

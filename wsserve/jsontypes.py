@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["described", "json_type", "shown", "utf8_text"]
+__all__ = ["MAX_MESSAGE_CHARS", "described", "frame_text", "json_type", "shown", "utf8_text"]
 
 #: Characters of a refused value an error message shows at most.
 SHOWN_CHARS = 64
+#: Characters of an error message or a failure reason at most (:func:`frame_text`).
+MAX_MESSAGE_CHARS = 2048
 
 
 def json_type(value: Any) -> str:
@@ -59,3 +61,15 @@ def utf8_text(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def frame_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """An error message or a failure reason as it goes out: :func:`utf8_text`, and at most
+    ``limit`` characters (for ``limit`` >= 40; a longer one is cut, saying how much was left out).  Such text may
+    quote an exception a model's own code raised, whose size nothing else bounds: a ``model.py``
+    raising a megabyte-long message must not make every error frame of its requests, or the
+    ``models`` list naming its failure, a megabyte long."""
+    if len(text) > limit:
+        kept = max(0, limit - 40)  # room for the tail below, whatever the count
+        text = f"{text[:kept]}... ({len(text) - kept} more characters)"
+    return utf8_text(text)

@@ -34,7 +34,7 @@ import orjson
 from .config import ServerConfig
 from .errors import InvalidInput, UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for, tensor_names
-from .jsontypes import utf8_text
+from .jsontypes import frame_text
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import check_rows, check_rows_within, result_head, validate_inputs
 from .tensorframe import TensorPayload, conform, view_tensors
@@ -347,8 +347,9 @@ class ModelPool:
 
     def set_state(self, name: str, version: str, state: str, reason: str | None = None) -> None:
         """Record a version that is not (or not yet) served: ``loading`` or ``failed``.  ``reason``
-        is listed by ``models`` (made fit for JSON: a path it names may hold an undecodable byte)."""
-        reason = utf8_text(reason) if reason is not None else None
+        is listed by ``models`` (made fit for JSON, a path it names may hold an undecodable byte,
+        and cut to :data:`~wsserve.jsontypes.MAX_MESSAGE_CHARS`)."""
+        reason = frame_text(reason) if reason is not None else None
         model = self._models.setdefault(name, _Model())
         status = model.versions.get(version)
         if status is None:
