@@ -106,7 +106,9 @@ class _Sink:
         raise RuntimeError(f"generation failed in the benchmark: {exc!r}")
 
 
-async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int | None) -> Result:
+async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int | None,
+                     extra: dict[str, Any] | None = None) -> Result:
+    """C streams of :func:`_params` (plus ``extra``'s fields, e.g. ``top_p``) through one engine."""
     from wsserve.generation import GenerationEngine, GenerationParams
 
     kw = {} if inline_max_batch is None else {"inline_max_batch": inline_max_batch}
@@ -118,7 +120,7 @@ async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int 
     sinks = [_Sink(t0, remaining, event) for _ in range(c)]
     for i, sink in enumerate(sinks):
         sink.t0 = time.perf_counter()  # TTFT counts from this request's own submit
-        engine.submit(GenerationParams(**_params(i, max_tokens)), sink)
+        engine.submit(GenerationParams(**{**_params(i, max_tokens), **(extra or {})}), sink)
     await event.wait()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     await engine.close()

@@ -181,26 +181,34 @@ def nucleus_rows(z: np.ndarray, rows: np.ndarray, top_p: np.ndarray) -> None:
     """Top-p (nucleus) filtering of rows ``rows [R]`` of ``z [S, V]``, in place: row ``rows[i]``
     (float64, already divided by its temperature and top-k masked) keeps the fewest most likely
     tokens whose probability under ``softmax`` of the row sums to at least ``top_p[i]`` (in
-    ``(0, 1)``); every other entry becomes ``-inf``.  Ties are ranked by token id (a stable
-    sort), so the kept set is a function of the row alone; at least one token is always kept.
+    ``(0, 1)``); every other entry becomes ``-inf``.  Among tokens of equal value at the edge of
+    the nucleus the lowest token ids are kept, so the kept set is a function of the row alone; at
+    least one token is always kept.
 
-    Row purity: sorting, ``cumsum`` along a row (sequential adds), subtraction, multiplication and
-    comparisons are exact or per row whatever the batch; ``exp`` is not exactly rounded and a
-    vectorised call over ``[R, V]`` could treat an element differently depending on where it
-    falls in SIMD blocks that cross row boundaries, so it runs one row at a time (the same
-    ``V``-element call for a row in any batch).  A request's tokens thus stay independent of
-    its neighbours (``tests/test_gen_sampling.py`` checks it)."""
+    How: the row's values sorted (descending), their unnormalised probabilities and running sum
+    give how many tokens to keep, hence the smallest kept value; values below it are masked, and
+    ties at it only where more of them remain than may be kept (rare: one row at a time).
+
+    Row purity: sorting values, ``cumsum`` along a row (sequential adds), subtraction,
+    multiplication and comparisons are exact or per row whatever the batch; ``exp`` is not
+    exactly rounded and a vectorised call over ``[R, V]`` could treat an element differently
+    depending on where it falls in SIMD blocks that cross row boundaries, so it runs one row at a
+    time (the same ``V``-element call for a row in any batch).  A request's tokens thus stay
+    independent of its neighbours (``tests/test_gen_sampling.py`` checks it)."""
     sub = z[rows]  # [R, V] a copy
-    order = np.argsort(-sub, axis=1, kind="stable")  # [R, V] most likely first; ties by token id
-    ranked = np.take_along_axis(sub, order, axis=1)
-    ranked -= ranked[:, :1]  # <= 0; -inf (masked) stays -inf
-    probs = np.empty_like(ranked)
+    ranked = np.sort(sub, axis=1)[:, ::-1]  # [R, V] most likely first (a view)
+    shifted = ranked - ranked[:, :1]  # <= 0; -inf (masked) stays -inf
+    probs = np.empty_like(shifted)
     for i in range(len(rows)):
-        np.exp(ranked[i], out=probs[i])
+        np.exp(shifted[i], out=probs[i])
     cum = np.cumsum(probs, axis=1)  # [R, V] unnormalised
     keep = (cum < (top_p * cum[:, -1])[:, None]).sum(axis=1) + 1  # [R] tokens kept, >= 1
-    drop = np.arange(sub.shape[1]) >= keep[:, None]  # [R, V] in ranked order
-    np.put_along_axis(sub, order, np.where(drop, -np.inf, np.take_along_axis(sub, order, axis=1)), axis=1)
+    edge = ranked[np.arange(len(rows)), keep - 1][:, None]  # [R, 1] the smallest kept value
+    above = sub > edge
+    sub[sub < edge] = -np.inf
+    tied = keep - above.sum(axis=1)  # [R] how many of the values equal to the edge stay
+    for i in np.flatnonzero((sub == edge).sum(axis=1) > tied):
+        sub[i, np.flatnonzero(sub[i] == edge[i, 0])[tied[i]:]] = -np.inf
     z[rows] = sub
 
 
