@@ -57,6 +57,7 @@ def alone(p: GenerationParams) -> tuple[tuple[str, ...], str, int]:
     temp = np.array([p.temperature])
     top_k = np.array([p.top_k if 0 < p.top_k < v else 0])
     top_p = np.array([p.top_p])
+    min_p = np.array([p.min_p])
     counts = np.zeros(v)  # tokens generated so far, for the penalties (OpenAI's formula)
     matcher = StopMatcher(p.stop) if p.stop else None
     pieces: list[str] = []
@@ -70,7 +71,7 @@ def alone(p: GenerationParams) -> tuple[tuple[str, ...], str, int]:
         logits = model.logits(ctx[None, :])
         logits[0] -= counts * p.frequency_penalty
         logits[0] -= (counts > 0) * p.presence_penalty
-        tok = int(sample(logits, temp, top_k, noise, top_p=top_p)[0])
+        tok = int(sample(logits, temp, top_k, noise, top_p=top_p, min_p=min_p)[0])
         counts[tok] += 1
         ctx = np.append(ctx[1:], tok)
         text = model.id_to_text[tok]
@@ -93,6 +94,7 @@ request = st.builds(
     temperature=st.sampled_from([0.0, 0.0, 0.6, 1.0, 1.8]),
     top_k=st.sampled_from([0, 0, 1, 4, 200]),
     top_p=st.sampled_from([1.0, 1.0, 0.5, 0.9]),
+    min_p=st.sampled_from([0.0, 0.0, 0.1]),
     presence_penalty=st.sampled_from([0.0, 0.0, 0.7, -0.5]),
     frequency_penalty=st.sampled_from([0.0, 0.0, 1.5, -2.0]),
     seed=st.integers(0, 2**64),
@@ -307,10 +309,11 @@ def test_sample_rows_equals_sample(b: int, seed: int, v: int, full_scale: bool) 
     top_k = rng.choice([0, 1, 2, v - 1, v, v + 5], b).astype(np.int64)
     top_k = np.where((top_k > 0) & (top_k < v), top_k, 0)  # the scheduler's normalisation
     top_p = rng.choice([1.0, 1.0, 0.3, 0.8, 0.999], b)
+    min_p = rng.choice([0.0, 0.0, 0.05, 0.5], b)
     rows = np.flatnonzero(temp > 0)
     noise = np.zeros((b, v))
     noise[rows] = rng.gumbel(size=(len(rows), v))
-    expected = sample(logits, temp, top_k, noise if len(rows) else None, top_p=top_p)
+    expected = sample(logits, temp, top_k, noise if len(rows) else None, top_p=top_p, min_p=min_p)
     spec = None
     if len(rows):
         k_rows = np.flatnonzero(top_k[rows] > 0)
@@ -322,6 +325,8 @@ def test_sample_rows_equals_sample(b: int, seed: int, v: int, full_scale: bool) 
             top_k=top_k[rows][k_rows] if len(k_rows) else None,
             top_p_rows=np.flatnonzero(top_p[rows] < 1) if (top_p[rows] < 1).any() else None,
             top_p=top_p[rows][top_p[rows] < 1] if (top_p[rows] < 1).any() else None,
+            min_p_rows=np.flatnonzero(min_p[rows] > 0) if (min_p[rows] > 0).any() else None,
+            log_min_p=np.log(min_p[rows][min_p[rows] > 0]) if (min_p[rows] > 0).any() else None,
         )
     got = sample_rows(logits, spec, noise[rows] if len(rows) else None)
     assert got.tolist() == expected.tolist()

@@ -15,6 +15,7 @@ from wsserve.generation.sampling import (
     gumbel_block,
     gumbel_blocks,
     gumbel_from_bits,
+    min_p_rows,
     new_generator,
     noise_block_rows,
     nucleus_rows,
@@ -117,17 +118,34 @@ def test_top_p_bounds_the_support_of_sampling() -> None:
     assert set(greedy.tolist()) == {0}
 
 
-def test_top_p_rows_are_independent_of_the_rest_of_the_batch() -> None:
+def test_min_p_keeps_tokens_at_least_min_p_times_as_likely_as_the_likeliest() -> None:
+    probs = np.array([0.5, 0.3, 0.1, 0.05, 0.05])
+    for min_p, kept in [(0.09, {0, 1, 2, 3, 4}), (0.19, {0, 1, 2}), (0.59, {0, 1}), (0.61, {0}), (1.0, {0})]:
+        z = np.log(probs)[None, :]
+        min_p_rows(z, np.array([0]), np.log(np.array([min_p])))
+        assert set(np.flatnonzero(np.isfinite(z[0])).tolist()) == kept, min_p
+    n = 4000
+    z = np.tile(np.log(probs), (n, 1))
+    noise = np.random.default_rng(14).gumbel(size=z.shape)
+    got = sample(z, np.ones(n), np.zeros(n, np.int64), noise, min_p=np.full(n, 0.19))
+    assert set(got.tolist()) == {0, 1, 2}
+    hot = sample(z, np.full(n, 2.0), np.zeros(n, np.int64), noise, min_p=np.full(n, 0.19))  # after the temperature:
+    assert set(hot.tolist()) == {0, 1, 2, 3, 4}  # at T=2 the ratios are square roots, all above 0.19
+
+
+def test_top_p_and_min_p_rows_are_independent_of_the_rest_of_the_batch() -> None:
     b, v = 37, 61  # rows that do not start on a vector boundary
     rng = np.random.default_rng(13)
     z = rng.normal(0, 3, (b, v))
     temp = rng.choice([0.0, 0.3, 1.0, 2.5], b)
     top_k = rng.choice([0, 3, 20], b).astype(np.int64)
     top_p = rng.choice([1.0, 0.5, 0.9, 0.99], b)
+    min_p = rng.choice([0.0, 0.05, 0.3], b)
     noise = np.where(temp[:, None] > 0, rng.gumbel(size=(b, v)), 0.0)
-    full = sample(z, temp, top_k, noise, top_p=top_p)
+    full = sample(z, temp, top_k, noise, top_p=top_p, min_p=min_p)
     for i in range(b):
-        alone = sample(z[i:i + 1], temp[i:i + 1], top_k[i:i + 1], noise[i:i + 1], top_p=top_p[i:i + 1])
+        alone = sample(z[i:i + 1], temp[i:i + 1], top_k[i:i + 1], noise[i:i + 1], top_p=top_p[i:i + 1],
+                       min_p=min_p[i:i + 1])
         assert alone[0] == full[i]
 
 

@@ -40,9 +40,10 @@ def generate_alone(p: GenerationParams) -> tuple[str, str]:
         GenerationParams(prompt="The ", max_tokens=45, temperature=1.2, top_k=20, top_p=0.9, seed=12),
         GenerationParams(prompt="The ", max_tokens=60, frequency_penalty=1.0, presence_penalty=0.5),
         GenerationParams(prompt="x = ", max_tokens=45, temperature=0.9, frequency_penalty=-0.8, seed=13),
+        GenerationParams(prompt="def ", max_tokens=45, temperature=1.6, min_p=0.05, top_p=0.95, seed=14),
     ],
     ids=["greedy", "sampled", "sampled-top-k", "sampled-stop", "sampled-top-p", "sampled-top-k-top-p",
-         "greedy-penalties", "sampled-penalty"],
+         "greedy-penalties", "sampled-penalty", "sampled-min-p"],
 )
 def test_same_output_alone_and_among_32_concurrent_generations(target: GenerationParams) -> None:
     alone = generate_alone(target)

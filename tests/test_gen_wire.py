@@ -94,6 +94,23 @@ def _reference_greedy(cache: Path, prompt: str, max_tokens: int, presence: float
     return "".join(out)
 
 
+async def test_min_p_narrows_sampling_and_is_bounded(server_url: str) -> None:
+    """``min_p`` 1 keeps only the likeliest token: greedy at any temperature; 0 is off; values
+    outside [0, 1] are refused by name."""
+    conn = await Conn.open(server_url)
+    hot = {"prompt": "The ", "max_tokens": 40, "temperature": 2.0, "seed": 8}
+    greedy, _ = await generate(conn, "g", prompt="The ", max_tokens=40)
+    assert (await generate(conn, "one", **hot, min_p=1))[0] == greedy
+    free, _ = await generate(conn, "f", **hot)
+    assert (await generate(conn, "off", **hot, min_p=0))[0] == free != greedy
+    assert (await generate(conn, "some", **hot, min_p=0.2))[0] not in (free, greedy)
+    for bad in (-0.1, 1.5, "0.1"):
+        reply = await conn.request({**GEN, "id": "bad", **hot, "min_p": bad})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", (bad, reply)
+        assert "field 'min_p' must be a number in [0, 1]" in reply["message"]
+    await conn.close()
+
+
 async def test_presence_and_frequency_penalties_follow_openais_formula(server_url: str, model_cache: Path) -> None:
     """The penalties are honoured (they used to be ignored as unknown fields): the greedy
     text is the formula's, and it repeats itself less than without them; out-of-range

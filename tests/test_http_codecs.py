@@ -199,8 +199,8 @@ def test_completion_defaults_are_openais() -> None:
     assert c.params.top_k == 0 and c.params.seed == 2**64 - 1 and c.params.stop == ("x",) and c.include_usage
     assert parse_completion({"model": "m", "prompt": "a"}, max_tokens_limit=8).params.max_tokens == 8
     c = parse_completion({"model": "m", "prompt": "a", "presence_penalty": -2, "frequency_penalty": 1.5,
-                          "repetition_penalty": 1, "min_p": 0}, max_tokens_limit=8)
-    assert (c.params.presence_penalty, c.params.frequency_penalty) == (-2.0, 1.5)
+                          "repetition_penalty": 1, "min_p": 0.25}, max_tokens_limit=8)
+    assert (c.params.presence_penalty, c.params.frequency_penalty, c.params.min_p) == (-2.0, 1.5, 0.25)
 
 
 @pytest.mark.parametrize("body, param", [
@@ -216,7 +216,7 @@ def test_completion_defaults_are_openais() -> None:
     ({"model": "m", "prompt": "a", "frequency_penalty": 2.5}, "frequency_penalty"),
     ({"model": "m", "prompt": "a", "presence_penalty": "0.5"}, "presence_penalty"),
     ({"model": "m", "prompt": "a", "repetition_penalty": 1.1}, "repetition_penalty"),
-    ({"model": "m", "prompt": "a", "min_p": 0.1}, "min_p"),
+    ({"model": "m", "prompt": "a", "min_p": 1.1}, "min_p"),
     ({"model": "m", "prompt": "a", "suffix": "z"}, "suffix"),
 ])
 def test_completion_refusals_name_the_field(body: dict, param: str) -> None:

@@ -79,6 +79,9 @@ async def test_top_p_and_penalties_are_honoured_as_on_the_websocket(server, clie
     penalised = client.completions.create(model="charlm", presence_penalty=0.5, frequency_penalty=1.5, **args)
     ws_text, _ = await _ws_text(server, **args, presence_penalty=0.5, frequency_penalty=1.5)
     assert penalised.choices[0].text == ws_text != hot.choices[0].text
+    narrowed = client.completions.create(model="charlm", extra_body={"min_p": 0.3}, **args)  # vLLM's field
+    ws_text, _ = await _ws_text(server, **args, min_p=0.3)
+    assert narrowed.choices[0].text == ws_text != hot.choices[0].text
 
 
 def test_stop_strings_end_with_finish_reason_stop(client) -> None:

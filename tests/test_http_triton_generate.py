@@ -56,8 +56,8 @@ async def test_generate_is_the_websocket_generation(server) -> None:
     text, _ = await ws_text(server, prompt="Once ", max_tokens=25, temperature=0.8, top_k=20, seed=4)
     assert body["text_output"] == text and len(text) == 25
     # nucleus sampling and OpenAI's penalties, as the WebSocket's
-    fields = {"max_tokens": 40, "temperature": 1.3, "top_p": 0.8, "presence_penalty": 0.5, "frequency_penalty": 1,
-              "seed": 9}
+    fields = {"max_tokens": 40, "temperature": 1.3, "top_p": 0.8, "min_p": 0.02, "presence_penalty": 0.5,
+              "frequency_penalty": 1, "seed": 9}
     status, raw = post(server, "/v2/models/charlm/generate", {"text_input": "The ", "parameters": fields})
     assert status == 200
     assert json.loads(raw)["text_output"] == (await ws_text(server, prompt="The ", **fields))[0]

@@ -130,6 +130,9 @@ class GenerationParams:
     - ``top_p`` in (0, 1] (nucleus sampling): after top-k, sample only among the
       fewest most likely tokens whose probability sums to at least ``top_p``
       (ties ordered by token id); 1 is off.  Ignored when greedy.
+    - ``min_p`` in [0, 1] (vLLM's): sample only among the tokens at least ``min_p``
+      times as likely as the likeliest (after the temperature, before top-k and
+      top-p); 0 is off.  Ignored when greedy.
     - ``presence_penalty`` and ``frequency_penalty`` in [-:data:`MAX_PENALTY`,
       :data:`MAX_PENALTY`] (OpenAI's): subtracted from a token's logit once if
       the request generated it before (presence) and once per time it did
@@ -151,6 +154,7 @@ class GenerationParams:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
@@ -170,6 +174,9 @@ class GenerationParams:
         p = self.top_p
         if type(p) not in (int, float) or not 0 < p <= 1:  # also refuses NaN
             raise BadRequest(f"field 'top_p' must be a number in (0, 1], got {shown(p)}")
+        m = self.min_p
+        if type(m) not in (int, float) or not 0 <= m <= 1:  # also refuses NaN
+            raise BadRequest(f"field 'min_p' must be a number in [0, 1], got {shown(m)}")
         for name in ("presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not -MAX_PENALTY <= v <= MAX_PENALTY:  # also refuses NaN
@@ -429,7 +436,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
     seed = obj.get("seed")
     temperature = obj.get("temperature")
     top_k = obj.get("top_k")
-    top_p = obj.get("top_p")
+    top_p, min_p = obj.get("top_p"), obj.get("min_p")
     presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
     params = GenerationParams(
         prompt=prompt,
@@ -437,6 +444,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         temperature=0.0 if temperature is None else float(temperature) if type(temperature) is int else temperature,
         top_k=0 if top_k is None else top_k,
         top_p=1.0 if top_p is None else float(top_p) if type(top_p) is int else top_p,
+        min_p=0.0 if min_p is None else float(min_p) if type(min_p) is int else min_p,
         presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
         frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
         seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,

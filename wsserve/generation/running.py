@@ -114,6 +114,7 @@ class RunningSet:
         self._scales: list[float] = []
         self._top_ks: list[tuple[int, int]] = []  # (index among the sampled rows, k) with 0 < k < V
         self._top_ps: list[tuple[int, float]] = []  # (index among the sampled rows, p) with p < 1
+        self._min_ps: list[tuple[int, float]] = []  # (index among the sampled rows, min_p) with min_p > 0
         self._counts: np.ndarray | None = None  # [capacity, V] int32 tokens generated (penalties)
         self._pen: list[tuple[int, int, float, float]] = []  # (row, slot, presence, frequency)
         self._pen_rows = self._pen_slots = np.zeros(0, np.int64)
@@ -299,7 +300,7 @@ class RunningSet:
             np.zeros((0, self._k), np.int64)
         self._rows = ()
         self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
-        self._sampled, self._scales, self._top_ks, self._top_ps = [], [], [], []
+        self._sampled, self._scales, self._top_ks, self._top_ps, self._min_ps = [], [], [], [], []
         self._pen = []
         self._nidx = np.zeros(0, np.int64)
         self._extend(seqs)
@@ -317,7 +318,7 @@ class RunningSet:
         self._rows = rows = self._rows + tuple(seqs)
         tick, v, nb = self.tick.value, self._v, self._nb
         nxt, stop_rows, sampled = self._next, self._stop_rows, self._sampled
-        scales, top_ks, top_ps, pen = self._scales, self._top_ks, self._top_ps, self._pen
+        scales, top_ks, top_ps, min_ps, pen = self._scales, self._top_ks, self._top_ps, self._min_ps, self._pen
         nidx: list[int] = []
         for i, s in enumerate(seqs, first):
             s._row = i
@@ -334,6 +335,8 @@ class RunningSet:
                     top_ks.append((j, p.top_k))
                 if p.top_p < 1:
                     top_ps.append((j, p.top_p))
+                if p.min_p > 0:
+                    min_ps.append((j, p.min_p))
                 nidx.append(s.slot * nb + g % nb)
             if p.presence_penalty or p.frequency_penalty:
                 pen.append((i, s.slot, p.presence_penalty, p.frequency_penalty))
@@ -357,6 +360,8 @@ class RunningSet:
             top_k=np.array([k for _, k in top_ks], np.int64) if top_ks else None,
             top_p_rows=np.array([j for j, _ in top_ps], np.int64) if top_ps else None,
             top_p=np.array([q for _, q in top_ps]) if top_ps else None,
+            min_p_rows=np.array([j for j, _ in min_ps], np.int64) if min_ps else None,
+            log_min_p=np.log([q for _, q in min_ps]) if min_ps else None,
         )
 
     def _refill(self, due: dict[Sequence, None]) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "gumbel_blocks",
     "gumbel_from_bits",
     "apply_penalties",
+    "min_p_rows",
     "new_generator",
     "noise_block_rows",
     "nucleus_rows",
@@ -212,26 +213,44 @@ def nucleus_rows(z: np.ndarray, rows: np.ndarray, top_p: np.ndarray) -> None:
     z[rows] = sub
 
 
+def min_p_rows(z: np.ndarray, rows: np.ndarray, log_min_p: np.ndarray) -> None:
+    """Min-p filtering (vLLM's ``min_p``) of rows ``rows [R]`` of ``z [S, V]``, in place: row
+    ``rows[i]`` (float64, divided by its temperature) keeps the tokens whose probability is at
+    least ``min_p`` times the likeliest token's, i.e. ``z - max(z) >= log(min_p)`` (``log_min_p
+    [R]``, ``min_p`` in ``(0, 1]``); the others become ``-inf``.  The likeliest token always
+    stays.  A maximum, a difference and a comparison per element: exact, so a row's result does
+    not depend on the batch."""
+    sub = z[rows]  # [R, V] a copy
+    sub[sub - sub.max(axis=1, keepdims=True) < log_min_p[:, None]] = -np.inf
+    z[rows] = sub
+
+
 def sample(
     logits: np.ndarray,
     temperature: np.ndarray,
     top_k: np.ndarray,
     noise: np.ndarray | None,
     top_p: np.ndarray | None = None,
+    min_p: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pick one token per row.
 
     ``logits [B, V]`` float64; ``temperature [B]`` (0 = greedy); ``top_k [B]`` int
     (0 = off); ``noise [B, V]`` Gumbel noise (zero rows for greedy requests), or
-    ``None`` when every row is greedy; ``top_p [B]`` (1 = off, or ``None``: off for every
+    ``None`` when every row is greedy; ``min_p [B]`` (0 = off, or ``None``: off for every row),
+    applied first (:func:`min_p_rows`); ``top_p [B]`` (1 = off, or ``None``: off for every
     row), applied after top-k (:func:`nucleus_rows`).  Returns ``[B]`` int64 token ids.
-    Greedy rows take the argmax (first index on ties); they ignore top-k and top-p.
+    Greedy rows take the argmax (first index on ties); they ignore min-p, top-k and top-p.
     """
     if noise is None:
         return logits.argmax(axis=1)  # [B]
     vocab = logits.shape[1]
     scale = np.where(temperature > 0, np.maximum(temperature, MIN_TEMPERATURE), 1.0)  # [B]
     z = logits / scale[:, None]  # [B, V]
+    if min_p is not None:
+        m_rows = np.flatnonzero((min_p > 0) & (temperature > 0))
+        if len(m_rows):
+            min_p_rows(z, m_rows, np.log(min_p[m_rows]))
     rows = np.flatnonzero((top_k > 0) & (top_k < vocab) & (temperature > 0))
     if len(rows):
         sub = z[rows]  # [R, V]
@@ -288,7 +307,8 @@ class SampledRows:
     about twice as fast, so small vocabularies get that); ``top_k_rows [R]`` indices *into
     the S sampled rows* whose ``top_k [R]`` is active (``0 < k < V``), or ``None``;
     ``top_p_rows [P]`` indices into the S sampled rows whose ``top_p [P]`` is active
-    (``p < 1``), or ``None``.  Built once per change of the running set, not per step.
+    (``p < 1``), or ``None``; ``min_p_rows [M]`` the same for ``min_p > 0``, with
+    ``log_min_p [M]`` = ``log(min_p)``.  Built once per change of the running set, not per step.
     """
 
     rows: np.ndarray | None
@@ -297,6 +317,8 @@ class SampledRows:
     top_k: np.ndarray | None
     top_p_rows: np.ndarray | None = None
     top_p: np.ndarray | None = None
+    min_p_rows: np.ndarray | None = None
+    log_min_p: np.ndarray | None = None
 
 
 def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray | None) -> np.ndarray:
@@ -305,7 +327,7 @@ def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray 
     ``logits [B, V]``; ``spec`` (None: every row greedy); ``noise [S, V]`` Gumbel
     noise of the sampled rows only.  Returns ``[B]`` int64 token ids.  Each row
     goes through exactly the operations :func:`sample` applies to it (divide by
-    its temperature, top-k mask, top-p mask, add its noise, argmax), so the result is bitwise
+    its temperature, min-p mask, top-k mask, top-p mask, add its noise, argmax), so the result is bitwise
     the same as ``sample`` on the full arrays, and independent of the batch.
     """
     if spec is None:
@@ -314,6 +336,8 @@ def sample_rows(logits: np.ndarray, spec: SampledRows | None, noise: np.ndarray 
     z = logits / spec.scale if rows is None else logits.take(rows, axis=0)  # [S, V] (a copy either way)
     if rows is not None:
         z /= spec.scale
+    if spec.min_p_rows is not None:
+        min_p_rows(z, spec.min_p_rows, spec.log_min_p)  # type: ignore[arg-type]
     k_rows = spec.top_k_rows
     if k_rows is not None:
         vocab = logits.shape[1]

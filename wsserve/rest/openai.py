@@ -6,10 +6,10 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``n``/``best_of`` other than 1,
-  ``echo``, ``logprobs``, ``suffix``, ``logit_bias``, vLLM's ``repetition_penalty``
-  and ``min_p``, token-id
+  ``echo``, ``logprobs``, ``suffix``, ``logit_bias``, vLLM's ``repetition_penalty``,
+  token-id
   prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
-  takes it), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]) and
+  takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken;
   ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
@@ -49,13 +49,13 @@ DONE = b"data: [DONE]\n\n"
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
 _NEUTRAL = {
     "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "logprobs": (None,), "suffix": (None, ""),
-    "logit_bias": (None,), "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0),
+    "logit_bias": (None,), "repetition_penalty": (None, 1, 1.0),
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
     "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None,),
-    "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
 }
@@ -164,6 +164,7 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
     if top_p is None:
         top_p = 1.0
     presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
+    min_p = obj.get("min_p")
     temperature = obj.get("temperature")
     if temperature is None:
         temperature = 1.0
@@ -203,13 +204,14 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             temperature=float(temperature),
             top_k=top_k,
             top_p=float(top_p) if type(top_p) is int else top_p,
+            min_p=0.0 if min_p is None else float(min_p) if type(min_p) is int else min_p,
             presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
             frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        field = next((f for f in ("top_k", "top_p", "presence_penalty", "frequency_penalty", "stop", "prompt")
+        field = next((f for f in ("top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty", "stop", "prompt")
                       if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)

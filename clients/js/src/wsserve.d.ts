@@ -368,6 +368,8 @@ export interface GenerateOptions extends CallOptions {
   topK?: number;
   /** Nucleus sampling, in (0, 1]: sample among the fewest likeliest tokens holding this much probability (1: off). */
   topP?: number;
+  /** vLLM's min-p, in [0, 1]: sample among the tokens at least this fraction as likely as the likeliest (0: off). */
+  minP?: number;
   /** OpenAI's penalties, in [-2, 2]: subtracted from a generated token's logit once (presence) and per occurrence (frequency). */
   presencePenalty?: number;
   frequencyPenalty?: number;

@@ -144,7 +144,7 @@ const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
 const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
-  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'presencePenalty', 'frequencyPenalty', 'seed',
+  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty', 'seed',
   'stop', 'timeoutMs', 'priority',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
@@ -1712,7 +1712,7 @@ export class Client extends EventTarget {
    * (`{role, content}`, sent as `messages`: the model's chat template makes the prompt).
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
-   * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number,
+   * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
    *          presencePenalty?: number, frequencyPenalty?: number, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
@@ -1724,6 +1724,7 @@ export class Client extends EventTarget {
     setIf(msg, 'temperature', opts.temperature);
     setIf(msg, 'top_k', opts.topK);
     setIf(msg, 'top_p', opts.topP);
+    setIf(msg, 'min_p', opts.minP);
     setIf(msg, 'presence_penalty', opts.presencePenalty);
     setIf(msg, 'frequency_penalty', opts.frequencyPenalty);
     setIf(msg, 'seed', opts.seed);

@@ -238,6 +238,8 @@ async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
         # so do the penalties (greedy included): the text differs from the plain greedy one
         penalised = await c.complete("charlm", "a", max_tokens=30, presence_penalty=1.0, frequency_penalty=1.0)
         assert penalised.tokens == 30 and penalised.text != greedy.text
+        one = await c.complete("charlm", "a", max_tokens=30, temperature=2.0, min_p=1.0, seed=42)
+        assert one.text == greedy.text  # min_p 1: only the likeliest token
 
 
 async def test_generate_chat_messages(server: ServerProcess) -> None:

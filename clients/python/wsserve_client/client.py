@@ -336,6 +336,7 @@ class Client:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         seed: int | None = None,
@@ -351,8 +352,8 @@ class Client:
         (``{"role": "system" | "user" | "assistant", "content": str}``, OpenAI's form) sent as
         ``messages``, which the server turns into the prompt with the model's chat template (a
         model without one answers ``bad_request``). ``None`` parameters take the server's
-        defaults (``max_tokens`` 64, greedy, the default version). ``top_k`` and ``top_p``
-        (nucleus sampling, in (0, 1]) narrow sampling; greedy ignores them. ``presence_penalty``
+        defaults (``max_tokens`` 64, greedy, the default version). ``top_k``, ``top_p``
+        (nucleus sampling, in (0, 1]) and ``min_p`` (in [0, 1]) narrow sampling; greedy ignores them. ``presence_penalty``
         and ``frequency_penalty`` (in [-2, 2], OpenAI's) lower the logits of tokens already
         generated, greedy included. Returns at once; the request
         is sent on first iteration or on ``async with``.
@@ -364,7 +365,7 @@ class Client:
         def make(rid: int, left: float | None) -> bytes:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
-                top_k=top_k, top_p=top_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                top_k=top_k, top_p=top_p, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                 seed=seed, stop=stop, timeout=left, priority=priority, version=version,
             )
 
@@ -380,6 +381,7 @@ class Client:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
+        min_p: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
         seed: int | None = None,
@@ -391,7 +393,7 @@ class Client:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
         :meth:`generate`: text, or chat messages)."""
         gen = self.generate(
-            model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
         )
         async with gen:

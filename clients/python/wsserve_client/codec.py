@@ -194,6 +194,7 @@ def encode_generate(
     temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
     presence_penalty: float | None = None,
     frequency_penalty: float | None = None,
     seed: int | None = None,
@@ -223,6 +224,8 @@ def encode_generate(
         frame["top_k"] = top_k
     if top_p is not None:
         frame["top_p"] = top_p
+    if min_p is not None:
+        frame["min_p"] = min_p
     if presence_penalty is not None:
         frame["presence_penalty"] = presence_penalty
     if frequency_penalty is not None:
