@@ -71,6 +71,8 @@ def alone(p: GenerationParams) -> tuple[tuple[str, ...], str, int]:
         logits = model.logits(ctx[None, :])
         logits[0] -= counts * p.frequency_penalty
         logits[0] -= (counts > 0) * p.presence_penalty
+        for token, bias in p.logit_bias:
+            logits[0, token] += bias
         tok = int(sample(logits, temp, top_k, noise, top_p=top_p, min_p=min_p)[0])
         counts[tok] += 1
         ctx = np.append(ctx[1:], tok)
@@ -97,6 +99,7 @@ request = st.builds(
     min_p=st.sampled_from([0.0, 0.0, 0.1]),
     presence_penalty=st.sampled_from([0.0, 0.0, 0.7, -0.5]),
     frequency_penalty=st.sampled_from([0.0, 0.0, 1.5, -2.0]),
+    logit_bias=st.sampled_from([(), (), ((1, 5.0),), ((0, -100.0), (3, 2.5), (95, 7.0))]),
     seed=st.integers(0, 2**64),
     stop=st.lists(st.sampled_from(STOPS), max_size=2, unique=True).map(tuple),
     priority=st.sampled_from([0, 0, 1]),

@@ -41,9 +41,10 @@ def generate_alone(p: GenerationParams) -> tuple[str, str]:
         GenerationParams(prompt="The ", max_tokens=60, frequency_penalty=1.0, presence_penalty=0.5),
         GenerationParams(prompt="x = ", max_tokens=45, temperature=0.9, frequency_penalty=-0.8, seed=13),
         GenerationParams(prompt="def ", max_tokens=45, temperature=1.6, min_p=0.05, top_p=0.95, seed=14),
+        GenerationParams(prompt="The ", max_tokens=45, temperature=0.7, logit_bias=((5, 3.0), (40, -100.0)), seed=15),
     ],
     ids=["greedy", "sampled", "sampled-top-k", "sampled-stop", "sampled-top-p", "sampled-top-k-top-p",
-         "greedy-penalties", "sampled-penalty", "sampled-min-p"],
+         "greedy-penalties", "sampled-penalty", "sampled-min-p", "sampled-logit-bias"],
 )
 def test_same_output_alone_and_among_32_concurrent_generations(target: GenerationParams) -> None:
     alone = generate_alone(target)
@@ -57,7 +58,7 @@ def test_same_output_alone_and_among_32_concurrent_generations(target: Generatio
             others.append(sched.add_request(GenerationParams(
                 prompt=PROMPTS[j % len(PROMPTS)], max_tokens=3 + 7 * j % 90,
                 temperature=(0.0, 0.5, 1.0, 2.0)[j % 4], top_k=(0, 0, 5)[j % 3], top_p=(1.0, 0.8)[j % 2],
-                frequency_penalty=(0.0, 0.0, 0.6)[j % 3], seed=j), clock.now))
+                frequency_penalty=(0.0, 0.0, 0.6)[j % 3], logit_bias=((), ((7, 4.0),))[j % 2], seed=j), clock.now))
 
     add_others(12, 0)
     step_once(sched, clock, out)

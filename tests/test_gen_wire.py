@@ -111,6 +111,28 @@ async def test_min_p_narrows_sampling_and_is_bounded(server_url: str) -> None:
     await conn.close()
 
 
+async def test_logit_bias_forces_and_bans_tokens_and_is_bounded(server_url: str, model_cache: Path) -> None:
+    """OpenAI's ``logit_bias``: +100 on one token makes greedy text that token only, -100 bans
+    one from greedy text that had it; malformed maps and ids outside the vocabulary are refused."""
+    vocab = train_default_models(names=["charlm"], cache_dir=model_cache)["charlm"].id_to_text
+    conn = await Conn.open(server_url)
+    forced, _ = await generate(conn, "z", prompt="The ", max_tokens=20, logit_bias={str(vocab.index("z")): 100})
+    assert forced == "z" * 20
+    plain, _ = await generate(conn, "p", prompt="The ", max_tokens=60)
+    banned = max(set(plain), key=plain.count)
+    text, _ = await generate(conn, "b", prompt="The ", max_tokens=60, logit_bias={str(vocab.index(banned)): -100})
+    assert banned not in text and len(text) == 60
+    for bad, says in [([1], "must be an object"), ({"-1": 1}, "keys must be token ids"), ({"x": 1}, "keys must be"),
+                      ({"1": 101}, "a number in [-100, 100], got 101 for token 1"), ({"1": "1"}, "got '1'"),
+                      ({str(i): 1 for i in range(conn.hello["limits"]["max_logit_bias_tokens"] + 1)}, "at most 300"),
+                      ({"1": 1, "01": 2}, "names a token id twice"),
+                      ({str(len(vocab)): 1}, f"names token {len(vocab)}; the model's vocabulary has {len(vocab)}")]:
+        reply = await conn.request({**GEN, "id": "bad", "prompt": "a", "logit_bias": bad})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", (bad, reply)
+        assert "'logit_bias'" in reply["message"] and says in reply["message"], (bad, reply["message"])
+    await conn.close()
+
+
 async def test_presence_and_frequency_penalties_follow_openais_formula(server_url: str, model_cache: Path) -> None:
     """The penalties are honoured (they used to be ignored as unknown fields): the greedy
     text is the formula's, and it repeats itself less than without them; out-of-range

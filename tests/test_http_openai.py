@@ -82,6 +82,10 @@ async def test_top_p_and_penalties_are_honoured_as_on_the_websocket(server, clie
     narrowed = client.completions.create(model="charlm", extra_body={"min_p": 0.3}, **args)  # vLLM's field
     ws_text, _ = await _ws_text(server, **args, min_p=0.3)
     assert narrowed.choices[0].text == ws_text != hot.choices[0].text
+    forced = client.completions.create(model="charlm", prompt="The ", max_tokens=10, temperature=0,
+                                       logit_bias={"3": 100})  # charlm's token 3
+    assert forced.choices[0].text == (await _ws_text(server, prompt="The ", max_tokens=10, logit_bias={"3": 100}))[0]
+    assert len(set(forced.choices[0].text)) == 1
 
 
 def test_stop_strings_end_with_finish_reason_stop(client) -> None:
@@ -113,6 +117,8 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"top_p": 1.5}, "top_p"),
         ({"presence_penalty": -2.5}, "presence_penalty"),
         ({"extra_body": {"repetition_penalty": 1.1}}, "repetition_penalty"),
+        ({"logit_bias": {"a": 1}}, "logit_bias"),
+        ({"logit_bias": {"1": 500}}, "logit_bias"),
         ({"n": 2}, "n"),
         ({"logprobs": 2}, "logprobs"),
         ({"echo": True}, "echo"),

@@ -137,9 +137,10 @@ async def test_streamed_chat_is_the_same_text_in_chunks(server, client) -> None:
 
 
 async def test_sampling_fields_are_the_websockets(server, client) -> None:
-    """``top_p`` and OpenAI's penalties reach the engine: the chat's text is the WebSocket
+    """``top_p``, OpenAI's penalties and ``logit_bias`` reach the engine: the chat's text is the WebSocket
     ``generate``'s of the templated prompt with the same fields."""
-    fields = {"temperature": 1.2, "top_p": 0.85, "presence_penalty": 0.6, "frequency_penalty": 0.9, "seed": 5}
+    fields = {"temperature": 1.2, "top_p": 0.85, "presence_penalty": 0.6, "frequency_penalty": 0.9, "seed": 5,
+              "logit_bias": {"4": 2.5, "10": -100}}
     r = client.chat.completions.create(model="charlm", messages=CONVERSATION, max_tokens=40, **fields)
     text, _ = await _ws_generate(server, model="charlm", prompt="You continue text.\nThe ", max_tokens=40, **fields)
     assert r.choices[0].message.content == text

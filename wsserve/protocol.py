@@ -38,6 +38,8 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_TOP_K",
     "MAX_PENALTY",
+    "MAX_LOGIT_BIAS",
+    "MAX_LOGIT_BIAS_TOKENS",
     "MAX_TEMPERATURE",
     "MAX_TIMEOUT_MS",
     "MAX_STOP_STRINGS",
@@ -63,6 +65,7 @@ __all__ = [
     "ResultRows",
     "timing_fields",
     "stop_tuple",
+    "logit_bias_tuple",
     "encode_error",
     "encode_hello",
     "encode_draining",
@@ -96,6 +99,10 @@ MAX_TOP_K = (1 << 31) - 1
 MAX_TEMPERATURE = 100.0
 #: ``presence_penalty`` and ``frequency_penalty`` lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range).
 MAX_PENALTY = 2.0
+#: A ``logit_bias`` names at most this many tokens (OpenAI's limit), each biased by at most
+#: ±MAX_LOGIT_BIAS.
+MAX_LOGIT_BIAS_TOKENS = 300
+MAX_LOGIT_BIAS = 100.0
 #: Largest ``timeout_ms`` (about 24.8 days, as JavaScript's ``setTimeout``).
 MAX_TIMEOUT_MS = (1 << 31) - 1
 #: Largest ``chunk_rows``.
@@ -138,6 +145,12 @@ class GenerationParams:
       the request generated it before (presence) and once per time it did
       (frequency), before any other choice, greedy included; 0 is off.  Only
       the generated tokens count, not the prompt's (as vLLM does).
+    - ``logit_bias`` (OpenAI's): ``(token id, bias)`` pairs, ids ascending and
+      distinct, at most :data:`MAX_LOGIT_BIAS_TOKENS`, each bias in
+      [-:data:`MAX_LOGIT_BIAS`, :data:`MAX_LOGIT_BIAS`], added to the token's
+      logit after the penalties, greedy included (-100 bans a token, +100 all
+      but forces it).  The ids' bound is the model's vocabulary, checked when the
+      request is queued (:meth:`~wsserve.generation.Scheduler.add_request`).
     - ``seed``: per-request random generator seed (any int, taken modulo 2**64);
       ``None`` draws a fresh one.  Same seed, same prompt, same params -> same
       text, whatever else is batched with it.
@@ -157,6 +170,7 @@ class GenerationParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
     stop: tuple[str, ...] = ()
     priority: int = 0
@@ -181,6 +195,17 @@ class GenerationParams:
             v = getattr(self, name)
             if type(v) not in (int, float) or not -MAX_PENALTY <= v <= MAX_PENALTY:  # also refuses NaN
                 raise BadRequest(f"field '{name}' must be a number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {shown(v)}")
+        bias = self.logit_bias
+        if type(bias) is not tuple or len(bias) > MAX_LOGIT_BIAS_TOKENS:
+            raise BadRequest(f"field 'logit_bias' must map at most {MAX_LOGIT_BIAS_TOKENS} token ids to biases")
+        last = -1
+        for pair in bias:
+            if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not int or pair[0] <= last:
+                raise BadRequest("field 'logit_bias' must hold (token id, bias) pairs, ids ascending and distinct")
+            last, b = pair
+            if type(b) not in (int, float) or not -MAX_LOGIT_BIAS <= b <= MAX_LOGIT_BIAS:
+                raise BadRequest(f"field 'logit_bias' must bias each token by a number in [-{MAX_LOGIT_BIAS:g}, "
+                                 f"{MAX_LOGIT_BIAS:g}], got {shown(b)} for token {last}")
         if self.seed is not None and type(self.seed) is not int:
             raise BadRequest(f"field 'seed' must be an integer, got {described(self.seed)}")
         stop = self.stop
@@ -418,6 +443,28 @@ def stop_tuple(value: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def logit_bias_tuple(value: Any) -> tuple[tuple[int, float], ...]:
+    """A request's ``logit_bias`` (OpenAI's form: a JSON object mapping token ids, written as
+    decimal strings, to biases) as the ``(id, bias)`` pairs :class:`GenerationParams` takes,
+    ids ascending; absent (or null) -> ``()``.  Raises :class:`~wsserve.errors.BadRequest`
+    naming the field for anything else (the biases' range is :class:`GenerationParams`'s)."""
+    if value is None:
+        return ()
+    if type(value) is not dict:
+        raise BadRequest(f"field 'logit_bias' must be an object mapping token ids to biases, got {json_type(value)}")
+    if len(value) > MAX_LOGIT_BIAS_TOKENS:
+        raise BadRequest(f"field 'logit_bias' names {len(value)} tokens; at most {MAX_LOGIT_BIAS_TOKENS}")
+    pairs = []
+    for key, bias in value.items():
+        if not (0 < len(key) <= 10 and key.isascii() and key.isdigit()):
+            raise BadRequest(f"field 'logit_bias' keys must be token ids (decimal integers), got {shown(key)}")
+        pairs.append((int(key), bias))  # the bias as sent: GenerationParams checks it
+    pairs.sort(key=lambda pair: pair[0])
+    if any(a[0] == b[0] for a, b in zip(pairs, pairs[1:])):  # "01" and "1"
+        raise BadRequest("field 'logit_bias' names a token id twice")
+    return tuple(pairs)
+
+
 def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int) -> Generate:
     model = _model(obj)
     prompt = obj.get("prompt")
@@ -438,6 +485,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
     top_k = obj.get("top_k")
     top_p, min_p = obj.get("top_p"), obj.get("min_p")
     presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
+    logit_bias = logit_bias_tuple(obj.get("logit_bias"))
     params = GenerationParams(
         prompt=prompt,
         max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
@@ -447,6 +495,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         min_p=0.0 if min_p is None else float(min_p) if type(min_p) is int else min_p,
         presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
         frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
+        logit_bias=logit_bias,
         seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,
         stop=stop,
         priority=_priority(obj),
@@ -684,14 +733,15 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
-    ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``)."""
+    ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
         "version": version,
         "protocol": PROTOCOL_VERSION,
         "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES,
-                   "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS},
+                   "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS,
+                   "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS},
         "models": models,
     }
     if auth_required:

@@ -110,7 +110,7 @@ class TokenSink(Protocol):
 
 def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
-    logits = apply_penalties(model.logits(batch.contexts), batch.penalties)  # [B, k] -> [B, V]
+    logits = apply_penalties(model.logits(batch.contexts), batch.penalties, batch.bias)  # [B, k] -> [B, V]
     return sample_rows(logits, batch.sampling, batch.noise)  # [B]
 
 
@@ -136,7 +136,7 @@ def run_step_rows(model: TokenModel, batch: Batch) -> tuple[np.ndarray | None, d
     for i, r in enumerate(rows):
         if r is not None:
             logits[i] = r[0]
-    return sample_rows(apply_penalties(logits, batch.penalties), batch.sampling, batch.noise), failed
+    return sample_rows(apply_penalties(logits, batch.penalties, batch.bias), batch.sampling, batch.noise), failed
 
 
 class GenerationEngine:

@@ -18,6 +18,8 @@ a small model, so the running set keeps it in arrays and counters:
   of noise; a step looks up its own tick, nothing else.
 - **Noise**: one buffer of ``capacity * NB`` rows (a block per slot, NB = ``noise_block_rows(V)``),
   read per step with one ``take`` of the sampled rows' positions.
+- **Logit biases**: the biased rows' ``(row, token, bias)`` triples as three flat arrays,
+  made per layout and added with one fancy-indexed add per step.
 - **Token counts** (presence/frequency penalties): a ``[capacity, V]`` int32 buffer, made
   at the first sequence with a penalty, a row per slot; the rows with penalties are read
   per step with one ``take`` and incremented with one fancy-indexed add.
@@ -33,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from .params import MIN_TEMPERATURE
-from .sampling import Penalties, SampledRows, gumbel_blocks, noise_block_rows
+from .sampling import LogitBias, Penalties, SampledRows, gumbel_blocks, noise_block_rows
 from .sequence import SeqState, Sequence, Tick
 
 __all__ = ["RunningSet", "TokenModel"]
@@ -119,6 +121,9 @@ class RunningSet:
         self._pen: list[tuple[int, int, float, float]] = []  # (row, slot, presence, frequency)
         self._pen_rows = self._pen_slots = np.zeros(0, np.int64)
         self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # rows, presence, frequency
+        self._biased: list[tuple[int, tuple[tuple[int, float], ...]]] = []  # (row, logit_bias) of biased rows
+        #: the layout's logit biases (:class:`~.sampling.LogitBias`), None when no row has one
+        self.logit_bias: LogitBias | None = None
 
     # -- membership ----------------------------------------------------------------
     @property
@@ -302,6 +307,7 @@ class RunningSet:
         self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
         self._sampled, self._scales, self._top_ks, self._top_ps, self._min_ps = [], [], [], [], []
         self._pen = []
+        self._biased = []
         self._nidx = np.zeros(0, np.int64)
         self._extend(seqs)
 
@@ -340,12 +346,21 @@ class RunningSet:
                 nidx.append(s.slot * nb + g % nb)
             if p.presence_penalty or p.frequency_penalty:
                 pen.append((i, s.slot, p.presence_penalty, p.frequency_penalty))
+            if p.logit_bias:
+                self._biased.append((i, p.logit_bias))
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
             self._plain = old + [s._stops is None for s in seqs]  # a new list: blocks keep theirs
         self._n_plain = len(rows) - len(stop_rows)
         if nidx:
             self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
+        if self._biased:
+            pairs = [(r, t, b) for r, bias in self._biased for t, b in bias]
+            self.logit_bias = LogitBias(np.array([r for r, _, _ in pairs], np.int64),
+                                        np.array([t for _, t, _ in pairs], np.int64),
+                                        np.array([b for _, _, b in pairs], np.float64))
+        else:
+            self.logit_bias = None
         if pen:
             self._pen_rows = np.array([r for r, _, _, _ in pen], np.int64)
             self._pen_slots = np.array([slot for _, slot, _, _ in pen], np.int64)

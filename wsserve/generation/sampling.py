@@ -31,6 +31,7 @@ __all__ = [
     "gumbel_block",
     "gumbel_blocks",
     "gumbel_from_bits",
+    "LogitBias",
     "apply_penalties",
     "min_p_rows",
     "new_generator",
@@ -280,20 +281,33 @@ class Penalties:
     counts: np.ndarray
 
 
-def apply_penalties(logits: np.ndarray, pen: Penalties | None) -> np.ndarray:
-    """``logits [B, V]`` with the penalties of ``pen``'s rows applied (a new array; ``logits``
-    itself, unchanged, when ``pen`` is None), as OpenAI defines them:
-    ``logit[j] - count[j] * frequency - (count[j] > 0) * presence``, before temperature,
-    top-k, top-p or greedy choice.  Elementwise products and differences, each exactly
-    rounded: a row's result does not depend on the rest of the batch."""
-    if pen is None:
+@dataclass(frozen=True, slots=True)
+class LogitBias:
+    """OpenAI's ``logit_bias`` of some rows of a batch, flat: ``logit[rows[i], ids[i]] +=
+    biases[i]`` (each ``(row, id)`` pair once).  Built once per layout of the running set."""
+
+    rows: np.ndarray
+    ids: np.ndarray
+    biases: np.ndarray
+
+
+def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias | None = None) -> np.ndarray:
+    """``logits [B, V]`` with the penalties of ``pen``'s rows, then ``bias``, applied (a new
+    array; ``logits`` itself, unchanged, when both are None), as OpenAI defines them:
+    ``logit[j] - count[j] * frequency - (count[j] > 0) * presence + bias[j]``, before
+    temperature, min-p, top-k, top-p or greedy choice.  Elementwise products, sums and
+    differences, each exactly rounded: a row's result does not depend on the rest of the batch."""
+    if pen is None and bias is None:
         return logits
-    counts = pen.counts.astype(np.float64)  # [P, V]
-    sub = logits[pen.rows]  # [P, V] a copy
-    sub -= counts * pen.frequency
-    sub -= (counts > 0) * pen.presence
     out = logits.copy()
-    out[pen.rows] = sub
+    if pen is not None:
+        counts = pen.counts.astype(np.float64)  # [P, V]
+        sub = logits[pen.rows]  # [P, V] a copy
+        sub -= counts * pen.frequency
+        sub -= (counts > 0) * pen.presence
+        out[pen.rows] = sub
+    if bias is not None:
+        out[bias.rows, bias.ids] += bias.biases
     return out
 
 

@@ -69,10 +69,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, Internal, Overloaded, WsserveError
+from ..errors import BadRequest, DeadlineExceeded, Internal, Overloaded, WsserveError
 from .params import GenerationParams
 from .running import RunningSet, TokenModel
-from .sampling import Penalties, SampledRows, new_generator
+from .sampling import LogitBias, Penalties, SampledRows, new_generator
 from .sequence import FINISHED, Event, SeqState, Sequence, TokenEvents
 from .waitqueue import WaitQueue
 
@@ -88,7 +88,7 @@ class Batch:
     ``contexts [B, k]`` int64; ``sampling`` says which rows sample and how
     (``None``: every row is greedy) and ``noise [S, V]`` holds their Gumbel
     noise; ``penalties`` the presence/frequency penalties of the rows that have
-    them (``None``: no row has).  Arrays are never written after the batch is
+    them and ``bias`` their logit biases (``None``: no row has).  Arrays are never written after the batch is
     made: safe to read from another thread.
     """
 
@@ -98,6 +98,7 @@ class Batch:
     noise: np.ndarray | None
     scheduled_at: float
     penalties: Penalties | None = None
+    bias: LogitBias | None = None
 
     @property
     def size(self) -> int:
@@ -156,7 +157,8 @@ class Scheduler:
         ``deadline`` (same clock as ``now``): past it the sequence ends with
         ``deadline_exceeded``, waiting or running.
         Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
-        the queue is full; nothing is queued then.
+        the queue is full, and :class:`~wsserve.errors.BadRequest` for a ``logit_bias`` token
+        id outside the model's vocabulary; nothing is queued then.
         """
         waiting = len(self._waiting[0]) + len(self._waiting[1])
         if self.max_generate_queue is not None and waiting - self._run.free >= self.max_generate_queue:
@@ -165,6 +167,9 @@ class Scheduler:
                 f"max_generate_queue={self.max_generate_queue})",
                 retry_after_ms=self._retry_after_ms(),
             )
+        if params.logit_bias and params.logit_bias[-1][0] >= self.model.vocab_size:
+            raise BadRequest(f"field 'logit_bias' names token {params.logit_bias[-1][0]}; the model's vocabulary "
+                             f"has {self.model.vocab_size} tokens (ids 0 to {self.model.vocab_size - 1})")
         context, prompt_tokens = self.model.encode_prompt(params.prompt)  # may raise: nothing is queued then
         if params.prompt:  # only the context is used from here on: do not hold the whole prompt
             params = dataclasses.replace(params, prompt="")
@@ -253,7 +258,7 @@ class Scheduler:
         seqs, contexts, sampling, noise = run.batch()
         if not seqs:
             return None
-        batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties())
+        batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties(), run.logit_bias)
         return batch
 
     def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float) -> None:

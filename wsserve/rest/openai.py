@@ -6,10 +6,11 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``n``/``best_of`` other than 1,
-  ``echo``, ``logprobs``, ``suffix``, ``logit_bias``, vLLM's ``repetition_penalty``,
+  ``echo``, ``logprobs``, ``suffix``, vLLM's ``repetition_penalty``,
   token-id
   prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
-  takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]) and
+  takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
+  ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken;
   ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
@@ -36,6 +37,7 @@ from ..protocol import (
     MAX_MODEL_NAME_LENGTH,
     MAX_TEMPERATURE,
     GenerationParams,
+    logit_bias_tuple,
     stop_tuple,
 )
 from .errors import error_response
@@ -49,13 +51,12 @@ DONE = b"data: [DONE]\n\n"
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
 _NEUTRAL = {
     "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "logprobs": (None,), "suffix": (None, ""),
-    "logit_bias": (None,), "repetition_penalty": (None, 1, 1.0),
+    "repetition_penalty": (None, 1, 1.0),
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
-    "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None,),
-    "repetition_penalty": (None, 1, 1.0),
+    "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "repetition_penalty": (None, 1, 1.0),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
 }
@@ -141,8 +142,6 @@ def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]
     for name, values in neutral.items():
         value = obj.get(name)
         if value is not None and not any(value == v and type(value) is type(v) for v in values if v is not None):
-            if name == "logit_bias" and value == {}:
-                continue
             shown = repr(value)
             raise ParamError(name, f"'{name}' is not supported (only its default); got "
                                    f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
@@ -165,6 +164,10 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
         top_p = 1.0
     presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
     min_p = obj.get("min_p")
+    try:
+        logit_bias = logit_bias_tuple(obj.get("logit_bias"))
+    except BadRequest as exc:
+        raise ParamError("logit_bias", exc.message) from None
     temperature = obj.get("temperature")
     if temperature is None:
         temperature = 1.0
@@ -207,11 +210,13 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             min_p=0.0 if min_p is None else float(min_p) if type(min_p) is int else min_p,
             presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
             frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
+            logit_bias=logit_bias,
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        field = next((f for f in ("top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty", "stop", "prompt")
+        field = next((f for f in ("top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty", "logit_bias", "stop",
+                                  "prompt")
                       if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)

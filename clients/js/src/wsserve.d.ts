@@ -373,6 +373,8 @@ export interface GenerateOptions extends CallOptions {
   /** OpenAI's penalties, in [-2, 2]: subtracted from a generated token's logit once (presence) and per occurrence (frequency). */
   presencePenalty?: number;
   frequencyPenalty?: number;
+  /** OpenAI's logit bias: token id (of the model's vocabulary) -> bias in [-100, 100], added to its logit. */
+  logitBias?: Record<string | number, number>;
   seed?: number;
   stop?: string | string[];
   timeoutMs?: number;

@@ -144,7 +144,7 @@ const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
 const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
-  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty', 'seed',
+  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty', 'logitBias', 'seed',
   'stop', 'timeoutMs', 'priority',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
@@ -1713,7 +1713,7 @@ export class Client extends EventTarget {
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
-   *          presencePenalty?: number, frequencyPenalty?: number, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   *          presencePenalty?: number, frequencyPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
   generate(model, prompt, opts) {
@@ -1727,6 +1727,7 @@ export class Client extends EventTarget {
     setIf(msg, 'min_p', opts.minP);
     setIf(msg, 'presence_penalty', opts.presencePenalty);
     setIf(msg, 'frequency_penalty', opts.frequencyPenalty);
+    setIf(msg, 'logit_bias', opts.logitBias);
     setIf(msg, 'seed', opts.seed);
     setIf(msg, 'stop', typeof opts.stop === 'string' ? [opts.stop] : opts.stop);
     setIf(msg, 'timeout_ms', opts.timeoutMs);

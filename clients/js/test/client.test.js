@@ -254,6 +254,8 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     const narrow = await c.complete('charlm', 'Once ', { ...opts, temperature: 2, topP: 1e-9 });
     assert.equal(narrow.text, greedy.text);
     assert.equal((await c.complete('charlm', 'Once ', { ...opts, temperature: 2, minP: 1 })).text, greedy.text);
+    const forced = await c.complete('charlm', 'Once ', { maxTokens: 10, logitBias: { 3: 100 } });
+    assert.equal(new Set(forced.text).size, 1);
     assert.notEqual(a.text, greedy.text);
     const penalised = await c.complete('charlm', 'Once ', { maxTokens: 40, presencePenalty: 1, frequencyPenalty: 1 });
     assert.equal(penalised.tokens, 40);

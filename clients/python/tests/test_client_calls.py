@@ -240,6 +240,8 @@ async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
         assert penalised.tokens == 30 and penalised.text != greedy.text
         one = await c.complete("charlm", "a", max_tokens=30, temperature=2.0, min_p=1.0, seed=42)
         assert one.text == greedy.text  # min_p 1: only the likeliest token
+        forced = await c.complete("charlm", "a", max_tokens=10, logit_bias={3: 100})
+        assert len(set(forced.text)) == 1 and forced.tokens == 10  # one token, forced
 
 
 async def test_generate_chat_messages(server: ServerProcess) -> None:

@@ -145,11 +145,11 @@ def test_encode_predict_numpy_inputs() -> None:
 def test_encode_generate_and_cancel() -> None:
     frame = orjson.loads(
         encode_generate(3, "charlm", "The ", max_tokens=5, temperature=0.7, top_k=4, top_p=0.9, min_p=0.1, presence_penalty=0.5,
-                        frequency_penalty=-1, seed=9, stop="\n")
+                        frequency_penalty=-1, logit_bias={3: 100, 7: -1.5}, seed=9, stop="\n")
     )
     assert frame == {
         "type": "generate", "id": 3, "model": "charlm", "prompt": "The ", "max_tokens": 5,
-        "temperature": 0.7, "top_k": 4, "top_p": 0.9, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": -1, "seed": 9,
+        "temperature": 0.7, "top_k": 4, "top_p": 0.9, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {"3": 100, "7": -1.5}, "seed": 9,
         "stop": ["\n"],
     }
     assert orjson.loads(encode_generate(4, "charlm", "")) == {

@@ -339,6 +339,7 @@ class Client:
         min_p: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        logit_bias: Mapping[int, float] | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
@@ -355,7 +356,8 @@ class Client:
         defaults (``max_tokens`` 64, greedy, the default version). ``top_k``, ``top_p``
         (nucleus sampling, in (0, 1]) and ``min_p`` (in [0, 1]) narrow sampling; greedy ignores them. ``presence_penalty``
         and ``frequency_penalty`` (in [-2, 2], OpenAI's) lower the logits of tokens already
-        generated, greedy included. Returns at once; the request
+        generated, greedy included; ``logit_bias`` (``{token id: bias}``, biases in [-100, 100]) is
+        added to those tokens' logits. Returns at once; the request
         is sent on first iteration or on ``async with``.
         """
         check_version(version)  # a bad version raises here, not on first iteration
@@ -366,7 +368,7 @@ class Client:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
                 top_k=top_k, top_p=top_p, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                seed=seed, stop=stop, timeout=left, priority=priority, version=version,
+                logit_bias=logit_bias, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -384,6 +386,7 @@ class Client:
         min_p: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        logit_bias: Mapping[int, float] | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
         timeout: float | None = None,
@@ -394,7 +397,7 @@ class Client:
         :meth:`generate`: text, or chat messages)."""
         gen = self.generate(
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
         )
         async with gen:
             async for _ in gen:

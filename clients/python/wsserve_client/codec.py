@@ -197,6 +197,7 @@ def encode_generate(
     min_p: float | None = None,
     presence_penalty: float | None = None,
     frequency_penalty: float | None = None,
+    logit_bias: Mapping[int, float] | None = None,
     seed: int | None = None,
     stop: Sequence[str] | str | None = None,
     timeout: float | None = None,
@@ -230,6 +231,8 @@ def encode_generate(
         frame["presence_penalty"] = presence_penalty
     if frequency_penalty is not None:
         frame["frequency_penalty"] = frequency_penalty
+    if logit_bias is not None:
+        frame["logit_bias"] = {str(token): bias for token, bias in logit_bias.items()}
     if seed is not None:
         frame["seed"] = seed
     if stop is not None:
