@@ -119,6 +119,7 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"extra_body": {"repetition_penalty": 1.1}}, "repetition_penalty"),
         ({"logit_bias": {"a": 1}}, "logit_bias"),
         ({"logit_bias": {"1": 500}}, "logit_bias"),
+        ({"logit_bias": {"96": 1}}, "logit_bias"),  # charlm has 96 tokens: checked when queued
         ({"n": 2}, "n"),
         ({"logprobs": 2}, "logprobs"),
         ({"echo": True}, "echo"),

@@ -664,7 +664,10 @@ class HttpApi:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
-            call.handle = entry.worker.submit(completion.params, call, group=session)
+            try:
+                call.handle = entry.worker.submit(completion.params, call, group=session)
+            except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
+                raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
         except WsserveError as exc:
             self._rejected(exc, model, "generate")
             raise
