@@ -217,24 +217,11 @@ def encode_generate(
         frame["messages"] = chat_messages(prompt)
     if check_version(version) is not None:
         frame["version"] = version
-    if max_tokens is not None:
-        frame["max_tokens"] = max_tokens
-    if temperature is not None:
-        frame["temperature"] = temperature
-    if top_k is not None:
-        frame["top_k"] = top_k
-    if top_p is not None:
-        frame["top_p"] = top_p
-    if min_p is not None:
-        frame["min_p"] = min_p
-    if presence_penalty is not None:
-        frame["presence_penalty"] = presence_penalty
-    if frequency_penalty is not None:
-        frame["frequency_penalty"] = frequency_penalty
-    if logit_bias is not None:
-        frame["logit_bias"] = {str(token): bias for token, bias in logit_bias.items()}
-    if seed is not None:
-        frame["seed"] = seed
+    sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "min_p": min_p, "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                "logit_bias": None if logit_bias is None else {str(t): b for t, b in logit_bias.items()},
+                "seed": seed}
+    frame.update((name, value) for name, value in sampling.items() if value is not None)
     if stop is not None:
         frame["stop"] = [stop] if isinstance(stop, str) else list(stop)
     ms = timeout_to_ms(timeout)
