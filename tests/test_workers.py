@@ -230,6 +230,9 @@ async def test_restarts_are_counted_per_worker_in_metrics(model_cache: Path) -> 
         assert _restarts(server) == {"0": 0, "1": 0}
         pids = _worker_pids(server)
         os.kill(pids["1"], signal.SIGKILL)
+        # Scrape only once the supervisor saw the death: until the kernel has torn the killed
+        # worker down, a connection can still land in its listening socket and be reset.
+        await wait_until_async(lambda: "restarting it" in server.stderr_text(), 30, what="the restart log line")
         await wait_until_async(lambda: _restarts(server) == {"0": 0, "1": 1}, 30,
                                what="one restart of worker 1 and none of worker 0", in_thread=True)
         await wait_until_async(lambda: _workers_seen(server) == {"0", "1"}, 30, what="both workers ready", in_thread=True)
