@@ -21,6 +21,7 @@ Sans-I/O: nothing here touches a socket, a loop or a clock.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -66,6 +67,8 @@ __all__ = [
     "timing_fields",
     "stop_tuple",
     "logit_bias_tuple",
+    "SAMPLING_FIELDS",
+    "sampling_fields",
     "encode_error",
     "encode_hello",
     "encode_draining",
@@ -195,6 +198,9 @@ class GenerationParams:
             v = getattr(self, name)
             if type(v) not in (int, float) or not -MAX_PENALTY <= v <= MAX_PENALTY:  # also refuses NaN
                 raise BadRequest(f"field '{name}' must be a number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {shown(v)}")
+        for name in _FLOAT_FIELDS:  # a JSON integer (top_p 1) is the float it stands for
+            if type(getattr(self, name)) is int:
+                object.__setattr__(self, name, float(getattr(self, name)))
         bias = self.logit_bias
         if type(bias) is not tuple or len(bias) > MAX_LOGIT_BIAS_TOKENS:
             raise BadRequest(f"field 'logit_bias' must map at most {MAX_LOGIT_BIAS_TOKENS} token ids to biases")
@@ -443,6 +449,18 @@ def stop_tuple(value: Any) -> tuple[Any, ...] | None:
     return None
 
 
+#: The optional sampling fields every protocol's generate takes under the same name, with
+#: :class:`GenerationParams`'s defaults when absent (or null): :func:`sampling_fields`.
+SAMPLING_FIELDS = ("top_p", "min_p", "presence_penalty", "frequency_penalty")
+_FLOAT_FIELDS = ("temperature", *SAMPLING_FIELDS)
+
+
+def sampling_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`SAMPLING_FIELDS` ``obj`` gives (not null), as keyword arguments of
+    :class:`GenerationParams`, which checks them and applies the defaults of the others."""
+    return {name: obj[name] for name in SAMPLING_FIELDS if obj.get(name) is not None}
+
+
 def logit_bias_tuple(value: Any) -> tuple[tuple[int, float], ...]:
     """A request's ``logit_bias`` (OpenAI's form: a JSON object mapping token ids, written as
     decimal strings, to biases) as the ``(id, bias)`` pairs :class:`GenerationParams` takes,
@@ -483,19 +501,13 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
     seed = obj.get("seed")
     temperature = obj.get("temperature")
     top_k = obj.get("top_k")
-    top_p, min_p = obj.get("top_p"), obj.get("min_p")
-    presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
-    logit_bias = logit_bias_tuple(obj.get("logit_bias"))
     params = GenerationParams(
         prompt=prompt,
         max_tokens=min(64, max_tokens_limit) if max_tokens is None else max_tokens,
-        temperature=0.0 if temperature is None else float(temperature) if type(temperature) is int else temperature,
+        temperature=0.0 if temperature is None else temperature,
         top_k=0 if top_k is None else top_k,
-        top_p=1.0 if top_p is None else float(top_p) if type(top_p) is int else top_p,
-        min_p=0.0 if min_p is None else float(min_p) if type(min_p) is int else min_p,
-        presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
-        frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
-        logit_bias=logit_bias,
+        logit_bias=logit_bias_tuple(obj.get("logit_bias")),
+        **sampling_fields(obj),
         seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,
         stop=stop,
         priority=_priority(obj),

@@ -7,7 +7,13 @@ sampling constant :data:`MIN_TEMPERATURE`.
 
 from __future__ import annotations
 
-from ..protocol import MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_TEMPERATURE, MAX_TOP_K, GenerationParams
+from ..protocol import (
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    GenerationParams,
+)
 
 __all__ = [
     "MIN_TEMPERATURE",

@@ -119,8 +119,8 @@ class RunningSet:
         self._min_ps: list[tuple[int, float]] = []  # (index among the sampled rows, min_p) with min_p > 0
         self._counts: np.ndarray | None = None  # [capacity, V] int32 tokens generated (penalties)
         self._pen: list[tuple[int, int, float, float]] = []  # (row, slot, presence, frequency)
-        self._pen_rows = self._pen_slots = np.zeros(0, np.int64)
-        self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # rows, presence, frequency
+        #: the layout's penalised rows: (rows, slots, presence [P, 1], frequency [P, 1]), None when none
+        self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._biased: list[tuple[int, tuple[tuple[int, float], ...]]] = []  # (row, logit_bias) of biased rows
         #: the layout's logit biases (:class:`~.sampling.LogitBias`), None when no row has one
         self.logit_bias: LogitBias | None = None
@@ -220,8 +220,8 @@ class RunningSet:
         spec = self._pen_spec
         if spec is None:
             return None
-        rows, presence, frequency = spec
-        return Penalties(rows, presence, frequency, self._counts.take(self._pen_slots, axis=0))  # type: ignore[union-attr]
+        rows, slots, presence, frequency = spec
+        return Penalties(rows, presence, frequency, self._counts.take(slots, axis=0))  # type: ignore[union-attr]
 
     def texts(self, tokens: np.ndarray) -> list[str]:
         """Token ids -> texts (raises ``IndexError`` on an id outside the vocabulary; changes nothing)."""
@@ -241,17 +241,14 @@ class RunningSet:
                     seq.first_token_at = now
             self._fresh = []
         if self._pen_spec is not None:
-            self._count(tokens)
+            rows, slots = self._pen_spec[:2]
+            # A row whose sequence left during the step counts into the slot it freed, which is
+            # harmless: add() sets a slot's counts whenever a sequence takes it (and a preempted
+            # sequence saved its counts when it left, without this step's token, which it drops).
+            self._counts[slots, tokens[rows]] += 1  # type: ignore[index]  # a slot per row
         numbers = self._next
         self._next = [n + 1 for n in numbers]
         return numbers, self._ends.pop(self.tick.value, None)
-
-    def _count(self, tokens: np.ndarray) -> None:
-        """Count each penalised row's new token in its slot's row of the counts.  A row whose
-        sequence left during the step counts into the slot it freed, which is harmless:
-        :meth:`add` sets a slot's counts whenever a sequence takes it (and a preempted
-        sequence saved its counts when it left, without this step's token, which it drops)."""
-        self._counts[self._pen_slots, tokens[self._pen_rows]] += 1  # type: ignore[index]  # a slot per row
 
     @property
     def changed(self) -> bool:
@@ -361,13 +358,9 @@ class RunningSet:
                                         np.array([b for _, _, b in pairs], np.float64))
         else:
             self.logit_bias = None
-        if pen:
-            self._pen_rows = np.array([r for r, _, _, _ in pen], np.int64)
-            self._pen_slots = np.array([slot for _, slot, _, _ in pen], np.int64)
-            self._pen_spec = (self._pen_rows, np.array([q for _, _, q, _ in pen])[:, None],
-                              np.array([f for _, _, _, f in pen])[:, None])
-        else:
-            self._pen_spec = None
+        self._pen_spec = None if not pen else (
+            np.array([r for r, _, _, _ in pen], np.int64), np.array([slot for _, slot, _, _ in pen], np.int64),
+            np.array([q for _, _, q, _ in pen])[:, None], np.array([f for _, _, _, f in pen])[:, None])
         self._sampling = None if not sampled else SampledRows(
             rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
             scale=_scale_rows(scales, v),

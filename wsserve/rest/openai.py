@@ -36,8 +36,10 @@ from ..jsontypes import described, json_type
 from ..protocol import (
     MAX_MODEL_NAME_LENGTH,
     MAX_TEMPERATURE,
+    SAMPLING_FIELDS,
     GenerationParams,
     logit_bias_tuple,
+    sampling_fields,
     stop_tuple,
 )
 from .errors import error_response
@@ -159,11 +161,6 @@ def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int)
 def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
                 messages: tuple[ChatMessage, ...] | None) -> Completion:
     """The sampling and streaming fields both endpoints share, checked, and the result."""
-    top_p = obj.get("top_p")
-    if top_p is None:
-        top_p = 1.0
-    presence, frequency = obj.get("presence_penalty"), obj.get("frequency_penalty")
-    min_p = obj.get("min_p")
     try:
         logit_bias = logit_bias_tuple(obj.get("logit_bias"))
     except BadRequest as exc:
@@ -206,18 +203,14 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             max_tokens=max_tokens,
             temperature=float(temperature),
             top_k=top_k,
-            top_p=float(top_p) if type(top_p) is int else top_p,
-            min_p=0.0 if min_p is None else float(min_p) if type(min_p) is int else min_p,
-            presence_penalty=0.0 if presence is None else float(presence) if type(presence) is int else presence,
-            frequency_penalty=0.0 if frequency is None else float(frequency) if type(frequency) is int else frequency,
             logit_bias=logit_bias,
+            **sampling_fields(obj),
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        field = next((f for f in ("top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty", "logit_bias", "stop",
-                                  "prompt")
-                      if f"'{f}'" in exc.message), None)
+        named = ("top_k", *SAMPLING_FIELDS, "logit_bias", "stop", "prompt")
+        field = next((f for f in named if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 

@@ -31,12 +31,18 @@ import orjson
 
 from ..errors import BadRequest, WsserveError
 from ..jsontypes import described, json_type, shown
-from ..protocol import MAX_TEMPERATURE, GenerationParams, stop_tuple
+from ..protocol import (
+    MAX_TEMPERATURE,
+    SAMPLING_FIELDS,
+    GenerationParams,
+    sampling_fields,
+    stop_tuple,
+)
 from .openai import Completion
 
 __all__ = ["GenerateEncoder", "parse_generate"]
 
-_FIELDS = ("text_input", "max_tokens", "temperature", "top_k", "top_p", "min_p", "presence_penalty", "frequency_penalty", "seed", "stop", "stop_words", "stream")
+_FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream")
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
 _NEUTRAL = {"repetition_penalty": (1, 1.0), "beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
 
@@ -90,17 +96,11 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
     if seed is not None and type(seed) is not int:
         raise BadRequest(f"'seed' must be an integer, got {described(seed)}")
     top_k = fields.get("top_k", 0)
-    top_p = fields.get("top_p", 1.0)
-    min_p = fields.get("min_p", 0.0)
-    presence, frequency = fields.get("presence_penalty", 0.0), fields.get("frequency_penalty", 0.0)
     try:
-        params_ = GenerationParams(  # raises BadRequest naming top_k, top_p or stop
+        params_ = GenerationParams(  # raises BadRequest naming the field (top_k, top_p, stop...)
             prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
-            top_k=0 if top_k == -1 else top_k, top_p=float(top_p) if type(top_p) is int else top_p,
-            min_p=float(min_p) if type(min_p) is int else min_p,
-            presence_penalty=float(presence) if type(presence) is int else presence,
-            frequency_penalty=float(frequency) if type(frequency) is int else frequency, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
-            stop=stop,
+            top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
+            stop=stop, **sampling_fields(fields),
         )
     except BadRequest as exc:
         if stop_field == "stop_words":
