@@ -38,9 +38,9 @@ def test_public_api() -> None:
     assert set(gen.__all__) == {
         "Batch", "StepObserver", "GenerationEngine", "GenerationParams", "MIN_TEMPERATURE",
         "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "StopMatcher", "TokenModel",
-        "TokenModelAdapter", "TokenSink", "run_step", "sample",
+        "TokenModelAdapter", "TokenLogprobs", "TokenSink", "run_step", "run_step_logprobs", "sample",
     }
-    assert set(engine_mod.__all__) == {"StepObserver", "GenerationEngine", "TokenSink", "run_step"}
+    assert set(engine_mod.__all__) == {"StepObserver", "GenerationEngine", "TokenSink", "run_step", "run_step_logprobs"}
 
 
 @pytest.mark.parametrize("inline_max_batch", [EXECUTOR, 8, INLINE])

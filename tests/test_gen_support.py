@@ -82,6 +82,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.tokens: list[str] = []
+        self.logprobs: list[Any] = []  # each token's TokenLogprobs, or None
         self.done: tuple[str, int, dict[str, Any]] | None = None
         self.error: WsserveError | None = None
         self.violations: list[str] = []
@@ -94,12 +95,13 @@ class RecordingSink:
     def text(self) -> str:
         return "".join(self.tokens)
 
-    def on_token(self, seq: int, text: str) -> None:
+    def on_token(self, seq: int, text: str, logprobs: Any = None) -> None:
         if self.ended:
             self.violations.append(f"token {seq} after the terminal callback")
         if seq != len(self.tokens):
             self.violations.append(f"token seq {seq}, expected {len(self.tokens)}")
         self.tokens.append(text)
+        self.logprobs.append(logprobs)
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         if self.ended:

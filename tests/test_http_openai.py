@@ -121,7 +121,8 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"logit_bias": {"1": 500}}, "logit_bias"),
         ({"logit_bias": {"96": 1}}, "logit_bias"),  # charlm has 96 tokens: checked when queued
         ({"n": 2}, "n"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": True}, "logprobs"),
         ({"echo": True}, "echo"),
         ({"max_tokens": 10**9}, "max_tokens"),
         ({"temperature": -1}, "temperature"),

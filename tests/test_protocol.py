@@ -25,6 +25,7 @@ from wsserve.errors import (
     UnknownModel,
     WsserveError,
 )
+from wsserve.generation.logprobs import TokenLogprobs
 from wsserve.protocol import (
     MAX_ID_LENGTH,
     MAX_TOP_K,
@@ -53,6 +54,7 @@ from wsserve.protocol import (
     encode_result,
     encode_seed_result,
     encode_token,
+    encode_token_logprobs,
     result_head,
     timing_fields,
     token_prefix,
@@ -608,6 +610,16 @@ def test_token_frames_exact_bytes() -> None:
     assert orjson.loads(encode_token(prefix, 7, 'é\n"\\')) == {"type": "token", "id": "g1", "seq": 7, "text": 'é\n"\\'}
 
 
+def test_token_frames_with_logprobs_exact_bytes() -> None:
+    record = TokenLogprobs(17, "q", -0.25, ((17, "q", -0.25), (3, '"', -1.5)))
+    assert encode_token_logprobs(token_prefix("g1"), 2, "q", record) == (
+        b'{"type":"token","id":"g1","seq":2,"text":"q","logprob":-0.25,'
+        b'"top_logprobs":[{"id":17,"text":"q","logprob":-0.25},{"id":3,"text":"\\"","logprob":-1.5}]}')
+    broken = TokenLogprobs(1, "a", float("nan"), ())  # a model whose logits were not finite
+    assert orjson.loads(encode_token_logprobs(token_prefix(5), 0, "a", broken)) == {
+        "type": "token", "id": 5, "seq": 0, "text": "a", "logprob": None, "top_logprobs": []}
+
+
 def test_result_frame_exact_bytes() -> None:
     data = encode_result("a1", "linear", "1", np.array([[2.0], [3.5]]), {"queue_ms": 0.21, "compute_ms": 0.04, "batch_size": 37})
     assert data == (
@@ -699,7 +711,7 @@ def test_encode_hello_matches_protocol_example() -> None:
         b'{"type":"hello","server":"wsserve","version":"0.1.0","protocol":1,"limits":{"max_message_bytes":1048576,'
         b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_inflight_bytes":33554432,"max_explain_rows":256,'
             b'"max_id_length":128,"max_binary_header_bytes":4096,"max_stop_strings":16,"max_stop_chars":256,'
-        b'"max_logit_bias_tokens":300},'
+        b'"max_logit_bias_tokens":300,"max_logprobs":20},'
         b'"models":["linear","mlp","charlm"]}'
     )
 
@@ -709,7 +721,8 @@ def test_encode_hello_auth_required() -> None:
     assert frame == {
         "type": "hello", "server": "wsserve", "version": "9", "protocol": 1,
         "limits": {"max_rows": 1, "max_id_length": 128, "max_binary_header_bytes": 4096, "max_stop_strings": 16,
-                   "max_stop_chars": 256, "max_logit_bias_tokens": 300}, "models": [], "auth_required": True,
+                   "max_stop_chars": 256, "max_logit_bias_tokens": 300, "max_logprobs": 20}, "models": [],
+        "auth_required": True,
     }
 
 

@@ -30,6 +30,7 @@ from .protocol import (
     encode_result,
     encode_seed_result,
     encode_token,
+    encode_token_logprobs,
     timing_fields,
     token_prefix,
 )
@@ -38,6 +39,7 @@ from .worker import BatchOutputs, Tensors, concat_rows, count_rows, slice_rows
 
 if TYPE_CHECKING:
     from .batching import WorkItem
+    from .generation.logprobs import TokenLogprobs
     from .pool import ModelEntry
 
 __all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
@@ -347,11 +349,14 @@ class GenerateJob(Job):
 
     # -- engine sink
 
-    def on_token(self, seq: int, text: str) -> None:
+    def on_token(self, seq: int, text: str, logprobs: TokenLogprobs | None = None) -> None:
         if self.finished:
             return
         self.tokens = seq + 1
-        self.owner.send(encode_token(self._prefix, seq, text))
+        if logprobs is None:
+            self.owner.send(encode_token(self._prefix, seq, text))
+        else:
+            self.owner.send(encode_token_logprobs(self._prefix, seq, text, logprobs))
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         self.finish(reason, tokens, timing)

@@ -41,6 +41,7 @@ __all__ = [
     "MAX_PENALTY",
     "MAX_LOGIT_BIAS",
     "MAX_LOGIT_BIAS_TOKENS",
+    "MAX_LOGPROBS",
     "MAX_TEMPERATURE",
     "MAX_TIMEOUT_MS",
     "MAX_STOP_STRINGS",
@@ -83,6 +84,7 @@ __all__ = [
     "encode_generate_done",
     "token_prefix",
     "encode_token",
+    "encode_token_logprobs",
 ]
 
 PROTOCOL_VERSION = 1
@@ -106,6 +108,9 @@ MAX_PENALTY = 2.0
 #: ±MAX_LOGIT_BIAS.
 MAX_LOGIT_BIAS_TOKENS = 300
 MAX_LOGIT_BIAS = 100.0
+#: ``logprobs`` asks for at most this many likeliest alternatives per token (vLLM's default
+#: ``max_logprobs``; OpenAI's chat ``top_logprobs`` limit).
+MAX_LOGPROBS = 20
 #: Largest ``timeout_ms`` (about 24.8 days, as JavaScript's ``setTimeout``).
 MAX_TIMEOUT_MS = (1 << 31) - 1
 #: Largest ``chunk_rows``.
@@ -161,6 +166,9 @@ class GenerationParams:
       :data:`MAX_STOP_CHARS` characters; generation ends with reason ``stop``
       when one is produced, and the stop string is not streamed.
     - ``priority``: 0 normal, 1 high (admitted to the batch first).
+    - ``logprobs``: ``None`` (off), or ``k`` in [0, :data:`MAX_LOGPROBS`]: each streamed token
+      comes with its log-probability and the ``k`` likeliest tokens with theirs, from the
+      model's raw logits (:mod:`wsserve.generation.logprobs`).
 
     Raises :class:`~wsserve.errors.BadRequest` naming the bad field as the wire calls it.
     """
@@ -177,6 +185,7 @@ class GenerationParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     priority: int = 0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if type(self.prompt) is not str:
@@ -226,6 +235,10 @@ class GenerationParams:
                 )
         if type(self.priority) is not int or self.priority not in (0, 1):
             raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(self.priority)}")
+        lp = self.logprobs
+        if lp is not None and (type(lp) is not int or not 0 <= lp <= MAX_LOGPROBS):
+            raise BadRequest(f"field 'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens to "
+                             f"report with each token), got {shown(lp)}")
 
     @property
     def greedy(self) -> bool:
@@ -511,6 +524,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         seed=seed & 0xFFFF_FFFF_FFFF_FFFF if type(seed) is int else seed,
         stop=stop,
         priority=_priority(obj),
+        logprobs=obj.get("logprobs"),
     )
     return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
                     messages=messages)
@@ -745,7 +759,8 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
-    ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``)."""
+    ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
+    ``max_logprobs``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
@@ -753,7 +768,7 @@ def encode_hello(*, version: str, limits: dict[str, int], models: list[str], aut
         "protocol": PROTOCOL_VERSION,
         "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES,
                    "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS,
-                   "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS},
+                   "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS, "max_logprobs": MAX_LOGPROBS},
         "models": models,
     }
     if auth_required:
@@ -907,3 +922,18 @@ def encode_token(prefix: bytes, seq: int, text: str) -> bytes:
 def _token_tail(text: str) -> bytes:
     """The end of a ``token`` frame carrying ``text`` (a vocabulary's texts repeat: cached)."""
     return b',"text":' + orjson.dumps(text) + b"}"
+
+
+def encode_token_logprobs(prefix: bytes, seq: int, text: str, logprobs: Any) -> bytes:
+    """A ``token`` frame of a generate that asked for ``logprobs``: :func:`encode_token`'s fields,
+    then ``"logprob"`` (the token's, a number, or null when the model's logits were not finite)
+    and ``"top_logprobs"``: ``[{"id", "text", "logprob"}, ...]``, likeliest first (empty for
+    ``logprobs: 0``).  ``logprobs`` is a :class:`~wsserve.generation.logprobs.TokenLogprobs`."""
+    top = [{"id": i, "text": t, "logprob": _finite(lp)} for i, t, lp in logprobs.top]
+    return (prefix + str(seq).encode() + b',"text":' + orjson.dumps(text) + b',"logprob":'
+            + orjson.dumps(_finite(logprobs.logprob)) + b',"top_logprobs":' + orjson.dumps(top) + b"}")
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None (JSON null) for NaN (a model whose logits were not finite)."""
+    return value if value == value else None

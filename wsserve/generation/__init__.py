@@ -5,11 +5,18 @@
   ``update_from_output``, ``finish_requests``, ``take_events``).
 - :class:`GenerationEngine` - the asyncio driver (``submit``, ``cancel``,
   ``statistics``, ``close``) streaming into a :class:`TokenSink`.
-- :func:`sample`, :class:`StopMatcher` - the pure pieces.
+- :func:`sample`, :class:`StopMatcher`, :class:`TokenLogprobs` - the pure pieces.
 - :class:`TokenModelAdapter` - the interface every generative model implements, checked.
 """
 
-from .engine import GenerationEngine, StepObserver, TokenSink, run_step
+from .engine import (
+    GenerationEngine,
+    StepObserver,
+    TokenSink,
+    run_step,
+    run_step_logprobs,
+)
+from .logprobs import TokenLogprobs
 from .model import TokenModelAdapter
 from .params import MIN_TEMPERATURE, GenerationParams
 from .sampling import sample
@@ -36,7 +43,9 @@ __all__ = [
     "StopMatcher",
     "TokenModel",
     "TokenModelAdapter",
+    "TokenLogprobs",
     "TokenSink",
     "run_step",
+    "run_step_logprobs",
     "sample",
 ]

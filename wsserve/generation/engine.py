@@ -34,6 +34,7 @@ as from any step (``isolated_steps``, and the observer's optional
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
     on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed token
+    on_token(seq, text, logprobs)        # the same, for a generation with ``logprobs``
     on_done(reason: str, tokens: int, timing: dict)   # "length" | "stop" | "cancelled"
     on_error(exc: WsserveError)          # DeadlineExceeded, ShuttingDown, Internal
 
@@ -63,13 +64,14 @@ import numpy as np
 from ..errors import Internal, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
+from .logprobs import StepLogprobs, TokenLogprobs, step_logprobs
 from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
 from .sampling import apply_penalties, sample_rows
 from .scheduler import Batch, Scheduler, Sequence, TokenModel
 from .sequence import TokenEvents
 
-__all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step"]
+__all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step", "run_step_logprobs"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class StepObserver(Protocol):
 
 
 class TokenSink(Protocol):
-    def on_token(self, seq: int, text: str) -> None: ...
+    def on_token(self, seq: int, text: str, logprobs: TokenLogprobs | None = None) -> None: ...
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None: ...
 
@@ -114,10 +116,21 @@ def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     return sample_rows(logits, batch.sampling, batch.noise)  # [B]
 
 
-def run_step_rows(model: TokenModel, batch: Batch) -> tuple[np.ndarray | None, dict[int, Exception]]:
-    """:func:`run_step` with each row's logits computed alone (after the whole step failed):
-    ``(tokens [B], failed)`` where ``failed`` maps the rows whose ``logits()`` raised to their
-    exception (their tokens are meaningless); ``tokens`` is None when every row failed.
+def run_step_logprobs(model: TokenModel, batch: Batch) -> tuple[np.ndarray, StepLogprobs | None]:
+    """:func:`run_step`, and the log-probabilities of ``batch.logprobs``'s rows from the model's
+    raw logits (None when no row wants them).  Pure; thread-safe."""
+    if batch.logprobs is None:
+        return run_step(model, batch), None
+    raw = model.logits(batch.contexts)  # [B, V]
+    tokens = sample_rows(apply_penalties(raw, batch.penalties, batch.bias), batch.sampling, batch.noise)
+    return tokens, step_logprobs(raw, tokens, batch.logprobs)
+
+
+def run_step_rows(model: TokenModel, batch: Batch
+                  ) -> tuple[np.ndarray | None, dict[int, Exception], StepLogprobs | None]:
+    """:func:`run_step_logprobs` with each row's logits computed alone (after the whole step
+    failed): ``(tokens [B], failed, logprobs)`` where ``failed`` maps the rows whose ``logits()``
+    raised to their exception (their tokens are meaningless); ``tokens`` is None when every row failed.
     Sampling runs once over the stacked rows, so each good row gets the token it gets in any
     batch (a row-pure model).  Pure; thread-safe."""
     contexts = batch.contexts
@@ -131,12 +144,13 @@ def run_step_rows(model: TokenModel, batch: Batch) -> tuple[np.ndarray | None, d
             failed[i] = exc
     good = next((r for r in rows if r is not None), None)
     if good is None:
-        return None, failed
+        return None, failed, None
     logits = np.zeros((len(rows), good.shape[1]), dtype=good.dtype)
     for i, r in enumerate(rows):
         if r is not None:
             logits[i] = r[0]
-    return sample_rows(apply_penalties(logits, batch.penalties, batch.bias), batch.sampling, batch.noise), failed
+    tokens = sample_rows(apply_penalties(logits, batch.penalties, batch.bias), batch.sampling, batch.noise)
+    return tokens, failed, None if batch.logprobs is None else step_logprobs(logits, tokens, batch.logprobs)
 
 
 class GenerationEngine:
@@ -305,15 +319,15 @@ class GenerationEngine:
         try:
             if inline:
                 self._deliver()
-                tokens = run_step(model, batch)
+                tokens, logprobs = run_step_logprobs(model, batch)
             else:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
                 self._executor_steps += 1
-                future = asyncio.get_running_loop().run_in_executor(self._executor, run_step, model, batch)
+                future = asyncio.get_running_loop().run_in_executor(self._executor, run_step_logprobs, model, batch)
                 # Pipelining: the previous step's tokens go out while this one computes.
                 self._deliver()
-                tokens = await future
+                tokens, logprobs = await future
         except Exception as exc:  # a model failure ends its own sequences, not the engine
             if batch.size < 2:
                 log.exception("generation step of model %s failed (batch of %d)", self.name, batch.size)
@@ -322,15 +336,15 @@ class GenerationEngine:
             else:
                 await self._isolate(batch, exc, inline)
         else:
-            self._stepped(batch, tokens)
+            self._stepped(batch, tokens, logprobs)
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps
 
-    def _stepped(self, batch: Batch, tokens: np.ndarray) -> None:
-        """Apply a step's tokens and count the step."""
+    def _stepped(self, batch: Batch, tokens: np.ndarray, logprobs: StepLogprobs | None = None) -> None:
+        """Apply a step's tokens (and log-probabilities) and count the step."""
         now = time.monotonic()
-        self._sched.update_from_output(batch, tokens, now)
+        self._sched.update_from_output(batch, tokens, now, logprobs)
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.size, now - batch.scheduled_at)
         if self.stats is not None:
@@ -349,10 +363,10 @@ class GenerationEngine:
             hook(self.name)
         try:
             if inline:
-                tokens, failed = run_step_rows(self.model, batch)
+                tokens, failed, logprobs = run_step_rows(self.model, batch)
             else:
                 assert self._executor is not None
-                tokens, failed = await asyncio.get_running_loop().run_in_executor(
+                tokens, failed, logprobs = await asyncio.get_running_loop().run_in_executor(
                     self._executor, run_step_rows, self.model, batch)
         except Exception as again:  # noqa: BLE001 - sampling the stacked rows failed: end the step
             log.exception("generation step of model %s failed again, row by row", self.name)
@@ -368,7 +382,7 @@ class GenerationEngine:
         if tokens is None:  # every row failed: nothing to apply
             sched.fail_batch(batch, Internal("generation step failed"), now)
         else:
-            self._stepped(batch, tokens)
+            self._stepped(batch, tokens, logprobs)
 
     def _deliver(self) -> None:
         """Hand pending events to their sinks, in order, then call ``after_delivery``.
@@ -410,10 +424,12 @@ class GenerationEngine:
                         sink = seq.owner
                         if sink is None:  # already terminated (cancelled from a callback, failed sink)
                             continue
-                        if n >= 0:
-                            sink.on_token(n, text)
-                        else:
+                        if n < 0:
                             self._terminal(seq, sink)
+                        elif type(text) is str:
+                            sink.on_token(n, text)
+                        else:  # a LoggedText: the token's text and its logprobs
+                            sink.on_token(n, text.text, text.logprobs)
                 else:  # a token block: (on_token, n, text, seq) rows
                     for on_token, n, text, seq in it:
                         on_token(n, text)

@@ -8,7 +8,9 @@ a small model, so the running set keeps it in arrays and counters:
 - **Layout** (changed only when the running set changes): the sequences in
   admission order, their contexts ``[B, k]`` (rolled by one numpy call per
   step), the next token number of every row (a list, incremented per step), the
-  rows with stop strings, and the sampling spec (:class:`~.sampling.SampledRows`).
+  rows that are not plain (stop strings or logprobs: their events are made one by one),
+  the rows with logprobs (:class:`~.logprobs.LogprobRows`) and the sampling spec
+  (:class:`~.sampling.SampledRows`).
   Sequences that join get rows appended after the current ones (Python work for
   the joiners only); after one left, the layout is rebuilt (O(B)).
 - **Counters**: a running sequence's token count is ``tick - base``; nothing is
@@ -30,10 +32,11 @@ per step, then ``advance`` with that batch's tokens.  Not thread-safe.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from .logprobs import LogprobRows
 from .params import MIN_TEMPERATURE
 from .sampling import LogitBias, Penalties, SampledRows, gumbel_blocks, noise_block_rows
 from .sequence import SeqState, Sequence, Tick
@@ -107,9 +110,12 @@ class RunningSet:
         self._rows: tuple[Sequence, ...] = ()
         self._contexts = np.zeros((0, self._k), np.int64)  # [B, k], row order of _rows
         self._next: list[int] = []  # token number of each row's next token
-        self._stop_rows: list[int] = []
-        self._plain: list[bool] | None = None  # per row: no stop strings (None: every row)
+        self._stop_rows: list[int] = []  # rows that are not plain (stop strings or logprobs)
+        self._plain: list[bool] | None = None  # per row: plain, no stop strings or logprobs (None: every row)
         self._n_plain = 0
+        self._lp: list[tuple[int, int]] = []  # (row, k) of the rows with logprobs
+        #: the layout's rows with logprobs (:class:`~.logprobs.LogprobRows`), None when none
+        self.logprob_rows: LogprobRows | None = None
         self._sampling: SampledRows | None = None
         self._nidx = np.zeros(0, np.int64)  # [S] noise buffer row of each sampled row's next token
         self._sampled: list[int] = []  # rows that sample, and per sampled row its scale and top-k
@@ -257,17 +263,23 @@ class RunningSet:
 
     @property
     def stop_rows(self) -> list[int]:
+        """The rows that are not plain: their token events are made one by one (stop strings,
+        logprobs)."""
         return self._stop_rows
 
     @property
     def plain(self) -> list[bool] | None:
-        """Per row: True if it has no stop strings (None: every row has none)."""
+        """Per row: True if it is plain, without stop strings or logprobs (None: every row is)."""
         return self._plain
 
     @property
     def n_plain(self) -> int:
-        """Rows without stop strings."""
+        """Plain rows (without stop strings or logprobs)."""
         return self._n_plain
+
+    def texts_of(self, ids: np.ndarray) -> list[Any]:
+        """Token ids (any shape) -> their texts, as nested lists."""
+        return self._itos.take(ids).tolist()
 
     # -- internals -------------------------------------------------------------------
     def _layout(self) -> None:
@@ -302,6 +314,7 @@ class RunningSet:
             np.zeros((0, self._k), np.int64)
         self._rows = ()
         self._next, self._stop_rows, self._plain, self._n_plain = [], [], None, 0
+        self._lp = []
         self._sampled, self._scales, self._top_ks, self._top_ps, self._min_ps = [], [], [], [], []
         self._pen = []
         self._biased = []
@@ -327,8 +340,11 @@ class RunningSet:
             s._row = i
             g = tick - s._base
             nxt.append(g)
-            if s._stops is not None:
+            if not s._plain:
                 stop_rows.append(i)
+                if s.params.logprobs is not None:
+                    s._lrow = len(self._lp)
+                    self._lp.append((i, s.params.logprobs))
             p = s.params
             if p.temperature > 0:
                 s._srow = j = len(sampled)
@@ -347,10 +363,12 @@ class RunningSet:
                 self._biased.append((i, p.logit_bias))
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
-            self._plain = old + [s._stops is None for s in seqs]  # a new list: blocks keep theirs
+            self._plain = old + [s._plain for s in seqs]  # a new list: blocks keep theirs
         self._n_plain = len(rows) - len(stop_rows)
         if nidx:
             self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
+        self.logprob_rows = LogprobRows(np.array([r for r, _ in self._lp], np.int64),
+                                        max(k for _, k in self._lp)) if self._lp else None
         if self._biased:
             pairs = [(r, t, b) for r, bias in self._biased for t, b in bias]
             self.logit_bias = LogitBias(np.array([r for r, _, _ in pairs], np.int64),

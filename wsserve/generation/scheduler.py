@@ -42,12 +42,16 @@ Semantics:
   ``seq.error`` says how it ended).  Text that may begin a stop string is held
   back (:mod:`.stops`); on a ``length`` finish it is released first; on cancel
   or error it is dropped.  ``seq.streamed`` (the number of token events) is the
-  ``tokens`` of ``done``.
+  ``tokens`` of ``done``.  For a generation with ``logprobs``, a token event's text is a
+  :class:`~.sequence.LoggedText` (the text and its :class:`~.logprobs.TokenLogprobs`,
+  from the ``logprobs`` given to :meth:`update_from_output`); held-back text keeps its
+  token's record, and a token cut by a stop string carries its record with its text
+  before the stop.
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
-- Within one step, the token events of the rows without stop strings come
-  first, then the rows with stop strings (each followed by its terminal event
-  if it ended), then the terminal events of ``length`` finishes.  A sequence's
+- Within one step, the token events of the plain rows (no stop strings, no
+  logprobs) come first, then the other rows (each followed by its terminal event
+  if it ended by a stop string), then the terminal events of ``length`` finishes.  A sequence's
   own events are always in order; only the interleaving between sequences
   differs from a row-by-row walk (the protocol does not fix it).
 
@@ -70,10 +74,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadRequest, DeadlineExceeded, Internal, Overloaded, WsserveError
+from .logprobs import LogprobRows, StepLogprobs, TokenLogprobs
 from .params import GenerationParams
 from .running import RunningSet, TokenModel
 from .sampling import LogitBias, Penalties, SampledRows, new_generator
-from .sequence import FINISHED, Event, SeqState, Sequence, TokenEvents
+from .sequence import FINISHED, Event, LoggedText, SeqState, Sequence, TokenEvents
 from .waitqueue import WaitQueue
 
 __all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel"]
@@ -88,7 +93,8 @@ class Batch:
     ``contexts [B, k]`` int64; ``sampling`` says which rows sample and how
     (``None``: every row is greedy) and ``noise [S, V]`` holds their Gumbel
     noise; ``penalties`` the presence/frequency penalties of the rows that have
-    them and ``bias`` their logit biases (``None``: no row has).  Arrays are never written after the batch is
+    them and ``bias`` their logit biases (``None``: no row has); ``logprobs`` the rows that want
+    log-probabilities (``None``: no row does).  Arrays are never written after the batch is
     made: safe to read from another thread.
     """
 
@@ -99,6 +105,7 @@ class Batch:
     scheduled_at: float
     penalties: Penalties | None = None
     bias: LogitBias | None = None
+    logprobs: LogprobRows | None = None
 
     @property
     def size(self) -> int:
@@ -258,11 +265,15 @@ class Scheduler:
         seqs, contexts, sampling, noise = run.batch()
         if not seqs:
             return None
-        batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties(), run.logit_bias)
+        batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties(), run.logit_bias,
+                                    run.logprob_rows)
         return batch
 
-    def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float) -> None:
+    def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float,
+                           logprobs: StepLogprobs | None = None) -> None:
         """Apply one token per row of ``batch`` (``tokens [B]`` int ids); finish what ends.
+        ``logprobs``: the step's log-probabilities of ``batch.logprobs``'s rows
+        (:func:`~.logprobs.step_logprobs`); without them those rows' events carry text only.
 
         Deadlines are checked first: a sequence whose deadline passed during the
         step gets its error, not the token.  Raises ``RuntimeError`` if ``batch``
@@ -284,50 +295,81 @@ class Scheduler:
         numbers, ending = run.advance(batch.contexts, tokens, now)
         seqs = batch.seqs
         if run.changed:  # a row ended during the step: it streams nothing more
-            mask: list[bool] | None = [s.state is _RUNNING and s._stops is None for s in seqs]
+            mask: list[bool] | None = [s.state is _RUNNING and s._plain for s in seqs]
             emitted = sum(mask)  # type: ignore[arg-type]
         else:
             mask, emitted = run.plain, run.n_plain
-        if emitted:  # the rows without stop strings stream their token as is: one block
+        if emitted:  # the plain rows stream their token as is: one block
             self._out.append(TokenEvents(seqs, numbers, texts, mask))
             self._blocks += 1
         if run.stop_rows:
-            emitted += self._emit_stops(seqs, texts, run.stop_rows, now)
+            logged = None
+            if logprobs is not None and batch.logprobs is not None:
+                logged = self._records(seqs, batch.logprobs, logprobs, tokens, texts)
+            emitted += self._emit_stops(seqs, texts, numbers, run.stop_rows, logged, now)
         if ending:
             for seq in list(ending):
                 self._finish(seq, now, reason="length")
         self._generated += size
         self._tokens += emitted
 
-    def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], rows: list[int], now: float) -> int:
-        """Token events of the running rows with stop strings (held-back text released,
-        a completed stop string ends the sequence); returns how many."""
+    def _records(self, seqs: tuple[Sequence, ...], spec: LogprobRows, values: StepLogprobs, tokens: np.ndarray,
+                 texts: list[str]) -> list[TokenLogprobs]:
+        """The :class:`~.logprobs.TokenLogprobs` of each of ``spec``'s rows (in its order), each
+        with the ``k`` alternatives its own request asked for."""
+        rows = spec.rows.tolist()
+        chosen = values.chosen.tolist()
+        top_ids = values.top_ids.tolist()
+        top_texts = self._run.texts_of(values.top_ids)
+        top = values.top.tolist()
+        records = []
+        for j, i in enumerate(rows):
+            k = seqs[i].params.logprobs or 0
+            records.append(TokenLogprobs(int(tokens[i]), texts[i], chosen[j],
+                                         tuple(zip(top_ids[j][:k], top_texts[j][:k], top[j][:k]))))
+        return records
+
+    def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], numbers: list[int], rows: list[int],
+                    logged: list[TokenLogprobs] | None, now: float) -> int:
+        """Token events of the running rows that are not plain (held-back text released,
+        a completed stop string ends the sequence; log-probabilities with the text of the
+        tokens they belong to); returns how many."""
         out, emitted, tick = self._out, 0, self._run.tick.value
         for i in rows:
             seq = seqs[i]
             if seq.state is not _RUNNING:
                 continue
-            matcher = seq._stops
             text = texts[i]
-            released, stopped = matcher.feed(text)  # type: ignore[union-attr]
+            record = logged[seq._lrow] if logged is not None and seq._lrow >= 0 else None
+            matcher = seq._stops
+            if matcher is None:  # logprobs only: the token goes out whole (it ends by length elsewhere)
+                out.append((seq, numbers[i], text if record is None else LoggedText(text, record)))
+                emitted += 1
+                continue
+            released, stopped = matcher.feed(text)
             length = tick - seq._base >= seq.params.max_tokens
             if not stopped and length:
-                released += matcher.flush()  # type: ignore[union-attr]
+                released += matcher.flush()
             n = seq._streamed
             pieces = seq._pieces
             if not pieces and released == text:  # nothing held: the token goes out whole
-                out.append((seq, n, text))
+                out.append((seq, n, text if record is None else LoggedText(text, record)))
                 n += 1
             else:  # a token goes out whole once all its text is released (one frame per token)
                 pieces.append(text)
+                held = seq._logged  # with logprobs: one record (or None) per held piece
+                if seq.params.logprobs is not None:
+                    held.append(record)  # type: ignore[arg-type]
                 safe = seq._safe + len(released)
                 while pieces and len(pieces[0]) <= safe:
                     piece = pieces.pop(0)
                     safe -= len(piece)
-                    out.append((seq, n, piece))
+                    logged_piece = held.pop(0) if held else None
+                    out.append((seq, n, piece if logged_piece is None else LoggedText(piece, logged_piece)))
                     n += 1
                 if stopped and safe:  # the stop string begins inside a held token: its text before it
-                    out.append((seq, n, pieces[0][:safe]))
+                    part = pieces[0][:safe]
+                    out.append((seq, n, part if not held or held[0] is None else LoggedText(part, held[0])))
                     n += 1
                 seq._safe = safe
             emitted += n - seq._streamed

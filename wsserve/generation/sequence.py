@@ -5,6 +5,9 @@ sequence gets exactly one token per step, so its token count is derived from
 the scheduler's step counter (:class:`Tick`) and the step at which it started
 (``generated = tick - base``).  Only sequences with stop strings keep a
 separate count of the tokens they streamed (text may be held back).
+
+The text of a token event is a ``str``, or a :class:`LoggedText` for a generation that
+asked for ``logprobs`` (its text and its :class:`~.logprobs.TokenLogprobs`).
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from itertools import compress
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..errors import WsserveError
+from .logprobs import TokenLogprobs
 from .params import GenerationParams
 from .stops import StopMatcher
 
-__all__ = ["FINISHED", "Event", "SeqState", "Sequence", "Tick", "TokenEvents"]
+__all__ = ["FINISHED", "Event", "LoggedText", "SeqState", "Sequence", "Tick", "TokenEvents"]
 
 #: ``n`` of a sequence's terminal event.
 FINISHED = -1
@@ -58,8 +62,11 @@ class Sequence:
         "_counts",
         "_end",
         "_gen",
+        "_logged",
+        "_lrow",
         "_noise",
         "_pieces",
+        "_plain",
         "_refill",
         "_rng",
         "_row",
@@ -108,6 +115,12 @@ class Sequence:
         # held back), and how many of their characters the matcher has released.
         self._pieces: list[str] = []
         self._safe = 0
+        # With logprobs: the records of the held tokens (as _pieces), and the row among the
+        # layout's logprob rows.  A plain sequence (no stop strings, no logprobs) streams each
+        # token as is, in the step's one block of events.
+        self._logged: list[TokenLogprobs] = []
+        self._lrow = -1
+        self._plain = not params.stop and params.logprobs is None
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block
@@ -149,8 +162,16 @@ class Sequence:
         return f"<Sequence {self.id} {self.state.value} generated={self.generated}>"
 
 
-#: ``(seq, n, text)``: token ``n`` of ``seq``, or its terminal event when ``n == FINISHED``.
-Event = tuple[Sequence, int, str]
+class LoggedText(NamedTuple):
+    """The text of a token event of a generation that asked for ``logprobs``, with its record."""
+
+    text: str
+    logprobs: TokenLogprobs
+
+
+#: ``(seq, n, text)``: token ``n`` of ``seq``, or its terminal event when ``n == FINISHED``;
+#: ``text`` is a :class:`LoggedText` for a generation with ``logprobs``.
+Event = tuple[Sequence, int, "str | LoggedText"]
 
 
 class TokenEvents:

@@ -22,6 +22,7 @@ import orjson
 
 from ..admission import Admission
 from ..errors import Internal, WsserveError
+from ..generation.logprobs import TokenLogprobs
 from ..httpmsg import HttpExchange, HttpResponse
 from ..protocol import encode_seed_result, timing_fields
 from ..worker import concat_rows, count_rows
@@ -312,7 +313,7 @@ class CompletionCall(Call):
     the engine's token sink; a JSON answer, or Server-Sent Events when streamed (the bytes are
     the ``encoder``'s)."""
 
-    __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "_texts")
+    __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "_texts", "_logged")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
                  completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
@@ -325,6 +326,9 @@ class CompletionCall(Call):
         self.include_usage = completion.include_usage
         self.tokens = 0
         self._texts: list[str] = []
+        #: with logprobs, not streamed: each token's text and record
+        self._logged: list[tuple[str, TokenLogprobs]] | None = (
+            None if completion.params.logprobs is None or completion.stream else [])
 
     def _stop_work(self) -> None:
         if self.handle is not None:
@@ -340,14 +344,17 @@ class CompletionCall(Call):
 
     # -- TokenSink
 
-    def on_token(self, seq: int, text: str) -> None:
+    def on_token(self, seq: int, text: str, logprobs: TokenLogprobs | None = None) -> None:
         if self.finished:
             return
         self.tokens = seq + 1
         if self.stream:
-            self.exchange.send(self.encoder.token_event(text))
+            self.exchange.send(self.encoder.token_event(text) if logprobs is None
+                               else self.encoder.token_event(text, logprobs))  # type: ignore[call-arg]
         else:
             self._texts.append(text)
+            if self._logged is not None and logprobs is not None:
+                self._logged.append((text, logprobs))
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         self.tokens = tokens
@@ -360,7 +367,12 @@ class CompletionCall(Call):
             self.exchange.send(self.encoder.final_events(reason, prompt_tokens, tokens, self.include_usage))
             self.exchange.end_stream()
         else:
-            self._answer(self.encoder.response("".join(self._texts), reason, prompt_tokens, tokens))
+            text = "".join(self._texts)
+            if self._logged is None:
+                self._answer(self.encoder.response(text, reason, prompt_tokens, tokens))
+            else:
+                self._answer(self.encoder.response(text, reason, prompt_tokens, tokens,  # type: ignore[call-arg]
+                                                   self._logged))
 
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)

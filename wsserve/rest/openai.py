@@ -6,20 +6,28 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``n``/``best_of`` other than 1,
-  ``echo``, ``logprobs``, ``suffix``, vLLM's ``repetition_penalty``,
+  ``echo``, ``suffix``, vLLM's ``repetition_penalty``,
   token-id
   prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
-  ``top_k`` (an extension several servers accept; -1 is off) are taken;
-  ``user`` and unknown fields are ignored.
+  ``top_k`` (an extension several servers accept; -1 is off) are taken, and
+  ``logprobs`` (0 to :data:`~wsserve.protocol.MAX_LOGPROBS` likeliest alternatives per token,
+  as vLLM takes it; OpenAI's own limit is 5); ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
-  tools, audio, logprobs, JSON output and per-request templates refused by name.
+  ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio, JSON output and
+  per-request templates refused by name.
 - :class:`CompletionEncoder` - the response object, and the Server-Sent Events
   of a streamed one: one ``text_completion`` chunk per token, a last chunk with
   ``finish_reason``, an optional usage chunk, then ``data: [DONE]``;
-  :class:`ChatCompletionEncoder` - the same in ``chat.completion`` shapes.
+  :class:`ChatCompletionEncoder` - the same in ``chat.completion`` shapes.  With logprobs, each
+  token's chunk (and the response) carries them in the endpoint's shape: ``{"tokens",
+  "token_logprobs", "top_logprobs", "text_offset"}`` for a completion (``text_offset`` counts
+  characters of the generated text, from 0, as vLLM does without ``echo``; ``top_logprobs`` maps
+  the likeliest tokens' texts, and the chosen one's, to their log-probabilities), ``{"content":
+  [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}`` for a
+  chat.  The values are the model's raw log-probabilities (:mod:`wsserve.generation.logprobs`).
 - :func:`models_list` - the OpenAI list shape of the served models.
 """
 
@@ -32,8 +40,10 @@ import orjson
 
 from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest, WsserveError
+from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import described, json_type
 from ..protocol import (
+    MAX_LOGPROBS,
     MAX_MODEL_NAME_LENGTH,
     MAX_TEMPERATURE,
     SAMPLING_FIELDS,
@@ -52,13 +62,13 @@ DONE = b"data: [DONE]\n\n"
 
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
 _NEUTRAL = {
-    "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "logprobs": (None,), "suffix": (None, ""),
+    "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
     "repetition_penalty": (None, 1, 1.0),
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
-    "n": (None, 1), "logprobs": (None, False), "top_logprobs": (None, 0), "repetition_penalty": (None, 1, 1.0),
+    "n": (None, 1), "repetition_penalty": (None, 1, 1.0),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
 }
@@ -104,7 +114,11 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
     _refuse_unsupported(obj, _NEUTRAL)
     max_tokens = _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit)
-    return _completion(obj, model, prompt, max_tokens, None)
+    logprobs = obj.get("logprobs")
+    if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= MAX_LOGPROBS):
+        raise ParamError("logprobs", f"'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens "
+                                     f"to report with each token), got {_shown(logprobs)}")
+    return _completion(obj, model, prompt, max_tokens, None, logprobs)
 
 
 def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
@@ -127,7 +141,26 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     max_tokens = _max_tokens(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
         max_tokens = _max_tokens(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
-    return _completion(obj, model, "", max_tokens, messages)
+    return _completion(obj, model, "", max_tokens, messages, _chat_logprobs(obj))
+
+
+def _chat_logprobs(obj: dict[str, Any]) -> int | None:
+    """A chat's ``logprobs`` (a boolean) and ``top_logprobs`` (0 to :data:`MAX_LOGPROBS`, only
+    with ``logprobs: true``, as OpenAI requires) as :class:`GenerationParams`'s ``logprobs``."""
+    wanted = obj.get("logprobs")
+    if wanted is not None and type(wanted) is not bool:
+        raise ParamError("logprobs", f"'logprobs' must be a boolean, got {json_type(wanted)}")
+    top = obj.get("top_logprobs")
+    if top is not None and (type(top) is not int or not 0 <= top <= MAX_LOGPROBS):
+        raise ParamError("top_logprobs", f"'top_logprobs' must be an integer in [0, {MAX_LOGPROBS}], got {_shown(top)}")
+    if top is not None and not wanted:
+        raise ParamError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    return (top or 0) if wanted else None
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _model(obj: Any) -> str:
@@ -159,7 +192,7 @@ def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int)
 
 
 def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
-                messages: tuple[ChatMessage, ...] | None) -> Completion:
+                messages: tuple[ChatMessage, ...] | None, logprobs: int | None) -> Completion:
     """The sampling and streaming fields both endpoints share, checked, and the result."""
     try:
         logit_bias = logit_bias_tuple(obj.get("logit_bias"))
@@ -207,6 +240,7 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             **sampling_fields(obj),
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
+            logprobs=logprobs,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
         named = ("top_k", *SAMPLING_FIELDS, "logit_bias", "stop", "prompt")
@@ -221,12 +255,13 @@ class CompletionEncoder:
     ``usage`` counts tokens: ``prompt_tokens`` is the number of token ids the model was given
     for the prompt (the generation's ``Sequence.prompt_tokens``), ``tokens`` the tokens sent."""
 
-    __slots__ = ("_head", "_token_prefix")
+    __slots__ = ("_head", "_token_prefix", "_offset")
 
     def __init__(self, completion_id: str, created: int, model: str) -> None:
         self._head = (b'{"id":' + orjson.dumps(completion_id) + b',"object":"text_completion","created":'
                       + str(created).encode() + b',"model":' + orjson.dumps(model))
         self._token_prefix = b"data: " + self._head + b',"choices":[{"text":'
+        self._offset = 0  # characters of generated text whose logprobs went out (text_offset)
 
     @staticmethod
     def _usage(prompt_tokens: int, tokens: int) -> bytes:
@@ -242,15 +277,33 @@ class CompletionEncoder:
         """An error after the stream started (see :func:`error_event`)."""
         return error_event(error_response(exc, "openai").body)
 
-    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
-        """The whole (non-streamed) response."""
-        return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,'
-                b'"finish_reason":' + orjson.dumps(finish_reason) + b"}]," + self._usage(prompt_tokens, tokens)
+    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int,
+                 logged: list[tuple[str, TokenLogprobs]] | None = None) -> bytes:
+        """The whole (non-streamed) response; ``logged``: each token's text and logprobs, when asked."""
+        logprobs = b"null" if logged is None else self._logprobs(logged)
+        return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":' + logprobs
+                + b',"finish_reason":' + orjson.dumps(finish_reason) + b"}]," + self._usage(prompt_tokens, tokens)
                 + b"}")
 
-    def token_event(self, text: str) -> bytes:
-        """One streamed token as an SSE event."""
-        return self._token_prefix + orjson.dumps(text) + b',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
+    def token_event(self, text: str, logprobs: TokenLogprobs | None = None) -> bytes:
+        """One streamed token as an SSE event (with its ``logprobs``, when asked)."""
+        lp = b"null" if logprobs is None else self._logprobs([(text, logprobs)])
+        return self._token_prefix + orjson.dumps(text) + b',"index":0,"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
+
+    def _logprobs(self, logged: list[tuple[str, TokenLogprobs]]) -> bytes:
+        """The legacy completions ``logprobs`` object of ``logged`` tokens, after those already sent."""
+        offsets = []
+        for text, _ in logged:
+            offsets.append(self._offset)
+            self._offset += len(text)
+        top = []
+        for _, record in logged:
+            alternatives = {t: lp for _, t, lp in record.top}
+            alternatives.setdefault(record.text, record.logprob)  # the chosen token is always there
+            top.append(alternatives)
+        return orjson.dumps({"tokens": [text for text, _ in logged],
+                             "token_logprobs": [record.logprob for _, record in logged],
+                             "top_logprobs": top, "text_offset": offsets})
 
     def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
         """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
@@ -285,15 +338,18 @@ class ChatCompletionEncoder:
         return (self._chunk + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
                 b'"logprobs":null,"finish_reason":null}]}\n\n')
 
-    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
-        """The whole (non-streamed) response."""
+    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int,
+                 logged: list[tuple[str, TokenLogprobs]] | None = None) -> bytes:
+        """The whole (non-streamed) response; ``logged``: each token's text and logprobs, when asked."""
+        logprobs = b"null" if logged is None else _chat_logprobs_json(logged)
         return (self._head + b',"choices":[{"index":0,"message":{"role":"assistant","content":' + orjson.dumps(text)
-                + b'},"logprobs":null,"finish_reason":' + orjson.dumps(finish_reason) + b"}],"
+                + b'},"logprobs":' + logprobs + b',"finish_reason":' + orjson.dumps(finish_reason) + b"}],"
                 + CompletionEncoder._usage(prompt_tokens, tokens) + b"}")
 
-    def token_event(self, text: str) -> bytes:
-        """One streamed token as an SSE event."""
-        return self._token_prefix + orjson.dumps(text) + b'},"logprobs":null,"finish_reason":null}]}\n\n'
+    def token_event(self, text: str, logprobs: TokenLogprobs | None = None) -> bytes:
+        """One streamed token as an SSE event (with its ``logprobs``, when asked)."""
+        lp = b"null" if logprobs is None else _chat_logprobs_json([(text, logprobs)])
+        return self._token_prefix + orjson.dumps(text) + b'},"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
 
     def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
         """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
@@ -302,6 +358,15 @@ class ChatCompletionEncoder:
         if include_usage:
             out += self._chunk + b',"choices":[],' + CompletionEncoder._usage(prompt_tokens, tokens) + b"}\n\n"
         return out + DONE
+
+
+def _chat_logprobs_json(logged: list[tuple[str, TokenLogprobs]]) -> bytes:
+    """A chat choice's ``logprobs``: ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``
+    (``bytes``: the token's UTF-8 bytes, as OpenAI gives them)."""
+    return orjson.dumps({"content": [
+        {"token": text, "logprob": record.logprob, "bytes": list(text.encode()),
+         "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for _, t, lp in record.top]}
+        for text, record in logged]})
 
 
 def error_event(body: bytes) -> bytes:

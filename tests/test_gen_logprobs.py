@@ -1,0 +1,129 @@
+"""Log-probabilities of generated tokens, sans-I/O and through the engine: the values (against a
+direct log-softmax), the order and ties of the alternatives, the records' path through stop
+strings, and the executor and row-isolation paths of the engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests.test_gen_engine import EXECUTOR, INLINE, PoisonModel, run_all
+from tests.test_gen_support import FakeClock, charlm, params
+from wsserve.generation import (
+    GenerationEngine,
+    Scheduler,
+    TokenLogprobs,
+    run_step_logprobs,
+)
+from wsserve.generation.logprobs import LogprobRows, step_logprobs
+from wsserve.generation.scheduler import FINISHED
+from wsserve.generation.sequence import LoggedText
+
+
+def _log_softmax(row: np.ndarray) -> np.ndarray:
+    m = row.max()
+    return row - m - math.log(float(np.exp(row - m).sum()))
+
+
+@pytest.mark.parametrize("v", [3, 50, 1000])
+@pytest.mark.parametrize("k", [0, 1, 2, 7, 20])
+def test_step_logprobs_match_a_direct_log_softmax_with_ties_by_lowest_id(v: int, k: int) -> None:
+    rng = np.random.default_rng(v * 31 + k)
+    logits = rng.normal(size=(5, v)) * 4
+    logits[1] = 0.0  # all tied: the lowest ids win
+    logits[3, : min(v, 6)] = logits[3].max() + 1  # ties at the top
+    logits[4] = np.round(logits[4])  # ties everywhere, in the middle too
+    tokens = rng.integers(0, v, 5)
+    rows = np.array([0, 1, 3, 4])
+    got = step_logprobs(logits, tokens, LogprobRows(rows, k))
+    kk = min(k, v)
+    assert got.top_ids.shape == got.top.shape == (4, kk)
+    for j, i in enumerate(rows):
+        want = _log_softmax(logits[i])
+        assert math.isclose(got.chosen[j], want[tokens[i]], rel_tol=1e-12, abs_tol=1e-12)
+        order = sorted(range(v), key=lambda t: (-want[t], t))[:kk]
+        assert got.top_ids[j].tolist() == order
+        assert np.allclose(got.top[j], want[order], rtol=0, atol=1e-12)
+
+
+def test_step_logprobs_of_a_non_finite_row_are_nan_and_the_others_unharmed() -> None:
+    logits = np.array([[0.0, 1.0, 2.0], [np.nan, 0.0, 1.0], [np.inf, 0.0, 0.0]])
+    got = step_logprobs(logits, np.array([2, 1, 0]), LogprobRows(np.array([0, 1, 2]), 2))
+    assert math.isclose(got.chosen[0], _log_softmax(logits[0])[2])
+    assert math.isnan(got.chosen[1]) and math.isnan(got.chosen[2])
+    assert got.top_ids[0].tolist() == [2, 1]
+
+
+def _events(sched: Scheduler, steps: int = 10_000) -> dict[int, list]:
+    """Run to idle, the engine's way (``run_step_logprobs``); each sequence's token events."""
+    clock, out = FakeClock(), {}
+    for _ in range(steps):
+        batch = sched.schedule(clock.now)
+        for seq, n, text in sched.take_events():
+            if n != FINISHED:
+                out.setdefault(seq.id, []).append(text)
+        if batch is None:
+            if not sched.has_unfinished():
+                return out
+            continue
+        tokens, lps = run_step_logprobs(sched.model, batch)
+        sched.update_from_output(batch, tokens, clock.advance(0.001), lps)
+    raise AssertionError("not idle")
+
+
+def test_scheduler_events_carry_each_tokens_record_and_the_text_is_unchanged() -> None:
+    model = charlm()
+    sched = Scheduler(model, max_generate_batch=8)
+    plain = sched.add_request(params(max_tokens=20, temperature=0.7, seed=3), 0.0)
+    logged = sched.add_request(params(max_tokens=20, temperature=0.7, seed=3, logprobs=4), 0.0)
+    stopped = sched.add_request(params(max_tokens=40, logprobs=1, stop=("e t",)), 0.0)
+    out = _events(sched)
+    assert all(type(t) is str for t in out[plain.id])
+    assert [t.text for t in out[logged.id]] == out[plain.id]  # logprobs do not change the tokens
+    ctx = model.initial_context("The ")
+    for item in out[logged.id]:
+        assert type(item) is LoggedText and type(item.logprobs) is TokenLogprobs
+        want = _log_softmax(model.logits(ctx[None, :])[0])
+        rec = item.logprobs
+        assert model.id_to_text[rec.token_id] == rec.text == item.text
+        assert math.isclose(rec.logprob, want[rec.token_id], rel_tol=1e-12)
+        assert [t for t, _, _ in rec.top] == sorted(range(len(want)), key=lambda t: (-want[t], t))[:4]
+        assert [(model.id_to_text[t], lp) for t, _, lp in rec.top] == [(txt, want[t]) for t, txt, _ in rec.top]
+        ctx = np.append(ctx[1:], rec.token_id)
+    free = sched.add_request(params(max_tokens=40, logprobs=1), 0.0)
+    free_out = _events(sched)[free.id]
+    text = "".join(t.text for t in free_out)
+    cut = text.find("e t")
+    assert cut > 0 and [(t.text, t.logprobs) for t in out[stopped.id]] == \
+        [(t.text, t.logprobs) for t in free_out[:cut]]  # held text kept its records; the stop's tokens dropped
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_engine_streams_records_inline_and_from_the_executor(inline_max_batch: int) -> None:
+    engine = GenerationEngine(charlm(), inline_max_batch=inline_max_batch)
+    try:
+        plain, logged, other = await run_all(engine, [params(max_tokens=15), params(max_tokens=15, logprobs=2),
+                                                      params(prompt="x", max_tokens=9, logprobs=0)])
+    finally:
+        await engine.close()
+    assert plain.logprobs == [None] * 15 and logged.tokens == plain.tokens
+    assert all(r.text == t and len(r.top) == 2 and r.top[0][1] == t for r, t in zip(logged.logprobs, logged.tokens))
+    assert all(r.top == () and r.logprob <= 0 for r in other.logprobs) and len(other.logprobs) == 9
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_a_step_computed_row_by_row_keeps_the_good_rows_records(inline_max_batch: int) -> None:
+    good = [params(prompt="x", max_tokens=12, logprobs=3), params(prompt="A ", max_tokens=9, temperature=0.8, seed=7,
+                                                                  logprobs=1)]
+    engine = GenerationEngine(PoisonModel(), inline_max_batch=inline_max_batch)  # type: ignore[arg-type]
+    try:
+        reference = await run_all(engine, good)
+        sinks = await run_all(engine, [good[0], params(prompt="a # b", max_tokens=12, logprobs=2), good[1]])
+        assert engine.isolated_steps >= 1
+    finally:
+        await engine.close()
+    assert sinks.pop(1).error is not None
+    for got, want in zip(sinks, reference, strict=True):
+        assert got.tokens == want.tokens and got.logprobs == want.logprobs and None not in got.logprobs

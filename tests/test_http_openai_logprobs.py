@@ -1,0 +1,80 @@
+"""``logprobs`` on the OpenAI routes, read with the ``openai`` SDK: the legacy completions shape
+(``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``) and the chat shape
+(``content[].token/logprob/bytes/top_logprobs``), streamed and not, with the same values as the
+WebSocket ``generate``'s token frames for the same request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Conn
+
+openai = pytest.importorskip("openai")  # the test extra installs it
+
+
+@pytest.fixture
+def client(server):
+    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    yield c
+    c.close()
+
+
+async def _ws_frames(server, **params: Any) -> list[dict[str, Any]]:
+    conn = await Conn.open(server.url)
+    await conn.send({"type": "generate", "id": "g", "model": "charlm", **params})
+    frames, done = await conn.until_terminal("g")
+    await conn.close()
+    assert done["type"] == "done"
+    return frames
+
+
+async def test_completion_logprobs_are_the_websockets(server, client) -> None:
+    args = {"prompt": "It was ", "max_tokens": 20, "temperature": 0.9, "seed": 5}
+    r = client.completions.create(model="charlm", logprobs=3, **args)
+    frames = await _ws_frames(server, **args, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text == "".join(f["text"] for f in frames)
+    assert lp.tokens == [f["text"] for f in frames]
+    assert lp.token_logprobs == [f["logprob"] for f in frames]
+    assert lp.text_offset == list(range(20))  # one character per charlm token, from 0 without echo
+    for top, f in zip(lp.top_logprobs, frames, strict=True):
+        want = {t["text"]: t["logprob"] for t in f["top_logprobs"]}
+        want.setdefault(f["text"], f["logprob"])  # the chosen token is always listed
+        assert top == want and 3 <= len(top) <= 4
+    plain = client.completions.create(model="charlm", **args)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == r.choices[0].text
+
+
+async def test_streamed_completion_logprobs_add_up_to_the_response(server, client) -> None:
+    args = {"model": "charlm", "prompt": "The ", "max_tokens": 15, "temperature": 0, "logprobs": 0, "stop": ["e "]}
+    whole = client.completions.create(**args).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(**args, stream=True) if c.choices]
+    tokens = [c for c in chunks if c.finish_reason is None]
+    assert [c.text for c in tokens] == whole.logprobs.tokens
+    assert [c.logprobs.token_logprobs[0] for c in tokens] == whole.logprobs.token_logprobs
+    assert [c.logprobs.text_offset[0] for c in tokens] == whole.logprobs.text_offset
+    assert [c.logprobs.top_logprobs[0] for c in tokens] == whole.logprobs.top_logprobs
+    assert all(len(t) == 1 for t in whole.logprobs.top_logprobs)  # logprobs 0: the chosen token only
+    assert chunks[-1].finish_reason == whole.finish_reason and chunks[-1].logprobs is None
+
+
+async def test_chat_logprobs_are_the_websockets(server, client) -> None:
+    messages = [{"role": "user", "content": "The "}]
+    r = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0,
+                                       logprobs=True, top_logprobs=2)
+    frames = await _ws_frames(server, messages=messages, max_tokens=12, logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert "".join(c.token for c in content) == r.choices[0].message.content
+    assert [(c.token, c.logprob, c.bytes) for c in content] == \
+        [(f["text"], f["logprob"], list(f["text"].encode())) for f in frames]
+    assert [[(t.token, t.logprob, t.bytes) for t in c.top_logprobs] for c in content] == \
+        [[(t["text"], t["logprob"], list(t["text"].encode())) for t in f["top_logprobs"]] for f in frames]
+    stream = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0,
+                                            logprobs=True, stream=True)
+    streamed = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].delta.content]
+    assert [(s.content[0].token, s.content[0].logprob, s.content[0].top_logprobs) for s in streamed] == \
+        [(c.token, c.logprob, []) for c in content]
+    plain = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0)
+    assert plain.choices[0].logprobs is None
