@@ -306,7 +306,7 @@ class BrokenModel:
     def __init__(self) -> None:
         real = charlm()
         self.context_len, self.vocab_size, self.id_to_text = real.context_len, real.vocab_size, real.id_to_text
-        self.encode_prompt = real.encode_prompt
+        self.encode_prompt, self.prompt_ids, self.pad_id = real.encode_prompt, real.prompt_ids, real.pad_id
 
     def logits(self, contexts: object) -> object:
         raise FloatingPointError("numerical trouble")

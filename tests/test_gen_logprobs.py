@@ -9,15 +9,16 @@ import math
 import numpy as np
 import pytest
 
-from tests.test_gen_engine import EXECUTOR, INLINE, PoisonModel, run_all
-from tests.test_gen_support import FakeClock, charlm, params
+from tests.test_gen_engine import EXECUTOR, INLINE, PoisonModel, run_all, until
+from tests.test_gen_support import FakeClock, RecordingSink, charlm, params
+from wsserve.errors import Internal, ShuttingDown
 from wsserve.generation import (
     GenerationEngine,
     Scheduler,
     TokenLogprobs,
     run_step_logprobs,
 )
-from wsserve.generation.logprobs import LogprobRows, step_logprobs
+from wsserve.generation.logprobs import LogprobRows, prompt_logprobs, step_logprobs
 from wsserve.generation.scheduler import FINISHED
 from wsserve.generation.sequence import LoggedText
 
@@ -127,3 +128,65 @@ async def test_a_step_computed_row_by_row_keeps_the_good_rows_records(inline_max
     assert sinks.pop(1).error is not None
     for got, want in zip(sinks, reference, strict=True):
         assert got.tokens == want.tokens and got.logprobs == want.logprobs and None not in got.logprobs
+
+
+def test_prompt_logprobs_are_the_generations_for_the_same_text() -> None:
+    """Scoring a text as a prompt gives each token the record its generation gave it: the same
+    contexts (left-padded windows of the model's context length), another code path."""
+    model = charlm()
+    sched = Scheduler(model, max_generate_batch=2)
+    seq = sched.add_request(params(prompt="Th", max_tokens=14, logprobs=3), 0.0)
+    generated = _events(sched)[seq.id]
+    text = "Th" + "".join(t.text for t in generated)
+    ids = model.prompt_ids(text)
+    assert len(ids) == len(text) == 16  # charlm reads 16 characters: all of it
+    scored = prompt_logprobs(model.logits, ids, context_len=model.context_len, pad_id=model.pad_id,
+                             id_to_text=model.id_to_text, k=3)
+    assert scored[0] is None and len(scored) == 16
+    assert scored[2:] == [t.logprobs for t in generated]
+    first = _log_softmax(model.logits(model.initial_context("T")[None, :])[0])
+    assert math.isclose(scored[1].logprob, first[model.id_to_text.index("h")], rel_tol=1e-12)
+
+
+def test_prompt_logprobs_of_long_prompts_span_several_calls() -> None:
+    model = charlm()
+    calls = []
+
+    def logits(contexts: np.ndarray) -> np.ndarray:
+        calls.append(len(contexts))
+        return model.logits(contexts)
+
+    ids = np.array([model.id_to_text.index(c) for c in "abc " * 200], np.int64)
+    got = prompt_logprobs(logits, ids, context_len=model.context_len, pad_id=model.pad_id,
+                          id_to_text=model.id_to_text, k=1)
+    assert calls == [256, 256, 256, 31] and len(got) == 800
+    one = prompt_logprobs(model.logits, ids[300:310], context_len=model.context_len, pad_id=model.pad_id,
+                          id_to_text=model.id_to_text, k=1)
+    assert got[300 + model.context_len:310] == one[model.context_len:]  # only the last k ids count
+    assert prompt_logprobs(logits, ids[:1], context_len=model.context_len, pad_id=model.pad_id,
+                           id_to_text=model.id_to_text, k=1) == [None]
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_engine_scores_prompts_between_steps_and_a_failure_stays_in_its_request(inline_max_batch: int) -> None:
+    engine = GenerationEngine(PoisonModel(), inline_max_batch=inline_max_batch)  # type: ignore[arg-type]
+    try:
+        (reference,) = await run_all(engine, [params(prompt="x", max_tokens=40)])
+        sink = RecordingSink()
+        engine.submit(params(prompt="x", max_tokens=40), sink)
+        good = engine.score_prompt("The cat", 2)
+        bad = engine.score_prompt("a # b", 2)  # the poisoned id: logits() raises
+        scored = await good
+        with pytest.raises(Internal, match="scoring the prompt failed: FloatingPointError: poisoned row"):
+            await bad
+        await until(lambda: sink.ended)
+        assert sink.tokens == reference.tokens and sink.done[0] == "length"
+        assert [t for t, _ in scored] == list("The cat") and scored[0][1] is None
+        assert all(r.text == t and len(r.top) == 2 for t, r in scored[1:])
+        pending = engine.score_prompt("abc", 1)
+    finally:
+        await engine.close()
+    # queued before close: scored by the iteration close() waits for, or ended; never left pending
+    assert pending.done() and (pending.exception() is None or isinstance(pending.exception(), ShuttingDown))
+    with pytest.raises(ShuttingDown):
+        engine.score_prompt("abc", 1)

@@ -123,7 +123,7 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"n": 2}, "n"),
         ({"logprobs": 21}, "logprobs"),
         ({"logprobs": True}, "logprobs"),
-        ({"echo": True}, "echo"),
+        ({"extra_body": {"echo": 1}}, "echo"),
         ({"max_tokens": 10**9}, "max_tokens"),
         ({"temperature": -1}, "temperature"),
         ({"prompt": ["a", "b"]}, "prompt"),

@@ -78,3 +78,37 @@ async def test_chat_logprobs_are_the_websockets(server, client) -> None:
         [(c.token, c.logprob, []) for c in content]
     plain = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0)
     assert plain.choices[0].logprobs is None
+
+
+async def test_echo_scores_the_prompt_with_the_generations_values(server, client) -> None:
+    """``echo`` with ``logprobs`` (what lm-evaluation-harness sends for loglikelihood): the text is
+    prompt + completion, the prompt's tokens come first (the first with null values), and scoring
+    a greedy completion as a prompt gives its tokens the values their generation gave them."""
+    gen = client.completions.create(model="charlm", prompt="Th", max_tokens=14, temperature=0, logprobs=2)
+    text = "Th" + gen.choices[0].text  # 16 characters: all of it is read
+    r = client.completions.create(model="charlm", prompt=text, max_tokens=1, temperature=0, logprobs=2, echo=True)
+    choice, lp = r.choices[0], r.choices[0].logprobs
+    assert choice.text.startswith(text) and len(choice.text) == 17
+    assert lp.tokens == list(choice.text) and lp.text_offset == list(range(17))
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[2:16] == gen.choices[0].logprobs.token_logprobs
+    assert lp.top_logprobs[2:16] == gen.choices[0].logprobs.top_logprobs
+    assert r.usage.prompt_tokens == 16 and r.usage.completion_tokens == 1
+    streamed = [c.choices[0] for c in client.completions.create(model="charlm", prompt=text, max_tokens=1,
+                                                                temperature=0, logprobs=2, echo=True, stream=True)
+                if c.choices]
+    assert streamed[0].text == text and streamed[0].logprobs.tokens == list(text)
+    assert streamed[0].logprobs.token_logprobs == lp.token_logprobs[:16]
+    assert streamed[1].text == choice.text[16] and streamed[1].logprobs.text_offset == [16]
+
+
+def test_echo_without_logprobs_and_its_bounds(server, client) -> None:
+    long = "It was the best of times, it was"
+    r = client.completions.create(model="charlm", prompt=long, max_tokens=5, temperature=0, echo=True)
+    plain = client.completions.create(model="charlm", prompt=long, max_tokens=5, temperature=0)
+    assert r.choices[0].text == long + plain.choices[0].text and r.choices[0].logprobs is None
+    for kwargs, param, says in [({"echo": True, "logprobs": 1}, "echo", "reads at most the last 16 characters"),
+                                ({"extra_body": {"echo": "yes"}}, "echo", "'echo' must be a boolean")]:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="charlm", prompt=long, max_tokens=5, **kwargs)
+        assert info.value.body["param"] == param and says in info.value.body["message"]

@@ -50,6 +50,7 @@ best effort).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import operator
 import time
@@ -64,7 +65,7 @@ import numpy as np
 from ..errors import Internal, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
-from .logprobs import StepLogprobs, TokenLogprobs, step_logprobs
+from .logprobs import StepLogprobs, TokenLogprobs, prompt_logprobs, step_logprobs
 from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
 from .sampling import apply_penalties, sample_rows
@@ -209,6 +210,8 @@ class GenerationEngine:
         self._exhaust = deque(maxlen=0).extend  # runs an iterator to its end in C
         self._idle = asyncio.Event()  # set while nothing is unfinished
         self._idle.set()
+        #: prompts to score (``score_prompt``), each with the future of its records
+        self._scores: deque[tuple[np.ndarray, int, asyncio.Future[Any]]] = deque()
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -237,6 +240,27 @@ class GenerationEngine:
         self._idle.clear()
         self._wakeup.set()
         return seq
+
+    def score_prompt(self, prompt: str, k: int) -> asyncio.Future[list[tuple[str, TokenLogprobs | None]]]:
+        """Queue the scoring of ``prompt``'s own tokens (OpenAI's ``echo`` with ``logprobs``): a
+        future of ``(text, record)`` per token the model is given for the prompt (its last
+        ``prompt_chars`` characters), the record ``None`` for the first (:func:`~.logprobs.prompt_logprobs`).
+
+        It runs between two steps, where steps run (inline when it costs no more than a step may,
+        else in the engine's thread): never beside a step, so a model's ``logits()`` is not called
+        from two threads.  Cancelling the future abandons it.  Raises
+        :class:`~wsserve.errors.ShuttingDown` (closed), or ``Internal`` for a model whose
+        ``encode()`` fails; the future fails with ``Internal`` when ``logits()`` does, and with
+        ``ShuttingDown`` on :meth:`close`."""
+        if self._closed:
+            raise ShuttingDown("generation engine is shutting down")
+        self.start()
+        ids = self.model.prompt_ids(prompt)
+        future: asyncio.Future[list[tuple[str, TokenLogprobs | None]]] = asyncio.get_running_loop().create_future()
+        self._scores.append((ids, k, future))
+        self._idle.clear()
+        self._wakeup.set()
+        return future
 
     def cancel(self, handle: Sequence) -> None:
         """End ``handle`` with ``on_done("cancelled", ...)`` before returning.
@@ -280,6 +304,10 @@ class GenerationEngine:
             await self._task  # finishes the step in progress and delivers its events
         self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())
         self._deliver()
+        while self._scores:
+            future = self._scores.popleft()[2]
+            if not future.done():
+                future.set_exception(ShuttingDown("server is shutting down"))
         self._idle.set()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -305,11 +333,15 @@ class GenerationEngine:
         Every path awaits: with nothing to run it sleeps until ``submit`` wakes it,
         so the loop can never spin."""
         sched, model = self._sched, self.model
+        if self._scores:
+            await self._score_prompt()
         batch = sched.schedule(time.monotonic()) if sched.has_unfinished() else None
         if batch is None:  # nothing running (anything waiting was admitted or has ended)
             self._deliver()
             self._wakeup.clear()
-            if not sched.has_unfinished():
+            if self._scores or self._closed:  # (close() may have come while a prompt was scored)
+                await asyncio.sleep(0)
+            elif not sched.has_unfinished():
                 self._idle.set()
                 await self._wakeup.wait()
             else:  # pragma: no cover - defensive: never busy-wait, whatever the state
@@ -340,6 +372,32 @@ class GenerationEngine:
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps
+
+    async def _score_prompt(self) -> None:
+        """Score the oldest queued prompt (:meth:`score_prompt`), inline when its positions are no
+        more rows than an inline step may have, else in the engine's thread."""
+        ids, k, future = self._scores.popleft()
+        if future.done():  # abandoned
+            return
+        model = self.model
+        work = functools.partial(prompt_logprobs, model.logits, ids, context_len=model.context_len,
+                                 pad_id=getattr(model, "pad_id", model.vocab_size), id_to_text=model.id_to_text, k=k)
+        try:
+            if len(ids) - 1 <= self._inline_max_batch:
+                result = work()
+            else:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
+                pending = asyncio.get_running_loop().run_in_executor(self._executor, work)
+                self._deliver()
+                result = await pending
+        except Exception as exc:  # noqa: BLE001 - the model's failure ends this request only
+            log.error("scoring a prompt of %d tokens on model %s failed", len(ids), self.name, exc_info=exc)
+            if not future.done():
+                future.set_exception(Internal(f"scoring the prompt failed: {type(exc).__name__}: {exc}"))
+            return
+        if not future.done():
+            future.set_result(list(zip([model.id_to_text[i] for i in ids.tolist()], result)))
 
     def _stepped(self, batch: Batch, tokens: np.ndarray, logprobs: StepLogprobs | None = None) -> None:
         """Apply a step's tokens (and log-probabilities) and count the step."""

@@ -8,7 +8,10 @@ top-p (vLLM's default, ``raw_logprobs``), so they do not depend on how the token
 
 - :class:`LogprobRows` - which rows of a batch want them and the largest ``k`` (per layout);
 - :func:`step_logprobs` - one step's values for those rows, vectorised (float64);
-- :class:`TokenLogprobs` - one token's record, as the sinks receive it.
+- :class:`TokenLogprobs` - one token's record, as the sinks receive it;
+- :func:`prompt_logprobs` - the same records for a prompt's own tokens (OpenAI's ``echo``
+  with ``logprobs``: how likely the model finds a given text), each given the tokens before
+  it (at most the model's context), the first one given nothing (``None``).
 
 The ``k`` alternatives are ordered by log-probability, highest first; equal values by token
 id, lowest first; the chosen token may or may not be among them.
@@ -16,12 +19,16 @@ id, lowest first; the chosen token may or may not be among them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["LogprobRows", "StepLogprobs", "TokenLogprobs", "step_logprobs"]
+__all__ = ["LogprobRows", "StepLogprobs", "TokenLogprobs", "prompt_logprobs", "step_logprobs"]
+
+#: Prompt positions scored per ``logits()`` call (bounds the ``[rows, V]`` arrays of one call).
+PROMPT_ROWS_PER_CALL = 256
 
 
 class TokenLogprobs(NamedTuple):
@@ -83,3 +90,30 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
             return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1))
     ids = np.argsort(-z, axis=1, kind="stable")[:, :k]  # (NaN rows sort last, harmlessly)
     return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1))
+
+
+def prompt_logprobs(logits: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, *, context_len: int, pad_id: int,
+                    id_to_text: Sequence[str], k: int) -> list[TokenLogprobs | None]:
+    """The record of each token of a prompt given as ``ids [n]``: ``None`` for the first (nothing
+    comes before it), then token ``i``'s log-probability given the ``context_len`` ids before it
+    (left-padded with ``pad_id``, as a generation's first context is) and the ``k`` likeliest
+    alternatives.  ``logits`` is the model's ``[B, context_len] -> [B, V]``, called on at most
+    :data:`PROMPT_ROWS_PER_CALL` rows at a time.  Blocking (a thread, or the loop for a cheap
+    model); raises whatever ``logits`` raises."""
+    n = len(ids)
+    if n == 0:
+        return []
+    padded = np.concatenate((np.full(context_len, pad_id, np.int64), np.asarray(ids, np.int64)))
+    # window i (1 <= i < n) = padded[i : i + context_len] = the context_len ids before token i
+    windows = np.lib.stride_tricks.sliding_window_view(padded, context_len)[1:n]
+    out: list[TokenLogprobs | None] = [None]
+    for start in range(0, n - 1, PROMPT_ROWS_PER_CALL):
+        contexts = np.ascontiguousarray(windows[start:start + PROMPT_ROWS_PER_CALL])
+        targets = np.asarray(ids[start + 1:start + 1 + len(contexts)], np.int64)
+        values = step_logprobs(logits(contexts), targets, LogprobRows(np.arange(len(contexts)), k))
+        top_ids = values.top_ids.tolist()
+        top = values.top.tolist()
+        for j, (token, lp) in enumerate(zip(targets.tolist(), values.chosen.tolist())):
+            out.append(TokenLogprobs(token, id_to_text[token], lp,
+                                     tuple((t, id_to_text[t], v) for t, v in zip(top_ids[j], top[j]))))
+    return out

@@ -138,6 +138,17 @@ class TokenModelAdapter:
         """``[k]`` int64: the last ``k`` token ids of the (tail of the) prompt, left-padded with PAD."""
         return self.encode_prompt(prompt)[0]
 
+    def prompt_ids(self, prompt: str) -> np.ndarray:
+        """``[n]`` int64: every token id ``encode()`` gives for the prompt's last ``prompt_chars``
+        characters, checked (raises as :meth:`encode_prompt`)."""
+        try:
+            ids = np.asarray(call_model_code(self._encode, prompt[-self.prompt_chars:]), dtype=np.int64)
+        except Exception as exc:
+            raise Internal(f"model {self.name!r}: encode() raised {type(exc).__name__}: {exc}") from None
+        if ids.ndim != 1 or len(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
+        return ids
+
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, int]:
         """``(context, n)``: :meth:`initial_context`, and ``n``, the number of token ids
         ``encode()`` gave for the prompt's last ``prompt_chars`` characters (the prompt's

@@ -57,6 +57,10 @@ class TokenModel(Protocol):
         """``([k] int ids, n)``: the prompt's context, and ``n``, how many token ids the model
         was given for the prompt (its ``prompt_tokens``; the context holds the last ``k``)."""
 
+    def prompt_ids(self, prompt: str) -> np.ndarray:
+        """``[n]`` int ids: all the token ids the model is given for the prompt (scoring a
+        prompt, ``echo``)."""
+
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
 

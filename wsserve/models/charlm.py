@@ -374,6 +374,11 @@ class CharLM:
         """``[k]`` int64: the last k ids of the normalised prompt, left-padded with PAD."""
         return self.encode_prompt(prompt)[0]
 
+    def prompt_ids(self, prompt: str) -> np.ndarray:
+        """``[n]`` int64: the ids :meth:`encode` gives for the prompt's last ``prompt_chars``
+        characters (what the model is given; :meth:`encode_prompt` keeps the last k)."""
+        return self.encode(prompt[-self.prompt_chars:])
+
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, int]:
         """``(context, n)``: :meth:`initial_context`, and ``n``, the ids :meth:`encode` gave for
         the prompt's last ``prompt_chars`` characters (characters after normalisation)."""

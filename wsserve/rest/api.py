@@ -36,6 +36,8 @@ health, metrics and static routes).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -664,21 +666,49 @@ class HttpApi:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
-            try:
-                call.handle = entry.worker.submit(completion.params, call, group=session)
-            except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
-                raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
+            if completion.echo and completion.params.logprobs is not None:  # the prompt's tokens first
+                chars = getattr(entry.worker.model, "prompt_chars", None)
+                if chars is not None and len(completion.params.prompt) > chars:
+                    raise ParamError("echo", f"'echo' with 'logprobs' scores the prompt's tokens, and model {model!r} "
+                                             f"reads at most the last {chars} characters of a prompt; this one has "
+                                             f"{len(completion.params.prompt)}")
+                call.scoring = entry.worker.score_prompt(completion.params.prompt, completion.params.logprobs)
+            else:
+                self._submit(call, entry, completion, session)
         except WsserveError as exc:
             self._rejected(exc, model, "generate")
             raise
         session.track(call)
         exchange.on_abort = call.abort
-        if completion.stream:
-            exchange.start_stream(200, "text/event-stream", [("Cache-Control", "no-cache"), *(cors or ())])
-            start = encoder.start_events()
-            if start:
-                exchange.send(start)
+        if call.scoring is not None:  # queued and answered once the prompt is scored
+            call.scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session))
+        elif completion.stream:
+            call.start_stream()
         return None
+
+    @staticmethod
+    def _submit(call: CompletionCall, entry: Any, completion: Any, session: HttpSession) -> None:
+        """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias`` named)."""
+        try:
+            call.handle = entry.worker.submit(completion.params, call, group=session)
+        except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
+            raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
+
+    def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession,
+                scoring: asyncio.Future[Any]) -> None:
+        """``echo`` with ``logprobs``: the prompt was scored (or that failed); queue the generation."""
+        call.scoring = None
+        if call.finished or scoring.cancelled():  # the client left, or the drain ended it
+            return
+        try:
+            call.scored(scoring.result())
+            self._submit(call, entry, completion, session)
+        except WsserveError as exc:
+            self._rejected(exc, call.model, "generate")
+            call.fail(exc)
+            return
+        if completion.stream:
+            call.start_stream()
 
     # ------------------------------------------------------------------ drain
 

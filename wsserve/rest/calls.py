@@ -313,7 +313,8 @@ class CompletionCall(Call):
     the engine's token sink; a JSON answer, or Server-Sent Events when streamed (the bytes are
     the ``encoder``'s)."""
 
-    __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "_texts", "_logged")
+    __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "scoring", "streaming", "_texts",
+                 "_logged", "_echo", "_echo_logged")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
                  completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
@@ -327,15 +328,38 @@ class CompletionCall(Call):
         self.tokens = 0
         self._texts: list[str] = []
         #: with logprobs, not streamed: each token's text and record
-        self._logged: list[tuple[str, TokenLogprobs]] | None = (
+        self._logged: list[tuple[str, TokenLogprobs | None]] | None = (
             None if completion.params.logprobs is None or completion.stream else [])
+        #: ``echo``: the prompt, sent before the generated text, and (with logprobs) its tokens' records
+        self._echo = completion.params.prompt if completion.echo else None
+        self._echo_logged: list[tuple[str, TokenLogprobs | None]] | None = None
+        #: the future of the prompt's records while they are computed (``echo`` with ``logprobs``)
+        self.scoring: Any = None
+        #: the 200 and the stream's first events are out
+        self.streaming = False
+
+    def scored(self, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
+        """The prompt's tokens' texts and records, for ``echo`` with ``logprobs``."""
+        self._echo_logged = logged
+
+    def start_stream(self) -> None:
+        """Send the 200 and what a stream begins with (the role; the echoed prompt)."""
+        self.streaming = True
+        self.exchange.start_stream(200, "text/event-stream", [("Cache-Control", "no-cache"), *self.headers])
+        start = self.encoder.start_events()
+        if self._echo is not None:
+            start += self.encoder.echo_event(self._echo, self._echo_logged)  # type: ignore[union-attr]
+        if start:
+            self.exchange.send(start)
 
     def _stop_work(self) -> None:
+        if self.scoring is not None:
+            self.scoring.cancel()
         if self.handle is not None:
             self.engine.cancel(self.handle)  # its on_done("cancelled") finds the call finished
 
     def _error(self, exc: WsserveError) -> None:
-        if not self.stream:
+        if not self.streaming:
             super()._error(exc)
             return
         # The 200 and the first events are out: the error is an event (OpenAI's: then [DONE]).
@@ -368,11 +392,16 @@ class CompletionCall(Call):
             self.exchange.end_stream()
         else:
             text = "".join(self._texts)
-            if self._logged is None:
+            logged = self._logged
+            if self._echo is not None:
+                text = self._echo + text
+                if logged is not None:
+                    logged = [*(self._echo_logged or ()), *logged]
+            if logged is None:
                 self._answer(self.encoder.response(text, reason, prompt_tokens, tokens))
             else:
                 self._answer(self.encoder.response(text, reason, prompt_tokens, tokens,  # type: ignore[call-arg]
-                                                   self._logged))
+                                                   logged))
 
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)

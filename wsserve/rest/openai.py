@@ -6,14 +6,16 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``n``/``best_of`` other than 1,
-  ``echo``, ``suffix``, vLLM's ``repetition_penalty``,
+  ``suffix``, vLLM's ``repetition_penalty``,
   token-id
   prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
   ``logprobs`` (0 to :data:`~wsserve.protocol.MAX_LOGPROBS` likeliest alternatives per token,
-  as vLLM takes it; OpenAI's own limit is 5); ``user`` and unknown fields are ignored.
+  as vLLM takes it; OpenAI's own limit is 5), and ``echo`` (the prompt before the generated
+  text; with ``logprobs``, the prompt's own tokens are scored too: the first one's values are
+  null, as OpenAI's); ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
   ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio, JSON output and
@@ -62,7 +64,7 @@ DONE = b"data: [DONE]\n\n"
 
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
 _NEUTRAL = {
-    "n": (None, 1), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
+    "n": (None, 1), "best_of": (None, 1), "suffix": (None, ""),
     "repetition_penalty": (None, 1, 1.0),
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
@@ -92,6 +94,8 @@ class Completion:
     include_usage: bool  # stream_options.include_usage: a usage chunk before [DONE]
     #: A chat completion's conversation (``params.prompt`` is then empty until :meth:`with_prompt`).
     messages: tuple[ChatMessage, ...] | None = None
+    #: ``/v1/completions``' ``echo``: the answer's text begins with the prompt.
+    echo: bool = False
 
     def with_prompt(self, prompt: str) -> Completion:
         """The same request generating from ``prompt`` (a chat's, from the model's template)."""
@@ -118,7 +122,10 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= MAX_LOGPROBS):
         raise ParamError("logprobs", f"'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens "
                                      f"to report with each token), got {_shown(logprobs)}")
-    return _completion(obj, model, prompt, max_tokens, None, logprobs)
+    echo = obj.get("echo")
+    if echo is not None and type(echo) is not bool:
+        raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
+    return replace(_completion(obj, model, prompt, max_tokens, None, logprobs), echo=bool(echo))
 
 
 def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
@@ -290,19 +297,28 @@ class CompletionEncoder:
         lp = b"null" if logprobs is None else self._logprobs([(text, logprobs)])
         return self._token_prefix + orjson.dumps(text) + b',"index":0,"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
 
-    def _logprobs(self, logged: list[tuple[str, TokenLogprobs]]) -> bytes:
-        """The legacy completions ``logprobs`` object of ``logged`` tokens, after those already sent."""
+    def echo_event(self, prompt: str, logged: list[tuple[str, TokenLogprobs | None]] | None) -> bytes:
+        """A stream's first chunk with ``echo``: the prompt (and its tokens' logprobs, when asked)."""
+        lp = b"null" if logged is None else self._logprobs(logged)
+        return self._token_prefix + orjson.dumps(prompt) + b',"index":0,"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
+
+    def _logprobs(self, logged: list[tuple[str, TokenLogprobs | None]]) -> bytes:
+        """The legacy completions ``logprobs`` object of ``logged`` tokens, after those already
+        sent (a ``None`` record, the first token of an echoed prompt: null values)."""
         offsets = []
         for text, _ in logged:
             offsets.append(self._offset)
             self._offset += len(text)
-        top = []
+        top: list[dict[str, float] | None] = []
         for _, record in logged:
+            if record is None:
+                top.append(None)
+                continue
             alternatives = {t: lp for _, t, lp in record.top}
             alternatives.setdefault(record.text, record.logprob)  # the chosen token is always there
             top.append(alternatives)
         return orjson.dumps({"tokens": [text for text, _ in logged],
-                             "token_logprobs": [record.logprob for _, record in logged],
+                             "token_logprobs": [None if record is None else record.logprob for _, record in logged],
                              "top_logprobs": top, "text_offset": offsets})
 
     def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
