@@ -369,6 +369,26 @@ def test_members_that_expand_past_the_bound_are_refused(tmp_path: Path) -> None:
         read_npz(path, max_bytes=8)
 
 
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "lzma")])
+def test_members_compressed_otherwise_than_numpy_writes_are_refused_before_inflating(
+        tmp_path: Path, method: int, name: str) -> None:
+    """zipfile inflates bzip2 and lzma data without an output bound per read: a few compressed bytes
+    could take gigabytes before any size check.  np.savez (stored) and np.savez_compressed (deflated)
+    files load."""
+    for writer in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{writer.__name__}.npz"
+        with open(path, "wb") as f:
+            writer(f, __meta__=_header(LINEAR_HEADER), **LINEAR_ARRAYS)
+        assert build_npz_model(read_npz(path)).predict(np.array([[2.0]])).tolist() == [[6.5]]
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        for key, a in {"__meta__": _header(LINEAR_HEADER), **LINEAR_ARRAYS}.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+    assert f"member '__meta__.npy' is compressed with {name}; only stored or deflated members are read" in _load_error(path)
+
+
 def test_a_deeply_nested_header_is_refused(tmp_path: Path) -> None:
     # json recurses once per nesting level: 1 MiB of "[" used to escape read_npz as RecursionError
     header = np.frombuffer(b"[" * 400_000 + b"]" * 400_000, dtype=np.uint8)
