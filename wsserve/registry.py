@@ -7,7 +7,7 @@
   then served; it becomes the default at once if it is the highest ready
   version — one assignment on the loop, so a swap loses no request;
 - a version that fails to load (bad file, exception in ``Model()``, shapes
-  that disagree with config.toml, warm-up error) is ``failed`` with the reason,
+  that disagree with config.toml, warm-up error, a load past its timeout) is ``failed`` with the reason,
   logged, and whatever served before keeps serving;
 - a version that is removed (or unloaded) stops taking new requests
   (``unloading``), finishes what it has in flight, then is closed and leaves
