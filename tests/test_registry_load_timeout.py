@@ -123,6 +123,11 @@ async def test_a_hung_load_fails_after_the_timeout_and_the_server_starts(
     r = await conn.request({"type": "predict", "id": 2, "model": "hung", "inputs": ROWS})
     assert (r["type"], r["code"]) == ("error", "unknown_model") and "1: failed" in r["message"], r
     assert server.registry.abandoned_loads == 1
+    # an admin reload of it meets the same timeout: answered, failed, a second thread abandoned
+    reply = await conn.request({"type": "reload", "id": "r", "model": "hung"})
+    assert reply.get("ok") is True and reply["versions"][0]["state"] == "failed", reply
+    assert "did not load within 0.2 s (--model-load-timeout-s)" in reply["versions"][0]["reason"], reply
+    assert server.registry.abandoned_loads == 2
 
     # the abandoned load ends after all: its model is discarded (closed), not served
     event.set()
