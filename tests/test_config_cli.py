@@ -122,6 +122,8 @@ _BAD_SETTINGS = [
     ("model_load_timeout_s", 86_401.0),
     ("model_load_timeout_s", "600"),
     ("model_load_timeout_s", None),
+    ("max_npz_bytes", 0),
+    ("max_npz_bytes", None),
 ]
 
 
@@ -423,7 +425,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "--max-connections", "10", "--max-write-buffer-bytes", "65536",
         "--drain-timeout-s", "1.5", "--slow-consumer-timeout-s", "2", "--ping-interval-s", "0", "--ping-timeout-s", "5",
         "--idle-timeout-s", "30", "--auth-timeout-s", "3", "--handshake-timeout-s", "4", "--close-timeout-s", "6",
-        "--model-load-timeout-s", "45", "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
+        "--model-load-timeout-s", "45", "--max-npz-bytes", "1048576", "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
         "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--require-origin",
         "--certfile", str(cert), "--keyfile", str(key), "--compression",
         "--rate-limit-per-s", "20", "--rate-limit-burst", "40", "--key-rate-limit-per-s", "100",
@@ -437,7 +439,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         max_connections=10, max_write_buffer_bytes=65536,
         drain_timeout_s=1.5, slow_consumer_timeout_s=2.0, ping_interval_s=None, ping_timeout_s=5.0,
         idle_timeout_s=30.0, auth_timeout_s=3.0, handshake_timeout_s=4.0, close_timeout_s=6.0,
-        model_load_timeout_s=45.0, api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
+        model_load_timeout_s=45.0, max_npz_bytes=1 << 20, api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
         allow_origin=("https://a.example", "https://b.example"), require_origin=True,
         certfile=cert, keyfile=key, compression=True,
         rate_limit_per_s=20.0, rate_limit_burst=40, key_rate_limit_per_s=100.0,

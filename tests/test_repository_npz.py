@@ -196,6 +196,27 @@ def test_max_bytes_is_configurable(tmp_path: Path) -> None:
         read_npz(path, max_bytes=8)
 
 
+async def test_the_server_reads_model_npz_within_max_npz_bytes(tmp_path: Path) -> None:
+    """--max-npz-bytes bounds a repository's model.npz (the default, 4 GiB, is MAX_NPZ_BYTES)."""
+    import wsserve
+    from wsserve.repository.npz import MAX_NPZ_BYTES
+
+    assert wsserve.ServerConfig().max_npz_bytes == MAX_NPZ_BYTES
+    repo = tmp_path / "repo"
+    path = _write(repo / "lin" / "1" / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    need = _header(LINEAR_HEADER).nbytes + 16  # the header array counts, and weight and bias: 8 bytes each
+    for limit, state in ((need, "ready"), (need - 1, "failed")):
+        server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), model_repository=(repo,), max_npz_bytes=limit))
+        await server.start()
+        try:
+            status = server.pool.status("lin")["1"]
+            assert status.state == state, (limit, status)
+            if state == "failed":
+                assert status.reason == f"{path}: arrays need more than {need - 1} bytes (array 'bias' has shape [1])"
+        finally:
+            await server.close()
+
+
 def test_unexpected_member(tmp_path: Path) -> None:
     path = tmp_path / "model.npz"
     with zipfile.ZipFile(path, "w") as zf:

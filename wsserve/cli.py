@@ -149,6 +149,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
              "(a plain row: 1; default %(default)s, so a batch of 256 holds at most 8)")
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
+    opt("max_npz_bytes", group=g, type=_positive_int, default=d.max_npz_bytes,
+        help="bytes of arrays one model.npz of a model repository may hold, checked before they are read "
+             "(default 4 GiB)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,
         help="unsent bytes per connection before the slow-consumer policy (default 8 MiB)")
     g = p.add_argument_group("timeouts (seconds)")

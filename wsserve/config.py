@@ -131,6 +131,7 @@ class ServerConfig:
     # Limits (server)
     max_connections: int | None = None
     max_write_buffer_bytes: int = 8 << 20  # per connection, then the slow-consumer policy
+    max_npz_bytes: int = 1 << 32  # arrays of one repository model.npz (repository.npz.MAX_NPZ_BYTES)
 
     # Timeouts
     max_delay_ms: float | None = None  # batching window; None: greedy
@@ -181,7 +182,7 @@ class ServerConfig:
                              f"{flag('loop')} auto uses it when installed")
         positive = (
             "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
-            "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
+            "max_batch_size", "max_generate_batch", "max_write_buffer_bytes", "max_npz_bytes",
         )
         for name in positive:
             value = getattr(self, name)

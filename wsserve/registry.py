@@ -79,6 +79,7 @@ from .repository import (
     plan,
     scan,
 )
+from .repository.npz import MAX_NPZ_BYTES
 
 __all__ = ["ModelRegistry", "LOAD_CONCURRENCY", "MAX_LOAD_THREADS"]
 
@@ -137,7 +138,7 @@ def _servable(model: Any, name: str) -> Any:
     return model
 
 
-def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
+def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: int) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
     nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
     ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file."""
@@ -146,7 +147,7 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
         raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
     try:
-        model = load_version(name, version, path, mscan.config)
+        model = load_version(name, version, path, mscan.config, max_npz_bytes=max_npz_bytes)
     except ModelLoadError:
         raise
     except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
@@ -240,10 +241,12 @@ class ModelRegistry:
 
     def __init__(self, pool: ModelPool, *, builtin: Path | None = None, builtin_names: Iterable[str] = (),
                  repositories: Iterable[Path] = (),
-                 model_load_timeout_s: float = DEFAULT_MODEL_LOAD_TIMEOUT_S) -> None:
+                 model_load_timeout_s: float = DEFAULT_MODEL_LOAD_TIMEOUT_S,
+                 max_npz_bytes: int = MAX_NPZ_BYTES) -> None:
         """``builtin``: the directory the trainer wrote the default models to (only
         ``builtin_names`` of it are served); ``repositories``: the operator's;
-        ``model_load_timeout_s``: a load's time limit where config.toml gives none."""
+        ``model_load_timeout_s``: a load's time limit where config.toml gives none;
+        ``max_npz_bytes``: the arrays a model.npz may hold."""
         self.pool = pool
         self._builtin = builtin
         self._builtin_order = tuple(builtin_names)
@@ -256,6 +259,7 @@ class ModelRegistry:
         self._model_locks: dict[str, _ModelLock] = {}  # what happens to one model, one at a time
         self._loads = asyncio.Semaphore(LOAD_CONCURRENCY)
         self._load_timeout_s = model_load_timeout_s
+        self._max_npz_bytes = max_npz_bytes
         self._load_threads: dict[asyncio.Future[Any], str] = {}  # each load thread alive -> "model 'm' version 1"
         self._abandoned: set[asyncio.Future[Any]] = set()  # those past their timeout (or whose load was cancelled)
         self._applying: set[asyncio.Task[None]] = set()  # a rescan's changes, one task per model
@@ -560,7 +564,8 @@ class ModelRegistry:
                              else (self._load_timeout_s, flag("model_load_timeout_s")))
         loop = asyncio.get_running_loop()
         started = loop.time()
-        future = _start_thread(_load, name, version, path, mscan, name=f"wsserve-load-{name}-{version}")
+        future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes,
+                               name=f"wsserve-load-{name}-{version}")
         self._load_threads[future] = label
         future.add_done_callback(lambda f: self._load_threads.pop(f, None))
         try:
