@@ -576,8 +576,9 @@ class ModelRegistry:
         if not future.done():
             self._abandon(future, label, started)  # (the failure is logged by the caller)
             raise ModelLoadError(_model_file(path, mscan, version),
-                                 f"did not load within {timeout_s:g} s ({source}): Model() or its warm-up "
-                                 "never returned; it is tried again when its files change, or by a load")
+                                 f"did not load within {timeout_s:g} s ({source}): its load (the model file "
+                                 "or Model(), then the warm-up) is abandoned, still running; it is tried again "
+                                 "when its files change, or by a load")
         return future.result()
 
     def _abandon(self, future: asyncio.Future[Any], label: str, started: float) -> None:
