@@ -115,6 +115,15 @@ _BAD_SETTINGS = [
     ("max_generate_batch", 10**9),
     ("max_generate_batch", 4097),
     ("seed", 2**63),
+    # a load that never returns held its slot (and start-up) forever: the timeout is a finite positive number
+    ("model_load_timeout_s", 0.0),
+    ("model_load_timeout_s", -1.0),
+    ("model_load_timeout_s", math.inf),
+    ("model_load_timeout_s", 86_401.0),
+    ("model_load_timeout_s", "600"),
+    ("model_load_timeout_s", None),
+    ("max_npz_bytes", 0),
+    ("max_npz_bytes", None),
 ]
 
 
@@ -129,13 +138,14 @@ def test_validate_names_the_setting(name: str, value: object) -> None:
     "name, value",
     [("max_queue_rows", None), ("max_connections", None), ("ping_interval_s", None), ("idle_timeout_s", None),
      ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("max_delay_ms", None), ("drain_timeout_s", 0.0),
-     ("port", 0), ("port", 65535), ("max_generate_batch", 4096)],
+     ("port", 0), ("port", 65535), ("max_generate_batch", 4096), ("model_load_timeout_s", 0.001),
+     ("model_load_timeout_s", 86_400)],
 )
 def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()
 
 
-@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout_s", "ping_interval_s"])
+@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout_s", "ping_interval_s", "model_load_timeout_s"])
 def test_validate_refuses_nan(name: str) -> None:
     with pytest.raises(ValueError, match=flag(name)):
         ServerConfig(**{name: math.nan}).validate()
@@ -265,6 +275,10 @@ def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypat
         (["serve", "--max-delay-ms", "nan"], ["--max-delay-ms"]),
         (["serve", "--drain-timeout-s", "soon"], ["--drain-timeout-s"]),
         (["serve", "--drain-timeout", "soon"], ["--drain-timeout"]),
+        (["serve", "--model-load-timeout-s", "0"], ["--model-load-timeout-s", "(0, 86400]"]),
+        (["serve", "--model-load-timeout", "inf"], ["--model-load-timeout", "(0, 86400]", "inf"]),
+        (["serve", "--model-load-timeout", "nan"], ["--model-load-timeout", "(0, 86400]"]),
+        (["serve", "--model-load-timeout", "soon"], ["--model-load-timeout", "'soon'"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
         (["serve", "--transport", "trio"], ["--transport", "trio"]),
         (["serve", "--transport", "picows", "--compression"], ["--compression", "--transport picows"]),
@@ -411,7 +425,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "--max-connections", "10", "--max-write-buffer-bytes", "65536",
         "--drain-timeout-s", "1.5", "--slow-consumer-timeout-s", "2", "--ping-interval-s", "0", "--ping-timeout-s", "5",
         "--idle-timeout-s", "30", "--auth-timeout-s", "3", "--handshake-timeout-s", "4", "--close-timeout-s", "6",
-        "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
+        "--model-load-timeout-s", "45", "--max-npz-bytes", "1048576", "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
         "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--require-origin",
         "--certfile", str(cert), "--keyfile", str(key), "--compression",
         "--rate-limit-per-s", "20", "--rate-limit-burst", "40", "--key-rate-limit-per-s", "100",
@@ -425,7 +439,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         max_connections=10, max_write_buffer_bytes=65536,
         drain_timeout_s=1.5, slow_consumer_timeout_s=2.0, ping_interval_s=None, ping_timeout_s=5.0,
         idle_timeout_s=30.0, auth_timeout_s=3.0, handshake_timeout_s=4.0, close_timeout_s=6.0,
-        api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
+        model_load_timeout_s=45.0, max_npz_bytes=1 << 20, api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
         allow_origin=("https://a.example", "https://b.example"), require_origin=True,
         certfile=cert, keyfile=key, compression=True,
         rate_limit_per_s=20.0, rate_limit_burst=40, key_rate_limit_per_s=100.0,
@@ -434,8 +448,9 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_older_flag_spellings_are_aliases() -> None:
-    assert _config("--drain-timeout", "2", "--ping-interval", "3", "--rate-limit", "4", "--rate-burst", "5") == ServerConfig(
-        drain_timeout_s=2.0, ping_interval_s=3.0, rate_limit_per_s=4.0, rate_limit_burst=5
+    assert _config("--drain-timeout", "2", "--ping-interval", "3", "--rate-limit", "4", "--rate-burst", "5",
+                   "--model-load-timeout", "6.5") == ServerConfig(
+        drain_timeout_s=2.0, ping_interval_s=3.0, rate_limit_per_s=4.0, rate_limit_burst=5, model_load_timeout_s=6.5
     )
 
 

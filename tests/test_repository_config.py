@@ -39,6 +39,7 @@ def test_every_key() -> None:
         instances = 2
         flops_per_row = 1000
         version_policy = { latest = 2 }
+        model_load_timeout_s = 1800
         [onnx]
         intra_op_num_threads = 4
         """,
@@ -50,6 +51,7 @@ def test_every_key() -> None:
     assert (cfg.max_batch_size, cfg.max_delay_ms, cfg.instances, cfg.flops_per_row) == (64, 2.5, 2, 1000)
     assert cfg.version_policy == VersionPolicy("latest", count=2)
     assert cfg.onnx_intra_op_threads == 4
+    assert cfg.model_load_timeout_s == 1800.0
 
 
 def test_named_tensors() -> None:
@@ -115,6 +117,12 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ("max_delay_ms = inf", "max_delay_ms", ["[0, 60000]", "inf"]),
         ("max_delay_ms = nan", "max_delay_ms", ["[0, 60000]", "nan"]),
         ("max_delay_ms = 1e9", "max_delay_ms", ["[0, 60000]"]),
+        ("model_load_timeout_s = 0", "model_load_timeout_s", ["(0, 86400]", "got 0"]),
+        ("model_load_timeout_s = -5", "model_load_timeout_s", ["(0, 86400]", "-5"]),
+        ("model_load_timeout_s = inf", "model_load_timeout_s", ["(0, 86400]", "inf"]),
+        ("model_load_timeout_s = nan", "model_load_timeout_s", ["(0, 86400]", "nan"]),
+        ("model_load_timeout_s = 86401", "model_load_timeout_s", ["(0, 86400]", "86401"]),
+        ('model_load_timeout_s = "600"', "model_load_timeout_s", ["(0, 86400]", "'600'"]),
         ("instances = 0", "instances", ["[1, 64]", "0"]),
         ("instances = 100000", "instances", ["[1, 64]", "100000"]),
         ("flops_per_row = 0", "flops_per_row", ["[1, "]),

@@ -196,6 +196,27 @@ def test_max_bytes_is_configurable(tmp_path: Path) -> None:
         read_npz(path, max_bytes=8)
 
 
+async def test_the_server_reads_model_npz_within_max_npz_bytes(tmp_path: Path) -> None:
+    """--max-npz-bytes bounds a repository's model.npz (the default, 4 GiB, is MAX_NPZ_BYTES)."""
+    import wsserve
+    from wsserve.repository.npz import MAX_NPZ_BYTES
+
+    assert wsserve.ServerConfig().max_npz_bytes == MAX_NPZ_BYTES
+    repo = tmp_path / "repo"
+    path = _write(repo / "lin" / "1" / "model.npz", LINEAR_HEADER, **LINEAR_ARRAYS)
+    need = _header(LINEAR_HEADER).nbytes + 16  # the header array counts, and weight and bias: 8 bytes each
+    for limit, state in ((need, "ready"), (need - 1, "failed")):
+        server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), model_repository=(repo,), max_npz_bytes=limit))
+        await server.start()
+        try:
+            status = server.pool.status("lin")["1"]
+            assert status.state == state, (limit, status)
+            if state == "failed":
+                assert status.reason == f"{path}: arrays need more than {need - 1} bytes (array 'bias' has shape [1])"
+        finally:
+            await server.close()
+
+
 def test_unexpected_member(tmp_path: Path) -> None:
     path = tmp_path / "model.npz"
     with zipfile.ZipFile(path, "w") as zf:
@@ -367,6 +388,26 @@ def test_members_that_expand_past_the_bound_are_refused(tmp_path: Path) -> None:
     assert path.stat().st_size < 100_000
     with pytest.raises(ModelLoadError, match="members expand to 6291456 bytes"):
         read_npz(path, max_bytes=8)
+
+
+@pytest.mark.parametrize("method, name", [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "lzma")])
+def test_members_compressed_otherwise_than_numpy_writes_are_refused_before_inflating(
+        tmp_path: Path, method: int, name: str) -> None:
+    """zipfile inflates bzip2 and lzma data without an output bound per read: a few compressed bytes
+    could take gigabytes before any size check.  np.savez (stored) and np.savez_compressed (deflated)
+    files load."""
+    for writer in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{writer.__name__}.npz"
+        with open(path, "wb") as f:
+            writer(f, __meta__=_header(LINEAR_HEADER), **LINEAR_ARRAYS)
+        assert build_npz_model(read_npz(path)).predict(np.array([[2.0]])).tolist() == [[6.5]]
+    path = tmp_path / "model.npz"
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        for key, a in {"__meta__": _header(LINEAR_HEADER), **LINEAR_ARRAYS}.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+    assert f"member '__meta__.npy' is compressed with {name}; only stored or deflated members are read" in _load_error(path)
 
 
 def test_a_deeply_nested_header_is_refused(tmp_path: Path) -> None:

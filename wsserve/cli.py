@@ -15,7 +15,14 @@ from pathlib import Path
 
 from ._version import __version__
 from .argtypes import bounded_int
-from .config import DEFAULT_MODELS, MAX_SEED, TRANSPORTS, ServerConfig, flag
+from .config import (
+    DEFAULT_MODELS,
+    MAX_SEED,
+    TRANSPORTS,
+    ServerConfig,
+    check_model_load_timeout,
+    flag,
+)
 from .logs import configure_logging
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -64,6 +71,18 @@ def _off_or_number(text: str) -> float | None:
         return None
     value = _non_negative(text)
     return value
+
+
+def _load_timeout(text: str) -> float:
+    """Seconds in (0, MAX_MODEL_LOAD_TIMEOUT_S]: finite, so "inf" or "nan" is refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return check_model_load_timeout(value, "the load timeout")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _models(text: str) -> tuple[str, ...]:
@@ -130,6 +149,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
              "(a plain row: 1; default %(default)s, so a batch of 256 holds at most 8)")
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
     opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
+    opt("max_npz_bytes", group=g, type=_positive_int, default=d.max_npz_bytes,
+        help="bytes of arrays one model.npz of a model repository may hold, checked before they are read "
+             "(default 4 GiB)")
     opt("max_write_buffer_bytes", group=g, type=_positive_int, default=d.max_write_buffer_bytes,
         help="unsent bytes per connection before the slow-consumer policy (default 8 MiB)")
     g = p.add_argument_group("timeouts (seconds)")
@@ -143,6 +165,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="close connections idle this long (default off)")
     opt("auth_timeout_s", "--auth-timeout", group=g, type=_non_negative, default=d.auth_timeout_s,
         help="with API keys: close connections not authenticated by then (default %(default)s)")
+    opt("model_load_timeout_s", "--model-load-timeout", group=g, type=_load_timeout, default=d.model_load_timeout_s,
+        help="time one model version may take to load and warm up before it is failed and its thread abandoned "
+             "(default %(default)g; config.toml's model_load_timeout_s overrides it per model)")
     opt("handshake_timeout_s", group=g, type=_non_negative, default=d.handshake_timeout_s,
         help="time a client has to send a whole HTTP request (default %(default)s)")
     opt("close_timeout_s", group=g, type=_non_negative, default=d.close_timeout_s,

@@ -19,13 +19,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag"]
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
+           "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
 TRANSPORTS: tuple[str, ...] = ("websockets", "picows")
 #: The longest batching window, in ms: --max-delay-ms and config.toml's max_delay_ms alike.
 MAX_DELAY_MS = 60_000
+#: --model-load-timeout-s's default: the time one load (``Model()`` or the model file's reading, and the
+#: warm-up) may take before its version is ``failed`` and its thread abandoned.  Ten minutes: far above
+#: what a CPU needs to read and warm up a model of a few GiB (seconds to a minute), room for a model.py
+#: that fetches or compiles something, and short enough that a load that hangs is reported (and its
+#: load slot freed) within a deploy's patience.
+DEFAULT_MODEL_LOAD_TIMEOUT_S = 600.0
+#: The longest load timeout (--model-load-timeout-s, config.toml's model_load_timeout_s): a day.
+MAX_MODEL_LOAD_TIMEOUT_S = 86_400.0
 #: The most sequences a generative model steps together (--max-generate-batch): each slot holds a
 #: noise block allocated up front (up to 512 KiB a slot: 16 rows of the vocabulary, or 65,536 values).
 MAX_GENERATE_BATCH = 4096
@@ -103,6 +112,7 @@ class ServerConfig:
     seed: int = 0
     cache_dir: Path | None = None  # None: $WSSERVE_CACHE_DIR or ~/.cache/wsserve
     cache: bool = True  # read and write trained weights in cache_dir
+    model_load_timeout_s: float = DEFAULT_MODEL_LOAD_TIMEOUT_S  # one load (Model() + warm-up), then failed
 
     # Limits (per connection)
     max_message_bytes: int = 1 << 20
@@ -121,6 +131,7 @@ class ServerConfig:
     # Limits (server)
     max_connections: int | None = None
     max_write_buffer_bytes: int = 8 << 20  # per connection, then the slow-consumer policy
+    max_npz_bytes: int = 1 << 32  # arrays of one repository model.npz (repository.npz.MAX_NPZ_BYTES)
 
     # Timeouts
     max_delay_ms: float | None = None  # batching window; None: greedy
@@ -171,7 +182,7 @@ class ServerConfig:
                              f"{flag('loop')} auto uses it when installed")
         positive = (
             "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
-            "max_batch_size", "max_generate_batch", "max_write_buffer_bytes",
+            "max_batch_size", "max_generate_batch", "max_write_buffer_bytes", "max_npz_bytes",
         )
         for name in positive:
             value = getattr(self, name)
@@ -196,6 +207,7 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
+        check_model_load_timeout(self.model_load_timeout_s, flag("model_load_timeout_s"))
         if self.max_delay_ms is not None and self.max_delay_ms > MAX_DELAY_MS:
             raise ValueError(f"{flag('max_delay_ms')} must be at most {MAX_DELAY_MS} (a minute), got {self.max_delay_ms!r}")
         if self.transport not in TRANSPORTS:
@@ -266,6 +278,15 @@ class ServerConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+
+def check_model_load_timeout(value: object, where: str) -> float:
+    """``value`` as a load timeout in seconds: a number in (0, :data:`MAX_MODEL_LOAD_TIMEOUT_S`].
+    Raises ``ValueError`` starting with ``where`` (a flag, or a config.toml key) otherwise."""
+    if type(value) not in (int, float) or not math.isfinite(value) \
+            or not 0 < value <= MAX_MODEL_LOAD_TIMEOUT_S:  # type: ignore[operator]
+        raise ValueError(f"{where} must be a number of seconds in (0, {MAX_MODEL_LOAD_TIMEOUT_S:g}], got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 #: An origin as browsers send it (RFC 6454 §6.2): lower-case scheme and host, an optional port, no path.

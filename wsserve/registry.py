@@ -7,7 +7,7 @@
   then served; it becomes the default at once if it is the highest ready
   version — one assignment on the loop, so a swap loses no request;
 - a version that fails to load (bad file, exception in ``Model()``, shapes
-  that disagree with config.toml, warm-up error) is ``failed`` with the reason,
+  that disagree with config.toml, warm-up error, a load past its timeout) is ``failed`` with the reason,
   logged, and whatever served before keeps serving;
 - a version that is removed (or unloaded) stops taking new requests
   (``unloading``), finishes what it has in flight, then is closed and leaves
@@ -32,6 +32,16 @@ and the repository watcher keeps applying changes.  At most :data:`LOAD_CONCURRE
 once (each in a daemon thread of its own, so a hung one does not hold up the process's exit or
 the default executor).  Scans and plans run one at a time (``_scan_lock``); they never wait for a
 model.
+
+Load timeout: a load (``Model()`` or reading the model file, then the warm-up) that takes longer
+than the model's ``model_load_timeout_s`` (config.toml, else the server's
+``--model-load-timeout-s``) fails its version ("did not load within N s"), frees its slot and is
+abandoned: its thread runs on, and what it returns when (if) it ends is discarded (a model is
+closed, in a thread of its own) and logged.  At most :data:`MAX_LOAD_THREADS` load threads exist at
+once, running or abandoned: a load that would need one more fails at once, saying why (it is tried
+again when its files change, or by an admin ``load``), so a repository of models that hang cannot
+grow threads without bound.  Start-up (:meth:`ModelRegistry.load_all`) waits for the initial loads,
+so a hung one holds it up for its timeout, no longer: then it is ``failed`` and the server listens.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_MODEL_LOAD_TIMEOUT_S, flag
 from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
 from .pool import ModelEntry, ModelPool, check_describable, is_generative
@@ -68,14 +79,19 @@ from .repository import (
     plan,
     scan,
 )
+from .repository.npz import MAX_NPZ_BYTES
 
-__all__ = ["ModelRegistry", "LOAD_CONCURRENCY"]
+__all__ = ["ModelRegistry", "LOAD_CONCURRENCY", "MAX_LOAD_THREADS"]
 
 log = logging.getLogger("wsserve.registry")
 
 #: Loads (``Model()`` and its warm-up) running at once, over all models, as Triton's default
-#: ``--model-load-thread-count``.  A load that never returns keeps its slot.
+#: ``--model-load-thread-count``.  A load past its timeout gives its slot back.
 LOAD_CONCURRENCY = 4
+#: Load threads alive at once, running or abandoned after their timeout (a ``Model()`` that never
+#: returns keeps its thread forever): a load that would start one more fails at once.  Twice the
+#: running loads: room for a round of hung loads without refusing the models queued behind them.
+MAX_LOAD_THREADS = 2 * LOAD_CONCURRENCY
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
@@ -84,6 +100,13 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
     Unlike the default executor, a call that never returns holds no pool thread that other work
     (scans, other loads) needs, and does not keep the process from exiting.  Cancelling the
     awaiting task abandons the call (its result is dropped; the thread runs to its end)."""
+    return await _start_thread(fn, *args, name=name)
+
+
+def _start_thread(fn: Callable[..., Any], *args: Any, name: str) -> asyncio.Future[Any]:
+    """Start ``fn(*args)`` in a new daemon thread; a future of the running loop that gets its
+    result or exception when the thread ends (never, if ``fn`` never returns; nor once the loop is
+    closed).  A ``BaseException`` of ``fn`` (``sys.exit()``) comes as a ``RuntimeError``."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -105,7 +128,7 @@ async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
             loop.call_soon_threadsafe(settle, ok, value)
 
     threading.Thread(target=run, name=name, daemon=True).start()
-    return await future
+    return future
 
 
 def _servable(model: Any, name: str) -> Any:
@@ -115,7 +138,7 @@ def _servable(model: Any, name: str) -> Any:
     return model
 
 
-def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
+def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: int) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
     nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
     ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file."""
@@ -124,12 +147,11 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan) -> Any:
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
         raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
     try:
-        model = load_version(name, version, path, mscan.config)
+        model = load_version(name, version, path, mscan.config, max_npz_bytes=max_npz_bytes)
     except ModelLoadError:
         raise
     except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
-        model_file = vscan.path / MODEL_FILES[vscan.backend] if vscan is not None and vscan.backend else path
-        raise ModelLoadError(model_file, f"{type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(_model_file(path, mscan, version), f"{type(exc).__name__}: {exc}") from exc
     try:
         model.warmup()
         model.version_figures()  # reads the file system: here, off the event loop, once
@@ -154,6 +176,23 @@ def _close_failed(model: Any) -> None:
         model.close()
     except BaseException:  # noqa: BLE001 - the model's own Model.close()
         log.exception("closing model %r version %s after its failed load raised", model.name, model.version)
+
+
+def _close_late(model: Any, label: str) -> None:
+    """Close the model of an abandoned load (if it has ``close()``); what it raises is logged."""
+    close = getattr(model, "close", None)
+    if not callable(close):
+        return
+    try:
+        close()
+    except BaseException:  # noqa: BLE001 - the model's own Model.close()
+        log.exception("closing %s after its abandoned load raised", label)
+
+
+def _model_file(path: Path, mscan: ModelScan, version: int) -> Path:
+    """The model file of version ``version`` (at ``path``) for messages; the directory if unknown."""
+    vscan = mscan.version(version)
+    return vscan.path / MODEL_FILES[vscan.backend] if vscan is not None and vscan.backend else path
 
 
 def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) -> None:
@@ -201,9 +240,13 @@ class ModelRegistry:
     """The pool's contents, driven by repository scans and admin operations.  Loop thread only."""
 
     def __init__(self, pool: ModelPool, *, builtin: Path | None = None, builtin_names: Iterable[str] = (),
-                 repositories: Iterable[Path] = ()) -> None:
+                 repositories: Iterable[Path] = (),
+                 model_load_timeout_s: float = DEFAULT_MODEL_LOAD_TIMEOUT_S,
+                 max_npz_bytes: int = MAX_NPZ_BYTES) -> None:
         """``builtin``: the directory the trainer wrote the default models to (only
-        ``builtin_names`` of it are served); ``repositories``: the operator's."""
+        ``builtin_names`` of it are served); ``repositories``: the operator's;
+        ``model_load_timeout_s``: a load's time limit where config.toml gives none;
+        ``max_npz_bytes``: the arrays a model.npz may hold."""
         self.pool = pool
         self._builtin = builtin
         self._builtin_order = tuple(builtin_names)
@@ -215,6 +258,10 @@ class ModelRegistry:
         self._scan_lock = asyncio.Lock()  # scans and plans, and self._scans
         self._model_locks: dict[str, _ModelLock] = {}  # what happens to one model, one at a time
         self._loads = asyncio.Semaphore(LOAD_CONCURRENCY)
+        self._load_timeout_s = model_load_timeout_s
+        self._max_npz_bytes = max_npz_bytes
+        self._load_threads: dict[asyncio.Future[Any], str] = {}  # each load thread alive -> "model 'm' version 1"
+        self._abandoned: set[asyncio.Future[Any]] = set()  # those past their timeout (or whose load was cancelled)
         self._applying: set[asyncio.Task[None]] = set()  # a rescan's changes, one task per model
         self._retiring: set[asyncio.Task[None]] = set()
         self._unloaded: set[str] = set()  # models unloaded by an admin: kept out until loaded again
@@ -471,12 +518,17 @@ class ModelRegistry:
     def _has_other_ready(self, name: str, version: int) -> bool:
         return any(s.state == "ready" and v != str(version) for v, s in self.pool.status(name).items())
 
+    @property
+    def abandoned_loads(self) -> int:
+        """Loads past their timeout whose threads still run."""
+        return len(self._abandoned)
+
     async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> None:
         v = str(version)
         self.pool.set_state(name, v, "loading")
         try:
             async with self._loads:
-                model = await _in_thread(_load, name, version, path, mscan, name=f"wsserve-load-{name}-{v}")
+                model = await self._load_in_thread(name, version, path, mscan)
         except (ModelLoadError, ValueError) as exc:
             reason = str(exc)
             log.error("model %r version %s failed to load: %s", name, v, reason)
@@ -493,6 +545,63 @@ class ModelRegistry:
                 self._unload(name, waiting)
             else:
                 self._deferred.setdefault(name, set()).add(waiting)
+
+    async def _load_in_thread(self, name: str, version: int, path: Path, mscan: ModelScan) -> Any:
+        """:func:`_load` in a thread of its own (the caller holds a load slot), within the model's
+        load timeout.  Raises ``ModelLoadError`` for a failed load, one past its timeout (then
+        abandoned: see :meth:`_abandon`) and one refused because :data:`MAX_LOAD_THREADS` load
+        threads are alive."""
+        assert mscan.config is not None
+        label = f"model {name!r} version {version}"
+        if len(self._load_threads) >= MAX_LOAD_THREADS:
+            stuck = ", ".join(sorted(self._load_threads[f] for f in self._abandoned))
+            raise ModelLoadError(_model_file(path, mscan, version),
+                                 f"not loaded: the most load threads there may be ({MAX_LOAD_THREADS}) are alive, "
+                                 f"{len(self._abandoned)} of them abandoned after their load timeout and still running "
+                                 f"({stuck}); it is tried again when its files change, or by a load")
+        timeout_s, source = ((mscan.config.model_load_timeout_s, "config.toml's model_load_timeout_s")
+                             if mscan.config.model_load_timeout_s is not None
+                             else (self._load_timeout_s, flag("model_load_timeout_s")))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes,
+                               name=f"wsserve-load-{name}-{version}")
+        self._load_threads[future] = label
+        future.add_done_callback(lambda f: self._load_threads.pop(f, None))
+        try:
+            await asyncio.wait((future,), timeout=timeout_s)  # (not wait_for: that would cancel the future)
+        except asyncio.CancelledError:  # the registry stops: the load is abandoned, not served
+            self._abandon(future, label, started)
+            raise
+        if not future.done():
+            self._abandon(future, label, started)  # (the failure is logged by the caller)
+            raise ModelLoadError(_model_file(path, mscan, version),
+                                 f"did not load within {timeout_s:g} s ({source}): its load (the model file "
+                                 "or Model(), then the warm-up) is abandoned, still running; it is tried again "
+                                 "when its files change, or by a load")
+        return future.result()
+
+    def _abandon(self, future: asyncio.Future[Any], label: str, started: float) -> None:
+        """Give up on a load that still runs: when its thread ends, its result is discarded (a
+        model is closed, in a thread of its own) and logged."""
+        self._abandoned.add(future)
+
+        def ended(f: asyncio.Future[Any]) -> None:
+            self._abandoned.discard(f)
+            after = asyncio.get_running_loop().time() - started
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.warning("the abandoned load of %s ended %.1f s after it started, failing: %s", label, after, exc)
+                return
+            model = f.result()
+            log.warning("the abandoned load of %s ended %.1f s after it started: its model is discarded (closed)",
+                        label, after)
+            threading.Thread(target=_close_late, args=(model, label), name=f"wsserve-close-late-{label}",
+                             daemon=True).start()
+
+        future.add_done_callback(ended)
 
     def _unload(self, name: str, version: int) -> None:
         entry = self.pool.retire(name, str(version))

@@ -118,7 +118,9 @@ class Server:
         self.counters = Counters()
         self.pool = ModelPool(self.config, observer=self.metrics, after_batch=self.flusher.flush)
         self.registry = ModelRegistry(self.pool, builtin=builtin_repository, builtin_names=config.models,
-                                      repositories=config.model_repository)
+                                      repositories=config.model_repository,
+                                      model_load_timeout_s=self.config.model_load_timeout_s,
+                                      max_npz_bytes=self.config.max_npz_bytes)
         for name, model in (models or {}).items():
             self.registry.serve_object(name, model)
         self.pool.on_change = self._set_hello

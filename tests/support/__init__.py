@@ -14,6 +14,8 @@ pytest, so the client's tests and the benchmarks can use it as they are.
 - :mod:`~tests.support.rawhttp`: :class:`RawHttp`, an HTTP/1.1 client on a raw socket
   (any bytes out, answers read by hand), :func:`request_bytes`.
 - :mod:`~tests.support.waits`: :func:`wait_until` / :func:`wait_until_async`.
+- :mod:`~tests.support.load_gates`: ``threading.Event`` gates an in-process server's ``model.py``
+  waits on (a load that hangs until the test lets it go).
 """
 
 from tests.support.conn import TERMINAL, Conn

@@ -83,16 +83,23 @@ class RepositoryModel(PredictiveModel):
     def warmup(self, batch: Batch | None = None) -> None:
         """Run :meth:`predict` once on ``batch`` (default :meth:`sample_batch`) and check the outputs.
 
-        Raises :class:`ModelLoadError` naming the model file if predict raises
-        or returns outputs of the wrong type, shape or dtype.
+        Raises :class:`ModelLoadError` naming the model file if predict raises,
+        returns outputs of the wrong type, shape or dtype, or a float output
+        holding NaN or an infinity (naming the output, the value and the row:
+        the server refuses to send such a row, so every request would fail).
         """
         if batch is None:
             batch = self.sample_batch()
         n = len(batch) if isinstance(batch, np.ndarray) else len(next(iter(batch.values())))
         try:
-            check_outputs(self.predict(batch), self.outputs, n)
+            out = check_outputs(self.predict(batch), self.outputs, n)
         except Exception as exc:
             raise ModelLoadError(self.path, f"warm-up failed: {type(exc).__name__}: {exc}") from exc
+        for spec in self.outputs:
+            problem = _non_finite_at(out[spec.name] if isinstance(out, dict) else out)
+            if problem is not None:
+                raise ModelLoadError(self.path, f"warm-up failed: output {spec.name!r} has {problem} "
+                                                f"(the warm-up batch is {n} rows of zeros)")
 
     def version_figures(self) -> dict[str, Any]:
         """What ``models`` reports for this version, as JSON-ready values.
@@ -202,6 +209,22 @@ def check_outputs(y: Any, specs: Sequence[TensorSpec], n: int) -> Batch:
         raise ValueError(f"expected outputs {sorted(s.name for s in specs)}, got {sorted(map(str, y))}")
     out = {s.name: _check_one(y[s.name], s, n) for s in specs}
     return out[specs[0].name] if len(specs) == 1 else out
+
+
+def _non_finite_at(y: np.ndarray) -> str | None:
+    """The first value of a float array ``[n, ...]`` that is not finite and where, as
+    ``"NaN at row 0"`` or ``"inf at row 3, element [1, 2]"``; None when every value is finite
+    (or the array holds no floats)."""
+    if y.dtype.kind != "f":
+        return None
+    bad = ~np.isfinite(y)
+    if not bad.any():
+        return None
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    value = y[where]
+    shown = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    element = f", element {list(where[1:])}" if len(where) > 1 else ""
+    return f"{shown} at row {where[0]}{element}"
 
 
 def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:

@@ -18,6 +18,7 @@ problem.  Keys (bounds inclusive)::
     instances        1..64: model instances (ONNX sessions / Model objects) the pool may run
     flops_per_row    1..10**15: cost estimate used to run cheap batches inline (default: backend's estimate)
     version_policy   "all" (default) | "latest" (= latest 1) | { latest = N } (1..1000) | { specific = [v, ...] }
+    model_load_timeout_s  (0, 86400] (number): this model's load timeout (default: --model-load-timeout-s)
     [onnx]           intra_op_num_threads = 1..64 (default 1)
 
 Names (model inputs/outputs) are 1..128 printable ASCII characters without
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import MAX_DELAY_MS
+from ..config import MAX_DELAY_MS, check_model_load_timeout
 from .errors import ConfigError
 from .tensors import DTYPES, MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 
@@ -74,6 +75,7 @@ _TOP_KEYS = frozenset(
     {
         "backend", "task", "input_shape", "output_shape", "input_dtype", "output_dtype", "inputs", "outputs",
         "max_batch_size", "max_delay_ms", "instances", "flops_per_row", "version_policy", "onnx",
+        "model_load_timeout_s",
     }
 )
 _TENSOR_KEYS = frozenset({"name", "shape", "dtype"})
@@ -117,6 +119,7 @@ class ModelConfig:
     flops_per_row: int | None = None
     version_policy: VersionPolicy = VersionPolicy()
     onnx_intra_op_threads: int = 1
+    model_load_timeout_s: float | None = None  # None: the server's --model-load-timeout-s
 
     @property
     def batching(self) -> bool:
@@ -274,6 +277,13 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
             raise ConfigError(path, "max_delay_ms", f"must be a number in [0, {MAX_DELAY_MS}], got {max_delay!r}")
         max_delay = float(max_delay)
 
+    load_timeout = doc.get("model_load_timeout_s")
+    if load_timeout is not None:
+        try:
+            load_timeout = check_model_load_timeout(load_timeout, "it")
+        except ValueError as exc:
+            raise ConfigError(path, "model_load_timeout_s", str(exc).removeprefix("it ")) from None
+
     onnx = doc.get("onnx", {})
     if type(onnx) is not dict:
         raise ConfigError(path, "onnx", f"must be a table ([onnx]), got {_tname(onnx)}")
@@ -299,6 +309,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
             _int(path, "onnx.intra_op_num_threads", onnx["intra_op_num_threads"], 1, MAX_THREADS)
             if "intra_op_num_threads" in onnx else 1
         ),
+        model_load_timeout_s=load_timeout,
     )
 
 

@@ -13,6 +13,7 @@ from .backend import RepositoryModel
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .layout import MODEL_FILES
+from .npz import MAX_NPZ_BYTES
 
 __all__ = ["find_model_file", "load_version"]
 
@@ -49,8 +50,10 @@ def find_model_file(version_dir: Path | str, backend: str | None = None) -> tupl
     return found[0]
 
 
-def load_version(name: str, version: int, version_dir: Path | str, config: ModelConfig) -> RepositoryModel:
-    """Load ``version_dir`` of model ``name`` with its parsed ``config``.
+def load_version(name: str, version: int, version_dir: Path | str, config: ModelConfig, *,
+                 max_npz_bytes: int = MAX_NPZ_BYTES) -> RepositoryModel:
+    """Load ``version_dir`` of model ``name`` with its parsed ``config``; a model.npz may hold at
+    most ``max_npz_bytes`` of arrays.
 
     Raises :class:`ModelLoadError` (naming the file and the problem) for a
     missing/ambiguous/bad model file, a backend that is not installed, shapes
@@ -64,7 +67,7 @@ def load_version(name: str, version: int, version_dir: Path | str, config: Model
     if backend == "npz":
         from .npz_backend import NpzModel
 
-        return NpzModel(name, version, path, config)
+        return NpzModel(name, version, path, config, max_bytes=max_npz_bytes)
     from .python_backend import PythonModel
 
     return PythonModel(name, version, path, config)

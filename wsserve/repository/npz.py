@@ -29,7 +29,11 @@ compression figures.
 Reading never unpickles and bounds everything before numpy allocates: the
 file size, the zip members' declared sizes, every member's ``.npy`` header
 (numeric dtype, bounded size) before its data, the data read with
-``allow_pickle=False``.  :data:`ARCHITECTURES` maps an architecture name to
+``allow_pickle=False``.  The bounds hold while reading too: only stored and
+deflated members are read (zipfile inflates those a chunk at a time and stops
+at the member's declared size, so a member that holds more than its zip entry
+says is cut there and refused as truncated), and numpy allocates what the checked
+``.npy`` header declares, never more.  :data:`ARCHITECTURES` maps an architecture name to
 the function that builds a :class:`~wsserve.models.base.PredictiveModel` from
 the arrays; add new architectures there.  Writing (:func:`encode_npz`) builds
 the model from the arrays first, so a file written here always loads.
@@ -86,6 +90,9 @@ _MEMBER_OVERHEAD = 4096
 _MAX_MLP_LAYERS = 256
 #: Default bound on the total bytes of the arrays of one model.npz.
 MAX_NPZ_BYTES = 1 << 32
+#: Zip compression methods read: stored (np.savez) and deflated (np.savez_compressed), whose output
+#: zipfile bounds per read; never bzip2 or lzma (inflated whole, however large).
+_READ_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 _MLP_NAME_RE = re.compile(r"^[wb](0|[1-9][0-9]{0,3})$")
 _ARRAY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -206,6 +213,12 @@ def _read_members(path: Path, max_bytes: int) -> tuple[dict[str, np.ndarray], in
                 raise ModelLoadError(path, f"members expand to {declared} bytes, more than arrays of at most {max_bytes} bytes need")
             for info in infos:
                 member = info.filename
+                if info.compress_type not in _READ_METHODS:  # zipfile inflates bzip2/lzma data without an output
+                    # bound per read: a few compressed bytes could take gigabytes before the size checks
+                    raise ModelLoadError(path, f"member {member!r} is compressed with "
+                                               f"{zipfile.compressor_names.get(info.compress_type, info.compress_type)}; "
+                                               "only stored or deflated members are read (as np.savez and "
+                                               "np.savez_compressed write them)")
                 if not member.endswith(".npy") or not (member[:-4] == _META_KEY or _ARRAY_RE.match(member[:-4])):
                     raise ModelLoadError(path, f"unexpected member {member!r} (an .npz holds only NAME.npy arrays)")
                 name = member[:-4]

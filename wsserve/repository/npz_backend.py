@@ -16,7 +16,7 @@ import numpy as np
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig
 from .errors import ModelLoadError
-from .npz import GENERATIVE_ARCHITECTURES, build_npz_model, read_npz
+from .npz import GENERATIVE_ARCHITECTURES, MAX_NPZ_BYTES, build_npz_model, read_npz
 from .tensors import TensorSpec
 
 __all__ = ["NpzModel", "INPUT_DTYPES"]
@@ -30,9 +30,11 @@ class NpzModel(RepositoryModel):
 
     backend = "npz"
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *,
+                 max_bytes: int = MAX_NPZ_BYTES) -> None:
+        """``max_bytes``: of the file's arrays (:func:`~wsserve.repository.npz.read_npz`)."""
         self.name, self.version, self.path, self.config = name, version, Path(path), config
-        contents = read_npz(self.path)
+        contents = read_npz(self.path, max_bytes=max_bytes)
         self.architecture = contents.architecture
         compression = contents.meta.get("compression")
         self._compression = dict(compression) if isinstance(compression, dict) else None
