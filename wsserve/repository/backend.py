@@ -9,6 +9,7 @@ outputs (:func:`check_outputs`) and building the :class:`ModelInfo`.
 from __future__ import annotations
 
 import abc
+import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -21,6 +22,8 @@ from ..models.base import ModelInfo, PredictiveModel
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .tensors import TensorSpec
+
+log = logging.getLogger("wsserve.repository")
 
 __all__ = ["Batch", "RepositoryModel", "merge_specs", "check_outputs", "make_info", "version_bytes"]
 
@@ -84,9 +87,12 @@ class RepositoryModel(PredictiveModel):
         """Run :meth:`predict` once on ``batch`` (default :meth:`sample_batch`) and check the outputs.
 
         Raises :class:`ModelLoadError` naming the model file if predict raises,
-        returns outputs of the wrong type, shape or dtype, or a float output
-        holding NaN or an infinity (naming the output, the value and the row:
-        the server refuses to send such a row, so every request would fail).
+        or returns outputs of the wrong type, shape or dtype.  A float output
+        holding NaN or an infinity is logged as a warning naming the output, the
+        value and the row, and the version is served: the server refuses to send
+        such a row (that request fails, ``invalid_input``), which for a model broken
+        everywhere is every request, but a model that divides by a norm or a sum
+        gives NaN for the warm-up's rows of zeros and is right for every other row.
         """
         if batch is None:
             batch = self.sample_batch()
@@ -98,8 +104,8 @@ class RepositoryModel(PredictiveModel):
         for spec in self.outputs:
             problem = _non_finite_at(out[spec.name] if isinstance(out, dict) else out)
             if problem is not None:
-                raise ModelLoadError(self.path, f"warm-up failed: output {spec.name!r} has {problem} "
-                                                f"(the warm-up batch is {n} rows of zeros)")
+                log.warning("%s: warm-up output %r has %s (the warm-up batch is %d rows of zeros); served "
+                            "anyway: a request whose output is not finite fails", self.path, spec.name, problem, n)
 
     def version_figures(self) -> dict[str, Any]:
         """What ``models`` reports for this version, as JSON-ready values.
