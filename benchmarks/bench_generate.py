@@ -91,7 +91,7 @@ class _Sink:
     def __init__(self, t0: float, all_done: list[int], event: asyncio.Event) -> None:
         self.t0, self.first, self.tokens, self.done = t0, 0.0, 0, (all_done, event)
 
-    def on_token(self, seq: int, text: str) -> None:
+    def on_token(self, seq: int, text: str, logprobs: Any = None) -> None:
         if seq == 0:
             self.first = time.perf_counter() - self.t0
         self.tokens += 1

@@ -1,4 +1,5 @@
-"""What the sampling options cost a generation step: ``top_p`` and the presence/frequency penalties.
+"""What the sampling options and logprobs cost a generation step: ``top_p``, the presence/frequency
+penalties, ``logprobs``.
 
 ``python -m benchmarks.bench_sampling`` (~1-2 min) runs the generation engine in-process on the
 server's charlm (as :mod:`benchmarks.bench_generate`'s engine mode: every other stream sampled at
@@ -7,7 +8,10 @@ temperature 0.8, seeded, the rest greedy; 200 tokens each) at 1 and 64 concurren
 - ``plain``: no option (the default workload);
 - ``top_p``: ``top_p`` 0.9 on every stream (nucleus filtering applies to the sampled half);
 - ``penalties``: ``presence_penalty`` 0.5 and ``frequency_penalty`` 0.5 on every stream (greedy too);
-- ``both``: the two together.
+- ``both``: the two together;
+- ``logprobs_0`` / ``logprobs_5``: ``logprobs`` 0 (each token's own log-probability) and 5 (and the
+  5 likeliest alternatives) on every stream: a log-softmax of those rows per step, one record and
+  its own token event per token (not the step's one block of plain events).
 
 Runs are interleaved (every variant once per round, ``--runs`` rounds); it reports medians of
 aggregate tokens/s and CPU us per token, and each variant's tokens/s as a ratio of ``plain`` in
@@ -37,6 +41,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "top_p": {"top_p": 0.9},
     "penalties": {"presence_penalty": 0.5, "frequency_penalty": 0.5},
     "both": {"top_p": 0.9, "presence_penalty": 0.5, "frequency_penalty": 0.5},
+    "logprobs_0": {"logprobs": 0},
+    "logprobs_5": {"logprobs": 5},
 }
 
 
@@ -61,7 +67,7 @@ def main() -> None:
     asyncio.run(rounds())
     cmd = "python -m benchmarks.bench_sampling " + " ".join(sys.argv[1:])
     lines = [
-        "## Sampling options: what `top_p` and the penalties cost a step (`generate`, charlm)", "",
+        "## Sampling options: what `top_p`, the penalties and `logprobs` cost a step (`generate`, charlm)", "",
         f"Command: `{cmd.strip()}` - {args.runs} interleaved rounds, medians; {args.tokens} tokens per stream, "
         "every other stream sampled (temperature 0.8, seeded), the rest greedy; the engine in-process on the "
         f"server's charlm (96-token vocabulary). {platform.python_implementation()} {platform.python_version()}, "

@@ -36,7 +36,6 @@ health, metrics and static routes).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import logging
@@ -695,8 +694,9 @@ class HttpApi:
             raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
 
     def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession,
-                scoring: asyncio.Future[Any]) -> None:
-        """``echo`` with ``logprobs``: the prompt was scored (or that failed); queue the generation."""
+                scoring: Any) -> None:
+        """``echo`` with ``logprobs``: the prompt was scored (``scoring``, the engine's future: done), or
+        that failed; queue the generation."""
         call.scoring = None
         if call.finished or scoring.cancelled():  # the client left, or the drain ended it
             return
