@@ -332,6 +332,7 @@ async def test_generate_logprobs_with_sampling_and_stop(server: ServerProcess) -
 
 async def test_generate_bad_logprobs(server: ServerProcess) -> None:
     async with Client(server.url) as c:
+        assert c.hello is not None and c.hello.limits.max_logprobs == 20
         with pytest.raises(BadRequestError, match="'logprobs'"):  # over the server's max_logprobs (20)
             await c.complete("charlm", "x", max_tokens=3, logprobs=21)
         with pytest.raises(TypeError, match="logprobs must be"):  # OpenAI chat's logprobs=True: refused here

@@ -253,6 +253,10 @@ def test_parse_hello_and_defaults() -> None:
         "models": ["linear"],
     })
     assert hello.limits == wsserve_client.Limits(100, 3, 5, 7)
+    assert hello.limits.max_logprobs is None  # a server without logprobs
+    for value, kept in ((20, 20), (0, 0), (-1, None), ("20", None), (2.5, None)):
+        limits = parse_hello({"type": "hello", "limits": {"max_logprobs": value}}).limits
+        assert limits.max_logprobs == kept, value
     assert hello.models == ("linear",)
     assert parse_hello({"type": "hello"}).limits == wsserve_client.Limits()
     with pytest.raises(ValueError):

@@ -324,7 +324,8 @@ def _limit(limits: dict[str, Any], name: str) -> int | None:
 def parse_hello(frame: dict[str, Any]) -> ServerHello:
     """Build :class:`ServerHello` from a ``hello`` frame.
 
-    Missing fields become defaults. A limit the client relies on (:data:`LIMIT_NAMES`) that is
+    Missing fields become defaults; ``max_logprobs`` is kept when it is an integer >= 0 (the
+    client does not enforce it: the server refuses a larger ``logprobs``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
     not an integer in ``[1, 2**53]`` — a string, a float, a negative or zero count, an absurd
     size — is not trusted: it is logged as a warning and treated as not announced (``None``),
     exactly like a server that does not send it; ``limits`` that is not an object likewise.
@@ -349,7 +350,8 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
         server=str(frame.get("server", "")),
         version=str(frame.get("version", "")),
         protocol=protocol,
-        limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES}),
+        limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES},
+                      max_logprobs=_opt_count(lim.get("max_logprobs"))),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )
 

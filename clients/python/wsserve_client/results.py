@@ -40,6 +40,8 @@ class Limits:
     max_tokens: int | None = None
     #: Longest header of a binary tensor frame the server reads (its id included).
     max_binary_header_bytes: int | None = None
+    #: The largest ``logprobs`` a generate may ask for (absent from a server without logprobs).
+    max_logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
