@@ -131,6 +131,8 @@ export interface Limits {
   max_rows: number | null;
   max_tokens: number | null;
   max_binary_header_bytes: number | null;
+  /** The largest `logprobs` a generate may ask for (20 for wsserve; absent from a server without logprobs). */
+  max_logprobs?: number;
   [extra: string]: unknown;
 }
 
@@ -144,6 +146,9 @@ export declare const FRAME_TYPES: readonly string[];
 export declare function checkedHello(hello: Record<string, unknown>): Hello;
 /** What is wrong with the fields the client reads in a reply frame, or null. */
 export declare function frameProblem(frame: Record<string, unknown>): string | null;
+/** What is wrong with a `token` frame of a generate that asked for `logprobs` (no `logprob`/`top_logprobs`,
+ *  or ones of the wrong type), or null. */
+export declare function logprobsProblem(frame: Record<string, unknown>): string | null;
 
 export interface Hello {
   type: 'hello';
@@ -275,6 +280,27 @@ export interface ChatMessage {
   name?: string;
 }
 
+/** One of the likeliest tokens of a generation step (`top_logprobs` of a token frame). */
+export interface TopLogprob {
+  /** Its token id (of the model's vocabulary). */
+  id: number;
+  text: string;
+  /** The natural log of its probability; null when the model's logits were not finite. */
+  logprob: number | null;
+}
+
+/** A generated token's log-probability, from a token frame of a generate with `logprobs`. */
+export interface TokenLogprob {
+  /** The token's text as streamed. */
+  text: string;
+  /** The natural log of the probability the model gave it (<= 0; before penalties, bias, temperature);
+   *  null when the model's logits were not finite. */
+  logprob: number | null;
+  /** The `logprobs` likeliest tokens of the step, likeliest first (ties by lowest id; empty for 0);
+   *  the chosen token may or may not be among them. */
+  top_logprobs: TopLogprob[];
+}
+
 export interface GenerationDone {
   reason: 'length' | 'stop' | 'cancelled' | (string & {});
   tokens: number;
@@ -287,6 +313,8 @@ export interface GenerationDone {
   /** The token ids the model was given for the prompt (servers that say; absent when cancelled
    * before the request was sent). */
   prompt_tokens?: number;
+  /** With the `logprobs` option: one record per token received, in order (absent otherwise). */
+  logprobs?: TokenLogprob[];
   [extra: string]: unknown;
 }
 
@@ -379,6 +407,9 @@ export interface GenerateOptions extends CallOptions {
   stop?: string | string[];
   timeoutMs?: number;
   priority?: 0 | 1;
+  /** Each token's log-probability and this many likeliest tokens of its step: an integer >= 0, at most the
+   *  server's `max_logprobs` (20); `true` is refused (it is `0` here). See {@link Generation.logprobs}. */
+  logprobs?: number;
 }
 
 export interface AdminOptions extends CallOptions {
@@ -424,6 +455,9 @@ export declare class PredictStream extends ResponseStream<Chunk, StreamDone> {}
 export declare class Generation extends ResponseStream<string, GenerationDone> {
   /** The generated text so far. */
   readonly text: string;
+  /** With the `logprobs` option: a record per token received so far (`logprobs[i]` is the i-th text
+   *  yielded's; like `text`, tokens received but not yet read included); null without it. */
+  readonly logprobs: readonly TokenLogprob[] | null;
 }
 
 // ------------------------------------------------------------------ client

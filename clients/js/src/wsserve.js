@@ -13,6 +13,9 @@
  *   const g = c.generate('charlm', 'The ', { maxTokens: 32 });
  *   for await (const text of g) process.stdout.write(text);
  *   console.log(g.done);                                   // {reason, tokens, timing, text}
+ *   const l = c.generate('charlm', 'The ', { maxTokens: 8, logprobs: 3 });
+ *   let i = 0;
+ *   for await (const text of l) console.log(text, l.logprobs[i++]);   // {text, logprob, top_logprobs}
  *   await c.close();
  *
  * Contracts
@@ -145,7 +148,7 @@ const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priori
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty', 'logitBias', 'seed',
-  'stop', 'timeoutMs', 'priority',
+  'stop', 'timeoutMs', 'priority', 'logprobs',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
@@ -192,6 +195,27 @@ function checkVersion(where, version) {
   }
   if (version < 1 || !Number.isSafeInteger(version)) throw new RangeError(`${where}: version must be an integer >= 1, got ${version}`);
   return version;
+}
+
+/**
+ * `logprobs` as sent: undefined/null (off), or an integer >= 0, how many likeliest tokens to
+ * report with each generated token (`true`, OpenAI chat's spelling, is refused: it is `0` here).
+ * The upper bound is the server's (`hello.limits.max_logprobs`, 20 for wsserve): above it the
+ * server answers `bad_request`. Throws `TypeError` (or `RangeError` when negative) naming `where`.
+ * @param {string} where  e.g. `"generate()"`
+ * @param {unknown} logprobs
+ * @returns {number|undefined}
+ */
+function checkLogprobs(where, logprobs) {
+  if (logprobs === undefined || logprobs === null) return undefined;
+  if (typeof logprobs !== 'number' || !Number.isInteger(logprobs)) {
+    throw new TypeError(`${where}: logprobs must be an integer >= 0 (how many likeliest tokens to report with each token), `
+      + `got ${describeValue(logprobs)}`);
+  }
+  if (logprobs < 0 || !Number.isSafeInteger(logprobs)) {
+    throw new RangeError(`${where}: logprobs must be an integer >= 0 (how many likeliest tokens to report with each token), got ${logprobs}`);
+  }
+  return logprobs;
 }
 
 // =================================================================== errors
@@ -638,6 +662,14 @@ function rowCount(outputs) {
   return first === undefined ? 0 : rowCount(first);
 }
 const isTiming = (v) => v === null || isObject(v);
+/** A log-probability on the wire: a number, or null (the model's logits were not finite). */
+const isLogprob = (v) => v === null || typeof v === 'number';
+/** `top_logprobs`: `[{id, text, logprob}, ...]`. */
+const isTopLogprobs = (v) => Array.isArray(v)
+  && v.every((t) => isObject(t) && isCount(t.id) && typeof t.text === 'string' && isLogprob(t.logprob));
+/** The fields of a `token` frame of a generate that asked for `logprobs` (read only then). */
+const LOGPROB_FIELDS = Object.freeze([['logprob', isLogprob, 'a number or null'],
+  ['top_logprobs', isTopLogprobs, 'an array of {id: an integer >= 0, text: a string, logprob: a number or null}']]);
 
 const OUTPUTS = 'rows (an array of arrays), a tensor or {name: rows or tensor}';
 /** Per reply type: `[field, check, what it must be, optional]` for the fields the client reads. */
@@ -666,6 +698,25 @@ export function frameProblem(frame) {
     const v = frame[field];
     if (v === undefined && optional) continue;
     if (!ok(v)) return `${frame.type} frame: ${field} must be ${what}, got ${describeValue(v)}`;
+  }
+  return null;
+}
+
+/**
+ * What is wrong with a `token` frame of a generate that asked for `logprobs`, beyond
+ * `frameProblem`, or null: it must carry `logprob` (a number or null) and `top_logprobs`
+ * (`[{id, text, logprob}]`). A server without logprobs support ignores the option and sends
+ * plain tokens. (A generate that did not ask does not read these fields.)
+ * @param {Record<string, any>} frame
+ * @returns {string|null}
+ */
+export function logprobsProblem(frame) {
+  if (frame.logprob === undefined || frame.top_logprobs === undefined) {
+    return 'token frame: no logprob/top_logprobs though the generate asked for logprobs (a server without logprobs '
+      + 'support ignores the option: its hello has no limit max_logprobs)';
+  }
+  for (const [field, ok, what] of LOGPROB_FIELDS) {
+    if (!ok(frame[field])) return `token frame: ${field} must be ${what}, got ${describeValue(frame[field])}`;
   }
   return null;
 }
@@ -799,6 +850,8 @@ class Call {
     this.reply = REPLY_TYPES[msg.type] ?? (msg.stream ? 'done' : 'result');
     /** The frame type of its items: `token` (generate), `chunk` (streaming predict), else none. */
     this.item = msg.type === 'generate' ? 'token' : msg.type === 'predict' && msg.stream ? 'chunk' : null;
+    /** A generate that asked for `logprobs`: each of its tokens must carry them. */
+    this.logprobs = msg.type === 'generate' && msg.logprobs !== undefined;
     this.model = msg.model ?? null;
     this.rows = Array.isArray(msg.inputs) ? msg.inputs.length : undefined;
     this.counted = counted;
@@ -1049,15 +1102,47 @@ export class PredictStream extends ResponseStream {
 /**
  * Token streaming: yields each token's text as it is generated; `done` is
  * `{reason, tokens, timing, text}` at the end (reason `length`, `stop` or
- * `cancelled`); `text` is the whole text so far.
+ * `cancelled`); `text` is the whole text so far. With the `logprobs` option,
+ * `logprobs` holds one `{text, logprob, top_logprobs}` record per token received
+ * (as `text`, received, not only read: the record of the i-th text yielded is
+ * `logprobs[i]`) and `done.logprobs` all of them; without it, `logprobs` is null
+ * and `done` has none.
  * @extends {ResponseStream<string>}
  */
 export class Generation extends ResponseStream {
   /** The generated text so far (stop strings excluded, as the server sends it). */
   text = '';
-  _item(f) { this.text += f.text; return f.text; }
-  _doneInfo(f) { return { ...super._doneInfo(f), text: this.text }; }
-  _localCancelInfo() { return { reason: 'cancelled', tokens: 0, timing: null, text: '' }; }
+  /**
+   * With `logprobs`: per token received so far (the i-th text yielded is `logprobs[i]`'s),
+   * `{text, logprob, top_logprobs: [{id, text, logprob}]}` (the token frame's fields; read it, do
+   * not modify it); null otherwise.
+   * @type {Array<{text: string, logprob: number|null, top_logprobs: Array<{id: number, text: string, logprob: number|null}>}>|null}
+   */
+  logprobs;
+
+  /** @param {boolean} [logprobs] the request asked for logprobs (each token frame carries them) */
+  constructor(logprobs = false) {
+    super();
+    this.logprobs = logprobs ? [] : null;
+  }
+
+  _item(f) {
+    this.text += f.text;
+    this.logprobs?.push({ text: f.text, logprob: f.logprob, top_logprobs: f.top_logprobs });
+    return f.text;
+  }
+
+  _doneInfo(f) {
+    const done = { ...super._doneInfo(f), text: this.text };
+    if (this.logprobs) done.logprobs = this.logprobs.slice();
+    return done;
+  }
+
+  _localCancelInfo() {
+    const done = { reason: 'cancelled', tokens: 0, timing: null, text: '' };
+    if (this.logprobs) done.logprobs = [];
+    return done;
+  }
 }
 
 // =================================================================== client
@@ -1406,7 +1491,7 @@ export class Client extends EventTarget {
       return;
     }
     if (frame.type === call.item) {
-      const problem = frameProblem(frame);
+      const problem = frameProblem(frame) ?? (call.logprobs ? logprobsProblem(frame) : null);
       if (problem) { this.#fault(conn, call, frame.type, problem); return; }
       call.items++;
       call.onItem(frame, size);
@@ -1710,10 +1795,15 @@ export class Client extends EventTarget {
    * server's defaults (`max_tokens` 64, greedy, the default version).
    * `prompt` is the text to continue, or an array of chat messages
    * (`{role, content}`, sent as `messages`: the model's chat template makes the prompt).
+   * `logprobs: k` (an integer >= 0, at most the server's `max_logprobs`, 20) asks for each
+   * token's log-probability and the `k` likeliest tokens of its step, by the model's own
+   * distribution: iteration still yields texts; `gen.logprobs` holds a record per token
+   * received (`gen.logprobs[i]` is the i-th text's) and `done.logprobs` all of them. A bad `logprobs` throws (`TypeError`, `RangeError`).
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
-   *          presencePenalty?: number, frequencyPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1, signal?: AbortSignal}} [opts]
+   *          presencePenalty?: number, frequencyPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
+   *          logprobs?: number, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
   generate(model, prompt, opts) {
@@ -1732,13 +1822,14 @@ export class Client extends EventTarget {
     setIf(msg, 'stop', typeof opts.stop === 'string' ? [opts.stop] : opts.stop);
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
-    const stream = new Generation();
+    setIf(msg, 'logprobs', checkLogprobs('generate()', opts.logprobs));
+    const stream = new Generation(msg.logprobs !== undefined);
     this.#runStream(stream, msg, opts);
     return stream;
   }
 
   /**
-   * Generate to the end; resolves with `{text, reason, tokens, timing}`.
+   * Generate to the end; resolves with `{text, reason, tokens, timing}` (and `logprobs` with that option).
    * @param {string} model
    * @param {Parameters<Client['generate']>[1]} prompt  text, or chat messages
    * @param {Parameters<Client['generate']>[2]} [opts]

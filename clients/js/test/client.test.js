@@ -262,6 +262,65 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.notEqual(penalised.text, greedy.text);
   });
 
+  /**
+   * `records` are one per token of `text` (charlm: a character each): a log-probability <= 0 and
+   * the `k` likeliest tokens, likeliest first (ties by id); greedy: the chosen token is the likeliest.
+   */
+  function checkLogprobs(records, text, k, { greedy }) {
+    assert.equal(records.map((r) => r.text).join(''), text);
+    for (const r of records) {
+      assert.equal(r.text.length, 1);
+      assert.ok(typeof r.logprob === 'number' && r.logprob <= 0, `logprob ${r.logprob}`);
+      assert.equal(r.top_logprobs.length, k);
+      r.top_logprobs.forEach((t, i) => {
+        assert.ok(Number.isInteger(t.id) && typeof t.text === 'string' && t.logprob <= 0);
+        const prev = r.top_logprobs[i - 1];
+        if (prev) assert.ok(prev.logprob > t.logprob || (prev.logprob === t.logprob && prev.id < t.id), 'likeliest first');
+      });
+      if (greedy && k) assert.deepEqual([r.top_logprobs[0].text, r.top_logprobs[0].logprob], [r.text, r.logprob]);
+    }
+  }
+
+  it('generate() with logprobs: the same texts, each token\'s record as it arrives and in done', async () => {
+    const plain = await c.complete('charlm', 'The ', { maxTokens: 20 });
+    assert.equal(plain.logprobs, undefined);
+    const gen = c.generate('charlm', 'The ', { maxTokens: 20, logprobs: 3 });
+    assert.deepEqual(gen.logprobs, []);
+    const texts = [];
+    for await (const text of gen) {
+      texts.push(text);
+      assert.ok(gen.logprobs.length >= texts.length, 'records come with their tokens');
+      assert.equal(gen.logprobs[texts.length - 1].text, text, 'the i-th record is the i-th text\'s');
+    }
+    assert.equal(texts.join(''), plain.text);
+    assert.equal(gen.done.text, plain.text);
+    assert.equal(gen.done.tokens, 20);
+    assert.deepEqual(gen.done.logprobs, gen.logprobs);
+    checkLogprobs(gen.done.logprobs, plain.text, 3, { greedy: true });
+    const again = await c.complete('charlm', 'The ', { maxTokens: 20, logprobs: 3 });
+    assert.deepEqual(again.logprobs, gen.done.logprobs, 'greedy: the same values');
+    const zero = await c.complete('charlm', 'The ', { maxTokens: 20, logprobs: 0 });
+    checkLogprobs(zero.logprobs, plain.text, 0, { greedy: true });
+    assert.deepEqual(zero.logprobs.map((r) => r.logprob), again.logprobs.map((r) => r.logprob));
+    checkLogprobs((await c.complete('charlm', 'The ', { maxTokens: 5, logprobs: 20 })).logprobs, plain.text.slice(0, 5), 20,
+      { greedy: true });
+    // sampled: a record per token too; a stop string cuts them with the text
+    const opts = { maxTokens: 30, temperature: 1, topK: 5, seed: 42, logprobs: 2 };
+    const free = await c.complete('charlm', 'a', opts);
+    checkLogprobs(free.logprobs, free.text, 2, { greedy: false });
+    const stop = free.text[5];
+    const cut = await c.complete('charlm', 'a', { ...opts, stop });
+    assert.equal(cut.reason, 'stop');
+    assert.ok(free.text.startsWith(cut.text) && !cut.text.includes(stop));
+    assert.deepEqual(cut.logprobs, free.logprobs.slice(0, cut.text.length));
+    // over the server's max_logprobs: bad_request naming the field; true: refused before sending
+    await assert.rejects(c.complete('charlm', 'x', { maxTokens: 3, logprobs: 21 }),
+      (e) => e instanceof BadRequestError && e.message.includes("'logprobs'"));
+    assert.throws(() => c.generate('charlm', 'x', { logprobs: true }), { name: 'TypeError', message: /logprobs must be an integer/ });
+    assert.equal((await c.complete('charlm', 'x', { maxTokens: 3, logprobs: 1 })).tokens, 3, 'the connection goes on');
+    assert.equal((await c.connect()).limits.max_logprobs, 20);
+  });
+
   it('500 concurrent predicts and 4 generations share one socket without mix-ups', async () => {
     const connectsBefore = c.stats().connects;
     const xs = Array.from({ length: 500 }, (_, i) => i / 500);

@@ -15,7 +15,7 @@ import { WebSocketServer } from 'ws';
 import {
   Client, WsserveError, ClientClosed, DeadlineExceeded, StreamOverflow, ProtocolError, MalformedFrame, UnsupportedProtocol,
   LIMIT_NAMES, DEFAULT_RETRY, DEFAULT_STREAM_BUFFER_BYTES, DEFAULT_CLOSE_TIMEOUT_MS, DEFAULT_CANCEL_TIMEOUT_MS, PROTOCOL_VERSION,
-  errorFromFrame, retryDelayMs,
+  errorFromFrame, retryDelayMs, logprobsProblem,
 } from 'wsserve-client';
 import { eventually } from './helpers/server.js';
 
@@ -461,6 +461,82 @@ describe('a server that ignores cancels (cancelTimeoutMs)', { timeout: 60_000 },
         `${error?.name}: ${error?.message}`);
       assert.ok(await eventually(() => c.stats().inflight === 0), 'every slot free');
       assert.deepEqual(peer.received.map((m) => m.type), ['predict', 'cancel', 'predict', 'generate', 'cancel']);
+    } finally {
+      await c.close();
+      await peer.close();
+    }
+  });
+});
+
+describe('logprobs: the request field and the token frames that carry them', { timeout: 60_000 }, () => {
+  // A token frame of a generate with "logprobs": 2, as the protocol spells it.
+  const TOKEN = Object.freeze({
+    type: 'token', seq: 0, text: 'q', logprob: -0.12,
+    top_logprobs: [{ id: 17, text: 'q', logprob: -0.12 }, { id: 3, text: 'x', logprob: -2.3 }],
+  });
+  const RECORD = { text: 'q', logprob: -0.12, top_logprobs: TOKEN.top_logprobs };
+
+  it('logprobsProblem() accepts the protocol\'s frames and names what is missing or wrong', () => {
+    assert.equal(logprobsProblem(TOKEN), null);
+    assert.equal(logprobsProblem({ ...TOKEN, logprob: null, top_logprobs: [] }), null); // not finite; k = 0
+    const bad = [
+      [{ logprob: undefined }, /no logprob\/top_logprobs though the generate asked for logprobs/],
+      [{ top_logprobs: undefined }, /no logprob\/top_logprobs/],
+      [{ logprob: '-1' }, /token frame: logprob must be a number or null, got the string "-1"/],
+      [{ top_logprobs: { id: 1 } }, /token frame: top_logprobs must be an array of \{id/],
+      [{ top_logprobs: [{ id: -1, text: 'q', logprob: -1 }] }, /top_logprobs must be/],
+      [{ top_logprobs: [{ id: 1, text: 2, logprob: -1 }] }, /top_logprobs must be/],
+      [{ top_logprobs: [{ id: 1, text: 'q' }] }, /top_logprobs must be/],
+    ];
+    for (const [change, re] of bad) assert.match(logprobsProblem({ ...TOKEN, ...change }), re);
+  });
+
+  it('sends logprobs (0 included), keeps each token\'s record, fails a stream whose tokens lack them', async () => {
+    const peer = await fakeServer({
+      scripts: {
+        lp: (msg, send) => {
+          send({ ...TOKEN, id: msg.id });
+          send({ ...TOKEN, id: msg.id, seq: 1, text: 'x', logprob: null, top_logprobs: [] });
+          send({ type: 'done', id: msg.id, reason: 'length', tokens: 2 });
+        },
+        plain: (msg, send) => send({ type: 'token', id: msg.id, seq: 0, text: 'a' }), // no logprobs, then nothing
+        badtop: (msg, send) => send({ ...TOKEN, id: msg.id, top_logprobs: [{ id: 'q', text: 'q', logprob: 0 }] }),
+      },
+    });
+    const c = new Client(peer.url);
+    try {
+      for (const bad of [true, 1.5, '2', [1]]) {
+        assert.throws(() => c.generate('lp', 'x', { logprobs: bad }), { name: 'TypeError', message: /^generate\(\): logprobs must be an integer >= 0/ });
+      }
+      assert.throws(() => c.generate('lp', 'x', { logprobs: -1 }), { name: 'RangeError', message: /logprobs must be an integer >= 0/ });
+      await assert.rejects(c.complete('lp', 'x', { logprobs: false }), TypeError);
+      const gen = c.generate('lp', 'x', { logprobs: 2 });
+      const seen = [];
+      for await (const text of gen) seen.push([text, gen.logprobs[seen.length].text]);
+      assert.deepEqual(seen, [['q', 'q'], ['x', 'x']]);
+      const records = [RECORD, { text: 'x', logprob: null, top_logprobs: [] }];
+      assert.deepEqual(gen.logprobs, records);
+      assert.deepEqual(gen.done.logprobs, records);
+      assert.equal(gen.done.text, 'qx');
+      assert.deepEqual((await c.complete('lp', 'x', { logprobs: 0 })).logprobs, records);
+      const bare = c.generate('lp', 'x');
+      assert.deepEqual(await drain(bare), { items: ['q', 'x'], error: null });
+      assert.equal(bare.logprobs, null, 'not asked: none, whatever the server sends');
+      assert.equal(bare.done.logprobs, undefined);
+      const sent = peer.received.filter((m) => m.type === 'generate');
+      assert.deepEqual(sent.map((m) => m.logprobs), [2, 0, undefined]);
+      assert.ok(!('logprobs' in sent[2]));
+      // a server without logprobs support sends plain tokens: the stream fails at the first, cancelled
+      for (const [model, re] of [['plain', /no logprob\/top_logprobs though the generate asked for logprobs/],
+        ['badtop', /token frame: top_logprobs must be an array of/]]) {
+        const s = c.generate(model, 'x', { logprobs: 1 });
+        const { items, error } = await drain(s);
+        assert.deepEqual(items, []);
+        assert.ok(error instanceof MalformedFrame && re.test(error.message), `${error?.name}: ${error?.message}`);
+        assert.ok(await eventually(() => peer.cancelled(s.id)), 'the stream was cancelled on the server');
+      }
+      assert.ok(await eventually(() => c.stats().inflight === 0));
+      assert.equal(c.stats().connects, 1, 'one socket throughout');
     } finally {
       await c.close();
       await peer.close();

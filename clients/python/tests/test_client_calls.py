@@ -15,6 +15,7 @@ from wsserve_client import (
     InvalidInput,
     PredictStream,
     RequestTooLarge,
+    TokenLogprob,
 )
 
 from tests.support import ServerProcess
@@ -268,6 +269,75 @@ async def test_generate_chat_messages(server: ServerProcess) -> None:
         with pytest.raises(TypeError, match="chat message 1"):
             c.generate("charlm", [{"role": "user", "content": "x"}, "y"])  # type: ignore[list-item]
         assert (await c.complete("charlm", as_text, max_tokens=12)).text == by_text.text
+
+
+def _check_logprobs(records: object, text: str, k: int, *, greedy: bool) -> None:
+    """``records`` are one :class:`TokenLogprob` per token of ``text`` (charlm: a character
+    each), each a log-probability with its ``k`` likeliest tokens, likeliest first (ties by id);
+    greedy: the chosen token is the likeliest."""
+    assert isinstance(records, tuple) and all(isinstance(r, TokenLogprob) for r in records)
+    assert "".join(r.text for r in records) == text and all(len(r.text) == 1 for r in records)
+    for r in records:
+        assert r.logprob is not None and r.logprob <= 0.0
+        assert len(r.top) == k
+        order = [(-t.logprob, t.id) for t in r.top]  # type: ignore[operator]
+        assert order == sorted(order) and all(t.logprob <= 0.0 for t in r.top)  # type: ignore[operator]
+        if greedy and k:
+            assert (r.top[0].text, r.top[0].logprob) == (r.text, r.logprob)
+
+
+async def test_generate_logprobs(server: ServerProcess) -> None:
+    """``logprobs=k``: iteration still yields the same texts; each token's record arrives with it."""
+    async with Client(server.url) as c:
+        plain = await c.complete("charlm", "The ", max_tokens=20)
+        assert plain.logprobs is None
+        gen = c.generate("charlm", "The ", max_tokens=20, logprobs=3)
+        assert gen.logprobs == []
+        texts = []
+        async for text in gen:
+            texts.append(text)
+            assert gen.logprobs is not None and len(gen.logprobs) == len(texts)
+            assert gen.logprobs[-1].text == text  # the record of the text just yielded
+        r = gen.result
+        assert r.text == "".join(texts) == plain.text and r.tokens == 20 and r.reason == "length"
+        assert r.logprobs == tuple(gen.logprobs)
+        _check_logprobs(r.logprobs, r.text, 3, greedy=True)
+        done = await c.complete("charlm", "The ", max_tokens=20, logprobs=3)
+        assert done.text == plain.text and done.logprobs == r.logprobs  # greedy: the same values
+        # k = 0: the chosen token's log-probability alone; k = 20, the server's most
+        zero = await c.complete("charlm", "The ", max_tokens=20, logprobs=0)
+        _check_logprobs(zero.logprobs, plain.text, 0, greedy=True)
+        assert [z.logprob for z in zero.logprobs or ()] == [x.logprob for x in r.logprobs]
+        most = await c.complete("charlm", "The ", max_tokens=5, logprobs=20)
+        _check_logprobs(most.logprobs, plain.text[:5], 20, greedy=True)
+        # a generation without logprobs has none, and its token frames are plain
+        bare = c.generate("charlm", "The ", max_tokens=3)
+        assert "".join([t async for t in bare]) == plain.text[:3]
+        assert bare.logprobs is None and bare.result.logprobs is None
+
+
+async def test_generate_logprobs_with_sampling_and_stop(server: ServerProcess) -> None:
+    """Sampled tokens have their records too (the chosen one need not be the likeliest), and a
+    stop string cuts the records with the text."""
+    async with Client(server.url) as c:
+        free = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42, logprobs=2)
+        _check_logprobs(free.logprobs, free.text, 2, greedy=False)
+        assert free.text == (await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42)).text
+        stop = free.text[5]
+        cut = await c.complete("charlm", "a", max_tokens=30, temperature=1.0, top_k=5, seed=42, logprobs=2,
+                               stop=[stop])
+        assert cut.reason == "stop" and free.text.startswith(cut.text) and stop not in cut.text
+        assert cut.logprobs == free.logprobs[:len(cut.text)]  # type: ignore[index]
+
+
+async def test_generate_bad_logprobs(server: ServerProcess) -> None:
+    async with Client(server.url) as c:
+        assert c.hello is not None and c.hello.limits.max_logprobs == 20
+        with pytest.raises(BadRequestError, match="'logprobs'"):  # over the server's max_logprobs (20)
+            await c.complete("charlm", "x", max_tokens=3, logprobs=21)
+        with pytest.raises(TypeError, match="logprobs must be"):  # OpenAI chat's logprobs=True: refused here
+            c.generate("charlm", "x", logprobs=True)  # type: ignore[arg-type]
+        assert (await c.complete("charlm", "x", max_tokens=3, logprobs=1)).tokens == 3  # the connection goes on
 
 
 async def test_generate_bad_parameters(server: ServerProcess) -> None:

@@ -182,6 +182,51 @@ async def test_a_bad_frame_for_a_generation_fails_only_that_generation(case: str
         assert c.stats().connects == 1
 
 
+def _logprob_generation(frame: Frame) -> list[Frame]:
+    """:func:`good_generation` with each token's ``logprob``/``top_logprobs`` (one alternative)."""
+    *tokens, done = good_generation(frame)
+    return [*({**t, "logprob": -0.5, "top_logprobs": [{"id": 1, "text": t["text"], "logprob": -0.5}]}
+              for t in tokens), done]
+
+
+LOGPROB_REPLIES: dict[str, tuple[Callable[[Frame], Sequence[Out]], str]] = {
+    # a server without logprobs: it ignores the field and sends plain tokens
+    "no logprobs": (good_generation, "asked for logprobs"),
+    "logprob not a number": (lambda f: [{**t, "logprob": "-1"} if t["type"] == "token" else t
+                                        for t in _logprob_generation(f)], "'logprob'"),
+    "top_logprobs not a list": (lambda f: [{**t, "top_logprobs": {"id": 1}} if t["type"] == "token" else t
+                                           for t in _logprob_generation(f)], "'top_logprobs'"),
+    "top id not an integer": (lambda f: [{**t, "top_logprobs": [{"id": "1", "text": "a", "logprob": -1}]}
+                                         if t["type"] == "token" else t for t in _logprob_generation(f)], ".id"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOGPROB_REPLIES))
+async def test_a_generation_asking_for_logprobs_fails_on_a_token_without_good_ones(case: str) -> None:
+    """The stream fails at the bad token, the request (left running: no ``done`` comes) is
+    cancelled, other calls go on."""
+    bad, names = LOGPROB_REPLIES[case]
+
+    def reply(frame: Frame) -> Sequence[Out]:
+        return bad(frame)[:-1] if frame["model"] == "bad" else _logprob_generation(frame)
+
+    async with fake_server(reply) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):
+        good = await c.complete("good", "x", logprobs=1)
+        assert good.text == "abc" and good.logprobs is not None
+        assert [(r.text, r.logprob, [(t.id, t.text) for t in r.top]) for r in good.logprobs] == \
+            [(ch, -0.5, [(1, ch)]) for ch in "abc"]
+        gen = c.generate("bad", "x", logprobs=1)
+        with pytest.raises(ProtocolError) as ei:
+            async for _ in gen:
+                pass
+        assert names in ei.value.message, ei.value.message
+        assert gen.logprobs == [] and gen.text == ""  # it failed at the first token
+        await _all_ended(c)
+        assert fake.cancels() == [ei.value.request_id]
+        assert (await c.complete("good", "x")).logprobs is None  # not asked: none, whatever the server sends
+        assert await c.ping() > 0 and c.stats().connects == 1
+
+
 async def test_a_token_for_a_streamed_predict_is_a_protocol_error() -> None:
     bad = script(lambda f: [{"type": "token", "id": f["id"], "seq": 0, "text": "x"}])
     async with fake_server(bad) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):

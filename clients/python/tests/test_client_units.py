@@ -13,6 +13,7 @@ from wsserve_client import errors
 from wsserve_client._limiter import Limiter
 from wsserve_client.backoff import Backoff, RetryPolicy
 from wsserve_client.codec import (
+    check_logprobs,
     check_version,
     encode_admin,
     encode_cancel,
@@ -24,6 +25,8 @@ from wsserve_client.codec import (
     parse_models,
     parse_result,
     parse_stream_done,
+    parse_token,
+    parse_token_logprobs,
     timeout_to_ms,
 )
 
@@ -32,7 +35,7 @@ from wsserve_client.codec import (
 PUBLIC = {
     "Tensor", "as_tensor",
     "Client", "DEFAULT_URL", "PredictStream", "Generation", "PredictResult", "Chunk",
-    "StreamSummary", "GenerationResult", "Completion", "ModelInfo", "ModelStatus", "VersionStatus", "ServerHello", "Limits",
+    "StreamSummary", "GenerationResult", "Completion", "TokenLogprob", "TopLogprob", "ModelInfo", "ModelStatus", "VersionStatus", "ServerHello", "Limits",
     "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",
     "UnknownModelError", "DuplicateIdError", "InvalidInput", "OverloadedError",
     "RateLimitedError", "DeadlineExceeded", "RequestCancelled", "Unauthorized", "Forbidden", "ShuttingDown",
@@ -158,6 +161,79 @@ def test_encode_generate_and_cancel() -> None:
     assert encode_cancel(7) == b'{"type":"cancel","id":7}'
 
 
+def test_encode_generate_logprobs() -> None:
+    assert orjson.loads(encode_generate(1, "charlm", "a", logprobs=3)) == {
+        "type": "generate", "id": 1, "model": "charlm", "prompt": "a", "logprobs": 3,
+    }
+    assert orjson.loads(encode_generate(1, "charlm", "a", logprobs=0))["logprobs"] == 0  # 0 is sent: chosen token only
+    assert "logprobs" not in orjson.loads(encode_generate(1, "charlm", "a", logprobs=None))
+    assert orjson.loads(encode_generate(1, "charlm", "a", logprobs=20))["logprobs"] == 20
+
+
+@pytest.mark.parametrize("bad, exc", [(True, TypeError), (False, TypeError), (1.0, TypeError), ("2", TypeError),
+                                      ([1], TypeError), (-1, ValueError)])
+def test_a_bad_logprobs_is_refused_before_sending(bad: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="logprobs must be"):
+        check_logprobs(bad)  # type: ignore[arg-type]
+    with pytest.raises(exc, match="logprobs must be"):
+        encode_generate(1, "charlm", "a", logprobs=bad)  # type: ignore[arg-type]
+    client = wsserve_client.Client("ws://127.0.0.1:9")  # never connects: the call raises first
+    with pytest.raises(exc, match="logprobs must be"):
+        client.generate("charlm", "a", logprobs=bad)  # type: ignore[arg-type]
+
+
+#: A token frame of a generate with ``"logprobs": 2``, as the protocol spells it.
+LOGPROB_TOKEN = {"type": "token", "id": 5, "seq": 0, "text": "q", "logprob": -0.12,
+                 "top_logprobs": [{"id": 17, "text": "q", "logprob": -0.12}, {"id": 3, "text": "x", "logprob": -2.3}]}
+
+
+def test_parse_token_logprobs() -> None:
+    record = parse_token_logprobs(LOGPROB_TOKEN, parse_token(LOGPROB_TOKEN))
+    assert record == wsserve_client.TokenLogprob(
+        "q", -0.12, (wsserve_client.TopLogprob(17, "q", -0.12), wsserve_client.TopLogprob(3, "x", -2.3)))
+    # k = 0: no alternatives; a model whose logits were not finite: null; an integral number: a float
+    k0 = {**LOGPROB_TOKEN, "logprob": None, "top_logprobs": []}
+    assert parse_token_logprobs(k0, "q") == wsserve_client.TokenLogprob("q", None, ())
+    whole = parse_token_logprobs({**LOGPROB_TOKEN, "logprob": 0,
+                                  "top_logprobs": [{"id": 1, "text": "", "logprob": None, "new": 1}]}, "q")
+    assert whole.logprob == 0.0 and type(whole.logprob) is float and whole.top == (wsserve_client.TopLogprob(1, "", None),)
+    with pytest.raises(AttributeError):  # a frozen value
+        record.logprob = 0.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("change, names", [
+    ({"logprob": "-1"}, "'logprob'"),
+    ({"logprob": True}, "'logprob'"),
+    ({"top_logprobs": None}, "'top_logprobs'"),
+    ({"top_logprobs": {"id": 1}}, "'top_logprobs'"),
+    ({"top_logprobs": ["q"]}, "'top_logprobs'[0]"),
+    ({"top_logprobs": [{"text": "q", "logprob": -1.0}]}, "'top_logprobs'[0].id"),
+    ({"top_logprobs": [{"id": 1.0, "text": "q", "logprob": -1.0}]}, "'top_logprobs'[0].id"),
+    ({"top_logprobs": [{"id": 1, "text": 2, "logprob": -1.0}]}, "'top_logprobs'[0].text"),
+    ({"top_logprobs": [{"id": 1, "text": "q", "logprob": -1.0}, {"id": 2, "text": "r"}]}, "'top_logprobs'[1].logprob"),
+    ({"top_logprobs": [{"id": 1, "text": "q", "logprob": "low"}]}, "'top_logprobs'[0].logprob"),
+])
+def test_a_malformed_logprob_token_is_a_protocol_error(change: dict[str, object], names: str) -> None:
+    with pytest.raises(errors.ProtocolError, match=r"'token' frame has .*") as ei:
+        parse_token_logprobs({**LOGPROB_TOKEN, **change}, "q")
+    assert names in ei.value.message and ei.value.request_id == 5
+
+
+@pytest.mark.parametrize("missing", ["logprob", "top_logprobs"])
+def test_a_token_without_logprobs_when_asked_is_a_protocol_error(missing: str) -> None:
+    frame = {k: v for k, v in LOGPROB_TOKEN.items() if k != missing}
+    with pytest.raises(errors.ProtocolError, match="asked for logprobs"):
+        parse_token_logprobs(frame, "q")
+
+
+def test_generation_done_carries_the_logprobs_when_asked() -> None:
+    done = {"type": "done", "id": 1, "reason": "length", "tokens": 1, "timing": {}}
+    record = parse_token_logprobs(LOGPROB_TOKEN, "q")
+    assert parse_generation_done(done, "q", [record]).logprobs == (record,)
+    assert parse_generation_done(done, "", []).logprobs == ()
+    assert parse_generation_done(done, "q").logprobs is None
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, "1"])
 def test_timeout_must_be_positive(bad: object) -> None:
     with pytest.raises(ValueError, match="timeout"):
@@ -177,6 +253,10 @@ def test_parse_hello_and_defaults() -> None:
         "models": ["linear"],
     })
     assert hello.limits == wsserve_client.Limits(100, 3, 5, 7)
+    assert hello.limits.max_logprobs is None  # a server without logprobs
+    for value, kept in ((20, 20), (0, 0), (-1, None), ("20", None), (2.5, None)):
+        limits = parse_hello({"type": "hello", "limits": {"max_logprobs": value}}).limits
+        assert limits.max_logprobs == kept, value
     assert hello.models == ("linear",)
     assert parse_hello({"type": "hello"}).limits == wsserve_client.Limits()
     with pytest.raises(ValueError):

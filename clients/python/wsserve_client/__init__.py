@@ -15,7 +15,8 @@
     asyncio.run(main())
 
 Public API: :class:`Client`; results (:class:`PredictResult`, :class:`Chunk`,
-:class:`StreamSummary`, :class:`GenerationResult`, :class:`Completion`, :class:`ModelInfo`,
+:class:`StreamSummary`, :class:`GenerationResult`, :class:`Completion`, :class:`TokenLogprob`,
+:class:`TopLogprob`, :class:`ModelInfo`,
 :class:`ModelStatus`, :class:`VersionStatus`, :class:`ServerHello`, :class:`Limits`,
 :class:`ClientStats`); streams (:class:`PredictStream`, :class:`Generation`); policies (:class:`RetryPolicy`, :class:`Backoff`); and the error tree
 rooted at :class:`WsserveError` (see :mod:`wsserve_client.errors`).
@@ -56,6 +57,8 @@ from .results import (
     PredictResult,
     ServerHello,
     StreamSummary,
+    TokenLogprob,
+    TopLogprob,
     VersionStatus,
 )
 from .streams import Generation, PredictStream
@@ -75,6 +78,8 @@ __all__ = [
     "StreamSummary",
     "GenerationResult",
     "Completion",
+    "TokenLogprob",
+    "TopLogprob",
     "ModelInfo",
     "ModelStatus",
     "VersionStatus",

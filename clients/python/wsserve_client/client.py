@@ -16,6 +16,7 @@ from .backoff import Backoff, RetryPolicy
 from .codec import (
     Version,
     chat_messages,
+    check_logprobs,
     check_version,
     encode_admin,
     encode_generate,
@@ -345,6 +346,7 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         version: Version | None = None,
+        logprobs: int | None = None,
     ) -> Generation:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
         text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
@@ -357,10 +359,21 @@ class Client:
         (nucleus sampling, in (0, 1]) and ``min_p`` (in [0, 1]) narrow sampling; greedy ignores them. ``presence_penalty``
         and ``frequency_penalty`` (in [-2, 2], OpenAI's) lower the logits of tokens already
         generated, greedy included; ``logit_bias`` (``{token id: bias}``, biases in [-100, 100]) is
-        added to those tokens' logits. Returns at once; the request
+        added to those tokens' logits. ``logprobs=k`` (an integer >= 0, at most the server's
+        ``max_logprobs``, 20) asks for each token's log-probability and the ``k`` likeliest
+        tokens with theirs, by the model's own distribution (before penalties, bias,
+        temperature): iteration still yields texts; ``.logprobs`` holds a
+        :class:`~wsserve_client.TokenLogprob` per token received and ``.result.logprobs`` all
+        of them (``None`` without ``logprobs``). Returns at once; the request
         is sent on first iteration or on ``async with``.
+
+        Raises:
+            TypeError, ValueError: a bad ``prompt``, ``version`` or ``logprobs`` (here, before
+                anything is sent); the server's errors (e.g. ``BadRequestError`` naming the
+                field) come on iteration.
         """
         check_version(version)  # a bad version raises here, not on first iteration
+        check_logprobs(logprobs)
         if not isinstance(prompt, str):
             prompt = chat_messages(prompt)  # a TypeError here; a copy, so later edits don't leak in
 
@@ -369,10 +382,11 @@ class Client:
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
                 top_k=top_k, top_p=top_p, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                 logit_bias=logit_bias, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
+                logprobs=logprobs,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
-                          max_buffer_bytes=self._max_stream_buffer_bytes)
+                          max_buffer_bytes=self._max_stream_buffer_bytes, logprobs=logprobs is not None)
 
     async def complete(
         self,
@@ -392,19 +406,22 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         version: Version | None = None,
+        logprobs: int | None = None,
     ) -> Completion:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
-        :meth:`generate`: text, or chat messages)."""
+        :meth:`generate`: text, or chat messages; with ``logprobs``, ``.logprobs`` holds each
+        token's :class:`~wsserve_client.TokenLogprob`)."""
         gen = self.generate(
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
+            logprobs=logprobs,
         )
         async with gen:
             async for _ in gen:
                 pass
         r = gen.result
         return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing, version=r.version,
-                          prompt_tokens=r.prompt_tokens)
+                          prompt_tokens=r.prompt_tokens, logprobs=r.logprobs)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The server's models with shapes, parameter counts and metrics.

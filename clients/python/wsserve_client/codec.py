@@ -27,6 +27,8 @@ from .results import (
     PredictResult,
     ServerHello,
     StreamSummary,
+    TokenLogprob,
+    TopLogprob,
     VersionStatus,
 )
 from .tensors import Tensor, as_tensor, encode_frame
@@ -42,6 +44,7 @@ __all__ = [
     "encode_auth",
     "encode_admin",
     "check_version",
+    "check_logprobs",
     "Version",
     "ADMIN_OPS",
     "timeout_to_ms",
@@ -50,6 +53,7 @@ __all__ = [
     "parse_result",
     "parse_chunk",
     "parse_token",
+    "parse_token_logprobs",
     "split_attributions",
     "ATTRIBUTIONS_SUFFIX",
     "parse_stream_done",
@@ -119,6 +123,26 @@ def check_version(version: Version | None) -> Version | None:
     if version < 1:
         raise ValueError(f"version must be >= 1, got {version}")
     return version
+
+
+def check_logprobs(logprobs: int | None) -> int | None:
+    """``logprobs`` checked: ``None`` (off) or an integer >= 0, the number of likeliest tokens to
+    report with each generated token (``bool`` is refused: OpenAI's chat ``logprobs=True`` is
+    ``logprobs=0`` here). The upper bound is the server's (``hello`` limit ``max_logprobs``, 20
+    for wsserve): above it the server answers ``bad_request``.
+
+    Raises:
+        TypeError: not an integer. ValueError: negative.
+    """
+    if logprobs is None:
+        return None
+    if isinstance(logprobs, bool) or not isinstance(logprobs, int):
+        raise TypeError(f"logprobs must be an integer >= 0 (how many likeliest tokens to report with each "
+                        f"token) or None, got {type(logprobs).__name__} {logprobs!r:.40}")
+    if logprobs < 0:
+        raise ValueError(f"logprobs must be >= 0 (how many likeliest tokens to report with each token), "
+                         f"got {logprobs}")
+    return logprobs
 
 
 def encode_predict(
@@ -203,13 +227,19 @@ def encode_generate(
     timeout: float | None = None,
     priority: int = 0,
     version: Version | None = None,
+    logprobs: int | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
     ``stop`` string is sent as a one-element list. ``prompt`` is the text to continue, or a
     conversation (a sequence of ``{"role": ..., "content": ...}`` mappings, OpenAI's chat
     messages) sent as ``messages``: the server makes the prompt with the model's chat template
     and checks the messages (``bad_request`` naming the field). Anything else is a ``TypeError``
-    here, before a request is sent."""
+    here, before a request is sent. ``logprobs`` (``k``, see :func:`check_logprobs`; 0 is sent)
+    asks for each token's log-probability and the ``k`` likeliest tokens.
+
+    Raises:
+        TypeError, ValueError: a bad ``prompt``, ``version`` or ``logprobs``.
+    """
     frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model}
     if isinstance(prompt, str):
         frame["prompt"] = prompt
@@ -220,7 +250,7 @@ def encode_generate(
     sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                 "min_p": min_p, "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
                 "logit_bias": None if logit_bias is None else {str(t): b for t, b in logit_bias.items()},
-                "seed": seed}
+                "seed": seed, "logprobs": check_logprobs(logprobs)}
     frame.update((name, value) for name, value in sampling.items() if value is not None)
     if stop is not None:
         frame["stop"] = [stop] if isinstance(stop, str) else list(stop)
@@ -294,7 +324,8 @@ def _limit(limits: dict[str, Any], name: str) -> int | None:
 def parse_hello(frame: dict[str, Any]) -> ServerHello:
     """Build :class:`ServerHello` from a ``hello`` frame.
 
-    Missing fields become defaults. A limit the client relies on (:data:`LIMIT_NAMES`) that is
+    Missing fields become defaults; ``max_logprobs`` is kept when it is an integer >= 0 (the
+    client does not enforce it: the server refuses a larger ``logprobs``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
     not an integer in ``[1, 2**53]`` — a string, a float, a negative or zero count, an absurd
     size — is not trusted: it is logged as a warning and treated as not announced (``None``),
     exactly like a server that does not send it; ``limits`` that is not an object likewise.
@@ -319,7 +350,8 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
         server=str(frame.get("server", "")),
         version=str(frame.get("version", "")),
         protocol=protocol,
-        limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES}),
+        limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES},
+                      max_logprobs=_opt_count(lim.get("max_logprobs"))),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )
 
@@ -481,6 +513,48 @@ def parse_token(frame: dict[str, Any]) -> str:
     raise _bad(frame, f"'text' = {text!r:.40}, not a string")
 
 
+def parse_token_logprobs(frame: dict[str, Any], text: str) -> TokenLogprob:
+    """The :class:`TokenLogprob` of a ``token`` frame of a generate that asked for ``logprobs``
+    (``text``: the frame's, from :func:`parse_token`). ``logprob`` is a number or null;
+    ``top_logprobs`` a list of ``{"id", "text", "logprob"}`` objects. Values are not checked
+    (a ``logprob`` above 0 is the server's to answer for); extra fields are ignored.
+
+    Raises:
+        ProtocolError: a field is missing (a server that does not support ``logprobs`` ignores
+            the request field and sends plain token frames) or has the wrong type.
+    """
+    if "logprob" not in frame or "top_logprobs" not in frame:
+        raise _bad(frame, "no 'logprob'/'top_logprobs' though the generate asked for logprobs (a server without "
+                          "logprobs support ignores the field: its hello has no limit 'max_logprobs')")
+    logprob = _logprob(frame, frame["logprob"], "'logprob'")
+    top = frame["top_logprobs"]
+    if type(top) is not list:
+        raise _bad(frame, f"'top_logprobs' of type {type(top).__name__}, not a list")
+    alternatives = []
+    for i, entry in enumerate(top):
+        where = f"'top_logprobs'[{i}]"
+        if type(entry) is not dict:
+            raise _bad(frame, f"{where} of type {type(entry).__name__}, not an object")
+        token_id, token_text = entry.get("id"), entry.get("text")
+        if type(token_id) is not int or token_id < 0:
+            raise _bad(frame, f"{where}.id = {token_id!r:.40}, not a token id")
+        if type(token_text) is not str:
+            raise _bad(frame, f"{where}.text = {token_text!r:.40}, not a string")
+        if "logprob" not in entry:
+            raise _bad(frame, f"no {where}.logprob")
+        alternatives.append(TopLogprob(token_id, token_text, _logprob(frame, entry["logprob"], f"{where}.logprob")))
+    return TokenLogprob(text, logprob, tuple(alternatives))
+
+
+def _logprob(frame: dict[str, Any], value: Any, where: str) -> float | None:
+    """A log-probability from a frame: a JSON number (as a float) or null."""
+    if value is None or type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _bad(frame, f"{where} = {value!r:.40}, not a number or null")
+
+
 def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:
     """Build :class:`StreamSummary` from the ``done`` frame of a streamed predict.
 
@@ -497,8 +571,10 @@ def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:
     )
 
 
-def parse_generation_done(frame: dict[str, Any], text: str) -> GenerationResult:
-    """Build :class:`GenerationResult` from a generation's ``done`` frame and its text.
+def parse_generation_done(frame: dict[str, Any], text: str,
+                          logprobs: Sequence[TokenLogprob] | None = None) -> GenerationResult:
+    """Build :class:`GenerationResult` from a generation's ``done`` frame, its text and (for a
+    generate that asked for them) its tokens' :class:`TokenLogprob` records.
 
     Raises:
         ProtocolError: a field has the wrong type.
@@ -511,6 +587,7 @@ def parse_generation_done(frame: dict[str, Any], text: str) -> GenerationResult:
         request_id=frame["id"],
         version=_version_field(frame),
         prompt_tokens=_opt_count(frame.get("prompt_tokens")),
+        logprobs=None if logprobs is None else tuple(logprobs),
     )
 
 

@@ -17,6 +17,8 @@ __all__ = [
     "PredictResult",
     "Chunk",
     "StreamSummary",
+    "TopLogprob",
+    "TokenLogprob",
     "GenerationResult",
     "Completion",
     "ModelInfo",
@@ -38,6 +40,8 @@ class Limits:
     max_tokens: int | None = None
     #: Longest header of a binary tensor frame the server reads (its id included).
     max_binary_header_bytes: int | None = None
+    #: The largest ``logprobs`` a generate may ask for (absent from a server without logprobs).
+    max_logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +99,42 @@ class StreamSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the likeliest tokens at a generation step: its token ``id`` (of the model's
+    vocabulary), ``text`` and ``logprob`` (natural log of its probability; ``None`` when the
+    model's logits were not finite)."""
+
+    id: int
+    text: str
+    logprob: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability, from a ``token`` frame of a generate with ``logprobs``.
+
+    ``text`` is the token's text as streamed; ``logprob`` the natural log of the probability the
+    model gave it (``<= 0``; ``None`` when the model's logits were not finite), by the model's
+    own distribution (before penalties, ``logit_bias``, temperature and truncation); ``top``
+    the ``k`` likeliest tokens of that step (``logprobs=k``), likeliest first, ties by lowest id
+    (empty for ``k = 0``). The chosen token may or may not be among them.
+    """
+
+    text: str
+    logprob: float | None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationResult:
     """The ``done`` frame ending a generation, plus the text streamed before it.
 
     ``reason`` is ``"length"``, ``"stop"`` or ``"cancelled"``; ``tokens`` is the server's
     count; ``text`` is the concatenation of the tokens this client received; ``version`` the
     model version that generated it and ``prompt_tokens`` the token ids the model was given for
-    the prompt (each ``None`` from a server that does not say).
+    the prompt (each ``None`` from a server that does not say). ``logprobs``: one
+    :class:`TokenLogprob` per token received, in order, when the generate asked for ``logprobs``
+    (``None`` otherwise).
     """
 
     reason: str
@@ -111,11 +144,13 @@ class GenerationResult:
     request_id: int | str
     version: str | None = None
     prompt_tokens: int | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """Result of :meth:`Client.complete`: the whole generated text and how it ended."""
+    """Result of :meth:`Client.complete`: the whole generated text and how it ended;
+    ``logprobs`` as for :class:`GenerationResult` (``None`` unless asked for)."""
 
     text: str
     reason: str
@@ -123,6 +158,7 @@ class Completion:
     timing: Mapping[str, Any]
     version: str | None = None
     prompt_tokens: int | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,15 +25,21 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ._calls import Call, StreamCall
 from ._connection import Connection
 from .backoff import RetryPolicy
-from .codec import parse_chunk, parse_generation_done, parse_stream_done, parse_token
+from .codec import (
+    parse_chunk,
+    parse_generation_done,
+    parse_stream_done,
+    parse_token,
+    parse_token_logprobs,
+)
 from .errors import DeadlineExceeded, ProtocolError, WsserveError
-from .results import Chunk, GenerationResult, StreamSummary
+from .results import Chunk, GenerationResult, StreamSummary, TokenLogprob
 
 __all__ = ["PredictStream", "Generation"]
 
@@ -322,7 +328,10 @@ class Generation(_Stream[str]):
     ``charlm``) as they are generated.
 
     After iteration completes, :attr:`result` holds reason, token count, timing and the
-    whole text; :attr:`text` is the text received so far at any time.
+    whole text; :attr:`text` is the text received so far at any time. For a generate with
+    ``logprobs``, :attr:`logprobs` holds a :class:`~wsserve_client.TokenLogprob` per token
+    received so far (the one of the text just yielded is ``logprobs[-1]``); a token frame
+    without them fails the stream with :class:`ProtocolError` (a server without ``logprobs``).
     """
 
     item_kind = "token"
@@ -336,9 +345,11 @@ class Generation(_Stream[str]):
         timeout: float | None,
         retry: RetryPolicy | None,
         max_buffer_bytes: int | None = None,
+        logprobs: bool = False,
     ) -> None:
         super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
         self._parts: list[str] = []
+        self._logprobs: list[TokenLogprob] | None = [] if logprobs else None
         self._result: GenerationResult | None = None
 
     async def __aenter__(self) -> Generation:
@@ -347,11 +358,13 @@ class Generation(_Stream[str]):
 
     def _item(self, frame: dict[str, Any]) -> str:
         text = parse_token(frame)
+        if self._logprobs is not None:
+            self._logprobs.append(parse_token_logprobs(frame, text))
         self._parts.append(text)
         return text
 
     def _on_done(self, frame: dict[str, Any]) -> None:
-        self._result = parse_generation_done(frame, "".join(self._parts))
+        self._result = parse_generation_done(frame, "".join(self._parts), self._logprobs)
 
     @property
     def text(self) -> str:
@@ -359,9 +372,16 @@ class Generation(_Stream[str]):
         return "".join(self._parts)
 
     @property
+    def logprobs(self) -> Sequence[TokenLogprob] | None:
+        """One :class:`~wsserve_client.TokenLogprob` per token received so far, in order (the
+        stream's own list, appended to as tokens arrive: read it, do not modify it); ``None``
+        when the generate did not ask for ``logprobs``."""
+        return self._logprobs
+
+    @property
     def result(self) -> GenerationResult:
         """The finished generation (``reason`` ``length``/``stop``/``cancelled``, ``tokens``,
-        ``timing``, ``text``).
+        ``timing``, ``text``, and ``logprobs`` when asked for).
 
         Raises:
             RuntimeError: the generation has not completed (still running, failed or closed).
