@@ -91,10 +91,13 @@ class _Sink:
     def __init__(self, t0: float, all_done: list[int], event: asyncio.Event) -> None:
         self.t0, self.first, self.tokens, self.done = t0, 0.0, 0, (all_done, event)
 
-    def on_token(self, seq: int, text: str, logprobs: Any = None) -> None:
+    def on_token(self, seq: int, text: str) -> None:
         if seq == 0:
             self.first = time.perf_counter() - self.t0
         self.tokens += 1
+
+    def on_token_logprobs(self, seq: int, text: str, logprobs: Any) -> None:
+        self.on_token(seq, text)
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         remaining, event = self.done

@@ -95,6 +95,9 @@ class RecordingSink:
     def text(self) -> str:
         return "".join(self.tokens)
 
+    def on_token_logprobs(self, seq: int, text: str, logprobs: Any) -> None:
+        self.on_token(seq, text, logprobs)
+
     def on_token(self, seq: int, text: str, logprobs: Any = None) -> None:
         if self.ended:
             self.violations.append(f"token {seq} after the terminal callback")

@@ -349,14 +349,17 @@ class GenerateJob(Job):
 
     # -- engine sink
 
-    def on_token(self, seq: int, text: str, logprobs: TokenLogprobs | None = None) -> None:
+    def on_token(self, seq: int, text: str) -> None:
         if self.finished:
             return
         self.tokens = seq + 1
-        if logprobs is None:
-            self.owner.send(encode_token(self._prefix, seq, text))
-        else:
-            self.owner.send(encode_token_logprobs(self._prefix, seq, text, logprobs))
+        self.owner.send(encode_token(self._prefix, seq, text))
+
+    def on_token_logprobs(self, seq: int, text: str, logprobs: TokenLogprobs) -> None:
+        if self.finished:
+            return
+        self.tokens = seq + 1
+        self.owner.send(encode_token_logprobs(self._prefix, seq, text, logprobs))
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         self.finish(reason, tokens, timing)

@@ -34,7 +34,8 @@ as from any step (``isolated_steps``, and the observer's optional
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
     on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed token
-    on_token(seq, text, logprobs)        # the same, for a generation with ``logprobs``
+    on_token_logprobs(seq, text, logprobs)   # instead, for a generation with ``logprobs``
+                                         # (needed only by a sink that asks for them)
     on_done(reason: str, tokens: int, timing: dict)   # "length" | "stop" | "cancelled"
     on_error(exc: WsserveError)          # DeadlineExceeded, ShuttingDown, Internal
 
@@ -104,7 +105,9 @@ class StepObserver(Protocol):
 
 
 class TokenSink(Protocol):
-    def on_token(self, seq: int, text: str, logprobs: TokenLogprobs | None = None) -> None: ...
+    def on_token(self, seq: int, text: str) -> None: ...
+
+    def on_token_logprobs(self, seq: int, text: str, logprobs: TokenLogprobs) -> None: ...
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None: ...
 
@@ -487,7 +490,7 @@ class GenerationEngine:
                         elif type(text) is str:
                             sink.on_token(n, text)
                         else:  # a LoggedText: the token's text and its logprobs
-                            sink.on_token(n, text.text, text.logprobs)
+                            sink.on_token_logprobs(n, text.text, text.logprobs)
                 else:  # a token block: (on_token, n, text, seq) rows
                     for on_token, n, text, seq in it:
                         on_token(n, text)

@@ -27,6 +27,9 @@ import numpy as np
 
 __all__ = ["LogprobRows", "StepLogprobs", "TokenLogprobs", "prompt_logprobs", "step_logprobs"]
 
+#: Up to this many logits in a step's rows with logprobs, the top ``k`` come from one stable sort.
+_FULL_SORT_MAX = 4096
+
 #: Prompt positions scored per ``logits()`` call (bounds the ``[rows, V]`` arrays of one call).
 PROMPT_ROWS_PER_CALL = 256
 
@@ -68,29 +71,33 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
     chosen ``tokens [B]``.  Pure; thread-safe.  A row of non-finite logits gives NaN (its
     token was chosen by the sampler all the same)."""
     rows = spec.rows
-    z = logits.take(rows, axis=0).astype(np.float64, copy=False)  # [L, V] (take copies)
+    z = logits if len(rows) == len(logits) else logits.take(rows, axis=0)  # (rows ascending, distinct)
+    if z.dtype != np.float64:
+        z = z.astype(np.float64)
+    n = len(rows)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite rows: NaN
-        z = z - z.max(axis=1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))  # log-softmax
-    chosen = z[np.arange(len(rows)), tokens.take(rows)]
-    k = spec.k
+        m = z.max(axis=1)
+        lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))  # [L] log of the softmax's denominator
+        chosen = z[np.arange(n), tokens.take(rows)] - lse
+    k = min(spec.k, z.shape[1])
     if k == 0:
-        empty = np.zeros((len(rows), 0))
-        return StepLogprobs(chosen, empty.astype(np.int64), empty)
+        return StepLogprobs(chosen, np.zeros((n, 0), np.int64), np.zeros((n, 0)))
     v = z.shape[1]
-    k = min(k, v)
-    # Highest first, ties by lowest id.  The k largest by argpartition, then ordered; if the
-    # k-th value is tied, argpartition may have kept any of the tied ids: a stable full sort then.
-    if k < v // 4:
-        part = np.argpartition(-z, k - 1, axis=1)[:, :k]  # [L, k] the k largest, unordered
-        vals = np.take_along_axis(z, part, axis=1)
-        kth = vals.min(axis=1, keepdims=True)
-        if int((z == kth).sum(axis=1).max()) <= 1:
-            ids = np.take_along_axis(part, np.lexsort((part, -vals), axis=1), axis=1)
-            return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1))
-    ids = np.argsort(-z, axis=1, kind="stable")[:, :k]  # (NaN rows sort last, harmlessly)
-    return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1))
-
+    # Highest first, ties by lowest id.  Small arrays: one stable sort of each row (one call).
+    # Larger: the k largest by argpartition, ordered by (value, id); valid when exactly k values
+    # reach the k-th (argpartition keeps any of the ids tied at the boundary): else the full sort.
+    # (Measured here, V = 96: a sort of 1 row 2 us, the partition path ~20 us; 64 rows 133 vs 70.)
+    neg = -z
+    ids = None
+    if z.size > _FULL_SORT_MAX and k < v // 4:
+        part = np.argpartition(neg, k - 1, axis=1)[:, :k]  # [L, k] the k largest, unordered
+        vals = np.take_along_axis(neg, part, axis=1)
+        if bool(((neg <= vals.max(axis=1, keepdims=True)).sum(axis=1) == k).all()):
+            ids = np.take_along_axis(part, np.lexsort((part, vals), axis=1), axis=1)
+    if ids is None:
+        ids = np.argsort(neg, axis=1, kind="stable")[:, :k]  # (NaN rows sort last, harmlessly)
+    with np.errstate(invalid="ignore"):
+        return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1) - lse[:, None])
 
 def prompt_logprobs(logits: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, *, context_len: int, pad_id: int,
                     id_to_text: Sequence[str], k: int) -> list[TokenLogprobs | None]:

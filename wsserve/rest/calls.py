@@ -368,16 +368,24 @@ class CompletionCall(Call):
 
     # -- TokenSink
 
-    def on_token(self, seq: int, text: str, logprobs: TokenLogprobs | None = None) -> None:
+    def on_token(self, seq: int, text: str) -> None:
         if self.finished:
             return
         self.tokens = seq + 1
         if self.stream:
-            self.exchange.send(self.encoder.token_event(text) if logprobs is None
-                               else self.encoder.token_event(text, logprobs))  # type: ignore[call-arg]
+            self.exchange.send(self.encoder.token_event(text))
         else:
             self._texts.append(text)
-            if self._logged is not None and logprobs is not None:
+
+    def on_token_logprobs(self, seq: int, text: str, logprobs: TokenLogprobs) -> None:
+        if self.finished:
+            return
+        self.tokens = seq + 1
+        if self.stream:
+            self.exchange.send(self.encoder.token_event(text, logprobs))  # type: ignore[call-arg]
+        else:
+            self._texts.append(text)
+            if self._logged is not None:
                 self._logged.append((text, logprobs))
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
