@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_generate import run_engine, served_charlm  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -70,7 +71,8 @@ def main() -> None:
         "## Sampling options: what `top_p`, the penalties and `logprobs` cost a step (`generate`, charlm)", "",
         f"Command: `{cmd.strip()}` - {args.runs} interleaved rounds, medians; {args.tokens} tokens per stream, "
         "every other stream sampled (temperature 0.8, seeded), the rest greedy; the engine in-process on the "
-        f"server's charlm (96-token vocabulary). {platform.python_implementation()} {platform.python_version()}, "
+        f"server's charlm (96-token vocabulary). {describe()['cpu']}, {platform.python_implementation()} "
+        f"{platform.python_version()}, "
         f"numpy {np.__version__}, one BLAS thread, {os.cpu_count()} cores (load average "
         f"{os.getloadavg()[0]:.1f} at the start). CPU us/token: the process's CPU time per streamed token. "
         "Ratio: the variant's tokens/s over `plain`'s in the same round, median over rounds.", "",
