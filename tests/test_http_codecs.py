@@ -234,13 +234,17 @@ def test_completion_events() -> None:
     event = enc.token_event('a"b')
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
     assert json.loads(event[6:])["choices"] == [{"text": 'a"b', "index": 0, "logprobs": None, "finish_reason": None}]
-    tail = enc.final_events("stop", 2, 5, True).split(b"\n\n")
+    tail = (enc.choice_end_event("stop") + enc.tail_events(2, 5, True)).split(b"\n\n")
     assert json.loads(tail[0][6:])["choices"][0]["finish_reason"] == "stop"
     assert json.loads(tail[1][6:])["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
     assert tail[2] == b"data: [DONE]" and tail[3] == b""
-    whole = json.loads(enc.response("hey", "length", 4, 3))
+    assert enc.tail_events(2, 5, False) == b"data: [DONE]\n\n"
+    whole = json.loads(enc.response([("hey", "length", None)], 4, 3))
     assert whole["id"] == "cmpl-x" and whole["created"] == 123 and whole["choices"][0]["text"] == "hey"
     assert whole["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+    two = json.loads(enc.response([("a", "stop", None), ("b", "length", None)], 4, 3))["choices"]
+    assert [(c["index"], c["text"], c["finish_reason"]) for c in two] == [(0, "a", "stop"), (1, "b", "length")]
+    assert json.loads(enc.token_event("x", 3)[6:])["choices"][0]["index"] == 3
 
 
 # --------------------------------------------------------------------------- error envelopes

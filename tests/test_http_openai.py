@@ -120,8 +120,10 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"logit_bias": {"a": 1}}, "logit_bias"),
         ({"logit_bias": {"1": 500}}, "logit_bias"),
         ({"logit_bias": {"96": 1}}, "logit_bias"),  # charlm has 96 tokens: checked when queued
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
+        ({"n": 0}, "n"),
         ({"logprobs": 21}, "logprobs"),
+        ({"n": 2, "best_of": 3}, "best_of"),
         ({"logprobs": True}, "logprobs"),
         ({"extra_body": {"echo": 1}}, "echo"),
         ({"max_tokens": 10**9}, "max_tokens"),

@@ -689,7 +689,7 @@ class HttpApi:
     def _submit(call: CompletionCall, entry: Any, completion: Any, session: HttpSession) -> None:
         """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias`` named)."""
         try:
-            call.handle = entry.worker.submit(completion.params, call, group=session)
+            call.submit(completion.params, session)
         except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
             raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
 

@@ -14,6 +14,7 @@ Sans-I/O: the session is given its clock; calls touch no socket.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..pool import ModelEntry
 
-__all__ = ["Call", "CompletionCall", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall"]
+__all__ = ["Call", "CompletionCall", "CompletionChoice", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall"]
 
 JSON = "application/json"
 _NO_HEADERS: tuple[tuple[str, str], ...] = ()  # never mutated
@@ -310,53 +311,81 @@ class InferCall(PredictCall):
 
 class CompletionCall(Call):
     """``POST /v1/completions``, ``/v1/chat/completions`` or Triton's ``generate``/``generate_stream``:
-    the engine's token sink; a JSON answer, or Server-Sent Events when streamed (the bytes are
-    the ``encoder``'s)."""
+    ``n`` generations (one :class:`CompletionChoice` each, the engine's token sinks); a JSON answer
+    once every choice ended, or Server-Sent Events as tokens come (the bytes are the ``encoder``'s).
+    A choice that fails fails the call (the others are cancelled)."""
 
-    __slots__ = ("engine", "handle", "encoder", "stream", "include_usage", "tokens", "scoring", "streaming", "_texts",
-                 "_logged", "_echo", "_echo_logged")
+    __slots__ = ("engine", "choices", "encoder", "stream", "include_usage", "scoring", "streaming", "echo",
+                 "echo_logged", "logged", "_open")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
                  completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
                  headers: list[tuple[str, str]] | None, style: Style = "openai") -> None:
         super().__init__(session, exchange, entry, "generate", style, received_at, headers)
         self.engine = entry.worker
-        self.handle: Any = None
         self.encoder = encoder
         self.stream = completion.stream
         self.include_usage = completion.include_usage
-        self.tokens = 0
-        self._texts: list[str] = []
-        #: with logprobs, not streamed: each token's text and record
-        self._logged: list[tuple[str, TokenLogprobs | None]] | None = (
-            None if completion.params.logprobs is None or completion.stream else [])
-        #: ``echo``: the prompt, sent before the generated text, and (with logprobs) its tokens' records
-        self._echo = completion.params.prompt if completion.echo else None
-        self._echo_logged: list[tuple[str, TokenLogprobs | None]] | None = None
+        #: with logprobs, not streamed: each choice keeps each token's text and record
+        self.logged = completion.params.logprobs is not None and not completion.stream
+        #: ``echo``: the prompt, sent before each choice's text, and (with logprobs) its tokens' records
+        self.echo = completion.params.prompt if completion.echo else None
+        self.echo_logged: list[tuple[str, TokenLogprobs | None]] | None = None
         #: the future of the prompt's records while they are computed (``echo`` with ``logprobs``)
         self.scoring: Any = None
         #: the 200 and the stream's first events are out
         self.streaming = False
+        self.choices = [CompletionChoice(self, i) for i in range(completion.n)]
+        self._open = completion.n  # choices not ended yet
+
+    @property
+    def tokens(self) -> int:
+        """Tokens sent so far, over every choice (``usage.completion_tokens``, the metric)."""
+        return sum(c.tokens for c in self.choices)
+
+    @property
+    def handle(self) -> Any:
+        """The first choice's generation (its ``prompt_tokens``)."""
+        return self.choices[0].handle
 
     def scored(self, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
         """The prompt's tokens' texts and records, for ``echo`` with ``logprobs``."""
-        self._echo_logged = logged
+        self.echo_logged = logged
+
+    def submit(self, params: Any, group: Any) -> None:
+        """Queue every choice's generation (choice ``i`` seeded ``seed + i``).  Raises what the
+        engine raises; the choices queued before it are cancelled then."""
+        try:
+            for choice in self.choices:
+                p = params
+                if choice.index and params.seed is not None:
+                    p = dataclasses.replace(params, seed=(params.seed + choice.index) & 0xFFFF_FFFF_FFFF_FFFF)
+                choice.handle = self.engine.submit(p, choice, group=group)
+        except Exception:
+            for choice in self.choices:
+                if choice.handle is not None:
+                    choice.ended = True  # its on_done("cancelled") is not an answer
+                    self.engine.cancel(choice.handle)
+            raise
 
     def start_stream(self) -> None:
-        """Send the 200 and what a stream begins with (the role; the echoed prompt)."""
+        """Send the 200 and what a stream begins with (per choice: the role; the echoed prompt)."""
         self.streaming = True
         self.exchange.start_stream(200, "text/event-stream", [("Cache-Control", "no-cache"), *self.headers])
-        start = self.encoder.start_events()
-        if self._echo is not None:
-            start += self.encoder.echo_event(self._echo, self._echo_logged)  # type: ignore[union-attr]
+        start = b""
+        for choice in self.choices:
+            start += self.encoder.start_events(choice.index)
+            if self.echo is not None:
+                start += self.encoder.echo_event(self.echo, self.echo_logged, choice.index)  # type: ignore[union-attr]
         if start:
             self.exchange.send(start)
 
     def _stop_work(self) -> None:
         if self.scoring is not None:
             self.scoring.cancel()
-        if self.handle is not None:
-            self.engine.cancel(self.handle)  # its on_done("cancelled") finds the call finished
+        for choice in self.choices:
+            if choice.handle is not None and not choice.ended:
+                self.engine.cancel(choice.handle)  # its on_done("cancelled") finds the call finished
 
     def _error(self, exc: WsserveError) -> None:
         if not self.streaming:
@@ -366,50 +395,85 @@ class CompletionCall(Call):
         self.exchange.send(self.encoder.error_event(exc))
         self.exchange.end_stream()
 
-    # -- TokenSink
+    def choice_ended(self, choice: CompletionChoice, reason: str) -> None:
+        """``choice`` ended with ``reason`` (``length``, ``stop``, ``cancelled``); the answer once all have."""
+        self._open -= 1
+        if reason == "cancelled":  # not by us (we end first): answer what there is
+            choice.reason, choice.cancelled = "stop", True
+        if self.stream:
+            self.exchange.send(self.encoder.choice_end_event(choice.reason, choice.index))
+        if self._open:
+            return
+        if not self._end("cancelled" if any(c.cancelled for c in self.choices) else "ok"):
+            return
+        prompt_tokens = self.choices[0].handle.prompt_tokens  # set by submit, before any sink call
+        tokens = self.tokens
+        if self.stream:
+            self.exchange.send(self.encoder.tail_events(prompt_tokens, tokens, self.include_usage))
+            self.exchange.end_stream()
+            return
+        echo = self.echo
+        answers = []
+        for c in self.choices:
+            text = "".join(c.texts)
+            logged = c.logged
+            if echo is not None:
+                text = echo + text
+                if logged is not None:
+                    logged = [*(self.echo_logged or ()), *logged]
+            answers.append((text, c.reason, logged))
+        self._answer(self.encoder.response(answers, prompt_tokens, tokens))
+
+
+class CompletionChoice:
+    """One choice of a :class:`CompletionCall`: the engine's sink for its generation."""
+
+    __slots__ = ("call", "index", "handle", "tokens", "texts", "logged", "reason", "ended", "cancelled")
+
+    def __init__(self, call: CompletionCall, index: int) -> None:
+        self.call = call
+        self.index = index
+        self.handle: Any = None
+        self.tokens = 0
+        self.texts: list[str] = []
+        self.logged: list[tuple[str, TokenLogprobs | None]] | None = [] if call.logged else None
+        self.reason = ""
+        self.ended = False
+        self.cancelled = False
 
     def on_token(self, seq: int, text: str) -> None:
-        if self.finished:
+        call = self.call
+        if call.finished:
             return
         self.tokens = seq + 1
-        if self.stream:
-            self.exchange.send(self.encoder.token_event(text))
+        if call.stream:
+            call.exchange.send(call.encoder.token_event(text, self.index))
         else:
-            self._texts.append(text)
+            self.texts.append(text)
 
     def on_token_logprobs(self, seq: int, text: str, logprobs: TokenLogprobs) -> None:
-        if self.finished:
+        call = self.call
+        if call.finished:
             return
         self.tokens = seq + 1
-        if self.stream:
-            self.exchange.send(self.encoder.token_event(text, logprobs))  # type: ignore[call-arg]
+        if call.stream:
+            call.exchange.send(call.encoder.token_event_logprobs(text, logprobs, self.index))  # type: ignore[union-attr]
         else:
-            self._texts.append(text)
-            if self._logged is not None:
-                self._logged.append((text, logprobs))
+            self.texts.append(text)
+            if self.logged is not None:
+                self.logged.append((text, logprobs))
 
     def on_done(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
-        self.tokens = tokens
-        if not self._end("ok" if reason != "cancelled" else "cancelled"):
+        if self.ended:
             return
-        if reason == "cancelled":  # not by us (we end first): answer what there is
-            reason = "stop"
-        prompt_tokens = self.handle.prompt_tokens  # set by submit, before any sink call
-        if self.stream:
-            self.exchange.send(self.encoder.final_events(reason, prompt_tokens, tokens, self.include_usage))
-            self.exchange.end_stream()
-        else:
-            text = "".join(self._texts)
-            logged = self._logged
-            if self._echo is not None:
-                text = self._echo + text
-                if logged is not None:
-                    logged = [*(self._echo_logged or ()), *logged]
-            if logged is None:
-                self._answer(self.encoder.response(text, reason, prompt_tokens, tokens))
-            else:
-                self._answer(self.encoder.response(text, reason, prompt_tokens, tokens,  # type: ignore[call-arg]
-                                                   logged))
+        self.ended = True
+        self.tokens, self.reason = tokens, reason
+        if not self.call.finished:
+            self.call.choice_ended(self, reason)
 
     def on_error(self, exc: WsserveError) -> None:
-        self.fail(exc)
+        if self.ended:
+            return
+        self.ended = True
+        self.call.fail(exc)
+

@@ -5,7 +5,7 @@
   engine's :class:`~wsserve.protocol.GenerationParams` plus the stream
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
-  rather than ignored: ``n``/``best_of`` other than 1,
+  rather than ignored: ``best_of`` other than ``n``,
   ``suffix``, vLLM's ``repetition_penalty``,
   token-id
   prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
@@ -15,7 +15,9 @@
   ``logprobs`` (0 to :data:`~wsserve.protocol.MAX_LOGPROBS` likeliest alternatives per token,
   as vLLM takes it; OpenAI's own limit is 5), and ``echo`` (the prompt before the generated
   text; with ``logprobs``, the prompt's own tokens are scored too: the first one's values are
-  null, as OpenAI's); ``user`` and unknown fields are ignored.
+  null, as OpenAI's), and ``n`` (1 to :data:`MAX_N` choices, each a generation of its own; with a
+  ``seed``, choice ``i`` is seeded ``seed + i``, so choice 0 is the answer to ``n: 1``); ``user``
+  and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
   ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio, JSON output and
@@ -56,21 +58,24 @@ from ..protocol import (
 )
 from .errors import error_response
 
-__all__ = ["ChatCompletionEncoder", "Completion", "CompletionEncoder", "DONE", "ParamError", "error_event",
+__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_N", "ParamError", "error_event",
            "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
 
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
+#: ``n``: at most this many choices per request (each is a generation of its own in the batch).
+MAX_N = 16
+
 _NEUTRAL = {
-    "n": (None, 1), "best_of": (None, 1), "suffix": (None, ""),
+    "suffix": (None, ""),
     "repetition_penalty": (None, 1, 1.0),
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
-    "n": (None, 1), "repetition_penalty": (None, 1, 1.0),
+    "repetition_penalty": (None, 1, 1.0),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
 }
@@ -96,6 +101,8 @@ class Completion:
     messages: tuple[ChatMessage, ...] | None = None
     #: ``/v1/completions``' ``echo``: the answer's text begins with the prompt.
     echo: bool = False
+    #: Choices to generate (``n``): each a generation of its own, choice ``i`` seeded ``seed + i``.
+    n: int = 1
 
     def with_prompt(self, prompt: str) -> Completion:
         """The same request generating from ``prompt`` (a chat's, from the model's template)."""
@@ -125,7 +132,12 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     echo = obj.get("echo")
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
-    return replace(_completion(obj, model, prompt, max_tokens, None, logprobs), echo=bool(echo))
+    best_of = obj.get("best_of")
+    n = _n(obj)
+    if best_of is not None and best_of != n:
+        raise ParamError("best_of", f"'best_of' is not supported other than equal to 'n' ({n}): wsserve returns "
+                                    f"every choice it generates; got {_shown(best_of)}")
+    return replace(_completion(obj, model, prompt, max_tokens, None, logprobs), echo=bool(echo), n=n)
 
 
 def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
@@ -148,7 +160,17 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     max_tokens = _max_tokens(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
         max_tokens = _max_tokens(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
-    return _completion(obj, model, "", max_tokens, messages, _chat_logprobs(obj))
+    return replace(_completion(obj, model, "", max_tokens, messages, _chat_logprobs(obj)), n=_n(obj))
+
+
+def _n(obj: dict[str, Any]) -> int:
+    """``n``: the number of choices, 1 to :data:`MAX_N` (default 1)."""
+    n = obj.get("n")
+    if n is None:
+        return 1
+    if type(n) is not int or not 1 <= n <= MAX_N:
+        raise ParamError("n", f"'n' must be an integer in [1, {MAX_N}] (the choices to generate), got {_shown(n)}")
+    return n
 
 
 def _chat_logprobs(obj: dict[str, Any]) -> int | None:
@@ -256,27 +278,34 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 
 
+#: One choice of a non-streamed answer: its text, its ``finish_reason`` and, when asked, each
+#: token's text and logprobs (a ``None`` record: the first token of an echoed prompt).
+Choice = tuple[str, str, "list[tuple[str, TokenLogprobs | None]] | None"]
+
+
 class CompletionEncoder:
-    """Bodies and events of one completion (``id``: ``cmpl-...``; ``created``: Unix seconds).
+    """Bodies and events of one completion (``id``: ``cmpl-...``; ``created``: Unix seconds) and its
+    ``n`` choices (``index`` 0 to n - 1).
 
     ``usage`` counts tokens: ``prompt_tokens`` is the number of token ids the model was given
-    for the prompt (the generation's ``Sequence.prompt_tokens``), ``tokens`` the tokens sent."""
+    for the prompt (the generation's ``Sequence.prompt_tokens``, counted once whatever ``n``),
+    ``tokens`` the tokens sent in all choices."""
 
-    __slots__ = ("_head", "_token_prefix", "_offset")
+    __slots__ = ("_head", "_token_prefix", "_offsets")
 
     def __init__(self, completion_id: str, created: int, model: str) -> None:
         self._head = (b'{"id":' + orjson.dumps(completion_id) + b',"object":"text_completion","created":'
                       + str(created).encode() + b',"model":' + orjson.dumps(model))
         self._token_prefix = b"data: " + self._head + b',"choices":[{"text":'
-        self._offset = 0  # characters of generated text whose logprobs went out (text_offset)
+        self._offsets: dict[int, int] = {}  # per choice: characters whose logprobs went out (text_offset)
 
     @staticmethod
     def _usage(prompt_tokens: int, tokens: int) -> bytes:
         return (b'"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}'
                 % (prompt_tokens, tokens, prompt_tokens + tokens))
 
-    def start_events(self) -> bytes:
-        """What a stream begins with before its first token (nothing, for a text completion)."""
+    def start_events(self, index: int = 0) -> bytes:
+        """What choice ``index`` of a stream begins with (nothing, for a text completion)."""
         return b""
 
     @staticmethod
@@ -284,31 +313,40 @@ class CompletionEncoder:
         """An error after the stream started (see :func:`error_event`)."""
         return error_event(error_response(exc, "openai").body)
 
-    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int,
-                 logged: list[tuple[str, TokenLogprobs]] | None = None) -> bytes:
-        """The whole (non-streamed) response; ``logged``: each token's text and logprobs, when asked."""
-        logprobs = b"null" if logged is None else self._logprobs(logged)
-        return (self._head + b',"choices":[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":' + logprobs
-                + b',"finish_reason":' + orjson.dumps(finish_reason) + b"}]," + self._usage(prompt_tokens, tokens)
-                + b"}")
+    def response(self, choices: list[Choice], prompt_tokens: int, tokens: int) -> bytes:
+        """The whole (non-streamed) response, its choices in index order."""
+        parts = []
+        for index, (text, finish_reason, logged) in enumerate(choices):
+            logprobs = b"null" if logged is None else self._logprobs(logged, index)
+            parts.append(b'{"text":' + orjson.dumps(text) + b',"index":%d,"logprobs":' % index + logprobs
+                         + b',"finish_reason":' + orjson.dumps(finish_reason) + b"}")
+        return (self._head + b',"choices":[' + b",".join(parts) + b"]," + self._usage(prompt_tokens, tokens) + b"}")
 
-    def token_event(self, text: str, logprobs: TokenLogprobs | None = None) -> bytes:
-        """One streamed token as an SSE event (with its ``logprobs``, when asked)."""
-        lp = b"null" if logprobs is None else self._logprobs([(text, logprobs)])
-        return self._token_prefix + orjson.dumps(text) + b',"index":0,"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
+    def token_event(self, text: str, index: int = 0) -> bytes:
+        """One streamed token of choice ``index`` as an SSE event."""
+        return (self._token_prefix + orjson.dumps(text) + b',"index":%d,"logprobs":null,"finish_reason":null}]}\n\n'
+                % index)
 
-    def echo_event(self, prompt: str, logged: list[tuple[str, TokenLogprobs | None]] | None) -> bytes:
-        """A stream's first chunk with ``echo``: the prompt (and its tokens' logprobs, when asked)."""
-        lp = b"null" if logged is None else self._logprobs(logged)
-        return self._token_prefix + orjson.dumps(prompt) + b',"index":0,"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
+    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
+        """One streamed token of choice ``index`` with its ``logprobs``."""
+        return (self._token_prefix + orjson.dumps(text) + b',"index":%d,"logprobs":' % index
+                + self._logprobs([(text, logprobs)], index) + b',"finish_reason":null}]}\n\n')
 
-    def _logprobs(self, logged: list[tuple[str, TokenLogprobs | None]]) -> bytes:
-        """The legacy completions ``logprobs`` object of ``logged`` tokens, after those already
-        sent (a ``None`` record, the first token of an echoed prompt: null values)."""
+    def echo_event(self, prompt: str, logged: list[tuple[str, TokenLogprobs | None]] | None, index: int = 0) -> bytes:
+        """Choice ``index``'s first chunk with ``echo``: the prompt (and its tokens' logprobs, when asked)."""
+        lp = b"null" if logged is None else self._logprobs(logged, index)
+        return (self._token_prefix + orjson.dumps(prompt) + b',"index":%d,"logprobs":' % index + lp
+                + b',"finish_reason":null}]}\n\n')
+
+    def _logprobs(self, logged: list[tuple[str, TokenLogprobs | None]], index: int) -> bytes:
+        """The legacy completions ``logprobs`` object of ``logged`` tokens of choice ``index``, after
+        those already sent (a ``None`` record, the first token of an echoed prompt: null values)."""
         offsets = []
+        offset = self._offsets.get(index, 0)
         for text, _ in logged:
-            offsets.append(self._offset)
-            self._offset += len(text)
+            offsets.append(offset)
+            offset += len(text)
+        self._offsets[index] = offset
         top: list[dict[str, float] | None] = []
         for _, record in logged:
             if record is None:
@@ -321,23 +359,26 @@ class CompletionEncoder:
                              "token_logprobs": [None if record is None else record.logprob for _, record in logged],
                              "top_logprobs": top, "text_offset": offsets})
 
-    def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
-        """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
-        out = (self._token_prefix + b'"","index":0,"logprobs":null,"finish_reason":'
-               + orjson.dumps(finish_reason) + b"}]}\n\n")
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+        """The chunk carrying choice ``index``'s ``finish_reason``."""
+        return (self._token_prefix + b'"","index":%d,"logprobs":null,"finish_reason":' % index
+                + orjson.dumps(finish_reason) + b"}]}\n\n")
+
+    def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
+        """What a stream ends with after every choice's end: the usage chunk if asked, and ``[DONE]``."""
         if include_usage:
-            out += b"data: " + self._head + b',"choices":[],' + self._usage(prompt_tokens, tokens) + b"}\n\n"
-        return out + DONE
+            return b"data: " + self._head + b',"choices":[],' + self._usage(prompt_tokens, tokens) + b"}\n\n" + DONE
+        return DONE
 
 
 class ChatCompletionEncoder:
-    """Bodies and events of one chat completion (``id``: ``chatcmpl-...``), as OpenAI's:
+    """Bodies and events of one chat completion (``id``: ``chatcmpl-...``) and its ``n`` choices, as OpenAI's:
 
     - the response: ``{"object": "chat.completion", "choices": [{"index": 0, "message": {"role":
       "assistant", "content": ...}, "logprobs": null, "finish_reason": ...}], "usage": {...}}``;
-    - a stream: ``chat.completion.chunk`` events: first ``"delta": {"role": "assistant", "content":
-      ""}``, then ``"delta": {"content": token}`` per token, then ``"delta": {}`` with the
-      ``finish_reason``, the usage chunk (``"choices": []``) if asked, and ``[DONE]``."""
+    - a stream: ``chat.completion.chunk`` events: per choice first ``"delta": {"role": "assistant",
+      "content": ""}``, then ``"delta": {"content": token}`` per token, then ``"delta": {}`` with the
+      ``finish_reason``; after every choice's end the usage chunk (``"choices": []``) if asked, and ``[DONE]``."""
 
     __slots__ = ("_head", "_chunk", "_token_prefix")
 
@@ -345,35 +386,45 @@ class ChatCompletionEncoder:
         tail = b',"created":' + str(created).encode() + b',"model":' + orjson.dumps(model)
         self._head = b'{"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion"' + tail
         self._chunk = b'data: {"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion.chunk"' + tail
-        self._token_prefix = self._chunk + b',"choices":[{"index":0,"delta":{"content":'
+        self._token_prefix = self._chunk + b',"choices":[{"index":'
 
     error_event = CompletionEncoder.error_event
 
-    def start_events(self) -> bytes:
-        """The first chunk: the reply's role."""
-        return (self._chunk + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-                b'"logprobs":null,"finish_reason":null}]}\n\n')
+    def start_events(self, index: int = 0) -> bytes:
+        """Choice ``index``'s first chunk: the reply's role."""
+        return (self._chunk + b',"choices":[{"index":%d,"delta":{"role":"assistant","content":""},' % index
+                + b'"logprobs":null,"finish_reason":null}]}\n\n')
 
-    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int,
-                 logged: list[tuple[str, TokenLogprobs]] | None = None) -> bytes:
-        """The whole (non-streamed) response; ``logged``: each token's text and logprobs, when asked."""
-        logprobs = b"null" if logged is None else _chat_logprobs_json(logged)
-        return (self._head + b',"choices":[{"index":0,"message":{"role":"assistant","content":' + orjson.dumps(text)
-                + b'},"logprobs":' + logprobs + b',"finish_reason":' + orjson.dumps(finish_reason) + b"}],"
+    def response(self, choices: list[Choice], prompt_tokens: int, tokens: int) -> bytes:
+        """The whole (non-streamed) response, its choices in index order."""
+        parts = []
+        for index, (text, finish_reason, logged) in enumerate(choices):
+            logprobs = b"null" if logged is None else _chat_logprobs_json(logged)  # type: ignore[arg-type]
+            parts.append(b'{"index":%d,"message":{"role":"assistant","content":' % index + orjson.dumps(text)
+                         + b'},"logprobs":' + logprobs + b',"finish_reason":' + orjson.dumps(finish_reason) + b"}")
+        return (self._head + b',"choices":[' + b",".join(parts) + b"],"
                 + CompletionEncoder._usage(prompt_tokens, tokens) + b"}")
 
-    def token_event(self, text: str, logprobs: TokenLogprobs | None = None) -> bytes:
-        """One streamed token as an SSE event (with its ``logprobs``, when asked)."""
-        lp = b"null" if logprobs is None else _chat_logprobs_json([(text, logprobs)])
-        return self._token_prefix + orjson.dumps(text) + b'},"logprobs":' + lp + b',"finish_reason":null}]}\n\n'
+    def token_event(self, text: str, index: int = 0) -> bytes:
+        """One streamed token of choice ``index`` as an SSE event."""
+        return (self._token_prefix + b'%d,"delta":{"content":' % index + orjson.dumps(text)
+                + b'},"logprobs":null,"finish_reason":null}]}\n\n')
 
-    def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
-        """The chunk carrying ``finish_reason``, the usage chunk if asked, and ``[DONE]``."""
-        out = (self._chunk + b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-               + orjson.dumps(finish_reason) + b"}]}\n\n")
+    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
+        """One streamed token of choice ``index`` with its ``logprobs``."""
+        return (self._token_prefix + b'%d,"delta":{"content":' % index + orjson.dumps(text) + b'},"logprobs":'
+                + _chat_logprobs_json([(text, logprobs)]) + b',"finish_reason":null}]}\n\n')
+
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+        """The chunk carrying choice ``index``'s ``finish_reason``."""
+        return (self._chunk + b',"choices":[{"index":%d,"delta":{},"logprobs":null,"finish_reason":' % index
+                + orjson.dumps(finish_reason) + b"}]}\n\n")
+
+    def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
+        """What a stream ends with after every choice's end: the usage chunk if asked, and ``[DONE]``."""
         if include_usage:
-            out += self._chunk + b',"choices":[],' + CompletionEncoder._usage(prompt_tokens, tokens) + b"}\n\n"
-        return out + DONE
+            return self._chunk + b',"choices":[],' + CompletionEncoder._usage(prompt_tokens, tokens) + b"}\n\n" + DONE
+        return DONE
 
 
 def _chat_logprobs_json(logged: list[tuple[str, TokenLogprobs]]) -> bytes:

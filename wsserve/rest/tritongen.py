@@ -111,7 +111,8 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
 
 class GenerateEncoder:
     """Bodies and events of one generate (the interface :class:`~wsserve.rest.calls.CompletionCall`
-    drives: ``start_events``, ``token_event``, ``final_events``, ``response``, ``error_event``)."""
+    drives: ``start_events``, ``token_event``, ``choice_end_event``, ``tail_events``, ``response``,
+    ``error_event``; one choice)."""
 
     __slots__ = ("_head",)
 
@@ -119,18 +120,21 @@ class GenerateEncoder:
         head = b'{"id":' + orjson.dumps(rid) + b"," if rid is not None else b"{"
         self._head = head + b'"model_name":' + orjson.dumps(model) + b',"model_version":' + orjson.dumps(version)
 
-    def start_events(self) -> bytes:
+    def start_events(self, index: int = 0) -> bytes:
         return b""
 
-    def token_event(self, text: str) -> bytes:
+    def token_event(self, text: str, index: int = 0) -> bytes:
         return b"data: " + self._head + b',"text_output":' + orjson.dumps(text) + b"}\n\n"
 
-    def final_events(self, finish_reason: str, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
         return (b"data: " + self._head + b',"text_output":"","finish_reason":' + orjson.dumps(finish_reason)
                 + b"}\n\n")
 
-    def response(self, text: str, finish_reason: str, prompt_tokens: int, tokens: int) -> bytes:
-        return self._head + b',"text_output":' + orjson.dumps(text) + b"}"
+    def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
+        return b""
+
+    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> bytes:
+        return self._head + b',"text_output":' + orjson.dumps(choices[0][0]) + b"}"
 
     @staticmethod
     def error_event(exc: WsserveError) -> bytes:
