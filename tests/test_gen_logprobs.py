@@ -195,3 +195,38 @@ async def test_engine_scores_prompts_between_steps_and_a_failure_stays_in_its_re
     assert pending.done() and (pending.exception() is None or isinstance(pending.exception(), ShuttingDown))
     with pytest.raises(ShuttingDown):
         engine.score_prompt("abc", 1)
+
+
+class LongPromptModel(PoisonModel):
+    """charlm reading long prompts (every character, not the last 16), recording each ``logits()``
+    call's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        real = charlm()
+        self.prompt_ids = lambda prompt: np.array([real.id_to_text.index(c) for c in prompt], np.int64)
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        self.calls.append(len(contexts))
+        return charlm().logits(contexts)
+
+
+@pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])
+async def test_a_long_prompt_is_scored_in_slices_between_generation_steps(inline_max_batch: int) -> None:
+    model = LongPromptModel()
+    engine = GenerationEngine(model, inline_max_batch=inline_max_batch)  # type: ignore[arg-type]
+    try:
+        sink = RecordingSink()
+        engine.submit(params(prompt="x", max_tokens=50), sink)
+        scored = await engine.score_prompt("abc " * 300, 1)  # 1200 tokens: 1199 positions, 5 slices
+        await until(lambda: sink.ended)
+    finally:
+        await engine.close()
+    slices = [i for i, rows in enumerate(model.calls) if rows > 1]
+    assert [model.calls[i] for i in slices] == [256, 256, 256, 256, 175]
+    assert all(b - a > 1 for a, b in zip(slices, slices[1:]))  # a generation step between two slices
+    assert len(scored) == 1200 and scored[0][1] is None
+    alone = prompt_logprobs(charlm().logits, model.prompt_ids("abc " * 300), context_len=model.context_len,
+                            pad_id=model.pad_id, id_to_text=model.id_to_text, k=1)
+    assert [r for _, r in scored] == alone

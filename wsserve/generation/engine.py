@@ -51,7 +51,6 @@ best effort).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import operator
 import time
@@ -66,7 +65,7 @@ import numpy as np
 from ..errors import Internal, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
-from .logprobs import StepLogprobs, TokenLogprobs, prompt_logprobs, step_logprobs
+from .logprobs import PromptScore, StepLogprobs, TokenLogprobs, step_logprobs
 from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
 from .sampling import apply_penalties, sample_rows
@@ -214,7 +213,7 @@ class GenerationEngine:
         self._idle = asyncio.Event()  # set while nothing is unfinished
         self._idle.set()
         #: prompts to score (``score_prompt``), each with the future of its records
-        self._scores: deque[tuple[np.ndarray, int, asyncio.Future[Any]]] = deque()
+        self._scores: deque[tuple[PromptScore, asyncio.Future[Any]]] = deque()
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -251,16 +250,19 @@ class GenerationEngine:
 
         It runs between two steps, where steps run (inline when it costs no more than a step may,
         else in the engine's thread): never beside a step, so a model's ``logits()`` is not called
-        from two threads.  Cancelling the future abandons it.  Raises
+        from two threads; a slice of at most 256 positions between two steps, so a long prompt
+        does not hold up the generations.  Cancelling the future abandons it.  Raises
         :class:`~wsserve.errors.ShuttingDown` (closed), or ``Internal`` for a model whose
         ``encode()`` fails; the future fails with ``Internal`` when ``logits()`` does, and with
         ``ShuttingDown`` on :meth:`close`."""
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         self.start()
-        ids = self.model.prompt_ids(prompt)
+        model = self.model
+        score = PromptScore(model.prompt_ids(prompt), context_len=model.context_len,
+                            pad_id=getattr(model, "pad_id", model.vocab_size), id_to_text=model.id_to_text, k=k)
         future: asyncio.Future[list[tuple[str, TokenLogprobs | None]]] = asyncio.get_running_loop().create_future()
-        self._scores.append((ids, k, future))
+        self._scores.append((score, future))
         self._idle.clear()
         self._wakeup.set()
         return future
@@ -308,7 +310,7 @@ class GenerationEngine:
         self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())
         self._deliver()
         while self._scores:
-            future = self._scores.popleft()[2]
+            future = self._scores.popleft()[1]
             if not future.done():
                 future.set_exception(ShuttingDown("server is shutting down"))
         self._idle.set()
@@ -377,30 +379,34 @@ class GenerationEngine:
             await asyncio.sleep(0)  # let I/O and submissions in between steps
 
     async def _score_prompt(self) -> None:
-        """Score the oldest queued prompt (:meth:`score_prompt`), inline when its positions are no
-        more rows than an inline step may have, else in the engine's thread."""
-        ids, k, future = self._scores.popleft()
+        """Score the next slice of the oldest queued prompt (:meth:`score_prompt`; at most
+        :data:`~.logprobs.PROMPT_ROWS_PER_CALL` positions, so a long prompt is interleaved with
+        the generation steps), inline when it is no more rows than an inline step may have,
+        else in the engine's thread; answer its future once all of it is scored."""
+        score, future = self._scores[0]
         if future.done():  # abandoned
+            self._scores.popleft()
             return
         model = self.model
-        work = functools.partial(prompt_logprobs, model.logits, ids, context_len=model.context_len,
-                                 pad_id=getattr(model, "pad_id", model.vocab_size), id_to_text=model.id_to_text, k=k)
         try:
-            if len(ids) - 1 <= self._inline_max_batch:
-                result = work()
+            if score.next_rows <= self._inline_max_batch:
+                score.advance(model.logits)
             else:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
-                pending = asyncio.get_running_loop().run_in_executor(self._executor, work)
+                pending = asyncio.get_running_loop().run_in_executor(self._executor, score.advance, model.logits)
                 self._deliver()
-                result = await pending
+                await pending
         except Exception as exc:  # noqa: BLE001 - the model's failure ends this request only
-            log.error("scoring a prompt of %d tokens on model %s failed", len(ids), self.name, exc_info=exc)
+            self._scores.popleft()
+            log.error("scoring a prompt of %d tokens on model %s failed", len(score.ids), self.name, exc_info=exc)
             if not future.done():
                 future.set_exception(Internal(f"scoring the prompt failed: {type(exc).__name__}: {exc}"))
             return
-        if not future.done():
-            future.set_result(list(zip([model.id_to_text[i] for i in ids.tolist()], result)))
+        if score.done:
+            self._scores.popleft()
+            if not future.done():
+                future.set_result(list(zip([model.id_to_text[i] for i in score.ids.tolist()], score.records)))
 
     def _stepped(self, batch: Batch, tokens: np.ndarray, logprobs: StepLogprobs | None = None) -> None:
         """Apply a step's tokens (and log-probabilities) and count the step."""

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["LogprobRows", "StepLogprobs", "TokenLogprobs", "prompt_logprobs", "step_logprobs"]
+__all__ = ["LogprobRows", "PromptScore", "StepLogprobs", "TokenLogprobs", "prompt_logprobs", "step_logprobs"]
 
 #: Up to this many logits in a step's rows with logprobs, the top ``k`` come from one stable sort.
 _FULL_SORT_MAX = 4096
@@ -99,6 +99,51 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
     with np.errstate(invalid="ignore"):
         return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1) - lse[:, None])
 
+class PromptScore:
+    """The records of a prompt's own tokens, computed one slice of at most ``rows_per_call``
+    positions at a time (so a driver can interleave a long prompt with generation steps):
+    :meth:`advance` until :attr:`done`, then :attr:`records` (see :func:`prompt_logprobs`)."""
+
+    __slots__ = ("ids", "k", "records", "rows_per_call", "_id_to_text", "_next", "_windows")
+
+    def __init__(self, ids: np.ndarray, *, context_len: int, pad_id: int, id_to_text: Sequence[str], k: int,
+                 rows_per_call: int = PROMPT_ROWS_PER_CALL) -> None:
+        self.ids = np.asarray(ids, np.int64)
+        self.k = k
+        self.rows_per_call = rows_per_call
+        self._id_to_text = id_to_text
+        n = len(self.ids)
+        padded = np.concatenate((np.full(context_len, pad_id, np.int64), self.ids))
+        # window i (1 <= i < n) = padded[i : i + context_len] = the context_len ids before token i
+        self._windows = np.lib.stride_tricks.sliding_window_view(padded, context_len)[1:max(n, 1)]
+        self.records: list[TokenLogprobs | None] = [None] if n else []
+        self._next = 0  # the next window
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self._windows)
+
+    @property
+    def next_rows(self) -> int:
+        """Positions :meth:`advance` computes next."""
+        return min(self.rows_per_call, len(self._windows) - self._next)
+
+    def advance(self, logits: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Compute the next slice with the model's ``logits`` (blocking; raises what it raises,
+        and then nothing changed)."""
+        start = self._next
+        contexts = np.ascontiguousarray(self._windows[start:start + self.rows_per_call])
+        targets = self.ids[start + 1:start + 1 + len(contexts)]
+        values = step_logprobs(logits(contexts), targets, LogprobRows(np.arange(len(contexts)), self.k))
+        itos = self._id_to_text
+        top_ids = values.top_ids.tolist()
+        top = values.top.tolist()
+        self.records.extend(
+            TokenLogprobs(token, itos[token], lp, tuple((t, itos[t], v) for t, v in zip(top_ids[j], top[j])))
+            for j, (token, lp) in enumerate(zip(targets.tolist(), values.chosen.tolist())))
+        self._next = start + len(contexts)
+
+
 def prompt_logprobs(logits: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, *, context_len: int, pad_id: int,
                     id_to_text: Sequence[str], k: int) -> list[TokenLogprobs | None]:
     """The record of each token of a prompt given as ``ids [n]``: ``None`` for the first (nothing
@@ -107,20 +152,7 @@ def prompt_logprobs(logits: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
     alternatives.  ``logits`` is the model's ``[B, context_len] -> [B, V]``, called on at most
     :data:`PROMPT_ROWS_PER_CALL` rows at a time.  Blocking (a thread, or the loop for a cheap
     model); raises whatever ``logits`` raises."""
-    n = len(ids)
-    if n == 0:
-        return []
-    padded = np.concatenate((np.full(context_len, pad_id, np.int64), np.asarray(ids, np.int64)))
-    # window i (1 <= i < n) = padded[i : i + context_len] = the context_len ids before token i
-    windows = np.lib.stride_tricks.sliding_window_view(padded, context_len)[1:n]
-    out: list[TokenLogprobs | None] = [None]
-    for start in range(0, n - 1, PROMPT_ROWS_PER_CALL):
-        contexts = np.ascontiguousarray(windows[start:start + PROMPT_ROWS_PER_CALL])
-        targets = np.asarray(ids[start + 1:start + 1 + len(contexts)], np.int64)
-        values = step_logprobs(logits(contexts), targets, LogprobRows(np.arange(len(contexts)), k))
-        top_ids = values.top_ids.tolist()
-        top = values.top.tolist()
-        for j, (token, lp) in enumerate(zip(targets.tolist(), values.chosen.tolist())):
-            out.append(TokenLogprobs(token, id_to_text[token], lp,
-                                     tuple((t, id_to_text[t], v) for t, v in zip(top_ids[j], top[j]))))
-    return out
+    score = PromptScore(ids, context_len=context_len, pad_id=pad_id, id_to_text=id_to_text, k=k)
+    while not score.done:
+        score.advance(logits)
+    return score.records
