@@ -128,10 +128,13 @@ async def test_a_hung_load_fails_after_the_timeout_and_the_server_starts(
     assert reply.get("ok") is True and reply["versions"][0]["state"] == "failed", reply
     assert "did not load within 0.2 s (--model-load-timeout-s)" in reply["versions"][0]["reason"], reply
     assert server.registry.abandoned_loads == 2
+    metrics_url = f"http://127.0.0.1:{server.port}/metrics"
+    assert "wsserve_model_loads_abandoned 2.0" in (await asyncio.to_thread(http_get, metrics_url))[2].decode()
 
     # the abandoned load ends after all: its model is discarded (closed), not served
     event.set()
     await wait_until_async(lambda: server.registry.abandoned_loads == 0, 30, what="the abandoned load ended")
+    assert "wsserve_model_loads_abandoned 0.0" in (await asyncio.to_thread(http_get, metrics_url))[2].decode()
     await wait_until_async(lambda: (hung / "closed.txt").exists(), 30, what="the late model was closed")
     versions = await _versions(conn)
     assert versions["hung"]["1"]["state"] == "failed", versions

@@ -285,6 +285,8 @@ class _Collector(Collector):
         yield gauge("wsserve_queue_rows", "Rows waiting in a model's predict queue.", "queue_rows", ["model"])
         yield gauge("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", "tasks")
         yield gauge("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", "ready")
+        yield gauge("wsserve_model_loads_abandoned", "Model loads past their --model-load-timeout-s still running "
+                    "(abandoned threads; at most 8 load threads live at once).", "loads_abandoned")
         if per_worker:  # the supervisor's figures (supervisor_snapshot); one process has no supervisor
             yield counter("wsserve_worker_restarts", "Restarts of a dead worker process by the --workers supervisor.",
                           ["worker"], counters.get("worker_restarts", {}))
@@ -447,6 +449,7 @@ class Metrics:
                 "queue_depth": {m: q for m, (q, _) in state["queues"].items()},
                 "queue_rows": {m: r for m, (_, r) in state["queues"].items()},
                 "tasks": state["tasks"], "ready": state["ready"],
+                "loads_abandoned": state.get("loads_abandoned", 0),
             },
         }
 

@@ -469,6 +469,7 @@ class Server:
             "inflight": self.shared.inflight,
             "queues": queues,
             "ready": 1 if self.ready else 0,
+            "loads_abandoned": self.registry.abandoned_loads,
             "messages": self.shared.messages,
             "tasks": len(asyncio.all_tasks(self.loop)) if self.loop is not None else 0,
             "frames": {"fast": self.counters.frames_fast, "library": self.counters.frames_library},
