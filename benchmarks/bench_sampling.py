@@ -9,6 +9,8 @@ temperature 0.8, seeded, the rest greedy; 200 tokens each) at 1 and 64 concurren
 - ``top_p``: ``top_p`` 0.9 on every stream (nucleus filtering applies to the sampled half);
 - ``penalties``: ``presence_penalty`` 0.5 and ``frequency_penalty`` 0.5 on every stream (greedy too);
 - ``both``: the two together;
+- ``repetition``: vLLM's ``repetition_penalty`` 1.2 on every stream (the prompt's tokens and the
+  generated ones);
 - ``logprobs_0`` / ``logprobs_5``: ``logprobs`` 0 (each token's own log-probability) and 5 (and the
   5 likeliest alternatives) on every stream: a log-softmax of those rows per step, one record and
   its own token event per token (not the step's one block of plain events).
@@ -42,6 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "top_p": {"top_p": 0.9},
     "penalties": {"presence_penalty": 0.5, "frequency_penalty": 0.5},
     "both": {"top_p": 0.9, "presence_penalty": 0.5, "frequency_penalty": 0.5},
+    "repetition": {"repetition_penalty": 1.2},
     "logprobs_0": {"logprobs": 0},
     "logprobs_5": {"logprobs": 5},
 }

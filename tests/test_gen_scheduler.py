@@ -415,3 +415,29 @@ def test_a_sequence_counts_multi_character_prompt_tokens() -> None:
     sched = Scheduler(TokenModelAdapter(_Words(), name="words"), max_generate_batch=2)
     clock = FakeClock()
     assert [sched.add_request(params(p, max_tokens=1), clock.now).prompt_tokens for p in ("", "hello world")] == [0, 1]
+
+
+def test_a_preempted_sequence_resumes_its_penalties_as_if_it_never_paused() -> None:
+    """Preemption saves a sequence's generated-token counts and keeps its prompt's tokens: the
+    repetition, presence and frequency penalties give the text it gives alone."""
+    opts = [dict(repetition_penalty=1.4), dict(repetition_penalty=0.8, frequency_penalty=0.5),
+            dict(presence_penalty=0.7, repetition_penalty=1.2, temperature=0.9, seed=3)]
+    alone = []
+    for o in opts:
+        sched = Scheduler(charlm(), max_generate_batch=8)
+        clock, out = FakeClock(), Collected()
+        seq = sched.add_request(params(prompt="The ", max_tokens=120, **o), clock.now, group="A")
+        run_until_idle(sched, clock, out)
+        alone.append(out.joined(seq))
+    sched = Scheduler(charlm(), max_generate_batch=4)
+    clock, out = FakeClock(), Collected()
+    hog = [sched.add_request(params(prompt="The ", max_tokens=120, **o), clock.now, group="A") for o in opts]
+    hog.append(sched.add_request(params(prompt="x", max_tokens=120), clock.now, group="A"))
+    for _ in range(10):
+        step_once(sched, clock, out)
+    late = [sched.add_request(params(prompt="It ", max_tokens=30, repetition_penalty=1.1), clock.now, group="B")
+            for _ in range(3)]
+    run_until_idle(sched, clock, out)
+    assert sched.statistics().preempted >= 1
+    assert [out.joined(s) for s in hog[:3]] == alone
+    assert all(s.finish_reason == "length" for s in hog + late)

@@ -37,6 +37,7 @@ TARGETS = [
     {"prompt": "def ", "max_tokens": 40, "temperature": 1.2, "top_k": 12, "seed": 99, "stop": ["\n\n"]},
     {"prompt": "x = ", "max_tokens": 40, "temperature": 1.5, "top_p": 0.75, "seed": 5},
     {"prompt": "The ", "max_tokens": 60, "frequency_penalty": 1.5, "presence_penalty": 0.3},
+    {"prompt": "A ", "max_tokens": 60, "temperature": 0.8, "seed": 2, "repetition_penalty": 1.3},
 ]
 
 
@@ -47,7 +48,8 @@ async def test_same_text_alone_and_among_32_concurrent_generations(server_url: s
     for i in range(32):
         await crowd.send({**GEN, "id": i, "prompt": ("x", "import ", "A ")[i % 3],
                           "max_tokens": 10 + 17 * i % 150, "temperature": (0, 0.8, 1.5)[i % 3], "seed": i,
-                          "top_p": (1, 0.9)[i % 2], "frequency_penalty": (0, 0, 0.5)[i % 3]})
+                          "top_p": (1, 0.9)[i % 2], "frequency_penalty": (0, 0, 0.5)[i % 3],
+                          "repetition_penalty": (1, 1.2, 1, 0.9)[i % 4]})
     for i, t in enumerate(TARGETS):
         await conn.send({**GEN, "id": f"busy{i}", **t})
     got = await conn.collect({f"busy{i}" for i in range(len(TARGETS))})
@@ -148,6 +150,46 @@ async def test_presence_and_frequency_penalties_follow_openais_formula(server_ur
         reply = await conn.request({**GEN, "id": "bad", "prompt": "a", field: bad})
         assert reply["type"] == "error" and reply["code"] == "bad_request", (field, bad, reply)
         assert f"field '{field}' must be a number in [-2, 2]" in reply["message"]
+    await conn.close()
+
+
+def _reference_repetition(cache: Path, prompt: str, max_tokens: int, penalty: float) -> str:
+    """Greedy text with vLLM's repetition penalty, by its formula, one token at a time on the
+    server's own charlm: a token of the prompt (the part the model reads) or generated so far has
+    its logit divided by the penalty when positive, multiplied by it otherwise."""
+    model: Any = train_default_models(names=["charlm"], cache_dir=cache)["charlm"]
+    seen = np.zeros(model.vocab_size, bool)
+    seen[model.prompt_ids(prompt)] = True
+    ctx, out = model.initial_context(prompt), []
+    for _ in range(max_tokens):
+        z = model.logits(ctx[None, :])[0]
+        tok = int(np.where(seen, np.where(z > 0, z / penalty, z * penalty), z).argmax())
+        seen[tok] = True
+        ctx = np.append(ctx[1:], tok)
+        out.append(model.id_to_text[tok])
+    return "".join(out)
+
+
+async def test_repetition_penalty_follows_vllms_formula_prompt_included(server_url: str, model_cache: Path) -> None:
+    """vLLM's ``repetition_penalty`` (it used to be refused over HTTP and ignored here): the greedy
+    text is the formula's, counting the prompt's tokens; 1 is off; it repeats itself less; a
+    sampled stream with it is the same alone or among others; out-of-range values are refused."""
+    conn = await Conn.open(server_url)
+    plain, _ = await generate(conn, "p", prompt="The ", max_tokens=80)
+    assert (await generate(conn, "one", prompt="The ", max_tokens=80, repetition_penalty=1))[0] == plain
+    text, _ = await generate(conn, "r", prompt="The ", max_tokens=80, repetition_penalty=1.5)
+    assert text == _reference_repetition(model_cache, "The ", 80, 1.5) != plain
+    assert max(text.count(c) for c in set(text)) < max(plain.count(c) for c in set(plain))
+    # the prompt counts: a prompt holding the plain text's first character changes the first token
+    first = plain[0]
+    shifted, _ = await generate(conn, "s", prompt=first + "he ", max_tokens=5, repetition_penalty=2)
+    assert shifted == _reference_repetition(model_cache, first + "he ", 5, 2.0)
+    below, _ = await generate(conn, "b", prompt="The ", max_tokens=40, repetition_penalty=0.5)  # favours repeats
+    assert below == _reference_repetition(model_cache, "The ", 40, 0.5)
+    for bad in (0, 2.5, -1, "1.2"):
+        reply = await conn.request({**GEN, "id": "bad", "prompt": "a", "repetition_penalty": bad})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", (bad, reply)
+        assert "field 'repetition_penalty' must be a number in (0, 2] (1 is off)" in reply["message"], reply
     await conn.close()
 
 

@@ -201,6 +201,9 @@ def test_completion_defaults_are_openais() -> None:
     c = parse_completion({"model": "m", "prompt": "a", "presence_penalty": -2, "frequency_penalty": 1.5,
                           "repetition_penalty": 1, "min_p": 0.25}, max_tokens_limit=8)
     assert (c.params.presence_penalty, c.params.frequency_penalty, c.params.min_p) == (-2.0, 1.5, 0.25)
+    assert c.params.repetition_penalty == 1.0 and type(c.params.repetition_penalty) is float
+    assert parse_completion({"model": "m", "prompt": "a", "repetition_penalty": 1.3},
+                            max_tokens_limit=8).params.repetition_penalty == 1.3
     c = parse_completion({"model": "m", "prompt": "a", "logit_bias": {"10": 1, "2": -100.0}}, max_tokens_limit=8)
     assert c.params.logit_bias == ((2, -100.0), (10, 1.0))
 
@@ -217,7 +220,8 @@ def test_completion_defaults_are_openais() -> None:
     ({"model": "m", "prompt": "a", "top_k": 2**40}, "top_k"),
     ({"model": "m", "prompt": "a", "frequency_penalty": 2.5}, "frequency_penalty"),
     ({"model": "m", "prompt": "a", "presence_penalty": "0.5"}, "presence_penalty"),
-    ({"model": "m", "prompt": "a", "repetition_penalty": 1.1}, "repetition_penalty"),
+    ({"model": "m", "prompt": "a", "repetition_penalty": 2.5}, "repetition_penalty"),
+    ({"model": "m", "prompt": "a", "repetition_penalty": 0}, "repetition_penalty"),
     ({"model": "m", "prompt": "a", "min_p": 1.1}, "min_p"),
     ({"model": "m", "prompt": "a", "logit_bias": {"1": -101}}, "logit_bias"),
     ({"model": "m", "prompt": "a", "logit_bias": {"one": 1}}, "logit_bias"),

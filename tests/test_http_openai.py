@@ -116,7 +116,7 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"top_p": 0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"presence_penalty": -2.5}, "presence_penalty"),
-        ({"extra_body": {"repetition_penalty": 1.1}}, "repetition_penalty"),
+        ({"extra_body": {"repetition_penalty": 3}}, "repetition_penalty"),
         ({"logit_bias": {"a": 1}}, "logit_bias"),
         ({"logit_bias": {"1": 500}}, "logit_bias"),
         ({"logit_bias": {"96": 1}}, "logit_bias"),  # charlm has 96 tokens: checked when queued

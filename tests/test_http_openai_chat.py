@@ -196,7 +196,7 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"top_p": -0.5}, "top_p"),
         ({"presence_penalty": 3}, "presence_penalty"),
-        ({"extra_body": {"repetition_penalty": 1.2}}, "repetition_penalty"),
+        ({"extra_body": {"repetition_penalty": -1}}, "repetition_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),

@@ -102,7 +102,8 @@ _MIN_INT_ID, _MAX_INT_ID = -(1 << 63), (1 << 63) - 1
 MAX_TOP_K = (1 << 31) - 1
 #: Largest ``temperature``.
 MAX_TEMPERATURE = 100.0
-#: ``presence_penalty`` and ``frequency_penalty`` lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range).
+#: ``presence_penalty`` and ``frequency_penalty`` lie in [-MAX_PENALTY, MAX_PENALTY] (OpenAI's range);
+#: ``repetition_penalty`` in (0, MAX_PENALTY] (vLLM's).
 MAX_PENALTY = 2.0
 #: A ``logit_bias`` names at most this many tokens (OpenAI's limit), each biased by at most
 #: ±MAX_LOGIT_BIAS.
@@ -153,6 +154,11 @@ class GenerationParams:
       the request generated it before (presence) and once per time it did
       (frequency), before any other choice, greedy included; 0 is off.  Only
       the generated tokens count, not the prompt's (as vLLM does).
+    - ``repetition_penalty`` in (0, :data:`MAX_PENALTY`] (vLLM's, from the CTRL paper): the
+      logit of every token in the prompt (the part the model reads) or generated so far is
+      divided by it when positive and multiplied by it otherwise, before the presence and
+      frequency penalties and ``logit_bias``, greedy included; 1 is off, above 1 discourages
+      repeats.
     - ``logit_bias`` (OpenAI's): ``(token id, bias)`` pairs, ids ascending and
       distinct, at most :data:`MAX_LOGIT_BIAS_TOKENS`, each bias in
       [-:data:`MAX_LOGIT_BIAS`, :data:`MAX_LOGIT_BIAS`], added to the token's
@@ -181,6 +187,7 @@ class GenerationParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -207,6 +214,10 @@ class GenerationParams:
             v = getattr(self, name)
             if type(v) not in (int, float) or not -MAX_PENALTY <= v <= MAX_PENALTY:  # also refuses NaN
                 raise BadRequest(f"field '{name}' must be a number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {shown(v)}")
+        r = self.repetition_penalty
+        if type(r) not in (int, float) or not 0 < r <= MAX_PENALTY:  # also refuses NaN
+            raise BadRequest(f"field 'repetition_penalty' must be a number in (0, {MAX_PENALTY:g}] (1 is off), "
+                             f"got {shown(r)}")
         for name in _FLOAT_FIELDS:  # a JSON integer (top_p 1) is the float it stands for
             if type(getattr(self, name)) is int:
                 object.__setattr__(self, name, float(getattr(self, name)))
@@ -464,7 +475,7 @@ def stop_tuple(value: Any) -> tuple[Any, ...] | None:
 
 #: The optional sampling fields every protocol's generate takes under the same name, with
 #: :class:`GenerationParams`'s defaults when absent (or null): :func:`sampling_fields`.
-SAMPLING_FIELDS = ("top_p", "min_p", "presence_penalty", "frequency_penalty")
+SAMPLING_FIELDS = ("top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 _FLOAT_FIELDS = ("temperature", *SAMPLING_FIELDS)
 
 

@@ -128,9 +128,10 @@ class RunningSet:
         self._top_ps: list[tuple[int, float]] = []  # (index among the sampled rows, p) with p < 1
         self._min_ps: list[tuple[int, float]] = []  # (index among the sampled rows, min_p) with min_p > 0
         self._counts: np.ndarray | None = None  # [capacity, V] int32 tokens generated (penalties)
-        self._pen: list[tuple[int, int, float, float]] = []  # (row, slot, presence, frequency)
+        self._prompt: np.ndarray | None = None  # [capacity, V] bool tokens of the prompt (repetition penalty)
+        self._pen: list[tuple[int, int, float, float, float]] = []  # (row, slot, presence, frequency, repetition)
         #: the layout's penalised rows: (rows, slots, presence [P, 1], frequency [P, 1]), None when none
-        self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self._biased: list[tuple[int, tuple[tuple[int, float], ...]]] = []  # (row, logit_bias) of biased rows
         #: the layout's logit biases (:class:`~.sampling.LogitBias`), None when no row has one
         self.logit_bias: LogitBias | None = None
@@ -172,11 +173,17 @@ class RunningSet:
                 seq._refill = tick
             _book(self._refills, seq._refill, seq)
         seq._noise = None
-        if p.presence_penalty or p.frequency_penalty:
+        if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1:
             if self._counts is None:
                 self._counts = np.zeros((self.capacity, self._v), np.int32)
             self._counts[slot] = 0 if seq._counts is None else seq._counts  # resumed: its counts so far
             seq._counts = None
+            if p.repetition_penalty != 1:
+                if self._prompt is None:
+                    self._prompt = np.zeros((self.capacity, self._v), bool)
+                self._prompt[slot] = False
+                if seq._prompt_ids is not None:
+                    self._prompt[slot, seq._prompt_ids] = True
         if seq.first_token_at is None:
             self._fresh.append(seq)
         self._seqs.append(seq)
@@ -194,7 +201,8 @@ class RunningSet:
                 seq._context = self._contexts[seq._row].copy()
             if seq.params.temperature > 0 and g % self._nb:
                 seq._noise = self._noise[slot * self._nb:(slot + 1) * self._nb].copy()
-            if self._counts is not None and (seq.params.presence_penalty or seq.params.frequency_penalty):
+            p = seq.params
+            if self._counts is not None and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1):
                 seq._counts = self._counts[slot].copy()
         else:
             seq._context = None
@@ -230,8 +238,12 @@ class RunningSet:
         spec = self._pen_spec
         if spec is None:
             return None
-        rows, slots, presence, frequency = spec
-        return Penalties(rows, presence, frequency, self._counts.take(slots, axis=0))  # type: ignore[union-attr]
+        rows, slots, presence, frequency, repetition = spec
+        counts = self._counts.take(slots, axis=0)  # type: ignore[union-attr]
+        if repetition is None:
+            return Penalties(rows, presence, frequency, counts)
+        return Penalties(rows, presence, frequency, counts, repetition,
+                         self._prompt.take(slots, axis=0))  # type: ignore[union-attr]
 
     def texts(self, tokens: np.ndarray) -> list[str]:
         """Token ids -> texts (raises ``IndexError`` on an id outside the vocabulary; changes nothing)."""
@@ -361,8 +373,8 @@ class RunningSet:
                 if p.min_p > 0:
                     min_ps.append((j, p.min_p))
                 nidx.append(s.slot * nb + g % nb)
-            if p.presence_penalty or p.frequency_penalty:
-                pen.append((i, s.slot, p.presence_penalty, p.frequency_penalty))
+            if p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1:
+                pen.append((i, s.slot, p.presence_penalty, p.frequency_penalty, p.repetition_penalty))
             if p.logit_bias:
                 self._biased.append((i, p.logit_bias))
         if stop_rows:
@@ -381,8 +393,9 @@ class RunningSet:
         else:
             self.logit_bias = None
         self._pen_spec = None if not pen else (
-            np.array([r for r, _, _, _ in pen], np.int64), np.array([slot for _, slot, _, _ in pen], np.int64),
-            np.array([q for _, _, q, _ in pen])[:, None], np.array([f for _, _, _, f in pen])[:, None])
+            np.array([r for r, *_ in pen], np.int64), np.array([slot for _, slot, *_ in pen], np.int64),
+            np.array([q for _, _, q, _, _ in pen])[:, None], np.array([f for _, _, _, f, _ in pen])[:, None],
+            np.array([r for *_, r in pen])[:, None] if any(r != 1 for *_, r in pen) else None)
         self._sampling = None if not sampled else SampledRows(
             rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
             scale=_scale_rows(scales, v),

@@ -268,17 +268,22 @@ def sample(
 
 @dataclass(frozen=True, slots=True)
 class Penalties:
-    """OpenAI's presence and frequency penalties of some rows of a batch (vLLM's semantics: on
-    the tokens the request generated, not its prompt).
+    """OpenAI's presence and frequency penalties and vLLM's repetition penalty of some rows of a
+    batch (vLLM's semantics: presence and frequency on the tokens the request generated, not its
+    prompt; repetition on those and the prompt's).
 
     ``rows [P]`` batch row indices; ``presence [P, 1]`` and ``frequency [P, 1]`` their
     penalties; ``counts [P, V]`` how many times each token was generated so far by each of
-    those rows (a copy, taken when the batch is made).  See :func:`apply_penalties`."""
+    those rows (a copy, taken when the batch is made); ``repetition [P, 1]`` their repetition
+    penalties (1: off) and ``prompt [P, V]`` (bool) which tokens their prompts hold, both None
+    when no row has one.  See :func:`apply_penalties`."""
 
     rows: np.ndarray
     presence: np.ndarray
     frequency: np.ndarray
     counts: np.ndarray
+    repetition: np.ndarray | None = None
+    prompt: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,16 +298,22 @@ class LogitBias:
 
 def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias | None = None) -> np.ndarray:
     """``logits [B, V]`` with the penalties of ``pen``'s rows, then ``bias``, applied (a new
-    array; ``logits`` itself, unchanged, when both are None), as OpenAI defines them:
-    ``logit[j] - count[j] * frequency - (count[j] > 0) * presence + bias[j]``, before
-    temperature, min-p, top-k, top-p or greedy choice.  Elementwise products, sums and
-    differences, each exactly rounded: a row's result does not depend on the rest of the batch."""
+    array; ``logits`` itself, unchanged, when both are None): first vLLM's repetition penalty
+    ``r`` on every token ``j`` in the prompt or generated (``logit[j] / r`` if positive, else
+    ``logit[j] * r``), then OpenAI's ``- count[j] * frequency - (count[j] > 0) * presence +
+    bias[j]``, before temperature, min-p, top-k, top-p or greedy choice.  Elementwise products,
+    quotients, sums and differences, each exactly rounded: a row's result does not depend on the
+    rest of the batch."""
     if pen is None and bias is None:
         return logits
     out = logits.copy()
     if pen is not None:
         counts = pen.counts.astype(np.float64)  # [P, V]
         sub = logits[pen.rows]  # [P, V] a copy
+        if pen.repetition is not None:
+            seen = (pen.counts > 0) | pen.prompt  # type: ignore[operator]
+            rep = pen.repetition
+            sub = np.where(seen, np.where(sub > 0, sub / rep, sub * rep), sub)
         sub -= counts * pen.frequency
         sub -= (counts > 0) * pen.presence
         out[pen.rows] = sub

@@ -178,10 +178,14 @@ class Scheduler:
             raise BadRequest(f"field 'logit_bias' names token {params.logit_bias[-1][0]}; the model's vocabulary "
                              f"has {self.model.vocab_size} tokens (ids 0 to {self.model.vocab_size - 1})")
         context, prompt_tokens = self.model.encode_prompt(params.prompt)  # may raise: nothing is queued then
+        prompt_ids = None
+        if params.repetition_penalty != 1:  # it applies to the prompt's tokens too
+            prompt_ids = np.unique(np.asarray(self.model.prompt_ids(params.prompt), np.int64))
         if params.prompt:  # only the context is used from here on: do not hold the whole prompt
             params = dataclasses.replace(params, prompt="")
         seq = Sequence(next(self._ids), params, owner, now, group, self._run.tick)
         seq._context = context
+        seq._prompt_ids = prompt_ids
         seq.prompt_tokens = prompt_tokens
         self._waiting[params.priority].push(seq)
         if deadline is not None:

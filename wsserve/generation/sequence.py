@@ -66,6 +66,7 @@ class Sequence:
         "_lrow",
         "_noise",
         "_pieces",
+        "_prompt_ids",
         "_plain",
         "_refill",
         "_rng",
@@ -125,6 +126,7 @@ class Sequence:
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block
         self._counts: np.ndarray | None = None  # [V] tokens generated so far (penalties), saved on preemption
+        self._prompt_ids: np.ndarray | None = None  # the prompt's distinct token ids (repetition penalty)
         self._row = -1  # row in the running layout
         self._srow = -1  # row among the layout's sampled rows
         self._end = -1  # tick at which it ends by length (no stop strings), while running

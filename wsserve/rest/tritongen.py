@@ -15,7 +15,7 @@ read them, a generation field may be given either way (not both):
 - ``id``: echoed in the answer, as OIP does.
 
 Other parameters (``exclude_input_in_output``, ``return_*`` flags...) are ignored; sampling fields
-wsserve cannot honour are refused by name (``repetition_penalty``, beam search, several outputs).
+wsserve cannot honour are refused by name (beam search, several outputs).
 
 Answers: ``{"id"?, "model_name", "model_version", "text_output"}``; each streamed event is that
 object with one token's ``text_output``, and the last event has an empty ``text_output`` and
@@ -44,7 +44,7 @@ __all__ = ["GenerateEncoder", "parse_generate"]
 
 _FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream")
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
-_NEUTRAL = {"repetition_penalty": (1, 1.0), "beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
+_NEUTRAL = {"beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
 
 
 def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int) -> tuple[Completion, Any]:
