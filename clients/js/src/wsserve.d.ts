@@ -401,6 +401,10 @@ export interface GenerateOptions extends CallOptions {
   /** OpenAI's penalties, in [-2, 2]: subtracted from a generated token's logit once (presence) and per occurrence (frequency). */
   presencePenalty?: number;
   frequencyPenalty?: number;
+  /** vLLM's repetition penalty, in (0, 2] (1: off): the logit of each token of the prompt (the part the model reads)
+   *  or generated so far is divided by it when positive, multiplied by it when negative, before the other penalties;
+   *  greedy included. Out of range: a `bad_request` error. */
+  repetitionPenalty?: number;
   /** OpenAI's logit bias: token id (of the model's vocabulary) -> bias in [-100, 100], added to its logit. */
   logitBias?: Record<string | number, number>;
   seed?: number;

@@ -147,8 +147,8 @@ const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
 const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
-  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty', 'logitBias', 'seed',
-  'stop', 'timeoutMs', 'priority', 'logprobs',
+  'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
+  'repetitionPenalty', 'logitBias', 'seed', 'stop', 'timeoutMs', 'priority', 'logprobs',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
@@ -1802,7 +1802,7 @@ export class Client extends EventTarget {
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
-   *          presencePenalty?: number, frequencyPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
+   *          presencePenalty?: number, frequencyPenalty?: number, repetitionPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
    *          logprobs?: number, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
@@ -1817,6 +1817,7 @@ export class Client extends EventTarget {
     setIf(msg, 'min_p', opts.minP);
     setIf(msg, 'presence_penalty', opts.presencePenalty);
     setIf(msg, 'frequency_penalty', opts.frequencyPenalty);
+    setIf(msg, 'repetition_penalty', opts.repetitionPenalty);
     setIf(msg, 'logit_bias', opts.logitBias);
     setIf(msg, 'seed', opts.seed);
     setIf(msg, 'stop', typeof opts.stop === 'string' ? [opts.stop] : opts.stop);

@@ -281,6 +281,33 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     }
   }
 
+  it('repetitionPenalty reaches the server: greedy repeats itself less; out of range is bad_request', async () => {
+    /** How many of `text`'s character pairs repeat an earlier one (charlm: a token a character). */
+    const repeatedPairs = (text) => {
+      const pairs = Array.from({ length: text.length - 1 }, (_, i) => text.slice(i, i + 2));
+      return pairs.length - new Set(pairs).size;
+    };
+    const greedy = await c.complete('charlm', 'The ', { maxTokens: 60 });
+    const penalised = await c.complete('charlm', 'The ', { maxTokens: 60, repetitionPenalty: 1.5 });
+    assert.equal(penalised.tokens, 60);
+    assert.notEqual(penalised.text, greedy.text);
+    assert.ok(repeatedPairs(penalised.text) < repeatedPairs(greedy.text), `${penalised.text} | ${greedy.text}`);
+    assert.ok(new Set(penalised.text).size > new Set(greedy.text).size);
+    assert.equal((await c.complete('charlm', 'The ', { maxTokens: 60, repetitionPenalty: 1 })).text, greedy.text);
+    for (const bad of [0, -1, 2.5, '1.5', true]) {
+      await assert.rejects(c.complete('charlm', 'The ', { maxTokens: 5, repetitionPenalty: bad }), (e) => {
+        assert.ok(e instanceof BadRequestError, `${bad}: ${e}`);
+        assert.equal(e.code, 'bad_request');
+        assert.ok(e.message.includes("field 'repetition_penalty' must be a number in (0, 2]"), e.message);
+        return true;
+      });
+    }
+    // a stream's error is thrown by the iteration
+    await assert.rejects(collect(c.generate('charlm', 'The ', { maxTokens: 5, repetitionPenalty: 3 })),
+      (e) => e instanceof BadRequestError && e.message.includes("'repetition_penalty'"));
+    assert.equal((await c.complete('charlm', 'The ', { maxTokens: 3, repetitionPenalty: 2 })).tokens, 3); // 2: in range
+  });
+
   it('generate() with logprobs: the same texts, each token\'s record as it arrives and in done', async () => {
     const plain = await c.complete('charlm', 'The ', { maxTokens: 20 });
     assert.equal(plain.logprobs, undefined);

@@ -245,6 +245,34 @@ async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:
         assert len(set(forced.text)) == 1 and forced.tokens == 10  # one token, forced
 
 
+def _repeated_bigrams(text: str) -> int:
+    """How many of ``text``'s character pairs repeat an earlier one (charlm: a token a character)."""
+    pairs = [text[i:i + 2] for i in range(len(text) - 1)]
+    return len(pairs) - len(set(pairs))
+
+
+async def test_generate_repetition_penalty(server: ServerProcess) -> None:
+    """``repetition_penalty`` reaches the server (greedy included): at 1.5 the greedy text differs
+    from the plain one and repeats itself less; 1 is off; a value outside (0, 2] or not a number
+    is the server's ``bad_request`` naming the field, raised by ``complete`` and on iteration."""
+    async with Client(server.url) as c:
+        greedy = await c.complete("charlm", "The ", max_tokens=60)
+        penalised = await c.complete("charlm", "The ", max_tokens=60, repetition_penalty=1.5)
+        assert penalised.tokens == 60 and penalised.text != greedy.text
+        assert _repeated_bigrams(penalised.text) < _repeated_bigrams(greedy.text)
+        assert len(set(penalised.text)) > len(set(greedy.text))
+        assert (await c.complete("charlm", "The ", max_tokens=60, repetition_penalty=1)).text == greedy.text
+        for bad in (0, -1, 2.5, "1.5", True):
+            with pytest.raises(BadRequestError, match=r"field 'repetition_penalty' must be a number in \(0, 2\]") as ei:
+                await c.complete("charlm", "The ", max_tokens=5, repetition_penalty=bad)  # type: ignore[arg-type]
+            assert ei.value.code == "bad_request"
+        gen = c.generate("charlm", "The ", max_tokens=5, repetition_penalty=3.0)
+        with pytest.raises(BadRequestError, match="'repetition_penalty'"):
+            async for _ in gen:
+                pass
+        assert (await c.complete("charlm", "The ", max_tokens=3, repetition_penalty=2)).tokens == 3  # 2: in range
+
+
 async def test_generate_chat_messages(server: ServerProcess) -> None:
     """A conversation is sent as ``messages``: charlm's chat template joins the contents with
     newlines, so the answer is the text prompt's, token for token."""

@@ -148,17 +148,29 @@ def test_encode_predict_numpy_inputs() -> None:
 def test_encode_generate_and_cancel() -> None:
     frame = orjson.loads(
         encode_generate(3, "charlm", "The ", max_tokens=5, temperature=0.7, top_k=4, top_p=0.9, min_p=0.1, presence_penalty=0.5,
-                        frequency_penalty=-1, logit_bias={3: 100, 7: -1.5}, seed=9, stop="\n")
+                        frequency_penalty=-1, repetition_penalty=1.2, logit_bias={3: 100, 7: -1.5}, seed=9, stop="\n")
     )
     assert frame == {
         "type": "generate", "id": 3, "model": "charlm", "prompt": "The ", "max_tokens": 5,
-        "temperature": 0.7, "top_k": 4, "top_p": 0.9, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {"3": 100, "7": -1.5}, "seed": 9,
+        "temperature": 0.7, "top_k": 4, "top_p": 0.9, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": -1,
+        "repetition_penalty": 1.2, "logit_bias": {"3": 100, "7": -1.5}, "seed": 9,
         "stop": ["\n"],
     }
     assert orjson.loads(encode_generate(4, "charlm", "")) == {
         "type": "generate", "id": 4, "model": "charlm", "prompt": "",
     }
     assert encode_cancel(7) == b'{"type":"cancel","id":7}'
+
+
+def test_encode_generate_repetition_penalty() -> None:
+    """``repetition_penalty`` is sent as given (1, off, too: it is not dropped as a default) and
+    left out when ``None``; the range (0, 2] is the server's to check, as for the other penalties."""
+    assert orjson.loads(encode_generate(1, "charlm", "a", repetition_penalty=1.5)) == {
+        "type": "generate", "id": 1, "model": "charlm", "prompt": "a", "repetition_penalty": 1.5,
+    }
+    assert orjson.loads(encode_generate(1, "charlm", "a", repetition_penalty=1))["repetition_penalty"] == 1
+    assert orjson.loads(encode_generate(1, "charlm", "a", repetition_penalty=3))["repetition_penalty"] == 3
+    assert "repetition_penalty" not in orjson.loads(encode_generate(1, "charlm", "a", repetition_penalty=None))
 
 
 def test_encode_generate_logprobs() -> None:

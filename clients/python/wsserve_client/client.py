@@ -340,6 +340,7 @@ class Client:
         min_p: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
         logit_bias: Mapping[int, float] | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
@@ -356,9 +357,13 @@ class Client:
         ``messages``, which the server turns into the prompt with the model's chat template (a
         model without one answers ``bad_request``). ``None`` parameters take the server's
         defaults (``max_tokens`` 64, greedy, the default version). ``top_k``, ``top_p``
-        (nucleus sampling, in (0, 1]) and ``min_p`` (in [0, 1]) narrow sampling; greedy ignores them. ``presence_penalty``
-        and ``frequency_penalty`` (in [-2, 2], OpenAI's) lower the logits of tokens already
-        generated, greedy included; ``logit_bias`` (``{token id: bias}``, biases in [-100, 100]) is
+        (nucleus sampling, in (0, 1]) and ``min_p`` (in [0, 1]) narrow sampling; greedy ignores
+        them. ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2], OpenAI's) lower the
+        logits of tokens already generated, greedy included. ``repetition_penalty`` (vLLM's, in
+        (0, 2], 1 or ``None``: off) divides the logit of every token that is in the prompt (the
+        part the model reads) or was generated so far by it when the logit is positive, and
+        multiplies it when negative, before the other penalties, greedy included: above 1 repeats
+        are less likely. ``logit_bias`` (``{token id: bias}``, biases in [-100, 100]) is
         added to those tokens' logits. ``logprobs=k`` (an integer >= 0, at most the server's
         ``max_logprobs``, 20) asks for each token's log-probability and the ``k`` likeliest
         tokens with theirs, by the model's own distribution (before penalties, bias,
@@ -370,7 +375,7 @@ class Client:
         Raises:
             TypeError, ValueError: a bad ``prompt``, ``version`` or ``logprobs`` (here, before
                 anything is sent); the server's errors (e.g. ``BadRequestError`` naming the
-                field) come on iteration.
+                field, as for a sampling option out of its range) come on iteration.
         """
         check_version(version)  # a bad version raises here, not on first iteration
         check_logprobs(logprobs)
@@ -381,8 +386,8 @@ class Client:
             return encode_generate(
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
                 top_k=top_k, top_p=top_p, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                logit_bias=logit_bias, seed=seed, stop=stop, timeout=left, priority=priority, version=version,
-                logprobs=logprobs,
+                repetition_penalty=repetition_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=left,
+                priority=priority, version=version, logprobs=logprobs,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -400,6 +405,7 @@ class Client:
         min_p: float | None = None,
         presence_penalty: float | None = None,
         frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
         logit_bias: Mapping[int, float] | None = None,
         seed: int | None = None,
         stop: Sequence[str] | str | None = None,
@@ -413,7 +419,8 @@ class Client:
         token's :class:`~wsserve_client.TokenLogprob`)."""
         gen = self.generate(
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
+            logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
             logprobs=logprobs,
         )
         async with gen:

@@ -221,6 +221,7 @@ def encode_generate(
     min_p: float | None = None,
     presence_penalty: float | None = None,
     frequency_penalty: float | None = None,
+    repetition_penalty: float | None = None,
     logit_bias: Mapping[int, float] | None = None,
     seed: int | None = None,
     stop: Sequence[str] | str | None = None,
@@ -234,7 +235,9 @@ def encode_generate(
     conversation (a sequence of ``{"role": ..., "content": ...}`` mappings, OpenAI's chat
     messages) sent as ``messages``: the server makes the prompt with the model's chat template
     and checks the messages (``bad_request`` naming the field). Anything else is a ``TypeError``
-    here, before a request is sent. ``logprobs`` (``k``, see :func:`check_logprobs`; 0 is sent)
+    here, before a request is sent. The sampling options (``temperature`` to ``seed``) are sent as
+    given, unchecked: their ranges are the server's to enforce (``bad_request`` naming the field).
+    ``logprobs`` (``k``, see :func:`check_logprobs`; 0 is sent)
     asks for each token's log-probability and the ``k`` likeliest tokens.
 
     Raises:
@@ -249,6 +252,7 @@ def encode_generate(
         frame["version"] = version
     sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                 "min_p": min_p, "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                "repetition_penalty": repetition_penalty,
                 "logit_bias": None if logit_bias is None else {str(t): b for t, b in logit_bias.items()},
                 "seed": seed, "logprobs": check_logprobs(logprobs)}
     frame.update((name, value) for name, value in sampling.items() if value is not None)
