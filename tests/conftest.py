@@ -18,7 +18,9 @@ that reason, on the other transport.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -70,6 +72,16 @@ def server(request: pytest.FixtureRequest, _session_server: ServerProcess) -> Se
     """A default server (all models): websockets on asyncio and on uvloop, picows on uvloop."""
     _only(request, _session_server.transport)
     return _session_server
+
+
+@pytest.fixture
+def openai_client(server: ServerProcess) -> Iterator[Any]:
+    """The ``openai`` SDK (a client we did not write) pointed at ``server``'s ``/v1``; the test is
+    skipped without the SDK (the test extra installs it)."""
+    openai = pytest.importorskip("openai")
+    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    yield c
+    c.close()
 
 
 @pytest.fixture

@@ -19,12 +19,6 @@ from tests.support import Conn, http_get, scrape_metrics, wait_until
 openai = pytest.importorskip("openai")  # the test extra installs it
 
 
-@pytest.fixture
-def client(server):
-    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
-    yield c
-    c.close()
-
 
 async def _ws_text(server, **params) -> tuple[str, str]:
     conn = await Conn.open(server.url)
@@ -38,8 +32,8 @@ def _cancelled(server) -> float:
     return scrape_metrics(server.http).get("wsserve_requests_total", code="cancelled", model="charlm", type="generate")
 
 
-async def test_completion_matches_the_websocket_generation(server, client) -> None:
-    r = client.completions.create(model="charlm", prompt="The ", max_tokens=40, temperature=0)
+async def test_completion_matches_the_websocket_generation(server, openai_client) -> None:
+    r = openai_client.completions.create(model="charlm", prompt="The ", max_tokens=40, temperature=0)
     assert r.object == "text_completion" and r.model == "charlm" and r.id.startswith("cmpl-")
     choice = r.choices[0]
     assert choice.finish_reason == "length" and choice.index == 0 and len(choice.text) == 40
@@ -47,9 +41,9 @@ async def test_completion_matches_the_websocket_generation(server, client) -> No
     assert (choice.text, "length") == await _ws_text(server, prompt="The ", max_tokens=40, temperature=0)
 
 
-async def test_streamed_completion_is_the_same_text_in_chunks(server, client) -> None:
-    whole = client.completions.create(model="charlm", prompt="It was ", max_tokens=30, temperature=0.8, seed=11)
-    stream = client.completions.create(model="charlm", prompt="It was ", max_tokens=30, temperature=0.8, seed=11,
+async def test_streamed_completion_is_the_same_text_in_chunks(server, openai_client) -> None:
+    whole = openai_client.completions.create(model="charlm", prompt="It was ", max_tokens=30, temperature=0.8, seed=11)
+    stream = openai_client.completions.create(model="charlm", prompt="It was ", max_tokens=30, temperature=0.8, seed=11,
                                        stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     texts = [c.choices[0].text for c in chunks if c.choices]
@@ -62,43 +56,43 @@ async def test_streamed_completion_is_the_same_text_in_chunks(server, client) ->
     assert ws == whole.choices[0].text
 
 
-async def test_top_p_and_penalties_are_honoured_as_on_the_websocket(server, client) -> None:
+async def test_top_p_and_penalties_are_honoured_as_on_the_websocket(server, openai_client) -> None:
     """Nucleus sampling and OpenAI's penalties: the same text as the WebSocket ``generate``
     with the same fields; a nucleus too small for a second token is greedy whatever the
     temperature."""
     args = {"prompt": "It was ", "max_tokens": 40, "temperature": 1.5, "seed": 21}
-    r = client.completions.create(model="charlm", top_p=0.6, **args)
+    r = openai_client.completions.create(model="charlm", top_p=0.6, **args)
     ws_text, _ = await _ws_text(server, **args, top_p=0.6)
     assert r.choices[0].text == ws_text
-    greedy = client.completions.create(model="charlm", prompt="It was ", max_tokens=40, temperature=0)
-    narrow = client.completions.create(model="charlm", top_p=1e-9, **args)
+    greedy = openai_client.completions.create(model="charlm", prompt="It was ", max_tokens=40, temperature=0)
+    narrow = openai_client.completions.create(model="charlm", top_p=1e-9, **args)
     assert narrow.choices[0].text == greedy.choices[0].text
-    hot = client.completions.create(model="charlm", top_p=1, **args)  # 1: off
-    assert hot.choices[0].text == client.completions.create(model="charlm", **args).choices[0].text
+    hot = openai_client.completions.create(model="charlm", top_p=1, **args)  # 1: off
+    assert hot.choices[0].text == openai_client.completions.create(model="charlm", **args).choices[0].text
     assert hot.choices[0].text not in (r.choices[0].text, greedy.choices[0].text)
-    penalised = client.completions.create(model="charlm", presence_penalty=0.5, frequency_penalty=1.5, **args)
+    penalised = openai_client.completions.create(model="charlm", presence_penalty=0.5, frequency_penalty=1.5, **args)
     ws_text, _ = await _ws_text(server, **args, presence_penalty=0.5, frequency_penalty=1.5)
     assert penalised.choices[0].text == ws_text != hot.choices[0].text
-    narrowed = client.completions.create(model="charlm", extra_body={"min_p": 0.3}, **args)  # vLLM's field
+    narrowed = openai_client.completions.create(model="charlm", extra_body={"min_p": 0.3}, **args)  # vLLM's field
     ws_text, _ = await _ws_text(server, **args, min_p=0.3)
     assert narrowed.choices[0].text == ws_text != hot.choices[0].text
-    forced = client.completions.create(model="charlm", prompt="The ", max_tokens=10, temperature=0,
+    forced = openai_client.completions.create(model="charlm", prompt="The ", max_tokens=10, temperature=0,
                                        logit_bias={"3": 100})  # charlm's token 3
     assert forced.choices[0].text == (await _ws_text(server, prompt="The ", max_tokens=10, logit_bias={"3": 100}))[0]
     assert len(set(forced.choices[0].text)) == 1
 
 
-def test_stop_strings_end_with_finish_reason_stop(client) -> None:
-    full = client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0).choices[0].text
+def test_stop_strings_end_with_finish_reason_stop(openai_client) -> None:
+    full = openai_client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0).choices[0].text
     stop = full[10:13]
-    r = client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0, stop=[stop])
+    r = openai_client.completions.create(model="charlm", prompt="The ", max_tokens=60, temperature=0, stop=[stop])
     assert r.choices[0].finish_reason == "stop" and r.choices[0].text == full[: full.index(stop)]
     assert stop not in r.choices[0].text
 
 
-def test_closing_a_stream_cancels_the_generation(server, client) -> None:
+def test_closing_a_stream_cancels_the_generation(server, openai_client) -> None:
     before = _cancelled(server)
-    stream = client.completions.create(model="charlm", prompt="a", max_tokens=100000, temperature=0, stream=True)
+    stream = openai_client.completions.create(model="charlm", prompt="a", max_tokens=100000, temperature=0, stream=True)
     it = iter(stream)
     assert [next(it).choices[0].text for _ in range(5)]
     stream.close()
@@ -134,27 +128,27 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"seed": 1.5}, "seed"),
     ],
 )
-def test_unsupported_or_bad_parameters_are_refused_by_name(client, kwargs: dict, param: str) -> None:
+def test_unsupported_or_bad_parameters_are_refused_by_name(openai_client, kwargs: dict, param: str) -> None:
     args = {"model": "charlm", "prompt": "a", "max_tokens": 5, **kwargs}
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(**args)
+        openai_client.completions.create(**args)
     assert info.value.status_code == 400
     assert info.value.body["param"] == param and info.value.body["code"] == "bad_request"
     if param == "seed":  # the number is shown, not only its JSON type
         assert info.value.body["message"] == "'seed' must be an integer, got 1.5"
 
 
-def test_model_errors(client) -> None:
+def test_model_errors(openai_client) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client.completions.create(model="nope", prompt="a")
+        openai_client.completions.create(model="nope", prompt="a")
     assert "no model named 'nope'" in info.value.body["message"] and info.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model="mlp", prompt="a")
+        openai_client.completions.create(model="mlp", prompt="a")
     assert "does not generate text" in info.value.body["message"]
 
 
-async def test_models_list_in_the_openai_shape(server, client) -> None:
-    page = await asyncio.to_thread(client.models.list, extra_query={"format": "openai"})
+async def test_models_list_in_the_openai_shape(server, openai_client) -> None:
+    page = await asyncio.to_thread(openai_client.models.list, extra_query={"format": "openai"})
     assert [m.id for m in page.data] == ["linear", "mlp", "charlm"]
     assert all(m.object == "model" and m.owned_by == "wsserve" for m in page.data)
     # Without the parameter, /v1/models answers our own list: the WebSocket models reply's, versions included.

@@ -14,12 +14,6 @@ from tests.support import Conn
 openai = pytest.importorskip("openai")  # the test extra installs it
 
 
-@pytest.fixture
-def client(server):
-    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
-    yield c
-    c.close()
-
 
 async def _ws_frames(server, **params: Any) -> list[dict[str, Any]]:
     conn = await Conn.open(server.url)
@@ -30,9 +24,9 @@ async def _ws_frames(server, **params: Any) -> list[dict[str, Any]]:
     return frames
 
 
-async def test_completion_logprobs_are_the_websockets(server, client) -> None:
+async def test_completion_logprobs_are_the_websockets(server, openai_client) -> None:
     args = {"prompt": "It was ", "max_tokens": 20, "temperature": 0.9, "seed": 5}
-    r = client.completions.create(model="charlm", logprobs=3, **args)
+    r = openai_client.completions.create(model="charlm", logprobs=3, **args)
     frames = await _ws_frames(server, **args, logprobs=3)
     lp = r.choices[0].logprobs
     assert "".join(lp.tokens) == r.choices[0].text == "".join(f["text"] for f in frames)
@@ -43,14 +37,14 @@ async def test_completion_logprobs_are_the_websockets(server, client) -> None:
         want = {t["text"]: t["logprob"] for t in f["top_logprobs"]}
         want.setdefault(f["text"], f["logprob"])  # the chosen token is always listed
         assert top == want and 3 <= len(top) <= 4
-    plain = client.completions.create(model="charlm", **args)
+    plain = openai_client.completions.create(model="charlm", **args)
     assert plain.choices[0].logprobs is None and plain.choices[0].text == r.choices[0].text
 
 
-async def test_streamed_completion_logprobs_add_up_to_the_response(server, client) -> None:
+async def test_streamed_completion_logprobs_add_up_to_the_response(server, openai_client) -> None:
     args = {"model": "charlm", "prompt": "The ", "max_tokens": 15, "temperature": 0, "logprobs": 0, "stop": ["e "]}
-    whole = client.completions.create(**args).choices[0]
-    chunks = [c.choices[0] for c in client.completions.create(**args, stream=True) if c.choices]
+    whole = openai_client.completions.create(**args).choices[0]
+    chunks = [c.choices[0] for c in openai_client.completions.create(**args, stream=True) if c.choices]
     tokens = [c for c in chunks if c.finish_reason is None]
     assert [c.text for c in tokens] == whole.logprobs.tokens
     assert [c.logprobs.token_logprobs[0] for c in tokens] == whole.logprobs.token_logprobs
@@ -60,9 +54,9 @@ async def test_streamed_completion_logprobs_add_up_to_the_response(server, clien
     assert chunks[-1].finish_reason == whole.finish_reason and chunks[-1].logprobs is None
 
 
-async def test_chat_logprobs_are_the_websockets(server, client) -> None:
+async def test_chat_logprobs_are_the_websockets(server, openai_client) -> None:
     messages = [{"role": "user", "content": "The "}]
-    r = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0,
+    r = openai_client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0,
                                        logprobs=True, top_logprobs=2)
     frames = await _ws_frames(server, messages=messages, max_tokens=12, logprobs=2)
     content = r.choices[0].logprobs.content
@@ -71,22 +65,22 @@ async def test_chat_logprobs_are_the_websockets(server, client) -> None:
         [(f["text"], f["logprob"], list(f["text"].encode())) for f in frames]
     assert [[(t.token, t.logprob, t.bytes) for t in c.top_logprobs] for c in content] == \
         [[(t["text"], t["logprob"], list(t["text"].encode())) for t in f["top_logprobs"]] for f in frames]
-    stream = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0,
+    stream = openai_client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0,
                                             logprobs=True, stream=True)
     streamed = [c.choices[0].logprobs for c in stream if c.choices and c.choices[0].delta.content]
     assert [(s.content[0].token, s.content[0].logprob, s.content[0].top_logprobs) for s in streamed] == \
         [(c.token, c.logprob, []) for c in content]
-    plain = client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0)
+    plain = openai_client.chat.completions.create(model="charlm", messages=messages, max_tokens=12, temperature=0)
     assert plain.choices[0].logprobs is None
 
 
-async def test_echo_scores_the_prompt_with_the_generations_values(server, client) -> None:
+async def test_echo_scores_the_prompt_with_the_generations_values(server, openai_client) -> None:
     """``echo`` with ``logprobs`` (what lm-evaluation-harness sends for loglikelihood): the text is
     prompt + completion, the prompt's tokens come first (the first with null values), and scoring
     a greedy completion as a prompt gives its tokens the values their generation gave them."""
-    gen = client.completions.create(model="charlm", prompt="Th", max_tokens=14, temperature=0, logprobs=2)
+    gen = openai_client.completions.create(model="charlm", prompt="Th", max_tokens=14, temperature=0, logprobs=2)
     text = "Th" + gen.choices[0].text  # 16 characters: all of it is read
-    r = client.completions.create(model="charlm", prompt=text, max_tokens=1, temperature=0, logprobs=2, echo=True)
+    r = openai_client.completions.create(model="charlm", prompt=text, max_tokens=1, temperature=0, logprobs=2, echo=True)
     choice, lp = r.choices[0], r.choices[0].logprobs
     assert choice.text.startswith(text) and len(choice.text) == 17
     assert lp.tokens == list(choice.text) and lp.text_offset == list(range(17))
@@ -94,7 +88,7 @@ async def test_echo_scores_the_prompt_with_the_generations_values(server, client
     assert lp.token_logprobs[2:16] == gen.choices[0].logprobs.token_logprobs
     assert lp.top_logprobs[2:16] == gen.choices[0].logprobs.top_logprobs
     assert r.usage.prompt_tokens == 16 and r.usage.completion_tokens == 1
-    streamed = [c.choices[0] for c in client.completions.create(model="charlm", prompt=text, max_tokens=1,
+    streamed = [c.choices[0] for c in openai_client.completions.create(model="charlm", prompt=text, max_tokens=1,
                                                                 temperature=0, logprobs=2, echo=True, stream=True)
                 if c.choices]
     assert streamed[0].text == text and streamed[0].logprobs.tokens == list(text)
@@ -102,13 +96,13 @@ async def test_echo_scores_the_prompt_with_the_generations_values(server, client
     assert streamed[1].text == choice.text[16] and streamed[1].logprobs.text_offset == [16]
 
 
-def test_echo_without_logprobs_and_its_bounds(server, client) -> None:
+def test_echo_without_logprobs_and_its_bounds(server, openai_client) -> None:
     long = "It was the best of times, it was"
-    r = client.completions.create(model="charlm", prompt=long, max_tokens=5, temperature=0, echo=True)
-    plain = client.completions.create(model="charlm", prompt=long, max_tokens=5, temperature=0)
+    r = openai_client.completions.create(model="charlm", prompt=long, max_tokens=5, temperature=0, echo=True)
+    plain = openai_client.completions.create(model="charlm", prompt=long, max_tokens=5, temperature=0)
     assert r.choices[0].text == long + plain.choices[0].text and r.choices[0].logprobs is None
     for kwargs, param, says in [({"echo": True, "logprobs": 1}, "echo", "reads at most the last 16 characters"),
                                 ({"extra_body": {"echo": "yes"}}, "echo", "'echo' must be a boolean")]:
         with pytest.raises(openai.BadRequestError) as info:
-            client.completions.create(model="charlm", prompt=long, max_tokens=5, **kwargs)
+            openai_client.completions.create(model="charlm", prompt=long, max_tokens=5, **kwargs)
         assert info.value.body["param"] == param and says in info.value.body["message"]

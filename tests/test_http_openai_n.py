@@ -15,30 +15,24 @@ from tests.support import http_get, scrape_metrics, wait_until
 openai = pytest.importorskip("openai")  # the test extra installs it
 
 
-@pytest.fixture
-def client(server):
-    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
-    yield c
-    c.close()
-
 
 ARGS = {"model": "charlm", "prompt": "It was ", "max_tokens": 24, "temperature": 0.9}
 
 
-def test_n_choices_are_the_single_answers_of_successive_seeds(client) -> None:
-    r = client.completions.create(n=3, seed=40, **ARGS)
+def test_n_choices_are_the_single_answers_of_successive_seeds(openai_client) -> None:
+    r = openai_client.completions.create(n=3, seed=40, **ARGS)
     assert [c.index for c in r.choices] == [0, 1, 2]
-    singles = [client.completions.create(seed=40 + i, **ARGS).choices[0] for i in range(3)]
+    singles = [openai_client.completions.create(seed=40 + i, **ARGS).choices[0] for i in range(3)]
     assert [(c.text, c.finish_reason) for c in r.choices] == [(c.text, c.finish_reason) for c in singles]
     assert len({c.text for c in r.choices}) == 3  # sampled: different texts
     assert r.usage.prompt_tokens == 7 and r.usage.completion_tokens == 3 * 24 and r.usage.total_tokens == 7 + 72
-    greedy = client.completions.create(n=2, **{**ARGS, "temperature": 0})
+    greedy = openai_client.completions.create(n=2, **{**ARGS, "temperature": 0})
     assert greedy.choices[0].text == greedy.choices[1].text
 
 
-def test_streamed_n_choices_carry_their_index_and_end_each(client) -> None:
-    whole = client.completions.create(n=3, seed=7, stop=["e "], **ARGS)
-    chunks = list(client.completions.create(n=3, seed=7, stop=["e "], stream=True,
+def test_streamed_n_choices_carry_their_index_and_end_each(openai_client) -> None:
+    whole = openai_client.completions.create(n=3, seed=7, stop=["e "], **ARGS)
+    chunks = list(openai_client.completions.create(n=3, seed=7, stop=["e "], stream=True,
                                             stream_options={"include_usage": True}, **ARGS))
     texts: dict[int, str] = defaultdict(str)
     ends: dict[int, list[str]] = defaultdict(list)
@@ -54,8 +48,8 @@ def test_streamed_n_choices_carry_their_index_and_end_each(client) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
-def test_n_with_echo_and_logprobs_gives_each_choice_its_own_offsets(client) -> None:
-    r = client.completions.create(model="charlm", prompt="The cat", max_tokens=5, temperature=0.8, seed=3, n=2,
+def test_n_with_echo_and_logprobs_gives_each_choice_its_own_offsets(openai_client) -> None:
+    r = openai_client.completions.create(model="charlm", prompt="The cat", max_tokens=5, temperature=0.8, seed=3, n=2,
                                   echo=True, logprobs=1)
     for choice in r.choices:
         assert choice.text.startswith("The cat") and len(choice.text) == 12
@@ -64,14 +58,14 @@ def test_n_with_echo_and_logprobs_gives_each_choice_its_own_offsets(client) -> N
     assert r.choices[0].logprobs.token_logprobs[:7] == r.choices[1].logprobs.token_logprobs[:7]
 
 
-def test_chat_n_choices_streamed_and_not(client) -> None:
+def test_chat_n_choices_streamed_and_not(openai_client) -> None:
     args = {"model": "charlm", "messages": [{"role": "user", "content": "The "}], "max_tokens": 10,
             "temperature": 1.0, "seed": 5, "n": 2}
-    whole = client.chat.completions.create(**args)
+    whole = openai_client.chat.completions.create(**args)
     assert [c.index for c in whole.choices] == [0, 1] and whole.usage.completion_tokens == 20
     texts: dict[int, str] = defaultdict(str)
     roles: dict[int, str] = {}
-    for chunk in client.chat.completions.create(stream=True, **args):
+    for chunk in openai_client.chat.completions.create(stream=True, **args):
         for c in chunk.choices:
             if c.delta.role:
                 roles[c.index] = c.delta.role
@@ -80,13 +74,13 @@ def test_chat_n_choices_streamed_and_not(client) -> None:
     assert dict(texts) == {c.index: c.message.content for c in whole.choices}
 
 
-def test_closing_a_stream_of_n_choices_cancels_them_all(server, client) -> None:
+def test_closing_a_stream_of_n_choices_cancels_them_all(server, openai_client) -> None:
     def cancelled() -> float:
         return scrape_metrics(server.http).get("wsserve_requests_total", code="cancelled", model="charlm",
                                                type="generate")
 
     before = cancelled()
-    stream = client.completions.create(model="charlm", prompt="a", max_tokens=100000, temperature=0, n=4,
+    stream = openai_client.completions.create(model="charlm", prompt="a", max_tokens=100000, temperature=0, n=4,
                                        stream=True)
     it = iter(stream)
     seen = {next(it).choices[0].index for _ in range(20)}
@@ -102,5 +96,5 @@ def test_closing_a_stream_of_n_choices_cancels_them_all(server, client) -> None:
         return sum(m["inference_count"] for m in json.loads(body)["model_stats"])
 
     before_steps = steps()
-    client.completions.create(model="charlm", prompt="a", max_tokens=5, temperature=0)
+    openai_client.completions.create(model="charlm", prompt="a", max_tokens=5, temperature=0)
     assert steps() == before_steps + 5

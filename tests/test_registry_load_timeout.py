@@ -54,6 +54,13 @@ def _write_hung(repo: Path, name: str, key: str, config: str = AFFINE_CONFIG) ->
     return version
 
 
+def _write_hung_models(repo: Path, key: str, names: list[str]) -> list[str]:
+    """Hung models ``names``, each with config.toml's own timeout of 0.2 s; returns ``names``."""
+    for name in names:
+        _write_hung(repo, name, key, AFFINE_CONFIG + "model_load_timeout_s = 0.2\n")
+    return names
+
+
 def _write_good(repo: Path, name: str) -> None:
     (repo / name).mkdir(parents=True)
     (repo / name / "config.toml").write_text(AFFINE_CONFIG + "model_load_timeout_s = 600\n")
@@ -147,11 +154,8 @@ async def test_a_hung_load_fails_after_the_timeout_and_the_server_starts(
 async def test_more_hung_loads_than_load_slots_do_not_stop_a_good_model(
     tmp_path: Path, gate: tuple[str, threading.Event], started: Any,
 ) -> None:
-    key, _ = gate
     repo = tmp_path / "repo"
-    hung = [f"hung{i}" for i in range(LOAD_CONCURRENCY + 1)]
-    for name in hung:  # config.toml's own timeout
-        _write_hung(repo, name, key, AFFINE_CONFIG + "model_load_timeout_s = 0.2\n")
+    hung = _write_hung_models(repo, gate[0], [f"hung{i}" for i in range(LOAD_CONCURRENCY + 1)])
     _write_good(repo, "zgood")  # scanned (and queued) after the hung ones
     server = await started(repo)
     conn = await Conn.open(server.url)
@@ -172,9 +176,7 @@ async def test_load_threads_are_bounded_and_a_refused_load_says_why(
 ) -> None:
     key, event = gate
     repo = tmp_path / "repo"
-    hung = [f"hung{i:02d}" for i in range(MAX_LOAD_THREADS + 1)]
-    for name in hung:
-        _write_hung(repo, name, key, AFFINE_CONFIG + "model_load_timeout_s = 0.2\n")
+    hung = _write_hung_models(repo, key, [f"hung{i:02d}" for i in range(MAX_LOAD_THREADS + 1)])
     server = await started(repo)
     conn = await Conn.open(server.url)
     versions = await _versions(conn)
