@@ -98,3 +98,41 @@ def test_closing_a_stream_of_n_choices_cancels_them_all(server, openai_client) -
     before_steps = steps()
     openai_client.completions.create(model="charlm", prompt="a", max_tokens=5, temperature=0)
     assert steps() == before_steps + 5
+
+
+def test_several_prompts_get_their_own_choices_in_vllms_order(openai_client) -> None:
+    """A list of prompts (what lm-evaluation-harness batches): prompt ``a``'s ``n`` choices are
+    indexes ``a * n`` to ``a * n + n - 1``, each the answer to that prompt alone with ``seed + j``."""
+    prompts = ["It was ", "The ", "x = "]
+    r = openai_client.completions.create(model="charlm", prompt=prompts, n=2, max_tokens=12, temperature=0.9,
+                                         seed=11)
+    assert [c.index for c in r.choices] == list(range(6))
+    for a, prompt in enumerate(prompts):
+        alone = openai_client.completions.create(model="charlm", prompt=prompt, n=2, max_tokens=12, temperature=0.9,
+                                                 seed=11)
+        assert [c.text for c in r.choices[2 * a:2 * a + 2]] == [c.text for c in alone.choices]
+    assert r.usage.prompt_tokens == 7 + 4 + 4 and r.usage.completion_tokens == 6 * 12
+    chunks = list(openai_client.completions.create(model="charlm", prompt=prompts, n=2, max_tokens=12,
+                                                   temperature=0.9, seed=11, stream=True))
+    texts: dict[int, str] = defaultdict(str)
+    for chunk in chunks:
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    assert dict(texts) == {c.index: c.text for c in r.choices}
+
+
+def test_several_prompts_echoed_and_scored_each_with_its_own_tokens(openai_client) -> None:
+    prompts = ["The cat", "It was"]
+    r = openai_client.completions.create(model="charlm", prompt=prompts, max_tokens=3, temperature=0, echo=True,
+                                         logprobs=1)
+    for prompt, choice in zip(prompts, r.choices, strict=True):
+        alone = openai_client.completions.create(model="charlm", prompt=prompt, max_tokens=3, temperature=0,
+                                                 echo=True, logprobs=1).choices[0]
+        assert choice.text == alone.text and choice.text.startswith(prompt)
+        assert choice.logprobs.tokens == alone.logprobs.tokens
+        assert choice.logprobs.token_logprobs == alone.logprobs.token_logprobs
+    streamed = [c.choices[0] for c in openai_client.completions.create(
+        model="charlm", prompt=prompts, max_tokens=3, temperature=0, echo=True, logprobs=1, stream=True)]
+    firsts = {c.index: c for c in reversed(streamed)}  # each choice's first chunk: its echoed prompt
+    assert [firsts[i].text for i in range(2)] == prompts
+    assert [firsts[i].logprobs.token_logprobs for i in range(2)] == \
+        [c.logprobs.token_logprobs[:len(p)] for c, p in zip(r.choices, prompts)]

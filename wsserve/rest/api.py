@@ -665,13 +665,20 @@ class HttpApi:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
-            if completion.echo and completion.params.logprobs is not None:  # the prompt's tokens first
+            if completion.echo and completion.params.logprobs is not None:  # the prompts' tokens first
                 chars = getattr(entry.worker.model, "prompt_chars", None)
-                if chars is not None and len(completion.params.prompt) > chars:
-                    raise ParamError("echo", f"'echo' with 'logprobs' scores the prompt's tokens, and model {model!r} "
-                                             f"reads at most the last {chars} characters of a prompt; this one has "
-                                             f"{len(completion.params.prompt)}")
-                call.scoring = entry.worker.score_prompt(completion.params.prompt, completion.params.logprobs)
+                for prompt in call.prompts:
+                    if chars is not None and len(prompt) > chars:
+                        raise ParamError("echo", f"'echo' with 'logprobs' scores the prompt's tokens, and model "
+                                                 f"{model!r} reads at most the last {chars} characters of a prompt; "
+                                                 f"this one has {len(prompt)}")
+                try:
+                    for prompt in call.prompts:
+                        call.scoring.append(entry.worker.score_prompt(prompt, completion.params.logprobs))
+                except WsserveError:
+                    for scoring in call.scoring:
+                        scoring.cancel()
+                    raise
             else:
                 self._submit(call, entry, completion, session)
         except WsserveError as exc:
@@ -679,8 +686,9 @@ class HttpApi:
             raise
         session.track(call)
         exchange.on_abort = call.abort
-        if call.scoring is not None:  # queued and answered once the prompt is scored
-            call.scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session))
+        if call.scoring:  # queued and answered once the prompts are scored
+            for i, scoring in enumerate(call.scoring):
+                scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session, i))
         elif completion.stream:
             call.start_stream()
         return None
@@ -693,15 +701,19 @@ class HttpApi:
         except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
             raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
 
-    def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession,
-                scoring: Any) -> None:
-        """``echo`` with ``logprobs``: the prompt was scored (``scoring``, the engine's future: done), or
-        that failed; queue the generation."""
-        call.scoring = None
-        if call.finished or scoring.cancelled():  # the client left, or the drain ended it
-            return
+    def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession, _prompt: int,
+                _scoring: Any) -> None:
+        """``echo`` with ``logprobs``: one prompt's scoring (the engine's future) is done; once every
+        prompt's is, take their records (or the first failure) and queue the generations."""
+        futures = call.scoring
+        if call.finished or not futures or not all(f.done() for f in futures):
+            return  # the client left, the drain ended it, it was handled, or prompts are still scored
+        call.scoring = []
         try:
-            call.scored(scoring.result())
+            for i, future in enumerate(futures):
+                if future.cancelled():
+                    return
+                call.scored(i, future.result())
             self._submit(call, entry, completion, session)
         except WsserveError as exc:
             self._rejected(exc, call.model, "generate")

@@ -311,12 +311,13 @@ class InferCall(PredictCall):
 
 class CompletionCall(Call):
     """``POST /v1/completions``, ``/v1/chat/completions`` or Triton's ``generate``/``generate_stream``:
-    ``n`` generations (one :class:`CompletionChoice` each, the engine's token sinks); a JSON answer
-    once every choice ended, or Server-Sent Events as tokens come (the bytes are the ``encoder``'s).
-    A choice that fails fails the call (the others are cancelled)."""
+    ``n`` generations per prompt (one :class:`CompletionChoice` each, the engine's token sinks;
+    prompt ``a``'s choices are indexes ``a * n`` to ``a * n + n - 1``); a JSON answer once every
+    choice ended, or Server-Sent Events as tokens come (the bytes are the ``encoder``'s).  A choice
+    that fails fails the call (the others are cancelled)."""
 
     __slots__ = ("engine", "choices", "encoder", "stream", "include_usage", "scoring", "streaming", "echo",
-                 "echo_logged", "logged", "_open")
+                 "echo_logged", "logged", "prompts", "_open")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
                  completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
@@ -328,15 +329,18 @@ class CompletionCall(Call):
         self.include_usage = completion.include_usage
         #: with logprobs, not streamed: each choice keeps each token's text and record
         self.logged = completion.params.logprobs is not None and not completion.stream
-        #: ``echo``: the prompt, sent before each choice's text, and (with logprobs) its tokens' records
-        self.echo = completion.params.prompt if completion.echo else None
-        self.echo_logged: list[tuple[str, TokenLogprobs | None]] | None = None
-        #: the future of the prompt's records while they are computed (``echo`` with ``logprobs``)
-        self.scoring: Any = None
+        #: the prompts (one, or a completion's list)
+        self.prompts = completion.prompts or (completion.params.prompt,)
+        #: ``echo``: each choice's text starts with its prompt, and (with logprobs) its tokens' records
+        self.echo = completion.echo
+        self.echo_logged: list[list[tuple[str, TokenLogprobs | None]] | None] = [None] * len(self.prompts)
+        #: the futures of the prompts' records while they are computed (``echo`` with ``logprobs``)
+        self.scoring: list[Any] = []
         #: the 200 and the stream's first events are out
         self.streaming = False
-        self.choices = [CompletionChoice(self, i) for i in range(completion.n)]
-        self._open = completion.n  # choices not ended yet
+        n = completion.n
+        self.choices = [CompletionChoice(self, a * n + j, a, j) for a in range(len(self.prompts)) for j in range(n)]
+        self._open = len(self.choices)  # choices not ended yet
 
     @property
     def tokens(self) -> int:
@@ -348,18 +352,20 @@ class CompletionCall(Call):
         """The first choice's generation (its ``prompt_tokens``)."""
         return self.choices[0].handle
 
-    def scored(self, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
-        """The prompt's tokens' texts and records, for ``echo`` with ``logprobs``."""
-        self.echo_logged = logged
+    def scored(self, prompt: int, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
+        """Prompt ``prompt``'s tokens' texts and records, for ``echo`` with ``logprobs``."""
+        self.echo_logged[prompt] = logged
 
     def submit(self, params: Any, group: Any) -> None:
-        """Queue every choice's generation (choice ``i`` seeded ``seed + i``).  Raises what the
-        engine raises; the choices queued before it are cancelled then."""
+        """Queue every choice's generation (its prompt's; choice ``j`` of a prompt seeded
+        ``seed + j``).  Raises what the engine raises; the choices queued before it are cancelled then."""
         try:
             for choice in self.choices:
                 p = params
-                if choice.index and params.seed is not None:
-                    p = dataclasses.replace(params, seed=(params.seed + choice.index) & 0xFFFF_FFFF_FFFF_FFFF)
+                if choice.prompt:
+                    p = dataclasses.replace(p, prompt=self.prompts[choice.prompt])
+                if choice.nth and params.seed is not None:
+                    p = dataclasses.replace(p, seed=(params.seed + choice.nth) & 0xFFFF_FFFF_FFFF_FFFF)
                 choice.handle = self.engine.submit(p, choice, group=group)
         except Exception:
             for choice in self.choices:
@@ -375,14 +381,15 @@ class CompletionCall(Call):
         start = b""
         for choice in self.choices:
             start += self.encoder.start_events(choice.index)
-            if self.echo is not None:
-                start += self.encoder.echo_event(self.echo, self.echo_logged, choice.index)  # type: ignore[union-attr]
+            if self.echo:
+                start += self.encoder.echo_event(self.prompts[choice.prompt], self.echo_logged[choice.prompt],  # type: ignore[union-attr]
+                                                 choice.index)
         if start:
             self.exchange.send(start)
 
     def _stop_work(self) -> None:
-        if self.scoring is not None:
-            self.scoring.cancel()
+        for scoring in self.scoring:
+            scoring.cancel()
         for choice in self.choices:
             if choice.handle is not None and not choice.ended:
                 self.engine.cancel(choice.handle)  # its on_done("cancelled") finds the call finished
@@ -406,33 +413,37 @@ class CompletionCall(Call):
             return
         if not self._end("cancelled" if any(c.cancelled for c in self.choices) else "ok"):
             return
-        prompt_tokens = self.choices[0].handle.prompt_tokens  # set by submit, before any sink call
+        n = len(self.choices) // len(self.prompts)  # each prompt counted once, whatever n
+        prompt_tokens = sum(c.handle.prompt_tokens for c in self.choices[::n])  # set by submit
         tokens = self.tokens
         if self.stream:
             self.exchange.send(self.encoder.tail_events(prompt_tokens, tokens, self.include_usage))
             self.exchange.end_stream()
             return
-        echo = self.echo
         answers = []
         for c in self.choices:
             text = "".join(c.texts)
             logged = c.logged
-            if echo is not None:
-                text = echo + text
+            if self.echo:
+                text = self.prompts[c.prompt] + text
                 if logged is not None:
-                    logged = [*(self.echo_logged or ()), *logged]
+                    logged = [*(self.echo_logged[c.prompt] or ()), *logged]
             answers.append((text, c.reason, logged))
         self._answer(self.encoder.response(answers, prompt_tokens, tokens))
 
 
 class CompletionChoice:
-    """One choice of a :class:`CompletionCall`: the engine's sink for its generation."""
+    """One choice of a :class:`CompletionCall`: the engine's sink for its generation.  ``index`` is
+    its place in the answer, ``prompt`` its prompt's, ``nth`` its place among that prompt's ``n``."""
 
-    __slots__ = ("call", "index", "handle", "tokens", "texts", "logged", "reason", "ended", "cancelled")
+    __slots__ = ("call", "index", "prompt", "nth", "handle", "tokens", "texts", "logged", "reason", "ended",
+                 "cancelled")
 
-    def __init__(self, call: CompletionCall, index: int) -> None:
+    def __init__(self, call: CompletionCall, index: int, prompt: int = 0, nth: int = 0) -> None:
         self.call = call
         self.index = index
+        self.prompt = prompt
+        self.nth = nth
         self.handle: Any = None
         self.tokens = 0
         self.texts: list[str] = []

@@ -8,7 +8,7 @@
   rather than ignored: ``best_of`` other than ``n``,
   ``suffix``,
   token-id
-  prompts, several prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
@@ -16,8 +16,9 @@
   as vLLM takes it; OpenAI's own limit is 5), and ``echo`` (the prompt before the generated
   text; with ``logprobs``, the prompt's own tokens are scored too: the first one's values are
   null, as OpenAI's), and ``n`` (1 to :data:`MAX_N` choices, each a generation of its own; with a
-  ``seed``, choice ``i`` is seeded ``seed + i``, so choice 0 is the answer to ``n: 1``); ``user``
-  and unknown fields are ignored.
+  ``seed``, choice ``i`` is seeded ``seed + i``, so choice 0 is the answer to ``n: 1``), and a
+  list of prompts (as vLLM: prompt ``a``'s choices are indexes ``a * n`` to ``a * n + n - 1``; at
+  most :data:`MAX_CHOICES` choices in all); ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
   ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio, JSON output and
@@ -58,15 +59,17 @@ from ..protocol import (
 )
 from .errors import error_response
 
-__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_N", "ParamError", "error_event",
+__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "error_event",
            "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
 
 #: Sent as is when the field holds one of these (OpenAI's defaults / "off").
-#: ``n``: at most this many choices per request (each is a generation of its own in the batch).
+#: ``n``: at most this many choices per prompt (each is a generation of its own in the batch).
 MAX_N = 16
+#: At most this many choices per request: prompts x ``n`` (a list of prompts, as vLLM takes it).
+MAX_CHOICES = 256
 
 _NEUTRAL = {
     "suffix": (None, ""),
@@ -99,8 +102,11 @@ class Completion:
     messages: tuple[ChatMessage, ...] | None = None
     #: ``/v1/completions``' ``echo``: the answer's text begins with the prompt.
     echo: bool = False
-    #: Choices to generate (``n``): each a generation of its own, choice ``i`` seeded ``seed + i``.
+    #: Choices to generate (``n``) per prompt: each a generation of its own, choice ``i`` seeded ``seed + i``.
     n: int = 1
+    #: ``/v1/completions``' list of several prompts (``params.prompt`` is the first); empty: one prompt.
+    #: Prompt ``a``'s choices have indexes ``a * n`` to ``a * n + n - 1``, as vLLM's.
+    prompts: tuple[str, ...] = ()
 
     def with_prompt(self, prompt: str) -> Completion:
         """The same request generating from ``prompt`` (a chat's, from the model's template)."""
@@ -112,13 +118,17 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     naming the field."""
     model = _model(obj)
     prompt = obj.get("prompt")
+    prompts: tuple[str, ...] = ()
     if type(prompt) is list:
-        if len(prompt) == 1 and type(prompt[0]) is str:
+        if prompt and all(type(p) is str for p in prompt):
+            prompts = tuple(prompt)
             prompt = prompt[0]
-        elif prompt and all(type(p) is str for p in prompt):
-            raise ParamError("prompt", "one prompt per request: a list of several prompts is not supported")
+        elif prompt and all(type(p) is int or type(p) is list for p in prompt):
+            raise ParamError("prompt", "'prompt' must be a string or a list of strings (token-id prompts are "
+                                       "not supported: send text)")
         else:
-            raise ParamError("prompt", "'prompt' must be a string (token-id prompts are not supported)")
+            raise ParamError("prompt", "'prompt' must be a string or a non-empty list of strings, got "
+                                       f"{'an empty list' if not prompt else 'a list holding other values'}")
     if type(prompt) is not str:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
     _refuse_unsupported(obj, _NEUTRAL)
@@ -135,7 +145,11 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     if best_of is not None and best_of != n:
         raise ParamError("best_of", f"'best_of' is not supported other than equal to 'n' ({n}): wsserve returns "
                                     f"every choice it generates; got {_shown(best_of)}")
-    return replace(_completion(obj, model, prompt, max_tokens, None, logprobs), echo=bool(echo), n=n)
+    if len(prompts) * n > MAX_CHOICES:
+        raise ParamError("prompt", f"{len(prompts)} prompts x n={n} make {len(prompts) * n} choices; at most "
+                                   f"{MAX_CHOICES} per request")
+    completion = replace(_completion(obj, model, prompt, max_tokens, None, logprobs), echo=bool(echo), n=n)
+    return replace(completion, prompts=prompts) if len(prompts) > 1 else completion
 
 
 def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
