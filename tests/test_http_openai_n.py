@@ -136,3 +136,20 @@ def test_several_prompts_echoed_and_scored_each_with_its_own_tokens(openai_clien
     assert [firsts[i].text for i in range(2)] == prompts
     assert [firsts[i].logprobs.token_logprobs for i in range(2)] == \
         [c.logprobs.token_logprobs[:len(p)] for c, p in zip(r.choices, prompts)]
+
+
+def test_each_choice_counts_against_max_inflight(start_server) -> None:
+    """A connection's ``max_inflight`` counts choices (each a generation of its own): a request of
+    more choices than it allows is refused naming ``n`` or ``prompt``; up to it, answered."""
+    server = start_server("--models", "charlm", "--max-inflight", "4")
+    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    try:
+        ok = c.completions.create(model="charlm", prompt=["a", "b"], n=2, max_tokens=3)
+        assert len(ok.choices) == 4
+        for kwargs, param in (({"n": 5}, "n"), ({"prompt": ["a", "b", "c"], "n": 2}, "prompt")):
+            with pytest.raises(openai.BadRequestError) as info:
+                c.completions.create(**{"model": "charlm", "prompt": "a", "max_tokens": 3, **kwargs})
+            assert info.value.body["param"] == param
+            assert "makes" in info.value.body["message"] and "at most 4 unfinished requests" in info.value.body["message"]
+    finally:
+        c.close()

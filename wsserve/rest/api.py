@@ -319,7 +319,7 @@ class HttpApi:
             if req.explain and n > cfg.max_explain_rows:
                 raise InvalidInput(f"'inputs' has {n} rows; explain takes at most {cfg.max_explain_rows} "
                                    "rows per request (max_explain_rows)")
-            session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
+            session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
             args = (session, exchange, entry, inputs, n, nbytes, "wsserve", now, cors)
             if req.seed_form is not None:
                 call: Any = SeedCall(*args, scalar=req.seed_form == "scalar")
@@ -393,7 +393,7 @@ class HttpApi:
                 field = "inputs" if req.columnar else "instances"
                 raise InvalidInput(f"'{field}' has {n} rows; explain takes at most {cfg.max_explain_rows} "
                                    "rows per request (max_explain_rows)")
-            session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
+            session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
             call = KServeCall(session, exchange, entry, inputs, n, nbytes, "oip", now, cors, columnar=req.columnar,
                               explain=explain)
             call.item = entry.worker.submit(call)
@@ -505,7 +505,7 @@ class HttpApi:
                 outputs = (*outputs, *oip.attribution_tensors(inputs, outputs))
             batch = _worker_inputs(entry, inputs, req)
             nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
-            session.admission.capacity(len(session.calls), session.inflight_bytes, nbytes)
+            session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
             call = InferCall(session, exchange, entry, batch, req.rows, nbytes, "oip", now, cors, rid=req.id,
                              outputs=outputs, requested=req.outputs, explain=req.explain)
             deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
@@ -652,7 +652,12 @@ class HttpApi:
                 if entry.kind != "generate":
                     raise ParamError("model", f"model {model!r} does not generate text (use POST "
                                               f"/v2/models/{model}/infer or POST /predict)")
-            session.admission.capacity(len(session.calls), session.inflight_bytes, 0)
+            choices = max(1, len(completion.prompts)) * completion.n  # each counts against max_inflight
+            if choices > self.config.max_inflight:
+                raise ParamError("prompt" if completion.prompts else "n",
+                                 f"this request makes {choices} choices; this server takes at most "
+                                 f"{self.config.max_inflight} unfinished requests per connection (max_inflight)")
+            session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, 0)
             if completion.messages is not None:
                 try:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))

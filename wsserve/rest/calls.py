@@ -50,12 +50,14 @@ class HttpSession:
     Holds a connection slot (``--max-connections``) until the server releases it
     when the connection closes."""
 
-    __slots__ = ("admission", "calls", "inflight_bytes", "address", "_shared", "_metrics", "_clock")
+    __slots__ = ("admission", "calls", "inflight", "inflight_bytes", "address", "_shared", "_metrics", "_clock")
 
     def __init__(self, cfg: ServerConfig, shared: Shared, metrics: Metrics, clock: Callable[[], float],
                  address: str, now: float) -> None:
         self.admission = Admission(cfg, shared, now)
         self.calls: set[Call] = set()
+        #: unfinished requests, as ``max_inflight`` counts them: one per call, one per choice of a completion
+        self.inflight = 0
         self.inflight_bytes = 0
         self.address = address
         self._shared = shared
@@ -66,12 +68,14 @@ class HttpSession:
         """``call`` was accepted by its worker."""
         self.calls.add(call)
         self.inflight_bytes += call.nbytes
+        self.inflight += call.weight
         self._shared.inflight += 1
 
     def finished(self, call: Call, code: str) -> None:
         """Called once per tracked call, by :meth:`Call._end`."""
         self.calls.discard(call)
         self.inflight_bytes -= call.nbytes
+        self.inflight -= call.weight
         self._shared.inflight -= 1
         metrics = self._metrics
         if type(call) is CompletionCall:
@@ -97,7 +101,7 @@ class Call:
     """Base of HTTP calls.  Subclasses stop their work in ``_stop_work``."""
 
     __slots__ = ("session", "exchange", "model", "version", "kind", "received_at", "finished", "nbytes", "style",
-                 "headers")
+                 "headers", "weight")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, kind: str, style: Style,
                  received_at: float, headers: list[tuple[str, str]] | None) -> None:
@@ -110,6 +114,7 @@ class Call:
         self.received_at = received_at
         self.finished = False
         self.nbytes = 0
+        self.weight = 1  # requests it counts as against max_inflight (a completion: its choices)
         self.headers = headers or _NO_HEADERS  # CORS headers for the answer
 
     def _end(self, code: str) -> bool:
@@ -340,7 +345,7 @@ class CompletionCall(Call):
         self.streaming = False
         n = completion.n
         self.choices = [CompletionChoice(self, a * n + j, a, j) for a in range(len(self.prompts)) for j in range(n)]
-        self._open = len(self.choices)  # choices not ended yet
+        self._open = self.weight = len(self.choices)  # choices not ended yet; each counts against max_inflight
 
     @property
     def tokens(self) -> int:
