@@ -11,14 +11,19 @@ import pytest
 
 from tests.test_gen_engine import EXECUTOR, INLINE, PoisonModel, run_all, until
 from tests.test_gen_support import FakeClock, RecordingSink, charlm, params
-from wsserve.errors import Internal, ShuttingDown
+from wsserve.errors import BadRequest, Internal, Overloaded, ShuttingDown
 from wsserve.generation import (
     GenerationEngine,
     Scheduler,
     TokenLogprobs,
     run_step_logprobs,
 )
-from wsserve.generation.logprobs import LogprobRows, prompt_logprobs, step_logprobs
+from wsserve.generation.logprobs import (
+    MAX_SCORED_VALUES,
+    LogprobRows,
+    prompt_logprobs,
+    step_logprobs,
+)
 from wsserve.generation.scheduler import FINISHED
 from wsserve.generation.sequence import LoggedText
 
@@ -230,3 +235,24 @@ async def test_a_long_prompt_is_scored_in_slices_between_generation_steps(inline
     alone = prompt_logprobs(charlm().logits, model.prompt_ids("abc " * 300), context_len=model.context_len,
                             pad_id=model.pad_id, id_to_text=model.id_to_text, k=1)
     assert [r for _, r in scored] == alone
+
+
+async def test_prompt_scoring_is_bounded_in_queued_prompts_and_values() -> None:
+    """Scoring holds what the client asked for: at most ``max_generate_queue`` prompts wait, and a
+    prompt's positions x (k + 1) at most MAX_SCORED_VALUES (refused before anything is computed)."""
+    model = LongPromptModel()
+    engine = GenerationEngine(model, max_generate_queue=2)  # type: ignore[arg-type]
+    try:
+        first, second = engine.score_prompt("ab", 1), engine.score_prompt("cd", 1)
+        with pytest.raises(Overloaded, match=r"2 prompts wait to be scored \(max_generate_queue=2\)"):
+            engine.score_prompt("ef", 1)
+        assert len(await first) == 2 and len(await second) == 2
+        assert len(await engine.score_prompt("ef", 1)) == 2  # room again
+        calls = len(model.calls)
+        too_long = "a" * (MAX_SCORED_VALUES // 21 + 1)
+        with pytest.raises(BadRequest, match=r"at most 1048576 \(a shorter prompt or a smaller 'logprobs'\)"):
+            engine.score_prompt(too_long, 20)
+        assert len(model.calls) == calls  # nothing computed
+        assert len(await engine.score_prompt(too_long[:1000], 20)) == 1000
+    finally:
+        await engine.close()

@@ -62,10 +62,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import Internal, ShuttingDown, WsserveError
+from ..errors import BadRequest, Internal, Overloaded, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
-from .logprobs import PromptScore, StepLogprobs, TokenLogprobs, step_logprobs
+from .logprobs import (
+    MAX_SCORED_VALUES,
+    PromptScore,
+    StepLogprobs,
+    TokenLogprobs,
+    step_logprobs,
+)
 from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
 from .sampling import apply_penalties, sample_rows
@@ -252,14 +258,25 @@ class GenerationEngine:
         else in the engine's thread): never beside a step, so a model's ``logits()`` is not called
         from two threads; a slice of at most 256 positions between two steps, so a long prompt
         does not hold up the generations.  Cancelling the future abandons it.  Raises
-        :class:`~wsserve.errors.ShuttingDown` (closed), or ``Internal`` for a model whose
-        ``encode()`` fails; the future fails with ``Internal`` when ``logits()`` does, and with
-        ``ShuttingDown`` on :meth:`close`."""
+        :class:`~wsserve.errors.ShuttingDown` (closed), ``Overloaded`` when ``max_generate_queue``
+        prompts already wait to be scored, ``BadRequest`` when the prompt's tokens x (k + 1) exceed
+        :data:`~.logprobs.MAX_SCORED_VALUES`, or ``Internal`` for a model whose ``encode()`` fails;
+        the future fails with ``Internal`` when ``logits()`` does, and with ``ShuttingDown`` on
+        :meth:`close`."""
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
-        self.start()
+        bound = self._sched.max_generate_queue
+        if bound is not None and len(self._scores) >= bound:
+            raise Overloaded(f"{len(self._scores)} prompts wait to be scored (max_generate_queue={bound})",
+                             retry_after_ms=100)
         model = self.model
-        score = PromptScore(model.prompt_ids(prompt), context_len=model.context_len,
+        ids = model.prompt_ids(prompt)
+        if len(ids) * (k + 1) > MAX_SCORED_VALUES:
+            raise BadRequest(f"scoring this prompt's {len(ids)} tokens with {k} alternatives each would hold "
+                             f"{len(ids) * (k + 1)} values; at most {MAX_SCORED_VALUES} (a shorter prompt or a "
+                             "smaller 'logprobs')")
+        self.start()
+        score = PromptScore(ids, context_len=model.context_len,
                             pad_id=getattr(model, "pad_id", model.vocab_size), id_to_text=model.id_to_text, k=k)
         future: asyncio.Future[list[tuple[str, TokenLogprobs | None]]] = asyncio.get_running_loop().create_future()
         self._scores.append((score, future))

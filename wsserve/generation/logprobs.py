@@ -30,6 +30,10 @@ __all__ = ["LogprobRows", "PromptScore", "StepLogprobs", "TokenLogprobs", "promp
 #: Up to this many logits in a step's rows with logprobs, the top ``k`` come from one stable sort.
 _FULL_SORT_MAX = 4096
 
+#: A prompt's scoring holds at most this many values: positions x (k + 1) (its records, ~100 bytes
+#: each, so ~100 MiB); a longer prompt (or larger ``k``) is refused before anything is computed.
+MAX_SCORED_VALUES = 1 << 20
+
 #: Prompt positions scored per ``logits()`` call (bounds the ``[rows, V]`` arrays of one call).
 PROMPT_ROWS_PER_CALL = 256
 

@@ -680,10 +680,10 @@ class HttpApi:
                 try:
                     for prompt in call.prompts:
                         call.scoring.append(entry.worker.score_prompt(prompt, completion.params.logprobs))
-                except WsserveError:
+                except WsserveError as exc:
                     for scoring in call.scoring:
                         scoring.cancel()
-                    raise
+                    raise _with_param(exc, "echo") if isinstance(exc, BadRequest) else exc from None
             else:
                 self._submit(call, entry, completion, session)
         except WsserveError as exc:
