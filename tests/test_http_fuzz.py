@@ -48,9 +48,15 @@ infer_bodies = st.fixed_dictionaries(
                              values)},
 )
 completion_bodies = st.fixed_dictionaries(
-    {"model": st.one_of(st.just("charlm"), values), "prompt": st.one_of(st.text(max_size=10), values)},
-    optional={k: values for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream",
-                                  "stream_options", "n", "echo", "logprobs", "logit_bias", "suffix")},
+    {"model": st.one_of(st.just("charlm"), values),
+     "prompt": st.one_of(st.text(max_size=10), st.lists(st.text(max_size=20), min_size=1, max_size=4), values)},
+    optional={**{k: values for k in ("temperature", "top_p", "top_k", "seed", "stop", "stream_options", "logit_bias",
+                                     "suffix")},
+              # the fields of several choices, logprobs and echo: often in range, so they meet
+              "max_tokens": st.one_of(st.integers(0, 6), values), "stream": st.one_of(st.booleans(), values),
+              "n": st.one_of(st.integers(0, 4), values), "best_of": st.one_of(st.integers(0, 4), values),
+              "logprobs": st.one_of(st.integers(-1, 21), values), "echo": st.one_of(st.booleans(), values),
+              "repetition_penalty": st.one_of(st.floats(0, 2.5), values)},
 )
 predict_bodies = st.one_of(
     st.fixed_dictionaries({"x": st.one_of(numbers, values)}),
