@@ -375,10 +375,8 @@ class GenerationEngine:
                 self._deliver()
                 tokens, logprobs = run_step_logprobs(model, batch)
             else:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
                 self._executor_steps += 1
-                future = asyncio.get_running_loop().run_in_executor(self._executor, run_step_logprobs, model, batch)
+                future = asyncio.get_running_loop().run_in_executor(self._thread(), run_step_logprobs, model, batch)
                 # Pipelining: the previous step's tokens go out while this one computes.
                 self._deliver()
                 tokens, logprobs = await future
@@ -409,9 +407,7 @@ class GenerationEngine:
             if score.next_rows <= self._inline_max_batch:
                 score.advance(model.logits)
             else:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
-                pending = asyncio.get_running_loop().run_in_executor(self._executor, score.advance, model.logits)
+                pending = asyncio.get_running_loop().run_in_executor(self._thread(), score.advance, model.logits)
                 self._deliver()
                 await pending
         except Exception as exc:  # noqa: BLE001 - the model's failure ends this request only
@@ -424,6 +420,12 @@ class GenerationEngine:
             self._scores.popleft()
             if not future.done():
                 future.set_result(list(zip([model.id_to_text[i] for i in score.ids.tolist()], score.records)))
+
+    def _thread(self) -> ThreadPoolExecutor:
+        """The engine's one thread for steps (and prompt scoring) too costly for the loop, made at first use."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="wsserve-generate")
+        return self._executor
 
     def _stepped(self, batch: Batch, tokens: np.ndarray, logprobs: StepLogprobs | None = None) -> None:
         """Apply a step's tokens (and log-probabilities) and count the step."""

@@ -103,6 +103,7 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
     with np.errstate(invalid="ignore"):
         return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1) - lse[:, None])
 
+
 class PromptScore:
     """The records of a prompt's own tokens, computed one slice of at most ``rows_per_call``
     positions at a time (so a driver can interleave a long prompt with generation steps):

@@ -141,13 +141,24 @@ class TokenModelAdapter:
     def prompt_ids(self, prompt: str) -> np.ndarray:
         """``[n]`` int64: every token id ``encode()`` gives for the prompt's last ``prompt_chars``
         characters, checked (raises as :meth:`encode_prompt`)."""
+        ids = self._encoded(prompt)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise self._bad_ids()
+        return ids
+
+    def _encoded(self, prompt: str) -> np.ndarray:
+        """``encode()`` of the prompt's last ``prompt_chars`` characters as a flat int64 array (its
+        ids not yet range-checked); ``Internal`` naming the model when it raises or is not flat."""
         try:
             ids = np.asarray(call_model_code(self._encode, prompt[-self.prompt_chars:]), dtype=np.int64)
         except Exception as exc:
             raise Internal(f"model {self.name!r}: encode() raised {type(exc).__name__}: {exc}") from None
-        if ids.ndim != 1 or len(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
+        if ids.ndim != 1:
+            raise self._bad_ids()
         return ids
+
+    def _bad_ids(self) -> Internal:
+        return Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, int]:
         """``(context, n)``: :meth:`initial_context`, and ``n``, the number of token ids
@@ -156,16 +167,11 @@ class TokenModelAdapter:
         Raises :class:`~wsserve.errors.Internal` naming the model when ``encode()`` raises
         or returns something other than a flat sequence of ids in ``[0, V)``."""
         k = self.context_len
-        try:
-            ids = np.asarray(call_model_code(self._encode, prompt[-self.prompt_chars:]), dtype=np.int64)
-        except Exception as exc:
-            raise Internal(f"model {self.name!r}: encode() raised {type(exc).__name__}: {exc}") from None
-        if ids.ndim != 1:
-            raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
+        ids = self._encoded(prompt)
         tail = ids[-k:].tolist()  # at most k ints: checked and padded in Python (cheaper than numpy calls)
         if tail and (min(tail) < 0 or max(tail) >= self.vocab_size) or (
                 len(ids) > k and (ids.min() < 0 or ids.max() >= self.vocab_size)):
-            raise Internal(f"model {self.name!r}: encode() must return token ids in [0, {self.vocab_size})")
+            raise self._bad_ids()
         return np.array([self.pad_id] * (k - len(tail)) + tail, dtype=np.int64), len(ids)
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:

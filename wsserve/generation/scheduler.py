@@ -347,7 +347,7 @@ class Scheduler:
             record = logged[seq._lrow] if logged is not None and seq._lrow >= 0 else None
             matcher = seq._stops
             if matcher is None:  # logprobs only: the token goes out whole (it ends by length elsewhere)
-                out.append((seq, numbers[i], text if record is None else LoggedText(text, record)))
+                out.append((seq, numbers[i], _logged(text, record)))
                 emitted += 1
                 continue
             released, stopped = matcher.feed(text)
@@ -357,7 +357,7 @@ class Scheduler:
             n = seq._streamed
             pieces = seq._pieces
             if not pieces and released == text:  # nothing held: the token goes out whole
-                out.append((seq, n, text if record is None else LoggedText(text, record)))
+                out.append((seq, n, _logged(text, record)))
                 n += 1
             else:  # a token goes out whole once all its text is released (one frame per token)
                 pieces.append(text)
@@ -368,12 +368,10 @@ class Scheduler:
                 while pieces and len(pieces[0]) <= safe:
                     piece = pieces.pop(0)
                     safe -= len(piece)
-                    logged_piece = held.pop(0) if held else None
-                    out.append((seq, n, piece if logged_piece is None else LoggedText(piece, logged_piece)))
+                    out.append((seq, n, _logged(piece, held.pop(0) if held else None)))
                     n += 1
                 if stopped and safe:  # the stop string begins inside a held token: its text before it
-                    part = pieces[0][:safe]
-                    out.append((seq, n, part if not held or held[0] is None else LoggedText(part, held[0])))
+                    out.append((seq, n, _logged(pieces[0][:safe], held[0] if held else None)))
                     n += 1
                 seq._safe = safe
             emitted += n - seq._streamed
@@ -500,3 +498,8 @@ class Scheduler:
             return 100
         soonest = min(s.params.max_tokens - s.generated for s in running)
         return int(min(10_000, max(1, soonest * max(self._step_s, 1e-4) * 1e3)))
+
+
+def _logged(text: str, record: TokenLogprobs | None) -> str | LoggedText:
+    """A token event's text: with its record when the generation asked for logprobs."""
+    return text if record is None else LoggedText(text, record)

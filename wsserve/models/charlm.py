@@ -383,7 +383,7 @@ class CharLM:
         """``(context, n)``: :meth:`initial_context`, and ``n``, the ids :meth:`encode` gave for
         the prompt's last ``prompt_chars`` characters (characters after normalisation)."""
         k = self.context_len
-        ids = self.encode(prompt[-self.prompt_chars:])
+        ids = self.prompt_ids(prompt)
         tail = ids[-k:]
         ctx = np.full(k, self.pad_id, dtype=np.int64)
         if len(tail):

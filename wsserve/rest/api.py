@@ -692,8 +692,8 @@ class HttpApi:
         session.track(call)
         exchange.on_abort = call.abort
         if call.scoring:  # queued and answered once the prompts are scored
-            for i, scoring in enumerate(call.scoring):
-                scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session, i))
+            for scoring in call.scoring:
+                scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session))
         elif completion.stream:
             call.start_stream()
         return None
@@ -706,8 +706,7 @@ class HttpApi:
         except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
             raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
 
-    def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession, _prompt: int,
-                _scoring: Any) -> None:
+    def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession, _done: Any) -> None:
         """``echo`` with ``logprobs``: one prompt's scoring (the engine's future) is done; once every
         prompt's is, take their records (or the first failure) and queue the generations."""
         futures = call.scoring

@@ -352,11 +352,6 @@ class CompletionCall(Call):
         """Tokens sent so far, over every choice (``usage.completion_tokens``, the metric)."""
         return sum(c.tokens for c in self.choices)
 
-    @property
-    def handle(self) -> Any:
-        """The first choice's generation (its ``prompt_tokens``)."""
-        return self.choices[0].handle
-
     def scored(self, prompt: int, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
         """Prompt ``prompt``'s tokens' texts and records, for ``echo`` with ``logprobs``."""
         self.echo_logged[prompt] = logged

@@ -46,7 +46,7 @@ import orjson
 from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest, WsserveError
 from ..generation.logprobs import TokenLogprobs
-from ..jsontypes import described, json_type
+from ..jsontypes import described, json_type, shown
 from ..protocol import (
     MAX_LOGPROBS,
     MAX_MODEL_NAME_LENGTH,
@@ -133,10 +133,6 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
     _refuse_unsupported(obj, _NEUTRAL)
     max_tokens = _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit)
-    logprobs = obj.get("logprobs")
-    if logprobs is not None and (type(logprobs) is not int or not 0 <= logprobs <= MAX_LOGPROBS):
-        raise ParamError("logprobs", f"'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens "
-                                     f"to report with each token), got {_shown(logprobs)}")
     echo = obj.get("echo")
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
@@ -144,11 +140,11 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     n = _n(obj)
     if best_of is not None and best_of != n:
         raise ParamError("best_of", f"'best_of' is not supported other than equal to 'n' ({n}): wsserve returns "
-                                    f"every choice it generates; got {_shown(best_of)}")
+                                    f"every choice it generates; got {shown(best_of)}")
     if len(prompts) * n > MAX_CHOICES:
         raise ParamError("prompt", f"{len(prompts)} prompts x n={n} make {len(prompts) * n} choices; at most "
                                    f"{MAX_CHOICES} per request")
-    completion = replace(_completion(obj, model, prompt, max_tokens, None, logprobs), echo=bool(echo), n=n)
+    completion = replace(_completion(obj, model, prompt, max_tokens, None, obj.get("logprobs")), echo=bool(echo), n=n)
     return replace(completion, prompts=prompts) if len(prompts) > 1 else completion
 
 
@@ -181,7 +177,7 @@ def _n(obj: dict[str, Any]) -> int:
     if n is None:
         return 1
     if type(n) is not int or not 1 <= n <= MAX_N:
-        raise ParamError("n", f"'n' must be an integer in [1, {MAX_N}] (the choices to generate), got {_shown(n)}")
+        raise ParamError("n", f"'n' must be an integer in [1, {MAX_N}] (the choices to generate), got {shown(n)}")
     return n
 
 
@@ -193,15 +189,11 @@ def _chat_logprobs(obj: dict[str, Any]) -> int | None:
         raise ParamError("logprobs", f"'logprobs' must be a boolean, got {json_type(wanted)}")
     top = obj.get("top_logprobs")
     if top is not None and (type(top) is not int or not 0 <= top <= MAX_LOGPROBS):
-        raise ParamError("top_logprobs", f"'top_logprobs' must be an integer in [0, {MAX_LOGPROBS}], got {_shown(top)}")
+        raise ParamError("top_logprobs", f"'top_logprobs' must be an integer in [0, {MAX_LOGPROBS}], got {shown(top)}")
     if top is not None and not wanted:
         raise ParamError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     return (top or 0) if wanted else None
 
-
-def _shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _model(obj: Any) -> str:
@@ -218,9 +210,7 @@ def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]
     for name, values in neutral.items():
         value = obj.get(name)
         if value is not None and not any(value == v and type(value) is type(v) for v in values if v is not None):
-            shown = repr(value)
-            raise ParamError(name, f"'{name}' is not supported (only its default); got "
-                                   f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
+            raise ParamError(name, f"'{name}' is not supported (only its default); got {shown(value, 80)}")
 
 
 def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int) -> int | None:
@@ -284,7 +274,7 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             logprobs=logprobs,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        named = ("top_k", *SAMPLING_FIELDS, "logit_bias", "stop", "prompt")
+        named = ("top_k", *SAMPLING_FIELDS, "logit_bias", "stop", "prompt", "logprobs")
         field = next((f for f in named if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
