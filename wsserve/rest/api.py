@@ -29,6 +29,8 @@ Routes (docs/PROTOCOL.md, "HTTP"):
 - ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI; a chat's prompt is the
   served model's template of its ``messages``), ``GET /v1/models`` (the WebSocket ``models``
   reply, versions included; ``?format=openai``: OpenAI's list shape).
+- vLLM's ``POST /tokenize`` and ``POST /detokenize`` for generative models (bodies:
+  :mod:`wsserve.rest.tokenize`), answered at once.
 
 More routes are added with :meth:`HttpApi.add_route` (the server adds its
 health, metrics and static routes).
@@ -84,6 +86,7 @@ from .openai import (
     parse_completion,
 )
 from .router import Auth, Handler, Route, Router
+from .tokenize import detokenize, parse_detokenize, parse_tokenize, tokenize
 from .tritongen import GenerateEncoder, parse_generate
 
 __all__ = ["HttpApi"]
@@ -166,6 +169,8 @@ class HttpApi:
         add("GET", "/v1/models", self._models, auth="key", style="wsserve")
         add("POST", "/v1/completions", self._completions, auth="key", style="openai")
         add("POST", "/v1/chat/completions", self._chat_completions, auth="key", style="openai")
+        add("POST", "/tokenize", self._tokenize, auth="key", style="openai")  # vLLM's
+        add("POST", "/detokenize", self._detokenize, auth="key", style="openai")
         # KServe's V1 protocol (TensorFlow Serving's REST API): {name} / {version} end with ":predict" or ":explain".
         for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
             add("GET", base, self._v1_model, auth="key", style="oip")
@@ -725,6 +730,34 @@ class HttpApi:
             return
         if completion.stream:
             call.start_stream()
+
+    # ------------------------------------------------------------------ vLLM's tokenizer routes
+
+    def _tokenize(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                  cors: list[tuple[str, str]] | None) -> HttpResponse:
+        """vLLM's ``POST /tokenize`` (:mod:`wsserve.rest.tokenize`), answered at once."""
+        self._session(exchange, request).admission.admit(key, self.clock())
+        req = parse_tokenize(loads(request.body))
+        return HttpResponse(200, tokenize(self._token_model(req.model), req), JSON, [_NO_STORE])
+
+    def _detokenize(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
+                    cors: list[tuple[str, str]] | None) -> HttpResponse:
+        """vLLM's ``POST /detokenize`` (:mod:`wsserve.rest.tokenize`), answered at once."""
+        self._session(exchange, request).admission.admit(key, self.clock())
+        req = parse_detokenize(loads(request.body))
+        return HttpResponse(200, detokenize(self._token_model(req.model), req), JSON, [_NO_STORE])
+
+    def _token_model(self, model: str) -> Any:
+        """The served generative model ``model`` (its default version), with the OpenAI routes'
+        errors: 404 (503 not ready) naming ``model``; 400 naming it for a predictive model."""
+        try:
+            entry = self._lookup(model, None)
+        except UnknownModel as exc:  # _ModelNotReady too: 503
+            raise _with_param(exc, "model") from None
+        if entry.kind != "generate":
+            raise ParamError("model", f"model {model!r} does not generate text: it has no tokens (/tokenize and "
+                                      "/detokenize are for generative models)")
+        return entry.model
 
     # ------------------------------------------------------------------ drain
 
