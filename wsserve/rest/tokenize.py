@@ -81,7 +81,7 @@ _WHY = {
 }
 
 
-class TokenModel(Protocol):
+class TokenizingModel(Protocol):
     """What the routes need of a served generative model (a ``TokenModelAdapter``)."""
 
     context_len: int
@@ -161,25 +161,25 @@ def parse_detokenize(obj: Any) -> Detokenize:
     return Detokenize(model, tokens)
 
 
-def tokenize(model: TokenModel, req: Tokenize) -> bytes:
+def tokenize(model: TokenizingModel, req: Tokenize) -> bytes:
     """The ``/tokenize`` answer for ``req`` by ``model``: the ids it is given for the prompt (or for
     its template of the messages).  Raises what the model's methods raise: ``BadRequest`` naming
     ``messages`` (no template, or a refused conversation), ``Internal`` naming the model (its
     ``encode()`` or ``chat_prompt()`` failed)."""
-    prompt = req.prompt
-    if req.messages is not None:
+    if req.messages is None:
+        prompt = req.prompt or ""
+    else:
         try:
             prompt = model.chat_prompt(req.messages)
         except BadRequest as exc:
             raise ParamError("messages", exc.message) from None
-    assert prompt is not None
     ids: list[int] = model.prompt_ids(prompt).tolist()
     texts = model.id_to_text
     return orjson.dumps({"count": len(ids), "max_model_len": model.context_len, "tokens": ids,
                          "token_strs": [texts[i] for i in ids] if req.return_token_strs else None})
 
 
-def detokenize(model: TokenModel, req: Detokenize) -> bytes:
+def detokenize(model: TokenizingModel, req: Detokenize) -> bytes:
     """The ``/detokenize`` answer: the ids' vocabulary texts joined.  Raises :class:`ParamError`
     naming the first id outside ``[0, V)``."""
     v = model.vocab_size
