@@ -38,7 +38,8 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("ties", [True, False])
 def test_step_logprobs_match_a_direct_log_softmax_with_ties_by_lowest_id(v: int, k: int, ties: bool) -> None:
     """Small batches take one sort per row, larger ones (5000 logits a row) a partition, which
-    falls back to the sort when the k-th value is tied: the same answer either way."""
+    falls back to the sort when the k-th value is tied: the same answer either way (and each
+    chosen token's rank)."""
     rng = np.random.default_rng(v * 31 + k)
     logits = rng.normal(size=(5, v)) * 4
     if ties:
@@ -56,6 +57,8 @@ def test_step_logprobs_match_a_direct_log_softmax_with_ties_by_lowest_id(v: int,
         order = sorted(range(v), key=lambda t: (-want[t], t))[:kk]
         assert got.top_ids[j].tolist() == order
         assert np.allclose(got.top[j], want[order], rtol=0, atol=1e-12)
+        # vLLM's rank: the tokens at least as likely as the chosen one, itself included
+        assert got.ranks[j] == sum(1 for t in range(v) if logits[i, t] >= logits[i, tokens[i]])
 
 
 def test_step_logprobs_of_a_non_finite_row_are_nan_and_the_others_unharmed() -> None:

@@ -611,11 +611,11 @@ def test_token_frames_exact_bytes() -> None:
 
 
 def test_token_frames_with_logprobs_exact_bytes() -> None:
-    record = TokenLogprobs(17, "q", -0.25, ((17, "q", -0.25), (3, '"', -1.5)))
+    record = TokenLogprobs(17, "q", -0.25, ((17, "q", -0.25), (3, '"', -1.5)), 1)
     assert encode_token_logprobs(token_prefix("g1"), 2, "q", record) == (
         b'{"type":"token","id":"g1","seq":2,"text":"q","logprob":-0.25,'
         b'"top_logprobs":[{"id":17,"text":"q","logprob":-0.25},{"id":3,"text":"\\"","logprob":-1.5}]}')
-    broken = TokenLogprobs(1, "a", float("nan"), ())  # a model whose logits were not finite
+    broken = TokenLogprobs(1, "a", float("nan"), (), 0)  # a model whose logits were not finite
     assert orjson.loads(encode_token_logprobs(token_prefix(5), 0, "a", broken)) == {
         "type": "token", "id": 5, "seq": 0, "text": "a", "logprob": None, "top_logprobs": []}
 

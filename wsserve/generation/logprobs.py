@@ -8,7 +8,8 @@ top-p (vLLM's default, ``raw_logprobs``), so they do not depend on how the token
 
 - :class:`LogprobRows` - which rows of a batch want them and the largest ``k`` (per layout);
 - :func:`step_logprobs` - one step's values for those rows, vectorised (float64);
-- :class:`TokenLogprobs` - one token's record, as the sinks receive it;
+- :class:`TokenLogprobs` - one token's record, as the sinks receive it (with the token's rank,
+  as vLLM reports it);
 - :func:`prompt_logprobs` - the same records for a prompt's own tokens (OpenAI's ``echo``
   with ``logprobs``: how likely the model finds a given text), each given the tokens before
   it (at most the model's context), the first one given nothing (``None``).
@@ -42,12 +43,16 @@ class TokenLogprobs(NamedTuple):
     """One generated token's log-probability and the ``k`` likeliest alternatives.
 
     ``top`` holds ``(token id, token text, logprob)`` triples, likeliest first (empty for k = 0).
+    ``rank`` is the token's rank in the step's distribution, as vLLM counts it: the number of
+    tokens at least as likely, itself included (1 for the likeliest; meaningless for a row of
+    non-finite logits, whose ``logprob`` is NaN).
     """
 
     token_id: int
     text: str
     logprob: float
     top: tuple[tuple[int, str, float], ...]
+    rank: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +68,13 @@ class LogprobRows:
 class StepLogprobs:
     """One step's log-probabilities of the :class:`LogprobRows`' rows, in their order:
     ``chosen [L]`` of the token each row got, ``top_ids [L, k]`` and ``top [L, k]`` the ``k``
-    likeliest tokens of each row and theirs."""
+    likeliest tokens of each row and theirs, ``ranks [L]`` the chosen tokens' ranks
+    (:attr:`TokenLogprobs.rank`)."""
 
     chosen: np.ndarray
     top_ids: np.ndarray
     top: np.ndarray
+    ranks: np.ndarray
 
 
 def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> StepLogprobs:
@@ -82,10 +89,12 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite rows: NaN
         m = z.max(axis=1)
         lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))  # [L] log of the softmax's denominator
-        chosen = z[np.arange(n), tokens.take(rows)] - lse
+        picked = z[np.arange(n), tokens.take(rows)]
+        chosen = picked - lse
+        ranks = (z >= picked[:, None]).sum(axis=1)  # vLLM's rank: the tokens at least as likely
     k = min(spec.k, z.shape[1])
     if k == 0:
-        return StepLogprobs(chosen, np.zeros((n, 0), np.int64), np.zeros((n, 0)))
+        return StepLogprobs(chosen, np.zeros((n, 0), np.int64), np.zeros((n, 0)), ranks)
     v = z.shape[1]
     # Highest first, ties by lowest id.  Small arrays: one stable sort of each row (one call).
     # Larger: the k largest by argpartition, ordered by (value, id); valid when exactly k values
@@ -101,7 +110,7 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
     if ids is None:
         ids = np.argsort(neg, axis=1, kind="stable")[:, :k]  # (NaN rows sort last, harmlessly)
     with np.errstate(invalid="ignore"):
-        return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1) - lse[:, None])
+        return StepLogprobs(chosen, ids, np.take_along_axis(z, ids, axis=1) - lse[:, None], ranks)
 
 
 class PromptScore:
@@ -143,8 +152,9 @@ class PromptScore:
         itos = self._id_to_text
         top_ids = values.top_ids.tolist()
         top = values.top.tolist()
+        ranks = values.ranks.tolist()
         self.records.extend(
-            TokenLogprobs(token, itos[token], lp, tuple((t, itos[t], v) for t, v in zip(top_ids[j], top[j])))
+            TokenLogprobs(token, itos[token], lp, tuple((t, itos[t], v) for t, v in zip(top_ids[j], top[j])), ranks[j])
             for j, (token, lp) in enumerate(zip(targets.tolist(), values.chosen.tolist())))
         self._next = start + len(contexts)
 

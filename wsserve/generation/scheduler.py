@@ -326,11 +326,12 @@ class Scheduler:
         top_ids = values.top_ids.tolist()
         top_texts = self._run.texts_of(values.top_ids)
         top = values.top.tolist()
+        ranks = values.ranks.tolist()
         records = []
         for j, i in enumerate(rows):
             k = seqs[i].params.logprobs or 0
             records.append(TokenLogprobs(int(tokens[i]), texts[i], chosen[j],
-                                         tuple(zip(top_ids[j][:k], top_texts[j][:k], top[j][:k]))))
+                                         tuple(zip(top_ids[j][:k], top_texts[j][:k], top[j][:k])), ranks[j]))
         return records
 
     def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], numbers: list[int], rows: list[int],

@@ -87,7 +87,7 @@ from .openai import (
 )
 from .router import Auth, Handler, Route, Router
 from .tokenize import detokenize, parse_detokenize, parse_tokenize, tokenize
-from .tritongen import GenerateEncoder, parse_generate
+from .tritongen import GenerateOutputsEncoder, generate_encoder, parse_generate
 
 __all__ = ["HttpApi"]
 
@@ -644,8 +644,8 @@ class HttpApi:
                 entry = self._lookup(model, triton.get("version"))
                 if entry.kind != "generate":
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
-                completion, rid = parse_generate(loads(request.body), model=model, stream=stream,
-                                                 max_tokens_limit=self.config.max_tokens)
+                completion, rid, outputs = parse_generate(loads(request.body), model=model, stream=stream,
+                                                          max_tokens_limit=self.config.max_tokens)
             else:
                 parse = parse_chat_completion if chat else parse_completion
                 completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
@@ -669,7 +669,7 @@ class HttpApi:
                 except BadRequest as exc:
                     raise _with_param(exc, "messages") from None
             if triton is not None:
-                encoder: Any = GenerateEncoder(rid, model, entry.version)
+                encoder: Any = generate_encoder(rid, model, entry.version, outputs)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors, style="oip")
             else:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
@@ -691,6 +691,8 @@ class HttpApi:
                     raise _with_param(exc, "echo") if isinstance(exc, BadRequest) else exc from None
             else:
                 self._submit(call, entry, completion, session)
+                if type(encoder) is GenerateOutputsEncoder:  # its events' num_input_tokens
+                    encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
         except WsserveError as exc:
             self._rejected(exc, model, "generate")
             raise

@@ -12,26 +12,57 @@ read them, a generation field may be given either way (not both):
   ``frequency_penalty``, ``seed``, ``stop`` (or
   ``stop_words``; a string or a list of strings);
 - ``stream``: must agree with the route when given (``true`` only on ``generate_stream``);
-- ``id``: echoed in the answer, as OIP does.
+- ``id``: echoed in the answer, as OIP does;
+- the additional outputs of Triton's vLLM backend (its ``docs/additional_outputs.md``), each
+  asked for by a boolean ``return_*`` flag (:data:`OUTPUT_FLAGS`; anything but a boolean or null
+  is refused naming the flag), and ``logprobs``, vLLM's sampling parameter: how many likeliest
+  alternatives each token's ``logprobs`` entry lists (0 to :data:`~wsserve.protocol.MAX_LOGPROBS`).
 
-Other parameters (``exclude_input_in_output``, ``return_*`` flags...) are ignored; sampling fields
-wsserve cannot honour are refused by name (beam search, several outputs).
+Other parameters (``exclude_input_in_output``...) are ignored; sampling fields wsserve cannot
+honour are refused by name (beam search, several outputs).
 
 Answers: ``{"id"?, "model_name", "model_version", "text_output"}``; each streamed event is that
 object with one token's ``text_output``, and the last event has an empty ``text_output`` and
 ``finish_reason`` (``length`` or ``stop``; an extension field).  Errors are OIP's
 ``{"error": "message"}``: the response's body before the stream starts, an event after.
+
+Each flag that is true adds its field to the answer and to every event, with the backend's
+values (one element of each of its output tensors, so a JSON scalar):
+
+- ``return_finish_reason`` -> ``finish_reason``: ``length`` or ``stop``; on a streamed token's
+  event the string ``"None"`` (the backend's ``str(None)``: not finished);
+- ``return_cumulative_logprob`` -> ``cumulative_logprob``: the sum of the log-probabilities of
+  the tokens generated so far (the whole text's, when not streamed), whether or not ``logprobs``
+  is given (vLLM 0.6's semantics);
+- ``return_logprobs`` -> ``logprobs``: a string holding JSON, the backend's serialisation: ``null``
+  without the ``logprobs`` parameter, else a list with, per token of this answer (or event), an
+  object mapping token ids (strings) to ``{"logprob", "rank", "decoded_token"}``: the token
+  generated (its rank in the distribution: the tokens at least as likely) and the ``logprobs``
+  likeliest tokens (ranks 1, 2, ...; the generated one, when among them, keeps its place and
+  takes its rank there), so ``logprobs`` + 1 entries at most;
+- ``return_num_input_tokens`` -> ``num_input_tokens``: the token ids the model was given for
+  the prompt;
+- ``return_num_output_tokens`` -> ``num_output_tokens``: the tokens of this answer: all of them,
+  or, streamed, 1 per token's event and 0 on the last event (it carries no token).
+
+The log-probabilities are the engine's (:mod:`wsserve.generation.logprobs`: the model's raw
+log-softmax, vLLM's default), computed only when ``cumulative_logprob``, or ``logprobs`` with the
+``logprobs`` parameter, is asked for; a request with no flag takes the plain path
+(:class:`GenerateEncoder`), unchanged.  Tokens of a stop string are not sent, so not counted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..errors import BadRequest, WsserveError
+from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import described, json_type, shown
 from ..protocol import (
+    MAX_LOGPROBS,
     MAX_TEMPERATURE,
     SAMPLING_FIELDS,
     GenerationParams,
@@ -40,17 +71,45 @@ from ..protocol import (
 )
 from .openai import Completion
 
-__all__ = ["GenerateEncoder", "parse_generate"]
+__all__ = ["OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "generate_encoder",
+           "parse_generate"]
 
-_FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream")
+#: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
+OUTPUT_FLAGS = ("return_finish_reason", "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
+                "return_num_output_tokens")
+_FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream",
+           "logprobs", *OUTPUT_FLAGS)
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
 _NEUTRAL = {"beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
 
 
-def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int) -> tuple[Completion, Any]:
+@dataclass(frozen=True, slots=True)
+class GenerateOutputs:
+    """The additional outputs a request asked for (its true ``return_*`` flags), and ``top``:
+    its ``logprobs`` parameter (alternatives per token's ``logprobs`` entry; ``None``: not
+    given, the ``logprobs`` output is ``null``)."""
+
+    finish_reason: bool = False
+    cumulative_logprob: bool = False
+    logprobs: bool = False
+    num_input_tokens: bool = False
+    num_output_tokens: bool = False
+    top: int | None = None
+
+    @property
+    def engine_logprobs(self) -> int | None:
+        """The ``logprobs`` the engine must compute for these outputs (``None``: none)."""
+        if self.logprobs and self.top is not None:
+            return self.top
+        return 0 if self.cumulative_logprob else None
+
+
+def parse_generate(obj: Any, *, model: str, stream: bool,
+                   max_tokens_limit: int) -> tuple[Completion, Any, GenerateOutputs | None]:
     """Check a decoded body for ``model``; return the generation (:class:`~wsserve.rest.openai.Completion`,
-    its ``stream`` the route's) and the request ``id`` to echo (None without one).  Raises
-    ``BadRequest`` naming the field."""
+    its ``stream`` the route's; its ``logprobs`` what the outputs need), the request ``id`` to
+    echo (None without one) and the additional outputs asked for (None: no ``return_*`` flag is
+    true, the plain answer).  Raises ``BadRequest`` naming the field."""
     if type(obj) is not dict:
         raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
     params = obj.get("parameters")
@@ -95,18 +154,30 @@ def parse_generate(obj: Any, *, model: str, stream: bool, max_tokens_limit: int)
     seed = fields.get("seed")
     if seed is not None and type(seed) is not int:
         raise BadRequest(f"'seed' must be an integer, got {described(seed)}")
+    top = fields.get("logprobs")
+    if top is not None and (type(top) is not int or not 0 <= top <= MAX_LOGPROBS):
+        raise BadRequest(f"'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens listed with each "
+                         f"token's log-probability), got {shown(top)}")
+    for name in OUTPUT_FLAGS:
+        if type(fields.get(name, False)) is not bool:
+            raise BadRequest(f"'{name}' must be a boolean (true or false), got {shown(fields[name])}")
+    outputs = None
+    if any(fields.get(name) for name in OUTPUT_FLAGS):
+        outputs = GenerateOutputs(**{name.removeprefix("return_"): fields.get(name, False) for name in OUTPUT_FLAGS},
+                                  top=top)
     top_k = fields.get("top_k", 0)
     try:
         params_ = GenerationParams(  # raises BadRequest naming the field (top_k, top_p, stop...)
             prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
             top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop, **sampling_fields(fields),
+            logprobs=None if outputs is None else outputs.engine_logprobs,
         )
     except BadRequest as exc:
         if stop_field == "stop_words":
             exc.message = exc.message.replace("field 'stop'", "field 'stop_words'")
         raise
-    return Completion(model=model, params=params_, stream=stream, include_usage=False), rid
+    return Completion(model=model, params=params_, stream=stream, include_usage=False), rid, outputs
 
 
 class GenerateEncoder:
@@ -139,3 +210,87 @@ class GenerateEncoder:
     @staticmethod
     def error_event(exc: WsserveError) -> bytes:
         return b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
+
+
+def generate_encoder(rid: str | None, model: str, version: str,
+                     outputs: GenerateOutputs | None) -> GenerateEncoder | GenerateOutputsEncoder:
+    """The encoder of one generate: the plain one without additional outputs."""
+    if outputs is None:
+        return GenerateEncoder(rid, model, version)
+    return GenerateOutputsEncoder(rid, model, version, outputs)
+
+
+class GenerateOutputsEncoder(GenerateEncoder):
+    """A :class:`GenerateEncoder` whose answer and events also carry the additional ``outputs``
+    (see the module's docstring).  One generation: it keeps the stream's running
+    ``cumulative_logprob``; :attr:`prompt_tokens` must be set (the generation's
+    ``prompt_tokens``) before the first event."""
+
+    __slots__ = ("outputs", "prompt_tokens", "_cumulative")
+
+    def __init__(self, rid: str | None, model: str, version: str, outputs: GenerateOutputs) -> None:
+        super().__init__(rid, model, version)
+        self.outputs = outputs
+        #: ``num_input_tokens`` of the stream's events (a response is given it)
+        self.prompt_tokens = 0
+        self._cumulative = 0.0
+
+    def token_event(self, text: str, index: int = 0) -> bytes:
+        return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
+                + self._fields("None", None, self.prompt_tokens, 1) + b"}\n\n")
+
+    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
+        """One streamed token with its record (the engine computes them when the outputs need them)."""
+        return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
+                + self._fields("None", (logprobs,), self.prompt_tokens, 1) + b"}\n\n")
+
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+        fields = self._fields(finish_reason, (), self.prompt_tokens, 0)
+        if not self.outputs.finish_reason:  # the last event carries it all the same (as without outputs)
+            fields = b',"finish_reason":' + orjson.dumps(finish_reason) + fields
+        return b"data: " + self._head + b',"text_output":""' + fields + b"}\n\n"
+
+    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> bytes:
+        text, finish_reason, logged = choices[0]
+        records = () if logged is None else tuple(record for _, record in logged)
+        return (self._head + b',"text_output":' + orjson.dumps(text)
+                + self._fields(finish_reason, records, prompt_tokens, tokens) + b"}")
+
+    def _fields(self, finish_reason: str, records: tuple[TokenLogprobs, ...] | None, prompt_tokens: int,
+                tokens: int) -> bytes:
+        """The asked-for outputs of an answer or event of ``tokens`` tokens whose records are
+        ``records`` (None: the engine computes none for this request)."""
+        outputs = self.outputs
+        out = b""
+        if outputs.finish_reason:
+            out += b',"finish_reason":' + orjson.dumps(finish_reason)
+        if outputs.cumulative_logprob:
+            cumulative = self._cumulative
+            for record in records or ():  # in order, one by one: a stream's sums are the response's
+                cumulative += record.logprob
+            self._cumulative = cumulative
+            out += b',"cumulative_logprob":' + orjson.dumps(cumulative)  # NaN (non-finite logits): null
+        if outputs.logprobs:
+            out += b',"logprobs":' + orjson.dumps(_logprobs_json(records if outputs.top is not None else None))
+        if outputs.num_input_tokens:
+            out += b',"num_input_tokens":%d' % prompt_tokens
+        if outputs.num_output_tokens:
+            out += b',"num_output_tokens":%d' % tokens
+        return out
+
+
+def _logprobs_json(records: tuple[TokenLogprobs, ...] | None) -> str:
+    """The vLLM backend's ``logprobs`` output: per record, ``{token id: {"logprob", "rank",
+    "decoded_token"}}``, the generated token first, then its alternatives, ranked from 1 (an
+    alternative that is the generated token replaces its entry, as vLLM's dict does), as a JSON
+    string (``null`` without records)."""
+    if records is None:
+        return "null"
+    positions = []
+    for record in records:
+        position = {str(record.token_id): {"logprob": record.logprob, "rank": record.rank,
+                                           "decoded_token": record.text}}
+        for rank, (token_id, text, logprob) in enumerate(record.top, 1):
+            position[str(token_id)] = {"logprob": logprob, "rank": rank, "decoded_token": text}
+        positions.append(position)
+    return orjson.dumps(positions).decode()
