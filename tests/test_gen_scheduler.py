@@ -13,7 +13,13 @@ from tests.test_gen_support import (
     run_until_idle,
     step_once,
 )
-from wsserve.errors import DeadlineExceeded, Internal, Overloaded, ShuttingDown
+from wsserve.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Internal,
+    Overloaded,
+    ShuttingDown,
+)
 from wsserve.generation import GenerationParams, Scheduler, SeqState, run_step
 from wsserve.generation.model import TokenModelAdapter
 from wsserve.models.base import ModelInfo
@@ -441,3 +447,58 @@ def test_a_preempted_sequence_resumes_its_penalties_as_if_it_never_paused() -> N
     assert sched.statistics().preempted >= 1
     assert [out.joined(s) for s in hog[:3]] == alone
     assert all(s.finish_reason == "length" for s in hog + late)
+
+
+class _Counting:
+    """charlm counting its ``encode()`` calls (a model served through the adapter)."""
+
+    def __init__(self, inner) -> None:
+        self._inner, self.encodes = inner, 0
+        self.vocabulary, self.context_len, self.prompt_chars = inner.vocabulary, inner.context_len, inner.prompt_chars
+        self.info = inner.info
+
+    def encode(self, text: str):
+        self.encodes += 1
+        return self._inner.encode(text)
+
+    def logits(self, contexts):
+        return self._inner.logits(contexts)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_a_prompt_is_encoded_once_when_queued(penalty: float) -> None:
+    """With ``repetition_penalty`` the prompt's ids (its token set) also give its context: one
+    ``encode()``, not one for each."""
+    model = _Counting(charlm())
+    sched = Scheduler(TokenModelAdapter(model, name="c"), max_generate_batch=2)
+    before = model.encodes
+    seq = sched.add_request(params("the the ", max_tokens=3, repetition_penalty=penalty), FakeClock().now)
+    assert model.encodes - before == 1 and seq.prompt_tokens == 8
+
+
+@pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.5, "temperature": 0.9, "seed": 4}])
+def test_a_token_id_prompt_generates_what_its_text_does(extra: dict) -> None:
+    model = charlm()
+    text = "It was the the "
+    ids = tuple(int(i) for i in model.encode(text))
+    by_text = generate_alone(GenerationParams(prompt=text, max_tokens=30, **extra))
+    by_ids = generate_alone(GenerationParams(prompt="", prompt_ids=ids, max_tokens=30, **extra))
+    assert by_ids == by_text and by_text[0]
+    sched = Scheduler(model, max_generate_batch=2)
+    seq = sched.add_request(GenerationParams(prompt="", prompt_ids=ids, max_tokens=1), FakeClock().now)
+    assert seq.prompt_tokens == len(ids) and seq.params.prompt_ids is None  # not held while it runs
+
+
+def test_token_id_prompts_outside_the_model_are_refused_and_nothing_is_queued() -> None:
+    model = charlm()
+    sched = Scheduler(model, max_generate_batch=2)
+    now = FakeClock().now
+    with pytest.raises(BadRequest, match=f"token id {model.vocab_size};"):
+        sched.add_request(GenerationParams(prompt="", prompt_ids=(1, model.vocab_size)), now)
+    with pytest.raises(BadRequest, match=f"holds {model.prompt_chars + 1} token ids; this model reads at most"):
+        sched.add_request(GenerationParams(prompt="", prompt_ids=(1,) * (model.prompt_chars + 1)), now)
+    assert sched.statistics().waiting == 0
+    with pytest.raises(BadRequest, match="list of token ids"):
+        GenerationParams(prompt="", prompt_ids=(1, -1))
+    with pytest.raises(BadRequest, match="list of token ids"):
+        GenerationParams(prompt="", prompt_ids=(1, True))

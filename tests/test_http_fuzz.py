@@ -49,7 +49,10 @@ infer_bodies = st.fixed_dictionaries(
 )
 completion_bodies = st.fixed_dictionaries(
     {"model": st.one_of(st.just("charlm"), values),
-     "prompt": st.one_of(st.text(max_size=10), st.lists(st.text(max_size=20), min_size=1, max_size=4), values)},
+     "prompt": st.one_of(st.text(max_size=10), st.lists(st.text(max_size=20), min_size=1, max_size=4), values,
+                         # token-id prompts: ids in and past charlm's 96-token vocabulary, one prompt or several
+                         st.lists(st.integers(-2, 100), min_size=1, max_size=20),
+                         st.lists(st.lists(st.integers(0, 97), max_size=20), min_size=1, max_size=3))},
     optional={**{k: values for k in ("temperature", "top_p", "top_k", "seed", "stop", "stream_options", "logit_bias",
                                      "suffix")},
               # the fields of several choices, logprobs and echo: often in range, so they meet

@@ -125,7 +125,7 @@ def test_closing_a_stream_cancels_the_generation(server, openai_client) -> None:
         ({"prompt": []}, "prompt"),
         ({"prompt": ["a", 1]}, "prompt"),
         ({"prompt": ["a"] * 17, "n": 16}, "prompt"),
-        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"prompt": [1, 2, 96]}, "prompt"),  # a token-id prompt: its ids checked against the vocabulary
         ({"stop": ["x"] * 20}, "stop"),
         ({"seed": 1.5}, "seed"),
     ],

@@ -175,6 +175,11 @@ class GenerationParams:
     - ``logprobs``: ``None`` (off), or ``k`` in [0, :data:`MAX_LOGPROBS`]: each streamed token
       comes with its log-probability and the ``k`` likeliest tokens with theirs, from the
       model's raw logits (:mod:`wsserve.generation.logprobs`).
+    - ``prompt_ids``: ``None`` (the prompt is ``prompt``'s text), or the prompt as token ids
+      (OpenAI's token-id prompt; ``prompt`` is then ignored): non-negative integers, given to
+      the model as they are.  Their bounds are the model's (ids below its vocabulary size, at
+      most its ``prompt_chars`` ids), checked when the request is queued
+      (:meth:`~wsserve.generation.Scheduler.add_request`).
 
     Raises :class:`~wsserve.errors.BadRequest` naming the bad field as the wire calls it.
     """
@@ -193,6 +198,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     priority: int = 0
     logprobs: int | None = None
+    prompt_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if type(self.prompt) is not str:
@@ -250,6 +256,9 @@ class GenerationParams:
         if lp is not None and (type(lp) is not int or not 0 <= lp <= MAX_LOGPROBS):
             raise BadRequest(f"field 'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens to "
                              f"report with each token), got {shown(lp)}")
+        ids = self.prompt_ids
+        if ids is not None and (type(ids) is not tuple or not all(type(i) is int and i >= 0 for i in ids)):
+            raise BadRequest("field 'prompt' must be a string or a list of token ids (non-negative integers)")
 
     @property
     def greedy(self) -> bool:

@@ -74,6 +74,7 @@ from .logprobs import (
 )
 from .model import UNKNOWN_FLOPS_PER_TOKEN
 from .params import GenerationParams
+from .running import checked_prompt_ids
 from .sampling import apply_penalties, sample_rows
 from .scheduler import Batch, Scheduler, Sequence, TokenModel
 from .sequence import TokenEvents
@@ -249,10 +250,13 @@ class GenerationEngine:
         self._wakeup.set()
         return seq
 
-    def score_prompt(self, prompt: str, k: int) -> asyncio.Future[list[tuple[str, TokenLogprobs | None]]]:
+    def score_prompt(self, prompt: str | tuple[int, ...], k: int
+                     ) -> asyncio.Future[list[tuple[str, TokenLogprobs | None]]]:
         """Queue the scoring of ``prompt``'s own tokens (OpenAI's ``echo`` with ``logprobs``): a
         future of ``(text, record)`` per token the model is given for the prompt (its last
-        ``prompt_chars`` characters), the record ``None`` for the first (:func:`~.logprobs.prompt_logprobs`).
+        ``prompt_chars`` characters; a token-id prompt's ids, checked as
+        :func:`~.running.checked_prompt_ids` does), the record ``None`` for the first
+        (:func:`~.logprobs.prompt_logprobs`).
 
         It runs between two steps, where steps run (inline when it costs no more than a step may,
         else in the engine's thread): never beside a step, so a model's ``logits()`` is not called
@@ -270,7 +274,7 @@ class GenerationEngine:
             raise Overloaded(f"{len(self._scores)} prompts wait to be scored (max_generate_queue={bound})",
                              retry_after_ms=100)
         model = self.model
-        ids = model.prompt_ids(prompt)
+        ids = model.prompt_ids(prompt) if type(prompt) is str else checked_prompt_ids(model, prompt)
         if len(ids) * (k + 1) > MAX_SCORED_VALUES:
             raise BadRequest(f"scoring this prompt's {len(ids)} tokens with {k} alternatives each would hold "
                              f"{len(ids) * (k + 1)} values; at most {MAX_SCORED_VALUES} (a shorter prompt or a "

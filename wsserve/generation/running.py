@@ -36,12 +36,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import BadRequest
 from .logprobs import LogprobRows
 from .params import MIN_TEMPERATURE
 from .sampling import LogitBias, Penalties, SampledRows, gumbel_blocks, noise_block_rows
 from .sequence import SeqState, Sequence, Tick
 
-__all__ = ["RunningSet", "TokenModel"]
+__all__ = ["RunningSet", "TokenModel", "checked_prompt_ids", "context_of", "prompt_id_limit"]
 
 _RUNNING = SeqState.RUNNING
 
@@ -63,6 +64,39 @@ class TokenModel(Protocol):
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
+
+
+def prompt_id_limit(model: TokenModel) -> int:
+    """The most token ids a token-id prompt may hold for ``model``: its ``prompt_chars`` (the
+    most characters, hence at most as many ids, a text prompt gives it), else ``16 * context_len``
+    (the adapter's default)."""
+    return int(getattr(model, "prompt_chars", 16 * model.context_len))
+
+
+def checked_prompt_ids(model: TokenModel, ids: Any) -> np.ndarray:
+    """A token-id prompt (a sequence of ints) as ``[n]`` int64, checked against ``model``: at most
+    :func:`prompt_id_limit` ids, each in ``[0, V)``.  Raises ``BadRequest`` naming ``prompt``."""
+    limit = prompt_id_limit(model)
+    if len(ids) > limit:
+        raise BadRequest(f"field 'prompt' holds {len(ids)} token ids; this model reads at most {limit} "
+                         "(its prompt_chars)")
+    array = np.asarray(ids, dtype=np.int64) if len(ids) else np.zeros(0, np.int64)
+    v = model.vocab_size
+    if len(array) and (array.min() < 0 or array.max() >= v):
+        bad = int(array[(array < 0) | (array >= v)][0])
+        raise BadRequest(f"field 'prompt' holds token id {bad}; the model's vocabulary has {v} tokens "
+                         f"(ids 0 to {v - 1})")
+    return array
+
+
+def context_of(model: TokenModel, ids: np.ndarray) -> np.ndarray:
+    """``[k]`` int64: the last ``k = context_len`` of ``ids`` (checked), left-padded with PAD."""
+    k = model.context_len
+    ctx = np.full(k, getattr(model, "pad_id", model.vocab_size), dtype=np.int64)
+    tail = ids[-k:]
+    if len(tail):
+        ctx[k - len(tail):] = tail
+    return ctx
 
 
 #: Up to this many elements, the sampled rows' temperatures are laid out as ``[S, V]``

@@ -76,7 +76,7 @@ import numpy as np
 from ..errors import BadRequest, DeadlineExceeded, Internal, Overloaded, WsserveError
 from .logprobs import LogprobRows, StepLogprobs, TokenLogprobs
 from .params import GenerationParams
-from .running import RunningSet, TokenModel
+from .running import RunningSet, TokenModel, checked_prompt_ids, context_of
 from .sampling import LogitBias, Penalties, SampledRows, new_generator
 from .sequence import FINISHED, Event, LoggedText, SeqState, Sequence, TokenEvents
 from .waitqueue import WaitQueue
@@ -165,7 +165,9 @@ class Scheduler:
         ``deadline_exceeded``, waiting or running.
         Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
         the queue is full, and :class:`~wsserve.errors.BadRequest` for a ``logit_bias`` token
-        id outside the model's vocabulary; nothing is queued then.
+        id outside the model's vocabulary or a token-id prompt (``params.prompt_ids``) outside
+        the model's bounds (:func:`~.running.checked_prompt_ids`); nothing is queued then.
+        The prompt is encoded once (with ``repetition_penalty``, its ids give the context).
         """
         waiting = len(self._waiting[0]) + len(self._waiting[1])
         if self.max_generate_queue is not None and waiting - self._run.free >= self.max_generate_queue:
@@ -177,12 +179,18 @@ class Scheduler:
         if params.logit_bias and params.logit_bias[-1][0] >= self.model.vocab_size:
             raise BadRequest(f"field 'logit_bias' names token {params.logit_bias[-1][0]}; the model's vocabulary "
                              f"has {self.model.vocab_size} tokens (ids 0 to {self.model.vocab_size - 1})")
-        context, prompt_tokens = self.model.encode_prompt(params.prompt)  # may raise: nothing is queued then
-        prompt_ids = None
-        if params.repetition_penalty != 1:  # it applies to the prompt's tokens too
-            prompt_ids = np.unique(np.asarray(self.model.prompt_ids(params.prompt), np.int64))
-        if params.prompt:  # only the context is used from here on: do not hold the whole prompt
-            params = dataclasses.replace(params, prompt="")
+        ids = None  # all the prompt's token ids, when needed (may raise: nothing is queued then)
+        if params.prompt_ids is not None:
+            ids = checked_prompt_ids(self.model, params.prompt_ids)
+        elif params.repetition_penalty != 1:  # it applies to the prompt's tokens too
+            ids = np.asarray(self.model.prompt_ids(params.prompt), np.int64)
+        if ids is None:
+            context, prompt_tokens = self.model.encode_prompt(params.prompt)
+        else:  # one encode() (or none): the context is the ids' tail
+            context, prompt_tokens = context_of(self.model, ids), len(ids)
+        prompt_ids = np.unique(ids) if params.repetition_penalty != 1 else None
+        if params.prompt or params.prompt_ids is not None:  # only the context is used from here on
+            params = dataclasses.replace(params, prompt="", prompt_ids=None)
         seq = Sequence(next(self._ids), params, owner, now, group, self._run.tick)
         seq._context = context
         seq._prompt_ids = prompt_ids

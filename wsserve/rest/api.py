@@ -64,6 +64,7 @@ from ..errors import (
     UnknownModel,
     WsserveError,
 )
+from ..generation.running import checked_prompt_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
 from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
@@ -668,6 +669,11 @@ class HttpApi:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
                 except BadRequest as exc:
                     raise _with_param(exc, "messages") from None
+            if completion.prompt_ids:  # checked against the model now; their texts are what echo shows
+                try:
+                    completion = completion.with_prompt_texts(_id_texts(entry.worker.model, completion.prompt_ids))
+                except BadRequest as exc:
+                    raise _with_param(exc, "prompt") from None
             if triton is not None:
                 encoder: Any = generate_encoder(rid, model, entry.version, outputs)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors, style="oip")
@@ -675,20 +681,24 @@ class HttpApi:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
+            counts = None  # echo_only without scoring: each prompt's token count
             if completion.echo and completion.params.logprobs is not None:  # the prompts' tokens first
                 chars = getattr(entry.worker.model, "prompt_chars", None)
-                for prompt in call.prompts:
+                for prompt in () if completion.prompt_ids else call.prompts:
                     if chars is not None and len(prompt) > chars:
                         raise ParamError("echo", f"'echo' with 'logprobs' scores the prompt's tokens, and model "
                                                  f"{model!r} reads at most the last {chars} characters of a prompt; "
                                                  f"this one has {len(prompt)}")
                 try:
-                    for prompt in call.prompts:
+                    for prompt in completion.prompt_ids or call.prompts:
                         call.scoring.append(entry.worker.score_prompt(prompt, completion.params.logprobs))
                 except WsserveError as exc:
                     for scoring in call.scoring:
                         scoring.cancel()
                     raise _with_param(exc, "echo") if isinstance(exc, BadRequest) else exc from None
+            elif completion.echo_only:  # nothing to queue: the prompts' token counts are the answer's usage
+                counts = [len(ids) for ids in completion.prompt_ids] or [
+                    entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
             else:
                 self._submit(call, entry, completion, session)
                 if type(encoder) is GenerateOutputsEncoder:  # its events' num_input_tokens
@@ -701,6 +711,8 @@ class HttpApi:
         if call.scoring:  # queued and answered once the prompts are scored
             for scoring in call.scoring:
                 scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session))
+        elif counts is not None:
+            call.answer_prompts(counts)
         elif completion.stream:
             call.start_stream()
         return None
@@ -725,6 +737,9 @@ class HttpApi:
                 if future.cancelled():
                     return
                 call.scored(i, future.result())
+            if completion.echo_only:  # the prompts are the answer
+                call.answer_prompts([len(logged or ()) for logged in call.echo_logged])
+                return
             self._submit(call, entry, completion, session)
         except WsserveError as exc:
             self._rejected(exc, call.model, "generate")
@@ -797,6 +812,14 @@ def _platform(entry: Any) -> str:
     """The OIP ``platform`` of a served version (Triton's names where Triton has the backend)."""
     backend = entry.model.info.extra.get("backend") if hasattr(entry.model, "info") else None
     return _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
+
+
+def _id_texts(model: Any, prompts: tuple[tuple[int, ...], ...]) -> tuple[str, ...]:
+    """Token-id prompts' texts: each checked against the generative ``model``
+    (:func:`~wsserve.generation.running.checked_prompt_ids`: ``BadRequest`` naming ``prompt``), its
+    tokens' texts joined."""
+    texts = model.id_to_text
+    return tuple("".join([texts[i] for i in checked_prompt_ids(model, ids).tolist()]) for ids in prompts)
 
 
 def _with_param(exc: WsserveError, param: str) -> WsserveError:

@@ -322,7 +322,7 @@ class CompletionCall(Call):
     that fails fails the call (the others are cancelled)."""
 
     __slots__ = ("engine", "choices", "encoder", "stream", "include_usage", "scoring", "streaming", "echo",
-                 "echo_logged", "logged", "prompts", "_open")
+                 "echo_logged", "logged", "prompts", "prompt_ids", "prompt_counts", "_open")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
                  completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
@@ -334,8 +334,12 @@ class CompletionCall(Call):
         self.include_usage = completion.include_usage
         #: with logprobs, not streamed: each choice keeps each token's text and record
         self.logged = completion.params.logprobs is not None and not completion.stream
-        #: the prompts (one, or a completion's list)
+        #: the prompts (one, or a completion's list; token-id prompts: their texts)
         self.prompts = completion.prompts or (completion.params.prompt,)
+        #: token-id prompts (one tuple of ids per prompt), or empty
+        self.prompt_ids = completion.prompt_ids
+        #: each prompt's token count when nothing is generated (``echo_only``); else the generations'
+        self.prompt_counts: list[int] | None = None
         #: ``echo``: each choice's text starts with its prompt, and (with logprobs) its tokens' records
         self.echo = completion.echo
         self.echo_logged: list[list[tuple[str, TokenLogprobs | None]] | None] = [None] * len(self.prompts)
@@ -362,7 +366,9 @@ class CompletionCall(Call):
         try:
             for choice in self.choices:
                 p = params
-                if choice.prompt:
+                if self.prompt_ids:
+                    p = dataclasses.replace(p, prompt_ids=self.prompt_ids[choice.prompt])
+                elif choice.prompt:
                     p = dataclasses.replace(p, prompt=self.prompts[choice.prompt])
                 if choice.nth and params.seed is not None:
                     p = dataclasses.replace(p, seed=(params.seed + choice.nth) & 0xFFFF_FFFF_FFFF_FFFF)
@@ -373,6 +379,20 @@ class CompletionCall(Call):
                     choice.ended = True  # its on_done("cancelled") is not an answer
                     self.engine.cancel(choice.handle)
             raise
+
+    def answer_prompts(self, prompt_counts: list[int]) -> None:
+        """``echo_only`` (``max_tokens: 0`` with ``echo``): end every choice now, its text its prompt
+        (and its records, when scored), with reason ``length``; ``prompt_counts``: each prompt's
+        token count (``usage.prompt_tokens``).  Streamed as a generation is: the echo, then the end."""
+        self.prompt_counts = prompt_counts
+        if self.stream:
+            self.start_stream()
+        for choice in self.choices:
+            if self.finished:
+                return
+            choice.ended = True
+            choice.reason = "length"
+            self.choice_ended(choice, "length")
 
     def start_stream(self) -> None:
         """Send the 200 and what a stream begins with (per choice: the role; the echoed prompt)."""
@@ -414,7 +434,10 @@ class CompletionCall(Call):
         if not self._end("cancelled" if any(c.cancelled for c in self.choices) else "ok"):
             return
         n = len(self.choices) // len(self.prompts)  # each prompt counted once, whatever n
-        prompt_tokens = sum(c.handle.prompt_tokens for c in self.choices[::n])  # set by submit
+        if self.prompt_counts is not None:
+            prompt_tokens = sum(self.prompt_counts)
+        else:
+            prompt_tokens = sum(c.handle.prompt_tokens for c in self.choices[::n])  # set by submit
         tokens = self.tokens
         if self.stream:
             self.exchange.send(self.encoder.tail_events(prompt_tokens, tokens, self.include_usage))

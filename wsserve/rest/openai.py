@@ -6,9 +6,7 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``best_of`` other than ``n``,
-  ``suffix``,
-  token-id
-  prompts.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  ``suffix``.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
@@ -18,7 +16,11 @@
   null, as OpenAI's), and ``n`` (1 to :data:`MAX_N` choices, each a generation of its own; with a
   ``seed``, choice ``i`` is seeded ``seed + i``, so choice 0 is the answer to ``n: 1``), and a
   list of prompts (as vLLM: prompt ``a``'s choices are indexes ``a * n`` to ``a * n + n - 1``; at
-  most :data:`MAX_CHOICES` choices in all); ``user`` and unknown fields are ignored.
+  most :data:`MAX_CHOICES` choices in all), and token-id prompts (a list of ids, or a list of such
+  lists: the ids go to the model as they are; their bounds, the model's vocabulary and
+  ``prompt_chars``, are checked once the model is known), and ``max_tokens: 0`` with ``echo``
+  (:attr:`Completion.echo_only`: the prompt, scored with ``logprobs``, nothing generated);
+  ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
   ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio, JSON output and
@@ -107,10 +109,20 @@ class Completion:
     #: ``/v1/completions``' list of several prompts (``params.prompt`` is the first); empty: one prompt.
     #: Prompt ``a``'s choices have indexes ``a * n`` to ``a * n + n - 1``, as vLLM's.
     prompts: tuple[str, ...] = ()
+    #: ``/v1/completions``' token-id prompts (one tuple of ids per prompt); empty: text prompts.
+    #: Their texts (:attr:`prompts`, for ``echo``) are the model's, set by :meth:`with_prompt_texts`.
+    prompt_ids: tuple[tuple[int, ...], ...] = ()
+    #: ``max_tokens: 0`` with ``echo``: nothing is generated, each choice is its prompt (scored
+    #: with ``logprobs``), finish reason ``length`` (OpenAI's legacy scoring form).
+    echo_only: bool = False
 
     def with_prompt(self, prompt: str) -> Completion:
         """The same request generating from ``prompt`` (a chat's, from the model's template)."""
         return replace(self, params=replace(self.params, prompt=prompt))
+
+    def with_prompt_texts(self, texts: tuple[str, ...]) -> Completion:
+        """Token-id prompts with their texts (the served model's tokens, joined)."""
+        return replace(self, prompts=texts)
 
 
 def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
@@ -119,33 +131,54 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     model = _model(obj)
     prompt = obj.get("prompt")
     prompts: tuple[str, ...] = ()
+    prompt_ids: tuple[tuple[int, ...], ...] = ()
     if type(prompt) is list:
         if prompt and all(type(p) is str for p in prompt):
             prompts = tuple(prompt)
             prompt = prompt[0]
-        elif prompt and all(type(p) is int or type(p) is list for p in prompt):
-            raise ParamError("prompt", "'prompt' must be a string or a list of strings (token-id prompts are "
-                                       "not supported: send text)")
+        elif prompt and type(prompt[0]) is int:  # one token-id prompt
+            prompt_ids = (_token_ids(prompt, None),)
+            prompt = ""
+        elif prompt and all(type(p) is list for p in prompt):  # several
+            prompt_ids = tuple(_token_ids(p, i) for i, p in enumerate(prompt))
+            prompt = ""
         else:
-            raise ParamError("prompt", "'prompt' must be a string or a non-empty list of strings, got "
+            raise ParamError("prompt", "'prompt' must be a string, a non-empty list of strings, a list of token ids "
+                                       "or a list of lists of token ids, got "
                                        f"{'an empty list' if not prompt else 'a list holding other values'}")
     if type(prompt) is not str:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
     _refuse_unsupported(obj, _NEUTRAL)
-    max_tokens = _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit)
     echo = obj.get("echo")
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
+    echo_only = bool(echo) and obj.get("max_tokens") == 0 and type(obj.get("max_tokens")) is int
+    max_tokens = 1 if echo_only else _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit,
+                                                 zero="'echo': true")
     best_of = obj.get("best_of")
     n = _n(obj)
     if best_of is not None and best_of != n:
         raise ParamError("best_of", f"'best_of' is not supported other than equal to 'n' ({n}): wsserve returns "
                                     f"every choice it generates; got {shown(best_of)}")
-    if len(prompts) * n > MAX_CHOICES:
-        raise ParamError("prompt", f"{len(prompts)} prompts x n={n} make {len(prompts) * n} choices; at most "
+    count = len(prompt_ids) or len(prompts)
+    if count * n > MAX_CHOICES:
+        raise ParamError("prompt", f"{count} prompts x n={n} make {count * n} choices; at most "
                                    f"{MAX_CHOICES} per request")
-    completion = replace(_completion(obj, model, prompt, max_tokens, None, obj.get("logprobs")), echo=bool(echo), n=n)
+    completion = replace(_completion(obj, model, prompt, max_tokens, None, obj.get("logprobs")), echo=bool(echo), n=n,
+                         echo_only=echo_only, prompt_ids=prompt_ids)
     return replace(completion, prompts=prompts) if len(prompts) > 1 else completion
+
+
+def _token_ids(ids: list[Any], index: int | None) -> tuple[int, ...]:
+    """One token-id prompt (``index``: its place in a list of them), each id a non-negative
+    integer; its upper bounds (the vocabulary, the model's length) are checked when it is queued."""
+    where = "'prompt'" if index is None else f"'prompt[{index}]'"
+    if not ids:
+        raise ParamError("prompt", f"{where} must not be an empty list of token ids")
+    for i in ids:
+        if type(i) is not int or i < 0:
+            raise ParamError("prompt", f"{where} must hold token ids (non-negative integers), got {shown(i, 40)}")
+    return tuple(ids)
 
 
 def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
@@ -213,12 +246,15 @@ def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]
             raise ParamError(name, f"'{name}' is not supported (only its default); got {shown(value, 80)}")
 
 
-def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int) -> int | None:
+def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int, zero: str = "") -> int | None:
+    """``obj[name]`` in [1, ``limit``], else ``default`` when absent; ``zero``: the condition
+    under which 0 is allowed (named in the error; the caller handles it)."""
     value = obj.get(name)
     if value is None:
         return default
     if type(value) is not int or not 1 <= value <= limit:
-        raise ParamError(name, f"'{name}' must be an integer in [1, {limit}], got {value!r}")
+        when = f" (0 only with {zero})" if zero else ""
+        raise ParamError(name, f"'{name}' must be an integer in [1, {limit}]{when}, got {shown(value, 40)}")
     return value
 
 
