@@ -125,8 +125,10 @@ def test_metrics_parse_and_hold_their_invariants_after_a_varied_workload(
             assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
             m = _check_exposition(body.decode())
             done = sum(m.get("wsserve_requests_total", model=n, type="predict", code="ok") for n in AFFINE_NAMES)
-            # every ok predict and stream (6 per connection's 3 + 1), with every worker's share merged
-            return m if done == ok + 6 else None
+            # every ok predict and stream (6 per connection's 3 + 1), and every connection's
+            # generation of 5 tokens or more, with every worker's share merged
+            timed = m.get("wsserve_request_time_per_output_token_seconds_count", model=GEN_NAME)
+            return m if done == ok + 6 and timed == 6 else None
 
         m = wait_until(scraped, 60, what="every worker's counts in one scrape")
         for name in AFFINE_NAMES:
@@ -135,5 +137,9 @@ def test_metrics_parse_and_hold_their_invariants_after_a_varied_workload(
         assert m.get("wsserve_requests_total", model=AFFINE_NAMES[0], type="predict", code="invalid_input") == 6
         assert m.get("wsserve_requests_total", model="", type="predict", code="unknown_model") == 6
         assert m.value("wsserve_generated_tokens_total", model=GEN_NAME) >= sum(5 + c for c in range(6))
+        # generation metrics merged over the workers: every "ab" generation's prompt and times (the
+        # cancelled ones may have ended before their slot)
+        assert m.value("wsserve_prompt_tokens_total", model=GEN_NAME) >= 2 * 6
+        assert m.value("wsserve_time_to_first_token_seconds_count", model=GEN_NAME) >= 6
         if workers > 1:
             assert {dict(k)["worker"] for (n, k) in m.samples if n == "wsserve_ready"} == {"0", "1"}

@@ -35,6 +35,10 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+#: Time per generated token: from 10 µs (a small model's step shared by many sequences) up.
+TOKEN_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
 
 
 class Histogram:
@@ -214,6 +218,12 @@ _HISTOGRAMS = (
      LATENCY_BUCKETS),
     ("batch_size", "wsserve_batch_size", "Rows (predict) or sequences (generate) per batch.", ("model",), BATCH_BUCKETS),
     ("compute", "wsserve_batch_compute_seconds", "Model compute time per batch.", ("model",), LATENCY_BUCKETS),
+    ("ttft", "wsserve_time_to_first_token_seconds",
+     "Generations: time from receipt to the first generated token (observed when the generation ends).", ("model",),
+     LATENCY_BUCKETS),
+    ("tpot", "wsserve_request_time_per_output_token_seconds",
+     "Generations of two tokens or more that ended by length or stop: mean time between tokens after the first.",
+     ("model",), TOKEN_BUCKETS),
 )
 
 
@@ -252,6 +262,8 @@ class _Collector(Collector):
                 fam.add_metric(labelkey.split(_SEP), _cumulative(bounds, values), sum_value=values[-1])
             yield fam
         yield counter("wsserve_generated_tokens", "Tokens streamed by generate.", ["model"], counters.get("tokens", {}))
+        yield counter("wsserve_prompt_tokens", "Prompt tokens of the generations that started (took a batch slot).",
+                      ["model"], counters.get("prompt_tokens", {}))
         yield counter("wsserve_batch_isolations",
                       "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",
                       ["model"], counters.get("isolations", {}))
@@ -283,6 +295,8 @@ class _Collector(Collector):
                     "inflight")
         yield gauge("wsserve_queue_depth", "Requests waiting in a model's queue.", "queue_depth", ["model"])
         yield gauge("wsserve_queue_rows", "Rows waiting in a model's predict queue.", "queue_rows", ["model"])
+        yield gauge("wsserve_generation_running", "Generations holding a slot of a generative model's running batch "
+                    "(the waiting ones: wsserve_queue_depth).", "generation_running", ["model"])
         yield gauge("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", "tasks")
         yield gauge("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", "ready")
         yield gauge("wsserve_model_loads_abandoned", "Model loads past their --model-load-timeout-s still running "
@@ -324,6 +338,10 @@ class Metrics:
         self.compute = _Family(
             "wsserve_batch_compute_seconds", "Model compute time per batch.", ("model",), LATENCY_BUCKETS
         )
+        self.ttft = _Family("wsserve_time_to_first_token_seconds", "", ("model",), LATENCY_BUCKETS)
+        self.tpot = _Family("wsserve_request_time_per_output_token_seconds", "", ("model",), TOKEN_BUCKETS)
+        #: Prompt tokens of started generations per model (:meth:`on_generation_done`).
+        self.prompt_tokens: dict[str, int] = {}
         #: Triton statistics per ``(model, version)`` (:meth:`version_stats`).
         self.model_stats: dict[tuple[str, str], VersionStats] = {}
         self.tokens: dict[str, int] = {}
@@ -410,6 +428,17 @@ class Metrics:
         (the predict worker and the generation engine call it)."""
         self.isolations[model] = self.isolations.get(model, 0) + 1
 
+    def on_generation_done(self, model: str, prompt_tokens: int, ttft_s: float | None, tpot_s: float | None) -> None:
+        """A generation of ``model`` that took a batch slot ended (the engine calls it once per
+        generation, from the loop): its prompt's token count, the time from its receipt to its
+        first generated token (None: none), and its mean time per token after the first (None:
+        fewer than two tokens, or it did not end by ``length`` or ``stop``)."""
+        self.prompt_tokens[model] = self.prompt_tokens.get(model, 0) + prompt_tokens
+        if ttft_s is not None:
+            self.ttft.get((model,)).observe(ttft_s)
+        if tpot_s is not None:
+            self.tpot.get((model,)).observe(tpot_s)
+
     def add_tokens(self, model: str, n: int) -> None:
         self.tokens[model] = self.tokens.get(model, 0) + n
 
@@ -432,6 +461,7 @@ class Metrics:
             "counters": {
                 "requests": {_SEP.join(k): n for k, n in self.requests.items()},
                 "tokens": dict(self.tokens),
+                "prompt_tokens": dict(self.prompt_tokens),
                 "isolations": dict(self.isolations),
                 "closes": dict(self.closes),
                 "slow_consumers": {"": self.slow_consumers},
@@ -441,6 +471,7 @@ class Metrics:
             "histograms": {
                 "duration": self.duration.snapshot(), "queue": self.queue.snapshot(),
                 "batch_size": self.batch_size.snapshot(), "compute": self.compute.snapshot(),
+                "ttft": self.ttft.snapshot(), "tpot": self.tpot.snapshot(),
             },
             "model_stats": {_SEP.join(k): v.snapshot(mono, wall) for k, v in self.model_stats.items()},
             "gauges": {
@@ -448,6 +479,7 @@ class Metrics:
                 "inflight": state["inflight"],
                 "queue_depth": {m: q for m, (q, _) in state["queues"].items()},
                 "queue_rows": {m: r for m, (_, r) in state["queues"].items()},
+                "generation_running": dict(state.get("generation_running", {})),
                 "tasks": state["tasks"], "ready": state["ready"],
                 "loads_abandoned": state.get("loads_abandoned", 0),
             },

@@ -459,15 +459,18 @@ class Server:
     # -- metrics
 
     def _state(self) -> dict[str, Any]:
-        queues = {}
+        queues, running = {}, {}
         for entry in self.pool.entries():
             stats = entry.worker.statistics()
             queues[entry.name] = (stats.queued, stats.queued_rows)
+            if stats.kind == "generate":
+                running[entry.name] = running.get(entry.name, 0) + stats.running  # every version's
         return {
             "connections": len(self.connections),
             "http_connections": sum(1 for p in self._protocols if isinstance(p, HttpProtocol)),
             "inflight": self.shared.inflight,
             "queues": queues,
+            "generation_running": running,
             "ready": 1 if self.ready else 0,
             "loads_abandoned": self.registry.abandoned_loads,
             "messages": self.shared.messages,

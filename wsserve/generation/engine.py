@@ -105,7 +105,9 @@ class _TokenCalls:
 
 class StepObserver(Protocol):
     """Optional hook for metrics: ``on_batch`` is called once per computed step; an observer may
-    also define ``on_isolated(model)``, called once per failed step computed again row by row."""
+    also define ``on_isolated(model)``, called once per failed step computed again row by row, and
+    ``on_generation_done(model, prompt_tokens, ttft_s, tpot_s)``, called once per generation that
+    took a batch slot, when it ends (see :meth:`~wsserve.metrics.Metrics.on_generation_done`)."""
 
     def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
@@ -194,6 +196,7 @@ class GenerationEngine:
         self.model = model
         self.name = name
         self._observer = observer
+        self._on_generation_done = getattr(observer, "on_generation_done", None)
         #: This version's :class:`~wsserve.metrics.VersionStats` (set by the pool; None: not
         #: counted): each step is recorded there as one execution of its sequences.
         self.stats: VersionStats | None = None
@@ -549,6 +552,8 @@ class GenerationEngine:
 
     def _terminal(self, seq: Sequence, sink: TokenSink) -> None:
         seq.owner = None
+        if self._on_generation_done is not None and seq.admitted_at is not None:
+            self._observe_done(seq)
         try:
             if seq.error is not None:
                 sink.on_error(seq.error)
@@ -556,6 +561,22 @@ class GenerationEngine:
                 sink.on_done(seq.finish_reason, seq.streamed, seq.timing())  # type: ignore[arg-type]
         except Exception:
             log.exception("generation sink failed in its terminal callback")
+
+    def _observe_done(self, seq: Sequence) -> None:
+        """Tell the observer about a generation that took a slot and ended: its prompt tokens,
+        time to first token and (ended by length or stop, two tokens or more) mean time per
+        token after the first."""
+        first = seq.first_token_at
+        ttft = tpot = None
+        if first is not None:
+            ttft = first - seq.arrival
+            n = seq.generated
+            if n > 1 and seq.error is None and seq.finish_reason in ("length", "stop") and seq.finished_at is not None:
+                tpot = (seq.finished_at - first) / (n - 1)
+        try:
+            self._on_generation_done(self.name, seq.prompt_tokens, ttft, tpot)  # type: ignore[misc]
+        except Exception:
+            log.exception("generation observer failed")
 
     def _sink_failed(self, seq: Sequence, method: str, exc: Exception) -> None:
         log.error("generation sink %s raised; ending the generation", method, exc_info=exc)
