@@ -128,6 +128,17 @@ def test_closing_a_stream_cancels_the_generation(server, openai_client) -> None:
         ({"prompt": [1, 2, 96]}, "prompt"),  # a token-id prompt: its ids checked against the vocabulary
         ({"stop": ["x"] * 20}, "stop"),
         ({"seed": 1.5}, "seed"),
+        # vLLM's fields for what wsserve does not do: refused, not ignored
+        ({"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),
+        ({"extra_body": {"guided_regex": "[0-9]+"}}, "guided_regex"),
+        ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
+        ({"extra_body": {"length_penalty": 0.5}}, "length_penalty"),
+        ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs"),
+        ({"extra_body": {"allowed_token_ids": [1, 2]}}, "allowed_token_ids"),
+        ({"extra_body": {"truncate_prompt_tokens": 4}}, "truncate_prompt_tokens"),
+        ({"extra_body": {"bad_words": ["the"]}}, "bad_words"),
+        ({"extra_body": {"priority": -1}}, "priority"),
+        ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
     ],
 )
 def test_unsupported_or_bad_parameters_are_refused_by_name(openai_client, kwargs: dict, param: str) -> None:
@@ -163,3 +174,14 @@ async def test_models_list_in_the_openai_shape(server, openai_client) -> None:
     assert ours == reply["models"]
     assert all(m["version"] == "1" and [v["version"] for v in m["versions"]] == ["1"] for m in ours)
     assert all(v["state"] == "ready" for m in ours for v in m["versions"])
+
+
+def test_vllm_fields_without_effect_on_wsserve_models_are_taken(openai_client) -> None:
+    """wsserve's models have no end-of-sequence or special tokens: vLLM's fields about them change
+    nothing, whatever their value, and neutral values of the refused ones are taken too."""
+    args = {"model": "charlm", "prompt": "It was ", "max_tokens": 12, "temperature": 0}
+    plain = openai_client.completions.create(**args).choices[0].text
+    extra = {"ignore_eos": True, "skip_special_tokens": False, "spaces_between_special_tokens": False,
+             "add_special_tokens": True, "use_beam_search": False, "length_penalty": 1.0, "priority": 0,
+             "bad_words": [], "response_format": {"type": "text"}}
+    assert openai_client.completions.create(**args, extra_body=extra).choices[0].text == plain

@@ -199,6 +199,8 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"extra_body": {"repetition_penalty": -1}}, "repetition_penalty"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),
+        ({"extra_body": {"guided_choice": ["yes", "no"]}}, "guided_choice"),  # vLLM's, not done: refused
+        ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"max_tokens": 10**9}, "max_tokens"),
         ({"temperature": 101}, "temperature"),

@@ -6,7 +6,8 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``best_of`` other than ``n``,
-  ``suffix``.  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  ``suffix``, ``response_format`` other than text, and vLLM's fields for what wsserve does not
+  do (beam search, guided decoding, ``prompt_logprobs``...: :data:`_NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
@@ -73,14 +74,30 @@ MAX_N = 16
 #: At most this many choices per request: prompts x ``n`` (a list of prompts, as vLLM takes it).
 MAX_CHOICES = 256
 
+#: vLLM's extra sampling and output fields wsserve does not do, both endpoints: beam search,
+#: guided (structured) decoding, per-request logits processors, banned words, a token allowlist,
+#: prompt truncation, prompt logprobs, token ids in place of token texts, and scheduling priority
+#: (vLLM's lower-is-first integer; wsserve's WebSocket ``priority`` is 0 or 1).  vLLM's
+#: ``ignore_eos``, ``skip_special_tokens``, ``spaces_between_special_tokens`` and
+#: ``add_special_tokens`` are taken whatever their value: wsserve's models have no end-of-sequence
+#: or special tokens (a generation ends by length or a stop), so there is nothing for them to change.
+_NEUTRAL_VLLM = {
+    "use_beam_search": (None, False), "length_penalty": (None, 1, 1.0), "early_stopping": (None, False),
+    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
+    "guided_decoding_backend": (None,), "guided_whitespace_pattern": (None,), "structured_outputs": (None,),
+    "logits_processors": (None, []), "bad_words": (None, []), "allowed_token_ids": (None,),
+    "truncate_prompt_tokens": (None,), "prompt_logprobs": (None,), "return_tokens_as_token_ids": (None, False),
+    "priority": (None, 0),
+}
 _NEUTRAL = {
-    "suffix": (None, ""),
+    "suffix": (None, ""), "response_format": (None, {"type": "text"}), **_NEUTRAL_VLLM,
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
+    **_NEUTRAL_VLLM,
 }
 
 
