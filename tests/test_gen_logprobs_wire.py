@@ -8,8 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from tests.charlm_reference import reference_logprobs
 from tests.support import Conn
 from wsserve.trainer import train_default_models
 
@@ -23,21 +22,6 @@ async def _frames(conn: Conn, rid: Any, **fields: Any) -> tuple[list[dict[str, A
     return frames, last
 
 
-def _reference(cache: Path, prompt: str, text: str, k: int) -> list[tuple[float, list[tuple[int, float]]]]:
-    """Per token of ``text`` (generated after ``prompt``): its log-probability and the k likeliest
-    (id, logprob), ties by id, from the server's charlm read from its weights cache."""
-    model: Any = train_default_models(names=["charlm"], cache_dir=cache)["charlm"]
-    ctx, out = model.initial_context(prompt), []
-    for ch in text:
-        z = model.logits(ctx[None, :])[0].astype(np.float64)
-        lp = z - z.max() - math.log(float(np.exp(z - z.max()).sum()))
-        tok = model.id_to_text.index(ch)
-        order = sorted(range(len(lp)), key=lambda i: (-lp[i], i))[:k]
-        out.append((float(lp[tok]), [(i, float(lp[i])) for i in order]))
-        ctx = np.append(ctx[1:], tok)
-    return out
-
-
 async def test_token_frames_carry_the_models_logprobs(server_url: str, model_cache: Path) -> None:
     conn = await Conn.open(server_url)
     assert conn.hello["limits"]["max_logprobs"] == 20
@@ -47,7 +31,8 @@ async def test_token_frames_carry_the_models_logprobs(server_url: str, model_cac
     assert text == "".join(f["text"] for f in plain) and done["tokens"] == 30  # the same greedy text
     assert all("logprob" not in f for f in plain)
     vocab = train_default_models(names=["charlm"], cache_dir=model_cache)["charlm"].id_to_text
-    for f, (want, top) in zip(frames, _reference(model_cache, "The ", text, 3), strict=True):
+    for f, ref in zip(frames, reference_logprobs(model_cache, "The ", text, 3), strict=True):
+        want, top = ref["logprob"], ref["top"]
         assert math.isclose(f["logprob"], want, rel_tol=1e-9, abs_tol=1e-12)
         assert [(t["id"], t["text"]) for t in f["top_logprobs"]] == [(i, vocab[i]) for i, _ in top]
         assert all(math.isclose(t["logprob"], lp, rel_tol=1e-9, abs_tol=1e-12)
@@ -67,8 +52,8 @@ async def test_logprobs_are_the_models_whatever_the_sampling(server_url: str, mo
     text = "".join(f["text"] for f in frames)
     assert text == "".join(f["text"] for f in plain)
     assert all(f["top_logprobs"] == [] for f in frames)
-    for f, (want, _) in zip(frames, _reference(model_cache, "It was ", text, 0), strict=True):
-        assert math.isclose(f["logprob"], want, rel_tol=1e-9, abs_tol=1e-12)
+    for f, ref in zip(frames, reference_logprobs(model_cache, "It was ", text, 0), strict=True):
+        assert math.isclose(f["logprob"], ref["logprob"], rel_tol=1e-9, abs_tol=1e-12)
     await conn.close()
 
 

@@ -12,32 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.charlm_reference import reference_logprobs
 from tests.test_http_triton_generate import events, post
-from wsserve.trainer import train_default_models
 
 ALL = {"return_finish_reason": True, "return_cumulative_logprob": True, "return_logprobs": True,
        "return_num_input_tokens": True, "return_num_output_tokens": True}
 OUTPUTS = ("finish_reason", "cumulative_logprob", "logprobs", "num_input_tokens", "num_output_tokens")
-
-
-def _reference(cache: Path, prompt: str, text: str, k: int) -> list[dict[str, Any]]:
-    """Per token of ``text`` (generated after ``prompt``), from the server's charlm read from its
-    weights cache: ``id``, ``logprob`` (the raw log-softmax), ``rank`` (tokens at least as likely,
-    as vLLM counts) and ``top``: the k likeliest ``(id, logprob)``, ties by id."""
-    model: Any = train_default_models(names=["charlm"], cache_dir=cache)["charlm"]
-    ctx, out = model.initial_context(prompt), []
-    for ch in text:
-        z = model.logits(ctx[None, :])[0].astype(np.float64)
-        lp = z - z.max() - math.log(float(np.exp(z - z.max()).sum()))
-        tok = model.id_to_text.index(ch)
-        order = sorted(range(len(lp)), key=lambda i: (-lp[i], i))[:k]
-        out.append({"id": tok, "logprob": float(lp[tok]), "rank": sum(1 for v in z if v >= z[tok]),
-                    "top": [(i, float(lp[i])) for i in order], "vocab": model.id_to_text})
-        ctx = np.append(ctx[1:], tok)
-    return out
 
 
 def _close(a: float, b: float) -> bool:
@@ -68,7 +50,7 @@ async def test_a_whole_answer_carries_the_outputs_of_its_whole_text(server, mode
     assert (got["finish_reason"], got["num_input_tokens"], got["num_output_tokens"]) == ("length", 4, 12)
     assert type(got["logprobs"]) is str  # serialised JSON, as the backend's BYTES tensor
     positions = json.loads(got["logprobs"])
-    ref = _reference(model_cache, "The ", text, 2)
+    ref = reference_logprobs(model_cache, "The ", text, 2)
     assert len(positions) == len(ref) == 12
     for position, want in zip(positions, ref, strict=True):
         _check_position(position, want)
@@ -96,7 +78,7 @@ async def test_a_stream_carries_each_events_outputs(server, model_cache: Path) -
     got = events(raw)
     tokens, last = got[:-1], got[-1]
     text = "".join(e["text_output"] for e in tokens)
-    ref = _reference(model_cache, "It was ", text, 0)
+    ref = reference_logprobs(model_cache, "It was ", text, 0)
     assert len(tokens) == len(ref) == 20
     assert any(w["rank"] > 1 for w in ref)  # the sampling took a token other than the likeliest
     cumulative = 0.0

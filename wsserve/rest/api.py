@@ -651,13 +651,7 @@ class HttpApi:
                 parse = parse_chat_completion if chat else parse_completion
                 completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
                 model = completion.model
-                try:
-                    entry = self._lookup(model, None)
-                except UnknownModel as exc:  # _ModelNotReady too: 503
-                    raise _with_param(exc, "model") from None
-                if entry.kind != "generate":
-                    raise ParamError("model", f"model {model!r} does not generate text (use POST "
-                                              f"/v2/models/{model}/infer or POST /predict)")
+                entry = self._generative(model, f"use POST /v2/models/{model}/infer or POST /predict")
             choices = max(1, len(completion.prompts)) * completion.n  # each counts against max_inflight
             if choices > self.config.max_inflight:
                 raise ParamError("prompt" if completion.prompts else "n",
@@ -766,15 +760,19 @@ class HttpApi:
 
     def _token_model(self, model: str) -> Any:
         """The served generative model ``model`` (its default version), with the OpenAI routes'
-        errors: 404 (503 not ready) naming ``model``; 400 naming it for a predictive model."""
+        errors (:meth:`_generative`)."""
+        return self._generative(model, "it has no tokens: /tokenize and /detokenize are for generative models").model
+
+    def _generative(self, model: str, instead: str) -> Any:
+        """The entry of ``model``'s default version, which must generate: 404 (503 not ready)
+        naming ``model``; 400 naming it, with ``instead``, for a predictive model."""
         try:
             entry = self._lookup(model, None)
         except UnknownModel as exc:  # _ModelNotReady too: 503
             raise _with_param(exc, "model") from None
         if entry.kind != "generate":
-            raise ParamError("model", f"model {model!r} does not generate text: it has no tokens (/tokenize and "
-                                      "/detokenize are for generative models)")
-        return entry.model
+            raise ParamError("model", f"model {model!r} does not generate text ({instead})")
+        return entry
 
     # ------------------------------------------------------------------ drain
 

@@ -63,7 +63,7 @@ from ..protocol import (
 from .errors import error_response
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "error_event",
-           "models_list", "parse_chat_completion", "parse_completion"]
+           "model_field", "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -145,7 +145,7 @@ class Completion:
 def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     """Check a decoded ``/v1/completions`` body; raises :class:`ParamError` (a ``BadRequest``)
     naming the field."""
-    model = _model(obj)
+    model = model_field(obj)
     prompt = obj.get("prompt")
     prompts: tuple[str, ...] = ()
     prompt_ids: tuple[tuple[int, ...], ...] = ()
@@ -205,7 +205,7 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     from ``messages`` (:meth:`Completion.with_prompt`).  ``max_completion_tokens`` (or the older
     ``max_tokens``) defaults to ``max_tokens_limit``, as vLLM's default is what the context
     leaves: a chat ends at a stop string or the limit."""
-    model = _model(obj)
+    model = model_field(obj)
     try:
         messages = parse_messages(obj.get("messages"))
     except BadRequest as exc:
@@ -246,7 +246,8 @@ def _chat_logprobs(obj: dict[str, Any]) -> int | None:
 
 
 
-def _model(obj: Any) -> str:
+def model_field(obj: Any) -> str:
+    """The body's ``model`` (the body must be an object); ``ParamError`` naming ``model``."""
     if type(obj) is not dict:
         raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
     model = obj.get("model")

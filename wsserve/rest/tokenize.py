@@ -50,8 +50,7 @@ import orjson
 from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest
 from ..jsontypes import described, json_type, shown
-from ..protocol import MAX_MODEL_NAME_LENGTH
-from .openai import ParamError
+from .openai import ParamError, model_field
 
 __all__ = ["MAX_DETOKENIZE_TOKENS", "Detokenize", "Tokenize", "detokenize", "parse_detokenize", "parse_tokenize",
            "tokenize"]
@@ -116,7 +115,7 @@ class Detokenize:
 def parse_tokenize(obj: Any) -> Tokenize:
     """Check a decoded ``/tokenize`` body; raises ``BadRequest`` (a :class:`ParamError` naming the
     field) for the first problem."""
-    model = _model(obj)
+    model = model_field(obj)
     strs = _bool(obj, "return_token_strs", False)
     messages = obj.get("messages")
     prompt = obj.get("prompt")
@@ -149,7 +148,7 @@ def parse_detokenize(obj: Any) -> Detokenize:
     """Check a decoded ``/detokenize`` body: ``tokens`` an array of at most
     :data:`MAX_DETOKENIZE_TOKENS` integers (not booleans); raises :class:`ParamError` naming the
     field (and the first bad element's index)."""
-    model = _model(obj)
+    model = model_field(obj)
     tokens = obj.get("tokens")
     if type(tokens) is not list:
         raise ParamError("tokens", f"'tokens' must be an array of token ids, got {json_type(tokens)}")
@@ -189,16 +188,6 @@ def detokenize(model: TokenizingModel, req: Detokenize) -> bytes:
                                        f"(ids 0 to {v - 1})")
     texts = model.id_to_text
     return orjson.dumps({"prompt": "".join([texts[t] for t in req.tokens])})
-
-
-def _model(obj: Any) -> str:
-    """The body's ``model`` (the body must be an object)."""
-    if type(obj) is not dict:
-        raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
-    model = obj.get("model")
-    if type(model) is not str or not 0 < len(model) <= MAX_MODEL_NAME_LENGTH:
-        raise ParamError("model", f"'model' must be a string of 1 to {MAX_MODEL_NAME_LENGTH} characters")
-    return model
 
 
 def _bool(obj: dict[str, Any], name: str, default: bool) -> bool:
