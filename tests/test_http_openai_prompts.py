@@ -77,6 +77,8 @@ def test_a_streamed_token_id_prompt(openai_client) -> None:
 @pytest.mark.parametrize(("prompt", "says"), [
     ([len(VOCAB)], f"token id {len(VOCAB)}"),  # past the vocabulary: checked against the model
     ([[1, 2], [3, 10**6]], "token id 1000000"),
+    ([2**63], f"token id {2**63}"),  # past int64 (JSON integers up to 2**64 - 1 are read as such)
+    ([[1, 2], [3, 2**64 - 1]], f"token id {2**64 - 1}"),
     ([1, -4], "non-negative"),
     ([1, True], "non-negative"),  # a JSON boolean is not an id
     ([1, 2.0], "non-negative"),

@@ -75,15 +75,20 @@ def prompt_id_limit(model: TokenModel) -> int:
 
 def checked_prompt_ids(model: TokenModel, ids: Any) -> np.ndarray:
     """A token-id prompt (a sequence of ints) as ``[n]`` int64, checked against ``model``: at most
-    :func:`prompt_id_limit` ids, each in ``[0, V)``.  Raises ``BadRequest`` naming ``prompt``."""
+    :func:`prompt_id_limit` ids, each in ``[0, V)`` (an int of any size: one past int64 is refused
+    too).  Raises ``BadRequest`` naming ``prompt``."""
     limit = prompt_id_limit(model)
     if len(ids) > limit:
         raise BadRequest(f"field 'prompt' holds {len(ids)} token ids; this model reads at most {limit} "
                          "(its prompt_chars)")
-    array = np.asarray(ids, dtype=np.int64) if len(ids) else np.zeros(0, np.int64)
     v = model.vocab_size
-    if len(array) and (array.min() < 0 or array.max() >= v):
-        bad = int(array[(array < 0) | (array >= v)][0])
+    array: np.ndarray | None
+    try:
+        array = np.asarray(ids, dtype=np.int64) if len(ids) else np.zeros(0, np.int64)
+    except OverflowError:  # an id past int64 (JSON reads integers up to 2**64 - 1): past any vocabulary
+        array = None
+    if array is None or len(array) and (array.min() < 0 or array.max() >= v):
+        bad = next(int(i) for i in ids if not 0 <= i < v)
         raise BadRequest(f"field 'prompt' holds token id {bad}; the model's vocabulary has {v} tokens "
                          f"(ids 0 to {v - 1})")
     return array
