@@ -146,7 +146,9 @@ def test_each_choice_counts_against_max_inflight(start_server) -> None:
     try:
         ok = c.completions.create(model="charlm", prompt=["a", "b"], n=2, max_tokens=3)
         assert len(ok.choices) == 4
-        for kwargs, param in (({"n": 5}, "n"), ({"prompt": ["a", "b", "c"], "n": 2}, "prompt")):
+        for kwargs, param in (({"n": 5}, "n"), ({"prompt": ["a", "b", "c"], "n": 2}, "prompt"),
+                              ({"prompt": [[66], [67], [68]], "n": 2}, "prompt"),  # token-id prompts too
+                              ({"prompt": [66, 67], "n": 5}, "n")):
             with pytest.raises(openai.BadRequestError) as info:
                 c.completions.create(**{"model": "charlm", "prompt": "a", "max_tokens": 3, **kwargs})
             assert info.value.body["param"] == param

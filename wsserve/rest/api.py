@@ -652,9 +652,10 @@ class HttpApi:
                 completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
                 model = completion.model
                 entry = self._generative(model, f"use POST /v2/models/{model}/infer or POST /predict")
-            choices = max(1, len(completion.prompts)) * completion.n  # each counts against max_inflight
+            prompts = max(1, len(completion.prompts), len(completion.prompt_ids))  # token-id prompts: texts set below
+            choices = prompts * completion.n  # each counts against max_inflight
             if choices > self.config.max_inflight:
-                raise ParamError("prompt" if completion.prompts else "n",
+                raise ParamError("prompt" if prompts > 1 else "n",
                                  f"this request makes {choices} choices; this server takes at most "
                                  f"{self.config.max_inflight} unfinished requests per connection (max_inflight)")
             session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, 0)
