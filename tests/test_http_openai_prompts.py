@@ -81,6 +81,10 @@ def test_a_streamed_token_id_prompt(openai_client) -> None:
     ([[1, 2], [3, 2**64 - 1]], f"token id {2**64 - 1}"),
     ([1, -4], "non-negative"),
     ([1, True], "non-negative"),  # a JSON boolean is not an id
+    ([True, 1], "got True"),  # the first value too: named, as any bad id
+    ([1.0], "got 1.0"),
+    ([2**70], "beyond 64 bits"),  # read as a float by the JSON decoder: said so
+    ([[1], [1, 2**70]], "beyond 64 bits"),
     ([1, 2.0], "non-negative"),
     ([[1, 2], []], "'prompt[1]' must not be an empty list"),
     ([[1, 2], "text"], "list of lists of token ids"),

@@ -153,7 +153,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         if prompt and all(type(p) is str for p in prompt):
             prompts = tuple(prompt)
             prompt = prompt[0]
-        elif prompt and type(prompt[0]) is int:  # one token-id prompt
+        elif prompt and type(prompt[0]) is not str and type(prompt[0]) is not list:  # one token-id prompt
             prompt_ids = (_token_ids(prompt, None),)
             prompt = ""
         elif prompt and all(type(p) is list for p in prompt):  # several
@@ -194,7 +194,8 @@ def _token_ids(ids: list[Any], index: int | None) -> tuple[int, ...]:
         raise ParamError("prompt", f"{where} must not be an empty list of token ids")
     for i in ids:
         if type(i) is not int or i < 0:
-            raise ParamError("prompt", f"{where} must hold token ids (non-negative integers), got {shown(i, 40)}")
+            raise ParamError("prompt", f"{where} must hold token ids (non-negative integers), got "
+                                       f"{described(i) if type(i) is float else shown(i, 40)}")
     return tuple(ids)
 
 
