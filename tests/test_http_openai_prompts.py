@@ -156,3 +156,10 @@ def test_max_tokens_0_with_echo_streams_the_prompt_then_the_end(openai_client) -
 def test_max_tokens_0_needs_echo(openai_client, body: dict[str, Any]) -> None:
     err = _bad(openai_client, {"model": "charlm", "prompt": "It was", **body})
     assert err["param"] == "max_tokens" and "0 only with 'echo': true" in err["message"], err
+
+
+def test_max_tokens_0_checks_logit_bias_as_a_generation_does(openai_client) -> None:
+    for extra in ({}, {"logprobs": 1}):
+        err = _bad(openai_client, {"model": "charlm", "prompt": "ab", "max_tokens": 0, "echo": True,
+                                   "logit_bias": {str(len(VOCAB)): 1}, **extra})
+        assert err["param"] == "logit_bias" and f"names token {len(VOCAB)}" in err["message"], err

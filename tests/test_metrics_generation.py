@@ -75,3 +75,14 @@ def test_completion_choices_each_count_their_prompt(openai_client, server) -> No
     after = scrape_metrics(server.http)
     assert _moved(before, after, "wsserve_prompt_tokens_total", model="charlm") == 3 * 7
     assert _moved(before, after, "wsserve_request_time_per_output_token_seconds_count", model="charlm") == 3
+
+
+def test_scored_prompts_count_as_prompt_tokens(openai_client, server) -> None:
+    """``echo`` with ``logprobs`` has the model read the prompt (scored); ``echo`` alone with
+    ``max_tokens: 0`` does not (nothing is computed)."""
+    before = scrape_metrics(server.http)
+    openai_client.completions.create(model="charlm", prompt=["It was ", "The"], max_tokens=0, echo=True, logprobs=1)
+    openai_client.completions.create(model="charlm", prompt="unscored", max_tokens=0, echo=True)
+    after = scrape_metrics(server.http)
+    assert _moved(before, after, "wsserve_prompt_tokens_total", model="charlm") == 7 + 3
+    assert _moved(before, after, "wsserve_time_to_first_token_seconds_count", model="charlm") == 0

@@ -262,7 +262,8 @@ class _Collector(Collector):
                 fam.add_metric(labelkey.split(_SEP), _cumulative(bounds, values), sum_value=values[-1])
             yield fam
         yield counter("wsserve_generated_tokens", "Tokens streamed by generate.", ["model"], counters.get("tokens", {}))
-        yield counter("wsserve_prompt_tokens", "Prompt tokens of the generations that started (took a batch slot).",
+        yield counter("wsserve_prompt_tokens", "Prompt tokens the model read: of the generations that took a batch "
+                      "slot, and of the prompts scored (echo with logprobs).",
                       ["model"], counters.get("prompt_tokens", {}))
         yield counter("wsserve_batch_isolations",
                       "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",
@@ -438,6 +439,11 @@ class Metrics:
             self.ttft.get((model,)).observe(ttft_s)
         if tpot_s is not None:
             self.tpot.get((model,)).observe(tpot_s)
+
+    def on_prompt_scored(self, model: str, tokens: int) -> None:
+        """A prompt of ``tokens`` tokens was scored by ``model`` (``echo`` with ``logprobs``): its
+        tokens count as prompt tokens, as a generation's do."""
+        self.prompt_tokens[model] = self.prompt_tokens.get(model, 0) + tokens
 
     def add_tokens(self, model: str, n: int) -> None:
         self.tokens[model] = self.tokens.get(model, 0) + n

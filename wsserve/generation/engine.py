@@ -107,7 +107,9 @@ class StepObserver(Protocol):
     """Optional hook for metrics: ``on_batch`` is called once per computed step; an observer may
     also define ``on_isolated(model)``, called once per failed step computed again row by row, and
     ``on_generation_done(model, prompt_tokens, ttft_s, tpot_s)``, called once per generation that
-    took a batch slot, when it ends (see :meth:`~wsserve.metrics.Metrics.on_generation_done`)."""
+    took a batch slot, when it ends (see :meth:`~wsserve.metrics.Metrics.on_generation_done`), and
+    ``on_prompt_scored(model, tokens)``, called once per prompt scored to its end (``echo`` with
+    ``logprobs``)."""
 
     def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
@@ -197,6 +199,7 @@ class GenerationEngine:
         self.name = name
         self._observer = observer
         self._on_generation_done = getattr(observer, "on_generation_done", None)
+        self._on_prompt_scored = getattr(observer, "on_prompt_scored", None)
         #: This version's :class:`~wsserve.metrics.VersionStats` (set by the pool; None: not
         #: counted): each step is recorded there as one execution of its sequences.
         self.stats: VersionStats | None = None
@@ -425,6 +428,11 @@ class GenerationEngine:
             return
         if score.done:
             self._scores.popleft()
+            if self._on_prompt_scored is not None:
+                try:
+                    self._on_prompt_scored(self.name, len(score.ids))
+                except Exception:
+                    log.exception("generation observer failed")
             if not future.done():
                 future.set_result(list(zip([model.id_to_text[i] for i in score.ids.tolist()], score.records)))
 

@@ -677,6 +677,8 @@ class HttpApi:
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             counts = None  # echo_only without scoring: each prompt's token count
+            if completion.echo_only:  # checked as a queued generation's are, though none is queued
+                _check_bias(entry.worker.model, completion.params.logit_bias)
             if completion.echo and completion.params.logprobs is not None:  # the prompts' tokens first
                 chars = getattr(entry.worker.model, "prompt_chars", None)
                 for prompt in () if completion.prompt_ids else call.prompts:
@@ -811,6 +813,14 @@ def _platform(entry: Any) -> str:
     """The OIP ``platform`` of a served version (Triton's names where Triton has the backend)."""
     backend = entry.model.info.extra.get("backend") if hasattr(entry.model, "info") else None
     return _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
+
+
+def _check_bias(model: Any, bias: tuple[tuple[int, float], ...]) -> None:
+    """``logit_bias`` ids within the generative ``model``'s vocabulary (as the scheduler checks them
+    when a generation is queued), for a request that queues none (``max_tokens: 0``)."""
+    if bias and bias[-1][0] >= model.vocab_size:
+        raise ParamError("logit_bias", f"field 'logit_bias' names token {bias[-1][0]}; the model's vocabulary has "
+                                       f"{model.vocab_size} tokens (ids 0 to {model.vocab_size - 1})")
 
 
 def _id_texts(model: Any, prompts: tuple[tuple[int, ...], ...]) -> tuple[str, ...]:
