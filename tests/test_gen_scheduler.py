@@ -48,9 +48,16 @@ def generate_alone(p: GenerationParams) -> tuple[str, str]:
         GenerationParams(prompt="x = ", max_tokens=45, temperature=0.9, frequency_penalty=-0.8, seed=13),
         GenerationParams(prompt="def ", max_tokens=45, temperature=1.6, min_p=0.05, top_p=0.95, seed=14),
         GenerationParams(prompt="The ", max_tokens=45, temperature=0.7, logit_bias=((5, 3.0), (40, -100.0)), seed=15),
+        GenerationParams(prompt="The ", max_tokens=90, temperature=0.9, seed=16, stop_token_ids=(0, 69, 74),
+                         min_tokens=30),
+        GenerationParams(prompt="x = ", max_tokens=90, temperature=1.1, seed=17, stop=("e", "\n\n"), min_tokens=12,
+                         include_stop_str_in_output=True),
+        GenerationParams(prompt="The ", max_tokens=90, stop=("ion",), stop_token_ids=(70, 82), min_tokens=20,
+                         include_stop_str_in_output=True),
     ],
     ids=["greedy", "sampled", "sampled-top-k", "sampled-stop", "sampled-top-p", "sampled-top-k-top-p",
-         "greedy-penalties", "sampled-penalty", "sampled-min-p", "sampled-logit-bias"],
+         "greedy-penalties", "sampled-penalty", "sampled-min-p", "sampled-logit-bias", "sampled-stop-token-ids-min",
+         "sampled-stop-min-include", "greedy-stop-ids-include"],
 )
 def test_same_output_alone_and_among_32_concurrent_generations(target: GenerationParams) -> None:
     alone = generate_alone(target)

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_TIMEOUT_MS",
     "MAX_STOP_STRINGS",
     "MAX_STOP_CHARS",
+    "MAX_STOP_TOKEN_IDS",
     "RequestId",
     "GenerationParams",
     "Predict",
@@ -70,6 +71,8 @@ __all__ = [
     "logit_bias_tuple",
     "SAMPLING_FIELDS",
     "sampling_fields",
+    "STOP_FIELDS",
+    "stop_fields",
     "encode_error",
     "encode_hello",
     "encode_draining",
@@ -119,6 +122,8 @@ MAX_CHUNK_ROWS = (1 << 31) - 1
 #: At most this many stop strings, each of at most this many characters.
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+#: ``stop_token_ids`` (vLLM's) names at most this many token ids.
+MAX_STOP_TOKEN_IDS = 64
 #: Longest ``model`` name, ``version`` and auth ``token`` (characters).
 MAX_MODEL_NAME_LENGTH = 256
 MAX_VERSION_LENGTH = 64
@@ -170,7 +175,20 @@ class GenerationParams:
       text, whatever else is batched with it.
     - ``stop``: at most :data:`MAX_STOP_STRINGS` non-empty strings of at most
       :data:`MAX_STOP_CHARS` characters; generation ends with reason ``stop``
-      when one is produced, and the stop string is not streamed.
+      when one is produced, and the stop string is not streamed (unless
+      ``include_stop_str_in_output``).
+    - ``stop_token_ids`` (vLLM's): at most :data:`MAX_STOP_TOKEN_IDS` token ids (non-negative
+      integers; repeats allowed); generation ends with reason ``stop`` when one of them is
+      generated, and that token's text is not streamed (unless ``include_stop_str_in_output``).
+      The ids' bound is the model's vocabulary, checked when the request is queued.
+    - ``min_tokens`` (vLLM's) in [0, ``max_tokens``]: no stop string or stop token ends the
+      generation within its first ``min_tokens`` tokens: the ``stop_token_ids`` are kept from
+      being generated (their logits are ``-inf``) while fewer than ``min_tokens`` tokens were,
+      and a stop string counts only if it ends in a later token (it may begin earlier), as
+      vLLM v1 does; 0 is off.
+    - ``include_stop_str_in_output`` (vLLM's, default false): the stop string (or the stop
+      token's text) that ends the generation is streamed, and nothing after it; no text is
+      held back then.
     - ``priority``: 0 normal, 1 high (admitted to the batch first).
     - ``logprobs``: ``None`` (off), or ``k`` in [0, :data:`MAX_LOGPROBS`]: each streamed token
       comes with its log-probability and the ``k`` likeliest tokens with theirs, from the
@@ -199,6 +217,9 @@ class GenerationParams:
     priority: int = 0
     logprobs: int | None = None
     prompt_ids: tuple[int, ...] | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    min_tokens: int = 0
+    include_stop_str_in_output: bool = False
 
     def __post_init__(self) -> None:
         if type(self.prompt) is not str:
@@ -256,6 +277,19 @@ class GenerationParams:
         if lp is not None and (type(lp) is not int or not 0 <= lp <= MAX_LOGPROBS):
             raise BadRequest(f"field 'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens to "
                              f"report with each token), got {shown(lp)}")
+        stop_ids = self.stop_token_ids
+        if type(stop_ids) is not tuple or len(stop_ids) > MAX_STOP_TOKEN_IDS:
+            raise BadRequest(f"field 'stop_token_ids' must be a list of at most {MAX_STOP_TOKEN_IDS} token ids")
+        for i in stop_ids:
+            if type(i) is not int or i < 0:
+                raise BadRequest(f"field 'stop_token_ids' must hold token ids (non-negative integers), got {shown(i)}")
+        m = self.min_tokens
+        if type(m) is not int or not 0 <= m <= self.max_tokens:
+            raise BadRequest(f"field 'min_tokens' must be an integer in [0, max_tokens] ([0, {self.max_tokens}] "
+                             f"here), got {shown(m)}")
+        if type(self.include_stop_str_in_output) is not bool:
+            raise BadRequest("field 'include_stop_str_in_output' must be a boolean, "
+                             f"got {json_type(self.include_stop_str_in_output)}")
         ids = self.prompt_ids
         if ids is not None and (type(ids) is not tuple or not all(type(i) is int and i >= 0 for i in ids)):
             raise BadRequest("field 'prompt' must be a string or a list of token ids (non-negative integers)")
@@ -494,6 +528,24 @@ def sampling_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {name: obj[name] for name in SAMPLING_FIELDS if obj.get(name) is not None}
 
 
+#: vLLM's stop controls every protocol's generate takes under the same name, with
+#: :class:`GenerationParams`'s defaults when absent (or null): :func:`stop_fields`.
+STOP_FIELDS = ("stop_token_ids", "min_tokens", "include_stop_str_in_output")
+
+
+def stop_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`STOP_FIELDS` ``obj`` gives (not null), as keyword arguments of
+    :class:`GenerationParams`, which checks them; ``stop_token_ids`` must be a JSON array
+    (:class:`~wsserve.errors.BadRequest` naming it otherwise)."""
+    out = {name: obj[name] for name in ("min_tokens", "include_stop_str_in_output") if obj.get(name) is not None}
+    ids = obj.get("stop_token_ids")
+    if ids is not None:
+        if type(ids) is not list:
+            raise BadRequest(f"field 'stop_token_ids' must be a list of token ids, got {json_type(ids)}")
+        out["stop_token_ids"] = tuple(ids)
+    return out
+
+
 def logit_bias_tuple(value: Any) -> tuple[tuple[int, float], ...]:
     """A request's ``logit_bias`` (OpenAI's form: a JSON object mapping token ids, written as
     decimal strings, to biases) as the ``(id, bias)`` pairs :class:`GenerationParams` takes,
@@ -545,6 +597,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         stop=stop,
         priority=_priority(obj),
         logprobs=obj.get("logprobs"),
+        **stop_fields(obj),
     )
     return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
                     messages=messages)
@@ -780,7 +833,7 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
     ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
-    ``max_logprobs``)."""
+    ``max_logprobs``, ``max_stop_token_ids``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
@@ -788,7 +841,8 @@ def encode_hello(*, version: str, limits: dict[str, int], models: list[str], aut
         "protocol": PROTOCOL_VERSION,
         "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES,
                    "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS,
-                   "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS, "max_logprobs": MAX_LOGPROBS},
+                   "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS, "max_logprobs": MAX_LOGPROBS,
+                   "max_stop_token_ids": MAX_STOP_TOKEN_IDS},
         "models": models,
     }
     if auth_required:

@@ -126,7 +126,7 @@ class TokenSink(Protocol):
 
 def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
-    logits = apply_penalties(model.logits(batch.contexts), batch.penalties, batch.bias)  # [B, k] -> [B, V]
+    logits = apply_penalties(model.logits(batch.contexts), batch.penalties, batch.bias, batch.ban)  # [B, k] -> [B, V]
     return sample_rows(logits, batch.sampling, batch.noise)  # [B]
 
 
@@ -136,7 +136,7 @@ def run_step_logprobs(model: TokenModel, batch: Batch) -> tuple[np.ndarray, Step
     if batch.logprobs is None:
         return run_step(model, batch), None
     raw = model.logits(batch.contexts)  # [B, V]
-    tokens = sample_rows(apply_penalties(raw, batch.penalties, batch.bias), batch.sampling, batch.noise)
+    tokens = sample_rows(apply_penalties(raw, batch.penalties, batch.bias, batch.ban), batch.sampling, batch.noise)
     return tokens, step_logprobs(raw, tokens, batch.logprobs)
 
 
@@ -163,7 +163,7 @@ def run_step_rows(model: TokenModel, batch: Batch
     for i, r in enumerate(rows):
         if r is not None:
             logits[i] = r[0]
-    tokens = sample_rows(apply_penalties(logits, batch.penalties, batch.bias), batch.sampling, batch.noise)
+    tokens = sample_rows(apply_penalties(logits, batch.penalties, batch.bias, batch.ban), batch.sampling, batch.noise)
     return tokens, failed, None if batch.logprobs is None else step_logprobs(logits, tokens, batch.logprobs)
 
 

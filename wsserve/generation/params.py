@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..protocol import (
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
     MAX_TEMPERATURE,
     MAX_TOP_K,
     GenerationParams,
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_TOP_K",
     "MAX_STOP_STRINGS",
     "MAX_STOP_CHARS",
+    "MAX_STOP_TOKEN_IDS",
     "GenerationParams",
 ]
 

@@ -8,7 +8,8 @@ a small model, so the running set keeps it in arrays and counters:
 - **Layout** (changed only when the running set changes): the sequences in
   admission order, their contexts ``[B, k]`` (rolled by one numpy call per
   step), the next token number of every row (a list, incremented per step), the
-  rows that are not plain (stop strings or logprobs: their events are made one by one),
+  rows that are not plain (stop strings, stop token ids or logprobs: their events are made
+  one by one),
   the rows with logprobs (:class:`~.logprobs.LogprobRows`) and the sampling spec
   (:class:`~.sampling.SampledRows`).
   Sequences that join get rows appended after the current ones (Python work for
@@ -22,6 +23,9 @@ a small model, so the running set keeps it in arrays and counters:
   read per step with one ``take`` of the sampled rows' positions.
 - **Logit biases**: the biased rows' ``(row, token, bias)`` triples as three flat arrays,
   made per layout and added with one fancy-indexed add per step.
+- **Token bans** (``min_tokens`` with ``stop_token_ids``): the ``(row, token)`` pairs of the rows
+  that generated fewer than ``min_tokens`` tokens (:class:`~.sampling.TokenBan`), remade when
+  the layout changes or a row reaches its ``min_tokens`` (the tick is kept), not per step.
 - **Token counts** (presence/frequency penalties): a ``[capacity, V]`` int32 buffer, made
   at the first sequence with a penalty, a row per slot; the rows with penalties are read
   per step with one ``take`` and incremented with one fancy-indexed add.
@@ -39,7 +43,14 @@ import numpy as np
 from ..errors import BadRequest
 from .logprobs import LogprobRows
 from .params import MIN_TEMPERATURE
-from .sampling import LogitBias, Penalties, SampledRows, gumbel_blocks, noise_block_rows
+from .sampling import (
+    LogitBias,
+    Penalties,
+    SampledRows,
+    TokenBan,
+    gumbel_blocks,
+    noise_block_rows,
+)
 from .sequence import SeqState, Sequence, Tick
 
 __all__ = ["RunningSet", "TokenModel", "checked_prompt_ids", "context_of", "prompt_id_limit"]
@@ -153,7 +164,7 @@ class RunningSet:
         self._rows: tuple[Sequence, ...] = ()
         self._contexts = np.zeros((0, self._k), np.int64)  # [B, k], row order of _rows
         self._next: list[int] = []  # token number of each row's next token
-        self._stop_rows: list[int] = []  # rows that are not plain (stop strings or logprobs)
+        self._stop_rows: list[int] = []  # rows that are not plain (stop strings or ids, logprobs)
         self._plain: list[bool] | None = None  # per row: plain, no stop strings or logprobs (None: every row)
         self._n_plain = 0
         self._lp: list[tuple[int, int]] = []  # (row, k) of the rows with logprobs
@@ -174,6 +185,10 @@ class RunningSet:
         self._biased: list[tuple[int, tuple[tuple[int, float], ...]]] = []  # (row, logit_bias) of biased rows
         #: the layout's logit biases (:class:`~.sampling.LogitBias`), None when no row has one
         self.logit_bias: LogitBias | None = None
+        self._banned: list[tuple[int, Sequence]] = []  # (row, seq) of the rows under min_tokens with stop ids
+        self._ban_next = 0  # tick at which the first of them reaches its min_tokens
+        #: the next step's token bans (:class:`~.sampling.TokenBan`), None when no row has one
+        self.ban: TokenBan | None = None
 
     # -- membership ----------------------------------------------------------------
     @property
@@ -262,6 +277,8 @@ class RunningSet:
         Draws the noise blocks that are due (so call it once per step)."""
         if self._dirty:
             self._layout()
+        if self._banned and self.tick.value >= self._ban_next:
+            self._refresh_ban()
         noise = None
         if self._sampling is not None:
             due = self._refills.pop(self.tick.value, None)
@@ -373,6 +390,7 @@ class RunningSet:
         self._sampled, self._scales, self._top_ks, self._top_ps, self._min_ps = [], [], [], [], []
         self._pen = []
         self._biased = []
+        self._banned = []
         self._nidx = np.zeros(0, np.int64)
         self._extend(seqs)
 
@@ -416,6 +434,8 @@ class RunningSet:
                 pen.append((i, s.slot, p.presence_penalty, p.frequency_penalty, p.repetition_penalty))
             if p.logit_bias:
                 self._biased.append((i, p.logit_bias))
+            if p.stop_token_ids and g < p.min_tokens:
+                self._banned.append((i, s))
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
             self._plain = old + [s._plain for s in seqs]  # a new list: blocks keep theirs
@@ -431,6 +451,7 @@ class RunningSet:
                                         np.array([b for _, _, b in pairs], np.float64))
         else:
             self.logit_bias = None
+        self._refresh_ban()
         self._pen_spec = None if not pen else (
             np.array([r for r, *_ in pen], np.int64), np.array([slot for _, slot, *_ in pen], np.int64),
             np.array([q for _, _, q, _, _ in pen])[:, None], np.array([f for _, _, _, f, _ in pen])[:, None],
@@ -445,6 +466,17 @@ class RunningSet:
             min_p_rows=np.array([j for j, _ in min_ps], np.int64) if min_ps else None,
             log_min_p=np.log([q for _, q in min_ps]) if min_ps else None,
         )
+
+    def _refresh_ban(self) -> None:
+        """Drop the banned rows that reached their ``min_tokens``; lay out the others' bans."""
+        tick = self.tick.value
+        banned = self._banned = [(r, s) for r, s in self._banned if tick - s._base < s.params.min_tokens]
+        if not banned:
+            self.ban = None
+            return
+        pairs = [(r, t) for r, s in banned for t in sorted(set(s.params.stop_token_ids))]
+        self.ban = TokenBan(np.array([r for r, _ in pairs], np.int64), np.array([t for _, t in pairs], np.int64))
+        self._ban_next = min(s._base + s.params.min_tokens for _, s in banned)
 
     def _refill(self, due: dict[Sequence, None]) -> None:
         """Draw the next noise block of each sequence in ``due`` (from its own generator);

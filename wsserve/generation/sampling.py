@@ -29,6 +29,7 @@ __all__ = [
     "Penalties",
     "SampledRows",
     "SplitMixSeed",
+    "TokenBan",
     "apply_penalties",
     "gumbel_block",
     "gumbel_blocks",
@@ -296,15 +297,26 @@ class LogitBias:
     biases: np.ndarray
 
 
-def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias | None = None) -> np.ndarray:
-    """``logits [B, V]`` with the penalties of ``pen``'s rows, then ``bias``, applied (a new
-    array; ``logits`` itself, unchanged, when both are None): first vLLM's repetition penalty
+@dataclass(frozen=True, slots=True)
+class TokenBan:
+    """Tokens some rows of a batch may not generate, flat: ``logit[rows[i], ids[i]] = -inf``
+    (vLLM's ``min_tokens``: a request's ``stop_token_ids`` while it generated fewer than
+    ``min_tokens`` tokens).  A row never has every token banned (the scheduler refuses it)."""
+
+    rows: np.ndarray
+    ids: np.ndarray
+
+
+def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias | None = None,
+                    ban: TokenBan | None = None) -> np.ndarray:
+    """``logits [B, V]`` with the penalties of ``pen``'s rows, then ``bias``, then ``ban``, applied (a
+    new array; ``logits`` itself, unchanged, when all are None): first vLLM's repetition penalty
     ``r`` on every token ``j`` in the prompt or generated (``logit[j] / r`` if positive, else
     ``logit[j] * r``), then OpenAI's ``- count[j] * frequency - (count[j] > 0) * presence +
-    bias[j]``, before temperature, min-p, top-k, top-p or greedy choice.  Elementwise products,
-    quotients, sums and differences, each exactly rounded: a row's result does not depend on the
-    rest of the batch."""
-    if pen is None and bias is None:
+    bias[j]``, then ``-inf`` for the banned tokens, before temperature, min-p, top-k, top-p or
+    greedy choice.  Elementwise products, quotients, sums and differences, each exactly rounded:
+    a row's result does not depend on the rest of the batch."""
+    if pen is None and bias is None and ban is None:
         return logits
     out = logits.copy()
     if pen is not None:
@@ -319,6 +331,8 @@ def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias |
         out[pen.rows] = sub
     if bias is not None:
         out[bias.rows, bias.ids] += bias.biases
+    if ban is not None:
+        out[ban.rows, ban.ids] = -np.inf
     return out
 
 

@@ -31,7 +31,8 @@ Semantics:
   for long generations while others wait.
 - Every running sequence gets exactly one token per step.  A sequence leaves the
   batch the moment it finishes: ``length`` (``max_tokens`` generated), ``stop``
-  (a stop string completed), ``cancelled`` (:meth:`finish_requests`), or an
+  (a stop string completed or a stop token was generated, after the first ``min_tokens``
+  tokens; see :mod:`.stops`), ``cancelled`` (:meth:`finish_requests`), or an
   error: :class:`~wsserve.errors.DeadlineExceeded` (checked in every
   :meth:`schedule` and :meth:`update_from_output`, so a token computed past
   the deadline is not delivered), or whatever :meth:`fail_batch` /
@@ -46,18 +47,19 @@ Semantics:
   :class:`~.sequence.LoggedText` (the text and its :class:`~.logprobs.TokenLogprobs`,
   from the ``logprobs`` given to :meth:`update_from_output`); held-back text keeps its
   token's record, and a token cut by a stop string carries its record with its text
-  before the stop.
+  before the stop (with ``include_stop_str_in_output``, through its end).  A stop token
+  whose text is not output has no event (nor record).
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
-- Within one step, the token events of the plain rows (no stop strings, no
-  logprobs) come first, then the other rows (each followed by its terminal event
-  if it ended by a stop string), then the terminal events of ``length`` finishes.  A sequence's
+- Within one step, the token events of the plain rows (no stop strings or stop token
+  ids, no logprobs) come first, then the other rows (each followed by its terminal event
+  if it ended by a stop string or token), then the terminal events of ``length`` finishes.  A sequence's
   own events are always in order; only the interleaving between sequences
   differs from a row-by-row walk (the protocol does not fix it).
 
 Cost per step: the bookkeeping is array- and counter-based
 (:mod:`.running`): no per-sequence attribute work, stop matching only on the
-rows with stop strings, and the token events of all other rows kept as one
+rows with stop strings or stop token ids, and the token events of all other rows kept as one
 :class:`~.sequence.TokenEvents` block (columns, no per-event object);
 :meth:`Scheduler.take_events` expands it into the tuples above,
 :meth:`Scheduler.take_output` (the engine's) leaves it whole.
@@ -77,8 +79,9 @@ from ..errors import BadRequest, DeadlineExceeded, Internal, Overloaded, Wsserve
 from .logprobs import LogprobRows, StepLogprobs, TokenLogprobs
 from .params import GenerationParams
 from .running import RunningSet, TokenModel, checked_prompt_ids, context_of
-from .sampling import LogitBias, Penalties, SampledRows, new_generator
+from .sampling import LogitBias, Penalties, SampledRows, TokenBan, new_generator
 from .sequence import FINISHED, Event, LoggedText, SeqState, Sequence, TokenEvents
+from .stops import STOPPED_ON_TOKEN
 from .waitqueue import WaitQueue
 
 __all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel"]
@@ -94,7 +97,8 @@ class Batch:
     (``None``: every row is greedy) and ``noise [S, V]`` holds their Gumbel
     noise; ``penalties`` the presence/frequency penalties of the rows that have
     them and ``bias`` their logit biases (``None``: no row has); ``logprobs`` the rows that want
-    log-probabilities (``None``: no row does).  Arrays are never written after the batch is
+    log-probabilities (``None``: no row does); ``ban`` the tokens rows may not generate this step
+    (``min_tokens`` with ``stop_token_ids``; ``None``: no row has).  Arrays are never written after the batch is
     made: safe to read from another thread.
     """
 
@@ -106,6 +110,7 @@ class Batch:
     penalties: Penalties | None = None
     bias: LogitBias | None = None
     logprobs: LogprobRows | None = None
+    ban: TokenBan | None = None
 
     @property
     def size(self) -> int:
@@ -164,8 +169,9 @@ class Scheduler:
         ``deadline`` (same clock as ``now``): past it the sequence ends with
         ``deadline_exceeded``, waiting or running.
         Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
-        the queue is full, and :class:`~wsserve.errors.BadRequest` for a ``logit_bias`` token
-        id outside the model's vocabulary or a token-id prompt (``params.prompt_ids``) outside
+        the queue is full, and :class:`~wsserve.errors.BadRequest` for a ``logit_bias`` or
+        ``stop_token_ids`` token id outside the model's vocabulary (or ``stop_token_ids`` naming
+        all of it, with ``min_tokens``), or a token-id prompt (``params.prompt_ids``) outside
         the model's bounds (:func:`~.running.checked_prompt_ids`); nothing is queued then.
         The prompt is encoded once (with ``repetition_penalty``, its ids give the context).
         """
@@ -176,9 +182,17 @@ class Scheduler:
                 f"max_generate_queue={self.max_generate_queue})",
                 retry_after_ms=self._retry_after_ms(),
             )
-        if params.logit_bias and params.logit_bias[-1][0] >= self.model.vocab_size:
+        v = self.model.vocab_size
+        if params.logit_bias and params.logit_bias[-1][0] >= v:
             raise BadRequest(f"field 'logit_bias' names token {params.logit_bias[-1][0]}; the model's vocabulary "
-                             f"has {self.model.vocab_size} tokens (ids 0 to {self.model.vocab_size - 1})")
+                             f"has {v} tokens (ids 0 to {v - 1})")
+        if params.stop_token_ids:
+            if max(params.stop_token_ids) >= v:
+                raise BadRequest(f"field 'stop_token_ids' names token {max(params.stop_token_ids)}; the model's "
+                                 f"vocabulary has {v} tokens (ids 0 to {v - 1})")
+            if params.min_tokens and len(set(params.stop_token_ids)) >= v:
+                raise BadRequest("field 'stop_token_ids' names every token of the model's vocabulary: with "
+                                 "'min_tokens' no token could be generated")
         ids = None  # all the prompt's token ids, when needed (may raise: nothing is queued then)
         if params.prompt_ids is not None:
             ids = checked_prompt_ids(self.model, params.prompt_ids)
@@ -278,7 +292,7 @@ class Scheduler:
         if not seqs:
             return None
         batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties(), run.logit_bias,
-                                    run.logprob_rows)
+                                    run.logprob_rows, run.ban)
         return batch
 
     def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float,
@@ -318,7 +332,7 @@ class Scheduler:
             logged = None
             if logprobs is not None and batch.logprobs is not None:
                 logged = self._records(seqs, batch.logprobs, logprobs, tokens, texts)
-            emitted += self._emit_stops(seqs, texts, numbers, run.stop_rows, logged, now)
+            emitted += self._emit_stops(seqs, texts, numbers, tokens, run.stop_rows, logged, now)
         if ending:
             for seq in list(ending):
                 self._finish(seq, now, reason="length")
@@ -342,11 +356,11 @@ class Scheduler:
                                          tuple(zip(top_ids[j][:k], top_texts[j][:k], top[j][:k])), ranks[j]))
         return records
 
-    def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], numbers: list[int], rows: list[int],
-                    logged: list[TokenLogprobs] | None, now: float) -> int:
+    def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], numbers: list[int], tokens: np.ndarray,
+                    rows: list[int], logged: list[TokenLogprobs] | None, now: float) -> int:
         """Token events of the running rows that are not plain (held-back text released,
-        a completed stop string ends the sequence; log-probabilities with the text of the
-        tokens they belong to); returns how many."""
+        a completed stop string or a stop token ends the sequence; log-probabilities with the
+        text of the tokens they belong to); returns how many."""
         out, emitted, tick = self._out, 0, self._run.tick.value
         for i in rows:
             seq = seqs[i]
@@ -359,13 +373,19 @@ class Scheduler:
                 out.append((seq, numbers[i], _logged(text, record)))
                 emitted += 1
                 continue
-            released, stopped = matcher.feed(text)
+            released, stopped = matcher.feed(text, int(tokens[i]))
             length = tick - seq._base >= seq.params.max_tokens
             if not stopped and length:
                 released += matcher.flush()
             n = seq._streamed
             pieces = seq._pieces
-            if not pieces and released == text:  # nothing held: the token goes out whole
+            if stopped == STOPPED_ON_TOKEN:  # not streamed; the tokens held before it go out whole
+                held = seq._logged
+                for piece in pieces:
+                    out.append((seq, n, _logged(piece, held.pop(0) if held else None)))
+                    n += 1
+                pieces.clear()
+            elif not pieces and released == text:  # nothing held: the token goes out whole
                 out.append((seq, n, _logged(text, record)))
                 n += 1
             else:  # a token goes out whole once all its text is released (one frame per token)

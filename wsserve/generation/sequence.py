@@ -4,7 +4,8 @@ A running sequence does no per-step bookkeeping of its own: every running
 sequence gets exactly one token per step, so its token count is derived from
 the scheduler's step counter (:class:`Tick`) and the step at which it started
 (``generated = tick - base``).  Only sequences with stop strings keep a
-separate count of the tokens they streamed (text may be held back).
+separate count of the tokens they streamed (text may be held back); so do sequences with
+stop token ids (a stop token whose text is not output is not streamed).
 
 The text of a token event is a ``str``, or a :class:`LoggedText` for a generation that
 asked for ``logprobs`` (its text and its :class:`~.logprobs.TokenLogprobs`).
@@ -111,17 +112,19 @@ class Sequence:
         self._gen = 0  # tokens generated, while not running
         self._base = 0  # while running: generated = tick - base
         self._streamed = 0  # token events emitted (kept only with stop strings; else = generated)
-        self._stops = StopMatcher(params.stop) if params.stop else None
-        # With stop strings: the tokens generated but not streamed yet (some of their text is
+        self._stops = StopMatcher(params.stop, token_ids=params.stop_token_ids, min_tokens=params.min_tokens,
+                                  include=params.include_stop_str_in_output) \
+            if params.stop or params.stop_token_ids else None
+        # With stop strings or stop token ids: the tokens generated but not streamed yet (some of their text is
         # held back), and how many of their characters the matcher has released.
         self._pieces: list[str] = []
         self._safe = 0
         # With logprobs: the records of the held tokens (as _pieces), and the row among the
-        # layout's logprob rows.  A plain sequence (no stop strings, no logprobs) streams each
-        # token as is, in the step's one block of events.
+        # layout's logprob rows.  A plain sequence (no stop strings, no stop token ids, no
+        # logprobs) streams each token as is, in the step's one block of events.
         self._logged: list[TokenLogprobs] = []
         self._lrow = -1
-        self._plain = not params.stop and params.logprobs is None
+        self._plain = self._stops is None and params.logprobs is None
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block
@@ -129,7 +132,7 @@ class Sequence:
         self._prompt_ids: np.ndarray | None = None  # the prompt's distinct token ids (repetition penalty)
         self._row = -1  # row in the running layout
         self._srow = -1  # row among the layout's sampled rows
-        self._end = -1  # tick at which it ends by length (no stop strings), while running
+        self._end = -1  # tick at which it ends by length (no stop strings or ids), while running
         self._refill = -1  # tick at which it needs a new noise block (sampled), while running
 
     @property
