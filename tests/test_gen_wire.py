@@ -38,6 +38,8 @@ TARGETS = [
     {"prompt": "x = ", "max_tokens": 40, "temperature": 1.5, "top_p": 0.75, "seed": 5},
     {"prompt": "The ", "max_tokens": 60, "frequency_penalty": 1.5, "presence_penalty": 0.3},
     {"prompt": "A ", "max_tokens": 60, "temperature": 0.8, "seed": 2, "repetition_penalty": 1.3},
+    {"prompt": "The ", "max_tokens": 90, "temperature": 0.9, "seed": 21, "stop_token_ids": [0, 69, 74],
+     "min_tokens": 25, "stop": ["ion"], "include_stop_str_in_output": True},
 ]
 
 

@@ -716,11 +716,13 @@ class HttpApi:
 
     @staticmethod
     def _submit(call: CompletionCall, entry: Any, completion: Any, session: HttpSession) -> None:
-        """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias`` named)."""
+        """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias`` and
+        ``stop_token_ids`` named)."""
         try:
             call.submit(completion.params, session)
-        except BadRequest as exc:  # a logit_bias id outside the vocabulary (the engine's check)
-            raise _with_param(exc, "logit_bias") if "'logit_bias'" in exc.message else exc from None
+        except BadRequest as exc:  # a logit_bias or stop_token_ids id outside the vocabulary (the engine's check)
+            field = next((f for f in ("logit_bias", "stop_token_ids") if f"'{f}'" in exc.message), None)
+            raise (exc if field is None else _with_param(exc, field)) from None
 
     def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession, _done: Any) -> None:
         """``echo`` with ``logprobs``: one prompt's scoring (the engine's future) is done; once every

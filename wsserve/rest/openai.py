@@ -20,7 +20,13 @@
   most :data:`MAX_CHOICES` choices in all), and token-id prompts (a list of ids, or a list of such
   lists: the ids go to the model as they are; their bounds, the model's vocabulary and
   ``prompt_chars``, are checked once the model is known), and ``max_tokens: 0`` with ``echo``
-  (:attr:`Completion.echo_only`: the prompt, scored with ``logprobs``, nothing generated);
+  (:attr:`Completion.echo_only`: the prompt, scored with ``logprobs``, nothing generated), and
+  vLLM's stop controls (both endpoints): ``stop_token_ids`` (token ids of the model's vocabulary,
+  at most :data:`~wsserve.protocol.MAX_STOP_TOKEN_IDS`: the generation ends with
+  ``finish_reason`` ``stop`` at one of them, whose text is not sent), ``min_tokens`` (0 to
+  ``max_tokens``: no stop within the first ones) and ``include_stop_str_in_output`` (the stop
+  string or token text is sent, and nothing after it), as the WebSocket ``generate`` takes them
+  (:class:`~wsserve.protocol.GenerationParams`);
   ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
@@ -55,9 +61,11 @@ from ..protocol import (
     MAX_MODEL_NAME_LENGTH,
     MAX_TEMPERATURE,
     SAMPLING_FIELDS,
+    STOP_FIELDS,
     GenerationParams,
     logit_bias_tuple,
     sampling_fields,
+    stop_fields,
     stop_tuple,
 )
 from .errors import error_response
@@ -172,6 +180,9 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     echo_only = bool(echo) and obj.get("max_tokens") == 0 and type(obj.get("max_tokens")) is int
     max_tokens = 1 if echo_only else _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit,
                                                  zero="'echo': true")
+    if echo_only and obj.get("min_tokens") not in (None, 0):
+        raise ParamError("min_tokens", "'min_tokens' must be 0 with 'max_tokens': 0 (nothing is generated), "
+                                       f"got {shown(obj.get('min_tokens'), 40)}")
     best_of = obj.get("best_of")
     n = _n(obj)
     if best_of is not None and best_of != n:
@@ -327,9 +338,10 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop,
             logprobs=logprobs,
+            **stop_fields(obj),
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        named = ("top_k", *SAMPLING_FIELDS, "logit_bias", "stop", "prompt", "logprobs")
+        named = ("top_k", *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
         field = next((f for f in named if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)

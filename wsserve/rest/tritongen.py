@@ -10,7 +10,8 @@ read them, a generation field may be given either way (not both):
 - ``max_tokens`` (default 16, vLLM's; at most the server's ``max_tokens`` limit), ``temperature``
   (default 0: greedy, as the WebSocket ``generate``), ``top_k``, ``top_p``, ``min_p``, ``presence_penalty``,
   ``frequency_penalty``, ``seed``, ``stop`` (or
-  ``stop_words``; a string or a list of strings);
+  ``stop_words``; a string or a list of strings), and vLLM's ``stop_token_ids``, ``min_tokens`` and
+  ``include_stop_str_in_output`` (as the WebSocket ``generate``: :class:`~wsserve.protocol.GenerationParams`);
 - ``stream``: must agree with the route when given (``true`` only on ``generate_stream``);
 - ``id``: echoed in the answer, as OIP does;
 - the additional outputs of Triton's vLLM backend (its ``docs/additional_outputs.md``), each
@@ -48,7 +49,8 @@ values (one element of each of its output tensors, so a JSON scalar):
 The log-probabilities are the engine's (:mod:`wsserve.generation.logprobs`: the model's raw
 log-softmax, vLLM's default), computed only when ``cumulative_logprob``, or ``logprobs`` with the
 ``logprobs`` parameter, is asked for; a request with no flag takes the plain path
-(:class:`GenerateEncoder`), unchanged.  Tokens of a stop string are not sent, so not counted.
+(:class:`GenerateEncoder`), unchanged.  Tokens of a stop string, and a stop token (unless
+``include_stop_str_in_output``), are not sent, so not counted.
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ from ..protocol import (
     MAX_LOGPROBS,
     MAX_TEMPERATURE,
     SAMPLING_FIELDS,
+    STOP_FIELDS,
     GenerationParams,
     sampling_fields,
+    stop_fields,
     stop_tuple,
 )
 from .openai import Completion
@@ -78,7 +82,7 @@ __all__ = ["OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutput
 OUTPUT_FLAGS = ("return_finish_reason", "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
                 "return_num_output_tokens")
 _FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream",
-           "logprobs", *OUTPUT_FLAGS)
+           "logprobs", *STOP_FIELDS, *OUTPUT_FLAGS)
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
 _NEUTRAL = {"beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
 
@@ -170,7 +174,7 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
         params_ = GenerationParams(  # raises BadRequest naming the field (top_k, top_p, stop...)
             prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
             top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
-            stop=stop, **sampling_fields(fields),
+            stop=stop, **sampling_fields(fields), **stop_fields(fields),
             logprobs=None if outputs is None else outputs.engine_logprobs,
         )
     except BadRequest as exc:
