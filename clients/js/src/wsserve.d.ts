@@ -133,6 +133,9 @@ export interface Limits {
   max_binary_header_bytes: number | null;
   /** The largest `logprobs` a generate may ask for (20 for wsserve; absent from a server without logprobs). */
   max_logprobs?: number;
+  /** The most `stopTokenIds` a generate may name (64 for wsserve; absent from a server without vLLM's stop controls,
+   *  which ignores them). */
+  max_stop_token_ids?: number;
   [extra: string]: unknown;
 }
 
@@ -409,6 +412,14 @@ export interface GenerateOptions extends CallOptions {
   logitBias?: Record<string | number, number>;
   seed?: number;
   stop?: string | string[];
+  /** vLLM's stop token ids (sent as `stop_token_ids`; at most the server's `max_stop_token_ids`, 64): the generation
+   *  ends with reason `stop` when it generates one of them, and that token's text is not sent. */
+  stopTokenIds?: number[];
+  /** vLLM's `min_tokens`, 0 to `maxTokens`: nothing stops the generation within its first `minTokens` tokens (the
+   *  stop tokens are not generated then; a stop string counts only if it ends later). */
+  minTokens?: number;
+  /** vLLM's `include_stop_str_in_output`: the stop string, or the stop token's text, is sent, and nothing after it. */
+  includeStopStrInOutput?: boolean;
   timeoutMs?: number;
   priority?: 0 | 1;
   /** Each token's log-probability and this many likeliest tokens of its step: an integer >= 0, at most the

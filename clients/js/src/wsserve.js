@@ -148,7 +148,8 @@ const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priori
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
-  'repetitionPenalty', 'logitBias', 'seed', 'stop', 'timeoutMs', 'priority', 'logprobs',
+  'repetitionPenalty', 'logitBias', 'seed', 'stop', 'stopTokenIds', 'minTokens', 'includeStopStrInOutput',
+  'timeoutMs', 'priority', 'logprobs',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
@@ -1799,10 +1800,16 @@ export class Client extends EventTarget {
    * token's log-probability and the `k` likeliest tokens of its step, by the model's own
    * distribution: iteration still yields texts; `gen.logprobs` holds a record per token
    * received (`gen.logprobs[i]` is the i-th text's) and `done.logprobs` all of them. A bad `logprobs` throws (`TypeError`, `RangeError`).
+   * vLLM's stop controls, sent as `stop_token_ids`, `min_tokens` and `include_stop_str_in_output` (unchecked, like
+   * the sampling options: the server refuses a bad value naming the field): `stopTokenIds` (token ids, at most the
+   * server's `max_stop_token_ids`, 64: the generation ends with reason `stop` at one of them, whose text is not
+   * sent), `minTokens` (0 to `maxTokens`: no stop within the first ones) and `includeStopStrInOutput` (the stop
+   * string or token text is sent, and nothing after it).
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
    *          presencePenalty?: number, frequencyPenalty?: number, repetitionPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
+   *          stopTokenIds?: number[], minTokens?: number, includeStopStrInOutput?: boolean,
    *          logprobs?: number, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
@@ -1821,6 +1828,9 @@ export class Client extends EventTarget {
     setIf(msg, 'logit_bias', opts.logitBias);
     setIf(msg, 'seed', opts.seed);
     setIf(msg, 'stop', typeof opts.stop === 'string' ? [opts.stop] : opts.stop);
+    setIf(msg, 'stop_token_ids', opts.stopTokenIds);
+    setIf(msg, 'min_tokens', opts.minTokens);
+    setIf(msg, 'include_stop_str_in_output', opts.includeStopStrInOutput);
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
     setIf(msg, 'logprobs', checkLogprobs('generate()', opts.logprobs));

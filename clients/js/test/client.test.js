@@ -308,6 +308,25 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.equal((await c.complete('charlm', 'The ', { maxTokens: 3, repetitionPenalty: 2 })).tokens, 3); // 2: in range
   });
 
+  it('generate() with vLLM\'s stop controls: cut at a stop token, kept with includeStopStrInOutput, deferred by minTokens', async () => {
+    const plain = (await c.complete('charlm', 'The ', { maxTokens: 80 })).text;
+    const at = plain.indexOf('t');
+    const t = 't'.charCodeAt(0) - 31; // charlm's token id of "t"
+    const cut = await c.complete('charlm', 'The ', { maxTokens: 80, stopTokenIds: [t] });
+    assert.deepEqual([cut.text, cut.reason, cut.tokens], [plain.slice(0, at), 'stop', at]);
+    const kept = await c.complete('charlm', 'The ', { maxTokens: 80, stopTokenIds: [t], includeStopStrInOutput: true });
+    assert.deepEqual([kept.text, kept.reason, kept.tokens], [plain.slice(0, at + 1), 'stop', at + 1]);
+    const second = plain.indexOf('t', at + 1);
+    const texts = await collect(c.generate('charlm', 'The ', { maxTokens: 80, stop: 't', minTokens: at + 1 }));
+    assert.deepEqual([texts.join(''), texts.length], [plain.slice(0, second), second]);
+    for (const [opts, field] of [[{ minTokens: 6 }, 'min_tokens'], [{ stopTokenIds: [-1] }, 'stop_token_ids'],
+      [{ includeStopStrInOutput: 'yes' }, 'include_stop_str_in_output']]) {
+      await assert.rejects(c.complete('charlm', 'The ', { maxTokens: 5, ...opts }),
+        (e) => e instanceof BadRequestError && e.message.includes(`field '${field}'`));
+    }
+    assert.equal((await c.connect()).limits.max_stop_token_ids, 64);
+  });
+
   it('generate() with logprobs: the same texts, each token\'s record as it arrives and in done', async () => {
     const plain = await c.complete('charlm', 'The ', { maxTokens: 20 });
     assert.equal(plain.logprobs, undefined);

@@ -273,6 +273,29 @@ async def test_generate_repetition_penalty(server: ServerProcess) -> None:
         assert (await c.complete("charlm", "The ", max_tokens=3, repetition_penalty=2)).tokens == 3  # 2: in range
 
 
+async def test_generate_stop_controls(server: ServerProcess) -> None:
+    """vLLM's stop controls reach the server: ``stop_token_ids`` cuts the greedy text at the first
+    stop token (kept with ``include_stop_str_in_output``), ``min_tokens`` defers a stop string past
+    its first occurrence; bad values are the server's ``bad_request`` naming the field."""
+    async with Client(server.url) as c:
+        assert c.hello is not None and c.hello.limits.max_stop_token_ids == 64
+        plain = (await c.complete("charlm", "The ", max_tokens=80)).text
+        at = plain.index("t")
+        r = await c.complete("charlm", "The ", max_tokens=80, stop_token_ids=[ord("t") - 31])  # charlm's id of "t"
+        assert (r.text, r.reason, r.tokens) == (plain[:at], "stop", at)
+        r = await c.complete("charlm", "The ", max_tokens=80, stop_token_ids=(ord("t") - 31,),
+                             include_stop_str_in_output=True)
+        assert (r.text, r.reason, r.tokens) == (plain[:at + 1], "stop", at + 1)
+        second = plain.index("t", at + 1)
+        gen = c.generate("charlm", "The ", max_tokens=80, stop="t", min_tokens=at + 1)
+        texts = [t async for t in gen]
+        assert ("".join(texts), gen.result.reason, len(texts)) == (plain[:second], "stop", second)
+        for kwargs, field in [({"min_tokens": 6}, "min_tokens"), ({"stop_token_ids": [-1]}, "stop_token_ids"),
+                              ({"include_stop_str_in_output": "yes"}, "include_stop_str_in_output")]:
+            with pytest.raises(BadRequestError, match=f"field '{field}'"):
+                await c.complete("charlm", "The ", max_tokens=5, **kwargs)  # type: ignore[arg-type]
+
+
 async def test_generate_chat_messages(server: ServerProcess) -> None:
     """A conversation is sent as ``messages``: charlm's chat template joins the contents with
     newlines, so the answer is the text prompt's, token for token."""

@@ -156,6 +156,9 @@ def test_encode_generate_and_cancel() -> None:
         "repetition_penalty": 1.2, "logit_bias": {"3": 100, "7": -1.5}, "seed": 9,
         "stop": ["\n"],
     }
+    frame = orjson.loads(encode_generate(5, "charlm", "a", stop_token_ids=(0, 7), min_tokens=3,
+                                         include_stop_str_in_output=False))
+    assert (frame["stop_token_ids"], frame["min_tokens"], frame["include_stop_str_in_output"]) == ([0, 7], 3, False)
     assert orjson.loads(encode_generate(4, "charlm", "")) == {
         "type": "generate", "id": 4, "model": "charlm", "prompt": "",
     }
@@ -269,6 +272,8 @@ def test_parse_hello_and_defaults() -> None:
     for value, kept in ((20, 20), (0, 0), (-1, None), ("20", None), (2.5, None)):
         limits = parse_hello({"type": "hello", "limits": {"max_logprobs": value}}).limits
         assert limits.max_logprobs == kept, value
+    assert hello.limits.max_stop_token_ids is None  # a server without vLLM's stop controls
+    assert parse_hello({"type": "hello", "limits": {"max_stop_token_ids": 64}}).limits.max_stop_token_ids == 64
     assert hello.models == ("linear",)
     assert parse_hello({"type": "hello"}).limits == wsserve_client.Limits()
     with pytest.raises(ValueError):

@@ -348,6 +348,9 @@ class Client:
         priority: int = 0,
         version: Version | None = None,
         logprobs: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        min_tokens: int | None = None,
+        include_stop_str_in_output: bool | None = None,
     ) -> Generation:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
         text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
@@ -369,8 +372,12 @@ class Client:
         tokens with theirs, by the model's own distribution (before penalties, bias,
         temperature): iteration still yields texts; ``.logprobs`` holds a
         :class:`~wsserve_client.TokenLogprob` per token received and ``.result.logprobs`` all
-        of them (``None`` without ``logprobs``). Returns at once; the request
-        is sent on first iteration or on ``async with``.
+        of them (``None`` without ``logprobs``). vLLM's stop controls: ``stop_token_ids`` (token
+        ids, at most the server's ``max_stop_token_ids``, 64: the generation ends with reason
+        ``stop`` at one of them, whose text is not sent), ``min_tokens`` (0 to ``max_tokens``: no
+        stop within the first ones; the stop tokens are not generated then) and
+        ``include_stop_str_in_output`` (the stop string or token text is sent, nothing after it).
+        Returns at once; the request is sent on first iteration or on ``async with``.
 
         Raises:
             TypeError, ValueError: a bad ``prompt``, ``version`` or ``logprobs`` (here, before
@@ -387,7 +394,8 @@ class Client:
                 rid, model, prompt, max_tokens=max_tokens, temperature=temperature,
                 top_k=top_k, top_p=top_p, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                 repetition_penalty=repetition_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=left,
-                priority=priority, version=version, logprobs=logprobs,
+                priority=priority, version=version, logprobs=logprobs, stop_token_ids=stop_token_ids,
+                min_tokens=min_tokens, include_stop_str_in_output=include_stop_str_in_output,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -413,6 +421,9 @@ class Client:
         priority: int = 0,
         version: Version | None = None,
         logprobs: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        min_tokens: int | None = None,
+        include_stop_str_in_output: bool | None = None,
     ) -> Completion:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
         :meth:`generate`: text, or chat messages; with ``logprobs``, ``.logprobs`` holds each
@@ -421,7 +432,8 @@ class Client:
             model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
             logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
-            logprobs=logprobs,
+            logprobs=logprobs, stop_token_ids=stop_token_ids, min_tokens=min_tokens,
+            include_stop_str_in_output=include_stop_str_in_output,
         )
         async with gen:
             async for _ in gen:

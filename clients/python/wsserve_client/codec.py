@@ -229,9 +229,14 @@ def encode_generate(
     priority: int = 0,
     version: Version | None = None,
     logprobs: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    min_tokens: int | None = None,
+    include_stop_str_in_output: bool | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
-    ``stop`` string is sent as a one-element list. ``prompt`` is the text to continue, or a
+    ``stop`` string is sent as a one-element list; ``stop_token_ids`` as a list, and it,
+    ``min_tokens`` and ``include_stop_str_in_output`` (vLLM's stop controls) unchecked, like the
+    sampling options. ``prompt`` is the text to continue, or a
     conversation (a sequence of ``{"role": ..., "content": ...}`` mappings, OpenAI's chat
     messages) sent as ``messages``: the server makes the prompt with the model's chat template
     and checks the messages (``bad_request`` naming the field). Anything else is a ``TypeError``
@@ -254,7 +259,9 @@ def encode_generate(
                 "min_p": min_p, "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
                 "repetition_penalty": repetition_penalty,
                 "logit_bias": None if logit_bias is None else {str(t): b for t, b in logit_bias.items()},
-                "seed": seed, "logprobs": check_logprobs(logprobs)}
+                "seed": seed, "logprobs": check_logprobs(logprobs),
+                "stop_token_ids": None if stop_token_ids is None else list(stop_token_ids),
+                "min_tokens": min_tokens, "include_stop_str_in_output": include_stop_str_in_output}
     frame.update((name, value) for name, value in sampling.items() if value is not None)
     if stop is not None:
         frame["stop"] = [stop] if isinstance(stop, str) else list(stop)
@@ -328,8 +335,9 @@ def _limit(limits: dict[str, Any], name: str) -> int | None:
 def parse_hello(frame: dict[str, Any]) -> ServerHello:
     """Build :class:`ServerHello` from a ``hello`` frame.
 
-    Missing fields become defaults; ``max_logprobs`` is kept when it is an integer >= 0 (the
-    client does not enforce it: the server refuses a larger ``logprobs``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
+    Missing fields become defaults; ``max_logprobs`` and ``max_stop_token_ids`` are kept when they
+    are integers >= 0 (the client does not enforce them: the server refuses a larger ``logprobs``
+    or a longer ``stop_token_ids``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
     not an integer in ``[1, 2**53]`` — a string, a float, a negative or zero count, an absurd
     size — is not trusted: it is logged as a warning and treated as not announced (``None``),
     exactly like a server that does not send it; ``limits`` that is not an object likewise.
@@ -355,7 +363,8 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
         version=str(frame.get("version", "")),
         protocol=protocol,
         limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES},
-                      max_logprobs=_opt_count(lim.get("max_logprobs"))),
+                      max_logprobs=_opt_count(lim.get("max_logprobs")),
+                      max_stop_token_ids=_opt_count(lim.get("max_stop_token_ids"))),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )
 

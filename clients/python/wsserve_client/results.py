@@ -42,6 +42,9 @@ class Limits:
     max_binary_header_bytes: int | None = None
     #: The largest ``logprobs`` a generate may ask for (absent from a server without logprobs).
     max_logprobs: int | None = None
+    #: The most ``stop_token_ids`` a generate may name (absent from a server without vLLM's stop
+    #: controls: it ignores ``stop_token_ids``, ``min_tokens`` and ``include_stop_str_in_output``).
+    max_stop_token_ids: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
