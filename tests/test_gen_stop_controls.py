@@ -9,6 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.test_gen_logprobs import _events
 from tests.test_gen_scheduler import _Words, generate_alone
 from tests.test_gen_support import (
     Collected,
@@ -223,3 +224,22 @@ def test_min_tokens_with_every_token_a_stop_token_is_refused() -> None:
         sched.add_request(params("a", max_tokens=4, stop_token_ids=(0, 1, 2, 1), min_tokens=1), FakeClock().now)
     assert not sched.has_unfinished()
     sched.add_request(params("a", max_tokens=4, stop_token_ids=(0, 1, 2)), FakeClock().now)  # no min_tokens: fine
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_logprobs_records_stay_with_their_tokens_through_a_stop_token(include: bool) -> None:
+    """Text held back (a possible stop string) when the stop token comes goes out with its own
+    records; the stop token's record goes with it only when its text does."""
+    sched = Scheduler(charlm(), max_generate_batch=4)
+    free = sched.add_request(params(max_tokens=60, logprobs=2), 0.0)
+    free_out = _events(sched)[free.id]
+    text = "".join(t.text for t in free_out)
+    at = text.index("t")
+    assert at >= 2
+    held = text[at - 2:at] + "\u00a7"  # its first two characters are held when the "t" comes; never completed
+    seq = sched.add_request(params(max_tokens=60, logprobs=2, stop=(held,), stop_token_ids=(VOCAB.index("t"),),
+                                   include_stop_str_in_output=include), 0.0)
+    got = _events(sched)[seq.id]
+    n = at + 1 if include else at
+    assert [(t.text, t.logprobs) for t in got] == [(t.text, t.logprobs) for t in free_out[:n]]
+    assert seq.finish_reason == "stop" and seq.streamed == n

@@ -154,3 +154,12 @@ async def test_triton_generate_takes_vllms_stop_controls(server) -> None:
     status, raw = post(server, "/v2/models/charlm/generate",
                        {"text_input": "The ", "parameters": {"max_tokens": 5, "min_tokens": 9}})
     assert status == 400 and "'min_tokens'" in json.loads(raw)["error"]
+
+
+def test_openai_scoring_form_refuses_min_tokens(openai_client) -> None:
+    """``max_tokens: 0`` with ``echo`` generates nothing: a ``min_tokens`` is refused by name."""
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.completions.create(model="charlm", prompt="ab", max_tokens=0, echo=True, extra_body={"min_tokens": 1})
+    assert info.value.body["param"] == "min_tokens" and "with 'max_tokens': 0" in info.value.body["message"]
+    r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=0, echo=True, extra_body={"min_tokens": 0})
+    assert r.choices[0].text == "ab"
