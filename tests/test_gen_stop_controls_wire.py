@@ -163,3 +163,13 @@ def test_openai_scoring_form_refuses_min_tokens(openai_client) -> None:
     assert info.value.body["param"] == "min_tokens" and "with 'max_tokens': 0" in info.value.body["message"]
     r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=0, echo=True, extra_body={"min_tokens": 0})
     assert r.choices[0].text == "ab"
+
+
+def test_openai_scoring_form_checks_stop_token_ids_as_a_generation_does(openai_client) -> None:
+    """``max_tokens: 0`` with ``echo`` queues no generation: its ``stop_token_ids`` are checked
+    against the vocabulary all the same."""
+    for extra in ({}, {"logprobs": 1}):
+        with pytest.raises(openai.BadRequestError) as info:
+            openai_client.completions.create(model="charlm", prompt="ab", max_tokens=0, echo=True,
+                                             extra_body={"stop_token_ids": [len(VOCAB)]}, **extra)
+        assert info.value.body["param"] == "stop_token_ids" and f"names token {len(VOCAB)}" in info.value.body["message"]

@@ -679,6 +679,7 @@ class HttpApi:
             counts = None  # echo_only without scoring: each prompt's token count
             if completion.echo_only:  # checked as a queued generation's are, though none is queued
                 _check_bias(entry.worker.model, completion.params.logit_bias)
+                _check_stop_ids(entry.worker.model, completion.params.stop_token_ids)
             if completion.echo and completion.params.logprobs is not None:  # the prompts' tokens first
                 chars = getattr(entry.worker.model, "prompt_chars", None)
                 for prompt in () if completion.prompt_ids else call.prompts:
@@ -823,6 +824,14 @@ def _check_bias(model: Any, bias: tuple[tuple[int, float], ...]) -> None:
     if bias and bias[-1][0] >= model.vocab_size:
         raise ParamError("logit_bias", f"field 'logit_bias' names token {bias[-1][0]}; the model's vocabulary has "
                                        f"{model.vocab_size} tokens (ids 0 to {model.vocab_size - 1})")
+
+
+def _check_stop_ids(model: Any, ids: tuple[int, ...]) -> None:
+    """``stop_token_ids`` within the generative ``model``'s vocabulary (as the scheduler checks them
+    when a generation is queued), for a request that queues none (``max_tokens: 0``)."""
+    if ids and max(ids) >= model.vocab_size:
+        raise ParamError("stop_token_ids", f"field 'stop_token_ids' names token {max(ids)}; the model's vocabulary "
+                                           f"has {model.vocab_size} tokens (ids 0 to {model.vocab_size - 1})")
 
 
 def _id_texts(model: Any, prompts: tuple[tuple[int, ...], ...]) -> tuple[str, ...]:
