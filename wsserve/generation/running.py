@@ -165,7 +165,7 @@ class RunningSet:
         self._contexts = np.zeros((0, self._k), np.int64)  # [B, k], row order of _rows
         self._next: list[int] = []  # token number of each row's next token
         self._stop_rows: list[int] = []  # rows that are not plain (stop strings or ids, logprobs)
-        self._plain: list[bool] | None = None  # per row: plain, no stop strings or logprobs (None: every row)
+        self._plain: list[bool] | None = None  # per row: plain, no stop strings or ids, no logprobs (None: every row)
         self._n_plain = 0
         self._lp: list[tuple[int, int]] = []  # (row, k) of the rows with logprobs
         #: the layout's rows with logprobs (:class:`~.logprobs.LogprobRows`), None when none
@@ -336,17 +336,17 @@ class RunningSet:
     @property
     def stop_rows(self) -> list[int]:
         """The rows that are not plain: their token events are made one by one (stop strings,
-        logprobs)."""
+        stop token ids, logprobs)."""
         return self._stop_rows
 
     @property
     def plain(self) -> list[bool] | None:
-        """Per row: True if it is plain, without stop strings or logprobs (None: every row is)."""
+        """Per row: True if it is plain, without stop strings, stop token ids or logprobs (None: every row is)."""
         return self._plain
 
     @property
     def n_plain(self) -> int:
-        """Plain rows (without stop strings or logprobs)."""
+        """Plain rows (without stop strings, stop token ids or logprobs)."""
         return self._n_plain
 
     def texts_of(self, ids: np.ndarray) -> list[Any]:
