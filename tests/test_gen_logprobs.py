@@ -48,7 +48,8 @@ def test_step_logprobs_match_a_direct_log_softmax_with_ties_by_lowest_id(v: int,
         logits[4] = np.round(logits[4])  # ties everywhere, in the middle too
     tokens = rng.integers(0, v, 5)
     rows = np.array([0, 1, 3, 4])
-    got = step_logprobs(logits, tokens, LogprobRows(rows, k))
+    got = step_logprobs(logits, tokens, LogprobRows(rows, k, ranks=True))
+    assert step_logprobs(logits, tokens, LogprobRows(rows, k)).ranks is None  # computed only when asked
     kk = min(k, v)
     assert got.top_ids.shape == got.top.shape == (4, kk)
     for j, i in enumerate(rows):
@@ -112,6 +113,25 @@ def test_scheduler_events_carry_each_tokens_record_and_the_text_is_unchanged() -
     cut = text.find("e t")
     assert cut > 0 and [(t.text, t.logprobs) for t in out[stopped.id]] == \
         [(t.text, t.logprobs) for t in free_out[:cut]]  # held text kept its records; the stop's tokens dropped
+
+
+def test_ranks_go_to_the_requests_that_ask_for_them_and_steps_without_them_compute_none() -> None:
+    """``logprob_ranks`` (Triton's ``return_logprobs``): the records of that request carry each
+    token's rank; a request batched with it without the flag gets ``None``, as every request does
+    when no running one asks (then the step computes no ranks)."""
+    model = charlm()
+    sched = Scheduler(model, max_generate_batch=8)
+    ranked = sched.add_request(params(max_tokens=15, temperature=0.9, seed=2, logprobs=2, logprob_ranks=True), 0.0)
+    unranked = sched.add_request(params(max_tokens=15, temperature=0.9, seed=2, logprobs=2), 0.0)
+    out = _events(sched)
+    assert [t.logprobs[:4] for t in out[ranked.id]] == [t.logprobs[:4] for t in out[unranked.id]]
+    assert all(t.logprobs.rank is None for t in out[unranked.id])
+    ctx = model.initial_context("The ")
+    for item in out[ranked.id]:
+        z = model.logits(ctx[None, :])[0]
+        assert item.logprobs.rank == int((z >= z[item.logprobs.token_id]).sum())
+        ctx = np.append(ctx[1:], item.logprobs.token_id)
+    assert any(t.logprobs.rank > 1 for t in out[ranked.id])  # sampled: not always the likeliest
 
 
 @pytest.mark.parametrize("inline_max_batch", [EXECUTOR, INLINE])

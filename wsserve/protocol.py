@@ -217,6 +217,10 @@ class GenerationParams:
     priority: int = 0
     logprobs: int | None = None
     prompt_ids: tuple[int, ...] | None = None
+    #: Internal, not a wire field: the token records also carry each token's rank
+    #: (:attr:`~wsserve.generation.logprobs.TokenLogprobs.rank`; Triton's ``return_logprobs`` shows it).
+    #: Off, a step computes no ranks.
+    logprob_ranks: bool = False
     stop_token_ids: tuple[int, ...] = ()
     min_tokens: int = 0
     include_stop_str_in_output: bool = False
@@ -290,6 +294,8 @@ class GenerationParams:
         if type(self.include_stop_str_in_output) is not bool:
             raise BadRequest("field 'include_stop_str_in_output' must be a boolean, "
                              f"got {json_type(self.include_stop_str_in_output)}")
+        if type(self.logprob_ranks) is not bool:
+            raise BadRequest(f"logprob_ranks must be a boolean, got {shown(self.logprob_ranks)}")
         ids = self.prompt_ids
         if ids is not None and (type(ids) is not tuple or not all(type(i) is int and i >= 0 for i in ids)):
             raise BadRequest("field 'prompt' must be a string or a list of token ids (non-negative integers)")

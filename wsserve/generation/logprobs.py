@@ -45,23 +45,26 @@ class TokenLogprobs(NamedTuple):
     ``top`` holds ``(token id, token text, logprob)`` triples, likeliest first (empty for k = 0).
     ``rank`` is the token's rank in the step's distribution, as vLLM counts it: the number of
     tokens at least as likely, itself included (1 for the likeliest; meaningless for a row of
-    non-finite logits, whose ``logprob`` is NaN).
+    non-finite logits, whose ``logprob`` is NaN); ``None`` unless the step was asked for ranks
+    (:attr:`LogprobRows.ranks`).
     """
 
     token_id: int
     text: str
     logprob: float
     top: tuple[tuple[int, str, float], ...]
-    rank: int
+    rank: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LogprobRows:
     """The rows of a batch that want log-probabilities: ``rows [L]`` row indices, ``k`` the
-    largest number of alternatives any of them asked for.  Built once per layout."""
+    largest number of alternatives any of them asked for, ``ranks`` whether any of them wants its
+    token's rank (a comparison over each row's logits: computed only then).  Built once per layout."""
 
     rows: np.ndarray
     k: int
+    ranks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +72,12 @@ class StepLogprobs:
     """One step's log-probabilities of the :class:`LogprobRows`' rows, in their order:
     ``chosen [L]`` of the token each row got, ``top_ids [L, k]`` and ``top [L, k]`` the ``k``
     likeliest tokens of each row and theirs, ``ranks [L]`` the chosen tokens' ranks
-    (:attr:`TokenLogprobs.rank`)."""
+    (:attr:`TokenLogprobs.rank`; None unless the spec asked for them)."""
 
     chosen: np.ndarray
     top_ids: np.ndarray
     top: np.ndarray
-    ranks: np.ndarray
+    ranks: np.ndarray | None = None
 
 
 def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> StepLogprobs:
@@ -91,7 +94,7 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
         lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))  # [L] log of the softmax's denominator
         picked = z[np.arange(n), tokens.take(rows)]
         chosen = picked - lse
-        ranks = (z >= picked[:, None]).sum(axis=1)  # vLLM's rank: the tokens at least as likely
+        ranks = (z >= picked[:, None]).sum(axis=1) if spec.ranks else None  # vLLM's: tokens at least as likely
     k = min(spec.k, z.shape[1])
     if k == 0:
         return StepLogprobs(chosen, np.zeros((n, 0), np.int64), np.zeros((n, 0)), ranks)
@@ -152,9 +155,8 @@ class PromptScore:
         itos = self._id_to_text
         top_ids = values.top_ids.tolist()
         top = values.top.tolist()
-        ranks = values.ranks.tolist()
         self.records.extend(
-            TokenLogprobs(token, itos[token], lp, tuple((t, itos[t], v) for t, v in zip(top_ids[j], top[j])), ranks[j])
+            TokenLogprobs(token, itos[token], lp, tuple((t, itos[t], v) for t, v in zip(top_ids[j], top[j])))
             for j, (token, lp) in enumerate(zip(targets.tolist(), values.chosen.tolist())))
         self._next = start + len(contexts)
 

@@ -167,7 +167,7 @@ class RunningSet:
         self._stop_rows: list[int] = []  # rows that are not plain (stop strings or ids, logprobs)
         self._plain: list[bool] | None = None  # per row: plain, no stop strings or ids, no logprobs (None: every row)
         self._n_plain = 0
-        self._lp: list[tuple[int, int]] = []  # (row, k) of the rows with logprobs
+        self._lp: list[tuple[int, int, bool]] = []  # (row, k, ranks) of the rows with logprobs
         #: the layout's rows with logprobs (:class:`~.logprobs.LogprobRows`), None when none
         self.logprob_rows: LogprobRows | None = None
         self._sampling: SampledRows | None = None
@@ -417,7 +417,7 @@ class RunningSet:
                 stop_rows.append(i)
                 if s.params.logprobs is not None:
                     s._lrow = len(self._lp)
-                    self._lp.append((i, s.params.logprobs))
+                    self._lp.append((i, s.params.logprobs, s.params.logprob_ranks))
             p = s.params
             if p.temperature > 0:
                 s._srow = j = len(sampled)
@@ -442,8 +442,9 @@ class RunningSet:
         self._n_plain = len(rows) - len(stop_rows)
         if nidx:
             self._nidx = np.concatenate((self._nidx, np.array(nidx, np.int64)))
-        self.logprob_rows = LogprobRows(np.array([r for r, _ in self._lp], np.int64),
-                                        max(k for _, k in self._lp)) if self._lp else None
+        self.logprob_rows = LogprobRows(np.array([r for r, _, _ in self._lp], np.int64),
+                                        max(k for _, k, _ in self._lp),
+                                        any(ranks for _, _, ranks in self._lp)) if self._lp else None
         if self._biased:
             pairs = [(r, t, b) for r, bias in self._biased for t, b in bias]
             self.logit_bias = LogitBias(np.array([r for r, _, _ in pairs], np.int64),

@@ -348,12 +348,14 @@ class Scheduler:
         top_ids = values.top_ids.tolist()
         top_texts = self._run.texts_of(values.top_ids)
         top = values.top.tolist()
-        ranks = values.ranks.tolist()
+        ranks = values.ranks.tolist() if values.ranks is not None else None
         records = []
         for j, i in enumerate(rows):
-            k = seqs[i].params.logprobs or 0
+            p = seqs[i].params
+            k = p.logprobs or 0
             records.append(TokenLogprobs(int(tokens[i]), texts[i], chosen[j],
-                                         tuple(zip(top_ids[j][:k], top_texts[j][:k], top[j][:k])), ranks[j]))
+                                         tuple(zip(top_ids[j][:k], top_texts[j][:k], top[j][:k])),
+                                         ranks[j] if ranks is not None and p.logprob_ranks else None))
         return records
 
     def _emit_stops(self, seqs: tuple[Sequence, ...], texts: list[str], numbers: list[int], tokens: np.ndarray,

@@ -176,6 +176,7 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
             top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
             stop=stop, **sampling_fields(fields), **stop_fields(fields),
             logprobs=None if outputs is None else outputs.engine_logprobs,
+            logprob_ranks=outputs is not None and outputs.logprobs,
         )
     except BadRequest as exc:
         if stop_field == "stop_words":
