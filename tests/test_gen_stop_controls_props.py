@@ -12,6 +12,7 @@ rules give by brute force over the greedy token ids (each logprobs record with i
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,14 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_gen_support import FakeClock, charlm
-from wsserve.generation import GenerationParams, Scheduler, run_step_logprobs
+from tests.test_gen_engine import until
+from tests.test_gen_support import FakeClock, RecordingSink, charlm
+from wsserve.generation import (
+    GenerationEngine,
+    GenerationParams,
+    Scheduler,
+    run_step_logprobs,
+)
 from wsserve.generation.model import TokenModelAdapter
 from wsserve.generation.scheduler import FINISHED
 from wsserve.generation.sequence import LoggedText
@@ -240,3 +247,70 @@ def test_multi_character_tokens_stream_what_the_stop_rules_give(reqs: list, batc
         assert ([t for t, _ in got.frames], got.reason) == expected_frames(model, p), p
         if p.logprobs is not None:  # each record is its own token's (a cut token keeps its record)
             assert all(r is not None and model.id_to_text[r.token_id].startswith(t) for t, r in got.frames)
+
+
+# -- through the engine: its sinks, its observer ------------------------------------------------
+
+class _Sink(RecordingSink):
+    """Records what the engine streams; at token ``at`` (if any) cancels its generation from
+    inside the callback, or raises (a faulty sink)."""
+
+    def __init__(self, engine: GenerationEngine, action: str | None, at: int) -> None:
+        super().__init__()
+        self.engine, self.action, self.at, self.handle = engine, action, at, None
+
+    def on_token(self, seq: int, text: str, logprobs: Any = None) -> None:
+        super().on_token(seq, text, logprobs)
+        if seq == self.at and self.action == "cancel":
+            self.engine.cancel(self.handle)  # type: ignore[arg-type]
+        elif seq == self.at and self.action == "raise":
+            raise RuntimeError("sink bug")
+
+
+class _Observed:
+    def __init__(self) -> None:
+        self.done: list[int] = []
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+        pass
+
+    def on_generation_done(self, model: str, prompt_tokens: int, ttft_s: float | None, tpot_s: float | None) -> None:
+        self.done.append(prompt_tokens)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    reqs=st.lists(st.tuples(requests(), st.integers(0, 2), st.sampled_from([None, None, "cancel", "raise"]),
+                            st.integers(0, 10)), min_size=1, max_size=8),
+    batch=st.integers(1, 4),
+    inline=st.sampled_from([0, 10**6]),
+)
+def test_the_engine_streams_to_each_sink_what_the_scheduler_gives_alone(reqs: list, batch: int, inline: int) -> None:
+    """Through the engine's delivery (token blocks, single events; inline or in its thread):
+    each sink gets its generation's frames as alone (a prefix when it cancels or raises), in
+    order, then one terminal; the observer hears of each generation once."""
+
+    async def main() -> tuple[list[_Sink], list[int]]:
+        observed = _Observed()
+        engine = GenerationEngine(charlm(), max_generate_batch=batch, inline_max_batch=inline, observer=observed)
+        try:
+            sinks = []
+            for p, group, action, at in reqs:
+                sink = _Sink(engine, action, at)
+                sink.handle = engine.submit(p, sink, group=group)
+                sinks.append(sink)
+            await until(lambda: all(s.ended for s in sinks))
+            return sinks, observed.done
+        finally:
+            await engine.close()
+
+    sinks, done = asyncio.run(main())
+    assert sorted(done) == sorted(s.handle.prompt_tokens for s in sinks)  # type: ignore[attr-defined]
+    for (p, _, action, _), sink in zip(reqs, sinks):
+        assert not sink.violations, sink.violations
+        want = alone(p)
+        got = list(zip(sink.tokens, sink.logprobs))
+        if sink.error is not None or sink.done[0] == "cancelled":  # type: ignore[index]
+            assert action is not None and got == want.frames[:len(got)]
+        else:
+            assert (got, sink.done[0]) == (want.frames, want.reason)  # type: ignore[index]
