@@ -113,8 +113,8 @@ def drive(sched: Scheduler, clock: FakeClock, seqs: dict[int, Run], *,
     raise AssertionError("not idle")
 
 
-def alone(p: GenerationParams) -> Run:
-    sched = Scheduler(charlm(), max_generate_batch=4)
+def alone(p: GenerationParams, model: Any = None) -> Run:
+    sched = Scheduler(charlm() if model is None else model, max_generate_batch=4)
     clock, seqs = FakeClock(), {}
     seq = sched.add_request(p, clock.now)
     drive(sched, clock, seqs)
@@ -127,9 +127,13 @@ def alone(p: GenerationParams) -> Run:
                             st.sampled_from([None, None, None, "cancel", "deadline"]), st.integers(1, 25)),
                   min_size=2, max_size=9),
     batch=st.integers(1, 4),
+    pairs=st.booleans(),
 )
-def test_each_sequence_crowded_and_preempted_streams_what_it_streams_alone(reqs: list, batch: int) -> None:
-    sched = Scheduler(charlm(), max_generate_batch=batch)
+def test_each_sequence_crowded_and_preempted_streams_what_it_streams_alone(reqs: list, batch: int,
+                                                                          pairs: bool) -> None:
+    """(``pairs``: the multi-character vocabulary of :class:`_Pairs` over charlm's logits.)"""
+    model = _pairs() if pairs else charlm()
+    sched = Scheduler(model, max_generate_batch=batch)
     clock, seqs = FakeClock(), {}
     added: list[tuple[Any, GenerationParams, str | None]] = []
     cancels: dict[int, list[Any]] = {}
@@ -150,7 +154,7 @@ def test_each_sequence_crowded_and_preempted_streams_what_it_streams_alone(reqs:
     drive(sched, clock, seqs, before_step=before_step)
     assert len(added) == len(reqs)
     for seq, p, end in added:
-        got, want = seqs[seq.id], alone(p)
+        got, want = seqs[seq.id], alone(p, model)
         assert got.terminals == 1 and want.terminals == 1
         if got.reason == "cancelled" or got.error == "DeadlineExceeded":
             assert end is not None
