@@ -249,6 +249,38 @@ async def test_a_failing_sink_among_many_ends_only_its_own_generation() -> None:
         await engine.close()
 
 
+class GenerationsObserved:
+    """A step observer recording the engine's ``on_generation_done`` calls."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[int, float | None, float | None]] = []
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+        pass
+
+    def on_generation_done(self, model: str, prompt_tokens: int, ttft_s: float | None, tpot_s: float | None) -> None:
+        self.done.append((prompt_tokens, ttft_s, tpot_s))
+
+
+@pytest.mark.parametrize("stop", [(), ("\u00a7",)])  # the token block's path and the single events'
+async def test_a_generation_ended_by_its_failing_sink_is_observed_once(stop: tuple[str, ...]) -> None:
+    """The observer hears of every generation that took a slot, once, when it ends: one whose
+    sink raised too (cancelled: its prompt and time to first token, no time per token)."""
+    observed = GenerationsObserved()
+    engine = GenerationEngine(charlm(), observer=observed)
+    try:
+        bad, good = ExplodingSink(), RecordingSink()
+        engine.submit(params(max_tokens=50, stop=stop), bad)
+        engine.submit(params(max_tokens=50, stop=stop), good)
+        await until(lambda: bad.ended and good.ended)
+        assert isinstance(bad.error, Internal) and good.done is not None
+        assert len(observed.done) == 2, observed.done
+        assert all(prompt == 4 and ttft is not None for prompt, ttft, _ in observed.done)
+        assert sorted(tpot is None for _, _, tpot in observed.done) == [False, True]
+    finally:
+        await engine.close()
+
+
 class CancellingSink(RecordingSink):
     engine: GenerationEngine
     handle: object = None

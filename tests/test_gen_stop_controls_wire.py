@@ -173,3 +173,19 @@ def test_openai_scoring_form_checks_stop_token_ids_as_a_generation_does(openai_c
             openai_client.completions.create(model="charlm", prompt="ab", max_tokens=0, echo=True,
                                              extra_body={"stop_token_ids": [len(VOCAB)]}, **extra)
         assert info.value.body["param"] == "stop_token_ids" and f"names token {len(VOCAB)}" in info.value.body["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("extra", "param"), [({"stop_token_ids": [len(VOCAB)]}, "stop_token_ids"),
+                                              ({"logit_bias": {str(len(VOCAB)): 1}}, "logit_bias")])
+def test_openai_echo_with_logprobs_names_a_token_outside_the_vocabulary(openai_client, stream: bool, extra: dict,
+                                                                        param: str) -> None:
+    """``echo`` with ``logprobs`` scores the prompt before it queues the generation, whose ids are
+    checked then: the answer still names the field (``param``), as without ``echo``."""
+    with pytest.raises(openai.BadRequestError) as info:
+        r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=3, echo=True, logprobs=1,
+                                             stream=stream, extra_body=extra)
+        if stream:
+            list(r)
+    body = info.value.body
+    assert body["param"] == param and f"names token {len(VOCAB)};" in body["message"], body

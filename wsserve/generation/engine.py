@@ -590,7 +590,9 @@ class GenerationEngine:
         log.error("generation sink %s raised; ending the generation", method, exc_info=exc)
         sink, seq.owner = seq.owner, None  # its own terminal event, if any, is now skipped
         self._sched.finish_requests((seq,), time.monotonic())
-        if sink is not None:
+        if sink is not None:  # not terminated before: observed here, as _terminal would
+            if self._on_generation_done is not None and seq.admitted_at is not None:
+                self._observe_done(seq)
             try:
                 sink.on_error(Internal(f"token sink failed in {method}: {type(exc).__name__}: {exc}"))
             except Exception:

@@ -128,13 +128,14 @@ class Call:
         self.exchange.respond(HttpResponse(200, body, content_type, headers or self.headers))  # type: ignore[arg-type]
 
     def fail(self, exc: WsserveError) -> None:
-        """End with an error answer and stop the remaining work."""
+        """End with an error answer and stop the remaining work (OpenAI's envelope names the
+        field ``exc.param``, when the error was given one, as a route's own error does)."""
         if self._end(exc.code):
             self._stop_work()
             self._error(exc)
 
     def _error(self, exc: WsserveError) -> None:
-        response = error_response(exc, self.style)
+        response = error_response(exc, self.style, param=getattr(exc, "param", None))
         if self.headers:
             response.headers.extend(self.headers)
         self.exchange.respond(response)
