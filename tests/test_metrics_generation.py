@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.support import Conn, Metrics, scrape_metrics, wait_until
 
 
@@ -86,3 +88,17 @@ def test_scored_prompts_count_as_prompt_tokens(openai_client, server) -> None:
     after = scrape_metrics(server.http)
     assert _moved(before, after, "wsserve_prompt_tokens_total", model="charlm") == 7 + 3
     assert _moved(before, after, "wsserve_time_to_first_token_seconds_count", model="charlm") == 0
+
+
+def test_a_request_refused_for_its_token_ids_scores_nothing(openai_client, server) -> None:
+    """``echo`` with ``logprobs`` scores the prompt before the generation is queued: a
+    ``stop_token_ids`` or ``logit_bias`` id outside the vocabulary is refused first, so no prompt
+    is scored for nothing."""
+    openai = pytest.importorskip("openai")
+    before = scrape_metrics(server.http)
+    for extra in ({"stop_token_ids": [96]}, {"logit_bias": {"96": 1}}):
+        with pytest.raises(openai.BadRequestError):
+            openai_client.completions.create(model="charlm", prompt="It was the", max_tokens=3, echo=True, logprobs=1,
+                                             extra_body=extra)
+    after = scrape_metrics(server.http)
+    assert _moved(before, after, "wsserve_prompt_tokens_total", model="charlm") == 0

@@ -677,7 +677,9 @@ class HttpApi:
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             counts = None  # echo_only without scoring: each prompt's token count
-            if completion.echo_only:  # checked as a queued generation's are, though none is queued
+            if completion.echo_only or (completion.echo and completion.params.logprobs is not None):
+                # checked as a queued generation's are: none is queued (echo_only), or only once the
+                # prompts are scored (then a refusal would come after that work)
                 _check_bias(entry.worker.model, completion.params.logit_bias)
                 _check_stop_ids(entry.worker.model, completion.params.stop_token_ids)
             if completion.echo and completion.params.logprobs is not None:  # the prompts' tokens first
