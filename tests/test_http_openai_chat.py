@@ -201,6 +201,10 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"extra_body": {"chat_template": "{{ messages }}"}}, "chat_template"),
         ({"extra_body": {"guided_choice": ["yes", "no"]}}, "guided_choice"),  # vLLM's, not done: refused
         ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
+        ({"extra_body": {"continue_final_message": True}}, "continue_final_message"),
+        ({"extra_body": {"add_generation_prompt": False}}, "add_generation_prompt"),
+        ({"extra_body": {"echo": True}}, "echo"),
+        ({"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}, "chat_template_kwargs"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"max_tokens": 10**9}, "max_tokens"),
         ({"temperature": 101}, "temperature"),
@@ -369,3 +373,11 @@ def test_chat_requests_are_counted_as_generations(server, client) -> None:
     before = ok()
     client.chat.completions.create(model="words", messages=[{"role": "user", "content": "hello"}], max_tokens=1)
     wait_until(lambda: ok() == before + 1, 30.0, what="the chat was counted")
+
+
+def test_vllm_template_controls_at_their_defaults_are_taken(openai_client) -> None:
+    args = {"model": "charlm", "messages": [{"role": "user", "content": "The "}], "max_tokens": 8, "temperature": 0}
+    plain = openai_client.chat.completions.create(**args).choices[0].message.content
+    extra = {"add_generation_prompt": True, "continue_final_message": False, "echo": False,
+             "chat_template_kwargs": {}, "mm_processor_kwargs": {}}
+    assert openai_client.chat.completions.create(**args, extra_body=extra).choices[0].message.content == plain

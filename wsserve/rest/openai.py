@@ -105,6 +105,9 @@ _NEUTRAL = {
 _NEUTRAL_CHAT = {
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
+    # vLLM's chat-template controls: a model's chat_prompt() makes only the prompt a reply continues
+    "add_generation_prompt": (None, True), "continue_final_message": (None, False), "echo": (None, False),
+    "chat_template_kwargs": (None, {}), "documents": (None,), "mm_processor_kwargs": (None, {}),
     **_NEUTRAL_VLLM,
 }
 
