@@ -139,6 +139,8 @@ def test_closing_a_stream_cancels_the_generation(server, openai_client) -> None:
         ({"extra_body": {"bad_words": ["the"]}}, "bad_words"),
         ({"extra_body": {"priority": -1}}, "priority"),
         ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
+        ({"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+         "stream_options"),
     ],
 )
 def test_unsupported_or_bad_parameters_are_refused_by_name(openai_client, kwargs: dict, param: str) -> None:

@@ -330,6 +330,9 @@ def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
         elif type(include_usage) is not bool:
             raise ParamError("stream_options", "'stream_options.include_usage' must be a boolean, "
                                                f"got {json_type(include_usage)}")
+        if options.get("continuous_usage_stats") not in (None, False):  # vLLM's: usage in every chunk
+            raise ParamError("stream_options", "'stream_options.continuous_usage_stats' is not supported: the usage "
+                                               "comes once, in the chunk before [DONE] (include_usage)")
     try:
         params = GenerationParams(
             prompt=prompt,
