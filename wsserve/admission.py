@@ -108,6 +108,13 @@ class Admission:
         if conn is not None:
             conn.take(now)
 
+    def fresh(self, now: float) -> bool:
+        """True when this connection's rate state is a new connection's (no per-connection limit,
+        or its bucket has refilled): forgetting it then changes nothing (the gRPC front end forgets
+        idle peers so)."""
+        bucket = self._bucket
+        return bucket is None or bucket.tokens + (now - bucket.stamp) * bucket.rate >= bucket.burst
+
     def capacity(self, inflight: int, inflight_bytes: int, nbytes: int) -> None:
         """Room for one more request of ``nbytes`` input bytes next to ``inflight`` unfinished
         ones holding ``inflight_bytes``?  Raises ``Overloaded`` (``retry_after_ms``).  With nothing

@@ -427,14 +427,21 @@ class HttpApi:
             cached = self._signatures[entry] = oip.signature(entry.model)
         return cached
 
+    # For the OIP's other transport (wsserve.oipgrpc): the same lookups, signatures and counts as HTTP's.
+    rejected = _rejected
+    lookup = _lookup
+    signature = _signature
+
     def _model_metadata(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                         *_: Any) -> HttpResponse:
-        entry = self._lookup(params["name"], params.get("version"))
+        return HttpResponse(200, self.model_metadata(self._lookup(params["name"], params.get("version"))), JSON)
+
+    def model_metadata(self, entry: Any) -> bytes:
+        """The OIP metadata body (JSON) of a served version (every transport's)."""
         inputs, outputs = self._signature(entry)
-        versions = self._ready_versions(entry.name)
         explain = oip.explain_parameters(entry.explanation)
-        return HttpResponse(200, oip.model_metadata(entry.name, versions, _platform(entry), inputs, outputs, explain),
-                            JSON)
+        return oip.model_metadata(entry.name, self._ready_versions(entry.name), _platform(entry), inputs, outputs,
+                                  explain)
 
     def _ready_versions(self, name: str) -> list[str]:
         return sorted((v for v, st in self.models.status(name).items() if st.state == "ready"), key=_version_key)
@@ -443,7 +450,10 @@ class HttpApi:
                       *_: Any) -> HttpResponse:
         """Triton's model configuration extension (:func:`wsserve.rest.triton.model_config`): of
         version ``v``, or of the default version; 404 or 503 as the metadata route."""
-        entry = self._lookup(params["name"], params.get("version"))
+        return HttpResponse(200, self.model_config(self._lookup(params["name"], params.get("version"))), JSON)
+
+    def model_config(self, entry: Any) -> bytes:
+        """The Triton configuration body (JSON) of a served version (every transport's)."""
         platform = _platform(entry)
         policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
         batching: dict[str, Any] = {}
@@ -452,10 +462,9 @@ class HttpApi:
             queue = entry.worker.queue
             batching = {"inputs": inputs, "outputs": outputs, "max_batch_rows": queue.max_batch_size,
                         "max_delay_s": queue.max_delay_s}
-        body = triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
+        return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
                                    policy=policy, generative=entry.kind != "predict", max_rows=self.config.max_rows,
                                    **batching)
-        return HttpResponse(200, body, JSON)
 
     def _model_stats(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
@@ -463,16 +472,20 @@ class HttpApi:
         of every model, of one model, or one version (as the metadata route: 404 for an unknown
         model or version, 503 for one that is not ready).  Figures: :meth:`Metrics.model_statistics`
         (merged over worker processes)."""
-        name = params.get("name")
+        return HttpResponse(200, self.model_stats(params.get("name"), params.get("version")), JSON, [_NO_STORE])
+
+    def model_stats(self, name: str | None, version: str | None) -> bytes:
+        """The Triton statistics body (JSON) of every model (``name`` None), one model or one version;
+        raises as :meth:`lookup` for an unknown or unready one (every transport's)."""
         if name is not None:
-            self._lookup(name, params.get("version"))
+            self._lookup(name, version)
         versions = []
         for model in sorted(self.models.names) if name is None else (name,):
             status = self.models.status(model)
-            for version in self._ready_versions(model):
-                if params.get("version") in (None, version):
-                    versions.append((model, version, status[version].entry.kind == "generate"))
-        return HttpResponse(200, triton.model_stats(versions, self.metrics.model_statistics()), JSON, [_NO_STORE])
+            for ready in self._ready_versions(model):
+                if version in (None, ready):
+                    versions.append((model, ready, status[ready].entry.kind == "generate"))
+        return triton.model_stats(versions, self.metrics.model_statistics())
 
     def _model_ready(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                      *_: Any) -> HttpResponse:
@@ -504,24 +517,36 @@ class HttpApi:
             cfg = self.config
             req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=cfg.max_rows,
                                   explain_refusal=entry.explain_refusal)
-            if req.explain:
-                if req.rows > cfg.max_explain_rows:  # the WebSocket's limit and message
-                    raise InvalidInput(f"'inputs' has {req.rows} rows; explain takes at most {cfg.max_explain_rows} "
-                                       "rows per request (max_explain_rows)")
-                outputs = (*outputs, *oip.attribution_tensors(inputs, outputs))
-            batch = _worker_inputs(entry, inputs, req)
-            nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
-            session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
-            call = InferCall(session, exchange, entry, batch, req.rows, nbytes, "oip", now, cors, rid=req.id,
-                             outputs=outputs, requested=req.outputs, explain=req.explain)
-            deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
-            call.item = entry.worker.submit(call, priority=1 if req.priority == 1 else 0, deadline=deadline)
+            call = self.queue_infer(session, entry, req, inputs, outputs, now, lambda batch, n, nbytes, **kw: InferCall(
+                session, exchange, entry, batch, n, nbytes, "oip", now, cors, **kw))
         except WsserveError as exc:
             self._rejected(exc, name, "predict")
             raise
         session.track(call)
         exchange.on_abort = call.abort
         return None
+
+    def queue_infer(self, session: HttpSession, entry: Any, req: oip.InferRequest, inputs: tuple[oip.Tensor, ...],
+                    outputs: tuple[oip.Tensor, ...], now: float, make_call: Callable[..., InferCall]) -> InferCall:
+        """Queue a checked OIP inference (every transport's: HTTP's ``/infer``, gRPC's ModelInfer)
+        on ``entry``'s worker: the explain row bound, ``session``'s capacity, then
+        ``make_call(inputs, n, nbytes, rid=, outputs=, requested=, explain=)`` (an
+        :class:`InferCall`) is submitted with the request's priority and deadline and returned
+        (the caller tracks it).  Raises what the checks and the worker raise."""
+        cfg = self.config
+        if req.explain:
+            if req.rows > cfg.max_explain_rows:  # the WebSocket's limit and message
+                raise InvalidInput(f"'inputs' has {req.rows} rows; explain takes at most {cfg.max_explain_rows} "
+                                   "rows per request (max_explain_rows)")
+            outputs = (*outputs, *oip.attribution_tensors(inputs, outputs))
+        batch = _worker_inputs(entry, inputs, req)
+        nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
+        session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
+        call = make_call(batch, req.rows, nbytes, rid=req.id, outputs=outputs, requested=req.outputs,
+                         explain=req.explain)
+        deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
+        call.item = entry.worker.submit(call, priority=1 if req.priority == 1 else 0, deadline=deadline)
+        return call
 
     # ------------------------------------------------------------------ OIP model repository extension
 

@@ -294,6 +294,19 @@ class InferCall(PredictCall):
         self.requested = requested
 
     def _result(self, outputs: Any) -> None:
+        values, parameters = self.values(outputs)
+        body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values,
+                                           parameters)
+        if json_size is None:
+            self._answer(body)
+        else:
+            self._answer(body, "application/octet-stream",
+                         [("Inference-Header-Content-Length", str(json_size)), *self.headers])
+
+    def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
+        """The worker's ``outputs`` as one ``[n, *shape]`` array per tensor of ``self.outputs`` (the
+        attributions too, with ``explain``), and the response's parameters (or None); every OIP
+        transport encodes these."""
         n = count_rows(outputs)
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
         if isinstance(outputs, dict):
@@ -306,13 +319,7 @@ class InferCall(PredictCall):
             attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
             values.extend(attributions.reshape((n, *spec.shape)) for spec in self.outputs[len(specs):])
             parameters = oip.explain_parameters(self.explanation)
-        body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values,
-                                           parameters)
-        if json_size is None:
-            self._answer(body)
-        else:
-            self._answer(body, "application/octet-stream",
-                         [("Inference-Header-Content-Length", str(json_size)), *self.headers])
+        return values, parameters
 
 
 class CompletionCall(Call):

@@ -51,8 +51,13 @@ __all__ = [
     "attribution_tensors",
     "encode_infer",
     "explain_parameters",
+    "infer_head",
+    "input_array",
+    "input_header",
+    "integers_in_range",
     "model_metadata",
     "parse_infer",
+    "requested",
     "server_metadata",
     "signature",
 ]
@@ -195,27 +200,13 @@ def _name(obj: Mapping[str, Any], what: str, index: int) -> str:
     return name
 
 
-def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
-                *, max_rows: int, explain_refusal: str | None = _NOT_EXPLAINED) -> InferRequest:
-    """Check an inference request body against the model's tensors (see the module docstring).
-
-    ``header_length``: the ``Inference-Header-Content-Length`` value (the JSON
-    part's size; the rest of ``body`` is binary tensor data), or None for a
-    JSON-only body.  ``max_rows`` bounds the batch dimension.
-
-    ``explain_refusal``: why the model cannot be explained (raised as
-    :class:`~wsserve.errors.BadRequest` for a request with parameter
-    ``"explain": true``, before its inputs are read), or None if it can: then
-    such a request may also ask for the :func:`attribution_tensors`, and gets
-    each one after its output unless ``outputs`` names it."""
-    if header_length is None:
-        obj, binary = loads(body), None
-    else:
-        if not 0 < header_length <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
-        obj, binary = loads(body[:header_length]), memoryview(body)[header_length:]
-    if type(obj) is not dict:
-        raise BadRequest(f"the inference request must be a JSON object, got {json_type(obj)}")
+def infer_head(obj: Mapping[str, Any], inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
+               explain_refusal: str | None = _NOT_EXPLAINED) -> tuple[str | None, int, int | None, bool, bool, tuple[Tensor, ...]]:
+    """What an inference request says besides its input tensors, checked (every transport's: the
+    HTTP body's JSON object, or the gRPC request's fields as one): ``(id, priority, timeout in
+    microseconds or None, binary_data_output, explain, the attribution tensors to answer)``.
+    ``obj`` holds ``id`` and ``parameters`` (priority, timeout, binary_data_output, explain;
+    others are ignored).  Raises :class:`~wsserve.errors.BadRequest`; see :func:`parse_infer`."""
     rid = obj.get("id")
     if rid is not None and (type(rid) is not str or len(rid) > MAX_ID_LENGTH):
         raise BadRequest(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
@@ -237,6 +228,31 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     attributions = attribution_tensors(inputs, outputs) if explain else ()
     if explain and not attributions:
         raise BadRequest("explanations need a model with one input")
+    return rid, priority, None if timeout is None else timeout, binary_out, explain, attributions
+
+
+def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
+                *, max_rows: int, explain_refusal: str | None = _NOT_EXPLAINED) -> InferRequest:
+    """Check an inference request body against the model's tensors (see the module docstring).
+
+    ``header_length``: the ``Inference-Header-Content-Length`` value (the JSON
+    part's size; the rest of ``body`` is binary tensor data), or None for a
+    JSON-only body.  ``max_rows`` bounds the batch dimension.
+
+    ``explain_refusal``: why the model cannot be explained (raised as
+    :class:`~wsserve.errors.BadRequest` for a request with parameter
+    ``"explain": true``, before its inputs are read), or None if it can: then
+    such a request may also ask for the :func:`attribution_tensors`, and gets
+    each one after its output unless ``outputs`` names it."""
+    if header_length is None:
+        obj, binary = loads(body), None
+    else:
+        if not 0 < header_length <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length is {header_length}; the body has {len(body)} bytes")
+        obj, binary = loads(body[:header_length]), memoryview(body)[header_length:]
+    if type(obj) is not dict:
+        raise BadRequest(f"the inference request must be a JSON object, got {json_type(obj)}")
+    rid, priority, timeout, binary_out, explain, attributions = infer_head(obj, inputs, outputs, explain_refusal)
     given = obj.get("inputs")
     if type(given) is not list or not given:
         raise BadRequest("'inputs' must be a non-empty array of input tensors")
@@ -266,13 +282,14 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
         raise BadRequest(f"missing input {missing[0]!r}; the model takes: {', '.join(by_name)}")
     if binary is not None and offset != len(binary):
         raise BadRequest(f"the body holds {len(binary)} bytes of binary tensor data; the inputs use {offset}")
-    return InferRequest(rid, arrays, rows, _requested(obj, outputs, binary_out, attributions), priority,
-                        None if timeout is None else timeout, explain)
+    return InferRequest(rid, arrays, rows, requested(obj, outputs, binary_out, attributions), priority,
+                        timeout, explain)
 
 
-def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,
-               attributions: tuple[Tensor, ...]) -> list[tuple[int, bool]]:
-    """``(index, binary)`` of the tensors to answer, in order: indexes past the model's outputs are
+def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,
+              attributions: tuple[Tensor, ...]) -> list[tuple[int, bool]]:
+    """``(index, binary)`` of the tensors to answer, in order (``obj["outputs"]``: the requested
+    outputs, each ``{"name", "parameters"}``; absent: all): indexes past the model's outputs are
     ``attributions`` (each follows its output, in the output's form, unless named itself)."""
     wanted = obj.get("outputs")
     answerable = (*outputs, *attributions)
@@ -309,11 +326,12 @@ def _requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defau
     return out
 
 
-def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, offset: int,
-           max_rows: int) -> tuple[np.ndarray, int]:
-    """One input as ``[n, *spec.shape]`` in the spec's dtype, and the binary bytes it used."""
+def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tuple[int, np.dtype]:
+    """Check one input's declared ``shape`` (``[n, *spec.shape]``, ``1 <= n <= max_rows``) and
+    ``datatype`` (the spec's, or any float type for a float model) against ``spec`` - every
+    transport's check; return ``(values it holds, the dtype its data comes in)``.  Raises
+    :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput` naming the input."""
     name = spec.name
-    shape = tensor.get("shape")
     if type(shape) is not list or not 0 < len(shape) <= MAX_DIMS:
         raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
     for d in shape:
@@ -325,12 +343,57 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
     if not 1 <= n <= max_rows:
         raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
     count = n * math.prod(spec.shape)
-    datatype = tensor.get("datatype")
     if type(datatype) is not str or datatype not in DATATYPES:  # a list or object is unhashable
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
         raise InvalidInput(f"input {name!r} is {spec.datatype}; got {datatype}")
-    wire = DATATYPES[datatype]
+    return count, DATATYPES[datatype]
+
+
+def input_array(flat: np.ndarray, shape: list[int], spec: Tensor, *, borrowed: bool, finite: bool = False) -> np.ndarray:
+    """The model's ``[n, *spec.shape]`` array (its declared dtype) from ``flat``, the input's values
+    as they came (:func:`input_header` checked ``shape``; ``flat`` holds exactly their count):
+    floats must be finite (unless ``finite``: already known), a float narrowed to the model's
+    type must fit it.  ``borrowed``: ``flat`` is a view of a request's bytes (copied: the model
+    gets an array of its own).  Raises :class:`~wsserve.errors.InvalidInput` naming the input."""
+    name = spec.name
+    if flat.dtype.kind == "f" and not finite and not np.isfinite(flat).all():
+        raise InvalidInput(f"input {name!r} holds a value that is not finite")
+    want = DATATYPES[spec.datatype]
+    array = flat.reshape(shape)
+    if array.dtype != want:
+        if array.dtype.kind == "f" and want.kind == "f" and array.dtype.itemsize > want.itemsize:  # FP64 into FP32
+            limit = float(np.finfo(want).max)
+            if array.size and not (np.abs(array) <= limit).all():
+                raise InvalidInput(f"input {name!r} holds a value out of the {spec.datatype} range")
+        array = array.astype(want)
+    elif borrowed:
+        array = array.copy()
+    return array
+
+
+def integers_in_range(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """Integers that came in a wider type (e.g. gRPC's ``int_contents`` for ``INT8``) as ``dtype``;
+    raises :class:`~wsserve.errors.InvalidInput` naming input ``name`` (as the JSON check does)
+    for one outside ``dtype``'s range."""
+    info = np.iinfo(dtype)
+    if values.size:
+        lo, hi = values.min(), values.max()
+        bad = lo if lo < info.min else hi if hi > info.max else None
+        if bad is not None:
+            raise InvalidInput(f"input {name!r} holds {int(bad)}, which is not an integer in "
+                               f"[{int(info.min)}, {int(info.max)}]")
+    return values.astype(dtype)
+
+
+def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, offset: int,
+           max_rows: int) -> tuple[np.ndarray, int]:
+    """One input of a JSON (or JSON + binary) request as ``[n, *spec.shape]`` in the spec's dtype,
+    and the binary bytes it used."""
+    name = spec.name
+    shape = tensor.get("shape")
+    datatype = tensor.get("datatype")
+    count, wire = input_header(spec, shape, datatype, max_rows)
     size = _params(tensor, "input", name).get("binary_data_size")
     if size is not None:
         if binary is None:
@@ -342,26 +405,12 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
         if offset + size > len(binary):
             raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
         flat = np.frombuffer(binary[offset : offset + size], dtype=wire)
-        if wire.kind == "f" and not np.isfinite(flat).all():
-            raise InvalidInput(f"input {name!r} holds a value that is not finite")
-        used = size
-    else:
-        data = tensor.get("data")
-        if type(data) is not list:
-            raise BadRequest(f"input {name!r} needs 'data' (an array) or a 'binary_data_size' parameter")
-        flat = _json_data(data, shape, wire, DATATYPES[spec.datatype], name, count)
-        used = 0
-    want = DATATYPES[spec.datatype]
-    array = flat.reshape(shape)
-    if array.dtype != want:
-        if wire.kind == "f" and want.kind == "f" and wire.itemsize > want.itemsize:  # binary FP64 into an FP32 model
-            limit = float(np.finfo(want).max)
-            if array.size and not (np.abs(array) <= limit).all():
-                raise InvalidInput(f"input {name!r} holds a value out of the {spec.datatype} range")
-        array = array.astype(want)
-    elif used:  # a view of the request body (read-only): the model gets an array of its own, as from JSON
-        array = array.copy()
-    return array, used
+        return input_array(flat, shape, spec, borrowed=True), size
+    data = tensor.get("data")
+    if type(data) is not list:
+        raise BadRequest(f"input {name!r} needs 'data' (an array) or a 'binary_data_size' parameter")
+    flat = _json_data(data, shape, wire, DATATYPES[spec.datatype], name, count)
+    return input_array(flat, shape, spec, borrowed=False, finite=True), 0  # JSON numbers are finite
 
 
 _FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
