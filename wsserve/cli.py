@@ -109,6 +109,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
     opt("host", default=d.host, help="interface to bind (default %(default)s)")
     opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
+    opt("grpc_port", type=_port, default=d.grpc_port,
+        help="also serve the Open Inference Protocol over gRPC (KServe v2 / Triton's GRPCInferenceService) on "
+             "this port; 0 picks a free one, logged (not served unless given; pip install 'wsserve[grpc]')")
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
     opt("transport", choices=TRANSPORTS, default=d.transport,
         help="WebSocket implementation: websockets (default) or picows (faster; pip install 'wsserve[fast]'; no --compression)")

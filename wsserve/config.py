@@ -104,6 +104,7 @@ class ServerConfig:
     port: int = 8765
     loop: str = "auto"  # auto | asyncio | uvloop
     workers: int = 1  # server processes sharing the port (a supervisor starts them when > 1)
+    grpc_port: int | None = None  # the Open Inference Protocol over gRPC on this port (0: a free one); None: off
 
     # Models
     models: tuple[str, ...] = DEFAULT_MODELS  # the default (built-in) models to serve; () for none
@@ -171,6 +172,19 @@ class ServerConfig:
         (``Server(config, models=...)``), so no default model and no repository is fine."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"{flag('port')} must be 0..65535, got {self.port}")
+        if self.grpc_port is not None:
+            if type(self.grpc_port) is not int or not 0 <= self.grpc_port <= 65535:
+                raise ValueError(f"{flag('grpc_port')} must be 0..65535, got {self.grpc_port!r}")
+            if self.grpc_port and self.grpc_port == self.port:
+                raise ValueError(f"{flag('grpc_port')} {self.grpc_port} is also {flag('port')}: gRPC needs a port of "
+                                 "its own")
+            if self.workers > 1:
+                raise ValueError(f"{flag('grpc_port')} is not available with {flag('workers')} {self.workers}: "
+                                 "the gRPC listener is not shared between worker processes; run the gRPC "
+                                 f"endpoint with {flag('workers')} 1")
+            if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("tritonclient.grpc") is None:
+                raise ValueError(f"{flag('grpc_port')} needs grpcio and tritonclient[grpc] (its generated "
+                                 "service stubs): pip install 'wsserve[grpc]'")
         if type(self.workers) is not int or not 1 <= self.workers <= 64:
             raise ValueError(f"{flag('workers')} must be an integer in 1..64, got {self.workers!r}")
         if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:

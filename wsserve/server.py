@@ -164,6 +164,8 @@ class Server:
         self.port: int = 0
         self._watch_stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._grpc: Any = None  # the gRPC front end (wsserve.oipgrpc), with --grpc-port
+        self.grpc_port: int | None = None
 
     @property
     def draining(self) -> bool:
@@ -194,12 +196,31 @@ class Server:
         except OSError as exc:
             raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
         self.port = self._listener.sockets[0].getsockname()[1]
+        if cfg.grpc_port is not None:
+            await self._start_grpc(cfg.grpc_port)
         if cfg.reload:
             self._spawn(self._watch(), "wsserve-reload")
         if self.worker is not None:
             self._spawn(self._share_metrics(), "wsserve-metrics")
         self.ready = True
         log.info("serving %s on %s", ", ".join(self.pool.names), self.url)
+
+    async def _start_grpc(self, port: int) -> None:
+        """The Open Inference Protocol over gRPC on ``port`` (0: a free one), logged; TLS as the
+        main port's.  Raises :class:`ListenError` if the port cannot be bound."""
+        from .oipgrpc.service import GrpcFrontend
+
+        cfg = self.config
+        tls = None
+        if cfg.certfile:
+            tls = (Path(cfg.certfile).read_bytes(), Path(cfg.keyfile).read_bytes())  # type: ignore[arg-type]
+        self._grpc = GrpcFrontend(self.api, clock=monotonic, on_idle=self._note_closed)
+        try:
+            self.grpc_port = await self._grpc.start(cfg.host, port, tls)
+        except OSError as exc:
+            self._grpc = None
+            raise ListenError(exc.errno, f"gRPC port {port}: {exc.strerror or exc}") from exc
+        log.info("gRPC (Open Inference Protocol) on %s:%d", cfg.host, self.grpc_port)
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Graceful drain as in PROTOCOL.md; returns when every connection is closed
@@ -228,6 +249,8 @@ class Server:
                 conn.end_all(ShuttingDown("drain deadline reached"))
                 conn.close(1001, "server shutting down")
             self.api.end_all(ShuttingDown("drain deadline reached"))  # HTTP calls: 503, then the connection closes
+            if self._grpc is not None:
+                self._grpc.end_all(ShuttingDown("drain deadline reached"))  # gRPC: UNAVAILABLE
             self.flusher.flush()
             try:
                 async with asyncio.timeout(CLOSE_AFTER_DRAIN_S):
@@ -248,6 +271,8 @@ class Server:
         self._watch_stop.set()
         if self._listener is not None:
             self._listener.close()
+        if self._grpc is not None:  # after a drain nothing is in flight; without one, RPCs are cancelled now
+            await self._grpc.stop(CLOSE_AFTER_DRAIN_S if self._drained.is_set() else None)
         for proto in list(self._protocols):
             if isinstance(proto, HttpProtocol):
                 proto.close()
@@ -271,8 +296,9 @@ class Server:
         await self.registry.wait_retired(max(0.0, end - monotonic()))
 
     def _note_closed(self) -> None:
-        """While draining: set ``_all_closed`` once no WebSocket is open and no HTTP connection owes answers."""
-        if self._draining and not self.connections and not any(
+        """While draining: set ``_all_closed`` once no WebSocket is open, no HTTP connection owes answers
+        and no gRPC ModelInfer is in flight."""
+        if self._draining and not self.connections and not (self._grpc is not None and self._grpc.busy) and not any(
             p.busy for p in self._protocols if isinstance(p, HttpProtocol)
         ):
             self._all_closed.set()

@@ -1,0 +1,204 @@
+"""The Open Inference Protocol's gRPC messages, sans-I/O: protobuf in, checked values out, and back.
+
+The messages are KServe v2's (Triton's ``GRPCInferenceService``, as the stubs
+``tritonclient.grpc.service_pb2`` / ``model_config_pb2`` define them).  Every
+check is the HTTP route's (:mod:`wsserve.rest.oip`): a request's id and
+parameters through :func:`~wsserve.rest.oip.infer_head`, each input's shape and
+datatype through :func:`~wsserve.rest.oip.input_header`, its values (finite,
+in range) through :func:`~wsserve.rest.oip.input_array`, the requested outputs
+through :func:`~wsserve.rest.oip.requested`; what is gRPC's own is where the
+values come from:
+
+- ``raw_input_contents``: one entry per input, in the order of ``inputs`` (then
+  every input's values come raw), little-endian, exactly ``count × size`` bytes;
+- else each input's typed ``contents``: ``bool_contents`` (BOOL),
+  ``int_contents`` (INT8, INT16, INT32), ``int64_contents``, ``uint_contents``
+  (UINT8, UINT16, UINT32), ``uint64_contents``, ``fp32_contents``,
+  ``fp64_contents``; FP16 only raw (no typed field holds it); BYTES is not
+  accepted by wsserve's predictive models (refused by the datatype check).
+
+Outputs go out as ``raw_output_contents`` (one entry per answered output, in
+order), as Triton answers them.  Errors map to status codes by :func:`status_of`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2
+
+from ..errors import BadRequest, InvalidInput, WsserveError
+from ..rest import oip
+
+__all__ = ["STATUS", "infer_response", "json_message", "parameters_of", "parse_infer", "status_of", "typed_field"]
+
+#: wsserve's error code -> the gRPC status code it is answered with.
+STATUS: Mapping[str, grpc.StatusCode] = {
+    "bad_json": grpc.StatusCode.INVALID_ARGUMENT,
+    "bad_request": grpc.StatusCode.INVALID_ARGUMENT,
+    "invalid_input": grpc.StatusCode.INVALID_ARGUMENT,
+    "duplicate_id": grpc.StatusCode.INVALID_ARGUMENT,
+    "unknown_model": grpc.StatusCode.NOT_FOUND,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "cancelled": grpc.StatusCode.CANCELLED,
+    "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
+    "forbidden": grpc.StatusCode.PERMISSION_DENIED,
+    "shutting_down": grpc.StatusCode.UNAVAILABLE,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(exc: WsserveError) -> grpc.StatusCode:
+    """The status code of ``exc``: :data:`STATUS` by its code, except a model (version) that
+    exists but is not ready (HTTP's 503 ``unknown_model``): ``UNAVAILABLE``."""
+    if exc.code == "unknown_model" and getattr(exc, "http_status", None) == 503:
+        return grpc.StatusCode.UNAVAILABLE
+    return STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
+
+
+def parameters_of(params: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as the JSON request's ``parameters`` object
+    (each value the one field it sets: bool, int, float or string)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = None if which is None else getattr(value, which)
+    return out
+
+
+def _set_parameters(target: Any, params: Mapping[str, Any]) -> None:
+    for key, value in params.items():
+        if type(value) is bool:
+            target[key].bool_param = value
+        elif type(value) is int:
+            target[key].int64_param = value
+        elif type(value) is float:
+            target[key].double_param = value
+        else:
+            target[key].string_param = str(value)
+
+
+#: OIP datatype -> (the typed ``contents`` field holding it, that field's numpy dtype).
+_TYPED: Mapping[str, tuple[str, np.dtype]] = {
+    "BOOL": ("bool_contents", np.dtype(bool)),
+    "INT8": ("int_contents", np.dtype("<i4")), "INT16": ("int_contents", np.dtype("<i4")),
+    "INT32": ("int_contents", np.dtype("<i4")), "INT64": ("int64_contents", np.dtype("<i8")),
+    "UINT8": ("uint_contents", np.dtype("<u4")), "UINT16": ("uint_contents", np.dtype("<u4")),
+    "UINT32": ("uint_contents", np.dtype("<u4")), "UINT64": ("uint64_contents", np.dtype("<u8")),
+    "FP32": ("fp32_contents", np.dtype("<f4")), "FP64": ("fp64_contents", np.dtype("<f8")),
+}
+
+
+def typed_field(datatype: str) -> str | None:
+    """The ``InferTensorContents`` field that holds ``datatype`` values (None: raw only)."""
+    found = _TYPED.get(datatype)
+    return None if found is None else found[0]
+
+
+def _typed_values(tensor: Any, wire: np.dtype, shape: list[int], count: int) -> np.ndarray:
+    """An input's values from its typed ``contents`` field, as ``wire`` (integers range-checked)."""
+    name, datatype = tensor.name, tensor.datatype
+    found = _TYPED.get(datatype)
+    if found is None:
+        raise BadRequest(f"input {name!r}: {datatype} values can only be sent in raw_input_contents")
+    field, dtype = found
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} values in 'contents.{field}'; it holds "
+                           f"{len(values)}")
+    flat = np.array(values, dtype=dtype)
+    if dtype != wire:
+        flat = oip.integers_in_range(flat, wire, name)
+    return flat
+
+
+def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip.Tensor, ...], *, max_rows: int,
+                explain_refusal: str | None) -> oip.InferRequest:
+    """Check a ``ModelInferRequest`` against the model's tensors, as :func:`wsserve.rest.oip.parse_infer`
+    checks an HTTP body (same rules, same messages where the field is the same); raises
+    :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`."""
+    obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
+    if request.id:
+        obj["id"] = request.id
+    if request.outputs:
+        obj["outputs"] = [{"name": o.name, "parameters": parameters_of(o.parameters)} for o in request.outputs]
+    rid, priority, timeout, _binary, explain, attributions = oip.infer_head(obj, inputs, outputs, explain_refusal)
+    given = request.inputs
+    if not given:
+        raise BadRequest("'inputs' must hold at least one input tensor")
+    if len(given) > oip.MAX_TENSORS:
+        raise BadRequest(f"'inputs' holds {len(given)} tensors; at most {oip.MAX_TENSORS}")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(given):
+        raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(given)}: send every input's "
+                         "values raw (one entry per input, in order) or every input's in its 'contents'")
+    by_name = {t.name: t for t in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    rows = -1
+    for i, tensor in enumerate(given):
+        name = tensor.name
+        if not 0 < len(name) <= oip.MAX_NAME_LENGTH:
+            raise BadRequest(f"'inputs' item {i} needs a 'name' (a string of 1 to {oip.MAX_NAME_LENGTH} characters)")
+        spec = by_name.get(name)
+        if spec is None:
+            raise BadRequest(f"unknown input {name!r}; the model takes: {', '.join(by_name) or 'none'}")
+        if name in arrays:
+            raise BadRequest(f"input {name!r} is given twice")
+        shape = list(tensor.shape)
+        count, wire = oip.input_header(spec, shape, tensor.datatype, max_rows)
+        if raw:
+            if tensor.HasField("contents"):
+                raise BadRequest(f"input {name!r} has 'contents' and raw_input_contents: send its values once")
+            data = raw[i]
+            if len(data) != count * wire.itemsize:
+                raise InvalidInput(f"input {name!r}: raw_input_contents[{i}] holds {len(data)} bytes; shape {shape} "
+                                   f"of {tensor.datatype} needs {count * wire.itemsize}")
+            array = oip.input_array(np.frombuffer(data, dtype=wire), shape, spec, borrowed=True)
+        else:
+            array = oip.input_array(_typed_values(tensor, wire, shape, count), shape, spec, borrowed=False)
+        if rows >= 0 and array.shape[0] != rows:
+            raise InvalidInput(f"input {name!r} has {array.shape[0]} rows; the other inputs have {rows}")
+        rows = array.shape[0]
+        arrays[name] = array
+    missing = [t.name for t in inputs if t.name not in arrays]
+    if missing:
+        raise BadRequest(f"missing input {missing[0]!r}; the model takes: {', '.join(by_name)}")
+    return oip.InferRequest(rid, arrays, rows, oip.requested(obj, outputs, False, attributions), priority, timeout,
+                            explain)
+
+
+def infer_response(model: str, version: str, rid: str | None, outputs: tuple[oip.Tensor, ...],
+                   requested: list[tuple[int, bool]], values: list[np.ndarray],
+                   parameters: Mapping[str, Any] | None) -> Any:
+    """The ``ModelInferResponse``: each requested output (``values[i]`` is output ``i``, ``[n, *shape]``)
+    in its declared datatype as one ``raw_output_contents`` entry; ``id`` echoed."""
+    response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
+    for index, _binary in requested:
+        spec = outputs[index]
+        array = np.ascontiguousarray(values[index], dtype=oip.DATATYPES[spec.datatype])
+        tensor = response.outputs.add()
+        tensor.name = spec.name
+        tensor.datatype = spec.datatype
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    if parameters:
+        _set_parameters(response.parameters, parameters)
+    return response
+
+
+def json_message(body: bytes, message: Any) -> Any:
+    """``message`` (a protobuf message) filled from a JSON body the HTTP routes answer, by the
+    protobuf JSON mapping: the OIP and Triton JSON shapes are these messages' (fields the message
+    does not have, e.g. the metadata's ``parameters``, are left out)."""
+    return json_format.Parse(body, message, ignore_unknown_fields=True)
+
+
+def model_config(body: bytes) -> Any:
+    """Triton's ``ModelConfig`` from :func:`wsserve.rest.triton.model_config`'s JSON."""
+    return json_message(body, model_config_pb2.ModelConfig())

@@ -1,0 +1,281 @@
+"""The gRPC front end: a ``grpc.aio`` server on the server's loop, answering KServe v2's RPCs.
+
+:class:`GrpcFrontend` is started, drained and stopped by :class:`~wsserve.server.Server`
+(``--grpc-port``).  It is an adapter only: every answer is the HTTP API's
+(:class:`~wsserve.rest.HttpApi`: the same lookups, bodies, admission, worker
+queues and metrics), converted by :mod:`wsserve.oipgrpc.convert`.
+
+A gRPC "connection", for ``max_inflight``, ``max_inflight_bytes`` and
+``rate_limit_per_s``, is the client's HTTP/2 connection: the RPC's peer
+(``ipv4:ADDRESS:PORT``), one :class:`~wsserve.rest.calls.HttpSession` each.
+A peer's session is forgotten once it has nothing in flight and its rate
+bucket has refilled (it is then no different from a new one), so sessions do
+not pile up; gRPC connections do not count against ``--max-connections``
+(grpc accepts them itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from ..admission import check_bearer
+from ..errors import BadRequest, Internal, UnknownModel, WsserveError
+from ..rest.calls import HttpSession, InferCall
+from . import convert
+
+__all__ = ["GrpcFrontend", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
+
+log = logging.getLogger("wsserve.grpc")
+
+#: The RPCs answered; every other one of the service is UNIMPLEMENTED.
+IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+               "ModelInfer", "ModelStatistics")
+UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+                      if m.name not in IMPLEMENTED)
+#: Sessions kept before the idle ones are forgotten (then twice as many as remain, at least this).
+_SWEEP_AT = 64
+
+
+class GrpcInferCall(InferCall):
+    """A ModelInfer's rows through the predict worker: the outputs (or the error) go to ``future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, *args: Any, future: asyncio.Future[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.future = future
+
+    def _result(self, outputs: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(self.values(outputs))
+
+    def _error(self, exc: WsserveError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def _address(peer: str) -> str:
+    """The client's address in a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:rest.find("]")]
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return peer
+
+
+class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The GRPCInferenceService of one server.  Event-loop thread only.
+
+    ``api``: the server's :class:`~wsserve.rest.HttpApi`; ``on_idle``: called when the last
+    ModelInfer in flight ended (the drain waits for it); ``clock``: monotonic seconds."""
+
+    def __init__(self, api: Any, *, clock: Callable[[], float], on_idle: Callable[[], None]) -> None:
+        self.api = api
+        self.config = api.config
+        self.clock = clock
+        self.on_idle = on_idle
+        #: ModelInfer RPCs whose rows are queued or computing.
+        self.busy = 0
+        self.sessions: dict[str, HttpSession] = {}
+        self._sweep_at = _SWEEP_AT
+        self._server: grpc.aio.Server | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> int:
+        """Listen on ``host:port`` (0: a free port); returns the port.  Raises ``OSError`` when the
+        port cannot be bound."""
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port already taken is refused, not shared
+        ])
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+        except RuntimeError as exc:  # grpc's "Failed to bind"
+            raise OSError(f"cannot bind the gRPC port {address}: {exc}") from None
+        if not bound:
+            raise OSError(f"cannot bind the gRPC port {address}")
+        await server.start()
+        self._server = server
+        return bound
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Stop listening; RPCs still running get ``grace_s`` (None: cancelled now)."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+
+    def end_all(self, exc: WsserveError) -> None:
+        """End every unfinished ModelInfer with ``exc`` (the drain deadline)."""
+        for session in list(self.sessions.values()):
+            session.end_all(exc)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: WsserveError) -> None:
+        metadata = (("retry-after-ms", str(exc.retry_after_ms)),) if exc.retry_after_ms is not None else ()
+        await context.abort(convert.status_of(exc), exc.message, metadata)
+
+    async def _key(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The caller's API key (None with keys off); aborts UNAUTHENTICATED without a valid one
+        (RESOURCE_EXHAUSTED while its address has failed too often)."""
+        if not self.config.api_key:
+            return None
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        try:
+            if len(values) > 1:
+                raise BadRequest("duplicate authorization metadata")
+            value = values[0] if values else None
+            if isinstance(value, bytes):
+                value = value.decode("latin-1")
+            return check_bearer(self.api.keys, _address(context.peer()), value, self.clock())
+        except WsserveError as exc:
+            await self._abort(context, exc)
+            raise  # not reached: abort raises
+
+    def _session(self, peer: str, now: float) -> HttpSession:
+        session = self.sessions.get(peer)
+        if session is None:
+            if len(self.sessions) >= self._sweep_at:
+                for old, s in list(self.sessions.items()):
+                    if not s.calls and s.admission.fresh(now):
+                        del self.sessions[old]
+                self._sweep_at = max(_SWEEP_AT, 2 * len(self.sessions))
+            api = self.api
+            session = HttpSession(self.config, api.shared, api.metrics, self.clock, _address(peer), now)
+            self.sessions[peer] = session
+        return session
+
+    async def _entry(self, context: grpc.aio.ServicerContext, name: str, version: str) -> Any:
+        try:
+            return self.api.lookup(name, version or None)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+
+    # ------------------------------------------------------------------ health and metadata
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.api.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        try:
+            self.api.lookup(request.name, request.version or None)
+        except UnknownModel as exc:
+            if convert.status_of(exc) is grpc.StatusCode.UNAVAILABLE:  # exists, not ready
+                return service_pb2.ModelReadyResponse(ready=False)
+            await self._abort(context, exc)
+        return service_pb2.ModelReadyResponse(ready=self.api.ready())
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        extensions = [e for e in self.api.extensions if e != "model_repository"]  # HTTP only
+        return service_pb2.ServerMetadataResponse(name="wsserve", version=self.api.version, extensions=extensions)
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        entry = await self._entry(context, request.name, request.version)
+        return convert.json_message(self.api.model_metadata(entry), service_pb2.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        entry = await self._entry(context, request.name, request.version)
+        return service_pb2.ModelConfigResponse(config=convert.model_config(self.api.model_config(entry)))
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        try:
+            body = self.api.model_stats(request.name or None, request.version or None)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return convert.json_message(body, service_pb2.ModelStatisticsResponse())
+
+    # ------------------------------------------------------------------ inference
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Rows through the model's queue as an HTTP ``/infer``'s (same checks, admission, metrics);
+        a cancelled RPC (the client's, or its deadline) drops its queued rows."""
+        key = await self._key(context)
+        api, cfg = self.api, self.config
+        now = self.clock()
+        name = request.model_name
+        session = self._session(context.peer(), now)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            session.admission.admit(key, now)
+            entry = api.lookup(name, request.model_version or None)
+            if entry.kind != "predict":
+                raise BadRequest(f"model {name!r} generates text: use POST /v1/completions or Triton's generate "
+                                 "extension over HTTP")
+            inputs, outputs = api.signature(entry)
+            if not inputs or not outputs:
+                raise BadRequest(f"model {name!r} declares no input or output tensors")
+            req = convert.parse_infer(request, inputs, outputs, max_rows=cfg.max_rows,
+                                      explain_refusal=entry.explain_refusal)
+            remaining = context.time_remaining()
+            if remaining is not None:  # the RPC's deadline bounds the rows' time in the queue too
+                req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
+            call = api.queue_infer(session, entry, req, inputs, outputs, now, lambda batch, n, nbytes, **kw: (
+                GrpcInferCall(session, None, entry, batch, n, nbytes, "oip", now, None, future=future, **kw)))
+        except WsserveError as exc:
+            api.rejected(exc, name, "predict")
+            await self._abort(context, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
+            log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
+            await self._abort(context, Internal("internal error"))
+        session.track(call)
+        self.busy += 1
+        try:
+            values, parameters = await future
+        except asyncio.CancelledError:  # the client cancelled, or the deadline passed
+            call.abort()
+            raise
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
+            log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
+            await self._abort(context, Internal("internal error"))
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.on_idle()
+        try:
+            return convert.infer_response(call.model, call.version, call.rid, call.outputs, call.requested, values,
+                                          parameters)
+        except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
+            log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
+            await self._abort(context, Internal("internal error"))
+
+
+def _unimplemented(name: str) -> Callable[..., Any]:
+    async def method(self: GrpcFrontend, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"{name} is not implemented by wsserve (its gRPC endpoint answers: {', '.join(IMPLEMENTED)})")
+
+    method.__name__ = name
+    return method
+
+
+def _install_unimplemented() -> None:
+    """Every RPC of the service not in :data:`IMPLEMENTED` answers UNIMPLEMENTED (as an async
+    handler: the generated base class's are synchronous)."""
+    for name in UNIMPLEMENTED:
+        setattr(GrpcFrontend, name, _unimplemented(name))
+
+
+_install_unimplemented()
