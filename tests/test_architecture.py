@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "wsserve.generation": 2, "wsserve.pool": 2,
     "wsserve.jobs": 3, "wsserve.admission": 3,
     "wsserve.connection": 4, "wsserve.rest": 4,
-    "wsserve.transport": 5,
+    "wsserve.transport": 5, "wsserve.oipgrpc": 5,
     "wsserve.server": 6,
     "wsserve.registry": 5, "wsserve.worker": 2, "wsserve.supervisor": 7,
     "wsserve.cli": 8, "wsserve.embed": 8,
@@ -128,7 +128,7 @@ def test_core_modules_import_only_downward() -> None:
 def test_the_connection_core_touches_no_socket_loop_or_clock() -> None:
     """Sans-I/O: the core modules import neither asyncio nor time."""
     for name in ("connection", "jobs", "protocol", "chat", "batching", "auth", "ratelimit", "admission", "httpmsg",
-                 "rest/api", "rest/calls", "rest/oip", "rest/openai", "rest/router", "rest/errors", "rest/tokenize"):
+                 "rest/api", "rest/calls", "rest/oip", "rest/openai", "rest/router", "rest/errors", "rest/tokenize", "oipgrpc/convert"):
         deps = {a.name if isinstance(a, ast.alias) else "" for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text()))
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
         mods = {n.module for n in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text()))

@@ -1,0 +1,371 @@
+"""The Open Inference Protocol over gRPC (``--grpc-port``), driven by Triton's own clients.
+
+``tritonclient.grpc`` (sync) and ``tritonclient.grpc.aio`` against a real server on
+loopback, plus the generated stub for what the clients do not send themselves (typed
+``contents``, a cancelled RPC).  Answers are compared with the HTTP OIP route's for the
+same input: two transports, one answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.repo_models import AFFINE_CONFIG, GATED_PY, write_affine
+from tests.support import ServerProcess, wait_until
+
+grpc = pytest.importorskip("grpc")  # the grpc extra installs it
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.grpc.aio as tgrpc_aio  # noqa: E402
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+#: The log line naming the gRPC port (``--grpc-port 0`` picks a free one).
+GRPC_LINE = re.compile(r"gRPC \(Open Inference Protocol\) on [0-9.]+:(\d+)")
+
+
+def grpc_address(proc: ServerProcess) -> str:
+    """``127.0.0.1:PORT`` of ``proc``'s gRPC endpoint, read from its log."""
+    found = wait_until(lambda: GRPC_LINE.search(proc.stderr_text()), 30.0, what="the gRPC port in the server's log")
+    return f"127.0.0.1:{found.group(1)}"
+
+
+def start(cache: Path, *flags: str) -> tuple[ServerProcess, str]:
+    proc = ServerProcess("--grpc-port", "0", *flags, cache_dir=cache)
+    return proc, grpc_address(proc)
+
+
+@pytest.fixture(scope="module")
+def served(model_cache: Path):
+    proc, address = start(model_cache)
+    yield proc, address
+    proc.stop()
+
+
+@pytest.fixture
+def client(served):
+    c = tgrpc.InferenceServerClient(served[1])
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def stub(served):
+    channel = grpc.insecure_channel(served[1])
+    yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def _infer(client, model: str, x: np.ndarray, datatype: str, **kwargs):
+    inp = tgrpc.InferInput("input", list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp], **kwargs)
+
+
+def _refused(call, *args, **kwargs) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def _requests(proc: ServerProcess, **labels: str) -> float:
+    return proc.metrics().get("wsserve_requests_total", **labels)
+
+
+# --------------------------------------------------------------------------- health, metadata, config
+
+
+def test_health_metadata_and_config(client) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta.name == "wsserve" and list(meta.extensions) == ["binary_tensor_data", "model_configuration",
+                                                                "statistics"]
+    mlp = client.get_model_metadata("mlp")
+    assert mlp.name == "mlp" and list(mlp.versions) == ["1"]
+    assert [(t.name, t.datatype, list(t.shape)) for t in mlp.inputs] == [("input", "FP32", [-1, 32])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in mlp.outputs] == [("output", "FP64", [-1, 10])]
+    assert client.is_model_ready("linear") and client.is_model_ready("mlp", model_version="1")
+    config = client.get_model_config("mlp").config
+    assert config.name == "mlp" and config.max_batch_size == 65536
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("input", 11, [32])]  # TYPE_FP32
+    assert config.parameters["max_batch_rows"].string_value == "256"
+    assert config.dynamic_batching.priority_levels == 2
+    charlm = client.get_model_config("charlm").config
+    assert charlm.max_batch_size == 0 and charlm.model_transaction_policy.decoupled
+
+
+def test_unknown_model_is_not_found(client) -> None:
+    for call in (client.get_model_metadata, client.get_model_config, client.is_model_ready):
+        err = _refused(call, "nope")
+        assert err.status() == "StatusCode.NOT_FOUND" and "nope" in err.message()
+    err = _refused(_infer, client, "nope", np.zeros((1, 1)), "FP64")
+    assert err.status() == "StatusCode.NOT_FOUND" and "no model named 'nope'" in err.message()
+    assert _refused(client.get_model_metadata, "mlp", model_version="9").status() == "StatusCode.NOT_FOUND"
+
+
+def test_other_rpcs_are_unimplemented(client) -> None:
+    err = _refused(client.get_model_repository_index)
+    assert err.status() == "StatusCode.UNIMPLEMENTED" and "RepositoryIndex" in err.message()
+    assert _refused(client.get_system_shared_memory_status).status() == "StatusCode.UNIMPLEMENTED"
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@pytest.mark.parametrize("model, width, datatype", [("linear", 1, "FP64"), ("mlp", 32, "FP32")])
+def test_infer_answers_as_the_http_route(served, client, model: str, width: int, datatype: str) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, width)).astype(np.float64 if datatype == "FP64" else np.float32)
+    result = _infer(client, model, x, datatype, request_id="req-1")
+    response = result.get_response()
+    assert response.id == "req-1" and response.model_name == model and response.model_version == "1"
+    assert [(t.name, t.datatype, list(t.shape)) for t in response.outputs] == [
+        ("output", "FP64", [5, 1 if model == "linear" else 10])]
+    http = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
+    try:
+        inp = thttp.InferInput("input", list(x.shape), datatype)
+        inp.set_data_from_numpy(x)
+        expected = http.infer(model, [inp]).as_numpy("output")
+    finally:
+        http.close()
+    assert np.array_equal(result.as_numpy("output"), expected)
+
+
+def test_typed_contents_answer_as_raw_ones(client, stub) -> None:
+    x = np.random.default_rng(3).normal(size=(4, 32)).astype(np.float32)
+    raw = _infer(client, "mlp", x, "FP32").as_numpy("output")
+    request = service_pb2.ModelInferRequest(model_name="mlp", id="typed")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[4, 32])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    response = stub.ModelInfer(request)
+    assert response.id == "typed"
+    out = np.frombuffer(response.raw_output_contents[0], dtype="<f8").reshape(list(response.outputs[0].shape))
+    assert np.array_equal(out, raw)
+    # a float model takes FP64 too (rounded to its FP32 first, as over HTTP)
+    request = service_pb2.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="input", datatype="FP64", shape=[4, 32]).contents.fp64_contents.extend(
+        x.astype(np.float64).ravel().tolist())
+    out = np.frombuffer(stub.ModelInfer(request).raw_output_contents[0], dtype="<f8").reshape(4, 10)
+    assert np.array_equal(out, raw)
+
+
+def test_bad_input_is_invalid_argument_with_wsserves_message(client, stub) -> None:
+    cases = [
+        (np.zeros((2, 3)), "FP64", "input 'input' has shape [2, 3]; the model takes [-1, 1]"),
+        (np.zeros((2, 1), dtype=np.int32), "INT32", "input 'input' is FP64; got INT32"),
+        (np.array([[1.0], [np.nan]]), "FP64", "input 'input' holds a value that is not finite"),
+        (np.array([[1.0], [np.inf]]), "FP64", "input 'input' holds a value that is not finite"),
+    ]
+    for x, datatype, message in cases:
+        err = _refused(_infer, client, "linear", x, datatype)
+        assert err.status() == "StatusCode.INVALID_ARGUMENT" and err.message() == message, err
+    # FP64 into the FP32 model: out of FP32's range
+    err = _refused(_infer, client, "mlp", np.full((1, 32), 1e300), "FP64")
+    assert err.message() == "input 'input' holds a value out of the FP32 range"
+    # the raw bytes must be the shape's
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    request.inputs.add(name="input", datatype="FP64", shape=[2, 1])
+    request.raw_input_contents.append(b"\0" * 8)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "input 'input': raw_input_contents[0] holds 8 bytes; shape [2, 1] of FP64 needs 16"
+    # typed contents of the wrong count, or in the wrong field
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    request.inputs.add(name="input", datatype="FP64", shape=[2, 1]).contents.fp32_contents.extend([1.0, 2.0])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "input 'input': shape [2, 1] needs 2 values in 'contents.fp64_contents'; it holds 0"
+    # BYTES is not a datatype these models take; an unknown input or output is named
+    err = _refused(_infer, client, "linear", np.array([[b"a"]], dtype=np.object_), "BYTES")
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "unsupported datatype 'BYTES'" in err.message()
+    inp = tgrpc.InferInput("input", [1, 1], "FP64")
+    inp.set_data_from_numpy(np.zeros((1, 1)))
+    err = _refused(client.infer, "linear", [inp], outputs=[tgrpc.InferRequestedOutput("nope")])
+    assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    assert err.message() == "unknown output 'nope'; the model produces: output"
+    # one request's failure touches no other: the next one is answered
+    assert _infer(client, "linear", np.ones((1, 1)), "FP64").as_numpy("output").shape == (1, 1)
+
+
+def test_outputs_selection_priority_and_timeout(client) -> None:
+    x = np.ones((2, 1))
+    inp = tgrpc.InferInput("input", [2, 1], "FP64")
+    inp.set_data_from_numpy(x)
+    plain = client.infer("linear", [inp]).as_numpy("output")
+    result = client.infer("linear", [inp], outputs=[tgrpc.InferRequestedOutput("output")], priority=1,
+                          timeout=10_000_000)
+    assert np.array_equal(result.as_numpy("output"), plain)
+    err = _refused(client.infer, "linear", [inp], timeout=-5)
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "parameter 'timeout'" in err.message()
+
+
+def test_metrics_count_grpc_inferences_as_http_ones(served, client) -> None:
+    proc = served[0]
+    ok = _requests(proc, code="ok", model="linear", type="predict")
+    bad = _requests(proc, code="invalid_input", model="linear", type="predict")
+    _infer(client, "linear", np.ones((3, 1)), "FP64")
+    _refused(_infer, client, "linear", np.ones((3, 2)), "FP64")
+    assert _requests(proc, code="ok", model="linear", type="predict") == ok + 1
+    assert _requests(proc, code="invalid_input", model="linear", type="predict") == bad + 1
+    stats = client.get_inference_statistics("linear").model_stats[0]
+    assert stats.name == "linear" and stats.inference_count >= 3 and stats.inference_stats.success.count >= 1
+
+
+# --------------------------------------------------------------------------- batching (asyncio client)
+
+
+def test_concurrent_rpcs_are_batched(model_cache: Path, client) -> None:
+    """16 one-row RPCs at once, a batch of at most 16 rows and a long window: one execution (each
+    RPC answered its own row's outputs, as the module's server answers them in one request)."""
+    proc, address = start(model_cache, "--models", "mlp", "--max-batch-size", "16", "--max-delay-ms", "60000")
+    x = np.random.default_rng(5).normal(size=(16, 32)).astype(np.float32)
+
+    async def run() -> list[np.ndarray]:
+        client = tgrpc_aio.InferenceServerClient(address)
+        try:
+            async def one(i: int) -> np.ndarray:
+                inp = tgrpc_aio.InferInput("input", [1, 32], "FP32")
+                inp.set_data_from_numpy(x[i : i + 1])
+                return (await client.infer("mlp", [inp], request_id=str(i))).as_numpy("output")
+
+            return await asyncio.gather(*(one(i) for i in range(16)))
+        finally:
+            await client.close()
+
+    try:
+        outputs = asyncio.run(run())
+        batched = tgrpc.InferenceServerClient(address)
+        stats = batched.get_inference_statistics("mlp").model_stats[0]
+        batched.close()
+        alone = _infer(client, "mlp", x, "FP32").as_numpy("output")
+        assert stats.inference_count == 16 and stats.execution_count == 1
+        assert [(b.batch_size, b.compute_infer.count) for b in stats.batch_stats] == [(16, 1)]
+        assert proc.metrics().get("wsserve_batch_size_count", model="mlp") >= 1
+        assert np.allclose(np.concatenate(outputs), alone)  # each RPC got its own row's answer
+    finally:
+        proc.stop()
+
+
+# --------------------------------------------------------------------------- auth, cancel, deadline, drain
+
+
+def test_api_keys(model_cache: Path) -> None:
+    proc, address = start(model_cache, "--models", "linear", "--api-key", "k1")
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # probes need no key, as over HTTP
+        for headers in (None, {"authorization": "Bearer nope"}, {"authorization": "k1"}):
+            err = _refused(client.get_model_metadata, "linear", headers=headers)
+            assert err.status() == "StatusCode.UNAUTHENTICATED", headers
+            err = _refused(_infer, client, "linear", np.ones((1, 1)), "FP64", headers=headers)
+            assert err.status() == "StatusCode.UNAUTHENTICATED", headers
+        good = {"authorization": "Bearer k1"}
+        assert client.get_model_metadata("linear", headers=good).name == "linear"
+        assert _infer(client, "linear", np.ones((1, 1)), "FP64", headers=good).as_numpy("output").shape == (1, 1)
+    finally:
+        client.close()
+        proc.stop()
+
+
+def _held(model_cache: Path, tmp_path: Path, *flags: str) -> tuple[ServerProcess, str, Path]:
+    """A server whose model ``g`` holds a row starting with -1 until the file ``gate`` exists."""
+    repo, gate = tmp_path / "repo", tmp_path / "gate"
+    (repo / "g").mkdir(parents=True)
+    (repo / "g" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "g" / "1", bias=0.0, source=GATED_PY, **{"gate.txt": str(gate)})
+    proc, address = start(model_cache, "--models", "none", "--model-repository", str(repo), *flags)
+    return proc, address, gate
+
+
+def _held_request() -> object:
+    request = service_pb2.ModelInferRequest(model_name="g")
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 3]).contents.fp64_contents.extend([-1.0, 0.0, 0.0])
+    return request
+
+
+def test_a_cancelled_rpc_drops_its_queued_rows(model_cache: Path) -> None:
+    proc, address = start(model_cache, "--models", "linear", "--max-batch-size", "2", "--max-delay-ms", "60000")
+    channel = grpc.insecure_channel(address)
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="linear")
+        request.inputs.add(name="input", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1.0)
+        future = stub.ModelInfer.future(request)  # waits in the window for a second row
+        wait_until(lambda: proc.metrics().value("wsserve_inflight_requests") == 1, 30.0, what="the row queued")
+        future.cancel()
+        wait_until(lambda: proc.metrics().value("wsserve_inflight_requests") == 0, 30.0, what="the row dropped")
+        assert _requests(proc, code="cancelled", model="linear", type="predict") == 1
+        # the deadline of an RPC ends it too
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=0.5)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: proc.metrics().value("wsserve_inflight_requests") == 0, 30.0, what="the row dropped")
+    finally:
+        channel.close()
+        proc.stop()
+
+
+def test_drain_refuses_new_rpcs_and_finishes_the_running_one(model_cache: Path, tmp_path: Path) -> None:
+    proc, address, gate = _held(model_cache, tmp_path, "--drain-timeout", "60")
+    channel = grpc.insecure_channel(address)
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        running = stub.ModelInfer.future(_held_request())
+        wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
+        proc.signal(signal.SIGTERM)
+        wait_until(lambda: not stub.ServerReady(service_pb2.ServerReadyRequest()).ready, 30.0,
+                   what="ServerReady false")
+        assert not stub.ModelReady(service_pb2.ModelReadyRequest(name="g")).ready
+        request = service_pb2.ModelInferRequest(model_name="g")
+        request.inputs.add(name="input", datatype="FP64", shape=[1, 3]).contents.fp64_contents.extend([1.0, 2.0, 3.0])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "server is draining; no new work is accepted"
+        gate.touch()
+        response = running.result(timeout=30)
+        assert np.frombuffer(response.raw_output_contents[0], dtype="<f8").tolist() == [-1.0]
+        assert proc.wait(30) == 0
+    finally:
+        gate.touch()
+        channel.close()
+        proc.stop()
+
+
+def test_drain_deadline_ends_the_running_rpc_unavailable(model_cache: Path, tmp_path: Path) -> None:
+    proc, address, gate = _held(model_cache, tmp_path, "--drain-timeout", "1")
+    channel = grpc.insecure_channel(address)
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        running = stub.ModelInfer.future(_held_request())
+        wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
+        proc.signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as info:
+            running.result(timeout=30)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and info.value.details() == "drain deadline reached"
+    finally:
+        gate.touch()
+        channel.close()
+        proc.stop()
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_grpc_port_is_validated() -> None:
+    from wsserve.config import ServerConfig
+
+    with pytest.raises(ValueError, match="--grpc-port must be 0..65535"):
+        ServerConfig(grpc_port=70000).validate()
+    with pytest.raises(ValueError, match="--grpc-port is not available with --workers 2"):
+        ServerConfig(grpc_port=9000, workers=2).validate()
+    with pytest.raises(ValueError, match="--grpc-port 8765 is also --port"):
+        ServerConfig(grpc_port=8765, port=8765).validate()
