@@ -9,8 +9,11 @@ same input: two transports, one answer.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +372,56 @@ def test_grpc_port_is_validated() -> None:
         ServerConfig(grpc_port=9000, workers=2).validate()
     with pytest.raises(ValueError, match="--grpc-port 8765 is also --port"):
         ServerConfig(grpc_port=8765, port=8765).validate()
+
+
+def test_explain_answers_the_http_routes_attributions(served, client) -> None:
+    x = np.random.default_rng(11).normal(size=(2, 32)).astype(np.float32)
+    inp = tgrpc.InferInput("input", [2, 32], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp], parameters={"explain": True})
+    assert [t.name for t in result.get_response().outputs] == ["output", "output_attributions"]
+    params = result.get_response().parameters
+    assert params["explain"].bool_param and params["explain_method"].string_param == "integrated-gradients"
+    http = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
+    try:
+        hinp = thttp.InferInput("input", [2, 32], "FP32")
+        hinp.set_data_from_numpy(x)
+        expected = http.infer("mlp", [hinp], parameters={"explain": True}).as_numpy("output_attributions")
+    finally:
+        http.close()
+    assert np.array_equal(result.as_numpy("output_attributions"), expected)
+    err = _refused(_infer, client, "linear", np.ones((300, 1)), "FP64", parameters={"explain": True})
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "max_explain_rows" in err.message()
+
+
+def test_a_message_over_max_message_bytes_is_refused(client) -> None:
+    rows = (1 << 20) // 8 + 1  # one FP64 value a row: just over the 1 MiB default
+    err = _refused(_infer, client, "linear", np.ones((rows, 1)), "FP64")
+    assert err.status() == "StatusCode.RESOURCE_EXHAUSTED", err
+    assert _infer(client, "linear", np.ones((1, 1)), "FP64").as_numpy("output").shape == (1, 1)
+
+
+# --------------------------------------------------------------------------- Triton's perf_analyzer
+
+_PERF_ANALYZER_DEFAULT = Path(__file__).resolve().parent.parent / ".cache" / "perf_analyzer" / "perf_analyzer"
+
+
+def test_perf_analyzer_runs_over_grpc(served, client) -> None:
+    """Triton's load generator over gRPC (``-i grpc``): the model's config and statistics through the
+    RPCs, a bounded count of batch-4 ModelInfer requests on two concurrent streams of work."""
+    binary = os.environ.get("WSSERVE_PERF_ANALYZER") or (
+        str(_PERF_ANALYZER_DEFAULT) if _PERF_ANALYZER_DEFAULT.exists() else shutil.which("perf_analyzer"))
+    if not binary:
+        pytest.skip("perf_analyzer is not installed: bash scripts/install-perf-analyzer")
+    before = client.get_inference_statistics("mlp").model_stats[0].inference_stats.success.count
+    run = subprocess.run(
+        [binary, "-m", "mlp", "-u", served[1], "-i", "grpc", "-b", "4", "--concurrency-range", "2",
+         "--measurement-mode", "count_windows", "--measurement-request-count", "100", "--max-trials", "3",
+         "--stability-percentage", "100000"],  # no timing criterion: 3 windows of >= 100 requests are enough
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = dict(re.findall(r"^\s+(Inference count|Successful request count): (\d+)$", run.stdout, re.M))
+    requests = int(figures["Successful request count"])
+    assert requests >= 100 and int(figures["Inference count"]) == 4 * requests
+    after = client.get_inference_statistics("mlp").model_stats[0].inference_stats.success.count
+    assert after - before >= requests
