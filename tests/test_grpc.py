@@ -425,3 +425,43 @@ def test_perf_analyzer_runs_over_grpc(served, client) -> None:
     assert requests >= 100 and int(figures["Inference count"]) == 4 * requests
     after = client.get_inference_statistics("mlp").model_stats[0].inference_stats.success.count
     assert after - before >= requests
+
+
+def test_rate_limits_are_per_http2_connection(model_cache: Path) -> None:
+    """``--rate-limit-per-s`` counts per HTTP/2 connection: a second RPC on the same channel is
+    refused RESOURCE_EXHAUSTED, while another connection has its own budget (a channel of its own
+    subchannel pool: grpc otherwise shares one connection between a process's channels)."""
+    proc, address = start(model_cache, "--models", "linear", "--rate-limit-per-s", "0.001", "--rate-limit-burst", "1")
+    clients = [tgrpc.InferenceServerClient(address, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+               for _ in range(2)]
+    try:
+        x = np.ones((1, 1))
+        assert _infer(clients[0], "linear", x, "FP64").as_numpy("output").shape == (1, 1)
+        err = _refused(_infer, clients[0], "linear", x, "FP64")
+        assert err.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert err.message() == "rate limit of 0.001 requests/s for this connection exceeded"
+        assert _infer(clients[1], "linear", x, "FP64").as_numpy("output").shape == (1, 1)
+        assert _requests(proc, code="rate_limited", model="linear", type="predict") == 1
+    finally:
+        for c in clients:
+            c.close()
+        proc.stop()
+
+
+def test_status_codes_of_wsserve_errors() -> None:
+    from wsserve.errors import Overloaded, ShuttingDown, UnknownModel
+    from wsserve.oipgrpc.convert import status_of
+
+    class NotReady(UnknownModel):  # as HttpApi raises for a model that exists but is not ready
+        http_status = 503
+
+    assert status_of(UnknownModel("x")) == grpc.StatusCode.NOT_FOUND
+    assert status_of(NotReady("x")) == grpc.StatusCode.UNAVAILABLE
+    assert status_of(ShuttingDown("x")) == grpc.StatusCode.UNAVAILABLE
+    assert status_of(Overloaded("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_stream_infer_is_unimplemented(stub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="charlm")])))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "ModelStreamInfer" in info.value.details()
