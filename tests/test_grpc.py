@@ -9,11 +9,14 @@ same input: two transports, one answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,7 @@ def test_other_rpcs_are_unimplemented(client) -> None:
     err = _refused(client.get_model_repository_index)
     assert err.status() == "StatusCode.UNIMPLEMENTED" and "RepositoryIndex" in err.message()
     assert _refused(client.get_system_shared_memory_status).status() == "StatusCode.UNIMPLEMENTED"
+    assert _refused(client.load_model, "linear").status() == "StatusCode.UNIMPLEMENTED"
 
 
 # --------------------------------------------------------------------------- inference
@@ -461,7 +465,77 @@ def test_status_codes_of_wsserve_errors() -> None:
     assert status_of(Overloaded("x")) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_stream_infer_is_unimplemented(stub) -> None:
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.ModelStreamInfer(iter([service_pb2.ModelInferRequest(model_name="charlm")])))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and "ModelStreamInfer" in info.value.details()
+# --------------------------------------------------------------------------- ModelStreamInfer (generation)
+
+
+def _generate(client, results: queue.Queue, rid: str, stream: bool, prompt: str = "The ", model: str = "charlm",
+              **params) -> None:
+    text = tgrpc.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+    flag = tgrpc.InferInput("stream", [1], "BOOL")
+    flag.set_data_from_numpy(np.array([stream]))
+    client.async_stream_infer(model, [text, flag], request_id=rid, parameters=params)
+
+
+def _answers(results: queue.Queue) -> list[tuple[str, str, bool] | str]:
+    """Responses until a final one or an error: ``(id, text, final)`` each, an error's message."""
+    out: list[tuple[str, str, bool] | str] = []
+    while True:
+        result, error = results.get(timeout=60)
+        if error is not None:
+            out.append(error.message())
+            return out
+        response = result.get_response()
+        final = response.parameters["triton_final_response"].bool_param
+        out.append((response.id, result.as_numpy("text_output")[0].decode(), final))
+        if final:
+            return out
+
+
+def test_stream_infer_generates_as_the_vllm_backend_streams(served, client) -> None:
+    """One response per token (``text_output``), the last flagged ``triton_final_response``; the
+    text is the HTTP generate route's for the same request; ``stream`` false: one response."""
+    with urllib.request.urlopen(f"{served[0].http}/v2/models/charlm/generate", data=json.dumps(
+            {"text_input": "The ", "max_tokens": 12, "temperature": 0}).encode()) as answer:
+        expected = json.loads(answer.read())["text_output"]
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        _generate(client, results, "s", True, max_tokens=12, temperature=0)
+        tokens = _answers(results)
+        assert len(tokens) == 12 and [t[2] for t in tokens] == [False] * 11 + [True]
+        assert {t[0] for t in tokens} == {"s"} and "".join(t[1] for t in tokens) == expected
+        _generate(client, results, "whole", False, max_tokens=12, temperature=0)
+        assert _answers(results) == [("whole", expected, True)]
+        # a request's error is a response on the stream, which goes on
+        _generate(client, results, "bad", True, max_tokens=12, temperature="hot")
+        assert _answers(results) == ["'temperature' must be a number in [0, 100], got 'hot'"]
+        _generate(client, results, "mlp", True, model="mlp")
+        assert _answers(results) == ["model 'mlp' does not generate text (use ModelInfer)"]
+        _generate(client, results, "again", False, max_tokens=12, temperature=0)
+        assert _answers(results) == [("again", expected, True)]
+    finally:
+        client.stop_stream()
+    err = _refused(_infer, client, "charlm", np.ones((1, 1)), "FP64")
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "generates text" in err.message()
+
+
+def test_stream_infer_runs_requests_concurrently_and_counts_tokens(served, client) -> None:
+    proc = served[0]
+    ok = _requests(proc, code="ok", model="charlm", type="generate")
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for rid in ("x", "y", "z"):
+            _generate(client, results, rid, True, max_tokens=20, temperature=0)
+        finals = set()
+        while len(finals) < 3:
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            response = result.get_response()
+            if response.parameters["triton_final_response"].bool_param:
+                finals.add(response.id)
+    finally:
+        client.stop_stream()
+    assert finals == {"x", "y", "z"}
+    assert _requests(proc, code="ok", model="charlm", type="generate") == ok + 3

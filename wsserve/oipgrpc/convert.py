@@ -28,13 +28,15 @@ from typing import Any
 
 import grpc
 import numpy as np
+import orjson
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from ..errors import BadRequest, InvalidInput, WsserveError
 from ..rest import oip
 
-__all__ = ["STATUS", "infer_response", "json_message", "parameters_of", "parse_infer", "status_of", "typed_field"]
+__all__ = ["STATUS", "StreamEncoder", "generate_request", "infer_response", "json_message", "parameters_of",
+           "parse_infer", "status_of", "stream_error", "stream_text", "typed_field"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
 STATUS: Mapping[str, grpc.StatusCode] = {
@@ -202,3 +204,127 @@ def json_message(body: bytes, message: Any) -> Any:
 def model_config(body: bytes) -> Any:
     """Triton's ``ModelConfig`` from :func:`wsserve.rest.triton.model_config`'s JSON."""
     return json_message(body, model_config_pb2.ModelConfig())
+
+
+# --------------------------------------------------------------------------- ModelStreamInfer (generation)
+
+
+def _elements(tensor: Any, raw: bytes | None) -> list[Any]:
+    """The values of a small input of a generation request (``text_input``, ``stream``...): BYTES
+    as ``bytes`` (raw: each a 4-byte little-endian length, then its bytes), others as Python scalars."""
+    name, datatype = tensor.name, tensor.datatype
+    if datatype == "BYTES":
+        if raw is None:
+            return list(tensor.contents.bytes_contents)
+        items, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise BadRequest(f"input {name!r}: raw BYTES data ends inside an element's length")
+            size = int.from_bytes(raw[offset : offset + 4], "little")
+            offset += 4
+            if offset + size > len(raw):
+                raise BadRequest(f"input {name!r}: raw BYTES data ends inside an element")
+            items.append(raw[offset : offset + size])
+            offset += size
+        return items
+    wire = oip.DATATYPES.get(datatype)
+    if wire is None:
+        raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}")
+    if raw is not None:
+        if len(raw) % wire.itemsize:
+            raise BadRequest(f"input {name!r}: {len(raw)} raw bytes are not whole {datatype} values")
+        return np.frombuffer(raw, dtype=wire).tolist()
+    found = _TYPED.get(datatype)
+    if found is None:
+        raise BadRequest(f"input {name!r}: {datatype} values can only be sent in raw_input_contents")
+    return list(getattr(tensor.contents, found[0]))
+
+
+def generate_request(request: Any) -> dict[str, Any]:
+    """A ``ModelStreamInferRequest`` to a generative model as the JSON body of Triton's generate
+    extension (:func:`wsserve.rest.tritongen.parse_generate` checks it): each input of one element
+    (Triton's vLLM backend's ``text_input`` BYTES, ``stream`` BOOL, ...) a field, the JSON object
+    of a ``sampling_parameters`` BYTES input's fields too, and the request's ``parameters`` its
+    ``parameters`` (so a field given twice is refused by name)."""
+    obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
+    if request.id:
+        obj["id"] = request.id
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(request.inputs)}")
+    fields: dict[str, Any] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in fields:
+            raise BadRequest(f"input {name!r} is given twice")
+        items = _elements(tensor, raw[i] if raw else None)
+        if len(items) != 1:
+            raise BadRequest(f"input {name!r} must hold one element, got {len(items)}")
+        value = items[0]
+        if type(value) is bytes:
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                raise BadRequest(f"input {name!r} is not UTF-8 text") from None
+        if name == "sampling_parameters":  # the vLLM backend's JSON object of sampling fields
+            try:
+                sampling = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise BadRequest("input 'sampling_parameters' must be a JSON object") from None
+            if type(sampling) is not dict:
+                raise BadRequest("input 'sampling_parameters' must be a JSON object")
+            for key, item in sampling.items():
+                if key in fields:
+                    raise BadRequest(f"'{key}' is given twice (an input and in 'sampling_parameters')")
+                fields[key] = item
+            continue
+        if name in ("parameters", "id"):
+            raise BadRequest(f"an input may not be named {name!r}")
+        fields[name] = value
+    obj.update(fields)
+    return obj
+
+
+class StreamEncoder:
+    """The events of a generation (the encoder interface of :class:`~wsserve.rest.calls.CompletionCall`)
+    as values for the gRPC front end: ``("token", text)``, ``("end", reason)``, ``("tail",)``,
+    ``("error", exc)``, and for an answer not streamed ``("full", text)``."""
+
+    def start_events(self, index: int = 0) -> bytes:
+        return b""
+
+    def token_event(self, text: str, index: int = 0) -> tuple[str, str]:
+        return ("token", text)
+
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str]:
+        return ("end", finish_reason)
+
+    def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> tuple[str]:
+        return ("tail",)
+
+    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str]:
+        return ("full", choices[0][0])
+
+    @staticmethod
+    def error_event(exc: WsserveError) -> tuple[str, WsserveError]:
+        return ("error", exc)
+
+
+def stream_text(model: str, version: str, rid: str | None, text: str, final: bool) -> Any:
+    """One ``ModelStreamInferResponse`` of a generation: ``text_output`` (BYTES ``[1]``, raw), the
+    ``triton_final_response`` parameter (true on the last one, as Triton marks it)."""
+    data = text.encode()
+    response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
+    tensor = response.outputs.add()
+    tensor.name, tensor.datatype = "text_output", "BYTES"
+    tensor.shape.append(1)
+    response.raw_output_contents.append(len(data).to_bytes(4, "little") + data)
+    response.parameters["triton_final_response"].bool_param = final
+    return service_pb2.ModelStreamInferResponse(infer_response=response)
+
+
+def stream_error(exc: WsserveError, model: str, rid: str | None) -> Any:
+    """A request's error on the stream (the stream goes on, as Triton's): ``error_message`` is
+    wsserve's message, the response names the model and the request's id."""
+    response = service_pb2.ModelInferResponse(model_name=model, id=rid or "")
+    return service_pb2.ModelStreamInferResponse(error_message=exc.message, infer_response=response)

@@ -26,16 +26,17 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..admission import check_bearer
 from ..errors import BadRequest, Internal, UnknownModel, WsserveError
-from ..rest.calls import HttpSession, InferCall
+from ..rest.calls import CompletionCall, HttpSession, InferCall
+from ..rest.tritongen import parse_generate
 from . import convert
 
-__all__ = ["GrpcFrontend", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
+__all__ = ["GrpcFrontend", "GrpcGenerateCall", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
 
 log = logging.getLogger("wsserve.grpc")
 
 #: The RPCs answered; every other one of the service is UNIMPLEMENTED.
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
-               "ModelInfer", "ModelStatistics")
+               "ModelInfer", "ModelStreamInfer", "ModelStatistics")
 UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                       if m.name not in IMPLEMENTED)
 #: Sessions kept before the idle ones are forgotten (then twice as many as remain, at least this).
@@ -58,6 +59,39 @@ class GrpcInferCall(InferCall):
     def _error(self, exc: WsserveError) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+class _QueueExchange:
+    """What a :class:`GrpcGenerateCall` answers through: its encoder's events into a queue."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self.queue = queue
+
+    def start_stream(self, *_: Any) -> None:
+        pass
+
+    def send(self, event: Any) -> None:
+        if event:
+            self.queue.put_nowait(event)
+
+    def end_stream(self) -> None:
+        pass
+
+
+class GrpcGenerateCall(CompletionCall):
+    """A ModelStreamInfer request's generation through the engine, as an HTTP generate's (metrics,
+    cancellation); its :class:`~wsserve.oipgrpc.convert.StreamEncoder` events, its answer and its
+    error go to the exchange's queue."""
+
+    __slots__ = ()
+
+    def _answer(self, body: Any, content_type: str = "", headers: Any = None) -> None:
+        self.exchange.send(body)
+
+    def _error(self, exc: WsserveError) -> None:
+        self.exchange.send(("error", exc))
 
 
 def _address(peer: str) -> str:
@@ -260,6 +294,91 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
             log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
             await self._abort(context, Internal("internal error"))
+
+
+    # ------------------------------------------------------------------ generation
+
+    async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        """Generations as Triton's vLLM backend streams them: each request on the stream runs
+        concurrently with the others (its failure is an ``error_message`` response; the stream
+        goes on); the stream ends when the client's side has ended and every generation has."""
+        key = await self._key(context)
+        peer = context.peer()
+        lock = asyncio.Lock()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def write(response: Any) -> None:
+            async with lock:
+                await context.write(response)
+
+        try:
+            async for request in requests:
+                task = asyncio.get_running_loop().create_task(self._generate(request, key, peer, write))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in list(tasks):  # the stream was cancelled: so are its generations
+                task.cancel()
+
+    async def _generate(self, request: Any, key: str | None, peer: str, write: Callable[[Any], Any]) -> None:
+        api, cfg = self.api, self.config
+        now = self.clock()
+        name, rid = request.model_name, request.id or None
+        session = self._session(peer, now)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        try:
+            session.admission.admit(key, now)
+            entry = api.lookup(name, request.model_version or None)
+            if entry.kind != "generate":
+                raise BadRequest(f"model {name!r} does not generate text (use ModelInfer)")
+            obj = convert.generate_request(request)
+            completion, rid, outputs = parse_generate(obj, model=name, stream=obj.get("stream") is True,
+                                                      max_tokens_limit=cfg.max_tokens)
+            if outputs is not None:
+                raise BadRequest("the vLLM backend's additional outputs (return_*) are not available over gRPC; "
+                                 "use POST /v2/models/{name}/generate")
+            session.admission.capacity(session.inflight, session.inflight_bytes, 0)
+            call = GrpcGenerateCall(session, _QueueExchange(queue), entry, now, completion,  # type: ignore[arg-type]
+                                    convert.StreamEncoder(), None, style="oip")  # type: ignore[arg-type]
+            call.submit(completion.params, session)
+        except WsserveError as exc:
+            api.rejected(exc, name, "generate")
+            await write(convert.stream_error(exc, name, rid))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
+            log.error("ModelStreamInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
+            await write(convert.stream_error(Internal("internal error"), name, rid))
+            return
+        session.track(call)
+        if completion.stream:
+            call.start_stream()
+        self.busy += 1
+        model, version = call.model, call.version
+        try:
+            held: str | None = None  # each token waits for the next event: the last one is flagged final
+            while True:
+                event = await queue.get()
+                kind = event[0]
+                if kind == "token":
+                    if held is not None:
+                        await write(convert.stream_text(model, version, rid, held, False))
+                    held = event[1]
+                elif kind == "tail" or kind == "full":
+                    text = event[1] if kind == "full" else held or ""
+                    await write(convert.stream_text(model, version, rid, text, True))
+                    return
+                elif kind == "error":
+                    await write(convert.stream_error(event[1], model, rid))
+                    return
+        except asyncio.CancelledError:
+            call.abort()
+            raise
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.on_idle()
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:

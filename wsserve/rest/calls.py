@@ -78,7 +78,7 @@ class HttpSession:
         self.inflight -= call.weight
         self._shared.inflight -= 1
         metrics = self._metrics
-        if type(call) is CompletionCall:
+        if isinstance(call, CompletionCall):  # the gRPC front end's generations too
             metrics.request_done(call.model, call.kind, code, self._clock() - call.received_at, call.engine.stats)
             if code in ("ok", "cancelled"):
                 metrics.add_tokens(call.model, call.tokens)
