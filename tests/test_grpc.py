@@ -539,3 +539,20 @@ def test_stream_infer_runs_requests_concurrently_and_counts_tokens(served, clien
         client.stop_stream()
     assert finals == {"x", "y", "z"}
     assert _requests(proc, code="ok", model="charlm", type="generate") == ok + 3
+
+
+def test_tls_as_the_main_port(model_cache: Path, tmp_path: Path) -> None:
+    """With ``--certfile``/``--keyfile`` the gRPC port speaks TLS with the same certificate."""
+    from tests.test_hardening import make_self_signed
+
+    cert, key = make_self_signed(tmp_path)
+    proc, address = start(model_cache, "--models", "linear", "--certfile", str(cert), "--keyfile", str(key))
+    try:
+        client = tgrpc.InferenceServerClient(address, ssl=True, root_certificates=str(cert))
+        assert _infer(client, "linear", np.ones((2, 1)), "FP64").as_numpy("output").shape == (2, 1)
+        client.close()
+        plain = tgrpc.InferenceServerClient(address)
+        assert _refused(plain.is_server_live).status() == "StatusCode.UNAVAILABLE"
+        plain.close()
+    finally:
+        proc.stop()
