@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.repo_models import AFFINE_CONFIG, GATED_PY, write_affine
+from tests.repo_models import (
+    AFFINE_CONFIG,
+    BIGRAM_CONFIG,
+    BIGRAM_PY,
+    GATED_PY,
+    write_affine,
+    write_py,
+)
 from tests.support import ServerProcess, wait_until
 
 grpc = pytest.importorskip("grpc")  # the grpc extra installs it
@@ -556,3 +563,36 @@ def test_tls_as_the_main_port(model_cache: Path, tmp_path: Path) -> None:
         plain.close()
     finally:
         proc.stop()
+
+
+def test_drain_finishes_running_generations_and_refuses_new_ones(model_cache: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "slowgen").mkdir(parents=True)
+    (repo / "slowgen" / "config.toml").write_text(BIGRAM_CONFIG)
+    write_py(repo / "slowgen" / "1", BIGRAM_PY, **{"seed.txt": "3", "delay.txt": "0.002"})  # 2 ms a step
+    proc, address = start(model_cache, "--models", "none", "--model-repository", str(repo), "--drain-timeout", "60")
+    client = tgrpc.InferenceServerClient(address)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        _generate(client, results, "long", True, model="slowgen", max_tokens=2000)
+        first, error = results.get(timeout=60)  # the generation runs
+        assert error is None and first.get_response().id == "long"
+        proc.signal(signal.SIGTERM)
+        wait_until(lambda: not client.is_server_ready(), 30.0, what="ServerReady false")
+        _generate(client, results, "late", True, model="slowgen", max_tokens=5)
+        long_tokens, long_final, late_errors = 1, False, []
+        while not (long_final and late_errors):  # the running generation ends; the late one is refused
+            result, error = results.get(timeout=60)
+            if error is not None:
+                late_errors.append(error.message())
+                continue
+            assert result.get_response().id == "long"
+            long_tokens += 1
+            long_final = result.get_response().parameters["triton_final_response"].bool_param
+        assert late_errors == ["server is draining; no new work is accepted"]
+        assert long_tokens == 2000  # every token, the last one flagged final
+    finally:
+        client.stop_stream()
+        client.close()
+    assert proc.wait(30) == 0
