@@ -548,6 +548,45 @@ def test_stream_infer_runs_requests_concurrently_and_counts_tokens(served, clien
     assert _requests(proc, code="ok", model="charlm", type="generate") == ok + 3
 
 
+def test_a_stream_its_client_does_not_read_is_bounded(model_cache: Path) -> None:
+    """A client that stops reading its stream (grpc's flow control then blocks the server's
+    writes) holds at most ``--max-write-buffer-bytes`` of tokens: past it the generation fails
+    with ``overloaded`` (named in an ``error_message`` after the tokens it had) and is cancelled."""
+    import threading
+
+    proc, address = start(model_cache, "--models", "charlm", "--max-write-buffer-bytes", "4096")
+    done = threading.Event()
+    request = service_pb2.ModelInferRequest(model_name="charlm", id="slow")
+    for name, datatype, raw in (("text_input", "BYTES", (4).to_bytes(4, "little") + b"The "),
+                                ("stream", "BOOL", b"\x01")):
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.append(1)
+        request.raw_input_contents.append(raw)
+    request.parameters["max_tokens"].int64_param = 100_000
+
+    def requests():
+        yield request
+        done.wait(120)  # the stream stays open, unread, until the test has seen the refusal
+
+    channel = grpc.insecure_channel(address)
+    try:
+        responses = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+        wait_until(lambda: _requests(proc, code="overloaded", model="charlm", type="generate") == 1, 60,
+                   what="the unread generation refused")
+        done.set()
+        answers = list(responses)
+        assert answers[-1].error_message.startswith("slow consumer: this stream's client left")
+        assert "max_write_buffer_bytes=4096" in answers[-1].error_message
+        tokens = answers[:-1]
+        assert tokens and all(not a.error_message for a in tokens) and len(tokens) < 100_000
+        wait_until(lambda: proc.metrics().get("wsserve_inflight_requests") == 0, 30, what="nothing in flight")
+    finally:
+        done.set()
+        channel.close()
+        proc.stop()
+
+
 def test_tls_as_the_main_port(model_cache: Path, tmp_path: Path) -> None:
     """With ``--certfile``/``--keyfile`` the gRPC port speaks TLS with the same certificate."""
     from tests.test_hardening import make_self_signed

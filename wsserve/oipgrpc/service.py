@@ -25,7 +25,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..admission import check_bearer
-from ..errors import BadRequest, Internal, UnknownModel, WsserveError
+from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..rest.calls import CompletionCall, HttpSession, InferCall
 from ..rest.tritongen import parse_generate
 from . import convert
@@ -62,19 +62,33 @@ class GrpcInferCall(InferCall):
 
 
 class _QueueExchange:
-    """What a :class:`GrpcGenerateCall` answers through: its encoder's events into a queue."""
+    """What a :class:`GrpcGenerateCall` answers through: its encoder's events into a queue, the
+    token texts not yet written to the client counted in ``pending`` (UTF-8 bytes, as a
+    connection's write buffer counts them).  Past ``limit`` (``--max-write-buffer-bytes``: the
+    client stopped reading its stream), the call fails with ``Overloaded`` and its generation is
+    cancelled, so an unread stream holds at most that much."""
 
-    __slots__ = ("queue",)
+    __slots__ = ("queue", "limit", "pending", "call")
 
-    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, queue: asyncio.Queue[Any], limit: int) -> None:
         self.queue = queue
+        self.limit = limit
+        self.pending = 0
+        self.call: Any = None
 
     def start_stream(self, *_: Any) -> None:
         pass
 
     def send(self, event: Any) -> None:
-        if event:
-            self.queue.put_nowait(event)
+        if not event:
+            return
+        self.queue.put_nowait(event)
+        if event[0] == "token":
+            self.pending += len(event[1].encode())
+            if self.pending > self.limit and self.call is not None:
+                self.call.fail(Overloaded(f"slow consumer: this stream's client left {self.pending} bytes of tokens "
+                                          f"unread (max_write_buffer_bytes={self.limit}); the generation is "
+                                          "cancelled"))
 
     def end_stream(self) -> None:
         pass
@@ -264,8 +278,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             if remaining is not None:  # the RPC's deadline bounds the rows' time in the queue too
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
-            call = api.queue_infer(session, entry, req, inputs, outputs, now, lambda batch, n, nbytes, **kw: (
-                GrpcInferCall(session, None, entry, batch, n, nbytes, "oip", now, None, future=future, **kw)))
+            call = api.queue_infer(session, entry, req, inputs, outputs, now, GrpcInferCall, None, None,
+                                   future=future)
         except WsserveError as exc:
             api.rejected(exc, name, "predict")
             await self._abort(context, exc)
@@ -340,8 +354,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise BadRequest("the vLLM backend's additional outputs (return_*) are not available over gRPC; "
                                  "use POST /v2/models/{name}/generate")
             session.admission.capacity(session.inflight, session.inflight_bytes, 0)
-            call = GrpcGenerateCall(session, _QueueExchange(queue), entry, now, completion,  # type: ignore[arg-type]
-                                    convert.StreamEncoder(), None, style="oip")  # type: ignore[arg-type]
+            exchange = _QueueExchange(queue, cfg.max_write_buffer_bytes)
+            call = exchange.call = GrpcGenerateCall(session, exchange, entry, now, completion,  # type: ignore[arg-type]
+                                                    convert.StreamEncoder(), None, style="oip")  # type: ignore[arg-type]
             call.submit(completion.params, session)
         except WsserveError as exc:
             api.rejected(exc, name, "generate")
@@ -364,6 +379,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if kind == "token":
                     if held is not None:
                         await write(convert.stream_text(model, version, rid, held, False))
+                        exchange.pending -= len(held.encode())
                     held = event[1]
                 elif kind == "tail" or kind == "full":
                     text = event[1] if kind == "full" else held or ""

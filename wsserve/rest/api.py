@@ -517,8 +517,7 @@ class HttpApi:
             cfg = self.config
             req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=cfg.max_rows,
                                   explain_refusal=entry.explain_refusal)
-            call = self.queue_infer(session, entry, req, inputs, outputs, now, lambda batch, n, nbytes, **kw: InferCall(
-                session, exchange, entry, batch, n, nbytes, "oip", now, cors, **kw))
+            call = self.queue_infer(session, entry, req, inputs, outputs, now, InferCall, exchange, cors)
         except WsserveError as exc:
             self._rejected(exc, name, "predict")
             raise
@@ -527,12 +526,13 @@ class HttpApi:
         return None
 
     def queue_infer(self, session: HttpSession, entry: Any, req: oip.InferRequest, inputs: tuple[oip.Tensor, ...],
-                    outputs: tuple[oip.Tensor, ...], now: float, make_call: Callable[..., InferCall]) -> InferCall:
+                    outputs: tuple[oip.Tensor, ...], now: float, call_type: type[InferCall], exchange: Any,
+                    headers: Any, **extra: Any) -> InferCall:
         """Queue a checked OIP inference (every transport's: HTTP's ``/infer``, gRPC's ModelInfer)
-        on ``entry``'s worker: the explain row bound, ``session``'s capacity, then
-        ``make_call(inputs, n, nbytes, rid=, outputs=, requested=, explain=)`` (an
-        :class:`InferCall`) is submitted with the request's priority and deadline and returned
-        (the caller tracks it).  Raises what the checks and the worker raise."""
+        on ``entry``'s worker: the explain row bound, ``session``'s capacity, then a ``call_type``
+        (an :class:`InferCall`, answering through ``exchange`` with ``headers``, given ``extra``'s
+        fields too) is submitted with the request's priority and deadline and returned (the
+        caller tracks it).  Raises what the checks and the worker raise."""
         cfg = self.config
         if req.explain:
             if req.rows > cfg.max_explain_rows:  # the WebSocket's limit and message
@@ -542,8 +542,8 @@ class HttpApi:
         batch = _worker_inputs(entry, inputs, req)
         nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
-        call = make_call(batch, req.rows, nbytes, rid=req.id, outputs=outputs, requested=req.outputs,
-                         explain=req.explain)
+        call = call_type(session, exchange, entry, batch, req.rows, nbytes, "oip", now, headers, rid=req.id,
+                         outputs=outputs, requested=req.outputs, explain=req.explain, **extra)
         deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
         call.item = entry.worker.submit(call, priority=1 if req.priority == 1 else 0, deadline=deadline)
         return call

@@ -350,7 +350,7 @@ def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tupl
     return count, DATATYPES[datatype]
 
 
-def input_array(flat: np.ndarray, shape: list[int], spec: Tensor, *, borrowed: bool, finite: bool = False) -> np.ndarray:
+def input_array(flat: np.ndarray, shape: list[int], spec: Tensor, borrowed: bool, finite: bool = False) -> np.ndarray:
     """The model's ``[n, *spec.shape]`` array (its declared dtype) from ``flat``, the input's values
     as they came (:func:`input_header` checked ``shape``; ``flat`` holds exactly their count):
     floats must be finite (unless ``finite``: already known), a float narrowed to the model's
@@ -405,12 +405,12 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
         if offset + size > len(binary):
             raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
         flat = np.frombuffer(binary[offset : offset + size], dtype=wire)
-        return input_array(flat, shape, spec, borrowed=True), size
+        return input_array(flat, shape, spec, True), size  # borrowed: a view of the body
     data = tensor.get("data")
     if type(data) is not list:
         raise BadRequest(f"input {name!r} needs 'data' (an array) or a 'binary_data_size' parameter")
     flat = _json_data(data, shape, wire, DATATYPES[spec.datatype], name, count)
-    return input_array(flat, shape, spec, borrowed=False, finite=True), 0  # JSON numbers are finite
+    return input_array(flat, shape, spec, False, True), 0  # not borrowed; finite: JSON numbers are
 
 
 _FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
