@@ -635,3 +635,41 @@ def test_drain_finishes_running_generations_and_refuses_new_ones(model_cache: Pa
         client.stop_stream()
         client.close()
     assert proc.wait(30) == 0
+
+
+async def test_a_stream_sending_without_reading_is_read_no_further_than_max_inflight() -> None:
+    """ModelStreamInfer handles at most ``max_inflight`` of a stream's requests at once (a refused
+    one until its error is written): with the client reading nothing (the context's writes never
+    complete: grpc's flow control), the server stops reading the stream there instead of holding a
+    task per request.  The context is a stand-in for grpc's (its one boundary)."""
+    import wsserve
+    from wsserve.oipgrpc.service import GrpcFrontend
+
+    double = wsserve.FunctionModel(lambda batch: 2 * batch, input_shape=(1,), output_shape=(1,))
+    server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), max_inflight=4), models={"double": double})
+    frontend = GrpcFrontend(server.api, clock=lambda: 0.0, on_idle=lambda: None)
+    consumed = 0
+
+    async def requests():
+        nonlocal consumed
+        for i in range(1000):
+            consumed += 1
+            yield service_pb2.ModelInferRequest(model_name="nope", id=str(i))
+
+    class Unread:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+        def invocation_metadata(self) -> tuple:
+            return ()
+
+        async def write(self, response) -> None:
+            await asyncio.Event().wait()  # the client never reads
+
+    task = asyncio.ensure_future(frontend.ModelStreamInfer(requests(), Unread()))
+    for _ in range(200):  # let it run as far as it would
+        await asyncio.sleep(0)
+    assert not task.done() and consumed <= 4 + 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

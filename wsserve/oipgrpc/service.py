@@ -315,7 +315,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         """Generations as Triton's vLLM backend streams them: each request on the stream runs
         concurrently with the others (its failure is an ``error_message`` response; the stream
-        goes on); the stream ends when the client's side has ended and every generation has."""
+        goes on); the stream ends when the client's side has ended and every generation has.
+        At most ``max_inflight`` requests of a stream are handled at once (a refused one until its
+        error is written): the next one is read from the stream only when one of them ends, so a
+        client that sends without reading cannot pile up work."""
         key = await self._key(context)
         peer = context.peer()
         lock = asyncio.Lock()
@@ -325,8 +328,11 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             async with lock:
                 await context.write(response)
 
+        bound = self.config.max_inflight
         try:
             async for request in requests:
+                while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.get_running_loop().create_task(self._generate(request, key, peer, write))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
