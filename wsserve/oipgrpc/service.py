@@ -391,7 +391,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                     text = event[1] if kind == "full" else held or ""
                     await write(convert.stream_text(model, version, rid, text, True))
                     return
-                elif kind == "error":
+                elif kind == "error":  # the token held for the final flag goes first: it was generated
+                    if held is not None:
+                        await write(convert.stream_text(model, version, rid, held, False))
                     await write(convert.stream_error(event[1], model, rid))
                     return
         except asyncio.CancelledError:
