@@ -723,3 +723,37 @@ def test_a_generation_that_fails_sends_every_token_before_its_error(model_cache:
         proc.stop()
     assert answers == [("e", "b", False), ("e", "c", False), ("e", "d", False), ("e", "e", False),
                        "generation step failed: RuntimeError: no letter after e"]
+
+
+def _stream_request(rid: str, *inputs: tuple[str, str, bytes], **params: int) -> object:
+    """A ModelStreamInferRequest to ``charlm``: each input ``(name, datatype, raw bytes)``, shape ``[1]``."""
+    request = service_pb2.ModelInferRequest(model_name="charlm", id=rid)
+    for name, datatype, raw in inputs:
+        request.inputs.add(name=name, datatype=datatype, shape=[1])
+        request.raw_input_contents.append(raw)
+    for key, value in params.items():
+        request.parameters[key].int64_param = value
+    return request
+
+
+def _raw_bytes(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(4, "little") + data
+
+
+def test_sampling_parameters_set_sampling_fields_only(stub) -> None:
+    """The ``sampling_parameters`` JSON object holds sampling fields: not the request's ``id`` or
+    ``parameters`` (which it would replace), and it is one input, not several merged."""
+    prompt = ("text_input", "BYTES", _raw_bytes("The "))
+    cases = [
+        (('{"id": "other", "max_tokens": 2}',), "'sampling_parameters' may not hold 'id'"),
+        (('{"parameters": {"max_tokens": 2}}',), "'sampling_parameters' may not hold 'parameters'"),
+        (('{"max_tokens": 2}', '{"temperature": 0}'), "input 'sampling_parameters' is given twice"),
+    ]
+    for objects, message in cases:
+        sampling = [("sampling_parameters", "BYTES", _raw_bytes(text)) for text in objects]
+        answers = list(stub.ModelStreamInfer(iter([_stream_request("mine", prompt, *sampling)])))
+        assert [(a.infer_response.id, a.error_message) for a in answers] == [("mine", message)]
+    answers = list(stub.ModelStreamInfer(iter([_stream_request(
+        "mine", prompt, ("sampling_parameters", "BYTES", _raw_bytes('{"max_tokens": 2, "temperature": 0}')))])))
+    assert [a.infer_response.id for a in answers] == ["mine"] and not answers[0].error_message

@@ -244,7 +244,8 @@ def generate_request(request: Any) -> dict[str, Any]:
     """A ``ModelStreamInferRequest`` to a generative model as the JSON body of Triton's generate
     extension (:func:`wsserve.rest.tritongen.parse_generate` checks it): each input of one element
     (Triton's vLLM backend's ``text_input`` BYTES, ``stream`` BOOL, ...) a field, the JSON object
-    of a ``sampling_parameters`` BYTES input's fields too, and the request's ``parameters`` its
+    of one ``sampling_parameters`` BYTES input's fields too (sampling fields: not ``id`` or
+    ``parameters``), and the request's ``parameters`` its
     ``parameters`` (so a field given twice is refused by name)."""
     obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
     if request.id:
@@ -253,10 +254,12 @@ def generate_request(request: Any) -> dict[str, Any]:
     if raw and len(raw) != len(request.inputs):
         raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(request.inputs)}")
     fields: dict[str, Any] = {}
+    seen: set[str] = set()
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
-        if name in fields:
+        if name in fields or name in seen:
             raise BadRequest(f"input {name!r} is given twice")
+        seen.add(name)
         items = _elements(tensor, raw[i] if raw else None)
         if len(items) != 1:
             raise BadRequest(f"input {name!r} must hold one element, got {len(items)}")
@@ -274,6 +277,8 @@ def generate_request(request: Any) -> dict[str, Any]:
             if type(sampling) is not dict:
                 raise BadRequest("input 'sampling_parameters' must be a JSON object")
             for key, item in sampling.items():
+                if key in ("parameters", "id"):  # the request's own, not sampling fields
+                    raise BadRequest(f"'sampling_parameters' may not hold {key!r}")
                 if key in fields:
                     raise BadRequest(f"'{key}' is given twice (an input and in 'sampling_parameters')")
                 fields[key] = item
