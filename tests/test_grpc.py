@@ -757,3 +757,10 @@ def test_sampling_parameters_set_sampling_fields_only(stub) -> None:
     answers = list(stub.ModelStreamInfer(iter([_stream_request(
         "mine", prompt, ("sampling_parameters", "BYTES", _raw_bytes('{"max_tokens": 2, "temperature": 0}')))])))
     assert [a.infer_response.id for a in answers] == ["mine"] and not answers[0].error_message
+
+
+def test_model_infer_of_a_generative_model_points_to_model_stream_infer(client) -> None:
+    err = _refused(_infer, client, "charlm", np.ones((1, 1)), "FP64")
+    assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    assert err.message() == ("model 'charlm' generates text: use ModelStreamInfer (text_input, stream: as Triton's "
+                             "vLLM backend), or over HTTP POST /v1/completions or Triton's generate extension")

@@ -268,8 +268,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             session.admission.admit(key, now)
             entry = api.lookup(name, request.model_version or None)
             if entry.kind != "predict":
-                raise BadRequest(f"model {name!r} generates text: use POST /v1/completions or Triton's generate "
-                                 "extension over HTTP")
+                raise BadRequest(f"model {name!r} generates text: use ModelStreamInfer (text_input, stream: as Triton's "
+                                 "vLLM backend), or over HTTP POST /v1/completions or Triton's generate extension")
             inputs, outputs = api.signature(entry)
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
