@@ -764,3 +764,19 @@ def test_model_infer_of_a_generative_model_points_to_model_stream_infer(client) 
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
     assert err.message() == ("model 'charlm' generates text: use ModelStreamInfer (text_input, stream: as Triton's "
                              "vLLM backend), or over HTTP POST /v1/completions or Triton's generate extension")
+
+
+def test_stream_flag_as_input_or_parameter(stub) -> None:
+    """``stream`` may be the BOOL input (as the vLLM backend reads it) or a request parameter, as
+    every generation field; a value that is not a boolean is refused naming gRPC's types."""
+    prompt = ("text_input", "BYTES", _raw_bytes("The "))
+    request = _stream_request("p", prompt, max_tokens=3)
+    request.parameters["stream"].bool_param = True
+    answers = list(stub.ModelStreamInfer(iter([request])))
+    assert [a.infer_response.parameters["triton_final_response"].bool_param for a in answers] == [False, False, True]
+    for request in (_stream_request("b", prompt, ("stream", "BYTES", _raw_bytes("true"))),
+                    _stream_request("s", prompt, stream=1)):
+        answers = list(stub.ModelStreamInfer(iter([request])))
+        assert [a.error_message for a in answers] == [
+            "'stream' must be a boolean (a BOOL input or a bool_param parameter), got " +
+            ("'true'" if request.id == "b" else "1")]

@@ -33,10 +33,11 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from ..errors import BadRequest, InvalidInput, WsserveError
+from ..jsontypes import shown
 from ..rest import oip
 
 __all__ = ["STATUS", "StreamEncoder", "generate_request", "infer_response", "json_message", "parameters_of",
-           "parse_infer", "status_of", "stream_error", "stream_text", "typed_field"]
+           "parse_infer", "status_of", "stream_error", "stream_flag", "stream_text", "typed_field"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
 STATUS: Mapping[str, grpc.StatusCode] = {
@@ -288,6 +289,17 @@ def generate_request(request: Any) -> dict[str, Any]:
         fields[name] = value
     obj.update(fields)
     return obj
+
+
+def stream_flag(obj: Mapping[str, Any]) -> bool:
+    """Whether a :func:`generate_request` body asks for one response per token: its ``stream``
+    field (the BOOL input) or request parameter, false when absent.  Raises
+    :class:`~wsserve.errors.BadRequest` for a value that is not a boolean (``parse_generate``
+    refuses one given both ways)."""
+    value = obj["stream"] if "stream" in obj else obj["parameters"].get("stream")
+    if value is not None and type(value) is not bool:
+        raise BadRequest(f"'stream' must be a boolean (a BOOL input or a bool_param parameter), got {shown(value)}")
+    return value is True
 
 
 class StreamEncoder:

@@ -354,7 +354,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if entry.kind != "generate":
                 raise BadRequest(f"model {name!r} does not generate text (use ModelInfer)")
             obj = convert.generate_request(request)
-            completion, rid, outputs = parse_generate(obj, model=name, stream=obj.get("stream") is True,
+            completion, rid, outputs = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
                                                       max_tokens_limit=cfg.max_tokens)
             if outputs is not None:
                 raise BadRequest("the vLLM backend's additional outputs (return_*) are not available over gRPC; "
