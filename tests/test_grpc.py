@@ -114,7 +114,7 @@ def test_health_metadata_and_config(client) -> None:
 
 
 def test_unknown_model_is_not_found(client) -> None:
-    for call in (client.get_model_metadata, client.get_model_config, client.is_model_ready):
+    for call in (client.get_model_metadata, client.get_model_config):
         err = _refused(call, "nope")
         assert err.status() == "StatusCode.NOT_FOUND" and "nope" in err.message()
     err = _refused(_infer, client, "nope", np.zeros((1, 1)), "FP64")
@@ -780,3 +780,11 @@ def test_stream_flag_as_input_or_parameter(stub) -> None:
         assert [a.error_message for a in answers] == [
             "'stream' must be a boolean (a BOOL input or a bool_param parameter), got " +
             ("'true'" if request.id == "b" else "1")]
+
+
+def test_model_ready_of_an_unknown_model_or_version_is_false_as_tritons(client) -> None:
+    """``is_model_ready`` answers False (not an error) for a model or version the server does not
+    have, as Triton's ModelReady does: a client's readiness poll sees "not ready"."""
+    assert client.is_model_ready("nope") is False
+    assert client.is_model_ready("linear", model_version="9") is False
+    assert client.is_model_ready("linear") is True

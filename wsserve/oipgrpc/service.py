@@ -224,10 +224,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self._key(context)
         try:
             self.api.lookup(request.name, request.version or None)
-        except UnknownModel as exc:
-            if convert.status_of(exc) is grpc.StatusCode.UNAVAILABLE:  # exists, not ready
-                return service_pb2.ModelReadyResponse(ready=False)
-            await self._abort(context, exc)
+        except UnknownModel:  # unknown, or exists but not ready: false, as Triton answers both
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=self.api.ready())
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
