@@ -18,6 +18,7 @@ import signal
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -788,3 +789,46 @@ def test_model_ready_of_an_unknown_model_or_version_is_false_as_tritons(client) 
     assert client.is_model_ready("nope") is False
     assert client.is_model_ready("linear", model_version="9") is False
     assert client.is_model_ready("linear") is True
+
+
+def test_rpcs_at_once_on_one_connection_are_bounded_by_max_inflight(model_cache: Path) -> None:
+    """HTTP/2's ``max_concurrent_streams`` is ``--max-inflight``: with 2, a third stream on the same
+    channel waits until one of the first two ends (its generation starts only then)."""
+    import threading
+
+    proc, address = start(model_cache, "--models", "charlm", "--max-inflight", "2")
+    release = threading.Event()
+
+    def stream_of(rid: str):
+        request = service_pb2.ModelInferRequest(model_name="charlm", id=rid)
+        for name, datatype, raw in (("text_input", "BYTES", (4).to_bytes(4, "little") + b"The "),
+                                    ("stream", "BOOL", b"\x01")):
+            tensor = request.inputs.add()
+            tensor.name, tensor.datatype = name, datatype
+            tensor.shape.append(1)
+            request.raw_input_contents.append(raw)
+        request.parameters["max_tokens"].int64_param = 100_000
+        yield request
+        release.wait(120)
+
+    channel = grpc.insecure_channel(address)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        calls = [stub.ModelStreamInfer(stream_of(rid)) for rid in ("a", "b")]
+        running = lambda: proc.metrics().get("wsserve_generation_running", model="charlm")  # noqa: E731
+        wait_until(lambda: running() == 2, 60, what="two generations running")
+        calls.append(stub.ModelStreamInfer(stream_of("c")))
+        first: dict[str, Any] = {}
+        reader = threading.Thread(target=lambda: first.setdefault("c", next(calls[2])), daemon=True)
+        reader.start()
+        reader.join(1.0)  # (no answer is the expected outcome: it is given a moment to show otherwise)
+        assert "c" not in first, "a third RPC ran beside two on one connection"
+        calls[0].cancel()  # one stream ends: the third one's RPC starts
+        reader.join(60)
+        assert first["c"].infer_response.id == "c"
+    finally:
+        release.set()
+        for call in calls:
+            call.cancel()
+        channel.close()
+        proc.stop()

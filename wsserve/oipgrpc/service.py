@@ -144,6 +144,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a port already taken is refused, not shared
+            # RPCs at once on one HTTP/2 connection (more wait for one to end), as max_inflight
+            # bounds a connection's unfinished requests
+            ("grpc.max_concurrent_streams", self.config.max_inflight),
         ])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
