@@ -165,13 +165,8 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
             array = oip.input_array(np.frombuffer(data, dtype=wire), shape, spec, borrowed=True)
         else:
             array = oip.input_array(_typed_values(tensor, wire, shape, count), shape, spec, borrowed=False)
-        if rows >= 0 and array.shape[0] != rows:
-            raise InvalidInput(f"input {name!r} has {array.shape[0]} rows; the other inputs have {rows}")
-        rows = array.shape[0]
-        arrays[name] = array
-    missing = [t.name for t in inputs if t.name not in arrays]
-    if missing:
-        raise BadRequest(f"missing input {missing[0]!r}; the model takes: {', '.join(by_name)}")
+        rows = oip.add_input(arrays, name, array, rows)
+    oip.require_all(arrays, inputs)
     return oip.InferRequest(rid, arrays, rows, oip.requested(obj, outputs, False, attributions), priority, timeout,
                             explain)
 

@@ -50,6 +50,7 @@ __all__ = [
     "Tensor",
     "attribution_tensors",
     "encode_infer",
+    "add_input",
     "explain_parameters",
     "infer_head",
     "input_array",
@@ -57,6 +58,7 @@ __all__ = [
     "integers_in_range",
     "model_metadata",
     "parse_infer",
+    "require_all",
     "requested",
     "server_metadata",
     "signature",
@@ -273,17 +275,28 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
             raise BadRequest(f"input {name!r} is given twice")
         array, used = _input(tensor, spec, binary, offset, max_rows)
         offset += used
-        if rows >= 0 and array.shape[0] != rows:
-            raise InvalidInput(f"input {name!r} has {array.shape[0]} rows; the other inputs have {rows}")
-        rows = array.shape[0]
-        arrays[name] = array
-    missing = [t.name for t in inputs if t.name not in arrays]
-    if missing:
-        raise BadRequest(f"missing input {missing[0]!r}; the model takes: {', '.join(by_name)}")
+        rows = add_input(arrays, name, array, rows)
+    require_all(arrays, inputs)
     if binary is not None and offset != len(binary):
         raise BadRequest(f"the body holds {len(binary)} bytes of binary tensor data; the inputs use {offset}")
     return InferRequest(rid, arrays, rows, requested(obj, outputs, binary_out, attributions), priority,
                         timeout, explain)
+
+
+def add_input(arrays: dict[str, np.ndarray], name: str, array: np.ndarray, rows: int) -> int:
+    """Put input ``name``'s ``array`` in ``arrays``; its rows must be the other inputs' ``rows``
+    (-1: it is the first).  Returns the rows; raises :class:`~wsserve.errors.InvalidInput`."""
+    if rows >= 0 and array.shape[0] != rows:
+        raise InvalidInput(f"input {name!r} has {array.shape[0]} rows; the other inputs have {rows}")
+    arrays[name] = array
+    return array.shape[0]
+
+
+def require_all(arrays: Mapping[str, np.ndarray], inputs: tuple[Tensor, ...]) -> None:
+    """Every input of the model was given; :class:`~wsserve.errors.BadRequest` names the first missing."""
+    if len(arrays) != len(inputs):
+        missing = next(t.name for t in inputs if t.name not in arrays)
+        raise BadRequest(f"missing input {missing!r}; the model takes: {', '.join(t.name for t in inputs)}")
 
 
 def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,
