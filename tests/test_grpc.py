@@ -328,14 +328,21 @@ def test_a_cancelled_rpc_drops_its_queued_rows(model_cache: Path) -> None:
         proc.stop()
 
 
-def test_drain_refuses_new_rpcs_and_finishes_the_running_one(model_cache: Path, tmp_path: Path) -> None:
-    proc, address, gate = _held(model_cache, tmp_path, "--drain-timeout", "60")
+def _draining_with_a_held_rpc(model_cache: Path, tmp_path: Path, drain_timeout: str) -> tuple[Any, ...]:
+    """A server computing a held ModelInfer row when SIGTERM starts its drain:
+    ``(proc, gate, channel, stub, the running RPC's future)``."""
+    proc, address, gate = _held(model_cache, tmp_path, "--drain-timeout", drain_timeout)
     channel = grpc.insecure_channel(address)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    running = stub.ModelInfer.future(_held_request())
+    wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
+    proc.signal(signal.SIGTERM)
+    return proc, gate, channel, stub, running
+
+
+def test_drain_refuses_new_rpcs_and_finishes_the_running_one(model_cache: Path, tmp_path: Path) -> None:
+    proc, gate, channel, stub, running = _draining_with_a_held_rpc(model_cache, tmp_path, "60")
     try:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        running = stub.ModelInfer.future(_held_request())
-        wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
-        proc.signal(signal.SIGTERM)
         wait_until(lambda: not stub.ServerReady(service_pb2.ServerReadyRequest()).ready, 30.0,
                    what="ServerReady false")
         assert not stub.ModelReady(service_pb2.ModelReadyRequest(name="g")).ready
@@ -356,13 +363,8 @@ def test_drain_refuses_new_rpcs_and_finishes_the_running_one(model_cache: Path, 
 
 
 def test_drain_deadline_ends_the_running_rpc_unavailable(model_cache: Path, tmp_path: Path) -> None:
-    proc, address, gate = _held(model_cache, tmp_path, "--drain-timeout", "1")
-    channel = grpc.insecure_channel(address)
+    proc, gate, channel, stub, running = _draining_with_a_held_rpc(model_cache, tmp_path, "1")
     try:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        running = stub.ModelInfer.future(_held_request())
-        wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
-        proc.signal(signal.SIGTERM)
         with pytest.raises(grpc.RpcError) as info:
             running.result(timeout=30)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and info.value.details() == "drain deadline reached"
