@@ -206,6 +206,8 @@ def test_bad_input_is_invalid_argument_with_wsserves_message(client, stub) -> No
     err = _refused(client.infer, "linear", [inp], outputs=[tgrpc.InferRequestedOutput("nope")])
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
     assert err.message() == "unknown output 'nope'; the model produces: output"
+    err = _refused(client.infer, "linear", [inp], outputs=[tgrpc.InferRequestedOutput("output")] * 2)
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and err.message() == "output 'output' is requested twice"
     # one request's failure touches no other: the next one is answered
     assert _infer(client, "linear", np.ones((1, 1)), "FP64").as_numpy("output").shape == (1, 1)
 

@@ -134,6 +134,8 @@ def test_error_bodies_are_the_spec_shape(server) -> None:
          + b"}]}", 400, "input 'input' holds '" + "z" * 60 + "..., which is not a number"),
         (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ' + json.dumps([0] * 32).encode()
          + b'}], "outputs": [{"name": "nope"}]}', 400, "unknown output 'nope'"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ' + json.dumps([0] * 32).encode()
+         + b'}], "outputs": [{"name": "output"}, {"name": "output"}]}', 400, "output 'output' is requested twice"),
     ]
     for body, status, text in bad:
         a = _post(server.port, "/v2/models/mlp/infer", body)

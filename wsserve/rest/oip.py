@@ -327,6 +327,8 @@ def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defaul
         binary = params.get("binary_data", binary_default)
         if type(binary) is not bool:
             raise BadRequest(f"output {name!r}: parameter 'binary_data' must be a boolean")
+        if any(j == index[name] for j, _ in out):  # (at most MAX_TENSORS of them)
+            raise BadRequest(f"output {name!r} is requested twice")
         out.append((index[name], binary))
     if attributions:
         named = {i for i, _ in out}
