@@ -553,6 +553,19 @@ def test_stream_infer_runs_requests_concurrently_and_counts_tokens(served, clien
     assert _requests(proc, code="ok", model="charlm", type="generate") == ok + 3
 
 
+def _long_stream_request(rid: str) -> Any:
+    """A streamed ModelStreamInfer request on charlm ("The ", 100,000 tokens), raw contents."""
+    request = service_pb2.ModelInferRequest(model_name="charlm", id=rid)
+    for name, datatype, raw in (("text_input", "BYTES", (4).to_bytes(4, "little") + b"The "),
+                                ("stream", "BOOL", b"\x01")):
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.append(1)
+        request.raw_input_contents.append(raw)
+    request.parameters["max_tokens"].int64_param = 100_000
+    return request
+
+
 def test_a_stream_its_client_does_not_read_is_bounded(model_cache: Path) -> None:
     """A client that stops reading its stream (grpc's flow control then blocks the server's
     writes) holds at most ``--max-write-buffer-bytes`` of tokens: past it the generation fails
@@ -561,17 +574,9 @@ def test_a_stream_its_client_does_not_read_is_bounded(model_cache: Path) -> None
 
     proc, address = start(model_cache, "--models", "charlm", "--max-write-buffer-bytes", "4096")
     done = threading.Event()
-    request = service_pb2.ModelInferRequest(model_name="charlm", id="slow")
-    for name, datatype, raw in (("text_input", "BYTES", (4).to_bytes(4, "little") + b"The "),
-                                ("stream", "BOOL", b"\x01")):
-        tensor = request.inputs.add()
-        tensor.name, tensor.datatype = name, datatype
-        tensor.shape.append(1)
-        request.raw_input_contents.append(raw)
-    request.parameters["max_tokens"].int64_param = 100_000
 
     def requests():
-        yield request
+        yield _long_stream_request("slow")
         done.wait(120)  # the stream stays open, unread, until the test has seen the refusal
 
     channel = grpc.insecure_channel(address)
@@ -804,15 +809,7 @@ def test_rpcs_at_once_on_one_connection_are_bounded_by_max_inflight(model_cache:
     release = threading.Event()
 
     def stream_of(rid: str):
-        request = service_pb2.ModelInferRequest(model_name="charlm", id=rid)
-        for name, datatype, raw in (("text_input", "BYTES", (4).to_bytes(4, "little") + b"The "),
-                                    ("stream", "BOOL", b"\x01")):
-            tensor = request.inputs.add()
-            tensor.name, tensor.datatype = name, datatype
-            tensor.shape.append(1)
-            request.raw_input_contents.append(raw)
-        request.parameters["max_tokens"].int64_param = 100_000
-        yield request
+        yield _long_stream_request(rid)
         release.wait(120)
 
     channel = grpc.insecure_channel(address)
