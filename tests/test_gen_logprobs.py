@@ -279,3 +279,16 @@ async def test_prompt_scoring_is_bounded_in_queued_prompts_and_values() -> None:
         assert len(await engine.score_prompt(too_long[:1000], 20)) == 1000
     finally:
         await engine.close()
+
+
+async def test_wait_idle_waits_for_the_prompts_being_scored() -> None:
+    """A retired version is closed once ``wait_idle`` returns: a prompt still being scored
+    (``echo`` with ``logprobs``) is finished first, not failed by the close."""
+    engine = GenerationEngine(charlm())
+    try:
+        future = engine.score_prompt("It was the best", 2)
+        await engine.wait_idle()
+        assert future.done() and not future.cancelled() and future.exception() is None
+        assert len(future.result()) == len("It was the best")
+    finally:
+        await engine.close()

@@ -316,8 +316,9 @@ class GenerationEngine:
         )
 
     async def wait_idle(self) -> None:
-        """Return once no generation is unfinished (a retired version finishing its work)."""
-        while self._sched.has_unfinished():
+        """Return once no generation is unfinished and no prompt waits to be scored (a retired
+        version finishing its work)."""
+        while self._sched.has_unfinished() or self._scores:
             self._idle.clear()
             self._wakeup.set()  # let the loop notice when it is done
             await self._idle.wait()

@@ -397,7 +397,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                         await write(convert.stream_text(model, version, rid, held, False))
                     await write(convert.stream_error(event[1], model, rid))
                     return
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or the write failed: the generation stops (a no-op once it ended)
             call.abort()
             raise
         finally:

@@ -769,8 +769,7 @@ class HttpApi:
                 return
             self._submit(call, entry, completion, session)
         except WsserveError as exc:
-            self._rejected(exc, call.model, "generate")
-            call.fail(exc)
+            call.fail(exc)  # counted once, as the tracked call it is (not also as a refusal)
             return
         if completion.stream:
             call.start_stream()
