@@ -326,21 +326,11 @@ class Metrics:
         ``/metrics`` then reports totals over all workers and gauges labelled by ``worker``."""
         self.read_state = read_state
         self.requests: dict[tuple[str, str, str], int] = {}
-        self.duration = _Family(
-            "wsserve_request_duration_seconds", "Time from receipt to terminal frame.", ("model", "type"), LATENCY_BUCKETS
-        )
-        self.queue = _Family(
-            "wsserve_queue_duration_seconds", "Time a request waited before its first batch or step.", ("model",),
-            LATENCY_BUCKETS,
-        )
-        self.batch_size = _Family(
-            "wsserve_batch_size", "Rows (predict) or sequences (generate) per batch.", ("model",), BATCH_BUCKETS
-        )
-        self.compute = _Family(
-            "wsserve_batch_compute_seconds", "Model compute time per batch.", ("model",), LATENCY_BUCKETS
-        )
-        self.ttft = _Family("wsserve_time_to_first_token_seconds", "", ("model",), LATENCY_BUCKETS)
-        self.tpot = _Family("wsserve_request_time_per_output_token_seconds", "", ("model",), TOKEN_BUCKETS)
+        #: The histogram families of :data:`_HISTOGRAMS`, by key; each is also an attribute
+        #: (``self.duration``, ``self.queue``, ..., the hot paths' direct reference).
+        self._families = {key: _Family(name, doc, labels, bounds) for key, name, doc, labels, bounds in _HISTOGRAMS}
+        self.duration, self.queue, self.batch_size, self.compute, self.ttft, self.tpot = (
+            self._families[k] for k in ("duration", "queue", "batch_size", "compute", "ttft", "tpot"))
         #: Prompt tokens of started generations per model (:meth:`on_generation_done`).
         self.prompt_tokens: dict[str, int] = {}
         #: Triton statistics per ``(model, version)`` (:meth:`version_stats`).
@@ -474,11 +464,7 @@ class Metrics:
                 "messages": {"": state["messages"]},
                 "frames": dict(state.get("frames", {})),
             },
-            "histograms": {
-                "duration": self.duration.snapshot(), "queue": self.queue.snapshot(),
-                "batch_size": self.batch_size.snapshot(), "compute": self.compute.snapshot(),
-                "ttft": self.ttft.snapshot(), "tpot": self.tpot.snapshot(),
-            },
+            "histograms": {key: family.snapshot() for key, family in self._families.items()},
             "model_stats": {_SEP.join(k): v.snapshot(mono, wall) for k, v in self.model_stats.items()},
             "gauges": {
                 "connections": state["connections"], "http_connections": state.get("http_connections", 0),

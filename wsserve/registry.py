@@ -94,19 +94,14 @@ LOAD_CONCURRENCY = 4
 MAX_LOAD_THREADS = 2 * LOAD_CONCURRENCY
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any, name: str) -> Any:
-    """``fn(*args)`` in a new daemon thread; its result or exception.
-
-    Unlike the default executor, a call that never returns holds no pool thread that other work
-    (scans, other loads) needs, and does not keep the process from exiting.  Cancelling the
-    awaiting task abandons the call (its result is dropped; the thread runs to its end)."""
-    return await _start_thread(fn, *args, name=name)
-
-
 def _start_thread(fn: Callable[..., Any], *args: Any, name: str) -> asyncio.Future[Any]:
     """Start ``fn(*args)`` in a new daemon thread; a future of the running loop that gets its
     result or exception when the thread ends (never, if ``fn`` never returns; nor once the loop is
-    closed).  A ``BaseException`` of ``fn`` (``sys.exit()``) comes as a ``RuntimeError``."""
+    closed).  A ``BaseException`` of ``fn`` (``sys.exit()``) comes as a ``RuntimeError``.
+
+    Unlike the default executor, a call that never returns holds no pool thread that other work
+    (scans, other loads) needs, and does not keep the process from exiting.  Cancelling a task
+    awaiting the future abandons the call (its result is dropped; the thread runs to its end)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -169,24 +164,20 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: 
         raise ModelLoadError(getattr(model, "path", path), f"{type(exc).__name__}: {exc}") from exc
 
 
-def _close_failed(model: Any) -> None:
-    """Close a version that failed to load; what ``close()`` raises is logged, not raised (the
-    load's own error is the one to report)."""
-    try:
-        model.close()
-    except BaseException:  # noqa: BLE001 - the model's own Model.close()
-        log.exception("closing model %r version %s after its failed load raised", model.name, model.version)
-
-
-def _close_late(model: Any, label: str) -> None:
-    """Close the model of an abandoned load (if it has ``close()``); what it raises is logged."""
+def _close_quietly(model: Any, label: str, after: str) -> None:
+    """Close ``model`` (if it has ``close()``) after ``after`` (its failed or abandoned load); what
+    ``close()`` raises is logged, not raised (the load's own outcome is the one to report)."""
     close = getattr(model, "close", None)
     if not callable(close):
         return
     try:
         close()
     except BaseException:  # noqa: BLE001 - the model's own Model.close()
-        log.exception("closing %s after its abandoned load raised", label)
+        log.exception("closing %s after its %s raised", label, after)
+
+
+def _close_failed(model: Any) -> None:
+    _close_quietly(model, f"model {model.name!r} version {model.version}", "failed load")
 
 
 def _model_file(path: Path, mscan: ModelScan, version: int) -> Path:
@@ -598,7 +589,7 @@ class ModelRegistry:
             model = f.result()
             log.warning("the abandoned load of %s ended %.1f s after it started: its model is discarded (closed)",
                         label, after)
-            threading.Thread(target=_close_late, args=(model, label), name=f"wsserve-close-late-{label}",
+            threading.Thread(target=_close_quietly, args=(model, label, "abandoned load"), name=f"wsserve-close-late-{label}",
                              daemon=True).start()
 
         future.add_done_callback(ended)
@@ -620,7 +611,7 @@ class ModelRegistry:
                 if callable(close):
                     try:  # the model's own code (Model.close()): off the event loop, in a thread of
                         # its own, so one that never returns holds nothing but itself
-                        await _in_thread(close, name=f"wsserve-close-{entry.name}-{entry.version}")
+                        await _start_thread(close, name=f"wsserve-close-{entry.name}-{entry.version}")
                     except Exception:  # noqa: BLE001
                         log.exception("closing model %r version %s failed", entry.name, entry.version)
                 if forget:

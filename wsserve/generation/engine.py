@@ -124,10 +124,15 @@ class TokenSink(Protocol):
     def on_error(self, exc: WsserveError) -> None: ...
 
 
+def _sampled(logits: np.ndarray, batch: Batch) -> np.ndarray:
+    """``[B]`` next-token ids from the model's raw ``logits [B, V]`` with ``batch``'s penalties,
+    biases, bans and sampling applied."""
+    return sample_rows(apply_penalties(logits, batch.penalties, batch.bias, batch.ban), batch.sampling, batch.noise)
+
+
 def run_step(model: TokenModel, batch: Batch) -> np.ndarray:
     """One model step for ``batch``: ``[B]`` int64 next-token ids.  Pure; thread-safe."""
-    logits = apply_penalties(model.logits(batch.contexts), batch.penalties, batch.bias, batch.ban)  # [B, k] -> [B, V]
-    return sample_rows(logits, batch.sampling, batch.noise)  # [B]
+    return _sampled(model.logits(batch.contexts), batch)  # [B, k] -> [B, V] -> [B]
 
 
 def run_step_logprobs(model: TokenModel, batch: Batch) -> tuple[np.ndarray, StepLogprobs | None]:
@@ -136,7 +141,7 @@ def run_step_logprobs(model: TokenModel, batch: Batch) -> tuple[np.ndarray, Step
     if batch.logprobs is None:
         return run_step(model, batch), None
     raw = model.logits(batch.contexts)  # [B, V]
-    tokens = sample_rows(apply_penalties(raw, batch.penalties, batch.bias, batch.ban), batch.sampling, batch.noise)
+    tokens = _sampled(raw, batch)
     return tokens, step_logprobs(raw, tokens, batch.logprobs)
 
 
@@ -163,7 +168,7 @@ def run_step_rows(model: TokenModel, batch: Batch
     for i, r in enumerate(rows):
         if r is not None:
             logits[i] = r[0]
-    tokens = sample_rows(apply_penalties(logits, batch.penalties, batch.bias, batch.ban), batch.sampling, batch.noise)
+    tokens = _sampled(logits, batch)
     return tokens, failed, None if batch.logprobs is None else step_logprobs(logits, tokens, batch.logprobs)
 
 
@@ -561,8 +566,7 @@ class GenerationEngine:
 
     def _terminal(self, seq: Sequence, sink: TokenSink) -> None:
         seq.owner = None
-        if self._on_generation_done is not None and seq.admitted_at is not None:
-            self._observe_done(seq)
+        self._observe_done(seq)
         try:
             if seq.error is not None:
                 sink.on_error(seq.error)
@@ -574,7 +578,9 @@ class GenerationEngine:
     def _observe_done(self, seq: Sequence) -> None:
         """Tell the observer about a generation that took a slot and ended: its prompt tokens,
         time to first token and (ended by length or stop, two tokens or more) mean time per
-        token after the first."""
+        token after the first (nothing without an observer, or for one that never took a slot)."""
+        if self._on_generation_done is None or seq.admitted_at is None:
+            return
         first = seq.first_token_at
         ttft = tpot = None
         if first is not None:
@@ -592,8 +598,7 @@ class GenerationEngine:
         sink, seq.owner = seq.owner, None  # its own terminal event, if any, is now skipped
         self._sched.finish_requests((seq,), time.monotonic())
         if sink is not None:  # not terminated before: observed here, as _terminal would
-            if self._on_generation_done is not None and seq.admitted_at is not None:
-                self._observe_done(seq)
+            self._observe_done(seq)
             try:
                 sink.on_error(Internal(f"token sink failed in {method}: {type(exc).__name__}: {exc}"))
             except Exception:

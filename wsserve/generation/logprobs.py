@@ -117,17 +117,16 @@ def step_logprobs(logits: np.ndarray, tokens: np.ndarray, spec: LogprobRows) -> 
 
 
 class PromptScore:
-    """The records of a prompt's own tokens, computed one slice of at most ``rows_per_call``
-    positions at a time (so a driver can interleave a long prompt with generation steps):
+    """The records of a prompt's own tokens, computed one slice of at most
+    :data:`PROMPT_ROWS_PER_CALL` positions at a time (so a driver can interleave a long prompt
+    with generation steps):
     :meth:`advance` until :attr:`done`, then :attr:`records` (see :func:`prompt_logprobs`)."""
 
-    __slots__ = ("ids", "k", "records", "rows_per_call", "_id_to_text", "_next", "_windows")
+    __slots__ = ("ids", "k", "records", "_id_to_text", "_next", "_windows")
 
-    def __init__(self, ids: np.ndarray, *, context_len: int, pad_id: int, id_to_text: Sequence[str], k: int,
-                 rows_per_call: int = PROMPT_ROWS_PER_CALL) -> None:
+    def __init__(self, ids: np.ndarray, *, context_len: int, pad_id: int, id_to_text: Sequence[str], k: int) -> None:
         self.ids = np.asarray(ids, np.int64)
         self.k = k
-        self.rows_per_call = rows_per_call
         self._id_to_text = id_to_text
         n = len(self.ids)
         padded = np.concatenate((np.full(context_len, pad_id, np.int64), self.ids))
@@ -143,13 +142,13 @@ class PromptScore:
     @property
     def next_rows(self) -> int:
         """Positions :meth:`advance` computes next."""
-        return min(self.rows_per_call, len(self._windows) - self._next)
+        return min(PROMPT_ROWS_PER_CALL, len(self._windows) - self._next)
 
     def advance(self, logits: Callable[[np.ndarray], np.ndarray]) -> None:
         """Compute the next slice with the model's ``logits`` (blocking; raises what it raises,
         and then nothing changed)."""
         start = self._next
-        contexts = np.ascontiguousarray(self._windows[start:start + self.rows_per_call])
+        contexts = np.ascontiguousarray(self._windows[start:start + PROMPT_ROWS_PER_CALL])
         targets = self.ids[start + 1:start + 1 + len(contexts)]
         values = step_logprobs(logits(contexts), targets, LogprobRows(np.arange(len(contexts)), self.k))
         itos = self._id_to_text

@@ -53,7 +53,7 @@ from .sampling import (
 )
 from .sequence import SeqState, Sequence, Tick
 
-__all__ = ["RunningSet", "TokenModel", "checked_prompt_ids", "context_of", "prompt_id_limit"]
+__all__ = ["RunningSet", "TokenModel", "checked_prompt_ids", "context_of"]
 
 _RUNNING = SeqState.RUNNING
 
@@ -77,18 +77,12 @@ class TokenModel(Protocol):
         """``[B, k]`` int -> ``[B, V]`` float64, row-pure and batching-invariant."""
 
 
-def prompt_id_limit(model: TokenModel) -> int:
-    """The most token ids a token-id prompt may hold for ``model``: its ``prompt_chars`` (the
-    most characters, hence at most as many ids, a text prompt gives it), else ``16 * context_len``
-    (the adapter's default)."""
-    return int(getattr(model, "prompt_chars", 16 * model.context_len))
-
-
 def checked_prompt_ids(model: TokenModel, ids: Any) -> np.ndarray:
     """A token-id prompt (a sequence of ints) as ``[n]`` int64, checked against ``model``: at most
-    :func:`prompt_id_limit` ids, each in ``[0, V)`` (an int of any size: one past int64 is refused
-    too).  Raises ``BadRequest`` naming ``prompt``."""
-    limit = prompt_id_limit(model)
+    its ``prompt_chars`` ids (the most characters, hence ids, a text prompt gives it; else the
+    adapter's default, ``16 * context_len``), each in ``[0, V)`` (an int of any size: one past
+    int64 is refused too).  Raises ``BadRequest`` naming ``prompt``."""
+    limit = int(getattr(model, "prompt_chars", 16 * model.context_len))
     if len(ids) > limit:
         raise BadRequest(f"field 'prompt' holds {len(ids)} token ids; this model reads at most {limit} "
                          "(its prompt_chars)")
@@ -182,6 +176,7 @@ class RunningSet:
         self._pen: list[tuple[int, int, float, float, float]] = []  # (row, slot, presence, frequency, repetition)
         #: the layout's penalised rows: (rows, slots, presence [P, 1], frequency [P, 1]), None when none
         self._pen_spec: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self._pen_prompt: np.ndarray | None = None  # [P, V] the penalised rows' prompt tokens (repetition)
         self._biased: list[tuple[int, tuple[tuple[int, float], ...]]] = []  # (row, logit_bias) of biased rows
         #: the layout's logit biases (:class:`~.sampling.LogitBias`), None when no row has one
         self.logit_bias: LogitBias | None = None
@@ -298,11 +293,11 @@ class RunningSet:
         counts = self._counts.take(slots, axis=0)  # type: ignore[union-attr]
         if repetition is None:
             return Penalties(rows, presence, frequency, counts)
-        return Penalties(rows, presence, frequency, counts, repetition,
-                         self._prompt.take(slots, axis=0))  # type: ignore[union-attr]
+        return Penalties(rows, presence, frequency, counts, repetition, self._pen_prompt)
 
-    def texts(self, tokens: np.ndarray) -> list[str]:
-        """Token ids -> texts (raises ``IndexError`` on an id outside the vocabulary; changes nothing)."""
+    def texts(self, tokens: np.ndarray) -> list[Any]:
+        """Token ids (any shape) -> their texts, as (nested) lists (raises ``IndexError`` on an id
+        outside the vocabulary; changes nothing)."""
         return self._itos.take(tokens).tolist()
 
     def advance(self, contexts: np.ndarray, tokens: np.ndarray, now: float) -> tuple[list[int], dict[Sequence, None] | None]:
@@ -348,10 +343,6 @@ class RunningSet:
     def n_plain(self) -> int:
         """Plain rows (without stop strings, stop token ids or logprobs)."""
         return self._n_plain
-
-    def texts_of(self, ids: np.ndarray) -> list[Any]:
-        """Token ids (any shape) -> their texts, as nested lists."""
-        return self._itos.take(ids).tolist()
 
     # -- internals -------------------------------------------------------------------
     def _layout(self) -> None:
@@ -457,6 +448,9 @@ class RunningSet:
             np.array([r for r, *_ in pen], np.int64), np.array([slot for _, slot, *_ in pen], np.int64),
             np.array([q for _, _, q, _, _ in pen])[:, None], np.array([f for _, _, _, f, _ in pen])[:, None],
             np.array([r for *_, r in pen])[:, None] if any(r != 1 for *_, r in pen) else None)
+        # the penalised rows' prompt tokens: a slot's row changes only in add(), which forces a layout
+        self._pen_prompt = None if self._pen_spec is None or self._pen_spec[4] is None else \
+            self._prompt.take(self._pen_spec[1], axis=0)  # type: ignore[union-attr]
         self._sampling = None if not sampled else SampledRows(
             rows=None if len(sampled) == len(rows) else np.array(sampled, np.int64),
             scale=_scale_rows(scales, v),
@@ -475,7 +469,7 @@ class RunningSet:
         if not banned:
             self.ban = None
             return
-        pairs = [(r, t) for r, s in banned for t in sorted(set(s.params.stop_token_ids))]
+        pairs = [(r, t) for r, s in banned for t in s.params.stop_token_ids]  # (a repeated id: -inf twice)
         self.ban = TokenBan(np.array([r for r, _ in pairs], np.int64), np.array([t for _, t in pairs], np.int64))
         self._ban_next = min(s._base + s.params.min_tokens for _, s in banned)
 

@@ -84,10 +84,27 @@ from .sequence import FINISHED, Event, LoggedText, SeqState, Sequence, TokenEven
 from .stops import STOPPED_ON_TOKEN
 from .waitqueue import WaitQueue
 
-__all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel"]
+__all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel",
+           "check_token_ids"]
 
 _RUNNING = SeqState.RUNNING
 
+
+def check_token_ids(params: GenerationParams, v: int) -> None:
+    """The token ids ``params`` names (``logit_bias``, ``stop_token_ids``) within a vocabulary of
+    ``v`` tokens, and ``stop_token_ids`` leaving a token to generate under ``min_tokens``; raises
+    :class:`~wsserve.errors.BadRequest` naming the field (what :meth:`Scheduler.add_request` checks;
+    a request that queues no generation checks it itself)."""
+    if params.logit_bias and params.logit_bias[-1][0] >= v:
+        raise BadRequest(f"field 'logit_bias' names token {params.logit_bias[-1][0]}; the model's vocabulary "
+                         f"has {v} tokens (ids 0 to {v - 1})")
+    if params.stop_token_ids:
+        if max(params.stop_token_ids) >= v:
+            raise BadRequest(f"field 'stop_token_ids' names token {max(params.stop_token_ids)}; the model's "
+                             f"vocabulary has {v} tokens (ids 0 to {v - 1})")
+        if params.min_tokens and len(set(params.stop_token_ids)) >= v:
+            raise BadRequest("field 'stop_token_ids' names every token of the model's vocabulary: with "
+                             "'min_tokens' no token could be generated")
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -182,17 +199,7 @@ class Scheduler:
                 f"max_generate_queue={self.max_generate_queue})",
                 retry_after_ms=self._retry_after_ms(),
             )
-        v = self.model.vocab_size
-        if params.logit_bias and params.logit_bias[-1][0] >= v:
-            raise BadRequest(f"field 'logit_bias' names token {params.logit_bias[-1][0]}; the model's vocabulary "
-                             f"has {v} tokens (ids 0 to {v - 1})")
-        if params.stop_token_ids:
-            if max(params.stop_token_ids) >= v:
-                raise BadRequest(f"field 'stop_token_ids' names token {max(params.stop_token_ids)}; the model's "
-                                 f"vocabulary has {v} tokens (ids 0 to {v - 1})")
-            if params.min_tokens and len(set(params.stop_token_ids)) >= v:
-                raise BadRequest("field 'stop_token_ids' names every token of the model's vocabulary: with "
-                                 "'min_tokens' no token could be generated")
+        check_token_ids(params, self.model.vocab_size)
         ids = None  # all the prompt's token ids, when needed (may raise: nothing is queued then)
         if params.prompt_ids is not None:
             ids = checked_prompt_ids(self.model, params.prompt_ids)
@@ -346,7 +353,7 @@ class Scheduler:
         rows = spec.rows.tolist()
         chosen = values.chosen.tolist()
         top_ids = values.top_ids.tolist()
-        top_texts = self._run.texts_of(values.top_ids)
+        top_texts = self._run.texts(values.top_ids)
         top = values.top.tolist()
         ranks = values.ranks.tolist() if values.ranks is not None else None
         records = []

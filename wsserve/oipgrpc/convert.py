@@ -37,7 +37,7 @@ from ..jsontypes import shown
 from ..rest import oip
 
 __all__ = ["STATUS", "StreamEncoder", "generate_request", "infer_response", "json_message", "parameters_of",
-           "parse_infer", "status_of", "stream_error", "stream_flag", "stream_text", "typed_field"]
+           "parse_infer", "status_of", "stream_error", "stream_flag", "stream_text"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
 STATUS: Mapping[str, grpc.StatusCode] = {
@@ -98,12 +98,6 @@ _TYPED: Mapping[str, tuple[str, np.dtype]] = {
 }
 
 
-def typed_field(datatype: str) -> str | None:
-    """The ``InferTensorContents`` field that holds ``datatype`` values (None: raw only)."""
-    found = _TYPED.get(datatype)
-    return None if found is None else found[0]
-
-
 def _typed_values(tensor: Any, wire: np.dtype, shape: list[int], count: int) -> np.ndarray:
     """An input's values from its typed ``contents`` field, as ``wire`` (integers range-checked)."""
     name, datatype = tensor.name, tensor.datatype
@@ -148,11 +142,7 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
         name = tensor.name
         if not 0 < len(name) <= oip.MAX_NAME_LENGTH:
             raise BadRequest(f"'inputs' item {i} needs a 'name' (a string of 1 to {oip.MAX_NAME_LENGTH} characters)")
-        spec = by_name.get(name)
-        if spec is None:
-            raise BadRequest(f"unknown input {name!r}; the model takes: {', '.join(by_name) or 'none'}")
-        if name in arrays:
-            raise BadRequest(f"input {name!r} is given twice")
+        spec = oip.input_spec(by_name, arrays, name)
         shape = list(tensor.shape)
         count, wire = oip.input_header(spec, shape, tensor.datatype, max_rows)
         if raw:
@@ -299,14 +289,14 @@ def stream_flag(obj: Mapping[str, Any]) -> bool:
 
 class StreamEncoder:
     """The events of a generation (the encoder interface of :class:`~wsserve.rest.calls.CompletionCall`)
-    as values for the gRPC front end: ``("token", text)``, ``("end", reason)``, ``("tail",)``,
+    as values for the gRPC front end: ``("token", its UTF-8 bytes)``, ``("end", reason)``, ``("tail",)``,
     ``("error", exc)``, and for an answer not streamed ``("full", text)``."""
 
     def start_events(self, index: int = 0) -> bytes:
         return b""
 
-    def token_event(self, text: str, index: int = 0) -> tuple[str, str]:
-        return ("token", text)
+    def token_event(self, text: str, index: int = 0) -> tuple[str, bytes]:
+        return ("token", text.encode())  # encoded once: counted, then sent as it is
 
     def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str]:
         return ("end", finish_reason)
@@ -322,10 +312,11 @@ class StreamEncoder:
         return ("error", exc)
 
 
-def stream_text(model: str, version: str, rid: str | None, text: str, final: bool) -> Any:
-    """One ``ModelStreamInferResponse`` of a generation: ``text_output`` (BYTES ``[1]``, raw), the
-    ``triton_final_response`` parameter (true on the last one, as Triton marks it)."""
-    data = text.encode()
+def stream_text(model: str, version: str, rid: str | None, text: str | bytes, final: bool) -> Any:
+    """One ``ModelStreamInferResponse`` of a generation: ``text_output`` (BYTES ``[1]``, raw: ``text``
+    UTF-8 encoded, or as it is when bytes), the ``triton_final_response`` parameter (true on the
+    last one, as Triton marks it)."""
+    data = text.encode() if type(text) is str else text
     response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
     tensor = response.outputs.add()
     tensor.name, tensor.datatype = "text_output", "BYTES"

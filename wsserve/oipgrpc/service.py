@@ -84,7 +84,7 @@ class _QueueExchange:
             return
         self.queue.put_nowait(event)
         if event[0] == "token":
-            self.pending += len(event[1].encode())
+            self.pending += len(event[1])  # (the encoder's UTF-8 bytes)
             if self.pending > self.limit and self.call is not None:
                 self.call.fail(Overloaded(f"slow consumer: this stream's client left {self.pending} bytes of tokens "
                                           f"unread (max_write_buffer_bytes={self.limit}); the generation is "
@@ -379,17 +379,17 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.busy += 1
         model, version = call.model, call.version
         try:
-            held: str | None = None  # each token waits for the next event: the last one is flagged final
+            held: bytes | None = None  # each token waits for the next event: the last one is flagged final
             while True:
                 event = await queue.get()
                 kind = event[0]
                 if kind == "token":
                     if held is not None:
                         await write(convert.stream_text(model, version, rid, held, False))
-                        exchange.pending -= len(held.encode())
+                        exchange.pending -= len(held)
                     held = event[1]
                 elif kind == "tail" or kind == "full":
-                    text = event[1] if kind == "full" else held or ""
+                    text = event[1] if kind == "full" else held or b""
                     await write(convert.stream_text(model, version, rid, text, True))
                     return
                 elif kind == "error":  # the token held for the final flag goes first: it was generated

@@ -65,6 +65,7 @@ from ..errors import (
     WsserveError,
 )
 from ..generation.running import checked_prompt_ids
+from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
 from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
@@ -705,8 +706,10 @@ class HttpApi:
             if completion.echo_only or (completion.echo and completion.params.logprobs is not None):
                 # checked as a queued generation's are: none is queued (echo_only), or only once the
                 # prompts are scored (then a refusal would come after that work)
-                _check_bias(entry.worker.model, completion.params.logit_bias)
-                _check_stop_ids(entry.worker.model, completion.params.stop_token_ids)
+                try:
+                    check_token_ids(completion.params, entry.worker.model.vocab_size)
+                except BadRequest as exc:
+                    raise _token_id_param(exc) from None
             if completion.echo and completion.params.logprobs is not None:  # the prompts' tokens first
                 chars = getattr(entry.worker.model, "prompt_chars", None)
                 for prompt in () if completion.prompt_ids else call.prompts:
@@ -725,7 +728,7 @@ class HttpApi:
                 counts = [len(ids) for ids in completion.prompt_ids] or [
                     entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
             else:
-                self._submit(call, entry, completion, session)
+                self._submit(call, completion, session)
                 if type(encoder) is GenerateOutputsEncoder:  # its events' num_input_tokens
                     encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
         except WsserveError as exc:
@@ -735,7 +738,7 @@ class HttpApi:
         exchange.on_abort = call.abort
         if call.scoring:  # queued and answered once the prompts are scored
             for scoring in call.scoring:
-                scoring.add_done_callback(functools.partial(self._scored, call, entry, completion, session))
+                scoring.add_done_callback(functools.partial(self._scored, call, completion, session))
         elif counts is not None:
             call.answer_prompts(counts)
         elif completion.stream:
@@ -743,16 +746,15 @@ class HttpApi:
         return None
 
     @staticmethod
-    def _submit(call: CompletionCall, entry: Any, completion: Any, session: HttpSession) -> None:
+    def _submit(call: CompletionCall, completion: Any, session: HttpSession) -> None:
         """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias`` and
         ``stop_token_ids`` named)."""
         try:
             call.submit(completion.params, session)
         except BadRequest as exc:  # a logit_bias or stop_token_ids id outside the vocabulary (the engine's check)
-            field = next((f for f in ("logit_bias", "stop_token_ids") if f"'{f}'" in exc.message), None)
-            raise (exc if field is None else _with_param(exc, field)) from None
+            raise _token_id_param(exc) from None
 
-    def _scored(self, call: CompletionCall, entry: Any, completion: Any, session: HttpSession, _done: Any) -> None:
+    def _scored(self, call: CompletionCall, completion: Any, session: HttpSession, _done: Any) -> None:
         """``echo`` with ``logprobs``: one prompt's scoring (the engine's future) is done; once every
         prompt's is, take their records (or the first failure) and queue the generations."""
         futures = call.scoring
@@ -767,7 +769,7 @@ class HttpApi:
             if completion.echo_only:  # the prompts are the answer
                 call.answer_prompts([len(logged or ()) for logged in call.echo_logged])
                 return
-            self._submit(call, entry, completion, session)
+            self._submit(call, completion, session)
         except WsserveError as exc:
             call.fail(exc)  # counted once, as the tracked call it is (not also as a refusal)
             return
@@ -844,20 +846,11 @@ def _platform(entry: Any) -> str:
     return _PLATFORMS.get(backend, f"wsserve_{backend or 'numpy'}")
 
 
-def _check_bias(model: Any, bias: tuple[tuple[int, float], ...]) -> None:
-    """``logit_bias`` ids within the generative ``model``'s vocabulary (as the scheduler checks them
-    when a generation is queued), for a request that queues none (``max_tokens: 0``)."""
-    if bias and bias[-1][0] >= model.vocab_size:
-        raise ParamError("logit_bias", f"field 'logit_bias' names token {bias[-1][0]}; the model's vocabulary has "
-                                       f"{model.vocab_size} tokens (ids 0 to {model.vocab_size - 1})")
-
-
-def _check_stop_ids(model: Any, ids: tuple[int, ...]) -> None:
-    """``stop_token_ids`` within the generative ``model``'s vocabulary (as the scheduler checks them
-    when a generation is queued), for a request that queues none (``max_tokens: 0``)."""
-    if ids and max(ids) >= model.vocab_size:
-        raise ParamError("stop_token_ids", f"field 'stop_token_ids' names token {max(ids)}; the model's vocabulary "
-                                           f"has {model.vocab_size} tokens (ids 0 to {model.vocab_size - 1})")
+def _token_id_param(exc: BadRequest) -> BadRequest:
+    """A refusal of :func:`~wsserve.generation.scheduler.check_token_ids` naming its field in
+    OpenAI's envelope (``logit_bias`` or ``stop_token_ids``)."""
+    field = next((f for f in ("logit_bias", "stop_token_ids") if f"'{f}'" in exc.message), None)
+    return exc if field is None else _with_param(exc, field)  # type: ignore[return-value]
 
 
 def _id_texts(model: Any, prompts: tuple[tuple[int, ...], ...]) -> tuple[str, ...]:

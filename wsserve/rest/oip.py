@@ -53,6 +53,7 @@ __all__ = [
     "add_input",
     "explain_parameters",
     "infer_head",
+    "input_spec",
     "input_array",
     "input_header",
     "integers_in_range",
@@ -230,7 +231,7 @@ def infer_head(obj: Mapping[str, Any], inputs: tuple[Tensor, ...], outputs: tupl
     attributions = attribution_tensors(inputs, outputs) if explain else ()
     if explain and not attributions:
         raise BadRequest("explanations need a model with one input")
-    return rid, priority, None if timeout is None else timeout, binary_out, explain, attributions
+    return rid, priority, timeout, binary_out, explain, attributions
 
 
 def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
@@ -268,11 +269,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
         if type(tensor) is not dict:
             raise BadRequest(f"'inputs' item {i} must be an object, got {json_type(tensor)}")
         name = _name(tensor, "'inputs'", i)
-        spec = by_name.get(name)
-        if spec is None:
-            raise BadRequest(f"unknown input {name!r}; the model takes: {', '.join(by_name) or 'none'}")
-        if name in arrays:
-            raise BadRequest(f"input {name!r} is given twice")
+        spec = input_spec(by_name, arrays, name)
         array, used = _input(tensor, spec, binary, offset, max_rows)
         offset += used
         rows = add_input(arrays, name, array, rows)
@@ -281,6 +278,17 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
         raise BadRequest(f"the body holds {len(binary)} bytes of binary tensor data; the inputs use {offset}")
     return InferRequest(rid, arrays, rows, requested(obj, outputs, binary_out, attributions), priority,
                         timeout, explain)
+
+
+def input_spec(by_name: Mapping[str, Tensor], arrays: Mapping[str, np.ndarray], name: str) -> Tensor:
+    """The model's tensor for input ``name``, not given before (``arrays``: the inputs read so far);
+    :class:`~wsserve.errors.BadRequest` naming an unknown or repeated input."""
+    spec = by_name.get(name)
+    if spec is None:
+        raise BadRequest(f"unknown input {name!r}; the model takes: {', '.join(by_name) or 'none'}")
+    if name in arrays:
+        raise BadRequest(f"input {name!r} is given twice")
+    return spec
 
 
 def add_input(arrays: dict[str, np.ndarray], name: str, array: np.ndarray, rows: int) -> int:

@@ -70,7 +70,7 @@ from ..protocol import (
 )
 from .errors import error_response
 
-__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "error_event",
+__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "error_event", "is_neutral",
            "model_field", "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
@@ -271,11 +271,16 @@ def model_field(obj: Any) -> str:
     return model
 
 
+def is_neutral(value: Any, allowed: tuple[Any, ...]) -> bool:
+    """``value`` (not None) is one of ``allowed``, of the same JSON type (``1`` is not ``true``)."""
+    return any(value == v and type(value) is type(v) for v in allowed if v is not None)
+
+
 def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
     """Refuse, by name, a field holding anything but one of its neutral values."""
     for name, values in neutral.items():
         value = obj.get(name)
-        if value is not None and not any(value == v and type(value) is type(v) for v in values if v is not None):
+        if value is not None and not is_neutral(value, values):
             raise ParamError(name, f"'{name}' is not supported (only its default); got {shown(value, 80)}")
 
 

@@ -50,7 +50,7 @@ import orjson
 from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest
 from ..jsontypes import described, json_type, shown
-from .openai import ParamError, model_field
+from .openai import ParamError, is_neutral, model_field
 
 __all__ = ["MAX_DETOKENIZE_TOKENS", "Detokenize", "Tokenize", "detokenize", "parse_detokenize", "parse_tokenize",
            "tokenize"]
@@ -128,7 +128,7 @@ def parse_tokenize(obj: Any) -> Tokenize:
             raise ParamError("messages", exc.message) from None
         for name, allowed in _CHAT_NEUTRAL.items():
             value = obj.get(name)
-            if value is not None and not any(value == v and type(value) is type(v) for v in allowed):
+            if value is not None and not is_neutral(value, allowed):
                 raise ParamError(name, f"'{name}' is not supported other than {_shown_allowed(allowed)} "
                                        f"({_WHY[name]}); got {shown(value, 80)}")
         return Tokenize(model, None, parsed, strs)
