@@ -43,6 +43,7 @@ def test_keys_protect_every_route_but_the_probes(start_server) -> None:
             assert c.request("GET", path, headers={"Authorization": f"Bearer {KEY}"}).status == 200, path
         work = (("POST", "/v1/models/linear:predict", b'{"instances": [[0.5]]}'),  # KServe V1
                 ("GET", "/v1/models/linear", None),
+                ("GET", "/version", None),
                 ("POST", "/v2/models/charlm/generate", b'{"text_input": "a", "max_tokens": 2}'),  # Triton's generate
                 ("POST", "/v1/chat/completions",
                  b'{"model": "charlm", "messages": [{"role": "user", "content": "a"}], "max_tokens": 2}'))
@@ -50,7 +51,7 @@ def test_keys_protect_every_route_but_the_probes(start_server) -> None:
             a = c.request(method, path, body)
             assert a.status == 401 and _error(a) is not None, path
             assert c.request(method, path, body, {"Authorization": f"Bearer {KEY}"}).status == 200, path
-        for probe in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
+        for probe in ("/healthz", "/readyz", "/health", "/v2/health/live", "/v2/health/ready"):
             assert c.request("GET", probe).status == 200, probe
         a = c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", "authorization": f"Bearer {KEY}"})
         assert a.status == 400 and "duplicate Authorization" in _error(a)["message"]
@@ -239,6 +240,8 @@ def test_drain_finishes_http_work_refuses_new_work_and_exits_0(start_server) -> 
     assert idle.closed()  # an idle keep-alive connection is closed at once
     with RawHttp(server.port) as c:
         assert c.request("GET", "/readyz").status == 503
+    with RawHttp(server.port) as c:
+        assert c.request("GET", "/health").status == 503
     with RawHttp(server.port) as c:
         assert c.request("GET", "/v2/health/ready").status == 400
     with RawHttp(server.port) as c:

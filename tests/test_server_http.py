@@ -15,6 +15,16 @@ def test_healthz_and_readyz(server) -> None:
     assert _get(server.http + "/healthz")[0] == 200
     status, _, body = _get(server.http + "/readyz")
     assert status == 200 and body == b"ready\n"
+    health = _get(server.http + "/health")  # vLLM's and TGI's name for readiness
+    assert (health[0], health[2]) == (200, b"ready\n")
+
+
+def test_version_route_is_vllms(server) -> None:
+    from wsserve import __version__
+
+    status, headers, body = _get(server.http + "/version")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {"version": __version__}
 
 
 def test_models_route_matches_models_message(server) -> None:

@@ -149,6 +149,7 @@ class Server:
         add = self.api.add_route
         add("GET", "/healthz", self._healthz, auth="none", style=None)
         add("GET", "/readyz", self._readyz, auth="none", style=None)
+        add("GET", "/health", self._readyz, auth="none", style=None)  # vLLM's and TGI's name for it
         add("GET", "/metrics", self._metrics, auth="metrics", style=None)
         for page in ("/", "/index.html"):
             add("GET", page, self._index, auth="none", style=None)

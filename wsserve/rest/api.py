@@ -173,6 +173,7 @@ class HttpApi:
         add("POST", "/v1/chat/completions", self._chat_completions, auth="key", style="openai")
         add("POST", "/tokenize", self._tokenize, auth="key", style="openai")  # vLLM's
         add("POST", "/detokenize", self._detokenize, auth="key", style="openai")
+        add("GET", "/version", self._version, auth="key", style="openai")  # vLLM's
         # KServe's V1 protocol (TensorFlow Serving's REST API): {name} / {version} end with ":predict" or ":explain".
         for base in ("/v1/models/{name}", "/v1/models/{name}/versions/{version}"):
             add("GET", base, self._v1_model, auth="key", style="oip")
@@ -629,6 +630,10 @@ class HttpApi:
         return None
 
     # ------------------------------------------------------------------ OpenAI
+
+    def _version(self, *_: Any) -> HttpResponse:
+        """vLLM's ``GET /version``: ``{"version": "<wsserve's version>"}``."""
+        return HttpResponse(200, orjson.dumps({"version": self.version}), JSON, [_NO_STORE])
 
     def _models(self, request: HttpRequest, *_: Any) -> HttpResponse:
         if request.query:
