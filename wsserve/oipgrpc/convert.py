@@ -19,6 +19,11 @@ values come from:
 
 Outputs go out as ``raw_output_contents`` (one entry per answered output, in
 order), as Triton answers them.  Errors map to status codes by :func:`status_of`.
+
+The model repository RPCs' messages go through the HTTP routes' rules too
+(:mod:`wsserve.rest.modelrepo`): :func:`repository_op` reads a load/unload
+request (its ``map<string, ModelRepositoryParameter>`` as the HTTP body's
+``parameters`` object), :func:`repository_index` writes the index.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from ..errors import BadRequest, InvalidInput, WsserveError
 from ..jsontypes import shown
-from ..rest import oip
+from ..rest import modelrepo, oip
 
 __all__ = ["STATUS", "StreamEncoder", "generate_request", "infer_response", "json_message", "parameters_of",
-           "parse_infer", "status_of", "stream_error", "stream_flag", "stream_text"]
+           "parse_infer", "repository_index", "repository_op", "status_of", "stream_error", "stream_flag",
+           "stream_text"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
 STATUS: Mapping[str, grpc.StatusCode] = {
@@ -190,6 +196,39 @@ def json_message(body: bytes, message: Any) -> Any:
 def model_config(body: bytes) -> Any:
     """Triton's ``ModelConfig`` from :func:`wsserve.rest.triton.model_config`'s JSON."""
     return json_message(body, model_config_pb2.ModelConfig())
+
+
+# --------------------------------------------------------------------------- model repository
+
+
+def repository_index(rows: list[dict[str, str]]) -> Any:
+    """The ``RepositoryIndexResponse`` of :func:`wsserve.rest.modelrepo.index_rows`' rows, in order."""
+    response = service_pb2.RepositoryIndexResponse()
+    for row in rows:
+        response.models.add(name=row["name"], version=row["version"], state=row["state"], reason=row["reason"])
+    return response
+
+
+def repository_op(request: Any) -> tuple[str, str | None]:
+    """The model and version (None: every version) of a ``RepositoryModelLoadRequest`` or
+    ``RepositoryModelUnloadRequest``: ``repository_name`` must be empty
+    (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given, and its
+    ``parameters`` (each the one field it sets: ``bool_param``, ``int64_param``, ``string_param``
+    or ``bytes_param``) are checked as the HTTP body's by
+    :func:`~wsserve.rest.modelrepo.admin_version`: ``version`` (``int64_param`` or ``string_param``),
+    ``unload_dependents`` (``bool_param``, what ``tritonclient``'s ``unload_model`` sends); any
+    other (``config``, ``file:...``) refused by name.  Raises :class:`~wsserve.errors.BadRequest`."""
+    modelrepo.check_repository_name(request.repository_name)
+    name = request.model_name
+    if not name:
+        raise BadRequest("'model_name' is required")
+    params: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        which = value.WhichOneof("parameter_choice")
+        if which is None:
+            raise BadRequest(f"parameter {key[:64]!r} sets no value")
+        params[key] = getattr(value, which)
+    return name, modelrepo.admin_version(params)
 
 
 # --------------------------------------------------------------------------- ModelStreamInfer (generation)
