@@ -421,14 +421,14 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             obj = convert.generate_request(request)
             completion, rid, outputs = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
                                                       max_tokens_limit=cfg.max_tokens)
-            if outputs is not None:
-                raise BadRequest("the vLLM backend's additional outputs (return_*) are not available over gRPC; "
-                                 "use POST /v2/models/{name}/generate")
             session.admission.capacity(session.inflight, session.inflight_bytes, 0)
             exchange = _QueueExchange(queue, cfg.max_write_buffer_bytes)
+            encoder = convert.StreamEncoder() if outputs is None else convert.StreamOutputsEncoder(outputs)
             call = exchange.call = GrpcGenerateCall(session, exchange, entry, now, completion,  # type: ignore[arg-type]
-                                                    convert.StreamEncoder(), None, style="oip")  # type: ignore[arg-type]
+                                                    encoder, None, style="oip")  # type: ignore[arg-type]
             call.submit(completion.params, session)
+            if type(encoder) is convert.StreamOutputsEncoder:  # its events' num_input_tokens
+                encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
         except WsserveError as exc:
             api.rejected(exc, name, "generate")
             await write(convert.stream_error(exc, name, rid))
@@ -443,22 +443,26 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.busy += 1
         model, version = call.model, call.version
         try:
-            held: bytes | None = None  # each token waits for the next event: the last one is flagged final
+            # each token (its bytes, its outputs) waits for the next event: the last one is flagged final
+            held: tuple[bytes, Any] | None = None
+            ended: Any = None  # the outputs of the stream's end (no token)
             while True:
                 event = await queue.get()
                 kind = event[0]
                 if kind == "token":
                     if held is not None:
-                        await write(convert.stream_text(model, version, rid, held, False))
-                        exchange.pending -= len(held)
-                    held = event[1]
+                        await write(convert.stream_text(model, version, rid, *held, final=False))
+                        exchange.pending -= len(held[0])
+                    held = event[1:]
+                elif kind == "end":
+                    ended = event[2]
                 elif kind == "tail" or kind == "full":
-                    text = event[1] if kind == "full" else held or b""
-                    await write(convert.stream_text(model, version, rid, text, True))
+                    text, outputs = event[1:] if kind == "full" else _last(held, ended)
+                    await write(convert.stream_text(model, version, rid, text, outputs, final=True))
                     return
                 elif kind == "error":  # the token held for the final flag goes first: it was generated
                     if held is not None:
-                        await write(convert.stream_text(model, version, rid, held, False))
+                        await write(convert.stream_text(model, version, rid, *held, final=False))
                     await write(convert.stream_error(event[1], model, rid))
                     return
         except BaseException:  # cancelled, or the write failed: the generation stops (a no-op once it ended)
@@ -468,6 +472,18 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.busy -= 1
             if not self.busy:
                 self.on_idle()
+
+
+def _last(held: tuple[bytes, Any] | None, ended: Any) -> tuple[bytes, Any]:
+    """The text and outputs of a stream's last response: its last token (``held``) with the
+    finish reason of its end (as the vLLM backend's last response is its last token's), or with
+    no token left (stop strings are not sent), the end's own outputs."""
+    if held is None:
+        return b"", ended
+    text, outputs = held
+    if outputs is not None and ended is not None and "finish_reason" in outputs:
+        outputs = {**outputs, "finish_reason": ended["finish_reason"]}
+    return text, outputs
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:
