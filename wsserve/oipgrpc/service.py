@@ -310,8 +310,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             self._may_admin(context, op)
+            admin = modelrepo.admin_hook(self.api.admin, op)
             name, version = convert.repository_op(request)
-            modelrepo.run_admin(self.api.admin, op, name, version, done)
+            admin(op, name, version, done)
         except WsserveError as exc:
             await self._abort(context, exc)
         result = await future

@@ -580,6 +580,7 @@ class HttpApi:
         """Load or unload ``name`` through the admin hook; answered when the operation is done
         (200 with the model's versions and states, or the OIP error)."""
         self._may_admin(request, op)
+        admin = modelrepo.admin_hook(self.admin, op)
         version = _admin_version(request.body)
         answer: list[HttpResponse] = []  # set if the hook answers before we return
         returned = False
@@ -595,7 +596,7 @@ class HttpApi:
             else:
                 answer.append(response)
 
-        modelrepo.run_admin(self.admin, op, name, version, done)
+        admin(op, name, version, done)
         if answer:
             return answer[0]
         returned = True

@@ -10,7 +10,7 @@ their answer; what they answer is decided here:
 - :func:`admin_version`: the version a load/unload's ``parameters`` name (Triton's other
   parameters refused by name);
 - :func:`check_repository_name`: a ``repository_name`` (gRPC) must be empty;
-- :func:`run_admin`: the operation handed to the server's admin hook.
+- :func:`admin_hook`: the server's admin hook the operation is handed to.
 
 Nothing here awaits or reads a clock: ``now`` is passed in.
 """
@@ -26,8 +26,8 @@ from ..config import ServerConfig
 from ..errors import BadRequest, Forbidden
 from ..protocol import MAX_VERSION_LENGTH
 
-__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_version", "check_admin", "check_repository_name",
-           "index_rows", "run_admin", "version_key"]
+__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_version", "check_admin", "check_repository_name",
+           "index_rows", "version_key"]
 
 #: The largest integer version a load/unload may name (the WebSocket's bound).
 MAX_VERSION_INT = (1 << 63) - 1
@@ -116,10 +116,10 @@ def check_repository_name(name: str) -> None:
                          "(each model name once); leave repository_name empty")
 
 
-def run_admin(admin: AdminHook | None, op: str, name: str, version: str | None, done: Callable[[Any], None]) -> None:
-    """Hand ``op`` of model ``name`` (one ``version``, or all) to the server's admin hook; ``done``
-    gets the result, now or later.  Raises :class:`~wsserve.errors.BadRequest` when the server
-    serves no model repository (``admin`` None)."""
+def admin_hook(admin: AdminHook | None, op: str) -> AdminHook:
+    """The server's admin hook to run ``op`` with (``hook(op, name, version, done)``: ``done`` gets
+    the result, now or later), checked before the request's parameters are.  Raises
+    :class:`~wsserve.errors.BadRequest` when the server serves no model repository (``admin`` None)."""
     if admin is None:
         raise BadRequest(f"{op}: this server serves no model repository")
-    admin(op, name, version, done)
+    return admin
