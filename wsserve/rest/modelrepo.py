@@ -26,8 +26,8 @@ from ..config import ServerConfig
 from ..errors import BadRequest, Forbidden
 from ..protocol import MAX_VERSION_LENGTH
 
-__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_version", "check_admin", "check_repository_name",
-           "index_rows", "version_key"]
+__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_version", "check_admin",
+           "check_repository_name", "index_rows", "version_key"]
 
 #: The largest integer version a load/unload may name (the WebSocket's bound).
 MAX_VERSION_INT = (1 << 63) - 1
