@@ -19,6 +19,11 @@ values come from:
 
 Outputs go out as ``raw_output_contents`` (one entry per answered output, in
 order), as Triton answers them.  Errors map to status codes by :func:`status_of`.
+
+The model repository RPCs' messages go through the HTTP routes' rules too
+(:mod:`wsserve.rest.modelrepo`): :func:`repository_op` reads a load/unload
+request (its ``map<string, ModelRepositoryParameter>`` as the HTTP body's
+``parameters`` object), :func:`repository_index` writes the index.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from ..errors import BadRequest, InvalidInput, WsserveError
+from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
-from ..rest import oip
+from ..rest import modelrepo, oip
+from ..rest.tritongen import GenerateOutputs, OutputValues
 
-__all__ = ["STATUS", "StreamEncoder", "generate_request", "infer_response", "json_message", "parameters_of",
-           "parse_infer", "status_of", "stream_error", "stream_flag", "stream_text"]
+__all__ = ["OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
+           "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "status_of",
+           "stream_error", "stream_flag", "stream_text"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
 STATUS: Mapping[str, grpc.StatusCode] = {
@@ -192,6 +200,39 @@ def model_config(body: bytes) -> Any:
     return json_message(body, model_config_pb2.ModelConfig())
 
 
+# --------------------------------------------------------------------------- model repository
+
+
+def repository_index(rows: list[dict[str, str]]) -> Any:
+    """The ``RepositoryIndexResponse`` of :func:`wsserve.rest.modelrepo.index_rows`' rows, in order."""
+    response = service_pb2.RepositoryIndexResponse()
+    for row in rows:
+        response.models.add(name=row["name"], version=row["version"], state=row["state"], reason=row["reason"])
+    return response
+
+
+def repository_op(request: Any) -> tuple[str, str | None]:
+    """The model and version (None: every version) of a ``RepositoryModelLoadRequest`` or
+    ``RepositoryModelUnloadRequest``: ``repository_name`` must be empty
+    (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given, and its
+    ``parameters`` (each the one field it sets: ``bool_param``, ``int64_param``, ``string_param``
+    or ``bytes_param``) are checked as the HTTP body's by
+    :func:`~wsserve.rest.modelrepo.admin_version`: ``version`` (``int64_param`` or ``string_param``),
+    ``unload_dependents`` (``bool_param``, what ``tritonclient``'s ``unload_model`` sends); any
+    other (``config``, ``file:...``) refused by name.  Raises :class:`~wsserve.errors.BadRequest`."""
+    modelrepo.check_repository_name(request.repository_name)
+    name = request.model_name
+    if not name:
+        raise BadRequest("'model_name' is required")
+    params: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        which = value.WhichOneof("parameter_choice")
+        if which is None:
+            raise BadRequest(f"parameter {key[:64]!r} sets no value")
+        params[key] = getattr(value, which)
+    return name, modelrepo.admin_version(params)
+
+
 # --------------------------------------------------------------------------- ModelStreamInfer (generation)
 
 
@@ -289,39 +330,94 @@ def stream_flag(obj: Mapping[str, Any]) -> bool:
 
 class StreamEncoder:
     """The events of a generation (the encoder interface of :class:`~wsserve.rest.calls.CompletionCall`)
-    as values for the gRPC front end: ``("token", its UTF-8 bytes)``, ``("end", reason)``, ``("tail",)``,
-    ``("error", exc)``, and for an answer not streamed ``("full", text)``."""
+    as values for the gRPC front end: ``("token", its UTF-8 bytes, outputs)``, ``("end", reason,
+    outputs)``, ``("tail",)``, ``("error", exc)``, and for an answer not streamed ``("full", text,
+    outputs)``; ``outputs`` is None here (no additional output asked for), the
+    :class:`~wsserve.rest.tritongen.OutputValues` of the event in :class:`StreamOutputsEncoder`."""
 
     def start_events(self, index: int = 0) -> bytes:
         return b""
 
-    def token_event(self, text: str, index: int = 0) -> tuple[str, bytes]:
-        return ("token", text.encode())  # encoded once: counted, then sent as it is
+    def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
+        return ("token", text.encode(), None)  # encoded once: counted, then sent as it is
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str]:
-        return ("end", finish_reason)
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str, Any]:
+        return ("end", finish_reason, None)
 
     def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> tuple[str]:
         return ("tail",)
 
-    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str]:
-        return ("full", choices[0][0])
+    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
+        return ("full", choices[0][0], None)
 
     @staticmethod
     def error_event(exc: WsserveError) -> tuple[str, WsserveError]:
         return ("error", exc)
 
 
-def stream_text(model: str, version: str, rid: str | None, text: str | bytes, final: bool) -> Any:
+class StreamOutputsEncoder(StreamEncoder):
+    """A :class:`StreamEncoder` whose token, end and full events carry the values of the vLLM
+    backend's additional outputs (the ``return_*`` flags), computed by the HTTP generate's
+    :class:`~wsserve.rest.tritongen.OutputValues`; :func:`stream_text` writes them as output
+    tensors.  :attr:`prompt_tokens` must be set before the first event."""
+
+    def __init__(self, outputs: GenerateOutputs) -> None:
+        self.values = OutputValues(outputs)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.values.prompt_tokens
+
+    @prompt_tokens.setter
+    def prompt_tokens(self, count: int) -> None:
+        self.values.prompt_tokens = count
+
+    def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
+        return ("token", text.encode(), self.values.token(None))
+
+    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> tuple[str, bytes, Any]:
+        return ("token", text.encode(), self.values.token(logprobs))
+
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str, Any]:
+        return ("end", finish_reason, self.values.end(finish_reason))
+
+    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
+        return ("full", choices[0][0], self.values.response(choices[0], prompt_tokens, tokens))
+
+
+#: The vLLM backend's additional output tensors: name -> (datatype, shape) as the backend makes them
+#: (``num_input_tokens`` is a 0-d ``uint32``; the others one element per output sequence).
+OUTPUT_TENSORS: Mapping[str, tuple[str, tuple[int, ...]]] = {
+    "finish_reason": ("BYTES", (1,)), "cumulative_logprob": ("FP32", (1,)), "logprobs": ("BYTES", (1,)),
+    "num_input_tokens": ("UINT32", ()), "num_output_tokens": ("UINT32", (1,)),
+}
+
+
+def _bytes_element(data: bytes) -> bytes:
+    """One raw BYTES element: its 4-byte little-endian length, then its bytes."""
+    return len(data).to_bytes(4, "little") + data
+
+
+def stream_text(model: str, version: str, rid: str | None, text: str | bytes, outputs: Mapping[str, Any] | None = None,
+                *, final: bool) -> Any:
     """One ``ModelStreamInferResponse`` of a generation: ``text_output`` (BYTES ``[1]``, raw: ``text``
-    UTF-8 encoded, or as it is when bytes), the ``triton_final_response`` parameter (true on the
-    last one, as Triton marks it)."""
+    UTF-8 encoded, or as it is when bytes), then each of ``outputs`` (the additional outputs'
+    values, :data:`OUTPUT_TENSORS`: strings as BYTES, ``cumulative_logprob`` FP32, counts UINT32),
+    the ``triton_final_response`` parameter (true on the last one, as Triton marks it)."""
     data = text.encode() if type(text) is str else text
     response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
     tensor = response.outputs.add()
     tensor.name, tensor.datatype = "text_output", "BYTES"
     tensor.shape.append(1)
-    response.raw_output_contents.append(len(data).to_bytes(4, "little") + data)
+    response.raw_output_contents.append(_bytes_element(data))
+    for name, value in (outputs or {}).items():
+        datatype, shape = OUTPUT_TENSORS[name]
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=shape)
+        if datatype == "BYTES":
+            raw = _bytes_element(value.encode())
+        else:
+            raw = np.asarray(value, dtype=oip.DATATYPES[datatype]).tobytes()
+        response.raw_output_contents.append(raw)
     response.parameters["triton_final_response"].bool_param = final
     return service_pb2.ModelStreamInferResponse(infer_response=response)
 

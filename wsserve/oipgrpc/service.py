@@ -3,7 +3,8 @@
 :class:`GrpcFrontend` is started, drained and stopped by :class:`~wsserve.server.Server`
 (``--grpc-port``).  It is an adapter only: every answer is the HTTP API's
 (:class:`~wsserve.rest.HttpApi`: the same lookups, bodies, admission, worker
-queues and metrics), converted by :mod:`wsserve.oipgrpc.convert`.
+queues and metrics), converted by :mod:`wsserve.oipgrpc.convert`; the model
+repository RPCs are :mod:`wsserve.rest.modelrepo`'s, as the HTTP routes are.
 
 A gRPC "connection", for ``max_inflight``, ``max_inflight_bytes`` and
 ``rate_limit_per_s``, is the client's HTTP/2 connection: the RPC's peer
@@ -24,8 +25,9 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from ..admission import check_bearer
+from ..admission import PROXY_HEADERS, check_bearer, local_admin
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
+from ..rest import modelrepo
 from ..rest.calls import CompletionCall, HttpSession, InferCall
 from ..rest.tritongen import parse_generate
 from . import convert
@@ -36,9 +38,12 @@ log = logging.getLogger("wsserve.grpc")
 
 #: The RPCs answered; every other one of the service is UNIMPLEMENTED.
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
-               "ModelInfer", "ModelStreamInfer", "ModelStatistics")
+               "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
+               "RepositoryModelUnload")
 UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                       if m.name not in IMPLEMENTED)
+#: Metadata a reverse proxy adds (grpc's keys are lower-case strings).
+_PROXY_METADATA = frozenset(h.decode() for h in PROXY_HEADERS)
 #: Sessions kept before the idle ones are forgotten (then twice as many as remain, at least this).
 _SWEEP_AT = 64
 
@@ -106,6 +111,16 @@ class GrpcGenerateCall(CompletionCall):
 
     def _error(self, exc: WsserveError) -> None:
         self.exchange.send(("error", exc))
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The RPC's ``authorization`` metadata value (None without one).  Raises ``BadRequest`` when
+    it is given twice."""
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    if len(values) > 1:
+        raise BadRequest("duplicate authorization metadata")
+    value = values[0] if values else None
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _address(peer: str) -> str:
@@ -184,17 +199,25 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         (RESOURCE_EXHAUSTED while its address has failed too often)."""
         if not self.config.api_key:
             return None
-        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
         try:
-            if len(values) > 1:
-                raise BadRequest("duplicate authorization metadata")
-            value = values[0] if values else None
-            if isinstance(value, bytes):
-                value = value.decode("latin-1")
-            return check_bearer(self.api.keys, _address(context.peer()), value, self.clock())
+            return check_bearer(self.api.keys, _address(context.peer()), _authorization(context), self.clock())
         except WsserveError as exc:
             await self._abort(context, exc)
             raise  # not reached: abort raises
+
+    def _may_admin(self, context: grpc.aio.ServicerContext, op: str) -> None:
+        """:func:`~wsserve.rest.modelrepo.check_admin` for an RPC, HTTP's rule: with keys configured
+        an admin key in the ``authorization`` metadata; without keys a loopback peer whose RPC no
+        proxy forwarded (no ``forwarded``, ``x-forwarded-for``, ``x-real-ip`` metadata) and that
+        is no browser's (no ``origin``: grpc gives no ``Host`` to check it against).  Raises
+        ``WsserveError``."""
+        address = _address(context.peer())
+        metadata = context.invocation_metadata() or ()
+        forwarded = any(k in _PROXY_METADATA for k, _ in metadata)
+        origin = next((v for k, v in metadata if k == "origin"), None)
+        local = local_admin(address, None if origin is None else str(origin), None, forwarded)
+        modelrepo.check_admin(self.config, self.api.keys, op, address=address, authorization=_authorization(context),
+                              local=local, now=self.clock())
 
     def _session(self, peer: str, now: float) -> HttpSession:
         session = self.sessions.get(peer)
@@ -233,8 +256,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._key(context)
-        extensions = [e for e in self.api.extensions if e != "model_repository"]  # HTTP only
-        return service_pb2.ServerMetadataResponse(name="wsserve", version=self.api.version, extensions=extensions)
+        return service_pb2.ServerMetadataResponse(name="wsserve", version=self.api.version,
+                                                  extensions=self.api.extensions)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._key(context)
@@ -253,6 +276,48 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         except WsserveError as exc:
             await self._abort(context, exc)
         return convert.json_message(body, service_pb2.ModelStatisticsResponse())
+
+    # ------------------------------------------------------------------ model repository extension
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``POST /v2/repository/index``'s rows (:func:`~wsserve.rest.modelrepo.index_rows`);
+        ``ready``: the ready versions only; ``repository_name`` must be empty."""
+        await self._key(context)
+        try:
+            modelrepo.check_repository_name(request.repository_name)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        api = self.api
+        return convert.repository_index(modelrepo.index_rows(api.models, api.unloaded(), request.ready))
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._repository_op("load", request, context)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._repository_op("unload", request, context)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    async def _repository_op(self, op: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Load or unload as ``POST /v2/repository/models/{name}/load`` and ``/unload`` (same
+        rule, parameters, admin hook); returns once the operation is done, aborts with its error.
+        A cancelled RPC does not cancel the operation (as an HTTP client that leaves)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(result: Any) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        try:
+            self._may_admin(context, op)
+            admin = modelrepo.admin_hook(self.api.admin, op)
+            name, version = convert.repository_op(request)
+            admin(op, name, version, done)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        result = await future
+        if isinstance(result, WsserveError):
+            await self._abort(context, result)
 
     # ------------------------------------------------------------------ inference
 
@@ -357,14 +422,14 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             obj = convert.generate_request(request)
             completion, rid, outputs = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
                                                       max_tokens_limit=cfg.max_tokens)
-            if outputs is not None:
-                raise BadRequest("the vLLM backend's additional outputs (return_*) are not available over gRPC; "
-                                 "use POST /v2/models/{name}/generate")
             session.admission.capacity(session.inflight, session.inflight_bytes, 0)
             exchange = _QueueExchange(queue, cfg.max_write_buffer_bytes)
+            encoder = convert.StreamEncoder() if outputs is None else convert.StreamOutputsEncoder(outputs)
             call = exchange.call = GrpcGenerateCall(session, exchange, entry, now, completion,  # type: ignore[arg-type]
-                                                    convert.StreamEncoder(), None, style="oip")  # type: ignore[arg-type]
+                                                    encoder, None, style="oip")  # type: ignore[arg-type]
             call.submit(completion.params, session)
+            if type(encoder) is convert.StreamOutputsEncoder:  # its events' num_input_tokens
+                encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
         except WsserveError as exc:
             api.rejected(exc, name, "generate")
             await write(convert.stream_error(exc, name, rid))
@@ -379,22 +444,26 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.busy += 1
         model, version = call.model, call.version
         try:
-            held: bytes | None = None  # each token waits for the next event: the last one is flagged final
+            # each token (its bytes, its outputs) waits for the next event: the last one is flagged final
+            held: tuple[bytes, Any] | None = None
+            ended: Any = None  # the outputs of the stream's end (no token)
             while True:
                 event = await queue.get()
                 kind = event[0]
                 if kind == "token":
                     if held is not None:
-                        await write(convert.stream_text(model, version, rid, held, False))
-                        exchange.pending -= len(held)
-                    held = event[1]
+                        await write(convert.stream_text(model, version, rid, *held, final=False))
+                        exchange.pending -= len(held[0])
+                    held = event[1:]
+                elif kind == "end":
+                    ended = event[2]
                 elif kind == "tail" or kind == "full":
-                    text = event[1] if kind == "full" else held or b""
-                    await write(convert.stream_text(model, version, rid, text, True))
+                    text, outputs = event[1:] if kind == "full" else _last(held, ended)
+                    await write(convert.stream_text(model, version, rid, text, outputs, final=True))
                     return
                 elif kind == "error":  # the token held for the final flag goes first: it was generated
                     if held is not None:
-                        await write(convert.stream_text(model, version, rid, held, False))
+                        await write(convert.stream_text(model, version, rid, *held, final=False))
                     await write(convert.stream_error(event[1], model, rid))
                     return
         except BaseException:  # cancelled, or the write failed: the generation stops (a no-op once it ended)
@@ -404,6 +473,18 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.busy -= 1
             if not self.busy:
                 self.on_idle()
+
+
+def _last(held: tuple[bytes, Any] | None, ended: Any) -> tuple[bytes, Any]:
+    """The text and outputs of a stream's last response: its last token (``held``) with the
+    finish reason of its end (as the vLLM backend's last response is its last token's), or with
+    no token left (stop strings are not sent), the end's own outputs."""
+    if held is None:
+        return b"", ended
+    text, outputs = held
+    if outputs is not None and ended is not None and "finish_reason" in outputs:
+        outputs = {**outputs, "finish_reason": ended["finish_reason"]}
+    return text, outputs
 
 
 def _unimplemented(name: str) -> Callable[..., Any]:

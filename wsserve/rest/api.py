@@ -25,7 +25,8 @@ Routes (docs/PROTOCOL.md, "HTTP"):
 - the OIP model repository extension (Triton's): ``POST /v2/repository/index``,
   ``POST /v2/repository/models/{name}/load`` and ``/unload`` (optional body
   ``{"parameters": {"version": ...}}``), through the server's admin hook (the
-  WebSocket ``load``/``unload`` path) with the same authorization rule;
+  WebSocket ``load``/``unload`` path) with the same authorization rule (the logic, shared with
+  the gRPC RPCs: :mod:`wsserve.rest.modelrepo`);
 - ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI; a chat's prompt is the
   served model's template of its ``messages``), ``GET /v1/models`` (the WebSocket ``models``
   reply, versions included; ``?format=openai``: OpenAI's list shape).
@@ -56,7 +57,6 @@ from ..config import ServerConfig
 from ..errors import (
     BadJson,
     BadRequest,
-    Forbidden,
     Internal,
     InvalidInput,
     Overloaded,
@@ -68,8 +68,8 @@ from ..generation.running import checked_prompt_ids
 from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
-from ..protocol import MAX_VERSION_LENGTH, decode_predict_body, loads
-from . import kserve, oip, triton
+from ..protocol import decode_predict_body, loads
+from . import kserve, modelrepo, oip, triton
 from .calls import (
     CompletionCall,
     HttpSession,
@@ -104,13 +104,6 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
-#: The largest integer version a load/unload may name (the WebSocket's bound).
-MAX_VERSION_INT = (1 << 63) - 1
-#: Version states as Triton's repository index names them.
-_OIP_STATES = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING", "failed": "UNAVAILABLE"}
-
-#: ``admin(op, model, version, done)``: the server's admin hook (see ConnectionContext.admin).
-AdminHook = Callable[[str, str, "str | None", Callable[[Any], None]], None]
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
 _BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
@@ -138,7 +131,7 @@ class HttpApi:
         wall_clock: Callable[[], float],
         ready: Callable[[], bool],
         slot_free: Callable[[], bool],
-        admin: AdminHook | None = None,
+        admin: modelrepo.AdminHook | None = None,
         unloaded: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.config = config
@@ -446,7 +439,8 @@ class HttpApi:
                                   explain)
 
     def _ready_versions(self, name: str) -> list[str]:
-        return sorted((v for v, st in self.models.status(name).items() if st.state == "ready"), key=_version_key)
+        ready = (v for v, st in self.models.status(name).items() if st.state == "ready")
+        return sorted(ready, key=modelrepo.version_key)
 
     def _model_config(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                       *_: Any) -> HttpResponse:
@@ -553,9 +547,8 @@ class HttpApi:
     # ------------------------------------------------------------------ OIP model repository extension
 
     def _repository_index(self, request: HttpRequest, *_: Any) -> HttpResponse:
-        """Every model version and its state (``READY``, ``LOADING``, ``UNLOADING``, ``UNAVAILABLE``
-        with the reason), and models an admin unloaded (``UNAVAILABLE``, no version).  Body: none,
-        or ``{"ready": true}`` for the ready versions only."""
+        """:func:`~wsserve.rest.modelrepo.index_rows`.  Body: none, or ``{"ready": true}`` for the
+        ready versions only."""
         ready_only = False
         if request.body.strip():
             body = loads(request.body)
@@ -564,19 +557,7 @@ class HttpApi:
             ready_only = body.get("ready", False)
             if type(ready_only) is not bool:
                 raise BadRequest("'ready' must be a boolean")
-        rows: list[dict[str, str]] = []
-        for name in sorted(set(self.models.names) | set(self.unloaded())):
-            status = self.models.status(name)
-            if not status:
-                if not ready_only:
-                    rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
-                continue
-            for version in sorted(status, key=_version_key):
-                st = status[version]
-                if ready_only and st.state != "ready":
-                    continue
-                rows.append({"name": name, "version": version, "state": _OIP_STATES.get(st.state, "UNAVAILABLE"),
-                             "reason": st.reason or ""})
+        rows = modelrepo.index_rows(self.models, self.unloaded(), ready_only)
         return HttpResponse(200, orjson.dumps(rows), JSON, [_NO_STORE])
 
     def _load(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
@@ -588,26 +569,19 @@ class HttpApi:
         return self._repository_op("unload", request, exchange, params["name"], cors)
 
     def _may_admin(self, request: HttpRequest, op: str) -> None:
-        """The WebSocket admin rule: with keys configured, a Bearer admin key (401 without a valid
-        key, 403 with another key); without keys, loopback clients only (403)."""
-        cfg = self.config
-        refusal = f"{op} needs the admin key (--admin-key), or loopback when no keys are configured"
-        if cfg.api_key or cfg.admin_key:
-            if request.header_count(b"authorization") > 1:
-                raise BadRequest("duplicate Authorization header")
-            key = check_bearer(self.keys, request.address, request.header(b"authorization"), self.clock())
-            if not self.keys.is_admin(key):
-                raise Forbidden(refusal)
-        elif not local_admin(request.address, request.header(b"origin"), request.header(b"host"), proxied(request)):
-            raise Forbidden(refusal)  # not loopback, forwarded by a proxy, or a page of another name (DNS rebinding)
+        """:func:`~wsserve.rest.modelrepo.check_admin` for an HTTP request (401, 429 or 403)."""
+        if request.header_count(b"authorization") > 1:
+            raise BadRequest("duplicate Authorization header")
+        local = local_admin(request.address, request.header(b"origin"), request.header(b"host"), proxied(request))
+        modelrepo.check_admin(self.config, self.keys, op, address=request.address,
+                              authorization=request.header(b"authorization"), local=local, now=self.clock())
 
     def _repository_op(self, op: str, request: HttpRequest, exchange: HttpExchange, name: str,
                        cors: list[tuple[str, str]] | None) -> HttpResponse | None:
         """Load or unload ``name`` through the admin hook; answered when the operation is done
         (200 with the model's versions and states, or the OIP error)."""
         self._may_admin(request, op)
-        if self.admin is None:
-            raise BadRequest(f"{op}: this server serves no model repository")
+        admin = modelrepo.admin_hook(self.admin, op)
         version = _admin_version(request.body)
         answer: list[HttpResponse] = []  # set if the hook answers before we return
         returned = False
@@ -623,7 +597,7 @@ class HttpApi:
             else:
                 answer.append(response)
 
-        self.admin(op, name, version, done)
+        admin(op, name, version, done)
         if answer:
             return answer[0]
         returned = True
@@ -886,9 +860,9 @@ def _worker_inputs(entry: Any, inputs: tuple[oip.Tensor, ...], req: oip.InferReq
 
 
 def _admin_version(body: bytes) -> str | None:
-    """The version a load/unload names: ``{"parameters": {"version": "2" or 2}}``; None for an
-    empty body or no version (every version).  Other parameters Triton defines are refused,
-    except ``unload_dependents`` (wsserve has no ensembles: nothing depends on a model)."""
+    """The version a load/unload's body names (:func:`~wsserve.rest.modelrepo.admin_version` of
+    its ``parameters``): ``{"parameters": {"version": "2" or 2}}``; None for an empty body or no
+    version (every version)."""
     if not body.strip():
         return None
     obj = loads(body)
@@ -899,26 +873,7 @@ def _admin_version(body: bytes) -> str | None:
         return None
     if type(params) is not dict:
         raise BadRequest("'parameters' must be an object")
-    unknown = sorted(k for k in params if k not in ("version", "unload_dependents"))
-    if unknown:
-        raise BadRequest(f"parameter {unknown[0][:64]!r} is not supported (only 'version'; models load from the "
-                         "repository as they are)")
-    if type(params.get("unload_dependents", False)) is not bool:
-        raise BadRequest("parameter 'unload_dependents' must be a boolean")
-    version = params.get("version")
-    if version is None:
-        return None
-    if type(version) is int and 1 <= version <= MAX_VERSION_INT:
-        return str(version)
-    if type(version) is str and 0 < len(version) <= MAX_VERSION_LENGTH:
-        return version
-    raise BadRequest(f"parameter 'version' must be a positive integer or a string of at most {MAX_VERSION_LENGTH} "
-                     "characters")
-
-
-def _version_key(version: str) -> tuple[int, str]:
-    """Numbered versions in numeric order (as the pool orders them), others before them by name."""
-    return (int(version), "") if version.isdigit() else (-1, version)
+    return modelrepo.admin_version(params)
 
 
 def _header_length(request: HttpRequest) -> int | None:

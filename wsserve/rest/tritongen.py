@@ -75,8 +75,8 @@ from ..protocol import (
 )
 from .openai import Completion
 
-__all__ = ["OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "generate_encoder",
-           "parse_generate"]
+__all__ = ["OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues",
+           "generate_encoder", "parse_generate"]
 
 #: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
 OUTPUT_FLAGS = ("return_finish_reason", "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
@@ -225,63 +225,105 @@ def generate_encoder(rid: str | None, model: str, version: str,
     return GenerateOutputsEncoder(rid, model, version, outputs)
 
 
-class GenerateOutputsEncoder(GenerateEncoder):
-    """A :class:`GenerateEncoder` whose answer and events also carry the additional ``outputs``
-    (see the module's docstring).  One generation: it keeps the stream's running
-    ``cumulative_logprob``; :attr:`prompt_tokens` must be set (the generation's
-    ``prompt_tokens``) before the first event."""
+class OutputValues:
+    """The values of the additional ``outputs`` one generation's answer or events carry (see the
+    module's docstring), whatever the transport writes them as: :class:`GenerateOutputsEncoder`
+    as JSON fields, the gRPC front end as output tensors
+    (:class:`wsserve.oipgrpc.convert.StreamOutputsEncoder`).  One generation: it keeps the
+    stream's running ``cumulative_logprob``; :attr:`prompt_tokens` must be set (the generation's
+    ``prompt_tokens``) before the first event.  Each method returns ``{output name: value}`` of
+    the asked-for outputs, in :data:`OUTPUT_FLAGS`' order (``finish_reason`` and ``logprobs``
+    strings, ``cumulative_logprob`` a float, the counts integers)."""
 
     __slots__ = ("outputs", "prompt_tokens", "_cumulative")
 
-    def __init__(self, rid: str | None, model: str, version: str, outputs: GenerateOutputs) -> None:
-        super().__init__(rid, model, version)
+    def __init__(self, outputs: GenerateOutputs) -> None:
         self.outputs = outputs
         #: ``num_input_tokens`` of the stream's events (a response is given it)
         self.prompt_tokens = 0
         self._cumulative = 0.0
 
-    def token_event(self, text: str, index: int = 0) -> bytes:
-        return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
-                + self._fields("None", None, self.prompt_tokens, 1) + b"}\n\n")
+    def token(self, logprobs: TokenLogprobs | None) -> dict[str, Any]:
+        """A streamed token's (``logprobs``: its record, None when the engine computes none)."""
+        return self.values("None", None if logprobs is None else (logprobs,), self.prompt_tokens, 1)
 
-    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
-        """One streamed token with its record (the engine computes them when the outputs need them)."""
-        return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
-                + self._fields("None", (logprobs,), self.prompt_tokens, 1) + b"}\n\n")
+    def end(self, finish_reason: str) -> dict[str, Any]:
+        """The stream's end (no token)."""
+        return self.values(finish_reason, (), self.prompt_tokens, 0)
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
-        fields = self._fields(finish_reason, (), self.prompt_tokens, 0)
-        if not self.outputs.finish_reason:  # the last event carries it all the same (as without outputs)
-            fields = b',"finish_reason":' + orjson.dumps(finish_reason) + fields
-        return b"data: " + self._head + b',"text_output":""' + fields + b"}\n\n"
-
-    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> bytes:
-        text, finish_reason, logged = choices[0]
+    def response(self, choice: Any, prompt_tokens: int, tokens: int) -> dict[str, Any]:
+        """A whole answer's: ``choice`` is ``(text, finish_reason, logged)`` (``logged``: the
+        ``(text, record)`` of each token, None when the engine computed none)."""
+        _, finish_reason, logged = choice
         records = () if logged is None else tuple(record for _, record in logged)
-        return (self._head + b',"text_output":' + orjson.dumps(text)
-                + self._fields(finish_reason, records, prompt_tokens, tokens) + b"}")
+        return self.values(finish_reason, records, prompt_tokens, tokens)
 
-    def _fields(self, finish_reason: str, records: tuple[TokenLogprobs, ...] | None, prompt_tokens: int,
-                tokens: int) -> bytes:
+    def values(self, finish_reason: str, records: tuple[TokenLogprobs, ...] | None, prompt_tokens: int,
+               tokens: int) -> dict[str, Any]:
         """The asked-for outputs of an answer or event of ``tokens`` tokens whose records are
         ``records`` (None: the engine computes none for this request)."""
         outputs = self.outputs
-        out = b""
+        out: dict[str, Any] = {}
         if outputs.finish_reason:
-            out += b',"finish_reason":' + orjson.dumps(finish_reason)
+            out["finish_reason"] = finish_reason
         if outputs.cumulative_logprob:
             cumulative = self._cumulative
             for record in records or ():  # in order, one by one: a stream's sums are the response's
                 cumulative += record.logprob
             self._cumulative = cumulative
-            out += b',"cumulative_logprob":' + orjson.dumps(cumulative)  # NaN (non-finite logits): null
+            out["cumulative_logprob"] = cumulative
         if outputs.logprobs:
-            out += b',"logprobs":' + orjson.dumps(_logprobs_json(records if outputs.top is not None else None))
+            out["logprobs"] = _logprobs_json(records if outputs.top is not None else None)
         if outputs.num_input_tokens:
-            out += b',"num_input_tokens":%d' % prompt_tokens
+            out["num_input_tokens"] = prompt_tokens
         if outputs.num_output_tokens:
-            out += b',"num_output_tokens":%d' % tokens
+            out["num_output_tokens"] = tokens
         return out
+
+
+class GenerateOutputsEncoder(GenerateEncoder):
+    """A :class:`GenerateEncoder` whose answer and events also carry the additional ``outputs``
+    (:class:`OutputValues`, as JSON fields).  One generation: :attr:`prompt_tokens` must be set
+    (the generation's ``prompt_tokens``) before the first event."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, rid: str | None, model: str, version: str, outputs: GenerateOutputs) -> None:
+        super().__init__(rid, model, version)
+        self.values = OutputValues(outputs)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.values.prompt_tokens
+
+    @prompt_tokens.setter
+    def prompt_tokens(self, count: int) -> None:
+        self.values.prompt_tokens = count
+
+    def token_event(self, text: str, index: int = 0) -> bytes:
+        return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
+                + _json_fields(self.values.token(None)) + b"}\n\n")
+
+    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
+        """One streamed token with its record (the engine computes them when the outputs need them)."""
+        return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
+                + _json_fields(self.values.token(logprobs)) + b"}\n\n")
+
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+        fields = _json_fields(self.values.end(finish_reason))
+        if not self.values.outputs.finish_reason:  # the last event carries it all the same (as without outputs)
+            fields = b',"finish_reason":' + orjson.dumps(finish_reason) + fields
+        return b"data: " + self._head + b',"text_output":""' + fields + b"}\n\n"
+
+    def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> bytes:
+        return (self._head + b',"text_output":' + orjson.dumps(choices[0][0])
+                + _json_fields(self.values.response(choices[0], prompt_tokens, tokens)) + b"}")
+
+
+def _json_fields(values: dict[str, Any]) -> bytes:
+    """``values`` as the JSON object fields that follow others (each ``,"name":value``; a
+    non-finite ``cumulative_logprob`` is ``null``)."""
+    return b"".join(b',"' + name.encode() + b'":' + orjson.dumps(value) for name, value in values.items())
 
 
 def _logprobs_json(records: tuple[TokenLogprobs, ...] | None) -> str:

@@ -1,0 +1,213 @@
+"""Triton's model repository extension over gRPC (``RepositoryIndex``, ``RepositoryModelLoad``,
+``RepositoryModelUnload``), driven by ``tritonclient.grpc`` against a real server on loopback.
+
+The server serves a repository of ``aff`` (a ``model.py`` with versions 1 and 2) and ``broken``
+(a ``model.py`` that fails to load).  Answers are compared with the HTTP routes' (one
+implementation, :mod:`wsserve.rest.modelrepo`); admin operations follow the HTTP rule: loopback
+without keys, the admin key with keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.repo_models import AFFINE_CONFIG, SYNTAX_ERROR_PY, write_affine, write_py
+from tests.support import ServerProcess, wait_until
+
+grpc = pytest.importorskip("grpc")  # the grpc extra installs it
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests.test_grpc import grpc_address  # noqa: E402
+
+ADMIN = "admin-key-0123456789"
+API = "api-key-9876543210"
+FORBIDDEN = "{op} needs the admin key (--admin-key), or loopback when no keys are configured"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("grpc-repo") / "repository"
+    (root / "aff").mkdir(parents=True)
+    (root / "aff" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(root / "aff" / "1", bias=1.0)
+    write_affine(root / "aff" / "2", bias=2.0)
+    (root / "broken").mkdir()
+    (root / "broken" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(root / "broken" / "1", SYNTAX_ERROR_PY)
+    return root
+
+
+def _serve(repo: Path, *flags: str) -> tuple[ServerProcess, str]:
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo), *flags)
+    return proc, grpc_address(proc)
+
+
+@pytest.fixture(scope="module")
+def served(repo: Path) -> Iterator[tuple[ServerProcess, str]]:
+    """No keys: admin operations from loopback."""
+    proc, address = _serve(repo)
+    yield proc, address
+    proc.stop()
+
+
+@pytest.fixture
+def client(served: tuple[ServerProcess, str]) -> Iterator[Any]:
+    c = tgrpc.InferenceServerClient(served[1])
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def stub(served: tuple[ServerProcess, str]) -> Iterator[Any]:
+    channel = grpc.insecure_channel(served[1])
+    yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def index(client: Any, **kwargs: Any) -> list[tuple[str, str, str, str]]:
+    """``get_model_repository_index`` as ``[(name, version, state, reason)]``, in its order."""
+    return [(m.name, m.version, m.state, m.reason) for m in client.get_model_repository_index(**kwargs).models]
+
+
+def ready_index(stub: Any) -> list[tuple[str, str, str, str]]:
+    """The index of the ready versions only (``ready``: ``tritonclient.grpc`` does not send it)."""
+    rows = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True)).models
+    return [(m.name, m.version, m.state, m.reason) for m in rows]
+
+
+def http_index(proc: ServerProcess, **kwargs: Any) -> list[tuple[str, str, str, str]]:
+    """The same index over HTTP (``tritonclient.http``)."""
+    rows = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").get_model_repository_index(**kwargs)
+    return [(m["name"], m.get("version", ""), m["state"], m.get("reason", "")) for m in rows]
+
+
+def _refused(call: Any, *args: Any, **kwargs: Any) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def _rpc_error(call: Any, request: Any, **kwargs: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, **kwargs)
+    return info.value
+
+
+def _all_ready(client: Any) -> bool:
+    return client.is_model_ready("aff", "1") and client.is_model_ready("aff", "2")
+
+
+def test_index_lists_every_version_with_its_state_as_the_http_route(served, client, stub) -> None:
+    rows = index(client)
+    assert [r[:3] for r in rows] == [("aff", "1", "READY"), ("aff", "2", "READY"), ("broken", "1", "UNAVAILABLE")]
+    assert rows[2][3] and "model.py" in rows[2][3]  # the load failure's reason
+    assert rows == http_index(served[0])
+    assert ready_index(stub) == rows[:2]
+    assert "model_repository" in client.get_server_metadata().extensions
+
+
+def test_unload_and_load_a_model_with_tritonclient(served, client, stub) -> None:
+    client.unload_model("aff")
+    wait_until(lambda: ("aff", "", "UNAVAILABLE", "unloaded") in index(client), 30.0, what="aff unloaded")
+    assert not client.is_model_ready("aff") and not client.is_model_ready("aff", "1")
+    assert "aff" not in {r[0] for r in ready_index(stub)}
+    assert index(client) == http_index(served[0])
+    client.load_model("aff")  # answered once loaded
+    assert _all_ready(client) and index(client)[:2] == [("aff", "1", "READY", ""), ("aff", "2", "READY", "")]
+
+
+def test_unload_and_load_one_version_with_the_version_parameter(client, stub) -> None:
+    request = service_pb2.RepositoryModelUnloadRequest(model_name="aff")
+    request.parameters["version"].int64_param = 1
+    request.parameters["unload_dependents"].bool_param = False
+    stub.RepositoryModelUnload(request)
+    wait_until(lambda: [r[:2] for r in index(client) if r[0] == "aff"] == [("aff", "2")], 30.0,
+               what="aff version 1 unloaded")
+    assert not client.is_model_ready("aff", "1") and client.is_model_ready("aff", "2")
+    request = service_pb2.RepositoryModelLoadRequest(model_name="aff")
+    request.parameters["version"].string_param = "1"
+    stub.RepositoryModelLoad(request)
+    assert _all_ready(client)
+
+
+@pytest.mark.parametrize("op, model, params, status, message", [
+    ("Load", "zzz", {}, "NOT_FOUND", "no model named 'zzz' in the model repository"),
+    ("Load", "aff", {"version": ("int64_param", 9)}, "NOT_FOUND", "model 'aff' has no version '9' in the repository"),
+    ("Unload", "zzz", {}, "NOT_FOUND", "no model named 'zzz' is loaded"),
+    ("Load", "aff", {"config": ("string_param", "{}")}, "INVALID_ARGUMENT",
+     "parameter 'config' is not supported (only 'version'; models load from the repository as they are)"),
+    ("Load", "aff", {"file:1/model.py": ("bytes_param", b"x")}, "INVALID_ARGUMENT",
+     "parameter 'file:1/model.py' is not supported (only 'version'; models load from the repository as they are)"),
+    ("Load", "aff", {"version": ("int64_param", 0)}, "INVALID_ARGUMENT",
+     "parameter 'version' must be a positive integer or a string of at most 64 characters"),
+    ("Load", "aff", {"version": ("bool_param", True)}, "INVALID_ARGUMENT",
+     "parameter 'version' must be a positive integer or a string of at most 64 characters"),
+    ("Unload", "aff", {"unload_dependents": ("string_param", "yes")}, "INVALID_ARGUMENT",
+     "parameter 'unload_dependents' must be a boolean"),
+    ("Unload", "", {}, "INVALID_ARGUMENT", "'model_name' is required"),
+])
+def test_errors_name_the_problem(client, stub, op: str, model: str, params: dict[str, tuple[str, Any]], status: str,
+                                 message: str) -> None:
+    request = getattr(service_pb2, f"RepositoryModel{op}Request")(model_name=model)
+    for key, (field, value) in params.items():
+        setattr(request.parameters[key], field, value)
+    err = _rpc_error(getattr(stub, f"RepositoryModel{op}"), request)
+    assert (err.code().name, err.details()) == (status, message)
+    assert _all_ready(client)  # nothing changed
+
+
+def test_tritonclient_load_with_a_config_override_is_refused_by_name(client) -> None:
+    err = _refused(client.load_model, "aff", config='{"backend": "python"}')
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "parameter 'config' is not supported" in err.message()
+
+
+def test_an_unknown_repository_name_is_refused(client, stub) -> None:
+    message = ("unknown repository_name 'other': wsserve serves its model repositories as one (each model name "
+               "once); leave repository_name empty")
+    for call, request in ((stub.RepositoryIndex, service_pb2.RepositoryIndexRequest(repository_name="other")),
+                          (stub.RepositoryModelLoad, service_pb2.RepositoryModelLoadRequest(
+                              repository_name="other", model_name="aff")),
+                          (stub.RepositoryModelUnload, service_pb2.RepositoryModelUnloadRequest(
+                              repository_name="other", model_name="aff"))):
+        err = _rpc_error(call, request)
+        assert (err.code().name, err.details()) == ("INVALID_ARGUMENT", message)
+    assert _all_ready(client)
+
+
+@pytest.mark.parametrize("header", [("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=203.0.113.9"),
+                                    ("x-real-ip", "203.0.113.9"), ("origin", "http://evil.example")])
+def test_without_keys_a_forwarded_or_browser_rpc_may_not_load_or_unload(client, stub, header: tuple[str, str]) -> None:
+    for op in ("Load", "Unload"):
+        request = getattr(service_pb2, f"RepositoryModel{op}Request")(model_name="aff")
+        err = _rpc_error(getattr(stub, f"RepositoryModel{op}"), request, metadata=(header,))
+        assert (err.code().name, err.details()) == ("PERMISSION_DENIED", FORBIDDEN.format(op=op.lower()))
+    assert _all_ready(client)
+
+
+def test_with_keys_only_the_admin_key_may_load_and_unload(repo: Path) -> None:
+    proc, address = _serve(repo, "--api-key", API, "--admin-key", ADMIN)
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        api, admin = {"authorization": f"Bearer {API}"}, {"authorization": f"Bearer {ADMIN}"}
+        for op, call in (("load", client.load_model), ("unload", client.unload_model)):
+            err = _refused(call, "aff", headers=api)
+            assert (err.status(), err.message()) == ("StatusCode.PERMISSION_DENIED", FORBIDDEN.format(op=op))
+            for headers in (None, {"authorization": "Bearer nope"}):
+                assert _refused(call, "aff", headers=headers).status() == "StatusCode.UNAUTHENTICATED"
+        assert _refused(client.get_model_repository_index).status() == "StatusCode.UNAUTHENTICATED"
+        assert index(client, headers=api)[:2] == [("aff", "1", "READY", ""), ("aff", "2", "READY", "")]
+        client.unload_model("aff", headers=admin)
+        wait_until(lambda: ("aff", "", "UNAVAILABLE", "unloaded") in index(client, headers=api), 30.0,
+                   what="aff unloaded")
+        client.load_model("aff", headers=admin)
+        assert client.is_model_ready("aff", "1", headers=api) and client.is_model_ready("aff", "2", headers=api)
+    finally:
+        client.close()
+        proc.stop()

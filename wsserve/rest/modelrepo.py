@@ -1,0 +1,125 @@
+"""Triton's model repository extension, sans-I/O: one implementation for both transports.
+
+The HTTP routes (``POST /v2/repository/index``, ``.../models/{name}/load`` and ``/unload``,
+:mod:`wsserve.rest.api`) and the gRPC RPCs (``RepositoryIndex``, ``RepositoryModelLoad``,
+``RepositoryModelUnload``, :mod:`wsserve.oipgrpc.service`) only read their request and write
+their answer; what they answer is decided here:
+
+- :func:`index_rows`: every model version and its state, as Triton's index names them;
+- :func:`check_admin`: who may load and unload (the WebSocket's admin rule);
+- :func:`admin_version`: the version a load/unload's ``parameters`` name (Triton's other
+  parameters refused by name);
+- :func:`check_repository_name`: a ``repository_name`` (gRPC) must be empty;
+- :func:`admin_hook`: the server's admin hook the operation is handed to.
+
+Nothing here awaits or reads a clock: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..admission import check_bearer
+from ..auth import KeyRegistry
+from ..config import ServerConfig
+from ..errors import BadRequest, Forbidden
+from ..protocol import MAX_VERSION_LENGTH
+
+__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_version", "check_admin",
+           "check_repository_name", "index_rows", "version_key"]
+
+#: The largest integer version a load/unload may name (the WebSocket's bound).
+MAX_VERSION_INT = (1 << 63) - 1
+#: Version states as Triton's repository index names them (any other: ``UNAVAILABLE``).
+OIP_STATES: Mapping[str, str] = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING",
+                                 "failed": "UNAVAILABLE"}
+#: ``admin(op, model, version, done)``: the server's admin hook (see ConnectionContext.admin);
+#: ``done`` gets the model's versions and states afterwards, or the ``WsserveError``.
+AdminHook = Callable[[str, str, "str | None", Callable[[Any], None]], None]
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Numbered versions in numeric order (as the pool orders them), others before them by name."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def index_rows(models: Any, unloaded: Iterable[str], ready_only: bool) -> list[dict[str, str]]:
+    """The repository index: one ``{"name", "version", "state", "reason"}`` per version of every
+    model ``models`` (the pool: ``names``, ``status(name)``) knows, by name then version; states
+    ``READY``, ``LOADING``, ``UNLOADING``, ``UNAVAILABLE`` (a failed version, with its reason); a
+    model an admin ``unloaded`` is one row ``UNAVAILABLE`` with no version and the reason
+    ``unloaded``.  ``ready_only``: the ready versions only."""
+    rows: list[dict[str, str]] = []
+    for name in sorted(set(models.names) | set(unloaded)):
+        status = models.status(name)
+        if not status:
+            if not ready_only:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
+            continue
+        for version in sorted(status, key=version_key):
+            st = status[version]
+            if ready_only and st.state != "ready":
+                continue
+            rows.append({"name": name, "version": version, "state": OIP_STATES.get(st.state, "UNAVAILABLE"),
+                         "reason": st.reason or ""})
+    return rows
+
+
+def check_admin(config: ServerConfig, keys: KeyRegistry, op: str, *, address: str, authorization: str | None,
+                local: bool, now: float) -> None:
+    """The WebSocket admin rule for ``op`` (``load``, ``unload``): with keys configured
+    (``--api-key`` or ``--admin-key``), ``authorization`` (the ``Bearer <key>`` value) must carry
+    an admin key; without keys, the client must be ``local`` (the transport's judgement: loopback,
+    not forwarded by a proxy, see :func:`~wsserve.admission.local_admin`).
+
+    Raises ``Unauthorized`` (no valid key; a wrong one counts against ``address``), ``RateLimited``
+    (``address`` failed too often) or ``Forbidden`` (another key, or not local)."""
+    refusal = f"{op} needs the admin key (--admin-key), or loopback when no keys are configured"
+    if config.api_key or config.admin_key:
+        key = check_bearer(keys, address, authorization, now)
+        if not keys.is_admin(key):
+            raise Forbidden(refusal)
+    elif not local:
+        raise Forbidden(refusal)  # not loopback, forwarded by a proxy, or a page of another name (DNS rebinding)
+
+
+def admin_version(params: Mapping[str, Any]) -> str | None:
+    """The version a load/unload's ``parameters`` name: ``version`` (a positive integer, or a
+    string of at most ``MAX_VERSION_LENGTH`` characters); None when absent (every version).  Other
+    parameters Triton defines (``config``, ``file:...`` overrides) are refused by name, except
+    ``unload_dependents`` (a boolean: wsserve has no ensembles, nothing depends on a model).
+    Raises :class:`~wsserve.errors.BadRequest`."""
+    unknown = sorted(k for k in params if k not in ("version", "unload_dependents"))
+    if unknown:
+        raise BadRequest(f"parameter {unknown[0][:64]!r} is not supported (only 'version'; models load from the "
+                         "repository as they are)")
+    if type(params.get("unload_dependents", False)) is not bool:
+        raise BadRequest("parameter 'unload_dependents' must be a boolean")
+    version = params.get("version")
+    if version is None:
+        return None
+    if type(version) is int and 1 <= version <= MAX_VERSION_INT:
+        return str(version)
+    if type(version) is str and 0 < len(version) <= MAX_VERSION_LENGTH:
+        return version
+    raise BadRequest(f"parameter 'version' must be a positive integer or a string of at most {MAX_VERSION_LENGTH} "
+                     "characters")
+
+
+def check_repository_name(name: str) -> None:
+    """A request's ``repository_name`` (gRPC's; Triton's HTTP path may name one too): empty, for
+    the server's repositories, which wsserve serves as one set of model names (a model's name
+    says which repository it comes from).  Raises :class:`~wsserve.errors.BadRequest` naming it."""
+    if name:
+        raise BadRequest(f"unknown repository_name {name[:64]!r}: wsserve serves its model repositories as one "
+                         "(each model name once); leave repository_name empty")
+
+
+def admin_hook(admin: AdminHook | None, op: str) -> AdminHook:
+    """The server's admin hook to run ``op`` with (``hook(op, name, version, done)``: ``done`` gets
+    the result, now or later), checked before the request's parameters are.  Raises
+    :class:`~wsserve.errors.BadRequest` when the server serves no model repository (``admin`` None)."""
+    if admin is None:
+        raise BadRequest(f"{op}: this server serves no model repository")
+    return admin
