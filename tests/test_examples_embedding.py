@@ -207,3 +207,9 @@ def test_docs_show_the_example_repository_files_as_they_are(relative: str) -> No
     """docs/repository.md quotes these files whole: a change to one must show in the other."""
     text = (REPOSITORY / relative).read_text()
     assert text in (ROOT / "docs" / "repository.md").read_text(), f"docs/repository.md does not show examples/repository/{relative}"
+
+
+def test_the_example_versions_are_the_same_code() -> None:
+    """docs/repository.md says the example's version 2 is version 1's code with other weights."""
+    assert (REPOSITORY / "custom/2/model.py").read_text() == (REPOSITORY / "custom/1/model.py").read_text()
+    assert (REPOSITORY / "custom/2/weights.json").read_text() != (REPOSITORY / "custom/1/weights.json").read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -72,6 +73,12 @@ async def _workload(url: str, connections: int) -> int:
     return ok
 
 
+def _documented_metrics() -> set[str]:
+    """The series names docs/PROTOCOL.md's Metrics section lists (each in backquotes)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+    return set(re.findall(r"`(wsserve_[a-z_]+)`", doc[doc.index("\n## Metrics\n"):]))
+
+
 def _check_exposition(text: str) -> Metrics:
     """Assert the format rules on ``text`` (raw and parsed); return it parsed."""
     help_lines = Counter(line.split()[2] for line in text.splitlines() if line.startswith("# HELP "))
@@ -131,6 +138,10 @@ def test_metrics_parse_and_hold_their_invariants_after_a_varied_workload(
             return m if done == ok + 6 and timed == 6 else None
 
         m = wait_until(scraped, 60, what="every worker's counts in one scrape")
+        # every family served is documented, under the name it is served as
+        exported = {line.split()[2] for line in http_get(server.http + "/metrics")[2].decode().splitlines()
+                    if line.startswith("# TYPE ")}
+        assert exported - _documented_metrics() == set()
         for name in AFFINE_NAMES:
             assert m.get("wsserve_requests_total", model=name, type="predict", code="ok") >= 6
             assert m.value("wsserve_request_duration_seconds_count", model=name, type="predict") >= 6

@@ -16,7 +16,7 @@ class Model:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return batch @ self.w                            # [n, 3] -> [n, 1]
 
-    def flops_per_row(self) -> int:                      # optional; default 1,000,000 ("costly")
+    def flops_per_row(self) -> int:                      # optional; default 10⁹ ("unknown": always in a thread)
         return 3
 
     def input_gradient(self, x, target):                # optional: makes "explain": true work
