@@ -188,7 +188,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("trusted_proxy", group=g, action="append", default=None,
         help="a reverse proxy in front (address or network, repeatable, e.g. 127.0.0.1 behind nginx on the "
              "same host): the client of its requests is the last X-Forwarded-For hop it added (or X-Real-IP), "
-             "for the failed-authentication limit, the admin rule and logs")
+             "for the failed-authentication limit and logs (a forwarded request never counts as "
+             "loopback for the admin rule)")
     opt("certfile", group=g, type=Path, help="TLS certificate (PEM); serves wss://")
     opt("keyfile", group=g, type=Path, help="TLS private key (PEM)")
     opt("compression", group=g, action="store_true", help="enable permessage-deflate (off by default: CPU cost and CRIME-style risks)")
