@@ -211,3 +211,13 @@ def test_with_keys_only_the_admin_key_may_load_and_unload(repo: Path) -> None:
     finally:
         client.close()
         proc.stop()
+
+
+def test_a_load_that_leaves_a_version_failed_is_an_error_as_tritons(client: Any) -> None:
+    # RepositoryModelLoad answered OK for a model whose version failed to load; Triton answers
+    # INVALID_ARGUMENT naming the version (tritonclient's load_model raises).
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("broken")
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert info.value.message().startswith("load failed for model 'broken': version 1: ")
+    assert not client.is_model_ready("broken")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.repo_models import write_py
+from tests.repo_models import AFFINE_CONFIG, RAISES_PY, write_affine, write_py
 from tests.repo_wire import models_http, predict, states, wait_models
 from tests.support import ROOT, Conn, RawHttp, ServerProcess
 
@@ -353,3 +353,33 @@ def test_with_keys_only_the_admin_key_may_load_and_unload(keyed: ServerProcess) 
     client.load_model("custom", headers=admin)
     assert client.is_model_ready("custom", "2", headers=admin)
     assert states(models_http(keyed, API)["custom"]) == {"1": "ready", "2": "ready"}
+
+
+@pytest.fixture(scope="module")
+def half_broken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A repository whose model ``half`` has a good version 1 and a version 2 that fails to load."""
+    root = tmp_path_factory.mktemp("half-broken") / "repository"
+    (root / "half").mkdir(parents=True)
+    (root / "half" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(root / "half" / "1", bias=1.0)
+    write_py(root / "half" / "2", RAISES_PY)
+    with ServerProcess("--models", "none", "--model-repository", str(root)) as srv:
+        yield srv
+
+
+def test_a_load_that_leaves_a_version_failed_is_an_error_as_tritons(half_broken: ServerProcess) -> None:
+    # The load answered 200 with the failed version in its body, so tritonclient's load_model
+    # returned as if the model had loaded; Triton answers 400 naming the version that failed.
+    client = triton(half_broken)
+    with pytest.raises(InferenceServerException) as info:
+        client.load_model("half")
+    assert info.value.status() == "400"
+    assert info.value.message().startswith("load failed for model 'half': version 2: ")
+    assert "weights.bin is missing" in info.value.message()
+    assert client.is_model_ready("half", "1") and not client.is_model_ready("half", "2")  # version 1 serves
+    assert index(client)[("half", "2")][0] == "UNAVAILABLE"
+    # Loading the good version alone succeeds; the failed one alone fails again.
+    a = raw_post(half_broken, "/v2/repository/models/half/load", b'{"parameters": {"version": 1}}')
+    assert a.status == 200 and json.loads(a.body)["versions"][0] == {"version": "1", "state": "ready"}
+    a = raw_post(half_broken, "/v2/repository/models/half/load", b'{"parameters": {"version": "2"}}')
+    assert a.status == 400 and json.loads(a.body)["error"].startswith("load failed for model 'half': version 2: ")

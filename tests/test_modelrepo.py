@@ -92,3 +92,22 @@ def test_grpc_repository_op_reads_tritons_parameters() -> None:
         convert.repository_op(service_pb2.RepositoryModelLoadRequest(repository_name="r", model_name="m"))
     rows = [{"name": "m", "version": "1", "state": "READY", "reason": ""}]
     assert [(m.name, m.version, m.state) for m in convert.repository_index(rows).models] == [("m", "1", "READY")]
+
+
+def test_a_load_with_a_failed_version_is_triton_s_error() -> None:
+    result = {"model": "m", "versions": [{"version": "1", "state": "ready"},
+                                         {"version": "2", "state": "failed", "reason": "bad weights"},
+                                         {"version": "3", "state": "failed", "reason": "no file"}]}
+    err = modelrepo.failed_load("load", "m", None, result)
+    assert isinstance(err, BadRequest)
+    assert err.message == "load failed for model 'm': version 2: bad weights; version 3: no file"
+    assert modelrepo.failed_load("load", "m", "3", result).message == "load failed for model 'm': version 3: no file"
+    assert modelrepo.failed_load("load", "m", "1", result) is None  # the version loaded did not fail
+    assert modelrepo.failed_load("unload", "m", None, result) is None
+    assert modelrepo.failed_load("load", "m", None, BadRequest("x")) is None  # an error stays the error
+    answers: list[object] = []
+    hook = modelrepo.admin_hook(lambda op, name, version, done: done(result), "load")
+    hook("load", "m", None, answers.append)
+    assert isinstance(answers[0], BadRequest)
+    hook("load", "m", "1", answers.append)
+    assert answers[1] is result

@@ -27,7 +27,7 @@ from ..errors import BadRequest, Forbidden
 from ..protocol import MAX_VERSION_LENGTH
 
 __all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_version", "check_admin",
-           "check_repository_name", "index_rows", "version_key"]
+           "check_repository_name", "failed_load", "index_rows", "version_key"]
 
 #: The largest integer version a load/unload may name (the WebSocket's bound).
 MAX_VERSION_INT = (1 << 63) - 1
@@ -118,8 +118,29 @@ def check_repository_name(name: str) -> None:
 
 def admin_hook(admin: AdminHook | None, op: str) -> AdminHook:
     """The server's admin hook to run ``op`` with (``hook(op, name, version, done)``: ``done`` gets
-    the result, now or later), checked before the request's parameters are.  Raises
-    :class:`~wsserve.errors.BadRequest` when the server serves no model repository (``admin`` None)."""
+    the result, now or later), checked before the request's parameters are.  As Triton's, a load
+    that leaves a version it loaded ``failed`` answers an error (:func:`failed_load`), not the
+    versions.  Raises :class:`~wsserve.errors.BadRequest` when the server serves no model
+    repository (``admin`` None)."""
     if admin is None:
         raise BadRequest(f"{op}: this server serves no model repository")
-    return admin
+
+    def hook(op: str, name: str, version: str | None, done: Callable[[Any], None]) -> None:
+        admin(op, name, version, lambda result: done(failed_load(op, name, version, result) or result))
+
+    return hook
+
+
+def failed_load(op: str, name: str, version: str | None, result: Any) -> BadRequest | None:
+    """For a ``load`` whose ``result`` (the admin hook's: ``{"model", "versions": [{"version",
+    "state", "reason"?}]}``) shows the loaded ``version`` (None: any version) ``failed``: the
+    error Triton answers (its message names each failed version and why; the versions that did
+    load stay served).  None otherwise (another op, an error result, nothing failed)."""
+    if op != "load" or type(result) is not dict:
+        return None
+    failed = [v for v in result.get("versions", ()) if v.get("state") == "failed"
+              and (version is None or v.get("version") == version)]
+    if not failed:
+        return None
+    why = "; ".join(f"version {v['version']}: {v.get('reason', 'failed')}" for v in failed)
+    return BadRequest(f"load failed for model {name!r}: {why}")
