@@ -178,10 +178,6 @@ class ServerConfig:
             if self.grpc_port and self.grpc_port == self.port:
                 raise ValueError(f"{flag('grpc_port')} {self.grpc_port} is also {flag('port')}: gRPC needs a port of "
                                  "its own")
-            if self.workers > 1:
-                raise ValueError(f"{flag('grpc_port')} is not available with {flag('workers')} {self.workers}: "
-                                 "the gRPC listener is not shared between worker processes; run the gRPC "
-                                 f"endpoint with {flag('workers')} 1")
             if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("tritonclient.grpc") is None:
                 raise ValueError(f"{flag('grpc_port')} needs grpcio and tritonclient[grpc] (its generated "
                                  "service stubs): pip install 'wsserve[grpc]'")

@@ -208,7 +208,9 @@ class Server:
 
     async def _start_grpc(self, port: int) -> None:
         """The Open Inference Protocol over gRPC on ``port`` (0: a free one), logged; TLS as the
-        main port's.  Raises :class:`ListenError` if the port cannot be bound."""
+        main port's.  A ``--workers`` worker binds it with ``SO_REUSEPORT``, as the main port (the
+        supervisor reserved it, and the kernel spreads new HTTP/2 connections over the workers);
+        one process binds it alone.  Raises :class:`ListenError` if the port cannot be bound."""
         from .oipgrpc.service import GrpcFrontend
 
         cfg = self.config
@@ -217,7 +219,7 @@ class Server:
             tls = (Path(cfg.certfile).read_bytes(), Path(cfg.keyfile).read_bytes())  # type: ignore[arg-type]
         self._grpc = GrpcFrontend(self.api, clock=monotonic, on_idle=self._note_closed)
         try:
-            self.grpc_port = await self._grpc.start(cfg.host, port, tls)
+            self.grpc_port = await self._grpc.start(cfg.host, port, tls, reuse_port=self.worker is not None)
         except OSError as exc:
             self._grpc = None
             raise ListenError(exc.errno, f"gRPC port {port}: {exc.strerror or exc}") from exc

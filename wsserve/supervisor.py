@@ -7,7 +7,9 @@ The supervisor:
 2. picks the port (``--port 0``: the kernel's free port, reserved by a bound
    socket until the workers listen) and starts N worker processes that each
    listen on it with ``SO_REUSEPORT``, so the kernel spreads new connections
-   over them;
+   over them; ``--grpc-port`` likewise (``0``: one free port, logged, that every
+   worker's gRPC server binds with ``SO_REUSEPORT``: the kernel spreads new
+   HTTP/2 connections, so all the RPCs of one gRPC channel go to one worker);
 3. prints the ``ws://HOST:PORT`` ready line once every worker is ready;
 4. restarts a worker that dies (with a log line naming its exit status); one
    that keeps dying within 30 s of its start is restarted with a doubling
@@ -254,16 +256,48 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int, secrets: frozenset[str]) -> int:
-    loop = asyncio.get_running_loop()
+def _reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socket]]:
+    """Reserve the port and, with ``--grpc-port``, the gRPC port (:func:`_reserve_port`); return
+    ``config`` with both concrete (a ``0`` resolved to the kernel's free port, which every worker
+    then binds) and the reserving sockets, to close once the workers listen.
+
+    Raises :class:`~wsserve.server.ListenError` naming the gRPC port when that one is taken.  A
+    fixed port is reserved before a ``0`` one, so the free port the kernel picks is never the
+    other fixed one (two fixed ones are different: :meth:`ServerConfig.validate`)."""
     from .server import ListenError
 
+    ports = {"port": config.port}
+    if config.grpc_port is not None:
+        ports["grpc_port"] = config.grpc_port
+    reserved: list[socket.socket] = []
     try:
-        reserved = _reserve_port(config.host, config.port)
-    except OSError as exc:
-        raise ListenError(exc.errno, exc.strerror or str(exc)) from exc
-    port = reserved.getsockname()[1]
-    config = dataclasses.replace(config, port=port)
+        for name in sorted(ports, key=lambda n: ports[n] == 0):  # fixed ports first
+            try:
+                sock = _reserve_port(config.host, ports[name])
+            except OSError as exc:
+                what = exc.strerror or str(exc)
+                raise ListenError(exc.errno, what if name == "port" else f"gRPC port {ports[name]}: {what}") from exc
+            reserved.append(sock)
+            ports[name] = sock.getsockname()[1]
+    except BaseException:
+        for sock in reserved:
+            sock.close()
+        raise
+    return dataclasses.replace(config, **ports), reserved
+
+
+def _release(reserved: list[socket.socket]) -> None:
+    for sock in reserved:
+        sock.close()
+
+
+async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int, secrets: frozenset[str]) -> int:
+    loop = asyncio.get_running_loop()
+    config, reserved = _reserve_ports(config)
+    port = config.port
+    if config.grpc_port is not None:
+        log.info("gRPC (Open Inference Protocol) on %s:%d, shared by the %d workers", config.host, config.grpc_port,
+                 config.workers)
     with tempfile.TemporaryDirectory(prefix="wsserve-metrics-") as metrics_dir:
         workers = _Workers(config, builtin, Path(metrics_dir), log_level, secrets)
         stop = asyncio.Event()
@@ -302,10 +336,10 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     log.error("worker %d exited with status %s while starting", i, proc.exitcode)
                     workers.stopping = True
                     workers.signal_all(signal.SIGTERM)
-                    reserved.close()
+                    _release(reserved)
                     return 1
             await asyncio.sleep(0.02)
-        reserved.close()
+        _release(reserved)
         if not stop.is_set():
             started = True
             scheme = "wss" if config.certfile else "ws"

@@ -152,13 +152,16 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> int:
+    async def start(self, host: str, port: int, tls: tuple[bytes, bytes] | None = None, *,
+                    reuse_port: bool = False) -> int:
         """Listen on ``host:port`` (0: a free port); returns the port.  Raises ``OSError`` when the
-        port cannot be bound."""
+        port cannot be bound.  ``reuse_port``: bind with ``SO_REUSEPORT`` (a ``--workers`` worker,
+        whose supervisor reserved the port for its workers); without it a port already taken is
+        refused, not shared."""
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port already taken is refused, not shared
+            ("grpc.so_reuseport", 1 if reuse_port else 0),  # grpc's default is 1: always set explicitly
             # RPCs at once on one HTTP/2 connection (more wait for one to end), as max_inflight
             # bounds a connection's unfinished requests
             ("grpc.max_concurrent_streams", self.config.max_inflight),
