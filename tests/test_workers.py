@@ -11,6 +11,7 @@ picows`` listens through the same SO_REUSEPORT HTTP front).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -508,3 +510,112 @@ def test_the_supervisor_writes_a_pending_restart_and_keeps_one_file(tmp_path: Pa
     assert m.value("wsserve_worker_restart_backoff_seconds", worker="1") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["supervisor.json"]
     assert set(json.loads((tmp_path / "supervisor.json").read_text())["counters"]["worker_restarts"]) == {"0", "1"}
+
+
+# -- gRPC (--grpc-port) under --workers -----------------------------------------------------------
+
+#: The supervisor's log line naming the gRPC port its workers share (``--grpc-port 0``: a free one).
+GRPC_SHARED = re.compile(r"wsserve\.supervisor: gRPC \(Open Inference Protocol\) on 127\.0\.0\.1:(\d+), "
+                         r"shared by the 2 workers")
+#: /proc/net/tcp states: a listening socket, an established connection.
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+def _tcp_inodes(port: int, state: str) -> set[str]:
+    """Inodes of this network namespace's TCP sockets (IPv4 and IPv6) whose *local* port is ``port``
+    and whose state is ``state``: a server's listeners, or the server side of its connections."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _owners(inodes: set[str], pids: list[int]) -> set[int]:
+    """Those of ``pids`` that hold an open descriptor on a socket of ``inodes``."""
+    links = {f"socket:[{inode}]" for inode in inodes}
+    owners = set()
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in links:
+                    owners.add(pid)
+    return owners
+
+
+@pytest.fixture(scope="module")
+def grpc_workers(model_cache: Path):
+    """``--workers 2 --grpc-port 0``: the server, its gRPC port (from the supervisor's log) and its
+    workers' pids."""
+    pytest.importorskip("tritonclient.grpc")  # the grpc extra
+    proc = ServerProcess("--workers", "2", "--grpc-port", "0", "--models", "linear", cache_dir=model_cache)
+    try:
+        found = wait_until(lambda: GRPC_SHARED.search(proc.stderr_text()), 20, what="the supervisor's gRPC line")
+        pids = _worker_pids(proc)
+        assert set(pids) == {"0", "1"}
+        yield proc, int(found[1]), sorted(pids.values())
+    finally:
+        proc.stop()
+
+
+def test_the_grpc_port_is_shared_by_every_worker_and_answers_triton_clients(grpc_workers) -> None:
+    """``--grpc-port 0`` under ``--workers 2``: one free port, which both workers listen on
+    (SO_REUSEPORT); Triton's gRPC client, over fresh channels (each its own HTTP/2 connection),
+    gets health and inference answers from both workers, and ``ModelStatistics`` on any worker
+    sums over both, as the HTTP statistics do."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+
+    proc, port, pids = grpc_workers
+    assert port != proc.port
+    assert _owners(_tcp_inodes(port, LISTEN), pids) == set(pids), "both workers listen on the gRPC port"
+    log = proc.stderr_text()
+    assert all(f"[worker {i}] wsserve.server: gRPC (Open Inference Protocol) on 127.0.0.1:{port}" in log for i in "01")
+    x = np.array([[0.5], [1.5], [-2.0]])
+    clients: list[Any] = []
+    outputs = []
+    try:
+        # Connections, not RPCs, are spread: a new channel each time (its own subchannel pool, so
+        # grpc does not reuse the previous channel's connection), until both workers hold one.
+        # 2 workers and 32 connections: all on one worker has odds of 2^-31.
+        for _ in range(32):
+            client = tgrpc.InferenceServerClient(f"127.0.0.1:{port}",
+                                                 channel_args=[("grpc.use_local_subchannel_pool", 1)])
+            clients.append(client)
+            assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("linear")
+            inp = tgrpc.InferInput("input", [3, 1], "FP64")
+            inp.set_data_from_numpy(x)
+            outputs.append(client.infer("linear", [inp]).as_numpy("output"))
+            if _owners(_tcp_inodes(port, ESTABLISHED), pids) == set(pids):
+                break
+        assert _owners(_tcp_inodes(port, ESTABLISHED), pids) == set(pids), \
+            f"{len(clients)} gRPC connections, all answered by one worker"
+        assert all(np.array_equal(out, outputs[0]) for out in outputs) and outputs[0].shape == (3, 1)
+
+        def merged(client: Any) -> bool:
+            (stat,) = client.get_inference_statistics("linear", "1").model_stats
+            return stat.inference_stats.success.count >= len(outputs) and stat.inference_count >= 3 * len(outputs)
+
+        # each worker's statistics count the other's requests too (its snapshot, written twice a second)
+        for client in clients:
+            wait_until(lambda c=client: merged(c), 20, what="the gRPC statistics summed over both workers")
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_grpc_port_another_server_listens_on_is_refused(grpc_workers, model_cache: Path) -> None:
+    """The workers' gRPC listeners have SO_REUSEPORT: a second ``--workers`` server (same user,
+    SO_REUSEPORT too) given that port must not share it, nor may one process (which binds without
+    SO_REUSEPORT); both fail naming the gRPC port, the second supervisor before starting a worker."""
+    _, port, _ = grpc_workers
+    common = ["--models", "linear", "--cache-dir", str(model_cache), "--grpc-port", str(port)]
+    for extra in (["--workers", "2"], []):
+        run = subprocess.run([sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0",
+                              *extra, *common], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 1, run.stderr[-2000:]
+        assert f"gRPC port {port}:" in run.stderr and "cannot listen" in run.stderr, run.stderr[-2000:]
+        assert "ready" not in run.stdout and "worker 0 started" not in run.stderr
