@@ -43,7 +43,12 @@ P = {"type": "predict", "model": "linear", "inputs": [[0.5]]}
 
 def _worker_pids(server: ServerProcess) -> dict[str, int]:
     """``worker index -> pid``, from the supervisor's "worker N started (pid P)" lines (latest wins)."""
-    return {i: int(pid) for i, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", server.stderr_text())}
+    return _worker_pids_in(server.stderr_text())
+
+
+def _worker_pids_in(log: str) -> dict[str, int]:
+    """``worker index -> pid`` from a supervisor's log (latest wins)."""
+    return {i: int(pid) for i, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", log)}
 
 
 def _workers_seen(server: ServerProcess) -> set[str]:
@@ -619,3 +624,30 @@ def test_a_grpc_port_another_server_listens_on_is_refused(grpc_workers, model_ca
         assert run.returncode == 1, run.stderr[-2000:]
         assert f"gRPC port {port}:" in run.stderr and "cannot listen" in run.stderr, run.stderr[-2000:]
         assert "ready" not in run.stdout and "worker 0 started" not in run.stderr
+
+
+def test_a_worker_that_dies_while_starting_fails_the_start_and_stops_the_others(model_cache: Path,
+                                                                                 tmp_path: Path) -> None:
+    """One worker dies while loading its models (a model whose load exits worker 1's process): the
+    supervisor says which and with what status, stops the other worker and exits 1.  It raised
+    EOFError reading the dead worker's closed pipe, then hung waiting for the other worker."""
+    model = tmp_path / "repo" / "dies_in_worker_1"
+    (model / "1").mkdir(parents=True)
+    (model / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    (model / "1" / "model.py").write_text(
+        "import multiprocessing, os\n"
+        "class Model:\n"
+        "    def __init__(self, d):\n"
+        "        if multiprocessing.current_process().name == 'wsserve-worker-1':\n"
+        "            os._exit(3)\n"
+        "    def predict(self, x):\n"
+        "        return x\n")
+    run = subprocess.run([sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0",
+                          "--workers", "2", "--models", "linear", "--model-repository", str(model.parent),
+                          "--cache-dir", str(model_cache)], cwd=ROOT, env=child_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "worker 1 exited with status 3 while starting" in run.stderr, run.stderr[-3000:]
+    assert "EOFError" not in run.stderr and "ready" not in run.stdout
+    pids = _worker_pids_in(run.stderr)
+    assert set(pids) == {"0", "1"} and not any(_running(pid) for pid in pids.values())

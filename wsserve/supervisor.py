@@ -330,9 +330,14 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             for i in list(pending):
                 proc, pipe = workers.procs[i], workers.pipes[i]
                 if pipe.poll():
-                    pipe.recv()
-                    pending.discard(i)
-                elif not proc.is_alive():
+                    try:
+                        pipe.recv()
+                    except EOFError:  # its end closed: it is dying before its ready message (next check)
+                        pass
+                    else:
+                        pending.discard(i)
+                        continue
+                if not proc.is_alive():
                     log.error("worker %d exited with status %s while starting", i, proc.exitcode)
                     workers.stopping = True
                     workers.signal_all(signal.SIGTERM)
