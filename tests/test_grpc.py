@@ -385,10 +385,14 @@ def test_grpc_port_is_validated() -> None:
 
     with pytest.raises(ValueError, match="--grpc-port must be 0..65535"):
         ServerConfig(grpc_port=70000).validate()
-    with pytest.raises(ValueError, match="--grpc-port is not available with --workers 2"):
-        ServerConfig(grpc_port=9000, workers=2).validate()
     with pytest.raises(ValueError, match="--grpc-port 8765 is also --port"):
         ServerConfig(grpc_port=8765, port=8765).validate()
+    # --workers shares the gRPC port between the workers as the main port (tests/test_workers.py);
+    # the two ports must still differ
+    assert ServerConfig(grpc_port=9000, workers=2).validate().grpc_port == 9000
+    assert ServerConfig(grpc_port=0, port=0, workers=2).validate().workers == 2
+    with pytest.raises(ValueError, match="--grpc-port 8765 is also --port"):
+        ServerConfig(grpc_port=8765, port=8765, workers=2).validate()
 
 
 def test_explain_answers_the_http_routes_attributions(served, client) -> None:
