@@ -111,7 +111,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("port", type=_port, default=d.port, help="port; 0 picks a free one (default %(default)s)")
     opt("grpc_port", type=_port, default=d.grpc_port,
         help="also serve the Open Inference Protocol over gRPC (KServe v2 / Triton's GRPCInferenceService) on "
-             "this port; 0 picks a free one, logged (not served unless given; pip install 'wsserve[grpc]')")
+             "this port; 0 picks a free one, logged; with --workers every worker serves it on that one port "
+             "(not served unless given; pip install 'wsserve[grpc]')")
     opt("loop", choices=("auto", "asyncio", "uvloop"), default=d.loop, help="event loop (default: uvloop if installed)")
     opt("transport", choices=TRANSPORTS, default=d.transport,
         help="WebSocket implementation: websockets (default) or picows (faster; pip install 'wsserve[fast]'; no --compression)")
