@@ -101,7 +101,25 @@ def test_container_args_are_a_valid_wsserve_command(container, monkeypatch, tmp_
     assert env["WSSERVE_MODEL_REPOSITORY"] in {m["mountPath"] for m in container["volumeMounts"]}
     assert config.reload and config.model_repository == (tmp_path / "models",)
     assert args.command == "serve" and config.host == "0.0.0.0"
-    assert [p["containerPort"] for p in container["ports"]] == [config.port]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"ws": config.port, "grpc": config.grpc_port}
+
+
+def test_the_grpc_port_is_the_same_in_the_args_the_container_and_the_service(docs, container, monkeypatch,
+                                                                               tmp_path) -> None:
+    """``--grpc-port`` in the container args is the container port named ``grpc``, which the
+    Service exposes (as gRPC, for a mesh), and the image installs the grpc extra it needs."""
+    config = _container_config(container, monkeypatch, tmp_path)[1]
+    (grpc_port,) = [p for p in container["ports"] if p["name"] == "grpc"]
+    assert config.grpc_port is not None and grpc_port["containerPort"] == config.grpc_port != config.port
+    assert grpc_port["protocol"] == "TCP"
+    (svc_port,) = [p for p in docs["Service"]["spec"]["ports"] if p["targetPort"] in ("grpc", config.grpc_port)]
+    assert svc_port["targetPort"] == "grpc" and svc_port["appProtocol"] == "grpc" and svc_port["protocol"] == "TCP"
+    # the image's default extras (ARG EXTRAS) include grpc: the pod's --grpc-port would exit 2 without it
+    (extras,) = [rest.partition("=")[2].strip('"') for word, rest in _instructions()
+                 if word == "ARG" and rest.startswith("EXTRAS=")]
+    assert "grpc" in extras.split(",")
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("grpcio") for req in optional["grpc"])
 
 
 #: The longest a server takes to exit after its drain deadline (wsserve/server.py): the time for
