@@ -651,3 +651,22 @@ def test_a_worker_that_dies_while_starting_fails_the_start_and_stops_the_others(
     assert "EOFError" not in run.stderr and "ready" not in run.stdout
     pids = _worker_pids_in(run.stderr)
     assert set(pids) == {"0", "1"} and not any(_running(pid) for pid in pids.values())
+
+
+def test_a_restarted_worker_serves_the_grpc_port_again(model_cache: Path) -> None:
+    """A worker killed outright is restarted and its successor binds the gRPC port beside the
+    worker still listening on it (SO_REUSEPORT), so both serve gRPC again."""
+    pytest.importorskip("tritonclient.grpc")
+    server = ServerProcess("--workers", "2", "--grpc-port", "0", "--models", "linear", cache_dir=model_cache)
+    try:
+        port = int(wait_until(lambda: GRPC_SHARED.search(server.stderr_text()), 20, what="the gRPC line")[1])
+        victim = _worker_pids(server)["1"]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: _worker_pids(server)["1"] != victim, 30, what="worker 1 restarted")
+        wait_until(lambda: server.stderr_text().count("[worker 1] wsserve.server: gRPC (Open Inference Protocol)") == 2,
+                   30, what="the new worker 1 serving gRPC")
+        pids = sorted(_worker_pids(server).values())
+        assert victim not in pids
+        assert _owners(_tcp_inodes(port, LISTEN), pids) == set(pids)
+    finally:
+        assert server.stop() == 0
