@@ -568,10 +568,11 @@ def grpc_workers(model_cache: Path):
 def test_the_grpc_port_is_shared_by_every_worker_and_answers_triton_clients(grpc_workers) -> None:
     """``--grpc-port 0`` under ``--workers 2``: one free port, which both workers listen on
     (SO_REUSEPORT); Triton's gRPC client, over fresh channels (each its own HTTP/2 connection),
-    gets health and inference answers from both workers, and ``ModelStatistics`` on any worker
-    sums over both, as the HTTP statistics do."""
+    gets health and inference answers from both workers, ``ModelStatistics`` on any worker sums
+    over both, as the HTTP statistics do, and a repository load is refused on each, as over HTTP."""
     import numpy as np
     import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
 
     proc, port, pids = grpc_workers
     assert port != proc.port
@@ -606,6 +607,14 @@ def test_the_grpc_port_is_shared_by_every_worker_and_answers_triton_clients(grpc
         # each worker's statistics count the other's requests too (its snapshot, written twice a second)
         for client in clients:
             wait_until(lambda c=client: merged(c), 20, what="the gRPC statistics summed over both workers")
+        # the repository operations are refused on every worker, as over HTTP (403) and the WebSocket:
+        # each worker has its own models; the index is the answering worker's
+        for client in clients:
+            with pytest.raises(InferenceServerException) as refused:
+                client.load_model("linear")
+            assert refused.value.status() == "StatusCode.PERMISSION_DENIED" and "--workers" in refused.value.message()
+            index = client.get_model_repository_index().models
+            assert [(m.name, m.version, m.state) for m in index] == [("linear", "1", "READY")]
     finally:
         for client in clients:
             client.close()
