@@ -261,7 +261,8 @@ def _reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.sock
     ``config`` with both concrete (a ``0`` resolved to the kernel's free port, which every worker
     then binds) and the reserving sockets, to close once the workers listen.
 
-    Raises :class:`~wsserve.server.ListenError` naming the gRPC port when that one is taken.  A
+    Raises :class:`~wsserve.server.ListenError` when a port is taken (its message names the gRPC
+    port when that is the one), with nothing left reserved.  A
     fixed port is reserved before a ``0`` one, so the free port the kernel picks is never the
     other fixed one (two fixed ones are different: :meth:`ServerConfig.validate`)."""
     from .server import ListenError
