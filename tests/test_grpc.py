@@ -838,3 +838,71 @@ def test_rpcs_at_once_on_one_connection_are_bounded_by_max_inflight(model_cache:
             call.cancel()
         channel.close()
         proc.stop()
+
+
+def test_max_connections_bounds_grpc_connections(model_cache: Path) -> None:
+    # gRPC connections were not bounded at all (grpc accepts them itself): --max-connections now
+    # bounds them too, in a count of their own.
+    proc, address = start(model_cache, "--models", "linear", "--max-connections", "2")
+    channels: list[Any] = []
+    try:
+        def live(channel: Any) -> bool:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            return stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+
+        for _ in range(2):  # each its own HTTP/2 connection
+            channels.append(grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]))
+            assert live(channels[-1])
+        extra = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        with pytest.raises(grpc.RpcError) as info:
+            live(extra)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        extra.close()
+        # The WebSocket and HTTP side keeps its own count: gRPC's connections take none of its slots.
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/predict", data=b'{"model":"linear","inputs":[[1]]}',
+                                    timeout=10) as r:
+            assert r.status == 200
+        channels.pop(0).close()  # a slot frees once a connection closes
+
+        def a_new_connection_is_taken() -> bool:
+            ch = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            try:
+                return live(ch)
+            except grpc.RpcError:
+                return False
+            finally:
+                ch.close()
+
+        wait_until(a_new_connection_is_taken, 30.0, what="a gRPC connection accepted after one closed")
+    finally:
+        for ch in channels:
+            ch.close()
+        proc.stop()
+
+
+def test_idle_and_handshake_timeouts_close_grpc_connections(model_cache: Path) -> None:
+    # --idle-timeout-s and --handshake-timeout-s held for WebSocket and HTTP connections only: a gRPC
+    # connection could stay idle for ever and a socket that never completed its HTTP/2 handshake
+    # was kept for grpc's default of 120 s.
+    import socket
+
+    proc, address = start(model_cache, "--models", "linear", "--idle-timeout-s", "0.3",
+                          "--handshake-timeout-s", "0.3")
+    try:
+        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        states: list[Any] = []
+        channel.subscribe(states.append)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live
+        wait_until(lambda: grpc.ChannelConnectivity.READY in states, 30.0, what="the channel connected")
+        # No RPC for --idle-timeout-s: the server closes the connection (GOAWAY), the channel goes idle.
+        wait_until(lambda: states[-1] == grpc.ChannelConnectivity.IDLE, 30.0, what="the idle connection closed")
+        assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live  # a new call reconnects
+        channel.close()
+        # A socket that never sends the HTTP/2 preface is closed after --handshake-timeout-s.
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            while raw.recv(65536):  # the server's settings, if any, then the close
+                pass
+    finally:
+        proc.stop()

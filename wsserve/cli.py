@@ -152,7 +152,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="batch and queue units one row to explain counts against --max-batch-size and --max-queue-rows "
              "(a plain row: 1; default %(default)s, so a batch of 256 holds at most 8)")
     opt("max_tokens", group=g, type=_positive_int, default=d.max_tokens, help="max_tokens limit per generate (default %(default)s)")
-    opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited)")
+    opt("max_connections", group=g, type=_optional_int, default=d.max_connections, help="open connections before 503 (default unlimited); with --grpc-port, also the gRPC "
+             "connections, counted on their own")
     opt("max_npz_bytes", group=g, type=_positive_int, default=d.max_npz_bytes,
         help="bytes of arrays one model.npz of a model repository may hold, checked before they are read "
              "(default 4 GiB)")
@@ -166,14 +167,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("ping_interval_s", "--ping-interval", group=g, type=_off_or_number, default=d.ping_interval_s, help="keepalive ping period (default %(default)s); off disables")
     opt("ping_timeout_s", "--ping-timeout", group=g, type=_off_or_number, default=d.ping_timeout_s, help="keepalive pong timeout (default %(default)s); off disables")
     opt("idle_timeout_s", "--idle-timeout", group=g, type=_off_or_number, default=d.idle_timeout_s,
-        help="close connections idle this long (default off)")
+        help="close connections idle this long (default off; gRPC ones too)")
     opt("auth_timeout_s", "--auth-timeout", group=g, type=_non_negative, default=d.auth_timeout_s,
         help="with API keys: close connections not authenticated by then (default %(default)s)")
     opt("model_load_timeout_s", "--model-load-timeout", group=g, type=_load_timeout, default=d.model_load_timeout_s,
         help="time one model version may take to load and warm up before it is failed and its thread abandoned "
              "(default %(default)g; config.toml's model_load_timeout_s overrides it per model)")
     opt("handshake_timeout_s", group=g, type=_non_negative, default=d.handshake_timeout_s,
-        help="time a client has to send a whole HTTP request (default %(default)s)")
+        help="time a client has to send a whole HTTP request, or to complete a gRPC connection's "
+             "HTTP/2 handshake (default %(default)s)")
     opt("close_timeout_s", group=g, type=_non_negative, default=d.close_timeout_s,
         help="time a client has to answer the server's close frame (default %(default)s)")
     g = p.add_argument_group("security")

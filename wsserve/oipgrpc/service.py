@@ -133,6 +133,16 @@ def _address(peer: str) -> str:
     return peer
 
 
+def _c_int(value: int) -> int:
+    """``value`` as a grpc channel argument (a C ``int``: larger values are its largest)."""
+    return min(value, 2**31 - 1)
+
+
+def _ms(seconds: float) -> int:
+    """``seconds`` (finite, ≥ 0) as a grpc channel argument in milliseconds, at least 1."""
+    return _c_int(max(1, round(seconds * 1000)))
+
+
 class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The GRPCInferenceService of one server.  Event-loop thread only.
 
@@ -159,12 +169,22 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         whose supervisor reserved the port for its workers); without it a port already taken is
         refused, not shared."""
         server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_receive_message_length", _c_int(self.config.max_message_bytes)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 1 if reuse_port else 0),  # grpc's default is 1: always set explicitly
             # RPCs at once on one HTTP/2 connection (more wait for one to end), as max_inflight
             # bounds a connection's unfinished requests
-            ("grpc.max_concurrent_streams", self.config.max_inflight),
+            ("grpc.max_concurrent_streams", _c_int(self.config.max_inflight)),
+            # --max-connections: grpc's own count of its connections (accepted by grpc, they are
+            # not among the WebSocket and HTTP ones); past it a new connection is closed at once
+            *((("grpc.max_allowed_incoming_connections", _c_int(self.config.max_connections)),)
+              if self.config.max_connections is not None else ()),
+            # --handshake-timeout-s: a connection that has not completed its HTTP/2 (and TLS)
+            # handshake by then is closed (grpc's default: 120 s)
+            ("grpc.server_handshake_timeout_ms", _ms(self.config.handshake_timeout_s)),
+            # --idle-timeout-s: a connection with no RPC for that long is closed (HTTP/2 GOAWAY)
+            *((("grpc.max_connection_idle_ms", _ms(self.config.idle_timeout_s)),)
+              if self.config.idle_timeout_s is not None else ()),
         ])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
