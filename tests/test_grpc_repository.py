@@ -9,6 +9,8 @@ without keys, the admin key with keys.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.test_grpc import grpc_address  # noqa: E402
+from wsserve.oipgrpc.service import _address  # noqa: E402
 
 ADMIN = "admin-key-0123456789"
 API = "api-key-9876543210"
@@ -221,3 +224,80 @@ def test_a_load_that_leaves_a_version_failed_is_an_error_as_tritons(client: Any)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert info.value.message().startswith("load failed for model 'broken': version 1: ")
     assert not client.is_model_ready("broken")
+
+
+# --------------------------------------------------------------------------- IPv6 peers
+# grpc writes an IPv6 peer percent-encoded (``ipv6:%5B::1%5D:PORT``): it was taken whole for the
+# client's address, so an IPv6 loopback client was not loopback (no admin without keys), and each
+# of a client's connections (another port) had a failed-authentication budget of its own.
+
+#: The gRPC port in the server's log, whatever the host (``localhost`` here).
+GRPC_PORT = re.compile(r"gRPC \(Open Inference Protocol\) on \S+:(\d+)")
+#: A channel of its own (a new connection, a new peer port), as another client process would have.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
+def _serve_v6(repo: Path, *flags: str) -> tuple[ServerProcess, str]:
+    """A server on ``localhost`` (grpc listens on 127.0.0.1 and ::1); its gRPC address over ::1."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo), "--host",
+                         "localhost", *flags)
+    found = wait_until(lambda: GRPC_PORT.search(proc.stderr_text()), 30.0, what="the gRPC port in the server's log")
+    return proc, f"[::1]:{found.group(1)}"
+
+
+@pytest.mark.parametrize("peer, address", [
+    ("ipv4:127.0.0.1:5000", "127.0.0.1"),
+    ("ipv6:%5B::1%5D:5000", "::1"),  # grpc >= 1.5x: percent-encoded
+    ("ipv6:[::1]:5000", "::1"),  # older grpc
+    ("ipv6:%5B2001:db8::7%5D:443", "2001:db8::7"),
+    ("ipv6:%5Bfe80::1%25eth0%5D:5000", "fe80::1%eth0"),  # a zone
+    ("unix:/run/wsserve.sock", "unix:/run/wsserve.sock"),  # no IP address: never loopback
+])
+def test_the_clients_address_in_a_grpc_peer_string(peer: str, address: str) -> None:
+    assert _address(peer) == address
+
+
+@needs_ipv6
+def test_without_keys_an_ipv6_loopback_client_may_load_and_unload(repo: Path) -> None:
+    proc, address = _serve_v6(repo)
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        client.unload_model("aff")  # was PERMISSION_DENIED: the peer was not seen as loopback
+        wait_until(lambda: ("aff", "", "UNAVAILABLE", "unloaded") in index(client), 30.0, what="aff unloaded")
+        client.load_model("aff")
+        assert _all_ready(client)
+        err = _refused(client.unload_model, "aff", headers={"x-forwarded-for": "2001:db8::9"})
+        assert (err.status(), err.message()) == ("StatusCode.PERMISSION_DENIED", FORBIDDEN.format(op="unload"))
+    finally:
+        client.close()
+        proc.stop()
+
+
+@needs_ipv6
+def test_an_ipv6_clients_failed_attempts_count_across_its_connections(repo: Path) -> None:
+    """10 wrong keys a minute per address (its /64), whichever connection they come on; then even
+    the admin key is refused until the budget refills (``RESOURCE_EXHAUSTED``)."""
+    proc, address = _serve_v6(repo, "--api-key", API, "--admin-key", ADMIN)
+    try:
+        codes = []
+        for headers in [{"authorization": "Bearer nope"}] * 11 + [{"authorization": f"Bearer {ADMIN}"}]:
+            client = tgrpc.InferenceServerClient(address, channel_args=OWN_CONNECTION)
+            try:
+                codes.append(_refused(client.load_model, "aff", headers=headers).status())
+            finally:
+                client.close()
+        assert codes == ["StatusCode.UNAUTHENTICATED"] * 10 + ["StatusCode.RESOURCE_EXHAUSTED"] * 2
+    finally:
+        proc.stop()

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -124,11 +125,17 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _address(peer: str) -> str:
-    """The client's address in a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    """The client's address in a gRPC peer string: ``ipv4:1.2.3.4:5`` -> ``1.2.3.4``,
+    ``ipv6:%5B::1%5D:5`` -> ``::1`` (grpc percent-encodes an IPv6 peer, its brackets and a zone's
+    ``%``; older releases wrote ``ipv6:[::1]:5``).  Any other peer (``unix:...``) is returned
+    whole: it names no IP address, so it is never loopback.  The address, not the port, is whose
+    failed attempts count (:func:`~wsserve.admission.check_bearer`) and who may be admin."""
     kind, _, rest = peer.partition(":")
-    if kind == "ipv6" and rest.startswith("["):
-        return rest[1:rest.find("]")]
-    if kind == "ipv4":
+    if kind == "ipv6":
+        rest = unquote(rest)
+        if rest.startswith("[") and "]" in rest:
+            return rest[1:rest.find("]")]
+    elif kind == "ipv4":
         return rest.rpartition(":")[0]
     return peer
 
