@@ -226,6 +226,14 @@ def test_a_load_that_leaves_a_version_failed_is_an_error_as_tritons(client: Any)
     assert not client.is_model_ready("broken")
 
 
+def test_without_keys_a_repeated_authorization_entry_is_not_looked_at(stub) -> None:
+    """Without keys no RPC reads ``authorization``; the admin rule is the address's (as HTTP's)."""
+    request = service_pb2.RepositoryModelLoadRequest(model_name="zzz")
+    err = _rpc_error(stub.RepositoryModelLoad, request, metadata=(("authorization", "Bearer a"),
+                                                                  ("authorization", "Bearer b")))
+    assert (err.code().name, err.details()) == ("NOT_FOUND", "no model named 'zzz' in the model repository")
+
+
 # --------------------------------------------------------------------------- IPv6 peers
 # grpc writes an IPv6 peer percent-encoded (``ipv6:%5B::1%5D:PORT``): it was taken whole for the
 # client's address, so an IPv6 loopback client was not loopback (no admin without keys), and each

@@ -219,14 +219,16 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         """:func:`~wsserve.rest.modelrepo.check_admin` for an RPC, HTTP's rule: with keys configured
         an admin key in the ``authorization`` metadata; without keys a loopback peer whose RPC no
         proxy forwarded (no ``forwarded``, ``x-forwarded-for``, ``x-real-ip`` metadata) and that
-        is no browser's (no ``origin``: grpc gives no ``Host`` to check it against).  Raises
+        is no browser's (no ``origin``: grpc gives no ``Host`` to check it against); its
+        ``authorization`` then is not read (as no RPC reads it without keys).  Raises
         ``WsserveError``."""
         address = _address(context.peer())
         metadata = context.invocation_metadata() or ()
         forwarded = any(k in _PROXY_METADATA for k, _ in metadata)
         origin = next((v for k, v in metadata if k == "origin"), None)
         local = local_admin(address, None if origin is None else str(origin), None, forwarded)
-        modelrepo.check_admin(self.config, self.api.keys, op, address=address, authorization=_authorization(context),
+        authorization = _authorization(context) if modelrepo.admin_keys_on(self.config) else None
+        modelrepo.check_admin(self.config, self.api.keys, op, address=address, authorization=authorization,
                               local=local, now=self.clock())
 
     def _session(self, peer: str, now: float) -> HttpSession:
