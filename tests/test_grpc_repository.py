@@ -155,6 +155,14 @@ def test_unload_and_load_one_version_with_the_version_parameter(client, stub) ->
     ("Unload", "aff", {"unload_dependents": ("string_param", "yes")}, "INVALID_ARGUMENT",
      "parameter 'unload_dependents' must be a boolean"),
     ("Unload", "", {}, "INVALID_ARGUMENT", "'model_name' is required"),
+    # a name as long as HTTP's path segment and the WebSocket's 'model' may be (256): was INTERNAL
+    # ("File name too long"); a longer one is refused before anything looks for it
+    pytest.param("Load", "x" * 256, {}, "NOT_FOUND", f"no model named {'x' * 256!r} in the model repository",
+                 id="Load-name-of-256"),
+    pytest.param("Load", "x" * 257, {}, "INVALID_ARGUMENT", "'model_name' has 257 characters; the limit is 256",
+                 id="Load-name-of-257"),
+    pytest.param("Unload", "x" * 257, {}, "INVALID_ARGUMENT", "'model_name' has 257 characters; the limit is 256",
+                 id="Unload-name-of-257"),
 ])
 def test_errors_name_the_problem(client, stub, op: str, model: str, params: dict[str, tuple[str, Any]], status: str,
                                  message: str) -> None:

@@ -391,3 +391,11 @@ def test_without_keys_a_repeated_authorization_header_is_not_looked_at(server: S
     a = raw_post(server, "/v2/repository/models/zzz/load", headers={"Authorization": "Bearer a",
                                                                      "authorization": "Bearer b"})
     assert (a.status, json.loads(a.body)) == (404, {"error": "no model named 'zzz' in the model repository"})
+
+
+def test_a_model_name_no_directory_can_have_is_an_unknown_model(server: ServerProcess) -> None:
+    """A path segment of 256 characters (the longest routed) names no model: 404, not 500 ("File
+    name too long" from looking for its directory)."""
+    name = "x" * 256
+    a = raw_post(server, f"/v2/repository/models/{name}/load")
+    assert (a.status, json.loads(a.body)) == (404, {"error": f"no model named {name!r} in the model repository"})

@@ -40,6 +40,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from ..errors import BadRequest, InvalidInput, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
+from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip
 from ..rest.tritongen import GenerateOutputs, OutputValues
 
@@ -214,7 +215,8 @@ def repository_index(rows: list[dict[str, str]]) -> Any:
 def repository_op(request: Any) -> tuple[str, str | None]:
     """The model and version (None: every version) of a ``RepositoryModelLoadRequest`` or
     ``RepositoryModelUnloadRequest``: ``repository_name`` must be empty
-    (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given, and its
+    (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given (at most
+    :data:`~wsserve.protocol.MAX_MODEL_NAME_LENGTH` characters), and its
     ``parameters`` (each the one field it sets: ``bool_param``, ``int64_param``, ``string_param``
     or ``bytes_param``) are checked as the HTTP body's by
     :func:`~wsserve.rest.modelrepo.admin_version`: ``version`` (``int64_param`` or ``string_param``),
@@ -224,6 +226,8 @@ def repository_op(request: Any) -> tuple[str, str | None]:
     name = request.model_name
     if not name:
         raise BadRequest("'model_name' is required")
+    if len(name) > MAX_MODEL_NAME_LENGTH:  # as the WebSocket's 'model' and HTTP's path segment
+        raise BadRequest(f"'model_name' has {len(name)} characters; the limit is {MAX_MODEL_NAME_LENGTH}")
     params: dict[str, Any] = {}
     for key, value in request.parameters.items():
         which = value.WhichOneof("parameter_choice")
