@@ -69,8 +69,9 @@ class GrpcInferCall(InferCall):
 
 class _QueueExchange:
     """What a :class:`GrpcGenerateCall` answers through: its encoder's events into a queue, the
-    token texts not yet written to the client counted in ``pending`` (UTF-8 bytes, as a
-    connection's write buffer counts them).  Past ``limit`` (``--max-write-buffer-bytes``: the
+    tokens not yet written to the client counted in ``pending`` (their texts' UTF-8 bytes and
+    their additional outputs', :func:`~wsserve.oipgrpc.convert.token_bytes`, as a connection's
+    write buffer counts an HTTP stream's events).  Past ``limit`` (``--max-write-buffer-bytes``: the
     client stopped reading its stream), the call fails with ``Overloaded`` and its generation is
     cancelled, so an unread stream holds at most that much."""
 
@@ -90,9 +91,9 @@ class _QueueExchange:
             return
         self.queue.put_nowait(event)
         if event[0] == "token":
-            self.pending += len(event[1])  # (the encoder's UTF-8 bytes)
+            self.pending += convert.token_bytes(event[1], event[2])  # (the encoder's UTF-8 bytes)
             if self.pending > self.limit and self.call is not None:
-                self.call.fail(Overloaded(f"slow consumer: this stream's client left {self.pending} bytes of tokens "
+                self.call.fail(Overloaded(f"slow consumer: this stream's client left {self.pending} bytes of responses "
                                           f"unread (max_write_buffer_bytes={self.limit}); the generation is "
                                           "cancelled"))
 
@@ -465,7 +466,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if kind == "token":
                     if held is not None:
                         await write(convert.stream_text(model, version, rid, *held, final=False))
-                        exchange.pending -= len(held[0])
+                        exchange.pending -= convert.token_bytes(*held)
                     held = event[1:]
                 elif kind == "end":
                     ended = event[2]
