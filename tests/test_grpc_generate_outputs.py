@@ -155,3 +155,57 @@ def test_a_stream_that_sends_no_token_ends_with_the_outputs_of_its_end(served, c
     assert result.as_numpy("text_output")[0] == b""
     _same(_outputs(result), end)
     assert _outputs(result)["finish_reason"] == "stop" and _outputs(result)["num_output_tokens"] == 0
+
+
+def _unread_stream_request(rid: str) -> Any:
+    """A ``ModelStreamInferRequest`` for a long streamed generation of ``charlm`` with every
+    additional output and the likeliest tokens' logprobs (each response far larger than its text)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="charlm", id=rid)
+    for name, datatype, raw in (("text_input", "BYTES", (4).to_bytes(4, "little") + b"The "),
+                                ("stream", "BOOL", b"\x01"), *((f, "BOOL", b"\x01") for f in FLAGS)):
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, datatype
+        tensor.shape.append(1)
+        request.raw_input_contents.append(raw)
+    request.parameters["max_tokens"].int64_param = 100_000
+    request.parameters["logprobs"].int64_param = 20
+    return request
+
+
+def test_an_unread_stream_counts_its_outputs_against_the_write_buffer_bound(model_cache: Path) -> None:
+    """A client that stops reading holds at most ``--max-write-buffer-bytes`` of answers: the
+    additional outputs count with the text (the HTTP stream counts its whole events).  Counted as
+    the text alone, a response of ~1.5 KiB weighed its one byte of text: thousands of them were
+    held (megabytes against a bound of 4 KiB) before the stream was refused."""
+    import threading
+
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    from tests.support import wait_until
+    from tests.test_grpc import _requests
+
+    proc, address = start(model_cache, "--models", "charlm", "--max-write-buffer-bytes", "4096")
+    done = threading.Event()
+
+    def requests():
+        yield _unread_stream_request("slow")
+        done.wait(120)  # the stream stays open, unread, until the test has seen the refusal
+
+    channel = grpc.insecure_channel(address)
+    try:
+        responses = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+        wait_until(lambda: _requests(proc, code="overloaded", model="charlm", type="generate") == 1, 120,
+                   what="the unread generation refused")
+        done.set()
+        answers = list(responses)
+        assert answers[-1].error_message.startswith("slow consumer: this stream's client left")
+        # counted as text alone, the refusal came past 4096 bytes of text: over 1024 tokens (at
+        # most 4 bytes each), all then sent (6755 when this was written); counted whole, a few
+        assert 0 < len(answers[:-1]) < 1024
+    finally:
+        done.set()
+        channel.close()
+        proc.stop()

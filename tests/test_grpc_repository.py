@@ -9,6 +9,8 @@ without keys, the admin key with keys.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.test_grpc import grpc_address  # noqa: E402
+from wsserve.oipgrpc.service import _address  # noqa: E402
 
 ADMIN = "admin-key-0123456789"
 API = "api-key-9876543210"
@@ -152,6 +155,14 @@ def test_unload_and_load_one_version_with_the_version_parameter(client, stub) ->
     ("Unload", "aff", {"unload_dependents": ("string_param", "yes")}, "INVALID_ARGUMENT",
      "parameter 'unload_dependents' must be a boolean"),
     ("Unload", "", {}, "INVALID_ARGUMENT", "'model_name' is required"),
+    # a name as long as HTTP's path segment and the WebSocket's 'model' may be (256): was INTERNAL
+    # ("File name too long"); a longer one is refused before anything looks for it
+    pytest.param("Load", "x" * 256, {}, "NOT_FOUND", f"no model named {'x' * 256!r} in the model repository",
+                 id="Load-name-of-256"),
+    pytest.param("Load", "x" * 257, {}, "INVALID_ARGUMENT", "'model_name' has 257 characters; the limit is 256",
+                 id="Load-name-of-257"),
+    pytest.param("Unload", "x" * 257, {}, "INVALID_ARGUMENT", "'model_name' has 257 characters; the limit is 256",
+                 id="Unload-name-of-257"),
 ])
 def test_errors_name_the_problem(client, stub, op: str, model: str, params: dict[str, tuple[str, Any]], status: str,
                                  message: str) -> None:
@@ -221,3 +232,88 @@ def test_a_load_that_leaves_a_version_failed_is_an_error_as_tritons(client: Any)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert info.value.message().startswith("load failed for model 'broken': version 1: ")
     assert not client.is_model_ready("broken")
+
+
+def test_without_keys_a_repeated_authorization_entry_is_not_looked_at(stub) -> None:
+    """Without keys no RPC reads ``authorization``; the admin rule is the address's (as HTTP's)."""
+    request = service_pb2.RepositoryModelLoadRequest(model_name="zzz")
+    err = _rpc_error(stub.RepositoryModelLoad, request, metadata=(("authorization", "Bearer a"),
+                                                                  ("authorization", "Bearer b")))
+    assert (err.code().name, err.details()) == ("NOT_FOUND", "no model named 'zzz' in the model repository")
+
+
+# --------------------------------------------------------------------------- IPv6 peers
+# grpc writes an IPv6 peer percent-encoded (``ipv6:%5B::1%5D:PORT``): it was taken whole for the
+# client's address, so an IPv6 loopback client was not loopback (no admin without keys), and each
+# of a client's connections (another port) had a failed-authentication budget of its own.
+
+#: The gRPC port in the server's log, whatever the host (``localhost`` here).
+GRPC_PORT = re.compile(r"gRPC \(Open Inference Protocol\) on \S+:(\d+)")
+#: A channel of its own (a new connection, a new peer port), as another client process would have.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+
+
+def _serve_v6(repo: Path, *flags: str) -> tuple[ServerProcess, str]:
+    """A server on ``localhost`` (grpc listens on 127.0.0.1 and ::1); its gRPC address over ::1."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo), "--host",
+                         "localhost", *flags)
+    found = wait_until(lambda: GRPC_PORT.search(proc.stderr_text()), 30.0, what="the gRPC port in the server's log")
+    return proc, f"[::1]:{found.group(1)}"
+
+
+@pytest.mark.parametrize("peer, address", [
+    ("ipv4:127.0.0.1:5000", "127.0.0.1"),
+    ("ipv6:%5B::1%5D:5000", "::1"),  # grpc >= 1.5x: percent-encoded
+    ("ipv6:[::1]:5000", "::1"),  # older grpc
+    ("ipv6:%5B2001:db8::7%5D:443", "2001:db8::7"),
+    ("ipv6:%5Bfe80::1%25eth0%5D:5000", "fe80::1%eth0"),  # a zone
+    ("unix:/run/wsserve.sock", "unix:/run/wsserve.sock"),  # no IP address: never loopback
+])
+def test_the_clients_address_in_a_grpc_peer_string(peer: str, address: str) -> None:
+    assert _address(peer) == address
+
+
+@needs_ipv6
+def test_without_keys_an_ipv6_loopback_client_may_load_and_unload(repo: Path) -> None:
+    proc, address = _serve_v6(repo)
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        client.unload_model("aff")  # was PERMISSION_DENIED: the peer was not seen as loopback
+        wait_until(lambda: ("aff", "", "UNAVAILABLE", "unloaded") in index(client), 30.0, what="aff unloaded")
+        client.load_model("aff")
+        assert _all_ready(client)
+        err = _refused(client.unload_model, "aff", headers={"x-forwarded-for": "2001:db8::9"})
+        assert (err.status(), err.message()) == ("StatusCode.PERMISSION_DENIED", FORBIDDEN.format(op="unload"))
+    finally:
+        client.close()
+        proc.stop()
+
+
+@needs_ipv6
+def test_an_ipv6_clients_failed_attempts_count_across_its_connections(repo: Path) -> None:
+    """10 wrong keys a minute per address (its /64), whichever connection they come on; then even
+    the admin key is refused until the budget refills (``RESOURCE_EXHAUSTED``)."""
+    proc, address = _serve_v6(repo, "--api-key", API, "--admin-key", ADMIN)
+    try:
+        codes = []
+        for headers in [{"authorization": "Bearer nope"}] * 11 + [{"authorization": f"Bearer {ADMIN}"}]:
+            client = tgrpc.InferenceServerClient(address, channel_args=OWN_CONNECTION)
+            try:
+                codes.append(_refused(client.load_model, "aff", headers=headers).status())
+            finally:
+                client.close()
+        assert codes == ["StatusCode.UNAUTHENTICATED"] * 10 + ["StatusCode.RESOURCE_EXHAUSTED"] * 2
+    finally:
+        proc.stop()

@@ -383,3 +383,19 @@ def test_a_load_that_leaves_a_version_failed_is_an_error_as_tritons(half_broken:
     assert a.status == 200 and json.loads(a.body)["versions"][0] == {"version": "1", "state": "ready"}
     a = raw_post(half_broken, "/v2/repository/models/half/load", b'{"parameters": {"version": "2"}}')
     assert a.status == 400 and json.loads(a.body)["error"].startswith("load failed for model 'half': version 2: ")
+
+
+def test_without_keys_a_repeated_authorization_header_is_not_looked_at(server: ServerProcess) -> None:
+    """Without keys the admin rule is the address's: the Authorization header is not read, nor is a
+    repeated one refused, as before the rule moved to rest/modelrepo.py (it was 400 there)."""
+    a = raw_post(server, "/v2/repository/models/zzz/load", headers={"Authorization": "Bearer a",
+                                                                     "authorization": "Bearer b"})
+    assert (a.status, json.loads(a.body)) == (404, {"error": "no model named 'zzz' in the model repository"})
+
+
+def test_a_model_name_no_directory_can_have_is_an_unknown_model(server: ServerProcess) -> None:
+    """A path segment of 256 characters (the longest routed) names no model: 404, not 500 ("File
+    name too long" from looking for its directory)."""
+    name = "x" * 256
+    a = raw_post(server, f"/v2/repository/models/{name}/load")
+    assert (a.status, json.loads(a.body)) == (404, {"error": f"no model named {name!r} in the model repository"})

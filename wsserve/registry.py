@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -640,11 +641,17 @@ class ModelRegistry:
     # ------------------------------------------------------------------ admin operations
 
     def _repo_of(self, name: str) -> Path:
+        """The repository holding ``name`` (an admin operation's name, from the wire).  Raises
+        ``UnknownModel`` when none does, also for a name no directory can have (too long)."""
         repo = self._owner.get(name)
         if repo is None:
             for r in self._repos:
-                if (r / name).is_dir():
-                    return r
+                try:
+                    if (r / name).is_dir():
+                        return r
+                except OSError as exc:
+                    if exc.errno != errno.ENAMETOOLONG:
+                        raise
             raise UnknownModel(f"no model named {name!r} in the model repository")
         return repo
 

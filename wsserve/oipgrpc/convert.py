@@ -40,12 +40,13 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from ..errors import BadRequest, InvalidInput, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
+from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip
 from ..rest.tritongen import GenerateOutputs, OutputValues
 
 __all__ = ["OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
            "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "status_of",
-           "stream_error", "stream_flag", "stream_text"]
+           "stream_error", "stream_flag", "stream_text", "token_bytes"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
 STATUS: Mapping[str, grpc.StatusCode] = {
@@ -214,7 +215,8 @@ def repository_index(rows: list[dict[str, str]]) -> Any:
 def repository_op(request: Any) -> tuple[str, str | None]:
     """The model and version (None: every version) of a ``RepositoryModelLoadRequest`` or
     ``RepositoryModelUnloadRequest``: ``repository_name`` must be empty
-    (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given, and its
+    (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given (at most
+    :data:`~wsserve.protocol.MAX_MODEL_NAME_LENGTH` characters), and its
     ``parameters`` (each the one field it sets: ``bool_param``, ``int64_param``, ``string_param``
     or ``bytes_param``) are checked as the HTTP body's by
     :func:`~wsserve.rest.modelrepo.admin_version`: ``version`` (``int64_param`` or ``string_param``),
@@ -224,6 +226,8 @@ def repository_op(request: Any) -> tuple[str, str | None]:
     name = request.model_name
     if not name:
         raise BadRequest("'model_name' is required")
+    if len(name) > MAX_MODEL_NAME_LENGTH:  # as the WebSocket's 'model' and HTTP's path segment
+        raise BadRequest(f"'model_name' has {len(name)} characters; the limit is {MAX_MODEL_NAME_LENGTH}")
     params: dict[str, Any] = {}
     for key, value in request.parameters.items():
         which = value.WhichOneof("parameter_choice")
@@ -333,7 +337,8 @@ class StreamEncoder:
     as values for the gRPC front end: ``("token", its UTF-8 bytes, outputs)``, ``("end", reason,
     outputs)``, ``("tail",)``, ``("error", exc)``, and for an answer not streamed ``("full", text,
     outputs)``; ``outputs`` is None here (no additional output asked for), the
-    :class:`~wsserve.rest.tritongen.OutputValues` of the event in :class:`StreamOutputsEncoder`."""
+    :class:`~wsserve.rest.tritongen.OutputValues` of the event in :class:`StreamOutputsEncoder`
+    (its strings UTF-8 encoded, as the text: once, counted by :func:`token_bytes`, then sent)."""
 
     def start_events(self, index: int = 0) -> bytes:
         return b""
@@ -373,16 +378,30 @@ class StreamOutputsEncoder(StreamEncoder):
         self.values.prompt_tokens = count
 
     def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
-        return ("token", text.encode(), self.values.token(None))
+        return ("token", text.encode(), _encoded(self.values.token(None)))
 
     def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> tuple[str, bytes, Any]:
-        return ("token", text.encode(), self.values.token(logprobs))
+        return ("token", text.encode(), _encoded(self.values.token(logprobs)))
 
     def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str, Any]:
-        return ("end", finish_reason, self.values.end(finish_reason))
+        return ("end", finish_reason, _encoded(self.values.end(finish_reason)))
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
-        return ("full", choices[0][0], self.values.response(choices[0], prompt_tokens, tokens))
+        return ("full", choices[0][0], _encoded(self.values.response(choices[0], prompt_tokens, tokens)))
+
+
+def _encoded(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each string UTF-8 encoded (the BYTES outputs' elements)."""
+    return {name: value.encode() if type(value) is str else value for name, value in values.items()}
+
+
+def token_bytes(text: bytes, outputs: Mapping[str, Any] | None) -> int:
+    """What a streamed token's response holds until it is written, as the slow-consumer bound
+    (``--max-write-buffer-bytes``) counts it: its text's bytes and its additional outputs' (a
+    BYTES element's bytes, a number's 4), as an HTTP stream's event counts with its outputs."""
+    if not outputs:
+        return len(text)
+    return len(text) + sum(len(value) if type(value) is bytes else 4 for value in outputs.values())
 
 
 #: The vLLM backend's additional output tensors: name -> (datatype, shape) as the backend makes them
@@ -402,7 +421,7 @@ def stream_text(model: str, version: str, rid: str | None, text: str | bytes, ou
                 *, final: bool) -> Any:
     """One ``ModelStreamInferResponse`` of a generation: ``text_output`` (BYTES ``[1]``, raw: ``text``
     UTF-8 encoded, or as it is when bytes), then each of ``outputs`` (the additional outputs'
-    values, :data:`OUTPUT_TENSORS`: strings as BYTES, ``cumulative_logprob`` FP32, counts UINT32),
+    values, :data:`OUTPUT_TENSORS`: strings or bytes as BYTES, ``cumulative_logprob`` FP32, counts UINT32),
     the ``triton_final_response`` parameter (true on the last one, as Triton marks it)."""
     data = text.encode() if type(text) is str else text
     response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
@@ -414,7 +433,7 @@ def stream_text(model: str, version: str, rid: str | None, text: str | bytes, ou
         datatype, shape = OUTPUT_TENSORS[name]
         tensor = response.outputs.add(name=name, datatype=datatype, shape=shape)
         if datatype == "BYTES":
-            raw = _bytes_element(value.encode())
+            raw = _bytes_element(value if type(value) is bytes else value.encode())
         else:
             raw = np.asarray(value, dtype=oip.DATATYPES[datatype]).tobytes()
         response.raw_output_contents.append(raw)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -68,8 +69,9 @@ class GrpcInferCall(InferCall):
 
 class _QueueExchange:
     """What a :class:`GrpcGenerateCall` answers through: its encoder's events into a queue, the
-    token texts not yet written to the client counted in ``pending`` (UTF-8 bytes, as a
-    connection's write buffer counts them).  Past ``limit`` (``--max-write-buffer-bytes``: the
+    tokens not yet written to the client counted in ``pending`` (their texts' UTF-8 bytes and
+    their additional outputs', :func:`~wsserve.oipgrpc.convert.token_bytes`, as a connection's
+    write buffer counts an HTTP stream's events).  Past ``limit`` (``--max-write-buffer-bytes``: the
     client stopped reading its stream), the call fails with ``Overloaded`` and its generation is
     cancelled, so an unread stream holds at most that much."""
 
@@ -89,9 +91,9 @@ class _QueueExchange:
             return
         self.queue.put_nowait(event)
         if event[0] == "token":
-            self.pending += len(event[1])  # (the encoder's UTF-8 bytes)
+            self.pending += convert.token_bytes(event[1], event[2])  # (the encoder's UTF-8 bytes)
             if self.pending > self.limit and self.call is not None:
-                self.call.fail(Overloaded(f"slow consumer: this stream's client left {self.pending} bytes of tokens "
+                self.call.fail(Overloaded(f"slow consumer: this stream's client left {self.pending} bytes of responses "
                                           f"unread (max_write_buffer_bytes={self.limit}); the generation is "
                                           "cancelled"))
 
@@ -124,11 +126,17 @@ def _authorization(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _address(peer: str) -> str:
-    """The client's address in a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``)."""
+    """The client's address in a gRPC peer string: ``ipv4:1.2.3.4:5`` -> ``1.2.3.4``,
+    ``ipv6:%5B::1%5D:5`` -> ``::1`` (grpc percent-encodes an IPv6 peer, its brackets and a zone's
+    ``%``; older releases wrote ``ipv6:[::1]:5``).  Any other peer (``unix:...``) is returned
+    whole: it names no IP address, so it is never loopback.  The address, not the port, is whose
+    failed attempts count (:func:`~wsserve.admission.check_bearer`) and who may be admin."""
     kind, _, rest = peer.partition(":")
-    if kind == "ipv6" and rest.startswith("["):
-        return rest[1:rest.find("]")]
-    if kind == "ipv4":
+    if kind == "ipv6":
+        rest = unquote(rest)
+        if rest.startswith("[") and "]" in rest:
+            return rest[1:rest.find("]")]
+    elif kind == "ipv4":
         return rest.rpartition(":")[0]
     return peer
 
@@ -232,14 +240,16 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         """:func:`~wsserve.rest.modelrepo.check_admin` for an RPC, HTTP's rule: with keys configured
         an admin key in the ``authorization`` metadata; without keys a loopback peer whose RPC no
         proxy forwarded (no ``forwarded``, ``x-forwarded-for``, ``x-real-ip`` metadata) and that
-        is no browser's (no ``origin``: grpc gives no ``Host`` to check it against).  Raises
+        is no browser's (no ``origin``: grpc gives no ``Host`` to check it against); its
+        ``authorization`` then is not read (as no RPC reads it without keys).  Raises
         ``WsserveError``."""
         address = _address(context.peer())
         metadata = context.invocation_metadata() or ()
         forwarded = any(k in _PROXY_METADATA for k, _ in metadata)
         origin = next((v for k, v in metadata if k == "origin"), None)
         local = local_admin(address, None if origin is None else str(origin), None, forwarded)
-        modelrepo.check_admin(self.config, self.api.keys, op, address=address, authorization=_authorization(context),
+        authorization = _authorization(context) if modelrepo.admin_keys_on(self.config) else None
+        modelrepo.check_admin(self.config, self.api.keys, op, address=address, authorization=authorization,
                               local=local, now=self.clock())
 
     def _session(self, peer: str, now: float) -> HttpSession:
@@ -476,7 +486,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if kind == "token":
                     if held is not None:
                         await write(convert.stream_text(model, version, rid, *held, final=False))
-                        exchange.pending -= len(held[0])
+                        exchange.pending -= convert.token_bytes(*held)
                     held = event[1:]
                 elif kind == "end":
                     ended = event[2]

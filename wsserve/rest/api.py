@@ -569,12 +569,16 @@ class HttpApi:
         return self._repository_op("unload", request, exchange, params["name"], cors)
 
     def _may_admin(self, request: HttpRequest, op: str) -> None:
-        """:func:`~wsserve.rest.modelrepo.check_admin` for an HTTP request (401, 429 or 403)."""
-        if request.header_count(b"authorization") > 1:
-            raise BadRequest("duplicate Authorization header")
+        """:func:`~wsserve.rest.modelrepo.check_admin` for an HTTP request (401, 429 or 403; a
+        repeated Authorization header 400, when keys are configured: without them it is not read)."""
+        authorization = None
+        if modelrepo.admin_keys_on(self.config):
+            if request.header_count(b"authorization") > 1:
+                raise BadRequest("duplicate Authorization header")
+            authorization = request.header(b"authorization")
         local = local_admin(request.address, request.header(b"origin"), request.header(b"host"), proxied(request))
-        modelrepo.check_admin(self.config, self.keys, op, address=request.address,
-                              authorization=request.header(b"authorization"), local=local, now=self.clock())
+        modelrepo.check_admin(self.config, self.keys, op, address=request.address, authorization=authorization,
+                              local=local, now=self.clock())
 
     def _repository_op(self, op: str, request: HttpRequest, exchange: HttpExchange, name: str,
                        cors: list[tuple[str, str]] | None) -> HttpResponse | None:

@@ -26,8 +26,8 @@ from ..config import ServerConfig
 from ..errors import BadRequest, Forbidden
 from ..protocol import MAX_VERSION_LENGTH
 
-__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_version", "check_admin",
-           "check_repository_name", "failed_load", "index_rows", "version_key"]
+__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_keys_on", "admin_version",
+           "check_admin", "check_repository_name", "failed_load", "index_rows", "version_key"]
 
 #: The largest integer version a load/unload may name (the WebSocket's bound).
 MAX_VERSION_INT = (1 << 63) - 1
@@ -66,6 +66,13 @@ def index_rows(models: Any, unloaded: Iterable[str], ready_only: bool) -> list[d
     return rows
 
 
+def admin_keys_on(config: ServerConfig) -> bool:
+    """True when admin operations need a key (``--api-key`` or ``--admin-key``); otherwise the
+    client's address decides and its ``authorization`` is not looked at (a transport then reads
+    no header for it, nor refuses a repeated one)."""
+    return bool(config.api_key or config.admin_key)
+
+
 def check_admin(config: ServerConfig, keys: KeyRegistry, op: str, *, address: str, authorization: str | None,
                 local: bool, now: float) -> None:
     """The WebSocket admin rule for ``op`` (``load``, ``unload``): with keys configured
@@ -76,7 +83,7 @@ def check_admin(config: ServerConfig, keys: KeyRegistry, op: str, *, address: st
     Raises ``Unauthorized`` (no valid key; a wrong one counts against ``address``), ``RateLimited``
     (``address`` failed too often) or ``Forbidden`` (another key, or not local)."""
     refusal = f"{op} needs the admin key (--admin-key), or loopback when no keys are configured"
-    if config.api_key or config.admin_key:
+    if admin_keys_on(config):
         key = check_bearer(keys, address, authorization, now)
         if not keys.is_admin(key):
             raise Forbidden(refusal)
