@@ -71,8 +71,7 @@ from ..protocol import (
 from .errors import error_response
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "completion_of",
-           "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion",
-           "refuse_unsupported"]
+           "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -177,7 +176,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
                                        f"{'an empty list' if not prompt else 'a list holding other values'}")
     if type(prompt) is not str:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
-    refuse_unsupported(obj, _NEUTRAL)
+    _refuse_unsupported(obj, _NEUTRAL)
     echo = obj.get("echo")
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
@@ -226,7 +225,7 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         messages = parse_messages(obj.get("messages"))
     except BadRequest as exc:
         raise ParamError("messages", exc.message) from None
-    refuse_unsupported(obj, _NEUTRAL_CHAT)
+    _refuse_unsupported(obj, _NEUTRAL_CHAT)
     fmt = obj.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
         raise ParamError("response_format", "'response_format' is not supported (only {\"type\": \"text\"}): "
@@ -277,7 +276,7 @@ def is_neutral(value: Any, allowed: tuple[Any, ...]) -> bool:
     return any(value == v and type(value) is type(v) for v in allowed if v is not None)
 
 
-def refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
+def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
     """Refuse, by name, a field holding anything but one of its neutral values."""
     for name, values in neutral.items():
         value = obj.get(name)
