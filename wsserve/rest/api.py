@@ -27,8 +27,9 @@ Routes (docs/PROTOCOL.md, "HTTP"):
   ``{"parameters": {"version": ...}}``), through the server's admin hook (the
   WebSocket ``load``/``unload`` path) with the same authorization rule (the logic, shared with
   the gRPC RPCs: :mod:`wsserve.rest.modelrepo`);
-- ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI; a chat's prompt is the
-  served model's template of its ``messages``), ``GET /v1/models`` (the WebSocket ``models``
+- ``POST /v1/completions``, ``POST /v1/chat/completions`` and ``POST /v1/responses`` (OpenAI; a
+  chat's prompt is the served model's template of its ``messages``, a response's of its
+  ``instructions`` and ``input``: :mod:`wsserve.rest.responses`), ``GET /v1/models`` (the WebSocket ``models``
   reply, versions included; ``?format=openai``: OpenAI's list shape).
 - vLLM's ``POST /tokenize`` and ``POST /detokenize`` for generative models (bodies:
   :mod:`wsserve.rest.tokenize`), answered at once.
@@ -87,6 +88,7 @@ from .openai import (
     parse_chat_completion,
     parse_completion,
 )
+from .responses import ResponsesEncoder, parse_response_request
 from .router import Auth, Handler, Route, Router
 from .tokenize import detokenize, parse_detokenize, parse_tokenize, tokenize
 from .tritongen import GenerateOutputsEncoder, generate_encoder, parse_generate
@@ -155,6 +157,7 @@ class HttpApi:
         self._keys_on = bool(config.api_key)  # an admin key alone guards admin operations only (as on the WebSocket)
         self._completion_prefix = f"cmpl-{secrets.token_hex(6)}-"  # unique across restarts, cheap per request
         self._completion_ids = itertools.count(1)
+        self._response_token = secrets.token_hex(6)  # /v1/responses' ids: resp_<token><n>, msg_<token><n>
         self._started = int(wall_clock())
         # Per loaded version (weak: a retired version's entry and model are not kept alive here).
         self._signatures: weakref.WeakKeyDictionary[Any, tuple[tuple[oip.Tensor, ...], tuple[oip.Tensor, ...]]] = (
@@ -164,6 +167,7 @@ class HttpApi:
         add("GET", "/v1/models", self._models, auth="key", style="wsserve")
         add("POST", "/v1/completions", self._completions, auth="key", style="openai")
         add("POST", "/v1/chat/completions", self._chat_completions, auth="key", style="openai")
+        add("POST", "/v1/responses", self._responses, auth="key", style="openai")
         add("POST", "/tokenize", self._tokenize, auth="key", style="openai")  # vLLM's
         add("POST", "/detokenize", self._detokenize, auth="key", style="openai")
         add("GET", "/version", self._version, auth="key", style="openai")  # vLLM's
@@ -630,6 +634,10 @@ class HttpApi:
                           key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
         return self._generate(request, exchange, key, cors, chat=True)
 
+    def _responses(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                   key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
+        return self._generate(request, exchange, key, cors, chat=True, responses=True)
+
     def _triton_generate(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                          key: str | None, cors: list[tuple[str, str]] | None) -> HttpResponse | None:
         return self._generate(request, exchange, key, cors, chat=False, triton=params, stream=False)
@@ -640,10 +648,12 @@ class HttpApi:
 
     def _generate(self, request: HttpRequest, exchange: HttpExchange, key: str | None,
                   cors: list[tuple[str, str]] | None, *, chat: bool, triton: Mapping[str, str] | None = None,
+                  responses: bool = False,
                   stream: bool = False) -> HttpResponse | None:
-        """``POST /v1/completions``, (``chat``) ``/v1/chat/completions`` or (``triton``: the path's
-        parameters) Triton's ``/v2/models/{name}[/versions/{v}]/generate[_stream]``: a generation
-        queued next to the WebSocket ones, answered (or streamed) through ``exchange``."""
+        """``POST /v1/completions``, (``chat``) ``/v1/chat/completions``, (``chat`` and ``responses``)
+        ``/v1/responses`` or (``triton``: the path's parameters) Triton's
+        ``/v2/models/{name}[/versions/{v}]/generate[_stream]``: a generation queued next to the
+        WebSocket ones, answered (or streamed) through ``exchange``."""
         now = self.clock()
         model = ""
         try:
@@ -656,6 +666,11 @@ class HttpApi:
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
                 completion, rid, outputs = parse_generate(loads(request.body), model=model, stream=stream,
                                                           max_tokens_limit=self.config.max_tokens)
+            elif responses:
+                asked = parse_response_request(loads(request.body), max_tokens_limit=self.config.max_tokens)
+                completion = asked.completion
+                model = completion.model
+                entry = self._generative(model, f"use POST /v2/models/{model}/infer or POST /predict")
             else:
                 parse = parse_chat_completion if chat else parse_completion
                 completion = parse(loads(request.body), max_tokens_limit=self.config.max_tokens)
@@ -672,7 +687,7 @@ class HttpApi:
                 try:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
                 except BadRequest as exc:
-                    raise _with_param(exc, "messages") from None
+                    raise _with_param(exc, "input" if responses else "messages") from None
             if completion.prompt_ids:  # checked against the model now; their texts are what echo shows
                 try:
                     completion = completion.with_prompt_texts(_id_texts(entry.worker.model, completion.prompt_ids))
@@ -681,6 +696,11 @@ class HttpApi:
             if triton is not None:
                 encoder: Any = generate_encoder(rid, model, entry.version, outputs)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors, style="oip")
+            elif responses:
+                n = next(self._completion_ids)
+                encoder = ResponsesEncoder(f"resp_{self._response_token}{n}", f"msg_{self._response_token}{n}",
+                                           int(self.wall_clock()), model, asked)
+                call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             else:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
                 encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)

@@ -30,6 +30,7 @@ from ..worker import concat_rows, count_rows
 from . import kserve, oip
 from .errors import Style, error_response
 from .openai import ChatCompletionEncoder, Completion, CompletionEncoder
+from .responses import ResponsesEncoder
 from .tritongen import GenerateEncoder
 
 if TYPE_CHECKING:
@@ -323,7 +324,7 @@ class InferCall(PredictCall):
 
 
 class CompletionCall(Call):
-    """``POST /v1/completions``, ``/v1/chat/completions`` or Triton's ``generate``/``generate_stream``:
+    """``POST /v1/completions``, ``/v1/chat/completions``, ``/v1/responses`` or Triton's ``generate``/``generate_stream``:
     ``n`` generations per prompt (one :class:`CompletionChoice` each, the engine's token sinks;
     prompt ``a``'s choices are indexes ``a * n`` to ``a * n + n - 1``); a JSON answer once every
     choice ended, or Server-Sent Events as tokens come (the bytes are the ``encoder``'s).  A choice
@@ -333,7 +334,8 @@ class CompletionCall(Call):
                  "echo_logged", "logged", "prompts", "prompt_ids", "prompt_counts", "_open")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
-                 completion: Completion, encoder: CompletionEncoder | ChatCompletionEncoder | GenerateEncoder,
+                 completion: Completion,
+                 encoder: CompletionEncoder | ChatCompletionEncoder | ResponsesEncoder | GenerateEncoder,
                  headers: list[tuple[str, str]] | None, style: Style = "openai") -> None:
         super().__init__(session, exchange, entry, "generate", style, received_at, headers)
         self.engine = entry.worker

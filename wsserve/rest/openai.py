@@ -70,8 +70,8 @@ from ..protocol import (
 )
 from .errors import error_response
 
-__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "error_event", "is_neutral",
-           "model_field", "models_list", "parse_chat_completion", "parse_completion"]
+__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "completion_of",
+           "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -181,8 +181,8 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
     echo_only = bool(echo) and obj.get("max_tokens") == 0 and type(obj.get("max_tokens")) is int
-    max_tokens = 1 if echo_only else _max_tokens(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit,
-                                                 zero="'echo': true")
+    max_tokens = 1 if echo_only else max_tokens_field(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit,
+                                                      zero="'echo': true")
     if echo_only and obj.get("min_tokens") not in (None, 0):
         raise ParamError("min_tokens", "'min_tokens' must be 0 with 'max_tokens': 0 (nothing is generated), "
                                        f"got {shown(obj.get('min_tokens'), 40)}")
@@ -195,7 +195,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     if count * n > MAX_CHOICES:
         raise ParamError("prompt", f"{count} prompts x n={n} make {count * n} choices; at most "
                                    f"{MAX_CHOICES} per request")
-    completion = replace(_completion(obj, model, prompt, max_tokens, None, obj.get("logprobs")), echo=bool(echo), n=n,
+    completion = replace(completion_of(obj, model, prompt, max_tokens, None, obj.get("logprobs")), echo=bool(echo), n=n,
                          echo_only=echo_only, prompt_ids=prompt_ids)
     return replace(completion, prompts=prompts) if len(prompts) > 1 else completion
 
@@ -230,10 +230,10 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     if fmt is not None and fmt != {"type": "text"}:
         raise ParamError("response_format", "'response_format' is not supported (only {\"type\": \"text\"}): "
                                             "wsserve does not constrain output to JSON")
-    max_tokens = _max_tokens(obj, "max_completion_tokens", None, max_tokens_limit)
+    max_tokens = max_tokens_field(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
-        max_tokens = _max_tokens(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
-    return replace(_completion(obj, model, "", max_tokens, messages, _chat_logprobs(obj)), n=_n(obj))
+        max_tokens = max_tokens_field(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
+    return replace(completion_of(obj, model, "", max_tokens, messages, _chat_logprobs(obj)), n=_n(obj))
 
 
 def _n(obj: dict[str, Any]) -> int:
@@ -284,7 +284,7 @@ def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]
             raise ParamError(name, f"'{name}' is not supported (only its default); got {shown(value, 80)}")
 
 
-def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int, zero: str = "") -> int | None:
+def max_tokens_field(obj: dict[str, Any], name: str, default: int | None, limit: int, zero: str = "") -> int | None:
     """``obj[name]`` in [1, ``limit``], else ``default`` when absent; ``zero``: the condition
     under which 0 is allowed (named in the error; the caller handles it)."""
     value = obj.get(name)
@@ -296,9 +296,10 @@ def _max_tokens(obj: dict[str, Any], name: str, default: int | None, limit: int,
     return value
 
 
-def _completion(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
-                messages: tuple[ChatMessage, ...] | None, logprobs: int | None) -> Completion:
-    """The sampling and streaming fields both endpoints share, checked, and the result."""
+def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
+                  messages: tuple[ChatMessage, ...] | None, logprobs: int | None) -> Completion:
+    """The sampling and streaming fields the OpenAI routes share, checked, and the result (the
+    Responses API's parser, :mod:`wsserve.rest.responses`, gives it only the fields it takes)."""
     try:
         logit_bias = logit_bias_tuple(obj.get("logit_bias"))
     except BadRequest as exc:

@@ -1,0 +1,359 @@
+"""OpenAI's Responses API for text (``POST /v1/responses``), sans-I/O.
+
+What the openai SDK's ``client.responses.create(...)`` sends for a text conversation, served by
+the machinery of ``/v1/chat/completions`` (:mod:`wsserve.rest.openai`): the conversation is a
+tuple of :class:`~wsserve.chat.ChatMessage` that the served model's chat template turns into the
+prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.completion_of`.
+
+- :func:`parse_response_request` - a request body into :class:`ResponseRequest`:
+
+  - ``input``: a string (one user message), or a non-empty list of message items
+    ``{"role", "content"[, "type": "message"]}`` (roles as a chat's; ``content`` a string or a
+    non-empty list of ``{"type": "input_text" | "output_text", "text"}`` parts, joined; the
+    ``id``, ``status`` and ``annotations`` of an SDK output message sent back are ignored);
+    ``instructions``: a system message before them.
+  - ``max_output_tokens`` (1 to the server's ``max_tokens``, which is the default, as a chat's
+    ``max_completion_tokens``), ``temperature`` (default 1), ``top_p``, ``stream``, and vLLM's
+    extensions to this route: ``top_k``, ``seed``, ``stop``, ``logit_bias``,
+    ``repetition_penalty``, ``include_stop_str_in_output``.
+  - ``metadata`` (at most :data:`MAX_METADATA_KEYS` string values of at most
+    :data:`MAX_METADATA_VALUE_CHARS` characters, keys of at most :data:`MAX_METADATA_KEY_CHARS`,
+    OpenAI's bounds), ``user``, ``instructions`` and the neutral fields are echoed in the answer.
+  - ``store`` is taken either way and nothing is stored (vLLM without its store does the
+    same); the answer says ``"store": false``.
+  - Refused by name (:class:`~wsserve.rest.openai.ParamError`) rather than ignored: what needs
+    a stored response or conversation (``previous_response_id``, ``conversation``, vLLM's
+    ``previous_response`` and ``previous_input_messages``), tools (non-empty ``tools``,
+    ``tool_choice`` other than ``"none"``), ``reasoning``, ``text.format`` other than text and
+    ``text.verbosity``, non-empty ``include``, ``top_logprobs`` other than 0, ``background:
+    true``, ``truncation`` other than ``"disabled"``, ``prompt`` (templates), vLLM's
+    ``structured_outputs`` and ``priority`` other than 0, and input items or parts that are not
+    text messages (images, files, audio, function calls and their outputs, references).
+    Unknown fields are ignored, as on the chat route.
+
+- :class:`ResponsesEncoder` - the Response object (``object: "response"``, ``status``
+  ``"completed"``, or ``"incomplete"`` with ``incomplete_details.reason`` ``max_output_tokens``
+  when the length limit ended it), and the Server-Sent Events of a streamed one, each
+  ``event: <type>`` and ``data: {..., "sequence_number": n}`` from 0: ``response.created``,
+  ``response.in_progress``, ``response.output_item.added``, ``response.content_part.added``, one
+  ``response.output_text.delta`` per token, ``response.output_text.done``,
+  ``response.content_part.done``, ``response.output_item.done``, then ``response.completed``
+  (or ``response.incomplete``); an error after the stream started is one ``error`` event
+  (``{"type": "error", "code", "message", "param", "sequence_number"}``) and the stream ends.
+  No ``[DONE]``: the Responses API does not send one.  It is given to
+  :class:`~wsserve.rest.calls.CompletionCall` as the chat encoder is (one choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..chat import ROLES, ChatMessage
+from ..errors import WsserveError
+from ..generation.logprobs import TokenLogprobs
+from ..jsontypes import json_type, shown
+from .openai import (
+    Choice,
+    Completion,
+    ParamError,
+    completion_of,
+    is_neutral,
+    max_tokens_field,
+    model_field,
+)
+
+__all__ = ["MAX_METADATA_KEYS", "MAX_METADATA_KEY_CHARS", "MAX_METADATA_VALUE_CHARS", "ResponseRequest",
+           "ResponsesEncoder", "parse_response_request"]
+
+#: ``metadata``: at most this many pairs, keys of at most ... characters, values of at most ... (OpenAI's).
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+#: Fields taken only at these values (OpenAI's defaults, or "off"); anything else is refused by name.
+_NEUTRAL = {
+    "previous_response_id": (None,), "conversation": (None,), "tools": (None, []), "tool_choice": (None, "none"),
+    "include": (None, []), "background": (None, False), "truncation": (None, "disabled"), "prompt": (None,),
+    "top_logprobs": (None, 0),
+    # vLLM's extensions to this route: a stored (or resent) state, structured output, scheduling priority
+    "previous_response": (None,), "previous_input_messages": (None, []), "structured_outputs": (None,),
+    "priority": (None, 0), "enable_response_messages": (None, False),
+}
+#: Why each is refused (the message's end).
+_WHY = {
+    "previous_response_id": "wsserve stores no responses; send the whole conversation in 'input'",
+    "conversation": "wsserve stores no conversations; send the whole conversation in 'input'",
+    "previous_response": "send the whole conversation in 'input'",
+    "previous_input_messages": "send the whole conversation in 'input'",
+    "tools": "wsserve's models call no tools",
+    "tool_choice": "wsserve's models call no tools (only \"none\")",
+    "include": "nothing can be included (no logprobs, tool results or reasoning here)",
+    "top_logprobs": "the Responses API's logprobs are not served (use /v1/chat/completions' logprobs)",
+    "background": "wsserve stores no responses to fetch later; ask without 'background'",
+    "truncation": "only \"disabled\": a prompt is not truncated to fit",
+    "prompt": "prompt templates are not supported; send the text in 'input' and 'instructions'",
+    "structured_outputs": "wsserve does not constrain output",
+    "priority": "only its default, 0",
+    "enable_response_messages": "only its default, false",
+}
+#: The sampling and stop fields handed to :func:`~wsserve.rest.openai.completion_of` (checked there
+#: under these names); ``stream`` too.
+_SAMPLING = ("temperature", "top_p", "top_k", "seed", "stop", "logit_bias", "repetition_penalty",
+             "include_stop_str_in_output", "stream")
+_TEXT_PARTS = ("input_text", "output_text")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRequest:
+    """A checked ``POST /v1/responses`` body: the generation (``completion.messages`` is the
+    conversation, ``instructions`` first) and what the Response object echoes."""
+
+    completion: Completion
+    instructions: str | None
+    max_output_tokens: int | None  # as sent (None: the server's limit applies)
+    metadata: dict[str, str]
+    user: str | None
+    parallel_tool_calls: bool
+
+
+def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseRequest:
+    """Check a decoded ``/v1/responses`` body; raises :class:`~wsserve.rest.openai.ParamError`
+    (a ``BadRequest``) naming the first refused field."""
+    model = model_field(obj)
+    for name, values in _NEUTRAL.items():
+        value = obj.get(name)
+        if value is not None and not is_neutral(value, values):
+            raise ParamError(name, f"'{name}' is not supported: {_WHY[name]}; got {shown(value, 80)}")
+    _check_reasoning(obj.get("reasoning"))
+    _check_text(obj.get("text"))
+    instructions = obj.get("instructions")
+    if instructions is not None and type(instructions) is not str:
+        raise ParamError("instructions", f"'instructions' must be a string, got {json_type(instructions)}")
+    messages = _input_messages(obj.get("input"))
+    if instructions is not None:
+        messages = (ChatMessage("system", instructions), *messages)
+    sent_max = max_tokens_field(obj, "max_output_tokens", None, max_tokens_limit)
+    sampling = {name: obj[name] for name in _SAMPLING if name in obj}
+    completion = completion_of(sampling, model, "", sent_max or max_tokens_limit, messages, None)
+    user = obj.get("user")
+    if user is not None and type(user) is not str:
+        raise ParamError("user", f"'user' must be a string, got {json_type(user)}")
+    parallel = obj.get("parallel_tool_calls")
+    if parallel is not None and type(parallel) is not bool:
+        raise ParamError("parallel_tool_calls", f"'parallel_tool_calls' must be a boolean, got {json_type(parallel)}")
+    store = obj.get("store")
+    if store is not None and type(store) is not bool:
+        raise ParamError("store", f"'store' must be a boolean, got {json_type(store)}")
+    return ResponseRequest(completion=completion, instructions=instructions, max_output_tokens=sent_max,
+                           metadata=_metadata(obj.get("metadata")), user=user,
+                           parallel_tool_calls=True if parallel is None else parallel)
+
+
+def _check_reasoning(value: Any) -> None:
+    """``reasoning``: only absent, ``{}`` or all-null (wsserve's models do not reason apart)."""
+    if value is None or (type(value) is dict and all(v is None for v in value.values())):
+        return
+    raise ParamError("reasoning", "'reasoning' is not supported: wsserve's models have no reasoning settings; got "
+                                  f"{shown(value, 80)}")
+
+
+def _check_text(value: Any) -> None:
+    """``text``: only ``{"format": {"type": "text"}}`` (or no format), without ``verbosity``."""
+    if value is None:
+        return
+    if type(value) is not dict:
+        raise ParamError("text", f"'text' must be an object, got {json_type(value)}")
+    fmt = value.get("format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise ParamError("text", "'text.format' is not supported other than {\"type\": \"text\"}: wsserve does not "
+                                 f"constrain output to JSON; got {shown(fmt, 80)}")
+    if value.get("verbosity") is not None:
+        raise ParamError("text", "'text.verbosity' is not supported: wsserve's models take no verbosity; got "
+                                 f"{shown(value['verbosity'], 40)}")
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    """``metadata``: at most :data:`MAX_METADATA_KEYS` string pairs within OpenAI's lengths."""
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise ParamError("metadata", f"'metadata' must be an object of strings, got {json_type(value)}")
+    if len(value) > MAX_METADATA_KEYS:
+        raise ParamError("metadata", f"'metadata' holds {len(value)} keys; at most {MAX_METADATA_KEYS}")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise ParamError("metadata", f"'metadata' key {shown(key, 40)} has {len(key)} characters; at most "
+                                         f"{MAX_METADATA_KEY_CHARS}")
+        if type(item) is not str:
+            raise ParamError("metadata", f"'metadata.{key}' must be a string, got {json_type(item)}")
+        if len(item) > MAX_METADATA_VALUE_CHARS:
+            raise ParamError("metadata", f"'metadata.{key}' has {len(item)} characters; at most "
+                                         f"{MAX_METADATA_VALUE_CHARS}")
+    return value
+
+
+def _input_messages(value: Any) -> tuple[ChatMessage, ...]:
+    """``input``: a string (one user message) or a non-empty list of text message items."""
+    if type(value) is str:
+        return (ChatMessage("user", value),)
+    if type(value) is not list:
+        raise ParamError("input", f"'input' must be a string or an array of message items, got {json_type(value)}")
+    if not value:
+        raise ParamError("input", "'input' must hold at least one message item")
+    out = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if type(item) is not dict:
+            raise ParamError("input", f"'{where}' must be a message item object, got {json_type(item)}")
+        kind = item.get("type")
+        if kind is not None and kind != "message":
+            raise ParamError("input", f"'{where}.type' {shown(kind, 64)} is not supported: only message items "
+                                      "(wsserve's models call no tools and take text only)")
+        role = item.get("role")
+        if type(role) is not str:
+            raise ParamError("input", f"'{where}.role' must be a string, got {json_type(role)}")
+        if role not in ROLES:
+            raise ParamError("input", f"'{where}.role' must be one of {', '.join(ROLES)}; got {shown(role, 64)}")
+        out.append(ChatMessage(role, _content(item.get("content"), f"{where}.content")))
+    return tuple(out)
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's content: a string, or a non-empty list of text parts (joined)."""
+    if type(value) is str:
+        return value
+    if type(value) is not list:
+        raise ParamError("input", f"'{where}' must be a string or an array of text parts, got {json_type(value)}")
+    if not value:
+        raise ParamError("input", f"'{where}' is an empty array; send a string or at least one text part")
+    texts = []
+    for j, part in enumerate(value):
+        if type(part) is not dict:
+            raise ParamError("input", f"'{where}[{j}]' must be a content part object, got {json_type(part)}")
+        kind = part.get("type")
+        if kind not in _TEXT_PARTS:
+            raise ParamError("input", f"'{where}[{j}].type' {shown(kind, 64)} is not supported: only text parts "
+                                      "(input_text, output_text)")
+        text = part.get("text")
+        if type(text) is not str:
+            raise ParamError("input", f"'{where}[{j}].text' must be a string, got {json_type(text)}")
+        texts.append(text)
+    return "".join(texts)
+
+
+class ResponsesEncoder:
+    """Bodies and events of one response (``id``: ``resp_...``; its one output message ``msg_...``).
+
+    Stateful: a stream's events are numbered (``sequence_number``) and the streamed text is kept
+    for the ``.done`` events.  ``usage`` is the chat's: ``input_tokens`` the prompt's tokens
+    given to the model, ``output_tokens`` the tokens sent."""
+
+    __slots__ = ("_id", "_message_id", "_created", "_model", "_request", "_seq", "_texts", "_reason", "_delta_head")
+
+    def __init__(self, response_id: str, message_id: str, created: int, model: str, request: ResponseRequest) -> None:
+        self._id = response_id
+        self._message_id = message_id
+        self._created = created
+        self._model = model
+        self._request = request
+        self._seq = 0
+        self._texts: list[str] = []
+        self._reason = "stop"
+        self._delta_head = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                            b'"item_id":' + orjson.dumps(message_id) + b',"output_index":0,"content_index":0,'
+                            b'"logprobs":[],"delta":')
+
+    # -- the objects
+
+    def _response(self, status: str, text: str | None, prompt_tokens: int | None, tokens: int) -> dict[str, Any]:
+        """The Response object; ``text`` None: no output yet (in progress)."""
+        req = self._request
+        params = req.completion.params
+        incomplete = status == "incomplete"
+        return {
+            "id": self._id, "object": "response", "created_at": self._created, "status": status,
+            "background": False, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "max_tool_calls": None,
+            "metadata": req.metadata, "model": self._model,
+            "output": [] if text is None else [self._message(text, "incomplete" if incomplete else "completed")],
+            "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": None, "reasoning": None,
+            "store": False, "temperature": params.temperature, "text": {"format": {"type": "text"}},
+            "tool_choice": "none", "tools": [], "top_logprobs": 0, "top_p": params.top_p, "truncation": "disabled",
+            "usage": None if prompt_tokens is None else {
+                "input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "output_tokens": tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt_tokens + tokens},
+            "user": req.user,
+        }
+
+    def _message(self, text: str | None, status: str) -> dict[str, Any]:
+        """The output message item (``text`` None: no content part yet)."""
+        return {"id": self._message_id, "type": "message", "status": status, "role": "assistant",
+                "content": [] if text is None else [_part(text)]}
+
+    @staticmethod
+    def _status(reason: str) -> str:
+        return "incomplete" if reason == "length" else "completed"
+
+    def response(self, choices: list[Choice], prompt_tokens: int, tokens: int) -> bytes:
+        """The whole (non-streamed) Response object of the one choice."""
+        text, reason, _ = choices[0]
+        return orjson.dumps(self._response(self._status(reason), text, prompt_tokens, tokens))
+
+    # -- the stream
+
+    def _event(self, kind: str, fields: dict[str, Any]) -> bytes:
+        """One numbered event."""
+        data = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    def start_events(self, index: int = 0) -> bytes:
+        """What the stream begins with: the response created and in progress, its message and text part added."""
+        pending = self._response("in_progress", None, None, 0)
+        where = {"item_id": self._message_id, "output_index": 0, "content_index": 0}
+        return (self._event("response.created", {"response": pending})
+                + self._event("response.in_progress", {"response": pending})
+                + self._event("response.output_item.added",
+                              {"output_index": 0, "item": self._message(None, "in_progress")})
+                + self._event("response.content_part.added", {**where, "part": _part("")}))
+
+    def token_event(self, text: str, index: int = 0) -> bytes:
+        """One token's ``response.output_text.delta``."""
+        self._texts.append(text)
+        seq = self._seq
+        self._seq += 1
+        return self._delta_head + orjson.dumps(text) + b',"sequence_number":%d}\n\n' % seq
+
+    def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
+        """Not asked for here (``top_logprobs`` is refused): the token's delta."""
+        return self.token_event(text, index)
+
+    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+        """The text, its part and its message done."""
+        self._reason = finish_reason
+        text = "".join(self._texts)
+        where = {"item_id": self._message_id, "output_index": 0, "content_index": 0}
+        return (self._event("response.output_text.done", {**where, "text": text, "logprobs": []})
+                + self._event("response.content_part.done", {**where, "part": _part(text)})
+                + self._event("response.output_item.done",
+                              {"output_index": 0, "item": self._message(text, self._status(finish_reason))}))
+
+    def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
+        """The last event: ``response.completed`` (or ``response.incomplete``) with the whole response."""
+        status = self._status(self._reason)
+        whole = self._response(status, "".join(self._texts), prompt_tokens, tokens)
+        return self._event(f"response.{status}", {"response": whole})
+
+    def error_event(self, exc: WsserveError) -> bytes:
+        """An error after the stream started: the Responses API's ``error`` event (``code``: the wire code)."""
+        return self._event("error", {"code": exc.code, "message": exc.message, "param": getattr(exc, "param", None)})
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
