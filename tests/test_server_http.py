@@ -94,3 +94,17 @@ def test_page_and_static_files_forbid_sniffing_and_carry_a_content_security_poli
         assert policy.get("default-src") == ["'none'"], (path, headers)
         assert policy.get("script-src") == ["'self'"] and policy.get("style-src") == ["'self'"], (path, policy)
         assert policy.get("frame-ancestors") == ["'none'"] and policy.get("base-uri") == ["'none'"], (path, policy)
+
+
+@pytest.mark.asyncio
+async def test_an_ipv6_host_is_bracketed_in_the_ready_line_url() -> None:
+    # `--host ::1` printed `ws://::1:PORT`, not a URL (RFC 3986 brackets an IPv6 literal).
+    from tests.support import ServerProcess
+    from wsserve.config import ServerConfig
+
+    assert ServerConfig(host="::1").url(8765) == "ws://[::1]:8765"
+    assert ServerConfig(host="127.0.0.1").url(1) == "ws://127.0.0.1:1"
+    with ServerProcess("--host", "::1", "--models", "linear") as srv:
+        assert srv.url == f"ws://[::1]:{srv.port}"
+        async with websockets.connect(srv.url) as ws:  # the printed URL is one a client takes
+            assert json.loads(await ws.recv())["type"] == "hello"

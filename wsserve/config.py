@@ -270,6 +270,12 @@ class ServerConfig:
             _check_tls_files(Path(self.certfile), Path(self.keyfile))
         return self
 
+    def url(self, port: int) -> str:
+        """The server's WebSocket URL on ``port``: ``ws://`` (``wss://`` with TLS), the host
+        in brackets when it is an IPv6 address (``ws://[::1]:8765``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.certfile else 'ws'}://{host}:{port}"
+
     def rate_burst(self, rate: float) -> float:
         """Bucket size for ``rate``: ``rate_limit_burst`` or one second's worth."""
         return float(self.rate_limit_burst) if self.rate_limit_burst else max(1.0, rate)

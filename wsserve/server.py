@@ -176,8 +176,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        scheme = "wss" if self.config.certfile else "ws"
-        return f"{scheme}://{self.config.host}:{self.port}"
+        return self.config.url(self.port)
 
     async def start(self) -> None:
         """Start workers and listen.  Raises :class:`ListenError` if the port is taken (or the

@@ -348,8 +348,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         _release(reserved)
         if not stop.is_set():
             started = True
-            scheme = "wss" if config.certfile else "ws"
-            print(f"wsserve {__version__} ready on {scheme}://{config.host}:{port} ({config.workers} workers)", flush=True)
+            print(f"wsserve {__version__} ready on {config.url(port)} ({config.workers} workers)", flush=True)
         # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
         # asks them to stop.
         while not stop.is_set():
