@@ -26,7 +26,8 @@ from urllib.parse import unquote
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from ..admission import PROXY_HEADERS, check_bearer, local_admin
+from ..admission import PROXY_HEADERS, check_bearer, client_address, local_admin
+from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..rest import modelrepo
 from ..rest.calls import CompletionCall, HttpSession, InferCall
@@ -141,6 +142,20 @@ def _address(peer: str) -> str:
     return peer
 
 
+class _MetadataHeaders:
+    """An RPC's metadata read as :func:`~wsserve.admission.client_address` reads an HTTP
+    request's headers: ``header(b"x-forwarded-for")`` is the first value of that key, or None."""
+
+    __slots__ = ("metadata",)
+
+    def __init__(self, metadata: Any) -> None:
+        self.metadata = metadata or ()
+
+    def header(self, name: bytes) -> str | None:
+        key = name.decode("latin-1")
+        return next((str(v) for k, v in self.metadata if k == key), None)
+
+
 def _c_int(value: int) -> int:
     """``value`` as a grpc channel argument (a C ``int``: larger values are its largest)."""
     return min(value, 2**31 - 1)
@@ -167,6 +182,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.sessions: dict[str, HttpSession] = {}
         self._sweep_at = _SWEEP_AT
         self._server: grpc.aio.Server | None = None
+        self._proxies = proxy_networks(self.config.trusted_proxy)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -225,13 +241,23 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         metadata = (("retry-after-ms", str(exc.retry_after_ms)),) if exc.retry_after_ms is not None else ()
         await context.abort(convert.status_of(exc), exc.message, metadata)
 
+    def _client(self, context: grpc.aio.ServicerContext) -> str:
+        """Who sent the RPC: its peer's address, or, when the peer is a ``--trusted-proxy`` (nginx's
+        ``grpc_pass``), the client the proxy forwarded in its ``x-forwarded-for`` (else
+        ``x-real-ip``) metadata, by HTTP's rule (:func:`~wsserve.admission.client_address`).
+        Whose failed attempts count and who is loopback for the admin rule."""
+        peer = _address(context.peer())
+        if not self._proxies:
+            return peer
+        return client_address(peer, _MetadataHeaders(context.invocation_metadata()), self._proxies)
+
     async def _key(self, context: grpc.aio.ServicerContext) -> str | None:
         """The caller's API key (None with keys off); aborts UNAUTHENTICATED without a valid one
         (RESOURCE_EXHAUSTED while its address has failed too often)."""
         if not self.config.api_key:
             return None
         try:
-            return check_bearer(self.api.keys, _address(context.peer()), _authorization(context), self.clock())
+            return check_bearer(self.api.keys, self._client(context), _authorization(context), self.clock())
         except WsserveError as exc:
             await self._abort(context, exc)
             raise  # not reached: abort raises
@@ -243,7 +269,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         is no browser's (no ``origin``: grpc gives no ``Host`` to check it against); its
         ``authorization`` then is not read (as no RPC reads it without keys).  Raises
         ``WsserveError``."""
-        address = _address(context.peer())
+        address = self._client(context)
         metadata = context.invocation_metadata() or ()
         forwarded = any(k in _PROXY_METADATA for k, _ in metadata)
         origin = next((v for k, v in metadata if k == "origin"), None)
