@@ -634,6 +634,10 @@ def test_drain_finishes_running_generations_and_refuses_new_ones(model_cache: Pa
         assert error is None and first.get_response().id == "long"
         proc.signal(signal.SIGTERM)
         wait_until(lambda: not client.is_server_ready(), 30.0, what="ServerReady false")
+        with pytest.raises(InferenceServerException) as refused:  # an admin operation is new work too
+            client.unload_model("slowgen")
+        assert (refused.value.status(), refused.value.message()) == (
+            "StatusCode.UNAVAILABLE", "server is draining; no new work is accepted")
         _generate(client, results, "late", True, model="slowgen", max_tokens=5)
         long_tokens, long_final, late_errors = 1, False, []
         while not (long_final and late_errors):  # the running generation ends; the late one is refused

@@ -341,10 +341,14 @@ class Server:
 
         Under ``--workers`` each worker process has its own models and a connection reaches
         one of them, so an operation would change one worker only: it is refused, and models
-        change through the repository, which every worker watches with ``--reload``."""
+        change through the repository, which every worker watches with ``--reload``.  While the
+        server drains a new operation is refused (``shutting_down``), as any new work."""
         if self.worker is not None:
             done(Forbidden(f"{op} is not available with --workers: each worker process has its own models; "
                            "change the model repository instead (every worker reloads it with --reload)"))
+            return
+        if self._draining:  # as any new work (an operation already running finishes)
+            done(ShuttingDown("server is draining; no new work is accepted"))
             return
 
         async def run() -> None:
