@@ -52,7 +52,7 @@ def _http(served, route: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line[len("data: "):]) for line in text.split("\n\n") if line.startswith("data: ")]
 
 
-def _stream(client, stream: bool, flags: dict[str, bool], **params: Any) -> list[Any]:
+def _stream(client, stream: bool, flags: dict[str, bool], outputs: list[str] | None = None, **params: Any) -> list[Any]:
     """One generation over ModelStreamInfer: ``text_input`` and ``stream`` inputs, each flag a
     BOOL input (as the vLLM backend reads them), ``params`` request parameters; its results until
     the final one (an error raises)."""
@@ -67,7 +67,8 @@ def _stream(client, stream: bool, flags: dict[str, bool], **params: Any) -> list
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     out = []
     try:
-        client.async_stream_infer("charlm", inputs, request_id="r", parameters=params)
+        client.async_stream_infer("charlm", inputs, request_id="r", parameters=params,
+                                  outputs=None if outputs is None else [tgrpc.InferRequestedOutput(n) for n in outputs])
         while True:
             result, error = results.get(timeout=60)
             if error is not None:
@@ -209,3 +210,24 @@ def test_an_unread_stream_counts_its_outputs_against_the_write_buffer_bound(mode
         done.set()
         channel.close()
         proc.stop()
+
+
+def test_only_the_requested_outputs_are_answered_as_tritons(client) -> None:
+    # A request naming its outputs got every output anyway, and an unknown name was ignored.
+    flags = {"return_num_output_tokens": True, "return_finish_reason": True}
+    results = _stream(client, True, flags, outputs=["num_output_tokens"], max_tokens=3, temperature=0)
+    assert len(results) == 3
+    for result in results:
+        assert [t.name for t in result.get_response().outputs] == ["num_output_tokens"]
+    assert sum(_outputs(r)["num_output_tokens"] for r in results) == 3  # streamed: each response's own
+    text_only = _stream(client, True, flags, outputs=["text_output"], max_tokens=2, temperature=0)
+    assert [[t.name for t in r.get_response().outputs] for r in text_only] == [["text_output"]] * 2
+    everything = _stream(client, True, flags, max_tokens=2, temperature=0)  # none named: all of them
+    assert {t.name for t in everything[-1].get_response().outputs} == {"text_output", "finish_reason",
+                                                                        "num_output_tokens"}
+    for outputs, message in ((["text_output", "nope"], "unknown output 'nope'; the model produces: text_output, "
+                              "finish_reason, cumulative_logprob, logprobs, num_input_tokens, num_output_tokens"),
+                             (["text_output", "text_output"], "output 'text_output' is requested twice")):
+        with pytest.raises(AssertionError) as refused:
+            _stream(client, True, flags, outputs=outputs, max_tokens=2)
+        assert str(refused.value).startswith(message)

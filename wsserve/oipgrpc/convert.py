@@ -44,8 +44,8 @@ from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip
 from ..rest.tritongen import GenerateOutputs, OutputValues
 
-__all__ = ["OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
-           "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "status_of",
+__all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
+           "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "requested_outputs", "status_of",
            "stream_error", "stream_flag", "stream_text", "token_bytes"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
@@ -412,24 +412,51 @@ OUTPUT_TENSORS: Mapping[str, tuple[str, tuple[int, ...]]] = {
 }
 
 
+#: A generation's outputs, as Triton's vLLM backend declares them: the text, then the additional ones.
+GENERATE_OUTPUTS: tuple[str, ...] = ("text_output", *OUTPUT_TENSORS)
+
+
+def requested_outputs(request: Any) -> frozenset[str] | None:
+    """The outputs a ``ModelStreamInferRequest`` to a generative model names in ``outputs``: only
+    those are answered (as Triton answers a request that names its outputs; an additional output
+    still needs its ``return_*`` flag to be produced); None when it names none (every output
+    produced).  Raises :class:`~wsserve.errors.BadRequest` for a name not among
+    :data:`GENERATE_OUTPUTS`, or one named twice."""
+    if not request.outputs:
+        return None
+    names: set[str] = set()
+    for requested in request.outputs:
+        name = requested.name
+        if name not in GENERATE_OUTPUTS:
+            raise BadRequest(f"unknown output {name[:64]!r}; the model produces: {', '.join(GENERATE_OUTPUTS)}")
+        if name in names:
+            raise BadRequest(f"output {name!r} is requested twice")
+        names.add(name)
+    return frozenset(names)
+
+
 def _bytes_element(data: bytes) -> bytes:
     """One raw BYTES element: its 4-byte little-endian length, then its bytes."""
     return len(data).to_bytes(4, "little") + data
 
 
 def stream_text(model: str, version: str, rid: str | None, text: str | bytes, outputs: Mapping[str, Any] | None = None,
-                *, final: bool) -> Any:
+                *, final: bool, wanted: frozenset[str] | None = None) -> Any:
     """One ``ModelStreamInferResponse`` of a generation: ``text_output`` (BYTES ``[1]``, raw: ``text``
     UTF-8 encoded, or as it is when bytes), then each of ``outputs`` (the additional outputs'
     values, :data:`OUTPUT_TENSORS`: strings or bytes as BYTES, ``cumulative_logprob`` FP32, counts UINT32),
-    the ``triton_final_response`` parameter (true on the last one, as Triton marks it)."""
-    data = text.encode() if type(text) is str else text
+    the ``triton_final_response`` parameter (true on the last one, as Triton marks it).  ``wanted``
+    (:func:`requested_outputs`): only those outputs, when the request named some."""
     response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
-    tensor = response.outputs.add()
-    tensor.name, tensor.datatype = "text_output", "BYTES"
-    tensor.shape.append(1)
-    response.raw_output_contents.append(_bytes_element(data))
+    if wanted is None or "text_output" in wanted:
+        data = text.encode() if type(text) is str else text
+        tensor = response.outputs.add()
+        tensor.name, tensor.datatype = "text_output", "BYTES"
+        tensor.shape.append(1)
+        response.raw_output_contents.append(_bytes_element(data))
     for name, value in (outputs or {}).items():
+        if wanted is not None and name not in wanted:
+            continue
         datatype, shape = OUTPUT_TENSORS[name]
         tensor = response.outputs.add(name=name, datatype=datatype, shape=shape)
         if datatype == "BYTES":

@@ -479,6 +479,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if entry.kind != "generate":
                 raise BadRequest(f"model {name!r} does not generate text (use ModelInfer)")
             obj = convert.generate_request(request)
+            wanted = convert.requested_outputs(request)
             completion, rid, outputs = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
                                                       max_tokens_limit=cfg.max_tokens)
             session.admission.capacity(session.inflight, session.inflight_bytes, 0)
@@ -511,18 +512,18 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 kind = event[0]
                 if kind == "token":
                     if held is not None:
-                        await write(convert.stream_text(model, version, rid, *held, final=False))
+                        await write(convert.stream_text(model, version, rid, *held, final=False, wanted=wanted))
                         exchange.pending -= convert.token_bytes(*held)
                     held = event[1:]
                 elif kind == "end":
                     ended = event[2]
                 elif kind == "tail" or kind == "full":
                     text, outputs = event[1:] if kind == "full" else _last(held, ended)
-                    await write(convert.stream_text(model, version, rid, text, outputs, final=True))
+                    await write(convert.stream_text(model, version, rid, text, outputs, final=True, wanted=wanted))
                     return
                 elif kind == "error":  # the token held for the final flag goes first: it was generated
                     if held is not None:
-                        await write(convert.stream_text(model, version, rid, *held, final=False))
+                        await write(convert.stream_text(model, version, rid, *held, final=False, wanted=wanted))
                     await write(convert.stream_error(event[1], model, rid))
                     return
         except BaseException:  # cancelled, or the write failed: the generation stops (a no-op once it ended)
