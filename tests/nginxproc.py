@@ -3,8 +3,9 @@
 The deployed file is copied with only these rewritten (each rewrite must match, so a
 change to the file that breaks the test setup fails loudly instead of testing something
 else): the ``user`` line, ``pid``, ``error_log``, ``access_log``, the ``*_temp_path``
-directories (into a temporary directory), ``listen 80`` (to ``127.0.0.1:PORT``) and the
-upstream ``server`` lines (to the given backend ports, keeping their parameters).
+directories (into a temporary directory), ``listen 80`` and ``listen 8001 http2`` (to
+``127.0.0.1:PORT`` and another free port) and each upstream's ``server`` lines (to the given
+backend ports, keeping their parameters).
 """
 
 from __future__ import annotations
@@ -40,8 +41,27 @@ def _sub(pattern: str, repl: str, text: str, *, count: int | None = 1) -> str:
     return new
 
 
-def render_config(text: str, *, port: int, backends: list[int], workdir: Path) -> str:
-    """The deployed config rewritten to run as this user on ``127.0.0.1:port``."""
+def _upstream(text: str, name: str, backends: list[int]) -> str:
+    """``upstream name {...}``'s ``server 127.0.0.1:PORT ...;`` lines (two or more) replaced by one
+    per port of ``backends``, keeping the first line's parameters."""
+    block = re.search(rf"^\s*upstream {name} \{{\n(.*?)^\s*\}}\n", text, flags=re.MULTILINE | re.DOTALL)
+    if block is None:
+        raise AssertionError(f"deploy/nginx.conf: no upstream {name}")
+    body = block.group(1)
+    servers = re.findall(r"^(\s*)server 127\.0\.0\.1:\d+( [^;\n]*)?;$", body, flags=re.MULTILINE)
+    if len(servers) < 2:
+        raise AssertionError(f"deploy/nginx.conf: expected two or more server lines in upstream {name}")
+    indent, params = servers[0]
+    body = _sub(r"^\s*server 127\.0\.0\.1:\d+( [^;\n]*)?;\n", "", body, count=len(servers))
+    body = _sub(r"^(\s*least_conn;\n)", "\\1" + "".join(f"{indent}server 127.0.0.1:{p}{params};\n" for p in backends), body)
+    return text[:block.start(1)] + body + text[block.end(1):]
+
+
+def render_config(text: str, *, port: int, backends: list[int], workdir: Path, grpc_port: int,
+                  grpc_backends: list[int]) -> str:
+    """The deployed config rewritten to run as this user on ``127.0.0.1:port`` (HTTP and
+    WebSocket, in front of ``backends``) and ``127.0.0.1:grpc_port`` (gRPC, in front of
+    ``grpc_backends``)."""
     user = "user root;" if os.geteuid() == 0 else ""  # root: keep privileges for the temp dirs
     text = _sub(r"^user \S+;$", user, text)
     text = _sub(r"^pid \S+;$", f"pid {workdir}/nginx.pid;", text)
@@ -50,29 +70,29 @@ def render_config(text: str, *, port: int, backends: list[int], workdir: Path) -
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         text = _sub(rf"^(\s*){kind}_temp_path \S+;$", rf"\1{kind}_temp_path {workdir}/{kind};", text)
     text = _sub(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{port};", text)
-    servers = re.findall(r"^(\s*)server 127\.0\.0\.1:\d+( [^;\n]*)?;$", text, flags=re.MULTILINE)
-    if len(servers) < 2:
-        raise AssertionError("deploy/nginx.conf: expected two or more upstream server lines")
-    indent, params = servers[0]
-    text = _sub(r"^\s*server 127\.0\.0\.1:\d+( [^;\n]*)?;\n", "", text, count=len(servers))
-    lines = "".join(f"{indent}server 127.0.0.1:{p}{params};\n" for p in backends)
-    return _sub(r"^(\s*least_conn;\n)", rf"\1{lines}", text)
+    text = _sub(r"^(\s*)listen 8001 http2;$", rf"\1listen 127.0.0.1:{grpc_port} http2;", text)
+    text = _upstream(text, "wsserve", backends)
+    return _upstream(text, "wsserve_grpc", grpc_backends)
 
 
 class NginxProcess:
     """``nginx -g 'daemon off;'`` with :func:`render_config` of ``deploy/nginx.conf``.
 
-    ``url`` is ``ws://127.0.0.1:PORT``, ``http`` the same with ``http://``.
+    ``url`` is ``ws://127.0.0.1:PORT``, ``http`` the same with ``http://``, ``grpc`` the gRPC
+    server's ``127.0.0.1:PORT`` (in front of ``grpc_backends``, by default ``backends``).
     Raises ``RuntimeError`` if nginx does not accept connections within ``start_timeout``.
     """
 
-    def __init__(self, workdir: Path, backends: list[int], *, start_timeout: float = 20.0) -> None:
+    def __init__(self, workdir: Path, backends: list[int], *, grpc_backends: list[int] | None = None,
+                 start_timeout: float = 20.0) -> None:
         if NGINX is None:
             raise RuntimeError("nginx is not installed")
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.grpc_port = free_port()
         self.conf = workdir / "nginx.conf"
-        self.conf.write_text(render_config(DEPLOY_CONF.read_text(), port=self.port, backends=backends, workdir=workdir))
+        self.conf.write_text(render_config(DEPLOY_CONF.read_text(), port=self.port, backends=backends, workdir=workdir,
+                                           grpc_port=self.grpc_port, grpc_backends=grpc_backends or backends))
         self.error_log = workdir / "error.log"
         check = subprocess.run([NGINX, "-t", "-q", "-p", str(workdir), "-e", str(self.error_log), "-c", str(self.conf)],
                                capture_output=True, text=True, timeout=30)
@@ -84,6 +104,7 @@ class NginxProcess:
         )
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http = f"http://127.0.0.1:{self.port}"
+        self.grpc = f"127.0.0.1:{self.grpc_port}"  # the gRPC server's address (tritonclient.grpc's url)
 
         def listening() -> bool:
             if self.proc.poll() is not None:

@@ -335,3 +335,61 @@ def test_proxy_timeouts_outlast_the_keepalive_ping() -> None:
         assert int(value) >= 10 * ping, directive
     assert re.search(r"^\s*proxy_buffering off;$", text, flags=re.MULTILINE)
     assert re.search(r"^\s*proxy_next_upstream [^;]*http_503", text, flags=re.MULTILINE)
+
+
+@pytest.fixture
+def grpc_stack(tmp_path: Path, model_cache: Path):
+    """Backends A and B serving gRPC too, behind deploy/nginx.conf's gRPC server (grpc_pass)."""
+    pytest.importorskip("tritonclient.grpc")  # the grpc extra
+    from tests.test_grpc import grpc_address
+
+    procs: list[Any] = []
+    try:
+        backends = []
+        for _ in range(2):
+            proc = ServerProcess("--models", "linear", "--grpc-port", "0", "--trusted-proxy", "127.0.0.1",
+                                 cache_dir=model_cache)
+            procs.append(proc)
+            backends.append((proc, int(grpc_address(proc).rsplit(":", 1)[1])))
+        nginx = NginxProcess(tmp_path / "nginx", [p.port for p, _ in backends], grpc_backends=[g for _, g in backends])
+        procs.append(nginx)
+        yield backends, nginx
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_grpc_through_nginx_is_balanced_per_rpc_and_forwarded(grpc_stack) -> None:
+    # deploy/nginx.conf had no gRPC server: a gRPC client could not go through the documented proxy.
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    backends, nginx = grpc_stack
+    client = tgrpc.InferenceServerClient(nginx.grpc)  # one HTTP/2 connection to nginx
+    try:
+        assert client.is_server_live() and client.is_model_ready("linear")
+        tensor = tgrpc.InferInput("input", [1, 1], "FP32")
+        tensor.set_data_from_numpy(np.array([[2.0]], dtype=np.float32))
+        for _ in range(20):
+            out = client.infer("linear", [tensor]).as_numpy("output")
+            assert out.shape == (1, 1) and abs(float(out[0, 0]) - _expected(2.0)) < 1e-4
+
+        # nginx balances per RPC: both backends answered some of the one connection's 20 RPCs.
+        def inferences(proc: ServerProcess, port: int) -> int:
+            direct = tgrpc.InferenceServerClient(f"127.0.0.1:{port}")
+            try:
+                stats = direct.get_inference_statistics("linear").model_stats
+                return sum(s.inference_count for s in stats)
+            finally:
+                direct.close()
+
+        counts = [inferences(p, g) for p, g in backends]
+        assert sum(counts) == 20 and all(counts), counts
+        # The RPC carries x-forwarded-for: not loopback for the admin rule (without keys, admin is
+        # for loopback clients, and every client's peer is nginx on 127.0.0.1).
+        with pytest.raises(InferenceServerException) as refused:
+            client.unload_model("linear")
+        assert refused.value.status() == "StatusCode.PERMISSION_DENIED"
+    finally:
+        client.close()
