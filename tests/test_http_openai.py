@@ -166,6 +166,17 @@ async def test_models_list_in_the_openai_shape(server, openai_client) -> None:
     page = await asyncio.to_thread(openai_client.models.list, extra_query={"format": "openai"})
     assert [m.id for m in page.data] == ["linear", "mlp", "charlm"]
     assert all(m.object == "model" and m.owned_by == "wsserve" for m in page.data)
+    # The SDK's plain models.list() (vLLM's quick start: models.list().data[0].id) failed on our
+    # JSON array ("'list' object has no attribute '_set_private_attributes'"): OpenAI's SDKs
+    # (X-Stainless-Lang) get OpenAI's shape without asking.
+    plain = await asyncio.to_thread(openai_client.models.list)
+    assert [m.id for m in plain.data] == ["linear", "mlp", "charlm"]
+    import urllib.request
+
+    asked = urllib.request.Request(server.http + "/v1/models?format=wsserve", headers={"X-Stainless-Lang": "python"})
+    with await asyncio.to_thread(urllib.request.urlopen, asked, timeout=10) as answer:
+        assert [m["name"] for m in json.loads(answer.read())] == ["linear", "mlp", "charlm"]
+        assert answer.headers["Vary"] == "X-Stainless-Lang"
     # Without the parameter, /v1/models answers our own list: the WebSocket models reply's, versions included.
     status, _, body = await asyncio.to_thread(http_get, server.http + "/v1/models")
     ours = json.loads(body)

@@ -618,13 +618,17 @@ class HttpApi:
         return HttpResponse(200, orjson.dumps({"version": self.version}), JSON, [_NO_STORE])
 
     def _models(self, request: HttpRequest, *_: Any) -> HttpResponse:
-        if request.query:
-            fmt = parse_qs(request.query).get("format", [""])[-1]
-            if fmt == "openai":
-                return HttpResponse(200, models_list(self.models.names, self._started), JSON, [_NO_STORE])
-            if fmt not in ("", "wsserve"):
-                raise BadRequest(f"unknown format {fmt[:64]!r}; known: wsserve (default), openai")
-        return HttpResponse(200, self.models.models_json, JSON, [_NO_STORE])
+        """wsserve's list (the ``models`` reply's, the contract's), or OpenAI's list shape with
+        ``?format=openai`` and, when no format is asked, to OpenAI's SDKs: a request carrying
+        ``X-Stainless-Lang`` (the header every SDK generated from OpenAI's API spec sends: Python,
+        Node...), whose ``client.models.list()`` cannot read a JSON array."""
+        fmt = parse_qs(request.query).get("format", [""])[-1] if request.query else ""
+        if fmt not in ("", "wsserve", "openai"):
+            raise BadRequest(f"unknown format {fmt[:64]!r}; known: wsserve (default), openai")
+        vary = ("Vary", "X-Stainless-Lang")
+        if fmt == "openai" or (not fmt and request.header(b"x-stainless-lang") is not None):
+            return HttpResponse(200, models_list(self.models.names, self._started), JSON, [_NO_STORE, vary])
+        return HttpResponse(200, self.models.models_json, JSON, [_NO_STORE, vary])
 
     def _completions(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str], key: str | None,
                      cors: list[tuple[str, str]] | None) -> HttpResponse | None:
