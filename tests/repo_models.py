@@ -179,6 +179,12 @@ class Model:
         return out
 """
 
+#: ``words`` with a chat template: each message's content followed by a space.
+WORDS_CHAT_PY = WORDS_PY + """
+    def chat_prompt(self, messages):
+        return "".join(m["content"] + " " for m in messages)
+"""
+
 
 def words_encode(prompt: str) -> list[int]:
     """:data:`WORDS_PY`'s tokenizer, written again: the token ids of ``prompt``."""

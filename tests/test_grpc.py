@@ -571,35 +571,43 @@ def _long_stream_request(rid: str) -> Any:
     return request
 
 
-def test_a_stream_its_client_does_not_read_is_bounded(model_cache: Path) -> None:
-    """A client that stops reading its stream (grpc's flow control then blocks the server's
-    writes) holds at most ``--max-write-buffer-bytes`` of tokens: past it the generation fails
-    with ``overloaded`` (named in an ``error_message`` after the tokens it had) and is cancelled."""
+def unread_stream_answers(model_cache: Path, request: Any) -> list[Any]:
+    """``request`` (a long streamed generation on charlm) on a ModelStreamInfer stream whose client
+    reads nothing until the server (``--max-write-buffer-bytes 4096``) has refused it as a slow
+    consumer; then every response the stream holds, in order.  Asserts nothing is left in flight."""
     import threading
 
     proc, address = start(model_cache, "--models", "charlm", "--max-write-buffer-bytes", "4096")
     done = threading.Event()
 
     def requests():
-        yield _long_stream_request("slow")
+        yield request
         done.wait(120)  # the stream stays open, unread, until the test has seen the refusal
 
     channel = grpc.insecure_channel(address)
     try:
         responses = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
-        wait_until(lambda: _requests(proc, code="overloaded", model="charlm", type="generate") == 1, 60,
+        wait_until(lambda: _requests(proc, code="overloaded", model="charlm", type="generate") == 1, 120,
                    what="the unread generation refused")
         done.set()
         answers = list(responses)
-        assert answers[-1].error_message.startswith("slow consumer: this stream's client left")
-        assert "max_write_buffer_bytes=4096" in answers[-1].error_message
-        tokens = answers[:-1]
-        assert tokens and all(not a.error_message for a in tokens) and len(tokens) < 100_000
         wait_until(lambda: proc.metrics().get("wsserve_inflight_requests") == 0, 30, what="nothing in flight")
+        return answers
     finally:
         done.set()
         channel.close()
         proc.stop()
+
+
+def test_a_stream_its_client_does_not_read_is_bounded(model_cache: Path) -> None:
+    """A client that stops reading its stream (grpc's flow control then blocks the server's
+    writes) holds at most ``--max-write-buffer-bytes`` of tokens: past it the generation fails
+    with ``overloaded`` (named in an ``error_message`` after the tokens it had) and is cancelled."""
+    answers = unread_stream_answers(model_cache, _long_stream_request("slow"))
+    assert answers[-1].error_message.startswith("slow consumer: this stream's client left")
+    assert "max_write_buffer_bytes=4096" in answers[-1].error_message
+    tokens = answers[:-1]
+    assert tokens and all(not a.error_message for a in tokens) and len(tokens) < 100_000
 
 
 def test_tls_as_the_main_port(model_cache: Path, tmp_path: Path) -> None:

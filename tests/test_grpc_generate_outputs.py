@@ -180,36 +180,13 @@ def test_an_unread_stream_counts_its_outputs_against_the_write_buffer_bound(mode
     additional outputs count with the text (the HTTP stream counts its whole events).  Counted as
     the text alone, a response of ~1.5 KiB weighed its one byte of text: thousands of them were
     held (megabytes against a bound of 4 KiB) before the stream was refused."""
-    import threading
+    from tests.test_grpc import unread_stream_answers
 
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc
-
-    from tests.support import wait_until
-    from tests.test_grpc import _requests
-
-    proc, address = start(model_cache, "--models", "charlm", "--max-write-buffer-bytes", "4096")
-    done = threading.Event()
-
-    def requests():
-        yield _unread_stream_request("slow")
-        done.wait(120)  # the stream stays open, unread, until the test has seen the refusal
-
-    channel = grpc.insecure_channel(address)
-    try:
-        responses = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
-        wait_until(lambda: _requests(proc, code="overloaded", model="charlm", type="generate") == 1, 120,
-                   what="the unread generation refused")
-        done.set()
-        answers = list(responses)
-        assert answers[-1].error_message.startswith("slow consumer: this stream's client left")
-        # counted as text alone, the refusal came past 4096 bytes of text: over 1024 tokens (at
-        # most 4 bytes each), all then sent (6755 when this was written); counted whole, a few
-        assert 0 < len(answers[:-1]) < 1024
-    finally:
-        done.set()
-        channel.close()
-        proc.stop()
+    answers = unread_stream_answers(model_cache, _unread_stream_request("slow"))
+    assert answers[-1].error_message.startswith("slow consumer: this stream's client left")
+    # counted as text alone, the refusal came past 4096 bytes of text: over 1024 tokens (at
+    # most 4 bytes each), all then sent (6755 when this was written); counted whole, a few
+    assert 0 < len(answers[:-1]) < 1024
 
 
 def test_only_the_requested_outputs_are_answered_as_tritons(client) -> None:

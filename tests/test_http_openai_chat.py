@@ -19,17 +19,18 @@ from typing import Any
 
 import pytest
 
-from tests.repo_models import BIGRAM_CONFIG, BIGRAM_PY, WORDS_PY, words_encode, write_py
+from tests.repo_models import (
+    BIGRAM_CONFIG,
+    BIGRAM_PY,
+    WORDS_CHAT_PY,
+    WORDS_PY,
+    words_encode,
+    write_py,
+)
 from tests.repo_wire import models_http, states
 from tests.support import Conn, ServerProcess, scrape_metrics, wait_until
 
 openai = pytest.importorskip("openai")  # the test extra installs it
-
-#: ``words`` with a chat template: each message's content followed by a space.
-WORDS_CHAT_PY = WORDS_PY + """
-    def chat_prompt(self, messages):
-        return "".join(m["content"] + " " for m in messages)
-"""
 
 #: A template that refuses some conversations (ValueError), breaks on others, or returns a non-string.
 PICKY_PY = WORDS_PY + """

@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.repo_models import BIGRAM_CONFIG, BIGRAM_PY, WORDS_PY, words_encode, write_py
+from tests.repo_models import (
+    BIGRAM_CONFIG,
+    BIGRAM_PY,
+    WORDS_CHAT_PY,
+    words_encode,
+    write_py,
+)
 from tests.support import (
     RawHttp,
     ServerProcess,
@@ -31,12 +37,6 @@ from tests.support import (
 openai = pytest.importorskip("openai")  # the test extra installs it
 from openai.types.responses import Response, ResponseStreamEvent  # noqa: E402
 from pydantic import TypeAdapter  # noqa: E402
-
-#: ``words`` with a chat template: each message's content followed by a space.
-WORDS_CHAT_PY = WORDS_PY + """
-    def chat_prompt(self, messages):
-        return "".join(m["content"] + " " for m in messages)
-"""
 
 #: The bigram model with a chat template, 2 ms a step: a stream that runs until the drain deadline.
 SLOW_CHAT_PY = BIGRAM_PY + """

@@ -42,7 +42,7 @@ from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
 from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip
-from ..rest.tritongen import GenerateOutputs, OutputValues
+from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
 
 __all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
            "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "requested_outputs", "status_of",
@@ -360,7 +360,7 @@ class StreamEncoder:
         return ("error", exc)
 
 
-class StreamOutputsEncoder(StreamEncoder):
+class StreamOutputsEncoder(WithOutputValues, StreamEncoder):
     """A :class:`StreamEncoder` whose token, end and full events carry the values of the vLLM
     backend's additional outputs (the ``return_*`` flags), computed by the HTTP generate's
     :class:`~wsserve.rest.tritongen.OutputValues`; :func:`stream_text` writes them as output
@@ -368,14 +368,6 @@ class StreamOutputsEncoder(StreamEncoder):
 
     def __init__(self, outputs: GenerateOutputs) -> None:
         self.values = OutputValues(outputs)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.values.prompt_tokens
-
-    @prompt_tokens.setter
-    def prompt_tokens(self, count: int) -> None:
-        self.values.prompt_tokens = count
 
     def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
         return ("token", text.encode(), _encoded(self.values.token(None)))

@@ -76,7 +76,7 @@ from ..protocol import (
 from .openai import Completion
 
 __all__ = ["OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues",
-           "generate_encoder", "parse_generate"]
+           "WithOutputValues", "generate_encoder", "parse_generate"]
 
 #: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
 OUTPUT_FLAGS = ("return_finish_reason", "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
@@ -281,7 +281,23 @@ class OutputValues:
         return out
 
 
-class GenerateOutputsEncoder(GenerateEncoder):
+class WithOutputValues:
+    """An encoder holding a generation's :class:`OutputValues` (``values``), whose
+    :attr:`prompt_tokens` (the generation's, its ``num_input_tokens``) is set before the first event."""
+
+    __slots__ = ()
+    values: OutputValues
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.values.prompt_tokens
+
+    @prompt_tokens.setter
+    def prompt_tokens(self, count: int) -> None:
+        self.values.prompt_tokens = count
+
+
+class GenerateOutputsEncoder(WithOutputValues, GenerateEncoder):
     """A :class:`GenerateEncoder` whose answer and events also carry the additional ``outputs``
     (:class:`OutputValues`, as JSON fields).  One generation: :attr:`prompt_tokens` must be set
     (the generation's ``prompt_tokens``) before the first event."""
@@ -291,14 +307,6 @@ class GenerateOutputsEncoder(GenerateEncoder):
     def __init__(self, rid: str | None, model: str, version: str, outputs: GenerateOutputs) -> None:
         super().__init__(rid, model, version)
         self.values = OutputValues(outputs)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.values.prompt_tokens
-
-    @prompt_tokens.setter
-    def prompt_tokens(self, count: int) -> None:
-        self.values.prompt_tokens = count
 
     def token_event(self, text: str, index: int = 0) -> bytes:
         return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
