@@ -102,7 +102,8 @@ def _check_exposition(text: str) -> Metrics:
                 series[key]["count"] = s.value
             elif s.name.endswith("_sum"):
                 series[key]["sum"] = s.value
-        assert series, fam.name
+        # (a labelled family with no series yet - nothing observed by the worker that answered, the
+        # others' snapshots not merged yet - is legal exposition: HELP and TYPE alone)
         for key, parts in series.items():
             buckets = sorted(parts["buckets"])
             where = (fam.name, dict(key))
