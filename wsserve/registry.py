@@ -13,7 +13,7 @@
   (``unloading``), finishes what it has in flight, then is closed and leaves
   the list; one that is merely out of the version policy goes only once the
   model has another ready version;
-- a changed config.toml reloads that model.
+- a changed config.toml (or config.pbtxt) reloads that model.
 
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
