@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tritonclient.grpc")  # the triton extra
@@ -160,6 +161,8 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
     ('input [{ name: "x" data_type: TYPE_FP32 }]', "input[0].dims", ["required"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [0] }]', "input[0].dims", ["dimension 0"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [-2] }]', "input[0].dims", ["dimension -2"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [-1, 3] }]', "input[0].dims", ["max_batch_size 0", "max_batch_size > 0 and dims [3]"]),
+    ('max_batch_size: 0 output [{ name: "y" data_type: TYPE_FP32 dims: [-1] }]', "output[0].dims", ["max_batch_size 0"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1,1,1,1,1,1,1,1,1] }]', "input[0].dims", ["9 dimensions"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [4096, 4096] }]', "input[0].dims", ["values per row"]),
     ("version_policy: { latest: { num_versions: 0 } }", "version_policy.latest.num_versions", ["[1, 1000]"]),
@@ -269,3 +272,27 @@ def test_a_changed_config_pbtxt_reloads_the_model(tmp_path: Path) -> None:
     (model / "config.pbtxt").rename(model / "config.toml")  # the same bytes, another file: not the same config
     (model / "config.toml").write_text("max_batch_size = 8\n")
     assert [type(a) for a in plan(second, scan(tmp_path))] == [ReloadModel]
+
+
+def test_load_version_reads_default_model_filename_and_names_config_pbtxt(tmp_path: Path) -> None:
+    """The loader opens ``default_model_filename``; a graph that disagrees names config.pbtxt, not config.toml."""
+    pytest.importorskip("onnxruntime")
+    onnx_builders = pytest.importorskip("tests.onnx_builders")
+    from wsserve.repository import ModelLoadError, load_version
+
+    model, ref = onnx_builders.linear_layer(3, 2)
+    onnx_builders.save(model, tmp_path / "1")
+    (tmp_path / "1" / "model.onnx").rename(tmp_path / "1" / "net.onnx")
+    cfg = parse_pbtxt('max_batch_size: 4 default_model_filename: "net.onnx" input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]',
+                      tmp_path / "config.pbtxt")
+    loaded = load_version("m", 1, tmp_path / "1", cfg)
+    try:
+        x = np.ones((2, 3), np.float32)
+        np.testing.assert_allclose(loaded.predict(x), ref(x), rtol=1e-5, atol=1e-6)
+        assert loaded.path == tmp_path / "1" / "net.onnx" and loaded.config.instances == 1
+    finally:
+        loaded.close()
+    bad = parse_pbtxt('max_batch_size: 4 default_model_filename: "net.onnx" input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]',
+                      tmp_path / "config.pbtxt")
+    with pytest.raises(ModelLoadError, match=r"net\.onnx: config\.pbtxt says input 'x' has shape \[4\]; the model's is \[3\]"):
+        load_version("m", 1, tmp_path / "1", bad)

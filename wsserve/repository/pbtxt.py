@@ -19,7 +19,9 @@ Mapped (Triton's semantics, triton-inference-server/server
   TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
   dimension when ``max_batch_size > 0``).  A ``-1`` dimension leaves the
   tensor's shape to the ONNX graph (which must fix it: wsserve serves fixed
-  row shapes).  ``output`` lists the outputs to return.
+  row shapes); a first dimension ``-1`` with ``max_batch_size: 0`` (a batch the
+  model takes whole) is refused, saying to set ``max_batch_size``.  ``output``
+  lists the outputs to return.
 - ``version_policy`` ``latest``/``all``/``specific``; absent: ``latest { num_versions: 1 }``
   (Triton's default, not config.toml's ``all``).
 - ``dynamic_batching { max_queue_delay_microseconds }`` -> ``max_delay_ms``;
@@ -131,7 +133,7 @@ def _dims(path: Path, key: str, dims: Any) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def _tensors(path: Path, key: str, tensors: Any, warnings: list[str]) -> tuple[TensorConfig, ...] | None:
+def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: bool) -> tuple[TensorConfig, ...] | None:
     if not tensors:
         return None  # the graph's own
     if len(tensors) > MAX_TENSORS:
@@ -155,7 +157,12 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str]) -> tuple[T
             raise ConfigError(path, f"{where}.data_type", f"is required (one of {', '.join(TRITON_TYPES)})")
         if type_name not in TRITON_TYPES:
             raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served by wsserve (it serves {', '.join(TRITON_TYPES)})")
-        out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", list(t.dims)), TRITON_TYPES[type_name]))
+        dims = list(t.dims)
+        if not batching and dims[:1] == [-1]:
+            raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
+                                                     "itself. If the first dimension is a batch of independent rows, set "
+                                                     f"max_batch_size > 0 and dims {dims[1:]}")
+        out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name]))
     return tuple(out)
 
 
@@ -291,8 +298,8 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         max_delay_ms = us / 1000
         warnings.extend(f"dynamic_batching.{f.name}" for f, _ in db.ListFields() if f.name != "max_queue_delay_microseconds")
 
-    inputs = _tensors(path, "input", cfg.input, warnings)
-    outputs = _tensors(path, "output", cfg.output, warnings)
+    inputs = _tensors(path, "input", cfg.input, warnings, cfg.max_batch_size > 0)
+    outputs = _tensors(path, "output", cfg.output, warnings, cfg.max_batch_size > 0)
     instances = _instances(path, cfg, warnings)
     threads = _parameters(path, cfg, warnings)
     return ModelConfig(
