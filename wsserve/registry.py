@@ -13,7 +13,7 @@
   (``unloading``), finishes what it has in flight, then is closed and leaves
   the list; one that is merely out of the version policy goes only once the
   model has another ready version;
-- a changed config.toml reloads that model.
+- a changed config.toml (or config.pbtxt) reloads that model.
 
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
@@ -184,7 +184,9 @@ def _close_failed(model: Any) -> None:
 def _model_file(path: Path, mscan: ModelScan, version: int) -> Path:
     """The model file of version ``version`` (at ``path``) for messages; the directory if unknown."""
     vscan = mscan.version(version)
-    return vscan.path / MODEL_FILES[vscan.backend] if vscan is not None and vscan.backend else path
+    if vscan is None or not vscan.backend:
+        return path
+    return vscan.path / ((mscan.config.model_file if mscan.config is not None else None) or MODEL_FILES[vscan.backend])
 
 
 def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) -> None:
@@ -197,6 +199,20 @@ def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) ->
 
     for item in sorted(ignored(current) - ignored(previous), key=lambda i: str(i.path)):
         log.log(logging.DEBUG if item.reason == "hidden" else logging.WARNING, "ignored %s: %s", item.path, item.reason)
+
+
+def _report_config_warnings(previous: RepositoryScan | None, current: RepositoryScan) -> None:
+    """Log one warning per model whose config (re)read says what wsserve accepts but does not honour
+    (:attr:`ModelConfig.warnings`: config.pbtxt's hints, KIND_GPU run on CPU), once per config file
+    contents."""
+    for m in current.models:
+        if m.config is None or not m.config.warnings:
+            continue
+        before = previous.model(m.name) if previous is not None else None
+        if before is not None and before.config_fingerprint == m.config_fingerprint:
+            continue  # said already
+        log.warning("model %r (%s): wsserve accepts but ignores: %s", m.name, m.config.path,
+                    "; ".join(m.config.warnings))
 
 
 def _report_nothing_to_serve(previous: RepositoryScan | None, current: RepositoryScan) -> None:
@@ -428,6 +444,7 @@ class ModelRegistry:
             log.error("model repository %s: %s", repo, current.error)
             return []  # keep planning from the last good scan
         _report_ignored(previous, current)
+        _report_config_warnings(previous, current)
         _report_nothing_to_serve(previous, current)
         self._scans[repo] = current
         per_model: dict[str, list[Any]] = {}

@@ -163,8 +163,11 @@ def merge_specs(
     model_specs: Sequence[TensorSpec],
     configured: Sequence[TensorConfig] | None,
     path: Path,
+    *,
+    source: str = "config.toml",
 ) -> tuple[TensorSpec, ...]:
-    """Reconcile the model's own specs (from an ONNX graph or an npz architecture) with config.toml's.
+    """Reconcile the model's own specs (from an ONNX graph or an npz architecture) with the config
+    file's (``source``: config.toml, or config.pbtxt, in messages).
 
     ``configured`` may name a subset of the model's tensors (for outputs: the
     ones to return) or be the single-tensor shorthand (``name=None``).  Every
@@ -180,21 +183,21 @@ def merge_specs(
         if tc.name is None:
             if len(model_specs) != 1:
                 names = ", ".join(repr(s.name) for s in model_specs)
-                raise ModelLoadError(path, f"the model has {len(model_specs)} {side}s ({names}); name them with [[{side}s]] in config.toml")
+                raise ModelLoadError(path, f"the model has {len(model_specs)} {side}s ({names}); name them with [[{side}s]] in {source}")
             spec = model_specs[0]
         elif tc.name not in by_name:
             names = ", ".join(repr(s.name) for s in model_specs)
-            raise ModelLoadError(path, f"config.toml names {side} {tc.name!r}, which the model does not have (it has {names})")
+            raise ModelLoadError(path, f"{source} names {side} {tc.name!r}, which the model does not have (it has {names})")
         else:
             spec = by_name[tc.name]
         if tc.shape is not None and tc.shape != spec.shape:
-            raise ModelLoadError(path, f"config.toml says {side} {spec.name!r} has shape {list(tc.shape)}; the model's is {list(spec.shape)}")
+            raise ModelLoadError(path, f"{source} says {side} {spec.name!r} has shape {list(tc.shape)}; the model's is {list(spec.shape)}")
         if tc.dtype is not None and tc.dtype != spec.dtype:
-            raise ModelLoadError(path, f"config.toml says {side} {spec.name!r} is {tc.dtype}; the model's is {spec.dtype}")
+            raise ModelLoadError(path, f"{source} says {side} {spec.name!r} is {tc.dtype}; the model's is {spec.dtype}")
         out.append(spec)
     if side == "input" and len(out) != len(model_specs):
         missing = [s.name for s in model_specs if s not in out]
-        raise ModelLoadError(path, f"config.toml lists {len(out)} inputs but the model needs {len(model_specs)} (missing {missing[0]!r})")
+        raise ModelLoadError(path, f"{source} lists {len(out)} inputs but the model needs {len(model_specs)} (missing {missing[0]!r})")
     return tuple(out)
 
 

@@ -106,7 +106,8 @@ class VersionPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """A parsed config.toml. ``None`` fields were not given (the server's/backend's default applies)."""
+    """A parsed config.toml (or a Triton config.pbtxt mapped onto it, see :mod:`.pbtxt`). ``None``
+    fields were not given (the server's/backend's default applies)."""
 
     path: Path | None = None
     backend: Backend | None = None
@@ -120,6 +121,17 @@ class ModelConfig:
     version_policy: VersionPolicy = VersionPolicy()
     onnx_intra_op_threads: int = 1
     model_load_timeout_s: float | None = None  # None: the server's --model-load-timeout-s
+    #: The model file in a version directory when not the backend's usual one (config.pbtxt's
+    #: ``default_model_filename``); ``None``: ``model.onnx`` / ``model.npz`` / ``model.py``.
+    model_file: str | None = None
+    #: What the config file says that wsserve accepts but does not honour (config.pbtxt's hints,
+    #: KIND_GPU run on CPU): one warning in the log when the config is read.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        """The config file's name for messages: ``config.toml`` or ``config.pbtxt``."""
+        return self.path.name if self.path is not None and self.path.name else "config.toml"
 
     @property
     def batching(self) -> bool:

@@ -3,7 +3,7 @@
 Tree::
 
     RepositoryError          root: ``path`` (the file or directory) and ``reason``
-    ├── ConfigError          a bad ``config.toml``: also ``key`` (dotted, or ``None``)
+    ├── ConfigError          a bad ``config.toml`` or ``config.pbtxt``: also ``key`` (dotted, or ``None``)
     └── ModelLoadError       a version that cannot be loaded or warmed up
 
 They are ``ValueError``s so a caller that only wants "bad file" can catch that.
@@ -30,7 +30,8 @@ class RepositoryError(ValueError):
 
 
 class ConfigError(RepositoryError):
-    """``config.toml`` is unreadable, not TOML, or a key has a bad name, type or value."""
+    """``config.toml`` (``config.pbtxt``) is unreadable, not TOML (not a Triton ModelConfig), or a key
+    (field) has a bad name, type or value, or one wsserve refuses."""
 
     def __init__(self, path: Path | str, key: str | None, problem: str) -> None:
         self.key = key

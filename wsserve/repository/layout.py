@@ -1,6 +1,6 @@
 """Names and file names of the repository layout (no I/O)::
 
-    REPO/<name>/config.toml
+    REPO/<name>/config.toml            (or Triton's config.pbtxt, not both)
     REPO/<name>/<version>/model.onnx | model.npz | model.py
 """
 
@@ -10,9 +10,11 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
-__all__ = ["CONFIG_FILE", "MODEL_FILES", "is_model_name"]
+__all__ = ["CONFIG_FILE", "PBTXT_FILE", "MODEL_FILES", "is_model_name"]
 
 CONFIG_FILE = "config.toml"
+#: Triton's model configuration (protobuf text format), read when there is no config.toml.
+PBTXT_FILE = "config.pbtxt"
 
 #: backend -> the file a version directory holds for it.
 MODEL_FILES: Mapping[str, str] = MappingProxyType({"onnx": "model.onnx", "npz": "model.npz", "python": "model.py"})

@@ -28,18 +28,24 @@ def _is_file(path: Path) -> bool:
         raise ModelLoadError(path.parent, f"cannot be read ({exc.strerror or exc})") from None
 
 
-def find_model_file(version_dir: Path | str, backend: str | None = None) -> tuple[str, Path]:
+def find_model_file(version_dir: Path | str, backend: str | None = None, *, model_file: str | None = None,
+                    source: str = "config.toml") -> tuple[str, Path]:
     """``(backend, path)`` of the model file in ``version_dir``.
 
-    With ``backend`` given (config.toml's ``backend``) only that file counts.
+    With ``backend`` given (config.toml's ``backend``) only that file counts:
+    ``model_file`` when given (config.pbtxt's ``default_model_filename``), else
+    the backend's usual one.  ``source`` names the config file in messages.
     Raises :class:`ModelLoadError` naming the directory when there is no model
     file, or several and no ``backend`` to choose, or it cannot be searched.
     """
     version_dir = Path(version_dir)
     if backend is not None:
-        path = version_dir / MODEL_FILES[backend]
+        filename = model_file or MODEL_FILES[backend]
+        path = version_dir / filename
         if not _is_file(path):
-            raise ModelLoadError(version_dir, f"config.toml says backend = {backend!r} but there is no {MODEL_FILES[backend]}")
+            if source == "config.toml":
+                raise ModelLoadError(version_dir, f"config.toml says backend = {backend!r} but there is no {filename}")
+            raise ModelLoadError(version_dir, f"{source} serves it with the {backend} backend but there is no {filename}")
         return backend, path
     found = [(b, version_dir / f) for b, f in MODEL_FILES.items() if _is_file(version_dir / f)]
     if not found:
@@ -59,7 +65,7 @@ def load_version(name: str, version: int, version_dir: Path | str, config: Model
     missing/ambiguous/bad model file, a backend that is not installed, shapes
     or dtypes that disagree with config.toml, or an exception in ``Model()``.
     """
-    backend, path = find_model_file(version_dir, config.backend)
+    backend, path = find_model_file(version_dir, config.backend, model_file=config.model_file, source=config.source)
     if backend == "onnx":
         from .onnx_backend import OnnxModel
 

@@ -72,8 +72,9 @@ def _configured(name: str, configured: Sequence[TensorConfig] | None, count: int
     return None
 
 
-def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, path: Path) -> TensorSpec:
-    """A graph input/output -> its per-row TensorSpec (symbolic dims filled from config.toml)."""
+def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, path: Path,
+                source: str = "config.toml") -> TensorSpec:
+    """A graph input/output -> its per-row TensorSpec (symbolic dims filled from the config file ``source``)."""
     name = arg.name
     dtype = ONNX_TYPES.get(arg.type)
     if dtype is None:
@@ -81,18 +82,18 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
     shape = arg.shape
     if shape is None:
         if tc is None or tc.shape is None:
-            raise ModelLoadError(path, f"the graph does not give the shape of {side} {name!r}; set it in config.toml")
+            raise ModelLoadError(path, f"the graph does not give the shape of {side} {name!r}; set it in {source}")
         shape = ([None] if batching else []) + list(tc.shape)
     shape = list(shape)
     if batching:
         if not shape:
             raise ModelLoadError(path, f"{side} {name!r} is a scalar: it has no batch dimension "
-                                       "(set max_batch_size = 0 in config.toml to run the model once per row)")
+                                       f"(set max_batch_size = 0 in {source} to run the model once per row)")
         if _fixed(shape[0]):
             raise ModelLoadError(
                 path,
                 f"{side} {name!r} has a fixed first dimension {shape[0]}; wsserve needs it dynamic (the batch). "
-                "Export with a dynamic batch axis, or set max_batch_size = 0 in config.toml to run it once per row "
+                f"Export with a dynamic batch axis, or set max_batch_size = 0 in {source} to run it once per row "
                 f"with row shape {shape}",
             )
         shape = shape[1:]
@@ -100,7 +101,7 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
         raise ModelLoadError(path, f"{side} {name!r} has {len(shape)} dimensions per row; at most {MAX_DIMS}")
     want = tc.shape if tc is not None else None
     if want is not None and len(want) != len(shape):
-        raise ModelLoadError(path, f"config.toml says {side} {name!r} has shape {list(want)}; the graph's row shape is {_show(shape)}")
+        raise ModelLoadError(path, f"{source} says {side} {name!r} has shape {list(want)}; the graph's row shape is {_show(shape)}")
     dims: list[int] = []
     for j, d in enumerate(shape):
         if _fixed(d):
@@ -111,7 +112,7 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             dims.append(want[j])
         else:
             raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
-                                       "give its row shape in config.toml")
+                                       f"give its row shape in {source}")
     if math.prod(dims) > MAX_ROW_ELEMENTS:
         raise ModelLoadError(path, f"{side} {name!r} has {math.prod(dims)} values per row; at most {MAX_ROW_ELEMENTS}")
     return TensorSpec(name, tuple(dims), dtype)
@@ -201,14 +202,14 @@ class OnnxModel(RepositoryModel):
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
             raise ModelLoadError(self.path, "the graph has no inputs or no outputs")
-        own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path)
-                  for a in graph_in]
+        own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path,
+                              config.source) for a in graph_in]
         out_cfg = config.outputs
         chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
-        own_out = [_graph_spec(a, "output", self.batching, _configured(a.name, out_cfg, len(graph_out)), self.path)
-                   for a in (chosen or graph_out)]
-        self.inputs = merge_specs("input", own_in, config.inputs, self.path)
-        self.outputs = merge_specs("output", own_out, config.outputs, self.path)
+        own_out = [_graph_spec(a, "output", self.batching, _configured(a.name, out_cfg, len(graph_out)), self.path,
+                               config.source) for a in (chosen or graph_out)]
+        self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
+        self.outputs = merge_specs("output", own_out, config.outputs, self.path, source=config.source)
         self._output_names = [s.name for s in self.outputs]
         meta = self._session.get_modelmeta()
         try:

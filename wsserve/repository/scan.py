@@ -1,13 +1,14 @@
 """Snapshot a repository directory: models, parsed configs, version dirs, fingerprints, errors.
 
 :func:`scan` is the only I/O here (directory listings, ``stat``, reading
-config.toml); it never loads a model file and never raises for problems inside
+config.toml or Triton's config.pbtxt); it never loads a model file and never raises for problems inside
 the repository: each one is recorded where it is (the repository, one model,
 one version, or an ignored entry) so one bad model hides nothing else.
 :func:`wsserve.repository.plan.plan` compares two scans.
 
-Fingerprints: a model's ``config_fingerprint`` is the SHA-256 of config.toml's
-bytes (``"absent"`` when there is none).  A version's ``fingerprint`` is the
+Fingerprints: a model's ``config_fingerprint`` is the SHA-256 of its config
+file's name and bytes (config.toml, else config.pbtxt; ``"absent"`` when there
+is neither), so an edited or swapped config file reloads the model.  A version's ``fingerprint`` is the
 SHA-256 of the sorted list of ``(relative path, size, mtime_ns, inode)`` of
 every entry under the version directory, skipping hidden entries (editor swap
 files, temporary files being written) and ``__pycache__``; model files are
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from .config import ModelConfig, parse_config, read_config_bytes
 from .errors import RepositoryError
-from .layout import CONFIG_FILE, is_model_name
+from .layout import CONFIG_FILE, PBTXT_FILE, is_model_name
 from .loader import find_model_file
+from .pbtxt import parse_pbtxt
 from .versions import parse_version, select_versions
 
 __all__ = ["Ignored", "VersionScan", "ModelScan", "RepositoryScan", "scan", "MAX_MODELS", "MAX_VERSIONS", "MAX_VERSION_FILES"]
@@ -151,7 +153,7 @@ def _unreadable(entry: os.DirEntry[str]) -> str | None:
     return None
 
 
-def _scan_version(path: Path, version: int, backend: str | None) -> VersionScan:
+def _scan_version(path: Path, version: int, config: ModelConfig | None) -> VersionScan:
     try:
         fingerprint = _fingerprint(path)
     except _TooMany:
@@ -159,30 +161,49 @@ def _scan_version(path: Path, version: int, backend: str | None) -> VersionScan:
     except OSError as exc:
         return VersionScan(version, path, "", None, f"{path}: cannot be listed ({exc.strerror or exc})")
     try:
-        found, _ = find_model_file(path, backend)
+        found, _ = (find_model_file(path, config.backend, model_file=config.model_file, source=config.source)
+                    if config is not None else find_model_file(path))
     except RepositoryError as exc:
         return VersionScan(version, path, fingerprint, None, str(exc))
     return VersionScan(version, path, fingerprint, found)
 
 
-def _read_config(path: Path) -> tuple[ModelConfig | None, str, str | None]:
-    """``(config, fingerprint, error)`` for ``<model>/config.toml``."""
+def _read_one(path: Path) -> tuple[bytes | None, str, str | None]:
+    """``(bytes, fingerprint, error)`` of one config file; ``bytes`` is None when it is absent or unreadable."""
     try:
         data = read_config_bytes(path)
     except FileNotFoundError:
-        return ModelConfig(path=path), "absent", None
+        return None, "absent", None
     except OSError as exc:
         return None, f"unreadable:{exc.errno}", f"{path}: cannot be read ({exc.strerror or exc})"
-    fingerprint = hashlib.sha256(data).hexdigest()
+    return data, hashlib.sha256(path.name.encode() + b"\0" + data).hexdigest(), None
+
+
+def _read_config(model_dir: Path, name: str) -> tuple[ModelConfig | None, str, str | None]:
+    """``(config, fingerprint, error)`` for ``<model>/config.toml`` or, without one, ``<model>/config.pbtxt``."""
+    toml_path, pbtxt_path = model_dir / CONFIG_FILE, model_dir / PBTXT_FILE
+    data, fingerprint, error = _read_one(toml_path)
+    pdata, pfingerprint, perror = _read_one(pbtxt_path)
+    if fingerprint != "absent" and pfingerprint != "absent":
+        return None, f"{fingerprint}+{pfingerprint}", (
+            f"{model_dir}: holds both {CONFIG_FILE} and {PBTXT_FILE}; keep one (wsserve would not know which to follow)")
+    if fingerprint == "absent" and pfingerprint != "absent":
+        if pdata is None:
+            return None, pfingerprint, perror
+        try:
+            return parse_pbtxt(pdata, pbtxt_path, model_name=name), pfingerprint, None
+        except RepositoryError as exc:
+            return None, pfingerprint, str(exc)
+    if data is None:
+        return (ModelConfig(path=toml_path), fingerprint, None) if error is None else (None, fingerprint, error)
     try:
-        return parse_config(data, path), fingerprint, None
+        return parse_config(data, toml_path), fingerprint, None
     except RepositoryError as exc:
         return None, fingerprint, str(exc)
 
 
 def _scan_model(path: Path, name: str) -> ModelScan:
-    config, config_fp, error = _read_config(path / CONFIG_FILE)
-    backend = config.backend if config is not None else None
+    config, config_fp, error = _read_config(path, name)
     versions: list[VersionScan] = []
     ignored: list[Ignored] = []
     try:
@@ -191,7 +212,7 @@ def _scan_model(path: Path, name: str) -> ModelScan:
         return ModelScan(name, path, None, config_fp, f"{path}: cannot be listed ({exc.strerror or exc})", ())
     for entry in entries:
         p = Path(entry.path)
-        if entry.name == CONFIG_FILE:
+        if entry.name in (CONFIG_FILE, PBTXT_FILE):
             continue
         if entry.name.startswith("."):
             ignored.append(Ignored(p, "hidden"))
@@ -206,7 +227,7 @@ def _scan_model(path: Path, name: str) -> ModelScan:
         elif len(versions) >= MAX_VERSIONS:
             ignored.append(Ignored(p, f"more than {MAX_VERSIONS} versions"))
         else:
-            versions.append(_scan_version(p, version, backend))
+            versions.append(_scan_version(p, version, config))
     versions.sort(key=lambda v: v.version)
     return ModelScan(name, path, config, config_fp, error, tuple(versions), tuple(ignored))
 

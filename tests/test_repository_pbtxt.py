@@ -1,0 +1,298 @@
+"""Triton's config.pbtxt mapped onto wsserve's ModelConfig (wsserve.repository.pbtxt), sans-I/O,
+and read by the repository scan when a model has no config.toml."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.grpc")  # the triton extra
+
+from wsserve.repository import (  # noqa: E402
+    ConfigError,
+    ModelConfig,
+    ReloadModel,
+    TensorConfig,
+    VersionPolicy,
+    plan,
+    scan,
+)
+from wsserve.repository.config import MAX_CONFIG_BYTES  # noqa: E402
+from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
+
+#: As Triton's docs write one (model_configuration.md), for an ONNX model.
+DOCS_EXAMPLE = """
+name: "densenet"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy: { latest: { num_versions: 1 } }
+input [
+  {
+    name: "input0"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  },
+  {
+    name: "input1"
+    data_type: TYPE_INT64
+    dims: [ 2, 3 ]
+  }
+]
+output [
+  {
+    name: "output0"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  }
+]
+dynamic_batching { max_queue_delay_microseconds: 2500 }
+instance_group [ { count: 2, kind: KIND_CPU } ]
+"""
+
+
+def test_the_docs_example_maps_field_by_field() -> None:
+    cfg = parse_pbtxt(DOCS_EXAMPLE, "repo/densenet/config.pbtxt", model_name="densenet")
+    assert cfg == ModelConfig(
+        path=Path("repo/densenet/config.pbtxt"),
+        backend="onnx",
+        inputs=(TensorConfig("input0", (16,), "float32"), TensorConfig("input1", (2, 3), "int64")),
+        outputs=(TensorConfig("output0", (4,), "float32"),),
+        max_batch_size=8,
+        max_delay_ms=2.5,
+        instances=2,
+        version_policy=VersionPolicy("latest", count=1),
+    )
+    assert cfg.source == "config.pbtxt"
+
+
+def test_defaults_are_tritons() -> None:
+    """No version_policy: latest 1; no dynamic_batching: no waiting (greedy); max_batch_size 0; one instance;
+    no input/output: the graph's."""
+    cfg = parse_pbtxt('backend: "onnxruntime"')
+    assert (cfg.backend, cfg.version_policy, cfg.max_delay_ms, cfg.max_batch_size, cfg.instances, cfg.inputs, cfg.outputs) == \
+        ("onnx", VersionPolicy("latest", count=1), 0.0, 0, 1, None, None)
+    assert not cfg.batching
+    assert parse_pbtxt("").backend == "onnx"  # neither platform nor backend: the file names ONNX (Triton infers it)
+    assert parse_pbtxt("dynamic_batching { }").max_delay_ms == 0.0
+
+
+@pytest.mark.parametrize(("text", "policy"), [
+    ("version_policy: { all: {} }", VersionPolicy("all")),
+    ("version_policy: { latest: { num_versions: 3 } }", VersionPolicy("latest", count=3)),
+    ("version_policy: { specific: { versions: [4, 1, 4] } }", VersionPolicy("specific", versions=(1, 4))),
+])
+def test_version_policies(text: str, policy: VersionPolicy) -> None:
+    assert parse_pbtxt(text).version_policy == policy
+
+
+@pytest.mark.parametrize(("type_name", "dtype"), [
+    ("TYPE_FP32", "float32"), ("TYPE_FP64", "float64"), ("TYPE_INT32", "int32"), ("TYPE_INT64", "int64"), ("TYPE_BOOL", "bool"),
+])
+def test_data_types(type_name: str, dtype: str) -> None:
+    cfg = parse_pbtxt(f'input [{{ name: "x" data_type: {type_name} dims: [1] }}]')
+    assert cfg.inputs == (TensorConfig("x", (1,), dtype),)
+
+
+def test_a_variable_dim_leaves_the_shape_to_the_graph() -> None:
+    cfg = parse_pbtxt('max_batch_size: 4 input [{ name: "x" data_type: TYPE_FP32 dims: [ -1, 3 ] }]')
+    assert cfg.inputs == (TensorConfig("x", None, "float32"),)
+
+
+def test_instances_gpu_and_threads_and_model_file() -> None:
+    cfg = parse_pbtxt("""
+        instance_group [ { count: 2 kind: KIND_GPU gpus: [0, 1] }, { kind: KIND_CPU }, { count: 3 kind: KIND_AUTO } ]
+        parameters { key: "intra_op_thread_count" value: { string_value: "3" } }
+        default_model_filename: "densenet.onnx"
+    """)
+    assert (cfg.instances, cfg.onnx_intra_op_threads, cfg.model_file) == (4 + 1 + 3, 3, "densenet.onnx")
+    assert cfg.warnings == ("instance_group[0].kind KIND_GPU (runs on CPU: 4 instances)",)
+    assert parse_pbtxt('default_model_filename: "model.onnx"').model_file is None
+
+
+def test_hints_are_accepted_and_listed_for_one_warning() -> None:
+    cfg = parse_pbtxt("""
+        platform: "onnxruntime_onnx"
+        input [{ name: "x" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [3, 2, 2] }]
+        output [{ name: "y" data_type: TYPE_FP32 dims: [2] label_filename: "labels.txt" }]
+        dynamic_batching { max_queue_delay_microseconds: 100 preferred_batch_size: [4, 8] preserve_ordering: true }
+        instance_group [{ count: 1 kind: KIND_CPU rate_limiter { priority: 1 } }]
+        optimization { execution_accelerators { cpu_execution_accelerator: [{ name: "openvino" }] } }
+        model_warmup [{ name: "w" batch_size: 1 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [3, 2, 2] zero_data: true } } }]
+        response_cache { enable: true }
+        parameters { key: "execution_mode" value: { string_value: "1" } }
+        model_transaction_policy { decoupled: false }
+    """)
+    assert cfg.max_delay_ms == 0.1
+    assert set(cfg.warnings) == {
+        "optimization", "model_warmup", "response_cache", "dynamic_batching.preferred_batch_size",
+        "dynamic_batching.preserve_ordering", "input[0].format", "output[0].label_filename",
+        "instance_group[0].rate_limiter", "parameters.execution_mode",
+    }
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ('platform: "tensorrt_plan"', "platform", ["'tensorrt_plan'", "onnxruntime_onnx"]),
+    ('platform: "pytorch_libtorch"', "platform", ["'pytorch_libtorch'"]),
+    ('platform: "ensemble"', "platform", ["'ensemble'"]),
+    ('backend: "python"', "backend", ["'python'", "onnxruntime"]),
+    ('name: "other"', "name", ["'other'", "'m'", "directory"]),
+    ("max_batch_size: -1", "max_batch_size", ["[0, 65536]", "-1"]),
+    ("max_batch_size: 70000", "max_batch_size", ["70000"]),
+    ("sequence_batching { }", "sequence_batching", ["not supported"]),
+    ("ensemble_scheduling { }", "ensemble_scheduling", ["not supported"]),
+    ('batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 }]', "batch_input", ["not supported"]),
+    ('batch_output [{ target_name: "y" }]', "batch_output", ["not supported"]),
+    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", ["once"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]', "input[0].reshape", ["not supported"]),
+    ('input [{ name: "x" data_type: TYPE_INT64 dims: [1] is_shape_tensor: true }]', "input[0].is_shape_tensor", ["shape tensors"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] optional: true }]', "input[0].optional", ["required"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]', "input[0].allow_ragged_batch", ["ragged"]),
+    ('output [{ name: "y" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]', "output[0].reshape", ["not supported"]),
+    ('input [{ name: "x" data_type: TYPE_FP16 dims: [1] }]', "input[0].data_type", ["TYPE_FP16", "TYPE_FP32"]),
+    ('input [{ name: "x" data_type: TYPE_STRING dims: [1] }]', "input[0].data_type", ["TYPE_STRING"]),
+    ('input [{ name: "x" dims: [1] }]', "input[0].data_type", ["required"]),
+    ('input [{ data_type: TYPE_FP32 dims: [1] }]', "input[0].name", ["required"]),
+    ('input [{ name: "a b" data_type: TYPE_FP32 dims: [1] }]', "input[0].name", ["'a b'"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] }, { name: "x" data_type: TYPE_FP32 dims: [1] }]', "input[1].name", ["duplicate"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 }]', "input[0].dims", ["required"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [0] }]', "input[0].dims", ["dimension 0"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [-2] }]', "input[0].dims", ["dimension -2"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [-1, 3] }]', "input[0].dims", ["max_batch_size 0", "max_batch_size > 0 and dims [3]"]),
+    ('max_batch_size: 0 output [{ name: "y" data_type: TYPE_FP32 dims: [-1] }]', "output[0].dims", ["max_batch_size 0"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [1,1,1,1,1,1,1,1,1] }]', "input[0].dims", ["9 dimensions"]),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [4096, 4096] }]', "input[0].dims", ["values per row"]),
+    ("version_policy: { latest: { num_versions: 0 } }", "version_policy.latest.num_versions", ["[1, 1000]"]),
+    ("version_policy: { specific: { } }", "version_policy.specific.versions", ["at least one"]),
+    ("version_policy: { specific: { versions: [0] } }", "version_policy.specific.versions", ["version 0"]),
+    ("dynamic_batching { max_queue_delay_microseconds: 60000001 }", "dynamic_batching.max_queue_delay_microseconds", ["60000001"]),
+    ("instance_group [{ count: 65 }]", "instance_group", ["65 instances", "64"]),
+    ("instance_group [{ count: -1 }]", "instance_group[0].count", ["-1"]),
+    ("instance_group [{ kind: KIND_MODEL }]", "instance_group[0].kind", ["KIND_MODEL"]),
+    ('default_model_filename: "../model.onnx"', "default_model_filename", ["plain file name"]),
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "many" } }', "parameters.intra_op_thread_count", ["'many'"]),
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "65" } }', "parameters.intra_op_thread_count", ["[0, 64]"]),
+])
+def test_refusals_name_file_and_field(text: str, key: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_pbtxt(text, "repo/m/config.pbtxt", model_name="m")
+    assert info.value.key == key
+    message = str(info.value)
+    assert message.startswith(f"repo/m/config.pbtxt: key '{key}': ")
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (b"max_batch_size: 8\nbogus_field: 1\n", ["not a valid Triton model configuration", "2:1", "bogus_field"]),
+    (b"max_batch_size: \"eight\"", ["not a valid Triton model configuration"]),
+    (b"max_batch_size: 1 max_batch_size: 2", ["not a valid Triton model configuration"]),
+    (b"\xff\xfe", ["not UTF-8"]),
+    (b"#" * (MAX_CONFIG_BYTES + 1), ["bytes; at most"]),
+])
+def test_bad_text_names_the_file(data: bytes, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_pbtxt(data, "repo/m/config.pbtxt")
+    assert str(info.value).startswith("repo/m/config.pbtxt: ")
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_without_tritonclient_the_error_names_the_file_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # `from tritonclient.grpc import ...` raises ImportError
+    with pytest.raises(ConfigError) as info:
+        parse_pbtxt(DOCS_EXAMPLE, "repo/densenet/config.pbtxt")
+    assert str(info.value) == ("repo/densenet/config.pbtxt: reading a Triton config.pbtxt needs tritonclient[grpc]: "
+                               "pip install 'wsserve[triton]'")
+
+
+def test_the_core_does_not_import_tritonclient(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.toml").write_text("max_batch_size = 4\n")
+    code = ("import sys, wsserve.repository, wsserve.registry; s = wsserve.repository.scan(sys.argv[1]); "
+            "assert s.models[0].config is not None; assert 'tritonclient' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def _model(repo: Path, name: str, *files: tuple[str, str]) -> Path:
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "1" / "model.onnx").write_bytes(b"not loaded by scan")
+    for fname, text in files:
+        (repo / name / fname).write_text(text)
+    return repo / name
+
+
+def test_the_scan_reads_config_pbtxt_without_config_toml(tmp_path: Path) -> None:
+    _model(tmp_path, "densenet", ("config.pbtxt", DOCS_EXAMPLE))
+    m = scan(tmp_path).model("densenet")
+    assert m is not None and m.error is None and m.ignored == ()  # config.pbtxt is not "junk"
+    assert m.config == parse_pbtxt(DOCS_EXAMPLE, tmp_path / "densenet" / "config.pbtxt", model_name="densenet")
+    assert m.selected == (1,)
+
+
+def test_both_config_files_refuse_the_model_naming_both(tmp_path: Path) -> None:
+    _model(tmp_path, "m", ("config.pbtxt", DOCS_EXAMPLE.replace("densenet", "m")), ("config.toml", "max_batch_size = 4\n"))
+    m = scan(tmp_path).model("m")
+    assert m is not None and m.config is None
+    assert m.error == f"{tmp_path / 'm'}: holds both config.toml and config.pbtxt; keep one (wsserve would not know which to follow)"
+
+
+def test_a_name_other_than_the_directory_is_refused(tmp_path: Path) -> None:
+    _model(tmp_path, "resnet", ("config.pbtxt", DOCS_EXAMPLE))  # name: "densenet"
+    m = scan(tmp_path).model("resnet")
+    assert m is not None and m.config is None and m.error is not None
+    assert m.error.startswith(f"{tmp_path / 'resnet' / 'config.pbtxt'}: key 'name': is 'densenet'")
+
+
+def test_default_model_filename_is_the_version_file(tmp_path: Path) -> None:
+    model = _model(tmp_path, "m", ("config.pbtxt", 'default_model_filename: "net.onnx"'))
+    m = scan(tmp_path).model("m")
+    assert m is not None and m.versions[0].error is not None and "there is no net.onnx" in m.versions[0].error
+    (model / "1" / "net.onnx").write_bytes(b"x")
+    m = scan(tmp_path).model("m")
+    assert m is not None and m.versions[0].error is None and m.versions[0].backend == "onnx"
+
+
+def test_a_changed_config_pbtxt_reloads_the_model(tmp_path: Path) -> None:
+    """--reload: the scan's fingerprint covers config.pbtxt, so an edit plans a ReloadModel."""
+    model = _model(tmp_path, "m", ("config.pbtxt", "max_batch_size: 8"))
+    first = scan(tmp_path)
+    assert plan(first, scan(tmp_path)) == []
+    (model / "config.pbtxt").write_text("max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 100 }\n")
+    second = scan(tmp_path)
+    actions = plan(first, second)
+    assert [type(a) for a in actions] == [ReloadModel]
+    assert second.model("m").config.max_delay_ms == 0.1  # type: ignore[union-attr]
+    (model / "config.pbtxt").rename(model / "config.toml")  # the same bytes, another file: not the same config
+    (model / "config.toml").write_text("max_batch_size = 8\n")
+    assert [type(a) for a in plan(second, scan(tmp_path))] == [ReloadModel]
+
+
+def test_load_version_reads_default_model_filename_and_names_config_pbtxt(tmp_path: Path) -> None:
+    """The loader opens ``default_model_filename``; a graph that disagrees names config.pbtxt, not config.toml."""
+    pytest.importorskip("onnxruntime")
+    onnx_builders = pytest.importorskip("tests.onnx_builders")
+    from wsserve.repository import ModelLoadError, load_version
+
+    model, ref = onnx_builders.linear_layer(3, 2)
+    onnx_builders.save(model, tmp_path / "1")
+    (tmp_path / "1" / "model.onnx").rename(tmp_path / "1" / "net.onnx")
+    cfg = parse_pbtxt('max_batch_size: 4 default_model_filename: "net.onnx" input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]',
+                      tmp_path / "config.pbtxt")
+    loaded = load_version("m", 1, tmp_path / "1", cfg)
+    try:
+        x = np.ones((2, 3), np.float32)
+        np.testing.assert_allclose(loaded.predict(x), ref(x), rtol=1e-5, atol=1e-6)
+        assert loaded.path == tmp_path / "1" / "net.onnx" and loaded.config.instances == 1
+    finally:
+        loaded.close()
+    bad = parse_pbtxt('max_batch_size: 4 default_model_filename: "net.onnx" input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]',
+                      tmp_path / "config.pbtxt")
+    with pytest.raises(ModelLoadError, match=r"net\.onnx: config\.pbtxt says input 'x' has shape \[4\]; the model's is \[3\]"):
+        load_version("m", 1, tmp_path / "1", bad)

@@ -1,0 +1,317 @@
+"""Triton's ``config.pbtxt`` of one repository model, mapped onto the :class:`~.config.ModelConfig`
+config.toml gives (so loading, batching and serving do not know which file it came from).
+
+The text is parsed by protobuf's own text-format parser
+(``google.protobuf.text_format.Parse``) into Triton's ``ModelConfig`` message
+(``tritonclient.grpc.model_config_pb2``, the ``triton`` extra: ``pip install
+'wsserve[triton]'``), imported only when a config.pbtxt is read.  Unknown
+fields and syntax errors are protobuf's errors, with line and column.
+
+Mapped (Triton's semantics, triton-inference-server/server
+``docs/user_guide/model_configuration.md``; docs/repository.md has the table):
+
+- ``platform: "onnxruntime_onnx"`` / ``backend: "onnxruntime"`` (or neither:
+  the ONNX backend) -> ``backend = "onnx"``; any other platform or backend is
+  refused, naming it.
+- ``name`` must equal the model's directory name when given.
+- ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).
+- ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP32, TYPE_FP64,
+  TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
+  dimension when ``max_batch_size > 0``).  A ``-1`` dimension leaves the
+  tensor's shape to the ONNX graph (which must fix it: wsserve serves fixed
+  row shapes); a first dimension ``-1`` with ``max_batch_size: 0`` (a batch the
+  model takes whole) is refused, saying to set ``max_batch_size``.  ``output``
+  lists the outputs to return.
+- ``version_policy`` ``latest``/``all``/``specific``; absent: ``latest { num_versions: 1 }``
+  (Triton's default, not config.toml's ``all``).
+- ``dynamic_batching { max_queue_delay_microseconds }`` -> ``max_delay_ms``;
+  without ``dynamic_batching`` Triton runs each request as it comes: the
+  batching window is 0 (greedy batching: a batch is what is queued when the
+  model is free, no waiting).
+- ``instance_group``: the sum of ``count`` (default 1 per group) ->
+  ``instances`` (1..64).  ``KIND_CPU``/``KIND_AUTO`` as they are;
+  ``KIND_GPU`` runs on CPU (wsserve is CPU only), ``count`` per listed GPU, with
+  a warning; ``KIND_MODEL`` is refused.
+- ``default_model_filename`` -> the version directories' model file.
+- ``parameters { key: "intra_op_thread_count" }`` (the onnxruntime backend's)
+  -> ``[onnx] intra_op_num_threads`` (1..64; 0 = onnxruntime's default, here 1).
+
+Refused (semantics wsserve cannot honour), naming the field:
+``sequence_batching``, ``ensemble_scheduling``, ``batch_input``,
+``batch_output``, ``model_transaction_policy { decoupled: true }``, and per
+tensor ``reshape``, ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
+``is_non_linear_format_io``.
+
+Accepted and ignored (hints): every other field set (``optimization``,
+``model_warmup``, ``response_cache``, other ``parameters``, the other
+``dynamic_batching`` and ``instance_group`` fields, ``label_filename``,
+``format``...): listed in :attr:`ModelConfig.warnings`, which the server logs as
+one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import MAX_DELAY_MS
+from .config import (
+    _NAME_RE,
+    MAX_BATCH_SIZE,
+    MAX_CONFIG_BYTES,
+    MAX_INSTANCES,
+    MAX_POLICY_VERSIONS,
+    MAX_TENSORS,
+    MAX_THREADS,
+    MAX_VERSION,
+    ModelConfig,
+    TensorConfig,
+    VersionPolicy,
+)
+from .errors import ConfigError
+from .layout import PBTXT_FILE
+from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
+
+__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "parse_pbtxt"]
+
+#: Triton ``data_type`` -> wsserve dtype (the ones wsserve serves).
+TRITON_TYPES = {
+    "TYPE_FP32": "float32",
+    "TYPE_FP64": "float64",
+    "TYPE_INT32": "int32",
+    "TYPE_INT64": "int64",
+    "TYPE_BOOL": "bool",
+}
+
+INSTALL_HINT = "pip install 'wsserve[triton]'"
+
+_PLATFORMS = ("onnxruntime_onnx",)
+_BACKENDS = ("onnxruntime",)
+_SERVED = 'platform "onnxruntime_onnx" or backend "onnxruntime" (ONNX models)'
+#: Fields whose meaning wsserve cannot give: the model is refused.
+_REFUSED = {
+    "sequence_batching": "stateful sequence batching",
+    "ensemble_scheduling": "ensembles",
+    "batch_input": "batch inputs",
+    "batch_output": "batch outputs",
+}
+_TENSOR_REFUSED = {
+    "reshape": "reshaped tensors",
+    "is_shape_tensor": "shape tensors",
+    "allow_ragged_batch": "ragged batches",
+    "optional": "optional inputs (every input is required)",
+    "is_non_linear_format_io": "non-linear format tensors",
+}
+_THREADS_PARAM = "intra_op_thread_count"
+
+
+def _message_class() -> Any:
+    """Triton's ``ModelConfig`` message class; ``None`` when tritonclient[grpc] is not installed."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return None
+    return model_config_pb2.ModelConfig
+
+
+def _dims(path: Path, key: str, dims: Any) -> tuple[int, ...] | None:
+    """Per-row dims -> a shape, or ``None`` when a dim is -1 (the graph gives it)."""
+    if not dims:
+        raise ConfigError(path, key, "is required (the per-row shape; Triton's dims)")
+    if len(dims) > MAX_DIMS:
+        raise ConfigError(path, key, f"has {len(dims)} dimensions; at most {MAX_DIMS}")
+    for d in dims:
+        if d != -1 and not 0 < d <= MAX_DIM:
+            raise ConfigError(path, key, f"dimension {d} is out of range [1, {MAX_DIM}] (or -1: variable)")
+    if -1 in dims:
+        return None
+    total = 1
+    for d in dims:
+        total *= d
+    if total > MAX_ROW_ELEMENTS:
+        raise ConfigError(path, key, f"shape {list(dims)} has {total} values per row; at most {MAX_ROW_ELEMENTS}")
+    return tuple(dims)
+
+
+def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: bool) -> tuple[TensorConfig, ...] | None:
+    if not tensors:
+        return None  # the graph's own
+    if len(tensors) > MAX_TENSORS:
+        raise ConfigError(path, key, f"has {len(tensors)} entries; at most {MAX_TENSORS}")
+    out: list[TensorConfig] = []
+    for i, t in enumerate(tensors):
+        where = f"{key}[{i}]"
+        for field, value in t.ListFields():
+            if field.name in _TENSOR_REFUSED:
+                raise ConfigError(path, f"{where}.{field.name}", f"is not supported: wsserve does not serve {_TENSOR_REFUSED[field.name]}")
+            if field.name in ("label_filename", "format"):
+                warnings.append(f"{where}.{field.name}")
+        if not _NAME_RE.match(t.name):
+            if not t.name:
+                raise ConfigError(path, f"{where}.name", "is required")
+            raise ConfigError(path, f"{where}.name", f"must be 1-128 printable characters without spaces or quotes, got {t.name!r}")
+        if any(o.name == t.name for o in out):
+            raise ConfigError(path, f"{where}.name", f"duplicate name {t.name!r}")
+        type_name = type(t).DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[t.data_type].name
+        if type_name == "TYPE_INVALID":
+            raise ConfigError(path, f"{where}.data_type", f"is required (one of {', '.join(TRITON_TYPES)})")
+        if type_name not in TRITON_TYPES:
+            raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served by wsserve (it serves {', '.join(TRITON_TYPES)})")
+        dims = list(t.dims)
+        if not batching and dims[:1] == [-1]:
+            raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
+                                                     "itself. If the first dimension is a batch of independent rows, set "
+                                                     f"max_batch_size > 0 and dims {dims[1:]}")
+        out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name]))
+    return tuple(out)
+
+
+def _policy(path: Path, cfg: Any) -> VersionPolicy:
+    if not cfg.HasField("version_policy"):
+        return VersionPolicy("latest", count=1)  # Triton's default
+    vp = cfg.version_policy
+    kind = vp.WhichOneof("policy_choice")
+    if kind == "latest":
+        n = vp.latest.num_versions
+        if not 1 <= n <= MAX_POLICY_VERSIONS:
+            raise ConfigError(path, "version_policy.latest.num_versions", f"must be in [1, {MAX_POLICY_VERSIONS}], got {n}")
+        return VersionPolicy("latest", count=n)
+    if kind == "specific":
+        versions = list(vp.specific.versions)
+        if not versions:
+            raise ConfigError(path, "version_policy.specific.versions", "must list at least one version")
+        if len(versions) > MAX_POLICY_VERSIONS:
+            raise ConfigError(path, "version_policy.specific.versions", f"lists {len(versions)} versions; at most {MAX_POLICY_VERSIONS}")
+        for v in versions:
+            if not 1 <= v <= MAX_VERSION:
+                raise ConfigError(path, "version_policy.specific.versions", f"version {v} is out of range [1, {MAX_VERSION}]")
+        return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
+    if kind == "all":
+        return VersionPolicy("all")
+    return VersionPolicy("latest", count=1)  # an empty version_policy {}: Triton's default too
+
+
+def _instances(path: Path, cfg: Any, warnings: list[str]) -> int:
+    if not cfg.instance_group:
+        return 1
+    total = 0
+    for i, group in enumerate(cfg.instance_group):
+        where = f"instance_group[{i}]"
+        kind = type(group).Kind.Name(group.kind)
+        if kind == "KIND_MODEL":
+            raise ConfigError(path, f"{where}.kind", "KIND_MODEL is not supported (wsserve runs ONNX models on CPU: KIND_CPU)")
+        count = group.count or 1  # Triton: count defaults to 1
+        if count < 0:
+            raise ConfigError(path, f"{where}.count", f"must be at least 1, got {count}")
+        if kind == "KIND_GPU":
+            count *= max(1, len(group.gpus))
+            warnings.append(f"{where}.kind KIND_GPU (runs on CPU: {count} instance{'s' if count != 1 else ''})")
+        for field, _ in group.ListFields():
+            if field.name not in ("name", "kind", "count", "gpus"):
+                warnings.append(f"{where}.{field.name}")
+        total += count
+        if total > MAX_INSTANCES:
+            raise ConfigError(path, "instance_group", f"asks for {total} instances in all; at most {MAX_INSTANCES}")
+    return total
+
+
+def _model_file(path: Path, name: str) -> str | None:
+    if not name or name == "model.onnx":
+        return None
+    if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name or len(name) > 255:
+        raise ConfigError(path, "default_model_filename", f"must be a plain file name in the version directory, got {name!r}")
+    return name
+
+
+def _parameters(path: Path, cfg: Any, warnings: list[str]) -> int:
+    threads = 1
+    for key in sorted(cfg.parameters):
+        if key != _THREADS_PARAM:
+            warnings.append(f"parameters.{key}")
+            continue
+        value = cfg.parameters[key].string_value.strip()
+        if not value.isascii() or not value.isdigit() or not 0 <= int(value) <= MAX_THREADS:
+            raise ConfigError(path, f"parameters.{key}", f"must be an integer in [0, {MAX_THREADS}] (0: the default, 1), got {value!r}")
+        threads = int(value) or 1
+    return threads
+
+
+def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name: str | None = None) -> ModelConfig:
+    """Parse a Triton config.pbtxt into a :class:`ModelConfig` (see the module docstring).
+
+    ``path`` is only used in messages and stored in the result; ``model_name``,
+    when given, is the model's directory name, which a ``name`` field must
+    equal.  Raises :class:`ConfigError` naming ``path`` and the field for text
+    that is too long, not UTF-8 or not a valid ``ModelConfig`` in text format,
+    an unsupported platform/backend, data type or field, or a value out of
+    bounds; and when tritonclient[grpc] is not installed (with the fix).
+    """
+    path = Path(path)
+    if isinstance(text, bytes):
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, None, f"is {len(text)} bytes; at most {MAX_CONFIG_BYTES}")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
+    elif len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    message_class = _message_class()
+    if message_class is None:
+        raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}")
+    from google.protobuf import text_format
+
+    cfg = message_class()
+    try:
+        text_format.Parse(text.removeprefix("\ufeff"), cfg)
+    except text_format.ParseError as exc:
+        raise ConfigError(path, None, f"is not a valid Triton model configuration ({exc})") from None
+    except RecursionError:
+        raise ConfigError(path, None, "is not a valid Triton model configuration (nested too deeply)") from None
+
+    if cfg.name and model_name is not None and cfg.name != model_name:
+        raise ConfigError(path, "name", f"is {cfg.name!r} but the model's directory is {model_name!r} (Triton requires them equal)")
+    if cfg.platform and cfg.platform not in _PLATFORMS:
+        raise ConfigError(path, "platform", f"{cfg.platform!r} is not served by wsserve (it serves {_SERVED})")
+    if cfg.backend and cfg.backend not in _BACKENDS:
+        raise ConfigError(path, "backend", f"{cfg.backend!r} is not served by wsserve (it serves {_SERVED})")
+
+    warnings: list[str] = []
+    for field, value in cfg.ListFields():
+        if field.name in _REFUSED:
+            raise ConfigError(path, field.name, f"is not supported: wsserve does not serve {_REFUSED[field.name]}")
+        if field.name == "model_transaction_policy" and value.decoupled:
+            raise ConfigError(path, "model_transaction_policy.decoupled", "is not supported: wsserve answers each infer request once")
+        if field.name in ("runtime", "optimization", "cc_model_filenames", "metric_tags", "model_warmup", "model_operations",
+                          "model_repository_agents", "response_cache", "model_metrics"):
+            warnings.append(field.name)
+
+    if not 0 <= cfg.max_batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(path, "max_batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {cfg.max_batch_size}")
+
+    max_delay_ms = 0.0  # no dynamic_batching: each request runs as it comes (greedy batching)
+    if cfg.HasField("dynamic_batching"):
+        db = cfg.dynamic_batching
+        us = db.max_queue_delay_microseconds
+        if us > MAX_DELAY_MS * 1000:
+            raise ConfigError(path, "dynamic_batching.max_queue_delay_microseconds", f"must be in [0, {MAX_DELAY_MS * 1000}], got {us}")
+        max_delay_ms = us / 1000
+        warnings.extend(f"dynamic_batching.{f.name}" for f, _ in db.ListFields() if f.name != "max_queue_delay_microseconds")
+
+    inputs = _tensors(path, "input", cfg.input, warnings, cfg.max_batch_size > 0)
+    outputs = _tensors(path, "output", cfg.output, warnings, cfg.max_batch_size > 0)
+    instances = _instances(path, cfg, warnings)
+    threads = _parameters(path, cfg, warnings)
+    return ModelConfig(
+        path=path,
+        backend="onnx",
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=cfg.max_batch_size,
+        max_delay_ms=max_delay_ms,
+        instances=instances,
+        version_policy=_policy(path, cfg),
+        onnx_intra_op_threads=threads,
+        model_file=_model_file(path, cfg.default_model_filename),
+        warnings=tuple(warnings),
+    )
