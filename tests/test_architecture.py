@@ -128,7 +128,8 @@ def test_core_modules_import_only_downward() -> None:
 def test_the_connection_core_touches_no_socket_loop_or_clock() -> None:
     """Sans-I/O: the core modules import neither asyncio nor time."""
     for name in ("connection", "jobs", "protocol", "chat", "batching", "auth", "ratelimit", "admission", "httpmsg",
-                 "rest/api", "rest/calls", "rest/oip", "rest/openai", "rest/router", "rest/errors", "rest/tokenize", "oipgrpc/convert"):
+                 "rest/api", "rest/calls", "rest/oip", "rest/openai", "rest/responses", "rest/router", "rest/errors",
+                 "rest/tokenize", "oipgrpc/convert"):
         deps = {a.name if isinstance(a, ast.alias) else "" for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text()))
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for a in node.names}
         mods = {n.module for n in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text()))
