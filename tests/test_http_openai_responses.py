@@ -260,6 +260,12 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"metadata": {"k": "v" * 513}}, "metadata"),
         ({"metadata": {"k": 1}}, "metadata"),
         ({"store": "yes"}, "store"),
+        # the other OpenAI routes' fields this one has no use for, refused as the chat route refuses them
+        ({"extra_body": {"n": 2}}, "n"),
+        ({"extra_body": {"logprobs": True}}, "logprobs"),
+        ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
+        ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
+        ({"extra_body": {"guided_regex": "a+"}}, "guided_regex"),
         ({"model": "bigram"}, "input"),  # no chat template
     ],
 )
@@ -285,6 +291,30 @@ def test_refusals_name_the_problem(client) -> None:
         "'input[1].content[0].type' 'input_image' is not supported: only text parts (input_text, output_text)")
     assert refused(input=[{"type": "function_call_output", "call_id": "c", "output": "1"}]).startswith(
         "'input[0].type' 'function_call_output' is not supported: only message items")
+
+
+@pytest.mark.parametrize("extra", [
+    {"temperature": 0, "frequency_penalty": 2},
+    {"temperature": 0, "presence_penalty": 2},
+    {"temperature": 1, "seed": 7, "min_p": 0.5},
+    {"temperature": 0, "min_tokens": 20, "stop": "e"},
+    {"temperature": 0, "stop_token_ids": "t"},  # the token id of "t", from /tokenize
+], ids=["frequency_penalty", "presence_penalty", "min_p", "min_tokens", "stop_token_ids"])
+def test_the_sampling_and_stop_fields_of_every_generate_are_taken_as_on_the_chat_route(server, client,
+                                                                                        extra: dict) -> None:
+    """``protocol.SAMPLING_FIELDS`` and ``STOP_FIELDS`` (every protocol's generate takes them): they were
+    dropped here as unknown fields, so the same request gave another text than on the chat route."""
+    if "stop_token_ids" in extra:
+        body = json.dumps({"model": "charlm", "prompt": extra["stop_token_ids"]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(server.http + "/tokenize", body), timeout=30) as resp:
+            extra = {**extra, "stop_token_ids": json.loads(resp.read())["tokens"]}
+    plain = {k: v for k, v in extra.items() if k in ("temperature", "seed")}
+    chat = _chat(client, [{"role": "user", "content": "The "}], max_tokens=30, extra_body=extra)
+    assert chat.choices[0].message.content != _chat(client, [{"role": "user", "content": "The "}], max_tokens=30,
+                                                    extra_body=plain).choices[0].message.content  # it changes the text
+    r = _create(client, model="charlm", input="The ", max_output_tokens=30, extra_body=extra)
+    assert r.output_text == chat.choices[0].message.content
+    assert r.usage.output_tokens == chat.usage.completion_tokens
 
 
 def test_unknown_fields_are_ignored_as_on_the_chat_route(client) -> None:

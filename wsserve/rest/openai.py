@@ -7,7 +7,7 @@
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``best_of`` other than ``n``,
   ``suffix``, ``response_format`` other than text, and vLLM's fields for what wsserve does not
-  do (beam search, guided decoding, ``prompt_logprobs``...: :data:`_NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  do (beam search, guided decoding, ``prompt_logprobs``...: :data:`NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
@@ -70,8 +70,8 @@ from ..protocol import (
 )
 from .errors import error_response
 
-__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "ParamError", "completion_of",
-           "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion"]
+__all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
+           "completion_of", "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -89,7 +89,7 @@ MAX_CHOICES = 256
 #: ``ignore_eos``, ``skip_special_tokens``, ``spaces_between_special_tokens`` and
 #: ``add_special_tokens`` are taken whatever their value: wsserve's models have no end-of-sequence
 #: or special tokens (a generation ends by length or a stop), so there is nothing for them to change.
-_NEUTRAL_VLLM = {
+NEUTRAL_VLLM = {
     "use_beam_search": (None, False), "length_penalty": (None, 1, 1.0), "early_stopping": (None, False),
     "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
     "guided_decoding_backend": (None,), "guided_whitespace_pattern": (None,), "structured_outputs": (None,),
@@ -98,7 +98,7 @@ _NEUTRAL_VLLM = {
     "priority": (None, 0),
 }
 _NEUTRAL = {
-    "suffix": (None, ""), "response_format": (None, {"type": "text"}), **_NEUTRAL_VLLM,
+    "suffix": (None, ""), "response_format": (None, {"type": "text"}), **NEUTRAL_VLLM,
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
@@ -108,7 +108,7 @@ _NEUTRAL_CHAT = {
     # vLLM's chat-template controls: a model's chat_prompt() makes only the prompt a reply continues
     "add_generation_prompt": (None, True), "continue_final_message": (None, False), "echo": (None, False),
     "chat_template_kwargs": (None, {}), "documents": (None,), "mm_processor_kwargs": (None, {}),
-    **_NEUTRAL_VLLM,
+    **NEUTRAL_VLLM,
 }
 
 

@@ -15,7 +15,9 @@ prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.compl
   - ``max_output_tokens`` (1 to the server's ``max_tokens``, which is the default, as a chat's
     ``max_completion_tokens``), ``temperature`` (default 1), ``top_p``, ``stream``, and vLLM's
     extensions to this route: ``top_k``, ``seed``, ``stop``, ``logit_bias``,
-    ``repetition_penalty``, ``include_stop_str_in_output``.
+    ``repetition_penalty``, ``include_stop_str_in_output``, and the other sampling and stop fields
+    every protocol's generate takes (``min_p``, ``presence_penalty``, ``frequency_penalty``,
+    ``min_tokens``, ``stop_token_ids``: as on the chat route; vLLM's Responses route has none of them).
   - ``metadata`` (at most :data:`MAX_METADATA_KEYS` string values of at most
     :data:`MAX_METADATA_VALUE_CHARS` characters, keys of at most :data:`MAX_METADATA_KEY_CHARS`,
     OpenAI's bounds), ``user``, ``instructions`` and the neutral fields are echoed in the answer.
@@ -28,7 +30,10 @@ prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.compl
     ``text.verbosity``, non-empty ``include``, ``top_logprobs`` other than 0, ``background:
     true``, ``truncation`` other than ``"disabled"``, ``prompt`` (templates), vLLM's
     ``structured_outputs`` and ``priority`` other than 0, and input items or parts that are not
-    text messages (images, files, audio, function calls and their outputs, references).
+    text messages (images, files, audio, function calls and their outputs, references); and, as
+    the chat route refuses them, the other OpenAI routes' ``n`` other than 1, ``logprobs`` other than
+    false and ``response_format`` other than text, and vLLM's fields for what wsserve does not do
+    (beam search, guided decoding...: :data:`~wsserve.rest.openai.NEUTRAL_VLLM`).
     Unknown fields are ignored, as on the chat route.
 
 - :class:`ResponsesEncoder` - the Response object (``object: "response"``, ``status``
@@ -55,7 +60,9 @@ from ..chat import ROLES, ChatMessage
 from ..errors import WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import json_type, shown
+from ..protocol import SAMPLING_FIELDS, STOP_FIELDS
 from .openai import (
+    NEUTRAL_VLLM,
     Choice,
     Completion,
     ParamError,
@@ -99,10 +106,26 @@ _WHY = {
     "priority": "only its default, 0",
     "enable_response_messages": "only its default, false",
 }
+#: The other OpenAI routes' fields this one has no use for, refused by name unless at their
+#: defaults (as the chat route refuses what it does not do, rather than ignore them): ``n`` (a
+#: response has one output message), the chat's ``logprobs`` and ``response_format`` (this route's
+#: are ``include``/``top_logprobs`` and ``text.format``), and vLLM's fields for what wsserve does
+#: not do (:data:`~wsserve.rest.openai.NEUTRAL_VLLM`).
+_NEUTRAL_OTHER = {"n": (None, 1), "logprobs": (None, False), "response_format": (None, {"type": "text"}),
+                  **{name: values for name, values in NEUTRAL_VLLM.items() if name not in _NEUTRAL}}
+_WHY_OTHER = {
+    "n": "a response has one output message (n choices: POST /v1/chat/completions)",
+    "logprobs": "the Responses API's logprobs are not served (use /v1/chat/completions' logprobs)",
+    "response_format": "this route's output format is 'text.format', and only text",
+}
 #: The sampling and stop fields handed to :func:`~wsserve.rest.openai.completion_of` (checked there
-#: under these names); ``stream`` too.
-_SAMPLING = ("temperature", "top_p", "top_k", "seed", "stop", "logit_bias", "repetition_penalty",
-             "include_stop_str_in_output", "stream")
+#: under these names), ``stream`` too: OpenAI's, vLLM's extensions to this route (``top_k``,
+#: ``seed``, ``stop``, ``logit_bias``, ``repetition_penalty``, ``include_stop_str_in_output``) and
+#: the rest of :data:`~wsserve.protocol.SAMPLING_FIELDS` and :data:`~wsserve.protocol.STOP_FIELDS`,
+#: which every protocol's generate takes (``min_p``, ``presence_penalty``, ``frequency_penalty``,
+#: ``min_tokens``, ``stop_token_ids``: as on the chat route).
+_SAMPLING = tuple(dict.fromkeys(("temperature", "top_k", "seed", "stop", "logit_bias", "stream", *SAMPLING_FIELDS,
+                                 *STOP_FIELDS)))
 _TEXT_PARTS = ("input_text", "output_text")
 
 
@@ -127,6 +150,11 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
         value = obj.get(name)
         if value is not None and not is_neutral(value, values):
             raise ParamError(name, f"'{name}' is not supported: {_WHY[name]}; got {shown(value, 80)}")
+    for name, values in _NEUTRAL_OTHER.items():
+        value = obj.get(name)
+        if value is not None and not is_neutral(value, values):
+            why = _WHY_OTHER.get(name, "only its default")
+            raise ParamError(name, f"'{name}' is not supported on this route: {why}; got {shown(value, 80)}")
     _check_reasoning(obj.get("reasoning"))
     _check_text(obj.get("text"))
     instructions = obj.get("instructions")
