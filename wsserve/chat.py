@@ -29,7 +29,7 @@ from typing import Any
 from .errors import BadRequest
 from .jsontypes import json_type
 
-__all__ = ["ChatMessage", "ROLES", "parse_messages"]
+__all__ = ["ChatMessage", "ROLES", "parse_messages", "text_parts"]
 
 #: Roles a message may have.
 ROLES = ("system", "developer", "user", "assistant")
@@ -83,7 +83,7 @@ def parse_messages(value: Any, field: str = "messages") -> tuple[ChatMessage, ..
         if content is None and role == "assistant":
             content = ""
         elif type(content) is list:
-            content = _text_parts(content, f"{where}.content")
+            content = text_parts(content, f"{where}.content")
         elif type(content) is not str:
             raise BadRequest(f"'{where}.content' must be a string or an array of text parts, got {json_type(content)}")
         name = msg.get("name")
@@ -93,9 +93,10 @@ def parse_messages(value: Any, field: str = "messages") -> tuple[ChatMessage, ..
     return tuple(out)
 
 
-def _text_parts(parts: list[Any], where: str) -> str:
-    """An array of content parts as one text (each must be ``{"type": "text", "text": str}``; at
-    least one)."""
+def text_parts(parts: list[Any], where: str, kinds: tuple[str, ...] = ("text",)) -> str:
+    """An array of content parts as one text (each must be ``{"type": <one of kinds>, "text": str}``;
+    at least one): chat's ``text`` parts, the Responses API's ``input_text``/``output_text``.
+    Raises ``BadRequest`` naming the part (``where[j]``) and the problem."""
     if not parts:
         raise BadRequest(f"'{where}' is an empty array; send a string or at least one text part")
     texts = []
@@ -103,9 +104,10 @@ def _text_parts(parts: list[Any], where: str) -> str:
         if type(part) is not dict:
             raise BadRequest(f"'{where}[{j}]' must be a content part object, got {json_type(part)}")
         kind = part.get("type")
-        if kind != "text":
+        if kind not in kinds:
             shown = kind[:64] if type(kind) is str else json_type(kind)
-            raise BadRequest(f"'{where}[{j}].type' {shown!r} is not supported: only text parts")
+            named = "" if kinds == ("text",) else f" ({', '.join(kinds)})"
+            raise BadRequest(f"'{where}[{j}].type' {shown!r} is not supported: only text parts{named}")
         text = part.get("text")
         if type(text) is not str:
             raise BadRequest(f"'{where}[{j}].text' must be a string, got {json_type(text)}")

@@ -56,8 +56,8 @@ from typing import Any
 
 import orjson
 
-from ..chat import ROLES, ChatMessage
-from ..errors import WsserveError
+from ..chat import ROLES, ChatMessage, text_parts
+from ..errors import BadRequest, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import json_type, shown
 from ..protocol import SAMPLING_FIELDS, STOP_FIELDS
@@ -255,21 +255,10 @@ def _content(value: Any, where: str) -> str:
         return value
     if type(value) is not list:
         raise ParamError("input", f"'{where}' must be a string or an array of text parts, got {json_type(value)}")
-    if not value:
-        raise ParamError("input", f"'{where}' is an empty array; send a string or at least one text part")
-    texts = []
-    for j, part in enumerate(value):
-        if type(part) is not dict:
-            raise ParamError("input", f"'{where}[{j}]' must be a content part object, got {json_type(part)}")
-        kind = part.get("type")
-        if kind not in _TEXT_PARTS:
-            raise ParamError("input", f"'{where}[{j}].type' {shown(kind, 64)} is not supported: only text parts "
-                                      "(input_text, output_text)")
-        text = part.get("text")
-        if type(text) is not str:
-            raise ParamError("input", f"'{where}[{j}].text' must be a string, got {json_type(text)}")
-        texts.append(text)
-    return "".join(texts)
+    try:
+        return text_parts(value, where, _TEXT_PARTS)
+    except BadRequest as exc:
+        raise ParamError("input", exc.message) from None
 
 
 class ResponsesEncoder:
