@@ -338,7 +338,14 @@ class StreamEncoder:
     outputs)``, ``("tail",)``, ``("error", exc)``, and for an answer not streamed ``("full", text,
     outputs)``; ``outputs`` is None here (no additional output asked for), the
     :class:`~wsserve.rest.tritongen.OutputValues` of the event in :class:`StreamOutputsEncoder`
-    (its strings UTF-8 encoded, as the text: once, counted by :func:`token_bytes`, then sent)."""
+    (its strings UTF-8 encoded, as the text: once, counted by :func:`token_bytes`, then sent).
+    ``prepend`` (:func:`~wsserve.rest.tritongen.prepended`: the prompt, or ``""``) comes before the
+    generated text of the ``"full"`` answer."""
+
+    __slots__ = ("prepend",)
+
+    def __init__(self, prepend: str = "") -> None:
+        self.prepend = prepend
 
     def start_events(self, index: int = 0) -> bytes:
         return b""
@@ -353,7 +360,7 @@ class StreamEncoder:
         return ("tail",)
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
-        return ("full", choices[0][0], None)
+        return ("full", self.prepend + choices[0][0], None)
 
     @staticmethod
     def error_event(exc: WsserveError) -> tuple[str, WsserveError]:
@@ -366,7 +373,10 @@ class StreamOutputsEncoder(WithOutputValues, StreamEncoder):
     :class:`~wsserve.rest.tritongen.OutputValues`; :func:`stream_text` writes them as output
     tensors.  :attr:`prompt_tokens` must be set before the first event."""
 
-    def __init__(self, outputs: GenerateOutputs) -> None:
+    __slots__ = ("values",)
+
+    def __init__(self, outputs: GenerateOutputs, prepend: str = "") -> None:
+        super().__init__(prepend)
         self.values = OutputValues(outputs)
 
     def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
@@ -379,7 +389,7 @@ class StreamOutputsEncoder(WithOutputValues, StreamEncoder):
         return ("end", finish_reason, _encoded(self.values.end(finish_reason)))
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
-        return ("full", choices[0][0], _encoded(self.values.response(choices[0], prompt_tokens, tokens)))
+        return ("full", self.prepend + choices[0][0], _encoded(self.values.response(choices[0], prompt_tokens, tokens)))
 
 
 def _encoded(values: dict[str, Any]) -> dict[str, Any]:

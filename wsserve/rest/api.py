@@ -668,8 +668,8 @@ class HttpApi:
                 entry = self._lookup(model, triton.get("version"))
                 if entry.kind != "generate":
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
-                completion, rid, outputs = parse_generate(loads(request.body), model=model, stream=stream,
-                                                          max_tokens_limit=self.config.max_tokens)
+                completion, rid, outputs, prepend = parse_generate(loads(request.body), model=model, stream=stream,
+                                                                   max_tokens_limit=self.config.max_tokens)
             elif responses:
                 asked = parse_response_request(loads(request.body), max_tokens_limit=self.config.max_tokens)
                 completion = asked.completion
@@ -698,7 +698,7 @@ class HttpApi:
                 except BadRequest as exc:
                     raise _with_param(exc, "prompt") from None
             if triton is not None:
-                encoder: Any = generate_encoder(rid, model, entry.version, outputs)
+                encoder: Any = generate_encoder(rid, model, entry.version, outputs, prepend)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors, style="oip")
             elif responses:
                 n = next(self._completion_ids)
