@@ -37,7 +37,7 @@ grpc = pytest.importorskip("grpc")  # the grpc extra installs it
 tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.grpc.aio as tgrpc_aio  # noqa: E402
 import tritonclient.http as thttp  # noqa: E402
-from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 #: The log line naming the gRPC port (``--grpc-port 0`` picks a free one).
@@ -112,6 +112,24 @@ def test_health_metadata_and_config(client) -> None:
     assert config.dynamic_batching.priority_levels == 2
     charlm = client.get_model_config("charlm").config
     assert charlm.max_batch_size == 0 and charlm.model_transaction_policy.decoupled
+
+
+def test_a_generative_models_metadata_and_config_are_the_vllm_backends(client) -> None:
+    """``charlm``'s ModelMetadata and ModelConfig list the tensors Triton's vLLM backend declares
+    (its ``auto_complete_config``, but ``image`` and ``embedding_request``): whole shapes, every
+    input optional but ``text_input``, BYTES as ``TYPE_STRING`` in the config."""
+    from tests.test_http_oip import VLLM_INPUTS, VLLM_OUTPUTS
+
+    meta = client.get_model_metadata("charlm")
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [(n, d, s) for n, d, s, _ in VLLM_INPUTS]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == VLLM_OUTPUTS
+    config = client.get_model_config("charlm").config
+    types = {"BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL", "FP32": "TYPE_FP32", "UINT32": "TYPE_UINT32"}
+    assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims), t.optional) for t in config.input] == [
+        (n, types[d], s, o) for n, d, s, o in VLLM_INPUTS]
+    assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.output] == [
+        (n, types[d], s) for n, d, s in VLLM_OUTPUTS]
+    assert config.max_batch_size == 0 and config.model_transaction_policy.decoupled
 
 
 def test_unknown_model_is_not_found(client) -> None:

@@ -41,7 +41,7 @@ from ..errors import BadRequest, InvalidInput, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
 from ..protocol import MAX_MODEL_NAME_LENGTH
-from ..rest import modelrepo, oip
+from ..rest import modelrepo, oip, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
 
 __all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
@@ -407,15 +407,15 @@ def token_bytes(text: bytes, outputs: Mapping[str, Any] | None) -> int:
 
 
 #: The vLLM backend's additional output tensors: name -> (datatype, shape) as the backend makes them
-#: (``num_input_tokens`` is a 0-d ``uint32``; the others one element per output sequence).
+#: in a response (the declared datatypes, :data:`wsserve.rest.tritongen.GENERATE_OUTPUTS`';
+#: ``num_input_tokens`` is a 0-d ``uint32``, the others one element per output sequence).
 OUTPUT_TENSORS: Mapping[str, tuple[str, tuple[int, ...]]] = {
-    "finish_reason": ("BYTES", (1,)), "cumulative_logprob": ("FP32", (1,)), "logprobs": ("BYTES", (1,)),
-    "num_input_tokens": ("UINT32", ()), "num_output_tokens": ("UINT32", (1,)),
+    t.name: (t.datatype, () if t.name == "num_input_tokens" else (1,)) for t in tritongen.GENERATE_OUTPUTS[1:]
 }
 
 
 #: A generation's outputs, as Triton's vLLM backend declares them: the text, then the additional ones.
-GENERATE_OUTPUTS: tuple[str, ...] = ("text_output", *OUTPUT_TENSORS)
+GENERATE_OUTPUTS: tuple[str, ...] = tuple(t.name for t in tritongen.GENERATE_OUTPUTS)
 
 
 def requested_outputs(request: Any) -> frozenset[str] | None:

@@ -91,7 +91,13 @@ from .openai import (
 from .responses import ResponsesEncoder, parse_response_request
 from .router import Auth, Handler, Route, Router
 from .tokenize import detokenize, parse_detokenize, parse_tokenize, tokenize
-from .tritongen import GenerateOutputsEncoder, generate_encoder, parse_generate
+from .tritongen import (
+    GENERATE_INPUTS,
+    GENERATE_OUTPUTS,
+    GenerateOutputsEncoder,
+    generate_encoder,
+    parse_generate,
+)
 
 __all__ = ["HttpApi"]
 
@@ -436,11 +442,13 @@ class HttpApi:
         return HttpResponse(200, self.model_metadata(self._lookup(params["name"], params.get("version"))), JSON)
 
     def model_metadata(self, entry: Any) -> bytes:
-        """The OIP metadata body (JSON) of a served version (every transport's)."""
-        inputs, outputs = self._signature(entry)
+        """The OIP metadata body (JSON) of a served version (every transport's): a generative
+        model's tensors are the generate extension's, as Triton's vLLM backend declares them."""
+        generative = entry.kind != "predict"
+        inputs, outputs = (GENERATE_INPUTS, GENERATE_OUTPUTS) if generative else self._signature(entry)
         explain = oip.explain_parameters(entry.explanation)
         return oip.model_metadata(entry.name, self._ready_versions(entry.name), _platform(entry), inputs, outputs,
-                                  explain)
+                                  explain, batched=not generative)
 
     def _ready_versions(self, name: str) -> list[str]:
         ready = (v for v, st in self.models.status(name).items() if st.state == "ready")

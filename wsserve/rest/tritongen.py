@@ -80,16 +80,35 @@ from ..protocol import (
     stop_fields,
     stop_tuple,
 )
+from .oip import Tensor
 from .openai import Completion
 
-__all__ = ["EXCLUDE_INPUT", "OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues",
-           "WithOutputValues", "generate_encoder", "parse_generate", "prepended"]
+__all__ = ["EXCLUDE_INPUT", "GENERATE_INPUTS", "GENERATE_OUTPUTS", "OUTPUT_FLAGS", "REQUIRED_INPUT", "GenerateEncoder",
+           "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues", "WithOutputValues", "generate_encoder",
+           "parse_generate", "prepended"]
 
 #: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
 OUTPUT_FLAGS = ("return_finish_reason", "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
                 "return_num_output_tokens")
 #: The vLLM backend's input saying whether a non-streamed answer's text omits the prompt.
 EXCLUDE_INPUT = "exclude_input_in_output"
+#: The one input a generation needs (the prompt); the other :data:`GENERATE_INPUTS` are optional.
+REQUIRED_INPUT = "text_input"
+#: A generative model's inputs as Triton's vLLM backend declares them (its ``auto_complete_config``;
+#: not ``image`` and ``embedding_request``, which wsserve does not serve): each shape whole (the
+#: model has no batch dimension: ``max_batch_size`` 0).  Its OIP metadata and Triton config list them.
+GENERATE_INPUTS: tuple[Tensor, ...] = (
+    Tensor(REQUIRED_INPUT, "BYTES", (1,)), Tensor("stream", "BOOL", (1,)), Tensor("sampling_parameters", "BYTES", (1,)),
+    Tensor(EXCLUDE_INPUT, "BOOL", (1,)), *(Tensor(flag, "BOOL", (1,)) for flag in OUTPUT_FLAGS),
+)
+#: A generative model's outputs as the backend declares them: ``text_output``, then the additional
+#: outputs (``return_<name>`` asks for ``<name>``), in :data:`OUTPUT_FLAGS`' order; shapes whole.
+#: (The gRPC responses' shapes are the tensors the backend makes: :data:`wsserve.oipgrpc.convert.OUTPUT_TENSORS`.)
+GENERATE_OUTPUTS: tuple[Tensor, ...] = (
+    Tensor("text_output", "BYTES", (-1,)), Tensor("finish_reason", "BYTES", (-1,)),
+    Tensor("cumulative_logprob", "FP32", (-1,)), Tensor("logprobs", "BYTES", (-1,)),
+    Tensor("num_input_tokens", "UINT32", (1,)), Tensor("num_output_tokens", "UINT32", (-1,)),
+)
 _FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream",
            "logprobs", *STOP_FIELDS, *OUTPUT_FLAGS, EXCLUDE_INPUT)
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
