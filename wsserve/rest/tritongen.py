@@ -26,7 +26,8 @@ read them, a generation field may be given either way (not both):
   alternatives each token's ``logprobs`` entry lists (0 to :data:`~wsserve.protocol.MAX_LOGPROBS`).
 
 Other parameters are ignored; sampling fields wsserve cannot honour are refused by name (beam
-search, several outputs).
+search, several outputs).  A generative model's OIP metadata and Triton config (every transport's) list
+the backend's declared tensors, :data:`GENERATE_INPUTS` and :data:`GENERATE_OUTPUTS`.
 
 Answers: ``{"id"?, "model_name", "model_version", "text_output"}`` (the prompt, then the generated
 text, unless ``exclude_input_in_output``); each streamed event is that
