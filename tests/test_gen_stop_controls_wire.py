@@ -144,7 +144,7 @@ async def test_triton_generate_takes_vllms_stop_controls(server) -> None:
     ids = [tid("s"), tid("t")]
     status, raw = post(server, "/v2/models/charlm/generate",
                        {"text_input": "The ", "parameters": {"max_tokens": 60, "stop_token_ids": ids}})
-    assert status == 200 and json.loads(raw)["text_output"] == plain[:at]
+    assert status == 200 and json.loads(raw)["text_output"] == "The " + plain[:at]  # the prompt prepended
     status, raw = post(server, "/v2/models/charlm/generate_stream",
                        {"text_input": "The ", "max_tokens": 60, "stop_token_ids": ids,
                         "parameters": {"include_stop_str_in_output": True, "min_tokens": 0}})

@@ -37,7 +37,7 @@ grpc = pytest.importorskip("grpc")  # the grpc extra installs it
 tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.grpc.aio as tgrpc_aio  # noqa: E402
 import tritonclient.http as thttp  # noqa: E402
-from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 #: The log line naming the gRPC port (``--grpc-port 0`` picks a free one).
@@ -112,6 +112,24 @@ def test_health_metadata_and_config(client) -> None:
     assert config.dynamic_batching.priority_levels == 2
     charlm = client.get_model_config("charlm").config
     assert charlm.max_batch_size == 0 and charlm.model_transaction_policy.decoupled
+
+
+def test_a_generative_models_metadata_and_config_are_the_vllm_backends(client) -> None:
+    """``charlm``'s ModelMetadata and ModelConfig list the tensors Triton's vLLM backend declares
+    (its ``auto_complete_config``, but ``image`` and ``embedding_request``): whole shapes, every
+    input optional but ``text_input``, BYTES as ``TYPE_STRING`` in the config."""
+    from tests.test_http_oip import VLLM_INPUTS, VLLM_OUTPUTS
+
+    meta = client.get_model_metadata("charlm")
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [(n, d, s) for n, d, s, _ in VLLM_INPUTS]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == VLLM_OUTPUTS
+    config = client.get_model_config("charlm").config
+    types = {"BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL", "FP32": "TYPE_FP32", "UINT32": "TYPE_UINT32"}
+    assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims), t.optional) for t in config.input] == [
+        (n, types[d], s, o) for n, d, s, o in VLLM_INPUTS]
+    assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in config.output] == [
+        (n, types[d], s) for n, d, s in VLLM_OUTPUTS]
+    assert config.max_batch_size == 0 and config.model_transaction_policy.decoupled
 
 
 def test_unknown_model_is_not_found(client) -> None:
@@ -486,12 +504,18 @@ def test_status_codes_of_wsserve_errors() -> None:
 
 
 def _generate(client, results: queue.Queue, rid: str, stream: bool, prompt: str = "The ", model: str = "charlm",
-              **params) -> None:
+              exclude: bool | None = None, **params) -> None:
+    """A generation on the client's stream: ``text_input``, ``stream`` and (``exclude`` not None)
+    ``exclude_input_in_output`` inputs, as the vLLM backend reads them; ``params`` request parameters."""
     text = tgrpc.InferInput("text_input", [1], "BYTES")
     text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    flag = tgrpc.InferInput("stream", [1], "BOOL")
-    flag.set_data_from_numpy(np.array([stream]))
-    client.async_stream_infer(model, [text, flag], request_id=rid, parameters=params)
+    inputs = [text]
+    for name, value in (("stream", stream), ("exclude_input_in_output", exclude)):
+        if value is not None:
+            flag = tgrpc.InferInput(name, [1], "BOOL")
+            flag.set_data_from_numpy(np.array([value]))
+            inputs.append(flag)
+    client.async_stream_infer(model, inputs, request_id=rid, parameters=params)
 
 
 def _answers(results: queue.Queue) -> list[tuple[str, str, bool] | str]:
@@ -514,14 +538,14 @@ def test_stream_infer_generates_as_the_vllm_backend_streams(served, client) -> N
     text is the HTTP generate route's for the same request; ``stream`` false: one response."""
     with urllib.request.urlopen(f"{served[0].http}/v2/models/charlm/generate", data=json.dumps(
             {"text_input": "The ", "max_tokens": 12, "temperature": 0}).encode()) as answer:
-        expected = json.loads(answer.read())["text_output"]
+        expected = json.loads(answer.read())["text_output"]  # the prompt, then the generated text
     results: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
         _generate(client, results, "s", True, max_tokens=12, temperature=0)
         tokens = _answers(results)
         assert len(tokens) == 12 and [t[2] for t in tokens] == [False] * 11 + [True]
-        assert {t[0] for t in tokens} == {"s"} and "".join(t[1] for t in tokens) == expected
+        assert {t[0] for t in tokens} == {"s"} and "The " + "".join(t[1] for t in tokens) == expected
         _generate(client, results, "whole", False, max_tokens=12, temperature=0)
         assert _answers(results) == [("whole", expected, True)]
         # a request's error is a response on the stream, which goes on
@@ -535,6 +559,41 @@ def test_stream_infer_generates_as_the_vllm_backend_streams(served, client) -> N
         client.stop_stream()
     err = _refused(_infer, client, "charlm", np.ones((1, 1)), "FP64")
     assert err.status() == "StatusCode.INVALID_ARGUMENT" and "generates text" in err.message()
+
+
+def test_stream_infer_prepends_the_prompt_unless_excluded_as_the_vllm_backend(served, client) -> None:
+    """``stream`` false: the one response's ``text_output`` is the prompt then the generated text,
+    unless the ``exclude_input_in_output`` input (or parameter) is true; streamed, the responses
+    hold the generated text only, and ``exclude_input_in_output`` false is refused (an error
+    response naming it; the stream goes on).  A value that is not a boolean is refused by name."""
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    refused = ("'exclude_input_in_output' false (the prompt before the generated text) is not allowed when "
+               "streaming: leave it out or set it true (as Triton's vLLM backend)")
+    try:
+        _generate(client, results, "s", True, max_tokens=8, temperature=0)
+        generated = "".join(t[1] for t in _answers(results))
+        assert len(generated) == 8
+        _generate(client, results, "w", False, max_tokens=8, temperature=0)
+        assert _answers(results) == [("w", "The " + generated, True)]  # absent, not streamed: prepended
+        _generate(client, results, "f", False, exclude=False, max_tokens=8, temperature=0)
+        assert _answers(results) == [("f", "The " + generated, True)]
+        _generate(client, results, "t", False, exclude=True, max_tokens=8, temperature=0)
+        assert _answers(results) == [("t", generated, True)]
+        _generate(client, results, "p", False, max_tokens=8, temperature=0, exclude_input_in_output=True)
+        assert _answers(results) == [("p", generated, True)]
+        _generate(client, results, "st", True, exclude=True, max_tokens=8, temperature=0)
+        assert "".join(t[1] for t in _answers(results)) == generated
+        _generate(client, results, "sf", True, exclude=False, max_tokens=8)
+        assert _answers(results) == [refused]
+        _generate(client, results, "sp", True, max_tokens=8, exclude_input_in_output=False)
+        assert _answers(results) == [refused]
+        _generate(client, results, "n", False, max_tokens=8, exclude_input_in_output=1)
+        assert _answers(results) == ["'exclude_input_in_output' must be a boolean (true or false), got 1"]
+        _generate(client, results, "again", False, max_tokens=8, temperature=0)
+        assert _answers(results) == [("again", "The " + generated, True)]
+    finally:
+        client.stop_stream()
 
 
 def test_stream_infer_runs_requests_concurrently_and_counts_tokens(served, client) -> None:

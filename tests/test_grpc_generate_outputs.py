@@ -126,6 +126,7 @@ def test_a_whole_answer_carries_the_outputs_of_its_whole_text(served, client) ->
                                           "logprobs": 1})
     [result] = _stream(client, False, flags, max_tokens=5, temperature=0, logprobs=1)
     assert result.as_numpy("text_output")[0].decode() == answer["text_output"]
+    assert len(answer["text_output"]) == len("The ") + 5  # the prompt prepended: not counted below
     _same(_outputs(result), answer)
     assert _outputs(result)["num_output_tokens"] == 5 and len(json.loads(_outputs(result)["logprobs"])) == 5
 
@@ -148,8 +149,9 @@ def test_a_stream_that_sends_no_token_ends_with_the_outputs_of_its_end(served, c
     """A stop string met at the first token: no token is sent, the one response is the end's (no
     text, ``finish_reason`` ``stop``, no token counted), as the HTTP route's last event."""
     flags = dict.fromkeys(FLAGS, True)
-    [plain] = _http(served, "generate", {"text_input": "The ", "max_tokens": 4, "temperature": 0})
-    first = plain["text_output"][0]
+    [plain] = _http(served, "generate", {"text_input": "The ", "max_tokens": 4, "temperature": 0,
+                                         "exclude_input_in_output": True})
+    first = plain["text_output"][0]  # the first generated character
     [end] = _http(served, "generate_stream", {"text_input": "The ", "max_tokens": 4, "temperature": 0, "stop": first,
                                               **flags, "logprobs": 1})
     [result] = _stream(client, True, flags, max_tokens=4, temperature=0, stop=first, logprobs=1)

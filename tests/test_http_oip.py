@@ -203,11 +203,41 @@ def test_model_config_of_the_predictive_models(client) -> None:
     assert [(t["name"], t["data_type"], t["dims"]) for t in linear["output"]] == [("output", "TYPE_FP64", [1])]
 
 
-def test_model_config_of_a_generative_model_is_decoupled(client) -> None:
+#: Triton's vLLM backend's tensors (its ``auto_complete_config``; not ``image`` or ``embedding_request``,
+#: which wsserve does not serve): (name, OIP datatype, dims, optional).
+VLLM_INPUTS = [("text_input", "BYTES", [1], False), ("stream", "BOOL", [1], True),
+               ("sampling_parameters", "BYTES", [1], True), ("exclude_input_in_output", "BOOL", [1], True),
+               ("return_finish_reason", "BOOL", [1], True), ("return_cumulative_logprob", "BOOL", [1], True),
+               ("return_logprobs", "BOOL", [1], True), ("return_num_input_tokens", "BOOL", [1], True),
+               ("return_num_output_tokens", "BOOL", [1], True)]
+VLLM_OUTPUTS = [("text_output", "BYTES", [-1]), ("finish_reason", "BYTES", [-1]), ("cumulative_logprob", "FP32", [-1]),
+                ("logprobs", "BYTES", [-1]), ("num_input_tokens", "UINT32", [1]), ("num_output_tokens", "UINT32", [-1])]
+#: ``model_config.proto``'s name of an OIP datatype.
+CONFIG_TYPES = {"BYTES": "TYPE_STRING", "BOOL": "TYPE_BOOL", "FP32": "TYPE_FP32", "UINT32": "TYPE_UINT32"}
+
+
+def test_model_config_of_a_generative_model_is_the_vllm_backends(client) -> None:
+    """As Triton's vLLM backend configures a model: decoupled, no batch dimension, its inputs (every
+    one optional but ``text_input``) and outputs, BYTES as ``TYPE_STRING``."""
     config = client.get_model_config("charlm")
     assert config["name"] == "charlm" and config["model_transaction_policy"] == {"decoupled": True}
-    assert config["max_batch_size"] == 0 and config["input"] == [] and config["output"] == []
+    assert config["max_batch_size"] == 0
+    assert config["input"] == [{"name": name, "data_type": CONFIG_TYPES[datatype], "format": "FORMAT_NONE",
+                                "dims": dims, "optional": optional} for name, datatype, dims, optional in VLLM_INPUTS]
+    assert config["output"] == [{"name": name, "data_type": CONFIG_TYPES[datatype], "format": "FORMAT_NONE",
+                                 "dims": dims} for name, datatype, dims in VLLM_OUTPUTS]
     assert "dynamic_batching" not in config
+
+
+def test_model_metadata_of_a_generative_model_is_the_vllm_backends(client) -> None:
+    """The generate extension's tensors, with their whole shapes (no batch dimension), as Triton
+    answers the metadata of a vLLM backend's model; a predictive model's keep theirs."""
+    meta = client.get_model_metadata("charlm")
+    assert meta["name"] == "charlm" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": name, "datatype": datatype, "shape": dims}
+                              for name, datatype, dims, _ in VLLM_INPUTS]
+    assert meta["outputs"] == [{"name": name, "datatype": datatype, "shape": dims} for name, datatype, dims in VLLM_OUTPUTS]
+    assert client.get_model_metadata("mlp")["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}]
 
 
 @pytest.mark.parametrize("call", ["get_model_config", "get_inference_statistics"])

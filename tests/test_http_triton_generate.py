@@ -1,7 +1,8 @@
 """Triton's generate extension (``POST /v2/models/{name}[/versions/{v}]/generate`` and
 ``generate_stream``) on the default server: texts equal the WebSocket ``generate``'s for the same
-parameters (greedy and seeded sampling do not depend on what else runs), a stream is one event per
-token, and closing it cancels the generation (seen in ``/metrics``)."""
+parameters (greedy and seeded sampling do not depend on what else runs), after the prompt unless
+``exclude_input_in_output`` (as Triton's vLLM backend answers), a stream is one event per token,
+and closing it cancels the generation (seen in ``/metrics``)."""
 
 from __future__ import annotations
 
@@ -47,18 +48,20 @@ async def test_generate_is_the_websocket_generation(server) -> None:
     body = json.loads(raw)
     assert status == 200 and set(body) == {"model_name", "model_version", "text_output"}
     assert (body["model_name"], body["model_version"]) == ("charlm", "1")
-    assert (body["text_output"], "length") == await ws_text(server, prompt="The ", max_tokens=30)
+    text, reason = await ws_text(server, prompt="The ", max_tokens=30)
+    assert (body["text_output"], reason) == ("The " + text, "length")  # the prompt, then the generated text
     # fields as inputs rather than parameters (TensorRT-LLM's style), a version, an id, seeded sampling
     status, raw = post(server, "/v2/models/charlm/versions/1/generate",
                        {"id": "r7", "text_input": "Once ", "max_tokens": 25, "temperature": 0.8, "top_k": 20, "seed": 4})
     body = json.loads(raw)
     assert status == 200 and body["id"] == "r7"
     text, _ = await ws_text(server, prompt="Once ", max_tokens=25, temperature=0.8, top_k=20, seed=4)
-    assert body["text_output"] == text and len(text) == 25
+    assert body["text_output"] == "Once " + text and len(text) == 25
     # nucleus sampling and OpenAI's penalties, as the WebSocket's
     fields = {"max_tokens": 40, "temperature": 1.3, "top_p": 0.8, "min_p": 0.02, "presence_penalty": 0.5,
               "frequency_penalty": 1, "seed": 9}
-    status, raw = post(server, "/v2/models/charlm/generate", {"text_input": "The ", "parameters": fields})
+    status, raw = post(server, "/v2/models/charlm/generate",
+                       {"text_input": "The ", "exclude_input_in_output": True, "parameters": fields})
     assert status == 200
     assert json.loads(raw)["text_output"] == (await ws_text(server, prompt="The ", **fields))[0]
     assert json.loads(raw)["text_output"] != (await ws_text(server, prompt="The ", max_tokens=40, temperature=1.3,
@@ -74,16 +77,50 @@ async def test_generate_stream_is_one_event_per_token(server) -> None:
     assert len(tokens) == 20 and all(len(e["text_output"]) >= 1 and "finish_reason" not in e for e in tokens)
     assert last == {"model_name": "charlm", "model_version": "1", "text_output": "", "finish_reason": "length"}
     whole = json.loads(post(server, "/v2/models/charlm/generate", args)[1])["text_output"]
-    assert "".join(e["text_output"] for e in tokens) == whole
+    assert "It " + "".join(e["text_output"] for e in tokens) == whole  # the prompt is not streamed
 
 
 def test_stop_strings_end_the_stream_with_reason_stop(server) -> None:
-    full = json.loads(post(server, "/v2/models/charlm/generate", {"text_input": "The ", "max_tokens": 60})[1])["text_output"]
+    full = json.loads(post(server, "/v2/models/charlm/generate", {"text_input": "The ", "max_tokens": 60,
+                                                                  "exclude_input_in_output": True})[1])["text_output"]
     stop = full[10:13]
     got = events(post(server, "/v2/models/charlm/generate_stream",
                       {"text_input": "The ", "max_tokens": 60, "parameters": {"stop_words": [stop]}})[1])
     assert got[-1]["finish_reason"] == "stop"
     assert "".join(e["text_output"] for e in got) == full[: full.index(stop)]
+
+
+async def test_the_prompt_is_prepended_unless_excluded_as_the_vllm_backends(server) -> None:
+    """Not streamed, ``text_output`` is the prompt as given (whole: longer than the tokens charlm
+    reads of it) then the generated text, unless ``exclude_input_in_output`` is true (an input or a
+    parameter); the additional outputs are the generated text's.  Streamed, the events hold the
+    generated text only (flag absent or true), and false is refused naming the field."""
+    prompt = "It was the best of times, it was the worst of times, " * 4
+    generated, _ = await ws_text(server, prompt=prompt, max_tokens=10)
+    for extra in ({}, {"exclude_input_in_output": False}, {"parameters": {"exclude_input_in_output": False}}):
+        status, raw = post(server, "/v2/models/charlm/generate", {"text_input": prompt, "max_tokens": 10, **extra})
+        assert status == 200 and json.loads(raw)["text_output"] == prompt + generated, (extra, raw[:500])
+    status, raw = post(server, "/v2/models/charlm/generate", {"text_input": prompt, "max_tokens": 10,
+                                                              "return_num_input_tokens": True,
+                                                              "return_num_output_tokens": True})
+    got = json.loads(raw)
+    assert got["text_output"] == prompt + generated and got["num_output_tokens"] == 10
+    assert got["num_input_tokens"] < len(prompt)  # the model read the prompt's tail; the answer holds it whole
+    for extra in ({"exclude_input_in_output": True}, {"parameters": {"exclude_input_in_output": True}}):
+        status, raw = post(server, "/v2/models/charlm/generate", {"text_input": prompt, "max_tokens": 10, **extra})
+        assert status == 200 and json.loads(raw)["text_output"] == generated, (extra, raw[:500])
+    for extra in ({}, {"exclude_input_in_output": True}, {"parameters": {"exclude_input_in_output": True}}):
+        status, raw = post(server, "/v2/models/charlm/generate_stream", {"text_input": prompt, "max_tokens": 10,
+                                                                         **extra})
+        got_events = events(raw)
+        assert status == 200 and "".join(e["text_output"] for e in got_events) == generated, extra
+        assert got_events[-1]["finish_reason"] == "length"
+    for extra in ({"exclude_input_in_output": False}, {"parameters": {"exclude_input_in_output": False}}):
+        status, raw = post(server, "/v2/models/charlm/generate_stream", {"text_input": prompt, "max_tokens": 10,
+                                                                         **extra})
+        assert status == 400 and json.loads(raw) == {"error": (
+            "'exclude_input_in_output' false (the prompt before the generated text) is not allowed when streaming: "
+            "leave it out or set it true (as Triton's vLLM backend)")}, (extra, raw[:500])
 
 
 def _cancelled(server: ServerProcess) -> float:
@@ -134,6 +171,13 @@ def test_closing_a_stream_cancels_the_generation(server) -> None:
      "'temperature' must be a number in [0, 100], got '0.5'"),
     ("/v2/models/charlm/generate", {"text_input": "a", "parameters": {"top_p": "1"}}, 400,
      "field 'top_p' must be a number in (0, 1], got '1'"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "exclude_input_in_output": "true"}, 400,
+     "'exclude_input_in_output' must be a boolean (true or false), got 'true'"),
+    ("/v2/models/charlm/generate_stream", {"text_input": "a", "parameters": {"exclude_input_in_output": 1}}, 400,
+     "'exclude_input_in_output' must be a boolean (true or false), got 1"),
+    ("/v2/models/charlm/generate", {"text_input": "a", "exclude_input_in_output": True,
+                                    "parameters": {"exclude_input_in_output": True}}, 400,
+     "'exclude_input_in_output' is given both as an input and in 'parameters'"),
     ("/v2/models/charlm/generate", [1], 400, "the body must be a JSON object"),
     ("/v2/models/mlp/generate", {"text_input": "a"}, 400, "model 'mlp' does not generate text"),
     ("/v2/models/nope/generate_stream", {"text_input": "a"}, 404, "no model named 'nope'"),

@@ -46,7 +46,8 @@ async def test_a_whole_answer_carries_the_outputs_of_its_whole_text(server, mode
     got = json.loads(raw)
     plain = json.loads(post(server, "/v2/models/charlm/generate", {"text_input": "The ", "max_tokens": 12})[1])
     assert set(got) == {*plain, *OUTPUTS} and got["text_output"] == plain["text_output"]  # the same greedy text
-    text = got["text_output"]
+    assert got["text_output"].startswith("The ")  # the prompt prepended; the outputs are the generated text's
+    text = got["text_output"].removeprefix("The ")
     assert (got["finish_reason"], got["num_input_tokens"], got["num_output_tokens"]) == ("length", 4, 12)
     assert type(got["logprobs"]) is str  # serialised JSON, as the backend's BYTES tensor
     positions = json.loads(got["logprobs"])
@@ -93,7 +94,7 @@ async def test_a_stream_carries_each_events_outputs(server, model_cache: Path) -
                     "cumulative_logprob": tokens[-1]["cumulative_logprob"], "logprobs": "[]",
                     "num_input_tokens": 7, "num_output_tokens": 0}
     whole = json.loads(post(server, "/v2/models/charlm/generate", {**args, "stream": False})[1])
-    assert whole["text_output"] == text and whole["cumulative_logprob"] == last["cumulative_logprob"]
+    assert whole["text_output"] == "It was " + text and whole["cumulative_logprob"] == last["cumulative_logprob"]
     assert [json.loads(e["logprobs"])[0] for e in tokens] == json.loads(whole["logprobs"])
 
 
@@ -103,6 +104,8 @@ def test_flags_alone_as_inputs_or_parameters_and_off(server) -> None:
     base = {"text_input": "The ", "max_tokens": 30, "stop": "e "}
     plain = post(server, "/v2/models/charlm/generate", base)[1]
     text = json.loads(plain)["text_output"]
+    assert text.startswith("The ")  # the prompt prepended: not counted in num_output_tokens
+    text = text.removeprefix("The ")
     assert len(text) < 30  # the stop string ended it
     for name, value in [("finish_reason", "stop"), ("num_output_tokens", len(text)), ("num_input_tokens", 4),
                         ("logprobs", "null")]:

@@ -41,7 +41,7 @@ from ..errors import BadRequest, InvalidInput, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
 from ..protocol import MAX_MODEL_NAME_LENGTH
-from ..rest import modelrepo, oip
+from ..rest import modelrepo, oip, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
 
 __all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
@@ -338,7 +338,14 @@ class StreamEncoder:
     outputs)``, ``("tail",)``, ``("error", exc)``, and for an answer not streamed ``("full", text,
     outputs)``; ``outputs`` is None here (no additional output asked for), the
     :class:`~wsserve.rest.tritongen.OutputValues` of the event in :class:`StreamOutputsEncoder`
-    (its strings UTF-8 encoded, as the text: once, counted by :func:`token_bytes`, then sent)."""
+    (its strings UTF-8 encoded, as the text: once, counted by :func:`token_bytes`, then sent).
+    ``prepend`` (:func:`~wsserve.rest.tritongen.prepended`: the prompt, or ``""``) comes before the
+    generated text of the ``"full"`` answer."""
+
+    __slots__ = ("prepend",)
+
+    def __init__(self, prepend: str = "") -> None:
+        self.prepend = prepend
 
     def start_events(self, index: int = 0) -> bytes:
         return b""
@@ -353,7 +360,7 @@ class StreamEncoder:
         return ("tail",)
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
-        return ("full", choices[0][0], None)
+        return ("full", self.prepend + choices[0][0], None)
 
     @staticmethod
     def error_event(exc: WsserveError) -> tuple[str, WsserveError]:
@@ -366,7 +373,10 @@ class StreamOutputsEncoder(WithOutputValues, StreamEncoder):
     :class:`~wsserve.rest.tritongen.OutputValues`; :func:`stream_text` writes them as output
     tensors.  :attr:`prompt_tokens` must be set before the first event."""
 
-    def __init__(self, outputs: GenerateOutputs) -> None:
+    __slots__ = ("values",)
+
+    def __init__(self, outputs: GenerateOutputs, prepend: str = "") -> None:
+        super().__init__(prepend)
         self.values = OutputValues(outputs)
 
     def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
@@ -379,7 +389,7 @@ class StreamOutputsEncoder(WithOutputValues, StreamEncoder):
         return ("end", finish_reason, _encoded(self.values.end(finish_reason)))
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
-        return ("full", choices[0][0], _encoded(self.values.response(choices[0], prompt_tokens, tokens)))
+        return ("full", self.prepend + choices[0][0], _encoded(self.values.response(choices[0], prompt_tokens, tokens)))
 
 
 def _encoded(values: dict[str, Any]) -> dict[str, Any]:
@@ -397,15 +407,15 @@ def token_bytes(text: bytes, outputs: Mapping[str, Any] | None) -> int:
 
 
 #: The vLLM backend's additional output tensors: name -> (datatype, shape) as the backend makes them
-#: (``num_input_tokens`` is a 0-d ``uint32``; the others one element per output sequence).
+#: in a response (the declared datatypes, :data:`wsserve.rest.tritongen.GENERATE_OUTPUTS`';
+#: ``num_input_tokens`` is a 0-d ``uint32``, the others one element per output sequence).
 OUTPUT_TENSORS: Mapping[str, tuple[str, tuple[int, ...]]] = {
-    "finish_reason": ("BYTES", (1,)), "cumulative_logprob": ("FP32", (1,)), "logprobs": ("BYTES", (1,)),
-    "num_input_tokens": ("UINT32", ()), "num_output_tokens": ("UINT32", (1,)),
+    t.name: (t.datatype, () if t.name == "num_input_tokens" else (1,)) for t in tritongen.GENERATE_OUTPUTS[1:]
 }
 
 
 #: A generation's outputs, as Triton's vLLM backend declares them: the text, then the additional ones.
-GENERATE_OUTPUTS: tuple[str, ...] = ("text_output", *OUTPUT_TENSORS)
+GENERATE_OUTPUTS: tuple[str, ...] = tuple(t.name for t in tritongen.GENERATE_OUTPUTS)
 
 
 def requested_outputs(request: Any) -> frozenset[str] | None:

@@ -480,11 +480,12 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise BadRequest(f"model {name!r} does not generate text (use ModelInfer)")
             obj = convert.generate_request(request)
             wanted = convert.requested_outputs(request)
-            completion, rid, outputs = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
-                                                      max_tokens_limit=cfg.max_tokens)
+            completion, rid, outputs, prepend = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
+                                                               max_tokens_limit=cfg.max_tokens)
             session.admission.capacity(session.inflight, session.inflight_bytes, 0)
             exchange = _QueueExchange(queue, cfg.max_write_buffer_bytes)
-            encoder = convert.StreamEncoder() if outputs is None else convert.StreamOutputsEncoder(outputs)
+            encoder = (convert.StreamEncoder(prepend) if outputs is None
+                       else convert.StreamOutputsEncoder(outputs, prepend))
             call = exchange.call = GrpcGenerateCall(session, exchange, entry, now, completion,  # type: ignore[arg-type]
                                                     encoder, None, style="oip")  # type: ignore[arg-type]
             call.submit(completion.params, session)

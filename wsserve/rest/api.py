@@ -91,7 +91,13 @@ from .openai import (
 from .responses import ResponsesEncoder, parse_response_request
 from .router import Auth, Handler, Route, Router
 from .tokenize import detokenize, parse_detokenize, parse_tokenize, tokenize
-from .tritongen import GenerateOutputsEncoder, generate_encoder, parse_generate
+from .tritongen import (
+    GENERATE_INPUTS,
+    GENERATE_OUTPUTS,
+    GenerateOutputsEncoder,
+    generate_encoder,
+    parse_generate,
+)
 
 __all__ = ["HttpApi"]
 
@@ -436,11 +442,13 @@ class HttpApi:
         return HttpResponse(200, self.model_metadata(self._lookup(params["name"], params.get("version"))), JSON)
 
     def model_metadata(self, entry: Any) -> bytes:
-        """The OIP metadata body (JSON) of a served version (every transport's)."""
-        inputs, outputs = self._signature(entry)
+        """The OIP metadata body (JSON) of a served version (every transport's): a generative
+        model's tensors are the generate extension's, as Triton's vLLM backend declares them."""
+        generative = entry.kind != "predict"
+        inputs, outputs = (GENERATE_INPUTS, GENERATE_OUTPUTS) if generative else self._signature(entry)
         explain = oip.explain_parameters(entry.explanation)
         return oip.model_metadata(entry.name, self._ready_versions(entry.name), _platform(entry), inputs, outputs,
-                                  explain)
+                                  explain, batched=not generative)
 
     def _ready_versions(self, name: str) -> list[str]:
         ready = (v for v, st in self.models.status(name).items() if st.state == "ready")
@@ -668,8 +676,8 @@ class HttpApi:
                 entry = self._lookup(model, triton.get("version"))
                 if entry.kind != "generate":
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
-                completion, rid, outputs = parse_generate(loads(request.body), model=model, stream=stream,
-                                                          max_tokens_limit=self.config.max_tokens)
+                completion, rid, outputs, prepend = parse_generate(loads(request.body), model=model, stream=stream,
+                                                                   max_tokens_limit=self.config.max_tokens)
             elif responses:
                 asked = parse_response_request(loads(request.body), max_tokens_limit=self.config.max_tokens)
                 completion = asked.completion
@@ -698,7 +706,7 @@ class HttpApi:
                 except BadRequest as exc:
                     raise _with_param(exc, "prompt") from None
             if triton is not None:
-                encoder: Any = generate_encoder(rid, model, entry.version, outputs)
+                encoder: Any = generate_encoder(rid, model, entry.version, outputs, prepend)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors, style="oip")
             elif responses:
                 n = next(self._completion_ids)

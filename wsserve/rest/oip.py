@@ -89,8 +89,10 @@ class Tensor:
     datatype: str
     shape: tuple[int, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
+    def to_json(self, batched: bool = True) -> dict[str, Any]:
+        """The metadata's tensor object: ``shape`` with the batch dimension (-1) first, or
+        (``batched`` false: a model without one, e.g. a generative model's) ``shape`` itself."""
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape] if batched else list(self.shape)}
 
 
 #: The input / output of the built-in models (a float64 ``[n, d]`` -> ``[n, k]`` map); the output's
@@ -105,7 +107,8 @@ def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     A model with ``inputs``/``outputs`` tensor specs (``name``, ``shape``,
     ``dtype``: a repository model) is described by them; a built-in predictive
     model by its ``info.input_shape``/``output_shape`` as one ``FP64`` tensor
-    each; a generative model has none."""
+    each; a generative model has none (it takes no inference: its metadata and config list the
+    generate extension's tensors, :data:`wsserve.rest.tritongen.GENERATE_INPUTS`)."""
     specs_in, specs_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
     if specs_in is not None and specs_out is not None:
         return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_in),
@@ -145,12 +148,15 @@ def server_metadata(version: str, extensions: list[str]) -> bytes:
 
 
 def model_metadata(name: str, versions: list[str], platform: str, inputs: tuple[Tensor, ...],
-                   outputs: tuple[Tensor, ...], parameters: Mapping[str, Any] | None = None) -> bytes:
+                   outputs: tuple[Tensor, ...], parameters: Mapping[str, Any] | None = None, *,
+                   batched: bool = True) -> bytes:
     """The model metadata body; ``parameters`` (e.g. :func:`explain_parameters`) is added when given
-    (not in the spec's metadata: clients that do not know it ignore it)."""
+    (not in the spec's metadata: clients that do not know it ignore it).  ``batched``: the tensors'
+    shapes are per row (the batch dimension, -1, is prepended); false: whole (a generative model's,
+    :data:`wsserve.rest.tritongen.GENERATE_INPUTS`)."""
     body: dict[str, Any] = {
         "name": name, "versions": versions, "platform": platform,
-        "inputs": [t.to_json() for t in inputs], "outputs": [t.to_json() for t in outputs],
+        "inputs": [t.to_json(batched) for t in inputs], "outputs": [t.to_json(batched) for t in outputs],
     }
     if parameters is not None:
         body["parameters"] = parameters

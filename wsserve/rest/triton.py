@@ -27,9 +27,12 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   is the batching window (0: greedy, a batch forms as soon as the model is
   free); ``priority_levels`` 2, ``default_priority_level`` 2 (request
   ``priority`` 1 is served first, others in the default level).
-- A generative model has no OIP tensors (it is served by Triton's generate
-  extension, :mod:`wsserve.rest.tritongen`, and ``/v1/completions``):
-  ``max_batch_size`` 0, no ``input``/``output``, and
+- A generative model (served by Triton's generate extension,
+  :mod:`wsserve.rest.tritongen`, gRPC's ModelStreamInfer and ``/v1/completions``)
+  is described as Triton's vLLM backend configures one: ``max_batch_size`` 0, the
+  backend's inputs and outputs (:data:`~wsserve.rest.tritongen.GENERATE_INPUTS`,
+  :data:`~wsserve.rest.tritongen.GENERATE_OUTPUTS`: whole ``dims``, BYTES as
+  ``TYPE_STRING``, every input but ``text_input`` ``optional``), and
   ``model_transaction_policy: {"decoupled": true}`` as Triton marks a model that
   streams several responses per request.
 - Statistics: ``compute_input``/``compute_output`` have ``compute_infer``'s
@@ -48,6 +51,7 @@ from typing import Any
 import orjson
 
 from .oip import Tensor
+from .tritongen import GENERATE_INPUTS, GENERATE_OUTPUTS, REQUIRED_INPUT
 
 __all__ = ["model_config", "model_stats", "version_policy"]
 
@@ -65,9 +69,21 @@ def version_policy(policy: Any) -> dict[str, Any]:
     return {"all": {}}
 
 
-def _tensors(tensors: Iterable[Tensor]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "data_type": "TYPE_" + t.datatype, "format": "FORMAT_NONE", "dims": list(t.shape)}
-            for t in tensors]
+#: OIP datatype -> ``model_config.proto``'s ``DataType`` name, where it is not ``TYPE_`` + the datatype.
+_CONFIG_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def _tensors(tensors: Iterable[Tensor], required: str | None = None) -> list[dict[str, Any]]:
+    """Config ``input``/``output`` entries; with ``required`` (a generative model's inputs) each
+    input says whether it is ``optional`` (every one but ``required``), as Triton's config does."""
+    out = []
+    for t in tensors:
+        entry: dict[str, Any] = {"name": t.name, "data_type": _CONFIG_TYPES.get(t.datatype, "TYPE_" + t.datatype),
+                                 "format": "FORMAT_NONE", "dims": list(t.shape)}
+        if required is not None:
+            entry["optional"] = t.name != required
+        out.append(entry)
+    return out
 
 
 def model_config(name: str, *, platform: str, backend: str, policy: Any, generative: bool, max_rows: int,
@@ -82,7 +98,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
     if generative:
-        body.update({"max_batch_size": 0, "input": [], "output": [],
+        body.update({"max_batch_size": 0, "input": _tensors(GENERATE_INPUTS, REQUIRED_INPUT),
+                     "output": _tensors(GENERATE_OUTPUTS),
                      "model_transaction_policy": {"decoupled": True},
                      "parameters": {"endpoint": {"string_value": "/v1/completions"}}})
         return orjson.dumps(body)

@@ -13,16 +13,24 @@ read them, a generation field may be given either way (not both):
   ``stop_words``; a string or a list of strings), and vLLM's ``stop_token_ids``, ``min_tokens`` and
   ``include_stop_str_in_output`` (as the WebSocket ``generate``: :class:`~wsserve.protocol.GenerationParams`);
 - ``stream``: must agree with the route when given (``true`` only on ``generate_stream``);
+- ``exclude_input_in_output`` (a boolean, as Triton's vLLM backend reads it): not streamed, the
+  answer's ``text_output`` is the prompt (``text_input`` as given) followed by the generated text
+  unless it is true (absent: the prompt is prepended); streamed, the events hold the generated
+  text only (absent or true), and false is refused (the backend's "When streaming,
+  ``exclude_input_in_output`` = False is not allowed."); the additional outputs (token counts,
+  log-probabilities) are the generated text's either way, as the backend's;
 - ``id``: echoed in the answer, as OIP does;
 - the additional outputs of Triton's vLLM backend (its ``docs/additional_outputs.md``), each
   asked for by a boolean ``return_*`` flag (:data:`OUTPUT_FLAGS`; anything but a boolean or null
   is refused naming the flag), and ``logprobs``, vLLM's sampling parameter: how many likeliest
   alternatives each token's ``logprobs`` entry lists (0 to :data:`~wsserve.protocol.MAX_LOGPROBS`).
 
-Other parameters (``exclude_input_in_output``...) are ignored; sampling fields wsserve cannot
-honour are refused by name (beam search, several outputs).
+Other parameters are ignored; sampling fields wsserve cannot honour are refused by name (beam
+search, several outputs).  A generative model's OIP metadata and Triton config (every transport's) list
+the backend's declared tensors, :data:`GENERATE_INPUTS` and :data:`GENERATE_OUTPUTS`.
 
-Answers: ``{"id"?, "model_name", "model_version", "text_output"}``; each streamed event is that
+Answers: ``{"id"?, "model_name", "model_version", "text_output"}`` (the prompt, then the generated
+text, unless ``exclude_input_in_output``); each streamed event is that
 object with one token's ``text_output``, and the last event has an empty ``text_output`` and
 ``finish_reason`` (``length`` or ``stop``; an extension field).  Errors are OIP's
 ``{"error": "message"}``: the response's body before the stream starts, an event after.
@@ -73,16 +81,37 @@ from ..protocol import (
     stop_fields,
     stop_tuple,
 )
+from .oip import Tensor
 from .openai import Completion
 
-__all__ = ["OUTPUT_FLAGS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues",
-           "WithOutputValues", "generate_encoder", "parse_generate"]
+__all__ = ["EXCLUDE_INPUT", "GENERATE_INPUTS", "GENERATE_OUTPUTS", "OUTPUT_FLAGS", "REQUIRED_INPUT", "GenerateEncoder",
+           "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues", "WithOutputValues", "generate_encoder",
+           "parse_generate", "prepended"]
 
 #: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
 OUTPUT_FLAGS = ("return_finish_reason", "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
                 "return_num_output_tokens")
+#: The vLLM backend's input saying whether a non-streamed answer's text omits the prompt.
+EXCLUDE_INPUT = "exclude_input_in_output"
+#: The one input a generation needs (the prompt); the other :data:`GENERATE_INPUTS` are optional.
+REQUIRED_INPUT = "text_input"
+#: A generative model's inputs as Triton's vLLM backend declares them (its ``auto_complete_config``;
+#: not ``image`` and ``embedding_request``, which wsserve does not serve): each shape whole (the
+#: model has no batch dimension: ``max_batch_size`` 0).  Its OIP metadata and Triton config list them.
+GENERATE_INPUTS: tuple[Tensor, ...] = (
+    Tensor(REQUIRED_INPUT, "BYTES", (1,)), Tensor("stream", "BOOL", (1,)), Tensor("sampling_parameters", "BYTES", (1,)),
+    Tensor(EXCLUDE_INPUT, "BOOL", (1,)), *(Tensor(flag, "BOOL", (1,)) for flag in OUTPUT_FLAGS),
+)
+#: A generative model's outputs as the backend declares them: ``text_output``, then the additional
+#: outputs (``return_<name>`` asks for ``<name>``), in :data:`OUTPUT_FLAGS`' order; shapes whole.
+#: (The gRPC responses' shapes are the tensors the backend makes: :data:`wsserve.oipgrpc.convert.OUTPUT_TENSORS`.)
+GENERATE_OUTPUTS: tuple[Tensor, ...] = (
+    Tensor("text_output", "BYTES", (-1,)), Tensor("finish_reason", "BYTES", (-1,)),
+    Tensor("cumulative_logprob", "FP32", (-1,)), Tensor("logprobs", "BYTES", (-1,)),
+    Tensor("num_input_tokens", "UINT32", (1,)), Tensor("num_output_tokens", "UINT32", (-1,)),
+)
 _FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream",
-           "logprobs", *STOP_FIELDS, *OUTPUT_FLAGS)
+           "logprobs", *STOP_FIELDS, *OUTPUT_FLAGS, EXCLUDE_INPUT)
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
 _NEUTRAL = {"beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
 
@@ -109,11 +138,12 @@ class GenerateOutputs:
 
 
 def parse_generate(obj: Any, *, model: str, stream: bool,
-                   max_tokens_limit: int) -> tuple[Completion, Any, GenerateOutputs | None]:
+                   max_tokens_limit: int) -> tuple[Completion, Any, GenerateOutputs | None, str]:
     """Check a decoded body for ``model``; return the generation (:class:`~wsserve.rest.openai.Completion`,
     its ``stream`` the route's; its ``logprobs`` what the outputs need), the request ``id`` to
-    echo (None without one) and the additional outputs asked for (None: no ``return_*`` flag is
-    true, the plain answer).  Raises ``BadRequest`` naming the field."""
+    echo (None without one), the additional outputs asked for (None: no ``return_*`` flag is
+    true, the plain answer) and what the answer's ``text_output`` starts with, before the
+    generated text (:func:`prepended`: the prompt, or ``""``).  Raises ``BadRequest`` naming the field."""
     if type(obj) is not dict:
         raise BadRequest(f"the body must be a JSON object, got {json_type(obj)}")
     params = obj.get("parameters")
@@ -162,9 +192,10 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
     if top is not None and (type(top) is not int or not 0 <= top <= MAX_LOGPROBS):
         raise BadRequest(f"'logprobs' must be an integer in [0, {MAX_LOGPROBS}] (the likeliest tokens listed with each "
                          f"token's log-probability), got {shown(top)}")
-    for name in OUTPUT_FLAGS:
+    for name in (*OUTPUT_FLAGS, EXCLUDE_INPUT):
         if type(fields.get(name, False)) is not bool:
             raise BadRequest(f"'{name}' must be a boolean (true or false), got {shown(fields[name])}")
+    prepend = prepended(prompt, fields.get(EXCLUDE_INPUT), stream=stream)
     outputs = None
     if any(fields.get(name) for name in OUTPUT_FLAGS):
         outputs = GenerateOutputs(**{name.removeprefix("return_"): fields.get(name, False) for name in OUTPUT_FLAGS},
@@ -182,19 +213,34 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
         if stop_field == "stop_words":
             exc.message = exc.message.replace("field 'stop'", "field 'stop_words'")
         raise
-    return Completion(model=model, params=params_, stream=stream, include_usage=False), rid, outputs
+    return Completion(model=model, params=params_, stream=stream, include_usage=False), rid, outputs, prepend
+
+
+def prepended(prompt: str, exclude: bool | None, *, stream: bool) -> str:
+    """What a generation's ``text_output`` starts with, as Triton's vLLM backend decides it from
+    its ``exclude_input_in_output`` input (``exclude``; None: not given): the prompt, as given,
+    when not streamed unless ``exclude`` is true; ``""`` when streamed (the events hold the
+    generated text only).  Raises ``BadRequest`` for ``exclude`` false with ``stream``."""
+    if stream:
+        if exclude is False:
+            raise BadRequest(f"'{EXCLUDE_INPUT}' false (the prompt before the generated text) is not allowed when "
+                             f"streaming: leave it out or set it true (as Triton's vLLM backend)")
+        return ""
+    return "" if exclude else prompt
 
 
 class GenerateEncoder:
     """Bodies and events of one generate (the interface :class:`~wsserve.rest.calls.CompletionCall`
     drives: ``start_events``, ``token_event``, ``choice_end_event``, ``tail_events``, ``response``,
-    ``error_event``; one choice)."""
+    ``error_event``; one choice).  ``prepend`` (:func:`prepended`) comes before the generated text
+    in the ``text_output`` of an answer not streamed."""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_head", "_prepend")
 
-    def __init__(self, rid: str | None, model: str, version: str) -> None:
+    def __init__(self, rid: str | None, model: str, version: str, prepend: str = "") -> None:
         head = b'{"id":' + orjson.dumps(rid) + b"," if rid is not None else b"{"
         self._head = head + b'"model_name":' + orjson.dumps(model) + b',"model_version":' + orjson.dumps(version)
+        self._prepend = prepend
 
     def start_events(self, index: int = 0) -> bytes:
         return b""
@@ -210,19 +256,20 @@ class GenerateEncoder:
         return b""
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> bytes:
-        return self._head + b',"text_output":' + orjson.dumps(choices[0][0]) + b"}"
+        return self._head + b',"text_output":' + orjson.dumps(self._prepend + choices[0][0]) + b"}"
 
     @staticmethod
     def error_event(exc: WsserveError) -> bytes:
         return b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
 
 
-def generate_encoder(rid: str | None, model: str, version: str,
-                     outputs: GenerateOutputs | None) -> GenerateEncoder | GenerateOutputsEncoder:
-    """The encoder of one generate: the plain one without additional outputs."""
+def generate_encoder(rid: str | None, model: str, version: str, outputs: GenerateOutputs | None,
+                     prepend: str = "") -> GenerateEncoder | GenerateOutputsEncoder:
+    """The encoder of one generate (``parse_generate``'s ``outputs`` and ``prepend``): the plain
+    one without additional outputs."""
     if outputs is None:
-        return GenerateEncoder(rid, model, version)
-    return GenerateOutputsEncoder(rid, model, version, outputs)
+        return GenerateEncoder(rid, model, version, prepend)
+    return GenerateOutputsEncoder(rid, model, version, outputs, prepend)
 
 
 class OutputValues:
@@ -304,8 +351,8 @@ class GenerateOutputsEncoder(WithOutputValues, GenerateEncoder):
 
     __slots__ = ("values",)
 
-    def __init__(self, rid: str | None, model: str, version: str, outputs: GenerateOutputs) -> None:
-        super().__init__(rid, model, version)
+    def __init__(self, rid: str | None, model: str, version: str, outputs: GenerateOutputs, prepend: str = "") -> None:
+        super().__init__(rid, model, version, prepend)
         self.values = OutputValues(outputs)
 
     def token_event(self, text: str, index: int = 0) -> bytes:
@@ -324,7 +371,7 @@ class GenerateOutputsEncoder(WithOutputValues, GenerateEncoder):
         return b"data: " + self._head + b',"text_output":""' + fields + b"}\n\n"
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> bytes:
-        return (self._head + b',"text_output":' + orjson.dumps(choices[0][0])
+        return (self._head + b',"text_output":' + orjson.dumps(self._prepend + choices[0][0])
                 + _json_fields(self.values.response(choices[0], prompt_tokens, tokens)) + b"}")
 
 
