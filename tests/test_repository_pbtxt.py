@@ -155,6 +155,8 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
     ('input [{ name: "x" data_type: TYPE_FP16 dims: [1] }]', "input[0].data_type", ["TYPE_FP16", "TYPE_FP32"]),
     ('input [{ name: "x" data_type: TYPE_STRING dims: [1] }]', "input[0].data_type", ["TYPE_STRING"]),
     ('input [{ name: "x" dims: [1] }]', "input[0].data_type", ["required"]),
+    ('input [{ name: "x" data_type: 99 dims: [1] }]', "input[0].data_type", ["99 is not one of Triton's values"]),
+    ("instance_group [{ kind: 7 }]", "instance_group[0].kind", ["7 is not one of Triton's values"]),
     ('input [{ data_type: TYPE_FP32 dims: [1] }]', "input[0].name", ["required"]),
     ('input [{ name: "a b" data_type: TYPE_FP32 dims: [1] }]', "input[0].name", ["'a b'"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] }, { name: "x" data_type: TYPE_FP32 dims: [1] }]', "input[1].name", ["duplicate"]),

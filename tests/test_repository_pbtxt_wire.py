@@ -171,3 +171,25 @@ def test_reload_follows_an_edited_config_pbtxt(tmp_path: Path) -> None:
         wait_until(lambda: "key 'sequence_batching': is not supported" in proc.stderr_text(), 60.0,
                    what="the refused edit logged")
         assert client.is_model_ready("linear", "1") and client.is_model_ready("linear", "2")
+
+
+@pytest.mark.parametrize("bad", [
+    'max_batch_size: 8\ninput [ { name: "x" data_type: 99 dims: [ 3 ] } ]\n',  # an enum number Triton's proto does not name
+    "max_batch_size: 8\ninstance_group [ { kind: 7 } ]\n",
+])
+def test_an_unnamed_enum_number_refuses_that_model_only(tmp_path: Path, bad: str) -> None:
+    """proto3 enums are open: protobuf's text parser takes any number for an enum field. Such a
+    config.pbtxt is refused naming the file and field; the other models serve (the scan crashed)."""
+    root = tmp_path / "model_repository"
+    _write_repo(root)
+    shutil.rmtree(root / "trt")
+    model, _ = ob.linear_layer(3, 2)
+    ob.save(model, root / "odd" / "1")
+    (root / "odd" / "config.pbtxt").write_text(bad)
+    with ServerProcess("--models", "none", "--model-repository", str(root)) as proc:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("linear") and client.is_model_ready("mlp")
+        assert not client.is_model_ready("odd")
+        key = "input[0].data_type" if "data_type" in bad else "instance_group[0].kind"
+        wait_until(lambda: f"{root / 'odd' / 'config.pbtxt'}: key '{key}': " in proc.stderr_text(), 60.0,
+                   what="the refusal logged")

@@ -114,6 +114,16 @@ def _message_class() -> Any:
     return model_config_pb2.ModelConfig
 
 
+def _enum_name(path: Path, key: str, message: Any, field: str) -> str:
+    """The name of enum field ``field`` of ``message``. proto3 enums are open: protobuf's text parser
+    takes any number (``data_type: 99``), which has no name; that is refused naming the field."""
+    number = getattr(message, field)
+    value = message.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number.get(number)
+    if value is None:
+        raise ConfigError(path, key, f"{number} is not one of Triton's values")
+    return str(value.name)
+
+
 def _dims(path: Path, key: str, dims: Any) -> tuple[int, ...] | None:
     """Per-row dims -> a shape, or ``None`` when a dim is -1 (the graph gives it)."""
     if not dims:
@@ -152,7 +162,7 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: 
             raise ConfigError(path, f"{where}.name", f"must be 1-128 printable characters without spaces or quotes, got {t.name!r}")
         if any(o.name == t.name for o in out):
             raise ConfigError(path, f"{where}.name", f"duplicate name {t.name!r}")
-        type_name = type(t).DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[t.data_type].name
+        type_name = _enum_name(path, f"{where}.data_type", t, "data_type")
         if type_name == "TYPE_INVALID":
             raise ConfigError(path, f"{where}.data_type", f"is required (one of {', '.join(TRITON_TYPES)})")
         if type_name not in TRITON_TYPES:
@@ -197,7 +207,7 @@ def _instances(path: Path, cfg: Any, warnings: list[str]) -> int:
     total = 0
     for i, group in enumerate(cfg.instance_group):
         where = f"instance_group[{i}]"
-        kind = type(group).Kind.Name(group.kind)
+        kind = _enum_name(path, f"{where}.kind", group, "kind")
         if kind == "KIND_MODEL":
             raise ConfigError(path, f"{where}.kind", "KIND_MODEL is not supported (wsserve runs ONNX models on CPU: KIND_CPU)")
         count = group.count or 1  # Triton: count defaults to 1
