@@ -192,6 +192,8 @@ def test_refusals_name_file_and_field(text: str, key: str, words: list[str]) -> 
     (b"max_batch_size: 8\nbogus_field: 1\n", ["not a valid Triton model configuration", "2:1", "bogus_field"]),
     (b"max_batch_size: \"eight\"", ["not a valid Triton model configuration"]),
     (b"max_batch_size: 1 max_batch_size: 2", ["not a valid Triton model configuration"]),
+    (b'input [{ name: "x" data_type: 9223372036854775807 dims: [1] }]', ["not a valid Triton model configuration", "out of range"]),
+    (b"instance_group [{ kind: -99999999999 }]", ["not a valid Triton model configuration", "out of range"]),
     (b"\xff\xfe", ["not UTF-8"]),
     (b"#" * (MAX_CONFIG_BYTES + 1), ["bytes; at most"]),
 ])

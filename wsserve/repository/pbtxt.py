@@ -276,6 +276,8 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         text_format.Parse(text.removeprefix("\ufeff"), cfg)
     except text_format.ParseError as exc:
         raise ConfigError(path, None, f"is not a valid Triton model configuration ({exc})") from None
+    except ValueError as exc:  # protobuf's own, for an enum number beyond 32 bits ("data_type: 9223372036854775807")
+        raise ConfigError(path, None, f"is not a valid Triton model configuration ({exc})") from None
     except RecursionError:
         raise ConfigError(path, None, "is not a valid Triton model configuration (nested too deeply)") from None
 
