@@ -80,6 +80,17 @@ def test_defaults_are_tritons() -> None:
     assert parse_pbtxt("dynamic_batching { }").max_delay_ms == 0.0
 
 
+@pytest.mark.parametrize(("text", "autofill"), [
+    ('platform: "onnxruntime_onnx"', True),  # Triton auto-completes: the graph decides whether it batches
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]', True),
+    ('output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]', True),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [3] }] output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]', False),
+    ("max_batch_size: 4", False),
+])
+def test_max_batch_size_is_auto_completed_as_triton_does(text: str, autofill: bool) -> None:
+    assert parse_pbtxt(text).autofill_batching is autofill
+
+
 @pytest.mark.parametrize(("text", "policy"), [
     ("version_policy: { all: {} }", VersionPolicy("all")),
     ("version_policy: { latest: { num_versions: 3 } }", VersionPolicy("latest", count=3)),

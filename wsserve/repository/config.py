@@ -127,6 +127,11 @@ class ModelConfig:
     #: What the config file says that wsserve accepts but does not honour (config.pbtxt's hints,
     #: KIND_GPU run on CPU): one warning in the log when the config is read.
     warnings: tuple[str, ...] = ()
+    #: Triton's auto-complete of ``max_batch_size`` (config.pbtxt leaves it 0 and does not list both
+    #: inputs and outputs): the ONNX backend batches (as if ``max_batch_size`` were not given) when every
+    #: graph input and output has a dynamic first dimension, else runs the graph whole once per row
+    #: (``max_batch_size = 0``). :attr:`batching` is then the graph's, known once it is loaded.
+    autofill_batching: bool = False
 
     @property
     def source(self) -> str:

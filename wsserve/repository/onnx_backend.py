@@ -198,10 +198,12 @@ class OnnxModel(RepositoryModel):
         except Exception as exc:
             raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
         parameters, self._nonzero = _count_parameters(self.path, data)
-        self.batching = config.batching
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
             raise ModelLoadError(self.path, "the graph has no inputs or no outputs")
+        self.batching = config.batching
+        if config.autofill_batching:  # Triton's AutoCompleteMaxBatch: batch when every first dimension is dynamic
+            self.batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
         own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path,
                               config.source) for a in graph_in]
         out_cfg = config.outputs

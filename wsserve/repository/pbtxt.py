@@ -14,7 +14,11 @@ Mapped (Triton's semantics, triton-inference-server/server
   the ONNX backend) -> ``backend = "onnx"``; any other platform or backend is
   refused, naming it.
 - ``name`` must equal the model's directory name when given.
-- ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).
+- ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).  Left 0
+  in a config that does not list both ``input`` and ``output``, it is Triton's
+  auto-complete (the onnxruntime backend's ``AutoCompleteMaxBatch``): the graph
+  is batched when every input and output has a dynamic first dimension
+  (:attr:`ModelConfig.autofill_batching`), else run whole.
 - ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP32, TYPE_FP64,
   TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
   dimension when ``max_batch_size > 0``).  A ``-1`` dimension leaves the
@@ -326,4 +330,6 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         onnx_intra_op_threads=threads,
         model_file=_model_file(path, cfg.default_model_filename),
         warnings=tuple(warnings),
+        # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
+        autofill_batching=cfg.max_batch_size == 0 and not (cfg.input and cfg.output),
     )
