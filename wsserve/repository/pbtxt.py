@@ -173,9 +173,11 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: 
             raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served by wsserve (it serves {', '.join(TRITON_TYPES)})")
         dims = list(t.dims)
         if not batching and dims[:1] == [-1]:
+            # dims must not be empty (Triton's rule too): a [batch] tensor is left to the graph
+            fix = f"and dims {dims[1:]}" if len(dims) > 1 else f"and leave {key} out: the graph gives its shape"
             raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
                                                      "itself. If the first dimension is a batch of independent rows, set "
-                                                     f"max_batch_size > 0 and dims {dims[1:]}")
+                                                     f"max_batch_size > 0 {fix}")
         out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name]))
     return tuple(out)
 
