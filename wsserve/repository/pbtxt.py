@@ -62,7 +62,6 @@ from ..config import MAX_DELAY_MS
 from .config import (
     _NAME_RE,
     MAX_BATCH_SIZE,
-    MAX_CONFIG_BYTES,
     MAX_INSTANCES,
     MAX_POLICY_VERSIONS,
     MAX_TENSORS,
@@ -71,6 +70,7 @@ from .config import (
     ModelConfig,
     TensorConfig,
     VersionPolicy,
+    config_text,
 )
 from .errors import ConfigError
 from .layout import PBTXT_FILE
@@ -263,15 +263,7 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     bounds; and when tritonclient[grpc] is not installed (with the fix).
     """
     path = Path(path)
-    if isinstance(text, bytes):
-        if len(text) > MAX_CONFIG_BYTES:
-            raise ConfigError(path, None, f"is {len(text)} bytes; at most {MAX_CONFIG_BYTES}")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
-    elif len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    text = config_text(text, path)
     message_class = _message_class()
     if message_class is None:
         raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}")
