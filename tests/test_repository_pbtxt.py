@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -312,3 +314,24 @@ def test_load_version_reads_default_model_filename_and_names_config_pbtxt(tmp_pa
                       tmp_path / "config.pbtxt")
     with pytest.raises(ModelLoadError, match=r"net\.onnx: config\.pbtxt says input 'x' has shape \[4\]; the model's is \[3\]"):
         load_version("m", 1, tmp_path / "1", bad)
+
+
+def test_a_tritonclient_that_fails_to_import_refuses_the_pbtxt_model_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only ImportError: protobuf's generated code raises runtime_version.VersionError (an Exception) when the
+    installed protobuf is older than the one tritonclient's model_config_pb2 was generated for. The scan went down
+    with it (and the server's start); now the config.pbtxt model is refused naming the cause, the others stay."""
+    from google.protobuf import runtime_version
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            raise runtime_version.VersionError("Detected mismatched Protobuf Gencode/Runtime version suffixes")
+
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", Broken("tritonclient.grpc"))
+    _model(tmp_path, "densenet", ("config.pbtxt", DOCS_EXAMPLE))
+    _model(tmp_path, "plain", ("config.toml", "max_batch_size = 4\n"))
+    s = scan(tmp_path)
+    assert s.model("plain") is not None and s.model("plain").error is None  # type: ignore[union-attr]
+    m = s.model("densenet")
+    assert m is not None and m.config is None and m.error is not None
+    assert m.error.startswith(f"{tmp_path / 'densenet' / 'config.pbtxt'}: reading a Triton config.pbtxt needs tritonclient[grpc]")
+    assert "VersionError: Detected mismatched Protobuf" in m.error

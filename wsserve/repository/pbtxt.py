@@ -109,13 +109,17 @@ _TENSOR_REFUSED = {
 _THREADS_PARAM = "intra_op_thread_count"
 
 
-def _message_class() -> Any:
-    """Triton's ``ModelConfig`` message class; ``None`` when tritonclient[grpc] is not installed."""
+def _message_class() -> tuple[Any, str]:
+    """``(Triton's ModelConfig message class, "")``; ``(None, why)`` when tritonclient[grpc] is not
+    installed or does not import (protobuf's generated code raises ``VersionError``, an ``Exception``,
+    for a protobuf older than it was generated for)."""
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        return None
-    return model_config_pb2.ModelConfig
+        return None, ""
+    except Exception as exc:  # the model is refused naming it; the scan goes on with the others
+        return None, f" (it does not import: {type(exc).__name__}: {exc})"
+    return model_config_pb2.ModelConfig, ""
 
 
 def _enum_name(path: Path, key: str, message: Any, field: str) -> str:
@@ -264,9 +268,9 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     """
     path = Path(path)
     text = config_text(text, path)
-    message_class = _message_class()
+    message_class, why = _message_class()
     if message_class is None:
-        raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}")
+        raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}{why}")
     from google.protobuf import text_format
 
     cfg = message_class()
