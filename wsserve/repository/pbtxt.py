@@ -178,7 +178,8 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: 
         dims = list(t.dims)
         if not batching and dims[:1] == [-1]:
             # dims must not be empty (Triton's rule too): a [batch] tensor is left to the graph
-            fix = f"and dims {dims[1:]}" if len(dims) > 1 else f"and leave {key} out: the graph gives its shape"
+            fix = (f"and dims {dims[1:]}" if len(dims) > 1
+                   else f"and leave {key} out (the whole list: wsserve then takes every {key} from the graph)")
             raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
                                                      "itself. If the first dimension is a batch of independent rows, set "
                                                      f"max_batch_size > 0 {fix}")
