@@ -12,7 +12,9 @@ onnxruntime a model.onnx fails to load with a message saying so.
   and output must be dynamic: it is the batch.  A graph whose first dimension
   is fixed or absent is refused, unless config.toml says ``max_batch_size =
   0``: then the graph's whole shape is the row shape and wsserve runs it once
-  per row.  Other dimensions must be fixed in the graph, or symbolic and given
+  per row.  A config.pbtxt left to Triton's auto-complete
+  (``ModelConfig.autofill_batching``) batches exactly when every input's and
+  output's first dimension is dynamic, else runs the graph once per row.  Other dimensions must be fixed in the graph, or symbolic and given
   by config.toml (``input_shape``/``[[inputs]] shape``); where both give a
   dimension they must agree.  config.toml's dtypes must equal the graph's.
 - Supported tensor types: float32, float64, int32, int64, bool.  Several named
