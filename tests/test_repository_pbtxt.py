@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,6 +80,17 @@ def test_defaults_are_tritons() -> None:
     assert not cfg.batching
     assert parse_pbtxt("").backend == "onnx"  # neither platform nor backend: the file names ONNX (Triton infers it)
     assert parse_pbtxt("dynamic_batching { }").max_delay_ms == 0.0
+
+
+@pytest.mark.parametrize(("text", "autofill"), [
+    ('platform: "onnxruntime_onnx"', True),  # Triton auto-completes: the graph decides whether it batches
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [3] }]', True),
+    ('output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]', True),
+    ('input [{ name: "x" data_type: TYPE_FP32 dims: [3] }] output [{ name: "y" data_type: TYPE_FP32 dims: [2] }]', False),
+    ("max_batch_size: 4", False),
+])
+def test_max_batch_size_is_auto_completed_as_triton_does(text: str, autofill: bool) -> None:
+    assert parse_pbtxt(text).autofill_batching is autofill
 
 
 @pytest.mark.parametrize(("text", "policy"), [
@@ -155,6 +168,8 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
     ('input [{ name: "x" data_type: TYPE_FP16 dims: [1] }]', "input[0].data_type", ["TYPE_FP16", "TYPE_FP32"]),
     ('input [{ name: "x" data_type: TYPE_STRING dims: [1] }]', "input[0].data_type", ["TYPE_STRING"]),
     ('input [{ name: "x" dims: [1] }]', "input[0].data_type", ["required"]),
+    ('input [{ name: "x" data_type: 99 dims: [1] }]', "input[0].data_type", ["99 is not one of Triton's values"]),
+    ("instance_group [{ kind: 7 }]", "instance_group[0].kind", ["7 is not one of Triton's values"]),
     ('input [{ data_type: TYPE_FP32 dims: [1] }]', "input[0].name", ["required"]),
     ('input [{ name: "a b" data_type: TYPE_FP32 dims: [1] }]', "input[0].name", ["'a b'"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] }, { name: "x" data_type: TYPE_FP32 dims: [1] }]', "input[1].name", ["duplicate"]),
@@ -162,7 +177,8 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [0] }]', "input[0].dims", ["dimension 0"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [-2] }]', "input[0].dims", ["dimension -2"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [-1, 3] }]', "input[0].dims", ["max_batch_size 0", "max_batch_size > 0 and dims [3]"]),
-    ('max_batch_size: 0 output [{ name: "y" data_type: TYPE_FP32 dims: [-1] }]', "output[0].dims", ["max_batch_size 0"]),
+    ('max_batch_size: 0 output [{ name: "y" data_type: TYPE_FP32 dims: [-1] }]', "output[0].dims",
+     ["max_batch_size 0", "max_batch_size > 0 and leave output out (the whole list: wsserve then takes every output from the graph)"]),  # not "dims []": refused
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1,1,1,1,1,1,1,1,1] }]', "input[0].dims", ["9 dimensions"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [4096, 4096] }]', "input[0].dims", ["values per row"]),
     ("version_policy: { latest: { num_versions: 0 } }", "version_policy.latest.num_versions", ["[1, 1000]"]),
@@ -190,6 +206,8 @@ def test_refusals_name_file_and_field(text: str, key: str, words: list[str]) -> 
     (b"max_batch_size: 8\nbogus_field: 1\n", ["not a valid Triton model configuration", "2:1", "bogus_field"]),
     (b"max_batch_size: \"eight\"", ["not a valid Triton model configuration"]),
     (b"max_batch_size: 1 max_batch_size: 2", ["not a valid Triton model configuration"]),
+    (b'input [{ name: "x" data_type: 9223372036854775807 dims: [1] }]', ["not a valid Triton model configuration", "out of range"]),
+    (b"instance_group [{ kind: -99999999999 }]", ["not a valid Triton model configuration", "out of range"]),
     (b"\xff\xfe", ["not UTF-8"]),
     (b"#" * (MAX_CONFIG_BYTES + 1), ["bytes; at most"]),
 ])
@@ -296,3 +314,24 @@ def test_load_version_reads_default_model_filename_and_names_config_pbtxt(tmp_pa
                       tmp_path / "config.pbtxt")
     with pytest.raises(ModelLoadError, match=r"net\.onnx: config\.pbtxt says input 'x' has shape \[4\]; the model's is \[3\]"):
         load_version("m", 1, tmp_path / "1", bad)
+
+
+def test_a_tritonclient_that_fails_to_import_refuses_the_pbtxt_model_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only ImportError: protobuf's generated code raises runtime_version.VersionError (an Exception) when the
+    installed protobuf is older than the one tritonclient's model_config_pb2 was generated for. The scan went down
+    with it (and the server's start); now the config.pbtxt model is refused naming the cause, the others stay."""
+    from google.protobuf import runtime_version
+
+    class Broken(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            raise runtime_version.VersionError("Detected mismatched Protobuf Gencode/Runtime version suffixes")
+
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", Broken("tritonclient.grpc"))
+    _model(tmp_path, "densenet", ("config.pbtxt", DOCS_EXAMPLE))
+    _model(tmp_path, "plain", ("config.toml", "max_batch_size = 4\n"))
+    s = scan(tmp_path)
+    assert s.model("plain") is not None and s.model("plain").error is None  # type: ignore[union-attr]
+    m = s.model("densenet")
+    assert m is not None and m.config is None and m.error is not None
+    assert m.error.startswith(f"{tmp_path / 'densenet' / 'config.pbtxt'}: reading a Triton config.pbtxt needs tritonclient[grpc]")
+    assert "VersionError: Detected mismatched Protobuf" in m.error

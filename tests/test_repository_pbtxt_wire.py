@@ -171,3 +171,56 @@ def test_reload_follows_an_edited_config_pbtxt(tmp_path: Path) -> None:
         wait_until(lambda: "key 'sequence_batching': is not supported" in proc.stderr_text(), 60.0,
                    what="the refused edit logged")
         assert client.is_model_ready("linear", "1") and client.is_model_ready("linear", "2")
+
+
+@pytest.mark.parametrize("bad", [
+    'max_batch_size: 8\ninput [ { name: "x" data_type: 99 dims: [ 3 ] } ]\n',  # an enum number Triton's proto does not name
+    "max_batch_size: 8\ninstance_group [ { kind: 7 } ]\n",
+    "max_batch_size: 8\ninstance_group [ { kind: 9223372036854775807 } ]\n",  # protobuf raises ValueError, not ParseError
+])
+def test_an_unnamed_enum_number_refuses_that_model_only(tmp_path: Path, bad: str) -> None:
+    """proto3 enums are open: protobuf's text parser takes any number for an enum field. Such a
+    config.pbtxt is refused naming the file and field; the other models serve (the scan crashed)."""
+    root = tmp_path / "model_repository"
+    _write_repo(root)
+    shutil.rmtree(root / "trt")
+    model, _ = ob.linear_layer(3, 2)
+    ob.save(model, root / "odd" / "1")
+    (root / "odd" / "config.pbtxt").write_text(bad)
+    with ServerProcess("--models", "none", "--model-repository", str(root)) as proc:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("linear") and client.is_model_ready("mlp")
+        assert not client.is_model_ready("odd")
+        key = "input[0].data_type" if "data_type" in bad else "instance_group[0].kind"
+        said = (f"{root / 'odd' / 'config.pbtxt'}: is not a valid Triton model configuration" if "922" in bad
+                else f"{root / 'odd' / 'config.pbtxt'}: key '{key}': ")
+        wait_until(lambda: said in proc.stderr_text(), 60.0, what="the refusal logged")
+
+
+def test_a_config_pbtxt_without_max_batch_size_batches_a_graph_that_can(tmp_path: Path) -> None:
+    """Triton's auto-complete (onnxruntime backend, AutoCompleteMaxBatch): a config.pbtxt that does not list both
+    inputs and outputs and leaves max_batch_size 0 batches when every graph input and output has a dynamic first
+    dimension (Triton's default-max-batch-size); a graph with a fixed first dimension runs whole. A minimal
+    config.pbtxt (platform only) of a PyTorch-style export failed to load ("a dynamic dimension 0 besides the batch")."""
+    root = tmp_path / "model_repository"
+    model, ref = ob.linear_layer(3, 2)
+    ob.save(model, root / "minimal" / "1")
+    (root / "minimal" / "config.pbtxt").write_text('name: "minimal"\nplatform: "onnxruntime_onnx"\n')
+    model, _ = ob.linear_layer(3, 2)
+    ob.save(model, root / "inputs_only" / "1")
+    (root / "inputs_only" / "config.pbtxt").write_text('input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n')
+    fixed, fixed_ref = ob.fixed_batch(3)
+    ob.save(fixed, root / "fixed" / "1")
+    (root / "fixed" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
+    with ServerProcess("--models", "none", "--model-repository", str(root)) as proc:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("minimal"), proc.stderr_text()
+        for name in ("minimal", "inputs_only"):
+            meta = client.get_model_metadata(name)
+            assert [(t["name"], t["shape"]) for t in meta["inputs"]] == [("x", [-1, 3])]
+            x = _x(5)
+            inp = thttp.InferInput("x", [5, 3], "FP32")
+            inp.set_data_from_numpy(x)
+            np.testing.assert_allclose(client.infer(name, [inp]).as_numpy("y"), ref(x), rtol=1e-5, atol=1e-6)
+        assert client.is_model_ready("fixed")  # [1, 3] fixed: not batched by the graph, run once per row
+        assert [t["shape"] for t in client.get_model_metadata("fixed")["inputs"]] == [[-1, 1, 3]]

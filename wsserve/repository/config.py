@@ -52,6 +52,7 @@ __all__ = [
     "VersionPolicy",
     "ModelConfig",
     "parse_config",
+    "config_text",
     "load_config",
 ]
 
@@ -127,6 +128,11 @@ class ModelConfig:
     #: What the config file says that wsserve accepts but does not honour (config.pbtxt's hints,
     #: KIND_GPU run on CPU): one warning in the log when the config is read.
     warnings: tuple[str, ...] = ()
+    #: Triton's auto-complete of ``max_batch_size`` (config.pbtxt leaves it 0 and does not list both
+    #: inputs and outputs): the ONNX backend batches (as if ``max_batch_size`` were not given) when every
+    #: graph input and output has a dynamic first dimension, else runs the graph whole once per row
+    #: (``max_batch_size = 0``). :attr:`batching` is then the graph's, known once it is loaded.
+    autofill_batching: bool = False
 
     @property
     def source(self) -> str:
@@ -240,6 +246,22 @@ def _policy(path: Path, value: Any) -> VersionPolicy:
 
 # --------------------------------------------------------------------------- public
 
+def config_text(text: str | bytes, path: Path) -> str:
+    """A config file's contents as text (config.toml's and config.pbtxt's rule): at most
+    :data:`MAX_CONFIG_BYTES` bytes (characters, for ``str``) of UTF-8.  Raises :class:`ConfigError`
+    naming ``path`` for text that is too long or not UTF-8."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, None, f"is {len(text)} bytes; at most {MAX_CONFIG_BYTES}")
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    return text
+
+
 def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelConfig:
     """Parse config.toml contents. ``path`` is only used in messages and stored in the result.
 
@@ -248,15 +270,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
     contradictory keys (``input_shape`` together with ``[[inputs]]``).
     """
     path = Path(path)
-    if isinstance(text, bytes):
-        if len(text) > MAX_CONFIG_BYTES:
-            raise ConfigError(path, None, f"is {len(text)} bytes; at most {MAX_CONFIG_BYTES}")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
-    elif len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    text = config_text(text, path)
     if text.startswith("\ufeff"):  # tomllib's own message would be "Invalid statement (at line 1, column 1)"
         raise ConfigError(path, None, "starts with a byte order mark (BOM), which TOML does not allow: save it as UTF-8 without one")
     try:

@@ -12,7 +12,9 @@ onnxruntime a model.onnx fails to load with a message saying so.
   and output must be dynamic: it is the batch.  A graph whose first dimension
   is fixed or absent is refused, unless config.toml says ``max_batch_size =
   0``: then the graph's whole shape is the row shape and wsserve runs it once
-  per row.  Other dimensions must be fixed in the graph, or symbolic and given
+  per row.  A config.pbtxt left to Triton's auto-complete
+  (``ModelConfig.autofill_batching``) batches exactly when every input's and
+  output's first dimension is dynamic, else runs the graph once per row.  Other dimensions must be fixed in the graph, or symbolic and given
   by config.toml (``input_shape``/``[[inputs]] shape``); where both give a
   dimension they must agree.  config.toml's dtypes must equal the graph's.
 - Supported tensor types: float32, float64, int32, int64, bool.  Several named
@@ -198,10 +200,12 @@ class OnnxModel(RepositoryModel):
         except Exception as exc:
             raise ModelLoadError(self.path, f"ONNX Runtime cannot load it: {type(exc).__name__}: {exc}") from None
         parameters, self._nonzero = _count_parameters(self.path, data)
-        self.batching = config.batching
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
             raise ModelLoadError(self.path, "the graph has no inputs or no outputs")
+        self.batching = config.batching
+        if config.autofill_batching:  # Triton's AutoCompleteMaxBatch: batch when every first dimension is dynamic
+            self.batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
         own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path,
                               config.source) for a in graph_in]
         out_cfg = config.outputs

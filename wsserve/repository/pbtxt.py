@@ -14,7 +14,11 @@ Mapped (Triton's semantics, triton-inference-server/server
   the ONNX backend) -> ``backend = "onnx"``; any other platform or backend is
   refused, naming it.
 - ``name`` must equal the model's directory name when given.
-- ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).
+- ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).  Left 0
+  in a config that does not list both ``input`` and ``output``, it is Triton's
+  auto-complete (the onnxruntime backend's ``AutoCompleteMaxBatch``): the graph
+  is batched when every input and output has a dynamic first dimension
+  (:attr:`ModelConfig.autofill_batching`), else run whole.
 - ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP32, TYPE_FP64,
   TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
   dimension when ``max_batch_size > 0``).  A ``-1`` dimension leaves the
@@ -58,7 +62,6 @@ from ..config import MAX_DELAY_MS
 from .config import (
     _NAME_RE,
     MAX_BATCH_SIZE,
-    MAX_CONFIG_BYTES,
     MAX_INSTANCES,
     MAX_POLICY_VERSIONS,
     MAX_TENSORS,
@@ -67,6 +70,7 @@ from .config import (
     ModelConfig,
     TensorConfig,
     VersionPolicy,
+    config_text,
 )
 from .errors import ConfigError
 from .layout import PBTXT_FILE
@@ -105,13 +109,27 @@ _TENSOR_REFUSED = {
 _THREADS_PARAM = "intra_op_thread_count"
 
 
-def _message_class() -> Any:
-    """Triton's ``ModelConfig`` message class; ``None`` when tritonclient[grpc] is not installed."""
+def _message_class() -> tuple[Any, str]:
+    """``(Triton's ModelConfig message class, "")``; ``(None, why)`` when tritonclient[grpc] is not
+    installed or does not import (protobuf's generated code raises ``VersionError``, an ``Exception``,
+    for a protobuf older than it was generated for)."""
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        return None
-    return model_config_pb2.ModelConfig
+        return None, ""
+    except Exception as exc:  # the model is refused naming it; the scan goes on with the others
+        return None, f" (it does not import: {type(exc).__name__}: {exc})"
+    return model_config_pb2.ModelConfig, ""
+
+
+def _enum_name(path: Path, key: str, message: Any, field: str) -> str:
+    """The name of enum field ``field`` of ``message``. proto3 enums are open: protobuf's text parser
+    takes any number (``data_type: 99``), which has no name; that is refused naming the field."""
+    number = getattr(message, field)
+    value = message.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number.get(number)
+    if value is None:
+        raise ConfigError(path, key, f"{number} is not one of Triton's values")
+    return str(value.name)
 
 
 def _dims(path: Path, key: str, dims: Any) -> tuple[int, ...] | None:
@@ -152,16 +170,19 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: 
             raise ConfigError(path, f"{where}.name", f"must be 1-128 printable characters without spaces or quotes, got {t.name!r}")
         if any(o.name == t.name for o in out):
             raise ConfigError(path, f"{where}.name", f"duplicate name {t.name!r}")
-        type_name = type(t).DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[t.data_type].name
+        type_name = _enum_name(path, f"{where}.data_type", t, "data_type")
         if type_name == "TYPE_INVALID":
             raise ConfigError(path, f"{where}.data_type", f"is required (one of {', '.join(TRITON_TYPES)})")
         if type_name not in TRITON_TYPES:
             raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served by wsserve (it serves {', '.join(TRITON_TYPES)})")
         dims = list(t.dims)
         if not batching and dims[:1] == [-1]:
+            # dims must not be empty (Triton's rule too): a [batch] tensor is left to the graph
+            fix = (f"and dims {dims[1:]}" if len(dims) > 1
+                   else f"and leave {key} out (the whole list: wsserve then takes every {key} from the graph)")
             raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
                                                      "itself. If the first dimension is a batch of independent rows, set "
-                                                     f"max_batch_size > 0 and dims {dims[1:]}")
+                                                     f"max_batch_size > 0 {fix}")
         out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name]))
     return tuple(out)
 
@@ -197,7 +218,7 @@ def _instances(path: Path, cfg: Any, warnings: list[str]) -> int:
     total = 0
     for i, group in enumerate(cfg.instance_group):
         where = f"instance_group[{i}]"
-        kind = type(group).Kind.Name(group.kind)
+        kind = _enum_name(path, f"{where}.kind", group, "kind")
         if kind == "KIND_MODEL":
             raise ConfigError(path, f"{where}.kind", "KIND_MODEL is not supported (wsserve runs ONNX models on CPU: KIND_CPU)")
         count = group.count or 1  # Triton: count defaults to 1
@@ -247,24 +268,18 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     bounds; and when tritonclient[grpc] is not installed (with the fix).
     """
     path = Path(path)
-    if isinstance(text, bytes):
-        if len(text) > MAX_CONFIG_BYTES:
-            raise ConfigError(path, None, f"is {len(text)} bytes; at most {MAX_CONFIG_BYTES}")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, None, f"is not UTF-8 ({exc})") from None
-    elif len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(path, None, f"is {len(text)} characters; at most {MAX_CONFIG_BYTES}")
-    message_class = _message_class()
+    text = config_text(text, path)
+    message_class, why = _message_class()
     if message_class is None:
-        raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}")
+        raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}{why}")
     from google.protobuf import text_format
 
     cfg = message_class()
     try:
         text_format.Parse(text.removeprefix("\ufeff"), cfg)
     except text_format.ParseError as exc:
+        raise ConfigError(path, None, f"is not a valid Triton model configuration ({exc})") from None
+    except ValueError as exc:  # protobuf's own, for an enum number beyond 32 bits ("data_type: 9223372036854775807")
         raise ConfigError(path, None, f"is not a valid Triton model configuration ({exc})") from None
     except RecursionError:
         raise ConfigError(path, None, "is not a valid Triton model configuration (nested too deeply)") from None
@@ -314,4 +329,6 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         onnx_intra_op_threads=threads,
         model_file=_model_file(path, cfg.default_model_filename),
         warnings=tuple(warnings),
+        # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
+        autofill_batching=cfg.max_batch_size == 0 and not (cfg.input and cfg.output),
     )
