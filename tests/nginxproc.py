@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.support import wait_until
 
-__all__ = ["DEPLOY_CONF", "NGINX", "NginxProcess", "free_port", "render_config"]
+__all__ = ["DEPLOY_CONF", "NGINX", "NginxProcess", "free_port", "free_ports", "render_config"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -29,9 +29,21 @@ NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.acc
 
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (nginx binds it just after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now: held open together while they are picked,
+    so the kernel cannot hand the same one out twice (two nginx servers on one port would merge
+    into one listener, HTTP/2 for both)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _sub(pattern: str, repl: str, text: str, *, count: int | None = 1) -> str:
@@ -88,8 +100,7 @@ class NginxProcess:
         if NGINX is None:
             raise RuntimeError("nginx is not installed")
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.grpc_port = free_port()
+        self.port, self.grpc_port = free_ports(2)
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(render_config(DEPLOY_CONF.read_text(), port=self.port, backends=backends, workdir=workdir,
                                            grpc_port=self.grpc_port, grpc_backends=grpc_backends or backends))
