@@ -45,7 +45,7 @@ PUBLIC = {
         "ERROR_CODES", "error_for_code",
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"],
-    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
+    "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
                        "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout"],
     "wsserve.distributed": [
         "WorkerMismatch", "WrittenVersion", "local_cluster", "train_linear_dask", "train_linear_generated_dask",

@@ -17,6 +17,7 @@ from ._version import __version__
 from .argtypes import bounded_int
 from .config import (
     DEFAULT_MODELS,
+    LOG_FORMATS,
     MAX_SEED,
     TRANSPORTS,
     ServerConfig,
@@ -128,6 +129,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("cache", action=argparse.BooleanOptionalAction, default=d.cache,
         help="read and write trained weights in the cache (--no-cache: always train)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default %(default)s)")
+    opt("log_format", choices=LOG_FORMATS, default=d.log_format,
+        help="log records as text lines (default) or as one JSON object per line (time, level, logger, message, and an "
+             "access record's fields)")
+    opt("access_log", action="store_true",
+        help="log every HTTP request once answered (client, request line, status, bytes, milliseconds) on the logger "
+             "wsserve.access at info level (default off)")
     g = p.add_argument_group("batching")
     opt("max_batch_size", group=g, type=_positive_int, default=d.max_batch_size, help="rows per predict batch (default %(default)s)")
     opt("max_delay_ms", group=g, type=_off_or_number, default=d.max_delay_ms,
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging(args.log_level,
-                      secrets=config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set()))
+                      secrets=config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set()),
+                      fmt=config.log_format)
     if config.workers > 1:
         from .supervisor import run_supervisor as run
     else:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ServerConfig", "DEFAULT_MODELS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
+__all__ = ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
            "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
@@ -53,6 +53,10 @@ INLINE_MAX_FLOPS = 20_000_000
 
 class _EncryptedKey(Exception):
     pass
+
+
+#: ``--log-format`` values: ``text`` (one line per record) or ``json`` (one JSON object per line).
+LOG_FORMATS = ("text", "json")
 
 
 def _ask_no_password() -> bytes:
@@ -145,6 +149,10 @@ class ServerConfig:
     handshake_timeout_s: float = 10.0  # time to send a whole HTTP request (408 after it)
     close_timeout_s: float = 10.0  # time the client has to answer our close frame
 
+    # Logging
+    log_format: str = "text"  # text | json (one JSON object per line)
+    access_log: bool = False  # one line per HTTP request answered, on the logger wsserve.access
+
     # Transport
     transport: str = "websockets"  # websockets | picows (the optional extra wsserve[fast])
     compression: bool = False
@@ -185,6 +193,10 @@ class ServerConfig:
             raise ValueError(f"{flag('workers')} must be an integer in 1..64, got {self.workers!r}")
         if type(self.seed) is not int or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"{flag('seed')} must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"{flag('log_format')} must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if type(self.access_log) is not bool:
+            raise ValueError(f"{flag('access_log')} must be a boolean, got {self.access_log!r}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:

@@ -23,9 +23,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
 
-__all__ = ["RedactSecrets", "configure_logging", "redact"]
+import orjson
+
+__all__ = ["JsonFormatter", "RedactSecrets", "configure_logging", "redact"]
 
 MASK = "***"
 _AUTHORIZATION = re.compile(r"(?i)(authorization\s*[:=]\s*)[^\r\n]*")
@@ -70,6 +73,9 @@ class RedactSecrets(logging.Filter):
         redacted = redact(message, self._secrets)
         if redacted != message:
             record.msg, record.args = redacted, None
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # an access record's values (its path may hold anything)
+            record.fields = {k: redact(v, self._secrets) if type(v) is str else v for k, v in fields.items()}
         if record.exc_info and record.exc_text is None:
             # Tracebacks are formatted later by the handler: redact their text too.
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self._secrets)
@@ -91,12 +97,44 @@ def _frame_placeholder(frame: object) -> object:
     return frame
 
 
-def configure_logging(level: str, secrets: Iterable[str] = (), *, prefix: str | None = None) -> None:
-    """Log to stderr at ``level`` with credentials redacted on every handler
-    (``prefix``: e.g. ``worker 1``, written before the logger name)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``time`` (UTC, ISO 8601 with milliseconds),
+    ``level``, ``logger``, ``message``, ``worker`` (under ``--workers``), a record's ``fields``
+    (an access record's: ``client``, ``request``, ``status``, ``bytes``, ``duration_ms``) and
+    ``exception`` (the traceback's text) when there is one.  Credentials are masked before, by
+    :class:`RedactSecrets` (message, fields and traceback alike)."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.gmtime(record.created)
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", when) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+        }
+        if self.worker is not None:
+            out["worker"] = self.worker
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info or record.exc_text:
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        return orjson.dumps(out, default=str).decode()
+
+
+def configure_logging(level: str, secrets: Iterable[str] = (), *, prefix: str | None = None,
+                      fmt: str = "text") -> None:
+    """Log to stderr at ``level`` with credentials redacted on every handler (``prefix``: e.g.
+    ``worker 1``, written before the logger name; ``fmt``: ``text`` lines or ``json`` objects,
+    :class:`JsonFormatter`)."""
     handler = logging.StreamHandler(sys.stderr)
-    head = f"[{prefix}] " if prefix else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {head}%(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(prefix.removeprefix("worker ") if prefix else None))
+    else:
+        head = f"[{prefix}] " if prefix else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {head}%(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

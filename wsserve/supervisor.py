@@ -131,7 +131,7 @@ def _serve_worker(config: ServerConfig, builtin: str | None, index: int, metrics
     from .logs import configure_logging
     from .server import Server, _limit_blas_threads, _loop_factory, serve_until_signal
 
-    configure_logging(logging.getLevelName(log_level), secrets=secrets, prefix=f"worker {index}")
+    configure_logging(logging.getLevelName(log_level), secrets=secrets, prefix=f"worker {index}", fmt=config.log_format)
     _limit_blas_threads()
 
     async def main() -> int:

@@ -35,6 +35,11 @@ Limits, each with its status code and a closed connection:
   reading pauses; past ``slow_consumer_timeout_s``, or four times the
   limit, the connection is dropped (its work is cancelled).
 
+With ``--access-log`` each answered request is logged once on ``wsserve.access`` (info): the
+client, the request line, the status, the bytes of the answer and the milliseconds from the
+request's first byte to the answer's last (a stream: when it ends, or ``client left`` when the
+client went first).  WebSocket upgrades are not requests answered here (see the connection metrics).
+
 ``Expect: 100-continue`` is answered before the body is read (unless the body
 is refused: then the 413 comes at once); behind unanswered requests, right
 after the last of their answers (the request timeout starts then).
@@ -59,6 +64,9 @@ from .app import App
 __all__ = ["Exchange", "HttpProtocol", "MAX_HEADER_BYTES", "MAX_HEADERS", "encode_response"]
 
 log = logging.getLogger("wsserve.http")
+access_log = logging.getLogger("wsserve.access")
+#: The longest request target an access record shows (the rest elided).
+MAX_LOGGED_TARGET = 2048
 
 #: Largest request line + headers, in bytes.
 MAX_HEADER_BYTES = 32 * 1024
@@ -123,7 +131,8 @@ def _encode(response: HttpResponse, server_line: bytes, close: bool, head_only: 
 class Exchange:
     """One request's answer slot (implements :class:`~wsserve.httpmsg.HttpExchange`)."""
 
-    __slots__ = ("_proto", "_buf", "_state", "_keep_alive", "_chunked", "_close_after", "_head_only", "on_abort")
+    __slots__ = ("_proto", "_buf", "_state", "_keep_alive", "_chunked", "_close_after", "_head_only", "on_abort",
+                 "access")
 
     def __init__(self, proto: HttpProtocol, keep_alive: bool, chunked: bool, head_only: bool = False) -> None:
         self._proto = proto
@@ -134,6 +143,8 @@ class Exchange:
         self._chunked = chunked  # the client speaks HTTP/1.1: streams use chunked transfer encoding
         self._close_after = False
         self.on_abort: Any = None
+        #: With --access-log: [first byte's loop time, client, request line, status, answer bytes].
+        self.access: list[Any] | None = None
 
     @property
     def lost(self) -> bool:
@@ -154,7 +165,11 @@ class Exchange:
         close = response.close or not self._keep_alive or proto._closing_when_idle(self)
         self._state = _DONE
         self._close_after = close
-        proto._emit(self, _encode(response, proto._server_line, close, self._head_only), True)
+        data = _encode(response, proto._server_line, close, self._head_only)
+        if self.access is not None:
+            self.access[3], self.access[4] = response.status, len(data)
+            proto._log_access(self)
+        proto._emit(self, data, True)
 
     def start_stream(self, status: int, content_type: str, headers: list[tuple[str, str]]) -> None:
         proto = self._proto
@@ -172,11 +187,15 @@ class Exchange:
         else:  # HTTP/1.0: the end of the stream is the end of the connection
             head += b"Connection: close\r\n"
             self._close_after = True
+        if self.access is not None:
+            self.access[3] = status
         proto._emit(self, head + _DATE.line() + proto._server_line + b"\r\n", False)
 
     def send(self, data: bytes) -> None:
         if self._state != _STREAMING or not data:
             return
+        if self.access is not None:
+            self.access[4] += len(data)
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self._proto._emit(self, data, False)
@@ -187,6 +206,8 @@ class Exchange:
         self._state = _DONE
         if close:
             self._close_after = True
+        if self.access is not None:
+            self._proto._log_access(self)
         self._proto._emit(self, b"0\r\n\r\n" if self._chunked else b"", True)
 
 
@@ -236,6 +257,8 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._refused: HttpResponse | None = None  # answer the request with this once parsing stops
+        self._access = cfg.access_log
+        self._t0 = 0.0  # the request being received: its first byte's loop time (for --access-log)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -287,6 +310,8 @@ class HttpProtocol(asyncio.Protocol):
             self._backlog_handle = None
         queue, self._queue = self._queue, deque()
         for ex in queue:
+            if ex._state != _DONE and ex.access is not None:
+                self._log_access(ex, "client left")  # its status: 0 unanswered, else the stream's
             if ex._state != _DONE and ex.on_abort is not None:
                 ex._state = _DONE
                 try:
@@ -311,6 +336,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_request = True
+        if self._access:
+            self._t0 = self._loop.time()
         self._url = b""
         self._raw_headers = []
         self._header_bytes = 0
@@ -367,6 +394,8 @@ class HttpProtocol(asyncio.Protocol):
         version = request.http_version
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # other upgrades: answer, close
         ex = self._new_exchange(keep_alive, version != "1.0", request.method == "HEAD")
+        if ex.access is not None:
+            ex.access[1] = request.address  # behind a trusted proxy: the client it forwards
         if not keep_alive:
             self._stopped = True  # nothing after this request is read
         if self._backlog or len(self._queue) > self._max_queue:  # pipelined past max_inflight: wait its turn
@@ -398,9 +427,35 @@ class HttpProtocol(asyncio.Protocol):
 
     def _new_exchange(self, keep_alive: bool, chunked: bool, head_only: bool = False) -> Exchange:
         ex = Exchange(self, keep_alive, chunked, head_only)
+        if self._access:
+            ex.access = [self._t0 or self._loop.time(), self.address, self._request_line(), 0, 0]
         self._queue.append(ex)
         self._deadline = None  # waiting for the application: no timeout (until the queue empties)
         return ex
+
+    def _request_line(self) -> str:
+        """The request being received as an access record shows it: ``METHOD target HTTP/x.y``
+        (the target cut at :data:`MAX_LOGGED_TARGET` characters; ``-`` for what the parser could
+        not read)."""
+        parser = self._parser
+        try:
+            method = parser.get_method().decode("latin-1")
+        except httptools.HttpParserError:
+            method = "-"
+        target = self._url.decode("latin-1") or "-"
+        if len(target) > MAX_LOGGED_TARGET:
+            target = target[:MAX_LOGGED_TARGET] + "..."
+        return f"{method} {target} HTTP/{parser.get_http_version() or '1.1'}"
+
+    def _log_access(self, ex: Exchange, note: str = "") -> None:
+        """One access record for ``ex`` (answered, or ``note``: why it ended unanswered)."""
+        t0, client, line, status, size = ex.access  # type: ignore[misc]
+        ms = round((self._loop.time() - t0) * 1000.0, 3)
+        fields = {"client": client, "request": line, "status": status, "bytes": size, "duration_ms": ms}
+        if note:
+            fields["note"] = note
+        access_log.info('%s "%s" %d %d %.1fms%s', client, line, status, size, ms, f" ({note})" if note else "",
+                        extra={"fields": fields})
 
     def _closing_when_idle(self, ex: Exchange) -> bool:
         """While draining, the last answer of a connection says ``Connection: close``."""

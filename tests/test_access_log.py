@@ -1,0 +1,126 @@
+"""``--access-log`` and ``--log-format json`` on a real server (stderr read as the operator reads it).
+
+One access record per HTTP request answered (plain, streamed, refused by a limit, left by its
+client), none without the flag; JSON lines that parse, with the record's fields; credentials
+masked in the message and in the fields alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import RawHttp, ServerProcess, http_get, request_bytes, wait_until
+from wsserve.config import ServerConfig
+from wsserve.logs import JsonFormatter, RedactSecrets
+
+KEY = "access-log-key-0123456789"
+
+
+def _records(proc: ServerProcess) -> list[dict[str, Any]]:
+    """The server's JSON log lines, parsed (every line must be one JSON object)."""
+    return [json.loads(line) for line in proc.stderr_text().splitlines() if line.strip()]
+
+
+def _access(proc: ServerProcess) -> list[dict[str, Any]]:
+    return [r for r in _records(proc) if r["logger"] == "wsserve.access"]
+
+
+@pytest.fixture(scope="module")
+def served(model_cache: Path):
+    with ServerProcess("--models", "linear,charlm", "--access-log", "--log-format", "json", "--api-key", KEY,
+                       "--max-message-bytes", "4096", cache_dir=model_cache) as proc:
+        yield proc
+
+
+def _post(port: int, path: str, body: bytes, key: str | None = KEY) -> Any:
+    with RawHttp(port) as c:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return c.request("POST", path, body, headers)
+
+
+def test_every_answered_request_is_one_json_access_record(served: ServerProcess) -> None:
+    before = len(_access(served))
+    assert http_get(served.http + "/v1/models?format=openai", key=KEY)[0] == 200
+    assert _post(served.port, "/predict", b'{"model":"linear","inputs":[[1],[2]]}').status == 200
+    assert _post(served.port, "/predict", b'{"model":"nope","inputs":[[1]]}').status == 404
+    assert _post(served.port, "/predict", b"x" * 5000).status == 413  # refused by --max-message-bytes
+    stream = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 5, "stream": True}).encode()
+    streamed = _post(served.port, "/v1/completions", stream)
+    assert streamed.status == 200 and b"[DONE]" in streamed.body
+    records = wait_until(lambda: r if len(r := _access(served)[before:]) >= 5 else None, 30,
+                         what="five access records")
+    assert [(r["request"], r["status"]) for r in records] == [
+        ("GET /v1/models?format=openai HTTP/1.1", 200), ("POST /predict HTTP/1.1", 200),
+        ("POST /predict HTTP/1.1", 404), ("POST /predict HTTP/1.1", 413), ("POST /v1/completions HTTP/1.1", 200)]
+    for r in records:
+        assert r["level"] == "INFO" and r["client"] == "127.0.0.1" and r["duration_ms"] >= 0
+        assert r["message"] == f'127.0.0.1 "{r["request"]}" {r["status"]} {r["bytes"]} {r["duration_ms"]:.1f}ms'
+        assert r["time"].endswith("Z") and "T" in r["time"]
+    assert records[1]["bytes"] > 0
+    assert records[4]["bytes"] >= streamed.body.count(b"data: ") * len(b"data: ")  # the stream's bytes, counted
+    # every other record is JSON too (the server's own lines)
+    assert any(r["logger"] == "wsserve.server" for r in _records(served))
+
+
+def test_a_stream_its_client_leaves_is_recorded_as_left(served: ServerProcess) -> None:
+    before = len(_access(served))
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 100000, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", served.port)) as raw:
+        raw.sendall(request_bytes("POST", "/v1/completions", body, {"Authorization": f"Bearer {KEY}"}))
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")  # the stream began; the client then goes
+    left = wait_until(lambda: [r for r in _access(served)[before:] if r.get("note") == "client left"], 30,
+                      what="the left stream's record")
+    assert left[0]["request"] == "POST /v1/completions HTTP/1.1" and left[0]["status"] == 200
+    assert left[0]["message"].endswith("(client left)")
+
+
+def test_credentials_are_masked_in_the_fields_as_in_the_message(served: ServerProcess) -> None:
+    before = len(_access(served))
+    assert http_get(served.http + f"/v1/models?token={KEY}", key=KEY)[0] == 200
+    record = wait_until(lambda: (r := _access(served)[before:]) and r[0], 30, what="the record")
+    assert KEY not in json.dumps(record) and "***" in record["request"] and "***" in record["message"]
+
+
+def test_without_the_flag_nothing_is_logged_per_request(model_cache: Path) -> None:
+    with ServerProcess("--models", "linear", "--log-format", "json", cache_dir=model_cache) as proc:
+        for _ in range(3):
+            assert http_get(proc.http + "/v1/models")[0] == 200
+        assert http_get(proc.http + "/healthz")[0] == 200
+        assert not _access(proc) and _records(proc)  # JSON lines, none of them access records
+
+
+def test_text_access_lines_and_workers_in_json(model_cache: Path) -> None:
+    with ServerProcess("--models", "linear", "--access-log", cache_dir=model_cache) as proc:
+        assert http_get(proc.http + "/v1/models")[0] == 200
+        line = wait_until(lambda: next((ln for ln in proc.stderr_text().splitlines() if "wsserve.access" in ln), None),
+                          30, what="the text access line")
+        assert ' INFO wsserve.access: 127.0.0.1 "GET /v1/models HTTP/1.1" 200 ' in line and line.endswith("ms")
+    with ServerProcess("--models", "linear", "--workers", "2", "--log-format", "json", "--access-log",
+                       cache_dir=model_cache) as proc:
+        assert http_get(proc.http + "/v1/models")[0] == 200
+        record = wait_until(lambda: next(iter(_access(proc)), None), 30, what="a worker's access record")
+        assert record["worker"] in ("0", "1")
+
+
+def test_config_and_formatter_contracts() -> None:
+    with pytest.raises(ValueError, match="--log-format must be one of text, json, got 'xml'"):
+        ServerConfig(log_format="xml").validate()
+    with pytest.raises(ValueError, match="--access-log must be a boolean"):
+        ServerConfig(access_log="yes").validate()  # type: ignore[arg-type]
+    record = logging.LogRecord("wsserve.x", logging.ERROR, __file__, 1, "failed with %s", ("Bearer abc",), None)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert RedactSecrets().filter(record)
+    out = json.loads(JsonFormatter(worker="1").format(record))
+    assert out["message"] == "failed with Bearer ***" and out["level"] == "ERROR" and out["worker"] == "1"
+    assert "RuntimeError: boom" in out["exception"]
