@@ -113,6 +113,25 @@ def test_config_and_formatter_contracts() -> None:
         ServerConfig(log_format="xml").validate()
     with pytest.raises(ValueError, match="--access-log must be a boolean"):
         ServerConfig(access_log="yes").validate()  # type: ignore[arg-type]
+    import io
+
+    from wsserve.logs import AccessLog
+
+    out_text, out_json = io.StringIO(), io.StringIO()
+    text, js = AccessLog("text", ["s3cret"], None, out_text), AccessLog("json", ["s3cret"], "2", out_json)
+    assert text.add("10.0.0.1", "GET /x?k=s3cret HTTP/1.1", 200, 5, 1.25) is True  # the first: flush owed
+    assert text.add("10.0.0.1", "GET /y HTTP/1.1", 404, 9, 0.5, "client left") is False
+    assert out_text.getvalue() == ""  # kept until flushed, then in one write
+    text.flush()
+    first, second = out_text.getvalue().splitlines()
+    assert first.endswith(' INFO wsserve.access: 10.0.0.1 "GET /x?k=*** HTTP/1.1" 200 5 1.2ms')
+    assert second.endswith('"GET /y HTTP/1.1" 404 9 0.5ms (client left)')
+    js.add("10.0.0.1", "GET /x HTTP/1.1", 200, 5, 1.25)
+    js.flush()
+    record = json.loads(out_json.getvalue())
+    assert {k: record[k] for k in ("level", "logger", "worker", "client", "status", "bytes", "duration_ms")} == {
+        "level": "INFO", "logger": "wsserve.access", "worker": "2", "client": "10.0.0.1", "status": 200, "bytes": 5,
+        "duration_ms": 1.25}
     record = logging.LogRecord("wsserve.x", logging.ERROR, __file__, 1, "failed with %s", ("Bearer abc",), None)
     try:
         raise RuntimeError("boom")

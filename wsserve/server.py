@@ -56,6 +56,7 @@ from .config import ServerConfig
 from .connection import Connection, ConnectionContext, ConnectionIO, Shared
 from .errors import Forbidden, RateLimited, ShuttingDown, Unauthorized, WsserveError
 from .httpmsg import HttpExchange
+from .logs import AccessLog
 from .metrics import CONTENT_TYPE, Metrics
 from .pool import ModelPool
 from .protocol import encode_hello
@@ -113,6 +114,9 @@ class Server:
         self.server_header = f"wsserve/{__version__}"
         self.trusted_proxies = proxy_networks(config.trusted_proxy)
         self.worker = worker
+        secrets = config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set())
+        self.access_log = (AccessLog(config.log_format, secrets, None if worker is None else str(worker))
+                           if config.access_log else None)
         self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
         self.flusher = Flusher()
         self.counters = Counters()
@@ -296,6 +300,8 @@ class Server:
         except TimeoutError:
             log.warning("gave up waiting for the models to stop: model code is still running")
         await self.registry.wait_retired(max(0.0, end - monotonic()))
+        if self.access_log is not None:
+            self.access_log.flush()
 
     def _note_closed(self) -> None:
         """While draining: set ``_all_closed`` once no WebSocket is open, no HTTP connection owes answers

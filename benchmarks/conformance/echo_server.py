@@ -110,6 +110,7 @@ class EchoApp:
 
     server_header = "wsserve-echo"
     trusted_proxies: tuple = ()
+    access_log = None
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config

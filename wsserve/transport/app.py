@@ -14,6 +14,7 @@ from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 if TYPE_CHECKING:
     from ..config import ServerConfig
     from ..connection import Connection, ConnectionIO
+    from ..logs import AccessLog
     from .flush import Flusher
 
 __all__ = ["App", "Counters", "HttpExchange", "HttpRequest", "HttpResponse"]
@@ -36,6 +37,8 @@ class App(Protocol):
     server_header: str
     #: ``--trusted-proxy`` as networks (:func:`wsserve.config.proxy_networks`); () for none.
     trusted_proxies: tuple[Any, ...]
+    #: ``--access-log``: where HTTP requests are recorded once answered (:class:`wsserve.logs.AccessLog`); None: off.
+    access_log: AccessLog | None
 
     def route_http(self, request: HttpRequest, exchange: HttpExchange) -> HttpResponse | None:
         """Answer a plain (non-upgrade) request: a response to send now, or None when the

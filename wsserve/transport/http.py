@@ -64,7 +64,6 @@ from .app import App
 __all__ = ["Exchange", "HttpProtocol", "MAX_HEADER_BYTES", "MAX_HEADERS", "encode_response"]
 
 log = logging.getLogger("wsserve.http")
-access_log = logging.getLogger("wsserve.access")
 #: The longest request target an access record shows (the rest elided).
 MAX_LOGGED_TARGET = 2048
 
@@ -257,7 +256,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._refused: HttpResponse | None = None  # answer the request with this once parsing stops
-        self._access = cfg.access_log
+        self._access = app.access_log  # --access-log: a wsserve.logs.AccessLog, else None
         self._t0 = 0.0  # the request being received: its first byte's loop time (for --access-log)
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -336,7 +335,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_request = True
-        if self._access:
+        if self._access is not None:
             self._t0 = self._loop.time()
         self._url = b""
         self._raw_headers = []
@@ -427,7 +426,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _new_exchange(self, keep_alive: bool, chunked: bool, head_only: bool = False) -> Exchange:
         ex = Exchange(self, keep_alive, chunked, head_only)
-        if self._access:
+        if self._access is not None:
             ex.access = [self._t0 or self._loop.time(), self.address, self._request_line(), 0, 0]
         self._queue.append(ex)
         self._deadline = None  # waiting for the application: no timeout (until the queue empties)
@@ -450,12 +449,10 @@ class HttpProtocol(asyncio.Protocol):
     def _log_access(self, ex: Exchange, note: str = "") -> None:
         """One access record for ``ex`` (answered, or ``note``: why it ended unanswered)."""
         t0, client, line, status, size = ex.access  # type: ignore[misc]
-        ms = round((self._loop.time() - t0) * 1000.0, 3)
-        fields = {"client": client, "request": line, "status": status, "bytes": size, "duration_ms": ms}
-        if note:
-            fields["note"] = note
-        access_log.info('%s "%s" %d %d %.1fms%s', client, line, status, size, ms, f" ({note})" if note else "",
-                        extra={"fields": fields})
+        access = self._access
+        assert access is not None
+        if access.add(client, line, status, size, round((self._loop.time() - t0) * 1000.0, 3), note):
+            self._loop.call_soon(access.flush)  # the records of this loop iteration, in one write
 
     def _closing_when_idle(self, ex: Exchange) -> bool:
         """While draining, the last answer of a connection says ``Connection: close``."""
