@@ -143,3 +143,30 @@ def test_config_and_formatter_contracts() -> None:
     out = json.loads(JsonFormatter(worker="1").format(record))
     assert out["message"] == "failed with Bearer ***" and out["level"] == "ERROR" and out["worker"] == "1"
     assert "RuntimeError: boom" in out["exception"]
+
+
+def test_grpc_rpcs_are_recorded_too(model_cache: Path) -> None:
+    # --access-log recorded HTTP requests only: a gRPC RPC (an HTTP/2 POST) left no record.
+    tgrpc = pytest.importorskip("tritonclient.grpc")  # the grpc extra
+    import numpy as np
+    from tritonclient.utils import InferenceServerException
+
+    from tests.test_grpc import grpc_address
+
+    with ServerProcess("--models", "linear,charlm", "--grpc-port", "0", "--access-log", "--log-format", "json",
+                       cache_dir=model_cache) as proc:
+        client = tgrpc.InferenceServerClient(grpc_address(proc))
+        try:
+            tensor = tgrpc.InferInput("input", [1, 1], "FP64")
+            tensor.set_data_from_numpy(np.array([[1.0]]))
+            client.infer("linear", [tensor])
+            with pytest.raises(InferenceServerException):
+                client.get_model_metadata("nope")
+        finally:
+            client.close()
+        records = wait_until(lambda: r if len(r := _access(proc)) >= 2 else None, 30, what="two gRPC records")
+    infer, unknown = records[-2:]
+    assert infer["request"] == "POST /inference.GRPCInferenceService/ModelInfer HTTP/2"
+    assert infer["status"] == 200 and infer["bytes"] > 0 and "note" not in infer and infer["client"] == "127.0.0.1"
+    assert unknown["request"] == "POST /inference.GRPCInferenceService/ModelMetadata HTTP/2"
+    assert unknown["note"] == "grpc-status NOT_FOUND"

@@ -220,7 +220,7 @@ class Server:
         tls = None
         if cfg.certfile:
             tls = (Path(cfg.certfile).read_bytes(), Path(cfg.keyfile).read_bytes())  # type: ignore[arg-type]
-        self._grpc = GrpcFrontend(self.api, clock=monotonic, on_idle=self._note_closed)
+        self._grpc = GrpcFrontend(self.api, clock=monotonic, on_idle=self._note_closed, access_log=self.access_log)
         try:
             self.grpc_port = await self._grpc.start(cfg.host, port, tls, reuse_port=self.worker is not None)
         except OSError as exc:

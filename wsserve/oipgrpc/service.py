@@ -166,14 +166,68 @@ def _ms(seconds: float) -> int:
     return _c_int(max(1, round(seconds * 1000)))
 
 
+class _AccessRecords(grpc.aio.ServerInterceptor):
+    """``--access-log`` for gRPC: one record per RPC once it ended, as an HTTP request's (the
+    RPC is an HTTP/2 ``POST`` of its method's path): the client (:meth:`GrpcFrontend._client`),
+    ``POST /inference.GRPCInferenceService/<Method> HTTP/2``, status 200 with the note
+    ``grpc-status <NAME>`` when the RPC did not end ``OK``, the answer's bytes (a unary RPC's
+    message; 0 for a stream's) and the milliseconds it took.  Installed only with the flag."""
+
+    def __init__(self, access_log: Any, client_of: Callable[[Any], str]) -> None:
+        self.access_log = access_log
+        self.client_of = client_of
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        line = f"POST {details.method[:256]} HTTP/2"
+        record = self._record
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                t0, response = asyncio.get_running_loop().time(), None
+                try:
+                    response = await inner(request, context)
+                    return response
+                finally:
+                    record(context, line, t0, response.ByteSize() if response is not None else 0)
+
+            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+                                                       response_serializer=handler.response_serializer)
+        if handler.stream_stream is not None:
+            inner_stream = handler.stream_stream
+
+            async def stream(requests: Any, context: Any) -> Any:
+                t0 = asyncio.get_running_loop().time()
+                try:
+                    return await inner_stream(requests, context)
+                finally:
+                    record(context, line, t0, 0)
+
+            return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
+        return handler  # the service has no other kind of RPC
+
+    def _record(self, context: Any, line: str, t0: float, size: int) -> None:
+        code = context.code()
+        note = "" if code is None or code == grpc.StatusCode.OK else f"grpc-status {code.name}"
+        ms = round((asyncio.get_running_loop().time() - t0) * 1000.0, 3)
+        if self.access_log.add(self.client_of(context), line, 200, size, ms, note):
+            asyncio.get_running_loop().call_soon(self.access_log.flush)
+
+
 class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The GRPCInferenceService of one server.  Event-loop thread only.
 
     ``api``: the server's :class:`~wsserve.rest.HttpApi`; ``on_idle``: called when the last
     ModelInfer in flight ended (the drain waits for it); ``clock``: monotonic seconds."""
 
-    def __init__(self, api: Any, *, clock: Callable[[], float], on_idle: Callable[[], None]) -> None:
+    def __init__(self, api: Any, *, clock: Callable[[], float], on_idle: Callable[[], None],
+                 access_log: Any = None) -> None:
         self.api = api
+        self.access_log = access_log  # --access-log: a wsserve.logs.AccessLog (one record per RPC), else None
         self.config = api.config
         self.clock = clock
         self.on_idle = on_idle
@@ -192,7 +246,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         port cannot be bound.  ``reuse_port``: bind with ``SO_REUSEPORT`` (a ``--workers`` worker,
         whose supervisor reserved the port for its workers); without it a port already taken is
         refused, not shared."""
-        server = grpc.aio.server(options=[
+        interceptors = [_AccessRecords(self.access_log, self._client)] if self.access_log is not None else []
+        server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", _c_int(self.config.max_message_bytes)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 1 if reuse_port else 0),  # grpc's default is 1: always set explicitly
