@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging(args.log_level,
-                      secrets=config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set()),
+                      secrets=config.secrets,
                       fmt=config.log_format)
     if config.workers > 1:
         from .supervisor import run_supervisor as run

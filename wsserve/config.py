@@ -288,6 +288,11 @@ class ServerConfig:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'wss' if self.certfile else 'ws'}://{host}:{port}"
 
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every credential configured (API, admin and metrics keys): what logs mask."""
+        return self.api_key | self.admin_key | ({self.metrics_key} if self.metrics_key else frozenset())
+
     def rate_burst(self, rate: float) -> float:
         """Bucket size for ``rate``: ``rate_limit_burst`` or one second's worth."""
         return float(self.rate_limit_burst) if self.rate_limit_burst else max(1.0, rate)

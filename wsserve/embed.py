@@ -164,8 +164,7 @@ def serve(
     if log_level is not None:
         from .logs import configure_logging
 
-        secrets = cfg.api_key | cfg.admin_key | ({cfg.metrics_key} if cfg.metrics_key else set())
-        configure_logging(log_level, secrets=secrets, fmt=cfg.log_format)
+        configure_logging(log_level, secrets=cfg.secrets, fmt=cfg.log_format)
     from .server import run
 
     return run(cfg, models=objects)

@@ -55,12 +55,17 @@ def redact(message: str, secrets: Iterable[str] = ()) -> str:
     return message
 
 
+def _longest_first(secrets: Iterable[str]) -> list[str]:
+    """The non-empty ``secrets``, longest first (a secret holding another is masked whole)."""
+    return sorted({s for s in secrets if s}, key=len, reverse=True)
+
+
 class RedactSecrets(logging.Filter):
     """Mask credentials in a record's formatted message (see :func:`redact`)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = _longest_first(secrets)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -137,7 +142,7 @@ class AccessLog:
     def __init__(self, fmt: str = "text", secrets: Iterable[str] = (), worker: str | None = None,
                  stream: Any = None) -> None:
         self._json = fmt == "json"
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = _longest_first(secrets)
         self._worker = worker
         self._head = f" INFO [worker {worker}] wsserve.access: " if worker is not None else " INFO wsserve.access: "
         self._stream = stream

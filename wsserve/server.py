@@ -114,8 +114,7 @@ class Server:
         self.server_header = f"wsserve/{__version__}"
         self.trusted_proxies = proxy_networks(config.trusted_proxy)
         self.worker = worker
-        secrets = config.api_key | config.admin_key | ({config.metrics_key} if config.metrics_key else set())
-        self.access_log = (AccessLog(config.log_format, secrets, None if worker is None else str(worker))
+        self.access_log = (AccessLog(config.log_format, config.secrets, None if worker is None else str(worker))
                            if config.access_log else None)
         self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
         self.flusher = Flusher()
