@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def test_grpc_rpcs_are_recorded_too(model_cache: Path) -> None:
     import numpy as np
     from tritonclient.utils import InferenceServerException
 
-    from tests.test_grpc import grpc_address
+    from tests.test_grpc import _answers, _generate, grpc_address
 
     with ServerProcess("--models", "linear,charlm", "--grpc-port", "0", "--access-log", "--log-format", "json",
                        cache_dir=model_cache) as proc:
@@ -162,10 +163,23 @@ def test_grpc_rpcs_are_recorded_too(model_cache: Path) -> None:
             client.infer("linear", [tensor])
             with pytest.raises(InferenceServerException):
                 client.get_model_metadata("nope")
+            # a stream: its record counts the bytes of every message it wrote (it counted 0)
+            results: queue.Queue = queue.Queue()
+            client.start_stream(callback=lambda result, error: results.put((result, error)))
+            try:
+                _generate(client, results, "s", True, max_tokens=6, temperature=0)
+                answers = _answers(results)
+            finally:
+                client.stop_stream()
         finally:
             client.close()
-        records = wait_until(lambda: r if len(r := _access(proc)) >= 2 else None, 30, what="two gRPC records")
-    infer, unknown = records[-2:]
+        records = wait_until(lambda: r if len(r := _access(proc)) >= 3 else None, 30, what="three gRPC records")
+    assert len(answers) == 6 and answers[-1][2]  # six token responses, the last one final
+    infer, unknown, stream = records[-3:]
+    assert stream["request"] == "POST /inference.GRPCInferenceService/ModelStreamInfer HTTP/2"
+    assert stream["status"] == 200 and "note" not in stream
+    # each response holds its id, a 1-character text_output and the final flag: more than 6 x 10 bytes
+    assert stream["bytes"] > 60
     assert infer["request"] == "POST /inference.GRPCInferenceService/ModelInfer HTTP/2"
     assert infer["status"] == 200 and infer["bytes"] > 0 and "note" not in infer and infer["client"] == "127.0.0.1"
     assert unknown["request"] == "POST /inference.GRPCInferenceService/ModelMetadata HTTP/2"

@@ -171,7 +171,8 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
     RPC is an HTTP/2 ``POST`` of its method's path): the client (:meth:`GrpcFrontend._client`),
     ``POST /inference.GRPCInferenceService/<Method> HTTP/2``, status 200 with the note
     ``grpc-status <NAME>`` when the RPC did not end ``OK``, the answer's bytes (a unary RPC's
-    message; 0 for a stream's) and the milliseconds it took.  Installed only with the flag."""
+    message; a stream's: the sum of the messages it wrote, counted by :class:`_CountedWrites`)
+    and the milliseconds it took.  Installed only with the flag."""
 
     def __init__(self, access_log: Any, client_of: Callable[[Any], str]) -> None:
         self.access_log = access_log
@@ -200,11 +201,11 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
             inner_stream = handler.stream_stream
 
             async def stream(requests: Any, context: Any) -> Any:
-                t0 = asyncio.get_running_loop().time()
+                t0, counted = asyncio.get_running_loop().time(), _CountedWrites(context)
                 try:
-                    return await inner_stream(requests, context)
+                    return await inner_stream(requests, counted)
                 finally:
-                    record(context, line, t0, 0)
+                    record(context, line, t0, counted.written)
 
             return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                          response_serializer=handler.response_serializer)
@@ -216,6 +217,26 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
         ms = round((asyncio.get_running_loop().time() - t0) * 1000.0, 3)
         if self.access_log.add(self.client_of(context), line, 200, size, ms, note):
             asyncio.get_running_loop().call_soon(self.access_log.flush)
+
+
+class _CountedWrites:
+    """A streaming RPC's ``grpc.aio.ServicerContext`` that counts the bytes of the messages
+    written through it (``written``: each message's serialized size, as a unary answer's is
+    counted); every other attribute is the context's own.  Used only by ``--access-log``."""
+
+    __slots__ = ("_context", "written")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.written = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def write(self, message: Any) -> None:
+        """Write ``message`` on the stream; its size counts once it was handed to grpc."""
+        await self._context.write(message)
+        self.written += message.ByteSize()
 
 
 class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
