@@ -44,7 +44,38 @@ SLOW_CHAT_PY = BIGRAM_PY + """
         return " ".join(m["content"] for m in messages)
 """
 
+#: A chat model that writes the letters after the prompt's last one and fails at the step after 'e'.
+FAILS_AFTER_E_PY = """
+import numpy as np
+
+VOCAB = list("abcdefgh .\\n")
+
+
+class Model:
+    task = "generation"
+    vocabulary = VOCAB
+    context_len = 2
+
+    def __init__(self, version_dir):
+        self.parameters = 1
+
+    def encode(self, prompt):
+        return [VOCAB.index(c) for c in prompt if c in VOCAB]
+
+    def logits(self, contexts):          # [B, 2] int64 -> [B, V]: the letter after the last one
+        last = contexts[:, -1]
+        if (last == VOCAB.index("e")).any():
+            raise RuntimeError("no letter after e")
+        out = np.full((len(last), len(VOCAB)), -10.0)
+        out[np.arange(len(last)), np.minimum(last + 1, len(VOCAB) - 1)] = 10.0
+        return out
+
+    def chat_prompt(self, messages):
+        return " ".join(m["content"] for m in messages)
+"""
+
 EVENTS = TypeAdapter(ResponseStreamEvent)
+INCLUDE = ["message.output_text.logprobs"]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +87,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_transport: str, mode
     (root / "bigram").mkdir()
     (root / "bigram" / "config.toml").write_text(BIGRAM_CONFIG)
     write_py(root / "bigram" / "1", BIGRAM_PY, **{"seed.txt": "20"})
+    (root / "failing").mkdir()
+    (root / "failing" / "config.toml").write_text(BIGRAM_CONFIG)
+    write_py(root / "failing" / "1", FAILS_AFTER_E_PY)
     with ServerProcess("--model-repository", str(root), cache_dir=model_cache, transport=module_transport) as srv:
         yield srv
 
@@ -221,6 +255,91 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
     wait_until(lambda: _cancelled(server, "charlm") == before + 1, 30.0, what="the generation was cancelled")
 
 
+# ------------------------------------------------------------------ logprobs
+
+
+def _chat_logprobs(client, top: int) -> list[dict[str, Any]]:
+    """The chat route's ``logprobs.content`` for the greedy chat of "The ", as plain dicts."""
+    chat = _chat(client, [{"role": "user", "content": "The "}], max_tokens=12, temperature=0, logprobs=True,
+                 top_logprobs=top)
+    return [c.model_dump() for c in chat.choices[0].logprobs.content]
+
+
+def test_included_logprobs_are_the_chat_routes(client) -> None:
+    r = _create(client, model="charlm", input="The ", max_output_tokens=12, temperature=0, include=INCLUDE,
+                top_logprobs=3)
+    [part] = r.output[0].content
+    want = _chat_logprobs(client, 3)
+    assert [lp.model_dump() for lp in part.logprobs] == want  # token, logprob, bytes, top_logprobs: the same
+    assert "".join(lp.token for lp in part.logprobs) == r.output_text and len(part.logprobs) == 12
+    assert all(len(lp.top_logprobs) == 3 and lp.bytes == list(lp.token.encode()) for lp in part.logprobs)
+    assert r.top_logprobs == 3
+    none = _create(client, model="charlm", input="The ", max_output_tokens=12, temperature=0, include=INCLUDE)
+    assert [lp.model_dump() for lp in none.output[0].content[0].logprobs] == _chat_logprobs(client, 0)
+    assert all(lp.top_logprobs == [] for lp in none.output[0].content[0].logprobs) and none.top_logprobs == 0
+
+
+def test_top_logprobs_without_the_include_asks_for_nothing(client) -> None:
+    """As vLLM takes it: the alternatives' count is taken (and echoed), no logprobs are given."""
+    r = _create(client, model="charlm", input="The ", max_output_tokens=12, temperature=0, top_logprobs=2)
+    plain = _create(client, model="charlm", input="The ", max_output_tokens=12, temperature=0, include=[])
+    assert r.output[0].content[0].logprobs == [] == plain.output[0].content[0].logprobs
+    assert r.output_text == plain.output_text and (r.top_logprobs, plain.top_logprobs) == (2, 0)
+
+
+def test_streamed_logprobs_come_with_each_delta_and_add_up_to_the_answer(client) -> None:
+    args = {"model": "charlm", "input": "The ", "max_output_tokens": 12, "temperature": 0, "include": INCLUDE,
+            "top_logprobs": 2}
+    whole = [lp.model_dump() for lp in _create(client, **args).output[0].content[0].logprobs]
+    assert whole == _chat_logprobs(client, 2)
+    unbyted = [{"token": w["token"], "logprob": w["logprob"],
+                "top_logprobs": [{"token": t["token"], "logprob": t["logprob"]} for t in w["top_logprobs"]]}
+               for w in whole]  # the stream events' shape (the SDK's delta and done types have no bytes)
+    events = _stream(client, **args)
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [e.logprobs[0].token for e in deltas] == [e.delta for e in deltas]
+    assert [lp.model_dump(exclude_unset=True) for e in deltas for lp in e.logprobs] == unbyted
+    assert all(len(e.logprobs) == 1 for e in deltas)
+    done, part_done, item_done, final = events[-4:]
+    assert [lp.model_dump(exclude_unset=True) for lp in done.logprobs] == unbyted
+    assert [lp.model_dump() for lp in part_done.part.logprobs] == whole
+    assert [lp.model_dump() for lp in item_done.item.content[0].logprobs] == whole
+    assert [lp.model_dump() for lp in final.response.output[0].content[0].logprobs] == whole
+    with client.responses.stream(**args) as stream:  # the SDK's helper, its parsed types
+        seen = list(stream)
+    got = [(e.snapshot, e.logprobs[0].logprob) for e in seen if e.type == "response.output_text.delta"]
+    final = seen[-1].response  # response.incomplete: the length limit ended it
+    assert [g[1] for g in got] == [w["logprob"] for w in whole] and got[-1][0] == final.output_text
+    assert [lp.model_dump() for lp in final.output[0].content[0].logprobs] == whole
+
+
+# ------------------------------------------------------------------ a failure mid-stream
+
+
+def test_a_generation_that_fails_mid_stream_ends_with_response_failed(client) -> None:
+    """The ``failing`` model writes b, c, d, e after "a" and raises at the step after 'e'."""
+    with client.responses.stream(model="failing", input="a", max_output_tokens=10, temperature=0,
+                                 include=INCLUDE) as stream:
+        events = list(stream)
+        with pytest.raises(RuntimeError, match="response.completed"):
+            stream.get_final_response()
+    assert [e.type for e in events] == ["response.created", "response.in_progress", "response.output_item.added",
+                                        "response.content_part.added", *["response.output_text.delta"] * 4,
+                                        "response.failed"]
+    assert [e.sequence_number for e in events] == list(range(9))
+    assert "".join(e.delta for e in events[4:8]) == "bcde" and all(len(e.logprobs) == 1 for e in events[4:8])
+    failed = EVENTS.validate_python(events[-1].model_dump(exclude_unset=True))  # the SDK's own types, strictly
+    response = failed.response
+    assert response.id == events[0].response.id and response.status == "failed"
+    assert (response.error.code, response.error.message, response.error.type) == (
+        "server_error", "generation step failed: RuntimeError: no letter after e", "internal")
+    assert response.output_text == "bcde" and response.output[0].status == "incomplete"
+    assert [lp.token for lp in response.output[0].content[0].logprobs] == list("bcde")
+    with pytest.raises(openai.InternalServerError) as info:  # not streamed: the error is the answer
+        client.responses.create(model="failing", input="a", max_output_tokens=10, temperature=0)
+    assert info.value.body["message"] == "generation step failed: RuntimeError: no letter after e"
+
+
 # ------------------------------------------------------------------ refusals
 
 
@@ -234,8 +353,14 @@ def test_closing_a_stream_cancels_the_generation(server, client) -> None:
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"text": {"format": {"type": "json_object"}}}, "text"),
         ({"text": {"verbosity": "low"}}, "text"),
-        ({"include": ["message.output_text.logprobs"]}, "include"),
-        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"include": ["reasoning.encrypted_content"]}, "include"),
+        ({"include": ["message.output_text.logprobs", "message.input_image.image_url"]}, "include"),
+        ({"extra_body": {"include": "message.output_text.logprobs"}}, "include"),
+        ({"extra_body": {"include": [1]}}, "include"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": -1, "include": INCLUDE}, "top_logprobs"),
+        ({"extra_body": {"top_logprobs": 2.0}}, "top_logprobs"),
+        ({"extra_body": {"top_logprobs": True}}, "top_logprobs"),
         ({"background": True}, "background"),
         ({"truncation": "auto"}, "truncation"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
@@ -291,6 +416,13 @@ def test_refusals_name_the_problem(client) -> None:
         "'input[1].content[0].type' 'input_image' is not supported: only text parts (input_text, output_text)")
     assert refused(input=[{"type": "function_call_output", "call_id": "c", "output": "1"}]).startswith(
         "'input[0].type' 'function_call_output' is not supported: only message items")
+    assert refused(input="a", include=["reasoning.encrypted_content"]) == (
+        "'include' value 'reasoning.encrypted_content' is not supported: only \"message.output_text.logprobs\" "
+        "(wsserve's models have no tool results, images or reasoning to include)")
+    assert refused(input="a", include=INCLUDE, top_logprobs=21) == "'top_logprobs' must be an integer in [0, 20], got 21"
+    assert refused(input="a", extra_body={"logprobs": True}) == (
+        "'logprobs' is not supported on this route: this route's logprobs are asked for with 'include': "
+        "[\"message.output_text.logprobs\"] and 'top_logprobs'; got True")
 
 
 @pytest.mark.parametrize("extra", [
@@ -352,7 +484,7 @@ def test_api_keys_and_the_body_limit(start_server) -> None:
         assert info.value.status_code == 413
 
 
-def test_the_drain_deadline_ends_a_running_stream_with_an_error_event(start_server, tmp_path) -> None:
+def test_the_drain_deadline_ends_a_running_stream_with_response_failed(start_server, tmp_path) -> None:
     root = tmp_path / "repository"
     (root / "slowchat").mkdir(parents=True)
     (root / "slowchat" / "config.toml").write_text(BIGRAM_CONFIG)
@@ -368,11 +500,12 @@ def test_the_drain_deadline_ends_a_running_stream_with_an_error_event(start_serv
         pass
     tail = stream.buf.rsplit(b"event: ", 1)[-1]
     head, data = tail.split(b"\n", 1)
-    assert head == b"error", stream.buf[-300:]
-    error = json.loads(data.split(b"\n\n")[0].removeprefix(b"data: "))
-    assert EVENTS.validate_python(error).type == "error"
-    assert {k: error[k] for k in ("code", "message", "param")} == {
-        "code": "shutting_down", "message": "drain deadline reached", "param": None}
+    assert head == b"response.failed", stream.buf[-300:]
+    failed = EVENTS.validate_python(json.loads(data.split(b"\n\n")[0].removeprefix(b"data: ")))
+    assert failed.type == "response.failed" and failed.response.status == "failed"
+    error = failed.response.error
+    assert (error.code, error.message, error.param, error.type) == (
+        "server_error", "drain deadline reached", None, "shutting_down")
+    assert failed.response.output_text  # the text as far as it went
     assert stream.buf.endswith(b"\n\n\r\n0\r\n\r\n")  # and the stream ends
     assert server.wait(30) == 0
-

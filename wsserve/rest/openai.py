@@ -47,6 +47,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,7 +72,8 @@ from ..protocol import (
 from .errors import error_response
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
-           "completion_of", "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion"]
+           "completion_of", "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion",
+           "token_logprobs"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -508,13 +510,24 @@ class ChatCompletionEncoder:
         return DONE
 
 
+def token_logprobs(logged: Iterable[tuple[str, TokenLogprobs]], *, with_bytes: bool = True) -> list[dict[str, Any]]:
+    """OpenAI's per-token logprobs: ``[{"token", "logprob", "bytes", "top_logprobs": [{"token",
+    "logprob", "bytes"}]}]`` (``bytes``: the token's UTF-8 bytes), one entry per ``(text, record)``
+    of ``logged``, the alternatives likeliest first.  A chat's ``logprobs.content`` and the
+    Responses API's ``output_text`` part's ``logprobs``; ``with_bytes`` false: the Responses API's
+    streamed ``response.output_text.delta``/``.done`` events' shape, which has no ``bytes``."""
+    if with_bytes:
+        return [{"token": text, "logprob": record.logprob, "bytes": list(text.encode()),
+                 "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for _, t, lp in record.top]}
+                for text, record in logged]
+    return [{"token": text, "logprob": record.logprob,
+             "top_logprobs": [{"token": t, "logprob": lp} for _, t, lp in record.top]}
+            for text, record in logged]
+
+
 def _chat_logprobs_json(logged: list[tuple[str, TokenLogprobs]]) -> bytes:
-    """A chat choice's ``logprobs``: ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``
-    (``bytes``: the token's UTF-8 bytes, as OpenAI gives them)."""
-    return orjson.dumps({"content": [
-        {"token": text, "logprob": record.logprob, "bytes": list(text.encode()),
-         "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for _, t, lp in record.top]}
-        for text, record in logged]})
+    """A chat choice's ``logprobs``: ``{"content": [...]}`` (:func:`token_logprobs`)."""
+    return orjson.dumps({"content": token_logprobs(logged)})
 
 
 def error_event(body: bytes) -> bytes:

@@ -23,11 +23,16 @@ prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.compl
     OpenAI's bounds), ``user``, ``instructions`` and the neutral fields are echoed in the answer.
   - ``store`` is taken either way and nothing is stored (vLLM without its store does the
     same); the answer says ``"store": false``.
+  - ``include: ["message.output_text.logprobs"]`` (:data:`INCLUDE_LOGPROBS`) asks for each
+    output token's log-probability, with ``top_logprobs`` (0 to
+    :data:`~wsserve.protocol.MAX_LOGPROBS`, default 0, echoed) likeliest alternatives: the
+    model's raw values, as a chat's ``logprobs`` (:mod:`wsserve.generation.logprobs`).
+    ``top_logprobs`` without that ``include`` asks for nothing (as vLLM takes it).
   - Refused by name (:class:`~wsserve.rest.openai.ParamError`) rather than ignored: what needs
     a stored response or conversation (``previous_response_id``, ``conversation``, vLLM's
     ``previous_response`` and ``previous_input_messages``), tools (non-empty ``tools``,
     ``tool_choice`` other than ``"none"``), ``reasoning``, ``text.format`` other than text and
-    ``text.verbosity``, non-empty ``include``, ``top_logprobs`` other than 0, ``background:
+    ``text.verbosity``, any other ``include`` value (tool results, images, reasoning), ``background:
     true``, ``truncation`` other than ``"disabled"``, ``prompt`` (templates), vLLM's
     ``structured_outputs`` and ``priority`` other than 0, and input items or parts that are not
     text messages (images, files, audio, function calls and their outputs, references); and, as
@@ -43,8 +48,14 @@ prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.compl
   ``response.in_progress``, ``response.output_item.added``, ``response.content_part.added``, one
   ``response.output_text.delta`` per token, ``response.output_text.done``,
   ``response.content_part.done``, ``response.output_item.done``, then ``response.completed``
-  (or ``response.incomplete``); an error after the stream started is one ``error`` event
-  (``{"type": "error", "code", "message", "param", "sequence_number"}``) and the stream ends.
+  (or ``response.incomplete``).  With logprobs, each delta carries its token's (``[{"token",
+  "logprob", "top_logprobs": [{"token", "logprob"}]}]``, the SDK's event shape) and
+  ``response.output_text.done`` all of them; the ``output_text`` parts, of the answer and of the
+  events, carry them with ``bytes`` (:func:`~wsserve.rest.openai.token_logprobs`, a chat's
+  ``logprobs.content``).  A failure after the stream started is OpenAI's ``response.failed``
+  event: its response ``status: "failed"``, the message as far as it went, ``error: {"code",
+  "message", "param", "type"}`` (``code`` ``server_error``, or ``rate_limit_exceeded``; ``type``
+  the wire code); then the stream ends.
   No ``[DONE]``: the Responses API does not send one.  It is given to
   :class:`~wsserve.rest.calls.CompletionCall` as the chat encoder is (one choice).
 """
@@ -60,7 +71,7 @@ from ..chat import ROLES, ChatMessage, text_parts
 from ..errors import BadRequest, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import json_type, shown
-from ..protocol import SAMPLING_FIELDS, STOP_FIELDS
+from ..protocol import MAX_LOGPROBS, SAMPLING_FIELDS, STOP_FIELDS
 from .openai import (
     NEUTRAL_VLLM,
     Choice,
@@ -70,9 +81,10 @@ from .openai import (
     is_neutral,
     max_tokens_field,
     model_field,
+    token_logprobs,
 )
 
-__all__ = ["MAX_METADATA_KEYS", "MAX_METADATA_KEY_CHARS", "MAX_METADATA_VALUE_CHARS", "ResponseRequest",
+__all__ = ["INCLUDE_LOGPROBS", "MAX_METADATA_KEYS", "MAX_METADATA_KEY_CHARS", "MAX_METADATA_VALUE_CHARS", "ResponseRequest",
            "ResponsesEncoder", "parse_response_request"]
 
 #: ``metadata``: at most this many pairs, keys of at most ... characters, values of at most ... (OpenAI's).
@@ -80,11 +92,14 @@ MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 
+#: ``include``'s one value served: each output token's logprobs, in the ``output_text`` part (and
+#: streamed, in its ``response.output_text.delta`` event).
+INCLUDE_LOGPROBS = "message.output_text.logprobs"
+
 #: Fields taken only at these values (OpenAI's defaults, or "off"); anything else is refused by name.
 _NEUTRAL = {
     "previous_response_id": (None,), "conversation": (None,), "tools": (None, []), "tool_choice": (None, "none"),
-    "include": (None, []), "background": (None, False), "truncation": (None, "disabled"), "prompt": (None,),
-    "top_logprobs": (None, 0),
+    "background": (None, False), "truncation": (None, "disabled"), "prompt": (None,),
     # vLLM's extensions to this route: a stored (or resent) state, structured output, scheduling priority
     "previous_response": (None,), "previous_input_messages": (None, []), "structured_outputs": (None,),
     "priority": (None, 0), "enable_response_messages": (None, False),
@@ -97,8 +112,6 @@ _WHY = {
     "previous_input_messages": "send the whole conversation in 'input'",
     "tools": "wsserve's models call no tools",
     "tool_choice": "wsserve's models call no tools (only \"none\")",
-    "include": "nothing can be included (no logprobs, tool results or reasoning here)",
-    "top_logprobs": "the Responses API's logprobs are not served (use /v1/chat/completions' logprobs)",
     "background": "wsserve stores no responses to fetch later; ask without 'background'",
     "truncation": "only \"disabled\": a prompt is not truncated to fit",
     "prompt": "prompt templates are not supported; send the text in 'input' and 'instructions'",
@@ -115,7 +128,7 @@ _NEUTRAL_OTHER = {"n": (None, 1), "logprobs": (None, False), "response_format": 
                   **{name: values for name, values in NEUTRAL_VLLM.items() if name not in _NEUTRAL}}
 _WHY_OTHER = {
     "n": "a response has one output message (n choices: POST /v1/chat/completions)",
-    "logprobs": "the Responses API's logprobs are not served (use /v1/chat/completions' logprobs)",
+    "logprobs": f"this route's logprobs are asked for with 'include': [\"{INCLUDE_LOGPROBS}\"] and 'top_logprobs'",
     "response_format": "this route's output format is 'text.format', and only text",
 }
 #: The sampling and stop fields handed to :func:`~wsserve.rest.openai.completion_of` (checked there
@@ -140,6 +153,7 @@ class ResponseRequest:
     metadata: dict[str, str]
     user: str | None
     parallel_tool_calls: bool
+    top_logprobs: int = 0  # as sent (echoed); logprobs are given only with include's INCLUDE_LOGPROBS
 
 
 def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseRequest:
@@ -165,7 +179,8 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
         messages = (ChatMessage("system", instructions), *messages)
     sent_max = max_tokens_field(obj, "max_output_tokens", None, max_tokens_limit)
     sampling = {name: obj[name] for name in _SAMPLING if name in obj}
-    completion = completion_of(sampling, model, "", sent_max or max_tokens_limit, messages, None)
+    logprobs, top_logprobs = _logprobs(obj)
+    completion = completion_of(sampling, model, "", sent_max or max_tokens_limit, messages, logprobs)
     user = obj.get("user")
     if user is not None and type(user) is not str:
         raise ParamError("user", f"'user' must be a string, got {json_type(user)}")
@@ -177,7 +192,30 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
         raise ParamError("store", f"'store' must be a boolean, got {json_type(store)}")
     return ResponseRequest(completion=completion, instructions=instructions, max_output_tokens=sent_max,
                            metadata=_metadata(obj.get("metadata")), user=user,
-                           parallel_tool_calls=True if parallel is None else parallel)
+                           parallel_tool_calls=True if parallel is None else parallel, top_logprobs=top_logprobs)
+
+
+def _logprobs(obj: dict[str, Any]) -> tuple[int | None, int]:
+    """``include`` (an array of strings, only :data:`INCLUDE_LOGPROBS`) and ``top_logprobs`` (0 to
+    :data:`~wsserve.protocol.MAX_LOGPROBS`, default 0): :class:`~wsserve.protocol.GenerationParams`'s
+    ``logprobs`` (``top_logprobs`` alternatives per token, or None when not included: then
+    ``top_logprobs`` alone asks for nothing, as vLLM takes it) and the ``top_logprobs`` echoed."""
+    include = obj.get("include")
+    if include is not None and type(include) is not list:
+        raise ParamError("include", f"'include' must be an array of strings, got {json_type(include)}")
+    for i, item in enumerate(include or ()):
+        if type(item) is not str:
+            raise ParamError("include", f"'include[{i}]' must be a string, got {json_type(item)}")
+        if item != INCLUDE_LOGPROBS:
+            raise ParamError("include", f"'include' value {shown(item, 64)} is not supported: only "
+                                        f"\"{INCLUDE_LOGPROBS}\" (wsserve's models have no tool results, images or "
+                                        "reasoning to include)")
+    top = obj.get("top_logprobs")
+    if top is not None and (type(top) is not int or not 0 <= top <= MAX_LOGPROBS):
+        raise ParamError("top_logprobs", f"'top_logprobs' must be an integer in [0, {MAX_LOGPROBS}], "
+                                         f"got {shown(top, 40)}")
+    top = top or 0
+    return (top if include else None), top
 
 
 def _check_reasoning(value: Any) -> None:
@@ -264,11 +302,16 @@ def _content(value: Any, where: str) -> str:
 class ResponsesEncoder:
     """Bodies and events of one response (``id``: ``resp_...``; its one output message ``msg_...``).
 
-    Stateful: a stream's events are numbered (``sequence_number``) and the streamed text is kept
-    for the ``.done`` events.  ``usage`` is the chat's: ``input_tokens`` the prompt's tokens
-    given to the model, ``output_tokens`` the tokens sent."""
+    Stateful: a stream's events are numbered (``sequence_number``) and the streamed text (and,
+    with logprobs, each token's record) is kept for the ``.done`` events and the last response.
+    ``usage`` is the chat's: ``input_tokens`` the prompt's tokens given to the model,
+    ``output_tokens`` the tokens sent.  With logprobs (``include``: :data:`INCLUDE_LOGPROBS`),
+    the ``output_text`` part's ``logprobs`` are :func:`~wsserve.rest.openai.token_logprobs`'s
+    (a chat's ``logprobs.content``), and a delta event's (and ``response.output_text.done``'s)
+    the same without ``bytes``, as the SDK's event types have them; without, ``[]``."""
 
-    __slots__ = ("_id", "_message_id", "_created", "_model", "_request", "_seq", "_texts", "_reason", "_delta_head")
+    __slots__ = ("_id", "_message_id", "_created", "_model", "_request", "_seq", "_texts", "_logged", "_reason",
+                 "_delta_head")
 
     def __init__(self, response_id: str, message_id: str, created: int, model: str, request: ResponseRequest) -> None:
         self._id = response_id
@@ -278,6 +321,9 @@ class ResponsesEncoder:
         self._request = request
         self._seq = 0
         self._texts: list[str] = []
+        #: streamed with logprobs: each token's text and record, for the ``.done`` events
+        self._logged: list[tuple[str, TokenLogprobs]] | None = (
+            [] if request.completion.params.logprobs is not None else None)
         self._reason = "stop"
         self._delta_head = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
                             b'"item_id":' + orjson.dumps(message_id) + b',"output_index":0,"content_index":0,'
@@ -285,21 +331,24 @@ class ResponsesEncoder:
 
     # -- the objects
 
-    def _response(self, status: str, text: str | None, prompt_tokens: int | None, tokens: int) -> dict[str, Any]:
-        """The Response object; ``text`` None: no output yet (in progress)."""
+    def _response(self, status: str, text: str | None, prompt_tokens: int | None, tokens: int,
+                  logprobs: list[dict[str, Any]] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The Response object; ``text`` None: no output yet (in progress); ``logprobs``: its text's."""
         req = self._request
         params = req.completion.params
         incomplete = status == "incomplete"
         return {
             "id": self._id, "object": "response", "created_at": self._created, "status": status,
-            "background": False, "error": None,
+            "background": False, "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "max_tool_calls": None,
             "metadata": req.metadata, "model": self._model,
-            "output": [] if text is None else [self._message(text, "incomplete" if incomplete else "completed")],
+            "output": [] if text is None else [
+                self._message(text, "completed" if status == "completed" else "incomplete", logprobs)],
             "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": None, "reasoning": None,
             "store": False, "temperature": params.temperature, "text": {"format": {"type": "text"}},
-            "tool_choice": "none", "tools": [], "top_logprobs": 0, "top_p": params.top_p, "truncation": "disabled",
+            "tool_choice": "none", "tools": [], "top_logprobs": req.top_logprobs, "top_p": params.top_p,
+            "truncation": "disabled",
             "usage": None if prompt_tokens is None else {
                 "input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": tokens, "output_tokens_details": {"reasoning_tokens": 0},
@@ -307,19 +356,21 @@ class ResponsesEncoder:
             "user": req.user,
         }
 
-    def _message(self, text: str | None, status: str) -> dict[str, Any]:
+    def _message(self, text: str | None, status: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The output message item (``text`` None: no content part yet)."""
         return {"id": self._message_id, "type": "message", "status": status, "role": "assistant",
-                "content": [] if text is None else [_part(text)]}
+                "content": [] if text is None else [_part(text, logprobs)]}
 
     @staticmethod
     def _status(reason: str) -> str:
         return "incomplete" if reason == "length" else "completed"
 
     def response(self, choices: list[Choice], prompt_tokens: int, tokens: int) -> bytes:
-        """The whole (non-streamed) Response object of the one choice."""
-        text, reason, _ = choices[0]
-        return orjson.dumps(self._response(self._status(reason), text, prompt_tokens, tokens))
+        """The whole (non-streamed) Response object of the one choice (``logged``: its tokens'
+        records, when logprobs were included)."""
+        text, reason, logged = choices[0]
+        logprobs = None if logged is None else token_logprobs(logged)  # type: ignore[arg-type]
+        return orjson.dumps(self._response(self._status(reason), text, prompt_tokens, tokens, logprobs))
 
     # -- the stream
 
@@ -347,30 +398,54 @@ class ResponsesEncoder:
         return self._delta_head + orjson.dumps(text) + b',"sequence_number":%d}\n\n' % seq
 
     def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> bytes:
-        """Not asked for here (``top_logprobs`` is refused): the token's delta."""
-        return self.token_event(text, index)
+        """One token's ``response.output_text.delta`` with its ``logprobs`` (when included)."""
+        if self._logged is None:
+            return self.token_event(text, index)
+        self._texts.append(text)
+        self._logged.append((text, logprobs))
+        return self._event("response.output_text.delta", {
+            "item_id": self._message_id, "output_index": 0, "content_index": 0,
+            "logprobs": token_logprobs(((text, logprobs),), with_bytes=False), "delta": text})
 
     def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
         """The text, its part and its message done."""
         self._reason = finish_reason
         text = "".join(self._texts)
+        logged = self._logged or ()
+        logprobs = token_logprobs(logged) if self._logged is not None else None
         where = {"item_id": self._message_id, "output_index": 0, "content_index": 0}
-        return (self._event("response.output_text.done", {**where, "text": text, "logprobs": []})
-                + self._event("response.content_part.done", {**where, "part": _part(text)})
+        return (self._event("response.output_text.done",
+                            {**where, "text": text, "logprobs": token_logprobs(logged, with_bytes=False)})
+                + self._event("response.content_part.done", {**where, "part": _part(text, logprobs)})
                 + self._event("response.output_item.done",
-                              {"output_index": 0, "item": self._message(text, self._status(finish_reason))}))
+                              {"output_index": 0, "item": self._message(text, self._status(finish_reason), logprobs)}))
+
+    def _streamed_logprobs(self) -> list[dict[str, Any]] | None:
+        return None if self._logged is None else token_logprobs(self._logged)
 
     def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> bytes:
         """The last event: ``response.completed`` (or ``response.incomplete``) with the whole response."""
         status = self._status(self._reason)
-        whole = self._response(status, "".join(self._texts), prompt_tokens, tokens)
+        whole = self._response(status, "".join(self._texts), prompt_tokens, tokens, self._streamed_logprobs())
         return self._event(f"response.{status}", {"response": whole})
 
     def error_event(self, exc: WsserveError) -> bytes:
-        """An error after the stream started: the Responses API's ``error`` event (``code``: the wire code)."""
-        return self._event("error", {"code": exc.code, "message": exc.message, "param": getattr(exc, "param", None)})
+        """A failure after the stream started: OpenAI's last event then, ``response.failed``, whose
+        response has ``status`` ``"failed"``, its message as far as it went (``"incomplete"``;
+        ``usage`` null) and ``error``: ``{"code", "message", "param", "type"}``, ``code`` one of
+        OpenAI's (:func:`_failure_code`) and ``type`` the wire code (e.g. ``shutting_down``)."""
+        error = {"code": _failure_code(exc.code), "message": exc.message, "param": getattr(exc, "param", None),
+                 "type": exc.code}
+        failed = self._response("failed", "".join(self._texts), None, 0, self._streamed_logprobs(), error)
+        return self._event("response.failed", {"response": failed})
 
 
-def _part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _failure_code(code: str) -> str:
+    """The Responses API's ``error.code`` of a response that failed with wire error ``code``:
+    ``rate_limit_exceeded`` for ``rate_limited``, else ``server_error`` (OpenAI's codes name its
+    own failures: images, policies...; the rest of wsserve's are the server's)."""
+    return "rate_limit_exceeded" if code == "rate_limited" else "server_error"
 
+
+def _part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
