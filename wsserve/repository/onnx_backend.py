@@ -17,6 +17,9 @@ onnxruntime a model.onnx fails to load with a message saying so.
   output's first dimension is dynamic, else runs the graph once per row.  Other dimensions must be fixed in the graph, or symbolic and given
   by config.toml (``input_shape``/``[[inputs]] shape``); where both give a
   dimension they must agree.  config.toml's dtypes must equal the graph's.
+  A config.pbtxt's dims are first compared with the graph's shape by Triton's
+  onnxruntime backend's rule (:mod:`.tritondims`): a disagreement fails the
+  version, naming the model, the tensor and both shapes.
 - Supported tensor types: float32, float64, int32, int64, bool.  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
