@@ -85,7 +85,7 @@ _ONNX_KEYS = frozenset({"intra_op_num_threads"})
 
 @dataclass(frozen=True, slots=True)
 class TensorConfig:
-    """What config.toml says about one input/output; ``None`` = not said (take it from the model).
+    """What config.toml (or config.pbtxt) says about one input/output; ``None`` = not said (take it from the model).
 
     ``name`` is ``None`` for the ``input_shape``/``input_dtype`` shorthand, which
     means "the model's only input".
@@ -94,6 +94,9 @@ class TensorConfig:
     name: str | None
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
+    #: config.pbtxt's ``dims`` as written (per row; ``-1``: variable), which the ONNX backend compares
+    #: with the graph's shape by Triton's rule (:mod:`.tritondims`) at load; ``None`` from config.toml.
+    triton_dims: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

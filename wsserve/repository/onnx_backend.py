@@ -17,6 +17,9 @@ onnxruntime a model.onnx fails to load with a message saying so.
   output's first dimension is dynamic, else runs the graph once per row.  Other dimensions must be fixed in the graph, or symbolic and given
   by config.toml (``input_shape``/``[[inputs]] shape``); where both give a
   dimension they must agree.  config.toml's dtypes must equal the graph's.
+  A config.pbtxt's dims are first compared with the graph's shape by Triton's
+  onnxruntime backend's rule (:mod:`.tritondims`): a disagreement fails the
+  version, naming the model, the tensor and both shapes.
 - Supported tensor types: float32, float64, int32, int64, bool.  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
@@ -42,7 +45,9 @@ import numpy as np
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
+from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
+from .tritondims import compare_dims, graph_dims, show_dims
 
 __all__ = ["OnnxModel", "ONNX_TYPES", "METADATA_KEY", "read_wsserve_metadata"]
 
@@ -75,8 +80,11 @@ def _configured(name: str, configured: Sequence[TensorConfig] | None, count: int
 
 
 def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, path: Path,
-                source: str = "config.toml") -> TensorSpec:
-    """A graph input/output -> its per-row TensorSpec (symbolic dims filled from the config file ``source``)."""
+                source: str = "config.toml", model: str = "", why_batched: str = "max_batch_size > 0") -> TensorSpec:
+    """A graph input/output -> its per-row TensorSpec (symbolic dims filled from the config file ``source``).
+
+    config.pbtxt's dims (``tc.triton_dims``) are first compared with the graph's shape by Triton's
+    rule (:func:`.tritondims.compare_dims`, the message naming ``model``)."""
     name = arg.name
     dtype = ONNX_TYPES.get(arg.type)
     if dtype is None:
@@ -98,6 +106,12 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
                 f"Export with a dynamic batch axis, or set max_batch_size = 0 in {source} to run it once per row "
                 f"with row shape {shape}",
             )
+    if tc is not None and tc.triton_dims is not None and arg.shape is not None:
+        why = compare_dims(model, side, name, graph_dims(shape), tc.triton_dims, batching=batching, source=source,
+                           why_batched=why_batched)
+        if why is not None:
+            raise ModelLoadError(path, why)
+    if batching:
         shape = shape[1:]
     if len(shape) > MAX_DIMS:
         raise ModelLoadError(path, f"{side} {name!r} has {len(shape)} dimensions per row; at most {MAX_DIMS}")
@@ -112,12 +126,27 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             dims.append(d)
         elif want is not None:
             dims.append(want[j])
+        elif tc is not None and tc.triton_dims is not None:  # -1 in config.pbtxt against a dynamic graph dimension
+            raise ModelLoadError(path, f"model {model!r}, {side} {name!r}: {source} dims {show_dims(tc.triton_dims)} leave "
+                                       f"dimension {j + int(batching)} variable, as the graph does ({d!r}); wsserve serves "
+                                       f"fixed row shapes: {_fix_hint(side, source)}")
         else:
             raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
-                                       f"give its row shape in {source}")
+                                       f"{_fix_hint(side, source)}")
     if math.prod(dims) > MAX_ROW_ELEMENTS:
         raise ModelLoadError(path, f"{side} {name!r} has {math.prod(dims)} values per row; at most {MAX_ROW_ELEMENTS}")
     return TensorSpec(name, tuple(dims), dtype)
+
+
+def _fix_hint(side: str, source: str) -> str:
+    """How to give a dynamic graph dimension a size: config.toml's shape, config.pbtxt's dims (an
+    input's: Triton compares an output's dims exactly, so a dynamic output dimension stays -1 there)."""
+    if source == PBTXT_FILE:
+        if side == "output":
+            return ("fix it in the graph (an output's config.pbtxt dims must equal the graph's, -1 where it is dynamic, "
+                    "as Triton's onnxruntime backend requires)")
+        return "write that dimension's size in dims"
+    return f"give its row shape in {source}"
 
 
 def _show(shape: list[Any]) -> str:
@@ -206,12 +235,14 @@ class OnnxModel(RepositoryModel):
         self.batching = config.batching
         if config.autofill_batching:  # Triton's AutoCompleteMaxBatch: batch when every first dimension is dynamic
             self.batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
+        why_batched = ("max_batch_size auto-completed as Triton does: every graph input and output has a dynamic "
+                       "first dimension" if config.autofill_batching else "max_batch_size > 0")
         own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path,
-                              config.source) for a in graph_in]
+                              config.source, name, why_batched) for a in graph_in]
         out_cfg = config.outputs
         chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
         own_out = [_graph_spec(a, "output", self.batching, _configured(a.name, out_cfg, len(graph_out)), self.path,
-                               config.source) for a in (chosen or graph_out)]
+                               config.source, name, why_batched) for a in (chosen or graph_out)]
         self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
         self.outputs = merge_specs("output", own_out, config.outputs, self.path, source=config.source)
         self._output_names = [s.name for s in self.outputs]

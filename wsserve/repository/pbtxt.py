@@ -21,11 +21,13 @@ Mapped (Triton's semantics, triton-inference-server/server
   (:attr:`ModelConfig.autofill_batching`), else run whole.
 - ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP32, TYPE_FP64,
   TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
-  dimension when ``max_batch_size > 0``).  A ``-1`` dimension leaves the
-  tensor's shape to the ONNX graph (which must fix it: wsserve serves fixed
-  row shapes); a first dimension ``-1`` with ``max_batch_size: 0`` (a batch the
-  model takes whole) is refused, saying to set ``max_batch_size``.  ``output``
-  lists the outputs to return.
+  dimension when ``max_batch_size > 0``), kept as written
+  (:attr:`TensorConfig.triton_dims`): the ONNX backend compares them with the
+  graph at load by Triton's rule (:mod:`.tritondims`).  A ``-1`` dimension
+  (variable) passes that check only against a dynamic graph dimension, which
+  wsserve, serving fixed row shapes, then refuses; a first dimension ``-1`` with
+  ``max_batch_size: 0`` (a batch the model takes whole) is refused here, saying
+  to set ``max_batch_size``.  ``output`` lists the outputs to return.
 - ``version_policy`` ``latest``/``all``/``specific``; absent: ``latest { num_versions: 1 }``
   (Triton's default, not config.toml's ``all``).
 - ``dynamic_batching { max_queue_delay_microseconds }`` -> ``max_delay_ms``;
@@ -183,7 +185,7 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: 
             raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
                                                      "itself. If the first dimension is a batch of independent rows, set "
                                                      f"max_batch_size > 0 {fix}")
-        out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name]))
+        out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name], tuple(dims)))
     return tuple(out)
 
 
