@@ -17,7 +17,7 @@ The supervisor:
    a worker that dies before it ever said it is ready (its ``on_ready`` message
    on the pipe to the supervisor) failed to boot: after
    :data:`MAX_BOOT_FAILURES` such exits in a row of one worker index, the
-   supervisor logs ``worker N failed to boot K times in a row``, stops the
+   supervisor logs ``worker N (pid P) failed to boot K times in a row``, stops the
    other workers as SIGTERM does and exits 1 (gunicorn's arbiter halts on its
    ``WORKER_BOOT_ERROR`` likewise), so systemd or Kubernetes see the failure
    instead of an endless crash loop.  A worker that dies *after* it was ready
@@ -186,7 +186,6 @@ def _exit_description(exitcode: int | None) -> str:
         except ValueError:
             return f"signal {-exitcode}"
     return f"status {exitcode}"
-
 
 
 def _die_with_parent(parent_pid: int) -> None:
