@@ -845,6 +845,55 @@ def test_sampling_parameters_set_sampling_fields_only(stub) -> None:
     assert [a.infer_response.id for a in answers] == ["mine"] and not answers[0].error_message
 
 
+def _infer_refusal(stub, request: Any) -> str:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    return info.value.details()
+
+
+def test_counts_are_checked_before_anything_is_read_from_the_message(stub) -> None:
+    """A request's counts (inputs, raw entries, requested outputs, dimensions, elements) are refused
+    by name before the values they count are copied or the rest of the request is looked at: many
+    raw entries with one input are refused for their count, not for a later field (the id here,
+    which was checked first while the outputs and parameters were copied)."""
+    request = service_pb2.ModelInferRequest(model_name="linear", id="x" * 200)
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 1])
+    request.raw_input_contents.extend([b""] * 10_000)
+    assert _infer_refusal(stub, request) == (
+        "raw_input_contents holds 10000 tensors and 'inputs' 1: send every input's values raw (one entry per "
+        "input, in order) or every input's in its 'contents'")
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    request.parameters["priority"].int64_param = -1
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 1])
+    request.raw_input_contents.append(b"\0" * 8)
+    for _ in range(65):
+        request.outputs.add(name="output")
+    assert _infer_refusal(stub, request) == "'outputs' must be an array of at most 64 requested outputs"
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    request.inputs.add(name="input", datatype="FP64", shape=[1] * 100_000)
+    assert _infer_refusal(stub, request) == "input 'input': 'shape' must be an array of 1 to 8 non-negative integers"
+    # ModelStreamInfer: at most 64 inputs, each of one element, counted without copying the values
+    prompt = ("text_input", "BYTES", _raw_bytes("The "))
+    cases = [
+        (_stream_request("n", *[(f"x{i}", "BOOL", b"\1") for i in range(65)]), "'inputs' holds 65 tensors; at most 64"),
+        (_stream_request("b", ("text_input", "BYTES", _raw_bytes("The ") + _raw_bytes("more"))),
+         "input 'text_input' must hold one element; its raw BYTES data goes on past the first"),
+        (_stream_request("e", ("text_input", "BYTES", b"")), "input 'text_input' must hold one element, got 0"),
+        (_stream_request("r", prompt, ("stream", "BOOL", b"\1" * 100_000)),
+         "input 'stream' must hold one element, got 100000"),
+    ]
+    typed = service_pb2.ModelInferRequest(model_name="charlm", id="t")
+    typed.inputs.add(name="text_input", datatype="BYTES", shape=[3]).contents.bytes_contents.extend([b"a", b"b", b"c"])
+    cases.append((typed, "input 'text_input' must hold one element, got 3"))
+    for request, message in cases:
+        answers = list(stub.ModelStreamInfer(iter([request])))
+        assert [(a.infer_response.id, a.error_message) for a in answers] == [(request.id, message)]
+    # and a well-formed request on the same server is answered
+    answers = list(stub.ModelStreamInfer(iter([_stream_request("ok", prompt, max_tokens=2)])))
+    assert [a.infer_response.id for a in answers] == ["ok"] and not answers[0].error_message
+
+
 def test_model_infer_of_a_generative_model_points_to_model_stream_infer(client) -> None:
     err = _refused(_infer, client, "charlm", np.ones((1, 1)), "FP64")
     assert err.status() == "StatusCode.INVALID_ARGUMENT"

@@ -34,7 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_transport: str, mode
     (root / "broken").mkdir()
     (root / "broken" / "config.toml").write_text(NAMED_CONFIG)
     write_py(root / "broken" / "1", RAISES_PY)  # a model with no ready version
-    with ServerProcess("--model-repository", str(root), "--max-explain-rows", "4", cache_dir=model_cache,
+    with ServerProcess("--model-repository", str(root), "--max-explain-rows", "4", "--max-rows", "64", cache_dir=model_cache,
                        transport=module_transport) as srv:
         yield srv
 
@@ -142,6 +142,9 @@ def test_bad_requests_are_named(server, path: str, body: Any, status: int, messa
      "'instances[0].a' holds 'x', which is not a number"),
     ("/v1/models/named:predict", {"instances": [{"a": 3, "b": [1]}]},
      "'instances[0].a' must be an array of 2 numbers, got number"),
+    # more instances than --max-rows: counted before named inputs are regrouped, named as sent
+    ("/v1/models/named:predict", {"instances": [{"a": [1, 2], "b": [1]}] * 65}, "'instances' has 65 rows; the limit is 64"),
+    ("/v1/models/linear:predict", {"instances": [[1.0]] * 65}, "'instances' has 65 rows; the limit is 64"),
     # the columnar form is named 'inputs', also by the explain limit
     ("/v1/models/linear:explain", {"inputs": [[1.0]] * 5},
      "'inputs' has 5 rows; explain takes at most 4 rows per request (max_explain_rows)"),

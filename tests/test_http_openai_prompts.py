@@ -91,6 +91,10 @@ def test_a_streamed_token_id_prompt(openai_client) -> None:
     ([1, "a"], "non-negative"),
     (["a", 1], "list of lists of token ids"),
     ([], "an empty list"),
+    # more prompts than choices a request may make (256): counted before any is read
+    ([[1]] * 257, "'prompt' holds 257 prompts; at most 256 per request"),
+    (["a"] * 257, "'prompt' holds 257 prompts; at most 256 per request"),
+    ([[1], *[[-1]] * 300], "'prompt' holds 301 prompts"),
 ])
 def test_bad_token_id_prompts_are_refused_naming_the_prompt(openai_client, prompt: Any, says: str) -> None:
     err = _bad(openai_client, {"model": "charlm", "prompt": prompt, "max_tokens": 2})

@@ -267,6 +267,41 @@ def test_restart_delays_double_for_a_worker_that_keeps_dying() -> None:
     assert restart_delay(0) == 0.0 and restart_delay(40) == RESTART_MAX_S
 
 
+def test_the_restart_policy_gives_up_on_a_worker_that_never_boots() -> None:
+    """The supervisor's decisions without processes or a clock: a worker that exits before its
+    ready message MAX_BOOT_FAILURES times in a row makes it give up; until then it is restarted
+    with the doubling delay; one ready start resets the count, and a death after ready is no
+    boot failure however quick."""
+    from wsserve.supervisor import MAX_BOOT_FAILURES, GiveUp, Restart, RestartPolicy
+
+    assert MAX_BOOT_FAILURES == 5
+    policy = RestartPolicy(max_boot_failures=3, stable_s=30.0)
+    policy.started(0, now=0.0)
+    policy.started(1, now=0.0)
+    assert not policy.is_ready(1)
+    policy.ready(1)
+    assert policy.is_ready(1)
+    assert policy.exited(1, now=5.0) == Restart(delay_s=0.0, boot_failures=0)  # crashed after ready
+    policy.started(1, now=5.0)
+    assert not policy.is_ready(1)
+    assert policy.exited(1, now=6.0) == Restart(delay_s=0.5, boot_failures=1)
+    policy.started(1, now=6.5)
+    assert policy.exited(1, now=7.0) == Restart(delay_s=1.0, boot_failures=2)
+    policy.started(1, now=8.0)
+    policy.ready(1)  # it booted this time: the count starts again
+    assert policy.exited(1, now=100.0) == Restart(delay_s=0.0, boot_failures=0)  # 92 s up: not quick
+    policy.started(1, now=100.0)
+    assert policy.exited(1, now=101.0) == Restart(delay_s=0.0, boot_failures=1)
+    policy.started(1, now=101.0)
+    assert policy.exited(1, now=102.0) == Restart(delay_s=0.5, boot_failures=2)
+    policy.started(1, now=110.0)
+    assert policy.exited(1, now=200.0) == GiveUp(boot_failures=3)  # slow boot failures count too
+    # worker 0's count is its own: its first failure is its first
+    assert policy.exited(0, now=1.0) == Restart(delay_s=0.0, boot_failures=1)
+    with pytest.raises(ValueError, match="max_boot_failures"):
+        RestartPolicy(max_boot_failures=0)
+
+
 async def test_a_worker_that_keeps_dying_is_restarted_with_backoff(model_cache: Path) -> None:
     """A worker that dies again soon after each restart (a crash loop) is not restarted in a
     tight loop: the supervisor waits longer each time (its log line says how long)."""
@@ -660,6 +695,51 @@ def test_a_worker_that_dies_while_starting_fails_the_start_and_stops_the_others(
     assert "EOFError" not in run.stderr and "ready" not in run.stdout
     pids = _worker_pids_in(run.stderr)
     assert set(pids) == {"0", "1"} and not any(_running(pid) for pid in pids.values())
+
+
+def test_a_worker_that_never_boots_again_stops_the_server_with_a_failure(model_cache: Path,
+                                                                          tmp_path: Path) -> None:
+    """Once started, a worker whose restarts all die before they are ready (here a model whose
+    load exits the process once a file exists) is not restarted forever: after MAX_BOOT_FAILURES
+    such exits in a row the supervisor names the worker, its last exit and the count, drains the
+    other worker and exits 1, so systemd or Kubernetes see the failure.  It restarted it with
+    backoff forever."""
+    from wsserve.supervisor import MAX_BOOT_FAILURES
+
+    broken = tmp_path / "broken"
+    model = tmp_path / "repo" / "dies_when_broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    (model / "1" / "model.py").write_text(
+        "import os\n"
+        "class Model:\n"
+        "    def __init__(self, d):\n"
+        f"        if os.path.exists({str(broken)!r}):\n"
+        "            os._exit(3)\n"
+        "    def predict(self, x):\n"
+        "        return x\n")
+    server = ServerProcess("--workers", "2", "--models", "linear", "--model-repository", str(model.parent),
+                           cache_dir=model_cache)
+    try:
+        pids = _worker_pids(server)
+        broken.touch()
+        os.kill(pids["1"], signal.SIGKILL)
+        assert server.wait(300) == 1, server.stderr_text()[-3000:]
+    finally:
+        server.stop()
+    # its last line, read through the pipe after the exit
+    wait_until(lambda: "wsserve.supervisor: stopped" in server.stderr_text(), 30, what="the supervisor's last line")
+    log = server.stderr_text()
+    assert re.search(rf"worker 1 \(pid \d+\) failed to boot {MAX_BOOT_FAILURES} times in a row "
+                     r"\(last exit: status 3\): stopping the server", log), log[-3000:]
+    # the first death (a ready worker) and every boot failure but the last were restarted
+    restarts = re.findall(r"worker 1 \(pid \d+\) exited with status (?:-9|3): restarting it [^\n]*", log)
+    assert len(restarts) == MAX_BOOT_FAILURES, restarts
+    assert "status -9" in restarts[0] and "boot failure" not in restarts[0]
+    assert [int(n) for n in re.findall(r"boot failure (\d) of 5 in a row", log)] == list(range(1, MAX_BOOT_FAILURES))
+    # worker 0 drained as on SIGTERM, and nothing is left running
+    assert "[worker 0] wsserve.server: received SIGTERM: draining" in log, log[-3000:]
+    assert not any(_running(pid) for pid in _worker_pids_in(log).values())
 
 
 def test_a_restarted_worker_serves_the_grpc_port_again(model_cache: Path) -> None:

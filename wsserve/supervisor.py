@@ -14,6 +14,16 @@ The supervisor:
 4. restarts a worker that dies (with a log line naming its exit status); one
    that keeps dying within 30 s of its start is restarted with a doubling
    delay (at once, then 0.5 s, 1 s, ... up to 30 s: :func:`restart_delay`);
+   a worker that dies before it ever said it is ready (its ``on_ready`` message
+   on the pipe to the supervisor) failed to boot: after
+   :data:`MAX_BOOT_FAILURES` such exits in a row of one worker index, the
+   supervisor logs ``worker N (pid P) failed to boot K times in a row``, stops the
+   other workers as SIGTERM does and exits 1 (gunicorn's arbiter halts on its
+   ``WORKER_BOOT_ERROR`` likewise), so systemd or Kubernetes see the failure
+   instead of an endless crash loop.  A worker that dies *after* it was ready
+   is restarted as before, and its readiness resets its count.  While the
+   server starts, a worker that dies before its ready message fails the start
+   at once (exit 1).  The decisions are :class:`RestartPolicy`'s (no I/O);
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
    (a worker still alive after the drain timeout plus a margin is killed); a
@@ -71,7 +81,7 @@ from ._version import __version__
 from .config import ServerConfig
 from .metrics import fold_dead_snapshot, supervisor_snapshot
 
-__all__ = ["restart_delay", "run_supervisor"]
+__all__ = ["GiveUp", "Restart", "RestartPolicy", "restart_delay", "run_supervisor"]
 
 log = logging.getLogger("wsserve.supervisor")
 
@@ -82,6 +92,8 @@ STABLE_S = 30.0
 #: Backoff of the restarts of a worker that keeps dying quickly: doubling from the base, capped.
 RESTART_BASE_S = 0.5
 RESTART_MAX_S = 30.0
+#: Exits in a row of one worker index before it ever was ready after which the supervisor gives up.
+MAX_BOOT_FAILURES = 5
 
 
 def restart_delay(quick_deaths: int) -> float:
@@ -91,6 +103,89 @@ def restart_delay(quick_deaths: int) -> float:
     if quick_deaths <= 1:
         return 0.0
     return min(RESTART_MAX_S, RESTART_BASE_S * 2.0 ** (quick_deaths - 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Restart:
+    """:meth:`RestartPolicy.exited`'s answer: restart the worker in ``delay_s`` seconds.
+    ``boot_failures``: its exits in a row before it was ready, this one included (0: it was ready)."""
+
+    delay_s: float
+    boot_failures: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GiveUp:
+    """:meth:`RestartPolicy.exited`'s answer: the worker failed to boot ``boot_failures`` times
+    in a row; stop the server and exit non-zero."""
+
+    boot_failures: int
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One worker index's history, as :class:`RestartPolicy` keeps it."""
+
+    started_at: float
+    ready: bool = False
+    quick_deaths: int = 0  # deaths in a row within stable_s of the start
+    boot_failures: int = 0  # deaths in a row before the ready message
+
+
+class RestartPolicy:
+    """What the supervisor does when a worker exits; no processes, no clock (``now`` is given).
+
+    Call order per worker index: :meth:`started` at each start, :meth:`ready` when its ready
+    message arrives (at most once per start), :meth:`exited` when it is found dead; then
+    :meth:`started` again if the answer was a :class:`Restart`.  :meth:`exited` for an index never
+    started raises ``KeyError``."""
+
+    def __init__(self, *, max_boot_failures: int = MAX_BOOT_FAILURES, stable_s: float = STABLE_S) -> None:
+        if max_boot_failures < 1:
+            raise ValueError(f"max_boot_failures must be >= 1, got {max_boot_failures}")
+        self.max_boot_failures = max_boot_failures
+        self.stable_s = stable_s
+        self._slots: dict[int, _Slot] = {}
+
+    def started(self, index: int, now: float) -> None:
+        """Worker ``index`` was (re)started at ``now``; it is not ready yet."""
+        slot = self._slots.get(index)
+        if slot is None:
+            self._slots[index] = _Slot(started_at=now)
+        else:
+            slot.started_at, slot.ready = now, False
+
+    def ready(self, index: int) -> None:
+        """Worker ``index`` said it is ready: it booted, so its boot-failure count starts again."""
+        slot = self._slots[index]
+        slot.ready, slot.boot_failures = True, 0
+
+    def is_ready(self, index: int) -> bool:
+        """Whether worker ``index`` said it is ready since its last start."""
+        slot = self._slots.get(index)
+        return slot is not None and slot.ready
+
+    def exited(self, index: int, now: float) -> Restart | GiveUp:
+        """Worker ``index`` was found dead at ``now``: restart it (after a delay that doubles while
+        it keeps dying within ``stable_s`` of its start, :func:`restart_delay`), or give up when it
+        died before it was ready ``max_boot_failures`` times in a row."""
+        slot = self._slots[index]
+        slot.quick_deaths = slot.quick_deaths + 1 if now - slot.started_at < self.stable_s else 0
+        if not slot.ready:
+            slot.boot_failures += 1
+            if slot.boot_failures >= self.max_boot_failures:
+                return GiveUp(slot.boot_failures)
+        return Restart(restart_delay(slot.quick_deaths), slot.boot_failures)
+
+
+def _exit_description(exitcode: int | None) -> str:
+    """A worker's end as a log says it: ``status 3``, ``signal SIGKILL``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"status {exitcode}"
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -158,9 +253,8 @@ class _Workers:
         self.procs: dict[int, Any] = {}
         self.pipes: dict[int, Any] = {}
         self.stopping = False
-        self.started_at: dict[int, float] = {}
-        #: deaths in a row of each worker within STABLE_S of its start
-        self.quick_deaths: dict[int, int] = {}
+        #: each worker's starts, readiness and deaths, and what to do when one dies
+        self.policy = RestartPolicy()
         #: loop time at which a dead worker is due to be restarted
         self.restart_at: dict[int, float] = {}
         #: the delay of each pending restart (``wsserve_worker_restart_backoff_seconds``)
@@ -176,11 +270,30 @@ class _Workers:
                   os.getpid()),
         )
         proc.start()
-        self.started_at[index] = asyncio.get_running_loop().time()
+        self.policy.started(index, asyncio.get_running_loop().time())
         child.close()
         log.info("worker %d started (pid %d)", index, proc.pid)
         self.procs[index] = proc
+        old = self.pipes.get(index)
+        if old is not None:  # the previous worker's end
+            old.close()
         self.pipes[index] = parent
+
+    def poll_ready(self, index: int) -> bool:
+        """Read worker ``index``'s ready message if it has come (then tell the policy); return
+        whether the worker has said it is ready since its start.  A pipe closed before the
+        message (the worker is dying) reads as not ready: its death is seen by ``is_alive``."""
+        if self.policy.is_ready(index):
+            return True
+        pipe = self.pipes[index]
+        if not pipe.poll():
+            return False
+        try:
+            pipe.recv()
+        except EOFError:
+            return False
+        self.policy.ready(index)
+        return True
 
     def schedule_restart(self, index: int, at: float, delay: float) -> None:
         """Restart dead worker ``index`` at loop time ``at``, ``delay`` s after its death."""
@@ -329,15 +442,10 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         pending = set(range(config.workers))
         while pending and not stop.is_set():
             for i in list(pending):
-                proc, pipe = workers.procs[i], workers.pipes[i]
-                if pipe.poll():
-                    try:
-                        pipe.recv()
-                    except EOFError:  # its end closed: it is dying before its ready message (next check)
-                        pass
-                    else:
-                        pending.discard(i)
-                        continue
+                proc = workers.procs[i]
+                if workers.poll_ready(i):
+                    pending.discard(i)
+                    continue
                 if not proc.is_alive():
                     log.error("worker %d exited with status %s while starting", i, proc.exitcode)
                     workers.stopping = True
@@ -350,25 +458,40 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             started = True
             print(f"wsserve {__version__} ready on {config.url(port)} ({config.workers} workers)", flush=True)
         # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
-        # asks them to stop.
+        # asks them to stop or one fails to boot MAX_BOOT_FAILURES times in a row.
+        failed = False
         while not stop.is_set():
             now = loop.time()
             changed = False
             for i, proc in list(workers.procs.items()):
-                if proc.is_alive() or workers.stopping:
+                if workers.stopping:
+                    break
+                if i in workers.restart_at:
+                    if workers.restart_at[i] <= now:
+                        workers.restart(i)
+                        changed = True
                     continue
-                if i not in workers.restart_at:
-                    quick = now - workers.started_at[i] < STABLE_S
-                    workers.quick_deaths[i] = workers.quick_deaths.get(i, 0) + 1 if quick else 0
-                    delay = restart_delay(workers.quick_deaths[i])
-                    log.error("worker %d (pid %d) exited with status %s: restarting it %s", i, proc.pid,
-                              proc.exitcode, f"in {delay:.1f} s" if delay else "now")
-                    workers.retire_metrics(i)
-                    workers.schedule_restart(i, now + delay, delay)
-                    changed = True
-                if workers.restart_at[i] <= now:
+                workers.poll_ready(i)  # before the death: a worker that was ready and then died is no boot failure
+                if proc.is_alive():
+                    continue
+                workers.retire_metrics(i)
+                changed = True
+                decision = workers.policy.exited(i, now)
+                if isinstance(decision, GiveUp):
+                    log.error("worker %d (pid %d) failed to boot %d times in a row (last exit: %s): stopping the "
+                              "server", i, proc.pid, decision.boot_failures, _exit_description(proc.exitcode))
+                    failed = workers.stopping = True
+                    workers.signal_all(signal.SIGTERM)
+                    stop.set()
+                    break
+                delay = decision.delay_s
+                booting = (f" (it was not ready yet: boot failure {decision.boot_failures} of "
+                           f"{workers.policy.max_boot_failures} in a row)" if decision.boot_failures else "")
+                log.error("worker %d (pid %d) exited with status %s: restarting it %s%s", i, proc.pid,
+                          proc.exitcode, f"in {delay:.1f} s" if delay else "now", booting)
+                workers.schedule_restart(i, now + delay, delay)
+                if delay <= 0:
                     workers.restart(i)
-                    changed = True
             if changed:
                 workers.write_metrics()
             wake = min([0.5, *(t - now for t in workers.restart_at.values())])
@@ -386,7 +509,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         for p in workers.procs.values():
             p.join(timeout=5)
         log.info("stopped")
-        return 0
+        return 1 if failed else 0
 
 
 def run_supervisor(config: ServerConfig) -> int:

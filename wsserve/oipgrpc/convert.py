@@ -128,22 +128,21 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
                 explain_refusal: str | None) -> oip.InferRequest:
     """Check a ``ModelInferRequest`` against the model's tensors, as :func:`wsserve.rest.oip.parse_infer`
     checks an HTTP body (same rules, same messages where the field is the same); raises
-    :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`."""
+    :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`.
+
+    The counts (inputs, raw entries, requested outputs) are checked first, before anything is
+    copied out of the message, and each input's dimensions and byte count before its values are
+    read, so the work done for a refused request is bounded whatever it holds."""
+    given, raw = request.inputs, request.raw_input_contents
+    _check_input_counts(len(given), len(raw))
+    if len(request.outputs) > oip.MAX_TENSORS:
+        raise BadRequest(f"'outputs' must be an array of at most {oip.MAX_TENSORS} requested outputs")
     obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
     if request.id:
         obj["id"] = request.id
     if request.outputs:
         obj["outputs"] = [{"name": o.name, "parameters": parameters_of(o.parameters)} for o in request.outputs]
     rid, priority, timeout, _binary, explain, attributions = oip.infer_head(obj, inputs, outputs, explain_refusal)
-    given = request.inputs
-    if not given:
-        raise BadRequest("'inputs' must hold at least one input tensor")
-    if len(given) > oip.MAX_TENSORS:
-        raise BadRequest(f"'inputs' holds {len(given)} tensors; at most {oip.MAX_TENSORS}")
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(given):
-        raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(given)}: send every input's "
-                         "values raw (one entry per input, in order) or every input's in its 'contents'")
     by_name = {t.name: t for t in inputs}
     arrays: dict[str, np.ndarray] = {}
     rows = -1
@@ -152,6 +151,8 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
         if not 0 < len(name) <= oip.MAX_NAME_LENGTH:
             raise BadRequest(f"'inputs' item {i} needs a 'name' (a string of 1 to {oip.MAX_NAME_LENGTH} characters)")
         spec = oip.input_spec(by_name, arrays, name)
+        if len(tensor.shape) > oip.MAX_DIMS:  # input_header's check, before the dimensions are copied
+            raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {oip.MAX_DIMS} non-negative integers")
         shape = list(tensor.shape)
         count, wire = oip.input_header(spec, shape, tensor.datatype, max_rows)
         if raw:
@@ -168,6 +169,18 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     oip.require_all(arrays, inputs)
     return oip.InferRequest(rid, arrays, rows, oip.requested(obj, outputs, False, attributions), priority, timeout,
                             explain)
+
+
+def _check_input_counts(inputs: int, raw: int) -> None:
+    """A request's ``inputs`` count (1 to :data:`~wsserve.rest.oip.MAX_TENSORS`) and its
+    ``raw_input_contents`` count (none, or one per input); raises :class:`~wsserve.errors.BadRequest`."""
+    if not inputs:
+        raise BadRequest("'inputs' must hold at least one input tensor")
+    if inputs > oip.MAX_TENSORS:
+        raise BadRequest(f"'inputs' holds {inputs} tensors; at most {oip.MAX_TENSORS}")
+    if raw and raw != inputs:
+        raise BadRequest(f"raw_input_contents holds {raw} tensors and 'inputs' {inputs}: send every input's "
+                         "values raw (one entry per input, in order) or every input's in its 'contents'")
 
 
 def infer_response(model: str, version: str, rid: str | None, outputs: tuple[oip.Tensor, ...],
@@ -240,35 +253,46 @@ def repository_op(request: Any) -> tuple[str, str | None]:
 # --------------------------------------------------------------------------- ModelStreamInfer (generation)
 
 
-def _elements(tensor: Any, raw: bytes | None) -> list[Any]:
-    """The values of a small input of a generation request (``text_input``, ``stream``...): BYTES
-    as ``bytes`` (raw: each a 4-byte little-endian length, then its bytes), others as Python scalars."""
+def _element(tensor: Any, raw: bytes | None) -> Any:
+    """The one value of a small input of a generation request (``text_input``, ``stream``...):
+    BYTES as ``bytes`` (raw: a 4-byte little-endian length, then its bytes), others as a Python
+    scalar.  Raises :class:`~wsserve.errors.BadRequest` unless it holds exactly one element,
+    counted before any is copied (a raw BYTES entry: its first element must end the entry)."""
     name, datatype = tensor.name, tensor.datatype
     if datatype == "BYTES":
         if raw is None:
-            return list(tensor.contents.bytes_contents)
-        items, offset = [], 0
-        while offset < len(raw):
-            if offset + 4 > len(raw):
+            values = tensor.contents.bytes_contents
+            _one(name, len(values))
+            return values[0]
+        if len(raw) < 4:
+            if raw:
                 raise BadRequest(f"input {name!r}: raw BYTES data ends inside an element's length")
-            size = int.from_bytes(raw[offset : offset + 4], "little")
-            offset += 4
-            if offset + size > len(raw):
-                raise BadRequest(f"input {name!r}: raw BYTES data ends inside an element")
-            items.append(raw[offset : offset + size])
-            offset += size
-        return items
+            _one(name, 0)
+        size = int.from_bytes(raw[:4], "little")
+        if 4 + size > len(raw):
+            raise BadRequest(f"input {name!r}: raw BYTES data ends inside an element")
+        if 4 + size < len(raw):
+            raise BadRequest(f"input {name!r} must hold one element; its raw BYTES data goes on past the first")
+        return raw[4:]
     wire = oip.DATATYPES.get(datatype)
     if wire is None:
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}")
     if raw is not None:
         if len(raw) % wire.itemsize:
             raise BadRequest(f"input {name!r}: {len(raw)} raw bytes are not whole {datatype} values")
-        return np.frombuffer(raw, dtype=wire).tolist()
+        _one(name, len(raw) // wire.itemsize)
+        return np.frombuffer(raw, dtype=wire)[0].item()
     found = _TYPED.get(datatype)
     if found is None:
         raise BadRequest(f"input {name!r}: {datatype} values can only be sent in raw_input_contents")
-    return list(getattr(tensor.contents, found[0]))
+    values = getattr(tensor.contents, found[0])
+    _one(name, len(values))
+    return values[0]
+
+
+def _one(name: str, count: int) -> None:
+    if count != 1:
+        raise BadRequest(f"input {name!r} must hold one element, got {count}")
 
 
 def generate_request(request: Any) -> dict[str, Any]:
@@ -278,12 +302,14 @@ def generate_request(request: Any) -> dict[str, Any]:
     of one ``sampling_parameters`` BYTES input's fields too (sampling fields: not ``id`` or
     ``parameters``), and the request's ``parameters`` its
     ``parameters`` (so a field given twice is refused by name)."""
+    raw = request.raw_input_contents
+    if len(request.inputs) > oip.MAX_TENSORS:  # counted before anything is copied out of the message
+        raise BadRequest(f"'inputs' holds {len(request.inputs)} tensors; at most {oip.MAX_TENSORS}")
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(request.inputs)}")
     obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
     if request.id:
         obj["id"] = request.id
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(request.inputs)}")
     fields: dict[str, Any] = {}
     seen: set[str] = set()
     for i, tensor in enumerate(request.inputs):
@@ -291,10 +317,7 @@ def generate_request(request: Any) -> dict[str, Any]:
         if name in fields or name in seen:
             raise BadRequest(f"input {name!r} is given twice")
         seen.add(name)
-        items = _elements(tensor, raw[i] if raw else None)
-        if len(items) != 1:
-            raise BadRequest(f"input {name!r} must hold one element, got {len(items)}")
-        value = items[0]
+        value = _element(tensor, raw[i] if raw else None)
         if type(value) is bytes:
             try:
                 value = value.decode()

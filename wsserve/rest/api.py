@@ -392,7 +392,8 @@ class HttpApi:
             explain = verb == "explain"
             if explain and (refusal := entry.explain_refusal) is not None:
                 raise BadRequest(refusal)
-            req = kserve.parse_v1(loads(request.body), tuple(spec.name for spec in entry.input_specs))
+            req = kserve.parse_v1(loads(request.body), tuple(spec.name for spec in entry.input_specs),
+                                  max_rows=self.config.max_rows)
             cfg = self.config
             try:
                 inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..errors import BadRequest
+from ..errors import BadRequest, InvalidInput
 from ..jsontypes import json_type
 
 __all__ = ["VERBS", "V1Request", "encode_v1", "instances_message", "model_ready", "parse_v1", "split_verb"]
@@ -53,9 +53,11 @@ def split_verb(segment: str) -> tuple[str, str | None]:
     return segment, None
 
 
-def parse_v1(obj: Any, names: tuple[str, ...]) -> V1Request:
+def parse_v1(obj: Any, names: tuple[str, ...], *, max_rows: int) -> V1Request:
     """Check a decoded body for a model whose inputs are ``names``; raises ``BadRequest`` naming
-    the field.  Values are checked later, by the model's ``prepare`` (as for any predict)."""
+    the field (``InvalidInput`` for more than ``max_rows`` instances of named inputs, counted
+    before they are regrouped by input).  Values are checked later, by the model's ``prepare``
+    (as for any predict)."""
     if type(obj) is not dict:
         raise BadRequest(f"the body must be a JSON object with 'instances' or 'inputs', got {json_type(obj)}")
     if "instances" in obj and "inputs" in obj:
@@ -76,6 +78,8 @@ def parse_v1(obj: Any, names: tuple[str, ...]) -> V1Request:
             raise BadRequest(f"the model takes named inputs ({', '.join(names)}): each instance must be an object "
                              "with them")
         return V1Request(instances, columnar=False)
+    if len(instances) > max_rows:  # prepare's limit, before the columns are built
+        raise InvalidInput(f"'instances' has {len(instances)} rows; the limit is {max_rows}")
     columns: dict[str, list[Any]] = {name: [] for name in names}
     wanted = set(names)
     for i, instance in enumerate(instances):

@@ -163,6 +163,10 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     prompts: tuple[str, ...] = ()
     prompt_ids: tuple[tuple[int, ...], ...] = ()
     if type(prompt) is list:
+        several = bool(prompt) and type(prompt[0]) in (str, list)
+        if several and len(prompt) > MAX_CHOICES:  # counted before the prompts are read
+            raise ParamError("prompt", f"'prompt' holds {len(prompt)} prompts; at most {MAX_CHOICES} per request "
+                                       "(each is one choice or more)")
         if prompt and all(type(p) is str for p in prompt):
             prompts = tuple(prompt)
             prompt = prompt[0]
