@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_gen_scheduler import _Words
-from tests.test_gen_support import Collected, FakeClock, charlm, run_until_idle
+from tests.test_gen_support import (
+    Collected,
+    FakeClock,
+    charlm,
+    run_until_idle,
+    step_once,
+)
 from wsserve.errors import BadRequest
 from wsserve.generation import GenerationParams, Scheduler
 from wsserve.generation.guided import ChoiceGuide, ChoiceSet, Vocabulary
@@ -175,3 +181,21 @@ def test_a_guided_row_costs_nothing_to_the_unguided_batch() -> None:
     sched.add_request(GenerationParams(prompt="a", guided_choice=("no",)), 0.0)
     batch = sched.schedule(0.0)
     assert batch is not None and batch.allow is not None and batch.allow.rows.tolist() == [1]
+
+
+def test_a_preempted_guided_sequence_resumes_where_it_stopped() -> None:
+    """Preemption keeps a guided sequence's progress: it gives the choice it gives alone."""
+    long = ("the cat sat on the mat and then it sat on the hat", "the cat ran off the mat and up a tree")
+    opts = [GenerationParams(prompt="The ", max_tokens=80, temperature=t, seed=s, guided_choice=long)
+            for t, s in [(0.0, 0), (1.0, 1), (1.0, 2)]]
+    alone = [_run(Scheduler(charlm()), [p])[0] for p in opts]
+    sched = Scheduler(charlm(), max_generate_batch=3)
+    clock, out = FakeClock(), Collected()
+    hog = [sched.add_request(p, clock.now, group="A") for p in opts]
+    for _ in range(5):
+        step_once(sched, clock, out)
+    late = [sched.add_request(GenerationParams(prompt="It ", max_tokens=10), clock.now, group="B") for _ in range(2)]
+    run_until_idle(sched, clock, out)
+    assert sched.statistics().preempted >= 1
+    assert [(out.joined(s), s.finish_reason) for s in hog] == alone
+    assert all(s.finish_reason == "length" for s in late)
