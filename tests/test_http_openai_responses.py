@@ -391,6 +391,7 @@ def test_a_generation_that_fails_mid_stream_ends_with_response_failed(client) ->
         ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
         ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
         ({"extra_body": {"guided_regex": "a+"}}, "guided_regex"),
+        ({"extra_body": {"guided_choice": ["a"]}}, "guided_choice"),  # served on the other two routes only
         ({"model": "bigram"}, "input"),  # no chat template
     ],
 )

@@ -47,6 +47,9 @@ __all__ = [
     "MAX_STOP_STRINGS",
     "MAX_STOP_CHARS",
     "MAX_STOP_TOKEN_IDS",
+    "MAX_GUIDED_CHOICES",
+    "MAX_GUIDED_CHOICE_CHARS",
+    "guided_choice_tuple",
     "RequestId",
     "GenerationParams",
     "Predict",
@@ -124,6 +127,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 #: ``stop_token_ids`` (vLLM's) names at most this many token ids.
 MAX_STOP_TOKEN_IDS = 64
+#: ``guided_choice`` (vLLM's) holds at most this many strings, each of 1 to this many characters.
+MAX_GUIDED_CHOICES = 64
+MAX_GUIDED_CHOICE_CHARS = 256
 #: Longest ``model`` name, ``version`` and auth ``token`` (characters).
 MAX_MODEL_NAME_LENGTH = 256
 MAX_VERSION_LENGTH = 64
@@ -189,6 +195,12 @@ class GenerationParams:
     - ``include_stop_str_in_output`` (vLLM's, default false): the stop string (or the stop
       token's text) that ends the generation is streamed, and nothing after it; no text is
       held back then.
+    - ``guided_choice`` (vLLM's): ``()`` (off), or 1 to :data:`MAX_GUIDED_CHOICES` non-empty
+      strings of at most :data:`MAX_GUIDED_CHOICE_CHARS` characters: the generated text is one of
+      them (:mod:`wsserve.generation.guided`: each token keeps it a prefix of a choice; it ends with
+      reason ``stop`` as soon as it equals one, or ``length`` at ``max_tokens``).  Not with
+      ``min_tokens`` above 0.  That the model's tokens can write each choice is checked when the
+      request is queued.
     - ``priority``: 0 normal, 1 high (admitted to the batch first).
     - ``logprobs``: ``None`` (off), or ``k`` in [0, :data:`MAX_LOGPROBS`]: each streamed token
       comes with its log-probability and the ``k`` likeliest tokens with theirs, from the
@@ -224,6 +236,7 @@ class GenerationParams:
     stop_token_ids: tuple[int, ...] = ()
     min_tokens: int = 0
     include_stop_str_in_output: bool = False
+    guided_choice: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if type(self.prompt) is not str:
@@ -294,11 +307,24 @@ class GenerationParams:
         if type(self.include_stop_str_in_output) is not bool:
             raise BadRequest("field 'include_stop_str_in_output' must be a boolean, "
                              f"got {json_type(self.include_stop_str_in_output)}")
+        self._check_guided_choice()
         if type(self.logprob_ranks) is not bool:
             raise BadRequest(f"logprob_ranks must be a boolean, got {shown(self.logprob_ranks)}")
         ids = self.prompt_ids
         if ids is not None and (type(ids) is not tuple or not all(type(i) is int and i >= 0 for i in ids)):
             raise BadRequest("field 'prompt' must be a string or a list of token ids (non-negative integers)")
+
+    def _check_guided_choice(self) -> None:
+        choices = self.guided_choice
+        if type(choices) is not tuple or len(choices) > MAX_GUIDED_CHOICES:
+            raise BadRequest(f"field 'guided_choice' must be a list of at most {MAX_GUIDED_CHOICES} strings")
+        for c in choices:
+            if type(c) is not str or not 0 < len(c) <= MAX_GUIDED_CHOICE_CHARS:
+                raise BadRequest(f"field 'guided_choice' must hold non-empty strings of at most "
+                                 f"{MAX_GUIDED_CHOICE_CHARS} characters, got {shown(c, 40)}")
+        if choices and self.min_tokens:
+            raise BadRequest("field 'guided_choice' cannot be combined with 'min_tokens' above 0: a guided "
+                             "generation ends as soon as its text is one of the choices")
 
     @property
     def greedy(self) -> bool:
@@ -552,6 +578,21 @@ def stop_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def guided_choice_tuple(value: Any) -> tuple[str, ...]:
+    """A request's ``guided_choice`` (a JSON array of strings) as :class:`GenerationParams` takes
+    it; absent (or null) -> ``()``.  Raises :class:`~wsserve.errors.BadRequest` naming the field
+    for anything but a non-empty array (its strings are :class:`GenerationParams`'s to check)."""
+    if value is None:
+        return ()
+    if type(value) is not list or not value:
+        what = "an empty list" if type(value) is list else json_type(value)
+        raise BadRequest(f"field 'guided_choice' must be a non-empty list of strings (at most {MAX_GUIDED_CHOICES}), "
+                         f"got {what}")
+    if len(value) > MAX_GUIDED_CHOICES:
+        raise BadRequest(f"field 'guided_choice' holds {len(value)} strings; at most {MAX_GUIDED_CHOICES}")
+    return tuple(value)
+
+
 def logit_bias_tuple(value: Any) -> tuple[tuple[int, float], ...]:
     """A request's ``logit_bias`` (OpenAI's form: a JSON object mapping token ids, written as
     decimal strings, to biases) as the ``(id, bias)`` pairs :class:`GenerationParams` takes,
@@ -604,6 +645,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         priority=_priority(obj),
         logprobs=obj.get("logprobs"),
         **stop_fields(obj),
+        guided_choice=guided_choice_tuple(obj.get("guided_choice")),
     )
     return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
                     messages=messages)
@@ -839,7 +881,7 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
     ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
-    ``max_logprobs``, ``max_stop_token_ids``)."""
+    ``max_logprobs``, ``max_stop_token_ids``, ``max_guided_choices``, ``max_guided_choice_chars``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
@@ -848,7 +890,8 @@ def encode_hello(*, version: str, limits: dict[str, int], models: list[str], aut
         "limits": {**limits, "max_id_length": MAX_ID_LENGTH, "max_binary_header_bytes": MAX_HEADER_BYTES,
                    "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS,
                    "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS, "max_logprobs": MAX_LOGPROBS,
-                   "max_stop_token_ids": MAX_STOP_TOKEN_IDS},
+                   "max_stop_token_ids": MAX_STOP_TOKEN_IDS, "max_guided_choices": MAX_GUIDED_CHOICES,
+                   "max_guided_choice_chars": MAX_GUIDED_CHOICE_CHARS},
         "models": models,
     }
     if auth_required:

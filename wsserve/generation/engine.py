@@ -126,8 +126,9 @@ class TokenSink(Protocol):
 
 def _sampled(logits: np.ndarray, batch: Batch) -> np.ndarray:
     """``[B]`` next-token ids from the model's raw ``logits [B, V]`` with ``batch``'s penalties,
-    biases, bans and sampling applied."""
-    return sample_rows(apply_penalties(logits, batch.penalties, batch.bias, batch.ban), batch.sampling, batch.noise)
+    biases, bans, guided choices' masks and sampling applied."""
+    return sample_rows(apply_penalties(logits, batch.penalties, batch.bias, batch.ban, batch.allow), batch.sampling,
+                       batch.noise)
 
 
 def run_step(model: TokenModel, batch: Batch) -> np.ndarray:

@@ -8,6 +8,8 @@ sampling constant :data:`MIN_TEMPERATURE`.
 from __future__ import annotations
 
 from ..protocol import (
+    MAX_GUIDED_CHOICE_CHARS,
+    MAX_GUIDED_CHOICES,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
     MAX_STOP_TOKEN_IDS,
@@ -23,6 +25,8 @@ __all__ = [
     "MAX_STOP_STRINGS",
     "MAX_STOP_CHARS",
     "MAX_STOP_TOKEN_IDS",
+    "MAX_GUIDED_CHOICES",
+    "MAX_GUIDED_CHOICE_CHARS",
     "GenerationParams",
 ]
 

@@ -26,6 +26,9 @@ a small model, so the running set keeps it in arrays and counters:
 - **Token bans** (``min_tokens`` with ``stop_token_ids``): the ``(row, token)`` pairs of the rows
   that generated fewer than ``min_tokens`` tokens (:class:`~.sampling.TokenBan`), remade when
   the layout changes or a row reaches its ``min_tokens`` (the tick is kept), not per step.
+- **Guided choices** (``guided_choice``): the guided rows are listed per layout; only when there
+  are any, :meth:`RunningSet.batch` gathers each one's allowed ids (memoized per state by its
+  :class:`~.guided.ChoiceSet`) into a :class:`~.sampling.TokenAllow`: unguided steps pay one test.
 - **Token counts** (presence/frequency penalties): a ``[capacity, V]`` int32 buffer, made
   at the first sequence with a penalty, a row per slot; the rows with penalties are read
   per step with one ``take`` and incremented with one fancy-indexed add.
@@ -47,6 +50,7 @@ from .sampling import (
     LogitBias,
     Penalties,
     SampledRows,
+    TokenAllow,
     TokenBan,
     gumbel_blocks,
     noise_block_rows,
@@ -184,6 +188,9 @@ class RunningSet:
         self._ban_next = 0  # tick at which the first of them reaches its min_tokens
         #: the next step's token bans (:class:`~.sampling.TokenBan`), None when no row has one
         self.ban: TokenBan | None = None
+        self._guided: list[tuple[int, Sequence]] = []  # (row, seq) of the rows with guided_choice
+        #: the next step's allowed tokens of the guided rows (:class:`~.sampling.TokenAllow`), None when none
+        self.allow: TokenAllow | None = None
 
     # -- membership ----------------------------------------------------------------
     @property
@@ -274,6 +281,8 @@ class RunningSet:
             self._layout()
         if self._banned and self.tick.value >= self._ban_next:
             self._refresh_ban()
+        if self._guided:
+            self.allow = self._allowed()
         noise = None
         if self._sampling is not None:
             due = self._refills.pop(self.tick.value, None)
@@ -382,6 +391,8 @@ class RunningSet:
         self._pen = []
         self._biased = []
         self._banned = []
+        self._guided = []
+        self.allow = None
         self._nidx = np.zeros(0, np.int64)
         self._extend(seqs)
 
@@ -427,6 +438,8 @@ class RunningSet:
                 self._biased.append((i, p.logit_bias))
             if p.stop_token_ids and g < p.min_tokens:
                 self._banned.append((i, s))
+            if s._guide is not None:
+                self._guided.append((i, s))
         if stop_rows:
             old = self._plain if self._plain is not None else [True] * first
             self._plain = old + [s._plain for s in seqs]  # a new list: blocks keep theirs
@@ -472,6 +485,13 @@ class RunningSet:
         pairs = [(r, t) for r, s in banned for t in s.params.stop_token_ids]  # (a repeated id: -inf twice)
         self.ban = TokenBan(np.array([r for r, _ in pairs], np.int64), np.array([t for _, t in pairs], np.int64))
         self._ban_next = min(s._base + s.params.min_tokens for _, s in banned)
+
+    def _allowed(self) -> TokenAllow:
+        """The guided rows' allowed ids for the next token, from each one's text so far."""
+        guided = self._guided
+        ids = [s._guide.allowed() for _, s in guided]  # type: ignore[union-attr]
+        return TokenAllow(np.array([r for r, _ in guided], np.int64),
+                          np.repeat(np.arange(len(ids)), [len(a) for a in ids]), np.concatenate(ids))
 
     def _refill(self, due: dict[Sequence, None]) -> None:
         """Draw the next noise block of each sequence in ``due`` (from its own generator);

@@ -29,6 +29,7 @@ __all__ = [
     "Penalties",
     "SampledRows",
     "SplitMixSeed",
+    "TokenAllow",
     "TokenBan",
     "apply_penalties",
     "gumbel_block",
@@ -307,16 +308,27 @@ class TokenBan:
     ids: np.ndarray
 
 
+@dataclass(frozen=True, slots=True)
+class TokenAllow:
+    """Rows of a batch that may generate only some tokens (vLLM's ``guided_choice``), flat: row
+    ``rows[i]`` keeps the logits of the ids ``ids[j]`` with ``index[j] == i``, every other one
+    becomes ``-inf``.  Each row keeps at least one token.  Built per step, for those rows only."""
+
+    rows: np.ndarray
+    index: np.ndarray
+    ids: np.ndarray
+
+
 def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias | None = None,
-                    ban: TokenBan | None = None) -> np.ndarray:
-    """``logits [B, V]`` with the penalties of ``pen``'s rows, then ``bias``, then ``ban``, applied (a
-    new array; ``logits`` itself, unchanged, when all are None): first vLLM's repetition penalty
+                    ban: TokenBan | None = None, allow: TokenAllow | None = None) -> np.ndarray:
+    """``logits [B, V]`` with the penalties of ``pen``'s rows, then ``bias``, then ``ban``, then
+    ``allow``, applied (a new array; ``logits`` itself, unchanged, when all are None): first vLLM's repetition penalty
     ``r`` on every token ``j`` in the prompt or generated (``logit[j] / r`` if positive, else
     ``logit[j] * r``), then OpenAI's ``- count[j] * frequency - (count[j] > 0) * presence +
-    bias[j]``, then ``-inf`` for the banned tokens, before temperature, min-p, top-k, top-p or
-    greedy choice.  Elementwise products, quotients, sums and differences, each exactly rounded:
+    bias[j]``, then ``-inf`` for the banned tokens and for the tokens an ``allow`` row does not
+    keep, before temperature, min-p, top-k, top-p or greedy choice.  Elementwise products, quotients, sums and differences, each exactly rounded:
     a row's result does not depend on the rest of the batch."""
-    if pen is None and bias is None and ban is None:
+    if pen is None and bias is None and ban is None and allow is None:
         return logits
     out = logits.copy()
     if pen is not None:
@@ -333,6 +345,10 @@ def apply_penalties(logits: np.ndarray, pen: Penalties | None, bias: LogitBias |
         out[bias.rows, bias.ids] += bias.biases
     if ban is not None:
         out[ban.rows, ban.ids] = -np.inf
+    if allow is not None:
+        kept = np.full((len(allow.rows), out.shape[1]), -np.inf)  # [G, V]
+        kept[allow.index, allow.ids] = out[allow.rows[allow.index], allow.ids]
+        out[allow.rows] = kept
     return out
 
 

@@ -51,8 +51,11 @@ Semantics:
   whose text is not output has no event (nor record).
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
+- A generation with ``guided_choice`` generates only tokens that keep its text a prefix of a
+  choice (:mod:`.guided`) and ends with ``stop`` as soon as its text is one; its stop strings and
+  stop token ids still apply.
 - Within one step, the token events of the plain rows (no stop strings or stop token
-  ids, no logprobs) come first, then the other rows (each followed by its terminal event
+  ids, no logprobs, no guided choice) come first, then the other rows (each followed by its terminal event
   if it ended by a stop string or token), then the terminal events of ``length`` finishes.  A sequence's
   own events are always in order; only the interleaving between sequences
   differs from a row-by-row walk (the protocol does not fix it).
@@ -76,10 +79,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadRequest, DeadlineExceeded, Internal, Overloaded, WsserveError
+from .guided import ChoiceGuide, ChoiceSet, Vocabulary
 from .logprobs import LogprobRows, StepLogprobs, TokenLogprobs
 from .params import GenerationParams
 from .running import RunningSet, TokenModel, checked_prompt_ids, context_of
-from .sampling import LogitBias, Penalties, SampledRows, TokenBan, new_generator
+from .sampling import (
+    LogitBias,
+    Penalties,
+    SampledRows,
+    TokenAllow,
+    TokenBan,
+    new_generator,
+)
 from .sequence import FINISHED, Event, LoggedText, SeqState, Sequence, TokenEvents
 from .stops import STOPPED_ON_TOKEN
 from .waitqueue import WaitQueue
@@ -115,8 +126,9 @@ class Batch:
     noise; ``penalties`` the presence/frequency penalties of the rows that have
     them and ``bias`` their logit biases (``None``: no row has); ``logprobs`` the rows that want
     log-probabilities (``None``: no row does); ``ban`` the tokens rows may not generate this step
-    (``min_tokens`` with ``stop_token_ids``; ``None``: no row has).  Arrays are never written after the batch is
-    made: safe to read from another thread.
+    (``min_tokens`` with ``stop_token_ids``; ``None``: no row has); ``allow`` the only tokens the
+    guided rows may generate this step (``guided_choice``; ``None``: no row is guided).  Arrays are
+    never written after the batch is made: safe to read from another thread.
     """
 
     seqs: tuple[Sequence, ...]
@@ -128,6 +140,7 @@ class Batch:
     bias: LogitBias | None = None
     logprobs: LogprobRows | None = None
     ban: TokenBan | None = None
+    allow: TokenAllow | None = None
 
     @property
     def size(self) -> int:
@@ -173,6 +186,8 @@ class Scheduler:
         self._steps = self._tokens = self._generated = self._finished = self._last_batch = 0
         self._step_s = 0.0
         self._last_now = 0.0  # the latest ``now`` seen (statistics take no clock)
+        self._vocab: Vocabulary | None = None  # the model's tokens indexed, at the first guided request
+        self._choices: ChoiceSet | None = None  # the last guided request's (its n sequences share it)
 
     # -- requests ------------------------------------------------------------------
     def add_request(
@@ -188,7 +203,8 @@ class Scheduler:
         Raises :class:`~wsserve.errors.Overloaded` (with ``retry_after_ms``) when
         the queue is full, and :class:`~wsserve.errors.BadRequest` for a ``logit_bias`` or
         ``stop_token_ids`` token id outside the model's vocabulary (or ``stop_token_ids`` naming
-        all of it, with ``min_tokens``), or a token-id prompt (``params.prompt_ids``) outside
+        all of it, with ``min_tokens``), a ``guided_choice`` string the model's tokens cannot write
+        (:class:`~.guided.ChoiceSet`), or a token-id prompt (``params.prompt_ids``) outside
         the model's bounds (:func:`~.running.checked_prompt_ids`); nothing is queued then.
         The prompt is encoded once (with ``repetition_penalty``, its ids give the context).
         """
@@ -200,6 +216,7 @@ class Scheduler:
                 retry_after_ms=self._retry_after_ms(),
             )
         check_token_ids(params, self.model.vocab_size)
+        choices = self._choice_set(params.guided_choice) if params.guided_choice else None
         ids = None  # all the prompt's token ids, when needed (may raise: nothing is queued then)
         if params.prompt_ids is not None:
             ids = checked_prompt_ids(self.model, params.prompt_ids)
@@ -216,6 +233,8 @@ class Scheduler:
         seq._context = context
         seq._prompt_ids = prompt_ids
         seq.prompt_tokens = prompt_tokens
+        if choices is not None:
+            seq._guide = ChoiceGuide(choices)
         self._waiting[params.priority].push(seq)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, seq.id, seq))
@@ -223,6 +242,17 @@ class Scheduler:
                 self._deadlines = [e for e in self._deadlines if e[2].state is not SeqState.FINISHED]
                 heapq.heapify(self._deadlines)
         return seq
+
+    def _choice_set(self, choices: tuple[str, ...]) -> ChoiceSet:
+        """``choices`` compiled against the model's tokens (raises ``BadRequest`` naming
+        ``guided_choice`` for one they cannot write); the last request's set is reused, so the
+        ``n`` sequences of one request (queued one after another) compile it once."""
+        if self._choices is not None and self._choices.choices == choices:
+            return self._choices
+        if self._vocab is None:
+            self._vocab = Vocabulary(self.model.id_to_text)
+        self._choices = ChoiceSet(choices, self._vocab)
+        return self._choices
 
     def finish_requests(self, seqs: Any, now: float, *, reason: str = "cancelled") -> None:
         """End unfinished ``seqs`` now with ``reason`` (finished ones are ignored)."""
@@ -299,7 +329,7 @@ class Scheduler:
         if not seqs:
             return None
         batch = self._batch = Batch(seqs, contexts, sampling, noise, now, run.penalties(), run.logit_bias,
-                                    run.logprob_rows, run.ban)
+                                    run.logprob_rows, run.ban, run.allow)
         return batch
 
     def update_from_output(self, batch: Batch, tokens: np.ndarray, now: float,
@@ -342,7 +372,8 @@ class Scheduler:
             emitted += self._emit_stops(seqs, texts, numbers, tokens, run.stop_rows, logged, now)
         if ending:
             for seq in list(ending):
-                self._finish(seq, now, reason="length")
+                if seq.state is _RUNNING:  # a guided one may have ended with its choice (stop) above
+                    self._finish(seq, now, reason="length")
         self._generated += size
         self._tokens += emitted
 
@@ -377,14 +408,18 @@ class Scheduler:
                 continue
             text = texts[i]
             record = logged[seq._lrow] if logged is not None and seq._lrow >= 0 else None
+            guide = seq._guide
+            chosen = guide is not None and guide.feed(text)  # the text is one of the choices: the end
             matcher = seq._stops
-            if matcher is None:  # logprobs only: the token goes out whole (it ends by length elsewhere)
+            if matcher is None:  # logprobs or a guide: the token goes out whole (it ends by length elsewhere)
                 out.append((seq, numbers[i], _logged(text, record)))
                 emitted += 1
+                if chosen:
+                    self._finish(seq, now, reason="stop")
                 continue
             released, stopped = matcher.feed(text, int(tokens[i]))
             length = tick - seq._base >= seq.params.max_tokens
-            if not stopped and length:
+            if not stopped and (length or chosen):
                 released += matcher.flush()
             n = seq._streamed
             pieces = seq._pieces
@@ -414,7 +449,7 @@ class Scheduler:
                 seq._safe = safe
             emitted += n - seq._streamed
             seq._streamed = n
-            if stopped:
+            if stopped or chosen:
                 self._finish(seq, now, reason="stop")
             elif length:
                 self._finish(seq, now, reason="length")

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import WsserveError
+from .guided import ChoiceGuide
 from .logprobs import TokenLogprobs
 from .params import GenerationParams
 from .stops import StopMatcher
@@ -63,6 +64,7 @@ class Sequence:
         "_counts",
         "_end",
         "_gen",
+        "_guide",
         "_logged",
         "_lrow",
         "_noise",
@@ -121,10 +123,12 @@ class Sequence:
         self._safe = 0
         # With logprobs: the records of the held tokens (as _pieces), and the row among the
         # layout's logprob rows.  A plain sequence (no stop strings, no stop token ids, no
-        # logprobs) streams each token as is, in the step's one block of events.
+        # logprobs, no guided choice) streams each token as is, in the step's one block of events.
         self._logged: list[TokenLogprobs] = []
         self._lrow = -1
-        self._plain = self._stops is None and params.logprobs is None
+        self._plain = self._stops is None and params.logprobs is None and not params.guided_choice
+        #: With ``guided_choice``: its progress (:class:`~.guided.ChoiceGuide`), set when queued.
+        self._guide: ChoiceGuide | None = None
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block

@@ -763,8 +763,8 @@ class HttpApi:
 
     @staticmethod
     def _submit(call: CompletionCall, completion: Any, session: HttpSession) -> None:
-        """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias`` and
-        ``stop_token_ids`` named)."""
+        """Queue ``call``'s generation.  Raises what the engine raises (``logit_bias``,
+        ``stop_token_ids`` and ``guided_choice`` named)."""
         try:
             call.submit(completion.params, session)
         except BadRequest as exc:  # a logit_bias or stop_token_ids id outside the vocabulary (the engine's check)
@@ -864,8 +864,9 @@ def _platform(entry: Any) -> str:
 
 def _token_id_param(exc: BadRequest) -> BadRequest:
     """A refusal of :func:`~wsserve.generation.scheduler.check_token_ids` naming its field in
-    OpenAI's envelope (``logit_bias`` or ``stop_token_ids``)."""
-    field = next((f for f in ("logit_bias", "stop_token_ids") if f"'{f}'" in exc.message), None)
+    OpenAI's envelope (``logit_bias`` or ``stop_token_ids``), or of a ``guided_choice`` the model's
+    tokens cannot write (:meth:`~wsserve.generation.Scheduler.add_request`)."""
+    field = next((f for f in ("guided_choice", "logit_bias", "stop_token_ids") if f"'{f}'" in exc.message), None)
     return exc if field is None else _with_param(exc, field)  # type: ignore[return-value]
 
 

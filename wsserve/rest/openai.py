@@ -26,7 +26,8 @@
   ``finish_reason`` ``stop`` at one of them, whose text is not sent), ``min_tokens`` (0 to
   ``max_tokens``: no stop within the first ones) and ``include_stop_str_in_output`` (the stop
   string or token text is sent, and nothing after it), as the WebSocket ``generate`` takes them
-  (:class:`~wsserve.protocol.GenerationParams`);
+  (:class:`~wsserve.protocol.GenerationParams`), and vLLM's ``guided_choice`` (or its newer
+  spelling ``structured_outputs: {"choice": [...]}``; :func:`guided_choice_field`);
   ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
@@ -64,6 +65,7 @@ from ..protocol import (
     SAMPLING_FIELDS,
     STOP_FIELDS,
     GenerationParams,
+    guided_choice_tuple,
     logit_bias_tuple,
     sampling_fields,
     stop_fields,
@@ -72,8 +74,8 @@ from ..protocol import (
 from .errors import error_response
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
-           "completion_of", "error_event", "is_neutral", "max_tokens_field", "model_field", "models_list", "parse_chat_completion", "parse_completion",
-           "token_logprobs"]
+           "completion_of", "error_event", "guided_choice_field", "is_neutral", "max_tokens_field", "model_field", "models_list",
+           "parse_chat_completion", "parse_completion", "token_logprobs"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -85,7 +87,8 @@ MAX_N = 16
 MAX_CHOICES = 256
 
 #: vLLM's extra sampling and output fields wsserve does not do, both endpoints: beam search,
-#: guided (structured) decoding, per-request logits processors, banned words, a token allowlist,
+#: guided (structured) decoding other than a choice (``guided_choice`` and ``structured_outputs``'
+#: ``choice`` are taken: :func:`guided_choice_field`), per-request logits processors, banned words, a token allowlist,
 #: prompt truncation, prompt logprobs, token ids in place of token texts, and scheduling priority
 #: (vLLM's lower-is-first integer; wsserve's WebSocket ``priority`` is 0 or 1).  vLLM's
 #: ``ignore_eos``, ``skip_special_tokens``, ``spaces_between_special_tokens`` and
@@ -93,8 +96,8 @@ MAX_CHOICES = 256
 #: or special tokens (a generation ends by length or a stop), so there is nothing for them to change.
 NEUTRAL_VLLM = {
     "use_beam_search": (None, False), "length_penalty": (None, 1, 1.0), "early_stopping": (None, False),
-    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
-    "guided_decoding_backend": (None,), "guided_whitespace_pattern": (None,), "structured_outputs": (None,),
+    "guided_json": (None,), "guided_regex": (None,), "guided_grammar": (None,),
+    "guided_decoding_backend": (None,), "guided_whitespace_pattern": (None,),
     "logits_processors": (None, []), "bad_words": (None, []), "allowed_token_ids": (None,),
     "truncate_prompt_tokens": (None,), "prompt_logprobs": (None,), "return_tokens_as_token_ids": (None, False),
     "priority": (None, 0),
@@ -189,6 +192,9 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     echo_only = bool(echo) and obj.get("max_tokens") == 0 and type(obj.get("max_tokens")) is int
     max_tokens = 1 if echo_only else max_tokens_field(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit,
                                                       zero="'echo': true")
+    if echo_only and guided_choice_field(obj):
+        raise ParamError("guided_choice", "'guided_choice' needs a generation; 'max_tokens': 0 with 'echo' generates "
+                                          "nothing")
     if echo_only and obj.get("min_tokens") not in (None, 0):
         raise ParamError("min_tokens", "'min_tokens' must be 0 with 'max_tokens': 0 (nothing is generated), "
                                        f"got {shown(obj.get('min_tokens'), 40)}")
@@ -345,6 +351,7 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
         if options.get("continuous_usage_stats") not in (None, False):  # vLLM's: usage in every chunk
             raise ParamError("stream_options", "'stream_options.continuous_usage_stats' is not supported: the usage "
                                                "comes once, in the chunk before [DONE] (include_usage)")
+    guided_choice = guided_choice_field(obj)
     try:
         params = GenerationParams(
             prompt=prompt,
@@ -357,12 +364,40 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             stop=stop,
             logprobs=logprobs,
             **stop_fields(obj),
+            guided_choice=guided_choice,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        named = ("top_k", *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
+        named = ("guided_choice", "top_k", *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
         field = next((f for f in named if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
+
+
+def guided_choice_field(obj: dict[str, Any]) -> tuple[str, ...]:
+    """vLLM's ``guided_choice`` (a list of strings), or its newer spelling ``structured_outputs:
+    {"choice": [...]}`` (its other keys refused by name, unless null: wsserve constrains output to
+    a choice only), as :class:`GenerationParams` takes it; ``()`` when neither is given.  Raises
+    :class:`ParamError` naming ``guided_choice`` (or ``structured_outputs``); the strings'
+    bounds are :class:`GenerationParams`'s."""
+    value = obj.get("guided_choice")
+    structured = obj.get("structured_outputs")
+    if structured is not None:
+        if type(structured) is not dict:
+            raise ParamError("structured_outputs", "'structured_outputs' must be an object, got "
+                                                   f"{json_type(structured)}")
+        other = next((k for k, v in structured.items() if k != "choice" and v is not None), None)
+        if other is not None:
+            raise ParamError("structured_outputs", f"'structured_outputs' key {shown(other, 40)} is not supported: "
+                                                   "wsserve constrains output only to a choice "
+                                                   "('structured_outputs.choice' or 'guided_choice')")
+        if structured.get("choice") is not None:
+            if value is not None:
+                raise ParamError("guided_choice", "give 'guided_choice' or 'structured_outputs.choice', not both")
+            value = structured["choice"]
+    try:
+        return guided_choice_tuple(value)
+    except BadRequest as exc:
+        raise ParamError("guided_choice", exc.message) from None
 
 
 #: One choice of a non-streamed answer: its text, its ``finish_reason`` and, when asked, each

@@ -125,11 +125,13 @@ _WHY = {
 #: are ``include``/``top_logprobs`` and ``text.format``), and vLLM's fields for what wsserve does
 #: not do (:data:`~wsserve.rest.openai.NEUTRAL_VLLM`).
 _NEUTRAL_OTHER = {"n": (None, 1), "logprobs": (None, False), "response_format": (None, {"type": "text"}),
+                  "guided_choice": (None,),
                   **{name: values for name, values in NEUTRAL_VLLM.items() if name not in _NEUTRAL}}
 _WHY_OTHER = {
     "n": "a response has one output message (n choices: POST /v1/chat/completions)",
     "logprobs": f"this route's logprobs are asked for with 'include': [\"{INCLUDE_LOGPROBS}\"] and 'top_logprobs'",
     "response_format": "this route's output format is 'text.format', and only text",
+    "guided_choice": "a guided choice is served on /v1/completions and /v1/chat/completions",
 }
 #: The sampling and stop fields handed to :func:`~wsserve.rest.openai.completion_of` (checked there
 #: under these names), ``stream`` too: OpenAI's, vLLM's extensions to this route (``top_k``,

@@ -296,6 +296,25 @@ async def test_generate_stop_controls(server: ServerProcess) -> None:
                 await c.complete("charlm", "The ", max_tokens=5, **kwargs)  # type: ignore[arg-type]
 
 
+async def test_generate_guided_choice(server: ServerProcess) -> None:
+    """vLLM's ``guided_choice`` reaches the server: greedy and sampled texts are one of the
+    choices, ending with ``stop``; a bad value is the server's ``bad_request`` naming the field,
+    a single string a ``TypeError`` before anything is sent."""
+    choices = ["yes", "no", "maybe so"]
+    async with Client(server.url) as c:
+        assert c.hello is not None and (c.hello.limits.max_guided_choices, c.hello.limits.max_guided_choice_chars) == (
+            64, 256)
+        for seed in range(4):
+            r = await c.complete("charlm", "Is it? ", max_tokens=20, temperature=1.0, seed=seed, guided_choice=choices)
+            assert r.text in choices and (r.reason, r.tokens) == ("stop", len(r.text))
+        gen = c.generate("charlm", "Is it? ", max_tokens=20, guided_choice=tuple(choices))
+        assert "".join([t async for t in gen]) in choices and gen.result.reason == "stop"
+        with pytest.raises(BadRequestError, match="field 'guided_choice'"):
+            await c.complete("charlm", "The ", max_tokens=5, guided_choice=[])
+        with pytest.raises(TypeError, match="guided_choice"):
+            c.generate("charlm", "The ", guided_choice="yes")
+
+
 async def test_generate_chat_messages(server: ServerProcess) -> None:
     """A conversation is sent as ``messages``: charlm's chat template joins the contents with
     newlines, so the answer is the text prompt's, token for token."""

@@ -159,6 +159,9 @@ def test_encode_generate_and_cancel() -> None:
     frame = orjson.loads(encode_generate(5, "charlm", "a", stop_token_ids=(0, 7), min_tokens=3,
                                          include_stop_str_in_output=False))
     assert (frame["stop_token_ids"], frame["min_tokens"], frame["include_stop_str_in_output"]) == ([0, 7], 3, False)
+    assert orjson.loads(encode_generate(6, "charlm", "a", guided_choice=("yes", "no")))["guided_choice"] == ["yes", "no"]
+    with pytest.raises(TypeError, match="guided_choice"):  # not split into characters
+        encode_generate(6, "charlm", "a", guided_choice="yes")
     assert orjson.loads(encode_generate(4, "charlm", "")) == {
         "type": "generate", "id": 4, "model": "charlm", "prompt": "",
     }
@@ -274,6 +277,8 @@ def test_parse_hello_and_defaults() -> None:
         assert limits.max_logprobs == kept, value
     assert hello.limits.max_stop_token_ids is None  # a server without vLLM's stop controls
     assert parse_hello({"type": "hello", "limits": {"max_stop_token_ids": 64}}).limits.max_stop_token_ids == 64
+    limits = parse_hello({"type": "hello", "limits": {"max_guided_choices": 64, "max_guided_choice_chars": 256}}).limits
+    assert (limits.max_guided_choices, limits.max_guided_choice_chars) == (64, 256)
     assert hello.models == ("linear",)
     assert parse_hello({"type": "hello"}).limits == wsserve_client.Limits()
     with pytest.raises(ValueError):

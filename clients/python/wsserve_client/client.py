@@ -16,6 +16,7 @@ from .backoff import Backoff, RetryPolicy
 from .codec import (
     Version,
     chat_messages,
+    check_guided_choice,
     check_logprobs,
     check_version,
     encode_admin,
@@ -351,6 +352,7 @@ class Client:
         stop_token_ids: Sequence[int] | None = None,
         min_tokens: int | None = None,
         include_stop_str_in_output: bool | None = None,
+        guided_choice: Sequence[str] | None = None,
     ) -> Generation:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
         text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
@@ -377,6 +379,9 @@ class Client:
         ``stop`` at one of them, whose text is not sent), ``min_tokens`` (0 to ``max_tokens``: no
         stop within the first ones; the stop tokens are not generated then) and
         ``include_stop_str_in_output`` (the stop string or token text is sent, nothing after it).
+        ``guided_choice`` (vLLM's: 1 to the server's ``max_guided_choices``, 64, non-empty strings
+        of at most ``max_guided_choice_chars``, 256): the text is exactly one of them, ending with
+        reason ``stop`` as soon as it is one (``length`` at ``max_tokens``).
         Returns at once; the request is sent on first iteration or on ``async with``.
 
         Raises:
@@ -386,6 +391,7 @@ class Client:
         """
         check_version(version)  # a bad version raises here, not on first iteration
         check_logprobs(logprobs)
+        guided_choice = check_guided_choice(guided_choice)  # a copy, so later edits don't leak in
         if not isinstance(prompt, str):
             prompt = chat_messages(prompt)  # a TypeError here; a copy, so later edits don't leak in
 
@@ -396,6 +402,7 @@ class Client:
                 repetition_penalty=repetition_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=left,
                 priority=priority, version=version, logprobs=logprobs, stop_token_ids=stop_token_ids,
                 min_tokens=min_tokens, include_stop_str_in_output=include_stop_str_in_output,
+                guided_choice=guided_choice,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -424,6 +431,7 @@ class Client:
         stop_token_ids: Sequence[int] | None = None,
         min_tokens: int | None = None,
         include_stop_str_in_output: bool | None = None,
+        guided_choice: Sequence[str] | None = None,
     ) -> Completion:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
         :meth:`generate`: text, or chat messages; with ``logprobs``, ``.logprobs`` holds each
@@ -433,7 +441,7 @@ class Client:
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
             logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
             logprobs=logprobs, stop_token_ids=stop_token_ids, min_tokens=min_tokens,
-            include_stop_str_in_output=include_stop_str_in_output,
+            include_stop_str_in_output=include_stop_str_in_output, guided_choice=guided_choice,
         )
         async with gen:
             async for _ in gen:

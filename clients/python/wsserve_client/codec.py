@@ -45,6 +45,7 @@ __all__ = [
     "encode_admin",
     "check_version",
     "check_logprobs",
+    "check_guided_choice",
     "Version",
     "ADMIN_OPS",
     "timeout_to_ms",
@@ -232,6 +233,7 @@ def encode_generate(
     stop_token_ids: Sequence[int] | None = None,
     min_tokens: int | None = None,
     include_stop_str_in_output: bool | None = None,
+    guided_choice: Sequence[str] | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
     ``stop`` string is sent as a one-element list; ``stop_token_ids`` as a list, and it,
@@ -243,10 +245,11 @@ def encode_generate(
     here, before a request is sent. The sampling options (``temperature`` to ``seed``) are sent as
     given, unchecked: their ranges are the server's to enforce (``bad_request`` naming the field).
     ``logprobs`` (``k``, see :func:`check_logprobs`; 0 is sent)
-    asks for each token's log-probability and the ``k`` likeliest tokens.
+    asks for each token's log-probability and the ``k`` likeliest tokens. ``guided_choice``
+    (vLLM's: the text is one of these strings) is sent as a list (:func:`check_guided_choice`).
 
     Raises:
-        TypeError, ValueError: a bad ``prompt``, ``version`` or ``logprobs``.
+        TypeError, ValueError: a bad ``prompt``, ``version``, ``logprobs`` or ``guided_choice``.
     """
     frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model}
     if isinstance(prompt, str):
@@ -261,7 +264,8 @@ def encode_generate(
                 "logit_bias": None if logit_bias is None else {str(t): b for t, b in logit_bias.items()},
                 "seed": seed, "logprobs": check_logprobs(logprobs),
                 "stop_token_ids": None if stop_token_ids is None else list(stop_token_ids),
-                "min_tokens": min_tokens, "include_stop_str_in_output": include_stop_str_in_output}
+                "min_tokens": min_tokens, "include_stop_str_in_output": include_stop_str_in_output,
+                "guided_choice": check_guided_choice(guided_choice)}
     frame.update((name, value) for name, value in sampling.items() if value is not None)
     if stop is not None:
         frame["stop"] = [stop] if isinstance(stop, str) else list(stop)
@@ -332,12 +336,27 @@ def _limit(limits: dict[str, Any], name: str) -> int | None:
     return None
 
 
+def check_guided_choice(choices: Sequence[str] | None) -> list[str] | None:
+    """``guided_choice`` as the frame carries it (a list), or None; the strings and their bounds
+    are the server's to check (``bad_request`` naming ``guided_choice``).
+
+    Raises:
+        TypeError: a single string (not a sequence of them: it would be split into characters).
+    """
+    if choices is None:
+        return None
+    if isinstance(choices, str):
+        raise TypeError("guided_choice must be a sequence of strings, not a single string")
+    return list(choices)
+
+
 def parse_hello(frame: dict[str, Any]) -> ServerHello:
     """Build :class:`ServerHello` from a ``hello`` frame.
 
-    Missing fields become defaults; ``max_logprobs`` and ``max_stop_token_ids`` are kept when they
-    are integers >= 0 (the client does not enforce them: the server refuses a larger ``logprobs``
-    or a longer ``stop_token_ids``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
+    Missing fields become defaults; ``max_logprobs``, ``max_stop_token_ids``,
+    ``max_guided_choices`` and ``max_guided_choice_chars`` are kept when they are integers >= 0
+    (the client does not enforce them: the server refuses a larger ``logprobs``, a longer
+    ``stop_token_ids`` or ``guided_choice``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
     not an integer in ``[1, 2**53]`` — a string, a float, a negative or zero count, an absurd
     size — is not trusted: it is logged as a warning and treated as not announced (``None``),
     exactly like a server that does not send it; ``limits`` that is not an object likewise.
@@ -364,7 +383,9 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
         protocol=protocol,
         limits=Limits(**{name: _limit(lim, name) for name in LIMIT_NAMES},
                       max_logprobs=_opt_count(lim.get("max_logprobs")),
-                      max_stop_token_ids=_opt_count(lim.get("max_stop_token_ids"))),
+                      max_stop_token_ids=_opt_count(lim.get("max_stop_token_ids")),
+                      max_guided_choices=_opt_count(lim.get("max_guided_choices")),
+                      max_guided_choice_chars=_opt_count(lim.get("max_guided_choice_chars"))),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )
 

@@ -45,6 +45,10 @@ class Limits:
     #: The most ``stop_token_ids`` a generate may name (absent from a server without vLLM's stop
     #: controls: it ignores ``stop_token_ids``, ``min_tokens`` and ``include_stop_str_in_output``).
     max_stop_token_ids: int | None = None
+    #: The most strings a generate's ``guided_choice`` may hold, and the characters of each
+    #: (absent from a server without vLLM's guided choice).
+    max_guided_choices: int | None = None
+    max_guided_choice_chars: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
