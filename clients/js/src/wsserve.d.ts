@@ -136,6 +136,10 @@ export interface Limits {
   /** The most `stopTokenIds` a generate may name (64 for wsserve; absent from a server without vLLM's stop controls,
    *  which ignores them). */
   max_stop_token_ids?: number;
+  /** The most strings a generate's `guidedChoice` may hold (64 for wsserve; absent from a server without it). */
+  max_guided_choices?: number;
+  /** The most characters of each `guidedChoice` string (256 for wsserve). */
+  max_guided_choice_chars?: number;
   [extra: string]: unknown;
 }
 
@@ -420,6 +424,10 @@ export interface GenerateOptions extends CallOptions {
   minTokens?: number;
   /** vLLM's `include_stop_str_in_output`: the stop string, or the stop token's text, is sent, and nothing after it. */
   includeStopStrInOutput?: boolean;
+  /** vLLM's guided choice (sent as `guided_choice`): 1 to the server's `max_guided_choices` (64) non-empty strings of
+   *  at most `max_guided_choice_chars` (256) characters; the generated text is exactly one of them, and the generation
+   *  ends with reason `stop` as soon as it is complete (`length` if `maxTokens` comes first). Not with `minTokens`. */
+  guidedChoice?: string[];
   timeoutMs?: number;
   priority?: 0 | 1;
   /** Each token's log-probability and this many likeliest tokens of its step: an integer >= 0, at most the

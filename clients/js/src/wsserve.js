@@ -149,7 +149,7 @@ const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
   'repetitionPenalty', 'logitBias', 'seed', 'stop', 'stopTokenIds', 'minTokens', 'includeStopStrInOutput',
-  'timeoutMs', 'priority', 'logprobs',
+  'timeoutMs', 'priority', 'logprobs', 'guidedChoice',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
@@ -1805,11 +1805,13 @@ export class Client extends EventTarget {
    * server's `max_stop_token_ids`, 64: the generation ends with reason `stop` at one of them, whose text is not
    * sent), `minTokens` (0 to `maxTokens`: no stop within the first ones) and `includeStopStrInOutput` (the stop
    * string or token text is sent, and nothing after it).
+   * vLLM's `guidedChoice`, sent as `guided_choice` (unchecked): 1 to the server's `max_guided_choices` (64) strings;
+   * the generated text is exactly one of them (reason `stop` when it is complete).
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
    *          presencePenalty?: number, frequencyPenalty?: number, repetitionPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
-   *          stopTokenIds?: number[], minTokens?: number, includeStopStrInOutput?: boolean,
+   *          stopTokenIds?: number[], minTokens?: number, includeStopStrInOutput?: boolean, guidedChoice?: string[],
    *          logprobs?: number, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
@@ -1831,6 +1833,7 @@ export class Client extends EventTarget {
     setIf(msg, 'stop_token_ids', opts.stopTokenIds);
     setIf(msg, 'min_tokens', opts.minTokens);
     setIf(msg, 'include_stop_str_in_output', opts.includeStopStrInOutput);
+    setIf(msg, 'guided_choice', opts.guidedChoice);
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
     setIf(msg, 'logprobs', checkLogprobs('generate()', opts.logprobs));

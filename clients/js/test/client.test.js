@@ -327,6 +327,23 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.equal((await c.connect()).limits.max_stop_token_ids, 64);
   });
 
+  it('generate() with guidedChoice: the text is one of the choices, greedy or sampled; a bad list is refused by name', async () => {
+    const choices = ['yes', 'no', 'maybe later'];
+    for (const seed of [1, 2, 3]) {
+      const done = await c.complete('charlm', 'The ', { maxTokens: 40, temperature: 1, seed, guidedChoice: choices });
+      assert.ok(choices.includes(done.text), done.text);
+      assert.deepEqual([done.reason, done.tokens], ['stop', done.text.length]); // charlm: a token per character
+    }
+    const greedy = await collect(c.generate('charlm', 'The ', { maxTokens: 40, guidedChoice: choices }));
+    assert.ok(choices.includes(greedy.join('')), greedy.join(''));
+    for (const bad of [[], ['ok', ''], 'yes']) {
+      await assert.rejects(c.complete('charlm', 'The ', { maxTokens: 5, guidedChoice: bad }),
+        (e) => e instanceof BadRequestError && e.message.includes("'guided_choice'"));
+    }
+    const limits = (await c.connect()).limits;
+    assert.deepEqual([limits.max_guided_choices, limits.max_guided_choice_chars], [64, 256]);
+  });
+
   it('generate() with logprobs: the same texts, each token\'s record as it arrives and in done', async () => {
     const plain = await c.complete('charlm', 'The ', { maxTokens: 20 });
     assert.equal(plain.logprobs, undefined);
