@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "symbolic_features", "bool_mask", "string_input"]
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input"]
 
 #: An IR version / opset every onnxruntime >= 1.17 reads.
 IR_VERSION = 8
@@ -123,6 +123,19 @@ def symbolic_features() -> tuple[onnx.ModelProto, Reference]:
         [("axes", axes)],
     )
     return model, lambda x: x.sum(axis=1, keepdims=True)
+
+
+def symbolic_matrix() -> tuple[onnx.ModelProto, Reference]:
+    """Input ``x`` [N, A, B] (A and B symbolic) -> ``y`` [N, 1, 1] = each row's sum."""
+    f = TensorProto.FLOAT
+    axes = np.array([1, 2], dtype=np.int64)
+    model = _model(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        [helper.make_tensor_value_info("x", f, ["N", "A", "B"])],
+        [helper.make_tensor_value_info("y", f, ["N", 1, 1])],
+        [("axes", axes)],
+    )
+    return model, lambda x: x.sum(axis=(1, 2), keepdims=True)
 
 
 def bool_mask(d: int = 3) -> tuple[onnx.ModelProto, Reference]:

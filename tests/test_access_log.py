@@ -81,6 +81,32 @@ def test_a_stream_its_client_leaves_is_recorded_as_left(served: ServerProcess) -
     assert left[0]["message"].endswith("(client left)")
 
 
+def test_a_grpc_stream_its_client_cancels_is_recorded_as_cancelled(model_cache: Path) -> None:
+    """A ModelStreamInfer the client cancels mid-generation did not end OK: its record has the
+    note ``grpc-status CANCELLED`` (as the HTTP stream a client leaves is noted), with the bytes
+    written until then.  It was recorded as a stream that ended OK."""
+    tgrpc = pytest.importorskip("tritonclient.grpc")  # the grpc extra
+
+    from tests.test_grpc import _generate, grpc_address
+
+    with ServerProcess("--models", "charlm", "--grpc-port", "0", "--access-log", "--log-format", "json",
+                       cache_dir=model_cache) as proc:
+        client = tgrpc.InferenceServerClient(grpc_address(proc))
+        try:
+            results: queue.Queue = queue.Queue()
+            client.start_stream(callback=lambda result, error: results.put((result, error)))
+            _generate(client, results, "long", True, max_tokens=100000)
+            result, error = results.get(timeout=60)
+            assert error is None and result.get_response().id == "long"  # the generation is under way
+            client.stop_stream(cancel_requests=True)
+        finally:
+            client.close()
+        [record] = wait_until(lambda: [r for r in _access(proc) if r["request"].endswith("/ModelStreamInfer HTTP/2")],
+                              30, what="the cancelled stream's record")
+    assert record["status"] == 200 and record["note"] == "grpc-status CANCELLED", record
+    assert record["bytes"] > 0 and record["message"].endswith("(grpc-status CANCELLED)")
+
+
 def test_credentials_are_masked_in_the_fields_as_in_the_message(served: ServerProcess) -> None:
     before = len(_access(served))
     assert http_get(served.http + f"/v1/models?token={KEY}", key=KEY)[0] == 200

@@ -146,6 +146,25 @@ def test_a_disagreeing_config_refuses_the_version_naming_both_shapes(tmp_path: P
     assert str(info.value) == f"{tmp_path / '1' / 'model.onnx'}: {said}"
 
 
+def test_a_variable_dim_is_named_where_it_is_among_fixed_ones(tmp_path: Path) -> None:
+    """x [N, A, B], both symbolic, dims [4, -1]: Triton takes it; wsserve refuses the -1 (fixed row
+    shapes) naming dimension 2, the variable one, not dimension 1 (the config's 4).  It named
+    dimension 1, and ignored the 4.  dims [4, 5] serve rows of 4 x 5."""
+    model, ref = ob.symbolic_matrix()
+    with pytest.raises(ModelLoadError) as info:
+        _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, -1 ] }'))
+    assert str(info.value).endswith(
+        "model 'm', input 'x': config.pbtxt dims [4, -1] leave dimension 2 variable, as the graph does ('B'); "
+        "wsserve serves fixed row shapes: write that dimension's size in dims")
+    loaded = _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, 5 ] }'))
+    try:
+        assert [s.shape for s in loaded.inputs] == [(4, 5)]
+        x = np.arange(40, dtype=np.float32).reshape(2, 4, 5)
+        np.testing.assert_allclose(loaded.predict(x), ref(x), rtol=1e-6)
+    finally:
+        loaded.close()
+
+
 # --------------------------------------------------------------------------- a real server
 
 #: model -> (graph builder, config.pbtxt, the reason it is refused or None).

@@ -302,6 +302,125 @@ def test_the_restart_policy_gives_up_on_a_worker_that_never_boots() -> None:
         RestartPolicy(max_boot_failures=0)
 
 
+class _FakeProc:
+    """A worker process as the supervisor sees it; ``on_is_alive`` runs at the next ``is_alive``
+    check (what the process does just before the supervisor looks)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.alive, self.exitcode = pid, True, None
+        self.on_is_alive: Any = None
+
+    def is_alive(self) -> bool:
+        hook, self.on_is_alive = self.on_is_alive, None
+        if hook is not None:
+            hook()
+        return self.alive
+
+    def die(self, status: int) -> None:
+        self.alive, self.exitcode = False, status
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def kill(self) -> None:
+        self.die(-9)
+
+
+class _FakePipe:
+    """The supervisor's end of a worker's ready pipe."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    def poll(self) -> bool:
+        return bool(self.messages)
+
+    def recv(self) -> Any:
+        return self.messages.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[int, list[int], str]:
+    """Run the supervisor of 2 workers (``max_boot_failures=1``) over fake processes, each start
+    scripted by ``script(index, nth start of that index, proc, pipe)``; return its exit status, the
+    indexes started in order and its log."""
+    from wsserve import supervisor
+    from wsserve.config import ServerConfig
+
+    starts: list[int] = []
+
+    class Workers(supervisor._Workers):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.policy = supervisor.RestartPolicy(max_boot_failures=1)
+
+        def start(self, index: int) -> None:  # the real one spawns a process
+            starts.append(index)
+            proc, pipe = _FakeProc(10_000 + len(starts)), _FakePipe()
+            self.policy.started(index, asyncio.get_running_loop().time())
+            self.procs[index], self.pipes[index] = proc, pipe
+            script(index, starts.count(index), proc, pipe)
+
+        def signal_all(self, sig: int) -> None:
+            for proc in self.procs.values():
+                if proc.alive:
+                    proc.die(-sig)
+
+    monkeypatch.setattr(supervisor, "_Workers", Workers)
+    with caplog.at_level("INFO", logger="wsserve.supervisor"):
+        status = await supervisor._supervise(ServerConfig(host="127.0.0.1", port=0, workers=2), None, 20, frozenset())
+    return status, starts, "\n".join(r.getMessage() for r in caplog.records) + "\n"
+
+
+def _ready_then_dead(proc: _FakeProc, pipe: _FakePipe, index: int) -> None:
+    """The race: the worker sends its ready message and dies after the supervisor read its (empty)
+    pipe, before it checks that the worker is alive."""
+    proc.on_is_alive = lambda: (pipe.messages.append(("ready", index, proc.pid)), proc.die(3))
+
+
+async def test_a_ready_message_sent_just_before_the_death_is_no_boot_failure(monkeypatch, caplog) -> None:
+    """The supervisor's watch loop with fake processes (the race cannot be forced with real ones):
+    a restarted worker 1 sends its ready message and dies between the supervisor's read of its pipe
+    and its liveness check.  It was ready: its death is restarted as any ready worker's, not counted
+    as a boot failure (here the first would stop the server: max_boot_failures=1).  Its third start
+    dies before it is ready: that one stops the server.  The race's death was a boot failure."""
+
+    def script(index: int, nth: int, proc: _FakeProc, pipe: _FakePipe) -> None:
+        if index == 0 or nth == 1:  # ready at once; worker 1's first start is then killed (status -9)
+            pipe.messages.append(("ready", index, proc.pid))
+            if index == 1:
+                proc.on_is_alive = lambda: proc.die(-9)
+        elif nth == 2:
+            _ready_then_dead(proc, pipe, index)
+        else:  # dies before it is ready
+            proc.on_is_alive = lambda: proc.die(3)
+
+    status, starts, log = await _supervise_fakes(monkeypatch, caplog, script)
+    assert status == 1 and starts.count(1) == 3, log
+    assert re.search(r"worker 1 \(pid \d+\) exited with status 3: restarting it in 0.5 s\n", log), log
+    assert re.search(r"worker 1 \(pid \d+\) failed to boot 1 times in a row \(last exit: status 3\)", log), log
+
+
+async def test_a_ready_message_sent_just_before_the_death_does_not_fail_the_start(monkeypatch, caplog) -> None:
+    """The same race while the server starts: worker 1 was ready, so the start goes on (the ready
+    line) and its death is restarted; its second start dies before it is ready and stops the
+    server.  It failed the start ("exited with status 3 while starting")."""
+
+    def script(index: int, nth: int, proc: _FakeProc, pipe: _FakePipe) -> None:
+        if index == 0:
+            pipe.messages.append(("ready", index, proc.pid))
+        elif nth == 1:
+            _ready_then_dead(proc, pipe, index)
+        else:
+            proc.on_is_alive = lambda: proc.die(3)
+
+    status, starts, log = await _supervise_fakes(monkeypatch, caplog, script)
+    assert status == 1 and starts.count(1) == 2 and "while starting" not in log, log
+    assert re.search(r"worker 1 \(pid \d+\) exited with status 3: restarting it now\n", log), log
+
+
 async def test_a_worker_that_keeps_dying_is_restarted_with_backoff(model_cache: Path) -> None:
     """A worker that dies again soon after each restart (a crash loop) is not restarted in a
     tight loop: the supervisor waits longer each time (its log line says how long)."""

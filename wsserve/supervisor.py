@@ -443,10 +443,11 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         while pending and not stop.is_set():
             for i in list(pending):
                 proc = workers.procs[i]
-                if workers.poll_ready(i):
+                alive = proc.is_alive()
+                if workers.poll_ready(i):  # after the liveness check, as below: ready, even if it died since
                     pending.discard(i)
                     continue
-                if not proc.is_alive():
+                if not alive:
                     log.error("worker %d exited with status %s while starting", i, proc.exitcode)
                     workers.stopping = True
                     workers.signal_all(signal.SIGTERM)
@@ -471,8 +472,11 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                         workers.restart(i)
                         changed = True
                     continue
-                workers.poll_ready(i)  # before the death: a worker that was ready and then died is no boot failure
-                if proc.is_alive():
+                alive = proc.is_alive()
+                # read after the liveness check: a worker found dead sent its ready message (if it did)
+                # before it died, so it is in the pipe now, and that worker was no boot failure
+                workers.poll_ready(i)
+                if alive:
                     continue
                 workers.retire_metrics(i)
                 changed = True

@@ -170,7 +170,8 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
     """``--access-log`` for gRPC: one record per RPC once it ended, as an HTTP request's (the
     RPC is an HTTP/2 ``POST`` of its method's path): the client (:meth:`GrpcFrontend._client`),
     ``POST /inference.GRPCInferenceService/<Method> HTTP/2``, status 200 with the note
-    ``grpc-status <NAME>`` when the RPC did not end ``OK``, the answer's bytes (a unary RPC's
+    ``grpc-status <NAME>`` when the RPC did not end ``OK`` (``CANCELLED`` when its client cancelled
+    it or its deadline passed, which sets no status), the answer's bytes (a unary RPC's
     message; a stream's: the sum of the messages it wrote, counted by :class:`_CountedWrites`)
     and the milliseconds it took.  Installed only with the flag."""
 
@@ -188,12 +189,15 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request: Any, context: Any) -> Any:
-                t0, response = asyncio.get_running_loop().time(), None
+                t0, response, cancelled = asyncio.get_running_loop().time(), None, False
                 try:
                     response = await inner(request, context)
                     return response
+                except asyncio.CancelledError:  # the client cancelled it, or its deadline passed
+                    cancelled = True
+                    raise
                 finally:
-                    record(context, line, t0, response.ByteSize() if response is not None else 0)
+                    record(context, line, t0, response.ByteSize() if response is not None else 0, cancelled)
 
             return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
                                                        response_serializer=handler.response_serializer)
@@ -201,18 +205,25 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
             inner_stream = handler.stream_stream
 
             async def stream(requests: Any, context: Any) -> Any:
-                t0, counted = asyncio.get_running_loop().time(), _CountedWrites(context)
+                t0, counted, cancelled = asyncio.get_running_loop().time(), _CountedWrites(context), False
                 try:
                     return await inner_stream(requests, counted)
+                except asyncio.CancelledError:  # the client cancelled it, or its deadline passed
+                    cancelled = True
+                    raise
                 finally:
-                    record(context, line, t0, counted.written)
+                    record(context, line, t0, counted.written, cancelled)
 
             return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                          response_serializer=handler.response_serializer)
         return handler  # the service has no other kind of RPC
 
-    def _record(self, context: Any, line: str, t0: float, size: int) -> None:
+    def _record(self, context: Any, line: str, t0: float, size: int, cancelled: bool = False) -> None:
+        """Add the record of an RPC that ended (``cancelled``: its handler was cancelled, which
+        sets no status on the context: the note says ``grpc-status CANCELLED``)."""
         code = context.code()
+        if code is None and cancelled:
+            code = grpc.StatusCode.CANCELLED
         note = "" if code is None or code == grpc.StatusCode.OK else f"grpc-status {code.name}"
         ms = round((asyncio.get_running_loop().time() - t0) * 1000.0, 3)
         if self.access_log.add(self.client_of(context), line, 200, size, ms, note):

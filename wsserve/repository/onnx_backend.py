@@ -126,6 +126,8 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             dims.append(d)
         elif want is not None:
             dims.append(want[j])
+        elif tc is not None and tc.triton_dims is not None and tc.triton_dims[j] != -1:
+            dims.append(tc.triton_dims[j])  # config.pbtxt fixes it (another of its dims is -1: refused below)
         elif tc is not None and tc.triton_dims is not None:  # -1 in config.pbtxt against a dynamic graph dimension
             raise ModelLoadError(path, f"model {model!r}, {side} {name!r}: {source} dims {show_dims(tc.triton_dims)} leave "
                                        f"dimension {j + int(batching)} variable, as the graph does ({d!r}); wsserve serves "

@@ -18,8 +18,9 @@ symbolic):
   dimension needs ``-1`` in the config (``compare_exact = true``).
 
 A graph tensor of rank 0 (a scalar, or a shape the graph does not give) is not
-compared (Triton's "only compare the dimensions if the tensor is not scalar");
-the backend's own rules apply to it.  Sans-I/O: shapes in, a message out.
+compared (Triton's "only compare the dimensions if the tensor is not scalar";
+Triton then requires the config's dims to be all 1s, which wsserve, not reshaping,
+refuses too: the backend's own rules apply to it).  Sans-I/O: shapes in, a message out.
 """
 
 from __future__ import annotations
