@@ -175,6 +175,7 @@ def test_config_and_formatter_contracts() -> None:
 def test_grpc_rpcs_are_recorded_too(model_cache: Path) -> None:
     # --access-log recorded HTTP requests only: a gRPC RPC (an HTTP/2 POST) left no record.
     tgrpc = pytest.importorskip("tritonclient.grpc")  # the grpc extra
+    import grpc
     import numpy as np
     from tritonclient.utils import InferenceServerException
 
@@ -189,6 +190,10 @@ def test_grpc_rpcs_are_recorded_too(model_cache: Path) -> None:
             client.infer("linear", [tensor])
             with pytest.raises(InferenceServerException):
                 client.get_model_metadata("nope")
+            # grpc.health.v1 on the same port: recorded under its own service's path
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+            with grpc.insecure_channel(grpc_address(proc)) as channel:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
             # a stream: its record counts the bytes of every message it wrote (it counted 0)
             results: queue.Queue = queue.Queue()
             client.start_stream(callback=lambda result, error: results.put((result, error)))
@@ -199,9 +204,10 @@ def test_grpc_rpcs_are_recorded_too(model_cache: Path) -> None:
                 client.stop_stream()
         finally:
             client.close()
-        records = wait_until(lambda: r if len(r := _access(proc)) >= 3 else None, 30, what="three gRPC records")
+        records = wait_until(lambda: r if len(r := _access(proc)) >= 4 else None, 30, what="four gRPC records")
     assert len(answers) == 6 and answers[-1][2]  # six token responses, the last one final
-    infer, unknown, stream = records[-3:]
+    infer, unknown, check, stream = records[-4:]
+    assert check["request"] == "POST /grpc.health.v1.Health/Check HTTP/2" and check["bytes"] == 2  # SERVING
     assert stream["request"] == "POST /inference.GRPCInferenceService/ModelStreamInfer HTTP/2"
     assert stream["status"] == 200 and "note" not in stream
     # each response holds its id, a 1-character text_output and the final flag: more than 6 x 10 bytes

@@ -1026,3 +1026,55 @@ def test_idle_and_handshake_timeouts_close_grpc_connections(model_cache: Path) -
                 pass
     finally:
         proc.stop()
+
+
+# --------------------------------------------------------------------------- grpc.health.v1
+
+
+def test_grpc_health_serves_once_ready_without_a_key(model_cache: Path) -> None:
+    """grpc's standard health service (what Kubernetes' ``grpc`` probes call): the server
+    (``""``) and the inference service are SERVING, with API keys on and no key sent; another
+    name is NOT_FOUND, as grpc's own servicer answers it."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proc, address = start(model_cache, "--models", "linear", "--api-key", "k1")
+    channel = grpc.insecure_channel(address)
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as info:
+            health.Check(health_pb2.HealthCheckRequest(service="linear"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        channel.close()
+        proc.stop()
+
+
+def test_grpc_health_watch_sees_the_drain(model_cache: Path, tmp_path: Path) -> None:
+    """A ``Watch`` stream gets SERVING, then NOT_SERVING as soon as the drain starts (while an RPC
+    still holds the drain open), and ``Check`` answers NOT_SERVING from then on."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proc, address, gate = _held(model_cache, tmp_path, "--drain-timeout", "60")
+    channel = grpc.insecure_channel(address)
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        running = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer.future(_held_request())
+        wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
+        proc.signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", "inference.GRPCInferenceService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING, service
+        watch.cancel()
+        gate.touch()
+        assert np.frombuffer(running.result(timeout=30).raw_output_contents[0], dtype="<f8").tolist() == [-1.0]
+        assert proc.wait(30) == 0
+    finally:
+        gate.touch()
+        channel.close()
+        proc.stop()

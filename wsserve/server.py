@@ -206,6 +206,8 @@ class Server:
         if self.worker is not None:
             self._spawn(self._share_metrics(), "wsserve-metrics")
         self.ready = True
+        if self._grpc is not None:
+            await self._grpc.set_serving(True)
         log.info("serving %s on %s", ", ".join(self.pool.names), self.url)
 
     async def _start_grpc(self, port: int) -> None:
@@ -237,6 +239,8 @@ class Server:
         self._drain_deadline = monotonic() + timeout_s
         self._draining = self.shared.draining = True
         self.ready = False
+        if self._grpc is not None:
+            await self._grpc.set_serving(False)  # grpc.health.v1: NOT_SERVING, as /readyz answers 503
         log.info("draining %d connections (%d requests in flight), deadline %.1fs",
                  len(self.connections), self.shared.inflight, timeout_s)
         for conn in list(self.connections):
@@ -277,6 +281,7 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         if self._grpc is not None:  # after a drain nothing is in flight; without one, RPCs are cancelled now
+            await self._grpc.set_serving(False)
             await self._grpc.stop(CLOSE_AFTER_DRAIN_S if self._drained.is_set() else None)
         for proto in list(self._protocols):
             if isinstance(proto, HttpProtocol):

@@ -13,17 +13,25 @@ A peer's session is forgotten once it has nothing in flight and its rate
 bucket has refilled (it is then no different from a new one), so sessions do
 not pile up; gRPC connections do not count against ``--max-connections``
 (grpc accepts them itself).
+
+The same port serves gRPC's standard health service, ``grpc.health.v1.Health`` (grpc's own
+``HealthServicer``, as Kubernetes' ``grpc`` probes and ``grpc_health_probe`` call it): the
+services ``""`` (the server) and ``inference.GRPCInferenceService`` are ``SERVING`` once the
+server is ready and ``NOT_SERVING`` from the start of its drain on (for good); any other name
+is ``NOT_FOUND``.  It needs no API key, as ``/healthz`` and ServerLive need none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..admission import PROXY_HEADERS, check_bearer, client_address, local_admin
@@ -48,6 +56,8 @@ UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["G
 _PROXY_METADATA = frozenset(h.decode() for h in PROXY_HEADERS)
 #: Sessions kept before the idle ones are forgotten (then twice as many as remain, at least this).
 _SWEEP_AT = 64
+#: The services grpc.health.v1 answers for: the server as a whole, and its inference service.
+HEALTH_SERVICES = ("", "inference.GRPCInferenceService")
 
 
 class GrpcInferCall(InferCall):
@@ -169,7 +179,8 @@ def _ms(seconds: float) -> int:
 class _AccessRecords(grpc.aio.ServerInterceptor):
     """``--access-log`` for gRPC: one record per RPC once it ended, as an HTTP request's (the
     RPC is an HTTP/2 ``POST`` of its method's path): the client (:meth:`GrpcFrontend._client`),
-    ``POST /inference.GRPCInferenceService/<Method> HTTP/2``, status 200 with the note
+    ``POST /<service>/<Method> HTTP/2`` (``inference.GRPCInferenceService``, or
+    ``grpc.health.v1.Health``), status 200 with the note
     ``grpc-status <NAME>`` when the RPC did not end ``OK`` (``CANCELLED`` when its client cancelled
     it or its deadline passed, which sets no status), the answer's bytes (a unary RPC's
     message; a stream's: the sum of the messages it wrote, counted by :class:`_CountedWrites`)
@@ -216,7 +227,22 @@ class _AccessRecords(grpc.aio.ServerInterceptor):
 
             return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                          response_serializer=handler.response_serializer)
-        return handler  # the service has no other kind of RPC
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            inner_watch = handler.unary_stream  # grpc.health.v1's Watch: writes through its context
+
+            async def watch(request: Any, context: Any) -> Any:
+                t0, counted, cancelled = asyncio.get_running_loop().time(), _CountedWrites(context), False
+                try:
+                    return await inner_watch(request, counted)
+                except asyncio.CancelledError:  # the client left, or the server stopped
+                    cancelled = True
+                    raise
+                finally:
+                    record(context, line, t0, counted.written, cancelled)
+
+            return grpc.unary_stream_rpc_method_handler(watch, request_deserializer=handler.request_deserializer,
+                                                        response_serializer=handler.response_serializer)
+        return handler
 
     def _record(self, context: Any, line: str, t0: float, size: int, cancelled: bool = False) -> None:
         """Add the record of an RPC that ended (``cancelled``: its handler was cancelled, which
@@ -269,6 +295,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._sweep_at = _SWEEP_AT
         self._server: grpc.aio.Server | None = None
         self._proxies = proxy_networks(self.config.trusted_proxy)
+        #: grpc.health.v1: NOT_SERVING until :meth:`set_serving` says the server is ready
+        self.health = health.aio.HealthServicer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -298,6 +326,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
               if self.config.idle_timeout_s is not None else ()),
         ])
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             if tls is None:
@@ -311,6 +342,16 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         await server.start()
         self._server = server
         return bound
+
+    async def set_serving(self, serving: bool) -> None:
+        """grpc.health.v1: the server became ready (``SERVING``), or began its drain
+        (``NOT_SERVING`` for good: a later call changes nothing).  Open ``Watch`` streams are
+        told at once."""
+        if serving:
+            for service in HEALTH_SERVICES:
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        else:
+            await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float | None) -> None:
         """Stop listening; RPCs still running get ``grace_s`` (None: cancelled now)."""
