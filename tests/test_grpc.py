@@ -466,6 +466,27 @@ def test_perf_analyzer_runs_over_grpc(served, client) -> None:
     assert after - before >= requests
 
 
+def test_perf_analyzer_streams_a_predictive_model_over_grpc(served, client) -> None:
+    """``perf_analyzer --streaming -i grpc`` on ``mlp`` (a non-decoupled model): its requests go
+    on ModelStreamInfer streams, each answered once; a bounded count of them completes."""
+    binary = os.environ.get("WSSERVE_PERF_ANALYZER") or (
+        str(_PERF_ANALYZER_DEFAULT) if _PERF_ANALYZER_DEFAULT.exists() else shutil.which("perf_analyzer"))
+    if not binary:
+        pytest.skip("perf_analyzer is not installed: bash scripts/install-perf-analyzer")
+    before = client.get_inference_statistics("mlp").model_stats[0].inference_stats.success.count
+    run = subprocess.run(
+        [binary, "-m", "mlp", "-u", served[1], "-i", "grpc", "--streaming", "-b", "2", "--concurrency-range", "2",
+         "--measurement-mode", "count_windows", "--measurement-request-count", "50", "--max-trials", "3",
+         "--stability-percentage", "100000"],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = dict(re.findall(r"^\s+(Inference count|Successful request count): (\d+)$", run.stdout, re.M))
+    requests = int(figures["Successful request count"])
+    assert requests >= 50 and int(figures["Inference count"]) == 2 * requests
+    after = client.get_inference_statistics("mlp").model_stats[0].inference_stats.success.count
+    assert after - before >= requests
+
+
 def test_rate_limits_are_per_http2_connection(model_cache: Path) -> None:
     """``--rate-limit-per-s`` counts per HTTP/2 connection: a second RPC on the same channel is
     refused RESOURCE_EXHAUSTED, while another connection has its own budget (a channel of its own
@@ -551,8 +572,9 @@ def test_stream_infer_generates_as_the_vllm_backend_streams(served, client) -> N
         # a request's error is a response on the stream, which goes on
         _generate(client, results, "bad", True, max_tokens=12, temperature="hot")
         assert _answers(results) == ["'temperature' must be a number in [0, 100], got 'hot'"]
+        # a predictive model's request is answered as ModelInfer answers it: no text_input there
         _generate(client, results, "mlp", True, model="mlp")
-        assert _answers(results) == ["model 'mlp' does not generate text (use ModelInfer)"]
+        assert _answers(results) == ["unknown input 'text_input'; the model takes: input"]
         _generate(client, results, "again", False, max_tokens=12, temperature=0)
         assert _answers(results) == [("again", expected, True)]
     finally:
@@ -615,6 +637,152 @@ def test_stream_infer_runs_requests_concurrently_and_counts_tokens(served, clien
         client.stop_stream()
     assert finals == {"x", "y", "z"}
     assert _requests(proc, code="ok", model="charlm", type="generate") == ok + 3
+
+
+def _stream_predict(client, model: str, x: np.ndarray, datatype: str, rid: str, **kwargs: Any) -> None:
+    """A predictive model's request on ``client``'s stream: ``x`` as its ``input``."""
+    inp = tgrpc.InferInput("input", list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    client.async_stream_infer(model, [inp], request_id=rid, **kwargs)
+
+
+def test_stream_infer_answers_predictive_models_as_model_infer(served, client) -> None:
+    """Triton answers any model on ModelStreamInfer: a non-decoupled model's request gets one
+    response, ModelInfer's answer.  linear and mlp requests interleaved with a charlm generation on
+    one stream: each answered once, ``id`` echoed, the values ModelInfer gives (outputs filtering,
+    priority and timeout read as ModelInfer reads them); a bad tensor is an ``error_message``
+    and the stream goes on; counted as ModelInfer's requests."""
+    proc = served[0]
+    ok = _requests(proc, code="ok", model="linear", type="predict")
+    bad = _requests(proc, code="invalid_input", model="linear", type="predict")
+    rng = np.random.default_rng(11)
+    requests = {"l1": ("linear", rng.normal(size=(3, 1)), "FP64", {}),
+                "m1": ("mlp", rng.normal(size=(2, 32)).astype(np.float32), "FP32", {}),
+                "l2": ("linear", rng.normal(size=(1, 1)), "FP64", {"priority": 1, "timeout": 10_000_000}),
+                "m2": ("mlp", rng.normal(size=(5, 32)).astype(np.float32), "FP32",
+                       {"outputs": [tgrpc.InferRequestedOutput("output")]})}
+    expected = {rid: _infer(client, model, x, datatype).as_numpy("output")
+                for rid, (model, x, datatype, _) in requests.items()}
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for rid in ("l1", "m1"):
+            model, x, datatype, kwargs = requests[rid]
+            _stream_predict(client, model, x, datatype, rid, **kwargs)
+        _generate(client, results, "g", True, max_tokens=8, temperature=0)
+        for rid in ("l2", "m2"):
+            model, x, datatype, kwargs = requests[rid]
+            _stream_predict(client, model, x, datatype, rid, **kwargs)
+        _stream_predict(client, "linear", np.zeros((2, 3)), "FP64", "bad")
+        _stream_predict(client, "linear", np.ones((1, 1)), "FP64", "after")
+        answered: list[str] = []
+        errors: list[str] = []
+        tokens = 0
+        while len(answered) < 5 or not errors or tokens < 8:
+            result, error = results.get(timeout=60)
+            if error is not None:
+                errors.append(error.message())
+                continue
+            response = result.get_response()
+            if response.id == "g":
+                tokens += 1
+                continue
+            assert response.parameters["triton_final_response"].bool_param  # as Triton marks each
+            answered.append(response.id)
+            model, _, _, _ = requests.get(response.id, ("linear", None, None, None))
+            assert response.model_name == model and response.model_version == "1"
+            assert [(t.name, t.datatype) for t in response.outputs] == [("output", "FP64")]
+            if response.id in expected:
+                assert np.array_equal(result.as_numpy("output"), expected[response.id]), response.id
+            else:
+                assert result.as_numpy("output").shape == (1, 1)
+    finally:
+        client.stop_stream()
+    assert sorted(answered) == ["after", "l1", "l2", "m1", "m2"]  # each once
+    assert answered == ["l1", "m1", "l2", "m2", "after"]  # in the requests' order
+    assert errors == ["input 'input' has shape [2, 3]; the model takes [-1, 1]"]
+    assert results.empty()
+    assert _requests(proc, code="ok", model="linear", type="predict") == ok + 5  # 3 streamed, 2 ModelInfer
+    assert _requests(proc, code="invalid_input", model="linear", type="predict") == bad + 1
+
+
+def _raw_request(model: str, rid: str, rows: int, width: int) -> Any:
+    """A ModelInferRequest of zeros ``[rows, width]`` as ``input`` (FP32 for mlp, else FP64), raw."""
+    message = service_pb2.ModelInferRequest(model_name=model, id=rid)
+    message.inputs.add(name="input", datatype="FP32" if model == "mlp" else "FP64", shape=[rows, width])
+    message.raw_input_contents.append(b"\0" * (rows * width * (4 if model == "mlp" else 8)))
+    return message
+
+
+def test_stream_infer_error_names_its_request(stub) -> None:
+    """A predictive model's request refused on the stream is an ``error_message`` response
+    carrying the request's ``id`` and model (as Triton's); an unknown model's too; the stream goes
+    on, its next request answered with ModelInfer's raw outputs."""
+    sent = [_raw_request("linear", "wrong", 2, 3), _raw_request("nope", "unknown", 1, 1),
+            _raw_request("mlp", "last", 3, 32)]
+    answers = list(stub.ModelStreamInfer(iter(sent), timeout=60))
+    assert [a.infer_response.id for a in answers] == ["wrong", "unknown", "last"]
+    assert answers[0].error_message == "input 'input' has shape [2, 3]; the model takes [-1, 1]"
+    assert answers[0].infer_response.model_name == "linear" and not answers[0].infer_response.outputs
+    assert answers[1].error_message.startswith("no model named 'nope'")
+    last = answers[2]
+    assert not last.error_message and last.infer_response.parameters["triton_final_response"].bool_param
+    assert list(last.infer_response.outputs[0].shape) == [3, 10]
+    assert last.infer_response.raw_output_contents == stub.ModelInfer(_raw_request("mlp", "x", 3, 32)).raw_output_contents
+
+
+def test_stream_infer_answers_predictive_requests_in_their_order(model_cache: Path, tmp_path: Path) -> None:
+    """Predictive responses are written in the requests' order, as Triton writes a non-decoupled
+    model's: a request refused at once (its refusal counted) waits for the one before it, still
+    computing (held at its gate), and is answered after it."""
+    proc, address, gate = _held(model_cache, tmp_path)
+    sent: queue.Queue = queue.Queue()
+    channel = grpc.insecure_channel(address)
+    try:
+        answers = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sent.get, None), timeout=60)
+        held = _held_request()
+        held.id = "held"
+        sent.put(held)
+        wait_until(Path(str(gate) + ".started").exists, 30.0, what="the held row computing")
+        sent.put(_raw_request("g", "wrong", 1, 2))
+        wait_until(lambda: _requests(proc, code="invalid_input", model="g", type="predict") == 1, 30.0,
+                   what="the second request refused")
+        gate.touch()
+        sent.put(None)
+        got = [(a.infer_response.id, a.error_message) for a in answers]
+        assert got == [("held", ""), ("wrong", "input 'input' has shape [1, 2]; the model takes [-1, 3]")]
+    finally:
+        gate.touch()
+        sent.put(None)
+        channel.close()
+        proc.stop()
+
+
+def test_stream_infer_requests_are_batched_with_each_other(model_cache: Path) -> None:
+    """A stream's predictive requests run at once, through the model's queue: four one-row
+    requests on one stream, a batch of at most 4 rows and a long window: one execution, each
+    request answered its own row's outputs."""
+    proc, address = start(model_cache, "--models", "mlp", "--max-batch-size", "4", "--max-delay-ms", "60000")
+    client = tgrpc.InferenceServerClient(address)
+    x = np.random.default_rng(9).normal(size=(4, 32)).astype(np.float32)
+    results: queue.Queue = queue.Queue()
+    try:
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        for i in range(4):
+            _stream_predict(client, "mlp", x[i : i + 1], "FP32", str(i))
+        rows: dict[str, np.ndarray] = {}
+        for _ in range(4):
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            rows[result.get_response().id] = result.as_numpy("output")
+        client.stop_stream()
+        stats = client.get_inference_statistics("mlp").model_stats[0]
+        assert stats.inference_count == 4 and stats.execution_count == 1
+        alone = _infer(client, "mlp", x, "FP32").as_numpy("output")
+        assert np.allclose(np.concatenate([rows[str(i)] for i in range(4)]), alone)
+    finally:
+        client.close()
+        proc.stop()
 
 
 def _long_stream_request(rid: str) -> Any:
@@ -748,6 +916,9 @@ async def test_a_stream_sending_without_reading_is_read_no_further_than_max_infl
 
         def invocation_metadata(self) -> tuple:
             return ()
+
+        def time_remaining(self) -> None:
+            return None
 
         async def write(self, response) -> None:
             await asyncio.Event().wait()  # the client never reads

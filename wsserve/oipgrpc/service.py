@@ -509,13 +509,28 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     # ------------------------------------------------------------------ inference
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Rows through the model's queue as an HTTP ``/infer``'s (same checks, admission, metrics);
-        a cancelled RPC (the client's, or its deadline) drops its queued rows."""
+        """Rows through the model's queue as an HTTP ``/infer``'s (:meth:`_infer`); a cancelled RPC
+        (the client's, or its deadline) drops its queued rows."""
         key = await self._key(context)
+        try:
+            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer")
+        except WsserveError as exc:
+            await self._abort(context, exc)
+
+    async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str) -> Any:
+        """One ``ModelInferRequest`` of a predictive model: its rows through the model's queue as
+        an HTTP ``/infer``'s (same checks, admission, batching with other rows, limits, metrics);
+        returns its ``ModelInferResponse`` (the requested outputs as raw contents, ``id`` echoed).
+
+        ``peer``: whose session (admission, in-flight bounds) the request counts against;
+        ``remaining``: the RPC's seconds left (its deadline bounds the rows' time in the queue too),
+        None without a deadline; ``rpc``: the RPC named in the log of a bug.  Raises
+        ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
+        logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
         now = self.clock()
         name = request.model_name
-        session = self._session(context.peer(), now)
+        session = self._session(peer, now)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             session.admission.admit(key, now)
@@ -528,17 +543,15 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
             req = convert.parse_infer(request, inputs, outputs, max_rows=cfg.max_rows,
                                       explain_refusal=entry.explain_refusal)
-            remaining = context.time_remaining()
-            if remaining is not None:  # the RPC's deadline bounds the rows' time in the queue too
+            if remaining is not None:
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
             call = api.queue_infer(session, entry, req, inputs, outputs, now, GrpcInferCall, None, None,
                                    future=future)
         except WsserveError as exc:
             api.rejected(exc, name, "predict")
-            await self._abort(context, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
-            log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
-            await self._abort(context, Internal("internal error"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
+            raise _internal(rpc, name, exc) from None
         session.track(call)
         self.busy += 1
         try:
@@ -546,11 +559,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         except asyncio.CancelledError:  # the client cancelled, or the deadline passed
             call.abort()
             raise
-        except WsserveError as exc:
-            await self._abort(context, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
-            log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
-            await self._abort(context, Internal("internal error"))
+        except WsserveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
+            raise _internal(rpc, name, exc) from None
         finally:
             self.busy -= 1
             if not self.busy:
@@ -558,17 +570,19 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             return convert.infer_response(call.model, call.version, call.rid, call.outputs, call.requested, values,
                                           parameters)
-        except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
-            log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
-            await self._abort(context, Internal("internal error"))
-
+        except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
+            raise _internal(rpc, name, exc) from None
 
     # ------------------------------------------------------------------ generation
 
     async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        """Generations as Triton's vLLM backend streams them: each request on the stream runs
-        concurrently with the others (its failure is an ``error_message`` response; the stream
-        goes on); the stream ends when the client's side has ended and every generation has.
+        """Any model's requests, as Triton's stream answers them: a generative model's generation
+        as Triton's vLLM backend (a decoupled model) streams it (:meth:`_generate`); a predictive
+        model's request exactly as ModelInfer runs it (:meth:`_stream_infer`), answered by one
+        response.  Each request on the stream runs concurrently with the others (its failure is an
+        ``error_message`` response; the stream goes on); the stream ends when the client's side has
+        ended and every request has.  The predictive requests' responses are written in the order
+        the requests came (as Triton writes a non-decoupled model's), a generation's as they come.
         At most ``max_inflight`` requests of a stream are handled at once (a refused one until its
         error is written): the next one is read from the stream only when one of them ends, so a
         client that sends without reading cannot pile up work."""
@@ -576,24 +590,71 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         peer = context.peer()
         lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
 
         async def write(response: Any) -> None:
             async with lock:
                 await context.write(response)
 
         bound = self.config.max_inflight
+        turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         try:
             async for request in requests:
                 while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.get_running_loop().create_task(self._generate(request, key, peer, write))
+                after: asyncio.Future[None] = loop.create_future()
+                task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
+                                                             turn, after))
+                turn = after
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
-            for task in list(tasks):  # the stream was cancelled: so are its generations
+            for task in list(tasks):  # the stream was cancelled: so are its requests
                 task.cancel()
+
+    async def _stream_request(self, request: Any, key: str | None, peer: str, remaining: float | None,
+                              write: Callable[[Any], Any], before: asyncio.Future[None] | None,
+                              after: asyncio.Future[None]) -> None:
+        """One request of a ModelStreamInfer stream, by its model's kind (looked up in the same
+        step as the request's own lookup: no load between them): a generation (its responses are
+        not ordered: ``after`` is set with ``before``), else :meth:`_stream_infer` (an unknown
+        model's error too, as Triton orders it)."""
+        if self._generates(request):
+            _chain(before, after)
+            await self._generate(request, key, peer, write)
+        else:
+            await self._stream_infer(request, key, peer, remaining, write, before, after)
+
+    def _generates(self, request: Any) -> bool:
+        """True when ``request`` names a generative model that is ready (a lookup only)."""
+        try:
+            return self.api.lookup(request.model_name, request.model_version or None).kind == "generate"
+        except WsserveError:
+            return False
+
+    async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
+                            write: Callable[[Any], Any], before: asyncio.Future[None] | None,
+                            after: asyncio.Future[None]) -> None:
+        """A predictive model's request on a stream, run as ModelInfer runs it (:meth:`_infer`):
+        one response, its ``infer_response`` ModelInfer's answer (with ``triton_final_response``
+        true, as Triton marks every stream response), or its ``error_message``.  It is written once
+        ``before`` is set (the previous predictive response was written); ``after`` is set once
+        this one was written or the request ended otherwise (cancelled, the write failed)."""
+        try:
+            try:
+                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer")
+                response.parameters["triton_final_response"].bool_param = True
+                message = service_pb2.ModelStreamInferResponse(infer_response=response)
+            except WsserveError as exc:
+                message = convert.stream_error(exc, request.model_name, request.id or None)
+            if before is not None:
+                await asyncio.shield(before)  # (cancelled, this task leaves ``before`` to its own)
+            await write(message)
+        finally:
+            if not after.done():
+                after.set_result(None)
 
     async def _generate(self, request: Any, key: str | None, peer: str, write: Callable[[Any], Any]) -> None:
         api, cfg = self.api, self.config
@@ -603,9 +664,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         try:
             session.admission.admit(key, now)
-            entry = api.lookup(name, request.model_version or None)
-            if entry.kind != "generate":
-                raise BadRequest(f"model {name!r} does not generate text (use ModelInfer)")
+            entry = api.lookup(name, request.model_version or None)  # a generative one (_stream_request)
             obj = convert.generate_request(request)
             wanted = convert.requested_outputs(request)
             completion, rid, outputs, prepend = parse_generate(obj, model=name, stream=convert.stream_flag(obj),
@@ -662,6 +721,21 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.busy -= 1
             if not self.busy:
                 self.on_idle()
+
+
+def _chain(before: asyncio.Future[None] | None, after: asyncio.Future[None]) -> None:
+    """Set ``after`` once ``before`` is set (now, when there is none or it is)."""
+    if before is None or before.done():
+        after.set_result(None)
+    else:
+        before.add_done_callback(lambda _: after.done() or after.set_result(None))
+
+
+def _internal(rpc: str, name: str, exc: Exception) -> Internal:
+    """A bug met while answering ``rpc`` for model ``name``: logged; the request fails with
+    ``internal error`` (the others go on)."""
+    log.error("%s of %r failed: %s: %s", rpc, name, type(exc).__name__, exc)
+    return Internal("internal error")
 
 
 def _last(held: tuple[bytes, Any] | None, ended: Any) -> tuple[bytes, Any]:
