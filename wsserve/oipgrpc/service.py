@@ -38,7 +38,7 @@ from ..admission import PROXY_HEADERS, check_bearer, client_address, local_admin
 from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..rest import modelrepo
-from ..rest.calls import CompletionCall, HttpSession, InferCall
+from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
 from . import convert
 
@@ -164,6 +164,22 @@ class _MetadataHeaders:
     def header(self, name: bytes) -> str | None:
         key = name.decode("latin-1")
         return next((str(v) for k, v in self.metadata if k == key), None)
+
+
+_MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"  # span names: OpenTelemetry's for RPCs
+_MODEL_STREAM_INFER = "inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _trace_metadata(context: Any) -> tuple[str | None, str | None]:
+    """An RPC's W3C ``traceparent`` and ``tracestate`` metadata (checked by the tracer)."""
+    metadata = _MetadataHeaders(context.invocation_metadata())
+    return metadata.header(b"traceparent"), metadata.header(b"tracestate")
+
+
+def _grpc_head(model: str, method: str) -> dict[str, Any]:
+    """The attributes of a gRPC request's span known when it arrives (OpenTelemetry's RPC names)."""
+    return {"wsserve.transport": "grpc", "wsserve.model": model, "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService", "rpc.method": method}
 
 
 def _c_int(value: int) -> int:
@@ -535,11 +551,19 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                                    future=future)
         except WsserveError as exc:
             api.rejected(exc, name, "predict")
+            if api.tracer is not None:
+                api.tracer.refused(_MODEL_INFER, *_trace_metadata(context), now, _grpc_head(name, "ModelInfer"),
+                                   exc.code)
             await self._abort(context, exc)
         except Exception as exc:  # noqa: BLE001 - a bug: this RPC fails, the others go on
             log.error("ModelInfer of %r failed: %s: %s", name, type(exc).__name__, exc)
             await self._abort(context, Internal("internal error"))
         session.track(call)
+        if api.tracer is not None:
+            head = _grpc_head(name, "ModelInfer")
+            if call.rid is not None:
+                head["wsserve.request_id"] = call.rid
+            call.span = api.tracer.begin(_MODEL_INFER, *_trace_metadata(context), now, head)
         self.busy += 1
         try:
             values, parameters = await future
@@ -582,11 +606,12 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await context.write(response)
 
         bound = self.config.max_inflight
+        trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
         try:
             async for request in requests:
                 while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.get_running_loop().create_task(self._generate(request, key, peer, write))
+                task = asyncio.get_running_loop().create_task(self._generate(request, key, peer, write, trace))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -595,7 +620,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             for task in list(tasks):  # the stream was cancelled: so are its generations
                 task.cancel()
 
-    async def _generate(self, request: Any, key: str | None, peer: str, write: Callable[[Any], Any]) -> None:
+    async def _generate(self, request: Any, key: str | None, peer: str, write: Callable[[Any], Any],
+                        trace: tuple[str | None, str | None] = (None, None)) -> None:
+        """One request of a ModelStreamInfer stream; ``trace``: the stream's W3C ``traceparent`` and
+        ``tracestate`` metadata (each request's span is a child of it)."""
         api, cfg = self.api, self.config
         now = self.clock()
         name, rid = request.model_name, request.id or None
@@ -621,6 +649,11 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
         except WsserveError as exc:
             api.rejected(exc, name, "generate")
+            if api.tracer is not None:
+                head = _grpc_head(name, "ModelStreamInfer")
+                if rid:
+                    head["wsserve.request_id"] = str(rid)[:256]
+                api.tracer.refused(_MODEL_STREAM_INFER, *trace, now, head, exc.code)
             await write(convert.stream_error(exc, name, rid))
             return
         except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
@@ -628,6 +661,12 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             await write(convert.stream_error(Internal("internal error"), name, rid))
             return
         session.track(call)
+        if api.tracer is not None:
+            head = generate_span_head("grpc", name, completion, False)
+            head.update(_grpc_head(name, "ModelStreamInfer"))
+            if rid:
+                head["wsserve.request_id"] = str(rid)[:256]
+            call.span = api.tracer.begin(_MODEL_STREAM_INFER, *trace, now, head)
         if completion.stream:
             call.start_stream()
         self.busy += 1
