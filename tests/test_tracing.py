@@ -241,6 +241,34 @@ def test_grpc_model_infer_span_takes_the_metadata_traceparent(traced, collector:
     assert a["wsserve.rows"] == 1 and a["wsserve.transport"] == "grpc"
 
 
+def test_grpc_stream_infer_span_per_generation(traced, collector: Collector) -> None:
+    tgrpc = pytest.importorskip("tritonclient.grpc")
+    import queue
+
+    import numpy as np
+
+    _, address = traced
+    tp, trace_id, parent = _traceparent()
+    results: queue.Queue = queue.Queue()
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        prompt = tgrpc.InferInput("text_input", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([b"The "], dtype=np.object_))
+        client.start_stream(callback=lambda result, error: results.put((result, error)), headers={"traceparent": tp})
+        client.async_stream_infer("charlm", [prompt], request_id="gs-1", parameters={"max_tokens": 5})
+        result, error = results.get(timeout=60)
+        assert error is None, error
+    finally:
+        client.stop_stream()
+        client.close()
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "inference.GRPCInferenceService/ModelStreamInfer" and span["parent_span_id"] == parent
+    a = span["attributes"]
+    assert a["rpc.method"] == "ModelStreamInfer" and a["wsserve.request_id"] == "gs-1"
+    assert a["gen_ai.request.model"] == "charlm" and a["gen_ai.request.max_tokens"] == 5
+    assert a["gen_ai.usage.output_tokens"] == 5 and a["gen_ai.usage.input_tokens"] > 0
+
+
 def test_websocket_predict_and_generate_spans_take_the_frame_traceparent(traced, collector: Collector) -> None:
     proc, _ = traced
     tp, trace_id, parent = _traceparent()
