@@ -323,6 +323,31 @@ def test_a_down_collector_does_not_stop_serving(model_cache: Path) -> None:
         assert proc.stop() == 0
 
 
+def test_a_failing_attribute_read_still_ends_the_span_and_never_raises(collector: Collector) -> None:
+    """In process: :class:`~wsserve.tracing.Tracing` against the same collector; a request whose
+    ``span_attributes`` raises still gets its span (status and code), and nothing reaches the caller."""
+    import time
+
+    from wsserve.tracing import Tracing
+
+    class Broken:
+        def span_attributes(self) -> dict[str, Any]:
+            raise RuntimeError("a bug in the figures")
+
+    tracing = Tracing(collector.url, clock=time.monotonic)
+    tp, trace_id, parent = _traceparent()
+    try:
+        span = tracing.begin("wsserve.predict", tp, "vendor=1", time.monotonic(), {"wsserve.model": "m"})
+        assert span is not None
+        span.end("internal", Broken())
+        span.end("ok")  # a second end does nothing
+    finally:
+        tracing.close()
+    found = collector.wait(trace_id=trace_id)
+    assert found["parent_span_id"] == parent and found["status"] == STATUS_ERROR
+    assert found["attributes"]["wsserve.error_code"] == "internal" and found["attributes"]["wsserve.model"] == "m"
+
+
 def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -240,7 +240,7 @@ class Connection:
             else:
                 self.io.send(frame)
         if job.span is not None:
-            job.span.end(code, job.span_attributes())
+            job.span.end(code, job)
         metrics = self._metrics
         if type(job) is PredictJob:
             metrics.predict_done(job.model, code, self._clock() - job.received_at, job.queue_s, job.worker.stats)

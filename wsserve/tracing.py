@@ -5,8 +5,8 @@ The rest of wsserve calls through a tiny interface and never imports OpenTelemet
 - :meth:`Tracing.begin` (name, W3C ``traceparent``/``tracestate`` as received, the request's
   arrival on the server's monotonic clock, attributes known then) returns a
   :class:`RequestSpan`, kept by the request (an HTTP or gRPC call, a WebSocket job);
-- :meth:`RequestSpan.end` (the result code, ``ok`` or a wire error code, and the attributes
-  measured by then) ends it when the request's terminal answer is sent; a second call is a no-op;
+- :meth:`RequestSpan.end` (the result code, ``ok`` or a wire error code, and the request, whose
+  ``span_attributes()`` gives the figures measured by then) ends it when the request's terminal answer is sent; a second call is a no-op;
 - :meth:`Tracing.refused` records a request refused before it was queued (one span, ended at once);
 - :meth:`Tracing.close` flushes and stops the exporter (bounded), at shutdown.
 
@@ -83,13 +83,14 @@ class RequestSpan:
         self._tracing = tracing
         self._span = span
 
-    def end(self, code: str, attributes: Attributes | None = None) -> None:
-        """Set ``attributes``, the status (an error code other than ``ok``: ``ERROR`` with
-        ``error.type`` and ``wsserve.error_code``; ``cancelled`` is an error too) and end the span.
-        Called once by the request's owner; later calls do nothing.  Never raises."""
+    def end(self, code: str, request: Any = None) -> None:
+        """Set ``request.span_attributes()`` (the figures measured by then; read here, so that an
+        error in them is tracing's, not the request's), the status (a code other than ``ok``:
+        ``ERROR`` with ``error.type`` and ``wsserve.error_code``; ``cancelled`` is an error too)
+        and end the span.  Called once by the request's owner; later calls do nothing.  Never raises."""
         span, self._span = self._span, None
         if span is not None:
-            self._tracing.finish(span, code, attributes)
+            self._tracing.finish(span, code, request)
 
 
 class Tracing:
@@ -128,7 +129,7 @@ class Tracing:
               attributes: Attributes) -> RequestSpan | None:
         """Start a request's span, named ``name``, started at ``received_at`` (the monotonic
         clock's), a child of ``traceparent`` when it is a usable W3C value (else a new trace).
-        Returns None if the SDK failed (logged once)."""
+        Returns None when the sampler left it out, or if the SDK failed (logged once)."""
         try:
             context = None
             traceparent = parse_traceparent(traceparent)
@@ -143,13 +144,19 @@ class Tracing:
         except Exception as exc:  # noqa: BLE001 - tracing never fails a request
             self._log_once("begin", exc)
             return None
+        if not span.is_recording():  # sampled out (OTEL_TRACES_SAMPLER): nothing more to do for it
+            return None
         return RequestSpan(self, span)
 
-    def finish(self, span: Any, code: str, attributes: Attributes | None) -> None:
-        """End ``span`` with ``code`` (see :meth:`RequestSpan.end`).  Never raises."""
+    def finish(self, span: Any, code: str, request: Any) -> None:
+        """End ``span`` with ``code`` (see :meth:`RequestSpan.end`); a failure to read the request's
+        attributes still ends it.  Never raises."""
         try:
-            if attributes:
-                span.set_attributes(attributes)
+            if request is not None:
+                span.set_attributes(request.span_attributes())
+        except Exception as exc:  # noqa: BLE001 - tracing never fails a request
+            self._log_once("attributes", exc)
+        try:
             if code != "ok":
                 span.set_attributes({"error.type": code, "wsserve.error_code": code})
                 span.set_status(self._error)

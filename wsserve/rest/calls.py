@@ -80,7 +80,7 @@ class HttpSession:
         self.inflight -= call.weight
         self._shared.inflight -= 1
         if call.span is not None:
-            call.span.end(code, call.span_attributes())
+            call.span.end(code, call)
         metrics = self._metrics
         if isinstance(call, CompletionCall):  # the gRPC front end's generations too
             metrics.request_done(call.model, call.kind, code, self._clock() - call.received_at, call.engine.stats)
