@@ -358,8 +358,8 @@ def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize("url", ["localhost:4318", "ftp://collector/v1/traces", "http://", "http://host:99999/x",
                                  "not a url"])
 def test_a_bad_endpoint_exits_2_naming_the_flag(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _cli_error(["serve", "--otlp-traces-endpoint", url], capsys)
-    assert "--otlp-traces-endpoint" in err
+    error = _cli_error(["serve", "--otlp-traces-endpoint", url], capsys).strip().splitlines()[-1]
+    assert "--otlp-traces-endpoint" in error and "URL" in error, error
 
 
 def test_the_flag_without_the_extra_exits_2_naming_it(monkeypatch: pytest.MonkeyPatch,
