@@ -135,6 +135,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("access_log", action="store_true",
         help="log every HTTP request once answered (client, request line, status, bytes, milliseconds) on the logger "
              "wsserve.access at info level (default off)")
+    opt("otlp_traces_endpoint", metavar="URL", default=d.otlp_traces_endpoint,
+        help="send one OpenTelemetry span per request (HTTP, gRPC and WebSocket predict/generate) to this "
+             "OTLP/HTTP collector, e.g. http://localhost:4318/v1/traces (a URL without a path gets /v1/traces); "
+             "W3C traceparent from clients is the parent; service name wsserve or $OTEL_SERVICE_NAME "
+             "(default off; pip install 'wsserve[otel]')")
     g = p.add_argument_group("batching")
     opt("max_batch_size", group=g, type=_positive_int, default=d.max_batch_size, help="rows per predict batch (default %(default)s)")
     opt("max_delay_ms", group=g, type=_off_or_number, default=d.max_delay_ms,

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .tracing import check_endpoint
+
 __all__ = ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
            "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout"]
 
@@ -57,6 +59,14 @@ class _EncryptedKey(Exception):
 
 #: ``--log-format`` values: ``text`` (one line per record) or ``json`` (one JSON object per line).
 LOG_FORMATS = ("text", "json")
+
+
+def _installed(module: str) -> bool:
+    """True if ``module`` (dotted) can be imported; its parents are imported to tell."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def _ask_no_password() -> bytes:
@@ -152,6 +162,7 @@ class ServerConfig:
     # Logging
     log_format: str = "text"  # text | json (one JSON object per line)
     access_log: bool = False  # one line per HTTP request answered, on the logger wsserve.access
+    otlp_traces_endpoint: str | None = None  # OTLP/HTTP collector URL for request spans (wsserve[otel]); None: off
 
     # Transport
     transport: str = "websockets"  # websockets | picows (the optional extra wsserve[fast])
@@ -197,6 +208,11 @@ class ServerConfig:
             raise ValueError(f"{flag('log_format')} must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if type(self.access_log) is not bool:
             raise ValueError(f"{flag('access_log')} must be a boolean, got {self.access_log!r}")
+        if self.otlp_traces_endpoint is not None:
+            check_endpoint(self.otlp_traces_endpoint, flag("otlp_traces_endpoint"))
+            if not all(map(_installed, ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"))):
+                raise ValueError(f"{flag('otlp_traces_endpoint')} needs opentelemetry-sdk and "
+                                 "opentelemetry-exporter-otlp-proto-http: pip install 'wsserve[otel]'")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"{flag('loop')} must be auto, asyncio or uvloop, got {self.loop!r}")
         if self.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:

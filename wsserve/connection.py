@@ -130,6 +130,9 @@ class ConnectionContext:
     #: ``admin(op, model, version, done)``: run a load/unload/reload and call ``done`` with
     #: the result (a dict) or the ``WsserveError``; None when the server has no repository.
     admin: Callable[[str, str, str | None, Callable[[Any], None]], None] | None = None
+    #: ``--otlp-traces-endpoint``: the server's :class:`~wsserve.tracing.Tracing` (a span per
+    #: predict and generate); None: off, nothing is traced.
+    tracer: Any = None
 
 
 class Connection:
@@ -149,6 +152,7 @@ class Connection:
         self._models = ctx.models
         self._metrics = ctx.metrics
         self._clock = ctx.clock
+        self._tracer = ctx.tracer  # None: tracing off
         self.address = address
         self._local_admin = is_loopback(address) if local_admin is None else local_admin
         self.inflight: dict[Any, Job] = {}
@@ -235,6 +239,8 @@ class Connection:
                 self.io.send_binary(frame)
             else:
                 self.io.send(frame)
+        if job.span is not None:
+            job.span.end(code, job)
         metrics = self._metrics
         if type(job) is PredictJob:
             metrics.predict_done(job.model, code, self._clock() - job.received_at, job.queue_s, job.worker.stats)
@@ -373,6 +379,12 @@ class Connection:
         model = getattr(req, "model", "")
         # Label only real model names: client-chosen labels would grow without bound.
         self.ctx.metrics.rejected(model if self.ctx.models.knows(model) else "", kind, exc.code)
+        if self._tracer is not None and kind != "other":
+            head = _span_head(req) if req is not None else {"wsserve.transport": "websocket"}
+            if rid is not None:
+                head["wsserve.request_id"] = str(rid)[:256]
+            self._tracer.refused(f"wsserve.{kind}", getattr(req, "traceparent", None), None, self._now, head,
+                                 exc.code)
 
     # ------------------------------------------------------------------ auth
 
@@ -492,6 +504,8 @@ class Connection:
         job = PredictJob(self, key, req, entry, inputs, n, nbytes, now, deadline)
         job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
         self._track(job)
+        if self._tracer is not None:
+            job.span = self._tracer.begin("wsserve.predict", req.traceparent, None, now, _span_head(req))
 
     def _generate(self, req: Generate, now: float) -> None:
         self._admit(req.id, now)
@@ -506,6 +520,8 @@ class Connection:
         job = GenerateJob(self, req.id, req, entry, now, deadline)
         job.handle = entry.worker.submit(params, job, group=self, deadline=deadline)
         self._track(job)
+        if self._tracer is not None:
+            job.span = self._tracer.begin("wsserve.generate", req.traceparent, None, now, _span_head(req))
 
     def _track(self, job: Job) -> None:
         self.inflight[job.key] = job
@@ -521,3 +537,17 @@ class Connection:
     def _abandon_all(self) -> None:
         for job in list(self.inflight.values()):
             job.abandon()
+
+
+def _span_head(req: Predict | Generate) -> dict[str, Any]:
+    """The attributes of a WebSocket request's span known when it arrives (``--otlp-traces-endpoint``):
+    the model, the id, a generate's parameters under OpenTelemetry's GenAI names."""
+    head: dict[str, Any] = {"wsserve.transport": "websocket", "wsserve.model": req.model}
+    if req.id is not None:  # (the seed form has none)
+        head["wsserve.request_id"] = str(req.id)[:256]
+    if type(req) is Generate:
+        params = req.params
+        head.update({"gen_ai.operation.name": "chat" if req.messages is not None else "text_completion",
+                     "gen_ai.request.model": req.model, "gen_ai.request.max_tokens": params.max_tokens,
+                     "gen_ai.request.temperature": params.temperature})
+    return head

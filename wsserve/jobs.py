@@ -70,7 +70,8 @@ class JobOwner(Protocol):
 class Job:
     """Base of in-flight requests.  Subclasses stop their work in ``_stop_work``."""
 
-    __slots__ = ("owner", "key", "id", "model", "version", "kind", "received_at", "deadline", "finished", "nbytes")
+    __slots__ = ("owner", "key", "id", "model", "version", "kind", "received_at", "deadline", "finished", "nbytes",
+                 "span")
 
     def __init__(
         self, owner: JobOwner, key: Any, rid: Any, entry: ModelEntry, kind: str, received_at: float,
@@ -86,6 +87,7 @@ class Job:
         self.deadline = deadline
         self.finished = False
         self.nbytes = 0  # input bytes held while unfinished (the connection's max_inflight_bytes)
+        self.span: Any = None  # --otlp-traces-endpoint: its wsserve.tracing.RequestSpan, ended by the owner
 
     # -- ending
 
@@ -118,6 +120,10 @@ class Job:
     def _stop_work(self) -> None:
         raise NotImplementedError
 
+    def span_attributes(self) -> dict[str, Any]:
+        """What its span records once it ended (the figures measured for its answer)."""
+        return {"wsserve.model_version": self.version}
+
 
 class PredictJob(Job):
     """A ``predict`` (plain, streamed or seed-form) in flight; its worker's :class:`PredictSink`."""
@@ -143,6 +149,7 @@ class PredictJob(Job):
         self.received_at = received_at
         self.deadline = deadline
         self.finished = False
+        self.span = None
         self.inputs = inputs  # [n, ...] or {name: [n, ...]}: what the worker batches
         self.n = n
         self.nbytes = nbytes
@@ -181,6 +188,13 @@ class PredictJob(Job):
     def _stop_work(self) -> None:
         if self.item is not None:
             self.worker.cancel(self.item)
+
+    def span_attributes(self) -> dict[str, Any]:
+        """Its version and rows, and (once computed) the timing its answer carries."""
+        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "wsserve.rows": self.n}
+        if self.queue_s >= 0:
+            attributes.update({"wsserve." + k: v for k, v in self._timing().items()})
+        return attributes
 
     # -- PredictSink
 
@@ -334,6 +348,13 @@ class GenerateJob(Job):
     def _stop_work(self) -> None:
         if self.handle is not None:
             self.engine.cancel(self.handle)
+
+    def span_attributes(self) -> dict[str, Any]:
+        """Its version and token counts (GenAI's names)."""
+        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "gen_ai.usage.output_tokens": self.tokens}
+        if self.handle is not None:
+            attributes["gen_ai.usage.input_tokens"] = self.handle.prompt_tokens
+        return attributes
 
     def cancel(self) -> None:
         """Cancel ends a generation with ``done`` reason ``cancelled``.

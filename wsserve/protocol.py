@@ -32,6 +32,7 @@ from .chat import ChatMessage, parse_messages
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
+from .tracecontext import parse_traceparent
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -357,6 +358,9 @@ class Predict:
     tensors: TensorPayload | None = None
     #: Answer with binary tensor frames (``result`` / ``chunk``).
     binary_outputs: bool = False
+    #: A W3C ``traceparent`` for the request's span (``--otlp-traces-endpoint``); None when absent
+    #: or malformed (ignored, as W3C says: :func:`~wsserve.tracecontext.parse_traceparent`).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +375,8 @@ class Generate:
     #: The conversation of a ``messages`` generate (then ``params.prompt`` is empty: the served
     #: model's chat template makes the prompt, see :mod:`wsserve.chat`).
     messages: tuple[ChatMessage, ...] | None = None
+    #: As :attr:`Predict.traceparent`.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +538,7 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
         explain=_flag(obj, "explain"),
         tensors=tensors,
         binary_outputs=_flag(obj, "binary_outputs"),
+        traceparent=parse_traceparent(obj.get("traceparent")),
     )
 
 
@@ -648,7 +655,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         guided_choice=guided_choice_tuple(obj.get("guided_choice")),
     )
     return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
-                    messages=messages)
+                    messages=messages, traceparent=parse_traceparent(obj.get("traceparent")))
 
 
 def _decode_seed(obj: dict[str, Any]) -> Predict:

@@ -117,6 +117,8 @@ class Server:
         self.access_log = (AccessLog(config.log_format, config.secrets, None if worker is None else str(worker))
                            if config.access_log else None)
         self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
+        #: --otlp-traces-endpoint: request spans (wsserve.tracing, the only OpenTelemetry importer); None: off
+        self.tracing = _tracing(self.config)
         self.flusher = Flusher()
         self.counters = Counters()
         self.pool = ModelPool(self.config, observer=self.metrics, after_batch=self.flusher.flush)
@@ -139,6 +141,7 @@ class Server:
             hello=b"",  # set by start(), once the repositories are loaded
             clock=monotonic,
             admin=self._admin if (config.model_repository or builtin_repository) else None,
+            tracer=self.tracing,
         )
         self.ready = False
         self._set_hello()
@@ -147,7 +150,7 @@ class Server:
             config=self.config, models=self.pool, metrics=self.metrics, keys=self.keys, shared=self.shared,
             version=__version__, clock=monotonic, wall_clock=time,
             ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
-            admin=self.ctx.admin, unloaded=self.registry.unloaded_names,
+            admin=self.ctx.admin, unloaded=self.registry.unloaded_names, tracer=self.tracing,
         )
         add = self.api.add_route
         add("GET", "/healthz", self._healthz, auth="none", style=None)
@@ -306,6 +309,8 @@ class Server:
         await self.registry.wait_retired(max(0.0, end - monotonic()))
         if self.access_log is not None:
             self.access_log.flush()
+        if self.tracing is not None:  # the last spans, bounded (a collector that is down: dropped)
+            await asyncio.get_running_loop().run_in_executor(None, self.tracing.close)
 
     def _note_closed(self) -> None:
         """While draining: set ``_all_closed`` once no WebSocket is open, no HTTP connection owes answers
@@ -531,6 +536,18 @@ _PAGE_HEADERS = (
      "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
      "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
 )
+
+
+def _tracing(config: ServerConfig) -> Any:
+    """The server's :class:`~wsserve.tracing.Tracing` with ``--otlp-traces-endpoint``, else None
+    (then OpenTelemetry is never imported)."""
+    if config.otlp_traces_endpoint is None:
+        return None
+    from .tracing import Tracing
+
+    tracing = Tracing(config.otlp_traces_endpoint, clock=monotonic)
+    log.info("tracing: request spans to %s (OTLP/HTTP)", tracing.endpoint)
+    return tracing
 
 
 class _BadHeader(ValueError):

@@ -38,7 +38,7 @@ from ..admission import PROXY_HEADERS, check_bearer, client_address, local_admin
 from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..rest import modelrepo
-from ..rest.calls import CompletionCall, HttpSession, InferCall
+from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
 from . import convert
 
@@ -164,6 +164,22 @@ class _MetadataHeaders:
     def header(self, name: bytes) -> str | None:
         key = name.decode("latin-1")
         return next((str(v) for k, v in self.metadata if k == key), None)
+
+
+_MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"  # span names: OpenTelemetry's for RPCs
+_MODEL_STREAM_INFER = "inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _trace_metadata(context: Any) -> tuple[str | None, str | None]:
+    """An RPC's W3C ``traceparent`` and ``tracestate`` metadata (checked by the tracer)."""
+    metadata = _MetadataHeaders(context.invocation_metadata())
+    return metadata.header(b"traceparent"), metadata.header(b"tracestate")
+
+
+def _grpc_head(model: str, method: str) -> dict[str, Any]:
+    """The attributes of a gRPC request's span known when it arrives (OpenTelemetry's RPC names)."""
+    return {"wsserve.transport": "grpc", "wsserve.model": model, "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService", "rpc.method": method}
 
 
 def _c_int(value: int) -> int:
@@ -513,23 +529,27 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         (the client's, or its deadline) drops its queued rows."""
         key = await self._key(context)
         try:
-            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer")
+            trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
+            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer", trace)
         except WsserveError as exc:
             await self._abort(context, exc)
 
-    async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str) -> Any:
+    async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str,
+                     trace: tuple[str | None, str | None] = (None, None)) -> Any:
         """One ``ModelInferRequest`` of a predictive model: its rows through the model's queue as
         an HTTP ``/infer``'s (same checks, admission, batching with other rows, limits, metrics);
         returns its ``ModelInferResponse`` (the requested outputs as raw contents, ``id`` echoed).
 
         ``peer``: whose session (admission, in-flight bounds) the request counts against;
         ``remaining``: the RPC's seconds left (its deadline bounds the rows' time in the queue too),
-        None without a deadline; ``rpc``: the RPC named in the log of a bug.  Raises
+        None without a deadline; ``rpc``: the RPC named in the log of a bug and in its span;
+        ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on).  Raises
         ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
         logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
         now = self.clock()
         name = request.model_name
+        span_name = _MODEL_INFER if rpc == "ModelInfer" else _MODEL_STREAM_INFER
         session = self._session(peer, now)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
@@ -549,10 +569,17 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                                    future=future)
         except WsserveError as exc:
             api.rejected(exc, name, "predict")
+            if api.tracer is not None:
+                api.tracer.refused(span_name, *trace, now, _grpc_head(name, rpc), exc.code)
             raise
         except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
             raise _internal(rpc, name, exc) from None
         session.track(call)
+        if api.tracer is not None:
+            head = _grpc_head(name, rpc)
+            if call.rid is not None:
+                head["wsserve.request_id"] = call.rid
+            call.span = api.tracer.begin(span_name, *trace, now, head)
         self.busy += 1
         try:
             values, parameters = await future
@@ -598,13 +625,14 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         bound = self.config.max_inflight
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
+        trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
         try:
             async for request in requests:
                 while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 after: asyncio.Future[None] = loop.create_future()
                 task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
-                                                             turn, after))
+                                                             turn, after, trace))
                 turn = after
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -616,16 +644,17 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_request(self, request: Any, key: str | None, peer: str, remaining: float | None,
                               write: Callable[[Any], Any], before: asyncio.Future[None] | None,
-                              after: asyncio.Future[None]) -> None:
+                              after: asyncio.Future[None], trace: tuple[str | None, str | None]) -> None:
         """One request of a ModelStreamInfer stream, by its model's kind (looked up in the same
         step as the request's own lookup: no load between them): a generation (its responses are
         not ordered: ``after`` is set with ``before``), else :meth:`_stream_infer` (an unknown
-        model's error too, as Triton orders it)."""
+        model's error too, as Triton orders it).  ``trace``: the stream's W3C ``traceparent`` and
+        ``tracestate`` metadata (each request's span is a child of it)."""
         if self._generates(request):
             _chain(before, after)
-            await self._generate(request, key, peer, write)
+            await self._generate(request, key, peer, write, trace)
         else:
-            await self._stream_infer(request, key, peer, remaining, write, before, after)
+            await self._stream_infer(request, key, peer, remaining, write, before, after, trace)
 
     def _generates(self, request: Any) -> bool:
         """True when ``request`` names a generative model that is ready (a lookup only)."""
@@ -636,7 +665,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
                             write: Callable[[Any], Any], before: asyncio.Future[None] | None,
-                            after: asyncio.Future[None]) -> None:
+                            after: asyncio.Future[None], trace: tuple[str | None, str | None]) -> None:
         """A predictive model's request on a stream, run as ModelInfer runs it (:meth:`_infer`):
         one response, its ``infer_response`` ModelInfer's answer (with ``triton_final_response``
         true, as Triton marks every stream response), or its ``error_message``.  It is written once
@@ -644,7 +673,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         this one was written or the request ended otherwise (cancelled, the write failed)."""
         try:
             try:
-                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer")
+                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace)
                 response.parameters["triton_final_response"].bool_param = True
                 message = service_pb2.ModelStreamInferResponse(infer_response=response)
             except WsserveError as exc:
@@ -656,7 +685,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if not after.done():
                 after.set_result(None)
 
-    async def _generate(self, request: Any, key: str | None, peer: str, write: Callable[[Any], Any]) -> None:
+    async def _generate(self, request: Any, key: str | None, peer: str, write: Callable[[Any], Any],
+                        trace: tuple[str | None, str | None] = (None, None)) -> None:
+        """One generation of a ModelStreamInfer stream; ``trace``: the stream's W3C ``traceparent``
+        and ``tracestate`` metadata (its span is a child of it)."""
         api, cfg = self.api, self.config
         now = self.clock()
         name, rid = request.model_name, request.id or None
@@ -680,6 +712,11 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
         except WsserveError as exc:
             api.rejected(exc, name, "generate")
+            if api.tracer is not None:
+                head = _grpc_head(name, "ModelStreamInfer")
+                if rid:
+                    head["wsserve.request_id"] = str(rid)[:256]
+                api.tracer.refused(_MODEL_STREAM_INFER, *trace, now, head, exc.code)
             await write(convert.stream_error(exc, name, rid))
             return
         except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
@@ -687,6 +724,12 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             await write(convert.stream_error(Internal("internal error"), name, rid))
             return
         session.track(call)
+        if api.tracer is not None:
+            head = generate_span_head("grpc", name, completion, False)
+            head.update(_grpc_head(name, "ModelStreamInfer"))
+            if rid:
+                head["wsserve.request_id"] = str(rid)[:256]
+            call.span = api.tracer.begin(_MODEL_STREAM_INFER, *trace, now, head)
         if completion.stream:
             call.start_stream()
         self.busy += 1

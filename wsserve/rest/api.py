@@ -78,6 +78,7 @@ from .calls import (
     KServeCall,
     PredictFormCall,
     SeedCall,
+    generate_span_head,
 )
 from .errors import Style, content_type_note, error_response, plain_error
 from .openai import (
@@ -141,6 +142,7 @@ class HttpApi:
         slot_free: Callable[[], bool],
         admin: modelrepo.AdminHook | None = None,
         unloaded: Callable[[], Iterable[str]] = tuple,
+        tracer: Any = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -154,6 +156,9 @@ class HttpApi:
         self.slot_free = slot_free
         self.admin = admin
         self.unloaded = unloaded
+        #: ``--otlp-traces-endpoint``: a :class:`~wsserve.tracing.Tracing` (a span per predict, inference
+        #: and generation, HTTP's and gRPC's); None: off
+        self.tracer = tracer
         #: Sessions of open HTTP connections holding a connection slot.
         self.sessions: set[HttpSession] = set()
         #: OIP extensions announced by ``GET /v2``.
@@ -244,6 +249,8 @@ class HttpApi:
                                    metrics=route.auth == "metrics")
             response = handler(request, exchange, params, key, cors)
         except WsserveError as exc:
+            if self.tracer is not None:
+                self._trace_refused(request, route, params, exc)
             if isinstance(exc, BadJson):
                 exc.message += _content_type_note(request, route)
             return _with(error_response(exc, route.style or "wsserve", param=getattr(exc, "param", None)), cors)
@@ -279,6 +286,16 @@ class HttpApi:
             *cors, ("Access-Control-Allow-Methods", allowed), ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
             ("Access-Control-Max-Age", CORS_MAX_AGE),
         ])
+
+    def _trace_refused(self, request: HttpRequest, route: Route, params: Mapping[str, str],
+                       exc: WsserveError) -> None:
+        """A traced route's request refused before it was queued: its span, ended at once."""
+        if request.method != "POST" or not route.pattern.endswith(_TRACED_ROUTES):
+            return
+        head: dict[str, Any] = {"wsserve.transport": "http"}
+        if "name" in params:
+            head["wsserve.model"] = params["name"]
+        self.tracer.refused(f"POST {route.pattern}", *_trace_headers(request), self.clock(), head, exc.code)
 
     # ------------------------------------------------------------------ sessions (connection slots)
 
@@ -343,6 +360,9 @@ class HttpApi:
             raise
         session.track(call)
         exchange.on_abort = call.abort
+        if self.tracer is not None:
+            call.span = self.tracer.begin("POST /predict", *_trace_headers(request), now, {
+                "wsserve.transport": "http", "wsserve.model": model})
         return None
 
     # ------------------------------------------------------------------ KServe V1
@@ -532,6 +552,12 @@ class HttpApi:
             raise
         session.track(call)
         exchange.on_abort = call.abort
+        if self.tracer is not None:
+            head = {"wsserve.transport": "http", "wsserve.model": name}
+            if req.id is not None:
+                head["wsserve.request_id"] = req.id
+            call.span = self.tracer.begin(_span_name("POST", params, "/v2/models/{name}", "/infer"),
+                                          *_trace_headers(request), now, head)
         return None
 
     def queue_infer(self, session: HttpSession, entry: Any, req: oip.InferRequest, inputs: tuple[oip.Tensor, ...],
@@ -752,6 +778,10 @@ class HttpApi:
             raise
         session.track(call)
         exchange.on_abort = call.abort
+        if self.tracer is not None:
+            call.span = self.tracer.begin(f"POST {request.path}" if triton is None else _span_name(
+                "POST", triton, "/v2/models/{name}", "/generate_stream" if stream else "/generate"),
+                *_trace_headers(request), now, generate_span_head("http", model, completion, chat))
         if call.scoring:  # queued and answered once the prompts are scored
             for scoring in call.scoring:
                 scoring.add_done_callback(functools.partial(self._scored, call, completion, session))
@@ -844,6 +874,22 @@ class _TooManyConnections(Overloaded):
     """503 at ``--max-connections``; the connection is closed."""
 
     close_connection = True
+
+
+#: The routes whose requests get a span with ``--otlp-traces-endpoint`` (their patterns' ends).
+_TRACED_ROUTES = ("/predict", "/infer", "/generate", "/generate_stream", "/v1/completions", "/v1/chat/completions",
+                  "/v1/responses")
+
+
+def _trace_headers(request: HttpRequest) -> tuple[str | None, str | None]:
+    """A request's W3C ``traceparent`` and ``tracestate`` headers (checked by the tracer)."""
+    return request.header(b"traceparent"), request.header(b"tracestate")
+
+
+def _span_name(method: str, params: Mapping[str, str], base: str, tail: str) -> str:
+    """The route a span is named after: ``POST /v2/models/{name}/infer``, or with
+    ``/versions/{version}`` when the request named a version."""
+    return f"{method} {base}{'/versions/{version}' if 'version' in params else ''}{tail}"
 
 
 def _v1_methods(params: Mapping[str, str]) -> tuple[str, ...]:

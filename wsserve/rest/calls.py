@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..pool import ModelEntry
 
-__all__ = ["Call", "CompletionCall", "CompletionChoice", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall"]
+__all__ = ["Call", "CompletionCall", "CompletionChoice", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall",
+           "generate_span_head"]
 
 JSON = "application/json"
 _NO_HEADERS: tuple[tuple[str, str], ...] = ()  # never mutated
@@ -78,6 +79,8 @@ class HttpSession:
         self.inflight_bytes -= call.nbytes
         self.inflight -= call.weight
         self._shared.inflight -= 1
+        if call.span is not None:
+            call.span.end(code, call)
         metrics = self._metrics
         if isinstance(call, CompletionCall):  # the gRPC front end's generations too
             metrics.request_done(call.model, call.kind, code, self._clock() - call.received_at, call.engine.stats)
@@ -102,7 +105,7 @@ class Call:
     """Base of HTTP calls.  Subclasses stop their work in ``_stop_work``."""
 
     __slots__ = ("session", "exchange", "model", "version", "kind", "received_at", "finished", "nbytes", "style",
-                 "headers", "weight")
+                 "headers", "weight", "span")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, kind: str, style: Style,
                  received_at: float, headers: list[tuple[str, str]] | None) -> None:
@@ -117,6 +120,7 @@ class Call:
         self.nbytes = 0
         self.weight = 1  # requests it counts as against max_inflight (a completion: its choices)
         self.headers = headers or _NO_HEADERS  # CORS headers for the answer
+        self.span: Any = None  # --otlp-traces-endpoint: its wsserve.tracing.RequestSpan, ended by the session
 
     def _end(self, code: str) -> bool:
         if self.finished:
@@ -140,6 +144,10 @@ class Call:
         if self.headers:
             response.headers.extend(self.headers)
         self.exchange.respond(response)
+
+    def span_attributes(self) -> dict[str, Any]:
+        """What its span records once it ended (the figures measured for its answer)."""
+        return {"wsserve.model_version": self.version}
 
     def abort(self) -> None:
         """The client is gone: stop the work, answer nothing."""
@@ -223,6 +231,13 @@ class PredictCall(Call):
 
     def _timing(self) -> dict[str, float | int]:
         return timing_fields(self.queue_s, self._compute_s, self._batch_max)
+
+    def span_attributes(self) -> dict[str, Any]:
+        """Its version and rows, and (once computed) the timing its answer carries."""
+        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "wsserve.rows": self.n}
+        if self.queue_s >= 0:
+            attributes.update({"wsserve." + k: v for k, v in self._timing().items()})
+        return attributes
 
     def _result(self, outputs: Any) -> None:
         raise NotImplementedError
@@ -365,6 +380,16 @@ class CompletionCall(Call):
     def tokens(self) -> int:
         """Tokens sent so far, over every choice (``usage.completion_tokens``, the metric)."""
         return sum(c.tokens for c in self.choices)
+
+    def span_attributes(self) -> dict[str, Any]:
+        """Its version and token counts under GenAI's names (``usage``'s figures: each prompt once)."""
+        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "gen_ai.usage.output_tokens": self.tokens}
+        if self.prompt_counts is not None:
+            attributes["gen_ai.usage.input_tokens"] = sum(self.prompt_counts)
+        elif all(c.handle is not None for c in self.choices):
+            n = len(self.choices) // len(self.prompts)
+            attributes["gen_ai.usage.input_tokens"] = sum(c.handle.prompt_tokens for c in self.choices[::n])
+        return attributes
 
     def scored(self, prompt: int, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
         """Prompt ``prompt``'s tokens' texts and records, for ``echo`` with ``logprobs``."""
@@ -521,3 +546,11 @@ class CompletionChoice:
         self.ended = True
         self.call.fail(exc)
 
+
+def generate_span_head(transport: str, model: str, completion: Any, chat: bool) -> dict[str, Any]:
+    """The attributes of a generation's span known when it is queued, under OpenTelemetry's GenAI
+    names (every transport's: HTTP's and gRPC's)."""
+    params = completion.params
+    return {"wsserve.transport": transport, "wsserve.model": model, "gen_ai.request.model": model,
+            "gen_ai.operation.name": "chat" if chat else "text_completion",
+            "gen_ai.request.max_tokens": params.max_tokens, "gen_ai.request.temperature": params.temperature}

@@ -1,0 +1,426 @@
+"""``--otlp-traces-endpoint``: OpenTelemetry spans of real requests, received by a real OTLP/HTTP collector.
+
+The collector is this test's boundary: a small ``http.server`` on 127.0.0.1 that takes
+``POST /v1/traces`` and decodes each body with opentelemetry-proto's ``ExportTraceServiceRequest``
+(the server's exporter is the SDK's own).  A real server process with the flag, real clients:
+urllib and the openai SDK over HTTP, tritonclient.grpc, a websockets client.  The export
+schedule is shortened with the SDK's ``OTEL_BSP_SCHEDULE_DELAY``; waits are predicate waits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import secrets
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from websockets.sync.client import connect  # noqa: E402
+
+from tests.support import ServerProcess, wait_until  # noqa: E402
+from wsserve.cli import main  # noqa: E402
+from wsserve.tracecontext import parse_traceparent  # noqa: E402
+
+#: A short export schedule (the SDK's default is 5 s), so spans arrive soon after their request.
+OTEL_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_SERVICE_NAME": "wsserve-under-test"}
+
+
+class Collector:
+    """An OTLP/HTTP trace receiver on 127.0.0.1: every span of every ``POST /v1/traces``, decoded."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.posts = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                with lock:
+                    outer.posts += 1
+                    for rs in request.resource_spans:
+                        resource = {a.key: _value(a.value) for a in rs.resource.attributes}
+                        for ss in rs.scope_spans:
+                            for span in ss.spans:
+                                outer.spans.append(_span(span, resource))
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def find(self, **wanted: Any) -> dict[str, Any] | None:
+        """The first span whose fields (``name``, ``trace_id``...) or attributes equal ``wanted``."""
+        for span in list(self.spans):
+            if all(span.get(k, span["attributes"].get(k)) == v for k, v in wanted.items()):
+                return span
+        return None
+
+    def wait(self, **wanted: Any) -> dict[str, Any]:
+        return wait_until(lambda: self.find(**wanted), 30, what=f"a span with {wanted}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
+
+
+def _span(span: Any, resource: dict[str, Any]) -> dict[str, Any]:
+    return {"name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+            "parent_span_id": span.parent_span_id.hex(), "kind": span.kind, "status": span.status.code,
+            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+            "attributes": {a.key: _value(a.value) for a in span.attributes}, "resource": resource}
+
+
+def _traceparent() -> tuple[str, str, str]:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{parent}-01", trace_id, parent
+
+
+def _post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _ws_request(url: str, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send one request on a new WebSocket; its frames up to the terminal one."""
+    frames = []
+    with connect(url, open_timeout=30) as ws:
+        ws.send(json.dumps(request))
+        while True:
+            frame = json.loads(ws.recv(timeout=60))
+            if frame.get("id") != request["id"]:
+                continue  # hello
+            frames.append(frame)
+            if frame["type"] in ("result", "done", "error"):
+                return frames
+
+
+STATUS_ERROR = 2  # opentelemetry.proto.trace.v1.Status.STATUS_CODE_ERROR
+KIND_SERVER = 2  # Span.SPAN_KIND_SERVER
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def traced(model_cache: Path, collector: Collector) -> Iterator[tuple[ServerProcess, str]]:
+    from tests.test_grpc import grpc_address  # the gRPC port from the server's log
+
+    proc = ServerProcess("--models", "linear,charlm", "--grpc-port", "0", "--otlp-traces-endpoint", collector.url,
+                         cache_dir=model_cache, env=OTEL_ENV)
+    try:
+        yield proc, grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+def test_http_infer_span_has_the_route_the_parent_and_the_timing(traced, collector: Collector) -> None:
+    proc, _ = traced
+    tp, trace_id, parent = _traceparent()
+    body = {"id": "infer-7", "inputs": [{"name": "input", "shape": [2, 1], "datatype": "FP64", "data": [1.0, 2.0]}]}
+    status, answer = _post(proc.http + "/v2/models/linear/infer", body, {"traceparent": tp, "tracestate": "k=v"})
+    assert status == 200, answer
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "POST /v2/models/{name}/infer"
+    assert span["parent_span_id"] == parent and span["kind"] == KIND_SERVER and span["status"] != STATUS_ERROR
+    a = span["attributes"]
+    assert a["wsserve.model"] == "linear" and a["wsserve.model_version"] == answer["model_version"]
+    assert a["wsserve.request_id"] == "infer-7" and a["wsserve.rows"] == 2 and a["wsserve.transport"] == "http"
+    assert a["wsserve.batch_size"] >= 2 and a["wsserve.queue_ms"] >= 0 and a["wsserve.compute_ms"] >= 0
+    assert span["resource"]["service.name"] == "wsserve-under-test"
+    assert span["end"] >= span["start"] > 0
+
+
+def test_http_predict_span(traced, collector: Collector) -> None:
+    proc, _ = traced
+    tp, trace_id, _ = _traceparent()
+    status, answer = _post(proc.http + "/predict", {"model": "linear", "inputs": [[1.0], [2.0], [3.0]]},
+                           {"traceparent": tp})
+    assert status == 200, answer
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "POST /predict"
+    assert span["attributes"]["wsserve.rows"] == 3
+    assert span["attributes"]["wsserve.compute_ms"] == answer["timing"]["compute_ms"]  # the answer's own figures
+
+
+def test_openai_chat_span_has_genai_attributes(traced, collector: Collector) -> None:
+    openai = pytest.importorskip("openai")
+    proc, _ = traced
+    tp, trace_id, parent = _traceparent()
+    client = openai.OpenAI(base_url=proc.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    try:
+        answer = client.chat.completions.create(model="charlm", messages=[{"role": "user", "content": "hello"}],
+                                                max_tokens=7, temperature=0.5, extra_headers={"traceparent": tp})
+    finally:
+        client.close()
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "POST /v1/chat/completions" and span["parent_span_id"] == parent
+    a = span["attributes"]
+    assert a["gen_ai.request.model"] == "charlm" and a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.request.max_tokens"] == 7 and a["gen_ai.request.temperature"] == 0.5
+    assert a["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
+    assert a["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+
+
+def test_completions_span_without_traceparent_starts_a_trace(traced, collector: Collector) -> None:
+    proc, _ = traced
+    status, answer = _post(proc.http + "/v1/completions", {"model": "charlm", "prompt": "ab", "max_tokens": 3,
+                                                           "user": "no-traceparent"},
+                           {"traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01"})  # invalid: all-zero trace id
+    assert status == 200, answer
+    span = collector.wait(name="POST /v1/completions")
+    assert span["parent_span_id"] == "" and span["trace_id"] != "0" * 32
+    assert span["attributes"]["gen_ai.usage.output_tokens"] == answer["usage"]["completion_tokens"]
+
+
+def test_failed_request_span_has_error_status_and_code(traced, collector: Collector) -> None:
+    proc, _ = traced
+    tp, trace_id, _ = _traceparent()
+    status, _answer = _post(proc.http + "/v2/models/nope/infer", {"inputs": []}, {"traceparent": tp})
+    assert status == 404
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "POST /v2/models/{name}/infer" and span["status"] == STATUS_ERROR
+    assert span["attributes"]["wsserve.error_code"] == "unknown_model"
+    assert span["attributes"]["error.type"] == "unknown_model"
+
+
+def test_grpc_model_infer_span_takes_the_metadata_traceparent(traced, collector: Collector) -> None:
+    tgrpc = pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+
+    _, address = traced
+    tp, trace_id, parent = _traceparent()
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        inp = tgrpc.InferInput("input", [1, 1], "FP64")
+        inp.set_data_from_numpy(np.array([[4.0]]))
+        client.infer("linear", [inp], request_id="g-1", headers={"traceparent": tp})
+    finally:
+        client.close()
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "inference.GRPCInferenceService/ModelInfer" and span["parent_span_id"] == parent
+    a = span["attributes"]
+    assert a["rpc.system"] == "grpc" and a["rpc.method"] == "ModelInfer" and a["wsserve.request_id"] == "g-1"
+    assert a["wsserve.rows"] == 1 and a["wsserve.transport"] == "grpc"
+
+
+def test_grpc_stream_infer_span_per_generation(traced, collector: Collector) -> None:
+    tgrpc = pytest.importorskip("tritonclient.grpc")
+    import queue
+
+    import numpy as np
+
+    _, address = traced
+    tp, trace_id, parent = _traceparent()
+    results: queue.Queue = queue.Queue()
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        prompt = tgrpc.InferInput("text_input", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([b"The "], dtype=np.object_))
+        client.start_stream(callback=lambda result, error: results.put((result, error)), headers={"traceparent": tp})
+        client.async_stream_infer("charlm", [prompt], request_id="gs-1", parameters={"max_tokens": 5})
+        result, error = results.get(timeout=60)
+        assert error is None, error
+    finally:
+        client.stop_stream()
+        client.close()
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "inference.GRPCInferenceService/ModelStreamInfer" and span["parent_span_id"] == parent
+    a = span["attributes"]
+    assert a["rpc.method"] == "ModelStreamInfer" and a["wsserve.request_id"] == "gs-1"
+    assert a["gen_ai.request.model"] == "charlm" and a["gen_ai.request.max_tokens"] == 5
+    assert a["gen_ai.usage.output_tokens"] == 5 and a["gen_ai.usage.input_tokens"] > 0
+
+
+def test_grpc_stream_infer_span_of_a_predictive_request(traced, collector: Collector) -> None:
+    """A predictive model's request on a ModelStreamInfer stream (run as ModelInfer runs it) has
+    its span too, named after the stream's RPC, a child of the stream's traceparent."""
+    tgrpc = pytest.importorskip("tritonclient.grpc")
+    import queue
+
+    import numpy as np
+
+    _, address = traced
+    tp, trace_id, parent = _traceparent()
+    results: queue.Queue = queue.Queue()
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        inp = tgrpc.InferInput("input", [1, 1], "FP64")
+        inp.set_data_from_numpy(np.array([[4.0]]))
+        client.start_stream(callback=lambda result, error: results.put((result, error)), headers={"traceparent": tp})
+        client.async_stream_infer("linear", [inp], request_id="sp-1")
+        result, error = results.get(timeout=60)
+        assert error is None, error
+    finally:
+        client.stop_stream()
+        client.close()
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "inference.GRPCInferenceService/ModelStreamInfer" and span["parent_span_id"] == parent
+    a = span["attributes"]
+    assert a["rpc.method"] == "ModelStreamInfer" and a["wsserve.request_id"] == "sp-1" and a["wsserve.rows"] == 1
+
+
+def test_websocket_predict_and_generate_spans_take_the_frame_traceparent(traced, collector: Collector) -> None:
+    proc, _ = traced
+    tp, trace_id, parent = _traceparent()
+    frames = _ws_request(proc.url, {"type": "predict", "id": "ws-p", "model": "linear", "inputs": [[1.0]],
+                                    "traceparent": tp})
+    assert frames[-1]["type"] == "result"
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "wsserve.predict" and span["parent_span_id"] == parent
+    assert span["attributes"]["wsserve.request_id"] == "ws-p" and span["attributes"]["wsserve.rows"] == 1
+    assert span["attributes"]["wsserve.transport"] == "websocket"
+
+    tp, trace_id, parent = _traceparent()
+    frames = _ws_request(proc.url, {"type": "generate", "id": "ws-g", "model": "charlm", "prompt": "ab",
+                                    "max_tokens": 4, "temperature": 0, "traceparent": tp})
+    done = frames[-1]
+    assert done["type"] == "done"
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "wsserve.generate" and span["parent_span_id"] == parent
+    a = span["attributes"]
+    assert a["gen_ai.usage.output_tokens"] == done["tokens"] and a["gen_ai.request.max_tokens"] == 4
+    assert a["gen_ai.usage.input_tokens"] == done["prompt_tokens"]
+
+
+def test_websocket_refused_request_span_and_malformed_traceparent(traced, collector: Collector) -> None:
+    proc, _ = traced
+    tp, trace_id, _ = _traceparent()
+    frames = _ws_request(proc.url, {"type": "predict", "id": "ws-bad", "model": "nope", "inputs": [[1.0]],
+                                    "traceparent": tp})
+    assert frames[-1]["type"] == "error"
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "wsserve.predict" and span["status"] == STATUS_ERROR
+    assert span["attributes"]["wsserve.error_code"] == frames[-1]["code"]
+    # a malformed traceparent is ignored (W3C): the request is served, in a trace of its own
+    frames = _ws_request(proc.url, {"type": "predict", "id": "ws-malformed", "model": "linear", "inputs": [[1.0]],
+                                    "traceparent": "00-xyz"})
+    assert frames[-1]["type"] == "result"
+    span = collector.wait(**{"wsserve.request_id": "ws-malformed"})
+    assert span["parent_span_id"] == ""
+
+
+def test_a_down_collector_does_not_stop_serving(model_cache: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1/traces"
+    with ServerProcess("--models", "linear", "--otlp-traces-endpoint", dead, cache_dir=model_cache,
+                       env=OTEL_ENV) as proc:
+        for i in range(50):
+            status, answer = _post(proc.http + "/predict", {"model": "linear", "inputs": [[float(i)]]})
+            assert status == 200, answer
+        frames = _ws_request(proc.url, {"type": "predict", "id": "x", "model": "linear", "inputs": [[1.0]]})
+        assert frames[-1]["type"] == "result"
+        assert proc.stop() == 0
+
+
+def test_a_failing_attribute_read_still_ends_the_span_and_never_raises(collector: Collector) -> None:
+    """In process: :class:`~wsserve.tracing.Tracing` against the same collector; a request whose
+    ``span_attributes`` raises still gets its span (status and code), and nothing reaches the caller."""
+    import time
+
+    from wsserve.tracing import Tracing
+
+    class Broken:
+        def span_attributes(self) -> dict[str, Any]:
+            raise RuntimeError("a bug in the figures")
+
+    tracing = Tracing(collector.url, clock=time.monotonic)
+    tp, trace_id, parent = _traceparent()
+    try:
+        span = tracing.begin("wsserve.predict", tp, "vendor=1", time.monotonic(), {"wsserve.model": "m"})
+        assert span is not None
+        span.end("internal", Broken())
+        span.end("ok")  # a second end does nothing
+    finally:
+        tracing.close()
+    found = collector.wait(trace_id=trace_id)
+    assert found["parent_span_id"] == parent and found["status"] == STATUS_ERROR
+    assert found["attributes"]["wsserve.error_code"] == "internal" and found["attributes"]["wsserve.model"] == "m"
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["localhost:4318", "ftp://collector/v1/traces", "http://", "http://host:99999/x",
+                                 "not a url"])
+def test_a_bad_endpoint_exits_2_naming_the_flag(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    error = _cli_error(["serve", "--otlp-traces-endpoint", url], capsys).strip().splitlines()[-1]
+    assert "--otlp-traces-endpoint" in error and "URL" in error, error
+
+
+def test_the_flag_without_the_extra_exits_2_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("opentelemetry.sdk") else real(name, *a))
+    err = _cli_error(["serve", "--otlp-traces-endpoint", "http://localhost:4318/v1/traces"], capsys)
+    assert "--otlp-traces-endpoint" in err and "pip install 'wsserve[otel]'" in err
+
+
+def test_off_by_default_opentelemetry_is_not_imported(model_cache: Path, tmp_path: Path) -> None:
+    """Without the flag the server never imports OpenTelemetry (asked of the running process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, wsserve.server, wsserve.cli, wsserve.protocol, wsserve.rest, wsserve.connection;"
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("value", "usable"), [
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", True),
+    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", True),  # a later version may add fields
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", False),  # version 00 may not
+    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", False),
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", False),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", False),
+    ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", False),  # upper case
+    ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-" + "x" * 300, False),  # over the bound
+    (42, False), (None, False), ("", False),
+])
+def test_parse_traceparent(value: object, usable: bool) -> None:
+    assert parse_traceparent(value) == (value if usable else None)

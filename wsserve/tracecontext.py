@@ -1,0 +1,49 @@
+"""W3C Trace Context (https://www.w3.org/TR/trace-context/): which ``traceparent`` values are usable.
+
+Sans-I/O and import-light (no OpenTelemetry): :mod:`wsserve.protocol` checks a WebSocket
+request's optional ``traceparent`` field with it, and :mod:`wsserve.tracing` hands only
+checked values to the OpenTelemetry propagator.  A malformed value is *ignored* (W3C §3.2.2:
+the receiver starts a new trace), never refused: tracing must not fail a request.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["MAX_TRACEPARENT_CHARS", "MAX_TRACESTATE_CHARS", "parse_traceparent", "parse_tracestate"]
+
+#: The longest ``traceparent`` kept: version 00 has exactly 55 characters; a later version may
+#: append fields (W3C §3.2.4), which are dropped past this bound.
+MAX_TRACEPARENT_CHARS = 256
+#: The longest ``tracestate`` kept (W3C §3.3.1.5: 32 members; 512 characters is what every vendor
+#: must propagate); a longer one is dropped, the traceparent kept.
+MAX_TRACESTATE_CHARS = 512
+
+# version - trace-id - parent-id - flags, then (only for a version above 00) more "-..." fields
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
+
+
+def parse_traceparent(value: object) -> str | None:
+    """``value`` if it is a usable W3C ``traceparent`` (lower-case hex, a version other than
+    ``ff``, a trace id and a parent id not all zeros; extra fields only after a version above 00),
+    else None.  Strings longer than :data:`MAX_TRACEPARENT_CHARS` and non-strings are None."""
+    if type(value) is not str or len(value) > MAX_TRACEPARENT_CHARS:
+        return None
+    m = _TRACEPARENT.fullmatch(value)
+    if m is None:
+        return None
+    version, trace_id, parent_id, _flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:
+        return None
+    return value
+
+
+def parse_tracestate(value: object) -> str | None:
+    """``value`` if it is a printable-ASCII string of at most :data:`MAX_TRACESTATE_CHARS`
+    characters (its members are checked by the propagator), else None."""
+    if type(value) is not str or len(value) > MAX_TRACESTATE_CHARS or not value.isascii() \
+            or not value.isprintable():
+        return None
+    return value
