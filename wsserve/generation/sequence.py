@@ -25,6 +25,7 @@ from .guided import ChoiceGuide
 from .logprobs import TokenLogprobs
 from .params import GenerationParams
 from .stops import StopMatcher
+from .structured import RegexGuide
 
 __all__ = ["FINISHED", "Event", "LoggedText", "SeqState", "Sequence", "Tick", "TokenEvents"]
 
@@ -34,6 +35,7 @@ FINISHED = -1
 
 class SeqState(enum.Enum):
     WAITING = "waiting"
+    COMPILING = "compiling"  # held until its guided_regex / guided_json is compiled (not queued yet)
     RUNNING = "running"
     FINISHED = "finished"
 
@@ -126,9 +128,10 @@ class Sequence:
         # logprobs, no guided choice) streams each token as is, in the step's one block of events.
         self._logged: list[TokenLogprobs] = []
         self._lrow = -1
-        self._plain = self._stops is None and params.logprobs is None and not params.guided_choice
-        #: With ``guided_choice``: its progress (:class:`~.guided.ChoiceGuide`), set when queued.
-        self._guide: ChoiceGuide | None = None
+        self._plain = self._stops is None and params.logprobs is None and not params.guided
+        #: With ``guided_choice``: its progress (:class:`~.guided.ChoiceGuide`), set when queued;
+        #: with ``guided_regex`` / ``guided_json``: :class:`~.structured.RegexGuide`, once compiled.
+        self._guide: ChoiceGuide | RegexGuide | None = None
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block

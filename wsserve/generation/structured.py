@@ -1,0 +1,233 @@
+"""Structured outputs (vLLM's ``guided_regex`` and ``guided_json``): a generation constrained to
+match a regular expression, sans-I/O, on `outlines-core <https://pypi.org/project/outlines-core/>`_
+(the ``wsserve[structured]`` extra).
+
+- :class:`GuidePattern` - what a request asks for: a regex, or a JSON Schema (its JSON text),
+  and the wire field it came from (named in refusals).  The cache key.
+- :func:`build_index` - the pattern compiled against a model's token texts into a
+  :class:`RegexIndex`: outlines-core's token-level DFA, with the states from which no match can
+  be reached pruned.  Costly (milliseconds to seconds): the engine runs it in a thread.
+- :class:`RegexGuide` - one sequence's DFA state: :meth:`~RegexGuide.allowed` ids for its
+  next token, :meth:`~RegexGuide.advance` after each token.
+- :class:`IndexCache` - a bounded LRU of built indexes (one per engine, so per model).
+
+The end rule.  wsserve's models have no end-of-sequence token, so the guide decides where a
+generation ends, the way the model would choose to:
+
+- at a state where the text does not match yet, the next token is chosen among the tokens that
+  keep a match reachable (every other logit is ``-inf``);
+- at a state where the text matches and no token can extend it, the generation ends (``stop``)
+  right after the token that got there;
+- at a state where the text matches and tokens may extend it, the row is sampled (or argmaxed)
+  over the whole vocabulary, unmasked, with the same noise it would get anyway: if the model's
+  choice is a token that extends the match, it is generated; if it is any other token, the
+  generation ends there with ``stop`` (that token is not generated: all the mass the mask would
+  have cut is the "end").
+
+Each row's choice depends only on its own logits and noise, so the rule is deterministic and
+the same alone or batched.  ``max_tokens`` still ends a generation with ``length`` (its text is
+then a prefix of a match).  Nothing here reads a clock or awaits.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import BadRequest
+
+__all__ = ["CONTINUE", "END_AFTER", "END_BEFORE", "MAX_GUIDE_TRANSITIONS", "GuidePattern", "IndexCache",
+           "RegexGuide", "RegexIndex", "build_index", "outlines_vocabulary"]
+
+#: A built index holds at most this many (state, token) transitions; a larger one is refused.
+MAX_GUIDE_TRANSITIONS = 1_000_000
+
+#: :meth:`RegexGuide.advance` outcomes: go on; end (``stop``) after this token; end (``stop``)
+#: instead of this token (it is not generated).
+CONTINUE, END_AFTER, END_BEFORE = 0, 1, 2
+
+@dataclass(frozen=True, slots=True)
+class GuidePattern:
+    """A request's constraint: ``kind`` ``"regex"`` (``text`` is the regex) or ``"json"``
+    (``text`` is a JSON Schema's JSON text); ``field`` is the wire field it came from."""
+
+    kind: Literal["regex", "json"]
+    text: str
+    field: str = ""
+
+    @classmethod
+    def of(cls, params: Any) -> GuidePattern | None:
+        """The pattern a :class:`~wsserve.protocol.GenerationParams` asks for, or None."""
+        if params.guided_regex:
+            return cls("regex", params.guided_regex, params.guided_field)
+        if params.guided_json:
+            return cls("json", params.guided_json, params.guided_field)
+        return None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The cache key (the field is only for messages)."""
+        return (self.kind, self.text)
+
+    @property
+    def name(self) -> str:
+        return self.field or ("guided_regex" if self.kind == "regex" else "guided_json")
+
+
+def outlines_vocabulary(id_to_text: Sequence[str]) -> Any:
+    """outlines-core's ``Vocabulary`` of a model's token texts (empty ones left out: never
+    allowed); its end-of-sequence id is ``len(id_to_text)``, outside the model's ids, so never
+    sampled (wsserve's models have none)."""
+    from outlines_core import Vocabulary
+
+    by_text: dict[str, list[int]] = {}
+    for i, text in enumerate(id_to_text):
+        if text:
+            by_text.setdefault(text, []).append(i)
+    return Vocabulary(len(id_to_text), by_text)
+
+
+class RegexIndex:
+    """A pattern compiled against a vocabulary: per live state (one from which the text can still
+    become a match), the ids that lead to a live state and where each leads; which states match.
+    Immutable after :func:`build_index`; shared by every sequence that uses the pattern."""
+
+    __slots__ = ("initial", "finals", "_allowed", "_next", "transitions")
+
+    def __init__(self, initial: int, finals: frozenset[int], nexts: dict[int, dict[int, int]]) -> None:
+        self.initial = initial
+        self.finals = finals
+        #: state -> {token id: next state}, live states and live targets only
+        self._next = nexts
+        #: state -> its allowed ids (ascending int64), or None at a final state no token extends
+        self._allowed = {s: (np.array(sorted(t), np.int64) if t else None) for s, t in nexts.items()}
+        self.transitions = sum(len(t) for t in nexts.values())
+
+    def allowed(self, state: int) -> np.ndarray | None:
+        """``[A]`` ids (ascending, A >= 1) that may follow ``state``; None when none may (a final state)."""
+        return self._allowed[state]
+
+    def next_state(self, state: int, token: int) -> int | None:
+        """The state after ``token``, or None when ``token`` does not continue a match."""
+        return self._next[state].get(token)
+
+
+def build_index(pattern: GuidePattern, vocabulary: Any, *, max_transitions: int = MAX_GUIDE_TRANSITIONS
+                ) -> RegexIndex:
+    """Compile ``pattern`` (a JSON Schema through outlines-core's ``build_regex_from_schema``)
+    against ``vocabulary`` (:func:`outlines_vocabulary`).  Raises
+    :class:`~wsserve.errors.BadRequest` naming the pattern's field when outlines-core refuses it
+    (its message quoted), when the index would hold more than ``max_transitions`` transitions,
+    or when no token can begin a match (nor is the empty text one that a token extends)."""
+    from outlines_core import Index
+    from outlines_core.json_schema import build_regex_from_schema
+
+    name = pattern.name
+    regex = pattern.text
+    if pattern.kind == "json":
+        try:
+            regex = build_regex_from_schema(pattern.text)
+        except (ValueError, TypeError) as exc:
+            raise BadRequest(f"field {name!r}: outlines-core cannot use this JSON Schema: {exc}") from None
+    try:
+        index = Index(regex, vocabulary)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"field {name!r}: outlines-core cannot use this pattern: {_short(str(exc))}") from None
+    eos = vocabulary.get_eos_token_id()
+    raw: dict[int, dict[int, int]] = index.get_transitions()
+    total = sum(len(t) for t in raw.values())
+    if total > max_transitions:
+        raise BadRequest(f"field {name!r}: the pattern compiles to {total} token transitions against this model's "
+                         f"vocabulary; at most {max_transitions} (a simpler pattern)")
+    finals = frozenset(index.get_final_states())
+    live = _live_states(raw, finals)
+    initial = index.get_initial_state()
+    nexts = {s: {t: n for t, n in raw.get(s, {}).items() if t != eos and n in live} for s in live}
+    if initial not in live or not nexts[initial]:
+        raise BadRequest(f"field {name!r}: no text the model's tokens can write matches this pattern "
+                         "(it admits no token at the start)")
+    return RegexIndex(initial, finals, nexts)
+
+
+def _live_states(raw: dict[int, dict[int, int]], finals: frozenset[int]) -> set[int]:
+    """The states from which a final state can be reached (a reverse walk from the finals)."""
+    back: dict[int, list[int]] = {}
+    for s, row in raw.items():
+        for n in row.values():
+            back.setdefault(n, []).append(s)
+    live = set(finals)
+    todo = deque(finals)
+    while todo:
+        for s in back.get(todo.popleft(), ()):
+            if s not in live:
+                live.add(s)
+                todo.append(s)
+    return live
+
+
+def _short(message: str, limit: int = 300) -> str:
+    return message if len(message) <= limit else message[:limit] + "..."
+
+
+class RegexGuide:
+    """One sequence's progress through a :class:`RegexIndex` (the module docstring's end rule).
+    Call order: :meth:`allowed` for the next step's mask, then :meth:`advance` with the token
+    generated, until it returns :data:`END_AFTER` or :data:`END_BEFORE`."""
+
+    __slots__ = ("index", "state")
+
+    def __init__(self, index: RegexIndex) -> None:
+        self.index = index
+        self.state = index.initial
+
+    def allowed(self) -> np.ndarray | None:
+        """The ids the next token may take, or None when the row is sampled unmasked (the text
+        matches and may go on: a token outside the allowed ones ends it)."""
+        if self.state in self.index.finals:
+            return None
+        return self.index.allowed(self.state)
+
+    def advance(self, token: int, text: str) -> int:
+        """Apply the generated ``token``: :data:`CONTINUE`, :data:`END_AFTER` (the text now
+        matches and nothing may extend it) or :data:`END_BEFORE` (the text matched and the model
+        chose a token that does not extend it: the end; the state is unchanged)."""
+        nxt = self.index.next_state(self.state, token)
+        if nxt is None:
+            if self.state in self.index.finals:
+                return END_BEFORE
+            raise ValueError(f"token {token} was not allowed at state {self.state}")
+        self.state = nxt
+        if nxt in self.index.finals and self.index.allowed(nxt) is None:
+            return END_AFTER
+        return CONTINUE
+
+
+class IndexCache:
+    """A bounded LRU of built :class:`RegexIndex` es keyed by :attr:`GuidePattern.key`
+    (``max_entries`` None: unbounded, 0: nothing kept)."""
+
+    __slots__ = ("_entries", "max_entries")
+
+    def __init__(self, max_entries: int | None = 64) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], RegexIndex] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> RegexIndex | None:
+        index = self._entries.get(key)
+        if index is not None:
+            self._entries.move_to_end(key)
+        return index
+
+    def put(self, key: tuple[str, str], index: RegexIndex) -> None:
+        self._entries[key] = index
+        self._entries.move_to_end(key)
+        while self.max_entries is not None and len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
