@@ -180,6 +180,16 @@ def run_step_rows(model: TokenModel, batch: Batch
     return tokens, failed, None if batch.logprobs is None else step_logprobs(logits, tokens, batch.logprobs)
 
 
+class _Compiling:
+    """A pattern being compiled: the sequences held for it, and the futures of :meth:`GenerationEngine.prepare`."""
+
+    __slots__ = ("seqs", "waiters")
+
+    def __init__(self) -> None:
+        self.seqs: list[Sequence] = []
+        self.waiters: list[asyncio.Future[None]] = []
+
+
 class GenerationEngine:
     """Continuous batching over one :class:`TokenModel` on the running event loop.
 
@@ -245,7 +255,7 @@ class GenerationEngine:
         self._scores: deque[tuple[PromptScore, asyncio.Future[Any]]] = deque()
         #: compiled guided_regex / guided_json patterns, and the sequences held per pattern being compiled
         self._indexes = IndexCache(max_guide_indexes)
-        self._building: dict[tuple[str, str], list[Sequence]] = {}
+        self._building: dict[tuple[str, str], _Compiling] = {}
         self._build_tasks: set[asyncio.Task[None]] = set()
         self._vocabulary: Any = None  # outlines-core's Vocabulary of the model, made at the first pattern
 
@@ -280,21 +290,35 @@ class GenerationEngine:
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
                                           index=index, hold=index is None)
             if index is None:
-                self._compile(pattern, seq)
+                self._compile(pattern).seqs.append(seq)
         self._idle.clear()
         self._wakeup.set()
         return seq
 
-    def _compile(self, pattern: GuidePattern, seq: Sequence) -> None:
-        """Hold ``seq`` until ``pattern`` is compiled: joins the compilation in progress, or starts one."""
-        held = self._building.get(pattern.key)
-        if held is not None:
-            held.append(seq)
-            return
-        self._building[pattern.key] = [seq]
-        task = asyncio.get_running_loop().create_task(self._build(pattern), name="wsserve-guide-compile")
-        self._build_tasks.add(task)
-        task.add_done_callback(self._build_tasks.discard)
+    def prepare(self, params: GenerationParams) -> asyncio.Future[None] | None:
+        """For a ``guided_regex`` / ``guided_json`` whose pattern is not compiled yet: start
+        compiling it (or join the compilation in progress) and return a future that is done once
+        it is (its exception: the ``BadRequest`` naming the field, or ``ShuttingDown``); None when
+        there is nothing to compile.  A caller that awaits it before :meth:`submit` can still answer
+        a refusal as its own (an HTTP 400 before a stream starts); :meth:`submit` does not need it."""
+        pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
+        if pattern is None or self._indexes.get(pattern.key) is not None:
+            return None
+        if self._closed:
+            raise ShuttingDown("generation engine is shutting down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._compile(pattern).waiters.append(future)
+        return future
+
+    def _compile(self, pattern: GuidePattern) -> _Compiling:
+        """The compilation of ``pattern`` in progress; started now if there is none."""
+        pending = self._building.get(pattern.key)
+        if pending is None:
+            pending = self._building[pattern.key] = _Compiling()
+            task = asyncio.get_running_loop().create_task(self._build(pattern), name="wsserve-guide-compile")
+            self._build_tasks.add(task)
+            task.add_done_callback(self._build_tasks.discard)
+        return pending
 
     async def _build(self, pattern: GuidePattern) -> None:
         """Compile ``pattern`` in a thread (:func:`asyncio.to_thread`, not the engine's step
@@ -309,19 +333,28 @@ class GenerationEngine:
         except WsserveError as exc:
             error = exc
         except asyncio.CancelledError:  # close(): the held sequences end with ShuttingDown there
-            self._building.pop(pattern.key, None)
+            pending = self._building.pop(pattern.key, None)
+            for future in pending.waiters if pending is not None else ():
+                if not future.done():
+                    future.set_exception(ShuttingDown("server is shutting down"))
             raise
         except Exception as exc:  # noqa: BLE001 - outlines-core failing: this pattern's requests only
             log.error("compiling a %s pattern for model %s failed", pattern.kind, self.name, exc_info=exc)
             error = Internal(f"compiling {pattern.name!r} failed: {type(exc).__name__}: {exc}")
-        held = self._building.pop(pattern.key, [])
+        pending = self._building.pop(pattern.key, None) or _Compiling()
         now = time.monotonic()
         if index is None:
-            self._sched.fail_requests(held, error or Internal("no index"), now)
+            self._sched.fail_requests(pending.seqs, error or Internal("no index"), now)
         else:
             self._indexes.put(pattern.key, index)
-            for seq in held:
+            for seq in pending.seqs:
                 self._sched.release(seq, index)
+        for future in pending.waiters:
+            if not future.done():
+                if index is None:
+                    future.set_exception(error or Internal("no index"))
+                else:
+                    future.set_result(None)
         self._idle.clear()
         self._wakeup.set()
         self._deliver()  # the refusals' terminal callbacks

@@ -122,7 +122,17 @@ def build_index(pattern: GuidePattern, vocabulary: Any, *, max_transitions: int 
     against ``vocabulary`` (:func:`outlines_vocabulary`).  Raises
     :class:`~wsserve.errors.BadRequest` naming the pattern's field when outlines-core refuses it
     (its message quoted), when the index would hold more than ``max_transitions`` transitions,
-    or when no token can begin a match (nor is the empty text one that a token extends)."""
+    or when no token can begin a match (nor is the empty text one that a token extends); the
+    error's ``param`` attribute is the field's name."""
+
+    try:
+        return _build(pattern, vocabulary, max_transitions)
+    except BadRequest as exc:
+        exc.param = pattern.name  # type: ignore[attr-defined]  # the field (OpenAI's error envelope shows it)
+        raise
+
+
+def _build(pattern: GuidePattern, vocabulary: Any, max_transitions: int) -> RegexIndex:
     from outlines_core import Index
     from outlines_core.json_schema import build_regex_from_schema
 
