@@ -441,6 +441,7 @@ class Scheduler:
                 if outcome != END_BEFORE:
                     out.append((seq, numbers[i], _logged(text, record)))
                     emitted += 1
+                    seq._streamed += 1
                 if outcome:
                     self._finish(seq, now, reason="stop")
                 continue

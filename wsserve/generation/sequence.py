@@ -115,7 +115,7 @@ class Sequence:
         self._tick = tick if tick is not None else Tick()
         self._gen = 0  # tokens generated, while not running
         self._base = 0  # while running: generated = tick - base
-        self._streamed = 0  # token events emitted (kept only with stop strings; else = generated)
+        self._streamed = 0  # token events emitted (kept only with stop strings or a guide; else = generated)
         self._stops = StopMatcher(params.stop, token_ids=params.stop_token_ids, min_tokens=params.min_tokens,
                                   include=params.include_stop_str_in_output) \
             if params.stop or params.stop_token_ids else None
@@ -156,7 +156,7 @@ class Sequence:
     @property
     def streamed(self) -> int:
         """Token events emitted (``tokens`` of ``done``)."""
-        return self.generated if self._stops is None else self._streamed
+        return self.generated if self._stops is None and self._guide is None else self._streamed
 
     def timing(self) -> dict[str, float | None]:
         """``queue_ms`` (arrival -> slot), ``ttft_ms`` (arrival -> first generated token,

@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import BadRequest
 
 __all__ = ["CONTINUE", "END_AFTER", "END_BEFORE", "MAX_GUIDE_TRANSITIONS", "GuidePattern", "IndexCache",
-           "RegexGuide", "RegexIndex", "build_index", "outlines_vocabulary"]
+           "END_MARK", "RegexGuide", "RegexIndex", "build_index", "outlines_vocabulary"]
 
 #: A built index holds at most this many (state, token) transitions; a larger one is refused.
 MAX_GUIDE_TRANSITIONS = 1_000_000
@@ -78,16 +78,27 @@ class GuidePattern:
         return self.field or ("guided_regex" if self.kind == "regex" else "guided_json")
 
 
+#: The end marker: the pattern is compiled as ``(?:pattern)`` followed by this character, and the
+#: vocabulary has one more token, this character (id ``V + 1``, never sampled), so a state is final
+#: when that token leads to outlines-core's final state.  (outlines-core drops the transitions
+#: from a state that already matches to one that does not, e.g. the "b" of ``a(bc)?`` after "a";
+#: with the marker no state within the pattern matches, so every transition is kept.)
+END_MARK = "\U0010FFFF"
+_END_MARK_RE = r"\x{10FFFF}"
+
+
 def outlines_vocabulary(id_to_text: Sequence[str]) -> Any:
-    """outlines-core's ``Vocabulary`` of a model's token texts (empty ones left out: never
-    allowed); its end-of-sequence id is ``len(id_to_text)``, outside the model's ids, so never
-    sampled (wsserve's models have none)."""
+    """outlines-core's ``Vocabulary`` of a model's token texts (empty ones, and any holding
+    :data:`END_MARK`, left out: never allowed), with its end-of-sequence id ``V =
+    len(id_to_text)`` and :data:`END_MARK` as token ``V + 1``: both outside the model's ids, so
+    never sampled (wsserve's models have no end-of-sequence token)."""
     from outlines_core import Vocabulary
 
     by_text: dict[str, list[int]] = {}
     for i, text in enumerate(id_to_text):
-        if text:
+        if text and END_MARK not in text:
             by_text.setdefault(text, []).append(i)
+    by_text[END_MARK] = [len(id_to_text) + 1]
     return Vocabulary(len(id_to_text), by_text)
 
 
@@ -143,20 +154,24 @@ def _build(pattern: GuidePattern, vocabulary: Any, max_transitions: int) -> Rege
             regex = build_regex_from_schema(pattern.text)
         except (ValueError, TypeError) as exc:
             raise BadRequest(f"field {name!r}: outlines-core cannot use this JSON Schema: {exc}") from None
+    wrapped = f"(?:{regex}){_END_MARK_RE}"
     try:
-        index = Index(regex, vocabulary)
+        index = Index(wrapped, vocabulary)
     except (ValueError, TypeError) as exc:
-        raise BadRequest(f"field {name!r}: outlines-core cannot use this pattern: {_short(str(exc))}") from None
-    eos = vocabulary.get_eos_token_id()
+        message = str(exc).replace(wrapped, regex)
+        raise BadRequest(f"field {name!r}: outlines-core cannot use this pattern: {_short(message)}") from None
+    v = vocabulary.get_eos_token_id()  # the model's ids are below it; v + 1 is END_MARK
     raw: dict[int, dict[int, int]] = index.get_transitions()
     total = sum(len(t) for t in raw.values())
     if total > max_transitions:
         raise BadRequest(f"field {name!r}: the pattern compiles to {total} token transitions against this model's "
                          f"vocabulary; at most {max_transitions} (a simpler pattern)")
-    finals = frozenset(index.get_final_states())
-    live = _live_states(raw, finals)
+    accepted = frozenset(index.get_final_states())
+    finals = frozenset(s for s, row in raw.items() if row.get(v + 1) in accepted)
+    edges = {s: {t: n for t, n in row.items() if t < v} for s, row in raw.items()}
+    live = _live_states(edges, finals)
     initial = index.get_initial_state()
-    nexts = {s: {t: n for t, n in raw.get(s, {}).items() if t != eos and n in live} for s in live}
+    nexts = {s: {t: n for t, n in edges[s].items() if n in live} for s in live}
     if initial not in live or not nexts[initial]:
         raise BadRequest(f"field {name!r}: no text the model's tokens can write matches this pattern "
                          "(it admits no token at the start)")
