@@ -177,4 +177,6 @@ def test_openai_responses_refuses_a_bad_text_format_naming_text(openai_client) -
         openai_client.responses.create(model="charlm", input="a", max_output_tokens=5,
                                        text={"format": {"type": "json_schema", "name": "a",
                                                         "schema": {"type": "frobnicate"}}})
-    assert info.value.status_code == 400 and info.value.body["param"] == "text", info.value.body
+    body = info.value.body
+    assert info.value.status_code == 400 and body["param"] == "text", body
+    assert "field 'text': outlines-core cannot use this JSON Schema" in body["message"], body
