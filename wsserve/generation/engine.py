@@ -31,6 +31,12 @@ sequences whose own row fails end with ``Internal``; the others get their token
 as from any step (``isolated_steps``, and the observer's optional
 ``on_isolated(model)``, count such steps).  A failed step of one sequence ends it.
 
+Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled
+(:func:`~.structured.build_index`) once per pattern, in a thread (``asyncio.to_thread``, not the
+step thread), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes are kept
+in an LRU of ``max_guide_indexes``.  A caller that wants a refusal before it commits (the HTTP
+routes: a 400 before a stream starts) awaits :meth:`GenerationEngine.prepare` first.
+
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
     on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed token

@@ -7,7 +7,7 @@
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``best_of`` other than ``n``,
   ``suffix``, and vLLM's fields for what wsserve does not
-  do (beam search, guided decoding, ``prompt_logprobs``...: :data:`NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  do (beam search, grammar-guided decoding, ``prompt_logprobs``...: :data:`NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
