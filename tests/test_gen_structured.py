@@ -28,6 +28,7 @@ from wsserve.generation.structured import (
     RegexGuide,
     build_index,
     outlines_vocabulary,
+    pattern_size,
 )
 from wsserve.models.base import ModelInfo
 from wsserve.protocol import MAX_GUIDED_PATTERN_CHARS
@@ -97,6 +98,21 @@ def test_an_index_with_too_many_transitions_is_refused() -> None:
     _index(TOKENS, "[abc]{0,40}", max_transitions=10_000)
     with pytest.raises(BadRequest, match="token transitions .* at most 100"):
         _index(TOKENS, "[abc]{0,40}", max_transitions=100)
+
+
+@pytest.mark.parametrize(("regex", "size"), [
+    ("abc", 3), ("a|bc", 3), ("(a|bc)", 3), ("[0-9]{3}-[a-z]+", 5), ("(ab|cde){2,4}", 20), ("a{2,}", 3),
+    ("(a{100}){100}", 10_000), (r"\x{41}{3}", 3), ("[{]{5}", 5),
+])
+def test_pattern_size_unrolls_counted_repetitions(regex: str, size: int) -> None:
+    assert pattern_size(regex) == size
+
+
+@pytest.mark.parametrize("regex", ["a{1000000}", "(a{300}){300}", "(x{1000}|y){51}"])
+def test_a_pattern_whose_repetitions_unroll_too_far_is_refused_before_outlines_core_builds_it(regex: str) -> None:
+    """``a{1000000}`` alone grows outlines-core's automaton until the process runs out of memory."""
+    with pytest.raises(BadRequest, match="field 'guided_regex': the pattern's counted repetitions spell out"):
+        _index(TOKENS, regex)
 
 
 def test_index_cache_is_a_bounded_lru() -> None:

@@ -59,6 +59,7 @@ async def test_websocket_generate_matches_the_regex_and_the_schema(server_url: s
     ({"guided_regex": "("}, "field 'guided_regex': outlines-core cannot use this pattern"),
     ({"guided_regex": "x" * 16385}, "field 'guided_regex' holds 16385 characters; at most 16384"),
     ({"guided_regex": ""}, "field 'guided_regex' must be a non-empty string"),
+    ({"guided_regex": "a{1000000}"}, "field 'guided_regex': the pattern's counted repetitions spell out"),
     ({"guided_regex": "caf\u00e9"}, "field 'guided_regex': outlines-core cannot use this pattern"),  # no such token
     ({"guided_json": {"type": "frobnicate"}}, "field 'guided_json': outlines-core cannot use this JSON Schema"),
     ({"guided_json": "[1, 2"}, "field 'guided_json' must be a JSON Schema"),

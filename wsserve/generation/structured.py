@@ -40,11 +40,15 @@ import numpy as np
 
 from ..errors import BadRequest
 
-__all__ = ["CONTINUE", "END_AFTER", "END_BEFORE", "MAX_GUIDE_TRANSITIONS", "GuidePattern", "IndexCache",
+__all__ = ["CONTINUE", "END_AFTER", "END_BEFORE", "MAX_GUIDE_TRANSITIONS", "MAX_PATTERN_SIZE", "GuidePattern", "IndexCache",
            "END_MARK", "RegexGuide", "RegexIndex", "build_index", "outlines_vocabulary"]
 
 #: A built index holds at most this many (state, token) transitions; a larger one is refused.
 MAX_GUIDE_TRANSITIONS = 1_000_000
+#: A pattern whose counted repetitions would spell out more than this many atoms (nested counts
+#: multiply: ``(a{100}){100}`` is 10,000) is refused before outlines-core sees it: its automaton
+#: grows with that size, and nothing bounds its memory once the build starts.
+MAX_PATTERN_SIZE = 50_000
 
 #: :meth:`RegexGuide.advance` outcomes: go on; end (``stop``) after this token; end (``stop``)
 #: instead of this token (it is not generated).
@@ -154,6 +158,10 @@ def _build(pattern: GuidePattern, vocabulary: Any, max_transitions: int) -> Rege
             regex = build_regex_from_schema(pattern.text)
         except (ValueError, TypeError) as exc:
             raise BadRequest(f"field {name!r}: outlines-core cannot use this JSON Schema: {exc}") from None
+    size = pattern_size(regex)
+    if size > MAX_PATTERN_SIZE:
+        raise BadRequest(f"field {name!r}: the pattern's counted repetitions spell out about {size} atoms; at most "
+                         f"{MAX_PATTERN_SIZE} (smaller {{n,m}} counts)")
     wrapped = f"(?:{regex}){_END_MARK_RE}"
     try:
         index = Index(wrapped, vocabulary)
@@ -176,6 +184,70 @@ def _build(pattern: GuidePattern, vocabulary: Any, max_transitions: int) -> Rege
         raise BadRequest(f"field {name!r}: no text the model's tokens can write matches this pattern "
                          "(it admits no token at the start)")
     return RegexIndex(initial, finals, nexts)
+
+
+def pattern_size(regex: str) -> int:
+    """An upper estimate of the atoms ``regex`` spells out once its counted repetitions are
+    unrolled: each atom (a character, an escape, a class ``[...]``) is 1, a group the sum of its
+    branches' sizes, ``x{n}`` / ``x{n,m}`` / ``x{n,}`` multiply ``x`` by ``max(n, m)`` (``n + 1``).
+    A cheap scan of the text (no parse); malformed patterns are outlines-core's to refuse."""
+    stack: list[tuple[int, int]] = []  # per open group: (size before it, size of its earlier branches)
+    total = 0  # the current group's size so far
+    last = 0  # the size of the last atom or group (what a count multiplies)
+    i, n = 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            if regex[i - 1:i] in ("x", "p", "P", "u") and regex[i:i + 1] == "{":
+                i = regex.find("}", i) + 1 or n
+            last = 1
+            total += 1
+            continue
+        if c == "[":
+            j = i + 1
+            if regex[j:j + 1] == "^":
+                j += 1
+            if regex[j:j + 1] == "]":
+                j += 1
+            while j < n and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            i = j + 1
+            last = 1
+            total += 1
+            continue
+        if c == "(":
+            stack.append((total, 0))
+            total = 0
+        elif c == "|" and stack:  # (at the top level the branches simply add up)
+            before, branches = stack[-1]
+            stack[-1] = (before, branches + total)
+            total = 0
+        elif c == ")" and stack:
+            before, branches = stack.pop()
+            last = branches + total
+            total = before + last
+        elif c == "{":
+            j = regex.find("}", i)
+            counts = regex[i + 1:j].split(",") if j > 0 else []
+            if counts and all(x.strip().isdigit() or x.strip() == "" for x in counts) and counts[0].strip():
+                low = int(counts[0])
+                high = int(counts[1]) if len(counts) > 1 and counts[1].strip() else low + (len(counts) > 1)
+                factor = max(low, high, 1)
+                total += last * (factor - 1)
+                last *= factor
+                i = j + 1
+                continue
+            last = 1
+            total += 1
+        elif c not in "*+?)|":
+            last = 1
+            total += 1
+        i += 1
+    while stack:
+        before, branches = stack.pop()
+        total = before + branches + total
+    return total
 
 
 def _live_states(raw: dict[int, dict[int, int]], finals: frozenset[int]) -> set[int]:
