@@ -14,7 +14,13 @@ import threading
 import numpy as np
 import pytest
 
-from tests.test_gen_support import Collected, FakeClock, charlm, run_until_idle
+from tests.test_gen_support import (
+    Collected,
+    FakeClock,
+    charlm,
+    run_until_idle,
+    step_once,
+)
 from wsserve.errors import BadRequest
 from wsserve.generation import GenerationEngine, GenerationParams, Scheduler
 from wsserve.generation import engine as engine_module
@@ -310,3 +316,22 @@ def test_allowed_masks_are_applied_only_where_the_guide_masks() -> None:
     batch = sched.schedule(clock.now)
     assert batch is not None and batch.allow is not None and batch.allow.rows.tolist() == [1]
     assert np.unique(batch.allow.ids).tolist() == [model.id_to_text.index("x")]
+
+
+def test_a_preempted_structured_sequence_resumes_where_it_stopped() -> None:
+    """Preemption keeps a guide's state: the sequence gives the text it gives alone."""
+    regex = r"[a-z]+( [a-z]+){3,6}\."
+    opts = [GenerationParams(prompt="The ", max_tokens=60, temperature=t, seed=s, guided_regex=regex)
+            for t, s in [(0.0, 0), (1.0, 1), (1.0, 2)]]
+    alone = [_run(Scheduler(charlm()), [p])[0] for p in opts]
+    sched = Scheduler(charlm(), max_generate_batch=3)
+    index = build_index(GuidePattern("regex", regex), outlines_vocabulary(sched.model.id_to_text))
+    clock, out = FakeClock(), Collected()
+    hog = [sched.add_request(p, clock.now, group="A", index=index) for p in opts]
+    for _ in range(5):
+        step_once(sched, clock, out)
+    late = [sched.add_request(GenerationParams(prompt="It ", max_tokens=10), clock.now, group="B") for _ in range(2)]
+    run_until_idle(sched, clock, out)
+    assert sched.statistics().preempted >= 1
+    assert [(out.joined(s), s.finish_reason) for s in hog] == alone
+    assert all(s.finish_reason == "length" for s in late)

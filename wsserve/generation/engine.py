@@ -33,7 +33,7 @@ as from any step (``isolated_steps``, and the observer's optional
 
 Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled
 (:func:`~.structured.build_index`) once per pattern, in a thread (``asyncio.to_thread``, not the
-step thread), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes are kept
+step thread; at most two at once per engine), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes are kept
 in an LRU of ``max_guide_indexes``.  A caller that wants a refusal before it commits (the HTTP
 routes: a 400 before a stream starts) awaits :meth:`GenerationEngine.prepare` first.
 
@@ -97,6 +97,8 @@ __all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step", "run_ste
 log = logging.getLogger(__name__)
 
 _LIST_ITERATOR = type(iter([]))
+#: Patterns an engine compiles at once (more wait their turn; generations go on meanwhile).
+_MAX_CONCURRENT_BUILDS = 2
 
 
 class _TokenCalls:
@@ -264,6 +266,8 @@ class GenerationEngine:
         self._building: dict[tuple[str, str], _Compiling] = {}
         self._build_tasks: set[asyncio.Task[None]] = set()
         self._vocabulary: Any = None  # outlines-core's Vocabulary of the model, made at the first pattern
+        #: at most this many patterns compile at once (each holds a thread and a core meanwhile)
+        self._build_slots = asyncio.Semaphore(_MAX_CONCURRENT_BUILDS)
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -333,9 +337,10 @@ class GenerationEngine:
         error: WsserveError | None = None
         index: RegexIndex | None = None
         try:
-            if self._vocabulary is None:
-                self._vocabulary = await asyncio.to_thread(outlines_vocabulary, self.model.id_to_text)
-            index = await asyncio.to_thread(build_index, pattern, self._vocabulary)
+            async with self._build_slots:
+                if self._vocabulary is None:
+                    self._vocabulary = await asyncio.to_thread(outlines_vocabulary, self.model.id_to_text)
+                index = await asyncio.to_thread(build_index, pattern, self._vocabulary)
         except WsserveError as exc:
             error = exc
         except asyncio.CancelledError:  # close(): the held sequences end with ShuttingDown there
