@@ -1,6 +1,6 @@
 # wsserve server image: slim Python, non-root, the README's install command.
-#   docker build -t wsserve:0.1.0 .                              # server, with --grpc-port (the grpc extra)
-#   docker build -t wsserve:0.1.0 --build-arg EXTRAS=grpc,dask .  # also `wsserve train` on Dask
+#   docker build -t wsserve:0.1.0 .                              # server, with --grpc-port and guided_regex/json (grpc,structured)
+#   docker build -t wsserve:0.1.0 --build-arg EXTRAS=grpc,structured,dask .  # also `wsserve train` on Dask
 #   docker build -t wsserve:0.1.0 --build-arg EXTRAS= .           # server only, no gRPC
 #   docker run --rm -p 8765:8765 wsserve:0.1.0
 # deploy/k8s/deployment.yaml runs it (as user 10001, read-only root filesystem).
@@ -23,8 +23,8 @@ COPY pyproject.toml README.md ./
 COPY wsserve ./wsserve
 
 # The README's install command (`python3 -m pip install -e .`), plus optional extras: grpc by
-# default, for deploy/k8s/deployment.yaml's --grpc-port.
-ARG EXTRAS="grpc"
+# default, for deploy/k8s/deployment.yaml's --grpc-port, and structured (guided_regex, guided_json).
+ARG EXTRAS="grpc,structured"
 RUN python3 -m pip install -e ".${EXTRAS:+[$EXTRAS]}" \
  && python3 -m wsserve --version
 

@@ -109,9 +109,10 @@ def test_openai_logprobs_stay_the_models_raw_ones(openai_client) -> None:
     ({"guided_choice": ["a"], "min_tokens": 1}, "guided_choice"),
     ({"guided_choice": ["a"], "structured_outputs": {"choice": ["b"]}}, "guided_choice"),
     ({"structured_outputs": {"choice": []}}, "guided_choice"),
-    ({"structured_outputs": {"json": {"type": "object"}}}, "structured_outputs"),
+    ({"structured_outputs": {"choice": ["a"], "regex": "a"}}, "structured_outputs"),
     ({"structured_outputs": ["a"]}, "structured_outputs"),
-    ({"guided_regex": "a+"}, "guided_regex"),  # still not done
+    ({"guided_grammar": "root ::= \"a\""}, "guided_grammar"),  # still not done
+    ({"structured_outputs": {"grammar": "root ::= \"a\""}}, "structured_outputs"),
 ])
 def test_openai_bad_guided_choice_is_refused_by_name(openai_client, extra: dict, param: str) -> None:
     for create, args in [(openai_client.completions.create, {"prompt": "a"}),

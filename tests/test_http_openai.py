@@ -129,8 +129,8 @@ def test_closing_a_stream_cancels_the_generation(server, openai_client) -> None:
         ({"stop": ["x"] * 20}, "stop"),
         ({"seed": 1.5}, "seed"),
         # vLLM's fields for what wsserve does not do: refused, not ignored
-        ({"extra_body": {"guided_json": {"type": "object"}}}, "guided_json"),
-        ({"extra_body": {"guided_regex": "[0-9]+"}}, "guided_regex"),
+        ({"extra_body": {"guided_json": ["not a schema"]}}, "guided_json"),  # taken: a bad value is refused
+        ({"extra_body": {"guided_regex": ""}}, "guided_regex"),
         ({"extra_body": {"use_beam_search": True}}, "use_beam_search"),
         ({"extra_body": {"length_penalty": 0.5}}, "length_penalty"),
         ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs"),
@@ -138,7 +138,7 @@ def test_closing_a_stream_cancels_the_generation(server, openai_client) -> None:
         ({"extra_body": {"truncate_prompt_tokens": 4}}, "truncate_prompt_tokens"),
         ({"extra_body": {"bad_words": ["the"]}}, "bad_words"),
         ({"extra_body": {"priority": -1}}, "priority"),
-        ({"extra_body": {"response_format": {"type": "json_object"}}}, "response_format"),
+        ({"extra_body": {"response_format": {"type": "grammar"}}}, "response_format"),
         ({"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
          "stream_options"),
     ],

@@ -351,7 +351,7 @@ def test_a_generation_that_fails_mid_stream_ends_with_response_failed(client) ->
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
-        ({"text": {"format": {"type": "json_object"}}}, "text"),
+        ({"text": {"format": {"type": "grammar"}}}, "text"),
         ({"text": {"verbosity": "low"}}, "text"),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"include": ["message.output_text.logprobs", "message.input_image.image_url"]}, "include"),

@@ -712,7 +712,7 @@ def test_encode_hello_matches_protocol_example() -> None:
         b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_inflight_bytes":33554432,"max_explain_rows":256,'
             b'"max_id_length":128,"max_binary_header_bytes":4096,"max_stop_strings":16,"max_stop_chars":256,'
         b'"max_logit_bias_tokens":300,"max_logprobs":20,"max_stop_token_ids":64,"max_guided_choices":64,'
-        b'"max_guided_choice_chars":256},'
+        b'"max_guided_choice_chars":256,"max_guided_pattern_chars":16384},'
         b'"models":["linear","mlp","charlm"]}'
     )
 
@@ -723,7 +723,8 @@ def test_encode_hello_auth_required() -> None:
         "type": "hello", "server": "wsserve", "version": "9", "protocol": 1,
         "limits": {"max_rows": 1, "max_id_length": 128, "max_binary_header_bytes": 4096, "max_stop_strings": 16,
                    "max_stop_chars": 256, "max_logit_bias_tokens": 300, "max_logprobs": 20,
-                   "max_stop_token_ids": 64, "max_guided_choices": 64, "max_guided_choice_chars": 256}, "models": [],
+                   "max_stop_token_ids": 64, "max_guided_choices": 64, "max_guided_choice_chars": 256,
+                   "max_guided_pattern_chars": 16384}, "models": [],
         "auth_required": True,
     }
 

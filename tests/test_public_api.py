@@ -20,7 +20,7 @@ PUBLIC = {
     "wsserve.embed": ["serve", "onnx_model"],
     "wsserve.protocol": [
         "PROTOCOL_VERSION", "SUBPROTOCOL", "MAX_ID_LENGTH", "MAX_TOP_K", "MAX_PENALTY", "MAX_LOGIT_BIAS", "MAX_LOGIT_BIAS_TOKENS", "MAX_LOGPROBS", "MAX_TEMPERATURE", "MAX_TIMEOUT_MS",
-        "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "MAX_STOP_TOKEN_IDS", "MAX_GUIDED_CHOICES", "MAX_GUIDED_CHOICE_CHARS", "guided_choice_tuple", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
+        "MAX_STOP_STRINGS", "MAX_STOP_CHARS", "MAX_STOP_TOKEN_IDS", "MAX_GUIDED_CHOICES", "MAX_GUIDED_CHOICE_CHARS", "guided_choice_tuple", "MAX_GUIDED_PATTERN_CHARS", "guided_pattern_fields", "RequestId", "GenerationParams", "Predict", "Generate", "Cancel",
         "Models", "Ping", "Auth", "Admin", "Request", "decode", "decode_binary", "decode_predict_body", "loads",
         "validate_inputs", "check_rows", "ms", "timing_fields", "stop_tuple", "logit_bias_tuple", "SAMPLING_FIELDS", "sampling_fields", "STOP_FIELDS", "stop_fields", "encode_error", "encode_hello", "encode_draining", "encode_pong", "encode_models",
         "encode_auth_ok", "encode_admin_ok", "encode_result", "result_head", "ResultRows", "encode_seed_result",

@@ -21,6 +21,7 @@ Sans-I/O: nothing here touches a socket, a loop or a clock.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union
@@ -51,6 +52,8 @@ __all__ = [
     "MAX_GUIDED_CHOICES",
     "MAX_GUIDED_CHOICE_CHARS",
     "guided_choice_tuple",
+    "MAX_GUIDED_PATTERN_CHARS",
+    "guided_pattern_fields",
     "RequestId",
     "GenerationParams",
     "Predict",
@@ -131,6 +134,10 @@ MAX_STOP_TOKEN_IDS = 64
 #: ``guided_choice`` (vLLM's) holds at most this many strings, each of 1 to this many characters.
 MAX_GUIDED_CHOICES = 64
 MAX_GUIDED_CHOICE_CHARS = 256
+#: ``guided_regex`` and ``guided_json`` (vLLM's; the schema as JSON text) hold at most this many characters.
+MAX_GUIDED_PATTERN_CHARS = 16384
+#: What a server without outlines-core says about a guided_regex or guided_json.
+STRUCTURED_EXTRA = "pip install 'wsserve[structured]'"
 #: Longest ``model`` name, ``version`` and auth ``token`` (characters).
 MAX_MODEL_NAME_LENGTH = 256
 MAX_VERSION_LENGTH = 64
@@ -202,6 +209,14 @@ class GenerationParams:
       reason ``stop`` as soon as it equals one, or ``length`` at ``max_tokens``).  Not with
       ``min_tokens`` above 0.  That the model's tokens can write each choice is checked when the
       request is queued.
+    - ``guided_regex`` / ``guided_json`` (vLLM's): ``""`` (off), or a regular expression / a JSON
+      Schema's JSON text of at most :data:`MAX_GUIDED_PATTERN_CHARS` characters: the generated text
+      matches it (:mod:`wsserve.generation.structured`, which also states the end rule); at most one
+      of ``guided_choice``, ``guided_regex``, ``guided_json``; not with ``min_tokens`` above 0.  Needs
+      outlines-core (the ``wsserve[structured]`` extra; refused naming the field without it); the
+      pattern is compiled when the request is queued (refused naming the field if it cannot be).
+      ``guided_field`` (not a wire field) names the field the pattern came from in refusals
+      (``response_format`` on the OpenAI routes); ``""``: ``guided_regex`` / ``guided_json``.
     - ``priority``: 0 normal, 1 high (admitted to the batch first).
     - ``logprobs``: ``None`` (off), or ``k`` in [0, :data:`MAX_LOGPROBS`]: each streamed token
       comes with its log-probability and the ``k`` likeliest tokens with theirs, from the
@@ -238,6 +253,9 @@ class GenerationParams:
     min_tokens: int = 0
     include_stop_str_in_output: bool = False
     guided_choice: tuple[str, ...] = ()
+    guided_regex: str = ""
+    guided_json: str = ""
+    guided_field: str = ""
 
     def __post_init__(self) -> None:
         if type(self.prompt) is not str:
@@ -309,6 +327,9 @@ class GenerationParams:
             raise BadRequest("field 'include_stop_str_in_output' must be a boolean, "
                              f"got {json_type(self.include_stop_str_in_output)}")
         self._check_guided_choice()
+        if self.guided_regex or self.guided_json or type(self.guided_regex) is not str \
+                or type(self.guided_json) is not str:
+            self._check_guided_pattern()
         if type(self.logprob_ranks) is not bool:
             raise BadRequest(f"logprob_ranks must be a boolean, got {shown(self.logprob_ranks)}")
         ids = self.prompt_ids
@@ -326,6 +347,31 @@ class GenerationParams:
         if choices and self.min_tokens:
             raise BadRequest("field 'guided_choice' cannot be combined with 'min_tokens' above 0: a guided "
                              "generation ends as soon as its text is one of the choices")
+
+    def _check_guided_pattern(self) -> None:
+        given = [n for n in ("guided_choice", "guided_regex", "guided_json") if getattr(self, n)]
+        name = self.guided_field or (given[-1] if given else "guided_regex")
+        for field in ("guided_regex", "guided_json"):
+            value = getattr(self, field)
+            if type(value) is not str:
+                raise BadRequest(f"field {field!r} must be a string, got {json_type(value)}")
+            if len(value) > MAX_GUIDED_PATTERN_CHARS:
+                raise BadRequest(f"field {self.guided_field or field!r} holds {len(value)} characters; at most "
+                                 f"{MAX_GUIDED_PATTERN_CHARS}")
+        if len(given) > 1:
+            raise BadRequest(f"fields {given[0]!r} and {given[1]!r} cannot both be given: one guided form per request")
+        if self.min_tokens:
+            raise BadRequest(f"field {name!r} cannot be combined with 'min_tokens' above 0: a guided generation "
+                             "ends when its text matches")
+        import importlib.util
+
+        if importlib.util.find_spec("outlines_core") is None:
+            raise BadRequest(f"field {name!r} needs structured outputs, which this server lacks ({STRUCTURED_EXTRA})")
+
+    @property
+    def guided(self) -> bool:
+        """True when the generation is constrained (``guided_choice``, ``guided_regex`` or ``guided_json``)."""
+        return bool(self.guided_choice or self.guided_regex or self.guided_json)
 
     @property
     def greedy(self) -> bool:
@@ -600,6 +646,46 @@ def guided_choice_tuple(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def guided_pattern_fields(obj: Mapping[str, Any]) -> dict[str, str]:
+    """A request's ``guided_regex`` (a string) and ``guided_json`` (a JSON Schema: an object, or a
+    string holding one) as :class:`GenerationParams`'s keyword arguments (absent or null: left
+    out; the schema as JSON text).  Raises :class:`~wsserve.errors.BadRequest` naming the field."""
+    out: dict[str, str] = {}
+    regex = obj.get("guided_regex")
+    if regex is not None:
+        if type(regex) is not str or not regex:
+            raise BadRequest(f"field 'guided_regex' must be a non-empty string, got {shown(regex, 40)}")
+        out["guided_regex"] = regex
+    schema = obj.get("guided_json")
+    if schema is not None:
+        out["guided_json"] = schema_text(schema, "guided_json")
+    return out
+
+
+def schema_text(value: Any, field: str) -> str:
+    """A JSON Schema from the wire (an object, or a string holding one) as JSON text; raises
+    :class:`~wsserve.errors.BadRequest` naming ``field`` otherwise (or when it is too long)."""
+    if type(value) is str:
+        if len(value) > MAX_GUIDED_PATTERN_CHARS:
+            raise BadRequest(f"field {field!r} holds {len(value)} characters; at most {MAX_GUIDED_PATTERN_CHARS}")
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise BadRequest(f"field {field!r} must be a JSON Schema (an object, or a string holding one); "
+                             f"the string is not JSON: {exc}") from None
+        if type(parsed) is not dict:
+            raise BadRequest(f"field {field!r} must be a JSON Schema object, got {json_type(parsed)}")
+        return value
+    if type(value) is dict:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if len(text) > MAX_GUIDED_PATTERN_CHARS:
+            raise BadRequest(f"field {field!r} holds {len(text)} characters of JSON; at most "
+                             f"{MAX_GUIDED_PATTERN_CHARS}")
+        return text
+    raise BadRequest(f"field {field!r} must be a JSON Schema (an object, or a string holding one), "
+                     f"got {json_type(value)}")
+
+
 def logit_bias_tuple(value: Any) -> tuple[tuple[int, float], ...]:
     """A request's ``logit_bias`` (OpenAI's form: a JSON object mapping token ids, written as
     decimal strings, to biases) as the ``(id, bias)`` pairs :class:`GenerationParams` takes,
@@ -653,6 +739,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         logprobs=obj.get("logprobs"),
         **stop_fields(obj),
         guided_choice=guided_choice_tuple(obj.get("guided_choice")),
+        **guided_pattern_fields(obj),
     )
     return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
                     messages=messages, traceparent=parse_traceparent(obj.get("traceparent")))
@@ -888,7 +975,8 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
 def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
     ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
-    ``max_logprobs``, ``max_stop_token_ids``, ``max_guided_choices``, ``max_guided_choice_chars``)."""
+    ``max_logprobs``, ``max_stop_token_ids``, ``max_guided_choices``, ``max_guided_choice_chars``,
+    ``max_guided_pattern_chars``)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
@@ -898,7 +986,8 @@ def encode_hello(*, version: str, limits: dict[str, int], models: list[str], aut
                    "max_stop_strings": MAX_STOP_STRINGS, "max_stop_chars": MAX_STOP_CHARS,
                    "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS, "max_logprobs": MAX_LOGPROBS,
                    "max_stop_token_ids": MAX_STOP_TOKEN_IDS, "max_guided_choices": MAX_GUIDED_CHOICES,
-                   "max_guided_choice_chars": MAX_GUIDED_CHOICE_CHARS},
+                   "max_guided_choice_chars": MAX_GUIDED_CHOICE_CHARS,
+                   "max_guided_pattern_chars": MAX_GUIDED_PATTERN_CHARS},
         "models": models,
     }
     if auth_required:

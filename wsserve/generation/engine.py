@@ -31,6 +31,12 @@ sequences whose own row fails end with ``Internal``; the others get their token
 as from any step (``isolated_steps``, and the observer's optional
 ``on_isolated(model)``, count such steps).  A failed step of one sequence ends it.
 
+Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled
+(:func:`~.structured.build_index`) once per pattern, in a thread (``asyncio.to_thread``, not the
+step thread; at most two at once per engine), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes are kept
+in an LRU of ``max_guide_indexes``.  A caller that wants a refusal before it commits (the HTTP
+routes: a 400 before a stream starts) awaits :meth:`GenerationEngine.prepare` first.
+
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
     on_token(seq: int, text: str)        # seq = 0, 1, 2, ... one per streamed token
@@ -78,12 +84,21 @@ from .running import checked_prompt_ids
 from .sampling import apply_penalties, sample_rows
 from .scheduler import Batch, Scheduler, Sequence, TokenModel
 from .sequence import TokenEvents
+from .structured import (
+    GuidePattern,
+    IndexCache,
+    RegexIndex,
+    build_index,
+    outlines_vocabulary,
+)
 
 __all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step", "run_step_logprobs"]
 
 log = logging.getLogger(__name__)
 
 _LIST_ITERATOR = type(iter([]))
+#: Patterns an engine compiles at once (more wait their turn; generations go on meanwhile).
+_MAX_CONCURRENT_BUILDS = 2
 
 
 class _TokenCalls:
@@ -173,6 +188,16 @@ def run_step_rows(model: TokenModel, batch: Batch
     return tokens, failed, None if batch.logprobs is None else step_logprobs(logits, tokens, batch.logprobs)
 
 
+class _Compiling:
+    """A pattern being compiled: the sequences held for it, and the futures of :meth:`GenerationEngine.prepare`."""
+
+    __slots__ = ("seqs", "waiters")
+
+    def __init__(self) -> None:
+        self.seqs: list[Sequence] = []
+        self.waiters: list[asyncio.Future[None]] = []
+
+
 class GenerationEngine:
     """Continuous batching over one :class:`TokenModel` on the running event loop.
 
@@ -189,6 +214,7 @@ class GenerationEngine:
         # Limits
         max_generate_batch: int = 256,
         max_generate_queue: int | None = 4096,
+        max_guide_indexes: int | None = 64,
         # Compute
         inline_max_batch: int = 64,
         inline_max_flops: int | None = None,
@@ -198,7 +224,9 @@ class GenerationEngine:
         """``inline_max_flops``: see the module docstring (None: only ``inline_max_batch`` decides).
         ``observer.on_batch(name, sequences, seconds)`` is called once per step (metrics);
         ``after_delivery`` after each step's tokens were handed to their sinks (the
-        server writes the frames then, rather than one loop iteration later)."""
+        server writes the frames then, rather than one loop iteration later).
+        ``max_guide_indexes``: how many compiled ``guided_regex`` / ``guided_json`` patterns
+        (:class:`~.structured.RegexIndex`) the engine keeps, least recently used dropped first."""
         if inline_max_batch < 0:
             raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
         self.model = model
@@ -233,6 +261,13 @@ class GenerationEngine:
         self._idle.set()
         #: prompts to score (``score_prompt``), each with the future of its records
         self._scores: deque[tuple[PromptScore, asyncio.Future[Any]]] = deque()
+        #: compiled guided_regex / guided_json patterns, and the sequences held per pattern being compiled
+        self._indexes = IndexCache(max_guide_indexes)
+        self._building: dict[tuple[str, str], _Compiling] = {}
+        self._build_tasks: set[asyncio.Task[None]] = set()
+        self._vocabulary: Any = None  # outlines-core's Vocabulary of the model, made at the first pattern
+        #: at most this many patterns compile at once (each holds a thread and a core meanwhile)
+        self._build_slots = asyncio.Semaphore(_MAX_CONCURRENT_BUILDS)
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -257,10 +292,83 @@ class GenerationEngine:
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         self.start()
-        seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
+        pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
+        if pattern is None:
+            seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
+        else:  # compiled once per pattern, in a thread: the sequence is held until then
+            index = self._indexes.get(pattern.key)
+            seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
+                                          index=index, hold=index is None)
+            if index is None:
+                self._compile(pattern).seqs.append(seq)
         self._idle.clear()
         self._wakeup.set()
         return seq
+
+    def prepare(self, params: GenerationParams) -> asyncio.Future[None] | None:
+        """For a ``guided_regex`` / ``guided_json`` whose pattern is not compiled yet: start
+        compiling it (or join the compilation in progress) and return a future that is done once
+        it is (its exception: the ``BadRequest`` naming the field, or ``ShuttingDown``); None when
+        there is nothing to compile.  A caller that awaits it before :meth:`submit` can still answer
+        a refusal as its own (an HTTP 400 before a stream starts); :meth:`submit` does not need it."""
+        pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
+        if pattern is None or self._indexes.get(pattern.key) is not None:
+            return None
+        if self._closed:
+            raise ShuttingDown("generation engine is shutting down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._compile(pattern).waiters.append(future)
+        return future
+
+    def _compile(self, pattern: GuidePattern) -> _Compiling:
+        """The compilation of ``pattern`` in progress; started now if there is none."""
+        pending = self._building.get(pattern.key)
+        if pending is None:
+            pending = self._building[pattern.key] = _Compiling()
+            task = asyncio.get_running_loop().create_task(self._build(pattern), name="wsserve-guide-compile")
+            self._build_tasks.add(task)
+            task.add_done_callback(self._build_tasks.discard)
+        return pending
+
+    async def _build(self, pattern: GuidePattern) -> None:
+        """Compile ``pattern`` in a thread (:func:`asyncio.to_thread`, not the engine's step
+        thread: steps go on meanwhile), keep it, and queue the sequences held for it; if it cannot
+        be compiled, they end with its ``BadRequest`` (naming the field)."""
+        error: WsserveError | None = None
+        index: RegexIndex | None = None
+        try:
+            async with self._build_slots:
+                if self._vocabulary is None:
+                    self._vocabulary = await asyncio.to_thread(outlines_vocabulary, self.model.id_to_text)
+                index = await asyncio.to_thread(build_index, pattern, self._vocabulary)
+        except WsserveError as exc:
+            error = exc
+        except asyncio.CancelledError:  # close(): the held sequences end with ShuttingDown there
+            pending = self._building.pop(pattern.key, None)
+            for future in pending.waiters if pending is not None else ():
+                if not future.done():
+                    future.set_exception(ShuttingDown("server is shutting down"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - outlines-core failing: this pattern's requests only
+            log.error("compiling a %s pattern for model %s failed", pattern.kind, self.name, exc_info=exc)
+            error = Internal(f"compiling {pattern.name!r} failed: {type(exc).__name__}: {exc}")
+        pending = self._building.pop(pattern.key, None) or _Compiling()
+        now = time.monotonic()
+        if index is None:
+            self._sched.fail_requests(pending.seqs, error or Internal("no index"), now)
+        else:
+            self._indexes.put(pattern.key, index)
+            for seq in pending.seqs:
+                self._sched.release(seq, index)
+        for future in pending.waiters:
+            if not future.done():
+                if index is None:
+                    future.set_exception(error or Internal("no index"))
+                else:
+                    future.set_result(None)
+        self._idle.clear()
+        self._wakeup.set()
+        self._deliver()  # the refusals' terminal callbacks
 
     def score_prompt(self, prompt: str | tuple[int, ...], k: int
                      ) -> asyncio.Future[list[tuple[str, TokenLogprobs | None]]]:
@@ -324,7 +432,7 @@ class GenerationEngine:
     async def wait_idle(self) -> None:
         """Return once no generation is unfinished and no prompt waits to be scored (a retired
         version finishing its work)."""
-        while self._sched.has_unfinished() or self._scores:
+        while self._sched.has_unfinished() or self._scores or self._building:
             self._idle.clear()
             self._wakeup.set()  # let the loop notice when it is done
             await self._idle.wait()
@@ -339,6 +447,8 @@ class GenerationEngine:
     async def _close(self) -> None:
         self._closed = True
         self._wakeup.set()
+        for task in list(self._build_tasks):
+            task.cancel()
         if self._task is not None:
             await self._task  # finishes the step in progress and delivers its events
         self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())
@@ -381,7 +491,8 @@ class GenerationEngine:
             if self._scores or self._closed:  # (close() may have come while a prompt was scored)
                 await asyncio.sleep(0)
             elif not sched.has_unfinished():
-                self._idle.set()
+                if not self._building:  # (held sequences are not idle: their compile wakes the loop)
+                    self._idle.set()
                 await self._wakeup.wait()
             else:  # pragma: no cover - defensive: never busy-wait, whatever the state
                 await asyncio.sleep(0.001)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BadRequest
 from ..jsontypes import shown
+from .structured import CONTINUE, END_AFTER
 
 __all__ = ["ChoiceGuide", "ChoiceSet", "Vocabulary"]
 
@@ -133,3 +134,8 @@ class ChoiceGuide:
         """Append a generated token's text; True when the text now equals a choice."""
         self.text += token_text
         return self.choices.complete(self.text)
+
+    def advance(self, token: int, token_text: str) -> int:
+        """:meth:`feed` as the scheduler calls every guide (:class:`~.structured.RegexGuide`'s
+        outcomes): :data:`~.structured.END_AFTER` when the text now equals a choice."""
+        return END_AFTER if self.feed(token_text) else CONTINUE

@@ -26,9 +26,10 @@ a small model, so the running set keeps it in arrays and counters:
 - **Token bans** (``min_tokens`` with ``stop_token_ids``): the ``(row, token)`` pairs of the rows
   that generated fewer than ``min_tokens`` tokens (:class:`~.sampling.TokenBan`), remade when
   the layout changes or a row reaches its ``min_tokens`` (the tick is kept), not per step.
-- **Guided choices** (``guided_choice``): the guided rows are listed per layout; only when there
-  are any, :meth:`RunningSet.batch` gathers each one's allowed ids (memoized per state by its
-  :class:`~.guided.ChoiceSet`) into a :class:`~.sampling.TokenAllow`: unguided steps pay one test.
+- **Guided generations** (``guided_choice``, ``guided_regex``, ``guided_json``): the guided rows
+  are listed per layout; only when there are any, :meth:`RunningSet.batch` gathers each one's
+  allowed ids (memoized per state by its :class:`~.guided.ChoiceSet` or
+  :class:`~.structured.RegexIndex`) into a :class:`~.sampling.TokenAllow`: unguided steps pay one test.
 - **Token counts** (presence/frequency penalties): a ``[capacity, V]`` int32 buffer, made
   at the first sequence with a penalty, a row per slot; the rows with penalties are read
   per step with one ``take`` and incremented with one fancy-indexed add.
@@ -188,7 +189,7 @@ class RunningSet:
         self._ban_next = 0  # tick at which the first of them reaches its min_tokens
         #: the next step's token bans (:class:`~.sampling.TokenBan`), None when no row has one
         self.ban: TokenBan | None = None
-        self._guided: list[tuple[int, Sequence]] = []  # (row, seq) of the rows with guided_choice
+        self._guided: list[tuple[int, Sequence]] = []  # (row, seq) of the guided rows
         #: the next step's allowed tokens of the guided rows (:class:`~.sampling.TokenAllow`), None when none
         self.allow: TokenAllow | None = None
 
@@ -486,12 +487,20 @@ class RunningSet:
         self.ban = TokenBan(np.array([r for r, _ in pairs], np.int64), np.array([t for _, t in pairs], np.int64))
         self._ban_next = min(s._base + s.params.min_tokens for _, s in banned)
 
-    def _allowed(self) -> TokenAllow:
-        """The guided rows' allowed ids for the next token, from each one's text so far."""
-        guided = self._guided
-        ids = [s._guide.allowed() for _, s in guided]  # type: ignore[union-attr]
-        return TokenAllow(np.array([r for r, _ in guided], np.int64),
-                          np.repeat(np.arange(len(ids)), [len(a) for a in ids]), np.concatenate(ids))
+    def _allowed(self) -> TokenAllow | None:
+        """The guided rows' allowed ids for the next token, from each one's state; a row whose
+        guide returns None (a regex already matched that may go on) is left unmasked; None when
+        every guided row is."""
+        rows, ids = [], []
+        for r, s in self._guided:
+            a = s._guide.allowed()  # type: ignore[union-attr]
+            if a is not None:
+                rows.append(r)
+                ids.append(a)
+        if not rows:
+            return None
+        return TokenAllow(np.array(rows, np.int64), np.repeat(np.arange(len(ids)), [len(a) for a in ids]),
+                          np.concatenate(ids))
 
     def _refill(self, due: dict[Sequence, None]) -> None:
         """Draw the next noise block of each sequence in ``due`` (from its own generator);

@@ -52,7 +52,10 @@ Semantics:
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
 - A generation with ``guided_choice`` generates only tokens that keep its text a prefix of a
-  choice (:mod:`.guided`) and ends with ``stop`` as soon as its text is one; its stop strings and
+  choice (:mod:`.guided`) and ends with ``stop`` as soon as its text is one; one with
+  ``guided_regex`` / ``guided_json`` (given its compiled index, or held as ``COMPILING`` until
+  :meth:`Scheduler.release`) follows :mod:`.structured`'s end rule (``stop`` after a token that
+  completes the match, or instead of a token that would not extend it).  Their stop strings and
   stop token ids still apply.
 - Within one step, the token events of the plain rows (no stop strings or stop token
   ids, no logprobs, no guided choice) come first, then the other rows (each followed by its terminal event
@@ -93,6 +96,7 @@ from .sampling import (
 )
 from .sequence import FINISHED, Event, LoggedText, SeqState, Sequence, TokenEvents
 from .stops import STOPPED_ON_TOKEN
+from .structured import CONTINUE, END_AFTER, END_BEFORE, RegexGuide, RegexIndex
 from .waitqueue import WaitQueue
 
 __all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel",
@@ -188,13 +192,20 @@ class Scheduler:
         self._last_now = 0.0  # the latest ``now`` seen (statistics take no clock)
         self._vocab: Vocabulary | None = None  # the model's tokens indexed, at the first guided request
         self._choices: ChoiceSet | None = None  # the last guided request's (its n sequences share it)
+        #: sequences held until their guided_regex / guided_json is compiled (:meth:`release`)
+        self._held: dict[Sequence, None] = {}
 
     # -- requests ------------------------------------------------------------------
     def add_request(
         self, params: GenerationParams, now: float, *, owner: Any = None, group: Any = None,
-        deadline: float | None = None,
+        deadline: float | None = None, index: RegexIndex | None = None, hold: bool = False,
     ) -> Sequence:
         """Queue a generation; it joins the batch at the next :meth:`schedule`.
+
+        A ``guided_regex`` / ``guided_json`` generation comes with its compiled ``index``, or with
+        ``hold``: it is then held (state ``COMPILING``, not counted as unfinished) until
+        :meth:`release` gives it its index (or :meth:`fail_requests` ends it); deadlines and
+        cancels apply while it is held.
 
         ``group`` is the fairness key (the client connection): while others wait,
         a group holds at most a fair share of the running slots (module docstring).
@@ -208,7 +219,7 @@ class Scheduler:
         the model's bounds (:func:`~.running.checked_prompt_ids`); nothing is queued then.
         The prompt is encoded once (with ``repetition_penalty``, its ids give the context).
         """
-        waiting = len(self._waiting[0]) + len(self._waiting[1])
+        waiting = len(self._waiting[0]) + len(self._waiting[1]) + len(self._held)
         if self.max_generate_queue is not None and waiting - self._run.free >= self.max_generate_queue:
             raise Overloaded(
                 f"generation queue is full ({waiting} waiting for {self.max_generate_batch} slots, "
@@ -235,13 +246,28 @@ class Scheduler:
         seq.prompt_tokens = prompt_tokens
         if choices is not None:
             seq._guide = ChoiceGuide(choices)
-        self._waiting[params.priority].push(seq)
+        elif index is not None:
+            seq._guide = RegexGuide(index)
+        if hold and index is None:
+            seq.state = SeqState.COMPILING
+            self._held[seq] = None
+        else:
+            self._waiting[params.priority].push(seq)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, seq.id, seq))
             if len(self._deadlines) > 64 + 2 * (waiting + len(self._run)):
                 self._deadlines = [e for e in self._deadlines if e[2].state is not SeqState.FINISHED]
                 heapq.heapify(self._deadlines)
         return seq
+
+    def release(self, seq: Sequence, index: RegexIndex) -> None:
+        """Queue held ``seq`` (:meth:`add_request` with ``hold``) with its compiled ``index``; a
+        sequence no longer held (ended meanwhile) is ignored."""
+        if seq.state is SeqState.COMPILING:
+            del self._held[seq]
+            seq._guide = RegexGuide(index)
+            seq.state = SeqState.WAITING
+            self._waiting[seq.params.priority].push(seq)
 
     def _choice_set(self, choices: tuple[str, ...]) -> ChoiceSet:
         """``choices`` compiled against the model's tokens (raises ``BadRequest`` naming
@@ -278,7 +304,7 @@ class Scheduler:
     def abort_all(self, error: WsserveError, now: float) -> None:
         """End every running and waiting sequence with ``error`` (shutdown)."""
         self._batch = None
-        for seq in [*self._run.sequences, *self._waiting[1], *self._waiting[0]]:
+        for seq in [*self._run.sequences, *self._waiting[1], *self._waiting[0], *self._held]:
             if seq.state is not SeqState.FINISHED:
                 self._finish(seq, now, error=error)
 
@@ -409,15 +435,23 @@ class Scheduler:
             text = texts[i]
             record = logged[seq._lrow] if logged is not None and seq._lrow >= 0 else None
             guide = seq._guide
-            chosen = guide is not None and guide.feed(text)  # the text is one of the choices: the end
+            # END_AFTER: the text is a choice (or a match nothing extends); END_BEFORE: the text
+            # matched and the model chose to end there (this token is not generated)
+            outcome = CONTINUE if guide is None else guide.advance(int(tokens[i]), text)
+            chosen = outcome == END_AFTER
             matcher = seq._stops
             if matcher is None:  # logprobs or a guide: the token goes out whole (it ends by length elsewhere)
-                out.append((seq, numbers[i], _logged(text, record)))
-                emitted += 1
-                if chosen:
+                if outcome != END_BEFORE:
+                    out.append((seq, numbers[i], _logged(text, record)))
+                    emitted += 1
+                    seq._streamed += 1
+                if outcome:
                     self._finish(seq, now, reason="stop")
                 continue
-            released, stopped = matcher.feed(text, int(tokens[i]))
+            if outcome == END_BEFORE:  # as a stop token: not streamed, the held tokens go out whole
+                released, stopped = "", STOPPED_ON_TOKEN
+            else:
+                released, stopped = matcher.feed(text, int(tokens[i]))
             length = tick - seq._base >= seq.params.max_tokens
             if not stopped and (length or chosen):
                 released += matcher.flush()
@@ -553,6 +587,8 @@ class Scheduler:
                 error: WsserveError | None = None) -> None:
         if seq.state is SeqState.WAITING:
             self._waiting[seq.params.priority].remove(seq)
+        elif seq.state is SeqState.COMPILING:
+            del self._held[seq]
         elif seq.state is _RUNNING:
             self._release(seq)
         self._ended(seq, now, reason, error)

@@ -25,6 +25,7 @@ from .guided import ChoiceGuide
 from .logprobs import TokenLogprobs
 from .params import GenerationParams
 from .stops import StopMatcher
+from .structured import RegexGuide
 
 __all__ = ["FINISHED", "Event", "LoggedText", "SeqState", "Sequence", "Tick", "TokenEvents"]
 
@@ -34,6 +35,7 @@ FINISHED = -1
 
 class SeqState(enum.Enum):
     WAITING = "waiting"
+    COMPILING = "compiling"  # held until its guided_regex / guided_json is compiled (not queued yet)
     RUNNING = "running"
     FINISHED = "finished"
 
@@ -113,7 +115,7 @@ class Sequence:
         self._tick = tick if tick is not None else Tick()
         self._gen = 0  # tokens generated, while not running
         self._base = 0  # while running: generated = tick - base
-        self._streamed = 0  # token events emitted (kept only with stop strings; else = generated)
+        self._streamed = 0  # token events emitted (kept only with stop strings or a guide; else = generated)
         self._stops = StopMatcher(params.stop, token_ids=params.stop_token_ids, min_tokens=params.min_tokens,
                                   include=params.include_stop_str_in_output) \
             if params.stop or params.stop_token_ids else None
@@ -126,9 +128,10 @@ class Sequence:
         # logprobs, no guided choice) streams each token as is, in the step's one block of events.
         self._logged: list[TokenLogprobs] = []
         self._lrow = -1
-        self._plain = self._stops is None and params.logprobs is None and not params.guided_choice
-        #: With ``guided_choice``: its progress (:class:`~.guided.ChoiceGuide`), set when queued.
-        self._guide: ChoiceGuide | None = None
+        self._plain = self._stops is None and params.logprobs is None and not params.guided
+        #: With ``guided_choice``: its progress (:class:`~.guided.ChoiceGuide`), set when queued;
+        #: with ``guided_regex`` / ``guided_json``: :class:`~.structured.RegexGuide`, once compiled.
+        self._guide: ChoiceGuide | RegexGuide | None = None
         self._rng: np.random.Generator | None = None
         self._context: np.ndarray | None = None  # [k] while not laid out (arrival, admission, preemption)
         self._noise: np.ndarray | None = None  # the current noise block, saved on preemption mid-block
@@ -153,7 +156,7 @@ class Sequence:
     @property
     def streamed(self) -> int:
         """Token events emitted (``tokens`` of ``done``)."""
-        return self.generated if self._stops is None else self._streamed
+        return self.generated if self._stops is None and self._guide is None else self._streamed
 
     def timing(self) -> dict[str, float | None]:
         """``queue_ms`` (arrival -> slot), ``ttft_ms`` (arrival -> first generated token,

@@ -769,6 +769,10 @@ class HttpApi:
             elif completion.echo_only:  # nothing to queue: the prompts' token counts are the answer's usage
                 counts = [len(ids) for ids in completion.prompt_ids] or [
                     entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
+            elif (compiling := entry.worker.prepare(completion.params)) is not None:
+                # a guided_regex / guided_json compiled first (in a thread): a refusal is still a 400
+                call.compiling = True
+                compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
             else:
                 self._submit(call, completion, session)
                 if type(encoder) is GenerateOutputsEncoder:  # its events' num_input_tokens
@@ -787,7 +791,7 @@ class HttpApi:
                 scoring.add_done_callback(functools.partial(self._scored, call, completion, session))
         elif counts is not None:
             call.answer_prompts(counts)
-        elif completion.stream:
+        elif completion.stream and not call.compiling:
             call.start_stream()
         return None
 
@@ -799,6 +803,24 @@ class HttpApi:
             call.submit(completion.params, session)
         except BadRequest as exc:  # a logit_bias or stop_token_ids id outside the vocabulary (the engine's check)
             raise _token_id_param(exc) from None
+
+    def _prepared(self, call: CompletionCall, completion: Any, session: HttpSession,
+                  compiled: Any) -> None:
+        """A guided pattern is compiled (:meth:`~wsserve.generation.GenerationEngine.prepare`):
+        queue ``call``'s generation and start its stream, or answer the refusal."""
+        call.compiling = False
+        if call.finished or compiled.cancelled():
+            return
+        try:
+            compiled.result()
+            self._submit(call, completion, session)
+        except WsserveError as exc:
+            call.fail(exc)  # (its param: the guided field)
+            return
+        if type(call.encoder) is GenerateOutputsEncoder:
+            call.encoder.prompt_tokens = call.choices[0].handle.prompt_tokens
+        if completion.stream:
+            call.start_stream()
 
     def _scored(self, call: CompletionCall, completion: Any, session: HttpSession, _done: Any) -> None:
         """``echo`` with ``logprobs``: one prompt's scoring (the engine's future) is done; once every
@@ -912,6 +934,8 @@ def _token_id_param(exc: BadRequest) -> BadRequest:
     """A refusal of :func:`~wsserve.generation.scheduler.check_token_ids` naming its field in
     OpenAI's envelope (``logit_bias`` or ``stop_token_ids``), or of a ``guided_choice`` the model's
     tokens cannot write (:meth:`~wsserve.generation.Scheduler.add_request`)."""
+    if getattr(exc, "param", None):  # a guided pattern's refusal names its field already
+        return exc
     field = next((f for f in ("guided_choice", "logit_bias", "stop_token_ids") if f"'{f}'" in exc.message), None)
     return exc if field is None else _with_param(exc, field)  # type: ignore[return-value]
 

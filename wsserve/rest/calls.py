@@ -345,7 +345,7 @@ class CompletionCall(Call):
     choice ended, or Server-Sent Events as tokens come (the bytes are the ``encoder``'s).  A choice
     that fails fails the call (the others are cancelled)."""
 
-    __slots__ = ("engine", "choices", "encoder", "stream", "include_usage", "scoring", "streaming", "echo",
+    __slots__ = ("engine", "choices", "encoder", "stream", "include_usage", "scoring", "compiling", "streaming", "echo",
                  "echo_logged", "logged", "prompts", "prompt_ids", "prompt_counts", "_open")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
@@ -370,6 +370,8 @@ class CompletionCall(Call):
         self.echo_logged: list[list[tuple[str, TokenLogprobs | None]] | None] = [None] * len(self.prompts)
         #: the futures of the prompts' records while they are computed (``echo`` with ``logprobs``)
         self.scoring: list[Any] = []
+        #: its guided pattern is being compiled: queued (and the stream started) once it is
+        self.compiling = False
         #: the 200 and the stream's first events are out
         self.streaming = False
         n = completion.n

@@ -6,8 +6,8 @@
   options).  OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1);
   parameters wsserve cannot honour are refused by name with ``bad_request``
   rather than ignored: ``best_of`` other than ``n``,
-  ``suffix``, ``response_format`` other than text, and vLLM's fields for what wsserve does not
-  do (beam search, guided decoding, ``prompt_logprobs``...: :data:`NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
+  ``suffix``, and vLLM's fields for what wsserve does not
+  do (beam search, grammar-guided decoding, ``prompt_logprobs``...: :data:`NEUTRAL_VLLM`).  ``top_p`` (nucleus sampling, in (0, 1] as vLLM
   takes it), vLLM's ``min_p`` (in [0, 1]), ``presence_penalty`` and ``frequency_penalty`` (in [-2, 2]),
   ``logit_bias`` (token ids of the model's vocabulary) and
   ``top_k`` (an extension several servers accept; -1 is off) are taken, and
@@ -26,12 +26,14 @@
   ``finish_reason`` ``stop`` at one of them, whose text is not sent), ``min_tokens`` (0 to
   ``max_tokens``: no stop within the first ones) and ``include_stop_str_in_output`` (the stop
   string or token text is sent, and nothing after it), as the WebSocket ``generate`` takes them
-  (:class:`~wsserve.protocol.GenerationParams`), and vLLM's ``guided_choice`` (or its newer
-  spelling ``structured_outputs: {"choice": [...]}``; :func:`guided_choice_field`);
+  (:class:`~wsserve.protocol.GenerationParams`), and guided decoding (:func:`guided_fields`):
+  vLLM's ``guided_choice``, ``guided_regex``, ``guided_json`` (or its newer spelling
+  ``structured_outputs: {"choice" | "regex" | "json": ...}``) and OpenAI's ``response_format``
+  (``json_schema`` or ``json_object``), one of them per request;
   ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
   (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
-  ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio, JSON output and
+  ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio and
   per-request templates refused by name.
 - :class:`CompletionEncoder` - the response object, and the Server-Sent Events
   of a streamed one: one ``text_completion`` chunk per token, a last chunk with
@@ -68,13 +70,14 @@ from ..protocol import (
     guided_choice_tuple,
     logit_bias_tuple,
     sampling_fields,
+    schema_text,
     stop_fields,
     stop_tuple,
 )
 from .errors import error_response
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
-           "completion_of", "error_event", "guided_choice_field", "is_neutral", "max_tokens_field", "model_field", "models_list",
+           "completion_of", "error_event", "guided_fields", "is_neutral", "max_tokens_field", "model_field", "models_list",
            "parse_chat_completion", "parse_completion", "token_logprobs"]
 
 #: The event that ends a stream.
@@ -87,8 +90,8 @@ MAX_N = 16
 MAX_CHOICES = 256
 
 #: vLLM's extra sampling and output fields wsserve does not do, both endpoints: beam search,
-#: guided (structured) decoding other than a choice (``guided_choice`` and ``structured_outputs``'
-#: ``choice`` are taken: :func:`guided_choice_field`), per-request logits processors, banned words, a token allowlist,
+#: guided decoding by a grammar (``guided_grammar``; a choice, a regex and a JSON Schema are taken:
+#: :func:`guided_fields`), per-request logits processors, banned words, a token allowlist,
 #: prompt truncation, prompt logprobs, token ids in place of token texts, and scheduling priority
 #: (vLLM's lower-is-first integer; wsserve's WebSocket ``priority`` is 0 or 1).  vLLM's
 #: ``ignore_eos``, ``skip_special_tokens``, ``spaces_between_special_tokens`` and
@@ -96,14 +99,14 @@ MAX_CHOICES = 256
 #: or special tokens (a generation ends by length or a stop), so there is nothing for them to change.
 NEUTRAL_VLLM = {
     "use_beam_search": (None, False), "length_penalty": (None, 1, 1.0), "early_stopping": (None, False),
-    "guided_json": (None,), "guided_regex": (None,), "guided_grammar": (None,),
+    "guided_grammar": (None,),
     "guided_decoding_backend": (None,), "guided_whitespace_pattern": (None,),
     "logits_processors": (None, []), "bad_words": (None, []), "allowed_token_ids": (None,),
     "truncate_prompt_tokens": (None,), "prompt_logprobs": (None,), "return_tokens_as_token_ids": (None, False),
     "priority": (None, 0),
 }
 _NEUTRAL = {
-    "suffix": (None, ""), "response_format": (None, {"type": "text"}), **NEUTRAL_VLLM,
+    "suffix": (None, ""), **NEUTRAL_VLLM,
 }
 #: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
 #: template, refused: the model's own template applies).
@@ -192,9 +195,10 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     echo_only = bool(echo) and obj.get("max_tokens") == 0 and type(obj.get("max_tokens")) is int
     max_tokens = 1 if echo_only else max_tokens_field(obj, "max_tokens", min(16, max_tokens_limit), max_tokens_limit,
                                                       zero="'echo': true")
-    if echo_only and guided_choice_field(obj):
-        raise ParamError("guided_choice", "'guided_choice' needs a generation; 'max_tokens': 0 with 'echo' generates "
-                                          "nothing")
+    if echo_only and (guided := guided_fields(obj, response_format=True)):
+        field = guided.get("guided_field") or next(k for k in ("guided_choice", "guided_regex", "guided_json")
+                                                   if k in guided)
+        raise ParamError(field, f"'{field}' needs a generation; 'max_tokens': 0 with 'echo' generates nothing")
     if echo_only and obj.get("min_tokens") not in (None, 0):
         raise ParamError("min_tokens", "'min_tokens' must be 0 with 'max_tokens': 0 (nothing is generated), "
                                        f"got {shown(obj.get('min_tokens'), 40)}")
@@ -238,10 +242,6 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     except BadRequest as exc:
         raise ParamError("messages", exc.message) from None
     _refuse_unsupported(obj, _NEUTRAL_CHAT)
-    fmt = obj.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise ParamError("response_format", "'response_format' is not supported (only {\"type\": \"text\"}): "
-                                            "wsserve does not constrain output to JSON")
     max_tokens = max_tokens_field(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
         max_tokens = max_tokens_field(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
@@ -351,7 +351,7 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
         if options.get("continuous_usage_stats") not in (None, False):  # vLLM's: usage in every chunk
             raise ParamError("stream_options", "'stream_options.continuous_usage_stats' is not supported: the usage "
                                                "comes once, in the chunk before [DONE] (include_usage)")
-    guided_choice = guided_choice_field(obj)
+    guided = guided_fields(obj, response_format=True)
     try:
         params = GenerationParams(
             prompt=prompt,
@@ -364,40 +364,91 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             stop=stop,
             logprobs=logprobs,
             **stop_fields(obj),
-            guided_choice=guided_choice,
+            **guided,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        named = ("guided_choice", "top_k", *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
+        named = (guided.get("guided_field") or "", "guided_choice", "guided_regex", "guided_json", "top_k", *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
         field = next((f for f in named if f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 
 
-def guided_choice_field(obj: dict[str, Any]) -> tuple[str, ...]:
-    """vLLM's ``guided_choice`` (a list of strings), or its newer spelling ``structured_outputs:
-    {"choice": [...]}`` (its other keys refused by name, unless null: wsserve constrains output to
-    a choice only), as :class:`GenerationParams` takes it; ``()`` when neither is given.  Raises
-    :class:`ParamError` naming ``guided_choice`` (or ``structured_outputs``); the strings'
-    bounds are :class:`GenerationParams`'s."""
-    value = obj.get("guided_choice")
+#: ``structured_outputs``' keys wsserve takes (vLLM's other ones, e.g. ``grammar``, are refused by name).
+_STRUCTURED_KEYS = ("choice", "regex", "json", "json_object")
+
+
+def guided_fields(obj: dict[str, Any], *, response_format: bool = False) -> dict[str, Any]:
+    """The guided decoding a body asks for, as :class:`GenerationParams`'s keyword arguments
+    (empty when none): vLLM's ``guided_choice`` (a list of strings), ``guided_regex`` (a string),
+    ``guided_json`` (a JSON Schema: an object or a string holding one), its newer spelling
+    ``structured_outputs: {"choice" | "regex" | "json": ...}`` (or ``"json_object": true``), and,
+    with ``response_format``, OpenAI's ``response_format: {"type": "json_schema", "json_schema":
+    {"name", "schema", "strict"}}`` or ``{"type": "json_object"}`` (any JSON object).  At most one
+    of them.  Raises :class:`ParamError` naming the field (both, for two forms)."""
+    forms: list[tuple[str, str, Any]] = []  # (field, kind, value)
+    for name, kind in (("guided_choice", "choice"), ("guided_regex", "regex"), ("guided_json", "json")):
+        if obj.get(name) is not None:
+            forms.append((name, kind, obj[name]))
     structured = obj.get("structured_outputs")
     if structured is not None:
         if type(structured) is not dict:
             raise ParamError("structured_outputs", "'structured_outputs' must be an object, got "
                                                    f"{json_type(structured)}")
-        other = next((k for k, v in structured.items() if k != "choice" and v is not None), None)
+        other = next((k for k, v in structured.items() if k not in _STRUCTURED_KEYS and v is not None), None)
         if other is not None:
             raise ParamError("structured_outputs", f"'structured_outputs' key {shown(other, 40)} is not supported: "
-                                                   "wsserve constrains output only to a choice "
-                                                   "('structured_outputs.choice' or 'guided_choice')")
-        if structured.get("choice") is not None:
-            if value is not None:
-                raise ParamError("guided_choice", "give 'guided_choice' or 'structured_outputs.choice', not both")
-            value = structured["choice"]
+                                                   "wsserve constrains output to a choice, a regex or a JSON Schema "
+                                                   "('choice', 'regex', 'json', 'json_object')")
+        for key in _STRUCTURED_KEYS:
+            value = structured.get(key)
+            if key == "json_object" and value is not None:
+                if value is not True:
+                    raise ParamError("structured_outputs", "'structured_outputs.json_object' must be true (or absent)")
+                forms.append(("structured_outputs", "json", _ANY_OBJECT))
+            elif value is not None:
+                forms.append(("structured_outputs" if key != "choice" else "guided_choice", key, value))
+    if response_format:
+        form = _response_format(obj.get("response_format"))
+        if form is not None:
+            forms.append(("response_format", "json", form))
+    if not forms:
+        return {}
+    if len(forms) > 1:
+        first, second = forms[0][0], forms[1][0]
+        what = f"'{first}' twice" if first == second else f"'{first}' and '{second}'"
+        raise ParamError(second, f"one guided decoding form per request: {what} were given")
+    field, kind, value = forms[0]
     try:
-        return guided_choice_tuple(value)
+        if kind == "choice":
+            return {"guided_choice": guided_choice_tuple(value)}
+        if kind == "regex":
+            if type(value) is not str or not value:
+                raise BadRequest(f"field {field!r} must hold a non-empty regex string, got {shown(value, 40)}")
+            return {"guided_regex": value, "guided_field": "" if field == "guided_regex" else field}
+        return {"guided_json": schema_text(value, field), "guided_field": "" if field == "guided_json" else field}
     except BadRequest as exc:
-        raise ParamError("guided_choice", exc.message) from None
+        raise ParamError(field, exc.message) from None
+
+
+#: ``{"type": "json_object"}``: any JSON object.
+_ANY_OBJECT = {"type": "object"}
+
+
+def _response_format(fmt: Any) -> Any:
+    """OpenAI's ``response_format``: None for text (or absent), else the JSON Schema it asks for."""
+    if fmt is None or fmt == {"type": "text"}:
+        return None
+    kind = fmt.get("type") if type(fmt) is dict else None
+    if kind == "json_object":
+        return _ANY_OBJECT
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if type(spec) is not dict or type(spec.get("schema")) is not dict:
+            raise ParamError("response_format", "'response_format' of type 'json_schema' needs 'json_schema': "
+                                                "{\"name\": ..., \"schema\": {...}}")
+        return spec["schema"]
+    raise ParamError("response_format", "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} "
+                                        f"or {{\"type\": \"json_schema\", ...}}, got {shown(fmt, 80)}")
 
 
 #: One choice of a non-streamed answer: its text, its ``finish_reason`` and, when asked, each

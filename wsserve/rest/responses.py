@@ -62,7 +62,7 @@ prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.compl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -125,13 +125,15 @@ _WHY = {
 #: are ``include``/``top_logprobs`` and ``text.format``), and vLLM's fields for what wsserve does
 #: not do (:data:`~wsserve.rest.openai.NEUTRAL_VLLM`).
 _NEUTRAL_OTHER = {"n": (None, 1), "logprobs": (None, False), "response_format": (None, {"type": "text"}),
-                  "guided_choice": (None,),
+                  "guided_choice": (None,), "guided_regex": (None,), "guided_json": (None,),
                   **{name: values for name, values in NEUTRAL_VLLM.items() if name not in _NEUTRAL}}
 _WHY_OTHER = {
     "n": "a response has one output message (n choices: POST /v1/chat/completions)",
     "logprobs": f"this route's logprobs are asked for with 'include': [\"{INCLUDE_LOGPROBS}\"] and 'top_logprobs'",
     "response_format": "this route's output format is 'text.format', and only text",
     "guided_choice": "a guided choice is served on /v1/completions and /v1/chat/completions",
+    "guided_regex": "a regex is served on /v1/completions and /v1/chat/completions (here: 'text.format')",
+    "guided_json": "this route's JSON Schema is 'text.format': {\"type\": \"json_schema\", \"schema\": {...}}",
 }
 #: The sampling and stop fields handed to :func:`~wsserve.rest.openai.completion_of` (checked there
 #: under these names), ``stream`` too: OpenAI's, vLLM's extensions to this route (``top_k``,
@@ -156,6 +158,8 @@ class ResponseRequest:
     user: str | None
     parallel_tool_calls: bool
     top_logprobs: int = 0  # as sent (echoed); logprobs are given only with include's INCLUDE_LOGPROBS
+    #: ``text.format`` as sent (echoed): ``{"type": "text"}`` unless a JSON output was asked for
+    text_format: Any = field(default_factory=lambda: {"type": "text"})
 
 
 def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseRequest:
@@ -172,7 +176,7 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
             why = _WHY_OTHER.get(name, "only its default")
             raise ParamError(name, f"'{name}' is not supported on this route: {why}; got {shown(value, 80)}")
     _check_reasoning(obj.get("reasoning"))
-    _check_text(obj.get("text"))
+    text_format = _text_format(obj.get("text"))
     instructions = obj.get("instructions")
     if instructions is not None and type(instructions) is not str:
         raise ParamError("instructions", f"'instructions' must be a string, got {json_type(instructions)}")
@@ -181,8 +185,12 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
         messages = (ChatMessage("system", instructions), *messages)
     sent_max = max_tokens_field(obj, "max_output_tokens", None, max_tokens_limit)
     sampling = {name: obj[name] for name in _SAMPLING if name in obj}
+    if text_format is not None:  # a JSON Schema: the output is guided (refusals name 'text')
+        sampling["guided_json"] = text_format
     logprobs, top_logprobs = _logprobs(obj)
     completion = completion_of(sampling, model, "", sent_max or max_tokens_limit, messages, logprobs)
+    if text_format is not None:
+        completion = replace(completion, params=replace(completion.params, guided_field="text"))
     user = obj.get("user")
     if user is not None and type(user) is not str:
         raise ParamError("user", f"'user' must be a string, got {json_type(user)}")
@@ -194,7 +202,8 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
         raise ParamError("store", f"'store' must be a boolean, got {json_type(store)}")
     return ResponseRequest(completion=completion, instructions=instructions, max_output_tokens=sent_max,
                            metadata=_metadata(obj.get("metadata")), user=user,
-                           parallel_tool_calls=True if parallel is None else parallel, top_logprobs=top_logprobs)
+                           parallel_tool_calls=True if parallel is None else parallel, top_logprobs=top_logprobs,
+                           text_format=(obj.get("text") or {}).get("format") or {"type": "text"})
 
 
 def _logprobs(obj: dict[str, Any]) -> tuple[int | None, int]:
@@ -228,19 +237,29 @@ def _check_reasoning(value: Any) -> None:
                                   f"{shown(value, 80)}")
 
 
-def _check_text(value: Any) -> None:
-    """``text``: only ``{"format": {"type": "text"}}`` (or no format), without ``verbosity``."""
+def _text_format(value: Any) -> dict[str, Any] | None:
+    """``text``: ``{"format": ...}`` of type ``text`` (or no format; None), ``json_schema``
+    (``{"type": "json_schema", "name": ..., "schema": {...}, "strict": ...}``: its schema) or
+    ``json_object`` (any JSON object: ``{"type": "object"}``), without ``verbosity``."""
     if value is None:
-        return
+        return None
     if type(value) is not dict:
         raise ParamError("text", f"'text' must be an object, got {json_type(value)}")
-    fmt = value.get("format")
-    if fmt is not None and fmt != {"type": "text"}:
-        raise ParamError("text", "'text.format' is not supported other than {\"type\": \"text\"}: wsserve does not "
-                                 f"constrain output to JSON; got {shown(fmt, 80)}")
     if value.get("verbosity") is not None:
         raise ParamError("text", "'text.verbosity' is not supported: wsserve's models take no verbosity; got "
                                  f"{shown(value['verbosity'], 40)}")
+    fmt = value.get("format")
+    if fmt is None or fmt == {"type": "text"}:
+        return None
+    kind = fmt.get("type") if type(fmt) is dict else None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        if type(fmt.get("schema")) is not dict:
+            raise ParamError("text", "'text.format' of type 'json_schema' needs 'schema': a JSON Schema object")
+        return fmt["schema"]
+    raise ParamError("text", "'text.format' must be of type 'text', 'json_schema' or 'json_object'; got "
+                             f"{shown(fmt, 80)}")
 
 
 def _metadata(value: Any) -> dict[str, str]:
@@ -348,7 +367,7 @@ class ResponsesEncoder:
             "output": [] if text is None else [
                 self._message(text, "completed" if status == "completed" else "incomplete", logprobs)],
             "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": None, "reasoning": None,
-            "store": False, "temperature": params.temperature, "text": {"format": {"type": "text"}},
+            "store": False, "temperature": params.temperature, "text": {"format": req.text_format},
             "tool_choice": "none", "tools": [], "top_logprobs": req.top_logprobs, "top_p": params.top_p,
             "truncation": "disabled",
             "usage": None if prompt_tokens is None else {

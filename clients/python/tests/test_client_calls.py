@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 
 import numpy as np
@@ -313,6 +315,26 @@ async def test_generate_guided_choice(server: ServerProcess) -> None:
             await c.complete("charlm", "The ", max_tokens=5, guided_choice=[])
         with pytest.raises(TypeError, match="guided_choice"):
             c.generate("charlm", "The ", guided_choice="yes")
+
+
+async def test_generate_guided_regex_and_json(server: ServerProcess) -> None:
+    """``guided_regex`` and ``guided_json`` reach the server: a text ending with ``stop`` fully
+    matches, the JSON follows its schema; a bad pattern is the server's ``bad_request`` naming
+    the field, a mapping that is not JSON a ``TypeError`` before anything is sent."""
+    pytest.importorskip("outlines_core")  # the server's structured extra
+    regex = r"[0-9]{3}-[a-z]+"
+    schema = {"type": "object", "properties": {"a": {"enum": ["x", "yy"]}}, "required": ["a"]}
+    async with Client(server.url) as c:
+        assert c.hello is not None and c.hello.limits.max_guided_pattern_chars == 16384
+        for seed in range(3):
+            r = await c.complete("charlm", "Call ", max_tokens=30, temperature=1.0, seed=seed, guided_regex=regex)
+            assert r.reason == "stop" and re.fullmatch(regex, r.text), r
+            r = await c.complete("charlm", "{", max_tokens=40, temperature=1.0, seed=seed, guided_json=schema)
+            assert r.reason == "stop" and json.loads(r.text)["a"] in ("x", "yy"), r
+        with pytest.raises(BadRequestError, match="field 'guided_regex'"):
+            await c.complete("charlm", "The ", max_tokens=5, guided_regex="(")
+        with pytest.raises(TypeError, match="guided_json"):
+            c.generate("charlm", "The ", guided_json={"a": object()})
 
 
 async def test_generate_chat_messages(server: ServerProcess) -> None:

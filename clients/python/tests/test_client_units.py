@@ -279,6 +279,15 @@ def test_parse_hello_and_defaults() -> None:
     assert parse_hello({"type": "hello", "limits": {"max_stop_token_ids": 64}}).limits.max_stop_token_ids == 64
     limits = parse_hello({"type": "hello", "limits": {"max_guided_choices": 64, "max_guided_choice_chars": 256}}).limits
     assert (limits.max_guided_choices, limits.max_guided_choice_chars) == (64, 256)
+    frame = orjson.loads(encode_generate(7, "charlm", "a", guided_regex="[0-9]+", guided_json={"type": "object"}))
+    assert (frame["guided_regex"], frame["guided_json"]) == ("[0-9]+", '{"type":"object"}')  # the schema as JSON text
+    assert "guided_regex" not in orjson.loads(encode_generate(8, "charlm", "a"))
+    with pytest.raises(TypeError, match="guided_regex"):
+        encode_generate(9, "charlm", "a", guided_regex=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="guided_json"):
+        encode_generate(9, "charlm", "a", guided_json=["not", "a", "schema"])  # type: ignore[arg-type]
+    assert parse_hello({"type": "hello", "limits": {"max_guided_pattern_chars": 16384}}).limits.max_guided_pattern_chars \
+        == 16384
     assert hello.models == ("linear",)
     assert parse_hello({"type": "hello"}).limits == wsserve_client.Limits()
     with pytest.raises(ValueError):

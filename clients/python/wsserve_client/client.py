@@ -17,6 +17,8 @@ from .codec import (
     Version,
     chat_messages,
     check_guided_choice,
+    check_guided_json,
+    check_guided_regex,
     check_logprobs,
     check_version,
     encode_admin,
@@ -353,6 +355,8 @@ class Client:
         min_tokens: int | None = None,
         include_stop_str_in_output: bool | None = None,
         guided_choice: Sequence[str] | None = None,
+        guided_regex: str | None = None,
+        guided_json: Mapping[str, Any] | str | None = None,
     ) -> Generation:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
         text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
@@ -381,17 +385,25 @@ class Client:
         ``include_stop_str_in_output`` (the stop string or token text is sent, nothing after it).
         ``guided_choice`` (vLLM's: 1 to the server's ``max_guided_choices``, 64, non-empty strings
         of at most ``max_guided_choice_chars``, 256): the text is exactly one of them, ending with
-        reason ``stop`` as soon as it is one (``length`` at ``max_tokens``).
+        reason ``stop`` as soon as it is one (``length`` at ``max_tokens``). ``guided_regex`` (a
+        regular expression) and ``guided_json`` (a JSON Schema: a mapping, or a string holding
+        one), each of at most the server's ``max_guided_pattern_chars`` (16384) characters, at most
+        one guided form per request (vLLM's; the server needs its ``structured`` extra): the text
+        matches, ending with reason ``stop`` when it fully matches and the model would not go on
+        (``length`` at ``max_tokens``: a prefix of a match); a pattern the server cannot compile is
+        its ``BadRequestError`` naming the field.
         Returns at once; the request is sent on first iteration or on ``async with``.
 
         Raises:
-            TypeError, ValueError: a bad ``prompt``, ``version`` or ``logprobs`` (here, before
+            TypeError, ValueError: a bad ``prompt``, ``version``, ``logprobs`` or guided field (here, before
                 anything is sent); the server's errors (e.g. ``BadRequestError`` naming the
                 field, as for a sampling option out of its range) come on iteration.
         """
         check_version(version)  # a bad version raises here, not on first iteration
         check_logprobs(logprobs)
         guided_choice = check_guided_choice(guided_choice)  # a copy, so later edits don't leak in
+        guided_regex = check_guided_regex(guided_regex)
+        guided_json = check_guided_json(guided_json)  # JSON text: a snapshot
         if not isinstance(prompt, str):
             prompt = chat_messages(prompt)  # a TypeError here; a copy, so later edits don't leak in
 
@@ -402,7 +414,7 @@ class Client:
                 repetition_penalty=repetition_penalty, logit_bias=logit_bias, seed=seed, stop=stop, timeout=left,
                 priority=priority, version=version, logprobs=logprobs, stop_token_ids=stop_token_ids,
                 min_tokens=min_tokens, include_stop_str_in_output=include_stop_str_in_output,
-                guided_choice=guided_choice,
+                guided_choice=guided_choice, guided_regex=guided_regex, guided_json=guided_json,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -432,6 +444,8 @@ class Client:
         min_tokens: int | None = None,
         include_stop_str_in_output: bool | None = None,
         guided_choice: Sequence[str] | None = None,
+        guided_regex: str | None = None,
+        guided_json: Mapping[str, Any] | str | None = None,
     ) -> Completion:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
         :meth:`generate`: text, or chat messages; with ``logprobs``, ``.logprobs`` holds each
@@ -442,6 +456,7 @@ class Client:
             logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
             logprobs=logprobs, stop_token_ids=stop_token_ids, min_tokens=min_tokens,
             include_stop_str_in_output=include_stop_str_in_output, guided_choice=guided_choice,
+            guided_regex=guided_regex, guided_json=guided_json,
         )
         async with gen:
             async for _ in gen:

@@ -46,6 +46,8 @@ __all__ = [
     "check_version",
     "check_logprobs",
     "check_guided_choice",
+    "check_guided_json",
+    "check_guided_regex",
     "Version",
     "ADMIN_OPS",
     "timeout_to_ms",
@@ -234,6 +236,8 @@ def encode_generate(
     min_tokens: int | None = None,
     include_stop_str_in_output: bool | None = None,
     guided_choice: Sequence[str] | None = None,
+    guided_regex: str | None = None,
+    guided_json: Mapping[str, Any] | str | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
     ``stop`` string is sent as a one-element list; ``stop_token_ids`` as a list, and it,
@@ -246,10 +250,13 @@ def encode_generate(
     given, unchecked: their ranges are the server's to enforce (``bad_request`` naming the field).
     ``logprobs`` (``k``, see :func:`check_logprobs`; 0 is sent)
     asks for each token's log-probability and the ``k`` likeliest tokens. ``guided_choice``
-    (vLLM's: the text is one of these strings) is sent as a list (:func:`check_guided_choice`).
+    (vLLM's: the text is one of these strings) is sent as a list (:func:`check_guided_choice`);
+    ``guided_regex`` (the text matches this regex) and ``guided_json`` (the text is JSON following
+    this JSON Schema, sent as JSON text: :func:`check_guided_json`) as given.
 
     Raises:
-        TypeError, ValueError: a bad ``prompt``, ``version``, ``logprobs`` or ``guided_choice``.
+        TypeError, ValueError: a bad ``prompt``, ``version``, ``logprobs``, ``guided_choice``,
+            ``guided_regex`` or ``guided_json``.
     """
     frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model}
     if isinstance(prompt, str):
@@ -265,7 +272,8 @@ def encode_generate(
                 "seed": seed, "logprobs": check_logprobs(logprobs),
                 "stop_token_ids": None if stop_token_ids is None else list(stop_token_ids),
                 "min_tokens": min_tokens, "include_stop_str_in_output": include_stop_str_in_output,
-                "guided_choice": check_guided_choice(guided_choice)}
+                "guided_choice": check_guided_choice(guided_choice), "guided_regex": check_guided_regex(guided_regex),
+                "guided_json": check_guided_json(guided_json)}
     frame.update((name, value) for name, value in sampling.items() if value is not None)
     if stop is not None:
         frame["stop"] = [stop] if isinstance(stop, str) else list(stop)
@@ -336,6 +344,37 @@ def _limit(limits: dict[str, Any], name: str) -> int | None:
     return None
 
 
+def check_guided_regex(regex: str | None) -> str | None:
+    """``guided_regex`` as the frame carries it, or None; its syntax and length (the server's
+    ``max_guided_pattern_chars``, 16384) are the server's to check (``bad_request`` naming it).
+
+    Raises:
+        TypeError: not a string.
+    """
+    if regex is not None and not isinstance(regex, str):
+        raise TypeError(f"guided_regex must be a string (a regular expression), got {type(regex).__name__}")
+    return regex
+
+
+def check_guided_json(schema: Mapping[str, Any] | str | None) -> str | None:
+    """``guided_json`` (a JSON Schema: a mapping, or a string holding one) as the frame carries it:
+    JSON text (a snapshot, so later edits of the mapping do not leak in), or None; the schema is
+    the server's to check (``bad_request`` naming ``guided_json``).
+
+    Raises:
+        TypeError: neither a mapping nor a string, or a mapping that is not JSON.
+    """
+    if schema is None or isinstance(schema, str):
+        return schema
+    if not isinstance(schema, Mapping):
+        raise TypeError(f"guided_json must be a JSON Schema (a mapping, or a string holding one), "
+                        f"got {type(schema).__name__}")
+    try:
+        return orjson.dumps(dict(schema)).decode()
+    except TypeError as exc:
+        raise TypeError(f"guided_json must be JSON: {exc}") from None
+
+
 def check_guided_choice(choices: Sequence[str] | None) -> list[str] | None:
     """``guided_choice`` as the frame carries it (a list), or None; the strings and their bounds
     are the server's to check (``bad_request`` naming ``guided_choice``).
@@ -354,7 +393,7 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
     """Build :class:`ServerHello` from a ``hello`` frame.
 
     Missing fields become defaults; ``max_logprobs``, ``max_stop_token_ids``,
-    ``max_guided_choices`` and ``max_guided_choice_chars`` are kept when they are integers >= 0
+    ``max_guided_choices``, ``max_guided_choice_chars`` and ``max_guided_pattern_chars`` are kept when they are integers >= 0
     (the client does not enforce them: the server refuses a larger ``logprobs``, a longer
     ``stop_token_ids`` or ``guided_choice``). A limit the client relies on (:data:`LIMIT_NAMES`) that is
     not an integer in ``[1, 2**53]`` — a string, a float, a negative or zero count, an absurd
@@ -385,7 +424,8 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
                       max_logprobs=_opt_count(lim.get("max_logprobs")),
                       max_stop_token_ids=_opt_count(lim.get("max_stop_token_ids")),
                       max_guided_choices=_opt_count(lim.get("max_guided_choices")),
-                      max_guided_choice_chars=_opt_count(lim.get("max_guided_choice_chars"))),
+                      max_guided_choice_chars=_opt_count(lim.get("max_guided_choice_chars")),
+                      max_guided_pattern_chars=_opt_count(lim.get("max_guided_pattern_chars"))),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
     )
 

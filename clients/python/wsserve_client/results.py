@@ -49,6 +49,9 @@ class Limits:
     #: (absent from a server without vLLM's guided choice).
     max_guided_choices: int | None = None
     max_guided_choice_chars: int | None = None
+    #: The most characters of a generate's ``guided_regex`` or ``guided_json`` (absent from a
+    #: server without vLLM's structured outputs).
+    max_guided_pattern_chars: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

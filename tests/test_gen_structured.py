@@ -1,0 +1,337 @@
+"""vLLM's ``guided_regex`` / ``guided_json``: the guide core (:mod:`wsserve.generation.structured`,
+no model, no I/O), the scheduler with the real charlm (every generation that ends with ``stop``
+fully matches; one that ends by ``length`` is a prefix of a match; the same alone and batched), and
+the engine (patterns compiled in a thread while the event loop, and the engine's own steps, go on)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+
+from tests.test_gen_support import (
+    Collected,
+    FakeClock,
+    charlm,
+    run_until_idle,
+    step_once,
+)
+from wsserve.errors import BadRequest
+from wsserve.generation import GenerationEngine, GenerationParams, Scheduler
+from wsserve.generation import engine as engine_module
+from wsserve.generation.model import TokenModelAdapter
+from wsserve.generation.structured import (
+    CONTINUE,
+    END_AFTER,
+    END_BEFORE,
+    GuidePattern,
+    IndexCache,
+    RegexGuide,
+    build_index,
+    outlines_vocabulary,
+    pattern_size,
+)
+from wsserve.models.base import ModelInfo
+from wsserve.protocol import MAX_GUIDED_PATTERN_CHARS
+
+pytest.importorskip("outlines_core")  # the structured extra
+
+#: Tokens of several lengths, one empty, two sharing a text.
+TOKENS = ("a", "b", "ab", "abc", "", "c", "ab")
+
+
+def _index(tokens: tuple[str, ...], regex: str, **kw: object):
+    return build_index(GuidePattern("regex", regex), outlines_vocabulary(tokens), **kw)  # type: ignore[arg-type]
+
+
+# -- the core ----------------------------------------------------------------------------------
+
+def test_allowed_tokens_keep_a_match_reachable_and_never_the_empty_one() -> None:
+    index = _index(TOKENS, "abc|b")
+    guide = RegexGuide(index)
+    assert guide.allowed().tolist() == [0, 1, 2, 3, 6]  # not "c", never id 4 (empty text)
+    assert guide.advance(2, "ab") == CONTINUE
+    assert guide.allowed().tolist() == [5]
+    assert guide.advance(5, "c") == END_AFTER  # "abc" matches and nothing extends it
+
+
+def test_a_token_leading_to_a_dead_end_is_not_allowed() -> None:
+    """``ab*c|b``: after "a" only "b"s can follow and "c" is no token: "a" never leads to a match."""
+    assert RegexGuide(_index(("a", "b"), "ab*c|b")).allowed().tolist() == [1]
+    with pytest.raises(BadRequest, match="no transitions"):  # outlines-core's own check: "a", then no "x"
+        _index(("a", "ax", "b"), "ax|b")
+
+
+def test_at_a_match_that_may_go_on_the_row_is_unmasked_and_the_models_choice_decides() -> None:
+    """The end rule: at ``"a"`` (a match of ``a(bc)?``), a "b" goes on; any other token is the end."""
+    index = _index(TOKENS, "a(bc)?")
+    go_on = RegexGuide(index)
+    assert go_on.advance(0, "a") == CONTINUE
+    assert go_on.allowed() is None  # sampled over the whole vocabulary
+    assert go_on.advance(1, "b") == CONTINUE and go_on.allowed().tolist() == [5]
+    end = RegexGuide(index)
+    end.advance(0, "a")
+    state = end.state
+    assert end.advance(0, "a") == END_BEFORE and end.state == state  # "aa" does not match: the end
+    assert RegexGuide(index).advance(3, "abc") == END_AFTER
+
+
+@pytest.mark.parametrize(("regex", "says"), [
+    ("(", "outlines-core cannot use this pattern"),
+    ("d+", "outlines-core cannot use this pattern"),  # a character no token writes
+    (r"\bx", "outlines-core cannot use this pattern"),  # a Unicode word boundary: no DFA
+    ("", "admits no token at the start"),  # only the empty text matches
+])
+def test_a_pattern_outlines_core_refuses_or_no_token_can_begin_is_refused_naming_the_field(regex: str,
+                                                                                            says: str) -> None:
+    with pytest.raises(BadRequest, match=f"field 'guided_regex': .*{says}") as info:
+        _index(TOKENS, regex)
+    assert info.value.param == "guided_regex"  # type: ignore[attr-defined]
+
+
+def test_a_bad_json_schema_is_refused_naming_its_field() -> None:
+    with pytest.raises(BadRequest, match="field 'response_format': outlines-core cannot use this JSON Schema") as info:
+        build_index(GuidePattern("json", '{"type": "frobnicate"}', "response_format"), outlines_vocabulary(TOKENS))
+    assert info.value.param == "response_format"  # type: ignore[attr-defined]
+
+
+def test_an_index_with_too_many_transitions_is_refused() -> None:
+    _index(TOKENS, "[abc]{0,40}", max_transitions=10_000)
+    with pytest.raises(BadRequest, match="token transitions .* at most 100"):
+        _index(TOKENS, "[abc]{0,40}", max_transitions=100)
+
+
+@pytest.mark.parametrize(("regex", "size"), [
+    ("abc", 3), ("a|bc", 3), ("(a|bc)", 3), ("[0-9]{3}-[a-z]+", 5), ("(ab|cde){2,4}", 20), ("a{2,}", 3),
+    ("(a{100}){100}", 10_000), (r"\x{41}{3}", 3), ("[{]{5}", 5),
+])
+def test_pattern_size_unrolls_counted_repetitions(regex: str, size: int) -> None:
+    assert pattern_size(regex) == size
+
+
+@pytest.mark.parametrize("regex", ["a{1000000}", "(a{300}){300}", "(x{1000}|y){51}"])
+def test_a_pattern_whose_repetitions_unroll_too_far_is_refused_before_outlines_core_builds_it(regex: str) -> None:
+    """``a{1000000}`` alone grows outlines-core's automaton until the process runs out of memory."""
+    with pytest.raises(BadRequest, match="field 'guided_regex': the pattern's counted repetitions spell out"):
+        _index(TOKENS, regex)
+
+
+def test_index_cache_is_a_bounded_lru() -> None:
+    cache = IndexCache(2)
+    a, b, c = (_index(TOKENS, r) for r in ("a", "b", "c"))
+    cache.put(("regex", "a"), a)
+    cache.put(("regex", "b"), b)
+    assert cache.get(("regex", "a")) is a  # now the most recently used
+    cache.put(("regex", "c"), c)
+    assert len(cache) == 2 and cache.get(("regex", "b")) is None and cache.get(("regex", "a")) is a
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"guided_regex": "x" * (MAX_GUIDED_PATTERN_CHARS + 1)}, "'guided_regex' holds 16385 characters; at most 16384"),
+    ({"guided_json": "{}" + " " * MAX_GUIDED_PATTERN_CHARS}, "'guided_json' holds 16386 characters"),
+    ({"guided_regex": "a", "guided_json": "{}"}, "'guided_regex' and 'guided_json' cannot both be given"),
+    ({"guided_choice": ("a",), "guided_regex": "a"}, "'guided_choice' and 'guided_regex' cannot both be given"),
+    ({"guided_regex": "a", "min_tokens": 1}, "'guided_regex' cannot be combined with 'min_tokens'"),
+    ({"guided_regex": 3}, "'guided_regex' must be a string"),
+])
+def test_generation_params_bound_the_patterns(fields: dict, says: str) -> None:
+    with pytest.raises(BadRequest, match=says):
+        GenerationParams(prompt="", max_tokens=8, **fields)
+
+
+def test_without_the_extra_a_pattern_is_refused_naming_the_field_and_the_install(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "outlines_core" else real(name, *a))
+    with pytest.raises(BadRequest, match=r"field 'guided_json' needs structured outputs.*pip install 'wsserve\[structured\]'"):
+        GenerationParams(prompt="", guided_json='{"type": "object"}')
+
+
+# -- the scheduler with charlm -------------------------------------------------------------------
+
+#: (regex, a regex every prefix of one of its matches fully matches)
+PATTERNS = [
+    (r"[0-9]{3}-[a-z]+", r"[0-9]{0,3}|[0-9]{3}-[a-z]*"),
+    (r"(yes|no|maybe)!", r"|y|ye|yes|yes!|n|no|no!|m|ma|may|mayb|maybe|maybe!"),
+    (r"The (cat|dog)( sat)?\.", r"T|Th|The|The |The (c|ca|cat|d|do|dog)( | s| sa| sat| sat\.|\.)?|The (cat|dog) sat\."),
+]
+
+
+def _run(sched: Scheduler, ps: list[GenerationParams]) -> list[tuple[str, str | None]]:
+    """Each generation's text and finish reason, run to the end together (each pattern compiled)."""
+    clock, out = FakeClock(), Collected()
+    vocab = outlines_vocabulary(sched.model.id_to_text)
+    indexes = {p.guided_regex or p.guided_json: build_index(GuidePattern.of(p), vocab) for p in ps
+               if p.guided_regex or p.guided_json}
+    seqs = [sched.add_request(p, clock.now, index=indexes.get(p.guided_regex or p.guided_json)) for p in ps]
+    run_until_idle(sched, clock, out)
+    return [("".join(t if type(t) is str else t.text for t in out.text.get(s.id, [])), s.finish_reason)
+            for s in seqs]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8, 1.5])
+def test_charlm_generations_match_the_regex_or_are_a_prefix_of_a_match(temperature: float) -> None:
+    ps = [GenerationParams(prompt=prompt, max_tokens=12, temperature=temperature, seed=seed, guided_regex=regex)
+          for (regex, _), prompt, seed in itertools.product(PATTERNS, ("The ", ""), range(4))]
+    results = _run(Scheduler(charlm(), max_generate_batch=5), ps)
+    reasons = set()
+    for p, (text, reason) in zip(ps, results):
+        prefix = dict(PATTERNS)[p.guided_regex]
+        reasons.add(reason)
+        if reason == "stop":
+            assert re.fullmatch(p.guided_regex, text), (p.guided_regex, text)
+        else:
+            assert reason == "length" and len(text) == 12 and re.fullmatch(prefix, text), (p.guided_regex, text)
+    assert "stop" in reasons
+
+
+def test_a_structured_generation_is_the_same_alone_and_among_others() -> None:
+    model = charlm()
+    guided = [GenerationParams(prompt="The ", max_tokens=16, temperature=1.0, seed=s, guided_regex=PATTERNS[s % 3][0])
+              for s in range(6)]
+    others = [GenerationParams(prompt="A ", max_tokens=10, temperature=t, seed=9) for t in (0.0, 0.8)]
+    alone = [_run(Scheduler(model), [p])[0] for p in guided + others]
+    mixed = _run(Scheduler(model, max_generate_batch=3), [x for pair in zip(guided, others * 3) for x in pair])
+    assert mixed == [x for pair in zip(alone[:6], alone[6:] * 3) for x in pair]
+
+
+def test_a_json_schema_gives_json_that_follows_it() -> None:
+    schema = {"type": "object", "properties": {"a": {"enum": ["x", "yy"]}}, "required": ["a"]}
+    ps = [GenerationParams(prompt="{", max_tokens=40, temperature=t, seed=s, guided_json=json.dumps(schema))
+          for t, s in ((0.0, 0), (1.0, 1), (1.0, 2), (1.3, 3))]
+    for text, reason in _run(Scheduler(charlm()), ps):
+        assert reason == "stop", text
+        assert json.loads(text)["a"] in ("x", "yy") and set(json.loads(text)) == {"a"}
+
+
+class _Favour:
+    """A model of the tokens "a", "b", "x" whose likeliest next token is always ``favour``."""
+
+    task = "generation"
+    vocabulary = ("a", "b", "x")
+    context_len = 1
+
+    def __init__(self, favour: int) -> None:
+        self.favour = favour
+        self.info = ModelInfo(name="favour", version="1", task="generation", input_shape=(1,), output_shape=(3,),
+                              parameters=0)
+
+    def encode(self, prompt: str) -> list[int]:
+        return [0] if prompt else []
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(contexts), 3))
+        out[:, self.favour] = 1.0
+        return out
+
+
+def test_the_end_is_the_models_choice_at_a_match_that_may_go_on() -> None:
+    """A model of words whose likeliest next token is fixed: ``ab*`` with "b" likeliest goes on to
+    ``max_tokens``; with "x" likeliest it ends at once after "a" (the "x" is not generated)."""
+    for likeliest, expected in (("b", ("abbb", "length")), ("x", ("a", "stop"))):
+        model = TokenModelAdapter(_Favour(_Favour.vocabulary.index(likeliest)), name="favour")
+        assert _run(Scheduler(model), [GenerationParams(prompt="", max_tokens=4, guided_regex="ab*")])[0] == expected
+
+
+# -- the engine ------------------------------------------------------------------------------------
+
+class _Sink:
+    def __init__(self) -> None:
+        self.text = ""
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_token(self, seq: int, text: str) -> None:
+        self.text += text
+
+    def on_done(self, reason: str, tokens: int, timing: dict) -> None:
+        self.done.set_result(reason)
+
+    def on_error(self, exc: Exception) -> None:
+        self.done.set_result(exc)
+
+
+async def test_the_index_is_built_off_the_loop_while_other_generations_go_on(monkeypatch) -> None:
+    """The build is held on a ``threading.Event``: while it waits, an unguided generation on the
+    same engine runs to its end; released, the guided one ends, and the pattern is kept (a second
+    request is queued at once, with no build)."""
+    started, release = threading.Event(), threading.Event()
+    builds = []
+
+    def held_build(pattern, vocabulary):
+        builds.append(pattern)
+        started.set()
+        release.wait(60)
+        return build_index(pattern, vocabulary)
+
+    monkeypatch.setattr(engine_module, "build_index", held_build)
+    engine = GenerationEngine(charlm())
+    guided = _Sink()
+    engine.submit(GenerationParams(prompt="The ", max_tokens=20, guided_regex=PATTERNS[1][0]), guided)
+    await asyncio.to_thread(started.wait, 60)
+    plain = _Sink()
+    engine.submit(GenerationParams(prompt="The ", max_tokens=8), plain)
+    assert await plain.done == "length" and not guided.done.done()  # the loop and the engine went on
+    release.set()
+    assert await guided.done == "stop" and re.fullmatch(PATTERNS[1][0], guided.text)
+    again = _Sink()
+    engine.submit(GenerationParams(prompt="A ", max_tokens=20, guided_regex=PATTERNS[1][0]), again)
+    assert engine.prepare(GenerationParams(prompt="", guided_regex=PATTERNS[1][0])) is None  # cached
+    assert await again.done == "stop" and len(builds) == 1
+    await engine.close()
+
+
+async def test_a_refused_pattern_ends_its_generations_with_bad_request_and_cancel_works_while_held() -> None:
+    engine = GenerationEngine(charlm())
+    a, b = _Sink(), _Sink()
+    engine.submit(GenerationParams(prompt="", guided_regex="("), a)
+    engine.submit(GenerationParams(prompt="", guided_regex="("), b)
+    for sink in (a, b):
+        exc = await sink.done
+        assert isinstance(exc, BadRequest) and "field 'guided_regex'" in exc.message and sink.text == ""
+    c = _Sink()
+    handle = engine.submit(GenerationParams(prompt="", guided_regex="[a-z]{3,9}"), c)
+    engine.cancel(handle)
+    assert await c.done == "cancelled"
+    await engine.wait_idle()
+    await engine.close()
+
+
+def test_allowed_masks_are_applied_only_where_the_guide_masks() -> None:
+    """Unguided rows and rows at a match that may go on keep every logit (the TokenAllow has only
+    the masked rows)."""
+    model = charlm()
+    sched = Scheduler(model)
+    vocab = outlines_vocabulary(model.id_to_text)
+    clock = FakeClock()
+    p = GenerationParams(prompt="", max_tokens=4, guided_regex="x*")  # the start is a match that may go on
+    sched.add_request(p, clock.now, index=build_index(GuidePattern.of(p), vocab))
+    sched.add_request(GenerationParams(prompt="", max_tokens=4, guided_regex="xy"), clock.now,
+                      index=build_index(GuidePattern("regex", "xy"), vocab))
+    batch = sched.schedule(clock.now)
+    assert batch is not None and batch.allow is not None and batch.allow.rows.tolist() == [1]
+    assert np.unique(batch.allow.ids).tolist() == [model.id_to_text.index("x")]
+
+
+def test_a_preempted_structured_sequence_resumes_where_it_stopped() -> None:
+    """Preemption keeps a guide's state: the sequence gives the text it gives alone."""
+    regex = r"[a-z]+( [a-z]+){3,6}\."
+    opts = [GenerationParams(prompt="The ", max_tokens=60, temperature=t, seed=s, guided_regex=regex)
+            for t, s in [(0.0, 0), (1.0, 1), (1.0, 2)]]
+    alone = [_run(Scheduler(charlm()), [p])[0] for p in opts]
+    sched = Scheduler(charlm(), max_generate_batch=3)
+    index = build_index(GuidePattern("regex", regex), outlines_vocabulary(sched.model.id_to_text))
+    clock, out = FakeClock(), Collected()
+    hog = [sched.add_request(p, clock.now, group="A", index=index) for p in opts]
+    for _ in range(5):
+        step_once(sched, clock, out)
+    late = [sched.add_request(GenerationParams(prompt="It ", max_tokens=10), clock.now, group="B") for _ in range(2)]
+    run_until_idle(sched, clock, out)
+    assert sched.statistics().preempted >= 1
+    assert [(out.joined(s), s.finish_reason) for s in hog] == alone
+    assert all(s.finish_reason == "length" for s in late)
