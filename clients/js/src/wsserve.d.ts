@@ -140,6 +140,8 @@ export interface Limits {
   max_guided_choices?: number;
   /** The most characters of each `guidedChoice` string (256 for wsserve). */
   max_guided_choice_chars?: number;
+  /** The most characters of a generate's `guidedRegex` or `guidedJson` (16384 for wsserve). */
+  max_guided_pattern_chars?: number;
   [extra: string]: unknown;
 }
 
@@ -428,6 +430,13 @@ export interface GenerateOptions extends CallOptions {
    *  at most `max_guided_choice_chars` (256) characters; the generated text is exactly one of them, and the generation
    *  ends with reason `stop` as soon as it is complete (`length` if `maxTokens` comes first). Not with `minTokens`. */
   guidedChoice?: string[];
+  /** Structured outputs (vLLM's `guided_regex`; the server needs its `structured` extra): a regular expression (Rust
+   *  `regex` syntax, at most `max_guided_pattern_chars` characters) the generated text matches; ends with reason `stop`
+   *  once it fully matches and the model ends it there. One guided form per request. */
+  guidedRegex?: string;
+  /** Structured outputs (vLLM's `guided_json`): a JSON Schema (an object, or a string holding one); the generated text
+   *  is JSON following it. One guided form per request. */
+  guidedJson?: Record<string, unknown> | string;
   timeoutMs?: number;
   priority?: 0 | 1;
   /** Each token's log-probability and this many likeliest tokens of its step: an integer >= 0, at most the

@@ -149,7 +149,7 @@ const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
   'repetitionPenalty', 'logitBias', 'seed', 'stop', 'stopTokenIds', 'minTokens', 'includeStopStrInOutput',
-  'timeoutMs', 'priority', 'logprobs', 'guidedChoice',
+  'timeoutMs', 'priority', 'logprobs', 'guidedChoice', 'guidedRegex', 'guidedJson',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
@@ -1806,12 +1806,15 @@ export class Client extends EventTarget {
    * sent), `minTokens` (0 to `maxTokens`: no stop within the first ones) and `includeStopStrInOutput` (the stop
    * string or token text is sent, and nothing after it).
    * vLLM's `guidedChoice`, sent as `guided_choice` (unchecked): 1 to the server's `max_guided_choices` (64) strings;
-   * the generated text is exactly one of them (reason `stop` when it is complete).
+   * the generated text is exactly one of them (reason `stop` when it is complete). Structured outputs (the server's
+   * `wsserve[structured]` extra): `guidedRegex` (a regular expression the text matches) or `guidedJson` (a JSON Schema,
+   * an object or a string: the text is JSON following it), sent as `guided_regex` / `guided_json`, at most the
+   * server's `max_guided_pattern_chars` (16384); one guided form per request.
    * @param {string} model
    * @param {string|Array<{role: string, content: string|Array<{type: 'text', text: string}>|null, name?: string}>} prompt
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
    *          presencePenalty?: number, frequencyPenalty?: number, repetitionPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
-   *          stopTokenIds?: number[], minTokens?: number, includeStopStrInOutput?: boolean, guidedChoice?: string[],
+   *          stopTokenIds?: number[], minTokens?: number, includeStopStrInOutput?: boolean, guidedChoice?: string[], guidedRegex?: string, guidedJson?: Object|string,
    *          logprobs?: number, signal?: AbortSignal}} [opts]
    * @returns {Generation}
    */
@@ -1834,6 +1837,8 @@ export class Client extends EventTarget {
     setIf(msg, 'min_tokens', opts.minTokens);
     setIf(msg, 'include_stop_str_in_output', opts.includeStopStrInOutput);
     setIf(msg, 'guided_choice', opts.guidedChoice);
+    setIf(msg, 'guided_regex', opts.guidedRegex);
+    setIf(msg, 'guided_json', opts.guidedJson);
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
     setIf(msg, 'logprobs', checkLogprobs('generate()', opts.logprobs));

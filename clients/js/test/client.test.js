@@ -344,6 +344,25 @@ describe('wsserve-client against a real server', { timeout: 240_000 }, () => {
     assert.deepEqual([limits.max_guided_choices, limits.max_guided_choice_chars], [64, 256]);
   });
 
+  it('generate() with guidedRegex and guidedJson: the text matches, greedy or sampled; two guided forms refused', async () => {
+    for (const seed of [1, 2]) {
+      const done = await c.complete('charlm', 'The ', { maxTokens: 40, temperature: 1, seed, guidedRegex: '(cat|dog)s? [0-9]{2}' });
+      assert.match(done.text, /^(cat|dog)s? [0-9]{2}$/);
+      assert.equal(done.reason, 'stop');
+    }
+    const schema = { type: 'object', properties: { a: { enum: ['x', 'yy'] } }, required: ['a'] };
+    for (const guidedJson of [schema, JSON.stringify(schema)]) {
+      const done = await c.complete('charlm', 'The ', { maxTokens: 60, guidedJson });
+      assert.equal(done.reason, 'stop');
+      assert.ok(['x', 'yy'].includes(JSON.parse(done.text).a), done.text);
+    }
+    await assert.rejects(c.complete('charlm', 'The ', { maxTokens: 5, guidedRegex: 'a', guidedChoice: ['a'] }),
+      (e) => e instanceof BadRequestError && e.message.includes("'guided_regex'") && e.message.includes("'guided_choice'"));
+    await assert.rejects(c.complete('charlm', 'The ', { maxTokens: 5, guidedRegex: '(' }),
+      (e) => e instanceof BadRequestError && e.message.includes("'guided_regex'"));
+    assert.equal((await c.connect()).limits.max_guided_pattern_chars, 16384);
+  });
+
   it('generate() with logprobs: the same texts, each token\'s record as it arrives and in done', async () => {
     const plain = await c.complete('charlm', 'The ', { maxTokens: 20 });
     assert.equal(plain.logprobs, undefined);
