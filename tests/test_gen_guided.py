@@ -23,6 +23,7 @@ from wsserve.errors import BadRequest
 from wsserve.generation import GenerationParams, Scheduler
 from wsserve.generation.guided import ChoiceGuide, ChoiceSet, Vocabulary
 from wsserve.generation.model import TokenModelAdapter
+from wsserve.generation.structured import CONTINUE, END_AFTER, END_BEFORE
 
 # -- the core ----------------------------------------------------------------------------------
 
@@ -77,13 +78,28 @@ def test_a_choice_the_tokens_cannot_write_is_refused_naming_guided_choice(choice
         ChoiceSet(("ab", choice), Vocabulary(TOKENS))
 
 
-def test_the_guide_ends_as_soon_as_the_text_equals_a_choice() -> None:
-    guide = ChoiceGuide(ChoiceSet(("ab", "abc"), Vocabulary(TOKENS)))
-    assert guide.allowed().tolist() == [0, 2, 3, 6]
-    assert not guide.feed("a")
-    assert guide.feed("b")  # "ab" is a choice: the end, though "abc" extends it
+def test_the_guide_ends_at_a_choice_nothing_extends_and_lets_the_model_decide_at_one_that_is_extended() -> None:
+    # As guided_regex's end rule ("ab|abc" is the same guide): at "ab", which "abc" extends, the
+    # step is unmasked; a token along "abc" goes on, any other ends the text at "ab".
+    def guide() -> ChoiceGuide:
+        g = ChoiceGuide(ChoiceSet(("ab", "abc"), Vocabulary(TOKENS)))
+        assert g.allowed().tolist() == [0, 2, 3, 6]
+        assert g.advance(TOKENS.index("a"), "a") == CONTINUE
+        assert g.advance(TOKENS.index("b"), "b") == CONTINUE  # "ab": a choice, but "abc" extends it
+        assert g.allowed() is None  # unmasked: the model decides
+        return g
+
+    on = guide()
+    assert on.advance(TOKENS.index("c"), "c") == END_AFTER and on.text == "abc"  # nothing extends "abc"
+    off = guide()
+    assert off.advance(TOKENS.index("a"), "a") == END_BEFORE and off.text == "ab"  # the end at "ab"
     jump = ChoiceGuide(ChoiceSet(("ab", "abc"), Vocabulary(TOKENS)))
-    assert jump.feed("abc")  # one token past "ab": the longer choice
+    assert jump.advance(TOKENS.index("abc"), "abc") == END_AFTER  # one token past "ab": the longer choice
+    alone = ChoiceGuide(ChoiceSet(("ab", "c"), Vocabulary(TOKENS)))
+    alone.advance(TOKENS.index("a"), "a")
+    assert alone.advance(TOKENS.index("b"), "b") == END_AFTER  # "ab", which nothing extends
+    with pytest.raises(ValueError):
+        ChoiceGuide(ChoiceSet(("ab", "c"), Vocabulary(TOKENS))).advance(TOKENS.index("b"), "b")  # never allowed
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -33,6 +33,19 @@ async def test_websocket_generate_is_one_of_the_choices(server_url: str) -> None
     await conn.close()
 
 
+async def test_websocket_a_choice_a_longer_one_extends_is_the_models_to_end(server_url: str) -> None:
+    """At "ab", which "ab c" extends, the step is unmasked (guided_regex's rule, vLLM's
+    alternation): greedy with a bias for " " goes on to "ab c"; with a bias for "x" (no choice goes
+    on with it) the text ends at "ab", and the "x" is not generated (not counted)."""
+    space, x = ord(" ") - 31, ord("x") - 31  # charlm's ids of " " and "x"
+    conn = await Conn.open(server_url)
+    for bias, expected in ((space, "ab c"), (x, "ab")):
+        text, done = await generate(conn, f"b{bias}", prompt="The ", max_tokens=40, temperature=0,
+                                    guided_choice=["ab", "ab c"], logit_bias={str(bias): 100})
+        assert (text, done["reason"], done["tokens"]) == (expected, "stop", len(expected)), (text, done)
+    await conn.close()
+
+
 @pytest.mark.parametrize(("fields", "says"), [
     ({"guided_choice": "yes"}, "field 'guided_choice' must be a non-empty list of strings (at most 64), got string"),
     ({"guided_choice": []}, "field 'guided_choice' must be a non-empty list of strings (at most 64), got an empty"),

@@ -8,14 +8,17 @@ few strings, sans-I/O.
   at all is refused), and, memoized per state (the text generated so far), the token ids a
   sequence may generate next.  Shared by the request's sequences (``n``).
 - :class:`ChoiceGuide` - one sequence's progress: its text so far, :meth:`~ChoiceGuide.allowed`
-  ids for its next token, :meth:`~ChoiceGuide.feed` after each token.
+  ids for its next token, :meth:`~ChoiceGuide.advance` after each token.
 
 The rule, at each step: a token may be generated only if its text is not empty and the text
 generated so far followed by it is a prefix of a choice that the vocabulary can still complete
-from there (so a sequence never reaches a dead end).  The generation ends (finish reason
-``stop``) as soon as its text equals a choice - also when a longer choice extends it: wsserve's
-models have no end-of-sequence token to choose between ending and going on, so the shorter
-choice wins unless one token steps past its end.  Nothing here reads a clock or awaits.
+from there (so a sequence never reaches a dead end).  The end is the one
+:mod:`.structured` gives a regular expression (``guided_choice`` is the alternation of its
+choices, as vLLM compiles it): when the text equals a choice that no longer choice extends, the
+generation ends (finish reason ``stop``); when it equals a choice that a longer one extends
+(``["yes", "yes please"]`` at ``yes``), the step is unmasked and the model decides, as it would
+with an end-of-sequence token: a token that goes on along a choice is generated, any other ends
+the text there (that token is not generated).  Nothing here reads a clock or awaits.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from ..errors import BadRequest
 from ..jsontypes import shown
-from .structured import CONTINUE, END_AFTER
+from .structured import CONTINUE, END_AFTER, END_BEFORE
 
 __all__ = ["ChoiceGuide", "ChoiceSet", "Vocabulary"]
 
@@ -88,18 +91,25 @@ class ChoiceSet:
                 raise BadRequest(f"field 'guided_choice' holds {shown(choice, 60)}, which the model's tokens "
                                  "cannot write (a character outside its vocabulary)")
             self._spellable[choice] = ok
-        self._memo: dict[str, np.ndarray] = {}
+        self._memo: dict[str, np.ndarray | None] = {}
 
     def allowed(self, text: str) -> np.ndarray:
         """``[A]`` int64 ids (ascending, A >= 1) a sequence whose text so far is ``text`` (a
-        reachable state: a prefix of a choice that can be completed, not a whole choice) may
-        generate next."""
-        ids = self._memo.get(text)
-        if ids is None:
-            ids = self._memo[text] = self._compute(text)
+        reachable state: a prefix of a choice that can be completed, or a whole choice that a
+        longer one extends) may generate next.  Raises ``ValueError`` at any other text."""
+        ids = self.continuations(text)
+        if ids is None:  # not a reachable state: the caller fed a token this set never allowed
+            raise ValueError(f"no choice continues {text!r}")
         return ids
 
-    def _compute(self, text: str) -> np.ndarray:
+    def continuations(self, text: str) -> np.ndarray | None:
+        """:meth:`allowed`'s ids, or None when no choice goes on past ``text`` (memoized)."""
+        if text in self._memo:
+            return self._memo[text]
+        ids = self._memo[text] = self._compute(text)
+        return ids
+
+    def _compute(self, text: str) -> np.ndarray | None:
         pos = len(text)
         found: set[int] = set()
         for choice, ok in self._spellable.items():
@@ -107,9 +117,7 @@ class ChoiceSet:
                 for n, ids in self._vocab.tokens_at(choice, pos):
                     if ok[pos + n]:
                         found.update(ids)
-        if not found:  # not a reachable state: the caller fed a token this set never allowed
-            raise ValueError(f"no choice continues {text!r}")
-        return np.array(sorted(found), np.int64)
+        return np.array(sorted(found), np.int64) if found else None
 
     def complete(self, text: str) -> bool:
         """True when ``text`` is one of the choices (the generation ends there)."""
@@ -117,8 +125,10 @@ class ChoiceSet:
 
 
 class ChoiceGuide:
-    """One sequence's progress through a :class:`ChoiceSet`.  Call order: :meth:`allowed` for
-    the next step's mask, then :meth:`feed` with the token generated, until it returns True."""
+    """One sequence's progress through a :class:`ChoiceSet` (the module docstring's rule, with
+    :class:`~.structured.RegexGuide`'s interface).  Call order: :meth:`allowed` for the next
+    step's mask, then :meth:`advance` with the token generated, until it returns
+    :data:`~.structured.END_AFTER` or :data:`~.structured.END_BEFORE`."""
 
     __slots__ = ("choices", "text")
 
@@ -126,16 +136,26 @@ class ChoiceGuide:
         self.choices = choices
         self.text = ""
 
-    def allowed(self) -> np.ndarray:
-        """The ids the next token may take (see :meth:`ChoiceSet.allowed`)."""
+    def allowed(self) -> np.ndarray | None:
+        """The ids the next token may take (see :meth:`ChoiceSet.allowed`), or None when the text
+        is a choice that a longer one extends: the step is unmasked and the model decides."""
+        if self.choices.complete(self.text):
+            return None
         return self.choices.allowed(self.text)
 
-    def feed(self, token_text: str) -> bool:
-        """Append a generated token's text; True when the text now equals a choice."""
-        self.text += token_text
-        return self.choices.complete(self.text)
-
     def advance(self, token: int, token_text: str) -> int:
-        """:meth:`feed` as the scheduler calls every guide (:class:`~.structured.RegexGuide`'s
-        outcomes): :data:`~.structured.END_AFTER` when the text now equals a choice."""
-        return END_AFTER if self.feed(token_text) else CONTINUE
+        """Apply the generated ``token`` (its text ``token_text``): :data:`~.structured.CONTINUE`;
+        :data:`~.structured.END_AFTER` when the text now equals a choice that nothing extends;
+        :data:`~.structured.END_BEFORE` when the text was a choice and the model chose a token
+        that goes on along none (the end there; the text is unchanged)."""
+        choices = self.choices
+        if choices.complete(self.text):
+            ids = choices.continuations(self.text)
+            if ids is None or token not in ids:
+                return END_BEFORE
+        elif token_text == "" or not any(c.startswith(self.text + token_text) for c in choices.choices):
+            raise ValueError(f"token {token} ({token_text!r}) was not allowed after {self.text!r}")
+        self.text += token_text
+        if choices.complete(self.text) and choices.continuations(self.text) is None:
+            return END_AFTER
+        return CONTINUE

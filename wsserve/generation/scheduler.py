@@ -52,9 +52,9 @@ Semantics:
 - A sequence finished while its batch was computing (cancel, deadline) simply
   ignores its row in :meth:`update_from_output`: nothing follows its finish.
 - A generation with ``guided_choice`` generates only tokens that keep its text a prefix of a
-  choice (:mod:`.guided`) and ends with ``stop`` as soon as its text is one; one with
-  ``guided_regex`` / ``guided_json`` (given its compiled index, or held as ``COMPILING`` until
-  :meth:`Scheduler.release`) follows :mod:`.structured`'s end rule (``stop`` after a token that
+  choice (:mod:`.guided`); one with ``guided_regex`` / ``guided_json`` (given its compiled
+  index, or held as ``COMPILING`` until :meth:`Scheduler.release`) a match.  Both follow
+  :mod:`.structured`'s end rule (``stop`` after a token that
   completes the match, or instead of a token that would not extend it).  Their stop strings and
   stop token ids still apply.
 - Within one step, the token events of the plain rows (no stop strings or stop token

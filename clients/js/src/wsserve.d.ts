@@ -428,7 +428,8 @@ export interface GenerateOptions extends CallOptions {
   includeStopStrInOutput?: boolean;
   /** vLLM's guided choice (sent as `guided_choice`): 1 to the server's `max_guided_choices` (64) non-empty strings of
    *  at most `max_guided_choice_chars` (256) characters; the generated text is exactly one of them, and the generation
-   *  ends with reason `stop` as soon as it is complete (`length` if `maxTokens` comes first). Not with `minTokens`. */
+   *  ends with reason `stop` at a choice that no longer one extends (at one a longer one extends, the model decides;
+   *  `length` if `maxTokens` comes first). Not with `minTokens`. */
   guidedChoice?: string[];
   /** Structured outputs (vLLM's `guided_regex`; the server needs its `structured` extra): a regular expression (Rust
    *  `regex` syntax, at most `max_guided_pattern_chars` characters) the generated text matches; ends with reason `stop`

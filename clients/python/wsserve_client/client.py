@@ -385,7 +385,7 @@ class Client:
         ``include_stop_str_in_output`` (the stop string or token text is sent, nothing after it).
         ``guided_choice`` (vLLM's: 1 to the server's ``max_guided_choices``, 64, non-empty strings
         of at most ``max_guided_choice_chars``, 256): the text is exactly one of them, ending with
-        reason ``stop`` as soon as it is one (``length`` at ``max_tokens``). ``guided_regex`` (a
+        reason ``stop`` (``length`` at ``max_tokens``). ``guided_regex`` (a
         regular expression) and ``guided_json`` (a JSON Schema: a mapping, or a string holding
         one), each of at most the server's ``max_guided_pattern_chars`` (16384) characters, at most
         one guided form per request (vLLM's; the server needs its ``structured`` extra): the text
