@@ -1,5 +1,5 @@
-"""What the sampling options and logprobs cost a generation step: ``top_p``, the presence/frequency
-penalties, ``logprobs``.
+"""What the sampling options, logprobs and guided decoding cost a generation step: ``top_p``, the
+presence/frequency penalties, ``logprobs``, ``guided_choice``, ``guided_regex``.
 
 ``python -m benchmarks.bench_sampling`` (~1-2 min) runs the generation engine in-process on the
 server's charlm (as :mod:`benchmarks.bench_generate`'s engine mode: every other stream sampled at
@@ -14,6 +14,10 @@ temperature 0.8, seeded, the rest greedy; 200 tokens each) at 1 and 64 concurren
 - ``logprobs_0`` / ``logprobs_5``: ``logprobs`` 0 (each token's own log-probability) and 5 (and the
   5 likeliest alternatives) on every stream: a log-softmax of those rows per step, one record and
   its own token event per token (not the step's one block of plain events).
+- ``guided_choice``: ``guided_choice`` of 16 choices of 200 characters on every stream (each row's
+  allowed tokens per step, a mask of the guided rows, one token event per token);
+- ``guided_regex``: ``guided_regex`` ``[a-z ,.]{200}`` on every stream (compiled once, before the
+  rounds, then taken from the engine's cache).
 
 Runs are interleaved (every variant once per round, ``--runs`` rounds); it reports medians of
 aggregate tokens/s and CPU us per token, and each variant's tokens/s as a ratio of ``plain`` in
@@ -47,6 +51,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "repetition": {"repetition_penalty": 1.2},
     "logprobs_0": {"logprobs": 0},
     "logprobs_5": {"logprobs": 5},
+    # 16 choices of 200 characters (fixed text: the same in every run), as long as the streams
+    "guided_choice": {"guided_choice": tuple(
+        ("".join("abcdefghijklmnopqrstuvwxyz ,."[(i * 7 + j * j * 3 + j) % 29] for j in range(200)))
+        for i in range(16))},
+    "guided_regex": {"guided_regex": "[a-z ,.]{200}"},
 }
 
 
@@ -63,6 +72,8 @@ def main() -> None:
 
     async def rounds() -> None:
         await run_engine(model, 8, 20, None)  # warm-up
+        for extra in VARIANTS.values():  # and each variant's own (guided_regex: its compile, then cached)
+            await run_engine(model, 2, 5, None, extra)
         for _ in range(args.runs):
             for c in levels:
                 for name, extra in VARIANTS.items():
@@ -71,7 +82,7 @@ def main() -> None:
     asyncio.run(rounds())
     cmd = "python -m benchmarks.bench_sampling " + " ".join(sys.argv[1:])
     lines = [
-        "## Sampling options: what `top_p`, the penalties and `logprobs` cost a step (`generate`, charlm)", "",
+        "## Sampling options: what `top_p`, the penalties, `logprobs` and guided decoding cost a step (`generate`, charlm)", "",
         f"Command: `{cmd.strip()}` - {args.runs} interleaved rounds, medians; {args.tokens} tokens per stream, "
         "every other stream sampled (temperature 0.8, seeded), the rest greedy; the engine in-process on the "
         f"server's charlm (96-token vocabulary). {describe()['cpu']}, {platform.python_implementation()} "

@@ -98,8 +98,10 @@ def test_the_guide_ends_at_a_choice_nothing_extends_and_lets_the_model_decide_at
     alone = ChoiceGuide(ChoiceSet(("ab", "c"), Vocabulary(TOKENS)))
     alone.advance(TOKENS.index("a"), "a")
     assert alone.advance(TOKENS.index("b"), "b") == END_AFTER  # "ab", which nothing extends
+    wrong = ChoiceGuide(ChoiceSet(("ab", "c"), Vocabulary(TOKENS)))
+    wrong.advance(TOKENS.index("b"), "b")  # never allowed: the guide refuses to go on from there
     with pytest.raises(ValueError):
-        ChoiceGuide(ChoiceSet(("ab", "c"), Vocabulary(TOKENS))).advance(TOKENS.index("b"), "b")  # never allowed
+        wrong.allowed()
 
 
 @pytest.mark.parametrize(("value", "message"), [
