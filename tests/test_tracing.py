@@ -33,7 +33,7 @@ from websockets.sync.client import connect  # noqa: E402
 
 from tests.support import ServerProcess, wait_until  # noqa: E402
 from wsserve.cli import main  # noqa: E402
-from wsserve.tracecontext import parse_traceparent  # noqa: E402
+from wsserve.tracecontext import parse_traceparent, parse_tracestate  # noqa: E402
 
 #: A short export schedule (the SDK's default is 5 s), so spans arrive soon after their request.
 OTEL_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_SERVICE_NAME": "wsserve-under-test"}
@@ -424,3 +424,36 @@ def test_off_by_default_opentelemetry_is_not_imported(model_cache: Path, tmp_pat
 ])
 def test_parse_traceparent(value: object, usable: bool) -> None:
     assert parse_traceparent(value) == (value if usable else None)
+
+
+def test_a_malformed_tracestate_is_dropped_without_a_log_line_per_request(traced, collector: Collector) -> None:
+    """A ``tracestate`` that W3C's grammar refuses (a bad member, over 32 members) is dropped
+    before OpenTelemetry sees it: the request is served, its span keeps the traceparent, and the
+    client's text never reaches the server's log (the SDK's parser logs a warning per bad header:
+    a client could fill the log)."""
+    proc, _ = traced
+    marker = secrets.token_hex(6)
+    bad = [f"vendor=1,not a member {marker}",  # a member without key=value
+           ",".join(f"k{i}=1" for i in range(33))]  # over W3C's 32 members
+    for tracestate in bad:
+        tp, trace_id, parent = _traceparent()
+        status, answer = _post(proc.http + "/predict", {"model": "linear", "inputs": [[1.0]]},
+                               {"traceparent": tp, "tracestate": tracestate})
+        assert status == 200, answer
+        span = collector.wait(trace_id=trace_id)
+        assert span["parent_span_id"] == parent
+    log = proc.stderr_text()
+    assert marker not in log and "key/value pairs" not in log
+
+
+@pytest.mark.parametrize(("value", "usable"), [
+    ("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", True),
+    ("tenant1@vendor=x, ,other=y \t", True),  # empty members and spaces around them are allowed
+    (",".join(f"k{i}=1" for i in range(32)), True),
+    (",".join(f"k{i}=1" for i in range(33)), False),  # over 32 members
+    ("a=1,a=2", False),  # a duplicate key
+    ("Upper=1", False), ("k=", False), ("k=a=b", False), ("k=1,junk", False), ("k=\u00e9", False),
+    ("k=" + "x" * 600, False), (7, False), (None, False),
+])
+def test_parse_tracestate(value: object, usable: bool) -> None:
+    assert parse_tracestate(value) == (value if usable else None)
