@@ -292,6 +292,37 @@ class _CountedWrites:
         self.written += message.ByteSize()
 
 
+class _HealthServicer(health.aio.HealthServicer):
+    """grpc's own health servicer, whose ``Watch`` streams (never ended by grpc's: it waits for
+    the next change until the client leaves) end with status OK once :meth:`close` is called, as
+    the server stops: by then they were told ``NOT_SERVING`` (the drain), and an open one would
+    hold the server's stop for its whole grace period.  Event-loop thread only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed: asyncio.Event | None = None  # made on the loop, by the first Watch
+
+    def close(self) -> None:
+        """End every open ``Watch`` stream, and any opened later."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        self._closed.set()
+
+    async def Watch(self, request: Any, context: Any) -> None:  # noqa: N802 - grpc's name
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((watch, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the server stops, or the client left (this RPC cancelled)
+            for task in (watch, closed):
+                task.cancel()
+            await asyncio.gather(watch, closed, return_exceptions=True)
+        if watch.done() and not watch.cancelled() and watch.exception() is not None:
+            raise watch.exception()  # type: ignore[misc]
+
+
 class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The GRPCInferenceService of one server.  Event-loop thread only.
 
@@ -312,7 +343,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._server: grpc.aio.Server | None = None
         self._proxies = proxy_networks(self.config.trusted_proxy)
         #: grpc.health.v1: NOT_SERVING until :meth:`set_serving` says the server is ready
-        self.health = health.aio.HealthServicer()
+        self.health = _HealthServicer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -370,7 +401,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float | None) -> None:
-        """Stop listening; RPCs still running get ``grace_s`` (None: cancelled now)."""
+        """Stop listening; RPCs still running get ``grace_s`` (None: cancelled now).  Open health
+        ``Watch`` streams end now (they would otherwise hold the stop for all of ``grace_s``)."""
+        self.health.close()
         if self._server is not None:
             await self._server.stop(grace_s)
 
