@@ -31,6 +31,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
 )
 from websockets.sync.client import connect  # noqa: E402
 
+grpc = pytest.importorskip("grpc")
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+
 from tests.support import ServerProcess, wait_until  # noqa: E402
 from wsserve.cli import main  # noqa: E402
 from wsserve.tracecontext import parse_traceparent, parse_tracestate  # noqa: E402
@@ -96,7 +99,7 @@ def _value(v: Any) -> Any:
 def _span(span: Any, resource: dict[str, Any]) -> dict[str, Any]:
     return {"name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
             "parent_span_id": span.parent_span_id.hex(), "kind": span.kind, "status": span.status.code,
-            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano, "trace_state": span.trace_state,
             "attributes": {a.key: _value(a.value) for a in span.attributes}, "resource": resource}
 
 
@@ -457,3 +460,49 @@ def test_a_malformed_tracestate_is_dropped_without_a_log_line_per_request(traced
 ])
 def test_parse_tracestate(value: object, usable: bool) -> None:
     assert parse_tracestate(value) == (value if usable else None)
+
+
+def _post_raw_headers(url: str, body: Any, headers: list[tuple[str, str]]) -> int:
+    """POST ``body`` as JSON with ``headers`` sent as given (a name may repeat); the status."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.putrequest("POST", parts.path)
+        data = json.dumps(body).encode()
+        for name, value in [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers]:
+            conn.putheader(name, value)
+        conn.endheaders(data)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_repeated_trace_headers_and_metadata_as_w3c_says(traced, collector: Collector) -> None:
+    """W3C Trace Context: two ``traceparent`` headers are not a usable parent (a new trace), and
+    several ``tracestate`` fields are one list (combined with commas), over HTTP and in gRPC
+    metadata (grpc itself keeps only the last ``traceparent`` of an RPC's metadata)."""
+    proc, address = traced
+    body = {"model": "linear", "inputs": [[1.0]]}
+    (tp1, trace1, _), (tp2, trace2, _) = _traceparent(), _traceparent()
+    assert _post_raw_headers(proc.http + "/predict", body, [("traceparent", tp1), ("traceparent", tp2)]) == 200
+    tp, trace_id, parent = _traceparent()
+    assert _post_raw_headers(proc.http + "/predict", body, [("traceparent", tp), ("tracestate", "a=1"),
+                                                            ("tracestate", "b=2")]) == 200
+    span = collector.wait(trace_id=trace_id)
+    assert span["parent_span_id"] == parent and span["trace_state"] == "a=1,b=2"
+
+    request = service_pb2.ModelInferRequest(model_name="linear", id="grpc-state")
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1.0)
+    tp3, trace3, parent3 = _traceparent()
+    with grpc.insecure_channel(address) as channel:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, metadata=(("traceparent", tp3), ("tracestate", "a=1"), ("tracestate", "b=2")), timeout=60)
+    span = collector.wait(trace_id=trace3)
+    assert span["parent_span_id"] == parent3 and span["trace_state"] == "a=1,b=2"
+    # the HTTP request with two traceparents was traced before these, in a new trace
+    assert not [s for s in collector.spans if s["trace_id"] in (trace1, trace2)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_TRACEPARENT_CHARS", "MAX_TRACESTATE_CHARS", "MAX_TRACESTATE_MEMBERS", "parse_traceparent", "parse_tracestate"]
+__all__ = ["MAX_TRACEPARENT_CHARS", "MAX_TRACESTATE_CHARS", "MAX_TRACESTATE_MEMBERS", "parse_traceparent", "parse_tracestate", "trace_fields"]
 
 #: The longest ``traceparent`` kept: version 00 has exactly 55 characters; a later version may
 #: append fields (W3C §3.2.4), which are dropped past this bound.
@@ -27,6 +27,16 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 # a tracestate list-member (W3C §3.3.1.3): key "=" value; a key is a simple one or tenant@system
 _TRACESTATE_MEMBER = re.compile(r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
                                 r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
+def trace_fields(traceparents: list[str], tracestates: list[str]) -> tuple[str | None, str | None]:
+    """The ``traceparent`` and ``tracestate`` of a request whose HTTP headers (or gRPC metadata)
+    carried these fields, in arrival order: a ``traceparent`` given more than once is none (W3C
+    §3.2: not a usable parent, a new trace); several ``tracestate`` fields are one list, joined
+    with commas (W3C §3.3.1, RFC 9110 §5.3).  Neither value is checked here (the tracer does)."""
+    traceparent = traceparents[0] if len(traceparents) == 1 else None
+    tracestate = ",".join(tracestates) if tracestates else None
+    return traceparent, tracestate
 
 
 def parse_traceparent(value: object) -> str | None:

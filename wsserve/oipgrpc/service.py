@@ -40,6 +40,7 @@ from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveErro
 from ..rest import modelrepo
 from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
+from ..tracecontext import trace_fields
 from . import convert
 
 __all__ = ["GrpcFrontend", "GrpcGenerateCall", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
@@ -171,9 +172,15 @@ _MODEL_STREAM_INFER = "inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def _trace_metadata(context: Any) -> tuple[str | None, str | None]:
-    """An RPC's W3C ``traceparent`` and ``tracestate`` metadata (checked by the tracer)."""
-    metadata = _MetadataHeaders(context.invocation_metadata())
-    return metadata.header(b"traceparent"), metadata.header(b"tracestate")
+    """An RPC's W3C ``traceparent`` and ``tracestate`` metadata (:func:`~wsserve.tracecontext.trace_fields`:
+    repeated ones as W3C reads them; checked by the tracer)."""
+    parents, states = [], []
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            parents.append(str(value))
+        elif key == "tracestate":
+            states.append(str(value))
+    return trace_fields(parents, states)
 
 
 def _grpc_head(model: str, method: str) -> dict[str, Any]:
