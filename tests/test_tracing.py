@@ -506,3 +506,20 @@ def test_repeated_trace_headers_and_metadata_as_w3c_says(traced, collector: Coll
     assert span["parent_span_id"] == parent3 and span["trace_state"] == "a=1,b=2"
     # the HTTP request with two traceparents was traced before these, in a new trace
     assert not [s for s in collector.spans if s["trace_id"] in (trace1, trace2)]
+
+
+def test_tracing_leaves_no_exit_handler_to_block_the_exit(collector: Collector) -> None:
+    """:meth:`Tracing.close` is the exporter's one, bounded, shutdown (5 s, as deploy.md says): the
+    SDK's own exit handler (``TracerProvider.shutdown`` at interpreter exit, which joins an export
+    to a collector that does not answer for up to 30 s more) is not registered."""
+    import atexit
+    import time
+
+    from wsserve.tracing import Tracing
+
+    before = atexit._ncallbacks()
+    tracing = Tracing(collector.url, clock=time.monotonic)
+    try:
+        assert atexit._ncallbacks() == before
+    finally:
+        tracing.close()

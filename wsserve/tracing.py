@@ -115,7 +115,9 @@ class Tracing:
         self._clock = clock
         service = os.environ.get("OTEL_SERVICE_NAME") or "wsserve"
         resource = Resource.create({"service.name": service, "service.version": __version__})
-        self._provider = TracerProvider(resource=resource)
+        # no exit handler of its own (shutdown_on_exit): close() is the one, bounded, shutdown; the
+        # SDK's joins an export to a collector that does not answer for up to 30 s more at exit
+        self._provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(endpoint))))
         self._tracer = self._provider.get_tracer("wsserve", __version__)
         self._propagator = TraceContextTextMapPropagator()
