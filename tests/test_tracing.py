@@ -523,3 +523,22 @@ def test_tracing_leaves_no_exit_handler_to_block_the_exit(collector: Collector) 
         assert atexit._ncallbacks() == before
     finally:
         tracing.close()
+
+
+def test_client_chosen_attribute_values_are_bounded(traced, collector: Collector) -> None:
+    """A span's attribute values are cut at :data:`~wsserve.tracing.MAX_ATTRIBUTE_CHARS`: a refused
+    gRPC request's model name is the client's, up to ``--max-message-bytes`` (the WebSocket
+    refuses a name over 256 characters before that), and the exporter's queue holds 2048 spans."""
+    from wsserve.tracing import MAX_ATTRIBUTE_CHARS
+
+    _, address = traced
+    name = "m" * 200_000
+    tp, trace_id, _ = _traceparent()
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1.0)
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=(("traceparent", tp),),
+                                                                          timeout=60)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert collector.wait(trace_id=trace_id)["attributes"]["wsserve.model"] == name[:MAX_ATTRIBUTE_CHARS]
