@@ -302,15 +302,18 @@ class _CountedWrites:
 class _HealthServicer(health.aio.HealthServicer):
     """grpc's own health servicer, whose ``Watch`` streams (never ended by grpc's: it waits for
     the next change until the client leaves) end with status OK once :meth:`close` is called, as
-    the server stops: by then they were told ``NOT_SERVING`` (the drain), and an open one would
-    hold the server's stop for its whole grace period.  Event-loop thread only."""
+    the server stops (an open one would hold the stop for its whole grace period), each once it
+    has written its last status (``NOT_SERVING``: :meth:`close` comes after
+    ``enter_graceful_shutdown``; an unknown name's ``SERVICE_UNKNOWN``; a client that does not
+    read it keeps its stream until the grace period ends).  Event-loop thread only."""
 
     def __init__(self) -> None:
         super().__init__()
         self._closed: asyncio.Event | None = None  # made on the loop, by the first Watch
 
     def close(self) -> None:
-        """End every open ``Watch`` stream, and any opened later."""
+        """End every open ``Watch`` stream, and any opened later (once the status is ``NOT_SERVING``
+        for good)."""
         if self._closed is None:
             self._closed = asyncio.Event()
         self._closed.set()
@@ -318,16 +321,52 @@ class _HealthServicer(health.aio.HealthServicer):
     async def Watch(self, request: Any, context: Any) -> None:  # noqa: N802 - grpc's name
         if self._closed is None:
             self._closed = asyncio.Event()
-        watch = asyncio.ensure_future(super().Watch(request, context))
-        closed = asyncio.ensure_future(self._closed.wait())
+        final = (health_pb2.HealthCheckResponse.NOT_SERVING if request.service in HEALTH_SERVICES
+                 else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        writes = _StatusWrites(context)
+        watch = asyncio.ensure_future(super().Watch(request, writes))
         try:
-            await asyncio.wait((watch, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # the server stops, or the client left (this RPC cancelled)
-            for task in (watch, closed):
-                task.cancel()
-            await asyncio.gather(watch, closed, return_exceptions=True)
-        if watch.done() and not watch.cancelled() and watch.exception() is not None:
+            await _until(watch, self._closed.wait())
+            # closing: grpc's Watch was woken by the last change; it ends once that was written
+            # (never cancelled in a write: grpc refuses the call's next operation then)
+            while not watch.done() and writes.last != final:
+                writes.written.clear()
+                await _until(watch, writes.written.wait())
+        finally:  # ended, or the client left (this RPC cancelled)
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if not watch.cancelled() and watch.exception() is not None:
             raise watch.exception()  # type: ignore[misc]
+
+
+async def _until(task: asyncio.Future[Any], event: Any) -> None:
+    """Wait until ``task`` is done or the awaitable ``event`` is (which is then dropped)."""
+    waiter = asyncio.ensure_future(event)
+    try:
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+class _StatusWrites:
+    """A health ``Watch``'s context that remembers the last status written through it (``last``,
+    None before the first; ``written`` is set after each write); every other attribute is the
+    context's own."""
+
+    __slots__ = ("_context", "last", "written")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.last: Any = None
+        self.written = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self.last = message.status
+        self.written.set()
 
 
 class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
