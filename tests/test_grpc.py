@@ -1249,3 +1249,23 @@ def test_grpc_health_watch_sees_the_drain(model_cache: Path, tmp_path: Path) -> 
         gate.touch()
         channel.close()
         proc.stop()
+
+
+def test_grpc_health_watch_ends_when_the_server_stops(model_cache: Path) -> None:
+    """An open ``Watch`` stream (grpc's client-side health checking keeps one per connection) is
+    told NOT_SERVING at the drain, then ended by the server as it stops, with status OK: it does
+    not hold the stop for grpc's grace period and end cancelled."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proc, address = start(model_cache, "--models", "linear")
+    channel = grpc.insecure_channel(address)
+    try:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        proc.signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert list(watch) == [] and watch.code() == grpc.StatusCode.OK
+        assert proc.wait(30) == 0
+    finally:
+        channel.close()
+        proc.stop()

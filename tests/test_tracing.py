@@ -31,9 +31,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
 )
 from websockets.sync.client import connect  # noqa: E402
 
+grpc = pytest.importorskip("grpc")
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+
 from tests.support import ServerProcess, wait_until  # noqa: E402
 from wsserve.cli import main  # noqa: E402
-from wsserve.tracecontext import parse_traceparent  # noqa: E402
+from wsserve.tracecontext import parse_traceparent, parse_tracestate  # noqa: E402
 
 #: A short export schedule (the SDK's default is 5 s), so spans arrive soon after their request.
 OTEL_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_SERVICE_NAME": "wsserve-under-test"}
@@ -96,7 +99,7 @@ def _value(v: Any) -> Any:
 def _span(span: Any, resource: dict[str, Any]) -> dict[str, Any]:
     return {"name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
             "parent_span_id": span.parent_span_id.hex(), "kind": span.kind, "status": span.status.code,
-            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano, "trace_state": span.trace_state,
             "attributes": {a.key: _value(a.value) for a in span.attributes}, "resource": resource}
 
 
@@ -424,3 +427,118 @@ def test_off_by_default_opentelemetry_is_not_imported(model_cache: Path, tmp_pat
 ])
 def test_parse_traceparent(value: object, usable: bool) -> None:
     assert parse_traceparent(value) == (value if usable else None)
+
+
+def test_a_malformed_tracestate_is_dropped_without_a_log_line_per_request(traced, collector: Collector) -> None:
+    """A ``tracestate`` that W3C's grammar refuses (a bad member, over 32 members) is dropped
+    before OpenTelemetry sees it: the request is served, its span keeps the traceparent, and the
+    client's text never reaches the server's log (the SDK's parser logs a warning per bad header:
+    a client could fill the log)."""
+    proc, _ = traced
+    marker = secrets.token_hex(6)
+    bad = [f"vendor=1,not a member {marker}",  # a member without key=value
+           ",".join(f"k{i}=1" for i in range(33))]  # over W3C's 32 members
+    for tracestate in bad:
+        tp, trace_id, parent = _traceparent()
+        status, answer = _post(proc.http + "/predict", {"model": "linear", "inputs": [[1.0]]},
+                               {"traceparent": tp, "tracestate": tracestate})
+        assert status == 200, answer
+        span = collector.wait(trace_id=trace_id)
+        assert span["parent_span_id"] == parent
+    log = proc.stderr_text()
+    assert marker not in log and "key/value pairs" not in log
+
+
+@pytest.mark.parametrize(("value", "usable"), [
+    ("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", True),
+    ("tenant1@vendor=x, ,other=y \t", True),  # empty members and spaces around them are allowed
+    (",".join(f"k{i}=1" for i in range(32)), True),
+    (",".join(f"k{i}=1" for i in range(33)), False),  # over 32 members
+    ("a=1,a=2", False),  # a duplicate key
+    ("Upper=1", False), ("k=", False), ("k=a=b", False), ("k=1,junk", False), ("k=\u00e9", False),
+    ("k=" + "x" * 600, False), (7, False), (None, False),
+])
+def test_parse_tracestate(value: object, usable: bool) -> None:
+    assert parse_tracestate(value) == (value if usable else None)
+
+
+def _post_raw_headers(url: str, body: Any, headers: list[tuple[str, str]]) -> int:
+    """POST ``body`` as JSON with ``headers`` sent as given (a name may repeat); the status."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.putrequest("POST", parts.path)
+        data = json.dumps(body).encode()
+        for name, value in [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers]:
+            conn.putheader(name, value)
+        conn.endheaders(data)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_repeated_trace_headers_and_metadata_as_w3c_says(traced, collector: Collector) -> None:
+    """W3C Trace Context: two ``traceparent`` headers are not a usable parent (a new trace), and
+    several ``tracestate`` fields are one list (combined with commas), over HTTP and in gRPC
+    metadata (grpc itself keeps only the last ``traceparent`` of an RPC's metadata)."""
+    proc, address = traced
+    body = {"model": "linear", "inputs": [[1.0]]}
+    (tp1, trace1, _), (tp2, trace2, _) = _traceparent(), _traceparent()
+    assert _post_raw_headers(proc.http + "/predict", body, [("traceparent", tp1), ("traceparent", tp2)]) == 200
+    tp, trace_id, parent = _traceparent()
+    assert _post_raw_headers(proc.http + "/predict", body, [("traceparent", tp), ("tracestate", "a=1"),
+                                                            ("tracestate", "b=2")]) == 200
+    span = collector.wait(trace_id=trace_id)
+    assert span["parent_span_id"] == parent and span["trace_state"] == "a=1,b=2"
+
+    request = service_pb2.ModelInferRequest(model_name="linear", id="grpc-state")
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1.0)
+    tp3, trace3, parent3 = _traceparent()
+    with grpc.insecure_channel(address) as channel:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, metadata=(("traceparent", tp3), ("tracestate", "a=1"), ("tracestate", "b=2")), timeout=60)
+    span = collector.wait(trace_id=trace3)
+    assert span["parent_span_id"] == parent3 and span["trace_state"] == "a=1,b=2"
+    # the HTTP request with two traceparents was traced before these, in a new trace
+    assert not [s for s in collector.spans if s["trace_id"] in (trace1, trace2)]
+
+
+def test_tracing_leaves_no_exit_handler_to_block_the_exit(collector: Collector) -> None:
+    """:meth:`Tracing.close` is the exporter's one, bounded, shutdown (5 s, as deploy.md says): the
+    SDK's own exit handler (``TracerProvider.shutdown`` at interpreter exit, which joins an export
+    to a collector that does not answer for up to 30 s more) is not registered."""
+    import atexit
+    import time
+
+    from wsserve.tracing import Tracing
+
+    before = atexit._ncallbacks()
+    tracing = Tracing(collector.url, clock=time.monotonic)
+    try:
+        assert atexit._ncallbacks() == before
+    finally:
+        tracing.close()
+
+
+def test_client_chosen_attribute_values_are_bounded(traced, collector: Collector) -> None:
+    """A span's attribute values are cut at :data:`~wsserve.tracing.MAX_ATTRIBUTE_CHARS`: a refused
+    gRPC request's model name is the client's, up to ``--max-message-bytes`` (the WebSocket
+    refuses a name over 256 characters before that), and the exporter's queue holds 2048 spans."""
+    from wsserve.tracing import MAX_ATTRIBUTE_CHARS
+
+    _, address = traced
+    name = "m" * 200_000
+    tp, trace_id, _ = _traceparent()
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="input", datatype="FP64", shape=[1, 1]).contents.fp64_contents.append(1.0)
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=(("traceparent", tp),),
+                                                                          timeout=60)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert collector.wait(trace_id=trace_id)["attributes"]["wsserve.model"] == name[:MAX_ATTRIBUTE_CHARS]

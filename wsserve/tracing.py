@@ -35,12 +35,16 @@ from urllib.parse import urlsplit
 from ._version import __version__
 from .tracecontext import parse_traceparent, parse_tracestate
 
-__all__ = ["RequestSpan", "Tracing", "check_endpoint", "traces_url", "MAX_ENDPOINT_CHARS"]
+__all__ = ["RequestSpan", "Tracing", "check_endpoint", "traces_url", "MAX_ATTRIBUTE_CHARS", "MAX_ENDPOINT_CHARS"]
 
 log = logging.getLogger("wsserve.tracing")
 
 #: The longest ``--otlp-traces-endpoint`` accepted.
 MAX_ENDPOINT_CHARS = 2048
+#: The longest attribute value a span keeps (longer strings are cut): some are the client's
+#: (a refused request's model name, up to ``--max-message-bytes``), and up to 2048 ended spans
+#: wait in the exporter's queue.
+MAX_ATTRIBUTE_CHARS = 256
 #: How long :meth:`Tracing.close` waits for the last spans to be exported (a collector that is
 #: down must not hold up the exit).
 CLOSE_TIMEOUT_S = 5.0
@@ -106,7 +110,7 @@ class Tracing:
             OTLPSpanExporter,
         )
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace.propagation.tracecontext import (
             TraceContextTextMapPropagator,
@@ -115,7 +119,10 @@ class Tracing:
         self._clock = clock
         service = os.environ.get("OTEL_SERVICE_NAME") or "wsserve"
         resource = Resource.create({"service.name": service, "service.version": __version__})
-        self._provider = TracerProvider(resource=resource)
+        # no exit handler of its own (shutdown_on_exit): close() is the one, bounded, shutdown; the
+        # SDK's joins an export to a collector that does not answer for up to 30 s more at exit
+        self._provider = TracerProvider(resource=resource, shutdown_on_exit=False,
+                                        span_limits=SpanLimits(max_span_attribute_length=MAX_ATTRIBUTE_CHARS))
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(endpoint))))
         self._tracer = self._provider.get_tracer("wsserve", __version__)
         self._propagator = TraceContextTextMapPropagator()

@@ -40,6 +40,7 @@ from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveErro
 from ..rest import modelrepo
 from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
+from ..tracecontext import trace_fields
 from . import convert
 
 __all__ = ["GrpcFrontend", "GrpcGenerateCall", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
@@ -171,9 +172,15 @@ _MODEL_STREAM_INFER = "inference.GRPCInferenceService/ModelStreamInfer"
 
 
 def _trace_metadata(context: Any) -> tuple[str | None, str | None]:
-    """An RPC's W3C ``traceparent`` and ``tracestate`` metadata (checked by the tracer)."""
-    metadata = _MetadataHeaders(context.invocation_metadata())
-    return metadata.header(b"traceparent"), metadata.header(b"tracestate")
+    """An RPC's W3C ``traceparent`` and ``tracestate`` metadata (:func:`~wsserve.tracecontext.trace_fields`:
+    repeated ones as W3C reads them; checked by the tracer)."""
+    parents, states = [], []
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            parents.append(str(value))
+        elif key == "tracestate":
+            states.append(str(value))
+    return trace_fields(parents, states)
 
 
 def _grpc_head(model: str, method: str) -> dict[str, Any]:
@@ -292,6 +299,76 @@ class _CountedWrites:
         self.written += message.ByteSize()
 
 
+class _HealthServicer(health.aio.HealthServicer):
+    """grpc's own health servicer, whose ``Watch`` streams (never ended by grpc's: it waits for
+    the next change until the client leaves) end with status OK once :meth:`close` is called, as
+    the server stops (an open one would hold the stop for its whole grace period), each once it
+    has written its last status (``NOT_SERVING``: :meth:`close` comes after
+    ``enter_graceful_shutdown``; an unknown name's ``SERVICE_UNKNOWN``; a client that does not
+    read it keeps its stream until the grace period ends).  Event-loop thread only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed: asyncio.Event | None = None  # made on the loop, by the first Watch
+
+    def close(self) -> None:
+        """End every open ``Watch`` stream, and any opened later (once the status is ``NOT_SERVING``
+        for good)."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        self._closed.set()
+
+    async def Watch(self, request: Any, context: Any) -> None:  # noqa: N802 - grpc's name
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        final = (health_pb2.HealthCheckResponse.NOT_SERVING if request.service in HEALTH_SERVICES
+                 else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        writes = _StatusWrites(context)
+        watch = asyncio.ensure_future(super().Watch(request, writes))
+        try:
+            await _until(watch, self._closed.wait())
+            # closing: grpc's Watch was woken by the last change; it ends once that was written
+            # (never cancelled in a write: grpc refuses the call's next operation then)
+            while not watch.done() and writes.last != final:
+                writes.written.clear()
+                await _until(watch, writes.written.wait())
+        finally:  # ended, or the client left (this RPC cancelled)
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if not watch.cancelled() and watch.exception() is not None:
+            raise watch.exception()  # type: ignore[misc]
+
+
+async def _until(task: asyncio.Future[Any], event: Any) -> None:
+    """Wait until ``task`` is done or the awaitable ``event`` is (which is then dropped)."""
+    waiter = asyncio.ensure_future(event)
+    try:
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+class _StatusWrites:
+    """A health ``Watch``'s context that remembers the last status written through it (``last``,
+    None before the first; ``written`` is set after each write); every other attribute is the
+    context's own."""
+
+    __slots__ = ("_context", "last", "written")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.last: Any = None
+        self.written = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self.last = message.status
+        self.written.set()
+
+
 class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The GRPCInferenceService of one server.  Event-loop thread only.
 
@@ -312,7 +389,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._server: grpc.aio.Server | None = None
         self._proxies = proxy_networks(self.config.trusted_proxy)
         #: grpc.health.v1: NOT_SERVING until :meth:`set_serving` says the server is ready
-        self.health = health.aio.HealthServicer()
+        self.health = _HealthServicer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -370,7 +447,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float | None) -> None:
-        """Stop listening; RPCs still running get ``grace_s`` (None: cancelled now)."""
+        """Stop listening; RPCs still running get ``grace_s`` (None: cancelled now).  Open health
+        ``Watch`` streams end now (they would otherwise hold the stop for all of ``grace_s``)."""
+        self.health.close()
         if self._server is not None:
             await self._server.stop(grace_s)
 

@@ -70,6 +70,7 @@ from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
 from ..metrics import Metrics
 from ..protocol import decode_predict_body, loads
+from ..tracecontext import trace_fields
 from . import kserve, modelrepo, oip, triton
 from .calls import (
     CompletionCall,
@@ -904,8 +905,15 @@ _TRACED_ROUTES = ("/predict", "/infer", "/generate", "/generate_stream", "/v1/co
 
 
 def _trace_headers(request: HttpRequest) -> tuple[str | None, str | None]:
-    """A request's W3C ``traceparent`` and ``tracestate`` headers (checked by the tracer)."""
-    return request.header(b"traceparent"), request.header(b"tracestate")
+    """A request's W3C ``traceparent`` and ``tracestate`` headers (:func:`~wsserve.tracecontext.trace_fields`:
+    repeated ones as W3C reads them; checked by the tracer)."""
+    parents, states = [], []
+    for name, value in request.raw_headers:
+        if name == b"traceparent":
+            parents.append(value.decode("latin-1"))
+        elif name == b"tracestate":
+            states.append(value.decode("latin-1"))
+    return trace_fields(parents, states)
 
 
 def _span_name(method: str, params: Mapping[str, str], base: str, tail: str) -> str:
