@@ -108,6 +108,38 @@ class Model:
         return batch @ self.w + self.bias
 """
 
+#: A generative (chat) model that writes the letters after the prompt's last one and fails at the
+#: step after 'e' (a failure mid-generation: the Responses API's response.failed, gRPC's stream).
+FAILS_AFTER_E_PY = """
+import numpy as np
+
+VOCAB = list("abcdefgh .\\n")
+
+
+class Model:
+    task = "generation"
+    vocabulary = VOCAB
+    context_len = 2
+
+    def __init__(self, version_dir):
+        self.parameters = 1
+
+    def encode(self, prompt):
+        return [VOCAB.index(c) for c in prompt if c in VOCAB]
+
+    def logits(self, contexts):          # [B, 2] int64 -> [B, V]: the letter after the last one
+        last = contexts[:, -1]
+        if (last == VOCAB.index("e")).any():
+            raise RuntimeError("no letter after e")
+        out = np.full((len(last), len(VOCAB)), -10.0)
+        out[np.arange(len(last)), np.minimum(last + 1, len(VOCAB) - 1)] = 10.0
+        return out
+
+    def chat_prompt(self, messages):
+        return " ".join(m["content"] for m in messages)
+"""
+
+
 BIGRAM_PY = """
 import time
 from pathlib import Path

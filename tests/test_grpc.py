@@ -27,6 +27,7 @@ from tests.repo_models import (
     AFFINE_CONFIG,
     BIGRAM_CONFIG,
     BIGRAM_PY,
+    FAILS_AFTER_E_PY,
     GATED_PY,
     write_affine,
     write_py,
@@ -932,32 +933,6 @@ async def test_a_stream_sending_without_reading_is_read_no_further_than_max_infl
         await task
 
 
-#: A generative model that writes the alphabet after the prompt's last letter and fails at the step after 'e'.
-_FAILS_AFTER_E_PY = """
-import numpy as np
-
-VOCAB = list("abcdefgh .\\n")
-
-
-class Model:
-    task = "generation"
-    vocabulary = VOCAB
-    context_len = 2
-
-    def __init__(self, version_dir):
-        self.parameters = 1
-
-    def encode(self, prompt):
-        return [VOCAB.index(c) for c in prompt if c in VOCAB]
-
-    def logits(self, contexts):          # [B, 2] int64 -> [B, V]: the letter after the last one
-        last = contexts[:, -1]
-        if (last == VOCAB.index("e")).any():
-            raise RuntimeError("no letter after e")
-        out = np.full((len(last), len(VOCAB)), -10.0)
-        out[np.arange(len(last)), np.minimum(last + 1, len(VOCAB) - 1)] = 10.0
-        return out
-"""
 
 
 def test_a_generation_that_fails_sends_every_token_before_its_error(model_cache: Path, tmp_path: Path) -> None:
@@ -966,7 +941,7 @@ def test_a_generation_that_fails_sends_every_token_before_its_error(model_cache:
     repo = tmp_path / "repo"
     (repo / "abc").mkdir(parents=True)
     (repo / "abc" / "config.toml").write_text(BIGRAM_CONFIG)
-    write_py(repo / "abc" / "1", _FAILS_AFTER_E_PY)
+    write_py(repo / "abc" / "1", FAILS_AFTER_E_PY)
     proc, address = start(model_cache, "--models", "none", "--model-repository", str(repo))
     client = tgrpc.InferenceServerClient(address)
     results: queue.Queue = queue.Queue()

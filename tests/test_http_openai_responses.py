@@ -22,6 +22,7 @@ import pytest
 from tests.repo_models import (
     BIGRAM_CONFIG,
     BIGRAM_PY,
+    FAILS_AFTER_E_PY,
     WORDS_CHAT_PY,
     words_encode,
     write_py,
@@ -44,35 +45,6 @@ SLOW_CHAT_PY = BIGRAM_PY + """
         return " ".join(m["content"] for m in messages)
 """
 
-#: A chat model that writes the letters after the prompt's last one and fails at the step after 'e'.
-FAILS_AFTER_E_PY = """
-import numpy as np
-
-VOCAB = list("abcdefgh .\\n")
-
-
-class Model:
-    task = "generation"
-    vocabulary = VOCAB
-    context_len = 2
-
-    def __init__(self, version_dir):
-        self.parameters = 1
-
-    def encode(self, prompt):
-        return [VOCAB.index(c) for c in prompt if c in VOCAB]
-
-    def logits(self, contexts):          # [B, 2] int64 -> [B, V]: the letter after the last one
-        last = contexts[:, -1]
-        if (last == VOCAB.index("e")).any():
-            raise RuntimeError("no letter after e")
-        out = np.full((len(last), len(VOCAB)), -10.0)
-        out[np.arange(len(last)), np.minimum(last + 1, len(VOCAB) - 1)] = 10.0
-        return out
-
-    def chat_prompt(self, messages):
-        return " ".join(m["content"] for m in messages)
-"""
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 INCLUDE = ["message.output_text.logprobs"]
