@@ -244,26 +244,35 @@ def test_grpc_model_infer_span_takes_the_metadata_traceparent(traced, collector:
     assert a["wsserve.rows"] == 1 and a["wsserve.transport"] == "grpc"
 
 
-def test_grpc_stream_infer_span_per_generation(traced, collector: Collector) -> None:
-    tgrpc = pytest.importorskip("tritonclient.grpc")
+def _one_on_a_stream(address: str, model: str, inputs: Any, rid: str, **parameters: Any) -> tuple[str, str]:
+    """One request on a tritonclient.grpc ModelStreamInfer stream opened with a fresh
+    ``traceparent`` (its first response read); ``(trace_id, parent span id)``."""
     import queue
 
-    import numpy as np
-
-    _, address = traced
     tp, trace_id, parent = _traceparent()
     results: queue.Queue = queue.Queue()
-    client = tgrpc.InferenceServerClient(address)
+    client = tgrpc_module().InferenceServerClient(address)
     try:
-        prompt = tgrpc.InferInput("text_input", [1], "BYTES")
-        prompt.set_data_from_numpy(np.array([b"The "], dtype=np.object_))
         client.start_stream(callback=lambda result, error: results.put((result, error)), headers={"traceparent": tp})
-        client.async_stream_infer("charlm", [prompt], request_id="gs-1", parameters={"max_tokens": 5})
+        client.async_stream_infer(model, inputs, request_id=rid, parameters=parameters or None)
         result, error = results.get(timeout=60)
         assert error is None, error
     finally:
         client.stop_stream()
         client.close()
+    return trace_id, parent
+
+
+def tgrpc_module() -> Any:
+    return pytest.importorskip("tritonclient.grpc")
+
+
+def test_grpc_stream_infer_span_per_generation(traced, collector: Collector) -> None:
+    import numpy as np
+
+    prompt = tgrpc_module().InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"The "], dtype=np.object_))
+    trace_id, parent = _one_on_a_stream(traced[1], "charlm", [prompt], "gs-1", max_tokens=5)
     span = collector.wait(trace_id=trace_id)
     assert span["name"] == "inference.GRPCInferenceService/ModelStreamInfer" and span["parent_span_id"] == parent
     a = span["attributes"]
@@ -275,25 +284,11 @@ def test_grpc_stream_infer_span_per_generation(traced, collector: Collector) -> 
 def test_grpc_stream_infer_span_of_a_predictive_request(traced, collector: Collector) -> None:
     """A predictive model's request on a ModelStreamInfer stream (run as ModelInfer runs it) has
     its span too, named after the stream's RPC, a child of the stream's traceparent."""
-    tgrpc = pytest.importorskip("tritonclient.grpc")
-    import queue
-
     import numpy as np
 
-    _, address = traced
-    tp, trace_id, parent = _traceparent()
-    results: queue.Queue = queue.Queue()
-    client = tgrpc.InferenceServerClient(address)
-    try:
-        inp = tgrpc.InferInput("input", [1, 1], "FP64")
-        inp.set_data_from_numpy(np.array([[4.0]]))
-        client.start_stream(callback=lambda result, error: results.put((result, error)), headers={"traceparent": tp})
-        client.async_stream_infer("linear", [inp], request_id="sp-1")
-        result, error = results.get(timeout=60)
-        assert error is None, error
-    finally:
-        client.stop_stream()
-        client.close()
+    inp = tgrpc_module().InferInput("input", [1, 1], "FP64")
+    inp.set_data_from_numpy(np.array([[4.0]]))
+    trace_id, parent = _one_on_a_stream(traced[1], "linear", [inp], "sp-1")
     span = collector.wait(trace_id=trace_id)
     assert span["name"] == "inference.GRPCInferenceService/ModelStreamInfer" and span["parent_span_id"] == parent
     a = span["attributes"]
