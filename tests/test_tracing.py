@@ -183,6 +183,17 @@ def test_http_predict_span(traced, collector: Collector) -> None:
     assert span["attributes"]["wsserve.compute_ms"] == answer["timing"]["compute_ms"]  # the answer's own figures
 
 
+def test_kserve_v1_predict_span(traced, collector: Collector) -> None:
+    proc, _ = traced
+    tp, trace_id, parent = _traceparent()
+    status, answer = _post(proc.http + "/v1/models/linear:predict", {"instances": [[1.0], [2.0]]},
+                           {"traceparent": tp})
+    assert status == 200 and len(answer["predictions"]) == 2, answer
+    span = collector.wait(trace_id=trace_id)
+    assert span["name"] == "POST /v1/models/{name}:predict" and span["parent_span_id"] == parent
+    assert span["attributes"]["wsserve.model"] == "linear" and span["attributes"]["wsserve.rows"] == 2
+
+
 def test_openai_chat_span_has_genai_attributes(traced, collector: Collector) -> None:
     openai = pytest.importorskip("openai")
     proc, _ = traced

@@ -435,6 +435,10 @@ class HttpApi:
             raise
         session.track(call)
         exchange.on_abort = call.abort
+        if self.tracer is not None:
+            call.span = self.tracer.begin(_span_name("POST", params, "/v1/models/{name}", f":{verb}"),
+                                          *_trace_headers(request), now, {"wsserve.transport": "http",
+                                                                          "wsserve.model": name})
         return None
 
     # ------------------------------------------------------------------ OIP v2
