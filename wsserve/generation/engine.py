@@ -286,7 +286,8 @@ class GenerationEngine:
         self._indexes = IndexCache(max_guide_indexes)
         self._building: dict[tuple[str, str], _Compiling] = {}
         self._build_tasks: set[asyncio.Task[None]] = set()
-        #: refusals (their messages) of patterns that cannot compile, so a repeated one costs no child
+        #: refusals of patterns that cannot compile (their messages after "field '...': "; another
+        #: request may name another field), so a repeated one costs no child
         self._refusals: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._vocabulary: bytes | None = None  # the model's token texts as a compiling child reads them
         #: at most this many patterns compile at once (each holds a child process and a core meanwhile)
@@ -385,7 +386,7 @@ class GenerationEngine:
             refused = self._refusals.get(key)
             if refused is not None:
                 self._refusals.move_to_end(key)
-                error = pattern.refusal(refused)
+                error = pattern.refusal(f"field {pattern.name!r}: {refused}")  # (this request's field)
             else:
                 async with self._build_slots:
                     if self._vocabulary is None:
@@ -395,7 +396,7 @@ class GenerationEngine:
         except BadRequest as exc:  # refused (by the library, a bound, or the child's limits)
             error = exc
             if not (isinstance(exc, PatternTooComplex) and exc.timed_out):
-                self._refusals[key] = exc.message
+                self._refusals[key] = exc.message.removeprefix(f"field {pattern.name!r}: ")
                 while len(self._refusals) > _MAX_GUIDE_REFUSALS:
                     self._refusals.popitem(last=False)
         except WsserveError as exc:
