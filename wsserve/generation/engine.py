@@ -320,7 +320,7 @@ class GenerationEngine:
         pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
         if pattern is None:
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
-        else:  # compiled once per pattern, in a thread: the sequence is held until then
+        else:  # compiled once per pattern, in a child process: the sequence is held until then
             index = self._indexes.get(pattern.key)
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
                                           index=index, hold=index is None)

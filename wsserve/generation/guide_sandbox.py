@@ -86,7 +86,7 @@ class CompileLimits:
         """The limits as a refusal states them."""
         parts = [f"{self.memory_bytes / (1 << 20):g} MiB of memory" if self.memory_bytes else "",
                  f"{self.cpu_s} s of CPU time" if self.cpu_s else "",
-                 f"{self.timeout_s:g} s" if self.timeout_s else ""]
+                 f"{self.timeout_s:g} s of wall-clock time" if self.timeout_s else ""]
         return ", ".join(p for p in parts if p) or "no limits"
 
 

@@ -770,7 +770,7 @@ class HttpApi:
                 counts = [len(ids) for ids in completion.prompt_ids] or [
                     entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
             elif (compiling := entry.worker.prepare(completion.params)) is not None:
-                # a guided_regex / guided_json compiled first (in a thread): a refusal is still a 400
+                # a guided_regex / guided_json compiled first (in a child process): a refusal is still a 400
                 call.compiling = compiling
                 compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
             else:
