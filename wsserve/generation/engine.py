@@ -202,9 +202,10 @@ class _Compiling:
     """A pattern being compiled: the sequences held for it, the futures of
     :meth:`GenerationEngine.prepare`, and the task compiling it."""
 
-    __slots__ = ("seqs", "waiters", "task")
+    __slots__ = ("key", "seqs", "waiters", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
         self.seqs: list[Sequence] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
@@ -356,7 +357,7 @@ class GenerationEngine:
         """The compilation of ``pattern`` in progress; started now if there is none."""
         pending = self._building.get(pattern.key)
         if pending is None:
-            pending = self._building[pattern.key] = _Compiling()
+            pending = self._building[pattern.key] = _Compiling(pattern.key)
             task = asyncio.get_running_loop().create_task(self._build(pattern, pending), name="wsserve-guide-compile")
             pending.task = task
             self._build_tasks.add(task)
@@ -368,10 +369,8 @@ class GenerationEngine:
         later request for the same pattern starts a new one."""
         if pending.wanted() or pending.task is None or pending.task.done():
             return
-        for key, value in self._building.items():
-            if value is pending:
-                del self._building[key]
-                break
+        if self._building.get(pending.key) is pending:
+            del self._building[pending.key]
         pending.task.cancel()
 
     async def _build(self, pattern: GuidePattern, pending: _Compiling) -> None:

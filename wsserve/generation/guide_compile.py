@@ -276,14 +276,28 @@ def load_result(data: bytes) -> GuideTables | str:
 
 def _set_limits(memory_bytes: int, cpu_s: int) -> None:
     """This process's address space and CPU time (0: unlimited), and no core files (SIGXCPU and
-    an aborted allocation would write one)."""
+    an aborted allocation would write one); on Linux, SIGKILL when the server dies (so a server
+    killed outright leaves no compile behind).  Where ``RLIMIT_AS`` cannot be set (macOS), the
+    data segment is limited instead."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if memory_bytes > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
     if cpu_s > 0:  # SIGXCPU at the soft limit, SIGKILL a second later
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    if sys.platform == "linux":
+        import ctypes
+        import os
+        import signal
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before that
+            os._exit(1)
 
 
 def main(argv: Sequence[str]) -> int:
