@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import json
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -257,23 +256,24 @@ class _Sink:
 
 
 async def test_the_index_is_built_off_the_loop_while_other_generations_go_on(monkeypatch) -> None:
-    """The build is held on a ``threading.Event``: while it waits, an unguided generation on the
-    same engine runs to its end; released, the guided one ends, and the pattern is kept (a second
-    request is queued at once, with no build)."""
-    started, release = threading.Event(), threading.Event()
+    """The compile (in its child process) is held on an ``asyncio.Event``: while it waits, an
+    unguided generation on the same engine runs to its end; released, the guided one ends, and
+    the pattern is kept (a second request is queued at once, with no build)."""
+    started, release = asyncio.Event(), asyncio.Event()
     builds = []
+    real = engine_module.compile_in_child
 
-    def held_build(pattern, vocabulary):
+    async def held_build(pattern, *args, **kwargs):
         builds.append(pattern)
         started.set()
-        release.wait(60)
-        return build_index(pattern, vocabulary)
+        await release.wait()
+        return await real(pattern, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "build_index", held_build)
+    monkeypatch.setattr(engine_module, "compile_in_child", held_build)
     engine = GenerationEngine(charlm())
     guided = _Sink()
     engine.submit(GenerationParams(prompt="The ", max_tokens=20, guided_regex=PATTERNS[1][0]), guided)
-    await asyncio.to_thread(started.wait, 60)
+    await started.wait()
     plain = _Sink()
     engine.submit(GenerationParams(prompt="The ", max_tokens=8), plain)
     assert await plain.done == "length" and not guided.done.done()  # the loop and the engine went on

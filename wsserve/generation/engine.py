@@ -31,11 +31,16 @@ sequences whose own row fails end with ``Internal``; the others get their token
 as from any step (``isolated_steps``, and the observer's optional
 ``on_isolated(model)``, count such steps).  A failed step of one sequence ends it.
 
-Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled
-(:func:`~.structured.build_index`) once per pattern, in a thread (``asyncio.to_thread``, not the
-step thread; at most two at once per engine), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes are kept
-in an LRU of ``max_guide_indexes``.  A caller that wants a refusal before it commits (the HTTP
-routes: a 400 before a stream starts) awaits :meth:`GenerationEngine.prepare` first.
+Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled once per pattern
+in a short-lived child process with hard memory and CPU limits and a timeout
+(:func:`~.guide_sandbox.compile_in_child`: a hostile pattern kills only its child; at most two
+at once per engine), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes
+are kept in an LRU of ``max_guide_indexes``, the refusals of patterns that cannot compile (not
+those that hit the wall-clock timeout) in an LRU of :data:`_MAX_GUIDE_REFUSALS`.  A compile no
+request waits for any more (every held sequence cancelled or ended, every :meth:`prepare` future
+cancelled) is cancelled, which kills its child; :meth:`close` kills those in flight.  A caller
+that wants a refusal before it commits (the HTTP routes: a 400 before a stream starts) awaits
+:meth:`GenerationEngine.prepare` first.
 
 Sinks.  ``submit(params, sink)`` streams into ``sink``, an object with::
 
@@ -57,10 +62,11 @@ best effort).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import operator
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
@@ -71,6 +77,12 @@ import numpy as np
 from ..errors import BadRequest, Internal, Overloaded, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
+from .guide_sandbox import (
+    CompileLimits,
+    PatternTooComplex,
+    compile_in_child,
+    vocabulary_payload,
+)
 from .logprobs import (
     MAX_SCORED_VALUES,
     PromptScore,
@@ -83,22 +95,20 @@ from .params import GenerationParams
 from .running import checked_prompt_ids
 from .sampling import apply_penalties, sample_rows
 from .scheduler import Batch, Scheduler, Sequence, TokenModel
-from .sequence import TokenEvents
-from .structured import (
-    GuidePattern,
-    IndexCache,
-    RegexIndex,
-    build_index,
-    outlines_vocabulary,
-)
+from .sequence import SeqState, TokenEvents
+from .structured import GuidePattern, IndexCache, RegexIndex
 
 __all__ = ["GenerationEngine", "StepObserver", "TokenSink", "run_step", "run_step_logprobs"]
 
 log = logging.getLogger(__name__)
 
 _LIST_ITERATOR = type(iter([]))
-#: Patterns an engine compiles at once (more wait their turn; generations go on meanwhile).
+#: Patterns an engine compiles at once, each in its own child process (more wait their turn;
+#: generations go on meanwhile).
 _MAX_CONCURRENT_BUILDS = 2
+#: Refusals of patterns that cannot be compiled an engine remembers (so a repeated hostile
+#: pattern is refused without a child), least recently used dropped first.
+_MAX_GUIDE_REFUSALS = 256
 
 
 class _TokenCalls:
@@ -189,13 +199,21 @@ def run_step_rows(model: TokenModel, batch: Batch
 
 
 class _Compiling:
-    """A pattern being compiled: the sequences held for it, and the futures of :meth:`GenerationEngine.prepare`."""
+    """A pattern being compiled: the sequences held for it, the futures of
+    :meth:`GenerationEngine.prepare`, and the task compiling it."""
 
-    __slots__ = ("seqs", "waiters")
+    __slots__ = ("key", "seqs", "waiters", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
         self.seqs: list[Sequence] = []
         self.waiters: list[asyncio.Future[None]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def wanted(self) -> bool:
+        """Whether a held sequence or a ``prepare`` future still waits for it."""
+        return any(seq.state is SeqState.COMPILING for seq in self.seqs) or any(
+            not f.done() for f in self.waiters)
 
 
 class GenerationEngine:
@@ -215,6 +233,7 @@ class GenerationEngine:
         max_generate_batch: int = 256,
         max_generate_queue: int | None = 4096,
         max_guide_indexes: int | None = 64,
+        guide_compile_limits: CompileLimits | None = None,
         # Compute
         inline_max_batch: int = 64,
         inline_max_flops: int | None = None,
@@ -226,7 +245,10 @@ class GenerationEngine:
         ``after_delivery`` after each step's tokens were handed to their sinks (the
         server writes the frames then, rather than one loop iteration later).
         ``max_guide_indexes``: how many compiled ``guided_regex`` / ``guided_json`` patterns
-        (:class:`~.structured.RegexIndex`) the engine keeps, least recently used dropped first."""
+        (:class:`~.structured.RegexIndex`) the engine keeps, least recently used dropped first.
+        ``guide_compile_limits``: the hard limits of each compiling child process (None:
+        :meth:`~.guide_sandbox.CompileLimits.from_env`, the documented defaults unless
+        ``$WSSERVE_GUIDE_COMPILE_*`` override them; raises ``ValueError`` for a bad one)."""
         if inline_max_batch < 0:
             raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
         self.model = model
@@ -265,9 +287,13 @@ class GenerationEngine:
         self._indexes = IndexCache(max_guide_indexes)
         self._building: dict[tuple[str, str], _Compiling] = {}
         self._build_tasks: set[asyncio.Task[None]] = set()
-        self._vocabulary: Any = None  # outlines-core's Vocabulary of the model, made at the first pattern
-        #: at most this many patterns compile at once (each holds a thread and a core meanwhile)
+        #: refusals of patterns that cannot compile (their messages after "field '...': "; another
+        #: request may name another field), so a repeated one costs no child
+        self._refusals: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._vocabulary: bytes | None = None  # the model's token texts as a compiling child reads them
+        #: at most this many patterns compile at once (each holds a child process and a core meanwhile)
         self._build_slots = asyncio.Semaphore(_MAX_CONCURRENT_BUILDS)
+        self._compile_limits = guide_compile_limits or CompileLimits.from_env()
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -295,7 +321,7 @@ class GenerationEngine:
         pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
         if pattern is None:
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
-        else:  # compiled once per pattern, in a thread: the sequence is held until then
+        else:  # compiled once per pattern, in a child process: the sequence is held until then
             index = self._indexes.get(pattern.key)
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
                                           index=index, hold=index is None)
@@ -317,42 +343,75 @@ class GenerationEngine:
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._compile(pattern).waiters.append(future)
+        pending = self._compile(pattern)
+        pending.waiters.append(future)
+        future.add_done_callback(functools.partial(self._waiter_done, pending))
         return future
+
+    def _waiter_done(self, pending: _Compiling, future: asyncio.Future[None]) -> None:
+        """A :meth:`prepare` future is done: if it was cancelled (the client left), maybe the compile is unwanted."""
+        if future.cancelled():
+            self._abandon_if_unwanted(pending)
 
     def _compile(self, pattern: GuidePattern) -> _Compiling:
         """The compilation of ``pattern`` in progress; started now if there is none."""
         pending = self._building.get(pattern.key)
         if pending is None:
-            pending = self._building[pattern.key] = _Compiling()
-            task = asyncio.get_running_loop().create_task(self._build(pattern), name="wsserve-guide-compile")
+            pending = self._building[pattern.key] = _Compiling(pattern.key)
+            task = asyncio.get_running_loop().create_task(self._build(pattern, pending), name="wsserve-guide-compile")
+            pending.task = task
             self._build_tasks.add(task)
             task.add_done_callback(self._build_tasks.discard)
         return pending
 
-    async def _build(self, pattern: GuidePattern) -> None:
-        """Compile ``pattern`` in a thread (:func:`asyncio.to_thread`, not the engine's step
-        thread: steps go on meanwhile), keep it, and queue the sequences held for it; if it cannot
-        be compiled, they end with its ``BadRequest`` (naming the field)."""
+    def _abandon_if_unwanted(self, pending: _Compiling) -> None:
+        """Cancel ``pending``'s compile (killing its child) when nothing waits for it any more; a
+        later request for the same pattern starts a new one."""
+        if pending.wanted() or pending.task is None or pending.task.done():
+            return
+        if self._building.get(pending.key) is pending:
+            del self._building[pending.key]
+        pending.task.cancel()
+
+    async def _build(self, pattern: GuidePattern, pending: _Compiling) -> None:
+        """Compile ``pattern`` in a child process (:func:`~.guide_sandbox.compile_in_child`:
+        steps go on meanwhile), keep it, and queue the sequences held for it; if it cannot be
+        compiled, they end with its ``BadRequest`` (naming the field), remembered unless the
+        child only timed out."""
         error: WsserveError | None = None
         index: RegexIndex | None = None
+        key = pattern.key
         try:
-            async with self._build_slots:
-                if self._vocabulary is None:
-                    self._vocabulary = await asyncio.to_thread(outlines_vocabulary, self.model.id_to_text)
-                index = await asyncio.to_thread(build_index, pattern, self._vocabulary)
+            refused = self._refusals.get(key)
+            if refused is not None:
+                self._refusals.move_to_end(key)
+                error = pattern.refusal(f"field {pattern.name!r}: {refused}")  # (this request's field)
+            else:
+                async with self._build_slots:
+                    if self._vocabulary is None:
+                        self._vocabulary = await asyncio.to_thread(vocabulary_payload, self.model.id_to_text)
+                    index = await compile_in_child(pattern, self._vocabulary, len(self.model.id_to_text),
+                                                   limits=self._compile_limits)
+        except BadRequest as exc:  # refused (by the library, a bound, or the child's limits)
+            error = exc
+            if not (isinstance(exc, PatternTooComplex) and exc.timed_out):
+                self._refusals[key] = exc.message.removeprefix(f"field {pattern.name!r}: ")
+                while len(self._refusals) > _MAX_GUIDE_REFUSALS:
+                    self._refusals.popitem(last=False)
         except WsserveError as exc:
             error = exc
-        except asyncio.CancelledError:  # close(): the held sequences end with ShuttingDown there
-            pending = self._building.pop(pattern.key, None)
-            for future in pending.waiters if pending is not None else ():
+        except asyncio.CancelledError:  # close() (the held sequences end with ShuttingDown there), or unwanted
+            if self._building.get(key) is pending:
+                del self._building[key]
+            for future in pending.waiters:
                 if not future.done():
                     future.set_exception(ShuttingDown("server is shutting down"))
             raise
-        except Exception as exc:  # noqa: BLE001 - outlines-core failing: this pattern's requests only
+        except Exception as exc:  # noqa: BLE001 - the compile failing: this pattern's requests only
             log.error("compiling a %s pattern for model %s failed", pattern.kind, self.name, exc_info=exc)
             error = Internal(f"compiling {pattern.name!r} failed: {type(exc).__name__}: {exc}")
-        pending = self._building.pop(pattern.key, None) or _Compiling()
+        if self._building.get(key) is pending:
+            del self._building[key]
         now = time.monotonic()
         if index is None:
             self._sched.fail_requests(pending.seqs, error or Internal("no index"), now)
@@ -417,7 +476,13 @@ class GenerationEngine:
         """
         if handle.owner is None:
             return
+        held = handle.state is SeqState.COMPILING
         self._sched.finish_requests((handle,), time.monotonic())  # no-op if it just finished
+        if held:  # the last request waiting for its pattern: stop compiling it
+            pattern = GuidePattern.of(handle.params)
+            pending = self._building.get(pattern.key) if pattern is not None else None
+            if pending is not None:
+                self._abandon_if_unwanted(pending)
         self._deliver()  # its terminal callback (whatever the reason) happens now
 
     def statistics(self) -> WorkerStatistics:
@@ -447,8 +512,10 @@ class GenerationEngine:
     async def _close(self) -> None:
         self._closed = True
         self._wakeup.set()
-        for task in list(self._build_tasks):
+        builds = list(self._build_tasks)
+        for task in builds:
             task.cancel()
+        await asyncio.gather(*builds, return_exceptions=True)  # their children killed and reaped
         if self._task is not None:
             await self._task  # finishes the step in progress and delivers its events
         self._sched.abort_all(ShuttingDown("server is shutting down"), time.monotonic())

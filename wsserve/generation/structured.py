@@ -6,7 +6,9 @@ match a regular expression, sans-I/O, on `outlines-core <https://pypi.org/projec
   and the wire field it came from (named in refusals).  The cache key.
 - :func:`build_index` - the pattern compiled against a model's token texts into a
   :class:`RegexIndex`: outlines-core's token-level DFA, with the states from which no match can
-  be reached pruned.  Costly (milliseconds to seconds): the engine runs it in a thread.
+  be reached pruned (:mod:`.guide_compile`).  Costly, unboundedly so for a hostile pattern: the
+  engine compiles in a child process with hard limits (:mod:`.guide_sandbox`) and makes the index
+  with :meth:`RegexIndex.from_tables`, which checks what the child sent.
 - :class:`RegexGuide` - one sequence's DFA state: :meth:`~RegexGuide.allowed` ids for its
   next token, :meth:`~RegexGuide.advance` after each token.
 - :class:`IndexCache` - a bounded LRU of built indexes (one per engine, so per model).
@@ -31,24 +33,27 @@ then a prefix of a match).  Nothing here reads a clock or awaits.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import BadRequest
+from .guide_compile import (
+    END_MARK,
+    MAX_GUIDE_TRANSITIONS,
+    MAX_PATTERN_SIZE,
+    GuideTables,
+    PatternRefused,
+    compile_tables,
+    outlines_vocabulary,
+    pattern_size,
+)
 
-__all__ = ["CONTINUE", "END_AFTER", "END_BEFORE", "MAX_GUIDE_TRANSITIONS", "MAX_PATTERN_SIZE", "GuidePattern", "IndexCache",
-           "END_MARK", "RegexGuide", "RegexIndex", "build_index", "outlines_vocabulary"]
-
-#: A built index holds at most this many (state, token) transitions; a larger one is refused.
-MAX_GUIDE_TRANSITIONS = 1_000_000
-#: A pattern whose counted repetitions would spell out more than this many atoms (nested counts
-#: multiply: ``(a{100}){100}`` is 10,000) is refused before outlines-core sees it: its automaton
-#: grows with that size, and nothing bounds its memory once the build starts.
-MAX_PATTERN_SIZE = 50_000
+__all__ = ["CONTINUE", "END_AFTER", "END_BEFORE", "MAX_GUIDE_TRANSITIONS", "MAX_PATTERN_SIZE", "GuidePattern",
+           "IndexCache", "END_MARK", "RegexGuide", "RegexIndex", "build_index", "outlines_vocabulary",
+           "pattern_size"]
 
 #: :meth:`RegexGuide.advance` outcomes: go on; end (``stop``) after this token; end (``stop``)
 #: instead of this token (it is not generated).
@@ -81,46 +86,63 @@ class GuidePattern:
     def name(self) -> str:
         return self.field or ("guided_regex" if self.kind == "regex" else "guided_json")
 
-
-#: The end marker: the pattern is compiled as ``(?:pattern)`` followed by this character, and the
-#: vocabulary has one more token, this character (id ``V + 1``, never sampled), so a state is final
-#: when that token leads to outlines-core's final state.  (outlines-core drops the transitions
-#: from a state that already matches to one that does not, e.g. the "b" of ``a(bc)?`` after "a";
-#: with the marker no state within the pattern matches, so every transition is kept.)
-END_MARK = "\U0010FFFF"
-_END_MARK_RE = r"\x{10FFFF}"
-
-
-def outlines_vocabulary(id_to_text: Sequence[str]) -> Any:
-    """outlines-core's ``Vocabulary`` of a model's token texts (empty ones, and any holding
-    :data:`END_MARK`, left out: never allowed), with its end-of-sequence id ``V =
-    len(id_to_text)`` and :data:`END_MARK` as token ``V + 1``: both outside the model's ids, so
-    never sampled (wsserve's models have no end-of-sequence token)."""
-    from outlines_core import Vocabulary
-
-    by_text: dict[str, list[int]] = {}
-    for i, text in enumerate(id_to_text):
-        if text and END_MARK not in text:
-            by_text.setdefault(text, []).append(i)
-    by_text[END_MARK] = [len(id_to_text) + 1]
-    return Vocabulary(len(id_to_text), by_text)
+    def refusal(self, message: str) -> BadRequest:
+        """A ``BadRequest`` with ``message`` whose ``param`` attribute is the field's name (OpenAI's
+        error envelope shows it)."""
+        exc = BadRequest(message)
+        exc.param = self.name  # type: ignore[attr-defined]
+        return exc
 
 
 class RegexIndex:
     """A pattern compiled against a vocabulary: per live state (one from which the text can still
     become a match), the ids that lead to a live state and where each leads; which states match.
-    Immutable after :func:`build_index`; shared by every sequence that uses the pattern."""
+    Immutable once made (:meth:`from_tables`); shared by every sequence that uses the pattern."""
 
     __slots__ = ("initial", "finals", "_allowed", "_next", "transitions")
 
-    def __init__(self, initial: int, finals: frozenset[int], nexts: dict[int, dict[int, int]]) -> None:
-        self.initial = initial
-        self.finals = finals
+    @classmethod
+    def from_tables(cls, tables: GuideTables, vocab_size: int, *,
+                    max_transitions: int = MAX_GUIDE_TRANSITIONS) -> RegexIndex:
+        """The index of ``tables`` (:func:`~.guide_compile.compile_tables`, maybe from a child
+        process), checked first: raises ``ValueError`` unless the arrays have the documented
+        dtypes and shapes, at most ``max_transitions`` transitions, ids in ``[0, vocab_size)``
+        ascending per state, targets and ``initial`` among the states, and an allowed id at every
+        state that does not match (and at the initial state)."""
+        final, offsets, tokens, targets = tables.final, tables.offsets, tables.tokens, tables.targets
+        if not all(type(a) is np.ndarray for a in (final, offsets, tokens, targets)):
+            raise ValueError("the tables are not arrays")
+        if final.dtype != np.bool_ or any(a.dtype != np.int64 for a in (offsets, tokens, targets)):
+            raise ValueError("the tables' dtypes are wrong")
+        s, t = final.shape[0] if final.ndim == 1 else -1, tokens.shape[0] if tokens.ndim == 1 else -1
+        if s < 1 or offsets.shape != (s + 1,) or t < 0 or targets.shape != (t,) or t > max_transitions:
+            raise ValueError("the tables' shapes are wrong")
+        counts = np.diff(offsets)
+        if offsets[0] != 0 or offsets[-1] != t or (counts < 0).any():
+            raise ValueError("the offsets are not a partition of the transitions")
+        if t and (tokens.min() < 0 or tokens.max() >= vocab_size or targets.min() < 0 or targets.max() >= s):
+            raise ValueError("a token id or a target state is out of range")
+        ascending = np.diff(tokens) > 0
+        ascending[offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < t)] - 1] = True  # state boundaries
+        if not ascending.all():
+            raise ValueError("a state's token ids are not strictly ascending")
+        if type(tables.initial) is not int or not 0 <= tables.initial < s or counts[tables.initial] == 0:
+            raise ValueError("the initial state is out of range or admits no token")
+        if (counts[~final] == 0).any():
+            raise ValueError("a state that does not match admits no token")
+        self = cls.__new__(cls)
+        bounds = tables.offsets.tolist()
+        token_list, target_list = tables.tokens.tolist(), tables.targets.tolist()
+        self.initial = tables.initial
+        self.finals = frozenset(np.flatnonzero(tables.final).tolist())
         #: state -> {token id: next state}, live states and live targets only
-        self._next = nexts
+        self._next = {s: dict(zip(token_list[a:b], target_list[a:b])) for s, (a, b) in
+                      enumerate(zip(bounds, bounds[1:]))}
         #: state -> its allowed ids (ascending int64), or None at a final state no token extends
-        self._allowed = {s: (np.array(sorted(t), np.int64) if t else None) for s, t in nexts.items()}
-        self.transitions = sum(len(t) for t in nexts.values())
+        self._allowed = {s: (tables.tokens[a:b] if b > a else None) for s, (a, b) in
+                         enumerate(zip(bounds, bounds[1:]))}
+        self.transitions = len(token_list)
+        return self
 
     def allowed(self, state: int) -> np.ndarray | None:
         """``[A]`` ids (ascending, A >= 1) that may follow ``state``; None when none may (a final state)."""
@@ -133,141 +155,16 @@ class RegexIndex:
 
 def build_index(pattern: GuidePattern, vocabulary: Any, *, max_transitions: int = MAX_GUIDE_TRANSITIONS
                 ) -> RegexIndex:
-    """Compile ``pattern`` (a JSON Schema through outlines-core's ``build_regex_from_schema``)
-    against ``vocabulary`` (:func:`outlines_vocabulary`).  Raises
-    :class:`~wsserve.errors.BadRequest` naming the pattern's field when outlines-core refuses it
-    (its message quoted), when the index would hold more than ``max_transitions`` transitions,
-    or when no token can begin a match (nor is the empty text one that a token extends); the
+    """Compile ``pattern`` against ``vocabulary`` (:func:`outlines_vocabulary`) in this process
+    (:func:`~.guide_compile.compile_tables`: unbounded time and memory on a hostile pattern; the
+    server compiles in a child process instead, :mod:`.guide_sandbox`).  Raises
+    :class:`~wsserve.errors.BadRequest` naming the pattern's field when it is refused; the
     error's ``param`` attribute is the field's name."""
-
     try:
-        return _build(pattern, vocabulary, max_transitions)
-    except BadRequest as exc:
-        exc.param = pattern.name  # type: ignore[attr-defined]  # the field (OpenAI's error envelope shows it)
-        raise
-
-
-def _build(pattern: GuidePattern, vocabulary: Any, max_transitions: int) -> RegexIndex:
-    from outlines_core import Index
-    from outlines_core.json_schema import build_regex_from_schema
-
-    name = pattern.name
-    regex = pattern.text
-    if pattern.kind == "json":
-        try:
-            regex = build_regex_from_schema(pattern.text)
-        except (ValueError, TypeError) as exc:
-            raise BadRequest(f"field {name!r}: outlines-core cannot use this JSON Schema: {exc}") from None
-    size = pattern_size(regex)
-    if size > MAX_PATTERN_SIZE:
-        raise BadRequest(f"field {name!r}: the pattern's counted repetitions spell out about {size} atoms; at most "
-                         f"{MAX_PATTERN_SIZE} (smaller {{n,m}} counts)")
-    wrapped = f"(?:{regex}){_END_MARK_RE}"
-    try:
-        index = Index(wrapped, vocabulary)
-    except (ValueError, TypeError) as exc:
-        message = str(exc).replace(wrapped, regex)
-        raise BadRequest(f"field {name!r}: outlines-core cannot use this pattern: {_short(message)}") from None
-    v = vocabulary.get_eos_token_id()  # the model's ids are below it; v + 1 is END_MARK
-    raw: dict[int, dict[int, int]] = index.get_transitions()
-    total = sum(len(t) for t in raw.values())
-    if total > max_transitions:
-        raise BadRequest(f"field {name!r}: the pattern compiles to {total} token transitions against this model's "
-                         f"vocabulary; at most {max_transitions} (a simpler pattern)")
-    accepted = frozenset(index.get_final_states())
-    finals = frozenset(s for s, row in raw.items() if row.get(v + 1) in accepted)
-    edges = {s: {t: n for t, n in row.items() if t < v} for s, row in raw.items()}
-    live = _live_states(edges, finals)
-    initial = index.get_initial_state()
-    nexts = {s: {t: n for t, n in edges[s].items() if n in live} for s in live}
-    if initial not in live or not nexts[initial]:
-        raise BadRequest(f"field {name!r}: no text the model's tokens can write matches this pattern "
-                         "(it admits no token at the start)")
-    return RegexIndex(initial, finals, nexts)
-
-
-def pattern_size(regex: str) -> int:
-    """An upper estimate of the atoms ``regex`` spells out once its counted repetitions are
-    unrolled: each atom (a character, an escape, a class ``[...]``) is 1, a group the sum of its
-    branches' sizes, ``x{n}`` / ``x{n,m}`` / ``x{n,}`` multiply ``x`` by ``max(n, m)`` (``n + 1``).
-    A cheap scan of the text (no parse); malformed patterns are outlines-core's to refuse."""
-    stack: list[tuple[int, int]] = []  # per open group: (size before it, size of its earlier branches)
-    total = 0  # the current group's size so far
-    last = 0  # the size of the last atom or group (what a count multiplies)
-    i, n = 0, len(regex)
-    while i < n:
-        c = regex[i]
-        if c == "\\":
-            i += 2
-            if regex[i - 1:i] in ("x", "p", "P", "u") and regex[i:i + 1] == "{":
-                i = regex.find("}", i) + 1 or n
-            last = 1
-            total += 1
-            continue
-        if c == "[":
-            j = i + 1
-            if regex[j:j + 1] == "^":
-                j += 1
-            if regex[j:j + 1] == "]":
-                j += 1
-            while j < n and regex[j] != "]":
-                j += 2 if regex[j] == "\\" else 1
-            i = j + 1
-            last = 1
-            total += 1
-            continue
-        if c == "(":
-            stack.append((total, 0))
-            total = 0
-        elif c == "|" and stack:  # (at the top level the branches simply add up)
-            before, branches = stack[-1]
-            stack[-1] = (before, branches + total)
-            total = 0
-        elif c == ")" and stack:
-            before, branches = stack.pop()
-            last = branches + total
-            total = before + last
-        elif c == "{":
-            j = regex.find("}", i)
-            counts = regex[i + 1:j].split(",") if j > 0 else []
-            if counts and all(x.strip().isdigit() or x.strip() == "" for x in counts) and counts[0].strip():
-                low = int(counts[0])
-                high = int(counts[1]) if len(counts) > 1 and counts[1].strip() else low + (len(counts) > 1)
-                factor = max(low, high, 1)
-                total += last * (factor - 1)
-                last *= factor
-                i = j + 1
-                continue
-            last = 1
-            total += 1
-        elif c not in "*+?)|":
-            last = 1
-            total += 1
-        i += 1
-    while stack:
-        before, branches = stack.pop()
-        total = before + branches + total
-    return total
-
-
-def _live_states(raw: dict[int, dict[int, int]], finals: frozenset[int]) -> set[int]:
-    """The states from which a final state can be reached (a reverse walk from the finals)."""
-    back: dict[int, list[int]] = {}
-    for s, row in raw.items():
-        for n in row.values():
-            back.setdefault(n, []).append(s)
-    live = set(finals)
-    todo = deque(finals)
-    while todo:
-        for s in back.get(todo.popleft(), ()):
-            if s not in live:
-                live.add(s)
-                todo.append(s)
-    return live
-
-
-def _short(message: str, limit: int = 300) -> str:
-    return message if len(message) <= limit else message[:limit] + "..."
+        tables = compile_tables(pattern.kind, pattern.text, pattern.name, vocabulary, max_transitions)
+    except PatternRefused as exc:
+        raise pattern.refusal(str(exc)) from None
+    return RegexIndex.from_tables(tables, vocabulary.get_eos_token_id(), max_transitions=max_transitions)
 
 
 class RegexGuide:

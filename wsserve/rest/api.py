@@ -775,8 +775,8 @@ class HttpApi:
                 counts = [len(ids) for ids in completion.prompt_ids] or [
                     entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
             elif (compiling := entry.worker.prepare(completion.params)) is not None:
-                # a guided_regex / guided_json compiled first (in a thread): a refusal is still a 400
-                call.compiling = True
+                # a guided_regex / guided_json compiled first (in a child process): a refusal is still a 400
+                call.compiling = compiling
                 compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
             else:
                 self._submit(call, completion, session)
@@ -796,7 +796,7 @@ class HttpApi:
                 scoring.add_done_callback(functools.partial(self._scored, call, completion, session))
         elif counts is not None:
             call.answer_prompts(counts)
-        elif completion.stream and not call.compiling:
+        elif completion.stream and call.compiling is None:
             call.start_stream()
         return None
 
@@ -813,7 +813,7 @@ class HttpApi:
                   compiled: Any) -> None:
         """A guided pattern is compiled (:meth:`~wsserve.generation.GenerationEngine.prepare`):
         queue ``call``'s generation and start its stream, or answer the refusal."""
-        call.compiling = False
+        call.compiling = None
         if call.finished or compiled.cancelled():
             return
         try:

@@ -370,8 +370,9 @@ class CompletionCall(Call):
         self.echo_logged: list[list[tuple[str, TokenLogprobs | None]] | None] = [None] * len(self.prompts)
         #: the futures of the prompts' records while they are computed (``echo`` with ``logprobs``)
         self.scoring: list[Any] = []
-        #: its guided pattern is being compiled: queued (and the stream started) once it is
-        self.compiling = False
+        #: its guided pattern is being compiled (the engine's ``prepare`` future, cancelled if the
+        #: client leaves): queued (and the stream started) once it is
+        self.compiling: Any = None
         #: the 200 and the stream's first events are out
         self.streaming = False
         n = completion.n
@@ -445,6 +446,8 @@ class CompletionCall(Call):
             self.exchange.send(start)
 
     def _stop_work(self) -> None:
+        if self.compiling is not None:  # the last request waiting for it kills its compiling child
+            self.compiling.cancel()
         for scoring in self.scoring:
             scoring.cancel()
         for choice in self.choices:

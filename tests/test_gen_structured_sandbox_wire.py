@@ -1,0 +1,130 @@
+"""A hostile structured-outputs pattern on a real server: refused (``bad_request`` / HTTP 400
+naming the field, "too complex to compile within the limits") while a concurrent generation on
+the same server completes, with the server's RSS unmoved (the explosion happened in a child);
+a request that leaves while its pattern compiles (a WebSocket ``cancel``, an HTTP client that
+hangs up) kills the compiling child.  The children's limits are lowered through
+``$WSSERVE_GUIDE_COMPILE_*`` so the refusals come fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    Conn,
+    RawHttp,
+    ServerProcess,
+    proc_status,
+    request_bytes,
+    wait_until,
+    wait_until_async,
+)
+from tests.test_gen_wire import GEN, generate, text_of
+
+openai = pytest.importorskip("openai")  # the test extra installs it
+pytest.importorskip("outlines_core")  # the structured extra
+
+#: A DFA of 2**21 states (seconds and gigabytes in outlines-core).
+HOSTILE = r"(a|b)*a(a|b){20}"
+#: 2**25 states: its child lives far longer than any test waits, unless killed.
+ENDLESS = r"(a|b)*a(a|b){24}"
+#: A JSON Schema that unrolls to HOSTILE.
+HOSTILE_SCHEMA = {"type": "string", "pattern": HOSTILE}
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def low(model_cache: Path, module_transport: str):
+    """A server whose compiling children die at 256 MiB."""
+    with ServerProcess(cache_dir=model_cache, transport=module_transport,
+                       env={"WSSERVE_GUIDE_COMPILE_MEMORY_BYTES": str(256 * MIB)}) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def high(model_cache: Path, module_transport: str):
+    """A server whose compiling children may take 4 GiB and five minutes of CPU."""
+    with ServerProcess(cache_dir=model_cache, transport=module_transport,
+                       env={"WSSERVE_GUIDE_COMPILE_MEMORY_BYTES": str(4096 * MIB),
+                            "WSSERVE_GUIDE_COMPILE_CPU_S": "300", "WSSERVE_GUIDE_COMPILE_TIMEOUT_S": "600"}) as proc:
+        yield proc
+
+
+def _compilers(pid: int) -> set[int]:
+    """The server's children that are compiling a pattern."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"guide_compile.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(int(child))
+            except OSError:  # gone meanwhile
+                pass
+    return found
+
+
+def _rss(server: ServerProcess) -> int:
+    return proc_status(server.proc.pid, "VmRSS")["VmRSS"] * 1024
+
+
+async def test_websocket_hostile_regex_is_refused_while_a_generation_completes(low: ServerProcess) -> None:
+    conn = await Conn.open(low.url)
+    before = _rss(low)
+    await conn.send({**GEN, "id": "hostile", "prompt": "a", "max_tokens": 8, "guided_regex": HOSTILE})
+    await conn.send({**GEN, "id": "plain", "prompt": "The ", "max_tokens": 12})
+    frames = await conn.collect({"hostile", "plain"}, timeout=120)
+    error = frames["hostile"][-1]
+    assert error["type"] == "error" and error["code"] == "bad_request", error
+    assert error["message"].startswith("field 'guided_regex': the pattern is too complex to compile within the "
+                                       "limits (256 MiB of memory"), error
+    text, done = text_of(frames["plain"])
+    assert done["type"] == "done" and done["reason"] == "length" and len(text) == 12
+    assert _rss(low) - before < 64 * MIB  # (outlines-core's build alone takes hundreds)
+    again, done = await generate(conn, "again", prompt="x", max_tokens=4, guided_regex="[0-9]{3}")
+    assert done["reason"] == "stop" and again.isdigit() and len(again) == 3  # patterns still compile
+    await conn.close()
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"extra_body": {"guided_regex": HOSTILE}}, "guided_regex"),
+    ({"extra_body": {"guided_json": HOSTILE_SCHEMA}}, "guided_json"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": HOSTILE_SCHEMA}}},
+     "response_format"),
+])
+def test_openai_hostile_pattern_is_a_400_naming_the_field(low: ServerProcess, fields: dict, param: str) -> None:
+    client = openai.OpenAI(base_url=low.http + "/v1", api_key="unused", max_retries=0, timeout=120)
+    before = _rss(low)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="charlm", messages=[{"role": "user", "content": "a"}], max_tokens=5,
+                                       **fields)
+    body = info.value.body
+    assert info.value.status_code == 400 and body["param"] == param and body["code"] == "bad_request", body
+    assert body["message"].startswith(f"field {param!r}: the pattern is too complex to compile within the limits")
+    assert _rss(low) - before < 64 * MIB
+    r = client.completions.create(model="charlm", prompt="The ", max_tokens=6)  # the server goes on
+    assert r.choices[0].finish_reason == "length"
+    client.close()
+
+
+async def test_websocket_cancel_kills_the_compiling_child(high: ServerProcess) -> None:
+    pid = high.proc.pid
+    conn = await Conn.open(high.url)
+    await conn.send({**GEN, "id": "h", "prompt": "a", "max_tokens": 8, "guided_regex": ENDLESS})
+    await wait_until_async(lambda: _compilers(pid), 60, what="a compiling child", in_thread=True)
+    await conn.send({"type": "cancel", "id": "h"})
+    _, done = await conn.until_terminal("h")
+    assert done["type"] == "done" and done["reason"] == "cancelled", done
+    await wait_until_async(lambda: not _compilers(pid), 60, what="no compiling child left", in_thread=True)
+    await conn.close()
+
+
+def test_an_http_client_that_hangs_up_kills_the_compiling_child(high: ServerProcess) -> None:
+    pid = high.proc.pid
+    raw = RawHttp(high.port)
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": 8, "guided_regex": ENDLESS}).encode()
+    raw.send(request_bytes("POST", "/v1/completions", body, {"Content-Type": "application/json"}))
+    wait_until(lambda: _compilers(pid), 60, what="a compiling child")
+    raw.sock.close()
+    wait_until(lambda: not _compilers(pid), 60, what="no compiling child left")
