@@ -278,9 +278,15 @@ def _set_limits(memory_bytes: int, cpu_s: int) -> None:
     """This process's address space and CPU time (0: unlimited), and no core files (SIGXCPU and
     an aborted allocation would write one); on Linux, SIGKILL when the server dies (so a server
     killed outright leaves no compile behind).  Where ``RLIMIT_AS`` cannot be set (macOS), the
-    data segment is limited instead."""
+    data segment is limited instead.  The child also runs at a lower CPU priority (nice 10):
+    on a machine whose cores the server uses, a costly compile takes what the server leaves."""
+    import os
     import resource
 
+    try:
+        os.nice(10)
+    except OSError:  # not allowed here: the limits still bound it
+        pass
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if memory_bytes > 0:
         try:
@@ -291,7 +297,6 @@ def _set_limits(memory_bytes: int, cpu_s: int) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
     if sys.platform == "linux":
         import ctypes
-        import os
         import signal
 
         parent = os.getppid()
