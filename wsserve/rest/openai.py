@@ -367,8 +367,10 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             **guided,
         )
     except BadRequest as exc:  # GenerationParams names the field as 'field ...'
-        named = (guided.get("guided_field") or "", "guided_choice", "guided_regex", "guided_json", "top_k", *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
-        field = next((f for f in named if f"'{f}'" in exc.message), None)
+        named = (guided.get("guided_field") or "", "guided_choice", "guided_regex", "guided_json", "top_k",
+                 *SAMPLING_FIELDS, "logit_bias", *STOP_FIELDS, "stop", "prompt", "logprobs")
+        # (not the empty name: every message quoting an empty value, "got ''", would match it)
+        field = next((f for f in named if f and f"'{f}'" in exc.message), None)
         raise ParamError(field or "", exc.message) from None
     return Completion(model=model, params=params, stream=stream, include_usage=include_usage, messages=messages)
 
