@@ -116,6 +116,15 @@ def test_required_tool_choice_answers_calls_of_the_tools(openai_client, stream: 
     assert "tool_calls" in reasons and seen
 
 
+def test_required_without_parallel_calls_makes_exactly_one(openai_client) -> None:
+    for seed in range(4):
+        r = openai_client.chat.completions.create(model="charlm", messages=ASK, tools=TOOLS, tool_choice="required",
+                                                  parallel_tool_calls=False, max_tokens=200, seed=seed,
+                                                  temperature=1.0)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1, choice
+
+
 def test_a_conversation_with_a_tool_call_and_its_result_is_taken(openai_client) -> None:
     first = openai_client.chat.completions.create(model="charlm", messages=ASK, tools=TOOLS, tool_choice=NAMED,
                                                   max_tokens=60, temperature=0)
