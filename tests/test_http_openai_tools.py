@@ -84,19 +84,22 @@ def test_required_tool_choice_answers_calls_of_the_tools(openai_client, stream: 
     seen, reasons = set(), set()
     for seed in range(4):
         kw: dict[str, Any] = {"model": "charlm", "messages": ASK, "tools": TOOLS, "tool_choice": "required",
-                              "max_tokens": 200, "seed": seed, "temperature": 1.0, "n": 2}
+                              "max_tokens": 200, "seed": seed, "temperature": 1.0, "n": 2, "logprobs": True}
         whole = openai_client.chat.completions.create(**kw)
         if stream:
             calls: dict[int, dict[int, Any]] = {}
             ends: dict[int, str] = {}
+            logged = [0, 0]  # every token's logprobs come, in a chunk of their own while no call is complete
             for chunk in openai_client.chat.completions.create(stream=True, **kw):
                 for c in chunk.choices:
+                    logged[c.index] += len(c.logprobs.content) if c.logprobs else 0
                     for d in c.delta.tool_calls or ():
                         calls.setdefault(c.index, {})[d.index] = d
                     if c.finish_reason:
                         ends[c.index] = c.finish_reason
             got = [([(d.function.name, d.function.arguments) for _, d in sorted(calls.get(i, {}).items())], ends[i])
                    for i in range(2)]
+            assert logged == [len(c.logprobs.content) for c in whole.choices]
         else:
             got = [([(t.function.name, t.function.arguments) for t in c.message.tool_calls or ()], c.finish_reason)
                    for c in whole.choices]

@@ -30,6 +30,9 @@ def test_named_and_required_schemas_are_vllms() -> None:
                               "parameters": {"type": "object", "properties": {}}}, "required": ["name", "parameters"]}
     assert json.loads(required.schema) == {"type": "array", "minItems": 1,
                                            "items": {"type": "object", "anyOf": [item, nothing]}}
+    untyped = parse_tool_choice({"tools": [{"function": {"name": "w", "parameters": P}}],  # vLLM's default type
+                                 "tool_choice": {"function": {"name": "w"}}})
+    assert untyped == named
     one = parse_tool_choice({"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False})
     assert one is not None and json.loads(one.schema)["maxItems"] == 1
 

@@ -5,7 +5,7 @@ guided decoding (vLLM's "named function calling" and ``tool_choice: "required"``
   call they ask for as a :class:`ToolChoice` (None: the tools play no part in decoding):
 
   - ``tools``: 1 to :data:`MAX_TOOLS` of ``{"type": "function", "function": {"name",
-    "description"?, "parameters"?, "strict"?}}``; a ``name`` is 1 to 64 letters, digits, ``_``
+    "description"?, "parameters"?, "strict"?}}`` (``type`` may be left out, as vLLM takes it); a ``name`` is 1 to 64 letters, digits, ``_``
     and ``-`` (OpenAI's rule), each once; ``parameters`` a JSON Schema object whose JSON text
     holds at most :data:`~wsserve.protocol.MAX_GUIDED_PATTERN_CHARS` characters (absent:
     ``{"type": "object", "properties": {}}``, no arguments, as vLLM).  Descriptions are taken
@@ -97,7 +97,7 @@ def parse_tool_choice(obj: dict[str, Any]) -> ToolChoice | None:
                                         f"{_NAMED_FORM}, got {shown(choice, 60)}")
     function = choice.get("function")
     name = function.get("name") if type(function) is dict else None
-    if choice.get("type") != "function" or type(name) is not str:
+    if choice.get("type", "function") != "function" or type(name) is not str:  # type: vLLM's default
         raise ParamError("tool_choice", f"a named 'tool_choice' must be {_NAMED_FORM}, got {shown(choice, 80)}")
     if name not in tools:
         raise ParamError("tool_choice", f"'tool_choice' names function {shown(name, 70)}, which is not one of "
@@ -125,7 +125,8 @@ def _tools(value: Any) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for i, tool in enumerate(value):
         where = f"tools[{i}]"
-        if type(tool) is not dict or tool.get("type") != "function" or type(tool.get("function")) is not dict:
+        if type(tool) is not dict or tool.get("type", "function") != "function" \
+                or type(tool.get("function")) is not dict:  # type: "function" when absent, as vLLM
             raise ParamError("tools", f"'{where}' must be {{\"type\": \"function\", \"function\": {{\"name\", "
                                       f"\"description\", \"parameters\"}}}}, got {shown(tool, 80)}")
         function = tool["function"]
