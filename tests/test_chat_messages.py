@@ -55,3 +55,50 @@ def test_a_long_role_is_cut_in_the_message() -> None:
     with pytest.raises(BadRequest) as info:
         parse_messages([{"role": "x" * 10_000, "content": ""}])
     assert len(info.value.message) < 200
+
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"unit": "c"}'}}
+
+
+def test_tool_calls_and_results_are_taken_with_tools_as_text() -> None:
+    got = parse_messages([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL, {**CALL, "id": "c2", "function": {
+            "name": "now", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "21 degrees"},
+        {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "noon"}]},
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [{**CALL, "id": "c3"}]},
+    ], tools=True)
+    assert got == (ChatMessage("user", "weather?"), ChatMessage("assistant", '{"unit": "c"}\n{}'),
+                   ChatMessage("tool", "21 degrees"), ChatMessage("tool", "noon"),
+                   ChatMessage("assistant", 'Let me check.\n{"unit": "c"}'))
+
+
+@pytest.mark.parametrize("value,message", [
+    ([{"role": "tool", "tool_call_id": "c1", "content": "1"}],
+     "'messages[0].tool_call_id' must name a tool call of an earlier assistant message"),
+    ([{"role": "assistant", "content": "", "tool_calls": [CALL]}, {"role": "tool", "content": "1"}],
+     "'messages[1].tool_call_id' must name a tool call of an earlier assistant message (a tool message answers one), "
+     "got None"),
+    ([{"role": "assistant", "content": "", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c1"}],
+     "'messages[1].content' must be a string or an array of text parts, got null"),
+    ([{"role": "assistant", "content": "", "tool_calls": "x"}], "'messages[0].tool_calls' must be an array of at most 64"),
+    ([{"role": "assistant", "content": "", "tool_calls": [CALL] * 65}], "got 65 of them"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{**CALL, "type": "code"}]}], "'messages[0].tool_calls[0]' must be"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{**CALL, "id": ""}]}], "'messages[0].tool_calls[0].id' must be"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{**CALL, "id": "x" * 257}]}], "1 to 256 characters"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{**CALL, "function": None}]}],
+     "'messages[0].tool_calls[0].function' must be an object"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{**CALL, "function": {"arguments": "{}"}}]}],
+     "'messages[0].tool_calls[0].function.name' must be a string"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": {}}}]}],
+     "'messages[0].tool_calls[0].function.arguments' must be a string (the call's JSON arguments), got object"),
+    ([{"role": "user", "content": "x", "tool_call_id": "c1"}], "'messages[0].tool_call_id' is not supported"),
+    ([{"role": "user", "content": "x", "tool_calls": [CALL]}], "'messages[0].tool_calls' is not supported"),
+    ([{"role": "assistant", "content": "", "function_call": {"name": "f"}}], "'messages[0].function_call' is not"),
+    ([{"role": "function", "content": "1"}], "'messages[0].role' 'function' is not supported"),
+])
+def test_tool_messages_are_checked_with_tools(value: object, message: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_messages(value, tools=True)
+    assert message in info.value.message

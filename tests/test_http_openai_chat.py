@@ -188,7 +188,8 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
 @pytest.mark.parametrize(
     "kwargs,param",
     [
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        # tools without tool_choice: vLLM's "auto", which needs a tool parser (test_http_openai_tools)
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"n": 17}, "n"),
         ({"n": 0}, "n"),
@@ -216,9 +217,9 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"messages": [{"role": "narrator", "content": "x"}]}, "messages"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages"),
-        ({"messages": [{"role": "assistant", "content": None,
-                        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
-         "messages"),
+        ({"messages": [{"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}]},
+         "messages"),  # OpenAI's old function calling (tool_calls are taken: test_http_openai_tools)
+        ({"functions": [{"name": "f"}]}, "functions"),
     ],
 )
 def test_unsupported_or_bad_parameters_are_refused_by_name(client, kwargs: dict, param: str) -> None:

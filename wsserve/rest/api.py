@@ -93,6 +93,7 @@ from .openai import (
 from .responses import ResponsesEncoder, parse_response_request
 from .router import Auth, Handler, Route, Router
 from .tokenize import detokenize, parse_detokenize, parse_tokenize, tokenize
+from .toolcalls import ToolCallEncoder
 from .tritongen import (
     GENERATE_INPUTS,
     GENERATE_OUTPUTS,
@@ -747,7 +748,10 @@ class HttpApi:
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             else:
                 cid = f"{'chat' if chat else ''}{self._completion_prefix}{next(self._completion_ids)}"
-                encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
+                if chat and completion.tool_choice is not None:  # a forced tool call: answered as tool_calls
+                    encoder = ToolCallEncoder(cid, int(self.wall_clock()), model, completion.tool_choice)
+                else:
+                    encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             counts = None  # echo_only without scoring: each prompt's token count
             if completion.echo_only or (completion.echo and completion.params.logprobs is not None):

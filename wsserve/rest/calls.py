@@ -521,7 +521,9 @@ class CompletionChoice:
             return
         self.tokens = seq + 1
         if call.stream:
-            call.exchange.send(call.encoder.token_event(text, self.index))
+            event = call.encoder.token_event(text, self.index)
+            if event:  # a tool call's token may send nothing yet (.toolcalls)
+                call.exchange.send(event)
         else:
             self.texts.append(text)
 
@@ -531,7 +533,9 @@ class CompletionChoice:
             return
         self.tokens = seq + 1
         if call.stream:
-            call.exchange.send(call.encoder.token_event_logprobs(text, logprobs, self.index))  # type: ignore[union-attr]
+            event = call.encoder.token_event_logprobs(text, logprobs, self.index)  # type: ignore[union-attr]
+            if event:
+                call.exchange.send(event)
         else:
             self.texts.append(text)
             if self.logged is not None:

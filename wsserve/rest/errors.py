@@ -26,13 +26,21 @@ from typing import Literal
 
 import orjson
 
-from ..errors import WsserveError
+from ..errors import BadRequest, WsserveError
 from ..httpmsg import HttpResponse
 from ..jsontypes import shown
 
-__all__ = ["STATUS", "Style", "content_type_note", "error_response", "is_json_type", "plain_error"]
+__all__ = ["STATUS", "ParamError", "Style", "content_type_note", "error_response", "is_json_type", "plain_error"]
 
 Style = Literal["wsserve", "oip", "openai"]
+
+class ParamError(BadRequest):
+    """A refused request field; ``param`` names it (OpenAI's error envelope carries it)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 #: HTTP status of each wire error code.
 STATUS: dict[str, int] = {

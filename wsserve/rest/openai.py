@@ -32,9 +32,11 @@
   (``json_schema`` or ``json_object``), one of them per request;
   ``user`` and unknown fields are ignored.
 - :func:`parse_chat_completion` - the same for a chat: ``messages``
-  (:mod:`wsserve.chat`) instead of ``prompt``, ``max_completion_tokens``, and
-  ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and tools, audio and
-  per-request templates refused by name.
+  (:mod:`wsserve.chat`, tool calls and results taken) instead of ``prompt``,
+  ``max_completion_tokens``, and ``logprobs`` (a boolean) with ``top_logprobs`` (0 to 20), and
+  ``tools`` with a named or ``"required"`` ``tool_choice`` (a forced tool call by guided
+  decoding, :mod:`wsserve.rest.tools`; answered by :class:`~wsserve.rest.toolcalls.ToolCallEncoder`),
+  and audio, OpenAI's old ``functions`` and per-request templates refused by name.
 - :class:`CompletionEncoder` - the response object, and the Server-Sent Events
   of a streamed one: one ``text_completion`` chunk per token, a last chunk with
   ``finish_reason``, an optional usage chunk, then ``data: [DONE]``;
@@ -74,7 +76,8 @@ from ..protocol import (
     stop_fields,
     stop_tuple,
 )
-from .errors import error_response
+from .errors import ParamError, error_response
+from .tools import ToolChoice, parse_tool_choice
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
            "completion_of", "error_event", "guided_fields", "is_neutral", "max_tokens_field", "model_field", "models_list",
@@ -108,24 +111,16 @@ NEUTRAL_VLLM = {
 _NEUTRAL = {
     "suffix": (None, ""), **NEUTRAL_VLLM,
 }
-#: The same for chat completions (tools and audio off; ``chat_template``, vLLM's per-request
-#: template, refused: the model's own template applies).
+#: The same for chat completions (OpenAI's old ``functions`` and audio off; ``chat_template``,
+#: vLLM's per-request template, refused: the model's own template applies).
 _NEUTRAL_CHAT = {
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "functions": (None, []), "function_call": (None, "none"),  # (tools and tool_choice: .tools)
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,), "chat_template": (None,),
     # vLLM's chat-template controls: a model's chat_prompt() makes only the prompt a reply continues
     "add_generation_prompt": (None, True), "continue_final_message": (None, False), "echo": (None, False),
     "chat_template_kwargs": (None, {}), "documents": (None,), "mm_processor_kwargs": (None, {}),
     **NEUTRAL_VLLM,
 }
-
-
-class ParamError(BadRequest):
-    """A refused request field; ``param`` names it (OpenAI's error envelope carries it)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +146,9 @@ class Completion:
     #: ``max_tokens: 0`` with ``echo``: nothing is generated, each choice is its prompt (scored
     #: with ``logprobs``), finish reason ``length`` (OpenAI's legacy scoring form).
     echo_only: bool = False
+    #: A chat's forced tool call (``tool_choice`` named or ``"required"``): the generation follows
+    #: its schema (``params.guided_json``) and is answered as ``tool_calls`` (:mod:`.toolcalls`).
+    tool_choice: ToolChoice | None = None
 
     def with_prompt(self, prompt: str) -> Completion:
         """The same request generating from ``prompt`` (a chat's, from the model's template)."""
@@ -238,14 +236,16 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     leaves: a chat ends at a stop string or the limit."""
     model = model_field(obj)
     try:
-        messages = parse_messages(obj.get("messages"))
+        messages = parse_messages(obj.get("messages"), tools=True)
     except BadRequest as exc:
         raise ParamError("messages", exc.message) from None
     _refuse_unsupported(obj, _NEUTRAL_CHAT)
+    tool_choice = parse_tool_choice(obj)
     max_tokens = max_tokens_field(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
         max_tokens = max_tokens_field(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
-    return replace(completion_of(obj, model, "", max_tokens, messages, _chat_logprobs(obj)), n=_n(obj))
+    completion = completion_of(obj, model, "", max_tokens, messages, _chat_logprobs(obj), tool_choice=tool_choice)
+    return replace(completion, n=_n(obj), tool_choice=tool_choice)
 
 
 def _n(obj: dict[str, Any]) -> int:
@@ -309,9 +309,12 @@ def max_tokens_field(obj: dict[str, Any], name: str, default: int | None, limit:
 
 
 def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
-                  messages: tuple[ChatMessage, ...] | None, logprobs: int | None) -> Completion:
+                  messages: tuple[ChatMessage, ...] | None, logprobs: int | None, *,
+                  tool_choice: ToolChoice | None = None) -> Completion:
     """The sampling and streaming fields the OpenAI routes share, checked, and the result (the
-    Responses API's parser, :mod:`wsserve.rest.responses`, gives it only the fields it takes)."""
+    Responses API's parser, :mod:`wsserve.rest.responses`, gives it only the fields it takes).
+    ``tool_choice``: the generation follows its schema (``guided_field`` ``tool_choice``); a
+    guided decoding form besides is refused naming both."""
     try:
         logit_bias = logit_bias_tuple(obj.get("logit_bias"))
     except BadRequest as exc:
@@ -352,6 +355,13 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
             raise ParamError("stream_options", "'stream_options.continuous_usage_stats' is not supported: the usage "
                                                "comes once, in the chunk before [DONE] (include_usage)")
     guided = guided_fields(obj, response_format=True)
+    if tool_choice is not None:
+        if guided:
+            other = guided.get("guided_field") or next(k for k in ("guided_choice", "guided_regex", "guided_json")
+                                                       if k in guided)
+            raise ParamError("tool_choice", f"'tool_choice' and '{other}' cannot both be given: a forced tool call "
+                                            "is itself a guided decoding form (its JSON Schema), one per request")
+        guided = {"guided_json": tool_choice.schema, "guided_field": "tool_choice"}
     try:
         params = GenerationParams(
             prompt=prompt,
