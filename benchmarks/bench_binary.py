@@ -36,7 +36,12 @@ import orjson  # noqa: E402
 
 from benchmarks.machine import describe  # noqa: E402
 from tests.support import ServerProcess, cpu_seconds  # noqa: E402
-from wsserve.loadtest.frames import FrameReader, Masker, check_response, handshake_request  # noqa: E402
+from wsserve.loadtest.frames import (  # noqa: E402
+    FrameReader,
+    Masker,
+    check_response,
+    handshake_request,
+)
 from wsserve.tensorframe import encode  # noqa: E402
 
 WIDTH, CLASSES = 1024, 10

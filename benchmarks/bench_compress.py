@@ -74,7 +74,12 @@ def _onnx(params: Any, tmp: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Any
     try:
         import onnxruntime
 
-        from wsserve.compression.onnx_int8 import build_mlp_onnx, compress_onnx, onnx_session, save_onnx
+        from wsserve.compression.onnx_int8 import (
+            build_mlp_onnx,
+            compress_onnx,
+            onnx_session,
+            save_onnx,
+        )
     except ImportError:
         return None
     fp32 = save_onnx(build_mlp_onnx(params), tmp / "onnx" / "1" / "model.onnx")

@@ -38,7 +38,12 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from benchmarks.machine import describe, to_markdown  # noqa: E402
-from wsserve.distributed.cluster import check_workers, local_cluster, make_partitions, map_reduce  # noqa: E402
+from wsserve.distributed.cluster import (  # noqa: E402
+    check_workers,
+    local_cluster,
+    make_partitions,
+    map_reduce,
+)
 from wsserve.distributed.data import block_ranges, linear_partition  # noqa: E402
 from wsserve.distributed.linear import train_linear_dask, train_linear_generated_dask  # noqa: E402
 from wsserve.distributed.mlp import train_mlp_dask  # noqa: E402

@@ -25,13 +25,21 @@ from wsserve.compression import (
     prune_masks,
     quantize_per_channel,
 )
-from wsserve.models.mlp_layers import MAX_WIDTH
 from wsserve.compression.measure import heldout_accuracy, nonzero_parameters
 from wsserve.models.linear import LinearModel
-from wsserve.models.mlp import MLPConfig, MLPModel, cross_entropy, forward, make_mlp_data, train_mlp
+from wsserve.models.mlp import (
+    MLPConfig,
+    MLPModel,
+    cross_entropy,
+    forward,
+    make_mlp_data,
+    train_mlp,
+)
+from wsserve.models.mlp_layers import MAX_WIDTH
 from wsserve.repository import ARCHITECTURES, ModelLoadError, read_npz, save_npz_model
 from wsserve.repository.npz import encode_npz
 from wsserve.trainer import train_default_models
+
 
 def save_version(version_dir: Path, architecture: str, arrays: dict, meta: dict) -> Path:
     version_dir.mkdir(parents=True, exist_ok=True)

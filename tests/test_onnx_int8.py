@@ -37,7 +37,12 @@ def mlp(model_cache: Path) -> MLPModel:
 def test_onnx_fp32_matches_numpy_and_int8_keeps_accuracy(tmp_path: Path, mlp: MLPModel) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from wsserve.compression.onnx_int8 import build_mlp_onnx, onnx_session, quantize_onnx_file, save_onnx
+    from wsserve.compression.onnx_int8 import (
+        build_mlp_onnx,
+        onnx_session,
+        quantize_onnx_file,
+        save_onnx,
+    )
 
     _, (x, y) = make_mlp_data(0)
     fp32 = save_onnx(build_mlp_onnx(mlp.params), tmp_path / "fp32" / "model.onnx")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from wsserve.repository import VersionPolicy, default_version, parse_version, select_versions
+from wsserve.repository import (
+    VersionPolicy,
+    default_version,
+    parse_version,
+    select_versions,
+)
 
 
 @pytest.mark.parametrize("value, expected", [

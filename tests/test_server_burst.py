@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-
 from tests.support import TERMINAL, Conn
-
 
 CONNECTIONS = 24
 PER_CONNECTION = 60

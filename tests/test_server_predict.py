@@ -11,7 +11,6 @@ import pytest
 from tests.support import Conn, wait_until_async
 
 
-
 async def _linear_params(conn: Conn) -> tuple[float, float]:
     reply = await conn.request({"type": "models", "id": "m"})
     linear = next(m for m in reply["models"] if m["name"] == "linear")

@@ -35,7 +35,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
 from wsserve.config import TRANSPORTS, ServerConfig  # noqa: E402
-from wsserve.transport import Flusher, HttpProtocol, HttpRequest, HttpResponse, WebSocketProtocol  # noqa: E402
+from wsserve.transport import (  # noqa: E402
+    Flusher,
+    HttpProtocol,
+    HttpRequest,
+    HttpResponse,
+    WebSocketProtocol,
+)
 from wsserve.transport.app import Counters  # noqa: E402
 
 __all__ = ["EchoApp", "EchoConnection", "echo_config", "start"]

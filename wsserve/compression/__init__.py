@@ -17,10 +17,10 @@ Public API (re-exported from the submodules):
   command) in :mod:`.cli`.
 """
 
-from .architectures import FAMILY, architecture_of, load_model
-from .compress import METHODS, MODEL_FILE, compress
 from ..models.mlp_int8 import MLPInt8Model, dequantize, quantize_per_channel
 from ..models.mlp_sparse import MLPSparseModel
+from .architectures import FAMILY, architecture_of, load_model
+from .compress import METHODS, MODEL_FILE, compress
 from .prune import DEFAULT_SCOPE, finetune_masked, prune_masks
 
 __all__ = [

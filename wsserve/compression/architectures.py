@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..models import mlp_int8, mlp_sparse
 from ..models.base import PredictiveModel
 from ..models.mlp import MLPModel
 from ..repository.layout import MODEL_FILES
 from ..repository.npz import MAX_NPZ_BYTES, build_npz_model, read_npz
-from ..models import mlp_int8, mlp_sparse
 
 __all__ = ["FAMILY", "architecture_of", "version_file", "load_model"]
 

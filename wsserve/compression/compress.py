@@ -42,13 +42,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..models import mlp_int8, mlp_sparse
 from ..models.mlp import MLPConfig, MLPModel, make_mlp_data
 from ..repository.layout import MODEL_FILES
 from ..repository.npz import build_npz_model, encode_npz, read_npz, write_npz_bytes
-from ..models import mlp_int8, mlp_sparse
 from . import prune
 from .architectures import architecture_of, version_file
-from .measure import LATENCY_BATCH, heldout_accuracy, latency_medians_ms, nonzero_parameters
+from .measure import (
+    LATENCY_BATCH,
+    heldout_accuracy,
+    latency_medians_ms,
+    nonzero_parameters,
+)
 
 __all__ = ["Method", "METHODS", "compress"]
 

@@ -19,11 +19,26 @@ from .cli import EXIT_USAGE, add_arguments, config_from_args, main, run
 from .config import LoadConfig, ServerInfo, WorkerConfig
 from .histogram import LatencyHistogram
 from .probe import LoadTestError, probe
-from .report import EXIT_ERROR, EXIT_OK, EXIT_SLO, REPORT_SCHEMA, build_report, evaluate_slo, format_text
+from .report import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SLO,
+    REPORT_SCHEMA,
+    build_report,
+    evaluate_slo,
+    format_text,
+)
 from .runner import run_load
 from .schedule import OpenLoopSchedule, Window, split_evenly
 from .stats import RunStats, WorkloadStats
-from .workload import ModelShape, RequestFactory, WeightedCycle, WorkloadSpec, check_against_models, parse_mix
+from .workload import (
+    ModelShape,
+    RequestFactory,
+    WeightedCycle,
+    WorkloadSpec,
+    check_against_models,
+    parse_mix,
+)
 
 __all__ = [
     "EXIT_ERROR",
