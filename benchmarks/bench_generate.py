@@ -109,14 +109,26 @@ class _Sink:
         raise RuntimeError(f"generation failed in the benchmark: {exc!r}")
 
 
-async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int | None,
-                     extra: dict[str, Any] | None = None) -> Result:
-    """C streams of :func:`_params` (plus ``extra``'s fields, e.g. ``top_p``) through one engine."""
-    from wsserve.generation import GenerationEngine, GenerationParams
+def new_engine(model: Any, inline_max_batch: int | None) -> Any:
+    """A started generation engine as the benchmarks run it (256 slots, no queue bound)."""
+    from wsserve.generation import GenerationEngine
 
     kw = {} if inline_max_batch is None else {"inline_max_batch": inline_max_batch}
     engine = GenerationEngine(model, max_generate_batch=256, max_generate_queue=None, **kw)
     engine.start()
+    return engine
+
+
+async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int | None,
+                     extra: dict[str, Any] | None = None, engine: Any = None) -> Result:
+    """C streams of :func:`_params` (plus ``extra``'s fields, e.g. ``top_p``) through one engine:
+    a new one, closed after, or ``engine`` (a :func:`new_engine`, left running: what it keeps
+    between requests, such as compiled guide patterns, is kept between runs, as in a server)."""
+    from wsserve.generation import GenerationParams
+
+    own = engine is None
+    if own:
+        engine = new_engine(model, inline_max_batch)
     await asyncio.sleep(0)
     remaining, event = [c], asyncio.Event()
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -126,7 +138,8 @@ async def run_engine(model: Any, c: int, max_tokens: int, inline_max_batch: int 
         engine.submit(GenerationParams(**{**_params(i, max_tokens), **(extra or {})}), sink)
     await event.wait()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    await engine.close()
+    if own:
+        await engine.close()
     return Result(sum(s.tokens for s in sinks), wall, [s.first * 1e3 for s in sinks], cpu)
 
 
