@@ -211,6 +211,8 @@ def test_openai_chat_span_has_genai_attributes(traced, collector: Collector) -> 
     assert a["gen_ai.request.max_tokens"] == 7 and a["gen_ai.request.temperature"] == 0.5
     assert a["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
     assert a["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    # the generation's timing: time to first token within the whole, after the queue
+    assert 0 <= a["wsserve.queue_ms"] <= a["wsserve.ttft_ms"] <= a["wsserve.total_ms"]
 
 
 def test_completions_span_without_traceparent_starts_a_trace(traced, collector: Collector) -> None:
@@ -327,6 +329,9 @@ def test_websocket_predict_and_generate_spans_take_the_frame_traceparent(traced,
     a = span["attributes"]
     assert a["gen_ai.usage.output_tokens"] == done["tokens"] and a["gen_ai.request.max_tokens"] == 4
     assert a["gen_ai.usage.input_tokens"] == done["prompt_tokens"]
+    # the timing its done carried, time to first token included
+    assert (a["wsserve.queue_ms"], a["wsserve.ttft_ms"], a["wsserve.total_ms"]) == (
+        done["timing"]["queue_ms"], done["timing"]["ttft_ms"], done["timing"]["total_ms"])
 
 
 def test_websocket_refused_request_span_and_malformed_traceparent(traced, collector: Collector) -> None:
@@ -548,3 +553,17 @@ def test_client_chosen_attribute_values_are_bounded(traced, collector: Collector
                                                                           timeout=60)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert collector.wait(trace_id=trace_id)["attributes"]["wsserve.model"] == name[:MAX_ATTRIBUTE_CHARS]
+
+
+def test_generation_timing_of_several_choices() -> None:
+    """A request of several choices: its queue and first token are the first choice's to get
+    there, its total the last to end; a choice not ended, or a figure it lacks, is left out."""
+    from wsserve.rest.calls import generation_timing
+
+    assert generation_timing([
+        {"queue_ms": 0.5, "ttft_ms": 3.0, "total_ms": 10.0},
+        None,
+        {"queue_ms": 0.2, "ttft_ms": None, "total_ms": 12.5},
+        {"queue_ms": 0.9, "ttft_ms": 2.0, "total_ms": 4.0},
+    ]) == {"wsserve.queue_ms": 0.2, "wsserve.ttft_ms": 2.0, "wsserve.total_ms": 12.5}
+    assert generation_timing([None, {}]) == {}

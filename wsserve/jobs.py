@@ -334,7 +334,7 @@ class PredictJob(Job):
 class GenerateJob(Job):
     """A ``generate`` in flight; the generation engine's sink."""
 
-    __slots__ = ("engine", "handle", "_prefix", "tokens")
+    __slots__ = ("engine", "handle", "_prefix", "tokens", "timing")
 
     def __init__(
         self, owner: JobOwner, key: Any, req: Generate, entry: ModelEntry, received_at: float, deadline: float | None
@@ -344,16 +344,19 @@ class GenerateJob(Job):
         self.handle: Any = None
         self._prefix = token_prefix(req.id)  # token frames are the hottest: built by concatenation
         self.tokens = 0
+        self.timing: dict[str, Any] | None = None  # its done's, once it ended (span attributes)
 
     def _stop_work(self) -> None:
         if self.handle is not None:
             self.engine.cancel(self.handle)
 
     def span_attributes(self) -> dict[str, Any]:
-        """Its version and token counts (GenAI's names)."""
+        """Its version, token counts (GenAI's names) and the timing its ``done`` carried."""
         attributes: dict[str, Any] = {"wsserve.model_version": self.version, "gen_ai.usage.output_tokens": self.tokens}
         if self.handle is not None:
             attributes["gen_ai.usage.input_tokens"] = self.handle.prompt_tokens
+        if self.timing:
+            attributes.update({"wsserve." + k: v for k, v in self.timing.items() if v is not None})
         return attributes
 
     def cancel(self) -> None:
@@ -389,7 +392,7 @@ class GenerateJob(Job):
         self.fail(exc)
 
     def finish(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
-        self.tokens = tokens
+        self.tokens, self.timing = tokens, timing
         prompt_tokens = self.handle.prompt_tokens if self.handle is not None else None
         frame = encode_generate_done(self.id, reason, tokens, timing, self.version, prompt_tokens)
         self._terminal(frame, "ok" if reason != "cancelled" else "cancelled")

@@ -15,7 +15,7 @@ Sans-I/O: the session is given its clock; calls touch no socket.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..pool import ModelEntry
 
 __all__ = ["Call", "CompletionCall", "CompletionChoice", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall",
-           "generate_span_head"]
+           "generate_span_head", "generation_timing"]
 
 JSON = "application/json"
 _NO_HEADERS: tuple[tuple[str, str], ...] = ()  # never mutated
@@ -392,6 +392,7 @@ class CompletionCall(Call):
         elif all(c.handle is not None for c in self.choices):
             n = len(self.choices) // len(self.prompts)
             attributes["gen_ai.usage.input_tokens"] = sum(c.handle.prompt_tokens for c in self.choices[::n])
+        attributes.update(generation_timing(c.timing for c in self.choices))
         return attributes
 
     def scored(self, prompt: int, logged: list[tuple[str, TokenLogprobs | None]]) -> None:
@@ -500,7 +501,7 @@ class CompletionChoice:
     its place in the answer, ``prompt`` its prompt's, ``nth`` its place among that prompt's ``n``."""
 
     __slots__ = ("call", "index", "prompt", "nth", "handle", "tokens", "texts", "logged", "reason", "ended",
-                 "cancelled")
+                 "cancelled", "timing")
 
     def __init__(self, call: CompletionCall, index: int, prompt: int = 0, nth: int = 0) -> None:
         self.call = call
@@ -514,6 +515,7 @@ class CompletionChoice:
         self.reason = ""
         self.ended = False
         self.cancelled = False
+        self.timing: dict[str, Any] | None = None  # the engine's, once it ended (queue_ms, ttft_ms, total_ms)
 
     def on_token(self, seq: int, text: str) -> None:
         call = self.call
@@ -545,7 +547,7 @@ class CompletionChoice:
         if self.ended:
             return
         self.ended = True
-        self.tokens, self.reason = tokens, reason
+        self.tokens, self.reason, self.timing = tokens, reason, timing
         if not self.call.finished:
             self.call.choice_ended(self, reason)
 
@@ -554,6 +556,25 @@ class CompletionChoice:
             return
         self.ended = True
         self.call.fail(exc)
+
+
+def generation_timing(timings: Iterable[dict[str, Any] | None]) -> dict[str, float]:
+    """A generation span's timing attributes from its choices' ``done`` timings (None: not ended):
+    ``wsserve.queue_ms`` and ``wsserve.ttft_ms`` of the first to get there (the request's own
+    time to first token), ``wsserve.total_ms`` of the last to end; a figure no choice has is left out."""
+    out: dict[str, float] = {}
+    for timing in timings:
+        if not timing:
+            continue
+        for key, first in (("queue_ms", True), ("ttft_ms", True), ("total_ms", False)):
+            value = timing.get(key)
+            if value is None:
+                continue
+            name = "wsserve." + key
+            seen = out.get(name)
+            if seen is None or (value < seen if first else value > seen):
+                out[name] = value
+    return out
 
 
 def generate_span_head(transport: str, model: str, completion: Any, chat: bool) -> dict[str, Any]:
