@@ -128,3 +128,26 @@ def test_an_http_client_that_hangs_up_kills_the_compiling_child(high: ServerProc
     wait_until(lambda: _compilers(pid), 60, what="a compiling child")
     raw.sock.close()
     wait_until(lambda: not _compilers(pid), 60, what="no compiling child left")
+
+
+async def test_compiles_are_counted_on_metrics_by_result(low: ServerProcess) -> None:
+    """``wsserve_guide_compiles_total{model,result}`` counts each compile as it ended (a pattern
+    already compiled costs none), ``wsserve_guide_compile_seconds`` times the ones a child ran."""
+    def counts() -> dict[str, float]:
+        m = low.metrics()
+        out = {r: m.get("wsserve_guide_compiles_total", model="charlm", result=r)
+               for r in ("compiled", "refused", "remembered")}
+        out["timed"] = m.get("wsserve_guide_compile_seconds_count", model="charlm")
+        return out
+
+    conn = await Conn.open(low.url)
+    before = counts()
+    for i in range(2):  # the second is served from the engine's cache: no compile
+        text, done = await generate(conn, f"ok{i}", prompt="x", max_tokens=8, guided_regex="[0-9]{5}")
+        assert done["reason"] == "stop" and len(text) == 5
+    for i in range(2):  # the second refusal is remembered: no child
+        reply = await conn.request({**GEN, "id": f"bad{i}", "prompt": "x", "max_tokens": 4, "guided_regex": "(?<=a)b"})
+        assert reply["type"] == "error" and reply["code"] == "bad_request", reply
+    after = counts()
+    await conn.close()
+    assert {k: after[k] - before[k] for k in after} == {"compiled": 1, "refused": 1, "remembered": 1, "timed": 2}

@@ -224,6 +224,9 @@ _HISTOGRAMS = (
     ("tpot", "wsserve_request_time_per_output_token_seconds",
      "Generations of two tokens or more that ended by length or stop: mean time between tokens after the first.",
      ("model",), TOKEN_BUCKETS),
+    ("guide_compile", "wsserve_guide_compile_seconds",
+     "guided_regex / guided_json patterns compiled (in a child process): wall time of each compile that ended, "
+     "built or refused.", ("model",), LATENCY_BUCKETS),
 )
 
 
@@ -265,6 +268,11 @@ class _Collector(Collector):
         yield counter("wsserve_prompt_tokens", "Prompt tokens the model read: of the generations that took a batch "
                       "slot, and of the prompts scored (echo with logprobs).",
                       ["model"], counters.get("prompt_tokens", {}))
+        yield counter("wsserve_guide_compiles",
+                      "guided_regex / guided_json requests by how their pattern was had: compiled, cached (compiled "
+                      "before), refused (by the library, a bound or the child's limits), remembered (refused "
+                      "before), timed_out, failed (a bug), cancelled (its requests left first).",
+                      ["model", "result"], counters.get("guide_compiles", {}))
         yield counter("wsserve_batch_isolations",
                       "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",
                       ["model"], counters.get("isolations", {}))
@@ -338,6 +346,8 @@ class Metrics:
         self.tokens: dict[str, int] = {}
         #: Isolated predict batches per model (:meth:`on_isolated`).
         self.isolations: dict[str, int] = {}
+        #: Guide patterns had per ``(model, result)`` (:meth:`on_guide_compile`).
+        self.guide_compiles: dict[tuple[str, str], int] = {}
         self.closes: dict[str, int] = {}
         self.slow_consumers = 0
         self.worker = worker
@@ -435,6 +445,16 @@ class Metrics:
         tokens count as prompt tokens, as a generation's do."""
         self.prompt_tokens[model] = self.prompt_tokens.get(model, 0) + tokens
 
+    def on_guide_compile(self, model: str, result: str, seconds: float | None = None) -> None:
+        """A ``guided_regex`` / ``guided_json`` request of ``model`` had its pattern: ``result`` is
+        one of ``compiled``, ``cached``, ``refused``, ``remembered``, ``timed_out``, ``failed``,
+        ``cancelled`` (a fixed set: the label cannot grow); ``seconds``: the compile's wall time,
+        for one that ran in a child and ended (the generation engine calls it)."""
+        key = (model, result)
+        self.guide_compiles[key] = self.guide_compiles.get(key, 0) + 1
+        if seconds is not None:
+            self._families["guide_compile"].get((model,)).observe(seconds)
+
     def add_tokens(self, model: str, n: int) -> None:
         self.tokens[model] = self.tokens.get(model, 0) + n
 
@@ -459,6 +479,7 @@ class Metrics:
                 "tokens": dict(self.tokens),
                 "prompt_tokens": dict(self.prompt_tokens),
                 "isolations": dict(self.isolations),
+                "guide_compiles": {_SEP.join(k): n for k, n in self.guide_compiles.items()},
                 "closes": dict(self.closes),
                 "slow_consumers": {"": self.slow_consumers},
                 "messages": {"": state["messages"]},

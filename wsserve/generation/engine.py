@@ -134,7 +134,9 @@ class StepObserver(Protocol):
     ``on_generation_done(model, prompt_tokens, ttft_s, tpot_s)``, called once per generation that
     took a batch slot, when it ends (see :meth:`~wsserve.metrics.Metrics.on_generation_done`), and
     ``on_prompt_scored(model, tokens)``, called once per prompt scored to its end (``echo`` with
-    ``logprobs``)."""
+    ``logprobs``), and ``on_guide_compile(model, result, seconds)``, called once per
+    ``guided_regex`` / ``guided_json`` compile that ended (see
+    :meth:`~wsserve.metrics.Metrics.on_guide_compile`)."""
 
     def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
@@ -256,6 +258,7 @@ class GenerationEngine:
         self._observer = observer
         self._on_generation_done = getattr(observer, "on_generation_done", None)
         self._on_prompt_scored = getattr(observer, "on_prompt_scored", None)
+        self._on_guide_compile = getattr(observer, "on_guide_compile", None)
         #: This version's :class:`~wsserve.metrics.VersionStats` (set by the pool; None: not
         #: counted): each step is recorded there as one execution of its sequences.
         self.stats: VersionStats | None = None
@@ -381,35 +384,44 @@ class GenerationEngine:
         error: WsserveError | None = None
         index: RegexIndex | None = None
         key = pattern.key
+        result, started = "compiled", None
         try:
             refused = self._refusals.get(key)
             if refused is not None:
                 self._refusals.move_to_end(key)
                 error = pattern.refusal(f"field {pattern.name!r}: {refused}")  # (this request's field)
+                result = "remembered"
             else:
                 async with self._build_slots:
                     if self._vocabulary is None:
                         self._vocabulary = await asyncio.to_thread(vocabulary_payload, self.model.id_to_text)
+                    started = time.monotonic()
                     index = await compile_in_child(pattern, self._vocabulary, len(self.model.id_to_text),
                                                    limits=self._compile_limits)
         except BadRequest as exc:  # refused (by the library, a bound, or the child's limits)
             error = exc
-            if not (isinstance(exc, PatternTooComplex) and exc.timed_out):
+            result = "refused"
+            if isinstance(exc, PatternTooComplex) and exc.timed_out:
+                result = "timed_out"
+            else:
                 self._refusals[key] = exc.message.removeprefix(f"field {pattern.name!r}: ")
                 while len(self._refusals) > _MAX_GUIDE_REFUSALS:
                     self._refusals.popitem(last=False)
         except WsserveError as exc:
-            error = exc
+            error, result = exc, "failed"
         except asyncio.CancelledError:  # close() (the held sequences end with ShuttingDown there), or unwanted
             if self._building.get(key) is pending:
                 del self._building[key]
             for future in pending.waiters:
                 if not future.done():
                     future.set_exception(ShuttingDown("server is shutting down"))
+            self._compiled(result="cancelled", started=None)
             raise
         except Exception as exc:  # noqa: BLE001 - the compile failing: this pattern's requests only
             log.error("compiling a %s pattern for model %s failed", pattern.kind, self.name, exc_info=exc)
             error = Internal(f"compiling {pattern.name!r} failed: {type(exc).__name__}: {exc}")
+            result = "failed"
+        self._compiled(result=result, started=started)
         if self._building.get(key) is pending:
             del self._building[key]
         now = time.monotonic()
@@ -428,6 +440,18 @@ class GenerationEngine:
         self._idle.clear()
         self._wakeup.set()
         self._deliver()  # the refusals' terminal callbacks
+
+    def _compiled(self, *, result: str, started: float | None) -> None:
+        """Tell the observer (metrics) how a pattern's compile ended: ``result`` (see
+        :meth:`~wsserve.metrics.Metrics.on_guide_compile`), and its wall time when a child ran.
+        An observer's failure is logged, never raised."""
+        if self._on_guide_compile is None:
+            return
+        try:
+            seconds = None if started is None else time.monotonic() - started
+            self._on_guide_compile(self.name, result, seconds)
+        except Exception:  # noqa: BLE001 - metrics never fail a request
+            log.exception("the observer's on_guide_compile failed")
 
     def score_prompt(self, prompt: str | tuple[int, ...], k: int
                      ) -> asyncio.Future[list[tuple[str, TokenLogprobs | None]]]:
