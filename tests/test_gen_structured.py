@@ -335,3 +335,19 @@ def test_a_preempted_structured_sequence_resumes_where_it_stopped() -> None:
     assert sched.statistics().preempted >= 1
     assert [(out.joined(s), s.finish_reason) for s in hog] == alone
     assert all(s.finish_reason == "length" for s in late)
+
+
+def test_a_regex_row_given_a_token_its_mask_did_not_keep_fails_alone() -> None:
+    """As guided_choice's (tests/test_gen_guided.py): the model gave every allowed token -inf."""
+    from tests.test_gen_guided import _Stubborn
+
+    model = TokenModelAdapter(_Stubborn(), name="stubborn")
+    sched = Scheduler(model, max_generate_batch=4)
+    clock, out = FakeClock(), Collected()
+    p = GenerationParams(prompt="x", max_tokens=4, guided_regex="(world )+stop")
+    guided = sched.add_request(p, clock.now, index=build_index(GuidePattern.of(p), outlines_vocabulary(model.id_to_text)))
+    plain = sched.add_request(GenerationParams(prompt="x", max_tokens=4), clock.now)
+    run_until_idle(sched, clock, out)
+    assert (out.joined(plain), plain.finish_reason) == ("hello " * 4, "length")
+    assert guided.error is not None and guided.error.code == "internal" and "guide" in guided.error.message
+    assert out.joined(guided) == ""

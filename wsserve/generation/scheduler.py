@@ -437,7 +437,13 @@ class Scheduler:
             guide = seq._guide
             # END_AFTER: the text is a choice (or a match nothing extends); END_BEFORE: the text
             # matched and the model chose to end there (this token is not generated)
-            outcome = CONTINUE if guide is None else guide.advance(int(tokens[i]), text)
+            try:
+                outcome = CONTINUE if guide is None else guide.advance(int(tokens[i]), text)
+            except ValueError:  # the model gave every allowed token -inf (or NaN): this row only
+                self._finish(seq, now, error=Internal(
+                    f"the model gave token {int(tokens[i])}, which the guide did not allow: its logits left no "
+                    "allowed token a finite value"))
+                continue
             chosen = outcome == END_AFTER
             matcher = seq._stops
             if matcher is None:  # logprobs or a guide: the token goes out whole (it ends by length elsewhere)
