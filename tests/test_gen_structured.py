@@ -23,6 +23,7 @@ from tests.test_gen_support import (
 from wsserve.errors import BadRequest
 from wsserve.generation import GenerationEngine, GenerationParams, Scheduler
 from wsserve.generation import engine as engine_module
+from wsserve.generation.guide_compile import unopened_group
 from wsserve.generation.model import TokenModelAdapter
 from wsserve.generation.structured import (
     CONTINUE,
@@ -85,12 +86,25 @@ def test_at_a_match_that_may_go_on_the_row_is_unmasked_and_the_models_choice_dec
     ("d+", "outlines-core cannot use this pattern"),  # a character no token writes
     (r"\bx", "outlines-core cannot use this pattern"),  # a Unicode word boundary: no DFA
     ("", "admits no token at the start"),  # only the empty text matches
+    ("a)|(b", "unopened group"),  # not (?:a)|(b): the compiler's own group is not the pattern's to close
+    ("a)|(?:b", "unopened group"),
+    ("(?x)a )|( b", "unopened group"),
 ])
 def test_a_pattern_outlines_core_refuses_or_no_token_can_begin_is_refused_naming_the_field(regex: str,
                                                                                             says: str) -> None:
     with pytest.raises(BadRequest, match=f"field 'guided_regex': .*{says}") as info:
         _index(TOKENS, regex)
     assert info.value.param == "guided_regex"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("regex", "at"), [
+    ("a)|(b", 1), ("(?i)a)|(b", 5), ("((?x)a)#)", 8), ("(?x:a)#)", 7), ("(?-x)a#)|(b", 7), ("(?x)(?-x)#)|(b", 10),
+    ("(?x)\\#)(", 6),
+    ("(a)(b)", None), ("\\)", None), ("[]()]", None), ("[\\]()]", None), ("[a[(]]", None), ("[[:alpha:]]", None),
+    ("(?x)a#)\n", None), ("(?x)[#)]", None), ("(?P<n>a)|b", None), ("(?x:(?-x:#))|(b)", None),
+])
+def test_unopened_group_finds_a_parenthesis_that_would_close_the_wrapper(regex: str, at: int | None) -> None:
+    assert unopened_group(regex) == at
 
 
 def test_a_bad_json_schema_is_refused_naming_its_field() -> None:

@@ -60,6 +60,7 @@ async def test_websocket_generate_matches_the_regex_and_the_schema(server_url: s
     ({"guided_regex": "x" * 16385}, "field 'guided_regex' holds 16385 characters; at most 16384"),
     ({"guided_regex": ""}, "field 'guided_regex' must be a non-empty string"),
     ({"guided_regex": "a{1000000}"}, "field 'guided_regex': the pattern's counted repetitions spell out"),
+    ({"guided_regex": "a)|(b"}, "field 'guided_regex': outlines-core cannot use this pattern: unopened group"),
     ({"guided_regex": "caf\u00e9"}, "field 'guided_regex': outlines-core cannot use this pattern"),  # no such token
     ({"guided_json": {"type": "frobnicate"}}, "field 'guided_json': outlines-core cannot use this JSON Schema"),
     ({"guided_json": "[1, 2"}, "field 'guided_json' must be a JSON Schema"),
@@ -151,6 +152,7 @@ def test_openai_responses_text_format_json_schema(openai_client) -> None:
     ({"guided_regex": "x" * 16385}, "guided_regex", "at most 16384"),
     ({"guided_json": {"type": "frobnicate"}}, "guided_json", "outlines-core cannot use this JSON Schema"),
     ({"structured_outputs": {"regex": "("}}, "structured_outputs", "outlines-core cannot use this pattern"),
+    ({"structured_outputs": {"regex": "a)|(b"}}, "structured_outputs", "unopened group"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "frobnicate"}}}},
      "response_format", "outlines-core cannot use this JSON Schema"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}, "response_format", "needs"),
