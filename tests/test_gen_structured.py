@@ -11,6 +11,7 @@ import json
 import re
 
 import numpy as np
+import orjson
 import pytest
 
 from tests.test_gen_support import (
@@ -37,7 +38,7 @@ from wsserve.generation.structured import (
     pattern_size,
 )
 from wsserve.models.base import ModelInfo
-from wsserve.protocol import MAX_GUIDED_PATTERN_CHARS
+from wsserve.protocol import MAX_GUIDED_PATTERN_CHARS, schema_text
 
 pytest.importorskip("outlines_core")  # the structured extra
 
@@ -155,6 +156,14 @@ def test_index_cache_is_a_bounded_lru() -> None:
 def test_generation_params_bound_the_patterns(fields: dict, says: str) -> None:
     with pytest.raises(BadRequest, match=says):
         GenerationParams(prompt="", max_tokens=8, **fields)
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, orjson.loads('{"a":' * 1000 + "1" + "}" * 1000)])
+def test_a_schema_nesting_too_deeply_is_refused_naming_the_field(value: object) -> None:
+    """json recurses per level: a 16 KiB string of "[", or an object as deep as the frame's parser
+    (orjson) takes, raised RecursionError (an internal error, 500 over HTTP)."""
+    with pytest.raises(BadRequest, match="field 'guided_json' must be a JSON Schema.*nests too deeply"):
+        schema_text(value, "guided_json")
 
 
 def test_without_the_extra_a_pattern_is_refused_naming_the_field_and_the_install(monkeypatch) -> None:

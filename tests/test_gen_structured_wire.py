@@ -64,6 +64,7 @@ async def test_websocket_generate_matches_the_regex_and_the_schema(server_url: s
     ({"guided_regex": "caf\u00e9"}, "field 'guided_regex': outlines-core cannot use this pattern"),  # no such token
     ({"guided_json": {"type": "frobnicate"}}, "field 'guided_json': outlines-core cannot use this JSON Schema"),
     ({"guided_json": "[1, 2"}, "field 'guided_json' must be a JSON Schema"),
+    ({"guided_json": "[" * 5000 + "]" * 5000}, "field 'guided_json' must be a JSON Schema"),  # too deep for json
     ({"guided_json": {"enum": ["x" * 9000, "y" * 9000]}}, "field 'guided_json' holds"),
     ({"guided_regex": "a", "guided_choice": ["a"]}, "fields 'guided_choice' and 'guided_regex' cannot both be given"),
 ])
@@ -151,6 +152,7 @@ def test_openai_responses_text_format_json_schema(openai_client) -> None:
     ({"guided_regex": "("}, "guided_regex", "outlines-core cannot use this pattern"),
     ({"guided_regex": "x" * 16385}, "guided_regex", "at most 16384"),
     ({"guided_json": {"type": "frobnicate"}}, "guided_json", "outlines-core cannot use this JSON Schema"),
+    ({"guided_json": "[" * 5000 + "]" * 5000}, "guided_json", "must be a JSON Schema"),
     ({"structured_outputs": {"regex": "("}}, "structured_outputs", "outlines-core cannot use this pattern"),
     ({"structured_outputs": {"regex": "a)|(b"}}, "structured_outputs", "unopened group"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "frobnicate"}}}},
