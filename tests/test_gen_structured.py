@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 
 import numpy as np
 import orjson
@@ -21,7 +22,7 @@ from tests.test_gen_support import (
     run_until_idle,
     step_once,
 )
-from wsserve.errors import BadRequest
+from wsserve.errors import BadRequest, DeadlineExceeded
 from wsserve.generation import GenerationEngine, GenerationParams, Scheduler
 from wsserve.generation import engine as engine_module
 from wsserve.generation.guide_compile import GuideTables, unopened_group
@@ -307,6 +308,30 @@ async def test_the_index_is_built_off_the_loop_while_other_generations_go_on(mon
     engine.submit(GenerationParams(prompt="A ", max_tokens=20, guided_regex=PATTERNS[1][0]), again)
     assert engine.prepare(GenerationParams(prompt="", guided_regex=PATTERNS[1][0])) is None  # cached
     assert await again.done == "stop" and len(builds) == 1
+    await engine.close()
+
+
+async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_and_stops_the_compile(monkeypatch) -> None:
+    """PROTOCOL.md: while a request waits for its pattern, its timeout_ms applies.  With nothing
+    else running the engine slept until the compile ended (up to its 15 s, or longer queued
+    behind two others), so the deadline was only noticed then."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def never_done(pattern, *args, **kwargs):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    monkeypatch.setattr(engine_module, "compile_in_child", never_done)
+    engine = GenerationEngine(charlm())
+    sink = _Sink()
+    engine.submit(GenerationParams(prompt="", guided_regex="[a-z]{3,9}"), sink, deadline=time.monotonic() + 0.05)
+    await started.wait()
+    exc = await asyncio.wait_for(sink.done, 60)  # (a hang guard: the compile never ends by itself)
+    assert isinstance(exc, DeadlineExceeded) and sink.text == "", exc
+    await asyncio.wait_for(cancelled.wait(), 60)  # nothing else waits for the pattern: its child is killed
     await engine.close()
 
 

@@ -560,7 +560,9 @@ class GenerationEngine:
             elif not sched.has_unfinished():
                 if not self._building:  # (held sequences are not idle: their compile wakes the loop)
                     self._idle.set()
-                await self._wakeup.wait()
+                    await self._wakeup.wait()
+                else:
+                    await self._wait_held()
             else:  # pragma: no cover - defensive: never busy-wait, whatever the state
                 await asyncio.sleep(0.001)
             return
@@ -587,6 +589,24 @@ class GenerationEngine:
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps
+
+    async def _wait_held(self) -> None:
+        """Nothing runs, sequences are held for their patterns: sleep until woken or until the
+        earliest deadline, then end the sequences whose deadline passed and stop the compiles no
+        request waits for any more (their children killed)."""
+        deadline = self._sched.next_deadline()
+        if deadline is None:
+            await self._wakeup.wait()
+            return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+        self._sched.expire(time.monotonic())
+        for pending in list(self._building.values()):
+            self._abandon_if_unwanted(pending)
+        self._deliver()
 
     async def _score_prompt(self) -> None:
         """Score the next slice of the oldest queued prompt (:meth:`score_prompt`; at most
