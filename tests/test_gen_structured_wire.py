@@ -185,3 +185,26 @@ def test_openai_responses_refuses_a_bad_text_format_naming_text(openai_client) -
     body = info.value.body
     assert info.value.status_code == 400 and body["param"] == "text", body
     assert "field 'text': outlines-core cannot use this JSON Schema" in body["message"], body
+
+
+@pytest.mark.parametrize(("route", "field", "value"), [
+    ("chat/completions", "response_format", '{"type":' + "[" * 1000 + "]" * 1000 + "}"),
+    ("responses", "text", '{"format":' + "[" * 1000 + "]" * 1000 + "}"),
+])
+def test_openai_a_format_nesting_too_deeply_to_show_is_a_400_naming_it(server, route: str, field: str,
+                                                                       value: str) -> None:
+    """The refusal quotes the value (repr, cut): a value as deep as the body's parser takes
+    (1024 levels) raised RecursionError there, a 500.  The body is written by hand: the SDK's own
+    json.dumps cannot encode it (urllib, the standard library's client)."""
+    import urllib.error
+    import urllib.request
+
+    head = '"messages":[{"role":"user","content":"a"}]' if route != "responses" else '"input":"a"'
+    body = '{"model":"charlm",' + head + f',"{field}":{value}}}'
+    req = urllib.request.Request(f"{server.http}/v1/{route}", data=body.encode(),
+                                 headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=60)
+    error = json.loads(info.value.read())["error"]
+    assert info.value.code == 400 and error["param"] == field, error
+    assert "nested too deeply" in error["message"], error
