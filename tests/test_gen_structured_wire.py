@@ -208,3 +208,22 @@ def test_openai_a_format_nesting_too_deeply_to_show_is_a_400_naming_it(server, r
     error = json.loads(info.value.read())["error"]
     assert info.value.code == 400 and error["param"] == field, error
     assert "nested too deeply" in error["message"], error
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_echo_with_logprobs_refuses_a_bad_pattern_with_400_naming_it(openai_client, stream: bool) -> None:
+    """echo with logprobs scores the prompt first, then queues: its pattern was compiled only
+    there, so a streamed request got a 200 and the refusal as an error in the stream."""
+    with pytest.raises(openai.BadRequestError) as info:
+        r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=5, echo=True, logprobs=1,
+                                             stream=stream, extra_body={"guided_regex": "("})
+        if stream:
+            list(r)
+    body = info.value.body
+    assert info.value.status_code == 400 and body["param"] == "guided_regex", body
+    assert "outlines-core cannot use this pattern" in body["message"], body
+    r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=14, echo=True, logprobs=1,
+                                         extra_body={"guided_regex": REGEX})
+    text, reason = r.choices[0].text, r.choices[0].finish_reason
+    assert text.startswith("ab") and len(r.choices[0].logprobs.tokens) > 2
+    _check(text[2:], reason)

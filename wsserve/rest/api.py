@@ -842,6 +842,11 @@ class HttpApi:
             if completion.echo_only:  # the prompts are the answer
                 call.answer_prompts([len(logged or ()) for logged in call.echo_logged])
                 return
+            if (compiling := call.engine.prepare(completion.params)) is not None:
+                # its guided pattern compiled first, as without echo: a refusal is still a 400
+                call.compiling = compiling
+                compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
+                return
             self._submit(call, completion, session)
         except WsserveError as exc:
             call.fail(exc)  # counted once, as the tracked call it is (not also as a refusal)
