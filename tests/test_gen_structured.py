@@ -335,6 +335,52 @@ async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_an
     await engine.close()
 
 
+async def test_a_freed_compile_slot_goes_to_the_client_with_the_fewest_compiles_running(monkeypatch) -> None:
+    """Two patterns compile at once per engine.  A client that queued many distinct (maybe
+    hostile: up to 10 s of CPU each) patterns took every slot in turn, first come first served:
+    another client's pattern waited for all of them.  A freed slot now goes to the waiting
+    pattern whose client has the fewest compiles running (the oldest among equals)."""
+    started: list[str] = []
+    release: dict[str, asyncio.Event] = {}
+    changed = asyncio.Event()
+
+    async def held(pattern, *args, **kwargs):
+        started.append(pattern.text)
+        changed.set()
+        await release.setdefault(pattern.text, asyncio.Event()).wait()
+        raise pattern.refusal(f"field {pattern.name!r}: refused for the test")
+
+    async def starts(n: int) -> None:
+        while len(started) < n:
+            changed.clear()
+            await changed.wait()
+
+    monkeypatch.setattr(engine_module, "compile_in_child", held)
+    engine = GenerationEngine(charlm())
+    hog, other = object(), object()
+    sinks = [_Sink() for _ in range(5)]
+    for i in range(4):
+        engine.submit(GenerationParams(prompt="", guided_regex=f"a{i}"), sinks[i], group=hog)
+    await starts(2)
+    engine.submit(GenerationParams(prompt="", guided_regex="b"), sinks[4], group=other)
+    prepared = engine.prepare(GenerationParams(prompt="", guided_regex="a9"), group=hog)
+    release.setdefault("a0", asyncio.Event()).set()
+    await starts(3)
+    assert started == ["a0", "a1", "b"]
+    release.setdefault("a1", asyncio.Event()).set()
+    await starts(4)
+    assert started[3] == "a2"
+    for text in ("b", "a2", "a3", "a9"):
+        release.setdefault(text, asyncio.Event()).set()
+    await starts(6)
+    assert started[4:] == ["a3", "a9"]
+    results = [await s.done for s in sinks]
+    assert all(isinstance(r, BadRequest) for r in results), results
+    with pytest.raises(BadRequest):
+        await prepared
+    await engine.close()
+
+
 async def test_a_refused_pattern_ends_its_generations_with_bad_request_and_cancel_works_while_held() -> None:
     engine = GenerationEngine(charlm())
     a, b = _Sink(), _Sink()
