@@ -110,6 +110,22 @@ def test_unopened_group_finds_a_parenthesis_that_would_close_the_wrapper(regex: 
     assert unopened_group(regex) == at
 
 
+def test_a_json_schema_pattern_stays_inside_its_string() -> None:
+    """outlines-core writes a string's pattern into its regex as ("pattern"): "a|b" matched the
+    texts '"a' and 'b"' (not JSON), and "a)|(b" likewise.  The pattern is grouped first; one
+    with a ')' that closes no group of its own is refused."""
+    schema = json.dumps({"type": "object", "properties": {"k": {"type": "string", "pattern": "a)|(b"}}})
+    with pytest.raises(BadRequest, match="field 'guided_json': .*pattern " + re.escape('"a)|(b" has an unopened group')):
+        build_index(GuidePattern("json", schema), outlines_vocabulary(TOKENS))
+    vocab = outlines_vocabulary((*TOKENS, '"'))
+    for pattern in ("a|b", "(a)|(b)"):
+        index = build_index(GuidePattern("json", json.dumps({"type": "string", "pattern": pattern})), vocab)
+        assert index.allowed(index.initial).tolist() == [7]  # '"' first: a JSON string
+    const = json.dumps({"const": {"pattern": "a|b"}})  # data, not a schema: unchanged
+    index = build_index(GuidePattern("json", const), outlines_vocabulary(tuple('{}"apttern:|b ')))
+    assert index.allowed(index.initial).tolist() == [0]
+
+
 def test_a_bad_json_schema_is_refused_naming_its_field() -> None:
     with pytest.raises(BadRequest, match="field 'response_format': outlines-core cannot use this JSON Schema") as info:
         build_index(GuidePattern("json", '{"type": "frobnicate"}', "response_format"), outlines_vocabulary(TOKENS))

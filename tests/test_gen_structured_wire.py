@@ -63,6 +63,8 @@ async def test_websocket_generate_matches_the_regex_and_the_schema(server_url: s
     ({"guided_regex": "a)|(b"}, "field 'guided_regex': outlines-core cannot use this pattern: unopened group"),
     ({"guided_regex": "caf\u00e9"}, "field 'guided_regex': outlines-core cannot use this pattern"),  # no such token
     ({"guided_json": {"type": "frobnicate"}}, "field 'guided_json': outlines-core cannot use this JSON Schema"),
+    ({"guided_json": {"type": "string", "pattern": "a)|(b"}}, "field 'guided_json': outlines-core cannot use this "
+                                                              "JSON Schema: its pattern \"a)|(b\" has an unopened group"),
     ({"guided_json": "[1, 2"}, "field 'guided_json' must be a JSON Schema"),
     ({"guided_json": "[" * 5000 + "]" * 5000}, "field 'guided_json' must be a JSON Schema"),  # too deep for json
     ({"guided_json": {"enum": ["x" * 9000, "y" * 9000]}}, "field 'guided_json' holds"),

@@ -102,6 +102,7 @@ def compile_tables(kind: str, text: str, name: str, vocabulary: Any,
 
     regex = text
     if kind == "json":
+        text = _grouped_patterns(text, name)
         try:
             regex = build_regex_from_schema(text)
         except (ValueError, TypeError) as exc:
@@ -215,6 +216,39 @@ def pattern_size(regex: str) -> int:
         before, branches = stack.pop()
         total = before + branches + total
     return total
+
+
+#: Keys whose values are JSON data, not schemas (a "pattern" key in them is data).
+_DATA_KEYS = frozenset(("const", "enum", "default", "examples"))
+
+
+def _grouped_patterns(text: str, name: str) -> str:
+    """The JSON Schema text ``text`` with each string's ``pattern`` wrapped in ``(?:...)``:
+    outlines-core writes it into its regex as ``("pattern")``, so a pattern's top-level
+    alternation (``a|b``: ``("a|b")`` matches '"a' and 'b"') or a ``)`` closing no group of its
+    own escaped the string's quotes.  Raises :class:`PatternRefused` for a pattern with such a
+    ``)``; ``text`` unchanged when it has no pattern or is not JSON (outlines-core refuses it then)."""
+    try:
+        schema = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    todo, changed = [schema], False
+    while todo:  # (no recursion: the text may nest deeply)
+        value = todo.pop()
+        if type(value) is dict:
+            pattern = value.get("pattern")
+            if type(pattern) is str:
+                closing = unopened_group(pattern)
+                if closing is not None:
+                    raise PatternRefused(f"field {name!r}: outlines-core cannot use this JSON Schema: its pattern "
+                                         f"{_short(json.dumps(pattern), 80)} has an unopened group (the ')' at "
+                                         f"position {closing} closes no group)")
+                value["pattern"] = f"(?:{pattern})"
+                changed = True
+            todo.extend(v for k, v in value.items() if k not in _DATA_KEYS)
+        elif type(value) is list:
+            todo.extend(value)
+    return json.dumps(schema) if changed else text
 
 
 def unopened_group(regex: str) -> int | None:
