@@ -99,9 +99,9 @@ def test_the_guide_ends_at_a_choice_nothing_extends_and_lets_the_model_decide_at
     alone.advance(TOKENS.index("a"), "a")
     assert alone.advance(TOKENS.index("b"), "b") == END_AFTER  # "ab", which nothing extends
     wrong = ChoiceGuide(ChoiceSet(("ab", "c"), Vocabulary(TOKENS)))
-    wrong.advance(TOKENS.index("b"), "b")  # never allowed: the guide refuses to go on from there
-    with pytest.raises(ValueError):
-        wrong.allowed()
+    with pytest.raises(ValueError):  # never allowed: refused at once, the text unchanged
+        wrong.advance(TOKENS.index("b"), "b")
+    assert wrong.text == "" and wrong.allowed().tolist() == [0, 2, 5, 6]
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -217,3 +217,26 @@ def test_a_preempted_guided_sequence_resumes_where_it_stopped() -> None:
     assert sched.statistics().preempted >= 1
     assert [(out.joined(s), s.finish_reason) for s in hog] == alone
     assert all(s.finish_reason == "length" for s in late)
+
+
+class _Stubborn(_Words):
+    """_Words whose logits are -inf for every token but "hello ": a guided row whose allowed
+    tokens all have -inf logits gets a token its mask did not keep (argmax of an all -inf row)."""
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        out = np.full((len(contexts), 3), -np.inf)
+        out[:, 0] = 0.0
+        return out
+
+
+def test_a_guided_row_given_a_token_its_mask_did_not_keep_fails_alone() -> None:
+    """The model gave every allowed token -inf: that generation ends with an error naming it,
+    the others in the batch go on (it raised out of the scheduler, failing the whole engine)."""
+    sched = Scheduler(TokenModelAdapter(_Stubborn(), name="stubborn"), max_generate_batch=4)
+    clock, out = FakeClock(), Collected()
+    guided = sched.add_request(GenerationParams(prompt="x", max_tokens=4, guided_choice=("world stop",)), clock.now)
+    plain = sched.add_request(GenerationParams(prompt="x", max_tokens=4), clock.now)
+    run_until_idle(sched, clock, out)
+    assert (out.joined(plain), plain.finish_reason) == ("hello " * 4, "length")
+    assert guided.error is not None and guided.error.code == "internal" and "guide" in guided.error.message
+    assert out.joined(guided) == ""

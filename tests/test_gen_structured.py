@@ -9,8 +9,10 @@ import asyncio
 import itertools
 import json
 import re
+import time
 
 import numpy as np
+import orjson
 import pytest
 
 from tests.test_gen_support import (
@@ -20,9 +22,10 @@ from tests.test_gen_support import (
     run_until_idle,
     step_once,
 )
-from wsserve.errors import BadRequest
+from wsserve.errors import BadRequest, DeadlineExceeded
 from wsserve.generation import GenerationEngine, GenerationParams, Scheduler
 from wsserve.generation import engine as engine_module
+from wsserve.generation.guide_compile import GuideTables, unopened_group
 from wsserve.generation.model import TokenModelAdapter
 from wsserve.generation.structured import (
     CONTINUE,
@@ -31,12 +34,13 @@ from wsserve.generation.structured import (
     GuidePattern,
     IndexCache,
     RegexGuide,
+    RegexIndex,
     build_index,
     outlines_vocabulary,
     pattern_size,
 )
 from wsserve.models.base import ModelInfo
-from wsserve.protocol import MAX_GUIDED_PATTERN_CHARS
+from wsserve.protocol import MAX_GUIDED_PATTERN_CHARS, schema_text
 
 pytest.importorskip("outlines_core")  # the structured extra
 
@@ -85,12 +89,41 @@ def test_at_a_match_that_may_go_on_the_row_is_unmasked_and_the_models_choice_dec
     ("d+", "outlines-core cannot use this pattern"),  # a character no token writes
     (r"\bx", "outlines-core cannot use this pattern"),  # a Unicode word boundary: no DFA
     ("", "admits no token at the start"),  # only the empty text matches
+    ("a)|(b", "unopened group"),  # not (?:a)|(b): the compiler's own group is not the pattern's to close
+    ("a)|(?:b", "unopened group"),
+    ("(?x)a )|( b", "unopened group"),
 ])
 def test_a_pattern_outlines_core_refuses_or_no_token_can_begin_is_refused_naming_the_field(regex: str,
                                                                                             says: str) -> None:
     with pytest.raises(BadRequest, match=f"field 'guided_regex': .*{says}") as info:
         _index(TOKENS, regex)
     assert info.value.param == "guided_regex"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("regex", "at"), [
+    ("a)|(b", 1), ("(?i)a)|(b", 5), ("((?x)a)#)", 8), ("(?x:a)#)", 7), ("(?-x)a#)|(b", 7), ("(?x)(?-x)#)|(b", 10),
+    ("(?x)\\#)(", 6),
+    ("(a)(b)", None), ("\\)", None), ("[]()]", None), ("[\\]()]", None), ("[a[(]]", None), ("[[:alpha:]]", None),
+    ("(?x)a#)\n", None), ("(?x)[#)]", None), ("(?P<n>a)|b", None), ("(?x:(?-x:#))|(b)", None),
+])
+def test_unopened_group_finds_a_parenthesis_that_would_close_the_wrapper(regex: str, at: int | None) -> None:
+    assert unopened_group(regex) == at
+
+
+def test_a_json_schema_pattern_stays_inside_its_string() -> None:
+    """outlines-core writes a string's pattern into its regex as ("pattern"): "a|b" matched the
+    texts '"a' and 'b"' (not JSON), and "a)|(b" likewise.  The pattern is grouped first; one
+    with a ')' that closes no group of its own is refused."""
+    schema = json.dumps({"type": "object", "properties": {"k": {"type": "string", "pattern": "a)|(b"}}})
+    with pytest.raises(BadRequest, match="field 'guided_json': .*pattern " + re.escape('"a)|(b" has an unopened group')):
+        build_index(GuidePattern("json", schema), outlines_vocabulary(TOKENS))
+    vocab = outlines_vocabulary((*TOKENS, '"'))
+    for pattern in ("a|b", "(a)|(b)"):
+        index = build_index(GuidePattern("json", json.dumps({"type": "string", "pattern": pattern})), vocab)
+        assert index.allowed(index.initial).tolist() == [7]  # '"' first: a JSON string
+    const = json.dumps({"const": {"pattern": "a|b"}})  # data, not a schema: unchanged
+    index = build_index(GuidePattern("json", const), outlines_vocabulary(tuple('{}"apttern:|b ')))
+    assert index.allowed(index.initial).tolist() == [0]
 
 
 def test_a_bad_json_schema_is_refused_naming_its_field() -> None:
@@ -141,6 +174,14 @@ def test_index_cache_is_a_bounded_lru() -> None:
 def test_generation_params_bound_the_patterns(fields: dict, says: str) -> None:
     with pytest.raises(BadRequest, match=says):
         GenerationParams(prompt="", max_tokens=8, **fields)
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, orjson.loads('{"a":' * 1000 + "1" + "}" * 1000)])
+def test_a_schema_nesting_too_deeply_is_refused_naming_the_field(value: object) -> None:
+    """json recurses per level: a 16 KiB string of "[", or an object as deep as the frame's parser
+    (orjson) takes, raised RecursionError (an internal error, 500 over HTTP)."""
+    with pytest.raises(BadRequest, match="field 'guided_json' must be a JSON Schema.*nests too deeply"):
+        schema_text(value, "guided_json")
 
 
 def test_without_the_extra_a_pattern_is_refused_naming_the_field_and_the_install(monkeypatch) -> None:
@@ -286,6 +327,76 @@ async def test_the_index_is_built_off_the_loop_while_other_generations_go_on(mon
     await engine.close()
 
 
+async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_and_stops_the_compile(monkeypatch) -> None:
+    """PROTOCOL.md: while a request waits for its pattern, its timeout_ms applies.  With nothing
+    else running the engine slept until the compile ended (up to its 15 s, or longer queued
+    behind two others), so the deadline was only noticed then."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def never_done(pattern, *args, **kwargs):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    monkeypatch.setattr(engine_module, "compile_in_child", never_done)
+    engine = GenerationEngine(charlm())
+    sink = _Sink()
+    engine.submit(GenerationParams(prompt="", guided_regex="[a-z]{3,9}"), sink, deadline=time.monotonic() + 0.05)
+    await started.wait()
+    exc = await asyncio.wait_for(sink.done, 60)  # (a hang guard: the compile never ends by itself)
+    assert isinstance(exc, DeadlineExceeded) and sink.text == "", exc
+    await asyncio.wait_for(cancelled.wait(), 60)  # nothing else waits for the pattern: its child is killed
+    await engine.close()
+
+
+async def test_a_freed_compile_slot_goes_to_the_client_with_the_fewest_compiles_running(monkeypatch) -> None:
+    """Two patterns compile at once per engine.  A client that queued many distinct (maybe
+    hostile: up to 10 s of CPU each) patterns took every slot in turn, first come first served:
+    another client's pattern waited for all of them.  A freed slot now goes to the waiting
+    pattern whose client has the fewest compiles running (the oldest among equals)."""
+    started: list[str] = []
+    release: dict[str, asyncio.Event] = {}
+    changed = asyncio.Event()
+
+    async def held(pattern, *args, **kwargs):
+        started.append(pattern.text)
+        changed.set()
+        await release.setdefault(pattern.text, asyncio.Event()).wait()
+        raise pattern.refusal(f"field {pattern.name!r}: refused for the test")
+
+    async def starts(n: int) -> None:
+        while len(started) < n:
+            changed.clear()
+            await changed.wait()
+
+    monkeypatch.setattr(engine_module, "compile_in_child", held)
+    engine = GenerationEngine(charlm())
+    hog, other = object(), object()
+    sinks = [_Sink() for _ in range(5)]
+    for i in range(4):
+        engine.submit(GenerationParams(prompt="", guided_regex=f"a{i}"), sinks[i], group=hog)
+    await starts(2)
+    engine.submit(GenerationParams(prompt="", guided_regex="b"), sinks[4], group=other)
+    prepared = engine.prepare(GenerationParams(prompt="", guided_regex="a9"), group=hog)
+    release.setdefault("a0", asyncio.Event()).set()
+    await starts(3)
+    assert started == ["a0", "a1", "b"]
+    release.setdefault("a1", asyncio.Event()).set()
+    await starts(4)
+    assert started[3] == "a2"
+    for text in ("b", "a2", "a3", "a9"):
+        release.setdefault(text, asyncio.Event()).set()
+    await starts(6)
+    assert started[4:] == ["a3", "a9"]
+    results = [await s.done for s in sinks]
+    assert all(isinstance(r, BadRequest) for r in results), results
+    with pytest.raises(BadRequest):
+        await prepared
+    await engine.close()
+
+
 async def test_a_refused_pattern_ends_its_generations_with_bad_request_and_cancel_works_while_held() -> None:
     engine = GenerationEngine(charlm())
     a, b = _Sink(), _Sink()
@@ -335,3 +446,43 @@ def test_a_preempted_structured_sequence_resumes_where_it_stopped() -> None:
     assert sched.statistics().preempted >= 1
     assert [(out.joined(s), s.finish_reason) for s in hog] == alone
     assert all(s.finish_reason == "length" for s in late)
+
+
+def test_a_regex_row_given_a_token_its_mask_did_not_keep_fails_alone() -> None:
+    """As guided_choice's (tests/test_gen_guided.py): the model gave every allowed token -inf."""
+    from tests.test_gen_guided import _Stubborn
+
+    model = TokenModelAdapter(_Stubborn(), name="stubborn")
+    sched = Scheduler(model, max_generate_batch=4)
+    clock, out = FakeClock(), Collected()
+    p = GenerationParams(prompt="x", max_tokens=4, guided_regex="(world )+stop")
+    guided = sched.add_request(p, clock.now, index=build_index(GuidePattern.of(p), outlines_vocabulary(model.id_to_text)))
+    plain = sched.add_request(GenerationParams(prompt="x", max_tokens=4), clock.now)
+    run_until_idle(sched, clock, out)
+    assert (out.joined(plain), plain.finish_reason) == ("hello " * 4, "length")
+    assert guided.error is not None and guided.error.code == "internal" and "guide" in guided.error.message
+    assert out.joined(guided) == ""
+
+
+def test_an_index_holds_its_tables_as_arrays_not_per_transition_objects() -> None:
+    """An engine keeps up to 64 indexes of up to 1,000,000 transitions each: held as Python
+    dicts (~90 bytes a transition) a client's 64 distinct patterns pinned ~5 GiB."""
+    import tracemalloc
+
+    states, per_state, vocab = 10_000, 100, 1_000
+    tokens = np.tile(np.arange(0, vocab, vocab // per_state, dtype=np.int64), states)
+    targets = np.repeat(np.minimum(np.arange(states, dtype=np.int64) + 1, states - 1), per_state)
+    final = np.zeros(states, np.bool_)
+    final[-1] = True
+    tables = GuideTables(0, final, np.arange(0, states * per_state + 1, per_state, dtype=np.int64), tokens, targets)
+    tracemalloc.start()
+    try:
+        index = RegexIndex.from_tables(tables, vocab)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert index.transitions == 1_000_000 and held < 24 * index.transitions, held
+    guide = RegexGuide(index)
+    assert guide.allowed().tolist() == list(range(0, vocab, 10))
+    assert index.next_state(0, 10) == 1 and index.next_state(0, 11) is None and index.next_state(states - 1, 990) == states - 1
+    assert guide.advance(20, "") == 0 and guide.state == 1

@@ -60,9 +60,13 @@ async def test_websocket_generate_matches_the_regex_and_the_schema(server_url: s
     ({"guided_regex": "x" * 16385}, "field 'guided_regex' holds 16385 characters; at most 16384"),
     ({"guided_regex": ""}, "field 'guided_regex' must be a non-empty string"),
     ({"guided_regex": "a{1000000}"}, "field 'guided_regex': the pattern's counted repetitions spell out"),
+    ({"guided_regex": "a)|(b"}, "field 'guided_regex': outlines-core cannot use this pattern: unopened group"),
     ({"guided_regex": "caf\u00e9"}, "field 'guided_regex': outlines-core cannot use this pattern"),  # no such token
     ({"guided_json": {"type": "frobnicate"}}, "field 'guided_json': outlines-core cannot use this JSON Schema"),
+    ({"guided_json": {"type": "string", "pattern": "a)|(b"}}, "field 'guided_json': outlines-core cannot use this "
+                                                              "JSON Schema: its pattern \"a)|(b\" has an unopened group"),
     ({"guided_json": "[1, 2"}, "field 'guided_json' must be a JSON Schema"),
+    ({"guided_json": "[" * 5000 + "]" * 5000}, "field 'guided_json' must be a JSON Schema"),  # too deep for json
     ({"guided_json": {"enum": ["x" * 9000, "y" * 9000]}}, "field 'guided_json' holds"),
     ({"guided_regex": "a", "guided_choice": ["a"]}, "fields 'guided_choice' and 'guided_regex' cannot both be given"),
 ])
@@ -150,7 +154,9 @@ def test_openai_responses_text_format_json_schema(openai_client) -> None:
     ({"guided_regex": "("}, "guided_regex", "outlines-core cannot use this pattern"),
     ({"guided_regex": "x" * 16385}, "guided_regex", "at most 16384"),
     ({"guided_json": {"type": "frobnicate"}}, "guided_json", "outlines-core cannot use this JSON Schema"),
+    ({"guided_json": "[" * 5000 + "]" * 5000}, "guided_json", "must be a JSON Schema"),
     ({"structured_outputs": {"regex": "("}}, "structured_outputs", "outlines-core cannot use this pattern"),
+    ({"structured_outputs": {"regex": "a)|(b"}}, "structured_outputs", "unopened group"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "frobnicate"}}}},
      "response_format", "outlines-core cannot use this JSON Schema"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}, "response_format", "needs"),
@@ -181,3 +187,45 @@ def test_openai_responses_refuses_a_bad_text_format_naming_text(openai_client) -
     body = info.value.body
     assert info.value.status_code == 400 and body["param"] == "text", body
     assert "field 'text': outlines-core cannot use this JSON Schema" in body["message"], body
+
+
+@pytest.mark.parametrize(("route", "field", "value"), [
+    ("chat/completions", "response_format", '{"type":' + "[" * 1000 + "]" * 1000 + "}"),
+    ("responses", "text", '{"format":' + "[" * 1000 + "]" * 1000 + "}"),
+])
+def test_openai_a_format_nesting_too_deeply_to_show_is_a_400_naming_it(server, route: str, field: str,
+                                                                       value: str) -> None:
+    """The refusal quotes the value (repr, cut): a value as deep as the body's parser takes
+    (1024 levels) raised RecursionError there, a 500.  The body is written by hand: the SDK's own
+    json.dumps cannot encode it (urllib, the standard library's client)."""
+    import urllib.error
+    import urllib.request
+
+    head = '"messages":[{"role":"user","content":"a"}]' if route != "responses" else '"input":"a"'
+    body = '{"model":"charlm",' + head + f',"{field}":{value}}}'
+    req = urllib.request.Request(f"{server.http}/v1/{route}", data=body.encode(),
+                                 headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=60)
+    error = json.loads(info.value.read())["error"]
+    assert info.value.code == 400 and error["param"] == field, error
+    assert "nested too deeply" in error["message"], error
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_echo_with_logprobs_refuses_a_bad_pattern_with_400_naming_it(openai_client, stream: bool) -> None:
+    """echo with logprobs scores the prompt first, then queues: its pattern was compiled only
+    there, so a streamed request got a 200 and the refusal as an error in the stream."""
+    with pytest.raises(openai.BadRequestError) as info:
+        r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=5, echo=True, logprobs=1,
+                                             stream=stream, extra_body={"guided_regex": "("})
+        if stream:
+            list(r)
+    body = info.value.body
+    assert info.value.status_code == 400 and body["param"] == "guided_regex", body
+    assert "outlines-core cannot use this pattern" in body["message"], body
+    r = openai_client.completions.create(model="charlm", prompt="ab", max_tokens=14, echo=True, logprobs=1,
+                                         extra_body={"guided_regex": REGEX})
+    text, reason = r.choices[0].text, r.choices[0].finish_reason
+    assert text.startswith("ab") and len(r.choices[0].logprobs.tokens) > 2
+    _check(text[2:], reason)

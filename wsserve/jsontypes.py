@@ -44,8 +44,12 @@ def described(value: Any) -> str:
 
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` for an error message, cut to ``limit`` characters (ending ``...``): a refused
-    value may be most of a request (a long string, a large array) and is not echoed whole."""
-    text = repr(value)
+    value may be most of a request (a long string, a large array) and is not echoed whole.  A
+    value nested too deeply for ``repr`` (the wire's parser takes 1024 levels) is described instead."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"({json_type(value)} nested too deeply to show)"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -673,11 +673,17 @@ def schema_text(value: Any, field: str) -> str:
         except ValueError as exc:
             raise BadRequest(f"field {field!r} must be a JSON Schema (an object, or a string holding one); "
                              f"the string is not JSON: {exc}") from None
+        except RecursionError:  # json recurses per nested array/object: 16 KiB of "[" would escape
+            raise BadRequest(f"field {field!r} must be a JSON Schema (an object, or a string holding one); "
+                             "the string's JSON nests too deeply") from None
         if type(parsed) is not dict:
             raise BadRequest(f"field {field!r} must be a JSON Schema object, got {json_type(parsed)}")
         return value
     if type(value) is dict:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        except RecursionError:  # the frame's parser (orjson) takes 1024 levels, json.dumps fewer
+            raise BadRequest(f"field {field!r} must be a JSON Schema; this object nests too deeply") from None
         if len(text) > MAX_GUIDED_PATTERN_CHARS:
             raise BadRequest(f"field {field!r} holds {len(text)} characters of JSON; at most "
                              f"{MAX_GUIDED_PATTERN_CHARS}")

@@ -34,7 +34,7 @@ as from any step (``isolated_steps``, and the observer's optional
 Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled once per pattern
 in a short-lived child process with hard memory and CPU limits and a timeout
 (:func:`~.guide_sandbox.compile_in_child`: a hostile pattern kills only its child; at most two
-at once per engine), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes
+at once per engine, a freed slot to the connection with the fewest compiles running), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes
 are kept in an LRU of ``max_guide_indexes``, the refusals of patterns that cannot compile (not
 those that hit the wall-clock timeout) in an LRU of :data:`_MAX_GUIDE_REFUSALS`.  A compile no
 request waits for any more (every held sequence cancelled or ended, every :meth:`prepare` future
@@ -200,14 +200,65 @@ def run_step_rows(model: TokenModel, batch: Batch
     return tokens, failed, None if batch.logprobs is None else step_logprobs(logits, tokens, batch.logprobs)
 
 
+class _CompileSlots:
+    """At most ``size`` compiles at once.  A freed slot goes to the waiting compile whose group
+    (the connection of the request that started it) has the fewest compiles running, the oldest
+    among equals: a client that queued many patterns (each up to the child's CPU limit) does not
+    hold every slot in turn while another client's pattern waits behind all of them."""
+
+    __slots__ = ("size", "_running", "_total", "_waiting")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._running: dict[Any, int] = {}  # group -> its compiles running
+        self._total = 0
+        self._waiting: list[tuple[Any, asyncio.Future[None]]] = []  # oldest first
+
+    async def acquire(self, group: Any) -> None:
+        """Wait for a slot for ``group``; the caller :meth:`release` s it once done (cancelled
+        while waiting: no slot is held)."""
+        if self._total < self.size and not self._waiting:
+            self._take(group)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((group, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # handed a slot as it was cancelled
+                self.release(group)
+            raise
+
+    def release(self, group: Any) -> None:
+        """Give back ``group``'s slot; hand it to the next waiting compile (the class docstring)."""
+        left = self._running[group] - 1
+        if left:
+            self._running[group] = left
+        else:
+            del self._running[group]
+        self._total -= 1
+        self._waiting = [entry for entry in self._waiting if not entry[1].done()]  # (cancelled ones)
+        if self._waiting and self._total < self.size:
+            best = min(range(len(self._waiting)), key=lambda i: (self._running.get(self._waiting[i][0], 0), i))
+            group, future = self._waiting.pop(best)
+            self._take(group)
+            future.set_result(None)
+
+    def _take(self, group: Any) -> None:
+        self._running[group] = self._running.get(group, 0) + 1
+        self._total += 1
+
+
 class _Compiling:
     """A pattern being compiled: the sequences held for it, the futures of
-    :meth:`GenerationEngine.prepare`, and the task compiling it."""
+    :meth:`GenerationEngine.prepare`, the task compiling it, and the group (connection) of the
+    request that started it (:class:`_CompileSlots`)."""
 
-    __slots__ = ("key", "seqs", "waiters", "task")
+    __slots__ = ("key", "seqs", "waiters", "task", "group")
 
-    def __init__(self, key: tuple[str, str]) -> None:
+    def __init__(self, key: tuple[str, str], group: Any = None) -> None:
         self.key = key
+        self.group = group
         self.seqs: list[Sequence] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
@@ -294,8 +345,9 @@ class GenerationEngine:
         #: request may name another field), so a repeated one costs no child
         self._refusals: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._vocabulary: bytes | None = None  # the model's token texts as a compiling child reads them
-        #: at most this many patterns compile at once (each holds a child process and a core meanwhile)
-        self._build_slots = asyncio.Semaphore(_MAX_CONCURRENT_BUILDS)
+        #: at most this many patterns compile at once (each holds a child process and a core
+        #: meanwhile), a freed slot to the group with the fewest running
+        self._build_slots = _CompileSlots(_MAX_CONCURRENT_BUILDS)
         self._compile_limits = guide_compile_limits or CompileLimits.from_env()
 
     # -- public API ------------------------------------------------------------------
@@ -329,24 +381,25 @@ class GenerationEngine:
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
                                           index=index, hold=index is None)
             if index is None:
-                self._compile(pattern).seqs.append(seq)
+                self._compile(pattern, group).seqs.append(seq)
         self._idle.clear()
         self._wakeup.set()
         return seq
 
-    def prepare(self, params: GenerationParams) -> asyncio.Future[None] | None:
+    def prepare(self, params: GenerationParams, *, group: Any = None) -> asyncio.Future[None] | None:
         """For a ``guided_regex`` / ``guided_json`` whose pattern is not compiled yet: start
         compiling it (or join the compilation in progress) and return a future that is done once
         it is (its exception: the ``BadRequest`` naming the field, or ``ShuttingDown``); None when
         there is nothing to compile.  A caller that awaits it before :meth:`submit` can still answer
-        a refusal as its own (an HTTP 400 before a stream starts); :meth:`submit` does not need it."""
+        a refusal as its own (an HTTP 400 before a stream starts); :meth:`submit` does not need it.
+        ``group``: as :meth:`submit`'s (whose compiles share the slots fairly)."""
         pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
         if pattern is None or self._indexes.get(pattern.key) is not None:
             return None
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pending = self._compile(pattern)
+        pending = self._compile(pattern, group)
         pending.waiters.append(future)
         future.add_done_callback(functools.partial(self._waiter_done, pending))
         return future
@@ -356,11 +409,11 @@ class GenerationEngine:
         if future.cancelled():
             self._abandon_if_unwanted(pending)
 
-    def _compile(self, pattern: GuidePattern) -> _Compiling:
-        """The compilation of ``pattern`` in progress; started now if there is none."""
+    def _compile(self, pattern: GuidePattern, group: Any) -> _Compiling:
+        """The compilation of ``pattern`` in progress; started now (for ``group``) if there is none."""
         pending = self._building.get(pattern.key)
         if pending is None:
-            pending = self._building[pattern.key] = _Compiling(pattern.key)
+            pending = self._building[pattern.key] = _Compiling(pattern.key, group)
             task = asyncio.get_running_loop().create_task(self._build(pattern, pending), name="wsserve-guide-compile")
             pending.task = task
             self._build_tasks.add(task)
@@ -392,12 +445,15 @@ class GenerationEngine:
                 error = pattern.refusal(f"field {pattern.name!r}: {refused}")  # (this request's field)
                 result = "remembered"
             else:
-                async with self._build_slots:
+                await self._build_slots.acquire(pending.group)
+                try:
                     if self._vocabulary is None:
                         self._vocabulary = await asyncio.to_thread(vocabulary_payload, self.model.id_to_text)
                     started = time.monotonic()
                     index = await compile_in_child(pattern, self._vocabulary, len(self.model.id_to_text),
                                                    limits=self._compile_limits)
+                finally:
+                    self._build_slots.release(pending.group)
         except BadRequest as exc:  # refused (by the library, a bound, or the child's limits)
             error = exc
             result = "refused"
@@ -584,7 +640,9 @@ class GenerationEngine:
             elif not sched.has_unfinished():
                 if not self._building:  # (held sequences are not idle: their compile wakes the loop)
                     self._idle.set()
-                await self._wakeup.wait()
+                    await self._wakeup.wait()
+                else:
+                    await self._wait_held()
             else:  # pragma: no cover - defensive: never busy-wait, whatever the state
                 await asyncio.sleep(0.001)
             return
@@ -611,6 +669,24 @@ class GenerationEngine:
         if inline:
             self._deliver()
             await asyncio.sleep(0)  # let I/O and submissions in between steps
+
+    async def _wait_held(self) -> None:
+        """Nothing runs, sequences are held for their patterns: sleep until woken or until the
+        earliest deadline, then end the sequences whose deadline passed and stop the compiles no
+        request waits for any more (their children killed)."""
+        deadline = self._sched.next_deadline()
+        if deadline is None:
+            await self._wakeup.wait()
+            return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+        self._sched.expire(time.monotonic())
+        for pending in list(self._building.values()):
+            self._abandon_if_unwanted(pending)
+        self._deliver()
 
     async def _score_prompt(self) -> None:
         """Score the next slice of the oldest queued prompt (:meth:`score_prompt`; at most

@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = ["END_MARK", "EXIT_OVER_LIMITS", "MAX_GUIDE_TRANSITIONS", "MAX_PATTERN_SIZE", "GuideTables",
            "PatternRefused", "compile_tables", "dump_refusal", "dump_tables", "load_result", "main",
-           "outlines_vocabulary", "pattern_size"]
+           "outlines_vocabulary", "pattern_size", "unopened_group"]
 
 #: A built index holds at most this many (state, token) transitions; a larger one is refused.
 MAX_GUIDE_TRANSITIONS = 1_000_000
@@ -102,10 +102,15 @@ def compile_tables(kind: str, text: str, name: str, vocabulary: Any,
 
     regex = text
     if kind == "json":
+        text = _grouped_patterns(text, name)
         try:
             regex = build_regex_from_schema(text)
         except (ValueError, TypeError) as exc:
             raise PatternRefused(f"field {name!r}: outlines-core cannot use this JSON Schema: {exc}") from None
+    closing = unopened_group(regex)
+    if closing is not None:  # it would close compile_tables' own group: (?:a)|(b) is not the pattern a)|(b
+        raise PatternRefused(f"field {name!r}: outlines-core cannot use this pattern: unopened group: the ')' at "
+                             f"position {closing} closes no group")
     size = pattern_size(regex)
     if size > MAX_PATTERN_SIZE:
         raise PatternRefused(f"field {name!r}: the pattern's counted repetitions spell out about {size} atoms; at "
@@ -211,6 +216,115 @@ def pattern_size(regex: str) -> int:
         before, branches = stack.pop()
         total = before + branches + total
     return total
+
+
+#: Keys whose values are JSON data, not schemas (a "pattern" key in them is data).
+_DATA_KEYS = frozenset(("const", "enum", "default", "examples"))
+
+
+def _grouped_patterns(text: str, name: str) -> str:
+    """The JSON Schema text ``text`` with each string's ``pattern`` wrapped in ``(?:...)``:
+    outlines-core writes it into its regex as ``("pattern")``, so a pattern's top-level
+    alternation (``a|b``: ``("a|b")`` matches '"a' and 'b"') or a ``)`` closing no group of its
+    own escaped the string's quotes.  Raises :class:`PatternRefused` for a pattern with such a
+    ``)``; ``text`` unchanged when it has no pattern or is not JSON (outlines-core refuses it then)."""
+    try:
+        schema = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    todo, changed = [schema], False
+    while todo:  # (no recursion: the text may nest deeply)
+        value = todo.pop()
+        if type(value) is dict:
+            pattern = value.get("pattern")
+            if type(pattern) is str:
+                closing = unopened_group(pattern)
+                if closing is not None:
+                    raise PatternRefused(f"field {name!r}: outlines-core cannot use this JSON Schema: its pattern "
+                                         f"{_short(json.dumps(pattern), 80)} has an unopened group (the ')' at "
+                                         f"position {closing} closes no group)")
+                value["pattern"] = f"(?:{pattern})"
+                changed = True
+            todo.extend(v for k, v in value.items() if k not in _DATA_KEYS)
+        elif type(value) is list:
+            todo.extend(value)
+    return json.dumps(schema) if changed else text
+
+
+def unopened_group(regex: str) -> int | None:
+    """The position of the first ``)`` in ``regex`` that closes no group it opened (None when
+    every one does): wrapped as ``(?:regex)`` it would close the wrapper instead, and the
+    wrapper's ``(`` would be closed by the pattern's own last ``)``.  A scan of the text in
+    regex-syntax's rules: escapes, classes (nested, ``]`` first is literal) and, where the ``x``
+    flag is on (``(?x)``, scoped to its group), ``#`` comments to the end of the line."""
+    stack: list[bool] = []  # per open group: the x flag outside it (restored at its ")")
+    verbose = False
+    i, n = 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if verbose and c == "#":
+            end = regex.find("\n", i)
+            i = n if end < 0 else end + 1
+            continue
+        if c == "[":
+            i = _class_end(regex, i, verbose)
+            continue
+        if c == "(":
+            stack.append(verbose)
+            if regex.startswith("(?", i):
+                j = i + 2
+                while j < n and regex[j] not in ":)":
+                    j += 1
+                flags = regex[i + 2:j]
+                if "<" not in flags and "P" not in flags and "=" not in flags and "!" not in flags:
+                    on = flags.split("-")[0]
+                    turned = True if "x" in on else False if "x" in flags else None
+                    if turned is not None:
+                        if regex[j:j + 1] == ")":  # (?x): for the rest of the enclosing group
+                            stack.pop()
+                            verbose = turned
+                            i = j + 1
+                            continue
+                        verbose = turned  # (?x:...): inside this group only
+                i = j + 1 if regex[j:j + 1] == ":" else i + 1
+                continue
+        elif c == ")":
+            if not stack:
+                return i
+            verbose = stack.pop()
+        i += 1
+    return None
+
+
+def _class_end(regex: str, i: int, verbose: bool) -> int:
+    """The position after the class ``[...]`` that opens at ``i`` (nested classes too)."""
+    depth, n = 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == "[":
+            depth += 1
+            i += 1
+            if regex[i:i + 1] == "^":
+                i += 1
+            if regex[i:i + 1] == "]":  # a literal ']' first
+                i += 1
+            continue
+        if c == "\\":
+            i += 2
+            continue
+        if verbose and c == "#":
+            end = regex.find("\n", i)
+            i = n if end < 0 else end + 1
+            continue
+        i += 1
+        if c == "]":
+            depth -= 1
+            if depth == 0:
+                return i
+    return n
 
 
 def _live_states(raw: dict[int, dict[int, int]], finals: frozenset[int]) -> set[int]:

@@ -154,13 +154,17 @@ class ChoiceGuide:
         """Apply the generated ``token`` (its text ``token_text``): :data:`~.structured.CONTINUE`;
         :data:`~.structured.END_AFTER` when the text now equals a choice that nothing extends;
         :data:`~.structured.END_BEFORE` when the text was a choice and the model chose a token
-        that goes on along none (the end there; the text is unchanged)."""
+        that goes on along none (the end there; the text is unchanged).  Raises ``ValueError`` (the
+        text unchanged) for a token the mask did not allow (a model whose logits left every allowed
+        token -inf)."""
         choices = self.choices
         if choices.complete(self.text):
             ids = choices.continuations(self.text)
             if ids is None or token not in ids:
                 return END_BEFORE
-        self.text += token_text  # (a token the mask did not allow leaves a text allowed() refuses)
-        if choices.complete(self.text) and choices.continuations(self.text) is None:
-            return END_AFTER
-        return CONTINUE
+        text = self.text + token_text
+        going_on = choices.continuations(text) is not None  # (memoized: the next allowed() reads it)
+        if not token_text or (not going_on and not choices.complete(text)):
+            raise ValueError(f"token {token} was not allowed after {self.text!r}")
+        self.text = text
+        return CONTINUE if going_on else END_AFTER

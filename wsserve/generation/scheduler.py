@@ -308,6 +308,19 @@ class Scheduler:
             if seq.state is not SeqState.FINISHED:
                 self._finish(seq, now, error=error)
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an unfinished sequence (one held for its pattern included), or None."""
+        heap = self._deadlines
+        while heap and heap[0][2].state is SeqState.FINISHED:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def expire(self, now: float) -> None:
+        """End the sequences whose deadline has passed with ``DeadlineExceeded`` (as
+        :meth:`schedule` does; for sequences held for their pattern while nothing is scheduled)."""
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self._expire(now)
+
     def has_unfinished(self) -> bool:
         return len(self._run) > 0 or self._waiting[0].n > 0 or self._waiting[1].n > 0
 
@@ -437,7 +450,13 @@ class Scheduler:
             guide = seq._guide
             # END_AFTER: the text is a choice (or a match nothing extends); END_BEFORE: the text
             # matched and the model chose to end there (this token is not generated)
-            outcome = CONTINUE if guide is None else guide.advance(int(tokens[i]), text)
+            try:
+                outcome = CONTINUE if guide is None else guide.advance(int(tokens[i]), text)
+            except ValueError:  # the model gave every allowed token -inf (or NaN): this row only
+                self._finish(seq, now, error=Internal(
+                    f"the model gave token {int(tokens[i])}, which the guide did not allow: its logits left no "
+                    "allowed token a finite value"))
+                continue
             chosen = outcome == END_AFTER
             matcher = seq._stops
             if matcher is None:  # logprobs or a guide: the token goes out whole (it ends by length elsewhere)

@@ -778,7 +778,7 @@ class HttpApi:
             elif completion.echo_only:  # nothing to queue: the prompts' token counts are the answer's usage
                 counts = [len(ids) for ids in completion.prompt_ids] or [
                     entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
-            elif (compiling := entry.worker.prepare(completion.params)) is not None:
+            elif (compiling := entry.worker.prepare(completion.params, group=session)) is not None:
                 # a guided_regex / guided_json compiled first (in a child process): a refusal is still a 400
                 call.compiling = compiling
                 compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
@@ -845,6 +845,11 @@ class HttpApi:
                 call.scored(i, future.result())
             if completion.echo_only:  # the prompts are the answer
                 call.answer_prompts([len(logged or ()) for logged in call.echo_logged])
+                return
+            if (compiling := call.engine.prepare(completion.params, group=session)) is not None:
+                # its guided pattern compiled first, as without echo: a refusal is still a 400
+                call.compiling = compiling
+                compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
                 return
             self._submit(call, completion, session)
         except WsserveError as exc:
