@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_http import http_url, median_of, run_wrk, wait_ready
+from benchmarks.bench_http import cost_table, http_url, median_of, run_wrk, wait_ready
 from benchmarks.machine import describe
 from benchmarks.servers import start_wsserve
 
@@ -62,16 +62,8 @@ def main() -> int:
         f"{args.reps} runs per cell interleaved, median (range in small print); the log goes to a pipe "
         f"({logged:,} access lines were written in all).",
         "",
-        "| access log | req/s | server µs/request | ÷ off (req/s) | server CPU ÷ off |",
-        "|---|---:|---:|---:|---:|",
+        *cost_table("access log", med),
     ]
-    off = med["off"]
-    for name, m in med.items():
-        if "failed" in m:
-            lines.append(f"| {name} | failed: {m['failed'][:80]} | | | |")
-            continue
-        lines.append(f"| {name} | {m['rps']:,.0f} <sub>({m['rps_min']:,.0f}–{m['rps_max']:,.0f})</sub> | "
-                     f"{m['cpu_us']:.1f} | {m['rps'] / off['rps']:.2f}× | {m['cpu_us'] / off['cpu_us']:.2f}× |")
     lines += ["", "Reproduce: `python -m benchmarks.bench_access_log` (needs Debian's `wrk`).", ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -144,6 +144,21 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def cost_table(first: str, med: dict[str, dict[str, Any]]) -> list[str]:
+    """A Markdown table of :func:`median_of` cells against the first one (``off``): req/s with
+    its range, server µs per request, and both as ratios; ``first`` heads the cells' column."""
+    lines = [f"| {first} | req/s | server µs/request | ÷ off (req/s) | server CPU ÷ off |",
+             "|---|---:|---:|---:|---:|"]
+    off = next(iter(med.values()))
+    for name, m in med.items():
+        if "failed" in m:
+            lines.append(f"| {name} | failed: {m['failed'][:80]} | | | |")
+            continue
+        lines.append(f"| {name} | {m['rps']:,.0f} <sub>({m['rps_min']:,.0f}–{m['rps_max']:,.0f})</sub> | "
+                     f"{m['cpu_us']:.1f} | {m['rps'] / off['rps']:.2f}× | {m['cpu_us'] / off['cpu_us']:.2f}× |")
+    return lines
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from benchmarks.bench_http import http_url, median_of, run_wrk, wait_ready
+from benchmarks.bench_http import cost_table, http_url, median_of, run_wrk, wait_ready
 from benchmarks.machine import describe
 from benchmarks.servers import BENCH_THREADS, START_TIMEOUT_S
 from tests.support import ServerProcess
@@ -132,16 +132,8 @@ def main() -> int:
         "fully traced server in its timed runs "
         "(spans past the SDK's queue of 2048 are dropped, by design, when export falls behind).",
         "",
-        "| tracing | req/s | server µs/request | ÷ off (req/s) | server CPU ÷ off |",
-        "|---|---:|---:|---:|---:|",
+        *cost_table("tracing", med),
     ]
-    off = med["off"]
-    for name, m in med.items():
-        if "failed" in m:
-            lines.append(f"| {name} | failed: {m['failed'][:80]} | | | |")
-            continue
-        lines.append(f"| {name} | {m['rps']:,.0f} <sub>({m['rps_min']:,.0f}–{m['rps_max']:,.0f})</sub> | "
-                     f"{m['cpu_us']:.1f} | {m['rps'] / off['rps']:.2f}× | {m['cpu_us'] / off['cpu_us']:.2f}× |")
     lines += ["", "Reproduce: `pip install 'wsserve[otel]'`, then `python -m benchmarks.bench_tracing` "
               "(needs Debian's `wrk`).", ""]
     args.out.write_text("\n".join(lines))
