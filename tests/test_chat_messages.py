@@ -79,7 +79,7 @@ def test_tool_calls_and_results_are_taken_with_tools_as_text() -> None:
      "'messages[0].tool_call_id' must name a tool call of an earlier assistant message"),
     ([{"role": "assistant", "content": "", "tool_calls": [CALL]}, {"role": "tool", "content": "1"}],
      "'messages[1].tool_call_id' must name a tool call of an earlier assistant message (a tool message answers one), "
-     "got None"),
+     "got null"),
     ([{"role": "assistant", "content": "", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c1"}],
      "'messages[1].content' must be a string or an array of text parts, got null"),
     ([{"role": "assistant", "content": "", "tool_calls": "x"}], "'messages[0].tool_calls' must be an array of at most 64"),

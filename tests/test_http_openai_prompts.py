@@ -81,7 +81,7 @@ def test_a_streamed_token_id_prompt(openai_client) -> None:
     ([[1, 2], [3, 2**64 - 1]], f"token id {2**64 - 1}"),
     ([1, -4], "non-negative"),
     ([1, True], "non-negative"),  # a JSON boolean is not an id
-    ([True, 1], "got True"),  # the first value too: named, as any bad id
+    ([True, 1], "got true"),  # the first value too: named, as any bad id
     ([1.0], "got 1.0"),
     ([2**70], "beyond 64 bits"),  # read as a float by the JSON decoder: said so
     ([[1], [1, 2**70]], "beyond 64 bits"),

@@ -395,7 +395,7 @@ def test_refusals_name_the_problem(client) -> None:
     assert refused(input="a", include=INCLUDE, top_logprobs=21) == "'top_logprobs' must be an integer in [0, 20], got 21"
     assert refused(input="a", extra_body={"logprobs": True}) == (
         "'logprobs' is not supported on this route: this route's logprobs are asked for with 'include': "
-        "[\"message.output_text.logprobs\"] and 'top_logprobs'; got True")
+        "[\"message.output_text.logprobs\"] and 'top_logprobs'; got true")
 
 
 @pytest.mark.parametrize("extra", [

@@ -45,7 +45,10 @@ def described(value: Any) -> str:
 def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` for an error message, cut to ``limit`` characters (ending ``...``): a refused
     value may be most of a request (a long string, a large array) and is not echoed whole.  A
-    value nested too deeply for ``repr`` (the wire's parser takes 1024 levels) is described instead."""
+    value nested too deeply for ``repr`` (the wire's parser takes 1024 levels) is described instead.
+    JSON's ``true``, ``false`` and ``null`` are shown as the client wrote them, not by Python's names."""
+    if value is None or type(value) is bool:
+        return "null" if value is None else "true" if value else "false"
     try:
         text = repr(value)
     except RecursionError:
