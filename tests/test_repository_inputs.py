@@ -170,7 +170,7 @@ def test_int64_keeps_exact_large_integers() -> None:
         ([[2**63, 0]], "int64", "'inputs' row 0 holds 9223372036854775808, which does not fit input 'ids' of dtype int64 (range [-9223372036854775808, 9223372036854775807])"),
         ([[0, -(2**31) - 1]], "int32", "'inputs' row 0 holds -2147483649, which does not fit input 'ids' of dtype int32 (range [-2147483648, 2147483647])"),
         ([[0.0, 1e19]], "int64", "'inputs' row 0 holds 1e+19, which does not fit input 'ids' of dtype int64 (range [-9223372036854775808, 9223372036854775807])"),
-        ([[0, True]], "int64", "'inputs' row 0 holds True, which is not a number"),
+        ([[0, True]], "int64", "'inputs' row 0 holds true, which is not a number"),
         ([[0, "1"]], "int32", "'inputs' row 0 holds '1', which is not a number"),
     ],
 )
@@ -203,7 +203,7 @@ def test_nested_rows() -> None:
     assert _fails([[1, 2, 3]], spec) == "'inputs' row 0 has 3 values; the model takes 2"
     assert _fails([5], spec) == "'inputs' row 0 must be nested arrays of shape [2, 3], got number"
     assert _fails([[[1, 2, 3]]], spec) == "'inputs' row 0 has 1 values; the model takes 2"
-    assert _fails([[[1, 2, 3], [4, None, 6]]], spec) == "'inputs' row 0[1] holds None, which is not a number"
+    assert _fails([[[1, 2, 3], [4, None, 6]]], spec) == "'inputs' row 0[1] holds null, which is not a number"
     msg = _fails([[[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 5, 1.5]]], _spec((2, 3), "int64", "grid"))
     assert msg == "'inputs' row 1[1] holds 1.5, which does not fit input 'grid' of dtype int64 (integers only)"
 
