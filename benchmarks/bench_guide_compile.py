@@ -1,6 +1,6 @@
 """What compiling a structured-outputs pattern in a child process costs a first (uncached) request.
 
-``python -m benchmarks.bench_guide_compile [--runs 7]`` (~30 s) compiles a few patterns against
+``python -m benchmarks.bench_guide_compile [--runs 7]`` (~30 s; writes ``benchmarks/results/guide_compile.md``) compiles a few patterns against
 three vocabularies (charlm's 96 tokens; synthetic ones of 32,000 and 128,000 distinct random
 lowercase/digit strings of 1-8 characters, the sizes of real LLM tokenizers) two ways:
 
@@ -23,10 +23,14 @@ import random
 import statistics
 import string
 import time
+from pathlib import Path
 
+from benchmarks.machine import describe
 from wsserve.generation.guide_sandbox import compile_in_child, vocabulary_payload
 from wsserve.generation.structured import GuidePattern, build_index, outlines_vocabulary
 from wsserve.models.charlm import VOCAB
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 PATTERNS = {
     "regex": GuidePattern("regex", r"[0-9]{3}-[a-z]+( [a-z]+)?"),
@@ -63,12 +67,30 @@ async def measure(texts: list[str], pattern: GuidePattern, runs: int) -> tuple[f
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS / "guide_compile.md",
+                        help="the BENCHMARKS.md fragment written (python -m benchmarks.assemble)")
     args = parser.parse_args()
-    print(f"{'vocabulary':>10} {'pattern':>7} {'in-process ms':>14} {'child ms':>9} {'added ms':>9}")
+    machine = describe()
+    lines = [
+        "## Structured outputs: what a first compile costs (`guided_regex` / `guided_json`)", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python -m benchmarks.bench_guide_compile "
+        f"--runs {args.runs}`; {machine.get('cpu', '?')}, load average at the start "
+        f"{' / '.join(map(str, machine.get('load_average') or ['?']))}.", "",
+        "Median of the runs, per vocabulary (charlm's 96 tokens; synthetic ones of 32,000 and 128,000 "
+        "distinct 2-8 character strings) and pattern (a regex; a small JSON Schema): the pattern compiled in "
+        "this process (`build_index`, in a thread: the pre-sandbox path) and in a child process with its limits "
+        "(`compile_in_child`: what the server does; the difference is the added latency of a request whose "
+        "pattern is not cached yet; later requests hit the engine's cache either way).", "",
+        "| vocabulary | pattern | in-process ms | child ms | added ms |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for texts in (list(VOCAB), synthetic_vocabulary(32_000), synthetic_vocabulary(128_000)):
         for name, pattern in PATTERNS.items():
             inproc, child = await measure(texts, pattern, args.runs)
-            print(f"{len(texts):>10} {name:>7} {inproc:>14.1f} {child:>9.1f} {child - inproc:>9.1f}")
+            lines.append(f"| {len(texts):,} | {name} | {inproc:.1f} | {child:.1f} | {child - inproc:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -310,7 +310,8 @@ class TokenBan:
 
 @dataclass(frozen=True, slots=True)
 class TokenAllow:
-    """Rows of a batch that may generate only some tokens (vLLM's ``guided_choice``), flat: row
+    """Rows of a batch that may generate only some tokens (guided decoding: ``guided_choice``,
+    ``guided_regex``, ``guided_json``), flat: row
     ``rows[i]`` keeps the logits of the ids ``ids[j]`` with ``index[j] == i``, every other one
     becomes ``-inf``.  Each row keeps at least one token.  Built per step, for those rows only."""
 

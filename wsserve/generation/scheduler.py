@@ -131,7 +131,7 @@ class Batch:
     them and ``bias`` their logit biases (``None``: no row has); ``logprobs`` the rows that want
     log-probabilities (``None``: no row does); ``ban`` the tokens rows may not generate this step
     (``min_tokens`` with ``stop_token_ids``; ``None``: no row has); ``allow`` the only tokens the
-    guided rows may generate this step (``guided_choice``; ``None``: no row is guided).  Arrays are
+    guided rows may generate this step (guided decoding; ``None``: no row is masked).  Arrays are
     never written after the batch is made: safe to read from another thread.
     """
 
