@@ -126,6 +126,14 @@ def _tool_field(role: str, key: str) -> bool:
     return (role, key) in (("assistant", "tool_calls"), ("tool", "tool_call_id"))
 
 
+def _short_string(value: Any, at: str) -> str:
+    """``value`` when it is a string of 1 to ``MAX_TOOL_CALL_ID_CHARS`` characters (a tool call's
+    ``id`` or function ``name``); raises ``BadRequest`` naming ``at`` otherwise."""
+    if type(value) is not str or not 0 < len(value) <= MAX_TOOL_CALL_ID_CHARS:
+        raise BadRequest(f"'{at}' must be a string of 1 to {MAX_TOOL_CALL_ID_CHARS} characters, got {shown(value, 40)}")
+    return value
+
+
 def _tool_calls(calls: Any, where: str, call_ids: set[str]) -> list[str]:
     """An assistant message's ``tool_calls`` checked: each call's ``arguments``, in order; each
     ``id`` is added to ``call_ids``.  Raises ``BadRequest`` naming the call's field."""
@@ -138,17 +146,12 @@ def _tool_calls(calls: Any, where: str, call_ids: set[str]) -> list[str]:
         if type(call) is not dict or call.get("type", "function") != "function":
             raise BadRequest(f"'{at}' must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
                              f"\"arguments\"}}}}, got {shown(call, 60)}")
-        call_id, function = call.get("id"), call.get("function")
-        if type(call_id) is not str or not 0 < len(call_id) <= MAX_TOOL_CALL_ID_CHARS:
-            raise BadRequest(f"'{at}.id' must be a string of 1 to {MAX_TOOL_CALL_ID_CHARS} characters, "
-                             f"got {shown(call_id, 40)}")
+        call_id, function = _short_string(call.get("id"), f"{at}.id"), call.get("function")
         if type(function) is not dict:
             raise BadRequest(f"'{at}.function' must be an object with 'name' and 'arguments', got "
                              f"{json_type(function)}")
-        name, args = function.get("name"), function.get("arguments")
-        if type(name) is not str or not 0 < len(name) <= MAX_TOOL_CALL_ID_CHARS:
-            raise BadRequest(f"'{at}.function.name' must be a string of 1 to {MAX_TOOL_CALL_ID_CHARS} characters, "
-                             f"got {shown(name, 40)}")
+        _short_string(function.get("name"), f"{at}.function.name")
+        args = function.get("arguments")
         if type(args) is not str:
             raise BadRequest(f"'{at}.function.arguments' must be a string (the call's JSON arguments), got "
                              f"{json_type(args)}")
