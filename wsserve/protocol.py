@@ -206,7 +206,8 @@ class GenerationParams:
     - ``guided_choice`` (vLLM's): ``()`` (off), or 1 to :data:`MAX_GUIDED_CHOICES` non-empty
       strings of at most :data:`MAX_GUIDED_CHOICE_CHARS` characters: the generated text is one of
       them (:mod:`wsserve.generation.guided`: each token keeps it a prefix of a choice; it ends with
-      reason ``stop`` as soon as it equals one, or ``length`` at ``max_tokens``).  Not with
+      reason ``stop`` at a choice by :mod:`wsserve.generation.structured`'s end rule, or
+      ``length`` at ``max_tokens``).  Not with
       ``min_tokens`` above 0.  That the model's tokens can write each choice is checked when the
       request is queued.
     - ``guided_regex`` / ``guided_json`` (vLLM's): ``""`` (off), or a regular expression / a JSON
