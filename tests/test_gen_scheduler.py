@@ -493,7 +493,21 @@ def test_a_token_id_prompt_generates_what_its_text_does(extra: dict) -> None:
     assert by_ids == by_text and by_text[0]
     sched = Scheduler(model, max_generate_batch=2)
     seq = sched.add_request(GenerationParams(prompt="", prompt_ids=ids, max_tokens=1), FakeClock().now)
-    assert seq.prompt_tokens == len(ids) and seq.params.prompt_ids is None  # not held while it runs
+    assert seq.prompt_tokens == len(ids)
+
+
+def test_a_long_prompt_is_not_held_by_its_sequence_and_a_short_one_costs_no_copy() -> None:
+    """Only the context is used once a prompt is encoded: past HELD_PROMPT_CHARS the sequence's
+    params drop it (a queue of long prompts does not hold them); a short one is kept as given."""
+    from wsserve.generation.scheduler import HELD_PROMPT_CHARS
+
+    sched = Scheduler(charlm(), max_generate_batch=2)
+    long_text = "It was the best of times. " * 40
+    assert len(long_text) > HELD_PROMPT_CHARS
+    seq = sched.add_request(GenerationParams(prompt=long_text, max_tokens=1), FakeClock().now)
+    assert seq.params.prompt == "" and seq.prompt_tokens == charlm().prompt_chars
+    short = GenerationParams(prompt="It was ", max_tokens=1)
+    assert sched.add_request(short, FakeClock().now).params is short
 
 
 def test_token_id_prompts_outside_the_model_are_refused_and_nothing_is_queued() -> None:

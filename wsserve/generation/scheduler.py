@@ -102,6 +102,11 @@ from .waitqueue import WaitQueue
 __all__ = ["FINISHED", "Batch", "Event", "Scheduler", "SchedulerStatistics", "SeqState", "Sequence", "TokenModel",
            "check_token_ids"]
 
+#: A sequence's params keep a prompt of at most this many characters (or token ids); a longer one is
+#: dropped once encoded (only its context is used from then on), so a queue of long prompts holds no
+#: more than this of each.  Short prompts are kept: copying the params costs more than they weigh.
+HELD_PROMPT_CHARS = 256
+
 _RUNNING = SeqState.RUNNING
 
 
@@ -238,8 +243,8 @@ class Scheduler:
         else:  # one encode() (or none): the context is the ids' tail
             context, prompt_tokens = context_of(self.model, ids), len(ids)
         prompt_ids = np.unique(ids) if params.repetition_penalty != 1 else None
-        if params.prompt or params.prompt_ids is not None:  # only the context is used from here on
-            params = dataclasses.replace(params, prompt="", prompt_ids=None)
+        if len(params.prompt) > HELD_PROMPT_CHARS or len(params.prompt_ids or ()) > HELD_PROMPT_CHARS:
+            params = dataclasses.replace(params, prompt="", prompt_ids=None)  # only the context is used from here on
         seq = Sequence(next(self._ids), params, owner, now, group, self._run.tick)
         seq._context = context
         seq._prompt_ids = prompt_ids
