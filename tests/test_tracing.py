@@ -351,6 +351,61 @@ def test_websocket_refused_request_span_and_malformed_traceparent(traced, collec
     assert span["parent_span_id"] == ""
 
 
+def test_websocket_tracestate_goes_with_the_frame_traceparent(traced, collector: Collector) -> None:
+    """A frame's ``tracestate`` is the span's trace state (as the HTTP header and gRPC metadata are),
+    on predict and generate; a malformed one is dropped whole with the traceparent kept, and one
+    without a traceparent is ignored (W3C)."""
+    proc, _ = traced
+    for kind, extra, terminal in (("predict", {"model": "linear", "inputs": [[1.0]]}, "result"),
+                                  ("generate", {"model": "charlm", "prompt": "ab", "max_tokens": 2}, "done")):
+        tp, trace_id, parent = _traceparent()
+        frames = _ws_request(proc.url, {"type": kind, "id": f"ts-{kind}", **extra, "traceparent": tp,
+                                        "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"})
+        assert frames[-1]["type"] == terminal
+        span = collector.wait(trace_id=trace_id)
+        assert span["parent_span_id"] == parent and span["trace_state"] == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    tp, trace_id, parent = _traceparent()
+    frames = _ws_request(proc.url, {"type": "predict", "id": "ts-bad", "model": "linear", "inputs": [[1.0]],
+                                    "traceparent": tp, "tracestate": "Bad Key=1"})
+    assert frames[-1]["type"] == "result"
+    span = collector.wait(trace_id=trace_id)
+    assert span["parent_span_id"] == parent and span["trace_state"] == ""
+    frames = _ws_request(proc.url, {"type": "predict", "id": "ts-alone", "model": "linear", "inputs": [[1.0]],
+                                    "tracestate": "k=v"})
+    assert frames[-1]["type"] == "result"
+    span = collector.wait(**{"wsserve.request_id": "ts-alone"})
+    assert span["parent_span_id"] == "" and span["trace_state"] == ""
+
+
+def test_the_python_client_passes_the_trace_context(traced, collector: Collector) -> None:
+    """wsserve_client's ``traceparent``/``tracestate`` on predict, predict_stream (binary too) and
+    generate make the server's spans children of the caller's, with its trace state."""
+    import array
+    import asyncio
+
+    from wsserve_client import Client
+
+    proc, _ = traced
+    contexts = [_traceparent() for _ in range(4)]
+
+    async def calls() -> None:
+        async with Client(proc.url) as c:
+            (tp0, _, _), (tp1, _, _), (tp2, _, _), (tp3, _, _) = contexts
+            await c.predict("linear", [[1.0]], traceparent=tp0, tracestate="a=1")
+            await c.predict("linear", array.array("d", [1.0]), binary=True, traceparent=tp1, tracestate="a=1")
+            async for _ in c.predict_stream("linear", [[1.0], [2.0]], traceparent=tp2, tracestate="a=1"):
+                pass
+            await c.complete("charlm", "ab", max_tokens=2, traceparent=tp3, tracestate="a=1")
+
+    asyncio.run(calls())
+    names = []
+    for _, trace_id, parent in contexts:
+        span = collector.wait(trace_id=trace_id)
+        assert span["parent_span_id"] == parent and span["trace_state"] == "a=1"
+        names.append(span["name"])
+    assert names == ["wsserve.predict"] * 3 + ["wsserve.generate"]
+
+
 def test_a_down_collector_does_not_stop_serving(model_cache: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

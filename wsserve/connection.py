@@ -383,8 +383,8 @@ class Connection:
             head = _span_head(req) if req is not None else {"wsserve.transport": "websocket"}
             if rid is not None:
                 head["wsserve.request_id"] = str(rid)[:256]
-            self._tracer.refused(f"wsserve.{kind}", getattr(req, "traceparent", None), None, self._now, head,
-                                 exc.code)
+            self._tracer.refused(f"wsserve.{kind}", getattr(req, "traceparent", None), getattr(req, "tracestate", None),
+                                 self._now, head, exc.code)
 
     # ------------------------------------------------------------------ auth
 
@@ -505,7 +505,7 @@ class Connection:
         job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
         self._track(job)
         if self._tracer is not None:
-            job.span = self._tracer.begin("wsserve.predict", req.traceparent, None, now, _span_head(req))
+            job.span = self._tracer.begin("wsserve.predict", req.traceparent, req.tracestate, now, _span_head(req))
 
     def _generate(self, req: Generate, now: float) -> None:
         self._admit(req.id, now)
@@ -521,7 +521,7 @@ class Connection:
         job.handle = entry.worker.submit(params, job, group=self, deadline=deadline)
         self._track(job)
         if self._tracer is not None:
-            job.span = self._tracer.begin("wsserve.generate", req.traceparent, None, now, _span_head(req))
+            job.span = self._tracer.begin("wsserve.generate", req.traceparent, req.tracestate, now, _span_head(req))
 
     def _track(self, job: Job) -> None:
         self.inflight[job.key] = job

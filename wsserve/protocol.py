@@ -24,6 +24,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -33,7 +34,7 @@ from .chat import ChatMessage, parse_messages
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
-from .tracecontext import parse_traceparent
+from .tracecontext import MAX_TRACESTATE_CHARS, parse_traceparent
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -408,6 +409,10 @@ class Predict:
     #: A W3C ``traceparent`` for the request's span (``--otlp-traces-endpoint``); None when absent
     #: or malformed (ignored, as W3C says: :func:`~wsserve.tracecontext.parse_traceparent`).
     traceparent: str | None = None
+    #: The W3C ``tracestate`` that goes with :attr:`traceparent`, as received (a string of at most
+    #: :data:`~wsserve.tracecontext.MAX_TRACESTATE_CHARS` characters, else None; the tracer checks
+    #: its members, dropping a malformed one whole); None without a usable ``traceparent``.
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,8 +427,9 @@ class Generate:
     #: The conversation of a ``messages`` generate (then ``params.prompt`` is empty: the served
     #: model's chat template makes the prompt, see :mod:`wsserve.chat`).
     messages: tuple[ChatMessage, ...] | None = None
-    #: As :attr:`Predict.traceparent`.
+    #: As :attr:`Predict.traceparent` and :attr:`Predict.tracestate`.
     traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,8 +591,22 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
         explain=_flag(obj, "explain"),
         tensors=tensors,
         binary_outputs=_flag(obj, "binary_outputs"),
-        traceparent=parse_traceparent(obj.get("traceparent")),
+        **_trace_fields(obj),
     )
+
+
+def _trace_fields(obj: dict[str, Any]) -> Mapping[str, str | None]:
+    """A request's ``traceparent`` (checked: None when absent or malformed) and the ``tracestate``
+    that goes with it (a bounded string, or None; None without a usable traceparent, as W3C says)."""
+    traceparent = parse_traceparent(obj.get("traceparent"))
+    if traceparent is None:
+        return _NO_TRACE
+    state = obj.get("tracestate")
+    return {"traceparent": traceparent,
+            "tracestate": state if type(state) is str and len(state) <= MAX_TRACESTATE_CHARS else None}
+
+
+_NO_TRACE: Mapping[str, str | None] = MappingProxyType({})
 
 
 def stop_tuple(value: Any) -> tuple[Any, ...] | None:
@@ -749,7 +769,7 @@ def _decode_generate(obj: dict[str, Any], rid: RequestId, max_tokens_limit: int)
         **guided_pattern_fields(obj),
     )
     return Generate(id=rid, model=model, params=params, version=_version(obj), timeout_ms=_opt_timeout(obj),
-                    messages=messages, traceparent=parse_traceparent(obj.get("traceparent")))
+                    messages=messages, **_trace_fields(obj))
 
 
 def _decode_seed(obj: dict[str, Any]) -> Predict:

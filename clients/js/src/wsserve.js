@@ -144,12 +144,12 @@ const BACKOFF_OPTIONS = Object.freeze(['maxAttempts', 'baseDelayMs', 'maxDelayMs
 const RETRY_OPTIONS = Object.freeze([...BACKOFF_OPTIONS, 'codes', 'maxRetryAfterMs']);
 const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
-const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary']);
+const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary', 'traceparent', 'tracestate']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
   'repetitionPenalty', 'logitBias', 'seed', 'stop', 'stopTokenIds', 'minTokens', 'includeStopStrInOutput',
-  'timeoutMs', 'priority', 'logprobs', 'guidedChoice', 'guidedRegex', 'guidedJson',
+  'timeoutMs', 'priority', 'logprobs', 'guidedChoice', 'guidedRegex', 'guidedJson', 'traceparent', 'tracestate',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
 
@@ -217,6 +217,30 @@ function checkLogprobs(where, logprobs) {
     throw new RangeError(`${where}: logprobs must be an integer >= 0 (how many likeliest tokens to report with each token), got ${logprobs}`);
   }
   return logprobs;
+}
+
+/** The server's bounds on a request's `traceparent` and `tracestate` (it ignores longer ones). */
+export const MAX_TRACEPARENT_CHARS = 256;
+export const MAX_TRACESTATE_CHARS = 512;
+
+/**
+ * Put a request's W3C trace context (`opts.traceparent`, `opts.tracestate`) into `msg`: strings of at
+ * most MAX_TRACEPARENT_CHARS / MAX_TRACESTATE_CHARS characters, a tracestate only with a traceparent.
+ * Their W3C syntax is the server's to check (it ignores a malformed value, never failing the request).
+ * @throws {TypeError} a value that is not a string; {RangeError} one over its bound, or a tracestate alone
+ */
+function setTraceContext(where, msg, { traceparent, tracestate }) {
+  for (const [name, value, bound] of [['traceparent', traceparent, MAX_TRACEPARENT_CHARS],
+    ['tracestate', tracestate, MAX_TRACESTATE_CHARS]]) {
+    if (value === undefined || value === null) continue;
+    if (typeof value !== 'string') throw new TypeError(`${where}: ${name} must be a string, got ${describeValue(value)}`);
+    if (value.length > bound) throw new RangeError(`${where}: ${name} has ${value.length} characters; the server takes at most ${bound}`);
+  }
+  if (tracestate != null && traceparent == null) {
+    throw new RangeError(`${where}: tracestate needs a traceparent (W3C: the server ignores a tracestate alone)`);
+  }
+  setIf(msg, 'traceparent', traceparent);
+  setIf(msg, 'tracestate', tracestate);
 }
 
 // =================================================================== errors
@@ -1746,7 +1770,10 @@ export class Client extends EventTarget {
    * are tensors `{data: TypedArray, shape, dtype}`.
    * @param {string} model
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
-   * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
+   * `traceparent`/`tracestate` (W3C Trace Context): the server's span for the request (with
+   * `--otlp-traces-endpoint`) joins the caller's trace.
+   * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal,
+   *          traceparent?: string, tracestate?: string}} [opts]
    */
   async predict(model, inputs, opts) {
     opts = checkOptions('predict() options', opts, PREDICT_OPTIONS);
@@ -1754,6 +1781,7 @@ export class Client extends EventTarget {
     setIf(msg, 'version', checkVersion('predict()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
+    setTraceContext('predict()', msg, opts);
     if (opts.explain) msg.explain = true;
     const frame = await this.#withRetry(() => this.#unary(msg, {
       counted: true,
@@ -1772,7 +1800,8 @@ export class Client extends EventTarget {
    * after an abort included) are thrown by the iteration.
    * @param {string} model
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
-   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal}} [opts]
+   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal,
+   *          traceparent?: string, tracestate?: string}} [opts]
    * @returns {PredictStream}
    */
   predictStream(model, inputs, opts) {
@@ -1783,6 +1812,7 @@ export class Client extends EventTarget {
     setIf(msg, 'version', checkVersion('predictStream()', opts.version));
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
+    setTraceContext('predictStream()', msg, opts);
     if (opts.explain) msg.explain = true;
     const stream = new PredictStream(Boolean(opts.explain));
     this.#runStream(stream, msg, opts);
@@ -1815,7 +1845,7 @@ export class Client extends EventTarget {
    * @param {{version?: string|number, maxTokens?: number, temperature?: number, topK?: number, topP?: number, minP?: number,
    *          presencePenalty?: number, frequencyPenalty?: number, repetitionPenalty?: number, logitBias?: Object<string, number>, seed?: number, stop?: string|string[], timeoutMs?: number, priority?: 0|1,
    *          stopTokenIds?: number[], minTokens?: number, includeStopStrInOutput?: boolean, guidedChoice?: string[], guidedRegex?: string, guidedJson?: Object|string,
-   *          logprobs?: number, signal?: AbortSignal}} [opts]
+   *          logprobs?: number, signal?: AbortSignal, traceparent?: string, tracestate?: string}} [opts]
    * @returns {Generation}
    */
   generate(model, prompt, opts) {
@@ -1842,6 +1872,7 @@ export class Client extends EventTarget {
     setIf(msg, 'timeout_ms', opts.timeoutMs);
     setIf(msg, 'priority', opts.priority);
     setIf(msg, 'logprobs', checkLogprobs('generate()', opts.logprobs));
+    setTraceContext('generate()', msg, opts);
     const stream = new Generation(msg.logprobs !== undefined);
     this.#runStream(stream, msg, opts);
     return stream;

@@ -543,3 +543,30 @@ describe('logprobs: the request field and the token frames that carry them', { t
     }
   });
 });
+
+describe('trace context', () => {
+  it('sends traceparent and tracestate on predict, predictStream and generate; refuses bad ones before sending', async () => {
+    const peer = await fakeServer();
+    const c = new Client(peer.url);
+    try {
+      const tp = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+      await c.predict('m', [[1]], { traceparent: tp, tracestate: 'k=v' });
+      for await (const _ of c.predictStream('m', [[1]], { traceparent: tp })) { /* drain */ }
+      await c.complete('m', 'hi', { traceparent: tp, tracestate: 'a=1,b=2' });
+      await c.predict('m', [[1]]);
+      const sent = peer.received.filter((m) => m.type === 'predict' || m.type === 'generate')
+        .map((m) => [m.type, m.traceparent, m.tracestate]);
+      assert.deepEqual(sent, [['predict', tp, 'k=v'], ['predict', tp, undefined], ['generate', tp, 'a=1,b=2'],
+        ['predict', undefined, undefined]]);
+      assert.throws(() => c.generate('m', 'hi', { tracestate: 'k=v' }), /tracestate needs a traceparent/);
+      await assert.rejects(c.predict('m', [[1]], { traceparent: 7 }), /traceparent must be a string/);
+      await assert.rejects(c.predict('m', [[1]], { traceparent: tp, tracestate: 'k='.padEnd(513, 'v') }),
+        /tracestate has 513 characters; the server takes at most 512/);
+      assert.equal(peer.received.filter((m) => m.type === 'predict' || m.type === 'generate').length, 4);
+    } finally {
+      await c.close();
+      await peer.close();
+    }
+  });
+});
+

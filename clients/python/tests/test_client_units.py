@@ -457,3 +457,25 @@ def test_retry_policy_caps_the_servers_retry_after() -> None:
 def test_retry_policy_rejects_a_bad_max_retry_after(bad: object) -> None:
     with pytest.raises(ValueError, match="max_retry_after"):
         RetryPolicy(max_retry_after=bad)  # type: ignore[arg-type]
+
+
+def test_trace_context_is_checked_and_sent_only_with_a_traceparent() -> None:
+    import orjson
+    from wsserve_client.codec import (
+        check_trace_context,
+        encode_generate,
+        encode_predict,
+    )
+
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    frame = orjson.loads(encode_predict(1, "m", [[1.0]], traceparent=tp, tracestate="k=v"))
+    assert (frame["traceparent"], frame["tracestate"]) == (tp, "k=v")
+    frame = orjson.loads(encode_generate(2, "m", "hi", traceparent=tp))
+    assert frame["traceparent"] == tp and "tracestate" not in frame
+    assert "traceparent" not in orjson.loads(encode_predict(3, "m", [[1.0]]))
+    with pytest.raises(TypeError, match="traceparent must be a string"):
+        check_trace_context(b"00-...", None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tracestate has 513 characters; the server takes at most 512"):
+        check_trace_context(tp, "k=" + "v" * 511)
+    with pytest.raises(ValueError, match="tracestate needs a traceparent"):
+        encode_predict(4, "m", [[1.0]], tracestate="k=v")

@@ -20,6 +20,7 @@ from .codec import (
     check_guided_json,
     check_guided_regex,
     check_logprobs,
+    check_trace_context,
     check_version,
     encode_admin,
     encode_generate,
@@ -243,6 +244,8 @@ class Client:
         as_numpy: bool = False,
         explain: bool = False,
         binary: bool = False,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> PredictResult:
         """Run ``model`` on ``inputs`` (an ``[n, d]`` nested list or numpy array, or
         ``{name: rows}`` for a model with several named inputs).
@@ -266,6 +269,11 @@ class Client:
         installed, else as :class:`~wsserve_client.Tensor` (``.tolist()``); with ``explain``
         ``attributions`` come back the same way (float64).
 
+        ``traceparent`` and ``tracestate`` (W3C Trace Context, e.g. from OpenTelemetry's
+        ``propagate.inject(carrier)``): the server's span for this request (with
+        ``--otlp-traces-endpoint``) joins that trace (:func:`~wsserve_client.codec.check_trace_context`;
+        a ``TypeError``/``ValueError`` here for a non-string or over-long value).
+
         Raises:
             WsserveError subclass: the server's error (``InvalidInput``, ``UnknownModelError``,
                 ``DeadlineExceeded``, ``OverloadedError`` once retries are exhausted, or when the
@@ -282,7 +290,7 @@ class Client:
             rid = next(self._ids)
             left = timeout if attempt == 0 else time_left(loop, deadline, DEADLINE_GRACE_S)
             data = encode_predict(rid, model, inputs, version=version, timeout=left, priority=priority,
-                                  explain=explain, binary=binary)
+                                  explain=explain, binary=binary, traceparent=traceparent, tracestate=tracestate)
             try:
                 frame = await self._unary(rid, data, counted=True, deadline=deadline, timeout=timeout,
                                           grace=True, expect=_RESULT, what="predict")
@@ -310,6 +318,8 @@ class Client:
         as_numpy: bool = False,
         binary: bool = False,
         explain: bool = False,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> PredictStream:
         """Streamed predict: ``async for chunk in client.predict_stream(...)`` yields
         :class:`Chunk` (``offset``, ``outputs``) in order; ``.summary`` after the end.
@@ -318,14 +328,17 @@ class Client:
         ``async with``. See :mod:`wsserve_client.streams` for cancellation. ``binary`` as
         for :meth:`predict`: each chunk's ``outputs`` is then an array (or ``Tensor``).
         ``explain`` as for :meth:`predict`: each chunk carries its rows' ``attributions``
-        and ``summary.explanation`` says how they were computed.
+        and ``summary.explanation`` says how they were computed. ``traceparent``/``tracestate`` as
+        for :meth:`predict`.
         """
         check_version(version)
+        check_trace_context(traceparent, tracestate)
 
         def make(rid: int, left: float | None) -> bytes:
             return encode_predict(
                 rid, model, inputs, version=version, timeout=left, priority=priority,
                 stream=True, chunk_rows=chunk_rows, binary=binary, explain=explain,
+                traceparent=traceparent, tracestate=tracestate,
             )
 
         return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy, explain=explain,
@@ -357,6 +370,8 @@ class Client:
         guided_choice: Sequence[str] | None = None,
         guided_regex: str | None = None,
         guided_json: Mapping[str, Any] | str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Generation:
         """Token streaming: ``async for text in client.generate(...)`` yields each token's
         text as it is generated; ``.result`` (reason, tokens, timing, text, version) after the end.
@@ -391,7 +406,7 @@ class Client:
         one guided form per request (vLLM's; the server needs its ``structured`` extra): the text
         matches, ending with reason ``stop`` when it fully matches and the model would not go on
         (``length`` at ``max_tokens``: a prefix of a match); a pattern the server cannot compile is
-        its ``BadRequestError`` naming the field.
+        its ``BadRequestError`` naming the field. ``traceparent``/``tracestate`` as for :meth:`predict`.
         Returns at once; the request is sent on first iteration or on ``async with``.
 
         Raises:
@@ -404,6 +419,7 @@ class Client:
         guided_choice = check_guided_choice(guided_choice)  # a copy, so later edits don't leak in
         guided_regex = check_guided_regex(guided_regex)
         guided_json = check_guided_json(guided_json)  # JSON text: a snapshot
+        check_trace_context(traceparent, tracestate)
         if not isinstance(prompt, str):
             prompt = chat_messages(prompt)  # a TypeError here; a copy, so later edits don't leak in
 
@@ -415,6 +431,7 @@ class Client:
                 priority=priority, version=version, logprobs=logprobs, stop_token_ids=stop_token_ids,
                 min_tokens=min_tokens, include_stop_str_in_output=include_stop_str_in_output,
                 guided_choice=guided_choice, guided_regex=guided_regex, guided_json=guided_json,
+                traceparent=traceparent, tracestate=tracestate,
             )
 
         return Generation(self, make, timeout=timeout, retry=self._retry,
@@ -446,6 +463,8 @@ class Client:
         guided_choice: Sequence[str] | None = None,
         guided_regex: str | None = None,
         guided_json: Mapping[str, Any] | str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Completion:
         """Generate to the end and return the whole text with how it ended (``prompt`` as for
         :meth:`generate`: text, or chat messages; with ``logprobs``, ``.logprobs`` holds each
@@ -456,7 +475,7 @@ class Client:
             logit_bias=logit_bias, seed=seed, stop=stop, timeout=timeout, priority=priority, version=version,
             logprobs=logprobs, stop_token_ids=stop_token_ids, min_tokens=min_tokens,
             include_stop_str_in_output=include_stop_str_in_output, guided_choice=guided_choice,
-            guided_regex=guided_regex, guided_json=guided_json,
+            guided_regex=guided_regex, guided_json=guided_json, traceparent=traceparent, tracestate=tracestate,
         )
         async with gen:
             async for _ in gen:

@@ -48,6 +48,7 @@ __all__ = [
     "check_guided_choice",
     "check_guided_json",
     "check_guided_regex",
+    "check_trace_context",
     "Version",
     "ADMIN_OPS",
     "timeout_to_ms",
@@ -148,6 +149,43 @@ def check_logprobs(logprobs: int | None) -> int | None:
     return logprobs
 
 
+#: The server's bounds on a request's ``traceparent`` and ``tracestate`` (longer ones it ignores).
+MAX_TRACEPARENT_CHARS = 256
+MAX_TRACESTATE_CHARS = 512
+
+
+def check_trace_context(traceparent: str | None, tracestate: str | None) -> None:
+    """Check a request's W3C trace context before it is sent: ``traceparent`` (the caller's span,
+    ``version-traceid-parentid-flags``) and ``tracestate`` (vendor ``key=value`` list) are strings
+    of at most :data:`MAX_TRACEPARENT_CHARS` / :data:`MAX_TRACESTATE_CHARS` characters, or None,
+    and a ``tracestate`` comes with a ``traceparent`` (the server would ignore it otherwise).
+    Their W3C syntax is the server's to check: it ignores a malformed value, never failing the
+    request.  With OpenTelemetry, ``opentelemetry.propagate.inject(carrier)`` fills both.
+
+    Raises:
+        TypeError: a value that is not a string (or None).
+        ValueError: a value over its bound, or a ``tracestate`` without a ``traceparent``.
+    """
+    for name, value, bound in (("traceparent", traceparent, MAX_TRACEPARENT_CHARS),
+                               ("tracestate", tracestate, MAX_TRACESTATE_CHARS)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string or None, not {type(value).__name__}")
+        if len(value) > bound:
+            raise ValueError(f"{name} has {len(value)} characters; the server takes at most {bound}")
+    if tracestate is not None and traceparent is None:
+        raise ValueError("tracestate needs a traceparent (W3C: the server ignores a tracestate alone)")
+
+
+def _put_trace_context(frame: dict[str, Any], traceparent: str | None, tracestate: str | None) -> None:
+    check_trace_context(traceparent, tracestate)
+    if traceparent is not None:
+        frame["traceparent"] = traceparent
+        if tracestate is not None:
+            frame["tracestate"] = tracestate
+
+
 def encode_predict(
     request_id: RequestId,
     model: str,
@@ -160,14 +198,18 @@ def encode_predict(
     chunk_rows: int | None = None,
     explain: bool = False,
     binary: bool = False,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> bytes:
     """Encode a ``predict`` frame. ``inputs`` is an ``[n, d]`` nested sequence or array;
     the server validates its shape and values. Optional fields are omitted when default.
 
     ``binary``: a binary tensor frame asking for binary outputs; ``inputs`` is then a numpy
     array, an ``array.array`` of one row, a :class:`~wsserve_client.tensors.Tensor`, or
-    ``{name: any of those}`` (see :func:`wsserve_client.tensors.as_tensor`)."""
+    ``{name: any of those}`` (see :func:`wsserve_client.tensors.as_tensor`). ``traceparent`` and
+    ``tracestate``: see :func:`check_trace_context`."""
     frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model}
+    _put_trace_context(frame, traceparent, tracestate)
     if not binary:
         frame["inputs"] = inputs
     if check_version(version) is not None:
@@ -238,6 +280,8 @@ def encode_generate(
     guided_choice: Sequence[str] | None = None,
     guided_regex: str | None = None,
     guided_json: Mapping[str, Any] | str | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> bytes:
     """Encode a ``generate`` frame; ``None`` leaves a field to the server's default. A single
     ``stop`` string is sent as a one-element list; ``stop_token_ids`` as a list, and it,
@@ -252,13 +296,15 @@ def encode_generate(
     asks for each token's log-probability and the ``k`` likeliest tokens. ``guided_choice``
     (vLLM's: the text is one of these strings) is sent as a list (:func:`check_guided_choice`);
     ``guided_regex`` (the text matches this regex) and ``guided_json`` (the text is JSON following
-    this JSON Schema, sent as JSON text: :func:`check_guided_json`) as given.
+    this JSON Schema, sent as JSON text: :func:`check_guided_json`) as given. ``traceparent`` and
+    ``tracestate``: see :func:`check_trace_context`.
 
     Raises:
         TypeError, ValueError: a bad ``prompt``, ``version``, ``logprobs``, ``guided_choice``,
-            ``guided_regex`` or ``guided_json``.
+            ``guided_regex``, ``guided_json``, ``traceparent`` or ``tracestate``.
     """
     frame: dict[str, Any] = {"type": "generate", "id": request_id, "model": model}
+    _put_trace_context(frame, traceparent, tracestate)
     if isinstance(prompt, str):
         frame["prompt"] = prompt
     else:
