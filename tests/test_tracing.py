@@ -406,6 +406,58 @@ def test_the_python_client_passes_the_trace_context(traced, collector: Collector
     assert names == ["wsserve.predict"] * 3 + ["wsserve.generate"]
 
 
+def test_a_bad_key_refusal_is_a_span_over_http_and_grpc(model_cache: Path, collector: Collector) -> None:
+    """With API keys, a request refused for its key is its route's or RPC's span with the error code,
+    a child of the caller's traceparent: HTTP 401, gRPC UNAUTHENTICATED on ModelInfer and on
+    ModelStreamInfer (whose stream is refused before any request is read)."""
+    import queue
+
+    import numpy as np
+
+    tgrpc = tgrpc_module()
+    from tests.test_grpc import grpc_address
+
+    proc = ServerProcess("--models", "linear", "--grpc-port", "0", "--api-key", "right-key",
+                         "--otlp-traces-endpoint", collector.url, cache_dir=model_cache, env=OTEL_ENV)
+    try:
+        tp, trace_id, parent = _traceparent()
+        status, _ = _post(proc.http + "/v2/models/linear/infer", {"inputs": []},
+                          {"traceparent": tp, "authorization": "Bearer wrong-key"})
+        assert status == 401
+        span = collector.wait(trace_id=trace_id)
+        assert span["name"] == "POST /v2/models/{name}/infer" and span["parent_span_id"] == parent
+        assert span["status"] == STATUS_ERROR and span["attributes"]["wsserve.error_code"] == "unauthorized"
+
+        client = tgrpc.InferenceServerClient(grpc_address(proc))
+        try:
+            inp = tgrpc.InferInput("input", [1, 1], "FP64")
+            inp.set_data_from_numpy(np.array([[4.0]]))
+            tp, trace_id, parent = _traceparent()
+            with pytest.raises(tgrpc.InferenceServerException) as info:
+                client.infer("linear", [inp], headers={"traceparent": tp, "authorization": "Bearer wrong-key"})
+            assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+            span = collector.wait(trace_id=trace_id)
+            assert span["name"] == "inference.GRPCInferenceService/ModelInfer" and span["parent_span_id"] == parent
+            a = span["attributes"]
+            assert span["status"] == STATUS_ERROR and a["wsserve.error_code"] == "unauthorized"
+            assert a["rpc.method"] == "ModelInfer" and a["wsserve.model"] == "linear"
+
+            tp, trace_id, parent = _traceparent()
+            results: queue.Queue = queue.Queue()
+            client.start_stream(callback=lambda result, error: results.put((result, error)),
+                                headers={"traceparent": tp, "authorization": "Bearer wrong-key"})
+            client.async_stream_infer("linear", [inp])
+            span = collector.wait(trace_id=trace_id)
+            a = span["attributes"]
+            assert span["name"] == "inference.GRPCInferenceService/ModelStreamInfer" and span["parent_span_id"] == parent
+            assert a["wsserve.error_code"] == "unauthorized" and "wsserve.model" not in a
+            client.stop_stream()
+        finally:
+            client.close()
+    finally:
+        proc.stop()
+
+
 def test_a_down_collector_does_not_stop_serving(model_cache: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

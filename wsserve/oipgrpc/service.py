@@ -474,14 +474,23 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             return peer
         return client_address(peer, _MetadataHeaders(context.invocation_metadata()), self._proxies)
 
-    async def _key(self, context: grpc.aio.ServicerContext) -> str | None:
+    async def _key(self, context: grpc.aio.ServicerContext, rpc: str | None = None, model: str = "") -> str | None:
         """The caller's API key (None with keys off); aborts UNAUTHENTICATED without a valid one
-        (RESOURCE_EXHAUSTED while its address has failed too often)."""
+        (RESOURCE_EXHAUSTED while its address has failed too often).  ``rpc`` (``"ModelInfer"``,
+        ``"ModelStreamInfer"``: the traced RPCs) and ``model``: with tracing on, a refusal is that
+        RPC's span, ended at once with the error code (as an HTTP 401 is its route's)."""
         if not self.config.api_key:
             return None
         try:
             return check_bearer(self.api.keys, self._client(context), _authorization(context), self.clock())
         except WsserveError as exc:
+            tracer = self.api.tracer
+            if rpc is not None and tracer is not None:
+                head = _grpc_head(model, rpc)
+                if not model:  # a stream's requests (and their models) come after its metadata
+                    del head["wsserve.model"]
+                tracer.refused(_MODEL_INFER if rpc == "ModelInfer" else _MODEL_STREAM_INFER, *_trace_metadata(context),
+                               self.clock(), head, exc.code)
             await self._abort(context, exc)
             raise  # not reached: abort raises
 
@@ -606,7 +615,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Rows through the model's queue as an HTTP ``/infer``'s (:meth:`_infer`); a cancelled RPC
         (the client's, or its deadline) drops its queued rows."""
-        key = await self._key(context)
+        key = await self._key(context, "ModelInfer", request.model_name)
         try:
             trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
             return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer", trace)
@@ -692,7 +701,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         At most ``max_inflight`` requests of a stream are handled at once (a refused one until its
         error is written): the next one is read from the stream only when one of them ends, so a
         client that sends without reading cannot pile up work."""
-        key = await self._key(context)
+        key = await self._key(context, "ModelStreamInfer")
         peer = context.peer()
         lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
