@@ -15,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsserve.batching import Batch, BatchQueue, QueueStats, Slice, WorkItem
+from wsserve.batching import (
+    Batch,
+    BatchQueue,
+    QueueStats,
+    Slice,
+    WorkItem,
+    queue_deadline,
+)
 from wsserve.errors import Overloaded
 
 
@@ -684,3 +691,27 @@ def test_scheduler_invariants(
             assert len(flat) == t.item.rows
         else:
             assert len(flat) < t.item.rows
+
+
+def test_max_queue_requests_counts_waiting_requests_not_rows() -> None:
+    q = BatchQueue(max_batch_size=4, max_queue_requests=2)
+    q.add(WorkItem(rows=100), 0.0)  # one request of many rows counts once
+    q.add(WorkItem(rows=1), 0.0)
+    with pytest.raises(Overloaded, match=r"^queue full: 2 requests queued, limit 2 \(max_queue_requests\)$"):
+        q.add(WorkItem(rows=1), 0.0)
+    batch = q.next_batch(0.0)  # the one-row request is served whole, the big one stays: one waits
+    assert batch is not None and len(q) == 1
+    q.add(WorkItem(rows=1), 0.0)
+
+
+@pytest.mark.parametrize(("requested", "default", "override", "expected"), [
+    (None, None, True, None),       # no policy: the request's own (none)
+    (5.0, None, False, 5.0),        # no policy: the request's own
+    (None, 2.0, True, 12.0),        # none asked for: now + the default
+    (11.0, 2.0, True, 11.0),        # shorter than the default: kept when it may override
+    (11.0, 2.0, False, 12.0),       # ... and not when it may not
+    (50.0, 2.0, True, 12.0),        # longer than the default: never
+])
+def test_queue_deadline(requested: float | None, default: float | None, override: bool, expected: float | None) -> None:
+    assert queue_deadline(requested, 10.0, default, override) == expected
+

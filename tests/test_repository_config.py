@@ -145,6 +145,12 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ('[[inputs]]\nname = "a"\nshape = []', "inputs[0].shape", ["must not be empty"]),
         ('[[inputs]]\nname = "a"\ndtype = "complex64"', "inputs[0].dtype", ["'complex64'"]),
         ('[[outputs]]\nname = "a"\nsize = 3', "outputs[0].size", ["unknown key"]),
+        ("max_queue_requests = 0", "max_queue_requests", ["[1, 1000000]"]),
+        ("max_queue_requests = 1.5", "max_queue_requests", ["integer"]),
+        ("default_timeout_ms = 0", "default_timeout_ms", ["(0, 2147483647]", "0"]),
+        ("default_timeout_ms = nan", "default_timeout_ms", ["nan"]),
+        ('default_timeout_ms = "5"', "default_timeout_ms", ["'5'"]),
+        ('allow_timeout_override = "no"', "allow_timeout_override", ["true or false", "a string"]),
         ('inputs = "a"', "inputs", ["array of tables"]),
         ("inputs = []", "inputs", ["must not be empty"]),
     ],
@@ -206,3 +212,11 @@ def test_load_config_directory_is_unreadable(tmp_path: Path) -> None:
     path.mkdir()
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(path)
+
+
+def test_the_queue_policy_keys() -> None:
+    cfg = parse_config("max_queue_requests = 16\ndefault_timeout_ms = 250\nallow_timeout_override = false", P)
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (16, 250.0, False)
+    cfg = parse_config("", P)
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, None, True)
+

@@ -148,7 +148,29 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
     }
 
 
+def test_the_default_queue_policy_maps_onto_the_models_queue_fields() -> None:
+    """Triton's ``default_queue_policy``: ``max_queue_size`` requests, ``default_timeout_microseconds``
+    (0: none) and ``allow_timeout_override`` (protobuf's default: false); the rest of
+    ``dynamic_batching`` is still a hint."""
+    cfg = parse_pbtxt("""
+        dynamic_batching { priority_levels: 2 default_queue_policy { max_queue_size: 8
+          default_timeout_microseconds: 2500 allow_timeout_override: true } }
+    """)
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (8, 2.5, True)
+    assert cfg.warnings == ("dynamic_batching.priority_levels",)
+    cfg = parse_pbtxt("dynamic_batching { default_queue_policy { default_timeout_microseconds: 1000 } }")
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, 1.0, False)
+    cfg = parse_pbtxt("dynamic_batching { }")
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, None, True)
+
+
 @pytest.mark.parametrize(("text", "key", "words"), [
+    ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
+     "dynamic_batching.default_queue_policy.timeout_action", ["DELAY is not supported", "REJECT"]),
+    ("dynamic_batching { default_queue_policy { max_queue_size: 2000000 } }",
+     "dynamic_batching.default_queue_policy.max_queue_size", ["[0, 1000000]", "2000000"]),
+    ("dynamic_batching { default_queue_policy { default_timeout_microseconds: 9999999999999 } }",
+     "dynamic_batching.default_queue_policy.default_timeout_microseconds", ["9999999999999"]),
     ('platform: "tensorrt_plan"', "platform", ["'tensorrt_plan'", "onnxruntime_onnx"]),
     ('platform: "pytorch_libtorch"', "platform", ["'pytorch_libtorch'"]),
     ('platform: "ensemble"', "platform", ["'ensemble'"]),

@@ -3,7 +3,9 @@
 The driver (:mod:`wsserve.pool`) calls, with ``now`` from a monotonic clock:
 
 * :meth:`BatchQueue.add` when a request arrives (raises ``Overloaded`` when
-  the queue's row or byte bound would be exceeded: nothing is queued then);
+  the queue's request, row or byte bound would be exceeded: nothing is queued then);
+* :func:`queue_deadline` for the deadline a request is queued with (the model's
+  default timeout, Triton's queue policy);
 * :meth:`BatchQueue.ready_at` to learn when a batch should be formed
   (``None``: nothing queued; ``<= now``: form one now);
 * :meth:`BatchQueue.next_batch` when the model is free;
@@ -44,7 +46,22 @@ from typing import Any, NamedTuple
 
 from .errors import Overloaded
 
-__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue"]
+__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "queue_deadline"]
+
+
+def queue_deadline(requested: float | None, now: float, default_timeout_s: float | None,
+                   allow_override: bool = True) -> float | None:
+    """The deadline (same clock as ``now``) a request is queued with: its own (``requested``,
+    absolute, None: none) under a model's default timeout (Triton's ``default_queue_policy``):
+    without a default, the request's; with one, ``now + default_timeout_s`` unless the request
+    asks for less and ``allow_override`` lets it (a request may shorten the default, never
+    lengthen it: Triton's ``allow_timeout_override``)."""
+    if default_timeout_s is None:
+        return requested
+    default = now + default_timeout_s
+    if allow_override and requested is not None and requested < default:
+        return requested
+    return default
 
 
 @dataclass(eq=False, slots=True)
@@ -122,6 +139,7 @@ class BatchQueue:
         max_delay_ms: float | None = None,
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
+        max_queue_requests: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -131,6 +149,8 @@ class BatchQueue:
         self.max_delay_s = 0.0 if max_delay_ms is None else max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self.max_queue_bytes = max_queue_bytes
+        #: Requests with rows waiting, at most (Triton's ``max_queue_size``; None: no bound).
+        self.max_queue_requests = max_queue_requests
         self._bytes = 0  # unscheduled input bytes of live items
         self._classes = (deque[WorkItem](), deque[WorkItem]())  # index = priority; 1 is high
         self._rows = 0  # unscheduled rows of live items
@@ -148,9 +168,10 @@ class BatchQueue:
 
     def add(self, item: WorkItem, now: float) -> None:
         """Queue ``item``.  Raises ``Overloaded`` (with ``retry_after_ms``) if
-        its rows' cost units would take a non-empty queue past ``max_queue_rows``;
-        an empty queue accepts any item (else a request bigger than the bound
-        could never be served)."""
+        ``max_queue_requests`` requests are waiting already, or if its rows' cost units
+        would take a non-empty queue past ``max_queue_rows`` (or its bytes past
+        ``max_queue_bytes``); an empty queue accepts any item (else a request bigger than
+        the bound could never be served)."""
         rows = item.rows - item.next_row
         if rows < 1:
             raise ValueError("a work item needs at least one row")
@@ -158,6 +179,12 @@ class BatchQueue:
             raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
         units = rows * item.cost
+        most = self.max_queue_requests
+        if most is not None and self._requests >= most:
+            raise Overloaded(
+                f"queue full: {self._requests} requests queued, limit {most} (max_queue_requests)",
+                retry_after_ms=self._retry_after_ms(),
+            )
         limit = self.max_queue_rows
         if limit is not None and self._units + units > limit and self._rows > 0:
             what = f"{self._rows} rows" if self._units == self._rows else f"{self._rows} rows ({self._units} units)"

@@ -361,9 +361,12 @@ class ModelPool:
         self._changed(name)
 
     def make_worker(self, name: str, model: Any, *, max_batch_size: int | None = None,
-                    max_delay_ms: float | None = None, instances: int = 1) -> Any:
+                    max_delay_ms: float | None = None, instances: int = 1, max_queue_requests: int | None = None,
+                    default_timeout_ms: float | None = None, allow_timeout_override: bool = True) -> Any:
         """The worker a model needs (not started).  ``max_delay_ms``: the model's batching window
-        (None: the server's; 0: greedy, whatever the server's is)."""
+        (None: the server's; 0: greedy, whatever the server's is); ``max_queue_requests``,
+        ``default_timeout_ms``, ``allow_timeout_override``: a predictive model's queue policy
+        (:class:`~wsserve.worker.PredictWorker`; a generative model has none)."""
         cfg = self._config
         if is_generative(model):
             from .generation import GenerationEngine
@@ -379,7 +382,8 @@ class ModelPool:
             max_batch_size=max_batch_size or cfg.max_batch_size,
             max_delay_ms=delay or None,  # a window of 0 (config.toml allows it) is greedy batching
             max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
-            instances=instances, inline_max_flops=cfg.inline_max_flops,
+            max_queue_requests=max_queue_requests, default_timeout_ms=default_timeout_ms,
+            allow_timeout_override=allow_timeout_override, instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
             explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
         )

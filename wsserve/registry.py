@@ -322,7 +322,8 @@ class ModelRegistry:
         """A worker batching with the model's own settings (the server's where it has none)."""
         return self.pool.make_worker(
             name, model, max_batch_size=cfg.max_batch_size or None, max_delay_ms=cfg.max_delay_ms,
-            instances=cfg.instances,
+            instances=cfg.instances, max_queue_requests=cfg.max_queue_requests,
+            default_timeout_ms=cfg.default_timeout_ms, allow_timeout_override=cfg.allow_timeout_override,
         )
 
     async def load_all(self) -> None:

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .batching import Batch, BatchQueue, Slice, WorkItem
+from .batching import Batch, BatchQueue, Slice, WorkItem, queue_deadline
 from .config import INLINE_MAX_FLOPS
 from .errors import (
     BadRequest,
@@ -293,6 +293,9 @@ class PredictWorker:
         max_delay_ms: float | None = None,
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
+        max_queue_requests: int | None = None,
+        default_timeout_ms: float | None = None,
+        allow_timeout_override: bool = True,
         instances: int = 1,
         inline_max_flops: int = INLINE_MAX_FLOPS,
         observer: BatchObserver | None = None,
@@ -304,7 +307,11 @@ class PredictWorker:
         """``after_batch`` runs after each batch's results were handed out (the
         server uses it to write the replies at once rather than a loop iteration later).
         ``explainer``: how this model's rows are explained (None: they are not, and
-        ``explain_refusal`` says why)."""
+        ``explain_refusal`` says why).  The model's queue policy (Triton's
+        ``default_queue_policy``): ``max_queue_requests`` requests may wait at most;
+        ``default_timeout_ms`` is the deadline of a request queued without one (and, unless
+        ``allow_timeout_override``, of every request; a request may only shorten it: see
+        :func:`~wsserve.batching.queue_deadline`)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -318,8 +325,11 @@ class PredictWorker:
         self._after_batch = after_batch
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
-            max_queue_bytes=max_queue_bytes,
+            max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests,
         )
+        #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
+        self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
+        self.allow_timeout_override = allow_timeout_override
         self._instances = instances
         self._inline_max_rows = max(0, inline_max_flops // max(1, model.flops_per_row()))
         self._observer = observer
@@ -390,9 +400,11 @@ class PredictWorker:
         explain = getattr(sink, "explain", False)
         if explain and self.explainer is None:
             raise BadRequest(self.explain_refusal or "cannot be explained")
+        now = monotonic()
+        if self.default_timeout_s is not None:
+            deadline = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1)
-        now = monotonic()
         self.queue.add(item, now)
         if self._running < self._instances:
             if self._tick_handle is None:

@@ -19,6 +19,9 @@ problem.  Keys (bounds inclusive)::
     flops_per_row    1..10**15: cost estimate used to run cheap batches inline (default: backend's estimate)
     version_policy   "all" (default) | "latest" (= latest 1) | { latest = N } (1..1000) | { specific = [v, ...] }
     model_load_timeout_s  (0, 86400] (number): this model's load timeout (default: --model-load-timeout-s)
+    max_queue_requests    1..1000000: requests that may wait in the model's queue (Triton's max_queue_size)
+    default_timeout_ms    (0, 2**31-1] (number): the queue deadline of a request that sets none
+    allow_timeout_override  true (default) | false: whether a request's timeout_ms may shorten it
     [onnx]           intra_op_num_threads = 1..64 (default 1)
 
 Names (model inputs/outputs) are 1..128 printable ASCII characters without
@@ -48,6 +51,8 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_BATCH_SIZE",
     "MAX_VERSION",
+    "MAX_QUEUE_REQUESTS",
+    "MAX_DEFAULT_TIMEOUT_MS",
     "TensorConfig",
     "VersionPolicy",
     "ModelConfig",
@@ -69,6 +74,10 @@ MAX_TENSORS = 64
 MAX_POLICY_VERSIONS = 1000
 #: Version numbers are at most 15 decimal digits.
 MAX_VERSION = 10**15 - 1
+#: ``max_queue_requests`` at most (a model's queue holds no more requests than this).
+MAX_QUEUE_REQUESTS = 1_000_000
+#: ``default_timeout_ms`` at most: the WebSocket's ``timeout_ms`` bound (2**31 - 1 ms, ~24.8 days).
+MAX_DEFAULT_TIMEOUT_MS = (1 << 31) - 1
 
 _NAME_RE = re.compile(r"^[!#-&(-~]{1,128}$")  # printable ASCII, no space, '"' or "'"
 
@@ -76,7 +85,7 @@ _TOP_KEYS = frozenset(
     {
         "backend", "task", "input_shape", "output_shape", "input_dtype", "output_dtype", "inputs", "outputs",
         "max_batch_size", "max_delay_ms", "instances", "flops_per_row", "version_policy", "onnx",
-        "model_load_timeout_s",
+        "model_load_timeout_s", "max_queue_requests", "default_timeout_ms", "allow_timeout_override",
     }
 )
 _TENSOR_KEYS = frozenset({"name", "shape", "dtype"})
@@ -125,6 +134,13 @@ class ModelConfig:
     version_policy: VersionPolicy = VersionPolicy()
     onnx_intra_op_threads: int = 1
     model_load_timeout_s: float | None = None  # None: the server's --model-load-timeout-s
+    #: A predictive model's queue policy (Triton's ``dynamic_batching.default_queue_policy``): at most
+    #: this many requests wait (None: only the server's row and byte bounds); a request without a
+    #: deadline is queued with ``default_timeout_ms`` (None: none), and one with a longer deadline
+    #: too unless ``allow_timeout_override`` (:func:`wsserve.batching.queue_deadline`).
+    max_queue_requests: int | None = None
+    default_timeout_ms: float | None = None
+    allow_timeout_override: bool = True
     #: The model file in a version directory when not the backend's usual one (config.pbtxt's
     #: ``default_model_filename``); ``None``: ``model.onnx`` / ``model.npz`` / ``model.py``.
     model_file: str | None = None
@@ -313,6 +329,17 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
         except ValueError as exc:
             raise ConfigError(path, "model_load_timeout_s", str(exc).removeprefix("it ")) from None
 
+    default_timeout = doc.get("default_timeout_ms")
+    if default_timeout is not None:
+        if type(default_timeout) not in (int, float) or not math.isfinite(default_timeout) \
+                or not 0 < default_timeout <= MAX_DEFAULT_TIMEOUT_MS:
+            raise ConfigError(path, "default_timeout_ms",
+                              f"must be a number in (0, {MAX_DEFAULT_TIMEOUT_MS}], got {default_timeout!r}")
+        default_timeout = float(default_timeout)
+    override = doc.get("allow_timeout_override", True)
+    if type(override) is not bool:
+        raise ConfigError(path, "allow_timeout_override", f"must be true or false, got {_tname(override)}")
+
     onnx = doc.get("onnx", {})
     if type(onnx) is not dict:
         raise ConfigError(path, "onnx", f"must be a table ([onnx]), got {_tname(onnx)}")
@@ -339,6 +366,9 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
             if "intra_op_num_threads" in onnx else 1
         ),
         model_load_timeout_s=load_timeout,
+        max_queue_requests=opt_int("max_queue_requests", 1, MAX_QUEUE_REQUESTS),
+        default_timeout_ms=default_timeout,
+        allow_timeout_override=override,
     )
 
 

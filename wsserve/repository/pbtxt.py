@@ -34,6 +34,11 @@ Mapped (Triton's semantics, triton-inference-server/server
   without ``dynamic_batching`` Triton runs each request as it comes: the
   batching window is 0 (greedy batching: a batch is what is queued when the
   model is free, no waiting).
+- ``dynamic_batching { default_queue_policy { max_queue_size,
+  default_timeout_microseconds, allow_timeout_override } }`` -> ``max_queue_requests``
+  (0: no bound), ``default_timeout_ms`` (0: none), ``allow_timeout_override``
+  (protobuf's default, false, as Triton reads it); ``timeout_action: DELAY``
+  is refused (wsserve only rejects a request whose queue deadline passed).
 - ``instance_group``: the sum of ``count`` (default 1 per group) ->
   ``instances`` (1..64).  ``KIND_CPU``/``KIND_AUTO`` as they are;
   ``KIND_GPU`` runs on CPU (wsserve is CPU only), ``count`` per listed GPU, with
@@ -64,8 +69,10 @@ from ..config import MAX_DELAY_MS
 from .config import (
     _NAME_RE,
     MAX_BATCH_SIZE,
+    MAX_DEFAULT_TIMEOUT_MS,
     MAX_INSTANCES,
     MAX_POLICY_VERSIONS,
+    MAX_QUEUE_REQUESTS,
     MAX_TENSORS,
     MAX_THREADS,
     MAX_VERSION,
@@ -307,13 +314,17 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         raise ConfigError(path, "max_batch_size", f"must be in [0, {MAX_BATCH_SIZE}], got {cfg.max_batch_size}")
 
     max_delay_ms = 0.0  # no dynamic_batching: each request runs as it comes (greedy batching)
+    queue_policy: dict[str, Any] = {}
     if cfg.HasField("dynamic_batching"):
         db = cfg.dynamic_batching
         us = db.max_queue_delay_microseconds
         if us > MAX_DELAY_MS * 1000:
             raise ConfigError(path, "dynamic_batching.max_queue_delay_microseconds", f"must be in [0, {MAX_DELAY_MS * 1000}], got {us}")
         max_delay_ms = us / 1000
-        warnings.extend(f"dynamic_batching.{f.name}" for f, _ in db.ListFields() if f.name != "max_queue_delay_microseconds")
+        warnings.extend(f"dynamic_batching.{f.name}" for f, _ in db.ListFields()
+                        if f.name not in ("max_queue_delay_microseconds", "default_queue_policy"))
+        if db.HasField("default_queue_policy"):
+            queue_policy = _queue_policy(path, db.default_queue_policy)
 
     inputs = _tensors(path, "input", cfg.input, warnings, cfg.max_batch_size > 0)
     outputs = _tensors(path, "output", cfg.output, warnings, cfg.max_batch_size > 0)
@@ -326,6 +337,7 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         outputs=outputs,
         max_batch_size=cfg.max_batch_size,
         max_delay_ms=max_delay_ms,
+        **queue_policy,
         instances=instances,
         version_policy=_policy(path, cfg),
         onnx_intra_op_threads=threads,
@@ -334,3 +346,23 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
         autofill_batching=cfg.max_batch_size == 0 and not (cfg.input and cfg.output),
     )
+
+
+def _queue_policy(path: Path, policy: Any) -> dict[str, Any]:
+    """``dynamic_batching.default_queue_policy`` as :class:`ModelConfig`'s queue fields (Triton's
+    meanings: ``max_queue_size`` 0 and ``default_timeout_microseconds`` 0 are "none"; an absent
+    ``allow_timeout_override`` is protobuf's false).  ``timeout_action: DELAY`` is refused."""
+    where = "dynamic_batching.default_queue_policy"
+    if policy.timeout_action != 0:  # REJECT = 0, DELAY = 1
+        raise ConfigError(path, f"{where}.timeout_action", "DELAY is not supported: wsserve rejects a request whose "
+                          "queue deadline passed (REJECT, the default)")
+    size = policy.max_queue_size
+    if size > MAX_QUEUE_REQUESTS:
+        raise ConfigError(path, f"{where}.max_queue_size", f"must be in [0, {MAX_QUEUE_REQUESTS}], got {size}")
+    us = policy.default_timeout_microseconds
+    if us > MAX_DEFAULT_TIMEOUT_MS * 1000:
+        raise ConfigError(path, f"{where}.default_timeout_microseconds",
+                          f"must be in [0, {MAX_DEFAULT_TIMEOUT_MS * 1000}], got {us}")
+    return {"max_queue_requests": size or None, "default_timeout_ms": us / 1000 if us else None,
+            "allow_timeout_override": policy.allow_timeout_override}
+

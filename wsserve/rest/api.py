@@ -495,8 +495,11 @@ class HttpApi:
         if entry.kind == "predict":
             inputs, outputs = self._signature(entry)
             queue = entry.worker.queue
+            worker = entry.worker
             batching = {"inputs": inputs, "outputs": outputs, "max_batch_rows": queue.max_batch_size,
-                        "max_delay_s": queue.max_delay_s}
+                        "max_delay_s": queue.max_delay_s,
+                        "queue_policy": triton.queue_policy(queue.max_queue_requests, worker.default_timeout_s,
+                                                            worker.allow_timeout_override)}
         return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
                                    policy=policy, generative=entry.kind != "predict", max_rows=self.config.max_rows,
                                    **batching)

@@ -26,7 +26,9 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
 - ``dynamic_batching``: always on in wsserve; ``max_queue_delay_microseconds``
   is the batching window (0: greedy, a batch forms as soon as the model is
   free); ``priority_levels`` 2, ``default_priority_level`` 2 (request
-  ``priority`` 1 is served first, others in the default level).
+  ``priority`` 1 is served first, others in the default level);
+  ``default_queue_policy`` when the model has one (its config's
+  ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``).
 - A generative model (served by Triton's generate extension,
   :mod:`wsserve.rest.tritongen`, gRPC's ModelStreamInfer and ``/v1/completions``)
   is described as Triton's vLLM backend configures one: ``max_batch_size`` 0, the
@@ -53,7 +55,7 @@ import orjson
 from .oip import Tensor
 from .tritongen import GENERATE_INPUTS, GENERATE_OUTPUTS, REQUIRED_INPUT
 
-__all__ = ["model_config", "model_stats", "version_policy"]
+__all__ = ["model_config", "model_stats", "queue_policy", "version_policy"]
 
 _NS = 1e9
 
@@ -86,13 +88,26 @@ def _tensors(tensors: Iterable[Tensor], required: str | None = None) -> list[dic
     return out
 
 
+def queue_policy(max_queue_requests: int | None, default_timeout_s: float | None,
+                 allow_timeout_override: bool) -> dict[str, Any] | None:
+    """Triton's ``default_queue_policy`` of a predict worker's queue policy; None when it has
+    none (no request bound, no default timeout): the configuration then leaves it out."""
+    if max_queue_requests is None and default_timeout_s is None:
+        return None
+    return {"timeout_action": "REJECT",
+            "default_timeout_microseconds": round((default_timeout_s or 0.0) * 1e6),
+            "allow_timeout_override": allow_timeout_override, "max_queue_size": max_queue_requests or 0}
+
+
 def model_config(name: str, *, platform: str, backend: str, policy: Any, generative: bool, max_rows: int,
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
-                 max_batch_rows: int | None = None, max_delay_s: float = 0.0) -> bytes:
+                 max_batch_rows: int | None = None, max_delay_s: float = 0.0,
+                 queue_policy: dict[str, Any] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
-    the predict worker's batch bound and window (0: greedy); ``policy``: the repository
+    the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
+    ``default_queue_policy`` (:func:`queue_policy`), if any; ``policy``: the repository
     config's version policy (or None)."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
@@ -111,6 +126,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                              "priority_levels": 2, "default_priority_level": 2},
         "model_transaction_policy": {"decoupled": False},
     })
+    if queue_policy is not None:
+        body["dynamic_batching"]["default_queue_policy"] = queue_policy
     if max_batch_rows is not None:
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
     return orjson.dumps(body)
