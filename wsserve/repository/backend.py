@@ -60,6 +60,14 @@ class RepositoryModel(PredictiveModel):
     outputs: tuple[TensorSpec, ...]
     _closed: bool = False
     _figures: dict[str, Any] | None = None
+    _batching: bool | None = None  # a backend that decides it at load (ONNX's auto-complete) sets it
+
+    @property
+    def batching(self) -> bool:
+        """False when the model has no batch dimension (``max_batch_size = 0``, or Triton's
+        auto-complete decided so): :meth:`predict` still takes ``[n, *shape]``, but the server runs
+        each request alone and the OIP's shapes are the tensors' whole shapes (no row dimension)."""
+        return self._batching if self._batching is not None else self.config.batching
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> Batch:  # type: ignore[override]

@@ -1,0 +1,212 @@
+"""config.pbtxt forms of models without a batch dimension (``max_batch_size: 0``), served as Triton serves
+them: ``dims: [1]`` on an ONNX graph scalar (the onnxruntime backend's scalar rule), a leading ``-1``
+taken by the parser and checked against the graph, and the wire shapes of the OIP (a request's shape is
+the config's dims exactly, no row dimension; each request runs alone).  Sans-I/O rule, the loader on
+real graphs, and a real server driven by Triton's clients (HTTP and gRPC) and a WebSocket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("grpc")  # the grpc extra
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests import onnx_builders as ob  # noqa: E402
+from tests.repo_wire import predict  # noqa: E402
+from tests.support import Conn, ServerProcess, wait_until  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+from wsserve.repository import ModelLoadError, load_version  # noqa: E402
+from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
+
+
+def _pbtxt(x: str, y: str, max_batch_size: int = 0) -> str:
+    return (f"max_batch_size: {max_batch_size}\n"
+            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: {x} }} ]\n'
+            f'output [ {{ name: "y" data_type: TYPE_FP32 dims: {y} }} ]\n')
+
+
+SCALAR = _pbtxt("[ 1 ]", "[ 1 ]")
+FIXED = _pbtxt("[ 1, 3 ]", "[ 1, 3 ]")
+
+
+def _load(tmp_path: Path, model: Any, text: str) -> Any:
+    ob.save(model, tmp_path / "1")
+    return load_version("m", 1, tmp_path / "1", parse_pbtxt(text, tmp_path / "config.pbtxt"))
+
+
+# --------------------------------------------------------------------------- the loader, real graphs
+
+
+@pytest.mark.parametrize("dims", ["[ 1 ]", "[ 1, 1 ]"])
+def test_dims_of_1s_on_a_graph_scalar_reach_it_as_a_scalar(tmp_path: Path, dims: str) -> None:
+    """Triton's onnxruntime backend: a scalar graph tensor takes config dims of 1s (max_batch_size 0); its one
+    value goes to the graph as a scalar and the scalar output comes back in the config's dims. wsserve refused
+    it ("config.pbtxt says input 'x' has shape [1]; the graph's row shape is []")."""
+    model, ref = ob.scalar_affine()
+    loaded = _load(tmp_path, model, _pbtxt(dims, dims))
+    try:
+        shape = (1,) * dims.count("1")
+        assert not loaded.batching
+        assert [s.shape for s in loaded.inputs] == [shape] and [s.shape for s in loaded.outputs] == [shape]
+        x = np.array([2.0, -1.5], np.float32).reshape(2, *shape)
+        y = loaded.predict(x)
+        assert y.shape == (2, *shape)
+        np.testing.assert_allclose(y, ref(x), rtol=1e-6)
+    finally:
+        loaded.close()
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (_pbtxt("[ 2 ]", "[ 1 ]"),
+     "model 'm', input 'x': config.pbtxt dims [2] disagree with the graph's shape [] (a scalar): a scalar's dims must all "
+     "be 1 (e.g. [1]), as Triton's onnxruntime backend requires"),
+    (_pbtxt("[ 1 ]", "[ 1, 2 ]"),
+     "model 'm', output 'y': config.pbtxt dims [1, 2] disagree with the graph's shape [] (a scalar): a scalar's dims must "
+     "all be 1 (e.g. [1]), as Triton's onnxruntime backend requires"),
+    (_pbtxt("[ 1 ]", "[ 1 ]", max_batch_size=4),
+     "model 'm', input 'x': config.pbtxt dims [1] disagree with the graph's shape [] (a scalar): a scalar has no batch "
+     "dimension; set max_batch_size: 0 (dims [1] then stand for the scalar, as in Triton)"),
+])
+def test_a_scalar_refusal_names_model_tensor_and_both_shapes(tmp_path: Path, text: str, said: str) -> None:
+    model, _ = ob.scalar_affine()
+    with pytest.raises(ModelLoadError) as info:
+        _load(tmp_path, model, text)
+    assert str(info.value) == f"{tmp_path / '1' / 'model.onnx'}: {said}"
+
+
+def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path: Path) -> None:
+    """max_batch_size 0 with dims [-1, 3]: Triton takes the config (its dims are the whole shape) and compares
+    them with the graph. The parser refused it ("wsserve serves fixed shapes, and batches rows itself"); now
+    the graph decides: a fixed graph dimension under the -1 is Triton's own refusal, a dynamic one wsserve's
+    (it serves fixed shapes), each naming the model, the tensor and both shapes."""
+    config = parse_pbtxt(_pbtxt("[ -1, 3 ]", "[ -1, 3 ]"), tmp_path / "config.pbtxt")
+    assert config.inputs is not None and config.inputs[0].triton_dims == (-1, 3) and config.max_batch_size == 0
+    fixed, _ = ob.fixed_batch(3)
+    with pytest.raises(ModelLoadError) as info:
+        _load(tmp_path, fixed, _pbtxt("[ -1, 3 ]", "[ 1, 3 ]"))
+    assert str(info.value).endswith(
+        "model 'm', input 'x': config.pbtxt dims [-1, 3] disagree with the graph's shape [1, 3]: dimension 0 is -1 "
+        "(variable) in config.pbtxt but fixed at 1 in the graph: write 1")
+    linear, _ = ob.linear_layer(3, 2)
+    with pytest.raises(ModelLoadError) as info:
+        _load(tmp_path, linear, _pbtxt("[ -1, 3 ]", "[ -1, 2 ]"))
+    assert str(info.value).endswith(
+        "model 'm', input 'x': config.pbtxt dims [-1, 3] leave dimension 0 variable, as the graph's shape [-1, 3] does "
+        "('N'); wsserve serves fixed shapes: write that dimension's size in dims, or, if it is a batch of independent "
+        "rows, set max_batch_size > 0 and leave it out of dims")
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("whole") / "model_repository"
+    for name, builder, text in (("scalar", ob.scalar_affine, SCALAR), ("fixed", ob.fixed_batch, FIXED)):
+        model, _ = builder()
+        ob.save(model, root / name / "1")
+        (root / name / "config.pbtxt").write_text(text)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        yield proc, grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+def _http(proc: ServerProcess) -> Any:
+    return thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+
+
+def test_metadata_and_config_give_the_whole_shapes(served) -> None:
+    """Triton's metadata and config of a max_batch_size 0 model: dims as they are, no -1 batch dimension."""
+    proc, address = served
+    client = _http(proc)
+    for name, shape in (("scalar", [1]), ("fixed", [1, 3])):
+        assert client.is_model_ready(name), proc.stderr_text()
+        meta = client.get_model_metadata(name)
+        assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [shape, shape]
+        config = client.get_model_config(name)
+        assert config["max_batch_size"] == 0
+        assert [t["dims"] for t in (*config["input"], *config["output"])] == [shape, shape]
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        assert [list(t.shape) for t in grpc_client.get_model_metadata("fixed").inputs] == [[1, 3]]
+        assert grpc_client.get_model_config("fixed").config.max_batch_size == 0
+    finally:
+        grpc_client.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_scalar_model_answers_in_the_configs_dims(served, transport: str) -> None:
+    """dims [1] on a graph scalar: the request's shape is [1] (Triton's), the answer's [1]."""
+    proc, address = served
+    module = thttp if transport == "http" else tgrpc
+    client = _http(proc) if transport == "http" else tgrpc.InferenceServerClient(address)
+    try:
+        inp = module.InferInput("x", [1], "FP32")
+        inp.set_data_from_numpy(np.array([2.0], np.float32))
+        y = client.infer("scalar", [inp]).as_numpy("y")
+        assert y.shape == (1,) and y.tolist() == [7.0]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_request_of_a_model_without_batch_dimension_has_its_dims_exactly(served, transport: str) -> None:
+    """max_batch_size 0: the OIP request's shape must equal dims ([1, 3]), as Triton and KServe v2 require;
+    wsserve wanted a leading row dimension ([n, 1, 3]) and answered [n, 1, 3]."""
+    proc, address = served
+    module = thttp if transport == "http" else tgrpc
+    client = _http(proc) if transport == "http" else tgrpc.InferenceServerClient(address)
+    try:
+        x = np.array([[1.0, 2.0, 3.0]], np.float32)
+        inp = module.InferInput("x", [1, 3], "FP32")
+        inp.set_data_from_numpy(x)
+        y = client.infer("fixed", [inp]).as_numpy("y")
+        assert y.shape == (1, 3)
+        np.testing.assert_allclose(y, 2 * x)
+        inp = module.InferInput("x", [2, 1, 3], "FP32")
+        inp.set_data_from_numpy(np.ones((2, 1, 3), np.float32))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("fixed", [inp])
+        assert info.value.status() == ("400" if transport == "http" else "StatusCode.INVALID_ARGUMENT")
+        assert ("input 'x' has shape [2, 1, 3]; the model takes [1, 3] (it has no batch dimension: max_batch_size 0)"
+                in str(info.value.message()))
+    finally:
+        client.close()
+
+
+async def test_a_websocket_request_keeps_rows_each_run_alone(served) -> None:
+    """The WebSocket predict keeps its rows (each one a whole input of the model); no two rows run in one
+    execution: the statistics count 3 executions of batch size 1 for a 3-row request (wsserve ran them as one
+    batch of 3)."""
+    proc, _ = served
+    client = _http(proc)
+
+    def batches() -> dict[int, int]:
+        stats = client.get_inference_statistics("fixed")["model_stats"][0]
+        return {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+
+    def ran() -> dict[int, int]:
+        return {size: count - before.get(size, 0) for size, count in batches().items() if count != before.get(size, 0)}
+
+    before = batches()
+    conn = await Conn.open(proc.url)
+    try:
+        done = await predict(conn, 1, "fixed", [[[1, 2, 3]], [[4, 5, 6]], [[0, 0, 1]]])
+        assert done["type"] == "result" and done["outputs"] == [[[2.0, 4.0, 6.0]], [[8.0, 10.0, 12.0]], [[0.0, 0.0, 2.0]]]
+        wait_until(lambda: sum(size * count for size, count in ran().items()) >= 3, 30.0, what="the 3 rows counted")
+        assert ran() == {1: 3}
+        done = await predict(conn, 2, "scalar", [[2.0], [5.0]])
+        assert done["type"] == "result" and done["outputs"] == [[7.0], [16.0]]
+    finally:
+        await conn.close()
