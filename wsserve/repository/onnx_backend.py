@@ -19,7 +19,10 @@ onnxruntime a model.onnx fails to load with a message saying so.
   dimension they must agree.  config.toml's dtypes must equal the graph's.
   A config.pbtxt's dims are first compared with the graph's shape by Triton's
   onnxruntime backend's rule (:mod:`.tritondims`): a disagreement fails the
-  version, naming the model, the tensor and both shapes.
+  version, naming the model, the tensor and both shapes.  A graph scalar (rank
+  0) with config.pbtxt dims of 1s (Triton's scalar rule, no batching) is served
+  in those dims: :meth:`OnnxModel.predict` feeds the value as a scalar and
+  reshapes a scalar output to them.
 - Supported tensor types: float32, float64, int32, int64, bool.  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
