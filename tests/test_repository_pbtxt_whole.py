@@ -36,6 +36,7 @@ def _pbtxt(x: str, y: str, max_batch_size: int = 0) -> str:
 
 SCALAR = _pbtxt("[ 1 ]", "[ 1 ]")
 FIXED = _pbtxt("[ 1, 3 ]", "[ 1, 3 ]")
+VARIABLE = _pbtxt("[ -1, 3 ]", "[ -1, 3 ]")
 
 
 def _load(tmp_path: Path, model: Any, text: str) -> Any:
@@ -86,8 +87,8 @@ def test_a_scalar_refusal_names_model_tensor_and_both_shapes(tmp_path: Path, tex
 def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path: Path) -> None:
     """max_batch_size 0 with dims [-1, 3]: Triton takes the config (its dims are the whole shape) and compares
     them with the graph. The parser refused it ("wsserve serves fixed shapes, and batches rows itself"); now
-    the graph decides: a fixed graph dimension under the -1 is Triton's own refusal, a dynamic one wsserve's
-    (it serves fixed shapes), each naming the model, the tensor and both shapes."""
+    the graph decides: a fixed graph dimension under the -1 is Triton's own refusal, naming the model, the
+    tensor and both shapes; a dynamic one is served variable, the graph run whole on what a request gives."""
     config = parse_pbtxt(_pbtxt("[ -1, 3 ]", "[ -1, 3 ]"), tmp_path / "config.pbtxt")
     assert config.inputs is not None and config.inputs[0].triton_dims == (-1, 3) and config.max_batch_size == 0
     fixed, _ = ob.fixed_batch(3)
@@ -96,13 +97,14 @@ def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path:
     assert str(info.value).endswith(
         "model 'm', input 'x': config.pbtxt dims [-1, 3] disagree with the graph's shape [1, 3]: dimension 0 is -1 "
         "(variable) in config.pbtxt but fixed at 1 in the graph: write 1")
-    linear, _ = ob.linear_layer(3, 2)
-    with pytest.raises(ModelLoadError) as info:
-        _load(tmp_path, linear, _pbtxt("[ -1, 3 ]", "[ -1, 2 ]"))
-    assert str(info.value).endswith(
-        "model 'm', input 'x': config.pbtxt dims [-1, 3] leave dimension 0 variable, as the graph's shape [-1, 3] does "
-        "('N'); wsserve serves fixed shapes: write that dimension's size in dims, or, if it is a batch of independent "
-        "rows, set max_batch_size > 0 and leave it out of dims")
+    model, ref = ob.centered(3)
+    loaded = _load(tmp_path, model, _pbtxt("[ -1, 3 ]", "[ -1, 3 ]"))
+    try:
+        assert [s.shape for s in loaded.inputs] == [(-1, 3)] and [s.shape for s in loaded.outputs] == [(-1, 3)]
+        x = np.arange(12, dtype=np.float32).reshape(1, 4, 3) ** 2  # one input of 4 x 3, not 4 rows
+        np.testing.assert_allclose(loaded.predict(x), ref(x[0])[None], rtol=1e-5)
+    finally:
+        loaded.close()
 
 
 # --------------------------------------------------------------------------- a real server
@@ -111,7 +113,8 @@ def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     root = tmp_path_factory.mktemp("whole") / "model_repository"
-    for name, builder, text in (("scalar", ob.scalar_affine, SCALAR), ("fixed", ob.fixed_batch, FIXED)):
+    for name, builder, text in (("scalar", ob.scalar_affine, SCALAR), ("fixed", ob.fixed_batch, FIXED),
+                                ("centered", ob.centered, VARIABLE)):
         model, _ = builder()
         ob.save(model, root / name / "1")
         (root / name / "config.pbtxt").write_text(text)
@@ -130,7 +133,7 @@ def test_metadata_and_config_give_the_whole_shapes(served) -> None:
     """Triton's metadata and config of a max_batch_size 0 model: dims as they are, no -1 batch dimension."""
     proc, address = served
     client = _http(proc)
-    for name, shape in (("scalar", [1]), ("fixed", [1, 3])):
+    for name, shape in (("scalar", [1]), ("fixed", [1, 3]), ("centered", [-1, 3])):
         assert client.is_model_ready(name), proc.stderr_text()
         meta = client.get_model_metadata(name)
         assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [shape, shape]
@@ -208,5 +211,55 @@ async def test_a_websocket_request_keeps_rows_each_run_alone(served) -> None:
         assert ran() == {1: 3}
         done = await predict(conn, 2, "scalar", [[2.0], [5.0]])
         assert done["type"] == "result" and done["outputs"] == [[7.0], [16.0]]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_variable_dim_takes_the_requests_size_and_runs_the_graph_whole(served, transport: str) -> None:
+    """dims [-1, 3] with max_batch_size 0 on a graph [N, 3] whose rows are not independent (y = x - mean over N):
+    each request's [k, 3] reaches the graph whole and comes back [k, 3]; another width is refused, naming the
+    input and both shapes."""
+    proc, address = served
+    module = thttp if transport == "http" else tgrpc
+    client = _http(proc) if transport == "http" else tgrpc.InferenceServerClient(address)
+    _, ref = ob.centered(3)
+    try:
+        for k in (4, 2, 1):
+            x = (np.arange(k * 3, dtype=np.float32).reshape(k, 3) ** 2) / 5
+            inp = module.InferInput("x", [k, 3], "FP32")
+            inp.set_data_from_numpy(x)
+            y = client.infer("centered", [inp]).as_numpy("y")
+            assert y.shape == (k, 3)
+            np.testing.assert_allclose(y, ref(x), rtol=1e-5, atol=1e-5)
+        for shape, said in (([2, 4], "input 'x' has shape [2, 4]; the model takes [-1, 3] (it has no batch dimension: "
+                                     "max_batch_size 0)"),
+                            ([0, 3], "input 'x' has shape [0, 3]; every dimension must be at least 1")):
+            inp = module.InferInput("x", shape, "FP32")
+            inp.set_data_from_numpy(np.ones(shape, np.float32))
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("centered", [inp])
+            assert said in str(info.value.message())
+    finally:
+        client.close()
+
+
+async def test_a_variable_dim_over_the_websocket_takes_row_0s_size(served) -> None:
+    """WebSocket rows of a dims [-1, 3] model: each row one whole input ([k, 3]), every row of a request of row
+    0's size; a row of another size is refused naming it."""
+    proc, _ = served
+    _, ref = ob.centered(3)
+    x = [[1.0, 2.0, 3.0], [3.0, 6.0, 9.0]]
+    conn = await Conn.open(proc.url)
+    try:
+        done = await predict(conn, 1, "centered", [x, x])
+        assert done["type"] == "result"
+        np.testing.assert_allclose(done["outputs"], [ref(np.array(x))] * 2, rtol=1e-6)
+        done = await predict(conn, 2, "centered", [x, x[:1]])
+        assert done["type"] == "error" and done["code"] == "invalid_input"
+        assert done["message"] == "'inputs' row 1 has 1 values; the model takes 2 (row 0's size: input 'x' has shape [-1, 3])"
+        done = await predict(conn, 3, "centered", [[]])
+        assert done["type"] == "error" and done["message"] == (
+            "'inputs' row 0 must be an array of 1 to 4194304 values (input 'x' has shape [-1, 3], -1: any size), got an empty array")
     finally:
         await conn.close()

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..shapes import VARIABLE
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
@@ -137,6 +138,8 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             dims.append(want[j])
         elif tc is not None and tc.triton_dims is not None and tc.triton_dims[j] != -1:
             dims.append(tc.triton_dims[j])  # config.pbtxt fixes it (another of its dims is -1: refused below)
+        elif not batching and source == PBTXT_FILE:  # Triton's -1 (written, or auto-completed from the graph)
+            dims.append(VARIABLE)  # each request gives its size: it runs alone (no batch dimension)
         elif tc is not None and tc.triton_dims is not None:  # -1 in config.pbtxt against a dynamic graph dimension
             raise ModelLoadError(path, f"model {model!r}, {side} {name!r}: {source} dims {show_dims(tc.triton_dims)} leave "
                                        f"dimension {j + int(batching)} variable, as the graph's shape {graph_shown} does "
@@ -144,8 +147,9 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
         else:
             raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
                                        f"{_fix_hint(side, source)}")
-    if math.prod(dims) > MAX_ROW_ELEMENTS:
-        raise ModelLoadError(path, f"{side} {name!r} has {math.prod(dims)} values per row; at most {MAX_ROW_ELEMENTS}")
+    least = math.prod(max(d, 1) for d in dims)  # a variable dimension counts 1 here; a request's size is bounded
+    if least > MAX_ROW_ELEMENTS:
+        raise ModelLoadError(path, f"{side} {name!r} has {least} values per row; at most {MAX_ROW_ELEMENTS}")
     return TensorSpec(name, tuple(dims), dtype)
 
 

@@ -328,7 +328,7 @@ class InferCall(PredictCall):
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
 
         def shaped(array: np.ndarray, spec: oip.Tensor) -> np.ndarray:
-            return array.reshape((n, *spec.shape) if spec.batched else spec.shape)
+            return array.reshape((n, *spec.shape)) if spec.batched else array.reshape(array.shape[1:])  # its one row
 
         if isinstance(outputs, dict):
             values = [shaped(outputs[spec.name], spec) for spec in specs]

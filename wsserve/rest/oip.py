@@ -40,6 +40,7 @@ from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
+from ..shapes import fits
 
 __all__ = [
     "DATATYPES",
@@ -79,6 +80,8 @@ _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 MAX_TENSORS = 64
 MAX_DIMS = 8
 MAX_NAME_LENGTH = 256
+#: Values of one input of a model without a batch dimension (the repository's bound on a row's values).
+MAX_WHOLE_VALUES = 1 << 22
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,9 +383,13 @@ def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tupl
         if type(d) is not int or d < 0:
             raise BadRequest(f"input {name!r}: 'shape' must be an array of {least} to {MAX_DIMS} non-negative integers")
     if not spec.batched:
-        if shape != list(spec.shape):
+        if not fits(shape, spec.shape):
             raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {list(spec.shape)} (it has no "
                                "batch dimension: max_batch_size 0)")
+        if 0 in shape:  # a variable (-1) dimension given no size
+            raise InvalidInput(f"input {name!r} has shape {shape}; every dimension must be at least 1")
+        if math.prod(shape) > MAX_WHOLE_VALUES:  # a variable (-1) dimension: the request's size, bounded here
+            raise InvalidInput(f"input {name!r} has shape {shape}: {math.prod(shape)} values; at most {MAX_WHOLE_VALUES}")
         n = 1
     else:
         if shape[1:] != list(spec.shape):
@@ -390,7 +397,7 @@ def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tupl
         n = shape[0]
         if not 1 <= n <= max_rows:
             raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
-    count = n * math.prod(spec.shape)
+    count = n * math.prod(spec.shape) if spec.batched else math.prod(shape)
     if type(datatype) is not str or datatype not in DATATYPES:  # a list or object is unhashable
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
