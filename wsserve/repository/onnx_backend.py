@@ -19,7 +19,11 @@ onnxruntime a model.onnx fails to load with a message saying so.
   dimension they must agree.  config.toml's dtypes must equal the graph's.
   A config.pbtxt's dims are first compared with the graph's shape by Triton's
   onnxruntime backend's rule (:mod:`.tritondims`): a disagreement fails the
-  version, naming the model, the tensor and both shapes.  A graph scalar (rank
+  version, naming the model, the tensor and both shapes.  Without a batch
+  dimension, a config.pbtxt's ``-1`` against a dynamic graph dimension (or a
+  dynamic graph dimension config.pbtxt leaves to the graph) stays variable
+  (:data:`~wsserve.shapes.VARIABLE`): each request gives its size, and the
+  graph runs whole on it.  A graph scalar (rank
   0) with config.pbtxt dims of 1s (Triton's scalar rule, no batching) is served
   in those dims: :meth:`OnnxModel.predict` feeds the value as a scalar and
   reshapes a scalar output to them.
