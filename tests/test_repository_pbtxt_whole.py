@@ -263,3 +263,29 @@ async def test_a_variable_dim_over_the_websocket_takes_row_0s_size(served) -> No
             "'inputs' row 0 must be an array of 1 to 4194304 values (input 'x' has shape [-1, 3], -1: any size), got an empty array")
     finally:
         await conn.close()
+
+
+async def test_a_variable_dim_in_a_binary_frame_takes_its_size(served) -> None:
+    """A binary tensor frame [n, k, 3] to a dims [-1, 3] model: k is the request's; each of the n rows runs whole."""
+    from wsserve.tensorframe import encode, read_tensors, split, view_tensors
+
+    proc, _ = served
+    _, ref = ob.centered(3)
+    x = (np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3) ** 2) / 7
+    conn = await Conn.open(proc.url)
+    try:
+        await conn.ws.send(encode({"type": "predict", "id": "b", "model": "centered", "binary_outputs": True}, x,
+                                  key="inputs"))
+        message = await conn.ws.recv()
+        assert isinstance(message, bytes), message
+        header, payload = split(message)
+        descs = read_tensors(header, len(payload), max_rows=100, key="outputs")
+        (y,) = view_tensors(payload, descs)
+        assert y.shape == (2, 5, 3)
+        np.testing.assert_allclose(y, np.stack([ref(x[0]), ref(x[1])]), rtol=1e-5, atol=1e-4)
+        await conn.ws.send(encode({"type": "predict", "id": "w", "model": "centered"}, np.ones((1, 5, 4), np.float32),
+                                  key="inputs"))
+        err = await conn.recv()
+        assert err["code"] == "invalid_input" and "the model takes [n, -1, 3]" in err["message"], err
+    finally:
+        await conn.close()

@@ -147,7 +147,7 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
         elif tc is not None and tc.triton_dims is not None:  # -1 in config.pbtxt against a dynamic graph dimension
             raise ModelLoadError(path, f"model {model!r}, {side} {name!r}: {source} dims {show_dims(tc.triton_dims)} leave "
                                        f"dimension {j + int(batching)} variable, as the graph's shape {graph_shown} does "
-                                       f"({d!r}); wsserve serves fixed shapes: {_fix_hint(side, source, batching, j)}")
+                                       f"({d!r}); wsserve batches rows of one shape: {_fix_hint(side, source)}")
         else:
             raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
                                        f"{_fix_hint(side, source)}")
@@ -157,17 +157,13 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
     return TensorSpec(name, tuple(dims), dtype)
 
 
-def _fix_hint(side: str, source: str, batching: bool = True, j: int = -1) -> str:
+def _fix_hint(side: str, source: str) -> str:
     """How to give a dynamic graph dimension a size: config.toml's shape, config.pbtxt's dims (an
-    input's: Triton compares an output's dims exactly, so a dynamic output dimension stays -1 there;
-    a first one without batching may be a batch of independent rows, which max_batch_size serves)."""
+    input's: Triton compares an output's dims exactly, so a dynamic output dimension stays -1 there)."""
     if source == PBTXT_FILE:
         if side == "output":
             return ("fix it in the graph (an output's config.pbtxt dims must equal the graph's, -1 where it is dynamic, "
                     "as Triton's onnxruntime backend requires)")
-        if not batching and j == 0:
-            return ("write that dimension's size in dims, or, if it is a batch of independent rows, set max_batch_size > 0 "
-                    "and leave it out of dims")
         return "write that dimension's size in dims"
     return f"give its row shape in {source}"
 
