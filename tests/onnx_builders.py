@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input"]
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input"]
 
 #: An IR version / opset every onnxruntime >= 1.17 reads.
 IR_VERSION = 8
@@ -110,6 +110,30 @@ def fixed_batch(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
         [helper.make_tensor_value_info("y", f, [1, d])],
     )
     return model, lambda x: 2 * x
+
+
+def scalar_affine() -> tuple[onnx.ModelProto, Reference]:
+    """Input ``x``, a scalar (rank 0) -> ``y = 3x + 1``, a scalar: a graph with no batch dimension at all."""
+    f = TensorProto.FLOAT
+    model = _model(
+        [helper.make_node("Mul", ["x", "three"], ["x3"]), helper.make_node("Add", ["x3", "one"], ["y"])],
+        [helper.make_tensor_value_info("x", f, [])],
+        [helper.make_tensor_value_info("y", f, [])],
+        [("three", np.array(3.0, np.float32)), ("one", np.array(1.0, np.float32))],
+    )
+    return model, lambda x: 3 * x + 1
+
+
+def centered(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
+    """Input ``x`` [N, d] -> ``y = x - mean(x over N)`` [N, d]: the rows are not independent (a graph to
+    run whole: ``max_batch_size: 0`` with dims ``[-1, d]``)."""
+    f = TensorProto.FLOAT
+    model = _model(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1), helper.make_node("Sub", ["x", "m"], ["y"])],
+        [helper.make_tensor_value_info("x", f, ["N", d])],
+        [helper.make_tensor_value_info("y", f, ["N", d])],
+    )
+    return model, lambda x: x - x.mean(axis=0, keepdims=True)
 
 
 def symbolic_features() -> tuple[onnx.ModelProto, Reference]:

@@ -199,9 +199,6 @@ def test_the_default_queue_policy_maps_onto_the_models_queue_fields() -> None:
     ('input [{ name: "x" data_type: TYPE_FP32 }]', "input[0].dims", ["required"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [0] }]', "input[0].dims", ["dimension 0"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [-2] }]', "input[0].dims", ["dimension -2"]),
-    ('input [{ name: "x" data_type: TYPE_FP32 dims: [-1, 3] }]', "input[0].dims", ["max_batch_size 0", "max_batch_size > 0 and dims [3]"]),
-    ('max_batch_size: 0 output [{ name: "y" data_type: TYPE_FP32 dims: [-1] }]', "output[0].dims",
-     ["max_batch_size 0", "max_batch_size > 0 and leave output out (the whole list: wsserve then takes every output from the graph)"]),  # not "dims []": refused
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1,1,1,1,1,1,1,1,1] }]', "input[0].dims", ["9 dimensions"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [4096, 4096] }]', "input[0].dims", ["values per row"]),
     ("version_policy: { latest: { num_versions: 0 } }", "version_policy.latest.num_versions", ["[1, 1000]"]),

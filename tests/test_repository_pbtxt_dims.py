@@ -136,8 +136,8 @@ def test_max_batch_size_0_compares_the_whole_shape(tmp_path: Path) -> None:
      "model 'm', output 'y': config.pbtxt dims [1, 2] disagree with the graph's shape [-1, 2]: dimension 0 is 1 in config.pbtxt "
      "but dynamic in the graph: an output's dims must equal the graph's exactly (-1 where the graph's dimension is dynamic)"),
     (ob.symbolic_features, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ -1 ] }'),
-     "model 'm', input 'x': config.pbtxt dims [-1] leave dimension 1 variable, as the graph does ('F'); wsserve serves fixed "
-     "row shapes: write that dimension's size in dims"),
+     "model 'm', input 'x': config.pbtxt dims [-1] leave dimension 1 variable, as the graph's shape [-1, -1] does ('F'); "
+     "wsserve batches rows of one shape: write that dimension's size in dims"),
 ])
 def test_a_disagreeing_config_refuses_the_version_naming_both_shapes(tmp_path: Path, builder: Any, text: str, said: str) -> None:
     model, _ = builder()
@@ -154,8 +154,8 @@ def test_a_variable_dim_is_named_where_it_is_among_fixed_ones(tmp_path: Path) ->
     with pytest.raises(ModelLoadError) as info:
         _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, -1 ] }'))
     assert str(info.value).endswith(
-        "model 'm', input 'x': config.pbtxt dims [4, -1] leave dimension 2 variable, as the graph does ('B'); "
-        "wsserve serves fixed row shapes: write that dimension's size in dims")
+        "model 'm', input 'x': config.pbtxt dims [4, -1] leave dimension 2 variable, as the graph's shape [-1, -1, -1] "
+        "does ('B'); wsserve batches rows of one shape: write that dimension's size in dims")
     loaded = _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, 5 ] }'))
     try:
         assert [s.shape for s in loaded.inputs] == [(4, 5)]

@@ -222,5 +222,5 @@ def test_a_config_pbtxt_without_max_batch_size_batches_a_graph_that_can(tmp_path
             inp = thttp.InferInput("x", [5, 3], "FP32")
             inp.set_data_from_numpy(x)
             np.testing.assert_allclose(client.infer(name, [inp]).as_numpy("y"), ref(x), rtol=1e-5, atol=1e-6)
-        assert client.is_model_ready("fixed")  # [1, 3] fixed: not batched by the graph, run once per row
-        assert [t["shape"] for t in client.get_model_metadata("fixed")["inputs"]] == [[-1, 1, 3]]
+        assert client.is_model_ready("fixed")  # [1, 3] fixed: not batched (max_batch_size 0), the graph's whole shape
+        assert [t["shape"] for t in client.get_model_metadata("fixed")["inputs"]] == [[1, 3]]

@@ -128,7 +128,8 @@ def _prepare_for(model: Any) -> tuple[Prepare, int]:
     """How a model's inputs are prepared, and its flat input width (0 when not a single float row)."""
     specs = getattr(model, "inputs", None)
     if specs:
-        if len(specs) == 1 and len(specs[0].shape) == 1 and specs[0].dtype in ("float64", "float32"):
+        if len(specs) == 1 and len(specs[0].shape) == 1 and specs[0].dtype in ("float64", "float32") \
+                and not specs[0].variable:
             width = int(specs[0].shape[0])
             return _float_rows(width, specs[0].dtype == "float32", specs[0].name), width
         return _tensor_inputs(tuple(specs)), 0

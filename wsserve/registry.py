@@ -319,11 +319,14 @@ class ModelRegistry:
         return entry
 
     def _worker(self, name: str, model: Any, cfg: ModelConfig) -> Any:
-        """A worker batching with the model's own settings (the server's where it has none)."""
+        """A worker batching with the model's own settings (the server's where it has none).  A model
+        without a batch dimension (:attr:`RepositoryModel.batching` false) gets batches of one row: no
+        two requests run together."""
+        rows = (cfg.max_batch_size or None) if getattr(model, "batching", True) else 1
         return self.pool.make_worker(
-            name, model, max_batch_size=cfg.max_batch_size or None, max_delay_ms=cfg.max_delay_ms,
-            instances=cfg.instances, max_queue_requests=cfg.max_queue_requests,
-            default_timeout_ms=cfg.default_timeout_ms, allow_timeout_override=cfg.allow_timeout_override,
+            name, model, max_batch_size=rows, max_delay_ms=cfg.max_delay_ms, instances=cfg.instances,
+            max_queue_requests=cfg.max_queue_requests, default_timeout_ms=cfg.default_timeout_ms,
+            allow_timeout_override=cfg.allow_timeout_override,
         )
 
     async def load_all(self) -> None:

@@ -43,6 +43,7 @@ import orjson
 from .dtypes import DTYPES, ITEMSIZE
 from .errors import BadRequest, InvalidInput
 from .jsontypes import json_type
+from .shapes import fits
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -349,7 +350,7 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
     out: dict[str, np.ndarray] = {}
     nbytes = 0
     for arr, desc, spec in pairs:
-        if desc.shape[1:] != tuple(spec.shape):
+        if not fits(desc.shape[1:], spec.shape):  # -1 (a model without batch dimension's): any size
             raise InvalidInput(f"{desc.label} has shape {list(desc.shape)}; the model takes [n, "
                                + ", ".join(map(str, spec.shape)) + "]" if spec.shape else
                                f"{desc.label} has shape {list(desc.shape)}; the model takes [n]")

@@ -60,6 +60,14 @@ class RepositoryModel(PredictiveModel):
     outputs: tuple[TensorSpec, ...]
     _closed: bool = False
     _figures: dict[str, Any] | None = None
+    _batching: bool | None = None  # a backend that decides it at load (ONNX's auto-complete) sets it
+
+    @property
+    def batching(self) -> bool:
+        """False when the model has no batch dimension (``max_batch_size = 0``, or Triton's
+        auto-complete decided so): :meth:`predict` still takes ``[n, *shape]``, but the server runs
+        each request alone and the OIP's shapes are the tensors' whole shapes (no row dimension)."""
+        return self._batching if self._batching is not None else self.config.batching
 
     @abc.abstractmethod
     def predict(self, batch: Batch) -> Batch:  # type: ignore[override]
@@ -84,7 +92,8 @@ class RepositoryModel(PredictiveModel):
         return arrays[self.inputs[0].name] if len(self.inputs) == 1 else arrays
 
     def warmup(self, batch: Batch | None = None) -> None:
-        """Run :meth:`predict` once on ``batch`` (default :meth:`sample_batch`) and check the outputs.
+        """Run :meth:`predict` once on ``batch`` (default :meth:`sample_batch`; none, and no run, for a
+        model with a variable input dimension) and check the outputs.
 
         Raises :class:`ModelLoadError` naming the model file if predict raises,
         or returns outputs of the wrong type, shape or dtype.  A float output
@@ -95,6 +104,9 @@ class RepositoryModel(PredictiveModel):
         gives NaN for the warm-up's rows of zeros and is right for every other row.
         """
         if batch is None:
+            if any(s.variable for s in self.inputs):  # no size to try there: Triton warms up only what model_warmup says
+                log.info("%s: not warmed up: input dims are variable (-1)", self.path)
+                return
             batch = self.sample_batch()
         n = len(batch) if isinstance(batch, np.ndarray) else len(next(iter(batch.values())))
         try:
@@ -239,7 +251,7 @@ def _non_finite_at(y: np.ndarray) -> str | None:
 def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
     if not isinstance(y, np.ndarray):
         raise ValueError(f"output {spec.name!r} is a {type(y).__name__}, not a numpy array")
-    if y.shape != (n, *spec.shape):
+    if y.shape[:1] != (n,) or not spec.fits(y.shape[1:]):
         raise ValueError(f"output {spec.name!r} has shape {list(y.shape)}; expected {[n, *spec.shape]}")
     if y.dtype != spec.np_dtype:
         if y.dtype.kind not in "biuf" or not np.can_cast(y.dtype, spec.np_dtype, "same_kind"):

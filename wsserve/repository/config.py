@@ -13,7 +13,7 @@ problem.  Keys (bounds inclusive)::
     output_dtype     same
     [[inputs]]       named inputs, in order: name = "...", shape = [...], dtype = "..." (shape/dtype optional
     [[outputs]]      for ONNX, where the graph has them); at most 64 each; not together with input_shape/input_dtype
-    max_batch_size   0..65536: rows per batch; 0 = the model has no batch dimension (run one row at a time)
+    max_batch_size   0..65536: rows per batch; 0 = the model has no batch dimension (run one row at a time, each alone)
     max_delay_ms     0..60000 (number): batching window
     instances        1..64: model instances (ONNX sessions / Model objects) the pool may run
     flops_per_row    1..10**15: cost estimate used to run cheap batches inline (default: backend's estimate)

@@ -11,6 +11,8 @@ several named inputs, and the dtypes float32/float64/int32/int64/bool:
   refused; a bool input takes only ``true``/``false``), finite, and fit the
   dtype: float32 casts (a value beyond float32's range is refused); int32/int64
   take integers and integral floats (``2.0``) within range and refuse ``1.5``.
+- An input with a variable dimension (``-1``: a model without a batch
+  dimension's) takes row 0's size there; every other row must have it too.
 - Sizes are bounded before anything is allocated: ``1 <= n <= max_rows`` and
   ``n * values_per_row`` (summed over inputs) ``<= max_elements``.
 
@@ -21,13 +23,15 @@ input (``'inputs'`` or ``'inputs.NAME'``), the row and the offending value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInput
 from ..jsontypes import json_type, shown
-from .tensors import TensorSpec
+from ..shapes import VARIABLE
+from .tensors import MAX_DIM, TensorSpec
 
 __all__ = ["convert_inputs", "check_inputs", "batch_rows"]
 
@@ -146,6 +150,25 @@ def _map_leaves(node: list[Any], shape: tuple[int, ...], fn: Any) -> list[Any]:
     return [_map_leaves(child, shape[1:], fn) for child in node]
 
 
+def _sized(label: str, row: Any, spec: TensorSpec) -> TensorSpec:
+    """``spec`` with each variable dimension the size row 0 gives it (the rows of one request make one
+    array: they share a shape).  Raises :class:`InvalidInput` where row 0 gives none (not an array, or
+    an empty one)."""
+    dims: list[int] = []
+    node = row
+    for j, d in enumerate(spec.shape):
+        if d == VARIABLE:
+            if type(node) is not list or not 0 < len(node) <= MAX_DIM:
+                where = "" if j == 0 else f" at depth {j}"
+                raise InvalidInput(f"{label} row 0{where} must be an array of 1 to {MAX_DIM} values (input "
+                                   f"'{spec.name}' has shape {list(spec.shape)}, -1: any size), got "
+                                   f"{'an empty array' if node == [] else json_type(node)}")
+            d = len(node)
+        dims.append(d)
+        node = node[0] if type(node) is list and node else None
+    return replace(spec, shape=tuple(dims))
+
+
 def _convert_one(rows: Any, spec: TensorSpec, label: str, max_rows: int, budget: int) -> np.ndarray:
     if type(rows) is not list:
         raise InvalidInput(f"{label} must be an array of rows, got {json_type(rows)}")
@@ -154,6 +177,19 @@ def _convert_one(rows: Any, spec: TensorSpec, label: str, max_rows: int, budget:
         raise InvalidInput(f"{label} has no rows")
     if n > max_rows:
         raise InvalidInput(f"{label} has {n} rows; the limit is {max_rows}")
+    if spec.variable:  # every row then checked against row 0's sizes
+        declared = spec.shape
+        spec = _sized(label, rows[0], spec)
+        try:
+            return _convert_sized(rows, spec, label, budget)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{exc} (row 0's size: input '{spec.name}' has shape {list(declared)})") from None
+    return _convert_sized(rows, spec, label, budget)
+
+
+def _convert_sized(rows: list[Any], spec: TensorSpec, label: str, budget: int) -> np.ndarray:
+    """``rows`` (1..max_rows of them) checked against ``spec`` (fixed dims) and converted."""
+    n = len(rows)
     if n * spec.elements > budget:
         raise InvalidInput(f"{label} has {n} rows of {spec.elements} values; the limit is {budget} values")
     shape = spec.shape

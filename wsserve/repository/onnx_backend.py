@@ -19,7 +19,14 @@ onnxruntime a model.onnx fails to load with a message saying so.
   dimension they must agree.  config.toml's dtypes must equal the graph's.
   A config.pbtxt's dims are first compared with the graph's shape by Triton's
   onnxruntime backend's rule (:mod:`.tritondims`): a disagreement fails the
-  version, naming the model, the tensor and both shapes.
+  version, naming the model, the tensor and both shapes.  Without a batch
+  dimension, a config.pbtxt's ``-1`` against a dynamic graph dimension (or a
+  dynamic graph dimension config.pbtxt leaves to the graph) stays variable
+  (:data:`~wsserve.shapes.VARIABLE`): each request gives its size, and the
+  graph runs whole on it.  A graph scalar (rank
+  0) with config.pbtxt dims of 1s (Triton's scalar rule, no batching) is served
+  in those dims: :meth:`OnnxModel.predict` feeds the value as a scalar and
+  reshapes a scalar output to them.
 - Supported tensor types: float32, float64, int32, int64, bool.  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
@@ -42,12 +49,13 @@ from typing import Any
 
 import numpy as np
 
+from ..shapes import VARIABLE
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
-from .tritondims import compare_dims, graph_dims, show_dims
+from .tritondims import compare_dims, graph_dims, scalar_dims, show_dims
 
 __all__ = ["OnnxModel", "ONNX_TYPES", "METADATA_KEY", "read_wsserve_metadata"]
 
@@ -95,6 +103,11 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             raise ModelLoadError(path, f"the graph does not give the shape of {side} {name!r}; set it in {source}")
         shape = ([None] if batching else []) + list(tc.shape)
     shape = list(shape)
+    if not shape and tc is not None and tc.triton_dims is not None:  # a graph scalar: Triton's rule
+        why = scalar_dims(model, side, name, tc.triton_dims, batching=batching, source=source)
+        if why is not None:
+            raise ModelLoadError(path, why)
+        return TensorSpec(name, tc.triton_dims, dtype)  # OnnxModel.predict reshapes: dims of 1s <-> a scalar
     if batching:
         if not shape:
             raise ModelLoadError(path, f"{side} {name!r} is a scalar: it has no batch dimension "
@@ -111,6 +124,7 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
                            why_batched=why_batched)
         if why is not None:
             raise ModelLoadError(path, why)
+    graph_shown = show_dims(graph_dims(shape))
     if batching:
         shape = shape[1:]
     if len(shape) > MAX_DIMS:
@@ -128,15 +142,18 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             dims.append(want[j])
         elif tc is not None and tc.triton_dims is not None and tc.triton_dims[j] != -1:
             dims.append(tc.triton_dims[j])  # config.pbtxt fixes it (another of its dims is -1: refused below)
+        elif not batching and source == PBTXT_FILE:  # Triton's -1 (written, or auto-completed from the graph)
+            dims.append(VARIABLE)  # each request gives its size: it runs alone (no batch dimension)
         elif tc is not None and tc.triton_dims is not None:  # -1 in config.pbtxt against a dynamic graph dimension
             raise ModelLoadError(path, f"model {model!r}, {side} {name!r}: {source} dims {show_dims(tc.triton_dims)} leave "
-                                       f"dimension {j + int(batching)} variable, as the graph does ({d!r}); wsserve serves "
-                                       f"fixed row shapes: {_fix_hint(side, source)}")
+                                       f"dimension {j + int(batching)} variable, as the graph's shape {graph_shown} does "
+                                       f"({d!r}); wsserve batches rows of one shape: {_fix_hint(side, source)}")
         else:
             raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
                                        f"{_fix_hint(side, source)}")
-    if math.prod(dims) > MAX_ROW_ELEMENTS:
-        raise ModelLoadError(path, f"{side} {name!r} has {math.prod(dims)} values per row; at most {MAX_ROW_ELEMENTS}")
+    least = math.prod(max(d, 1) for d in dims)  # a variable dimension counts 1 here; a request's size is bounded
+    if least > MAX_ROW_ELEMENTS:
+        raise ModelLoadError(path, f"{side} {name!r} has {least} values per row; at most {MAX_ROW_ELEMENTS}")
     return TensorSpec(name, tuple(dims), dtype)
 
 
@@ -234,9 +251,9 @@ class OnnxModel(RepositoryModel):
         graph_in, graph_out = self._session.get_inputs(), self._session.get_outputs()
         if not graph_in or not graph_out:
             raise ModelLoadError(self.path, "the graph has no inputs or no outputs")
-        self.batching = config.batching
+        self._batching = config.batching
         if config.autofill_batching:  # Triton's AutoCompleteMaxBatch: batch when every first dimension is dynamic
-            self.batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
+            self._batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
         why_batched = ("max_batch_size auto-completed as Triton does: every graph input and output has a dynamic "
                        "first dimension" if config.autofill_batching else "max_batch_size > 0")
         own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path,
@@ -248,6 +265,9 @@ class OnnxModel(RepositoryModel):
         self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
         self.outputs = merge_specs("output", own_out, config.outputs, self.path, source=config.source)
         self._output_names = [s.name for s in self.outputs]
+        #: graph scalars (rank 0) served in config.pbtxt's dims of 1s (Triton's rule): reshaped per row
+        self._scalar_inputs = frozenset(a.name for a in graph_in if not a.shape)
+        self._row_shapes = [s.shape for s in self.outputs]
         meta = self._session.get_modelmeta()
         try:
             own = read_wsserve_metadata(dict(meta.custom_metadata_map), "the graph")
@@ -279,9 +299,13 @@ class OnnxModel(RepositoryModel):
         names = self._output_names
         if not self.batching:  # max_batch_size = 0: the graph has no batch dimension
 
+            scalars, shapes = self._scalar_inputs, self._row_shapes
+
             def one_row(row: Batch) -> Batch:
-                feeds = {k: v[0] for k, v in self._feeds(row).items()}
-                return self._pack([o[None] for o in session.run(names, feeds)])
+                feeds = {k: v[0].reshape(()) if k in scalars else v[0] for k, v in self._feeds(row).items()}
+                outs = session.run(names, feeds)  # a scalar output comes back in its dims (of 1s)
+                return self._pack([(o.reshape(shape) if o.ndim == 0 else o)[None]
+                                   for o, shape in zip(outs, shapes, strict=True)])
 
             return self._per_row(one_row, batch)
         return self._pack(session.run(names, self._feeds(batch)))

@@ -23,11 +23,13 @@ Mapped (Triton's semantics, triton-inference-server/server
   TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
   dimension when ``max_batch_size > 0``), kept as written
   (:attr:`TensorConfig.triton_dims`): the ONNX backend compares them with the
-  graph at load by Triton's rule (:mod:`.tritondims`).  A ``-1`` dimension
-  (variable) passes that check only against a dynamic graph dimension, which
-  wsserve, serving fixed row shapes, then refuses; a first dimension ``-1`` with
-  ``max_batch_size: 0`` (a batch the model takes whole) is refused here, saying
-  to set ``max_batch_size``.  ``output`` lists the outputs to return.
+  graph at load by Triton's rule (:mod:`.tritondims`; with ``max_batch_size: 0``
+  the dims are the whole shape, a leading ``-1`` included).  A ``-1`` dimension
+  (variable) passes that check only against a dynamic graph dimension; the
+  ONNX backend serves it with ``max_batch_size: 0`` (each request's size) and
+  refuses it besides the batch, naming both shapes.  ``dims:
+  [1]`` on a graph scalar is Triton's rule for scalars (:func:`.tritondims.scalar_dims`).
+  ``output`` lists the outputs to return.
 - ``version_policy`` ``latest``/``all``/``specific``; absent: ``latest { num_versions: 1 }``
   (Triton's default, not config.toml's ``all``).
 - ``dynamic_batching { max_queue_delay_microseconds }`` -> ``max_delay_ms``;
@@ -160,7 +162,7 @@ def _dims(path: Path, key: str, dims: Any) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: bool) -> tuple[TensorConfig, ...] | None:
+def _tensors(path: Path, key: str, tensors: Any, warnings: list[str]) -> tuple[TensorConfig, ...] | None:
     if not tensors:
         return None  # the graph's own
     if len(tensors) > MAX_TENSORS:
@@ -185,13 +187,6 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str], batching: 
         if type_name not in TRITON_TYPES:
             raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served by wsserve (it serves {', '.join(TRITON_TYPES)})")
         dims = list(t.dims)
-        if not batching and dims[:1] == [-1]:
-            # dims must not be empty (Triton's rule too): a [batch] tensor is left to the graph
-            fix = (f"and dims {dims[1:]}" if len(dims) > 1
-                   else f"and leave {key} out (the whole list: wsserve then takes every {key} from the graph)")
-            raise ConfigError(path, f"{where}.dims", f"{dims} with max_batch_size 0: wsserve serves fixed shapes, and batches rows "
-                                                     "itself. If the first dimension is a batch of independent rows, set "
-                                                     f"max_batch_size > 0 {fix}")
         out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name], tuple(dims)))
     return tuple(out)
 
@@ -326,8 +321,8 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         if db.HasField("default_queue_policy"):
             queue_policy = _queue_policy(path, db.default_queue_policy)
 
-    inputs = _tensors(path, "input", cfg.input, warnings, cfg.max_batch_size > 0)
-    outputs = _tensors(path, "output", cfg.output, warnings, cfg.max_batch_size > 0)
+    inputs = _tensors(path, "input", cfg.input, warnings)
+    outputs = _tensors(path, "output", cfg.output, warnings)
     instances = _instances(path, cfg, warnings)
     threads = _parameters(path, cfg, warnings)
     return ModelConfig(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DTYPES  # the one table (also used by the binary tensor frames)
+from ..shapes import VARIABLE, fits
 
 __all__ = ["DTYPES", "TensorSpec", "MAX_DIMS", "MAX_ROW_ELEMENTS", "MAX_DIM"]
 
@@ -27,14 +28,20 @@ MAX_ROW_ELEMENTS = 1 << 22
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One input or output: ``name``, per-row ``shape`` (no batch dim) and ``dtype`` (a key of :data:`DTYPES`)."""
+    """One input or output: ``name``, per-row ``shape`` (no batch dim) and ``dtype`` (a key of :data:`DTYPES`).
+
+    A dimension :data:`~wsserve.shapes.VARIABLE` (``-1``) takes any size: only a model without a batch
+    dimension declares one (config.pbtxt's ``-1`` against a dynamic ONNX graph dimension), each request
+    giving its own size there (:meth:`fits`)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     # derived from the above:
-    #: Values per row (1 for a scalar row).
+    #: Values per row (1 for a scalar row); with variable dimensions, the least (each counted as 1).
     elements: int = field(init=False, repr=False, compare=False)
+    #: True when a dimension is variable.
+    variable: bool = field(init=False, repr=False, compare=False)
     #: The numpy dtype.
     np_dtype: np.dtype = field(init=False, repr=False, compare=False)
     #: Inclusive ``(lo, hi)`` of the values the dtype holds: finite floats, the integer range; ``None`` for bool.
@@ -43,9 +50,11 @@ class TensorSpec:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
-        if len(self.shape) > MAX_DIMS or any(type(d) is not int or not 0 < d <= MAX_DIM for d in self.shape):
+        if len(self.shape) > MAX_DIMS or any(type(d) is not int or not (0 < d <= MAX_DIM or d == VARIABLE)
+                                             for d in self.shape):
             raise ValueError(f"tensor {self.name!r}: bad shape {list(self.shape)}")
-        object.__setattr__(self, "elements", math.prod(self.shape))
+        object.__setattr__(self, "elements", math.prod(max(d, 1) for d in self.shape))
+        object.__setattr__(self, "variable", VARIABLE in self.shape)
         dt = DTYPES[self.dtype]
         object.__setattr__(self, "np_dtype", dt)
         if dt.kind == "f":
@@ -56,6 +65,10 @@ class TensorSpec:
             object.__setattr__(self, "bounds", (int(info.min), int(info.max)))
         else:
             object.__setattr__(self, "bounds", None)
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """True when a row of ``shape`` is one of this tensor's (equal, but where a dimension is variable)."""
+        return fits(shape, self.shape)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}

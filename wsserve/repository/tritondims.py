@@ -17,10 +17,14 @@ symbolic):
 - An output: every dimension must be equal, ``-1`` included: a dynamic graph
   dimension needs ``-1`` in the config (``compare_exact = true``).
 
-A graph tensor of rank 0 (a scalar, or a shape the graph does not give) is not
-compared (Triton's "only compare the dimensions if the tensor is not scalar";
-Triton then requires the config's dims to be all 1s, which wsserve, not reshaping,
-refuses too: the backend's own rules apply to it).  Sans-I/O: shapes in, a message out.
+A graph tensor of rank 0 (a scalar, or a shape the graph does not give: ONNX
+Runtime reports both as ``[]``) is not compared: Triton ("only compare the
+dimensions if the tensor is not scalar") requires the config's dims to be all
+1s instead, feeds the input's one value to the graph as a scalar and answers the
+scalar output in the config's dims.  :func:`scalar_dims` is that rule; wsserve
+refuses it with batching too (a scalar has no batch dimension: Triton's own
+message says the rule is for a model without batching).  Sans-I/O: shapes in, a
+message out.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["graph_dims", "compare_dims", "show_dims"]
+__all__ = ["graph_dims", "compare_dims", "scalar_dims", "show_dims"]
 
 
 def graph_dims(shape: Sequence[Any]) -> tuple[int, ...]:
@@ -76,3 +80,17 @@ def compare_dims(model: str, side: str, name: str, graph: Sequence[int], dims: S
     if all(g == c or (g == -1 and not exact) for g, c in zip(graph, full, strict=True)):
         return None
     return f"{said}: {_where(graph, full, exact=exact, source=source)}"
+
+
+def scalar_dims(model: str, side: str, name: str, dims: Sequence[int], *, batching: bool,
+                source: str = "config.pbtxt") -> str | None:
+    """``None`` when config dims ``dims`` may stand for a graph scalar (rank 0) by Triton's rule
+    (every dimension 1, e.g. ``[1]``; and, in wsserve, no batch dimension), else the reason,
+    naming the model, the tensor and both shapes."""
+    said = f"model {model!r}, {side} {name!r}: {source} dims {show_dims(dims)} disagree with the graph's shape [] (a scalar)"
+    if batching:
+        return (f"{said}: a scalar has no batch dimension; set max_batch_size: 0 (dims [1] then stand for the "
+                "scalar, as in Triton)")
+    if any(d != 1 for d in dims):
+        return f"{said}: a scalar's dims must all be 1 (e.g. [1]), as Triton's onnxruntime backend requires"
+    return None

@@ -321,19 +321,24 @@ class InferCall(PredictCall):
 
     def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
         """The worker's ``outputs`` as one ``[n, *shape]`` array per tensor of ``self.outputs`` (the
-        attributions too, with ``explain``), and the response's parameters (or None); every OIP
-        transport encodes these."""
+        attributions too, with ``explain``; a tensor that is not ``batched`` - a model without a batch
+        dimension, whose one row this is - as ``shape`` itself), and the response's parameters (or
+        None); every OIP transport encodes these."""
         n = count_rows(outputs)
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
+
+        def shaped(array: np.ndarray, spec: oip.Tensor) -> np.ndarray:
+            return array.reshape((n, *spec.shape)) if spec.batched else array.reshape(array.shape[1:])  # its one row
+
         if isinstance(outputs, dict):
-            values = [outputs[spec.name].reshape((n, *spec.shape)) for spec in specs]
+            values = [shaped(outputs[spec.name], spec) for spec in specs]
         else:
-            values = [outputs.reshape((n, *specs[0].shape))]
+            values = [shaped(outputs, specs[0])]
         parameters = None
         if self.explain:
             parts = self._attr_parts
             attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            values.extend(attributions.reshape((n, *spec.shape)) for spec in self.outputs[len(specs):])
+            values.extend(shaped(attributions, spec) for spec in self.outputs[len(specs):])
             parameters = oip.explain_parameters(self.explanation)
         return values, parameters
 

@@ -40,6 +40,7 @@ from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
+from ..shapes import fits
 
 __all__ = [
     "DATATYPES",
@@ -79,20 +80,32 @@ _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 MAX_TENSORS = 64
 MAX_DIMS = 8
 MAX_NAME_LENGTH = 256
+#: Values of one input of a model without a batch dimension (the repository's bound on a row's values).
+MAX_WHOLE_VALUES = 1 << 22
 
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """One model input or output as the OIP describes it: per-row ``shape`` (no batch dimension)."""
+    """One model input or output as the OIP describes it: per-row ``shape`` (no batch dimension).
+
+    ``batched`` false: the model has no batch dimension (a repository model with
+    ``max_batch_size`` 0): ``shape`` is the tensor's whole shape on the wire, as
+    Triton and KServe v2 take it (a request's shape must equal it; one row runs)."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    batched: bool = True
+
+    def wire_shape(self) -> list[int]:
+        """The shape a request's tensor must have: ``[-1, *shape]`` (any rows), or ``shape`` unbatched."""
+        return [-1, *self.shape] if self.batched else list(self.shape)
 
     def to_json(self, batched: bool = True) -> dict[str, Any]:
-        """The metadata's tensor object: ``shape`` with the batch dimension (-1) first, or
-        (``batched`` false: a model without one, e.g. a generative model's) ``shape`` itself."""
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape] if batched else list(self.shape)}
+        """The metadata's tensor object: :meth:`wire_shape`, or (``batched`` false: a model without a batch
+        dimension, e.g. a generative model's) ``shape`` itself."""
+        return {"name": self.name, "datatype": self.datatype,
+                "shape": self.wire_shape() if batched else list(self.shape)}
 
 
 #: The input / output of the built-in models (a float64 ``[n, d]`` -> ``[n, k]`` map); the output's
@@ -111,8 +124,9 @@ def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     generate extension's tensors, :data:`wsserve.rest.tritongen.GENERATE_INPUTS`)."""
     specs_in, specs_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
     if specs_in is not None and specs_out is not None:
-        return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_in),
-                tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape)) for s in specs_out))
+        batched = getattr(model, "batching", True)  # a repository model's: False for max_batch_size 0
+        return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape), batched) for s in specs_in),
+                tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape), batched) for s in specs_out))
     info = getattr(model, "info", None)
     if info is None or info.task == "generation":
         return (), ()
@@ -130,7 +144,7 @@ def attribution_tensors(inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...])
     :mod:`wsserve.explain` explains)."""
     if len(inputs) != 1:
         return ()
-    return tuple(Tensor(t.name + ATTRIBUTIONS_SUFFIX, "FP64", inputs[0].shape) for t in outputs)
+    return tuple(Tensor(t.name + ATTRIBUTIONS_SUFFIX, "FP64", inputs[0].shape, inputs[0].batched) for t in outputs)
 
 
 def explain_parameters(explanation: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -356,22 +370,34 @@ def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defaul
 
 
 def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tuple[int, np.dtype]:
-    """Check one input's declared ``shape`` (``[n, *spec.shape]``, ``1 <= n <= max_rows``) and
+    """Check one input's declared ``shape`` (``[n, *spec.shape]``, ``1 <= n <= max_rows``; for a
+    tensor that is not ``batched``, exactly ``spec.shape``: one row) and
     ``datatype`` (the spec's, or any float type for a float model) against ``spec`` - every
     transport's check; return ``(values it holds, the dtype its data comes in)``.  Raises
     :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput` naming the input."""
     name = spec.name
-    if type(shape) is not list or not 0 < len(shape) <= MAX_DIMS:
-        raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
+    least = 1 if spec.batched else 0
+    if type(shape) is not list or not least <= len(shape) <= MAX_DIMS:
+        raise BadRequest(f"input {name!r}: 'shape' must be an array of {least} to {MAX_DIMS} non-negative integers")
     for d in shape:
         if type(d) is not int or d < 0:
-            raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {MAX_DIMS} non-negative integers")
-    if shape[1:] != list(spec.shape):
-        raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {[-1, *spec.shape]}")
-    n = shape[0]
-    if not 1 <= n <= max_rows:
-        raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
-    count = n * math.prod(spec.shape)
+            raise BadRequest(f"input {name!r}: 'shape' must be an array of {least} to {MAX_DIMS} non-negative integers")
+    if not spec.batched:
+        if not fits(shape, spec.shape):
+            raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {list(spec.shape)} (it has no "
+                               "batch dimension: max_batch_size 0)")
+        if 0 in shape:  # a variable (-1) dimension given no size
+            raise InvalidInput(f"input {name!r} has shape {shape}; every dimension must be at least 1")
+        if math.prod(shape) > MAX_WHOLE_VALUES:  # a variable (-1) dimension: the request's size, bounded here
+            raise InvalidInput(f"input {name!r} has shape {shape}: {math.prod(shape)} values; at most {MAX_WHOLE_VALUES}")
+        n = 1
+    else:
+        if shape[1:] != list(spec.shape):
+            raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {[-1, *spec.shape]}")
+        n = shape[0]
+        if not 1 <= n <= max_rows:
+            raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
+    count = n * math.prod(spec.shape) if spec.batched else math.prod(shape)
     if type(datatype) is not str or datatype not in DATATYPES:  # a list or object is unhashable
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
@@ -389,7 +415,7 @@ def input_array(flat: np.ndarray, shape: list[int], spec: Tensor, borrowed: bool
     if flat.dtype.kind == "f" and not finite and not np.isfinite(flat).all():
         raise InvalidInput(f"input {name!r} holds a value that is not finite")
     want = DATATYPES[spec.datatype]
-    array = flat.reshape(shape)
+    array = flat.reshape(shape if spec.batched else [1, *shape])  # one row of an unbatched model
     if array.dtype != want:
         if array.dtype.kind == "f" and want.kind == "f" and array.dtype.itemsize > want.itemsize:  # FP64 into FP32
             limit = float(np.finfo(want).max)

@@ -22,7 +22,9 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
 
 - ``max_batch_size`` is ``--max-rows`` (the rows one request may carry: a
   predict request is split over batches, so any count up to it is served);
-  the rows of one model execution are ``parameters.max_batch_rows``.
+  the rows of one model execution are ``parameters.max_batch_rows``.  A
+  repository model without a batch dimension (its ``max_batch_size`` 0) says
+  ``max_batch_size`` 0, with ``dims`` its tensors' whole shapes.
 - ``dynamic_batching``: always on in wsserve; ``max_queue_delay_microseconds``
   is the batching window (0: greedy, a batch forms as soon as the model is
   free); ``priority_levels`` 2, ``default_priority_level`` 2 (request
@@ -118,8 +120,9 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                      "model_transaction_policy": {"decoupled": True},
                      "parameters": {"endpoint": {"string_value": "/v1/completions"}}})
         return orjson.dumps(body)
+    batched = all(t.batched for t in (*inputs, *outputs))
     body.update({
-        "max_batch_size": max_rows,
+        "max_batch_size": max_rows if batched else 0,  # 0: no batch dimension, dims are whole shapes
         "input": _tensors(inputs),
         "output": _tensors(outputs),
         "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
