@@ -47,6 +47,7 @@ class TritonPythonModel:
         seen["parameters"] = model_config["parameters"]
         with open(os.path.join(args["model_repository"], "args.json"), "w") as f:
             json.dump(seen, f)
+        pb_utils.Logger.log_info("add_sub initialized as " + args["model_instance_name"])
 
     def execute(self, requests):
         responses = []
@@ -177,6 +178,7 @@ def test_http_client_runs_triton_add_sub(served) -> None:
     assert args == {"model_name": "add_sub", "model_version": "1", "model_repository": str(root / "add_sub"),
                     "model_instance_kind": "CPU", "model_instance_name": "add_sub_0_0", "input0_dims": [4],
                     "parameters": {"scale": {"string_value": "2"}}}
+    assert "add_sub initialized as add_sub_0_0" in proc.stderr_text()
 
 
 def test_grpc_client_runs_triton_add_sub_and_a_model_without_batching(served) -> None:

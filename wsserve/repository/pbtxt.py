@@ -11,8 +11,11 @@ Mapped (Triton's semantics, triton-inference-server/server
 ``docs/user_guide/model_configuration.md``; docs/repository.md has the table):
 
 - ``platform: "onnxruntime_onnx"`` / ``backend: "onnxruntime"`` (or neither:
-  the ONNX backend) -> ``backend = "onnx"``; any other platform or backend is
-  refused, naming it.
+  the ONNX backend) -> ``backend = "onnx"``; ``backend: "python"`` (Triton's
+  Python backend, :mod:`.triton_backend`) -> ``backend = "python"`` with
+  :attr:`ModelConfig.triton_model_config` (the JSON its model.py gets; ``input``
+  and ``output`` required, fixed dims, ``parameters`` passed on, not warned
+  about); any other platform or backend is refused, naming it.
 - ``name`` must equal the model's directory name when given.
 - ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).  Left 0
   in a config that does not list both ``input`` and ``output``, it is Triton's

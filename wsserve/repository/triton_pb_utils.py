@@ -14,7 +14,8 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
 - :class:`InferenceResponse` ``(output_tensors=[...], error=None)``: ``output_tensors()``,
   ``has_error()``, ``error()``.
 - :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``.
-- :class:`TritonModelException`; :class:`ModelConfig` (what ``auto_complete_config`` gets).
+- :class:`TritonModelException`; :class:`ModelConfig` (what ``auto_complete_config`` gets);
+  :class:`Logger` (``log_info``/``log_warn``/``log_error``/``log_verbose``: the ``wsserve.model`` log).
 - ``get_input_tensor_by_name``, ``get_output_tensor_by_name``, ``get_input_config_by_name``,
   ``get_output_config_by_name``, ``using_decoupled_model_transaction_policy``,
   ``triton_string_to_numpy``, ``triton_to_numpy_type``, ``numpy_to_triton_type``.
@@ -27,6 +28,7 @@ No module state: every value lives on the objects.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "TritonError",
     "TritonModelException",
     "ModelConfig",
+    "Logger",
     "TRITON_STRING_TO_NUMPY",
     "get_input_tensor_by_name",
     "get_output_tensor_by_name",
@@ -246,6 +249,33 @@ class ModelConfig:
     def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
         if transaction_policy_dict.get("decoupled"):
             self._refuse("sets decoupled mode, which is not supported")
+
+
+class Logger:
+    """Triton's ``pb_utils.Logger``: the model's messages go to the server's log (``wsserve.model``)."""
+
+    INFO, WARNING, ERROR, VERBOSE = range(4)
+    _LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.DEBUG}
+
+    @staticmethod
+    def log(message: str, level: int = 0) -> None:
+        logging.getLogger("wsserve.model").log(Logger._LEVELS.get(level, logging.INFO), "%s", message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        Logger.log(message, Logger.INFO)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        Logger.log(message, Logger.WARNING)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        Logger.log(message, Logger.ERROR)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        Logger.log(message, Logger.VERBOSE)
 
 
 def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:
