@@ -179,6 +179,12 @@ def test_http_client_runs_triton_add_sub(served) -> None:
                     "model_instance_kind": "CPU", "model_instance_name": "add_sub_0_0", "input0_dims": [4],
                     "parameters": {"scale": {"string_value": "2"}}}
     assert "add_sub initialized as add_sub_0_0" in proc.stderr_text()
+    a, b = _ab(16)  # two full batches: wsserve splits the request, each part its own InferenceRequest
+    ins = [thttp.InferInput("INPUT0", [16, 4], "FP32"), thttp.InferInput("INPUT1", [16, 4], "FP32")]
+    ins[0].set_data_from_numpy(a)
+    ins[1].set_data_from_numpy(b)
+    result = client.infer("add_sub", ins)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
 
 
 def test_grpc_client_runs_triton_add_sub_and_a_model_without_batching(served) -> None:
