@@ -317,6 +317,8 @@ class PredictWorker:
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
             raise ValueError(f"explain_row_cost must be >= 2, got {explain_row_cost}")
         self.model = model
+        #: The model takes a batch as its requests' rows (``predict_requests``), not as one block.
+        self._by_request = callable(getattr(model, "predict_requests", None))
         self.explainer = explainer
         self.explain_refusal = None if explainer is not None else (
             explain_refusal or f"model {model.info.name!r} cannot be explained")
@@ -475,10 +477,13 @@ class PredictWorker:
         else:
             self._note_idle()
 
-    def _run(self, x: Tensors, spans: list[tuple[int, int]] | None) -> tuple[Any, np.ndarray | None]:
+    def _run(self, x: Tensors, spans: list[tuple[int, int]] | None,
+             rows: list[int] | None = None) -> tuple[Any, np.ndarray | None]:
         """The batch's outputs, and the attributions of the rows in ``spans`` (batch row ranges, in
-        order) stacked in that order.  One call, on the loop or in the executor."""
-        y = self.model.predict(x)
+        order) stacked in that order.  ``rows``: each request's rows, in batch order, for a model
+        with ``predict_requests(x, rows)`` (a Triton Python model: one InferenceRequest per
+        request); None: ``predict(x)``.  One call, on the loop or in the executor."""
+        y = self.model.predict(x) if rows is None else self.model.predict_requests(x, rows)
         if not spans:
             return y, None
         assert self.explainer is not None and isinstance(x, np.ndarray)
@@ -499,10 +504,11 @@ class PredictWorker:
         # integrated gradients (possibly a model.py's own input_gradient) never run on the loop
         inline = batch.cost <= self._inline_max_rows and (
             not spans or self.explainer is None or self.explainer.method == "linear-exact")
+        rows = [s.rows for s in slices] if self._by_request and len(slices) > 1 else None
         try:
             x = _gather(slices)
             if inline:
-                y, attributions = self._run(x, spans)
+                y, attributions = self._run(x, spans, rows)
         except Exception as exc:
             self._batch_failed(batch, exc, started, inline=inline)
             return
@@ -514,7 +520,7 @@ class PredictWorker:
         self._executor_batches += 1
         key = id(batch)
         self._computing[key] = tuple(s.item for s in slices)
-        future = self._loop.run_in_executor(self._executor, self._run, x, spans)
+        future = self._loop.run_in_executor(self._executor, self._run, x, spans, rows)
         future.add_done_callback(lambda f: self._computed(batch, key, f, started))
 
     def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:

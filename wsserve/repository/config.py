@@ -152,6 +152,9 @@ class ModelConfig:
     #: graph input and output has a dynamic first dimension, else runs the graph whole once per row
     #: (``max_batch_size = 0``). :attr:`batching` is then the graph's, known once it is loaded.
     autofill_batching: bool = False
+    #: A config.pbtxt with ``backend: "python"``: its configuration as the JSON string Triton gives the
+    #: model (a Triton Python backend model.py, served by :mod:`.triton_backend`); ``None`` otherwise.
+    triton_model_config: str | None = None
 
     @property
     def source(self) -> str:

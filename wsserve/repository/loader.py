@@ -74,6 +74,10 @@ def load_version(name: str, version: int, version_dir: Path | str, config: Model
         from .npz_backend import NpzModel
 
         return NpzModel(name, version, path, config, max_bytes=max_npz_bytes)
+    if config.triton_model_config is not None:  # config.pbtxt's backend: "python"
+        from .triton_backend import TritonPythonModel
+
+        return TritonPythonModel(name, version, path, config)
     from .python_backend import PythonModel
 
     return PythonModel(name, version, path, config)

@@ -11,8 +11,11 @@ Mapped (Triton's semantics, triton-inference-server/server
 ``docs/user_guide/model_configuration.md``; docs/repository.md has the table):
 
 - ``platform: "onnxruntime_onnx"`` / ``backend: "onnxruntime"`` (or neither:
-  the ONNX backend) -> ``backend = "onnx"``; any other platform or backend is
-  refused, naming it.
+  the ONNX backend) -> ``backend = "onnx"``; ``backend: "python"`` (Triton's
+  Python backend, :mod:`.triton_backend`) -> ``backend = "python"`` with
+  :attr:`ModelConfig.triton_model_config` (the JSON its model.py gets; ``input``
+  and ``output`` required, fixed dims, ``parameters`` passed on, not warned
+  about); any other platform or backend is refused, naming it.
 - ``name`` must equal the model's directory name when given.
 - ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).  Left 0
   in a config that does not list both ``input`` and ``output``, it is Triton's
@@ -64,6 +67,7 @@ one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +105,8 @@ TRITON_TYPES = {
 INSTALL_HINT = "pip install 'wsserve[triton]'"
 
 _PLATFORMS = ("onnxruntime_onnx",)
-_BACKENDS = ("onnxruntime",)
-_SERVED = 'platform "onnxruntime_onnx" or backend "onnxruntime" (ONNX models)'
+_BACKENDS = ("onnxruntime", "python")
+_SERVED = 'platform "onnxruntime_onnx" or backend "onnxruntime" (ONNX models), backend "python" (Triton Python models)'
 #: Fields whose meaning wsserve cannot give: the model is refused.
 _REFUSED = {
     "sequence_batching": "stateful sequence batching",
@@ -241,7 +245,7 @@ def _instances(path: Path, cfg: Any, warnings: list[str]) -> int:
 
 
 def _model_file(path: Path, name: str) -> str | None:
-    if not name or name == "model.onnx":
+    if not name or name in ("model.onnx", "model.py"):
         return None
     if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name or len(name) > 255:
         raise ConfigError(path, "default_model_filename", f"must be a plain file name in the version directory, got {name!r}")
@@ -324,6 +328,8 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     inputs = _tensors(path, "input", cfg.input, warnings)
     outputs = _tensors(path, "output", cfg.output, warnings)
     instances = _instances(path, cfg, warnings)
+    if cfg.backend == "python":
+        return _python_config(path, cfg, model_name, inputs, outputs, instances, max_delay_ms, warnings, queue_policy)
     threads = _parameters(path, cfg, warnings)
     return ModelConfig(
         path=path,
@@ -361,3 +367,51 @@ def _queue_policy(path: Path, policy: Any) -> dict[str, Any]:
     return {"max_queue_requests": size or None, "default_timeout_ms": us / 1000 if us else None,
             "allow_timeout_override": policy.allow_timeout_override}
 
+
+def _config_json(cfg: Any) -> str:
+    """The configuration as the JSON string Triton gives a Python model (``args["model_config"]``):
+    proto field names, every field (defaults too), 64-bit integers (``dims``) as numbers."""
+    from google.protobuf import json_format
+
+    try:
+        doc = json_format.MessageToDict(cfg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                                        unquote_int64_if_possible=True)
+    except TypeError:  # protobuf < 5.26 names the option differently and has no unquote_int64_if_possible
+        doc = json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+        for side in ("input", "output"):
+            for t in doc.get(side, []):
+                t["dims"] = [int(d) for d in t.get("dims", [])]
+        if "max_batch_size" not in doc:
+            doc["max_batch_size"] = 0
+    return json.dumps(doc)
+
+
+def _python_config(path: Path, cfg: Any, model_name: str | None, inputs: tuple[TensorConfig, ...] | None,
+                   outputs: tuple[TensorConfig, ...] | None, instances: int, max_delay_ms: float,
+                   warnings: list[str], queue_policy: dict[str, Any]) -> ModelConfig:
+    """A ``backend: "python"`` config.pbtxt (a Triton Python backend model.py, :mod:`.triton_backend`):
+    ``input`` and ``output`` are required, with fixed dims; ``parameters`` are the model's own (in
+    its ``args["model_config"]``), not warned about."""
+    for key, tensors in (("input", inputs), ("output", outputs)):
+        if tensors is None:
+            raise ConfigError(path, key, "is required for a Python model (wsserve does not auto-complete it from model.py)")
+        for i, t in enumerate(tensors):
+            if t.shape is None:
+                raise ConfigError(path, f"{key}[{i}].dims", f"{list(t.triton_dims or ())}: a variable (-1) dimension is not "
+                                                           "served for a Python model (wsserve serves fixed row shapes)")
+    if not cfg.name and model_name is not None:
+        cfg.name = model_name  # Triton fills it in
+    return ModelConfig(
+        path=path,
+        backend="python",
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=cfg.max_batch_size,
+        max_delay_ms=max_delay_ms,
+        **queue_policy,
+        instances=instances,
+        version_policy=_policy(path, cfg),
+        model_file=_model_file(path, cfg.default_model_filename),
+        warnings=tuple(warnings),
+        triton_model_config=_config_json(cfg),
+    )

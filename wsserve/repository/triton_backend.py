@@ -1,0 +1,246 @@
+"""Triton's Python backend: a ``model.py`` defining ``class TritonPythonModel``, served unchanged.
+
+**model.py runs arbitrary code with the server's rights** (as wsserve's own model.py does, see
+:mod:`.python_backend`): load it only from the operator's repository.
+
+A model directory whose config.pbtxt says ``backend: "python"`` (:mod:`.pbtxt`) is loaded here.
+The file is executed as :func:`~.python_backend.exec_model_file` does, with
+:mod:`.triton_pb_utils` importable as ``triton_python_backend_utils`` while it executes (under a
+lock, so two loads never see each other's module, and whatever held that name before is put
+back).  Then, as Triton does:
+
+- ``TritonPythonModel.auto_complete_config(pb_utils.ModelConfig)``, when defined, is called once;
+  it may only confirm config.pbtxt (wsserve does not complete a configuration from the model).
+- One ``TritonPythonModel()`` per instance (config.pbtxt's ``instance_group`` count), each
+  ``initialize(args)``-ed with ``args`` = ``model_config`` (the configuration as a JSON string),
+  ``model_name``, ``model_version``, ``model_repository`` (the model's directory),
+  ``model_instance_kind`` (``"CPU"``), ``model_instance_name`` (``<name>_0_<i>``),
+  ``model_instance_device_id`` (``"0"``).  An instance runs one ``execute`` at a time.
+- ``execute(requests)`` gets one ``pb_utils.InferenceRequest`` per wsserve request in the batch
+  (:meth:`TritonPythonModel.predict_requests`: the worker passes each queued request's rows),
+  each holding that request's rows ``[rows, *dims]`` (``max_batch_size > 0``); with
+  ``max_batch_size: 0`` one request per row, tensors of exactly ``dims``.  It must return one
+  ``pb_utils.InferenceResponse`` per request, each holding every output config.pbtxt lists, of
+  the listed dtype kind and shape; anything else fails the batch with a ``ValueError`` naming the
+  model and what is wrong.  A response with ``error=`` fails its request (:class:`TritonError`);
+  several requests in one ``execute`` are then each executed again alone by the worker's
+  isolation of a failed batch, so only the request whose own response is an error fails.
+- ``finalize()``, when defined, once per instance at :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..models.base import call_model_code
+from . import triton_pb_utils as pb
+from .backend import Batch, RepositoryModel, check_outputs, make_info
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .python_backend import DEFAULT_FLOPS_PER_ROW, exec_model_file
+from .tensors import TensorSpec
+
+__all__ = ["TritonPythonModel", "TritonError", "PB_UTILS_MODULE"]
+
+log = logging.getLogger("wsserve.repository")
+
+#: The name a Triton model.py imports the utilities under.
+PB_UTILS_MODULE = "triton_python_backend_utils"
+#: Held while a Triton model.py executes with :data:`PB_UTILS_MODULE` in ``sys.modules``.
+_IMPORT_LOCK = threading.Lock()
+
+
+class TritonError(Exception):
+    """A request whose ``InferenceResponse`` carried ``error=``: its message is the model's."""
+
+
+def exec_triton_model_file(path: Path, name: str, version: int) -> ModuleType:
+    """Execute a Triton ``model.py`` with ``triton_python_backend_utils`` importable (only meanwhile)."""
+    with _IMPORT_LOCK:
+        before = sys.modules.get(PB_UTILS_MODULE)
+        sys.modules[PB_UTILS_MODULE] = pb  # type: ignore[assignment]
+        try:
+            return exec_model_file(path, name, version)
+        finally:
+            if before is None:
+                sys.modules.pop(PB_UTILS_MODULE, None)
+            else:
+                sys.modules[PB_UTILS_MODULE] = before
+
+
+def _specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """config.pbtxt's tensors (every one named, shaped and typed: :mod:`.pbtxt` checked it)."""
+    def specs(tensors: Any) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.shape, t.dtype) for t in tensors)
+    return specs(config.inputs), specs(config.outputs)
+
+
+class TritonPythonModel(RepositoryModel):
+    """A Triton Python backend model.py (see the module docstring). Raises :class:`ModelLoadError`
+    naming the file on any problem at load."""
+
+    backend = "python"
+
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+        assert config.triton_model_config is not None, "a config.pbtxt with backend: \"python\""
+        self.name, self.version, self.path, self.config = name, version, Path(path), config
+        self.inputs, self.outputs = _specs(config)
+        module = exec_triton_model_file(self.path, name, version)
+        cls = getattr(module, "TritonPythonModel", None)
+        if not isinstance(cls, type):
+            raise ModelLoadError(self.path, "defines no class TritonPythonModel (backend: \"python\" in config.pbtxt)")
+        if not callable(getattr(cls, "execute", None)):
+            raise ModelLoadError(self.path, "class TritonPythonModel has no execute(requests) method")
+        self._auto_complete(cls)
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._instances: list[Any] = []
+        for i in range(config.instances):
+            self._instances.append(self._instance(cls, i))
+            self._free.put(self._instances[-1])
+        self.info = make_info(self, task="other", parameters=0, metrics={}, extra={"triton_backend": "python"})
+
+    def _call_at_load(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
+            raise ModelLoadError(self.path, f"TritonPythonModel.{what} raised {type(exc).__name__}: {exc}") from exc
+
+    def _auto_complete(self, cls: type) -> None:
+        hook = getattr(cls, "auto_complete_config", None)
+        if callable(hook):
+            self._call_at_load("auto_complete_config", hook, pb.ModelConfig(self.config.triton_model_config or "{}"))
+
+    def _instance(self, cls: type, i: int) -> Any:
+        """One ``TritonPythonModel()``, initialized as Triton initializes instance ``i``."""
+        instance = self._call_at_load("__init__", cls)
+        init = getattr(instance, "initialize", None)
+        if callable(init):
+            self._call_at_load("initialize", init, {
+                "model_config": self.config.triton_model_config,
+                "model_instance_kind": "CPU",
+                "model_instance_name": f"{self.name}_0_{i}",
+                "model_instance_device_id": "0",
+                "model_repository": str(self.path.parent.parent),
+                "model_version": str(self.version),
+                "model_name": self.name,
+            })
+        return instance
+
+    # -- serving
+
+    def flops_per_row(self) -> int:
+        return self.config.flops_per_row or DEFAULT_FLOPS_PER_ROW
+
+    def _named(self, batch: Batch) -> dict[str, np.ndarray]:
+        return dict(batch) if isinstance(batch, dict) else {self.inputs[0].name: batch}
+
+    def _unnamed(self, outputs: dict[str, np.ndarray]) -> Batch:
+        return outputs[self.outputs[0].name] if len(self.outputs) == 1 else outputs
+
+    def predict(self, batch: Batch) -> Batch:
+        """The batch as one request (``max_batch_size > 0``) or one request per row; see the module docstring."""
+        x = self._named(batch)
+        return self.predict_requests(batch, [len(next(iter(x.values())))])
+
+    def predict_requests(self, batch: Batch, rows: list[int]) -> Batch:
+        """``batch``'s rows as consecutive requests of ``rows[i]`` rows each, in one ``execute`` call
+        (``max_batch_size: 0``: one request per row, whatever ``rows`` says).  Returns the outputs of
+        every row in order; raises :class:`TritonError` for a response with an error, ``ValueError``
+        for a wrong answer, ``RuntimeError`` for an exception in ``execute`` (each naming the model)."""
+        self._require_open()
+        x = self._named(batch)
+        if not self.config.batching:
+            n = len(next(iter(x.values())))
+            requests = [{k: v[i] for k, v in x.items()} for i in range(n)]
+        else:
+            requests, start = [], 0
+            for r in rows:
+                requests.append({k: v[start:start + r] for k, v in x.items()})
+                start += r
+        outs = self._execute(requests)
+        if not self.config.batching:
+            outs = [{k: v[None] for k, v in o.items()} for o in outs]
+        return self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
+
+    def _execute(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        wanted = [s.name for s in self.outputs]
+        pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted,
+                                           inputs=[pb.Tensor(k, v) for k, v in r.items()]) for r in requests]
+        instance = self._free.get()
+        try:
+            responses = call_model_code(instance.execute, pb_requests)
+        except Exception as exc:
+            raise RuntimeError(f"TritonPythonModel.execute raised {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._free.put(instance)
+        if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
+            got = f"{len(responses)} responses" if isinstance(responses, (list, tuple)) else type(responses).__name__
+            raise ValueError(f"model {self.name!r}: execute must return one InferenceResponse per request "
+                             f"({len(requests)}), got {got}")
+        outs = []
+        for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
+            if not isinstance(resp, pb.InferenceResponse):
+                raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
+                                 "not a pb_utils.InferenceResponse")
+            if resp.has_error():
+                err = resp.error()
+                raise TritonError(err.message() if isinstance(err, pb.TritonError) else str(err))
+            outs.append(self._outputs(i, req, resp))
+        return outs
+
+    def _outputs(self, i: int, request: dict[str, np.ndarray], response: Any) -> dict[str, np.ndarray]:
+        """Response ``i``'s outputs checked against config.pbtxt (shape, dtype kind; cast within it)."""
+        got: dict[str, np.ndarray] = {}
+        for spec in self.outputs:
+            tensor = pb.get_output_tensor_by_name(response, spec.name)
+            if tensor is None:
+                names = [t.name() for t in response.output_tensors()]
+                raise ValueError(f"model {self.name!r}: execute's response {i} has no output {spec.name!r} (it has {names})")
+            got[spec.name] = tensor.as_numpy()
+        if self.config.batching:
+            n = len(next(iter(request.values())))
+            where = f"model {self.name!r}: execute's response {i}: "
+        else:  # per-row request: check as a one-row batch
+            n, got = 1, {k: v[None] if isinstance(v, np.ndarray) else v for k, v in got.items()}
+            where = f"model {self.name!r}: execute's response {i} (max_batch_size 0: a batch dimension 1 shown): "
+        try:
+            out = check_outputs(got, self.outputs, n)
+        except ValueError as exc:
+            raise ValueError(where + str(exc)) from None
+        named = out if isinstance(out, dict) else {self.outputs[0].name: out}
+        return named if self.config.batching else {k: v[0] for k, v in named.items()}
+
+    def warmup(self, batch: Batch | None = None) -> None:
+        """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
+        logged: a model may refuse such input and be right for every real request."""
+        try:
+            super().warmup(batch)
+        except ModelLoadError as exc:
+            if not isinstance(exc.__cause__, TritonError):
+                raise
+            log.warning("%s: warm-up request (rows of zeros) answered with an error: %s; served anyway",
+                        self.path, exc.__cause__)
+
+    def close(self) -> None:
+        """``finalize()`` on every instance that has one (once; the first exception propagates after all ran)."""
+        if self.closed:
+            return
+        super().close()
+        failure: BaseException | None = None
+        for instance in self._instances:
+            finalize = getattr(instance, "finalize", None)
+            if callable(finalize):
+                try:
+                    call_model_code(finalize)
+                except Exception as exc:  # noqa: BLE001 - finalize the others first
+                    failure = failure or exc
+        if failure is not None:
+            raise failure

@@ -1,0 +1,320 @@
+"""``triton_python_backend_utils``, as a Triton Python backend ``model.py`` imports it (``import
+triton_python_backend_utils as pb_utils``): the part of the API ordinary models use.
+
+:mod:`.triton_backend` puts this module in ``sys.modules`` under that name while it executes a
+Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
+(triton-inference-server/python_backend ``src/resources/triton_python_backend_utils.py`` and
+``src/pb_*.cc``):
+
+- :class:`Tensor` ``(name, array)``: ``name()``, ``as_numpy()``, ``is_cpu()`` (always true).
+- :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
+  ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
+  ``is_cancelled()``.  Built by a model (BLS) it cannot run: ``exec()`` / ``async_exec()`` raise
+  :class:`TritonModelException`; ``get_response_sender()`` (decoupled mode) too.
+- :class:`InferenceResponse` ``(output_tensors=[...], error=None)``: ``output_tensors()``,
+  ``has_error()``, ``error()``.
+- :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``.
+- :class:`TritonModelException`; :class:`ModelConfig` (what ``auto_complete_config`` gets);
+  :class:`Logger` (``log_info``/``log_warn``/``log_error``/``log_verbose``: the ``wsserve.model`` log).
+- ``get_input_tensor_by_name``, ``get_output_tensor_by_name``, ``get_input_config_by_name``,
+  ``get_output_config_by_name``, ``using_decoupled_model_transaction_policy``,
+  ``triton_string_to_numpy``, ``triton_to_numpy_type``, ``numpy_to_triton_type``.
+
+Not offered (wsserve has no string tensors): ``serialize_byte_tensor``,
+``deserialize_bytes_tensor``; a model calling them fails with ``AttributeError``.
+No module state: every value lives on the objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Tensor",
+    "InferenceRequest",
+    "InferenceResponse",
+    "TritonError",
+    "TritonModelException",
+    "ModelConfig",
+    "Logger",
+    "TRITON_STRING_TO_NUMPY",
+    "get_input_tensor_by_name",
+    "get_output_tensor_by_name",
+    "get_input_config_by_name",
+    "get_output_config_by_name",
+    "using_decoupled_model_transaction_policy",
+    "triton_string_to_numpy",
+    "triton_to_numpy_type",
+    "numpy_to_triton_type",
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
+    "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
+]
+
+TRITON_STRING_TO_NUMPY: dict[str, Any] = {
+    "TYPE_BOOL": bool,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+#: Triton's DataType enum numbers (model_config.proto) -> numpy, as ``triton_to_numpy_type`` maps them.
+_NUMBER_TO_NUMPY: dict[int, Any] = {
+    1: np.bool_, 2: np.uint8, 3: np.uint16, 4: np.uint32, 5: np.uint64, 6: np.int8, 7: np.int16,
+    8: np.int32, 9: np.int64, 10: np.float16, 11: np.float32, 12: np.float64, 13: np.object_,
+}
+
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+_UNSUPPORTED = "is not supported by wsserve's Triton Python backend"
+
+
+class TritonModelException(Exception):
+    """Triton's exception for a failed backend call (here: the features wsserve does not offer)."""
+
+
+class TritonError:
+    """An error a model puts in an :class:`InferenceResponse` (``error=``): that request fails."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        self._message = str(message)
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+    def __repr__(self) -> str:
+        return f"TritonError({self._message!r})"
+
+
+class Tensor:
+    """A named numpy array: ``Tensor(name, array)``.  ``array`` must be a numpy array (Triton's rule)."""
+
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        if not isinstance(name, str):
+            raise TritonModelException(f"a Tensor's name must be a str, got {type(name).__name__}")
+        if not isinstance(array, np.ndarray):
+            raise TritonModelException(f"Tensor {name!r}: the data must be a numpy array, got {type(array).__name__}")
+        self._name = name
+        self._array = array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        return self._array.__dlpack__()
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: Any) -> Tensor:
+        return Tensor(name, np.from_dlpack(capsule))
+
+    def __repr__(self) -> str:
+        return f"Tensor({self._name!r}, {self._array.dtype} {list(self._array.shape)})"
+
+
+class InferenceRequest:
+    """One inference request.  wsserve builds the ones ``execute`` gets; one a model builds itself
+    (BLS: ``pb_utils.InferenceRequest(model_name=..., ...)``) cannot be run: ``exec`` raises."""
+
+    def __init__(self, model_name: str = "", requested_output_names: list[str] | None = None,
+                 inputs: list[Tensor] | None = None, request_id: str = "", correlation_id: int = 0,
+                 flags: int = 0, parameters: dict[str, Any] | str | None = None, **_: Any) -> None:
+        self._model_name = model_name
+        self._outputs = list(requested_output_names or [])
+        self._inputs = list(inputs or [])
+        self._id = request_id
+        self._correlation_id = correlation_id
+        self._flags = flags
+        self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters or {})
+
+    def inputs(self) -> list[Tensor]:
+        return list(self._inputs)
+
+    def requested_output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def request_id(self) -> str:
+        return self._id
+
+    def correlation_id(self) -> int:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def parameters(self) -> str:
+        """The request's parameters as a JSON object string (``"{}"``: none)."""
+        return self._parameters
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def exec(self, *args: Any, **kwargs: Any) -> InferenceResponse:
+        raise TritonModelException(f"InferenceRequest.exec() (business logic scripting, BLS) {_UNSUPPORTED}")
+
+    def async_exec(self, *args: Any, **kwargs: Any) -> Any:
+        raise TritonModelException(f"InferenceRequest.async_exec() (business logic scripting, BLS) {_UNSUPPORTED}")
+
+    def get_response_sender(self) -> Any:
+        raise TritonModelException(f"InferenceRequest.get_response_sender() (decoupled mode) {_UNSUPPORTED}")
+
+
+class InferenceResponse:
+    """``execute``'s answer to one request: its output tensors, or an ``error`` (a :class:`TritonError`)."""
+
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | str | None = None,
+                 parameters: Any = None) -> None:
+        self._tensors = list(output_tensors or [])
+        self._error = TritonError(error) if isinstance(error, str) else error
+
+    def output_tensors(self) -> list[Tensor]:
+        return list(self._tensors)
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+
+class ModelConfig:
+    """What ``auto_complete_config(auto_complete_model_config)`` gets: the configuration as a dict
+    (``as_dict()``) and Triton's setters.  wsserve does not complete a configuration from the model:
+    a setter that would change config.pbtxt's meaning raises ``ValueError`` saying to write it there."""
+
+    def __init__(self, model_config: str) -> None:
+        self._config: dict[str, Any] = json.loads(model_config)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def _refuse(self, what: str) -> None:
+        raise ValueError(f"auto_complete_config of model {self._config.get('name', '')!r} {what}: wsserve does not "
+                         "auto-complete a Python model's configuration; write it in config.pbtxt")
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        if max_batch_size != self._config.get("max_batch_size", 0):
+            self._refuse(f"sets max_batch_size {max_batch_size} (config.pbtxt: {self._config.get('max_batch_size', 0)})")
+
+    def set_dynamic_batching(self) -> None:
+        if "dynamic_batching" not in self._config:
+            self._refuse("sets dynamic_batching")
+
+    def _add(self, side: str, tensor: dict[str, Any]) -> None:
+        listed = next((t for t in self._config.get(side, []) if t.get("name") == tensor.get("name")), None)
+        if listed is None:
+            self._refuse(f"adds {side} {tensor.get('name')!r}")
+        elif "data_type" in tensor and tensor["data_type"] != listed.get("data_type"):
+            self._refuse(f"gives {side} {tensor['name']!r} data_type {tensor['data_type']} (config.pbtxt: {listed.get('data_type')})")
+        elif "dims" in tensor and [int(d) for d in tensor["dims"]] != [int(d) for d in listed.get("dims", [])]:
+            self._refuse(f"gives {side} {tensor['name']!r} dims {list(tensor['dims'])} (config.pbtxt: {listed.get('dims')})")
+
+    def add_input(self, input: dict[str, Any]) -> None:  # noqa: A002 - Triton's parameter name
+        self._add("input", input)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add("output", output)
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        if transaction_policy_dict.get("decoupled"):
+            self._refuse("sets decoupled mode, which is not supported")
+
+
+class Logger:
+    """Triton's ``pb_utils.Logger``: the model's messages go to the server's log (``wsserve.model``)."""
+
+    INFO, WARNING, ERROR, VERBOSE = range(4)
+    _LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.DEBUG}
+
+    @staticmethod
+    def log(message: str, level: int = 0) -> None:
+        logging.getLogger("wsserve.model").log(Logger._LEVELS.get(level, logging.INFO), "%s", message)
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        Logger.log(message, Logger.INFO)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        Logger.log(message, Logger.WARNING)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        Logger.log(message, Logger.ERROR)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        Logger.log(message, Logger.VERBOSE)
+
+
+def get_input_tensor_by_name(inference_request: InferenceRequest, name: str) -> Tensor | None:
+    """The request's input ``name``, or None."""
+    return next((t for t in inference_request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(inference_response: InferenceResponse, name: str) -> Tensor | None:
+    """The response's output ``name``, or None."""
+    return next((t for t in inference_response.output_tensors() if t.name() == name), None)
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The ``input`` entry ``name`` of a parsed model configuration, or None."""
+    return next((t for t in model_config.get("input", []) if t["name"] == name), None)
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The ``output`` entry ``name`` of a parsed model configuration, or None."""
+    return next((t for t in model_config.get("output", []) if t["name"] == name), None)
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+def triton_string_to_numpy(triton_type_string: str) -> Any:
+    """``"TYPE_FP32"`` -> ``np.float32`` (``KeyError`` for a name that is not a Triton type)."""
+    return TRITON_STRING_TO_NUMPY[triton_type_string]
+
+
+def triton_to_numpy_type(data_type: int) -> Any:
+    """A Triton DataType number -> the numpy type; None for an unknown number."""
+    return _NUMBER_TO_NUMPY.get(data_type)
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    """A numpy type -> the Triton DataType number; None when Triton has none."""
+    for number, np_type in _NUMBER_TO_NUMPY.items():
+        if np.dtype(np_type) == np.dtype(data_type):
+            return number
+    return None
