@@ -459,6 +459,8 @@ class Scheduler:
                 continue
             chosen = outcome == END_AFTER
             matcher = seq._stops
+            if outcome == END_BEFORE:
+                seq._refused = 1  # not generated: no part of its output (completion_tokens)
             if matcher is None:  # logprobs or a guide: the token goes out whole (it ends by length elsewhere)
                 if outcome != END_BEFORE:
                     out.append((seq, numbers[i], _logged(text, record)))

@@ -386,7 +386,7 @@ class StreamEncoder:
         return ("full", self.prepend + choices[0][0], None)
 
     @staticmethod
-    def error_event(exc: WsserveError) -> tuple[str, WsserveError]:
+    def error_event(exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> tuple[str, WsserveError]:
         return ("error", exc)
 
 

@@ -494,8 +494,8 @@ class CompletionEncoder:
         return b""
 
     @staticmethod
-    def error_event(exc: WsserveError) -> bytes:
-        """An error after the stream started (see :func:`error_event`)."""
+    def error_event(exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> bytes:
+        """An error after the stream started (see :func:`error_event`; no usage in it, as vLLM's)."""
         return error_event(error_response(exc, "openai").body)
 
     def response(self, choices: list[Choice], prompt_tokens: int, tokens: int) -> bytes:

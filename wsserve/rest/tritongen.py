@@ -259,7 +259,7 @@ class GenerateEncoder:
         return self._head + b',"text_output":' + orjson.dumps(self._prepend + choices[0][0]) + b"}"
 
     @staticmethod
-    def error_event(exc: WsserveError) -> bytes:
+    def error_event(exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> bytes:
         return b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
 
 
