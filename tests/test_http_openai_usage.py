@@ -14,11 +14,10 @@ before mapping one character to one id, and which is given at most 16 characters
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import json
 
 import pytest
 
@@ -179,3 +178,13 @@ def test_charlm_prompt_tokens_are_the_characters_it_was_given_after_normalisatio
     text, usage = _complete(server, stream, model="charlm", prompt=prompt, max_tokens=5, temperature=0)
     assert len(text) == 5
     assert _counts(usage) == (prompt_tokens, 5, prompt_tokens + 5)
+
+
+def test_triton_streamed_num_output_tokens_add_up_to_the_answer_s(words_server: ServerProcess) -> None:
+    """Streamed, each token's event counts 1 and the last event (no token) the tokens generated but
+    not sent, as the vLLM backend's last response counts its stop token."""
+    body = {"text_input": "hello ", "max_tokens": 8, "stop_token_ids": [STOP_ID], "return_num_output_tokens": True}
+    status, raw = post(words_server, "/v2/models/words/generate_stream", body)
+    assert status == 200, raw
+    got = [(e["text_output"], e["num_output_tokens"]) for e in events(raw)]
+    assert got == [("world ", 1), ("", 1)]

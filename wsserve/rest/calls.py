@@ -486,8 +486,9 @@ class CompletionCall(Call):
         self._open -= 1
         if reason == "cancelled":  # not by us (we end first): answer what there is
             choice.reason, choice.cancelled = "stop", True
-        if self.stream:
-            self.exchange.send(self.encoder.choice_end_event(choice.reason, choice.index))
+        if self.stream:  # its tokens generated but not sent count at its end (Triton's num_output_tokens)
+            self.exchange.send(self.encoder.choice_end_event(choice.reason, choice.index,
+                                                             choice.completion_tokens - choice.tokens))
         if self._open:
             return
         if not self._end("cancelled" if any(c.cancelled for c in self.choices) else "ok"):

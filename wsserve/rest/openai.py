@@ -544,7 +544,7 @@ class CompletionEncoder:
                              "token_logprobs": [None if record is None else record.logprob for _, record in logged],
                              "top_logprobs": top, "text_offset": offsets})
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The chunk carrying choice ``index``'s ``finish_reason``."""
         return (self._token_prefix + b'"","index":%d,"logprobs":null,"finish_reason":' % index
                 + orjson.dumps(finish_reason) + b"}]}\n\n")
@@ -600,7 +600,7 @@ class ChatCompletionEncoder:
         return (self._token_prefix + b'%d,"delta":{"content":' % index + orjson.dumps(text) + b'},"logprobs":'
                 + _chat_logprobs_json([(text, logprobs)]) + b',"finish_reason":null}]}\n\n')
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The chunk carrying choice ``index``'s ``finish_reason``."""
         return (self._chunk + b',"choices":[{"index":%d,"delta":{},"logprobs":null,"finish_reason":' % index
                 + orjson.dumps(finish_reason) + b"}]}\n\n")

@@ -430,7 +430,7 @@ class ResponsesEncoder:
             "item_id": self._message_id, "output_index": 0, "content_index": 0,
             "logprobs": token_logprobs(((text, logprobs),), with_bytes=False), "delta": text})
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The text, its part and its message done."""
         self._reason = finish_reason
         text = "".join(self._texts)
