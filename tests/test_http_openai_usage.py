@@ -166,6 +166,26 @@ async def test_the_websocket_done_reports_the_same_prompt_tokens(words_server: S
     assert (done["reason"], done["tokens"], done["prompt_tokens"]) == ("length", 3, 9)
 
 
+@pytest.mark.parametrize(("fields", "frames"), [
+    ({"stop_token_ids": [STOP_ID]}, ["world "]),
+    ({"stop": ["hello"]}, ["world ", "stop"]),
+])
+async def test_the_websocket_done_adds_the_completion_tokens_of_usage(words_server: ServerProcess, fields: dict,
+                                                                      frames: list[str]) -> None:
+    """``tokens`` stays the count of ``token`` frames (the wire contract); ``completion_tokens`` is
+    the figure of ``usage``, with the stop token's or the stop string's tokens."""
+    conn = await Conn.open(words_server.url)
+    try:
+        await conn.send({"type": "generate", "id": "g", "model": "words", "prompt": "hello ", "max_tokens": 8,
+                         **fields})
+        got, done = await conn.until_terminal("g")
+    finally:
+        await conn.close()
+    assert [f["text"] for f in got if f["type"] == "token"] == frames
+    assert (done["reason"], done["tokens"], done["completion_tokens"], done["prompt_tokens"]) == (
+        "stop", len(frames), len(frames) + 1, 1)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize(("prompt", "prompt_tokens"), [
     ("The ", 4),
