@@ -43,7 +43,8 @@ Semantics:
   ``seq.error`` says how it ended).  Text that may begin a stop string is held
   back (:mod:`.stops`); on a ``length`` finish it is released first; on cancel
   or error it is dropped.  ``seq.streamed`` (the number of token events) is the
-  ``tokens`` of ``done``.  For a generation with ``logprobs``, a token event's text is a
+  ``tokens`` of ``done``; ``seq.completion_tokens`` (every token generated, a stop string's
+  and a stop token's included, as vLLM's output token ids) its usage.  For a generation with ``logprobs``, a token event's text is a
   :class:`~.sequence.LoggedText` (the text and its :class:`~.logprobs.TokenLogprobs`,
   from the ``logprobs`` given to :meth:`update_from_output`); held-back text keeps its
   token's record, and a token cut by a stop string carries its record with its text

@@ -474,7 +474,8 @@ class CompletionEncoder:
 
     ``usage`` counts tokens: ``prompt_tokens`` is the number of token ids the model was given
     for the prompt (the generation's ``Sequence.prompt_tokens``, counted once whatever ``n``),
-    ``tokens`` the tokens sent in all choices."""
+    ``tokens`` the tokens generated in all choices, as vLLM counts its output token ids (a stop
+    string's and a stop token's included: ``Sequence.completion_tokens``)."""
 
     __slots__ = ("_head", "_token_prefix", "_offsets")
 
