@@ -85,7 +85,8 @@ class FakeEngine:
     stats: Any = None
 
     def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None) -> Any:
-        handle = SimpleNamespace(prompt_tokens=len(params.prompt))  # the engine's Sequence: a handle with its count
+        # the engine's Sequence: a handle with its counts (nothing is generated here)
+        handle = SimpleNamespace(prompt_tokens=len(params.prompt), completion_tokens=0)
         self.submitted.append((params, sink, group, deadline))
         return handle
 

@@ -212,6 +212,22 @@ def test_word_tokens_keep_one_frame_per_token(kw: dict, frames: list[str]) -> No
     assert _words(**kw) == (frames, "stop", len(frames))
 
 
+@pytest.mark.parametrize(("kw", "completion_tokens"), [
+    ({"stop_token_ids": (2,)}, 2),  # "world ", then "stop": not sent, counted
+    ({"stop_token_ids": (2,), "include_stop_str_in_output": True}, 2),
+    ({"stop": ("ld st",)}, 2),  # "wor" sent; both tokens of the stop string counted
+    ({"stop": ("stop hi",), "stop_token_ids": (0,)}, 3),
+    ({"stop_token_ids": (2,), "min_tokens": 2}, 4),
+])
+def test_completion_tokens_are_vllms_output_token_ids(kw: dict, completion_tokens: int) -> None:
+    """Every token generated counts, as in vLLM's output token ids, whatever text of it is sent."""
+    sched = Scheduler(TokenModelAdapter(_Words(), name="words"), max_generate_batch=2)
+    clock, out = FakeClock(), Collected()
+    seq = sched.add_request(params("a", max_tokens=6, **kw), clock.now)  # type: ignore[arg-type]
+    run_until_idle(sched, clock, out)
+    assert (seq.finish_reason, seq.completion_tokens) == ("stop", completion_tokens)
+
+
 def test_a_stop_string_within_min_tokens_is_text() -> None:
     """"op" ends in token 2 ("stop"), within min_tokens 2: the text goes on (and no later token ends it)."""
     assert _words(stop=("op",), min_tokens=2) == (["world ", "stop", "hello ", "world "], "length", 4)

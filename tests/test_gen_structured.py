@@ -279,6 +279,19 @@ def test_the_end_is_the_models_choice_at_a_match_that_may_go_on() -> None:
         assert _run(Scheduler(model), [GenerationParams(prompt="", max_tokens=4, guided_regex="ab*")])[0] == expected
 
 
+def test_the_token_a_guide_ends_before_is_not_in_completion_tokens() -> None:
+    """With "x" likeliest after "a" (``ab*``), the model's "x" ends the text and is not generated:
+    the output is one token, though the model ran two steps."""
+    model = TokenModelAdapter(_Favour(_Favour.vocabulary.index("x")), name="favour")
+    sched = Scheduler(model)
+    p = GenerationParams(prompt="", max_tokens=4, guided_regex="ab*")
+    index = build_index(GuidePattern.of(p), outlines_vocabulary(sched.model.id_to_text))
+    clock = FakeClock()
+    seq = sched.add_request(p, clock.now, index=index)
+    run_until_idle(sched, clock, Collected())
+    assert (seq.finish_reason, seq.streamed, seq.generated, seq.completion_tokens) == ("stop", 1, 2, 1)
+
+
 # -- the engine ------------------------------------------------------------------------------------
 
 class _Sink:

@@ -147,7 +147,8 @@ def test_some_flags_as_parameters_and_flags_off(served, client) -> None:
 
 def test_a_stream_that_sends_no_token_ends_with_the_outputs_of_its_end(served, client) -> None:
     """A stop string met at the first token: no token is sent, the one response is the end's (no
-    text, ``finish_reason`` ``stop``, no token counted), as the HTTP route's last event."""
+    text, ``finish_reason`` ``stop``, the token generated counted, as vLLM's output token ids hold
+    it), as the HTTP route's last event."""
     flags = dict.fromkeys(FLAGS, True)
     [plain] = _http(served, "generate", {"text_input": "The ", "max_tokens": 4, "temperature": 0,
                                          "exclude_input_in_output": True})
@@ -157,7 +158,7 @@ def test_a_stream_that_sends_no_token_ends_with_the_outputs_of_its_end(served, c
     [result] = _stream(client, True, flags, max_tokens=4, temperature=0, stop=first, logprobs=1)
     assert result.as_numpy("text_output")[0] == b""
     _same(_outputs(result), end)
-    assert _outputs(result)["finish_reason"] == "stop" and _outputs(result)["num_output_tokens"] == 0
+    assert _outputs(result)["finish_reason"] == "stop" and _outputs(result)["num_output_tokens"] == 1
 
 
 def _unread_stream_request(rid: str) -> Any:
@@ -189,6 +190,23 @@ def test_an_unread_stream_counts_its_outputs_against_the_write_buffer_bound(mode
     # counted as text alone, the refusal came past 4096 bytes of text: over 1024 tokens (at
     # most 4 bytes each), all then sent (6755 when this was written); counted whole, a few
     assert 0 < len(answers[:-1]) < 1024
+
+
+def test_a_stop_string_s_tokens_count_in_the_last_response(served, client) -> None:
+    """A stop string two tokens long after two tokens sent: vLLM's output token ids hold all four,
+    so the responses' ``num_output_tokens`` add up to 4, as the HTTP answer's; the last response
+    (the last token sent, with the end) carries the two not sent."""
+    flags = {"return_num_output_tokens": True}
+    [plain] = _http(served, "generate", {"text_input": "The ", "max_tokens": 4, "temperature": 0,
+                                         "exclude_input_in_output": True})
+    stop = plain["text_output"][2:4]
+    assert plain["text_output"].find(stop) == 2
+    [whole] = _http(served, "generate", {"text_input": "The ", "max_tokens": 8, "temperature": 0, "stop": stop,
+                                         "exclude_input_in_output": True, **flags})
+    assert (whole["text_output"], whole["num_output_tokens"]) == (plain["text_output"][:2], 4)
+    results = _stream(client, True, flags, max_tokens=8, temperature=0, stop=stop)
+    assert b"".join(r.as_numpy("text_output")[0] for r in results).decode() == plain["text_output"][:2]
+    assert [_outputs(r)["num_output_tokens"] for r in results] == [1, 3]
 
 
 def test_only_the_requested_outputs_are_answered_as_tritons(client) -> None:

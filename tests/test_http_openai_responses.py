@@ -312,6 +312,19 @@ def test_a_generation_that_fails_mid_stream_ends_with_response_failed(client) ->
     assert info.value.body["message"] == "generation step failed: RuntimeError: no letter after e"
 
 
+def test_response_failed_carries_the_usage_of_what_was_generated(client) -> None:
+    """As OpenAI's failed or incomplete response: the prompt's tokens ("a": 1) and the 4 generated
+    before the failure, not ``usage: null``."""
+    with client.responses.stream(model="failing", input="a", max_output_tokens=10, temperature=0) as stream:
+        events = list(stream)
+    failed = EVENTS.validate_python(events[-1].model_dump(exclude_unset=True))
+    assert failed.type == "response.failed" and failed.response.output_text == "bcde"
+    usage = failed.response.usage
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (1, 4, 5)
+    assert (usage.input_tokens_details.cached_tokens, usage.output_tokens_details.reasoning_tokens) == (0, 0)
+
+
 # ------------------------------------------------------------------ refusals
 
 

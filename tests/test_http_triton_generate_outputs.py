@@ -107,7 +107,8 @@ def test_flags_alone_as_inputs_or_parameters_and_off(server) -> None:
     assert text.startswith("The ")  # the prompt prepended: not counted in num_output_tokens
     text = text.removeprefix("The ")
     assert len(text) < 30  # the stop string ended it
-    for name, value in [("finish_reason", "stop"), ("num_output_tokens", len(text)), ("num_input_tokens", 4),
+    # num_output_tokens: vLLM's output token ids, the stop string's two (charlm: a token a character) too
+    for name, value in [("finish_reason", "stop"), ("num_output_tokens", len(text) + 2), ("num_input_tokens", 4),
                         ("logprobs", "null")]:
         for body in ({**base, f"return_{name}": True}, {**base, "parameters": {f"return_{name}": True}}):
             got = json.loads(post(server, "/v2/models/charlm/generate", body)[1])
@@ -115,14 +116,16 @@ def test_flags_alone_as_inputs_or_parameters_and_off(server) -> None:
     alone = json.loads(post(server, "/v2/models/charlm/generate", {**base, "return_cumulative_logprob": True})[1])
     with_values = json.loads(post(server, "/v2/models/charlm/generate", {**base, **ALL, "logprobs": 1})[1])
     assert alone["cumulative_logprob"] == with_values["cumulative_logprob"] < 0  # no need of 'logprobs'
-    assert len(json.loads(with_values["logprobs"])) == with_values["num_output_tokens"] == len(text)
+    # the stop string's tokens are counted but not listed (nor summed): their text is not sent
+    assert len(json.loads(with_values["logprobs"])) == with_values["num_output_tokens"] - 2 == len(text)
     off = {name: False for name in ALL}
     assert post(server, "/v2/models/charlm/generate", {**base, **off, "logprobs": 3})[1] == plain
     assert post(server, "/v2/models/charlm/generate", {**base, "parameters": off})[1] == plain
     streamed = post(server, "/v2/models/charlm/generate_stream", base)[1]
     assert post(server, "/v2/models/charlm/generate_stream", {**base, **off})[1] == streamed
     got = events(post(server, "/v2/models/charlm/generate_stream", {**base, "return_num_output_tokens": True})[1])
-    assert [e["num_output_tokens"] for e in got] == [1] * len(text) + [0] and got[-1]["finish_reason"] == "stop"
+    # the last event (no token) counts the stop string's two tokens: the events add up to the answer's
+    assert [e["num_output_tokens"] for e in got] == [1] * len(text) + [2] and got[-1]["finish_reason"] == "stop"
     assert all("finish_reason" not in e for e in got[:-1])  # not asked for: the last event only, as without flags
 
 

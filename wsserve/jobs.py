@@ -351,10 +351,12 @@ class GenerateJob(Job):
             self.engine.cancel(self.handle)
 
     def span_attributes(self) -> dict[str, Any]:
-        """Its version, token counts (GenAI's names) and the timing its ``done`` carried."""
-        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "gen_ai.usage.output_tokens": self.tokens}
-        if self.handle is not None:
-            attributes["gen_ai.usage.input_tokens"] = self.handle.prompt_tokens
+        """Its version, token counts (GenAI's names: ``usage``'s figures) and the timing its ``done`` carried."""
+        handle = self.handle
+        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "gen_ai.usage.output_tokens":
+                                      self.tokens if handle is None else handle.completion_tokens}
+        if handle is not None:
+            attributes["gen_ai.usage.input_tokens"] = handle.prompt_tokens
         if self.timing:
             attributes.update({"wsserve." + k: v for k, v in self.timing.items() if v is not None})
         return attributes
@@ -393,6 +395,10 @@ class GenerateJob(Job):
 
     def finish(self, reason: str, tokens: int, timing: dict[str, Any]) -> None:
         self.tokens, self.timing = tokens, timing
-        prompt_tokens = self.handle.prompt_tokens if self.handle is not None else None
-        frame = encode_generate_done(self.id, reason, tokens, timing, self.version, prompt_tokens)
+        handle = self.handle
+        if handle is None:  # cancelled before it was queued: nothing was generated
+            frame = encode_generate_done(self.id, reason, tokens, timing, self.version)
+        else:
+            frame = encode_generate_done(self.id, reason, tokens, timing, self.version, handle.prompt_tokens,
+                                         handle.completion_tokens)
         self._terminal(frame, "ok" if reason != "cancelled" else "cancelled")

@@ -1142,15 +1142,19 @@ def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any]
 
 def encode_generate_done(
     rid: RequestId | None, reason: str, tokens: int, timing: dict[str, Any], version: str | None = None,
-    prompt_tokens: int | None = None,
+    prompt_tokens: int | None = None, completion_tokens: int | None = None,
 ) -> bytes:
-    """The terminal ``done`` of a generate (``reason``: length, stop or cancelled; ``version``: who
-    served it; ``prompt_tokens``: the token ids the model was given for the prompt)."""
+    """The terminal ``done`` of a generate (``reason``: length, stop or cancelled; ``tokens``: the
+    ``token`` frames sent; ``version``: who served it; ``prompt_tokens``: the token ids the model
+    was given for the prompt; ``completion_tokens``: the tokens generated as vLLM counts its output
+    token ids, a stop string's and a stop token's included, OpenAI's ``usage.completion_tokens``)."""
     frame: dict[str, Any] = {"type": "done", "id": rid, "reason": reason, "tokens": tokens, "timing": timing}
     if version is not None:
         frame["version"] = version
     if prompt_tokens is not None:
         frame["prompt_tokens"] = prompt_tokens
+    if completion_tokens is not None:
+        frame["completion_tokens"] = completion_tokens
     return orjson.dumps(frame)
 
 

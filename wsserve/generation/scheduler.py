@@ -43,7 +43,8 @@ Semantics:
   ``seq.error`` says how it ended).  Text that may begin a stop string is held
   back (:mod:`.stops`); on a ``length`` finish it is released first; on cancel
   or error it is dropped.  ``seq.streamed`` (the number of token events) is the
-  ``tokens`` of ``done``.  For a generation with ``logprobs``, a token event's text is a
+  ``tokens`` of ``done``; ``seq.completion_tokens`` (every token generated, a stop string's
+  and a stop token's included, as vLLM's output token ids) its usage.  For a generation with ``logprobs``, a token event's text is a
   :class:`~.sequence.LoggedText` (the text and its :class:`~.logprobs.TokenLogprobs`,
   from the ``logprobs`` given to :meth:`update_from_output`); held-back text keeps its
   token's record, and a token cut by a stop string carries its record with its text
@@ -464,6 +465,8 @@ class Scheduler:
                 continue
             chosen = outcome == END_AFTER
             matcher = seq._stops
+            if outcome == END_BEFORE:
+                seq._refused = 1  # not generated: no part of its output (completion_tokens)
             if matcher is None:  # logprobs or a guide: the token goes out whole (it ends by length elsewhere)
                 if outcome != END_BEFORE:
                     out.append((seq, numbers[i], _logged(text, record)))

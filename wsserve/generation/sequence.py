@@ -5,7 +5,8 @@ sequence gets exactly one token per step, so its token count is derived from
 the scheduler's step counter (:class:`Tick`) and the step at which it started
 (``generated = tick - base``).  Only sequences with stop strings keep a
 separate count of the tokens they streamed (text may be held back); so do sequences with
-stop token ids (a stop token whose text is not output is not streamed).
+stop token ids (a stop token whose text is not output is not streamed).  What a generation's
+usage reports is :attr:`Sequence.completion_tokens`: vLLM's count of its output token ids.
 
 The text of a token event is a ``str``, or a :class:`LoggedText` for a generation that
 asked for ``logprobs`` (its text and its :class:`~.logprobs.TokenLogprobs`).
@@ -55,7 +56,9 @@ class Sequence:
     ``finish_reason`` is ``"length" | "stop" | "cancelled"`` for a normal end, or
     ``None`` with ``error`` set.  ``owner`` is the caller's (the engine keeps the sink there).
     ``generated`` counts the tokens the model produced for it (held-back and stop
-    text included), ``streamed`` its token events (the ``tokens`` of ``done``).
+    text included), ``streamed`` its token events (the ``tokens`` of ``done``),
+    ``completion_tokens`` the tokens of its output as vLLM counts them (OpenAI's
+    ``usage.completion_tokens``).
     ``prompt_tokens`` is the number of token ids the model was given for the prompt
     (set when the request is added; OpenAI's ``usage.prompt_tokens``).
     """
@@ -74,6 +77,7 @@ class Sequence:
         "_prompt_ids",
         "_plain",
         "_refill",
+        "_refused",
         "_rng",
         "_row",
         "_safe",
@@ -116,6 +120,7 @@ class Sequence:
         self._gen = 0  # tokens generated, while not running
         self._base = 0  # while running: generated = tick - base
         self._streamed = 0  # token events emitted (kept only with stop strings or a guide; else = generated)
+        self._refused = 0  # 1 once a guide ended it before its last step's token (that token is not generated)
         self._stops = StopMatcher(params.stop, token_ids=params.stop_token_ids, min_tokens=params.min_tokens,
                                   include=params.include_stop_str_in_output) \
             if params.stop or params.stop_token_ids else None
@@ -157,6 +162,14 @@ class Sequence:
     def streamed(self) -> int:
         """Token events emitted (``tokens`` of ``done``)."""
         return self.generated if self._stops is None and self._guide is None else self._streamed
+
+    @property
+    def completion_tokens(self) -> int:
+        """The tokens of its output as vLLM counts them (the length of its output token ids, OpenAI's
+        ``usage.completion_tokens``): every token generated, the tokens of a stop string and a stop
+        token (``stop_token_ids``) included, whether or not their text is sent; not the token at
+        which a guide ended it (:mod:`.structured`: that token is not generated)."""
+        return self.generated - self._refused
 
     def timing(self) -> dict[str, float | None]:
         """``queue_ms`` (arrival -> slot), ``ttft_ms`` (arrival -> first generated token,

@@ -376,7 +376,7 @@ class StreamEncoder:
     def token_event(self, text: str, index: int = 0) -> tuple[str, bytes, Any]:
         return ("token", text.encode(), None)  # encoded once: counted, then sent as it is
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str, Any]:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> tuple[str, str, Any]:
         return ("end", finish_reason, None)
 
     def tail_events(self, prompt_tokens: int, tokens: int, include_usage: bool) -> tuple[str]:
@@ -386,7 +386,7 @@ class StreamEncoder:
         return ("full", self.prepend + choices[0][0], None)
 
     @staticmethod
-    def error_event(exc: WsserveError) -> tuple[str, WsserveError]:
+    def error_event(exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> tuple[str, WsserveError]:
         return ("error", exc)
 
 
@@ -408,8 +408,8 @@ class StreamOutputsEncoder(WithOutputValues, StreamEncoder):
     def token_event_logprobs(self, text: str, logprobs: TokenLogprobs, index: int = 0) -> tuple[str, bytes, Any]:
         return ("token", text.encode(), _encoded(self.values.token(logprobs)))
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> tuple[str, str, Any]:
-        return ("end", finish_reason, _encoded(self.values.end(finish_reason)))
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> tuple[str, str, Any]:
+        return ("end", finish_reason, _encoded(self.values.end(finish_reason, unsent)))
 
     def response(self, choices: list[Any], prompt_tokens: int, tokens: int) -> tuple[str, str, Any]:
         return ("full", self.prepend + choices[0][0], _encoded(self.values.response(choices[0], prompt_tokens, tokens)))

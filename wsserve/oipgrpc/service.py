@@ -876,8 +876,11 @@ def _last(held: tuple[bytes, Any] | None, ended: Any) -> tuple[bytes, Any]:
     if held is None:
         return b"", ended
     text, outputs = held
-    if outputs is not None and ended is not None and "finish_reason" in outputs:
-        outputs = {**outputs, "finish_reason": ended["finish_reason"]}
+    if outputs is not None and ended is not None:
+        if "finish_reason" in outputs:
+            outputs = {**outputs, "finish_reason": ended["finish_reason"]}
+        if "num_output_tokens" in outputs:  # the tokens generated but not sent (a stop token) count there
+            outputs = {**outputs, "num_output_tokens": outputs["num_output_tokens"] + ended["num_output_tokens"]}
     return text, outputs
 
 

@@ -386,17 +386,34 @@ class CompletionCall(Call):
 
     @property
     def tokens(self) -> int:
-        """Tokens sent so far, over every choice (``usage.completion_tokens``, the metric)."""
+        """Tokens sent so far, over every choice (their token events; the metric)."""
         return sum(c.tokens for c in self.choices)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated so far, over every choice, as vLLM counts them (``usage.completion_tokens``:
+        a stop string's and a stop token's included, see
+        :attr:`~wsserve.generation.sequence.Sequence.completion_tokens`)."""
+        return sum(c.completion_tokens for c in self.choices)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """``usage.prompt_tokens``: every prompt's token count once, whatever ``n`` (None while a
+        choice is not queued yet)."""
+        if self.prompt_counts is not None:
+            return sum(self.prompt_counts)
+        if any(c.handle is None for c in self.choices):
+            return None
+        n = len(self.choices) // len(self.prompts)
+        return sum(c.handle.prompt_tokens for c in self.choices[::n])
 
     def span_attributes(self) -> dict[str, Any]:
         """Its version and token counts under GenAI's names (``usage``'s figures: each prompt once)."""
-        attributes: dict[str, Any] = {"wsserve.model_version": self.version, "gen_ai.usage.output_tokens": self.tokens}
-        if self.prompt_counts is not None:
-            attributes["gen_ai.usage.input_tokens"] = sum(self.prompt_counts)
-        elif all(c.handle is not None for c in self.choices):
-            n = len(self.choices) // len(self.prompts)
-            attributes["gen_ai.usage.input_tokens"] = sum(c.handle.prompt_tokens for c in self.choices[::n])
+        attributes: dict[str, Any] = {"wsserve.model_version": self.version,
+                                      "gen_ai.usage.output_tokens": self.completion_tokens}
+        prompt_tokens = self.prompt_tokens
+        if prompt_tokens is not None:
+            attributes["gen_ai.usage.input_tokens"] = prompt_tokens
         attributes.update(generation_timing(c.timing for c in self.choices))
         return attributes
 
@@ -464,8 +481,9 @@ class CompletionCall(Call):
         if not self.streaming:
             super()._error(exc)
             return
-        # The 200 and the first events are out: the error is an event (OpenAI's: then [DONE]).
-        self.exchange.send(self.encoder.error_event(exc))
+        # The 200 and the first events are out: the error is an event (OpenAI's: then [DONE]); the
+        # Responses API's carries the usage of what was generated.
+        self.exchange.send(self.encoder.error_event(exc, self.prompt_tokens, self.completion_tokens))
         self.exchange.end_stream()
 
     def choice_ended(self, choice: CompletionChoice, reason: str) -> None:
@@ -473,18 +491,15 @@ class CompletionCall(Call):
         self._open -= 1
         if reason == "cancelled":  # not by us (we end first): answer what there is
             choice.reason, choice.cancelled = "stop", True
-        if self.stream:
-            self.exchange.send(self.encoder.choice_end_event(choice.reason, choice.index))
+        if self.stream:  # its tokens generated but not sent count at its end (Triton's num_output_tokens)
+            self.exchange.send(self.encoder.choice_end_event(choice.reason, choice.index,
+                                                             choice.completion_tokens - choice.tokens))
         if self._open:
             return
         if not self._end("cancelled" if any(c.cancelled for c in self.choices) else "ok"):
             return
-        n = len(self.choices) // len(self.prompts)  # each prompt counted once, whatever n
-        if self.prompt_counts is not None:
-            prompt_tokens = sum(self.prompt_counts)
-        else:
-            prompt_tokens = sum(c.handle.prompt_tokens for c in self.choices[::n])  # set by submit
-        tokens = self.tokens
+        prompt_tokens = self.prompt_tokens or 0  # never None here: every choice was queued, or echo_only
+        tokens = self.completion_tokens
         if self.stream:
             self.exchange.send(self.encoder.tail_events(prompt_tokens, tokens, self.include_usage))
             self.exchange.end_stream()
@@ -521,6 +536,11 @@ class CompletionChoice:
         self.ended = False
         self.cancelled = False
         self.timing: dict[str, Any] | None = None  # the engine's, once it ended (queue_ms, ttft_ms, total_ms)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Its generation's tokens so far as vLLM counts them (0 when none was queued: ``echo_only``)."""
+        return 0 if self.handle is None else self.handle.completion_tokens
 
     def on_token(self, seq: int, text: str) -> None:
         call = self.call

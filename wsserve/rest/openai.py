@@ -474,7 +474,8 @@ class CompletionEncoder:
 
     ``usage`` counts tokens: ``prompt_tokens`` is the number of token ids the model was given
     for the prompt (the generation's ``Sequence.prompt_tokens``, counted once whatever ``n``),
-    ``tokens`` the tokens sent in all choices."""
+    ``tokens`` the tokens generated in all choices, as vLLM counts its output token ids (a stop
+    string's and a stop token's included: ``Sequence.completion_tokens``)."""
 
     __slots__ = ("_head", "_token_prefix", "_offsets")
 
@@ -494,8 +495,8 @@ class CompletionEncoder:
         return b""
 
     @staticmethod
-    def error_event(exc: WsserveError) -> bytes:
-        """An error after the stream started (see :func:`error_event`)."""
+    def error_event(exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> bytes:
+        """An error after the stream started (see :func:`error_event`; no usage in it, as vLLM's)."""
         return error_event(error_response(exc, "openai").body)
 
     def response(self, choices: list[Choice], prompt_tokens: int, tokens: int) -> bytes:
@@ -544,7 +545,7 @@ class CompletionEncoder:
                              "token_logprobs": [None if record is None else record.logprob for _, record in logged],
                              "top_logprobs": top, "text_offset": offsets})
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The chunk carrying choice ``index``'s ``finish_reason``."""
         return (self._token_prefix + b'"","index":%d,"logprobs":null,"finish_reason":' % index
                 + orjson.dumps(finish_reason) + b"}]}\n\n")
@@ -600,7 +601,7 @@ class ChatCompletionEncoder:
         return (self._token_prefix + b'%d,"delta":{"content":' % index + orjson.dumps(text) + b'},"logprobs":'
                 + _chat_logprobs_json([(text, logprobs)]) + b',"finish_reason":null}]}\n\n')
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The chunk carrying choice ``index``'s ``finish_reason``."""
         return (self._chunk + b',"choices":[{"index":%d,"delta":{},"logprobs":null,"finish_reason":' % index
                 + orjson.dumps(finish_reason) + b"}]}\n\n")

@@ -55,7 +55,8 @@ prompt, and the sampling fields are checked by :func:`~wsserve.rest.openai.compl
   ``logprobs.content``).  A failure after the stream started is OpenAI's ``response.failed``
   event: its response ``status: "failed"``, the message as far as it went, ``error: {"code",
   "message", "param", "type"}`` (``code`` ``server_error``, or ``rate_limit_exceeded``; ``type``
-  the wire code); then the stream ends.
+  the wire code) and the ``usage`` of the prompt and of the tokens generated before the failure;
+  then the stream ends.
   No ``[DONE]``: the Responses API does not send one.  It is given to
   :class:`~wsserve.rest.calls.CompletionCall` as the chat encoder is (one choice).
 """
@@ -326,7 +327,8 @@ class ResponsesEncoder:
     Stateful: a stream's events are numbered (``sequence_number``) and the streamed text (and,
     with logprobs, each token's record) is kept for the ``.done`` events and the last response.
     ``usage`` is the chat's: ``input_tokens`` the prompt's tokens given to the model,
-    ``output_tokens`` the tokens sent.  With logprobs (``include``: :data:`INCLUDE_LOGPROBS`),
+    ``output_tokens`` the tokens generated as vLLM counts them (a stop string's and a stop token's
+    included); a failed response's counts what was generated before the failure.  With logprobs (``include``: :data:`INCLUDE_LOGPROBS`),
     the ``output_text`` part's ``logprobs`` are :func:`~wsserve.rest.openai.token_logprobs`'s
     (a chat's ``logprobs.content``), and a delta event's (and ``response.output_text.done``'s)
     the same without ``bytes``, as the SDK's event types have them; without, ``[]``."""
@@ -428,7 +430,7 @@ class ResponsesEncoder:
             "item_id": self._message_id, "output_index": 0, "content_index": 0,
             "logprobs": token_logprobs(((text, logprobs),), with_bytes=False), "delta": text})
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The text, its part and its message done."""
         self._reason = finish_reason
         text = "".join(self._texts)
@@ -450,14 +452,17 @@ class ResponsesEncoder:
         whole = self._response(status, "".join(self._texts), prompt_tokens, tokens, self._streamed_logprobs())
         return self._event(f"response.{status}", {"response": whole})
 
-    def error_event(self, exc: WsserveError) -> bytes:
+    def error_event(self, exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> bytes:
         """A failure after the stream started: OpenAI's last event then, ``response.failed``, whose
-        response has ``status`` ``"failed"``, its message as far as it went (``"incomplete"``;
-        ``usage`` null) and ``error``: ``{"code", "message", "param", "type"}``, ``code`` one of
-        OpenAI's (:func:`_failure_code`) and ``type`` the wire code (e.g. ``shutting_down``)."""
+        response has ``status`` ``"failed"``, its message as far as it went (``"incomplete"``),
+        ``usage`` the tokens of the prompt (``prompt_tokens``; None: not known, then ``usage`` is
+        null) and of what was generated before the failure (``tokens``), and ``error``: ``{"code",
+        "message", "param", "type"}``, ``code`` one of OpenAI's (:func:`_failure_code`) and
+        ``type`` the wire code (e.g. ``shutting_down``)."""
         error = {"code": _failure_code(exc.code), "message": exc.message, "param": getattr(exc, "param", None),
                  "type": exc.code}
-        failed = self._response("failed", "".join(self._texts), None, 0, self._streamed_logprobs(), error)
+        failed = self._response("failed", "".join(self._texts), prompt_tokens, tokens, self._streamed_logprobs(),
+                                error)
         return self._event("response.failed", {"response": failed})
 
 

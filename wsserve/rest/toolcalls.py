@@ -71,7 +71,7 @@ class ToolCallEncoder(ChatCompletionEncoder):
         """One streamed token of choice ``index`` with its ``logprobs``."""
         return self._delta(text, logprobs, index)
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         """The chunk carrying choice ``index``'s ``finish_reason`` (a named call that had no
         token yet gets its first chunk, with empty ``arguments``, before it)."""
         head = b""

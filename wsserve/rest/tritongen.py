@@ -51,14 +51,17 @@ values (one element of each of its output tensors, so a JSON scalar):
   takes its rank there), so ``logprobs`` + 1 entries at most;
 - ``return_num_input_tokens`` -> ``num_input_tokens``: the token ids the model was given for
   the prompt;
-- ``return_num_output_tokens`` -> ``num_output_tokens``: the tokens of this answer: all of them,
-  or, streamed, 1 per token's event and 0 on the last event (it carries no token).
+- ``return_num_output_tokens`` -> ``num_output_tokens``: the tokens of this answer: all of them
+  (vLLM's output token ids: a stop string's tokens and a stop token count, sent or not), or,
+  streamed, 1 per token's event and, on the last event (it carries no token), the tokens
+  generated but not sent, so the events add up to the answer's.
 
 The log-probabilities are the engine's (:mod:`wsserve.generation.logprobs`: the model's raw
 log-softmax, vLLM's default), computed only when ``cumulative_logprob``, or ``logprobs`` with the
 ``logprobs`` parameter, is asked for; a request with no flag takes the plain path
 (:class:`GenerateEncoder`), unchanged.  Tokens of a stop string, and a stop token (unless
-``include_stop_str_in_output``), are not sent, so not counted.
+``include_stop_str_in_output``), are not sent, so neither listed nor summed (but counted in
+``num_output_tokens``).
 """
 
 from __future__ import annotations
@@ -248,7 +251,7 @@ class GenerateEncoder:
     def token_event(self, text: str, index: int = 0) -> bytes:
         return b"data: " + self._head + b',"text_output":' + orjson.dumps(text) + b"}\n\n"
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
         return (b"data: " + self._head + b',"text_output":"","finish_reason":' + orjson.dumps(finish_reason)
                 + b"}\n\n")
 
@@ -259,7 +262,7 @@ class GenerateEncoder:
         return self._head + b',"text_output":' + orjson.dumps(self._prepend + choices[0][0]) + b"}"
 
     @staticmethod
-    def error_event(exc: WsserveError) -> bytes:
+    def error_event(exc: WsserveError, prompt_tokens: int | None = None, tokens: int = 0) -> bytes:
         return b"data: " + orjson.dumps({"error": exc.message}) + b"\n\n"
 
 
@@ -294,9 +297,10 @@ class OutputValues:
         """A streamed token's (``logprobs``: its record, None when the engine computes none)."""
         return self.values("None", None if logprobs is None else (logprobs,), self.prompt_tokens, 1)
 
-    def end(self, finish_reason: str) -> dict[str, Any]:
-        """The stream's end (no token)."""
-        return self.values(finish_reason, (), self.prompt_tokens, 0)
+    def end(self, finish_reason: str, unsent: int = 0) -> dict[str, Any]:
+        """The stream's end (no token sent; ``unsent``: the tokens generated but not sent, a stop
+        string's or a stop token's, which vLLM's output token ids hold: its ``num_output_tokens``)."""
+        return self.values(finish_reason, (), self.prompt_tokens, unsent)
 
     def response(self, choice: Any, prompt_tokens: int, tokens: int) -> dict[str, Any]:
         """A whole answer's: ``choice`` is ``(text, finish_reason, logged)`` (``logged``: the
@@ -364,8 +368,8 @@ class GenerateOutputsEncoder(WithOutputValues, GenerateEncoder):
         return (b"data: " + self._head + b',"text_output":' + orjson.dumps(text)
                 + _json_fields(self.values.token(logprobs)) + b"}\n\n")
 
-    def choice_end_event(self, finish_reason: str, index: int = 0) -> bytes:
-        fields = _json_fields(self.values.end(finish_reason))
+    def choice_end_event(self, finish_reason: str, index: int = 0, unsent: int = 0) -> bytes:
+        fields = _json_fields(self.values.end(finish_reason, unsent))
         if not self.values.outputs.finish_reason:  # the last event carries it all the same (as without outputs)
             fields = b',"finish_reason":' + orjson.dumps(finish_reason) + fields
         return b"data: " + self._head + b',"text_output":""' + fields + b"}\n\n"
