@@ -222,6 +222,18 @@ async def test_generate_streams_tokens_and_result(server: ServerProcess) -> None
         again = await c.complete("charlm", "The ", max_tokens=20)
         assert again.text == r.text and again.reason == "length" and again.tokens == 20
         assert again.prompt_tokens == 4
+        assert r.completion_tokens == again.completion_tokens == 20
+
+
+async def test_a_stop_token_counts_in_completion_tokens_not_in_tokens(server: ServerProcess) -> None:
+    """vLLM's count: the stop token that ends the text is generated (completion_tokens), not sent (tokens)."""
+    async with Client(server.url) as c:
+        free = await c.complete("charlm", "The ", max_tokens=20)
+        stop_id = ord(free.text[5]) - 31 if free.text[5] != "\n" else 0  # charlm: printable c is ord(c) - 31
+        first = free.text.index(free.text[5])  # the first place the model writes that character
+        r = await c.complete("charlm", "The ", max_tokens=20, stop_token_ids=[stop_id])
+        assert (r.reason, r.text) == ("stop", free.text[:first])
+        assert (r.tokens, r.completion_tokens) == (first, first + 1)
 
 
 async def test_generate_seeded_sampling_and_stop(server: ServerProcess) -> None:

@@ -482,7 +482,7 @@ class Client:
                 pass
         r = gen.result
         return Completion(text=r.text, reason=r.reason, tokens=r.tokens, timing=r.timing, version=r.version,
-                          prompt_tokens=r.prompt_tokens, logprobs=r.logprobs)
+                          prompt_tokens=r.prompt_tokens, logprobs=r.logprobs, completion_tokens=r.completion_tokens)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The server's models with shapes, parameter counts and metrics.

@@ -708,6 +708,7 @@ def parse_generation_done(frame: dict[str, Any], text: str,
         version=_version_field(frame),
         prompt_tokens=_opt_count(frame.get("prompt_tokens")),
         logprobs=None if logprobs is None else tuple(logprobs),
+        completion_tokens=_opt_count(frame.get("completion_tokens")),
     )
 
 

@@ -141,8 +141,10 @@ class GenerationResult:
 
     ``reason`` is ``"length"``, ``"stop"`` or ``"cancelled"``; ``tokens`` is the server's
     count; ``text`` is the concatenation of the tokens this client received; ``version`` the
-    model version that generated it and ``prompt_tokens`` the token ids the model was given for
-    the prompt (each ``None`` from a server that does not say). ``logprobs``: one
+    model version that generated it, ``prompt_tokens`` the token ids the model was given for
+    the prompt and ``completion_tokens`` the tokens generated as vLLM counts them (a stop token
+    whose text is not sent included: OpenAI's ``usage.completion_tokens``; each ``None`` from a
+    server that does not say). ``logprobs``: one
     :class:`TokenLogprob` per token received, in order, when the generate asked for ``logprobs``
     (``None`` otherwise).
     """
@@ -155,6 +157,7 @@ class GenerationResult:
     version: str | None = None
     prompt_tokens: int | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ class Completion:
     version: str | None = None
     prompt_tokens: int | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
