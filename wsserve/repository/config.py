@@ -136,6 +136,9 @@ class ModelConfig:
     #: graph input and output has a dynamic first dimension, else runs the graph whole once per row
     #: (``max_batch_size = 0``). :attr:`batching` is then the graph's, known once it is loaded.
     autofill_batching: bool = False
+    #: A Triton ensemble's steps (config.pbtxt's ``platform: "ensemble"``,
+    #: :class:`~.ensemble_config.EnsembleConfig`); ``None`` for any other model.
+    ensemble: Any = None
 
     @property
     def source(self) -> str:

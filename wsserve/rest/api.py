@@ -115,7 +115,7 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz"}
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
 _BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
 
