@@ -1,0 +1,166 @@
+"""Triton ensembles served from a model repository: a real server on loopback, driven by
+``tritonclient.http``, ``tritonclient.grpc`` and the WebSocket ``predict``.
+
+The repository: ``scale`` (x * 2), ``linear`` (x @ W + b), ``shift`` (x + 1) as ONNX models with
+config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale and shift side by side
+on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
+loads again) and ``nostep`` (a step on a model the repository lacks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("grpc")
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tests import onnx_builders as ob  # noqa: E402
+from tests.support import Conn, ServerProcess, wait_until  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+
+
+def _elementwise(op: str, constant: float, width: int) -> Any:
+    c = numpy_helper.from_array(np.array(constant, np.float32), "c")
+    graph = helper.make_graph([helper.make_node(op, ["x", "c"], ["y"])], op,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], initializer=[c])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
+
+
+def _onnx_pbtxt(width_in: int, width_out: int) -> str:
+    return (f'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [ {width_in} ] }} ]\n'
+            f'output [ {{ name: "y" data_type: TYPE_FP32 dims: [ {width_out} ] }} ]\n')
+
+
+def _step(model: str, ins: dict[str, str], outs: dict[str, str]) -> str:
+    imap = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in ins.items())
+    omap = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outs.items())
+    return f'{{ model_name: "{model}" model_version: -1 {imap} {omap} }}'
+
+
+def _ensemble(inputs: str, outputs: str, steps: list[str]) -> str:
+    return (f'platform: "ensemble"\nmax_batch_size: 8\ninput [ {inputs} ]\noutput [ {outputs} ]\n'
+            f'ensemble_scheduling {{ step [ {", ".join(steps)} ] }}\n')
+
+
+def _tensor(name: str, width: int) -> str:
+    return f'{{ name: "{name}" data_type: TYPE_FP32 dims: [ {width} ] }}'
+
+
+def _write(root: Path) -> Any:
+    linear, ref = ob.linear_layer(3, 2, seed=4)
+    for name, model, dims in (("scale", _elementwise("Mul", 2.0, 3), (3, 3)), ("linear", linear, (3, 2)),
+                              ("shift", _elementwise("Add", 1.0, 2), (2, 2)), ("shift2", _elementwise("Add", 1.0, 3), (3, 3))):
+        ob.save(model, root / name / "1")
+        (root / name / "config.pbtxt").write_text(_onnx_pbtxt(*dims))
+    ensembles = {
+        "pipe": _ensemble(_tensor("IN", 3), _tensor("OUT", 2), [
+            _step("shift", {"x": "lin"}, {"y": "OUT"}), _step("scale", {"x": "IN"}, {"y": "scaled"}),
+            _step("linear", {"x": "scaled"}, {"y": "lin"})]),
+        "fan": _ensemble(_tensor("IN", 3), f'{_tensor("DOUBLE", 3)}, {_tensor("PLUS", 3)}', [
+            _step("scale", {"x": "IN"}, {"y": "DOUBLE"}), _step("shift2", {"x": "IN"}, {"y": "PLUS"})]),
+        "waits": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("shift2", {"x": "IN"}, {"y": "OUT"})]),
+        "nostep": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("absent", {"x": "IN"}, {"y": "OUT"})]),
+    }
+    for name, text in ensembles.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(text)
+    return lambda x: ref(x * 2) + 1
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Any]]:
+    root = tmp_path_factory.mktemp("ensembles") / "model_repository"
+    ref = _write(root)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        yield proc, grpc_address(proc), ref
+    finally:
+        proc.stop()
+
+
+def _x(rows: int = 4) -> np.ndarray:
+    return np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) / 5
+
+
+def test_http_infer_runs_the_steps_in_order(served) -> None:
+    proc, _, ref = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    assert client.is_model_ready("pipe")
+    x = _x()
+    inp = thttp.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out = client.infer("pipe", [inp]).as_numpy("OUT")
+    assert out.dtype == np.float32 and out.shape == (4, 2)
+    np.testing.assert_allclose(out, ref(x), rtol=1e-5, atol=1e-5)
+    meta = client.get_model_metadata("pipe")
+    assert meta["platform"] == "ensemble"
+    assert [(t["name"], t["shape"]) for t in meta["inputs"]] == [("IN", [-1, 3])]
+
+
+def test_grpc_infer_returns_every_output_of_independent_steps(served) -> None:
+    _, address, _ = served
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        x = _x(3)
+        inp = tgrpc.InferInput("IN", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer("fan", [inp])
+        np.testing.assert_allclose(result.as_numpy("DOUBLE"), x * 2, rtol=1e-6)
+        np.testing.assert_allclose(result.as_numpy("PLUS"), x + 1, rtol=1e-6)
+        only = client.infer("fan", [inp], outputs=[tgrpc.InferRequestedOutput("PLUS")])
+        assert only.as_numpy("DOUBLE") is None
+        np.testing.assert_allclose(only.as_numpy("PLUS"), x + 1, rtol=1e-6)
+    finally:
+        client.close()
+
+
+def test_websocket_predict_and_models_list_the_ensemble(served) -> None:
+    proc, _, ref = served
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        conn = await Conn.open(proc.url)
+        try:
+            x = _x(2)
+            result = await conn.request({"type": "predict", "id": 1, "model": "pipe", "inputs": x.tolist()})
+            models = await conn.request({"type": "models", "id": 2})
+            failed = await conn.request({"type": "predict", "id": 3, "model": "nostep", "inputs": x.tolist()})
+            return result, models, failed
+        finally:
+            await conn.close()
+
+    result, models, failed = asyncio.run(go())
+    assert result["type"] == "result", result
+    np.testing.assert_allclose(np.array(result["outputs"], np.float32), ref(_x(2)), rtol=1e-5, atol=1e-5)
+    listed = {m["name"]: m for m in models["models"]}
+    assert listed["pipe"]["versions"][0]["state"] == "ready"
+    assert [s["model"] for s in listed["pipe"]["steps"]] == ["shift", "scale", "linear"]
+    nostep = listed["nostep"]["versions"][0]
+    assert nostep["state"] == "failed" and "ensemble 'nostep' step 0 (model 'absent'): model 'absent' is not served" in nostep["reason"]
+    assert failed["type"] == "error" and failed["code"] == "unknown_model"
+
+
+def test_an_ensemble_is_not_ready_while_its_step_model_is_unloaded_and_ready_when_it_loads(served) -> None:
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    assert client.is_model_ready("waits")
+    client.unload_model("shift2")
+    wait_until(lambda: not client.is_model_ready("waits"), 30)
+    reasons = {m["name"]: m.get("reason", "") for m in client.get_model_repository_index()}
+    assert "ensemble 'waits' step 0 (model 'shift2')" in reasons["waits"]
+    client.load_model("shift2")
+    wait_until(lambda: client.is_model_ready("waits"), 30)
+    x = _x(2)
+    inp = thttp.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("waits", [inp]).as_numpy("OUT"), x + 1, rtol=1e-6)
