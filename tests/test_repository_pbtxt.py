@@ -151,7 +151,7 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
 @pytest.mark.parametrize(("text", "key", "words"), [
     ('platform: "tensorrt_plan"', "platform", ["'tensorrt_plan'", "onnxruntime_onnx"]),
     ('platform: "pytorch_libtorch"', "platform", ["'pytorch_libtorch'"]),
-    ('platform: "ensemble"', "platform", ["'ensemble'"]),
+    ('platform: "ensemble"', "input", ["required in an ensemble"]),  # served (test_ensemble_plan.py) when complete
     ('backend: "python"', "backend", ["'python'", "onnxruntime"]),
     ('name: "other"', "name", ["'other'", "'m'", "directory"]),
     ("max_batch_size: -1", "max_batch_size", ["[0, 65536]", "-1"]),
