@@ -4,7 +4,9 @@
 The repository: ``scale`` (x * 2), ``linear`` (x @ W + b), ``shift`` (x + 1) as ONNX models with
 config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale and shift side by side
 on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
-loads again) and ``nostep`` (a step on a model the repository lacks)."""
+loads again), ``nostep`` (a step on a model the repository lacks), ``picky_pipe`` (scale -> ``picky``,
+a model.py that raises on a negative value) and ``held`` (``gated``, a model.py held on a row
+starting with -1 until its gate file exists, -> ``plus1``)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import tritonclient.http as thttp  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
-from tests.support import Conn, ServerProcess, wait_until  # noqa: E402
+from tests.repo_models import AFFINE_CONFIG, GATED_PY, write_affine, write_py  # noqa: E402
+from tests.support import Conn, ServerProcess, wait_until, wait_until_async  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 
 
@@ -57,6 +60,49 @@ def _tensor(name: str, width: int) -> str:
     return f'{{ name: "{name}" data_type: TYPE_FP32 dims: [ {width} ] }}'
 
 
+PICKY_PY = """
+import numpy as np
+
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, batch):
+        if (batch < 0).any():
+            raise ValueError("negative input")
+        return batch
+"""
+
+PLUS1_PY = """
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, batch):
+        return batch + 1
+"""
+
+
+def _write_python_steps(root: Path, gate: Path) -> None:
+    write_py(root / "picky" / "1", PICKY_PY)
+    (root / "picky" / "config.toml").write_text('input_shape = [3]\noutput_shape = [3]\ninput_dtype = "float32"\n'
+                                                'output_dtype = "float32"\n')
+    write_affine(root / "gated" / "1", bias=0.0, source=GATED_PY, **{"gate.txt": str(gate)})
+    (root / "gated" / "config.toml").write_text(AFFINE_CONFIG)
+    write_py(root / "plus1" / "1", PLUS1_PY)
+    (root / "plus1" / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    fp64 = "{ name: \"%s\" data_type: TYPE_FP64 dims: [ %d ] }"
+    for name, text in {
+        "picky_pipe": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [
+            _step("scale", {"x": "IN"}, {"y": "scaled"}), _step("picky", {"input": "scaled"}, {"output": "OUT"})]),
+        "held": _ensemble(fp64 % ("IN", 3), fp64 % ("OUT", 1), [
+            _step("gated", {"input": "IN"}, {"output": "g"}), _step("plus1", {"input": "g"}, {"output": "OUT"})]),
+    }.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(text)
+
+
 def _write(root: Path) -> Any:
     linear, ref = ob.linear_layer(3, 2, seed=4)
     for name, model, dims in (("scale", _elementwise("Mul", 2.0, 3), (3, 3)), ("linear", linear, (3, 2)),
@@ -82,6 +128,7 @@ def _write(root: Path) -> Any:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Any]]:
     root = tmp_path_factory.mktemp("ensembles") / "model_repository"
     ref = _write(root)
+    _write_python_steps(root, root.parent / "gate")
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc), ref
@@ -164,3 +211,77 @@ def test_an_ensemble_is_not_ready_while_its_step_model_is_unloaded_and_ready_whe
     inp = thttp.InferInput("IN", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     np.testing.assert_allclose(client.infer("waits", [inp]).as_numpy("OUT"), x + 1, rtol=1e-6)
+
+
+def _stats(client: Any, model: str) -> dict[str, Any]:
+    return client.get_inference_statistics(model)["model_stats"][0]  # type: ignore[no-any-return]
+
+
+def test_steps_run_on_their_models_own_batching_queues(served) -> None:
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    before = _stats(client, "linear")["inference_count"]
+    x = _x(5)
+    inp = thttp.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client.infer("pipe", [inp])
+    assert _stats(client, "linear")["inference_count"] == before + 5  # the step's rows, counted by linear's worker
+
+
+def test_a_failing_step_fails_only_its_request_naming_the_ensemble_and_the_step(served) -> None:
+    proc, _, _ = served
+
+    async def go() -> dict[Any, list[dict[str, Any]]]:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "bad", "model": "picky_pipe", "inputs": [[1, -2, 3]]})
+            await conn.send({"type": "predict", "id": "good", "model": "picky_pipe", "inputs": [[1, 2, 3]]})
+            return await conn.collect({"bad", "good"})
+        finally:
+            await conn.close()
+
+    frames = asyncio.run(go())
+    bad, good = frames["bad"][-1], frames["good"][-1]
+    assert bad["type"] == "error" and bad["code"] == "internal"
+    assert bad["message"].startswith("ensemble 'picky_pipe' step 1 (model 'picky'): model 'picky' failed: ValueError: "
+                                     "negative input"), bad
+    assert good["type"] == "result" and good["outputs"] == [[2.0, 4.0, 6.0]]
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    x = np.array([[-1, 0, 0]], np.float32)
+    inp = thttp.InferInput("IN", [1, 3], "FP32")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(Exception, match="ensemble 'picky_pipe' step 1 \\(model 'picky'\\)"):
+        client.infer("picky_pipe", [inp])
+
+
+def test_deadline_and_cancel_end_the_whole_pipeline(served) -> None:
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    gate = Path(proc.cmd[proc.cmd.index("--model-repository") + 1]).parent / "gate"
+    held = [[-1.0, 0.0, 0.0]]
+
+    async def go() -> dict[Any, list[dict[str, Any]]]:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "late", "model": "held", "inputs": held, "timeout_ms": 200})
+            late = await conn.collect({"late"})
+            await wait_until_async(lambda: Path(f"{gate}.started").exists(), 30)  # its first step computes, held
+            await conn.send({"type": "predict", "id": "gone", "model": "held", "inputs": held})
+            await conn.send({"type": "cancel", "id": "gone"})
+            gone = await conn.collect({"gone"})
+            return {**late, **gone}
+        finally:
+            await conn.close()
+
+    frames = asyncio.run(go())
+    assert frames["late"][-1]["code"] == "deadline_exceeded", frames["late"]
+    assert frames["gone"][-1]["code"] == "cancelled", frames["gone"]
+    gate.touch()  # the held step computes now; its results go nowhere and the second step never runs
+    wait_until(lambda: _stats(client, "gated")["execution_count"] >= 1, 30)
+    assert _stats(client, "plus1")["execution_count"] == 0
+    assert _stats(client, "gated")["inference_count"] == 1  # the cancelled request's step left gated's queue
+    x = np.array([[1.0, 1.0, 1.0]])
+    inp = thttp.InferInput("IN", [1, 3], "FP64")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("held", [inp]).as_numpy("OUT"), [[7.0]])  # 1 + 2 + 3, then + 1
+    assert _stats(client, "plus1")["execution_count"] == 1
