@@ -165,6 +165,12 @@ def test_grpc_infer_returns_every_output_of_independent_steps(served) -> None:
         result = client.infer("fan", [inp])
         np.testing.assert_allclose(result.as_numpy("DOUBLE"), x * 2, rtol=1e-6)
         np.testing.assert_allclose(result.as_numpy("PLUS"), x + 1, rtol=1e-6)
+        config = client.get_model_config("fan").config
+        assert config.platform == "ensemble" and [t.name for t in config.output] == ["DOUBLE", "PLUS"]
+        assert [(s.model_name, s.model_version, dict(s.input_map), dict(s.output_map))
+                for s in config.ensemble_scheduling.step] == [("scale", -1, {"x": "IN"}, {"y": "DOUBLE"}),
+                                                              ("shift2", -1, {"x": "IN"}, {"y": "PLUS"})]
+        assert not config.HasField("dynamic_batching")
         only = client.infer("fan", [inp], outputs=[tgrpc.InferRequestedOutput("PLUS")])
         assert only.as_numpy("DOUBLE") is None
         np.testing.assert_allclose(only.as_numpy("PLUS"), x + 1, rtol=1e-6)

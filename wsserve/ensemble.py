@@ -85,6 +85,12 @@ class EnsembleModel:
     def flops_per_row(self) -> int:
         return 1
 
+    def triton_steps(self) -> list[dict[str, Any]]:
+        """Its steps as Triton's ``ensemble_scheduling.step`` (JSON), in the config's order."""
+        assert self.config.ensemble is not None
+        return [{"model_name": s.model, "model_version": s.version if s.version is not None else -1,
+                 "input_map": dict(s.input_map), "output_map": dict(s.output_map)} for s in self.config.ensemble.steps]
+
     def version_figures(self) -> dict[str, Any]:
         return {"parameters": 0, "metrics": {}}
 

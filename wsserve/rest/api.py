@@ -117,7 +117,7 @@ CORS_MAX_AGE = "600"
 _NO_STORE = ("Cache-Control", "no-store")
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
-_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
+_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": ""}
 
 
 class HttpApi:
@@ -497,6 +497,9 @@ class HttpApi:
             queue = entry.worker.queue
             batching = {"inputs": inputs, "outputs": outputs, "max_batch_rows": queue.max_batch_size,
                         "max_delay_s": queue.max_delay_s}
+            steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
+            if callable(steps):
+                batching["ensemble_steps"] = steps()
         return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
                                    policy=policy, generative=entry.kind != "predict", max_rows=self.config.max_rows,
                                    **batching)

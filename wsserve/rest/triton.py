@@ -88,8 +88,12 @@ def _tensors(tensors: Iterable[Tensor], required: str | None = None) -> list[dic
 
 def model_config(name: str, *, platform: str, backend: str, policy: Any, generative: bool, max_rows: int,
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
-                 max_batch_rows: int | None = None, max_delay_s: float = 0.0) -> bytes:
+                 max_batch_rows: int | None = None, max_delay_s: float = 0.0,
+                 ensemble_steps: list[dict[str, Any]] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
+
+    ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
+    ``dynamic_batching``: its steps batch on their own models).
 
     ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
     the predict worker's batch bound and window (0: greedy); ``policy``: the repository
@@ -113,6 +117,9 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     })
     if max_batch_rows is not None:
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
+    if ensemble_steps is not None:
+        del body["dynamic_batching"]
+        body["ensemble_scheduling"] = {"step": ensemble_steps}
     return orjson.dumps(body)
 
 
