@@ -11,6 +11,7 @@ starting with -1 until its gate file exists, -> ``plus1``)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ pytest.importorskip("grpc")
 tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.http as thttp  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
 from tests.repo_models import AFFINE_CONFIG, GATED_PY, write_affine, write_py  # noqa: E402
@@ -291,3 +293,40 @@ def test_deadline_and_cancel_end_the_whole_pipeline(served) -> None:
     inp.set_data_from_numpy(x)
     np.testing.assert_allclose(client.infer("held", [inp]).as_numpy("OUT"), [[7.0]])  # 1 + 2 + 3, then + 1
     assert _stats(client, "plus1")["execution_count"] == 1
+
+
+def test_an_ensemble_whose_step_model_is_loading_waits_for_it(served) -> None:
+    proc, _, _ = served
+    root = Path(proc.cmd[proc.cmd.index("--model-repository") + 1])
+    init_gate = root.parent / "init-gate"
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+
+    def states() -> dict[str, tuple[str, str]]:
+        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in client.get_model_repository_index()}
+
+    (root / "slow_ens" / "1").mkdir(parents=True)
+    (root / "slow_ens" / "config.pbtxt").write_text(_ensemble('{ name: "IN" data_type: TYPE_FP64 dims: [ 3 ] }',
+                                                              '{ name: "OUT" data_type: TYPE_FP64 dims: [ 1 ] }',
+                                                              [_step("slowstep", {"input": "IN"}, {"output": "OUT"})]))
+    with pytest.raises(Exception, match="model 'slowstep' is not served"):
+        client.load_model("slow_ens")
+    write_affine(root / "slowstep" / "1", bias=0.5, source=GATED_PY,
+                 **{"gate.txt": str(root.parent / "gate-unused"), "init_gate.txt": str(init_gate)})
+    (root / "slowstep" / "config.toml").write_text(AFFINE_CONFIG)
+    loader = threading.Thread(target=lambda: thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").load_model("slowstep"))
+    loader.start()
+    try:
+        wait_until(lambda: Path(f"{init_gate}.started").exists(), 30)  # Model() of slowstep runs, held
+        try:
+            client.load_model("slow_ens")
+        except InferenceServerException:
+            pass  # not ready (yet): what the index says is the point
+        state, reason = states()["slow_ens"]
+        assert state == "LOADING" and "waiting for model 'slowstep', loading" in reason, (state, reason)
+    finally:
+        init_gate.touch()
+        loader.join()
+    wait_until(lambda: client.is_model_ready("slow_ens"), 30)
+    inp = thttp.InferInput("IN", [1, 3], "FP64")
+    inp.set_data_from_numpy(np.array([[1.0, 1.0, 1.0]]))
+    np.testing.assert_allclose(client.infer("slow_ens", [inp]).as_numpy("OUT"), [[6.5]])

@@ -551,6 +551,7 @@ class ModelRegistry:
             reason = str(exc)
             log.error("model %r version %s failed to load: %s", name, v, reason)
             self.pool.set_state(name, v, "failed", reason)
+            self._recheck_ensembles(name)  # an ensemble waiting for it (loading) is failed now
             return
         assert mscan.config is not None
         worker = self._worker(name, model, mscan.config)
@@ -643,8 +644,13 @@ class ModelRegistry:
             if held is not None and held.entry is not None:
                 entry = self.pool.retire(name, v)
                 if entry is not None:
-                    self.pool.forget(name, v, entry)  # listed as failed at once; its requests in flight finish
+                    self.pool.forget(name, v, entry)  # listed as not ready at once; its requests in flight finish
                     self._drain(entry, forget=False)
+            waiting = self._step_loading(mscan)
+            if waiting is not None:  # planned again once that model is served (or fails)
+                log.info("ensemble %r version %s waits for its step model %r, loading", name, v, waiting)
+                self.pool.set_state(name, v, "loading", f"{exc} (waiting for model {waiting!r}, loading)")
+                return
             log.error("ensemble %r version %s is not served: %s", name, v, exc)
             self.pool.set_state(name, v, "failed", str(exc))
             return
@@ -655,6 +661,15 @@ class ModelRegistry:
         log.info("serving ensemble %r version %s (steps: %s)", name, v, ", ".join(mscan.config.ensemble.step_models))
         if replaced is not None:
             self._drain(replaced, forget=False)
+
+    def _step_loading(self, mscan: ModelScan) -> str | None:
+        """A step model of the ensemble ``mscan`` without a ready version and with one loading, if any."""
+        assert mscan.config is not None and mscan.config.ensemble is not None
+        for model in mscan.config.ensemble.step_models:
+            states = {s.state for s in self.pool.status(model).values()}
+            if "loading" in states and "ready" not in states:
+                return model
+        return None
 
     def _recheck_ensembles(self, changed: str) -> None:
         """Plan again, each under its own lock, the ensembles with a step running ``changed``."""
