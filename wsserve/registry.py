@@ -13,7 +13,11 @@
   (``unloading``), finishes what it has in flight, then is closed and leaves
   the list; one that is merely out of the version policy goes only once the
   model has another ready version;
-- a changed config.toml (or config.pbtxt) reloads that model.
+- a changed config.toml (or config.pbtxt) reloads that model;
+- an ensemble (config.pbtxt ``platform: "ensemble"``) is planned against the step models served
+  at the time (:func:`wsserve.ensemble.build_ensemble`), not loaded in a thread: ``loading`` while
+  a step model loads, ``failed`` naming the step when one is missing or does not fit, and planned
+  again whenever a step model is served, fails or is unloaded (``_recheck_ensembles``).
 
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
