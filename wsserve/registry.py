@@ -13,7 +13,11 @@
   (``unloading``), finishes what it has in flight, then is closed and leaves
   the list; one that is merely out of the version policy goes only once the
   model has another ready version;
-- a changed config.toml (or config.pbtxt) reloads that model.
+- a changed config.toml (or config.pbtxt) reloads that model;
+- an ensemble (config.pbtxt ``platform: "ensemble"``) is planned against the step models served
+  at the time (:func:`wsserve.ensemble.build_ensemble`), not loaded in a thread: ``loading`` while
+  a step model loads, ``failed`` naming the step when one is missing or does not fit, and planned
+  again whenever a step model is served, fails or is unloaded (``_recheck_ensembles``).
 
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
@@ -57,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_MODEL_LOAD_TIMEOUT_S, flag
+from .ensemble import EnsembleModel, EnsembleWorker, build_ensemble, depends_on
 from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
 from .pool import ModelEntry, ModelPool, check_describable, is_generative
@@ -274,6 +279,8 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         self._unloaded: set[str] = set()  # models unloaded by an admin: kept out until loaded again
         self._objects: set[str] = set()  # names of in-process objects (serve_object): no repository may take them
+        self._ensembles: dict[str, ModelScan] = {}  # ensembles of the repositories: re-planned when a step model changes
+        self._rechecks: set[asyncio.Task[None]] = set()  # those re-plannings under way
 
     @property
     def repositories(self) -> list[Path]:
@@ -359,11 +366,12 @@ class ModelRegistry:
         if wait:
             await self._settle(tasks)
 
-    @staticmethod
-    async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    async def _settle(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for ``tasks`` (each logs its own failure)."""
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        while self._rechecks:  # ensembles re-planned after their steps' models changed
+            await asyncio.gather(*self._rechecks, return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def _holding(self, name: str) -> AsyncIterator[None]:
@@ -384,7 +392,7 @@ class ModelRegistry:
 
     async def stop(self) -> None:
         """Stop applying changes (shutdown): a load in progress is abandoned, not served."""
-        for task in list(self._applying):
+        for task in [*self._applying, *self._rechecks]:
             task.cancel()
         await self._settle(list(self._applying))
 
@@ -527,6 +535,7 @@ class ModelRegistry:
                     self._unload(action.model, int(version))
             if self._owner.get(action.model) == repo:
                 del self._owner[action.model]
+            self._ensembles.pop(action.model, None)
 
     def _has_other_ready(self, name: str, version: int) -> bool:
         return any(s.state == "ready" and v != str(version) for v, s in self.pool.status(name).items())
@@ -538,6 +547,10 @@ class ModelRegistry:
 
     async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> None:
         v = str(version)
+        if mscan.config is not None and mscan.config.ensemble is not None:
+            self._ensembles[name] = mscan
+            self._load_ensemble(name, version, mscan)
+            return
         self.pool.set_state(name, v, "loading")
         try:
             async with self._loads:
@@ -546,6 +559,7 @@ class ModelRegistry:
             reason = str(exc)
             log.error("model %r version %s failed to load: %s", name, v, reason)
             self.pool.set_state(name, v, "failed", reason)
+            self._recheck_ensembles(name)  # an ensemble waiting for it (loading) is failed now
             return
         assert mscan.config is not None
         worker = self._worker(name, model, mscan.config)
@@ -553,6 +567,7 @@ class ModelRegistry:
         log.info("serving model %r version %s (%s)", name, v, getattr(model, "backend", type(model).__name__))
         if replaced is not None:
             self._drain(replaced, forget=False)
+        self._recheck_ensembles(name)
         for waiting in sorted(self._deferred.pop(name, set())):
             if self._has_other_ready(name, waiting):
                 self._unload(name, waiting)
@@ -620,6 +635,71 @@ class ModelRegistry:
         entry = self.pool.retire(name, str(version))
         if entry is not None:
             self._drain(entry, forget=True)
+        self._recheck_ensembles(name)
+
+    # ------------------------------------------------------------------ ensembles
+
+    def _load_ensemble(self, name: str, version: int, mscan: ModelScan) -> None:
+        """Plan ensemble ``name`` ``version`` against the step models served now and serve it; one whose
+        plan fails (a step model missing or not ready, tensors that disagree) is ``failed`` with the
+        reason, and stops serving if it did (it is planned again when a step model changes)."""
+        assert mscan.config is not None
+        v = str(version)
+        held = self.pool.status(name).get(v)
+        try:
+            model = build_ensemble(name, version, mscan.config, self.pool)
+        except ModelLoadError as exc:
+            if held is not None and held.entry is not None:
+                entry = self.pool.retire(name, v)
+                if entry is not None:
+                    self.pool.forget(name, v, entry)  # listed as not ready at once; its requests in flight finish
+                    self._drain(entry, forget=False)
+            waiting = self._step_loading(mscan)
+            if waiting is not None:  # planned again once that model is served (or fails)
+                log.info("ensemble %r version %s waits for its step model %r, loading", name, v, waiting)
+                self.pool.set_state(name, v, "loading", f"{exc} (waiting for model {waiting!r}, loading)")
+                return
+            log.error("ensemble %r version %s is not served: %s", name, v, exc)
+            self.pool.set_state(name, v, "failed", str(exc))
+            return
+        if (held is not None and held.state == "ready" and isinstance(held.entry.model, EnsembleModel)
+                and held.entry.model.plan == model.plan and held.entry.model.config == mscan.config):
+            return  # a step model changed in nothing the ensemble sees
+        _, replaced = self.pool.serve(name, v, model, worker=EnsembleWorker(model, self.pool.lookup))
+        log.info("serving ensemble %r version %s (steps: %s)", name, v, ", ".join(mscan.config.ensemble.step_models))
+        if replaced is not None:
+            self._drain(replaced, forget=False)
+
+    def _step_loading(self, mscan: ModelScan) -> str | None:
+        """A step model of the ensemble ``mscan`` without a ready version and with one loading, if any."""
+        assert mscan.config is not None and mscan.config.ensemble is not None
+        for model in mscan.config.ensemble.step_models:
+            states = {s.state for s in self.pool.status(model).values()}
+            if "loading" in states and "ready" not in states:
+                return model
+        return None
+
+    def _recheck_ensembles(self, changed: str) -> None:
+        """Plan again, each under its own lock, the ensembles with a step running ``changed``."""
+        for name, mscan in list(self._ensembles.items()):
+            if name == changed or not depends_on(mscan.config, changed):
+                continue
+            task = asyncio.get_running_loop().create_task(self._recheck(name), name=f"wsserve-ensemble-{name}")
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck(self, name: str) -> None:
+        try:
+            async with self._holding(name):
+                mscan = self._ensembles.get(name)
+                if mscan is None or name in self._unloaded:
+                    return
+                for version in mscan.selected:
+                    vscan = mscan.version(version)
+                    if vscan is not None and vscan.error is None:
+                        self._load_ensemble(name, version, mscan)
+        except Exception:  # noqa: BLE001 - one ensemble's bug must not stop the others
+            log.exception("re-planning ensemble %r failed", name)
 
     def _drain(self, entry: ModelEntry, *, forget: bool) -> None:
         """Let a retired (or replaced) entry finish its work, then close it (and drop its version)."""

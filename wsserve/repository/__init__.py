@@ -4,6 +4,8 @@
 
     REPO/<name>/config.toml            optional for ONNX/npz, required (shapes) for model.py; see .config
     REPO/<name>/config.pbtxt           instead of config.toml: Triton's, for an ONNX model; see .pbtxt
+                                       (or an ensemble of other models: platform "ensemble", an empty
+                                       version directory; see .ensemble_config, .ensemble_plan)
     REPO/<name>/<version>/model.onnx   ONNX Runtime backend (pip install 'wsserve[onnx]')
     REPO/<name>/<version>/model.npz    numpy backend for the built-in architectures (linear, mlp); see .npz
     REPO/<name>/<version>/model.py     Python backend: class Model (runs arbitrary code: operator's repo only)

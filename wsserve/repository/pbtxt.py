@@ -15,7 +15,8 @@ Mapped (Triton's semantics, triton-inference-server/server
   Python backend, :mod:`.triton_backend`) -> ``backend = "python"`` with
   :attr:`ModelConfig.triton_model_config` (the JSON its model.py gets; ``input``
   and ``output`` required, fixed dims, ``parameters`` passed on, not warned
-  about); any other platform or backend is refused, naming it.
+  about); ``platform: "ensemble"``: an ensemble (:mod:`.ensemble_config`); any
+  other platform or backend is refused, naming it.
 - ``name`` must equal the model's directory name when given.
 - ``max_batch_size`` (0..65536; 0, the default, = no batch dimension).  Left 0
   in a config that does not list both ``input`` and ``output``, it is Triton's
@@ -53,7 +54,7 @@ Mapped (Triton's semantics, triton-inference-server/server
   -> ``[onnx] intra_op_num_threads`` (1..64; 0 = onnxruntime's default, here 1).
 
 Refused (semantics wsserve cannot honour), naming the field:
-``sequence_batching``, ``ensemble_scheduling``, ``batch_input``,
+``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
 ``batch_output``, ``model_transaction_policy { decoupled: true }``, and per
 tensor ``reshape``, ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
 ``is_non_linear_format_io``.
@@ -87,6 +88,7 @@ from .config import (
     VersionPolicy,
     config_text,
 )
+from .ensemble_config import ENSEMBLE_PLATFORM, parse_ensemble
 from .errors import ConfigError
 from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
@@ -110,7 +112,7 @@ _SERVED = 'platform "onnxruntime_onnx" or backend "onnxruntime" (ONNX models), b
 #: Fields whose meaning wsserve cannot give: the model is refused.
 _REFUSED = {
     "sequence_batching": "stateful sequence batching",
-    "ensemble_scheduling": "ensembles",
+    "ensemble_scheduling": 'ensemble steps outside an ensemble (set platform: "ensemble")',
     "batch_input": "batch inputs",
     "batch_output": "batch outputs",
 }
@@ -294,6 +296,11 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
 
     if cfg.name and model_name is not None and cfg.name != model_name:
         raise ConfigError(path, "name", f"is {cfg.name!r} but the model's directory is {model_name!r} (Triton requires them equal)")
+    if cfg.platform == ENSEMBLE_PLATFORM:
+        ens_warnings: list[str] = []
+        return parse_ensemble(
+            cfg, path, model_name or cfg.name or path.parent.name, policy=_policy(path, cfg), warnings=ens_warnings,
+            tensors=lambda key, tensors: _tensors(path, key, tensors, ens_warnings))
     if cfg.platform and cfg.platform not in _PLATFORMS:
         raise ConfigError(path, "platform", f"{cfg.platform!r} is not served by wsserve (it serves {_SERVED})")
     if cfg.backend and cfg.backend not in _BACKENDS:

@@ -160,6 +160,8 @@ def _scan_version(path: Path, version: int, config: ModelConfig | None) -> Versi
         return VersionScan(version, path, "", None, f"{path}: more than {MAX_VERSION_FILES} entries")
     except OSError as exc:
         return VersionScan(version, path, "", None, f"{path}: cannot be listed ({exc.strerror or exc})")
+    if config is not None and config.ensemble is not None:  # its steps' models run: no model file of its own
+        return VersionScan(version, path, fingerprint, "ensemble")
     try:
         found, _ = (find_model_file(path, config.backend, model_file=config.model_file, source=config.source)
                     if config is not None else find_model_file(path))

@@ -115,9 +115,9 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz"}
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
-_BACKENDS = {"onnxruntime_onnx": "onnxruntime"}
+_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": ""}
 
 
 class HttpApi:
@@ -498,8 +498,12 @@ class HttpApi:
             worker = entry.worker
             batching = {"inputs": inputs, "outputs": outputs, "max_batch_rows": queue.max_batch_size,
                         "max_delay_s": queue.max_delay_s,
-                        "queue_policy": triton.queue_policy(queue.max_queue_requests, worker.default_timeout_s,
-                                                            worker.allow_timeout_override)}
+                        "queue_policy": triton.queue_policy(getattr(queue, "max_queue_requests", None),
+                                                            getattr(worker, "default_timeout_s", None),
+                                                            getattr(worker, "allow_timeout_override", True))}
+            steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
+            if callable(steps):
+                batching["ensemble_steps"] = steps()
         return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
                                    policy=policy, generative=entry.kind != "predict", max_rows=self.config.max_rows,
                                    **batching)

@@ -95,7 +95,7 @@ def admin_version(params: Mapping[str, Any]) -> str | None:
     """The version a load/unload's ``parameters`` name: ``version`` (a positive integer, or a
     string of at most ``MAX_VERSION_LENGTH`` characters); None when absent (every version).  Other
     parameters Triton defines (``config``, ``file:...`` overrides) are refused by name, except
-    ``unload_dependents`` (a boolean: wsserve has no ensembles, nothing depends on a model).
+    ``unload_dependents`` (a boolean, changing nothing: an ensemble stops being ready with its step models either way).
     Raises :class:`~wsserve.errors.BadRequest`."""
     unknown = sorted(k for k in params if k not in ("version", "unload_dependents"))
     if unknown:

@@ -104,8 +104,12 @@ def queue_policy(max_queue_requests: int | None, default_timeout_s: float | None
 def model_config(name: str, *, platform: str, backend: str, policy: Any, generative: bool, max_rows: int,
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
                  max_batch_rows: int | None = None, max_delay_s: float = 0.0,
-                 queue_policy: dict[str, Any] | None = None) -> bytes:
+                 queue_policy: dict[str, Any] | None = None,
+                 ensemble_steps: list[dict[str, Any]] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
+
+    ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
+    ``dynamic_batching``: its steps batch on their own models).
 
     ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
@@ -133,6 +137,9 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         body["dynamic_batching"]["default_queue_policy"] = queue_policy
     if max_batch_rows is not None:
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
+    if ensemble_steps is not None:
+        del body["dynamic_batching"]
+        body["ensemble_scheduling"] = {"step": ensemble_steps}
     return orjson.dumps(body)
 
 

@@ -1,0 +1,163 @@
+"""Ensembles, sans-I/O: a config.pbtxt with ``platform: "ensemble"`` parsed, and its steps planned
+as a DAG against the step models' signatures (:mod:`wsserve.repository.ensemble_plan`)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+
+from wsserve.repository import ConfigError, TensorSpec  # noqa: E402
+from wsserve.repository.ensemble_plan import EnsembleError, StepSignature, plan_ensemble  # noqa: E402
+from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
+
+
+def ensemble_pbtxt(steps: str, *, inputs: str = '{ name: "IN" data_type: TYPE_FP32 dims: [ 3 ] }',
+                   outputs: str = '{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }') -> str:
+    return f"""
+name: "pipe"
+platform: "ensemble"
+max_batch_size: 8
+input [ {inputs} ]
+output [ {outputs} ]
+ensemble_scheduling {{ step [ {steps} ] }}
+"""
+
+
+def step(model: str, ins: dict[str, str], outs: dict[str, str], version: int = -1) -> str:
+    imap = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in ins.items())
+    omap = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outs.items())
+    return f'{{ model_name: "{model}" model_version: {version} {imap} {omap} }}'
+
+
+CHAIN = ", ".join([step("scale", {"x": "IN"}, {"y": "scaled"}), step("linear", {"x": "scaled"}, {"y": "OUT"})])
+
+
+def sig(model: str, ins: dict[str, tuple[int, ...]], outs: dict[str, tuple[int, ...]], dtype: str = "float32",
+        **kw: object) -> StepSignature:
+    return StepSignature(model, "1", tuple(TensorSpec(n, s, dtype) for n, s in ins.items()),
+                         tuple(TensorSpec(n, s, dtype) for n, s in outs.items()), **kw)  # type: ignore[arg-type]
+
+
+SIGS = {("scale", None): sig("scale", {"x": (3,)}, {"y": (3,)}), ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)})}
+
+
+def plan(text: str, sigs: dict = SIGS):  # type: ignore[no-untyped-def]
+    return plan_ensemble(parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe").ensemble, sigs)
+
+
+def test_a_chain_is_planned_in_dependency_order_with_resolved_tensors() -> None:
+    # steps listed last-first still run first-first
+    text = ensemble_pbtxt(", ".join([step("linear", {"x": "scaled"}, {"y": "OUT"}), step("scale", {"x": "IN"}, {"y": "scaled"})]))
+    p = plan(text)
+    assert [(s.index, s.model) for s in p.steps] == [(1, "scale"), (0, "linear")]
+    assert p.steps[1].needs == {"scaled"} and p.steps[0].needs == {"IN"}
+    assert [(t.name, t.shape, t.dtype) for t in p.inputs] == [("IN", (3,), "float32")]
+    assert [(t.name, t.shape, t.dtype) for t in p.outputs] == [("OUT", (2,), "float32")]
+
+
+def test_independent_steps_need_only_the_ensemble_input() -> None:
+    sigs = {**SIGS, ("other", None): sig("other", {"x": (3,)}, {"y": (3,)}),
+            ("join", None): sig("join", {"a": (3,), "b": (3,)}, {"y": (2,)})}
+    text = ensemble_pbtxt(", ".join([step("scale", {"x": "IN"}, {"y": "s"}), step("other", {"x": "IN"}, {"y": "o"}),
+                                     step("join", {"a": "s", "b": "o"}, {"y": "OUT"})]))
+    p = plan(text, sigs)
+    assert [s.model for s in p.steps] == ["scale", "other", "join"]
+    assert p.steps[0].needs == p.steps[1].needs == {"IN"} and p.steps[2].needs == {"s", "o"}
+    assert p.steps[2].feeds == (("a", "s"), ("b", "o")) and not p.steps[2].single_input
+
+
+def test_the_ensembles_minus_one_dims_are_taken_from_the_step_models() -> None:
+    text = ensemble_pbtxt(CHAIN, inputs='{ name: "IN" data_type: TYPE_FP32 dims: [ -1 ] }',
+                          outputs='{ name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] }')
+    p = plan(text)
+    assert p.inputs[0].shape == (3,) and p.outputs[0].shape == (2,)
+
+
+def _error(text: str, sigs: dict = SIGS) -> EnsembleError:  # type: ignore[type-arg]
+    with pytest.raises(EnsembleError) as info:
+        plan(text, sigs)
+    return info.value
+
+
+def test_a_cycle_is_refused_naming_the_steps_and_a_tensor() -> None:
+    sigs = {**SIGS, ("join", None): sig("join", {"a": (3,), "b": (3,)}, {"y": (3,)})}
+    text = ensemble_pbtxt(", ".join([step("join", {"a": "IN", "b": "back"}, {"y": "fwd"}),
+                                     step("scale", {"x": "fwd"}, {"y": "back"}), step("linear", {"x": "fwd"}, {"y": "OUT"})]))
+    err = _error(text, sigs)
+    assert "ensemble 'pipe' step 0 (model 'join')" in str(err) and "cycle" in str(err)
+    assert err.step == 0 and err.tensor in ("back", "fwd")
+
+
+def test_a_missing_step_model_is_refused_naming_the_step() -> None:
+    err = _error(ensemble_pbtxt(CHAIN), {("scale", None): SIGS[("scale", None)]})
+    assert str(err) == "ensemble 'pipe' step 1 (model 'linear'): model 'linear' is not served" and err.step == 1
+
+
+def test_a_step_model_not_ready_makes_the_ensemble_not_ready() -> None:
+    err = _error(ensemble_pbtxt(CHAIN), {**SIGS, ("linear", None): "model 'linear' has no ready version (1: loading)"})
+    assert "step 1 (model 'linear'): model 'linear' is not ready (model 'linear' has no ready version" in str(err)
+
+
+def test_an_unmapped_tensor_is_refused_naming_it() -> None:
+    text = ensemble_pbtxt(", ".join([step("scale", {"x": "IN"}, {"y": "scaled"}), step("linear", {"x": "scaledd"}, {"y": "OUT"})]))
+    err = _error(text)
+    assert str(err) == ("ensemble 'pipe' step 1 (model 'linear'): consumes ensemble tensor 'scaledd', which is neither "
+                        "an ensemble input nor written by any step") and err.tensor == "scaledd"
+
+
+def test_a_step_input_left_unmapped_and_a_key_the_model_lacks_are_refused() -> None:
+    sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,), "z": (3,)}, {"y": (2,)})}
+    assert "input 'z' of model 'linear' is not mapped" in str(_error(ensemble_pbtxt(CHAIN), sigs))
+    text = ensemble_pbtxt(", ".join([step("scale", {"x": "IN"}, {"y": "scaled"}), step("linear", {"q": "scaled"}, {"y": "OUT"})]))
+    assert "input_map maps 'q' (to ensemble tensor 'scaled'), which is not an input of model 'linear'" in str(_error(text))
+
+
+def test_a_datatype_mismatch_is_refused_naming_the_tensor() -> None:
+    sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, dtype="float64")}
+    err = _error(ensemble_pbtxt(CHAIN), sigs)
+    assert str(err) == ("ensemble 'pipe' step 1 (model 'linear'): ensemble tensor 'scaled' is float32 (step 0's output) "
+                        "but input 'x' of model 'linear' is float64") and err.tensor == "scaled"
+
+
+def test_a_shape_mismatch_is_refused() -> None:
+    sigs = {**SIGS, ("linear", None): sig("linear", {"x": (4,)}, {"y": (2,)})}
+    assert "ensemble tensor 'scaled' has shape [3] (step 0's output) but input 'x' of model 'linear' has shape [4]" in str(
+        _error(ensemble_pbtxt(CHAIN), sigs))
+
+
+def test_unused_inputs_unwritten_outputs_and_tensors_written_twice_are_refused() -> None:
+    two_in = '{ name: "IN" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "EXTRA" data_type: TYPE_FP32 dims: [ 3 ] }'
+    assert "ensemble input 'EXTRA' is not used by any step" in str(_error(ensemble_pbtxt(CHAIN, inputs=two_in)))
+    two_out = '{ name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "MORE" data_type: TYPE_FP32 dims: [ 2 ] }'
+    assert "no step writes ensemble output 'MORE'" in str(_error(ensemble_pbtxt(CHAIN, outputs=two_out)))
+    twice = ", ".join([step("scale", {"x": "IN"}, {"y": "OUT"}), step("linear", {"x": "IN"}, {"y": "OUT"})])
+    assert "step 1 (model 'linear'): ensemble tensor 'OUT' is written by step 0 already" in str(_error(ensemble_pbtxt(twice)))
+
+
+def test_generative_decoupled_and_nested_steps_are_refused_naming_them() -> None:
+    for kw, word in (({"kind": "generate"}, "is generative"), ({"decoupled": True}, "is decoupled"),
+                     ({"ensemble": True}, "nested ensembles are not supported")):
+        sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, **kw)}
+        assert f"step 1 (model 'linear'): model 'linear' {word}" in str(_error(ensemble_pbtxt(CHAIN), sigs)) or word in str(
+            _error(ensemble_pbtxt(CHAIN), sigs))
+
+
+def test_pinned_step_versions_are_looked_up_as_such() -> None:
+    text = ensemble_pbtxt(", ".join([step("scale", {"x": "IN"}, {"y": "scaled"}, version=2),
+                                     step("linear", {"x": "scaled"}, {"y": "OUT"})]))
+    assert "model 'scale' is not served in version 2" in str(_error(text))
+    p = plan(text, {**SIGS, ("scale", 2): SIGS[("scale", None)]})
+    assert [(s.model, s.version) for s in p.steps] == [("scale", 2), ("linear", None)]
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"ensemble_scheduling.step\[0\].model_name'.*required"):
+        parse_pbtxt(ensemble_pbtxt('{ input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } }'), "c")
+    with pytest.raises(ConfigError, match=r"key 'input': is required in an ensemble"):
+        parse_pbtxt('platform: "ensemble" output [ { name: "o" data_type: TYPE_FP32 dims: [1] } ] '
+                    'ensemble_scheduling { step [ ] }', "c")
+    with pytest.raises(ConfigError, match=r"key 'ensemble_scheduling': .*set platform: \"ensemble\""):
+        parse_pbtxt('platform: "onnxruntime_onnx" ensemble_scheduling { step [ { model_name: "m" } ] }', "c")
+    with pytest.raises(ConfigError, match=r"decoupled"):
+        parse_pbtxt(ensemble_pbtxt(CHAIN) + "model_transaction_policy { decoupled: true }", "c")

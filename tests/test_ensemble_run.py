@@ -1,0 +1,173 @@
+"""An ensemble's requests through :class:`wsserve.ensemble.EnsembleWorker`, with fake step workers:
+the DAG (independent steps at once, a step when its inputs exist), priority and deadline on every
+step, a step's failure, cancellation and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+
+from tests.test_ensemble_plan import ensemble_pbtxt, sig, step  # noqa: E402
+from wsserve.ensemble import EnsembleModel, EnsembleWorker  # noqa: E402
+from wsserve.errors import Internal, ShuttingDown, UnknownModel  # noqa: E402
+from wsserve.repository.ensemble_plan import plan_ensemble  # noqa: E402
+from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
+
+
+@dataclass
+class FakeWorker:
+    """A step model's worker: records what is submitted and cancelled."""
+
+    submitted: list[tuple[Any, int, float | None]] = field(default_factory=list)
+    cancelled: list[Any] = field(default_factory=list)
+
+    def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Any:
+        self.submitted.append((sink, priority, deadline))
+        return ("item", sink)
+
+    def cancel(self, item: Any) -> None:
+        self.cancelled.append(item)
+
+
+@dataclass
+class FakeEntry:
+    name: str
+    worker: FakeWorker
+    input_specs: tuple[Any, ...]
+    kind: str = "predict"
+
+
+@dataclass
+class Sink:
+    inputs: Any
+    n: int
+    nbytes: int = 0
+    finished: bool = False
+    rows: list[Any] = field(default_factory=list)
+    errors: list[Any] = field(default_factory=list)
+
+    def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        self.rows.append((start, outputs))
+        self.finished = True
+
+    def on_error(self, exc: Any) -> None:
+        self.errors.append(exc)
+        self.finished = True
+
+
+FAN = ", ".join([step("a", {"x": "IN"}, {"y": "A"}), step("b", {"x": "IN"}, {"y": "B"}),
+                 step("join", {"p": "A", "q": "B"}, {"y": "OUT"})])
+SIGS = {("a", None): sig("a", {"x": (3,)}, {"y": (3,)}), ("b", None): sig("b", {"x": (3,)}, {"y": (3,)}),
+        ("join", None): sig("join", {"p": (3,), "q": (3,)}, {"y": (2,)})}
+
+
+def _worker() -> tuple[EnsembleWorker, dict[str, FakeEntry]]:
+    config = parse_pbtxt(ensemble_pbtxt(FAN).replace('name: "pipe"', 'name: "fan"'), "fan/config.pbtxt", model_name="fan")
+    model = EnsembleModel("fan", 1, config, plan_ensemble(config.ensemble, SIGS))
+    entries = {name: FakeEntry(name, FakeWorker(), SIGS[(name, None)].inputs) for name in ("a", "b", "join")}
+
+    def lookup(name: str, version: str | None) -> FakeEntry:
+        if name not in entries:
+            raise UnknownModel(f"no model named {name!r}")
+        return entries[name]
+
+    worker = EnsembleWorker(model, lookup)
+    worker.start()
+    return worker, entries
+
+
+def _x() -> np.ndarray:
+    return np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+def test_independent_steps_start_together_and_a_step_waits_for_its_inputs() -> None:
+    async def go() -> None:
+        worker, e = _worker()
+        sink = Sink(_x(), 2)
+        worker.submit(sink, priority=1, deadline=123.0)
+        await asyncio.sleep(0)  # its first steps go on the next loop iteration
+        assert len(e["a"].worker.submitted) == len(e["b"].worker.submitted) == 1 and not e["join"].worker.submitted
+        (a, prio, deadline), = e["a"].worker.submitted
+        assert (prio, deadline) == (1, 123.0) and np.array_equal(a.inputs, _x())
+        a.on_rows(0, a.inputs * 2, 2, 0.0, 0.0)
+        assert not e["join"].worker.submitted  # B is not there yet
+        b = e["b"].worker.submitted[0][0]
+        b.on_rows(0, b.inputs[:1] + 1, 1, 0.0, 0.0)  # in two deliveries
+        b.on_rows(1, b.inputs[1:] + 1, 1, 0.0, 0.0)
+        (j, prio, deadline), = e["join"].worker.submitted
+        assert (prio, deadline) == (1, 123.0)
+        assert np.array_equal(j.inputs["p"], _x() * 2) and np.array_equal(j.inputs["q"], _x() + 1)
+        assert not sink.rows
+        j.on_rows(0, np.ones((2, 2), np.float32), 2, 0.0, 0.0)
+        (start, out), = sink.rows
+        assert start == 0 and out.shape == (2, 2)
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def test_a_failing_step_fails_the_request_naming_the_ensemble_and_the_step_and_cancels_the_others() -> None:
+    async def go() -> None:
+        worker, e = _worker()
+        sink = Sink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        a = e["a"].worker.submitted[0][0]
+        a.on_error(Internal("model 'a' failed: ValueError: boom"))
+        (err,), = [sink.errors]
+        assert isinstance(err, Internal)
+        assert err.message == "ensemble 'fan' step 0 (model 'a'): model 'a' failed: ValueError: boom"
+        assert e["b"].worker.cancelled == [("item", e["b"].worker.submitted[0][0])]
+        assert not e["join"].worker.submitted
+
+    asyncio.run(go())
+
+
+def test_a_step_model_gone_at_run_time_is_internal_naming_the_step() -> None:
+    async def go() -> None:
+        worker, e = _worker()
+        del e["b"]
+        sink = Sink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        (err,), = [sink.errors]
+        assert isinstance(err, Internal) and err.message == "ensemble 'fan' step 1 (model 'b'): no model named 'b'"
+
+    asyncio.run(go())
+
+
+def test_cancel_stops_the_steps_in_flight_without_calling_the_sink() -> None:
+    async def go() -> None:
+        worker, e = _worker()
+        sink = Sink(_x(), 2)
+        run = worker.submit(sink)
+        await asyncio.sleep(0)
+        sink.finished = True  # the job ends itself (cancel, deadline), then cancels its item
+        worker.cancel(run)
+        assert len(e["a"].worker.cancelled) == len(e["b"].worker.cancelled) == 1
+        a = e["a"].worker.submitted[0][0]
+        a.on_rows(0, a.inputs, 2, 0.0, 0.0)  # a late delivery goes nowhere
+        assert not e["join"].worker.submitted and not sink.rows and not sink.errors
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def test_close_ends_requests_in_flight_and_refuses_new_ones() -> None:
+    async def go() -> None:
+        worker, _ = _worker()
+        sink = Sink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        await worker.close()
+        assert isinstance(sink.errors[0], ShuttingDown)
+        with pytest.raises(ShuttingDown):
+            worker.submit(Sink(_x(), 2))
+
+    asyncio.run(go())

@@ -1,0 +1,396 @@
+"""Serving a Triton ensemble: :class:`EnsembleModel` (what the pool lists) and :class:`EnsembleWorker`.
+
+An ensemble is served as a predictive model version: the pool gives it a
+:class:`~wsserve.pool.ModelEntry` whose worker is an :class:`EnsembleWorker`
+(the :class:`~wsserve.worker.PredictWorker` interface: ``submit``/``cancel``/
+``start``/``close``/``wait_idle``/``statistics``), so every transport (WebSocket
+``predict``, HTTP ``/predict`` and ``/v2/.../infer``, gRPC) queues a request to
+it as to any model.  A request runs the plan's steps as a DAG
+(:mod:`wsserve.repository.ensemble_plan`, sans-I/O): a step starts as soon as
+the ensemble tensors it needs exist, so independent steps run side by side;
+each is submitted to its step model's own worker (``pool.lookup`` at the time,
+the same path as any request to that model), so it is batched with that
+model's other traffic, with the request's priority and deadline.  When every
+ensemble output exists the request gets them in one delivery.
+
+A step that fails (its model raised, an output row not finite, its queue full,
+its model not served any more) fails that request only, with the step's error
+code and a message naming the ensemble and the step; the other steps it has in
+flight are cancelled.  Cancelling the request (``cancel``, a client that went
+away, its ``timeout_ms``: the deadline is also each step's) cancels its steps.
+
+Event-loop thread only, like the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest, Internal, ShuttingDown, UnknownModel, WsserveError
+from .models.base import ModelInfo
+from .repository.config import ModelConfig
+from .repository.ensemble_config import EnsembleConfig
+from .repository.ensemble_plan import (
+    EnsembleError,
+    EnsemblePlan,
+    PlannedStep,
+    StepSignature,
+    plan_ensemble,
+    step_key,
+)
+from .repository.errors import ModelLoadError
+from .repository.tensors import TensorSpec
+from .stats import WorkerStatistics
+from .worker import Tensors, concat_rows
+
+__all__ = ["EnsembleModel", "EnsembleWorker", "step_signatures", "build_ensemble", "depends_on"]
+
+log = logging.getLogger("wsserve.ensemble")
+
+#: ``lookup(model, version or None) -> ModelEntry``: the pool's, raising ``UnknownModel``.
+Lookup = Callable[[str, str | None], Any]
+
+
+class EnsembleModel:
+    """A planned ensemble version: ``name``, ``version`` (int), ``config``, ``plan``,
+    ``inputs``/``outputs`` (:class:`~wsserve.repository.TensorSpec`, shapes resolved) and
+    ``info`` (backend ``ensemble``, its steps).  Holds no model of its own: ``close()`` does nothing."""
+
+    backend = "ensemble"
+
+    def __init__(self, name: str, version: int, config: ModelConfig, plan: EnsemblePlan) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.plan = plan
+        self.path = config.path if config.path is not None else Path(name)
+        self.inputs = plan.inputs
+        self.outputs = plan.outputs
+        steps = [{"model": s.model, "version": s.version if s.version is not None else -1} for s in
+                 sorted(plan.steps, key=lambda s: s.index)]
+        self.info = ModelInfo(
+            name=name, version=str(version), task="other",
+            input_shape=plan.inputs[0].shape, output_shape=plan.outputs[0].shape, parameters=0,
+            extra={"backend": "ensemble", "inputs": [s.to_json() for s in plan.inputs],
+                   "outputs": [s.to_json() for s in plan.outputs], "steps": steps},
+        )
+
+    def flops_per_row(self) -> int:
+        return 1
+
+    def triton_steps(self) -> list[dict[str, Any]]:
+        """Its steps as Triton's ``ensemble_scheduling.step`` (JSON), in the config's order."""
+        assert self.config.ensemble is not None
+        return [{"model_name": s.model, "model_version": s.version if s.version is not None else -1,
+                 "input_map": dict(s.input_map), "output_map": dict(s.output_map)} for s in self.config.ensemble.steps]
+
+    def version_figures(self) -> dict[str, Any]:
+        return {"parameters": 0, "metrics": {}}
+
+    def close(self) -> None:
+        """Nothing to release (the step models are served, and closed, on their own)."""
+
+
+class _QueueFigures:
+    """What the Triton config route reads of a worker's queue (an ensemble has none of its own)."""
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = 0.0
+
+
+def _as_arrays(inputs: Any, plan: EnsemblePlan) -> dict[str, np.ndarray]:
+    """A request's prepared inputs (an array, JSON rows kept as lists, or ``{name: array}``) as
+    ``{ensemble input: array}`` in the inputs' dtypes."""
+    if not isinstance(inputs, dict):
+        inputs = {plan.inputs[0].name: inputs}
+    return {s.name: np.asarray(inputs[s.name]).astype(s.np_dtype, copy=False) for s in plan.inputs}
+
+
+class _StepSink:
+    """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
+
+    __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows")
+
+    def __init__(self, run: _Run, step: PlannedStep, inputs: Tensors, n: int) -> None:
+        self.run = run
+        self.step = step
+        self.inputs = inputs
+        self.n = n
+        self.nbytes = sum(a.nbytes for a in inputs.values()) if isinstance(inputs, dict) else inputs.nbytes
+        self.finished = False
+        self.worker: Any = None
+        self.item: Any = None
+        self._parts: list[Tensors] = []
+        self._rows = 0
+
+    def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        if self.finished:
+            return
+        self._parts.append(outputs)
+        self._rows += len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
+        if self._rows >= self.n:
+            self.finished = True
+            out = self._parts[0] if len(self._parts) == 1 else concat_rows(self._parts)
+            self._parts = []
+            self.run.step_done(self, out)
+
+    def on_error(self, exc: WsserveError) -> None:
+        if not self.finished:
+            self.finished = True
+            self.run.step_failed(self.step, exc)
+
+    def stop(self) -> None:
+        """Cancel this step's rows not computed yet (the request ended another way)."""
+        if not self.finished:
+            self.finished = True
+            if self.item is not None:
+                self.worker.cancel(self.item)
+
+
+class _Run:
+    """One request through the ensemble: the tensors it has so far and its steps in flight."""
+
+    def __init__(self, worker: EnsembleWorker, sink: Any, priority: int, deadline: float | None) -> None:
+        self.worker = worker
+        self.sink = sink
+        self.priority = priority
+        self.deadline = deadline
+        self.started_at = monotonic()
+        self.tensors: dict[str, np.ndarray] = {}
+        self.launched: set[int] = set()
+        self.flying: dict[int, _StepSink] = {}
+        self.done = False
+
+    def start(self) -> None:
+        if self.done:  # cancelled before its first steps went
+            return
+        self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
+        self.advance()
+
+    def _label(self, step: PlannedStep) -> str:
+        return f"ensemble {self.worker.name!r} step {step.index} (model {step.model!r})"
+
+    def advance(self) -> None:
+        """Start every step whose inputs exist; deliver once every output exists."""
+        plan = self.worker.plan
+        for step in plan.steps:
+            if self.done:
+                return
+            if step.index not in self.launched and step.needs <= self.tensors.keys():
+                self.launched.add(step.index)
+                self._launch(step)
+        if not self.done and not self.flying and all(o.name in self.tensors for o in plan.outputs):
+            self._finish()
+
+    def _launch(self, step: PlannedStep) -> None:
+        try:
+            entry = self.worker.lookup(step.model, str(step.version) if step.version is not None else None)
+            if entry.kind != "predict":
+                raise Internal(f"model {step.model!r} serves generate, not predict")
+            specs = {s.name: s for s in entry.input_specs}
+            arrays = {}
+            for model_input, tensor in step.feeds:
+                a = self.tensors[tensor]
+                spec = specs.get(model_input)
+                arrays[model_input] = a.astype(spec.np_dtype, copy=False) if spec is not None else a
+            batch: Tensors = next(iter(arrays.values())) if step.single_input else arrays
+            sink = _StepSink(self, step, batch, len(next(iter(arrays.values()))))
+            self.flying[step.index] = sink
+            sink.worker = entry.worker
+            sink.item = entry.worker.submit(sink, priority=self.priority, deadline=self.deadline)
+        except WsserveError as exc:
+            self.flying.pop(step.index, None)
+            self.step_failed(step, exc)
+
+    def step_done(self, sink: _StepSink, outputs: Tensors) -> None:
+        step = sink.step
+        self.flying.pop(step.index, None)
+        if self.done:
+            return
+        if not isinstance(outputs, dict):
+            outputs = {step.output_names[0]: outputs}
+        try:
+            for model_output, tensor in step.yields:
+                self.tensors[tensor] = outputs[model_output]
+        except KeyError as exc:
+            self.fail(Internal(f"{self._label(step)}: its model returned no output {exc.args[0]!r}"))
+            return
+        self.advance()
+
+    def step_failed(self, step: PlannedStep, exc: WsserveError) -> None:
+        self.flying.pop(step.index, None)
+        if self.done:
+            return
+        cls = Internal if isinstance(exc, UnknownModel) else type(exc)
+        self.fail(cls(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms))
+
+    def _stop_steps(self) -> None:
+        flying, self.flying = self.flying, {}
+        for sink in flying.values():
+            sink.stop()
+
+    def fail(self, exc: WsserveError) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._stop_steps()
+        self.worker.ended(self)
+        try:
+            if not self.sink.finished:
+                self.sink.on_error(exc)
+        except Exception:  # noqa: BLE001 - a bug in the request's sink ends only it
+            log.exception("result sink of an ensemble %r request failed in on_error", self.worker.name)
+
+    def cancel(self) -> None:
+        """The request ended elsewhere (cancel, deadline, client gone): stop its steps; its sink is not called."""
+        if not self.done:
+            self.done = True
+            self._stop_steps()
+            self.worker.ended(self)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.worker.ended(self)
+        plan = self.worker.plan
+        out: Tensors = (self.tensors[plan.outputs[0].name] if len(plan.outputs) == 1
+                        else {o.name: self.tensors[o.name] for o in plan.outputs})
+        self.tensors = {}
+        if self.sink.finished:
+            return
+        n = self.sink.n
+        try:
+            self.sink.on_rows(0, out, n, 0.0, monotonic() - self.started_at)
+        except Exception as exc:  # noqa: BLE001 - a bug in the request's sink ends only it
+            log.exception("result sink of an ensemble %r request failed", self.worker.name)
+            try:
+                if not self.sink.finished:
+                    self.sink.on_error(Internal(f"internal error delivering results: {type(exc).__name__}: {exc}"))
+            except Exception:  # noqa: BLE001
+                log.exception("result sink failed again in on_error")
+
+
+class EnsembleWorker:
+    """Runs an ensemble's requests through its steps' workers (see the module docstring).
+
+    Call order as :class:`~wsserve.worker.PredictWorker`: ``start()`` on the loop; ``submit`` /
+    ``cancel`` from the loop thread; ``await close()`` (idempotent)."""
+
+    explainer = None
+
+    def __init__(self, model: EnsembleModel, lookup: Lookup) -> None:
+        """``lookup``: the pool's (a step's model version at the time its step starts)."""
+        self.model = model
+        self.plan = model.plan
+        self.name = model.name
+        self.lookup = lookup
+        self.explain_refusal = f"model {model.name!r} is an ensemble: explanations are for single models"
+        self.queue = _QueueFigures(model.config.max_batch_size or 0)
+        #: The pool sets this version's statistics; an ensemble computes no batch of its own.
+        self.stats: Any = None
+        self._runs: set[_Run] = set()
+        self._closed = False
+        self._idle: asyncio.Event | None = None
+        self._requests = 0
+
+    def start(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def close(self) -> None:
+        """End every request in flight with ``shutting_down`` (their steps are cancelled).  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for run in list(self._runs):
+            run.fail(ShuttingDown("the server is shutting down"))
+        if self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        assert self._idle is not None, "start() first"
+        while self._runs:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> _Run:
+        """Start ``sink``'s request: its first steps are queued at once.  Raises ``ShuttingDown``
+        after :meth:`close` and ``BadRequest`` for a sink that wants explanations; then the sink is
+        never called.  A step that cannot be queued fails the request through its sink."""
+        if self._closed:
+            raise ShuttingDown("model worker is shutting down")
+        if getattr(sink, "explain", False):
+            raise BadRequest(self.explain_refusal)
+        run = _Run(self, sink, priority, deadline)
+        self._runs.add(run)
+        self._requests += 1
+        if self._idle is not None:
+            self._idle.clear()
+        # its first steps go on the next loop iteration: a step refused at once (its queue full) then
+        # fails the request through its sink after the caller holds the returned item, as a worker's would
+        asyncio.get_running_loop().call_soon(run.start)
+        return run
+
+    def cancel(self, item: _Run) -> None:
+        """Stop ``item``'s steps; never calls its sink."""
+        item.cancel()
+
+    def ended(self, run: _Run) -> None:
+        self._runs.discard(run)
+        if not self._runs and self._idle is not None:
+            self._idle.set()
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(kind="predict", queued=0, queued_rows=0, queued_bytes=0, running=len(self._runs),
+                                oldest_age_s=0.0, batches=0, computed=self._requests, executor_batches=0,
+                                last_batch_size=0)
+
+
+def _signature(entry: Any) -> StepSignature:
+    """What an ensemble step sees of a served version (a built-in model: one float64 ``input``/``output``)."""
+    outputs = getattr(entry.model, "outputs", None)
+    if not outputs and entry.kind == "predict":
+        outputs = (TensorSpec("output", tuple(int(d) for d in entry.info.output_shape), "float64"),)
+    return StepSignature(entry.name, entry.version, tuple(entry.input_specs), tuple(outputs or ()), entry.kind,
+                         ensemble=isinstance(entry.model, EnsembleModel))
+
+
+def step_signatures(config: EnsembleConfig, pool: Any) -> dict[tuple[str, int | None], StepSignature | str]:
+    """The signatures :func:`~wsserve.repository.ensemble_plan.plan_ensemble` needs, from ``pool``:
+    a step model the pool does not know is left out; one without a ready version is the reason."""
+    out: dict[tuple[str, int | None], StepSignature | str] = {}
+    for step in config.steps:
+        if not pool.knows(step.model):
+            continue
+        try:
+            entry = pool.lookup(step.model, str(step.version) if step.version is not None else None)
+        except UnknownModel as exc:
+            out[step_key(step.model, step.version)] = exc.message
+            continue
+        out[step_key(step.model, step.version)] = _signature(entry)
+    return out
+
+
+def build_ensemble(name: str, version: int, config: ModelConfig, pool: Any) -> EnsembleModel:
+    """Plan ensemble ``name`` ``version`` against what ``pool`` serves now.  Raises
+    :class:`~wsserve.repository.ModelLoadError` naming its config file, the ensemble, the step and
+    the tensor (:class:`~wsserve.repository.ensemble_plan.EnsembleError`)."""
+    assert config.ensemble is not None
+    try:
+        plan = plan_ensemble(config.ensemble, step_signatures(config.ensemble, pool))
+    except EnsembleError as exc:
+        raise ModelLoadError(config.path or Path(name), str(exc)) from None
+    return EnsembleModel(name, version, config, plan)
+
+
+def depends_on(config: ModelConfig | None, model: str) -> bool:
+    """True when ``config`` is an ensemble's with a step running ``model``."""
+    return config is not None and config.ensemble is not None and model in config.ensemble.step_models

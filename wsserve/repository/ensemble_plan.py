@@ -1,0 +1,240 @@
+"""Plan an ensemble's steps as a DAG, checked against its step models' signatures.
+
+Sans-I/O and pure: :func:`plan_ensemble` takes an :class:`~.ensemble_config.EnsembleConfig`
+and the signatures of the models its steps name (:class:`StepSignature`, or the reason a
+model cannot serve) and returns an :class:`EnsemblePlan`, or raises :class:`EnsembleError`
+naming the ensemble, the step and the tensor.  The checks are Triton's
+(``core/src/ensemble_utils.cc``): every step model exists and is ready; every key of a
+step's ``input_map`` is an input of its model and every input of the model is mapped;
+every key of its ``output_map`` is an output of its model; every ensemble tensor a step
+consumes is an ensemble input or written by a step, and is written once (an ensemble input
+by no step); every ensemble input is consumed; every ensemble output is written by a step;
+the steps have no cycle; a tensor's datatype and per-row shape agree wherever it is
+produced and consumed (an ensemble tensor's ``-1`` dims are taken from the step model).
+wsserve refuses what it cannot run: a step model that is generative, decoupled, or itself
+an ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import TensorConfig
+from .ensemble_config import EnsembleConfig
+from .tensors import TensorSpec
+
+__all__ = ["StepSignature", "PlannedStep", "EnsemblePlan", "EnsembleError", "plan_ensemble", "step_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSignature:
+    """What a step needs of the model version it runs: its served version, tensors and kind."""
+
+    model: str
+    version: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    kind: str = "predict"  # "predict" | "generate"
+    decoupled: bool = False
+    ensemble: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    """One step of a plan. ``feeds``: ``(model input, ensemble tensor)`` in the model's input
+    order; ``yields``: ``(model output, ensemble tensor)``; ``needs``: the ensemble tensors it
+    waits for; ``single_input``/``single_output``: the model takes (returns) one array, not
+    ``{name: array}``."""
+
+    index: int
+    model: str
+    version: int | None  # None: the model's default (highest ready) version
+    feeds: tuple[tuple[str, str], ...]
+    yields: tuple[tuple[str, str], ...]
+    needs: frozenset[str]
+    single_input: bool
+    single_output: bool
+    output_names: tuple[str, ...]  # the model's outputs, in order
+
+
+@dataclass(frozen=True, slots=True)
+class EnsemblePlan:
+    """A checked ensemble: its tensors (shapes resolved), its steps (in an order where a step
+    follows those it needs) and the signatures it was planned with (a change re-plans it)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    steps: tuple[PlannedStep, ...]
+    signatures: tuple[StepSignature, ...]
+
+
+class EnsembleError(ValueError):
+    """An ensemble that cannot be served; the message names the ensemble, and the step and the
+    tensor where there is one (``step`` is its index in the config, ``None`` when not about one)."""
+
+    def __init__(self, ensemble: str, message: str, *, step: int | None = None, tensor: str | None = None) -> None:
+        self.ensemble = ensemble
+        self.step = step
+        self.tensor = tensor
+        super().__init__(message)
+
+
+def step_key(model: str, version: int | None) -> tuple[str, int | None]:
+    """The key of ``signatures`` in :func:`plan_ensemble` for a step's model and version."""
+    return (model, version)
+
+
+class _Planner:
+    """One planning: the ensemble's tensors as they become known."""
+
+    def __init__(self, config: EnsembleConfig) -> None:
+        self.config = config
+        self.name = config.name
+        #: ensemble tensor -> (its writer: step index or -1 for an ensemble input, dtype, shape or None, dims)
+        self.writers: dict[str, tuple[int, str, tuple[int, ...] | None, tuple[int, ...] | None]] = {}
+
+    def fail(self, message: str, step: int | None = None, tensor: str | None = None) -> EnsembleError:
+        where = f"ensemble {self.name!r}" + (f" step {step} (model {self.config.steps[step].model!r})" if step is not None else "")
+        return EnsembleError(self.name, f"{where}: {message}", step=step, tensor=tensor)
+
+    def signature(self, i: int, found: StepSignature | str | None) -> StepSignature:
+        step = self.config.steps[i]
+        if found is None:
+            raise self.fail(f"model {step.model!r} is not served" + (f" in version {step.version}" if step.version else ""), i)
+        if isinstance(found, str):
+            raise self.fail(f"model {step.model!r} is not ready ({found})", i)
+        if found.kind != "predict":
+            raise self.fail(f"model {step.model!r} is generative: an ensemble's steps must be predictive models", i)
+        if found.decoupled:
+            raise self.fail(f"model {step.model!r} is decoupled: an ensemble's steps must answer each request once", i)
+        if found.ensemble:
+            raise self.fail(f"model {step.model!r} is an ensemble: nested ensembles are not supported", i)
+        return found
+
+    def check_maps(self, i: int, sig: StepSignature) -> None:
+        step = self.config.steps[i]
+        names_in = [s.name for s in sig.inputs]
+        for key, tensor in step.input_map:
+            if key not in names_in:
+                raise self.fail(f"input_map maps {key!r} (to ensemble tensor {tensor!r}), which is not an input of "
+                                f"model {step.model!r} (its inputs: {', '.join(names_in)})", i, tensor)
+        mapped = {k for k, _ in step.input_map}
+        for name in names_in:
+            if name not in mapped:
+                raise self.fail(f"input {name!r} of model {step.model!r} is not mapped (input_map)", i, name)
+        names_out = [s.name for s in sig.outputs]
+        for key, tensor in step.output_map:
+            if key not in names_out:
+                raise self.fail(f"output_map maps {key!r} (to ensemble tensor {tensor!r}), which is not an output of "
+                                f"model {step.model!r} (its outputs: {', '.join(names_out)})", i, tensor)
+
+    def write(self, tensor: str, writer: int, dtype: str, shape: tuple[int, ...] | None,
+              dims: tuple[int, ...] | None) -> None:
+        before = self.writers.get(tensor)
+        if before is not None:
+            first = "is an ensemble input" if before[0] < 0 else f"is written by step {before[0]} already"
+            raise self.fail(f"ensemble tensor {tensor!r} {first}: a tensor is written once", writer, tensor)
+        self.writers[tensor] = (writer, dtype, shape, dims)
+
+    def agree(self, tensor: str, i: int | None, what: str, spec: TensorSpec) -> None:
+        """``spec`` (a step model's tensor, or the ensemble output) must agree with ``tensor``'s writer."""
+        writer, dtype, shape, dims = self.writers[tensor]
+        source = "the ensemble input" if writer < 0 else f"step {writer}'s output"
+        if dtype != spec.dtype:
+            raise self.fail(f"ensemble tensor {tensor!r} is {dtype} ({source}) but {what} is {spec.dtype}", i, tensor)
+        if shape is None:  # an ensemble input with -1 dims: the first consumer's shape, the others' must agree
+            if dims is not None and (len(dims) != len(spec.shape)
+                                     or any(d not in (-1, s) for d, s in zip(dims, spec.shape, strict=True))):
+                raise self.fail(f"ensemble tensor {tensor!r} has dims {list(dims)} ({source}) but {what} has shape "
+                                f"{list(spec.shape)}", i, tensor)
+            self.writers[tensor] = (writer, dtype, spec.shape, dims)
+        elif shape != spec.shape:
+            raise self.fail(f"ensemble tensor {tensor!r} has shape {list(shape)} ({source}) but {what} has shape "
+                            f"{list(spec.shape)}", i, tensor)
+
+    def order(self, deps: list[set[int]]) -> list[int]:
+        """The steps in an order where each follows the steps it needs (Kahn); a cycle is an error."""
+        done: list[int] = []
+        left = set(range(len(deps)))
+        while left:
+            ready = sorted(i for i in left if deps[i] <= set(done))
+            if not ready:
+                cycle = sorted(left)
+                tensors = sorted({t for i in cycle for _, t in self.config.steps[i].input_map
+                                  if self.writers.get(t, (-1,))[0] in left})
+                raise self.fail(f"steps {', '.join(map(str, cycle))} depend on each other (a cycle through ensemble "
+                                f"tensors {', '.join(repr(t) for t in tensors)})", cycle[0], tensors[0] if tensors else None)
+            done.extend(ready)
+            left -= set(ready)
+        return done
+
+
+def _spec(t: TensorConfig, shape: tuple[int, ...]) -> TensorSpec:
+    assert t.name is not None and t.dtype is not None
+    return TensorSpec(t.name, shape, t.dtype)
+
+
+def plan_ensemble(config: EnsembleConfig,
+                  signatures: Mapping[tuple[str, int | None], StepSignature | str]) -> EnsemblePlan:
+    """Check ``config`` against its step models and plan it.
+
+    ``signatures``: per :func:`step_key` of each step, the model version's
+    :class:`StepSignature`, or a string saying why it cannot serve (not ready, failed...);
+    a missing key means the model is not served at all.  Raises :class:`EnsembleError`
+    (see the module docstring for what is checked)."""
+    p = _Planner(config)
+    sigs = [p.signature(i, signatures.get(step_key(s.model, s.version))) for i, s in enumerate(config.steps)]
+    for t in config.inputs:
+        assert t.name is not None and t.dtype is not None
+        p.write(t.name, -1, t.dtype, t.shape, t.triton_dims)
+    for i, sig in enumerate(sigs):
+        p.check_maps(i, sig)
+        outs = {s.name: s for s in sig.outputs}
+        for key, tensor in config.steps[i].output_map:
+            p.write(tensor, i, outs[key].dtype, outs[key].shape, None)
+    deps: list[set[int]] = []
+    consumed: set[str] = set()
+    for i, sig in enumerate(sigs):
+        ins = {s.name: s for s in sig.inputs}
+        deps.append(set())
+        for key, tensor in config.steps[i].input_map:
+            if tensor not in p.writers:
+                raise p.fail(f"consumes ensemble tensor {tensor!r}, which is neither an ensemble input nor written by "
+                             "any step", i, tensor)
+            p.agree(tensor, i, f"input {key!r} of model {sig.model!r}", ins[key])
+            consumed.add(tensor)
+            if p.writers[tensor][0] >= 0:
+                deps[i].add(p.writers[tensor][0])
+    for t in config.inputs:
+        if t.name not in consumed:
+            raise p.fail(f"ensemble input {t.name!r} is not used by any step", None, t.name)
+    outputs = []
+    for t in config.outputs:
+        assert t.name is not None and t.dtype is not None
+        writer = p.writers.get(t.name)
+        if writer is None or writer[0] < 0:
+            raise p.fail(f"no step writes ensemble output {t.name!r} (no output_map maps to it)", None, t.name)
+        _, _, shape, _ = writer
+        assert shape is not None
+        if t.shape is None and t.triton_dims is not None and (
+                len(t.triton_dims) != len(shape) or any(d not in (-1, s) for d, s in zip(t.triton_dims, shape, strict=True))):
+            raise p.fail(f"ensemble output {t.name!r} has dims {list(t.triton_dims)} but step {writer[0]} writes shape "
+                         f"{list(shape)}", writer[0], t.name)
+        p.agree(t.name, writer[0], f"ensemble output {t.name!r}", _spec(t, t.shape or shape))
+        outputs.append(_spec(t, shape))
+    order = p.order(deps)
+    inputs = []
+    for t in config.inputs:
+        shape = p.writers[t.name][2]  # type: ignore[index]
+        assert shape is not None
+        inputs.append(_spec(t, shape))
+    steps = []
+    for i in order:
+        step, sig = config.steps[i], sigs[i]
+        feeds = dict(step.input_map)
+        steps.append(PlannedStep(
+            i, step.model, step.version, tuple((s.name, feeds[s.name]) for s in sig.inputs), step.output_map,
+            frozenset(feeds.values()), len(sig.inputs) == 1, len(sig.outputs) == 1, tuple(s.name for s in sig.outputs)))
+    return EnsemblePlan(config.name, tuple(inputs), tuple(outputs), tuple(steps), tuple(sigs))
