@@ -394,10 +394,12 @@ class _FakePipe:
         pass
 
 
-async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[int, list[int], str]:
-    """Run the supervisor of 2 workers (``max_boot_failures=1``) over fake processes, each start
-    scripted by ``script(index, nth start of that index, proc, pipe)``; return its exit status, the
-    indexes started in order and its log."""
+async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any, **policy: Any) -> tuple[int, list[int], str]:
+    """Run the supervisor of 2 workers (``max_boot_failures=1``, and ``policy``'s other
+    :class:`RestartPolicy` settings) over fake processes, each start scripted by ``script(index,
+    nth start of that index, proc, pipe)``; return its exit status, the indexes started in order and
+    its log.  A signal the supervisor sends one worker runs that fake's ``on_signal(sig)`` if it
+    has one (else the signal kills it)."""
     from wsserve import supervisor
     from wsserve.config import ServerConfig
 
@@ -406,7 +408,7 @@ async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[
     class Workers(supervisor._Workers):
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
-            self.policy = supervisor.RestartPolicy(max_boot_failures=1)
+            self.policy = supervisor.RestartPolicy(max_boot_failures=1, **policy)
 
         def start(self, index: int) -> None:  # the real one spawns a process
             starts.append(index)
@@ -419,6 +421,12 @@ async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[
             for proc in self.procs.values():
                 if proc.alive:
                     proc.die(-sig)
+
+        def signal(self, index: int, sig: int) -> None:  # the real one calls os.kill
+            proc = self.procs[index]
+            if proc.alive:
+                handler = getattr(proc, "on_signal", None)
+                handler(sig) if handler is not None else proc.die(-sig)
 
     monkeypatch.setattr(supervisor, "_Workers", Workers)
     with caplog.at_level("INFO", logger="wsserve.supervisor"):
@@ -471,6 +479,40 @@ async def test_a_ready_message_sent_just_before_the_death_does_not_fail_the_star
     status, starts, log = await _supervise_fakes(monkeypatch, caplog, script)
     assert status == 1 and starts.count(1) == 2 and "while starting" not in log, log
     assert re.search(r"worker 1 \(pid \d+\) exited with status 3: restarting it now\n", log), log
+
+
+async def test_a_ready_message_after_the_boot_timeout_does_not_save_the_start(monkeypatch, caplog, capsys) -> None:
+    """Fake processes, a real clock (tiny timeouts): worker 1 never says it is ready until its boot
+    timeout's SIGTERM, then sends its ready message late and does not exit.  The supervisor does not
+    take it as ready (no ready line): it kills it after the grace, and its death fails the start,
+    naming the timeout.  The old supervisor had no boot timeout and waited for it forever."""
+    signals: list[int] = []  # what worker 1 was sent
+
+    def script(index: int, nth: int, proc: _FakeProc, pipe: _FakePipe) -> None:
+        if index == 0:
+            pipe.messages.append(("ready", index, proc.pid))
+            return
+        def on_signal(sig: int) -> None:
+            signals.append(sig)
+            if sig == signal.SIGTERM:
+                pipe.messages.append(("ready", index, proc.pid))  # too late
+            else:
+                proc.die(-sig)
+
+        proc.on_signal = on_signal  # type: ignore[attr-defined]
+
+    async with asyncio.timeout(60):  # a guard against the old endless wait, not a timing bound
+        status, starts, log = await _supervise_fakes(monkeypatch, caplog, script, boot_timeout_s=0.05,
+                                                     kill_grace_s=0.05)
+    assert status == 1 and starts == [0, 1], log
+    assert re.search(r"worker 1 \(pid \d+\) was not ready within 0.05 s of its start \(--worker-boot-timeout-s\): "
+                     r"stopping it \(SIGTERM, SIGKILL in 0.05 s\)\n", log), log
+    assert re.search(r"worker 1 \(pid \d+\) still running 0.05 s after its SIGTERM \(boot timeout\): killing it\n",
+                     log), log
+    assert "worker 1 exited with status -9 while starting (it was not ready within 0.05 s: --worker-boot-timeout-s)" \
+        in log, log
+    assert signals == [signal.SIGTERM, signal.SIGKILL]
+    assert "ready on" not in capsys.readouterr().out
 
 
 async def test_a_worker_that_keeps_dying_is_restarted_with_backoff(model_cache: Path) -> None:

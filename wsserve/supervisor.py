@@ -402,7 +402,7 @@ class _Workers:
 
     def boot_wait(self, now: float) -> float | None:
         """Seconds from ``now`` until the policy's next boot-timeout answer for a live worker (None: none)."""
-        due = [self.policy.boot_deadline(i) for i, p in self.procs.items() if i not in self.restart_at]
+        due = [self.policy.boot_deadline(i) for i in self.procs if i not in self.restart_at]
         times = [t - now for t in due if t is not None]
         return min(times) if times else None
 
@@ -568,7 +568,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     pending.discard(i)
                     continue
                 if not alive:
-                    why = (f" (it was not ready within {config.worker_boot_timeout_s:g} s: --worker-boot-timeout-s)"
+                    why = (f" (it was not ready within {workers.policy.boot_timeout_s:g} s: --worker-boot-timeout-s)"
                            if workers.policy.boot_timed_out(i) else "")
                     log.error("worker %d exited with status %s while starting%s", i, proc.exitcode, why)
                     failed = workers.stopping = True  # the others are stopped and waited for, as on SIGTERM
@@ -605,7 +605,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                 workers.retire_metrics(i)
                 changed = True
                 decision = workers.policy.exited(i, now)
-                hung = (f", not ready within {config.worker_boot_timeout_s:g} s (--worker-boot-timeout-s)"
+                hung = (f", not ready within {workers.policy.boot_timeout_s:g} s (--worker-boot-timeout-s)"
                         if decision.boot_timed_out else "")
                 if isinstance(decision, GiveUp):
                     log.error("worker %d (pid %d) failed to boot %d times in a row (last exit: %s%s): stopping the "
@@ -615,7 +615,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     stop.set()
                     break
                 delay = decision.delay_s
-                not_ready = (f"not ready within {config.worker_boot_timeout_s:g} s, --worker-boot-timeout-s"
+                not_ready = (f"not ready within {workers.policy.boot_timeout_s:g} s, --worker-boot-timeout-s"
                              if decision.boot_timed_out else "not ready yet")
                 booting = (f" (it was {not_ready}: boot failure {decision.boot_failures} of "
                            f"{workers.policy.max_boot_failures} in a row)" if decision.boot_failures else "")
