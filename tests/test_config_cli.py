@@ -124,6 +124,12 @@ _BAD_SETTINGS = [
     ("model_load_timeout_s", None),
     ("max_npz_bytes", 0),
     ("max_npz_bytes", None),
+    # a worker that hangs while starting was waited for forever: the boot timeout is finite and positive, or off
+    ("worker_boot_timeout_s", 0.0),
+    ("worker_boot_timeout_s", -1.0),
+    ("worker_boot_timeout_s", math.inf),
+    ("worker_boot_timeout_s", 172_801.0),
+    ("worker_boot_timeout_s", "600"),
 ]
 
 
@@ -139,13 +145,15 @@ def test_validate_names_the_setting(name: str, value: object) -> None:
     [("max_queue_rows", None), ("max_connections", None), ("ping_interval_s", None), ("idle_timeout_s", None),
      ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("max_delay_ms", None), ("drain_timeout_s", 0.0),
      ("port", 0), ("port", 65535), ("max_generate_batch", 4096), ("model_load_timeout_s", 0.001),
-     ("model_load_timeout_s", 86_400)],
+     ("model_load_timeout_s", 86_400), ("worker_boot_timeout_s", None), ("worker_boot_timeout_s", 0.001),
+     ("worker_boot_timeout_s", 172_800)],
 )
 def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()
 
 
-@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout_s", "ping_interval_s", "model_load_timeout_s"])
+@pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout_s", "ping_interval_s", "model_load_timeout_s",
+                                  "worker_boot_timeout_s"])
 def test_validate_refuses_nan(name: str) -> None:
     with pytest.raises(ValueError, match=flag(name)):
         ServerConfig(**{name: math.nan}).validate()
@@ -224,6 +232,24 @@ def test_key_rate_limit_is_refused_with_workers() -> None:
         config_from_args(args)
 
 
+def test_worker_boot_timeout_must_outlast_the_load_timeout_under_workers() -> None:
+    """A worker's start waits for its model loads: a boot timeout not above the load timeout would
+    kill a worker whose load the load timeout still allows, so under --workers the pair is refused
+    naming both flags and their values; one process has no supervisor, and off is always fine."""
+    assert ServerConfig().worker_boot_timeout_s == 1800.0 > ServerConfig().model_load_timeout_s
+    ServerConfig(workers=2).validate()
+    ServerConfig(workers=2, worker_boot_timeout_s=None, model_load_timeout_s=86_400).validate()
+    ServerConfig(workers=1, worker_boot_timeout_s=60).validate()
+    ServerConfig(workers=2, worker_boot_timeout_s=4, model_load_timeout_s=1).validate()
+    for boot, load in ((600, 600), (60, 600), (1800, 3600)):
+        with pytest.raises(ValueError, match=f"--worker-boot-timeout-s {boot} must be longer than "
+                                             f"--model-load-timeout-s {load}"):
+            ServerConfig(workers=2, worker_boot_timeout_s=boot, model_load_timeout_s=load).validate()
+    args = build_parser().parse_args(["serve", "--workers", "2", "--worker-boot-timeout", "60"])
+    with pytest.raises(ValueError, match="--worker-boot-timeout-s 60 must be longer than --model-load-timeout-s 600"):
+        config_from_args(args)
+
+
 def test_validate_transport() -> None:
     assert ServerConfig().transport == "websockets"
     ServerConfig(transport="picows").validate()
@@ -279,6 +305,13 @@ def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypat
         (["serve", "--model-load-timeout", "inf"], ["--model-load-timeout", "(0, 86400]", "inf"]),
         (["serve", "--model-load-timeout", "nan"], ["--model-load-timeout", "(0, 86400]"]),
         (["serve", "--model-load-timeout", "soon"], ["--model-load-timeout", "'soon'"]),
+        (["serve", "--worker-boot-timeout-s", "-1"], ["--worker-boot-timeout-s", "(0, 172800]", "-1"]),
+        (["serve", "--worker-boot-timeout-s", "inf"], ["--worker-boot-timeout-s", "(0, 172800]", "inf"]),
+        (["serve", "--worker-boot-timeout-s", "nan"], ["--worker-boot-timeout-s", "(0, 172800]"]),
+        (["serve", "--worker-boot-timeout-s", "172801"], ["--worker-boot-timeout-s", "(0, 172800]"]),
+        (["serve", "--worker-boot-timeout", "soon"], ["--worker-boot-timeout", "'soon'"]),
+        (["serve", "--workers", "2", "--worker-boot-timeout-s", "600"],
+         ["--worker-boot-timeout-s 600", "--model-load-timeout-s 600"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
         (["serve", "--transport", "trio"], ["--transport", "trio"]),
         (["serve", "--transport", "picows", "--compression"], ["--compression", "--transport picows"]),
@@ -425,7 +458,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "--max-connections", "10", "--max-write-buffer-bytes", "65536",
         "--drain-timeout-s", "1.5", "--slow-consumer-timeout-s", "2", "--ping-interval-s", "0", "--ping-timeout-s", "5",
         "--idle-timeout-s", "30", "--auth-timeout-s", "3", "--handshake-timeout-s", "4", "--close-timeout-s", "6",
-        "--model-load-timeout-s", "45", "--max-npz-bytes", "1048576", "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
+        "--model-load-timeout-s", "45", "--worker-boot-timeout-s", "90", "--max-npz-bytes", "1048576", "--api-key", "k1", "--api-key", "k2", "--api-key-file", str(key_file), "--metrics-key", "mk",
         "--allow-origin", "https://a.example", "--allow-origin", "https://b.example", "--require-origin",
         "--certfile", str(cert), "--keyfile", str(key), "--compression",
         "--rate-limit-per-s", "20", "--rate-limit-burst", "40", "--key-rate-limit-per-s", "100",
@@ -439,7 +472,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         max_connections=10, max_write_buffer_bytes=65536,
         drain_timeout_s=1.5, slow_consumer_timeout_s=2.0, ping_interval_s=None, ping_timeout_s=5.0,
         idle_timeout_s=30.0, auth_timeout_s=3.0, handshake_timeout_s=4.0, close_timeout_s=6.0,
-        model_load_timeout_s=45.0, max_npz_bytes=1 << 20, api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
+        model_load_timeout_s=45.0, worker_boot_timeout_s=90.0, max_npz_bytes=1 << 20, api_key=frozenset({"k1", "k2", "env1", "env2", "file1", "file2"}), metrics_key="mk",
         allow_origin=("https://a.example", "https://b.example"), require_origin=True,
         certfile=cert, keyfile=key, compression=True,
         rate_limit_per_s=20.0, rate_limit_burst=40, key_rate_limit_per_s=100.0,
@@ -449,8 +482,9 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_older_flag_spellings_are_aliases() -> None:
     assert _config("--drain-timeout", "2", "--ping-interval", "3", "--rate-limit", "4", "--rate-burst", "5",
-                   "--model-load-timeout", "6.5") == ServerConfig(
-        drain_timeout_s=2.0, ping_interval_s=3.0, rate_limit_per_s=4.0, rate_limit_burst=5, model_load_timeout_s=6.5
+                   "--model-load-timeout", "6.5", "--worker-boot-timeout", "7.5") == ServerConfig(
+        drain_timeout_s=2.0, ping_interval_s=3.0, rate_limit_per_s=4.0, rate_limit_burst=5, model_load_timeout_s=6.5,
+        worker_boot_timeout_s=7.5,
     )
 
 
@@ -464,6 +498,8 @@ def test_older_flag_spellings_are_aliases() -> None:
         (["--rate-limit-per-s", "0"], "rate_limit_per_s", None),
         (["--max-delay-ms", "0"], "max_delay_ms", None),
         (["--max-delay-ms", "off"], "max_delay_ms", None),
+        (["--worker-boot-timeout-s", "off"], "worker_boot_timeout_s", None),
+        (["--worker-boot-timeout-s", "0"], "worker_boot_timeout_s", None),
         (["--models", "charlm"], "models", ("charlm",)),
     ],
 )

@@ -302,6 +302,58 @@ def test_the_restart_policy_gives_up_on_a_worker_that_never_boots() -> None:
         RestartPolicy(max_boot_failures=0)
 
 
+def test_the_restart_policy_stops_a_worker_that_does_not_boot_in_time() -> None:
+    """The boot timeout, decided without processes or a clock: a start not ready ``boot_timeout_s``
+    after it began gets Terminate, then Kill ``kill_grace_s`` later, each once; its death is a boot
+    failure (however it ended) and MAX_BOOT_FAILURES of them in a row give up; a ready message after
+    the timeout does not rescue the start; a ready worker, and a policy without a timeout, never
+    time out.  The old policy had no boot timeout: a hung worker was waited for forever."""
+    from wsserve.supervisor import GiveUp, Kill, Restart, RestartPolicy, Terminate
+
+    policy = RestartPolicy(max_boot_failures=3, stable_s=30.0, boot_timeout_s=10.0, kill_grace_s=2.0)
+    policy.started(0, now=100.0)
+    assert policy.boot_deadline(0) == 110.0
+    assert policy.boot_overdue(0, now=109.9) is None
+    assert policy.boot_overdue(0, now=110.0) == Terminate(index=0, timeout_s=10.0)
+    assert policy.boot_timed_out(0) and policy.boot_deadline(0) == 112.0
+    assert policy.boot_overdue(0, now=111.0) is None  # answered once; the grace runs
+    policy.ready(0)  # too late: it is being stopped
+    assert not policy.is_ready(0)
+    assert policy.boot_overdue(0, now=112.0) == Kill(index=0, grace_s=2.0)
+    assert policy.boot_overdue(0, now=500.0) is None and policy.boot_deadline(0) is None
+    assert policy.exited(0, now=112.5) == Restart(delay_s=0.0, boot_failures=1, boot_timed_out=True)
+    # the next start is timed from its own start; one that exits after its SIGTERM is no different
+    policy.started(0, now=113.0)
+    assert not policy.boot_timed_out(0)
+    assert policy.boot_overdue(0, now=122.0) is None
+    assert policy.boot_overdue(0, now=123.5) == Terminate(index=0, timeout_s=10.0)
+    assert policy.exited(0, now=124.0) == Restart(delay_s=0.5, boot_failures=2, boot_timed_out=True)
+    policy.started(0, now=125.0)
+    assert policy.boot_overdue(0, now=135.0) == Terminate(index=0, timeout_s=10.0)
+    assert policy.boot_overdue(0, now=137.0) == Kill(index=0, grace_s=2.0)
+    assert policy.exited(0, now=137.1) == GiveUp(boot_failures=3, boot_timed_out=True)
+    # a worker ready in time never times out, however long it then runs
+    policy.started(1, now=0.0)
+    policy.ready(1)
+    assert policy.boot_overdue(1, now=10_000.0) is None and policy.boot_deadline(1) is None
+    # a timed-out start counts with the crashes before it; a start ready in time resets the count
+    policy.started(2, now=0.0)
+    assert policy.exited(2, now=1.0) == Restart(delay_s=0.0, boot_failures=1)
+    policy.started(2, now=1.0)
+    assert policy.boot_overdue(2, now=11.0) == Terminate(index=2, timeout_s=10.0)
+    assert policy.exited(2, now=11.0) == Restart(delay_s=0.5, boot_failures=2, boot_timed_out=True)
+    policy.started(2, now=12.0)
+    policy.ready(2)
+    assert policy.exited(2, now=13.0) == Restart(delay_s=1.0, boot_failures=0)
+    # no boot timeout (--worker-boot-timeout-s off): never overdue
+    off = RestartPolicy()
+    off.started(0, now=0.0)
+    assert off.boot_overdue(0, now=1e9) is None and off.boot_deadline(0) is None
+    for bad in ({"boot_timeout_s": 0.0}, {"boot_timeout_s": -1.0}, {"kill_grace_s": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RestartPolicy(**bad)
+
+
 class _FakeProc:
     """A worker process as the supervisor sees it; ``on_is_alive`` runs at the next ``is_alive``
     check (what the process does just before the supervisor looks)."""
@@ -342,10 +394,12 @@ class _FakePipe:
         pass
 
 
-async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[int, list[int], str]:
-    """Run the supervisor of 2 workers (``max_boot_failures=1``) over fake processes, each start
-    scripted by ``script(index, nth start of that index, proc, pipe)``; return its exit status, the
-    indexes started in order and its log."""
+async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any, **policy: Any) -> tuple[int, list[int], str]:
+    """Run the supervisor of 2 workers (``max_boot_failures=1``, and ``policy``'s other
+    :class:`RestartPolicy` settings) over fake processes, each start scripted by ``script(index,
+    nth start of that index, proc, pipe)``; return its exit status, the indexes started in order and
+    its log.  A signal the supervisor sends one worker runs that fake's ``on_signal(sig)`` if it
+    has one (else the signal kills it)."""
     from wsserve import supervisor
     from wsserve.config import ServerConfig
 
@@ -354,7 +408,7 @@ async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[
     class Workers(supervisor._Workers):
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
-            self.policy = supervisor.RestartPolicy(max_boot_failures=1)
+            self.policy = supervisor.RestartPolicy(max_boot_failures=1, **policy)
 
         def start(self, index: int) -> None:  # the real one spawns a process
             starts.append(index)
@@ -367,6 +421,12 @@ async def _supervise_fakes(monkeypatch: Any, caplog: Any, script: Any) -> tuple[
             for proc in self.procs.values():
                 if proc.alive:
                     proc.die(-sig)
+
+        def signal(self, index: int, sig: int) -> None:  # the real one calls os.kill
+            proc = self.procs[index]
+            if proc.alive:
+                handler = getattr(proc, "on_signal", None)
+                handler(sig) if handler is not None else proc.die(-sig)
 
     monkeypatch.setattr(supervisor, "_Workers", Workers)
     with caplog.at_level("INFO", logger="wsserve.supervisor"):
@@ -419,6 +479,40 @@ async def test_a_ready_message_sent_just_before_the_death_does_not_fail_the_star
     status, starts, log = await _supervise_fakes(monkeypatch, caplog, script)
     assert status == 1 and starts.count(1) == 2 and "while starting" not in log, log
     assert re.search(r"worker 1 \(pid \d+\) exited with status 3: restarting it now\n", log), log
+
+
+async def test_a_ready_message_after_the_boot_timeout_does_not_save_the_start(monkeypatch, caplog, capsys) -> None:
+    """Fake processes, a real clock (tiny timeouts): worker 1 never says it is ready until its boot
+    timeout's SIGTERM, then sends its ready message late and does not exit.  The supervisor does not
+    take it as ready (no ready line): it kills it after the grace, and its death fails the start,
+    naming the timeout.  The old supervisor had no boot timeout and waited for it forever."""
+    signals: list[int] = []  # what worker 1 was sent
+
+    def script(index: int, nth: int, proc: _FakeProc, pipe: _FakePipe) -> None:
+        if index == 0:
+            pipe.messages.append(("ready", index, proc.pid))
+            return
+        def on_signal(sig: int) -> None:
+            signals.append(sig)
+            if sig == signal.SIGTERM:
+                pipe.messages.append(("ready", index, proc.pid))  # too late
+            else:
+                proc.die(-sig)
+
+        proc.on_signal = on_signal  # type: ignore[attr-defined]
+
+    async with asyncio.timeout(60):  # a guard against the old endless wait, not a timing bound
+        status, starts, log = await _supervise_fakes(monkeypatch, caplog, script, boot_timeout_s=0.05,
+                                                     kill_grace_s=0.05)
+    assert status == 1 and starts == [0, 1], log
+    assert re.search(r"worker 1 \(pid \d+\) was not ready within 0.05 s of its start \(--worker-boot-timeout-s\): "
+                     r"stopping it \(SIGTERM, SIGKILL in 0.05 s\)\n", log), log
+    assert re.search(r"worker 1 \(pid \d+\) still running 0.05 s after its SIGTERM \(boot timeout\): killing it\n",
+                     log), log
+    assert "worker 1 exited with status -9 while starting (it was not ready within 0.05 s: --worker-boot-timeout-s)" \
+        in log, log
+    assert signals == [signal.SIGTERM, signal.SIGKILL]
+    assert "ready on" not in capsys.readouterr().out
 
 
 async def test_a_worker_that_keeps_dying_is_restarted_with_backoff(model_cache: Path) -> None:
@@ -878,3 +972,103 @@ def test_a_restarted_worker_serves_the_grpc_port_again(model_cache: Path) -> Non
         assert _owners(_tcp_inodes(port, LISTEN), pids) == set(pids)
     finally:
         assert server.stop() == 0
+
+
+# -- --worker-boot-timeout-s: a worker that hangs while starting -----------------------------------
+
+#: A model.py whose load hangs where no load timeout reaches (when ``{condition}`` holds): a C call
+#: made through ``ctypes.PyDLL`` keeps the GIL while it waits (``pause()``), as a backend deadlocked
+#: holding the GIL does, so the worker's event loop (and the load timeout it runs) never runs again.
+#: Such a worker neither says it is ready nor exits; SIGTERM cannot run its Python handler either.
+_HANGS_WHILE_LOADING = (
+    "import ctypes, multiprocessing, os\n"
+    "class Model:\n"
+    "    def __init__(self, d):\n"
+    "        if {condition}:\n"
+    "            libc = ctypes.PyDLL(None)\n"
+    "            while True:\n"
+    "                libc.pause()\n"
+    "    def predict(self, x):\n"
+    "        return x\n")
+#: Small timeouts so the tests run fast; the boot timeout must exceed the load timeout.
+_BOOT_FLAGS = ("--model-load-timeout-s", "1", "--worker-boot-timeout-s", "4")
+
+
+def _hanging_repository(root: Path, condition: str) -> Path:
+    """A model repository of one model.py model whose load hangs when ``condition`` holds."""
+    model = root / "repo" / "hangs"
+    (model / "1").mkdir(parents=True)
+    (model / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    (model / "1" / "model.py").write_text(_HANGS_WHILE_LOADING.format(condition=condition))
+    return model.parent
+
+
+def _boot_timeouts(server: ServerProcess) -> dict[str, float]:
+    """``worker index -> wsserve_worker_boot_timeouts_total`` in one scrape."""
+    m = server.metrics()
+    return {dict(labels)["worker"]: v for (name, labels), v in m.samples.items()
+            if name == "wsserve_worker_boot_timeouts_total"}
+
+
+def test_a_worker_that_hangs_while_the_server_starts_is_killed_and_fails_the_start(model_cache: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Worker 1 hangs loading its models (the GIL held: its load timeout cannot fire): past
+    --worker-boot-timeout-s the supervisor names it and the timeout, stops it (SIGTERM, then
+    SIGKILL), and its death fails the start as a crash does: the other worker is drained and the
+    supervisor exits 1, leaving nothing running.  It waited for the ready message forever."""
+    repo = _hanging_repository(tmp_path, "multiprocessing.current_process().name == 'wsserve-worker-1'")
+    run = subprocess.run([sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0",
+                          "--workers", "2", "--models", "linear", "--model-repository", str(repo), *_BOOT_FLAGS,
+                          "--cache-dir", str(model_cache)], cwd=ROOT, env=child_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert re.search(r"worker 1 \(pid \d+\) was not ready within 4 s of its start \(--worker-boot-timeout-s\): "
+                     r"stopping it \(SIGTERM, SIGKILL in 5 s\)", run.stderr), run.stderr[-3000:]
+    assert re.search(r"worker 1 exited with status -?\d+ while starting \(it was not ready within 4 s: "
+                     r"--worker-boot-timeout-s\)", run.stderr), run.stderr[-3000:]
+    assert "ready" not in run.stdout and "worker 0 (pid" not in run.stderr
+    assert "[worker 0] wsserve.server: received SIGTERM: draining" in run.stderr, run.stderr[-3000:]
+    assert "wsserve.supervisor: stopped" in run.stderr
+    pids = _worker_pids_in(run.stderr)
+    assert set(pids) == {"0", "1"} and not any(_running(pid) for pid in pids.values())
+
+
+def test_a_worker_that_keeps_hanging_at_boot_is_restarted_then_stops_the_server(model_cache: Path,
+                                                                                 tmp_path: Path) -> None:
+    """Once the server runs, a worker whose restarts all hang while loading is stopped at each
+    boot timeout (counted in ``wsserve_worker_boot_timeouts_total``), restarted, and after
+    MAX_BOOT_FAILURES such starts in a row the supervisor gives up as for boot crashes: it names
+    the worker, the count and the timeout, drains the other worker and exits 1.  It waited for the
+    first hung restart forever."""
+    from wsserve.supervisor import MAX_BOOT_FAILURES
+
+    hang = tmp_path / "hang"
+    repo = _hanging_repository(tmp_path, f"os.path.exists({str(hang)!r})")
+    server = ServerProcess("--workers", "2", "--models", "linear", "--model-repository", str(repo), *_BOOT_FLAGS,
+                           cache_dir=model_cache)
+    try:
+        pids = _worker_pids(server)
+        assert _boot_timeouts(server) == {"0": 0, "1": 0}
+        hang.touch()
+        os.kill(pids["1"], signal.SIGKILL)
+        # scrape once the supervisor saw the death (a connection could land in the killed worker's
+        # socket until then); a hung worker never listens: it hangs loading, before it binds the port
+        wait_until(lambda: "restarting it" in server.stderr_text(), 30, what="the restart log line")
+        # the first hung restart is stopped and counted, on the other worker's /metrics
+        wait_until(lambda: _boot_timeouts(server).get("1", 0) >= 1, 60, what="a boot timeout of worker 1 counted")
+        assert _boot_timeouts(server)["0"] == 0
+        assert server.wait(300) == 1, server.stderr_text()[-3000:]
+    finally:
+        server.stop()
+    wait_until(lambda: "wsserve.supervisor: stopped" in server.stderr_text(), 30, what="the supervisor's last line")
+    log = server.stderr_text()
+    stopped = re.findall(r"worker 1 \(pid (\d+)\) was not ready within 4 s of its start \(--worker-boot-timeout-s\): "
+                         r"stopping it", log)
+    assert len(stopped) == MAX_BOOT_FAILURES, log[-3000:]
+    assert len(set(stopped)) == MAX_BOOT_FAILURES and str(pids["1"]) not in stopped  # each restart once
+    assert [int(n) for n in re.findall(r"not ready within 4 s, --worker-boot-timeout-s: boot failure (\d) of 5 in a "
+                                       r"row", log)] == list(range(1, MAX_BOOT_FAILURES))
+    assert re.search(rf"worker 1 \(pid {stopped[-1]}\) failed to boot {MAX_BOOT_FAILURES} times in a row \(last exit: "
+                     r"[^\n]*, not ready within 4 s \(--worker-boot-timeout-s\)\): stopping the server", log), log[-3000:]
+    assert "[worker 0] wsserve.server: received SIGTERM: draining" in log, log[-3000:]
+    assert not any(_running(pid) for pid in _worker_pids_in(log).values())

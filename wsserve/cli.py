@@ -19,6 +19,7 @@ from .config import (
     DEFAULT_MODELS,
     LOG_FORMATS,
     MAX_SEED,
+    MAX_WORKER_BOOT_TIMEOUT_S,
     TRANSPORTS,
     ServerConfig,
     check_model_load_timeout,
@@ -84,6 +85,20 @@ def _load_timeout(text: str) -> float:
         return check_model_load_timeout(value, "the load timeout")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _boot_timeout(text: str) -> float | None:
+    """Seconds in (0, MAX_WORKER_BOOT_TIMEOUT_S], or off/none/0 for no limit (None)."""
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds or off, got {text!r}") from None
+    if not 0 < value <= MAX_WORKER_BOOT_TIMEOUT_S:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {MAX_WORKER_BOOT_TIMEOUT_S:g}] or off, "
+                                         f"got {text}")
+    return value
 
 
 def _models(text: str) -> tuple[str, ...]:
@@ -185,6 +200,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("model_load_timeout_s", "--model-load-timeout", group=g, type=_load_timeout, default=d.model_load_timeout_s,
         help="time one model version may take to load and warm up before it is failed and its thread abandoned "
              "(default %(default)g; config.toml's model_load_timeout_s overrides it per model)")
+    opt("worker_boot_timeout_s", "--worker-boot-timeout", group=g, type=_boot_timeout, default=d.worker_boot_timeout_s,
+        help="with --workers: time a worker may take from its start to ready (models loaded, listening); past it "
+             "the supervisor stops it (SIGTERM, SIGKILL 5 s later) and counts a boot failure (5 in a row stop the "
+             "server, exit 1); must exceed --model-load-timeout-s (default %(default)g; off disables)")
     opt("handshake_timeout_s", group=g, type=_non_negative, default=d.handshake_timeout_s,
         help="time a client has to send a whole HTTP request, or to complete a gRPC connection's "
              "HTTP/2 handshake (default %(default)s)")

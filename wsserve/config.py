@@ -22,7 +22,8 @@ from pathlib import Path
 from .tracing import check_endpoint
 
 __all__ = ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
-           "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout"]
+           "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout",
+           "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
@@ -37,6 +38,15 @@ MAX_DELAY_MS = 60_000
 DEFAULT_MODEL_LOAD_TIMEOUT_S = 600.0
 #: The longest load timeout (--model-load-timeout-s, config.toml's model_load_timeout_s): a day.
 MAX_MODEL_LOAD_TIMEOUT_S = 86_400.0
+#: --worker-boot-timeout-s's default: the time a ``--workers`` worker may take from its start to its ready
+#: message before the supervisor stops it (SIGTERM, then SIGKILL) and counts a boot failure.  Thirty minutes,
+#: three default load timeouts: a worker's start is mostly its initial loads (4 at a time, each bounded by
+#: --model-load-timeout-s), so a slow legitimate start, or one whose hung load the load timeout fails, ends
+#: well within it; what it catches is a worker stuck where no load timeout reaches (its event loop blocked,
+#: e.g. a backend deadlocked holding the GIL, or a filesystem read that never returns on the loop).
+DEFAULT_WORKER_BOOT_TIMEOUT_S = 1800.0
+#: The longest boot timeout: two days, above the longest load timeout (it must exceed the load timeout).
+MAX_WORKER_BOOT_TIMEOUT_S = 2 * 86_400.0
 #: The most sequences a generative model steps together (--max-generate-batch): each slot holds a
 #: noise block allocated up front (up to 512 KiB a slot: 16 rows of the vocabulary, or 65,536 values).
 MAX_GENERATE_BATCH = 4096
@@ -158,6 +168,7 @@ class ServerConfig:
     auth_timeout_s: float = 5.0  # time a connection may stay unauthenticated (with api_key)
     handshake_timeout_s: float = 10.0  # time to send a whole HTTP request (408 after it)
     close_timeout_s: float = 10.0  # time the client has to answer our close frame
+    worker_boot_timeout_s: float | None = DEFAULT_WORKER_BOOT_TIMEOUT_S  # --workers: start -> ready; None: no limit
 
     # Logging
     log_format: str = "text"  # text | json (one JSON object per line)
@@ -246,6 +257,7 @@ class ServerConfig:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
         check_model_load_timeout(self.model_load_timeout_s, flag("model_load_timeout_s"))
+        self._check_worker_boot_timeout()
         if self.max_delay_ms is not None and self.max_delay_ms > MAX_DELAY_MS:
             raise ValueError(f"{flag('max_delay_ms')} must be at most {MAX_DELAY_MS} (a minute), got {self.max_delay_ms!r}")
         if self.transport not in TRANSPORTS:
@@ -297,6 +309,23 @@ class ServerConfig:
         if self.certfile is not None and self.keyfile is not None:
             _check_tls_files(Path(self.certfile), Path(self.keyfile))
         return self
+
+    def _check_worker_boot_timeout(self) -> None:
+        """Raise ``ValueError`` naming the flag unless ``worker_boot_timeout_s`` is off (None) or a number of
+        seconds in (0, :data:`MAX_WORKER_BOOT_TIMEOUT_S`]; under ``--workers`` it must also be longer than
+        ``model_load_timeout_s`` (a worker's start waits for its loads: a shorter one would kill a worker
+        whose load the load timeout still allows)."""
+        value = self.worker_boot_timeout_s
+        if value is None:
+            return
+        if type(value) not in (int, float) or not math.isfinite(value) or not 0 < value <= MAX_WORKER_BOOT_TIMEOUT_S:
+            raise ValueError(f"{flag('worker_boot_timeout_s')} must be a number of seconds in "
+                             f"(0, {MAX_WORKER_BOOT_TIMEOUT_S:g}] or off, got {value!r}")
+        if self.workers > 1 and value <= self.model_load_timeout_s:
+            raise ValueError(f"{flag('worker_boot_timeout_s')} {value:g} must be longer than "
+                             f"{flag('model_load_timeout_s')} {self.model_load_timeout_s:g}: a worker's start waits "
+                             "for its model loads, so a worker would be killed while a load it allows still runs; "
+                             f"raise {flag('worker_boot_timeout_s')} (or turn it off)")
 
     def url(self, port: int) -> str:
         """The server's WebSocket URL on ``port``: ``ws://`` (``wss://`` with TLS), the host

@@ -184,13 +184,16 @@ def fold_dead_snapshot(retired: dict[str, Any] | None, dead: dict[str, Any]) -> 
     return out
 
 
-def supervisor_snapshot(restarts: Mapping[int, int], backoff_s: Mapping[int, float], *, pid: int) -> dict[str, Any]:
+def supervisor_snapshot(restarts: Mapping[int, int], backoff_s: Mapping[int, float], *, pid: int,
+                        boot_timeouts: Mapping[int, int] | None = None) -> dict[str, Any]:
     """The ``--workers`` supervisor's figures as a snapshot the workers' ``/metrics`` merges
     (the supervisor writes it as ``supervisor.json`` next to the workers' snapshots).
 
     ``restarts``: restarts the supervisor made of each worker index (0 for one never restarted,
     so the series exists before its first increment); ``backoff_s``: for each index, the delay
-    of its pending restart while the dead worker waits in backoff, 0 otherwise.  One entry per
+    of its pending restart while the dead worker waits in backoff, 0 otherwise; ``boot_timeouts``:
+    the workers of each index stopped for their boot timeout (None: 0 for each index of
+    ``restarts``).  One entry per
     worker index, so the file does not grow with restarts.  The result has the shape of a
     worker's snapshot — ``counters`` (summed by the merge like any worker's), no histograms
     or model statistics — with ``alive`` false because the supervisor serves nothing and has
@@ -198,7 +201,8 @@ def supervisor_snapshot(restarts: Mapping[int, int], backoff_s: Mapping[int, flo
     ``worker_gauges``.  Pure: no clock, no file."""
     return {
         "worker": "supervisor", "pid": pid, "alive": False,
-        "counters": {"worker_restarts": {str(i): n for i, n in sorted(restarts.items())}},
+        "counters": {"worker_restarts": {str(i): n for i, n in sorted(restarts.items())},
+                     "worker_boot_timeouts": {str(i): (boot_timeouts or {}).get(i, 0) for i in sorted(restarts)}},
         "histograms": {}, "model_stats": {}, "gauges": {},
         "worker_gauges": {"restart_backoff": {str(i): float(s) for i, s in sorted(backoff_s.items())}},
     }
@@ -313,6 +317,10 @@ class _Collector(Collector):
         if per_worker:  # the supervisor's figures (supervisor_snapshot); one process has no supervisor
             yield counter("wsserve_worker_restarts", "Restarts of a dead worker process by the --workers supervisor.",
                           ["worker"], counters.get("worker_restarts", {}))
+            yield counter("wsserve_worker_boot_timeouts",
+                          "Workers the --workers supervisor stopped because they were not ready within "
+                          "--worker-boot-timeout-s of their start (each also a boot failure).",
+                          ["worker"], counters.get("worker_boot_timeouts", {}))
             backoff: dict[str, float] = {}
             for snap in snaps:
                 backoff.update(snap.get("worker_gauges", {}).get("restart_backoff", {}))

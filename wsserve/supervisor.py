@@ -23,7 +23,13 @@ The supervisor:
    instead of an endless crash loop.  A worker that dies *after* it was ready
    is restarted as before, and its readiness resets its count.  While the
    server starts, a worker that dies before its ready message fails the start
-   at once (exit 1).  The decisions are :class:`RestartPolicy`'s (no I/O);
+   at once (exit 1).  A worker that *hangs* while starting (no ready message, no exit: a
+   backend deadlocked holding the GIL, a read that never returns on its event loop, where
+   ``--model-load-timeout-s`` cannot reach) is stopped once ``--worker-boot-timeout-s`` has passed
+   since its start: SIGTERM, then SIGKILL :data:`BOOT_KILL_GRACE_S` later if it is still there
+   (gunicorn's ``--timeout``, Kubernetes' startupProbe), with a log line naming the worker and the
+   timeout; its death is a boot failure like any other (while the server starts: it fails the
+   start).  The decisions, timeouts included, are :class:`RestartPolicy`'s (no I/O, ``now`` given);
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
    (a worker still alive after the drain timeout plus a margin is killed); a
@@ -52,7 +58,9 @@ shows the restarts as Kubernetes shows a pod's:
   (``kube_pod_container_status_waiting_reason``); the delay says as much (> 0: waiting,
   not serving) and also how deep the crash loop is (it doubles with each quick death, up
   to 30 s).  It is the delay, not the time left, so it holds between the supervisor's
-  writes and the file is only rewritten when something changes.
+  writes and the file is only rewritten when something changes;
+- ``wsserve_worker_boot_timeouts_total{worker}`` — workers the supervisor stopped because they
+  were not ready within ``--worker-boot-timeout-s`` (each also counts as a boot failure).
 
 Both are absent without ``--workers``: one process has no supervisor, and whatever
 restarts it (systemd, Kubernetes) counts its restarts.  The file is written atomically
@@ -81,7 +89,7 @@ from ._version import __version__
 from .config import ServerConfig
 from .metrics import fold_dead_snapshot, supervisor_snapshot
 
-__all__ = ["GiveUp", "Restart", "RestartPolicy", "restart_delay", "run_supervisor"]
+__all__ = ["GiveUp", "Kill", "Restart", "RestartPolicy", "Terminate", "restart_delay", "run_supervisor"]
 
 log = logging.getLogger("wsserve.supervisor")
 
@@ -94,6 +102,9 @@ RESTART_BASE_S = 0.5
 RESTART_MAX_S = 30.0
 #: Exits in a row of one worker index before it ever was ready after which the supervisor gives up.
 MAX_BOOT_FAILURES = 5
+#: How long a worker stopped for its boot timeout (SIGTERM) may take to exit before it is killed (SIGKILL).
+#: A worker stopped while starting abandons its loads and exits within ~2 s (its stuck threads' grace).
+BOOT_KILL_GRACE_S = 5.0
 
 
 def restart_delay(quick_deaths: int) -> float:
@@ -108,18 +119,40 @@ def restart_delay(quick_deaths: int) -> float:
 @dataclasses.dataclass(frozen=True)
 class Restart:
     """:meth:`RestartPolicy.exited`'s answer: restart the worker in ``delay_s`` seconds.
-    ``boot_failures``: its exits in a row before it was ready, this one included (0: it was ready)."""
+    ``boot_failures``: its exits in a row before it was ready, this one included (0: it was ready);
+    ``boot_timed_out``: this start overran the boot timeout (:class:`Terminate` was given for it)."""
 
     delay_s: float
     boot_failures: int
+    boot_timed_out: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class GiveUp:
     """:meth:`RestartPolicy.exited`'s answer: the worker failed to boot ``boot_failures`` times
-    in a row; stop the server and exit non-zero."""
+    in a row; stop the server and exit non-zero.  ``boot_timed_out``: the last start overran the
+    boot timeout."""
 
     boot_failures: int
+    boot_timed_out: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Terminate:
+    """:meth:`RestartPolicy.boot_overdue`'s answer: worker ``index`` was not ready within
+    ``timeout_s`` of its start; send it SIGTERM."""
+
+    index: int
+    timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    """:meth:`RestartPolicy.boot_overdue`'s answer: worker ``index`` is still alive ``grace_s``
+    after its :class:`Terminate`; send it SIGKILL."""
+
+    index: int
+    grace_s: float
 
 
 @dataclasses.dataclass
@@ -130,21 +163,33 @@ class _Slot:
     ready: bool = False
     quick_deaths: int = 0  # deaths in a row within stable_s of the start
     boot_failures: int = 0  # deaths in a row before the ready message
+    timed_out_at: float | None = None  # when this start's Terminate was given
+    killed: bool = False  # this start's Kill was given
 
 
 class RestartPolicy:
     """What the supervisor does when a worker exits; no processes, no clock (``now`` is given).
 
     Call order per worker index: :meth:`started` at each start, :meth:`ready` when its ready
-    message arrives (at most once per start), :meth:`exited` when it is found dead; then
-    :meth:`started` again if the answer was a :class:`Restart`.  :meth:`exited` for an index never
-    started raises ``KeyError``."""
+    message arrives (at most once per start), :meth:`boot_overdue` whenever it is found alive and
+    not ready, :meth:`exited` when it is found dead; then :meth:`started` again if the answer was a
+    :class:`Restart`.  Any of them but :meth:`started` for an index never started raises ``KeyError``.
 
-    def __init__(self, *, max_boot_failures: int = MAX_BOOT_FAILURES, stable_s: float = STABLE_S) -> None:
+    ``boot_timeout_s``: a start not ready that long after :meth:`started` is overdue (None: never);
+    ``kill_grace_s``: how long after its :class:`Terminate` it gets :class:`Kill`."""
+
+    def __init__(self, *, max_boot_failures: int = MAX_BOOT_FAILURES, stable_s: float = STABLE_S,
+                 boot_timeout_s: float | None = None, kill_grace_s: float = BOOT_KILL_GRACE_S) -> None:
         if max_boot_failures < 1:
             raise ValueError(f"max_boot_failures must be >= 1, got {max_boot_failures}")
+        if boot_timeout_s is not None and not boot_timeout_s > 0:
+            raise ValueError(f"boot_timeout_s must be > 0 or None, got {boot_timeout_s}")
+        if not kill_grace_s >= 0:
+            raise ValueError(f"kill_grace_s must be >= 0, got {kill_grace_s}")
         self.max_boot_failures = max_boot_failures
         self.stable_s = stable_s
+        self.boot_timeout_s = boot_timeout_s
+        self.kill_grace_s = kill_grace_s
         self._slots: dict[int, _Slot] = {}
 
     def started(self, index: int, now: float) -> None:
@@ -153,12 +198,49 @@ class RestartPolicy:
         if slot is None:
             self._slots[index] = _Slot(started_at=now)
         else:
-            slot.started_at, slot.ready = now, False
+            slot.started_at, slot.ready, slot.timed_out_at, slot.killed = now, False, None, False
 
     def ready(self, index: int) -> None:
-        """Worker ``index`` said it is ready: it booted, so its boot-failure count starts again."""
+        """Worker ``index`` said it is ready: it booted, so its boot-failure count starts again.
+        A ready message after the start overran its boot timeout is ignored: that worker is being
+        stopped, and its death is a boot failure (a worker always a little slower than the
+        timeout would otherwise reset its count at each start and be restarted forever)."""
         slot = self._slots[index]
+        if slot.timed_out_at is not None:
+            return
         slot.ready, slot.boot_failures = True, 0
+
+    def boot_overdue(self, index: int, now: float) -> Terminate | Kill | None:
+        """What to do at ``now`` about worker ``index``, alive and not ready: :class:`Terminate` once
+        ``boot_timeout_s`` has passed since its start, :class:`Kill` once ``kill_grace_s`` has passed
+        since that; each is answered once per start, None otherwise (and always when it is ready or
+        there is no boot timeout)."""
+        slot = self._slots[index]
+        if self.boot_timeout_s is None or slot.ready or slot.killed:
+            return None
+        if slot.timed_out_at is None:
+            if now - slot.started_at < self.boot_timeout_s:
+                return None
+            slot.timed_out_at = now
+            return Terminate(index, self.boot_timeout_s)
+        if now - slot.timed_out_at < self.kill_grace_s:
+            return None
+        slot.killed = True
+        return Kill(index, self.kill_grace_s)
+
+    def boot_deadline(self, index: int) -> float | None:
+        """The time at which :meth:`boot_overdue` will next answer for worker ``index`` (None: it
+        will not: ready, no boot timeout, or already killed), so the caller knows when to look."""
+        slot = self._slots[index]
+        if self.boot_timeout_s is None or slot.ready or slot.killed:
+            return None
+        if slot.timed_out_at is None:
+            return slot.started_at + self.boot_timeout_s
+        return slot.timed_out_at + self.kill_grace_s
+
+    def boot_timed_out(self, index: int) -> bool:
+        """Whether worker ``index``'s current start overran its boot timeout."""
+        return self._slots[index].timed_out_at is not None
 
     def is_ready(self, index: int) -> bool:
         """Whether worker ``index`` said it is ready since its last start."""
@@ -168,14 +250,16 @@ class RestartPolicy:
     def exited(self, index: int, now: float) -> Restart | GiveUp:
         """Worker ``index`` was found dead at ``now``: restart it (after a delay that doubles while
         it keeps dying within ``stable_s`` of its start, :func:`restart_delay`), or give up when it
-        died before it was ready ``max_boot_failures`` times in a row."""
+        died before it was ready ``max_boot_failures`` times in a row (a death after its boot
+        timeout is one of those, however it ended)."""
         slot = self._slots[index]
         slot.quick_deaths = slot.quick_deaths + 1 if now - slot.started_at < self.stable_s else 0
+        timed_out = slot.timed_out_at is not None
         if not slot.ready:
             slot.boot_failures += 1
             if slot.boot_failures >= self.max_boot_failures:
-                return GiveUp(slot.boot_failures)
-        return Restart(restart_delay(slot.quick_deaths), slot.boot_failures)
+                return GiveUp(slot.boot_failures, timed_out)
+        return Restart(restart_delay(slot.quick_deaths), slot.boot_failures, timed_out)
 
 
 def _exit_description(exitcode: int | None) -> str:
@@ -254,13 +338,15 @@ class _Workers:
         self.pipes: dict[int, Any] = {}
         self.stopping = False
         #: each worker's starts, readiness and deaths, and what to do when one dies
-        self.policy = RestartPolicy()
+        self.policy = RestartPolicy(boot_timeout_s=config.worker_boot_timeout_s)
         #: loop time at which a dead worker is due to be restarted
         self.restart_at: dict[int, float] = {}
         #: the delay of each pending restart (``wsserve_worker_restart_backoff_seconds``)
         self.backoff_s: dict[int, float] = {}
         #: restarts made of each worker index (``wsserve_worker_restarts_total``)
         self.restarts: dict[int, int] = dict.fromkeys(range(config.workers), 0)
+        #: workers stopped for their boot timeout, per index (``wsserve_worker_boot_timeouts_total``)
+        self.boot_timeouts: dict[int, int] = dict.fromkeys(range(config.workers), 0)
 
     def start(self, index: int) -> None:
         parent, child = self.ctx.Pipe(duplex=False)
@@ -293,7 +379,39 @@ class _Workers:
         except EOFError:
             return False
         self.policy.ready(index)
-        return True
+        return self.policy.is_ready(index)  # not after its boot timeout: it is being stopped
+
+    def check_boot(self, index: int, now: float) -> bool:
+        """Act on the policy's boot-timeout answer for live worker ``index`` at ``now`` (SIGTERM,
+        or SIGKILL after the grace), with a log line; return whether the metrics changed."""
+        action = self.policy.boot_overdue(index, now)
+        if action is None:
+            return False
+        pid = self.procs[index].pid
+        if isinstance(action, Terminate):
+            log.error("worker %d (pid %d) was not ready within %g s of its start (--worker-boot-timeout-s): "
+                      "stopping it (SIGTERM, SIGKILL in %g s)", index, pid, action.timeout_s,
+                      self.policy.kill_grace_s)
+            self.boot_timeouts[index] = self.boot_timeouts.get(index, 0) + 1
+            self.signal(index, signal.SIGTERM)
+            return True
+        log.error("worker %d (pid %d) still running %g s after its SIGTERM (boot timeout): killing it", index, pid,
+                  action.grace_s)
+        self.signal(index, signal.SIGKILL)
+        return False
+
+    def boot_wait(self, now: float) -> float | None:
+        """Seconds from ``now`` until the policy's next boot-timeout answer for a live worker (None: none)."""
+        due = [self.policy.boot_deadline(i) for i in self.procs if i not in self.restart_at]
+        times = [t - now for t in due if t is not None]
+        return min(times) if times else None
+
+    def signal(self, index: int, sig: int) -> None:
+        """Send ``sig`` to worker ``index`` if it still runs."""
+        proc = self.procs[index]
+        if proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
 
     def schedule_restart(self, index: int, at: float, delay: float) -> None:
         """Restart dead worker ``index`` at loop time ``at``, ``delay`` s after its death."""
@@ -315,7 +433,8 @@ class _Workers:
         path = self.metrics_dir / "supervisor.json"
         tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(supervisor_snapshot(self.restarts, backoff, pid=os.getpid())))
+            tmp.write_text(json.dumps(supervisor_snapshot(self.restarts, backoff, pid=os.getpid(),
+                                                          boot_timeouts=self.boot_timeouts)))
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write the restart metrics: %s", exc)
@@ -440,6 +559,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             workers.start(i)
         # Wait for every worker's ready message (a worker that dies first fails the start).
         pending = set(range(config.workers))
+        failed = False  # the exit status is 1: a worker failed the start, or failed to boot too often
         while pending and not stop.is_set():
             for i in list(pending):
                 proc = workers.procs[i]
@@ -448,11 +568,15 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     pending.discard(i)
                     continue
                 if not alive:
-                    log.error("worker %d exited with status %s while starting", i, proc.exitcode)
-                    workers.stopping = True
+                    why = (f" (it was not ready within {workers.policy.boot_timeout_s:g} s: --worker-boot-timeout-s)"
+                           if workers.policy.boot_timed_out(i) else "")
+                    log.error("worker %d exited with status %s while starting%s", i, proc.exitcode, why)
+                    failed = workers.stopping = True  # the others are stopped and waited for, as on SIGTERM
                     workers.signal_all(signal.SIGTERM)
-                    _release(reserved)
-                    return 1
+                    stop.set()
+                    break
+                if workers.check_boot(i, loop.time()):
+                    workers.write_metrics()
             await asyncio.sleep(0.02)
         _release(reserved)
         if not stop.is_set():
@@ -460,7 +584,6 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             print(f"wsserve {__version__} ready on {config.url(port)} ({config.workers} workers)", flush=True)
         # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
         # asks them to stop or one fails to boot MAX_BOOT_FAILURES times in a row.
-        failed = False
         while not stop.is_set():
             now = loop.time()
             changed = False
@@ -477,19 +600,24 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                 # before it died, so it is in the pipe now, and that worker was no boot failure
                 workers.poll_ready(i)
                 if alive:
+                    changed |= workers.check_boot(i, now)
                     continue
                 workers.retire_metrics(i)
                 changed = True
                 decision = workers.policy.exited(i, now)
+                hung = (f", not ready within {workers.policy.boot_timeout_s:g} s (--worker-boot-timeout-s)"
+                        if decision.boot_timed_out else "")
                 if isinstance(decision, GiveUp):
-                    log.error("worker %d (pid %d) failed to boot %d times in a row (last exit: %s): stopping the "
-                              "server", i, proc.pid, decision.boot_failures, _exit_description(proc.exitcode))
+                    log.error("worker %d (pid %d) failed to boot %d times in a row (last exit: %s%s): stopping the "
+                              "server", i, proc.pid, decision.boot_failures, _exit_description(proc.exitcode), hung)
                     failed = workers.stopping = True
                     workers.signal_all(signal.SIGTERM)
                     stop.set()
                     break
                 delay = decision.delay_s
-                booting = (f" (it was not ready yet: boot failure {decision.boot_failures} of "
+                not_ready = (f"not ready within {workers.policy.boot_timeout_s:g} s, --worker-boot-timeout-s"
+                             if decision.boot_timed_out else "not ready yet")
+                booting = (f" (it was {not_ready}: boot failure {decision.boot_failures} of "
                            f"{workers.policy.max_boot_failures} in a row)" if decision.boot_failures else "")
                 log.error("worker %d (pid %d) exited with status %s: restarting it %s%s", i, proc.pid,
                           proc.exitcode, f"in {delay:.1f} s" if delay else "now", booting)
@@ -498,7 +626,8 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
                     workers.restart(i)
             if changed:
                 workers.write_metrics()
-            wake = min([0.5, *(t - now for t in workers.restart_at.values())])
+            boot = workers.boot_wait(now)
+            wake = min([0.5, *(t - now for t in workers.restart_at.values()), *([boot] if boot is not None else [])])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wake, 0.01)):
                     await stop.wait()
