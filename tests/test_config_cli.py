@@ -245,7 +245,7 @@ def test_worker_boot_timeout_must_outlast_the_load_timeout_under_workers() -> No
         with pytest.raises(ValueError, match=f"--worker-boot-timeout-s {boot} must be longer than "
                                              f"--model-load-timeout-s {load}"):
             ServerConfig(workers=2, worker_boot_timeout_s=boot, model_load_timeout_s=load).validate()
-    args = build_parser().parse_args(["serve", "--workers", "2", "--worker-boot-timeout", "60"])
+    args = build_parser().parse_args(["serve", "--workers", "2", "--worker-boot-timeout-s", "60"])
     with pytest.raises(ValueError, match="--worker-boot-timeout-s 60 must be longer than --model-load-timeout-s 600"):
         config_from_args(args)
 
@@ -309,7 +309,7 @@ def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypat
         (["serve", "--worker-boot-timeout-s", "inf"], ["--worker-boot-timeout-s", "(0, 172800]", "inf"]),
         (["serve", "--worker-boot-timeout-s", "nan"], ["--worker-boot-timeout-s", "(0, 172800]"]),
         (["serve", "--worker-boot-timeout-s", "172801"], ["--worker-boot-timeout-s", "(0, 172800]"]),
-        (["serve", "--worker-boot-timeout", "soon"], ["--worker-boot-timeout", "'soon'"]),
+        (["serve", "--worker-boot-timeout-s", "soon"], ["--worker-boot-timeout-s", "'soon'"]),
         (["serve", "--workers", "2", "--worker-boot-timeout-s", "600"],
          ["--worker-boot-timeout-s 600", "--model-load-timeout-s 600"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
@@ -482,7 +482,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_older_flag_spellings_are_aliases() -> None:
     assert _config("--drain-timeout", "2", "--ping-interval", "3", "--rate-limit", "4", "--rate-burst", "5",
-                   "--model-load-timeout", "6.5", "--worker-boot-timeout", "7.5") == ServerConfig(
+                   "--model-load-timeout", "6.5", "--worker-boot-timeout-s", "7.5") == ServerConfig(
         drain_timeout_s=2.0, ping_interval_s=3.0, rate_limit_per_s=4.0, rate_limit_burst=5, model_load_timeout_s=6.5,
         worker_boot_timeout_s=7.5,
     )

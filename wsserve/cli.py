@@ -200,7 +200,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("model_load_timeout_s", "--model-load-timeout", group=g, type=_load_timeout, default=d.model_load_timeout_s,
         help="time one model version may take to load and warm up before it is failed and its thread abandoned "
              "(default %(default)g; config.toml's model_load_timeout_s overrides it per model)")
-    opt("worker_boot_timeout_s", "--worker-boot-timeout", group=g, type=_boot_timeout, default=d.worker_boot_timeout_s,
+    opt("worker_boot_timeout_s", group=g, type=_boot_timeout, default=d.worker_boot_timeout_s,
         help="with --workers: time a worker may take from its start to ready (models loaded, listening); past it "
              "the supervisor stops it (SIGTERM, SIGKILL 5 s later) and counts a boot failure (5 in a row stop the "
              "server, exit 1); must exceed --model-load-timeout-s (default %(default)g; off disables)")
