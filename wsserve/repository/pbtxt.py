@@ -334,22 +334,17 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
 
     inputs = _tensors(path, "input", cfg.input, warnings)
     outputs = _tensors(path, "output", cfg.output, warnings)
-    instances = _instances(path, cfg, warnings)
+    # what every backend's configuration says alike
+    common = {"path": path, "inputs": inputs, "outputs": outputs, "max_batch_size": cfg.max_batch_size,
+              "max_delay_ms": max_delay_ms, **queue_policy, "instances": _instances(path, cfg, warnings),
+              "version_policy": _policy(path, cfg), "model_file": _model_file(path, cfg.default_model_filename)}
     if cfg.backend == "python":
-        return _python_config(path, cfg, model_name, inputs, outputs, instances, max_delay_ms, warnings, queue_policy)
+        return _python_config(path, cfg, model_name, common, warnings)
     threads = _parameters(path, cfg, warnings)
     return ModelConfig(
-        path=path,
         backend="onnx",
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=cfg.max_batch_size,
-        max_delay_ms=max_delay_ms,
-        **queue_policy,
-        instances=instances,
-        version_policy=_policy(path, cfg),
+        **common,
         onnx_intra_op_threads=threads,
-        model_file=_model_file(path, cfg.default_model_filename),
         warnings=tuple(warnings),
         # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
         autofill_batching=cfg.max_batch_size == 0 and not (cfg.input and cfg.output),
@@ -393,13 +388,13 @@ def _config_json(cfg: Any) -> str:
     return json.dumps(doc)
 
 
-def _python_config(path: Path, cfg: Any, model_name: str | None, inputs: tuple[TensorConfig, ...] | None,
-                   outputs: tuple[TensorConfig, ...] | None, instances: int, max_delay_ms: float,
-                   warnings: list[str], queue_policy: dict[str, Any]) -> ModelConfig:
+def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[str, Any],
+                   warnings: list[str]) -> ModelConfig:
     """A ``backend: "python"`` config.pbtxt (a Triton Python backend model.py, :mod:`.triton_backend`):
     ``input`` and ``output`` are required, with fixed dims; ``parameters`` are the model's own (in
-    its ``args["model_config"]``), not warned about."""
-    for key, tensors in (("input", inputs), ("output", outputs)):
+    its ``args["model_config"]``), not warned about.  ``common``: the fields read as for any backend."""
+    for key in ("input", "output"):
+        tensors = common[key + "s"]
         if tensors is None:
             raise ConfigError(path, key, "is required for a Python model (wsserve does not auto-complete it from model.py)")
         for i, t in enumerate(tensors):
@@ -408,17 +403,4 @@ def _python_config(path: Path, cfg: Any, model_name: str | None, inputs: tuple[T
                                                            "served for a Python model (wsserve serves fixed row shapes)")
     if not cfg.name and model_name is not None:
         cfg.name = model_name  # Triton fills it in
-    return ModelConfig(
-        path=path,
-        backend="python",
-        inputs=inputs,
-        outputs=outputs,
-        max_batch_size=cfg.max_batch_size,
-        max_delay_ms=max_delay_ms,
-        **queue_policy,
-        instances=instances,
-        version_policy=_policy(path, cfg),
-        model_file=_model_file(path, cfg.default_model_filename),
-        warnings=tuple(warnings),
-        triton_model_config=_config_json(cfg),
-    )
+    return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg))
