@@ -2,8 +2,8 @@
 naming the field, "too complex to compile within the limits") while a concurrent generation on
 the same server completes, with the server's RSS unmoved (the explosion happened in a child);
 a request that leaves while its pattern compiles (a WebSocket ``cancel``, an HTTP client that
-hangs up) kills the compiling child.  The children's limits are lowered through
-``$WSSERVE_GUIDE_COMPILE_*`` so the refusals come fast."""
+hangs up) kills the compiling child.  The children's limits are set with the server's
+``--guide-compile-*`` flags (lowered so the refusals come fast)."""
 
 from __future__ import annotations
 
@@ -38,17 +38,16 @@ MIB = 1 << 20
 @pytest.fixture(scope="module")
 def low(model_cache: Path, module_transport: str):
     """A server whose compiling children die at 256 MiB."""
-    with ServerProcess(cache_dir=model_cache, transport=module_transport,
-                       env={"WSSERVE_GUIDE_COMPILE_MEMORY_BYTES": str(256 * MIB)}) as proc:
+    with ServerProcess("--guide-compile-memory-bytes", str(256 * MIB), cache_dir=model_cache,
+                       transport=module_transport) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
 def high(model_cache: Path, module_transport: str):
     """A server whose compiling children may take 4 GiB and five minutes of CPU."""
-    with ServerProcess(cache_dir=model_cache, transport=module_transport,
-                       env={"WSSERVE_GUIDE_COMPILE_MEMORY_BYTES": str(4096 * MIB),
-                            "WSSERVE_GUIDE_COMPILE_CPU_S": "300", "WSSERVE_GUIDE_COMPILE_TIMEOUT_S": "600"}) as proc:
+    with ServerProcess("--guide-compile-memory-bytes", str(4096 * MIB), "--guide-compile-cpu-s", "300",
+                       "--guide-compile-timeout-s", "600", cache_dir=model_cache, transport=module_transport) as proc:
         yield proc
 
 
@@ -71,6 +70,9 @@ def _rss(server: ServerProcess) -> int:
 
 async def test_websocket_hostile_regex_is_refused_while_a_generation_completes(low: ServerProcess) -> None:
     conn = await Conn.open(low.url)
+    limits = conn.hello["limits"]  # the server's settings, announced
+    assert (limits["guide_compile_memory_bytes"], limits["guide_compile_cpu_s"], limits["guide_compile_timeout_s"]) \
+        == (256 * MIB, 10, 15.0)
     before = _rss(low)
     await conn.send({**GEN, "id": "hostile", "prompt": "a", "max_tokens": 8, "guided_regex": HOSTILE})
     await conn.send({**GEN, "id": "plain", "prompt": "The ", "max_tokens": 12})

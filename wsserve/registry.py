@@ -322,7 +322,8 @@ class ModelRegistry:
         """A worker batching with the model's own settings (the server's where it has none)."""
         return self.pool.make_worker(
             name, model, max_batch_size=cfg.max_batch_size or None, max_delay_ms=cfg.max_delay_ms,
-            instances=cfg.instances,
+            instances=cfg.instances, guide_compile_memory_bytes=cfg.guide_compile_memory_bytes,
+            guide_compile_cpu_s=cfg.guide_compile_cpu_s, guide_compile_timeout_s=cfg.guide_compile_timeout_s,
         )
 
     async def load_all(self) -> None:

@@ -299,9 +299,9 @@ class GenerationEngine:
         server writes the frames then, rather than one loop iteration later).
         ``max_guide_indexes``: how many compiled ``guided_regex`` / ``guided_json`` patterns
         (:class:`~.structured.RegexIndex`) the engine keeps, least recently used dropped first.
-        ``guide_compile_limits``: the hard limits of each compiling child process (None:
-        :meth:`~.guide_sandbox.CompileLimits.from_env`, the documented defaults unless
-        ``$WSSERVE_GUIDE_COMPILE_*`` override them; raises ``ValueError`` for a bad one)."""
+        ``guide_compile_limits``: the hard limits of each compiling child process (None: the
+        documented defaults, :class:`~.guide_sandbox.CompileLimits`; the server passes its
+        ``guide_compile_*`` settings, or a model's config.toml's)."""
         if inline_max_batch < 0:
             raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
         self.model = model
@@ -348,7 +348,7 @@ class GenerationEngine:
         #: at most this many patterns compile at once (each holds a child process and a core
         #: meanwhile), a freed slot to the group with the fewest running
         self._build_slots = _CompileSlots(_MAX_CONCURRENT_BUILDS)
-        self._compile_limits = guide_compile_limits or CompileLimits.from_env()
+        self._compile_limits = guide_compile_limits or CompileLimits()
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:

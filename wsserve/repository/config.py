@@ -19,6 +19,10 @@ problem.  Keys (bounds inclusive)::
     flops_per_row    1..10**15: cost estimate used to run cheap batches inline (default: backend's estimate)
     version_policy   "all" (default) | "latest" (= latest 1) | { latest = N } (1..1000) | { specific = [v, ...] }
     model_load_timeout_s  (0, 86400] (number): this model's load timeout (default: --model-load-timeout-s)
+    guide_compile_memory_bytes  67108864..68719476736: a generative model's guided-pattern compiling child's
+                     address space (default: --guide-compile-memory-bytes)
+    guide_compile_cpu_s  1..3600: its CPU seconds (default: --guide-compile-cpu-s)
+    guide_compile_timeout_s  [0.1, 3600] (number): its wall-clock seconds (default: --guide-compile-timeout-s)
     [onnx]           intra_op_num_threads = 1..64 (default 1)
 
 Names (model inputs/outputs) are 1..128 printable ASCII characters without
@@ -37,7 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import MAX_DELAY_MS, check_model_load_timeout
+from ..config import (
+    GUIDE_COMPILE_LIMITS,
+    MAX_DELAY_MS,
+    check_guide_compile_limit,
+    check_model_load_timeout,
+)
 from .errors import ConfigError
 from .tensors import DTYPES, MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 
@@ -76,7 +85,7 @@ _TOP_KEYS = frozenset(
     {
         "backend", "task", "input_shape", "output_shape", "input_dtype", "output_dtype", "inputs", "outputs",
         "max_batch_size", "max_delay_ms", "instances", "flops_per_row", "version_policy", "onnx",
-        "model_load_timeout_s",
+        "model_load_timeout_s", *GUIDE_COMPILE_LIMITS,
     }
 )
 _TENSOR_KEYS = frozenset({"name", "shape", "dtype"})
@@ -125,6 +134,10 @@ class ModelConfig:
     version_policy: VersionPolicy = VersionPolicy()
     onnx_intra_op_threads: int = 1
     model_load_timeout_s: float | None = None  # None: the server's --model-load-timeout-s
+    #: A generative model's guided-pattern compile limits (None: the server's flag of the same name)
+    guide_compile_memory_bytes: int | None = None
+    guide_compile_cpu_s: int | None = None
+    guide_compile_timeout_s: float | None = None
     #: The model file in a version directory when not the backend's usual one (config.pbtxt's
     #: ``default_model_filename``); ``None``: ``model.onnx`` / ``model.npz`` / ``model.py``.
     model_file: str | None = None
@@ -313,6 +326,14 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
         except ValueError as exc:
             raise ConfigError(path, "model_load_timeout_s", str(exc).removeprefix("it ")) from None
 
+    compile_limits: dict[str, int | float] = {}
+    for key in GUIDE_COMPILE_LIMITS:
+        if key in doc:
+            try:
+                compile_limits[key] = check_guide_compile_limit(key, doc[key], "it")
+            except ValueError as exc:
+                raise ConfigError(path, key, str(exc).removeprefix("it ")) from None
+
     onnx = doc.get("onnx", {})
     if type(onnx) is not dict:
         raise ConfigError(path, "onnx", f"must be a table ([onnx]), got {_tname(onnx)}")
@@ -339,6 +360,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
             if "intra_op_num_threads" in onnx else 1
         ),
         model_load_timeout_s=load_timeout,
+        **compile_limits,  # type: ignore[arg-type]
     )
 
 
