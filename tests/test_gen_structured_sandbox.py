@@ -34,6 +34,8 @@ from wsserve.generation.structured import (
 )
 from wsserve.models.charlm import VOCAB
 from wsserve.pool import ModelPool
+from wsserve.registry import ModelRegistry
+from wsserve.repository.config import parse_config
 
 pytest.importorskip("outlines_core")  # the structured extra
 
@@ -227,5 +229,8 @@ async def test_an_engine_takes_the_servers_limits_or_its_models_own() -> None:
     assert own._compile_limits == CompileLimits(memory_bytes=128 << 20, cpu_s=2, timeout_s=3.0)
     assert ModelPool(ServerConfig()).make_worker("charlm", charlm())._compile_limits == CompileLimits(
         memory_bytes=1 << 30, cpu_s=10, timeout_s=15.0)
+    from_toml = ModelRegistry(pool)._worker("charlm", charlm(), parse_config("guide_compile_memory_bytes = 268435456"))
+    assert from_toml._compile_limits == CompileLimits(memory_bytes=256 << 20, cpu_s=7, timeout_s=9.5)
+    await from_toml.close()
     await engine.close()
     await own.close()
