@@ -46,6 +46,7 @@ def test_defaults_are_valid_and_match_the_protocol() -> None:
     assert cfg.public_limits() == {
         "max_message_bytes": 1048576, "max_inflight": 256, "max_rows": 65536, "max_tokens": 100000,
         "max_inflight_bytes": 32 << 20, "max_explain_rows": 256,
+        "guide_compile_memory_bytes": 1 << 30, "guide_compile_cpu_s": 10, "guide_compile_timeout_s": 15.0,
     }
     assert cfg.models == DEFAULT_MODELS == ("linear", "mlp", "charlm")
     assert cfg.max_delay_ms is None  # greedy by default
@@ -130,6 +131,20 @@ _BAD_SETTINGS = [
     ("worker_boot_timeout_s", math.inf),
     ("worker_boot_timeout_s", 172_801.0),
     ("worker_boot_timeout_s", "600"),
+    # the compiling child's limits were environment variables ($WSSERVE_GUIDE_COMPILE_*), 0 turning one off
+    ("guide_compile_memory_bytes", 0),
+    ("guide_compile_memory_bytes", (64 << 20) - 1),
+    ("guide_compile_memory_bytes", (64 << 30) + 1),
+    ("guide_compile_memory_bytes", None),
+    ("guide_compile_cpu_s", 0),
+    ("guide_compile_cpu_s", 3601),
+    ("guide_compile_cpu_s", 2.5),
+    ("guide_compile_cpu_s", True),
+    ("guide_compile_timeout_s", 0.0),
+    ("guide_compile_timeout_s", math.inf),
+    ("guide_compile_timeout_s", math.nan),
+    ("guide_compile_timeout_s", 3600.5),
+    ("guide_compile_timeout_s", "15"),
 ]
 
 
@@ -146,7 +161,9 @@ def test_validate_names_the_setting(name: str, value: object) -> None:
      ("rate_limit_per_s", None), ("max_delay_ms", 2.5), ("max_delay_ms", None), ("drain_timeout_s", 0.0),
      ("port", 0), ("port", 65535), ("max_generate_batch", 4096), ("model_load_timeout_s", 0.001),
      ("model_load_timeout_s", 86_400), ("worker_boot_timeout_s", None), ("worker_boot_timeout_s", 0.001),
-     ("worker_boot_timeout_s", 172_800)],
+     ("worker_boot_timeout_s", 172_800), ("guide_compile_memory_bytes", 64 << 20), ("guide_compile_memory_bytes", 64 << 30),
+     ("guide_compile_cpu_s", 1), ("guide_compile_cpu_s", 3600), ("guide_compile_timeout_s", 0.1),
+     ("guide_compile_timeout_s", 3600)],
 )
 def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()
@@ -312,6 +329,12 @@ def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypat
         (["serve", "--worker-boot-timeout-s", "soon"], ["--worker-boot-timeout-s", "'soon'"]),
         (["serve", "--workers", "2", "--worker-boot-timeout-s", "600"],
          ["--worker-boot-timeout-s 600", "--model-load-timeout-s 600"]),
+        (["serve", "--guide-compile-memory-bytes", "1000"], ["--guide-compile-memory-bytes", "64 MiB..64 GiB", "1000"]),
+        (["serve", "--guide-compile-memory-bytes", "1G"], ["--guide-compile-memory-bytes", "'1G'"]),
+        (["serve", "--guide-compile-cpu-s", "0"], ["--guide-compile-cpu-s", "[1, 3600]", "0"]),
+        (["serve", "--guide-compile-cpu-s", "2.5"], ["--guide-compile-cpu-s", "'2.5'"]),
+        (["serve", "--guide-compile-timeout-s", "nan"], ["--guide-compile-timeout-s", "[0.1, 3600]", "nan"]),
+        (["serve", "--guide-compile-timeout-s", "off"], ["--guide-compile-timeout-s", "'off'"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
         (["serve", "--transport", "trio"], ["--transport", "trio"]),
         (["serve", "--transport", "picows", "--compression"], ["--compression", "--transport picows"]),
@@ -463,6 +486,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "--certfile", str(cert), "--keyfile", str(key), "--compression",
         "--rate-limit-per-s", "20", "--rate-limit-burst", "40", "--key-rate-limit-per-s", "100",
         "--max-inflight-bytes", "1000", "--max-queue-bytes", "2000", "--loop", "asyncio",
+        "--guide-compile-memory-bytes", str(256 << 20), "--guide-compile-cpu-s", "3", "--guide-compile-timeout-s", "4.5",
     )
     assert cfg == ServerConfig(
         host="0.0.0.0", port=0, models=("linear", "mlp"), seed=7, cache_dir=tmp_path, cache=False,
@@ -477,6 +501,7 @@ def test_flags_map_to_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         certfile=cert, keyfile=key, compression=True,
         rate_limit_per_s=20.0, rate_limit_burst=40, key_rate_limit_per_s=100.0,
         max_inflight_bytes=1000, max_queue_bytes=2000, loop="asyncio",
+        guide_compile_memory_bytes=256 << 20, guide_compile_cpu_s=3, guide_compile_timeout_s=4.5,
     )
 
 

@@ -82,12 +82,15 @@ class FakePredictWorker:
 @dataclass
 class FakeEngine:
     submitted: list[Any] = field(default_factory=list)
+    clients: list[Any] = field(default_factory=list)  # each submission's compile-fairness client
     stats: Any = None
 
-    def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None) -> Any:
+    def submit(self, params: Any, sink: Any, *, group: Any = None, deadline: float | None = None,
+               client: Any = None) -> Any:
         # the engine's Sequence: a handle with its counts (nothing is generated here)
         handle = SimpleNamespace(prompt_tokens=len(params.prompt), completion_tokens=0)
         self.submitted.append((params, sink, group, deadline))
+        self.clients.append(client)
         return handle
 
     def cancel(self, handle: Any) -> None:
@@ -658,6 +661,17 @@ def test_generate_goes_to_the_engine_with_the_connection_as_its_fairness_group()
     sink.on_done("length", 1, {"ttft_ms": 1.0, "total_ms": 2.0})
     assert [f["type"] for f in io.take()] == ["token", "done"]
     assert s.metrics.tokens == {"charlm": 1}
+
+
+def test_generate_compiles_count_against_the_connections_key_else_its_address() -> None:
+    """A guided pattern's compile takes a fair share of its client's, not its connection's: the
+    key when the connection has one, else its address."""
+    s = Setup()
+    conn, _ = s.connect(address="10.0.0.7")
+    s.send(conn, G("a", max_tokens=5))
+    keyed, _ = s.connect(key="k1", address="10.0.0.7")
+    s.send(keyed, G("b", max_tokens=5))
+    assert s.models.engine.clients == [("address", "10.0.0.7"), ("key", "k1")]
 
 
 def test_small_inputs_reach_the_worker_as_checked_rows_and_large_ones_as_float64_arrays() -> None:

@@ -25,6 +25,7 @@ from tests.test_gen_support import (
 from wsserve.errors import BadRequest, DeadlineExceeded
 from wsserve.generation import GenerationEngine, GenerationParams, Scheduler
 from wsserve.generation import engine as engine_module
+from wsserve.generation.fairslots import compile_client
 from wsserve.generation.guide_compile import GuideTables, unopened_group
 from wsserve.generation.model import TokenModelAdapter
 from wsserve.generation.structured import (
@@ -364,6 +365,53 @@ async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_an
     await engine.close()
 
 
+class _Compiles:
+    """An observer recording each compile's ``result`` (the ``wsserve_guide_compiles_total`` label)."""
+
+    def __init__(self) -> None:
+        self.results: list[str] = []
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+        pass
+
+    def on_guide_compile(self, model: str, result: str, seconds: float | None) -> None:
+        self.results.append(result)
+
+
+async def test_a_deadline_passing_while_other_generations_run_stops_the_compile_as_abandoned(monkeypatch) -> None:
+    """The compile no request waits for any more is stopped (its child killed, its slot freed)
+    also while other generations are stepping: only the idle path checked it, so with a
+    generation running the child went on to its limits after its last request ended.  It is
+    counted as ``abandoned`` (``cancelled`` is for close())."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def never_done(pattern, *args, **kwargs):
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    monkeypatch.setattr(engine_module, "compile_in_child", never_done)
+    observer = _Compiles()
+    engine = GenerationEngine(charlm(), observer=observer)
+    plain = _Sink()
+    running = engine.submit(GenerationParams(prompt="The ", max_tokens=100_000), plain)
+    sink = _Sink()
+    engine.submit(GenerationParams(prompt="", guided_regex="[a-z]{3,9}"), sink, deadline=time.monotonic() + 0.05)
+    await started.wait()
+    exc = await asyncio.wait_for(sink.done, 60)
+    assert isinstance(exc, DeadlineExceeded), exc
+    await asyncio.wait_for(cancelled.wait(), 60)  # (a hang guard: before, nothing stopped it)
+    assert not plain.done.done() and observer.results == ["abandoned"]
+    assert engine._build_slots.statistics().running == 0  # its slot is free
+    engine.cancel(running)
+    waiter = engine.prepare(GenerationParams(prompt="", guided_regex="[a-z]{2}"))  # close() cancels: "cancelled"
+    await asyncio.sleep(0)
+    await engine.close()
+    assert isinstance(waiter.exception(), Exception) and observer.results == ["abandoned", "cancelled"]
+
+
 async def test_a_freed_compile_slot_goes_to_the_client_with_the_fewest_compiles_running(monkeypatch) -> None:
     """Two patterns compile at once per engine.  A client that queued many distinct (maybe
     hostile: up to 10 s of CPU each) patterns took every slot in turn, first come first served:
@@ -407,6 +455,45 @@ async def test_a_freed_compile_slot_goes_to_the_client_with_the_fewest_compiles_
     assert all(isinstance(r, BadRequest) for r in results), results
     with pytest.raises(BadRequest):
         await prepared
+    await engine.close()
+
+
+async def test_compile_slots_are_shared_by_client_not_by_connection(monkeypatch) -> None:
+    """A client that opens a connection per pattern held every slot in turn (each connection had
+    the fewest running): the slots are shared by ``client`` (its API key, else its address), so
+    its patterns from four connections count as one client's."""
+    started: list[str] = []
+    release: dict[str, asyncio.Event] = {}
+    changed = asyncio.Event()
+
+    async def held(pattern, *args, **kwargs):
+        started.append(pattern.text)
+        changed.set()
+        await release.setdefault(pattern.text, asyncio.Event()).wait()
+        raise pattern.refusal(f"field {pattern.name!r}: refused for the test")
+
+    async def starts(n: int) -> None:
+        while len(started) < n:
+            changed.clear()
+            await changed.wait()
+
+    monkeypatch.setattr(engine_module, "compile_in_child", held)
+    engine = GenerationEngine(charlm())
+    hog, other = compile_client("k-hog", "10.0.0.1"), compile_client(None, "10.0.0.2")
+    sinks = [_Sink() for _ in range(3)]
+    for i in range(3):  # each from a connection of its own
+        engine.submit(GenerationParams(prompt="", guided_regex=f"a{i}"), sinks[i], group=object(), client=hog)
+    await starts(2)
+    prepared = engine.prepare(GenerationParams(prompt="", guided_regex="b"), group=object(), client=other)
+    release.setdefault("a0", asyncio.Event()).set()
+    await starts(3)
+    assert started == ["a0", "a1", "b"]  # (per connection, a2's, older, had it)
+    for text in ("a1", "b", "a2"):
+        release.setdefault(text, asyncio.Event()).set()
+    with pytest.raises(BadRequest):
+        await prepared
+    results = [await s.done for s in sinks]
+    assert all(isinstance(r, BadRequest) for r in results), results
     await engine.close()
 
 

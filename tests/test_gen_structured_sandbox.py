@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import wait_until_async
 from tests.test_gen_structured import PATTERNS, _Sink, charlm
+from wsserve.config import ServerConfig
 from wsserve.errors import BadRequest, Internal
 from wsserve.generation import GenerationEngine, GenerationParams, guide_sandbox
 from wsserve.generation.guide_compile import GuideTables
@@ -32,6 +33,9 @@ from wsserve.generation.structured import (
     outlines_vocabulary,
 )
 from wsserve.models.charlm import VOCAB
+from wsserve.pool import ModelPool
+from wsserve.registry import ModelRegistry
+from wsserve.repository.config import parse_config
 
 pytest.importorskip("outlines_core")  # the structured extra
 
@@ -214,10 +218,19 @@ async def test_a_cancelled_prepare_alone_kills_its_child(children) -> None:
     await engine.close()
 
 
-def test_limits_from_the_environment() -> None:
-    assert CompileLimits.from_env({}) == CompileLimits()
-    env = {"WSSERVE_GUIDE_COMPILE_MEMORY_BYTES": "1000000", "WSSERVE_GUIDE_COMPILE_CPU_S": "0",
-           "WSSERVE_GUIDE_COMPILE_TIMEOUT_S": "2.5"}
-    assert CompileLimits.from_env(env) == CompileLimits(memory_bytes=1_000_000, cpu_s=None, timeout_s=2.5)
-    with pytest.raises(ValueError, match="WSSERVE_GUIDE_COMPILE_CPU_S"):
-        CompileLimits.from_env({"WSSERVE_GUIDE_COMPILE_CPU_S": "-1"})
+async def test_an_engine_takes_the_servers_limits_or_its_models_own() -> None:
+    """The limits are settings (``--guide-compile-*``, a model's config.toml keys of the same
+    names), not environment variables."""
+    cfg = ServerConfig(guide_compile_memory_bytes=128 << 20, guide_compile_cpu_s=7, guide_compile_timeout_s=9.5)
+    pool = ModelPool(cfg)
+    engine = pool.make_worker("charlm", charlm())
+    assert engine._compile_limits == CompileLimits(memory_bytes=128 << 20, cpu_s=7, timeout_s=9.5)
+    own = pool.make_worker("charlm", charlm(), guide_compile_cpu_s=2, guide_compile_timeout_s=3.0)
+    assert own._compile_limits == CompileLimits(memory_bytes=128 << 20, cpu_s=2, timeout_s=3.0)
+    assert ModelPool(ServerConfig()).make_worker("charlm", charlm())._compile_limits == CompileLimits(
+        memory_bytes=1 << 30, cpu_s=10, timeout_s=15.0)
+    from_toml = ModelRegistry(pool)._worker("charlm", charlm(), parse_config("guide_compile_memory_bytes = 268435456"))
+    assert from_toml._compile_limits == CompileLimits(memory_bytes=256 << 20, cpu_s=7, timeout_s=9.5)
+    await from_toml.close()
+    await engine.close()
+    await own.close()

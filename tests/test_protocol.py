@@ -710,7 +710,8 @@ def test_encode_hello_matches_protocol_example() -> None:
     assert data == (
         b'{"type":"hello","server":"wsserve","version":"0.1.0","protocol":1,"limits":{"max_message_bytes":1048576,'
         b'"max_inflight":256,"max_rows":65536,"max_tokens":100000,"max_inflight_bytes":33554432,"max_explain_rows":256,'
-            b'"max_id_length":128,"max_binary_header_bytes":4096,"max_stop_strings":16,"max_stop_chars":256,'
+        b'"guide_compile_memory_bytes":1073741824,"guide_compile_cpu_s":10,"guide_compile_timeout_s":15.0,'
+        b'"max_id_length":128,"max_binary_header_bytes":4096,"max_stop_strings":16,"max_stop_chars":256,'
         b'"max_logit_bias_tokens":300,"max_logprobs":20,"max_stop_token_ids":64,"max_guided_choices":64,'
         b'"max_guided_choice_chars":256,"max_guided_pattern_chars":16384},'
         b'"models":["linear","mlp","charlm"]}'

@@ -33,7 +33,7 @@ PUBLIC = {
     "wsserve.dtypes": ["DTYPES", "OIP_NAMES", "ITEMSIZE"],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
     "wsserve.jobs": ["Job", "JobOwner", "PredictJob", "GenerateJob"],
-    "wsserve.auth": ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION"],
+    "wsserve.auth": ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION", "client_network"],
     "wsserve.stats": ["WorkerStatistics"],
     "wsserve.transport": [
         "App", "Exchange", "Flusher", "HttpExchange", "HttpProtocol", "HttpRequest", "HttpResponse", "WebSocketProtocol",
@@ -47,7 +47,8 @@ PUBLIC = {
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "queue_deadline"],
     "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
                        "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout",
-                       "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S"],
+                       "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S", "GUIDE_COMPILE_LIMITS",
+                       "check_guide_compile_limit"],
     "wsserve.distributed": [
         "WorkerMismatch", "WrittenVersion", "local_cluster", "train_linear_dask", "train_linear_generated_dask",
         "train_mlp_dask", "write_version",

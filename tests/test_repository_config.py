@@ -40,6 +40,9 @@ def test_every_key() -> None:
         flops_per_row = 1000
         version_policy = { latest = 2 }
         model_load_timeout_s = 1800
+        guide_compile_memory_bytes = 536870912
+        guide_compile_cpu_s = 30
+        guide_compile_timeout_s = 45
         [onnx]
         intra_op_num_threads = 4
         """,
@@ -52,6 +55,7 @@ def test_every_key() -> None:
     assert cfg.version_policy == VersionPolicy("latest", count=2)
     assert cfg.onnx_intra_op_threads == 4
     assert cfg.model_load_timeout_s == 1800.0
+    assert (cfg.guide_compile_memory_bytes, cfg.guide_compile_cpu_s, cfg.guide_compile_timeout_s) == (512 << 20, 30, 45.0)
 
 
 def test_named_tensors() -> None:
@@ -123,6 +127,11 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ("model_load_timeout_s = nan", "model_load_timeout_s", ["(0, 86400]", "nan"]),
         ("model_load_timeout_s = 86401", "model_load_timeout_s", ["(0, 86400]", "86401"]),
         ('model_load_timeout_s = "600"', "model_load_timeout_s", ["(0, 86400]", "'600'"]),
+        ("guide_compile_memory_bytes = 0", "guide_compile_memory_bytes", ["64 MiB..64 GiB", "got 0"]),
+        ("guide_compile_memory_bytes = 1e9", "guide_compile_memory_bytes", ["integer", "1000000000.0"]),
+        ("guide_compile_cpu_s = 3601", "guide_compile_cpu_s", ["[1, 3600]", "3601"]),
+        ("guide_compile_timeout_s = nan", "guide_compile_timeout_s", ["[0.1, 3600]", "nan"]),
+        ('guide_compile_timeout_s = "15"', "guide_compile_timeout_s", ["[0.1, 3600]", "'15'"]),
         ("instances = 0", "instances", ["[1, 64]", "0"]),
         ("instances = 100000", "instances", ["[1, 64]", "100000"]),
         ("flops_per_row = 0", "flops_per_row", ["[1, "]),

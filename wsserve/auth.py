@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from .ratelimit import TokenBucket
 
-__all__ = ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION"]
+__all__ = ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION", "client_network"]
 
 #: Failed ``auth`` messages a connection may send before it is closed (1008).
 AUTH_FAILURES_PER_CONNECTION = 3
@@ -87,14 +87,14 @@ class KeyRegistry:
 
     def blocked_for(self, address: str, now: float) -> float:
         """Seconds until ``address`` may try a key again (0.0: it may now)."""
-        bucket = self._failures.get(_client(address))
+        bucket = self._failures.get(client_network(address))
         if bucket is None:
             return 0.0
         return bucket.wait(now)
 
     def failed(self, address: str, now: float) -> None:
         """Count a failed attempt from ``address``."""
-        address = _client(address)
+        address = client_network(address)
         bucket = self._failures.get(address)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst, now)
@@ -118,9 +118,10 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-def _client(address: str) -> str:
-    """Whose failure budget an attempt from ``address`` spends: the address, or for IPv6 its /64
-    (one client holds a whole /64, 2**64 source addresses); an IPv4-mapped address as IPv4."""
+def client_network(address: str) -> str:
+    """Who a client address is: the address, or for IPv6 its /64 (one client holds a whole /64,
+    2**64 source addresses); an IPv4-mapped address as IPv4.  Whose failure budget an attempt
+    spends, and whose fair share of the compile slots a request counts against."""
     if ":" not in address:
         return address
     try:

@@ -17,11 +17,13 @@ from ._version import __version__
 from .argtypes import bounded_int
 from .config import (
     DEFAULT_MODELS,
+    GUIDE_COMPILE_LIMITS,
     LOG_FORMATS,
     MAX_SEED,
     MAX_WORKER_BOOT_TIMEOUT_S,
     TRANSPORTS,
     ServerConfig,
+    check_guide_compile_limit,
     check_model_load_timeout,
     flag,
 )
@@ -101,6 +103,18 @@ def _boot_timeout(text: str) -> float | None:
     return value
 
 
+def _guide_compile_limit(name: str):  # noqa: ANN202 - an argparse type
+    """The argparse type of the guide-compile limit ``name`` (its bounds: :data:`GUIDE_COMPILE_LIMITS`)."""
+    def parse(text: str) -> int | float:
+        try:
+            value: int | float = int(text) if GUIDE_COMPILE_LIMITS[name][3] is int else float(text)
+            return check_guide_compile_limit(name, value, "it")
+        except ValueError as exc:
+            message = str(exc).removeprefix("it ") if str(exc).startswith("it ") else f"expected a number, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+    return parse
+
+
 def _models(text: str) -> tuple[str, ...]:
     if text.strip().lower() == "none":
         return ()
@@ -166,6 +180,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_generate_queue", group=g, type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded' (default %(default)s); off = unbounded")
     opt("inline_max_flops", group=g, type=_positive_int, default=d.inline_max_flops,
         help="predict batches cheaper than this many multiply-adds run on the event loop, others in a thread (default %(default)s)")
+    g = p.add_argument_group("structured outputs (each guided_regex / guided_json pattern compiles in a child process "
+                             "with these limits; a model's config.toml may set its own)")
+    opt("guide_compile_memory_bytes", group=g, type=_guide_compile_limit("guide_compile_memory_bytes"),
+        default=d.guide_compile_memory_bytes,
+        help="address space (RLIMIT_AS) of a compiling child, 64 MiB..64 GiB (default 1 GiB)")
+    opt("guide_compile_cpu_s", group=g, type=_guide_compile_limit("guide_compile_cpu_s"), default=d.guide_compile_cpu_s,
+        help="CPU seconds (RLIMIT_CPU) of a compiling child, 1..3600 (default %(default)s)")
+    opt("guide_compile_timeout_s", group=g, type=_guide_compile_limit("guide_compile_timeout_s"),
+        default=d.guide_compile_timeout_s,
+        help="wall-clock seconds after which a compiling child is killed, 0.1..3600 (default %(default)g)")
     g = p.add_argument_group("limits")
     opt("max_message_bytes", group=g, type=_positive_int, default=d.max_message_bytes, help="largest accepted message, and HTTP request body (default 1 MiB); a bigger message closes with 1009, "
              "a bigger body gets 413")

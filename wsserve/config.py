@@ -15,15 +15,16 @@ import importlib.util
 import ipaddress
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 
 from .tracing import check_endpoint
 
 __all__ = ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
            "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout",
-           "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S"]
+           "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S", "GUIDE_COMPILE_LIMITS", "check_guide_compile_limit"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
@@ -61,6 +62,21 @@ MAX_SEED = 2**63 - 1
 #: latency for a connection beside it (benchmarks/bench_inline.py). Models of unknown cost (no
 #: flops_per_row) count 10^9 a row: always in the thread.
 INLINE_MAX_FLOPS = 20_000_000
+
+#: The limits of one child process compiling a ``guided_regex`` / ``guided_json`` pattern
+#: (:mod:`wsserve.generation.guide_sandbox`): per setting, ``(default, lowest, highest, kind)``;
+#: the same names are flags (``--guide-compile-memory-bytes``), config.toml keys (a model's own)
+#: and ``hello`` limits.  ``guide_compile_memory_bytes``: its address space (``RLIMIT_AS``), 1 GiB
+#: (Python, numpy and outlines-core start in ~30 MB of it; below 64 MiB nothing compiles);
+#: ``guide_compile_cpu_s``: its CPU time (``RLIMIT_CPU``), 10 s; ``guide_compile_timeout_s``: the
+#: wall-clock time after which the server kills it, 15 s (above the CPU limit, so on an idle
+#: machine the CPU limit decides: a refusal that does not depend on load).  None can be turned
+#: off: the child is what keeps a hostile pattern from taking the server's memory and cores.
+GUIDE_COMPILE_LIMITS: Mapping[str, tuple[float, float, float, type]] = MappingProxyType({
+    "guide_compile_memory_bytes": (1 << 30, 64 << 20, 64 << 30, int),
+    "guide_compile_cpu_s": (10, 1, 3600, int),
+    "guide_compile_timeout_s": (15.0, 0.1, 3600.0, float),
+})
 
 
 class _EncryptedKey(Exception):
@@ -194,6 +210,10 @@ class ServerConfig:
 
     # Compute
     inline_max_flops: int = INLINE_MAX_FLOPS
+    # Structured outputs: each pattern compiles in a child process with these limits (GUIDE_COMPILE_LIMITS)
+    guide_compile_memory_bytes: int = int(GUIDE_COMPILE_LIMITS["guide_compile_memory_bytes"][0])
+    guide_compile_cpu_s: int = int(GUIDE_COMPILE_LIMITS["guide_compile_cpu_s"][0])
+    guide_compile_timeout_s: float = GUIDE_COMPILE_LIMITS["guide_compile_timeout_s"][0]
 
     def validate(self, *, in_process_models: bool = False) -> ServerConfig:
         """Return self if every setting is in range, else raise ``ValueError`` naming its flag.
@@ -258,6 +278,8 @@ class ServerConfig:
                 raise ValueError(f"{flag(name)} must be a number > 0 or off, got {value!r}")
         check_model_load_timeout(self.model_load_timeout_s, flag("model_load_timeout_s"))
         self._check_worker_boot_timeout()
+        for name in GUIDE_COMPILE_LIMITS:
+            check_guide_compile_limit(name, getattr(self, name), flag(name))
         if self.max_delay_ms is not None and self.max_delay_ms > MAX_DELAY_MS:
             raise ValueError(f"{flag('max_delay_ms')} must be at most {MAX_DELAY_MS} (a minute), got {self.max_delay_ms!r}")
         if self.transport not in TRANSPORTS:
@@ -342,8 +364,9 @@ class ServerConfig:
         """Bucket size for ``rate``: ``rate_limit_burst`` or one second's worth."""
         return float(self.rate_limit_burst) if self.rate_limit_burst else max(1.0, rate)
 
-    def public_limits(self) -> dict[str, int]:
-        """The limits announced in ``hello``."""
+    def public_limits(self) -> dict[str, int | float]:
+        """The limits announced in ``hello`` (the guide-compile ones are the server's; a repository
+        model's config.toml may set its own)."""
         return {
             "max_message_bytes": self.max_message_bytes,
             "max_inflight": self.max_inflight,
@@ -351,6 +374,9 @@ class ServerConfig:
             "max_tokens": self.max_tokens,
             "max_inflight_bytes": self.max_inflight_bytes,
             "max_explain_rows": self.max_explain_rows,
+            "guide_compile_memory_bytes": self.guide_compile_memory_bytes,
+            "guide_compile_cpu_s": self.guide_compile_cpu_s,
+            "guide_compile_timeout_s": self.guide_compile_timeout_s,
         }
 
     @classmethod
@@ -364,6 +390,24 @@ def check_model_load_timeout(value: object, where: str) -> float:
     if type(value) not in (int, float) or not math.isfinite(value) \
             or not 0 < value <= MAX_MODEL_LOAD_TIMEOUT_S:  # type: ignore[operator]
         raise ValueError(f"{where} must be a number of seconds in (0, {MAX_MODEL_LOAD_TIMEOUT_S:g}], got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_guide_compile_limit(name: str, value: object, where: str) -> int | float:
+    """``value`` as the guide-compile limit ``name`` (a key of :data:`GUIDE_COMPILE_LIMITS`): an
+    integer (``_bytes``, ``_cpu_s``) or a finite number (``_timeout_s``) within its bounds.
+    Raises ``ValueError`` starting with ``where`` (a flag, or a config.toml key) otherwise."""
+    _, low, high, kind = GUIDE_COMPILE_LIMITS[name]
+    unit = "bytes" if name.endswith("_bytes") else "seconds"
+    if kind is int:
+        if type(value) is not int or not low <= value <= high:
+            shown = " (64 MiB..64 GiB)" if unit == "bytes" else ""
+            raise ValueError(f"{where} must be an integer number of {unit} in [{int(low)}, {int(high)}]{shown}, "
+                             f"got {value!r}")
+        return value
+    if type(value) not in (int, float) or not math.isfinite(value) \
+            or not low <= value <= high:  # type: ignore[operator]
+        raise ValueError(f"{where} must be a number of {unit} in [{low:g}, {high:g}], got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 

@@ -61,6 +61,7 @@ from .errors import (
     Unauthorized,
     WsserveError,
 )
+from .generation.fairslots import compile_client
 from .jobs import GenerateJob, Job, PredictJob
 from .metrics import Metrics
 from .protocol import (
@@ -518,7 +519,8 @@ class Connection:
             params = replace(params, prompt=entry.model.chat_prompt(req.messages))
         deadline = self._deadline(req.timeout_ms, now)
         job = GenerateJob(self, req.id, req, entry, now, deadline)
-        job.handle = entry.worker.submit(params, job, group=self, deadline=deadline)
+        job.handle = entry.worker.submit(params, job, group=self, deadline=deadline,
+                                         client=compile_client(self.key, self.address))
         self._track(job)
         if self._tracer is not None:
             job.span = self._tracer.begin("wsserve.generate", req.traceparent, req.tracestate, now, _span_head(req))

@@ -275,7 +275,8 @@ class _Collector(Collector):
         yield counter("wsserve_guide_compiles",
                       "guided_regex / guided_json requests by how their pattern was had: compiled, cached (compiled "
                       "before), refused (by the library, a bound or the child's limits), remembered (refused "
-                      "before), timed_out, failed (a bug), cancelled (its requests left first).",
+                      "before), timed_out, failed (a bug), abandoned (every request waiting for it left or passed its "
+                      "deadline: its child killed), cancelled (the model's engine closed).",
                       ["model", "result"], counters.get("guide_compiles", {}))
         yield counter("wsserve_batch_isolations",
                       "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",
@@ -456,7 +457,8 @@ class Metrics:
     def on_guide_compile(self, model: str, result: str, seconds: float | None = None) -> None:
         """A ``guided_regex`` / ``guided_json`` request of ``model`` had its pattern: ``result`` is
         one of ``compiled``, ``cached``, ``refused``, ``remembered``, ``timed_out``, ``failed``,
-        ``cancelled`` (a fixed set: the label cannot grow); ``seconds``: the compile's wall time,
+        ``abandoned`` (no request waited for it any more: stopped, its child killed), ``cancelled``
+        (the engine closed) (a fixed set: the label cannot grow); ``seconds``: the compile's wall time,
         for one that ran in a child and ended (the generation engine calls it)."""
         key = (model, result)
         self.guide_compiles[key] = self.guide_compiles.get(key, 0) + 1

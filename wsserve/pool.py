@@ -363,17 +363,26 @@ class ModelPool:
 
     def make_worker(self, name: str, model: Any, *, max_batch_size: int | None = None,
                     max_delay_ms: float | None = None, instances: int = 1, max_queue_requests: int | None = None,
-                    default_timeout_ms: float | None = None, allow_timeout_override: bool = True) -> Any:
+                    default_timeout_ms: float | None = None, allow_timeout_override: bool = True,
+                    guide_compile_memory_bytes: int | None = None, guide_compile_cpu_s: int | None = None,
+                    guide_compile_timeout_s: float | None = None) -> Any:
         """The worker a model needs (not started).  ``max_delay_ms``: the model's batching window
         (None: the server's; 0: greedy, whatever the server's is); ``max_queue_requests``,
         ``default_timeout_ms``, ``allow_timeout_override``: a predictive model's queue policy
-        (:class:`~wsserve.worker.PredictWorker`; a generative model has none)."""
+        (:class:`~wsserve.worker.PredictWorker`; a generative model has none); ``guide_compile_*``:
+        a generative model's compile limits (None: the server's setting of the same name)."""
         cfg = self._config
         if is_generative(model):
             from .generation import GenerationEngine
+            from .generation.guide_sandbox import CompileLimits
 
+            limits = CompileLimits(
+                memory_bytes=guide_compile_memory_bytes or cfg.guide_compile_memory_bytes,
+                cpu_s=guide_compile_cpu_s or cfg.guide_compile_cpu_s,
+                timeout_s=guide_compile_timeout_s or cfg.guide_compile_timeout_s)
             return GenerationEngine(
                 model, name=name, max_generate_batch=cfg.max_generate_batch, max_generate_queue=cfg.max_generate_queue,
+                guide_compile_limits=limits,
                 inline_max_flops=cfg.inline_max_flops, observer=self._observer, after_delivery=self._after_batch,
             )
         explainer, refusal = resolve_explainer(name, model)

@@ -999,7 +999,7 @@ def encode_error(exc: WsserveError, request_id: RequestId | None = None) -> byte
     return orjson.dumps(frame)
 
 
-def encode_hello(*, version: str, limits: dict[str, int], models: list[str], auth_required: bool) -> bytes:
+def encode_hello(*, version: str, limits: dict[str, int | float], models: list[str], auth_required: bool) -> bytes:
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
     ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
     ``max_logprobs``, ``max_stop_token_ids``, ``max_guided_choices``, ``max_guided_choice_chars``,

@@ -34,7 +34,8 @@ as from any step (``isolated_steps``, and the observer's optional
 Structured outputs.  A ``guided_regex`` / ``guided_json`` pattern is compiled once per pattern
 in a short-lived child process with hard memory and CPU limits and a timeout
 (:func:`~.guide_sandbox.compile_in_child`: a hostile pattern kills only its child; at most two
-at once per engine, a freed slot to the connection with the fewest compiles running), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes
+at once per engine, a freed slot to the client with the fewest compiles running: its API key, else
+its address, :mod:`.fairslots`), while its sequences wait in the scheduler as ``COMPILING``; compiled indexes
 are kept in an LRU of ``max_guide_indexes``, the refusals of patterns that cannot compile (not
 those that hit the wall-clock timeout) in an LRU of :data:`_MAX_GUIDE_REFUSALS`.  A compile no
 request waits for any more (every held sequence cancelled or ended, every :meth:`prepare` future
@@ -77,6 +78,7 @@ import numpy as np
 from ..errors import BadRequest, Internal, Overloaded, ShuttingDown, WsserveError
 from ..metrics import VersionStats
 from ..stats import WorkerStatistics
+from .fairslots import FairSlots, SlotStatistics
 from .guide_sandbox import (
     CompileLimits,
     PatternTooComplex,
@@ -201,67 +203,57 @@ def run_step_rows(model: TokenModel, batch: Batch
 
 
 class _CompileSlots:
-    """At most ``size`` compiles at once.  A freed slot goes to the waiting compile whose group
-    (the connection of the request that started it) has the fewest compiles running, the oldest
-    among equals: a client that queued many patterns (each up to the child's CPU limit) does not
-    hold every slot in turn while another client's pattern waits behind all of them."""
+    """The asyncio shell of :class:`~.fairslots.FairSlots`: at most ``size`` compiles at once, a
+    freed slot to the waiting compile whose client (:func:`~.fairslots.compile_client`: the
+    request's API key, else its address) holds the fewest, the oldest among equals: a client
+    that queued many patterns (each up to the child's CPU limit), from however many
+    connections, does not hold every slot in turn while another client's pattern waits."""
 
-    __slots__ = ("size", "_running", "_total", "_waiting")
+    __slots__ = ("_core",)
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self._running: dict[Any, int] = {}  # group -> its compiles running
-        self._total = 0
-        self._waiting: list[tuple[Any, asyncio.Future[None]]] = []  # oldest first
+        self._core: FairSlots[asyncio.Future[None]] = FairSlots(size)
 
-    async def acquire(self, group: Any) -> None:
-        """Wait for a slot for ``group``; the caller :meth:`release` s it once done (cancelled
+    async def acquire(self, client: Any) -> None:
+        """Wait for a slot for ``client``; the caller :meth:`release` s it once done (cancelled
         while waiting: no slot is held)."""
-        if self._total < self.size and not self._waiting:
-            self._take(group)
-            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((group, future))
+        if self._core.request(client, future):
+            return
         try:
             await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():  # handed a slot as it was cancelled
-                self.release(group)
+            if not self._core.withdraw(future) and not future.cancelled():  # handed a slot as it was cancelled
+                self.release(client)
             raise
 
-    def release(self, group: Any) -> None:
-        """Give back ``group``'s slot; hand it to the next waiting compile (the class docstring)."""
-        left = self._running[group] - 1
-        if left:
-            self._running[group] = left
-        else:
-            del self._running[group]
-        self._total -= 1
-        self._waiting = [entry for entry in self._waiting if not entry[1].done()]  # (cancelled ones)
-        if self._waiting and self._total < self.size:
-            best = min(range(len(self._waiting)), key=lambda i: (self._running.get(self._waiting[i][0], 0), i))
-            group, future = self._waiting.pop(best)
-            self._take(group)
-            future.set_result(None)
+    def release(self, client: Any) -> None:
+        """Give back ``client``'s slot; the next waiting compile (the class docstring) takes it."""
+        for taker, future in self._core.release(client):
+            if future.done():  # cancelled before it could take it: pass it on
+                self.release(taker)
+            else:
+                future.set_result(None)
 
-    def _take(self, group: Any) -> None:
-        self._running[group] = self._running.get(group, 0) + 1
-        self._total += 1
+    def statistics(self) -> SlotStatistics:
+        return self._core.statistics()
 
 
 class _Compiling:
     """A pattern being compiled: the sequences held for it, the futures of
-    :meth:`GenerationEngine.prepare`, the task compiling it, and the group (connection) of the
-    request that started it (:class:`_CompileSlots`)."""
+    :meth:`GenerationEngine.prepare`, the task compiling it, and the client of the request that
+    started it (whose fair share of the compile slots it takes: :class:`_CompileSlots`)."""
 
-    __slots__ = ("key", "seqs", "waiters", "task", "group")
+    __slots__ = ("key", "seqs", "waiters", "task", "client", "abandoned")
 
-    def __init__(self, key: tuple[str, str], group: Any = None) -> None:
+    def __init__(self, key: tuple[str, str], client: Any = None) -> None:
         self.key = key
-        self.group = group
+        self.client = client
         self.seqs: list[Sequence] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
+        #: cancelled because no request waits for it any more (not by close())
+        self.abandoned = False
 
     def wanted(self) -> bool:
         """Whether a held sequence or a ``prepare`` future still waits for it."""
@@ -299,9 +291,9 @@ class GenerationEngine:
         server writes the frames then, rather than one loop iteration later).
         ``max_guide_indexes``: how many compiled ``guided_regex`` / ``guided_json`` patterns
         (:class:`~.structured.RegexIndex`) the engine keeps, least recently used dropped first.
-        ``guide_compile_limits``: the hard limits of each compiling child process (None:
-        :meth:`~.guide_sandbox.CompileLimits.from_env`, the documented defaults unless
-        ``$WSSERVE_GUIDE_COMPILE_*`` override them; raises ``ValueError`` for a bad one)."""
+        ``guide_compile_limits``: the hard limits of each compiling child process (None: the
+        documented defaults, :class:`~.guide_sandbox.CompileLimits`; the server passes its
+        ``guide_compile_*`` settings, or a model's config.toml's)."""
         if inline_max_batch < 0:
             raise ValueError(f"inline_max_batch must be >= 0, got {inline_max_batch}")
         self.model = model
@@ -346,9 +338,10 @@ class GenerationEngine:
         self._refusals: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._vocabulary: bytes | None = None  # the model's token texts as a compiling child reads them
         #: at most this many patterns compile at once (each holds a child process and a core
-        #: meanwhile), a freed slot to the group with the fewest running
+        #: meanwhile), a freed slot to the client with the fewest running
         self._build_slots = _CompileSlots(_MAX_CONCURRENT_BUILDS)
-        self._compile_limits = guide_compile_limits or CompileLimits.from_env()
+        self._compile_limits = guide_compile_limits or CompileLimits()
+        self._held_ended = 0  # the scheduler's held_ended when the compiles were last checked
 
     # -- public API ------------------------------------------------------------------
     def start(self) -> None:
@@ -359,13 +352,15 @@ class GenerationEngine:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="wsserve-generate")
 
     def submit(
-        self, params: GenerationParams, sink: TokenSink, *, group: Any = None, deadline: float | None = None
+        self, params: GenerationParams, sink: TokenSink, *, group: Any = None, deadline: float | None = None,
+        client: Any = None,
     ) -> Sequence:
         """Queue a generation streaming into ``sink``; return its handle (its ``prompt_tokens``,
         the token ids the model was given for the prompt, is set before this returns).
 
-        ``group`` is the fairness key (the client connection, see
-        :class:`~wsserve.generation.scheduler.Scheduler`); ``deadline`` is in
+        ``group`` is the fairness key of the batch slots (the client connection, see
+        :class:`~wsserve.generation.scheduler.Scheduler`); ``client`` that of the compile slots
+        (:func:`~.fairslots.compile_client`; None: ``group``); ``deadline`` is in
         ``time.monotonic()`` seconds.  Raises :class:`~wsserve.errors.Overloaded`
         (queue full, with ``retry_after_ms``) or :class:`~wsserve.errors.ShuttingDown`
         (closed); the sink is then never called.
@@ -381,25 +376,27 @@ class GenerationEngine:
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
                                           index=index, hold=index is None)
             if index is None:
-                self._compile(pattern, group).seqs.append(seq)
+                self._compile(pattern, group if client is None else client).seqs.append(seq)
         self._idle.clear()
         self._wakeup.set()
         return seq
 
-    def prepare(self, params: GenerationParams, *, group: Any = None) -> asyncio.Future[None] | None:
+    def prepare(self, params: GenerationParams, *, group: Any = None, client: Any = None
+                ) -> asyncio.Future[None] | None:
         """For a ``guided_regex`` / ``guided_json`` whose pattern is not compiled yet: start
         compiling it (or join the compilation in progress) and return a future that is done once
         it is (its exception: the ``BadRequest`` naming the field, or ``ShuttingDown``); None when
         there is nothing to compile.  A caller that awaits it before :meth:`submit` can still answer
         a refusal as its own (an HTTP 400 before a stream starts); :meth:`submit` does not need it.
-        ``group``: as :meth:`submit`'s (whose compiles share the slots fairly)."""
+        ``group``, ``client``: as :meth:`submit`'s (the compile slots are shared fairly by
+        ``client``, else ``group``)."""
         pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
         if pattern is None or self._indexes.get(pattern.key) is not None:
             return None
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pending = self._compile(pattern, group)
+        pending = self._compile(pattern, group if client is None else client)
         pending.waiters.append(future)
         future.add_done_callback(functools.partial(self._waiter_done, pending))
         return future
@@ -409,11 +406,11 @@ class GenerationEngine:
         if future.cancelled():
             self._abandon_if_unwanted(pending)
 
-    def _compile(self, pattern: GuidePattern, group: Any) -> _Compiling:
-        """The compilation of ``pattern`` in progress; started now (for ``group``) if there is none."""
+    def _compile(self, pattern: GuidePattern, client: Any) -> _Compiling:
+        """The compilation of ``pattern`` in progress; started now (for ``client``) if there is none."""
         pending = self._building.get(pattern.key)
         if pending is None:
-            pending = self._building[pattern.key] = _Compiling(pattern.key, group)
+            pending = self._building[pattern.key] = _Compiling(pattern.key, client)
             task = asyncio.get_running_loop().create_task(self._build(pattern, pending), name="wsserve-guide-compile")
             pending.task = task
             self._build_tasks.add(task)
@@ -421,12 +418,24 @@ class GenerationEngine:
         return pending
 
     def _abandon_if_unwanted(self, pending: _Compiling) -> None:
-        """Cancel ``pending``'s compile (killing its child) when nothing waits for it any more; a
-        later request for the same pattern starts a new one."""
+        """Cancel ``pending``'s compile (killing its child, freeing its slot) when nothing waits
+        for it any more: every held request cancelled, past its deadline or ended with its
+        connection, every :meth:`prepare` future cancelled.  It ends as ``abandoned`` (metrics),
+        neither kept nor remembered as a refusal; a later request for the same pattern starts a
+        new one.
+
+        Why not let it finish and keep the index, as vLLM-style servers cache compiled grammars?
+        A compile nobody waits for would then cost the server up to the child's limits for free:
+        a client could send pattern after pattern with a ``timeout_ms`` of 1 (or hang up at once)
+        and hold both compile slots, and the CPU, while holding no request and no fair share.
+        Killing it makes every compile cost its requester a waiting request, so the slots'
+        fairness and ``max_inflight`` bound it.  The price: a pattern whose compile takes longer
+        than its requests' deadlines never compiles (give it a longer ``timeout_ms``)."""
         if pending.wanted() or pending.task is None or pending.task.done():
             return
         if self._building.get(pending.key) is pending:
             del self._building[pending.key]
+        pending.abandoned = True
         pending.task.cancel()
 
     async def _build(self, pattern: GuidePattern, pending: _Compiling) -> None:
@@ -445,7 +454,7 @@ class GenerationEngine:
                 error = pattern.refusal(f"field {pattern.name!r}: {refused}")  # (this request's field)
                 result = "remembered"
             else:
-                await self._build_slots.acquire(pending.group)
+                await self._build_slots.acquire(pending.client)
                 try:
                     if self._vocabulary is None:
                         self._vocabulary = await asyncio.to_thread(vocabulary_payload, self.model.id_to_text)
@@ -453,7 +462,7 @@ class GenerationEngine:
                     index = await compile_in_child(pattern, self._vocabulary, len(self.model.id_to_text),
                                                    limits=self._compile_limits)
                 finally:
-                    self._build_slots.release(pending.group)
+                    self._build_slots.release(pending.client)
         except BadRequest as exc:  # refused (by the library, a bound, or the child's limits)
             error = exc
             result = "refused"
@@ -471,7 +480,7 @@ class GenerationEngine:
             for future in pending.waiters:
                 if not future.done():
                     future.set_exception(ShuttingDown("server is shutting down"))
-            self._compiled(result="cancelled", started=None)
+            self._compiled(result="abandoned" if pending.abandoned else "cancelled", started=None)
             raise
         except Exception as exc:  # noqa: BLE001 - the compile failing: this pattern's requests only
             log.error("compiling a %s pattern for model %s failed", pattern.kind, self.name, exc_info=exc)
@@ -556,14 +565,8 @@ class GenerationEngine:
         """
         if handle.owner is None:
             return
-        held = handle.state is SeqState.COMPILING
         self._sched.finish_requests((handle,), time.monotonic())  # no-op if it just finished
-        if held:  # the last request waiting for its pattern: stop compiling it
-            pattern = GuidePattern.of(handle.params)
-            pending = self._building.get(pattern.key) if pattern is not None else None
-            if pending is not None:
-                self._abandon_if_unwanted(pending)
-        self._deliver()  # its terminal callback (whatever the reason) happens now
+        self._deliver()  # its terminal callback (whatever the reason) happens now; an unwanted compile stopped
 
     def statistics(self) -> WorkerStatistics:
         s = self._sched.statistics()
@@ -684,9 +687,7 @@ class GenerationEngine:
         except TimeoutError:
             pass
         self._sched.expire(time.monotonic())
-        for pending in list(self._building.values()):
-            self._abandon_if_unwanted(pending)
-        self._deliver()
+        self._deliver()  # (and the compiles no request waits for any more are stopped)
 
     async def _score_prompt(self) -> None:
         """Score the next slice of the oldest queued prompt (:meth:`score_prompt`; at most
@@ -781,6 +782,10 @@ class GenerationEngine:
         tokens, terminals); a nested call continues the very iterator the outer
         call is walking.
         """
+        if self._building and self._sched.held_ended != self._held_ended:  # a held request ended
+            self._held_ended = self._sched.held_ended
+            for pending in list(self._building.values()):
+                self._abandon_if_unwanted(pending)
         items = self._sched.take_output()
         queue = self._pending
         if items:  # token blocks and runs of single events, in order

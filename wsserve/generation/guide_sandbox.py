@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import GUIDE_COMPILE_LIMITS
 from ..errors import BadRequest, Internal
 from . import guide_compile
 from .guide_compile import EXIT_OVER_LIMITS, MAX_GUIDE_TRANSITIONS, load_result
@@ -39,48 +40,27 @@ __all__ = ["GUIDE_COMPILE_CPU_S", "GUIDE_COMPILE_MEMORY_BYTES", "GUIDE_COMPILE_T
 
 log = logging.getLogger(__name__)
 
-# Limits
-#: The address space a compiling child may map (``RLIMIT_AS``): 1 GiB.  (Python, numpy and
-#: outlines-core start in ~30 MB of it.)
-GUIDE_COMPILE_MEMORY_BYTES = 1 << 30
-#: The CPU time a compiling child may use (``RLIMIT_CPU``, seconds).
-GUIDE_COMPILE_CPU_S = 10
-#: The wall-clock time after which the parent kills a compiling child (seconds; above the CPU
-#: limit, so on an idle machine the CPU limit decides: a refusal that does not depend on load).
-GUIDE_COMPILE_TIMEOUT_S = 15.0
+# Limits (the defaults of the server's settings of the same names: wsserve.config.GUIDE_COMPILE_LIMITS)
+#: The address space a compiling child may map (``RLIMIT_AS``): 1 GiB.
+GUIDE_COMPILE_MEMORY_BYTES = int(GUIDE_COMPILE_LIMITS["guide_compile_memory_bytes"][0])
+#: The CPU time a compiling child may use (``RLIMIT_CPU``, seconds): 10.
+GUIDE_COMPILE_CPU_S = int(GUIDE_COMPILE_LIMITS["guide_compile_cpu_s"][0])
+#: The wall-clock time after which the parent kills a compiling child (seconds): 15.
+GUIDE_COMPILE_TIMEOUT_S = float(GUIDE_COMPILE_LIMITS["guide_compile_timeout_s"][0])
 #: The most a child may write on stdout (1M transitions are ~16 MB of arrays) and stderr.
 _MAX_STDOUT_BYTES = 64 << 20
 _MAX_STDERR_BYTES = 16 << 10
-#: Environment variables that override the limits (tests lower them; an operator may too).
-_ENV = {"memory_bytes": "WSSERVE_GUIDE_COMPILE_MEMORY_BYTES", "cpu_s": "WSSERVE_GUIDE_COMPILE_CPU_S",
-        "timeout_s": "WSSERVE_GUIDE_COMPILE_TIMEOUT_S"}
 
 
 @dataclass(frozen=True, slots=True)
 class CompileLimits:
-    """The hard limits of one compiling child (None: no such limit)."""
+    """The hard limits of one compiling child (None: no such limit; the server's settings,
+    ``--guide-compile-memory-bytes``, ``--guide-compile-cpu-s`` and ``--guide-compile-timeout-s``,
+    never turn one off)."""
 
     memory_bytes: int | None = GUIDE_COMPILE_MEMORY_BYTES
     cpu_s: int | None = GUIDE_COMPILE_CPU_S
     timeout_s: float | None = GUIDE_COMPILE_TIMEOUT_S
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> CompileLimits:
-        """The defaults, each overridden by its ``WSSERVE_GUIDE_COMPILE_*`` variable when set (a
-        positive number; ``0`` turns the limit off).  Raises ``ValueError`` naming a bad one."""
-        env = os.environ if environ is None else environ
-        values: dict[str, float | None] = {}
-        for field, var in _ENV.items():
-            raw = env.get(var)
-            if raw:
-                try:
-                    value = float(raw) if field == "timeout_s" else int(raw)
-                except ValueError:
-                    raise ValueError(f"${var} must be a number, got {raw!r}") from None
-                if value < 0:
-                    raise ValueError(f"${var} must be >= 0, got {raw!r}")
-                values[field] = value or None
-        return cls(**values)  # type: ignore[arg-type]
 
     def describe(self) -> str:
         """The limits as a refusal states them."""

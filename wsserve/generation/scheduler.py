@@ -200,6 +200,9 @@ class Scheduler:
         self._choices: ChoiceSet | None = None  # the last guided request's (its n sequences share it)
         #: sequences held until their guided_regex / guided_json is compiled (:meth:`release`)
         self._held: dict[Sequence, None] = {}
+        #: held sequences that ended while held (cancelled, past their deadline, failed): a count
+        #: that changes when a pattern being compiled may have lost its last waiting request
+        self.held_ended = 0
 
     # -- requests ------------------------------------------------------------------
     def add_request(
@@ -616,6 +619,7 @@ class Scheduler:
             self._waiting[seq.params.priority].remove(seq)
         elif seq.state is SeqState.COMPILING:
             del self._held[seq]
+            self.held_ended += 1
         elif seq.state is _RUNNING:
             self._release(seq)
         self._ended(seq, now, reason, error)

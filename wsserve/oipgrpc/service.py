@@ -37,6 +37,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from ..admission import PROXY_HEADERS, check_bearer, client_address, local_admin
 from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
+from ..generation.fairslots import compile_client
 from ..rest import modelrepo
 from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
@@ -795,6 +796,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                        else convert.StreamOutputsEncoder(outputs, prepend))
             call = exchange.call = GrpcGenerateCall(session, exchange, entry, now, completion,  # type: ignore[arg-type]
                                                     encoder, None, style="oip")  # type: ignore[arg-type]
+            call.client = compile_client(key, session.address)  # (the TCP peer's address without a key)
             call.submit(completion.params, session)
             if type(encoder) is convert.StreamOutputsEncoder:  # its events' num_input_tokens
                 encoder.prompt_tokens = call.choices[0].handle.prompt_tokens

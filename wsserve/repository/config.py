@@ -22,6 +22,10 @@ problem.  Keys (bounds inclusive)::
     max_queue_requests    1..1000000: requests that may wait in the model's queue (Triton's max_queue_size)
     default_timeout_ms    (0, 2**31-1] (number): the queue deadline of a request that sets none
     allow_timeout_override  true (default) | false: whether a request's timeout_ms may shorten it
+    guide_compile_memory_bytes  67108864..68719476736: a generative model's guided-pattern compiling child's
+                     address space (default: --guide-compile-memory-bytes)
+    guide_compile_cpu_s  1..3600: its CPU seconds (default: --guide-compile-cpu-s)
+    guide_compile_timeout_s  [0.1, 3600] (number): its wall-clock seconds (default: --guide-compile-timeout-s)
     [onnx]           intra_op_num_threads = 1..64 (default 1)
 
 Names (model inputs/outputs) are 1..128 printable ASCII characters without
@@ -40,7 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import MAX_DELAY_MS, check_model_load_timeout
+from ..config import (
+    GUIDE_COMPILE_LIMITS,
+    MAX_DELAY_MS,
+    check_guide_compile_limit,
+    check_model_load_timeout,
+)
 from .errors import ConfigError
 from .tensors import DTYPES, MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 
@@ -86,6 +95,7 @@ _TOP_KEYS = frozenset(
         "backend", "task", "input_shape", "output_shape", "input_dtype", "output_dtype", "inputs", "outputs",
         "max_batch_size", "max_delay_ms", "instances", "flops_per_row", "version_policy", "onnx",
         "model_load_timeout_s", "max_queue_requests", "default_timeout_ms", "allow_timeout_override",
+        *GUIDE_COMPILE_LIMITS,
     }
 )
 _TENSOR_KEYS = frozenset({"name", "shape", "dtype"})
@@ -141,6 +151,10 @@ class ModelConfig:
     max_queue_requests: int | None = None
     default_timeout_ms: float | None = None
     allow_timeout_override: bool = True
+    #: A generative model's guided-pattern compile limits (None: the server's flag of the same name)
+    guide_compile_memory_bytes: int | None = None
+    guide_compile_cpu_s: int | None = None
+    guide_compile_timeout_s: float | None = None
     #: The model file in a version directory when not the backend's usual one (config.pbtxt's
     #: ``default_model_filename``); ``None``: ``model.onnx`` / ``model.npz`` / ``model.py``.
     model_file: str | None = None
@@ -345,6 +359,13 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
     override = doc.get("allow_timeout_override", True)
     if type(override) is not bool:
         raise ConfigError(path, "allow_timeout_override", f"must be true or false, got {_tname(override)}")
+    compile_limits: dict[str, int | float] = {}
+    for key in GUIDE_COMPILE_LIMITS:
+        if key in doc:
+            try:
+                compile_limits[key] = check_guide_compile_limit(key, doc[key], "it")
+            except ValueError as exc:
+                raise ConfigError(path, key, str(exc).removeprefix("it ")) from None
 
     onnx = doc.get("onnx", {})
     if type(onnx) is not dict:
@@ -375,6 +396,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
         max_queue_requests=opt_int("max_queue_requests", 1, MAX_QUEUE_REQUESTS),
         default_timeout_ms=default_timeout,
         allow_timeout_override=override,
+        **compile_limits,  # type: ignore[arg-type]
     )
 
 

@@ -65,6 +65,7 @@ from ..errors import (
     UnknownModel,
     WsserveError,
 )
+from ..generation.fairslots import compile_client
 from ..generation.running import checked_prompt_ids
 from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
@@ -760,6 +761,7 @@ class HttpApi:
                 else:
                     encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
+            call.client = compile_client(key, request.address)  # its fair share of the compile slots
             counts = None  # echo_only without scoring: each prompt's token count
             if completion.echo_only or (completion.echo and completion.params.logprobs is not None):
                 # checked as a queued generation's are: none is queued (echo_only), or only once the
@@ -785,7 +787,7 @@ class HttpApi:
             elif completion.echo_only:  # nothing to queue: the prompts' token counts are the answer's usage
                 counts = [len(ids) for ids in completion.prompt_ids] or [
                     entry.worker.model.encode_prompt(prompt)[1] for prompt in call.prompts]
-            elif (compiling := entry.worker.prepare(completion.params, group=session)) is not None:
+            elif (compiling := entry.worker.prepare(completion.params, group=session, client=call.client)) is not None:
                 # a guided_regex / guided_json compiled first (in a child process): a refusal is still a 400
                 call.compiling = compiling
                 compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))
@@ -853,7 +855,7 @@ class HttpApi:
             if completion.echo_only:  # the prompts are the answer
                 call.answer_prompts([len(logged or ()) for logged in call.echo_logged])
                 return
-            if (compiling := call.engine.prepare(completion.params, group=session)) is not None:
+            if (compiling := call.engine.prepare(completion.params, group=session, client=call.client)) is not None:
                 # its guided pattern compiled first, as without echo: a refusal is still a 400
                 call.compiling = compiling
                 compiling.add_done_callback(functools.partial(self._prepared, call, completion, session))

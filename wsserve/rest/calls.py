@@ -351,7 +351,7 @@ class CompletionCall(Call):
     that fails fails the call (the others are cancelled)."""
 
     __slots__ = ("engine", "choices", "encoder", "stream", "include_usage", "scoring", "compiling", "streaming", "echo",
-                 "echo_logged", "logged", "prompts", "prompt_ids", "prompt_counts", "_open")
+                 "echo_logged", "logged", "prompts", "prompt_ids", "prompt_counts", "client", "_open")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, received_at: float,
                  completion: Completion,
@@ -380,6 +380,9 @@ class CompletionCall(Call):
         self.compiling: Any = None
         #: the 200 and the stream's first events are out
         self.streaming = False
+        #: whose fair share of the compile slots its guided pattern takes (the route sets it:
+        #: :func:`~wsserve.generation.fairslots.compile_client` of its key and address)
+        self.client: Any = None
         n = completion.n
         self.choices = [CompletionChoice(self, a * n + j, a, j) for a in range(len(self.prompts)) for j in range(n)]
         self._open = self.weight = len(self.choices)  # choices not ended yet; each counts against max_inflight
@@ -433,7 +436,7 @@ class CompletionCall(Call):
                     p = dataclasses.replace(p, prompt=self.prompts[choice.prompt])
                 if choice.nth and params.seed is not None:
                     p = dataclasses.replace(p, seed=(params.seed + choice.nth) & 0xFFFF_FFFF_FFFF_FFFF)
-                choice.handle = self.engine.submit(p, choice, group=group)
+                choice.handle = self.engine.submit(p, choice, group=group, client=self.client)
         except Exception:
             for choice in self.choices:
                 if choice.handle is not None:
