@@ -289,3 +289,54 @@ async def test_a_variable_dim_in_a_binary_frame_takes_its_size(served) -> None:
         assert err["code"] == "invalid_input" and "the model takes [n, -1, 3]" in err["message"], err
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Sink:
+    """One request's rows as :class:`wsserve.worker.PredictSink` receives them."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        import asyncio
+
+        self.inputs, self.n, self.nbytes, self.finished = x, len(x), x.nbytes, False
+        self.outputs: list[np.ndarray] = []
+        self.error: Exception | None = None
+        self.done = asyncio.Event()
+
+    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        self.outputs.append(outputs)
+        if sum(len(o) for o in self.outputs) == self.n:
+            self.finished = True
+            self.done.set()
+
+    def on_error(self, exc: Exception) -> None:
+        self.finished, self.error = True, exc
+        self.done.set()
+
+
+async def test_a_variable_dim_model_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """A row of a dims [-1, 3] model is as large as the client makes it (up to 4194304 values), so its cost
+    is not the model's flops_per_row (here 1: the graph has no parameters): its batches run in the executor,
+    never inline on the event loop, where one large request would stall every connection. wsserve ran them
+    inline (a row's estimated cost, 1, was under inline_max_flops)."""
+    import asyncio
+
+    from wsserve.worker import PredictWorker
+
+    model, ref = ob.centered(3)
+    loaded = _load(tmp_path, model, VARIABLE)
+    worker = PredictWorker(loaded, max_batch_size=1)
+    worker.start()
+    try:
+        x = (np.arange(3000, dtype=np.float32).reshape(1, 1000, 3) ** 0.5)
+        sink = _Sink(x)
+        worker.submit(sink)
+        await asyncio.wait_for(sink.done.wait(), 30)
+        assert sink.error is None
+        np.testing.assert_allclose(sink.outputs[0][0], ref(x[0]), rtol=1e-5, atol=1e-4)
+        assert worker.statistics().executor_batches == 1
+    finally:
+        await worker.close()
+        loaded.close()

@@ -129,6 +129,12 @@ class PredictSink(Protocol):
     def on_error(self, exc: WsserveError) -> None: ...
 
 
+def _rows_vary(model: Any) -> bool:
+    """Whether ``model`` declares an input dimension each request sizes (a
+    :attr:`~wsserve.repository.tensors.TensorSpec.variable` spec): its cost per row is then unknown."""
+    return any(getattr(spec, "variable", False) for spec in getattr(model, "inputs", None) or ())
+
+
 class BatchOutputs:
     """One computed batch's outputs, handed whole to the sinks that take ``on_batch_outputs``
     (see :class:`PredictSink`): ``y`` (``[rows, c]``, contiguous, every row finite), ``rows``
@@ -333,7 +339,9 @@ class PredictWorker:
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
         self.allow_timeout_override = allow_timeout_override
         self._instances = instances
-        self._inline_max_rows = max(0, inline_max_flops // max(1, model.flops_per_row()))
+        # A model with a variable (-1) input dimension has rows as large as each request makes them: the
+        # cost per row is unknown, so none runs on the loop (one large row would stall every connection).
+        self._inline_max_rows = 0 if _rows_vary(model) else max(0, inline_max_flops // max(1, model.flops_per_row()))
         self._observer = observer
         #: This version's :class:`~wsserve.metrics.VersionStats` (the pool sets it when it serves the
         #: version; None: not counted).  Each computed batch is recorded there.
