@@ -37,6 +37,9 @@ def _pbtxt(x: str, y: str, max_batch_size: int = 0) -> str:
 SCALAR = _pbtxt("[ 1 ]", "[ 1 ]")
 FIXED = _pbtxt("[ 1, 3 ]", "[ 1, 3 ]")
 VARIABLE = _pbtxt("[ -1, 3 ]", "[ -1, 3 ]")
+TOP_K = ("max_batch_size: 0\n"
+         'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "k" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+         'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "idx" data_type: TYPE_INT64 dims: [ -1 ] } ]\n')
 
 
 def _load(tmp_path: Path, model: Any, text: str) -> Any:
@@ -114,7 +117,7 @@ def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     root = tmp_path_factory.mktemp("whole") / "model_repository"
     for name, builder, text in (("scalar", ob.scalar_affine, SCALAR), ("fixed", ob.fixed_batch, FIXED),
-                                ("centered", ob.centered, VARIABLE)):
+                                ("centered", ob.centered, VARIABLE), ("topk", ob.top_k, TOP_K)):
         model, _ = builder()
         ob.save(model, root / name / "1")
         (root / name / "config.pbtxt").write_text(text)
@@ -289,6 +292,28 @@ async def test_a_variable_dim_in_a_binary_frame_takes_its_size(served) -> None:
         assert err["code"] == "invalid_input" and "the model takes [n, -1, 3]" in err["message"], err
     finally:
         await conn.close()
+
+
+async def test_rows_answered_at_different_sizes_fail_their_request_naming_the_output(served) -> None:
+    """A model whose output size is a value of the request (TopK's k): a WebSocket predict of rows with
+    different k gets rows of different sizes, which its one result array cannot hold: the request fails with
+    invalid_input naming the output and both shapes (wsserve failed it with 'internal', a numpy message and a
+    traceback in the log); rows of one size are answered, and so is each row alone."""
+    proc, _ = served
+    x = [3.0, 1.0, 2.0]
+    conn = await Conn.open(proc.url)
+    try:
+        done = await predict(conn, 1, "topk", {"x": [x, x], "k": [[1], [1]]})
+        assert done["type"] == "result" and done["outputs"] == {"y": [[3.0], [3.0]], "idx": [[0], [0]]}, done
+        done = await predict(conn, 2, "topk", {"x": [x, x], "k": [[1], [2]]})
+        assert done["type"] == "error" and done["code"] == "invalid_input", done
+        assert done["message"] == ("output 'y' has rows of shape [1] and [2] in one request: the model answers each row "
+                                   "at its own size, which one array cannot hold; send such rows in separate requests")
+        done = await predict(conn, 3, "topk", {"x": [x], "k": [[2]]})
+        assert done["type"] == "result" and done["outputs"] == {"y": [[3.0, 2.0]], "idx": [[0, 2]]}, done
+    finally:
+        await conn.close()
+    assert "Traceback" not in proc.stderr_text()
 
 
 # --------------------------------------------------------------------------- the worker

@@ -85,10 +85,24 @@ def count_rows(block: Tensors) -> int:
 
 
 def concat_rows(parts: list[Tensors]) -> Tensors:
-    """Rows of several deliveries, in order (per name for named outputs)."""
+    """Rows of several deliveries, in order (per name for named outputs).  Raises
+    :class:`~wsserve.errors.InvalidInput` when their rows differ in shape (a model without a batch
+    dimension whose output has a variable dimension, e.g. TopK's ``k`` given per row, answered each
+    row at its own size: one array cannot hold them), naming the output and both shapes."""
     if isinstance(parts[0], dict):
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
-    return np.concatenate(parts)  # type: ignore[arg-type]
+        return {k: _concat([p[k] for p in parts], k) for k in parts[0]}  # type: ignore[index]
+    return _concat(parts, None)  # type: ignore[arg-type]
+
+
+def _concat(arrays: list[np.ndarray], name: str | None) -> np.ndarray:
+    first = arrays[0].shape[1:]
+    for a in arrays[1:]:
+        if a.shape[1:] != first:
+            what = "the output" if name is None else f"output {name!r}"
+            raise InvalidInput(f"{what} has rows of shape {list(first)} and {list(a.shape[1:])} in one request: "
+                               "the model answers each row at its own size, which one array cannot hold; send "
+                               "such rows in separate requests")
+    return np.concatenate(arrays)
 
 
 def slice_rows(block: Tensors, a: int, b: int) -> Tensors:
@@ -676,12 +690,19 @@ class PredictWorker:
             log.error("result sink of a %s request failed in on_error", self.name, exc_info=sink_exc)
 
     def _sink_failed(self, item: WorkItem, exc: BaseException) -> None:
-        """A sink raised: log it, stop its rows, and end it with ``internal`` (best effort)."""
-        log.error("result sink of a %s request failed", self.name, exc_info=exc)
+        """A sink raised: stop its rows and end it (best effort) with ``exc`` when it is
+        :class:`~wsserve.errors.InvalidInput` (rows the request's reply cannot hold, see
+        :func:`concat_rows`), else with ``internal``, logged with its traceback (a bug)."""
         self.queue.cancel(item)
+        if isinstance(exc, InvalidInput):
+            log.info("a %s request failed: %s", self.name, exc)
+            error: WsserveError = exc
+        else:
+            log.error("result sink of a %s request failed", self.name, exc_info=exc)
+            error = Internal(f"internal error delivering results: {type(exc).__name__}: {exc}")
         try:
             if not item.payload.finished:
-                item.payload.on_error(Internal(f"internal error delivering results: {type(exc).__name__}: {exc}"))
+                item.payload.on_error(error)
         except Exception:  # noqa: BLE001
             log.exception("result sink failed again in on_error")
 
