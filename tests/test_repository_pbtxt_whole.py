@@ -37,6 +37,12 @@ def _pbtxt(x: str, y: str, max_batch_size: int = 0) -> str:
 SCALAR = _pbtxt("[ 1 ]", "[ 1 ]")
 FIXED = _pbtxt("[ 1, 3 ]", "[ 1, 3 ]")
 VARIABLE = _pbtxt("[ -1, 3 ]", "[ -1, 3 ]")
+#: An ensemble without a batch dimension over 'centered' (dims [-1, 3]).
+PIPE = ('platform: "ensemble"\nmax_batch_size: 0\n'
+        'input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]\n'
+        'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "centered" model_version: -1 input_map { key: "x" value: "IN" } '
+        'output_map { key: "y" value: "OUT" } } ] }\n')
 TOP_K = ("max_batch_size: 0\n"
          'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "k" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
          'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "idx" data_type: TYPE_INT64 dims: [ -1 ] } ]\n')
@@ -121,6 +127,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         model, _ = builder()
         ob.save(model, root / name / "1")
         (root / name / "config.pbtxt").write_text(text)
+    (root / "pipe" / "1").mkdir(parents=True)  # an ensemble version directory holds no file
+    (root / "pipe" / "config.pbtxt").write_text(PIPE)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc)
@@ -292,6 +300,35 @@ async def test_a_variable_dim_in_a_binary_frame_takes_its_size(served) -> None:
         assert err["code"] == "invalid_input" and "the model takes [n, -1, 3]" in err["message"], err
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_ensemble_without_a_batch_dimension_takes_its_dims_exactly(served, transport: str) -> None:
+    """An ensemble with max_batch_size 0 over a model without one is served as Triton serves it: metadata and
+    config give its dims ([-1, 3], max_batch_size 0) and a request of shape [k, 3] runs the step whole. wsserve
+    took it as batching: metadata [-1, -1, 3], config max_batch_size 65536, and every request refused
+    ("input 'IN' has shape [2, 3]; the model takes [-1, -1, 3]")."""
+    proc, address = served
+    module = thttp if transport == "http" else tgrpc
+    client = _http(proc) if transport == "http" else tgrpc.InferenceServerClient(address)
+    _, ref = ob.centered(3)
+    try:
+        wait_until(lambda: client.is_model_ready("pipe"), 30.0, what="the ensemble ready")
+        if transport == "http":
+            meta, config = client.get_model_metadata("pipe"), client.get_model_config("pipe")
+            assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [[-1, 3], [-1, 3]]
+            assert config["max_batch_size"] == 0
+        else:
+            assert [list(t.shape) for t in client.get_model_metadata("pipe").inputs] == [[-1, 3]]
+            assert client.get_model_config("pipe").config.max_batch_size == 0
+        x = (np.arange(6, dtype=np.float32).reshape(2, 3) ** 2) / 3
+        inp = module.InferInput("IN", [2, 3], "FP32")
+        inp.set_data_from_numpy(x)
+        y = client.infer("pipe", [inp]).as_numpy("OUT")
+        assert y.shape == (2, 3)
+        np.testing.assert_allclose(y, ref(x), rtol=1e-5, atol=1e-5)
+    finally:
+        client.close()
 
 
 async def test_rows_answered_at_different_sizes_fail_their_request_naming_the_output(served) -> None:
