@@ -331,7 +331,8 @@ class PredictWorker:
         ``default_queue_policy``): ``max_queue_requests`` requests may wait at most;
         ``default_timeout_ms`` is the deadline of a request queued without one (and, unless
         ``allow_timeout_override``, of every request; a request may only shorten it: see
-        :func:`~wsserve.batching.queue_deadline`)."""
+        :func:`~wsserve.batching.queue_deadline`), until its first rows are scheduled
+        (:attr:`~wsserve.batching.WorkItem.deadline_until_started`)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -425,10 +426,12 @@ class PredictWorker:
         if explain and self.explainer is None:
             raise BadRequest(self.explain_refusal or "cannot be explained")
         now = monotonic()
+        until_started = False
         if self.default_timeout_s is not None:
-            deadline = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
+            chosen = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
+            until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
-                        cost=self._explain_cost if explain else 1)
+                        cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
         self.queue.add(item, now)
         if self._running < self._instances:
             if self._tick_handle is None:
