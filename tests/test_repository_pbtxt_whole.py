@@ -116,6 +116,29 @@ def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path:
         loaded.close()
 
 
+def test_a_row_sized_by_the_request_holds_at_most_4194304_values_on_every_path() -> None:
+    """A -1 dim takes each request's size: the OIP bounds such a tensor to 4194304 values (the repository's
+    bound on a row), and so do the WebSocket's JSON rows and binary frames, whatever --max-message-bytes
+    allows (two -1 dims of up to 4194304 each, or a frame as large as the message, were taken whole)."""
+    from wsserve.errors import InvalidInput
+    from wsserve.repository.inputs import convert_inputs
+    from wsserve.repository.tensors import TensorSpec
+    from wsserve.tensorframe import conform, encode, read_tensors, split, view_tensors
+
+    spec = TensorSpec("x", (-1, -1), "float32")
+    rows = [[[0.0] * 2049] * 2048]  # 4196352 values: one list repeated, little memory
+    with pytest.raises(InvalidInput) as info:
+        convert_inputs(rows, [spec], max_rows=10, max_elements=1 << 30)
+    assert str(info.value) == ("'inputs' row 0 has shape [2048, 2049]: 4196352 values; at most 4194304 (input 'x' has "
+                               "shape [-1, -1], -1: any size)")
+    assert convert_inputs([[[0.0] * 2048] * 2048], [spec], max_rows=10, max_elements=1 << 30).shape == (1, 2048, 2048)
+    header, payload = split(encode({"type": "predict"}, np.zeros((1, 2048, 2049), np.float32), key="inputs"))
+    descs = read_tensors(header, len(payload), max_rows=10, key="inputs")
+    with pytest.raises(InvalidInput) as info:
+        conform(view_tensors(payload, descs), descs, [spec])
+    assert str(info.value).endswith("has shape [1, 2048, 2049]: 4196352 values per row; at most 4194304")
+
+
 # --------------------------------------------------------------------------- a real server
 
 
