@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input"]
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input", "top_k"]
 
 #: An IR version / opset every onnxruntime >= 1.17 reads.
 IR_VERSION = 8
@@ -183,3 +183,19 @@ def string_input() -> tuple[onnx.ModelProto, Reference]:
         [helper.make_tensor_value_info("t", TensorProto.STRING, ["N", 1])],
     )
     return model, lambda s: s
+
+
+def top_k() -> tuple[onnx.ModelProto, Reference]:
+    """Inputs ``x`` [N] and ``k`` [1] (int64) -> ``y`` [K], ``idx`` [K]: the ``k`` largest values and their
+    indices; the outputs' size is a value of the request (``max_batch_size: 0`` with dims ``[-1]``)."""
+    model = _model(
+        [helper.make_node("TopK", ["x", "k"], ["y", "idx"], axis=0)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]), helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K"]), helper.make_tensor_value_info("idx", TensorProto.INT64, ["K"])],
+    )
+
+    def ref(x: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.argsort(-x, kind="stable")[: int(k[0])]
+        return x[idx], idx
+
+    return model, ref

@@ -74,6 +74,23 @@ def test_the_ensembles_minus_one_dims_are_taken_from_the_step_models() -> None:
     assert p.inputs[0].shape == (3,) and p.outputs[0].shape == (2,)
 
 
+def test_a_fixed_tensor_feeds_a_steps_variable_dim() -> None:
+    """A step input with a -1 dim (a model without a batch dimension, dims [-1, 3]) takes any size there, so a
+    fixed ensemble tensor ([2, 3]) feeds it, as in Triton (its ensemble check compares dims with wildcards); the
+    tensor keeps its fixed shape. It was refused: "ensemble tensor 'IN' has shape [2, 3] (the ensemble input)
+    but input 'x' of model 'centered' has shape [-1, 3]". A variable tensor into a fixed input stays refused."""
+    sigs = {("centered", None): sig("centered", {"x": (-1, 3)}, {"y": (-1, 3)}),
+            ("fixed", None): sig("fixed", {"x": (2, 3)}, {"y": (2, 3)})}
+    whole = '{ name: "IN" data_type: TYPE_FP32 dims: [ 2, 3 ] }'
+    p = plan(ensemble_pbtxt(step("centered", {"x": "IN"}, {"y": "OUT"}), inputs=whole,
+                            outputs='{ name: "OUT" data_type: TYPE_FP32 dims: [ -1, 3 ] }'), sigs)
+    assert p.inputs[0].shape == (2, 3) and p.outputs[0].shape == (-1, 3)
+    chain = ", ".join([step("centered", {"x": "IN"}, {"y": "mid"}), step("fixed", {"x": "mid"}, {"y": "OUT"})])
+    err = _error(ensemble_pbtxt(chain, inputs=whole, outputs=whole), sigs)
+    assert "ensemble tensor 'mid' has shape [-1, 3] (step 0's output) but input 'x' of model 'fixed' has shape [2, 3]" \
+        in str(err)
+
+
 def _error(text: str, sigs: dict = SIGS) -> EnsembleError:  # type: ignore[type-arg]
     with pytest.raises(EnsembleError) as info:
         plan(text, sigs)

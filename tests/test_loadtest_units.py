@@ -207,6 +207,17 @@ def test_request_values_are_bounded_by_the_models_input_width() -> None:
         check_against_models(parse_mix("predict:mlp:16385"), mlp)
 
 
+def test_a_model_with_a_variable_dimension_is_refused_naming_it() -> None:
+    """A model without a batch dimension may state a variable dim (-1: each request's size, config.pbtxt's
+    dims [-1, 3]); the load tool sends rows of one fixed size, so it refuses such a model saying so. It said
+    "1 rows of -3 values (input_shape [-1, 3]) is more than 1,048,576 values per request"."""
+    variable = {"centered": ModelShape("centered", "regression", (-1, 3))}
+    with pytest.raises(ValueError) as info:
+        check_against_models(parse_mix("predict:centered"), variable)
+    assert str(info.value) == ("workload predict:centered: model 'centered' has input_shape [-1, 3]: a variable "
+                               "dimension (-1), whose size each request gives; the load tool sends rows of a fixed size")
+
+
 def _loadtest_args(argv: list[str]):  # noqa: ANN202 - an argparse.Namespace
     import argparse
 

@@ -552,6 +552,37 @@ async def test_expired_request_gets_deadline_exceeded(make_worker) -> None:
     assert fine.outputs().tolist() == [[2.0]]
 
 
+async def test_the_default_timeout_bounds_the_wait_before_a_request_starts_not_its_run(make_worker) -> None:
+    """A model's default timeout (Triton's default_queue_policy) is a queue deadline: once a request's first
+    rows are computing it has left the queue, and its later rows (a request split over batches: here each row
+    runs alone, as for a model without a batch dimension) are not cut by it, or a request of more rows than
+    fit in the timeout could never be answered even by an idle model. They expired: deadline_exceeded after
+    row 0 was computed."""
+    gate = threading.Event()
+    model = Doubler(gate=gate)
+    worker = make_worker(model, max_batch_size=1, default_timeout_ms=20, inline_max_flops=0)
+    sink = Sink("split", _col(1.0, 2.0, 3.0))
+    worker.submit(sink)
+    await until(model.started.is_set)  # row 0 is computing: the request has started
+    started = monotonic()
+    await until(lambda: monotonic() > started + 0.05)  # its default timeout has passed
+    gate.set()
+    await _wait(sink)
+    assert sink.outputs().tolist() == [[2.0], [4.0], [6.0]]
+    waiting, hurried = Sink("waiting", _col(5.0)), Sink("hurried", _col(7.0, 8.0))
+    gate.clear()
+    model.started.clear()
+    worker.submit(Sink("held", _col(9.0)))
+    await until(model.started.is_set)
+    worker.submit(waiting)  # queued behind the held one: the default timeout applies
+    worker.submit(hurried, deadline=monotonic() + 0.01)  # a request's own (shorter) deadline applies
+    now = monotonic()
+    await until(lambda: monotonic() > now + 0.05)
+    gate.set()
+    await _wait(waiting, hurried)
+    assert isinstance(waiting.error, DeadlineExceeded) and isinstance(hurried.error, DeadlineExceeded)
+
+
 async def test_queue_bound_refuses_at_once(make_worker) -> None:
     gate = threading.Event()
     model = Doubler(gate=gate)

@@ -229,3 +229,17 @@ def test_the_queue_policy_keys() -> None:
     cfg = parse_config("", P)
     assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, None, True)
 
+
+
+def test_a_default_timeout_under_a_microsecond_is_not_reported_as_none() -> None:
+    """config.toml's default_timeout_ms takes any number > 0; Triton's configuration says it in whole
+    microseconds, where 0 means no default timeout. 0.0004 ms (a timeout every queued request meets) was
+    reported as 0, as if there were none; it is reported as 1 (the least Triton can say)."""
+    from wsserve.rest.triton import queue_policy
+
+    cfg = parse_config("default_timeout_ms = 0.0004\n")
+    assert cfg.default_timeout_ms == 0.0004
+    policy = queue_policy(None, cfg.default_timeout_ms / 1000.0, True)
+    assert policy is not None and policy["default_timeout_microseconds"] == 1
+    assert queue_policy(8, None, False)["default_timeout_microseconds"] == 0  # type: ignore[index]
+    assert queue_policy(None, 0.02, True)["default_timeout_microseconds"] == 20000  # type: ignore[index]

@@ -37,6 +37,15 @@ def _pbtxt(x: str, y: str, max_batch_size: int = 0) -> str:
 SCALAR = _pbtxt("[ 1 ]", "[ 1 ]")
 FIXED = _pbtxt("[ 1, 3 ]", "[ 1, 3 ]")
 VARIABLE = _pbtxt("[ -1, 3 ]", "[ -1, 3 ]")
+#: An ensemble without a batch dimension over 'centered' (dims [-1, 3]).
+PIPE = ('platform: "ensemble"\nmax_batch_size: 0\n'
+        'input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]\n'
+        'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "centered" model_version: -1 input_map { key: "x" value: "IN" } '
+        'output_map { key: "y" value: "OUT" } } ] }\n')
+TOP_K = ("max_batch_size: 0\n"
+         'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "k" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+         'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "idx" data_type: TYPE_INT64 dims: [ -1 ] } ]\n')
 
 
 def _load(tmp_path: Path, model: Any, text: str) -> Any:
@@ -107,6 +116,29 @@ def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path:
         loaded.close()
 
 
+def test_a_row_sized_by_the_request_holds_at_most_4194304_values_on_every_path() -> None:
+    """A -1 dim takes each request's size: the OIP bounds such a tensor to 4194304 values (the repository's
+    bound on a row), and so do the WebSocket's JSON rows and binary frames, whatever --max-message-bytes
+    allows (two -1 dims of up to 4194304 each, or a frame as large as the message, were taken whole)."""
+    from wsserve.errors import InvalidInput
+    from wsserve.repository.inputs import convert_inputs
+    from wsserve.repository.tensors import TensorSpec
+    from wsserve.tensorframe import conform, encode, read_tensors, split, view_tensors
+
+    spec = TensorSpec("x", (-1, -1), "float32")
+    rows = [[[0.0] * 2049] * 2048]  # 4196352 values: one list repeated, little memory
+    with pytest.raises(InvalidInput) as info:
+        convert_inputs(rows, [spec], max_rows=10, max_elements=1 << 30)
+    assert str(info.value) == ("'inputs' row 0 has shape [2048, 2049]: 4196352 values; at most 4194304 (input 'x' has "
+                               "shape [-1, -1], -1: any size)")
+    assert convert_inputs([[[0.0] * 2048] * 2048], [spec], max_rows=10, max_elements=1 << 30).shape == (1, 2048, 2048)
+    header, payload = split(encode({"type": "predict"}, np.zeros((1, 2048, 2049), np.float32), key="inputs"))
+    descs = read_tensors(header, len(payload), max_rows=10, key="inputs")
+    with pytest.raises(InvalidInput) as info:
+        conform(view_tensors(payload, descs), descs, [spec])
+    assert str(info.value).endswith("has shape [1, 2048, 2049]: 4196352 values per row; at most 4194304")
+
+
 # --------------------------------------------------------------------------- a real server
 
 
@@ -114,10 +146,12 @@ def test_a_leading_minus_1_without_batching_is_compared_with_the_graph(tmp_path:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     root = tmp_path_factory.mktemp("whole") / "model_repository"
     for name, builder, text in (("scalar", ob.scalar_affine, SCALAR), ("fixed", ob.fixed_batch, FIXED),
-                                ("centered", ob.centered, VARIABLE)):
+                                ("centered", ob.centered, VARIABLE), ("topk", ob.top_k, TOP_K)):
         model, _ = builder()
         ob.save(model, root / name / "1")
         (root / name / "config.pbtxt").write_text(text)
+    (root / "pipe" / "1").mkdir(parents=True)  # an ensemble version directory holds no file
+    (root / "pipe" / "config.pbtxt").write_text(PIPE)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc)
@@ -289,3 +323,105 @@ async def test_a_variable_dim_in_a_binary_frame_takes_its_size(served) -> None:
         assert err["code"] == "invalid_input" and "the model takes [n, -1, 3]" in err["message"], err
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_ensemble_without_a_batch_dimension_takes_its_dims_exactly(served, transport: str) -> None:
+    """An ensemble with max_batch_size 0 over a model without one is served as Triton serves it: metadata and
+    config give its dims ([-1, 3], max_batch_size 0) and a request of shape [k, 3] runs the step whole. wsserve
+    took it as batching: metadata [-1, -1, 3], config max_batch_size 65536, and every request refused
+    ("input 'IN' has shape [2, 3]; the model takes [-1, -1, 3]")."""
+    proc, address = served
+    module = thttp if transport == "http" else tgrpc
+    client = _http(proc) if transport == "http" else tgrpc.InferenceServerClient(address)
+    _, ref = ob.centered(3)
+    try:
+        wait_until(lambda: client.is_model_ready("pipe"), 30.0, what="the ensemble ready")
+        if transport == "http":
+            meta, config = client.get_model_metadata("pipe"), client.get_model_config("pipe")
+            assert [t["shape"] for t in (*meta["inputs"], *meta["outputs"])] == [[-1, 3], [-1, 3]]
+            assert config["max_batch_size"] == 0
+        else:
+            assert [list(t.shape) for t in client.get_model_metadata("pipe").inputs] == [[-1, 3]]
+            assert client.get_model_config("pipe").config.max_batch_size == 0
+        x = (np.arange(6, dtype=np.float32).reshape(2, 3) ** 2) / 3
+        inp = module.InferInput("IN", [2, 3], "FP32")
+        inp.set_data_from_numpy(x)
+        y = client.infer("pipe", [inp]).as_numpy("OUT")
+        assert y.shape == (2, 3)
+        np.testing.assert_allclose(y, ref(x), rtol=1e-5, atol=1e-5)
+    finally:
+        client.close()
+
+
+async def test_rows_answered_at_different_sizes_fail_their_request_naming_the_output(served) -> None:
+    """A model whose output size is a value of the request (TopK's k): a WebSocket predict of rows with
+    different k gets rows of different sizes, which its one result array cannot hold: the request fails with
+    invalid_input naming the output and both shapes (wsserve failed it with 'internal', a numpy message and a
+    traceback in the log); rows of one size are answered, and so is each row alone."""
+    proc, _ = served
+    x = [3.0, 1.0, 2.0]
+    conn = await Conn.open(proc.url)
+    try:
+        done = await predict(conn, 1, "topk", {"x": [x, x], "k": [[1], [1]]})
+        assert done["type"] == "result" and done["outputs"] == {"y": [[3.0], [3.0]], "idx": [[0], [0]]}, done
+        done = await predict(conn, 2, "topk", {"x": [x, x], "k": [[1], [2]]})
+        assert done["type"] == "error" and done["code"] == "invalid_input", done
+        assert done["message"] == ("output 'y' has rows of shape [1] and [2] in one request: the model answers each row "
+                                   "at its own size, which one array cannot hold; send such rows in separate requests")
+        done = await predict(conn, 3, "topk", {"x": [x], "k": [[2]]})
+        assert done["type"] == "result" and done["outputs"] == {"y": [[3.0, 2.0]], "idx": [[0, 2]]}, done
+    finally:
+        await conn.close()
+    assert "Traceback" not in proc.stderr_text()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Sink:
+    """One request's rows as :class:`wsserve.worker.PredictSink` receives them."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        import asyncio
+
+        self.inputs, self.n, self.nbytes, self.finished = x, len(x), x.nbytes, False
+        self.outputs: list[np.ndarray] = []
+        self.error: Exception | None = None
+        self.done = asyncio.Event()
+
+    def on_rows(self, start: int, outputs: np.ndarray, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        self.outputs.append(outputs)
+        if sum(len(o) for o in self.outputs) == self.n:
+            self.finished = True
+            self.done.set()
+
+    def on_error(self, exc: Exception) -> None:
+        self.finished, self.error = True, exc
+        self.done.set()
+
+
+async def test_a_variable_dim_model_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """A row of a dims [-1, 3] model is as large as the client makes it (up to 4194304 values), so its cost
+    is not the model's flops_per_row (here 1: the graph has no parameters): its batches run in the executor,
+    never inline on the event loop, where one large request would stall every connection. wsserve ran them
+    inline (a row's estimated cost, 1, was under inline_max_flops)."""
+    import asyncio
+
+    from wsserve.worker import PredictWorker
+
+    model, ref = ob.centered(3)
+    loaded = _load(tmp_path, model, VARIABLE)
+    worker = PredictWorker(loaded, max_batch_size=1)
+    worker.start()
+    try:
+        x = (np.arange(3000, dtype=np.float32).reshape(1, 1000, 3) ** 0.5)
+        sink = _Sink(x)
+        worker.submit(sink)
+        await asyncio.wait_for(sink.done.wait(), 30)
+        assert sink.error is None
+        np.testing.assert_allclose(sink.outputs[0][0], ref(x[0]), rtol=1e-5, atol=1e-4)
+        assert worker.statistics().executor_batches == 1
+    finally:
+        await worker.close()
+        loaded.close()

@@ -1072,3 +1072,26 @@ def test_a_worker_that_keeps_hanging_at_boot_is_restarted_then_stops_the_server(
                      r"[^\n]*, not ready within 4 s \(--worker-boot-timeout-s\)\): stopping the server", log), log[-3000:]
     assert "[worker 0] wsserve.server: received SIGTERM: draining" in log, log[-3000:]
     assert not any(_running(pid) for pid in _worker_pids_in(log).values())
+
+
+def test_a_models_load_timeout_not_under_the_boot_timeout_is_refused_naming_it(model_cache: Path,
+                                                                              tmp_path: Path) -> None:
+    """--worker-boot-timeout-s must exceed --model-load-timeout-s so that no load a load timeout allows gets
+    its worker killed; a model's config.toml model_load_timeout_s (up to a day) is that load's timeout too:
+    one not under the boot timeout is refused before any worker starts, naming the model, its file and both
+    timeouts. The server started, and a worker whose load of that model took longer than the boot timeout
+    (within its own load timeout) was stopped and counted a boot failure."""
+    model = tmp_path / "repo" / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\nmodel_load_timeout_s = 4\n")
+    (model / "1" / "model.py").write_text("class Model:\n    def __init__(self, d):\n        pass\n"
+                                          "    def predict(self, x):\n        return x\n")
+    run = subprocess.run([sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0",
+                          "--workers", "2", "--models", "none", "--model-repository", str(model.parent), *_BOOT_FLAGS,
+                          "--cache-dir", str(model_cache)], cwd=ROOT, env=child_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert (f"model 'slow' ({model / 'config.toml'}) has model_load_timeout_s 4, not less than --worker-boot-timeout-s "
+            "4: its worker would be stopped while a load its timeout allows still runs; raise --worker-boot-timeout-s "
+            "(or turn it off)") in run.stderr, run.stderr[-3000:]
+    assert "ready" not in run.stdout and "started (pid" not in run.stderr

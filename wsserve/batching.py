@@ -80,6 +80,10 @@ class WorkItem:
     deadline_entry: list[Any] | None = None  # its entry in the queue's deadline heap
     cost: int = 1  # units one row counts against max_batch_size and max_queue_rows (>= 1)
     delivered: int = 0  # rows whose results went back to ``payload`` (the caller's count; never read here)
+    #: ``deadline`` bounds only the wait before the first rows are scheduled (a model's default queue
+    #: timeout, :func:`queue_deadline`): once some rows are in a batch the request has started, and its
+    #: later rows no longer expire (a request's own deadline, False here, holds until its last row).
+    deadline_until_started: bool = False
 
     @property
     def remaining(self) -> int:
@@ -317,6 +321,8 @@ class BatchQueue:
                     units += take * cost
                     cap -= take * cost
                     if item.remaining:
+                        if item.deadline_until_started and item.deadline_entry is not None:
+                            self._forget_deadline(item)  # started: its queue deadline is met
                         queue.append(item)
                     else:
                         self._requests -= 1

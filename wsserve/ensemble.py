@@ -82,6 +82,13 @@ class EnsembleModel:
                    "outputs": [s.to_json() for s in plan.outputs], "steps": steps},
         )
 
+    @property
+    def batching(self) -> bool:
+        """False when the ensemble's config.pbtxt says ``max_batch_size: 0`` (Triton's meaning: no batch
+        dimension): its OIP tensors are then its dims exactly, a request one row, as for any model
+        without one (:func:`wsserve.rest.oip.signature`)."""
+        return self.config.max_batch_size > 0
+
     def flops_per_row(self) -> int:
         return 1
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["VARIABLE", "fits"]
+__all__ = ["VARIABLE", "MAX_VALUES", "fits"]
 
 #: A declared dimension that takes any size (config.pbtxt's ``-1``).
 VARIABLE = -1
+#: Values one row may hold where a declared dimension is :data:`VARIABLE` (the request sizes it): the
+#: repository's bound on a declared row (``MAX_ROW_ELEMENTS``), on every transport.
+MAX_VALUES = 1 << 22
 
 
 def fits(shape: Sequence[int], declared: Sequence[int]) -> bool:

@@ -645,8 +645,31 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
         return 1 if failed else 0
 
 
+def load_timeouts_past_boot(config: ServerConfig) -> list[str]:
+    """Why ``config`` cannot start its workers: one line per repository model whose config.toml
+    ``model_load_timeout_s`` is not shorter than ``--worker-boot-timeout-s`` (a worker would be stopped
+    while a load that timeout allows still runs; the flag's own check sees only
+    ``--model-load-timeout-s``).  Reads the repositories' configs (:func:`wsserve.repository.scan.scan`),
+    loads nothing; empty without a boot timeout."""
+    boot = config.worker_boot_timeout_s
+    if boot is None:
+        return []
+    from .repository.scan import scan
+
+    found = []
+    for repo in config.model_repository:
+        for m in scan(repo).models:
+            load = m.config.model_load_timeout_s if m.config is not None else None
+            if load is not None and load >= boot:
+                found.append(f"model {m.name!r} ({m.path / 'config.toml'}) has model_load_timeout_s {load:g}, not less "
+                             f"than --worker-boot-timeout-s {boot:g}: its worker would be stopped while a load its "
+                             "timeout allows still runs; raise --worker-boot-timeout-s (or turn it off)")
+    return found
+
+
 def run_supervisor(config: ServerConfig) -> int:
-    """Blocking entry point for ``--workers N`` (N > 1)."""
+    """Blocking entry point for ``--workers N`` (N > 1).  Returns 1 at once, logging why, when a
+    repository model's load timeout reaches the boot timeout (:func:`load_timeouts_past_boot`)."""
     from .server import (
         StartupInterrupted,
         _limit_blas_threads,
@@ -654,6 +677,11 @@ def run_supervisor(config: ServerConfig) -> int:
     )
     from .trainer import prepare_builtin_repository
 
+    refused = load_timeouts_past_boot(config)
+    if refused:
+        for line in refused:
+            log.error("%s", line)
+        return 1
     _limit_blas_threads()
     root = logging.getLogger()
     secrets: frozenset[str] = frozenset()

@@ -43,7 +43,7 @@ import orjson
 from .dtypes import DTYPES, ITEMSIZE
 from .errors import BadRequest, InvalidInput
 from .jsontypes import json_type
-from .shapes import fits
+from .shapes import MAX_VALUES, VARIABLE, fits
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -354,6 +354,9 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
             raise InvalidInput(f"{desc.label} has shape {list(desc.shape)}; the model takes [n, "
                                + ", ".join(map(str, spec.shape)) + "]" if spec.shape else
                                f"{desc.label} has shape {list(desc.shape)}; the model takes [n]")
+        if VARIABLE in spec.shape and math.prod(desc.shape[1:]) > MAX_VALUES:  # the request sized it: bound it
+            raise InvalidInput(f"{desc.label} has shape {list(desc.shape)}: {math.prod(desc.shape[1:])} values per row; "
+                               f"at most {MAX_VALUES}")
         cast = _cast(arr, desc, spec)
         out[spec.name] = cast
         nbytes += cast.nbytes

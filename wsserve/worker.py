@@ -85,10 +85,24 @@ def count_rows(block: Tensors) -> int:
 
 
 def concat_rows(parts: list[Tensors]) -> Tensors:
-    """Rows of several deliveries, in order (per name for named outputs)."""
+    """Rows of several deliveries, in order (per name for named outputs).  Raises
+    :class:`~wsserve.errors.InvalidInput` when their rows differ in shape (a model without a batch
+    dimension whose output has a variable dimension, e.g. TopK's ``k`` given per row, answered each
+    row at its own size: one array cannot hold them), naming the output and both shapes."""
     if isinstance(parts[0], dict):
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
-    return np.concatenate(parts)  # type: ignore[arg-type]
+        return {k: _concat([p[k] for p in parts], k) for k in parts[0]}  # type: ignore[index]
+    return _concat(parts, None)  # type: ignore[arg-type]
+
+
+def _concat(arrays: list[np.ndarray], name: str | None) -> np.ndarray:
+    first = arrays[0].shape[1:]
+    for a in arrays[1:]:
+        if a.shape[1:] != first:
+            what = "the output" if name is None else f"output {name!r}"
+            raise InvalidInput(f"{what} has rows of shape {list(first)} and {list(a.shape[1:])} in one request: "
+                               "the model answers each row at its own size, which one array cannot hold; send "
+                               "such rows in separate requests")
+    return np.concatenate(arrays)
 
 
 def slice_rows(block: Tensors, a: int, b: int) -> Tensors:
@@ -127,6 +141,12 @@ class PredictSink(Protocol):
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
 
     def on_error(self, exc: WsserveError) -> None: ...
+
+
+def _rows_vary(model: Any) -> bool:
+    """Whether ``model`` declares an input dimension each request sizes (a
+    :attr:`~wsserve.repository.tensors.TensorSpec.variable` spec): its cost per row is then unknown."""
+    return any(getattr(spec, "variable", False) for spec in getattr(model, "inputs", None) or ())
 
 
 class BatchOutputs:
@@ -311,7 +331,8 @@ class PredictWorker:
         ``default_queue_policy``): ``max_queue_requests`` requests may wait at most;
         ``default_timeout_ms`` is the deadline of a request queued without one (and, unless
         ``allow_timeout_override``, of every request; a request may only shorten it: see
-        :func:`~wsserve.batching.queue_deadline`)."""
+        :func:`~wsserve.batching.queue_deadline`), until its first rows are scheduled
+        (:attr:`~wsserve.batching.WorkItem.deadline_until_started`)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -333,7 +354,9 @@ class PredictWorker:
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
         self.allow_timeout_override = allow_timeout_override
         self._instances = instances
-        self._inline_max_rows = max(0, inline_max_flops // max(1, model.flops_per_row()))
+        # A model with a variable (-1) input dimension has rows as large as each request makes them: the
+        # cost per row is unknown, so none runs on the loop (one large row would stall every connection).
+        self._inline_max_rows = 0 if _rows_vary(model) else max(0, inline_max_flops // max(1, model.flops_per_row()))
         self._observer = observer
         #: This version's :class:`~wsserve.metrics.VersionStats` (the pool sets it when it serves the
         #: version; None: not counted).  Each computed batch is recorded there.
@@ -403,10 +426,12 @@ class PredictWorker:
         if explain and self.explainer is None:
             raise BadRequest(self.explain_refusal or "cannot be explained")
         now = monotonic()
+        until_started = False
         if self.default_timeout_s is not None:
-            deadline = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
+            chosen = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
+            until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
-                        cost=self._explain_cost if explain else 1)
+                        cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
         self.queue.add(item, now)
         if self._running < self._instances:
             if self._tick_handle is None:
@@ -668,12 +693,19 @@ class PredictWorker:
             log.error("result sink of a %s request failed in on_error", self.name, exc_info=sink_exc)
 
     def _sink_failed(self, item: WorkItem, exc: BaseException) -> None:
-        """A sink raised: log it, stop its rows, and end it with ``internal`` (best effort)."""
-        log.error("result sink of a %s request failed", self.name, exc_info=exc)
+        """A sink raised: stop its rows and end it (best effort) with ``exc`` when it is
+        :class:`~wsserve.errors.InvalidInput` (rows the request's reply cannot hold, see
+        :func:`concat_rows`), else with ``internal``, logged with its traceback (a bug)."""
         self.queue.cancel(item)
+        if isinstance(exc, InvalidInput):
+            log.info("a %s request failed: %s", self.name, exc)
+            error: WsserveError = exc
+        else:
+            log.error("result sink of a %s request failed", self.name, exc_info=exc)
+            error = Internal(f"internal error delivering results: {type(exc).__name__}: {exc}")
         try:
             if not item.payload.finished:
-                item.payload.on_error(Internal(f"internal error delivering results: {type(exc).__name__}: {exc}"))
+                item.payload.on_error(error)
         except Exception:  # noqa: BLE001
             log.exception("result sink failed again in on_error")
 

@@ -175,7 +175,8 @@ class ModelShape:
 
 def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, ModelShape]) -> None:
     """Raise ``ValueError`` when a spec names an unknown model, the wrong kind for it, asks a
-    model that says it cannot be explained for attributions, or would send requests of more than
+    model that says it cannot be explained for attributions, has a variable dimension (-1) in its
+    ``input_shape``, or would send requests of more than
     :data:`MAX_REQUEST_VALUES` input values (rows x the model's input width)."""
     for spec in specs:
         shape = models.get(spec.model)
@@ -188,6 +189,10 @@ def check_against_models(specs: Sequence[WorkloadSpec], models: Mapping[str, Mod
             )
         if spec.kind != "generate" and shape.task == "generation":
             raise ValueError(f"workload {spec.label}: model {spec.model!r} only serves generate")
+        if spec.kind != "generate" and any(d < 1 for d in shape.input_shape):
+            raise ValueError(f"workload {spec.label}: model {spec.model!r} has input_shape {list(shape.input_shape)}: "
+                             "a variable dimension (-1), whose size each request gives; the load tool sends rows of "
+                             "a fixed size")
         if spec.kind != "generate" and not 1 <= spec.rows * shape.input_width <= MAX_REQUEST_VALUES:
             raise ValueError(f"workload {spec.label}: {spec.rows} rows of {shape.input_width} values "
                              f"(input_shape {list(shape.input_shape)}) is more than {MAX_REQUEST_VALUES:,} "

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..shapes import fits
 from .config import TensorConfig
 from .ensemble_config import EnsembleConfig
 from .tensors import TensorSpec
@@ -150,7 +151,7 @@ class _Planner:
                 raise self.fail(f"ensemble tensor {tensor!r} has dims {list(dims)} ({source}) but {what} has shape "
                                 f"{list(spec.shape)}", i, tensor)
             self.writers[tensor] = (writer, dtype, spec.shape, dims)
-        elif shape != spec.shape:
+        elif not fits(shape, spec.shape):  # a -1 of the reader's (a model without a batch dimension) takes any size
             raise self.fail(f"ensemble tensor {tensor!r} has shape {list(shape)} ({source}) but {what} has shape "
                             f"{list(spec.shape)}", i, tensor)
 

@@ -22,6 +22,7 @@ input (``'inputs'`` or ``'inputs.NAME'``), the row and the offending value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..errors import InvalidInput
 from ..jsontypes import json_type, shown
-from ..shapes import VARIABLE
+from ..shapes import MAX_VALUES, VARIABLE
 from .tensors import MAX_DIM, TensorSpec
 
 __all__ = ["convert_inputs", "check_inputs", "batch_rows"]
@@ -166,6 +167,9 @@ def _sized(label: str, row: Any, spec: TensorSpec) -> TensorSpec:
             d = len(node)
         dims.append(d)
         node = node[0] if type(node) is list and node else None
+    if math.prod(dims) > MAX_VALUES:
+        raise InvalidInput(f"{label} row 0 has shape {dims}: {math.prod(dims)} values; at most {MAX_VALUES} (input "
+                           f"'{spec.name}' has shape {list(spec.shape)}, -1: any size)")
     return replace(spec, shape=tuple(dims))
 
 

@@ -40,7 +40,7 @@ from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
-from ..shapes import fits
+from ..shapes import MAX_VALUES, fits
 
 __all__ = [
     "DATATYPES",
@@ -81,7 +81,7 @@ MAX_TENSORS = 64
 MAX_DIMS = 8
 MAX_NAME_LENGTH = 256
 #: Values of one input of a model without a batch dimension (the repository's bound on a row's values).
-MAX_WHOLE_VALUES = 1 << 22
+MAX_WHOLE_VALUES = MAX_VALUES
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,8 @@ def queue_policy(max_queue_requests: int | None, default_timeout_s: float | None
     if max_queue_requests is None and default_timeout_s is None:
         return None
     return {"timeout_action": "REJECT",
-            "default_timeout_microseconds": round((default_timeout_s or 0.0) * 1e6),
+            # at least 1 when set: 0 is Triton's "no default timeout" (config.toml's ms may be under a microsecond)
+            "default_timeout_microseconds": 0 if default_timeout_s is None else max(1, round(default_timeout_s * 1e6)),
             "allow_timeout_override": allow_timeout_override, "max_queue_size": max_queue_requests or 0}
 
 
