@@ -39,6 +39,20 @@ def test_the_client_is_the_last_hop_a_trusted_proxy_added(peer: str, proxies: tu
     assert client_address(peer, request(**headers), proxies) == client
 
 
+def test_several_forwarding_header_lines_are_one_list_read_from_the_right() -> None:
+    """A proxy that adds its own ``X-Forwarded-For`` line after the client's (HAProxy's ``option
+    forwardfor`` does) sent two lines: only the first was read, so the client's own line named
+    whoever it liked (a fresh failed-key budget and compile share per guess).  The lines are one
+    list (RFC 9110 §5.3); of several ``X-Real-IP`` lines, the last (the proxy's) counts."""
+    def lines(name: bytes, *values: str) -> HttpRequest:
+        return HttpRequest("GET", "/", "", [(name, v.encode()) for v in values])
+
+    assert client_address("127.0.0.1", lines(b"x-forwarded-for", "198.51.100.2", "203.0.113.7"), NGINX) \
+        == "203.0.113.7"
+    assert client_address("127.0.0.1", lines(b"x-forwarded-for", "203.0.113.7", "10.1.2.3"), MESH) == "203.0.113.7"
+    assert client_address("127.0.0.1", lines(b"x-real-ip", "198.51.100.2", "203.0.113.7"), NGINX) == "203.0.113.7"
+
+
 def test_at_most_32_hops_are_read_from_the_right() -> None:
     """Past that many trusted hops the walk stops and the peer is kept (no client picked from far left)."""
     def hops(proxies: int) -> HttpRequest:
@@ -53,3 +67,10 @@ def test_a_trusted_proxy_that_is_no_address_or_network_is_refused(value: str) ->
     with pytest.raises(ValueError, match=flag("trusted_proxy")):
         ServerConfig(trusted_proxy=(value,)).validate()
     assert ServerConfig(trusted_proxy=("127.0.0.1", "10.0.0.0/8", "::1")).validate()
+
+
+def test_several_x_forwarded_for_metadata_entries_are_one_list() -> None:
+    """gRPC metadata read by the same rule (its proxy's ``x-forwarded-for`` entry after the client's)."""
+    service = pytest.importorskip("wsserve.oipgrpc.service")
+    metadata = service._MetadataHeaders((("x-forwarded-for", "198.51.100.2"), ("x-forwarded-for", "203.0.113.7")))
+    assert client_address("127.0.0.1", metadata, NGINX) == "203.0.113.7"

@@ -412,6 +412,26 @@ async def test_a_deadline_passing_while_other_generations_run_stops_the_compile_
     assert isinstance(waiter.exception(), Exception) and observer.results == ["abandoned", "cancelled"]
 
 
+async def test_a_compile_abandoned_before_its_task_ran_is_counted_abandoned(monkeypatch) -> None:
+    """A request cancelled in the same loop iteration as it was submitted (a ``generate`` and
+    its ``cancel`` read from one TCP segment) abandons a compile whose task never ran: the
+    task's own ``except CancelledError`` never ran either, so the compile was not counted at all
+    (``wsserve_guide_compiles_total`` missed every such ``abandoned``)."""
+    async def unreachable(pattern, *args, **kwargs):
+        raise AssertionError("the compile of an abandoned pattern started")
+
+    monkeypatch.setattr(engine_module, "compile_in_child", unreachable)
+    observer = _Compiles()
+    engine = GenerationEngine(charlm(), observer=observer)
+    sink = _Sink()
+    handle = engine.submit(GenerationParams(prompt="", guided_regex="[a-z]{3,9}"), sink)
+    engine.cancel(handle)  # before the compile's task has had a step
+    assert await asyncio.wait_for(sink.done, 60) == "cancelled"
+    await asyncio.gather(*engine._build_tasks, return_exceptions=True)  # the cancelled compile ended
+    assert observer.results == ["abandoned"]
+    await engine.close()
+
+
 async def test_a_freed_compile_slot_goes_to_the_client_with_the_fewest_compiles_running(monkeypatch) -> None:
     """Two patterns compile at once per engine.  A client that queued many distinct (maybe
     hostile: up to 10 s of CPU each) patterns took every slot in turn, first come first served:

@@ -124,6 +124,10 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_failed_key_bud
         if header == "X-Forwarded-For":
             spoofed = {header: "198.51.100.2, 203.0.113.7"}
             assert c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", **spoofed}).status == 429
+        # nor a line of its own before the one the proxy added (HAProxy adds a line; only the first
+        # was read, so a client's own line picked a fresh budget per guess)
+        own_line = {header.lower(): "198.51.100.2", header: "203.0.113.7"}  # two lines (names differ in case)
+        assert c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", **own_line}).status == 429
 
 
 async def test_a_websocket_behind_a_trusted_proxy_is_its_forwarded_client(start_server) -> None:

@@ -249,18 +249,21 @@ def client_address(peer: str, request: Any, proxies: tuple[Network, ...]) -> str
 
     The peer itself, unless it is one of the trusted ``proxies`` (:func:`proxy_networks`): then
     the rightmost ``X-Forwarded-For`` hop that is not a trusted proxy (a client may write hops of
-    its own on the left, never on the right: each proxy appends the address it saw), else
-    ``X-Real-IP``.  A hop that names no address stops the walk there, and the peer is kept; so is
-    it when the proxy sent neither header.  Used for the failed-authentication budget, the admin
-    rule and logs; requests from untrusted peers are never read for it."""
+    its own on the left, never on the right: each proxy appends the address it saw; several
+    ``X-Forwarded-For`` lines are one list, in order, as a proxy that adds its own line after the
+    client's sends them), else the last ``X-Real-IP``.  A hop that names no address stops the walk
+    there, and the peer is kept; so is it when the proxy sent neither header.  Used for the
+    failed-authentication budget, the admin rule, the compile slots' fair shares and logs;
+    requests from untrusted peers are never read for it.  ``request`` has ``header_values(name)``
+    (every value of a lower-case header name, in order)."""
     if not proxies:
         return peer
     address = _ip(peer)
     if address is None or not _trusted(address, proxies):
         return peer
-    forwarded = request.header(b"x-forwarded-for")
-    if forwarded is not None:
-        hops = forwarded.split(",")
+    forwarded = request.header_values(b"x-forwarded-for")
+    if forwarded:
+        hops = ",".join(forwarded).split(",")
         for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
             hop_address = _ip(hop)
             if hop_address is None:
@@ -268,6 +271,7 @@ def client_address(peer: str, request: Any, proxies: tuple[Network, ...]) -> str
             if not _trusted(hop_address, proxies):
                 return str(hop_address)
         return peer
-    real = request.header(b"x-real-ip")
+    reals = request.header_values(b"x-real-ip")
+    real = reals[-1] if reals else None
     real_address = _ip(real) if real is not None else None
     return str(real_address) if real_address is not None else peer

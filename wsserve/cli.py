@@ -107,11 +107,13 @@ def _guide_compile_limit(name: str):  # noqa: ANN202 - an argparse type
     """The argparse type of the guide-compile limit ``name`` (its bounds: :data:`GUIDE_COMPILE_LIMITS`)."""
     def parse(text: str) -> int | float:
         try:
-            value: int | float = int(text) if GUIDE_COMPILE_LIMITS[name][3] is int else float(text)
+            value: int | float | str = int(text) if GUIDE_COMPILE_LIMITS[name][3] is int else float(text)
+        except ValueError:  # not a number of its kind ('2.5' for an integer): the same message, its range
+            value = text
+        try:
             return check_guide_compile_limit(name, value, "it")
         except ValueError as exc:
-            message = str(exc).removeprefix("it ") if str(exc).startswith("it ") else f"expected a number, got {text!r}"
-            raise argparse.ArgumentTypeError(message) from None
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("it ")) from None
     return parse
 
 

@@ -59,6 +59,12 @@ class HttpRequest:
                 return v.decode("latin-1")
         return None
 
+    def header_values(self, name: bytes) -> list[str]:
+        """Every value of header ``name`` (lower-case), in the order received: a list-valued header
+        sent as several lines is one list (RFC 9110 §5.3), as ``X-Forwarded-For`` from a proxy that
+        adds its own line after the client's."""
+        return [v.decode("latin-1") for n, v in self.raw_headers if n == name]
+
     def header_count(self, name: bytes) -> int:
         """How many times header ``name`` (lower-case) appears."""
         return sum(1 for n, _ in self.raw_headers if n == name)

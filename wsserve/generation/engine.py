@@ -415,7 +415,23 @@ class GenerationEngine:
             pending.task = task
             self._build_tasks.add(task)
             task.add_done_callback(self._build_tasks.discard)
+            task.add_done_callback(functools.partial(self._build_cancelled, pending))
         return pending
+
+    def _build_cancelled(self, pending: _Compiling, task: asyncio.Task[None]) -> None:
+        """The end of ``pending``'s compile task when it was cancelled (unwanted, or by
+        ``close()``): forgotten, its :meth:`prepare` futures failed with ``ShuttingDown``, counted
+        ``abandoned`` or ``cancelled``.  A done callback, not an ``except`` in :meth:`_build`: a
+        task cancelled before its first step (a request cancelled in the loop iteration that
+        submitted it) never runs its coroutine's handlers."""
+        if not task.cancelled():
+            return
+        if self._building.get(pending.key) is pending:
+            del self._building[pending.key]
+        for future in pending.waiters:
+            if not future.done():
+                future.set_exception(ShuttingDown("server is shutting down"))
+        self._compiled(result="abandoned" if pending.abandoned else "cancelled", started=None)
 
     def _abandon_if_unwanted(self, pending: _Compiling) -> None:
         """Cancel ``pending``'s compile (killing its child, freeing its slot) when nothing waits
@@ -442,7 +458,8 @@ class GenerationEngine:
         """Compile ``pattern`` in a child process (:func:`~.guide_sandbox.compile_in_child`:
         steps go on meanwhile), keep it, and queue the sequences held for it; if it cannot be
         compiled, they end with its ``BadRequest`` (naming the field), remembered unless the
-        child only timed out."""
+        child only timed out.  Cancelled (``close()``: the held sequences end with
+        ``ShuttingDown`` there; or unwanted), it ends in :meth:`_build_cancelled`."""
         error: WsserveError | None = None
         index: RegexIndex | None = None
         key = pattern.key
@@ -474,14 +491,6 @@ class GenerationEngine:
                     self._refusals.popitem(last=False)
         except WsserveError as exc:
             error, result = exc, "failed"
-        except asyncio.CancelledError:  # close() (the held sequences end with ShuttingDown there), or unwanted
-            if self._building.get(key) is pending:
-                del self._building[key]
-            for future in pending.waiters:
-                if not future.done():
-                    future.set_exception(ShuttingDown("server is shutting down"))
-            self._compiled(result="abandoned" if pending.abandoned else "cancelled", started=None)
-            raise
         except Exception as exc:  # noqa: BLE001 - the compile failing: this pattern's requests only
             log.error("compiling a %s pattern for model %s failed", pattern.kind, self.name, exc_info=exc)
             error = Internal(f"compiling {pattern.name!r} failed: {type(exc).__name__}: {exc}")

@@ -156,16 +156,17 @@ def _address(peer: str) -> str:
 
 class _MetadataHeaders:
     """An RPC's metadata read as :func:`~wsserve.admission.client_address` reads an HTTP
-    request's headers: ``header(b"x-forwarded-for")`` is the first value of that key, or None."""
+    request's headers: ``header_values(b"x-forwarded-for")`` is every value of that key, in order
+    (several entries are one list, as several header lines are)."""
 
     __slots__ = ("metadata",)
 
     def __init__(self, metadata: Any) -> None:
         self.metadata = metadata or ()
 
-    def header(self, name: bytes) -> str | None:
+    def header_values(self, name: bytes) -> list[str]:
         key = name.decode("latin-1")
-        return next((str(v) for k, v in self.metadata if k == key), None)
+        return [str(v) for k, v in self.metadata if k == key]
 
 
 _MODEL_INFER = "inference.GRPCInferenceService/ModelInfer"  # span names: OpenTelemetry's for RPCs
