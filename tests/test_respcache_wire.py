@@ -254,10 +254,13 @@ async def test_the_least_recently_used_entries_are_evicted_within_the_budget(ser
 
 
 async def test_a_response_over_a_quarter_of_the_budget_is_not_stored(served, conn: Conn) -> None:
+    proc = served[0]
+    hits, misses = _cache_counts(proc, "counted")
     rows = [[float(i), 1.0, 2.0] for i in range(300)]  # 300 x 2 float64: 4800 bytes > 16384 / 4
     first = await predict(conn, "a", "counted", rows)
     again = await predict(conn, "b", "counted", rows)
     assert again["outputs"][0][1] > first["outputs"][0][1]
+    assert _cache_counts(proc, "counted") == (hits, misses + 2)  # looked up twice, never stored
 
 
 # --------------------------------------------------------------------------- no cache on the server
