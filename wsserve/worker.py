@@ -465,7 +465,7 @@ class PredictWorker:
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
         if self.cache_scope is not None and not explain and not getattr(sink, "stream", False) \
-                and self._cache_lookup(item, now):
+                and self._cache_lookup(item):
             return item
         self.queue.add(item, now)
         if self._running < self._instances:
@@ -476,10 +476,11 @@ class PredictWorker:
                 self._schedule(now, now)
         return item
 
-    def _cache_lookup(self, item: WorkItem, began: float) -> bool:
+    def _cache_lookup(self, item: WorkItem) -> bool:
         """Look ``item`` up in the response cache.  A hit: its answer is scheduled (True, the item is
         not queued).  A miss: the item keeps its key, for its outputs to be stored (False)."""
         assert self._cache is not None and self.cache_scope is not None and self._loop is not None
+        began = monotonic()
         key = request_key(self.cache_scope, item.payload.inputs)
         if key is None:  # inputs that cannot be keyed (objects other than str/bytes): not cached
             return False
@@ -501,6 +502,7 @@ class PredictWorker:
         """A hit's rows to its sink, unless it was cancelled or ended meanwhile."""
         sink = item.payload
         if item.cancelled or sink is None or sink.finished:
+            item.payload = None  # nothing more for it (and no sink <-> item cycle left behind)
             return
         item.next_row = item.delivered = item.rows
         try:
