@@ -145,6 +145,11 @@ _BAD_SETTINGS = [
     ("guide_compile_timeout_s", math.nan),
     ("guide_compile_timeout_s", 3600.5),
     ("guide_compile_timeout_s", "15"),
+    # the response cache's size: bytes in 0..1 TiB (0: no cache)
+    ("response_cache_bytes", -1),
+    ("response_cache_bytes", (1 << 40) + 1),
+    ("response_cache_bytes", None),
+    ("response_cache_bytes", 1.5),
 ]
 
 
@@ -163,7 +168,7 @@ def test_validate_names_the_setting(name: str, value: object) -> None:
      ("model_load_timeout_s", 86_400), ("worker_boot_timeout_s", None), ("worker_boot_timeout_s", 0.001),
      ("worker_boot_timeout_s", 172_800), ("guide_compile_memory_bytes", 64 << 20), ("guide_compile_memory_bytes", 64 << 30),
      ("guide_compile_cpu_s", 1), ("guide_compile_cpu_s", 3600), ("guide_compile_timeout_s", 0.1),
-     ("guide_compile_timeout_s", 3600)],
+     ("guide_compile_timeout_s", 3600), ("response_cache_bytes", 0), ("response_cache_bytes", 1 << 40)],
 )
 def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()
@@ -338,6 +343,8 @@ def test_loop_uvloop_without_uvloop_installed_is_refused_at_validation(monkeypat
                                                      "'2.5'"]),
         (["serve", "--guide-compile-timeout-s", "nan"], ["--guide-compile-timeout-s", "[0.1, 3600]", "nan"]),
         (["serve", "--guide-compile-timeout-s", "off"], ["--guide-compile-timeout-s", "[0.1, 3600]", "'off'"]),
+        (["serve", "--response-cache-bytes", "-5"], ["--response-cache-bytes", "0..1099511627776", "-5"]),
+        (["serve", "--response-cache-bytes", "1M"], ["--response-cache-bytes", "'1M'"]),
         (["serve", "--loop", "trio"], ["--loop", "trio"]),
         (["serve", "--transport", "trio"], ["--transport", "trio"]),
         (["serve", "--transport", "picows", "--compression"], ["--compression", "--transport picows"]),

@@ -48,7 +48,9 @@ PUBLIC = {
     "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
                        "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout",
                        "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S", "GUIDE_COMPILE_LIMITS",
-                       "check_guide_compile_limit"],
+                       "check_guide_compile_limit", "MAX_RESPONSE_CACHE_BYTES"],
+    "wsserve.respcache": ["CacheScope", "CacheStatistics", "ENTRY_OVERHEAD_BYTES", "MAX_ENTRY_FRACTION", "ResponseCache",
+                          "request_key"],
     "wsserve.distributed": [
         "WorkerMismatch", "WrittenVersion", "local_cluster", "train_linear_dask", "train_linear_generated_dask",
         "train_mlp_dask", "write_version",

@@ -160,6 +160,7 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ("default_timeout_ms = nan", "default_timeout_ms", ["nan"]),
         ('default_timeout_ms = "5"', "default_timeout_ms", ["'5'"]),
         ('allow_timeout_override = "no"', "allow_timeout_override", ["true or false", "a string"]),
+        ("response_cache = 1", "response_cache", ["true or false", "an integer"]),
         ('inputs = "a"', "inputs", ["array of tables"]),
         ("inputs = []", "inputs", ["must not be empty"]),
     ],
@@ -229,6 +230,11 @@ def test_the_queue_policy_keys() -> None:
     cfg = parse_config("", P)
     assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, None, True)
 
+
+
+def test_the_response_cache_key() -> None:
+    assert parse_config("response_cache = true", P).response_cache is True
+    assert parse_config("", P).response_cache is False
 
 
 def test_a_default_timeout_under_a_microsecond_is_not_reported_as_none() -> None:

@@ -141,11 +141,21 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
         model_transaction_policy { decoupled: false }
     """)
     assert cfg.max_delay_ms == 0.1
+    assert cfg.response_cache is True  # honoured, not a hint
     assert set(cfg.warnings) == {
-        "optimization", "model_warmup", "response_cache", "dynamic_batching.preferred_batch_size",
+        "optimization", "model_warmup", "dynamic_batching.preferred_batch_size",
         "dynamic_batching.preserve_ordering", "input[0].format", "output[0].label_filename",
         "instance_group[0].rate_limiter", "parameters.execution_mode",
     }
+
+
+def test_response_cache_enable_maps_onto_the_config_key() -> None:
+    """``response_cache { enable: true }`` is config.toml's ``response_cache = true``; absent or
+    ``enable: false``, the model is not cached (and nothing is warned about)."""
+    assert parse_pbtxt("response_cache { enable: true }").response_cache is True
+    off = parse_pbtxt("response_cache { enable: false }")
+    assert (off.response_cache, off.warnings) == (False, ())
+    assert parse_pbtxt("max_batch_size: 4").response_cache is False
 
 
 def test_the_default_queue_policy_maps_onto_the_models_queue_fields() -> None:

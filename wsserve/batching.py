@@ -84,6 +84,8 @@ class WorkItem:
     #: timeout, :func:`queue_deadline`): once some rows are in a batch the request has started, and its
     #: later rows no longer expire (a request's own deadline, False here, holds until its last row).
     deadline_until_started: bool = False
+    #: The request's response-cache key while its outputs are to be stored (the worker's; never read here).
+    cache_key: bytes | None = None
 
     @property
     def remaining(self) -> int:

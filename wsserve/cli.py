@@ -19,6 +19,7 @@ from .config import (
     DEFAULT_MODELS,
     GUIDE_COMPILE_LIMITS,
     LOG_FORMATS,
+    MAX_RESPONSE_CACHE_BYTES,
     MAX_SEED,
     MAX_WORKER_BOOT_TIMEOUT_S,
     TRANSPORTS,
@@ -178,6 +179,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_queue_rows", group=g, type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded' (default %(default)s); off = unbounded")
     opt("max_queue_bytes", group=g, type=_optional_int, default=d.max_queue_bytes,
         help="queued input bytes (as float64) per model before 'overloaded' (default 64 MiB); off = unbounded")
+    opt("response_cache_bytes", group=g, type=bounded_int(0, MAX_RESPONSE_CACHE_BYTES), default=d.response_cache_bytes,
+        help="size in bytes of the response cache (Triton's --cache-config local,size=N): plain predicts of models "
+             "whose config enables response_cache are answered from it when their inputs repeat; per worker "
+             "process; 0 (default) = no cache")
     opt("max_generate_batch", group=g, type=_positive_int, default=d.max_generate_batch, help="sequences stepped together (default %(default)s)")
     opt("max_generate_queue", group=g, type=_optional_int, default=d.max_generate_queue, help="generations waiting for a slot before 'overloaded' (default %(default)s); off = unbounded")
     opt("inline_max_flops", group=g, type=_positive_int, default=d.inline_max_flops,

@@ -24,7 +24,8 @@ from .tracing import check_endpoint
 
 __all__ = ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
            "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout",
-           "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S", "GUIDE_COMPILE_LIMITS", "check_guide_compile_limit"]
+           "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S", "GUIDE_COMPILE_LIMITS", "check_guide_compile_limit",
+           "MAX_RESPONSE_CACHE_BYTES"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("linear", "mlp", "charlm")
 #: WebSocket implementations the server can run on (``transport``); the first is the default.
@@ -51,6 +52,8 @@ MAX_WORKER_BOOT_TIMEOUT_S = 2 * 86_400.0
 #: The most sequences a generative model steps together (--max-generate-batch): each slot holds a
 #: noise block allocated up front (up to 512 KiB a slot: 16 rows of the vocabulary, or 65,536 values).
 MAX_GENERATE_BATCH = 4096
+#: The largest response cache (--response-cache-bytes): 1 TiB, far above any host's memory for it.
+MAX_RESPONSE_CACHE_BYTES = 1 << 40
 #: Training seeds are 0..MAX_SEED (numpy's SeedSequence takes non-negative integers; as ``wsserve train``).
 MAX_SEED = 2**63 - 1
 
@@ -173,6 +176,8 @@ class ServerConfig:
     max_connections: int | None = None
     max_write_buffer_bytes: int = 8 << 20  # per connection, then the slow-consumer policy
     max_npz_bytes: int = 1 << 32  # arrays of one repository model.npz (repository.npz.MAX_NPZ_BYTES)
+    #: Triton's response cache (per process): its size; 0 = no cache.  Models opt in (response_cache).
+    response_cache_bytes: int = 0
 
     # Timeouts
     max_delay_ms: float | None = None  # batching window; None: greedy
@@ -260,6 +265,9 @@ class ServerConfig:
         if self.max_generate_batch > MAX_GENERATE_BATCH:
             raise ValueError(f"{flag('max_generate_batch')} must be at most {MAX_GENERATE_BATCH}, "
                              f"got {self.max_generate_batch!r}")
+        if type(self.response_cache_bytes) is not int or not 0 <= self.response_cache_bytes <= MAX_RESPONSE_CACHE_BYTES:
+            raise ValueError(f"{flag('response_cache_bytes')} must be an integer in 0..{MAX_RESPONSE_CACHE_BYTES} "
+                             f"(0: no response cache), got {self.response_cache_bytes!r}")
         if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
             raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):

@@ -77,15 +77,19 @@ class VersionStats:
     (:meth:`on_batch`, the worker calls it): ``executions``, ``rows``, ``compute_s``;
     ``pair_count``/``pair_s``: the batch's requests and its compute time once per request
     (Triton's per-request ``compute_infer``); ``sizes``: ``{rows: [batches, seconds]}``;
-    ``last``: the monotonic time the last batch ended (None: none yet).
-    Plain attributes, event-loop thread only; no object is made per request."""
+    ``last``: the monotonic time the last batch ended (None: none yet).  Per response-cache lookup
+    (:meth:`on_cache`, the worker calls it): ``cache_hit``/``cache_hit_s`` (hits and the time to
+    look them up), ``cache_miss``/``cache_miss_s`` (misses, the time to look them up and to store
+    their outputs).  Plain attributes, event-loop thread only; no object is made per request."""
 
     __slots__ = ("ok", "ok_s", "fail", "fail_s", "queue_s", "executions", "rows", "compute_s", "pair_count",
-                 "pair_s", "sizes", "last")
+                 "pair_s", "sizes", "last", "cache_hit", "cache_hit_s", "cache_miss", "cache_miss_s")
 
     def __init__(self) -> None:
         self.ok = self.fail = self.executions = self.rows = self.pair_count = 0
         self.ok_s = self.fail_s = self.queue_s = self.compute_s = self.pair_s = 0.0
+        self.cache_hit = self.cache_miss = 0
+        self.cache_hit_s = self.cache_miss_s = 0.0
         self.sizes: dict[int, list[float]] = {}
         self.last: float | None = None
 
@@ -103,12 +107,23 @@ class VersionStats:
         size[1] += compute_s
         self.last = ended
 
+    def on_cache(self, hit: bool, seconds: float) -> None:
+        """One response-cache lookup: a hit or a miss, taking ``seconds``."""
+        if hit:
+            self.cache_hit += 1
+            self.cache_hit_s += seconds
+        else:
+            self.cache_miss += 1
+            self.cache_miss_s += seconds
+
     def snapshot(self, mono_now: float, wall_now: float) -> dict[str, Any]:
         """JSON-ready values; ``last`` as Unix seconds (0: no batch yet), from the two clocks' now."""
         return {
             "ok": self.ok, "ok_s": self.ok_s, "fail": self.fail, "fail_s": self.fail_s, "queue_s": self.queue_s,
             "executions": self.executions, "rows": self.rows, "compute_s": self.compute_s,
             "pair_count": self.pair_count, "pair_s": self.pair_s,
+            "cache_hit": self.cache_hit, "cache_hit_s": self.cache_hit_s,
+            "cache_miss": self.cache_miss, "cache_miss_s": self.cache_miss_s,
             "sizes": {str(k): list(v) for k, v in self.sizes.items()},
             "last": 0.0 if self.last is None else wall_now - (mono_now - self.last),
         }
@@ -278,6 +293,9 @@ class _Collector(Collector):
                       "before), timed_out, failed (a bug), abandoned (every request waiting for it left or passed its "
                       "deadline: its child killed), cancelled (the model's engine closed).",
                       ["model", "result"], counters.get("guide_compiles", {}))
+        yield counter("wsserve_response_cache", "Response-cache lookups of plain predicts by model and result "
+                      "(hit: answered from the cache; miss: computed, then stored).",
+                      ["model", "result"], counters.get("response_cache", {}))
         yield counter("wsserve_batch_isolations",
                       "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",
                       ["model"], counters.get("isolations", {}))
@@ -311,6 +329,9 @@ class _Collector(Collector):
         yield gauge("wsserve_queue_rows", "Rows waiting in a model's predict queue.", "queue_rows", ["model"])
         yield gauge("wsserve_generation_running", "Generations holding a slot of a generative model's running batch "
                     "(the waiting ones: wsserve_queue_depth).", "generation_running", ["model"])
+        yield gauge("wsserve_response_cache_bytes", "Bytes held by the response cache (--response-cache-bytes "
+                    "bounds them).", "response_cache_bytes")
+        yield gauge("wsserve_response_cache_entries", "Responses held by the response cache.", "response_cache_entries")
         yield gauge("wsserve_event_loop_tasks", "asyncio tasks on the server's loop.", "tasks")
         yield gauge("wsserve_ready", "1 when ready to serve, 0 while starting or draining.", "ready")
         yield gauge("wsserve_model_loads_abandoned", "Model loads past their --model-load-timeout-s still running "
@@ -355,6 +376,8 @@ class Metrics:
         self.tokens: dict[str, int] = {}
         #: Isolated predict batches per model (:meth:`on_isolated`).
         self.isolations: dict[str, int] = {}
+        #: Response-cache lookups per ``(model, "hit" | "miss")`` (:meth:`on_cache`).
+        self.cache_results: dict[tuple[str, str], int] = {}
         #: Guide patterns had per ``(model, result)`` (:meth:`on_guide_compile`).
         self.guide_compiles: dict[tuple[str, str], int] = {}
         self.closes: dict[str, int] = {}
@@ -438,6 +461,12 @@ class Metrics:
         (the predict worker and the generation engine call it)."""
         self.isolations[model] = self.isolations.get(model, 0) + 1
 
+    def on_cache(self, model: str, result: str) -> None:
+        """A plain predict of ``model`` was looked up in the response cache: ``result`` is ``"hit"``
+        or ``"miss"`` (the predict worker calls it)."""
+        key = (model, result)
+        self.cache_results[key] = self.cache_results.get(key, 0) + 1
+
     def on_generation_done(self, model: str, prompt_tokens: int, ttft_s: float | None, tpot_s: float | None) -> None:
         """A generation of ``model`` that took a batch slot ended (the engine calls it once per
         generation, from the loop): its prompt's token count, the time from its receipt to its
@@ -489,6 +518,7 @@ class Metrics:
                 "tokens": dict(self.tokens),
                 "prompt_tokens": dict(self.prompt_tokens),
                 "isolations": dict(self.isolations),
+                "response_cache": {_SEP.join(k): n for k, n in self.cache_results.items()},
                 "guide_compiles": {_SEP.join(k): n for k, n in self.guide_compiles.items()},
                 "closes": dict(self.closes),
                 "slow_consumers": {"": self.slow_consumers},
@@ -505,6 +535,8 @@ class Metrics:
                 "generation_running": dict(state.get("generation_running", {})),
                 "tasks": state["tasks"], "ready": state["ready"],
                 "loads_abandoned": state.get("loads_abandoned", 0),
+                "response_cache_bytes": state.get("response_cache_bytes", 0),
+                "response_cache_entries": state.get("response_cache_entries", 0),
             },
         }
 

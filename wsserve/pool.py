@@ -37,6 +37,7 @@ from .explain import Explainer, NotExplainable, explainer_for, tensor_names
 from .jsontypes import frame_text
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import check_rows, check_rows_within, result_head, validate_inputs
+from .respcache import ResponseCache
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
@@ -245,6 +246,13 @@ def check_describable(model: Any) -> None:
                  option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
 
 
+def _drop_cache(entry: ModelEntry) -> None:
+    """Drop the cached responses of ``entry``'s version (a predict worker's; others have none)."""
+    drop = getattr(entry.worker, "drop_cache", None)
+    if drop is not None:
+        drop()
+
+
 class ModelPool:
     """Every model version known to the server.  See the module docstring."""
 
@@ -256,6 +264,9 @@ class ModelPool:
         self._models: dict[str, _Model] = {}
         self._models_json: bytes | None = None
         self._started = False
+        #: The server's response cache (``--response-cache-bytes``; None: 0, no cache).
+        self.response_cache = (ResponseCache(max_bytes=config.response_cache_bytes)
+                               if config.response_cache_bytes else None)
         #: Called after any change of what is served (the server refreshes its hello frame).
         self.on_change: Callable[[], None] | None = None
 
@@ -365,12 +376,14 @@ class ModelPool:
                     max_delay_ms: float | None = None, instances: int = 1, max_queue_requests: int | None = None,
                     default_timeout_ms: float | None = None, allow_timeout_override: bool = True,
                     guide_compile_memory_bytes: int | None = None, guide_compile_cpu_s: int | None = None,
-                    guide_compile_timeout_s: float | None = None) -> Any:
+                    guide_compile_timeout_s: float | None = None, response_cache: bool = False) -> Any:
         """The worker a model needs (not started).  ``max_delay_ms``: the model's batching window
         (None: the server's; 0: greedy, whatever the server's is); ``max_queue_requests``,
         ``default_timeout_ms``, ``allow_timeout_override``: a predictive model's queue policy
         (:class:`~wsserve.worker.PredictWorker`; a generative model has none); ``guide_compile_*``:
-        a generative model's compile limits (None: the server's setting of the same name)."""
+        a generative model's compile limits (None: the server's setting of the same name);
+        ``response_cache``: the model's config enables the response cache (a predictive model's
+        responses are then cached once it serves, when the server has a cache: else one warning)."""
         cfg = self._config
         if is_generative(model):
             from .generation import GenerationEngine
@@ -387,7 +400,7 @@ class ModelPool:
             )
         explainer, refusal = resolve_explainer(name, model)
         delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms
-        return PredictWorker(
+        worker = PredictWorker(
             model, name=name,
             max_batch_size=max_batch_size or cfg.max_batch_size,
             max_delay_ms=delay or None,  # a window of 0 (config.toml allows it) is greedy batching
@@ -397,6 +410,13 @@ class ModelPool:
             observer=self._observer, after_batch=self._after_batch,
             explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
         )
+        if response_cache:
+            if self.response_cache is None:
+                log.warning("model %r enables the response cache but the server has none "
+                            "(--response-cache-bytes 0): its responses are not cached", name)
+            else:
+                worker.cache_wanted = True
+        return worker
 
     def serve(self, name: str, version: str, model: Any, *, worker: Any | None = None) -> tuple[ModelEntry, ModelEntry | None]:
         """Start serving a loaded (and warmed-up) model version: it becomes ``ready`` (and the
@@ -406,6 +426,8 @@ class ModelPool:
         version_stats = getattr(self._observer, "version_stats", None)  # Metrics: per-version statistics
         if version_stats is not None:
             worker.stats = version_stats(name, version)
+        if getattr(worker, "cache_wanted", False) and self.response_cache is not None:
+            worker.use_cache(self.response_cache, name, version)
         if self._started:
             worker.start()
         if is_generative(model):
@@ -416,6 +438,8 @@ class ModelPool:
         m = self._models.setdefault(name, _Model())
         old = m.versions.get(version)
         replaced = old.entry if old is not None else None
+        if replaced is not None:
+            _drop_cache(replaced)  # never answer from the replaced weights, even while they drain
         m.versions[version] = VersionStatus("ready", None, entry)
         self._changed(name)
         return entry, replaced
@@ -435,6 +459,7 @@ class ModelPool:
                 del self._models[name]
         else:
             status.state = "unloading"
+            _drop_cache(entry)
         self._changed(name)
         return entry
 

@@ -335,6 +335,7 @@ class ModelRegistry:
             max_queue_requests=cfg.max_queue_requests, default_timeout_ms=cfg.default_timeout_ms,
             allow_timeout_override=cfg.allow_timeout_override, guide_compile_memory_bytes=cfg.guide_compile_memory_bytes,
             guide_compile_cpu_s=cfg.guide_compile_cpu_s, guide_compile_timeout_s=cfg.guide_compile_timeout_s,
+            response_cache=cfg.response_cache,
         )
 
     async def load_all(self) -> None:

@@ -512,6 +512,8 @@ class Server:
             queues[entry.name] = (stats.queued, stats.queued_rows)
             if stats.kind == "generate":
                 running[entry.name] = running.get(entry.name, 0) + stats.running  # every version's
+        cache = self.pool.response_cache
+        cached = cache.statistics() if cache is not None else None
         return {
             "connections": len(self.connections),
             "http_connections": sum(1 for p in self._protocols if isinstance(p, HttpProtocol)),
@@ -520,6 +522,8 @@ class Server:
             "generation_running": running,
             "ready": 1 if self.ready else 0,
             "loads_abandoned": self.registry.abandoned_loads,
+            "response_cache_bytes": cached.bytes if cached is not None else 0,
+            "response_cache_entries": cached.entries if cached is not None else 0,
             "messages": self.shared.messages,
             "tasks": len(asyncio.all_tasks(self.loop)) if self.loop is not None else 0,
             "frames": {"fast": self.counters.frames_fast, "library": self.counters.frames_library},

@@ -35,6 +35,18 @@ explain share a batch - one 1024-point integrated-gradients chunk for the
 ``mlp`` (about 9-13 ms on one core) - so explanations cannot stall the
 predictions batched with them for long.
 
+Response cache (Triton's, :mod:`wsserve.respcache`): a worker given a
+:class:`~wsserve.respcache.ResponseCache` and a scope (:meth:`PredictWorker.use_cache`)
+looks each plain request up in ``submit`` - not one that explains, nor a streamed
+one (a sink whose ``stream`` is true).  A hit never enters the queue: its sink
+gets all its rows on the next loop iteration (``call_soon``; never after
+:meth:`~PredictWorker.cancel`) with queue and compute time 0 and batch size its
+rows.  A miss is queued as usual and its outputs are stored once the whole
+request was computed in one batch with every row finite (after its sink had
+them).  Hits and misses (with the time to look up and store) are counted in
+:attr:`~PredictWorker.stats` and by the observer's optional
+``on_cache(model, result)`` (``"hit"`` / ``"miss"``).
+
 Call order: ``PredictWorker(...)``; ``start()`` (on the loop); ``submit`` /
 ``cancel`` from the loop thread; ``await close()`` (idempotent).
 """
@@ -63,6 +75,7 @@ from .errors import (
 )
 from .explain import Explainer
 from .metrics import VersionStats
+from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
 __all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "Tensors",
@@ -375,6 +388,24 @@ class PredictWorker:
         self.isolated_batches = 0
         self._last_batch = 0
         self._idle: asyncio.Event | None = None
+        self._cache: ResponseCache | None = None
+        #: This version's response-cache scope (None: its responses are not cached).
+        self.cache_scope: CacheScope | None = None
+        #: Its config enables the response cache (the pool calls :meth:`use_cache` when it serves it).
+        self.cache_wanted = False
+
+    def use_cache(self, cache: ResponseCache, model: str, version: str) -> None:
+        """Cache this worker's plain predicts in ``cache``, in a new scope for ``model`` ``version``
+        (call once, before requests; :meth:`drop_cache` ends it)."""
+        self._cache = cache
+        self.cache_scope = cache.open_scope(model, version)
+
+    def drop_cache(self) -> None:
+        """Drop this version's cached responses and cache none from now on (the version is unloaded
+        or replaced: a reload must never answer from the old weights).  Idempotent."""
+        if self._cache is not None and self.cache_scope is not None:
+            self._cache.close_scope(self.cache_scope)
+        self.cache_scope = None
 
     # -- lifecycle
 
@@ -390,6 +421,7 @@ class PredictWorker:
         if self._closed:
             return
         self._closed = True
+        self.drop_cache()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -432,6 +464,9 @@ class PredictWorker:
             until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
+        if self.cache_scope is not None and not explain and not getattr(sink, "stream", False) \
+                and self._cache_lookup(item):
+            return item
         self.queue.add(item, now)
         if self._running < self._instances:
             if self._tick_handle is None:
@@ -440,6 +475,54 @@ class PredictWorker:
                 self._tick_handle.cancel()  # the window filled up: go now
                 self._schedule(now, now)
         return item
+
+    def _cache_lookup(self, item: WorkItem) -> bool:
+        """Look ``item`` up in the response cache.  A hit: its answer is scheduled (True, the item is
+        not queued).  A miss: the item keeps its key, for its outputs to be stored (False)."""
+        assert self._cache is not None and self.cache_scope is not None and self._loop is not None
+        began = monotonic()
+        key = request_key(self.cache_scope, item.payload.inputs)
+        if key is None:  # inputs that cannot be keyed (objects other than str/bytes): not cached
+            return False
+        outputs = self._cache.get(key)
+        seconds = monotonic() - began
+        hit = outputs is not None
+        if self.stats is not None:
+            self.stats.on_cache(hit, seconds)
+        hook = getattr(self._observer, "on_cache", None)
+        if hook is not None:
+            hook(self.name, "hit" if hit else "miss")
+        if not hit:
+            item.cache_key = key
+            return False
+        self._loop.call_soon(self._cache_hit, item, outputs)
+        return True
+
+    def _cache_hit(self, item: WorkItem, outputs: Tensors) -> None:
+        """A hit's rows to its sink, unless it was cancelled or ended meanwhile."""
+        sink = item.payload
+        if item.cancelled or sink is None or sink.finished:
+            item.payload = None  # nothing more for it (and no sink <-> item cycle left behind)
+            return
+        item.next_row = item.delivered = item.rows
+        try:
+            sink.on_rows(0, outputs, item.rows, 0.0, 0.0)
+        except Exception as exc:  # noqa: BLE001 - a bug in the sink
+            self._sink_failed(item, exc)
+        item.payload = None
+        if self._after_batch is not None:
+            self._after_batch()
+
+    def _cache_store(self, item: WorkItem, outputs: Tensors) -> None:
+        """Store a missed request's outputs (all its rows, from one batch) under its key."""
+        key, item.cache_key = item.cache_key, None
+        scope = self.cache_scope
+        if key is None or scope is None or self._cache is None:
+            return
+        began = monotonic()
+        self._cache.put(scope, key, outputs)
+        if self.stats is not None:
+            self.stats.cache_miss_s += monotonic() - began
 
     def cancel(self, item: WorkItem) -> None:
         """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
@@ -756,6 +839,8 @@ class PredictWorker:
                     sink.on_batch_outputs(shared, offset, end, queue_s)
                 except Exception as exc:  # noqa: BLE001 - a bug in one request's sink
                     self._sink_failed(item, exc)
+                if item.cache_key is not None:
+                    self._cache_store(item, y[offset:end])
                 # Its last rows are handed out: the worker is done with this item.  Dropping the sink
                 # breaks the sink <-> item reference cycle (a job keeps its item to cancel it), so
                 # both are freed at once rather than by the cyclic GC, which otherwise cost ~8% of
@@ -775,6 +860,8 @@ class PredictWorker:
                 self._early.setdefault(item, []).append(part)
             else:
                 self._hand(item, part)
+                if item.cache_key is not None and bad is None and s.start == 0 and s.stop == item.rows:
+                    self._cache_store(item, out)
                 if self._early and item in self._early:
                     self._hand_early(item)
             offset = end

@@ -22,6 +22,8 @@ problem.  Keys (bounds inclusive)::
     max_queue_requests    1..1000000: requests that may wait in the model's queue (Triton's max_queue_size)
     default_timeout_ms    (0, 2**31-1] (number): the queue deadline of a request that sets none
     allow_timeout_override  true (default) | false: whether a request's timeout_ms may shorten it
+    response_cache   false (default) | true: answer repeated plain predicts from the server's response cache
+                     (Triton's response_cache { enable: true }; needs --response-cache-bytes)
     guide_compile_memory_bytes  67108864..68719476736: a generative model's guided-pattern compiling child's
                      address space (default: --guide-compile-memory-bytes)
     guide_compile_cpu_s  1..3600: its CPU seconds (default: --guide-compile-cpu-s)
@@ -95,7 +97,7 @@ _TOP_KEYS = frozenset(
         "backend", "task", "input_shape", "output_shape", "input_dtype", "output_dtype", "inputs", "outputs",
         "max_batch_size", "max_delay_ms", "instances", "flops_per_row", "version_policy", "onnx",
         "model_load_timeout_s", "max_queue_requests", "default_timeout_ms", "allow_timeout_override",
-        *GUIDE_COMPILE_LIMITS,
+        "response_cache", *GUIDE_COMPILE_LIMITS,
     }
 )
 _TENSOR_KEYS = frozenset({"name", "shape", "dtype"})
@@ -151,6 +153,9 @@ class ModelConfig:
     max_queue_requests: int | None = None
     default_timeout_ms: float | None = None
     allow_timeout_override: bool = True
+    #: Its plain predicts are answered from the server's response cache when their inputs repeat
+    #: (config.toml's ``response_cache``, config.pbtxt's ``response_cache { enable: true }``).
+    response_cache: bool = False
     #: A generative model's guided-pattern compile limits (None: the server's flag of the same name)
     guide_compile_memory_bytes: int | None = None
     guide_compile_cpu_s: int | None = None
@@ -359,6 +364,9 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
     override = doc.get("allow_timeout_override", True)
     if type(override) is not bool:
         raise ConfigError(path, "allow_timeout_override", f"must be true or false, got {_tname(override)}")
+    response_cache = doc.get("response_cache", False)
+    if type(response_cache) is not bool:
+        raise ConfigError(path, "response_cache", f"must be true or false, got {_tname(response_cache)}")
     compile_limits: dict[str, int | float] = {}
     for key in GUIDE_COMPILE_LIMITS:
         if key in doc:
@@ -396,6 +404,7 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
         max_queue_requests=opt_int("max_queue_requests", 1, MAX_QUEUE_REQUESTS),
         default_timeout_ms=default_timeout,
         allow_timeout_override=override,
+        response_cache=response_cache,
         **compile_limits,  # type: ignore[arg-type]
     )
 

@@ -50,6 +50,8 @@ Mapped (Triton's semantics, triton-inference-server/server
   ``KIND_GPU`` runs on CPU (wsserve is CPU only), ``count`` per listed GPU, with
   a warning; ``KIND_MODEL`` is refused.
 - ``default_model_filename`` -> the version directories' model file.
+- ``response_cache { enable: true }`` -> ``response_cache = true`` (answered from the
+  server's cache, ``--response-cache-bytes``; without one, a warning when served).
 - ``parameters { key: "intra_op_thread_count" }`` (the onnxruntime backend's)
   -> ``[onnx] intra_op_num_threads`` (1..64; 0 = onnxruntime's default, here 1).
 
@@ -60,7 +62,7 @@ tensor ``reshape``, ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
 ``is_non_linear_format_io``.
 
 Accepted and ignored (hints): every other field set (``optimization``,
-``model_warmup``, ``response_cache``, other ``parameters``, the other
+``model_warmup``, other ``parameters``, the other
 ``dynamic_batching`` and ``instance_group`` fields, ``label_filename``,
 ``format``...): listed in :attr:`ModelConfig.warnings`, which the server logs as
 one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
@@ -313,7 +315,7 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
         if field.name == "model_transaction_policy" and value.decoupled:
             raise ConfigError(path, "model_transaction_policy.decoupled", "is not supported: wsserve answers each infer request once")
         if field.name in ("runtime", "optimization", "cc_model_filenames", "metric_tags", "model_warmup", "model_operations",
-                          "model_repository_agents", "response_cache", "model_metrics"):
+                          "model_repository_agents", "model_metrics"):
             warnings.append(field.name)
 
     if not 0 <= cfg.max_batch_size <= MAX_BATCH_SIZE:
@@ -337,7 +339,8 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     # what every backend's configuration says alike
     common = {"path": path, "inputs": inputs, "outputs": outputs, "max_batch_size": cfg.max_batch_size,
               "max_delay_ms": max_delay_ms, **queue_policy, "instances": _instances(path, cfg, warnings),
-              "version_policy": _policy(path, cfg), "model_file": _model_file(path, cfg.default_model_filename)}
+              "version_policy": _policy(path, cfg), "model_file": _model_file(path, cfg.default_model_filename),
+              "response_cache": cfg.HasField("response_cache") and cfg.response_cache.enable}
     if cfg.backend == "python":
         return _python_config(path, cfg, model_name, common, warnings)
     threads = _parameters(path, cfg, warnings)

@@ -502,6 +502,7 @@ class HttpApi:
                         "queue_policy": triton.queue_policy(getattr(queue, "max_queue_requests", None),
                                                             getattr(worker, "default_timeout_s", None),
                                                             getattr(worker, "allow_timeout_override", True))}
+            batching["response_cache"] = getattr(getattr(entry.model, "config", None), "response_cache", False) is True
             steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
             if callable(steps):
                 batching["ensemble_steps"] = steps()

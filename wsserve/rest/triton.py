@@ -43,8 +43,11 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   count and 0 ns (wsserve has no separate step copying tensors to or from a
   device: gathering a batch's rows is timed inside ``compute_infer``, handing
   out and encoding its outputs inside the requests' ``success`` time; Triton's
-  clients, e.g. perf_analyzer, require the three counts to be equal),
-  ``cache_hit`` is zero (no response cache).
+  clients, e.g. perf_analyzer, require the three counts to be equal);
+  ``cache_hit``/``cache_miss``: the response cache's lookups (a hit's time is its
+  lookup, a miss's its lookup and the store of its outputs; a hit also counts in
+  ``success``, and in ``queue`` with 0 ns, but in no batch or ``inference_count``).
+- ``response_cache: {"enable": true}`` for a model whose config enables it.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
                  max_batch_rows: int | None = None, max_delay_s: float = 0.0,
                  queue_policy: dict[str, Any] | None = None,
-                 ensemble_steps: list[dict[str, Any]] | None = None) -> bytes:
+                 ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
@@ -115,7 +118,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
     ``default_queue_policy`` (:func:`queue_policy`), if any; ``policy``: the repository
-    config's version policy (or None)."""
+    config's version policy (or None); ``response_cache``: the model's config enables Triton's
+    response cache."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
@@ -138,6 +142,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         body["dynamic_batching"]["default_queue_policy"] = queue_policy
     if max_batch_rows is not None:
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
+    if response_cache:
+        body["response_cache"] = {"enable": True}
     if ensemble_steps is not None:
         del body["dynamic_batching"]
         body["ensemble_scheduling"] = {"step": ensemble_steps}
@@ -169,7 +175,8 @@ def _one(name: str, version: str, s: Mapping[str, Any], generative: bool) -> dic
             "compute_input": _duration(get("pair_count", 0), 0.0),
             "compute_infer": _duration(get("pair_count", 0), get("pair_s", 0.0)),
             "compute_output": _duration(get("pair_count", 0), 0.0),
-            "cache_hit": dict(_ZERO),
+            "cache_hit": _duration(get("cache_hit", 0), get("cache_hit_s", 0.0)),
+            "cache_miss": _duration(get("cache_miss", 0), get("cache_miss_s", 0.0)),
         },
         "batch_stats": [
             {"batch_size": int(size), "compute_input": _duration(values[0], 0.0),
