@@ -10,6 +10,9 @@ export declare const DEFAULT_STREAM_BUFFER_BYTES: number;
 export declare const DEFAULT_CLOSE_TIMEOUT_MS: number;
 /** Default `cancelTimeoutMs` (30000). */
 export declare const DEFAULT_CANCEL_TIMEOUT_MS: number;
+/** The server's bounds on a request's `traceparent` (256) and `tracestate` (512): longer ones it ignores. */
+export declare const MAX_TRACEPARENT_CHARS: number;
+export declare const MAX_TRACESTATE_CHARS: number;
 
 export type RequestId = string | number;
 
@@ -322,6 +325,9 @@ export interface GenerationDone {
   /** The token ids the model was given for the prompt (servers that say; absent when cancelled
    * before the request was sent). */
   prompt_tokens?: number;
+  /** The tokens generated as vLLM counts them (a stop token whose text is not sent included: OpenAI's
+   *  `usage.completion_tokens`; servers that say). */
+  completion_tokens?: number;
   /** With the `logprobs` option: one record per token received, in order (absent otherwise). */
   logprobs?: TokenLogprob[];
   [extra: string]: unknown;
@@ -391,6 +397,11 @@ export interface PredictOptions extends CallOptions {
   /** Send `inputs` as a binary tensor frame ({@link TensorInput}, or `{name: TensorInput}`) and get
    *  `outputs` back as {@link Tensor}s (no JSON numbers either way; with `explain`, `attributions` too). */
   binary?: boolean;
+  /** W3C Trace Context (at most MAX_TRACEPARENT_CHARS characters): the server's span for the request (with
+   *  `--otlp-traces-endpoint`) is a child of this span. A bad value throws before sending. */
+  traceparent?: string;
+  /** The W3C `tracestate` that goes with `traceparent` (at most MAX_TRACESTATE_CHARS characters; only with one). */
+  tracestate?: string;
 }
 
 export interface PredictStreamOptions extends PredictOptions {
@@ -443,6 +454,10 @@ export interface GenerateOptions extends CallOptions {
   /** Each token's log-probability and this many likeliest tokens of its step: an integer >= 0, at most the
    *  server's `max_logprobs` (20); `true` is refused (it is `0` here). See {@link Generation.logprobs}. */
   logprobs?: number;
+  /** W3C Trace Context, as for {@link PredictOptions.traceparent}. */
+  traceparent?: string;
+  /** As for {@link PredictOptions.tracestate}. */
+  tracestate?: string;
 }
 
 export interface AdminOptions extends CallOptions {
