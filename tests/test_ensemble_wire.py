@@ -5,7 +5,8 @@ The repository: ``scale`` (x * 2), ``linear`` (x @ W + b), ``shift`` (x + 1) as 
 config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale and shift side by side
 on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
 loads again), ``nostep`` (a step on a model the repository lacks), ``picky_pipe`` (scale -> ``picky``,
-a model.py that raises on a negative value) and ``held`` (``gated``, a model.py held on a row
+a model.py that raises on a negative value), ``mutates`` (scale -> ``inplace``, a Triton Python model
+adding 100 to its input in place, the scaled tensor an output too) and ``held`` (``gated``, a model.py held on a row
 starting with -1 until its gate file exists, -> ``plus1``)."""
 
 from __future__ import annotations
@@ -76,6 +77,21 @@ class Model:
         return batch
 """
 
+#: A Triton Python model changing its input in place (Triton hands each model its own copy of a tensor).
+INPLACE_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            x += 100
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]))
+        return responses
+"""
+
 PLUS1_PY = """
 class Model:
     def __init__(self, version_dir):
@@ -94,10 +110,14 @@ def _write_python_steps(root: Path, gate: Path) -> None:
     (root / "gated" / "config.toml").write_text(AFFINE_CONFIG)
     write_py(root / "plus1" / "1", PLUS1_PY)
     (root / "plus1" / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    write_py(root / "inplace" / "1", INPLACE_PY)
+    (root / "inplace" / "config.pbtxt").write_text('backend: "python"\n' + _onnx_pbtxt(3, 3).split("\n", 1)[1])
     fp64 = "{ name: \"%s\" data_type: TYPE_FP64 dims: [ %d ] }"
     for name, text in {
         "picky_pipe": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [
             _step("scale", {"x": "IN"}, {"y": "scaled"}), _step("picky", {"input": "scaled"}, {"output": "OUT"})]),
+        "mutates": _ensemble(_tensor("IN", 3), f'{_tensor("DOUBLE", 3)}, {_tensor("PLUS", 3)}', [
+            _step("scale", {"x": "IN"}, {"y": "DOUBLE"}), _step("inplace", {"x": "DOUBLE"}, {"y": "PLUS"})]),
         "held": _ensemble(fp64 % ("IN", 3), fp64 % ("OUT", 1), [
             _step("gated", {"input": "IN"}, {"output": "g"}), _step("plus1", {"input": "g"}, {"output": "OUT"})]),
     }.items():
@@ -330,3 +350,16 @@ def test_an_ensemble_whose_step_model_is_loading_waits_for_it(served) -> None:
     inp = thttp.InferInput("IN", [1, 3], "FP64")
     inp.set_data_from_numpy(np.array([[1.0, 1.0, 1.0]]))
     np.testing.assert_allclose(client.infer("slow_ens", [inp]).as_numpy("OUT"), [[6.5]])
+
+
+def test_a_step_changing_its_input_in_place_changes_no_other_reader_of_that_tensor(served) -> None:
+    # DOUBLE is an ensemble output and the input of 'inplace', which adds 100 to it in place: as in
+    # Triton, where each model gets its own copy, DOUBLE stays x * 2
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    x = _x(2)
+    inp = thttp.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mutates", [inp])
+    np.testing.assert_allclose(result.as_numpy("PLUS"), x * 2 + 100, rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("DOUBLE"), x * 2, rtol=1e-6)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from time import monotonic
@@ -121,6 +122,13 @@ def _as_arrays(inputs: Any, plan: EnsemblePlan) -> dict[str, np.ndarray]:
     return {s.name: np.asarray(inputs[s.name]).astype(s.np_dtype, copy=False) for s in plan.inputs}
 
 
+def _shared_tensors(plan: EnsemblePlan) -> frozenset[str]:
+    """The ensemble tensors of ``plan`` read more than once (step inputs and ensemble outputs)."""
+    reads = Counter(tensor for step in plan.steps for _, tensor in step.feeds)
+    reads.update(o.name for o in plan.outputs)
+    return frozenset(t for t, n in reads.items() if n > 1)
+
+
 class _StepSink:
     """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
 
@@ -207,7 +215,9 @@ class _Run:
             for model_input, tensor in step.feeds:
                 a = self.tensors[tensor]
                 spec = specs.get(model_input)
-                arrays[model_input] = a.astype(spec.np_dtype, copy=False) if spec is not None else a
+                dtype = spec.np_dtype if spec is not None else a.dtype
+                # a tensor with another reader is copied: a model may change its input in place
+                arrays[model_input] = np.array(a, dtype) if tensor in self.worker.shared else a.astype(dtype, copy=False)
             batch: Tensors = next(iter(arrays.values())) if step.single_input else arrays
             sink = _StepSink(self, step, batch, len(next(iter(arrays.values()))))
             self.flying[step.index] = sink
@@ -298,6 +308,9 @@ class EnsembleWorker:
         self.plan = model.plan
         self.name = model.name
         self.lookup = lookup
+        #: Ensemble tensors read more than once (by two steps, twice by one, or by a step and as an
+        #: output): each step gets its own copy, as in Triton, since a model may change its input in place.
+        self.shared = _shared_tensors(model.plan)
         self.explain_refusal = f"model {model.name!r} is an ensemble: explanations are for single models"
         self.queue = _QueueFigures(model.config.max_batch_size or 0)
         #: The pool sets this version's statistics; an ensemble computes no batch of its own.
