@@ -178,3 +178,10 @@ def test_config_errors_name_the_field() -> None:
         parse_pbtxt('platform: "onnxruntime_onnx" ensemble_scheduling { step [ { model_name: "m" } ] }', "c")
     with pytest.raises(ConfigError, match=r"decoupled"):
         parse_pbtxt(ensemble_pbtxt(CHAIN) + "model_transaction_policy { decoupled: true }", "c")
+
+
+def test_an_ensemble_naming_itself_as_a_step_is_refused_as_such() -> None:
+    text = ensemble_pbtxt(step("pipe", {"IN": "IN"}, {"OUT": "OUT"}))
+    with pytest.raises(EnsembleError, match=r"^ensemble 'pipe' step 0 \(model 'pipe'\): model 'pipe' is this ensemble: an "
+                       r"ensemble cannot run itself \(nested ensembles are not supported\)$"):
+        plan(text, {})  # whatever the pool says of it (not served yet, or failed)

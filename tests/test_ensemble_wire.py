@@ -4,7 +4,8 @@
 The repository: ``scale`` (x * 2), ``linear`` (x @ W + b), ``shift`` (x + 1) as ONNX models with
 config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale and shift side by side
 on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
-loads again), ``nostep`` (a step on a model the repository lacks), ``picky_pipe`` (scale -> ``picky``,
+loads again), ``nostep`` (a step on a model the repository lacks), ``aa_nested`` and ``zz_nested``
+(a step on the ensemble ``waits``), ``picky_pipe`` (scale -> ``picky``,
 a model.py that raises on a negative value), ``mutates`` (scale -> ``inplace``, a Triton Python model
 adding 100 to its input in place, the scaled tensor an output too) and ``held`` (``gated``, a model.py held on a row
 starting with -1 until its gate file exists, -> ``plus1``)."""
@@ -139,6 +140,9 @@ def _write(root: Path) -> Any:
             _step("scale", {"x": "IN"}, {"y": "DOUBLE"}), _step("shift2", {"x": "IN"}, {"y": "PLUS"})]),
         "waits": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("shift2", {"x": "IN"}, {"y": "OUT"})]),
         "nostep": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("absent", {"x": "IN"}, {"y": "OUT"})]),
+        # nested on 'waits': one planned before it is served, one after (the scan's order is the names')
+        "aa_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
+        "zz_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
     }
     for name, text in ensembles.items():
         (root / name / "1").mkdir(parents=True)
@@ -363,3 +367,17 @@ def test_a_step_changing_its_input_in_place_changes_no_other_reader_of_that_tens
     result = client.infer("mutates", [inp])
     np.testing.assert_allclose(result.as_numpy("PLUS"), x * 2 + 100, rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("DOUBLE"), x * 2, rtol=1e-6)
+
+
+def test_an_ensemble_on_an_ensemble_is_refused_as_nested_whatever_the_order_they_load_in(served) -> None:
+    # aa_nested is planned before 'waits' is served ('not served'), zz_nested while it loads ('loading',
+    # waiting for it): both are planned again once it is served, and refused as nested
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+
+    def reasons() -> dict[str, tuple[str, str]]:
+        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in client.get_model_repository_index()}
+
+    nested = "step 0 (model 'waits'): model 'waits' is an ensemble: nested ensembles are not supported"
+    wait_until(lambda: all(nested in reasons()[n][1] for n in ("aa_nested", "zz_nested")), 30)
+    assert reasons()["aa_nested"][0] == reasons()["zz_nested"][0] == "UNAVAILABLE"

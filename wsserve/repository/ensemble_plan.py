@@ -102,6 +102,9 @@ class _Planner:
 
     def signature(self, i: int, found: StepSignature | str | None) -> StepSignature:
         step = self.config.steps[i]
+        if step.model == self.name:
+            raise self.fail(f"model {step.model!r} is this ensemble: an ensemble cannot run itself (nested ensembles "
+                            "are not supported)", i)
         if found is None:
             raise self.fail(f"model {step.model!r} is not served" + (f" in version {step.version}" if step.version else ""), i)
         if isinstance(found, str):
