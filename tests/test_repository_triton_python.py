@@ -321,3 +321,28 @@ def test_a_bad_model_py_is_refused_naming_the_problem(tmp_path: Path, model_py: 
 def test_a_python_config_pbtxt_needs_fixed_dims(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="variable"):
         parse_pbtxt(ONE_IO_PBTXT.replace("dims: [ 2 ] } ]\noutput", "dims: [ -1 ] } ]\noutput"), "config.pbtxt")
+
+
+def test_an_instance_failing_to_initialize_finalizes_the_instances_initialized_before_it(tmp_path: Path) -> None:
+    model_py = """
+        import os
+        import triton_python_backend_utils as pb_utils
+
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                self.name = args["model_instance_name"]
+                if self.name.endswith("_2"):
+                    raise RuntimeError("no room for a third")
+                open(os.path.join(args["model_repository"], "open-" + self.name), "w").close()
+
+            def execute(self, requests):
+                return []
+
+            def finalize(self):
+                os.rename(os.path.join(os.path.dirname(__file__), "..", "open-" + self.name),
+                          os.path.join(os.path.dirname(__file__), "..", "finalized-" + self.name))
+    """
+    with pytest.raises(ModelLoadError, match="TritonPythonModel.initialize raised RuntimeError: no room for a third"):
+        _load(tmp_path, "three", ONE_IO_PBTXT + "instance_group [ { count: 3 kind: KIND_CPU } ]\n", model_py)
+    assert sorted(p.name for p in (tmp_path / "three").glob("*-three_0_*")) == ["finalized-three_0_0", "finalized-three_0_1"]

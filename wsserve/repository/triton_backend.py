@@ -25,7 +25,8 @@ back).  Then, as Triton does:
   model and what is wrong.  A response with ``error=`` fails its request (:class:`TritonError`);
   several requests in one ``execute`` are then each executed again alone by the worker's
   isolation of a failed batch, so only the request whose own response is an error fails.
-- ``finalize()``, when defined, once per instance at :meth:`close`.
+- ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
+  initialized when another's ``initialize`` fails (the version is then refused).
 """
 
 from __future__ import annotations
@@ -102,9 +103,13 @@ class TritonPythonModel(RepositoryModel):
         self._auto_complete(cls)
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._instances: list[Any] = []
-        for i in range(config.instances):
-            self._instances.append(self._instance(cls, i))
-            self._free.put(self._instances[-1])
+        try:
+            for i in range(config.instances):
+                self._instances.append(self._instance(cls, i))
+                self._free.put(self._instances[-1])
+        except ModelLoadError:
+            self._finalize_quietly()  # the instances initialized before the one that failed
+            raise
         self.info = make_info(self, task="other", parameters=0, metrics={}, extra={"triton_backend": "python"})
 
     def _call_at_load(self, what: str, fn: Any, *args: Any) -> Any:
@@ -234,7 +239,13 @@ class TritonPythonModel(RepositoryModel):
         if self.closed:
             return
         super().close()
-        failure: BaseException | None = None
+        failure = self._finalize_all()
+        if failure is not None:
+            raise failure
+
+    def _finalize_all(self) -> Exception | None:
+        """``finalize()`` on every instance that has one; the first exception raised, if any."""
+        failure: Exception | None = None
         for instance in self._instances:
             finalize = getattr(instance, "finalize", None)
             if callable(finalize):
@@ -242,5 +253,10 @@ class TritonPythonModel(RepositoryModel):
                     call_model_code(finalize)
                 except Exception as exc:  # noqa: BLE001 - finalize the others first
                     failure = failure or exc
+        return failure
+
+    def _finalize_quietly(self) -> None:
+        """:meth:`_finalize_all` for a load that failed: its exception is logged (the load's is raised)."""
+        failure = self._finalize_all()
         if failure is not None:
-            raise failure
+            log.warning("%s: finalize() after a failed initialize raised %s: %s", self.path, type(failure).__name__, failure)
