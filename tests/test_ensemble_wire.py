@@ -4,7 +4,8 @@
 The repository: ``scale`` (x * 2), ``linear`` (x @ W + b), ``shift`` (x + 1) as ONNX models with
 config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale and shift side by side
 on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
-loads again), ``nostep`` (a step on a model the repository lacks), ``aa_nested`` and ``zz_nested``
+loads again), ``topk_ens`` (``topk``, TopK without a batch dimension: its output's size is the
+request's ``k``), ``nostep`` (a step on a model the repository lacks), ``aa_nested`` and ``zz_nested``
 (a step on the ensemble ``waits``), ``picky_pipe`` (scale -> ``picky``,
 a model.py that raises on a negative value), ``mutates`` (scale -> ``inplace``, a Triton Python model
 adding 100 to its input in place, the scaled tensor an output too) and ``held`` (``gated``, a model.py held on a row
@@ -132,6 +133,12 @@ def _write(root: Path) -> Any:
                               ("shift", _elementwise("Add", 1.0, 2), (2, 2)), ("shift2", _elementwise("Add", 1.0, 3), (3, 3))):
         ob.save(model, root / name / "1")
         (root / name / "config.pbtxt").write_text(_onnx_pbtxt(*dims))
+    topk, _ = ob.top_k()
+    ob.save(topk, root / "topk" / "1")
+    (root / "topk" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "k" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "idx" data_type: TYPE_INT64 dims: [ -1 ] } ]\n')
     ensembles = {
         "pipe": _ensemble(_tensor("IN", 3), _tensor("OUT", 2), [
             _step("shift", {"x": "lin"}, {"y": "OUT"}), _step("scale", {"x": "IN"}, {"y": "scaled"}),
@@ -139,6 +146,9 @@ def _write(root: Path) -> Any:
         "fan": _ensemble(_tensor("IN", 3), f'{_tensor("DOUBLE", 3)}, {_tensor("PLUS", 3)}', [
             _step("scale", {"x": "IN"}, {"y": "DOUBLE"}), _step("shift2", {"x": "IN"}, {"y": "PLUS"})]),
         "waits": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("shift2", {"x": "IN"}, {"y": "OUT"})]),
+        "topk_ens": _ensemble('{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "K" data_type: TYPE_INT64 dims: [ 1 ] }',
+                              '{ name: "TOP" data_type: TYPE_FP32 dims: [ -1 ] }',
+                              [_step("topk", {"x": "X", "k": "K"}, {"y": "TOP"})]).replace("max_batch_size: 8", "max_batch_size: 0"),
         "nostep": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("absent", {"x": "IN"}, {"y": "OUT"})]),
         # nested on 'waits': one planned before it is served, one after (the scan's order is the names')
         "aa_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
@@ -381,3 +391,26 @@ def test_an_ensemble_on_an_ensemble_is_refused_as_nested_whatever_the_order_they
     nested = "step 0 (model 'waits'): model 'waits' is an ensemble: nested ensembles are not supported"
     wait_until(lambda: all(nested in reasons()[n][1] for n in ("aa_nested", "zz_nested")), 30)
     assert reasons()["aa_nested"][0] == reasons()["zz_nested"][0] == "UNAVAILABLE"
+
+
+def test_a_step_answering_rows_at_different_sizes_fails_its_request_naming_the_output(served) -> None:
+    # the step's rows come back in one delivery each, which its request's one array cannot hold: the
+    # request fails with invalid_input (the request was left without an answer, its steps all done)
+    proc, _, _ = served
+    x = [3.0, 1.0, 2.0]
+
+    async def go() -> dict[Any, list[dict[str, Any]]]:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "mixed", "model": "topk_ens", "inputs": {"X": [x, x], "K": [[1], [2]]}})
+            await conn.send({"type": "predict", "id": "same", "model": "topk_ens", "inputs": {"X": [x, x], "K": [[2], [2]]}})
+            return await conn.collect({"mixed", "same"})
+        finally:
+            await conn.close()
+
+    frames = asyncio.run(go())
+    mixed, same = frames["mixed"], frames["same"]
+    assert len(mixed) == 1 and mixed[0]["type"] == "error" and mixed[0]["code"] == "invalid_input", mixed
+    assert mixed[0]["message"].startswith("ensemble 'topk_ens' step 0 (model 'topk'): output 'y' has rows of shape [1] "
+                                          "and [2] in one request"), mixed
+    assert same[-1]["type"] == "result" and same[-1]["outputs"] == [[3.0, 2.0], [3.0, 2.0]], same

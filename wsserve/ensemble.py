@@ -153,8 +153,12 @@ class _StepSink:
         self._rows += len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
         if self._rows >= self.n:
             self.finished = True
-            out = self._parts[0] if len(self._parts) == 1 else concat_rows(self._parts)
-            self._parts = []
+            parts, self._parts = self._parts, []
+            try:
+                out = parts[0] if len(parts) == 1 else concat_rows(parts)
+            except WsserveError as exc:  # rows of different shapes (InvalidInput): its request fails
+                self.run.step_failed(self.step, exc)
+                return
             self.run.step_done(self, out)
 
     def on_error(self, exc: WsserveError) -> None:
