@@ -191,7 +191,12 @@ class _Run:
     def start(self) -> None:
         if self.done:  # cancelled before its first steps went
             return
-        self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
+        try:
+            self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: this request ends, answered
+            log.exception("ensemble %r: a request's inputs could not be taken", self.worker.name)
+            self.fail(Internal(f"ensemble {self.worker.name!r}: its inputs could not be taken: {type(exc).__name__}: {exc}"))
+            return
         self.advance()
 
     def _label(self, step: PlannedStep) -> str:
@@ -230,6 +235,10 @@ class _Run:
         except WsserveError as exc:
             self.flying.pop(step.index, None)
             self.step_failed(step, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError copying a tensor: this request ends, answered
+            log.exception("ensemble %r step %d (model %r) could not be queued", self.worker.name, step.index, step.model)
+            self.flying.pop(step.index, None)
+            self.step_failed(step, Internal(f"could not queue the step: {type(exc).__name__}: {exc}"))
 
     def step_done(self, sink: _StepSink, outputs: Tensors) -> None:
         step = sink.step
