@@ -91,6 +91,23 @@ def test_a_fixed_tensor_feeds_a_steps_variable_dim() -> None:
         in str(err)
 
 
+def test_an_ensemble_input_with_a_minus_one_dim_takes_a_fixed_consumers_size_whatever_the_steps_order() -> None:
+    """IN dims [-1, 3] read by 'centered' (dims [-1, 3]) and by 'fixed' ([2, 3]): IN is [2, 3], listed in either
+    order (Triton compares each with wildcards). Listed centered first, it was refused: "ensemble tensor 'IN' has
+    shape [-1, 3] (the ensemble input) but input 'x' of model 'fixed' has shape [2, 3]"."""
+    sigs = {("centered", None): sig("centered", {"x": (-1, 3)}, {"y": (-1, 3)}),
+            ("fixed", None): sig("fixed", {"x": (2, 3)}, {"y": (2, 3)})}
+    variable = '{ name: "IN" data_type: TYPE_FP32 dims: [ -1, 3 ] }'
+    outs = '{ name: "A" data_type: TYPE_FP32 dims: [ -1, 3 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 2, 3 ] }'
+    centered, fixed = step("centered", {"x": "IN"}, {"y": "A"}), step("fixed", {"x": "IN"}, {"y": "B"})
+    for steps in ([centered, fixed], [fixed, centered]):
+        p = plan(ensemble_pbtxt(", ".join(steps), inputs=variable, outputs=outs), sigs)
+        assert p.inputs[0].shape == (2, 3), steps
+    err = _error(ensemble_pbtxt(", ".join([centered, fixed]), inputs='{ name: "IN" data_type: TYPE_FP32 dims: [ -1, 4 ] }',
+                                outputs=outs), sigs)
+    assert "ensemble tensor 'IN' has dims [-1, 4] (the ensemble input) but input 'x' of model 'centered'" in str(err)
+
+
 def _error(text: str, sigs: dict = SIGS) -> EnsembleError:  # type: ignore[type-arg]
     with pytest.raises(EnsembleError) as info:
         plan(text, sigs)
@@ -178,3 +195,10 @@ def test_config_errors_name_the_field() -> None:
         parse_pbtxt('platform: "onnxruntime_onnx" ensemble_scheduling { step [ { model_name: "m" } ] }', "c")
     with pytest.raises(ConfigError, match=r"decoupled"):
         parse_pbtxt(ensemble_pbtxt(CHAIN) + "model_transaction_policy { decoupled: true }", "c")
+
+
+def test_an_ensemble_naming_itself_as_a_step_is_refused_as_such() -> None:
+    text = ensemble_pbtxt(step("pipe", {"IN": "IN"}, {"OUT": "OUT"}))
+    with pytest.raises(EnsembleError, match=r"^ensemble 'pipe' step 0 \(model 'pipe'\): model 'pipe' is this ensemble: an "
+                       r"ensemble cannot run itself \(nested ensembles are not supported\)$"):
+        plan(text, {})  # whatever the pool says of it (not served yet, or failed)

@@ -171,3 +171,37 @@ def test_close_ends_requests_in_flight_and_refuses_new_ones() -> None:
             worker.submit(Sink(_x(), 2))
 
     asyncio.run(go())
+
+
+def test_a_step_that_cannot_be_queued_for_an_unexpected_reason_fails_the_request_and_stops_the_others() -> None:
+    async def go() -> None:
+        worker, e = _worker()
+
+        def broken(sink: Any, *, priority: int = 0, deadline: float | None = None) -> Any:
+            raise MemoryError("no room for the copy")
+
+        e["b"].worker.submit = broken  # type: ignore[method-assign]
+        sink = Sink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        (err,) = sink.errors
+        assert isinstance(err, Internal)
+        assert err.message == "ensemble 'fan' step 1 (model 'b'): could not queue the step: MemoryError: no room for the copy"
+        assert len(e["a"].worker.cancelled) == 1  # step 0, queued first, is stopped
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def test_inputs_that_cannot_be_taken_fail_the_request() -> None:
+    async def go() -> None:
+        worker, e = _worker()
+        sink = Sink({"OTHER": _x()}, 2)  # (the transports check the names: a bug's stand-in)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        (err,) = sink.errors
+        assert isinstance(err, Internal) and err.message == "ensemble 'fan': its inputs could not be taken: KeyError: 'IN'"
+        assert not e["a"].worker.submitted
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())

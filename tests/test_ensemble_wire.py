@@ -4,8 +4,11 @@
 The repository: ``scale`` (x * 2), ``linear`` (x @ W + b), ``shift`` (x + 1) as ONNX models with
 config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale and shift side by side
 on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
-loads again), ``nostep`` (a step on a model the repository lacks), ``picky_pipe`` (scale -> ``picky``,
-a model.py that raises on a negative value) and ``held`` (``gated``, a model.py held on a row
+loads again), ``topk_ens`` (``topk``, TopK without a batch dimension: its output's size is the
+request's ``k``), ``nostep`` (a step on a model the repository lacks), ``aa_nested`` and ``zz_nested``
+(a step on the ensemble ``waits``), ``picky_pipe`` (scale -> ``picky``,
+a model.py that raises on a negative value), ``mutates`` (scale -> ``inplace``, a Triton Python model
+adding 100 to its input in place, the scaled tensor an output too) and ``held`` (``gated``, a model.py held on a row
 starting with -1 until its gate file exists, -> ``plus1``)."""
 
 from __future__ import annotations
@@ -76,6 +79,21 @@ class Model:
         return batch
 """
 
+#: A Triton Python model changing its input in place (Triton hands each model its own copy of a tensor).
+INPLACE_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            x += 100
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]))
+        return responses
+"""
+
 PLUS1_PY = """
 class Model:
     def __init__(self, version_dir):
@@ -94,10 +112,14 @@ def _write_python_steps(root: Path, gate: Path) -> None:
     (root / "gated" / "config.toml").write_text(AFFINE_CONFIG)
     write_py(root / "plus1" / "1", PLUS1_PY)
     (root / "plus1" / "config.toml").write_text("input_shape = [1]\noutput_shape = [1]\n")
+    write_py(root / "inplace" / "1", INPLACE_PY)
+    (root / "inplace" / "config.pbtxt").write_text('backend: "python"\n' + _onnx_pbtxt(3, 3).split("\n", 1)[1])
     fp64 = "{ name: \"%s\" data_type: TYPE_FP64 dims: [ %d ] }"
     for name, text in {
         "picky_pipe": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [
             _step("scale", {"x": "IN"}, {"y": "scaled"}), _step("picky", {"input": "scaled"}, {"output": "OUT"})]),
+        "mutates": _ensemble(_tensor("IN", 3), f'{_tensor("DOUBLE", 3)}, {_tensor("PLUS", 3)}', [
+            _step("scale", {"x": "IN"}, {"y": "DOUBLE"}), _step("inplace", {"x": "DOUBLE"}, {"y": "PLUS"})]),
         "held": _ensemble(fp64 % ("IN", 3), fp64 % ("OUT", 1), [
             _step("gated", {"input": "IN"}, {"output": "g"}), _step("plus1", {"input": "g"}, {"output": "OUT"})]),
     }.items():
@@ -111,6 +133,12 @@ def _write(root: Path) -> Any:
                               ("shift", _elementwise("Add", 1.0, 2), (2, 2)), ("shift2", _elementwise("Add", 1.0, 3), (3, 3))):
         ob.save(model, root / name / "1")
         (root / name / "config.pbtxt").write_text(_onnx_pbtxt(*dims))
+    topk, _ = ob.top_k()
+    ob.save(topk, root / "topk" / "1")
+    (root / "topk" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "k" data_type: TYPE_INT64 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "idx" data_type: TYPE_INT64 dims: [ -1 ] } ]\n')
     ensembles = {
         "pipe": _ensemble(_tensor("IN", 3), _tensor("OUT", 2), [
             _step("shift", {"x": "lin"}, {"y": "OUT"}), _step("scale", {"x": "IN"}, {"y": "scaled"}),
@@ -118,7 +146,13 @@ def _write(root: Path) -> Any:
         "fan": _ensemble(_tensor("IN", 3), f'{_tensor("DOUBLE", 3)}, {_tensor("PLUS", 3)}', [
             _step("scale", {"x": "IN"}, {"y": "DOUBLE"}), _step("shift2", {"x": "IN"}, {"y": "PLUS"})]),
         "waits": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("shift2", {"x": "IN"}, {"y": "OUT"})]),
+        "topk_ens": _ensemble('{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }, { name: "K" data_type: TYPE_INT64 dims: [ 1 ] }',
+                              '{ name: "TOP" data_type: TYPE_FP32 dims: [ -1 ] }',
+                              [_step("topk", {"x": "X", "k": "K"}, {"y": "TOP"})]).replace("max_batch_size: 8", "max_batch_size: 0"),
         "nostep": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("absent", {"x": "IN"}, {"y": "OUT"})]),
+        # nested on 'waits': one planned before it is served, one after (the scan's order is the names')
+        "aa_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
+        "zz_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
     }
     for name, text in ensembles.items():
         (root / name / "1").mkdir(parents=True)
@@ -330,3 +364,53 @@ def test_an_ensemble_whose_step_model_is_loading_waits_for_it(served) -> None:
     inp = thttp.InferInput("IN", [1, 3], "FP64")
     inp.set_data_from_numpy(np.array([[1.0, 1.0, 1.0]]))
     np.testing.assert_allclose(client.infer("slow_ens", [inp]).as_numpy("OUT"), [[6.5]])
+
+
+def test_a_step_changing_its_input_in_place_changes_no_other_reader_of_that_tensor(served) -> None:
+    # DOUBLE is an ensemble output and the input of 'inplace', which adds 100 to it in place: as in
+    # Triton, where each model gets its own copy, DOUBLE stays x * 2
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    x = _x(2)
+    inp = thttp.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mutates", [inp])
+    np.testing.assert_allclose(result.as_numpy("PLUS"), x * 2 + 100, rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("DOUBLE"), x * 2, rtol=1e-6)
+
+
+def test_an_ensemble_on_an_ensemble_is_refused_as_nested_whatever_the_order_they_load_in(served) -> None:
+    # aa_nested is planned before 'waits' is served ('not served'), zz_nested while it loads ('loading',
+    # waiting for it): both are planned again once it is served, and refused as nested
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+
+    def reasons() -> dict[str, tuple[str, str]]:
+        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in client.get_model_repository_index()}
+
+    nested = "step 0 (model 'waits'): model 'waits' is an ensemble: nested ensembles are not supported"
+    wait_until(lambda: all(nested in reasons()[n][1] for n in ("aa_nested", "zz_nested")), 30)
+    assert reasons()["aa_nested"][0] == reasons()["zz_nested"][0] == "UNAVAILABLE"
+
+
+def test_a_step_answering_rows_at_different_sizes_fails_its_request_naming_the_output(served) -> None:
+    # the step's rows come back in one delivery each, which its request's one array cannot hold: the
+    # request fails with invalid_input (the request was left without an answer, its steps all done)
+    proc, _, _ = served
+    x = [3.0, 1.0, 2.0]
+
+    async def go() -> dict[Any, list[dict[str, Any]]]:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "mixed", "model": "topk_ens", "inputs": {"X": [x, x], "K": [[1], [2]]}})
+            await conn.send({"type": "predict", "id": "same", "model": "topk_ens", "inputs": {"X": [x, x], "K": [[2], [2]]}})
+            return await conn.collect({"mixed", "same"})
+        finally:
+            await conn.close()
+
+    frames = asyncio.run(go())
+    mixed, same = frames["mixed"], frames["same"]
+    assert len(mixed) == 1 and mixed[0]["type"] == "error" and mixed[0]["code"] == "invalid_input", mixed
+    assert mixed[0]["message"].startswith("ensemble 'topk_ens' step 0 (model 'topk'): output 'y' has rows of shape [1] "
+                                          "and [2] in one request"), mixed
+    assert same[-1]["type"] == "result" and same[-1]["outputs"] == [[3.0, 2.0], [3.0, 2.0]], same

@@ -9,8 +9,10 @@ import asyncio
 import json
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.http as thttp  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from tests.support import ServerProcess  # noqa: E402
+from tests.support import ServerProcess, wait_until  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 from wsserve.repository.errors import ConfigError, ModelLoadError  # noqa: E402
 from wsserve.repository.loader import load_version  # noqa: E402
@@ -321,3 +323,65 @@ def test_a_bad_model_py_is_refused_naming_the_problem(tmp_path: Path, model_py: 
 def test_a_python_config_pbtxt_needs_fixed_dims(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="variable"):
         parse_pbtxt(ONE_IO_PBTXT.replace("dims: [ 2 ] } ]\noutput", "dims: [ -1 ] } ]\noutput"), "config.pbtxt")
+
+
+def test_an_instance_failing_to_initialize_finalizes_the_instances_initialized_before_it(tmp_path: Path) -> None:
+    model_py = """
+        import os
+        import triton_python_backend_utils as pb_utils
+
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                self.name = args["model_instance_name"]
+                if self.name.endswith("_2"):
+                    raise RuntimeError("no room for a third")
+                open(os.path.join(args["model_repository"], "open-" + self.name), "w").close()
+
+            def execute(self, requests):
+                return []
+
+            def finalize(self):
+                os.rename(os.path.join(os.path.dirname(__file__), "..", "open-" + self.name),
+                          os.path.join(os.path.dirname(__file__), "..", "finalized-" + self.name))
+    """
+    with pytest.raises(ModelLoadError, match="TritonPythonModel.initialize raised RuntimeError: no room for a third"):
+        _load(tmp_path, "three", ONE_IO_PBTXT + "instance_group [ { count: 3 kind: KIND_CPU } ]\n", model_py)
+    assert sorted(p.name for p in (tmp_path / "three").glob("*-three_0_*")) == ["finalized-three_0_0", "finalized-three_0_1"]
+
+
+def test_a_model_py_hanging_as_it_executes_does_not_hold_up_another_triton_models_load(tmp_path: Path) -> None:
+    # a load past its timeout is abandoned, its thread still running: the others must still load
+    gate = tmp_path / "gate"
+    hung_py = f"""
+        import os
+        import time
+        import triton_python_backend_utils as pb_utils
+
+        open({str(gate)!r} + ".started", "w").close()
+        end = time.monotonic() + 60
+        while not os.path.exists({str(gate)!r}) and time.monotonic() < end:
+            time.sleep(0.01)
+
+
+        class TritonPythonModel:
+            def execute(self, requests):
+                return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())]) for r in requests]
+    """
+    hung = threading.Thread(target=_load, args=(tmp_path, "hung", ONE_IO_PBTXT, hung_py), daemon=True)
+    hung.start()
+    try:
+        wait_until(lambda: Path(f"{gate}.started").exists(), 30)
+        loaded: list[Any] = []
+        other = threading.Thread(target=lambda: loaded.append(_load(tmp_path, "m", ONE_IO_PBTXT, _broken_py(ECHO))),
+                                 daemon=True)
+        other.start()
+        wait_until(lambda: bool(loaded), 30)
+        x = np.ones((2, 2), np.float32)
+        np.testing.assert_array_equal(loaded[0].predict(x), x)
+        loaded[0].close()
+        assert "triton_python_backend_utils" in sys.modules  # 'hung' still executes: it may still import it
+    finally:
+        gate.touch()
+        hung.join()
+    assert "triton_python_backend_utils" not in sys.modules

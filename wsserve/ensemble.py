@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from time import monotonic
@@ -121,6 +122,13 @@ def _as_arrays(inputs: Any, plan: EnsemblePlan) -> dict[str, np.ndarray]:
     return {s.name: np.asarray(inputs[s.name]).astype(s.np_dtype, copy=False) for s in plan.inputs}
 
 
+def _shared_tensors(plan: EnsemblePlan) -> frozenset[str]:
+    """The ensemble tensors of ``plan`` read more than once (step inputs and ensemble outputs)."""
+    reads = Counter(tensor for step in plan.steps for _, tensor in step.feeds)
+    reads.update(o.name for o in plan.outputs)
+    return frozenset(t for t, n in reads.items() if n > 1)
+
+
 class _StepSink:
     """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
 
@@ -145,8 +153,12 @@ class _StepSink:
         self._rows += len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
         if self._rows >= self.n:
             self.finished = True
-            out = self._parts[0] if len(self._parts) == 1 else concat_rows(self._parts)
-            self._parts = []
+            parts, self._parts = self._parts, []
+            try:
+                out = parts[0] if len(parts) == 1 else concat_rows(parts)
+            except WsserveError as exc:  # rows of different shapes (InvalidInput): its request fails
+                self.run.step_failed(self.step, exc)
+                return
             self.run.step_done(self, out)
 
     def on_error(self, exc: WsserveError) -> None:
@@ -179,7 +191,12 @@ class _Run:
     def start(self) -> None:
         if self.done:  # cancelled before its first steps went
             return
-        self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
+        try:
+            self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: this request ends, answered
+            log.exception("ensemble %r: a request's inputs could not be taken", self.worker.name)
+            self.fail(Internal(f"ensemble {self.worker.name!r}: its inputs could not be taken: {type(exc).__name__}: {exc}"))
+            return
         self.advance()
 
     def _label(self, step: PlannedStep) -> str:
@@ -207,7 +224,9 @@ class _Run:
             for model_input, tensor in step.feeds:
                 a = self.tensors[tensor]
                 spec = specs.get(model_input)
-                arrays[model_input] = a.astype(spec.np_dtype, copy=False) if spec is not None else a
+                dtype = spec.np_dtype if spec is not None else a.dtype
+                # a tensor with another reader is copied: a model may change its input in place
+                arrays[model_input] = np.array(a, dtype) if tensor in self.worker.shared else a.astype(dtype, copy=False)
             batch: Tensors = next(iter(arrays.values())) if step.single_input else arrays
             sink = _StepSink(self, step, batch, len(next(iter(arrays.values()))))
             self.flying[step.index] = sink
@@ -216,6 +235,10 @@ class _Run:
         except WsserveError as exc:
             self.flying.pop(step.index, None)
             self.step_failed(step, exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. MemoryError copying a tensor: this request ends, answered
+            log.exception("ensemble %r step %d (model %r) could not be queued", self.worker.name, step.index, step.model)
+            self.flying.pop(step.index, None)
+            self.step_failed(step, Internal(f"could not queue the step: {type(exc).__name__}: {exc}"))
 
     def step_done(self, sink: _StepSink, outputs: Tensors) -> None:
         step = sink.step
@@ -298,6 +321,9 @@ class EnsembleWorker:
         self.plan = model.plan
         self.name = model.name
         self.lookup = lookup
+        #: Ensemble tensors read more than once (by two steps, twice by one, or by a step and as an
+        #: output): each step gets its own copy, as in Triton, since a model may change its input in place.
+        self.shared = _shared_tensors(model.plan)
         self.explain_refusal = f"model {model.name!r} is an ensemble: explanations are for single models"
         self.queue = _QueueFigures(model.config.max_batch_size or 0)
         #: The pool sets this version's statistics; an ensemble computes no batch of its own.

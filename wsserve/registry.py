@@ -671,6 +671,9 @@ class ModelRegistry:
         log.info("serving ensemble %r version %s (steps: %s)", name, v, ", ".join(mscan.config.ensemble.step_models))
         if replaced is not None:
             self._drain(replaced, forget=False)
+        # an ensemble with a step on this one (planned before it was served: 'not served', or 'loading' waiting
+        # for it) is planned again, and refused as nested; a failed ensemble re-plans nothing (no cycle of re-plans)
+        self._recheck_ensembles(name)
 
     def _step_loading(self, mscan: ModelScan) -> str | None:
         """A step model of the ensemble ``mscan`` without a ready version and with one loading, if any."""

@@ -102,6 +102,9 @@ class _Planner:
 
     def signature(self, i: int, found: StepSignature | str | None) -> StepSignature:
         step = self.config.steps[i]
+        if step.model == self.name:
+            raise self.fail(f"model {step.model!r} is this ensemble: an ensemble cannot run itself (nested ensembles "
+                            "are not supported)", i)
         if found is None:
             raise self.fail(f"model {step.model!r} is not served" + (f" in version {step.version}" if step.version else ""), i)
         if isinstance(found, str):
@@ -150,6 +153,10 @@ class _Planner:
                                      or any(d not in (-1, s) for d, s in zip(dims, spec.shape, strict=True))):
                 raise self.fail(f"ensemble tensor {tensor!r} has dims {list(dims)} ({source}) but {what} has shape "
                                 f"{list(spec.shape)}", i, tensor)
+            self.writers[tensor] = (writer, dtype, spec.shape, dims)
+        elif writer < 0 and dims is not None and not fits(shape, spec.shape) and fits(spec.shape, shape):
+            # an ensemble input a consumer with a -1 dim shaped first: a later consumer's fixed size there
+            # fixes it (the request must have it; the earlier consumer takes any size), whatever the steps' order
             self.writers[tensor] = (writer, dtype, spec.shape, dims)
         elif not fits(shape, spec.shape):  # a -1 of the reader's (a model without a batch dimension) takes any size
             raise self.fail(f"ensemble tensor {tensor!r} has shape {list(shape)} ({source}) but {what} has shape "

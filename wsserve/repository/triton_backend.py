@@ -5,9 +5,9 @@
 
 A model directory whose config.pbtxt says ``backend: "python"`` (:mod:`.pbtxt`) is loaded here.
 The file is executed as :func:`~.python_backend.exec_model_file` does, with
-:mod:`.triton_pb_utils` importable as ``triton_python_backend_utils`` while it executes (under a
-lock, so two loads never see each other's module, and whatever held that name before is put
-back).  Then, as Triton does:
+:mod:`.triton_pb_utils` importable as ``triton_python_backend_utils`` while it executes (while
+any Triton model.py executes, several loads at once included, never holding a lock while one runs;
+whatever held that name before is put back once none does).  Then, as Triton does:
 
 - ``TritonPythonModel.auto_complete_config(pb_utils.ModelConfig)``, when defined, is called once;
   it may only confirm config.pbtxt (wsserve does not complete a configuration from the model).
@@ -25,15 +25,18 @@ back).  Then, as Triton does:
   model and what is wrong.  A response with ``error=`` fails its request (:class:`TritonError`);
   several requests in one ``execute`` are then each executed again alone by the worker's
   isolation of a failed batch, so only the request whose own response is an error fails.
-- ``finalize()``, when defined, once per instance at :meth:`close`.
+- ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
+  initialized when another's ``initialize`` fails (the version is then refused).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,8 +57,41 @@ log = logging.getLogger("wsserve.repository")
 
 #: The name a Triton model.py imports the utilities under.
 PB_UTILS_MODULE = "triton_python_backend_utils"
-#: Held while a Triton model.py executes with :data:`PB_UTILS_MODULE` in ``sys.modules``.
-_IMPORT_LOCK = threading.Lock()
+
+
+class _PbUtilsShim:
+    """Puts :mod:`.triton_pb_utils` in ``sys.modules`` as :data:`PB_UTILS_MODULE` while at least one
+    Triton model.py executes, and puts back what held that name when the last one ends.  The lock is
+    held only to count, never while a model.py runs: a model.py whose top-level code hangs (a load
+    abandoned after its timeout) must not stop the other Triton models from loading."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before: Any = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._before = sys.modules.get(PB_UTILS_MODULE)
+                sys.modules[PB_UTILS_MODULE] = pb  # type: ignore[assignment]
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    if self._before is None:
+                        sys.modules.pop(PB_UTILS_MODULE, None)
+                    else:
+                        sys.modules[PB_UTILS_MODULE] = self._before
+                    self._before = None
+
+
+#: The one shim of the process (``sys.modules`` is one per process too).
+_SHIM = _PbUtilsShim()
 
 
 class TritonError(Exception):
@@ -63,17 +99,10 @@ class TritonError(Exception):
 
 
 def exec_triton_model_file(path: Path, name: str, version: int) -> ModuleType:
-    """Execute a Triton ``model.py`` with ``triton_python_backend_utils`` importable (only meanwhile)."""
-    with _IMPORT_LOCK:
-        before = sys.modules.get(PB_UTILS_MODULE)
-        sys.modules[PB_UTILS_MODULE] = pb  # type: ignore[assignment]
-        try:
-            return exec_model_file(path, name, version)
-        finally:
-            if before is None:
-                sys.modules.pop(PB_UTILS_MODULE, None)
-            else:
-                sys.modules[PB_UTILS_MODULE] = before
+    """Execute a Triton ``model.py`` with ``triton_python_backend_utils`` importable (only meanwhile;
+    several may execute at once, each seeing it)."""
+    with _SHIM.installed():
+        return exec_model_file(path, name, version)
 
 
 def _specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -102,9 +131,13 @@ class TritonPythonModel(RepositoryModel):
         self._auto_complete(cls)
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._instances: list[Any] = []
-        for i in range(config.instances):
-            self._instances.append(self._instance(cls, i))
-            self._free.put(self._instances[-1])
+        try:
+            for i in range(config.instances):
+                self._instances.append(self._instance(cls, i))
+                self._free.put(self._instances[-1])
+        except ModelLoadError:
+            self._finalize_quietly()  # the instances initialized before the one that failed
+            raise
         self.info = make_info(self, task="other", parameters=0, metrics={}, extra={"triton_backend": "python"})
 
     def _call_at_load(self, what: str, fn: Any, *args: Any) -> Any:
@@ -234,7 +267,13 @@ class TritonPythonModel(RepositoryModel):
         if self.closed:
             return
         super().close()
-        failure: BaseException | None = None
+        failure = self._finalize_all()
+        if failure is not None:
+            raise failure
+
+    def _finalize_all(self) -> Exception | None:
+        """``finalize()`` on every instance that has one; the first exception raised, if any."""
+        failure: Exception | None = None
         for instance in self._instances:
             finalize = getattr(instance, "finalize", None)
             if callable(finalize):
@@ -242,5 +281,10 @@ class TritonPythonModel(RepositoryModel):
                     call_model_code(finalize)
                 except Exception as exc:  # noqa: BLE001 - finalize the others first
                     failure = failure or exc
+        return failure
+
+    def _finalize_quietly(self) -> None:
+        """:meth:`_finalize_all` for a load that failed: its exception is logged (the load's is raised)."""
+        failure = self._finalize_all()
         if failure is not None:
-            raise failure
+            log.warning("%s: finalize() after a failed initialize raised %s: %s", self.path, type(failure).__name__, failure)
