@@ -5,6 +5,7 @@ of whole, finite, plain requests, and a dropped scope never answering again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from tests.test_pool_worker import INF, Doubler, Sink, _col, _wait
+from wsserve.config import ServerConfig
 from wsserve.errors import Overloaded
 from wsserve.metrics import VersionStats
+from wsserve.pool import ModelPool
 from wsserve.respcache import ResponseCache
 from wsserve.worker import PredictWorker
 
@@ -198,3 +201,17 @@ async def test_a_miss_refused_by_a_full_queue_is_not_counted(make_worker) -> Non
     gate.set()
     await _wait(running, waiting)
     assert worker.stats.cache_miss == 2
+
+
+def test_a_generative_model_enabling_the_cache_is_warned_it_is_not_cached(caplog: pytest.LogCaptureFixture) -> None:
+    """The cache holds plain predicts: a generative model's response_cache would be silently
+    ignored; it is named in one warning instead."""
+    from tests.test_gen_structured import charlm
+
+    pool = ModelPool(ServerConfig(response_cache_bytes=1 << 20))
+    with caplog.at_level(logging.WARNING, logger="wsserve"):
+        pool.make_worker("charlm", charlm(), response_cache=True)
+        pool.make_worker("charlm", charlm())
+    warned = [r.getMessage() for r in caplog.records if "response cache" in r.getMessage()]
+    assert warned == ["model 'charlm' generates text: the response cache holds plain predicts only, so its "
+                      "response_cache is ignored"]
