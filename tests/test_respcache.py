@@ -135,3 +135,19 @@ def test_the_counted_bytes_cover_the_memory_entries_really_hold(outputs: int) ->
     finally:
         tracemalloc.stop()
     assert held <= cache.statistics().bytes, f"{held} bytes held, {cache.statistics().bytes} counted"
+
+
+def test_keying_a_request_does_not_copy_its_inputs() -> None:
+    """The key hashes the inputs' memory in place (on the event loop, for every request): no
+    transient copy the size of the request."""
+    _, scope = _cache()
+    big = np.ones((1024, 1024), np.float64)  # 8 MiB
+    expected = request_key(scope, big.copy())
+    tracemalloc.start()
+    try:
+        key = request_key(scope, {"x": big, "y": big[:, :512]})  # y is not contiguous: copied, 4 MiB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < big.nbytes * 3 // 4, f"{peak} bytes allocated to key an {big.nbytes}-byte input"
+    assert key != expected and request_key(scope, big) == expected

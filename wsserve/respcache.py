@@ -84,7 +84,8 @@ class _Entry:
         self.nbytes = nbytes
 
 
-def _field(h: Any, data: bytes) -> None:
+def _field(h: Any, data: bytes | np.ndarray) -> None:
+    """``data`` (bytes, or a 1-D ``uint8`` array: its buffer) after its length."""
     h.update(len(data).to_bytes(8, "little"))
     h.update(data)
 
@@ -95,7 +96,7 @@ def _hash_array(h: Any, name: str, a: np.ndarray) -> bool:
     _field(h, a.dtype.str.encode())
     _field(h, np.asarray(a.shape, dtype=np.int64).tobytes())
     if a.dtype.kind != "O":
-        _field(h, np.ascontiguousarray(a).tobytes())
+        _field(h, np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # its memory, not a copy (when contiguous)
         return True
     h.update(a.size.to_bytes(8, "little"))
     for v in a.flat:  # BYTES tensors: each element, typed and length-prefixed
