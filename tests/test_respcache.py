@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -65,7 +68,7 @@ def test_bytes_tensors_are_keyed_by_their_elements_and_other_objects_are_not_key
 
 def test_the_lru_entry_goes_first_and_the_byte_budget_holds() -> None:
     y = np.zeros((1, 16), np.float64)  # 128 bytes
-    entry = 32 + y.nbytes + ENTRY_OVERHEAD_BYTES
+    entry = 32 + sys.getsizeof(y) + ENTRY_OVERHEAD_BYTES  # the array's header and data
     cache, scope = _cache(max_bytes=4 * entry)  # at most 4 entries; one is at the 1/4 limit
     keys = [request_key(scope, np.full((1, 1), float(i))) for i in range(5)]
     for k in keys[:4]:
@@ -96,7 +99,7 @@ def test_closing_a_scope_drops_its_entries_and_refuses_stores() -> None:
     assert cache.close_scope(old) == 1
     assert cache.get(k_old) is None and cache.get(k_other) is not None
     assert not cache.put(old, k_old, X)  # a request still computing on the old weights
-    assert len(cache) == 1 and cache.statistics().bytes == 32 + X.nbytes + ENTRY_OVERHEAD_BYTES
+    assert len(cache) == 1 and cache.statistics().bytes == 32 + sys.getsizeof(X.copy()) + ENTRY_OVERHEAD_BYTES
     assert cache.close_scope(old) == 0  # idempotent
 
 
@@ -114,3 +117,37 @@ def test_named_outputs_are_stored_and_non_numeric_outputs_are_not() -> None:
 def test_a_bad_budget_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         ResponseCache(max_bytes=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("outputs", [1, 4, 16])
+def test_the_counted_bytes_cover_the_memory_entries_really_hold(outputs: int) -> None:
+    """The budget bounds the memory: each entry counts at least what storing it allocates (the
+    arrays' headers and a model's several output names, not only their data)."""
+    cache, scope = _cache(max_bytes=1 << 40)
+    keys = [request_key(scope, np.full((1, 1), float(i))) for i in range(2000)]
+    y = {f"output_{j}": np.zeros((1, 1), np.float32) for j in range(outputs)}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys:
+            assert cache.put(scope, key, y)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= cache.statistics().bytes, f"{held} bytes held, {cache.statistics().bytes} counted"
+
+
+def test_keying_a_request_does_not_copy_its_inputs() -> None:
+    """The key hashes the inputs' memory in place (on the event loop, for every request): no
+    transient copy the size of the request."""
+    _, scope = _cache()
+    big = np.ones((1024, 1024), np.float64)  # 8 MiB
+    expected = request_key(scope, big.copy())
+    tracemalloc.start()
+    try:
+        key = request_key(scope, {"x": big, "y": big[:, :512]})  # y is not contiguous: copied, 4 MiB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < big.nbytes * 3 // 4, f"{peak} bytes allocated to key an {big.nbytes}-byte input"
+    assert key != expected and request_key(scope, big) == expected

@@ -25,7 +25,7 @@ from tests.repo_wire import predict, wait_models, wait_watching  # noqa: E402
 from tests.support import Conn, ServerProcess, http_get, wait_until  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 
-BUDGET = 16384  # --response-cache-bytes: ~29 one-row entries of COUNTED (560 bytes each), one entry <= 4096
+BUDGET = 16384  # --response-cache-bytes: ~23 one-row entries of COUNTED (688 bytes each), one entry <= 4096
 
 #: ``[n, 3] -> [n, 2]``: ``x @ (1, 2, 3) + bias`` and the number of predict calls so far (warm-up included).
 COUNTED_PY = """

@@ -5,13 +5,18 @@ of whole, finite, plain requests, and a dropped scope never answering again."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.test_pool_worker import INF, Doubler, Sink, _col, _wait
+from wsserve.config import ServerConfig
+from wsserve.errors import Overloaded
 from wsserve.metrics import VersionStats
+from wsserve.pool import ModelPool
 from wsserve.respcache import ResponseCache
 from wsserve.worker import PredictWorker
 
@@ -176,3 +181,37 @@ async def test_named_outputs_are_cached(make_worker, inline_max_flops: int) -> N
     assert len(model.calls) == 1
     assert got[0]["n"][0, 0] == got[1]["n"][0, 0] == 1
     np.testing.assert_array_equal(got[1]["y"], [[14.0]])
+
+
+async def test_a_miss_refused_by_a_full_queue_is_not_counted(make_worker) -> None:
+    """Triton counts a miss when its response was computed: a request the queue refused
+    (max_queue_requests) never was, so it counts in no ``cache_miss`` nor as a "miss" metric."""
+    observer = Observer()
+    gate = threading.Event()
+    worker, model, _ = _cached(make_worker, Doubler(gate=gate), observer=observer, inline_max_flops=0,
+                               max_queue_requests=1)
+    running = Sink("running", _col(1.0))
+    worker.submit(running)
+    await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 5)  # computing, the queue empty
+    waiting = Sink("waiting", _col(2.0))
+    worker.submit(waiting)
+    with pytest.raises(Overloaded):
+        worker.submit(Sink("refused", _col(3.0)))
+    assert worker.stats.cache_miss == 2 and observer.cache == [("double", "miss")] * 2
+    gate.set()
+    await _wait(running, waiting)
+    assert worker.stats.cache_miss == 2
+
+
+def test_a_generative_model_enabling_the_cache_is_warned_it_is_not_cached(caplog: pytest.LogCaptureFixture) -> None:
+    """The cache holds plain predicts: a generative model's response_cache would be silently
+    ignored; it is named in one warning instead."""
+    from tests.test_gen_structured import charlm
+
+    pool = ModelPool(ServerConfig(response_cache_bytes=1 << 20))
+    with caplog.at_level(logging.WARNING, logger="wsserve"):
+        pool.make_worker("charlm", charlm(), response_cache=True)
+        pool.make_worker("charlm", charlm())
+    warned = [r.getMessage() for r in caplog.records if "response cache" in r.getMessage()]
+    assert warned == ["model 'charlm' generates text: the response cache holds plain predicts only, so its "
+                      "response_cache is ignored"]

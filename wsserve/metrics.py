@@ -294,7 +294,8 @@ class _Collector(Collector):
                       "deadline: its child killed), cancelled (the model's engine closed).",
                       ["model", "result"], counters.get("guide_compiles", {}))
         yield counter("wsserve_response_cache", "Response-cache lookups of plain predicts by model and result "
-                      "(hit: answered from the cache; miss: computed, then stored).",
+                      "(hit: answered from the cache; miss: queued to be computed, then stored if whole, finite and "
+                      "small enough).",
                       ["model", "result"], counters.get("response_cache", {}))
         yield counter("wsserve_batch_isolations",
                       "Predict batches (and generation steps) of several requests that failed and whose requests were computed alone.",

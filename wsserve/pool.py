@@ -383,10 +383,15 @@ class ModelPool:
         (:class:`~wsserve.worker.PredictWorker`; a generative model has none); ``guide_compile_*``:
         a generative model's compile limits (None: the server's setting of the same name);
         ``response_cache``: the model's config enables the response cache (a predictive model's
-        responses are then cached once it serves, when the server has a cache: else one warning)."""
+        responses are then cached once it serves, when the server has a cache: else one warning; a
+        generative model's are never: one warning)."""
         cfg = self._config
         if is_generative(model):
             from .generation import GenerationEngine
+
+            if response_cache:
+                log.warning("model %r generates text: the response cache holds plain predicts only, so its "
+                            "response_cache is ignored", name)
             from .generation.guide_sandbox import CompileLimits
 
             limits = CompileLimits(

@@ -9,7 +9,9 @@ array the worker makes of it).  Every field is length-prefixed, so no two
 different requests hash the same bytes.
 
 The cache is bounded in bytes (``max_bytes``): an entry costs its key, its
-outputs' ``nbytes`` and :data:`ENTRY_OVERHEAD_BYTES`; an entry over
+outputs as Python holds them (each array's header and data, and for named outputs
+the dict and the names: ``sys.getsizeof`` of each) and :data:`ENTRY_OVERHEAD_BYTES`
+(the key object, the LRU's and the scope's slots, the entry record); an entry over
 :data:`MAX_ENTRY_FRACTION` of the budget is not stored; storing evicts the
 least recently used entries until the new one fits.  Stored outputs are
 read-only copies (a hit hands the same arrays to every request).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +40,7 @@ import numpy as np
 __all__ = ["CacheScope", "CacheStatistics", "ENTRY_OVERHEAD_BYTES", "MAX_ENTRY_FRACTION", "ResponseCache",
            "request_key"]
 
-#: Bytes one entry costs beyond its key and its outputs' data (the arrays' headers, the LRU's links).
+#: Bytes one entry costs beyond its key and its outputs (the key object, the LRU's and its scope's slots).
 ENTRY_OVERHEAD_BYTES = 512
 
 #: An entry larger than this fraction of ``max_bytes`` is not stored (it would evict too much).
@@ -81,7 +84,8 @@ class _Entry:
         self.nbytes = nbytes
 
 
-def _field(h: Any, data: bytes) -> None:
+def _field(h: Any, data: bytes | np.ndarray) -> None:
+    """``data`` (bytes, or a 1-D ``uint8`` array: its buffer) after its length."""
     h.update(len(data).to_bytes(8, "little"))
     h.update(data)
 
@@ -92,7 +96,7 @@ def _hash_array(h: Any, name: str, a: np.ndarray) -> bool:
     _field(h, a.dtype.str.encode())
     _field(h, np.asarray(a.shape, dtype=np.int64).tobytes())
     if a.dtype.kind != "O":
-        _field(h, np.ascontiguousarray(a).tobytes())
+        _field(h, np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # its memory, not a copy (when contiguous)
         return True
     h.update(a.size.to_bytes(8, "little"))
     for v in a.flat:  # BYTES tensors: each element, typed and length-prefixed
@@ -131,7 +135,8 @@ def request_key(scope: CacheScope, inputs: Any) -> bytes | None:
 
 
 def _frozen_copy(outputs: Any) -> tuple[Any, int] | None:
-    """Read-only copies of ``outputs`` (an array or ``{name: array}`` of numbers) and their bytes;
+    """Read-only copies of ``outputs`` (an array or ``{name: array}`` of numbers) and the bytes
+    they hold (``sys.getsizeof``: each array's header and data; a dict's table and its names);
     None for anything else."""
     arrays = outputs.items() if isinstance(outputs, dict) else (("", outputs),)
     out: dict[str, np.ndarray] = {}
@@ -142,8 +147,10 @@ def _frozen_copy(outputs: Any) -> tuple[Any, int] | None:
         c = np.array(a, copy=True)
         c.setflags(write=False)
         out[name] = c
-        total += c.nbytes
-    return (out if isinstance(outputs, dict) else out[""]), total
+        total += sys.getsizeof(c)  # the copy owns its data: header + nbytes
+    if not isinstance(outputs, dict):
+        return out[""], total
+    return out, total + sys.getsizeof(out) + sum(sys.getsizeof(name) for name in out)
 
 
 class ResponseCache:

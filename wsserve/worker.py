@@ -43,7 +43,8 @@ gets all its rows on the next loop iteration (``call_soon``; never after
 :meth:`~PredictWorker.cancel`) with queue and compute time 0 and batch size its
 rows.  A miss is queued as usual and its outputs are stored once the whole
 request was computed in one batch with every row finite (after its sink had
-them).  Hits and misses (with the time to look up and store) are counted in
+them).  Hits and misses (with the time to look up and store; a miss once it is queued, not
+one a full queue refuses) are counted in
 :attr:`~PredictWorker.stats` and by the observer's optional
 ``on_cache(model, result)`` (``"hit"`` / ``"miss"``).
 
@@ -464,10 +465,15 @@ class PredictWorker:
             until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
-        if self.cache_scope is not None and not explain and not getattr(sink, "stream", False) \
-                and self._cache_lookup(item):
-            return item
-        self.queue.add(item, now)
+        missed: tuple[bytes, float] | bool | None = None
+        if self.cache_scope is not None and not explain and not getattr(sink, "stream", False):
+            missed = self._cache_lookup(item)
+            if missed is True:  # a hit: answered without the queue
+                return item
+        self.queue.add(item, now)  # Overloaded (a full queue): not a miss, nothing is computed
+        if type(missed) is tuple:
+            self._cache_counted(False, missed[1])
+            item.cache_key = missed[0]
         if self._running < self._instances:
             if self._tick_handle is None:
                 self._schedule(now, now)
@@ -476,27 +482,31 @@ class PredictWorker:
                 self._schedule(now, now)
         return item
 
-    def _cache_lookup(self, item: WorkItem) -> bool:
-        """Look ``item`` up in the response cache.  A hit: its answer is scheduled (True, the item is
-        not queued).  A miss: the item keeps its key, for its outputs to be stored (False)."""
+    def _cache_lookup(self, item: WorkItem) -> tuple[bytes, float] | bool | None:
+        """Look ``item`` up in the response cache.  A hit (True): its answer is scheduled and it is
+        counted (the item is not to be queued).  A miss: ``(key, seconds the lookup took)``, counted
+        by the caller once the item is queued (a full queue refuses it uncounted).  None: inputs
+        that cannot be keyed."""
         assert self._cache is not None and self.cache_scope is not None and self._loop is not None
         began = monotonic()
         key = request_key(self.cache_scope, item.payload.inputs)
         if key is None:  # inputs that cannot be keyed (objects other than str/bytes): not cached
-            return False
+            return None
         outputs = self._cache.get(key)
         seconds = monotonic() - began
-        hit = outputs is not None
+        if outputs is None:
+            return key, seconds
+        self._cache_counted(True, seconds)
+        self._loop.call_soon(self._cache_hit, item, outputs)
+        return True
+
+    def _cache_counted(self, hit: bool, seconds: float) -> None:
+        """Count one lookup in :attr:`stats` and the observer's ``on_cache``."""
         if self.stats is not None:
             self.stats.on_cache(hit, seconds)
         hook = getattr(self._observer, "on_cache", None)
         if hook is not None:
             hook(self.name, "hit" if hit else "miss")
-        if not hit:
-            item.cache_key = key
-            return False
-        self._loop.call_soon(self._cache_hit, item, outputs)
-        return True
 
     def _cache_hit(self, item: WorkItem, outputs: Tensors) -> None:
         """A hit's rows to its sink, unless it was cancelled or ended meanwhile."""
