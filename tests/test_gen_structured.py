@@ -10,6 +10,7 @@ import itertools
 import json
 import re
 import time
+from typing import Any
 
 import numpy as np
 import orjson
@@ -432,27 +433,35 @@ async def test_a_compile_abandoned_before_its_task_ran_is_counted_abandoned(monk
     await engine.close()
 
 
+class _HeldCompiles:
+    """Compiles that start (their pattern's text appended to ``started``) and then wait until the test
+    sets ``release[text]``; each ends refused.  ``await starts(n)``: until n have started."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started: list[str] = []
+        self.release: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        monkeypatch.setattr(engine_module, "compile_in_child", self._held)
+
+    async def _held(self, pattern: Any, *args: Any, **kwargs: Any) -> Any:
+        self.started.append(pattern.text)
+        self._changed.set()
+        await self.release.setdefault(pattern.text, asyncio.Event()).wait()
+        raise pattern.refusal(f"field {pattern.name!r}: refused for the test")
+
+    async def starts(self, n: int) -> None:
+        while len(self.started) < n:
+            self._changed.clear()
+            await self._changed.wait()
+
+
 async def test_a_freed_compile_slot_goes_to_the_client_with_the_fewest_compiles_running(monkeypatch) -> None:
     """Two patterns compile at once per engine.  A client that queued many distinct (maybe
     hostile: up to 10 s of CPU each) patterns took every slot in turn, first come first served:
     another client's pattern waited for all of them.  A freed slot now goes to the waiting
     pattern whose client has the fewest compiles running (the oldest among equals)."""
-    started: list[str] = []
-    release: dict[str, asyncio.Event] = {}
-    changed = asyncio.Event()
-
-    async def held(pattern, *args, **kwargs):
-        started.append(pattern.text)
-        changed.set()
-        await release.setdefault(pattern.text, asyncio.Event()).wait()
-        raise pattern.refusal(f"field {pattern.name!r}: refused for the test")
-
-    async def starts(n: int) -> None:
-        while len(started) < n:
-            changed.clear()
-            await changed.wait()
-
-    monkeypatch.setattr(engine_module, "compile_in_child", held)
+    held = _HeldCompiles(monkeypatch)
+    started, release, starts = held.started, held.release, held.starts
     engine = GenerationEngine(charlm())
     hog, other = object(), object()
     sinks = [_Sink() for _ in range(5)]
@@ -482,22 +491,8 @@ async def test_compile_slots_are_shared_by_client_not_by_connection(monkeypatch)
     """A client that opens a connection per pattern held every slot in turn (each connection had
     the fewest running): the slots are shared by ``client`` (its API key, else its address), so
     its patterns from four connections count as one client's."""
-    started: list[str] = []
-    release: dict[str, asyncio.Event] = {}
-    changed = asyncio.Event()
-
-    async def held(pattern, *args, **kwargs):
-        started.append(pattern.text)
-        changed.set()
-        await release.setdefault(pattern.text, asyncio.Event()).wait()
-        raise pattern.refusal(f"field {pattern.name!r}: refused for the test")
-
-    async def starts(n: int) -> None:
-        while len(started) < n:
-            changed.clear()
-            await changed.wait()
-
-    monkeypatch.setattr(engine_module, "compile_in_child", held)
+    held = _HeldCompiles(monkeypatch)
+    started, release, starts = held.started, held.release, held.starts
     engine = GenerationEngine(charlm())
     hog, other = compile_client("k-hog", "10.0.0.1"), compile_client(None, "10.0.0.2")
     sinks = [_Sink() for _ in range(3)]
