@@ -342,13 +342,12 @@ async def test_the_index_is_built_off_the_loop_while_other_generations_go_on(mon
     await engine.close()
 
 
-async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_and_stops_the_compile(monkeypatch) -> None:
-    """PROTOCOL.md: while a request waits for its pattern, its timeout_ms applies.  With nothing
-    else running the engine slept until the compile ended (up to its 15 s, or longer queued
-    behind two others), so the deadline was only noticed then."""
+def _never_done_compiles(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Compiles that never end by themselves: ``(started, cancelled)``, set when one starts and
+    when it is cancelled (its child killed)."""
     started, cancelled = asyncio.Event(), asyncio.Event()
 
-    async def never_done(pattern, *args, **kwargs):
+    async def never_done(pattern: Any, *args: Any, **kwargs: Any) -> Any:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -356,6 +355,14 @@ async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_an
             cancelled.set()
 
     monkeypatch.setattr(engine_module, "compile_in_child", never_done)
+    return started, cancelled
+
+
+async def test_a_deadline_passing_while_the_pattern_compiles_ends_the_request_and_stops_the_compile(monkeypatch) -> None:
+    """PROTOCOL.md: while a request waits for its pattern, its timeout_ms applies.  With nothing
+    else running the engine slept until the compile ended (up to its 15 s, or longer queued
+    behind two others), so the deadline was only noticed then."""
+    started, cancelled = _never_done_compiles(monkeypatch)
     engine = GenerationEngine(charlm())
     sink = _Sink()
     engine.submit(GenerationParams(prompt="", guided_regex="[a-z]{3,9}"), sink, deadline=time.monotonic() + 0.05)
@@ -384,16 +391,7 @@ async def test_a_deadline_passing_while_other_generations_run_stops_the_compile_
     also while other generations are stepping: only the idle path checked it, so with a
     generation running the child went on to its limits after its last request ended.  It is
     counted as ``abandoned`` (``cancelled`` is for close())."""
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def never_done(pattern, *args, **kwargs):
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cancelled.set()
-
-    monkeypatch.setattr(engine_module, "compile_in_child", never_done)
+    started, cancelled = _never_done_compiles(monkeypatch)
     observer = _Compiles()
     engine = GenerationEngine(charlm(), observer=observer)
     plain = _Sink()
