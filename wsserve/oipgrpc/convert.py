@@ -40,6 +40,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from ..errors import BadRequest, InvalidInput, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
+from ..logcontrol import LOG_SETTINGS
 from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
@@ -222,6 +223,37 @@ def repository_index(rows: list[dict[str, str]]) -> Any:
     response = service_pb2.RepositoryIndexResponse()
     for row in rows:
         response.models.add(name=row["name"], version=row["version"], state=row["state"], reason=row["reason"])
+    return response
+
+
+def log_changes(settings: Any) -> dict[str, Any]:
+    """A ``LogSettingsRequest``'s ``settings`` (name -> ``SettingValue``, each one of
+    ``bool_param``, ``uint32_param``, ``string_param``) as the plain values ``POST /v2/logging``
+    takes (:func:`~wsserve.logcontrol.updated` checks their names and types).  A setting that
+    sets none of the three is refused naming it; so are more settings than there are names."""
+    if len(settings) > len(LOG_SETTINGS):
+        raise BadRequest(f"the request holds {len(settings)} log settings; there are {len(LOG_SETTINGS)}")
+    changes: dict[str, Any] = {}
+    for name, value in settings.items():
+        which = value.WhichOneof("parameter_choice")
+        if which is None:
+            raise BadRequest(f"log setting {name[:64]!r} has no value")
+        changes[name] = getattr(value, which)
+    return changes
+
+
+def log_settings(settings: Mapping[str, Any]) -> Any:
+    """The ``LogSettingsResponse`` of ``GET /v2/logging``'s body: booleans as ``bool_param``,
+    integers as ``uint32_param``, strings as ``string_param`` (what tritonclient reads)."""
+    response = service_pb2.LogSettingsResponse()
+    for name, value in settings.items():
+        entry = response.settings[name]
+        if type(value) is bool:
+            entry.bool_param = value
+        elif type(value) is int:
+            entry.uint32_param = value
+        else:
+            entry.string_param = value
     return response
 
 

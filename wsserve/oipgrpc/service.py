@@ -51,7 +51,7 @@ log = logging.getLogger("wsserve.grpc")
 #: The RPCs answered; every other one of the service is UNIMPLEMENTED.
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
                "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
-               "RepositoryModelUnload")
+               "RepositoryModelUnload", "LogSettings")
 UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                       if m.name not in IMPLEMENTED)
 #: Metadata a reverse proxy adds (grpc's keys are lower-case strings).
@@ -611,6 +611,28 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         result = await future
         if isinstance(result, WsserveError):
             await self._abort(context, result)
+
+    # ------------------------------------------------------------------ logging extension
+
+    async def LogSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's logging extension, as ``GET /v2/logging`` (no settings in the request: an API
+        key when keys are configured) and ``POST /v2/logging`` (settings to change: an admin, the
+        same rule) answer it; every setting now in force comes back."""
+        await self._key(context)
+        control = self.api.log_control
+        try:
+            if control is None:
+                raise BadRequest("the logging extension is not offered by this server")
+            if request.settings:
+                self._may_admin(context, "changing log settings")
+                changes = convert.log_changes(request.settings)
+                settings = control.update(changes)
+                log.warning("log settings changed by %s: %s", self._client(context), changes)
+            else:
+                settings = control.settings
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return convert.log_settings(settings.as_dict())
 
     # ------------------------------------------------------------------ inference
 

@@ -27,6 +27,8 @@ Routes (docs/PROTOCOL.md, "HTTP"):
   ``{"parameters": {"version": ...}}``), through the server's admin hook (the
   WebSocket ``load``/``unload`` path) with the same authorization rule (the logic, shared with
   the gRPC RPCs: :mod:`wsserve.rest.modelrepo`);
+- the OIP logging extension (Triton's): ``GET /v2/logging`` and ``POST /v2/logging`` (an admin,
+  the same rule), over the server's :class:`~wsserve.logcontrol.LogControl`;
 - ``POST /v1/completions``, ``POST /v1/chat/completions`` and ``POST /v1/responses`` (OpenAI; a
   chat's prompt is the served model's template of its ``messages``, a response's of its
   ``instructions`` and ``input``: :mod:`wsserve.rest.responses`), ``GET /v1/models`` (the WebSocket ``models``
@@ -69,6 +71,7 @@ from ..generation.fairslots import compile_client
 from ..generation.running import checked_prompt_ids
 from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
+from ..logcontrol import LogControl
 from ..metrics import Metrics
 from ..protocol import decode_predict_body, loads
 from ..tracecontext import trace_fields
@@ -146,6 +149,7 @@ class HttpApi:
         admin: modelrepo.AdminHook | None = None,
         unloaded: Callable[[], Iterable[str]] = tuple,
         tracer: Any = None,
+        log_control: LogControl | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -162,11 +166,14 @@ class HttpApi:
         #: ``--otlp-traces-endpoint``: a :class:`~wsserve.tracing.Tracing` (a span per predict, inference
         #: and generation, HTTP's and gRPC's); None: off
         self.tracer = tracer
+        #: Triton's logging extension (``/v2/logging``, gRPC's ``LogSettings``); None: not offered.
+        self.log_control = log_control
         #: Sessions of open HTTP connections holding a connection slot.
         self.sessions: set[HttpSession] = set()
         #: OIP extensions announced by ``GET /v2``.
         self.extensions: list[str] = (["binary_tensor_data", "model_configuration", "statistics"]
-                                      + (["model_repository"] if admin is not None else []))
+                                      + (["model_repository"] if admin is not None else [])
+                                      + (["logging"] if log_control is not None else []))
         self.router = Router()
         self._keys_on = bool(config.api_key)  # an admin key alone guards admin operations only (as on the WebSocket)
         self._completion_prefix = f"cmpl-{secrets.token_hex(6)}-"  # unique across restarts, cheap per request
@@ -205,6 +212,9 @@ class HttpApi:
         add("POST", "/v2/repository/index", self._repository_index, auth="key", style="oip")
         add("POST", "/v2/repository/models/{name}/load", self._load, auth="none", style="oip")
         add("POST", "/v2/repository/models/{name}/unload", self._unload, auth="none", style="oip")
+        if log_control is not None:  # Triton's logging extension: reading needs a key, changing an admin
+            add("GET", "/v2/logging", self._log_settings, auth="key", style="oip")
+            add("POST", "/v2/logging", self._update_log_settings, auth="key", style="oip")
 
     def add_route(self, method: str, pattern: str, handler: Handler, *, auth: Auth, style: Style | None) -> Route:
         """Route ``method pattern`` to ``handler(request, exchange, params, key, cors)``, which
@@ -660,6 +670,25 @@ class HttpApi:
             return answer[0]
         returned = True
         return None
+
+    # ------------------------------------------------------------------ OIP logging extension (Triton's)
+
+    def _log_settings(self, *_: Any) -> HttpResponse:
+        """``GET /v2/logging``: every setting (:class:`~wsserve.logcontrol.LogSettings`)."""
+        assert self.log_control is not None
+        return HttpResponse(200, orjson.dumps(self.log_control.settings.as_dict()), JSON, [_NO_STORE])
+
+    def _update_log_settings(self, request: HttpRequest, *_: Any) -> HttpResponse:
+        """``POST /v2/logging``: a JSON object of the settings to change (none: nothing changes),
+        by an admin (the model repository extension's rule); answers every setting now in force."""
+        assert self.log_control is not None
+        self._may_admin(request, "changing log settings")
+        changes = loads(request.body) if request.body.strip() else {}
+        if type(changes) is not dict:
+            raise BadRequest("the log settings request must be a JSON object")
+        settings = self.log_control.update(changes)
+        log.warning("log settings changed by %s: %s", request.address, orjson.dumps(changes).decode()[:512])
+        return HttpResponse(200, orjson.dumps(settings.as_dict()), JSON, [_NO_STORE])
 
     # ------------------------------------------------------------------ OpenAI
 
