@@ -134,6 +134,12 @@ class PredictJob(Job):
         "_attr_parts", "_attr_pending", "binary_outputs", "shared_outputs", "_names", "_head",
     )
 
+    @property
+    def request_id(self) -> Any:
+        """The client's ``id`` (None: a seed-form predict), for a model that reads it
+        (:func:`~wsserve.worker.request_id_of`)."""
+        return self.id
+
     def __init__(
         self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, inputs: Tensors, n: int, nbytes: int,
         received_at: float, deadline: float | None,

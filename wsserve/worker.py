@@ -25,6 +25,17 @@ once in the statistics (its rows, its first attempt's compute time plus the
 recomputes); :attr:`PredictWorker.isolated_batches` and the observer's optional
 ``on_isolated(model)`` count the batches isolated.
 
+Requests a model fails by themselves: a model taking a batch as its requests
+(``predict_requests(x, rows, ids)``, a Triton Python model) may answer some of
+them with an error and the others with their rows, from the same call, by
+returning :class:`RequestErrors`: only those requests fail, each with its own
+error, the others get their rows, and nothing is computed again (Triton's
+per-request error responses).  ``ids`` are the requests' client ids
+(:func:`request_id_of`), read only for such a model.  A model failure's wire
+error is ``internal``, unless the exception has a ``to_wire(message)`` method
+choosing it (a Triton ``TritonError``: its code's, see
+:mod:`wsserve.repository.triton_backend`).
+
 Explanations: a request whose sink has ``explain`` true also gets per-feature
 attributions for its rows, computed in the same batch and the same call as
 the outputs (by the worker's :class:`~wsserve.explain.Explainer`, off the loop
@@ -57,8 +68,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Protocol
 
@@ -79,8 +91,8 @@ from .metrics import VersionStats
 from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "Tensors",
-           "count_rows", "concat_rows", "slice_rows"]
+__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "RequestErrors",
+           "Tensors", "count_rows", "concat_rows", "request_id_of", "slice_rows"]
 
 log = logging.getLogger("wsserve.worker")
 
@@ -155,6 +167,23 @@ class PredictSink(Protocol):
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
 
     def on_error(self, exc: WsserveError) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestErrors:
+    """What ``predict_requests(x, rows, ids)`` returns when it failed some requests by themselves:
+    ``outputs`` holds every row of the batch (a failed request's rows are placeholders, never
+    delivered), ``errors`` maps the index in ``rows`` of each failed request to its exception."""
+
+    outputs: Any
+    errors: Mapping[int, BaseException]
+
+
+def request_id_of(sink: Any) -> str:
+    """The client's id of ``sink``'s request as text (a WebSocket ``id``, an OIP ``id``), or ``""``
+    when it has none: its ``request_id`` attribute, when it has one."""
+    rid = getattr(sink, "request_id", None)
+    return "" if rid is None else rid if isinstance(rid, str) else str(rid)
 
 
 def _rows_vary(model: Any) -> bool:
@@ -261,6 +290,11 @@ def _start(part: _Part) -> int:
 def _alone(s: Slice) -> tuple[Tensors, list[tuple[int, int]] | None]:
     """One slice's inputs and explain spans, as :meth:`PredictWorker._run` takes them for it alone."""
     return _gather((s,)), ([(0, s.rows)] if s.item.cost != 1 else None)
+
+
+def _by_request(slices: tuple[Slice, ...]) -> tuple[list[int], list[str]]:
+    """The ``rows`` and ``ids`` of ``predict_requests``: each slice's rows and its request's id."""
+    return [s.rows for s in slices], [request_id_of(s.item.payload) for s in slices]
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
@@ -596,12 +630,13 @@ class PredictWorker:
             self._note_idle()
 
     def _run(self, x: Tensors, spans: list[tuple[int, int]] | None,
-             rows: list[int] | None = None) -> tuple[Any, np.ndarray | None]:
-        """The batch's outputs, and the attributions of the rows in ``spans`` (batch row ranges, in
-        order) stacked in that order.  ``rows``: each request's rows, in batch order, for a model
-        with ``predict_requests(x, rows)`` (a Triton Python model: one InferenceRequest per
-        request); None: ``predict(x)``.  One call, on the loop or in the executor."""
-        y = self.model.predict(x) if rows is None else self.model.predict_requests(x, rows)
+             requests: tuple[list[int], list[str]] | None = None) -> tuple[Any, np.ndarray | None]:
+        """The batch's outputs (or :class:`RequestErrors`), and the attributions of the rows in
+        ``spans`` (batch row ranges, in order) stacked in that order.  ``requests``: each request's
+        rows and id, in batch order, for a model with ``predict_requests(x, rows, ids)`` (a Triton
+        Python model: one InferenceRequest per request); None: ``predict(x)``.  One call, on the
+        loop or in the executor."""
+        y = self.model.predict(x) if requests is None else self.model.predict_requests(x, *requests)
         if not spans:
             return y, None
         assert self.explainer is not None and isinstance(x, np.ndarray)
@@ -622,11 +657,11 @@ class PredictWorker:
         # integrated gradients (possibly a model.py's own input_gradient) never run on the loop
         inline = batch.cost <= self._inline_max_rows and (
             not spans or self.explainer is None or self.explainer.method == "linear-exact")
-        rows = [s.rows for s in slices] if self._by_request and len(slices) > 1 else None
+        requests = _by_request(slices) if self._by_request else None
         try:
             x = _gather(slices)
             if inline:
-                y, attributions = self._run(x, spans, rows)
+                y, attributions = self._run(x, spans, requests)
         except Exception as exc:
             self._batch_failed(batch, exc, started, inline=inline)
             return
@@ -638,7 +673,7 @@ class PredictWorker:
         self._executor_batches += 1
         key = id(batch)
         self._computing[key] = tuple(s.item for s in slices)
-        future = self._loop.run_in_executor(self._executor, self._run, x, spans, rows)
+        future = self._loop.run_in_executor(self._executor, self._run, x, spans, requests)
         future.add_done_callback(lambda f: self._computed(batch, key, f, started))
 
     def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:
@@ -694,7 +729,7 @@ class PredictWorker:
             begun = monotonic()
             try:
                 x, spans = _alone(s)
-                y, attributions = self._run(x, spans)
+                y, attributions = self._run(x, spans, _by_request((s,)) if self._by_request else None)
             except Exception as exc:  # noqa: BLE001 - this request's own failure
                 self._alone_done(iso, s, None, None, exc, monotonic() - begun)
             else:
@@ -718,7 +753,8 @@ class PredictWorker:
         begun = monotonic()
         try:
             x, spans = _alone(s)
-            future = self._loop.run_in_executor(self._executor, self._run, x, spans)
+            requests = _by_request((s,)) if self._by_request else None
+            future = self._loop.run_in_executor(self._executor, self._run, x, spans, requests)
         except Exception as exc:  # noqa: BLE001 - cannot happen for a live slice; end it, not the batch
             iso.pending.popleft()
             self._alone_done(iso, s, None, None, exc, 0.0)
@@ -743,6 +779,8 @@ class PredictWorker:
         iso.compute_s += seconds
         if not _live(s.item):
             return
+        if isinstance(y, RequestErrors):  # its one request failed by itself
+            exc = next(iter(y.errors.values()))
         if exc is None:
             try:
                 y, finite_rows = _check_outputs(y, s.rows)
@@ -768,15 +806,26 @@ class PredictWorker:
         of an isolated batch, computed by itself)."""
         what = "a request's %d rows computed alone" if alone else "a batch of %d rows"
         log.error("model %s failed on " + what, self.name, batch.rows, exc_info=exc)
-        err = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
         for s in batch.slices:
-            self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
-            if not s.item.payload.finished:
-                self.queue.cancel(s.item)
-                try:
-                    s.item.payload.on_error(Internal(err))
-                except Exception as sink_exc:  # noqa: BLE001
-                    self._sink_failed(s.item, sink_exc)
+            self._request_failed(s, exc)
+
+    def _request_failed(self, s: Slice, exc: BaseException) -> None:
+        """End ``s``'s request (unless it ended) with the wire error of the model's failure ``exc``."""
+        self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
+        if s.item.payload is None or s.item.payload.finished:
+            return
+        self.queue.cancel(s.item)
+        try:
+            s.item.payload.on_error(self._wire_error(exc))
+        except Exception as sink_exc:  # noqa: BLE001
+            self._sink_failed(s.item, sink_exc)
+
+    def _wire_error(self, exc: BaseException) -> WsserveError:
+        """The error a request gets for the model's failure ``exc``: ``internal`` naming the model and
+        the error, or what ``exc.to_wire(that message)`` makes of it (a Triton error's code)."""
+        message = f"model {self.name!r} failed: {type(exc).__name__}: {exc}"
+        to_wire = getattr(exc, "to_wire", None)
+        return to_wire(message) if callable(to_wire) else Internal(message)
 
     def _end(self, item: WorkItem, exc: WsserveError) -> None:
         try:
@@ -805,6 +854,9 @@ class PredictWorker:
     def _deliver(self, batch: Batch, y: Any, started: float, attributions: np.ndarray | None, *,
                  inline: bool) -> None:
         compute_s = monotonic() - started
+        errors = None
+        if isinstance(y, RequestErrors):
+            y, errors = y.outputs, y.errors
         try:  # a model may return anything: never let it escape this callback
             y, finite_rows = _check_outputs(y, batch.rows)
         except Exception as exc:
@@ -814,14 +866,31 @@ class PredictWorker:
             self._observer.on_batch(self.name, batch.rows, compute_s)
         if self.stats is not None:
             self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
-        self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows)
+        failed = None if errors is None else self._requests_failed(batch, errors)
+        self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows, failed)
         if self._after_batch is not None:
             self._after_batch()
 
+    def _requests_failed(self, batch: Batch, errors: Mapping[int, BaseException]) -> set[WorkItem]:
+        """End the requests of ``batch`` the model failed by themselves (``errors``: by slice index;
+        see :class:`RequestErrors`), each with its own error; return their items (skipped by
+        :meth:`_hand_out`).  An index outside the batch is ignored."""
+        failed: set[WorkItem] = set()
+        for i, exc in errors.items():
+            if 0 <= i < len(batch.slices):
+                s = batch.slices[i]
+                log.info("model %s answered a request's %d rows with an error: %s: %s", self.name, s.rows,
+                         type(exc).__name__, exc)
+                self._request_failed(s, exc)
+                failed.add(s.item)
+        return failed
+
     def _hand_out(self, slices: tuple[Slice, ...], y: Tensors, finite_rows: np.ndarray | None,
-                  attributions: np.ndarray | None, started: float, compute_s: float, batch_rows: int) -> None:
+                  attributions: np.ndarray | None, started: float, compute_s: float, batch_rows: int,
+                  failed: set[WorkItem] | None = None) -> None:
         """Hand each slice its rows of the checked outputs ``y`` (and attributions, stacked in slice
-        order for the slices that explain) of a computation of ``batch_rows`` rows."""
+        order for the slices that explain) of a computation of ``batch_rows`` rows; the slices of
+        the items in ``failed`` (ended by :meth:`_requests_failed`) get nothing."""
         explained = 0  # rows of ``attributions`` handed out so far
         offset = 0
         single = not isinstance(y, dict)
@@ -835,6 +904,9 @@ class PredictWorker:
             first_attr = explained
             if item.cost != 1:
                 explained += s.rows
+            if failed is not None and item in failed:
+                offset = end
+                continue
             if sink.finished:  # cancelled or timed out while computing
                 if self._early:
                     self._early.pop(item, None)  # its later rows, computed ahead, go too

@@ -68,8 +68,12 @@ STATUS: Mapping[str, grpc.StatusCode] = {
 
 
 def status_of(exc: WsserveError) -> grpc.StatusCode:
-    """The status code of ``exc``: :data:`STATUS` by its code, except a model (version) that
-    exists but is not ready (HTTP's 503 ``unknown_model``): ``UNAVAILABLE``."""
+    """The status code of ``exc``: the one it names (``grpc_status``, a ``grpc.StatusCode`` name: a
+    Triton Python model's error code), else :data:`STATUS` by its code, except a model (version)
+    that exists but is not ready (HTTP's 503 ``unknown_model``): ``UNAVAILABLE``."""
+    named = getattr(exc, "grpc_status", None)
+    if named is not None:
+        return grpc.StatusCode[named]
     if exc.code == "unknown_model" and getattr(exc, "http_status", None) == 503:
         return grpc.StatusCode.UNAVAILABLE
     return STATUS.get(exc.code, grpc.StatusCode.INTERNAL)

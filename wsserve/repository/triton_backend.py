@@ -22,9 +22,14 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   ``max_batch_size: 0`` one request per row, tensors of exactly ``dims``.  It must return one
   ``pb_utils.InferenceResponse`` per request, each holding every output config.pbtxt lists, of
   the listed dtype kind and shape; anything else fails the batch with a ``ValueError`` naming the
-  model and what is wrong.  A response with ``error=`` fails its request (:class:`TritonError`);
-  several requests in one ``execute`` are then each executed again alone by the worker's
-  isolation of a failed batch, so only the request whose own response is an error fails.
+  model and what is wrong.  A response with ``error=`` fails only its request, with the wire error
+  of its ``pb_utils.TritonError`` code (:data:`WIRE_ERRORS`, as Triton's frontends answer the
+  code), the message kept: :meth:`TritonPythonModel.predict_requests` returns the other requests'
+  rows of that ``execute`` with the errors (:class:`~wsserve.worker.RequestErrors`), so nothing
+  is executed again.  A ``pb_utils.TritonError`` *raised* by ``execute`` fails the batch with its
+  code (the worker's isolation then runs each request alone, as for any exception).
+- ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
+  text, ``""`` without one; the worker reads it only for this backend.
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
   initialized when another's ``initialize`` fails (the version is then refused).
 """
@@ -43,7 +48,16 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import (
+    BadRequest,
+    Cancelled,
+    Internal,
+    InvalidInput,
+    Overloaded,
+    WsserveError,
+)
 from ..models.base import call_model_code
+from ..worker import RequestErrors
 from . import triton_pb_utils as pb
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import ModelConfig
@@ -51,7 +65,7 @@ from .errors import ModelLoadError
 from .python_backend import DEFAULT_FLOPS_PER_ROW, exec_model_file
 from .tensors import TensorSpec
 
-__all__ = ["TritonPythonModel", "TritonError", "PB_UTILS_MODULE"]
+__all__ = ["TritonPythonModel", "TritonError", "PB_UTILS_MODULE", "WIRE_ERRORS"]
 
 log = logging.getLogger("wsserve.repository")
 
@@ -94,8 +108,44 @@ class _PbUtilsShim:
 _SHIM = _PbUtilsShim()
 
 
+#: Triton's error codes (``pb_utils.TritonError.<CODE>``) -> the wire error a request failed with one
+#: gets, and the HTTP status and gRPC status (a ``grpc.StatusCode`` name) Triton's frontends answer
+#: that code with (server's ``HttpCodeFromError`` / ``GrpcStatusCode``).  A code not listed is UNKNOWN's.
+WIRE_ERRORS: dict[int, tuple[type[WsserveError], int, str]] = {
+    pb.TritonError.UNKNOWN: (Internal, 400, "UNKNOWN"),
+    pb.TritonError.INTERNAL: (Internal, 500, "INTERNAL"),
+    pb.TritonError.NOT_FOUND: (BadRequest, 404, "NOT_FOUND"),
+    pb.TritonError.INVALID_ARG: (InvalidInput, 400, "INVALID_ARGUMENT"),
+    pb.TritonError.UNAVAILABLE: (Overloaded, 503, "UNAVAILABLE"),
+    pb.TritonError.UNSUPPORTED: (BadRequest, 501, "UNIMPLEMENTED"),
+    pb.TritonError.ALREADY_EXISTS: (BadRequest, 400, "ALREADY_EXISTS"),
+    pb.TritonError.CANCELLED: (Cancelled, 400, "CANCELLED"),
+}
+
+
 class TritonError(Exception):
-    """A request whose ``InferenceResponse`` carried ``error=``: its message is the model's."""
+    """A request failed by the model with a ``pb_utils.TritonError``: its message is the model's,
+    ``code`` Triton's error code (:data:`WIRE_ERRORS`)."""
+
+    def __init__(self, message: str, code: int = pb.TritonError.INTERNAL) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, error: Any) -> TritonError:
+        """The exception for a response's ``error`` (a ``pb_utils.TritonError``, or anything else: INTERNAL)."""
+        if isinstance(error, pb.TritonError):
+            return cls(error.message(), error.code())
+        return cls(str(error))
+
+    def to_wire(self, message: str) -> WsserveError:
+        """The wire error of :attr:`code` carrying ``message`` (the worker's, naming the model), with
+        Triton's HTTP status (``http_status``) and gRPC status (``grpc_status``) for that code."""
+        kind, http_status, grpc_status = WIRE_ERRORS.get(self.code, WIRE_ERRORS[pb.TritonError.UNKNOWN])
+        error = kind(message)
+        error.http_status = http_status  # type: ignore[attr-defined]
+        error.grpc_status = grpc_status  # type: ignore[attr-defined]
+        return error
 
 
 def exec_triton_model_file(path: Path, name: str, version: int) -> ModuleType:
@@ -179,37 +229,65 @@ class TritonPythonModel(RepositoryModel):
         return outputs[self.outputs[0].name] if len(self.outputs) == 1 else outputs
 
     def predict(self, batch: Batch) -> Batch:
-        """The batch as one request (``max_batch_size > 0``) or one request per row; see the module docstring."""
+        """The batch as one request (``max_batch_size > 0``) or one request per row; see the module
+        docstring.  Raises :class:`TritonError` (the first) when a response is an error."""
         x = self._named(batch)
-        return self.predict_requests(batch, [len(next(iter(x.values())))])
+        y = self.predict_requests(batch, [len(next(iter(x.values())))])
+        if isinstance(y, RequestErrors):
+            raise next(iter(y.errors.values()))
+        return y
 
-    def predict_requests(self, batch: Batch, rows: list[int]) -> Batch:
-        """``batch``'s rows as consecutive requests of ``rows[i]`` rows each, in one ``execute`` call
-        (``max_batch_size: 0``: one request per row, whatever ``rows`` says).  Returns the outputs of
-        every row in order; raises :class:`TritonError` for a response with an error, ``ValueError``
-        for a wrong answer, ``RuntimeError`` for an exception in ``execute`` (each naming the model)."""
+    def predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None) -> Batch | RequestErrors:
+        """``batch``'s rows as consecutive requests of ``rows[i]`` rows each (request id ``ids[i]``,
+        ``""`` without ``ids``), in one ``execute`` call (``max_batch_size: 0``: one request per row,
+        each with its request's id).  Returns the outputs of every row in order; when some responses
+        are errors, :class:`~wsserve.worker.RequestErrors` holding them as :class:`TritonError` by
+        index in ``rows`` (the first of a request's), their rows zeros.  Raises ``ValueError`` for a
+        wrong answer, ``RuntimeError`` for an exception in ``execute``, :class:`TritonError` for a
+        ``pb_utils.TritonError`` it raised (each naming the model)."""
         self._require_open()
         x = self._named(batch)
+        ids = ids or [""] * len(rows)
         if not self.config.batching:
             n = len(next(iter(x.values())))
+            # each row's request (its index in ``rows``); rows not adding up to the batch: all the first's
+            owner = [i for i, r in enumerate(rows) for _ in range(r)] if sum(rows) == n else [0] * n
             requests = [{k: v[i] for k, v in x.items()} for i in range(n)]
+            request_ids = [ids[i] for i in owner]
         else:
             requests, start = [], 0
             for r in rows:
                 requests.append({k: v[start:start + r] for k, v in x.items()})
                 start += r
-        outs = self._execute(requests)
+            owner, request_ids = list(range(len(rows))), ids
+        outs = self._execute(requests, request_ids)
+        errors: dict[int, BaseException] = {}
+        for i, out in enumerate(outs):
+            if isinstance(out, TritonError):
+                errors.setdefault(owner[i], out)
+                outs[i] = self._placeholder(requests[i])
         if not self.config.batching:
             outs = [{k: v[None] for k, v in o.items()} for o in outs]
-        return self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
+        y = self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
+        return RequestErrors(y, errors) if errors else y
 
-    def _execute(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _placeholder(self, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Zeros for the outputs of a request answered with an error (never delivered)."""
+        lead = (len(next(iter(request.values()))),) if self.config.batching else ()
+        return {s.name: np.zeros(lead + s.shape, s.np_dtype) for s in self.outputs}
+
+    def _execute(self, requests: list[dict[str, np.ndarray]],
+                 ids: list[str]) -> list[dict[str, np.ndarray] | TritonError]:
+        """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error."""
         wanted = [s.name for s in self.outputs]
-        pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted,
-                                           inputs=[pb.Tensor(k, v) for k, v in r.items()]) for r in requests]
+        pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=rid,
+                                           inputs=[pb.Tensor(k, v) for k, v in r.items()])
+                       for r, rid in zip(requests, ids, strict=True)]
         instance = self._free.get()
         try:
             responses = call_model_code(instance.execute, pb_requests)
+        except pb.TritonError as exc:
+            raise TritonError(exc.message(), exc.code()) from exc
         except Exception as exc:
             raise RuntimeError(f"TritonPythonModel.execute raised {type(exc).__name__}: {exc}") from exc
         finally:
@@ -218,15 +296,12 @@ class TritonPythonModel(RepositoryModel):
             got = f"{len(responses)} responses" if isinstance(responses, (list, tuple)) else type(responses).__name__
             raise ValueError(f"model {self.name!r}: execute must return one InferenceResponse per request "
                              f"({len(requests)}), got {got}")
-        outs = []
+        outs: list[dict[str, np.ndarray] | TritonError] = []
         for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
             if not isinstance(resp, pb.InferenceResponse):
                 raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
                                  "not a pb_utils.InferenceResponse")
-            if resp.has_error():
-                err = resp.error()
-                raise TritonError(err.message() if isinstance(err, pb.TritonError) else str(err))
-            outs.append(self._outputs(i, req, resp))
+            outs.append(TritonError.of(resp.error()) if resp.has_error() else self._outputs(i, req, resp))
         return outs
 
     def _outputs(self, i: int, request: dict[str, np.ndarray], response: Any) -> dict[str, np.ndarray]:

@@ -13,7 +13,8 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   :class:`TritonModelException`; ``get_response_sender()`` (decoupled mode) too.
 - :class:`InferenceResponse` ``(output_tensors=[...], error=None)``: ``output_tensors()``,
   ``has_error()``, ``error()``.
-- :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``.
+- :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``; the code
+  chooses the request's wire error (an exception here: ``execute`` may also raise it).
 - :class:`TritonModelException`; :class:`ModelConfig` (what ``auto_complete_config`` gets);
   :class:`Logger` (``log_info``/``log_warn``/``log_error``/``log_verbose``: the ``wsserve.model`` log).
 - ``get_input_tensor_by_name``, ``get_output_tensor_by_name``, ``get_input_config_by_name``,
@@ -87,12 +88,16 @@ class TritonModelException(Exception):
     """Triton's exception for a failed backend call (here: the features wsserve does not offer)."""
 
 
-class TritonError:
-    """An error a model puts in an :class:`InferenceResponse` (``error=``): that request fails."""
+class TritonError(Exception):
+    """An error a model puts in an :class:`InferenceResponse` (``error=``): that request fails with
+    the wire error of its ``code`` (:data:`~.triton_backend.WIRE_ERRORS`).  The codes are Triton's
+    ``TRITONSERVER_Error_Code`` numbers.  Unlike Triton's it may also be raised by ``execute``
+    (an extension): every request of that ``execute`` then fails with its code."""
 
     UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
 
     def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
         self._message = str(message)
         self._code = code
 
@@ -102,8 +107,11 @@ class TritonError:
     def code(self) -> int:
         return self._code
 
+    def __str__(self) -> str:
+        return self._message
+
     def __repr__(self) -> str:
-        return f"TritonError({self._message!r})"
+        return f"TritonError({self._message!r}, {self._code!r})"
 
 
 class Tensor:

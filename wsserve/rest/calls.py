@@ -309,6 +309,12 @@ class InferCall(PredictCall):
         self.outputs = outputs
         self.requested = requested
 
+    @property
+    def request_id(self) -> str | None:
+        """The OIP request's ``id`` (None: none given), for a model that reads it
+        (:func:`~wsserve.worker.request_id_of`)."""
+        return self.rid
+
     def _result(self, outputs: Any) -> None:
         values, parameters = self.values(outputs)
         body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values,
