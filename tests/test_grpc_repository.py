@@ -144,10 +144,10 @@ def test_unload_and_load_one_version_with_the_version_parameter(client, stub) ->
     ("Load", "zzz", {}, "NOT_FOUND", "no model named 'zzz' in the model repository"),
     ("Load", "aff", {"version": ("int64_param", 9)}, "NOT_FOUND", "model 'aff' has no version '9' in the repository"),
     ("Unload", "zzz", {}, "NOT_FOUND", "no model named 'zzz' is loaded"),
-    ("Load", "aff", {"config": ("string_param", "{}")}, "INVALID_ARGUMENT",
-     "parameter 'config' is not supported (only 'version'; models load from the repository as they are)"),
+    ("Unload", "aff", {"config": ("string_param", "{}")}, "INVALID_ARGUMENT",
+     "parameter 'config' is for load only, not unload"),
     ("Load", "aff", {"file:1/model.py": ("bytes_param", b"x")}, "INVALID_ARGUMENT",
-     "parameter 'file:1/model.py' is not supported (only 'version'; models load from the repository as they are)"),
+     "parameter 'file:1/model.py' is not supported (only 'version' and 'config'; model files load from the repository)"),
     ("Load", "aff", {"version": ("int64_param", 0)}, "INVALID_ARGUMENT",
      "parameter 'version' must be a positive integer or a string of at most 64 characters"),
     ("Load", "aff", {"version": ("bool_param", True)}, "INVALID_ARGUMENT",
@@ -174,9 +174,9 @@ def test_errors_name_the_problem(client, stub, op: str, model: str, params: dict
     assert _all_ready(client)  # nothing changed
 
 
-def test_tritonclient_load_with_a_config_override_is_refused_by_name(client) -> None:
-    err = _refused(client.load_model, "aff", config='{"backend": "python"}')
-    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "parameter 'config' is not supported" in err.message()
+def test_tritonclient_load_with_files_is_refused_by_name(client) -> None:
+    err = _refused(client.load_model, "aff", config='{"backend": "python"}', files={"file:1/model.py": b"x"})
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "parameter 'file:1/model.py' is not supported" in err.message()
 
 
 def test_an_unknown_repository_name_is_refused(client, stub) -> None:

@@ -38,22 +38,31 @@ def test_index_rows_by_name_then_numeric_version_with_triton_states() -> None:
         ("a", "10")]
 
 
-@pytest.mark.parametrize("params, version", [({}, None), ({"version": 2}, "2"), ({"version": "7"}, "7"),
-                                             ({"unload_dependents": True}, None)])
-def test_admin_version(params: dict, version: str | None) -> None:
-    assert modelrepo.admin_version(params) == version
+@pytest.mark.parametrize("params, expected", [({}, (None, None)), ({"version": 2}, ("2", None)),
+                                              ({"version": "7"}, ("7", None)), ({"unload_dependents": True}, (None, None)),
+                                              ({"config": "{}", "version": 3}, ("3", "{}"))])
+def test_admin_params(params: dict, expected: tuple[str | None, str | None]) -> None:
+    assert modelrepo.admin_params("load", params) == expected
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"config": "{}"}, "parameter 'config' is not supported"),
+    ({"file:1/model.onnx": "AAAA"}, "parameter 'file:1/model.onnx' is not supported"),
+    ({"config": 7}, "parameter 'config' must be a model configuration in JSON"),
+    ({"config": ""}, "parameter 'config' must be a model configuration in JSON"),
+    ({"config": "{" * (modelrepo.MAX_CONFIG_PARAM_CHARS + 1)}, "parameter 'config' must be a model configuration"),
     ({"version": True}, "parameter 'version' must be a positive integer"),
     ({"version": b"1"}, "parameter 'version' must be a positive integer"),
     ({"version": 1 << 63}, "parameter 'version' must be a positive integer"),
     ({"unload_dependents": 1}, "parameter 'unload_dependents' must be a boolean"),
 ])
-def test_admin_version_refuses_by_name(params: dict, message: str) -> None:
+def test_admin_params_refuses_by_name(params: dict, message: str) -> None:
     with pytest.raises(BadRequest, match=f"^{message}"):
-        modelrepo.admin_version(params)
+        modelrepo.admin_params("load", params)
+
+
+def test_config_is_for_load_only() -> None:
+    with pytest.raises(BadRequest, match="^parameter 'config' is for load only, not unload"):
+        modelrepo.admin_params("unload", {"config": "{}"})
 
 
 def test_check_admin_rule() -> None:
@@ -80,16 +89,19 @@ def test_grpc_repository_op_reads_tritons_parameters() -> None:
 
     request = service_pb2.RepositoryModelUnloadRequest(model_name="m")
     request.parameters["unload_dependents"].bool_param = False  # what tritonclient's unload_model sends
-    assert convert.repository_op(request) == ("m", None)
+    assert convert.repository_op("unload", request) == ("m", None, None)
     request.parameters["version"].int64_param = 3
-    assert convert.repository_op(request) == ("m", "3")
+    assert convert.repository_op("unload", request) == ("m", "3", None)
     request.parameters["version"].string_param = "4"
-    assert convert.repository_op(request) == ("m", "4")
+    assert convert.repository_op("unload", request) == ("m", "4", None)
+    load = service_pb2.RepositoryModelLoadRequest(model_name="m")
+    load.parameters["config"].string_param = '{"max_batch_size": 4}'  # what tritonclient's load_model(config=) sends
+    assert convert.repository_op("load", load) == ("m", None, '{"max_batch_size": 4}')
     request.parameters["nothing"].Clear()
     with pytest.raises(BadRequest, match="^parameter 'nothing' sets no value$"):
-        convert.repository_op(request)
+        convert.repository_op("unload", request)
     with pytest.raises(BadRequest, match="^unknown repository_name 'r'"):
-        convert.repository_op(service_pb2.RepositoryModelLoadRequest(repository_name="r", model_name="m"))
+        convert.repository_op("load", service_pb2.RepositoryModelLoadRequest(repository_name="r", model_name="m"))
     rows = [{"name": "m", "version": "1", "state": "READY", "reason": ""}]
     assert [(m.name, m.version, m.state) for m in convert.repository_index(rows).models] == [("m", "1", "READY")]
 
@@ -106,7 +118,7 @@ def test_a_load_with_a_failed_version_is_triton_s_error() -> None:
     assert modelrepo.failed_load("unload", "m", None, result) is None
     assert modelrepo.failed_load("load", "m", None, BadRequest("x")) is None  # an error stays the error
     answers: list[object] = []
-    hook = modelrepo.admin_hook(lambda op, name, version, done: done(result), "load")
+    hook = modelrepo.admin_hook(lambda op, name, version, done, config: done(result), "load")
     hook("load", "m", None, answers.append)
     assert isinstance(answers[0], BadRequest)
     hook("load", "m", "1", answers.append)

@@ -76,6 +76,7 @@ from .repository import (
     ReloadVersion,
     RemoveModel,
     ReportError,
+    RepositoryError,
     RepositoryModel,
     RepositoryScan,
     UnloadVersion,
@@ -86,8 +87,22 @@ from .repository import (
     scan,
 )
 from .repository.npz import MAX_NPZ_BYTES
+from .repository.pbtxt import parse_json_config
+from .repository.scan import scan_model
 
 __all__ = ["ModelRegistry", "LOAD_CONCURRENCY", "MAX_LOAD_THREADS"]
+
+
+def _with_config(mscan: ModelScan, config: str) -> ModelScan:
+    """``mscan`` served with a load request's ``config`` (Triton's JSON model configuration,
+    :func:`~wsserve.repository.pbtxt.parse_json_config`).  Raises ``BadRequest`` naming the
+    problem (the model keeps what it serves)."""
+    where = mscan.path / "<the load request's config>"
+    try:
+        parsed = parse_json_config(config, where, model_name=mscan.name)
+    except RepositoryError as exc:
+        raise BadRequest(f"model {mscan.name!r}: {exc}") from None
+    return scan_model(mscan.path, mscan.name, parsed)
 
 log = logging.getLogger("wsserve.registry")
 
@@ -278,6 +293,7 @@ class ModelRegistry:
         self._applying: set[asyncio.Task[None]] = set()  # a rescan's changes, one task per model
         self._retiring: set[asyncio.Task[None]] = set()
         self._unloaded: set[str] = set()  # models unloaded by an admin: kept out until loaded again
+        self._overridden: set[str] = set()  # models an admin loaded with a load request's config
         self._objects: set[str] = set()  # names of in-process objects (serve_object): no repository may take them
         self._ensembles: dict[str, ModelScan] = {}  # ensembles of the repositories: re-planned when a step model changes
         self._rechecks: set[asyncio.Task[None]] = set()  # those re-plannings under way
@@ -761,15 +777,23 @@ class ModelRegistry:
             raise UnknownModel(f"no model named {name!r} in the model repository")
         return repo
 
-    async def admin(self, op: str, name: str, version: str | None) -> dict[str, Any]:
+    async def admin(self, op: str, name: str, version: str | None, config: str | None = None) -> dict[str, Any]:
         """``load``, ``unload`` or ``reload`` ``name`` (one ``version``, or all); returns the
-        model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``."""
+        model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``.
+
+        ``config`` (``load`` only): a Triton model configuration in JSON (a load request's
+        ``config`` parameter, Triton's) served instead of the model's config file: every version
+        its policy selects is loaded anew with it, the others the model serves are unloaded.  It
+        holds until the model is loaded again without one (which reloads it from its files), or
+        until its files change under ``--reload``."""
         if name in self._objects:
             raise BadRequest(f"model {name!r} is an in-process object: it cannot be loaded, unloaded or reloaded")
+        if config is not None and op != "load":
+            raise BadRequest(f"{op} takes no 'config' (only load does)")
         async with self._holding(name):
-            return await self._admin(op, name, version)
+            return await self._admin(op, name, version, config)
 
-    async def _admin(self, op: str, name: str, version: str | None) -> dict[str, Any]:
+    async def _admin(self, op: str, name: str, version: str | None, config: str | None = None) -> dict[str, Any]:
         """:meth:`admin`, holding ``name``'s lock."""
         if op == "unload":
             status = self.pool.status(name)
@@ -782,16 +806,23 @@ class ModelRegistry:
                 self._unload(name, int(v))
             if version is None:
                 self._unloaded.add(name)
+                self._overridden.discard(name)
         else:
             repo = self._repo_of(name)
-            self._unloaded.discard(name)
             loop = asyncio.get_running_loop()
             current = await loop.run_in_executor(None, scan, repo)
             mscan = current.model(name)
             if mscan is None:
                 raise UnknownModel(f"no model named {name!r} in the model repository")
+            # With a request's config, or back from one to the files: the whole model anew.
+            whole = config is not None or name in self._overridden
+            if config is not None:
+                mscan = await loop.run_in_executor(None, _with_config, mscan, config)
+            if whole:
+                op, version = "reload", None if config is None else version
             if mscan.config is None:
                 raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
+            self._unloaded.discard(name)
             if version is not None:
                 number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
                 vscan = mscan.version(number) if number is not None else None
@@ -805,6 +836,14 @@ class ModelRegistry:
                 # an `unloading` version is on its way out (finishing its work): load it anew
                 if op == "reload" or held is None or held.entry is None or held.state == "unloading":
                     await self._load(name, vscan.version, vscan.path, mscan)
+            if whole and version is None:  # then the versions the policy leaves out stop
+                chosen = {str(v.version) for v in targets}
+                for v in [v for v in self.pool.status(name) if v.isdigit() and v not in chosen]:
+                    self._unload(name, int(v))
+            if config is not None:
+                self._overridden.add(name)
+            else:
+                self._overridden.discard(name)
             async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan

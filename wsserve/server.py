@@ -355,7 +355,7 @@ class Server:
             with contextlib.suppress(OSError):
                 self.metrics.write_snapshot()
 
-    def _admin(self, op: str, name: str, version: str | None, done: Any) -> None:
+    def _admin(self, op: str, name: str, version: str | None, done: Any, config: str | None = None) -> None:
         """The connections' admin hook: run the operation, then hand ``done`` its result.
 
         Under ``--workers`` each worker process has its own models and a connection reaches
@@ -372,7 +372,7 @@ class Server:
 
         async def run() -> None:
             try:
-                result: Any = await self.registry.admin(op, name, version)
+                result: Any = await self.registry.admin(op, name, version, config)
             except WsserveError as exc:
                 result = exc
             except Exception as exc:  # noqa: BLE001

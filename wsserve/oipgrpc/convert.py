@@ -261,16 +261,18 @@ def log_settings(settings: Mapping[str, Any]) -> Any:
     return response
 
 
-def repository_op(request: Any) -> tuple[str, str | None]:
-    """The model and version (None: every version) of a ``RepositoryModelLoadRequest`` or
+def repository_op(op: str, request: Any) -> tuple[str, str | None, str | None]:
+    """The model, version (None: every version) and config (None: the model's file) of ``op``'s
+    ``RepositoryModelLoadRequest`` or
     ``RepositoryModelUnloadRequest``: ``repository_name`` must be empty
     (:func:`~wsserve.rest.modelrepo.check_repository_name`), ``model_name`` given (at most
     :data:`~wsserve.protocol.MAX_MODEL_NAME_LENGTH` characters), and its
     ``parameters`` (each the one field it sets: ``bool_param``, ``int64_param``, ``string_param``
     or ``bytes_param``) are checked as the HTTP body's by
-    :func:`~wsserve.rest.modelrepo.admin_version`: ``version`` (``int64_param`` or ``string_param``),
-    ``unload_dependents`` (``bool_param``, what ``tritonclient``'s ``unload_model`` sends); any
-    other (``config``, ``file:...``) refused by name.  Raises :class:`~wsserve.errors.BadRequest`."""
+    :func:`~wsserve.rest.modelrepo.admin_params`: ``version`` (``int64_param`` or ``string_param``),
+    ``unload_dependents`` (``bool_param``, what ``tritonclient``'s ``unload_model`` sends), a
+    load's ``config`` (``string_param``: what ``tritonclient``'s ``load_model(config=...)`` sends);
+    ``file:...`` refused by name.  Raises :class:`~wsserve.errors.BadRequest`."""
     modelrepo.check_repository_name(request.repository_name)
     name = request.model_name
     if not name:
@@ -283,7 +285,7 @@ def repository_op(request: Any) -> tuple[str, str | None]:
         if which is None:
             raise BadRequest(f"parameter {key[:64]!r} sets no value")
         params[key] = getattr(value, which)
-    return name, modelrepo.admin_version(params)
+    return (name, *modelrepo.admin_params(op, params))
 
 
 # --------------------------------------------------------------------------- ModelStreamInfer (generation)

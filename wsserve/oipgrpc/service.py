@@ -604,8 +604,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             self._may_admin(context, op)
             admin = modelrepo.admin_hook(self.api.admin, op)
-            name, version = convert.repository_op(request)
-            admin(op, name, version, done)
+            name, version, config = convert.repository_op(op, request)
+            admin(op, name, version, done, config)
         except WsserveError as exc:
             await self._abort(context, exc)
         result = await future

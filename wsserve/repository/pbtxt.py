@@ -95,7 +95,7 @@ from .errors import ConfigError
 from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 
-__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "parse_pbtxt"]
+__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "parse_json_config", "parse_pbtxt"]
 
 #: Triton ``data_type`` -> wsserve dtype (the ones wsserve serves).
 TRITON_TYPES = {
@@ -296,6 +296,35 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     except RecursionError:
         raise ConfigError(path, None, "is not a valid Triton model configuration (nested too deeply)") from None
 
+    return _from_message(cfg, path, model_name)
+
+
+def parse_json_config(text: str, path: Path | str, *, model_name: str) -> ModelConfig:
+    """Parse a Triton model configuration in JSON (protobuf's JSON form of ``ModelConfig``, what
+    a ``load`` request's ``config`` parameter carries: ``tritonclient``'s ``load_model(config=...)``)
+    with config.pbtxt's rules (:func:`parse_pbtxt`).  ``path`` names the source in messages (and is
+    stored in the result: the model directory's config.pbtxt, which the files are found beside).
+    Raises :class:`ConfigError` as :func:`parse_pbtxt` does, and for JSON that is not a
+    ``ModelConfig`` (an unknown field included)."""
+    path = Path(path)
+    text = config_text(text, path)
+    message_class, why = _message_class()
+    if message_class is None:
+        raise ConfigError(path, None, f"reading a Triton model configuration needs tritonclient[grpc]: {INSTALL_HINT}{why}")
+    from google.protobuf import json_format
+
+    cfg = message_class()
+    try:
+        json_format.Parse(text, cfg)
+    except json_format.ParseError as exc:
+        raise ConfigError(path, None, f"is not a valid Triton model configuration in JSON ({str(exc)[:300]})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(path, None, f"is not a valid Triton model configuration in JSON ({str(exc)[:300]})") from None
+    return _from_message(cfg, path, model_name)
+
+
+def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
+    """The :class:`ModelConfig` of a parsed Triton ``ModelConfig`` message (see :func:`parse_pbtxt`)."""
     if cfg.name and model_name is not None and cfg.name != model_name:
         raise ConfigError(path, "name", f"is {cfg.name!r} but the model's directory is {model_name!r} (Triton requires them equal)")
     if cfg.platform == ENSEMBLE_PLATFORM:

@@ -29,7 +29,7 @@ from .loader import find_model_file
 from .pbtxt import parse_pbtxt
 from .versions import parse_version, select_versions
 
-__all__ = ["Ignored", "VersionScan", "ModelScan", "RepositoryScan", "scan", "MAX_MODELS", "MAX_VERSIONS", "MAX_VERSION_FILES"]
+__all__ = ["Ignored", "VersionScan", "ModelScan", "RepositoryScan", "scan", "scan_model", "MAX_MODELS", "MAX_VERSIONS", "MAX_VERSION_FILES"]
 
 MAX_MODELS = 1000
 MAX_VERSIONS = 1000
@@ -204,8 +204,10 @@ def _read_config(model_dir: Path, name: str) -> tuple[ModelConfig | None, str, s
         return None, fingerprint, str(exc)
 
 
-def _scan_model(path: Path, name: str) -> ModelScan:
+def _scan_model(path: Path, name: str, override: ModelConfig | None = None) -> ModelScan:
     config, config_fp, error = _read_config(path, name)
+    if override is not None:  # a load request's config: its files' fingerprint stays (a change of them reloads)
+        config, error = override, None
     versions: list[VersionScan] = []
     ignored: list[Ignored] = []
     try:
@@ -232,6 +234,14 @@ def _scan_model(path: Path, name: str) -> ModelScan:
             versions.append(_scan_version(p, version, config))
     versions.sort(key=lambda v: v.version)
     return ModelScan(name, path, config, config_fp, error, tuple(versions), tuple(ignored))
+
+
+def scan_model(path: Path, name: str, config: ModelConfig) -> ModelScan:
+    """The scan of model directory ``path`` (named ``name``) served with ``config`` instead of its
+    config file (a ``load`` request's ``config`` parameter): its versions are found with that
+    config, and its ``config_fingerprint`` stays the file's, so the repository's hot reload reloads
+    the model from its files when they change, not before."""
+    return _scan_model(path, name, config)
 
 
 def scan(repo_dir: Path | str) -> RepositoryScan:

@@ -650,7 +650,7 @@ class HttpApi:
         (200 with the model's versions and states, or the OIP error)."""
         self._may_admin(request, op)
         admin = modelrepo.admin_hook(self.admin, op)
-        version = _admin_version(request.body)
+        version, config = _admin_params(op, request.body)
         answer: list[HttpResponse] = []  # set if the hook answers before we return
         returned = False
 
@@ -665,7 +665,7 @@ class HttpApi:
             else:
                 answer.append(response)
 
-        admin(op, name, version, done)
+        admin(op, name, version, done, config)
         if answer:
             return answer[0]
         returned = True
@@ -1027,21 +1027,21 @@ def _worker_inputs(entry: Any, inputs: tuple[oip.Tensor, ...], req: oip.InferReq
     return {t.name: req.arrays[t.name] for t in inputs}
 
 
-def _admin_version(body: bytes) -> str | None:
-    """The version a load/unload's body names (:func:`~wsserve.rest.modelrepo.admin_version` of
-    its ``parameters``): ``{"parameters": {"version": "2" or 2}}``; None for an empty body or no
-    version (every version)."""
+def _admin_params(op: str, body: bytes) -> tuple[str | None, str | None]:
+    """The version and config a load/unload's body names (:func:`~wsserve.rest.modelrepo.admin_params`
+    of its ``parameters``): ``{"parameters": {"version": "2" or 2, "config": "{...}"}}``; None for an
+    empty body or one absent (every version; the model's config file)."""
     if not body.strip():
-        return None
+        return None, None
     obj = loads(body)
     if type(obj) is not dict:
         raise BadRequest("the request body must be a JSON object")
     params = obj.get("parameters")
     if params is None:
-        return None
+        return None, None
     if type(params) is not dict:
         raise BadRequest("'parameters' must be an object")
-    return modelrepo.admin_version(params)
+    return modelrepo.admin_params(op, params)
 
 
 def _header_length(request: HttpRequest) -> int | None:

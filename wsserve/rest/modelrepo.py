@@ -7,7 +7,7 @@ their answer; what they answer is decided here:
 
 - :func:`index_rows`: every model version and its state, as Triton's index names them;
 - :func:`check_admin`: who may load and unload (the WebSocket's admin rule);
-- :func:`admin_version`: the version a load/unload's ``parameters`` name (Triton's other
+- :func:`admin_params`: the version and config a load/unload's ``parameters`` name (Triton's other
   parameters refused by name);
 - :func:`check_repository_name`: a ``repository_name`` (gRPC) must be empty;
 - :func:`admin_hook`: the server's admin hook the operation is handed to.
@@ -25,8 +25,9 @@ from ..auth import KeyRegistry
 from ..config import ServerConfig
 from ..errors import BadRequest, Forbidden
 from ..protocol import MAX_VERSION_LENGTH
+from ..repository.config import MAX_CONFIG_BYTES
 
-__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_keys_on", "admin_version",
+__all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_keys_on", "admin_params",
            "check_admin", "check_repository_name", "failed_load", "index_rows", "version_key"]
 
 #: The largest integer version a load/unload may name (the WebSocket's bound).
@@ -34,9 +35,12 @@ MAX_VERSION_INT = (1 << 63) - 1
 #: Version states as Triton's repository index names them (any other: ``UNAVAILABLE``).
 OIP_STATES: Mapping[str, str] = {"ready": "READY", "loading": "LOADING", "unloading": "UNLOADING",
                                  "failed": "UNAVAILABLE"}
-#: ``admin(op, model, version, done)``: the server's admin hook (see ConnectionContext.admin);
-#: ``done`` gets the model's versions and states afterwards, or the ``WsserveError``.
-AdminHook = Callable[[str, str, "str | None", Callable[[Any], None]], None]
+#: ``admin(op, model, version, done[, config])``: the server's admin hook (see ConnectionContext.admin);
+#: ``done`` gets the model's versions and states afterwards, or the ``WsserveError``; ``config``: a
+#: load request's model configuration in JSON (Triton's ``config`` parameter), or None.
+AdminHook = Callable[..., None]
+#: A load request's ``config`` parameter, at most (config.pbtxt's own bound, in characters).
+MAX_CONFIG_PARAM_CHARS = MAX_CONFIG_BYTES
 
 
 def version_key(version: str) -> tuple[int, str]:
@@ -91,25 +95,34 @@ def check_admin(config: ServerConfig, keys: KeyRegistry, op: str, *, address: st
         raise Forbidden(refusal)  # not loopback, forwarded by a proxy, or a page of another name (DNS rebinding)
 
 
-def admin_version(params: Mapping[str, Any]) -> str | None:
-    """The version a load/unload's ``parameters`` name: ``version`` (a positive integer, or a
-    string of at most ``MAX_VERSION_LENGTH`` characters); None when absent (every version).  Other
-    parameters Triton defines (``config``, ``file:...`` overrides) are refused by name, except
-    ``unload_dependents`` (a boolean, changing nothing: an ensemble stops being ready with its step models either way).
-    Raises :class:`~wsserve.errors.BadRequest`."""
-    unknown = sorted(k for k in params if k not in ("version", "unload_dependents"))
+def admin_params(op: str, params: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(version, config)`` of a load/unload's ``parameters``: ``version`` (a positive integer,
+    or a string of at most ``MAX_VERSION_LENGTH`` characters; None when absent: every version)
+    and, for a load, ``config`` (Triton's: a JSON model configuration served instead of the
+    model's config file, at most :data:`MAX_CONFIG_PARAM_CHARS` characters; None when absent).
+    Triton's ``file:...`` overrides (model files in the request) are refused by name;
+    ``unload_dependents`` is a boolean that changes nothing (an ensemble stops being ready with
+    its step models either way).  Raises :class:`~wsserve.errors.BadRequest`."""
+    unknown = sorted(k for k in params if k not in ("version", "unload_dependents", "config"))
     if unknown:
-        raise BadRequest(f"parameter {unknown[0][:64]!r} is not supported (only 'version'; models load from the "
-                         "repository as they are)")
+        raise BadRequest(f"parameter {unknown[0][:64]!r} is not supported (only 'version' and 'config'; model files "
+                         "load from the repository)")
     if type(params.get("unload_dependents", False)) is not bool:
         raise BadRequest("parameter 'unload_dependents' must be a boolean")
+    config = params.get("config")
+    if config is not None:
+        if op != "load":
+            raise BadRequest(f"parameter 'config' is for load only, not {op}")
+        if type(config) is not str or not 0 < len(config) <= MAX_CONFIG_PARAM_CHARS:
+            raise BadRequest(f"parameter 'config' must be a model configuration in JSON (a string of 1 to "
+                             f"{MAX_CONFIG_PARAM_CHARS} characters)")
     version = params.get("version")
     if version is None:
-        return None
+        return None, config
     if type(version) is int and 1 <= version <= MAX_VERSION_INT:
-        return str(version)
+        return str(version), config
     if type(version) is str and 0 < len(version) <= MAX_VERSION_LENGTH:
-        return version
+        return version, config
     raise BadRequest(f"parameter 'version' must be a positive integer or a string of at most {MAX_VERSION_LENGTH} "
                      "characters")
 
@@ -132,8 +145,8 @@ def admin_hook(admin: AdminHook | None, op: str) -> AdminHook:
     if admin is None:
         raise BadRequest(f"{op}: this server serves no model repository")
 
-    def hook(op: str, name: str, version: str | None, done: Callable[[Any], None]) -> None:
-        admin(op, name, version, lambda result: done(failed_load(op, name, version, result) or result))
+    def hook(op: str, name: str, version: str | None, done: Callable[[Any], None], config: str | None = None) -> None:
+        admin(op, name, version, lambda result: done(failed_load(op, name, version, result) or result), config)
 
     return hook
 

@@ -1,0 +1,138 @@
+"""A load request's ``config`` (Triton's model repository extension): ``tritonclient``'s
+``load_model(name, config=...)`` over HTTP and gRPC against a real server on loopback.
+
+The repository holds ``scaled``, a Triton Python backend model with versions 1 and 2 whose
+answer shows the configuration it was loaded with (``Y = X * scale + version``, ``scale`` a
+config ``parameters`` entry).  A load with a config serves the model with it (its version
+policy, batch size and parameters); a bad one changes nothing; a load without one goes back to
+the files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.support import ServerProcess
+
+grpc = pytest.importorskip("grpc")  # the grpc extra installs it
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests.test_grpc import grpc_address  # noqa: E402
+
+PBTXT = """name: "scaled"
+backend: "python"
+max_batch_size: 8
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+parameters { key: "scale" value: { string_value: "2" } }
+"""
+
+MODEL_PY = '''
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.scale = float(config["parameters"]["scale"]["string_value"])
+        self.version = float(args["model_version"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            y = (x * self.scale + self.version).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("Y", y)]))
+        return responses
+'''
+
+
+def override(scale: str, *, max_batch_size: int = 4, policy: dict[str, Any] | None = None, **extra: Any) -> str:
+    """Triton's JSON model configuration (what ``load_model(config=...)`` sends)."""
+    return json.dumps({
+        "name": "scaled", "backend": "python", "max_batch_size": max_batch_size,
+        "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [2]}],
+        "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [2]}],
+        "parameters": {"scale": {"string_value": scale}},
+        "version_policy": policy if policy is not None else {"all": {}}, **extra})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("load-config") / "repository"
+    model = root / "scaled"
+    for version in ("1", "2"):
+        (model / version).mkdir(parents=True)
+        (model / version / "model.py").write_text(MODEL_PY)
+    (model / "config.pbtxt").write_text(PBTXT)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    yield proc, grpc_address(proc)
+    proc.stop()
+
+
+X = np.array([[1.0, -2.0]], dtype=np.float32)
+
+
+def infer(client: Any, version: str = "") -> list[float]:
+    inp = thttp.InferInput("X", [1, 2], "FP32")
+    inp.set_data_from_numpy(X)
+    return client.infer("scaled", [inp], model_version=version).as_numpy("Y")[0].tolist()
+
+
+def batch_rows(client: Any) -> str:
+    """The rows of one execution of the default version (its config's ``max_batch_size``; the
+    answered ``max_batch_size`` is the rows one request may carry, ``--max-rows``)."""
+    return client.get_model_config("scaled")["parameters"]["max_batch_rows"]["string_value"]
+
+
+def expect(scale: float, version: int) -> list[float]:
+    return (X[0] * scale + version).tolist()
+
+
+def test_load_with_a_config_serves_it_until_a_load_without_one(served: tuple[ServerProcess, str]) -> None:
+    proc, address = served
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    gclient = tgrpc.InferenceServerClient(address)
+    try:
+        # the files: the latest version only, scale 2, batches of 8
+        assert infer(http) == expect(2, 2)
+        assert not http.is_model_ready("scaled", "1")
+        assert batch_rows(http) == "8"
+
+        http.load_model("scaled", config=override("5"))
+        assert http.is_model_ready("scaled", "1") and http.is_model_ready("scaled", "2")
+        assert infer(http, "1") == expect(5, 1) and infer(http, "2") == expect(5, 2)
+        assert batch_rows(http) == "4"
+
+        # a bad config is refused naming the problem; the model keeps serving what it served
+        with pytest.raises(InferenceServerException, match="'name'.* is 'other' but the model's directory is 'scaled'"):
+            http.load_model("scaled", config=override("7", name="other"))
+        with pytest.raises(InferenceServerException, match="not a valid Triton model configuration in JSON"):
+            http.load_model("scaled", config='{"max_batch_size": 4, "colour": "red"}')
+        with pytest.raises(InferenceServerException, match="max_batch_size"):
+            http.load_model("scaled", config=override("7", max_batch_size=-1))
+        assert infer(http, "1") == expect(5, 1)
+
+        # gRPC (string_param), and a policy of one version: the other one stops
+        gclient.load_model("scaled", config=override("3", policy={"specific": {"versions": [1]}}))
+        assert infer(http, "1") == expect(3, 1)
+        assert not http.is_model_ready("scaled", "2")
+
+        # a load without a config: back to the files (their policy, scale and batch size)
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+        assert not http.is_model_ready("scaled", "1")
+        assert batch_rows(http) == "8"
+    finally:
+        http.close()
+        gclient.close()
