@@ -444,15 +444,17 @@ def test_only_the_steps_the_requested_outputs_need_run(served) -> None:
     # directly or through nest_fan, which maps only fan's PLUS
     proc, _, _ = served
     client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
-    wait_until(lambda: client.is_model_ready("nest_fan"), 30)
     x = _x(2)
     scale, shift2 = _stats(client, "scale")["inference_count"], _stats(client, "shift2")["inference_count"]
     result = _infer(client, "fan", x, ["PLUS"])
     np.testing.assert_allclose(result.as_numpy("PLUS"), x + 1, rtol=1e-6)
     assert result.as_numpy("DOUBLE") is None
+    assert _stats(client, "shift2")["inference_count"] == shift2 + 2
+    assert _stats(client, "scale")["inference_count"] == scale  # never ran
+    wait_until(lambda: client.is_model_ready("nest_fan"), 30)
     np.testing.assert_allclose(_infer(client, "nest_fan", x).as_numpy("OUT"), x + 1, rtol=1e-6)
     assert _stats(client, "shift2")["inference_count"] == shift2 + 4  # both requests' rows
-    assert _stats(client, "scale")["inference_count"] == scale  # never ran
+    assert _stats(client, "scale")["inference_count"] == scale
     np.testing.assert_allclose(_infer(client, "fan", x, ["DOUBLE"]).as_numpy("DOUBLE"), x * 2, rtol=1e-6)
     assert _stats(client, "scale")["inference_count"] == scale + 2
     assert _stats(client, "shift2")["inference_count"] == shift2 + 4

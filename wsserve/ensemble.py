@@ -10,8 +10,13 @@ it as to any model.  A request runs the plan's steps as a DAG
 the ensemble tensors it needs exist, so independent steps run side by side;
 each is submitted to its step model's own worker (``pool.lookup`` at the time,
 the same path as any request to that model), so it is batched with that
-model's other traffic, with the request's priority and deadline.  When every
-ensemble output exists the request gets them in one delivery.
+model's other traffic, with the request's priority and deadline.  Only the steps
+the outputs its sink wants need run (``wanted_outputs()``: OIP ``outputs``;
+:func:`~wsserve.repository.ensemble_plan.needed_steps`).  A step whose model is
+an ensemble is submitted to that ensemble's worker like any other (wanting the
+outputs the step maps).  When every wanted output exists the request gets them
+in one delivery.  A request with more rows than the ensemble's
+``max_batch_size`` (above 0) is refused at ``submit``.
 
 A step that fails (its model raised, an output row not finite, its queue full,
 its model not served any more) fails that request only, with the step's error

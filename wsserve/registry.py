@@ -17,7 +17,8 @@
 - an ensemble (config.pbtxt ``platform: "ensemble"``) is planned against the step models served
   at the time (:func:`wsserve.ensemble.build_ensemble`), not loaded in a thread: ``loading`` while
   a step model loads, ``failed`` naming the step when one is missing or does not fit, and planned
-  again whenever a step model is served, fails or is unloaded (``_recheck_ensembles``).
+  again whenever a step model is served, fails or is unloaded, or a step that is an ensemble
+  changes state (``_recheck_ensembles``); a cycle across ensembles fails each of them.
 
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
