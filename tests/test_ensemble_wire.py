@@ -481,6 +481,17 @@ def test_the_ensembles_max_batch_size_is_checked_against_its_steps_and_bounds_a_
     np.testing.assert_allclose(_infer(client, "pipe", _x(8)).as_numpy("OUT"), ref(_x(8)), rtol=1e-5, atol=1e-5)
     assert client.get_model_config("pipe")["max_batch_size"] == 8  # its own, as Triton's configuration says
 
+    async def go() -> dict[str, Any]:
+        conn = await Conn.open(proc.url)
+        try:
+            return await conn.request({"type": "predict", "id": 1, "model": "pipe", "inputs": _x(9).tolist()})
+        finally:
+            await conn.close()
+
+    frame = asyncio.run(go())
+    assert frame["type"] == "error" and frame["code"] == "invalid_input", frame
+    assert frame["message"] == "the request has 9 rows but ensemble 'pipe' allows at most 8 (its max_batch_size)"
+
 
 def test_a_step_answering_rows_at_different_sizes_fails_its_request_naming_the_output(served) -> None:
     # the step's rows come back in one delivery each, which its request's one array cannot hold: the
