@@ -267,6 +267,11 @@ def test_a_sink_wanting_some_outputs_runs_only_their_steps_and_gets_only_them() 
         a.on_rows(0, a.inputs * 2, 2, 0.0, 0.0)
         (_, out), = sink.rows
         assert list(out) == ["A"] and np.array_equal(out["A"], _x() * 2)
+        none = Wanting(_x(), 2)
+        none.wanted_outputs = lambda: frozenset()  # type: ignore[method-assign]
+        worker.submit(none)  # naming no output is naming none in particular: every step runs
+        await asyncio.sleep(0)
+        assert len(entries["a"].worker.submitted) == 2 and len(entries["b"].worker.submitted) == 1
 
     asyncio.run(go())
 

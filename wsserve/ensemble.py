@@ -201,6 +201,7 @@ class _Run:
                  wanted: frozenset[str] | None) -> None:
         self.worker = worker
         self.sink = sink
+        wanted = wanted or None  # none named (OIP ``"outputs": []``): every step runs, as for a request naming none
         #: the plan's steps this request runs (those its wanted outputs need) and the outputs it answers
         self.steps = needed_steps(worker.plan, wanted)
         self.outputs = tuple(o.name for o in worker.plan.outputs if wanted is None or o.name in wanted)
