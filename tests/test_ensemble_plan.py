@@ -8,7 +8,13 @@ import pytest
 pytest.importorskip("tritonclient.grpc")
 
 from wsserve.repository import ConfigError, TensorSpec  # noqa: E402
-from wsserve.repository.ensemble_plan import EnsembleError, StepSignature, plan_ensemble  # noqa: E402
+from wsserve.repository.ensemble_plan import (  # noqa: E402
+    EnsembleError,
+    StepSignature,
+    ensemble_cycle,
+    needed_steps,
+    plan_ensemble,
+)
 from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
 
 
@@ -169,12 +175,17 @@ def test_unused_inputs_unwritten_outputs_and_tensors_written_twice_are_refused()
     assert "step 1 (model 'linear'): ensemble tensor 'OUT' is written by step 0 already" in str(_error(ensemble_pbtxt(twice)))
 
 
-def test_generative_decoupled_and_nested_steps_are_refused_naming_them() -> None:
-    for kw, word in (({"kind": "generate"}, "is generative"), ({"decoupled": True}, "is decoupled"),
-                     ({"ensemble": True}, "nested ensembles are not supported")):
+def test_generative_and_decoupled_steps_are_refused_naming_them() -> None:
+    for kw, word in (({"kind": "generate"}, "is generative"), ({"decoupled": True}, "is decoupled")):
         sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, **kw)}
-        assert f"step 1 (model 'linear'): model 'linear' {word}" in str(_error(ensemble_pbtxt(CHAIN), sigs)) or word in str(
-            _error(ensemble_pbtxt(CHAIN), sigs))
+        assert f"step 1 (model 'linear'): model 'linear' {word}" in str(_error(ensemble_pbtxt(CHAIN), sigs))
+
+
+def test_a_step_that_is_an_ensemble_is_planned_like_any_model() -> None:
+    sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, ensemble=True, max_batch_size=8)}
+    p = plan_ensemble(parse_pbtxt(ensemble_pbtxt(CHAIN), "pipe/config.pbtxt", model_name="pipe").ensemble, sigs,
+                      {"linear": ("inner_a", "inner_b")})
+    assert [s.model for s in p.steps] == ["scale", "linear"]
 
 
 def test_pinned_step_versions_are_looked_up_as_such() -> None:
@@ -197,8 +208,54 @@ def test_config_errors_name_the_field() -> None:
         parse_pbtxt(ensemble_pbtxt(CHAIN) + "model_transaction_policy { decoupled: true }", "c")
 
 
-def test_an_ensemble_naming_itself_as_a_step_is_refused_as_such() -> None:
+def test_an_ensemble_naming_itself_as_a_step_is_refused_as_a_cycle() -> None:
     text = ensemble_pbtxt(step("pipe", {"IN": "IN"}, {"OUT": "OUT"}))
-    with pytest.raises(EnsembleError, match=r"^ensemble 'pipe' step 0 \(model 'pipe'\): model 'pipe' is this ensemble: an "
-                       r"ensemble cannot run itself \(nested ensembles are not supported\)$"):
+    with pytest.raises(EnsembleError, match=r"^ensemble 'pipe': circular dependency between ensembles: pipe -> pipe "):
         plan(text, {})  # whatever the pool says of it (not served yet, or failed)
+
+
+def test_a_cycle_across_ensembles_is_refused_naming_it_before_anything_else() -> None:
+    # pipe -> linear (an ensemble) -> inner -> pipe; 'linear' need not even be served for the cycle to be seen
+    text = ensemble_pbtxt(CHAIN)
+    ensembles = {"linear": ("inner",), "inner": ("scale", "pipe"), "other": ("pipe",)}
+    config = parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe").ensemble
+    with pytest.raises(EnsembleError, match=r"^ensemble 'pipe': circular dependency between ensembles: "
+                                            r"pipe -> linear -> inner -> pipe "):
+        plan_ensemble(config, {("scale", None): SIGS[("scale", None)]}, ensembles)
+    # a cycle 'other' only leads into is not its own (it fails as its step model 'pipe' is not served)
+    assert ensemble_cycle("other", {**ensembles, "pipe": ("scale", "linear")}) is None
+    assert ensemble_cycle("inner", {**ensembles, "pipe": ("scale", "linear")}) == ("inner", "pipe", "linear", "inner")
+    assert ensemble_cycle("pipe", {"pipe": ("a", "b"), "b": ("c",), "c": ()}) is None
+
+
+def test_a_batching_step_allowing_fewer_rows_than_the_ensemble_is_refused_as_triton_does() -> None:
+    # Triton's ValidateEnsembleConfig: a step model's max_batch_size, when not 0, must be >= the ensemble's (8)
+    small = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, max_batch_size=4)}
+    err = _error(ensemble_pbtxt(CHAIN), small)
+    assert str(err) == ("ensemble 'pipe' step 1 (model 'linear'): the ensemble's max_batch_size is 8 but model 'linear' "
+                        "allows at most 4 (its max_batch_size): a step model that batches must allow the ensemble's "
+                        "(lower the ensemble's max_batch_size or raise the model's)") and err.step == 1
+    for mbs in (8, 16, 0):  # as many, more, or no batch dimension (a non-batching model in a batching ensemble)
+        plan(ensemble_pbtxt(CHAIN), {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, max_batch_size=mbs)})
+    plan(ensemble_pbtxt(CHAIN).replace("max_batch_size: 8", "max_batch_size: 0"), small)  # an ensemble without batching
+
+
+#: IN -> a -> A_OUT; IN -> b -> mid -> c -> C_OUT; mid is also the output MID; IN -> d -> dangling (read by no one)
+PRUNE = ", ".join([step("a", {"x": "IN"}, {"y": "A_OUT"}), step("b", {"x": "IN"}, {"y": "mid"}),
+                   step("c", {"x": "mid"}, {"y": "C_OUT"}), step("d", {"x": "IN"}, {"y": "dangling"})])
+PRUNE_OUTS = ", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: [ 3 ] }}' for n in ("A_OUT", "mid", "C_OUT"))
+
+
+def test_only_the_steps_the_wanted_outputs_need_run_as_triton_prunes_them() -> None:
+    sigs = {(m, None): sig(m, {"x": (3,)}, {"y": (3,)}) for m in "abcd"}
+    p = plan(ensemble_pbtxt(PRUNE, outputs=PRUNE_OUTS), sigs)
+
+    def models(wanted: frozenset[str] | None) -> list[str]:
+        return sorted(s.model for s in needed_steps(p, wanted))
+
+    assert models(None) == models(frozenset({"A_OUT", "mid", "C_OUT"})) == ["a", "b", "c", "d"]
+    assert models(frozenset({"A_OUT"})) == ["a", "d"]  # b and c pruned; d's tensor is no output: kept, as Triton does
+    assert models(frozenset({"C_OUT"})) == ["b", "c", "d"]  # a pruned
+    assert models(frozenset({"mid"})) == ["b", "d"]  # c pruned, b kept: its output is wanted
+    assert models(frozenset({"mid", "A_OUT"})) == ["a", "b", "d"]
+    assert needed_steps(p, frozenset({"C_OUT"})) == tuple(s for s in p.steps if s.model != "a")  # the plan's order

@@ -15,7 +15,7 @@ pytest.importorskip("tritonclient.grpc")
 
 from tests.test_ensemble_plan import ensemble_pbtxt, sig, step  # noqa: E402
 from wsserve.ensemble import EnsembleModel, EnsembleWorker  # noqa: E402
-from wsserve.errors import Internal, ShuttingDown, UnknownModel  # noqa: E402
+from wsserve.errors import Internal, InvalidInput, ShuttingDown, UnknownModel  # noqa: E402
 from wsserve.repository.ensemble_plan import plan_ensemble  # noqa: E402
 from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
 
@@ -203,5 +203,87 @@ def test_inputs_that_cannot_be_taken_fail_the_request() -> None:
         assert isinstance(err, Internal) and err.message == "ensemble 'fan': its inputs could not be taken: KeyError: 'IN'"
         assert not e["a"].worker.submitted
         await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def _ensemble(name: str, text: str, sigs: dict[Any, Any]) -> EnsembleModel:
+    config = parse_pbtxt(text.replace('name: "pipe"', f'name: "{name}"'), f"{name}/config.pbtxt", model_name=name)
+    return EnsembleModel(name, 1, config, plan_ensemble(config.ensemble, sigs))
+
+
+def test_a_step_that_is_an_ensemble_runs_through_its_worker_and_only_the_inner_steps_it_maps() -> None:
+    # outer: one step on the ensemble 'two' (a -> A, b -> B, side by side), mapping only its B
+    two_outs = '{ name: "A" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 3 ] }'
+    two = _ensemble("two", ensemble_pbtxt(", ".join([step("a", {"x": "IN"}, {"y": "A"}), step("b", {"x": "IN"}, {"y": "B"})]),
+                                          outputs=two_outs), SIGS)
+    outer = _ensemble("outer", ensemble_pbtxt(step("two", {"IN": "IN"}, {"B": "OUT"}),
+                                              outputs='{ name: "OUT" data_type: TYPE_FP32 dims: [ 3 ] }'),
+                      {("two", None): sig("two", {"IN": (3,)}, {"A": (3,), "B": (3,)}, ensemble=True, max_batch_size=8)})
+
+    async def go() -> None:
+        leaves = {name: FakeEntry(name, FakeWorker(), SIGS[(name, None)].inputs) for name in ("a", "b")}
+        entries: dict[str, Any] = dict(leaves)
+        inner = EnsembleWorker(two, lambda name, version: entries[name])
+        entries["two"] = FakeEntry("two", inner, two.inputs)  # type: ignore[arg-type]
+        worker = EnsembleWorker(outer, lambda name, version: entries[name])
+        inner.start()
+        worker.start()
+        sink = Sink(_x(), 2)
+        worker.submit(sink, priority=1, deadline=9.0)
+        for _ in range(3):  # the outer step goes on the next loop iteration, the inner one on the one after
+            await asyncio.sleep(0)
+        assert not leaves["a"].worker.submitted  # A is not mapped by the outer step: 'a' never runs
+        (b, prio, deadline), = leaves["b"].worker.submitted
+        assert (prio, deadline) == (1, 9.0) and np.array_equal(b.inputs, _x())
+        b.on_rows(0, b.inputs + 1, 2, 0.0, 0.0)
+        (start, out), = sink.rows
+        assert start == 0 and np.array_equal(out, _x() + 1) and not sink.errors
+        await asyncio.wait_for(worker.wait_idle(), 10)
+        await asyncio.wait_for(inner.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def test_a_sink_wanting_some_outputs_runs_only_their_steps_and_gets_only_them() -> None:
+    outs = '{ name: "A" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "B" data_type: TYPE_FP32 dims: [ 3 ] }'
+    two = _ensemble("two", ensemble_pbtxt(", ".join([step("a", {"x": "IN"}, {"y": "A"}), step("b", {"x": "IN"}, {"y": "B"})]),
+                                          outputs=outs), SIGS)
+
+    @dataclass
+    class Wanting(Sink):
+        def wanted_outputs(self) -> frozenset[str]:
+            return frozenset({"A"})
+
+    async def go() -> None:
+        entries = {name: FakeEntry(name, FakeWorker(), SIGS[(name, None)].inputs) for name in ("a", "b")}
+        worker = EnsembleWorker(two, lambda name, version: entries[name])
+        worker.start()
+        sink = Wanting(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        assert not entries["b"].worker.submitted
+        (a, _, _), = entries["a"].worker.submitted
+        a.on_rows(0, a.inputs * 2, 2, 0.0, 0.0)
+        (_, out), = sink.rows
+        assert list(out) == ["A"] and np.array_equal(out["A"], _x() * 2)
+        none = Wanting(_x(), 2)
+        none.wanted_outputs = lambda: frozenset()  # type: ignore[method-assign]
+        worker.submit(none)  # naming no output is naming none in particular: every step runs
+        await asyncio.sleep(0)
+        assert len(entries["a"].worker.submitted) == 2 and len(entries["b"].worker.submitted) == 1
+
+    asyncio.run(go())
+
+
+def test_more_rows_than_the_ensembles_max_batch_size_are_refused_at_submit() -> None:
+    async def go() -> None:
+        worker, e = _worker()  # max_batch_size 8
+        with pytest.raises(InvalidInput, match=r"^the request has 9 rows but ensemble 'fan' allows at most 8 "
+                                               r"\(its max_batch_size\)$"):
+            worker.submit(Sink(np.zeros((9, 3), np.float32), 9))
+        worker.submit(Sink(np.zeros((8, 3), np.float32), 8))
+        await asyncio.sleep(0)
+        assert len(e["a"].worker.submitted) == 1
 
     asyncio.run(go())

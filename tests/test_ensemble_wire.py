@@ -6,7 +6,8 @@ config.pbtxt, the ensemble ``pipe`` (scale -> linear -> shift), ``fan`` (scale a
 on the same input, both outputs returned), ``waits`` (a step on ``shift2``, which an admin unloads and
 loads again), ``topk_ens`` (``topk``, TopK without a batch dimension: its output's size is the
 request's ``k``), ``nostep`` (a step on a model the repository lacks), ``aa_nested`` and ``zz_nested``
-(a step on the ensemble ``waits``), ``picky_pipe`` (scale -> ``picky``,
+(a step on the ensemble ``waits``), ``cyc_a`` and ``cyc_b`` (each a step on the other), ``nest_fan``
+(a step on ``fan``, only its ``PLUS`` mapped), ``wide`` (max_batch_size 16 over ``scale``'s 8), ``picky_pipe`` (scale -> ``picky``,
 a model.py that raises on a negative value), ``mutates`` (scale -> ``inplace``, a Triton Python model
 adding 100 to its input in place, the scaled tensor an output too) and ``held`` (``gated``, a model.py held on a row
 starting with -1 until its gate file exists, -> ``plus1``)."""
@@ -153,6 +154,14 @@ def _write(root: Path) -> Any:
         # nested on 'waits': one planned before it is served, one after (the scan's order is the names')
         "aa_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
         "zz_nested": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("waits", {"IN": "IN"}, {"OUT": "OUT"})]),
+        # a cycle through two ensembles
+        "cyc_a": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("cyc_b", {"IN": "IN"}, {"OUT": "OUT"})]),
+        "cyc_b": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("cyc_a", {"IN": "IN"}, {"OUT": "OUT"})]),
+        # 'fan' nested, only its PLUS mapped: its 'scale' step is not needed
+        "nest_fan": _ensemble(_tensor("IN", 3), _tensor("OUT", 3), [_step("fan", {"IN": "IN"}, {"PLUS": "OUT"})]),
+        # more rows at once than its step model 'scale' (max_batch_size 8) allows
+        "wide": _ensemble(_tensor("IN", 3), _tensor("OUT", 3),
+                          [_step("scale", {"x": "IN"}, {"y": "OUT"})]).replace("max_batch_size: 8", "max_batch_size: 16"),
     }
     for name, text in ensembles.items():
         (root / name / "1").mkdir(parents=True)
@@ -338,10 +347,11 @@ def test_an_ensemble_whose_step_model_is_loading_waits_for_it(served) -> None:
     def states() -> dict[str, tuple[str, str]]:
         return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in client.get_model_repository_index()}
 
+    fp64 = '{ name: "IN" data_type: TYPE_FP64 dims: [ 3 ] }', '{ name: "OUT" data_type: TYPE_FP64 dims: [ 1 ] }'
     (root / "slow_ens" / "1").mkdir(parents=True)
-    (root / "slow_ens" / "config.pbtxt").write_text(_ensemble('{ name: "IN" data_type: TYPE_FP64 dims: [ 3 ] }',
-                                                              '{ name: "OUT" data_type: TYPE_FP64 dims: [ 1 ] }',
-                                                              [_step("slowstep", {"input": "IN"}, {"output": "OUT"})]))
+    (root / "slow_ens" / "config.pbtxt").write_text(_ensemble(*fp64, [_step("slowstep", {"input": "IN"}, {"output": "OUT"})]))
+    (root / "slow_outer" / "1").mkdir(parents=True)  # an ensemble on the ensemble slow_ens
+    (root / "slow_outer" / "config.pbtxt").write_text(_ensemble(*fp64, [_step("slow_ens", {"IN": "IN"}, {"OUT": "OUT"})]))
     with pytest.raises(Exception, match="model 'slowstep' is not served"):
         client.load_model("slow_ens")
     write_affine(root / "slowstep" / "1", bias=0.5, source=GATED_PY,
@@ -357,13 +367,23 @@ def test_an_ensemble_whose_step_model_is_loading_waits_for_it(served) -> None:
             pass  # not ready (yet): what the index says is the point
         state, reason = states()["slow_ens"]
         assert state == "LOADING" and "waiting for model 'slowstep', loading" in reason, (state, reason)
+        try:
+            client.load_model("slow_outer")
+        except InferenceServerException:
+            pass
+        state, reason = states()["slow_outer"]  # its step, an ensemble, is loading: so is it
+        assert state == "LOADING" and "waiting for model 'slow_ens', loading" in reason, (state, reason)
     finally:
         init_gate.touch()
         loader.join()
-    wait_until(lambda: client.is_model_ready("slow_ens"), 30)
+    wait_until(lambda: client.is_model_ready("slow_ens") and client.is_model_ready("slow_outer"), 30)
     inp = thttp.InferInput("IN", [1, 3], "FP64")
     inp.set_data_from_numpy(np.array([[1.0, 1.0, 1.0]]))
     np.testing.assert_allclose(client.infer("slow_ens", [inp]).as_numpy("OUT"), [[6.5]])
+    np.testing.assert_allclose(client.infer("slow_outer", [inp]).as_numpy("OUT"), [[6.5]])
+    client.unload_model("slowstep")  # the inner ensemble stops being ready, and the outer one follows it
+    wait_until(lambda: not client.is_model_ready("slow_ens") and not client.is_model_ready("slow_outer"), 30)
+    assert "step 0 (model 'slow_ens')" in states()["slow_outer"][1]
 
 
 def test_a_step_changing_its_input_in_place_changes_no_other_reader_of_that_tensor(served) -> None:
@@ -379,18 +399,98 @@ def test_a_step_changing_its_input_in_place_changes_no_other_reader_of_that_tens
     np.testing.assert_allclose(result.as_numpy("DOUBLE"), x * 2, rtol=1e-6)
 
 
-def test_an_ensemble_on_an_ensemble_is_refused_as_nested_whatever_the_order_they_load_in(served) -> None:
+def _index(client: Any) -> dict[str, tuple[str, str]]:
+    return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in client.get_model_repository_index()}
+
+
+def _infer(client: Any, model: str, x: np.ndarray, outputs: list[str] | None = None) -> Any:
+    inp = thttp.InferInput("IN", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp], outputs=None if outputs is None else [thttp.InferRequestedOutput(o) for o in outputs])
+
+
+def test_an_ensemble_on_an_ensemble_is_served_whatever_the_order_they_load_in(served) -> None:
     # aa_nested is planned before 'waits' is served ('not served'), zz_nested while it loads ('loading',
-    # waiting for it): both are planned again once it is served, and refused as nested
+    # waiting for it): both are planned again once it is served, and serve through its worker
     proc, _, _ = served
     client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    wait_until(lambda: client.is_model_ready("aa_nested") and client.is_model_ready("zz_nested"), 30)
+    x = _x(3)
+    for name in ("aa_nested", "zz_nested"):
+        np.testing.assert_allclose(_infer(client, name, x).as_numpy("OUT"), x + 1, rtol=1e-6)
+    assert [s.model_name for s in tgrpc_config(served, "aa_nested").ensemble_scheduling.step] == ["waits"]
 
-    def reasons() -> dict[str, tuple[str, str]]:
-        return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in client.get_model_repository_index()}
 
-    nested = "step 0 (model 'waits'): model 'waits' is an ensemble: nested ensembles are not supported"
-    wait_until(lambda: all(nested in reasons()[n][1] for n in ("aa_nested", "zz_nested")), 30)
-    assert reasons()["aa_nested"][0] == reasons()["zz_nested"][0] == "UNAVAILABLE"
+def tgrpc_config(served: Any, model: str) -> Any:
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        return client.get_model_config(model).config
+    finally:
+        client.close()
+
+
+def test_a_cycle_across_ensembles_is_refused_naming_it(served) -> None:
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    wait_until(lambda: all("circular" in _index(client)[n][1] for n in ("cyc_a", "cyc_b")), 30)
+    index = _index(client)
+    assert index["cyc_a"][0] == index["cyc_b"][0] == "UNAVAILABLE"
+    assert "ensemble 'cyc_a': circular dependency between ensembles: cyc_a -> cyc_b -> cyc_a" in index["cyc_a"][1]
+    assert "ensemble 'cyc_b': circular dependency between ensembles: cyc_b -> cyc_a -> cyc_b" in index["cyc_b"][1]
+
+
+def test_only_the_steps_the_requested_outputs_need_run(served) -> None:
+    # fan runs scale (DOUBLE) and shift2 (PLUS) side by side: asking for PLUS alone runs shift2 only,
+    # directly or through nest_fan, which maps only fan's PLUS
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    x = _x(2)
+    scale, shift2 = _stats(client, "scale")["inference_count"], _stats(client, "shift2")["inference_count"]
+    result = _infer(client, "fan", x, ["PLUS"])
+    np.testing.assert_allclose(result.as_numpy("PLUS"), x + 1, rtol=1e-6)
+    assert result.as_numpy("DOUBLE") is None
+    assert _stats(client, "shift2")["inference_count"] == shift2 + 2
+    assert _stats(client, "scale")["inference_count"] == scale  # never ran
+    wait_until(lambda: client.is_model_ready("nest_fan"), 30)
+    np.testing.assert_allclose(_infer(client, "nest_fan", x).as_numpy("OUT"), x + 1, rtol=1e-6)
+    assert _stats(client, "shift2")["inference_count"] == shift2 + 4  # both requests' rows
+    assert _stats(client, "scale")["inference_count"] == scale
+    np.testing.assert_allclose(_infer(client, "fan", x, ["DOUBLE"]).as_numpy("DOUBLE"), x * 2, rtol=1e-6)
+    assert _stats(client, "scale")["inference_count"] == scale + 2
+    assert _stats(client, "shift2")["inference_count"] == shift2 + 4
+
+
+def test_the_ensembles_max_batch_size_is_checked_against_its_steps_and_bounds_a_requests_rows(served) -> None:
+    proc, _, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    state, reason = _index(client)["wide"]
+    assert state == "UNAVAILABLE" and ("ensemble 'wide' step 0 (model 'scale'): the ensemble's max_batch_size is 16 but "
+                                       "model 'scale' allows at most 8 (its max_batch_size)") in reason, reason
+    with pytest.raises(InferenceServerException, match=r"the request has 9 rows but ensemble 'pipe' allows at most 8 "
+                                                       r"\(its max_batch_size\)"):
+        _infer(client, "pipe", _x(9))
+    _, address, ref = served
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        inp = tgrpc.InferInput("IN", [9, 3], "FP32")
+        inp.set_data_from_numpy(_x(9))
+        with pytest.raises(InferenceServerException, match="ensemble 'pipe' allows at most 8"):
+            grpc_client.infer("pipe", [inp])
+    finally:
+        grpc_client.close()
+    np.testing.assert_allclose(_infer(client, "pipe", _x(8)).as_numpy("OUT"), ref(_x(8)), rtol=1e-5, atol=1e-5)
+    assert client.get_model_config("pipe")["max_batch_size"] == 8  # its own, as Triton's configuration says
+
+    async def go() -> dict[str, Any]:
+        conn = await Conn.open(proc.url)
+        try:
+            return await conn.request({"type": "predict", "id": 1, "model": "pipe", "inputs": _x(9).tolist()})
+        finally:
+            await conn.close()
+
+    frame = asyncio.run(go())
+    assert frame["type"] == "error" and frame["code"] == "invalid_input", frame
+    assert frame["message"] == "the request has 9 rows but ensemble 'pipe' allows at most 8 (its max_batch_size)"
 
 
 def test_a_step_answering_rows_at_different_sizes_fails_its_request_naming_the_output(served) -> None:

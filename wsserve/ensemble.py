@@ -10,8 +10,13 @@ it as to any model.  A request runs the plan's steps as a DAG
 the ensemble tensors it needs exist, so independent steps run side by side;
 each is submitted to its step model's own worker (``pool.lookup`` at the time,
 the same path as any request to that model), so it is batched with that
-model's other traffic, with the request's priority and deadline.  When every
-ensemble output exists the request gets them in one delivery.
+model's other traffic, with the request's priority and deadline.  Only the steps
+the outputs its sink wants need run (``wanted_outputs()``: OIP ``outputs``;
+:func:`~wsserve.repository.ensemble_plan.needed_steps`).  A step whose model is
+an ensemble is submitted to that ensemble's worker like any other (wanting the
+outputs the step maps).  When every wanted output exists the request gets them
+in one delivery.  A request with more rows than the ensemble's
+``max_batch_size`` (above 0) is refused at ``submit``.
 
 A step that fails (its model raised, an output row not finite, its queue full,
 its model not served any more) fails that request only, with the step's error
@@ -27,14 +32,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from time import monotonic
 from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, Internal, ShuttingDown, UnknownModel, WsserveError
+from .errors import (
+    BadRequest,
+    Internal,
+    InvalidInput,
+    ShuttingDown,
+    UnknownModel,
+    WsserveError,
+)
 from .models.base import ModelInfo
 from .repository.config import ModelConfig
 from .repository.ensemble_config import EnsembleConfig
@@ -43,6 +55,7 @@ from .repository.ensemble_plan import (
     EnsemblePlan,
     PlannedStep,
     StepSignature,
+    needed_steps,
     plan_ensemble,
     step_key,
 )
@@ -134,6 +147,8 @@ class _StepSink:
 
     __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows")
 
+    explain = False
+
     def __init__(self, run: _Run, step: PlannedStep, inputs: Tensors, n: int) -> None:
         self.run = run
         self.step = step
@@ -145,6 +160,11 @@ class _StepSink:
         self.item: Any = None
         self._parts: list[Tensors] = []
         self._rows = 0
+
+    def wanted_outputs(self) -> frozenset[str]:
+        """The step model's outputs this step maps (a step that is an ensemble runs only what they need,
+        as Triton requests a step's mapped outputs)."""
+        return frozenset(model_output for model_output, _ in self.step.yields)
 
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None:
         if self.finished:
@@ -177,9 +197,14 @@ class _StepSink:
 class _Run:
     """One request through the ensemble: the tensors it has so far and its steps in flight."""
 
-    def __init__(self, worker: EnsembleWorker, sink: Any, priority: int, deadline: float | None) -> None:
+    def __init__(self, worker: EnsembleWorker, sink: Any, priority: int, deadline: float | None,
+                 wanted: frozenset[str] | None) -> None:
         self.worker = worker
         self.sink = sink
+        wanted = wanted or None  # none named (OIP ``"outputs": []``): every step runs, as for a request naming none
+        #: the plan's steps this request runs (those its wanted outputs need) and the outputs it answers
+        self.steps = needed_steps(worker.plan, wanted)
+        self.outputs = tuple(o.name for o in worker.plan.outputs if wanted is None or o.name in wanted)
         self.priority = priority
         self.deadline = deadline
         self.started_at = monotonic()
@@ -204,14 +229,13 @@ class _Run:
 
     def advance(self) -> None:
         """Start every step whose inputs exist; deliver once every output exists."""
-        plan = self.worker.plan
-        for step in plan.steps:
+        for step in self.steps:
             if self.done:
                 return
             if step.index not in self.launched and step.needs <= self.tensors.keys():
                 self.launched.add(step.index)
                 self._launch(step)
-        if not self.done and not self.flying and all(o.name in self.tensors for o in plan.outputs):
+        if not self.done and not self.flying and all(o in self.tensors for o in self.outputs):
             self._finish()
 
     def _launch(self, step: PlannedStep) -> None:
@@ -289,9 +313,9 @@ class _Run:
     def _finish(self) -> None:
         self.done = True
         self.worker.ended(self)
-        plan = self.worker.plan
-        out: Tensors = (self.tensors[plan.outputs[0].name] if len(plan.outputs) == 1
-                        else {o.name: self.tensors[o.name] for o in plan.outputs})
+        # the outputs asked for (a pruned request has only those): one array for a one-output ensemble
+        out: Tensors = (self.tensors[self.outputs[0]] if len(self.worker.plan.outputs) == 1
+                        else {o: self.tensors[o] for o in self.outputs})
         self.tensors = {}
         if self.sink.finished:
             return
@@ -326,6 +350,8 @@ class EnsembleWorker:
         self.shared = _shared_tensors(model.plan)
         self.explain_refusal = f"model {model.name!r} is an ensemble: explanations are for single models"
         self.queue = _QueueFigures(model.config.max_batch_size or 0)
+        #: Triton's bound on a request's rows (its batch size); 0: no batch dimension, one row
+        self.max_batch_size = model.config.max_batch_size
         #: The pool sets this version's statistics; an ensemble computes no batch of its own.
         self.stats: Any = None
         self._runs: set[_Run] = set()
@@ -355,14 +381,21 @@ class EnsembleWorker:
             await self._idle.wait()
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> _Run:
-        """Start ``sink``'s request: its first steps are queued at once.  Raises ``ShuttingDown``
-        after :meth:`close` and ``BadRequest`` for a sink that wants explanations; then the sink is
-        never called.  A step that cannot be queued fails the request through its sink."""
+        """Start ``sink``'s request: its first steps are queued at once.  Only the steps needed for
+        the outputs the sink wants run (its ``wanted_outputs()``, if it has one: names of the
+        ensemble's outputs, or None for all).  Raises ``ShuttingDown`` after :meth:`close`,
+        ``BadRequest`` for a sink that wants explanations and ``InvalidInput`` for more rows than
+        the ensemble's ``max_batch_size`` (Triton's rule); then the sink is never called.  A step
+        that cannot be queued fails the request through its sink."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         if getattr(sink, "explain", False):
             raise BadRequest(self.explain_refusal)
-        run = _Run(self, sink, priority, deadline)
+        if self.max_batch_size > 0 and sink.n > self.max_batch_size:
+            raise InvalidInput(f"the request has {sink.n} rows but ensemble {self.name!r} allows at most "
+                               f"{self.max_batch_size} (its max_batch_size)")
+        wanted = getattr(sink, "wanted_outputs", None)
+        run = _Run(self, sink, priority, deadline, wanted() if callable(wanted) else None)
         self._runs.add(run)
         self._requests += 1
         if self._idle is not None:
@@ -393,7 +426,17 @@ def _signature(entry: Any) -> StepSignature:
     if not outputs and entry.kind == "predict":
         outputs = (TensorSpec("output", tuple(int(d) for d in entry.info.output_shape), "float64"),)
     return StepSignature(entry.name, entry.version, tuple(entry.input_specs), tuple(outputs or ()), entry.kind,
-                         ensemble=isinstance(entry.model, EnsembleModel))
+                         ensemble=isinstance(entry.model, EnsembleModel), max_batch_size=_max_batch_size(entry))
+
+
+def _max_batch_size(entry: Any) -> int:
+    """Triton's ``max_batch_size`` of a served version: 0 without a batch dimension, an ensemble's own,
+    else the most rows its worker computes at once."""
+    if not getattr(entry.model, "batching", True):
+        return 0
+    if isinstance(entry.model, EnsembleModel):
+        return entry.model.config.max_batch_size
+    return int(getattr(getattr(entry.worker, "queue", None), "max_batch_size", 0) or 0)
 
 
 def step_signatures(config: EnsembleConfig, pool: Any) -> dict[tuple[str, int | None], StepSignature | str]:
@@ -412,13 +455,15 @@ def step_signatures(config: EnsembleConfig, pool: Any) -> dict[tuple[str, int | 
     return out
 
 
-def build_ensemble(name: str, version: int, config: ModelConfig, pool: Any) -> EnsembleModel:
-    """Plan ensemble ``name`` ``version`` against what ``pool`` serves now.  Raises
+def build_ensemble(name: str, version: int, config: ModelConfig, pool: Any,
+                   ensembles: Mapping[str, Iterable[str]] | None = None) -> EnsembleModel:
+    """Plan ensemble ``name`` ``version`` against what ``pool`` serves now; ``ensembles``: every
+    ensemble's step models, from their configs (for the cycle check).  Raises
     :class:`~wsserve.repository.ModelLoadError` naming its config file, the ensemble, the step and
     the tensor (:class:`~wsserve.repository.ensemble_plan.EnsembleError`)."""
     assert config.ensemble is not None
     try:
-        plan = plan_ensemble(config.ensemble, step_signatures(config.ensemble, pool))
+        plan = plan_ensemble(config.ensemble, step_signatures(config.ensemble, pool), ensembles)
     except EnsembleError as exc:
         raise ModelLoadError(config.path or Path(name), str(exc)) from None
     return EnsembleModel(name, version, config, plan)

@@ -17,7 +17,8 @@
 - an ensemble (config.pbtxt ``platform: "ensemble"``) is planned against the step models served
   at the time (:func:`wsserve.ensemble.build_ensemble`), not loaded in a thread: ``loading`` while
   a step model loads, ``failed`` naming the step when one is missing or does not fit, and planned
-  again whenever a step model is served, fails or is unloaded (``_recheck_ensembles``).
+  again whenever a step model is served, fails or is unloaded, or a step that is an ensemble
+  changes state (``_recheck_ensembles``); a cycle across ensembles fails each of them.
 
 Repositories: the built-in one (the trainer writes the default models there,
 in the same layout, so they are ordinary entries) and the operator's
@@ -86,6 +87,7 @@ from .repository import (
     plan,
     scan,
 )
+from .repository.ensemble_plan import ensemble_cycle
 from .repository.npz import MAX_NPZ_BYTES
 from .repository.pbtxt import parse_json_config
 from .repository.scan import scan_model
@@ -664,21 +666,28 @@ class ModelRegistry:
         assert mscan.config is not None
         v = str(version)
         held = self.pool.status(name).get(v)
+        before = (held.state, held.reason) if held is not None else None
+        ensembles = self._ensemble_steps()
         try:
-            model = build_ensemble(name, version, mscan.config, self.pool)
+            model = build_ensemble(name, version, mscan.config, self.pool, ensembles)
         except ModelLoadError as exc:
             if held is not None and held.entry is not None:
                 entry = self.pool.retire(name, v)
                 if entry is not None:
                     self.pool.forget(name, v, entry)  # listed as not ready at once; its requests in flight finish
                     self._drain(entry, forget=False)
-            waiting = self._step_loading(mscan)
+            waiting = None if ensemble_cycle(name, ensembles) is not None else self._step_loading(mscan)
             if waiting is not None:  # planned again once that model is served (or fails)
                 log.info("ensemble %r version %s waits for its step model %r, loading", name, v, waiting)
                 self.pool.set_state(name, v, "loading", f"{exc} (waiting for model {waiting!r}, loading)")
-                return
-            log.error("ensemble %r version %s is not served: %s", name, v, exc)
-            self.pool.set_state(name, v, "failed", str(exc))
+            else:
+                log.error("ensemble %r version %s is not served: %s", name, v, exc)
+                self.pool.set_state(name, v, "failed", str(exc))
+            after = self.pool.status(name).get(v)
+            if after is None or (after.state, after.reason) != before:
+                # an ensemble with a step on this one follows it (loading, failed); re-planned only on a change,
+                # so ensembles in a cycle settle (each failed naming the cycle) instead of re-planning forever
+                self._recheck_ensembles(name)
             return
         if (held is not None and held.state == "ready" and isinstance(held.entry.model, EnsembleModel)
                 and held.entry.model.plan == model.plan and held.entry.model.config == mscan.config):
@@ -688,8 +697,13 @@ class ModelRegistry:
         if replaced is not None:
             self._drain(replaced, forget=False)
         # an ensemble with a step on this one (planned before it was served: 'not served', or 'loading' waiting
-        # for it) is planned again, and refused as nested; a failed ensemble re-plans nothing (no cycle of re-plans)
+        # for it) is planned again, now against it
         self._recheck_ensembles(name)
+
+    def _ensemble_steps(self) -> dict[str, tuple[str, ...]]:
+        """Every ensemble of the repositories (served or not) and its step models, from its config."""
+        return {name: mscan.config.ensemble.step_models for name, mscan in self._ensembles.items()
+                if mscan.config is not None and mscan.config.ensemble is not None}
 
     def _step_loading(self, mscan: ModelScan) -> str | None:
         """A step model of the ensemble ``mscan`` without a ready version and with one loading, if any."""

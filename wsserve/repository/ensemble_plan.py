@@ -10,14 +10,22 @@ every key of its ``output_map`` is an output of its model; every ensemble tensor
 consumes is an ensemble input or written by a step, and is written once (an ensemble input
 by no step); every ensemble input is consumed; every ensemble output is written by a step;
 the steps have no cycle; a tensor's datatype and per-row shape agree wherever it is
-produced and consumed (an ensemble tensor's ``-1`` dims are taken from the step model).
-wsserve refuses what it cannot run: a step model that is generative, decoupled, or itself
-an ensemble.
+produced and consumed (an ensemble tensor's ``-1`` dims are taken from the step model); a
+step model that batches (``max_batch_size`` > 0) allows at least the ensemble's
+``max_batch_size`` (one without a batch dimension, 0, is allowed in a batching ensemble);
+a step model may be an ensemble, but no ensemble may reach itself through its steps
+(Triton's "circular dependency between ensembles", checked on the ensembles' configs:
+:func:`ensemble_cycle`).  wsserve refuses what it cannot run: a step model that is
+generative or decoupled.
+
+:func:`needed_steps` prunes a plan for the outputs one request asks for, as Triton's
+``EnsembleContext`` does (``core/src/ensemble_scheduler.cc``): a step none of whose
+outputs is needed does not run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..shapes import fits
@@ -25,12 +33,14 @@ from .config import TensorConfig
 from .ensemble_config import EnsembleConfig
 from .tensors import TensorSpec
 
-__all__ = ["StepSignature", "PlannedStep", "EnsemblePlan", "EnsembleError", "plan_ensemble", "step_key"]
+__all__ = ["StepSignature", "PlannedStep", "EnsemblePlan", "EnsembleError", "plan_ensemble", "step_key",
+           "ensemble_cycle", "needed_steps"]
 
 
 @dataclass(frozen=True, slots=True)
 class StepSignature:
-    """What a step needs of the model version it runs: its served version, tensors and kind."""
+    """What a step needs of the model version it runs: its served version, tensors and kind;
+    ``max_batch_size``: Triton's (0: no batch dimension; else the most rows it computes at once)."""
 
     model: str
     version: str
@@ -39,6 +49,7 @@ class StepSignature:
     kind: str = "predict"  # "predict" | "generate"
     decoupled: bool = False
     ensemble: bool = False
+    max_batch_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,7 @@ class EnsemblePlan:
     outputs: tuple[TensorSpec, ...]
     steps: tuple[PlannedStep, ...]
     signatures: tuple[StepSignature, ...]
+    max_batch_size: int = 0
 
 
 class EnsembleError(ValueError):
@@ -102,9 +114,6 @@ class _Planner:
 
     def signature(self, i: int, found: StepSignature | str | None) -> StepSignature:
         step = self.config.steps[i]
-        if step.model == self.name:
-            raise self.fail(f"model {step.model!r} is this ensemble: an ensemble cannot run itself (nested ensembles "
-                            "are not supported)", i)
         if found is None:
             raise self.fail(f"model {step.model!r} is not served" + (f" in version {step.version}" if step.version else ""), i)
         if isinstance(found, str):
@@ -113,8 +122,11 @@ class _Planner:
             raise self.fail(f"model {step.model!r} is generative: an ensemble's steps must be predictive models", i)
         if found.decoupled:
             raise self.fail(f"model {step.model!r} is decoupled: an ensemble's steps must answer each request once", i)
-        if found.ensemble:
-            raise self.fail(f"model {step.model!r} is an ensemble: nested ensembles are not supported", i)
+        mbs = self.config.max_batch_size
+        if found.max_batch_size != 0 and found.max_batch_size < mbs:  # Triton's rule (ValidateEnsembleConfig)
+            raise self.fail(f"the ensemble's max_batch_size is {mbs} but model {step.model!r} allows at most "
+                            f"{found.max_batch_size} (its max_batch_size): a step model that batches must allow the "
+                            "ensemble's (lower the ensemble's max_batch_size or raise the model's)", i)
         return found
 
     def check_maps(self, i: int, sig: StepSignature) -> None:
@@ -185,14 +197,21 @@ def _spec(t: TensorConfig, shape: tuple[int, ...]) -> TensorSpec:
 
 
 def plan_ensemble(config: EnsembleConfig,
-                  signatures: Mapping[tuple[str, int | None], StepSignature | str]) -> EnsemblePlan:
+                  signatures: Mapping[tuple[str, int | None], StepSignature | str],
+                  ensembles: Mapping[str, Iterable[str]] | None = None) -> EnsemblePlan:
     """Check ``config`` against its step models and plan it.
 
     ``signatures``: per :func:`step_key` of each step, the model version's
     :class:`StepSignature`, or a string saying why it cannot serve (not ready, failed...);
-    a missing key means the model is not served at all.  Raises :class:`EnsembleError`
-    (see the module docstring for what is checked)."""
+    a missing key means the model is not served at all.  ``ensembles``: the step models of
+    every other ensemble known (configs, served or not), for the cycle check, which comes
+    first.  Raises :class:`EnsembleError` (see the module docstring for what is checked)."""
+    ensembles = ensembles or {}
     p = _Planner(config)
+    cycle = ensemble_cycle(config.name, {**ensembles, config.name: config.step_models})
+    if cycle is not None:
+        raise p.fail(f"circular dependency between ensembles: {' -> '.join(cycle)} (an ensemble cannot run itself, "
+                     "directly or through its steps)")
     sigs = [p.signature(i, signatures.get(step_key(s.model, s.version))) for i, s in enumerate(config.steps)]
     for t in config.inputs:
         assert t.name is not None and t.dtype is not None
@@ -245,4 +264,64 @@ def plan_ensemble(config: EnsembleConfig,
         steps.append(PlannedStep(
             i, step.model, step.version, tuple((s.name, feeds[s.name]) for s in sig.inputs), step.output_map,
             frozenset(feeds.values()), len(sig.inputs) == 1, len(sig.outputs) == 1, tuple(s.name for s in sig.outputs)))
-    return EnsemblePlan(config.name, tuple(inputs), tuple(outputs), tuple(steps), tuple(sigs))
+    return EnsemblePlan(config.name, tuple(inputs), tuple(outputs), tuple(steps), tuple(sigs), config.max_batch_size)
+
+
+def ensemble_cycle(name: str, ensembles: Mapping[str, Iterable[str]]) -> tuple[str, ...] | None:
+    """The first cycle through which ensemble ``name`` reaches itself, as the names along it
+    (``("a", "b", "a")``), or None.  ``ensembles``: each ensemble's step models (a model that is
+    not a key is not an ensemble).  Depth-first in the steps' order, so the answer does not
+    depend on the order in which the ensembles were loaded."""
+    path = [name]
+    seen: set[str] = set()
+
+    def visit(current: str) -> bool:
+        for model in ensembles.get(current, ()):
+            if model == name:
+                path.append(name)
+                return True
+            if model in ensembles and model not in seen:
+                seen.add(model)
+                path.append(model)
+                if visit(model):
+                    return True
+                path.pop()
+        return False
+
+    return tuple(path) if visit(name) else None
+
+
+def needed_steps(plan: EnsemblePlan, wanted: frozenset[str] | None) -> tuple[PlannedStep, ...]:
+    """The steps of ``plan`` (in its order) that run for a request asking for the ensemble outputs
+    ``wanted`` (None: all of them).  Triton's pruning, backwards from the outputs: an ensemble
+    output not wanted (and read by no step) is ignored; a step whose every mapped output is
+    ignored is pruned, and a tensor whose every reader was pruned is ignored in turn (a tensor
+    no step reads and the ensemble does not return keeps its step, as in Triton)."""
+    if wanted is None:
+        return plan.steps
+    unwanted = {o.name for o in plan.outputs} - wanted
+    if not unwanted:
+        return plan.steps
+    writer = {tensor: step for step in plan.steps for _, tensor in step.yields}
+    readers: dict[str, set[int]] = {}
+    for step in plan.steps:
+        for _, tensor in step.feeds:
+            readers.setdefault(tensor, set()).add(step.index)
+    ignored = {t for t in unwanted if not readers.get(t)}  # (an output a step also reads is still needed by it)
+    left = {step.index: len(step.yields) for step in plan.steps}
+    pruned: set[int] = set()
+    while ignored:
+        more: set[str] = set()
+        for tensor in ignored:
+            step = writer.get(tensor)
+            if step is None:  # an ensemble input
+                continue
+            left[step.index] -= 1
+            if left[step.index] == 0:
+                pruned.add(step.index)
+                for _, needed in step.feeds:
+                    readers[needed].discard(step.index)
+                    if not readers[needed] and needed not in wanted:
+                        more.add(needed)
+        ignored = more
+    return tuple(step for step in plan.steps if step.index not in pruned)

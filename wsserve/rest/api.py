@@ -503,6 +503,7 @@ class HttpApi:
         platform = _platform(entry)
         policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
         batching: dict[str, Any] = {}
+        max_rows = self.config.max_rows
         if entry.kind == "predict":
             inputs, outputs = self._signature(entry)
             queue = entry.worker.queue
@@ -516,8 +517,9 @@ class HttpApi:
             steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
             if callable(steps):
                 batching["ensemble_steps"] = steps()
+                max_rows = min(max_rows, entry.model.config.max_batch_size) or max_rows  # its own bound on a request's rows
         return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
-                                   policy=policy, generative=entry.kind != "predict", max_rows=self.config.max_rows,
+                                   policy=policy, generative=entry.kind != "predict", max_rows=max_rows,
                                    **batching)
 
     def _model_stats(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],

@@ -292,6 +292,10 @@ class KServeCall(PredictCall):
         self._answer(kserve.encode_v1(outputs, self.columnar, attributions, self.explanation))
 
 
+#: What :meth:`InferCall.values` holds for an output left out because it was not requested.
+_NOT_REQUESTED = np.empty(0)
+
+
 class InferCall(PredictCall):
     """``POST /v2/models/{name}[/versions/{version}]/infer``: the Open Inference Protocol response
     (JSON or binary outputs), each output tensor by its name.
@@ -325,11 +329,19 @@ class InferCall(PredictCall):
             self._answer(body, "application/octet-stream",
                          [("Inference-Header-Content-Length", str(json_size)), *self.headers])
 
+    def wanted_outputs(self) -> frozenset[str] | None:
+        """The model outputs this request asks for (OIP ``outputs``), None for all: an ensemble runs only
+        the steps they need and may leave the others out of its outputs (:meth:`values`)."""
+        specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs
+        asked = frozenset(specs[i].name for i, _ in self.requested if i < len(specs))
+        return None if len(asked) == len(specs) else asked
+
     def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
         """The worker's ``outputs`` as one ``[n, *shape]`` array per tensor of ``self.outputs`` (the
         attributions too, with ``explain``; a tensor that is not ``batched`` - a model without a batch
         dimension, whose one row this is - as ``shape`` itself), and the response's parameters (or
-        None); every OIP transport encodes these."""
+        None); every OIP transport encodes these.  An output not requested that ``outputs`` lacks (an
+        ensemble's, pruned) is an empty placeholder, never encoded."""
         n = count_rows(outputs)
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
 
@@ -337,7 +349,7 @@ class InferCall(PredictCall):
             return array.reshape((n, *spec.shape)) if spec.batched else array.reshape(array.shape[1:])  # its one row
 
         if isinstance(outputs, dict):
-            values = [shaped(outputs[spec.name], spec) for spec in specs]
+            values = [shaped(outputs[spec.name], spec) if spec.name in outputs else _NOT_REQUESTED for spec in specs]
         else:
             values = [shaped(outputs, specs[0])]
         parameters = None
