@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsserve"
 #: Layer of each core module (a module may import its own layer or lower ones).
 LAYERS: dict[str, int] = {
     "wsserve._version": 0, "wsserve.errors": 0, "wsserve.dtypes": 0, "wsserve.jsontypes": 0, "wsserve.argtypes": 0, "wsserve.config": 0, "wsserve.stats": 0, "wsserve.ratelimit": 0, "wsserve.logs": 0,
-    "wsserve.httpmsg": 0, "wsserve.shapes": 0, "wsserve.tracecontext": 0, "wsserve.tracing": 0,
+    "wsserve.httpmsg": 0, "wsserve.shapes": 0, "wsserve.tracecontext": 0, "wsserve.tracing": 0, "wsserve.tracesettings": 0,
     "wsserve.tensorframe": 1, "wsserve.chat": 1, "wsserve.protocol": 1, "wsserve.batching": 1, "wsserve.auth": 1, "wsserve.metrics": 1,
-    "wsserve.models": 1, "wsserve.modelstore": 1, "wsserve.explain": 1, "wsserve.respcache": 1,
+    "wsserve.models": 1, "wsserve.modelstore": 1, "wsserve.explain": 1, "wsserve.respcache": 1, "wsserve.logcontrol": 1,
     "wsserve.generation": 2, "wsserve.pool": 2,
     "wsserve.jobs": 3, "wsserve.admission": 3,
     "wsserve.connection": 4, "wsserve.rest": 4,

@@ -100,7 +100,7 @@ def test_health_metadata_and_config(client) -> None:
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta.name == "wsserve" and list(meta.extensions) == ["binary_tensor_data", "model_configuration",
-                                                                "statistics", "model_repository", "logging"]
+                                                                "statistics", "model_repository", "logging", "trace"]
     mlp = client.get_model_metadata("mlp")
     assert mlp.name == "mlp" and list(mlp.versions) == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in mlp.inputs] == [("input", "FP32", [-1, 32])]
@@ -147,7 +147,6 @@ def test_other_rpcs_are_unimplemented(client) -> None:
     assert err.status() == "StatusCode.UNIMPLEMENTED" and "SystemSharedMemoryStatus" in err.message()
     assert "RepositoryIndex" in err.message()  # the RPCs answered are named
     assert _refused(client.get_cuda_shared_memory_status).status() == "StatusCode.UNIMPLEMENTED"
-    assert _refused(client.get_trace_settings).status() == "StatusCode.UNIMPLEMENTED"
 
 
 # --------------------------------------------------------------------------- inference

@@ -63,6 +63,7 @@ from .pool import ModelPool
 from .protocol import encode_hello
 from .registry import ModelRegistry
 from .rest import HttpApi
+from .tracesettings import TraceControl
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
 from .transport.app import Counters
 
@@ -118,8 +119,10 @@ class Server:
         self.access_log = (AccessLog(config.log_format, config.secrets, None if worker is None else str(worker))
                            if config.access_log else None)
         self.metrics = Metrics(version=__version__, read_state=self._state, worker=worker, peers_dir=metrics_dir)
+        #: Triton's trace extension: which requests get a span (their settings, changed at run time)
+        self.trace_control = TraceControl(enabled=config.otlp_traces_endpoint is not None)
         #: --otlp-traces-endpoint: request spans (wsserve.tracing, the only OpenTelemetry importer); None: off
-        self.tracing = _tracing(self.config)
+        self.tracing = _tracing(self.config, self.trace_control)
         self.flusher = Flusher()
         self.counters = Counters()
         self.pool = ModelPool(self.config, observer=self.metrics, after_batch=self.flusher.flush)
@@ -147,14 +150,18 @@ class Server:
         self.ready = False
         self._set_hello()
         self._static = _load_static()
+        # Run-time settings (Triton's logging and trace extensions) change one process: not under --workers.
+        fixed = None if worker is None else ("changing {what} is not available with --workers: each worker process "
+                                             "has its own, and a request reaches one of them")
         self.api = HttpApi(
             config=self.config, models=self.pool, metrics=self.metrics, keys=self.keys, shared=self.shared,
             version=__version__, clock=monotonic, wall_clock=time,
             ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
             admin=self.ctx.admin, unloaded=self.registry.unloaded_names, tracer=self.tracing,
-            log_control=LogControl.from_logging(self.config.log_format, fixed=None if worker is None else (
-                "changing log settings is not available with --workers: each worker process has its own; "
-                "restart the server with another --log-level instead")),
+            trace_control=self.trace_control,
+            log_control=LogControl.from_logging(self.config.log_format,
+                                                fixed=None if fixed is None else fixed.format(what="log settings")),
+            settings_fixed=fixed,
         )
         add = self.api.add_route
         add("GET", "/healthz", self._healthz, auth="none", style=None)
@@ -546,14 +553,14 @@ _PAGE_HEADERS = (
 )
 
 
-def _tracing(config: ServerConfig) -> Any:
-    """The server's :class:`~wsserve.tracing.Tracing` with ``--otlp-traces-endpoint``, else None
-    (then OpenTelemetry is never imported)."""
+def _tracing(config: ServerConfig, control: TraceControl) -> Any:
+    """The server's :class:`~wsserve.tracing.Tracing` with ``--otlp-traces-endpoint``, sampling as
+    ``control`` says, else None (then OpenTelemetry is never imported)."""
     if config.otlp_traces_endpoint is None:
         return None
     from .tracing import Tracing
 
-    tracing = Tracing(config.otlp_traces_endpoint, clock=monotonic)
+    tracing = Tracing(config.otlp_traces_endpoint, clock=monotonic, control=control)
     log.info("tracing: request spans to %s (OTLP/HTTP)", tracing.endpoint)
     return tracing
 

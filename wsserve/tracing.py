@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from ._version import __version__
 from .tracecontext import parse_traceparent, parse_tracestate
+from .tracesettings import TraceControl
 
 __all__ = ["RequestSpan", "Tracing", "check_endpoint", "traces_url", "MAX_ATTRIBUTE_CHARS", "MAX_ENDPOINT_CHARS"]
 
@@ -102,9 +103,11 @@ class Tracing:
     exporter runs in the SDK's own thread).
 
     ``endpoint``: a checked URL (:func:`check_endpoint`); ``clock``: the monotonic clock the
-    requests' arrival times are read on.  Raises ``ImportError`` without the ``otel`` extra."""
+    requests' arrival times are read on; ``control``: which requests get a span (Triton's trace
+    settings, :class:`~wsserve.tracesettings.TraceControl`; None: every one the SDK's sampler
+    keeps).  Raises ``ImportError`` without the ``otel`` extra."""
 
-    def __init__(self, endpoint: str, *, clock: Callable[[], float]) -> None:
+    def __init__(self, endpoint: str, *, clock: Callable[[], float], control: TraceControl | None = None) -> None:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
@@ -117,6 +120,7 @@ class Tracing:
         )
 
         self._clock = clock
+        self._control = control
         service = os.environ.get("OTEL_SERVICE_NAME") or "wsserve"
         resource = Resource.create({"service.name": service, "service.version": __version__})
         # no exit handler of its own (shutdown_on_exit): close() is the one, bounded, shutdown; the
@@ -136,7 +140,11 @@ class Tracing:
               attributes: Attributes) -> RequestSpan | None:
         """Start a request's span, named ``name``, started at ``received_at`` (the monotonic
         clock's), a child of ``traceparent`` when it is a usable W3C value (else a new trace).
-        Returns None when the sampler left it out, or if the SDK failed (logged once)."""
+        Returns None when the trace settings or the sampler left it out, or if the SDK failed
+        (logged once)."""
+        control = self._control
+        if control is not None and not control.sample(attributes.get("wsserve.model")):
+            return None
         try:
             context = None
             traceparent = parse_traceparent(traceparent)

@@ -44,6 +44,7 @@ from ..logcontrol import LOG_SETTINGS
 from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
+from ..tracesettings import TRACE_SETTINGS
 
 __all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
            "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "requested_outputs", "status_of",
@@ -258,6 +259,30 @@ def log_settings(settings: Mapping[str, Any]) -> Any:
             entry.uint32_param = value
         else:
             entry.string_param = value
+    return response
+
+
+def trace_changes(settings: Any) -> dict[str, Any]:
+    """A ``TraceSettingRequest``'s ``settings`` (name -> ``SettingValue`` holding a list of strings)
+    as ``POST .../trace/setting`` takes them: ``trace_level`` a list, the others its one string, a
+    setting with no value None (cleared).  Bounded: at most as many settings as there are names,
+    each of at most 4 values of at most 64 characters."""
+    if len(settings) > len(TRACE_SETTINGS):
+        raise BadRequest(f"the request holds {len(settings)} trace settings; there are {len(TRACE_SETTINGS)}")
+    changes: dict[str, Any] = {}
+    for name, value in settings.items():
+        values = list(value.value)
+        if len(values) > 4 or any(len(v) > 64 for v in values):
+            raise BadRequest(f"trace setting {name[:64]!r} holds too many or too long values")
+        changes[name] = None if not values else values if name == "trace_level" else values[0] if len(values) == 1 else values
+    return changes
+
+
+def trace_settings(settings: Mapping[str, Any]) -> Any:
+    """The ``TraceSettingResponse`` of ``GET .../trace/setting``'s body (each value as a list of strings)."""
+    response = service_pb2.TraceSettingResponse()
+    for name, value in settings.items():
+        response.settings[name].value.extend(value if type(value) is list else [value])
     return response
 
 

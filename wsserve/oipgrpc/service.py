@@ -51,7 +51,7 @@ log = logging.getLogger("wsserve.grpc")
 #: The RPCs answered; every other one of the service is UNIMPLEMENTED.
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
                "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
-               "RepositoryModelUnload", "LogSettings")
+               "RepositoryModelUnload", "LogSettings", "TraceSetting")
 UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                       if m.name not in IMPLEMENTED)
 #: Metadata a reverse proxy adds (grpc's keys are lower-case strings).
@@ -633,6 +633,26 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         except WsserveError as exc:
             await self._abort(context, exc)
         return convert.log_settings(settings.as_dict())
+
+    # ------------------------------------------------------------------ trace extension
+
+    async def TraceSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's trace extension, as ``GET /v2[/models/{name}]/trace/setting`` (no settings in the
+        request) and ``POST`` (settings to change, a setting with no value cleared: an admin) answer it."""
+        await self._key(context)
+        api = self.api
+        try:
+            if api.trace_control is None:
+                raise BadRequest("the trace extension is not offered by this server")
+            model = api.trace_model(request.model_name or None)
+            if request.settings:
+                self._may_admin(context, "changing trace settings")
+                settings = api.trace_update(convert.trace_changes(request.settings), model, self._client(context))
+            else:
+                settings = api.trace_control.settings(model)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return convert.trace_settings(settings)
 
     # ------------------------------------------------------------------ inference
 

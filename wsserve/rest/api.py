@@ -60,6 +60,7 @@ from ..config import ServerConfig
 from ..errors import (
     BadJson,
     BadRequest,
+    Forbidden,
     Internal,
     InvalidInput,
     Overloaded,
@@ -75,6 +76,7 @@ from ..logcontrol import LogControl
 from ..metrics import Metrics
 from ..protocol import decode_predict_body, loads
 from ..tracecontext import trace_fields
+from ..tracesettings import TraceControl, TraceSettingError
 from . import kserve, modelrepo, oip, triton
 from .calls import (
     CompletionCall,
@@ -150,6 +152,8 @@ class HttpApi:
         unloaded: Callable[[], Iterable[str]] = tuple,
         tracer: Any = None,
         log_control: LogControl | None = None,
+        trace_control: TraceControl | None = None,
+        settings_fixed: str | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -168,12 +172,17 @@ class HttpApi:
         self.tracer = tracer
         #: Triton's logging extension (``/v2/logging``, gRPC's ``LogSettings``); None: not offered.
         self.log_control = log_control
+        #: Triton's trace extension (``/v2/trace/setting``, gRPC's ``TraceSetting``); None: not offered.
+        self.trace_control = trace_control
+        #: Why trace settings cannot be changed here (``--workers``), or None.
+        self.settings_fixed = settings_fixed
         #: Sessions of open HTTP connections holding a connection slot.
         self.sessions: set[HttpSession] = set()
         #: OIP extensions announced by ``GET /v2``.
         self.extensions: list[str] = (["binary_tensor_data", "model_configuration", "statistics"]
                                       + (["model_repository"] if admin is not None else [])
-                                      + (["logging"] if log_control is not None else []))
+                                      + (["logging"] if log_control is not None else [])
+                                      + (["trace"] if trace_control is not None else []))
         self.router = Router()
         self._keys_on = bool(config.api_key)  # an admin key alone guards admin operations only (as on the WebSocket)
         self._completion_prefix = f"cmpl-{secrets.token_hex(6)}-"  # unique across restarts, cheap per request
@@ -215,6 +224,10 @@ class HttpApi:
         if log_control is not None:  # Triton's logging extension: reading needs a key, changing an admin
             add("GET", "/v2/logging", self._log_settings, auth="key", style="oip")
             add("POST", "/v2/logging", self._update_log_settings, auth="key", style="oip")
+        if trace_control is not None:  # Triton's trace extension: the same rule
+            for path in ("/v2/trace/setting", "/v2/models/{name}/trace/setting"):
+                add("GET", path, self._trace_settings, auth="key", style="oip")
+                add("POST", path, self._update_trace_settings, auth="key", style="oip")
 
     def add_route(self, method: str, pattern: str, handler: Handler, *, auth: Auth, style: Style | None) -> Route:
         """Route ``method pattern`` to ``handler(request, exchange, params, key, cors)``, which
@@ -691,6 +704,49 @@ class HttpApi:
         settings = self.log_control.update(changes)
         log.warning("log settings changed by %s: %s", request.address, orjson.dumps(changes).decode()[:512])
         return HttpResponse(200, orjson.dumps(settings.as_dict()), JSON, [_NO_STORE])
+
+    # ------------------------------------------------------------------ OIP trace extension (Triton's)
+
+    def trace_model(self, name: str | None) -> str | None:
+        """``name`` when a model of that name is served (None: the global settings); raises
+        ``UnknownModel`` naming it otherwise (Triton's "Request for unknown model")."""
+        if name is not None and not self.models.knows(name):
+            raise UnknownModel(f"unknown model {name[:256]!r}: no trace settings")
+        return name
+
+    def trace_update(self, changes: Any, model: str | None, who: str) -> dict[str, Any]:
+        """Apply a trace settings request (a JSON object of the settings; for a model, an empty one
+        clears all of its own) and answer every setting in force; logged as a warning."""
+        assert self.trace_control is not None
+        if type(changes) is not dict:
+            raise BadRequest("the trace settings request must be a JSON object")
+        if self.settings_fixed is not None and changes:
+            raise Forbidden(self.settings_fixed.format(what="trace settings"))
+        if model is not None and not changes:
+            changes = dict.fromkeys(("trace_level", "trace_rate", "trace_count", "log_frequency"))
+        try:
+            settings = self.trace_control.update(changes, model)
+        except TraceSettingError as exc:
+            raise BadRequest(str(exc)) from None
+        log.warning("trace settings%s changed by %s: %s", "" if model is None else f" of model {model!r}", who,
+                    orjson.dumps(changes).decode()[:512])
+        return settings
+
+    def _trace_settings(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                        *_: Any) -> HttpResponse:
+        """``GET /v2[/models/{name}]/trace/setting``: every trace setting in force."""
+        assert self.trace_control is not None
+        settings = self.trace_control.settings(self.trace_model(params.get("name")))
+        return HttpResponse(200, orjson.dumps(settings), JSON, [_NO_STORE])
+
+    def _update_trace_settings(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                               *_: Any) -> HttpResponse:
+        """``POST /v2[/models/{name}]/trace/setting``, by an admin (the model repository
+        extension's rule): the settings to change (``null``: clear one)."""
+        self._may_admin(request, "changing trace settings")
+        model = self.trace_model(params.get("name"))
+        changes = loads(request.body) if request.body.strip() else {}
+        return HttpResponse(200, orjson.dumps(self.trace_update(changes, model, request.address)), JSON, [_NO_STORE])
 
     # ------------------------------------------------------------------ OpenAI
 
