@@ -17,9 +17,11 @@ its threads, the exporter's too), the spans the collector received, and writes
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,14 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/v1/traces"
 
 
+def _set_trace(server: ServerProcess, settings: dict[str, str]) -> None:
+    """``POST /v2/trace/setting`` (from loopback, where no keys make it an admin's)."""
+    request = urllib.request.Request(http_url(server) + "/v2/trace/setting", json.dumps(settings).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200, answer.read()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -93,10 +103,13 @@ def main() -> int:
         "off": ((), {}),
         "on": (on, {}),
         "on, 1% sampled": (on, SAMPLED),
+        "on, trace_rate 100": (on, {}),
         "on, collector down": (("--otlp-traces-endpoint", _dead_url()), {}),
     }
     servers = {name: ServerProcess("--models", "mlp", "--loop", "uvloop", *flags, env={**BENCH_THREADS, **env},
                                    start_timeout_s=START_TIMEOUT_S) for name, (flags, env) in cells.items()}
+    # Triton's trace extension: one request in 100 gets a span, the others are left out before any span work
+    _set_trace(servers["on, trace_rate 100"], {"trace_rate": "100"})
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cells}
     answered = 0
     try:
@@ -127,7 +140,9 @@ def main() -> int:
         f"`POST /predict`, one `mlp` row, `wrk -t1 -c{args.connections}` for {args.duration:g} s per run, "
         f"{args.reps} runs per cell interleaved, median (range in small print). One span per request, the "
         "SDK's default export settings (the 1% cell: `OTEL_TRACES_SAMPLER=parentbased_traceidratio`, "
-        "`OTEL_TRACES_SAMPLER_ARG=0.01`); the collector (in the harness, on the same machine) received "
+        "`OTEL_TRACES_SAMPLER_ARG=0.01`, the SDK's sampler, which still begins a span per request; the "
+        "trace_rate cell: `POST /v2/trace/setting {\"trace_rate\": \"100\"}`, Triton's trace extension, "
+        "deciding before any span work); the collector (in the harness, on the same machine) received "
         f"{received:,} spans (the 1% cell's few included) for about {answered:,} requests answered by the "
         "fully traced server in its timed runs "
         "(spans past the SDK's queue of 2048 are dropped, by design, when export falls behind).",
