@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsserve.batching import (
+    MAX_RETRY_AFTER_MS,
+    MIN_RETRY_AFTER_MS,
     Batch,
     BatchQueue,
     QueueStats,
@@ -502,6 +504,32 @@ def test_retry_after_grows_with_the_backlog_and_is_bounded() -> None:
             q.add(_item(1), 0.0)
         hints.append(info.value.retry_after_ms)
     assert 0 < hints[0] <= hints[1] <= 60_000
+
+
+def test_retry_after_prices_the_batches_ahead_at_the_recent_batch_time() -> None:
+    """A full queue's hint is the batches ahead of the refused request times what a batch took
+    lately (not a fixed 2 ms a batch): a slow model asks clients to wait longer."""
+    slow = BatchQueue(max_batch_size=10, max_queue_rows=30)
+    slow.add(_item(30), 0.0)  # 3 full batches ahead, then the refused one's
+    for seconds in (0.1, 0.1, 0.1):
+        slow.note_batch(seconds)
+    with pytest.raises(Overloaded) as info:
+        slow.add(_item(1), 0.0)
+    assert info.value.retry_after_ms == 400  # 4 batches of 100 ms
+    slow.note_batch(0.6)  # a recent batch weighs more than the older ones: 0.8 * 100 + 0.2 * 600 ms
+    with pytest.raises(Overloaded) as info:
+        slow.add(_item(1), 0.0)
+    assert info.value.retry_after_ms == 800
+    slow.note_batch(100.0)
+    with pytest.raises(Overloaded) as info:
+        slow.add(_item(1), 0.0)
+    assert info.value.retry_after_ms == MAX_RETRY_AFTER_MS  # bounded
+    fast = BatchQueue(max_batch_size=10, max_queue_requests=1)
+    fast.add(_item(1), 0.0)
+    fast.note_batch(0.0001)
+    with pytest.raises(Overloaded, match="max_queue_requests") as info:
+        fast.add(_item(1), 0.0)
+    assert info.value.retry_after_ms == MIN_RETRY_AFTER_MS
 
 
 # --------------------------------------------------------------------------- statistics

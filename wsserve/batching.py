@@ -46,7 +46,12 @@ from typing import Any, NamedTuple
 
 from .errors import Overloaded
 
-__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "queue_deadline"]
+__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "queue_deadline", "MAX_RETRY_AFTER_MS",
+           "MIN_RETRY_AFTER_MS"]
+
+#: An ``Overloaded`` refusal's ``retry_after_ms`` is at least this, and at most the next.
+MIN_RETRY_AFTER_MS = 5
+MAX_RETRY_AFTER_MS = 5000
 
 
 def queue_deadline(requested: float | None, now: float, default_timeout_s: float | None,
@@ -169,6 +174,7 @@ class BatchQueue:
         self._deadlines: list[list[Any]] = []
         self._stale = 0  # heap entries of items that left the queue
         self._tiebreak = itertools.count()
+        self._batch_s: float | None = None  # recent batch compute time (note_batch); None: none yet
 
     # -- admission
 
@@ -214,11 +220,19 @@ class BatchQueue:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]
             heapq.heappush(self._deadlines, item.deadline_entry)
 
+    def note_batch(self, seconds: float) -> None:
+        """A batch of this queue took ``seconds`` to compute: its moving average (the last few
+        batches weigh most) prices the batches ahead in an ``Overloaded``'s ``retry_after_ms``."""
+        if seconds >= 0.0:
+            self._batch_s = seconds if self._batch_s is None else 0.8 * self._batch_s + 0.2 * seconds
+
     def _retry_after_ms(self) -> int:
-        # One batch period per max_batch_size rows is unknown here; a few ms per
-        # full batch ahead is a reasonable, bounded hint.
+        """The refused request's hint: the batches queued ahead of it (full ones: their cost units
+        ÷ ``max_batch_size``, at least one) times the recent batch time (:meth:`note_batch`; 2 ms
+        before any batch ran), in [:data:`MIN_RETRY_AFTER_MS`, :data:`MAX_RETRY_AFTER_MS`]."""
         batches_ahead = self._units // self.max_batch_size + 1
-        return int(min(5000, max(5, 2 * batches_ahead)))
+        batch_ms = 2.0 if self._batch_s is None else self._batch_s * 1000.0
+        return int(min(MAX_RETRY_AFTER_MS, max(MIN_RETRY_AFTER_MS, batches_ahead * batch_ms)))
 
     def cancel(self, item: WorkItem) -> bool:
         """Drop ``item``'s unscheduled rows.  Returns whether it was queued

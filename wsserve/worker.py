@@ -862,6 +862,7 @@ class PredictWorker:
         except Exception as exc:
             self._batch_failed(batch, exc, started, inline=inline)
             return
+        self.queue.note_batch(compute_s)
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.rows, compute_s)
         if self.stats is not None:
