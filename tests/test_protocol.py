@@ -713,7 +713,7 @@ def test_encode_hello_matches_protocol_example() -> None:
         b'"guide_compile_memory_bytes":1073741824,"guide_compile_cpu_s":10,"guide_compile_timeout_s":15.0,'
         b'"max_id_length":128,"max_binary_header_bytes":4096,"max_stop_strings":16,"max_stop_chars":256,'
         b'"max_logit_bias_tokens":300,"max_logprobs":20,"max_stop_token_ids":64,"max_guided_choices":64,'
-        b'"max_guided_choice_chars":256,"max_guided_pattern_chars":16384},'
+        b'"max_guided_choice_chars":256,"max_guided_pattern_chars":16384,"max_row_values":4194304},'
         b'"models":["linear","mlp","charlm"]}'
     )
 
@@ -725,7 +725,7 @@ def test_encode_hello_auth_required() -> None:
         "limits": {"max_rows": 1, "max_id_length": 128, "max_binary_header_bytes": 4096, "max_stop_strings": 16,
                    "max_stop_chars": 256, "max_logit_bias_tokens": 300, "max_logprobs": 20,
                    "max_stop_token_ids": 64, "max_guided_choices": 64, "max_guided_choice_chars": 256,
-                   "max_guided_pattern_chars": 16384}, "models": [],
+                   "max_guided_pattern_chars": 16384, "max_row_values": 4194304}, "models": [],
         "auth_required": True,
     }
 

@@ -171,10 +171,15 @@ def test_fixed_first_dimension_is_refused_unless_max_batch_size_is_zero(tmp_path
     np.testing.assert_allclose(model.predict(x), ref(x))
 
 
-def test_symbolic_feature_dimension_needs_config(tmp_path: Path) -> None:
+def test_a_symbolic_feature_dimension_is_variable_unless_config_gives_it(tmp_path: Path) -> None:
+    """A graph x [N, F] with no shape in config.toml: F stays variable (-1, as Triton's auto-complete
+    has it), each request sizing it; config.toml's input_shape fixes it."""
     graph, ref = ob.symbolic_features()
-    msg = _fails(tmp_path, graph)
-    assert msg.endswith("input 'x' has a dynamic dimension 1 ('F') besides the batch; give its row shape in config.toml")
+    variable = _load(tmp_path, graph)
+    assert variable.inputs[0].shape == (-1,) and variable.inputs[0].variable
+    for f in (3, 7):
+        x = RNG.standard_normal((2, f)).astype(np.float32)
+        np.testing.assert_allclose(variable.predict(x), ref(x), rtol=1e-5)
     model = _load(tmp_path, graph, "input_shape = [5]", version=2)
     assert model.inputs[0].shape == (5,)
     x = RNG.standard_normal((2, 5)).astype(np.float32)

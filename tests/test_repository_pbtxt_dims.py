@@ -135,9 +135,6 @@ def test_max_batch_size_0_compares_the_whole_shape(tmp_path: Path) -> None:
                              max_batch_size=0),
      "model 'm', output 'y': config.pbtxt dims [1, 2] disagree with the graph's shape [-1, 2]: dimension 0 is 1 in config.pbtxt "
      "but dynamic in the graph: an output's dims must equal the graph's exactly (-1 where the graph's dimension is dynamic)"),
-    (ob.symbolic_features, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ -1 ] }'),
-     "model 'm', input 'x': config.pbtxt dims [-1] leave dimension 1 variable, as the graph's shape [-1, -1] does ('F'); "
-     "wsserve batches rows of one shape: write that dimension's size in dims"),
 ])
 def test_a_disagreeing_config_refuses_the_version_naming_both_shapes(tmp_path: Path, builder: Any, text: str, said: str) -> None:
     model, _ = builder()
@@ -146,16 +143,18 @@ def test_a_disagreeing_config_refuses_the_version_naming_both_shapes(tmp_path: P
     assert str(info.value) == f"{tmp_path / '1' / 'model.onnx'}: {said}"
 
 
-def test_a_variable_dim_is_named_where_it_is_among_fixed_ones(tmp_path: Path) -> None:
-    """x [N, A, B], both symbolic, dims [4, -1]: Triton takes it; wsserve refuses the -1 (fixed row
-    shapes) naming dimension 2, the variable one, not dimension 1 (the config's 4).  It named
-    dimension 1, and ignored the 4.  dims [4, 5] serve rows of 4 x 5."""
+def test_a_variable_dim_among_fixed_ones_is_served_variable(tmp_path: Path) -> None:
+    """x [N, A, B], both symbolic, dims [4, -1]: served as Triton serves it, B sized by each request
+    (it was refused: wsserve batched only fixed row shapes).  dims [4, 5] serve rows of 4 x 5."""
     model, ref = ob.symbolic_matrix()
-    with pytest.raises(ModelLoadError) as info:
-        _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, -1 ] }'))
-    assert str(info.value).endswith(
-        "model 'm', input 'x': config.pbtxt dims [4, -1] leave dimension 2 variable, as the graph's shape [-1, -1, -1] "
-        "does ('B'); wsserve batches rows of one shape: write that dimension's size in dims")
+    variable = _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, -1 ] }'))
+    try:
+        assert [s.shape for s in variable.inputs] == [(4, -1)]
+        for b in (2, 6):
+            x = np.arange(4 * b * 3, dtype=np.float32).reshape(3, 4, b)
+            np.testing.assert_allclose(variable.predict(x), ref(x), rtol=1e-6)
+    finally:
+        variable.close()
     loaded = _load(tmp_path, model, _pbtxt('{ name: "x" data_type: TYPE_FP32 dims: [ 4, 5 ] }'))
     try:
         assert [s.shape for s in loaded.inputs] == [(4, 5)]

@@ -24,6 +24,15 @@ Policy:
   partly served goes to the back of its class.
 * **Deadlines and cancellation**: a request past its deadline, or cancelled,
   never has further rows scheduled; ``next_batch`` reports expired ones.
+* **Shapes** (``by_shape=True``, for a model with a variable dimension besides the
+  batch, Triton's dynamic batcher): a batch holds only requests of one row shape
+  (:attr:`WorkItem.shape`, any hashable key).  Each batch takes the shape of the
+  request at the head of the highest non-empty priority class (the one waiting longest
+  since it was queued or last served), so no shape starves another; with a window, a
+  shape that already fills a batch goes first while the head's window is still open.
+  Requests of the chosen shape are then shared round-robin as above; a request partly
+  served goes to the back of its class, the others keep their places.  Without ``by_shape`` (fixed row
+  shapes) ``shape`` is never read and nothing is grouped.
 * **Costly rows**: a request's rows may each count ``cost`` units (default 1;
   the pool counts a row to explain as :data:`wsserve.worker.EXPLAIN_ROW_COST`).
   ``max_batch_size`` and ``max_queue_rows`` bound *units*, so a batch holds at
@@ -91,6 +100,9 @@ class WorkItem:
     deadline_until_started: bool = False
     #: The request's response-cache key while its outputs are to be stored (the worker's; never read here).
     cache_key: bytes | None = None
+    #: Its row shape (a hashable key; read only by a queue made with ``by_shape=True``, which batches
+    #: together only requests whose keys are equal).
+    shape: Any = None
 
     @property
     def remaining(self) -> int:
@@ -151,7 +163,10 @@ class BatchQueue:
         max_queue_rows: int | None = None,
         max_queue_bytes: int | None = None,
         max_queue_requests: int | None = None,
+        by_shape: bool = False,
     ) -> None:
+        """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
+        module docstring, "Shapes")."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_delay_ms is not None and not max_delay_ms > 0:
@@ -175,6 +190,8 @@ class BatchQueue:
         self._stale = 0  # heap entries of items that left the queue
         self._tiebreak = itertools.count()
         self._batch_s: float | None = None  # recent batch compute time (note_batch); None: none yet
+        #: Unscheduled cost units per queued shape (``by_shape`` only; None: shapes are not read).
+        self._shape_units: dict[Any, int] | None = {} if by_shape else None
 
     # -- admission
 
@@ -216,6 +233,8 @@ class BatchQueue:
         self._units += units
         self._bytes += nbytes
         self._requests += 1
+        if self._shape_units is not None:
+            self._count_shape(item.shape, units)
         if item.deadline is not None:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]
             heapq.heappush(self._deadlines, item.deadline_entry)
@@ -250,8 +269,20 @@ class BatchQueue:
         self._units -= item.remaining * item.cost
         self._bytes -= item.remaining * item.row_bytes
         self._requests -= 1
+        if self._shape_units is not None:
+            self._count_shape(item.shape, -item.remaining * item.cost)
         self._forget_deadline(item)
         return True
+
+    def _count_shape(self, shape: Any, units: int) -> None:
+        """Add ``units`` (negative: remove) to ``shape``'s unscheduled units; a shape at 0 is forgotten."""
+        counts = self._shape_units
+        assert counts is not None
+        left = counts.get(shape, 0) + units
+        if left > 0:
+            counts[shape] = left
+        else:
+            del counts[shape]
 
     def _forget_deadline(self, item: WorkItem) -> None:
         """``item`` left the queue: its deadline entry is now stale.  Rebuild the
@@ -277,7 +308,12 @@ class BatchQueue:
         """When the next batch should be formed, or ``None`` if nothing is queued."""
         if self._requests == 0:
             return None
-        if self.max_delay_s <= 0 or self._units >= self.max_batch_size:
+        if self.max_delay_s <= 0:
+            return now
+        if self._shape_units is not None:
+            if max(self._shape_units.values()) >= self.max_batch_size:  # a shape fills a batch
+                return now
+        elif self._units >= self.max_batch_size:
             return now
         # Window mode only: O(queued requests), which is bounded by the batch size.
         oldest = min(it.enqueued_at for q in self._classes for it in q)
@@ -292,6 +328,8 @@ class BatchQueue:
         fewer rows of a batch.
         """
         expired = self._expire(now) if self._deadlines else []
+        if self._shape_units is not None:
+            return self._next_of_one_shape(now, expired)
         cap = self.max_batch_size
         if 0 < self._units <= cap:  # everything queued fits: take it all, high priority first
             out = []
@@ -307,9 +345,32 @@ class BatchQueue:
             self._batches += 1
             self._rows_scheduled += rows
             return Batch(slices=tuple(out), rows=rows, expired=tuple(expired), units=units)
+        slices, rows, units = self._round_robin((self._classes[1], self._classes[0]), cap)
+        return self._batch(slices, rows, units, expired)
+
+    def _batch(self, slices: dict[WorkItem, list[int]], rows: int, units: int,
+               expired: list[WorkItem]) -> Batch | None:
+        """The batch of ``slices`` (``{item: [start, stop]}``, already taken from the queue), counted."""
+        if not slices and not expired:
+            return None
+        self._rows -= rows
+        if slices:
+            self._batches += 1
+            self._rows_scheduled += rows
+        return Batch(
+            slices=tuple(_slice(Slice, (item, a, b)) for item, (a, b) in slices.items()),
+            rows=rows,
+            expired=tuple(expired),
+            units=units,
+        )
+
+    def _round_robin(self, queues: tuple[deque[WorkItem], ...], cap: int) -> tuple[dict[WorkItem, list[int]], int, int]:
+        """Take up to ``cap`` units from ``queues`` (in order), shared round-robin inside each; a
+        request partly served goes to the back of its queue, a finished one leaves it.  Returns
+        ``({item: [start, stop]}, rows, units)``; ``self._rows`` is left to the caller."""
         slices: dict[WorkItem, list[int]] = {}
         rows = units = 0
-        for queue in (self._classes[1], self._classes[0]):
+        for queue in queues:
             while cap > 0 and queue:
                 share = max(1, cap // len(queue))
                 progressed = False
@@ -345,18 +406,30 @@ class BatchQueue:
                         self._forget_deadline(item)
                 if not progressed:
                     break
-        if not slices and not expired:
-            return None
-        self._rows -= rows
-        if slices:
-            self._batches += 1
-            self._rows_scheduled += rows
-        return Batch(
-            slices=tuple(_slice(Slice, (item, a, b)) for item, (a, b) in slices.items()),
-            rows=rows,
-            expired=tuple(expired),
-            units=units,
-        )
+        return slices, rows, units
+
+    def _next_of_one_shape(self, now: float, expired: list[WorkItem]) -> Batch | None:
+        """``by_shape``: the next batch, of one shape's requests (see the module docstring)."""
+        counts = self._shape_units
+        assert counts is not None
+        if not counts:
+            return self._batch({}, 0, 0, expired)
+        cap = self.max_batch_size
+        high, low = self._classes[1], self._classes[0]
+        head = high[0] if high else low[0]
+        shape = head.shape
+        if counts[shape] < cap and 0 < self.max_delay_s and now < head.enqueued_at + self.max_delay_s:
+            shape = next((s for s, u in counts.items() if u >= cap), shape)  # a full batch, while the head may wait
+        high_mine = deque(it for it in high if it.shape == shape)
+        low_mine = deque(it for it in low if it.shape == shape)
+        slices, rows, units = self._round_robin((high_mine, low_mine), cap)
+        for queue, mine in ((high, high_mine), (low, low_mine)):  # unserved ones keep their places
+            waiting = [it for it in queue if it not in slices]
+            queue.clear()
+            queue.extend(waiting)
+            queue.extend(it for it in mine if it in slices)  # partly served: to the back
+        self._count_shape(shape, -units)
+        return self._batch(slices, rows, units, expired)
 
     def _expire(self, now: float) -> list[WorkItem]:
         expired: list[WorkItem] = []
@@ -380,6 +453,8 @@ class BatchQueue:
             it.cancelled = True
             self._forget_deadline(it)
         self._rows = self._units = self._requests = self._bytes = 0
+        if self._shape_units is not None:
+            self._shape_units.clear()
         return items
 
     def statistics(self, now: float) -> QueueStats:

@@ -33,6 +33,7 @@ import orjson
 from .chat import ChatMessage, parse_messages
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
+from .shapes import MAX_VALUES
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
 from .tracecontext import MAX_TRACESTATE_CHARS, parse_traceparent
 
@@ -1003,7 +1004,8 @@ def encode_hello(*, version: str, limits: dict[str, int | float], models: list[s
     """The ``hello`` frame sent on connect: ``limits`` plus the codec's own (``max_id_length``,
     ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
     ``max_logprobs``, ``max_stop_token_ids``, ``max_guided_choices``, ``max_guided_choice_chars``,
-    ``max_guided_pattern_chars``)."""
+    ``max_guided_pattern_chars``, ``max_row_values``: the values one row may hold where a model's
+    dimension is variable, -1)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
@@ -1014,7 +1016,7 @@ def encode_hello(*, version: str, limits: dict[str, int | float], models: list[s
                    "max_logit_bias_tokens": MAX_LOGIT_BIAS_TOKENS, "max_logprobs": MAX_LOGPROBS,
                    "max_stop_token_ids": MAX_STOP_TOKEN_IDS, "max_guided_choices": MAX_GUIDED_CHOICES,
                    "max_guided_choice_chars": MAX_GUIDED_CHOICE_CHARS,
-                   "max_guided_pattern_chars": MAX_GUIDED_PATTERN_CHARS},
+                   "max_guided_pattern_chars": MAX_GUIDED_PATTERN_CHARS, "max_row_values": MAX_VALUES},
         "models": models,
     }
     if auth_required:

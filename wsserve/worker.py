@@ -9,6 +9,9 @@ output rows through its :class:`PredictSink`.
 
 Inputs and outputs are a *batch*: one array ``[n, *shape]`` for a model with
 a single input/output, or ``{name: array}`` for several (named tensors).
+A model with a variable (-1) input dimension besides the batch gets batches of
+one row shape only (each request sizes it; requests of another shape wait for
+another batch, as with Triton's dynamic batcher): its queue groups by shape.
 Outputs keep the model's dtypes; a float output row that is not finite fails
 only its own request with ``invalid_input`` (so do attributions that are not finite).
 
@@ -190,6 +193,17 @@ def _rows_vary(model: Any) -> bool:
     """Whether ``model`` declares an input dimension each request sizes (a
     :attr:`~wsserve.repository.tensors.TensorSpec.variable` spec): its cost per row is then unknown."""
     return any(getattr(spec, "variable", False) for spec in getattr(model, "inputs", None) or ())
+
+
+def _row_shape(inputs: Any) -> Any:
+    """The row shape of a request's ``inputs`` as a hashable key (``[n, *row]`` -> ``row``; named
+    inputs: ``((name, row), ...)`` by name): a model with a variable dimension batches together only
+    requests whose keys are equal (:class:`~wsserve.batching.BatchQueue`'s ``by_shape``).  ``None``
+    for JSON rows (only a fixed-shape model gets those)."""
+    if isinstance(inputs, dict):
+        return tuple(sorted((k, v.shape[1:]) for k, v in inputs.items()))
+    shape = getattr(inputs, "shape", None)
+    return None if shape is None else shape[1:]
 
 
 class BatchOutputs:
@@ -394,9 +408,12 @@ class PredictWorker:
         self._explain_cost = explain_row_cost
         self.name = name if name is not None else model.info.name
         self._after_batch = after_batch
+        #: The model has a variable (-1) input dimension: requests are batched only with requests of
+        #: their own row shape (Triton's dynamic batcher), each queued with its :func:`_row_shape`.
+        self._by_shape = _rows_vary(model)
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
-            max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests,
+            max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
         )
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
@@ -404,7 +421,7 @@ class PredictWorker:
         self._instances = instances
         # A model with a variable (-1) input dimension has rows as large as each request makes them: the
         # cost per row is unknown, so none runs on the loop (one large row would stall every connection).
-        self._inline_max_rows = 0 if _rows_vary(model) else max(0, inline_max_flops // max(1, model.flops_per_row()))
+        self._inline_max_rows = 0 if self._by_shape else max(0, inline_max_flops // max(1, model.flops_per_row()))
         self._observer = observer
         #: This version's :class:`~wsserve.metrics.VersionStats` (the pool sets it when it serves the
         #: version; None: not counted).  Each computed batch is recorded there.
@@ -499,6 +516,8 @@ class PredictWorker:
             until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
+        if self._by_shape:
+            item.shape = _row_shape(sink.inputs)
         missed: tuple[bytes, float] | bool | None = None
         if self.cache_scope is not None and not explain and not getattr(sink, "stream", False):
             missed = self._cache_lookup(item)

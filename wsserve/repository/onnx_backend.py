@@ -14,16 +14,18 @@ onnxruntime a model.onnx fails to load with a message saying so.
   0``: then the graph's whole shape is the row shape and wsserve runs it once
   per row.  A config.pbtxt left to Triton's auto-complete
   (``ModelConfig.autofill_batching``) batches exactly when every input's and
-  output's first dimension is dynamic, else runs the graph once per row.  Other dimensions must be fixed in the graph, or symbolic and given
-  by config.toml (``input_shape``/``[[inputs]] shape``); where both give a
-  dimension they must agree.  config.toml's dtypes must equal the graph's.
+  output's first dimension is dynamic, else runs the graph once per row.
+  Other dimensions are fixed in the graph, or given by config.toml
+  (``input_shape``/``[[inputs]] shape``) or config.pbtxt's dims; where both
+  give a dimension they must agree.  config.toml's dtypes must equal the graph's.
   A config.pbtxt's dims are first compared with the graph's shape by Triton's
   onnxruntime backend's rule (:mod:`.tritondims`): a disagreement fails the
-  version, naming the model, the tensor and both shapes.  Without a batch
-  dimension, a config.pbtxt's ``-1`` against a dynamic graph dimension (or a
-  dynamic graph dimension config.pbtxt leaves to the graph) stays variable
-  (:data:`~wsserve.shapes.VARIABLE`): each request gives its size, and the
-  graph runs whole on it.  A graph scalar (rank
+  version, naming the model, the tensor and both shapes.  A dynamic graph
+  dimension no config fixes (config.pbtxt's ``-1``, or left to the graph)
+  stays variable (:data:`~wsserve.shapes.VARIABLE`), as in Triton: each
+  request gives its size there.  Without a batch dimension the graph runs
+  whole on it; with one (``[batch, seq]``), requests are batched only with
+  requests of the same size (Triton's dynamic batcher, :mod:`wsserve.worker`).  A graph scalar (rank
   0) with config.pbtxt dims of 1s (Triton's scalar rule, no batching) is served
   in those dims: :meth:`OnnxModel.predict` feeds the value as a scalar and
   reshapes a scalar output to them.
@@ -53,9 +55,8 @@ from ..shapes import VARIABLE
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
-from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
-from .tritondims import compare_dims, graph_dims, scalar_dims, show_dims
+from .tritondims import compare_dims, graph_dims, scalar_dims
 
 __all__ = ["OnnxModel", "ONNX_TYPES", "METADATA_KEY", "read_wsserve_metadata"]
 
@@ -124,7 +125,6 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
                            why_batched=why_batched)
         if why is not None:
             raise ModelLoadError(path, why)
-    graph_shown = show_dims(graph_dims(shape))
     if batching:
         shape = shape[1:]
     if len(shape) > MAX_DIMS:
@@ -142,30 +142,12 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             dims.append(want[j])
         elif tc is not None and tc.triton_dims is not None and tc.triton_dims[j] != -1:
             dims.append(tc.triton_dims[j])  # config.pbtxt fixes it (another of its dims is -1: refused below)
-        elif not batching and source == PBTXT_FILE:  # Triton's -1 (written, or auto-completed from the graph)
-            dims.append(VARIABLE)  # each request gives its size: it runs alone (no batch dimension)
-        elif tc is not None and tc.triton_dims is not None:  # -1 in config.pbtxt against a dynamic graph dimension
-            raise ModelLoadError(path, f"model {model!r}, {side} {name!r}: {source} dims {show_dims(tc.triton_dims)} leave "
-                                       f"dimension {j + int(batching)} variable, as the graph's shape {graph_shown} does "
-                                       f"({d!r}); wsserve batches rows of one shape: {_fix_hint(side, source)}")
-        else:
-            raise ModelLoadError(path, f"{side} {name!r} has a dynamic dimension {j + int(batching)} ({d!r}) besides the batch; "
-                                       f"{_fix_hint(side, source)}")
+        else:  # Triton's -1 (written in config.pbtxt, or left dynamic by every config): each request sizes it
+            dims.append(VARIABLE)  # batched only with requests of the same size (wsserve.worker)
     least = math.prod(max(d, 1) for d in dims)  # a variable dimension counts 1 here; a request's size is bounded
     if least > MAX_ROW_ELEMENTS:
         raise ModelLoadError(path, f"{side} {name!r} has {least} values per row; at most {MAX_ROW_ELEMENTS}")
     return TensorSpec(name, tuple(dims), dtype)
-
-
-def _fix_hint(side: str, source: str) -> str:
-    """How to give a dynamic graph dimension a size: config.toml's shape, config.pbtxt's dims (an
-    input's: Triton compares an output's dims exactly, so a dynamic output dimension stays -1 there)."""
-    if source == PBTXT_FILE:
-        if side == "output":
-            return ("fix it in the graph (an output's config.pbtxt dims must equal the graph's, -1 where it is dynamic, "
-                    "as Triton's onnxruntime backend requires)")
-        return "write that dimension's size in dims"
-    return f"give its row shape in {source}"
 
 
 def _show(shape: list[Any]) -> str:

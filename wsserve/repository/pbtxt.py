@@ -30,8 +30,8 @@ Mapped (Triton's semantics, triton-inference-server/server
   graph at load by Triton's rule (:mod:`.tritondims`; with ``max_batch_size: 0``
   the dims are the whole shape, a leading ``-1`` included).  A ``-1`` dimension
   (variable) passes that check only against a dynamic graph dimension; the
-  ONNX backend serves it with ``max_batch_size: 0`` (each request's size) and
-  refuses it besides the batch, naming both shapes.  ``dims:
+  ONNX backend serves it as Triton does: each request gives its size there (with
+  batching, requests are batched only with requests of the same size).  ``dims:
   [1]`` on a graph scalar is Triton's rule for scalars (:func:`.tritondims.scalar_dims`).
   ``output`` lists the outputs to return.
 - ``version_policy`` ``latest``/``all``/``specific``; absent: ``latest { num_versions: 1 }``

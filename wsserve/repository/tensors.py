@@ -30,9 +30,9 @@ MAX_ROW_ELEMENTS = 1 << 22
 class TensorSpec:
     """One input or output: ``name``, per-row ``shape`` (no batch dim) and ``dtype`` (a key of :data:`DTYPES`).
 
-    A dimension :data:`~wsserve.shapes.VARIABLE` (``-1``) takes any size: only a model without a batch
-    dimension declares one (config.pbtxt's ``-1`` against a dynamic ONNX graph dimension), each request
-    giving its own size there (:meth:`fits`)."""
+    A dimension :data:`~wsserve.shapes.VARIABLE` (``-1``) takes any size (config.pbtxt's ``-1``, or an
+    ONNX graph's dynamic dimension no config fixes), each request giving its own size there (:meth:`fits`;
+    every row of one request the same; with a batch dimension, a batch holds requests of one size)."""
 
     name: str
     shape: tuple[int, ...]

@@ -40,7 +40,7 @@ from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
-from ..shapes import MAX_VALUES, fits
+from ..shapes import MAX_VALUES, VARIABLE, fits
 
 __all__ = [
     "DATATYPES",
@@ -80,7 +80,8 @@ _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 MAX_TENSORS = 64
 MAX_DIMS = 8
 MAX_NAME_LENGTH = 256
-#: Values of one input of a model without a batch dimension (the repository's bound on a row's values).
+#: Values of one input of a model without a batch dimension, and of one row where a batching model's
+#: dimension is variable (-1): the repository's bound on a row's values (``max_row_values`` in ``hello``).
 MAX_WHOLE_VALUES = MAX_VALUES
 
 
@@ -392,12 +393,18 @@ def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tupl
             raise InvalidInput(f"input {name!r} has shape {shape}: {math.prod(shape)} values; at most {MAX_WHOLE_VALUES}")
         n = 1
     else:
-        if shape[1:] != list(spec.shape):
+        if not fits(shape[1:], spec.shape):
             raise InvalidInput(f"input {name!r} has shape {shape}; the model takes {[-1, *spec.shape]}")
         n = shape[0]
         if not 1 <= n <= max_rows:
             raise InvalidInput(f"input {name!r} has {n} rows; between 1 and {max_rows} are accepted")
-    count = n * math.prod(spec.shape) if spec.batched else math.prod(shape)
+        if VARIABLE in spec.shape:  # the request sizes a row: every dimension >= 1, its values bounded
+            if 0 in shape:
+                raise InvalidInput(f"input {name!r} has shape {shape}; every dimension must be at least 1")
+            if math.prod(shape[1:]) > MAX_WHOLE_VALUES:
+                raise InvalidInput(f"input {name!r} has shape {shape}: {math.prod(shape[1:])} values per row; "
+                                   f"at most {MAX_WHOLE_VALUES}")
+    count = math.prod(shape)
     if type(datatype) is not str or datatype not in DATATYPES:  # a list or object is unhashable
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
