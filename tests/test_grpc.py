@@ -100,7 +100,8 @@ def test_health_metadata_and_config(client) -> None:
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
     assert meta.name == "wsserve" and list(meta.extensions) == ["binary_tensor_data", "model_configuration",
-                                                                "statistics", "model_repository"]
+                                                                "statistics", "model_repository",
+                                                                "system_shared_memory"]
     mlp = client.get_model_metadata("mlp")
     assert mlp.name == "mlp" and list(mlp.versions) == ["1"]
     assert [(t.name, t.datatype, list(t.shape)) for t in mlp.inputs] == [("input", "FP32", [-1, 32])]

@@ -151,6 +151,7 @@ class Server:
             version=__version__, clock=monotonic, wall_clock=time,
             ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
             admin=self.ctx.admin, unloaded=self.registry.unloaded_names, tracer=self.tracing,
+            shared_memory=worker is None,
         )
         add = self.api.add_route
         add("GET", "/healthz", self._healthz, auth="none", style=None)
@@ -293,6 +294,7 @@ class Server:
                 proto.transport.abort()
         for task in list(self._tasks):
             task.cancel()
+        self.api.close()  # shared memory regions unregistered (their files closed)
         await self.registry.stop()  # a load still running is abandoned, not served
         # What is left ends now; model code still running (a generation step, a Model.close() of a
         # version being unloaded) gets until the drain deadline (at least MODEL_CODE_GRACE_S more;
