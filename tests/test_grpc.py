@@ -144,11 +144,10 @@ def test_unknown_model_is_not_found(client) -> None:
 
 
 def test_other_rpcs_are_unimplemented(client) -> None:
-    err = _refused(client.get_system_shared_memory_status)
-    assert err.status() == "StatusCode.UNIMPLEMENTED" and "SystemSharedMemoryStatus" in err.message()
+    err = _refused(client.get_trace_settings)
+    assert err.status() == "StatusCode.UNIMPLEMENTED" and "TraceSetting" in err.message()
     assert "RepositoryIndex" in err.message()  # the RPCs answered are named
-    assert _refused(client.get_cuda_shared_memory_status).status() == "StatusCode.UNIMPLEMENTED"
-    assert _refused(client.get_trace_settings).status() == "StatusCode.UNIMPLEMENTED"
+    assert _refused(client.get_log_settings).status() == "StatusCode.UNIMPLEMENTED"
 
 
 # --------------------------------------------------------------------------- inference

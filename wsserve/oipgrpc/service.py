@@ -39,6 +39,7 @@ from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..generation.fairslots import compile_client
 from ..rest import modelrepo
+from ..rest.api import CUDA_SHM_REFUSAL
 from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
 from ..tracecontext import trace_fields
@@ -51,7 +52,9 @@ log = logging.getLogger("wsserve.grpc")
 #: The RPCs answered; every other one of the service is UNIMPLEMENTED.
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
                "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
-               "RepositoryModelUnload")
+               "RepositoryModelUnload", "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
+               "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus", "CudaSharedMemoryRegister",
+               "CudaSharedMemoryUnregister")
 UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                       if m.name not in IMPLEMENTED)
 #: Metadata a reverse proxy adds (grpc's keys are lower-case strings).
@@ -612,6 +615,53 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         if isinstance(result, WsserveError):
             await self._abort(context, result)
 
+    # ------------------------------------------------------------------ shared memory extensions (Triton's)
+
+    def _shm_access(self, context: grpc.aio.ServicerContext) -> Any:
+        """The regions, for a ModelInfer naming one: HTTP's rule (the admin rule, :meth:`_may_admin`)."""
+        self._may_admin(context, "using a shared memory region")
+        return self.api.shm
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Every registered region, or ``name``'s (INVALID_ARGUMENT when it is not registered)."""
+        await self._key(context)
+        try:
+            return convert.shm_status(self.api.shm.status(request.name or None))
+        except WsserveError as exc:
+            await self._abort(context, exc)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """As ``POST /v2/systemsharedmemory/region/{name}/register`` (same rule and checks)."""
+        try:
+            self.api.check_shm_register(lambda: self._may_admin(context, "registering shared memory"))
+            self.api.shm.register(request.name, request.key, request.offset, request.byte_size)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One region (``name``), or every region (empty ``name``)."""
+        try:
+            self._may_admin(context, "unregistering shared memory")
+            self.api.shm.unregister(request.name or None)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """None is ever registered (no GPUs): empty, or INVALID_ARGUMENT for a named region."""
+        await self._key(context)
+        if request.name:
+            await self._abort(context, BadRequest(f"CUDA shared memory region {request.name[:256]!r} is not registered"))
+        return service_pb2.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._abort(context, BadRequest(CUDA_SHM_REFUSAL))
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        return service_pb2.CudaSharedMemoryUnregisterResponse()
+
     # ------------------------------------------------------------------ inference
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -620,12 +670,13 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         key = await self._key(context, "ModelInfer", request.model_name)
         try:
             trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
-            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer", trace)
+            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer", trace,
+                                     shm=lambda: self._shm_access(context))
         except WsserveError as exc:
             await self._abort(context, exc)
 
     async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str,
-                     trace: tuple[str | None, str | None] = (None, None)) -> Any:
+                     trace: tuple[str | None, str | None] = (None, None), shm: Any = None) -> Any:
         """One ``ModelInferRequest`` of a predictive model: its rows through the model's queue as
         an HTTP ``/infer``'s (same checks, admission, batching with other rows, limits, metrics);
         returns its ``ModelInferResponse`` (the requested outputs as raw contents, ``id`` echoed).
@@ -633,7 +684,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         ``peer``: whose session (admission, in-flight bounds) the request counts against;
         ``remaining``: the RPC's seconds left (its deadline bounds the rows' time in the queue too),
         None without a deadline; ``rpc``: the RPC named in the log of a bug and in its span;
-        ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on).  Raises
+        ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on);
+        ``shm``: the shared memory regions a tensor may name (an
+        :data:`~wsserve.rest.oip.ShmAccess`; None: refused, as on a stream).  Raises
         ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
         logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
@@ -652,7 +705,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
             req = convert.parse_infer(request, inputs, outputs, max_rows=cfg.max_rows,
-                                      explain_refusal=entry.explain_refusal)
+                                      explain_refusal=entry.explain_refusal, shm=shm)
             if remaining is not None:
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
             call = api.queue_infer(session, entry, req, inputs, outputs, now, GrpcInferCall, None, None,
@@ -684,9 +737,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.busy -= 1
             if not self.busy:
                 self.on_idle()
+        written = call.write_shm(values)  # raises WsserveError naming the output and its region
         try:
             return convert.infer_response(call.model, call.version, call.rid, call.outputs, call.requested, values,
-                                          parameters)
+                                          parameters, written)
         except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
             raise _internal(rpc, name, exc) from None
 
