@@ -10,6 +10,7 @@ The regions are made here with :class:`multiprocessing.shared_memory.SharedMemor
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -150,6 +151,24 @@ def test_grpc_register_infer_status_unregister(grpc_client: Any, shm: shared_mem
         [("output", [2, 1])], [b""])
     grpc_client.unregister_system_shared_memory("g")
     assert not grpc_client.get_system_shared_memory_status().regions
+
+
+def test_a_grpc_stream_request_takes_shared_memory(grpc_client: Any, shm: shared_memory.SharedMemory) -> None:
+    put(shm, 0, X)
+    grpc_client.register_system_shared_memory("s", key(shm), 1024)
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        given = tgrpc.InferInput("input", list(X.shape), "FP64")
+        given.set_shared_memory("s", X.nbytes)
+        wanted = tgrpc.InferRequestedOutput("output")
+        wanted.set_shared_memory("s", Y.nbytes, offset=512)
+        grpc_client.async_stream_infer("aff", [given], outputs=[wanted])
+        result, error = results.get(timeout=60)
+    finally:
+        grpc_client.stop_stream()
+    assert error is None and result.get_output("output").shape == [2, 1]
+    assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
 
 
 def test_an_input_in_shared_memory_with_others_raw_and_an_output_inline(grpc_client: Any, http: Any,

@@ -686,7 +686,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         None without a deadline; ``rpc``: the RPC named in the log of a bug and in its span;
         ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on);
         ``shm``: the shared memory regions a tensor may name (an
-        :data:`~wsserve.rest.oip.ShmAccess`; None: refused, as on a stream).  Raises
+        :data:`~wsserve.rest.oip.ShmAccess`; None: refused).  Raises
         ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
         logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
@@ -770,13 +770,17 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         bound = self.config.max_inflight
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
+
+        def shm() -> Any:  # a request naming a shared memory region: the stream's caller must be allowed
+            return self._shm_access(context)
+
         try:
             async for request in requests:
                 while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 after: asyncio.Future[None] = loop.create_future()
                 task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
-                                                             turn, after, trace))
+                                                             turn, after, trace, shm))
                 turn = after
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -788,17 +792,19 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_request(self, request: Any, key: str | None, peer: str, remaining: float | None,
                               write: Callable[[Any], Any], before: asyncio.Future[None] | None,
-                              after: asyncio.Future[None], trace: tuple[str | None, str | None]) -> None:
+                              after: asyncio.Future[None], trace: tuple[str | None, str | None],
+                              shm: Any = None) -> None:
         """One request of a ModelStreamInfer stream, by its model's kind (looked up in the same
         step as the request's own lookup: no load between them): a generation (its responses are
         not ordered: ``after`` is set with ``before``), else :meth:`_stream_infer` (an unknown
         model's error too, as Triton orders it).  ``trace``: the stream's W3C ``traceparent`` and
-        ``tracestate`` metadata (each request's span is a child of it)."""
+        ``tracestate`` metadata (each request's span is a child of it); ``shm``: the shared memory
+        regions a predictive request may name (:meth:`_infer`)."""
         if self._generates(request):
             _chain(before, after)
             await self._generate(request, key, peer, write, trace)
         else:
-            await self._stream_infer(request, key, peer, remaining, write, before, after, trace)
+            await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm)
 
     def _generates(self, request: Any) -> bool:
         """True when ``request`` names a generative model that is ready (a lookup only)."""
@@ -809,7 +815,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
                             write: Callable[[Any], Any], before: asyncio.Future[None] | None,
-                            after: asyncio.Future[None], trace: tuple[str | None, str | None]) -> None:
+                            after: asyncio.Future[None], trace: tuple[str | None, str | None],
+                            shm: Any = None) -> None:
         """A predictive model's request on a stream, run as ModelInfer runs it (:meth:`_infer`):
         one response, its ``infer_response`` ModelInfer's answer (with ``triton_final_response``
         true, as Triton marks every stream response), or its ``error_message``.  It is written once
@@ -817,7 +824,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         this one was written or the request ended otherwise (cancelled, the write failed)."""
         try:
             try:
-                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace)
+                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace, shm)
                 response.parameters["triton_final_response"].bool_param = True
                 message = service_pb2.ModelStreamInferResponse(infer_response=response)
             except WsserveError as exc:
