@@ -237,6 +237,8 @@ def test_regions_outside_their_file_or_region_are_refused(http: Any, grpc_client
     size = os.stat(Path("/dev/shm") / shm.name).st_size
     err = refused(http.register_system_shared_memory, "big", key(shm), size, offset=8)
     assert f"holds {size} bytes; 'offset' + 'byte_size' is {size + 8}" in err.message()
+    err = refused(http.register_system_shared_memory, "huge", key(shm), (1 << 32) + 1)
+    assert "'byte_size' must be an integer in [1, 4294967296]" in err.message()
     put(shm, 0, X)
     http.register_system_shared_memory("small", key(shm), 64)
     err = refused(infer_in_shm, thttp, http, "small", in_offset=32)  # 48 bytes at 32 of a 64-byte region
@@ -359,3 +361,35 @@ def test_perf_analyzer_runs_with_system_shared_memory(served: tuple[ServerProces
     figures = dict(re.findall(r"^\s+(Inference count|Successful request count): (\d+)$", run.stdout, re.M))
     assert int(figures["Successful request count"]) >= 50
     assert http.get_system_shared_memory_status() == []  # it unregistered its regions
+
+
+def test_an_inputs_bytes_are_copied_out_when_the_request_is_read(tmp_path: Path) -> None:
+    # The request is queued with its own copy: the client may rewrite the region at once.
+    from wsserve.rest import oip
+    from wsserve.rest.sharedmem import SystemSharedMemory
+
+    (tmp_path / "obj").write_bytes(bytes(16) + X.tobytes())
+    regions = SystemSharedMemory(directory=tmp_path)
+    regions.register("r", "/obj", 16, X.nbytes)
+    spec_in, spec_out = oip.Tensor("input", "FP64", (3,)), oip.Tensor("output", "FP64", (1,))
+    body = b'{"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "parameters": ' \
+           b'{"shared_memory_region": "r", "shared_memory_byte_size": 48}}]}'
+    req = oip.parse_infer(body, None, (spec_in,), (spec_out,), max_rows=8, shm=lambda: regions)
+    (tmp_path / "obj").write_bytes(bytes(16 + X.nbytes))  # the client reuses its region
+    assert req.arrays["input"].tolist() == X.tolist()
+    regions.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_another_users_shared_memory_is_refused(tmp_path: Path) -> None:
+    from wsserve.errors import BadRequest
+    from wsserve.rest.sharedmem import SystemSharedMemory
+
+    (tmp_path / "theirs").write_bytes(bytes(64))
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    with pytest.raises(BadRequest, match="belongs to another user"):
+        SystemSharedMemory(directory=tmp_path).register("r", "/theirs", 0, 64)
+    (tmp_path / "target").write_bytes(bytes(64))
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(BadRequest, match="cannot open shared memory key '/link'"):
+        SystemSharedMemory(directory=tmp_path).register("r", "/link", 0, 64)
