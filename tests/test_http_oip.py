@@ -45,7 +45,8 @@ def test_server_health_and_metadata(client) -> None:
     meta = client.get_server_metadata()
     assert meta["name"] == "wsserve" and meta["version"] == "0.1.0"
     # only what is implemented, under Triton's names
-    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "logging", "trace"]
+    assert meta["extensions"] == ["binary_tensor_data", "model_configuration", "statistics", "model_repository",
+                                  "system_shared_memory", "logging", "trace"]
 
 
 def test_model_metadata_and_readiness(client) -> None:

@@ -277,7 +277,8 @@ def test_a_wrong_datatype_or_a_missing_input_names_the_tensor(server: ServerProc
 
 
 def test_server_metadata_announces_the_repository_extension(server: ServerProcess) -> None:
-    assert triton(server).get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "logging", "trace"]
+    assert triton(server).get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration", "statistics",
+                                                                  "model_repository", "system_shared_memory", "logging", "trace"]
 
 
 def test_index_lists_every_version_with_its_state(server: ServerProcess) -> None:

@@ -162,6 +162,7 @@ class Server:
             log_control=LogControl.from_logging(self.config.log_format,
                                                 fixed=None if fixed is None else fixed.format(what="log settings")),
             settings_fixed=fixed,
+            shared_memory=worker is None,
         )
         add = self.api.add_route
         add("GET", "/healthz", self._healthz, auth="none", style=None)
@@ -304,6 +305,7 @@ class Server:
                 proto.transport.abort()
         for task in list(self._tasks):
             task.cancel()
+        self.api.close()  # shared memory regions unregistered (their files closed)
         await self.registry.stop()  # a load still running is abandoned, not served
         # What is left ends now; model code still running (a generation step, a Model.close() of a
         # version being unloaded) gets until the drain deadline (at least MODEL_CODE_GRACE_S more;

@@ -28,7 +28,7 @@ request (its ``map<string, ModelRepositoryParameter>`` as the HTTP body's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import grpc
@@ -42,12 +42,12 @@ from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
 from ..logcontrol import LOG_SETTINGS
 from ..protocol import MAX_MODEL_NAME_LENGTH
-from ..rest import modelrepo, oip, tritongen
+from ..rest import modelrepo, oip, sharedmem, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
 from ..tracesettings import TRACE_SETTINGS
 
 __all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
-           "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "requested_outputs", "status_of",
+           "json_message", "parameters_of", "parse_infer", "repository_index", "repository_op", "requested_outputs", "shm_status", "status_of",
            "stream_error", "stream_flag", "stream_text", "token_bytes"]
 
 #: wsserve's error code -> the gRPC status code it is answered with.
@@ -131,16 +131,24 @@ def _typed_values(tensor: Any, wire: np.dtype, shape: list[int], count: int) -> 
 
 
 def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip.Tensor, ...], *, max_rows: int,
-                explain_refusal: str | None) -> oip.InferRequest:
+                explain_refusal: str | None, shm: oip.ShmAccess | None = None) -> oip.InferRequest:
     """Check a ``ModelInferRequest`` against the model's tensors, as :func:`wsserve.rest.oip.parse_infer`
     checks an HTTP body (same rules, same messages where the field is the same); raises
     :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`.
 
     The counts (inputs, raw entries, requested outputs) are checked first, before anything is
     copied out of the message, and each input's dimensions and byte count before its values are
-    read, so the work done for a refused request is bounded whatever it holds."""
+    read, so the work done for a refused request is bounded whatever it holds.
+
+    ``shm``: the shared memory regions an input's or output's ``shared_memory_*`` parameters may
+    name (Triton's system shared memory extension); such an input has no ``contents`` and no
+    ``raw_input_contents`` entry (the entries are the other inputs', in order, as
+    ``tritonclient`` sends them)."""
     given, raw = request.inputs, request.raw_input_contents
-    _check_input_counts(len(given), len(raw))
+    if len(given) > oip.MAX_TENSORS:
+        raise BadRequest(f"'inputs' holds {len(given)} tensors; at most {oip.MAX_TENSORS}")
+    in_shm = sum(1 for t in given if sharedmem.REGION in t.parameters)
+    _check_input_counts(len(given), len(raw), in_shm)
     if len(request.outputs) > oip.MAX_TENSORS:
         raise BadRequest(f"'outputs' must be an array of at most {oip.MAX_TENSORS} requested outputs")
     obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
@@ -152,6 +160,8 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     by_name = {t.name: t for t in inputs}
     arrays: dict[str, np.ndarray] = {}
     rows = -1
+    memo: list[Any] = []
+    raw_index = 0
     for i, tensor in enumerate(given):
         name = tensor.name
         if not 0 < len(name) <= oip.MAX_NAME_LENGTH:
@@ -161,39 +171,53 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
             raise BadRequest(f"input {name!r}: 'shape' must be an array of 1 to {oip.MAX_DIMS} non-negative integers")
         shape = list(tensor.shape)
         count, wire = oip.input_header(spec, shape, tensor.datatype, max_rows)
-        if raw:
+        ref = sharedmem.shm_ref(parameters_of(tensor.parameters), f"input {name!r}") if tensor.parameters else None
+        if ref is not None:
+            if tensor.HasField("contents"):
+                raise BadRequest(f"input {name!r} names a shared memory region and has 'contents': send its values once")
+            array = oip.shm_input(ref, oip.shm_of(shm, memo), shape, spec, count, wire, tensor.datatype)
+        elif raw:
             if tensor.HasField("contents"):
                 raise BadRequest(f"input {name!r} has 'contents' and raw_input_contents: send its values once")
-            data = raw[i]
+            data = raw[raw_index]
             if len(data) != count * wire.itemsize:
-                raise InvalidInput(f"input {name!r}: raw_input_contents[{i}] holds {len(data)} bytes; shape {shape} "
-                                   f"of {tensor.datatype} needs {count * wire.itemsize}")
+                raise InvalidInput(f"input {name!r}: raw_input_contents[{raw_index}] holds {len(data)} bytes; shape "
+                                   f"{shape} of {tensor.datatype} needs {count * wire.itemsize}")
+            raw_index += 1
             array = oip.input_array(np.frombuffer(data, dtype=wire), shape, spec, borrowed=True)
         else:
             array = oip.input_array(_typed_values(tensor, wire, shape, count), shape, spec, borrowed=False)
         rows = oip.add_input(arrays, name, array, rows)
     oip.require_all(arrays, inputs)
-    return oip.InferRequest(rid, arrays, rows, oip.requested(obj, outputs, False, attributions), priority, timeout,
-                            explain)
+    shm_outputs: dict[int, sharedmem.ShmRef] = {}
+    wanted = oip.requested(obj, outputs, False, attributions, shm_outputs)
+    if shm_outputs:
+        oip.shm_of(shm, memo)  # the caller may use the regions
+    return oip.InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs)
 
 
-def _check_input_counts(inputs: int, raw: int) -> None:
+def _check_input_counts(inputs: int, raw: int, in_shm: int = 0) -> None:
     """A request's ``inputs`` count (1 to :data:`~wsserve.rest.oip.MAX_TENSORS`) and its
-    ``raw_input_contents`` count (none, or one per input); raises :class:`~wsserve.errors.BadRequest`."""
+    ``raw_input_contents`` count (none, or one per input not in shared memory, ``in_shm`` of
+    them); raises :class:`~wsserve.errors.BadRequest`."""
     if not inputs:
         raise BadRequest("'inputs' must hold at least one input tensor")
     if inputs > oip.MAX_TENSORS:
         raise BadRequest(f"'inputs' holds {inputs} tensors; at most {oip.MAX_TENSORS}")
-    if raw and raw != inputs:
-        raise BadRequest(f"raw_input_contents holds {raw} tensors and 'inputs' {inputs}: send every input's "
+    if raw and raw != inputs - in_shm:
+        counted = f"{inputs - in_shm} (not counting those in shared memory)" if in_shm else str(inputs)
+        raise BadRequest(f"raw_input_contents holds {raw} tensors and 'inputs' {counted}: send every input's "
                          "values raw (one entry per input, in order) or every input's in its 'contents'")
 
 
 def infer_response(model: str, version: str, rid: str | None, outputs: tuple[oip.Tensor, ...],
                    requested: list[tuple[int, bool]], values: list[np.ndarray],
-                   parameters: Mapping[str, Any] | None) -> Any:
+                   parameters: Mapping[str, Any] | None,
+                   shm_written: Collection[int] = ()) -> Any:
     """The ``ModelInferResponse``: each requested output (``values[i]`` is output ``i``, ``[n, *shape]``)
-    in its declared datatype as one ``raw_output_contents`` entry; ``id`` echoed."""
+    in its declared datatype as one ``raw_output_contents`` entry; ``id`` echoed.  An output
+    written into shared memory (its index in ``shm_written``) has an empty entry, as Triton
+    answers it (the entries stay one per output, in order)."""
     response = service_pb2.ModelInferResponse(model_name=model, model_version=version, id=rid or "")
     for index, _binary in requested:
         spec = outputs[index]
@@ -202,7 +226,7 @@ def infer_response(model: str, version: str, rid: str | None, outputs: tuple[oip
         tensor.name = spec.name
         tensor.datatype = spec.datatype
         tensor.shape.extend(array.shape)
-        response.raw_output_contents.append(array.tobytes())
+        response.raw_output_contents.append(b"" if index in shm_written else array.tobytes())
     if parameters:
         _set_parameters(response.parameters, parameters)
     return response
@@ -213,6 +237,16 @@ def json_message(body: bytes, message: Any) -> Any:
     protobuf JSON mapping: the OIP and Triton JSON shapes are these messages' (fields the message
     does not have, e.g. the metadata's ``parameters``, are left out)."""
     return json_format.Parse(body, message, ignore_unknown_fields=True)
+
+
+def shm_status(regions: list[dict[str, Any]]) -> Any:
+    """The ``SystemSharedMemoryStatusResponse`` of :meth:`~wsserve.rest.sharedmem.SystemSharedMemory.status`."""
+    response = service_pb2.SystemSharedMemoryStatusResponse()
+    for region in regions:
+        entry = response.regions[region["name"]]
+        entry.name, entry.key = region["name"], region["key"]
+        entry.offset, entry.byte_size = region["offset"], region["byte_size"]
+    return response
 
 
 def model_config(body: bytes) -> Any:

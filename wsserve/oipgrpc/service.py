@@ -39,6 +39,7 @@ from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..generation.fairslots import compile_client
 from ..rest import modelrepo
+from ..rest.api import CUDA_SHM_REFUSAL
 from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
 from ..tracecontext import trace_fields
@@ -51,7 +52,9 @@ log = logging.getLogger("wsserve.grpc")
 #: The RPCs answered; every other one of the service is UNIMPLEMENTED.
 IMPLEMENTED = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
                "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad",
-               "RepositoryModelUnload", "LogSettings", "TraceSetting")
+               "RepositoryModelUnload", "LogSettings", "TraceSetting", "SystemSharedMemoryStatus",
+               "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
+               "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister")
 UNIMPLEMENTED = tuple(m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
                       if m.name not in IMPLEMENTED)
 #: Metadata a reverse proxy adds (grpc's keys are lower-case strings).
@@ -654,6 +657,53 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self._abort(context, exc)
         return convert.trace_settings(settings)
 
+    # ------------------------------------------------------------------ shared memory extensions (Triton's)
+
+    def _shm_access(self, context: grpc.aio.ServicerContext) -> Any:
+        """The regions, for a ModelInfer naming one: HTTP's rule (the admin rule, :meth:`_may_admin`)."""
+        self._may_admin(context, "using a shared memory region")
+        return self.api.shm
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Every registered region, or ``name``'s (INVALID_ARGUMENT when it is not registered)."""
+        await self._key(context)
+        try:
+            return convert.shm_status(self.api.shm.status(request.name or None))
+        except WsserveError as exc:
+            await self._abort(context, exc)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """As ``POST /v2/systemsharedmemory/region/{name}/register`` (same rule and checks)."""
+        try:
+            self.api.check_shm_register(lambda: self._may_admin(context, "registering shared memory"))
+            self.api.shm.register(request.name, request.key, request.offset, request.byte_size)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One region (``name``), or every region (empty ``name``)."""
+        try:
+            self._may_admin(context, "unregistering shared memory")
+            self.api.shm.unregister(request.name or None)
+        except WsserveError as exc:
+            await self._abort(context, exc)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """None is ever registered (no GPUs): empty, or INVALID_ARGUMENT for a named region."""
+        await self._key(context)
+        if request.name:
+            await self._abort(context, BadRequest(f"CUDA shared memory region {request.name[:256]!r} is not registered"))
+        return service_pb2.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._abort(context, BadRequest(CUDA_SHM_REFUSAL))
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
+        return service_pb2.CudaSharedMemoryUnregisterResponse()
+
     # ------------------------------------------------------------------ inference
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -662,12 +712,13 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         key = await self._key(context, "ModelInfer", request.model_name)
         try:
             trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
-            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer", trace)
+            return await self._infer(request, key, context.peer(), context.time_remaining(), "ModelInfer", trace,
+                                     shm=lambda: self._shm_access(context))
         except WsserveError as exc:
             await self._abort(context, exc)
 
     async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str,
-                     trace: tuple[str | None, str | None] = (None, None)) -> Any:
+                     trace: tuple[str | None, str | None] = (None, None), shm: Any = None) -> Any:
         """One ``ModelInferRequest`` of a predictive model: its rows through the model's queue as
         an HTTP ``/infer``'s (same checks, admission, batching with other rows, limits, metrics);
         returns its ``ModelInferResponse`` (the requested outputs as raw contents, ``id`` echoed).
@@ -675,7 +726,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         ``peer``: whose session (admission, in-flight bounds) the request counts against;
         ``remaining``: the RPC's seconds left (its deadline bounds the rows' time in the queue too),
         None without a deadline; ``rpc``: the RPC named in the log of a bug and in its span;
-        ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on).  Raises
+        ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on);
+        ``shm``: the shared memory regions a tensor may name (an
+        :data:`~wsserve.rest.oip.ShmAccess`; None: refused).  Raises
         ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
         logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
@@ -694,7 +747,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
             req = convert.parse_infer(request, inputs, outputs, max_rows=cfg.max_rows,
-                                      explain_refusal=entry.explain_refusal)
+                                      explain_refusal=entry.explain_refusal, shm=shm)
             if remaining is not None:
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
             call = api.queue_infer(session, entry, req, inputs, outputs, now, GrpcInferCall, None, None,
@@ -726,9 +779,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.busy -= 1
             if not self.busy:
                 self.on_idle()
+        written = call.write_shm(values)  # raises WsserveError naming the output and its region
         try:
             return convert.infer_response(call.model, call.version, call.rid, call.outputs, call.requested, values,
-                                          parameters)
+                                          parameters, written)
         except Exception as exc:  # noqa: BLE001 - a bug: this request fails, the others go on
             raise _internal(rpc, name, exc) from None
 
@@ -758,13 +812,17 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         bound = self.config.max_inflight
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
+
+        def shm() -> Any:  # a request naming a shared memory region: the stream's caller must be allowed
+            return self._shm_access(context)
+
         try:
             async for request in requests:
                 while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 after: asyncio.Future[None] = loop.create_future()
                 task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
-                                                             turn, after, trace))
+                                                             turn, after, trace, shm))
                 turn = after
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -776,17 +834,19 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_request(self, request: Any, key: str | None, peer: str, remaining: float | None,
                               write: Callable[[Any], Any], before: asyncio.Future[None] | None,
-                              after: asyncio.Future[None], trace: tuple[str | None, str | None]) -> None:
+                              after: asyncio.Future[None], trace: tuple[str | None, str | None],
+                              shm: Any = None) -> None:
         """One request of a ModelStreamInfer stream, by its model's kind (looked up in the same
         step as the request's own lookup: no load between them): a generation (its responses are
         not ordered: ``after`` is set with ``before``), else :meth:`_stream_infer` (an unknown
         model's error too, as Triton orders it).  ``trace``: the stream's W3C ``traceparent`` and
-        ``tracestate`` metadata (each request's span is a child of it)."""
+        ``tracestate`` metadata (each request's span is a child of it); ``shm``: the shared memory
+        regions a predictive request may name (:meth:`_infer`)."""
         if self._generates(request):
             _chain(before, after)
             await self._generate(request, key, peer, write, trace)
         else:
-            await self._stream_infer(request, key, peer, remaining, write, before, after, trace)
+            await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm)
 
     def _generates(self, request: Any) -> bool:
         """True when ``request`` names a generative model that is ready (a lookup only)."""
@@ -797,7 +857,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
                             write: Callable[[Any], Any], before: asyncio.Future[None] | None,
-                            after: asyncio.Future[None], trace: tuple[str | None, str | None]) -> None:
+                            after: asyncio.Future[None], trace: tuple[str | None, str | None],
+                            shm: Any = None) -> None:
         """A predictive model's request on a stream, run as ModelInfer runs it (:meth:`_infer`):
         one response, its ``infer_response`` ModelInfer's answer (with ``triton_final_response``
         true, as Triton marks every stream response), or its ``error_message``.  It is written once
@@ -805,7 +866,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         this one was written or the request ended otherwise (cancelled, the write failed)."""
         try:
             try:
-                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace)
+                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace, shm)
                 response.parameters["triton_final_response"].bool_param = True
                 message = service_pb2.ModelStreamInferResponse(infer_response=response)
             except WsserveError as exc:

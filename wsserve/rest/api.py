@@ -77,7 +77,7 @@ from ..metrics import Metrics
 from ..protocol import decode_predict_body, loads
 from ..tracecontext import trace_fields
 from ..tracesettings import TraceControl, TraceSettingError
-from . import kserve, modelrepo, oip, triton
+from . import kserve, modelrepo, oip, sharedmem, triton
 from .calls import (
     CompletionCall,
     HttpSession,
@@ -121,6 +121,8 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
+#: What registering CUDA shared memory answers (Triton's extension, on a server without GPUs).
+CUDA_SHM_REFUSAL = "CUDA shared memory is not supported: this server runs no GPU (use system shared memory)"
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
 _BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": ""}
@@ -154,6 +156,7 @@ class HttpApi:
         log_control: LogControl | None = None,
         trace_control: TraceControl | None = None,
         settings_fixed: str | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.config = config
         self.models = models
@@ -178,9 +181,15 @@ class HttpApi:
         self.settings_fixed = settings_fixed
         #: Sessions of open HTTP connections holding a connection slot.
         self.sessions: set[HttpSession] = set()
+        #: Triton's system shared memory extension: the registered regions (closed by :meth:`close`);
+        #: ``shared_memory`` false (``--workers``: a region registered in one worker process would
+        #: be unknown to the others), registering is refused
+        self.shm = sharedmem.SystemSharedMemory()
+        self.shm_registers = shared_memory
         #: OIP extensions announced by ``GET /v2``.
         self.extensions: list[str] = (["binary_tensor_data", "model_configuration", "statistics"]
                                       + (["model_repository"] if admin is not None else [])
+                                      + (["system_shared_memory"] if shared_memory else [])
                                       + (["logging"] if log_control is not None else [])
                                       + (["trace"] if trace_control is not None else []))
         self.router = Router()
@@ -228,6 +237,14 @@ class HttpApi:
             for path in ("/v2/trace/setting", "/v2/models/{name}/trace/setting"):
                 add("GET", path, self._trace_settings, auth="key", style="oip")
                 add("POST", path, self._update_trace_settings, auth="key", style="oip")
+        # Triton's shared memory extensions: registering and unregistering check the admin rule (_may_admin).
+        for kind, status, register, unregister in (
+                ("system", self._shm_status, self._shm_register, self._shm_unregister),
+                ("cuda", self._cuda_status, self._cuda_register, self._cuda_unregister)):
+            for base in (f"/v2/{kind}sharedmemory", f"/v2/{kind}sharedmemory/region/{{name}}"):
+                add("GET", base + "/status", status, auth="key", style="oip")
+                add("POST", base + "/unregister", unregister, auth="none", style="oip")
+            add("POST", f"/v2/{kind}sharedmemory/region/{{name}}/register", register, auth="none", style="oip")
 
     def add_route(self, method: str, pattern: str, handler: Handler, *, auth: Auth, style: Style | None) -> Route:
         """Route ``method pattern`` to ``handler(request, exchange, params, key, cors)``, which
@@ -585,7 +602,8 @@ class HttpApi:
                 raise BadRequest(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
             cfg = self.config
             req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=cfg.max_rows,
-                                  explain_refusal=entry.explain_refusal)
+                                  explain_refusal=entry.explain_refusal,
+                                  shm=functools.partial(self._shm_access, request))
             call = self.queue_infer(session, entry, req, inputs, outputs, now, InferCall, exchange, cors)
         except WsserveError as exc:
             self._rejected(exc, name, "predict")
@@ -617,6 +635,8 @@ class HttpApi:
         batch = _worker_inputs(entry, inputs, req)
         nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
+        if req.shm_outputs:
+            extra.update(shm=self.shm, shm_outputs=req.shm_outputs)
         call = call_type(session, exchange, entry, batch, req.rows, nbytes, "oip", now, headers, rid=req.id,
                          outputs=outputs, requested=req.outputs, explain=req.explain, **extra)
         deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
@@ -747,6 +767,68 @@ class HttpApi:
         model = self.trace_model(params.get("name"))
         changes = loads(request.body) if request.body.strip() else {}
         return HttpResponse(200, orjson.dumps(self.trace_update(changes, model, request.address)), JSON, [_NO_STORE])
+
+    # ------------------------------------------------------------------ shared memory extensions (Triton's)
+
+    def _shm_access(self, request: HttpRequest) -> sharedmem.SystemSharedMemory:
+        """The regions, for an inference naming one: reading and writing a region is what
+        registering it allows, so the caller passes the same rule (:meth:`_may_admin`)."""
+        self._may_admin(request, "using a shared memory region")
+        return self.shm
+
+    def _shm_status(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                    *_: Any) -> HttpResponse:
+        """``GET /v2/systemsharedmemory[/region/{name}]/status``: every region, or one (400 unknown)."""
+        return HttpResponse(200, orjson.dumps(self.shm.status(params.get("name"))), JSON, [_NO_STORE])
+
+    def _shm_register(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                      *_: Any) -> HttpResponse:
+        """``POST /v2/systemsharedmemory/region/{name}/register``, body ``{"key", "offset", "byte_size"}``."""
+        self.check_shm_register(lambda: self._may_admin(request, "registering shared memory"))
+        body = loads(request.body)
+        if type(body) is not dict:
+            raise BadRequest("the register request must be a JSON object {\"key\", \"offset\", \"byte_size\"}")
+        unknown = sorted(k for k in body if k not in ("key", "offset", "byte_size"))
+        if unknown:
+            raise BadRequest(f"unknown field {unknown[0][:64]!r}; the register request has 'key', 'offset', 'byte_size'")
+        if "key" not in body or "byte_size" not in body:
+            raise BadRequest("the register request needs 'key' and 'byte_size' ('offset' defaults to 0)")
+        self.shm.register(params["name"], body["key"], body.get("offset", 0), body["byte_size"])
+        return HttpResponse(200, b"", JSON, [_NO_STORE])
+
+    def check_shm_register(self, may_admin: Callable[[], None]) -> None:
+        """Whether a register may go on (every transport's): under ``--workers`` never
+        (``Forbidden``: a region would be known to one worker process only), else ``may_admin``
+        (the transport's admin check) decides."""
+        if not self.shm_registers:
+            raise Forbidden("registering shared memory is not available with --workers: each worker process has "
+                            "its own regions and a request may reach any of them")
+        may_admin()
+
+    def _shm_unregister(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                        *_: Any) -> HttpResponse:
+        """``POST /v2/systemsharedmemory[/region/{name}]/unregister``: one region, or all."""
+        self._may_admin(request, "unregistering shared memory")
+        self.shm.unregister(params.get("name"))
+        return HttpResponse(200, b"", JSON, [_NO_STORE])
+
+    def _cuda_status(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
+                     *_: Any) -> HttpResponse:
+        """CUDA shared memory: none is ever registered (no GPUs): ``[]``, or 400 for a named region."""
+        if params.get("name"):
+            raise BadRequest(f"CUDA shared memory region {params['name'][:256]!r} is not registered")
+        return HttpResponse(200, b"[]", JSON, [_NO_STORE])
+
+    def _cuda_register(self, *_: Any) -> HttpResponse:
+        raise BadRequest(CUDA_SHM_REFUSAL)
+
+    def _cuda_unregister(self, *_: Any) -> HttpResponse:
+        """Nothing is registered: nothing to do (as unregistering an unknown region)."""
+        return HttpResponse(200, b"", JSON, [_NO_STORE])
+
+    def close(self) -> None:
+        """The server stops: unregister every shared memory region (idempotent)."""
+        self.shm.close()
 
     # ------------------------------------------------------------------ OpenAI
 

@@ -15,7 +15,7 @@ Sans-I/O: the session is given its clock; calls touch no socket.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from . import kserve, oip
 from .errors import Style, error_response
 from .openai import ChatCompletionEncoder, Completion, CompletionEncoder
 from .responses import ResponsesEncoder
+from .sharedmem import ShmRef, SystemSharedMemory
 from .tritongen import GenerateEncoder
 
 if TYPE_CHECKING:
@@ -304,14 +305,17 @@ class InferCall(PredictCall):
     :func:`~wsserve.rest.oip.attribution_tensors` (filled with the worker's
     attributions), and the response carries :func:`~wsserve.rest.oip.explain_parameters`."""
 
-    __slots__ = ("rid", "outputs", "requested")
+    __slots__ = ("rid", "outputs", "requested", "shm", "shm_outputs")
 
     def __init__(self, *args: Any, rid: str | None, outputs: tuple[oip.Tensor, ...],
-                 requested: list[tuple[int, bool]], explain: bool = False) -> None:
+                 requested: list[tuple[int, bool]], explain: bool = False,
+                 shm: SystemSharedMemory | None = None, shm_outputs: Mapping[int, ShmRef] | None = None) -> None:
         super().__init__(*args, explain=explain)
         self.rid = rid
         self.outputs = outputs
         self.requested = requested
+        self.shm = shm  # the regions, when an output is to be written into one (shm_outputs)
+        self.shm_outputs = shm_outputs or {}
 
     @property
     def request_id(self) -> str | None:
@@ -321,8 +325,13 @@ class InferCall(PredictCall):
 
     def _result(self, outputs: Any) -> None:
         values, parameters = self.values(outputs)
+        try:
+            written = self.write_shm(values)
+        except WsserveError as exc:  # a region unregistered, too small, or truncated since the request
+            self._error(exc)
+            return
         body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values,
-                                           parameters)
+                                           parameters, written)
         if json_size is None:
             self._answer(body)
         else:
@@ -335,6 +344,18 @@ class InferCall(PredictCall):
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs
         asked = frozenset(specs[i].name for i, _ in self.requested if i < len(specs))
         return None if len(asked) == len(specs) else asked
+
+    def write_shm(self, values: list[np.ndarray]) -> frozenset[int]:
+        """Write the outputs asked in shared memory (:attr:`shm_outputs`) into their regions, in
+        their declared datatypes; returns their indexes (answered without data).  Raises
+        :class:`~wsserve.errors.WsserveError` naming the output and the region (every transport's)."""
+        if not self.shm_outputs or self.shm is None:
+            return frozenset()
+        for index, ref in self.shm_outputs.items():
+            spec = self.outputs[index]
+            array = np.ascontiguousarray(values[index], dtype=oip.DATATYPES[spec.datatype])
+            self.shm.write(ref, memoryview(array).cast("B"), f"output {spec.name!r}")
+        return frozenset(self.shm_outputs)
 
     def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
         """The worker's ``outputs`` as one ``[n, *shape]`` array per tensor of ``self.outputs`` (the

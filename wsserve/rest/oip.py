@@ -28,7 +28,7 @@ datatype.  ``BYTES`` is not supported.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
 from ..shapes import MAX_VALUES, VARIABLE, fits
+from .sharedmem import ShmRef, SystemSharedMemory, shm_ref
 
 __all__ = [
     "DATATYPES",
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_OUTPUT",
     "ATTRIBUTIONS_SUFFIX",
     "InferRequest",
+    "ShmAccess",
     "Tensor",
     "attribution_tensors",
     "encode_infer",
@@ -63,6 +65,8 @@ __all__ = [
     "require_all",
     "requested",
     "server_metadata",
+    "shm_input",
+    "shm_of",
     "signature",
 ]
 
@@ -188,10 +192,11 @@ class InferRequest:
     attributions (:func:`attribution_tensors`).
     """
 
-    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us", "explain")
+    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us", "explain", "shm_outputs")
 
     def __init__(self, rid: str | None, arrays: dict[str, np.ndarray], rows: int, outputs: list[tuple[int, bool]],
-                 priority: int, timeout_us: int | None, explain: bool = False) -> None:
+                 priority: int, timeout_us: int | None, explain: bool = False,
+                 shm_outputs: dict[int, ShmRef] | None = None) -> None:
         self.id = rid
         self.arrays = arrays
         self.rows = rows
@@ -199,6 +204,25 @@ class InferRequest:
         self.priority = priority
         self.timeout_us = timeout_us
         self.explain = explain
+        #: the outputs (by index, as in ``outputs``) to write into a shared memory region
+        self.shm_outputs = shm_outputs or {}
+
+
+#: How a request reaches the registered shared memory regions: called (once per request, when a
+#: tensor names a region) it checks the caller may use them and returns them; None: refused.
+ShmAccess = Callable[[], SystemSharedMemory]
+#: What a tensor naming a region gets when the transport offers none.
+_NO_SHM = "shared memory regions are not available here"
+
+
+def shm_of(access: ShmAccess | None, memo: list[SystemSharedMemory]) -> SystemSharedMemory:
+    """The regions through ``access`` (checked once per request: ``memo`` keeps them);
+    :class:`~wsserve.errors.BadRequest` when ``access`` is None."""
+    if not memo:
+        if access is None:
+            raise BadRequest(_NO_SHM)
+        memo.append(access())
+    return memo[0]
 
 
 
@@ -256,7 +280,8 @@ def infer_head(obj: Mapping[str, Any], inputs: tuple[Tensor, ...], outputs: tupl
 
 
 def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
-                *, max_rows: int, explain_refusal: str | None = _NOT_EXPLAINED) -> InferRequest:
+                *, max_rows: int, explain_refusal: str | None = _NOT_EXPLAINED,
+                shm: ShmAccess | None = None) -> InferRequest:
     """Check an inference request body against the model's tensors (see the module docstring).
 
     ``header_length``: the ``Inference-Header-Content-Length`` value (the JSON
@@ -267,7 +292,11 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     :class:`~wsserve.errors.BadRequest` for a request with parameter
     ``"explain": true``, before its inputs are read), or None if it can: then
     such a request may also ask for the :func:`attribution_tensors`, and gets
-    each one after its output unless ``outputs`` names it."""
+    each one after its output unless ``outputs`` names it.
+
+    ``shm``: the shared memory regions (Triton's system shared memory extension) an input's or
+    output's ``shared_memory_*`` parameters may name; an input's bytes are copied out of its
+    region here."""
     if header_length is None:
         obj, binary = loads(body), None
     else:
@@ -286,19 +315,23 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     arrays: dict[str, np.ndarray] = {}
     rows = -1
     offset = 0
+    memo: list[SystemSharedMemory] = []
     for i, tensor in enumerate(given):
         if type(tensor) is not dict:
             raise BadRequest(f"'inputs' item {i} must be an object, got {json_type(tensor)}")
         name = _name(tensor, "'inputs'", i)
         spec = input_spec(by_name, arrays, name)
-        array, used = _input(tensor, spec, binary, offset, max_rows)
+        array, used = _input(tensor, spec, binary, offset, max_rows, lambda: shm_of(shm, memo))
         offset += used
         rows = add_input(arrays, name, array, rows)
     require_all(arrays, inputs)
     if binary is not None and offset != len(binary):
         raise BadRequest(f"the body holds {len(binary)} bytes of binary tensor data; the inputs use {offset}")
-    return InferRequest(rid, arrays, rows, requested(obj, outputs, binary_out, attributions), priority,
-                        timeout, explain)
+    shm_outputs: dict[int, ShmRef] = {}
+    wanted = requested(obj, outputs, binary_out, attributions, shm_outputs)
+    if shm_outputs:
+        shm_of(shm, memo)  # the caller may use the regions
+    return InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs)
 
 
 def input_spec(by_name: Mapping[str, Tensor], arrays: Mapping[str, np.ndarray], name: str) -> Tensor:
@@ -329,10 +362,12 @@ def require_all(arrays: Mapping[str, np.ndarray], inputs: tuple[Tensor, ...]) ->
 
 
 def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,
-              attributions: tuple[Tensor, ...]) -> list[tuple[int, bool]]:
+              attributions: tuple[Tensor, ...], shm_outputs: dict[int, ShmRef] | None = None) -> list[tuple[int, bool]]:
     """``(index, binary)`` of the tensors to answer, in order (``obj["outputs"]``: the requested
     outputs, each ``{"name", "parameters"}``; absent: all): indexes past the model's outputs are
-    ``attributions`` (each follows its output, in the output's form, unless named itself)."""
+    ``attributions`` (each follows its output, in the output's form, unless named itself).
+    An output whose parameters name a shared memory region (:func:`~wsserve.rest.sharedmem.shm_ref`)
+    goes in ``shm_outputs`` by index (None: refused)."""
     wanted = obj.get("outputs")
     answerable = (*outputs, *attributions)
     if wanted is None:
@@ -358,6 +393,11 @@ def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defaul
             raise BadRequest(f"output {name!r}: parameter 'binary_data' must be a boolean")
         if any(j == index[name] for j, _ in out):  # (at most MAX_TENSORS of them)
             raise BadRequest(f"output {name!r} is requested twice")
+        ref = shm_ref(params, f"output {name!r}") if params else None
+        if ref is not None:
+            if shm_outputs is None:
+                raise BadRequest(_NO_SHM)
+            shm_outputs[index[name]] = ref
         out.append((index[name], binary))
     if attributions:
         named = {i for i, _ in out}
@@ -448,15 +488,35 @@ def integers_in_range(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndar
     return values.astype(dtype)
 
 
+def shm_input(ref: ShmRef, shm: SystemSharedMemory, shape: list[int], spec: Tensor, count: int,
+              wire: np.dtype, datatype: str) -> np.ndarray:
+    """An input's values from a shared memory region (every transport's): ``ref.size`` must be
+    ``count`` values of ``wire``; copied out, then checked as raw values are
+    (:func:`input_array`).  Raises :class:`~wsserve.errors.BadRequest` or
+    :class:`~wsserve.errors.InvalidInput` naming the input."""
+    name = spec.name
+    if ref.size != count * wire.itemsize:
+        raise InvalidInput(f"input {name!r}: 'shared_memory_byte_size' must be {count * wire.itemsize} "
+                           f"({count} {datatype} values), got {ref.size}")
+    data = shm.read(ref, f"input {name!r}")
+    return input_array(np.frombuffer(data, dtype=wire), shape, spec, False)  # a copy of its own already
+
+
 def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, offset: int,
-           max_rows: int) -> tuple[np.ndarray, int]:
-    """One input of a JSON (or JSON + binary) request as ``[n, *spec.shape]`` in the spec's dtype,
-    and the binary bytes it used."""
+           max_rows: int, shm: Callable[[], SystemSharedMemory]) -> tuple[np.ndarray, int]:
+    """One input of a JSON (or JSON + binary, or shared memory) request as ``[n, *spec.shape]``
+    in the spec's dtype, and the binary bytes it used."""
     name = spec.name
     shape = tensor.get("shape")
     datatype = tensor.get("datatype")
     count, wire = input_header(spec, shape, datatype, max_rows)
-    size = _params(tensor, "input", name).get("binary_data_size")
+    params = _params(tensor, "input", name)
+    ref = shm_ref(params, f"input {name!r}") if params else None
+    if ref is not None:
+        if "data" in tensor or "binary_data_size" in params:
+            raise BadRequest(f"input {name!r} names a shared memory region and has data: send its values once")
+        return shm_input(ref, shm(), shape, spec, count, wire, datatype), 0
+    size = params.get("binary_data_size")
     if size is not None:
         if binary is None:
             raise BadRequest(f"input {name!r} has 'binary_data_size' but the request has no "
@@ -532,20 +592,26 @@ def _flatten(data: list[Any], shape: list[int], name: str) -> list[Any]:
 
 def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tensor, ...],
                  requested: list[tuple[int, bool]], values: list[np.ndarray],
-                 parameters: Mapping[str, Any] | None = None) -> tuple[bytes, int | None]:
+                 parameters: Mapping[str, Any] | None = None,
+                 shm_written: Collection[int] = ()) -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when binary outputs follow it (the
     ``Inference-Header-Content-Length`` header), else None.
 
     ``values[i]`` is output ``i`` as ``[n, *shape]`` (any float or int dtype); it is
     answered in the output's declared datatype.  ``outputs`` may go on past the model's
-    own (the :func:`attribution_tensors`).  ``parameters``: the response's, if any."""
+    own (the :func:`attribution_tensors`).  ``parameters``: the response's, if any.
+    ``shm_written``: the outputs (by index) written into a shared memory region: answered with
+    their name, datatype and shape only, as Triton answers them (its HTTP clients read an output's
+    ``parameters`` as binary data's)."""
     described = []
     binary: list[bytes] = []
     for index, as_binary in requested:
         spec = outputs[index]
         array = np.ascontiguousarray(values[index], dtype=DATATYPES[spec.datatype])
         item: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
-        if as_binary:
+        if index in shm_written:  # in its region already
+            pass
+        elif as_binary:
             raw = array.tobytes()
             item["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)

@@ -1,0 +1,395 @@
+"""Triton's system shared memory extension over HTTP and gRPC, driven by ``tritonclient`` against a
+real server on loopback: regions registered, used by inference inputs and outputs, listed,
+unregistered; and the refusals (bad keys, bounds, who may).
+
+The regions are made here with :class:`multiprocessing.shared_memory.SharedMemory` (key
+``/name``; ``tritonclient.utils.shared_memory`` needs ``pkg_resources``).  The model is
+``aff`` (:data:`tests.repo_models.AFFINE_PY`: FP64 ``input`` ``[-1, 3]`` -> ``output`` ``[-1, 1]``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.repo_models import AFFINE_CONFIG, affine, write_affine
+from tests.support import ServerProcess
+
+grpc = pytest.importorskip("grpc")  # the grpc extra installs it
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests.test_grpc import grpc_address  # noqa: E402
+
+ADMIN = "admin-key-0123456789"
+API = "api-key-9876543210"
+X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+Y = np.asarray(affine(X.tolist(), 1.0))  # what aff version 1 answers for X: [2, 1]
+REGISTER_REFUSED = "registering shared memory needs the admin key (--admin-key), or loopback when no keys are configured"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shm-repo") / "repository"
+    (root / "aff").mkdir(parents=True)
+    (root / "aff" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(root / "aff" / "1", bias=1.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(repo: Path) -> Iterator[tuple[ServerProcess, str]]:
+    """No keys: shared memory from loopback."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo))
+    yield proc, grpc_address(proc)
+    proc.stop()
+
+
+@pytest.fixture
+def http(served: tuple[ServerProcess, str]) -> Iterator[Any]:
+    client = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
+    yield client
+    client.unregister_system_shared_memory()  # every test starts with none registered
+    client.close()
+
+
+@pytest.fixture
+def grpc_client(served: tuple[ServerProcess, str]) -> Iterator[Any]:
+    client = tgrpc.InferenceServerClient(served[1])
+    yield client
+    client.unregister_system_shared_memory()
+    client.close()
+
+
+@pytest.fixture
+def shm() -> Iterator[shared_memory.SharedMemory]:
+    """A 1 KiB POSIX shared memory object (key ``"/" + shm.name``), unlinked afterwards."""
+    region = shared_memory.SharedMemory(create=True, size=1024)
+    yield region
+    region.close()
+    try:
+        region.unlink()
+    except FileNotFoundError:  # a test unlinked it
+        pass
+
+
+def key(region: shared_memory.SharedMemory) -> str:
+    return "/" + region.name
+
+
+def put(region: shared_memory.SharedMemory, offset: int, array: np.ndarray) -> None:
+    region.buf[offset : offset + array.nbytes] = array.tobytes()
+
+
+def get(region: shared_memory.SharedMemory, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(bytes(region.buf[offset : offset + 8 * int(np.prod(shape))]), dtype="<f8").reshape(shape)
+
+
+def refused(call: Any, *args: Any, **kwargs: Any) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def infer_in_shm(module: Any, client: Any, region: str, *, in_size: int = X.nbytes, in_offset: int = 0,
+                 out_size: int = Y.nbytes, out_offset: int = 512, **kwargs: Any) -> Any:
+    """``aff``'s inference with its input read from ``region`` and its output written there."""
+    given = module.InferInput("input", list(X.shape), "FP64")
+    given.set_shared_memory(region, in_size, offset=in_offset)
+    wanted = module.InferRequestedOutput("output")
+    wanted.set_shared_memory(region, out_size, offset=out_offset)
+    return client.infer("aff", [given], outputs=[wanted], **kwargs)
+
+
+# --------------------------------------------------------------------------- the extension at work
+
+
+def test_the_server_announces_system_shared_memory(http: Any, grpc_client: Any) -> None:
+    assert "system_shared_memory" in http.get_server_metadata()["extensions"]
+    assert "system_shared_memory" in grpc_client.get_server_metadata().extensions
+
+
+def test_http_register_infer_status_unregister(http: Any, shm: shared_memory.SharedMemory) -> None:
+    put(shm, 0, X)
+    http.register_system_shared_memory("in_out", key(shm), 1024)
+    assert http.get_system_shared_memory_status() == [{"name": "in_out", "key": key(shm), "offset": 0,
+                                                       "byte_size": 1024}]
+    assert http.get_system_shared_memory_status("in_out") == http.get_system_shared_memory_status()
+    result = infer_in_shm(thttp, http, "in_out")
+    assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
+    (output,) = result.get_response()["outputs"]
+    # no data (it is in the region) and no parameters, as Triton answers it (its C++ client reads an
+    # output's parameters as binary data's)
+    assert output == {"name": "output", "datatype": "FP64", "shape": [2, 1]}
+    http.unregister_system_shared_memory("in_out")
+    assert http.get_system_shared_memory_status() == []
+    err = refused(infer_in_shm, thttp, http, "in_out")
+    assert "shared memory region 'in_out' is not registered" in err.message()
+
+
+def test_grpc_register_infer_status_unregister(grpc_client: Any, shm: shared_memory.SharedMemory) -> None:
+    put(shm, 64, X)
+    grpc_client.register_system_shared_memory("g", key(shm), 960, offset=64)  # the region starts at byte 64
+    status = grpc_client.get_system_shared_memory_status().regions
+    assert {n: (r.name, r.key, r.offset, r.byte_size) for n, r in status.items()} == {"g": ("g", key(shm), 64, 960)}
+    result = infer_in_shm(tgrpc, grpc_client, "g", out_offset=448)  # 448 into the region: byte 512 of the file
+    assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
+    response = result.get_response()  # an empty raw entry per output in shared memory, as Triton's
+    assert ([(o.name, list(o.shape)) for o in response.outputs], list(response.raw_output_contents)) == (
+        [("output", [2, 1])], [b""])
+    grpc_client.unregister_system_shared_memory("g")
+    assert not grpc_client.get_system_shared_memory_status().regions
+
+
+def test_a_grpc_stream_request_takes_shared_memory(grpc_client: Any, shm: shared_memory.SharedMemory) -> None:
+    put(shm, 0, X)
+    grpc_client.register_system_shared_memory("s", key(shm), 1024)
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        given = tgrpc.InferInput("input", list(X.shape), "FP64")
+        given.set_shared_memory("s", X.nbytes)
+        wanted = tgrpc.InferRequestedOutput("output")
+        wanted.set_shared_memory("s", Y.nbytes, offset=512)
+        grpc_client.async_stream_infer("aff", [given], outputs=[wanted])
+        result, error = results.get(timeout=60)
+    finally:
+        grpc_client.stop_stream()
+    assert error is None and result.get_output("output").shape == [2, 1]
+    assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
+
+
+def test_an_input_in_shared_memory_with_others_raw_and_an_output_inline(grpc_client: Any, http: Any,
+                                                                       shm: shared_memory.SharedMemory) -> None:
+    # Only the input is in shared memory; the output comes back as data (both transports).
+    put(shm, 0, X)
+    http.register_system_shared_memory("in", key(shm), 1024)
+    for module, client in ((thttp, http), (tgrpc, grpc_client)):
+        given = module.InferInput("input", list(X.shape), "FP64")
+        given.set_shared_memory("in", X.nbytes)
+        assert client.infer("aff", [given]).as_numpy("output").tolist() == Y.tolist()
+
+
+def test_a_region_unlinked_by_its_client_stays_usable_until_unregistered(http: Any,
+                                                                           shm: shared_memory.SharedMemory) -> None:
+    put(shm, 0, X)
+    http.register_system_shared_memory("gone", key(shm), 1024)
+    shm.unlink()
+    infer_in_shm(thttp, http, "gone")
+    assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
+
+
+def test_a_region_truncated_by_its_client_is_refused_and_the_server_lives(http: Any,
+                                                                          shm: shared_memory.SharedMemory) -> None:
+    put(shm, 0, X)
+    http.register_system_shared_memory("cut", key(shm), 1024)
+    os.truncate(Path("/dev/shm") / shm.name, 16)  # a mapping past the end would be SIGBUS
+    err = refused(infer_in_shm, thttp, http, "cut")  # reading its input
+    assert "input 'input': shared memory region 'cut' no longer holds its bytes" in err.message()
+    given = thttp.InferInput("input", list(X.shape), "FP64")
+    given.set_data_from_numpy(X)
+    wanted = thttp.InferRequestedOutput("output")
+    wanted.set_shared_memory("cut", Y.nbytes, offset=512)
+    err = refused(http.infer, "aff", [given], outputs=[wanted])  # writing its output
+    assert "output 'output': shared memory region 'cut' no longer holds its bytes" in err.message()
+    assert http.is_server_live()
+
+
+def test_input_values_are_checked_as_raw_ones(http: Any, shm: shared_memory.SharedMemory) -> None:
+    put(shm, 0, np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]]))
+    http.register_system_shared_memory("nan", key(shm), 1024)
+    assert "holds a value that is not finite" in refused(infer_in_shm, thttp, http, "nan").message()
+    err = refused(infer_in_shm, thttp, http, "nan", in_size=40)
+    assert "'shared_memory_byte_size' must be 48 (6 FP64 values), got 40" in err.message()
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ("/a/b", "may not hold '/', '..' or NUL"),
+    ("/..x", "may not hold '/', '..' or NUL"),
+    ("/a\x00b", "may not hold '/', '..' or NUL"),
+    ("/" + "k" * 256, "has 256 bytes; at most 255"),
+    ("/wsserve-test-no-such-key", "cannot open shared memory key '/wsserve-test-no-such-key'"),
+])
+def test_bad_keys_are_refused_by_name(http: Any, grpc_client: Any, bad: str, says: str) -> None:
+    assert says in refused(http.register_system_shared_memory, "r", bad, 64).message()
+    err = refused(grpc_client.register_system_shared_memory, "r", bad, 64)
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and says in err.message()
+    assert http.get_system_shared_memory_status() == []
+
+
+def test_regions_outside_their_file_or_region_are_refused(http: Any, grpc_client: Any,
+                                                          shm: shared_memory.SharedMemory) -> None:
+    size = os.stat(Path("/dev/shm") / shm.name).st_size
+    err = refused(http.register_system_shared_memory, "big", key(shm), size, offset=8)
+    assert f"holds {size} bytes; 'offset' + 'byte_size' is {size + 8}" in err.message()
+    err = refused(http.register_system_shared_memory, "huge", key(shm), (1 << 32) + 1)
+    assert "'byte_size' must be an integer in [1, 4294967296]" in err.message()
+    put(shm, 0, X)
+    http.register_system_shared_memory("small", key(shm), 64)
+    err = refused(infer_in_shm, thttp, http, "small", in_offset=32)  # 48 bytes at 32 of a 64-byte region
+    assert "input 'input': 48 bytes at offset 32 do not fit shared memory region 'small' (64 bytes)" in err.message()
+    err = refused(infer_in_shm, tgrpc, grpc_client, "small", out_offset=56)
+    assert "output 'output': 16 bytes at offset 56 do not fit shared memory region 'small'" in err.message()
+    err = refused(infer_in_shm, thttp, http, "small", out_size=8, out_offset=48)  # the output has 16 bytes
+    assert "output 'output' has 16 bytes; its 'shared_memory_byte_size' in shared memory region 'small' is 8" \
+        in err.message()
+
+
+def test_at_most_64_regions(http: Any, grpc_client: Any, shm: shared_memory.SharedMemory) -> None:
+    for i in range(64):
+        http.register_system_shared_memory(f"r{i}", key(shm), 64)
+    err = refused(grpc_client.register_system_shared_memory, "r64", key(shm), 64)
+    assert "64 shared memory regions are registered; at most 64" in err.message()
+    assert "already registered" in refused(http.register_system_shared_memory, "r0", key(shm), 64).message()
+    assert len(http.get_system_shared_memory_status()) == 64
+
+
+def test_cuda_shared_memory_is_answered_as_a_server_without_gpus(http: Any, grpc_client: Any) -> None:
+    assert http.get_cuda_shared_memory_status() == []
+    assert "CUDA shared memory is not supported" in refused(http.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8).message()
+    assert not grpc_client.get_cuda_shared_memory_status().regions
+    err = refused(grpc_client.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8)
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "CUDA shared memory is not supported" in err.message()
+
+
+def test_without_keys_a_forwarded_client_may_not_register(served: tuple[ServerProcess, str], http: Any,
+                                                          shm: shared_memory.SharedMemory) -> None:
+    err = refused(http.register_system_shared_memory, "f", key(shm), 64, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert err.status() == "403" and REGISTER_REFUSED in err.message()
+    channel = grpc.insecure_channel(served[1])
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SystemSharedMemoryRegister(service_pb2.SystemSharedMemoryRegisterRequest(
+            name="f", key=key(shm), byte_size=64), metadata=(("x-forwarded-for", "203.0.113.9"),))
+    channel.close()
+    assert (info.value.code().name, info.value.details()) == ("PERMISSION_DENIED", REGISTER_REFUSED)
+    assert http.get_system_shared_memory_status() == []
+
+
+def test_with_keys_only_the_admin_key_may_register_and_use_regions(repo: Path,
+                                                                   shm: shared_memory.SharedMemory) -> None:
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo),
+                         "--api-key", API, "--admin-key", ADMIN)
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    gclient = tgrpc.InferenceServerClient(grpc_address(proc))
+    api, admin = {"Authorization": f"Bearer {API}"}, {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        put(shm, 0, X)
+        err = refused(http.register_system_shared_memory, "k", key(shm), 1024, headers=api)
+        assert (err.status(), err.message()) == ("403", REGISTER_REFUSED)
+        err = refused(gclient.register_system_shared_memory, "k", key(shm), 1024, headers={"authorization": api[
+            "Authorization"]})
+        assert (err.status(), err.message()) == ("StatusCode.PERMISSION_DENIED", REGISTER_REFUSED)
+        http.register_system_shared_memory("k", key(shm), 1024, headers=admin)
+        assert [r["name"] for r in http.get_system_shared_memory_status(headers=api)] == ["k"]
+        err = refused(infer_in_shm, thttp, http, "k", headers=api)  # using a region is the admin's too
+        assert err.status() == "403" and "using a shared memory region needs the admin key" in err.message()
+        err = refused(http.unregister_system_shared_memory, "k", headers=api)
+        assert err.status() == "403"
+        infer_in_shm(thttp, http, "k", headers=admin)
+        assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
+        http.unregister_system_shared_memory(headers=admin)
+        assert http.get_system_shared_memory_status(headers=api) == []
+    finally:
+        http.close()
+        gclient.close()
+        proc.stop()
+
+
+def test_with_workers_registering_is_refused(repo: Path, shm: shared_memory.SharedMemory) -> None:
+    # A region registered in one worker process would be unknown to the others.
+    with ServerProcess("--workers", "2", "--models", "none", "--model-repository", str(repo)) as proc:
+        http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        err = refused(http.register_system_shared_memory, "w", key(shm), 64)
+        assert err.status() == "403" and "not available with --workers" in err.message()
+        assert "system_shared_memory" not in http.get_server_metadata()["extensions"]
+        http.close()
+
+
+def test_closing_unregisters_every_region_and_closes_its_file(tmp_path: Path) -> None:
+    from wsserve.rest.sharedmem import SystemSharedMemory
+
+    (tmp_path / "obj").write_bytes(bytes(128))
+    regions = SystemSharedMemory(directory=tmp_path)
+    regions.register("a", "/obj", 0, 64)
+    regions.register("b", "obj", 64, 64)
+    fds = [r.fd for r in regions._regions.values()]
+    regions.close()
+    assert len(regions) == 0 and regions.status() == []
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    regions.close()  # idempotent
+
+
+# --------------------------------------------------------------------------- Triton's perf_analyzer
+
+_PERF_ANALYZER_DEFAULT = Path(__file__).resolve().parent.parent / ".cache" / "perf_analyzer" / "perf_analyzer"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_runs_with_system_shared_memory(served: tuple[ServerProcess, str], http: Any,
+                                                      protocol: str) -> None:
+    """``perf_analyzer --shared-memory system``: Triton's own C++ clients register their regions, put
+    every input and output in them, and unregister them at the end."""
+    binary = os.environ.get("WSSERVE_PERF_ANALYZER") or (
+        str(_PERF_ANALYZER_DEFAULT) if _PERF_ANALYZER_DEFAULT.exists() else shutil.which("perf_analyzer"))
+    if not binary:
+        pytest.skip("perf_analyzer is not installed: bash scripts/install-perf-analyzer")
+    url = served[1] if protocol == "grpc" else f"127.0.0.1:{served[0].port}"
+    run = subprocess.run(
+        [binary, "-m", "aff", "-u", url, "-i", protocol, "-b", "4", "--shared-memory", "system",
+         "--output-shared-memory-size", "64", "--measurement-mode", "count_windows",
+         "--measurement-request-count", "50", "--max-trials", "3", "--stability-percentage", "100000"],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = dict(re.findall(r"^\s+(Inference count|Successful request count): (\d+)$", run.stdout, re.M))
+    assert int(figures["Successful request count"]) >= 50
+    assert http.get_system_shared_memory_status() == []  # it unregistered its regions
+
+
+def test_an_inputs_bytes_are_copied_out_when_the_request_is_read(tmp_path: Path) -> None:
+    # The request is queued with its own copy: the client may rewrite the region at once.
+    from wsserve.rest import oip
+    from wsserve.rest.sharedmem import SystemSharedMemory
+
+    (tmp_path / "obj").write_bytes(bytes(16) + X.tobytes())
+    regions = SystemSharedMemory(directory=tmp_path)
+    regions.register("r", "/obj", 16, X.nbytes)
+    spec_in, spec_out = oip.Tensor("input", "FP64", (3,)), oip.Tensor("output", "FP64", (1,))
+    body = b'{"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "parameters": ' \
+           b'{"shared_memory_region": "r", "shared_memory_byte_size": 48}}]}'
+    req = oip.parse_infer(body, None, (spec_in,), (spec_out,), max_rows=8, shm=lambda: regions)
+    (tmp_path / "obj").write_bytes(bytes(16 + X.nbytes))  # the client reuses its region
+    assert req.arrays["input"].tolist() == X.tolist()
+    regions.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_another_users_shared_memory_is_refused(tmp_path: Path) -> None:
+    from wsserve.errors import BadRequest
+    from wsserve.rest.sharedmem import SystemSharedMemory
+
+    (tmp_path / "theirs").write_bytes(bytes(64))
+    os.chown(tmp_path / "theirs", 65534, 65534)
+    with pytest.raises(BadRequest, match="belongs to another user"):
+        SystemSharedMemory(directory=tmp_path).register("r", "/theirs", 0, 64)
+    (tmp_path / "target").write_bytes(bytes(64))
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(BadRequest, match="cannot open shared memory key '/link'"):
+        SystemSharedMemory(directory=tmp_path).register("r", "/link", 0, 64)
