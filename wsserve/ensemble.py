@@ -62,7 +62,7 @@ from .repository.ensemble_plan import (
 from .repository.errors import ModelLoadError
 from .repository.tensors import TensorSpec
 from .stats import WorkerStatistics
-from .worker import Tensors, concat_rows
+from .worker import Tensors, concat_rows, request_id_of
 
 __all__ = ["EnsembleModel", "EnsembleWorker", "step_signatures", "build_ensemble", "depends_on"]
 
@@ -160,6 +160,12 @@ class _StepSink:
         self.item: Any = None
         self._parts: list[Tensors] = []
         self._rows = 0
+
+    @property
+    def request_id(self) -> str:
+        """The ensemble request's client id: Triton gives each step's request the ensemble request's id
+        (a Triton Python step model reads it as ``request_id()``)."""
+        return request_id_of(self.run.sink)
 
     def wanted_outputs(self) -> frozenset[str]:
         """The step model's outputs this step maps (a step that is an ensemble runs only what they need,
