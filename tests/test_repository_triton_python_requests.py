@@ -159,6 +159,28 @@ def test_a_triton_error_code_reaches_the_oip_clients_with_tritons_status(served,
     assert (ginfo.value.status(), ginfo.value.message()) == (f"StatusCode.{EXPECTED[code][2]}", message)
 
 
+@pytest.mark.parametrize("code", sorted(EXPECTED))
+def test_a_triton_error_code_in_an_ensemble_step_keeps_tritons_status(served, code: int) -> None:
+    """Triton's ensemble answers a step's error with that error's status."""
+    proc, address, _ = served
+    message = f"ensemble 'codes_ens' step 0 (model 'codes'): model 'codes' failed: TritonError: refused with code {code}"
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    inp = thttp.InferInput("IN", [1, 2], "FP32")
+    inp.set_data_from_numpy(_x(-1, code))
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("codes_ens", [inp])
+    assert (info.value.status(), info.value.message()) == (str(EXPECTED[code][1]), message)
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        ginp = tgrpc.InferInput("IN", [1, 2], "FP32")
+        ginp.set_data_from_numpy(_x(-1, code))
+        with pytest.raises(tgrpc.InferenceServerException) as ginfo:
+            grpc_client.infer("codes_ens", [ginp])
+    finally:
+        grpc_client.close()
+    assert (ginfo.value.status(), ginfo.value.message()) == (f"StatusCode.{EXPECTED[code][2]}", message)
+
+
 async def test_an_error_response_fails_only_its_request_in_one_execute_with_the_client_ids(served) -> None:
     """Two 4-row requests fill one batch: one execute sees both (their WebSocket ids); the bad one
     fails with INVALID_ARG's invalid_input, the good one gets its rows from that same execute."""

@@ -142,6 +142,11 @@ def _shared_tensors(plan: EnsemblePlan) -> frozenset[str]:
     return frozenset(t for t, n in reads.items() if n > 1)
 
 
+#: What a step's error may carry besides its code (the HTTP and gRPC statuses of a Triton Python
+#: model's ``TritonError``): the request's error keeps them, as Triton's ensemble answers a step's status.
+_STATUSES = ("http_status", "grpc_status")
+
+
 class _StepSink:
     """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
 
@@ -289,8 +294,14 @@ class _Run:
         self.flying.pop(step.index, None)
         if self.done:
             return
-        cls = Internal if isinstance(exc, UnknownModel) else type(exc)
-        self.fail(cls(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms))
+        if isinstance(exc, UnknownModel):
+            self.fail(Internal(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms))
+            return
+        error = type(exc)(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms)
+        for status in _STATUSES:  # a status the step's error names (a Triton Python model's code) goes with it
+            if hasattr(exc, status):
+                setattr(error, status, getattr(exc, status))
+        self.fail(error)
 
     def _stop_steps(self) -> None:
         flying, self.flying = self.flying, {}
