@@ -216,6 +216,8 @@ class _Run:
         #: the plan's steps this request runs (those its wanted outputs need) and the outputs it answers
         self.steps = needed_steps(worker.plan, wanted)
         self.outputs = tuple(o.name for o in worker.plan.outputs if wanted is None or o.name in wanted)
+        #: wanted names that are not outputs of this plan (an outer ensemble planned against an older one)
+        self.unknown = sorted(wanted - {o.name for o in worker.plan.outputs}) if wanted is not None else []
         self.priority = priority
         self.deadline = deadline
         self.started_at = monotonic()
@@ -226,6 +228,10 @@ class _Run:
 
     def start(self) -> None:
         if self.done:  # cancelled before its first steps went
+            return
+        if self.unknown:
+            names = ", ".join(o.name for o in self.worker.plan.outputs)
+            self.fail(Internal(f"ensemble {self.worker.name!r} has no output {self.unknown[0]!r} (its outputs: {names})"))
             return
         try:
             self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
@@ -400,7 +406,9 @@ class EnsembleWorker:
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> _Run:
         """Start ``sink``'s request: its first steps are queued at once.  Only the steps needed for
         the outputs the sink wants run (its ``wanted_outputs()``, if it has one: names of the
-        ensemble's outputs, or None for all).  Raises ``ShuttingDown`` after :meth:`close`,
+        ensemble's outputs, or None for all; a name it lacks - an outer ensemble's step planned
+        against an inner ensemble since re-planned - fails the request through its sink with
+        ``internal``).  Raises ``ShuttingDown`` after :meth:`close`,
         ``BadRequest`` for a sink that wants explanations and ``InvalidInput`` for more rows than
         the ensemble's ``max_batch_size`` (Triton's rule); then the sink is never called.  A step
         that cannot be queued fails the request through its sink."""
