@@ -571,6 +571,8 @@ class ModelRegistry:
             self._ensembles[name] = mscan
             self._load_ensemble(name, version, mscan)
             return
+        # no longer an ensemble (its config changed): its old steps' changes must not re-plan it
+        self._ensembles.pop(name, None)
         self.pool.set_state(name, v, "loading")
         try:
             async with self._loads:
