@@ -90,3 +90,24 @@ async def test_a_model_that_was_an_ensemble_no_longer_follows_its_old_steps(serv
     wait_until(lambda: client.is_model_ready("step"), 30)
     assert client.is_model_ready("m"), client.get_model_repository_index()
     np.testing.assert_array_equal(_infer(client, "m", x), x * 3)
+
+
+def _successes(client: thttp.InferenceServerClient, model: str) -> tuple[int, int]:
+    stats = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]
+    return int(stats["success"]["count"]), int(stats["fail"]["count"])
+
+
+def test_each_steps_request_counts_in_its_models_statistics(served) -> None:
+    """Triton counts an ensemble's step requests as the step models' own (success, fail), an inner
+    ensemble's too: one request to 'outer' (a step on 'm', a step on 'step') is one success of each."""
+    proc, root = served
+    (root / "outer" / "1").mkdir(parents=True)
+    (root / "outer" / "config.pbtxt").write_text(ENSEMBLE_PBTXT.replace('model_name: "step"', 'model_name: "m"'))
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    client.load_model("outer")
+    wait_until(lambda: client.is_model_ready("outer"), 30)
+    before = {name: _successes(client, name) for name in ("outer", "m", "step")}
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(_infer(client, "outer", x), x * 2)
+    after = {name: _successes(client, name) for name in ("outer", "m", "step")}
+    assert after == {name: (ok + 1, fail) for name, (ok, fail) in before.items()}

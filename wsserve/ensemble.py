@@ -150,7 +150,8 @@ _STATUSES = ("http_status", "grpc_status")
 class _StepSink:
     """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
 
-    __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows")
+    __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows",
+                 "_queued_at", "_queue_s")
 
     explain = False
 
@@ -165,6 +166,15 @@ class _StepSink:
         self.item: Any = None
         self._parts: list[Tensors] = []
         self._rows = 0
+        self._queued_at = monotonic()
+        self._queue_s = 0.0
+
+    def _ended(self, ok: bool) -> None:
+        """Count this step's request in its model version's statistics, once it ended (Triton counts
+        an ensemble's step requests as the step model's: success, fail, queue)."""
+        stats = getattr(self.worker, "stats", None)
+        if stats is not None and self.item is not None:
+            stats.on_request(ok, monotonic() - self._queued_at, self._queue_s)
 
     @property
     def request_id(self) -> str:
@@ -180,6 +190,8 @@ class _StepSink:
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None:
         if self.finished:
             return
+        if not self._parts:
+            self._queue_s = max(queue_s, 0.0)
         self._parts.append(outputs)
         self._rows += len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
         if self._rows >= self.n:
@@ -188,13 +200,16 @@ class _StepSink:
             try:
                 out = parts[0] if len(parts) == 1 else concat_rows(parts)
             except WsserveError as exc:  # rows of different shapes (InvalidInput): its request fails
+                self._ended(False)
                 self.run.step_failed(self.step, exc)
                 return
+            self._ended(True)
             self.run.step_done(self, out)
 
     def on_error(self, exc: WsserveError) -> None:
         if not self.finished:
             self.finished = True
+            self._ended(False)
             self.run.step_failed(self.step, exc)
 
     def stop(self) -> None:
@@ -202,6 +217,7 @@ class _StepSink:
         if not self.finished:
             self.finished = True
             if self.item is not None:
+                self._ended(False)  # a cancellation, as a client's cancelled request counts
                 self.worker.cancel(self.item)
 
 
