@@ -111,3 +111,20 @@ def test_each_steps_request_counts_in_its_models_statistics(served) -> None:
     np.testing.assert_array_equal(_infer(client, "outer", x), x * 2)
     after = {name: _successes(client, name) for name in ("outer", "m", "step")}
     assert after == {name: (ok + 1, fail) for name, (ok, fail) in before.items()}
+
+
+async def test_an_ensemble_version_an_admin_unloaded_stays_unloaded_when_its_step_changes(served) -> None:
+    proc, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    conn = await Conn.open(proc.url)
+    try:
+        answer = await conn.request({"type": "unload", "id": 1, "model": "m", "version": "1"})
+    finally:
+        await conn.close()
+    assert answer["ok"] is True, answer
+    wait_until(lambda: not client.is_model_ready("m"), 30)
+    client.unload_model("step")
+    wait_until(lambda: not client.is_model_ready("step"), 30)
+    client.load_model("step")
+    wait_until(lambda: client.is_model_ready("step"), 30)
+    assert not client.is_model_ready("m"), client.get_model_repository_index()
