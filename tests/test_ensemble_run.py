@@ -287,3 +287,28 @@ def test_more_rows_than_the_ensembles_max_batch_size_are_refused_at_submit() -> 
         assert len(e["a"].worker.submitted) == 1
 
     asyncio.run(go())
+
+
+def test_a_sink_wanting_an_output_the_ensemble_lacks_is_answered_not_left_hanging() -> None:
+    """An outer ensemble's step names the inner ensemble's outputs as they were when the outer one was
+    planned; an inner one re-planned meanwhile (an output renamed) must fail that step, not raise in a
+    loop callback and leave the request without an answer."""
+
+    @dataclass
+    class Wanting(Sink):
+        def wanted_outputs(self) -> frozenset[str]:
+            return frozenset({"GONE"})
+
+    async def go() -> None:
+        worker, e = _worker()  # one output, OUT
+        sink = Wanting(_x(), 2)
+        worker.submit(sink)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not e["a"].worker.submitted and not e["b"].worker.submitted
+        (err,), = [sink.errors]
+        assert isinstance(err, Internal)
+        assert err.message == "ensemble 'fan' has no output 'GONE' (its outputs: OUT)"
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())

@@ -87,11 +87,23 @@ EXPECTED = {
 }
 
 
+#: An ensemble of one step on ``model`` (x -> y), its own max_batch_size 4.
+def _one_step_ensemble(model: str) -> str:
+    return ('platform: "ensemble"\nmax_batch_size: 4\ninput [ { name: "IN" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+            'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+            f'ensemble_scheduling {{ step [ {{ model_name: "{model}" model_version: -1 '
+            'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
     root = tmp_path_factory.mktemp("triton_requests") / "model_repository"
     _write(root, "codes", ONE_IO_PBTXT, CODES_PY)
     _write(root, "counted", COUNTED_PBTXT, COUNTED_PY)
+    _write(root, "idlog", ONE_IO_PBTXT, COUNTED_PY)  # as counted, without its batching window
+    for name, step_model in {"ids_ens": "idlog", "codes_ens": "codes"}.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(_one_step_ensemble(step_model))
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc), root
@@ -147,6 +159,28 @@ def test_a_triton_error_code_reaches_the_oip_clients_with_tritons_status(served,
     assert (ginfo.value.status(), ginfo.value.message()) == (f"StatusCode.{EXPECTED[code][2]}", message)
 
 
+@pytest.mark.parametrize("code", sorted(EXPECTED))
+def test_a_triton_error_code_in_an_ensemble_step_keeps_tritons_status(served, code: int) -> None:
+    """Triton's ensemble answers a step's error with that error's status."""
+    proc, address, _ = served
+    message = f"ensemble 'codes_ens' step 0 (model 'codes'): model 'codes' failed: TritonError: refused with code {code}"
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    inp = thttp.InferInput("IN", [1, 2], "FP32")
+    inp.set_data_from_numpy(_x(-1, code))
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("codes_ens", [inp])
+    assert (info.value.status(), info.value.message()) == (str(EXPECTED[code][1]), message)
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        ginp = tgrpc.InferInput("IN", [1, 2], "FP32")
+        ginp.set_data_from_numpy(_x(-1, code))
+        with pytest.raises(tgrpc.InferenceServerException) as ginfo:
+            grpc_client.infer("codes_ens", [ginp])
+    finally:
+        grpc_client.close()
+    assert (ginfo.value.status(), ginfo.value.message()) == (f"StatusCode.{EXPECTED[code][2]}", message)
+
+
 async def test_an_error_response_fails_only_its_request_in_one_execute_with_the_client_ids(served) -> None:
     """Two 4-row requests fill one batch: one execute sees both (their WebSocket ids); the bad one
     fails with INVALID_ARG's invalid_input, the good one gets its rows from that same execute."""
@@ -184,6 +218,25 @@ def test_request_id_is_the_oip_id_or_empty(served) -> None:
     finally:
         grpc_client.close()
     assert _calls(root)[before:] == [["http-7"], [""], ["grpc-8"]]
+
+
+def test_an_ensemble_step_gets_the_ensemble_requests_id(served) -> None:
+    """Triton gives each step's request the ensemble request's id (EnsembleContext::InitStep)."""
+    proc, address, root = served
+    x = _x(5, 0, rows=2)
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    inp = thttp.InferInput("IN", [2, 2], "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_array_equal(http.infer("ids_ens", [inp], request_id="ens-7").as_numpy("OUT"), x)
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        ginp = tgrpc.InferInput("IN", [2, 2], "FP32")
+        ginp.set_data_from_numpy(x)
+        grpc_client.infer("ids_ens", [ginp], request_id="ens-8")
+    finally:
+        grpc_client.close()
+    calls = [json.loads(line) for line in (root / "idlog" / "calls.jsonl").read_text().splitlines()]
+    assert calls[-2:] == [["ens-7"], ["ens-8"]]
 
 
 # --------------------------------------------------------------------------- in process

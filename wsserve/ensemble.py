@@ -62,7 +62,7 @@ from .repository.ensemble_plan import (
 from .repository.errors import ModelLoadError
 from .repository.tensors import TensorSpec
 from .stats import WorkerStatistics
-from .worker import Tensors, concat_rows
+from .worker import Tensors, concat_rows, request_id_of
 
 __all__ = ["EnsembleModel", "EnsembleWorker", "step_signatures", "build_ensemble", "depends_on"]
 
@@ -142,10 +142,16 @@ def _shared_tensors(plan: EnsemblePlan) -> frozenset[str]:
     return frozenset(t for t, n in reads.items() if n > 1)
 
 
+#: What a step's error may carry besides its code (the HTTP and gRPC statuses of a Triton Python
+#: model's ``TritonError``): the request's error keeps them, as Triton's ensemble answers a step's status.
+_STATUSES = ("http_status", "grpc_status")
+
+
 class _StepSink:
     """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
 
-    __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows")
+    __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows",
+                 "_queued_at", "_queue_s")
 
     explain = False
 
@@ -160,6 +166,21 @@ class _StepSink:
         self.item: Any = None
         self._parts: list[Tensors] = []
         self._rows = 0
+        self._queued_at = monotonic()
+        self._queue_s = 0.0
+
+    def _ended(self, ok: bool) -> None:
+        """Count this step's request in its model version's statistics, once it ended (Triton counts
+        an ensemble's step requests as the step model's: success, fail, queue)."""
+        stats = getattr(self.worker, "stats", None)
+        if stats is not None and self.item is not None:
+            stats.on_request(ok, monotonic() - self._queued_at, self._queue_s)
+
+    @property
+    def request_id(self) -> str:
+        """The ensemble request's client id: Triton gives each step's request the ensemble request's id
+        (a Triton Python step model reads it as ``request_id()``)."""
+        return request_id_of(self.run.sink)
 
     def wanted_outputs(self) -> frozenset[str]:
         """The step model's outputs this step maps (a step that is an ensemble runs only what they need,
@@ -169,6 +190,8 @@ class _StepSink:
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None:
         if self.finished:
             return
+        if not self._parts:
+            self._queue_s = max(queue_s, 0.0)
         self._parts.append(outputs)
         self._rows += len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
         if self._rows >= self.n:
@@ -177,13 +200,16 @@ class _StepSink:
             try:
                 out = parts[0] if len(parts) == 1 else concat_rows(parts)
             except WsserveError as exc:  # rows of different shapes (InvalidInput): its request fails
+                self._ended(False)
                 self.run.step_failed(self.step, exc)
                 return
+            self._ended(True)
             self.run.step_done(self, out)
 
     def on_error(self, exc: WsserveError) -> None:
         if not self.finished:
             self.finished = True
+            self._ended(False)
             self.run.step_failed(self.step, exc)
 
     def stop(self) -> None:
@@ -191,6 +217,7 @@ class _StepSink:
         if not self.finished:
             self.finished = True
             if self.item is not None:
+                self._ended(False)  # a cancellation, as a client's cancelled request counts
                 self.worker.cancel(self.item)
 
 
@@ -205,6 +232,8 @@ class _Run:
         #: the plan's steps this request runs (those its wanted outputs need) and the outputs it answers
         self.steps = needed_steps(worker.plan, wanted)
         self.outputs = tuple(o.name for o in worker.plan.outputs if wanted is None or o.name in wanted)
+        #: wanted names that are not outputs of this plan (an outer ensemble planned against an older one)
+        self.unknown = sorted(wanted - {o.name for o in worker.plan.outputs}) if wanted is not None else []
         self.priority = priority
         self.deadline = deadline
         self.started_at = monotonic()
@@ -215,6 +244,10 @@ class _Run:
 
     def start(self) -> None:
         if self.done:  # cancelled before its first steps went
+            return
+        if self.unknown:
+            names = ", ".join(o.name for o in self.worker.plan.outputs)
+            self.fail(Internal(f"ensemble {self.worker.name!r} has no output {self.unknown[0]!r} (its outputs: {names})"))
             return
         try:
             self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
@@ -283,8 +316,14 @@ class _Run:
         self.flying.pop(step.index, None)
         if self.done:
             return
-        cls = Internal if isinstance(exc, UnknownModel) else type(exc)
-        self.fail(cls(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms))
+        if isinstance(exc, UnknownModel):
+            self.fail(Internal(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms))
+            return
+        error = type(exc)(f"{self._label(step)}: {exc.message}", retry_after_ms=exc.retry_after_ms)
+        for status in _STATUSES:  # a status the step's error names (a Triton Python model's code) goes with it
+            if hasattr(exc, status):
+                setattr(error, status, getattr(exc, status))
+        self.fail(error)
 
     def _stop_steps(self) -> None:
         flying, self.flying = self.flying, {}
@@ -383,7 +422,9 @@ class EnsembleWorker:
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> _Run:
         """Start ``sink``'s request: its first steps are queued at once.  Only the steps needed for
         the outputs the sink wants run (its ``wanted_outputs()``, if it has one: names of the
-        ensemble's outputs, or None for all).  Raises ``ShuttingDown`` after :meth:`close`,
+        ensemble's outputs, or None for all; a name it lacks - an outer ensemble's step planned
+        against an inner ensemble since re-planned - fails the request through its sink with
+        ``internal``).  Raises ``ShuttingDown`` after :meth:`close`,
         ``BadRequest`` for a sink that wants explanations and ``InvalidInput`` for more rows than
         the ensemble's ``max_batch_size`` (Triton's rule); then the sink is never called.  A step
         that cannot be queued fails the request through its sink."""

@@ -70,7 +70,8 @@ class Histogram:
 class VersionStats:
     """One model version's counters for Triton's statistics extension (``GET /v2/models/.../stats``).
 
-    Per finished request (:meth:`Metrics.predict_done` / :meth:`Metrics.request_done`):
+    Per finished request (:meth:`Metrics.predict_done` / :meth:`Metrics.request_done`; an ensemble
+    step's: :meth:`on_request`):
     ``ok``/``ok_s`` (count and total seconds of successful requests), ``fail``/``fail_s``
     (the others: errors, timeouts, cancellations), ``queue_s`` (total wait of the successful
     ones before their first batch; its count is ``ok``).  Per computed batch
@@ -106,6 +107,18 @@ class VersionStats:
         size[0] += 1
         size[1] += compute_s
         self.last = ended
+
+    def on_request(self, ok: bool, duration_s: float, queue_s: float) -> None:
+        """One finished request that is no client's own (an ensemble step's, which Triton counts as
+        the step model's request): ``ok`` or not, ``duration_s`` from its queueing to its end,
+        ``queue_s`` its wait before its first batch (kept for a success only)."""
+        if ok:
+            self.ok += 1
+            self.ok_s += duration_s
+            self.queue_s += queue_s
+        else:
+            self.fail += 1
+            self.fail_s += duration_s
 
     def on_cache(self, hit: bool, seconds: float) -> None:
         """One response-cache lookup: a hit or a miss, taking ``seconds``."""

@@ -571,6 +571,8 @@ class ModelRegistry:
             self._ensembles[name] = mscan
             self._load_ensemble(name, version, mscan)
             return
+        # no longer an ensemble (its config changed): its old steps' changes must not re-plan it
+        self._ensembles.pop(name, None)
         self.pool.set_state(name, v, "loading")
         try:
             async with self._loads:
@@ -729,9 +731,12 @@ class ModelRegistry:
                 mscan = self._ensembles.get(name)
                 if mscan is None or name in self._unloaded:
                     return
+                status = self.pool.status(name)
                 for version in mscan.selected:
                     vscan = mscan.version(version)
-                    if vscan is not None and vscan.error is None:
+                    held = status.get(str(version))
+                    # a version unloaded since (an admin's unload of it, its policy) or on its way out stays so
+                    if vscan is not None and vscan.error is None and held is not None and held.state != "unloading":
                         self._load_ensemble(name, version, mscan)
         except Exception:  # noqa: BLE001 - one ensemble's bug must not stop the others
             log.exception("re-planning ensemble %r failed", name)
