@@ -136,3 +136,28 @@ def test_load_with_a_config_serves_it_until_a_load_without_one(served: tuple[Ser
     finally:
         http.close()
         gclient.close()
+
+
+def test_a_config_that_fails_to_load_is_an_error_and_the_model_keeps_serving(
+        served: tuple[ServerProcess, str]) -> None:
+    """A config that parses but whose model fails to load (``initialize`` raises on its scale)
+    is answered as the failed load it is, naming the version; the versions the model served keep
+    serving with what they had, the others its policy leaves out are not stopped."""
+    proc, _ = served
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+        # version 2, served: its reload fails, it keeps serving the files' config
+        with pytest.raises(InferenceServerException, match="load failed for model 'scaled': version 2"):
+            http.load_model("scaled", config=override("not a number", policy={"latest": {"num_versions": 1}}))
+        assert infer(http) == expect(2, 2)
+        # version 1, not served: it fails, and version 2 (which the policy leaves out) still serves
+        with pytest.raises(InferenceServerException, match="load failed for model 'scaled': version 1"):
+            http.load_model("scaled", config=override("not a number", policy={"specific": {"versions": [1]}}))
+        assert http.is_model_ready("scaled", "2")
+        assert infer(http, "2") == expect(2, 2)
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()

@@ -565,12 +565,20 @@ class ModelRegistry:
         """Loads past their timeout whose threads still run."""
         return len(self._abandoned)
 
-    async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> None:
+    def _reason(self, name: str, version: int) -> str:
+        """Why ``name`` ``version`` last failed (its listed reason)."""
+        status = self.pool.status(name).get(str(version))
+        return (status.reason if status is not None else None) or "failed"
+
+    async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> bool:
+        """Load ``name`` ``version`` from ``path`` with ``mscan``'s config and serve it in place of
+        what serves it (which keeps serving when the load fails).  Returns False when it failed."""
         v = str(version)
         if mscan.config is not None and mscan.config.ensemble is not None:
             self._ensembles[name] = mscan
             self._load_ensemble(name, version, mscan)
-            return
+            held = self.pool.status(name).get(v)
+            return held is None or held.state != "failed"
         self.pool.set_state(name, v, "loading")
         try:
             async with self._loads:
@@ -580,7 +588,7 @@ class ModelRegistry:
             log.error("model %r version %s failed to load: %s", name, v, reason)
             self.pool.set_state(name, v, "failed", reason)
             self._recheck_ensembles(name)  # an ensemble waiting for it (loading) is failed now
-            return
+            return False
         assert mscan.config is not None
         worker = self._worker(name, model, mscan.config)
         _, replaced = self.pool.serve(name, v, model, worker=worker)
@@ -593,6 +601,7 @@ class ModelRegistry:
                 self._unload(name, waiting)
             else:
                 self._deferred.setdefault(name, set()).add(waiting)
+        return True
 
     async def _load_in_thread(self, name: str, version: int, path: Path, mscan: ModelScan) -> Any:
         """:func:`_load` in a thread of its own (the caller holds a load slot), within the model's
@@ -845,12 +854,25 @@ class ModelRegistry:
                 targets = [vscan]
             else:
                 targets = [v for v in mscan.versions if v.version in mscan.selected]
+            failed: list[int] = []
+            unlisted: list[int] = []  # failed versions that were not listed before
             for vscan in targets:
                 held = self.pool.status(name).get(str(vscan.version))
                 # an `unloading` version is on its way out (finishing its work): load it anew
                 if op == "reload" or held is None or held.entry is None or held.state == "unloading":
-                    await self._load(name, vscan.version, vscan.path, mscan)
-            if whole and version is None:  # then the versions the policy leaves out stop
+                    if not await self._load(name, vscan.version, vscan.path, mscan):
+                        failed.append(vscan.version)
+                        if held is None:
+                            unlisted.append(vscan.version)
+            if whole and failed:
+                # a version that served keeps serving what it had, and none the policy leaves out stops;
+                # answered as the failed load it is (a served version's failure leaves it `ready`)
+                why = "; ".join(f"version {v}: {self._reason(name, v)}" for v in failed)
+                if len(failed) == len(targets):  # nothing of the request's config is served: as before it
+                    for v in unlisted:
+                        self.pool.forget(name, str(v))
+                    raise BadRequest(f"load failed for model {name!r}: {why}")
+            if whole and version is None and not failed:  # then the versions the policy leaves out stop
                 chosen = {str(v.version) for v in targets}
                 for v in [v for v in self.pool.status(name) if v.isdigit() and v not in chosen]:
                     self._unload(name, int(v))
@@ -864,6 +886,8 @@ class ModelRegistry:
                     others = tuple(m for m in previous.models if m.name != name)
                     self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
                                                        previous.ignored, previous.error)
+            if whole and failed:
+                raise BadRequest(f"load failed for model {name!r}: {why}")
         status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
         return {"model": name, "versions": [  # in the order the `models` reply lists them
             {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status
