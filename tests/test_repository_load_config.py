@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_until
 
 grpc = pytest.importorskip("grpc")  # the grpc extra installs it
 tgrpc = pytest.importorskip("tritonclient.grpc")
@@ -161,3 +162,44 @@ def test_a_config_that_fails_to_load_is_an_error_and_the_model_keeps_serving(
         assert infer(http) == expect(2, 2)
     finally:
         http.close()
+
+
+def test_hot_reload_keeps_a_config_until_its_config_file_changes(tmp_path: Path) -> None:
+    """Under ``--reload`` a rescan (here: another model's files change) leaves a model loaded with
+    a request's config as it is (its policy's versions, its parameters); a change of its own
+    config file reloads it from its files."""
+    from tests.repo_models import AFFINE_CONFIG, write_affine
+    from tests.repo_wire import wait_watching
+
+    root = tmp_path / "repository"
+    model = root / "scaled"
+    for version in ("1", "2"):
+        (model / version).mkdir(parents=True)
+        (model / version / "model.py").write_text(MODEL_PY)
+    (model / "config.pbtxt").write_text(PBTXT)
+    (root / "other").mkdir()
+    (root / "other" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(root / "other" / "1", bias=0.0)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--reload")
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        wait_watching(proc, root)
+        http.load_model("scaled", config=override("5"))
+        assert infer(http, "1") == expect(5, 1) and infer(http, "2") == expect(5, 2)
+
+        def other_loads() -> int:
+            return proc.stderr_text().count("serving model 'other' version 1")
+
+        before = other_loads()
+        write_affine(root / "other" / "1", bias=1.0)  # a rescan: 'other' reloads
+        wait_until(lambda: other_loads() > before, 30.0, what="'other' reloaded")
+        assert http.is_model_ready("scaled", "1")
+        assert infer(http, "1") == expect(5, 1) and infer(http, "2") == expect(5, 2)
+
+        (model / "config.pbtxt").write_text(PBTXT.replace('string_value: "2"', 'string_value: "3"'))
+        wait_until(lambda: not http.is_model_ready("scaled", "1") and infer(http) == expect(3, 2), 30.0,
+                   what="'scaled' reloaded from its changed config file")
+    finally:
+        http.close()
+        proc.stop()
+

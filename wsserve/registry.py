@@ -472,6 +472,7 @@ class ModelRegistry:
         current = await loop.run_in_executor(None, scan, repo)
         current = self._filtered(repo, current)
         previous = self._scans.get(repo)
+        current = await self._keeping_overrides(previous, current)
         if current.error is not None:
             log.error("model repository %s: %s", repo, current.error)
             return []  # keep planning from the last good scan
@@ -493,6 +494,32 @@ class ModelRegistry:
             task.add_done_callback(self._applying.discard)
             tasks.append(task)
         return tasks
+
+    async def _keeping_overrides(self, previous: RepositoryScan | None, current: RepositoryScan) -> RepositoryScan:
+        """``current`` with each model an admin loaded with a request's config scanned with that
+        config while its config file is the one it was loaded beside (same fingerprint): a rescan
+        then plans its versions by that config's policy and loads them with it.  A model whose
+        config file changed goes back to its files (its override is dropped)."""
+        if previous is None or not self._overridden:
+            return current
+        kept: dict[str, ModelConfig] = {}
+        for m in current.models:
+            held = previous.model(m.name) if m.name in self._overridden else None
+            if held is None or held.config is None:
+                continue
+            if held.config_fingerprint == m.config_fingerprint:
+                kept[m.name] = held.config
+            else:
+                log.info("model %r: its config file changed: the config it was loaded with is dropped", m.name)
+                self._overridden.discard(m.name)
+        if not kept:
+            return current
+
+        def rescanned() -> tuple[ModelScan, ...]:
+            return tuple(scan_model(m.path, m.name, kept[m.name]) if m.name in kept else m for m in current.models)
+
+        models = await asyncio.get_running_loop().run_in_executor(None, rescanned)
+        return RepositoryScan(current.path, models, current.ignored, current.error)
 
     async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any]) -> None:
         """Apply one model's planned ``actions``, holding its lock; failures are logged."""
