@@ -203,3 +203,36 @@ def test_hot_reload_keeps_a_config_until_its_config_file_changes(tmp_path: Path)
         http.close()
         proc.stop()
 
+
+ENSEMBLE = json.dumps({
+    "name": "scaled", "platform": "ensemble", "max_batch_size": 8,
+    "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [2]}],
+    "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [2]}],
+    "ensemble_scheduling": {"step": [{"model_name": "double", "model_version": -1, "input_map": {"X": "X"},
+                                      "output_map": {"Y": "Y"}}]}})
+
+
+def test_a_config_that_made_a_model_an_ensemble_is_gone_with_it(tmp_path: Path) -> None:
+    """A model loaded with a config that makes it an ensemble runs its step; loaded again
+    without one it is the files' model, and stays so when that step model changes (it was then
+    planned again as the ensemble of the dropped config, replacing the model)."""
+    root = tmp_path / "repository"
+    for name, versions in (("scaled", ("1", "2")), ("double", ("1",))):
+        for version in versions:
+            (root / name / version).mkdir(parents=True)
+            (root / name / version / "model.py").write_text(MODEL_PY)
+        (root / name / "config.pbtxt").write_text(PBTXT.replace('"scaled"', f'"{name}"'))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        http.load_model("scaled", config=ENSEMBLE)
+        assert http.get_model_config("scaled")["platform"] == "ensemble"
+        assert infer(http) == expect(2, 1)  # 'double' version 1's answer
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+        http.load_model("double", config=override("3").replace('"scaled"', '"double"'))  # its step model changes
+        assert http.get_model_config("scaled")["platform"] != "ensemble"
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()
+        proc.stop()

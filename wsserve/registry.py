@@ -606,6 +606,9 @@ class ModelRegistry:
             self._load_ensemble(name, version, mscan)
             held = self.pool.status(name).get(v)
             return held is None or held.state != "failed"
+        # not (or no longer: a load's config made it one, or its config file did) an ensemble: never
+        # planned again as one when a model it named changes
+        self._ensembles.pop(name, None)
         self.pool.set_state(name, v, "loading")
         try:
             async with self._loads:
