@@ -57,7 +57,7 @@ from .connection import Connection, ConnectionContext, ConnectionIO, Shared
 from .errors import Forbidden, RateLimited, ShuttingDown, Unauthorized, WsserveError
 from .httpmsg import HttpExchange
 from .logcontrol import LogControl
-from .logs import AccessLog
+from .logs import AccessLog, RedactSecrets
 from .metrics import CONTENT_TYPE, Metrics
 from .pool import ModelPool
 from .protocol import encode_hello
@@ -152,7 +152,7 @@ class Server:
             version=__version__, clock=monotonic, wall_clock=time,
             ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
             admin=self.ctx.admin, unloaded=self.registry.unloaded_names, tracer=self.tracing,
-            log_control=LogControl.from_logging(self.config.log_format, fixed=None if worker is None else (
+            log_control=LogControl.from_logging(self.config.log_format, requires=RedactSecrets, fixed=None if worker is None else (
                 "changing log settings is not available with --workers: each worker process has its own; "
                 "restart the server with another --log-level instead")),
         )
