@@ -236,3 +236,25 @@ def test_a_config_that_made_a_model_an_ensemble_is_gone_with_it(tmp_path: Path) 
     finally:
         http.close()
         proc.stop()
+
+
+def test_an_ensemble_config_that_cannot_be_planned_changes_nothing(tmp_path: Path) -> None:
+    """A config making a model an ensemble whose step model is not served is refused naming the
+    step, and the model keeps serving its files' version (it was retired, leaving it failed)."""
+    root = tmp_path / "repository"
+    for version in ("1", "2"):
+        (root / "scaled" / version).mkdir(parents=True)
+        (root / "scaled" / version / "model.py").write_text(MODEL_PY)
+    (root / "scaled" / "config.pbtxt").write_text(PBTXT)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        assert infer(http) == expect(2, 2)
+        with pytest.raises(InferenceServerException, match="'double'"):
+            http.load_model("scaled", config=ENSEMBLE)
+        assert http.is_model_ready("scaled", "2")
+        assert http.get_model_config("scaled").get("platform") != "ensemble"
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()
+        proc.stop()

@@ -739,6 +739,19 @@ class ModelRegistry:
         # for it) is planned again, now against it
         self._recheck_ensembles(name)
 
+    def _check_ensemble(self, name: str, mscan: ModelScan) -> None:
+        """Refuse a load request's config making ``name`` an ensemble that cannot be planned now
+        (a step model not served, tensors that disagree, a cycle) unless a step model is loading:
+        planning it would retire what ``name`` serves.  Raises ``BadRequest`` naming the problem."""
+        if mscan.config is None or mscan.config.ensemble is None:
+            return
+        try:
+            build_ensemble(name, max(mscan.selected, default=1), mscan.config, self.pool, self._ensemble_steps())
+        except ModelLoadError as exc:
+            if ensemble_cycle(name, {**self._ensemble_steps(), name: mscan.config.ensemble.step_models}) is not None \
+                    or self._step_loading(mscan) is None:
+                raise BadRequest(f"model {name!r}: {exc}") from None
+
     def _ensemble_steps(self) -> dict[str, tuple[str, ...]]:
         """Every ensemble of the repositories (served or not) and its step models, from its config."""
         return {name: mscan.config.ensemble.step_models for name, mscan in self._ensembles.items()
@@ -875,6 +888,8 @@ class ModelRegistry:
                 op, version = "reload", None if config is None else version
             if mscan.config is None:
                 raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
+            if config is not None:
+                self._check_ensemble(name, mscan)
             self._unloaded.discard(name)
             if version is not None:
                 number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
