@@ -258,3 +258,23 @@ def test_an_ensemble_config_that_cannot_be_planned_changes_nothing(tmp_path: Pat
     finally:
         http.close()
         proc.stop()
+
+
+def test_a_config_whose_policy_selects_no_version_changes_nothing(served: tuple[ServerProcess, str]) -> None:
+    """A config whose version policy selects none of the model's version directories is refused
+    naming it (Triton: at least one version must be available under the policy); it unloaded
+    every version the model served and answered success."""
+    proc, address = served
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    gclient = tgrpc.InferenceServerClient(address)
+    try:
+        http.load_model("scaled")
+        with pytest.raises(InferenceServerException, match="version_policy selects none of its versions"):
+            http.load_model("scaled", config=override("5", policy={"specific": {"versions": [7]}}))
+        with pytest.raises(InferenceServerException, match="version_policy selects none of its versions"):
+            gclient.load_model("scaled", config=override("5", policy={"specific": {"versions": [7]}}))
+        assert http.is_model_ready("scaled", "2")
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()
+        gclient.close()

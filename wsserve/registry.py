@@ -889,6 +889,10 @@ class ModelRegistry:
             if mscan.config is None:
                 raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
             if config is not None:
+                if version is None and not mscan.selected:  # it would unload every version and serve none
+                    found = ", ".join(str(v.version) for v in mscan.versions) or "none"
+                    raise BadRequest(f"model {name!r}: the load request's config's version_policy selects none of its "
+                                     f"versions (version directories: {found})")
                 self._check_ensemble(name, mscan)
             self._unloaded.discard(name)
             if version is not None:
