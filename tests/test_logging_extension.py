@@ -235,3 +235,44 @@ def test_workers_refuse_changes(repo: Path) -> None:
         http.close()
     finally:
         proc.stop()
+
+
+EMBEDDED = f'''
+import logging
+import sys
+
+import wsserve
+
+logging.basicConfig(level=logging.WARNING, format="PROGRAM %(levelname)s %(name)s: %(message)s")
+ident = wsserve.FunctionModel(lambda x: x, name="ident", input_shape=(2,), output_shape=(2,))
+sys.exit(wsserve.serve(models={{"ident": ident}}, host="127.0.0.1", port=0, log_level=None,
+                       api_key=frozenset({{{API!r}}}), admin_key=frozenset({{{ADMIN!r}}})))
+'''
+
+
+def test_an_embedding_programs_own_logging_is_not_changed(tmp_path: Path) -> None:
+    """``wsserve.serve(log_level=None)`` leaves logging to the program: its handlers neither mask
+    credentials nor take the server's settings, so a change is refused (an admin's
+    ``log_verbose_level`` once lowered the program's root logger to DEBUG, and the handshake's
+    ``Authorization`` header reached the program's log); reading still answers."""
+    import sys
+
+    import websockets.sync.client
+
+    script = tmp_path / "embedded.py"
+    script.write_text(EMBEDDED)
+    proc = ServerProcess.from_command([sys.executable, str(script)])
+    try:
+        http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        assert http.get_log_settings(headers=admin)["log_verbose_level"] == 0
+        with pytest.raises(InferenceServerException, match="handlers it did not set up"):
+            http.update_log_settings({"log_verbose_level": 1}, headers=admin)
+        assert http.get_log_settings(headers=admin)["log_verbose_level"] == 0
+        with websockets.sync.client.connect(proc.url, additional_headers={"Authorization": f"Bearer {API}"}) as ws:
+            ws.send('{"type":"models","id":1}')
+            assert '"type":"hello"' in ws.recv()
+        http.close()
+    finally:
+        proc.stop()
+    assert API not in proc.stderr_text() and "PROGRAM DEBUG" not in proc.stderr_text()

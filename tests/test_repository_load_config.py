@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, wait_until
 
 grpc = pytest.importorskip("grpc")  # the grpc extra installs it
 tgrpc = pytest.importorskip("tritonclient.grpc")
@@ -133,6 +134,147 @@ def test_load_with_a_config_serves_it_until_a_load_without_one(served: tuple[Ser
         assert infer(http) == expect(2, 2)
         assert not http.is_model_ready("scaled", "1")
         assert batch_rows(http) == "8"
+    finally:
+        http.close()
+        gclient.close()
+
+
+def test_a_config_that_fails_to_load_is_an_error_and_the_model_keeps_serving(
+        served: tuple[ServerProcess, str]) -> None:
+    """A config that parses but whose model fails to load (``initialize`` raises on its scale)
+    is answered as the failed load it is, naming the version; the versions the model served keep
+    serving with what they had, the others its policy leaves out are not stopped."""
+    proc, _ = served
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+        # version 2, served: its reload fails, it keeps serving the files' config
+        with pytest.raises(InferenceServerException, match="load failed for model 'scaled': version 2"):
+            http.load_model("scaled", config=override("not a number", policy={"latest": {"num_versions": 1}}))
+        assert infer(http) == expect(2, 2)
+        # version 1, not served: it fails, and version 2 (which the policy leaves out) still serves
+        with pytest.raises(InferenceServerException, match="load failed for model 'scaled': version 1"):
+            http.load_model("scaled", config=override("not a number", policy={"specific": {"versions": [1]}}))
+        assert http.is_model_ready("scaled", "2")
+        assert infer(http, "2") == expect(2, 2)
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()
+
+
+def test_hot_reload_keeps_a_config_until_its_config_file_changes(tmp_path: Path) -> None:
+    """Under ``--reload`` a rescan (here: another model's files change) leaves a model loaded with
+    a request's config as it is (its policy's versions, its parameters); a change of its own
+    config file reloads it from its files."""
+    from tests.repo_models import AFFINE_CONFIG, write_affine
+    from tests.repo_wire import wait_watching
+
+    root = tmp_path / "repository"
+    model = root / "scaled"
+    for version in ("1", "2"):
+        (model / version).mkdir(parents=True)
+        (model / version / "model.py").write_text(MODEL_PY)
+    (model / "config.pbtxt").write_text(PBTXT)
+    (root / "other").mkdir()
+    (root / "other" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(root / "other" / "1", bias=0.0)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--reload")
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        wait_watching(proc, root)
+        http.load_model("scaled", config=override("5"))
+        assert infer(http, "1") == expect(5, 1) and infer(http, "2") == expect(5, 2)
+
+        def other_loads() -> int:
+            return proc.stderr_text().count("serving model 'other' version 1")
+
+        before = other_loads()
+        write_affine(root / "other" / "1", bias=1.0)  # a rescan: 'other' reloads
+        wait_until(lambda: other_loads() > before, 30.0, what="'other' reloaded")
+        assert http.is_model_ready("scaled", "1")
+        assert infer(http, "1") == expect(5, 1) and infer(http, "2") == expect(5, 2)
+
+        (model / "config.pbtxt").write_text(PBTXT.replace('string_value: "2"', 'string_value: "3"'))
+        wait_until(lambda: not http.is_model_ready("scaled", "1") and infer(http) == expect(3, 2), 30.0,
+                   what="'scaled' reloaded from its changed config file")
+    finally:
+        http.close()
+        proc.stop()
+
+
+ENSEMBLE = json.dumps({
+    "name": "scaled", "platform": "ensemble", "max_batch_size": 8,
+    "input": [{"name": "X", "data_type": "TYPE_FP32", "dims": [2]}],
+    "output": [{"name": "Y", "data_type": "TYPE_FP32", "dims": [2]}],
+    "ensemble_scheduling": {"step": [{"model_name": "double", "model_version": -1, "input_map": {"X": "X"},
+                                      "output_map": {"Y": "Y"}}]}})
+
+
+def test_a_config_that_made_a_model_an_ensemble_is_gone_with_it(tmp_path: Path) -> None:
+    """A model loaded with a config that makes it an ensemble runs its step; loaded again
+    without one it is the files' model, and stays so when that step model changes (it was then
+    planned again as the ensemble of the dropped config, replacing the model)."""
+    root = tmp_path / "repository"
+    for name, versions in (("scaled", ("1", "2")), ("double", ("1",))):
+        for version in versions:
+            (root / name / version).mkdir(parents=True)
+            (root / name / version / "model.py").write_text(MODEL_PY)
+        (root / name / "config.pbtxt").write_text(PBTXT.replace('"scaled"', f'"{name}"'))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        http.load_model("scaled", config=ENSEMBLE)
+        assert http.get_model_config("scaled")["platform"] == "ensemble"
+        assert infer(http) == expect(2, 1)  # 'double' version 1's answer
+        http.load_model("scaled")
+        assert infer(http) == expect(2, 2)
+        http.load_model("double", config=override("3").replace('"scaled"', '"double"'))  # its step model changes
+        assert http.get_model_config("scaled")["platform"] != "ensemble"
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()
+        proc.stop()
+
+
+def test_an_ensemble_config_that_cannot_be_planned_changes_nothing(tmp_path: Path) -> None:
+    """A config making a model an ensemble whose step model is not served is refused naming the
+    step, and the model keeps serving its files' version (it was retired, leaving it failed)."""
+    root = tmp_path / "repository"
+    for version in ("1", "2"):
+        (root / "scaled" / version).mkdir(parents=True)
+        (root / "scaled" / version / "model.py").write_text(MODEL_PY)
+    (root / "scaled" / "config.pbtxt").write_text(PBTXT)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        assert infer(http) == expect(2, 2)
+        with pytest.raises(InferenceServerException, match="'double'"):
+            http.load_model("scaled", config=ENSEMBLE)
+        assert http.is_model_ready("scaled", "2")
+        assert http.get_model_config("scaled").get("platform") != "ensemble"
+        assert infer(http) == expect(2, 2)
+    finally:
+        http.close()
+        proc.stop()
+
+
+def test_a_config_whose_policy_selects_no_version_changes_nothing(served: tuple[ServerProcess, str]) -> None:
+    """A config whose version policy selects none of the model's version directories is refused
+    naming it (Triton: at least one version must be available under the policy); it unloaded
+    every version the model served and answered success."""
+    proc, address = served
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    gclient = tgrpc.InferenceServerClient(address)
+    try:
+        http.load_model("scaled")
+        with pytest.raises(InferenceServerException, match="version_policy selects none of its versions"):
+            http.load_model("scaled", config=override("5", policy={"specific": {"versions": [7]}}))
+        with pytest.raises(InferenceServerException, match="version_policy selects none of its versions"):
+            gclient.load_model("scaled", config=override("5", policy={"specific": {"versions": [7]}}))
+        assert http.is_model_ready("scaled", "2")
+        assert infer(http) == expect(2, 2)
     finally:
         http.close()
         gclient.close()

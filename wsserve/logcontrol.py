@@ -133,21 +133,37 @@ class LogControl:
     one worker process of several), or None.  ``root``: the logger whose level and handlers
     carry the settings (the root logger by default)."""
 
-    def __init__(self, settings: LogSettings, *, fixed: str | None = None, root: logging.Logger | None = None) -> None:
+    def __init__(self, settings: LogSettings, *, fixed: str | None = None, root: logging.Logger | None = None,
+                 requires: type[logging.Filter] | None = None) -> None:
         self._root = logging.getLogger() if root is None else root
         self._filter = _SeverityFilter(settings)
         self.fixed = fixed
+        self._requires = requires
 
     @classmethod
-    def from_logging(cls, fmt: str = "text", *, fixed: str | None = None,
-                     root: logging.Logger | None = None) -> LogControl:
+    def from_logging(cls, fmt: str = "text", *, fixed: str | None = None, root: logging.Logger | None = None,
+                     requires: type[logging.Filter] | None = None) -> LogControl:
         """The settings the root logger's level gives (what ``--log-level`` set); levels between
-        the named ones count as the next named one up."""
+        the named ones count as the next named one up.  ``requires``: changes are refused unless
+        every handler of the root logger (and there is one) carries a filter of this class
+        (the server's :class:`~wsserve.logs.RedactSecrets`: a program that embeds the server
+        and logs through handlers of its own keeps its logging as it set it)."""
         root = logging.getLogger() if root is None else root
         level = root.getEffectiveLevel()
         name = ("debug" if level <= logging.DEBUG else "info" if level <= logging.INFO
                 else "warning" if level <= logging.WARNING else "error")
-        return cls(settings_for_level(name, fmt), fixed=fixed, root=root)
+        return cls(settings_for_level(name, fmt), fixed=fixed, root=root, requires=requires)
+
+    def _not_ours(self) -> str | None:
+        """Why the root logger's handlers may not be changed (see :meth:`from_logging`), or None."""
+        if self._requires is None:
+            return None
+        handlers = self._root.handlers
+        if handlers and all(any(isinstance(f, self._requires) for f in h.filters) for h in handlers):
+            return None
+        return ("changing log settings is not available: this server's process logs through handlers it did not "
+                "set up (a program embedding it with log_level=None), which keep the program's settings and do not "
+                "mask credentials")
 
     @property
     def settings(self) -> LogSettings:
@@ -155,10 +171,14 @@ class LogControl:
 
     def update(self, changes: Mapping[str, Any]) -> LogSettings:
         """Apply ``changes`` (see :func:`updated`) and return the settings now in force.  Raises
-        :class:`~wsserve.errors.Forbidden` when :attr:`fixed`, ``BadRequest`` for a bad setting
+        :class:`~wsserve.errors.Forbidden` when :attr:`fixed` or the handlers are not the server's
+        (see :meth:`from_logging`), ``BadRequest`` for a bad setting
         (nothing changes then)."""
         if self.fixed is not None and changes:
             raise Forbidden(self.fixed)
+        why = self._not_ours() if changes else None
+        if why is not None:
+            raise Forbidden(why)
         new = updated(self.settings, changes)
         self._apply(new)
         return new

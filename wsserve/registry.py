@@ -472,6 +472,7 @@ class ModelRegistry:
         current = await loop.run_in_executor(None, scan, repo)
         current = self._filtered(repo, current)
         previous = self._scans.get(repo)
+        current = await self._keeping_overrides(previous, current)
         if current.error is not None:
             log.error("model repository %s: %s", repo, current.error)
             return []  # keep planning from the last good scan
@@ -493,6 +494,32 @@ class ModelRegistry:
             task.add_done_callback(self._applying.discard)
             tasks.append(task)
         return tasks
+
+    async def _keeping_overrides(self, previous: RepositoryScan | None, current: RepositoryScan) -> RepositoryScan:
+        """``current`` with each model an admin loaded with a request's config scanned with that
+        config while its config file is the one it was loaded beside (same fingerprint): a rescan
+        then plans its versions by that config's policy and loads them with it.  A model whose
+        config file changed goes back to its files (its override is dropped)."""
+        if previous is None or not self._overridden:
+            return current
+        kept: dict[str, ModelConfig] = {}
+        for m in current.models:
+            held = previous.model(m.name) if m.name in self._overridden else None
+            if held is None or held.config is None:
+                continue
+            if held.config_fingerprint == m.config_fingerprint:
+                kept[m.name] = held.config
+            else:
+                log.info("model %r: its config file changed: the config it was loaded with is dropped", m.name)
+                self._overridden.discard(m.name)
+        if not kept:
+            return current
+
+        def rescanned() -> tuple[ModelScan, ...]:
+            return tuple(scan_model(m.path, m.name, kept[m.name]) if m.name in kept else m for m in current.models)
+
+        models = await asyncio.get_running_loop().run_in_executor(None, rescanned)
+        return RepositoryScan(current.path, models, current.ignored, current.error)
 
     async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any]) -> None:
         """Apply one model's planned ``actions``, holding its lock; failures are logged."""
@@ -565,13 +592,22 @@ class ModelRegistry:
         """Loads past their timeout whose threads still run."""
         return len(self._abandoned)
 
-    async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> None:
+    def _reason(self, name: str, version: int) -> str:
+        """Why ``name`` ``version`` last failed (its listed reason)."""
+        status = self.pool.status(name).get(str(version))
+        return (status.reason if status is not None else None) or "failed"
+
+    async def _load(self, name: str, version: int, path: Path, mscan: ModelScan) -> bool:
+        """Load ``name`` ``version`` from ``path`` with ``mscan``'s config and serve it in place of
+        what serves it (which keeps serving when the load fails).  Returns False when it failed."""
         v = str(version)
         if mscan.config is not None and mscan.config.ensemble is not None:
             self._ensembles[name] = mscan
             self._load_ensemble(name, version, mscan)
-            return
-        # no longer an ensemble (its config changed): its old steps' changes must not re-plan it
+            held = self.pool.status(name).get(v)
+            return held is None or held.state != "failed"
+        # not (or no longer: a load's config made it one, or its config file did) an ensemble: never
+        # planned again as one when a model it named changes
         self._ensembles.pop(name, None)
         self.pool.set_state(name, v, "loading")
         try:
@@ -582,7 +618,7 @@ class ModelRegistry:
             log.error("model %r version %s failed to load: %s", name, v, reason)
             self.pool.set_state(name, v, "failed", reason)
             self._recheck_ensembles(name)  # an ensemble waiting for it (loading) is failed now
-            return
+            return False
         assert mscan.config is not None
         worker = self._worker(name, model, mscan.config)
         _, replaced = self.pool.serve(name, v, model, worker=worker)
@@ -595,6 +631,7 @@ class ModelRegistry:
                 self._unload(name, waiting)
             else:
                 self._deferred.setdefault(name, set()).add(waiting)
+        return True
 
     async def _load_in_thread(self, name: str, version: int, path: Path, mscan: ModelScan) -> Any:
         """:func:`_load` in a thread of its own (the caller holds a load slot), within the model's
@@ -701,6 +738,19 @@ class ModelRegistry:
         # an ensemble with a step on this one (planned before it was served: 'not served', or 'loading' waiting
         # for it) is planned again, now against it
         self._recheck_ensembles(name)
+
+    def _check_ensemble(self, name: str, mscan: ModelScan) -> None:
+        """Refuse a load request's config making ``name`` an ensemble that cannot be planned now
+        (a step model not served, tensors that disagree, a cycle) unless a step model is loading:
+        planning it would retire what ``name`` serves.  Raises ``BadRequest`` naming the problem."""
+        if mscan.config is None or mscan.config.ensemble is None:
+            return
+        try:
+            build_ensemble(name, max(mscan.selected, default=1), mscan.config, self.pool, self._ensemble_steps())
+        except ModelLoadError as exc:
+            if ensemble_cycle(name, {**self._ensemble_steps(), name: mscan.config.ensemble.step_models}) is not None \
+                    or self._step_loading(mscan) is None:
+                raise BadRequest(f"model {name!r}: {exc}") from None
 
     def _ensemble_steps(self) -> dict[str, tuple[str, ...]]:
         """Every ensemble of the repositories (served or not) and its step models, from its config."""
@@ -841,6 +891,12 @@ class ModelRegistry:
                 op, version = "reload", None if config is None else version
             if mscan.config is None:
                 raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
+            if config is not None:
+                if version is None and not mscan.selected:  # it would unload every version and serve none
+                    found = ", ".join(str(v.version) for v in mscan.versions) or "none"
+                    raise BadRequest(f"model {name!r}: the load request's config's version_policy selects none of its "
+                                     f"versions (version directories: {found})")
+                self._check_ensemble(name, mscan)
             self._unloaded.discard(name)
             if version is not None:
                 number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
@@ -850,12 +906,25 @@ class ModelRegistry:
                 targets = [vscan]
             else:
                 targets = [v for v in mscan.versions if v.version in mscan.selected]
+            failed: list[int] = []
+            unlisted: list[int] = []  # failed versions that were not listed before
             for vscan in targets:
                 held = self.pool.status(name).get(str(vscan.version))
                 # an `unloading` version is on its way out (finishing its work): load it anew
                 if op == "reload" or held is None or held.entry is None or held.state == "unloading":
-                    await self._load(name, vscan.version, vscan.path, mscan)
-            if whole and version is None:  # then the versions the policy leaves out stop
+                    if not await self._load(name, vscan.version, vscan.path, mscan):
+                        failed.append(vscan.version)
+                        if held is None:
+                            unlisted.append(vscan.version)
+            if whole and failed:
+                # a version that served keeps serving what it had, and none the policy leaves out stops;
+                # answered as the failed load it is (a served version's failure leaves it `ready`)
+                why = "; ".join(f"version {v}: {self._reason(name, v)}" for v in failed)
+                if len(failed) == len(targets):  # nothing of the request's config is served: as before it
+                    for v in unlisted:
+                        self.pool.forget(name, str(v))
+                    raise BadRequest(f"load failed for model {name!r}: {why}")
+            if whole and version is None and not failed:  # then the versions the policy leaves out stop
                 chosen = {str(v.version) for v in targets}
                 for v in [v for v in self.pool.status(name) if v.isdigit() and v not in chosen]:
                     self._unload(name, int(v))
@@ -869,6 +938,8 @@ class ModelRegistry:
                     others = tuple(m for m in previous.models if m.name != name)
                     self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
                                                        previous.ignored, previous.error)
+            if whole and failed:
+                raise BadRequest(f"load failed for model {name!r}: {why}")
         status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
         return {"model": name, "versions": [  # in the order the `models` reply lists them
             {"version": v, "state": s.state, **({"reason": s.reason} if s.reason else {})} for v, s in status

@@ -57,7 +57,7 @@ from .connection import Connection, ConnectionContext, ConnectionIO, Shared
 from .errors import Forbidden, RateLimited, ShuttingDown, Unauthorized, WsserveError
 from .httpmsg import HttpExchange
 from .logcontrol import LogControl
-from .logs import AccessLog
+from .logs import AccessLog, RedactSecrets
 from .metrics import CONTENT_TYPE, Metrics
 from .pool import ModelPool
 from .protocol import encode_hello
@@ -159,7 +159,7 @@ class Server:
             ready=lambda: self.ready and not self._draining, slot_free=self._slot_free,
             admin=self.ctx.admin, unloaded=self.registry.unloaded_names, tracer=self.tracing,
             trace_control=self.trace_control,
-            log_control=LogControl.from_logging(self.config.log_format,
+            log_control=LogControl.from_logging(self.config.log_format, requires=RedactSecrets,
                                                 fixed=None if fixed is None else fixed.format(what="log settings")),
             settings_fixed=fixed,
             shared_memory=worker is None,
