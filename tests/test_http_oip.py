@@ -153,6 +153,10 @@ def test_nested_data_and_version_route(server) -> None:
     assert answers[0]["outputs"] == answers[1]["outputs"]
     out = answers[0]["outputs"][0]
     assert out["shape"] == [2, 10] and out["datatype"] == "FP64" and len(out["data"]) == 20
+    # "outputs": [] asks for every output, as Triton answers it (and as gRPC, which cannot tell it
+    # from no "outputs", reads it): it used to answer none
+    empty = json.loads(_post(server.port, "/v2/models/mlp/infer", json.dumps({"inputs": [flat], "outputs": []}).encode()).body)
+    assert empty["outputs"] == answers[0]["outputs"]
     ragged = dict(flat, data=[rows[0], rows[1][:5]])
     assert "does not have shape" in json.loads(_post(server.port, "/v2/models/mlp/infer",
                                                      json.dumps({"inputs": [ragged]}).encode()).body)["error"]

@@ -364,13 +364,14 @@ def require_all(arrays: Mapping[str, np.ndarray], inputs: tuple[Tensor, ...]) ->
 def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,
               attributions: tuple[Tensor, ...], shm_outputs: dict[int, ShmRef] | None = None) -> list[tuple[int, bool]]:
     """``(index, binary)`` of the tensors to answer, in order (``obj["outputs"]``: the requested
-    outputs, each ``{"name", "parameters"}``; absent: all): indexes past the model's outputs are
+    outputs, each ``{"name", "parameters"}``; absent or empty: all, as Triton answers both, and as
+    gRPC, which cannot tell them apart, reads them): indexes past the model's outputs are
     ``attributions`` (each follows its output, in the output's form, unless named itself).
     An output whose parameters name a shared memory region (:func:`~wsserve.rest.sharedmem.shm_ref`)
     goes in ``shm_outputs`` by index (None: refused)."""
     wanted = obj.get("outputs")
     answerable = (*outputs, *attributions)
-    if wanted is None:
+    if wanted is None or wanted == []:
         return [(i, binary_default) for i in range(len(answerable))]
     if type(wanted) is not list or len(wanted) > MAX_TENSORS:
         raise BadRequest(f"'outputs' must be an array of at most {MAX_TENSORS} requested outputs")
