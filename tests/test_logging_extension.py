@@ -169,6 +169,12 @@ def test_http_reports_changes_and_the_log_follows(served: tuple[ServerProcess, s
         wait_until(lambda: 'log settings changed by 127.0.0.1: {"log_error":true}' in proc.stderr_text(), 30.0,
                    what="the last change's WARNING record")
         assert _serving_lines(proc) == before + 1
+        # a change that turns warnings off is still recorded (its record is written before it applies)
+        client.update_log_settings({"log_warning": False})
+        client.update_log_settings({"log_warning": True})
+        wait_until(lambda: 'log settings changed by 127.0.0.1: {"log_warning":true}' in proc.stderr_text(), 30.0,
+                   what="the record of turning warnings back on")
+        assert 'log settings changed by 127.0.0.1: {"log_warning":false}' in proc.stderr_text()
         with pytest.raises(InferenceServerException, match="unknown log setting 'log_colour'"):
             client.update_log_settings({"log_colour": True})
         with pytest.raises(InferenceServerException, match="'log_file' must be"):

@@ -27,7 +27,7 @@ repository extension's: an admin).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -169,18 +169,25 @@ class LogControl:
     def settings(self) -> LogSettings:
         return self._filter.settings
 
-    def update(self, changes: Mapping[str, Any]) -> LogSettings:
+    def update(self, changes: Mapping[str, Any], audit: Callable[[], None] | None = None) -> LogSettings:
         """Apply ``changes`` (see :func:`updated`) and return the settings now in force.  Raises
         :class:`~wsserve.errors.Forbidden` when :attr:`fixed` or the handlers are not the server's
         (see :meth:`from_logging`), ``BadRequest`` for a bad setting
-        (nothing changes then)."""
+        (nothing changes then).  ``audit`` (a warning record of the change) is called once the
+        changes are checked, when there are any: before they apply if warnings were written, else
+        after, so a change that turns warnings off or on is recorded either way."""
         if self.fixed is not None and changes:
             raise Forbidden(self.fixed)
         why = self._not_ours() if changes else None
         if why is not None:
             raise Forbidden(why)
         new = updated(self.settings, changes)
+        before = self.settings.log_warning
+        if changes and audit is not None and before:
+            audit()
         self._apply(new)
+        if changes and audit is not None and not before:
+            audit()
         return new
 
     def _apply(self, new: LogSettings) -> None:

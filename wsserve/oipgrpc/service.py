@@ -629,8 +629,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if request.settings:
                 self._may_admin(context, "changing log settings")
                 changes = convert.log_changes(request.settings)
-                settings = control.update(changes)
-                log.warning("log settings changed by %s: %s", self._client(context), changes)
+                settings = control.update(changes, lambda: log.warning(
+                    "log settings changed by %s: %s", self._client(context), changes))
             else:
                 settings = control.settings
         except WsserveError as exc:

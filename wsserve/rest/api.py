@@ -721,8 +721,8 @@ class HttpApi:
         changes = loads(request.body) if request.body.strip() else {}
         if type(changes) is not dict:
             raise BadRequest("the log settings request must be a JSON object")
-        settings = self.log_control.update(changes)
-        log.warning("log settings changed by %s: %s", request.address, orjson.dumps(changes).decode()[:512])
+        settings = self.log_control.update(changes, lambda: log.warning(
+            "log settings changed by %s: %s", request.address, orjson.dumps(changes).decode()[:512]))
         return HttpResponse(200, orjson.dumps(settings.as_dict()), JSON, [_NO_STORE])
 
     # ------------------------------------------------------------------ OIP trace extension (Triton's)
@@ -748,8 +748,9 @@ class HttpApi:
             settings = self.trace_control.update(changes, model)
         except TraceSettingError as exc:
             raise BadRequest(str(exc)) from None
-        log.warning("trace settings%s changed by %s: %s", "" if model is None else f" of model {model!r}", who,
-                    orjson.dumps(changes).decode()[:512])
+        if changes:
+            log.warning("trace settings%s changed by %s: %s", "" if model is None else f" of model {model!r}", who,
+                        orjson.dumps(changes).decode()[:512])
         return settings
 
     def _trace_settings(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
