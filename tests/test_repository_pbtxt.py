@@ -142,8 +142,9 @@ def test_hints_are_accepted_and_listed_for_one_warning() -> None:
     """)
     assert cfg.max_delay_ms == 0.1
     assert cfg.response_cache is True  # honoured, not a hint
+    assert [w.name for w in cfg.warmup] == ["w"]  # honoured too (tests/test_repository_model_warmup.py)
     assert set(cfg.warnings) == {
-        "optimization", "model_warmup", "dynamic_batching.preferred_batch_size",
+        "optimization", "dynamic_batching.preferred_batch_size",
         "dynamic_batching.preserve_ordering", "input[0].format", "output[0].label_filename",
         "instance_group[0].rate_limiter", "parameters.execution_mode",
     }

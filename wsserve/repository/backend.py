@@ -22,6 +22,7 @@ from ..models.base import ModelInfo, PredictiveModel
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .tensors import TensorSpec
+from .warmup import warmup_batches
 
 log = logging.getLogger("wsserve.repository")
 
@@ -103,6 +104,9 @@ class RepositoryModel(PredictiveModel):
         everywhere is every request, but a model that divides by a norm or a sum
         gives NaN for the warm-up's rows of zeros and is right for every other row.
         """
+        if batch is None and self.config.warmup:
+            self._configured_warmup()
+            return
         if batch is None:
             if any(s.variable for s in self.inputs):  # no size to try there: Triton warms up only what model_warmup says
                 log.info("%s: not warmed up: input dims are variable (-1)", self.path)
@@ -118,6 +122,20 @@ class RepositoryModel(PredictiveModel):
             if problem is not None:
                 log.warning("%s: warm-up output %r has %s (the warm-up batch is %d rows of zeros); served "
                             "anyway: a request whose output is not finite fails", self.path, spec.name, problem, n)
+
+    def _configured_warmup(self) -> None:
+        """config.pbtxt's ``model_warmup``: each sample's batch, ``count`` times, its outputs checked
+        (:mod:`.warmup`).  Raises :class:`ModelLoadError` naming the sample: the version does not serve."""
+        assert self.config.path is not None
+        for sample, arrays in warmup_batches(self.config.warmup, self.inputs, self.config.path.parent, self.path):
+            batch: Batch = arrays[self.inputs[0].name] if len(self.inputs) == 1 else arrays
+            for _ in range(sample.count):
+                try:
+                    check_outputs(self.predict(batch), self.outputs, sample.batch_size)
+                except Exception as exc:
+                    raise ModelLoadError(self.path, f"model_warmup sample {sample.name!r} failed: "
+                                                    f"{type(exc).__name__}: {exc}") from exc
+        log.info("%s: warmed up with %d model_warmup sample(s)", self.path, len(self.config.warmup))
 
     def version_figures(self) -> dict[str, Any]:
         """What ``models`` reports for this version, as JSON-ready values.

@@ -174,6 +174,9 @@ class ModelConfig:
     #: A config.pbtxt with ``backend: "python"``: its configuration as the JSON string Triton gives the
     #: model (a Triton Python backend model.py, served by :mod:`.triton_backend`); ``None`` otherwise.
     triton_model_config: str | None = None
+    #: Triton's ``model_warmup`` (config.pbtxt): the batches a version runs before it serves
+    #: (:class:`~.warmup.WarmupSample`); empty: the backend's own warm-up (a batch of zeros).
+    warmup: tuple[Any, ...] = ()
     #: A Triton ensemble's steps (config.pbtxt's ``platform: "ensemble"``,
     #: :class:`~.ensemble_config.EnsembleConfig`); ``None`` for any other model.
     ensemble: Any = None

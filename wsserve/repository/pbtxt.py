@@ -61,8 +61,9 @@ Refused (semantics wsserve cannot honour), naming the field:
 tensor ``reshape``, ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
 ``is_non_linear_format_io``.
 
+``model_warmup`` is honoured (:mod:`.warmup`: a version runs its samples before it serves).
 Accepted and ignored (hints): every other field set (``optimization``,
-``model_warmup``, other ``parameters``, the other
+other ``parameters``, the other
 ``dynamic_batching`` and ``instance_group`` fields, ``label_filename``,
 ``format``...): listed in :attr:`ModelConfig.warnings`, which the server logs as
 one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
@@ -94,6 +95,7 @@ from .ensemble_config import ENSEMBLE_PLATFORM, parse_ensemble
 from .errors import ConfigError
 from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
+from .warmup import parse_warmup
 
 __all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "parse_json_config", "parse_pbtxt"]
 
@@ -343,7 +345,7 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
             raise ConfigError(path, field.name, f"is not supported: wsserve does not serve {_REFUSED[field.name]}")
         if field.name == "model_transaction_policy" and value.decoupled:
             raise ConfigError(path, "model_transaction_policy.decoupled", "is not supported: wsserve answers each infer request once")
-        if field.name in ("runtime", "optimization", "cc_model_filenames", "metric_tags", "model_warmup", "model_operations",
+        if field.name in ("runtime", "optimization", "cc_model_filenames", "metric_tags", "model_operations",
                           "model_repository_agents", "model_metrics"):
             warnings.append(field.name)
 
@@ -369,7 +371,9 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
     common = {"path": path, "inputs": inputs, "outputs": outputs, "max_batch_size": cfg.max_batch_size,
               "max_delay_ms": max_delay_ms, **queue_policy, "instances": _instances(path, cfg, warnings),
               "version_policy": _policy(path, cfg), "model_file": _model_file(path, cfg.default_model_filename),
-              "response_cache": cfg.HasField("response_cache") and cfg.response_cache.enable}
+              "response_cache": cfg.HasField("response_cache") and cfg.response_cache.enable,
+              "warmup": parse_warmup(path, cfg.model_warmup, TRITON_TYPES, batching=cfg.max_batch_size > 0 or not (
+                  cfg.input and cfg.output), max_batch_size=cfg.max_batch_size)}
     if cfg.backend == "python":
         return _python_config(path, cfg, model_name, common, warnings)
     threads = _parameters(path, cfg, warnings)

@@ -332,8 +332,8 @@ class TritonPythonModel(RepositoryModel):
         try:
             super().warmup(batch)
         except ModelLoadError as exc:
-            if not isinstance(exc.__cause__, TritonError):
-                raise
+            if not isinstance(exc.__cause__, TritonError) or (batch is None and self.config.warmup):
+                raise  # (a model_warmup sample the config names must be answered, as Triton's warm-up must)
             log.warning("%s: warm-up request (rows of zeros) answered with an error: %s; served anyway",
                         self.path, exc.__cause__)
 
