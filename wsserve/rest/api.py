@@ -57,6 +57,7 @@ import orjson
 from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxied
 from ..auth import KeyRegistry
 from ..config import ServerConfig
+from ..dtypes import array_bytes
 from ..errors import (
     BadJson,
     BadRequest,
@@ -602,7 +603,7 @@ class HttpApi:
                                    "rows per request (max_explain_rows)")
             outputs = (*outputs, *oip.attribution_tensors(inputs, outputs))
         batch = _worker_inputs(entry, inputs, req)
-        nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
+        nbytes = sum(map(array_bytes, batch.values())) if isinstance(batch, dict) else array_bytes(batch)
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
         call = call_type(session, exchange, entry, batch, req.rows, nbytes, "oip", now, headers, rid=req.id,
                          outputs=outputs, requested=req.outputs, explain=req.explain, **extra)
