@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.support import ServerProcess  # noqa: E402
+from tests.support.conn import Conn  # noqa: E402
 from tests.support.rawhttp import RawHttp  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 from tests.test_repository_triton_python import _write  # noqa: E402
@@ -111,12 +112,13 @@ MAX_MESSAGE_BYTES = 65536
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     root = tmp_path_factory.mktemp("strings") / "model_repository"
     _write(root, "upper", UPPER_PBTXT, UPPER_PY)
+    _write(root, "cached", UPPER_PBTXT + "response_cache { enable: true }\n", UPPER_PY)
     _write(root, "tokenizer", TOKENIZER_PBTXT, TOKENIZER_PY)
     _write(root, "sum", SUM_PBTXT, SUM_PY)
     (root / "pipeline" / "1").mkdir(parents=True)
     (root / "pipeline" / "config.pbtxt").write_text(PIPELINE_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
-                         "--max-message-bytes", str(MAX_MESSAGE_BYTES))
+                         "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--response-cache-bytes", str(1 << 20))
     try:
         yield proc, grpc_address(proc)
     finally:
@@ -281,3 +283,34 @@ def test_too_many_bytes_are_refused_by_every_transport(http, gclient) -> None:
     assert ginfo.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     # and the server goes on answering
     assert http.infer("upper", [_http_input(thttp, "text", WORDS)]).as_numpy("length")[:, 0].tolist() == [3, 13, 0]
+
+
+async def test_websocket_predict_takes_and_answers_strings_as_json(served) -> None:
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "s", "model": "upper",
+                                    "inputs": {"text": [["abc"], ["h\u00e9llo w\u00f6rld"], [""]]}})
+        ens = await conn.request({"type": "predict", "id": "e", "model": "pipeline", "inputs": [["ab"]]})
+        wrong = await conn.request({"type": "predict", "id": "w", "model": "upper", "inputs": [["a"], [3]]})
+        binary = await conn.request({"type": "predict", "id": "b", "model": "upper", "inputs": [["a"]],
+                                     "binary_outputs": True})
+    finally:
+        await conn.close()
+    assert frame["type"] == "result", frame
+    assert frame["outputs"] == {"upper": [["ABC"], ["H\u00e9LLO W\u00f6RLD"], [""]], "length": [[3], [13], [0]],
+                                "label": [["short"], ["long"], ["short"]]}
+    assert ens["type"] == "result" and ens["outputs"] == {"UPPER": [["AB"]], "TOTAL": [[ord("A") + ord("B")]]}, ens
+    assert (wrong["type"], wrong["code"]) == ("error", "invalid_input")
+    assert wrong["message"] == "'inputs' row 1 holds 3; input 'text' takes strings"
+    assert (binary["type"], binary["code"]) == ("error", "bad_request")
+    assert "answers strings (BYTES outputs)" in binary["message"]
+
+
+def test_a_cached_string_model_keys_each_element_and_answers_every_request(http) -> None:
+    """The response cache keys string inputs element by element (length-prefixed: ["a", "bc"] is not
+    ["ab", "c"]); string outputs are not stored, so each request is computed and right."""
+    for texts in ([b"a", b"bc"], [b"ab", b"c"], [b"a", b"bc"]):
+        data = np.array([[t] for t in texts], dtype=np.object_)
+        result = http.infer("cached", [_http_input(thttp, "text", data)])
+        assert result.as_numpy("upper")[:, 0].tolist() == [t.upper() for t in texts]
+        assert result.as_numpy("length")[:, 0].tolist() == [len(t) for t in texts]

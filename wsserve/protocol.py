@@ -1046,10 +1046,20 @@ def encode_admin_ok(op: str, rid: RequestId | None, result: dict[str, Any]) -> b
 
 
 def _contiguous(outputs: Any) -> Any:
-    """Arrays orjson can serialise: C-contiguous (each of a ``{name: array}`` of named outputs)."""
+    """Arrays orjson can serialise: C-contiguous (each of a ``{name: array}`` of named outputs); a
+    string tensor (an object array of ``bytes``) as nested lists of strings (:func:`_texts`)."""
     if isinstance(outputs, dict):
-        return {k: np.ascontiguousarray(v) for k, v in outputs.items()}
-    return np.ascontiguousarray(outputs)
+        return {k: _texts(v) if v.dtype.kind == "O" else np.ascontiguousarray(v) for k, v in outputs.items()}
+    return _texts(outputs) if outputs.dtype.kind == "O" else np.ascontiguousarray(outputs)
+
+
+def _texts(strings: np.ndarray) -> list[Any]:
+    """A string tensor as nested lists of JSON strings: each element's bytes decoded as UTF-8, an
+    invalid byte replaced by U+FFFD (as the OIP's JSON answers BYTES)."""
+    return _DECODE(strings).tolist()
+
+
+_DECODE = np.frompyfunc(lambda v: v.decode("utf-8", "replace"), 1, 1)
 
 
 def _array(outputs: Any) -> bytes:
@@ -1064,7 +1074,7 @@ def encode_result(
     or ``{name: [n, ...]}`` for a model with named outputs.  With ``attributions``
     (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
     ``explanation`` (method, baseline, target, steps)."""
-    if type(outputs) is np.ndarray:  # the common case, without _contiguous's call and isinstance
+    if type(outputs) is np.ndarray and outputs.dtype.kind != "O":  # the common case, without _contiguous's call
         outputs = np.ascontiguousarray(outputs)
     else:
         outputs = _contiguous(outputs)

@@ -901,7 +901,8 @@ class PredictWorker:
         offset = 0
         single = not isinstance(y, dict)
         # sinks taking a whole request's rows from the batch's outputs share one BatchOutputs
-        shareable = single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0  # type: ignore[union-attr]
+        shareable = (single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0  # type: ignore[union-attr]
+                     and y.dtype.kind != "O")  # type: ignore[union-attr]  # strings: encode_result's own path
         shared: BatchOutputs | None = None
         for s in slices:
             item = s.item
