@@ -314,3 +314,17 @@ def test_a_cached_string_model_keys_each_element_and_answers_every_request(http)
         result = http.infer("cached", [_http_input(thttp, "text", data)])
         assert result.as_numpy("upper")[:, 0].tolist() == [t.upper() for t in texts]
         assert result.as_numpy("length")[:, 0].tolist() == [len(t) for t in texts]
+
+
+def test_pb_utils_serializes_and_deserializes_string_tensors_as_triton() -> None:
+    from wsserve.repository import triton_pb_utils as pb
+
+    words = np.array([[b"ab", "c\u00e9"], [b"", 7]], dtype=np.object_)
+    flat = pb.serialize_byte_tensor(words)
+    assert flat.shape == () and flat.item() == b"".join(_raw_element(w) for w in (b"ab", "c\u00e9".encode(), b"", b"7"))
+    assert pb.deserialize_bytes_tensor(flat).tolist() == [b"ab", "c\u00e9".encode(), b"", b"7"]
+    assert pb.deserialize_bytes_tensor(flat.item()).tolist() == [b"ab", "c\u00e9".encode(), b"", b"7"]
+    with pytest.raises(pb.TritonModelException, match="runs past its end"):
+        pb.deserialize_bytes_tensor(_raw_element(b"abc")[:-1])
+    with pytest.raises(pb.TritonModelException, match="invalid datatype"):
+        pb.serialize_byte_tensor(np.ones(2))
