@@ -30,7 +30,7 @@ PUBLIC = {
         "MAX_HEADER_BYTES", "MAX_TENSORS", "MAX_DIMS", "TensorDesc", "TensorPayload", "Spec", "split", "read_tensors",
         "view_tensors", "conform", "encode", "header_length",
     ],
-    "wsserve.dtypes": ["BYTES", "DTYPES", "OIP_NAMES", "ITEMSIZE", "TENSOR_DTYPES", "array_bytes"],
+    "wsserve.dtypes": ["BYTES", "DTYPES", "OIP_NAMES", "ITEMSIZE", "TENSOR_DTYPES", "array_bytes", "json_ready"],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
     "wsserve.jobs": ["Job", "JobOwner", "PredictJob", "GenerateJob"],
     "wsserve.auth": ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION", "client_network"],

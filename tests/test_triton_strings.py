@@ -328,3 +328,21 @@ def test_pb_utils_serializes_and_deserializes_string_tensors_as_triton() -> None
         pb.deserialize_bytes_tensor(_raw_element(b"abc")[:-1])
     with pytest.raises(pb.TritonModelException, match="invalid datatype"):
         pb.serialize_byte_tensor(np.ones(2))
+
+
+@pytest.mark.parametrize(("path", "body", "key"), [
+    ("/predict", {"model": "upper", "inputs": [["ab"], ["\u00e9"]]}, "outputs"),
+    ("/v1/models/upper:predict", {"instances": [{"text": ["ab"]}, {"text": ["\u00e9"]}]}, "predictions"),
+])
+def test_the_other_http_routes_take_and_answer_strings_as_json(served, path: str, body: dict, key: str) -> None:
+    conn = RawHttp(served[0].port)
+    try:
+        answer = conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    finally:
+        conn.sock.close()
+    assert answer.status == 200, answer.body
+    got = json.loads(answer.body)[key]
+    if key == "outputs":
+        assert got["upper"] == [["AB"], ["\u00e9"]] and got["length"] == [[2], [2]]
+    else:
+        assert [(p["upper"], p["length"]) for p in got] == [(["AB"], [2]), (["\u00e9"], [2])]

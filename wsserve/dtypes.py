@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
-__all__ = ["BYTES", "DTYPES", "OIP_NAMES", "ITEMSIZE", "TENSOR_DTYPES", "array_bytes"]
+__all__ = ["BYTES", "DTYPES", "OIP_NAMES", "ITEMSIZE", "TENSOR_DTYPES", "array_bytes", "json_ready"]
 
 #: wire name -> little-endian numpy dtype.
 DTYPES: Mapping[str, np.dtype] = MappingProxyType(
@@ -54,3 +55,15 @@ def array_bytes(array: np.ndarray) -> int:
     if array.dtype.kind != "O":
         return int(array.nbytes)
     return sum(len(v) for v in array.flat) + 4 * array.size
+
+
+def json_ready(array: np.ndarray) -> Any:
+    """``array`` as ``orjson`` (with ``OPT_SERIALIZE_NUMPY``) writes it: a numeric array C-contiguous;
+    a string tensor (an object array of ``bytes``) as nested lists of strings, each element decoded
+    as UTF-8 with an invalid byte replaced by U+FFFD (every JSON answer's rule for strings)."""
+    if array.dtype.kind == "O":
+        return _DECODE(array).tolist()
+    return np.ascontiguousarray(array)
+
+
+_DECODE = np.frompyfunc(lambda v: v.decode("utf-8", "replace"), 1, 1)

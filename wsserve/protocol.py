@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 
 from .chat import ChatMessage, parse_messages
+from .dtypes import json_ready
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
@@ -1047,19 +1048,10 @@ def encode_admin_ok(op: str, rid: RequestId | None, result: dict[str, Any]) -> b
 
 def _contiguous(outputs: Any) -> Any:
     """Arrays orjson can serialise: C-contiguous (each of a ``{name: array}`` of named outputs); a
-    string tensor (an object array of ``bytes``) as nested lists of strings (:func:`_texts`)."""
+    string tensor as nested lists of strings (:func:`~wsserve.dtypes.json_ready`)."""
     if isinstance(outputs, dict):
-        return {k: _texts(v) if v.dtype.kind == "O" else np.ascontiguousarray(v) for k, v in outputs.items()}
-    return _texts(outputs) if outputs.dtype.kind == "O" else np.ascontiguousarray(outputs)
-
-
-def _texts(strings: np.ndarray) -> list[Any]:
-    """A string tensor as nested lists of JSON strings: each element's bytes decoded as UTF-8, an
-    invalid byte replaced by U+FFFD (as the OIP's JSON answers BYTES)."""
-    return _DECODE(strings).tolist()
-
-
-_DECODE = np.frompyfunc(lambda v: v.decode("utf-8", "replace"), 1, 1)
+        return {k: json_ready(v) for k, v in outputs.items()}
+    return json_ready(outputs)
 
 
 def _array(outputs: Any) -> bytes:

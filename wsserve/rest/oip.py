@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..dtypes import DTYPES, OIP_NAMES
+from ..dtypes import DTYPES, OIP_NAMES, json_ready
 from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
@@ -607,7 +607,7 @@ def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tenso
                 item["parameters"] = {"binary_data_size": len(raw)}
                 binary.append(raw)
             else:
-                item["data"] = [v.decode("utf-8", "replace") for v in array.flat]
+                item["data"] = json_ready(array.reshape(-1))
         elif as_binary:
             raw = array.tobytes()
             item["parameters"] = {"binary_data_size": len(raw)}
