@@ -346,3 +346,16 @@ def test_the_other_http_routes_take_and_answer_strings_as_json(served, path: str
         assert got["upper"] == [["AB"], ["\u00e9"]] and got["length"] == [[2], [2]]
     else:
         assert [(p["upper"], p["length"]) for p in got] == [(["AB"], [2]), (["\u00e9"], [2])]
+
+
+async def test_a_binary_tensor_frame_for_a_string_input_is_refused_naming_it(served) -> None:
+    from wsserve.tensorframe import encode
+
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send(encode({"type": "predict", "id": "f", "model": "upper"}, np.ones((1, 1), np.int32), key="inputs"))
+        frame = await conn.recv()
+    finally:
+        await conn.close()
+    assert (frame["type"], frame["id"], frame["code"]) == ("error", "f", "invalid_input"), frame
+    assert "input 'text' takes strings (BYTES): send them in a JSON predict" in frame["message"]
