@@ -222,7 +222,7 @@ def test_bad_input_is_invalid_argument_with_wsserves_message(client, stub) -> No
     assert info.value.details() == "input 'input': shape [2, 1] needs 2 values in 'contents.fp64_contents'; it holds 0"
     # BYTES is not a datatype these models take; an unknown input or output is named
     err = _refused(_infer, client, "linear", np.array([[b"a"]], dtype=np.object_), "BYTES")
-    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "unsupported datatype 'BYTES'" in err.message()
+    assert err.status() == "StatusCode.INVALID_ARGUMENT" and "input 'input' is FP64; got BYTES" in err.message()
     inp = tgrpc.InferInput("input", [1, 1], "FP64")
     inp.set_data_from_numpy(np.zeros((1, 1)))
     err = _refused(client.infer, "linear", [inp], outputs=[tgrpc.InferRequestedOutput("nope")])

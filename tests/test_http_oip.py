@@ -128,7 +128,7 @@ def test_error_bodies_are_the_spec_shape(server) -> None:
         (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ' + json.dumps([1e300] * 32).encode()
          + b"}]}", 400, "out of the FP32 range"),
         (b'{"inputs": [{"name": "input", "shape": [0, 32], "datatype": "FP64", "data": []}]}', 400, "has 0 rows"),
-        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "BYTES", "data": []}]}', 400, "unsupported datatype"),
+        (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "BYTES", "data": []}]}', 400, "input 'input' is FP32; got BYTES"),
         (b'{"id": 5, "inputs": []}', 400, "'id' must be a string"),
         # a refused value is shown cut (its first 64 characters), not echoed whole
         (b'{"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ' + json.dumps(["z" * 100_000] + [0] * 31).encode()

@@ -30,7 +30,7 @@ PUBLIC = {
         "MAX_HEADER_BYTES", "MAX_TENSORS", "MAX_DIMS", "TensorDesc", "TensorPayload", "Spec", "split", "read_tensors",
         "view_tensors", "conform", "encode", "header_length",
     ],
-    "wsserve.dtypes": ["DTYPES", "OIP_NAMES", "ITEMSIZE"],
+    "wsserve.dtypes": ["BYTES", "DTYPES", "OIP_NAMES", "ITEMSIZE", "TENSOR_DTYPES", "array_bytes", "json_ready"],
     "wsserve.logcontrol": ["LOG_SETTINGS", "LogControl", "LogSettings", "MAX_VERBOSE_LEVEL", "settings_for_level", "updated"],
     "wsserve.tracesettings": ["MAX_TRACE_MODELS", "MAX_TRACE_NUMBER", "TRACE_SETTINGS", "TraceControl", "TraceSettingError"],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],

@@ -145,8 +145,6 @@ def _write_repo(root: Path) -> None:
     for name, (body, _) in BROKEN.items():
         _write(root, name, ONE_IO_PBTXT, _broken_py(body, warms_up=name in ("raises", "bls", "sender")))
     _write(root, "decoupled", ONE_IO_PBTXT + "model_transaction_policy { decoupled: true }\n", _broken_py("return []"))
-    _write(root, "strings", ONE_IO_PBTXT.replace("TYPE_FP32 dims: [ 2 ] } ]\noutput", "TYPE_STRING dims: [ 2 ] } ]\noutput"),
-           _broken_py("return []"))
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +263,6 @@ def test_a_wrong_answer_refuses_the_model_at_warm_up_naming_it(served, name: str
 
 @pytest.mark.parametrize(("name", "said"), [
     ("decoupled", "key 'model_transaction_policy.decoupled': is not supported"),
-    ("strings", "key 'input[0].data_type': TYPE_STRING is not served by wsserve"),
 ])
 def test_unsupported_features_are_refused_at_load(served, name: str, said: str) -> None:
     proc, _, root = served

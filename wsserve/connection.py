@@ -486,6 +486,9 @@ class Connection:
             raise BadRequest(f"model {req.model!r} serves generate, not predict")
         if req.explain and (refusal := entry.explain_refusal) is not None:
             raise BadRequest(refusal)
+        if (req.binary_outputs or req.seed_form is not None) and _answers_strings(getattr(entry, "model", None)):
+            raise BadRequest(f"model {req.model!r} answers strings (BYTES outputs): ask for them as JSON, with an 'id' "
+                             "and without 'binary_outputs'")
         cfg = self._cfg
         if req.tensors is not None:  # a binary tensor frame: sizes were checked against the payload
             inputs, n, nbytes = entry.prepare_binary(req.tensors)
@@ -553,3 +556,9 @@ def _span_head(req: Predict | Generate) -> dict[str, Any]:
                      "gen_ai.request.model": req.model, "gen_ai.request.max_tokens": params.max_tokens,
                      "gen_ai.request.temperature": params.temperature})
     return head
+
+
+def _answers_strings(model: Any) -> bool:
+    """True when ``model`` declares a string output (a repository model's ``bytes`` tensor spec):
+    such outputs are answered in JSON ``result`` frames only."""
+    return any(getattr(s, "dtype", None) == "bytes" for s in getattr(model, "outputs", None) or ())

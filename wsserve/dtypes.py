@@ -5,16 +5,23 @@ Every codec that names a dtype uses this table: the model repository's
 the binary tensor frames of :mod:`wsserve.tensorframe`, and the Open Inference
 Protocol datatypes (``FP32`` ...), which map onto it by :data:`OIP_NAMES`.
 Every numpy dtype here is little-endian (the wire byte order).
+
+String tensors (Triton's ``TYPE_STRING``, the OIP's ``BYTES``) are apart: :data:`BYTES`
+(``"bytes"``), held as numpy object arrays of ``bytes`` (as Triton's Python backend gives
+them), are in :data:`TENSOR_DTYPES` (a repository model's tensors, from config.pbtxt) but not in
+:data:`DTYPES` (config.toml, the binary tensor frames: fixed-size values only).
+:func:`array_bytes` counts what such an array holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "OIP_NAMES", "ITEMSIZE"]
+__all__ = ["BYTES", "DTYPES", "OIP_NAMES", "ITEMSIZE", "TENSOR_DTYPES", "array_bytes", "json_ready"]
 
 #: wire name -> little-endian numpy dtype.
 DTYPES: Mapping[str, np.dtype] = MappingProxyType(
@@ -27,10 +34,36 @@ DTYPES: Mapping[str, np.dtype] = MappingProxyType(
     }
 )
 
+#: The wire name of string tensors: numpy object arrays whose elements are ``bytes``.
+BYTES = "bytes"
+
+#: :data:`DTYPES` and :data:`BYTES` (object): the dtypes a repository model's tensor may have.
+TENSOR_DTYPES: Mapping[str, np.dtype] = MappingProxyType({**DTYPES, BYTES: np.dtype(object)})
+
 #: wire name -> bytes per value.
 ITEMSIZE: Mapping[str, int] = MappingProxyType({k: v.itemsize for k, v in DTYPES.items()})
 
 #: wire name -> the Open Inference Protocol v2 datatype of the same values.
 OIP_NAMES: Mapping[str, str] = MappingProxyType(
-    {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL"}
+    {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", BYTES: "BYTES"}
 )
+
+
+def array_bytes(array: np.ndarray) -> int:
+    """The bytes ``array`` holds: ``nbytes``, or for an object array (a string tensor) the sum of
+    its elements' lengths plus 4 per element (their length prefixes on the wire)."""
+    if array.dtype.kind != "O":
+        return int(array.nbytes)
+    return sum(len(v) for v in array.flat) + 4 * array.size
+
+
+def json_ready(array: np.ndarray) -> Any:
+    """``array`` as ``orjson`` (with ``OPT_SERIALIZE_NUMPY``) writes it: a numeric array C-contiguous;
+    a string tensor (an object array of ``bytes``) as nested lists of strings, each element decoded
+    as UTF-8 with an invalid byte replaced by U+FFFD (every JSON answer's rule for strings)."""
+    if array.dtype.kind == "O":
+        return _DECODE(array).tolist()
+    return np.ascontiguousarray(array)
+
+
+_DECODE = np.frompyfunc(lambda v: v.decode("utf-8", "replace"), 1, 1)

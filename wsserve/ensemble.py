@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .dtypes import array_bytes
 from .errors import (
     BadRequest,
     Internal,
@@ -160,7 +161,7 @@ class _StepSink:
         self.step = step
         self.inputs = inputs
         self.n = n
-        self.nbytes = sum(a.nbytes for a in inputs.values()) if isinstance(inputs, dict) else inputs.nbytes
+        self.nbytes = sum(map(array_bytes, inputs.values())) if isinstance(inputs, dict) else array_bytes(inputs)
         self.finished = False
         self.worker: Any = None
         self.item: Any = None

@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 
 from .config import ServerConfig
+from .dtypes import array_bytes
 from .errors import InvalidInput, UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for, tensor_names
 from .jsontypes import frame_text
@@ -109,7 +110,7 @@ def _tensor_inputs(specs: tuple[Any, ...]) -> Prepare:
 
     def prepare(inputs: Any, max_rows: int, max_elements: int) -> tuple[Tensors, int, int]:
         tensors = convert_inputs(inputs, specs, max_rows=max_rows, max_elements=max_elements)
-        nbytes = sum(a.nbytes for a in tensors.values()) if isinstance(tensors, dict) else tensors.nbytes
+        nbytes = sum(map(array_bytes, tensors.values())) if isinstance(tensors, dict) else array_bytes(tensors)
         return tensors, batch_rows(tensors), nbytes
 
     return prepare

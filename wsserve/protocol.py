@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 
 from .chat import ChatMessage, parse_messages
+from .dtypes import json_ready
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
 from .shapes import MAX_VALUES
@@ -1048,10 +1049,11 @@ def encode_admin_ok(op: str, rid: RequestId | None, result: dict[str, Any]) -> b
 
 
 def _contiguous(outputs: Any) -> Any:
-    """Arrays orjson can serialise: C-contiguous (each of a ``{name: array}`` of named outputs)."""
+    """Arrays orjson can serialise: C-contiguous (each of a ``{name: array}`` of named outputs); a
+    string tensor as nested lists of strings (:func:`~wsserve.dtypes.json_ready`)."""
     if isinstance(outputs, dict):
-        return {k: np.ascontiguousarray(v) for k, v in outputs.items()}
-    return np.ascontiguousarray(outputs)
+        return {k: json_ready(v) for k, v in outputs.items()}
+    return json_ready(outputs)
 
 
 def _array(outputs: Any) -> bytes:
@@ -1066,7 +1068,7 @@ def encode_result(
     or ``{name: [n, ...]}`` for a model with named outputs.  With ``attributions``
     (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
     ``explanation`` (method, baseline, target, steps)."""
-    if type(outputs) is np.ndarray:  # the common case, without _contiguous's call and isinstance
+    if type(outputs) is np.ndarray and outputs.dtype.kind != "O":  # the common case, without _contiguous's call
         outputs = np.ascontiguousarray(outputs)
     else:
         outputs = _contiguous(outputs)

@@ -289,6 +289,9 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
     if desc.dtype == want:
         return arr
     label = desc.label
+    if want == "bytes":  # a string tensor: a JSON predict's strings; frames carry fixed-size values only
+        raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes strings (BYTES): send them in a "
+                           "JSON predict")
     if want in ("float32", "float64"):
         if desc.dtype not in _FLOAT_OK:
             raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes {want} (or another numeric dtype)")

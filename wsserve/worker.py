@@ -16,8 +16,8 @@ Outputs keep the model's dtypes; a float output row that is not finite fails
 only its own request with ``invalid_input`` (so do attributions that are not finite).
 
 Failure isolation: when a batch of several requests fails - the model raised
-(or its explainer did), or it returned outputs that are not a numeric array of
-the batch's rows - each request of the batch is computed again alone, one after
+(or its explainer did), or it returned outputs that are not a numeric array (or
+an object array of ``bytes``: a string tensor) of the batch's rows - each request of the batch is computed again alone, one after
 the other, where the batch ran (in the executor, or inline when the batch was
 inline).  Only a request whose own rows fail gets ``internal`` (naming the
 model and the error); the others get their normal results, with the row count
@@ -270,6 +270,11 @@ def _gather(slices: tuple[Any, ...]) -> Tensors:
     return np.concatenate(arrays)
 
 
+def _strings(a: np.ndarray) -> bool:
+    """True for a string tensor: an object array whose every element is ``bytes``."""
+    return a.dtype.kind == "O" and all(type(v) is bytes for v in a.flat)
+
+
 def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
     """Validate a model's outputs; return them (contiguous) and, when some float row is
     not finite, a boolean ``[rows]`` mask of the finite ones.  Raises on bad outputs."""
@@ -277,9 +282,10 @@ def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
     out: dict[str, np.ndarray] = {}
     finite_rows: np.ndarray | None = None
     for name, a in arrays:
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
+        if not isinstance(a, np.ndarray) or (a.dtype.kind not in "fiub" and not _strings(a)):
             label = f"output {name!r}" if name else "model"
-            raise TypeError(f"{label} returned {type(a).__name__} of {getattr(a, 'dtype', '?')}, not a numeric array")
+            raise TypeError(f"{label} returned {type(a).__name__} of {getattr(a, 'dtype', '?')}, not a numeric array "
+                            "(nor an object array of bytes)")
         if a.ndim < 1 or a.shape[0] != rows:
             raise ValueError(f"model returned shape {a.shape} for {rows} rows")
         a = np.ascontiguousarray(a)
@@ -915,7 +921,8 @@ class PredictWorker:
         offset = 0
         single = not isinstance(y, dict)
         # sinks taking a whole request's rows from the batch's outputs share one BatchOutputs
-        shareable = single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0  # type: ignore[union-attr]
+        shareable = (single and finite_rows is None and y.ndim == 2 and y.shape[1] > 0  # type: ignore[union-attr]
+                     and y.dtype.kind != "O")  # type: ignore[union-attr]  # strings: encode_result's own path
         shared: BatchOutputs | None = None
         for s in slices:
             item = s.item

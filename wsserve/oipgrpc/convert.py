@@ -14,11 +14,14 @@ values come from:
 - else each input's typed ``contents``: ``bool_contents`` (BOOL),
   ``int_contents`` (INT8, INT16, INT32), ``int64_contents``, ``uint_contents``
   (UINT8, UINT16, UINT32), ``uint64_contents``, ``fp32_contents``,
-  ``fp64_contents``; FP16 only raw (no typed field holds it); BYTES is not
-  accepted by wsserve's predictive models (refused by the datatype check).
+  ``fp64_contents``, ``bytes_contents`` (BYTES, a model's string tensor); FP16
+  only raw (no typed field holds it).  A raw BYTES entry holds each element as a
+  4-byte little-endian length then its bytes
+  (:func:`~wsserve.rest.oip.bytes_elements`).
 
 Outputs go out as ``raw_output_contents`` (one entry per answered output, in
-order), as Triton answers them.  Errors map to status codes by :func:`status_of`.
+order; BYTES length-prefixed, as tritonclient's ``deserialize_bytes_tensor``
+reads it), as Triton answers them.  Errors map to status codes by :func:`status_of`.
 
 The model repository RPCs' messages go through the HTTP routes' rules too
 (:mod:`wsserve.rest.modelrepo`): :func:`repository_op` reads a load/unload
@@ -116,6 +119,14 @@ _TYPED: Mapping[str, tuple[str, np.dtype]] = {
 def _typed_values(tensor: Any, wire: np.dtype, shape: list[int], count: int) -> np.ndarray:
     """An input's values from its typed ``contents`` field, as ``wire`` (integers range-checked)."""
     name, datatype = tensor.name, tensor.datatype
+    if datatype == "BYTES":
+        elements = tensor.contents.bytes_contents
+        if len(elements) != count:
+            raise InvalidInput(f"input {name!r}: shape {shape} needs {count} values in 'contents.bytes_contents'; "
+                               f"it holds {len(elements)}")
+        flat = np.empty(count, dtype=object)
+        flat[:] = list(elements)
+        return flat
     found = _TYPED.get(datatype)
     if found is None:
         raise BadRequest(f"input {name!r}: {datatype} values can only be sent in raw_input_contents")
@@ -180,6 +191,11 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
             if tensor.HasField("contents"):
                 raise BadRequest(f"input {name!r} has 'contents' and raw_input_contents: send its values once")
             data = raw[raw_index]
+            if wire.kind == "O":  # BYTES: length-prefixed elements
+                raw_index += 1
+                array = oip.input_array(oip.bytes_elements(data, count, name), shape, spec, borrowed=False)
+                rows = oip.add_input(arrays, name, array, rows)
+                continue
             if len(data) != count * wire.itemsize:
                 raise InvalidInput(f"input {name!r}: raw_input_contents[{raw_index}] holds {len(data)} bytes; shape "
                                    f"{shape} of {tensor.datatype} needs {count * wire.itemsize}")
@@ -226,7 +242,8 @@ def infer_response(model: str, version: str, rid: str | None, outputs: tuple[oip
         tensor.name = spec.name
         tensor.datatype = spec.datatype
         tensor.shape.extend(array.shape)
-        response.raw_output_contents.append(b"" if index in shm_written else array.tobytes())
+        response.raw_output_contents.append(b"" if index in shm_written else oip.bytes_raw(array)
+                                            if spec.datatype == "BYTES" else array.tobytes())
     if parameters:
         _set_parameters(response.parameters, parameters)
     return response

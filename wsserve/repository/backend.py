@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..dtypes import BYTES
 from ..models.base import ModelInfo, PredictiveModel
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
@@ -89,7 +90,7 @@ class RepositoryModel(PredictiveModel):
         """A batch of ``n`` zero rows for warm-up (``n`` is capped by ``max_batch_size`` when set)."""
         if self.config.max_batch_size:
             n = min(n, self.config.max_batch_size)
-        arrays = {s.name: np.zeros((n, *s.shape), dtype=s.np_dtype) for s in self.inputs}
+        arrays = {s.name: s.zeros((n, *s.shape)) for s in self.inputs}
         return arrays[self.inputs[0].name] if len(self.inputs) == 1 else arrays
 
     def warmup(self, batch: Batch | None = None) -> None:
@@ -271,6 +272,8 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
         raise ValueError(f"output {spec.name!r} is a {type(y).__name__}, not a numpy array")
     if y.shape[:1] != (n,) or not spec.fits(y.shape[1:]):
         raise ValueError(f"output {spec.name!r} has shape {list(y.shape)}; expected {[n, *spec.shape]}")
+    if spec.dtype == BYTES:
+        return _string_output(y, spec)
     if y.dtype != spec.np_dtype:
         if y.dtype.kind not in "biuf" or not np.can_cast(y.dtype, spec.np_dtype, "same_kind"):
             raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected {spec.dtype}")
@@ -282,6 +285,24 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
                                  f"which does not fit its dtype {spec.dtype}")
         y = y.astype(spec.np_dtype)
     return y
+
+
+def _string_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """A string output (``bytes``) as an object array of ``bytes``: ``y`` is an object array of
+    ``bytes`` or ``str`` (each ``str`` UTF-8 encoded), or a numpy ``S``/``U`` array, as Triton's
+    Python backend takes them; ``ValueError`` naming the output and the first other element."""
+    if y.dtype.kind not in "OSU":
+        raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected strings (an object array of bytes or str)")
+    out = np.empty(y.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, v in enumerate(y.flat):
+        if isinstance(v, bytes):
+            flat[i] = bytes(v)
+        elif isinstance(v, str):
+            flat[i] = v.encode()
+        else:
+            raise ValueError(f"output {spec.name!r} holds a {type(v).__name__} at element {i}; expected bytes or str")
+    return out
 
 
 def make_info(

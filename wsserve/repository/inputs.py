@@ -2,13 +2,16 @@
 
 :func:`convert_inputs` generalises :func:`wsserve.protocol.validate_inputs`
 (same messages for a single unnamed input) to per-row shapes of any rank,
-several named inputs, and the dtypes float32/float64/int32/int64/bool:
+several named inputs, and the dtypes float32/float64/int32/int64/bool, and strings
+(``bytes``: a Triton Python model's ``TYPE_STRING``; JSON strings, as an object array of
+their UTF-8 ``bytes``):
 
 - ``inputs`` is a list of rows, or ``{name: rows}`` for named inputs (a
   single-input model accepts both); a row is a number (scalar rows) or nested
   lists matching the input's per-row shape, e.g. ``[n, 2, 3]``.
 - Elements must be JSON numbers (``true``/``false``, strings and ``null`` are
-  refused; a bool input takes only ``true``/``false``), finite, and fit the
+  refused; a bool input takes only ``true``/``false``; a string input only
+  strings), finite, and fit the
   dtype: float32 casts (a value beyond float32's range is refused); int32/int64
   take integers and integral floats (``2.0``) within range and refuse ``1.5``.
 - An input with a variable dimension (``-1``: a model without a batch
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import BYTES
 from ..errors import InvalidInput
 from ..jsontypes import json_type, shown
 from ..shapes import MAX_VALUES, VARIABLE
@@ -58,6 +62,11 @@ def _shape_words(shape: tuple[int, ...]) -> str:
 def _check_leaves(label: str, i: int, where: str, leaf: list[Any], spec: TensorSpec) -> bool:
     """Type-check one innermost list; True if it holds a float. Raises InvalidInput."""
     has_float = False
+    if spec.dtype == BYTES:
+        for v in leaf:
+            if type(v) is not str:
+                raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}; input '{spec.name}' takes strings")
+        return False
     if spec.dtype == "bool":
         for v in leaf:
             if type(v) is not bool:
@@ -210,6 +219,10 @@ def _convert_sized(rows: list[Any], spec: TensorSpec, label: str, budget: int) -
         for i, row in enumerate(rows):
             has_float |= _check_nested(label, i, row, shape, spec)
     kind = spec.dtype
+    if kind == BYTES:  # strings: their UTF-8 bytes, as an object array of the rows' shape
+        out = np.empty((n, *shape), dtype=object)
+        out.reshape(-1)[:] = [v.encode() for v in _flat(rows, shape)]
+        return out
     if kind == "float64" or kind == "float32":
         try:
             arr = np.array(rows, dtype=np.float64)

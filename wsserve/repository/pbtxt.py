@@ -24,7 +24,8 @@ Mapped (Triton's semantics, triton-inference-server/server
   is batched when every input and output has a dynamic first dimension
   (:attr:`ModelConfig.autofill_batching`), else run whole.
 - ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP32, TYPE_FP64,
-  TYPE_INT32, TYPE_INT64, TYPE_BOOL), ``dims`` (per row: without the batch
+  TYPE_INT32, TYPE_INT64, TYPE_BOOL; TYPE_STRING for Triton Python models and
+  ensembles only, refused for an ONNX model), ``dims`` (per row: without the batch
   dimension when ``max_batch_size > 0``), kept as written
   (:attr:`TensorConfig.triton_dims`): the ONNX backend compares them with the
   graph at load by Triton's rule (:mod:`.tritondims`; with ``max_batch_size: 0``
@@ -76,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import MAX_DELAY_MS
+from ..dtypes import BYTES
 from .config import (
     _NAME_RE,
     MAX_BATCH_SIZE,
@@ -106,6 +108,7 @@ TRITON_TYPES = {
     "TYPE_INT32": "int32",
     "TYPE_INT64": "int64",
     "TYPE_BOOL": "bool",
+    "TYPE_STRING": BYTES,  # Triton Python models and ensembles only (:func:`_no_onnx_strings`)
 }
 
 INSTALL_HINT = "pip install 'wsserve[triton]'"
@@ -376,6 +379,7 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
                   cfg.input and cfg.output), max_batch_size=cfg.max_batch_size)}
     if cfg.backend == "python":
         return _python_config(path, cfg, model_name, common, warnings)
+    _no_onnx_strings(path, inputs, outputs)
     threads = _parameters(path, cfg, warnings)
     return ModelConfig(
         backend="onnx",
@@ -385,6 +389,17 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
         autofill_batching=cfg.max_batch_size == 0 and not (cfg.input and cfg.output),
     )
+
+
+def _no_onnx_strings(path: Path, inputs: tuple[TensorConfig, ...] | None,
+                     outputs: tuple[TensorConfig, ...] | None) -> None:
+    """Refuse ``TYPE_STRING`` on an ONNX model's tensor, naming it: wsserve serves string tensors
+    to Triton Python models and between an ensemble's steps, not to onnxruntime graphs."""
+    for key, tensors in (("input", inputs), ("output", outputs)):
+        for i, t in enumerate(tensors or ()):
+            if t.dtype == BYTES:
+                raise ConfigError(path, f"{key}[{i}].data_type", f"TYPE_STRING ({t.name!r}) is not served for ONNX "
+                                  'models (string tensors: backend "python" models and ensembles only)')
 
 
 def _queue_policy(path: Path, policy: Any) -> dict[str, Any]:

@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import DTYPES  # the one table (also used by the binary tensor frames)
+from ..dtypes import (  # the one table (also used by the binary tensor frames)
+    BYTES,
+    DTYPES,
+    TENSOR_DTYPES,
+)
 from ..shapes import VARIABLE, fits
 
 __all__ = ["DTYPES", "TensorSpec", "MAX_DIMS", "MAX_ROW_ELEMENTS", "MAX_DIM"]
@@ -28,7 +32,9 @@ MAX_ROW_ELEMENTS = 1 << 22
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One input or output: ``name``, per-row ``shape`` (no batch dim) and ``dtype`` (a key of :data:`DTYPES`).
+    """One input or output: ``name``, per-row ``shape`` (no batch dim) and ``dtype`` (a key of
+    :data:`~wsserve.dtypes.TENSOR_DTYPES`: :data:`DTYPES`, or ``"bytes"``, a string tensor held as an
+    object array of ``bytes``).
 
     A dimension :data:`~wsserve.shapes.VARIABLE` (``-1``) takes any size (config.pbtxt's ``-1``, or an
     ONNX graph's dynamic dimension no config fixes), each request giving its own size there (:meth:`fits`;
@@ -48,14 +54,15 @@ class TensorSpec:
     bounds: tuple[float, float] | tuple[int, int] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r} (supported: {', '.join(DTYPES)})")
+        if self.dtype not in TENSOR_DTYPES:
+            raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r} (supported: "
+                             f"{', '.join(TENSOR_DTYPES)})")
         if len(self.shape) > MAX_DIMS or any(type(d) is not int or not (0 < d <= MAX_DIM or d == VARIABLE)
                                              for d in self.shape):
             raise ValueError(f"tensor {self.name!r}: bad shape {list(self.shape)}")
         object.__setattr__(self, "elements", math.prod(max(d, 1) for d in self.shape))
         object.__setattr__(self, "variable", VARIABLE in self.shape)
-        dt = DTYPES[self.dtype]
+        dt = TENSOR_DTYPES[self.dtype]
         object.__setattr__(self, "np_dtype", dt)
         if dt.kind == "f":
             bound: Any = float(np.finfo(dt).max)
@@ -65,6 +72,12 @@ class TensorSpec:
             object.__setattr__(self, "bounds", (int(info.min), int(info.max)))
         else:
             object.__setattr__(self, "bounds", None)
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An array of ``shape`` in this tensor's dtype holding zeros (empty strings: ``b""``)."""
+        if self.dtype == BYTES:
+            return np.full(shape, b"", dtype=object)
+        return np.zeros(shape, dtype=self.np_dtype)
 
     def fits(self, shape: tuple[int, ...]) -> bool:
         """True when a row of ``shape`` is one of this tensor's (equal, but where a dimension is variable)."""

@@ -274,7 +274,7 @@ class TritonPythonModel(RepositoryModel):
     def _placeholder(self, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Zeros for the outputs of a request answered with an error (never delivered)."""
         lead = (len(next(iter(request.values()))),) if self.config.batching else ()
-        return {s.name: np.zeros(lead + s.shape, s.np_dtype) for s in self.outputs}
+        return {s.name: s.zeros(lead + s.shape) for s in self.outputs}
 
     def _execute(self, requests: list[dict[str, np.ndarray]],
                  ids: list[str]) -> list[dict[str, np.ndarray] | TritonError]:

@@ -6,7 +6,9 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
 (triton-inference-server/python_backend ``src/resources/triton_python_backend_utils.py`` and
 ``src/pb_*.cc``):
 
-- :class:`Tensor` ``(name, array)``: ``name()``, ``as_numpy()``, ``is_cpu()`` (always true).
+- :class:`Tensor` ``(name, array)``: ``name()``, ``as_numpy()``, ``is_cpu()`` (always true).  A
+  ``TYPE_STRING`` input's ``as_numpy()`` is an object array of ``bytes``, as in Triton; a string
+  output may be an object array of ``bytes`` or ``str`` (or a numpy ``S``/``U`` array).
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
   ``is_cancelled()``.  Built by a model (BLS) it cannot run: ``exec()`` / ``async_exec()`` raise
@@ -19,10 +21,10 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   :class:`Logger` (``log_info``/``log_warn``/``log_error``/``log_verbose``: the ``wsserve.model`` log).
 - ``get_input_tensor_by_name``, ``get_output_tensor_by_name``, ``get_input_config_by_name``,
   ``get_output_config_by_name``, ``using_decoupled_model_transaction_policy``,
-  ``triton_string_to_numpy``, ``triton_to_numpy_type``, ``numpy_to_triton_type``.
+  ``triton_string_to_numpy``, ``triton_to_numpy_type``, ``numpy_to_triton_type``,
+  ``serialize_byte_tensor``, ``deserialize_bytes_tensor`` (the length-prefixed form of string
+  tensors).
 
-Not offered (wsserve has no string tensors): ``serialize_byte_tensor``,
-``deserialize_bytes_tensor``; a model calling them fails with ``AttributeError``.
 No module state: every value lives on the objects.
 """
 
@@ -51,6 +53,8 @@ __all__ = [
     "triton_string_to_numpy",
     "triton_to_numpy_type",
     "numpy_to_triton_type",
+    "serialize_byte_tensor",
+    "deserialize_bytes_tensor",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
@@ -326,3 +330,41 @@ def numpy_to_triton_type(data_type: Any) -> int | None:
         if np.dtype(np_type) == np.dtype(data_type):
             return number
     return None
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray:
+    """A string tensor (object array of ``bytes``/other values, or a numpy ``S`` array) as one
+    0-d object array holding its elements in row-major order, each a 4-byte little-endian length
+    then its bytes (a value that is not ``bytes``: its ``str`` UTF-8 encoded), as Triton's does;
+    an empty tensor: ``np.empty([0])``.  Raises :class:`TritonModelException` for another dtype."""
+    if input_tensor.size == 0:
+        return np.empty([0])
+    if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
+        raise TritonModelException("cannot serialize bytes tensor: invalid datatype")
+    parts = []
+    for v in input_tensor.flat:
+        data = v if isinstance(v, bytes) else str(v).encode("utf-8")
+        parts.append(len(data).to_bytes(4, "little") + data)
+    return np.asarray(b"".join(parts), dtype=np.object_)
+
+
+def deserialize_bytes_tensor(encoded_tensor: Any) -> np.ndarray:
+    """The elements of a length-prefixed buffer (:func:`serialize_byte_tensor`'s form) as a 1-D
+    object array of ``bytes``.  Raises :class:`TritonModelException` when a length runs past the
+    buffer."""
+    if isinstance(encoded_tensor, np.ndarray):
+        data = encoded_tensor.item() if encoded_tensor.dtype == np.object_ else encoded_tensor.tobytes()
+    else:
+        data = bytes(encoded_tensor)
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise TritonModelException("cannot deserialize bytes tensor: it ends inside an element's length")
+        size = int.from_bytes(data[pos : pos + 4], "little")
+        pos += 4
+        if size > len(data) - pos:
+            raise TritonModelException("cannot deserialize bytes tensor: an element's length runs past its end")
+        out.append(data[pos : pos + size])
+        pos += size
+    return np.array(out, dtype=np.object_)

@@ -57,6 +57,7 @@ import orjson
 from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxied
 from ..auth import KeyRegistry
 from ..config import ServerConfig
+from ..dtypes import array_bytes
 from ..errors import (
     BadJson,
     BadRequest,
@@ -633,7 +634,7 @@ class HttpApi:
                                    "rows per request (max_explain_rows)")
             outputs = (*outputs, *oip.attribution_tensors(inputs, outputs))
         batch = _worker_inputs(entry, inputs, req)
-        nbytes = sum(a.nbytes for a in batch.values()) if isinstance(batch, dict) else batch.nbytes
+        nbytes = sum(map(array_bytes, batch.values())) if isinstance(batch, dict) else array_bytes(batch)
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
         if req.shm_outputs:
             extra.update(shm=self.shm, shm_outputs=req.shm_outputs)

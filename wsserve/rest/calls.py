@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from ..admission import Admission
+from ..dtypes import json_ready
 from ..errors import Internal, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..httpmsg import HttpExchange, HttpResponse
@@ -163,8 +164,8 @@ class Call:
 
 def _contiguous(outputs: Any) -> Any:
     if isinstance(outputs, dict):
-        return {k: np.ascontiguousarray(v) for k, v in outputs.items()}
-    return np.ascontiguousarray(outputs)
+        return {k: json_ready(v) for k, v in outputs.items()}
+    return json_ready(outputs)
 
 
 class PredictCall(Call):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..dtypes import json_ready
 from ..errors import BadRequest, InvalidInput
 from ..jsontypes import json_type
 
@@ -115,14 +116,14 @@ def encode_v1(outputs: Any, columnar: bool, attributions: np.ndarray | None = No
     columnar request, ``{"outputs": rows or {name: rows}}``; with ``attributions`` also
     ``"explanations"`` (rows) and ``"explainer"``."""
     if columnar:
-        body: dict[str, Any] = {"outputs": {k: np.ascontiguousarray(v) for k, v in outputs.items()}
-                                if isinstance(outputs, dict) else np.ascontiguousarray(outputs)}
+        body: dict[str, Any] = {"outputs": {k: json_ready(v) for k, v in outputs.items()}
+                                if isinstance(outputs, dict) else json_ready(outputs)}
     elif isinstance(outputs, dict):
-        lists = {k: v.tolist() for k, v in outputs.items()}
+        lists = {k: json_ready(v) if v.dtype.kind == "O" else v.tolist() for k, v in outputs.items()}
         n = len(next(iter(lists.values()))) if lists else 0
         body = {"predictions": [{k: rows[i] for k, rows in lists.items()} for i in range(n)]}
     else:
-        body = {"predictions": np.ascontiguousarray(outputs)}
+        body = {"predictions": json_ready(outputs)}
     if attributions is not None:
         body["explanations"] = np.ascontiguousarray(attributions)
         body["explainer"] = explainer

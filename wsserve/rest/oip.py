@@ -22,7 +22,17 @@
 Datatypes: a float model (``FP16``/``FP32``/``FP64``) accepts ``FP16``,
 ``FP32`` and ``FP64`` input (rounded to the declared input type first) and
 answers in its own output datatype; other models take exactly their
-datatype.  ``BYTES`` is not supported.
+datatype.
+
+``BYTES`` (string tensors: a Triton Python model's ``TYPE_STRING``) is taken by
+a model that declares it, and only there: in JSON each element is a JSON string
+(its UTF-8 bytes reach the model), in binary data (and gRPC's raw contents)
+each element is a 4-byte little-endian length then its bytes, any bytes
+(:func:`bytes_elements`: the element count is checked against the bytes given
+before anything is allocated, a length running past the data is refused naming
+the input and the element).  A BYTES output answered in JSON is a JSON string
+per element, its bytes decoded as UTF-8 with each invalid byte replaced by
+U+FFFD; ask for it with ``binary_data`` to get the exact bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..dtypes import DTYPES, OIP_NAMES
+from ..dtypes import DTYPES, OIP_NAMES, json_ready
 from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
@@ -54,6 +64,8 @@ __all__ = [
     "attribution_tensors",
     "encode_infer",
     "add_input",
+    "bytes_elements",
+    "bytes_raw",
     "explain_parameters",
     "infer_head",
     "input_spec",
@@ -77,6 +89,7 @@ DATATYPES: Mapping[str, np.dtype] = {
     **{OIP_NAMES[name]: dtype for name, dtype in DTYPES.items()},
     "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
     "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "FP16": np.dtype("<f2"),
+    "BYTES": np.dtype(object),  # string tensors: length-prefixed elements, not fixed-size values
 }
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
@@ -398,6 +411,8 @@ def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_defaul
         if ref is not None:
             if shm_outputs is None:
                 raise BadRequest(_NO_SHM)
+            if answerable[index[name]].datatype == "BYTES":
+                raise BadRequest(f"output {name!r} is BYTES: it is answered in the response, not in shared memory")
             shm_outputs[index[name]] = ref
         out.append((index[name], binary))
     if attributions:
@@ -496,6 +511,8 @@ def shm_input(ref: ShmRef, shm: SystemSharedMemory, shape: list[int], spec: Tens
     (:func:`input_array`).  Raises :class:`~wsserve.errors.BadRequest` or
     :class:`~wsserve.errors.InvalidInput` naming the input."""
     name = spec.name
+    if wire.kind == "O":
+        raise BadRequest(f"input {name!r} is BYTES: send its strings in the request, not in shared memory")
     if ref.size != count * wire.itemsize:
         raise InvalidInput(f"input {name!r}: 'shared_memory_byte_size' must be {count * wire.itemsize} "
                            f"({count} {datatype} values), got {ref.size}")
@@ -522,6 +539,8 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
         if binary is None:
             raise BadRequest(f"input {name!r} has 'binary_data_size' but the request has no "
                              "Inference-Header-Content-Length header")
+        if wire.kind == "O":
+            return _binary_strings(binary, offset, size, name, count, shape, spec), size
         if type(size) is not int or size != count * wire.itemsize:
             raise InvalidInput(f"input {name!r}: 'binary_data_size' must be {count * wire.itemsize} "
                                f"({count} {datatype} values), got {size!r}")
@@ -536,6 +555,47 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
     return input_array(flat, shape, spec, False, True), 0  # not borrowed; finite: JSON numbers are
 
 
+def _binary_strings(binary: memoryview, offset: int, size: Any, name: str, count: int, shape: list[int],
+                    spec: Tensor) -> np.ndarray:
+    """A BYTES input's ``size`` bytes of binary data at ``offset`` (``count`` length-prefixed
+    elements) as the model's ``[n, *spec.shape]`` object array."""
+    if type(size) is not int or size < 4 * count:
+        raise InvalidInput(f"input {name!r}: 'binary_data_size' must be an integer of at least {4 * count} "
+                           f"({count} BYTES elements, each a 4-byte length then its bytes), got {size!r}")
+    if offset + size > len(binary):
+        raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
+    return input_array(bytes_elements(binary[offset : offset + size], count, name), shape, spec, False)
+
+
+def bytes_elements(data: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    """``count`` BYTES elements from ``data`` (each a 4-byte little-endian length, then that many
+    bytes; together exactly ``data``) as a flat object array of ``bytes``.  Every transport's
+    binary form (HTTP's binary data extension, gRPC's ``raw_input_contents``).  ``count`` is
+    checked against ``len(data)`` (4 bytes per element at least) before anything is allocated;
+    raises :class:`~wsserve.errors.InvalidInput` naming input ``name`` (and the element) for data
+    that does not hold exactly ``count`` elements."""
+    total = len(data)
+    if 4 * count > total:
+        raise InvalidInput(f"input {name!r}: {total} bytes of BYTES data cannot hold {count} elements "
+                           "(each is a 4-byte length then its bytes)")
+    view = memoryview(data)
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > total:
+            raise InvalidInput(f"input {name!r}: its BYTES data ends inside element {i}'s 4-byte length")
+        length = int.from_bytes(view[pos : pos + 4], "little")
+        pos += 4
+        if length > total - pos:
+            raise InvalidInput(f"input {name!r}: element {i}'s length prefix is {length} bytes; only "
+                               f"{total - pos} remain in its BYTES data")
+        out[i] = bytes(view[pos : pos + length])
+        pos += length
+    if pos != total:
+        raise InvalidInput(f"input {name!r}: {total - pos} bytes of its BYTES data follow its {count} elements")
+    return out
+
+
 _FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
 
 
@@ -547,6 +607,13 @@ def _json_data(data: list[Any], shape: list[int], dtype: np.dtype, want: np.dtyp
     if len(data) != count:
         raise InvalidInput(f"input {name!r}: shape {shape} needs {count} values; 'data' holds {len(data)}")
     kind = dtype.kind
+    if kind == "O":  # BYTES: JSON strings, their UTF-8 bytes to the model
+        out = np.empty(count, dtype=object)
+        for i, v in enumerate(data):
+            if type(v) is not str:
+                raise InvalidInput(f"input {name!r} is BYTES: every element must be a string, got {shown(v)}")
+            out[i] = v.encode()
+        return out
     if kind == "f":
         for v in data:
             t = type(v)
@@ -612,6 +679,13 @@ def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tenso
         item: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
         if index in shm_written:  # in its region already
             pass
+        elif spec.datatype == "BYTES":
+            if as_binary:
+                raw = bytes_raw(array)
+                item["parameters"] = {"binary_data_size": len(raw)}
+                binary.append(raw)
+            else:
+                item["data"] = json_ready(array.reshape(-1))
         elif as_binary:
             raw = array.tobytes()
             item["parameters"] = {"binary_data_size": len(raw)}
@@ -629,3 +703,10 @@ def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tenso
     if not binary:
         return text, None
     return b"".join((text, *binary)), len(text)
+
+
+def bytes_raw(array: np.ndarray) -> bytes:
+    """A BYTES tensor (an object array of ``bytes``) in its binary form, row-major: each element's
+    4-byte little-endian length, then its bytes (what tritonclient's ``deserialize_bytes_tensor``
+    reads)."""
+    return b"".join(len(v).to_bytes(4, "little") + v for v in array.flat)
