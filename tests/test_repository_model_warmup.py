@@ -136,6 +136,21 @@ def test_samples_that_are_not_the_models_inputs_are_refused(specs: tuple[TensorS
         warmup_batches(samples, specs, tmp_path, tmp_path / "model.py")
 
 
+def test_string_inputs_take_empty_random_or_length_prefixed_file_data(tmp_path: Path) -> None:
+    (tmp_path / "warmup").mkdir()
+    (tmp_path / "warmup" / "s.bin").write_bytes(b"".join(len(x).to_bytes(4, "little") + x for x in (b"ab", b"", b"xyz")))
+    spec = (TensorSpec("T", (3,), "bytes"),)
+    made = {src: warmup_batches((WarmupSample("s", 2, {"T": WarmupInput("bytes", (3,), src)}, 1),), spec, tmp_path,
+                                tmp_path / "model.py")[0][1]["T"] for src in ("zero", "random", "s.bin")}
+    assert made["zero"].tolist() == [[b"", b"", b""]] * 2
+    assert made["s.bin"].tolist() == [[b"ab", b"", b"xyz"]] * 2 and made["s.bin"].dtype == object
+    assert all(type(v) is bytes and v.isdigit() for v in made["random"].ravel())
+    (tmp_path / "warmup" / "s.bin").write_bytes((9).to_bytes(4, "little") + b"ab")
+    with pytest.raises(ModelLoadError, match=r"s.bin ends inside element 0 of 3"):
+        warmup_batches((WarmupSample("s", 1, {"T": WarmupInput("bytes", (3,), "s.bin")}, 1),), spec, tmp_path,
+                       tmp_path / "model.py")
+
+
 def test_a_variable_dimension_takes_the_samples_size(tmp_path: Path) -> None:
     samples = (WarmupSample("seq7", 2, {"ids": WarmupInput("int64", (7,), "zero")}, 1),)
     ((_, arrays),) = warmup_batches(samples, (TensorSpec("ids", (-1,), "int64"),), tmp_path, tmp_path / "model.onnx")

@@ -393,3 +393,18 @@ def test_another_users_shared_memory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "target")
     with pytest.raises(BadRequest, match="cannot open shared memory key '/link'"):
         SystemSharedMemory(directory=tmp_path).register("r", "/link", 0, 64)
+
+
+def test_bytes_tensors_do_not_go_through_shared_memory() -> None:
+    """A BYTES input or output named in a region is refused naming it (its elements are
+    length-prefixed, not a fixed size per value), before any region is read or written."""
+    from wsserve.errors import BadRequest
+    from wsserve.rest import oip
+    from wsserve.rest.sharedmem import ShmRef
+
+    text = oip.Tensor("text", "BYTES", (1,))
+    with pytest.raises(BadRequest, match="input 'text' is BYTES: send its strings in the request"):
+        oip.shm_input(ShmRef("r", 0, 8), None, [1, 1], text, 1, np.dtype(object), "BYTES")  # type: ignore[arg-type]
+    wanted = {"outputs": [{"name": "text", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 8}}]}
+    with pytest.raises(BadRequest, match="output 'text' is BYTES: it is answered in the response"):
+        oip.requested(wanted, (text,), False, (), {})

@@ -24,17 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import DTYPES
+from ..dtypes import BYTES, DTYPES
 from ..shapes import MAX_VALUES, VARIABLE, fits
 from .errors import ConfigError, ModelLoadError
 
-__all__ = ["MAX_WARMUP_COUNT", "MAX_WARMUP_SAMPLES", "WARMUP_DIR", "WarmupInput", "WarmupSample", "parse_warmup",
+__all__ = ["MAX_STRING_FILE_BYTES", "MAX_WARMUP_COUNT", "MAX_WARMUP_SAMPLES", "WARMUP_DIR", "WarmupInput", "WarmupSample", "parse_warmup",
            "warmup_batches"]
 
 #: Samples a config may list, at most.
 MAX_WARMUP_SAMPLES = 64
 #: Executions of one sample, at most.
 MAX_WARMUP_COUNT = 1000
+#: A ``TYPE_STRING`` sample's data file, at most (bytes).
+MAX_STRING_FILE_BYTES = 64 * 1024 * 1024
 #: The folder of the model directory that holds the samples' ``input_data_file`` files (Triton's).
 WARMUP_DIR = "warmup"
 
@@ -135,6 +137,10 @@ def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_
                 raise ModelLoadError(where, f"{label}: input {name!r} has dims {list(inp.dims)}; the model takes "
                                             f"{shown}")
             shape = (sample.batch_size, *inp.dims)
+            if inp.dtype == BYTES:
+                array = _strings(inp.source, model_dir, inp.dims, shape, rng, where, f"{label}: input {name!r}")
+                arrays[name] = array
+                continue
             dtype = DTYPES[inp.dtype]
             if inp.source == "zero":
                 array = np.zeros(shape, dtype=dtype)
@@ -145,6 +151,40 @@ def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_
             arrays[name] = array
         batches.append((sample, arrays))
     return batches
+
+
+def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[int, ...], rng: np.random.Generator,
+             where: Path, label: str) -> np.ndarray:
+    """A ``TYPE_STRING`` input's batch (an object array of ``bytes``): empty strings (``zero_data``),
+    strings of 1 to 8 digits (``random_data``), or one row's elements from a file, each a 4-byte
+    little-endian length then its bytes (Triton's form), at most :data:`MAX_STRING_FILE_BYTES`."""
+    count = math.prod(dims)
+    if source == "zero":
+        row = [b""] * count
+    elif source == "random":
+        row = [bytes(rng.integers(48, 58, int(rng.integers(1, 9))).astype(np.uint8)) for _ in range(count)]
+    else:
+        path = model_dir / WARMUP_DIR / source
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_STRING_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+        if len(data) > MAX_STRING_FILE_BYTES:
+            raise ModelLoadError(where, f"{label}: {path} holds more than {MAX_STRING_FILE_BYTES} bytes")
+        row, at = [], 0
+        for i in range(count):
+            if at + 4 > len(data) or at + 4 + int.from_bytes(data[at:at + 4], "little") > len(data):
+                raise ModelLoadError(where, f"{label}: {path} ends inside element {i} of {count} (each a 4-byte "
+                                            "little-endian length, then its bytes)")
+            n = int.from_bytes(data[at:at + 4], "little")
+            row.append(data[at + 4:at + 4 + n])
+            at += 4 + n
+        if at != len(data):
+            raise ModelLoadError(where, f"{label}: {path} holds {len(data) - at} bytes past its {count} elements")
+    out = np.empty(shape, dtype=object)
+    out[...] = np.array(row + [None], dtype=object)[:-1].reshape(dims)  # (the None keeps bytes elements whole)
+    return out
 
 
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
