@@ -15,6 +15,7 @@ Sans-I/O: the session is given its clock; calls touch no socket.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Call", "CompletionCall", "CompletionChoice", "HttpSession", "InferCall", "PredictCall", "PredictFormCall", "SeedCall",
            "generate_span_head", "generation_timing"]
+
+log = logging.getLogger("wsserve.rest")
 
 JSON = "application/json"
 _NO_HEADERS: tuple[tuple[str, str], ...] = ()  # never mutated
@@ -228,8 +231,16 @@ class PredictCall(Call):
             return
         if self._parts is not None:
             outputs = concat_rows([*self._parts, outputs])
-        if self._end("ok"):
-            self._result(outputs)
+        try:
+            self._result(outputs)  # answers as its last step, or raises before answering
+        except WsserveError as exc:  # (e.g. an output's shared memory region is gone): this call's error answer
+            self.fail(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one request's answer that cannot be made fails that request only
+            log.exception("answering a %s request to model %r failed", self.kind, self.model)
+            self.fail(Internal(f"the answer could not be made: {type(exc).__name__}: {exc}"[:512]))
+            return
+        self._end("ok")
 
     def _timing(self) -> dict[str, float | int]:
         return timing_fields(self.queue_s, self._compute_s, self._batch_max)
@@ -326,11 +337,7 @@ class InferCall(PredictCall):
 
     def _result(self, outputs: Any) -> None:
         values, parameters = self.values(outputs)
-        try:
-            written = self.write_shm(values)
-        except WsserveError as exc:  # a region unregistered, too small, or truncated since the request
-            self._error(exc)
-            return
+        written = self.write_shm(values)  # raises for a region unregistered, too small or truncated since
         body, json_size = oip.encode_infer(self.model, self.version, self.rid, self.outputs, self.requested, values,
                                            parameters, written)
         if json_size is None:
