@@ -228,3 +228,30 @@ def test_only_the_requested_outputs_are_answered_as_tritons(client) -> None:
         with pytest.raises(AssertionError) as refused:
             _stream(client, True, flags, outputs=outputs, max_tokens=2)
         assert str(refused.value).startswith(message)
+
+
+def test_a_generation_refuses_shared_memory_by_name(client) -> None:
+    """A generation's inputs and outputs are never in a shared memory region (docs/PROTOCOL.md): an
+    output asked in one is refused naming it (not answered inline while the client reads its
+    region), and so is an input naming one (not a count of raw entries)."""
+    results: queue.Queue = queue.Queue()
+    text = tgrpc.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"The "], dtype=np.object_))
+    stream = tgrpc.InferInput("stream", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([False]))
+    in_region = tgrpc.InferInput("return_num_output_tokens", [1], "BOOL")
+    in_region.set_shared_memory("r", 1)
+    flag = tgrpc.InferInput("return_num_output_tokens", [1], "BOOL")
+    flag.set_data_from_numpy(np.array([True]))
+    wanted = tgrpc.InferRequestedOutput("num_output_tokens")
+    wanted.set_shared_memory("r", 4)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("charlm", [text, stream, flag], outputs=[wanted])
+        result, error = results.get(timeout=60)
+        assert result is None and "output 'num_output_tokens' names a shared memory region" in error.message()
+        client.async_stream_infer("charlm", [text, stream, in_region])
+        result, error = results.get(timeout=60)
+        assert result is None and "input 'return_num_output_tokens' names a shared memory region" in error.message()
+    finally:
+        client.stop_stream()

@@ -415,10 +415,15 @@ def generate_request(request: Any) -> dict[str, Any]:
     (Triton's vLLM backend's ``text_input`` BYTES, ``stream`` BOOL, ...) a field, the JSON object
     of one ``sampling_parameters`` BYTES input's fields too (sampling fields: not ``id`` or
     ``parameters``), and the request's ``parameters`` its
-    ``parameters`` (so a field given twice is refused by name)."""
+    ``parameters`` (so a field given twice is refused by name).  An input naming a shared memory
+    region is refused naming it (a generation's inputs are never read from one)."""
     raw = request.raw_input_contents
     if len(request.inputs) > oip.MAX_TENSORS:  # counted before anything is copied out of the message
         raise BadRequest(f"'inputs' holds {len(request.inputs)} tensors; at most {oip.MAX_TENSORS}")
+    for tensor in request.inputs:  # (before the raw count, which leaves out an input in a region)
+        if sharedmem.REGION in tensor.parameters:
+            raise BadRequest(f"input {tensor.name[:64]!r} names a shared memory region: a generation's inputs are "
+                             "sent in the request")
     if raw and len(raw) != len(request.inputs):
         raise BadRequest(f"raw_input_contents holds {len(raw)} tensors and 'inputs' {len(request.inputs)}")
     obj: dict[str, Any] = {"parameters": parameters_of(request.parameters)}
@@ -560,7 +565,8 @@ def requested_outputs(request: Any) -> frozenset[str] | None:
     those are answered (as Triton answers a request that names its outputs; an additional output
     still needs its ``return_*`` flag to be produced); None when it names none (every output
     produced).  Raises :class:`~wsserve.errors.BadRequest` for a name not among
-    :data:`GENERATE_OUTPUTS`, or one named twice."""
+    :data:`GENERATE_OUTPUTS`, one named twice, or one naming a shared memory region (never written
+    into one)."""
     if not request.outputs:
         return None
     names: set[str] = set()
@@ -570,6 +576,9 @@ def requested_outputs(request: Any) -> frozenset[str] | None:
             raise BadRequest(f"unknown output {name[:64]!r}; the model produces: {', '.join(GENERATE_OUTPUTS)}")
         if name in names:
             raise BadRequest(f"output {name!r} is requested twice")
+        if sharedmem.REGION in requested.parameters:
+            raise BadRequest(f"output {name!r} names a shared memory region: a generation's outputs are answered in "
+                             "its responses")
         names.add(name)
     return frozenset(names)
 
