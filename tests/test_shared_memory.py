@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.repo_models import AFFINE_CONFIG, affine, write_affine
+from tests.repo_models import (
+    AFFINE_CONFIG,
+    NAMED_CONFIG,
+    NAMED_PY,
+    affine,
+    write_affine,
+    write_py,
+)
 from tests.support import ServerProcess
 
 grpc = pytest.importorskip("grpc")  # the grpc extra installs it
@@ -46,6 +53,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "aff").mkdir(parents=True)
     (root / "aff" / "config.toml").write_text(AFFINE_CONFIG)
     write_affine(root / "aff" / "1", bias=1.0)
+    (root / "named").mkdir()
+    (root / "named" / "config.toml").write_text(NAMED_CONFIG)
+    write_py(root / "named" / "1", NAMED_PY)
     return root
 
 
@@ -213,6 +223,38 @@ def test_input_values_are_checked_as_raw_ones(http: Any, shm: shared_memory.Shar
     assert "holds a value that is not finite" in refused(infer_in_shm, thttp, http, "nan").message()
     err = refused(infer_in_shm, thttp, http, "nan", in_size=40)
     assert "'shared_memory_byte_size' must be 48 (6 FP64 values), got 40" in err.message()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_output_refused_leaves_every_region_untouched(http: Any, grpc_client: Any,
+                                                         shm: shared_memory.SharedMemory, transport: str) -> None:
+    # ``named``: ``sum`` fits its place, ``scaled`` does not: the request fails, and ``sum``'s bytes
+    # must not have been written (the client was told the request failed).
+    module, client = (thttp, http) if transport == "http" else (tgrpc, grpc_client)
+    meta = http.get_model_metadata("named")
+    dtype = {o["name"]: np.dtype(thttp_dtype(o["datatype"])) for o in meta["outputs"]}
+    http.register_system_shared_memory("outs", key(shm), 1024)
+    shm.buf[:1024] = b"\xab" * 1024
+    inputs = []
+    for name, value in (("a", np.array([[1.0, 2.0]])), ("b", np.array([[3.0]]))):
+        spec = next(t for t in meta["inputs"] if t["name"] == name)
+        tensor = module.InferInput(name, list(value.shape), spec["datatype"])
+        tensor.set_data_from_numpy(value.astype(thttp_dtype(spec["datatype"])))
+        inputs.append(tensor)
+    total = module.InferRequestedOutput("sum")
+    total.set_shared_memory("outs", dtype["sum"].itemsize)
+    scaled = module.InferRequestedOutput("scaled")
+    scaled.set_shared_memory("outs", dtype["scaled"].itemsize, offset=512)  # it has 2 values
+    err = refused(client.infer, "named", inputs, outputs=[total, scaled])
+    assert "output 'scaled' has" in err.message()
+    got = bytes(shm.buf[:1024])
+    assert got == b"\xab" * 1024
+
+
+def thttp_dtype(datatype: str) -> Any:
+    from tritonclient.utils import triton_to_np_dtype
+
+    return triton_to_np_dtype(datatype)
 
 
 # --------------------------------------------------------------------------- refusals

@@ -355,14 +355,16 @@ class InferCall(PredictCall):
 
     def write_shm(self, values: list[np.ndarray]) -> frozenset[int]:
         """Write the outputs asked in shared memory (:attr:`shm_outputs`) into their regions, in
-        their declared datatypes; returns their indexes (answered without data).  Raises
+        their declared datatypes, all or none; returns their indexes (answered without data).  Raises
         :class:`~wsserve.errors.WsserveError` naming the output and the region (every transport's)."""
         if not self.shm_outputs or self.shm is None:
             return frozenset()
+        writes = []
         for index, ref in self.shm_outputs.items():
             spec = self.outputs[index]
             array = np.ascontiguousarray(values[index], dtype=oip.DATATYPES[spec.datatype])
-            self.shm.write(ref, memoryview(array).cast("B"), f"output {spec.name!r}")
+            writes.append((ref, memoryview(array).cast("B"), f"output {spec.name!r}"))
+        self.shm.write_all(writes)
         return frozenset(self.shm_outputs)
 
     def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:

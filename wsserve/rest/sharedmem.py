@@ -237,12 +237,22 @@ class SystemSharedMemory:
     def write(self, ref: ShmRef, data: bytes | memoryview, what: str) -> None:
         """Write ``data`` at ``ref`` (it must fit ``ref.size``: the output's bytes, the parameters'
         ``shared_memory_byte_size``, and the region).  Raises as :meth:`read`."""
+        self.write_all([(ref, data, what)])
+
+    def write_all(self, writes: list[tuple[ShmRef, bytes | memoryview, str]]) -> None:
+        """:meth:`write` each ``(ref, data, what)``, all or none: every one is checked before any
+        is written, so a request refused for one output leaves every region as it was."""
+        placed = [(self._place(ref, data, what), data) for ref, data, what in writes]
+        for (fd, start), data in placed:
+            view = memoryview(data)
+            while view:
+                done = os.pwrite(fd, view, start)
+                view, start = view[done:], start + done
+
+    def _place(self, ref: ShmRef, data: bytes | memoryview, what: str) -> tuple[int, int]:
+        """The file and offset ``data`` goes to at ``ref``; raises as :meth:`read`."""
         if len(data) > ref.size:
             raise InvalidInput(f"{what} has {len(data)} bytes; its '{BYTE_SIZE}' in shared memory region "
                                f"{ref.region!r} is {ref.size}")
         region = self._region(ref.region)
-        start = region.span(ref, len(data), what)
-        view = memoryview(data)
-        while view:
-            done = os.pwrite(region.fd, view, start)
-            view, start = view[done:], start + done
+        return region.fd, region.span(ref, len(data), what)
