@@ -257,6 +257,23 @@ def thttp_dtype(datatype: str) -> Any:
     return triton_to_np_dtype(datatype)
 
 
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_output_refused_counts_as_a_failure(http: Any, grpc_client: Any, shm: shared_memory.SharedMemory,
+                                               transport: str) -> None:
+    # The statistics extension: a request answered with an error is a failure, not a success.
+    module, client = (thttp, http) if transport == "http" else (tgrpc, grpc_client)
+    put(shm, 0, X)
+    http.register_system_shared_memory("st", key(shm), 1024)
+
+    def counts() -> tuple[int, int]:
+        stats = http.get_inference_statistics("aff")["model_stats"][0]["inference_stats"]
+        return stats["success"]["count"], stats["fail"]["count"]
+
+    before = counts()
+    refused(infer_in_shm, module, client, "st", out_size=8)  # the output has 16 bytes
+    assert counts() == (before[0], before[1] + 1)
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -75,8 +75,12 @@ class GrpcInferCall(InferCall):
         self.future = future
 
     def _result(self, outputs: Any) -> None:
+        """The outputs asked in shared memory written (raises naming one that cannot be: the call
+        then ends with that error, as HTTP's), then ``(values, parameters, written)`` to ``future``."""
+        values, parameters = self.values(outputs)
+        written = self.write_shm(values)
         if not self.future.done():
-            self.future.set_result(self.values(outputs))
+            self.future.set_result((values, parameters, written))
 
     def _error(self, exc: WsserveError) -> None:
         if not self.future.done():
@@ -767,7 +771,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             call.span = api.tracer.begin(span_name, *trace, now, head)
         self.busy += 1
         try:
-            values, parameters = await future
+            values, parameters, written = await future
         except asyncio.CancelledError:  # the client cancelled, or the deadline passed
             call.abort()
             raise
@@ -779,7 +783,6 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             self.busy -= 1
             if not self.busy:
                 self.on_idle()
-        written = call.write_shm(values)  # raises WsserveError naming the output and its region
         try:
             return convert.infer_response(call.model, call.version, call.rid, call.outputs, call.requested, values,
                                           parameters, written)
