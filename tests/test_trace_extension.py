@@ -204,3 +204,27 @@ def test_without_an_endpoint_tracing_stays_off_and_changes_need_the_admin(model_
         http.close()
     finally:
         proc.stop()
+
+
+def test_a_rate_change_keeps_the_count_of_spans_left(traced: tuple[ServerProcess, str], collector: Collector) -> None:
+    """``trace_count`` counts down as spans are made; changing ``trace_rate`` alone leaves what is
+    left (Triton's: a setting not given keeps its current value), globally and for a model."""
+    proc, address = traced
+    http = thttp.InferenceServerClient(proc.http.split("//")[1])
+    gclient = tgrpc.InferenceServerClient(address)
+    try:
+        http.update_trace_settings(model_name="mlp", settings={"trace_count": "1"})
+        assert _traced(http, collector, "mlp", 2) == [True, False]
+        assert http.update_trace_settings(model_name="mlp", settings={"trace_rate": "1"})["trace_count"] == "0"
+        assert _traced(http, collector, "mlp", 1) == [False]
+        http.update_trace_settings(model_name="mlp", settings={})
+
+        gclient.update_trace_settings(settings={"trace_count": "1"})
+        _infer(http, "linear", secrets.token_hex(16))  # the global scope's one span
+        assert http.get_trace_settings()["trace_count"] == "0"
+        got = gclient.update_trace_settings(settings={"trace_rate": "2"}, as_json=True)["settings"]
+        assert got["trace_count"] == {"value": ["0"]}
+    finally:
+        http.update_trace_settings(settings={"trace_count": None, "trace_rate": None})
+        http.close()
+        gclient.close()

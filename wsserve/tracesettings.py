@@ -8,7 +8,8 @@ strings for ``trace_level``), over wsserve's OpenTelemetry spans (``--otlp-trace
   timings); ``TENSORS`` is refused (a span holds no tensor values);
 - ``trace_rate``: ``"N"``, one request in N gets a span (1 to 2**31 - 1);
 - ``trace_count``: ``"-1"`` (no bound) or the number of spans still to make (0 to 2**31 - 1); it
-  counts down as spans are made, and a change sets it anew;
+  counts down as spans are made, and a change of it sets it anew (a change of ``trace_rate``
+  alone leaves it, as Triton's does);
 - ``log_frequency``: accepted and answered (0 to 2**31 - 1), no effect: spans are exported as they end;
 - ``trace_file`` (``""``) and ``trace_mode`` (``"opentelemetry"``): answered, not changed (Triton
   refuses a trace file from the network too).
@@ -131,8 +132,8 @@ class TraceControl:
     def _recount(self, model: str | None, parsed: Mapping[str, Any]) -> None:
         """The counts after ``parsed`` changed ``model``'s settings (None: the global ones)."""
         if model is None:
-            if "trace_count" in parsed or "trace_rate" in parsed:
-                self._counts = _Counts(self._global["trace_count"])
+            if "trace_count" in parsed or "trace_rate" in parsed:  # a rate alone keeps the spans left
+                self._counts = _Counts(self._global["trace_count"] if "trace_count" in parsed else self._counts.remaining)
             if "trace_count" in parsed:  # the models counting apart without a count of their own follow it
                 for name, counts in self._model_counts.items():
                     if "trace_count" not in self._models.get(name, {}):
@@ -140,8 +141,10 @@ class TraceControl:
             return
         own = self._models.get(model, {})
         if "trace_count" in own or "trace_rate" in own:
-            if "trace_count" in parsed or "trace_rate" in parsed or model not in self._model_counts:
-                self._model_counts[model] = _Counts(self._effective(model)["trace_count"])
+            old = self._model_counts.get(model)
+            if "trace_count" in parsed or "trace_rate" in parsed or old is None:
+                kept = old is not None and "trace_count" not in parsed  # a rate alone keeps the spans left
+                self._model_counts[model] = _Counts(old.remaining if kept else self._effective(model)["trace_count"])
         else:
             self._model_counts.pop(model, None)
 
