@@ -30,7 +30,7 @@ from tests.repo_models import (
     write_affine,
     write_py,
 )
-from tests.support import ServerProcess
+from tests.support import ServerProcess, serve_command
 
 grpc = pytest.importorskip("grpc")  # the grpc extra installs it
 tgrpc = pytest.importorskip("tritonclient.grpc")
@@ -272,6 +272,28 @@ def test_an_output_refused_counts_as_a_failure(http: Any, grpc_client: Any, shm:
     before = counts()
     refused(infer_in_shm, module, client, "st", out_size=8)  # the output has 16 bytes
     assert counts() == (before[0], before[1] + 1)
+
+
+def test_a_region_the_system_cannot_write_is_refused_naming_it(repo: Path, shm: shared_memory.SharedMemory) -> None:
+    # An OS error writing a region (as ENOSPC: a sparse object larger than a full /dev/shm) answers
+    # the request with an error naming the output and the region, on both transports.  Here the
+    # server's RLIMIT_FSIZE (256 bytes) makes a write at byte 512 fail with EFBIG.
+    proc = ServerProcess.from_command(
+        ["prlimit", "--fsize=256", *serve_command("--grpc-port", "0", "--models", "none", "--model-repository",
+                                                  str(repo))], env={"PYTHONDONTWRITEBYTECODE": "1"})
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}", network_timeout=60)
+    gclient = tgrpc.InferenceServerClient(grpc_address(proc))
+    try:
+        put(shm, 0, X)
+        http.register_system_shared_memory("full", key(shm), 1024)
+        for module, client in ((thttp, http), (tgrpc, gclient)):
+            err = refused(infer_in_shm, module, client, "full")
+            assert "output 'output': shared memory region 'full' cannot be written: File too large" in err.message()
+        assert http.is_server_live()
+    finally:
+        http.close()
+        gclient.close()
+        proc.stop()
 
 
 # --------------------------------------------------------------------------- refusals

@@ -24,7 +24,9 @@ Hardening (docs/PROTOCOL.md, "System shared memory extension"):
   unregistered), but is read and written with ``pread``/``pwrite``, not through a memory
   mapping: a client that truncates the file while it is registered would make an access to a
   mapping past the file's new end kill the server (SIGBUS); a read past it is short here and
-  refused, naming the region, and a write first checks the file's size.
+  refused, naming the region, and a write first checks the file's size;
+- an OS error reading or writing a region (``ENOSPC``: a sparse object larger than what is left
+  of ``/dev/shm``) refuses the request naming the tensor and the region (400), as a truncation.
 
 Not thread-safe: the server's loop only.  :meth:`SystemSharedMemory.close` unregisters all
 (the server's stop).
@@ -135,7 +137,11 @@ class _Region:
             raise InvalidInput(f"{what}: {size} bytes at offset {ref.offset} do not fit shared memory region "
                                f"{self.name!r} ({self.byte_size} bytes)")
         start = self.offset + ref.offset
-        if os.fstat(self.fd).st_size < start + size:
+        try:
+            size_now = os.fstat(self.fd).st_size
+        except OSError as exc:
+            raise _os_error(exc, what, self, "read") from None
+        if size_now < start + size:
             raise InvalidInput(f"{what}: shared memory region {self.name!r} no longer holds its bytes (its file "
                                "was truncated); unregister it")
         return start
@@ -228,7 +234,10 @@ class SystemSharedMemory:
         region = self._region(ref.region)
         start = region.span(ref, ref.size, what)
         data = bytearray(ref.size)
-        got = os.preadv(region.fd, [data], start) if ref.size else 0
+        try:
+            got = os.preadv(region.fd, [data], start) if ref.size else 0
+        except OSError as exc:
+            raise _os_error(exc, what, region, "read") from None
         if got != ref.size:  # truncated since the size check
             raise InvalidInput(f"{what}: shared memory region {region.name!r} no longer holds its bytes (its file was "
                                "truncated); unregister it")
@@ -242,17 +251,25 @@ class SystemSharedMemory:
     def write_all(self, writes: list[tuple[ShmRef, bytes | memoryview, str]]) -> None:
         """:meth:`write` each ``(ref, data, what)``, all or none: every one is checked before any
         is written, so a request refused for one output leaves every region as it was."""
-        placed = [(self._place(ref, data, what), data) for ref, data, what in writes]
-        for (fd, start), data in placed:
+        placed = [(self._place(ref, data, what), data, what) for ref, data, what in writes]
+        for (region, start), data, what in placed:
             view = memoryview(data)
-            while view:
-                done = os.pwrite(fd, view, start)
-                view, start = view[done:], start + done
+            try:
+                while view:
+                    done = os.pwrite(region.fd, view, start)
+                    view, start = view[done:], start + done
+            except OSError as exc:  # e.g. ENOSPC: a sparse object larger than what /dev/shm has left
+                raise _os_error(exc, what, region, "written") from None
 
-    def _place(self, ref: ShmRef, data: bytes | memoryview, what: str) -> tuple[int, int]:
-        """The file and offset ``data`` goes to at ``ref``; raises as :meth:`read`."""
+    def _place(self, ref: ShmRef, data: bytes | memoryview, what: str) -> tuple[_Region, int]:
+        """The region and file offset ``data`` goes to at ``ref``; raises as :meth:`read`."""
         if len(data) > ref.size:
             raise InvalidInput(f"{what} has {len(data)} bytes; its '{BYTE_SIZE}' in shared memory region "
                                f"{ref.region!r} is {ref.size}")
         region = self._region(ref.region)
-        return region.fd, region.span(ref, len(data), what)
+        return region, region.span(ref, len(data), what)
+
+
+def _os_error(exc: OSError, what: str, region: _Region, done: str) -> InvalidInput:
+    """An OS error reading or writing ``region`` for tensor ``what``, as its error (400)."""
+    return InvalidInput(f"{what}: shared memory region {region.name!r} cannot be {done}: {exc.strerror}")
