@@ -228,3 +228,23 @@ def test_a_rate_change_keeps_the_count_of_spans_left(traced: tuple[ServerProcess
         http.update_trace_settings(settings={"trace_count": None, "trace_rate": None})
         http.close()
         gclient.close()
+
+
+def test_a_request_the_sampler_leaves_out_spends_no_count(traced: tuple[ServerProcess, str],
+                                                          collector: Collector) -> None:
+    """A ``traceparent`` whose caller did not sample it (flags ``00``) makes no span (the SDK's
+    parent-based sampler), so it does not use up ``trace_count``: the count is of spans made."""
+    proc, _address = traced
+    http = thttp.InferenceServerClient(proc.http.split("//")[1])
+    try:
+        http.update_trace_settings(model_name="mlp", settings={"trace_count": "1"})
+        inp = thttp.InferInput("input", [1, 32], "FP64")
+        inp.set_data_from_numpy(np.zeros((1, 32)))
+        unsampled = secrets.token_hex(16)
+        http.infer("mlp", [inp], headers={"traceparent": f"00-{unsampled}-{secrets.token_hex(8)}-00"})
+        assert http.get_trace_settings(model_name="mlp")["trace_count"] == "1"
+        assert _traced(http, collector, "mlp", 2) == [True, False]
+        assert collector.find(trace_id=unsampled) is None
+    finally:
+        http.update_trace_settings(model_name="mlp", settings={})
+        http.close()

@@ -8,7 +8,8 @@ strings for ``trace_level``), over wsserve's OpenTelemetry spans (``--otlp-trace
   timings); ``TENSORS`` is refused (a span holds no tensor values);
 - ``trace_rate``: ``"N"``, one request in N gets a span (1 to 2**31 - 1);
 - ``trace_count``: ``"-1"`` (no bound) or the number of spans still to make (0 to 2**31 - 1); it
-  counts down as spans are made, and a change of it sets it anew (a change of ``trace_rate``
+  counts down as spans are made (not for a request the exporter's sampler leaves out: a
+  ``traceparent`` its caller did not sample), and a change of it sets it anew (a change of ``trace_rate``
   alone leaves it, as Triton's does);
 - ``log_frequency``: accepted and answered (0 to 2**31 - 1), no effect: spans are exported as they end;
 - ``trace_file`` (``""``) and ``trace_mode`` (``"opentelemetry"``): answered, not changed (Triton
@@ -151,21 +152,37 @@ class TraceControl:
     # -- per request
 
     def sample(self, model: str | None) -> bool:
-        """Whether the request for ``model`` (None: not known yet) gets a span; counts it."""
+        """Whether the request for ``model`` (None: not known yet) gets a span; counts it (a span
+        made: :meth:`pick` then :meth:`spend`)."""
+        counts = self.pick(model)
+        if counts is None:
+            return False
+        self.spend(counts)
+        return True
+
+    def pick(self, model: str | None) -> _Counts | None:
+        """Whether the request for ``model`` (None: not known yet) may get a span, by the level,
+        the rate (the request is counted) and the spans left: None, or the scope whose
+        ``trace_count`` the span uses up once it is made (:meth:`spend`; a span the exporter's
+        sampler leaves out is not one)."""
         own = self._models.get(model) if model is not None and self._models else None
         settings = {**self._global, **own} if own else self._global
         if settings["trace_level"] == ("OFF",):
-            return False
+            return None
         counts = self._model_counts.get(model, self._counts) if own else self._counts
         if counts.remaining == 0:
-            return False
+            return None
         counts.seen += 1
         if counts.seen < settings["trace_rate"]:
-            return False
+            return None
         counts.seen = 0
+        return counts
+
+    @staticmethod
+    def spend(counts: _Counts) -> None:
+        """A span was made in the scope :meth:`pick` answered: one fewer left (unless unbounded)."""
         if counts.remaining > 0:
             counts.remaining -= 1
-        return True
 
 
 def _parse(name: str, value: Any) -> Any:

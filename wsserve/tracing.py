@@ -143,8 +143,11 @@ class Tracing:
         Returns None when the trace settings or the sampler left it out, or if the SDK failed
         (logged once)."""
         control = self._control
-        if control is not None and not control.sample(attributes.get("wsserve.model")):
-            return None
+        counts = None
+        if control is not None:
+            counts = control.pick(attributes.get("wsserve.model"))
+            if counts is None:
+                return None
         try:
             context = None
             traceparent = parse_traceparent(traceparent)
@@ -161,6 +164,8 @@ class Tracing:
             return None
         if not span.is_recording():  # sampled out (OTEL_TRACES_SAMPLER): nothing more to do for it
             return None
+        if counts is not None:
+            control.spend(counts)  # (a span made: trace_count counts it)
         return RequestSpan(self, span)
 
     def finish(self, span: Any, code: str, request: Any) -> None:
