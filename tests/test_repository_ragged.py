@@ -63,6 +63,23 @@ def text_model() -> onnx.ModelProto:
     return model
 
 
+def outer_model() -> onnx.ModelProto:
+    """x [B, S] int64 -> y [B, S, S] float32, y[b, i, j] = x[b, i] * x[b, j]: an output with two
+    dynamic dimensions besides the batch (as an attention map has)."""
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["f", "axis2"], ["col"]),
+             helper.make_node("Unsqueeze", ["f", "axis1"], ["row"]),
+             helper.make_node("Mul", ["col", "row"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    graph = helper.make_graph(nodes, "outer", [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", "S"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", "S"])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
 def _ids(rows: int, seq: int, start: int) -> np.ndarray:
     return np.arange(start, start + rows * seq, dtype=np.int64).reshape(rows, seq)
 
@@ -94,6 +111,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     ob.save(text_model(), root / "ragged" / "1")
     (root / "ragged" / "config.pbtxt").write_text(RAGGED)
     ob.save(text_model(), root / "plain" / "1")  # no config file: wsserve's defaults, greedy batching
+    ob.save(outer_model(), root / "outer" / "1")  # its output [B, S, S]: two variable dims
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-batch-size", str(BATCH))
     try:
@@ -209,3 +227,24 @@ async def test_a_streamed_request_comes_back_in_order_beside_another_length(serv
             assert batch.max() <= BATCH
     finally:
         await conn.close()
+
+
+def test_an_output_with_two_variable_dims_is_answered_over_http_and_grpc(served) -> None:
+    """The OIP answer of an output whose dims are [-1, -1] besides the batch: each request's own size
+    (it raised "can only specify one unknown dimension" shaping the answer, and the request was
+    never answered, over HTTP and gRPC alike)."""
+    proc, address = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}", network_timeout=30)
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        for seq in (2, 3):
+            x = _ids(2, seq, 1)
+            want = (x[:, :, None] * x[:, None, :]).astype(np.float32)
+            for module, c in ((thttp, client), (tgrpc, grpc_client)):
+                inp = module.InferInput("x", list(x.shape), "INT64")
+                inp.set_data_from_numpy(x)
+                result = c.infer("outer", [inp], client_timeout=30) if module is tgrpc else c.infer("outer", [inp])
+                np.testing.assert_array_equal(result.as_numpy("y"), want)
+    finally:
+        client.close()
+        grpc_client.close()
