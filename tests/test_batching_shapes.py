@@ -4,7 +4,10 @@ batcher batches only requests whose shapes match).  Sans-I/O, a fake clock."""
 
 from __future__ import annotations
 
+import pytest
+
 from wsserve.batching import Batch, BatchQueue, WorkItem
+from wsserve.errors import Overloaded
 
 
 def _item(rows: int, shape: tuple[int, ...], name: str, *, priority: int = 0) -> WorkItem:
@@ -107,3 +110,17 @@ def test_without_by_shape_the_shape_is_not_read() -> None:
     q.add(_item(1, (4,), "a"), now=0.0)
     q.add(_item(1, (5,), "b"), now=0.0)
     assert _names(q.next_batch(0.0)) == ["a", "b"]
+
+
+
+def test_a_full_queues_retry_hint_counts_a_batch_per_shape_queued() -> None:
+    """Each shape queued is a batch of its own ahead of a refused request: four shapes of one row
+    are four batches (the hint counted the queue's rows as if any four made one batch)."""
+    for shapes, batches in (([(1,), (2,), (3,), (4,)], 4), ([(3,)] * 4, 2)):  # one shape: as without shapes
+        q = BatchQueue(max_batch_size=4, max_queue_requests=4, by_shape=True)
+        q.note_batch(0.1)  # 100 ms a batch
+        for i, shape in enumerate(shapes):
+            q.add(_item(1, shape, f"r{i}"), now=0.0)
+        with pytest.raises(Overloaded) as info:
+            q.add(_item(1, (1,), "refused"), now=0.0)
+        assert info.value.retry_after_ms == 100 * batches

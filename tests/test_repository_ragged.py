@@ -7,7 +7,10 @@ tells the rows of the execution that computed it."""
 
 from __future__ import annotations
 
+import json
 import queue
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +23,7 @@ pytest.importorskip("onnxruntime")
 tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.http as thttp  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
 from tests.support import Conn, ServerProcess  # noqa: E402
@@ -63,6 +67,23 @@ def text_model() -> onnx.ModelProto:
     return model
 
 
+def outer_model() -> onnx.ModelProto:
+    """x [B, S] int64 -> y [B, S, S] float32, y[b, i, j] = x[b, i] * x[b, j]: an output with two
+    dynamic dimensions besides the batch (as an attention map has)."""
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["f", "axis2"], ["col"]),
+             helper.make_node("Unsqueeze", ["f", "axis1"], ["row"]),
+             helper.make_node("Mul", ["col", "row"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    graph = helper.make_graph(nodes, "outer", [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", "S"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", "S"])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
 def _ids(rows: int, seq: int, start: int) -> np.ndarray:
     return np.arange(start, start + rows * seq, dtype=np.int64).reshape(rows, seq)
 
@@ -94,12 +115,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     ob.save(text_model(), root / "ragged" / "1")
     (root / "ragged" / "config.pbtxt").write_text(RAGGED)
     ob.save(text_model(), root / "plain" / "1")  # no config file: wsserve's defaults, greedy batching
+    ob.save(outer_model(), root / "outer" / "1")  # its output [B, S, S]: two variable dims
+    ob.save(text_model(), root / "fixed_out" / "1")  # config.toml fixes hidden's S (the graph's follows the input)
+    (root / "fixed_out" / "config.toml").write_text('[[outputs]]\nname = "hidden"\nshape = [4, 2]\n')
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-batch-size", str(BATCH))
     try:
         yield proc, grpc_address(proc)
     finally:
         proc.stop()
+
+
+def _post(port: int, path: str, body: Any) -> tuple[int, Any]:
+    """POST ``body`` as JSON; the status and the decoded answer."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def _check(ids: np.ndarray, hidden: np.ndarray, batch: np.ndarray) -> None:
@@ -209,3 +243,45 @@ async def test_a_streamed_request_comes_back_in_order_beside_another_length(serv
             assert batch.max() <= BATCH
     finally:
         await conn.close()
+
+
+def test_an_output_with_two_variable_dims_is_answered_over_http_and_grpc(served) -> None:
+    """The OIP answer of an output whose dims are [-1, -1] besides the batch: each request's own size
+    (it raised "can only specify one unknown dimension" shaping the answer, and the request was
+    never answered, over HTTP and gRPC alike)."""
+    proc, address = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}", network_timeout=30)
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        for seq in (2, 3):
+            x = _ids(2, seq, 1)
+            want = (x[:, :, None] * x[:, None, :]).astype(np.float32)
+            for module, c in ((thttp, client), (tgrpc, grpc_client)):
+                inp = module.InferInput("x", list(x.shape), "INT64")
+                inp.set_data_from_numpy(x)
+                result = c.infer("outer", [inp], client_timeout=30) if module is tgrpc else c.infer("outer", [inp])
+                np.testing.assert_array_equal(result.as_numpy("y"), want)
+    finally:
+        client.close()
+        grpc_client.close()
+
+
+def test_an_output_other_than_its_declared_shape_fails_the_request(served) -> None:
+    """config.toml declares hidden [4, 2] where the graph's follows the input's length: a request of
+    length 3 gets [3, 2] from the graph, which it must not be answered as its declared shape (the OIP
+    route raised shaping it and never answered; /predict answered rows of [3, 2] for [4, 2])."""
+    proc, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}", network_timeout=30)
+    try:
+        inp = thttp.InferInput("input_ids", [1, 3], "INT64")
+        inp.set_data_from_numpy(_ids(1, 3, 1))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("fixed_out", [inp])
+        assert "output 'hidden' has shape [1, 3, 2]; the model declares [-1, 4, 2]" in info.value.message()
+        inp = thttp.InferInput("input_ids", [1, 4], "INT64")
+        inp.set_data_from_numpy(_ids(1, 4, 1))  # its declared size: answered
+        assert client.infer("fixed_out", [inp]).as_numpy("hidden").shape == (1, 4, 2)
+    finally:
+        client.close()
+    status, body = _post(proc.port, "/predict", {"model": "fixed_out", "inputs": [[1, 2, 3]]})
+    assert status == 500 and "output 'hidden' has shape [1, 3, 2]" in body["error"]["message"], body

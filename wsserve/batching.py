@@ -247,9 +247,14 @@ class BatchQueue:
 
     def _retry_after_ms(self) -> int:
         """The refused request's hint: the batches queued ahead of it (full ones: their cost units
-        ÷ ``max_batch_size``, at least one) times the recent batch time (:meth:`note_batch`; 2 ms
-        before any batch ran), in [:data:`MIN_RETRY_AFTER_MS`, :data:`MAX_RETRY_AFTER_MS`]."""
-        batches_ahead = self._units // self.max_batch_size + 1
+        ÷ ``max_batch_size``, at least one; ``by_shape``: so for each shape queued, a batch holding
+        one shape only) times the recent batch time (:meth:`note_batch`; 2 ms before any batch
+        ran), in [:data:`MIN_RETRY_AFTER_MS`, :data:`MAX_RETRY_AFTER_MS`]."""
+        cap = self.max_batch_size
+        if self._shape_units:
+            batches_ahead = sum(units // cap + 1 for units in self._shape_units.values())
+        else:
+            batches_ahead = self._units // cap + 1
         batch_ms = 2.0 if self._batch_s is None else self._batch_s * 1000.0
         return int(min(MAX_RETRY_AFTER_MS, max(MIN_RETRY_AFTER_MS, batches_ahead * batch_ms)))
 

@@ -290,7 +290,19 @@ class OnnxModel(RepositoryModel):
                                    for o, shape in zip(outs, shapes, strict=True)])
 
             return self._per_row(one_row, batch)
-        return self._pack(session.run(names, self._feeds(batch)))
+        return self._pack(self._fitted(session.run(names, self._feeds(batch))))
+
+    def _fitted(self, outs: list[np.ndarray]) -> list[np.ndarray]:
+        """``outs`` (a batch's, in output order), each checked to fit its declared row shape: a
+        config may fix a dimension the graph leaves dynamic (config.toml's ``[[outputs]] shape``
+        against a graph dimension that follows a variable input's).  Raises ``ValueError`` naming
+        the output and both shapes (the batch's requests then fail, none answered in a shape
+        other than the model declares)."""
+        for out, spec in zip(outs, self.outputs, strict=True):
+            if not spec.fits(out.shape[1:]):
+                raise ValueError(f"output {spec.name!r} has shape {list(out.shape)}; the model declares "
+                                 f"{[-1, *spec.shape]}")
+        return outs
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or max(1, self._parameters)

@@ -28,6 +28,7 @@ from ..errors import Internal, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..httpmsg import HttpExchange, HttpResponse
 from ..protocol import encode_seed_result, timing_fields
+from ..shapes import VARIABLE
 from ..worker import concat_rows, count_rows
 from . import kserve, oip
 from .errors import Style, error_response
@@ -377,7 +378,11 @@ class InferCall(PredictCall):
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
 
         def shaped(array: np.ndarray, spec: oip.Tensor) -> np.ndarray:
-            return array.reshape((n, *spec.shape)) if spec.batched else array.reshape(array.shape[1:])  # its one row
+            if not spec.batched:
+                return array.reshape(array.shape[1:])  # its one row
+            if VARIABLE in spec.shape:  # sized by the model's answer (one reshape takes one -1 only)
+                return array
+            return array.reshape((n, *spec.shape))
 
         if isinstance(outputs, dict):
             values = [shaped(outputs[spec.name], spec) if spec.name in outputs else _NOT_REQUESTED for spec in specs]
