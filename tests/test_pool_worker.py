@@ -29,7 +29,7 @@ from wsserve.errors import (
     WsserveError,
 )
 from wsserve.models.base import ModelInfo, PredictiveModel
-from wsserve.worker import PredictWorker
+from wsserve.worker import PredictWorker, RequestErrors, RequestOutputs
 
 RAISE = 666.0  # the model raises when a batch holds this value
 INF = 777.0  # the model outputs inf for this value
@@ -869,3 +869,60 @@ async def test_isolated_rows_of_a_split_request_come_before_its_rows_computed_ah
     np.testing.assert_array_equal(sink.outputs(), 2.0 * np.arange(12.0).reshape(12, 1))
     assert [ev[1] for ev in sink.events] == [0, 7]
     assert worker.isolated_batches == 1
+
+
+# --------------------------------------------------------------------------- outputs per request
+
+
+class Widening(Doubler):
+    """A model taking a batch as its requests (``predict_requests``), answering each at its own size:
+    request ``i``'s rows ``[r, 1]`` -> ``[r, w]`` (each value repeated, ``w`` its first value), as
+    :class:`~wsserve.worker.RequestOutputs`.  A first value 0 fails that request by itself; with
+    ``parts_short``, a call of several requests returns one part too few (bad outputs)."""
+
+    def __init__(self, *, parts_short: bool = False) -> None:
+        super().__init__()
+        self.parts_short = parts_short
+
+    def predict_requests(self, x: np.ndarray, rows: list[int], ids: list[str]) -> Any:
+        self.calls.append((x.copy(), threading.current_thread().name))
+        parts, errors, start = [], {}, 0
+        for i, r in enumerate(rows):
+            own = x[start:start + r]
+            start += r
+            if own[0, 0] == 0.0:
+                errors[i] = RuntimeError("zero width")
+                parts.append(own)  # a placeholder, never delivered
+            else:
+                parts.append(np.repeat(own, int(own[0, 0]), axis=1))
+        if self.parts_short and len(rows) > 1:
+            parts.pop()
+        out = RequestOutputs(tuple(parts))
+        return RequestErrors(out, errors) if errors else out
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_requests_of_one_batch_get_outputs_of_their_own_shape(make_worker, inline_max_flops: int) -> None:
+    model = Widening()
+    worker = make_worker(model, max_batch_size=8, inline_max_flops=inline_max_flops)
+    narrow, wide, failing = Sink("narrow", _col(2.0)), Sink("wide", _col(5.0, 5.0)), Sink("failing", _col(0.0))
+    for s in (narrow, wide, failing):
+        worker.submit(s)
+    await _wait(narrow, wide, failing)
+    assert len(model.calls) == 1  # one call, nothing recomputed
+    assert narrow.outputs().tolist() == [[2.0, 2.0]] and narrow.batch_sizes == [4]
+    assert wide.outputs().tolist() == [[5.0] * 5] * 2 and wide.batch_sizes == [4]
+    assert isinstance(failing.error, Internal) and "zero width" in failing.error.message
+    assert worker.isolated_batches == 0 and worker.statistics().computed == 4
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_outputs_per_request_that_do_not_match_the_batch_isolate_it(make_worker, inline_max_flops: int) -> None:
+    model = Widening(parts_short=True)
+    worker = make_worker(model, max_batch_size=8, inline_max_flops=inline_max_flops)
+    first, second = Sink("first", _col(1.0)), Sink("second", _col(3.0))
+    worker.submit(first)
+    worker.submit(second)
+    await _wait(first, second)
+    assert first.outputs().tolist() == [[1.0]] and second.outputs().tolist() == [[3.0, 3.0, 3.0]]
+    assert len(model.calls) == 3 and worker.isolated_batches == 1  # the batch, then each alone

@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.support import ServerProcess, wait_until  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
-from wsserve.repository.errors import ConfigError, ModelLoadError  # noqa: E402
+from wsserve.repository.errors import ModelLoadError  # noqa: E402
 from wsserve.repository.loader import load_version  # noqa: E402
 from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
 
@@ -315,11 +315,6 @@ def test_a_bad_model_py_is_refused_naming_the_problem(tmp_path: Path, model_py: 
     with pytest.raises(ModelLoadError) as info:
         _load(tmp_path, "b", ONE_IO_PBTXT, model_py)
     assert words in str(info.value) and str(tmp_path / "b" / "1" / "model.py") in str(info.value)
-
-
-def test_a_python_config_pbtxt_needs_fixed_dims(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="variable"):
-        parse_pbtxt(ONE_IO_PBTXT.replace("dims: [ 2 ] } ]\noutput", "dims: [ -1 ] } ]\noutput"), "config.pbtxt")
 
 
 def test_an_instance_failing_to_initialize_finalizes_the_instances_initialized_before_it(tmp_path: Path) -> None:

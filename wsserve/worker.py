@@ -14,6 +14,9 @@ one row shape only (each request sizes it; requests of another shape wait for
 another batch, as with Triton's dynamic batcher): its queue groups by shape.
 Outputs keep the model's dtypes; a float output row that is not finite fails
 only its own request with ``invalid_input`` (so do attributions that are not finite).
+A model taking a batch as its requests whose outputs have a variable dimension answers each
+request at its own size: ``predict_requests`` returns :class:`RequestOutputs` (one part per
+request), each part checked and handed to its request whole (the one-array path is unchanged).
 
 Failure isolation: when a batch of several requests fails - the model raised
 (or its explainer did), or it returned outputs that are not a numeric array (or
@@ -95,7 +98,7 @@ from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
 __all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "RequestErrors",
-           "Tensors", "count_rows", "concat_rows", "request_id_of", "slice_rows"]
+           "RequestOutputs", "Tensors", "count_rows", "concat_rows", "request_id_of", "slice_rows"]
 
 log = logging.getLogger("wsserve.worker")
 
@@ -180,6 +183,17 @@ class RequestErrors:
 
     outputs: Any
     errors: Mapping[int, BaseException]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutputs:
+    """What ``predict_requests(x, rows, ids)`` returns (alone, or as :attr:`RequestErrors.outputs`)
+    for a model whose outputs have a variable dimension: ``parts[i]`` is request ``i``'s outputs
+    (``rows[i]`` rows, an array or ``{name: array}``), each request's of its own size there (as
+    each Triton ``InferenceResponse`` has its own shapes).  The worker checks each part against its
+    request's rows and hands it out whole; a failed request's part is never read."""
+
+    parts: tuple[Any, ...]
 
 
 def request_id_of(sink: Any) -> str:
@@ -806,6 +820,8 @@ class PredictWorker:
             return
         if isinstance(y, RequestErrors):  # its one request failed by itself
             exc = next(iter(y.errors.values()))
+        elif type(y) is RequestOutputs:  # its one request's part
+            y = y.parts[0]
         if exc is None:
             try:
                 y, finite_rows = _check_outputs(y, s.rows)
@@ -882,18 +898,53 @@ class PredictWorker:
         errors = None
         if isinstance(y, RequestErrors):
             y, errors = y.outputs, y.errors
+        if type(y) is RequestOutputs:
+            self._deliver_parts(batch, y.parts, errors, started, compute_s, attributions, inline=inline)
+            return
         try:  # a model may return anything: never let it escape this callback
             y, finite_rows = _check_outputs(y, batch.rows)
         except Exception as exc:
             self._batch_failed(batch, exc, started, inline=inline)
             return
+        self._count_batch(batch, started, compute_s)
+        failed = None if errors is None else self._requests_failed(batch, errors)
+        self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows, failed)
+        if self._after_batch is not None:
+            self._after_batch()
+
+    def _count_batch(self, batch: Batch, started: float, compute_s: float) -> None:
+        """Record a computed batch in the queue's estimate, the observer and :attr:`stats`."""
         self.queue.note_batch(compute_s)
         if self._observer is not None:
             self._observer.on_batch(self.name, batch.rows, compute_s)
         if self.stats is not None:
             self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
+
+    def _deliver_parts(self, batch: Batch, parts: tuple[Any, ...], errors: Mapping[int, BaseException] | None,
+                       started: float, compute_s: float, attributions: np.ndarray | None, *, inline: bool) -> None:
+        """:meth:`_deliver` for :class:`RequestOutputs`: each slice's part (``parts[i]`` for
+        ``batch.slices[i]``) is checked against its rows, then handed to it whole; a part that is
+        bad (or parts not one per slice) fails the batch as bad outputs do (isolation)."""
+        failing = errors or {}
+        checked: list[tuple[Tensors, np.ndarray | None] | None] = []
+        try:  # a model may return anything: never let it escape this callback
+            if len(parts) != len(batch.slices):
+                raise ValueError(f"model returned outputs for {len(parts)} requests; the batch has {len(batch.slices)}")
+            for i, (s, part) in enumerate(zip(batch.slices, parts, strict=True)):
+                checked.append(None if i in failing else _check_outputs(part, s.rows))
+        except Exception as exc:
+            self._batch_failed(batch, exc, started, inline=inline)
+            return
+        self._count_batch(batch, started, compute_s)
         failed = None if errors is None else self._requests_failed(batch, errors)
-        self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows, failed)
+        explained = 0  # rows of ``attributions`` passed so far (stacked in slice order)
+        for s, done in zip(batch.slices, checked, strict=True):
+            attr = None
+            if s.item.cost != 1:
+                attr = None if attributions is None else attributions[explained:explained + s.rows]
+                explained += s.rows
+            if done is not None:
+                self._hand_out((s,), done[0], done[1], attr, started, compute_s, batch.rows, failed)
         if self._after_batch is not None:
             self._after_batch()
 

@@ -14,7 +14,7 @@ Mapped (Triton's semantics, triton-inference-server/server
   the ONNX backend) -> ``backend = "onnx"``; ``backend: "python"`` (Triton's
   Python backend, :mod:`.triton_backend`) -> ``backend = "python"`` with
   :attr:`ModelConfig.triton_model_config` (the JSON its model.py gets; ``input``
-  and ``output`` required, fixed dims, ``parameters`` passed on, not warned
+  and ``output`` required, ``-1`` dims served, ``parameters`` passed on, not warned
   about); ``platform: "ensemble"``: an ensemble (:mod:`.ensemble_config`); any
   other platform or backend is refused, naming it.
 - ``name`` must equal the model's directory name when given.
@@ -442,16 +442,13 @@ def _config_json(cfg: Any) -> str:
 def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[str, Any],
                    warnings: list[str]) -> ModelConfig:
     """A ``backend: "python"`` config.pbtxt (a Triton Python backend model.py, :mod:`.triton_backend`):
-    ``input`` and ``output`` are required, with fixed dims; ``parameters`` are the model's own (in
-    its ``args["model_config"]``), not warned about.  ``common``: the fields read as for any backend."""
+    ``input`` and ``output`` are required (``-1`` dims served: :mod:`.triton_backend`);
+    ``parameters`` are the model's own (in its ``args["model_config"]``), not warned about.
+    ``common``: the fields read as for any backend."""
     for key in ("input", "output"):
         tensors = common[key + "s"]
         if tensors is None:
             raise ConfigError(path, key, "is required for a Python model (wsserve does not auto-complete it from model.py)")
-        for i, t in enumerate(tensors):
-            if t.shape is None:
-                raise ConfigError(path, f"{key}[{i}].dims", f"{list(t.triton_dims or ())}: a variable (-1) dimension is not "
-                                                           "served for a Python model (wsserve serves fixed row shapes)")
     if not cfg.name and model_name is not None:
         cfg.name = model_name  # Triton fills it in
     return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg))

@@ -22,7 +22,11 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   ``max_batch_size: 0`` one request per row, tensors of exactly ``dims``.  It must return one
   ``pb_utils.InferenceResponse`` per request, each holding every output config.pbtxt lists, of
   the listed dtype kind and shape; anything else fails the batch with a ``ValueError`` naming the
-  model and what is wrong.  A response with ``error=`` fails only its request, with the wire error
+  model and what is wrong.  A ``-1`` in an input's dims takes each request's size (the worker
+  batches requests of one shape only); a ``-1`` in an output's is each response's own: such a model
+  returns :class:`~wsserve.worker.RequestOutputs` (each request's outputs whole, their sizes
+  intact) rather than one joined array, and a variable output of more than
+  :data:`~wsserve.shapes.MAX_VALUES` values per row is a wrong answer, naming it.  A response with ``error=`` fails only its request, with the wire error
   of its ``pb_utils.TritonError`` code (:data:`WIRE_ERRORS`, as Triton's frontends answer the
   code), the message kept: :meth:`TritonPythonModel.predict_requests` returns the other requests'
   rows of that ``execute`` with the errors (:class:`~wsserve.worker.RequestErrors`), so nothing
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import sys
 import threading
@@ -57,7 +62,8 @@ from ..errors import (
     WsserveError,
 )
 from ..models.base import call_model_code
-from ..worker import RequestErrors
+from ..shapes import MAX_VALUES, VARIABLE
+from ..worker import RequestErrors, RequestOutputs, concat_rows
 from . import triton_pb_utils as pb
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import ModelConfig
@@ -158,8 +164,30 @@ def exec_triton_model_file(path: Path, name: str, version: int) -> ModuleType:
 def _specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """config.pbtxt's tensors (every one named, shaped and typed: :mod:`.pbtxt` checked it)."""
     def specs(tensors: Any) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t.name, t.shape, t.dtype) for t in tensors)
+        return tuple(TensorSpec(t.name, t.shape or t.triton_dims, t.dtype) for t in tensors)
     return specs(config.inputs), specs(config.outputs)
+
+
+def _grouped(outs: list[dict[str, np.ndarray]], owner: list[int]) -> list[list[dict[str, np.ndarray]]]:
+    """``outs`` (one per executed request, in order) grouped by the wsserve request owning each
+    (``owner[i]``, ascending from 0): one list per request."""
+    groups: list[list[dict[str, np.ndarray]]] = [[] for _ in range(owner[-1] + 1 if owner else 0)]
+    for out, i in zip(outs, owner, strict=True):
+        groups[i].append(out)
+    return groups
+
+
+def _bounded(model: str, i: int, name: str, value: Any, batching: bool) -> None:
+    """Refuse (``ValueError`` naming the output) response ``i``'s output ``name`` with a variable
+    dimension when one row of it holds more than :data:`~wsserve.shapes.MAX_VALUES` values (the
+    whole tensor without a batch dimension)."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return  # not an array: check_outputs names it
+    values = math.prod(shape[1:] if batching else shape)
+    if values > MAX_VALUES:
+        raise ValueError(f"model {model!r}: execute's response {i}: output {name!r} has shape {list(shape)}: "
+                         f"{values} values per row; at most {MAX_VALUES} where a dimension is variable (-1)")
 
 
 class TritonPythonModel(RepositoryModel):
@@ -172,6 +200,9 @@ class TritonPythonModel(RepositoryModel):
         assert config.triton_model_config is not None, "a config.pbtxt with backend: \"python\""
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         self.inputs, self.outputs = _specs(config)
+        #: An output has a variable (-1) dimension: each request is answered at its own size there
+        #: (:class:`~wsserve.worker.RequestOutputs`); otherwise one array holds the batch's rows.
+        self._ragged = any(s.variable for s in self.outputs)
         module = exec_triton_model_file(self.path, name, version)
         cls = getattr(module, "TritonPythonModel", None)
         if not isinstance(cls, type):
@@ -235,16 +266,20 @@ class TritonPythonModel(RepositoryModel):
         y = self.predict_requests(batch, [len(next(iter(x.values())))])
         if isinstance(y, RequestErrors):
             raise next(iter(y.errors.values()))
-        return y
+        return y.parts[0] if isinstance(y, RequestOutputs) else y
 
     def predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None) -> Batch | RequestErrors:
         """``batch``'s rows as consecutive requests of ``rows[i]`` rows each (request id ``ids[i]``,
         ``""`` without ``ids``), in one ``execute`` call (``max_batch_size: 0``: one request per row,
-        each with its request's id).  Returns the outputs of every row in order; when some responses
+        each with its request's id).  Returns the outputs of every row in order (a model with a
+        variable output dimension: :class:`~wsserve.worker.RequestOutputs`, each request's outputs
+        at its own size, a request's rows joined; rows of one request answered at different sizes
+        raise :class:`~wsserve.errors.InvalidInput` naming the output); when some responses
         are errors, :class:`~wsserve.worker.RequestErrors` holding them as :class:`TritonError` by
         index in ``rows`` (the first of a request's), their rows zeros.  Raises ``ValueError`` for a
-        wrong answer, ``RuntimeError`` for an exception in ``execute``, :class:`TritonError` for a
-        ``pb_utils.TritonError`` it raised (each naming the model)."""
+        wrong answer (a variable output of more than :data:`~wsserve.shapes.MAX_VALUES` values
+        per row included), ``RuntimeError`` for an exception in ``execute``, :class:`TritonError`
+        for a ``pb_utils.TritonError`` it raised (each naming the model)."""
         self._require_open()
         x = self._named(batch)
         ids = ids or [""] * len(rows)
@@ -268,13 +303,19 @@ class TritonPythonModel(RepositoryModel):
                 outs[i] = self._placeholder(requests[i])
         if not self.config.batching:
             outs = [{k: v[None] for k, v in o.items()} for o in outs]
-        y = self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
+        y: Batch | RequestOutputs
+        if self._ragged:
+            y = RequestOutputs(tuple(self._unnamed(concat_rows(p)) if len(p) > 1 else self._unnamed(p[0])
+                                     for p in _grouped(outs, owner)))
+        else:
+            y = self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
         return RequestErrors(y, errors) if errors else y
 
     def _placeholder(self, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Zeros for the outputs of a request answered with an error (never delivered)."""
+        """Zeros for the outputs of a request answered with an error (never delivered; a variable
+        dimension 0)."""
         lead = (len(next(iter(request.values()))),) if self.config.batching else ()
-        return {s.name: s.zeros(lead + s.shape) for s in self.outputs}
+        return {s.name: s.zeros(lead + tuple(0 if d == VARIABLE else d for d in s.shape)) for s in self.outputs}
 
     def _execute(self, requests: list[dict[str, np.ndarray]],
                  ids: list[str]) -> list[dict[str, np.ndarray] | TritonError]:
@@ -313,6 +354,8 @@ class TritonPythonModel(RepositoryModel):
                 names = [t.name() for t in response.output_tensors()]
                 raise ValueError(f"model {self.name!r}: execute's response {i} has no output {spec.name!r} (it has {names})")
             got[spec.name] = tensor.as_numpy()
+            if spec.variable:
+                _bounded(self.name, i, spec.name, got[spec.name], self.config.batching)
         if self.config.batching:
             n = len(next(iter(request.values())))
             where = f"model {self.name!r}: execute's response {i}: "
