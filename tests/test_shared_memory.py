@@ -418,6 +418,26 @@ def test_closing_unregisters_every_region_and_closes_its_file(tmp_path: Path) ->
     regions.close()  # idempotent
 
 
+def test_a_read_the_system_returns_in_parts_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux returns at most ~2 GiB per read while a region may be 4 GiB: a short read goes on from
+    where it stopped (it was refused as a truncated file).  The system call is the boundary faked:
+    here it returns at most 5 bytes a call."""
+    from wsserve.rest.sharedmem import ShmRef, SystemSharedMemory
+
+    payload = bytes(range(64))
+    (tmp_path / "obj").write_bytes(payload)
+    regions = SystemSharedMemory(directory=tmp_path)
+    regions.register("a", "/obj", 0, 64)
+    real = os.preadv
+
+    def at_most_5(fd: int, buffers: list[Any], offset: int) -> int:
+        return real(fd, [memoryview(buffers[0])[:5]], offset)
+
+    monkeypatch.setattr(os, "preadv", at_most_5)
+    assert bytes(regions.read(ShmRef("a", 3, 40), "input 'x'")) == payload[3:43]
+    regions.close()
+
+
 # --------------------------------------------------------------------------- Triton's perf_analyzer
 
 _PERF_ANALYZER_DEFAULT = Path(__file__).resolve().parent.parent / ".cache" / "perf_analyzer" / "perf_analyzer"

@@ -234,8 +234,13 @@ class SystemSharedMemory:
         region = self._region(ref.region)
         start = region.span(ref, ref.size, what)
         data = bytearray(ref.size)
+        view, got = memoryview(data), 0
         try:
-            got = os.preadv(region.fd, [data], start) if ref.size else 0
+            while got < ref.size:  # a read returns at most ~2 GiB (Linux's limit per call): go on from there
+                done = os.preadv(region.fd, [view[got:]], start + got)
+                if done == 0:
+                    break
+                got += done
         except OSError as exc:
             raise _os_error(exc, what, region, "read") from None
         if got != ref.size:  # truncated since the size check
