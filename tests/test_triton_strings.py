@@ -105,6 +105,27 @@ ensemble_scheduling { step [
     output_map { key: "total" value: "TOTAL" } }
 ] }
 '''
+#: Decodes its bytes with "surrogateescape" (a common round trip): a byte that is not UTF-8 becomes
+#: a lone surrogate in the str it answers, which UTF-8 cannot encode.
+ESCAPE_PBTXT = '''backend: "python"
+max_batch_size: 8
+input [ { name: "raw" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]
+'''
+ESCAPE_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            t = pb_utils.get_input_tensor_by_name(r, "raw").as_numpy()
+            text = np.array([[v.decode("utf-8", "surrogateescape") for v in row] for row in t], dtype=np.object_)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("text", text)]))
+        return out
+'''
 MAX_MESSAGE_BYTES = 65536
 
 
@@ -115,6 +136,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "cached", UPPER_PBTXT + "response_cache { enable: true }\n", UPPER_PY)
     _write(root, "tokenizer", TOKENIZER_PBTXT, TOKENIZER_PY)
     _write(root, "sum", SUM_PBTXT, SUM_PY)
+    _write(root, "escape", ESCAPE_PBTXT, ESCAPE_PY)
     (root / "pipeline" / "1").mkdir(parents=True)
     (root / "pipeline" / "config.pbtxt").write_text(PIPELINE_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
@@ -359,3 +381,80 @@ async def test_a_binary_tensor_frame_for_a_string_input_is_refused_naming_it(ser
         await conn.close()
     assert (frame["type"], frame["id"], frame["code"]) == ("error", "f", "invalid_input"), frame
     assert "input 'text' takes strings (BYTES): send them in a JSON predict" in frame["message"]
+
+
+#: Counts each row's strings; a request whose first string is not empty (not the warm-up's) waits
+#: for the file GATE first, announcing it at GATE.started.
+GATED_PBTXT = '''backend: "python"
+max_batch_size: 256
+input [ { name: "text" data_type: TYPE_STRING dims: [ 1024 ] } ]
+output [ { name: "n" data_type: TYPE_INT32 dims: [ 1 ] } ]
+'''
+GATED_PY = '''
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+GATE = {gate!r}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            t = pb_utils.get_input_tensor_by_name(r, "text").as_numpy()
+            if t[0, 0] != b"":
+                open(GATE + ".started", "w").close()
+                end = time.monotonic() + 60
+                while not os.path.exists(GATE) and time.monotonic() < end:
+                    time.sleep(0.01)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("n", np.full((len(t), 1), t.shape[1], np.int32))]))
+        return out
+'''
+
+
+async def test_max_inflight_bytes_counts_the_memory_string_inputs_hold(tmp_path) -> None:
+    """Each element of a string tensor is a Python bytes object (~33 bytes of header besides its
+    text) and an 8-byte pointer: 131072 two-character strings hold ~5.6 MB although their text and
+    length prefixes are 786432 bytes.  Next to a request in flight, such a request is refused by a
+    2 MiB max_inflight_bytes (it was let in, counted by its length prefixes)."""
+    from pathlib import Path
+
+    from tests.support import wait_until
+
+    gate = tmp_path / "gate"
+    root = tmp_path / "model_repository"
+    _write(root, "gated", GATED_PBTXT, GATED_PY.format(gate=str(gate)))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--max-inflight-bytes", str(2 << 20))
+    try:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "a", "model": "gated", "inputs": [["x"] * 1024]})
+            wait_until(lambda: Path(f"{gate}.started").exists(), 30)
+            await conn.send({"type": "predict", "id": "b", "model": "gated", "inputs": [["ab"] * 1024] * 128})
+            gate.touch()
+            frames = await conn.collect({"a", "b"})
+        finally:
+            gate.touch()
+            await conn.close()
+    finally:
+        proc.stop()
+    (refused,), (answered,) = frames["b"], frames["a"]
+    assert (refused["type"], refused.get("code")) == ("error", "overloaded"), refused
+    assert "(max_inflight_bytes)" in refused["message"]
+    assert (answered["type"], answered["outputs"]) == ("result", [[1024]]), answered
+
+
+def test_a_str_output_utf8_cannot_encode_fails_its_request_naming_the_output(http) -> None:
+    """b"ok\\xff" decoded with surrogateescape answers "ok\\udcff": the request fails naming the output,
+    the element and the character (it named neither), and the server answers the next one."""
+    data = np.array([[b"ok\xff"]], dtype=np.object_)
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("escape", [_http_input(thttp, "raw", data)])
+    assert info.value.status() == "500"
+    assert "output 'text' holds a str at element 0 that UTF-8 cannot encode" in info.value.message()
+    assert "'\\udcff' at character 2" in info.value.message()
+    ok = http.infer("escape", [_http_input(thttp, "raw", np.array([[b"ok"]], dtype=np.object_))])
+    assert ok.as_numpy("text")[0, 0] == b"ok"

@@ -15,6 +15,7 @@ them), are in :data:`TENSOR_DTYPES` (a repository model's tensors, from config.p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -50,11 +51,17 @@ OIP_NAMES: Mapping[str, str] = MappingProxyType(
 
 
 def array_bytes(array: np.ndarray) -> int:
-    """The bytes ``array`` holds: ``nbytes``, or for an object array (a string tensor) the sum of
-    its elements' lengths plus 4 per element (their length prefixes on the wire)."""
+    """The memory ``array`` holds (what the byte limits count): ``nbytes``; for an object array (a
+    string tensor) also each element's ``bytes`` object (its length and a ~33-byte header:
+    ``sys.getsizeof``) besides its 8-byte pointer: a request of many short strings counts what it costs
+    (two characters hold ~43 bytes, not the 6 of their length prefix and text)."""
     if array.dtype.kind != "O":
         return int(array.nbytes)
-    return sum(len(v) for v in array.flat) + 4 * array.size
+    return int(array.nbytes) + _BYTES_HEADER * array.size + sum(map(len, array.ravel().tolist()))
+
+
+#: ``sys.getsizeof(b"")``: what a ``bytes`` object holds besides its bytes (33 on 64-bit CPython).
+_BYTES_HEADER = sys.getsizeof(b"")
 
 
 def json_ready(array: np.ndarray) -> Any:

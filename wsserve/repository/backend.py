@@ -290,7 +290,8 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
 def _string_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """A string output (``bytes``) as an object array of ``bytes``: ``y`` is an object array of
     ``bytes`` or ``str`` (each ``str`` UTF-8 encoded), or a numpy ``S``/``U`` array, as Triton's
-    Python backend takes them; ``ValueError`` naming the output and the first other element."""
+    Python backend takes them; ``ValueError`` naming the output and the first other element (or
+    a ``str`` UTF-8 cannot encode: a lone surrogate)."""
     if y.dtype.kind not in "OSU":
         raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected strings (an object array of bytes or str)")
     out = np.empty(y.shape, dtype=object)
@@ -299,7 +300,11 @@ def _string_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
         if isinstance(v, bytes):
             flat[i] = bytes(v)
         elif isinstance(v, str):
-            flat[i] = v.encode()
+            try:
+                flat[i] = v.encode()
+            except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+                raise ValueError(f"output {spec.name!r} holds a str at element {i} that UTF-8 cannot encode "
+                                 f"({exc.reason}: {v[exc.start:exc.end]!r} at character {exc.start})") from None
         else:
             raise ValueError(f"output {spec.name!r} holds a {type(v).__name__} at element {i}; expected bytes or str")
     return out
