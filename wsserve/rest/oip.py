@@ -38,6 +38,7 @@ U+FFFD; ask for it with ``binary_data`` to get the exact bytes.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -578,24 +579,28 @@ def bytes_elements(data: bytes | memoryview, count: int, name: str) -> np.ndarra
     if 4 * count > total:
         raise InvalidInput(f"input {name!r}: {total} bytes of BYTES data cannot hold {count} elements "
                            "(each is a 4-byte length then its bytes)")
-    view = memoryview(data)
-    out = np.empty(count, dtype=object)
+    b = data if type(data) is bytes else bytes(data)  # slices of bytes are the elements (one copy each)
+    unpack = _LENGTH.unpack_from
+    elements: list[bytes] = [b""] * count
     pos = 0
-    for i in range(count):
+    for i in range(count):  # ~0.2 us an element: a 1 MiB request holds at most 262,144 of them
         if pos + 4 > total:
             raise InvalidInput(f"input {name!r}: its BYTES data ends inside element {i}'s 4-byte length")
-        length = int.from_bytes(view[pos : pos + 4], "little")
+        (length,) = unpack(b, pos)
         pos += 4
         if length > total - pos:
             raise InvalidInput(f"input {name!r}: element {i}'s length prefix is {length} bytes; only "
                                f"{total - pos} remain in its BYTES data")
-        out[i] = bytes(view[pos : pos + length])
+        elements[i] = b[pos : pos + length]
         pos += length
     if pos != total:
         raise InvalidInput(f"input {name!r}: {total - pos} bytes of its BYTES data follow its {count} elements")
+    out = np.empty(count, dtype=object)
+    out[:] = elements
     return out
 
 
+_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 _FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
 
 
