@@ -479,3 +479,14 @@ def test_trace_context_is_checked_and_sent_only_with_a_traceparent() -> None:
         check_trace_context(tp, "k=" + "v" * 511)
     with pytest.raises(ValueError, match="tracestate needs a traceparent"):
         encode_predict(4, "m", [[1.0]], tracestate="k=v")
+
+
+def test_as_numpy_keeps_string_outputs_strings() -> None:
+    """A string output (a model's BYTES tensor, answered as JSON strings) becomes an object array of
+    ``str``: it raised numpy's bare ValueError, and numeric-looking strings must not turn into numbers."""
+    from wsserve_client.codec import to_numpy
+
+    labels = to_numpy([["cat"], ["12"]])
+    assert labels.dtype == object and labels.tolist() == [["cat"], ["12"]]
+    named = to_numpy({"label": [["dog"]], "score": [[0.5]]})
+    assert named["label"].dtype == object and named["score"].dtype == np.float64

@@ -257,7 +257,8 @@ class Client:
         and the client gives up on its own 1 s (``DEADLINE_GRACE_S``) after it, sending
         ``cancel``; either way :class:`DeadlineExceeded` (a :class:`TimeoutError`) is raised.
         ``priority`` 1 is served first. ``as_numpy`` returns
-        ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray``. ``explain`` asks for
+        ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray`` (a string output: an object
+        array of ``str``). ``explain`` asks for
         per-feature attributions with each row (``BadRequestError`` for a model that cannot
         be explained): ``result.attributions`` and ``result.explanation``.
 

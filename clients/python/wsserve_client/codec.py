@@ -478,7 +478,7 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
 
 def to_numpy(outputs: Any) -> Any:
     """Convert nested lists to a float64 ``numpy.ndarray`` (each of them, for named outputs
-    ``{name: rows}``).
+    ``{name: rows}``); a string output to an object array of ``str``.
 
     Raises:
         RuntimeError: numpy is not installed.
@@ -488,8 +488,17 @@ def to_numpy(outputs: Any) -> Any:
     except ImportError as exc:  # pragma: no cover - numpy is present in the test env
         raise RuntimeError("as_numpy=True needs numpy installed") from exc
     if isinstance(outputs, dict):
-        return {name: np.asarray(rows, dtype=np.float64) for name, rows in outputs.items()}
-    return np.asarray(outputs, dtype=np.float64)
+        return {name: _as_array(np, rows) for name, rows in outputs.items()}
+    return _as_array(np, outputs)
+
+
+def _as_array(np: Any, rows: Any) -> Any:
+    """``rows`` as a float64 array, or for a string output (a model's BYTES tensor, answered as
+    JSON strings) an object array of ``str`` (never strings read as numbers)."""
+    leaf = rows
+    while isinstance(leaf, list) and leaf:
+        leaf = leaf[0]
+    return np.asarray(rows, dtype=object if isinstance(leaf, str) else np.float64)
 
 
 def _decoded(outputs: Any) -> bool:
