@@ -10,7 +10,9 @@ does not serve, naming the sample.
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,6 +151,37 @@ def test_string_inputs_take_empty_random_or_length_prefixed_file_data(tmp_path: 
     with pytest.raises(ModelLoadError, match=r"s.bin ends inside element 0 of 3"):
         warmup_batches((WarmupSample("s", 1, {"T": WarmupInput("bytes", (3,), "s.bin")}, 1),), spec, tmp_path,
                        tmp_path / "model.py")
+
+
+def _build_in_thread(samples: tuple[WarmupSample, ...], specs: tuple[TensorSpec, ...], model_dir: Path) -> object:
+    """``warmup_batches``'s outcome (its error, or its batches), run in a daemon thread so that a read
+    that blocks forever fails this test instead of hanging the run (the join's bound is only that)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(warmup_batches(samples, specs, model_dir, model_dir / "model.py"))
+        except Exception as exc:  # noqa: BLE001 - the outcome looked at
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, "building the warm-up batch blocked reading its data file"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bytes"])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path: Path, dtype: str) -> None:
+    (tmp_path / "warmup").mkdir()
+    os.mkfifo(tmp_path / "warmup" / "x.bin")  # no writer ever opens it: opening it to read would block
+    samples = (WarmupSample("s", 1, {"X": WarmupInput(dtype, (3,), "x.bin")}, 1),)
+    got = _build_in_thread(samples, (TensorSpec("X", (3,), dtype),), tmp_path)
+    assert isinstance(got, ModelLoadError) and re.search(r"x.bin is not a regular file", str(got)), got
+    (tmp_path / "warmup" / "x.bin").unlink()
+    (tmp_path / "warmup" / "x.bin").symlink_to("/dev/zero")  # a device: endless zeros, refused before reading
+    got = _build_in_thread(samples, (TensorSpec("X", (3,), dtype),), tmp_path)
+    assert isinstance(got, ModelLoadError) and re.search(r"x.bin is not a regular file", str(got)), got
 
 
 def test_a_variable_dimension_takes_the_samples_size(tmp_path: Path) -> None:

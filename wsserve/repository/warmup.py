@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,11 +166,7 @@ def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[i
         row = [bytes(rng.integers(48, 58, int(rng.integers(1, 9))).astype(np.uint8)) for _ in range(count)]
     else:
         path = model_dir / WARMUP_DIR / source
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_STRING_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+        data = _read_file(path, MAX_STRING_FILE_BYTES + 1, where, label)
         if len(data) > MAX_STRING_FILE_BYTES:
             raise ModelLoadError(where, f"{label}: {path} holds more than {MAX_STRING_FILE_BYTES} bytes")
         row, at = [], 0
@@ -187,6 +184,23 @@ def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[i
     return out
 
 
+def _read_file(path: Path, most: int, where: Path, label: str) -> bytes:
+    """At most ``most`` bytes of the regular file ``path`` (opened without blocking: a FIFO with no
+    writer, or a device such as a terminal, would hold the load up).  Raises :class:`ModelLoadError`
+    naming ``where``, ``label`` and ``path`` when it cannot be read or is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelLoadError(where, f"{label}: {path} is not a regular file")
+        try:
+            return f.read(most)
+        except OSError as exc:
+            raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+
+
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Values in [0, 1) for floats, 0..9 for integers, either for bools (seeded: the same each load)."""
     if dtype.kind == "f":
@@ -201,11 +215,7 @@ def _from_file(path: Path, dims: tuple[int, ...], shape: tuple[int, ...], dtype:
     """One row's values from ``path`` (raw, little-endian, row-major), repeated for every row (Triton
     duplicates a sample's data to its batch size)."""
     want = math.prod(dims) * dtype.itemsize
-    try:
-        with open(path, "rb") as f:
-            data = f.read(want + 1)
-    except OSError as exc:
-        raise ModelLoadError(where, f"{label}: input {name!r}: {path} cannot be read ({exc.strerror or exc})") from None
+    data = _read_file(path, want + 1, where, f"{label}: input {name!r}")
     if len(data) != want:
         raise ModelLoadError(where, f"{label}: input {name!r}: {path} holds {len(data) if len(data) <= want else 'more than ' + str(want)} "
                                     f"bytes; {list(dims)} {dtype.name} values are {want}")
