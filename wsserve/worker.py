@@ -317,6 +317,11 @@ def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
 _Part = tuple[int, int, Any, "np.ndarray | None", "int | None", int, float, float]
 
 
+def _parts_mismatch(parts: int, requests: int) -> ValueError:
+    """The error of :class:`RequestOutputs` holding ``parts`` parts for a batch of ``requests`` requests."""
+    return ValueError(f"model returned outputs for {parts} requests; the batch has {requests}")
+
+
 def _start(part: _Part) -> int:
     return part[0]
 
@@ -821,7 +826,10 @@ class PredictWorker:
         if isinstance(y, RequestErrors):  # its one request failed by itself
             exc = next(iter(y.errors.values()))
         elif type(y) is RequestOutputs:  # its one request's part
-            y = y.parts[0]
+            if len(y.parts) == 1:
+                y = y.parts[0]
+            else:  # (a model may return anything: never let it escape this callback)
+                exc = _parts_mismatch(len(y.parts), 1)
         if exc is None:
             try:
                 y, finite_rows = _check_outputs(y, s.rows)
@@ -929,7 +937,7 @@ class PredictWorker:
         checked: list[tuple[Tensors, np.ndarray | None] | None] = []
         try:  # a model may return anything: never let it escape this callback
             if len(parts) != len(batch.slices):
-                raise ValueError(f"model returned outputs for {len(parts)} requests; the batch has {len(batch.slices)}")
+                raise _parts_mismatch(len(parts), len(batch.slices))
             for i, (s, part) in enumerate(zip(batch.slices, parts, strict=True)):
                 checked.append(None if i in failing else _check_outputs(part, s.rows))
         except Exception as exc:
