@@ -439,6 +439,7 @@ class PredictWorker:
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
+            whole_requests=self._by_request,  # one InferenceRequest per request, as Triton's batcher keeps it
         )
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
