@@ -144,6 +144,7 @@ class RepositoryModel(PredictiveModel):
                 except Exception as exc:
                     raise ModelLoadError(self.path, f"model_warmup sample {sample.name!r} failed: "
                                                     f"{type(exc).__name__}: {exc}") from exc
+            del arrays, batch  # one sample's arrays at a time (see warmup_batches)
         log.info("%s: warmed up with %d model_warmup sample(s)", self.path, len(self.config.warmup))
 
     def version_figures(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Each :class:`WarmupSample` is one ``ModelWarmup``: a ``batch_size`` (rows), its 
 directory's ``warmup/`` folder, Triton's place) and a ``count`` of executions (0 counts as 1, as
 Triton reads it).  :func:`parse_warmup` reads them from the config message (pure, at scan time);
 :func:`warmup_batches` builds each sample's batch against the loaded model's input specs (reading
-its files, bounded in bytes) when the version loads.  A version whose warm-up fails does not
+its files, bounded in bytes) when the version loads, one sample at a time (64 samples of up to
+:data:`~wsserve.shapes.MAX_VALUES` values per input held at once would be gigabytes).  A version whose warm-up fails does not
 serve: its load fails naming the sample, as Triton's does.
 
 Bounds: at most :data:`MAX_WARMUP_SAMPLES` samples, :data:`MAX_WARMUP_COUNT` executions each,
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,13 +116,13 @@ def parse_warmup(path: Path, samples: Sequence[Any], triton_types: Mapping[str, 
 
 
 def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_dir: Path,
-                   where: Path) -> list[tuple[WarmupSample, dict[str, np.ndarray]]]:
+                   where: Path) -> Iterator[tuple[WarmupSample, dict[str, np.ndarray]]]:
     """Each sample's batch (input name -> ``(batch_size, *dims)`` array) for a model whose inputs
-    are ``specs`` (name, per-row ``shape``, ``dtype``).  Raises :class:`ModelLoadError` naming
+    are ``specs`` (name, per-row ``shape``, ``dtype``), built as it is iterated to (one sample's
+    arrays at a time: drop each before taking the next).  Raises :class:`ModelLoadError` naming
     ``where`` (the model file) and the sample when its inputs are not the model's, a type or dims
     do not match, or a data file is missing, unreadable or not exactly the values' bytes."""
     by_name = {s.name: s for s in specs}
-    batches = []
     rng = np.random.default_rng(0)
     for sample in samples:
         label = f"model_warmup sample {sample.name!r}"
@@ -150,8 +151,8 @@ def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_
             else:
                 array = _from_file(model_dir / WARMUP_DIR / inp.source, inp.dims, shape, dtype, where, label, name)
             arrays[name] = array
-        batches.append((sample, arrays))
-    return batches
+        yield sample, arrays
+        del arrays, array  # (this generator's frame would hold them while the next sample is built)
 
 
 def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[int, ...], rng: np.random.Generator,
