@@ -743,3 +743,15 @@ def test_max_queue_requests_counts_waiting_requests_not_rows() -> None:
 def test_queue_deadline(requested: float | None, default: float | None, override: bool, expected: float | None) -> None:
     assert queue_deadline(requested, 10.0, default, override) == expected
 
+
+
+def test_whole_requests_are_never_split_unless_larger_than_a_batch() -> None:
+    """``whole_requests`` (a Triton Python model: one InferenceRequest per request): a request that
+    does not fit what is left of a batch keeps its place for the next; only one larger than a batch
+    is split.  (Round-robin shares split ``b`` 2 + 2 across two executes.)"""
+    q = BatchQueue(max_batch_size=4, whole_requests=True)
+    for it in (_item(3, name="a"), _item(4, name="b"), _item(1, name="c"), _item(6, name="d")):
+        q.add(it, 0.0)
+    assert [_served(q.next_batch(0.0)) for _ in range(4)] == [
+        {"a": (0, 3), "c": (0, 1)}, {"b": (0, 4)}, {"d": (0, 4)}, {"d": (4, 6)}]
+    assert len(q) == 0

@@ -926,3 +926,32 @@ async def test_outputs_per_request_that_do_not_match_the_batch_isolate_it(make_w
     await _wait(first, second)
     assert first.outputs().tolist() == [[1.0]] and second.outputs().tolist() == [[3.0, 3.0, 3.0]]
     assert len(model.calls) == 3 and worker.isolated_batches == 1  # the batch, then each alone
+
+
+class Miscounting(Widening):
+    """:class:`Widening`, but every call's parts are one too many (``extra`` 1: the last repeated) or
+    one too few (``extra`` -1: none at all for a request computed alone)."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def predict_requests(self, x: np.ndarray, rows: list[int], ids: list[str]) -> Any:
+        parts = super().predict_requests(x, rows, ids).parts
+        return RequestOutputs(parts + parts[-1:] if self.extra > 0 else parts[:-1])
+
+
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+@pytest.mark.parametrize(("extra", "count"), [(1, 2), (-1, 0)])
+async def test_a_request_computed_alone_with_other_than_one_part_fails_naming_it(
+        make_worker, inline_max_flops: int, extra: int, count: int) -> None:
+    model = Miscounting(extra)
+    worker = make_worker(model, max_batch_size=8, inline_max_flops=inline_max_flops)
+    first, second = Sink("first", _col(1.0)), Sink("second", _col(3.0))
+    worker.submit(first)
+    worker.submit(second)
+    await _wait(first, second)  # each ends (it hung: no part raised IndexError out of the callback)
+    for sink in (first, second):  # (two parts: the first was handed out as if it were the request's)
+        assert isinstance(sink.error, Internal), sink.events
+        assert f"outputs for {count} requests; the batch has 1" in sink.error.message
+    assert worker.isolated_batches == 1

@@ -197,3 +197,55 @@ async def test_load_threads_are_bounded_and_a_refused_load_says_why(
     reply = await conn.request({"type": "load", "id": "l", "model": refused[0]})
     assert reply.get("ok") is True and reply["versions"] == [{"version": "1", "state": "ready"}], reply
     await conn.ws.close()
+
+
+WARMING_PY = """
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tests.support.load_gates import wait_gate
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.dir = Path(args["model_repository"])
+
+    def execute(self, requests):
+        with open(self.dir / "executions.txt", "a") as f:
+            f.write("x\\n")
+        if (self.dir / "executions.txt").read_text().count("x") == 1:  # the first warm-up execution is held
+            wait_gate((self.dir / "gate.txt").read_text().strip())
+        return [pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]) for r in requests]
+"""
+
+WARMING_PBTXT = """name: "warming"
+backend: "python"
+max_batch_size: 4
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+model_warmup [ { name: "many" batch_size: 4 count: 1000
+                 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 2 ] zero_data: true } } } ]
+"""
+
+
+async def test_a_warm_up_past_the_load_timeout_stops_with_its_abandoned_load(
+    tmp_path: Path, gate: tuple[str, threading.Event], started: Any,
+) -> None:
+    pytest.importorskip("tritonclient.grpc")  # config.pbtxt is read with Triton's protobuf messages
+    key, event = gate
+    model = tmp_path / "repo" / "warming"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(WARMING_PY)
+    (model / "config.pbtxt").write_text(WARMING_PBTXT)
+    (model / "gate.txt").write_text(key)
+    server = await started(tmp_path / "repo", model_load_timeout_s=0.2)
+    conn = await Conn.open(server.url)
+    versions = await _versions(conn)
+    assert "did not load within 0.2 s" in versions["warming"]["1"]["reason"], versions
+    event.set()  # its first warm-up execution returns: the abandoned load stops, not running 999 more
+    await wait_until_async(lambda: server.registry.abandoned_loads == 0, 30, what="the abandoned load ended")
+    assert (model / "executions.txt").read_text().count("x") == 1
+    await conn.ws.close()

@@ -10,7 +10,10 @@ does not serve, naming the sample.
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,13 +118,13 @@ def test_batches_repeat_a_files_row_and_check_it(tmp_path: Path) -> None:
     where = tmp_path / "1" / "model.py"
     (tmp_path / "warmup" / "x.bin").write_bytes(b"\0" * 8)
     with pytest.raises(ModelLoadError, match=r"sample 'from_file': input 'X': .*x.bin holds 8 bytes; \[3\] float32 values are 12"):
-        warmup_batches(samples, SPECS, tmp_path, where)
+        list(warmup_batches(samples, SPECS, tmp_path, where))
     (tmp_path / "warmup" / "x.bin").write_bytes(np.array([1.0, np.nan, 0.0], dtype="<f4").tobytes())
     with pytest.raises(ModelLoadError, match="holds a value that is not finite"):
-        warmup_batches(samples, SPECS, tmp_path, where)
+        list(warmup_batches(samples, SPECS, tmp_path, where))
     (tmp_path / "warmup" / "x.bin").unlink()
     with pytest.raises(ModelLoadError, match="x.bin cannot be read"):
-        warmup_batches(samples, SPECS, tmp_path, where)
+        list(warmup_batches(samples, SPECS, tmp_path, where))
 
 
 @pytest.mark.parametrize(("specs", "message"), [
@@ -133,28 +136,76 @@ def test_samples_that_are_not_the_models_inputs_are_refused(specs: tuple[TensorS
                                                              tmp_path: Path) -> None:
     samples = _parse(HEAD + WARMUP.replace('input_data_file: "x.bin"', "zero_data: true")).warmup
     with pytest.raises(ModelLoadError, match=message):
-        warmup_batches(samples, specs, tmp_path, tmp_path / "model.py")
+        list(warmup_batches(samples, specs, tmp_path, tmp_path / "model.py"))
 
 
 def test_string_inputs_take_empty_random_or_length_prefixed_file_data(tmp_path: Path) -> None:
     (tmp_path / "warmup").mkdir()
     (tmp_path / "warmup" / "s.bin").write_bytes(b"".join(len(x).to_bytes(4, "little") + x for x in (b"ab", b"", b"xyz")))
     spec = (TensorSpec("T", (3,), "bytes"),)
-    made = {src: warmup_batches((WarmupSample("s", 2, {"T": WarmupInput("bytes", (3,), src)}, 1),), spec, tmp_path,
-                                tmp_path / "model.py")[0][1]["T"] for src in ("zero", "random", "s.bin")}
+    made = {src: next(warmup_batches((WarmupSample("s", 2, {"T": WarmupInput("bytes", (3,), src)}, 1),), spec, tmp_path,
+                                     tmp_path / "model.py"))[1]["T"] for src in ("zero", "random", "s.bin")}
     assert made["zero"].tolist() == [[b"", b"", b""]] * 2
     assert made["s.bin"].tolist() == [[b"ab", b"", b"xyz"]] * 2 and made["s.bin"].dtype == object
     assert all(type(v) is bytes and v.isdigit() for v in made["random"].ravel())
     (tmp_path / "warmup" / "s.bin").write_bytes((9).to_bytes(4, "little") + b"ab")
     with pytest.raises(ModelLoadError, match=r"s.bin ends inside element 0 of 3"):
-        warmup_batches((WarmupSample("s", 1, {"T": WarmupInput("bytes", (3,), "s.bin")}, 1),), spec, tmp_path,
-                       tmp_path / "model.py")
+        list(warmup_batches((WarmupSample("s", 1, {"T": WarmupInput("bytes", (3,), "s.bin")}, 1),), spec, tmp_path,
+                            tmp_path / "model.py"))
+
+
+def _build_in_thread(samples: tuple[WarmupSample, ...], specs: tuple[TensorSpec, ...], model_dir: Path) -> object:
+    """``warmup_batches``'s outcome (its error, or its batches), run in a daemon thread so that a read
+    that blocks forever fails this test instead of hanging the run (the join's bound is only that)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(list(warmup_batches(samples, specs, model_dir, model_dir / "model.py")))
+        except Exception as exc:  # noqa: BLE001 - the outcome looked at
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, "building the warm-up batch blocked reading its data file"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bytes"])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path: Path, dtype: str) -> None:
+    (tmp_path / "warmup").mkdir()
+    os.mkfifo(tmp_path / "warmup" / "x.bin")  # no writer ever opens it: opening it to read would block
+    samples = (WarmupSample("s", 1, {"X": WarmupInput(dtype, (3,), "x.bin")}, 1),)
+    got = _build_in_thread(samples, (TensorSpec("X", (3,), dtype),), tmp_path)
+    assert isinstance(got, ModelLoadError) and re.search(r"x.bin is not a regular file", str(got)), got
+    (tmp_path / "warmup" / "x.bin").unlink()
+    (tmp_path / "warmup" / "x.bin").symlink_to("/dev/zero")  # a device: endless zeros, refused before reading
+    got = _build_in_thread(samples, (TensorSpec("X", (3,), dtype),), tmp_path)
+    assert isinstance(got, ModelLoadError) and re.search(r"x.bin is not a regular file", str(got)), got
 
 
 def test_a_variable_dimension_takes_the_samples_size(tmp_path: Path) -> None:
     samples = (WarmupSample("seq7", 2, {"ids": WarmupInput("int64", (7,), "zero")}, 1),)
     ((_, arrays),) = warmup_batches(samples, (TensorSpec("ids", (-1,), "int64"),), tmp_path, tmp_path / "model.onnx")
     assert arrays["ids"].shape == (2, 7)
+
+
+def test_samples_are_built_one_at_a_time(tmp_path: Path) -> None:
+    """64 samples of MAX_VALUES values each are 1 GiB of float32 at once; a warm-up holds one."""
+    samples = tuple(WarmupSample(f"s{i}", 1 << 10, {"X": WarmupInput("float32", (1 << 12,), "zero")}, 1)
+                    for i in range(8))  # 8 samples of 16 MiB
+    one = (1 << 22) * 4
+    tracemalloc.start()
+    try:
+        for _sample, arrays in warmup_batches(samples, (TensorSpec("X", (1 << 12,), "float32"),), tmp_path,
+                                              tmp_path / "model.py"):
+            assert arrays["X"].nbytes == one
+            del arrays
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * one, f"{peak / one:.1f} samples held at once"
 
 
 # -- a real server

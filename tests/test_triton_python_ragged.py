@@ -19,7 +19,7 @@ pytest.importorskip("grpc")  # the grpc extra
 tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.http as thttp  # noqa: E402
 
-from tests.support import ServerProcess  # noqa: E402
+from tests.support import ServerProcess, wait_until  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 from tests.test_repository_triton_python import _load, _write  # noqa: E402
@@ -120,6 +120,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "sum", SUM_PBTXT, SUM_PY)
     _write(root, "sum3", SUM3_PBTXT, SUM_PY)
     _write(root, "reverse", REVERSE_PBTXT, REVERSE_PY)
+    _write(root, "tokwhole", TOKENIZER_PBTXT, TOKENIZER_PY)  # (its own queue: test_a_request_is_never_split...)
     (root / "pipeline" / "1").mkdir(parents=True)
     (root / "pipeline" / "config.pbtxt").write_text(PIPELINE_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
@@ -208,6 +209,27 @@ async def test_a_websocket_request_gets_its_own_length_among_oip_requests(served
     assert frame["type"] == "result", frame
     assert frame["outputs"] == {"input_ids": [[97, 98, 99, 100]], "requests": [[2.0]]}
     np.testing.assert_array_equal(result.as_numpy("input_ids"), _tokens([b"seven!!", b"z", b"xy"]))
+
+
+def test_a_request_is_never_split_between_executes(served) -> None:
+    """Triton's batcher keeps a request whole (one InferenceRequest: the tokenizer pads its rows to
+    its longest text).  3 rows queued, then 4: the batch of 4 takes the first request alone, the
+    second runs in the next (round-robin shares of 2 and 2 split it into executes padding its halves
+    to 5 and 9 ids: its answer failed as rows of two sizes)."""
+    proc = served[0]
+    first, second = [b"ab", b"c", b"defg"], [b"a", b"hello", b"tokenizer", b"abc"]
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}", concurrency=2)
+    try:
+        pending = client.async_infer("tokwhole", [_text(thttp, "text", first)])
+        wait_until(lambda: proc.metrics().get("wsserve_queue_rows", model="tokwhole") == 3, 30,
+                   what="the first request queued")
+        later = client.async_infer("tokwhole", [_text(thttp, "text", second)])
+        results = [pending.get_result(), later.get_result()]
+    finally:
+        client.close()
+    for texts, result in zip((first, second), results, strict=True):
+        np.testing.assert_array_equal(result.as_numpy("input_ids"), _tokens(texts))
+        assert result.as_numpy("requests")[:, 0].tolist() == [1.0] * len(texts)  # alone in its execute
 
 
 # --------------------------------------------------------------------------- variable inputs

@@ -41,6 +41,12 @@ Policy:
   the statistics' ``rows`` and the round-robin shares stay in rows and units
   as documented on each.
 
+* **Whole requests** (``whole_requests=True``, for a model taking a batch as its requests, a
+  Triton Python model: Triton's batcher never splits a request): requests are taken whole, in
+  queue order, while they fit; one that does not fit what is left of the batch keeps its place for
+  a later batch.  Only a request larger than a whole batch is split: a batch it starts takes its
+  first ``max_batch_size`` units, and it goes to the back.
+
 Rows of one request are always scheduled in order (``start`` increases), so
 streamed chunks come out in order.
 """
@@ -164,9 +170,11 @@ class BatchQueue:
         max_queue_bytes: int | None = None,
         max_queue_requests: int | None = None,
         by_shape: bool = False,
+        whole_requests: bool = False,
     ) -> None:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
-        module docstring, "Shapes")."""
+        module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
+        ("Whole requests")."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_delay_ms is not None and not max_delay_ms > 0:
@@ -192,6 +200,7 @@ class BatchQueue:
         self._batch_s: float | None = None  # recent batch compute time (note_batch); None: none yet
         #: Unscheduled cost units per queued shape (``by_shape`` only; None: shapes are not read).
         self._shape_units: dict[Any, int] | None = {} if by_shape else None
+        self._whole_requests = whole_requests
 
     # -- admission
 
@@ -372,7 +381,10 @@ class BatchQueue:
     def _round_robin(self, queues: tuple[deque[WorkItem], ...], cap: int) -> tuple[dict[WorkItem, list[int]], int, int]:
         """Take up to ``cap`` units from ``queues`` (in order), shared round-robin inside each; a
         request partly served goes to the back of its queue, a finished one leaves it.  Returns
-        ``({item: [start, stop]}, rows, units)``; ``self._rows`` is left to the caller."""
+        ``({item: [start, stop]}, rows, units)``; ``self._rows`` is left to the caller.
+        ``whole_requests``: :meth:`_whole` instead."""
+        if self._whole_requests:
+            return self._whole(queues, cap)
         slices: dict[WorkItem, list[int]] = {}
         rows = units = 0
         for queue in queues:
@@ -411,6 +423,41 @@ class BatchQueue:
                         self._forget_deadline(item)
                 if not progressed:
                     break
+        return slices, rows, units
+
+    def _whole(self, queues: tuple[deque[WorkItem], ...], cap: int) -> tuple[dict[WorkItem, list[int]], int, int]:
+        """:meth:`_round_robin` for ``whole_requests``: requests taken whole, in order, while they fit
+        in ``cap`` units; one that does not keeps its place, unless nothing is taken yet (larger than
+        a batch: its first ``cap`` units, then it goes to the back of its queue)."""
+        slices: dict[WorkItem, list[int]] = {}
+        rows = units = 0
+        for queue in queues:
+            kept: list[WorkItem] = []
+            partly: WorkItem | None = None
+            while queue and cap > 0:
+                item = queue.popleft()
+                cost = item.cost
+                take = item.remaining if item.remaining * cost <= cap else 0 if slices else max(1, cap // cost)
+                if take == 0:
+                    kept.append(item)
+                    continue
+                slices[item] = [item.next_row, item.next_row + take]
+                item.next_row += take
+                self._bytes -= take * item.row_bytes
+                self._units -= take * cost
+                rows += take
+                units += take * cost
+                cap -= take * cost
+                if item.remaining:
+                    if item.deadline_until_started and item.deadline_entry is not None:
+                        self._forget_deadline(item)  # started: its queue deadline is met
+                    partly = item
+                else:
+                    self._requests -= 1
+                    self._forget_deadline(item)
+            queue.extendleft(reversed(kept))  # ahead of those not looked at (the batch is full)
+            if partly is not None:
+                queue.append(partly)
         return slices, rows, units
 
     def _next_of_one_shape(self, now: float, expired: list[WorkItem]) -> Batch | None:

@@ -41,8 +41,9 @@ model.
 Load timeout: a load (``Model()`` or reading the model file, then the warm-up) that takes longer
 than the model's ``model_load_timeout_s`` (config.toml, else the server's
 ``--model-load-timeout-s``) fails its version ("did not load within N s"), frees its slot and is
-abandoned: its thread runs on, and what it returns when (if) it ends is discarded (a model is
-closed, in a thread of its own) and logged.  At most :data:`MAX_LOAD_THREADS` load threads exist at
+abandoned: its thread runs on (a config.pbtxt's ``model_warmup`` stops before its next
+execution), and what it returns when (if) it ends is discarded (a model is closed, in a thread of
+its own) and logged.  At most :data:`MAX_LOAD_THREADS` load threads exist at
 once, running or abandoned: a load that would need one more fails at once, saying why (it is tried
 again when its files change, or by an admin ``load``), so a repository of models that hang cannot
 grow threads without bound.  Start-up (:meth:`ModelRegistry.load_all`) waits for the initial loads,
@@ -156,10 +157,12 @@ def _servable(model: Any, name: str) -> Any:
     return model
 
 
-def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: int) -> Any:
+def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: int,
+          stop: threading.Event | None = None) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
     nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
-    ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file."""
+    ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file.  ``stop`` set (the
+    load abandoned) ends config.pbtxt's ``model_warmup`` samples before their next execution."""
     assert mscan.config is not None
     vscan = mscan.version(version)
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
@@ -171,7 +174,7 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: 
     except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
         raise ModelLoadError(_model_file(path, mscan, version), f"{type(exc).__name__}: {exc}") from exc
     try:
-        model.warmup()
+        model.warmup(stop=stop)
         model.version_figures()  # reads the file system: here, off the event loop, once
         servable = _servable(model, name)
         try:  # e.g. Model.metrics = {1: ...}: it would break `models` for every model
@@ -651,16 +654,19 @@ class ModelRegistry:
                              else (self._load_timeout_s, flag("model_load_timeout_s")))
         loop = asyncio.get_running_loop()
         started = loop.time()
-        future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes,
+        stop = threading.Event()  # set when abandoned: its model_warmup executions stop
+        future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes, stop,
                                name=f"wsserve-load-{name}-{version}")
         self._load_threads[future] = label
         future.add_done_callback(lambda f: self._load_threads.pop(f, None))
         try:
             await asyncio.wait((future,), timeout=timeout_s)  # (not wait_for: that would cancel the future)
         except asyncio.CancelledError:  # the registry stops: the load is abandoned, not served
+            stop.set()
             self._abandon(future, label, started)
             raise
         if not future.done():
+            stop.set()
             self._abandon(future, label, started)  # (the failure is logged by the caller)
             raise ModelLoadError(_model_file(path, mscan, version),
                                  f"did not load within {timeout_s:g} s ({source}): its load (the model file "

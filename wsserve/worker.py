@@ -317,6 +317,11 @@ def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
 _Part = tuple[int, int, Any, "np.ndarray | None", "int | None", int, float, float]
 
 
+def _parts_mismatch(parts: int, requests: int) -> ValueError:
+    """The error of :class:`RequestOutputs` holding ``parts`` parts for a batch of ``requests`` requests."""
+    return ValueError(f"model returned outputs for {parts} requests; the batch has {requests}")
+
+
 def _start(part: _Part) -> int:
     return part[0]
 
@@ -434,6 +439,7 @@ class PredictWorker:
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
+            whole_requests=self._by_request,  # one InferenceRequest per request, as Triton's batcher keeps it
         )
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
@@ -821,7 +827,10 @@ class PredictWorker:
         if isinstance(y, RequestErrors):  # its one request failed by itself
             exc = next(iter(y.errors.values()))
         elif type(y) is RequestOutputs:  # its one request's part
-            y = y.parts[0]
+            if len(y.parts) == 1:
+                y = y.parts[0]
+            else:  # (a model may return anything: never let it escape this callback)
+                exc = _parts_mismatch(len(y.parts), 1)
         if exc is None:
             try:
                 y, finite_rows = _check_outputs(y, s.rows)
@@ -929,7 +938,7 @@ class PredictWorker:
         checked: list[tuple[Tensors, np.ndarray | None] | None] = []
         try:  # a model may return anything: never let it escape this callback
             if len(parts) != len(batch.slices):
-                raise ValueError(f"model returned outputs for {len(parts)} requests; the batch has {len(batch.slices)}")
+                raise _parts_mismatch(len(parts), len(batch.slices))
             for i, (s, part) in enumerate(zip(batch.slices, parts, strict=True)):
                 checked.append(None if i in failing else _check_outputs(part, s.rows))
         except Exception as exc:

@@ -12,6 +12,7 @@ import abc
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,9 +94,11 @@ class RepositoryModel(PredictiveModel):
         arrays = {s.name: s.zeros((n, *s.shape)) for s in self.inputs}
         return arrays[self.inputs[0].name] if len(self.inputs) == 1 else arrays
 
-    def warmup(self, batch: Batch | None = None) -> None:
+    def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         """Run :meth:`predict` once on ``batch`` (default :meth:`sample_batch`; none, and no run, for a
-        model with a variable input dimension) and check the outputs.
+        model with a variable input dimension) and check the outputs.  Config.pbtxt's
+        ``model_warmup`` samples instead, when it lists some (:meth:`_configured_warmup`): ``stop``
+        set (its load abandoned past its timeout) ends them before their next execution.
 
         Raises :class:`ModelLoadError` naming the model file if predict raises,
         or returns outputs of the wrong type, shape or dtype.  A float output
@@ -106,7 +109,7 @@ class RepositoryModel(PredictiveModel):
         gives NaN for the warm-up's rows of zeros and is right for every other row.
         """
         if batch is None and self.config.warmup:
-            self._configured_warmup()
+            self._configured_warmup(stop)
             return
         if batch is None:
             if any(s.variable for s in self.inputs):  # no size to try there: Triton warms up only what model_warmup says
@@ -124,18 +127,24 @@ class RepositoryModel(PredictiveModel):
                 log.warning("%s: warm-up output %r has %s (the warm-up batch is %d rows of zeros); served "
                             "anyway: a request whose output is not finite fails", self.path, spec.name, problem, n)
 
-    def _configured_warmup(self) -> None:
+    def _configured_warmup(self, stop: threading.Event | None = None) -> None:
         """config.pbtxt's ``model_warmup``: each sample's batch, ``count`` times, its outputs checked
-        (:mod:`.warmup`).  Raises :class:`ModelLoadError` naming the sample: the version does not serve."""
+        (:mod:`.warmup`).  Raises :class:`ModelLoadError` naming the sample: the version does not serve;
+        also, before an execution, once ``stop`` is set (the load was abandoned: the rest of up to
+        64 x 1000 executions would only burn CPU for a model that is discarded)."""
         assert self.config.path is not None
         for sample, arrays in warmup_batches(self.config.warmup, self.inputs, self.config.path.parent, self.path):
             batch: Batch = arrays[self.inputs[0].name] if len(self.inputs) == 1 else arrays
             for _ in range(sample.count):
+                if stop is not None and stop.is_set():
+                    raise ModelLoadError(self.path, f"model_warmup stopped at sample {sample.name!r}: its load was "
+                                                    "abandoned (past its load timeout)")
                 try:
                     check_outputs(self.predict(batch), self.outputs, sample.batch_size)
                 except Exception as exc:
                     raise ModelLoadError(self.path, f"model_warmup sample {sample.name!r} failed: "
                                                     f"{type(exc).__name__}: {exc}") from exc
+            del arrays, batch  # one sample's arrays at a time (see warmup_batches)
         log.info("%s: warmed up with %d model_warmup sample(s)", self.path, len(self.config.warmup))
 
     def version_figures(self) -> dict[str, Any]:

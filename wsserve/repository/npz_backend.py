@@ -8,6 +8,7 @@ takes float64 rows, ``mlp`` and its compressed forms (``mlp-int8``,
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,9 @@ class NpzModel(RepositoryModel):
             batch = batch["input"]
         return self.model.predict(batch)
 
-    def warmup(self, batch: Batch | None = None) -> None:
+    def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         if not self.generative:  # a generative model is checked by the generation engine's adapter
-            super().warmup(batch)
+            super().warmup(batch, stop=stop)
 
     def flops_per_row(self) -> int:
         return self.config.flops_per_row or self.model.flops_per_row()

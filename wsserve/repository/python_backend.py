@@ -41,6 +41,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+import threading
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -163,9 +164,9 @@ class PythonModel(RepositoryModel):
             return self._per_row(self._call, batch)
         return self._call(batch)
 
-    def warmup(self, batch: Batch | None = None) -> None:
+    def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         if not self.generative:
-            super().warmup(batch)
+            super().warmup(batch, stop=stop)
 
     def flops_per_row(self) -> int:
         return self._flops

@@ -369,11 +369,11 @@ class TritonPythonModel(RepositoryModel):
         named = out if isinstance(out, dict) else {self.outputs[0].name: out}
         return named if self.config.batching else {k: v[0] for k, v in named.items()}
 
-    def warmup(self, batch: Batch | None = None) -> None:
+    def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
         logged: a model may refuse such input and be right for every real request."""
         try:
-            super().warmup(batch)
+            super().warmup(batch, stop=stop)
         except ModelLoadError as exc:
             if not isinstance(exc.__cause__, TritonError) or (batch is None and self.config.warmup):
                 raise  # (a model_warmup sample the config names must be answered, as Triton's warm-up must)

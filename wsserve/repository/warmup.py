@@ -6,7 +6,8 @@ Each :class:`WarmupSample` is one ``ModelWarmup``: a ``batch_size`` (rows), its 
 directory's ``warmup/`` folder, Triton's place) and a ``count`` of executions (0 counts as 1, as
 Triton reads it).  :func:`parse_warmup` reads them from the config message (pure, at scan time);
 :func:`warmup_batches` builds each sample's batch against the loaded model's input specs (reading
-its files, bounded in bytes) when the version loads.  A version whose warm-up fails does not
+its files, bounded in bytes) when the version loads, one sample at a time (64 samples of up to
+:data:`~wsserve.shapes.MAX_VALUES` values per input held at once would be gigabytes).  A version whose warm-up fails does not
 serve: its load fails naming the sample, as Triton's does.
 
 Bounds: at most :data:`MAX_WARMUP_SAMPLES` samples, :data:`MAX_WARMUP_COUNT` executions each,
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,13 +116,13 @@ def parse_warmup(path: Path, samples: Sequence[Any], triton_types: Mapping[str, 
 
 
 def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_dir: Path,
-                   where: Path) -> list[tuple[WarmupSample, dict[str, np.ndarray]]]:
+                   where: Path) -> Iterator[tuple[WarmupSample, dict[str, np.ndarray]]]:
     """Each sample's batch (input name -> ``(batch_size, *dims)`` array) for a model whose inputs
-    are ``specs`` (name, per-row ``shape``, ``dtype``).  Raises :class:`ModelLoadError` naming
+    are ``specs`` (name, per-row ``shape``, ``dtype``), built as it is iterated to (one sample's
+    arrays at a time: drop each before taking the next).  Raises :class:`ModelLoadError` naming
     ``where`` (the model file) and the sample when its inputs are not the model's, a type or dims
     do not match, or a data file is missing, unreadable or not exactly the values' bytes."""
     by_name = {s.name: s for s in specs}
-    batches = []
     rng = np.random.default_rng(0)
     for sample in samples:
         label = f"model_warmup sample {sample.name!r}"
@@ -149,8 +151,8 @@ def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_
             else:
                 array = _from_file(model_dir / WARMUP_DIR / inp.source, inp.dims, shape, dtype, where, label, name)
             arrays[name] = array
-        batches.append((sample, arrays))
-    return batches
+        yield sample, arrays
+        del arrays, array  # (this generator's frame would hold them while the next sample is built)
 
 
 def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[int, ...], rng: np.random.Generator,
@@ -165,11 +167,7 @@ def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[i
         row = [bytes(rng.integers(48, 58, int(rng.integers(1, 9))).astype(np.uint8)) for _ in range(count)]
     else:
         path = model_dir / WARMUP_DIR / source
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_STRING_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+        data = _read_file(path, MAX_STRING_FILE_BYTES + 1, where, label)
         if len(data) > MAX_STRING_FILE_BYTES:
             raise ModelLoadError(where, f"{label}: {path} holds more than {MAX_STRING_FILE_BYTES} bytes")
         row, at = [], 0
@@ -187,6 +185,23 @@ def _strings(source: str, model_dir: Path, dims: tuple[int, ...], shape: tuple[i
     return out
 
 
+def _read_file(path: Path, most: int, where: Path, label: str) -> bytes:
+    """At most ``most`` bytes of the regular file ``path`` (opened without blocking: a FIFO with no
+    writer, or a device such as a terminal, would hold the load up).  Raises :class:`ModelLoadError`
+    naming ``where``, ``label`` and ``path`` when it cannot be read or is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelLoadError(where, f"{label}: {path} is not a regular file")
+        try:
+            return f.read(most)
+        except OSError as exc:
+            raise ModelLoadError(where, f"{label}: {path} cannot be read ({exc.strerror or exc})") from None
+
+
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Values in [0, 1) for floats, 0..9 for integers, either for bools (seeded: the same each load)."""
     if dtype.kind == "f":
@@ -201,11 +216,7 @@ def _from_file(path: Path, dims: tuple[int, ...], shape: tuple[int, ...], dtype:
     """One row's values from ``path`` (raw, little-endian, row-major), repeated for every row (Triton
     duplicates a sample's data to its batch size)."""
     want = math.prod(dims) * dtype.itemsize
-    try:
-        with open(path, "rb") as f:
-            data = f.read(want + 1)
-    except OSError as exc:
-        raise ModelLoadError(where, f"{label}: input {name!r}: {path} cannot be read ({exc.strerror or exc})") from None
+    data = _read_file(path, want + 1, where, f"{label}: input {name!r}")
     if len(data) != want:
         raise ModelLoadError(where, f"{label}: input {name!r}: {path} holds {len(data) if len(data) <= want else 'more than ' + str(want)} "
                                     f"bytes; {list(dims)} {dtype.name} values are {want}")
