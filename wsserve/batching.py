@@ -408,22 +408,28 @@ class BatchQueue:
                         slices[item] = [item.next_row, item.next_row + take]
                     else:
                         span[1] += take
-                    item.next_row += take
-                    self._bytes -= take * item.row_bytes
-                    self._units -= take * cost
                     rows += take
                     units += take * cost
                     cap -= take * cost
-                    if item.remaining:
-                        if item.deadline_until_started and item.deadline_entry is not None:
-                            self._forget_deadline(item)  # started: its queue deadline is met
+                    if self._took(item, take, cost):
                         queue.append(item)
-                    else:
-                        self._requests -= 1
-                        self._forget_deadline(item)
                 if not progressed:
                     break
         return slices, rows, units
+
+    def _took(self, item: WorkItem, take: int, cost: int) -> bool:
+        """``take`` rows of ``item`` (``cost`` units each) leave the queue; True when rows remain (it
+        started: a queue deadline that ends then is met), False when it is done (it leaves the queue)."""
+        item.next_row += take
+        self._bytes -= take * item.row_bytes
+        self._units -= take * cost
+        if item.remaining:
+            if item.deadline_until_started and item.deadline_entry is not None:
+                self._forget_deadline(item)  # started: its queue deadline is met
+            return True
+        self._requests -= 1
+        self._forget_deadline(item)
+        return False
 
     def _whole(self, queues: tuple[deque[WorkItem], ...], cap: int) -> tuple[dict[WorkItem, list[int]], int, int]:
         """:meth:`_round_robin` for ``whole_requests``: requests taken whole, in order, while they fit
@@ -442,19 +448,11 @@ class BatchQueue:
                     kept.append(item)
                     continue
                 slices[item] = [item.next_row, item.next_row + take]
-                item.next_row += take
-                self._bytes -= take * item.row_bytes
-                self._units -= take * cost
                 rows += take
                 units += take * cost
                 cap -= take * cost
-                if item.remaining:
-                    if item.deadline_until_started and item.deadline_entry is not None:
-                        self._forget_deadline(item)  # started: its queue deadline is met
+                if self._took(item, take, cost):
                     partly = item
-                else:
-                    self._requests -= 1
-                    self._forget_deadline(item)
             queue.extendleft(reversed(kept))  # ahead of those not looked at (the batch is full)
             if partly is not None:
                 queue.append(partly)
