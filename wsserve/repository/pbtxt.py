@@ -285,13 +285,9 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     bounds; and when tritonclient[grpc] is not installed (with the fix).
     """
     path = Path(path)
-    text = config_text(text, path)
-    message_class, why = _message_class()
-    if message_class is None:
-        raise ConfigError(path, None, f"reading a Triton config.pbtxt needs tritonclient[grpc]: {INSTALL_HINT}{why}")
+    text, cfg = _empty_message(text, path, "a Triton config.pbtxt")
     from google.protobuf import text_format
 
-    cfg = message_class()
     try:
         text_format.Parse(text.removeprefix("\ufeff"), cfg)
     except text_format.ParseError as exc:
@@ -304,6 +300,17 @@ def parse_pbtxt(text: str | bytes, path: Path | str = PBTXT_FILE, *, model_name:
     return _from_message(cfg, path, model_name)
 
 
+def _empty_message(text: str | bytes, path: Path, what: str) -> tuple[str, Any]:
+    """``text`` checked as a config file's (:func:`~.config.config_text`) and an empty Triton
+    ``ModelConfig`` message to parse it into.  Raises :class:`ConfigError` naming ``path``, also
+    when tritonclient[grpc] is not installed (reading ``what`` needs it)."""
+    text = config_text(text, path)
+    message_class, why = _message_class()
+    if message_class is None:
+        raise ConfigError(path, None, f"reading {what} needs tritonclient[grpc]: {INSTALL_HINT}{why}")
+    return text, message_class()
+
+
 def parse_json_config(text: str, path: Path | str, *, model_name: str) -> ModelConfig:
     """Parse a Triton model configuration in JSON (protobuf's JSON form of ``ModelConfig``, what
     a ``load`` request's ``config`` parameter carries: ``tritonclient``'s ``load_model(config=...)``)
@@ -312,13 +319,9 @@ def parse_json_config(text: str, path: Path | str, *, model_name: str) -> ModelC
     Raises :class:`ConfigError` as :func:`parse_pbtxt` does, and for JSON that is not a
     ``ModelConfig`` (an unknown field included)."""
     path = Path(path)
-    text = config_text(text, path)
-    message_class, why = _message_class()
-    if message_class is None:
-        raise ConfigError(path, None, f"reading a Triton model configuration needs tritonclient[grpc]: {INSTALL_HINT}{why}")
+    text, cfg = _empty_message(text, path, "a Triton model configuration")
     from google.protobuf import json_format
 
-    cfg = message_class()
     try:
         json_format.Parse(text, cfg)
     except json_format.ParseError as exc:
