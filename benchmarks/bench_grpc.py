@@ -43,13 +43,18 @@ def perf_analyzer() -> str:
     return found
 
 
-def run_one(binary: str, protocol: str, url: str, concurrency: int, batch: int, window_ms: int) -> dict[str, float]:
-    """One perf_analyzer run: its throughput (infer/s) and p99 latency (us) at ``concurrency``."""
-    out = subprocess.run(
-        [binary, "-m", "mlp", "-u", url, "-i", protocol, "-b", str(batch), "--concurrency-range", str(concurrency),
+def run_one(binary: str, protocol: str, url: str, concurrency: int, batch: int, window_ms: int, *,
+            model: str = "mlp", extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """One perf_analyzer run of ``model`` (``extra``: more of its flags): its throughput (infer/s)
+    and p99 latency (us) at ``concurrency``.  Raises ``SystemExit`` with its output when it fails."""
+    run = subprocess.run(
+        [binary, "-m", model, "-u", url, "-i", protocol, "-b", str(batch), "--concurrency-range", str(concurrency),
          "--measurement-interval", str(window_ms), "--max-trials", "3", "--stability-percentage", "100000",
-         "--percentile", "99"],
-        capture_output=True, text=True, timeout=300, check=True).stdout
+         "--percentile", "99", *extra],
+        capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        raise SystemExit(f"perf_analyzer failed ({run.returncode}): {run.stdout[-800:]} {run.stderr[-800:]}")
+    out = run.stdout
     throughput = float(re.search(r"Concurrency: \d+, throughput: ([0-9.]+) infer/sec", out).group(1))
     p99 = float(re.search(r"p99 latency: (\d+) usec", out).group(1))
     return {"throughput": throughput, "p99_us": p99}

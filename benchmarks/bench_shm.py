@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import bench_grpc as grpc_bench  # noqa: E402
 from benchmarks.bench_grpc import GRPC_LINE, perf_analyzer  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from tests.support import ServerProcess, cpu_seconds, wait_until  # noqa: E402
@@ -56,22 +57,10 @@ def write_model(root: Path, width: int) -> None:
 
 
 def run_one(binary: str, protocol: str, url: str, shm: bool, concurrency: int, window_ms: int) -> dict[str, float]:
-    """One perf_analyzer run: throughput (infer/s) and p99 latency (us)."""
-    import re
-    import subprocess
-
-    cmd = [binary, "-m", "wide", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", str(concurrency),
-           "--measurement-interval", str(window_ms), "--max-trials", "3", "--stability-percentage", "100000",
-           "--percentile", "99", "--input-data", "zero"]  # (its random bytes are not all finite floats)
-    if shm:
-        cmd += ["--shared-memory", "system", "--output-shared-memory-size", "64"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if run.returncode != 0:
-        raise SystemExit(f"perf_analyzer failed ({run.returncode}): {run.stdout[-800:]} {run.stderr[-800:]}")
-    out = run.stdout
-    throughput = float(re.search(r"Concurrency: \d+, throughput: ([0-9.]+) infer/sec", out).group(1))
-    p99 = float(re.search(r"p99 latency: (\d+) usec", out).group(1))
-    return {"throughput": throughput, "p99_us": p99}
+    """One perf_analyzer run of ``wide`` (zero inputs: its random bytes are not all finite floats):
+    throughput (infer/s) and p99 latency (us)."""
+    extra = ("--input-data", "zero") + (("--shared-memory", "system", "--output-shared-memory-size", "64") if shm else ())
+    return grpc_bench.run_one(binary, protocol, url, concurrency, 1, window_ms, model="wide", extra=extra)
 
 
 def main() -> None:
