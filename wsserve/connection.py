@@ -486,7 +486,7 @@ class Connection:
             raise BadRequest(f"model {req.model!r} serves generate, not predict")
         if req.explain and (refusal := entry.explain_refusal) is not None:
             raise BadRequest(refusal)
-        if (req.binary_outputs or req.seed_form is not None) and _answers_strings(getattr(entry, "model", None)):
+        if (req.binary_outputs or req.seed_form is not None) and getattr(entry, "answers_strings", False):
             raise BadRequest(f"model {req.model!r} answers strings (BYTES outputs): ask for them as JSON, with an 'id' "
                              "and without 'binary_outputs'")
         cfg = self._cfg
@@ -557,8 +557,3 @@ def _span_head(req: Predict | Generate) -> dict[str, Any]:
                      "gen_ai.request.temperature": params.temperature})
     return head
 
-
-def _answers_strings(model: Any) -> bool:
-    """True when ``model`` declares a string output (a repository model's ``bytes`` tensor spec):
-    such outputs are answered in JSON ``result`` frames only."""
-    return any(getattr(s, "dtype", None) == "bytes" for s in getattr(model, "outputs", None) or ())

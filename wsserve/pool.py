@@ -153,9 +153,13 @@ class ModelEntry:
     input_specs: tuple[Any, ...] = ()  # predict models: what binary tensor frames are fitted to
     #: what every ``result`` frame of this version holds between its id and its rows (:func:`result_head`)
     result_head: bytes = field(init=False, default=b"")
+    #: the model declares a string (``bytes``) output: answered in JSON ``result`` frames only
+    answers_strings: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.result_head = result_head(self.name, self.version)
+        self.answers_strings = any(getattr(s, "dtype", None) == "bytes"
+                                   for s in getattr(self.model, "outputs", None) or ())
 
     def prepare_binary(self, tensors: TensorPayload) -> tuple[Tensors, int, int]:
         """A binary tensor frame's tensors as this model's inputs: ``(tensors, n, nbytes)``
