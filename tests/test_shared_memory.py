@@ -44,6 +44,7 @@ ADMIN = "admin-key-0123456789"
 API = "api-key-9876543210"
 X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 Y = np.asarray(affine(X.tolist(), 1.0))  # what aff version 1 answers for X: [2, 1]
+MAX_MESSAGE_BYTES = 64 << 10  # the served server's --max-message-bytes
 REGISTER_REFUSED = "registering shared memory needs the admin key (--admin-key), or loopback when no keys are configured"
 
 
@@ -61,8 +62,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(repo: Path) -> Iterator[tuple[ServerProcess, str]]:
-    """No keys: shared memory from loopback."""
-    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo))
+    """No keys: shared memory from loopback.  Requests (bodies, and inputs in shared memory) of at
+    most :data:`MAX_MESSAGE_BYTES`."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo),
+                         "--max-message-bytes", str(MAX_MESSAGE_BYTES))
     yield proc, grpc_address(proc)
     proc.stop()
 
@@ -331,6 +334,77 @@ def test_regions_outside_their_file_or_region_are_refused(http: Any, grpc_client
         in err.message()
 
 
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_inputs_take_at_most_max_message_bytes_from_shared_memory(http: Any, grpc_client: Any, transport: str) -> None:
+    """A request's inputs in shared memory are bounded as a body carrying them is
+    (``--max-message-bytes``, here 64 KiB), in all, before anything is read: a region of any size
+    does not let a request make the server read and hold more."""
+    module, client = (thttp, http) if transport == "http" else (tgrpc, grpc_client)
+    region = shared_memory.SharedMemory(create=True, size=4 * MAX_MESSAGE_BYTES)
+    try:
+        rows = MAX_MESSAGE_BYTES // 24  # aff's rows are 3 FP64 values: 65,520 bytes, the most that fit
+        x = np.arange(3 * (rows + 1), dtype="<f8").reshape(rows + 1, 3)
+        put(region, 0, x)
+        http.register_system_shared_memory("big", key(region), 4 * MAX_MESSAGE_BYTES)
+
+        def infer(n: int) -> Any:
+            given = module.InferInput("input", [n, 3], "FP64")
+            given.set_shared_memory("big", 24 * n)
+            return client.infer("aff", [given])
+
+        assert infer(rows).as_numpy("output").tolist() == affine(x[:rows].tolist(), 1.0)
+        err = refused(infer, rows + 1)  # 65,544 bytes
+        assert ("input 'input': 65544 bytes in shared memory; a request's inputs may take at most 65536 bytes from "
+                "shared memory (max_message_bytes, the bound on a request's body)") in err.message()
+        assert err.status() == ("400" if transport == "http" else "StatusCode.INVALID_ARGUMENT")
+        # the same values in the body are refused too, by the same limit
+        inline = module.InferInput("input", [rows + 1, 3], "FP64")
+        inline.set_data_from_numpy(x)
+        err = refused(client.infer, "aff", [inline])
+        assert err.status() == ("413" if transport == "http" else "StatusCode.RESOURCE_EXHAUSTED")
+
+        # several inputs count together: ``named``'s FP64 a (2 values a row) and b (1)
+        assert {t["datatype"] for t in http.get_model_metadata("named")["inputs"]} == {"FP64"}
+        n = MAX_MESSAGE_BYTES // 16  # a's 4096 rows take all 64 KiB: b's go past them
+        a = module.InferInput("a", [n, 2], "FP64")
+        a.set_shared_memory("big", 16 * n)
+        b = module.InferInput("b", [n, 1], "FP64")
+        b.set_shared_memory("big", 8 * n, offset=16 * n)
+        err = refused(client.infer, "named", [a, b])
+        assert ("input 'b': 32768 bytes in shared memory after the 65536 bytes of the inputs before it; a request's "
+                "inputs may take at most 65536 bytes") in err.message()
+        half = module.InferInput("a", [n // 2, 2], "FP64")  # 32 KiB + 16 KiB: they fit
+        half.set_shared_memory("big", 8 * n)
+        b = module.InferInput("b", [n // 2, 1], "FP64")
+        b.set_shared_memory("big", 4 * n, offset=16 * n)
+        assert client.infer("named", [half, b]).as_numpy("sum").shape == (n // 2, 1)
+        assert http.is_server_live()
+    finally:
+        region.close()
+        region.unlink()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_outputs_place_past_its_region_is_refused_before_the_model_runs(
+        http: Any, grpc_client: Any, shm: shared_memory.SharedMemory, transport: str) -> None:
+    # The output's 16 bytes would fit at offset 32 of the 64-byte region, but the place the request
+    # names (64 bytes there) does not: refused as Triton refuses it, before the model runs, and
+    # nothing is written.
+    module, client = (thttp, http) if transport == "http" else (tgrpc, grpc_client)
+    shm.buf[:64] = b"\xab" * 64
+    http.register_system_shared_memory("small", key(shm), 64)
+    given = module.InferInput("input", list(X.shape), "FP64")
+    given.set_data_from_numpy(X)
+    wanted = module.InferRequestedOutput("output")
+    wanted.set_shared_memory("small", 64, offset=32)
+    err = refused(client.infer, "aff", [given], outputs=[wanted])
+    assert "output 'output': 64 bytes at offset 32 do not fit shared memory region 'small' (64 bytes)" in err.message()
+    assert bytes(shm.buf[:64]) == b"\xab" * 64
+    wanted.set_shared_memory("nowhere", 16)
+    err = refused(client.infer, "aff", [given], outputs=[wanted])
+    assert "shared memory region 'nowhere' is not registered" in err.message()
+
+
 def test_at_most_64_regions(http: Any, grpc_client: Any, shm: shared_memory.SharedMemory) -> None:
     for i in range(64):
         http.register_system_shared_memory(f"r{i}", key(shm), 64)
@@ -475,7 +549,8 @@ def test_an_inputs_bytes_are_copied_out_when_the_request_is_read(tmp_path: Path)
     spec_in, spec_out = oip.Tensor("input", "FP64", (3,)), oip.Tensor("output", "FP64", (1,))
     body = b'{"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "parameters": ' \
            b'{"shared_memory_region": "r", "shared_memory_byte_size": 48}}]}'
-    req = oip.parse_infer(body, None, (spec_in,), (spec_out,), max_rows=8, shm=lambda: regions)
+    req = oip.parse_infer(body, None, (spec_in,), (spec_out,), max_rows=8, shm=lambda: regions,
+                          max_message_bytes=1 << 20)
     (tmp_path / "obj").write_bytes(bytes(16 + X.nbytes))  # the client reuses its region
     assert req.arrays["input"].tolist() == X.tolist()
     regions.close()

@@ -199,7 +199,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="wall-clock seconds after which a compiling child is killed, 0.1..3600 (default %(default)g)")
     g = p.add_argument_group("limits")
     opt("max_message_bytes", group=g, type=_positive_int, default=d.max_message_bytes, help="largest accepted message, and HTTP request body (default 1 MiB); a bigger message closes with 1009, "
-             "a bigger body gets 413")
+             "a bigger body gets 413; also the bytes one request's inputs may take from shared memory regions")
     opt("max_inflight", group=g, type=_positive_int, default=d.max_inflight, help="unfinished requests per connection (default %(default)s)")
     opt("max_inflight_bytes", group=g, type=_positive_int, default=d.max_inflight_bytes,
         help="input bytes (as float64) of a connection's unfinished requests (default 32 MiB)")

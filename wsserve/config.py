@@ -159,7 +159,7 @@ class ServerConfig:
     model_load_timeout_s: float = DEFAULT_MODEL_LOAD_TIMEOUT_S  # one load (Model() + warm-up), then failed
 
     # Limits (per connection)
-    max_message_bytes: int = 1 << 20
+    max_message_bytes: int = 1 << 20  # a message, an HTTP body, a request's inputs in shared memory
     max_inflight: int = 256
     max_inflight_bytes: int = 32 << 20  # input bytes (float64) of a connection's unfinished requests
     max_rows: int = 65536

@@ -142,7 +142,8 @@ def _typed_values(tensor: Any, wire: np.dtype, shape: list[int], count: int) -> 
 
 
 def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip.Tensor, ...], *, max_rows: int,
-                explain_refusal: str | None, shm: oip.ShmAccess | None = None) -> oip.InferRequest:
+                explain_refusal: str | None, shm: oip.ShmAccess | None = None,
+                max_message_bytes: int = 0) -> oip.InferRequest:
     """Check a ``ModelInferRequest`` against the model's tensors, as :func:`wsserve.rest.oip.parse_infer`
     checks an HTTP body (same rules, same messages where the field is the same); raises
     :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput`.
@@ -154,7 +155,8 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     ``shm``: the shared memory regions an input's or output's ``shared_memory_*`` parameters may
     name (Triton's system shared memory extension); such an input has no ``contents`` and no
     ``raw_input_contents`` entry (the entries are the other inputs', in order, as
-    ``tritonclient`` sends them)."""
+    ``tritonclient`` sends them); the inputs take at most ``max_message_bytes`` from shared
+    memory in all (:class:`~wsserve.rest.oip.ShmInputs`; 0, the default: none may)."""
     given, raw = request.inputs, request.raw_input_contents
     if len(given) > oip.MAX_TENSORS:
         raise BadRequest(f"'inputs' holds {len(given)} tensors; at most {oip.MAX_TENSORS}")
@@ -171,7 +173,7 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     by_name = {t.name: t for t in inputs}
     arrays: dict[str, np.ndarray] = {}
     rows = -1
-    memo: list[Any] = []
+    in_shm = oip.ShmInputs(shm, max_message_bytes)
     raw_index = 0
     for i, tensor in enumerate(given):
         name = tensor.name
@@ -186,7 +188,7 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
         if ref is not None:
             if tensor.HasField("contents"):
                 raise BadRequest(f"input {name!r} names a shared memory region and has 'contents': send its values once")
-            array = oip.shm_input(ref, oip.shm_of(shm, memo), shape, spec, count, wire, tensor.datatype)
+            array = oip.shm_input(ref, in_shm, shape, spec, count, wire, tensor.datatype)
         elif raw:
             if tensor.HasField("contents"):
                 raise BadRequest(f"input {name!r} has 'contents' and raw_input_contents: send its values once")
@@ -208,7 +210,7 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     shm_outputs: dict[int, sharedmem.ShmRef] = {}
     wanted = oip.requested(obj, outputs, False, attributions, shm_outputs)
     if shm_outputs:
-        oip.shm_of(shm, memo)  # the caller may use the regions
+        in_shm.check_outputs(shm_outputs, (*outputs, *attributions))
     return oip.InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs)
 
 

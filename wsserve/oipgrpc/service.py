@@ -751,7 +751,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
             req = convert.parse_infer(request, inputs, outputs, max_rows=cfg.max_rows,
-                                      explain_refusal=entry.explain_refusal, shm=shm)
+                                      explain_refusal=entry.explain_refusal, shm=shm,
+                                      max_message_bytes=cfg.max_message_bytes)
             if remaining is not None:
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
             call = api.queue_infer(session, entry, req, inputs, outputs, now, GrpcInferCall, None, None,

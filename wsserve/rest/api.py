@@ -604,7 +604,8 @@ class HttpApi:
             cfg = self.config
             req = oip.parse_infer(request.body, _header_length(request), inputs, outputs, max_rows=cfg.max_rows,
                                   explain_refusal=entry.explain_refusal,
-                                  shm=functools.partial(self._shm_access, request))
+                                  shm=functools.partial(self._shm_access, request),
+                                  max_message_bytes=cfg.max_message_bytes)
             call = self.queue_infer(session, entry, req, inputs, outputs, now, InferCall, exchange, cors)
         except WsserveError as exc:
             self._rejected(exc, name, "predict")

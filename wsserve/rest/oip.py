@@ -78,8 +78,8 @@ __all__ = [
     "require_all",
     "requested",
     "server_metadata",
+    "ShmInputs",
     "shm_input",
-    "shm_of",
     "signature",
 ]
 
@@ -229,15 +229,53 @@ ShmAccess = Callable[[], SystemSharedMemory]
 _NO_SHM = "shared memory regions are not available here"
 
 
-def shm_of(access: ShmAccess | None, memo: list[SystemSharedMemory]) -> SystemSharedMemory:
-    """The regions through ``access`` (checked once per request: ``memo`` keeps them);
-    :class:`~wsserve.errors.BadRequest` when ``access`` is None."""
-    if not memo:
-        if access is None:
-            raise BadRequest(_NO_SHM)
-        memo.append(access())
-    return memo[0]
+class ShmInputs:
+    """One request's way to the shared memory regions (every transport's): ``access`` is called
+    once, when a tensor first names a region (it checks the caller may use them); the bytes the
+    request's inputs take from regions are counted, at most ``limit`` in all
+    (``max_message_bytes``: what a request body could carry instead, so a request holds no more
+    of the server's memory one way than the other)."""
 
+    __slots__ = ("access", "limit", "used", "_regions")
+
+    def __init__(self, access: ShmAccess | None, limit: int) -> None:
+        self.access = access
+        self.limit = limit
+        #: bytes the request's inputs took from regions so far
+        self.used = 0
+        self._regions: SystemSharedMemory | None = None
+
+    def regions(self) -> SystemSharedMemory:
+        """The regions through ``access`` (checked once per request);
+        :class:`~wsserve.errors.BadRequest` when ``access`` is None."""
+        if self._regions is None:
+            if self.access is None:
+                raise BadRequest(_NO_SHM)
+            self._regions = self.access()
+        return self._regions
+
+    def read(self, ref: ShmRef, name: str) -> bytearray:
+        """A copy of input ``name``'s bytes ``ref`` names, counted: refused
+        (:class:`~wsserve.errors.InvalidInput` naming the input and the limit) before anything is
+        read or allocated when they would take the request past ``limit``; else raises as
+        :meth:`~wsserve.rest.sharedmem.SystemSharedMemory.read`."""
+        if self.used + ref.size > self.limit:
+            before = f" after the {self.used} bytes of the inputs before it" if self.used else ""
+            raise InvalidInput(f"input {name!r}: {ref.size} bytes in shared memory{before}; a request's inputs may "
+                               f"take at most {self.limit} bytes from shared memory (max_message_bytes, the bound "
+                               "on a request's body)")
+        data = self.regions().read(ref, f"input {name!r}")
+        self.used += ref.size
+        return data
+
+    def check_outputs(self, shm_outputs: Mapping[int, ShmRef], answerable: tuple[Tensor, ...]) -> None:
+        """The caller may use the regions, and each output to be written into one (``shm_outputs``,
+        by index into ``answerable``) names a registered region and a place that fits it (its
+        ``shared_memory_offset`` + ``shared_memory_byte_size``), checked before the model runs;
+        raises as :meth:`~wsserve.rest.sharedmem.SystemSharedMemory.check`."""
+        regions = self.regions()
+        for index, ref in shm_outputs.items():
+            regions.check(ref, f"output {answerable[index].name!r}")
 
 
 _NO_PARAMS: Mapping[str, Any] = {}
@@ -295,7 +333,7 @@ def infer_head(obj: Mapping[str, Any], inputs: tuple[Tensor, ...], outputs: tupl
 
 def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
                 *, max_rows: int, explain_refusal: str | None = _NOT_EXPLAINED,
-                shm: ShmAccess | None = None) -> InferRequest:
+                shm: ShmAccess | None = None, max_message_bytes: int = 0) -> InferRequest:
     """Check an inference request body against the model's tensors (see the module docstring).
 
     ``header_length``: the ``Inference-Header-Content-Length`` value (the JSON
@@ -310,7 +348,8 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
 
     ``shm``: the shared memory regions (Triton's system shared memory extension) an input's or
     output's ``shared_memory_*`` parameters may name; an input's bytes are copied out of its
-    region here."""
+    region here, at most ``max_message_bytes`` for all the inputs (:class:`ShmInputs`; 0, the
+    default: none may), and an output's place is checked against its region."""
     if header_length is None:
         obj, binary = loads(body), None
     else:
@@ -329,13 +368,13 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     arrays: dict[str, np.ndarray] = {}
     rows = -1
     offset = 0
-    memo: list[SystemSharedMemory] = []
+    in_shm = ShmInputs(shm, max_message_bytes)
     for i, tensor in enumerate(given):
         if type(tensor) is not dict:
             raise BadRequest(f"'inputs' item {i} must be an object, got {json_type(tensor)}")
         name = _name(tensor, "'inputs'", i)
         spec = input_spec(by_name, arrays, name)
-        array, used = _input(tensor, spec, binary, offset, max_rows, lambda: shm_of(shm, memo))
+        array, used = _input(tensor, spec, binary, offset, max_rows, in_shm)
         offset += used
         rows = add_input(arrays, name, array, rows)
     require_all(arrays, inputs)
@@ -344,7 +383,7 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     shm_outputs: dict[int, ShmRef] = {}
     wanted = requested(obj, outputs, binary_out, attributions, shm_outputs)
     if shm_outputs:
-        shm_of(shm, memo)  # the caller may use the regions
+        in_shm.check_outputs(shm_outputs, (*outputs, *attributions))
     return InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs)
 
 
@@ -505,24 +544,24 @@ def integers_in_range(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndar
     return values.astype(dtype)
 
 
-def shm_input(ref: ShmRef, shm: SystemSharedMemory, shape: list[int], spec: Tensor, count: int,
+def shm_input(ref: ShmRef, shm: ShmInputs, shape: list[int], spec: Tensor, count: int,
               wire: np.dtype, datatype: str) -> np.ndarray:
     """An input's values from a shared memory region (every transport's): ``ref.size`` must be
-    ``count`` values of ``wire``; copied out, then checked as raw values are
-    (:func:`input_array`).  Raises :class:`~wsserve.errors.BadRequest` or
-    :class:`~wsserve.errors.InvalidInput` naming the input."""
+    ``count`` values of ``wire``; copied out (counted against the request's bound,
+    :meth:`ShmInputs.read`), then checked as raw values are (:func:`input_array`).  Raises
+    :class:`~wsserve.errors.BadRequest` or :class:`~wsserve.errors.InvalidInput` naming the input."""
     name = spec.name
     if wire.kind == "O":
         raise BadRequest(f"input {name!r} is BYTES: send its strings in the request, not in shared memory")
     if ref.size != count * wire.itemsize:
         raise InvalidInput(f"input {name!r}: 'shared_memory_byte_size' must be {count * wire.itemsize} "
                            f"({count} {datatype} values), got {ref.size}")
-    data = shm.read(ref, f"input {name!r}")
+    data = shm.read(ref, name)
     return input_array(np.frombuffer(data, dtype=wire), shape, spec, False)  # a copy of its own already
 
 
 def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, offset: int,
-           max_rows: int, shm: Callable[[], SystemSharedMemory]) -> tuple[np.ndarray, int]:
+           max_rows: int, shm: ShmInputs) -> tuple[np.ndarray, int]:
     """One input of a JSON (or JSON + binary, or shared memory) request as ``[n, *spec.shape]``
     in the spec's dtype, and the binary bytes it used."""
     name = spec.name
@@ -534,7 +573,7 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
     if ref is not None:
         if "data" in tensor or "binary_data_size" in params:
             raise BadRequest(f"input {name!r} names a shared memory region and has data: send its values once")
-        return shm_input(ref, shm(), shape, spec, count, wire, datatype), 0
+        return shm_input(ref, shm, shape, spec, count, wire, datatype), 0
     size = params.get("binary_data_size")
     if size is not None:
         if binary is None:

@@ -14,7 +14,10 @@ Hardening (docs/PROTOCOL.md, "System shared memory extension"):
 
 - who may register and unregister is the repository extension's admin rule (the callers check
   it: :func:`~wsserve.rest.modelrepo.check_admin`);
-- at most :data:`MAX_REGIONS` regions, each at most :data:`MAX_REGION_BYTES`;
+- at most :data:`MAX_REGIONS` regions, each at most :data:`MAX_REGION_BYTES`; the bytes one
+  request's inputs take from them are bounded by the caller
+  (:class:`~wsserve.rest.oip.ShmInputs`: ``max_message_bytes``, as a body), and an output's place
+  is checked against its region before the model runs (:meth:`SystemSharedMemory.check`);
 - a key is ``/`` (optional) then 1 to 255 bytes without ``/``, NUL or ``..``; a region name
   is 1 to 255 bytes without ``/``, NUL or ``..``;
 - the file is opened without following a symbolic link, must be a regular file owned by the
@@ -130,12 +133,17 @@ class _Region:
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
 
-    def span(self, ref: ShmRef, size: int, what: str) -> int:
-        """The file offset of ``size`` bytes at ``ref.offset`` of this region; refused (naming
-        ``what`` and the region) when they do not fit the region or the file now."""
+    def fits(self, ref: ShmRef, size: int, what: str) -> None:
+        """``size`` bytes at ``ref.offset`` fit this region; else :class:`~wsserve.errors.InvalidInput`
+        naming ``what`` and the region."""
         if ref.offset + size > self.byte_size:
             raise InvalidInput(f"{what}: {size} bytes at offset {ref.offset} do not fit shared memory region "
                                f"{self.name!r} ({self.byte_size} bytes)")
+
+    def span(self, ref: ShmRef, size: int, what: str) -> int:
+        """The file offset of ``size`` bytes at ``ref.offset`` of this region; refused (naming
+        ``what`` and the region) when they do not fit the region or the file now."""
+        self.fits(ref, size, what)
         start = self.offset + ref.offset
         try:
             size_now = os.fstat(self.fd).st_size
@@ -226,6 +234,13 @@ class SystemSharedMemory:
         if region is None:
             raise BadRequest(f"shared memory region {name[:256]!r} is not registered")
         return region
+
+    def check(self, ref: ShmRef, what: str) -> None:
+        """``ref`` names a registered region and its ``ref.size`` bytes at ``ref.offset`` fit it (an
+        output's place, checked before the model runs, as Triton checks it).  Raises
+        :class:`~wsserve.errors.BadRequest` (no such region) or :class:`~wsserve.errors.InvalidInput`
+        (past the region), naming ``what``."""
+        self._region(ref.region).fits(ref, ref.size, what)
 
     def read(self, ref: ShmRef, what: str) -> bytearray:
         """A copy of the ``ref.size`` bytes ``ref`` names (``what``: the tensor, in errors).  Raises
