@@ -434,6 +434,8 @@ def test_without_keys_a_forwarded_client_may_not_register(served: tuple[ServerPr
     channel.close()
     assert (info.value.code().name, info.value.details()) == ("PERMISSION_DENIED", REGISTER_REFUSED)
     assert http.get_system_shared_memory_status() == []
+    err = refused(http.get_system_shared_memory_status, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert (err.status(), err.message()) == ("403", STATUS_REFUSED)
 
 
 def test_with_keys_only_the_admin_key_may_register_and_use_regions(repo: Path,
@@ -451,7 +453,7 @@ def test_with_keys_only_the_admin_key_may_register_and_use_regions(repo: Path,
             "Authorization"]})
         assert (err.status(), err.message()) == ("StatusCode.PERMISSION_DENIED", REGISTER_REFUSED)
         http.register_system_shared_memory("k", key(shm), 1024, headers=admin)
-        assert [r["name"] for r in http.get_system_shared_memory_status(headers=api)] == ["k"]
+        assert [r["name"] for r in http.get_system_shared_memory_status(headers=admin)] == ["k"]
         err = refused(infer_in_shm, thttp, http, "k", headers=api)  # using a region is the admin's too
         assert err.status() == "403" and "using a shared memory region needs the admin key" in err.message()
         err = refused(http.unregister_system_shared_memory, "k", headers=api)
@@ -459,7 +461,43 @@ def test_with_keys_only_the_admin_key_may_register_and_use_regions(repo: Path,
         infer_in_shm(thttp, http, "k", headers=admin)
         assert get(shm, 512, (2, 1)).tolist() == Y.tolist()
         http.unregister_system_shared_memory(headers=admin)
-        assert http.get_system_shared_memory_status(headers=api) == []
+        assert http.get_system_shared_memory_status(headers=admin) == []
+    finally:
+        http.close()
+        gclient.close()
+        proc.stop()
+
+
+STATUS_REFUSED = ("reading the shared memory regions' status needs the admin key (--admin-key), or loopback when "
+                  "no keys are configured")
+
+
+def test_with_keys_only_the_admin_key_may_read_the_regions_status(repo: Path, shm: shared_memory.SharedMemory) -> None:
+    """A region's key is the name of a shared memory object on the server's machine (another tenant's,
+    for whoever may open it there) and its name is what an inference uses: its status is the
+    admin's, as registering it is (Triton restricts status with register and unregister: its
+    ``shared-memory`` API category).  CUDA's status, which never lists a region, needs an API key."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo),
+                         "--api-key", API, "--admin-key", ADMIN)
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    gclient = tgrpc.InferenceServerClient(grpc_address(proc))
+    api, admin = {"Authorization": f"Bearer {API}"}, {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        http.register_system_shared_memory("tenant-a", key(shm), 1024, headers=admin)
+        for name in ("", "tenant-a"):
+            err = refused(http.get_system_shared_memory_status, name, headers=api)
+            assert (err.status(), err.message()) == ("403", STATUS_REFUSED)
+            assert key(shm) not in err.message()
+            err = refused(gclient.get_system_shared_memory_status, name, headers={"authorization": api["Authorization"]})
+            assert (err.status(), err.message()) == ("StatusCode.PERMISSION_DENIED", STATUS_REFUSED)
+        assert refused(http.get_system_shared_memory_status).status() == "401"
+        assert refused(gclient.get_system_shared_memory_status).status() == "StatusCode.UNAUTHENTICATED"
+        assert http.get_system_shared_memory_status(headers=admin) == [
+            {"name": "tenant-a", "key": key(shm), "offset": 0, "byte_size": 1024}]
+        regions = gclient.get_system_shared_memory_status(headers={"authorization": admin["Authorization"]}).regions
+        assert regions["tenant-a"].key == key(shm)
+        assert http.get_cuda_shared_memory_status(headers=api) == []
+        assert refused(http.get_cuda_shared_memory_status).status() == "401"
     finally:
         http.close()
         gclient.close()

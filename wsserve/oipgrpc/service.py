@@ -39,7 +39,7 @@ from ..config import proxy_networks
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..generation.fairslots import compile_client
 from ..rest import modelrepo
-from ..rest.api import CUDA_SHM_REFUSAL
+from ..rest.api import CUDA_SHM_REFUSAL, SHM_STATUS_OP
 from ..rest.calls import CompletionCall, HttpSession, InferCall, generate_span_head
 from ..rest.tritongen import parse_generate
 from ..tracecontext import trace_fields
@@ -669,9 +669,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         return self.api.shm
 
     async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Every registered region, or ``name``'s (INVALID_ARGUMENT when it is not registered)."""
-        await self._key(context)
+        """Every registered region, or ``name``'s (INVALID_ARGUMENT when it is not registered); HTTP's
+        rule (the admin rule, :meth:`_may_admin`)."""
         try:
+            self._may_admin(context, SHM_STATUS_OP)
             return convert.shm_status(self.api.shm.status(request.name or None))
         except WsserveError as exc:
             await self._abort(context, exc)

@@ -123,6 +123,8 @@ CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
 #: What registering CUDA shared memory answers (Triton's extension, on a server without GPUs).
+#: The operation the admin rule names when a client asks for the system shared memory regions' status.
+SHM_STATUS_OP = "reading the shared memory regions' status"
 CUDA_SHM_REFUSAL = "CUDA shared memory is not supported: this server runs no GPU (use system shared memory)"
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
@@ -238,12 +240,13 @@ class HttpApi:
             for path in ("/v2/trace/setting", "/v2/models/{name}/trace/setting"):
                 add("GET", path, self._trace_settings, auth="key", style="oip")
                 add("POST", path, self._update_trace_settings, auth="key", style="oip")
-        # Triton's shared memory extensions: registering and unregistering check the admin rule (_may_admin).
+        # Triton's shared memory extensions: the system regions' status, registering and unregistering
+        # check the admin rule (_may_admin); CUDA's status (never a region) an API key.
         for kind, status, register, unregister in (
                 ("system", self._shm_status, self._shm_register, self._shm_unregister),
                 ("cuda", self._cuda_status, self._cuda_register, self._cuda_unregister)):
             for base in (f"/v2/{kind}sharedmemory", f"/v2/{kind}sharedmemory/region/{{name}}"):
-                add("GET", base + "/status", status, auth="key", style="oip")
+                add("GET", base + "/status", status, auth="none" if kind == "system" else "key", style="oip")
                 add("POST", base + "/unregister", unregister, auth="none", style="oip")
             add("POST", f"/v2/{kind}sharedmemory/region/{{name}}/register", register, auth="none", style="oip")
 
@@ -781,7 +784,10 @@ class HttpApi:
 
     def _shm_status(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
                     *_: Any) -> HttpResponse:
-        """``GET /v2/systemsharedmemory[/region/{name}]/status``: every region, or one (400 unknown)."""
+        """``GET /v2/systemsharedmemory[/region/{name}]/status``: every region, or one (400 unknown);
+        the admin rule's (:data:`SHM_STATUS_OP`), as registering: a region's key is the name of a
+        shared memory object on the server's machine, and its name what an inference uses."""
+        self._may_admin(request, SHM_STATUS_OP)
         return HttpResponse(200, orjson.dumps(self.shm.status(params.get("name"))), JSON, [_NO_STORE])
 
     def _shm_register(self, request: HttpRequest, exchange: HttpExchange, params: Mapping[str, str],
