@@ -152,8 +152,8 @@ class Setup:
             clock=self.clock, admin=self._admin,
         )
 
-    def _admin(self, op: str, model: str, version: str | None, done: Any) -> None:
-        self.admin_calls.append((op, model, version))
+    def _admin(self, op: str, model: str, version: str | None, done: Any, config: str | None = None) -> None:
+        self.admin_calls.append((op, model, version) if config is None else (op, model, version, config))
         if self.admin_later:
             self.admin_pending.append(done)
         else:

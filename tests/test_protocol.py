@@ -782,3 +782,32 @@ def test_result_rows_frames_are_encode_results_bytes(
 def test_result_rows_refuses_what_is_not_rows_of_numbers(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="ResultRows needs"):
         ResultRows(np.zeros(shape), 0.001, 3)
+
+
+def test_a_load_carries_its_config_as_json_text() -> None:
+    """The WebSocket ``load``'s ``config`` (Triton's JSON model configuration): an object (its
+    compact JSON) or a string, 1 to MAX_CONFIG_PARAM_CHARS characters; ``unload``/``reload``
+    refuse it, as HTTP's ``config`` parameter is refused on unload."""
+    from wsserve.protocol import MAX_CONFIG_PARAM_CHARS, Admin, decode
+    from wsserve.repository.config import MAX_CONFIG_BYTES
+
+    assert MAX_CONFIG_PARAM_CHARS == MAX_CONFIG_BYTES  # one bound: a config file's
+    config = {"name": "m", "max_batch_size": 4}
+    assert decode(orjson.dumps({"type": "load", "id": 1, "model": "m", "config": config})) == \
+        Admin("load", "m", None, 1, '{"name":"m","max_batch_size":4}')
+    assert decode(orjson.dumps({"type": "load", "model": "m", "version": 2, "config": "{}"})) == \
+        Admin("load", "m", "2", None, "{}")
+    assert decode(orjson.dumps({"type": "load", "model": "m", "config": "x" * MAX_CONFIG_PARAM_CHARS})).config \
+        == "x" * MAX_CONFIG_PARAM_CHARS
+    for frame, says in [
+        ({"type": "load", "id": 3, "model": "m", "config": "x" * (MAX_CONFIG_PARAM_CHARS + 1)}, "it has 65537 characters"),
+        ({"type": "load", "id": 3, "model": "m", "config": {"p": "x" * MAX_CONFIG_PARAM_CHARS}}, "it has 65544 characters"),
+        ({"type": "load", "id": 3, "model": "m", "config": ""}, "it has 0 characters"),
+        ({"type": "load", "id": 3, "model": "m", "config": [1]}, "(an object, or a string of 1 to 65536 characters), got "
+                                                                 "array"),
+        ({"type": "unload", "id": 3, "model": "m", "config": {}}, "field 'config' is for load only, not unload"),
+        ({"type": "reload", "id": 3, "model": "m", "config": "{}"}, "field 'config' is for load only, not reload"),
+    ]:
+        with pytest.raises(BadRequest) as info:
+            decode(orjson.dumps(frame))
+        assert says in info.value.message and info.value.request_id == 3

@@ -278,3 +278,48 @@ def test_a_config_whose_policy_selects_no_version_changes_nothing(served: tuple[
     finally:
         http.close()
         gclient.close()
+
+
+async def test_the_websocket_load_takes_a_config_as_http_does(served: tuple[ServerProcess, str]) -> None:
+    """The WebSocket ``load`` with ``config`` (the Python client's ``load(..., config=...)``): a JSON
+    object or a string, served as the HTTP load's parameter is; a bad one refused naming the
+    problem (the model keeps what it served), a load without one back to the files."""
+    from wsserve_client import BadRequestError, Client
+
+    proc, _ = served
+    http = thttp.InferenceServerClient(proc.url.split("//")[1].rstrip("/"))
+    try:
+        async with Client(proc.url) as c:
+            status = await c.load("scaled", config=json.loads(override("5")))  # an object
+            assert status.states() == {"1": "ready", "2": "ready"}
+            assert infer(http, "1") == expect(5, 1) and infer(http, "2") == expect(5, 2)
+            assert batch_rows(http) == "4"
+            status = await c.load("scaled", config=override("3", policy={"specific": {"versions": [1]}}))  # text
+            assert infer(http, "1") == expect(3, 1)
+            assert not http.is_model_ready("scaled", "2")
+
+            with pytest.raises(BadRequestError, match="'name'.* is 'other' but the model's directory is 'scaled'"):
+                await c.load("scaled", config=json.loads(override("7", name="other")))
+            with pytest.raises(BadRequestError, match="not a valid Triton model configuration in JSON"):
+                await c.load("scaled", config='{"max_batch_size": 4, "colour": "red"}')
+            with pytest.raises(BadRequestError, match="version_policy selects none of its versions"):
+                await c.load("scaled", config=json.loads(override("5", policy={"specific": {"versions": [7]}})))
+            with pytest.raises(BadRequestError, match="load failed for model 'scaled': version 1"):
+                await c.load("scaled", config=override("not a number", policy={"specific": {"versions": [1]}}))
+            assert infer(http, "1") == expect(3, 1)  # still what it served
+
+            # the field's own bounds, as the server reads the frame
+            with pytest.raises(BadRequestError, match=r"field 'config' must be a model configuration in JSON \(an "
+                                                      r"object, or a string of 1 to 65536 characters\); it has 65537"):
+                await c.load("scaled", config="{" * 65537)
+            with pytest.raises(BadRequestError, match="it has 0 characters"):
+                await c.load("scaled", config="")
+            with pytest.raises(TypeError, match="config must be a mapping or a JSON string"):
+                await c.load("scaled", config=[1])  # type: ignore[arg-type]
+
+            await c.load("scaled")  # back to the files: the latest version, scale 2, batches of 8
+            assert infer(http) == expect(2, 2)
+            assert not http.is_model_ready("scaled", "1")
+            assert batch_rows(http) == "8"
+    finally:
+        http.close()

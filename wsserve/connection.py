@@ -128,9 +128,10 @@ class ConnectionContext:
     shared: Shared
     hello: bytes
     clock: Callable[[], float]  # monotonic seconds, for events that come from workers
-    #: ``admin(op, model, version, done)``: run a load/unload/reload and call ``done`` with
-    #: the result (a dict) or the ``WsserveError``; None when the server has no repository.
-    admin: Callable[[str, str, str | None, Callable[[Any], None]], None] | None = None
+    #: ``admin(op, model, version, done[, config])``: run a load/unload/reload and call ``done``
+    #: with the result (a dict) or the ``WsserveError``; ``config``: a load's model configuration
+    #: in JSON, or None; None when the server has no repository.
+    admin: Callable[[str, str, str | None, Callable[[Any], None], str | None], None] | None = None
     #: ``--otlp-traces-endpoint``: the server's :class:`~wsserve.tracing.Tracing` (a span per
     #: predict and generate); None: off, nothing is traced.
     tracer: Any = None
@@ -450,7 +451,7 @@ class Connection:
                 if self._shared.draining and not self.closing:
                     self.close(1001, "server shutting down")
 
-        admin(op, req.model, req.version, done)
+        admin(op, req.model, req.version, done, req.config)
 
     def _forget_auth(self) -> None:
         self._auth_deadline = None

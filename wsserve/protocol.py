@@ -146,6 +146,10 @@ MAX_MODEL_NAME_LENGTH = 256
 MAX_VERSION_LENGTH = 64
 MAX_TOKEN_LENGTH = 4096
 _MAX_VERSION_INT = (1 << 63) - 1
+#: A load's ``config`` (Triton's JSON model configuration: the WebSocket ``load``'s field, the HTTP
+#: and gRPC load's parameter) holds at most this many characters: a config file's own bound
+#: (``wsserve.repository.config.MAX_CONFIG_BYTES``, equal to it).
+MAX_CONFIG_PARAM_CHARS = 64 * 1024
 
 
 # --------------------------------------------------------------------------- request values
@@ -459,12 +463,15 @@ class Auth:
 
 @dataclass(frozen=True, slots=True)
 class Admin:
-    """``load``, ``unload`` or ``reload`` of a model (all its versions, or ``version``)."""
+    """``load``, ``unload`` or ``reload`` of a model (all its versions, or ``version``); a ``load``
+    may carry ``config``, a model configuration in Triton's JSON form (as text) served instead of
+    the model's config file, as the HTTP and gRPC load's ``config`` parameter."""
 
     op: Literal["load", "unload", "reload"]
     model: str
     version: str | None = None
     id: RequestId | None = None
+    config: str | None = None
 
 
 ADMIN_OPS = ("load", "unload", "reload")
@@ -556,6 +563,29 @@ def _version(obj: dict[str, Any]) -> str | None:
     if len(value) > MAX_VERSION_LENGTH:
         raise BadRequest(f"field 'version' has {len(value)} characters; the limit is {MAX_VERSION_LENGTH}")
     return value
+
+
+def _load_config(obj: dict[str, Any], op: str) -> str | None:
+    """A ``load``'s ``config`` as JSON text (None when absent): a JSON object (serialized here) or a
+    string holding one (as the HTTP and gRPC load take it), of 1 to :data:`MAX_CONFIG_PARAM_CHARS`
+    characters; its content is checked when the model loads with it.  Another operation's is
+    refused, as HTTP refuses it.  Raises ``BadRequest``."""
+    value = obj.get("config")
+    if value is None:
+        return None
+    if op != "load":
+        raise BadRequest(f"field 'config' is for load only, not {op}")
+    if type(value) is dict:
+        text = orjson.dumps(value).decode()  # (the message's bytes bound it already)
+    elif type(value) is str:
+        text = value
+    else:
+        raise BadRequest(f"field 'config' must be a model configuration in JSON (an object, or a string of 1 to "
+                         f"{MAX_CONFIG_PARAM_CHARS} characters), got {json_type(value)}")
+    if not 0 < len(text) <= MAX_CONFIG_PARAM_CHARS:
+        raise BadRequest(f"field 'config' must be a model configuration in JSON (an object, or a string of 1 to "
+                         f"{MAX_CONFIG_PARAM_CHARS} characters); it has {len(text)} characters")
+    return text
 
 
 def _decode_predict(obj: dict[str, Any], rid: RequestId | None) -> Predict:
@@ -855,7 +885,7 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     if kind in ADMIN_OPS:
         rid = _read_id(obj, False)
         try:
-            return Admin(kind, _model(obj), _version(obj), rid)  # type: ignore[arg-type]
+            return Admin(kind, _model(obj), _version(obj), rid, _load_config(obj, kind))  # type: ignore[arg-type]
         except WsserveError as exc:
             exc.request_id = rid
             raise

@@ -24,8 +24,7 @@ from ..admission import check_bearer
 from ..auth import KeyRegistry
 from ..config import ServerConfig
 from ..errors import BadRequest, Forbidden
-from ..protocol import MAX_VERSION_LENGTH
-from ..repository.config import MAX_CONFIG_BYTES
+from ..protocol import MAX_CONFIG_PARAM_CHARS, MAX_VERSION_LENGTH
 
 __all__ = ["AdminHook", "MAX_VERSION_INT", "OIP_STATES", "admin_hook", "admin_keys_on", "admin_params",
            "check_admin", "check_repository_name", "failed_load", "index_rows", "version_key"]
@@ -39,8 +38,6 @@ OIP_STATES: Mapping[str, str] = {"ready": "READY", "loading": "LOADING", "unload
 #: ``done`` gets the model's versions and states afterwards, or the ``WsserveError``; ``config``: a
 #: load request's model configuration in JSON (Triton's ``config`` parameter), or None.
 AdminHook = Callable[..., None]
-#: A load request's ``config`` parameter, at most (config.pbtxt's own bound, in characters).
-MAX_CONFIG_PARAM_CHARS = MAX_CONFIG_BYTES
 
 
 def version_key(version: str) -> tuple[int, str]:

@@ -494,9 +494,15 @@ class Client:
                                   expect=_MODELS, what="models")
         return parse_models(frame)
 
-    async def load(self, model: str, *, version: Version | None = None, timeout: float | None = None) -> ModelStatus:
+    async def load(self, model: str, *, version: Version | None = None, config: Mapping[str, Any] | str | None = None,
+                   timeout: float | None = None) -> ModelStatus:
         """Load ``model`` from the server's model repository (one ``version``, or every version
         its policy selects); returns its versions and their states afterwards.
+
+        ``config``: a model configuration in Triton's JSON form (a mapping, or JSON text as
+        ``tritonclient``'s ``load_model(config=...)`` takes it) served instead of the model's
+        config file: every version its policy selects is loaded anew with it, until the model is
+        loaded again without one (docs/PROTOCOL.md, "A load's config").
 
         An admin operation: the client needs the server's admin key (``token=``), or a loopback
         connection to a server without keys. A version that fails to load is reported as
@@ -505,9 +511,11 @@ class Client:
 
         Raises:
             Forbidden: not allowed. UnknownModelError: no such model or version in the
-            repository. BadRequestError: e.g. the server has no model repository.
+            repository. BadRequestError: e.g. the server has no model repository, or a
+            ``config`` that does not parse or breaks a rule (the model keeps what it served).
+            TypeError: ``config`` is neither a mapping nor a string.
         """
-        return await self._admin("load", model, version, timeout)
+        return await self._admin("load", model, version, timeout, config)
 
     async def unload(self, model: str, *, version: Version | None = None, timeout: float | None = None) -> ModelStatus:
         """Stop serving ``version`` of ``model`` (or the whole model): it takes no new requests,
@@ -528,9 +536,10 @@ class Client:
         """
         return await self._admin("reload", model, version, timeout)
 
-    async def _admin(self, op: str, model: str, version: Version | None, timeout: float | None) -> ModelStatus:
+    async def _admin(self, op: str, model: str, version: Version | None, timeout: float | None,
+                     config: Mapping[str, Any] | str | None = None) -> ModelStatus:
         rid = next(self._ids)
-        data = encode_admin(op, rid, model, version)
+        data = encode_admin(op, rid, model, version, config)
         frame = await self._unary(rid, data, counted=False, timeout=timeout, grace=False,
                                   expect=frozenset({op}), what=op)
         return parse_model_status(frame)

@@ -351,17 +351,31 @@ def encode_auth(token: str) -> bytes:
     return orjson.dumps({"type": "auth", "token": token})
 
 
-def encode_admin(op: str, request_id: RequestId, model: str, version: Version | None = None) -> bytes:
-    """Encode ``{"type": op, "id", "model"[, "version"]}`` for ``op`` in :data:`ADMIN_OPS`.
+def encode_admin(op: str, request_id: RequestId, model: str, version: Version | None = None,
+                 config: Mapping[str, Any] | str | None = None) -> bytes:
+    """Encode ``{"type": op, "id", "model"[, "version"][, "config"]}`` for ``op`` in :data:`ADMIN_OPS`.
+
+    ``config`` (``load`` only): a model configuration in Triton's JSON form, as a mapping or as
+    JSON text (sent as given; the server bounds it, 65,536 characters, and checks it).
 
     Raises:
-        ValueError: ``op`` is not an admin operation (or a bad ``version``).
+        ValueError: ``op`` is not an admin operation, a bad ``version``, or ``config`` with
+        another operation than ``load``. TypeError: ``config`` is neither a mapping nor a string.
     """
     if op not in ADMIN_OPS:
         raise ValueError(f"not an admin operation: {op!r}; known: {', '.join(ADMIN_OPS)}")
     frame: dict[str, Any] = {"type": op, "id": request_id, "model": model}
     if check_version(version) is not None:
         frame["version"] = version
+    if config is not None:
+        if op != "load":
+            raise ValueError(f"config is for load only, not {op}")
+        if isinstance(config, Mapping):
+            frame["config"] = dict(config)
+        elif isinstance(config, str):
+            frame["config"] = config
+        else:
+            raise TypeError(f"config must be a mapping or a JSON string, got {type(config).__name__}")
     return orjson.dumps(frame)
 
 
