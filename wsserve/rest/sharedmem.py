@@ -12,8 +12,9 @@ there (:meth:`SystemSharedMemory.write`) and answered without data.
 
 Hardening (docs/PROTOCOL.md, "System shared memory extension"):
 
-- who may register and unregister is the repository extension's admin rule (the callers check
-  it: :func:`~wsserve.rest.modelrepo.check_admin`);
+- who may register, unregister, read the status (a region's key names a shared memory object on
+  the server's machine) and use a region is the repository extension's admin rule (the callers
+  check it: :func:`~wsserve.rest.modelrepo.check_admin`);
 - at most :data:`MAX_REGIONS` regions, each at most :data:`MAX_REGION_BYTES`; the bytes one
   request's inputs take from them are bounded by the caller
   (:class:`~wsserve.rest.oip.ShmInputs`: ``max_message_bytes``, as a body), and an output's place
