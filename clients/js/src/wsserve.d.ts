@@ -571,7 +571,7 @@ export declare class Client extends EventTarget {
    * Admin calls on the server's model repository: they need the admin key as `token`
    * (or loopback to a server without keys), else reject with `Forbidden`.
    */
-  load(model: string, opts?: AdminOptions): Promise<ModelStatus>;
+  load(model: string, opts?: AdminOptions & { config?: Record<string, unknown> | string }): Promise<ModelStatus>;
   unload(model: string, opts?: AdminOptions): Promise<ModelStatus>;
   reload(model: string, opts?: AdminOptions): Promise<ModelStatus>;
 

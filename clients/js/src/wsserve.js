@@ -152,6 +152,7 @@ const GENERATE_OPTIONS = Object.freeze([
   'timeoutMs', 'priority', 'logprobs', 'guidedChoice', 'guidedRegex', 'guidedJson', 'traceparent', 'tracestate',
 ]);
 const ADMIN_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs']);
+const LOAD_OPTIONS = Object.freeze([...ADMIN_OPTIONS, 'config']);
 
 function describeValue(v) {
   if (v === null) return 'null';
@@ -1981,8 +1982,13 @@ export class Client extends EventTarget {
    * loopback connection to a server without keys; else it rejects with
    * `Forbidden`. `UnknownModelError` for a model or version not in the
    * repository. `timeoutMs` bounds the wait locally.
+   *
+   * `config`: a model configuration in Triton's JSON form (an object, or JSON text as
+   * tritonclient's `load_model(config=...)` takes it) served instead of the model's config file
+   * until the model is loaded again without one; a bad one rejects with `BadRequestError` naming
+   * the problem (the model keeps what it served). Anything but an object or a string is a `TypeError`.
    * @param {string} model
-   * @param {{version?: string|number, signal?: AbortSignal, timeoutMs?: number}} [opts]
+   * @param {{version?: string|number, config?: object|string, signal?: AbortSignal, timeoutMs?: number}} [opts]
    * @returns {Promise<{model: string, versions: {version: string, state: string, reason?: string}[]}>}
    */
   async load(model, opts) { return this.#admin('load', model, opts); }
@@ -2004,9 +2010,16 @@ export class Client extends EventTarget {
   async reload(model, opts) { return this.#admin('reload', model, opts); }
 
   async #admin(op, model, opts) {
-    const { signal, timeoutMs, version } = checkOptions(`${op}() options`, opts, ADMIN_OPTIONS);
+    const { signal, timeoutMs, version, config } = checkOptions(`${op}() options`, opts,
+      op === 'load' ? LOAD_OPTIONS : ADMIN_OPTIONS);
     const msg = { type: op, model };
     setIf(msg, 'version', checkVersion(`${op}()`, version));
+    if (config !== undefined) {
+      if (typeof config !== 'string' && (!isObject(config) || Array.isArray(config))) {
+        throw new TypeError(`load(): config must be an object or a JSON string, got ${config === null ? 'null' : typeof config}`);
+      }
+      msg.config = config;
+    }
     const frame = await this.#unary(msg, { counted: false, signal, guardMs: timeoutMs, abortMode: 'local' });
     const { type: _t, id: _i, ok: _o, ...result } = frame;
     return result;

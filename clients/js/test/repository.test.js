@@ -14,7 +14,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 
 import {
-  Client, Forbidden, UnknownModelError, Unauthorized, WsserveError, ERROR_CLASSES,
+  BadRequestError, Client, Forbidden, UnknownModelError, Unauthorized, WsserveError, ERROR_CLASSES,
 } from 'wsserve-client';
 import { startServer, eventually, PYTHON, REPO_ROOT } from './helpers/server.js';
 
@@ -154,6 +154,16 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
       assert.deepEqual(all.versions.filter((v) => v.state === 'failed').map((v) => v.version), ['3']);
       await assert.rejects(admin.load('zzz'), (e) => e instanceof UnknownModelError && e.message === "no model named 'zzz' in the model repository");
       assert.deepEqual((await c.predict('adm', ROWS)).outputs, affine(ROWS, 10));
+      // a load's config travels to the server (an object or JSON text) and is checked there
+      for (const config of [{ max_batch_size: 4, colour: 'red' }, '{"max_batch_size": 4, "colour": "red"}']) {
+        await assert.rejects(admin.load('adm', { config }),
+          (e) => e instanceof BadRequestError && /not a valid Triton model configuration in JSON/.test(e.message), JSON.stringify(config));
+      }
+      for (const config of [[1], 7, null]) {
+        await assert.rejects(admin.load('adm', { config }), { name: 'TypeError' });
+      }
+      await assert.rejects(admin.unload('adm', { config: '{}' }), { name: 'TypeError' }); // load only
+      assert.deepEqual((await c.predict('adm', ROWS)).outputs, affine(ROWS, 10)); // still what it served
     } finally {
       await admin.close();
     }
