@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input", "top_k"]
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input", "top_k", "uint8_pixels"]
 
 #: An IR version / opset every onnxruntime >= 1.17 reads.
 IR_VERSION = 8
@@ -199,3 +199,17 @@ def top_k() -> tuple[onnx.ModelProto, Reference]:
         return x[idx], idx
 
     return model, ref
+
+
+def uint8_pixels(d: int = 4) -> tuple[onnx.ModelProto, Reference]:
+    """An image model's front: input ``image`` uint8 [N, d]; outputs ``scaled`` (float32, /255) and
+    ``raw`` (the uint8 pixels back)."""
+    model = _model(
+        [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT), helper.make_node("Mul", ["f", "S"], ["scaled"]),
+         helper.make_node("Identity", ["image"], ["raw"])],
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", d])],
+        [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["N", d]),
+         helper.make_tensor_value_info("raw", TensorProto.UINT8, ["N", d])],
+        [("S", np.array(1 / 255, dtype=np.float32))],
+    )
+    return model, lambda x: x.astype(np.float32) * np.float32(1 / 255)

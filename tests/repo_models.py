@@ -262,6 +262,37 @@ class Model:
         return 5
 """
 
+#: ``pix``: uint8 pixels in, the pixels back (uint8) and halved as float16 (the narrow dtypes).
+PIX_CONFIG = """
+[[inputs]]
+name = "image"
+shape = [4]
+dtype = "uint8"
+
+[[outputs]]
+name = "raw"
+shape = [4]
+dtype = "uint8"
+
+[[outputs]]
+name = "half"
+shape = [4]
+dtype = "float16"
+"""
+
+PIX_PY = """
+import numpy as np
+
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, image):                               # one input: the array itself
+        assert image.dtype == np.uint8, image.dtype
+        return {"raw": image, "half": image.astype(np.float16) / np.float16(2)}
+"""
+
 RAISES_PY = """
 class Model:
     def __init__(self, version_dir):
@@ -349,7 +380,8 @@ CLIENT_GEN_SEEDS = {1: 20, 2: 29}
 def write_client_repository(root: Path | str) -> Path:
     """The repository the clients' tests serve: ``adm`` (:data:`AFFINE_PY`, ``bias = version``,
     versions 1, 2, 10 and a 3 without a model file), ``gen`` (:data:`BIGRAM_PY`, versions 1
-    and 2 with :data:`CLIENT_GEN_SEEDS`) and ``two`` (:data:`NAMED_PY`)."""
+    and 2 with :data:`CLIENT_GEN_SEEDS`), ``two`` (:data:`NAMED_PY`) and ``pix`` (:data:`PIX_PY`:
+    uint8 and float16 tensors)."""
     root = Path(root)
     (root / "adm").mkdir(parents=True)
     (root / "adm" / "config.toml").write_text(AFFINE_CONFIG)
@@ -363,4 +395,7 @@ def write_client_repository(root: Path | str) -> Path:
     (root / "two").mkdir()
     (root / "two" / "config.toml").write_text(NAMED_CONFIG)
     write_py(root / "two" / "1", NAMED_PY)
+    (root / "pix").mkdir()
+    (root / "pix" / "config.toml").write_text(PIX_CONFIG)
+    write_py(root / "pix" / "1", PIX_PY)
     return root

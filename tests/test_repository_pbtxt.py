@@ -200,7 +200,7 @@ def test_the_default_queue_policy_maps_onto_the_models_queue_fields() -> None:
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] optional: true }]', "input[0].optional", ["required"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]', "input[0].allow_ragged_batch", ["ragged"]),
     ('output [{ name: "y" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]', "output[0].reshape", ["not supported"]),
-    ('input [{ name: "x" data_type: TYPE_FP16 dims: [1] }]', "input[0].data_type", ["TYPE_FP16", "TYPE_FP32"]),
+    ('input [{ name: "x" data_type: TYPE_BF16 dims: [1] }]', "input[0].data_type", ["TYPE_BF16", "TYPE_FP16", "TYPE_UINT8"]),
     ('input [{ name: "x" data_type: TYPE_STRING dims: [1] }]', "input[0].data_type", ["TYPE_STRING"]),
     ('input [{ name: "x" dims: [1] }]', "input[0].data_type", ["required"]),
     ('input [{ name: "x" data_type: 99 dims: [1] }]', "input[0].data_type", ["99 is not one of Triton's values"]),

@@ -48,8 +48,8 @@ def decode_all(data: bytes, key: str = "inputs", max_rows: int = MAX_ROWS) -> tu
 
 def arrays_of(dtype: str, max_rows: int = 5) -> st.SearchStrategy[np.ndarray]:
     shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=max_rows)
-    elements = st.floats(allow_nan=False, allow_infinity=False, width=32 if dtype == "float32" else 64) \
-        if dtype.startswith("float") else None
+    width = {"float16": 16, "float32": 32}.get(dtype, 64)
+    elements = st.floats(allow_nan=False, allow_infinity=False, width=width) if dtype.startswith("float") else None
     return hnp.arrays(DTYPES[dtype], shapes, elements=elements)
 
 
@@ -78,7 +78,8 @@ def test_one_tensor_round_trips_with_an_aligned_payload(arr: np.ndarray, rid: ob
 def test_named_tensors_round_trip_in_order(n: int, specs: list, data: st.DataObject) -> None:
     tensors = {}
     for i, (dtype, rest) in enumerate(specs):
-        elements = st.floats(-1e6, 1e6, width=32) if dtype.startswith("float") else None
+        elements = (st.floats(-6e4, 6e4, width=16) if dtype == "float16" else
+                    st.floats(-1e6, 1e6, width=32) if dtype.startswith("float") else None)
         tensors[f"t{i}"] = data.draw(hnp.arrays(DTYPES[dtype], (n, *rest), elements=elements))
     blob = encode({"type": "result", "id": 1}, tensors)
     header, arrays = decode_all(blob, key="outputs")
@@ -98,12 +99,16 @@ def test_byte_level_example_from_the_docs() -> None:
     assert data[:4].hex() == "4c000000"
 
 
-def test_outputs_of_other_dtypes_are_widened() -> None:
+def test_outputs_keep_their_dtype_and_others_are_widened() -> None:
     blob = encode({"type": "result"}, np.array([[1.5]], dtype=np.float16))
     header, (back,) = decode_all(blob, key="outputs")
-    assert header["dtype"] == "float32" and back.dtype == np.float32 and back[0, 0] == 1.5
-    header, (back,) = decode_all(encode({}, np.array([7], dtype=np.uint8)), key="outputs")
-    assert header["dtype"] == "int32" and back[0] == 7
+    assert header["dtype"] == "float16" and back.dtype == np.float16 and back[0, 0] == 1.5
+    header, (back,) = decode_all(encode({}, np.array([7, 255], dtype=np.uint8)), key="outputs")
+    assert header["dtype"] == "uint8" and back.tolist() == [7, 255]
+    header, (back,) = decode_all(encode({}, np.array([2**64 - 1], dtype=">u8")), key="outputs")
+    assert header["dtype"] == "uint64" and back.tolist() == [2**64 - 1]
+    header, (back,) = decode_all(encode({}, np.array([0.25], dtype=np.longdouble)), key="outputs")
+    assert header["dtype"] == "float64" and back[0] == 0.25  # float128 (x86) or float64 itself
     # Fortran order and big-endian inputs come out C-ordered and little-endian
     f = np.asfortranarray(np.arange(6, dtype=">f8").reshape(2, 3))
     _, (back,) = decode_all(encode({}, f), key="outputs")
@@ -172,7 +177,7 @@ def test_rows_are_bounded_by_max_rows() -> None:
     ((2).to_bytes(4, "little") + b"\xff\xfe", "not valid UTF-8 JSON"),
     ((2).to_bytes(4, "little") + b"[]", "must be a JSON object"),
     (frame({"shape": [1]}, b""), "needs 'dtype' and 'shape'"),
-    (frame({"dtype": "float16", "shape": [1]}, b"\0\0"), "unknown dtype 'float16'"),
+    (frame({"dtype": "bfloat16", "shape": [1]}, b"\0\0"), "unknown dtype 'bfloat16'"),
     (frame({"dtype": 4, "shape": [1]}, b"\0" * 4), "'dtype' must be a string"),
     (frame({"dtype": "int32", "shape": "1"}, b"\0" * 4), "'shape' must be an array"),
     (frame({"dtype": "int32", "shape": []}, b""), "'shape' must be an array"),

@@ -4,7 +4,9 @@ Every codec that names a dtype uses this table: the model repository's
 :class:`~wsserve.repository.tensors.TensorSpec` (``config.toml`` ``dtype``),
 the binary tensor frames of :mod:`wsserve.tensorframe`, and the Open Inference
 Protocol datatypes (``FP32`` ...), which map onto it by :data:`OIP_NAMES`.
-Every numpy dtype here is little-endian (the wire byte order).
+Every numpy dtype here is little-endian (the wire byte order).  The table holds every fixed-size
+type Triton and the OIP name but ``BF16`` (numpy has no bfloat16): ``float16``/``float32``/``float64``,
+``int8``/``int16``/``int32``/``int64``, ``uint8``/``uint16``/``uint32``/``uint64`` and ``bool``.
 
 String tensors (Triton's ``TYPE_STRING``, the OIP's ``BYTES``) are apart: :data:`BYTES`
 (``"bytes"``), held as numpy object arrays of ``bytes`` (as Triton's Python backend gives
@@ -32,6 +34,13 @@ DTYPES: Mapping[str, np.dtype] = MappingProxyType(
         "int32": np.dtype("<i4"),
         "int64": np.dtype("<i8"),
         "bool": np.dtype(np.bool_),
+        "float16": np.dtype("<f2"),
+        "int8": np.dtype("<i1"),
+        "int16": np.dtype("<i2"),
+        "uint8": np.dtype("<u1"),
+        "uint16": np.dtype("<u2"),
+        "uint32": np.dtype("<u4"),
+        "uint64": np.dtype("<u8"),
     }
 )
 
@@ -46,7 +55,9 @@ ITEMSIZE: Mapping[str, int] = MappingProxyType({k: v.itemsize for k, v in DTYPES
 
 #: wire name -> the Open Inference Protocol v2 datatype of the same values.
 OIP_NAMES: Mapping[str, str] = MappingProxyType(
-    {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", BYTES: "BYTES"}
+    {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "bool": "BOOL", "float16": "FP16",
+     "int8": "INT8", "int16": "INT16", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+     BYTES: "BYTES"}
 )
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 
 from .chat import ChatMessage, parse_messages
-from .dtypes import json_ready
+from .dtypes import DTYPES, json_ready
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
 from .shapes import MAX_VALUES
@@ -1036,7 +1036,9 @@ def encode_hello(*, version: str, limits: dict[str, int | float], models: list[s
     ``max_binary_header_bytes``, ``max_stop_strings``, ``max_stop_chars``, ``max_logit_bias_tokens``,
     ``max_logprobs``, ``max_stop_token_ids``, ``max_guided_choices``, ``max_guided_choice_chars``,
     ``max_guided_pattern_chars``, ``max_row_values``: the values one row may hold where a model's
-    dimension is variable, -1)."""
+    dimension is variable, -1), and ``binary_dtypes``: the dtypes a binary tensor frame may carry
+    (:data:`~wsserve.dtypes.DTYPES`; a client may send an array in its own dtype when listed, and
+    must widen it otherwise: a server before the list knew float32, float64, int32, int64, bool)."""
     frame: dict[str, Any] = {
         "type": "hello",
         "server": "wsserve",
@@ -1049,6 +1051,7 @@ def encode_hello(*, version: str, limits: dict[str, int | float], models: list[s
                    "max_guided_choice_chars": MAX_GUIDED_CHOICE_CHARS,
                    "max_guided_pattern_chars": MAX_GUIDED_PATTERN_CHARS, "max_row_values": MAX_VALUES},
         "models": models,
+        "binary_dtypes": list(DTYPES),
     }
     if auth_required:
         frame["auth_required"] = True

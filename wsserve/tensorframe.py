@@ -279,12 +279,11 @@ def _all_finite(raw: np.ndarray) -> bool:
     return bool(np.isfinite(raw).all())
 
 
-_INT_OK = ("int32", "int64")
-_FLOAT_OK = ("float32", "float64", "int32", "int64")
-
-
 def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
-    """``arr`` as the spec's dtype, where the JSON path would take the same values."""
+    """``arr`` as the spec's dtype, where the JSON path would take the same values: any number
+    into a float input (a value beyond a narrower float's range refused: float32's, float16's
+    65,504); integers, and integral floats, into an integer input when they are in its range;
+    only bool into bool."""
     want = spec.dtype
     if desc.dtype == want:
         return arr
@@ -292,35 +291,43 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
     if want == "bytes":  # a string tensor: a JSON predict's strings; frames carry fixed-size values only
         raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes strings (BYTES): send them in a "
                            "JSON predict")
-    if want in ("float32", "float64"):
-        if desc.dtype not in _FLOAT_OK:
+    target = DTYPES[want]
+    have = arr.dtype.kind
+    if target.kind == "f":
+        if have not in "iuf":
             raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes {want} (or another numeric dtype)")
-        if want == "float32" and desc.dtype == "float64":
-            limit = float(np.finfo(np.float32).max)
+        limit = float(np.finfo(target).max)
+        if have == "f" and arr.dtype.itemsize > target.itemsize:
             over = np.abs(arr) > limit
+        elif have in "iu" and target.itemsize < 8:  # float16's 65,504 (float32's range holds every int64)
+            over = np.abs(arr.astype(np.float64)) > limit
+        else:
+            over = None
+        if over is not None and over.any():
+            raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value beyond {want}'s range "
+                               f"(input '{spec.name}' is {want})")
+        return arr.astype(target.newbyteorder("="))
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if have in "iu":
+            # Compared as Python-int bounds against the array's own type (numpy 2 compares a uint64
+            # array with a negative bound exactly, and an int64 one with 2**64 - 1).
+            over = (arr < info.min) | (arr > info.max)
             if over.any():
-                raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value beyond float32's range "
-                                   f"(input '{spec.name}' is float32)")
-        return arr.astype(DTYPES[want].newbyteorder("="))
-    if want in _INT_OK:
-        info = np.iinfo(DTYPES[want])
-        if desc.dtype in _INT_OK:
-            if want == "int32":
-                over = (arr < info.min) | (arr > info.max)
-                if over.any():
-                    raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value beyond int32's range "
-                                       f"(input '{spec.name}' is int32)")
-            return arr.astype(DTYPES[want].newbyteorder("="))
-        if desc.dtype in ("float32", "float64"):
+                raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value beyond {want}'s range "
+                                   f"(input '{spec.name}' is {want})")
+            return arr.astype(target.newbyteorder("="))
+        if have == "f":
             # As JSON: integral floats within range are taken; 1.5 is not.  The top bound is
-            # 2**(bits-1), exact as a float (info.max is not: as a float it rounds up to that very
-            # value, which would pass ``> info.max`` and wrap to the range's minimum).
-            bad = (arr != np.floor(arr)) | (arr < info.min) | (arr >= -float(info.min))
-            if bad.any():
-                raise InvalidInput(f"{label} {_first_bad(bad, desc.shape)} holds a value that is not an integer in "
-                                   f"input '{spec.name}''s {want} range")
-            return arr.astype(DTYPES[want].newbyteorder("="))
-        raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes {want}")
+            # 2**bits (unsigned) or 2**(bits-1), exact as a float (info.max is not: as a float
+            # int64's rounds up to that very value, which would pass ``> info.max`` and wrap).
+            over = (arr != np.floor(arr)) | (arr < info.min) | (arr >= float(info.max) + 1.0)
+        else:
+            raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes {want}")
+        if over.any():
+            raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value that is not an integer in "
+                               f"input '{spec.name}''s {want} range")
+        return arr.astype(target.newbyteorder("="))
     raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes {want} (true/false only)")
 
 
@@ -372,17 +379,25 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
 # --------------------------------------------------------------------------- encode
 
 
+#: numpy dtype -> its wire name (:data:`~wsserve.dtypes.DTYPES`, native order included).
+_WIRE_NAMES = {**{dt: name for name, dt in DTYPES.items()}, **{dt.newbyteorder("="): name for name, dt in DTYPES.items()}}
+
+
 def _wire(arr: np.ndarray) -> tuple[str, np.ndarray]:
-    """A wire dtype name for ``arr`` and the array in it (little-endian, C order)."""
-    kind = arr.dtype.kind
-    if kind == "b":
-        name = "bool"
-    elif kind == "f":
-        name = "float32" if arr.dtype.itemsize <= 4 else "float64"
-    elif kind in "iu":
-        name = "int32" if arr.dtype.itemsize < 4 or (kind == "i" and arr.dtype.itemsize == 4) else "int64"
-    else:
-        raise TypeError(f"cannot send an array of dtype {arr.dtype} in a binary frame")
+    """A wire dtype name for ``arr`` and the array in it (little-endian, C order): its own dtype's
+    name when :data:`~wsserve.dtypes.DTYPES` has it, else the widest of its kind (float64, int64;
+    a big-endian array: its little-endian twin)."""
+    name = _WIRE_NAMES.get(arr.dtype)
+    if name is None:
+        kind = arr.dtype.kind
+        if kind == "b":
+            name = "bool"
+        elif kind == "f":
+            name = "float64"
+        elif kind in "iu":
+            name = "uint64" if kind == "u" else "int64"
+        else:
+            raise TypeError(f"cannot send an array of dtype {arr.dtype} in a binary frame")
     want = DTYPES[name]
     if arr.dtype != want or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=want)
@@ -393,8 +408,8 @@ def encode(fields: Mapping[str, Any], tensors: np.ndarray | Mapping[str, np.ndar
     """One binary frame: ``fields`` (type, id, ...), the tensors' descriptions, then their bytes.
 
     One array is described by ``dtype`` and ``shape``; a ``{name: array}`` by a
-    list under ``key``.  Arrays of a dtype outside the table are widened
-    (float16 -> float32, uint8 -> int32, uint32 -> int64 ...).  The header is
+    list under ``key``.  Each array goes in its own dtype when :data:`~wsserve.dtypes.DTYPES`
+    has it (a big-endian one swapped), else widened (float128 -> float64).  The header is
     padded with spaces so the payload starts at an 8-byte boundary.
     """
     if isinstance(tensors, np.ndarray):

@@ -9,7 +9,8 @@ problem.  Keys (bounds inclusive)::
     task             "regression" | "classification" | "generation" | "embedding" | "other"
     input_shape      [d1, ...]   1..8 positive dims, each <= 4194304, product <= 4194304
     output_shape     same bounds
-    input_dtype      "float32" | "float64" | "int32" | "int64" | "bool"
+    input_dtype      "float32" | "float64" | "int32" | "int64" | "bool" | "float16" | "int8" | "int16"
+                     | "uint8" | "uint16" | "uint32" | "uint64" (wsserve.dtypes.DTYPES)
     output_dtype     same
     [[inputs]]       named inputs, in order: name = "...", shape = [...], dtype = "..." (shape/dtype optional
     [[outputs]]      for ONNX, where the graph has them); at most 64 each; not together with input_shape/input_dtype

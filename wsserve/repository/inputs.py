@@ -2,7 +2,8 @@
 
 :func:`convert_inputs` generalises :func:`wsserve.protocol.validate_inputs`
 (same messages for a single unnamed input) to per-row shapes of any rank,
-several named inputs, and the dtypes float32/float64/int32/int64/bool, and strings
+several named inputs, and every dtype of :data:`wsserve.dtypes.DTYPES` (floats, signed and
+unsigned integers, bool), and strings
 (``bytes``: a Triton Python model's ``TYPE_STRING``; JSON strings, as an object array of
 their UTF-8 ``bytes``):
 
@@ -12,7 +13,8 @@ their UTF-8 ``bytes``):
 - Elements must be JSON numbers (``true``/``false``, strings and ``null`` are
   refused; a bool input takes only ``true``/``false``; a string input only
   strings), finite, and fit the
-  dtype: float32 casts (a value beyond float32's range is refused); int32/int64
+  dtype: float32 and float16 cast (a value beyond their range is refused: 65,504 for
+  float16; precision is rounded, as any cast); integer inputs (int8 ... int64, uint8 ... uint64)
   take integers and integral floats (``2.0``) within range and refuse ``1.5``.
 - An input with a variable dimension (``-1``: a model without a batch
   dimension's) takes row 0's size there; every other row must have it too.
@@ -40,7 +42,6 @@ from .tensors import MAX_DIM, TensorSpec
 
 __all__ = ["convert_inputs", "check_inputs", "batch_rows"]
 
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 
@@ -127,15 +128,23 @@ def _to_int(rows: list[Any], spec: TensorSpec, label: str, has_float: bool) -> n
     if not has_float:
         try:
             arr = np.array(rows, dtype=np.int64)
-        except OverflowError:
-            arr = None
+        except OverflowError:  # beyond int64: uint64's upper half, or out of every range
+            arr = _uint64(rows) if spec.dtype == "uint64" else None
         if arr is not None and (spec.dtype == "int64" or (arr.size and lo <= arr.min() and arr.max() <= hi)):
-            return arr if spec.dtype == "int64" else arr.astype(np.int32)
+            return arr if spec.dtype == "int64" else arr.astype(spec.np_dtype)
     elif not any(bad(v) for v in _flat(rows, spec.shape)):
         return np.array(_map_leaves(rows, spec.shape, int), dtype=spec.np_dtype)
     i, where, v = _locate(rows, spec.shape, bad)
     why = "integers only" if type(v) is float and not v.is_integer() else f"range [{lo}, {hi}]"
     raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which does not fit input '{spec.name}' of dtype {spec.dtype} ({why})")
+
+
+def _uint64(rows: list[Any]) -> np.ndarray | None:
+    """``rows`` of integers as uint64, or None when one is negative or beyond 2**64 - 1."""
+    try:
+        return np.array(rows, dtype=np.uint64)
+    except OverflowError:
+        return None
 
 
 def _fits_float(v: int) -> bool:
@@ -223,7 +232,7 @@ def _convert_sized(rows: list[Any], spec: TensorSpec, label: str, budget: int) -
         out = np.empty((n, *shape), dtype=object)
         out.reshape(-1)[:] = [v.encode() for v in _flat(rows, shape)]
         return out
-    if kind == "float64" or kind == "float32":
+    if spec.np_dtype.kind == "f":
         try:
             arr = np.array(rows, dtype=np.float64)
         except OverflowError:  # a Python int beyond float64 (never from JSON)
@@ -231,10 +240,11 @@ def _convert_sized(rows: list[Any], spec: TensorSpec, label: str, budget: int) -
             raise InvalidInput(f"{label} row {i}{where} holds {v}, which is not finite as {kind}") from None
         if kind == "float64":
             return arr
-        if float(np.abs(arr).max()) > _F32_MAX:
-            i, where, v = _locate(rows, shape, lambda v: abs(v) > _F32_MAX)
-            raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which does not fit input '{spec.name}' of dtype float32")
-        return arr.astype(np.float32)
+        top = spec.bounds[1]  # type: ignore[index]
+        if float(np.abs(arr).max()) > top:
+            i, where, v = _locate(rows, shape, lambda v: abs(v) > top)
+            raise InvalidInput(f"{label} row {i}{where} holds {shown(v)}, which does not fit input '{spec.name}' of dtype {kind}")
+        return arr.astype(spec.np_dtype)
     if kind == "bool":
         return np.array(rows, dtype=np.bool_)
     return _to_int(rows, spec, label, has_float)

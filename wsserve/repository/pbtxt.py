@@ -23,9 +23,10 @@ Mapped (Triton's semantics, triton-inference-server/server
   auto-complete (the onnxruntime backend's ``AutoCompleteMaxBatch``): the graph
   is batched when every input and output has a dynamic first dimension
   (:attr:`ModelConfig.autofill_batching`), else run whole.
-- ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP32, TYPE_FP64,
-  TYPE_INT32, TYPE_INT64, TYPE_BOOL; TYPE_STRING for Triton Python models and
-  ensembles only, refused for an ONNX model), ``dims`` (per row: without the batch
+- ``input`` / ``output``: ``name``, ``data_type`` (TYPE_FP16, TYPE_FP32, TYPE_FP64,
+  TYPE_INT8, TYPE_INT16, TYPE_INT32, TYPE_INT64, TYPE_UINT8, TYPE_UINT16, TYPE_UINT32,
+  TYPE_UINT64, TYPE_BOOL; TYPE_STRING for Triton Python models and ensembles only, refused
+  for an ONNX model; TYPE_BF16 refused: numpy has no bfloat16), ``dims`` (per row: without the batch
   dimension when ``max_batch_size > 0``), kept as written
   (:attr:`TensorConfig.triton_dims`): the ONNX backend compares them with the
   graph at load by Triton's rule (:mod:`.tritondims`; with ``max_batch_size: 0``
@@ -108,6 +109,13 @@ TRITON_TYPES = {
     "TYPE_INT32": "int32",
     "TYPE_INT64": "int64",
     "TYPE_BOOL": "bool",
+    "TYPE_FP16": "float16",
+    "TYPE_INT8": "int8",
+    "TYPE_INT16": "int16",
+    "TYPE_UINT8": "uint8",
+    "TYPE_UINT16": "uint16",
+    "TYPE_UINT32": "uint32",
+    "TYPE_UINT64": "uint64",
     "TYPE_STRING": BYTES,  # Triton Python models and ensembles only (:func:`_no_onnx_strings`)
 }
 

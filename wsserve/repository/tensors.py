@@ -67,7 +67,7 @@ class TensorSpec:
         if dt.kind == "f":
             bound: Any = float(np.finfo(dt).max)
             object.__setattr__(self, "bounds", (-bound, bound))
-        elif dt.kind == "i":
+        elif dt.kind in "iu":
             info = np.iinfo(dt)
             object.__setattr__(self, "bounds", (int(info.min), int(info.max)))
         else:

@@ -169,6 +169,8 @@ export interface Hello {
   protocol: number;
   limits: Limits;
   models: string[];
+  /** The dtypes a binary tensor frame may carry (absent from a server that took only float32, float64, int32, int64, bool). */
+  binary_dtypes?: TensorDtype[];
   [extra: string]: unknown;
 }
 
@@ -217,10 +219,13 @@ export interface Explanation {
 export type Outputs = number[][] | Record<string, unknown[]> | Tensor | Record<string, Tensor>;
 
 /** Wire dtypes of binary tensor frames. */
-export type TensorDtype = 'float32' | 'float64' | 'int32' | 'int64' | 'bool';
-/** The TypedArray of each wire dtype (`bool`: one byte per value, 0 or 1). */
+export type TensorDtype = 'float32' | 'float64' | 'int32' | 'int64' | 'bool'
+  | 'int8' | 'int16' | 'uint8' | 'uint16' | 'uint32' | 'uint64' | 'float16';
+/** The TypedArray of each wire dtype (`bool`: one byte per value, 0 or 1; `float16`: raw half-precision bits). */
 export interface TensorDataTypes {
   float32: Float32Array; float64: Float64Array; int32: Int32Array; int64: BigInt64Array; bool: Uint8Array;
+  int8: Int8Array; int16: Int16Array; uint8: Uint8Array; uint16: Uint16Array; uint32: Uint32Array;
+  uint64: BigUint64Array; float16: Uint16Array;
 }
 /** Raw values in C order with their shape (batch dimension first). */
 export interface Tensor<D extends TensorDtype = TensorDtype> {
@@ -230,11 +235,13 @@ export interface Tensor<D extends TensorDtype = TensorDtype> {
 }
 /** A binary input: a tensor (`dtype` inferred from `data`; `shape` defaults to one row), or a bare TypedArray (one row). */
 export type TensorInput =
-  | Float32Array | Float64Array | Int32Array | BigInt64Array
-  | { data: Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array; shape?: number[]; dtype?: TensorDtype };
+  | Float32Array | Float64Array | Int32Array | BigInt64Array | Int8Array | Int16Array | Uint32Array | BigUint64Array
+  | { data: TensorDataTypes[TensorDtype]; shape?: number[]; dtype?: TensorDtype };
 export declare const TENSOR_DTYPES: Readonly<{
   float32: Float32ArrayConstructor; float64: Float64ArrayConstructor; int32: Int32ArrayConstructor;
-  int64: BigInt64ArrayConstructor; bool: Uint8ArrayConstructor;
+  int64: BigInt64ArrayConstructor; bool: Uint8ArrayConstructor; int8: Int8ArrayConstructor;
+  int16: Int16ArrayConstructor; uint8: Uint8ArrayConstructor; uint16: Uint16ArrayConstructor;
+  uint32: Uint32ArrayConstructor; uint64: BigUint64ArrayConstructor; float16: Uint16ArrayConstructor;
 }>;
 /** Checks and normalises a binary input; throws `TypeError` when sizes or types do not match. */
 export declare function toTensor(value: TensorInput, what?: string): Tensor;

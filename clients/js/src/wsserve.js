@@ -514,9 +514,17 @@ function exceedsBytes(text, limit) {
 
 // ------------------------------------------------------------ binary tensor frames
 
-/** Wire dtype → TypedArray constructor (bool travels as one byte, 0 or 1). */
+/**
+ * Wire dtype → TypedArray constructor (bool travels as one byte, 0 or 1; float16 as its raw
+ * IEEE 754 half-precision bits in a Uint16Array: JavaScript has no Float16Array here). A bare
+ * Uint8Array is taken as bool and a bare Uint16Array as uint16: give `dtype: 'uint8'` or
+ * `dtype: 'float16'` to say otherwise. The server lists what it takes in `hello.binary_dtypes`
+ * (a server before that list took float32, float64, int32, int64 and bool).
+ */
 export const TENSOR_DTYPES = Object.freeze({
   float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array, bool: Uint8Array,
+  int8: Int8Array, int16: Int16Array, uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array,
+  uint64: BigUint64Array, float16: Uint16Array,
 });
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -526,8 +534,9 @@ function dtypeOf(data) {
 }
 
 /**
- * A tensor from `{data, shape, dtype?}` (data a TypedArray: Float32Array, Float64Array,
- * Int32Array, BigInt64Array, or Uint8Array for `dtype: 'bool'`), or a bare TypedArray
+ * A tensor from `{data, shape, dtype?}` (data a TypedArray of `TENSOR_DTYPES`: Float32Array,
+ * Float64Array, Int32Array, BigInt64Array, Uint8Array for `dtype: 'bool'` or `'uint8'`, Int8Array,
+ * Int16Array, Uint16Array for `'uint16'` or `'float16'`, Uint32Array, BigUint64Array), or a bare TypedArray
  * (one row: shape `[1, length]`). Throws `TypeError` when sizes or types do not match.
  */
 export function toTensor(value, what = 'inputs') {

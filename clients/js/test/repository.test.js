@@ -97,7 +97,7 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
 
   it('models() lists every version with its state', async () => {
     const models = Object.fromEntries((await c.models()).map((m) => [m.name, m]));
-    assert.deepEqual(Object.keys(models).sort(), ['adm', 'gen', 'two']);
+    assert.deepEqual(Object.keys(models).sort(), ['adm', 'gen', 'pix', 'two']);
     assert.equal(models.adm.version, '10');
     assert.deepEqual(models.adm.versions.map((v) => [v.version, v.state]), [['1', 'ready'], ['2', 'ready'], ['3', 'failed'], ['10', 'ready']]);
     assert.match(models.adm.versions[2].reason, /holds no model file \(model\.onnx, model\.npz, model\.py\)$/);
@@ -115,6 +115,23 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
     assert.deepEqual(chunks, [{ sum: [[5]], scaled: [[2, 4]] }]);
     await assert.rejects(c.predict('two', { a: 'x' }), { name: 'TypeError', message: 'inputs.a must be an array of rows (number[][])' });
     await assert.rejects(c.predict('two', 7), { name: 'TypeError', message: 'inputs must be an array of rows (number[][]) or an object {name: rows}' });
+  });
+
+  it('uint8 and float16 tensors travel in their own dtype, in JSON and in binary frames', async () => {
+    await c.ping();
+    const { hello } = c;
+    for (const d of ['uint8', 'float16', 'uint64']) assert.ok(hello.binary_dtypes.includes(d), d);
+    const json = await c.predict('pix', { image: [[0, 1, 128, 255]] });
+    assert.deepEqual(json.outputs, { raw: [[0, 1, 128, 255]], half: [[0, 0.5, 64, 127.5]] });
+    const r = await c.predict('pix', { image: { data: new Uint8Array([0, 1, 128, 255]), shape: [1, 4], dtype: 'uint8' } },
+      { binary: true });
+    assert.equal(r.outputs.raw.dtype, 'uint8');
+    assert.ok(r.outputs.raw.data instanceof Uint8Array);
+    assert.deepEqual(Array.from(r.outputs.raw.data), [0, 1, 128, 255]);
+    assert.equal(r.outputs.half.dtype, 'float16');
+    // half-precision bits: 0 -> 0x0000, 0.5 -> 0x3800, 64 -> 0x5400, 127.5 -> 0x57F8
+    assert.deepEqual(Array.from(r.outputs.half.data), [0x0000, 0x3800, 0x5400, 0x57f8]);
+    await assert.rejects(c.predict('pix', { image: [[0, 1, 2, 256]] }), (e) => e.code === 'invalid_input' && /uint8/.test(e.message));
   });
 
   it('admin calls without the admin key reject with Forbidden, and change nothing', async () => {

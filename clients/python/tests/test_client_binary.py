@@ -152,3 +152,29 @@ def test_the_client_works_without_numpy(server: ServerProcess) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok float64 (1, 1) float64 (1, 1)"
+
+
+def _sent(frame: bytes) -> tuple[str, np.ndarray]:
+    """The dtype a request frame declares and its payload read in it."""
+    import json
+
+    n = int.from_bytes(frame[:4], "little")
+    header = json.loads(frame[4 : 4 + n])
+    return header["dtype"], np.frombuffer(frame[4 + n :], dtype=np.dtype(header["dtype"]).newbyteorder("<"))
+
+
+def test_numpy_arrays_keep_their_dtype_only_where_the_server_lists_it() -> None:
+    from wsserve_client.codec import encode_predict, parse_hello
+
+    image = np.array([[0, 255]], dtype=np.uint8)
+    dtype, values = _sent(encode_predict(1, "m", image, binary=True))  # a server without the list: widened
+    assert dtype == "int32" and values.tolist() == [0, 255]
+    dtype, values = _sent(encode_predict(1, "m", image, binary=True, dtypes=("uint8",)))
+    assert dtype == "uint8" and values.tolist() == [0, 255]
+    dtype, values = _sent(encode_predict(1, "m", np.array([1.5], np.float16), binary=True, dtypes=("float16",)))
+    assert dtype == "float16" and values.tolist() == [1.5]
+    dtype, values = _sent(encode_predict(1, "m", np.array([2**64 - 1], ">u8"), binary=True, dtypes=("uint64",)))
+    assert dtype == "uint64" and values.tolist() == [2**64 - 1]
+    hello = {"type": "hello", "protocol": 1, "binary_dtypes": ["uint8", "bfloat99", 7, "float16"]}
+    assert parse_hello(hello).binary_dtypes == ("uint8", "float16")  # unknown names and non-strings dropped
+    assert parse_hello({"type": "hello", "binary_dtypes": "uint8"}).binary_dtypes == ()

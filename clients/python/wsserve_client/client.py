@@ -211,6 +211,10 @@ class Client:
         """The current (or last) connection's ``hello``, or ``None`` before the first."""
         return self._last_hello
 
+    def _binary_dtypes(self) -> tuple[str, ...]:
+        """The last ``hello``'s ``binary_dtypes`` (none before the first connection: arrays are widened)."""
+        return self._last_hello.binary_dtypes if self._last_hello is not None else ()
+
     @property
     def draining(self) -> bool:
         """True once the server announced ``draining`` on the current connection."""
@@ -291,7 +295,8 @@ class Client:
             rid = next(self._ids)
             left = timeout if attempt == 0 else time_left(loop, deadline, DEADLINE_GRACE_S)
             data = encode_predict(rid, model, inputs, version=version, timeout=left, priority=priority,
-                                  explain=explain, binary=binary, traceparent=traceparent, tracestate=tracestate)
+                                  explain=explain, binary=binary, traceparent=traceparent, tracestate=tracestate,
+                                  dtypes=self._binary_dtypes())
             try:
                 frame = await self._unary(rid, data, counted=True, deadline=deadline, timeout=timeout,
                                           grace=True, expect=_RESULT, what="predict")
@@ -339,7 +344,7 @@ class Client:
             return encode_predict(
                 rid, model, inputs, version=version, timeout=left, priority=priority,
                 stream=True, chunk_rows=chunk_rows, binary=binary, explain=explain,
-                traceparent=traceparent, tracestate=tracestate,
+                traceparent=traceparent, tracestate=tracestate, dtypes=self._binary_dtypes(),
             )
 
         return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy, explain=explain,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import array
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from .results import (
     TopLogprob,
     VersionStatus,
 )
-from .tensors import Tensor, as_tensor, encode_frame
+from .tensors import DTYPES, Tensor, as_tensor, encode_frame
 
 __all__ = [
     "RequestId",
@@ -200,6 +200,7 @@ def encode_predict(
     binary: bool = False,
     traceparent: str | None = None,
     tracestate: str | None = None,
+    dtypes: Collection[str] = (),
 ) -> bytes:
     """Encode a ``predict`` frame. ``inputs`` is an ``[n, d]`` nested sequence or array;
     the server validates its shape and values. Optional fields are omitted when default.
@@ -207,7 +208,8 @@ def encode_predict(
     ``binary``: a binary tensor frame asking for binary outputs; ``inputs`` is then a numpy
     array, an ``array.array`` of one row, a :class:`~wsserve_client.tensors.Tensor`, or
     ``{name: any of those}`` (see :func:`wsserve_client.tensors.as_tensor`). ``traceparent`` and
-    ``tracestate``: see :func:`check_trace_context`."""
+    ``tracestate``: see :func:`check_trace_context`.  ``dtypes``: the server's ``binary_dtypes``
+    (numpy arrays in one of them go in their own dtype; see :func:`~wsserve_client.tensors.as_tensor`)."""
     frame: dict[str, Any] = {"type": "predict", "id": request_id, "model": model}
     _put_trace_context(frame, traceparent, tracestate)
     if not binary:
@@ -228,16 +230,16 @@ def encode_predict(
     if binary:
         frame["binary_outputs"] = True
         if isinstance(inputs, Mapping):
-            return encode_frame(frame, {name: _binary_input(v) for name, v in inputs.items()})
-        return encode_frame(frame, _binary_input(inputs))
+            return encode_frame(frame, {name: _binary_input(v, dtypes) for name, v in inputs.items()})
+        return encode_frame(frame, _binary_input(inputs, dtypes))
     return encode(frame)
 
 
-def _binary_input(value: Any) -> Tensor:
+def _binary_input(value: Any, dtypes: Collection[str] = ()) -> Tensor:
     """One binary input: an ``array.array`` is one row unless it is a Tensor already."""
     if isinstance(value, array.array):
         return as_tensor(value, shape=(1, len(value)))
-    return as_tensor(value)
+    return as_tensor(value, keep=dtypes)
 
 
 def chat_messages(messages: Any) -> list[dict[str, Any]]:
@@ -487,7 +489,16 @@ def parse_hello(frame: dict[str, Any]) -> ServerHello:
                       max_guided_choice_chars=_opt_count(lim.get("max_guided_choice_chars")),
                       max_guided_pattern_chars=_opt_count(lim.get("max_guided_pattern_chars"))),
         models=tuple(str(m) for m in models) if isinstance(models, list) else (),
+        binary_dtypes=_binary_dtypes(frame.get("binary_dtypes")),
     )
+
+
+def _binary_dtypes(value: Any) -> tuple[str, ...]:
+    """``hello``'s ``binary_dtypes``: the ones this client knows (a name it does not, or anything but a
+    list of strings, is ignored)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(d for d in value[:64] if isinstance(d, str) and d in DTYPES)
 
 
 def to_numpy(outputs: Any) -> Any:

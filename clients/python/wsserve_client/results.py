@@ -63,6 +63,9 @@ class ServerHello:
     protocol: int
     limits: Limits
     models: tuple[str, ...]
+    #: The dtypes the server takes in a binary tensor frame besides float32, float64, int32, int64
+    #: and bool (``hello`` ``binary_dtypes``, those this client knows; empty from an older server).
+    binary_dtypes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

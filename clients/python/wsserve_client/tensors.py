@@ -19,7 +19,7 @@ import functools
 import math
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,12 @@ __all__ = ["DTYPES", "Tensor", "BinaryFrame", "as_tensor", "encode_frame", "deco
 #: wire dtype -> (struct/array format, bytes per value)
 DTYPES: Mapping[str, tuple[str, int]] = {
     "float32": ("f", 4), "float64": ("d", 8), "int32": ("i", 4), "int64": ("q", 8), "bool": ("?", 1),
+    "float16": ("e", 2), "int8": ("b", 1), "int16": ("h", 2),
+    "uint8": ("B", 1), "uint16": ("H", 2), "uint32": ("I", 4), "uint64": ("Q", 8),
 }
+#: The dtypes every wsserve server takes in a binary frame (one whose ``hello`` lists no
+#: ``binary_dtypes``): an array of another dtype is widened to one of these unless the server lists it.
+CLASSIC_DTYPES = ("float32", "float64", "int32", "int64", "bool")
 #: array.array typecodes -> wire dtype (by item size where the C type's size varies)
 _ARRAY_CODES = {"f": "float32", "d": "float64"}
 _MAX_HEADER = 1 << 16  # a reply header this long is refused (the server's are a few hundred bytes)
@@ -76,15 +81,22 @@ class Tensor:
         return np.frombuffer(self.data, dtype=np.dtype(DTYPES_NP[self.dtype])).reshape(self.shape).copy()
 
 
-DTYPES_NP = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "?"}
+DTYPES_NP = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "?",
+             "float16": "<f2", "int8": "<i1", "int16": "<i2", "uint8": "<u1", "uint16": "<u2", "uint32": "<u4",
+             "uint64": "<u8"}
+_NP_NAMES = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8", "i2": "int16", "i4": "int32",
+             "i8": "int64", "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64", "b1": "bool"}
 
 
-def _numpy_tensor(value: Any) -> Tensor | None:
+def _numpy_tensor(value: Any, keep: Collection[str] = ()) -> Tensor | None:
     np = sys.modules.get("numpy")
     if np is None or not isinstance(value, np.ndarray):
         return None
     kind, size = value.dtype.kind, value.dtype.itemsize
-    if kind == "f":
+    own = _NP_NAMES.get(f"{kind}{size}")
+    if own is not None and (own in keep or own in CLASSIC_DTYPES):
+        dtype = own
+    elif kind == "f":
         dtype = "float32" if size <= 4 else "float64"
     elif kind in "iu":
         dtype = "int32" if size < 4 or (kind == "i" and size == 4) else "int64"
@@ -98,17 +110,22 @@ def _numpy_tensor(value: Any) -> Tensor | None:
     return Tensor(arr.tobytes(), dtype, tuple(int(d) for d in arr.shape))
 
 
-def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | None = None) -> Tensor:
+def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | None = None,
+              keep: Collection[str] = ()) -> Tensor:
     """A :class:`Tensor` from a numpy array, an ``array.array`` (with ``shape``, e.g. ``[n, d]``;
     default ``[len]``), raw little-endian ``bytes`` with ``dtype`` and ``shape``, or a
     :class:`Tensor` (returned as is).
+
+    A numpy array goes in its own dtype when that is float32, float64, int32, int64 or bool, or
+    is in ``keep`` (the server's ``hello`` ``binary_dtypes``: float16, uint8 ...); otherwise it is
+    widened (float16 -> float32, uint8 -> int32, uint32 -> int64), as every server takes.
 
     Raises:
         TypeError: an unsupported value. ValueError: sizes that do not match.
     """
     if isinstance(value, Tensor):
         return value
-    t = _numpy_tensor(value)
+    t = _numpy_tensor(value, keep)
     if t is not None:
         return t
     if isinstance(value, array.array):
