@@ -1,0 +1,229 @@
+"""Business Logic Scripting: a Triton Python model's ``execute`` calling other models the server
+serves with ``pb_utils.InferenceRequest(...).exec()`` (and ``await async_exec()``), through the
+server's own pool.  A real server on loopback (run with ``--inline-max-flops`` so high that every
+batch of these models would run on the event loop, where a BLS wait would deadlock the server),
+called with ``tritonclient.http``; the models: an ONNX graph, the built-in ``linear``, Triton
+Python callers."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests import onnx_builders as ob  # noqa: E402
+from tests.support import ServerProcess  # noqa: E402
+from wsserve.bls import MAX_BLS_DEPTH  # noqa: E402
+
+AFFINE_PBTXT = ('platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+                'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+                'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
+
+#: x [3] FP32 -> y [2] (ONNX affine's y, through BLS), z [k] FP64 (the built-in linear's output).
+PIPE_PBTXT = ('backend: "python"\nmax_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+              'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "z" data_type: TYPE_FP64 dims: [ -1 ] } ]\n')
+
+PIPE_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            a = pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"],
+                                          inputs=[pb_utils.Tensor("x", x)]).exec()
+            b = pb_utils.InferenceRequest(model_name="linear", requested_output_names=[], model_version=-1,
+                                          inputs=[pb_utils.Tensor("input", x[:, :LINEAR_IN].astype(np.float64))]).exec()
+            bad = a if a.has_error() else b if b.has_error() else None
+            if bad is not None:
+                out.append(pb_utils.InferenceResponse(error=bad.error()))
+                continue
+            y = pb_utils.get_output_tensor_by_name(a, "y").as_numpy()
+            z = b.output_tensors()[0].as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("z", z)]))
+        return out
+'''
+
+#: The same, ``async def execute`` with ``async_exec`` (both calls in flight at once).
+APIPE_PY = '''
+import asyncio
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            a, b = await asyncio.gather(
+                pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"],
+                                          inputs=[pb_utils.Tensor("x", x)]).async_exec(),
+                pb_utils.InferenceRequest(model_name="linear", requested_output_names=[],
+                                          inputs=[pb_utils.Tensor("input", x[:, :LINEAR_IN].astype(np.float64))]).async_exec())
+            bad = a if a.has_error() else b if b.has_error() else None
+            if bad is not None:
+                out.append(pb_utils.InferenceResponse(error=bad.error()))
+                continue
+            y = pb_utils.get_output_tensor_by_name(a, "y").as_numpy()
+            z = b.output_tensors()[0].as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y), pb_utils.Tensor("z", z)]))
+        return out
+'''
+
+ONE_PBTXT = ('backend: "python"\nmax_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+             'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
+
+#: Calls ``TARGET`` with ``ARGS`` (its input built from x by ``FEED``) and answers its y, or its error.
+CALL_PY = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            resp = pb_utils.InferenceRequest(model_name=TARGET, requested_output_names=["y"],
+                                             inputs=[pb_utils.Tensor("x", FEED)], ARGS).exec()
+            if resp.has_error():
+                out.append(pb_utils.InferenceResponse(error=resp.error()))
+            else:
+                out.append(pb_utils.InferenceResponse([pb_utils.get_output_tensor_by_name(resp, "y")]))
+        return out
+'''
+
+#: Answers y = x[:, :2] * 2 after a sleep (a model slower than a caller's timeout).
+SLOW_PY = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        if any(r.inputs()[0].as_numpy().any() for r in requests):
+            time.sleep(1.0)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy()[:, :2] * 2)])
+                for r in requests]
+'''
+
+
+def _caller(target: str, feed: str = "x", args: str = "request_id='bls'") -> str:
+    return CALL_PY.replace("TARGET", repr(target)).replace("FEED", feed).replace("ARGS", args)
+
+
+def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt)
+    (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
+
+
+#: The built-in linear's input width (x's first column feeds it).
+LINEAR_IN = 1
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    root = tmp_path_factory.mktemp("triton_bls") / "model_repository"
+    affine, _ = ob.linear_layer(3, 2, seed=7)
+    ob.save(affine, root / "affine" / "1")
+    (root / "affine" / "config.pbtxt").write_text(AFFINE_PBTXT)
+    _write(root, "pipe", PIPE_PBTXT, PIPE_PY.replace("LINEAR_IN", str(LINEAR_IN)))
+    _write(root, "apipe", PIPE_PBTXT, APIPE_PY.replace("LINEAR_IN", str(LINEAR_IN)))
+    _write(root, "ghost", ONE_PBTXT, _caller("nope"))
+    _write(root, "pinned", ONE_PBTXT, _caller("affine", args="model_version=9"))
+    _write(root, "misfed", ONE_PBTXT, _caller("affine", feed="np.zeros((len(x), 5), np.float32)"))
+    _write(root, "selfcall", ONE_PBTXT, _caller("selfcall", feed="x + 1"))
+    _write(root, "slow", ONE_PBTXT, SLOW_PY)
+    _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
+    # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
+    for i in range(MAX_BLS_DEPTH + 1):
+        nxt = f"c{i + 1}" if i < MAX_BLS_DEPTH else "affine"
+        _write(root, f"c{i}", ONE_PBTXT, _caller(nxt))
+    proc = ServerProcess("--models", "linear", "--model-repository", str(root), "--inline-max-flops", "1000000000000")
+    try:
+        yield proc, root
+    finally:
+        proc.stop()
+
+
+def _infer(proc: ServerProcess, model: str, x: np.ndarray, outputs: tuple[str, ...] = ("y",)) -> thttp.InferResult:
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    inp = thttp.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp], outputs=[thttp.InferRequestedOutput(o) for o in outputs])
+
+
+def _refused(proc: ServerProcess, model: str, x: np.ndarray) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as info:
+        _infer(proc, model, x)
+    return info.value
+
+
+def _expected(proc: ServerProcess, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What affine and linear answer for ``x`` when called by a client."""
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    y = _infer(proc, "affine", x).as_numpy("y")
+    inp = thttp.InferInput("input", [len(x), LINEAR_IN], "FP64")
+    inp.set_data_from_numpy(x[:, :LINEAR_IN].astype(np.float64))
+    z = client.infer("linear", [inp]).as_numpy(client.get_model_metadata("linear")["outputs"][0]["name"])
+    return y, z
+
+
+@pytest.mark.parametrize("model", ["pipe", "apipe"])
+def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) -> None:
+    """The happy path, ``exec`` and ``async_exec``; every batch of these models would run on the event
+    loop by its cost (--inline-max-flops): a BLS model runs off it, so its wait deadlocks nothing."""
+    proc, _ = served
+    x = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    got = _infer(proc, model, x, ("y", "z"))
+    y, z = _expected(proc, x)
+    np.testing.assert_allclose(got.as_numpy("y"), y, rtol=1e-6)
+    np.testing.assert_allclose(got.as_numpy("z"), z, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("model", "status", "words"), [
+    ("ghost", 404, "no model named 'nope'"),
+    ("pinned", 404, "model 'affine' has no version '9'"),
+    ("misfed", 400, "input 'x' has shape [2, 5]; the model takes [-1, 3]"),
+])
+def test_a_failed_call_is_an_error_response_with_tritons_code(served, model: str, status: int, words: str) -> None:
+    proc, _ = served
+    error = _refused(proc, model, np.ones((2, 3), np.float32))
+    assert error.status() == str(status) and words in str(error), (error.status(), str(error))
+
+
+def test_a_model_calling_itself_is_refused_not_deadlocked(served) -> None:
+    proc, _ = served
+    error = _refused(proc, "selfcall", np.ones((1, 3), np.float32))
+    assert error.status() == "501" and "model 'selfcall' calls itself" in str(error)
+    np.testing.assert_allclose(_infer(proc, "pipe", np.ones((1, 3), np.float32), ("y",)).as_numpy("y"),
+                               _expected(proc, np.ones((1, 3), np.float32))[0], rtol=1e-6)
+
+
+def test_nesting_is_bounded(served) -> None:
+    """c1 -> ... -> c8 -> affine nests MAX_BLS_DEPTH calls: answered; from c0 one more: refused."""
+    proc, _ = served
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(_infer(proc, "c1", x).as_numpy("y"), _expected(proc, x)[0], rtol=1e-6)
+    error = _refused(proc, "c0", x)
+    assert error.status() == "501" and f"would nest {MAX_BLS_DEPTH + 1} BLS requests; at most {MAX_BLS_DEPTH}" in str(error)
+
+
+def test_the_timeout_ends_a_call_with_unavailable(served) -> None:
+    proc, _ = served
+    error = _refused(proc, "impatient", np.ones((1, 3), np.float32))
+    assert error.status() == "503" and "BLS request to model 'slow' timed out after 1000 us" in str(error)
