@@ -7,9 +7,14 @@ Python callers."""
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import textwrap
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +25,7 @@ import tritonclient.http as thttp  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
-from tests.support import ServerProcess  # noqa: E402
+from tests.support import ServerProcess, wait_until  # noqa: E402
 from wsserve.bls import MAX_BLS_DEPTH  # noqa: E402
 
 AFFINE_PBTXT = ('platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
@@ -121,6 +126,29 @@ class TritonPythonModel:
 '''
 
 
+#: y = x[:, :2] * 2; a request with a non-zero value first touches ``gate.started`` beside its config
+#: and waits for the file ``gate`` (the test opens it), then removes ``gate.started``.
+GATED_PY = '''
+import os
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.gate = os.path.join(args["model_repository"], "gate")
+
+    def execute(self, requests):
+        if any(r.inputs()[0].as_numpy().any() for r in requests):
+            open(self.gate + ".started", "w").close()
+            while not os.path.exists(self.gate):
+                time.sleep(0.01)
+            os.remove(self.gate + ".started")
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy()[:, :2] * 2)])
+                for r in requests]
+'''
+
+
 def _caller(target: str, feed: str = "x", args: str = "request_id='bls'") -> str:
     return CALL_PY.replace("TARGET", repr(target)).replace("FEED", feed).replace("ARGS", args)
 
@@ -146,6 +174,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "ghost", ONE_PBTXT, _caller("nope"))
     _write(root, "pinned", ONE_PBTXT, _caller("affine", args="model_version=9"))
     _write(root, "misfed", ONE_PBTXT, _caller("affine", feed="np.zeros((len(x), 5), np.float32)"))
+    _write(root, "toomany", ONE_PBTXT, _caller("affine", feed="np.ones((9, 3), np.float32)"))
+    _write(root, "hog", ONE_PBTXT, _caller("linear", feed="np.ones((20000, 1))").replace('Tensor("x"', 'Tensor("input"'))
     _write(root, "selfcall", ONE_PBTXT, _caller("selfcall", feed="x + 1"))
     _write(root, "slow", ONE_PBTXT, SLOW_PY)
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
@@ -153,7 +183,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     for i in range(MAX_BLS_DEPTH + 1):
         nxt = f"c{i + 1}" if i < MAX_BLS_DEPTH else "affine"
         _write(root, f"c{i}", ONE_PBTXT, _caller(nxt))
-    proc = ServerProcess("--models", "linear", "--model-repository", str(root), "--inline-max-flops", "1000000000000")
+    proc = ServerProcess("--models", "linear", "--model-repository", str(root), "--inline-max-flops", "1000000000000",
+                         "--max-inflight-bytes", "100000")
     try:
         yield proc, root
     finally:
@@ -199,6 +230,9 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     ("ghost", 404, "no model named 'nope'"),
     ("pinned", 404, "model 'affine' has no version '9'"),
     ("misfed", 400, "input 'x' has shape [2, 5]; the model takes [-1, 3]"),
+    # a wire request's bounds: affine's max_batch_size 8, --max-inflight-bytes (linear takes 20000 rows)
+    ("toomany", 400, "input 'x' has 9 rows; between 1 and 8 are accepted"),
+    ("hog", 503, "model 'hog''s BLS requests in flight would hold more than 100000 bytes of inputs"),
 ])
 def test_a_failed_call_is_an_error_response_with_tritons_code(served, model: str, status: int, words: str) -> None:
     proc, _ = served
@@ -227,3 +261,79 @@ def test_the_timeout_ends_a_call_with_unavailable(served) -> None:
     proc, _ = served
     error = _refused(proc, "impatient", np.ones((1, 3), np.float32))
     assert error.status() == "503" and "BLS request to model 'slow' timed out after 1000 us" in str(error)
+
+
+@pytest.fixture()
+def gated(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
+    """A server whose ``patient`` calls ``gated`` (no timeout), which waits for its gate file."""
+    root = tmp_path / "model_repository"
+    _write(root, "gated", ONE_PBTXT, GATED_PY)
+    _write(root, "patient", ONE_PBTXT, _caller("gated"))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    try:
+        yield proc, root / "gated"
+    finally:
+        (root / "gated" / "gate").touch()
+        proc.stop()
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Run ``fn`` in a thread; its result (or exception) lands in the list."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            box.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+def test_a_call_in_flight_finishes_when_its_model_is_unloaded_and_later_ones_are_not_found(gated) -> None:
+    proc, gated_dir = gated
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    x = np.ones((2, 3), np.float32)
+    call, answer = _in_thread(lambda: _infer(proc, "patient", x).as_numpy("y"))
+    wait_until(lambda: (gated_dir / "gate.started").exists(), 30)  # the BLS request is in gated's execute
+    # (a client per thread: tritonclient.http's connections belong to the thread that made them)
+    unload, _ = _in_thread(lambda: thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").unload_model("gated"))
+    wait_until(lambda: not client.is_model_ready("gated"), 30)
+    (gated_dir / "gate").touch()
+    call.join()
+    unload.join()
+    assert not isinstance(answer[0], BaseException), answer
+    np.testing.assert_array_equal(answer[0], x[:, :2] * 2)
+    error = _refused(proc, "patient", x)
+    assert error.status() == "404" and "'gated'" in str(error), str(error)
+
+
+def test_a_request_in_flight_through_bls_finishes_during_a_drain(gated) -> None:
+    proc, gated_dir = gated
+    x = np.ones((1, 3), np.float32)
+    call, answer = _in_thread(lambda: _infer(proc, "patient", x).as_numpy("y"))
+    wait_until(lambda: (gated_dir / "gate.started").exists(), 30)
+    proc.proc.send_signal(signal.SIGTERM)  # a graceful drain: the request (and its BLS request) may finish
+    wait_until(lambda: "draining" in proc.stderr_text(), 30)
+    (gated_dir / "gate").touch()
+    call.join()
+    assert not isinstance(answer[0], BaseException), answer
+    np.testing.assert_array_equal(answer[0], x[:, :2] * 2)
+    assert proc.wait() == 0
+
+
+def test_a_cancelled_callers_execute_runs_to_its_end_and_its_instance_serves_again(gated) -> None:
+    """The client goes away while its request's execute waits on a BLS request: both run to their
+    end (as in Triton), the caller's one instance is free again, the next request is answered."""
+    proc, gated_dir = gated
+    x = np.ones((1, 3), np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 1, 1]}]}).encode()
+    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+        sock.sendall(b"POST /v2/models/patient/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_until(lambda: (gated_dir / "gate.started").exists(), 30)
+    (gated_dir / "gate").touch()  # (the client has gone)
+    wait_until(lambda: not (gated_dir / "gate.started").exists(), 30)
+    np.testing.assert_array_equal(_infer(proc, "patient", x).as_numpy("y"), x[:, :2] * 2)
