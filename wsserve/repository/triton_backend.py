@@ -32,6 +32,11 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   rows of that ``execute`` with the errors (:class:`~wsserve.worker.RequestErrors`), so nothing
   is executed again.  A ``pb_utils.TritonError`` *raised* by ``execute`` fails the batch with its
   code (the worker's isolation then runs each request alone, as for any exception).
+- Business Logic Scripting: ``execute`` runs inside :func:`.bls.executing` (this model, its
+  :attr:`TritonPythonModel.bls_gateway`), so a ``pb_utils.InferenceRequest(model_name=...)`` it
+  builds can ``exec()`` on the server's models (:mod:`wsserve.bls`).  An ``async def execute`` is
+  run to its end on an asyncio loop of its own in the instance's thread (its ``async_exec()``
+  awaitables live there).  Such a model never runs on the event loop (``off_loop``).
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
