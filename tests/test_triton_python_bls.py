@@ -177,6 +177,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "toomany", ONE_PBTXT, _caller("affine", feed="np.ones((9, 3), np.float32)"))
     _write(root, "hog", ONE_PBTXT, _caller("linear", feed="np.ones((20000, 1))").replace('Tensor("x"', 'Tensor("input"'))
     _write(root, "selfcall", ONE_PBTXT, _caller("selfcall", feed="x + 1"))
+    _write(root, "looped", ONE_PBTXT, _caller("wrap", args="request_id='loop'").replace('requested_output_names=["y"]',
+                                                                                         'requested_output_names=[]'))
+    (root / "wrap" / "1").mkdir(parents=True)  # an ensemble of one step: looped (which calls wrap)
+    (root / "wrap" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 8\ninput [ { name: "IN" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "looped" model_version: -1 '
+        'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
     _write(root, "slow", ONE_PBTXT, SLOW_PY)
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
@@ -246,6 +254,12 @@ def test_a_model_calling_itself_is_refused_not_deadlocked(served) -> None:
     assert error.status() == "501" and "model 'selfcall' calls itself" in str(error)
     np.testing.assert_allclose(_infer(proc, "pipe", np.ones((1, 3), np.float32), ("y",)).as_numpy("y"),
                                _expected(proc, np.ones((1, 3), np.float32))[0], rtol=1e-6)
+
+
+def test_a_model_calling_an_ensemble_that_runs_it_is_refused(served) -> None:
+    proc, _ = served
+    error = _refused(proc, "looped", np.ones((1, 3), np.float32))
+    assert error.status() == "501" and "model 'looped' calls itself (through ensemble 'wrap')" in str(error), str(error)
 
 
 def test_nesting_is_bounded(served) -> None:

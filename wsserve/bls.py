@@ -124,7 +124,8 @@ class _Call:
         self.model = request.model_name()
         self.version = request.model_version()
         self.timeout_us = request.timeout()
-        self.given = [(t.name(), t.as_numpy()) for t in request.inputs()]
+        # copied here, in the caller's thread: an async_exec's caller may change its arrays meanwhile
+        self.given = [(t.name(), np.array(t.as_numpy(), copy=True)) for t in request.inputs()]
         self.requested = list(request.requested_output_names())
         self.request_id = str(request.request_id())
         self.future: concurrent.futures.Future[pb.InferenceResponse] = concurrent.futures.Future()
@@ -362,9 +363,9 @@ def _longest_into(graph: dict[str, set[str]], node: str) -> int:
 
 
 def _tensors(entry: ModelEntry, given: list[tuple[str, Any]], max_rows: int) -> tuple[Tensors, int, int]:
-    """A BLS request's tensors checked against ``entry``'s inputs as a wire request's are, and
-    batched as its worker takes them: ``(tensors, rows, bytes)``.  Raises ``InvalidInput`` (or
-    ``BadRequest``) naming the input."""
+    """A BLS request's tensors (``given``: arrays of the call's own, copied from the model's) checked
+    against ``entry``'s inputs as a wire request's are, and batched as its worker takes them:
+    ``(tensors, rows, bytes)``.  Raises ``InvalidInput`` (or ``BadRequest``) naming the input."""
     specs, _ = oip.signature(entry.model)
     by_name: dict[str, Any] = {}
     for name, array in given:
@@ -397,7 +398,7 @@ def _tensors(entry: ModelEntry, given: list[tuple[str, Any]], max_rows: int) -> 
         if rows is not None and n != rows:
             raise InvalidInput(f"input {spec.name!r} has {n} rows; the other inputs have {rows}")
         rows = n
-        arrays[spec.name] = oip.input_array(np.ascontiguousarray(array).reshape(-1), shape, spec, borrowed=True)
+        arrays[spec.name] = oip.input_array(np.ascontiguousarray(array).reshape(-1), shape, spec, borrowed=False)
     assert rows is not None
     if entry.input_width:  # the float-rows fast path: [n, width] as the worker batches it
         only = arrays[specs[0].name].reshape(rows, -1)
