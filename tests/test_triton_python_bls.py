@@ -179,6 +179,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "selfcall", ONE_PBTXT, _caller("selfcall", feed="x + 1"))
     _write(root, "looped", ONE_PBTXT, _caller("wrap", args="request_id='loop'").replace('requested_output_names=["y"]',
                                                                                          'requested_output_names=[]'))
+    _write(root, "counted", COUNTED_PBTXT, COUNTED_PY)
+    _write(root, "viacount", ONE_PBTXT, VIACOUNT_PY)
     (root / "wrap" / "1").mkdir(parents=True)  # an ensemble of one step: looped (which calls wrap)
     (root / "wrap" / "config.pbtxt").write_text(
         'platform: "ensemble"\nmax_batch_size: 8\ninput [ { name: "IN" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
@@ -275,6 +277,52 @@ def test_the_timeout_ends_a_call_with_unavailable(served) -> None:
     proc, _ = served
     error = _refused(proc, "impatient", np.ones((1, 3), np.float32))
     assert error.status() == "503" and "BLS request to model 'slow' timed out after 1000 us" in str(error)
+
+
+#: y = [requests in this execute, 0] per row; batches of 2 rows, held up to 30 s to fill.
+COUNTED_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", np.array([[len(requests), 0]] * len(r.inputs()[0].as_numpy()),
+                                                                           np.float32))]) for r in requests]
+'''
+#: Answers counted's y for x (its warm-up's zeros, which would wait for counted's window: x's first two).
+VIACOUNT_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            if not x.any():
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", x[:, :2])]))
+                continue
+            resp = pb_utils.InferenceRequest(model_name="counted", requested_output_names=["y"],
+                                             inputs=[pb_utils.Tensor("x", x)]).exec()
+            out.append(pb_utils.InferenceResponse(error=resp.error()) if resp.has_error() else resp)
+        return out
+'''
+COUNTED_PBTXT = ONE_PBTXT.replace("max_batch_size: 8", "max_batch_size: 2") + \
+    "dynamic_batching { max_queue_delay_microseconds: 30000000 }\n"
+
+
+def test_a_bls_request_is_batched_with_a_clients_request(served) -> None:
+    """counted's batch of 2 fills with one client request and one BLS request (viacount's): one
+    execute gets both, as Triton's dynamic batcher would give it."""
+    proc, _ = served
+    x = np.ones((1, 3), np.float32)
+    threads = [_in_thread(lambda m=m: _infer(proc, m, x).as_numpy("y")) for m in ("counted", "viacount")]
+    for thread, _ in threads:
+        thread.join()
+    for _, answer in threads:
+        assert not isinstance(answer[0], BaseException), answer
+        np.testing.assert_array_equal(answer[0], [[2, 0]])
 
 
 @pytest.fixture()
