@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "wsserve.models": 1, "wsserve.modelstore": 1, "wsserve.explain": 1, "wsserve.respcache": 1, "wsserve.logcontrol": 1,
     "wsserve.generation": 2, "wsserve.pool": 2,
     "wsserve.jobs": 3, "wsserve.admission": 3,
-    "wsserve.connection": 4, "wsserve.rest": 4,
+    "wsserve.connection": 4, "wsserve.rest": 4, "wsserve.bls": 4,
     "wsserve.transport": 5, "wsserve.oipgrpc": 5,
     "wsserve.server": 6,
     "wsserve.registry": 5, "wsserve.worker": 2, "wsserve.supervisor": 7,

@@ -122,7 +122,7 @@ BROKEN = {
     "misshaped": ("return [pb_utils.InferenceResponse([pb_utils.Tensor('y', np.zeros((7, 2), 'float32'))]) for r in requests]",
                   "has shape [7, 2]; expected [2, 2]"),
     "bls": ("return [pb_utils.InferenceRequest(model_name='add_sub', requested_output_names=['y'], inputs=[]).exec()]",
-            "InferenceRequest.exec() (business logic scripting, BLS) is not supported"),
+            "input 'INPUT0' of model 'add_sub' is missing"),  # BLS: an error response, its request's error
     "sender": ("requests[0].get_response_sender(); return []", "get_response_sender() (decoupled mode) is not supported"),
 }
 

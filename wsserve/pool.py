@@ -278,6 +278,11 @@ class ModelPool:
     # -- serving requests
 
     @property
+    def config(self) -> ServerConfig:
+        """The server's settings (the limits a request to the pool's models is held to)."""
+        return self._config
+
+    @property
     def names(self) -> list[str]:
         return list(self._models)
 

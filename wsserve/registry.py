@@ -62,6 +62,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .bls import BlsGateway
 from .config import DEFAULT_MODEL_LOAD_TIMEOUT_S, flag
 from .ensemble import EnsembleModel, EnsembleWorker, build_ensemble, depends_on
 from .errors import BadRequest, UnknownModel
@@ -92,6 +93,7 @@ from .repository.ensemble_plan import ensemble_cycle
 from .repository.npz import MAX_NPZ_BYTES
 from .repository.pbtxt import parse_json_config
 from .repository.scan import scan_model
+from .repository.triton_backend import TritonPythonModel
 
 __all__ = ["ModelRegistry", "LOAD_CONCURRENCY", "MAX_LOAD_THREADS"]
 
@@ -158,11 +160,13 @@ def _servable(model: Any, name: str) -> Any:
 
 
 def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: int,
-          stop: threading.Event | None = None) -> Any:
+          stop: threading.Event | None = None, bls_gateway: BlsGateway | None = None) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
     nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
     ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file.  ``stop`` set (the
-    load abandoned) ends config.pbtxt's ``model_warmup`` samples before their next execution."""
+    load abandoned) ends config.pbtxt's ``model_warmup`` samples before their next execution.
+    ``bls_gateway``: set on a Triton Python model before its warm-up (its BLS requests' way to the
+    server's models)."""
     assert mscan.config is not None
     vscan = mscan.version(version)
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
@@ -173,6 +177,8 @@ def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: 
         raise
     except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
         raise ModelLoadError(_model_file(path, mscan, version), f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(model, TritonPythonModel):
+        model.bls_gateway = bls_gateway
     try:
         model.warmup(stop=stop)
         model.version_figures()  # reads the file system: here, off the event loop, once
@@ -302,6 +308,7 @@ class ModelRegistry:
         self._objects: set[str] = set()  # names of in-process objects (serve_object): no repository may take them
         self._ensembles: dict[str, ModelScan] = {}  # ensembles of the repositories: re-planned when a step model changes
         self._rechecks: set[asyncio.Task[None]] = set()  # those re-plannings under way
+        self._bls_gateway: BlsGateway | None = None  # made at the first load (on the loop): see _bls
 
     @property
     def repositories(self) -> list[Path]:
@@ -413,8 +420,17 @@ class ModelRegistry:
             if held.users == 0:
                 del self._model_locks[name]
 
+    def _bls(self) -> BlsGateway:
+        """The gateway of the Triton Python models' BLS requests (one per registry, on its loop)."""
+        if self._bls_gateway is None:
+            self._bls_gateway = BlsGateway(self.pool.lookup, self.pool.config)
+        return self._bls_gateway
+
     async def stop(self) -> None:
-        """Stop applying changes (shutdown): a load in progress is abandoned, not served."""
+        """Stop applying changes (shutdown): a load in progress is abandoned, not served; BLS
+        requests still in flight (after the drain) and later ones are answered ``UNAVAILABLE``."""
+        if self._bls_gateway is not None:
+            self._bls_gateway.close()
         for task in [*self._applying, *self._rechecks]:
             task.cancel()
         await self._settle(list(self._applying))
@@ -655,7 +671,7 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         started = loop.time()
         stop = threading.Event()  # set when abandoned: its model_warmup executions stop
-        future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes, stop,
+        future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes, stop, self._bls(),
                                name=f"wsserve-load-{name}-{version}")
         self._load_threads[future] = label
         future.add_done_callback(lambda f: self._load_threads.pop(f, None))

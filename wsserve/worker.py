@@ -447,7 +447,9 @@ class PredictWorker:
         self._instances = instances
         # A model with a variable (-1) input dimension has rows as large as each request makes them: the
         # cost per row is unknown, so none runs on the loop (one large row would stall every connection).
-        self._inline_max_rows = 0 if self._by_shape else max(0, inline_max_flops // max(1, model.flops_per_row()))
+        # Nor does a model whose ``off_loop`` is true (its code may wait for the loop: a Triton model's BLS).
+        self._inline_max_rows = 0 if self._by_shape or getattr(model, "off_loop", False) else \
+            max(0, inline_max_flops // max(1, model.flops_per_row()))
         self._observer = observer
         #: This version's :class:`~wsserve.metrics.VersionStats` (the pool sets it when it serves the
         #: version; None: not counted).  Each computed batch is recorded there.

@@ -32,6 +32,11 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   rows of that ``execute`` with the errors (:class:`~wsserve.worker.RequestErrors`), so nothing
   is executed again.  A ``pb_utils.TritonError`` *raised* by ``execute`` fails the batch with its
   code (the worker's isolation then runs each request alone, as for any exception).
+- Business Logic Scripting: ``execute`` runs inside :func:`.bls.executing` (this model, its
+  :attr:`TritonPythonModel.bls_gateway`), so a ``pb_utils.InferenceRequest(model_name=...)`` it
+  builds can ``exec()`` on the server's models (:mod:`wsserve.bls`).  An ``async def execute`` is
+  run to its end on an asyncio loop of its own in the instance's thread (its ``async_exec()``
+  awaitables live there).  Such a model never runs on the event loop (``off_loop``).
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
@@ -40,7 +45,9 @@ whatever held that name before is put back once none does).  Then, as Triton doe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import queue
@@ -64,6 +71,7 @@ from ..errors import (
 from ..models.base import call_model_code
 from ..shapes import MAX_VALUES, VARIABLE
 from ..worker import RequestErrors, RequestOutputs, concat_rows
+from . import bls
 from . import triton_pb_utils as pb
 from .backend import Batch, RepositoryModel, check_outputs, make_info
 from .config import ModelConfig
@@ -190,11 +198,24 @@ def _bounded(model: str, i: int, name: str, value: Any, batching: bool) -> None:
                          f"{values} values per row; at most {MAX_VALUES} where a dimension is variable (-1)")
 
 
+def _call_execute(execute: Any, requests: list[Any]) -> Any:
+    """``execute(requests)``; an ``async def execute``'s coroutine run to its end on an asyncio
+    loop of its own, in this thread (its ``async_exec`` awaitables live there)."""
+    out = execute(requests)
+    return asyncio.run(out) if inspect.iscoroutine(out) else out
+
+
 class TritonPythonModel(RepositoryModel):
     """A Triton Python backend model.py (see the module docstring). Raises :class:`ModelLoadError`
     naming the file on any problem at load."""
 
     backend = "python"
+    #: Never run on the event loop, however cheap (:class:`~wsserve.worker.PredictWorker`): a BLS
+    #: ``exec()`` waits for the loop, and an ``async def execute`` runs a loop of its own.
+    off_loop = True
+    #: How ``execute``'s BLS requests reach the server's models (:class:`wsserve.bls.BlsGateway`,
+    #: set by the registry before the warm-up); None (loaded without a server): ``exec()`` raises.
+    bls_gateway: bls.Gateway | None = None
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
         assert config.triton_model_config is not None, "a config.pbtxt with backend: \"python\""
@@ -326,7 +347,8 @@ class TritonPythonModel(RepositoryModel):
                        for r, rid in zip(requests, ids, strict=True)]
         instance = self._free.get()
         try:
-            responses = call_model_code(instance.execute, pb_requests)
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway)):
+                responses = call_model_code(_call_execute, instance.execute, pb_requests)
         except pb.TritonError as exc:
             raise TritonError(exc.message(), exc.code()) from exc
         except Exception as exc:

@@ -11,8 +11,13 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   output may be an object array of ``bytes`` or ``str`` (or a numpy ``S``/``U`` array).
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
-  ``is_cancelled()``.  Built by a model (BLS) it cannot run: ``exec()`` / ``async_exec()`` raise
-  :class:`TritonModelException`; ``get_response_sender()`` (decoupled mode) too.
+  ``is_cancelled()``.  Built by a model in ``execute`` (business logic scripting, BLS:
+  ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
+  ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
+  :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
+  async_exec()`` in an ``async def execute`` the same (see :mod:`wsserve.bls`); ``decoupled=True``
+  raises :class:`TritonModelException`, as ``exec()`` outside ``execute`` does.
+  ``get_response_sender()`` (decoupled mode) raises :class:`TritonModelException`.
 - :class:`InferenceResponse` ``(output_tensors=[...], error=None)``: ``output_tensors()``,
   ``has_error()``, ``error()``.
 - :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``; the code
@@ -30,11 +35,15 @@ No module state: every value lives on the objects.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 from typing import Any
 
 import numpy as np
+
+from . import bls
 
 __all__ = [
     "Tensor",
@@ -154,11 +163,14 @@ class Tensor:
 
 class InferenceRequest:
     """One inference request.  wsserve builds the ones ``execute`` gets; one a model builds itself
-    (BLS: ``pb_utils.InferenceRequest(model_name=..., ...)``) cannot be run: ``exec`` raises."""
+    in ``execute`` (BLS: ``pb_utils.InferenceRequest(model_name=..., ...)``) runs on model
+    ``model_name`` (version ``model_version``, -1: its default) with :meth:`exec` or
+    :meth:`async_exec`; ``timeout``: microseconds it may take (0: no limit)."""
 
     def __init__(self, model_name: str = "", requested_output_names: list[str] | None = None,
                  inputs: list[Tensor] | None = None, request_id: str = "", correlation_id: int = 0,
-                 flags: int = 0, parameters: dict[str, Any] | str | None = None, **_: Any) -> None:
+                 flags: int = 0, parameters: dict[str, Any] | str | None = None, model_version: int = -1,
+                 timeout: int = 0, **_: Any) -> None:
         self._model_name = model_name
         self._outputs = list(requested_output_names or [])
         self._inputs = list(inputs or [])
@@ -166,6 +178,8 @@ class InferenceRequest:
         self._correlation_id = correlation_id
         self._flags = flags
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters or {})
+        self._model_version = model_version
+        self._timeout = timeout
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -192,11 +206,41 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         return False
 
-    def exec(self, *args: Any, **kwargs: Any) -> InferenceResponse:
-        raise TritonModelException(f"InferenceRequest.exec() (business logic scripting, BLS) {_UNSUPPORTED}")
+    def model_version(self) -> int:
+        return self._model_version
 
-    def async_exec(self, *args: Any, **kwargs: Any) -> Any:
-        raise TritonModelException(f"InferenceRequest.async_exec() (business logic scripting, BLS) {_UNSUPPORTED}")
+    def timeout(self) -> int:
+        """Microseconds a BLS request may take (0: no limit)."""
+        return self._timeout
+
+    def _start(self, what: str, decoupled: bool) -> concurrent.futures.Future[InferenceResponse]:
+        """Start this request as BLS on the server (see :meth:`exec`)."""
+        if decoupled:
+            raise TritonModelException(f"InferenceRequest.{what}(decoupled=True) (BLS to a decoupled model) "
+                                       f"{_UNSUPPORTED}")
+        caller = bls.current()
+        if caller is None:
+            raise TritonModelException(f"InferenceRequest.{what}() (business logic scripting, BLS) works only "
+                                       "inside execute, as in Triton (not in initialize or finalize)")
+        if caller.gateway is None:
+            raise TritonModelException(f"InferenceRequest.{what}() (BLS): model {caller.model!r} was loaded "
+                                       "without a server, which has no other models to call")
+        return caller.gateway.call(caller, self)
+
+    def exec(self, decoupled: bool = False) -> InferenceResponse:
+        """Run this request on model ``model_name`` and wait for its response.  An unknown model or
+        version, bad inputs, a full queue, the timeout...: an error response (``has_error()``)."""
+        return self._start("exec", decoupled).result()
+
+    def async_exec(self, decoupled: bool = False) -> Any:
+        """As :meth:`exec`, started now; an awaitable of the response, for an ``async def execute``
+        (raises :class:`TritonModelException` outside a running asyncio loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise TritonModelException("InferenceRequest.async_exec() is awaited in an 'async def execute', as "
+                                       "in Triton; a plain execute uses exec()") from None
+        return asyncio.wrap_future(self._start("async_exec", decoupled))
 
     def get_response_sender(self) -> Any:
         raise TritonModelException(f"InferenceRequest.get_response_sender() (decoupled mode) {_UNSUPPORTED}")
