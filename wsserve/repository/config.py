@@ -119,6 +119,9 @@ class TensorConfig:
     #: config.pbtxt's ``dims`` as written (per row; ``-1``: variable), which the ONNX backend compares
     #: with the graph's shape by Triton's rule (:mod:`.tritondims`) at load; ``None`` from config.toml.
     triton_dims: tuple[int, ...] | None = None
+    #: config.pbtxt's ``reshape { shape }``: the per-row shape the model itself takes or gives where it
+    #: differs from ``dims`` (the wire's); ``None`` without one (:func:`.pbtxt.check_reshape`).
+    model_dims: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

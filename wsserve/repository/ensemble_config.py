@@ -143,6 +143,11 @@ def parse_ensemble(cfg: Any, path: Path, name: str, *,
         raise ConfigError(path, "input", "is required in an ensemble (it has no graph to take its inputs from)")
     if not outputs:
         raise ConfigError(path, "output", "is required in an ensemble (it has no graph to take its outputs from)")
+    for key, listed in (("input", inputs), ("output", outputs)):
+        for i, t in enumerate(listed):
+            if t.model_dims is not None:
+                raise ConfigError(path, f"{key}[{i}].reshape", "is not supported in an ensemble: it has no model "
+                                                               "of its own (reshape in its steps' configs)")
     if not cfg.HasField("ensemble_scheduling"):
         raise ConfigError(path, "ensemble_scheduling", "is required with platform \"ensemble\"")
     ensemble = EnsembleConfig(name, cfg.max_batch_size, inputs, outputs, _steps(path, cfg.ensemble_scheduling))

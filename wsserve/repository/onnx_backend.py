@@ -245,15 +245,30 @@ class OnnxModel(RepositoryModel):
             self._batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
         why_batched = ("max_batch_size auto-completed as Triton does: every graph input and output has a dynamic "
                        "first dimension" if config.autofill_batching else "max_batch_size > 0")
-        own_in = [_graph_spec(a, "input", self.batching, _configured(a.name, config.inputs, len(graph_in)), self.path,
-                              config.source, name, why_batched) for a in graph_in]
+        def spec(arg: Any, side: str, tc: TensorConfig | None) -> TensorSpec:
+            """The graph's tensor as the wire sees it: in config.pbtxt's ``dims`` when it reshapes it (the
+            graph then compared with its ``reshape``), else as :func:`_graph_spec` reads it."""
+            if tc is None or tc.model_dims is None:
+                return _graph_spec(arg, side, self.batching, tc, self.path, config.source, name, why_batched)
+            md = tc.model_dims
+            inner = TensorConfig(tc.name, None if -1 in md else md, tc.dtype, md)
+            model_spec = _graph_spec(arg, side, self.batching, inner, self.path, config.source, name, why_batched)
+            wire = tc.triton_dims or ()
+            (self._reshape_in if side == "input" else self._reshape_out)[arg.name] = (md, wire)
+            return TensorSpec(arg.name, tuple(VARIABLE if d == -1 else d for d in wire), model_spec.dtype)
+
+        #: config.pbtxt's ``reshape``: input name -> (the model's per-row dims, the wire's), and outputs'
+        self._reshape_in: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._reshape_out: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        own_in = [spec(a, "input", _configured(a.name, config.inputs, len(graph_in))) for a in graph_in]
         out_cfg = config.outputs
         chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
-        own_out = [_graph_spec(a, "output", self.batching, _configured(a.name, out_cfg, len(graph_out)), self.path,
-                               config.source, name, why_batched) for a in (chosen or graph_out)]
+        own_out = [spec(a, "output", _configured(a.name, out_cfg, len(graph_out))) for a in (chosen or graph_out)]
         self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
         self.outputs = merge_specs("output", own_out, config.outputs, self.path, source=config.source)
         self._output_names = [s.name for s in self.outputs]
+        #: per output (in order): the wire's per-row dims where config.pbtxt reshapes it, else None
+        self._out_wire = [self._reshape_out[n][1] if n in self._reshape_out else None for n in self._output_names]
         #: graph scalars (rank 0) served in config.pbtxt's dims of 1s (Triton's rule): reshaped per row
         self._scalar_inputs = frozenset(a.name for a in graph_in if not a.shape)
         self._row_shapes = [s.shape for s in self.outputs]
@@ -276,8 +291,29 @@ class OnnxModel(RepositoryModel):
         if isinstance(batch, np.ndarray):
             if len(self.inputs) != 1:
                 raise ValueError(f"model {self.name!r} takes named inputs {[s.name for s in self.inputs]}")
-            return {self.inputs[0].name: np.asarray(batch, dtype=self.inputs[0].np_dtype)}
-        return {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs}
+            feeds = {self.inputs[0].name: np.asarray(batch, dtype=self.inputs[0].np_dtype)}
+        else:
+            feeds = {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs}
+        for name, (model_dims, _) in self._reshape_in.items():  # config.pbtxt's reshape: the model's rows
+            v = feeds[name]
+            feeds[name] = v.reshape((len(v), *model_dims))
+        return feeds
+
+    def _to_wire(self, outs: list[np.ndarray], batched: bool = True) -> list[np.ndarray]:
+        """``outs`` (in output order) with each output config.pbtxt reshapes in its wire ``dims`` (rows
+        first when ``batched``).  Raises ``ValueError`` naming an output whose values do not fit them."""
+        if not self._reshape_out:
+            return outs
+        fixed = []
+        for o, wire, name in zip(outs, self._out_wire, self._output_names, strict=True):
+            if wire is not None:
+                try:
+                    o = o.reshape((len(o), *wire) if batched else wire)
+                except ValueError:
+                    raise ValueError(f"output {name!r} has shape {list(o.shape)}, which config.pbtxt's dims "
+                                     f"{list(wire)} cannot hold (reshaped from the model's)") from None
+            fixed.append(o)
+        return fixed
 
     def _pack(self, outs: list[np.ndarray]) -> Batch:
         return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs, strict=True))
@@ -292,12 +328,12 @@ class OnnxModel(RepositoryModel):
 
             def one_row(row: Batch) -> Batch:
                 feeds = {k: v[0].reshape(()) if k in scalars else v[0] for k, v in self._feeds(row).items()}
-                outs = session.run(names, feeds)  # a scalar output comes back in its dims (of 1s)
-                return self._pack([(o.reshape(shape) if o.ndim == 0 else o)[None]
+                outs = self._to_wire(session.run(names, feeds), batched=False)
+                return self._pack([(o.reshape(shape) if o.ndim == 0 else o)[None]  # a scalar in its dims (of 1s)
                                    for o, shape in zip(outs, shapes, strict=True)])
 
             return self._per_row(one_row, batch)
-        return self._pack(self._fitted(session.run(names, self._feeds(batch))))
+        return self._pack(self._fitted(self._to_wire(session.run(names, self._feeds(batch)))))
 
     def _fitted(self, outs: list[np.ndarray]) -> list[np.ndarray]:
         """``outs`` (a batch's, in output order), each checked to fit its declared row shape: a

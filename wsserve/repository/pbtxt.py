@@ -57,10 +57,14 @@ Mapped (Triton's semantics, triton-inference-server/server
 - ``parameters { key: "intra_op_thread_count" }`` (the onnxruntime backend's)
   -> ``[onnx] intra_op_num_threads`` (1..64; 0 = onnxruntime's default, here 1).
 
+- per tensor ``reshape { shape }`` (:func:`check_reshape`): ``dims`` is what requests send and
+  answers give, ``reshape`` what the model takes and gives (:attr:`TensorConfig.model_dims`; the
+  ONNX backend compares the graph with it; the backends reshape each batch on the way in and out).
+
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
 ``batch_output``, ``model_transaction_policy { decoupled: true }``, and per
-tensor ``reshape``, ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
+tensor ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
 ``is_non_linear_format_io``.
 
 ``model_warmup`` is honoured (:mod:`.warmup`: a version runs its samples before it serves).
@@ -100,7 +104,7 @@ from .layout import PBTXT_FILE
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 from .warmup import parse_warmup
 
-__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "parse_json_config", "parse_pbtxt"]
+__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "check_reshape", "parse_json_config", "parse_pbtxt"]
 
 #: Triton ``data_type`` -> wsserve dtype (the ones wsserve serves).
 TRITON_TYPES = {
@@ -132,7 +136,6 @@ _REFUSED = {
     "batch_output": "batch outputs",
 }
 _TENSOR_REFUSED = {
-    "reshape": "reshaped tensors",
     "is_shape_tensor": "shape tensors",
     "allow_ragged_batch": "ragged batches",
     "optional": "optional inputs (every input is required)",
@@ -208,8 +211,46 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str]) -> tuple[T
         if type_name not in TRITON_TYPES:
             raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served by wsserve (it serves {', '.join(TRITON_TYPES)})")
         dims = list(t.dims)
-        out.append(TensorConfig(t.name, _dims(path, f"{where}.dims", dims), TRITON_TYPES[type_name], tuple(dims)))
+        shape = _dims(path, f"{where}.dims", dims)
+        model_dims = check_reshape(path, where, dims, list(t.reshape.shape)) if t.HasField("reshape") else None
+        out.append(TensorConfig(t.name, shape, TRITON_TYPES[type_name], tuple(dims), model_dims))
     return tuple(out)
+
+
+def check_reshape(path: Path, where: str, dims: list[int], reshape: list[int]) -> tuple[int, ...]:
+    """A tensor's ``reshape { shape }`` checked against its ``dims`` by Triton's rule: split at the
+    variable (``-1``) dimensions, both hold as many parts, each of the same number of values (so
+    ``[2, 2]`` -> ``[4]``, ``[1]`` -> ``[]``, ``[2, -1]`` -> ``[1, 2, -1]``; not ``[3, -1]`` -> ``[-1]``);
+    returned as the model's per-row shape.  ``shape: []`` is a scalar row (``dims: [ 1 ]`` on a model
+    taking ``[batch]``).  wsserve takes at most one ``-1`` (its size on the other side is computed
+    from it, both ways).  Raises :class:`ConfigError` naming ``where.reshape.shape``."""
+    key = f"{where}.reshape.shape"
+    if len(reshape) > MAX_DIMS:
+        raise ConfigError(path, key, f"has {len(reshape)} dimensions; at most {MAX_DIMS}")
+    for d in reshape:
+        if d != -1 and not 0 < d <= MAX_DIM:
+            raise ConfigError(path, key, f"dimension {d} is out of range [1, {MAX_DIM}] (or -1: variable)")
+    if dims.count(-1) > 1 or reshape.count(-1) > 1:
+        raise ConfigError(path, key, f"reshapes dims {dims} to {reshape}: wsserve takes at most one variable (-1) "
+                                     "dimension")
+
+    def parts(shape: list[int]) -> list[int]:
+        out, count = [], 1
+        for d in shape:
+            if d == -1:
+                out.append(count)
+                count = 1
+            else:
+                count *= d
+        return [*out, count]
+
+    if len(parts(dims)) != len(parts(reshape)):
+        raise ConfigError(path, key, f"reshapes dims {dims} to {reshape}: a variable (-1) dimension must be "
+                                     "variable on both sides")
+    if parts(dims) != parts(reshape):
+        raise ConfigError(path, key, f"reshapes dims {dims} to {reshape}: the values must be the same (before "
+                                     f"and after a variable dimension: {parts(dims)} against {parts(reshape)})")
+    return tuple(reshape)
 
 
 def _policy(path: Path, cfg: Any) -> VersionPolicy:

@@ -37,6 +37,8 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   builds can ``exec()`` on the server's models (:mod:`wsserve.bls`).  An ``async def execute`` is
   run to its end on an asyncio loop of its own in the instance's thread (its ``async_exec()``
   awaitables live there).  Such a model never runs on the event loop (``off_loop``).
+- An input or output config.pbtxt ``reshape``\ s is given to ``execute`` and taken back in its
+  ``reshape`` shape (rows first with a batch dimension); requests and answers carry ``dims``.
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
@@ -221,6 +223,9 @@ class TritonPythonModel(RepositoryModel):
         assert config.triton_model_config is not None, "a config.pbtxt with backend: \"python\""
         self.name, self.version, self.path, self.config = name, version, Path(path), config
         self.inputs, self.outputs = _specs(config)
+        #: config.pbtxt's ``reshape``: input name -> the model's per-row dims; output name -> the wire's
+        self._reshape_in = {t.name: t.model_dims for t in config.inputs or () if t.model_dims is not None}
+        self._reshape_out = {t.name: t.triton_dims or () for t in config.outputs or () if t.model_dims is not None}
         #: An output has a variable (-1) dimension: each request is answered at its own size there
         #: (:class:`~wsserve.worker.RequestOutputs`); otherwise one array holds the batch's rows.
         self._ragged = any(s.variable for s in self.outputs)
@@ -343,7 +348,7 @@ class TritonPythonModel(RepositoryModel):
         """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error."""
         wanted = [s.name for s in self.outputs]
         pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=rid,
-                                           inputs=[pb.Tensor(k, v) for k, v in r.items()])
+                                           inputs=[pb.Tensor(k, self._model_side(k, v)) for k, v in r.items()])
                        for r, rid in zip(requests, ids, strict=True)]
         instance = self._free.get()
         try:
@@ -367,6 +372,28 @@ class TritonPythonModel(RepositoryModel):
             outs.append(TritonError.of(resp.error()) if resp.has_error() else self._outputs(i, req, resp))
         return outs
 
+    def _model_side(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Input ``name`` of one request as the model takes it: in config.pbtxt's ``reshape`` (rows first
+        with a batch dimension), or as it came."""
+        model_dims = self._reshape_in.get(name)
+        if model_dims is None:
+            return value
+        return value.reshape((len(value), *model_dims) if self.config.batching else model_dims)
+
+    def _wire_side(self, i: int, name: str, value: Any) -> Any:
+        """Output ``name`` of response ``i`` in config.pbtxt's ``dims`` where its ``reshape`` is what the
+        model gives (rows first with a batch dimension).  Raises ``ValueError`` naming the output when
+        its values do not fit them."""
+        wire = self._reshape_out.get(name)
+        if wire is None or not isinstance(value, np.ndarray):
+            return value
+        try:
+            return value.reshape((len(value), *wire) if self.config.batching and value.ndim else wire)
+        except ValueError:
+            raise ValueError(f"model {self.name!r}: execute's response {i}: output {name!r} has shape "
+                             f"{list(value.shape)}, which config.pbtxt's dims {list(wire)} cannot hold "
+                             "(reshaped from the model's)") from None
+
     def _outputs(self, i: int, request: dict[str, np.ndarray], response: Any) -> dict[str, np.ndarray]:
         """Response ``i``'s outputs checked against config.pbtxt (shape, dtype kind; cast within it)."""
         got: dict[str, np.ndarray] = {}
@@ -375,7 +402,7 @@ class TritonPythonModel(RepositoryModel):
             if tensor is None:
                 names = [t.name() for t in response.output_tensors()]
                 raise ValueError(f"model {self.name!r}: execute's response {i} has no output {spec.name!r} (it has {names})")
-            got[spec.name] = tensor.as_numpy()
+            got[spec.name] = self._wire_side(i, spec.name, tensor.as_numpy())
             if spec.variable:
                 _bounded(self.name, i, spec.name, got[spec.name], self.config.batching)
         if self.config.batching:

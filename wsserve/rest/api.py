@@ -548,6 +548,10 @@ class HttpApi:
                                                             getattr(worker, "default_timeout_s", None),
                                                             getattr(worker, "allow_timeout_override", True))}
             batching["response_cache"] = getattr(getattr(entry.model, "config", None), "response_cache", False) is True
+            config = getattr(entry.model, "config", None)
+            batching["reshapes"] = {t.name: t.model_dims for t in (*(getattr(config, "inputs", None) or ()),
+                                                                  *(getattr(config, "outputs", None) or ()))
+                                    if getattr(t, "model_dims", None) is not None and t.name is not None}
             steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
             if callable(steps):
                 batching["ensemble_steps"] = steps()

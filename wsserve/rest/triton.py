@@ -80,15 +80,19 @@ def version_policy(policy: Any) -> dict[str, Any]:
 _CONFIG_TYPES = {"BYTES": "TYPE_STRING"}
 
 
-def _tensors(tensors: Iterable[Tensor], required: str | None = None) -> list[dict[str, Any]]:
+def _tensors(tensors: Iterable[Tensor], required: str | None = None,
+             reshapes: Mapping[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
     """Config ``input``/``output`` entries; with ``required`` (a generative model's inputs) each
-    input says whether it is ``optional`` (every one but ``required``), as Triton's config does."""
+    input says whether it is ``optional`` (every one but ``required``), as Triton's config does;
+    ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name."""
     out = []
     for t in tensors:
         entry: dict[str, Any] = {"name": t.name, "data_type": _CONFIG_TYPES.get(t.datatype, "TYPE_" + t.datatype),
                                  "format": "FORMAT_NONE", "dims": list(t.shape)}
         if required is not None:
             entry["optional"] = t.name != required
+        if reshapes and t.name in reshapes:
+            entry["reshape"] = {"shape": list(reshapes[t.name])}
         out.append(entry)
     return out
 
@@ -109,7 +113,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
                  max_batch_rows: int | None = None, max_delay_s: float = 0.0,
                  queue_policy: dict[str, Any] | None = None,
-                 ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False) -> bytes:
+                 ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
+                 reshapes: Mapping[str, tuple[int, ...]] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
@@ -119,7 +124,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
     ``default_queue_policy`` (:func:`queue_policy`), if any; ``policy``: the repository
     config's version policy (or None); ``response_cache``: the model's config enables Triton's
-    response cache."""
+    response cache; ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name (each listed
+    as Triton lists it)."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
@@ -132,8 +138,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     batched = all(t.batched for t in (*inputs, *outputs))
     body.update({
         "max_batch_size": max_rows if batched else 0,  # 0: no batch dimension, dims are whole shapes
-        "input": _tensors(inputs),
-        "output": _tensors(outputs),
+        "input": _tensors(inputs, reshapes=reshapes),
+        "output": _tensors(outputs, reshapes=reshapes),
         "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
                              "priority_levels": 2, "default_priority_level": 2},
         "model_transaction_policy": {"decoupled": False},
