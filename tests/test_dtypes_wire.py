@@ -76,6 +76,33 @@ class TritonPythonModel:
 """
 
 
+#: model.py models whose float16 output ``y`` is computed in a wider type: ``x * 1.0`` (float64)
+#: and ``x`` as int64; ``model.py`` outputs of the same kind are cast to the declared dtype.
+NARROWED = {"half_of_f64": ("float64", "x * 1.0"), "half_of_i64": ("int64", "x")}
+NARROWED_TOML = """
+[[inputs]]
+name = "x"
+shape = [1]
+dtype = "{in_dtype}"
+
+[[outputs]]
+name = "y"
+shape = [1]
+dtype = "float16"
+"""
+NARROWED_PY = """
+import numpy as np
+
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, x):
+        return {expr}
+"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, dict]]:
     root: Path = tmp_path_factory.mktemp("dtypes") / "model_repository"
@@ -87,6 +114,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     ob.save(model, root / "half" / "1")
     (root / "half" / "config.pbtxt").write_text(HALF_PBTXT)
     _write(root, "echo", ECHO_PBTXT, ECHO_PY)
+    for name, (in_dtype, expr) in NARROWED.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.toml").write_text(NARROWED_TOML.format(in_dtype=in_dtype))
+        (root / name / "1" / "model.py").write_text(NARROWED_PY.format(expr=expr))
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc), refs
@@ -214,3 +245,21 @@ async def test_websocket_json_and_binary_frames_carry_the_narrow_types(served) -
             await client.predict("echo", {**values, "u8": wide}, binary=True)
         r = await client.predict("echo", {**values, "u8": values["u8"].astype(np.int64)}, binary=True)
         assert r.outputs["u8_out"].dtype == np.uint8  # widened values cast back into the model's dtype
+
+
+async def test_a_wider_output_beyond_float16_fails_naming_the_value_and_one_within_is_cast(served) -> None:
+    """A model.py answering float64 1e6 (or int64 70000) for a float16 output: the cast made it inf,
+    and the request failed as the client's ``invalid_input`` ("output row 0 is not finite"); an
+    int64 answer for a float output (float16 or float32) failed the version's warm-up with numpy's
+    "Invalid integer data type 'f'" (the check for integer wrap-around asked for a float's iinfo)."""
+    from wsserve_client import Client, InternalServerError
+
+    proc, _, _ = served
+    async with Client(proc.url) as client:
+        for model, value, shown in [("half_of_f64", 1e6, "1000000.0"), ("half_of_f64", -65520.0, "-65520.0"),
+                                    ("half_of_i64", 70000, "70000")]:
+            r = await client.predict(model, [[3], [-65504]])
+            assert r.outputs == [[3.0], [-65504.0]], (model, r.outputs)
+            with pytest.raises(InternalServerError, match=rf"output 'y' holds {shown}, which does not fit its "
+                                                          r"dtype float16"):
+                await client.predict(model, [[1], [value]])

@@ -226,6 +226,20 @@ def test_integer_outputs_that_do_not_fit_the_declared_dtype_fail_instead_of_wrap
         model.predict(np.ones((2, 3)))
 
 
+def test_integer_outputs_for_a_float_output_are_cast_and_range_checked(tmp_path: Path) -> None:
+    """int64 for a float32 output (an integer to a float is cast, docs/repository.md) failed with
+    numpy's "Invalid integer data type 'f'"; for float16, a value beyond 65,504 would be inf."""
+    src = ("import numpy as np\nclass Model:\n    def __init__(self, d):\n        pass\n"
+           "    def predict(self, b):\n        return b[:, :1].astype(np.int64)\n")
+    model = _load(_version(tmp_path, src), SHAPES + 'output_dtype = "float32"')
+    assert model.predict(np.full((2, 3), 7.0)).tolist() == [[7.0], [7.0]]
+    model = _load(_version(tmp_path, src, version=2), SHAPES + 'output_dtype = "float16"')
+    y = model.predict(np.array([[65504.0] * 3, [-3.0] * 3]))
+    assert y.dtype == np.float16 and y.tolist() == [[65504.0], [-3.0]]
+    with pytest.raises(ValueError, match="output 'output' holds 65505, which does not fit its dtype float16"):
+        model.predict(np.array([[1.0] * 3, [65505.0] * 3]))
+
+
 NAMED = """
     import numpy as np
 

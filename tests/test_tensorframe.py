@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,6 +272,19 @@ def test_conform_refuses_what_json_refuses(arr: np.ndarray, spec: Spec, words: s
     with pytest.raises(InvalidInput) as info:
         fit(arr, spec)
     assert words in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"])
+def test_float16_into_an_integer_input_is_range_checked_without_overflowing_float16(dtype: str) -> None:
+    """The bounds of uint16 and wider types (65536.0, 2.0**31 ...) were compared in float16 (numpy
+    casts a Python float to the array's type), overflowing it: a RuntimeWarning on every server that
+    took such a frame (an error under ``-W error``), and a check against infinity."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _, _ = fit(np.array([[100.0, 0.0, 127.0]], np.float16), Spec("x", (3,), dtype))
+        assert out.dtype == DTYPES[dtype] and out.tolist() == [[100, 0, 127]]
+        with pytest.raises(InvalidInput, match=f"not an integer in input 'x''s {dtype} range"):
+            fit(np.array([[1.0, 0.5, 0.0]], np.float16), Spec("x", (3,), dtype))
 
 
 def test_conform_named_inputs() -> None:

@@ -318,6 +318,8 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
                                    f"(input '{spec.name}' is {want})")
             return arr.astype(target.newbyteorder("="))
         if have == "f":
+            if arr.dtype.itemsize < 4:  # float16: the bounds (up to 2**64) would overflow it; float32 holds them
+                arr = arr.astype(np.float32)
             # As JSON: integral floats within range are taken; 1.5 is not.  The top bound is
             # 2**bits (unsigned) or 2**(bits-1), exact as a float (info.max is not: as a float
             # int64's rounds up to that very value, which would pass ``> info.max`` and wrap).

@@ -248,7 +248,8 @@ def check_outputs(y: Any, specs: Sequence[TensorSpec], n: int) -> Batch:
     model may also return ``{name: array}``).  Returns the outputs as
     :meth:`RepositoryModel.predict` must: arrays of exactly the spec dtypes.
     Raises ``ValueError`` naming the output and what is wrong (an integer value
-    that the spec's narrower integer dtype cannot hold included: no wrap-around).
+    that the spec's narrower integer dtype cannot hold included: no wrap-around; and a
+    finite value beyond the spec's float dtype's range, float64 1e6 for float16: no infinity).
     """
     if len(specs) == 1 and not isinstance(y, dict):
         return _check_one(y, specs[0], n)
@@ -286,7 +287,9 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
     if y.dtype != spec.np_dtype:
         if y.dtype.kind not in "biuf" or not np.can_cast(y.dtype, spec.np_dtype, "same_kind"):
             raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected {spec.dtype}")
-        if y.dtype.kind in "iu" and y.size and not np.can_cast(y.dtype, spec.np_dtype, "safe"):
+        if spec.np_dtype.kind == "f" and y.size and not np.can_cast(y.dtype, spec.np_dtype, "safe"):
+            _check_float_range(y, spec)  # the cast would make inf: float64 1e6 -> float16
+        elif y.dtype.kind in "iu" and y.size and not np.can_cast(y.dtype, spec.np_dtype, "safe"):
             info = np.iinfo(spec.np_dtype)  # the cast would wrap around: int64 2**32 -> int32 0
             lo, hi = int(y.min()), int(y.max())
             if lo < info.min or hi > info.max:
@@ -294,6 +297,20 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
                                  f"which does not fit its dtype {spec.dtype}")
         y = y.astype(spec.np_dtype)
     return y
+
+
+def _check_float_range(y: np.ndarray, spec: TensorSpec) -> None:
+    """``ValueError`` naming output ``spec`` and the first finite value of ``y`` (a wider float, or an
+    integer) beyond the range of its float dtype (float16's 65,504): the cast would make it an
+    infinity.  NaN and infinities pass (they are not finite before the cast either)."""
+    limit = float(np.finfo(spec.np_dtype).max)
+    wide = y.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):
+        over = np.isfinite(wide) & (np.abs(wide) > limit)
+    if over.any():
+        value = y.reshape(-1)[int(np.argmax(over.reshape(-1)))]
+        shown = int(value) if y.dtype.kind in "iu" else float(value)
+        raise ValueError(f"output {spec.name!r} holds {shown}, which does not fit its dtype {spec.dtype}")
 
 
 def _string_output(y: np.ndarray, spec: TensorSpec) -> np.ndarray:

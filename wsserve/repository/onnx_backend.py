@@ -29,7 +29,8 @@ onnxruntime a model.onnx fails to load with a message saying so.
   0) with config.pbtxt dims of 1s (Triton's scalar rule, no batching) is served
   in those dims: :meth:`OnnxModel.predict` feeds the value as a scalar and
   reshapes a scalar output to them.
-- Supported tensor types: float32, float64, int32, int64, bool.  Several named
+- Supported tensor types: float16, float32, float64, int8, int16, int32, int64, uint8,
+  uint16, uint32, uint64, bool (:data:`ONNX_TYPES`).  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
 - ``InferenceSession.run`` is thread-safe, so :meth:`OnnxModel.predict` may be

@@ -62,7 +62,10 @@ describe('binary tensor frames (codec)', () => {
   it('refuses tensors whose shape does not match their data', () => {
     assert.throws(() => toTensor({ data: new Float32Array(3), shape: [2, 2] }), TypeError);
     assert.throws(() => toTensor({ data: new Float32Array(2), shape: [0, 2] }), TypeError);
-    assert.throws(() => toTensor({ data: new Int16Array(2), shape: [1, 2] }), TypeError);
+    // every wire dtype's TypedArray is taken (Int16Array is int16); others, or a dtype its data is not, are refused
+    assert.equal(toTensor({ data: new Int16Array(2), shape: [1, 2] }).dtype, 'int16');
+    assert.throws(() => toTensor({ data: new Uint8ClampedArray(2), shape: [1, 2] }), TypeError);
+    assert.throws(() => toTensor({ data: new Float32Array(2), shape: [1, 2], dtype: 'float16' }), TypeError);
     assert.throws(() => toTensor([[1, 2]]), TypeError);
   });
 });

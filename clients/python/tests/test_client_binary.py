@@ -178,3 +178,26 @@ def test_numpy_arrays_keep_their_dtype_only_where_the_server_lists_it() -> None:
     hello = {"type": "hello", "protocol": 1, "binary_dtypes": ["uint8", "bfloat99", 7, "float16"]}
     assert parse_hello(hello).binary_dtypes == ("uint8", "float16")  # unknown names and non-strings dropped
     assert parse_hello({"type": "hello", "binary_dtypes": "uint8"}).binary_dtypes == ()
+
+
+async def test_a_uint64_array_is_never_wrapped_around_into_int64(server: ServerProcess) -> None:
+    """Before a hello (or from a server whose hello does not list uint64) a uint64 array is widened
+    to int64: 2**63 became -2**63, and ``linear`` answered for it, a silently wrong answer. Values
+    int64 holds are still widened; others are refused unsent."""
+    from wsserve_client.codec import encode_predict
+
+    big = np.array([[2**63]], dtype=np.uint64)
+    dtype, values = _sent(encode_predict(1, "m", np.array([[2**63 - 1]], np.uint64), binary=True))
+    assert dtype == "int64" and values.tolist() == [2**63 - 1]
+    c = Client(server.url)  # not connected yet: no binary_dtypes known
+    try:
+        with pytest.raises(ValueError, match=r"uint64 array holds 9223372036854775808, beyond int64"):
+            await c.predict("linear", big, binary=True)
+        assert c.stats().requests_sent == 0
+        await c.connect()
+        assert "uint64" in c.hello.binary_dtypes
+        got = await c.predict("linear", big, binary=True)
+        want = await c.predict("linear", [[float(2**63)]])
+        assert got.outputs.tolist() == want.outputs
+    finally:
+        await c.close()

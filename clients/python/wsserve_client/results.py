@@ -63,8 +63,8 @@ class ServerHello:
     protocol: int
     limits: Limits
     models: tuple[str, ...]
-    #: The dtypes the server takes in a binary tensor frame besides float32, float64, int32, int64
-    #: and bool (``hello`` ``binary_dtypes``, those this client knows; empty from an older server).
+    #: The dtypes the server takes in a binary tensor frame (``hello`` ``binary_dtypes``, those this
+    #: client knows); empty from an older server, which takes float32, float64, int32, int64 and bool.
     binary_dtypes: tuple[str, ...] = ()
 
 

@@ -84,6 +84,7 @@ class Tensor:
 DTYPES_NP = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "bool": "?",
              "float16": "<f2", "int8": "<i1", "int16": "<i2", "uint8": "<u1", "uint16": "<u2", "uint32": "<u4",
              "uint64": "<u8"}
+_INT64_MAX = 2**63 - 1
 _NP_NAMES = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8", "i2": "int16", "i4": "int32",
              "i8": "int64", "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64", "b1": "bool"}
 
@@ -100,6 +101,10 @@ def _numpy_tensor(value: Any, keep: Collection[str] = ()) -> Tensor | None:
         dtype = "float32" if size <= 4 else "float64"
     elif kind in "iu":
         dtype = "int32" if size < 4 or (kind == "i" and size == 4) else "int64"
+        if kind == "u" and size == 8 and value.size and int(value.max()) > _INT64_MAX:  # it would wrap around
+            raise ValueError(f"a uint64 array holds {int(value.max())}, beyond int64: it can go only to a server "
+                             "whose hello lists uint64 in binary_dtypes (an older server does not; nor is one "
+                             "known before the client's first connection)")
     elif kind == "b":
         dtype = "bool"
     else:
@@ -118,10 +123,12 @@ def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | No
 
     A numpy array goes in its own dtype when that is float32, float64, int32, int64 or bool, or
     is in ``keep`` (the server's ``hello`` ``binary_dtypes``: float16, uint8 ...); otherwise it is
-    widened (float16 -> float32, uint8 -> int32, uint32 -> int64), as every server takes.
+    widened (float16 -> float32, uint8 -> int32, uint32 -> int64), as every server takes; a uint64
+    array only when int64 holds every value (never wrapped around).
 
     Raises:
-        TypeError: an unsupported value. ValueError: sizes that do not match.
+        TypeError: an unsupported value. ValueError: sizes that do not match, or a uint64 value
+            beyond int64 when uint64 is not in ``keep``.
     """
     if isinstance(value, Tensor):
         return value
