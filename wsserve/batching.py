@@ -17,7 +17,13 @@ Policy:
   the model is free, taking everything queued up to ``max_batch_size`` rows.
   With a window (``max_delay_ms > 0``) a batch waits until it is full or the
   oldest queued request has waited ``max_delay_ms``.
-* **Priority**: high-priority requests fill the batch first.
+* **Priority** (Triton's ``dynamic_batching { priority_levels, default_priority_level }``): a queue has
+  ``priority_levels`` classes, level 1 the highest; a request's :attr:`WorkItem.priority` is its level,
+  0 meaning the queue's ``default_priority_level`` (the default queue: 2 levels, default 2, so
+  priority 1 is "high" and 0 "normal", wsserve's own two classes).  Higher classes fill a batch
+  first: a lower class gets only what they leave, so a steady stream of higher-level rows that fills
+  every batch starves the lower levels (Triton's batcher does the same; there is no ageing).  At most
+  :data:`MAX_PRIORITY_LEVELS` levels.
 * **Fairness**: inside a priority class, rows are shared round-robin between
   requests, so one 60,000-row request advances by its fair share of each batch
   while single-row requests from other sockets still ride along.  A request
@@ -61,12 +67,74 @@ from typing import Any, NamedTuple
 
 from .errors import Overloaded
 
-__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "queue_deadline", "MAX_RETRY_AFTER_MS",
-           "MIN_RETRY_AFTER_MS"]
+__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "PriorityLevels", "queue_deadline",
+           "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS"]
 
 #: An ``Overloaded`` refusal's ``retry_after_ms`` is at least this, and at most the next.
 MIN_RETRY_AFTER_MS = 5
 MAX_RETRY_AFTER_MS = 5000
+
+#: A queue's priority levels at most (config.pbtxt's ``dynamic_batching.priority_levels``).  Triton
+#: takes any uint64; models use a handful (its docs and tests use 2 to 5).  Each level is a deque
+#: that every batch looks at, so the bound keeps forming a batch O(levels) cheap.
+MAX_PRIORITY_LEVELS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityLevels:
+    """A model's priority levels and how a request's ``priority`` maps onto them.
+
+    ``levels`` / ``default``: config.pbtxt's ``dynamic_batching.priority_levels`` and
+    ``default_priority_level`` as written (``levels`` 0, Triton's "no priorities": one class,
+    ``default`` then 0); ``configured`` False: a model without config.pbtxt, wsserve's own two
+    classes (``priority`` 1 high, 0 normal), which Triton's configuration calls levels 2, default 2.
+    """
+
+    levels: int = 2
+    default: int = 2
+    configured: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.levels <= MAX_PRIORITY_LEVELS:
+            raise ValueError(f"priority levels must be in [0, {MAX_PRIORITY_LEVELS}], got {self.levels}")
+        if self.levels and not 1 <= self.default <= self.levels:
+            raise ValueError(f"default priority level must be in [1, {self.levels}], got {self.default}")
+
+    @property
+    def classes(self) -> int:
+        """The queue's classes (levels 0: one)."""
+        return self.levels or 1
+
+    @property
+    def default_class(self) -> int:
+        """The level a request of priority 0 (or one out of range) is queued at."""
+        return self.default or 1
+
+    @property
+    def wire_max(self) -> int:
+        """The highest ``priority`` wsserve's own requests (WebSocket, ``POST /predict``) may ask for:
+        1 for the two default classes (0 normal, 1 high) and for a model with no levels (one class:
+        0 and 1 are both accepted and queued alike, as Triton ignores a priority there), else ``levels``."""
+        return self.levels if self.configured and self.levels > 1 else 1
+
+    def level(self, priority: int) -> int:
+        """The queue level of a request's ``priority``, Triton's rule (core ``InferenceRequest::SetPriority``):
+        1..``levels`` as asked; 0, or above ``levels``, the default level."""
+        return priority if 0 < priority <= self.levels else self.default_class
+
+    def refusal(self, priority: int, model: str) -> str | None:
+        """Why a wsserve request's ``priority`` is refused for ``model`` (None: it is not): above
+        :attr:`wire_max` (Triton's transports take any value: :meth:`level`)."""
+        if 0 <= priority <= self.wire_max:
+            return None
+        if not self.configured:
+            return f"field 'priority' must be 0 (normal) or 1 (high), got {priority}"
+        if not self.levels:
+            return (f"field 'priority' must be 0 or 1 for model {model!r}, got {priority} (its config.pbtxt sets "
+                    "no dynamic_batching.priority_levels: one level)")
+        return (f"field 'priority' must be in [0, {self.levels}] for model {model!r}, got {priority} (its "
+                f"config.pbtxt dynamic_batching.priority_levels is {self.levels}, 1 the highest; 0 is "
+                f"default_priority_level {self.default})")
 
 
 def queue_deadline(requested: float | None, now: float, default_timeout_s: float | None,
@@ -90,6 +158,8 @@ class WorkItem:
     :class:`~wsserve.worker.PredictWorker` sets it to None once it has delivered the last rows)."""
 
     rows: int
+    #: Its level in the queue, 1 the highest (at most the queue's ``priority_levels``); 0: the queue's
+    #: default level.  With the default queue (2 levels, default 2): 1 high, 0 (= 2) normal.
     priority: int = 0
     deadline: float | None = None  # absolute, same clock as ``now``
     row_bytes: int = 0  # input bytes of one row (for ``max_queue_bytes``)
@@ -171,10 +241,17 @@ class BatchQueue:
         max_queue_requests: int | None = None,
         by_shape: bool = False,
         whole_requests: bool = False,
+        priority_levels: int = 2,
+        default_priority_level: int = 2,
     ) -> None:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
         module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
-        ("Whole requests")."""
+        ("Whole requests"); ``priority_levels`` (1..:data:`MAX_PRIORITY_LEVELS`) classes, level 1
+        first, and the level of an item of priority 0 ("Priority")."""
+        if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
+            raise ValueError(f"priority_levels must be in [1, {MAX_PRIORITY_LEVELS}], got {priority_levels}")
+        if not 1 <= default_priority_level <= priority_levels:
+            raise ValueError(f"default_priority_level must be in [1, {priority_levels}], got {default_priority_level}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_delay_ms is not None and not max_delay_ms > 0:
@@ -186,7 +263,11 @@ class BatchQueue:
         #: Requests with rows waiting, at most (Triton's ``max_queue_size``; None: no bound).
         self.max_queue_requests = max_queue_requests
         self._bytes = 0  # unscheduled input bytes of live items
-        self._classes = (deque[WorkItem](), deque[WorkItem]())  # index = priority; 1 is high
+        self.priority_levels = priority_levels
+        #: One deque per level, the highest (level 1) first: the order batches are filled in.
+        self._classes = tuple(deque[WorkItem]() for _ in range(priority_levels))
+        #: ``_by_priority[p]``: the deque of an item of priority ``p`` (0: the default level's).
+        self._by_priority = (self._classes[default_priority_level - 1], *self._classes)
         self._rows = 0  # unscheduled rows of live items
         self._units = 0  # their cost units (== _rows while every row costs 1)
         self._requests = 0  # live items with unscheduled rows
@@ -213,6 +294,9 @@ class BatchQueue:
         rows = item.rows - item.next_row
         if rows < 1:
             raise ValueError("a work item needs at least one row")
+        priority = item.priority
+        if not 0 <= priority <= self.priority_levels:
+            raise ValueError(f"a work item's priority must be in [0, {self.priority_levels}], got {priority}")
         if item.cost < 1:
             raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
@@ -237,7 +321,7 @@ class BatchQueue:
                 retry_after_ms=self._retry_after_ms(),
             )
         item.enqueued_at = now
-        self._classes[1 if item.priority else 0].append(item)
+        self._by_priority[priority].append(item)
         self._rows += rows
         self._units += units
         self._bytes += nbytes
@@ -275,9 +359,10 @@ class BatchQueue:
         item.cancelled = True
         if item.remaining <= 0:
             return False
+        priority = item.priority
         try:
-            self._classes[1 if item.priority else 0].remove(item)
-        except ValueError:  # never queued (e.g. refused with Overloaded)
+            self._by_priority[priority].remove(item)
+        except (ValueError, IndexError):  # never queued (refused with Overloaded, or its priority out of range)
             return False
         self._rows -= item.remaining
         self._units -= item.remaining * item.cost
@@ -345,9 +430,9 @@ class BatchQueue:
         if self._shape_units is not None:
             return self._next_of_one_shape(now, expired)
         cap = self.max_batch_size
-        if 0 < self._units <= cap:  # everything queued fits: take it all, high priority first
+        if 0 < self._units <= cap:  # everything queued fits: take it all, highest level first
             out = []
-            for queue in (self._classes[1], self._classes[0]):
+            for queue in self._classes:
                 for item in queue:
                     out.append(_slice(Slice, (item, item.next_row, item.rows)))
                     item.next_row = item.rows
@@ -359,7 +444,7 @@ class BatchQueue:
             self._batches += 1
             self._rows_scheduled += rows
             return Batch(slices=tuple(out), rows=rows, expired=tuple(expired), units=units)
-        slices, rows, units = self._round_robin((self._classes[1], self._classes[0]), cap)
+        slices, rows, units = self._round_robin(self._classes, cap)
         return self._batch(slices, rows, units, expired)
 
     def _batch(self, slices: dict[WorkItem, list[int]], rows: int, units: int,
@@ -465,15 +550,14 @@ class BatchQueue:
         if not counts:
             return self._batch({}, 0, 0, expired)
         cap = self.max_batch_size
-        high, low = self._classes[1], self._classes[0]
-        head = high[0] if high else low[0]
+        classes = self._classes
+        head = next(q for q in classes if q)[0]
         shape = head.shape
         if counts[shape] < cap and 0 < self.max_delay_s and now < head.enqueued_at + self.max_delay_s:
             shape = next((s for s, u in counts.items() if u >= cap), shape)  # a full batch, while the head may wait
-        high_mine = deque(it for it in high if it.shape == shape)
-        low_mine = deque(it for it in low if it.shape == shape)
-        slices, rows, units = self._round_robin((high_mine, low_mine), cap)
-        for queue, mine in ((high, high_mine), (low, low_mine)):  # unserved ones keep their places
+        mines = tuple(deque(it for it in q if it.shape == shape) for q in classes)
+        slices, rows, units = self._round_robin(mines, cap)
+        for queue, mine in zip(classes, mines):  # unserved ones keep their places
             waiting = [it for it in queue if it not in slices]
             queue.clear()
             queue.extend(waiting)
