@@ -64,7 +64,8 @@ Mapped (Triton's semantics, triton-inference-server/server
 
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
-``batch_output``, ``model_transaction_policy { decoupled: true }``, and per
+``batch_output``, ``model_transaction_policy { decoupled: true }``,
+``dynamic_batching.priority_queue_policy``, and per
 tensor ``reshape``, ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
 ``is_non_linear_format_io``.
 
