@@ -81,14 +81,37 @@ def test_cancel_and_drain_reach_every_level() -> None:
     assert [it.payload for it in q.drain()] == ["late"] and len(q) == 0
 
 
-def test_a_priority_above_the_levels_is_refused_and_nothing_is_queued() -> None:
+def _level_of(levels: int, default: int, priority: int) -> int:
+    """The level an item of ``priority`` is queued at, read from a batch: one item at each level
+    first, then the probe, which comes out last of its level."""
+    q = BatchQueue(max_batch_size=64, priority_levels=levels, default_priority_level=default)
+    for level in range(1, levels + 1):
+        q.add(_item(1, level, f"l{level}"), 0.0)
+    probe = _item(1, priority, "probe")
+    q.add(probe, 1.0)
+    names = [name for name, _, _ in _served(q.next_batch(1.0))]
+    return int(names[names.index("probe") - 1][1:])
+
+
+@pytest.mark.parametrize("levels, default, priority, level", [
+    (3, 2, 0, 2), (3, 2, 1, 1), (3, 2, 3, 3), (3, 2, 4, 2), (3, 2, 2**64 - 1, 2),  # Triton: 0 or > N -> default
+    (1, 1, 0, 1), (1, 1, 5, 1),  # one level (a config.pbtxt without priority_levels)
+    (2, 2, 1, 1), (2, 2, 0, 2), (2, 2, 7, 2),  # wsserve's two classes: 1 high, anything else normal
+])
+def test_a_priority_is_its_level_and_0_or_one_above_the_levels_the_default(
+        levels: int, default: int, priority: int, level: int) -> None:
+    """Triton's rule (core ``InferenceRequest::SetPriority``)."""
+    assert _level_of(levels, default, priority) == level
+
+
+def test_a_negative_priority_is_refused_and_an_item_above_the_levels_can_be_cancelled() -> None:
     q = BatchQueue(max_batch_size=8, priority_levels=3, default_priority_level=2)
-    item = _item(2, 4, "x")
-    with pytest.raises(ValueError, match=r"priority must be in \[0, 3\], got 4"):
-        q.add(item, 0.0)
-    with pytest.raises(ValueError, match=r"got -1"):
+    with pytest.raises(ValueError, match=r"priority must be >= 0, got -1"):
         q.add(_item(1, -1, "neg"), 0.0)
-    assert len(q) == 0 and q.statistics(0.0).rows == 0 and not q.cancel(item)
+    assert len(q) == 0 and q.statistics(0.0).rows == 0
+    high = _item(2, 99, "x")
+    q.add(high, 0.0)
+    assert q.cancel(high) and len(q) == 0 and q.next_batch(0.0) is None
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -133,13 +156,10 @@ def test_window_mode_waits_for_the_oldest_request_of_any_level() -> None:
 # --------------------------------------------------------------------------- PriorityLevels
 
 
-@pytest.mark.parametrize("levels, default, priority, level", [
-    (3, 2, 0, 2), (3, 2, 1, 1), (3, 2, 3, 3), (3, 2, 4, 2), (3, 2, 2**64 - 1, 2),  # Triton: 0 or > N -> default
-    (0, 0, 0, 1), (0, 0, 5, 1),  # no levels: one class
-    (2, 2, 1, 1), (2, 2, 0, 2), (2, 2, 7, 2),  # wsserve's two classes: 1 high, anything else normal
-])
-def test_level_follows_tritons_set_priority(levels: int, default: int, priority: int, level: int) -> None:
-    assert PriorityLevels(levels, default, configured=True).level(priority) == level
+def test_a_models_levels_give_its_queue_classes() -> None:
+    assert (PriorityLevels().classes, PriorityLevels().default_class) == (2, 2)
+    assert (PriorityLevels(0, 0, configured=True).classes, PriorityLevels(0, 0, configured=True).default_class) == (1, 1)
+    assert (PriorityLevels(5, 3, configured=True).classes, PriorityLevels(5, 3, configured=True).default_class) == (5, 3)
 
 
 def test_wire_refusals_name_the_model_and_its_levels() -> None:
@@ -165,7 +185,7 @@ def test_priority_levels_are_bounded(levels: int, default: int) -> None:
 
 
 _ops = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.integers(1, 12), st.integers(0, 5)),
+    st.tuples(st.just("add"), st.integers(1, 12), st.integers(0, 7)),
     st.tuples(st.just("cancel"), st.integers(0, 1000)),
     st.tuples(st.just("batch")),
 ), max_size=50)
@@ -185,7 +205,7 @@ def test_no_row_of_a_level_is_scheduled_while_a_higher_level_has_rows_left(
     seen: dict[int, int] = {}
 
     def level(it: WorkItem) -> int:
-        return it.priority or default
+        return it.priority if 0 < it.priority <= levels else default
 
     def batch() -> None:
         b = q.next_batch(0.0)
@@ -201,7 +221,7 @@ def test_no_row_of_a_level_is_scheduled_while_a_higher_level_has_rows_left(
 
     for op in ops:
         if op[0] == "add":
-            item = WorkItem(rows=op[1], priority=min(op[2], levels))
+            item = WorkItem(rows=op[1], priority=op[2])  # above the levels: the default one
             q.add(item, 0.0)
             items.append(item)
         elif op[0] == "cancel" and items:

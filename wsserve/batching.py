@@ -19,8 +19,9 @@ Policy:
   oldest queued request has waited ``max_delay_ms``.
 * **Priority** (Triton's ``dynamic_batching { priority_levels, default_priority_level }``): a queue has
   ``priority_levels`` classes, level 1 the highest; a request's :attr:`WorkItem.priority` is its level,
-  0 meaning the queue's ``default_priority_level`` (the default queue: 2 levels, default 2, so
-  priority 1 is "high" and 0 "normal", wsserve's own two classes).  Higher classes fill a batch
+  0 or a value above the levels meaning the queue's ``default_priority_level`` (Triton's rule, core
+  ``InferenceRequest::SetPriority``; the default queue: 2 levels, default 2, so priority 1 is "high"
+  and any other "normal", wsserve's own two classes).  Higher classes fill a batch
   first: a lower class gets only what they leave, so a steady stream of higher-level rows that fills
   every batch starves the lower levels (Triton's batcher does the same; there is no ageing).  At most
   :data:`MAX_PRIORITY_LEVELS` levels.
@@ -88,6 +89,8 @@ class PriorityLevels:
     ``default_priority_level`` as written (``levels`` 0, Triton's "no priorities": one class,
     ``default`` then 0); ``configured`` False: a model without config.pbtxt, wsserve's own two
     classes (``priority`` 1 high, 0 normal), which Triton's configuration calls levels 2, default 2.
+    The model's :class:`BatchQueue` has :attr:`classes` levels and :attr:`default_class` as its
+    default, and maps a request's priority onto them (Triton's rule: see its module docstring).
     """
 
     levels: int = 2
@@ -112,15 +115,11 @@ class PriorityLevels:
 
     @property
     def wire_max(self) -> int:
-        """The highest ``priority`` wsserve's own requests (WebSocket, ``POST /predict``) may ask for:
+        """The highest ``priority`` wsserve's own requests (WebSocket, ``POST /predict``) may ask for
+        (Triton's transports may send any: it is then the default level):
         1 for the two default classes (0 normal, 1 high) and for a model with no levels (one class:
         0 and 1 are both accepted and queued alike, as Triton ignores a priority there), else ``levels``."""
         return self.levels if self.configured and self.levels > 1 else 1
-
-    def level(self, priority: int) -> int:
-        """The queue level of a request's ``priority``, Triton's rule (core ``InferenceRequest::SetPriority``):
-        1..``levels`` as asked; 0, or above ``levels``, the default level."""
-        return priority if 0 < priority <= self.levels else self.default_class
 
     def refusal(self, priority: int, model: str) -> str | None:
         """Why a wsserve request's ``priority`` is refused for ``model`` (None: it is not): above
@@ -158,8 +157,9 @@ class WorkItem:
     :class:`~wsserve.worker.PredictWorker` sets it to None once it has delivered the last rows)."""
 
     rows: int
-    #: Its level in the queue, 1 the highest (at most the queue's ``priority_levels``); 0: the queue's
-    #: default level.  With the default queue (2 levels, default 2): 1 high, 0 (= 2) normal.
+    #: The request's priority (>= 0): its level in the queue, 1 the highest; 0, or a value above the
+    #: queue's ``priority_levels``, the default level.  The default queue (2 levels, default 2): 1 high,
+    #: anything else normal.
     priority: int = 0
     deadline: float | None = None  # absolute, same clock as ``now``
     row_bytes: int = 0  # input bytes of one row (for ``max_queue_bytes``)
@@ -247,7 +247,7 @@ class BatchQueue:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
         module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
         ("Whole requests"); ``priority_levels`` (1..:data:`MAX_PRIORITY_LEVELS`) classes, level 1
-        first, and the level of an item of priority 0 ("Priority")."""
+        first, and the level of an item of priority 0 or above them ("Priority")."""
         if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
             raise ValueError(f"priority_levels must be in [1, {MAX_PRIORITY_LEVELS}], got {priority_levels}")
         if not 1 <= default_priority_level <= priority_levels:
@@ -266,7 +266,8 @@ class BatchQueue:
         self.priority_levels = priority_levels
         #: One deque per level, the highest (level 1) first: the order batches are filled in.
         self._classes = tuple(deque[WorkItem]() for _ in range(priority_levels))
-        #: ``_by_priority[p]``: the deque of an item of priority ``p`` (0: the default level's).
+        #: ``_by_priority[p]``: the deque of an item of priority ``p`` (0: the default level's; a ``p``
+        #: past its end, too).
         self._by_priority = (self._classes[default_priority_level - 1], *self._classes)
         self._rows = 0  # unscheduled rows of live items
         self._units = 0  # their cost units (== _rows while every row costs 1)
@@ -286,7 +287,7 @@ class BatchQueue:
     # -- admission
 
     def add(self, item: WorkItem, now: float) -> None:
-        """Queue ``item``.  Raises ``Overloaded`` (with ``retry_after_ms``) if
+        """Queue ``item`` at its priority's level.  Raises ``Overloaded`` (with ``retry_after_ms``) if
         ``max_queue_requests`` requests are waiting already, or if its rows' cost units
         would take a non-empty queue past ``max_queue_rows`` (or its bytes past
         ``max_queue_bytes``); an empty queue accepts any item (else a request bigger than
@@ -295,8 +296,12 @@ class BatchQueue:
         if rows < 1:
             raise ValueError("a work item needs at least one row")
         priority = item.priority
-        if not 0 <= priority <= self.priority_levels:
-            raise ValueError(f"a work item's priority must be in [0, {self.priority_levels}], got {priority}")
+        if priority < 0:
+            raise ValueError(f"a work item's priority must be >= 0, got {priority}")
+        try:
+            queue = self._by_priority[priority]
+        except IndexError:  # above the levels: the default level (Triton's rule)
+            queue = self._by_priority[0]
         if item.cost < 1:
             raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
@@ -321,7 +326,7 @@ class BatchQueue:
                 retry_after_ms=self._retry_after_ms(),
             )
         item.enqueued_at = now
-        self._by_priority[priority].append(item)
+        queue.append(item)
         self._rows += rows
         self._units += units
         self._bytes += nbytes
@@ -359,10 +364,13 @@ class BatchQueue:
         item.cancelled = True
         if item.remaining <= 0:
             return False
-        priority = item.priority
         try:
-            self._by_priority[priority].remove(item)
-        except (ValueError, IndexError):  # never queued (refused with Overloaded, or its priority out of range)
+            queue = self._by_priority[item.priority]
+        except IndexError:  # above the levels: queued at the default level
+            queue = self._by_priority[0]
+        try:
+            queue.remove(item)
+        except ValueError:  # never queued (e.g. refused with Overloaded, or a negative priority)
             return False
         self._rows -= item.remaining
         self._units -= item.remaining * item.cost

@@ -401,7 +401,7 @@ class EnsembleWorker:
         self._requests = 0
         #: The priorities wsserve's own requests may give an ensemble: 0 or 1, as a model without
         #: config.pbtxt (an OIP request's passes as it is, as in Triton); each step's model maps it
-        #: onto its own levels (:meth:`~wsserve.batching.PriorityLevels.level`).
+        #: onto its own levels (Triton's rule: :mod:`wsserve.batching`, "Priority").
         self.priorities = PriorityLevels()
 
     def start(self) -> None:

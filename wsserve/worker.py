@@ -444,7 +444,7 @@ class PredictWorker:
             whole_requests=self._by_request,  # one InferenceRequest per request, as Triton's batcher keeps it
             priority_levels=priorities.classes, default_priority_level=priorities.default_class,
         )
-        #: The model's priority levels: :meth:`submit` queues a request at ``priorities.level(priority)``.
+        #: The model's priority levels (its queue's classes; what the transports report and check).
         self.priorities = priorities
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
@@ -531,9 +531,9 @@ class PredictWorker:
     # -- requests
 
     def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
-        """Queue ``sink``'s rows at the level of the request's ``priority`` (any non-negative integer:
-        :meth:`PriorityLevels.level <wsserve.batching.PriorityLevels.level>`, Triton's rule: 0 or one
-        above the model's levels is its default level).  Raises ``Overloaded`` when the queue is full,
+        """Queue ``sink``'s rows at the level of the request's ``priority`` (any non-negative integer;
+        Triton's rule: 0, or one above the model's levels, is its default level: :class:`BatchQueue
+        <wsserve.batching.BatchQueue>`).  Raises ``Overloaded`` when the queue is full,
         ``ShuttingDown`` after :meth:`close` and ``BadRequest`` for a sink that
         wants explanations from a model that has none; the sink is then never called."""
         if self._closed:
@@ -547,7 +547,7 @@ class PredictWorker:
         if self.default_timeout_s is not None:
             chosen = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
             until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
-        item = WorkItem(n, self.priorities.level(priority), deadline, sink.nbytes // n if n else 0, sink,
+        item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
         if self._by_shape:
             item.shape = _row_shape(sink.inputs)
