@@ -159,6 +159,7 @@ def test_window_mode_waits_for_the_oldest_request_of_any_level() -> None:
 def test_a_models_levels_give_its_queue_classes() -> None:
     assert (PriorityLevels().classes, PriorityLevels().default_class) == (2, 2)
     assert (PriorityLevels(0, 0, configured=True).classes, PriorityLevels(0, 0, configured=True).default_class) == (1, 1)
+    assert (PriorityLevels(0, 3, configured=True).classes, PriorityLevels(0, 3, configured=True).default_class) == (1, 1)
     assert (PriorityLevels(5, 3, configured=True).classes, PriorityLevels(5, 3, configured=True).default_class) == (5, 3)
 
 

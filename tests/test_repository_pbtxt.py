@@ -184,8 +184,11 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     assert (cfg.priority_levels, cfg.default_priority_level, cfg.warnings) == (3, 2, ())
     cfg = parse_pbtxt("dynamic_batching { priority_levels: 16 default_priority_level: 16 preserve_ordering: false }")
     assert (cfg.priority_levels, cfg.default_priority_level) == (16, 16)
-    for text in ("dynamic_batching { }", "max_batch_size: 4", "dynamic_batching { default_priority_level: 3 }"):
+    for text in ("dynamic_batching { }", "max_batch_size: 4"):
         assert (parse_pbtxt(text).priority_levels, parse_pbtxt(text).default_priority_level) == (0, 0)
+    # without levels Triton checks no default and reports it as written; one level either way
+    assert (parse_pbtxt("dynamic_batching { default_priority_level: 3 }").priority_levels,
+            parse_pbtxt("dynamic_batching { default_priority_level: 3 }").default_priority_level) == (0, 3)
     one = parse_pbtxt("dynamic_batching { priority_levels: 1 default_priority_level: 1 preserve_ordering: true }")
     assert (one.priority_levels, one.warnings) == (1, ("dynamic_batching.preserve_ordering",))
 

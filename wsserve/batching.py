@@ -87,7 +87,7 @@ class PriorityLevels:
 
     ``levels`` / ``default``: config.pbtxt's ``dynamic_batching.priority_levels`` and
     ``default_priority_level`` as written (``levels`` 0, Triton's "no priorities": one class,
-    ``default`` then 0); ``configured`` False: a model without config.pbtxt, wsserve's own two
+    ``default`` then unused); ``configured`` False: a model without config.pbtxt, wsserve's own two
     classes (``priority`` 1 high, 0 normal), which Triton's configuration calls levels 2, default 2.
     The model's :class:`BatchQueue` has :attr:`classes` levels and :attr:`default_class` as its
     default, and maps a request's priority onto them (Triton's rule: see its module docstring).
@@ -111,7 +111,7 @@ class PriorityLevels:
     @property
     def default_class(self) -> int:
         """The level a request of priority 0 (or one out of range) is queued at."""
-        return self.default or 1
+        return self.default if self.levels else 1
 
     @property
     def wire_max(self) -> int:

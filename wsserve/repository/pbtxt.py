@@ -455,7 +455,7 @@ def _priority_levels(path: Path, db: Any) -> dict[str, int]:
     if db.preserve_ordering and levels > 1:
         raise ConfigError(path, f"{where}.preserve_ordering", f"cannot be true with priority_levels {levels} "
                           "(Triton allows only one level then)")
-    return {"priority_levels": levels, "default_priority_level": default if levels else 0}
+    return {"priority_levels": levels, "default_priority_level": default}  # as written (unused without levels)
 
 
 def _config_json(cfg: Any) -> str:

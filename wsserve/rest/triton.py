@@ -27,9 +27,9 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   ``max_batch_size`` 0, with ``dims`` its tensors' whole shapes.
 - ``dynamic_batching``: always on in wsserve; ``max_queue_delay_microseconds``
   is the batching window (0: greedy, a batch forms as soon as the model is
-  free); ``priority_levels`` / ``default_priority_level`` the model's config.pbtxt's
-  (0 / 0 when it sets none: one level), else 2 / 2 (wsserve's two classes: request
-  ``priority`` 1 is served first, others in the default level);
+  free); ``priority_levels`` / ``default_priority_level`` the model's config.pbtxt's, as
+  written (``priority_levels`` 0 when it sets none: one level), else 2 / 2 (wsserve's two
+  classes: request ``priority`` 1 is served first, others in the default level);
   ``default_queue_policy`` when the model has one (its config's
   ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``).
 - A generative model (served by Triton's generate extension,
