@@ -112,6 +112,13 @@ def test_predict_all_options() -> None:
     assert req.priority == 1
 
 
+def test_predict_priority_above_1_is_decoded_for_the_models_levels_to_judge() -> None:
+    """A config.pbtxt model may have up to 16 priority levels: the decoder keeps any non-negative
+    priority; the model's levels refuse one out of range when it is queued."""
+    assert decode(_predict(priority=3)).priority == 3
+    assert decode(_predict(priority=2**40)).priority == 2**40
+
+
 def test_predict_decodes_from_str_as_well_as_bytes() -> None:
     text = '{"type":"predict","id":"é✓","model":"linear","inputs":[[1]]}'
     assert decode(text) == decode(text.encode())
@@ -471,8 +478,7 @@ _PREDICT_BAD = [
     ("timeout_ms", 0.0, "timeout_ms"),
     ("timeout_ms", "100", "timeout_ms"),
     ("timeout_ms", True, "timeout_ms"),
-    ("priority", 2, "priority"),
-    ("priority", -1, "priority"),
+    ("priority", -1, "priority"),  # above 1: the model's levels decide, when it is queued (test_repo_wire_priority.py)
     ("priority", 0.5, "priority"),
     ("priority", "1", "priority"),
     ("priority", True, "priority"),
@@ -676,7 +682,7 @@ def test_encode_error_for_bad_json_has_null_id() -> None:
 
 def test_encode_error_uses_the_id_read_by_decode() -> None:
     with pytest.raises(BadRequest) as info:
-        decode(_predict(id=0, priority=5))
+        decode(_predict(id=0, priority=-5))
     frame = orjson.loads(encode_error(info.value))
     assert frame["id"] == 0  # a falsy id is still an id
     assert frame["code"] == "bad_request"

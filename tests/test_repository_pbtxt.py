@@ -67,6 +67,7 @@ def test_the_docs_example_maps_field_by_field() -> None:
         max_delay_ms=2.5,
         instances=2,
         version_policy=VersionPolicy("latest", count=1),
+        priority_levels=0,  # Triton's "no priority levels": one class
     )
     assert cfg.source == "config.pbtxt"
 
@@ -164,18 +165,45 @@ def test_the_default_queue_policy_maps_onto_the_models_queue_fields() -> None:
     (0: none) and ``allow_timeout_override`` (protobuf's default: false); the rest of
     ``dynamic_batching`` is still a hint."""
     cfg = parse_pbtxt("""
-        dynamic_batching { priority_levels: 2 default_queue_policy { max_queue_size: 8
+        dynamic_batching { preferred_batch_size: 4 default_queue_policy { max_queue_size: 8
           default_timeout_microseconds: 2500 allow_timeout_override: true } }
     """)
     assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (8, 2.5, True)
-    assert cfg.warnings == ("dynamic_batching.priority_levels",)
+    assert cfg.warnings == ("dynamic_batching.preferred_batch_size",)
     cfg = parse_pbtxt("dynamic_batching { default_queue_policy { default_timeout_microseconds: 1000 } }")
     assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, 1.0, False)
     cfg = parse_pbtxt("dynamic_batching { }")
     assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (None, None, True)
 
 
+def test_priority_levels_map_onto_the_models_levels() -> None:
+    """Triton's ``priority_levels`` / ``default_priority_level`` are honoured, not warned about; a
+    config without them (or without ``dynamic_batching``) has Triton's "no levels" (0); a model
+    without config.pbtxt keeps None (wsserve's two classes)."""
+    cfg = parse_pbtxt("dynamic_batching { priority_levels: 3 default_priority_level: 2 }")
+    assert (cfg.priority_levels, cfg.default_priority_level, cfg.warnings) == (3, 2, ())
+    cfg = parse_pbtxt("dynamic_batching { priority_levels: 16 default_priority_level: 16 preserve_ordering: false }")
+    assert (cfg.priority_levels, cfg.default_priority_level) == (16, 16)
+    for text in ("dynamic_batching { }", "max_batch_size: 4"):
+        assert (parse_pbtxt(text).priority_levels, parse_pbtxt(text).default_priority_level) == (0, 0)
+    # without levels Triton checks no default and reports it as written; one level either way
+    assert (parse_pbtxt("dynamic_batching { default_priority_level: 3 }").priority_levels,
+            parse_pbtxt("dynamic_batching { default_priority_level: 3 }").default_priority_level) == (0, 3)
+    one = parse_pbtxt("dynamic_batching { priority_levels: 1 default_priority_level: 1 preserve_ordering: true }")
+    assert (one.priority_levels, one.warnings) == (1, ("dynamic_batching.preserve_ordering",))
+
+
 @pytest.mark.parametrize(("text", "key", "words"), [
+    ("dynamic_batching { priority_levels: 3 }", "dynamic_batching.default_priority_level",
+     ["must be in [1, 3]", "priority_levels is 3", "got 0"]),
+    ("dynamic_batching { priority_levels: 3 default_priority_level: 4 }", "dynamic_batching.default_priority_level",
+     ["must be in [1, 3]", "got 4"]),
+    ("dynamic_batching { priority_levels: 17 default_priority_level: 1 }", "dynamic_batching.priority_levels",
+     ["[0, 16]", "got 17"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 1 value { "
+     "max_queue_size: 4 } } }", "dynamic_batching.priority_queue_policy", ["not supported", "default_queue_policy"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 preserve_ordering: true }",
+     "dynamic_batching.preserve_ordering", ["priority_levels 2", "one level"]),
     ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
      "dynamic_batching.default_queue_policy.timeout_action", ["DELAY is not supported", "REJECT"]),
     ("dynamic_batching { default_queue_policy { max_queue_size: 2000000 } }",

@@ -17,7 +17,14 @@ Policy:
   the model is free, taking everything queued up to ``max_batch_size`` rows.
   With a window (``max_delay_ms > 0``) a batch waits until it is full or the
   oldest queued request has waited ``max_delay_ms``.
-* **Priority**: high-priority requests fill the batch first.
+* **Priority** (Triton's ``dynamic_batching { priority_levels, default_priority_level }``): a queue has
+  ``priority_levels`` classes, level 1 the highest; a request's :attr:`WorkItem.priority` is its level,
+  0 or a value above the levels meaning the queue's ``default_priority_level`` (Triton's rule, core
+  ``InferenceRequest::SetPriority``; the default queue: 2 levels, default 2, so priority 1 is "high"
+  and any other "normal", wsserve's own two classes).  Higher classes fill a batch
+  first: a lower class gets only what they leave, so a steady stream of higher-level rows that fills
+  every batch starves the lower levels (Triton's batcher does the same; there is no ageing).  At most
+  :data:`MAX_PRIORITY_LEVELS` levels.
 * **Fairness**: inside a priority class, rows are shared round-robin between
   requests, so one 60,000-row request advances by its fair share of each batch
   while single-row requests from other sockets still ride along.  A request
@@ -61,12 +68,72 @@ from typing import Any, NamedTuple
 
 from .errors import Overloaded
 
-__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "queue_deadline", "MAX_RETRY_AFTER_MS",
-           "MIN_RETRY_AFTER_MS"]
+__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "PriorityLevels", "queue_deadline",
+           "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS"]
 
 #: An ``Overloaded`` refusal's ``retry_after_ms`` is at least this, and at most the next.
 MIN_RETRY_AFTER_MS = 5
 MAX_RETRY_AFTER_MS = 5000
+
+#: A queue's priority levels at most (config.pbtxt's ``dynamic_batching.priority_levels``).  Triton
+#: takes any uint64; models use a handful (its docs and tests use 2 to 5).  Each level is a deque
+#: that every batch looks at, so the bound keeps forming a batch O(levels) cheap.
+MAX_PRIORITY_LEVELS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityLevels:
+    """A model's priority levels and how a request's ``priority`` maps onto them.
+
+    ``levels`` / ``default``: config.pbtxt's ``dynamic_batching.priority_levels`` and
+    ``default_priority_level`` as written (``levels`` 0, Triton's "no priorities": one class,
+    ``default`` then unused); ``configured`` False: a model without config.pbtxt, wsserve's own two
+    classes (``priority`` 1 high, 0 normal), which Triton's configuration calls levels 2, default 2.
+    The model's :class:`BatchQueue` has :attr:`classes` levels and :attr:`default_class` as its
+    default, and maps a request's priority onto them (Triton's rule: see its module docstring).
+    """
+
+    levels: int = 2
+    default: int = 2
+    configured: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.levels <= MAX_PRIORITY_LEVELS:
+            raise ValueError(f"priority levels must be in [0, {MAX_PRIORITY_LEVELS}], got {self.levels}")
+        if self.levels and not 1 <= self.default <= self.levels:
+            raise ValueError(f"default priority level must be in [1, {self.levels}], got {self.default}")
+
+    @property
+    def classes(self) -> int:
+        """The queue's classes (levels 0: one)."""
+        return self.levels or 1
+
+    @property
+    def default_class(self) -> int:
+        """The level a request of priority 0 (or one out of range) is queued at."""
+        return self.default if self.levels else 1
+
+    @property
+    def wire_max(self) -> int:
+        """The highest ``priority`` wsserve's own requests (WebSocket, ``POST /predict``) may ask for
+        (Triton's transports may send any: it is then the default level):
+        1 for the two default classes (0 normal, 1 high) and for a model with no levels (one class:
+        0 and 1 are both accepted and queued alike, as Triton ignores a priority there), else ``levels``."""
+        return self.levels if self.configured and self.levels > 1 else 1
+
+    def refusal(self, priority: int, model: str) -> str | None:
+        """Why a wsserve request's ``priority`` is refused for ``model`` (None: it is not): above
+        :attr:`wire_max` (Triton's transports take any value: :meth:`level`)."""
+        if 0 <= priority <= self.wire_max:
+            return None
+        if not self.configured:
+            return f"field 'priority' must be 0 (normal) or 1 (high), got {priority}"
+        if not self.levels:
+            return (f"field 'priority' must be 0 or 1 for model {model!r}, got {priority} (its config.pbtxt sets "
+                    "no dynamic_batching.priority_levels: one level)")
+        return (f"field 'priority' must be in [0, {self.levels}] for model {model!r}, got {priority} (its "
+                f"config.pbtxt dynamic_batching.priority_levels is {self.levels}, 1 the highest; 0 is "
+                f"default_priority_level {self.default})")
 
 
 def queue_deadline(requested: float | None, now: float, default_timeout_s: float | None,
@@ -90,6 +157,9 @@ class WorkItem:
     :class:`~wsserve.worker.PredictWorker` sets it to None once it has delivered the last rows)."""
 
     rows: int
+    #: The request's priority (>= 0): its level in the queue, 1 the highest; 0, or a value above the
+    #: queue's ``priority_levels``, the default level.  The default queue (2 levels, default 2): 1 high,
+    #: anything else normal.
     priority: int = 0
     deadline: float | None = None  # absolute, same clock as ``now``
     row_bytes: int = 0  # input bytes of one row (for ``max_queue_bytes``)
@@ -171,10 +241,17 @@ class BatchQueue:
         max_queue_requests: int | None = None,
         by_shape: bool = False,
         whole_requests: bool = False,
+        priority_levels: int = 2,
+        default_priority_level: int = 2,
     ) -> None:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
         module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
-        ("Whole requests")."""
+        ("Whole requests"); ``priority_levels`` (1..:data:`MAX_PRIORITY_LEVELS`) classes, level 1
+        first, and the level of an item of priority 0 or above them ("Priority")."""
+        if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
+            raise ValueError(f"priority_levels must be in [1, {MAX_PRIORITY_LEVELS}], got {priority_levels}")
+        if not 1 <= default_priority_level <= priority_levels:
+            raise ValueError(f"default_priority_level must be in [1, {priority_levels}], got {default_priority_level}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_delay_ms is not None and not max_delay_ms > 0:
@@ -186,7 +263,12 @@ class BatchQueue:
         #: Requests with rows waiting, at most (Triton's ``max_queue_size``; None: no bound).
         self.max_queue_requests = max_queue_requests
         self._bytes = 0  # unscheduled input bytes of live items
-        self._classes = (deque[WorkItem](), deque[WorkItem]())  # index = priority; 1 is high
+        self.priority_levels = priority_levels
+        #: One deque per level, the highest (level 1) first: the order batches are filled in.
+        self._classes = tuple(deque[WorkItem]() for _ in range(priority_levels))
+        #: ``_by_priority[p]``: the deque of an item of priority ``p`` (0: the default level's; a ``p``
+        #: past its end, too).
+        self._by_priority = (self._classes[default_priority_level - 1], *self._classes)
         self._rows = 0  # unscheduled rows of live items
         self._units = 0  # their cost units (== _rows while every row costs 1)
         self._requests = 0  # live items with unscheduled rows
@@ -205,7 +287,7 @@ class BatchQueue:
     # -- admission
 
     def add(self, item: WorkItem, now: float) -> None:
-        """Queue ``item``.  Raises ``Overloaded`` (with ``retry_after_ms``) if
+        """Queue ``item`` at its priority's level.  Raises ``Overloaded`` (with ``retry_after_ms``) if
         ``max_queue_requests`` requests are waiting already, or if its rows' cost units
         would take a non-empty queue past ``max_queue_rows`` (or its bytes past
         ``max_queue_bytes``); an empty queue accepts any item (else a request bigger than
@@ -213,6 +295,13 @@ class BatchQueue:
         rows = item.rows - item.next_row
         if rows < 1:
             raise ValueError("a work item needs at least one row")
+        priority = item.priority
+        if priority < 0:
+            raise ValueError(f"a work item's priority must be >= 0, got {priority}")
+        try:
+            queue = self._by_priority[priority]
+        except IndexError:  # above the levels: the default level (Triton's rule)
+            queue = self._by_priority[0]
         if item.cost < 1:
             raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
@@ -237,7 +326,7 @@ class BatchQueue:
                 retry_after_ms=self._retry_after_ms(),
             )
         item.enqueued_at = now
-        self._classes[1 if item.priority else 0].append(item)
+        queue.append(item)
         self._rows += rows
         self._units += units
         self._bytes += nbytes
@@ -276,8 +365,12 @@ class BatchQueue:
         if item.remaining <= 0:
             return False
         try:
-            self._classes[1 if item.priority else 0].remove(item)
-        except ValueError:  # never queued (e.g. refused with Overloaded)
+            queue = self._by_priority[item.priority]
+        except IndexError:  # above the levels: queued at the default level
+            queue = self._by_priority[0]
+        try:
+            queue.remove(item)
+        except ValueError:  # never queued (e.g. refused with Overloaded, or a negative priority)
             return False
         self._rows -= item.remaining
         self._units -= item.remaining * item.cost
@@ -345,9 +438,9 @@ class BatchQueue:
         if self._shape_units is not None:
             return self._next_of_one_shape(now, expired)
         cap = self.max_batch_size
-        if 0 < self._units <= cap:  # everything queued fits: take it all, high priority first
+        if 0 < self._units <= cap:  # everything queued fits: take it all, highest level first
             out = []
-            for queue in (self._classes[1], self._classes[0]):
+            for queue in self._classes:
                 for item in queue:
                     out.append(_slice(Slice, (item, item.next_row, item.rows)))
                     item.next_row = item.rows
@@ -359,7 +452,7 @@ class BatchQueue:
             self._batches += 1
             self._rows_scheduled += rows
             return Batch(slices=tuple(out), rows=rows, expired=tuple(expired), units=units)
-        slices, rows, units = self._round_robin((self._classes[1], self._classes[0]), cap)
+        slices, rows, units = self._round_robin(self._classes, cap)
         return self._batch(slices, rows, units, expired)
 
     def _batch(self, slices: dict[WorkItem, list[int]], rows: int, units: int,
@@ -465,15 +558,14 @@ class BatchQueue:
         if not counts:
             return self._batch({}, 0, 0, expired)
         cap = self.max_batch_size
-        high, low = self._classes[1], self._classes[0]
-        head = high[0] if high else low[0]
+        classes = self._classes
+        head = next(q for q in classes if q)[0]
         shape = head.shape
         if counts[shape] < cap and 0 < self.max_delay_s and now < head.enqueued_at + self.max_delay_s:
             shape = next((s for s, u in counts.items() if u >= cap), shape)  # a full batch, while the head may wait
-        high_mine = deque(it for it in high if it.shape == shape)
-        low_mine = deque(it for it in low if it.shape == shape)
-        slices, rows, units = self._round_robin((high_mine, low_mine), cap)
-        for queue, mine in ((high, high_mine), (low, low_mine)):  # unserved ones keep their places
+        mines = tuple(deque(it for it in q if it.shape == shape) for q in classes)
+        slices, rows, units = self._round_robin(mines, cap)
+        for queue, mine in zip(classes, mines):  # unserved ones keep their places
             waiting = [it for it in queue if it not in slices]
             queue.clear()
             queue.extend(waiting)

@@ -485,6 +485,8 @@ class Connection:
         entry = self._models.lookup(req.model, req.version)
         if entry.kind != "predict":
             raise BadRequest(f"model {req.model!r} serves generate, not predict")
+        if req.priority > 1 and (refusal := entry.worker.priorities.refusal(req.priority, req.model)) is not None:
+            raise BadRequest(refusal)  # 0 and 1 suit every model
         if req.explain and (refusal := entry.explain_refusal) is not None:
             raise BadRequest(refusal)
         if (req.binary_outputs or req.seed_form is not None) and getattr(entry, "answers_strings", False):

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import PriorityLevels
 from .dtypes import array_bytes
 from .errors import (
     BadRequest,
@@ -398,6 +399,10 @@ class EnsembleWorker:
         self._closed = False
         self._idle: asyncio.Event | None = None
         self._requests = 0
+        #: The priorities wsserve's own requests may give an ensemble: 0 or 1, as a model without
+        #: config.pbtxt (an OIP request's passes as it is, as in Triton); each step's model maps it
+        #: onto its own levels (Triton's rule: :mod:`wsserve.batching`, "Priority").
+        self.priorities = PriorityLevels()
 
     def start(self) -> None:
         self._idle = asyncio.Event()

@@ -538,6 +538,18 @@ def _priority(obj: dict[str, Any]) -> int:
     raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(value)}")
 
 
+def _predict_priority(obj: dict[str, Any]) -> int:
+    """A predict's ``priority``: any non-negative integer here; the model's levels bound it when the
+    request is queued (:meth:`~wsserve.batching.PriorityLevels.refusal`: 0 or 1 for a model without
+    config.pbtxt, 0..``priority_levels`` for one with them)."""
+    value = obj.get("priority")
+    if value is None:
+        return 0
+    if type(value) is int and value >= 0:
+        return value
+    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(value)}")
+
+
 def _model(obj: dict[str, Any]) -> str:
     model = obj.get("model")
     if type(model) is str:
@@ -619,7 +631,7 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
         stream=_flag(obj, "stream"),
         chunk_rows=_opt_int(obj, "chunk_rows", 1, MAX_CHUNK_ROWS),
         timeout_ms=_opt_timeout(obj),
-        priority=_priority(obj),
+        priority=_predict_priority(obj),
         explain=_flag(obj, "explain"),
         tensors=tensors,
         binary_outputs=_flag(obj, "binary_outputs"),

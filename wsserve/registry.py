@@ -62,6 +62,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .batching import PriorityLevels
 from .bls import BlsGateway
 from .config import DEFAULT_MODEL_LOAD_TIMEOUT_S, flag
 from .ensemble import EnsembleModel, EnsembleWorker, build_ensemble, depends_on
@@ -118,6 +119,13 @@ LOAD_CONCURRENCY = 4
 #: returns keeps its thread forever): a load that would start one more fails at once.  Twice the
 #: running loads: room for a round of hung loads without refusing the models queued behind them.
 MAX_LOAD_THREADS = 2 * LOAD_CONCURRENCY
+
+
+def _priorities(cfg: ModelConfig) -> PriorityLevels:
+    """A model's priority levels: its config.pbtxt's (Triton's), else wsserve's two classes."""
+    if cfg.priority_levels is None:
+        return PriorityLevels()
+    return PriorityLevels(cfg.priority_levels, cfg.default_priority_level, configured=True)
 
 
 def _start_thread(fn: Callable[..., Any], *args: Any, name: str) -> asyncio.Future[Any]:
@@ -361,7 +369,8 @@ class ModelRegistry:
         return self.pool.make_worker(
             name, model, max_batch_size=rows, max_delay_ms=cfg.max_delay_ms, instances=cfg.instances,
             max_queue_requests=cfg.max_queue_requests, default_timeout_ms=cfg.default_timeout_ms,
-            allow_timeout_override=cfg.allow_timeout_override, guide_compile_memory_bytes=cfg.guide_compile_memory_bytes,
+            allow_timeout_override=cfg.allow_timeout_override, priorities=_priorities(cfg),
+            guide_compile_memory_bytes=cfg.guide_compile_memory_bytes,
             guide_compile_cpu_s=cfg.guide_compile_cpu_s, guide_compile_timeout_s=cfg.guide_compile_timeout_s,
             response_cache=cfg.response_cache,
         )

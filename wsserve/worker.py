@@ -82,7 +82,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .batching import Batch, BatchQueue, Slice, WorkItem, queue_deadline
+from .batching import Batch, BatchQueue, PriorityLevels, Slice, WorkItem, queue_deadline
 from .config import INLINE_MAX_FLOPS
 from .errors import (
     BadRequest,
@@ -403,6 +403,7 @@ class PredictWorker:
         max_queue_requests: int | None = None,
         default_timeout_ms: float | None = None,
         allow_timeout_override: bool = True,
+        priorities: PriorityLevels = PriorityLevels(),
         instances: int = 1,
         inline_max_flops: int = INLINE_MAX_FLOPS,
         observer: BatchObserver | None = None,
@@ -419,7 +420,8 @@ class PredictWorker:
         ``default_timeout_ms`` is the deadline of a request queued without one (and, unless
         ``allow_timeout_override``, of every request; a request may only shorten it: see
         :func:`~wsserve.batching.queue_deadline`), until its first rows are scheduled
-        (:attr:`~wsserve.batching.WorkItem.deadline_until_started`)."""
+        (:attr:`~wsserve.batching.WorkItem.deadline_until_started`).  ``priorities``: the model's
+        priority levels (its queue's classes; default: wsserve's two, ``priority`` 1 high)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -440,7 +442,10 @@ class PredictWorker:
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
             whole_requests=self._by_request,  # one InferenceRequest per request, as Triton's batcher keeps it
+            priority_levels=priorities.classes, default_priority_level=priorities.default_class,
         )
+        #: The model's priority levels (its queue's classes; what the transports report and check).
+        self.priorities = priorities
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
         self.allow_timeout_override = allow_timeout_override
@@ -528,7 +533,9 @@ class PredictWorker:
     # -- requests
 
     def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
-        """Queue ``sink``'s rows.  Raises ``Overloaded`` when the queue is full,
+        """Queue ``sink``'s rows at the level of the request's ``priority`` (any non-negative integer;
+        Triton's rule: 0, or one above the model's levels, is its default level: :class:`BatchQueue
+        <wsserve.batching.BatchQueue>`).  Raises ``Overloaded`` when the queue is full,
         ``ShuttingDown`` after :meth:`close` and ``BadRequest`` for a sink that
         wants explanations from a model that has none; the sink is then never called."""
         if self._closed:

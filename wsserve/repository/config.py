@@ -157,6 +157,12 @@ class ModelConfig:
     max_queue_requests: int | None = None
     default_timeout_ms: float | None = None
     allow_timeout_override: bool = True
+    #: A config.pbtxt's ``dynamic_batching.priority_levels`` and ``default_priority_level`` (Triton's:
+    #: level 1 first, a request's priority 0 the default level; levels 0: one level, priorities unused);
+    #: ``None``: not a config.pbtxt, wsserve's two classes (``priority`` 1 high, 0 normal).
+    #: :class:`wsserve.batching.PriorityLevels` maps a request's priority onto them.
+    priority_levels: int | None = None
+    default_priority_level: int = 0
     #: Its plain predicts are answered from the server's response cache when their inputs repeat
     #: (config.toml's ``response_cache``, config.pbtxt's ``response_cache { enable: true }``).
     response_cache: bool = False

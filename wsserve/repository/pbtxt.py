@@ -47,6 +47,12 @@ Mapped (Triton's semantics, triton-inference-server/server
   (0: no bound), ``default_timeout_ms`` (0: none), ``allow_timeout_override``
   (protobuf's default, false, as Triton reads it); ``timeout_action: DELAY``
   is refused (wsserve only rejects a request whose queue deadline passed).
+- ``dynamic_batching { priority_levels, default_priority_level }`` -> ``priority_levels``
+  (0..:data:`~wsserve.batching.MAX_PRIORITY_LEVELS`; 0, or no ``dynamic_batching``: one level,
+  a request's priority is not used, as in Triton) and ``default_priority_level`` (1..levels when
+  levels are set, Triton's check): the model's queue has that many classes, level 1 first
+  (:class:`~wsserve.batching.PriorityLevels`).  ``priority_queue_policy`` (per-level queue
+  policies) is refused, and so is ``preserve_ordering`` with more than one level (as Triton does).
 - ``instance_group``: the sum of ``count`` (default 1 per group) ->
   ``instances`` (1..64).  ``KIND_CPU``/``KIND_AUTO`` as they are;
   ``KIND_GPU`` runs on CPU (wsserve is CPU only), ``count`` per listed GPU, with
@@ -63,7 +69,8 @@ Mapped (Triton's semantics, triton-inference-server/server
 
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
-``batch_output``, ``model_transaction_policy { decoupled: true }``, and per
+``batch_output``, ``model_transaction_policy { decoupled: true }``,
+``dynamic_batching.priority_queue_policy``, and per
 tensor ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
 ``is_non_linear_format_io``.
 
@@ -81,6 +88,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..batching import MAX_PRIORITY_LEVELS
 from ..config import MAX_DELAY_MS
 from ..dtypes import BYTES
 from .config import (
@@ -416,9 +424,13 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
             raise ConfigError(path, "dynamic_batching.max_queue_delay_microseconds", f"must be in [0, {MAX_DELAY_MS * 1000}], got {us}")
         max_delay_ms = us / 1000
         warnings.extend(f"dynamic_batching.{f.name}" for f, _ in db.ListFields()
-                        if f.name not in ("max_queue_delay_microseconds", "default_queue_policy"))
+                        if f.name not in ("max_queue_delay_microseconds", "default_queue_policy", "priority_levels",
+                                          "default_priority_level"))
         if db.HasField("default_queue_policy"):
             queue_policy = _queue_policy(path, db.default_queue_policy)
+        queue_policy.update(_priority_levels(path, db))
+    else:
+        queue_policy["priority_levels"] = 0  # Triton: a model without dynamic_batching has no priority levels
 
     inputs = _tensors(path, "input", cfg.input, warnings)
     outputs = _tensors(path, "output", cfg.output, warnings)
@@ -471,6 +483,28 @@ def _queue_policy(path: Path, policy: Any) -> dict[str, Any]:
                           f"must be in [0, {MAX_DEFAULT_TIMEOUT_MS * 1000}], got {us}")
     return {"max_queue_requests": size or None, "default_timeout_ms": us / 1000 if us else None,
             "allow_timeout_override": policy.allow_timeout_override}
+
+
+def _priority_levels(path: Path, db: Any) -> dict[str, int]:
+    """``dynamic_batching``'s ``priority_levels`` / ``default_priority_level`` as :class:`ModelConfig`'s
+    fields, checked as Triton's ``ValidateModelConfig`` does (the default within 1..levels when levels
+    are set) and bounded by :data:`~wsserve.batching.MAX_PRIORITY_LEVELS`; per-level queue policies
+    are refused, and ``preserve_ordering`` with more than one level (Triton refuses it too)."""
+    where = "dynamic_batching"
+    levels, default = db.priority_levels, db.default_priority_level
+    if levels > MAX_PRIORITY_LEVELS:
+        raise ConfigError(path, f"{where}.priority_levels", f"must be in [0, {MAX_PRIORITY_LEVELS}] (wsserve's bound), "
+                          f"got {levels}")
+    if levels and not 1 <= default <= levels:
+        raise ConfigError(path, f"{where}.default_priority_level", f"must be in [1, {levels}] (priority_levels is "
+                          f"{levels}), got {default}")
+    if db.priority_queue_policy:
+        raise ConfigError(path, f"{where}.priority_queue_policy", "is not supported: every priority level has the "
+                          "default_queue_policy in wsserve")
+    if db.preserve_ordering and levels > 1:
+        raise ConfigError(path, f"{where}.preserve_ordering", f"cannot be true with priority_levels {levels} "
+                          "(Triton allows only one level then)")
+    return {"priority_levels": levels, "default_priority_level": default}  # as written (unused without levels)
 
 
 def _config_json(cfg: Any) -> str:

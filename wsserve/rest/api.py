@@ -386,6 +386,8 @@ class HttpApi:
             entry = self.models.lookup(req.model, req.version)
             if entry.kind != "predict":
                 raise BadRequest(f"model {req.model!r} serves generate, not predict (use POST /v1/completions)")
+            if req.priority > 1 and (refusal := entry.worker.priorities.refusal(req.priority, req.model)) is not None:
+                raise BadRequest(refusal)  # 0 and 1 suit every model
             if req.explain and (refusal := entry.explain_refusal) is not None:
                 raise BadRequest(refusal)
             cfg = self.config
@@ -547,6 +549,9 @@ class HttpApi:
                         "queue_policy": triton.queue_policy(getattr(queue, "max_queue_requests", None),
                                                             getattr(worker, "default_timeout_s", None),
                                                             getattr(worker, "allow_timeout_override", True))}
+            priorities = getattr(worker, "priorities", None)
+            if priorities is not None:
+                batching.update(priority_levels=priorities.levels, default_priority_level=priorities.default)
             batching["response_cache"] = getattr(getattr(entry.model, "config", None), "response_cache", False) is True
             config = getattr(entry.model, "config", None)
             batching["reshapes"] = {t.name: t.model_dims for t in (*(getattr(config, "inputs", None) or ()),
@@ -649,7 +654,7 @@ class HttpApi:
         call = call_type(session, exchange, entry, batch, req.rows, nbytes, "oip", now, headers, rid=req.id,
                          outputs=outputs, requested=req.outputs, explain=req.explain, **extra)
         deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
-        call.item = entry.worker.submit(call, priority=1 if req.priority == 1 else 0, deadline=deadline)
+        call.item = entry.worker.submit(call, priority=req.priority, deadline=deadline)  # any: Triton's rule maps it
         return call
 
     # ------------------------------------------------------------------ OIP model repository extension

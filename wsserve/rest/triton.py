@@ -27,8 +27,9 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   ``max_batch_size`` 0, with ``dims`` its tensors' whole shapes.
 - ``dynamic_batching``: always on in wsserve; ``max_queue_delay_microseconds``
   is the batching window (0: greedy, a batch forms as soon as the model is
-  free); ``priority_levels`` 2, ``default_priority_level`` 2 (request
-  ``priority`` 1 is served first, others in the default level);
+  free); ``priority_levels`` / ``default_priority_level`` the model's config.pbtxt's, as
+  written (``priority_levels`` 0 when it sets none: one level), else 2 / 2 (wsserve's two
+  classes: request ``priority`` 1 is served first, others in the default level);
   ``default_queue_policy`` when the model has one (its config's
   ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``).
 - A generative model (served by Triton's generate extension,
@@ -112,7 +113,8 @@ def queue_policy(max_queue_requests: int | None, default_timeout_s: float | None
 def model_config(name: str, *, platform: str, backend: str, policy: Any, generative: bool, max_rows: int,
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
                  max_batch_rows: int | None = None, max_delay_s: float = 0.0,
-                 queue_policy: dict[str, Any] | None = None,
+                 queue_policy: dict[str, Any] | None = None, priority_levels: int = 2,
+                 default_priority_level: int = 2,
                  ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
                  reshapes: Mapping[str, tuple[int, ...]] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
@@ -122,7 +124,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
 
     ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
-    ``default_queue_policy`` (:func:`queue_policy`), if any; ``policy``: the repository
+    ``default_queue_policy`` (:func:`queue_policy`), if any; ``priority_levels`` /
+    ``default_priority_level``: its priority levels; ``policy``: the repository
     config's version policy (or None); ``response_cache``: the model's config enables Triton's
     response cache; ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name (each listed
     as Triton lists it)."""
@@ -141,7 +144,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         "input": _tensors(inputs, reshapes=reshapes),
         "output": _tensors(outputs, reshapes=reshapes),
         "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
-                             "priority_levels": 2, "default_priority_level": 2},
+                             "priority_levels": priority_levels, "default_priority_level": default_priority_level},
         "model_transaction_policy": {"decoupled": False},
     })
     if queue_policy is not None:

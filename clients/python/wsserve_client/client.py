@@ -260,7 +260,8 @@ class Client:
         answer: it is sent as the server deadline ``timeout_ms`` (a retry sends what is left),
         and the client gives up on its own 1 s (``DEADLINE_GRACE_S``) after it, sending
         ``cancel``; either way :class:`DeadlineExceeded` (a :class:`TimeoutError`) is raised.
-        ``priority`` 1 is served first. ``as_numpy`` returns
+        ``priority`` 1 is served first (a model whose config.pbtxt sets ``priority_levels`` N takes
+        0..N, level 1 first, 0 its default level; docs/PROTOCOL.md "Priority levels"). ``as_numpy`` returns
         ``outputs`` (and ``attributions``) as float64 ``numpy.ndarray`` (a string output: an object
         array of ``str``). ``explain`` asks for
         per-feature attributions with each row (``BadRequestError`` for a model that cannot
