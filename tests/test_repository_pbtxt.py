@@ -225,7 +225,6 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", ["once"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 3] } }]', "input[0].reshape.shape", ["[4] against [6]"]),
     ('input [{ name: "x" data_type: TYPE_INT64 dims: [1] is_shape_tensor: true }]', "input[0].is_shape_tensor", ["shape tensors"]),
-    ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] optional: true }]', "input[0].optional", ["required"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]', "input[0].allow_ragged_batch", ["ragged"]),
     ('output [{ name: "y" data_type: TYPE_FP32 dims: [4] reshape: { shape: [-1] } }]', "output[0].reshape.shape", ["variable on both sides"]),
     ('input [{ name: "x" data_type: TYPE_BF16 dims: [1] }]', "input[0].data_type", ["TYPE_BF16", "TYPE_FP16", "TYPE_UINT8"]),

@@ -337,7 +337,7 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
     """``(tensors, n, nbytes)``: the arrays fitted to a model's input ``specs``.
 
     The unnamed form suits a model with one input; named tensors must name
-    exactly the model's inputs (any order).  Each tensor's shape after the
+    the model's inputs (any order; an ``optional`` one may be left out).  Each tensor's shape after the
     batch dimension must equal the input's; dtypes are cast where the JSON
     path takes the same values (numbers into float inputs; integers, and
     integral floats in range, into int inputs; only bool into bool).
@@ -355,10 +355,10 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
         unknown = [d.name for d in descs if d.name not in wanted]
         if unknown:
             raise InvalidInput(f"'inputs' names unknown input {unknown[0]!r}; the model takes {', '.join(map(repr, wanted))}")
-        missing = [w for w in wanted if w not in by_name]
+        missing = [s.name for s in specs if s.name not in by_name and not getattr(s, "optional", False)]
         if missing:
             raise InvalidInput(f"'inputs' is missing input {missing[0]!r}; the model takes {', '.join(map(repr, wanted))}")
-        pairs = [(arrays[by_name[s.name]], descs[by_name[s.name]], s) for s in specs]
+        pairs = [(arrays[by_name[s.name]], descs[by_name[s.name]], s) for s in specs if s.name in by_name]
     out: dict[str, np.ndarray] = {}
     nbytes = 0
     for arr, desc, spec in pairs:
@@ -375,7 +375,7 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
     n = descs[0].shape[0]
     if len(specs) == 1:
         return out[specs[0].name], n, nbytes
-    return out, n, nbytes
+    return out, n, nbytes  # an optional input left out has no entry: the model gets none
 
 
 # --------------------------------------------------------------------------- encode

@@ -211,8 +211,8 @@ def _rows_vary(model: Any) -> bool:
 
 def _row_shape(inputs: Any) -> Any:
     """The row shape of a request's ``inputs`` as a hashable key (``[n, *row]`` -> ``row``; named
-    inputs: ``((name, row), ...)`` by name): a model with a variable dimension batches together only
-    requests whose keys are equal (:class:`~wsserve.batching.BatchQueue`'s ``by_shape``).  ``None``
+    inputs: ``((name, row), ...)`` by name, so also which inputs it gives): a model with a variable
+    dimension or an optional input batches together only requests whose keys are equal (:class:`~wsserve.batching.BatchQueue`'s ``by_shape``).  ``None``
     for JSON rows (only a fixed-shape model gets those)."""
     if isinstance(inputs, dict):
         return tuple(sorted((k, v.shape[1:]) for k, v in inputs.items()))
@@ -437,7 +437,8 @@ class PredictWorker:
         self._after_batch = after_batch
         #: The model has a variable (-1) input dimension: requests are batched only with requests of
         #: their own row shape (Triton's dynamic batcher), each queued with its :func:`_row_shape`.
-        self._by_shape = _rows_vary(model)
+        # a variable dimension, or an optional input: batch only requests of one shape and one set of inputs
+        self._by_shape = _rows_vary(model) or any(getattr(s, "optional", False) for s in getattr(model, "inputs", None) or ())
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,

@@ -9,6 +9,7 @@ outputs (:func:`check_outputs`) and building the :class:`ModelInfo`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import os
 import stat
@@ -234,9 +235,10 @@ def merge_specs(
             raise ModelLoadError(path, f"{source} says {side} {spec.name!r} has shape {list(tc.shape)}; the model's is {list(spec.shape)}")
         if tc.dtype is not None and tc.dtype != spec.dtype:
             raise ModelLoadError(path, f"{source} says {side} {spec.name!r} is {tc.dtype}; the model's is {spec.dtype}")
-        out.append(spec)
+        out.append(dataclasses.replace(spec, optional=True) if tc.optional and side == "input" else spec)
     if side == "input" and len(out) != len(model_specs):
-        missing = [s.name for s in model_specs if s not in out]
+        listed = {s.name for s in out}
+        missing = [s.name for s in model_specs if s.name not in listed]
         raise ModelLoadError(path, f"{source} lists {len(out)} inputs but the model needs {len(model_specs)} (missing {missing[0]!r})")
     return tuple(out)
 

@@ -122,6 +122,8 @@ class TensorConfig:
     #: config.pbtxt's ``reshape { shape }``: the per-row shape the model itself takes or gives where it
     #: differs from ``dims`` (the wire's); ``None`` without one (:func:`.pbtxt.check_reshape`).
     model_dims: tuple[int, ...] | None = None
+    #: config.pbtxt's ``optional: true`` on an input: a request may leave it out.
+    optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,9 @@ def parse_ensemble(cfg: Any, path: Path, name: str, *,
             if t.model_dims is not None:
                 raise ConfigError(path, f"{key}[{i}].reshape", "is not supported in an ensemble: it has no model "
                                                                "of its own (reshape in its steps' configs)")
+            if t.optional:
+                raise ConfigError(path, f"{key}[{i}].optional", "is not supported in an ensemble: its steps take "
+                                                                "every tensor they map")
     if not cfg.HasField("ensemble_scheduling"):
         raise ConfigError(path, "ensemble_scheduling", "is required with platform \"ensemble\"")
     ensemble = EnsembleConfig(name, cfg.max_batch_size, inputs, outputs, _steps(path, cfg.ensemble_scheduling))

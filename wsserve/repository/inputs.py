@@ -8,7 +8,8 @@ unsigned integers, bool), and strings
 their UTF-8 ``bytes``):
 
 - ``inputs`` is a list of rows, or ``{name: rows}`` for named inputs (a
-  single-input model accepts both); a row is a number (scalar rows) or nested
+  single-input model accepts both); an input whose spec is ``optional`` may be left out (the
+  result then has no entry for it), every other one is required, and at least one is needed; a row is a number (scalar rows) or nested
   lists matching the input's per-row shape, e.g. ``[n, 2, 3]``.
 - Elements must be JSON numbers (``true``/``false``, strings and ``null`` are
   refused; a bool input takes only ``true``/``false``; a string input only
@@ -352,15 +353,19 @@ def convert_inputs(
         spec = specs[0]
         if type(inputs) is dict:
             if set(inputs) != {spec.name}:
-                raise InvalidInput(_names_message(inputs, specs))
+                raise InvalidInput(_names_message(inputs, specs) or f"'inputs' gives no input; the model takes {spec.name!r}")
             return _convert_one(inputs[spec.name], spec, f"'inputs.{spec.name}'", max_rows, max_elements)
         return _convert_one(inputs, spec, "'inputs'", max_rows, max_elements)
     if type(inputs) is not dict:
         names = ", ".join(repr(s.name) for s in specs)
         raise InvalidInput(f"'inputs' must be an object {{name: rows}} with the inputs {names}, got {json_type(inputs)}")
-    if set(inputs) != {s.name for s in specs}:
-        raise InvalidInput(_names_message(inputs, specs))
-    n = len(inputs[specs[0].name]) if type(inputs[specs[0].name]) is list else 0
+    if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
+        message = _names_message(inputs, specs)
+        if message is not None:
+            raise InvalidInput(message)
+        specs = [s for s in specs if s.name in inputs]  # optional inputs left out: the model gets none
+    first = specs[0].name
+    n = len(inputs[first]) if type(inputs[first]) is list else 0
     per_row = sum(s.elements for s in specs)
     if 0 < n <= max_rows and n * per_row > max_elements:
         raise InvalidInput(f"'inputs' has {n} rows of {per_row} values; the limit is {max_elements} values")
@@ -377,16 +382,22 @@ def convert_inputs(
         if arr is None:
             arr = _convert_one(rows, spec, label, max_rows, max_elements)
         if len(arr) != n:
-            raise InvalidInput(f"{label} has {len(arr)} rows but 'inputs.{specs[0].name}' has {n}; every input needs the same rows")
+            raise InvalidInput(f"{label} has {len(arr)} rows but 'inputs.{first}' has {n}; every input needs the same rows")
         out[spec.name] = arr
     return out
 
 
-def _names_message(inputs: dict[str, Any], specs: Sequence[TensorSpec]) -> str:
+def _names_message(inputs: dict[str, Any], specs: Sequence[TensorSpec]) -> str | None:
+    """What is wrong with the names of ``inputs`` (an unknown one, a required one missing, none at
+    all), or None when only optional inputs are left out."""
     wanted = [s.name for s in specs]
     unknown = sorted(k for k in inputs if k not in wanted)
-    missing = [k for k in wanted if k not in inputs]
-    takes = ", ".join(repr(w) for w in wanted)
+    missing = [s.name for s in specs if s.name not in inputs and not s.optional]
+    takes = ", ".join(repr(w) + (" (optional)" if s.optional else "") for w, s in zip(wanted, specs, strict=True))
     if unknown:
         return f"'inputs' names unknown input {unknown[0]!r}; the model takes {takes}"
-    return f"'inputs' is missing input {missing[0]!r}; the model takes {takes}"
+    if missing:
+        return f"'inputs' is missing input {missing[0]!r}; the model takes {takes}"
+    if not inputs:
+        return f"'inputs' gives no input; the model takes {takes}"
+    return None

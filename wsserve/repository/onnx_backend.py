@@ -262,6 +262,18 @@ class OnnxModel(RepositoryModel):
         self._reshape_in: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._reshape_out: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         own_in = [spec(a, "input", _configured(a.name, config.inputs, len(graph_in))) for a in graph_in]
+        # An optional input that is no graph input but an initializer a request may override (ONNX
+        # Runtime lists those apart): config.pbtxt's dims and type are its shape; left out, the
+        # initializer's value is used.
+        overridable = {a.name: a for a in self._session.get_overridable_initializers()}
+        for tc in config.inputs or ():
+            if tc.optional and tc.name in overridable and all(a.name != tc.name for a in graph_in):
+                dtype = ONNX_TYPES.get(overridable[tc.name].type)
+                if dtype is None or (tc.dtype is not None and tc.dtype != dtype):
+                    raise ModelLoadError(self.path, f"{config.source} says optional input {tc.name!r} is {tc.dtype}; "
+                                                    f"the graph's initializer is {overridable[tc.name].type}")
+                own_in.append(TensorSpec(tc.name, tuple(VARIABLE if d == -1 else d for d in tc.triton_dims or ()),
+                                         dtype, optional=True))
         out_cfg = config.outputs
         chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
         own_out = [spec(a, "output", _configured(a.name, out_cfg, len(graph_out))) for a in (chosen or graph_out)]
@@ -294,7 +306,8 @@ class OnnxModel(RepositoryModel):
                 raise ValueError(f"model {self.name!r} takes named inputs {[s.name for s in self.inputs]}")
             feeds = {self.inputs[0].name: np.asarray(batch, dtype=self.inputs[0].np_dtype)}
         else:
-            feeds = {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs}
+            feeds = {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs
+                     if s.name in batch}  # an optional input left out: the graph's default (its initializer)
         for name, (model_dims, _) in self._reshape_in.items():  # config.pbtxt's reshape: the model's rows
             v = feeds[name]
             feeds[name] = v.reshape((len(v), *model_dims))

@@ -63,6 +63,9 @@ Mapped (Triton's semantics, triton-inference-server/server
 - ``parameters { key: "intra_op_thread_count" }`` (the onnxruntime backend's)
   -> ``[onnx] intra_op_num_threads`` (1..64; 0 = onnxruntime's default, here 1).
 
+- per input ``optional: true`` (:attr:`TensorConfig.optional`): a request may leave it out; the
+  model gets none (requests batch only with requests giving the same inputs).  Every listed input
+  of a model must not be optional; an ensemble's own inputs may not be.
 - per tensor ``reshape { shape }`` (:func:`check_reshape`): ``dims`` is what requests send and
   answers give, ``reshape`` what the model takes and gives (:attr:`TensorConfig.model_dims`; the
   ONNX backend compares the graph with it; the backends reshape each batch on the way in and out).
@@ -71,7 +74,7 @@ Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
 ``batch_output``, ``model_transaction_policy { decoupled: true }``,
 ``dynamic_batching.priority_queue_policy``, and per
-tensor ``is_shape_tensor``, ``allow_ragged_batch``, ``optional``,
+tensor ``is_shape_tensor``, ``allow_ragged_batch``,
 ``is_non_linear_format_io``.
 
 ``model_warmup`` is honoured (:mod:`.warmup`: a version runs its samples before it serves).
@@ -146,7 +149,6 @@ _REFUSED = {
 _TENSOR_REFUSED = {
     "is_shape_tensor": "shape tensors",
     "allow_ragged_batch": "ragged batches",
-    "optional": "optional inputs (every input is required)",
     "is_non_linear_format_io": "non-linear format tensors",
 }
 _THREADS_PARAM = "intra_op_thread_count"
@@ -221,7 +223,8 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str]) -> tuple[T
         dims = list(t.dims)
         shape = _dims(path, f"{where}.dims", dims)
         model_dims = check_reshape(path, where, dims, list(t.reshape.shape)) if t.HasField("reshape") else None
-        out.append(TensorConfig(t.name, shape, TRITON_TYPES[type_name], tuple(dims), model_dims))
+        optional = bool(getattr(t, "optional", False))  # inputs only (Triton's ModelOutput has no such field)
+        out.append(TensorConfig(t.name, shape, TRITON_TYPES[type_name], tuple(dims), model_dims, optional))
     return tuple(out)
 
 

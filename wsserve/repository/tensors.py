@@ -43,6 +43,8 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    #: An input a request may leave out (config.pbtxt's ``optional: true``; the model then gets none).
+    optional: bool = False
     # derived from the above:
     #: Values per row (1 for a scalar row); with variable dimensions, the least (each counted as 1).
     elements: int = field(init=False, repr=False, compare=False)
@@ -84,4 +86,7 @@ class TensorSpec:
         return fits(shape, self.shape)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.optional:
+            out["optional"] = True
+        return out

@@ -174,7 +174,7 @@ def exec_triton_model_file(path: Path, name: str, version: int) -> ModuleType:
 def _specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """config.pbtxt's tensors (every one named, shaped and typed: :mod:`.pbtxt` checked it)."""
     def specs(tensors: Any) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t.name, t.shape or t.triton_dims, t.dtype) for t in tensors)
+        return tuple(TensorSpec(t.name, t.shape or t.triton_dims, t.dtype, t.optional) for t in tensors)
     return specs(config.inputs), specs(config.outputs)
 
 

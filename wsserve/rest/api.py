@@ -1185,7 +1185,7 @@ def _worker_inputs(entry: Any, inputs: tuple[oip.Tensor, ...], req: oip.InferReq
         return np.ascontiguousarray(rows, dtype=None if rows.dtype.kind == "f" else np.float64)
     if len(inputs) == 1:
         return req.arrays[inputs[0].name]
-    return {t.name: req.arrays[t.name] for t in inputs}
+    return {t.name: req.arrays[t.name] for t in inputs if t.name in req.arrays}  # an optional one may be absent
 
 
 def _admin_params(op: str, body: bytes) -> tuple[str | None, str | None]:

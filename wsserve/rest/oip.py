@@ -115,6 +115,8 @@ class Tensor:
     datatype: str
     shape: tuple[int, ...]
     batched: bool = True
+    #: An input a request may leave out (config.pbtxt's ``optional: true``).
+    optional: bool = False
 
     def wire_shape(self) -> list[int]:
         """The shape a request's tensor must have: ``[-1, *shape]`` (any rows), or ``shape`` unbatched."""
@@ -144,7 +146,8 @@ def signature(model: Any) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     specs_in, specs_out = getattr(model, "inputs", None), getattr(model, "outputs", None)
     if specs_in is not None and specs_out is not None:
         batched = getattr(model, "batching", True)  # a repository model's: False for max_batch_size 0
-        return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape), batched) for s in specs_in),
+        return (tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape), batched, getattr(s, "optional", False))
+                      for s in specs_in),
                 tuple(Tensor(s.name, OIP_NAMES[s.dtype], tuple(s.shape), batched) for s in specs_out))
     info = getattr(model, "info", None)
     if info is None or info.task == "generation":
@@ -408,10 +411,15 @@ def add_input(arrays: dict[str, np.ndarray], name: str, array: np.ndarray, rows:
 
 
 def require_all(arrays: Mapping[str, np.ndarray], inputs: tuple[Tensor, ...]) -> None:
-    """Every input of the model was given; :class:`~wsserve.errors.BadRequest` names the first missing."""
+    """Every input of the model but an ``optional`` one was given, and at least one:
+    :class:`~wsserve.errors.BadRequest` names the first missing."""
     if len(arrays) != len(inputs):
-        missing = next(t.name for t in inputs if t.name not in arrays)
-        raise BadRequest(f"missing input {missing!r}; the model takes: {', '.join(t.name for t in inputs)}")
+        missing = next((t.name for t in inputs if t.name not in arrays and not t.optional), None)
+        if missing is None and not arrays:
+            missing = inputs[0].name
+        if missing is not None:
+            raise BadRequest(f"missing input {missing!r}; the model takes: "
+                             + ", ".join(t.name + (" (optional)" if t.optional else "") for t in inputs))
 
 
 def requested(obj: Mapping[str, Any], outputs: tuple[Tensor, ...], binary_default: bool,

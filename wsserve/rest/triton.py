@@ -92,6 +92,8 @@ def _tensors(tensors: Iterable[Tensor], required: str | None = None,
                                  "format": "FORMAT_NONE", "dims": list(t.shape)}
         if required is not None:
             entry["optional"] = t.name != required
+        elif t.optional:
+            entry["optional"] = True
         if reshapes and t.name in reshapes:
             entry["reshape"] = {"shape": list(reshapes[t.name])}
         out.append(entry)

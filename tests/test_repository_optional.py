@@ -1,0 +1,174 @@
+"""config.pbtxt's ``optional: true`` inputs: a request may leave them out, the model gets none, and
+requests giving different inputs are never batched together.  A Triton Python model with a required
+``x`` and optional ``scale`` and ``bias`` (it fails any execute whose requests differ in the inputs
+they give, so mixing them would show), and an ONNX graph whose optional ``s`` is an initializer a
+request may override, on a real server on loopback, called with ``tritonclient.http``,
+``tritonclient.grpc`` and the wsserve client (JSON and binary frames).  Before optional inputs were
+served, each of these models was refused at load ("optional inputs (every input is required)")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("grpc")  # the grpc extra
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tests import onnx_builders as ob  # noqa: E402
+from tests.support import ServerProcess  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+from tests.test_repository_triton_python import _write  # noqa: E402
+from wsserve.repository.errors import ConfigError  # noqa: E402
+from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
+
+AFFINE_PBTXT = """
+backend: "python"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] },
+        { name: "scale" data_type: TYPE_FP32 dims: [ 1 ] optional: true },
+        { name: "bias" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "given" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+AFFINE_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sets = {tuple(t.name() for t in r.inputs()) for r in requests}
+        if len(sets) > 1:
+            raise pb_utils.TritonError(f"one execute mixes requests giving {sorted(sets)}")
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            scale = pb_utils.get_input_tensor_by_name(r, "scale")
+            bias = pb_utils.get_input_tensor_by_name(r, "bias")
+            y = x * (scale.as_numpy() if scale is not None else 1) + (bias.as_numpy() if bias is not None else 0)
+            given = np.full((len(x), 1), len(r.inputs()), np.int32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y.astype(np.float32)),
+                                                   pb_utils.Tensor("given", given)]))
+        return out
+"""
+
+SCALED_PBTXT = """
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "s" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+
+
+def _scaled_graph() -> object:
+    """y = x * s, where s is an initializer ([[3]]) a request may override with its own [n, 1]."""
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "scaled",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              initializer=[numpy_helper.from_array(np.array([[3.0]], np.float32), "s")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root: Path = tmp_path_factory.mktemp("optional") / "model_repository"
+    _write(root, "affine", AFFINE_PBTXT, AFFINE_PY)
+    ob.save(_scaled_graph(), root / "scaled" / "1")
+    (root / "scaled" / "config.pbtxt").write_text(SCALED_PBTXT)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        yield proc, grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+X = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+SCALE = np.array([[10.0], [100.0]], np.float32)
+BIAS = np.array([[0.5], [-0.5]], np.float32)
+
+
+def _http_inputs(**arrays: np.ndarray) -> list[thttp.InferInput]:
+    out = []
+    for name, a in arrays.items():
+        t = thttp.InferInput(name, list(a.shape), "FP32")
+        t.set_data_from_numpy(a)
+        out.append(t)
+    return out
+
+
+def test_http_leaves_optional_inputs_out_and_the_config_says_which(served) -> None:
+    proc, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    config = client.get_model_config("affine")
+    assert [(t["name"], t.get("optional", False)) for t in config["input"]] == [
+        ("x", False), ("scale", True), ("bias", True)]
+    r = client.infer("affine", _http_inputs(x=X))
+    assert r.as_numpy("y").tolist() == X.tolist() and r.as_numpy("given").ravel().tolist() == [1, 1]
+    r = client.infer("affine", _http_inputs(x=X, bias=BIAS))
+    assert r.as_numpy("y").tolist() == (X + BIAS).tolist() and r.as_numpy("given").ravel().tolist() == [2, 2]
+    r = client.infer("affine", _http_inputs(x=X, scale=SCALE, bias=BIAS))
+    assert r.as_numpy("y").tolist() == (X * SCALE + BIAS).tolist()
+    with pytest.raises(thttp.InferenceServerException, match=r"missing input 'x'.*scale \(optional\)"):
+        client.infer("affine", _http_inputs(scale=SCALE))
+    # an ONNX initializer a request may override: left out, the graph's own value (3)
+    assert client.infer("scaled", _http_inputs(x=X)).as_numpy("y").tolist() == (X * 3).tolist()
+    assert client.infer("scaled", _http_inputs(x=X, s=SCALE)).as_numpy("y").tolist() == (X * SCALE).tolist()
+
+
+def test_grpc_leaves_optional_inputs_out(served) -> None:
+    _, address = served
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        assert [t.optional for t in client.get_model_config("affine").config.input] == [False, True, True]
+        inputs = []
+        for name, a in (("x", X), ("scale", SCALE)):
+            t = tgrpc.InferInput(name, list(a.shape), "FP32")
+            t.set_data_from_numpy(a)
+            inputs.append(t)
+        assert client.infer("affine", inputs).as_numpy("y").tolist() == (X * SCALE).tolist()
+        assert client.infer("scaled", inputs[:1]).as_numpy("y").tolist() == (X * 3).tolist()
+    finally:
+        client.close()
+
+
+async def test_websocket_requests_giving_different_inputs_are_batched_apart(served) -> None:
+    """Concurrent requests with three different sets of inputs, inside one batching window: the
+    model fails any execute mixing them, so every answer being right shows they were kept apart."""
+    from wsserve_client import Client, InvalidInput
+
+    proc, _ = served
+    forms = [{"x": X}, {"x": X, "bias": BIAS}, {"x": X, "scale": SCALE, "bias": BIAS}]
+    want = [X, X + BIAS, X * SCALE + BIAS]
+    async with Client(proc.url) as client:
+        results = await asyncio.gather(*(client.predict("affine", {k: v.tolist() for k, v in forms[i % 3].items()})
+                                         for i in range(12)))
+        for i, r in enumerate(results):
+            assert r.outputs["y"] == want[i % 3].tolist(), i
+        binary = await asyncio.gather(*(client.predict("affine", forms[i % 3], binary=True) for i in range(6)))
+        for i, r in enumerate(binary):
+            assert r.outputs["y"].tolist() == want[i % 3].tolist(), i
+        with pytest.raises(InvalidInput, match=r"missing input 'x'"):
+            await client.predict("affine", {"bias": BIAS.tolist()})
+        with pytest.raises(InvalidInput, match=r"missing input 'x'"):
+            await client.predict("affine", {"bias": BIAS}, binary=True)
+        with pytest.raises(InvalidInput, match=r"unknown input 'colour'"):
+            await client.predict("affine", {"x": X.tolist(), "colour": [[1.0], [2.0]]})
+
+
+def test_an_ensembles_own_inputs_are_never_optional() -> None:
+    text = ('platform: "ensemble"\nmax_batch_size: 8\n'
+            'input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] optional: true } ]\n'
+            'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+            'ensemble_scheduling { step [ { model_name: "scaled" model_version: -1 '
+            'input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } } ] }\n')
+    with pytest.raises(ConfigError, match=r"input\[0\]\.optional.*not supported in an ensemble"):
+        parse_pbtxt(text, Path("e/config.pbtxt"))
