@@ -122,9 +122,9 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
-#: What registering CUDA shared memory answers (Triton's extension, on a server without GPUs).
 #: The operation the admin rule names when a client asks for the system shared memory regions' status.
 SHM_STATUS_OP = "reading the shared memory regions' status"
+#: What registering CUDA shared memory answers (Triton's extension, on a server without GPUs).
 CUDA_SHM_REFUSAL = "CUDA shared memory is not supported: this server runs no GPU (use system shared memory)"
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
