@@ -195,6 +195,29 @@ def test_an_input_in_shared_memory_with_others_raw_and_an_output_inline(grpc_cli
         assert client.infer("aff", [given]).as_numpy("output").tolist() == Y.tolist()
 
 
+
+def test_a_grpc_region_parameter_without_a_value_is_no_region(served: tuple[ServerProcess, str]) -> None:
+    """An input whose ``shared_memory_region`` parameter is set to no value names no region (as
+    :func:`~wsserve.rest.sharedmem.shm_ref` reads it): ``raw_input_contents`` must then hold its
+    entry too, refused by count as any short list, not read past its end (an internal error)."""
+    channel = grpc.insecure_channel(served[1])
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = service_pb2.ModelInferRequest(model_name="named")
+    a = request.inputs.add(name="a", datatype="FP64", shape=[1, 2])
+    a.parameters["shared_memory_region"].CopyFrom(service_pb2.InferParameter())  # present, no value
+    request.inputs.add(name="b", datatype="FP64", shape=[1, 1])
+    request.raw_input_contents.append(np.array([1.0, 2.0]).tobytes())
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request)
+        assert info.value.code().name == "INVALID_ARGUMENT"
+        assert "raw_input_contents holds 1 tensors and 'inputs' 2" in info.value.details()
+        request.raw_input_contents.append(np.array([3.0]).tobytes())  # one entry each: served
+        assert np.frombuffer(stub.ModelInfer(request).raw_output_contents[0], "<f8").tolist() == [6.0]
+    finally:
+        channel.close()
+
+
 def test_a_region_unlinked_by_its_client_stays_usable_until_unregistered(http: Any,
                                                                            shm: shared_memory.SharedMemory) -> None:
     put(shm, 0, X)
