@@ -445,6 +445,33 @@ def test_cuda_shared_memory_is_answered_as_a_server_without_gpus(http: Any, grpc
     assert err.status() == "StatusCode.INVALID_ARGUMENT" and "CUDA shared memory is not supported" in err.message()
 
 
+
+def test_with_keys_cuda_shared_memory_needs_an_api_key_as_every_route(repo: Path) -> None:
+    """With ``--api-key`` every route but the probes and every RPC but the liveness ones need a
+    key: CUDA shared memory's register and unregister too (401 / ``UNAUTHENTICATED``), though the
+    one refuses and the other changes nothing; with a key they answer as without keys."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo), "--api-key", API)
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    gclient = tgrpc.InferenceServerClient(grpc_address(proc))
+    api = {"Authorization": f"Bearer {API}"}
+    try:
+        assert refused(http.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8).status() == "401"
+        assert refused(http.unregister_cuda_shared_memory).status() == "401"
+        assert refused(http.unregister_cuda_shared_memory, "c").status() == "401"
+        assert refused(gclient.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8).status() == \
+            "StatusCode.UNAUTHENTICATED"
+        assert refused(gclient.unregister_cuda_shared_memory).status() == "StatusCode.UNAUTHENTICATED"
+        err = refused(http.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8, headers=api)
+        assert err.status() == "400" and "CUDA shared memory is not supported" in err.message()
+        http.unregister_cuda_shared_memory(headers=api)
+        err = refused(gclient.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8, headers={"authorization": api["Authorization"]})
+        assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        http.close()
+        gclient.close()
+        proc.stop()
+
+
 def test_without_keys_a_forwarded_client_may_not_register(served: tuple[ServerProcess, str], http: Any,
                                                           shm: shared_memory.SharedMemory) -> None:
     err = refused(http.register_system_shared_memory, "f", key(shm), 64, headers={"X-Forwarded-For": "203.0.113.9"})
