@@ -820,3 +820,17 @@ def test_a_load_carries_its_config_as_json_text() -> None:
         with pytest.raises(BadRequest) as info:
             decode(orjson.dumps(frame))
         assert says in info.value.message and info.value.request_id == 3
+
+
+def test_a_load_config_nested_past_what_can_be_written_back_is_a_bad_request() -> None:
+    """A ``config`` object is passed on as its JSON text: one nested deeper than orjson writes (254
+    levels) is refused as a bad field, with the load's id, not raised as an internal error."""
+    from wsserve.protocol import decode
+
+    def frame(depth: int) -> str:
+        return '{"type":"load","id":3,"model":"m","config":' + '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1) + "}"
+
+    assert decode(frame(254)).config == '{"a":' * 253 + "{}" + "}" * 253
+    with pytest.raises(BadRequest) as info:
+        decode(frame(255))
+    assert "field 'config' nests too deeply" in info.value.message and info.value.request_id == 3

@@ -323,3 +323,23 @@ async def test_the_websocket_load_takes_a_config_as_http_does(served: tuple[Serv
             assert batch_rows(http) == "8"
     finally:
         http.close()
+
+
+def test_a_websocket_config_nested_too_deeply_is_a_bad_request_with_its_id(served: tuple[ServerProcess, str]) -> None:
+    """A ``load``'s ``config`` object nested deeper than the frame's JSON may be written again (the
+    server serializes it to pass it on as text) is refused as any bad field: ``bad_request`` with
+    the load's id, not an internal error without one; the connection goes on."""
+    from tests.support.rawws import RawClient
+
+    proc, _ = served
+    depth = 300  # the frame parses (orjson reads 1024 levels) but cannot be written back (254)
+    deep = '{"a":' * depth + "1" + "}" * depth
+    with RawClient(proc.port) as ws:
+        assert ws.recv_json()["type"] == "hello"
+        ws.send('{"type":"load","id":7,"model":"scaled","config":' + deep + "}")
+        error = ws.recv_json()
+        assert (error["type"], error["id"], error["code"]) == ("error", 7, "bad_request")
+        assert "field 'config'" in error["message"] and "nest" in error["message"]
+        ws.send({"type": "ping", "id": 8})
+        assert ws.recv_json() == {"type": "pong", "id": 8}
+    assert "internal error while handling a message" not in proc.stderr_text()

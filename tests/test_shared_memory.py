@@ -195,6 +195,29 @@ def test_an_input_in_shared_memory_with_others_raw_and_an_output_inline(grpc_cli
         assert client.infer("aff", [given]).as_numpy("output").tolist() == Y.tolist()
 
 
+
+def test_a_grpc_region_parameter_without_a_value_is_no_region(served: tuple[ServerProcess, str]) -> None:
+    """An input whose ``shared_memory_region`` parameter is set to no value names no region (as
+    :func:`~wsserve.rest.sharedmem.shm_ref` reads it): ``raw_input_contents`` must then hold its
+    entry too, refused by count as any short list, not read past its end (an internal error)."""
+    channel = grpc.insecure_channel(served[1])
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = service_pb2.ModelInferRequest(model_name="named")
+    a = request.inputs.add(name="a", datatype="FP64", shape=[1, 2])
+    a.parameters["shared_memory_region"].CopyFrom(service_pb2.InferParameter())  # present, no value
+    request.inputs.add(name="b", datatype="FP64", shape=[1, 1])
+    request.raw_input_contents.append(np.array([1.0, 2.0]).tobytes())
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request)
+        assert info.value.code().name == "INVALID_ARGUMENT"
+        assert "raw_input_contents holds 1 tensors and 'inputs' 2" in info.value.details()
+        request.raw_input_contents.append(np.array([3.0]).tobytes())  # one entry each: served
+        assert np.frombuffer(stub.ModelInfer(request).raw_output_contents[0], "<f8").tolist() == [6.0]
+    finally:
+        channel.close()
+
+
 def test_a_region_unlinked_by_its_client_stays_usable_until_unregistered(http: Any,
                                                                            shm: shared_memory.SharedMemory) -> None:
     put(shm, 0, X)
@@ -420,6 +443,33 @@ def test_cuda_shared_memory_is_answered_as_a_server_without_gpus(http: Any, grpc
     assert not grpc_client.get_cuda_shared_memory_status().regions
     err = refused(grpc_client.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8)
     assert err.status() == "StatusCode.INVALID_ARGUMENT" and "CUDA shared memory is not supported" in err.message()
+
+
+
+def test_with_keys_cuda_shared_memory_needs_an_api_key_as_every_route(repo: Path) -> None:
+    """With ``--api-key`` every route but the probes and every RPC but the liveness ones need a
+    key: CUDA shared memory's register and unregister too (401 / ``UNAUTHENTICATED``), though the
+    one refuses and the other changes nothing; with a key they answer as without keys."""
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(repo), "--api-key", API)
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    gclient = tgrpc.InferenceServerClient(grpc_address(proc))
+    api = {"Authorization": f"Bearer {API}"}
+    try:
+        assert refused(http.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8).status() == "401"
+        assert refused(http.unregister_cuda_shared_memory).status() == "401"
+        assert refused(http.unregister_cuda_shared_memory, "c").status() == "401"
+        assert refused(gclient.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8).status() == \
+            "StatusCode.UNAUTHENTICATED"
+        assert refused(gclient.unregister_cuda_shared_memory).status() == "StatusCode.UNAUTHENTICATED"
+        err = refused(http.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8, headers=api)
+        assert err.status() == "400" and "CUDA shared memory is not supported" in err.message()
+        http.unregister_cuda_shared_memory(headers=api)
+        err = refused(gclient.register_cuda_shared_memory, "c", b"aGFuZGxl", 0, 8, headers={"authorization": api["Authorization"]})
+        assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        http.close()
+        gclient.close()
+        proc.stop()
 
 
 def test_without_keys_a_forwarded_client_may_not_register(served: tuple[ServerProcess, str], http: Any,

@@ -580,15 +580,20 @@ def _version(obj: dict[str, Any]) -> str | None:
 def _load_config(obj: dict[str, Any], op: str) -> str | None:
     """A ``load``'s ``config`` as JSON text (None when absent): a JSON object (serialized here) or a
     string holding one (as the HTTP and gRPC load take it), of 1 to :data:`MAX_CONFIG_PARAM_CHARS`
-    characters; its content is checked when the model loads with it.  Another operation's is
-    refused, as HTTP refuses it.  Raises ``BadRequest``."""
+    characters (an object nested past what orjson writes, 254 levels, is refused too); its content
+    is checked when the model loads with it.  Another operation's is refused, as HTTP refuses it.
+    Raises ``BadRequest``."""
     value = obj.get("config")
     if value is None:
         return None
     if op != "load":
         raise BadRequest(f"field 'config' is for load only, not {op}")
     if type(value) is dict:
-        text = orjson.dumps(value).decode()  # (the message's bytes bound it already)
+        try:
+            text = orjson.dumps(value).decode()  # (the message's bytes bound it already)
+        except orjson.JSONEncodeError:  # parsed (1024 levels), but not written back: orjson writes 254
+            raise BadRequest("field 'config' nests too deeply to be a model configuration (a JSON object of at "
+                             "most 254 levels)") from None
     elif type(value) is str:
         text = value
     else:

@@ -160,7 +160,9 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     given, raw = request.inputs, request.raw_input_contents
     if len(given) > oip.MAX_TENSORS:
         raise BadRequest(f"'inputs' holds {len(given)} tensors; at most {oip.MAX_TENSORS}")
-    in_shm = sum(1 for t in given if sharedmem.REGION in t.parameters)
+    # inputs that name a region: a region parameter set to no value names none (shm_ref reads it as absent)
+    in_shm = sum(1 for t in given if sharedmem.REGION in t.parameters
+                 and t.parameters[sharedmem.REGION].WhichOneof("parameter_choice") is not None)
     _check_input_counts(len(given), len(raw), in_shm)
     if len(request.outputs) > oip.MAX_TENSORS:
         raise BadRequest(f"'outputs' must be an array of at most {oip.MAX_TENSORS} requested outputs")

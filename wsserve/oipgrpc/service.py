@@ -703,6 +703,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._key(context)
         await self._abort(context, BadRequest(CUDA_SHM_REFUSAL))
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -122,9 +122,9 @@ CORS_EXPOSE_HEADERS = "Retry-After, Inference-Header-Content-Length"
 CORS_MAX_AGE = "600"
 
 _NO_STORE = ("Cache-Control", "no-store")
-#: What registering CUDA shared memory answers (Triton's extension, on a server without GPUs).
 #: The operation the admin rule names when a client asks for the system shared memory regions' status.
 SHM_STATUS_OP = "reading the shared memory regions' status"
+#: What registering CUDA shared memory answers (Triton's extension, on a server without GPUs).
 CUDA_SHM_REFUSAL = "CUDA shared memory is not supported: this server runs no GPU (use system shared memory)"
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
@@ -241,14 +241,15 @@ class HttpApi:
                 add("GET", path, self._trace_settings, auth="key", style="oip")
                 add("POST", path, self._update_trace_settings, auth="key", style="oip")
         # Triton's shared memory extensions: the system regions' status, registering and unregistering
-        # check the admin rule (_may_admin); CUDA's status (never a region) an API key.
+        # check the admin rule (_may_admin); CUDA's routes (never a region) an API key, as every route.
         for kind, status, register, unregister in (
                 ("system", self._shm_status, self._shm_register, self._shm_unregister),
                 ("cuda", self._cuda_status, self._cuda_register, self._cuda_unregister)):
+            auth: Auth = "none" if kind == "system" else "key"
             for base in (f"/v2/{kind}sharedmemory", f"/v2/{kind}sharedmemory/region/{{name}}"):
-                add("GET", base + "/status", status, auth="none" if kind == "system" else "key", style="oip")
-                add("POST", base + "/unregister", unregister, auth="none", style="oip")
-            add("POST", f"/v2/{kind}sharedmemory/region/{{name}}/register", register, auth="none", style="oip")
+                add("GET", base + "/status", status, auth=auth, style="oip")
+                add("POST", base + "/unregister", unregister, auth=auth, style="oip")
+            add("POST", f"/v2/{kind}sharedmemory/region/{{name}}/register", register, auth=auth, style="oip")
 
     def add_route(self, method: str, pattern: str, handler: Handler, *, auth: Auth, style: Style | None) -> Route:
         """Route ``method pattern`` to ``handler(request, exchange, params, key, cors)``, which

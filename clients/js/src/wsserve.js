@@ -2025,7 +2025,7 @@ export class Client extends EventTarget {
     setIf(msg, 'version', checkVersion(`${op}()`, version));
     if (config !== undefined) {
       if (typeof config !== 'string' && (!isObject(config) || Array.isArray(config))) {
-        throw new TypeError(`load(): config must be an object or a JSON string, got ${config === null ? 'null' : typeof config}`);
+        throw new TypeError(`load(): config must be an object or a JSON string, got ${describeValue(config)}`);
       }
       msg.config = config;
     }

@@ -176,8 +176,9 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
         await assert.rejects(admin.load('adm', { config }),
           (e) => e instanceof BadRequestError && /not a valid Triton model configuration in JSON/.test(e.message), JSON.stringify(config));
       }
-      for (const config of [[1], 7, null]) {
-        await assert.rejects(admin.load('adm', { config }), { name: 'TypeError' });
+      for (const [config, got] of [[[1], 'an array'], [7, 'number 7'], [null, 'null']]) {
+        await assert.rejects(admin.load('adm', { config }),
+          { name: 'TypeError', message: `load(): config must be an object or a JSON string, got ${got}` });
       }
       await assert.rejects(admin.unload('adm', { config: '{}' }), { name: 'TypeError' }); // load only
       assert.deepEqual((await c.predict('adm', ROWS)).outputs, affine(ROWS, 10)); // still what it served

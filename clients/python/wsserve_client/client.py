@@ -518,7 +518,9 @@ class Client:
         Raises:
             Forbidden: not allowed. UnknownModelError: no such model or version in the
             repository. BadRequestError: e.g. the server has no model repository, or a
-            ``config`` that does not parse or breaks a rule (the model keeps what it served).
+            ``config`` that does not parse or breaks a rule, or with which a version fails to
+            load (``load failed for model ...``: with a ``config`` a failed version is raised,
+            not reported; the model keeps what it served).
             TypeError: ``config`` is neither a mapping nor a string.
         """
         return await self._admin("load", model, version, timeout, config)
