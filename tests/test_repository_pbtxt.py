@@ -194,7 +194,7 @@ def test_the_default_queue_policy_maps_onto_the_models_queue_fields() -> None:
     ("ensemble_scheduling { }", "ensemble_scheduling", ["not supported"]),
     ('batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 }]', "batch_input", ["not supported"]),
     ('batch_output [{ target_name: "y" }]', "batch_output", ["not supported"]),
-    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", ["once"]),
+    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", ["backend: \"python\"", "only"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]', "input[0].reshape", ["not supported"]),
     ('input [{ name: "x" data_type: TYPE_INT64 dims: [1] is_shape_tensor: true }]', "input[0].is_shape_tensor", ["shape tensors"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] optional: true }]', "input[0].optional", ["required"]),

@@ -57,6 +57,7 @@ import orjson
 from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxied
 from ..auth import KeyRegistry
 from ..config import ServerConfig
+from ..decoupled import decoupled_refusal
 from ..dtypes import array_bytes
 from ..errors import (
     BadJson,
@@ -535,7 +536,11 @@ class HttpApi:
         policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
         batching: dict[str, Any] = {}
         max_rows = self.config.max_rows
-        if entry.kind == "predict":
+        if entry.decoupled:  # one execute per request (no batching window), any number of responses
+            inputs, outputs = self._signature(entry)
+            batching = {"inputs": inputs, "outputs": outputs, "decoupled": True,
+                        "queue_policy": triton.queue_policy(entry.worker.max_queue_requests, None, True)}
+        elif entry.kind == "predict":
             inputs, outputs = self._signature(entry)
             queue = entry.worker.queue
             worker = entry.worker
@@ -595,6 +600,8 @@ class HttpApi:
             entry = self._lookup(name, params.get("version"))
             if entry.kind != "predict":
                 raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
+            if entry.decoupled:  # Triton's answer (http_server.cc CheckTransactionPolicy)
+                raise decoupled_refusal("HTTP end point doesn't support models with decoupled transaction policy")
             inputs, outputs = self._signature(entry)
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")

@@ -109,7 +109,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  inputs: tuple[Tensor, ...] = (), outputs: tuple[Tensor, ...] = (),
                  max_batch_rows: int | None = None, max_delay_s: float = 0.0,
                  queue_policy: dict[str, Any] | None = None,
-                 ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False) -> bytes:
+                 ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
+                 decoupled: bool = False) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
@@ -119,7 +120,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
     ``default_queue_policy`` (:func:`queue_policy`), if any; ``policy``: the repository
     config's version policy (or None); ``response_cache``: the model's config enables Triton's
-    response cache."""
+    response cache; ``decoupled``: a decoupled Triton Python model (``model_transaction_policy
+    {decoupled: true}``, its requests run one per ``execute``: ``dynamic_batching`` shows no window)."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
@@ -136,7 +138,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         "output": _tensors(outputs),
         "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
                              "priority_levels": 2, "default_priority_level": 2},
-        "model_transaction_policy": {"decoupled": False},
+        "model_transaction_policy": {"decoupled": decoupled},
     })
     if queue_policy is not None:
         body["dynamic_batching"]["default_queue_policy"] = queue_policy

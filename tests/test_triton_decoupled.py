@@ -1,0 +1,293 @@
+"""Decoupled Triton Python models (``model_transaction_policy { decoupled: true }``), served as
+Triton serves them: Triton's own ``repeat_model.py`` and ``square_model.py`` unchanged
+(tests/data/triton_decoupled), a model whose response is an error mid-stream, one that never
+sends FINAL until its request is cancelled, and one that floods a slow client.  A real server on
+loopback called with ``tritonclient.grpc``'s streaming API."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grpc")  # the grpc extra
+tgrpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "triton_decoupled"
+
+DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+ONE_IN = 'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+#: IN [1] -> IN responses OUT [1] (0, 1, ...), then one with error= INVALID_ARG, then FINAL.
+ERRS_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
+ERRS_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        n = int(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+
+        def run():
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], np.int32))]))
+            sender.send(pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("the third thing went wrong", pb_utils.TritonError.INVALID_ARG)))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run, daemon=True).start()
+'''
+#: One response, then nothing until the request is cancelled: it then writes ``cancelled`` in the
+#: directory its ``marks`` parameter names, and sends FINAL (dropped).  IN 1: execute returns a list.
+FOREVER_PBTXT = ERRS_PBTXT + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n'
+FOREVER_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        request = requests[0]
+        if int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0]) == 1:
+            return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))])]
+        sender = request.get_response_sender()
+        rid = request.request_id()
+
+        def run():
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([7], np.int32))]))
+            while not (sender.is_cancelled() and request.is_cancelled()):
+                threading.Event().wait(0.01)
+            (self.marks / ("cancelled-" + rid)).write_text("yes")
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run, daemon=True).start()
+'''
+#: 400 responses of 64 Ki floats (256 KiB each) as fast as it can, stopping once cancelled (then
+#: writing ``flood-<sent>`` in ``marks``).
+FLOOD_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+               + 'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+               + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n')
+FLOOD_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+
+        def run():
+            for i in range(400):
+                if sender.is_cancelled():
+                    (self.marks / f"flood-{i}").write_text("yes")
+                    break
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(65536, i, np.float32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run, daemon=True).start()
+'''
+#: ``execute`` returns a list: an error naming the model.
+RETURNS_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))])]
+'''
+
+
+def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt)
+    (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
+    base = tmp_path_factory.mktemp("triton_decoupled")
+    root, marks = base / "model_repository", base / "marks"
+    marks.mkdir()
+    for example in ("repeat", "square"):
+        name = f"{example}_int32"
+        (root / name / "1").mkdir(parents=True)
+        shutil.copy(DATA / f"{example}_config.pbtxt", root / name / "config.pbtxt")
+        shutil.copy(DATA / f"{example}_model.py", root / name / "1" / "model.py")
+    _write(root, "errs", ERRS_PBTXT, ERRS_PY)
+    _write(root, "forever", FOREVER_PBTXT.replace("MARKS", str(marks)), FOREVER_PY)
+    _write(root, "flood", FLOOD_PBTXT.replace("MARKS", str(marks)), FLOOD_PY)
+    _write(root, "returns", ERRS_PBTXT, RETURNS_PY)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-write-buffer-bytes", "1000000")
+    try:
+        yield proc, grpc_address(proc), marks
+    finally:
+        proc.stop()
+
+
+class _Stream:
+    """One tritonclient.grpc stream: its results and errors in a queue."""
+
+    def __init__(self, address: str) -> None:
+        self.client = tgrpc.InferenceServerClient(address)
+        self.results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.client.start_stream(callback=self._callback)
+
+    def _callback(self, result: Any, error: Any) -> None:
+        self.gate.wait()
+        self.results.put((result, error))
+
+    def send(self, model: str, rid: str, **tensors: np.ndarray) -> None:
+        inputs = []
+        for name, value in tensors.items():
+            t = tgrpc.InferInput(name, list(value.shape), {"int32": "INT32", "uint32": "UINT32"}[value.dtype.name])
+            t.set_data_from_numpy(value)
+            inputs.append(t)
+        self.client.async_stream_infer(model, inputs, request_id=rid, enable_empty_final_response=True)
+
+    def until_final(self) -> list[tuple[Any, Any]]:
+        """Results up to the one marked final (or an error)."""
+        got = []
+        while True:
+            result, error = self.results.get(timeout=60)
+            got.append((result, error))
+            if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
+                return got
+
+    def close(self, cancel_requests: bool = False) -> None:
+        self.gate.set()
+        self.client.stop_stream(cancel_requests=cancel_requests)
+        self.client.close()
+
+
+@pytest.fixture
+def stream(served) -> Iterator[_Stream]:
+    s = _Stream(served[1])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _i32(*values: int) -> np.ndarray:
+    return np.array(values, np.int32)
+
+
+def test_repeat_model_streams_each_response_then_an_empty_final(stream) -> None:
+    """Triton's repeat_model.py, unchanged: one response per element of IN from its own thread (after
+    execute returned: WAIT 0), IDX counting them, then (``enable_empty_final_response``) an empty
+    response flagged ``triton_final_response``."""
+    stream.send("repeat_int32", "r1", IN=np.array([4, 2, 0, 1], np.int32), DELAY=_i32(1, 2, 3, 4), WAIT=_i32(0))
+    got = stream.until_final()
+    assert all(error is None for _, error in got)
+    *responses, final = [r for r, _ in got]
+    assert [r.as_numpy("OUT").tolist() for r in responses] == [[4], [2], [0], [1]]
+    assert [r.as_numpy("IDX").tolist() for r in responses] == [[0], [1], [2], [3]]
+    assert [r.get_response().parameters["triton_final_response"].bool_param for r in responses] == [False] * 4
+    assert {r.get_response().id for r in responses} == {"r1"} and final.get_response().id == "r1"
+    assert final.get_response().parameters["triton_final_response"].bool_param and not final.get_response().outputs
+
+
+def test_zero_responses_then_final_and_requests_interleave(stream) -> None:
+    """square_model.py: IN responses each; IN 0: no response, the empty final only."""
+    stream.send("square_int32", "none", IN=np.array([0], np.int32))
+    (final, error), = stream.until_final()
+    assert error is None and not final.get_response().outputs and final.get_response().id == "none"
+    stream.send("square_int32", "sq", IN=np.array([3], np.int32))
+    got = stream.until_final()
+    assert [r.as_numpy("OUT").tolist() for r, _ in got[:-1]] == [[3], [3], [3]]
+
+
+def test_an_error_response_ends_its_request_with_its_code_and_the_stream_goes_on(stream) -> None:
+    stream.send("errs", "e", IN=np.array([2], np.int32))
+    got = stream.until_final()
+    assert [r.as_numpy("OUT").tolist() for r, _ in got[:-1]] == [[0], [1]]
+    error = got[-1][1]
+    assert isinstance(error, InferenceServerException)
+    assert "model 'errs' failed: TritonError: the third thing went wrong" in error.message()
+    stream.send("square_int32", "after", IN=np.array([1], np.int32))
+    assert [r.as_numpy("OUT").tolist() for r, _ in stream.until_final()[:-1]] == [[1]]
+
+
+def test_execute_returning_responses_is_an_error_naming_the_model(stream) -> None:
+    stream.send("returns", "x", IN=np.array([1], np.int32))
+    (_, error), = stream.until_final()
+    assert "Python model 'returns' is using the decoupled mode and the execute function must return None" \
+        in error.message()
+
+
+def test_model_infer_on_a_decoupled_model_is_refused_as_triton_refuses_it(served) -> None:
+    client = tgrpc.InferenceServerClient(served[1])
+    x = tgrpc.InferInput("IN", [1], "INT32")
+    x.set_data_from_numpy(np.array([2], np.int32))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("square_int32", [x])
+    assert refused.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert refused.value.message() == "ModelInfer RPC doesn't support models with decoupled transaction policy"
+    config = client.get_model_config("square_int32").config
+    assert config.model_transaction_policy.decoupled
+    client.close()
+
+
+def test_a_request_never_final_is_cancelled_when_its_stream_ends(served) -> None:
+    """The model sends one response and waits for ``is_cancelled()``: the client cancelling its stream
+    (``stop_stream(cancel_requests=True)``) cancels the request (the model sees it, on the sender and
+    the request).  (Only half-closed, the stream would stay open for the request, as Triton's.)"""
+    s = _Stream(served[1])
+    s.send("forever", "f1", IN=np.array([0], np.int32))
+    result, error = s.results.get(timeout=60)
+    assert error is None and result.as_numpy("OUT").tolist() == [7]
+    assert not (served[2] / "cancelled-f1").exists()
+    s.close(cancel_requests=True)
+    wait_until(lambda: (served[2] / "cancelled-f1").exists(), 30.0, what="the model to see its request cancelled")
+
+
+def test_a_slow_consumer_fails_its_request_with_overloaded_and_the_model_sees_it(served) -> None:
+    """400 responses of 256 KiB to a client that reads none (its callback blocked): past the server's
+    1 MB bound the request ends (``overloaded``, naming the bound) and the model sees it cancelled,
+    having sent far fewer than 400; the client then gets what was written, and the error."""
+    s = _Stream(served[1])
+    s.gate.clear()
+    try:
+        s.send("flood", "big", IN=np.array([0], np.int32))
+        mark = wait_until(lambda: next(served[2].glob("flood-*"), None), 60.0, what="the flood to be cancelled")
+        assert int(mark.name.split("-")[1]) < 400
+        s.gate.set()
+        got = s.until_final()
+        assert all(e is None for _, e in got[:-1]) and len(got) - 1 < 400
+        assert "slow consumer" in got[-1][1].message() and "max_write_buffer_bytes=1000000" in got[-1][1].message()
+    finally:
+        s.close()
+    s2 = _Stream(served[1])  # the server serves on
+    s2.send("square_int32", "ok", IN=np.array([2], np.int32))
+    assert len(s2.until_final()) == 3
+    s2.close()
