@@ -2,7 +2,7 @@
 Triton serves them: Triton's own ``repeat_model.py`` and ``square_model.py`` unchanged
 (tests/data/triton_decoupled), a model whose response is an error mid-stream, one that never
 sends FINAL until its request is cancelled, and one that floods a slow client.  A real server on
-loopback called with ``tritonclient.grpc``'s streaming API."""
+loopback called with ``tritonclient.grpc``'s streaming API and the WebSocket (wsserve_client)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ pytest.importorskip("grpc")  # the grpc extra
 tgrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from wsserve_client import Client, InvalidInput, RequestCancelled  # noqa: E402
+
 from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support.conn import Conn  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "triton_decoupled"
@@ -291,3 +294,53 @@ def test_a_slow_consumer_fails_its_request_with_overloaded_and_the_model_sees_it
     s2.send("square_int32", "ok", IN=np.array([2], np.int32))
     assert len(s2.until_final()) == 3
     s2.close()
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+async def test_websocket_predict_streams_responses_then_done(served) -> None:
+    """A WebSocket ``predict`` to a decoupled model: one ``response`` frame per response (``seq``
+    0, 1, ...), then ``done`` with ``responses``; through the Python client's ``predict_responses``."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("repeat_int32", {"IN": [[5, 6, 7]], "DELAY": [[0, 0, 0]], "WAIT": [[0]]})
+        got = [r async for r in stream]
+        assert [(r.seq, r.outputs, r.final) for r in got] == [
+            (0, {"OUT": [[5]], "IDX": [[0]]}, False), (1, {"OUT": [[6]], "IDX": [[1]]}, False),
+            (2, {"OUT": [[7]], "IDX": [[2]]}, False)]
+        assert stream.summary.responses == 3 and stream.summary.reason == "complete"
+        assert stream.summary.version == "1"
+        none = client.predict_responses("square_int32", [[0]])
+        assert [r async for r in none] == [] and none.summary.responses == 0
+
+
+async def test_websocket_error_mid_stream_and_cancel(served) -> None:
+    """An error response ends the request with its code's error after the responses before it; a
+    request never sent FINAL ends when the client cancels it (``error`` ``cancelled``), and the
+    model sees it; the connection serves on."""
+    async with Client(served[0].url) as client:
+        errs = client.predict_responses("errs", [[2]])
+        seen = []
+        with pytest.raises(InvalidInput, match="model 'errs' failed: TritonError: the third thing went wrong"):
+            async for r in errs:
+                seen.append(r.outputs)
+        assert seen == [[[0]], [[1]]]
+        forever = client.predict_responses("forever", [[0]])
+        first = await forever.__anext__()
+        assert first.outputs == [[7]]
+        rid = forever.request_id
+        forever.cancel()
+        with pytest.raises(RequestCancelled):
+            await forever.__anext__()
+        wait_until(lambda: (served[2] / f"cancelled-{rid}").exists(), 30.0, what="the model to see the cancel")
+        assert [r.outputs async for r in client.predict_responses("square_int32", [[1]])] == [[[1]]]
+
+
+async def test_websocket_predict_on_a_decoupled_model_answers_json_frames(served) -> None:
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "b", "model": "square_int32", "inputs": [[1]],
+                                    "binary_outputs": True})
+        assert frame["type"] == "error" and "leave out 'binary_outputs'" in frame["message"]
+    finally:
+        await conn.close()
