@@ -20,7 +20,6 @@ import pytest
 pytest.importorskip("grpc")  # the grpc extra
 tgrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
 from wsserve_client import Client, InvalidInput, RequestCancelled  # noqa: E402
 
 from tests.support import ServerProcess, wait_until  # noqa: E402
