@@ -2,10 +2,13 @@
 Triton serves them: Triton's own ``repeat_model.py`` and ``square_model.py`` unchanged
 (tests/data/triton_decoupled), a model whose response is an error mid-stream, one that never
 sends FINAL until its request is cancelled, and one that floods a slow client.  A real server on
-loopback called with ``tritonclient.grpc``'s streaming API and the WebSocket (wsserve_client)."""
+loopback called with ``tritonclient.grpc``'s streaming API, the WebSocket (wsserve_client) and
+HTTP (Triton's generate extension)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import queue
 import shutil
 import textwrap
@@ -343,3 +346,56 @@ async def test_websocket_predict_on_a_decoupled_model_answers_json_frames(served
         assert frame["type"] == "error" and "leave out 'binary_outputs'" in frame["message"]
     finally:
         await conn.close()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, answer.getheader("Content-Type") or "", answer.read()
+    finally:
+        conn.close()
+
+
+def _events(body: bytes) -> list[dict[str, Any]]:
+    assert body.endswith(b"\n\n"), body
+    return [json.loads(e.removeprefix(b"data: ")) for e in body.split(b"\n\n") if e]
+
+
+def test_http_generate_stream_sends_one_event_per_response(served) -> None:
+    """Triton's ``generate_stream`` on a decoupled model: an SSE event per response, outputs of one
+    element as scalars, ``id`` echoed; zero responses: an empty stream; an error: an error event."""
+    port = served[0].port
+    status, kind, body = _post(port, "/v2/models/repeat_int32/generate_stream",
+                               {"id": "g", "IN": [4, 2, 9], "DELAY": [0, 0, 0], "WAIT": 0})
+    assert status == 200 and kind.startswith("text/event-stream")
+    assert _events(body) == [{"id": "g", "model_name": "repeat_int32", "model_version": "1", "OUT": v, "IDX": i}
+                             for i, v in enumerate([4, 2, 9])]
+    status, _, body = _post(port, "/v2/models/square_int32/generate_stream", {"IN": 0})
+    assert status == 200 and body == b""
+    status, _, body = _post(port, "/v2/models/errs/generate_stream", {"IN": 1})
+    assert status == 200
+    assert _events(body) == [{"model_name": "errs", "model_version": "1", "OUT": 0},
+                             {"error": "model 'errs' failed: TritonError: the third thing went wrong"}]
+
+
+def test_http_generate_and_infer_answer_as_triton_does(served) -> None:
+    """``generate``: the one response as JSON; any other number of responses: Triton's 200 with an
+    error body.  ``/infer``: Triton's 501."""
+    port = served[0].port
+    status, _, body = _post(port, "/v2/models/square_int32/generate", {"IN": 1})
+    assert status == 200 and json.loads(body) == {"model_name": "square_int32", "model_version": "1", "OUT": 1}
+    status, _, body = _post(port, "/v2/models/square_int32/generate", {"IN": 3})
+    assert status == 200 and json.loads(body) == {"error": "generate expects model to produce exactly 1 response, "
+                                                  "use generate stream for model that generates various number "
+                                                  "of responses"}
+    status, _, body = _post(port, "/v2/models/square_int32/generate", {"OUT": 3})
+    assert status == 400 and "no field 'IN'" in json.loads(body)["error"]
+    status, _, body = _post(port, "/v2/models/square_int32/infer",
+                            {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}]})
+    assert status == 501
+    assert json.loads(body) == {"error": "HTTP end point doesn't support models with decoupled transaction policy"}

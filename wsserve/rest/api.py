@@ -89,6 +89,7 @@ from .calls import (
     SeedCall,
     generate_span_head,
 )
+from .decoupledgen import DecoupledGenerateCall, generate_inputs
 from .errors import Style, content_type_note, error_response, plain_error
 from .openai import (
     ChatCompletionEncoder,
@@ -894,6 +895,11 @@ class HttpApi:
             if triton is not None:
                 model = triton["name"]
                 entry = self._lookup(model, triton.get("version"))
+                if entry.decoupled:
+                    call = self._decoupled_generate(request, exchange, session, entry, stream, cors, now)
+                    session.track(call)
+                    exchange.on_abort = call.abort
+                    return None
                 if entry.kind != "generate":
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
                 completion, rid, outputs, prepend = parse_generate(loads(request.body), model=model, stream=stream,
@@ -991,6 +997,20 @@ class HttpApi:
         elif completion.stream and call.compiling is None:
             call.start_stream()
         return None
+
+    def _decoupled_generate(self, request: HttpRequest, exchange: HttpExchange, session: HttpSession, entry: Any,
+                            stream: bool, cors: list[tuple[str, str]] | None, now: float) -> DecoupledGenerateCall:
+        """Triton's ``generate``/``generate_stream`` on a decoupled model (:mod:`.decoupledgen`):
+        its inputs checked as a predict's (bounded by the body's size), the call submitted to the
+        model's :class:`~wsserve.decoupled.DecoupledWorker` and returned (the caller tracks it)."""
+        cfg = self.config
+        inputs, rid = generate_inputs(loads(request.body), tuple(s.name for s in entry.input_specs))
+        rows, n, nbytes = entry.prepare(inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+        session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
+        call = DecoupledGenerateCall(session, exchange, entry, rows, n, nbytes, "oip", now, cors, rid=rid,
+                                     stream=stream)
+        call.item = entry.worker.submit(call)
+        return call
 
     @staticmethod
     def _submit(call: CompletionCall, completion: Any, session: HttpSession) -> None:
