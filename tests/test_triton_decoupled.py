@@ -399,3 +399,55 @@ def test_http_generate_and_infer_answer_as_triton_does(served) -> None:
                             {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}]})
     assert status == 501
     assert json.loads(body) == {"error": "HTTP end point doesn't support models with decoupled transaction policy"}
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def test_the_response_sender_checks_its_arguments_as_tritons() -> None:
+    """``send``: Triton's messages for a bad flag, no response with flags 0, and any send after FINAL
+    (each a TritonModelException); the FINAL may carry a response; ``is_cancelled`` is the request's."""
+    from wsserve.repository import triton_pb_utils as pb
+
+    sent: list[tuple[Any, bool]] = []
+    cancelled = threading.Event()
+    sender = pb.ResponseSender(lambda r, final: sent.append((r, final)), cancelled.is_set)
+    request = pb.InferenceRequest(model_name="m")
+    request._sender = sender
+    response = pb.InferenceResponse([pb.Tensor("OUT", np.array([1], np.int32))])
+    with pytest.raises(pb.TritonModelException, match="^Unable to send response. Unsupported flag provided.$"):
+        sender.send(response, flags=2)
+    with pytest.raises(pb.TritonModelException, match="^Inference Response object must be provided when the "
+                                                      "response flags is set to zero.$"):
+        sender.send()
+    sender.send(response)
+    assert not request.is_cancelled() and not sender.is_cancelled()
+    cancelled.set()
+    assert request.is_cancelled() and sender.is_cancelled()
+    sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    with pytest.raises(pb.TritonModelException, match="^Unable to send response. Response sender has been closed.$"):
+        sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    assert sent == [(response, False), (response, True)]
+    with pytest.raises(pb.TritonModelException, match="decoupled model's requests only"):
+        pb.InferenceRequest(model_name="m").get_response_sender()
+
+
+async def test_a_deadline_ends_a_request_never_final_and_others_go_on(served) -> None:
+    """``timeout_ms`` passing ends a request whose model never sends FINAL with
+    ``deadline_exceeded`` (its one terminal frame) and the model sees it cancelled; a request
+    alongside on the same connection is not touched."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "slow", "model": "forever", "inputs": [[0]], "timeout_ms": 200})
+        frame = await conn.request({"type": "predict", "id": "sq", "model": "square_int32", "inputs": [[2]]})
+        frames = [frame]
+        while sum(f.get("type") in ("done", "error") for f in frames) < 2:
+            frames.append(await conn.recv())
+        slow = [f for f in frames if f.get("id") == "slow"]
+        assert slow[-1]["type"] == "error" and slow[-1]["code"] == "deadline_exceeded"
+        assert all(f["type"] == "response" for f in slow[:-1])
+        sq = [f for f in frames if f.get("id") == "sq"]
+        assert [f["type"] for f in sq] == ["response", "response", "done"] and sq[-1]["responses"] == 2
+    finally:
+        await conn.close()
+    wait_until(lambda: (served[2] / "cancelled-slow").exists(), 30.0, what="the model to see the deadline")
