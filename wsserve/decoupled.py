@@ -96,16 +96,20 @@ class DecoupledStream:
     (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
-                 "_stop", "_timer", "__weakref__")
+                 "_stop", "_timer", "_lock", "_sent", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
         self.sink = sink
         self.inputs = sink.inputs
         self.request_id = request_id_of(sink)
-        #: responses handed to the sink; their bytes not yet written (:meth:`written`)
+        #: responses handed to the sink (loop side)
         self.responses = 0
+        #: bytes of the responses the model sent and the transport has not written yet (:meth:`written`),
+        #: counted when sent (in the model's thread), so what waits for the loop is bounded too
         self.pending_bytes = 0
+        self._sent = 0  # responses the model sent (any thread, under _lock)
+        self._lock = threading.Lock()
         self.ended = False  # loop side: ended (the sink told, or cancelled)
         self.started = False  # its execute began
         self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
@@ -118,9 +122,27 @@ class DecoupledStream:
         return self._stop.is_set()
 
     def respond(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
-        """A checked response (None: FINAL without one) to hand to the sink; dropped once ended."""
-        if not self._stop.is_set():
-            self._worker._call(self._on_response, outputs, final)
+        """A checked response (None: FINAL without one) to hand to the sink; dropped once ended.
+        One that would put more than ``max_pending_bytes`` unwritten (none is: it is taken) ends
+        the request with ``overloaded`` instead: a slow consumer."""
+        if self._stop.is_set():
+            return
+        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(a.nbytes for a in outputs.values()) if outputs else 0)
+        limit = self._worker.max_pending_bytes
+        with self._lock:
+            unwritten = self.pending_bytes + nbytes
+            over = outputs is not None and self.pending_bytes > 0 and unwritten > limit
+            if not over:
+                self.pending_bytes = unwritten
+                self._sent += outputs is not None
+            sent = self._sent
+        if over:
+            self._stop.set()  # what the model sends from now on is dropped
+            self._worker._call(self._finish, Overloaded(
+                f"slow consumer: {sent} responses of model {self._worker.name!r} were sent and {unwritten} bytes "
+                f"of them are unread by the client (max_write_buffer_bytes={limit}); the request is cancelled"))
+            return
+        self._worker._call(self._on_response, outputs, final, nbytes)
 
     def fail(self, exc: WsserveError) -> None:
         """End the request with ``exc`` (a no-op once it ended)."""
@@ -131,7 +153,8 @@ class DecoupledStream:
 
     def written(self, nbytes: int) -> None:
         """The transport wrote a response of ``nbytes`` (as :meth:`on_response` counted it) to its client."""
-        self.pending_bytes = max(0, self.pending_bytes - nbytes)
+        with self._lock:
+            self.pending_bytes = max(0, self.pending_bytes - nbytes)
 
     def cancel(self) -> None:
         """The client cancelled or left: end the request without telling its sink.  Idempotent."""
@@ -157,29 +180,22 @@ class DecoupledStream:
             except Exception:  # noqa: BLE001 - a bug in one sink touches no other request
                 log.exception("the sink of a %s request failed in on_error", self._worker.name)
 
-    def _on_response(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
+    def _on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
         if self.ended:
             return
-        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(a.nbytes for a in outputs.values()) if outputs else 0)
-        limit = self._worker.max_pending_bytes
-        if self.pending_bytes and self.pending_bytes + nbytes > limit and outputs is not None:
-            self._finish(Overloaded(
-                f"slow consumer: {self.responses} responses of model {self._worker.name!r} were sent and "
-                f"{self.pending_bytes + nbytes} bytes of them are unread by the client "
-                f"(max_write_buffer_bytes={limit}); the request is cancelled"))
-            return
-        self.pending_bytes += nbytes
         if outputs is not None:
             self.responses += 1
-        if final:
-            self._end()
         try:
             self.sink.on_response(outputs, final, nbytes)
         except WsserveError as exc:
             self._finish(exc)
+            return
         except Exception as exc:  # noqa: BLE001 - one request's answer that cannot be made fails it only
             log.exception("answering a response of model %r failed", self._worker.name)
             self._finish(Internal(f"a response could not be made: {type(exc).__name__}: {exc}"[:512]))
+            return
+        if final:
+            self._end()
 
 
 class DecoupledWorker:
