@@ -7,6 +7,7 @@ HTTP (Triton's generate extension)."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import queue
@@ -15,6 +16,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -451,3 +453,81 @@ async def test_a_deadline_ends_a_request_never_final_and_others_go_on(served) ->
     finally:
         await conn.close()
     wait_until(lambda: (served[2] / "cancelled-slow").exists(), 30.0, what="the model to see the deadline")
+
+
+#: ``execute`` records the request's IN in ``started`` and waits until ``release`` is set, then sends
+#: IN as its one response; IN 9: it never sends FINAL.  ``instance_group [{ count: 1 }]``.
+GATED_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+started = []
+release = threading.Event()
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        x = int(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+        started.append(x)
+        release.wait(60)
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([x], np.int32))]))
+        if x != 9:
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
+class _Sink:
+    """What a transport gives the worker (the fields it reads), recording what it is told."""
+
+    def __init__(self, x: int) -> None:
+        self.inputs = np.array([[x]], np.int32)
+        self.n, self.nbytes, self.finished, self.request_id = 1, 4, False, str(x)
+        self.responses: list[Any] = []
+        self.error: Any = None
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        self.responses.append((None if outputs is None else outputs["OUT"].tolist(), final))
+        self.finished = final
+
+    def on_error(self, exc: Any) -> None:
+        self.error, self.finished = exc, True
+
+
+async def _until(predicate: Any) -> None:
+    for _ in range(6000):  # a predicate wait (at most 60 s), never a timing bound
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not met within 60 s")
+
+
+async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finished(tmp_path: Path) -> None:
+    """One instance: the second request's ``execute`` starts only once the first returned; closing
+    the worker (an unload) ends a request whose model never sent FINAL with ``shutting_down``."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0)
+    worker.start()
+    try:
+        first, second, third = _Sink(1), _Sink(2), _Sink(9)
+        for sink in (first, second, third):
+            worker.submit(sink)
+        await _until(lambda: gate.started == [1])
+        assert worker.statistics().queued == 2 and not first.responses
+        gate.release.set()
+        await _until(lambda: first.finished and second.finished and len(third.responses) == 1)
+        assert gate.started == [1, 2, 9]
+        assert first.responses == [([[1]], False), (None, True)] and second.responses == [([[2]], False), (None, True)]
+        assert third.error is None and not third.finished
+        await worker.wait_idle()
+        await worker.close()
+        assert third.error is not None and third.error.code == "shutting_down"
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()

@@ -41,6 +41,7 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections import deque
@@ -343,7 +344,7 @@ class DecoupledWorker:
             self._running += 1
             self.executed += 1
             future = self._loop.run_in_executor(self._executor, self._execute, stream)  # type: ignore[union-attr]
-            future.add_done_callback(self._executed)
+            future.add_done_callback(functools.partial(self._executed, stream=stream, started=monotonic()))
 
     def _execute(self, stream: DecoupledStream) -> None:
         """In an instance's thread: the model's execute for ``stream`` (a failure ends the request)."""
@@ -355,8 +356,14 @@ class DecoupledWorker:
             log.error("model %s failed", self.name, exc_info=exc)
             stream.fail(Internal(f"model {self.name!r} failed: {type(exc).__name__}: {exc}"))
 
-    def _executed(self, future: asyncio.Future[None]) -> None:
+    def _executed(self, future: asyncio.Future[None], stream: DecoupledStream | None = None,
+                  started: float = 0.0) -> None:
+        """An execute returned: counted in :attr:`stats` (Triton's execution count and compute time:
+        ``execute``'s own, not the responses its threads send later), the next one started."""
         self._running -= 1
+        if self.stats is not None and stream is not None:
+            ended = monotonic()
+            self.stats.on_batch(stream.sink.n, 1, ended - started, ended)
         if not future.cancelled() and future.exception() is not None:  # (not expected: _execute catches)
             log.error("model %s: execute failed", self.name, exc_info=future.exception())
         self._next()
