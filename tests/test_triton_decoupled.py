@@ -14,6 +14,7 @@ import queue
 import shutil
 import textwrap
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -332,11 +333,13 @@ async def test_websocket_error_mid_stream_and_cancel(served) -> None:
         forever = client.predict_responses("forever", [[0]])
         first = await forever.__anext__()
         assert first.outputs == [[7]]
+        assert _inflight(served[0].port) == 1  # (its model has not sent FINAL: still in flight)
         rid = forever.request_id
         forever.cancel()
         with pytest.raises(RequestCancelled):
             await forever.__anext__()
         wait_until(lambda: (served[2] / f"cancelled-{rid}").exists(), 30.0, what="the model to see the cancel")
+        assert _inflight(served[0].port) == 0
         assert [r.outputs async for r in client.predict_responses("square_int32", [[1]])] == [[[1]]]
 
 
@@ -351,6 +354,13 @@ async def test_websocket_predict_on_a_decoupled_model_answers_json_frames(served
 
 
 # --------------------------------------------------------------------------- HTTP
+
+
+def _inflight(port: int) -> float:
+    """``wsserve_inflight_requests`` of the server on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        line = next(x for x in answer.read().decode().splitlines() if x.startswith("wsserve_inflight_requests "))
+    return float(line.split()[1])
 
 
 def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
