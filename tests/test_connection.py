@@ -106,6 +106,7 @@ class Entry:
     worker: Any
     input_width: int = 1
     version: str = "1"
+    decoupled: bool = False  # as ModelEntry has it (a decoupled model's requests stream)
 
     def __post_init__(self) -> None:
         self.prepare = _float_rows(self.input_width)  # the pool's path for a single float input

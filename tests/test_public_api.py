@@ -24,7 +24,7 @@ PUBLIC = {
         "Models", "Ping", "Auth", "Admin", "Request", "decode", "decode_binary", "decode_predict_body", "loads",
         "validate_inputs", "check_rows", "ms", "timing_fields", "stop_tuple", "logit_bias_tuple", "SAMPLING_FIELDS", "sampling_fields", "STOP_FIELDS", "stop_fields", "encode_error", "encode_hello", "encode_draining", "encode_pong", "encode_models",
         "encode_auth_ok", "encode_admin_ok", "encode_result", "result_head", "ResultRows", "encode_seed_result",
-        "encode_chunk", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token", "encode_token_logprobs",
+        "encode_chunk", "encode_response", "encode_responses_done", "encode_predict_done", "encode_generate_done", "token_prefix", "encode_token", "encode_token_logprobs",
     ],
     "wsserve.tensorframe": [
         "MAX_HEADER_BYTES", "MAX_TENSORS", "MAX_DIMS", "TensorDesc", "TensorPayload", "Spec", "split", "read_tensors",
@@ -34,7 +34,9 @@ PUBLIC = {
     "wsserve.logcontrol": ["LOG_SETTINGS", "LogControl", "LogSettings", "MAX_VERBOSE_LEVEL", "settings_for_level", "updated"],
     "wsserve.tracesettings": ["MAX_TRACE_MODELS", "MAX_TRACE_NUMBER", "TRACE_SETTINGS", "TraceControl", "TraceSettingError"],
     "wsserve.connection": ["Connection", "ConnectionContext", "ConnectionIO", "ModelLookup", "Shared"],
-    "wsserve.jobs": ["Job", "JobOwner", "PredictJob", "GenerateJob"],
+    "wsserve.jobs": ["Job", "JobOwner", "PredictJob", "DecoupledJob", "GenerateJob"],
+    "wsserve.decoupled": ["DecoupledWorker", "DecoupledStream", "RESPONSE_OVERHEAD_BYTES", "DEFAULT_MAX_QUEUE_REQUESTS",
+                          "refusal", "decoupled_refusal"],
     "wsserve.auth": ["KeyRegistry", "AUTH_FAILURES_PER_CONNECTION", "client_network"],
     "wsserve.stats": ["WorkerStatistics"],
     "wsserve.transport": [

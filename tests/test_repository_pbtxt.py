@@ -222,7 +222,7 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     ("ensemble_scheduling { }", "ensemble_scheduling", ["not supported"]),
     ('batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 }]', "batch_input", ["not supported"]),
     ('batch_output [{ target_name: "y" }]', "batch_output", ["not supported"]),
-    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", ["once"]),
+    ("model_transaction_policy { decoupled: true }", "model_transaction_policy.decoupled", ["backend: \"python\"", "only"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 3] } }]', "input[0].reshape.shape", ["[4] against [6]"]),
     ('input [{ name: "x" data_type: TYPE_INT64 dims: [1] is_shape_tensor: true }]', "input[0].is_shape_tensor", ["shape tensors"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]', "input[0].allow_ragged_batch", ["ragged"]),

@@ -123,7 +123,8 @@ BROKEN = {
                   "has shape [7, 2]; expected [2, 2]"),
     "bls": ("return [pb_utils.InferenceRequest(model_name='add_sub', requested_output_names=['y'], inputs=[]).exec()]",
             "input 'INPUT0' of model 'add_sub' is missing"),  # BLS: an error response, its request's error
-    "sender": ("requests[0].get_response_sender(); return []", "get_response_sender() (decoupled mode) is not supported"),
+    "sender": ("requests[0].get_response_sender(); return []",
+               "get_response_sender() is served for a decoupled model's requests only"),
 }
 
 
@@ -261,14 +262,19 @@ def test_a_wrong_answer_refuses_the_model_at_warm_up_naming_it(served, name: str
     assert f"model {name!r}: {BROKEN[name][1]}" in log or BROKEN[name][1] in log
 
 
-@pytest.mark.parametrize(("name", "said"), [
-    ("decoupled", "key 'model_transaction_policy.decoupled': is not supported"),
-])
-def test_unsupported_features_are_refused_at_load(served, name: str, said: str) -> None:
-    proc, _, root = served
+def test_http_infer_on_a_decoupled_model_is_refused_as_triton_refuses_it(served) -> None:
+    """A decoupled model is served (tests/test_triton_decoupled.py streams it); HTTP ``/infer``, which
+    answers once, gets Triton's UNSUPPORTED answer (501)."""
+    proc, _, _ = served
     client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
-    assert not client.is_model_ready(name)
-    assert f"{root / name / 'config.pbtxt'}: {said}" in proc.stderr_text()
+    assert client.is_model_ready("decoupled")
+    assert client.get_model_config("decoupled")["model_transaction_policy"] == {"decoupled": True}
+    inp = thttp.InferInput("x", [1, 2], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 2), np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("decoupled", [inp])
+    assert info.value.status() == "501"
+    assert info.value.message() == "HTTP end point doesn't support models with decoupled transaction policy"
 
 
 # --------------------------------------------------------------------------- in process

@@ -62,7 +62,7 @@ from .errors import (
     WsserveError,
 )
 from .generation.fairslots import compile_client
-from .jobs import GenerateJob, Job, PredictJob
+from .jobs import DecoupledJob, GenerateJob, Job, PredictJob
 from .metrics import Metrics
 from .protocol import (
     Admin,
@@ -244,7 +244,7 @@ class Connection:
         if job.span is not None:
             job.span.end(code, job)
         metrics = self._metrics
-        if type(job) is PredictJob:
+        if type(job) is PredictJob or type(job) is DecoupledJob:
             metrics.predict_done(job.model, code, self._clock() - job.received_at, job.queue_s, job.worker.stats)
         else:
             metrics.request_done(job.model, job.kind, code, self._clock() - job.received_at,
@@ -508,7 +508,25 @@ class Connection:
         else:
             key = rid
         deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
+        if entry.decoupled:
+            self._predict_decoupled(req, entry, inputs, n, nbytes, now, deadline)
+            return
         job = PredictJob(self, key, req, entry, inputs, n, nbytes, now, deadline)
+        job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
+        self._track(job)
+        if self._tracer is not None:
+            job.span = self._tracer.begin("wsserve.predict", req.traceparent, req.tracestate, now, _span_head(req))
+
+    def _predict_decoupled(self, req: Predict, entry: Any, inputs: Any, n: int, nbytes: int, now: float,
+                           deadline: float | None) -> None:
+        """A predict to a decoupled model: its responses stream as ``response`` frames
+        (:class:`~wsserve.jobs.DecoupledJob`); the worker refuses what it cannot run."""
+        if req.id is None:
+            raise BadRequest(f"model {req.model!r} is decoupled (any number of responses): send a predict with an 'id'")
+        if req.binary_outputs:
+            raise BadRequest(f"model {req.model!r} is decoupled: its responses are JSON 'response' frames; "
+                             "leave out 'binary_outputs'")
+        job = DecoupledJob(self, req.id, req, entry, inputs, n, nbytes, now, deadline)
         job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
         self._track(job)
         if self._tracer is not None:

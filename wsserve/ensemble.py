@@ -473,7 +473,8 @@ def _signature(entry: Any) -> StepSignature:
     if not outputs and entry.kind == "predict":
         outputs = (TensorSpec("output", tuple(int(d) for d in entry.info.output_shape), "float64"),)
     return StepSignature(entry.name, entry.version, tuple(entry.input_specs), tuple(outputs or ()), entry.kind,
-                         ensemble=isinstance(entry.model, EnsembleModel), max_batch_size=_max_batch_size(entry))
+                         decoupled=entry.decoupled, ensemble=isinstance(entry.model, EnsembleModel),
+                         max_batch_size=_max_batch_size(entry))
 
 
 def _max_batch_size(entry: Any) -> int:

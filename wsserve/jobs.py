@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import Cancelled, DeadlineExceeded, Internal, WsserveError
+from .errors import Cancelled, DeadlineExceeded, Internal, Overloaded, WsserveError
 from .protocol import (
     Generate,
     Predict,
@@ -27,6 +27,8 @@ from .protocol import (
     encode_error,
     encode_generate_done,
     encode_predict_done,
+    encode_response,
+    encode_responses_done,
     encode_result,
     encode_seed_result,
     encode_token,
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from .generation.logprobs import TokenLogprobs
     from .pool import ModelEntry
 
-__all__ = ["Job", "JobOwner", "PredictJob", "GenerateJob"]
+__all__ = ["Job", "JobOwner", "PredictJob", "DecoupledJob", "GenerateJob"]
 
 #: The attributions of a job that explains nothing: an empty tuple, so a plain predict allocates
 #: no lists for them (only ``explain`` jobs append, to lists of their own).
@@ -335,6 +337,62 @@ class PredictJob(Job):
         else:
             self.owner.send(encode_chunk(self.id, self._seq, offset, outputs, attributions))
         self._seq += 1
+
+
+class DecoupledJob(Job):
+    """A ``predict`` to a decoupled model in flight (a :class:`~wsserve.decoupled.DecoupledWorker`'s
+    sink): each response the model sends is one ``response`` frame (``seq`` 0, 1, ...), then one
+    ``done`` (reason ``complete``, ``responses``: how many) once the model sent FINAL; or an
+    ``error`` (cancel: ``cancelled``).  A response that finds the connection congested (its write
+    buffer over ``max_write_buffer_bytes``) ends the request with ``overloaded`` rather than
+    queueing more behind a client that does not read."""
+
+    __slots__ = ("inputs", "n", "worker", "item", "responses", "queue_s", "explain")
+
+    def __init__(self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, inputs: Tensors, n: int,
+                 nbytes: int, received_at: float, deadline: float | None) -> None:
+        super().__init__(owner, key, req.id, entry, "predict", received_at, deadline)
+        self.inputs = inputs
+        self.n = n
+        self.nbytes = nbytes
+        self.worker = entry.worker
+        self.item: Any = None
+        self.responses = 0
+        self.queue_s = 0.0  # (its wait for an instance is not measured)
+        self.explain = False
+
+    @property
+    def request_id(self) -> Any:
+        return self.id
+
+    def _stop_work(self) -> None:
+        if self.item is not None:
+            self.worker.cancel(self.item)
+
+    def span_attributes(self) -> dict[str, Any]:
+        return {"wsserve.model_version": self.version, "wsserve.responses": self.responses}
+
+    def on_error(self, exc: WsserveError) -> None:
+        self.fail(exc)
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        if self.finished:
+            return
+        if outputs is not None:
+            if getattr(self.owner, "congested", False):
+                self.fail(Overloaded(f"slow consumer: this connection's write buffer is over max_write_buffer_bytes "
+                                     f"after {self.responses} responses of model {self.model!r}; the request is "
+                                     "cancelled"))
+                return
+            if len(outputs) == 1:  # one output: its rows, as a result frame gives them
+                outputs = next(iter(outputs.values()))
+            self.owner.send(encode_response(self.id, self.responses, outputs, final))
+            self.responses += 1
+        if self.item is not None:
+            self.item.written(nbytes)  # (the connection's write buffer bounds what is unread)
+        if final:
+            timing = {"total_ms": self.owner.elapsed_ms(self.received_at)}
+            self._terminal(encode_responses_done(self.id, self.responses, timing, self.version), "ok")
 
 
 class GenerateJob(Job):

@@ -157,6 +157,12 @@ class ModelEntry:
     #: the model declares a string (``bytes``) output: answered in JSON ``result`` frames only
     answers_strings: bool = field(init=False, default=False)
 
+    @property
+    def decoupled(self) -> bool:
+        """A decoupled model's version: its requests stream any number of responses
+        (:class:`~wsserve.decoupled.DecoupledWorker`), never through the row-batching queue."""
+        return getattr(self.worker, "decoupled", False) is True
+
     def __post_init__(self) -> None:
         self.result_head = result_head(self.name, self.version)
         self.answers_strings = any(getattr(s, "dtype", None) == "bytes"
@@ -416,6 +422,15 @@ class ModelPool:
                 guide_compile_limits=limits,
                 inline_max_flops=cfg.inline_max_flops, observer=self._observer, after_delivery=self._after_batch,
             )
+        if getattr(model, "decoupled", False) is True:  # a decoupled Triton Python model: requests stream
+            from .decoupled import DEFAULT_MAX_QUEUE_REQUESTS, DecoupledWorker
+
+            if response_cache:
+                log.warning("model %r is decoupled: the response cache holds plain predicts only, so its "
+                            "response_cache is ignored", name)
+            return DecoupledWorker(model, name=name, instances=instances,
+                                   max_queue_requests=max_queue_requests or DEFAULT_MAX_QUEUE_REQUESTS,
+                                   max_pending_bytes=cfg.max_write_buffer_bytes, drain_timeout_s=cfg.drain_timeout_s)
         explainer, refusal = resolve_explainer(name, model)
         delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms
         worker = PredictWorker(

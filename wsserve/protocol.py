@@ -93,6 +93,8 @@ __all__ = [
     "encode_result",
     "encode_seed_result",
     "encode_chunk",
+    "encode_response",
+    "encode_responses_done",
     "encode_predict_done",
     "encode_generate_done",
     "token_prefix",
@@ -1180,6 +1182,22 @@ def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: Any,
         b'{"type":"chunk","id":' + _id(rid) + b',"seq":' + str(seq).encode() + b',"offset":'
         + str(offset).encode() + b',"outputs":' + _array(outputs) + extra + b"}"
     )
+
+
+def encode_response(rid: RequestId | None, seq: int, outputs: Any, final: bool) -> bytes:
+    """One ``response`` of a predict to a decoupled model: its ``seq`` (0, 1, ...), its outputs
+    (``[n, ...]``, or ``{name: [n, ...]}`` for a model with named outputs) and ``final`` (the
+    model sent it with its FINAL flag; the request's ``done`` follows it)."""
+    return (
+        b'{"type":"response","id":' + _id(rid) + b',"seq":' + str(seq).encode() + b',"outputs":' + _array(outputs)
+        + (b',"final":true}' if final else b',"final":false}')
+    )
+
+
+def encode_responses_done(rid: RequestId | None, responses: int, timing: dict[str, Any], version: str) -> bytes:
+    """The terminal ``done`` of a predict to a decoupled model: ``responses`` frames were sent."""
+    return orjson.dumps({"type": "done", "id": rid, "reason": "complete", "responses": responses, "timing": timing,
+                         "version": version})
 
 
 def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any], version: str | None = None,

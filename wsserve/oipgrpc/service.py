@@ -36,6 +36,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ..admission import PROXY_HEADERS, check_bearer, client_address, local_admin
 from ..config import proxy_networks
+from ..decoupled import decoupled_refusal
 from ..errors import BadRequest, Internal, Overloaded, UnknownModel, WsserveError
 from ..generation.fairslots import compile_client
 from ..rest import modelrepo
@@ -45,7 +46,7 @@ from ..rest.tritongen import parse_generate
 from ..tracecontext import trace_fields
 from . import convert
 
-__all__ = ["GrpcFrontend", "GrpcGenerateCall", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
+__all__ = ["GrpcFrontend", "GrpcDecoupledCall", "GrpcGenerateCall", "GrpcInferCall", "IMPLEMENTED", "UNIMPLEMENTED"]
 
 log = logging.getLogger("wsserve.grpc")
 
@@ -85,6 +86,37 @@ class GrpcInferCall(InferCall):
     def _error(self, exc: WsserveError) -> None:
         if not self.future.done():
             self.future.set_exception(exc)
+
+
+class GrpcDecoupledCall(InferCall):
+    """A decoupled model's request on a ModelStreamInfer stream (a
+    :class:`~wsserve.decoupled.DecoupledWorker`'s sink): each response's values, its FINAL flag and
+    its error go to ``events`` in order (``("response", values, parameters, written, final, nbytes)``,
+    ``("final", nbytes)``, ``("error", exc)``), for the stream's writer."""
+
+    __slots__ = ("events", "responses")
+
+    def __init__(self, *args: Any, events: asyncio.Queue[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events = events
+        self.responses = 0
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        """One response of the model (None: FINAL alone); ``final`` ends the call (``ok``)."""
+        if self.finished:
+            return
+        if outputs is None:
+            self.events.put_nowait(("final", nbytes))
+        else:
+            values, parameters = self.values(outputs)
+            written = self.write_shm(values)
+            self.responses += 1
+            self.events.put_nowait(("response", values, parameters, written, final, nbytes))
+        if final:
+            self._end("ok")
+
+    def _error(self, exc: WsserveError) -> None:
+        self.events.put_nowait(("error", exc))
 
 
 class _QueueExchange:
@@ -724,7 +756,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self._abort(context, exc)
 
     async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str,
-                     trace: tuple[str | None, str | None] = (None, None), shm: Any = None) -> Any:
+                     trace: tuple[str | None, str | None] = (None, None), shm: Any = None,
+                     call_type: type[InferCall] = GrpcInferCall, events: asyncio.Queue[Any] | None = None) -> Any:
         """One ``ModelInferRequest`` of a predictive model: its rows through the model's queue as
         an HTTP ``/infer``'s (same checks, admission, batching with other rows, limits, metrics);
         returns its ``ModelInferResponse`` (the requested outputs as raw contents, ``id`` echoed).
@@ -734,7 +767,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         None without a deadline; ``rpc``: the RPC named in the log of a bug and in its span;
         ``trace``: the RPC's W3C ``traceparent`` and ``tracestate`` metadata (with tracing on);
         ``shm``: the shared memory regions a tensor may name (an
-        :data:`~wsserve.rest.oip.ShmAccess`; None: refused).  Raises
+        :data:`~wsserve.rest.oip.ShmAccess`; None: refused).  ``call_type``
+        :class:`GrpcDecoupledCall` (a decoupled model's request on a stream): its responses go to
+        ``events`` and the call is returned once queued (else a decoupled model is refused as
+        Triton refuses it on ModelInfer).  Raises
         ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
         logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
@@ -749,6 +785,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if entry.kind != "predict":
                 raise BadRequest(f"model {name!r} generates text: use ModelStreamInfer (text_input, stream: as Triton's "
                                  "vLLM backend), or over HTTP POST /v1/completions or Triton's generate extension")
+            if entry.decoupled and call_type is GrpcInferCall:  # Triton's answer (grpc/infer_handler.cc)
+                raise decoupled_refusal("ModelInfer RPC doesn't support models with decoupled transaction policy")
             inputs, outputs = api.signature(entry)
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
@@ -757,8 +795,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                                       max_message_bytes=cfg.max_message_bytes)
             if remaining is not None:
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
-            call = api.queue_infer(session, entry, req, inputs, outputs, now, GrpcInferCall, None, None,
-                                   future=future)
+            extra: dict[str, Any] = {"events": events} if call_type is GrpcDecoupledCall else {"future": future}
+            call = api.queue_infer(session, entry, req, inputs, outputs, now, call_type, None, None, **extra)
         except WsserveError as exc:
             api.rejected(exc, name, "predict")
             if api.tracer is not None:
@@ -772,6 +810,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if call.rid is not None:
                 head["wsserve.request_id"] = call.rid
             call.span = api.tracer.begin(span_name, *trace, now, head)
+        if call_type is GrpcDecoupledCall:
+            return call
         self.busy += 1
         try:
             values, parameters, written = await future
@@ -848,18 +888,75 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         model's error too, as Triton orders it).  ``trace``: the stream's W3C ``traceparent`` and
         ``tracestate`` metadata (each request's span is a child of it); ``shm``: the shared memory
         regions a predictive request may name (:meth:`_infer`)."""
-        if self._generates(request):
+        kind = self._kind(request)
+        if kind == "generate":
             _chain(before, after)
             await self._generate(request, key, peer, write, trace)
+        elif kind == "decoupled":
+            _chain(before, after)
+            await self._stream_decoupled(request, key, peer, remaining, write, trace, shm)
         else:
             await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm)
 
-    def _generates(self, request: Any) -> bool:
-        """True when ``request`` names a generative model that is ready (a lookup only)."""
+    def _kind(self, request: Any) -> str:
+        """``"generate"`` when ``request`` names a generative model that is ready, ``"decoupled"`` a
+        decoupled one, else ``"predict"`` (an unknown model's too; a lookup only)."""
         try:
-            return self.api.lookup(request.model_name, request.model_version or None).kind == "generate"
+            entry = self.api.lookup(request.model_name, request.model_version or None)
         except WsserveError:
-            return False
+            return "predict"
+        return "decoupled" if entry.decoupled else entry.kind
+
+    async def _stream_decoupled(self, request: Any, key: str | None, peer: str, remaining: float | None,
+                                write: Callable[[Any], Any], trace: tuple[str | None, str | None],
+                                shm: Any = None) -> None:
+        """A decoupled model's request on a stream (checked and admitted as :meth:`_infer` does):
+        each response the model sends is one stream message, as it comes (``triton_final_response``
+        true on the one sent with the FINAL flag, false on the others); a FINAL sent without a
+        response is an empty response with ``triton_final_response`` true when the request's
+        ``triton_enable_empty_final_response`` parameter is true (as Triton's), else nothing.  An
+        error (a refusal, the model's, a slow consumer's) is an ``error_message`` response and ends
+        the request.  Cancelled (the stream ended), the model sees the request cancelled."""
+        name, rid = request.model_name, request.id or None
+        empty_final = request.parameters["triton_enable_empty_final_response"].bool_param \
+            if "triton_enable_empty_final_response" in request.parameters else False
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        try:
+            call = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace, shm,
+                                     call_type=GrpcDecoupledCall, events=events)
+        except WsserveError as exc:
+            await write(convert.stream_error(exc, name, rid))
+            return
+        self.busy += 1
+        try:
+            while True:
+                event = await events.get()
+                if event[0] == "response":
+                    _, values, parameters, written, final, nbytes = event
+                    response = convert.infer_response(call.model, call.version, call.rid, call.outputs,
+                                                      call.requested, values, parameters, written)
+                    response.parameters["triton_final_response"].bool_param = final
+                    await write(service_pb2.ModelStreamInferResponse(infer_response=response))
+                    call.item.written(nbytes)
+                    if final:
+                        return
+                elif event[0] == "final":
+                    if empty_final:
+                        response = service_pb2.ModelInferResponse(model_name=call.model, model_version=call.version,
+                                                                  id=call.rid or "")
+                        response.parameters["triton_final_response"].bool_param = True
+                        await write(service_pb2.ModelStreamInferResponse(infer_response=response))
+                    return
+                else:
+                    await write(convert.stream_error(event[1], name, rid))
+                    return
+        except BaseException:  # cancelled, or the write failed: the model sees its request cancelled
+            call.abort()
+            raise
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.on_idle()
 
     async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
                             write: Callable[[Any], Any], before: asyncio.Future[None] | None,

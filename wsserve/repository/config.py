@@ -186,6 +186,9 @@ class ModelConfig:
     #: A config.pbtxt with ``backend: "python"``: its configuration as the JSON string Triton gives the
     #: model (a Triton Python backend model.py, served by :mod:`.triton_backend`); ``None`` otherwise.
     triton_model_config: str | None = None
+    #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (a Triton Python model only):
+    #: any number of responses per request (:mod:`wsserve.decoupled`).
+    decoupled: bool = False
     #: Triton's ``model_warmup`` (config.pbtxt): the batches a version runs before it serves
     #: (:class:`~.warmup.WarmupSample`); empty: the backend's own warm-up (a batch of zeros).
     warmup: tuple[Any, ...] = ()

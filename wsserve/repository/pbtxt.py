@@ -72,7 +72,8 @@ Mapped (Triton's semantics, triton-inference-server/server
 
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
-``batch_output``, ``model_transaction_policy { decoupled: true }``,
+``batch_output``, ``model_transaction_policy { decoupled: true }`` but for a ``backend:
+"python"`` model (served streaming, :mod:`wsserve.decoupled`),
 ``dynamic_batching.priority_queue_policy``, and per
 tensor ``is_shape_tensor``, ``allow_ragged_batch``,
 ``is_non_linear_format_io``.
@@ -409,8 +410,9 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
     for field, value in cfg.ListFields():
         if field.name in _REFUSED:
             raise ConfigError(path, field.name, f"is not supported: wsserve does not serve {_REFUSED[field.name]}")
-        if field.name == "model_transaction_policy" and value.decoupled:
-            raise ConfigError(path, "model_transaction_policy.decoupled", "is not supported: wsserve answers each infer request once")
+        if field.name == "model_transaction_policy" and value.decoupled and cfg.backend != "python":
+            raise ConfigError(path, "model_transaction_policy.decoupled", "is served for a Python model "
+                              "(backend: \"python\") only: another backend answers each infer request once")
         if field.name in ("runtime", "optimization", "cc_model_filenames", "metric_tags", "model_operations",
                           "model_repository_agents", "model_metrics"):
             warnings.append(field.name)
@@ -540,4 +542,5 @@ def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[st
             raise ConfigError(path, key, "is required for a Python model (wsserve does not auto-complete it from model.py)")
     if not cfg.name and model_name is not None:
         cfg.name = model_name  # Triton fills it in
-    return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg))
+    return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg),
+                       decoupled=cfg.model_transaction_policy.decoupled)

@@ -41,6 +41,15 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   ``reshape`` shape (rows first with a batch dimension); requests and answers carry ``dims``.
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
+- Decoupled mode (config.pbtxt's ``model_transaction_policy { decoupled: true }``,
+  :attr:`TritonPythonModel.decoupled`): the worker is a :class:`~wsserve.decoupled.DecoupledWorker`,
+  which calls :meth:`TritonPythonModel.execute_decoupled` once per request.  ``execute`` gets that
+  one request, whose ``get_response_sender()`` is a ``pb_utils.ResponseSender``; it must return
+  None.  Each response sent (from any thread, also after ``execute`` returned) is checked as a
+  returned one is (every listed output, its dtype kind and dims; its own row count for a model
+  with a batch dimension); a wrong one, or one with ``error=`` (its code's wire error), ends the
+  request.  Not warmed up (Triton warms up only what ``model_warmup`` says; it is not run for a
+  decoupled model here).
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
   initialized when another's ``initialize`` fails (the version is then refused).
 """
@@ -229,6 +238,8 @@ class TritonPythonModel(RepositoryModel):
         #: An output has a variable (-1) dimension: each request is answered at its own size there
         #: (:class:`~wsserve.worker.RequestOutputs`); otherwise one array holds the batch's rows.
         self._ragged = any(s.variable for s in self.outputs)
+        #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (see the module docstring).
+        self.decoupled = config.decoupled
         module = exec_triton_model_file(self.path, name, version)
         cls = getattr(module, "TritonPythonModel", None)
         if not isinstance(cls, type):
@@ -418,9 +429,82 @@ class TritonPythonModel(RepositoryModel):
         named = out if isinstance(out, dict) else {self.outputs[0].name: out}
         return named if self.config.batching else {k: v[0] for k, v in named.items()}
 
+    def execute_decoupled(self, inputs: dict[str, np.ndarray], request_id: str, stream: Any) -> None:
+        """A decoupled model's ``execute`` of one request (in an instance's thread; blocks while it
+        runs).  ``inputs``: the request's tensors ``[rows, *dims]`` (no batch dimension: one row,
+        given to the model as ``dims``); ``stream``: a :class:`~wsserve.decoupled.DecoupledStream`
+        (its ``respond(outputs, final)``, ``fail(exc)`` and ``cancelled()``, any thread).  Every
+        failure of the request goes to ``stream.fail`` naming the model; nothing is raised."""
+        self._require_open()
+        name = self.name
+
+        def deliver(response: Any, final: bool) -> None:  # the ResponseSender's, in the model's thread
+            if response is None:
+                stream.respond(None, final)
+            elif response.has_error():
+                error = TritonError.of(response.error())
+                stream.fail(error.to_wire(f"model {name!r} failed: TritonError: {error}"))
+            else:
+                try:
+                    outputs = self._stream_outputs(response)
+                except (ValueError, InvalidInput) as exc:
+                    stream.fail(Internal(f"model {name!r} sent a wrong response: {exc}"))
+                    return
+                stream.respond(outputs, final)
+
+        named = self._named(inputs)
+        tensors = named if self.config.batching else {k: v[0] for k, v in named.items()}
+        request = pb.InferenceRequest(model_name=name, requested_output_names=[s.name for s in self.outputs],
+                                      request_id=request_id,
+                                      inputs=[pb.Tensor(k, self._model_side(k, v)) for k, v in tensors.items()])
+        request._sender = pb.ResponseSender(deliver, stream.cancelled)
+        instance = self._free.get()
+        try:
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway)):  # exec() from execute
+                returned = call_model_code(_call_execute, instance.execute, [request])  # async def too
+        except pb.TritonError as exc:
+            stream.fail(TritonError(exc.message(), exc.code()).to_wire(f"model {name!r} failed: TritonError: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - the request fails, the model serves on
+            log.error("model %s: execute raised", name, exc_info=exc)
+            stream.fail(Internal(f"model {name!r} failed: TritonPythonModel.execute raised {type(exc).__name__}: {exc}"))
+            return
+        finally:
+            self._free.put(instance)
+        if returned is not None:  # Triton's message (python_backend's pb_stub.cc)
+            stream.fail(Internal(f"Python model {name!r} is using the decoupled mode and the execute function "
+                                 f"must return None (it returned a {type(returned).__name__})"))
+
+    def _stream_outputs(self, response: Any) -> dict[str, np.ndarray]:
+        """A decoupled response's outputs checked against config.pbtxt: ``{name: [rows, ...]}`` (its
+        own rows; no batch dimension: a leading 1).  Raises ``ValueError`` naming what is wrong."""
+        if not isinstance(response, pb.InferenceResponse):
+            raise ValueError(f"a response is a {type(response).__name__}, not a pb_utils.InferenceResponse")
+        got: dict[str, np.ndarray] = {}
+        for spec in self.outputs:
+            tensor = pb.get_output_tensor_by_name(response, spec.name)
+            if tensor is None:
+                names = [t.name() for t in response.output_tensors()]
+                raise ValueError(f"it has no output {spec.name!r} (it has {names})")
+            value = self._wire_side(0, spec.name, tensor.as_numpy())  # config.pbtxt's reshape: back in dims
+            if not self.config.batching:
+                value = value[None]
+            elif value.ndim == 0:
+                raise ValueError(f"output {spec.name!r} has no batch dimension (max_batch_size > 0)")
+            if spec.variable:
+                _bounded(self.name, 0, spec.name, value, True)
+            got[spec.name] = value
+        n = len(next(iter(got.values())))
+        out = check_outputs(got, self.outputs, n)
+        return out if isinstance(out, dict) else {self.outputs[0].name: out}
+
     def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
-        logged: a model may refuse such input and be right for every real request."""
+        logged: a model may refuse such input and be right for every real request.  A decoupled
+        model is not warmed up (see the module docstring)."""
+        if self.decoupled:
+            log.info("%s: not warmed up: the model is decoupled", self.path)
+            return
         try:
             super().warmup(batch, stop=stop)
         except ModelLoadError as exc:

@@ -17,7 +17,10 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
   async_exec()`` in an ``async def execute`` the same (see :mod:`wsserve.bls`); ``decoupled=True``
   raises :class:`TritonModelException`, as ``exec()`` outside ``execute`` does.
-  ``get_response_sender()`` (decoupled mode) raises :class:`TritonModelException`.
+  ``get_response_sender()``: a decoupled model's request's :class:`ResponseSender` (another
+  model's, or one a model built: :class:`TritonModelException`).
+- :class:`ResponseSender` (decoupled mode): ``send(response=None, flags=0)``, ``is_cancelled()``;
+  Triton's argument checks and messages (``src/response_sender.cc``).
 - :class:`InferenceResponse` ``(output_tensors=[...], error=None)``: ``output_tensors()``,
   ``has_error()``, ``error()``.
 - :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``; the code
@@ -39,6 +42,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -49,6 +53,7 @@ __all__ = [
     "Tensor",
     "InferenceRequest",
     "InferenceResponse",
+    "ResponseSender",
     "TritonError",
     "TritonModelException",
     "ModelConfig",
@@ -171,6 +176,8 @@ class InferenceRequest:
                  inputs: list[Tensor] | None = None, request_id: str = "", correlation_id: int = 0,
                  flags: int = 0, parameters: dict[str, Any] | str | None = None, model_version: int = -1,
                  timeout: int = 0, **_: Any) -> None:
+        #: A decoupled model's request (wsserve sets it): its sender, whose cancellation it reports.
+        self._sender: ResponseSender | None = None
         self._model_name = model_name
         self._outputs = list(requested_output_names or [])
         self._inputs = list(inputs or [])
@@ -204,7 +211,8 @@ class InferenceRequest:
         return self._model_name
 
     def is_cancelled(self) -> bool:
-        return False
+        """True once the client cancelled the request or left (a decoupled model's request; else False)."""
+        return self._sender is not None and self._sender.is_cancelled()
 
     def model_version(self) -> int:
         return self._model_version
@@ -242,8 +250,13 @@ class InferenceRequest:
                                        "in Triton; a plain execute uses exec()") from None
         return asyncio.wrap_future(self._start("async_exec", decoupled))
 
-    def get_response_sender(self) -> Any:
-        raise TritonModelException(f"InferenceRequest.get_response_sender() (decoupled mode) {_UNSUPPORTED}")
+    def get_response_sender(self) -> ResponseSender:
+        """The request's :class:`ResponseSender` (a decoupled model's request only: wsserve answers
+        other models' requests with ``execute``'s return value)."""
+        if self._sender is None:
+            raise TritonModelException("InferenceRequest.get_response_sender() is served for a decoupled model's "
+                                       "requests only (model_transaction_policy { decoupled: true } in config.pbtxt)")
+        return self._sender
 
 
 class InferenceResponse:
@@ -262,6 +275,45 @@ class InferenceResponse:
 
     def error(self) -> TritonError | None:
         return self._error
+
+
+class ResponseSender:
+    """A decoupled model's way to answer one request, from any thread, any number of times, until
+    the one ``send`` whose ``flags`` is :data:`TRITONSERVER_RESPONSE_COMPLETE_FINAL` (with or
+    without a response).  ``deliver(response, final)`` is wsserve's (called in the sender's
+    thread, never twice at once for one sender: it checks the response and hands it to the
+    request's client); ``cancelled()`` says whether the request ended on wsserve's side (the
+    client cancelled or left, the model was unloaded, a response failed it).
+
+    ``send`` raises :class:`TritonModelException` with Triton's messages: a flag other than 0 or
+    FINAL, no response with flags 0, any send after the FINAL one.  A response sent after the
+    request ended on wsserve's side is dropped (the model learns it from ``is_cancelled()``)."""
+
+    def __init__(self, deliver: Any, cancelled: Any) -> None:
+        self._deliver = deliver
+        self._cancelled = cancelled
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if flags != TRITONSERVER_RESPONSE_COMPLETE_FINAL and flags != 0:
+            raise TritonModelException("Unable to send response. Unsupported flag provided.")
+        if flags == 0 and response is None:
+            raise TritonModelException("Inference Response object must be provided when the response flags is "
+                                       "set to zero.")
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(f"Unable to send response. Expected a pb_utils.InferenceResponse, "
+                                       f"got {type(response).__name__}.")
+        with self._lock:  # one send at a time per request: its responses reach the client in send order
+            if self._closed:
+                raise TritonModelException("Unable to send response. Response sender has been closed.")
+            final = flags == TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            if final:
+                self._closed = True
+            self._deliver(response, final)
+
+    def is_cancelled(self) -> bool:
+        return bool(self._cancelled())
 
 
 class ModelConfig:
@@ -303,8 +355,10 @@ class ModelConfig:
         self._add("output", output)
 
     def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
-        if transaction_policy_dict.get("decoupled"):
-            self._refuse("sets decoupled mode, which is not supported")
+        want = bool(transaction_policy_dict.get("decoupled", False))
+        if want != using_decoupled_model_transaction_policy(self._config):
+            self._refuse(f"sets model_transaction_policy decoupled {str(want).lower()} (config.pbtxt: "
+                         f"{str(not want).lower()})")
 
 
 class Logger:

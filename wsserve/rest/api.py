@@ -57,6 +57,7 @@ import orjson
 from ..admission import Shared, check_bearer, local_admin, origin_allowed, proxied
 from ..auth import KeyRegistry
 from ..config import ServerConfig
+from ..decoupled import decoupled_refusal
 from ..dtypes import array_bytes
 from ..errors import (
     BadJson,
@@ -88,6 +89,7 @@ from .calls import (
     SeedCall,
     generate_span_head,
 )
+from .decoupledgen import DecoupledGenerateCall, generate_inputs
 from .errors import Style, content_type_note, error_response, plain_error
 from .openai import (
     ChatCompletionEncoder,
@@ -541,7 +543,11 @@ class HttpApi:
         policy = getattr(getattr(entry.model, "config", None), "version_policy", None)
         batching: dict[str, Any] = {}
         max_rows = self.config.max_rows
-        if entry.kind == "predict":
+        if entry.decoupled:  # one execute per request (no batching window), any number of responses
+            inputs, outputs = self._signature(entry)
+            batching = {"inputs": inputs, "outputs": outputs, "decoupled": True,
+                        "queue_policy": triton.queue_policy(entry.worker.max_queue_requests, None, True)}
+        elif entry.kind == "predict":
             inputs, outputs = self._signature(entry)
             queue = entry.worker.queue
             worker = entry.worker
@@ -608,6 +614,8 @@ class HttpApi:
             entry = self._lookup(name, params.get("version"))
             if entry.kind != "predict":
                 raise BadRequest(f"model {name!r} generates text: use POST /v1/completions")
+            if entry.decoupled:  # Triton's answer (http_server.cc CheckTransactionPolicy)
+                raise decoupled_refusal("HTTP end point doesn't support models with decoupled transaction policy")
             inputs, outputs = self._signature(entry)
             if not inputs or not outputs:
                 raise BadRequest(f"model {name!r} declares no input or output tensors")
@@ -904,6 +912,11 @@ class HttpApi:
             if triton is not None:
                 model = triton["name"]
                 entry = self._lookup(model, triton.get("version"))
+                if entry.decoupled:
+                    call = self._decoupled_generate(request, exchange, session, entry, stream, cors, now)
+                    session.track(call)
+                    exchange.on_abort = call.abort
+                    return None
                 if entry.kind != "generate":
                     raise BadRequest(f"model {model!r} does not generate text (use POST /v2/models/{model}/infer)")
                 completion, rid, outputs, prepend = parse_generate(loads(request.body), model=model, stream=stream,
@@ -1001,6 +1014,20 @@ class HttpApi:
         elif completion.stream and call.compiling is None:
             call.start_stream()
         return None
+
+    def _decoupled_generate(self, request: HttpRequest, exchange: HttpExchange, session: HttpSession, entry: Any,
+                            stream: bool, cors: list[tuple[str, str]] | None, now: float) -> DecoupledGenerateCall:
+        """Triton's ``generate``/``generate_stream`` on a decoupled model (:mod:`.decoupledgen`):
+        its inputs checked as a predict's (bounded by the body's size), the call submitted to the
+        model's :class:`~wsserve.decoupled.DecoupledWorker` and returned (the caller tracks it)."""
+        cfg = self.config
+        inputs, rid = generate_inputs(loads(request.body), tuple(s.name for s in entry.input_specs))
+        rows, n, nbytes = entry.prepare(inputs, cfg.max_rows, cfg.max_message_bytes // 2)
+        session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
+        call = DecoupledGenerateCall(session, exchange, entry, rows, n, nbytes, "oip", now, cors, rid=rid,
+                                     stream=stream)
+        call.item = entry.worker.submit(call)
+        return call
 
     @staticmethod
     def _submit(call: CompletionCall, completion: Any, session: HttpSession) -> None:

@@ -118,7 +118,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  queue_policy: dict[str, Any] | None = None, priority_levels: int = 2,
                  default_priority_level: int = 2,
                  ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
-                 reshapes: Mapping[str, tuple[int, ...]] | None = None) -> bytes:
+                 reshapes: Mapping[str, tuple[int, ...]] | None = None, decoupled: bool = False) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
@@ -130,7 +130,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     ``default_priority_level``: its priority levels; ``policy``: the repository
     config's version policy (or None); ``response_cache``: the model's config enables Triton's
     response cache; ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name (each listed
-    as Triton lists it)."""
+    as Triton lists it); ``decoupled``: a decoupled Triton Python model (``model_transaction_policy
+    {decoupled: true}``, its requests run one per ``execute``: ``dynamic_batching`` shows no window)."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
@@ -147,7 +148,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         "output": _tensors(outputs, reshapes=reshapes),
         "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
                              "priority_levels": priority_levels, "default_priority_level": default_priority_level},
-        "model_transaction_policy": {"decoupled": False},
+        "model_transaction_policy": {"decoupled": decoupled},
     })
     if queue_policy is not None:
         body["dynamic_batching"]["default_queue_policy"] = queue_policy

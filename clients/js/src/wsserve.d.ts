@@ -415,6 +415,33 @@ export interface PredictStreamOptions extends PredictOptions {
   chunkRows?: number;
 }
 
+/** Options of `Client.predictResponses` (a decoupled model's predict). */
+export interface PredictResponsesOptions extends CallOptions {
+  /** Pin a model version (default: the server's default version). */
+  version?: Version;
+  timeoutMs?: number;
+  priority?: 0 | 1;
+  traceparent?: string;
+  tracestate?: string;
+}
+
+/** One response of a decoupled model (a `response` frame). */
+export interface ModelResponse {
+  seq: number;
+  /** Rows, or `{name: rows}` for a model with several outputs. */
+  outputs: any;
+  /** The model sent it with its FINAL flag. */
+  final: boolean;
+}
+
+/** The `done` ending a decoupled model's predict. */
+export interface ResponsesDone {
+  reason: string;
+  responses: number;
+  timing: Record<string, number>;
+  version?: string;
+}
+
 export interface GenerateOptions extends CallOptions {
   /** Pin a model version (default: the server's default version). */
   version?: Version;
@@ -507,6 +534,8 @@ export declare class ResponseStream<T, D> implements AsyncIterableIterator<T> {
 
 export declare class PredictStream extends ResponseStream<Chunk, StreamDone> {}
 
+export declare class PredictResponses extends ResponseStream<ModelResponse, ResponsesDone> {}
+
 export declare class Generation extends ResponseStream<string, GenerationDone> {
   /** The generated text so far. */
   readonly text: string;
@@ -568,6 +597,8 @@ export declare class Client extends EventTarget {
 
   predict(model: string, inputs: Inputs, opts?: PredictOptions): Promise<PredictResult>;
   predictStream(model: string, inputs: Inputs, opts?: PredictStreamOptions): PredictStream;
+  /** A decoupled model's predict: each response as the model sends it (any number). */
+  predictResponses(model: string, inputs: Inputs, opts?: PredictResponsesOptions): PredictResponses;
   /** `prompt`: the text to continue, or chat messages (sent as `messages`: the model's chat template makes the prompt). */
   generate(model: string, prompt: string | ChatMessage[], opts?: GenerateOptions): Generation;
   complete(model: string, prompt: string | ChatMessage[], opts?: GenerateOptions): Promise<GenerationDone>;

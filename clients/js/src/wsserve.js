@@ -126,7 +126,7 @@ export const MAX_LIMIT = 2 ** 53;
  * these types that does not answer the call fails it with `MalformedFrame`.
  */
 export const FRAME_TYPES = Object.freeze(['hello', 'result', 'chunk', 'done', 'token', 'error', 'models', 'pong',
-  'draining', 'auth', 'load', 'unload', 'reload']);
+  'draining', 'auth', 'load', 'unload', 'reload', 'response']);
 const KNOWN_FRAME_TYPES = new Set(FRAME_TYPES);
 
 // =================================================================== options
@@ -146,6 +146,7 @@ const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
 const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary', 'traceparent', 'tracestate']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
+const PREDICT_RESPONSES_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'traceparent', 'tracestate']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
   'repetitionPenalty', 'logitBias', 'seed', 'stop', 'stopTokenIds', 'minTokens', 'includeStopStrInOutput',
@@ -714,7 +715,10 @@ const FRAME_FIELDS = Object.freeze({
     ['attributions', isOutputs, OUTPUTS, true]],
   token: [['seq', isCount, 'an integer >= 0'], ['text', (v) => typeof v === 'string', 'a string']],
   done: [['reason', (v) => typeof v === 'string', 'a string'], ['tokens', isCount, 'an integer >= 0', true],
-    ['rows', isCount, 'an integer >= 0', true], ['timing', isTiming, 'an object', true]],
+    ['rows', isCount, 'an integer >= 0', true], ['responses', isCount, 'an integer >= 0', true],
+    ['timing', isTiming, 'an object', true]],
+  response: [['seq', isCount, 'an integer >= 0'], ['outputs', isOutputs, OUTPUTS],
+    ['final', (v) => typeof v === 'boolean', 'a boolean', true]],
   models: [['models', isObjectArray, 'an array of objects']],
   load: [['versions', isObjectArray, 'an array of objects']],
   unload: [['versions', isObjectArray, 'an array of objects']],
@@ -866,6 +870,12 @@ const REPLY_TYPES = Object.freeze({
   generate: 'done', models: 'models', ping: 'pong', load: 'load', unload: 'unload', reload: 'reload',
 });
 
+/**
+ * Marks a `predict` message sent by `Client.predictResponses` (a decoupled model's request: its
+ * items are `response` frames, its answer `done`). A symbol key: never sent (JSON skips it).
+ */
+const RESPONSES = Symbol('responses');
+
 /** One request on the wire, until its terminal frame or the connection's end. */
 class Call {
   /** Called with each non-terminal frame (chunk, token) and its size on the wire. */
@@ -882,9 +892,11 @@ class Call {
     this.id = id;
     this.type = msg.type;
     /** The frame type of a successful answer (an `error` also ends the call; other types do not). */
-    this.reply = REPLY_TYPES[msg.type] ?? (msg.stream ? 'done' : 'result');
-    /** The frame type of its items: `token` (generate), `chunk` (streaming predict), else none. */
-    this.item = msg.type === 'generate' ? 'token' : msg.type === 'predict' && msg.stream ? 'chunk' : null;
+    this.reply = REPLY_TYPES[msg.type] ?? (msg.stream || msg[RESPONSES] ? 'done' : 'result');
+    /** The frame type of its items: `token` (generate), `chunk` (streaming predict), `response` (a
+     *  decoupled model's predict), else none. */
+    this.item = msg.type === 'generate' ? 'token' : msg[RESPONSES] ? 'response'
+      : msg.type === 'predict' && msg.stream ? 'chunk' : null;
     /** A generate that asked for `logprobs`: each of its tokens must carry them. */
     this.logprobs = msg.type === 'generate' && msg.logprobs !== undefined;
     this.model = msg.model ?? null;
@@ -1132,6 +1144,16 @@ export class PredictStream extends ResponseStream {
     if (f.attributions !== undefined) chunk.attributions = f.attributions;
     return chunk;
   }
+}
+
+/**
+ * A decoupled model's predict (Triton's decoupled mode: any number of responses per request):
+ * yields `{seq, outputs, final}` per `response` frame as the model sends them; `done` is
+ * `{reason, responses, timing, version}` at the end. Created by `Client.predictResponses`.
+ * @extends {ResponseStream<{seq: number, outputs: any, final: boolean}>}
+ */
+export class PredictResponses extends ResponseStream {
+  _item(frame) { return { seq: frame.seq, outputs: frame.outputs, final: frame.final === true }; }
 }
 
 /**
@@ -1825,6 +1847,28 @@ export class Client extends EventTarget {
     setTraceContext('predictStream()', msg, opts);
     if (opts.explain) msg.explain = true;
     const stream = new PredictStream(Boolean(opts.explain));
+    this.#runStream(stream, msg, opts);
+    return stream;
+  }
+
+  /**
+   * A decoupled model's predict (Triton's decoupled mode): `for await (const r of
+   * c.predictResponses(...))` yields each response `{seq, outputs, final}` as the model sends it
+   * (any number, zero included); `stream.done` is `{reason, responses, timing, version}` at the
+   * end. `cancel()` (or leaving the loop) cancels the request: the model sees it cancelled. The
+   * server's error (the model's, a slow consumer's `overloaded`) is thrown after the responses
+   * before it. Options: `version`, `timeoutMs`, `priority`, `signal`, `traceparent`/`tracestate`.
+   * @returns {PredictResponses}
+   */
+  predictResponses(model, inputs, opts) {
+    opts = checkOptions('predictResponses() options', opts, PREDICT_RESPONSES_OPTIONS);
+    const msg = predictMessage(model, inputs, opts);
+    msg[RESPONSES] = true;
+    setIf(msg, 'version', checkVersion('predictResponses()', opts.version));
+    setIf(msg, 'timeout_ms', opts.timeoutMs);
+    setIf(msg, 'priority', opts.priority);
+    setTraceContext('predictResponses()', msg, opts);
+    const stream = new PredictResponses();
     this.#runStream(stream, msg, opts);
     return stream;
   }

@@ -66,6 +66,8 @@ const OPTION_ENTRY_POINTS = [
     call: (c, opts) => c.predict('linear', [[1]], opts) },
   { where: 'predictStream() options', iface: 'PredictStreamOptions', typo: 'chunk_rows', sync: true,
     call: (c, opts) => c.predictStream('linear', [[1]], opts) },
+  { where: 'predictResponses() options', iface: 'PredictResponsesOptions', typo: 'timeout_ms', sync: true,
+    call: (c, opts) => c.predictResponses('linear', [[1]], opts) },
   { where: 'generate() options', iface: 'GenerateOptions', typo: 'max_tokens', sync: true,
     call: (c, opts) => c.generate('charlm', 'The ', opts) },
   { where: 'complete() options', iface: 'GenerateOptions', typo: 'maxNewTokens', sync: false,

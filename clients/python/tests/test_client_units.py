@@ -34,7 +34,8 @@ from wsserve_client.codec import (
 
 PUBLIC = {
     "Tensor", "as_tensor",
-    "Client", "DEFAULT_URL", "PredictStream", "Generation", "PredictResult", "Chunk",
+    "Client", "DEFAULT_URL", "PredictStream", "ResponseStream", "Generation", "PredictResult", "Chunk",
+    "Response", "ResponsesSummary",
     "StreamSummary", "GenerationResult", "Completion", "TokenLogprob", "TopLogprob", "ModelInfo", "ModelStatus", "VersionStatus", "ServerHello", "Limits",
     "ClientStats", "RetryPolicy", "Backoff", "WsserveError", "BadJsonError", "BadRequestError",
     "UnknownModelError", "DuplicateIdError", "InvalidInput", "OverloadedError",

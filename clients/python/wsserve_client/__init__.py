@@ -55,13 +55,15 @@ from .results import (
     ModelInfo,
     ModelStatus,
     PredictResult,
+    Response,
+    ResponsesSummary,
     ServerHello,
     StreamSummary,
     TokenLogprob,
     TopLogprob,
     VersionStatus,
 )
-from .streams import Generation, PredictStream
+from .streams import Generation, PredictStream, ResponseStream
 from .tensors import Tensor, as_tensor
 
 __version__ = "0.1.0"
@@ -72,10 +74,13 @@ __all__ = [
     "as_tensor",
     "DEFAULT_URL",
     "PredictStream",
+    "ResponseStream",
     "Generation",
     "PredictResult",
     "Chunk",
     "StreamSummary",
+    "Response",
+    "ResponsesSummary",
     "GenerationResult",
     "Completion",
     "TokenLogprob",

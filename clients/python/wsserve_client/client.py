@@ -49,7 +49,7 @@ from .results import (
     PredictResult,
     ServerHello,
 )
-from .streams import DEADLINE_GRACE_S, Generation, PredictStream
+from .streams import DEADLINE_GRACE_S, Generation, PredictStream, ResponseStream
 from .tensors import BinaryFrame
 
 __all__ = ["Client", "DEFAULT_URL"]
@@ -350,6 +350,38 @@ class Client:
 
         return PredictStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy, explain=explain,
                              max_buffer_bytes=self._max_stream_buffer_bytes)
+
+    def predict_responses(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: Version | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        as_numpy: bool = False,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> ResponseStream:
+        """A predict to a decoupled model (Triton's decoupled mode: any number of responses per
+        request): ``async for response in client.predict_responses(...)`` yields each
+        :class:`Response` (``seq``, ``outputs``, ``final``) as the model sends it;
+        ``.summary`` (responses, timing, version) after the end.  ``cancel()`` (or leaving the
+        loop: ``aclose()``) cancels the request; the model sees it cancelled.
+
+        Returns at once (not a coroutine); the request is sent on first iteration or on
+        ``async with``.  ``inputs``, ``version``, ``timeout``, ``priority``, ``as_numpy`` and
+        ``traceparent``/``tracestate`` as for :meth:`predict`.
+        """
+        check_version(version)
+        check_trace_context(traceparent, tracestate)
+
+        def make(rid: int, left: float | None) -> bytes:
+            return encode_predict(rid, model, inputs, version=version, timeout=left, priority=priority,
+                                  traceparent=traceparent, tracestate=tracestate)
+
+        return ResponseStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy,
+                              max_buffer_bytes=self._max_stream_buffer_bytes)
 
     def generate(
         self,

@@ -25,6 +25,8 @@ from .results import (
     ModelInfo,
     ModelStatus,
     PredictResult,
+    Response,
+    ResponsesSummary,
     ServerHello,
     StreamSummary,
     TokenLogprob,
@@ -61,6 +63,8 @@ __all__ = [
     "split_attributions",
     "ATTRIBUTIONS_SUFFIX",
     "parse_stream_done",
+    "parse_response",
+    "parse_responses_done",
     "parse_generation_done",
     "parse_models",
     "parse_model_status",
@@ -707,6 +711,35 @@ def _logprob(frame: dict[str, Any], value: Any, where: str) -> float | None:
     if type(value) is int:
         return float(value)
     raise _bad(frame, f"{where} = {value!r:.40}, not a number or null")
+
+
+def parse_response(frame: dict[str, Any], *, as_numpy: bool = False) -> Response:
+    """Build :class:`Response` from a ``response`` frame (a decoupled model's).
+
+    Raises:
+        ProtocolError: a field has the wrong type.
+    """
+    outputs = _rows_field(frame, "outputs", required=True)
+    final = frame.get("final", False)
+    if type(final) is not bool:
+            raise _bad(frame, f"'final' of type {type(final).__name__}, not a boolean")
+    return Response(seq=_count_field(frame, "seq", 0), outputs=to_numpy(outputs) if as_numpy else outputs,
+                    final=final)
+
+
+def parse_responses_done(frame: dict[str, Any]) -> ResponsesSummary:
+    """Build :class:`ResponsesSummary` from the ``done`` frame of a predict to a decoupled model.
+
+    Raises:
+        ProtocolError: a field has the wrong type.
+    """
+    return ResponsesSummary(
+        reason=_str_field(frame, "reason", "complete"),
+        responses=_count_field(frame, "responses", 0),
+        timing=_dict_field(frame, "timing"),
+        request_id=frame["id"],
+        version=_version_field(frame),
+    )
 
 
 def parse_stream_done(frame: dict[str, Any]) -> StreamSummary:

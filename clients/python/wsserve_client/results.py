@@ -17,6 +17,8 @@ __all__ = [
     "PredictResult",
     "Chunk",
     "StreamSummary",
+    "Response",
+    "ResponsesSummary",
     "TopLogprob",
     "TokenLogprob",
     "GenerationResult",
@@ -109,6 +111,27 @@ class StreamSummary:
     request_id: int | str
     version: str | None = None
     explanation: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One response of a decoupled model (a ``response`` frame): ``seq`` 0, 1, ...; its
+    ``outputs`` (rows, or ``{name: rows}``); ``final``: the model sent it with its FINAL flag."""
+
+    seq: int
+    outputs: Outputs
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesSummary:
+    """The ``done`` frame ending a predict to a decoupled model: ``responses`` frames were sent."""
+
+    reason: str
+    responses: int
+    timing: Mapping[str, Any]
+    request_id: int | str
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,14 +34,23 @@ from .backoff import RetryPolicy
 from .codec import (
     parse_chunk,
     parse_generation_done,
+    parse_response,
+    parse_responses_done,
     parse_stream_done,
     parse_token,
     parse_token_logprobs,
 )
 from .errors import DeadlineExceeded, ProtocolError, WsserveError
-from .results import Chunk, GenerationResult, StreamSummary, TokenLogprob
+from .results import (
+    Chunk,
+    GenerationResult,
+    Response,
+    ResponsesSummary,
+    StreamSummary,
+    TokenLogprob,
+)
 
-__all__ = ["PredictStream", "Generation"]
+__all__ = ["PredictStream", "ResponseStream", "Generation"]
 
 
 class StreamOwner(Protocol):
@@ -320,6 +329,54 @@ class PredictStream(_Stream[Chunk]):
         """
         if self._summary is None:
             raise RuntimeError("predict stream has not completed; iterate it to the end first")
+        return self._summary
+
+
+class ResponseStream(_Stream[Response]):
+    """``async for response in client.predict_responses(...)``: a decoupled model's
+    :class:`Response` objects as it sends them (any number, zero included).
+
+    After iteration completes, :attr:`summary` holds the ``done`` frame (responses, timing,
+    version).  The server's error (the model's, a slow consumer's ``overloaded``...) is raised
+    by iteration after the responses that came before it.
+    """
+
+    item_kind = "response"
+    accepts_result = False
+
+    def __init__(
+        self,
+        client: StreamOwner,
+        make_frame: Callable[[int, float | None], bytes],
+        *,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        as_numpy: bool,
+        max_buffer_bytes: int | None = None,
+    ) -> None:
+        super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
+        self._as_numpy = as_numpy
+        self._summary: ResponsesSummary | None = None
+
+    async def __aenter__(self) -> ResponseStream:
+        await super().__aenter__()
+        return self
+
+    def _item(self, frame: dict[str, Any]) -> Response:
+        return parse_response(frame, as_numpy=self._as_numpy)
+
+    def _on_done(self, frame: dict[str, Any]) -> None:
+        self._summary = parse_responses_done(frame)
+
+    @property
+    def summary(self) -> ResponsesSummary:
+        """The final ``done`` frame.
+
+        Raises:
+            RuntimeError: the stream has not completed (still running, failed or closed).
+        """
+        if self._summary is None:
+            raise RuntimeError("response stream has not completed; iterate it to the end first")
         return self._summary
 
 

@@ -1,0 +1,543 @@
+"""Decoupled Triton Python models (``model_transaction_policy { decoupled: true }``), served as
+Triton serves them: Triton's own ``repeat_model.py`` and ``square_model.py`` unchanged
+(tests/data/triton_decoupled), a model whose response is an error mid-stream, one that never
+sends FINAL until its request is cancelled, and one that floods a slow client.  A real server on
+loopback called with ``tritonclient.grpc``'s streaming API, the WebSocket (wsserve_client) and
+HTTP (Triton's generate extension)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import queue
+import shutil
+import textwrap
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grpc")  # the grpc extra
+tgrpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+from wsserve_client import Client, InvalidInput, RequestCancelled  # noqa: E402
+
+from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support.conn import Conn  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "triton_decoupled"
+
+DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+ONE_IN = 'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+#: IN [1] -> IN responses OUT [1] (0, 1, ...), then one with error= INVALID_ARG, then FINAL.
+ERRS_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
+ERRS_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        n = int(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+
+        def run():
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([i], np.int32))]))
+            sender.send(pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("the third thing went wrong", pb_utils.TritonError.INVALID_ARG)))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run, daemon=True).start()
+'''
+#: One response, then nothing until the request is cancelled: it then writes ``cancelled`` in the
+#: directory its ``marks`` parameter names, and sends FINAL (dropped).  IN 1: execute returns a list.
+FOREVER_PBTXT = ERRS_PBTXT + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n'
+FOREVER_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        request = requests[0]
+        if int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0]) == 1:
+            return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))])]
+        sender = request.get_response_sender()
+        rid = request.request_id()
+
+        def run():
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([7], np.int32))]))
+            while not (sender.is_cancelled() and request.is_cancelled()):
+                threading.Event().wait(0.01)
+            (self.marks / ("cancelled-" + rid)).write_text("yes")
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run, daemon=True).start()
+'''
+#: 400 responses of 64 Ki floats (256 KiB each) as fast as it can, stopping once cancelled (then
+#: writing ``flood-<sent>`` in ``marks``).
+FLOOD_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+               + 'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+               + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n')
+FLOOD_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+
+        def run():
+            for i in range(400):
+                if sender.is_cancelled():
+                    (self.marks / f"flood-{i}").write_text("yes")
+                    break
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(65536, i, np.float32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run, daemon=True).start()
+'''
+#: ``execute`` returns a list: an error naming the model.
+RETURNS_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))])]
+'''
+
+
+def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt)
+    (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
+    base = tmp_path_factory.mktemp("triton_decoupled")
+    root, marks = base / "model_repository", base / "marks"
+    marks.mkdir()
+    for example in ("repeat", "square"):
+        name = f"{example}_int32"
+        (root / name / "1").mkdir(parents=True)
+        shutil.copy(DATA / f"{example}_config.pbtxt", root / name / "config.pbtxt")
+        shutil.copy(DATA / f"{example}_model.py", root / name / "1" / "model.py")
+    _write(root, "errs", ERRS_PBTXT, ERRS_PY)
+    _write(root, "forever", FOREVER_PBTXT.replace("MARKS", str(marks)), FOREVER_PY)
+    _write(root, "flood", FLOOD_PBTXT.replace("MARKS", str(marks)), FLOOD_PY)
+    _write(root, "returns", ERRS_PBTXT, RETURNS_PY)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-write-buffer-bytes", "1000000")
+    try:
+        yield proc, grpc_address(proc), marks
+    finally:
+        proc.stop()
+
+
+class _Stream:
+    """One tritonclient.grpc stream: its results and errors in a queue."""
+
+    def __init__(self, address: str) -> None:
+        self.client = tgrpc.InferenceServerClient(address)
+        self.results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.client.start_stream(callback=self._callback)
+
+    def _callback(self, result: Any, error: Any) -> None:
+        self.gate.wait()
+        self.results.put((result, error))
+
+    def send(self, model: str, rid: str, **tensors: np.ndarray) -> None:
+        inputs = []
+        for name, value in tensors.items():
+            t = tgrpc.InferInput(name, list(value.shape), {"int32": "INT32", "uint32": "UINT32"}[value.dtype.name])
+            t.set_data_from_numpy(value)
+            inputs.append(t)
+        self.client.async_stream_infer(model, inputs, request_id=rid, enable_empty_final_response=True)
+
+    def until_final(self) -> list[tuple[Any, Any]]:
+        """Results up to the one marked final (or an error)."""
+        got = []
+        while True:
+            result, error = self.results.get(timeout=60)
+            got.append((result, error))
+            if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
+                return got
+
+    def close(self, cancel_requests: bool = False) -> None:
+        self.gate.set()
+        self.client.stop_stream(cancel_requests=cancel_requests)
+        self.client.close()
+
+
+@pytest.fixture
+def stream(served) -> Iterator[_Stream]:
+    s = _Stream(served[1])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _i32(*values: int) -> np.ndarray:
+    return np.array(values, np.int32)
+
+
+def test_repeat_model_streams_each_response_then_an_empty_final(stream) -> None:
+    """Triton's repeat_model.py, unchanged: one response per element of IN from its own thread (after
+    execute returned: WAIT 0), IDX counting them, then (``enable_empty_final_response``) an empty
+    response flagged ``triton_final_response``."""
+    stream.send("repeat_int32", "r1", IN=np.array([4, 2, 0, 1], np.int32), DELAY=_i32(1, 2, 3, 4), WAIT=_i32(0))
+    got = stream.until_final()
+    assert all(error is None for _, error in got)
+    *responses, final = [r for r, _ in got]
+    assert [r.as_numpy("OUT").tolist() for r in responses] == [[4], [2], [0], [1]]
+    assert [r.as_numpy("IDX").tolist() for r in responses] == [[0], [1], [2], [3]]
+    assert [r.get_response().parameters["triton_final_response"].bool_param for r in responses] == [False] * 4
+    assert {r.get_response().id for r in responses} == {"r1"} and final.get_response().id == "r1"
+    assert final.get_response().parameters["triton_final_response"].bool_param and not final.get_response().outputs
+
+
+def test_zero_responses_then_final_and_requests_interleave(stream) -> None:
+    """square_model.py: IN responses each; IN 0: no response, the empty final only."""
+    stream.send("square_int32", "none", IN=np.array([0], np.int32))
+    (final, error), = stream.until_final()
+    assert error is None and not final.get_response().outputs and final.get_response().id == "none"
+    stream.send("square_int32", "sq", IN=np.array([3], np.int32))
+    got = stream.until_final()
+    assert [r.as_numpy("OUT").tolist() for r, _ in got[:-1]] == [[3], [3], [3]]
+
+
+def test_an_error_response_ends_its_request_with_its_code_and_the_stream_goes_on(stream) -> None:
+    stream.send("errs", "e", IN=np.array([2], np.int32))
+    got = stream.until_final()
+    assert [r.as_numpy("OUT").tolist() for r, _ in got[:-1]] == [[0], [1]]
+    error = got[-1][1]
+    assert isinstance(error, InferenceServerException)
+    assert "model 'errs' failed: TritonError: the third thing went wrong" in error.message()
+    stream.send("square_int32", "after", IN=np.array([1], np.int32))
+    assert [r.as_numpy("OUT").tolist() for r, _ in stream.until_final()[:-1]] == [[1]]
+
+
+def test_execute_returning_responses_is_an_error_naming_the_model(stream) -> None:
+    stream.send("returns", "x", IN=np.array([1], np.int32))
+    (_, error), = stream.until_final()
+    assert "Python model 'returns' is using the decoupled mode and the execute function must return None" \
+        in error.message()
+
+
+def test_model_infer_on_a_decoupled_model_is_refused_as_triton_refuses_it(served) -> None:
+    client = tgrpc.InferenceServerClient(served[1])
+    x = tgrpc.InferInput("IN", [1], "INT32")
+    x.set_data_from_numpy(np.array([2], np.int32))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("square_int32", [x])
+    assert refused.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert refused.value.message() == "ModelInfer RPC doesn't support models with decoupled transaction policy"
+    config = client.get_model_config("square_int32").config
+    assert config.model_transaction_policy.decoupled
+    client.close()
+
+
+def test_a_request_never_final_is_cancelled_when_its_stream_ends(served) -> None:
+    """The model sends one response and waits for ``is_cancelled()``: the client cancelling its stream
+    (``stop_stream(cancel_requests=True)``) cancels the request (the model sees it, on the sender and
+    the request).  (Only half-closed, the stream would stay open for the request, as Triton's.)"""
+    s = _Stream(served[1])
+    s.send("forever", "f1", IN=np.array([0], np.int32))
+    result, error = s.results.get(timeout=60)
+    assert error is None and result.as_numpy("OUT").tolist() == [7]
+    assert not (served[2] / "cancelled-f1").exists()
+    s.close(cancel_requests=True)
+    wait_until(lambda: (served[2] / "cancelled-f1").exists(), 30.0, what="the model to see its request cancelled")
+
+
+def test_a_slow_consumer_fails_its_request_with_overloaded_and_the_model_sees_it(served) -> None:
+    """400 responses of 256 KiB to a client that reads none (its callback blocked): past the server's
+    1 MB bound the request ends (``overloaded``, naming the bound) and the model sees it cancelled,
+    having sent far fewer than 400; the client then gets what was written, and the error."""
+    s = _Stream(served[1])
+    s.gate.clear()
+    try:
+        s.send("flood", "big", IN=np.array([0], np.int32))
+        mark = wait_until(lambda: next(served[2].glob("flood-*"), None), 60.0, what="the flood to be cancelled")
+        assert int(mark.name.split("-")[1]) < 400
+        s.gate.set()
+        got = s.until_final()
+        assert all(e is None for _, e in got[:-1]) and len(got) - 1 < 400
+        assert "slow consumer" in got[-1][1].message() and "max_write_buffer_bytes=1000000" in got[-1][1].message()
+    finally:
+        s.close()
+    s2 = _Stream(served[1])  # the server serves on
+    s2.send("square_int32", "ok", IN=np.array([2], np.int32))
+    assert len(s2.until_final()) == 3
+    s2.close()
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+async def test_websocket_predict_streams_responses_then_done(served) -> None:
+    """A WebSocket ``predict`` to a decoupled model: one ``response`` frame per response (``seq``
+    0, 1, ...), then ``done`` with ``responses``; through the Python client's ``predict_responses``."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("repeat_int32", {"IN": [[5, 6, 7]], "DELAY": [[0, 0, 0]], "WAIT": [[0]]})
+        got = [r async for r in stream]
+        assert [(r.seq, r.outputs, r.final) for r in got] == [
+            (0, {"OUT": [[5]], "IDX": [[0]]}, False), (1, {"OUT": [[6]], "IDX": [[1]]}, False),
+            (2, {"OUT": [[7]], "IDX": [[2]]}, False)]
+        assert stream.summary.responses == 3 and stream.summary.reason == "complete"
+        assert stream.summary.version == "1"
+        none = client.predict_responses("square_int32", [[0]])
+        assert [r async for r in none] == [] and none.summary.responses == 0
+
+
+async def test_websocket_error_mid_stream_and_cancel(served) -> None:
+    """An error response ends the request with its code's error after the responses before it; a
+    request never sent FINAL ends when the client cancels it (``error`` ``cancelled``), and the
+    model sees it; the connection serves on."""
+    async with Client(served[0].url) as client:
+        errs = client.predict_responses("errs", [[2]])
+        seen = []
+        with pytest.raises(InvalidInput, match="model 'errs' failed: TritonError: the third thing went wrong"):
+            async for r in errs:
+                seen.append(r.outputs)
+        assert seen == [[[0]], [[1]]]
+        forever = client.predict_responses("forever", [[0]])
+        first = await forever.__anext__()
+        assert first.outputs == [[7]]
+        assert _inflight(served[0].port) == 1  # (its model has not sent FINAL: still in flight)
+        rid = forever.request_id
+        forever.cancel()
+        with pytest.raises(RequestCancelled):
+            await forever.__anext__()
+        wait_until(lambda: (served[2] / f"cancelled-{rid}").exists(), 30.0, what="the model to see the cancel")
+        assert _inflight(served[0].port) == 0
+        assert [r.outputs async for r in client.predict_responses("square_int32", [[1]])] == [[[1]]]
+
+
+async def test_websocket_predict_on_a_decoupled_model_answers_json_frames(served) -> None:
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "b", "model": "square_int32", "inputs": [[1]],
+                                    "binary_outputs": True})
+        assert frame["type"] == "error" and "leave out 'binary_outputs'" in frame["message"]
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _inflight(port: int) -> float:
+    """``wsserve_inflight_requests`` of the server on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        line = next(x for x in answer.read().decode().splitlines() if x.startswith("wsserve_inflight_requests "))
+    return float(line.split()[1])
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, answer.getheader("Content-Type") or "", answer.read()
+    finally:
+        conn.close()
+
+
+def _events(body: bytes) -> list[dict[str, Any]]:
+    assert body.endswith(b"\n\n"), body
+    return [json.loads(e.removeprefix(b"data: ")) for e in body.split(b"\n\n") if e]
+
+
+def test_http_generate_stream_sends_one_event_per_response(served) -> None:
+    """Triton's ``generate_stream`` on a decoupled model: an SSE event per response, outputs of one
+    element as scalars, ``id`` echoed; zero responses: an empty stream; an error: an error event."""
+    port = served[0].port
+    status, kind, body = _post(port, "/v2/models/repeat_int32/generate_stream",
+                               {"id": "g", "IN": [4, 2, 9], "DELAY": [0, 0, 0], "WAIT": 0})
+    assert status == 200 and kind.startswith("text/event-stream")
+    assert _events(body) == [{"id": "g", "model_name": "repeat_int32", "model_version": "1", "OUT": v, "IDX": i}
+                             for i, v in enumerate([4, 2, 9])]
+    status, _, body = _post(port, "/v2/models/square_int32/generate_stream", {"IN": 0})
+    assert status == 200 and body == b""
+    status, _, body = _post(port, "/v2/models/errs/generate_stream", {"IN": 1})
+    assert status == 200
+    assert _events(body) == [{"model_name": "errs", "model_version": "1", "OUT": 0},
+                             {"error": "model 'errs' failed: TritonError: the third thing went wrong"}]
+
+
+def test_http_generate_and_infer_answer_as_triton_does(served) -> None:
+    """``generate``: the one response as JSON; any other number of responses: Triton's 200 with an
+    error body.  ``/infer``: Triton's 501."""
+    port = served[0].port
+    status, _, body = _post(port, "/v2/models/square_int32/generate", {"IN": 1})
+    assert status == 200 and json.loads(body) == {"model_name": "square_int32", "model_version": "1", "OUT": 1}
+    status, _, body = _post(port, "/v2/models/square_int32/generate", {"IN": 3})
+    assert status == 200 and json.loads(body) == {"error": "generate expects model to produce exactly 1 response, "
+                                                  "use generate stream for model that generates various number "
+                                                  "of responses"}
+    status, _, body = _post(port, "/v2/models/square_int32/generate", {"OUT": 3})
+    assert status == 400 and "no field 'IN'" in json.loads(body)["error"]
+    status, _, body = _post(port, "/v2/models/square_int32/infer",
+                            {"inputs": [{"name": "IN", "shape": [1], "datatype": "INT32", "data": [1]}]})
+    assert status == 501
+    assert json.loads(body) == {"error": "HTTP end point doesn't support models with decoupled transaction policy"}
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def test_the_response_sender_checks_its_arguments_as_tritons() -> None:
+    """``send``: Triton's messages for a bad flag, no response with flags 0, and any send after FINAL
+    (each a TritonModelException); the FINAL may carry a response; ``is_cancelled`` is the request's."""
+    from wsserve.repository import triton_pb_utils as pb
+
+    sent: list[tuple[Any, bool]] = []
+    cancelled = threading.Event()
+    sender = pb.ResponseSender(lambda r, final: sent.append((r, final)), cancelled.is_set)
+    request = pb.InferenceRequest(model_name="m")
+    request._sender = sender
+    response = pb.InferenceResponse([pb.Tensor("OUT", np.array([1], np.int32))])
+    with pytest.raises(pb.TritonModelException, match="^Unable to send response. Unsupported flag provided.$"):
+        sender.send(response, flags=2)
+    with pytest.raises(pb.TritonModelException, match="^Inference Response object must be provided when the "
+                                                      "response flags is set to zero.$"):
+        sender.send()
+    sender.send(response)
+    assert not request.is_cancelled() and not sender.is_cancelled()
+    cancelled.set()
+    assert request.is_cancelled() and sender.is_cancelled()
+    sender.send(response, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    with pytest.raises(pb.TritonModelException, match="^Unable to send response. Response sender has been closed.$"):
+        sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    assert sent == [(response, False), (response, True)]
+    with pytest.raises(pb.TritonModelException, match="decoupled model's requests only"):
+        pb.InferenceRequest(model_name="m").get_response_sender()
+
+
+async def test_a_deadline_ends_a_request_never_final_and_others_go_on(served) -> None:
+    """``timeout_ms`` passing ends a request whose model never sends FINAL with
+    ``deadline_exceeded`` (its one terminal frame) and the model sees it cancelled; a request
+    alongside on the same connection is not touched."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "slow", "model": "forever", "inputs": [[0]], "timeout_ms": 200})
+        frame = await conn.request({"type": "predict", "id": "sq", "model": "square_int32", "inputs": [[2]]})
+        frames = [frame]
+        while sum(f.get("type") in ("done", "error") for f in frames) < 2:
+            frames.append(await conn.recv())
+        slow = [f for f in frames if f.get("id") == "slow"]
+        assert slow[-1]["type"] == "error" and slow[-1]["code"] == "deadline_exceeded"
+        assert all(f["type"] == "response" for f in slow[:-1])
+        sq = [f for f in frames if f.get("id") == "sq"]
+        assert [f["type"] for f in sq] == ["response", "response", "done"] and sq[-1]["responses"] == 2
+    finally:
+        await conn.close()
+    wait_until(lambda: (served[2] / "cancelled-slow").exists(), 30.0, what="the model to see the deadline")
+
+
+#: ``execute`` records the request's IN in ``started`` and waits until ``release`` is set, then sends
+#: IN as its one response; IN 9: it never sends FINAL.  ``instance_group [{ count: 1 }]``.
+GATED_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+started = []
+release = threading.Event()
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        x = int(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+        started.append(x)
+        release.wait(60)
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([x], np.int32))]))
+        if x != 9:
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
+class _Sink:
+    """What a transport gives the worker (the fields it reads), recording what it is told."""
+
+    def __init__(self, x: int) -> None:
+        self.inputs = np.array([[x]], np.int32)
+        self.n, self.nbytes, self.finished, self.request_id = 1, 4, False, str(x)
+        self.responses: list[Any] = []
+        self.error: Any = None
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        self.responses.append((None if outputs is None else outputs["OUT"].tolist(), final))
+        self.finished = final
+
+    def on_error(self, exc: Any) -> None:
+        self.error, self.finished = exc, True
+
+
+async def _until(predicate: Any) -> None:
+    for _ in range(6000):  # a predicate wait (at most 60 s), never a timing bound
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not met within 60 s")
+
+
+async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finished(tmp_path: Path) -> None:
+    """One instance: the second request's ``execute`` starts only once the first returned; closing
+    the worker (an unload) ends a request whose model never sent FINAL with ``shutting_down``."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0)
+    worker.start()
+    try:
+        first, second, third = _Sink(1), _Sink(2), _Sink(9)
+        for sink in (first, second, third):
+            worker.submit(sink)
+        await _until(lambda: gate.started == [1])
+        assert worker.statistics().queued == 2 and not first.responses
+        gate.release.set()
+        await _until(lambda: first.finished and second.finished and len(third.responses) == 1)
+        assert gate.started == [1, 2, 9]
+        assert first.responses == [([[1]], False), (None, True)] and second.responses == [([[2]], False), (None, True)]
+        assert third.error is None and not third.finished
+        await worker.wait_idle()
+        await worker.close()
+        assert third.error is not None and third.error.code == "shutting_down"
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()

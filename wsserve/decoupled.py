@@ -1,0 +1,370 @@
+"""Decoupled models: any number of responses per request, streamed as the model sends them.
+
+A Triton Python model with ``model_transaction_policy { decoupled: true }``
+(:class:`~wsserve.repository.triton_backend.TritonPythonModel` with ``decoupled`` true) answers
+each request through its ``pb_utils.ResponseSender``, from any thread, until the send flagged
+``TRITONSERVER_RESPONSE_COMPLETE_FINAL``.  Its requests do not go through the row-batching queue
+(:mod:`wsserve.worker`): :class:`DecoupledWorker` runs one ``execute`` per request, at most
+``instances`` (config.pbtxt's ``instance_group`` count) at once, the others waiting in order.
+
+A request's sink (the transport's call) has, besides the :class:`~wsserve.worker.PredictSink`
+fields (``inputs``, ``n``, ``nbytes``, ``finished``, ``on_error``):
+
+- ``on_response(outputs, final, nbytes)``: one response (``outputs``: ``{name: [rows, ...]}``,
+  a model without a batch dimension's with a leading 1; ``None``: a FINAL flag sent without a
+  response); ``final`` true ends the request.  When the transport has written that response to
+  its client it calls :meth:`DecoupledStream.written` with ``nbytes``.
+- ``on_error(exc)``: the request ended with ``exc`` (no response after it).
+
+Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
+
+- Every request ends exactly once: its FINAL (``on_response(..., True)``), an error
+  (``on_error``: a response with ``error=``, ``execute`` raising or returning something other
+  than None, a wrong response, a deadline, a slow consumer, the model unloaded, the server
+  shutting down), or :meth:`DecoupledStream.cancel` (the client cancelled or left: nothing more
+  reaches the sink).  From then on ``pb_utils`` reports the request cancelled
+  (``is_cancelled()``), and what the model still sends is dropped.
+- A request whose model never sends FINAL stays open (counted in flight by its transport) until
+  the client cancels or leaves, its deadline passes, or the version is unloaded
+  (:meth:`DecoupledWorker.wait_idle` waits for open requests at most ``drain_timeout_s``, then
+  :meth:`DecoupledWorker.close` ends them with ``shutting_down``).
+- Slow consumers: the responses handed to a sink and not yet written to its client are bounded
+  (``max_pending_bytes``, ``--max-write-buffer-bytes``; each response counts its tensors' bytes
+  plus :data:`RESPONSE_OVERHEAD_BYTES`; a response is always taken when none is pending).  Past
+  it the request fails with ``overloaded`` naming the bound; the model's sending thread is never
+  blocked (a client that stops reading cannot hold a model instance or thread).  A model that
+  bursts more than the bound faster than any client reads fails too: raise the bound for it.
+- At most ``max_queue_requests`` requests wait for an instance; more are refused ``overloaded``.
+- One request's failure touches no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from time import monotonic
+from typing import Any
+
+import numpy as np
+
+from .errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Internal,
+    InvalidInput,
+    Overloaded,
+    ShuttingDown,
+    WsserveError,
+)
+from .stats import WorkerStatistics
+from .worker import request_id_of
+
+__all__ = ["DecoupledWorker", "DecoupledStream", "RESPONSE_OVERHEAD_BYTES", "DEFAULT_MAX_QUEUE_REQUESTS", "refusal",
+           "decoupled_refusal"]
+
+log = logging.getLogger("wsserve.decoupled")
+
+#: What one response counts against a stream's pending bound besides its tensors' bytes (so a
+#: model sending empty responses is bounded too).
+RESPONSE_OVERHEAD_BYTES = 64
+
+
+#: Requests that may wait for an instance when config.pbtxt sets no ``max_queue_size``.
+DEFAULT_MAX_QUEUE_REQUESTS = 1024
+
+
+def refusal(name: str) -> str:
+    """Why a transport that answers each request once does not serve decoupled model ``name``."""
+    return (f"model {name!r} is decoupled (model_transaction_policy): it streams any number of responses per "
+            "request; use gRPC ModelStreamInfer, a WebSocket predict, or HTTP POST .../generate_stream")
+
+
+def decoupled_refusal(message: str) -> WsserveError:
+    """Triton's UNSUPPORTED error for a decoupled model on a route that answers each request once
+    (``bad_request``; HTTP 501, gRPC ``UNIMPLEMENTED``, as Triton's frontends answer that code)."""
+    error = BadRequest(message)
+    error.http_status = 501  # type: ignore[attr-defined]
+    error.grpc_status = "UNIMPLEMENTED"  # type: ignore[attr-defined]
+    return error
+
+
+class DecoupledStream:
+    """One request of a decoupled model: the sink's side (loop thread) and the model's side
+    (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
+
+    __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
+                 "_stop", "_timer", "_lock", "_sent", "__weakref__")
+
+    def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
+        self._worker = worker
+        self.sink = sink
+        self.inputs = sink.inputs
+        self.request_id = request_id_of(sink)
+        #: responses handed to the sink (loop side)
+        self.responses = 0
+        #: bytes of the responses the model sent and the transport has not written yet (:meth:`written`),
+        #: counted when sent (in the model's thread), so what waits for the loop is bounded too
+        self.pending_bytes = 0
+        self._sent = 0  # responses the model sent (any thread, under _lock)
+        self._lock = threading.Lock()
+        self.ended = False  # loop side: ended (the sink told, or cancelled)
+        self.started = False  # its execute began
+        self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- the model's side (any thread)
+
+    def cancelled(self) -> bool:
+        """True once the request ended on wsserve's side (``pb_utils``' ``is_cancelled()``)."""
+        return self._stop.is_set()
+
+    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
+        """A checked response (None: FINAL without one) to hand to the sink; dropped once ended.
+        One that would put more than ``max_pending_bytes`` unwritten (none is: it is taken) ends
+        the request with ``overloaded`` instead: a slow consumer."""
+        if self._stop.is_set():
+            return
+        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(a.nbytes for a in outputs.values()) if outputs else 0)
+        limit = self._worker.max_pending_bytes
+        with self._lock:
+            unwritten = self.pending_bytes + nbytes
+            over = outputs is not None and self.pending_bytes > 0 and unwritten > limit
+            if not over:
+                self.pending_bytes = unwritten
+                self._sent += outputs is not None
+            sent = self._sent
+        if over:
+            self._stop.set()  # what the model sends from now on is dropped
+            self._worker._call(self._finish, Overloaded(
+                f"slow consumer: {sent} responses of model {self._worker.name!r} were sent and {unwritten} bytes "
+                f"of them are unread by the client (max_write_buffer_bytes={limit}); the request is cancelled"))
+            return
+        self._worker._call(self._on_response, outputs, final, nbytes)
+
+    def fail(self, exc: WsserveError) -> None:
+        """End the request with ``exc`` (a no-op once it ended)."""
+        if not self._stop.is_set():
+            self._worker._call(self._finish, exc)
+
+    # -- the transport's side (loop thread)
+
+    def written(self, nbytes: int) -> None:
+        """The transport wrote a response of ``nbytes`` (as :meth:`on_response` counted it) to its client."""
+        with self._lock:
+            self.pending_bytes = max(0, self.pending_bytes - nbytes)
+
+    def cancel(self) -> None:
+        """The client cancelled or left: end the request without telling its sink.  Idempotent."""
+        self._end()
+
+    # -- internals (loop thread)
+
+    def _end(self) -> bool:
+        if self.ended:
+            return False
+        self.ended = True
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._worker._ended(self)
+        return True
+
+    def _finish(self, exc: WsserveError) -> None:
+        if self._end():
+            try:
+                self.sink.on_error(exc)
+            except Exception:  # noqa: BLE001 - a bug in one sink touches no other request
+                log.exception("the sink of a %s request failed in on_error", self._worker.name)
+
+    def _on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
+        if self.ended:
+            return
+        if outputs is not None:
+            self.responses += 1
+        try:
+            self.sink.on_response(outputs, final, nbytes)
+        except WsserveError as exc:
+            self._finish(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one request's answer that cannot be made fails it only
+            log.exception("answering a response of model %r failed", self._worker.name)
+            self._finish(Internal(f"a response could not be made: {type(exc).__name__}: {exc}"[:512]))
+            return
+        if final:
+            self._end()
+
+
+class DecoupledWorker:
+    """Runs a decoupled model's requests (see the module docstring).  The pool makes one per
+    version of such a model (its ``decoupled`` true); ``submit`` takes a sink with
+    ``on_response``, and refuses any other with ``bad_request`` (:func:`refusal`)."""
+
+    decoupled = True
+
+    def __init__(self, model: Any, *, name: str, instances: int = 1, max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS,
+                 max_pending_bytes: int = 8 << 20, drain_timeout_s: float = 10.0) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
+        self.model = model
+        self.name = name
+        self.explainer = None
+        self.explain_refusal = f"model {name!r} is decoupled: its responses cannot be explained"
+        self.max_queue_requests = max_queue_requests
+        self.max_pending_bytes = max_pending_bytes
+        self.drain_timeout_s = drain_timeout_s
+        self.stats: Any = None
+        self._instances = instances
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting: deque[DecoupledStream] = deque()
+        self._running = 0  # executes in progress
+        self._open: set[DecoupledStream] = set()  # requests not ended
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+        self.executed = 0
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=self._instances, thread_name_prefix=f"wsserve-{self.name}")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no execute waits or runs and no request is open, or (requests whose model
+        never sent FINAL) ``drain_timeout_s`` after the executes ended; :meth:`close` ends the rest."""
+        assert self._idle is not None, "start() first"
+        while self._waiting or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.drain_timeout_s
+        while self._open and not self._closed:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, until - loop.time()))
+            except TimeoutError:
+                return
+
+    async def close(self) -> None:
+        """End every request still waiting or open with ``shutting_down``; no execute starts after.
+        Idempotent (the executes running are left to return)."""
+        if self._closed:
+            return
+        self._closed = True
+        for stream in [*self._waiting, *self._open]:
+            stream._finish(ShuttingDown(f"model {self.name!r} is unloaded or the server is shutting down"))
+        self._waiting.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self._idle is not None:
+            self._idle.set()
+
+    # -- requests
+
+    def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> DecoupledStream:
+        """Start ``sink``'s request: its execute runs when an instance is free (``priority`` 1 goes
+        before waiting requests of priority 0).  ``deadline`` (monotonic seconds): past it the request
+        ends with ``deadline_exceeded``, whether waiting or streaming.  Raises ``BadRequest`` for a
+        sink that takes one answer (:func:`refusal`), ``InvalidInput`` for several rows to a model
+        without a batch dimension, ``Overloaded`` when ``max_queue_requests`` wait, ``ShuttingDown``
+        after :meth:`close`; the sink is then never called."""
+        if self._closed:
+            raise ShuttingDown("model worker is shutting down")
+        if not callable(getattr(sink, "on_response", None)):
+            raise BadRequest(refusal(self.name))
+        if getattr(sink, "explain", False):
+            raise BadRequest(self.explain_refusal)
+        if not getattr(self.model, "batching", True) and sink.n != 1:
+            raise InvalidInput(f"model {self.name!r} has no batch dimension (max_batch_size 0): a request to it is "
+                               f"one set of tensors, got {sink.n} rows")
+        if len(self._waiting) >= self.max_queue_requests:
+            raise Overloaded(f"model {self.name!r}: {len(self._waiting)} requests wait for an instance "
+                             f"(max_queue_requests={self.max_queue_requests})", retry_after_ms=100)
+        assert self._loop is not None, "start() first"
+        stream = DecoupledStream(self, sink)
+        self._open.add(stream)
+        if priority == 1:
+            self._waiting.appendleft(stream)
+        else:
+            self._waiting.append(stream)
+        if deadline is not None:
+            stream._timer = self._loop.call_at(
+                self._loop.time() + max(0.0, deadline - monotonic()), stream._finish,
+                DeadlineExceeded(f"the request to model {self.name!r} passed its deadline"))
+        self._next()
+        return stream
+
+    def cancel(self, stream: DecoupledStream) -> None:
+        """The client cancelled or left (the transports' ``worker.cancel(item)``)."""
+        stream.cancel()
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(
+            kind="predict", queued=len(self._waiting), queued_rows=sum(s.sink.n for s in self._waiting),
+            queued_bytes=sum(s.sink.nbytes for s in self._waiting), running=len(self._open) - len(self._waiting),
+            oldest_age_s=0.0, batches=self.executed, computed=self.executed, executor_batches=self.executed,
+            last_batch_size=1 if self.executed else 0, isolated_batches=0)
+
+    # -- internals
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        """``fn(*args)`` on the loop, from any thread (dropped once the loop is closed)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the server stopped
+            pass
+
+    def _ended(self, stream: DecoupledStream) -> None:
+        self._open.discard(stream)
+        self._note_idle()
+
+    def _note_idle(self) -> None:
+        """Wake :meth:`wait_idle` (it checks what it waits for)."""
+        if self._idle is not None:
+            self._idle.set()
+
+    def _next(self) -> None:
+        """Start waiting executes while an instance is free (requests that ended meanwhile skipped)."""
+        while self._waiting and self._running < self._instances and self._executor is not None:
+            stream = self._waiting.popleft()
+            if stream.ended:
+                continue
+            stream.started = True
+            self._running += 1
+            self.executed += 1
+            future = self._loop.run_in_executor(self._executor, self._execute, stream)  # type: ignore[union-attr]
+            future.add_done_callback(functools.partial(self._executed, stream=stream, started=monotonic()))
+
+    def _execute(self, stream: DecoupledStream) -> None:
+        """In an instance's thread: the model's execute for ``stream`` (a failure ends the request)."""
+        try:
+            self.model.execute_decoupled(stream.inputs, stream.request_id, stream)
+        except WsserveError as exc:
+            stream.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the model's failure fails its request only
+            log.error("model %s failed", self.name, exc_info=exc)
+            stream.fail(Internal(f"model {self.name!r} failed: {type(exc).__name__}: {exc}"))
+
+    def _executed(self, future: asyncio.Future[None], stream: DecoupledStream | None = None,
+                  started: float = 0.0) -> None:
+        """An execute returned: counted in :attr:`stats` (Triton's execution count and compute time:
+        ``execute``'s own, not the responses its threads send later), the next one started."""
+        self._running -= 1
+        if self.stats is not None and stream is not None:
+            ended = monotonic()
+            self.stats.on_batch(stream.sink.n, 1, ended - started, ended)
+        if not future.cancelled() and future.exception() is not None:  # (not expected: _execute catches)
+            log.error("model %s: execute failed", self.name, exc_info=future.exception())
+        self._next()
+        self._note_idle()
