@@ -500,6 +500,11 @@ export interface AdminOptions extends CallOptions {
   /** Bounds the wait locally (`DeadlineExceeded`); the operation itself goes on. */
   timeoutMs?: number;
 }
+/** `load()`'s options: `AdminOptions` and a Triton JSON model configuration served instead of the config file. */
+export interface LoadOptions extends AdminOptions {
+  /** An object, or JSON text (as tritonclient's `load_model(config=...)` takes it). */
+  config?: Record<string, unknown> | string;
+}
 
 export type Rows = ArrayLike<ArrayLike<number>>;
 /** Rows, or `{name: rows}` for a model with several named inputs; with `binary: true` a
@@ -609,7 +614,7 @@ export declare class Client extends EventTarget {
    * Admin calls on the server's model repository: they need the admin key as `token`
    * (or loopback to a server without keys), else reject with `Forbidden`.
    */
-  load(model: string, opts?: AdminOptions & { config?: Record<string, unknown> | string }): Promise<ModelStatus>;
+  load(model: string, opts?: LoadOptions): Promise<ModelStatus>;
   unload(model: string, opts?: AdminOptions): Promise<ModelStatus>;
   reload(model: string, opts?: AdminOptions): Promise<ModelStatus>;
 

@@ -74,7 +74,7 @@ const OPTION_ENTRY_POINTS = [
     call: (c, opts) => c.complete('charlm', 'The ', opts) },
   { where: 'models() options', iface: 'UnaryOptions', typo: 'abortSignal', sync: false, call: (c, opts) => c.models(opts) },
   { where: 'ping() options', iface: 'UnaryOptions', typo: 'timeout_ms', sync: false, call: (c, opts) => c.ping(opts) },
-  { where: 'load() options', iface: 'AdminOptions', typo: 'versions', sync: false, call: (c, opts) => c.load('m', opts) },
+  { where: 'load() options', iface: 'LoadOptions', typo: 'versions', sync: false, call: (c, opts) => c.load('m', opts) },
   { where: 'unload() options', iface: 'AdminOptions', typo: 'model', sync: false, call: (c, opts) => c.unload('m', opts) },
   { where: 'reload() options', iface: 'AdminOptions', typo: 'adminKey', sync: false, call: (c, opts) => c.reload('m', opts) },
   { where: 'WsserveError options', iface: 'WsserveErrorOptions', typo: 'retry_after_ms', sync: true,
