@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
 from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support.metrics import scrape_metrics  # noqa: E402
 from wsserve.bls import MAX_BLS_DEPTH  # noqa: E402
 
 AFFINE_PBTXT = ('platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
@@ -399,3 +400,45 @@ def test_a_cancelled_callers_execute_runs_to_its_end_and_its_instance_serves_aga
     (gated_dir / "gate").touch()  # (the client has gone)
     wait_until(lambda: not (gated_dir / "gate.started").exists(), 30)
     np.testing.assert_array_equal(_infer(proc, "patient", x).as_numpy("y"), x[:, :2] * 2)
+
+
+#: Stops awaiting its call to gated after 0.2 s (``asyncio.wait_for`` cancels the awaitable), answers x[:, :2].
+WAITFOR_PY = '''
+import asyncio
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        x = requests[0].inputs()[0].as_numpy()
+        try:
+            await asyncio.wait_for(pb_utils.InferenceRequest(model_name="gated", requested_output_names=["y"],
+                                                             inputs=[pb_utils.Tensor("x", x)]).async_exec(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy()[:, :2])]) for r in requests]
+'''
+
+
+def test_a_call_whose_awaitable_was_cancelled_does_not_keep_the_server_from_stopping(tmp_path: Path) -> None:
+    """An ``async_exec`` awaitable cancelled by its caller (``asyncio.wait_for`` gave up) while the
+    call runs on: the stop answers the calls still waiting (patient's, queued behind it) and the
+    server exits, past gated's execute that never returns (bounded waits: it hung forever)."""
+    root = tmp_path / "model_repository"
+    _write(root, "gated", ONE_PBTXT, GATED_PY)
+    _write(root, "patient", ONE_PBTXT, _caller("gated"))
+    _write(root, "waitfor", ONE_PBTXT, WAITFOR_PY)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--drain-timeout", "1")
+    try:
+        x = np.ones((1, 3), np.float32)
+        np.testing.assert_array_equal(_infer(proc, "waitfor", x).as_numpy("y"), x[:, :2])
+        assert (root / "gated" / "gate.started").exists()  # the abandoned call holds gated's one instance
+        call, answer = _in_thread(lambda: _infer(proc, "patient", x))
+        wait_until(lambda: scrape_metrics(proc.http).value("wsserve_inflight_requests") == 1, 30)
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr_text()
+        call.join(60)
+        assert isinstance(answer[0], InferenceServerException) and answer[0].status() == "503", answer
+        assert "InvalidStateError" not in proc.stderr_text()
+    finally:
+        proc.kill()

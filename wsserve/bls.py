@@ -35,7 +35,9 @@ the loop thread anyway would deadlock and gets an error response instead.
 ``timeout`` (microseconds, Triton's) bounds the whole call: queued and computing; past it the call
 is cancelled in its model's queue and answered ``UNAVAILABLE``.  Without it a call waits for its
 model.  The caller's own request being cancelled does not cancel its ``execute`` nor the calls it
-makes (as in Triton): they end on their own, their answers unused.  :meth:`BlsGateway.close` (the
+makes (as in Triton): they end on their own, their answers unused; so does a call whose
+``async_exec`` awaitable its caller cancelled (``asyncio.wait_for`` gave up on it, or its ``async
+def execute`` ended first): the call's future cannot be cancelled.  :meth:`BlsGateway.close` (the
 server stopping, after the drain) answers every call still in flight ``UNAVAILABLE`` and any later
 one too, so no model thread is left waiting.
 
@@ -129,6 +131,9 @@ class _Call:
         self.requested = list(request.requested_output_names())
         self.request_id = str(request.request_id())
         self.future: concurrent.futures.Future[pb.InferenceResponse] = concurrent.futures.Future()
+        # running from the start: the caller cannot cancel it (an async_exec awaitable cancelled by
+        # asyncio.wait_for, or by its execute ending, cancels only itself), so it is always set once
+        self.future.set_running_or_notify_cancel()
         # as a sink (set when submitted)
         self.inputs: Tensors | None = None
         self.n = 0
