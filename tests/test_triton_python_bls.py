@@ -442,3 +442,23 @@ def test_a_call_whose_awaitable_was_cancelled_does_not_keep_the_server_from_stop
         assert "InvalidStateError" not in proc.stderr_text()
     finally:
         proc.kill()
+
+
+def _stats(proc: ServerProcess, model: str) -> dict[str, Any]:
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    return client.get_inference_statistics(model)["model_stats"][0]
+
+
+def test_bls_requests_count_in_the_called_models_statistics(served) -> None:
+    """As Triton counts them (and as wsserve counts an ensemble's step requests): a BLS request
+    that ran is one request of the called model, a success or a failure (impatient's timed out)."""
+    proc, _ = served
+    x = np.ones((1, 3), np.float32)
+    before, slow_before = _stats(proc, "affine"), _stats(proc, "slow")
+    _infer(proc, "pipe", x)
+    _refused(proc, "impatient", x)
+    after, slow_after = _stats(proc, "affine"), _stats(proc, "slow")
+    assert after["execution_count"] - before["execution_count"] == 1
+    for key in ("success", "queue"):
+        assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == 1, (key, after)
+    assert slow_after["inference_stats"]["fail"]["count"] - slow_before["inference_stats"]["fail"]["count"] == 1

@@ -16,7 +16,8 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   as a wire request, ``--max-rows`` and the model's ``max_batch_size`` included), then submits it to
   that version's worker: the same batching queue, limits (``max_queue_rows``, ``max_queue_bytes``,
   a model's ``max_queue_requests``) and batches as the clients' requests, any predictive model (a
-  built-in, ONNX, Python, Triton Python, an ensemble).  The inputs of one caller model's calls in
+  built-in, ONNX, Python, Triton Python, an ensemble), counted in that version's statistics as a
+  request once submitted (success or failure, as an ensemble's step requests).  The inputs of one caller model's calls in
   flight count against ``--max-inflight-bytes``, as a connection's do.
 - a model unloaded meanwhile finishes what it holds (its worker drains before it closes), so a call
   queued on it ends normally; one looked up after gets ``NOT_FOUND``.
@@ -144,6 +145,8 @@ class _Call:
         self.edges: list[tuple[str, str]] = []
         self.admitted = False  # its bytes and edges are counted (released at its end)
         self.timer: asyncio.TimerHandle | None = None
+        self.queued_at = 0.0  # monotonic, when submitted
+        self.queue_s = -1.0  # its wait before its first batch (-1: no rows yet)
         self._parts: list[Tensors] = []
         self._rows = 0
 
@@ -154,6 +157,8 @@ class _Call:
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None:
         if self.finished:
             return
+        if self.queue_s < 0:
+            self.queue_s = max(queue_s, 0.0)
         self._parts.append(outputs)
         self._rows += count_rows(outputs)
         if self._rows >= self.n:
@@ -244,6 +249,7 @@ class BlsGateway:
                 seconds = call.timeout_us / 1e6
                 deadline = monotonic() + seconds
                 call.timer = self._loop.call_later(seconds, self._timed_out, call)
+            call.queued_at = monotonic()
             call.item = entry.worker.submit(call, deadline=deadline)
         except WsserveError as exc:
             self._end(call, _error(exc))
@@ -287,6 +293,9 @@ class BlsGateway:
                 call.timer.cancel()
             if call.admitted:
                 self._release(call)
+        stats = getattr(call.entry.worker, "stats", None) if call.entry is not None else None
+        if stats is not None and call.item is not None:  # a request of the called model (Triton counts it)
+            stats.on_request(not response.has_error(), monotonic() - call.queued_at, max(call.queue_s, 0.0))
         call.item = None
         call.future.set_result(response)
 
