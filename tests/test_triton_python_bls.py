@@ -164,6 +164,52 @@ def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
 LINEAR_IN = 1
 
 
+#: x (a variable row of TYPE) answered as y.
+WIDE_PBTXT = ('backend: "python"\nmax_batch_size: 8\ninput [ { name: "x" data_type: TYPE dims: [ -1 ] } ]\n'
+              'output [ { name: "y" data_type: TYPE dims: [ -1 ] } ]\n')
+ECHO_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+#: Sends words a string whose encode() notes the thread running it; answers [1, 1] when that was
+#: its own execute's thread, [0, 0] when another.
+SPIED_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class Spy(str):
+    threads = []
+
+    def encode(self, *args, **kwargs):
+        Spy.threads.append(threading.get_ident())
+        return str.encode(self, *args, **kwargs)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            words = np.empty((1, 1), dtype=object)
+            words[0, 0] = Spy("hi")
+            Spy.threads.clear()
+            resp = pb_utils.InferenceRequest(model_name="words", requested_output_names=["y"],
+                                             inputs=[pb_utils.Tensor("x", words)]).exec()
+            if resp.has_error():
+                out.append(pb_utils.InferenceResponse(error=resp.error()))
+                continue
+            mine = float(Spy.threads == [threading.get_ident()])
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.full((len(r.inputs()[0].as_numpy()), 2), mine,
+                                                                                 np.float32))]))
+        return out
+'''
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     root = tmp_path_factory.mktemp("triton_bls") / "model_repository"
@@ -189,6 +235,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         'ensemble_scheduling { step [ { model_name: "looped" model_version: -1 '
         'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
     _write(root, "slow", ONE_PBTXT, SLOW_PY)
+    _write(root, "wide", WIDE_PBTXT.replace("TYPE", "TYPE_FP32"), ECHO_PY)
+    _write(root, "words", WIDE_PBTXT.replace("TYPE", "TYPE_STRING"), ECHO_PY)
+    # 8 rows of 5000 values: 160000 bytes as FP32, past --max-inflight-bytes; one not finite
+    _write(root, "vast", ONE_PBTXT, _caller("wide", feed="np.append(np.ones(39999), np.nan).reshape(8, 5000)"))
+    _write(root, "spied", ONE_PBTXT, SPIED_PY)
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
     for i in range(MAX_BLS_DEPTH + 1):
@@ -244,6 +295,8 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     # a wire request's bounds: affine's max_batch_size 8, --max-inflight-bytes (linear takes 20000 rows)
     ("toomany", 400, "input 'x' has 9 rows; between 1 and 8 are accepted"),
     ("hog", 503, "model 'hog''s BLS requests in flight would hold more than 100000 bytes of inputs"),
+    # refused by that bound before its values are read (one is not finite) or converted
+    ("vast", 503, "model 'vast''s BLS requests in flight would hold more than 100000 bytes of inputs"),
 ])
 def test_a_failed_call_is_an_error_response_with_tritons_code(served, model: str, status: int, words: str) -> None:
     proc, _ = served
@@ -462,3 +515,10 @@ def test_bls_requests_count_in_the_called_models_statistics(served) -> None:
     for key in ("success", "queue"):
         assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == 1, (key, after)
     assert slow_after["inference_stats"]["fail"]["count"] - slow_before["inference_stats"]["fail"]["count"] == 1
+
+
+def test_a_string_inputs_elements_are_converted_in_the_callers_thread(served) -> None:
+    """Its ``str`` elements are encoded by the calling model's thread, not on the event loop (where a
+    large string tensor, not yet bounded, would stall every connection)."""
+    proc, _ = served
+    np.testing.assert_array_equal(_infer(proc, "spied", np.ones((1, 3), np.float32)).as_numpy("y"), [[1, 1]])

@@ -18,7 +18,9 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   a model's ``max_queue_requests``) and batches as the clients' requests, any predictive model (a
   built-in, ONNX, Python, Triton Python, an ensemble), counted in that version's statistics as a
   request once submitted (success or failure, as an ensemble's step requests).  The inputs of one caller model's calls in
-  flight count against ``--max-inflight-bytes``, as a connection's do.
+  flight count against ``--max-inflight-bytes``, as a connection's do: checked from the shapes and the
+  model's dtypes before any value is read or converted on the loop (a string tensor's elements are
+  made ``bytes``, and counted, in the caller's thread).
 - a model unloaded meanwhile finishes what it holds (its worker drains before it closes), so a call
   queued on it ends normally; one looked up after gets ``NOT_FOUND``.
 
@@ -127,8 +129,14 @@ class _Call:
         self.model = request.model_name()
         self.version = request.model_version()
         self.timeout_us = request.timeout()
-        # copied here, in the caller's thread: an async_exec's caller may change its arrays meanwhile
-        self.given = [(t.name(), np.array(t.as_numpy(), copy=True)) for t in request.inputs()]
+        # copied here, in the caller's thread: an async_exec's caller may change its arrays meanwhile;
+        # a string tensor's elements made bytes here too, and counted (never on the loop, unbounded)
+        self.given: list[tuple[str, Any, int]] = []
+        self.bad: WsserveError | None = None  # an input this thread could not read (its answer)
+        try:
+            self.given = [(t.name(), *_own(t.as_numpy(), t.name())) for t in request.inputs()]
+        except WsserveError as exc:
+            self.bad = exc
         self.requested = list(request.requested_output_names())
         self.request_id = str(request.request_id())
         self.future: concurrent.futures.Future[pb.InferenceResponse] = concurrent.futures.Future()
@@ -232,6 +240,8 @@ class BlsGateway:
         try:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
+            if call.bad is not None:
+                raise call.bad
             version = call.version
             if type(version) is not int or version < -1:
                 raise InvalidInput(f"model_version must be -1 (the default) or a version number, got {version!r}")
@@ -242,7 +252,9 @@ class BlsGateway:
                 raise _Refused(f"model {call.model!r} generates text; BLS requests go to predictive models")
             call.entry = entry
             self._guard(call, entry)
-            call.inputs, call.n, call.nbytes = _tensors(entry, call.given, self._max_rows(entry))
+            room = self._config.max_inflight_bytes - self._bytes[call.caller]
+            call.inputs, call.n, call.nbytes = _tensors(entry, call.given, self._max_rows(entry), room,
+                                                        lambda: self._overloaded(call))
             self._admit(call)
             deadline = None
             if call.timeout_us:
@@ -264,14 +276,17 @@ class BlsGateway:
 
     def _admit(self, call: _Call) -> None:
         """Count the call's inputs against ``--max-inflight-bytes`` (per caller model) and its edges."""
-        limit = self._config.max_inflight_bytes
-        if self._bytes[call.caller] + call.nbytes > limit:
-            raise Overloaded(f"model {call.caller!r}'s BLS requests in flight would hold more than {limit} bytes "
-                             "of inputs (--max-inflight-bytes)")
+        if self._bytes[call.caller] + call.nbytes > self._config.max_inflight_bytes:
+            raise self._overloaded(call)
         self._bytes[call.caller] += call.nbytes
         for edge in call.edges:
             self._edges[edge] += 1
         call.admitted = True
+
+    def _overloaded(self, call: _Call) -> Overloaded:
+        limit = self._config.max_inflight_bytes
+        return Overloaded(f"model {call.caller!r}'s BLS requests in flight would hold more than {limit} bytes "
+                          "of inputs (--max-inflight-bytes)")
 
     def _timed_out(self, call: _Call) -> None:
         call.timer = None
@@ -376,34 +391,46 @@ def _longest_into(graph: dict[str, set[str]], node: str) -> int:
     return max((1 + _longest_into(graph, a) for a, bs in graph.items() if node in bs), default=0)
 
 
-def _tensors(entry: ModelEntry, given: list[tuple[str, Any]], max_rows: int) -> tuple[Tensors, int, int]:
-    """A BLS request's tensors (``given``: arrays of the call's own, copied from the model's) checked
+def _own(array: Any, name: str) -> tuple[Any, int]:
+    """An input's values as the call's own (in the caller's thread): a copy, a string tensor's
+    elements as ``bytes`` (``BadRequest`` naming the input for another element), and the bytes a
+    string tensor holds (:func:`~wsserve.dtypes.array_bytes`; 0 for another: counted by its type)."""
+    if not isinstance(array, np.ndarray):
+        return array, 0
+    if array.dtype.kind in "SUO":
+        own = np.array([_bytes(v, name) for v in array.flat], dtype=object).reshape(array.shape)
+        return own, array_bytes(own)
+    return np.array(array, copy=True), 0
+
+
+def _tensors(entry: ModelEntry, given: list[tuple[str, Any, int]], max_rows: int, room: int,
+             overloaded: Callable[[], WsserveError]) -> tuple[Tensors, int, int]:
+    """A BLS request's tensors (``given``: arrays of the call's own, see :func:`_own`) checked
     against ``entry``'s inputs as a wire request's are, and batched as its worker takes them:
-    ``(tensors, rows, bytes)``.  Raises ``InvalidInput`` (or ``BadRequest``) naming the input."""
+    ``(tensors, rows, bytes)``.  Raises ``InvalidInput`` (or ``BadRequest``) naming the input, and
+    ``overloaded()`` when the inputs would hold more than ``room`` bytes as the model takes them,
+    before any value is read or converted."""
     specs, _ = oip.signature(entry.model)
     by_name: dict[str, Any] = {}
-    for name, array in given:
+    strings: dict[str, int] = {}
+    for name, array, nbytes in given:
         if name in by_name:
             raise InvalidInput(f"input {name!r} is given twice")
-        by_name[name] = array
+        by_name[name], strings[name] = array, nbytes
     wanted = [s.name for s in specs]
     for name in by_name:
         if name not in wanted:
             raise InvalidInput(f"model {entry.name!r} has no input {name!r}; it takes {', '.join(map(repr, wanted))}")
-    arrays: dict[str, np.ndarray] = {}
     rows = None
+    ahead = 0  # the inputs' bytes as the model takes them (its dtypes), known before any is converted
     for spec in specs:
         if spec.name not in by_name:
             raise InvalidInput(f"input {spec.name!r} of model {entry.name!r} is missing")
         array = by_name[spec.name]
         if not isinstance(array, np.ndarray):
             raise InvalidInput(f"input {spec.name!r} is a {type(array).__name__}, not a numpy array")
-        datatype = _OIP_OF.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
-        if array.dtype.kind in "SU":
-            datatype, array = "BYTES", np.array([_bytes(v, spec.name) for v in array.flat],
-                                                dtype=object).reshape(array.shape)
-        elif array.dtype.kind == "O":
-            datatype, array = "BYTES", np.array([_bytes(v, spec.name) for v in array.flat], dtype=object).reshape(array.shape)
+        datatype = "BYTES" if array.dtype.kind == "O" else \
+            _OIP_OF.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
         if datatype is None:
             raise InvalidInput(f"input {spec.name!r} has dtype {array.dtype}, which no OIP datatype holds")
         shape = list(array.shape)
@@ -412,8 +439,12 @@ def _tensors(entry: ModelEntry, given: list[tuple[str, Any]], max_rows: int) -> 
         if rows is not None and n != rows:
             raise InvalidInput(f"input {spec.name!r} has {n} rows; the other inputs have {rows}")
         rows = n
-        arrays[spec.name] = oip.input_array(np.ascontiguousarray(array).reshape(-1), shape, spec, borrowed=False)
+        ahead += strings[spec.name] if datatype == "BYTES" else array.size * oip.DATATYPES[spec.datatype].itemsize
     assert rows is not None
+    if ahead > room:
+        raise overloaded()
+    arrays = {spec.name: oip.input_array(np.ascontiguousarray(by_name[spec.name]).reshape(-1),
+                                         list(by_name[spec.name].shape), spec, borrowed=False) for spec in specs}
     if entry.input_width:  # the float-rows fast path: [n, width] as the worker batches it
         only = arrays[specs[0].name].reshape(rows, -1)
         batch: Tensors = np.ascontiguousarray(only, dtype=None if only.dtype.kind == "f" else np.float64)
