@@ -209,6 +209,37 @@ class TritonPythonModel:
         return out
 '''
 
+#: affine's y for x, called from threads of its own, as Triton allows: a helper that builds and runs
+#: the request in a pool thread, and a request built in execute run by ``submit(request.exec)``;
+#: answers their mean (the same y when both are right).
+POOLED_PY = '''
+from concurrent.futures import ThreadPoolExecutor
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def _affine(self, x):
+        resp = pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"],
+                                         inputs=[pb_utils.Tensor("x", x)]).exec()
+        if resp.has_error():
+            raise pb_utils.TritonError(resp.error().message())
+        return pb_utils.get_output_tensor_by_name(resp, "y").as_numpy()
+
+    def execute(self, requests):
+        out = []
+        with ThreadPoolExecutor(2) as pool:
+            for r in requests:
+                x = r.inputs()[0].as_numpy()
+                built = pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"],
+                                                  inputs=[pb_utils.Tensor("x", x)])
+                a, b = pool.submit(self._affine, x), pool.submit(built.exec)
+                if b.result().has_error():
+                    raise pb_utils.TritonError(b.result().error().message())
+                y = (a.result() + pb_utils.get_output_tensor_by_name(b.result(), "y").as_numpy()) / 2
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]))
+        return out
+'''
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
@@ -240,6 +271,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     # 8 rows of 5000 values: 160000 bytes as FP32, past --max-inflight-bytes; one not finite
     _write(root, "vast", ONE_PBTXT, _caller("wide", feed="np.append(np.ones(39999), np.nan).reshape(8, 5000)"))
     _write(root, "spied", ONE_PBTXT, SPIED_PY)
+    _write(root, "pooled", ONE_PBTXT, POOLED_PY)
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
     for i in range(MAX_BLS_DEPTH + 1):
@@ -522,3 +554,9 @@ def test_a_string_inputs_elements_are_converted_in_the_callers_thread(served) ->
     large string tensor, not yet bounded, would stall every connection)."""
     proc, _ = served
     np.testing.assert_array_equal(_infer(proc, "spied", np.ones((1, 3), np.float32)).as_numpy("y"), [[1, 1]])
+
+
+def test_execute_may_call_from_threads_of_its_own(served) -> None:
+    proc, _ = served
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(_infer(proc, "pooled", x).as_numpy("y"), _expected(proc, x)[0], rtol=1e-6)
