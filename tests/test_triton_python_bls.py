@@ -272,6 +272,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "vast", ONE_PBTXT, _caller("wide", feed="np.append(np.ones(39999), np.nan).reshape(8, 5000)"))
     _write(root, "spied", ONE_PBTXT, SPIED_PY)
     _write(root, "pooled", ONE_PBTXT, POOLED_PY)
+    (root / "ens" / "1").mkdir(parents=True)  # an ensemble of one step: affine
+    (root / "ens" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 8\ninput [ { name: "IN" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "affine" model_version: -1 '
+        'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
+    _write(root, "asknope", ONE_PBTXT, _caller("ens").replace('["y"]', '["nope"]').replace('Tensor("x"', 'Tensor("IN"'))
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
     for i in range(MAX_BLS_DEPTH + 1):
@@ -327,6 +334,8 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     # a wire request's bounds: affine's max_batch_size 8, --max-inflight-bytes (linear takes 20000 rows)
     ("toomany", 400, "input 'x' has 9 rows; between 1 and 8 are accepted"),
     ("hog", 503, "model 'hog''s BLS requests in flight would hold more than 100000 bytes of inputs"),
+    # an output the model does not have: refused before it runs, as Triton refuses it (an ensemble too)
+    ("asknope", 400, "model 'ens' has no output 'nope'; it has 'OUT'"),
     # refused by that bound before its values are read (one is not finite) or converted
     ("vast", 503, "model 'vast''s BLS requests in flight would hold more than 100000 bytes of inputs"),
 ])

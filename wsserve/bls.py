@@ -255,6 +255,11 @@ class BlsGateway:
             room = self._config.max_inflight_bytes - self._bytes[call.caller]
             call.inputs, call.n, call.nbytes = _tensors(entry, call.given, self._max_rows(entry), room,
                                                         lambda: self._overloaded(call))
+            _, outputs = oip.signature(entry.model)
+            for name in call.requested:  # refused before it runs, as Triton refuses it
+                if name not in {s.name for s in outputs}:
+                    raise InvalidInput(f"model {call.model!r} has no output {name!r}; it has "
+                                       f"{', '.join(repr(s.name) for s in outputs)}")
             self._admit(call)
             deadline = None
             if call.timeout_us:
