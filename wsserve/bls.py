@@ -8,7 +8,7 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   loop (``call_soon_threadsafe``); the thread waits on a future that always ends with a
   ``pb_utils.InferenceResponse``, an error one for every failure (never raised), with Triton's
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
-  rows) ``INVALID_ARG`` naming the input; a full queue, the ``timeout``, the server stopping
+  rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the ``timeout``, the server stopping
   ``UNAVAILABLE``; a refused call (below) ``UNSUPPORTED``; the called model's own error its code.
 - on the loop, finds the version as every request does (``pool.lookup``: ``model_version`` -1 is
   the default version, another pins one) and checks and converts the inputs with the OIP's checks
