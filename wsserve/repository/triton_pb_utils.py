@@ -228,7 +228,7 @@ class InferenceRequest:
         if decoupled:
             raise TritonModelException(f"InferenceRequest.{what}(decoupled=True) (BLS to a decoupled model) "
                                        f"{_UNSUPPORTED}")
-        caller = bls.current() or self._caller or bls.from_code(2)
+        caller = bls.current() or self._caller or bls.from_code()
         if caller is None:
             raise TritonModelException(f"InferenceRequest.{what}() (business logic scripting, BLS) works only "
                                        "while the model serves, as in Triton (in execute or a thread of the "
