@@ -209,6 +209,20 @@ class TritonPythonModel:
         return out
 '''
 
+#: A decoupled model: one response (y = x[:, :2]) and FINAL per request.
+STREAM_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy()[:, :2])]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
 #: affine's y for x, called from threads of its own, as Triton allows: a helper that builds and runs
 #: the request in a pool thread, and a request built in execute run by ``submit(request.exec)``;
 #: answers their mean (the same y when both are right).
@@ -278,6 +292,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
         'ensemble_scheduling { step [ { model_name: "affine" model_version: -1 '
         'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
+    _write(root, "stream", ONE_PBTXT + "model_transaction_policy { decoupled: true }\n", STREAM_PY)
+    _write(root, "tostream", ONE_PBTXT, _caller("stream"))
     _write(root, "asknope", ONE_PBTXT, _caller("ens").replace('["y"]', '["nope"]').replace('Tensor("x"', 'Tensor("IN"'))
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
@@ -334,6 +350,8 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     # a wire request's bounds: affine's max_batch_size 8, --max-inflight-bytes (linear takes 20000 rows)
     ("toomany", 400, "input 'x' has 9 rows; between 1 and 8 are accepted"),
     ("hog", 503, "model 'hog''s BLS requests in flight would hold more than 100000 bytes of inputs"),
+    # a decoupled model streams its responses: exec() (one response) is not how it is called, as in Triton
+    ("tostream", 501, "model 'stream' is decoupled: a BLS request to it takes exec(decoupled=True)"),
     # an output the model does not have: refused before it runs, as Triton refuses it (an ensemble too)
     ("asknope", 400, "model 'ens' has no output 'nope'; it has 'OUT'"),
     # refused by that bound before its values are read (one is not finite) or converted

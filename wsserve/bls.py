@@ -9,7 +9,7 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   ``pb_utils.InferenceResponse``, an error one for every failure (never raised), with Triton's
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
   rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the ``timeout``, the server stopping
-  ``UNAVAILABLE``; a refused call (below) ``UNSUPPORTED``; the called model's own error its code.
+  ``UNAVAILABLE``; a refused call (below; one to a generative or a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
 - on the loop, finds the version as every request does (``pool.lookup``: ``model_version`` -1 is
   the default version, another pins one) and checks and converts the inputs with the OIP's checks
   (:func:`wsserve.rest.oip.input_header` / :func:`~wsserve.rest.oip.input_array`: the same bounds
@@ -250,6 +250,9 @@ class BlsGateway:
             entry = self._lookup(call.model, None if version == -1 else str(version))
             if entry.kind != "predict":
                 raise _Refused(f"model {call.model!r} generates text; BLS requests go to predictive models")
+            if entry.decoupled:
+                raise _Refused(f"model {call.model!r} is decoupled: a BLS request to it takes exec(decoupled=True) "
+                               "(its responses streamed), which wsserve does not serve")
             call.entry = entry
             self._guard(call, entry)
             room = self._config.max_inflight_bytes - self._bytes[call.caller]
