@@ -8,8 +8,9 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   loop (``call_soon_threadsafe``); the thread waits on a future that always ends with a
   ``pb_utils.InferenceResponse``, an error one for every failure (never raised), with Triton's
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
-  rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the ``timeout``, the server stopping
-  ``UNAVAILABLE``; a refused call (below; one to a generative or a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
+  rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the
+  ``timeout``, the server stopping ``UNAVAILABLE``; a refused call (below; one to a generative or
+  a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
 - on the loop, finds the version as every request does (``pool.lookup``: ``model_version`` -1 is
   the default version, another pins one) and checks and converts the inputs with the OIP's checks
   (:func:`wsserve.rest.oip.input_header` / :func:`~wsserve.rest.oip.input_array`: the same bounds
@@ -17,10 +18,10 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   that version's worker: the same batching queue, limits (``max_queue_rows``, ``max_queue_bytes``,
   a model's ``max_queue_requests``) and batches as the clients' requests, any predictive model (a
   built-in, ONNX, Python, Triton Python, an ensemble), counted in that version's statistics as a
-  request once submitted (success or failure, as an ensemble's step requests).  The inputs of one caller model's calls in
-  flight count against ``--max-inflight-bytes``, as a connection's do: checked from the shapes and the
-  model's dtypes before any value is read or converted on the loop (a string tensor's elements are
-  made ``bytes``, and counted, in the caller's thread).
+  request once submitted (success or failure, as an ensemble's step requests).  The inputs of one
+  caller model's calls in flight count against ``--max-inflight-bytes``, as a connection's do:
+  checked from the shapes and the model's dtypes before any value is read or converted on the
+  loop (a string tensor's elements are made ``bytes``, and counted, in the caller's thread).
 - a model unloaded meanwhile finishes what it holds (its worker drains before it closes), so a call
   queued on it ends normally; one looked up after gets ``NOT_FOUND``.
 
