@@ -204,8 +204,8 @@ class TritonPythonModel:
                 out.append(pb_utils.InferenceResponse(error=resp.error()))
                 continue
             mine = float(Spy.threads == [threading.get_ident()])
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.full((len(r.inputs()[0].as_numpy()), 2), mine,
-                                                                                 np.float32))]))
+            y = np.full((len(r.inputs()[0].as_numpy()), 2), mine, np.float32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]))
         return out
 '''
 
