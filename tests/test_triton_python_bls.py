@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
 from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support.metrics import scrape_metrics  # noqa: E402
 from wsserve.bls import MAX_BLS_DEPTH  # noqa: E402
 
 AFFINE_PBTXT = ('platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
@@ -163,6 +164,97 @@ def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
 LINEAR_IN = 1
 
 
+#: x (a variable row of TYPE) answered as y.
+WIDE_PBTXT = ('backend: "python"\nmax_batch_size: 8\ninput [ { name: "x" data_type: TYPE dims: [ -1 ] } ]\n'
+              'output [ { name: "y" data_type: TYPE dims: [ -1 ] } ]\n')
+ECHO_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+#: Sends words a string whose encode() notes the thread running it; answers [1, 1] when that was
+#: its own execute's thread, [0, 0] when another.
+SPIED_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class Spy(str):
+    threads = []
+
+    def encode(self, *args, **kwargs):
+        Spy.threads.append(threading.get_ident())
+        return str.encode(self, *args, **kwargs)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            words = np.empty((1, 1), dtype=object)
+            words[0, 0] = Spy("hi")
+            Spy.threads.clear()
+            resp = pb_utils.InferenceRequest(model_name="words", requested_output_names=["y"],
+                                             inputs=[pb_utils.Tensor("x", words)]).exec()
+            if resp.has_error():
+                out.append(pb_utils.InferenceResponse(error=resp.error()))
+                continue
+            mine = float(Spy.threads == [threading.get_ident()])
+            y = np.full((len(r.inputs()[0].as_numpy()), 2), mine, np.float32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]))
+        return out
+'''
+
+#: A decoupled model: one response (y = x[:, :2]) and FINAL per request.
+STREAM_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy()[:, :2])]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+#: affine's y for x, called from threads of its own, as Triton allows: a helper that builds and runs
+#: the request in a pool thread, and a request built in execute run by ``submit(request.exec)``;
+#: answers their mean (the same y when both are right).
+POOLED_PY = '''
+from concurrent.futures import ThreadPoolExecutor
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def _affine(self, x):
+        resp = pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"],
+                                         inputs=[pb_utils.Tensor("x", x)]).exec()
+        if resp.has_error():
+            raise pb_utils.TritonError(resp.error().message())
+        return pb_utils.get_output_tensor_by_name(resp, "y").as_numpy()
+
+    def execute(self, requests):
+        out = []
+        with ThreadPoolExecutor(2) as pool:
+            for r in requests:
+                x = r.inputs()[0].as_numpy()
+                built = pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"],
+                                                  inputs=[pb_utils.Tensor("x", x)])
+                a, b = pool.submit(self._affine, x), pool.submit(built.exec)
+                if b.result().has_error():
+                    raise pb_utils.TritonError(b.result().error().message())
+                y = (a.result() + pb_utils.get_output_tensor_by_name(b.result(), "y").as_numpy()) / 2
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]))
+        return out
+'''
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     root = tmp_path_factory.mktemp("triton_bls") / "model_repository"
@@ -188,6 +280,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         'ensemble_scheduling { step [ { model_name: "looped" model_version: -1 '
         'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
     _write(root, "slow", ONE_PBTXT, SLOW_PY)
+    _write(root, "wide", WIDE_PBTXT.replace("TYPE", "TYPE_FP32"), ECHO_PY)
+    _write(root, "words", WIDE_PBTXT.replace("TYPE", "TYPE_STRING"), ECHO_PY)
+    # 8 rows of 5000 values: 160000 bytes as FP32, past --max-inflight-bytes; one not finite
+    _write(root, "vast", ONE_PBTXT, _caller("wide", feed="np.append(np.ones(39999), np.nan).reshape(8, 5000)"))
+    _write(root, "spied", ONE_PBTXT, SPIED_PY)
+    _write(root, "pooled", ONE_PBTXT, POOLED_PY)
+    (root / "ens" / "1").mkdir(parents=True)  # an ensemble of one step: affine
+    (root / "ens" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 8\ninput [ { name: "IN" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'ensemble_scheduling { step [ { model_name: "affine" model_version: -1 '
+        'input_map { key: "x" value: "IN" } output_map { key: "y" value: "OUT" } } ] }\n')
+    _write(root, "stream", ONE_PBTXT + "model_transaction_policy { decoupled: true }\n", STREAM_PY)
+    _write(root, "tostream", ONE_PBTXT, _caller("stream"))
+    _write(root, "asknope", ONE_PBTXT, _caller("ens").replace('["y"]', '["nope"]').replace('Tensor("x"', 'Tensor("IN"'))
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
     for i in range(MAX_BLS_DEPTH + 1):
@@ -243,6 +350,12 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     # a wire request's bounds: affine's max_batch_size 8, --max-inflight-bytes (linear takes 20000 rows)
     ("toomany", 400, "input 'x' has 9 rows; between 1 and 8 are accepted"),
     ("hog", 503, "model 'hog''s BLS requests in flight would hold more than 100000 bytes of inputs"),
+    # a decoupled model streams its responses: exec() (one response) is not how it is called, as in Triton
+    ("tostream", 501, "model 'stream' is decoupled: a BLS request to it takes exec(decoupled=True)"),
+    # an output the model does not have: refused before it runs, as Triton refuses it (an ensemble too)
+    ("asknope", 400, "model 'ens' has no output 'nope'; it has 'OUT'"),
+    # refused by that bound before its values are read (one is not finite) or converted
+    ("vast", 503, "model 'vast''s BLS requests in flight would hold more than 100000 bytes of inputs"),
 ])
 def test_a_failed_call_is_an_error_response_with_tritons_code(served, model: str, status: int, words: str) -> None:
     proc, _ = served
@@ -399,3 +512,78 @@ def test_a_cancelled_callers_execute_runs_to_its_end_and_its_instance_serves_aga
     (gated_dir / "gate").touch()  # (the client has gone)
     wait_until(lambda: not (gated_dir / "gate.started").exists(), 30)
     np.testing.assert_array_equal(_infer(proc, "patient", x).as_numpy("y"), x[:, :2] * 2)
+
+
+#: Stops awaiting its call to gated after 0.2 s (``asyncio.wait_for`` cancels the awaitable), answers x[:, :2].
+WAITFOR_PY = '''
+import asyncio
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        x = requests[0].inputs()[0].as_numpy()
+        try:
+            await asyncio.wait_for(pb_utils.InferenceRequest(model_name="gated", requested_output_names=["y"],
+                                                             inputs=[pb_utils.Tensor("x", x)]).async_exec(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy()[:, :2])]) for r in requests]
+'''
+
+
+def test_a_call_whose_awaitable_was_cancelled_does_not_keep_the_server_from_stopping(tmp_path: Path) -> None:
+    """An ``async_exec`` awaitable cancelled by its caller (``asyncio.wait_for`` gave up) while the
+    call runs on: the stop answers the calls still waiting (patient's, queued behind it) and the
+    server exits, past gated's execute that never returns (bounded waits: it hung forever)."""
+    root = tmp_path / "model_repository"
+    _write(root, "gated", ONE_PBTXT, GATED_PY)
+    _write(root, "patient", ONE_PBTXT, _caller("gated"))
+    _write(root, "waitfor", ONE_PBTXT, WAITFOR_PY)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--drain-timeout", "1")
+    try:
+        x = np.ones((1, 3), np.float32)
+        np.testing.assert_array_equal(_infer(proc, "waitfor", x).as_numpy("y"), x[:, :2])
+        assert (root / "gated" / "gate.started").exists()  # the abandoned call holds gated's one instance
+        call, answer = _in_thread(lambda: _infer(proc, "patient", x))
+        wait_until(lambda: scrape_metrics(proc.http).value("wsserve_inflight_requests") == 1, 30)
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr_text()
+        call.join(60)
+        assert isinstance(answer[0], InferenceServerException) and answer[0].status() == "503", answer
+        assert "InvalidStateError" not in proc.stderr_text()
+    finally:
+        proc.kill()
+
+
+def _stats(proc: ServerProcess, model: str) -> dict[str, Any]:
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    return client.get_inference_statistics(model)["model_stats"][0]
+
+
+def test_bls_requests_count_in_the_called_models_statistics(served) -> None:
+    """As Triton counts them (and as wsserve counts an ensemble's step requests): a BLS request
+    that ran is one request of the called model, a success or a failure (impatient's timed out)."""
+    proc, _ = served
+    x = np.ones((1, 3), np.float32)
+    before, slow_before = _stats(proc, "affine"), _stats(proc, "slow")
+    _infer(proc, "pipe", x)
+    _refused(proc, "impatient", x)
+    after, slow_after = _stats(proc, "affine"), _stats(proc, "slow")
+    assert after["execution_count"] - before["execution_count"] == 1
+    for key in ("success", "queue"):
+        assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == 1, (key, after)
+    assert slow_after["inference_stats"]["fail"]["count"] - slow_before["inference_stats"]["fail"]["count"] == 1
+
+
+def test_a_string_inputs_elements_are_converted_in_the_callers_thread(served) -> None:
+    """Its ``str`` elements are encoded by the calling model's thread, not on the event loop (where a
+    large string tensor, not yet bounded, would stall every connection)."""
+    proc, _ = served
+    np.testing.assert_array_equal(_infer(proc, "spied", np.ones((1, 3), np.float32)).as_numpy("y"), [[1, 1]])
+
+
+def test_execute_may_call_from_threads_of_its_own(served) -> None:
+    proc, _ = served
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(_infer(proc, "pooled", x).as_numpy("y"), _expected(proc, x)[0], rtol=1e-6)

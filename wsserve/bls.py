@@ -8,16 +8,20 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   loop (``call_soon_threadsafe``); the thread waits on a future that always ends with a
   ``pb_utils.InferenceResponse``, an error one for every failure (never raised), with Triton's
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
-  rows) ``INVALID_ARG`` naming the input; a full queue, the ``timeout``, the server stopping
-  ``UNAVAILABLE``; a refused call (below) ``UNSUPPORTED``; the called model's own error its code.
+  rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the
+  ``timeout``, the server stopping ``UNAVAILABLE``; a refused call (below; one to a generative or
+  a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
 - on the loop, finds the version as every request does (``pool.lookup``: ``model_version`` -1 is
   the default version, another pins one) and checks and converts the inputs with the OIP's checks
   (:func:`wsserve.rest.oip.input_header` / :func:`~wsserve.rest.oip.input_array`: the same bounds
   as a wire request, ``--max-rows`` and the model's ``max_batch_size`` included), then submits it to
   that version's worker: the same batching queue, limits (``max_queue_rows``, ``max_queue_bytes``,
   a model's ``max_queue_requests``) and batches as the clients' requests, any predictive model (a
-  built-in, ONNX, Python, Triton Python, an ensemble).  The inputs of one caller model's calls in
-  flight count against ``--max-inflight-bytes``, as a connection's do.
+  built-in, ONNX, Python, Triton Python, an ensemble), counted in that version's statistics as a
+  request once submitted (success or failure, as an ensemble's step requests).  The inputs of one
+  caller model's calls in flight count against ``--max-inflight-bytes``, as a connection's do:
+  checked from the shapes and the model's dtypes before any value is read or converted on the
+  loop (a string tensor's elements are made ``bytes``, and counted, in the caller's thread).
 - a model unloaded meanwhile finishes what it holds (its worker drains before it closes), so a call
   queued on it ends normally; one looked up after gets ``NOT_FOUND``.
 
@@ -35,7 +39,9 @@ the loop thread anyway would deadlock and gets an error response instead.
 ``timeout`` (microseconds, Triton's) bounds the whole call: queued and computing; past it the call
 is cancelled in its model's queue and answered ``UNAVAILABLE``.  Without it a call waits for its
 model.  The caller's own request being cancelled does not cancel its ``execute`` nor the calls it
-makes (as in Triton): they end on their own, their answers unused.  :meth:`BlsGateway.close` (the
+makes (as in Triton): they end on their own, their answers unused; so does a call whose
+``async_exec`` awaitable its caller cancelled (``asyncio.wait_for`` gave up on it, or its ``async
+def execute`` ended first): the call's future cannot be cancelled.  :meth:`BlsGateway.close` (the
 server stopping, after the drain) answers every call still in flight ``UNAVAILABLE`` and any later
 one too, so no model thread is left waiting.
 
@@ -124,11 +130,20 @@ class _Call:
         self.model = request.model_name()
         self.version = request.model_version()
         self.timeout_us = request.timeout()
-        # copied here, in the caller's thread: an async_exec's caller may change its arrays meanwhile
-        self.given = [(t.name(), np.array(t.as_numpy(), copy=True)) for t in request.inputs()]
+        # copied here, in the caller's thread: an async_exec's caller may change its arrays meanwhile;
+        # a string tensor's elements made bytes here too, and counted (never on the loop, unbounded)
+        self.given: list[tuple[str, Any, int]] = []
+        self.bad: WsserveError | None = None  # an input this thread could not read (its answer)
+        try:
+            self.given = [(t.name(), *_own(t.as_numpy(), t.name())) for t in request.inputs()]
+        except WsserveError as exc:
+            self.bad = exc
         self.requested = list(request.requested_output_names())
         self.request_id = str(request.request_id())
         self.future: concurrent.futures.Future[pb.InferenceResponse] = concurrent.futures.Future()
+        # running from the start: the caller cannot cancel it (an async_exec awaitable cancelled by
+        # asyncio.wait_for, or by its execute ending, cancels only itself), so it is always set once
+        self.future.set_running_or_notify_cancel()
         # as a sink (set when submitted)
         self.inputs: Tensors | None = None
         self.n = 0
@@ -139,6 +154,8 @@ class _Call:
         self.edges: list[tuple[str, str]] = []
         self.admitted = False  # its bytes and edges are counted (released at its end)
         self.timer: asyncio.TimerHandle | None = None
+        self.queued_at = 0.0  # monotonic, when submitted
+        self.queue_s = -1.0  # its wait before its first batch (-1: no rows yet)
         self._parts: list[Tensors] = []
         self._rows = 0
 
@@ -149,6 +166,8 @@ class _Call:
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None:
         if self.finished:
             return
+        if self.queue_s < 0:
+            self.queue_s = max(queue_s, 0.0)
         self._parts.append(outputs)
         self._rows += count_rows(outputs)
         if self._rows >= self.n:
@@ -222,6 +241,8 @@ class BlsGateway:
         try:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
+            if call.bad is not None:
+                raise call.bad
             version = call.version
             if type(version) is not int or version < -1:
                 raise InvalidInput(f"model_version must be -1 (the default) or a version number, got {version!r}")
@@ -230,15 +251,26 @@ class BlsGateway:
             entry = self._lookup(call.model, None if version == -1 else str(version))
             if entry.kind != "predict":
                 raise _Refused(f"model {call.model!r} generates text; BLS requests go to predictive models")
+            if entry.decoupled:
+                raise _Refused(f"model {call.model!r} is decoupled: a BLS request to it takes exec(decoupled=True) "
+                               "(its responses streamed), which wsserve does not serve")
             call.entry = entry
             self._guard(call, entry)
-            call.inputs, call.n, call.nbytes = _tensors(entry, call.given, self._max_rows(entry))
+            room = self._config.max_inflight_bytes - self._bytes[call.caller]
+            call.inputs, call.n, call.nbytes = _tensors(entry, call.given, self._max_rows(entry), room,
+                                                        lambda: self._overloaded(call))
+            _, outputs = oip.signature(entry.model)
+            for name in call.requested:  # refused before it runs, as Triton refuses it
+                if name not in {s.name for s in outputs}:
+                    raise InvalidInput(f"model {call.model!r} has no output {name!r}; it has "
+                                       f"{', '.join(repr(s.name) for s in outputs)}")
             self._admit(call)
             deadline = None
             if call.timeout_us:
                 seconds = call.timeout_us / 1e6
                 deadline = monotonic() + seconds
                 call.timer = self._loop.call_later(seconds, self._timed_out, call)
+            call.queued_at = monotonic()
             call.item = entry.worker.submit(call, deadline=deadline)
         except WsserveError as exc:
             self._end(call, _error(exc))
@@ -253,14 +285,17 @@ class BlsGateway:
 
     def _admit(self, call: _Call) -> None:
         """Count the call's inputs against ``--max-inflight-bytes`` (per caller model) and its edges."""
-        limit = self._config.max_inflight_bytes
-        if self._bytes[call.caller] + call.nbytes > limit:
-            raise Overloaded(f"model {call.caller!r}'s BLS requests in flight would hold more than {limit} bytes "
-                             "of inputs (--max-inflight-bytes)")
+        if self._bytes[call.caller] + call.nbytes > self._config.max_inflight_bytes:
+            raise self._overloaded(call)
         self._bytes[call.caller] += call.nbytes
         for edge in call.edges:
             self._edges[edge] += 1
         call.admitted = True
+
+    def _overloaded(self, call: _Call) -> Overloaded:
+        limit = self._config.max_inflight_bytes
+        return Overloaded(f"model {call.caller!r}'s BLS requests in flight would hold more than {limit} bytes "
+                          "of inputs (--max-inflight-bytes)")
 
     def _timed_out(self, call: _Call) -> None:
         call.timer = None
@@ -282,6 +317,9 @@ class BlsGateway:
                 call.timer.cancel()
             if call.admitted:
                 self._release(call)
+        stats = getattr(call.entry.worker, "stats", None) if call.entry is not None else None
+        if stats is not None and call.item is not None:  # a request of the called model (Triton counts it)
+            stats.on_request(not response.has_error(), monotonic() - call.queued_at, max(call.queue_s, 0.0))
         call.item = None
         call.future.set_result(response)
 
@@ -362,34 +400,46 @@ def _longest_into(graph: dict[str, set[str]], node: str) -> int:
     return max((1 + _longest_into(graph, a) for a, bs in graph.items() if node in bs), default=0)
 
 
-def _tensors(entry: ModelEntry, given: list[tuple[str, Any]], max_rows: int) -> tuple[Tensors, int, int]:
-    """A BLS request's tensors (``given``: arrays of the call's own, copied from the model's) checked
+def _own(array: Any, name: str) -> tuple[Any, int]:
+    """An input's values as the call's own (in the caller's thread): a copy, a string tensor's
+    elements as ``bytes`` (``BadRequest`` naming the input for another element), and the bytes a
+    string tensor holds (:func:`~wsserve.dtypes.array_bytes`; 0 for another: counted by its type)."""
+    if not isinstance(array, np.ndarray):
+        return array, 0
+    if array.dtype.kind in "SUO":
+        own = np.array([_bytes(v, name) for v in array.flat], dtype=object).reshape(array.shape)
+        return own, array_bytes(own)
+    return np.array(array, copy=True), 0
+
+
+def _tensors(entry: ModelEntry, given: list[tuple[str, Any, int]], max_rows: int, room: int,
+             overloaded: Callable[[], WsserveError]) -> tuple[Tensors, int, int]:
+    """A BLS request's tensors (``given``: arrays of the call's own, see :func:`_own`) checked
     against ``entry``'s inputs as a wire request's are, and batched as its worker takes them:
-    ``(tensors, rows, bytes)``.  Raises ``InvalidInput`` (or ``BadRequest``) naming the input."""
+    ``(tensors, rows, bytes)``.  Raises ``InvalidInput`` (or ``BadRequest``) naming the input, and
+    ``overloaded()`` when the inputs would hold more than ``room`` bytes as the model takes them,
+    before any value is read or converted."""
     specs, _ = oip.signature(entry.model)
     by_name: dict[str, Any] = {}
-    for name, array in given:
+    strings: dict[str, int] = {}
+    for name, array, nbytes in given:
         if name in by_name:
             raise InvalidInput(f"input {name!r} is given twice")
-        by_name[name] = array
+        by_name[name], strings[name] = array, nbytes
     wanted = [s.name for s in specs]
     for name in by_name:
         if name not in wanted:
             raise InvalidInput(f"model {entry.name!r} has no input {name!r}; it takes {', '.join(map(repr, wanted))}")
-    arrays: dict[str, np.ndarray] = {}
     rows = None
+    ahead = 0  # the inputs' bytes as the model takes them (its dtypes), known before any is converted
     for spec in specs:
         if spec.name not in by_name:
             raise InvalidInput(f"input {spec.name!r} of model {entry.name!r} is missing")
         array = by_name[spec.name]
         if not isinstance(array, np.ndarray):
             raise InvalidInput(f"input {spec.name!r} is a {type(array).__name__}, not a numpy array")
-        datatype = _OIP_OF.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
-        if array.dtype.kind in "SU":
-            datatype, array = "BYTES", np.array([_bytes(v, spec.name) for v in array.flat],
-                                                dtype=object).reshape(array.shape)
-        elif array.dtype.kind == "O":
-            datatype, array = "BYTES", np.array([_bytes(v, spec.name) for v in array.flat], dtype=object).reshape(array.shape)
+        datatype = "BYTES" if array.dtype.kind == "O" else \
+            _OIP_OF.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
         if datatype is None:
             raise InvalidInput(f"input {spec.name!r} has dtype {array.dtype}, which no OIP datatype holds")
         shape = list(array.shape)
@@ -398,8 +448,12 @@ def _tensors(entry: ModelEntry, given: list[tuple[str, Any]], max_rows: int) -> 
         if rows is not None and n != rows:
             raise InvalidInput(f"input {spec.name!r} has {n} rows; the other inputs have {rows}")
         rows = n
-        arrays[spec.name] = oip.input_array(np.ascontiguousarray(array).reshape(-1), shape, spec, borrowed=False)
+        ahead += strings[spec.name] if datatype == "BYTES" else array.size * oip.DATATYPES[spec.datatype].itemsize
     assert rows is not None
+    if ahead > room:
+        raise overloaded()
+    arrays = {spec.name: oip.input_array(np.ascontiguousarray(by_name[spec.name]).reshape(-1),
+                                         list(by_name[spec.name].shape), spec, borrowed=False) for spec in specs}
     if entry.input_width:  # the float-rows fast path: [n, width] as the worker batches it
         only = arrays[specs[0].name].reshape(rows, -1)
         batch: Tensors = np.ascontiguousarray(only, dtype=None if only.dtype.kind == "f" else np.float64)

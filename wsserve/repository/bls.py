@@ -11,19 +11,27 @@ queues, the limits) is :class:`wsserve.bls.BlsGateway`, injected by the registry
 module only names what the model's side needs of it.
 
 The context variable is per thread (and per asyncio task: an ``async def execute``'s tasks see
-it), never shared between two executes running side by side.
+it), never shared between two executes running side by side.  A thread the model starts itself
+(a ``ThreadPoolExecutor`` in ``execute``) has none: Triton serves its BLS requests all the same
+(anywhere once the model is initialized, until ``finalize``), so a request also finds its caller
+as :func:`from_code` says (a request remembers the ``execute`` it was built in, too).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Caller", "Gateway", "current", "executing"]
+__all__ = ["CALLER_HOOK", "Caller", "Gateway", "current", "executing", "from_code"]
+
+#: The name a Triton Python model's module holds its hook under: a callable answering the model's
+#: :class:`Caller` while it serves (initialized, not finalized), else None.
+CALLER_HOOK = "__wsserve_bls_caller__"
 
 
 class Gateway(Protocol):
@@ -61,3 +69,19 @@ def executing(caller: Caller) -> Iterator[None]:
 def current() -> Caller | None:
     """The ``execute`` running here (its model and gateway), or None outside one."""
     return _CALLER.get()
+
+
+def from_code(depth: int = 1) -> Caller | None:
+    """The model whose code is running in this thread: the innermost frame of a model.py (its
+    module's :data:`CALLER_HOOK`) from ``depth`` frames up, asked for its :class:`Caller` (None:
+    no model's code, or a model not serving: in ``initialize``, ``finalize``)."""
+    try:
+        frame: Any = sys._getframe(depth + 1)
+    except ValueError:  # a stack shallower than that
+        return None
+    while frame is not None:
+        hook: Callable[[], Caller | None] | None = frame.f_globals.get(CALLER_HOOK)
+        if hook is not None:
+            return hook()
+        frame = frame.f_back
+    return None

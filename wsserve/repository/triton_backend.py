@@ -257,6 +257,11 @@ class TritonPythonModel(RepositoryModel):
             self._finalize_quietly()  # the instances initialized before the one that failed
             raise
         self.info = make_info(self, task="other", parameters=0, metrics={}, extra={"triton_backend": "python"})
+        module.__dict__[bls.CALLER_HOOK] = self._serving_caller  # BLS from the model's own threads
+
+    def _serving_caller(self) -> bls.Caller | None:
+        """This model as a BLS caller once initialized, until closed (see :func:`.bls.from_code`)."""
+        return None if self.closed else bls.Caller(self.name, self.version, self.bls_gateway)
 
     def _call_at_load(self, what: str, fn: Any, *args: Any) -> Any:
         try:

@@ -16,7 +16,8 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
   async_exec()`` in an ``async def execute`` the same (see :mod:`wsserve.bls`); ``decoupled=True``
-  raises :class:`TritonModelException`, as ``exec()`` outside ``execute`` does.
+  raises :class:`TritonModelException`, as ``exec()`` in ``initialize`` or ``finalize`` does (a
+  thread of the model's own may call, as in Triton: :func:`.bls.from_code`).
   ``get_response_sender()``: a decoupled model's request's :class:`ResponseSender` (another
   model's, or one a model built: :class:`TritonModelException`).
 - :class:`ResponseSender` (decoupled mode): ``send(response=None, flags=0)``, ``is_cancelled()``;
@@ -187,6 +188,7 @@ class InferenceRequest:
         self._parameters = parameters if isinstance(parameters, str) else json.dumps(parameters or {})
         self._model_version = model_version
         self._timeout = timeout
+        self._caller = bls.current()  # built in an execute: its model calls, whichever thread runs it
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -226,10 +228,11 @@ class InferenceRequest:
         if decoupled:
             raise TritonModelException(f"InferenceRequest.{what}(decoupled=True) (BLS to a decoupled model) "
                                        f"{_UNSUPPORTED}")
-        caller = bls.current()
+        caller = bls.current() or self._caller or bls.from_code()
         if caller is None:
             raise TritonModelException(f"InferenceRequest.{what}() (business logic scripting, BLS) works only "
-                                       "inside execute, as in Triton (not in initialize or finalize)")
+                                       "while the model serves, as in Triton (in execute or a thread of the "
+                                       "model's; not in initialize or finalize)")
         if caller.gateway is None:
             raise TritonModelException(f"InferenceRequest.{what}() (BLS): model {caller.model!r} was loaded "
                                        "without a server, which has no other models to call")
