@@ -78,12 +78,89 @@ def _scaled_graph() -> object:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
 
 
+#: Calls ``affine`` through BLS with ``x`` only (and ``x``, ``bias`` when asked by ``with_bias`` > 0).
+CALLER_PBTXT = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "with_bias" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+CALLER_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            with_bias = pb_utils.get_input_tensor_by_name(r, "with_bias").as_numpy()
+            inputs = [pb_utils.Tensor("x", x)]
+            if with_bias[0, 0] > 0:
+                inputs.append(pb_utils.Tensor("bias", with_bias))
+            a = pb_utils.InferenceRequest(model_name="affine", requested_output_names=["y"], inputs=inputs).exec()
+            if a.has_error():
+                out.append(pb_utils.InferenceResponse(error=a.error()))
+                continue
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_output_tensor_by_name(a, "y").as_numpy())]))
+        return out
+"""
+
+#: A step leaving ``affine``'s optional ``scale`` unmapped (Triton's ensembles may), mapping ``bias``.
+ENSEMBLE_PBTXT = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "a" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "b" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "out" data_type: TYPE_FP32 dims: [ 2 ] } ]
+ensemble_scheduling { step [ { model_name: "affine" model_version: -1 input_map { key: "x" value: "a" }
+                               input_map { key: "bias" value: "b" } output_map { key: "y" value: "out" } } ] }
+"""
+
+WARMUP_X_ONLY = """
+model_warmup [ { name: "x_only" batch_size: 2
+                 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 2 ] random_data: true } } } ]
+"""
+WARMUP_NO_X = """
+model_warmup [ { name: "no_x" batch_size: 1
+                 inputs { key: "bias" value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]
+"""
+
+#: ``s`` is an ordinary graph input (no initializer behind it): it cannot be left out.
+NOT_OVERRIDABLE_PBTXT = SCALED_PBTXT
+
+#: The overridable initializer ``s`` reshaped: the wire's [1, 1] per row, the graph's [1].
+SCALED_RESHAPED_PBTXT = """
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] },
+        { name: "s" data_type: TYPE_FP32 dims: [ 1, 1 ] reshape: { shape: [ 1 ] } optional: true } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+
+
+def _not_overridable_graph() -> object:
+    """y = x * s with ``s`` a plain graph input."""
+    return ob._model([helper.make_node("Mul", ["x", "s"], ["y"])],
+                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2]),
+                      helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [])
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     root: Path = tmp_path_factory.mktemp("optional") / "model_repository"
     _write(root, "affine", AFFINE_PBTXT, AFFINE_PY)
     ob.save(_scaled_graph(), root / "scaled" / "1")
     (root / "scaled" / "config.pbtxt").write_text(SCALED_PBTXT)
+    _write(root, "caller", CALLER_PBTXT, CALLER_PY)
+    (root / "ens" / "1").mkdir(parents=True)
+    (root / "ens" / "config.pbtxt").write_text(ENSEMBLE_PBTXT)
+    _write(root, "warm", AFFINE_PBTXT + WARMUP_X_ONLY, AFFINE_PY)
+    _write(root, "warm_no_x", AFFINE_PBTXT + WARMUP_NO_X, AFFINE_PY)
+    ob.save(_not_overridable_graph(), root / "not_overridable" / "1")
+    (root / "not_overridable" / "config.pbtxt").write_text(NOT_OVERRIDABLE_PBTXT)
+    ob.save(_scaled_graph(), root / "scaled_reshaped" / "1")
+    (root / "scaled_reshaped" / "config.pbtxt").write_text(SCALED_RESHAPED_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc)
@@ -172,3 +249,58 @@ def test_an_ensembles_own_inputs_are_never_optional() -> None:
             'input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } } ] }\n')
     with pytest.raises(ConfigError, match=r"input\[0\]\.optional.*not supported in an ensemble"):
         parse_pbtxt(text, Path("e/config.pbtxt"))
+
+
+def _states(proc: ServerProcess) -> dict[str, tuple[str, str]]:
+    index = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").get_model_repository_index()
+    return {m["name"]: (m.get("state", ""), m.get("reason", "")) for m in index}
+
+
+def test_a_bls_request_may_leave_optional_inputs_out(served) -> None:
+    """A Triton Python model calling ``affine`` with ``x`` alone, and with ``x`` and ``bias``
+    (before: refused, "input 'scale' of model 'affine' is missing")."""
+    proc, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    off = np.zeros((2, 1), np.float32)
+    on = np.ones((2, 1), np.float32)
+    assert client.infer("caller", _http_inputs(x=X, with_bias=off)).as_numpy("y").tolist() == X.tolist()
+    assert client.infer("caller", _http_inputs(x=X, with_bias=on)).as_numpy("y").tolist() == (X + 1).tolist()
+
+
+def test_an_ensemble_step_may_leave_an_optional_input_unmapped(served) -> None:
+    """Triton's ensembles may leave a step model's optional input out of ``input_map`` (before: the
+    ensemble failed to load, "input 'scale' of model 'affine' is not mapped")."""
+    proc, _ = served
+    assert _states(proc)["ens"] == ("READY", "")
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    r = client.infer("ens", _http_inputs(a=X, b=BIAS))
+    assert r.as_numpy("out").tolist() == (X + BIAS).tolist()
+
+
+def test_model_warmup_samples_may_leave_optional_inputs_out(served) -> None:
+    """A sample giving only the required ``x`` warms up (before: "gives inputs ['x']; the model takes
+    ['bias', 'scale', 'x']"); one leaving out the required ``x`` still fails the load naming it."""
+    proc, _ = served
+    states = _states(proc)
+    assert states["warm"] == ("READY", "")
+    state, reason = states["warm_no_x"]
+    assert state == "UNAVAILABLE" and "model_warmup sample 'no_x'" in reason and "(missing 'x')" in reason
+
+
+def test_an_onnx_optional_input_without_an_initializer_fails_the_load_naming_it(served) -> None:
+    """``optional: true`` on a graph input with no initializer behind it: the graph cannot run
+    without it, so the version does not load (before: it loaded, and every request leaving ``s``
+    out failed with ONNX Runtime's "Required inputs (['s']) are missing")."""
+    proc, _ = served
+    state, reason = _states(proc)["not_overridable"]
+    assert state == "UNAVAILABLE" and "optional input 's'" in reason and "initializer" in reason
+
+
+def test_an_optional_overridable_initializer_takes_its_reshape(served) -> None:
+    """Given on the wire in ``dims`` [1, 1], the graph gets its ``reshape`` [1]; left out, the
+    initializer (before: the reshape was ignored and warm-up failed: "Invalid rank for input: s")."""
+    proc, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    assert client.infer("scaled_reshaped", _http_inputs(x=X)).as_numpy("y").tolist() == (X * 3).tolist()
+    s = SCALE.reshape(2, 1, 1)
+    assert client.infer("scaled_reshaped", _http_inputs(x=X, s=s)).as_numpy("y").tolist() == (X * SCALE).tolist()

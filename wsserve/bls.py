@@ -434,6 +434,8 @@ def _tensors(entry: ModelEntry, given: list[tuple[str, Any, int]], max_rows: int
     ahead = 0  # the inputs' bytes as the model takes them (its dtypes), known before any is converted
     for spec in specs:
         if spec.name not in by_name:
+            if spec.optional and by_name:  # config.pbtxt's optional: true (the model gets none)
+                continue
             raise InvalidInput(f"input {spec.name!r} of model {entry.name!r} is missing")
         array = by_name[spec.name]
         if not isinstance(array, np.ndarray):
@@ -453,7 +455,8 @@ def _tensors(entry: ModelEntry, given: list[tuple[str, Any, int]], max_rows: int
     if ahead > room:
         raise overloaded()
     arrays = {spec.name: oip.input_array(np.ascontiguousarray(by_name[spec.name]).reshape(-1),
-                                         list(by_name[spec.name].shape), spec, borrowed=False) for spec in specs}
+                                         list(by_name[spec.name].shape), spec, borrowed=False)
+              for spec in specs if spec.name in by_name}  # (an optional input left out: none)
     if entry.input_width:  # the float-rows fast path: [n, width] as the worker batches it
         only = arrays[specs[0].name].reshape(rows, -1)
         batch: Tensors = np.ascontiguousarray(only, dtype=None if only.dtype.kind == "f" else np.float64)

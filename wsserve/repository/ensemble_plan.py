@@ -5,7 +5,8 @@ and the signatures of the models its steps name (:class:`StepSignature`, or the 
 model cannot serve) and returns an :class:`EnsemblePlan`, or raises :class:`EnsembleError`
 naming the ensemble, the step and the tensor.  The checks are Triton's
 (``core/src/ensemble_utils.cc``): every step model exists and is ready; every key of a
-step's ``input_map`` is an input of its model and every input of the model is mapped;
+step's ``input_map`` is an input of its model and every input of the model is mapped (an
+``optional`` one may be left out: the step's requests then leave it out);
 every key of its ``output_map`` is an output of its model; every ensemble tensor a step
 consumes is an ensemble input or written by a step, and is written once (an ensemble input
 by no step); every ensemble input is consumed; every ensemble output is written by a step;
@@ -55,9 +56,9 @@ class StepSignature:
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
     """One step of a plan. ``feeds``: ``(model input, ensemble tensor)`` in the model's input
-    order; ``yields``: ``(model output, ensemble tensor)``; ``needs``: the ensemble tensors it
-    waits for; ``single_input``/``single_output``: the model takes (returns) one array, not
-    ``{name: array}``."""
+    order (an optional input the step leaves unmapped has none); ``yields``: ``(model output,
+    ensemble tensor)``; ``needs``: the ensemble tensors it waits for; ``single_input``/
+    ``single_output``: the model takes (returns) one array, not ``{name: array}``."""
 
     index: int
     model: str
@@ -137,9 +138,11 @@ class _Planner:
                 raise self.fail(f"input_map maps {key!r} (to ensemble tensor {tensor!r}), which is not an input of "
                                 f"model {step.model!r} (its inputs: {', '.join(names_in)})", i, tensor)
         mapped = {k for k, _ in step.input_map}
-        for name in names_in:
-            if name not in mapped:
-                raise self.fail(f"input {name!r} of model {step.model!r} is not mapped (input_map)", i, name)
+        for spec in sig.inputs:
+            if spec.name not in mapped and not getattr(spec, "optional", False):  # Triton's: an optional input may be left out
+                raise self.fail(f"input {spec.name!r} of model {step.model!r} is not mapped (input_map)", i, spec.name)
+        if not mapped:
+            raise self.fail(f"input_map maps none of model {step.model!r}'s inputs (its inputs: {', '.join(names_in)})", i)
         names_out = [s.name for s in sig.outputs]
         for key, tensor in step.output_map:
             if key not in names_out:
@@ -262,7 +265,8 @@ def plan_ensemble(config: EnsembleConfig,
         step, sig = config.steps[i], sigs[i]
         feeds = dict(step.input_map)
         steps.append(PlannedStep(
-            i, step.model, step.version, tuple((s.name, feeds[s.name]) for s in sig.inputs), step.output_map,
+            i, step.model, step.version, tuple((s.name, feeds[s.name]) for s in sig.inputs if s.name in feeds),
+            step.output_map,
             frozenset(feeds.values()), len(sig.inputs) == 1, len(sig.outputs) == 1, tuple(s.name for s in sig.outputs)))
     return EnsemblePlan(config.name, tuple(inputs), tuple(outputs), tuple(steps), tuple(sigs), config.max_batch_size)
 

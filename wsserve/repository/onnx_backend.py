@@ -265,15 +265,24 @@ class OnnxModel(RepositoryModel):
         # An optional input that is no graph input but an initializer a request may override (ONNX
         # Runtime lists those apart): config.pbtxt's dims and type are its shape; left out, the
         # initializer's value is used.
+        # An optional graph input with no initializer behind it cannot be left out: refused here, not
+        # by ONNX Runtime on each request leaving it out.
         overridable = {a.name: a for a in self._session.get_overridable_initializers()}
         for tc in config.inputs or ():
-            if tc.optional and tc.name in overridable and all(a.name != tc.name for a in graph_in):
+            if tc.optional and any(a.name == tc.name for a in graph_in):
+                raise ModelLoadError(self.path, f"{config.source} says optional input {tc.name!r}, but the graph "
+                                                "cannot run without it: an ONNX model's optional input must be an "
+                                                "initializer a request may override (a graph input with an "
+                                                "initializer of the same name)")
+            if tc.optional and tc.name in overridable:
                 dtype = ONNX_TYPES.get(overridable[tc.name].type)
                 if dtype is None or (tc.dtype is not None and tc.dtype != dtype):
                     raise ModelLoadError(self.path, f"{config.source} says optional input {tc.name!r} is {tc.dtype}; "
                                                     f"the graph's initializer is {overridable[tc.name].type}")
                 own_in.append(TensorSpec(tc.name, tuple(VARIABLE if d == -1 else d for d in tc.triton_dims or ()),
                                          dtype, optional=True))
+                if tc.model_dims is not None:  # config.pbtxt's reshape: the graph's rows
+                    self._reshape_in[tc.name] = (tc.model_dims, tc.triton_dims or ())
         out_cfg = config.outputs
         chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
         own_out = [spec(a, "output", _configured(a.name, out_cfg, len(graph_out))) for a in (chosen or graph_out)]
@@ -309,8 +318,9 @@ class OnnxModel(RepositoryModel):
             feeds = {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs
                      if s.name in batch}  # an optional input left out: the graph's default (its initializer)
         for name, (model_dims, _) in self._reshape_in.items():  # config.pbtxt's reshape: the model's rows
-            v = feeds[name]
-            feeds[name] = v.reshape((len(v), *model_dims))
+            v = feeds.get(name)
+            if v is not None:  # (an optional input left out has none)
+                feeds[name] = v.reshape((len(v), *model_dims))
         return feeds
 
     def _to_wire(self, outs: list[np.ndarray], batched: bool = True) -> list[np.ndarray]:

@@ -120,15 +120,19 @@ def warmup_batches(samples: Sequence[WarmupSample], specs: Sequence[Any], model_
     """Each sample's batch (input name -> ``(batch_size, *dims)`` array) for a model whose inputs
     are ``specs`` (name, per-row ``shape``, ``dtype``), built as it is iterated to (one sample's
     arrays at a time: drop each before taking the next).  Raises :class:`ModelLoadError` naming
-    ``where`` (the model file) and the sample when its inputs are not the model's, a type or dims
+    ``where`` (the model file) and the sample when its inputs are not the model's (an ``optional``
+    one, config.pbtxt's, may be left out: the batch then has none), a type or dims
     do not match, or a data file is missing, unreadable or not exactly the values' bytes."""
     by_name = {s.name: s for s in specs}
     rng = np.random.default_rng(0)
     for sample in samples:
         label = f"model_warmup sample {sample.name!r}"
-        if set(sample.inputs) != set(by_name):
-            raise ModelLoadError(where, f"{label} gives inputs {sorted(sample.inputs)}; the model takes "
-                                        f"{sorted(by_name)}")
+        missing = sorted(n for n, s in by_name.items() if n not in sample.inputs and not getattr(s, "optional", False))
+        if missing or not set(sample.inputs) <= set(by_name):  # an optional input may be left out
+            takes = [n + (" (optional)" if getattr(by_name[n], "optional", False) else "") for n in sorted(by_name)]
+            raise ModelLoadError(where, f"{label} gives inputs {sorted(sample.inputs)}"
+                                        + (f" (missing {missing[0]!r})" if missing else "")
+                                        + f"; the model takes {takes}")
         arrays = {}
         for name, inp in sample.inputs.items():
             spec = by_name[name]
