@@ -304,3 +304,36 @@ def test_an_optional_overridable_initializer_takes_its_reshape(served) -> None:
     assert client.infer("scaled_reshaped", _http_inputs(x=X)).as_numpy("y").tolist() == (X * 3).tolist()
     s = SCALE.reshape(2, 1, 1)
     assert client.infer("scaled_reshaped", _http_inputs(x=X, s=s)).as_numpy("y").tolist() == (X * SCALE).tolist()
+
+
+def _v1(proc: ServerProcess, model: str, body: object) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{proc.port}/v1/models/{model}:predict",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_kserve_v1_instances_may_leave_optional_inputs_out(served) -> None:
+    """KServe V1's row format (each instance an object of the inputs) leaves ``scale`` and ``bias``
+    out as the columnar one does (before: "'instances[0]' is missing input 'scale'"); every
+    instance gives the same inputs, and the required ``x`` is still required."""
+    proc, _ = served
+    rows = X.tolist()
+    status, body = _v1(proc, "affine", {"instances": [{"x": r} for r in rows]})
+    assert status == 200, body
+    assert [p["y"] for p in body["predictions"]] == rows  # type: ignore[index]
+    status, body = _v1(proc, "affine", {"instances": [{"x": r, "bias": b} for r, b in zip(rows, BIAS.tolist())]})
+    assert status == 200, body
+    assert [p["y"] for p in body["predictions"]] == (X + BIAS).tolist()  # type: ignore[index]
+    assert _v1(proc, "affine", {"inputs": {"x": rows}})[0] == 200
+    status, body = _v1(proc, "affine", {"instances": [{"x": rows[0]}, {"x": rows[1], "bias": [1.0]}]})
+    assert status == 400 and "'instances[1]'" in body["error"] and "'bias'" in body["error"], body  # type: ignore[index]
+    status, body = _v1(proc, "affine", {"instances": [{"bias": [1.0]}]})
+    assert status == 400 and "'instances[0]' is missing input 'x'" in body["error"], body  # type: ignore[index]

@@ -465,7 +465,8 @@ class HttpApi:
             if explain and (refusal := entry.explain_refusal) is not None:
                 raise BadRequest(refusal)
             req = kserve.parse_v1(loads(request.body), tuple(spec.name for spec in entry.input_specs),
-                                  max_rows=self.config.max_rows)
+                                  max_rows=self.config.max_rows,
+                                  optional=frozenset(s.name for s in entry.input_specs if getattr(s, "optional", False)))
             cfg = self.config
             try:
                 inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)

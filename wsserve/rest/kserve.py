@@ -54,8 +54,9 @@ def split_verb(segment: str) -> tuple[str, str | None]:
     return segment, None
 
 
-def parse_v1(obj: Any, names: tuple[str, ...], *, max_rows: int) -> V1Request:
-    """Check a decoded body for a model whose inputs are ``names``; raises ``BadRequest`` naming
+def parse_v1(obj: Any, names: tuple[str, ...], *, max_rows: int, optional: frozenset[str] = frozenset()) -> V1Request:
+    """Check a decoded body for a model whose inputs are ``names`` (those in ``optional`` may be left
+    out: each instance then gives the inputs ``instances[0]`` gives); raises ``BadRequest`` naming
     the field (``InvalidInput`` for more than ``max_rows`` instances of named inputs, counted
     before they are regrouped by input).  Values are checked later, by the model's ``prepare``
     (as for any predict)."""
@@ -81,8 +82,11 @@ def parse_v1(obj: Any, names: tuple[str, ...], *, max_rows: int) -> V1Request:
         return V1Request(instances, columnar=False)
     if len(instances) > max_rows:  # prepare's limit, before the columns are built
         raise InvalidInput(f"'instances' has {len(instances)} rows; the limit is {max_rows}")
-    columns: dict[str, list[Any]] = {name: [] for name in names}
-    wanted = set(names)
+    first = instances[0]
+    # an optional input instances[0] leaves out: no instance gives it (at least one input is given)
+    given = tuple(n for n in names if n in first or n not in optional) or names
+    columns: dict[str, list[Any]] = {name: [] for name in given}
+    wanted = set(given)
     for i, instance in enumerate(instances):
         if type(instance) is not dict:
             raise BadRequest(f"'instances[{i}]' must be an object like 'instances[0]', got {json_type(instance)}")
@@ -91,9 +95,13 @@ def parse_v1(obj: Any, names: tuple[str, ...], *, max_rows: int) -> V1Request:
             if unknown:
                 raise BadRequest(f"'instances[{i}]' names unknown input {unknown[0][:64]!r}; the model takes "
                                  f"{', '.join(names)}")
-            missing = next(n for n in names if n not in instance)
+            missing = next((n for n in given if n not in instance), None)
+            if missing is None:  # an optional input instances[0] leaves out
+                extra = next(n for n in instance if n not in wanted)
+                raise BadRequest(f"'instances[{i}]' gives input {extra!r}, which 'instances[0]' leaves out; every "
+                                 "instance gives the same inputs")
             raise BadRequest(f"'instances[{i}]' is missing input {missing!r}")
-        for name in names:
+        for name in given:
             columns[name].append(instance[name])
     return V1Request(columns if len(names) > 1 else columns[names[0]], columnar=False)
 
