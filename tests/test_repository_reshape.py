@@ -80,6 +80,21 @@ class TritonPythonModel:
         return out
 """
 
+#: A graph scalar without a batch dimension, served as Triton's ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }``.
+SCALAR_PBTXT = """
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]
+"""
+
+
+def _scalar_graph() -> object:
+    """y = x + x on scalars (rank 0)."""
+    return ob._model([helper.make_node("Add", ["x", "x"], ["y"])],
+                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [])
+
 
 def _sum_graph() -> object:
     return ob._model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
@@ -95,6 +110,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     (root / "summed" / "config.pbtxt").write_text(SUM_PBTXT)
     _write(root, "grid", GRID_PBTXT, GRID_PY)
     _write(root, "whole", WHOLE_PBTXT, WHOLE_PY)
+    ob.save(_scalar_graph(), root / "scalar" / "1")
+    (root / "scalar" / "config.pbtxt").write_text(SCALAR_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc)
@@ -194,3 +211,16 @@ def test_an_ensembles_own_tensors_take_no_reshape() -> None:
             'input_map { key: "x" value: "x" } output_map { key: "y" value: "y" } } ] }\n')
     with pytest.raises(ConfigError, match=r"input\[0\]\.reshape.*not supported in an ensemble"):
         parse_pbtxt(text, Path("e/config.pbtxt"))
+
+
+def test_a_graph_scalar_reshaped_from_dims_1_without_a_batch_dimension(served) -> None:
+    """The graph gets a scalar and its scalar answer comes back in dims [1] (before: the version
+    failed its warm-up, "Unable to handle object of type <class 'numpy.float32'>": a numpy scalar,
+    not an array, was fed)."""
+    proc, _ = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    assert client.get_model_config("scalar")["input"][0]["reshape"] == {"shape": []}
+    inp = thttp.InferInput("x", [1], "FP32")
+    inp.set_data_from_numpy(np.array([2.5], np.float32))
+    y = client.infer("scalar", [inp]).as_numpy("y")
+    assert y.shape == (1,) and y.tolist() == [5.0]

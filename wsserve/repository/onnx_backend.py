@@ -351,7 +351,8 @@ class OnnxModel(RepositoryModel):
             scalars, shapes = self._scalar_inputs, self._row_shapes
 
             def one_row(row: Batch) -> Batch:
-                feeds = {k: v[0].reshape(()) if k in scalars else v[0] for k, v in self._feeds(row).items()}
+                # (a scalar's one-row batch whole: v[0] of a reshape's [1] would be a numpy scalar, not an array)
+                feeds = {k: v.reshape(()) if k in scalars else v[0] for k, v in self._feeds(row).items()}
                 outs = self._to_wire(session.run(names, feeds), batched=False)
                 return self._pack([(o.reshape(shape) if o.ndim == 0 else o)[None]  # a scalar in its dims (of 1s)
                                    for o, shape in zip(outs, shapes, strict=True)])
