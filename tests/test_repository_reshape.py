@@ -110,6 +110,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     (root / "summed" / "config.pbtxt").write_text(SUM_PBTXT)
     _write(root, "grid", GRID_PBTXT, GRID_PY)
     _write(root, "whole", WHOLE_PBTXT, WHOLE_PY)
+    ob.save(_sum_graph(), root / "dynamic" / "1")  # y's graph shape is [N], which reshape [1] does not equal
+    (root / "dynamic" / "config.pbtxt").write_text(SUM_PBTXT.replace("dims: [ 1 ] reshape: { shape: [ ] }",
+                                                                   "dims: [ 1, 1 ] reshape: { shape: [ 1 ] }"))
     ob.save(_scalar_graph(), root / "scalar" / "1")
     (root / "scalar" / "config.pbtxt").write_text(SCALAR_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
@@ -224,3 +227,12 @@ def test_a_graph_scalar_reshaped_from_dims_1_without_a_batch_dimension(served) -
     inp.set_data_from_numpy(np.array([2.5], np.float32))
     y = client.infer("scalar", [inp]).as_numpy("y")
     assert y.shape == (1,) and y.tolist() == [5.0]
+
+
+def test_a_graph_that_disagrees_with_reshape_is_refused_naming_reshape(served) -> None:
+    """The graph is compared with ``reshape``, and the load error says so (before: it said
+    "config.pbtxt dims [1]", while that config's dims are [1, 1])."""
+    proc, _ = served
+    index = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").get_model_repository_index()
+    (reason,) = [m["reason"] for m in index if m["name"] == "dynamic"]
+    assert "output 'y': config.pbtxt reshape dims [1]" in reason and "1 in the graph" in reason, reason

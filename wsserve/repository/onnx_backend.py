@@ -253,7 +253,8 @@ class OnnxModel(RepositoryModel):
                 return _graph_spec(arg, side, self.batching, tc, self.path, config.source, name, why_batched)
             md = tc.model_dims
             inner = TensorConfig(tc.name, None if -1 in md else md, tc.dtype, md)
-            model_spec = _graph_spec(arg, side, self.batching, inner, self.path, config.source, name, why_batched)
+            model_spec = _graph_spec(arg, side, self.batching, inner, self.path, f"{config.source} reshape", name,
+                                     why_batched)  # (its messages name the reshape, not dims)
             wire = tc.triton_dims or ()
             (self._reshape_in if side == "input" else self._reshape_out)[arg.name] = (md, wire)
             return TensorSpec(arg.name, tuple(VARIABLE if d == -1 else d for d in wire), model_spec.dtype)
