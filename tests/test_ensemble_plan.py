@@ -259,3 +259,16 @@ def test_only_the_steps_the_wanted_outputs_need_run_as_triton_prunes_them() -> N
     assert models(frozenset({"mid"})) == ["b", "d"]  # c pruned, b kept: its output is wanted
     assert models(frozenset({"mid", "A_OUT"})) == ["a", "b", "d"]
     assert needed_steps(p, frozenset({"C_OUT"})) == tuple(s for s in p.steps if s.model != "a")  # the plan's order
+
+
+def test_a_steps_optional_input_may_be_left_unmapped() -> None:
+    """Triton's rule (ensemble_utils.cc): an input of a step model that is ``optional`` may be left
+    out of ``input_map``; the step then feeds only what it maps.  A required one may not (before:
+    every input had to be mapped)."""
+    opt = TensorSpec("s", (1,), "float32", optional=True)
+    sigs = {**SIGS, ("scaled", None): StepSignature("scaled", "1", (TensorSpec("x", (3,), "float32"), opt),
+                                                     (TensorSpec("y", (2,), "float32"),))}
+    p = plan(ensemble_pbtxt(step("scaled", {"x": "IN"}, {"y": "OUT"})), sigs)
+    assert p.steps[0].feeds == (("x", "IN"),) and not p.steps[0].single_input
+    with pytest.raises(EnsembleError, match=r"input 'x' of model 'scaled' is not mapped"):
+        plan(ensemble_pbtxt(step("scaled", {"s": "IN"}, {"y": "OUT"}), inputs='{ name: "IN" data_type: TYPE_FP32 dims: [ 1 ] }'), sigs)
