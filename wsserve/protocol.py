@@ -606,7 +606,9 @@ def _load_config(obj: dict[str, Any], op: str) -> str | None:
 
 
 def _decode_predict(obj: dict[str, Any], rid: RequestId | None) -> Predict:
-    if len(obj) == 4:  # hot path: exactly type, id, model and inputs
+    """A predict message's fields (``rid`` None: a ``POST /predict`` body, which has no ``type`` or
+    ``id``, so four fields there are ``model``, ``inputs`` and two optional ones)."""
+    if len(obj) == 4 and rid is not None:  # hot path: exactly type, id, model and inputs
         model = obj.get("model")
         if type(model) is str and "inputs" in obj and len(model) <= MAX_MODEL_NAME_LENGTH:
             return Predict(rid, model, obj["inputs"])
