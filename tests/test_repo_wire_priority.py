@@ -176,6 +176,13 @@ async def test_the_websocket_takes_the_models_levels_and_refuses_one_above(serve
         assert bad["message"] == (
             "field 'priority' must be in [0, 3] for model 'levels', got 4 (its config.pbtxt "
             "dynamic_batching.priority_levels is 3, 1 the highest; 0 is default_priority_level 2)")
+        for value, shown in ((-1, "-1"), (2.0, "2.0"), (True, "true")):  # refused when read: no model named yet
+            bad = await conn.request({"type": "predict", "id": "r", "model": "levels", "inputs": [[1.0, 2.0]],
+                                      "priority": value})
+            assert (bad["type"], bad["code"]) == ("error", "bad_request"), bad
+            assert bad["message"] == (  # it said "must be 0 (normal) or 1 (high)", which 'levels' is not
+                "field 'priority' must be an integer >= 0 (0 normal, 1 high; 0..N for a model whose config.pbtxt "
+                f"sets dynamic_batching.priority_levels N), got {shown}")
         flat = await conn.request({"type": "predict", "id": "f", "model": "flat", "inputs": [[1.0, 2.0]], "priority": 2})
         assert (flat["type"], flat["code"]) == ("error", "bad_request"), flat
         assert "sets no dynamic_batching.priority_levels" in flat["message"]

@@ -547,7 +547,8 @@ def _predict_priority(obj: dict[str, Any]) -> int:
         return 0
     if type(value) is int and value >= 0:
         return value
-    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(value)}")
+    raise BadRequest("field 'priority' must be an integer >= 0 (0 normal, 1 high; 0..N for a model whose config.pbtxt "
+                     f"sets dynamic_batching.priority_levels N), got {shown(value)}")
 
 
 def _model(obj: dict[str, Any]) -> str:
