@@ -16,6 +16,7 @@ from wsserve.batching import (
     PriorityLevels,
     WorkItem,
 )
+from wsserve.errors import Overloaded
 
 
 def _item(rows: int, priority: int, name: str, *, shape: object = None) -> WorkItem:
@@ -151,6 +152,40 @@ def test_window_mode_waits_for_the_oldest_request_of_any_level() -> None:
     q.add(_item(1, 1, "new"), 1.005)
     assert q.ready_at(1.005) == pytest.approx(1.010)
     assert q.statistics(1.006).oldest_age_s == pytest.approx(0.006)
+
+
+def test_max_queue_requests_bounds_each_level_as_tritons_max_queue_size() -> None:
+    """Triton keeps one queue per priority level, each with the ``default_queue_policy``'s
+    ``max_queue_size`` (core ``PriorityQueue::PolicyQueue::Enqueue``): a lower level full of
+    requests does not refuse a higher level's (it did: the bound counted every level)."""
+    q = BatchQueue(max_batch_size=4, priority_levels=3, default_priority_level=2, max_queue_requests=2,
+                   max_queue_requests_per_level=True)
+    q.add(_item(1, 3, "low-a"), 0.0)
+    q.add(_item(5, 3, "low-b"), 0.0)
+    with pytest.raises(Overloaded, match=r"queue full: 2 requests queued at priority level 3, limit 2 \(max_queue_requests\)"):
+        q.add(_item(1, 3, "low-c"), 0.0)
+    q.add(_item(1, 1, "top"), 0.0)
+    q.add(_item(1, 0, "default"), 0.0)  # level 2
+    q.add(_item(1, 99, "above"), 0.0)  # level 2 too (Triton's rule)
+    with pytest.raises(Overloaded, match=r"2 requests queued at priority level 2"):
+        q.add(_item(1, 2, "mid"), 0.0)
+    assert len(q) == 5
+    # top, default, above and low-a served, low-b's first row: low-b still waits (partly served) at level 3
+    assert [name for name, _, _ in _served(q.next_batch(0.0))] == ["top", "default", "above", "low-a"]
+    q.add(_item(1, 3, "low-c"), 1.0)
+    with pytest.raises(Overloaded, match=r"level 3"):
+        q.add(_item(1, 3, "low-d"), 1.0)
+    assert q.cancel(q._classes[2][0]) and len(q) == 1  # low-b cancelled: one left at level 3
+    q.add(_item(1, 3, "low-d"), 1.0)
+
+
+def test_max_queue_requests_bounds_the_whole_queue_by_default() -> None:
+    """wsserve's own two classes (a model without config.pbtxt): the bound counts both, as before levels."""
+    q = BatchQueue(max_batch_size=4, max_queue_requests=2)
+    q.add(_item(1, 0, "a"), 0.0)
+    q.add(_item(1, 0, "b"), 0.0)
+    with pytest.raises(Overloaded, match=r"queue full: 2 requests queued, limit 2 \(max_queue_requests\)"):
+        q.add(_item(1, 1, "high"), 0.0)
 
 
 # --------------------------------------------------------------------------- PriorityLevels

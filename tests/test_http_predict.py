@@ -181,3 +181,22 @@ async def test_explain_gives_the_websocket_attributions(server) -> None:
         assert (status, error["code"]) == (400, ws["code"])
         assert error["message"].startswith(ws["message"])  # HTTP may add where to go instead
     await conn.close()
+
+
+def test_a_body_of_model_inputs_and_two_more_fields_reads_them(server) -> None:
+    """A body of exactly four fields (``model``, ``inputs`` and two optional ones) is read whole: the
+    WebSocket's fast path (exactly ``type``, ``id``, ``model``, ``inputs``) took it, and its
+    ``priority``, ``timeout_ms``, ``version``, ``explain`` went unread (priority 3 was served)."""
+    cases = [
+        ('{"model": "linear", "inputs": [[1.0]], "priority": 3, "timeout_ms": 1000}', "bad_request", "priority"),
+        ('{"model": "linear", "inputs": [[1.0]], "priority": -1, "version": "1"}', "bad_request", "priority"),
+        ('{"model": "linear", "inputs": [[1.0]], "version": "7", "priority": 1}', "unknown_model", "7"),
+        ('{"model": "linear", "inputs": [[1.0]], "stream": true, "priority": 0}', "bad_request", "stream"),
+    ]
+    for body, code, named in cases:
+        status, _, raw = post(server.http + "/predict", body)
+        assert status in (400, 404), (body, status, raw)
+        error = json.loads(raw)["error"]
+        assert error["code"] == code and named in error["message"], (body, error)
+    status, _, raw = post(server.http + "/predict", '{"model": "linear", "inputs": [[1.0]], "priority": 1, "version": "1"}')
+    assert status == 200 and json.loads(raw)["version"] == "1", raw

@@ -62,12 +62,14 @@ class TritonPythonModel:
 PBTXT = ('backend: "python"\nmax_batch_size: 1\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
          'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
 LEVELS = "dynamic_batching { priority_levels: 3 default_priority_level: 2 }\n"
+BOUNDED = PBTXT + ("dynamic_batching { priority_levels: 3 default_priority_level: 2 "
+                   "default_queue_policy { max_queue_size: 1 } }\n")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     root = tmp_path_factory.mktemp("priority") / "model_repository"
-    for name, config in (("levels", PBTXT + LEVELS), ("flat", PBTXT + "dynamic_batching { }\n")):
+    for name, config in (("levels", PBTXT + LEVELS), ("flat", PBTXT + "dynamic_batching { }\n"), ("bounded", BOUNDED)):
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.pbtxt").write_text(config)
         (root / name / "1" / "model.py").write_text(LOGGED_PY)
@@ -75,7 +77,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     try:
         yield proc, root
     finally:
-        for name in ("levels", "flat"):
+        for name in ("levels", "flat", "bounded"):
             (root / name / "gate").touch()  # a failed test never leaves an execute held
         proc.stop()
 
@@ -174,6 +176,13 @@ async def test_the_websocket_takes_the_models_levels_and_refuses_one_above(serve
         assert bad["message"] == (
             "field 'priority' must be in [0, 3] for model 'levels', got 4 (its config.pbtxt "
             "dynamic_batching.priority_levels is 3, 1 the highest; 0 is default_priority_level 2)")
+        for value, shown in ((-1, "-1"), (2.0, "2.0"), (True, "true")):  # refused when read: no model named yet
+            bad = await conn.request({"type": "predict", "id": "r", "model": "levels", "inputs": [[1.0, 2.0]],
+                                      "priority": value})
+            assert (bad["type"], bad["code"]) == ("error", "bad_request"), bad
+            assert bad["message"] == (  # it said "must be 0 (normal) or 1 (high)", which 'levels' is not
+                "field 'priority' must be an integer >= 0 (0 normal, 1 high; 0..N for a model whose config.pbtxt "
+                f"sets dynamic_batching.priority_levels N), got {shown}")
         flat = await conn.request({"type": "predict", "id": "f", "model": "flat", "inputs": [[1.0, 2.0]], "priority": 2})
         assert (flat["type"], flat["code"]) == ("error", "bad_request"), flat
         assert "sets no dynamic_batching.priority_levels" in flat["message"]
@@ -181,3 +190,33 @@ async def test_the_websocket_takes_the_models_levels_and_refuses_one_above(serve
                                     "priority": 1}))["type"] == "result"
     finally:
         await conn.close()
+
+
+def test_max_queue_size_bounds_each_level(served) -> None:
+    """Triton's ``max_queue_size`` is per priority level (each level's queue has the
+    ``default_queue_policy``): with one level-3 request waiting, a level-1 request is still queued
+    (it was refused: the bound counted every level), and a second level-3 one is refused."""
+    proc, root = served
+    client = tgrpc.InferenceServerClient(grpc_address(proc))
+    results: dict[str, Any] = {}
+    before = len(_calls(root, "bounded"))
+    try:
+        client.async_infer("bounded", [_grpc_input(-1)], partial(_answered, results, "held"), request_id="held")
+        wait_until(lambda: (root / "bounded" / "gate.started").exists(), 60, what="the held execute started")
+        client.async_infer("bounded", [_grpc_input(1)], partial(_answered, results, "low"), request_id="low", priority=3)
+        wait_until(lambda: proc.metrics().get("wsserve_queue_depth", model="bounded") == 1, 60, what="low queued")
+        client.async_infer("bounded", [_grpc_input(2)], partial(_answered, results, "top"), request_id="top", priority=1)
+        wait_until(lambda: "top" in results or proc.metrics().get("wsserve_queue_depth", model="bounded") == 2, 60,
+                   what="top queued or answered")
+        assert "top" not in results, results["top"]  # not refused
+        with pytest.raises(tgrpc.InferenceServerException) as refused:
+            client.infer("bounded", [_grpc_input(3)], request_id="low2", priority=3)
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"  # overloaded (PROTOCOL.md)
+        assert "1 requests queued at priority level 3, limit 1" in refused.value.message()
+        (root / "bounded" / "gate").touch()
+        wait_until(lambda: len(results) == 3, 60, what="every request answered")
+    finally:
+        (root / "bounded" / "gate").touch()
+        client.close()
+    assert all(err is None for _, err in results.values()), results
+    assert _calls(root, "bounded")[before:] == ["held", "top", "low"]

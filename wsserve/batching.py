@@ -243,11 +243,14 @@ class BatchQueue:
         whole_requests: bool = False,
         priority_levels: int = 2,
         default_priority_level: int = 2,
+        max_queue_requests_per_level: bool = False,
     ) -> None:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
         module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
         ("Whole requests"); ``priority_levels`` (1..:data:`MAX_PRIORITY_LEVELS`) classes, level 1
-        first, and the level of an item of priority 0 or above them ("Priority")."""
+        first, and the level of an item of priority 0 or above them ("Priority");
+        ``max_queue_requests_per_level``: ``max_queue_requests`` bounds each level's requests (Triton's
+        ``max_queue_size``: a queue per level, each with the ``default_queue_policy``), else all of them."""
         if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
             raise ValueError(f"priority_levels must be in [1, {MAX_PRIORITY_LEVELS}], got {priority_levels}")
         if not 1 <= default_priority_level <= priority_levels:
@@ -260,8 +263,10 @@ class BatchQueue:
         self.max_delay_s = 0.0 if max_delay_ms is None else max_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self.max_queue_bytes = max_queue_bytes
-        #: Requests with rows waiting, at most (Triton's ``max_queue_size``; None: no bound).
+        #: Requests with rows waiting, at most (Triton's ``max_queue_size``; None: no bound): at each
+        #: level if :attr:`max_queue_requests_per_level`, else in all.
         self.max_queue_requests = max_queue_requests
+        self.max_queue_requests_per_level = max_queue_requests_per_level
         self._bytes = 0  # unscheduled input bytes of live items
         self.priority_levels = priority_levels
         #: One deque per level, the highest (level 1) first: the order batches are filled in.
@@ -307,11 +312,20 @@ class BatchQueue:
         nbytes = rows * item.row_bytes
         units = rows * item.cost
         most = self.max_queue_requests
-        if most is not None and self._requests >= most:
-            raise Overloaded(
-                f"queue full: {self._requests} requests queued, limit {most} (max_queue_requests)",
-                retry_after_ms=self._retry_after_ms(),
-            )
+        if most is not None:
+            if not self.max_queue_requests_per_level:
+                if self._requests >= most:
+                    raise Overloaded(
+                        f"queue full: {self._requests} requests queued, limit {most} (max_queue_requests)",
+                        retry_after_ms=self._retry_after_ms(),
+                    )
+            elif len(queue) >= most:  # a level's queue holds its items with rows waiting
+                level = next(n for n, q in enumerate(self._classes, 1) if q is queue)  # (deques compare by value)
+                raise Overloaded(
+                    f"queue full: {len(queue)} requests queued at priority level {level}, limit {most} "
+                    "(max_queue_requests)",
+                    retry_after_ms=self._retry_after_ms(),
+                )
         limit = self.max_queue_rows
         if limit is not None and self._units + units > limit and self._rows > 0:
             what = f"{self._rows} rows" if self._units == self._rows else f"{self._rows} rows ({self._units} units)"

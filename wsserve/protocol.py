@@ -549,7 +549,8 @@ def _predict_priority(obj: dict[str, Any]) -> int:
         return 0
     if type(value) is int and value >= 0:
         return value
-    raise BadRequest(f"field 'priority' must be 0 (normal) or 1 (high), got {shown(value)}")
+    raise BadRequest("field 'priority' must be an integer >= 0 (0 normal, 1 high; 0..N for a model whose config.pbtxt "
+                     f"sets dynamic_batching.priority_levels N), got {shown(value)}")
 
 
 def _model(obj: dict[str, Any]) -> str:
@@ -608,7 +609,9 @@ def _load_config(obj: dict[str, Any], op: str) -> str | None:
 
 
 def _decode_predict(obj: dict[str, Any], rid: RequestId | None) -> Predict:
-    if len(obj) == 4:  # hot path: exactly type, id, model and inputs
+    """A predict message's fields (``rid`` None: a ``POST /predict`` body, which has no ``type`` or
+    ``id``, so four fields there are ``model``, ``inputs`` and two optional ones)."""
+    if len(obj) == 4 and rid is not None:  # hot path: exactly type, id, model and inputs
         model = obj.get("model")
         if type(model) is str and "inputs" in obj and len(model) <= MAX_MODEL_NAME_LENGTH:
             return Predict(rid, model, obj["inputs"])

@@ -416,7 +416,8 @@ class PredictWorker:
         server uses it to write the replies at once rather than a loop iteration later).
         ``explainer``: how this model's rows are explained (None: they are not, and
         ``explain_refusal`` says why).  The model's queue policy (Triton's
-        ``default_queue_policy``): ``max_queue_requests`` requests may wait at most;
+        ``default_queue_policy``): ``max_queue_requests`` requests may wait at most (at each priority
+        level for a config.pbtxt model, ``priorities.configured``, as Triton's ``max_queue_size``);
         ``default_timeout_ms`` is the deadline of a request queued without one (and, unless
         ``allow_timeout_override``, of every request; a request may only shorten it: see
         :func:`~wsserve.batching.queue_deadline`), until its first rows are scheduled
@@ -444,6 +445,8 @@ class PredictWorker:
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
             whole_requests=self._by_request,  # one InferenceRequest per request, as Triton's batcher keeps it
             priority_levels=priorities.classes, default_priority_level=priorities.default_class,
+            # config.pbtxt's max_queue_size bounds each of its levels (Triton's); config.toml's, the whole queue
+            max_queue_requests_per_level=priorities.configured,
         )
         #: The model's priority levels (its queue's classes; what the transports report and check).
         self.priorities = priorities

@@ -44,7 +44,7 @@ Mapped (Triton's semantics, triton-inference-server/server
   model is free, no waiting).
 - ``dynamic_batching { default_queue_policy { max_queue_size,
   default_timeout_microseconds, allow_timeout_override } }`` -> ``max_queue_requests``
-  (0: no bound), ``default_timeout_ms`` (0: none), ``allow_timeout_override``
+  (0: no bound; it bounds each priority level, as Triton's), ``default_timeout_ms`` (0: none), ``allow_timeout_override``
   (protobuf's default, false, as Triton reads it); ``timeout_action: DELAY``
   is refused (wsserve only rejects a request whose queue deadline passed).
 - ``dynamic_batching { priority_levels, default_priority_level }`` -> ``priority_levels``

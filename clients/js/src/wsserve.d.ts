@@ -397,8 +397,9 @@ export interface PredictOptions extends CallOptions {
   version?: Version;
   /** Server-side deadline from receipt (`DeadlineExceeded`); the client gives up 1 s later. */
   timeoutMs?: number;
-  /** 0 normal, 1 high. */
-  priority?: 0 | 1;
+  /** 0 normal, 1 high; a model whose config.pbtxt sets `dynamic_batching { priority_levels: N }` takes
+   *  0..N (level 1 first, 0 its `default_priority_level`). Above the model's levels: `BadRequestError`. */
+  priority?: number;
   /** Also return per-feature attributions (models that can be explained: `linear`, `mlp`, ...). */
   explain?: boolean;
   /** Send `inputs` as a binary tensor frame ({@link TensorInput}, or `{name: TensorInput}`) and get

@@ -1804,7 +1804,7 @@ export class Client extends EventTarget {
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
    * `traceparent`/`tracestate` (W3C Trace Context): the server's span for the request (with
    * `--otlp-traces-endpoint`) joins the caller's trace.
-   * @param {{version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal,
+   * @param {{version?: string|number, timeoutMs?: number, priority?: number, explain?: boolean, signal?: AbortSignal,
    *          traceparent?: string, tracestate?: string}} [opts]
    */
   async predict(model, inputs, opts) {
@@ -1832,7 +1832,7 @@ export class Client extends EventTarget {
    * after an abort included) are thrown by the iteration.
    * @param {string} model
    * @param {ArrayLike<ArrayLike<number>>|Record<string, ArrayLike<ArrayLike<number>>>} inputs  rows, or `{name: rows}`
-   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: 0|1, explain?: boolean, signal?: AbortSignal,
+   * @param {{chunkRows?: number, version?: string|number, timeoutMs?: number, priority?: number, explain?: boolean, signal?: AbortSignal,
    *          traceparent?: string, tracestate?: string}} [opts]
    * @returns {PredictStream}
    */
