@@ -131,6 +131,28 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))])]
 '''
 
+#: ``execute`` sends one response (OUT 1), then waits in ``execute``
+#: until the request is cancelled and returns (never FINAL): one instance, at most 2 requests wait.
+HELD_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+              + 'instance_group [{ count: 1 }]\n'
+              + 'dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n')
+HELD_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))]))
+        for _ in range(6000):  # (at most 60 s)
+            if sender.is_cancelled():
+                return
+            threading.Event().wait(0.01)
+'''
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -152,6 +174,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "forever", FOREVER_PBTXT.replace("MARKS", str(marks)), FOREVER_PY)
     _write(root, "flood", FLOOD_PBTXT.replace("MARKS", str(marks)), FLOOD_PY)
     _write(root, "returns", ERRS_PBTXT, RETURNS_PY)
+    _write(root, "held", HELD_PBTXT, HELD_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -541,3 +564,82 @@ async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finish
         gate.release.set()
         await worker.close()
         model.close()
+
+
+# --------------------------------------------------------------------------- review: found bugs
+
+
+async def test_a_priority_above_one_is_refused_naming_the_field_not_an_internal_error(served) -> None:
+    """A WebSocket predict and a ``POST /predict`` with ``priority`` 2 to a decoupled model: a
+    ``bad_request`` naming the field (the model has wsserve's two levels), not an internal error."""
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "p", "model": "square_int32", "inputs": [[1]],
+                                    "priority": 2})
+        assert frame["type"] == "error" and frame["code"] == "bad_request", frame
+        assert "field 'priority' must be 0 (normal) or 1 (high), got 2" in frame["message"]
+        frame = await conn.request({"type": "predict", "id": "q", "model": "square_int32", "inputs": [[1]],
+                                    "priority": 1})
+        assert frame["type"] == "response" and (await conn.recv())["type"] == "done"
+    finally:
+        await conn.close()
+    status, _, body = _post(served[0].port, "/predict", {"model": "square_int32", "inputs": [[1]], "priority": 2})
+    assert status == 400 and "field 'priority'" in json.loads(body)["error"]["message"]
+
+
+async def test_requests_that_left_while_waiting_free_their_place_in_the_wait_queue(served) -> None:
+    """One instance held by a request, at most 2 waiting: two requests cancelled while waiting no
+    longer count, so a third waits (and runs once the instance is free) rather than being refused
+    ``overloaded``; the model's statistics count no request as waiting then."""
+    conn = await Conn.open(served[0].url)
+    try:
+        first = await conn.request({"type": "predict", "id": "h0", "model": "held", "inputs": [[0]]})
+        assert first["type"] == "response"
+        for rid in ("h1", "h2"):
+            await conn.send({"type": "predict", "id": rid, "model": "held", "inputs": [[0]]})
+            frame = await conn.request({"type": "cancel", "id": rid})
+            assert frame["id"] == rid and frame["code"] == "cancelled"
+        await conn.send({"type": "predict", "id": "h3", "model": "held", "inputs": [[0]]})
+        await conn.send({"type": "cancel", "id": "h0"})
+        frames = [await conn.recv(30), await conn.recv(30)]
+        assert [(f["id"], f["type"]) for f in frames] == [("h0", "error"), ("h3", "response")], frames
+        assert _gauge(served[0].port, 'wsserve_queue_depth{model="held"}') == 0
+        frame = await conn.request({"type": "cancel", "id": "h3"})
+        assert frame["id"] == "h3" and frame["code"] == "cancelled"
+    finally:
+        await conn.close()
+
+
+def _gauge(port: int, name: str) -> float:
+    """The value of metric line ``name`` (with its labels) of the server on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        line = next(x for x in answer.read().decode().splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_an_unload_ends_a_request_whose_execute_waits_for_its_cancel(tmp_path: Path) -> None:
+    """``execute`` streams until its request is cancelled (it never returns before): unloading the
+    model ends the request with ``shutting_down`` after ``--drain-timeout`` (the model then sees it
+    cancelled and returns), and the version is unloaded: the unload does not wait for an execute
+    that waits for the unload."""
+    root = tmp_path / "repo"
+    _write(root, "held", HELD_PBTXT, HELD_PY)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--drain-timeout", "0.2")
+    try:
+        conn = await Conn.open(proc.url)
+        try:
+            frame = await conn.request({"type": "predict", "id": "u", "model": "held", "inputs": [[0]]})
+            assert frame["type"] == "response"
+            answer = await conn.request({"type": "unload", "id": "adm", "model": "held"})
+            assert answer["type"] == "unload", answer
+            frame = await conn.recv(30)  # (the model gives up by itself after 60 s)
+            assert frame["id"] == "u" and frame["type"] == "error" and frame["code"] == "shutting_down", frame
+        finally:
+            await conn.close()
+
+        def unloaded() -> bool:
+            status, _, body = _post(proc.port, "/v2/repository/index", {})
+            return status == 200 and json.loads(body)[0]["state"] == "UNAVAILABLE"
+        wait_until(unloaded, 30.0, what="the version to be unloaded")
+    finally:
+        proc.stop()

@@ -26,15 +26,17 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   (``is_cancelled()``), and what the model still sends is dropped.
 - A request whose model never sends FINAL stays open (counted in flight by its transport) until
   the client cancels or leaves, its deadline passes, or the version is unloaded
-  (:meth:`DecoupledWorker.wait_idle` waits for open requests at most ``drain_timeout_s``, then
-  :meth:`DecoupledWorker.close` ends them with ``shutting_down``).
+  (:meth:`DecoupledWorker.wait_idle` waits for the requests waiting, running and open at most
+  ``drain_timeout_s``, then :meth:`DecoupledWorker.close` ends them with ``shutting_down``: an
+  ``execute`` that runs until its request is cancelled then sees it cancelled).
 - Slow consumers: the responses handed to a sink and not yet written to its client are bounded
   (``max_pending_bytes``, ``--max-write-buffer-bytes``; each response counts its tensors' bytes
   plus :data:`RESPONSE_OVERHEAD_BYTES`; a response is always taken when none is pending).  Past
   it the request fails with ``overloaded`` naming the bound; the model's sending thread is never
   blocked (a client that stops reading cannot hold a model instance or thread).  A model that
   bursts more than the bound faster than any client reads fails too: raise the bound for it.
-- At most ``max_queue_requests`` requests wait for an instance; more are refused ``overloaded``.
+- At most ``max_queue_requests`` requests wait for an instance (one that ended while waiting no
+  longer counts); more are refused ``overloaded``.
 - One request's failure touches no other.
 """
 
@@ -51,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import PriorityLevels
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -214,6 +217,8 @@ class DecoupledWorker:
         self.name = name
         self.explainer = None
         self.explain_refusal = f"model {name!r} is decoupled: its responses cannot be explained"
+        #: wsserve's two levels (``priority`` 1 waits before 0): what a wsserve request may ask for.
+        self.priorities = PriorityLevels()
         self.max_queue_requests = max_queue_requests
         self.max_pending_bytes = max_pending_bytes
         self.drain_timeout_s = drain_timeout_s
@@ -237,15 +242,13 @@ class DecoupledWorker:
         self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Return once no execute waits or runs and no request is open, or (requests whose model
-        never sent FINAL) ``drain_timeout_s`` after the executes ended; :meth:`close` ends the rest."""
+        """Return once no execute waits or runs and no request is open, or ``drain_timeout_s`` after
+        the call (a request whose model never sends FINAL; an execute that runs until its request
+        is cancelled, which only :meth:`close` then does); :meth:`close` ends the rest."""
         assert self._idle is not None, "start() first"
-        while self._waiting or self._running:
-            self._idle.clear()
-            await self._idle.wait()
         loop = asyncio.get_running_loop()
         until = loop.time() + self.drain_timeout_s
-        while self._open and not self._closed:
+        while (self._waiting or self._running or self._open) and not self._closed:
             self._idle.clear()
             try:
                 await asyncio.wait_for(self._idle.wait(), max(0.0, until - loop.time()))
@@ -327,6 +330,11 @@ class DecoupledWorker:
 
     def _ended(self, stream: DecoupledStream) -> None:
         self._open.discard(stream)
+        if not stream.started:  # it left while waiting (cancel, deadline): its place is free
+            try:
+                self._waiting.remove(stream)
+            except ValueError:
+                pass
         self._note_idle()
 
     def _note_idle(self) -> None:
