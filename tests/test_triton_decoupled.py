@@ -152,6 +152,26 @@ class TritonPythonModel:
                 return
             threading.Event().wait(0.01)
 '''
+#: One response whose ``OUT`` is the length of ``request_id()``, then FINAL; ``OPT`` (optional) is
+#: added to it when given.
+ECHO_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED
+              + 'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] },\n'
+              + '        { name: "OPT" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]\n'
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
+ECHO_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        request = requests[0]
+        opt = pb_utils.get_input_tensor_by_name(request, "OPT")
+        out = len(request.request_id()) + (0 if opt is None else int(opt.as_numpy()[0]))
+        request.get_response_sender().send(
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([out], np.int32))]),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
 
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
@@ -175,6 +195,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "flood", FLOOD_PBTXT.replace("MARKS", str(marks)), FLOOD_PY)
     _write(root, "returns", ERRS_PBTXT, RETURNS_PY)
     _write(root, "held", HELD_PBTXT, HELD_PY)
+    _write(root, "echo", ECHO_PBTXT, ECHO_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -643,3 +664,14 @@ async def test_an_unload_ends_a_request_whose_execute_waits_for_its_cancel(tmp_p
         wait_until(unloaded, 30.0, what="the version to be unloaded")
     finally:
         proc.stop()
+
+
+def test_triton_statistics_of_decoupled_requests_count_no_negative_queue_time(served) -> None:
+    """Decoupled requests over HTTP generate and gRPC: the version's statistics' queue time is never
+    negative (it was -1 s per request)."""
+    port = served[0].port
+    for _ in range(2):
+        assert _post(port, "/v2/models/echo/generate", {"IN": 1, "OPT": 0})[0] == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/echo/stats", timeout=30) as answer:
+        stats = json.loads(answer.read())["model_stats"][0]["inference_stats"]
+    assert stats["success"]["count"] >= 2 and stats["queue"]["ns"] >= 0, stats
