@@ -675,3 +675,15 @@ def test_triton_statistics_of_decoupled_requests_count_no_negative_queue_time(se
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/echo/stats", timeout=30) as answer:
         stats = json.loads(answer.read())["model_stats"][0]["inference_stats"]
     assert stats["success"]["count"] >= 2 and stats["queue"]["ns"] >= 0, stats
+
+
+def test_http_generate_gives_the_model_its_id_and_may_leave_out_an_optional_input(served) -> None:
+    """Triton's generate: the request's ``id`` is the model's ``request_id()``, and an ``optional``
+    input may be left out (the model gets none), as on every other transport."""
+    port = served[0].port
+    status, _, body = _post(port, "/v2/models/echo/generate", {"id": "abcd", "IN": 0, "OPT": 10})
+    assert status == 200 and json.loads(body) == {"id": "abcd", "model_name": "echo", "model_version": "1", "OUT": 14}
+    status, _, body = _post(port, "/v2/models/echo/generate_stream", {"id": "abc", "IN": 0})
+    assert status == 200 and _events(body) == [{"id": "abc", "model_name": "echo", "model_version": "1", "OUT": 3}]
+    status, _, body = _post(port, "/v2/models/echo/generate", {"OPT": 1})
+    assert status == 400 and "no field 'IN'" in json.loads(body)["error"]
