@@ -37,7 +37,7 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   builds can ``exec()`` on the server's models (:mod:`wsserve.bls`).  An ``async def execute`` is
   run to its end on an asyncio loop of its own in the instance's thread (its ``async_exec()``
   awaitables live there).  Such a model never runs on the event loop (``off_loop``).
-- An input or output config.pbtxt ``reshape``\ s is given to ``execute`` and taken back in its
+- An input or output to which config.pbtxt gives a ``reshape`` is given to ``execute`` and taken back in its
   ``reshape`` shape (rows first with a batch dimension); requests and answers carry ``dims``.
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
