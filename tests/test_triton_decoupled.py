@@ -173,6 +173,30 @@ class TritonPythonModel:
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 '''
 
+#: A BLS ``exec()`` from the thread the model starts to send its one response: the exception's text
+#: is the response's error.
+BLS_THREAD_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+
+        def run():
+            try:
+                pb_utils.InferenceRequest(model_name="square_int32", requested_output_names=["OUT"],
+                                          inputs=[pb_utils.Tensor("IN", np.array([1], np.int32))]).exec()
+                error = "exec() worked"
+            except pb_utils.TritonModelException as exc:
+                error = str(exc)
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+
+        threading.Thread(target=run).start()
+'''
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -196,6 +220,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "returns", ERRS_PBTXT, RETURNS_PY)
     _write(root, "held", HELD_PBTXT, HELD_PY)
     _write(root, "echo", ECHO_PBTXT, ECHO_PY)
+    _write(root, "bls_thread", ERRS_PBTXT, BLS_THREAD_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -687,3 +712,11 @@ def test_http_generate_gives_the_model_its_id_and_may_leave_out_an_optional_inpu
     assert status == 200 and _events(body) == [{"id": "abc", "model_name": "echo", "model_version": "1", "OUT": 3}]
     status, _, body = _post(port, "/v2/models/echo/generate", {"OPT": 1})
     assert status == 400 and "no field 'IN'" in json.loads(body)["error"]
+
+
+def test_bls_from_a_thread_the_model_started_is_refused_saying_so(served) -> None:
+    """A decoupled model's response thread calling ``exec()``: refused, the message saying that a
+    thread the model starts cannot (Triton's decoupled models may; it claimed "as in Triton")."""
+    status, _, body = _post(served[0].port, "/v2/models/bls_thread/generate", {"IN": 1})
+    message = json.loads(body)["error"]
+    assert status == 500 and "nor in a thread the model starts" in message, (status, message)

@@ -229,7 +229,9 @@ class InferenceRequest:
         caller = bls.current()
         if caller is None:
             raise TritonModelException(f"InferenceRequest.{what}() (business logic scripting, BLS) works only "
-                                       "inside execute, as in Triton (not in initialize or finalize)")
+                                       "in the thread running execute: not in initialize or finalize (as in "
+                                       "Triton), nor in a thread the model starts (Triton allows a decoupled "
+                                       "model's response thread; wsserve does not)")
         if caller.gateway is None:
             raise TritonModelException(f"InferenceRequest.{what}() (BLS): model {caller.model!r} was loaded "
                                        "without a server, which has no other models to call")
