@@ -720,3 +720,33 @@ def test_bls_from_a_thread_the_model_started_is_refused_saying_so(served) -> Non
     status, _, body = _post(served[0].port, "/v2/models/bls_thread/generate", {"IN": 1})
     message = json.loads(body)["error"]
     assert status == 500 and "nor in a thread the model starts" in message, (status, message)
+
+
+async def test_high_priority_requests_wait_in_their_order(served) -> None:
+    """``priority`` 1 requests waiting for the one instance start in the order they came (the later
+    one went first), and before a ``priority`` 0 one that came earlier."""
+    conn = await Conn.open(served[0].url)
+
+    async def next_started(running: str) -> str:
+        """Cancel ``running``: the request that starts on the instance it frees."""
+        await conn.send({"type": "cancel", "id": running})
+        frames = [await conn.recv(30), await conn.recv(30)]
+        assert frames[0]["id"] == running and frames[0]["code"] == "cancelled", frames
+        assert frames[1]["type"] == "response", frames
+        return frames[1]["id"]
+
+    try:
+        frame = await conn.request({"type": "predict", "id": "w0", "model": "held", "inputs": [[0]]})
+        assert frame["type"] == "response"
+        for rid in ("hi1", "hi2"):
+            await conn.send({"type": "predict", "id": rid, "model": "held", "inputs": [[0]], "priority": 1})
+        assert await next_started("w0") == "hi1"
+        await conn.send({"type": "predict", "id": "lo", "model": "held", "inputs": [[0]]})
+        assert await next_started("hi1") == "hi2"
+        await conn.send({"type": "predict", "id": "hi3", "model": "held", "inputs": [[0]], "priority": 1})
+        assert await next_started("hi2") == "hi3"
+        assert await next_started("hi3") == "lo"
+        frame = await conn.request({"type": "cancel", "id": "lo"})
+        assert frame["code"] == "cancelled"
+    finally:
+        await conn.close()

@@ -100,7 +100,7 @@ class DecoupledStream:
     (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
-                 "_stop", "_timer", "_lock", "_sent", "__weakref__")
+                 "high", "_stop", "_timer", "_lock", "_sent", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
@@ -116,6 +116,7 @@ class DecoupledStream:
         self._lock = threading.Lock()
         self.ended = False  # loop side: ended (the sink told, or cancelled)
         self.started = False  # its execute began
+        self.high = False  # priority 1: it waits before the requests of priority 0
         self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
         self._timer: asyncio.TimerHandle | None = None
 
@@ -274,7 +275,7 @@ class DecoupledWorker:
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> DecoupledStream:
         """Start ``sink``'s request: its execute runs when an instance is free (``priority`` 1 goes
-        before waiting requests of priority 0).  ``deadline`` (monotonic seconds): past it the request
+        before waiting requests of priority 0; each priority in the order it came).  ``deadline`` (monotonic seconds): past it the request
         ends with ``deadline_exceeded``, whether waiting or streaming.  Raises ``BadRequest`` for a
         sink that takes one answer (:func:`refusal`), ``InvalidInput`` for several rows to a model
         without a batch dimension, ``Overloaded`` when ``max_queue_requests`` wait, ``ShuttingDown``
@@ -294,8 +295,14 @@ class DecoupledWorker:
         assert self._loop is not None, "start() first"
         stream = DecoupledStream(self, sink)
         self._open.add(stream)
-        if priority == 1:
-            self._waiting.appendleft(stream)
+        if priority == 1:  # after the high ones already waiting, before the others
+            stream.high = True
+            at = 0
+            for waiting in self._waiting:
+                if not waiting.high:
+                    break
+                at += 1
+            self._waiting.insert(at, stream)
         else:
             self._waiting.append(stream)
         if deadline is not None:
