@@ -197,6 +197,14 @@ class TritonPythonModel:
         threading.Thread(target=run).start()
 '''
 
+#: 100 responses of one 512 KiB string each as fast as it can, stopping once cancelled (then writing
+#: ``strings-<sent>`` in ``marks``).
+STRINGS_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+                 + 'output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+                 + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n')
+STRINGS_PY = FLOOD_PY.replace("range(400)", "range(100)").replace("flood-", "strings-").replace(
+    "np.full(65536, i, np.float32)", "np.array([bytes(524288)], np.object_)")
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -221,6 +229,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "held", HELD_PBTXT, HELD_PY)
     _write(root, "echo", ECHO_PBTXT, ECHO_PY)
     _write(root, "bls_thread", ERRS_PBTXT, BLS_THREAD_PY)
+    _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -750,3 +759,20 @@ async def test_high_priority_requests_wait_in_their_order(served) -> None:
         assert frame["code"] == "cancelled"
     finally:
         await conn.close()
+
+
+def test_a_slow_consumer_of_string_responses_is_bounded_by_their_bytes(served) -> None:
+    """Responses of one 512 KiB string each to a gRPC client that reads none: their strings' bytes
+    count against the 1 MB bound (only the 8-byte pointers of the object array did: all 100, 50 MB,
+    were queued), so the request ends ``overloaded`` and the model sees it cancelled early."""
+    s = _Stream(served[1])
+    s.gate.clear()
+    try:
+        s.send("strings", "str", IN=np.array([0], np.int32))
+        mark = wait_until(lambda: next(served[2].glob("strings-*"), None), 60.0, what="the model to be cancelled")
+        assert int(mark.name.split("-")[1]) < 100
+        s.gate.set()
+        got = s.until_final()
+        assert "slow consumer" in got[-1][1].message()
+    finally:
+        s.close()

@@ -30,8 +30,9 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   ``drain_timeout_s``, then :meth:`DecoupledWorker.close` ends them with ``shutting_down``: an
   ``execute`` that runs until its request is cancelled then sees it cancelled).
 - Slow consumers: the responses handed to a sink and not yet written to its client are bounded
-  (``max_pending_bytes``, ``--max-write-buffer-bytes``; each response counts its tensors' bytes
-  plus :data:`RESPONSE_OVERHEAD_BYTES`; a response is always taken when none is pending).  Past
+  (``max_pending_bytes``, ``--max-write-buffer-bytes``; each response counts its tensors' bytes,
+  a string tensor's strings too (:func:`~wsserve.dtypes.array_bytes`), plus
+  :data:`RESPONSE_OVERHEAD_BYTES`; a response is always taken when none is pending).  Past
   it the request fails with ``overloaded`` naming the bound; the model's sending thread is never
   blocked (a client that stops reading cannot hold a model instance or thread).  A model that
   bursts more than the bound faster than any client reads fails too: raise the bound for it.
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from .batching import PriorityLevels
+from .dtypes import array_bytes
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -132,7 +134,7 @@ class DecoupledStream:
         the request with ``overloaded`` instead: a slow consumer."""
         if self._stop.is_set():
             return
-        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(a.nbytes for a in outputs.values()) if outputs else 0)
+        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(map(array_bytes, outputs.values())) if outputs else 0)
         limit = self._worker.max_pending_bytes
         with self._lock:
             unwritten = self.pending_bytes + nbytes
