@@ -131,6 +131,80 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))])]
 '''
 
+#: ``execute`` sends one response (OUT 1), then waits in ``execute``
+#: until the request is cancelled and returns (never FINAL): one instance, at most 2 requests wait.
+HELD_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+              + 'instance_group [{ count: 1 }]\n'
+              + 'dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n')
+HELD_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([1], np.int32))]))
+        for _ in range(6000):  # (at most 60 s)
+            if sender.is_cancelled():
+                return
+            threading.Event().wait(0.01)
+'''
+#: One response whose ``OUT`` is the length of ``request_id()``, then FINAL; ``OPT`` (optional) is
+#: added to it when given.
+ECHO_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED
+              + 'input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] },\n'
+              + '        { name: "OPT" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]\n'
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
+ECHO_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        request = requests[0]
+        opt = pb_utils.get_input_tensor_by_name(request, "OPT")
+        out = len(request.request_id()) + (0 if opt is None else int(opt.as_numpy()[0]))
+        request.get_response_sender().send(
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([out], np.int32))]),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+#: A BLS ``exec()`` from the thread the model starts to send its one response: the exception's text
+#: is the response's error.
+BLS_THREAD_PY = '''
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+
+        def run():
+            try:
+                response = pb_utils.InferenceRequest(model_name="square_int32", requested_output_names=["OUT"],
+                                                     inputs=[pb_utils.Tensor("IN", np.array([1], np.int32))]).exec()
+                error = "exec() answered: " + (response.error().message() if response.has_error() else "ok")
+            except pb_utils.TritonModelException as exc:
+                error = str(exc)
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+
+        threading.Thread(target=run).start()
+'''
+
+#: 100 responses of one 512 KiB string each as fast as it can, stopping once cancelled (then writing
+#: ``strings-<sent>`` in ``marks``).
+STRINGS_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+                 + 'output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+                 + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n')
+STRINGS_PY = FLOOD_PY.replace("range(400)", "range(100)").replace("flood-", "strings-").replace(
+    "np.full(65536, i, np.float32)", "np.array([bytes(524288)], np.object_)")
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -152,6 +226,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "forever", FOREVER_PBTXT.replace("MARKS", str(marks)), FOREVER_PY)
     _write(root, "flood", FLOOD_PBTXT.replace("MARKS", str(marks)), FLOOD_PY)
     _write(root, "returns", ERRS_PBTXT, RETURNS_PY)
+    _write(root, "held", HELD_PBTXT, HELD_PY)
+    _write(root, "echo", ECHO_PBTXT, ECHO_PY)
+    _write(root, "bls_thread", ERRS_PBTXT, BLS_THREAD_PY)
+    _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -541,3 +619,162 @@ async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finish
         gate.release.set()
         await worker.close()
         model.close()
+
+
+# --------------------------------------------------------------------------- review: found bugs
+
+
+async def test_a_priority_above_one_is_refused_naming_the_field_not_an_internal_error(served) -> None:
+    """A WebSocket predict and a ``POST /predict`` with ``priority`` 2 to a decoupled model: a
+    ``bad_request`` naming the field (the model has wsserve's two levels), not an internal error."""
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "p", "model": "square_int32", "inputs": [[1]],
+                                    "priority": 2})
+        assert frame["type"] == "error" and frame["code"] == "bad_request", frame
+        assert "field 'priority' must be 0 (normal) or 1 (high), got 2" in frame["message"]
+        frame = await conn.request({"type": "predict", "id": "q", "model": "square_int32", "inputs": [[1]],
+                                    "priority": 1})
+        assert frame["type"] == "response" and (await conn.recv())["type"] == "done"
+    finally:
+        await conn.close()
+    status, _, body = _post(served[0].port, "/predict", {"model": "square_int32", "inputs": [[1]], "priority": 2})
+    assert status == 400 and "field 'priority'" in json.loads(body)["error"]["message"]
+
+
+async def test_requests_that_left_while_waiting_free_their_place_in_the_wait_queue(served) -> None:
+    """One instance held by a request, at most 2 waiting: two requests cancelled while waiting no
+    longer count, so a third waits (and runs once the instance is free) rather than being refused
+    ``overloaded``; the model's statistics count no request as waiting then."""
+    conn = await Conn.open(served[0].url)
+    try:
+        first = await conn.request({"type": "predict", "id": "h0", "model": "held", "inputs": [[0]]})
+        assert first["type"] == "response"
+        for rid in ("h1", "h2"):
+            await conn.send({"type": "predict", "id": rid, "model": "held", "inputs": [[0]]})
+            frame = await conn.request({"type": "cancel", "id": rid})
+            assert frame["id"] == rid and frame["code"] == "cancelled"
+        await conn.send({"type": "predict", "id": "h3", "model": "held", "inputs": [[0]]})
+        await conn.send({"type": "cancel", "id": "h0"})
+        frames = [await conn.recv(30), await conn.recv(30)]
+        assert [(f["id"], f["type"]) for f in frames] == [("h0", "error"), ("h3", "response")], frames
+        assert _gauge(served[0].port, 'wsserve_queue_depth{model="held"}') == 0
+        frame = await conn.request({"type": "cancel", "id": "h3"})
+        assert frame["id"] == "h3" and frame["code"] == "cancelled"
+    finally:
+        await conn.close()
+
+
+def _gauge(port: int, name: str) -> float:
+    """The value of metric line ``name`` (with its labels) of the server on ``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        line = next(x for x in answer.read().decode().splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+async def test_an_unload_ends_a_request_whose_execute_waits_for_its_cancel(tmp_path: Path) -> None:
+    """``execute`` streams until its request is cancelled (it never returns before): unloading the
+    model ends the request with ``shutting_down`` after ``--drain-timeout`` (the model then sees it
+    cancelled and returns), and the version is unloaded: the unload does not wait for an execute
+    that waits for the unload."""
+    root = tmp_path / "repo"
+    _write(root, "held", HELD_PBTXT, HELD_PY)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--drain-timeout", "0.2")
+    try:
+        conn = await Conn.open(proc.url)
+        try:
+            frame = await conn.request({"type": "predict", "id": "u", "model": "held", "inputs": [[0]]})
+            assert frame["type"] == "response"
+            answer = await conn.request({"type": "unload", "id": "adm", "model": "held"})
+            assert answer["type"] == "unload", answer
+            frame = await conn.recv(30)  # (the model gives up by itself after 60 s)
+            assert frame["id"] == "u" and frame["type"] == "error" and frame["code"] == "shutting_down", frame
+        finally:
+            await conn.close()
+
+        def unloaded() -> bool:
+            status, _, body = _post(proc.port, "/v2/repository/index", {})
+            return status == 200 and json.loads(body)[0]["state"] == "UNAVAILABLE"
+        wait_until(unloaded, 30.0, what="the version to be unloaded")
+    finally:
+        proc.stop()
+
+
+def test_triton_statistics_of_decoupled_requests_count_no_negative_queue_time(served) -> None:
+    """Decoupled requests over HTTP generate and gRPC: the version's statistics' queue time is never
+    negative (it was -1 s per request)."""
+    port = served[0].port
+    for _ in range(2):
+        assert _post(port, "/v2/models/echo/generate", {"IN": 1, "OPT": 0})[0] == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/echo/stats", timeout=30) as answer:
+        stats = json.loads(answer.read())["model_stats"][0]["inference_stats"]
+    assert stats["success"]["count"] >= 2 and stats["queue"]["ns"] >= 0, stats
+
+
+def test_http_generate_gives_the_model_its_id_and_may_leave_out_an_optional_input(served) -> None:
+    """Triton's generate: the request's ``id`` is the model's ``request_id()``, and an ``optional``
+    input may be left out (the model gets none), as on every other transport."""
+    port = served[0].port
+    status, _, body = _post(port, "/v2/models/echo/generate", {"id": "abcd", "IN": 0, "OPT": 10})
+    assert status == 200 and json.loads(body) == {"id": "abcd", "model_name": "echo", "model_version": "1", "OUT": 14}
+    status, _, body = _post(port, "/v2/models/echo/generate_stream", {"id": "abc", "IN": 0})
+    assert status == 200 and _events(body) == [{"id": "abc", "model_name": "echo", "model_version": "1", "OUT": 3}]
+    status, _, body = _post(port, "/v2/models/echo/generate", {"OPT": 1})
+    assert status == 400 and "no field 'IN'" in json.loads(body)["error"]
+
+
+def test_bls_from_a_thread_the_model_started_runs_as_in_triton(served) -> None:
+    """A decoupled model's response thread calling ``exec()`` (Triton's decoupled models may): the
+    call runs as the model's, and is answered (here: a decoupled model as its target, refused by
+    the gateway as an error response, not an exception in the thread)."""
+    status, _, body = _post(served[0].port, "/v2/models/bls_thread/generate", {"IN": 1})
+    message = json.loads(body)["error"]
+    assert status == 500 and "exec() answered: " in message, (status, message)
+    assert "model 'square_int32' is decoupled" in message, message
+
+
+async def test_high_priority_requests_wait_in_their_order(served) -> None:
+    """``priority`` 1 requests waiting for the one instance start in the order they came (the later
+    one went first), and before a ``priority`` 0 one that came earlier."""
+    conn = await Conn.open(served[0].url)
+
+    async def next_started(running: str) -> str:
+        """Cancel ``running``: the request that starts on the instance it frees."""
+        await conn.send({"type": "cancel", "id": running})
+        frames = [await conn.recv(30), await conn.recv(30)]
+        assert frames[0]["id"] == running and frames[0]["code"] == "cancelled", frames
+        assert frames[1]["type"] == "response", frames
+        return frames[1]["id"]
+
+    try:
+        frame = await conn.request({"type": "predict", "id": "w0", "model": "held", "inputs": [[0]]})
+        assert frame["type"] == "response"
+        for rid in ("hi1", "hi2"):
+            await conn.send({"type": "predict", "id": rid, "model": "held", "inputs": [[0]], "priority": 1})
+        assert await next_started("w0") == "hi1"
+        await conn.send({"type": "predict", "id": "lo", "model": "held", "inputs": [[0]]})
+        assert await next_started("hi1") == "hi2"
+        await conn.send({"type": "predict", "id": "hi3", "model": "held", "inputs": [[0]], "priority": 1})
+        assert await next_started("hi2") == "hi3"
+        assert await next_started("hi3") == "lo"
+        frame = await conn.request({"type": "cancel", "id": "lo"})
+        assert frame["code"] == "cancelled"
+    finally:
+        await conn.close()
+
+
+def test_a_slow_consumer_of_string_responses_is_bounded_by_their_bytes(served) -> None:
+    """Responses of one 512 KiB string each to a gRPC client that reads none: their strings' bytes
+    count against the 1 MB bound (only the 8-byte pointers of the object array did: all 100, 50 MB,
+    were queued), so the request ends ``overloaded`` and the model sees it cancelled early."""
+    s = _Stream(served[1])
+    s.gate.clear()
+    try:
+        s.send("strings", "str", IN=np.array([0], np.int32))
+        mark = wait_until(lambda: next(served[2].glob("strings-*"), None), 60.0, what="the model to be cancelled")
+        assert int(mark.name.split("-")[1]) < 100
+        s.gate.set()
+        got = s.until_final()
+        assert "slow consumer" in got[-1][1].message()
+    finally:
+        s.close()

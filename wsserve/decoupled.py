@@ -26,15 +26,18 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   (``is_cancelled()``), and what the model still sends is dropped.
 - A request whose model never sends FINAL stays open (counted in flight by its transport) until
   the client cancels or leaves, its deadline passes, or the version is unloaded
-  (:meth:`DecoupledWorker.wait_idle` waits for open requests at most ``drain_timeout_s``, then
-  :meth:`DecoupledWorker.close` ends them with ``shutting_down``).
+  (:meth:`DecoupledWorker.wait_idle` waits for the requests waiting, running and open at most
+  ``drain_timeout_s``, then :meth:`DecoupledWorker.close` ends them with ``shutting_down``: an
+  ``execute`` that runs until its request is cancelled then sees it cancelled).
 - Slow consumers: the responses handed to a sink and not yet written to its client are bounded
-  (``max_pending_bytes``, ``--max-write-buffer-bytes``; each response counts its tensors' bytes
-  plus :data:`RESPONSE_OVERHEAD_BYTES`; a response is always taken when none is pending).  Past
+  (``max_pending_bytes``, ``--max-write-buffer-bytes``; each response counts its tensors' bytes,
+  a string tensor's strings too (:func:`~wsserve.dtypes.array_bytes`), plus
+  :data:`RESPONSE_OVERHEAD_BYTES`; a response is always taken when none is pending).  Past
   it the request fails with ``overloaded`` naming the bound; the model's sending thread is never
   blocked (a client that stops reading cannot hold a model instance or thread).  A model that
   bursts more than the bound faster than any client reads fails too: raise the bound for it.
-- At most ``max_queue_requests`` requests wait for an instance; more are refused ``overloaded``.
+- At most ``max_queue_requests`` requests wait for an instance (one that ended while waiting no
+  longer counts); more are refused ``overloaded``.
 - One request's failure touches no other.
 """
 
@@ -51,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from .batching import PriorityLevels
+from .dtypes import array_bytes
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -97,7 +102,7 @@ class DecoupledStream:
     (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
-                 "_stop", "_timer", "_lock", "_sent", "__weakref__")
+                 "high", "_stop", "_timer", "_lock", "_sent", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
@@ -113,6 +118,7 @@ class DecoupledStream:
         self._lock = threading.Lock()
         self.ended = False  # loop side: ended (the sink told, or cancelled)
         self.started = False  # its execute began
+        self.high = False  # priority 1: it waits before the requests of priority 0
         self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
         self._timer: asyncio.TimerHandle | None = None
 
@@ -128,7 +134,7 @@ class DecoupledStream:
         the request with ``overloaded`` instead: a slow consumer."""
         if self._stop.is_set():
             return
-        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(a.nbytes for a in outputs.values()) if outputs else 0)
+        nbytes = RESPONSE_OVERHEAD_BYTES + (sum(map(array_bytes, outputs.values())) if outputs else 0)
         limit = self._worker.max_pending_bytes
         with self._lock:
             unwritten = self.pending_bytes + nbytes
@@ -214,6 +220,8 @@ class DecoupledWorker:
         self.name = name
         self.explainer = None
         self.explain_refusal = f"model {name!r} is decoupled: its responses cannot be explained"
+        #: wsserve's two levels (``priority`` 1 waits before 0): what a wsserve request may ask for.
+        self.priorities = PriorityLevels()
         self.max_queue_requests = max_queue_requests
         self.max_pending_bytes = max_pending_bytes
         self.drain_timeout_s = drain_timeout_s
@@ -237,15 +245,13 @@ class DecoupledWorker:
         self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Return once no execute waits or runs and no request is open, or (requests whose model
-        never sent FINAL) ``drain_timeout_s`` after the executes ended; :meth:`close` ends the rest."""
+        """Return once no execute waits or runs and no request is open, or ``drain_timeout_s`` after
+        the call (a request whose model never sends FINAL; an execute that runs until its request
+        is cancelled, which only :meth:`close` then does); :meth:`close` ends the rest."""
         assert self._idle is not None, "start() first"
-        while self._waiting or self._running:
-            self._idle.clear()
-            await self._idle.wait()
         loop = asyncio.get_running_loop()
         until = loop.time() + self.drain_timeout_s
-        while self._open and not self._closed:
+        while (self._waiting or self._running or self._open) and not self._closed:
             self._idle.clear()
             try:
                 await asyncio.wait_for(self._idle.wait(), max(0.0, until - loop.time()))
@@ -271,7 +277,7 @@ class DecoupledWorker:
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> DecoupledStream:
         """Start ``sink``'s request: its execute runs when an instance is free (``priority`` 1 goes
-        before waiting requests of priority 0).  ``deadline`` (monotonic seconds): past it the request
+        before waiting requests of priority 0; each priority in the order it came).  ``deadline`` (monotonic seconds): past it the request
         ends with ``deadline_exceeded``, whether waiting or streaming.  Raises ``BadRequest`` for a
         sink that takes one answer (:func:`refusal`), ``InvalidInput`` for several rows to a model
         without a batch dimension, ``Overloaded`` when ``max_queue_requests`` wait, ``ShuttingDown``
@@ -291,8 +297,14 @@ class DecoupledWorker:
         assert self._loop is not None, "start() first"
         stream = DecoupledStream(self, sink)
         self._open.add(stream)
-        if priority == 1:
-            self._waiting.appendleft(stream)
+        if priority == 1:  # after the high ones already waiting, before the others
+            stream.high = True
+            at = 0
+            for waiting in self._waiting:
+                if not waiting.high:
+                    break
+                at += 1
+            self._waiting.insert(at, stream)
         else:
             self._waiting.append(stream)
         if deadline is not None:
@@ -327,6 +339,11 @@ class DecoupledWorker:
 
     def _ended(self, stream: DecoupledStream) -> None:
         self._open.discard(stream)
+        if not stream.started:  # it left while waiting (cancel, deadline): its place is free
+            try:
+                self._waiting.remove(stream)
+            except ValueError:
+                pass
         self._note_idle()
 
     def _note_idle(self) -> None:

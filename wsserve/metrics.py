@@ -434,12 +434,14 @@ class Metrics:
                      stats: VersionStats | None = None) -> None:
         """:meth:`request_done` for a ``predict`` and, when ``queue_s >= 0``, :meth:`queued`, in one
         call (the hot path: one method call and one label lookup per family instead of two calls).
-        ``stats``: the version's :class:`VersionStats` (a success's queue time goes there too)."""
+        ``stats``: the version's :class:`VersionStats` (a success's queue time goes there too, when
+        measured: ``queue_s >= 0``; a decoupled model's request over HTTP or gRPC has none)."""
         if stats is not None:
             if code == "ok":
                 stats.ok += 1
                 stats.ok_s += duration_s
-                stats.queue_s += queue_s
+                if queue_s >= 0:
+                    stats.queue_s += queue_s
             else:
                 stats.fail += 1
                 stats.fail_s += duration_s

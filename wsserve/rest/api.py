@@ -1022,7 +1022,9 @@ class HttpApi:
         its inputs checked as a predict's (bounded by the body's size), the call submitted to the
         model's :class:`~wsserve.decoupled.DecoupledWorker` and returned (the caller tracks it)."""
         cfg = self.config
-        inputs, rid = generate_inputs(loads(request.body), tuple(s.name for s in entry.input_specs))
+        specs = entry.input_specs
+        inputs, rid = generate_inputs(loads(request.body), tuple(s.name for s in specs),
+                                      frozenset(s.name for s in specs if getattr(s, "optional", False)))
         rows, n, nbytes = entry.prepare(inputs, cfg.max_rows, cfg.max_message_bytes // 2)
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
         call = DecoupledGenerateCall(session, exchange, entry, rows, n, nbytes, "oip", now, cors, rid=rid,

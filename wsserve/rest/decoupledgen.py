@@ -14,9 +14,9 @@ sends any other number of responses is answered, as Triton answers it, with stat
 that generates various number of responses"}``.
 
 The request is a JSON object whose fields named as the model's inputs are their values (a
-scalar, or nested lists of the input's ``dims``: one request is one row); ``id`` is echoed;
-``parameters`` (an object) and other fields are request parameters, ignored.  Every input is
-required.
+scalar, or nested lists of the input's ``dims``: one request is one row); ``id`` is echoed and
+is the model's ``request_id()``; ``parameters`` (an object) and other fields are request
+parameters, ignored.  Every input is required but those config.pbtxt makes ``optional``.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ ONE_RESPONSE_ERROR = ("generate expects model to produce exactly 1 response, use
                       "generates various number of responses")
 
 
-def generate_inputs(body: Any, names: tuple[str, ...]) -> tuple[Any, str | None]:
+def generate_inputs(body: Any, names: tuple[str, ...], optional: frozenset[str] = frozenset()) -> tuple[Any, str | None]:
     """``(inputs, id)``: the model's inputs in the form a predict's ``inputs`` takes (one row each:
     ``{name: [value]}``, or ``[value]`` for a single-input model) and the request's ``id`` (None
-    without one).  Raises ``BadRequest`` naming what is wrong (not an object, an input missing,
-    an ``id`` that is not a string, ``parameters`` not an object)."""
+    without one); an input in ``optional`` the body leaves out is left out.  Raises ``BadRequest``
+    naming what is wrong (not an object, a required input missing, an ``id`` that is not a
+    string, ``parameters`` not an object)."""
     if type(body) is not dict:
         raise BadRequest("the generate request must be a JSON object")
     rid = body.get("id")
@@ -49,12 +50,12 @@ def generate_inputs(body: Any, names: tuple[str, ...]) -> tuple[Any, str | None]
     parameters = body.get("parameters")
     if parameters is not None and type(parameters) is not dict:
         raise BadRequest("'parameters' must be a JSON object")
-    missing = [n for n in names if n not in body]
+    missing = [n for n in names if n not in body and n not in optional]
     if missing:
         raise BadRequest(f"the generate request has no field {missing[0]!r}: the model's inputs are "
                          f"{', '.join(names)}")
-    rows = {n: [body[n] if type(body[n]) is list else [body[n]]] for n in names}
-    return (rows[names[0]] if len(names) == 1 else rows), rid
+    rows = {n: [body[n] if type(body[n]) is list else [body[n]]] for n in names if n in body}
+    return (rows[names[0]] if len(names) == 1 and rows else rows), rid
 
 
 def _json_value(array: np.ndarray) -> Any:
@@ -94,6 +95,12 @@ class DecoupledGenerateCall(PredictCall):
         self.responses = 0
         self._held: bytes | None = None  # not streamed: the one response's answer
         self._started = False  # streamed: the 200 and its headers are out
+
+    @property
+    def request_id(self) -> str | None:
+        """The request's ``id`` (None: none given): the model's ``request_id()``
+        (:func:`~wsserve.worker.request_id_of`)."""
+        return self.rid
 
     def on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
         if self.finished:
