@@ -327,7 +327,7 @@ def test_decode_binary_reads_every_predict_field() -> None:
     ({"type": "predict", "id": 2, "model": "m", "stream": 1}, "bad_request", 2, "'stream' must be a boolean"),
     ({"type": "predict", "id": 2, "model": "m", "binary_outputs": "yes"}, "bad_request", 2, "'binary_outputs'"),
     ({"type": "predict", "id": 2, "model": "m", "explain": 1}, "bad_request", 2, "'explain' must be a boolean"),
-    ({"type": "predict", "id": 2, "model": "m", "priority": 5}, "bad_request", 2, "'priority'"),
+    ({"type": "predict", "id": 2, "model": "m", "priority": -1}, "bad_request", 2, "'priority'"),  # a level's range: per model
     ({"type": "predict", "id": 3, "model": "m", "shape": [2, 1]}, "invalid_input", 3, "needs more than"),
 ])
 def test_decode_binary_refusals_carry_the_id(header: dict, code: str, rid: object, words: str) -> None:
