@@ -258,3 +258,30 @@ def test_slots_bound_the_sequences_at_once_and_idle_ones_are_let_go(served) -> N
             _http_infer(client, "acc_idle", 2, sequence_id=9)
     finally:
         client.close()
+
+
+async def test_websocket_predicts_carry_a_sequence_too(served) -> None:
+    """The WebSocket ``predict`` takes ``sequence_id`` / ``sequence_start`` / ``sequence_end`` (the
+    OIP parameters' names); two sequences sent at once on one socket each run in order."""
+    from tests.support.conn import Conn
+
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "none", "model": "acc", "inputs": {"IN": [[1]]}})
+        assert frame["type"] == "error" and "must specify a non-zero or non-empty correlation ID" in frame["message"]
+        plan = [("a1", "s-a", 1, True, False), ("b1", 77, 10, True, False), ("a2", "s-a", 2, False, True),
+                ("b2", 77, 20, False, True)]
+        for rid, sid, value, start, end in plan:
+            await conn.send({"type": "predict", "id": rid, "model": "acc_str", "inputs": {"IN": [[value]]},
+                             "sequence_id": sid, "sequence_start": start, "sequence_end": end})
+        frames = await conn.collect({p[0] for p in plan})
+        got = {rid: fs[-1] for rid, fs in frames.items()}
+        assert all(f["type"] == "result" for f in got.values()), got
+        assert {rid: (f["outputs"]["SUM"], f["outputs"]["FLAGS"], f["outputs"]["CORR"]) for rid, f in got.items()} == {
+            "a1": ([[1]], [[1]], [["s-a"]]), "a2": ([[3]], [[2]], [["s-a"]]),
+            "b1": ([[10]], [[1]], [["77"]]), "b2": ([[30]], [[2]], [["77"]])}
+        frame = await conn.request({"type": "predict", "id": "bad", "model": "acc", "inputs": {"IN": [[1]]},
+                                    "sequence_id": 5, "sequence_start": "yes"})
+        assert frame["type"] == "error" and "'sequence_start' must be a boolean" in frame["message"]
+    finally:
+        await conn.close()

@@ -22,6 +22,8 @@ import logging
 from time import monotonic
 from typing import Any
 
+import numpy as np
+
 from .errors import BadRequest, ShuttingDown, WsserveError
 from .sequences import (
     Pending,
@@ -208,6 +210,8 @@ class SequenceWorker:
                 inputs = sink.inputs
                 controls = control_inputs(self.config.controls, p.correlation_id, p.flags, sink.n, self._batched)
                 if controls:
+                    if type(inputs) is list:  # checked JSON rows (a one-float-vector model): as _gather makes them
+                        inputs = np.array(inputs, dtype=np.float64)
                     if not isinstance(inputs, dict):
                         inputs = {self.model.inputs[0].name: inputs}
                     inputs = {**inputs, **controls}
