@@ -65,11 +65,14 @@ class _Step:
 
     @property
     def finished(self) -> bool:
-        return self._over or self.sink.finished
+        """Only once the step ended: a request its client cancelled still runs (its answer dropped),
+        so the sequence's state moves on in order and its next request waits for it."""
+        return self._over
 
     def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
         try:
-            self.sink.on_rows(start, outputs, batch_rows, queue_s, compute_s)
+            if not self.sink.finished:
+                self.sink.on_rows(start, outputs, batch_rows, queue_s, compute_s)
         finally:
             rows = len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
             self._delivered = start + rows
@@ -78,7 +81,8 @@ class _Step:
 
     def on_error(self, exc: WsserveError) -> None:
         try:
-            self.sink.on_error(exc)
+            if not self.sink.finished:
+                self.sink.on_error(exc)
         finally:
             self._end()
 
@@ -176,14 +180,15 @@ class SequenceWorker:
             raise missing_id(self.name)
         cid, start, end = sequence
         now = monotonic()
-        pending = self.scheduler.arrive(cid, start, end, (sink, priority, deadline), now)
+        pending = self.scheduler.arrive(cid, start, end, sink, now)
+        pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
         self._pump(now)
         return pending
 
     def cancel(self, item: Pending) -> None:
-        """The client cancelled or left: drop the request if it waits, else cancel it in the inner worker."""
-        if item.handle is not None:
-            self.inner.cancel(item.handle)
+        """The client cancelled or left: drop the request if it waits for its turn; one handed to the
+        batch queue runs anyway (its answer dropped: the transport's sink is finished), as the model's
+        state for the sequence may depend on it and the sequence's next request waits for it."""
         now = monotonic()
         if self.scheduler.cancel(item, now):
             self._pump(now)
@@ -201,8 +206,9 @@ class SequenceWorker:
     def _pump(self, now: float) -> None:
         """Hand out every request that may run now; then arm the idle-expiry timer."""
         for p in self.scheduler.take(now):
-            sink, priority, deadline = p.payload
-            p.payload = sink
+            sink = p.payload
+            priority, deadline = p.handle
+            p.handle = None
             if sink.finished:
                 self.scheduler.done(p, now)
                 continue

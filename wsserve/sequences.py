@@ -161,7 +161,7 @@ def control_inputs(controls: tuple[Control, ...], corrid: int | str, flags: int,
 class Pending:
     """One request of a sequence, from :meth:`SequenceScheduler.arrive` until :meth:`SequenceScheduler.done`
     (or cancelled while waiting): its ``correlation_id``, ``flags`` and the caller's ``payload``;
-    ``handle`` is the caller's (what the request became once handed out)."""
+    ``handle`` is the caller's to use as it likes."""
 
     __slots__ = ("correlation_id", "flags", "payload", "arrived", "taken", "cancelled", "handle")
 
