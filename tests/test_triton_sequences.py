@@ -220,6 +220,14 @@ def test_triton_refusals_of_sequence_requests(served) -> None:
                                                            "specify the START flag on the first request of the sequence"):
             client.infer("acc", [t], sequence_id=301)
         client.infer("acc", [t], sequence_id=302, sequence_start=True, sequence_end=True)
+        top = client.infer("acc", [t], sequence_id=(1 << 63) - 1, sequence_start=True, sequence_end=True)
+        assert _row(top)[1:3] == (3, str((1 << 63) - 1))  # tritonclient.grpc sends it as int64_param
+        top = _http_infer(http, "acc", 1, sequence_id=(1 << 64) - 1, sequence_start=True, sequence_end=True)
+        assert _row(top)[1:3] == (3, str((1 << 64) - 1))  # the largest uint64 id, through CORRID TYPE_UINT64
+        one = tgrpc.InferInput("IN", [1], "INT32")
+        one.set_data_from_numpy(np.array([5], np.int32))
+        assert _row(client.infer("acc_str", [one], sequence_id="grpc-id", sequence_start=True,
+                                 sequence_end=True))[:3] == (5, 3, "grpc-id")
         with pytest.raises(InferenceServerException, match="sequence 302 .* must specify the START flag"):
             client.infer("acc", [t], sequence_id=302)  # it ended
         with pytest.raises(InferenceServerException, match="sequence_id 'abc' is a string; the model's CORRID "
@@ -247,8 +255,8 @@ def test_slots_bound_the_sequences_at_once_and_idle_ones_are_let_go(served) -> N
         t.set_data_from_numpy(np.array([[3]], np.int32))
         third = client.async_infer("acc_two", [t], sequence_id=3, sequence_start=True, sequence_end=True)
         assert _row(_http_infer(client, "acc_two", 20, sequence_id=2))[0] == 22  # 1 and 2 still run
-        with pytest.raises(Exception):  # noqa: B017 - still waiting: no slot is free
-            third.get_result(block=False)
+        with pytest.raises(InferenceServerException, match="failed to obtain inference response"):
+            third.get_result(block=False)  # still waiting: no slot is free
         assert _row(_http_infer(client, "acc_two", 10, sequence_id=1, sequence_end=True))[0] == 11
         assert _row(third.get_result())[:2] == (3, 3)  # 1 ended: 3 had its slot
         # acc_idle: a sequence idle for max_sequence_idle_microseconds (0.1 s) is let go
