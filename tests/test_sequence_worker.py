@@ -41,6 +41,9 @@ class _Model:
 
     def predict_requests(self, x: dict[str, np.ndarray], rows: list[int], ids: list[Any]) -> np.ndarray:
         self.gate.wait(30)
+        if 99 in x["IN"]:
+            self.calls.append([("raised", len(ids))])
+            raise RuntimeError("99 is refused")
         self.calls.append([(rid.correlation_id, rid.flags, int(x["IN"][i, 0]), float(x["S"][i, 0]))
                            for i, rid in enumerate(ids)])
         return x["IN"].astype(np.float64)
@@ -123,4 +126,24 @@ async def test_requests_without_a_sequence_or_asking_explanations_are_refused() 
     worker.submit(ok)
     await asyncio.wait_for(ok.done.wait(), 30)
     assert ok.got == [[[4.0]]] and worker.scheduler.held == 0  # END let the slot go
+    await worker.close()
+
+
+async def test_a_failed_batch_of_several_sequences_fails_each_request_once_never_recomputed() -> None:
+    """A request computed again alone would change its sequence's state twice: a stateful model's
+    failed batch fails every request of it (Triton's), and wait_idle returns once nothing waits."""
+    model = _Model()
+    worker = _worker(model)
+    model.gate.clear()
+    a, b = _Sink(99, (1, True, False)), _Sink(2, (2, True, False))
+    worker.submit(a)
+    worker.submit(b)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(a.done.wait(), b.done.wait()), 30)
+    assert isinstance(a.got[0], WsserveError) and isinstance(b.got[0], WsserveError)
+    assert model.calls == [[("raised", 2)]]  # one execute for both, none again alone
+    after = _Sink(3, (2, False, True))  # the sequence goes on
+    worker.submit(after)
+    await asyncio.wait_for(worker.wait_idle(), 30)
+    assert after.got == [[[3.0]]]
     await worker.close()

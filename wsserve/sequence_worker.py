@@ -101,6 +101,7 @@ class SequenceWorker:
     def __init__(self, inner: PredictWorker, config: SequenceConfig, *, slots: int,
                  max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS) -> None:
         self.inner = inner
+        inner.isolate_failures = False  # a request computed twice would change its sequence's state twice
         self.config = config
         self.model = inner.model
         self.name = inner.name
@@ -113,6 +114,7 @@ class SequenceWorker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._idle: asyncio.Event | None = None  # set whenever no request waits (wait_idle)
 
     # what the pool and the transports read of a PredictWorker
     @property
@@ -143,12 +145,15 @@ class SequenceWorker:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
         self.inner.start()
 
     async def wait_idle(self) -> None:
         """Return once no request of a sequence waits or runs (sequences holding slots stay)."""
-        while self.scheduler.waiting:
-            await asyncio.sleep(0.01)
+        assert self._idle is not None, "start() first"
+        while self.scheduler.waiting and not self._closed:
+            self._idle.clear()
+            await self._idle.wait()
         await self.inner.wait_idle()
 
     async def close(self) -> None:
@@ -159,6 +164,8 @@ class SequenceWorker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._idle is not None:
+            self._idle.set()
         for p in self.scheduler.drain():
             if not p.payload.finished:
                 p.payload.on_error(ShuttingDown(f"model {self.name!r} is unloaded or the server is shutting down"))
@@ -227,6 +234,8 @@ class SequenceWorker:
                 self.scheduler.done(p, now)
                 if not sink.finished:
                     sink.on_error(exc)
+        if self._idle is not None and not self.scheduler.waiting:
+            self._idle.set()
         self._arm()
 
     def _step_ended(self, p: Pending) -> None:
