@@ -218,7 +218,7 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     ('name: "other"', "name", ["'other'", "'m'", "directory"]),
     ("max_batch_size: -1", "max_batch_size", ["[0, 65536]", "-1"]),
     ("max_batch_size: 70000", "max_batch_size", ["70000"]),
-    ("sequence_batching { }", "sequence_batching", ["not supported"]),
+    ("sequence_batching { }", "sequence_batching", ["Python model", "only", "control inputs"]),
     ("ensemble_scheduling { }", "ensemble_scheduling", ["not supported"]),
     ('batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 }]', "batch_input", ["not supported"]),
     ('batch_output [{ target_name: "y" }]', "batch_output", ["not supported"]),
@@ -259,6 +259,46 @@ def test_refusals_name_file_and_field(text: str, key: str, words: list[str]) -> 
     assert message.startswith(f"repo/m/config.pbtxt: key '{key}': ")
     for word in words:
         assert word in message
+
+
+_PY_SEQ = ('backend: "python"\nmax_batch_size: 4\ninput [{ name: "IN" data_type: TYPE_INT32 dims: [1] }]\n'
+           'output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]\n')
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ('sequence_batching { state [{ input_name: "a" output_name: "b" data_type: TYPE_FP32 dims: [1] }] }',
+     "sequence_batching.state", ["implicit state"]),
+    ("sequence_batching { max_sequence_idle_microseconds: 3600000001 }",
+     "sequence_batching.max_sequence_idle_microseconds", ["3600000001"]),
+    ('sequence_batching { control_input [{ name: "S" }] }', "sequence_batching.control_input[0].control",
+     ["exactly one control, got 0"]),
+    ('sequence_batching { control_input [{ name: "S" control [{ kind: CONTROL_SEQUENCE_START }] }] }',
+     "sequence_batching.control_input[0].control[0]", ["int32_false_true", "two values"]),
+    ('sequence_batching { control_input [{ name: "S" control [{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_FP32 }] }] }',
+     "sequence_batching.control_input[0].control[0].data_type", ["TYPE_FP32", "TYPE_UINT64"]),
+    ('sequence_batching { control_input [{ name: "IN" control [{ kind: CONTROL_SEQUENCE_READY int32_false_true: [0, 1] }] }] }',
+     "sequence_batching.control_input[0].name", ["'IN' is already an input"]),
+    ("sequence_batching { }\nmodel_transaction_policy { decoupled: true }", "sequence_batching", ["decoupled"]),
+])
+def test_sequence_batching_refusals_name_the_field(text: str, key: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_pbtxt(_PY_SEQ + text, "repo/m/config.pbtxt", model_name="m")
+    assert info.value.key == key
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_sequence_batching_of_a_python_model_is_read() -> None:
+    cfg = parse_pbtxt(_PY_SEQ + 'sequence_batching { oldest { max_candidate_sequences: 4 } control_input [\n'
+                      '{ name: "S" control [{ kind: CONTROL_SEQUENCE_START fp32_false_true: [0, 1] }] },\n'
+                      '{ name: "C" control [{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING }] }] }',
+                      "repo/m/config.pbtxt", model_name="m")
+    seq = cfg.sequence
+    assert seq.max_idle_s == 1.0 and seq.strategy == "oldest"  # Triton's default idle time
+    assert [(c.name, c.kind, c.dtype.name, c.false, c.true) for c in seq.controls] == [
+        ("S", "START", "float32", 0.0, 1.0), ("C", "CORRID", "object", 0, 1)]
+    assert seq.as_json["max_sequence_idle_microseconds"] == "1000000"
+    assert "sequence_batching.oldest.max_candidate_sequences" in cfg.warnings
 
 
 @pytest.mark.parametrize(("data", "words"), [

@@ -36,6 +36,7 @@ from .protocol import (
     timing_fields,
     token_prefix,
 )
+from .sequences import sequence_request_id
 from .tensorframe import encode as encode_tensor_frame
 from .worker import BatchOutputs, Tensors, concat_rows, count_rows, slice_rows
 
@@ -133,14 +134,17 @@ class PredictJob(Job):
     __slots__ = (
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
-        "_attr_parts", "_attr_pending", "binary_outputs", "shared_outputs", "_names", "_head",
+        "_attr_parts", "_attr_pending", "binary_outputs", "shared_outputs", "_names", "_head", "sequence",
     )
 
     @property
     def request_id(self) -> Any:
         """The client's ``id`` (None: a seed-form predict), for a model that reads it
-        (:func:`~wsserve.worker.request_id_of`)."""
-        return self.id
+        (:func:`~wsserve.worker.request_id_of`); with a ``sequence``, a
+        :class:`~wsserve.sequences.SequenceId` carrying it (as the OIP's)."""
+        if self.sequence is None:
+            return self.id
+        return sequence_request_id("" if self.id is None else str(self.id), self.sequence)
 
     def __init__(
         self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, inputs: Tensors, n: int, nbytes: int,
@@ -164,6 +168,7 @@ class PredictJob(Job):
         self.stream = req.stream
         self.chunk_rows = req.chunk_rows
         self.seed_form = req.seed_form
+        self.sequence = req.sequence  # (id, start, end): a stateful model's worker reads it
         self.worker = entry.worker
         self.item: WorkItem | None = None
         self._parts: list[np.ndarray] | None = None  # rows computed so far (a request split over batches)

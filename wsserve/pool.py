@@ -444,6 +444,17 @@ class ModelPool:
             observer=self._observer, after_batch=self._after_batch,
             explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
         )
+        sequence = getattr(getattr(model, "config", None), "sequence", None)
+        if sequence is not None:  # a stateful model: its requests scheduled by sequence before the batch queue
+            from . import sequence_worker
+
+            if response_cache:
+                log.warning("model %r is stateful (sequence_batching): its responses depend on its sequences' "
+                            "state, so its response_cache is ignored", name)
+            slots = worker.queue.max_batch_size * instances  # Triton's Direct strategy: one slot per batch row
+            return sequence_worker.SequenceWorker(
+                worker, sequence, slots=slots,
+                max_queue_requests=max_queue_requests or sequence_worker.DEFAULT_MAX_QUEUE_REQUESTS)
         if response_cache:
             if self.response_cache is None:
                 log.warning("model %r enables the response cache but the server has none "

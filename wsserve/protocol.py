@@ -34,6 +34,7 @@ from .chat import ChatMessage, parse_messages
 from .dtypes import DTYPES, json_ready
 from .errors import BadJson, BadRequest, InvalidInput, WsserveError
 from .jsontypes import described, json_type, shown
+from .sequences import sequence_of
 from .shapes import MAX_VALUES
 from .tensorframe import MAX_HEADER_BYTES, TensorPayload, read_tensors, split
 from .tracecontext import MAX_TRACESTATE_CHARS, parse_traceparent
@@ -421,6 +422,9 @@ class Predict:
     #: :data:`~wsserve.tracecontext.MAX_TRACESTATE_CHARS` characters, else None; the tracer checks
     #: its members, dropping a malformed one whole); None without a usable ``traceparent``.
     tracestate: str | None = None
+    #: Its sequence (Triton's stateful models: fields ``sequence_id``, ``sequence_start``,
+    #: ``sequence_end``, as the OIP ``parameters`` of the same names): ``(id, start, end)``, None: none.
+    sequence: tuple[int | str, bool, bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,6 +649,7 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
         explain=_flag(obj, "explain"),
         tensors=tensors,
         binary_outputs=_flag(obj, "binary_outputs"),
+        sequence=sequence_of(obj) if "sequence_id" in obj else None,
         **_trace_fields(obj),
     )
 

@@ -475,6 +475,10 @@ class PredictWorker:
         self._executor_batches = 0
         #: Batches of several requests that failed and whose requests were computed alone.
         self.isolated_batches = 0
+        #: Compute a failed batch's requests again alone (see the module docstring); false for a model
+        #: whose requests change its state (a stateful model's: :mod:`wsserve.sequence_worker`), whose
+        #: failed batch fails every request of it, as Triton's does.
+        self.isolate_failures = True
         self._last_batch = 0
         self._idle: asyncio.Event | None = None
         self._cache: ResponseCache | None = None
@@ -761,7 +765,7 @@ class PredictWorker:
         """``batch`` failed (the model or explainer raised, or its outputs are bad).  One request:
         it ends with ``internal``.  Several: each is computed alone, where the batch ran (see the
         module docstring), so only the requests whose own rows fail end with ``internal``."""
-        if len(batch.slices) < 2:
+        if len(batch.slices) < 2 or not self.isolate_failures:
             self._failed(batch, exc)
             return
         first_s = monotonic() - started

@@ -47,6 +47,7 @@ from ..logcontrol import LOG_SETTINGS
 from ..protocol import MAX_MODEL_NAME_LENGTH
 from ..rest import modelrepo, oip, sharedmem, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
+from ..sequences import sequence_of
 from ..tracesettings import TRACE_SETTINGS
 
 __all__ = ["GENERATE_OUTPUTS", "OUTPUT_TENSORS", "STATUS", "StreamEncoder", "StreamOutputsEncoder", "generate_request", "infer_response",
@@ -213,7 +214,8 @@ def parse_infer(request: Any, inputs: tuple[oip.Tensor, ...], outputs: tuple[oip
     wanted = oip.requested(obj, outputs, False, attributions, shm_outputs)
     if shm_outputs:
         in_shm.check_outputs(shm_outputs, (*outputs, *attributions))
-    return oip.InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs)
+    return oip.InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs,
+                            sequence_of(obj["parameters"]))
 
 
 def _check_input_counts(inputs: int, raw: int, in_shm: int = 0) -> None:

@@ -70,8 +70,11 @@ Mapped (Triton's semantics, triton-inference-server/server
   answers give, ``reshape`` what the model takes and gives (:attr:`TensorConfig.model_dims`; the
   ONNX backend compares the graph with it; the backends reshape each batch on the way in and out).
 
+- ``sequence_batching`` (a ``backend: "python"`` model only) -> :attr:`ModelConfig.sequence`
+  (:func:`_sequence_batching`, served by :mod:`wsserve.sequence_worker`); its ``state`` is refused.
+
 Refused (semantics wsserve cannot honour), naming the field:
-``sequence_batching``, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
+``sequence_batching`` but for a Python model, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
 ``batch_output``, ``model_transaction_policy { decoupled: true }`` but for a ``backend:
 "python"`` model (served streaming, :mod:`wsserve.decoupled`),
 ``dynamic_batching.priority_queue_policy``, and per
@@ -92,9 +95,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..batching import MAX_PRIORITY_LEVELS
 from ..config import MAX_DELAY_MS
-from ..dtypes import BYTES
+from ..dtypes import BYTES, TENSOR_DTYPES
+from ..sequences import Control, SequenceConfig
 from .config import (
     _NAME_RE,
     MAX_BATCH_SIZE,
@@ -142,7 +148,6 @@ _BACKENDS = ("onnxruntime", "python")
 _SERVED = 'platform "onnxruntime_onnx" or backend "onnxruntime" (ONNX models), backend "python" (Triton Python models)'
 #: Fields whose meaning wsserve cannot give: the model is refused.
 _REFUSED = {
-    "sequence_batching": "stateful sequence batching",
     "ensemble_scheduling": 'ensemble steps outside an ensemble (set platform: "ensemble")',
     "batch_input": "batch inputs",
     "batch_output": "batch outputs",
@@ -410,6 +415,9 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
     for field, value in cfg.ListFields():
         if field.name in _REFUSED:
             raise ConfigError(path, field.name, f"is not supported: wsserve does not serve {_REFUSED[field.name]}")
+        if field.name == "sequence_batching" and cfg.backend != "python":
+            raise ConfigError(path, "sequence_batching", "is served for a Python model (backend: \"python\") only "
+                              "(wsserve feeds an ONNX graph no control inputs)")
         if field.name == "model_transaction_policy" and value.decoupled and cfg.backend != "python":
             raise ConfigError(path, "model_transaction_policy.decoupled", "is served for a Python model "
                               "(backend: \"python\") only: another backend answers each infer request once")
@@ -542,5 +550,71 @@ def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[st
             raise ConfigError(path, key, "is required for a Python model (wsserve does not auto-complete it from model.py)")
     if not cfg.name and model_name is not None:
         cfg.name = model_name  # Triton fills it in
+    sequence = _sequence_batching(path, cfg, warnings) if cfg.HasField("sequence_batching") else None
+    if sequence is not None and cfg.model_transaction_policy.decoupled:
+        raise ConfigError(path, "sequence_batching", "is not served for a decoupled model (model_transaction_policy)")
     return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg),
-                       decoupled=cfg.model_transaction_policy.decoupled)
+                       decoupled=cfg.model_transaction_policy.decoupled, sequence=sequence)
+
+
+#: config.pbtxt's control kinds -> :class:`~wsserve.sequences.Control` kinds.
+_CONTROL_KINDS = {"CONTROL_SEQUENCE_START": "START", "CONTROL_SEQUENCE_END": "END",
+                  "CONTROL_SEQUENCE_READY": "READY", "CONTROL_SEQUENCE_CORRID": "CORRID"}
+_CORRID_TYPES = ("TYPE_UINT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_INT32", "TYPE_STRING")
+#: The longest ``max_sequence_idle_microseconds`` taken (an hour; a sequence holds a slot that long).
+MAX_SEQUENCE_IDLE_US = 3_600_000_000
+
+
+def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceConfig:
+    """config.pbtxt's ``sequence_batching`` (:mod:`wsserve.sequences`): ``max_sequence_idle_microseconds``
+    (0: Triton's default, 1 s), ``control_input`` (one control each, a flag's ``*_false_true`` pair or
+    CORRID's ``data_type``), ``direct`` / ``oldest`` (both scheduled as Direct: their tuning fields are
+    warned about).  ``state`` (implicit state) is refused, naming it."""
+    sb = cfg.sequence_batching
+    key = "sequence_batching"
+    if sb.state:
+        raise ConfigError(path, f"{key}.state", "is not supported: wsserve does not serve implicit state "
+                          "(a model keeps its sequences' state itself)")
+    if sb.iterative_sequence:
+        raise ConfigError(path, f"{key}.iterative_sequence", "is not supported")
+    us = sb.max_sequence_idle_microseconds
+    if us > MAX_SEQUENCE_IDLE_US:
+        raise ConfigError(path, f"{key}.max_sequence_idle_microseconds", f"must be in [0, {MAX_SEQUENCE_IDLE_US}], got {us}")
+    strategy = sb.WhichOneof("strategy_choice") or "direct"
+    for f, _ in getattr(sb, strategy).ListFields() if sb.HasField(strategy) else ():
+        warnings.append(f"{key}.{strategy}.{f.name}")
+    if len(sb.control_input) > MAX_TENSORS:
+        raise ConfigError(path, f"{key}.control_input", f"holds {len(sb.control_input)} inputs; at most {MAX_TENSORS}")
+    names = {t.name for t in cfg.input}
+    controls: list[Control] = []
+    for i, ci in enumerate(sb.control_input):
+        where = f"{key}.control_input[{i}]"
+        if not _NAME_RE.match(ci.name):
+            raise ConfigError(path, f"{where}.name", f"must be 1-128 printable characters without spaces or quotes, got {ci.name!r}")
+        if ci.name in names:
+            raise ConfigError(path, f"{where}.name", f"{ci.name!r} is already an input or a control input")
+        names.add(ci.name)
+        if len(ci.control) != 1:
+            raise ConfigError(path, f"{where}.control", f"must hold exactly one control, got {len(ci.control)}")
+        c = ci.control[0]
+        kind = _CONTROL_KINDS[_enum_name(path, f"{where}.control[0].kind", c, "kind")]
+        if kind == "CORRID":
+            type_name = _enum_name(path, f"{where}.control[0].data_type", c, "data_type")
+            if type_name not in _CORRID_TYPES:
+                raise ConfigError(path, f"{where}.control[0].data_type", f"must be one of {', '.join(_CORRID_TYPES)} "
+                                  f"for CONTROL_SEQUENCE_CORRID, got {type_name}")
+            dtype = TENSOR_DTYPES[TRITON_TYPES[type_name]]
+            controls.append(Control(ci.name, kind, dtype))
+            continue
+        pairs = [(name, list(getattr(c, name))) for name in ("int32_false_true", "fp32_false_true", "bool_false_true")
+                 if len(getattr(c, name))]
+        if len(pairs) != 1 or len(pairs[0][1]) != 2:
+            raise ConfigError(path, f"{where}.control[0]", f"a {kind} control needs exactly one of int32_false_true, "
+                              "fp32_false_true, bool_false_true with two values (false, true)")
+        name, (false, true) = pairs[0]
+        dtype = np.dtype({"int32_false_true": np.int32, "fp32_false_true": np.float32, "bool_false_true": np.bool_}[name])
+        controls.append(Control(ci.name, kind, dtype, false, true))
+    as_json = json.loads(_config_json(cfg))["sequence_batching"]  # every field, as Triton lists it
+    as_json["max_sequence_idle_microseconds"] = str(us or 1_000_000)  # Triton's default filled in
+    return SequenceConfig(max_idle_s=(us or 1_000_000) / 1e6, controls=tuple(controls), strategy=strategy,
+                          as_json=as_json)

@@ -363,8 +363,11 @@ class TritonPythonModel(RepositoryModel):
                  ids: list[str]) -> list[dict[str, np.ndarray] | TritonError]:
         """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error."""
         wanted = [s.name for s in self.outputs]
-        pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=rid,
-                                           inputs=[pb.Tensor(k, self._model_side(k, v)) for k, v in r.items()])
+        # a stateful model's request id is a SequenceId: its correlation id and START/END flags
+        pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=str(rid),
+                                           inputs=[pb.Tensor(k, self._model_side(k, v)) for k, v in r.items()],
+                                           correlation_id=getattr(rid, "correlation_id", 0),
+                                           flags=getattr(rid, "flags", 0))
                        for r, rid in zip(requests, ids, strict=True)]
         instance = self._free.get()
         try:
@@ -506,9 +509,13 @@ class TritonPythonModel(RepositoryModel):
     def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
         logged: a model may refuse such input and be right for every real request.  A decoupled
-        model is not warmed up (see the module docstring)."""
+        model is not warmed up (see the module docstring), nor a stateful one (``sequence_batching``:
+        its requests need a sequence and its control inputs; Triton warms up neither without ``model_warmup``)."""
         if self.decoupled:
             log.info("%s: not warmed up: the model is decoupled", self.path)
+            return
+        if self.config.sequence is not None:
+            log.info("%s: not warmed up: the model is stateful (sequence_batching)", self.path)
             return
         try:
             super().warmup(batch, stop=stop)

@@ -565,6 +565,9 @@ class HttpApi:
             batching["reshapes"] = {t.name: t.model_dims for t in (*(getattr(config, "inputs", None) or ()),
                                                                   *(getattr(config, "outputs", None) or ()))
                                     if getattr(t, "model_dims", None) is not None and t.name is not None}
+            sequence = getattr(config, "sequence", None)  # a stateful model's sequence_batching
+            if sequence is not None:
+                batching["sequence_batching"] = sequence.as_json
             steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
             if callable(steps):
                 batching["ensemble_steps"] = steps()
@@ -662,7 +665,7 @@ class HttpApi:
         if req.shm_outputs:
             extra.update(shm=self.shm, shm_outputs=req.shm_outputs)
         call = call_type(session, exchange, entry, batch, req.rows, nbytes, "oip", now, headers, rid=req.id,
-                         outputs=outputs, requested=req.outputs, explain=req.explain, **extra)
+                         outputs=outputs, requested=req.outputs, explain=req.explain, sequence=req.sequence, **extra)
         deadline = None if req.timeout_us is None else now + req.timeout_us / 1e6
         call.item = entry.worker.submit(call, priority=req.priority, deadline=deadline)  # any: Triton's rule maps it
         return call

@@ -28,6 +28,7 @@ from ..errors import Internal, WsserveError
 from ..generation.logprobs import TokenLogprobs
 from ..httpmsg import HttpExchange, HttpResponse
 from ..protocol import encode_seed_result, timing_fields
+from ..sequences import sequence_request_id
 from ..shapes import VARIABLE
 from ..worker import concat_rows, count_rows
 from . import kserve, oip
@@ -318,12 +319,15 @@ class InferCall(PredictCall):
     :func:`~wsserve.rest.oip.attribution_tensors` (filled with the worker's
     attributions), and the response carries :func:`~wsserve.rest.oip.explain_parameters`."""
 
-    __slots__ = ("rid", "outputs", "requested", "shm", "shm_outputs")
+    __slots__ = ("rid", "outputs", "requested", "shm", "shm_outputs", "sequence")
 
     def __init__(self, *args: Any, rid: str | None, outputs: tuple[oip.Tensor, ...],
                  requested: list[tuple[int, bool]], explain: bool = False,
-                 shm: SystemSharedMemory | None = None, shm_outputs: Mapping[int, ShmRef] | None = None) -> None:
+                 shm: SystemSharedMemory | None = None, shm_outputs: Mapping[int, ShmRef] | None = None,
+                 sequence: tuple[int | str, bool, bool] | None = None) -> None:
         super().__init__(*args, explain=explain)
+        #: the request's sequence ``(id, start, end)`` (a stateful model's worker reads it), None: none
+        self.sequence = sequence
         self.rid = rid
         self.outputs = outputs
         self.requested = requested
@@ -333,8 +337,12 @@ class InferCall(PredictCall):
     @property
     def request_id(self) -> str | None:
         """The OIP request's ``id`` (None: none given), for a model that reads it
-        (:func:`~wsserve.worker.request_id_of`)."""
-        return self.rid
+        (:func:`~wsserve.worker.request_id_of`); with a sequence, a
+        :class:`~wsserve.sequences.SequenceId` carrying it (a Triton Python model's
+        ``request.correlation_id()`` and ``flags()``, whether or not the model is stateful, as Triton's)."""
+        if self.sequence is None:
+            return self.rid
+        return sequence_request_id(self.rid or "", self.sequence)
 
     def _result(self, outputs: Any) -> None:
         values, parameters = self.values(outputs)

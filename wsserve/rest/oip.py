@@ -51,6 +51,7 @@ from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
 from ..protocol import MAX_ID_LENGTH, loads
+from ..sequences import sequence_of
 from ..shapes import MAX_VALUES, VARIABLE, fits
 from .sharedmem import ShmRef, SystemSharedMemory, shm_ref
 
@@ -209,11 +210,12 @@ class InferRequest:
     attributions (:func:`attribution_tensors`).
     """
 
-    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us", "explain", "shm_outputs")
+    __slots__ = ("id", "arrays", "rows", "outputs", "priority", "timeout_us", "explain", "shm_outputs", "sequence")
 
     def __init__(self, rid: str | None, arrays: dict[str, np.ndarray], rows: int, outputs: list[tuple[int, bool]],
                  priority: int, timeout_us: int | None, explain: bool = False,
-                 shm_outputs: dict[int, ShmRef] | None = None) -> None:
+                 shm_outputs: dict[int, ShmRef] | None = None,
+                 sequence: tuple[int | str, bool, bool] | None = None) -> None:
         self.id = rid
         self.arrays = arrays
         self.rows = rows
@@ -223,6 +225,9 @@ class InferRequest:
         self.explain = explain
         #: the outputs (by index, as in ``outputs``) to write into a shared memory region
         self.shm_outputs = shm_outputs or {}
+        #: the request's sequence (parameters ``sequence_id``, ``sequence_start``, ``sequence_end``:
+        #: :func:`~wsserve.sequences.sequence_of`), None: none
+        self.sequence = sequence
 
 
 #: How a request reaches the registered shared memory regions: called (once per request, when a
@@ -309,7 +314,7 @@ def infer_head(obj: Mapping[str, Any], inputs: tuple[Tensor, ...], outputs: tupl
     HTTP body's JSON object, or the gRPC request's fields as one): ``(id, priority, timeout in
     microseconds or None, binary_data_output, explain, the attribution tensors to answer)``.
     ``obj`` holds ``id`` and ``parameters`` (priority, timeout, binary_data_output, explain;
-    others are ignored).  Raises :class:`~wsserve.errors.BadRequest`; see :func:`parse_infer`."""
+    the sequence's are :func:`~wsserve.sequences.sequence_of`'s; others are ignored).  Raises :class:`~wsserve.errors.BadRequest`; see :func:`parse_infer`."""
     rid = obj.get("id")
     if rid is not None and (type(rid) is not str or len(rid) > MAX_ID_LENGTH):
         raise BadRequest(f"'id' must be a string of at most {MAX_ID_LENGTH} characters")
@@ -387,7 +392,8 @@ def parse_infer(body: bytes, header_length: int | None, inputs: tuple[Tensor, ..
     wanted = requested(obj, outputs, binary_out, attributions, shm_outputs)
     if shm_outputs:
         in_shm.check_outputs(shm_outputs, (*outputs, *attributions))
-    return InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs)
+    return InferRequest(rid, arrays, rows, wanted, priority, timeout, explain, shm_outputs,
+                        sequence_of(_params(obj, "the request")))
 
 
 def input_spec(by_name: Mapping[str, Tensor], arrays: Mapping[str, np.ndarray], name: str) -> Tensor:

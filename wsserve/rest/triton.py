@@ -118,7 +118,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  queue_policy: dict[str, Any] | None = None, priority_levels: int = 2,
                  default_priority_level: int = 2,
                  ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
-                 reshapes: Mapping[str, tuple[int, ...]] | None = None, decoupled: bool = False) -> bytes:
+                 reshapes: Mapping[str, tuple[int, ...]] | None = None, decoupled: bool = False,
+                 sequence_batching: Mapping[str, Any] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
@@ -131,7 +132,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     config's version policy (or None); ``response_cache``: the model's config enables Triton's
     response cache; ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name (each listed
     as Triton lists it); ``decoupled``: a decoupled Triton Python model (``model_transaction_policy
-    {decoupled: true}``, its requests run one per ``execute``: ``dynamic_batching`` shows no window)."""
+    {decoupled: true}``, its requests run one per ``execute``: ``dynamic_batching`` shows no window);
+    ``sequence_batching``: a stateful model's section (it then has no ``dynamic_batching``)."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
@@ -156,6 +158,9 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
     if response_cache:
         body["response_cache"] = {"enable": True}
+    if sequence_batching is not None:
+        del body["dynamic_batching"]
+        body["sequence_batching"] = sequence_batching
     if ensemble_steps is not None:
         del body["dynamic_batching"]
         body["ensemble_scheduling"] = {"step": ensemble_steps}

@@ -1,0 +1,149 @@
+"""The stateful model worker (:class:`wsserve.sequence_worker.SequenceWorker`) around a real
+:class:`~wsserve.worker.PredictWorker`, on a loop: a request handed to the model and then cancelled
+still runs in its turn (its sink told nothing), a waiting one is dropped, close() ends what waits,
+requests without a sequence are refused, control inputs and ids reach the model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from wsserve.errors import BadRequest, ShuttingDown, WsserveError
+from wsserve.sequence_worker import SequenceWorker
+from wsserve.sequences import START, Control, SequenceConfig
+from wsserve.worker import PredictWorker
+
+
+class _Spec:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Model:
+    """Answers IN; records each execute's (correlation id, flags, IN, START control) per request;
+    blocks while ``gate`` is clear (it runs off the loop)."""
+
+    off_loop = True
+    batching = True
+
+    def __init__(self) -> None:
+        self.inputs = [_Spec("IN")]
+        self.calls: list[list[tuple[Any, int, int, float]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def flops_per_row(self) -> int:
+        return 1
+
+    def predict_requests(self, x: dict[str, np.ndarray], rows: list[int], ids: list[Any]) -> np.ndarray:
+        self.gate.wait(30)
+        if 99 in x["IN"]:
+            self.calls.append([("raised", len(ids))])
+            raise RuntimeError("99 is refused")
+        self.calls.append([(rid.correlation_id, rid.flags, int(x["IN"][i, 0]), float(x["S"][i, 0]))
+                           for i, rid in enumerate(ids)])
+        return x["IN"].astype(np.float64)
+
+
+class _Sink:
+    def __init__(self, value: int, sequence: tuple[Any, bool, bool] | None) -> None:
+        self.inputs = np.array([[value]], np.int32)
+        self.n = 1
+        self.nbytes = 4
+        self.finished = False
+        self.sequence = sequence
+        self.request_id = f"r{value}"
+        self.got: list[Any] = []
+        self.done = asyncio.Event()
+
+    def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        self.got.append(outputs.tolist())
+        self.finished = True
+        self.done.set()
+
+    def on_error(self, exc: WsserveError) -> None:
+        self.got.append(exc)
+        self.finished = True
+        self.done.set()
+
+
+def _worker(model: _Model, slots: int = 4) -> SequenceWorker:
+    config = SequenceConfig(controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=slots, explain_refusal="no"), config, slots=slots)
+    worker.start()
+    return worker
+
+
+async def test_a_cancelled_request_that_was_handed_out_still_runs_before_the_next_of_its_sequence() -> None:
+    model = _Model()
+    worker = _worker(model)
+    model.gate.clear()
+    first = _Sink(1, (5, True, False))
+    item = worker.submit(first, priority=0, deadline=None)
+    await asyncio.sleep(0)  # the batch starts (the model waits on its gate)
+    second, third = _Sink(2, (5, False, False)), _Sink(3, (5, False, True))
+    worker.submit(second)
+    dropped = worker.submit(third)
+    first.finished = True  # the client left: its transport marks the sink finished, then cancels
+    worker.cancel(item)
+    third.finished = True
+    worker.cancel(dropped)  # still waiting for its turn: dropped
+    model.gate.set()
+    await asyncio.wait_for(second.done.wait(), 30)
+    assert first.got == [] and second.got == [[[2.0]]] and third.got == []
+    assert [c for call in model.calls for c in call] == [(5, START, 1, 1.0), (5, 0, 2, 0.0)]
+    await worker.close()
+
+
+async def test_close_ends_the_requests_waiting_for_a_slot() -> None:
+    model = _Model()
+    worker = _worker(model, slots=1)
+    a, b = _Sink(1, ("a", True, False)), _Sink(2, ("b", True, True))
+    worker.submit(a)
+    worker.submit(b)  # one slot, held by "a": b waits
+    await asyncio.wait_for(a.done.wait(), 30)
+    assert b.got == []
+    await worker.close()
+    assert isinstance(b.got[0], ShuttingDown)
+    with pytest.raises(ShuttingDown):
+        worker.submit(_Sink(3, ("c", True, False)))
+
+
+async def test_requests_without_a_sequence_or_asking_explanations_are_refused() -> None:
+    worker = _worker(_Model())
+    with pytest.raises(BadRequest, match="inference request to model 'acc' must specify a non-zero or non-empty "
+                                         "correlation ID"):
+        worker.submit(_Sink(1, None))
+    sink = _Sink(1, (1, True, True))
+    sink.explain = True  # type: ignore[attr-defined]
+    with pytest.raises(BadRequest, match="stateful"):
+        worker.submit(sink)
+    ok = _Sink(4, (1, True, True))
+    worker.submit(ok)
+    await asyncio.wait_for(ok.done.wait(), 30)
+    assert ok.got == [[[4.0]]] and worker.scheduler.held == 0  # END let the slot go
+    await worker.close()
+
+
+async def test_a_failed_batch_of_several_sequences_fails_each_request_once_never_recomputed() -> None:
+    """A request computed again alone would change its sequence's state twice: a stateful model's
+    failed batch fails every request of it (Triton's), and wait_idle returns once nothing waits."""
+    model = _Model()
+    worker = _worker(model)
+    model.gate.clear()
+    a, b = _Sink(99, (1, True, False)), _Sink(2, (2, True, False))
+    worker.submit(a)
+    worker.submit(b)
+    model.gate.set()
+    await asyncio.wait_for(asyncio.gather(a.done.wait(), b.done.wait()), 30)
+    assert isinstance(a.got[0], WsserveError) and isinstance(b.got[0], WsserveError)
+    assert model.calls == [[("raised", 2)]]  # one execute for both, none again alone
+    after = _Sink(3, (2, False, True))  # the sequence goes on
+    worker.submit(after)
+    await asyncio.wait_for(worker.wait_idle(), 30)
+    assert after.got == [[[3.0]]]
+    await worker.close()

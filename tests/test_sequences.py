@@ -1,0 +1,155 @@
+"""The sequence batcher's sans-I/O core (:mod:`wsserve.sequences`), with an explicit ``now``:
+order within a sequence, slots, the backlog, idle expiry, Triton's START/END rules, bounds, the
+OIP parameters and the control tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsserve.errors import BadRequest, InvalidInput, Overloaded
+from wsserve.sequences import (
+    END,
+    START,
+    Control,
+    SequenceId,
+    SequenceScheduler,
+    control_inputs,
+    missing_id,
+    sequence_of,
+)
+
+
+def _ids(pending: list) -> list:
+    return [p.payload for p in pending]
+
+
+def test_one_request_of_a_sequence_at_a_time_in_arrival_order_and_sequences_share() -> None:
+    s = SequenceScheduler("acc", slots=4)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    s.arrive(1, False, False, "a2", 0.0)
+    s.arrive(1, False, True, "a3", 0.0)
+    s.arrive(2, True, False, "b1", 0.0)
+    first = s.take(0.0)
+    assert _ids(first) == ["a1", "b1"]  # one of each sequence; two sequences may share a batch
+    assert s.take(0.0) == []  # a2 waits for a1
+    s.done(a1, 0.1)
+    (a2,) = s.take(0.1)
+    assert a2.payload == "a2" and a2.flags == 0 and a1.flags == START
+    s.done(a2, 0.2)
+    (a3,) = s.take(0.2)
+    assert a3.payload == "a3" and a3.flags == END
+    s.done(a3, 0.3)
+    assert s.held == 1  # 1 let its slot go at its END; 2 holds one
+
+
+def test_start_is_required_for_an_unknown_or_ended_sequence() -> None:
+    s = SequenceScheduler("acc", slots=2)
+    with pytest.raises(BadRequest, match="inference request for sequence 7 to model 'acc' must specify the START "
+                                         "flag on the first request of the sequence"):
+        s.arrive(7, False, False, "x", 0.0)
+    p = s.arrive(7, True, True, "only", 0.0)
+    assert p.flags == START | END
+    with pytest.raises(BadRequest, match="START"):  # after END the next request must START again
+        s.arrive(7, False, False, "late", 0.0)
+    (taken,) = s.take(0.0)
+    s.done(taken, 0.0)
+    assert len(s) == 0 and s.held == 0
+    s.arrive(7, True, False, "again", 1.0)  # a new sequence of the same id
+    assert missing_id("acc").message == ("inference request to model 'acc' must specify a non-zero or non-empty "
+                                         "correlation ID")
+
+
+def test_slots_bound_the_sequences_at_once_and_the_backlog_gets_them_in_order() -> None:
+    s = SequenceScheduler("acc", slots=2, max_backlog=1)
+    a = s.arrive("a", True, False, "a", 0.0)
+    b = s.arrive("b", True, False, "b", 0.0)
+    s.arrive("c", True, False, "c", 0.0)
+    with pytest.raises(Overloaded, match="2 sequences hold its 2 slots and 1 wait"):
+        s.arrive("d", True, False, "d", 0.0)
+    assert _ids(s.take(0.0)) == ["a", "b"]  # c waits for a slot
+    s.arrive("c", False, False, "c2", 0.0)  # a backlogged sequence's requests queue
+    s.done(a, 1.0)
+    s.done(b, 1.0)
+    assert s.take(1.0) == []  # a and b still hold their slots (no END)
+    a_end = s.arrive("a", False, True, "a-end", 1.0)
+    assert _ids(s.take(1.0)) == ["a-end"]
+    s.done(a_end, 2.0)  # a ends: c takes its slot, its requests in order
+    assert _ids(s.take(2.0)) == ["c"]
+
+
+def test_idle_sequences_expire_after_max_idle_and_a_later_request_must_start() -> None:
+    s = SequenceScheduler("acc", slots=1, max_idle_s=1.0)
+    p = s.arrive(5, True, False, "p", 0.0)
+    s.arrive(6, True, False, "q", 0.0)  # backlogged
+    (taken,) = s.take(0.0)
+    assert s.next_expiry() is None  # running: not idle
+    s.done(taken, 10.0)
+    assert s.next_expiry() == 11.0
+    assert s.expire(10.999) == []
+    assert s.expire(11.0) == [5]
+    with pytest.raises(BadRequest, match="must specify the START flag"):
+        s.arrive(5, False, False, "late", 11.0)
+    assert _ids(s.take(11.0)) == ["q"]  # the backlogged sequence took the freed slot
+    assert p.payload == "p"
+
+
+def test_a_request_arriving_resets_the_idle_clock_and_cancelled_waiting_requests_are_skipped() -> None:
+    s = SequenceScheduler("acc", slots=1, max_idle_s=1.0)
+    first = s.arrive(1, True, False, "1", 0.0)
+    s.take(0.0)
+    s.done(first, 0.0)
+    s.arrive(1, False, False, "2", 0.9)
+    dropped = s.arrive(1, False, False, "3", 0.9)
+    assert s.cancel(dropped, 0.9) and not s.cancel(dropped, 0.9)
+    assert s.expire(1.5) == []
+    (two,) = s.take(1.5)
+    s.done(two, 1.5)
+    assert s.take(1.5) == [] and s.waiting == 0
+    assert s.expire(2.5) == [1]
+
+
+def test_waiting_requests_are_bounded() -> None:
+    s = SequenceScheduler("acc", slots=1, max_waiting=2)
+    s.arrive(1, True, False, "1", 0.0)
+    s.arrive(1, False, False, "2", 0.0)
+    with pytest.raises(Overloaded, match="2 requests of sequences wait"):
+        s.arrive(1, False, False, "3", 0.0)
+    s.take(0.0)
+    s.arrive(1, False, False, "3", 0.0)  # one was handed out: room again
+
+
+def test_sequence_parameters_are_checked_and_bounded() -> None:
+    assert sequence_of({}) is None
+    assert sequence_of({"sequence_id": 0, "sequence_start": True}) is None  # 0: no correlation id (Triton's)
+    assert sequence_of({"sequence_id": ""}) is None
+    assert sequence_of({"sequence_id": (1 << 64) - 1, "sequence_end": True}) == ((1 << 64) - 1, False, True)
+    assert sequence_of({"sequence_id": "abc", "sequence_start": True}) == ("abc", True, False)
+    for bad, what in (({"sequence_id": 1 << 64}, "unsigned 64-bit"), ({"sequence_id": -1}, "unsigned 64-bit"),
+                      ({"sequence_id": 1.5}, "unsigned 64-bit"), ({"sequence_id": "x" * 257}, "257 characters"),
+                      ({"sequence_id": 1, "sequence_start": 1}, "'sequence_start' must be a boolean"),
+                      ({"sequence_id": 1, "sequence_end": "yes"}, "'sequence_end' must be a boolean")):
+        with pytest.raises(BadRequest, match=what):
+            sequence_of(bad)
+
+
+def test_control_tensors_one_row_per_request_row_in_their_types() -> None:
+    controls = (Control("S", "START", np.dtype(np.float32), 0.0, 1.0), Control("E", "END", np.dtype(np.int32), 0, 1),
+                Control("R", "READY", np.dtype(np.bool_), False, True), Control("C", "CORRID", np.dtype(np.uint64)),
+                Control("CS", "CORRID", np.dtype(object)))
+    out = control_inputs(controls, 42, START, 2)
+    assert out["S"].tolist() == [[1.0], [1.0]] and out["S"].dtype == np.float32
+    assert out["E"].tolist() == [[0], [0]] and out["E"].dtype == np.int32
+    assert out["R"].tolist() == [[True], [True]]
+    assert out["C"].tolist() == [[42], [42]] and out["C"].dtype == np.uint64
+    assert out["CS"].tolist() == [[b"42"], [b"42"]]
+    assert control_inputs(controls[:2], 3, END, 1, batched=False)["E"].tolist() == [[1]]
+    with pytest.raises(InvalidInput, match="sequence_id 'abc' is a string; the model's CORRID control input 'C'"):
+        control_inputs(controls, "abc", 0, 1)
+    with pytest.raises(InvalidInput, match="does not fit"):
+        control_inputs((Control("C", "CORRID", np.dtype(np.int32)),), 1 << 40, 0, 1)
+
+
+def test_a_sequence_id_is_a_request_id_carrying_the_sequence() -> None:
+    rid = SequenceId("r1", 9, START | END)
+    assert rid == "r1" and isinstance(rid, str) and rid.correlation_id == 9 and rid.flags == 3

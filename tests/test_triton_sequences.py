@@ -1,0 +1,295 @@
+"""Stateful Triton Python models (config.pbtxt ``sequence_batching``), served as Triton serves
+them: an accumulator model.py (START resets a sequence's total, each request adds its IN, END
+forgets it) called with tritonclient's ``sequence_id`` / ``sequence_start`` / ``sequence_end``
+over HTTP and gRPC (several interleaved sequences on one ModelStreamInfer stream), the control
+inputs and ``request.correlation_id()`` / ``request.flags()`` it sees, Triton's refusals, the slot
+limit and idle expiry on a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+import queue
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grpc")  # the grpc extra
+tgrpc = pytest.importorskip("tritonclient.grpc")
+thttp = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+
+CONTROLS = """
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY bool_false_true: [ false, true ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: CORRTYPE } ] }
+  ]
+"""
+TENSORS = """
+input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [
+  { name: "SUM" data_type: TYPE_INT32 dims: [ 1 ] },
+  { name: "FLAGS" data_type: TYPE_INT32 dims: [ 1 ] },
+  { name: "CORR" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "CTRL" data_type: TYPE_STRING dims: [ 1 ] }
+]
+"""
+
+
+def _pbtxt(max_batch_size: int, idle_us: int, corrtype: str = "TYPE_UINT64") -> str:
+    return (f'backend: "python"\nmax_batch_size: {max_batch_size}\n'
+            f"sequence_batching {{\n  max_sequence_idle_microseconds: {idle_us}\n"
+            + CONTROLS.replace("CORRTYPE", corrtype) + "}\n" + TENSORS)
+
+
+#: The accumulator: per correlation id, START resets the total, IN is added, END forgets it.  It
+#: answers the total, ``request.flags()``, ``request.correlation_id()`` and its control inputs
+#: (START, END, READY, CORRID as JSON); two requests of one sequence in one execute fail both.
+ACC_PY = '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _value(request, name):
+    a = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
+    return a.decode() if isinstance(a, bytes) else a.item()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.totals = {}
+
+    def execute(self, requests):
+        ids = [r.correlation_id() for r in requests]
+        if len(set(ids)) != len(ids):
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError("two requests of one sequence in a batch"))
+                    for _ in requests]
+        out = []
+        for r in requests:
+            cid, flags = r.correlation_id(), r.flags()
+            ctrl = {k: _value(r, k) for k in ("START", "END", "READY", "CORRID")}
+            if ctrl["START"] == 1.0:
+                self.totals[cid] = 0
+            self.totals[cid] += int(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy().reshape(-1)[0])
+            total = self.totals[cid]
+            if ctrl["END"] == 1:
+                del self.totals[cid]
+            lead = (1,) if self.batched else ()
+            out.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("SUM", np.array([total], np.int32).reshape(lead + (1,))),
+                pb_utils.Tensor("FLAGS", np.array([flags], np.int32).reshape(lead + (1,))),
+                pb_utils.Tensor("CORR", np.array([str(cid).encode()], object).reshape(lead + (1,))),
+                pb_utils.Tensor("CTRL", np.array([json.dumps(ctrl).encode()], object).reshape(lead + (1,)))]))
+        return out
+'''
+
+
+def _write(root: Path, name: str, pbtxt: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt)
+    batched = "max_batch_size: 0" not in pbtxt
+    code = textwrap.dedent(ACC_PY).replace("self.totals = {}", f"self.totals = {{}}\n        self.batched = {batched}")
+    (root / name / "1" / "model.py").write_text(code)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("triton_sequences") / "model_repository"
+    _write(root, "acc", _pbtxt(8, 60_000_000))
+    _write(root, "acc_str", _pbtxt(0, 60_000_000, "TYPE_STRING"))  # string ids, no batch dimension
+    _write(root, "acc_two", _pbtxt(2, 60_000_000))  # two slots
+    _write(root, "acc_idle", _pbtxt(4, 100_000))  # sequences idle 0.1 s let go
+    _write(root, "plain", 'backend: "python"\nmax_batch_size: 8\n' + TENSORS)  # no sequence_batching
+    (root / "plain" / "1" / "model.py").write_text(textwrap.dedent('''
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def execute(self, requests):
+                out = []
+                for r in requests:
+                    n = len(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())
+                    out.append(pb_utils.InferenceResponse([
+                        pb_utils.Tensor("SUM", np.full((n, 1), r.correlation_id(), np.int32)),
+                        pb_utils.Tensor("FLAGS", np.full((n, 1), r.flags(), np.int32)),
+                        pb_utils.Tensor("CORR", np.full((n, 1), b"", object)),
+                        pb_utils.Tensor("CTRL", np.full((n, 1), b"", object))]))
+                return out
+    '''))
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        yield proc, grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+def _http_infer(client: Any, model: str, value: int, batched: bool = True, **sequence: Any) -> Any:
+    t = thttp.InferInput("IN", [1, 1] if batched else [1], "INT32")
+    t.set_data_from_numpy(np.array([[value]] if batched else [value], np.int32))
+    return client.infer(model, [t], **sequence)
+
+
+def _row(result: Any) -> tuple[int, int, str, dict[str, Any]]:
+    """(SUM, FLAGS, CORR, CTRL) of a one-row answer."""
+    get = result.as_numpy
+    ctrl = get("CTRL").reshape(-1)[0]
+    corr = get("CORR").reshape(-1)[0]
+    return (int(get("SUM").reshape(-1)[0]), int(get("FLAGS").reshape(-1)[0]),
+            corr.decode() if isinstance(corr, bytes) else corr,
+            json.loads(ctrl.decode() if isinstance(ctrl, bytes) else ctrl))
+
+
+def test_interleaved_sequences_over_http_accumulate_with_their_ids_flags_and_controls(served) -> None:
+    client = thttp.InferenceServerClient(served[0].http.removeprefix("http://"))
+    try:
+        values = {101: [1, 2, 3], 102: [10, 20], 103: [5]}
+        totals: dict[int, int] = {}
+        for step in range(3):
+            for sid, seq in values.items():
+                if step >= len(seq):
+                    continue
+                start, end = step == 0, step == len(seq) - 1
+                got = _row(_http_infer(client, "acc", seq[step], sequence_id=sid, sequence_start=start,
+                                       sequence_end=end))
+                totals[sid] = totals.get(sid, 0) + seq[step]
+                flags = (1 if start else 0) | (2 if end else 0)
+                assert got == (totals[sid], flags, str(sid),
+                               {"START": float(start), "END": int(end), "READY": True, "CORRID": sid})
+        # a string id on the model whose CORRID is TYPE_STRING (no batch dimension)
+        assert _row(_http_infer(client, "acc_str", 4, False, sequence_id="user-7", sequence_start=True))[:3] == \
+            (4, 1, "user-7")
+        assert _row(_http_infer(client, "acc_str", 6, False, sequence_id="user-7", sequence_end=True))[:3] == \
+            (10, 2, "user-7")
+        config = client.get_model_config("acc")
+        assert "dynamic_batching" not in config
+        assert config["sequence_batching"]["max_sequence_idle_microseconds"] == "60000000"
+        assert [c["name"] for c in config["sequence_batching"]["control_input"]] == ["START", "END", "READY", "CORRID"]
+    finally:
+        client.close()
+
+
+def test_interleaved_sequences_on_one_grpc_stream_run_in_order(served) -> None:
+    """Three sequences' requests sent at once on one ModelStreamInfer stream: each sequence's run
+    one at a time in order (the model fails a batch holding two of one sequence)."""
+    client = tgrpc.InferenceServerClient(served[1])
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        plan = [(201, 1), (202, 100), (201, 2), (203, 7), (202, 200), (201, 3), (203, 8), (202, 300)]
+        counts = {201: 3, 202: 3, 203: 2}
+        seen: dict[int, int] = {}
+        for i, (sid, value) in enumerate(plan):
+            seen[sid] = seen.get(sid, 0) + 1
+            t = tgrpc.InferInput("IN", [1, 1], "INT32")
+            t.set_data_from_numpy(np.array([[value]], np.int32))
+            client.async_stream_infer("acc", [t], request_id=str(i), sequence_id=sid,
+                                      sequence_start=seen[sid] == 1, sequence_end=seen[sid] == counts[sid])
+        answers = {}
+        for _ in plan:
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            answers[result.get_response().id] = _row(result)
+        sums = [answers[str(i)][0] for i in range(len(plan))]
+        assert sums == [1, 100, 3, 7, 300, 6, 15, 600]
+        assert [answers[str(i)][1] for i in range(len(plan))] == [1, 1, 0, 1, 0, 2, 2, 2]
+        assert [answers[str(i)][2] for i in range(len(plan))] == [str(sid) for sid, _ in plan]
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_triton_refusals_of_sequence_requests(served) -> None:
+    client = tgrpc.InferenceServerClient(served[1])
+    http = thttp.InferenceServerClient(served[0].http.removeprefix("http://"))
+    t = tgrpc.InferInput("IN", [1, 1], "INT32")
+    t.set_data_from_numpy(np.array([[1]], np.int32))
+    try:
+        with pytest.raises(InferenceServerException, match="inference request to model 'acc' must specify a "
+                                                           "non-zero or non-empty correlation ID"):
+            client.infer("acc", [t])
+        with pytest.raises(InferenceServerException, match="inference request for sequence 301 to model 'acc' must "
+                                                           "specify the START flag on the first request of the sequence"):
+            client.infer("acc", [t], sequence_id=301)
+        client.infer("acc", [t], sequence_id=302, sequence_start=True, sequence_end=True)
+        top = client.infer("acc", [t], sequence_id=(1 << 63) - 1, sequence_start=True, sequence_end=True)
+        assert _row(top)[1:3] == (3, str((1 << 63) - 1))  # tritonclient.grpc sends it as int64_param
+        top = _http_infer(http, "acc", 1, sequence_id=(1 << 64) - 1, sequence_start=True, sequence_end=True)
+        assert _row(top)[1:3] == (3, str((1 << 64) - 1))  # the largest uint64 id, through CORRID TYPE_UINT64
+        one = tgrpc.InferInput("IN", [1], "INT32")
+        one.set_data_from_numpy(np.array([5], np.int32))
+        assert _row(client.infer("acc_str", [one], sequence_id="grpc-id", sequence_start=True,
+                                 sequence_end=True))[:3] == (5, 3, "grpc-id")
+        with pytest.raises(InferenceServerException, match="sequence 302 .* must specify the START flag"):
+            client.infer("acc", [t], sequence_id=302)  # it ended
+        with pytest.raises(InferenceServerException, match="sequence_id 'abc' is a string; the model's CORRID "
+                                                           "control input 'CORRID' takes an integer"):
+            client.infer("acc", [t], sequence_id="abc", sequence_start=True, sequence_end=True)
+        with pytest.raises(InferenceServerException, match="'sequence_id' is a string of 300 characters"):
+            _http_infer(http, "acc", 1, sequence_id="x" * 300, sequence_start=True)
+        # a model without sequence_batching: batched as any request, its correlation id and flags
+        # passed to the model (as Triton's frontends set them on every request)
+        plain = _http_infer(http, "plain", 1, sequence_id=5, sequence_start=True)
+        assert (plain.as_numpy("SUM").tolist(), plain.as_numpy("FLAGS").tolist()) == ([[5]], [[1]])
+    finally:
+        client.close()
+        http.close()
+
+
+def test_slots_bound_the_sequences_at_once_and_idle_ones_are_let_go(served) -> None:
+    proc, address = served
+    client = thttp.InferenceServerClient(proc.http.removeprefix("http://"), concurrency=2)
+    try:
+        # acc_two: 2 slots (max_batch_size 2, one instance); a third sequence waits for one
+        assert _row(_http_infer(client, "acc_two", 1, sequence_id=1, sequence_start=True))[0] == 1
+        assert _row(_http_infer(client, "acc_two", 2, sequence_id=2, sequence_start=True))[0] == 2
+        t = thttp.InferInput("IN", [1, 1], "INT32")
+        t.set_data_from_numpy(np.array([[3]], np.int32))
+        third = client.async_infer("acc_two", [t], sequence_id=3, sequence_start=True, sequence_end=True)
+        assert _row(_http_infer(client, "acc_two", 20, sequence_id=2))[0] == 22  # 1 and 2 still run
+        with pytest.raises(InferenceServerException, match="failed to obtain inference response"):
+            third.get_result(block=False)  # still waiting: no slot is free
+        assert _row(_http_infer(client, "acc_two", 10, sequence_id=1, sequence_end=True))[0] == 11
+        assert _row(third.get_result())[:2] == (3, 3)  # 1 ended: 3 had its slot
+        # acc_idle: a sequence idle for max_sequence_idle_microseconds (0.1 s) is let go
+        _http_infer(client, "acc_idle", 1, sequence_id=9, sequence_start=True)
+        wait_until(lambda: "acc_idle: 1 sequences idle" in proc.stderr_text(), 30.0, what="the idle sequence let go")
+        with pytest.raises(InferenceServerException, match="sequence 9 to model 'acc_idle' must specify the START"):
+            _http_infer(client, "acc_idle", 2, sequence_id=9)
+    finally:
+        client.close()
+
+
+async def test_websocket_predicts_carry_a_sequence_too(served) -> None:
+    """The WebSocket ``predict`` takes ``sequence_id`` / ``sequence_start`` / ``sequence_end`` (the
+    OIP parameters' names); two sequences sent at once on one socket each run in order."""
+    from tests.support.conn import Conn
+
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request({"type": "predict", "id": "none", "model": "acc", "inputs": {"IN": [[1]]}})
+        assert frame["type"] == "error" and "must specify a non-zero or non-empty correlation ID" in frame["message"]
+        plan = [("a1", "s-a", 1, True, False), ("b1", 77, 10, True, False), ("a2", "s-a", 2, False, True),
+                ("b2", 77, 20, False, True)]
+        for rid, sid, value, start, end in plan:
+            await conn.send({"type": "predict", "id": rid, "model": "acc_str", "inputs": {"IN": [[value]]},
+                             "sequence_id": sid, "sequence_start": start, "sequence_end": end})
+        frames = await conn.collect({p[0] for p in plan})
+        got = {rid: fs[-1] for rid, fs in frames.items()}
+        assert all(f["type"] == "result" for f in got.values()), got
+        assert {rid: (f["outputs"]["SUM"], f["outputs"]["FLAGS"], f["outputs"]["CORR"]) for rid, f in got.items()} == {
+            "a1": ([[1]], [[1]], [["s-a"]]), "a2": ([[3]], [[2]], [["s-a"]]),
+            "b1": ([[10]], [[1]], [["77"]]), "b2": ([[30]], [[2]], [["77"]])}
+        frame = await conn.request({"type": "predict", "id": "bad", "model": "acc", "inputs": {"IN": [[1]]},
+                                    "sequence_id": 5, "sequence_start": "yes"})
+        assert frame["type"] == "error" and "'sequence_start' must be a boolean" in frame["message"]
+    finally:
+        await conn.close()

@@ -1,0 +1,266 @@
+"""The worker of a stateful model (config.pbtxt ``sequence_batching``): :class:`SequenceWorker`.
+
+It puts a :class:`~wsserve.sequences.SequenceScheduler` (sans-I/O: slots, order, idle expiry) in
+front of an ordinary :class:`~wsserve.worker.PredictWorker` (batching, instances, failure
+isolation unchanged): a request that may run (its sequence holds a slot and its previous request
+ended) is submitted to the inner worker at once, wrapped in a :class:`_Step` sink that adds the
+model's control inputs to its inputs and carries its correlation id and flags in its request id
+(:class:`~wsserve.sequences.SequenceId`: a Triton Python model's ``request.correlation_id()`` and
+``request.flags()``).  Requests of different sequences handed out in one loop iteration share the
+inner worker's batch; the next request of a sequence is handed out when its step ends.  Ordinary
+models never go through here (the pool makes this worker only for a model with a sequence config).
+
+A transport gives a request's sequence as its sink's ``sequence`` attribute: ``(id, start, end)``
+(:func:`~wsserve.sequences.sequence_of`), or None; a request without one is refused with Triton's
+message (a WebSocket predict, an ensemble step, a BLS request: none carries one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest, ShuttingDown, WsserveError
+from .sequences import (
+    Pending,
+    SequenceConfig,
+    SequenceId,
+    SequenceScheduler,
+    control_inputs,
+    missing_id,
+)
+from .stats import WorkerStatistics
+from .worker import PredictWorker, request_id_of
+
+__all__ = ["SequenceWorker", "DEFAULT_MAX_QUEUE_REQUESTS"]
+
+log = logging.getLogger("wsserve.sequences")
+
+#: Requests that may wait over all sequences (and sequences that may wait for a slot) when
+#: config.pbtxt sets no ``max_queue_size``.
+DEFAULT_MAX_QUEUE_REQUESTS = 1024
+
+
+class _Step:
+    """The inner worker's sink of one handed-out request: the transport's sink with the control
+    inputs added; tells the worker once the request ended (all rows, or an error)."""
+
+    __slots__ = ("sink", "inputs", "n", "nbytes", "request_id", "_worker", "_pending", "_delivered", "_over")
+
+    def __init__(self, worker: SequenceWorker, pending: Pending, inputs: Any) -> None:
+        sink = pending.payload
+        self.sink = sink
+        self._worker = worker
+        self._pending = pending
+        self.inputs = inputs
+        self.n = sink.n
+        self.nbytes = sink.nbytes
+        self.request_id = SequenceId(str(request_id_of(sink)), pending.correlation_id, pending.flags)
+        self._delivered = 0
+        self._over = False
+
+    @property
+    def finished(self) -> bool:
+        """Only once the step ended: a request its client cancelled still runs (its answer dropped),
+        so the sequence's state moves on in order and its next request waits for it."""
+        return self._over
+
+    def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        try:
+            if not self.sink.finished:
+                self.sink.on_rows(start, outputs, batch_rows, queue_s, compute_s)
+        finally:
+            rows = len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
+            self._delivered = start + rows
+            if self._delivered >= self.n:
+                self._end()
+
+    def on_error(self, exc: WsserveError) -> None:
+        try:
+            if not self.sink.finished:
+                self.sink.on_error(exc)
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if not self._over:
+            self._over = True
+            self._worker._step_ended(self._pending)
+
+
+class SequenceWorker:
+    """A stateful model version's worker (see the module docstring); the interface of
+    :class:`~wsserve.worker.PredictWorker` for the pool and the transports."""
+
+    decoupled = False
+
+    def __init__(self, inner: PredictWorker, config: SequenceConfig, *, slots: int,
+                 max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS) -> None:
+        self.inner = inner
+        inner.isolate_failures = False  # a request computed twice would change its sequence's state twice
+        self.config = config
+        self.model = inner.model
+        self.name = inner.name
+        self.explainer = None
+        self.explain_refusal = f"model {self.name!r} is stateful (sequence_batching): its requests cannot be explained"
+        self.scheduler = SequenceScheduler(self.name, slots=slots, max_idle_s=config.max_idle_s,
+                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests)
+        self._batched = getattr(self.model, "batching", True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self._idle: asyncio.Event | None = None  # set whenever no request waits (wait_idle)
+
+    # what the pool and the transports read of a PredictWorker
+    @property
+    def queue(self) -> Any:
+        return self.inner.queue
+
+    @property
+    def priorities(self) -> Any:
+        return self.inner.priorities
+
+    @property
+    def default_timeout_s(self) -> float | None:
+        return self.inner.default_timeout_s
+
+    @property
+    def allow_timeout_override(self) -> bool:
+        return self.inner.allow_timeout_override
+
+    @property
+    def stats(self) -> Any:
+        return self.inner.stats
+
+    @stats.setter
+    def stats(self, value: Any) -> None:
+        self.inner.stats = value
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self.inner.start()
+
+    async def wait_idle(self) -> None:
+        """Return once no request of a sequence waits or runs (sequences holding slots stay)."""
+        assert self._idle is not None, "start() first"
+        while self.scheduler.waiting and not self._closed:
+            self._idle.clear()
+            await self._idle.wait()
+        await self.inner.wait_idle()
+
+    async def close(self) -> None:
+        """End every waiting request with ``shutting_down``, then close the inner worker.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._idle is not None:
+            self._idle.set()
+        for p in self.scheduler.drain():
+            if not p.payload.finished:
+                p.payload.on_error(ShuttingDown(f"model {self.name!r} is unloaded or the server is shutting down"))
+        await self.inner.close()
+
+    # -- requests
+
+    def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Pending:
+        """Queue ``sink``'s request in its sequence (``sink.sequence``).  Raises ``BadRequest``
+        (Triton's messages: no correlation id, a sequence not started; explanations),
+        ``Overloaded`` (too many requests or sequences wait), ``ShuttingDown`` after :meth:`close`;
+        the sink is then never called."""
+        if self._closed:
+            raise ShuttingDown("model worker is shutting down")
+        if getattr(sink, "explain", False):
+            raise BadRequest(self.explain_refusal)
+        sequence = getattr(sink, "sequence", None)
+        if sequence is None:
+            raise missing_id(self.name)
+        cid, start, end = sequence
+        now = monotonic()
+        pending = self.scheduler.arrive(cid, start, end, sink, now)
+        pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
+        self._pump(now)
+        return pending
+
+    def cancel(self, item: Pending) -> None:
+        """The client cancelled or left: drop the request if it waits for its turn; one handed to the
+        batch queue runs anyway (its answer dropped: the transport's sink is finished), as the model's
+        state for the sequence may depend on it and the sequence's next request waits for it."""
+        now = monotonic()
+        if self.scheduler.cancel(item, now):
+            self._pump(now)
+
+    def statistics(self) -> WorkerStatistics:
+        s = self.inner.statistics()
+        return WorkerStatistics(
+            kind=s.kind, queued=s.queued + self.scheduler.waiting, queued_rows=s.queued_rows,
+            queued_bytes=s.queued_bytes, running=s.running, oldest_age_s=s.oldest_age_s, batches=s.batches,
+            computed=s.computed, executor_batches=s.executor_batches, last_batch_size=s.last_batch_size,
+            isolated_batches=s.isolated_batches)
+
+    # -- internals (loop thread)
+
+    def _pump(self, now: float) -> None:
+        """Hand out every request that may run now; then arm the idle-expiry timer."""
+        for p in self.scheduler.take(now):
+            sink = p.payload
+            priority, deadline = p.handle
+            p.handle = None
+            if sink.finished:
+                self.scheduler.done(p, now)
+                continue
+            try:
+                inputs = sink.inputs
+                controls = control_inputs(self.config.controls, p.correlation_id, p.flags, sink.n, self._batched)
+                if controls:
+                    if type(inputs) is list:  # checked JSON rows (a one-float-vector model): as _gather makes them
+                        inputs = np.array(inputs, dtype=np.float64)
+                    if not isinstance(inputs, dict):
+                        inputs = {self.model.inputs[0].name: inputs}
+                    inputs = {**inputs, **controls}
+                step = _Step(self, p, inputs)
+                p.handle = self.inner.submit(step, priority=priority, deadline=deadline)
+            except WsserveError as exc:
+                self.scheduler.done(p, now)
+                if not sink.finished:
+                    sink.on_error(exc)
+        if self._idle is not None and not self.scheduler.waiting:
+            self._idle.set()
+        self._arm()
+
+    def _step_ended(self, p: Pending) -> None:
+        now = monotonic()
+        self.scheduler.done(p, now)
+        if self._loop is not None and not self._closed:
+            self._loop.call_soon(self._pump, monotonic())
+
+    def _arm(self) -> None:
+        at = self.scheduler.next_expiry()
+        if at is None or self._loop is None or self._closed:
+            return
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(self._loop.time() + max(0.0, at - monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = monotonic()
+        gone = self.scheduler.expire(now)
+        if gone:
+            log.info("model %s: %d sequences idle for %.3f s let go of their slots", self.name, len(gone),
+                     self.scheduler.max_idle_s)
+        self._pump(now)

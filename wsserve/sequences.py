@@ -1,0 +1,320 @@
+"""Triton's sequence batcher (stateful models), sans-I/O: :class:`SequenceScheduler`.
+
+A model with config.pbtxt ``sequence_batching`` keeps state per *sequence*: requests carrying one
+correlation id (OIP parameter ``sequence_id``: an unsigned 64-bit integer or a string), the first
+flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Direct strategy; an
+``oldest {}`` strategy is scheduled the same way, see docs/repository.md):
+
+- A sequence holds a *slot* from its first request until its END request has run, or until it
+  was idle (no request waiting or running) for ``max_idle_s`` (Triton's
+  ``max_sequence_idle_microseconds``, default 1 s).  At most ``slots`` sequences hold one at once
+  (``max_batch_size x instance count``); a new sequence finding none free waits in the backlog
+  (FIFO; at most ``max_backlog`` sequences), its requests queued.
+- A sequence's requests run one at a time, in arrival order: :meth:`SequenceScheduler.take`
+  hands out the oldest waiting request of each sequence holding a slot whose previous request
+  ended (:meth:`SequenceScheduler.done`).  Requests of different sequences handed out together
+  may share a batch; two of one sequence never do.
+- A request without a correlation id is refused by the caller (Triton's message:
+  :func:`missing_id`); the first request of an unknown sequence (never seen, ended, or expired)
+  must carry START, else :meth:`SequenceScheduler.arrive` refuses it (Triton's message).
+- At most ``max_waiting`` requests wait (not yet handed out) over all sequences; past it a
+  request is refused with ``overloaded``.
+
+Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
+:func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest, InvalidInput, Overloaded
+
+__all__ = ["START", "END", "DEFAULT_MAX_IDLE_S", "MAX_SEQUENCE_ID_LENGTH", "Control", "SequenceConfig",
+           "SequenceId", "Pending", "sequence_request_id", "SequenceScheduler", "control_inputs", "missing_id", "sequence_of"]
+
+#: ``request.flags()`` bits of a Triton Python model's request (TRITONSERVER_REQUEST_FLAG_SEQUENCE_*).
+START = 1
+END = 2
+#: Triton's default ``max_sequence_idle_microseconds`` (1,000,000).
+DEFAULT_MAX_IDLE_S = 1.0
+#: The longest string correlation id taken (a bound of wsserve's; Triton has none).
+MAX_SEQUENCE_ID_LENGTH = 256
+_UINT64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """One ``control_input`` tensor: input ``name`` of ``kind`` (``"START"``, ``"END"``,
+    ``"READY"``, ``"CORRID"``) in ``dtype``; ``false``/``true`` its values for a flag."""
+
+    name: str
+    kind: str
+    dtype: np.dtype
+    false: Any = 0
+    true: Any = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceConfig:
+    """config.pbtxt's ``sequence_batching`` as served: ``max_idle_s``, the ``controls`` fed to
+    the model, ``strategy`` (``"direct"`` or ``"oldest"``, scheduled alike) and ``as_json`` (the
+    section as Triton's model configuration lists it)."""
+
+    max_idle_s: float = DEFAULT_MAX_IDLE_S
+    controls: tuple[Control, ...] = ()
+    strategy: str = "direct"
+    as_json: dict[str, Any] = field(default_factory=dict)
+
+
+class SequenceId(str):
+    """A request id (``str``, what :func:`wsserve.worker.request_id_of` returns) that also carries
+    the request's sequence: ``correlation_id`` (int or str) and ``flags`` (:data:`START` |
+    :data:`END`), read by a Triton Python model's ``request.correlation_id()`` / ``flags()``."""
+
+    __slots__ = ("correlation_id", "flags")
+    correlation_id: int | str
+    flags: int
+
+    def __new__(cls, rid: str, correlation_id: int | str, flags: int) -> SequenceId:
+        self = super().__new__(cls, rid)
+        self.correlation_id = correlation_id
+        self.flags = flags
+        return self
+
+
+def sequence_request_id(rid: str, sequence: tuple[int | str, bool, bool]) -> SequenceId:
+    """Request id ``rid`` carrying ``sequence`` (``(id, start, end)``, :func:`sequence_of`'s)."""
+    cid, start, end = sequence
+    return SequenceId(rid, cid, (START if start else 0) | (END if end else 0))
+
+
+def missing_id(model: str) -> BadRequest:
+    """Triton's refusal of a request without a correlation id to a sequence model."""
+    return BadRequest(f"inference request to model '{model}' must specify a non-zero or non-empty correlation ID")
+
+
+def sequence_of(params: Any) -> tuple[int | str, bool, bool] | None:
+    """A request's OIP ``parameters`` ``sequence_id`` / ``sequence_start`` / ``sequence_end``
+    checked: ``(id, start, end)``, or None when it names no sequence (no ``sequence_id``, or 0 /
+    ``""``: Triton's "no correlation id").  Raises :class:`BadRequest` naming the parameter: an id
+    not an integer in [0, 2^64) or a string of at most :data:`MAX_SEQUENCE_ID_LENGTH` characters,
+    a flag not a boolean."""
+    sid = params.get("sequence_id")
+    start = params.get("sequence_start", False)
+    end = params.get("sequence_end", False)
+    if type(start) is not bool:
+        raise BadRequest(f"parameter 'sequence_start' must be a boolean, got {start!r}"[:300])
+    if type(end) is not bool:
+        raise BadRequest(f"parameter 'sequence_end' must be a boolean, got {end!r}"[:300])
+    if sid is None:
+        return None
+    if type(sid) is int:
+        if not 0 <= sid <= _UINT64_MAX:
+            raise BadRequest(f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string, got {sid}"[:300])
+    elif type(sid) is str:
+        if len(sid) > MAX_SEQUENCE_ID_LENGTH:
+            raise BadRequest(f"parameter 'sequence_id' is a string of {len(sid)} characters; at most "
+                             f"{MAX_SEQUENCE_ID_LENGTH}")
+    else:
+        raise BadRequest(f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string, got {sid!r}"[:300])
+    if sid == 0 or sid == "":
+        return None
+    return sid, start, end
+
+
+def control_inputs(controls: tuple[Control, ...], corrid: int | str, flags: int, rows: int,
+                   batched: bool = True) -> dict[str, np.ndarray]:
+    """The control tensors of one request of ``rows`` rows: each ``[rows, 1]`` (``[1]`` rows of
+    a model without a batch dimension: ``batched`` false, ``rows`` 1).  READY is always true (a
+    request is sent only when it is ready).  Raises :class:`InvalidInput` for a string
+    correlation id to a model whose CORRID tensor is numeric."""
+    out: dict[str, np.ndarray] = {}
+    shape = (rows, 1) if batched else (1, 1)
+    for c in controls:
+        if c.kind == "CORRID":
+            if c.dtype == np.object_:
+                value: Any = str(corrid).encode()
+            elif isinstance(corrid, str):
+                raise InvalidInput(f"sequence_id {corrid!r} is a string; the model's CORRID control input "
+                                   f"{c.name!r} takes an integer ({c.dtype})")
+            else:
+                info = np.iinfo(c.dtype)
+                if not info.min <= corrid <= info.max:
+                    raise InvalidInput(f"sequence_id {corrid} does not fit the model's CORRID control input "
+                                       f"{c.name!r} ({c.dtype})")
+                value = corrid
+        elif c.kind == "START":
+            value = c.true if flags & START else c.false
+        elif c.kind == "END":
+            value = c.true if flags & END else c.false
+        else:  # READY
+            value = c.true
+        out[c.name] = np.full(shape, value, dtype=c.dtype)
+    return out
+
+
+class Pending:
+    """One request of a sequence, from :meth:`SequenceScheduler.arrive` until :meth:`SequenceScheduler.done`
+    (or cancelled while waiting): its ``correlation_id``, ``flags`` and the caller's ``payload``;
+    ``handle`` is the caller's to use as it likes."""
+
+    __slots__ = ("correlation_id", "flags", "payload", "arrived", "taken", "cancelled", "handle")
+
+    def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float) -> None:
+        self.correlation_id = correlation_id
+        self.flags = flags
+        self.payload = payload
+        self.arrived = arrived
+        self.taken = False
+        self.cancelled = False
+        self.handle: Any = None
+
+
+class _Sequence:
+    __slots__ = ("queue", "slot", "busy", "last", "ended")
+
+    def __init__(self, now: float) -> None:
+        self.queue: deque[Pending] = deque()
+        self.slot = False  # holds one of the slots
+        self.busy = False  # a request of it was handed out and has not ended
+        self.last = now  # when it last had a request arrive or end
+        self.ended = False  # its latest request carries END: the next must START
+
+
+class SequenceScheduler:
+    """The sequences of one model version (see the module docstring)."""
+
+    def __init__(self, name: str, *, slots: int, max_idle_s: float = DEFAULT_MAX_IDLE_S,
+                 max_backlog: int = 1024, max_waiting: int = 1024) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.name = name
+        self.slots = slots
+        self.max_idle_s = max_idle_s
+        self.max_backlog = max_backlog
+        self.max_waiting = max_waiting
+        self._sequences: dict[int | str, _Sequence] = {}
+        self._backlog: OrderedDict[int | str, None] = OrderedDict()  # sequences waiting for a slot, FIFO
+        self._held = 0  # sequences holding a slot
+        self.waiting = 0  # requests not handed out (cancelled ones excluded)
+
+    def __len__(self) -> int:
+        """Sequences known (holding a slot or in the backlog)."""
+        return len(self._sequences)
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float) -> Pending:
+        """Queue a request of sequence ``correlation_id``.  Raises :class:`BadRequest` (Triton's
+        message) for a sequence not started (unknown, ended or expired) without ``start``, and
+        :class:`Overloaded` when ``max_waiting`` requests wait or a new sequence finds the backlog full."""
+        seq = self._sequences.get(correlation_id)
+        if not start and (seq is None or seq.ended):
+            raise BadRequest(f"inference request for sequence {correlation_id} to model '{self.name}' must specify "
+                             "the START flag on the first request of the sequence")
+        if self.waiting >= self.max_waiting:
+            raise Overloaded(f"model {self.name!r}: {self.waiting} requests of sequences wait "
+                             f"(max_queue_requests={self.max_waiting})", retry_after_ms=100)
+        if seq is None:
+            if self._held >= self.slots and len(self._backlog) >= self.max_backlog:
+                raise Overloaded(f"model {self.name!r}: {self._held} sequences hold its {self.slots} slots and "
+                                 f"{len(self._backlog)} wait for one (at most {self.max_backlog})", retry_after_ms=100)
+            seq = self._sequences[correlation_id] = _Sequence(now)
+            if self._held < self.slots:
+                seq.slot = True
+                self._held += 1
+            else:
+                self._backlog[correlation_id] = None
+        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now)
+        seq.queue.append(pending)
+        seq.ended = end
+        seq.last = now
+        self.waiting += 1
+        return pending
+
+    def take(self, now: float) -> list[Pending]:
+        """The requests that may run now: the oldest waiting request of each sequence holding a slot
+        with none running, in sequence order; each is marked running until :meth:`done`."""
+        out: list[Pending] = []
+        for seq in self._sequences.values():
+            if not seq.slot or seq.busy:
+                continue
+            while seq.queue and seq.queue[0].cancelled:
+                seq.queue.popleft()
+            if seq.queue:
+                p = seq.queue.popleft()
+                p.taken = True
+                seq.busy = True
+                self.waiting -= 1
+                out.append(p)
+        return out
+
+    def done(self, pending: Pending, now: float) -> None:
+        """``pending`` (handed out by :meth:`take`) ended, answered or failed: its sequence may run
+        its next request; after an END with nothing queued behind it the sequence lets its slot go
+        (the oldest backlogged sequence takes it).  Idempotent."""
+        if not pending.taken:
+            return
+        pending.taken = False
+        seq = self._sequences.get(pending.correlation_id)
+        if seq is None:
+            return
+        seq.busy = False
+        seq.last = now
+        if pending.flags & END and not seq.queue:
+            self._release(pending.correlation_id, seq)
+
+    def cancel(self, pending: Pending, now: float) -> bool:
+        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`)."""
+        if pending.taken or pending.cancelled:
+            return False
+        pending.cancelled = True
+        self.waiting -= 1
+        seq = self._sequences.get(pending.correlation_id)
+        if seq is not None:
+            seq.last = now
+        return True
+
+    def expire(self, now: float) -> list[int | str]:
+        """Let go every sequence holding a slot that was idle (nothing waiting or running) for
+        ``max_idle_s``; returns their ids (a later request of one must START again)."""
+        gone = []
+        for cid, seq in list(self._sequences.items()):
+            if seq.slot and not seq.busy and not any(not p.cancelled for p in seq.queue) \
+                    and now - seq.last >= self.max_idle_s:
+                self._release(cid, seq)
+                gone.append(cid)
+        return gone
+
+    def next_expiry(self) -> float | None:
+        """When the next idle sequence expires (None: none is idle)."""
+        times = [seq.last + self.max_idle_s for seq in self._sequences.values()
+                 if seq.slot and not seq.busy and not any(not p.cancelled for p in seq.queue)]
+        return min(times) if times else None
+
+    def drain(self) -> list[Pending]:
+        """Every request still waiting (for the caller to fail), all sequences forgotten."""
+        out = [p for seq in self._sequences.values() for p in seq.queue if not p.cancelled and not p.taken]
+        self._sequences.clear()
+        self._backlog.clear()
+        self._held = 0
+        self.waiting = 0
+        return out
+
+    def _release(self, cid: int | str, seq: _Sequence) -> None:
+        del self._sequences[cid]
+        seq.slot = False
+        self._held -= 1
+        while self._backlog and self._held < self.slots:
+            nxt, _ = self._backlog.popitem(last=False)
+            waiting = self._sequences.get(nxt)
+            if waiting is not None:
+                waiting.slot = True
+                self._held += 1
