@@ -157,13 +157,13 @@ class ModelEntry:
     #: the model declares a string (``bytes``) output: answered in JSON ``result`` frames only
     answers_strings: bool = field(init=False, default=False)
 
-    @property
-    def decoupled(self) -> bool:
-        """A decoupled model's version: its requests stream any number of responses
-        (:class:`~wsserve.decoupled.DecoupledWorker`), never through the row-batching queue."""
-        return getattr(self.worker, "decoupled", False) is True
+    #: A decoupled model's version: its requests stream any number of responses
+    #: (:class:`~wsserve.decoupled.DecoupledWorker`), never through the row-batching queue.  Known
+    #: at load (read per predict: a ``getattr`` with a default costs an exception on other workers).
+    decoupled: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        self.decoupled = getattr(self.worker, "decoupled", False) is True
         self.result_head = result_head(self.name, self.version)
         self.answers_strings = any(getattr(s, "dtype", None) == "bytes"
                                    for s in getattr(self.model, "outputs", None) or ())
