@@ -153,3 +153,32 @@ def test_control_tensors_one_row_per_request_row_in_their_types() -> None:
 def test_a_sequence_id_is_a_request_id_carrying_the_sequence() -> None:
     rid = SequenceId("r1", 9, START | END)
     assert rid == "r1" and isinstance(rid, str) and rid.correlation_id == 9 and rid.flags == 3
+
+
+def test_a_cancelled_start_frees_its_slot_or_backlog_place_at_once() -> None:
+    s = SequenceScheduler("acc", slots=1, max_backlog=1)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    b1 = s.arrive(2, True, False, "b1", 0.0)  # backlogged behind 1
+    assert s.cancel(b1, 0.1)  # the client left before its sequence ever reached the model
+    assert len(s) == 1  # 2 is forgotten: its backlog place is free
+    s.arrive(3, True, False, "c1", 0.1)  # would be refused (backlog full) if 2 still held the place
+    assert s.cancel(s._sequences[3].queue[0], 0.1) and len(s) == 1
+    (got,) = s.take(0.2)
+    assert got is a1
+    s2 = SequenceScheduler("acc", slots=1)
+    only = s2.arrive(7, True, False, "x", 0.0)
+    assert s2.cancel(only, 0.0)
+    assert s2.held == 0 and len(s2) == 0  # the slot is free now, not after max_idle_s
+    s2.arrive(8, True, False, "y", 0.0)
+    assert _ids(s2.take(0.0)) == ["y"]
+
+
+def test_a_cancelled_waiting_end_lets_the_slot_go_once_the_running_request_ends() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0)
+    (got,) = s.take(0.0)
+    a2 = s.arrive(1, False, True, "a2", 0.0)  # END, waits for a1
+    s.arrive(2, True, True, "b1", 0.0)  # backlogged
+    assert s.cancel(a2, 0.1)
+    s.done(got, 0.2)  # the sequence ended (its END arrived) and nothing of it is left
+    assert _ids(s.take(0.2)) == ["b1"]  # 2 got the slot at once, not after 1's idle expiry

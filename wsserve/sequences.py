@@ -176,7 +176,7 @@ class Pending:
 
 
 class _Sequence:
-    __slots__ = ("queue", "slot", "busy", "last", "ended")
+    __slots__ = ("queue", "slot", "busy", "last", "ended", "started")
 
     def __init__(self, now: float) -> None:
         self.queue: deque[Pending] = deque()
@@ -184,6 +184,11 @@ class _Sequence:
         self.busy = False  # a request of it was handed out and has not ended
         self.last = now  # when it last had a request arrive or end
         self.ended = False  # its latest request carries END: the next must START
+        self.started = False  # a request of it was handed out (the model saw the sequence)
+
+    def live(self) -> bool:
+        """A request of it runs or waits (cancelled ones skipped)."""
+        return self.busy or any(not p.cancelled for p in self.queue)
 
 
 class SequenceScheduler:
@@ -252,6 +257,7 @@ class SequenceScheduler:
                 p = seq.queue.popleft()
                 p.taken = True
                 seq.busy = True
+                seq.started = True
                 self.waiting -= 1
                 out.append(p)
         return out
@@ -268,18 +274,28 @@ class SequenceScheduler:
             return
         seq.busy = False
         seq.last = now
-        if pending.flags & END and not seq.queue:
+        if (pending.flags & END or seq.ended) and not seq.live():
             self._release(pending.correlation_id, seq)
 
     def cancel(self, pending: Pending, now: float) -> bool:
-        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`)."""
+        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`).
+        A sequence left with nothing running or waiting lets its slot (or backlog place) go at
+        once when it is over for the model: its END arrived, or none of it was ever handed out
+        (a later request must START again); else it keeps its slot until idle expiry."""
         if pending.taken or pending.cancelled:
             return False
         pending.cancelled = True
         self.waiting -= 1
-        seq = self._sequences.get(pending.correlation_id)
+        cid = pending.correlation_id
+        seq = self._sequences.get(cid)
         if seq is not None:
             seq.last = now
+            if not seq.live() and (seq.ended or not seq.started):
+                if seq.slot:
+                    self._release(cid, seq)
+                else:
+                    del self._sequences[cid]
+                    self._backlog.pop(cid, None)
         return True
 
     def expire(self, now: float) -> list[int | str]:
