@@ -147,3 +147,26 @@ async def test_a_failed_batch_of_several_sequences_fails_each_request_once_never
     await asyncio.wait_for(worker.wait_idle(), 30)
     assert after.got == [[[3.0]]]
     await worker.close()
+
+
+async def test_a_request_waiting_for_a_slot_past_its_deadline_ends_deadline_exceeded_then() -> None:
+    """Its deadline holds while it waits for its sequence's turn, not only once handed to the batch
+    queue: a sequence backlogged behind one that holds the only slot (for an hour of idleness) ends
+    with ``deadline_exceeded`` when its deadline passes, never reaching the model."""
+    from time import monotonic
+
+    from wsserve.errors import DeadlineExceeded
+
+    model = _Model()
+    config = SequenceConfig(max_idle_s=3600.0, controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=1, explain_refusal="no"), config, slots=1)
+    worker.start()
+    holder, late = _Sink(1, ("a", True, False)), _Sink(2, ("b", True, True))
+    worker.submit(holder)
+    await asyncio.wait_for(holder.done.wait(), 30)
+    worker.submit(late, deadline=monotonic() + 0.05)  # "a" holds the slot: "b" waits in the backlog
+    await asyncio.wait_for(late.done.wait(), 10)
+    assert isinstance(late.got[0], DeadlineExceeded)
+    assert [c[0] for call in model.calls for c in call] == ["a"] and worker.scheduler.waiting == 0
+    assert len(worker.scheduler) == 1  # "b" never reached the model: forgotten, its backlog place free
+    await worker.close()

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, ShuttingDown, WsserveError
+from .batching import queue_deadline
+from .errors import BadRequest, DeadlineExceeded, ShuttingDown, WsserveError
 from .sequences import (
     Pending,
     SequenceConfig,
@@ -187,7 +188,8 @@ class SequenceWorker:
             raise missing_id(self.name)
         cid, start, end = sequence
         now = monotonic()
-        pending = self.scheduler.arrive(cid, start, end, sink, now)
+        waits_until = queue_deadline(deadline, now, self.inner.default_timeout_s, self.inner.allow_timeout_override)
+        pending = self.scheduler.arrive(cid, start, end, sink, now, waits_until)
         pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
         self._pump(now)
         return pending
@@ -259,6 +261,9 @@ class SequenceWorker:
         self._timer = None
         self._timer_at = None
         now = monotonic()
+        for p in self.scheduler.overdue(now):
+            if not p.payload.finished:
+                p.payload.on_error(DeadlineExceeded("deadline passed while waiting for its sequence's turn"))
         gone = self.scheduler.expire(now)
         if gone:
             log.info("model %s: %d sequences idle for %.3f s let go of their slots", self.name, len(gone),

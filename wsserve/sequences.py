@@ -163,13 +163,15 @@ class Pending:
     (or cancelled while waiting): its ``correlation_id``, ``flags`` and the caller's ``payload``;
     ``handle`` is the caller's to use as it likes."""
 
-    __slots__ = ("correlation_id", "flags", "payload", "arrived", "taken", "cancelled", "handle")
+    __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "taken", "cancelled", "handle")
 
-    def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float) -> None:
+    def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float,
+                 deadline: float | None = None) -> None:
         self.correlation_id = correlation_id
         self.flags = flags
         self.payload = payload
         self.arrived = arrived
+        self.deadline = deadline  # while it waits (same clock as ``now``), None: none
         self.taken = False
         self.cancelled = False
         self.handle: Any = None
@@ -216,8 +218,10 @@ class SequenceScheduler:
     def held(self) -> int:
         return self._held
 
-    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float) -> Pending:
-        """Queue a request of sequence ``correlation_id``.  Raises :class:`BadRequest` (Triton's
+    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float,
+               deadline: float | None = None) -> Pending:
+        """Queue a request of sequence ``correlation_id``; one still waiting at ``deadline`` is
+        dropped by :meth:`overdue`.  Raises :class:`BadRequest` (Triton's
         message) for a sequence not started (unknown, ended or expired) without ``start``, and
         :class:`Overloaded` when ``max_waiting`` requests wait or a new sequence finds the backlog full."""
         seq = self._sequences.get(correlation_id)
@@ -237,7 +241,7 @@ class SequenceScheduler:
                 self._held += 1
             else:
                 self._backlog[correlation_id] = None
-        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now)
+        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now, deadline)
         seq.queue.append(pending)
         seq.ended = end
         seq.last = now
@@ -309,10 +313,22 @@ class SequenceScheduler:
                 gone.append(cid)
         return gone
 
+    def overdue(self, now: float) -> list[Pending]:
+        """Drop (as :meth:`cancel`) and return every waiting request whose deadline passed, for
+        the caller to fail: a request waiting for its sequence's turn or for a slot times out there."""
+        out = [p for seq in self._sequences.values() for p in seq.queue
+               if not p.cancelled and p.deadline is not None and p.deadline <= now]
+        for p in out:
+            self.cancel(p, now)
+        return out
+
     def next_expiry(self) -> float | None:
-        """When the next idle sequence expires (None: none is idle)."""
+        """When the next idle sequence expires or the next waiting request's deadline passes
+        (None: neither)."""
         times = [seq.last + self.max_idle_s for seq in self._sequences.values()
                  if seq.slot and not seq.busy and not any(not p.cancelled for p in seq.queue)]
+        times += [p.deadline for seq in self._sequences.values() for p in seq.queue
+                  if not p.cancelled and p.deadline is not None]
         return min(times) if times else None
 
     def drain(self) -> list[Pending]:
