@@ -170,3 +170,17 @@ async def test_a_request_waiting_for_a_slot_past_its_deadline_ends_deadline_exce
     assert [c[0] for call in model.calls for c in call] == ["a"] and worker.scheduler.waiting == 0
     assert len(worker.scheduler) == 1  # "b" never reached the model: forgotten, its backlog place free
     await worker.close()
+
+
+async def test_a_request_of_several_rows_is_refused_as_triton_refuses_it() -> None:
+    """Triton's sequence batcher takes batch-size 1 only (one row per slot); its message."""
+    model = _Model()
+    worker = _worker(model)
+    two = _Sink(1, (1, True, True))
+    two.inputs = np.array([[1], [2]], np.int32)
+    two.n = 2
+    with pytest.raises(BadRequest, match="^inference request to model 'acc' must specify batch-size 1 due to "
+                                         "requirements of sequence batcher$"):
+        worker.submit(two)
+    assert len(worker.scheduler) == 0 and model.calls == []
+    await worker.close()

@@ -176,13 +176,16 @@ class SequenceWorker:
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Pending:
         """Queue ``sink``'s request in its sequence (``sink.sequence``).  Raises ``BadRequest``
-        (Triton's messages: no correlation id, a sequence not started; explanations),
+        (Triton's messages: more than one row, no correlation id, a sequence not started; explanations),
         ``Overloaded`` (too many requests or sequences wait), ``ShuttingDown`` after :meth:`close`;
         the sink is then never called."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         if getattr(sink, "explain", False):
             raise BadRequest(self.explain_refusal)
+        if self._batched and sink.n > 1:  # Triton's: one row per slot
+            raise BadRequest(f"inference request to model '{self.name}' must specify batch-size 1 due to "
+                             "requirements of sequence batcher")
         sequence = getattr(sink, "sequence", None)
         if sequence is None:
             raise missing_id(self.name)
