@@ -184,3 +184,20 @@ async def test_a_request_of_several_rows_is_refused_as_triton_refuses_it() -> No
         worker.submit(two)
     assert len(worker.scheduler) == 0 and model.calls == []
     await worker.close()
+
+
+async def test_wait_idle_lets_idle_slot_holders_go_so_an_unload_drains_the_backlog_at_once() -> None:
+    """An unloading version gets no new request: a sequence holding a slot with nothing waiting can
+    never go on there, so draining (wait_idle) lets it go at once and the backlogged sequences run,
+    instead of the unload waiting ``max_sequence_idle_microseconds`` (here an hour) per holder."""
+    model = _Model()
+    config = SequenceConfig(max_idle_s=3600.0, controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=1, explain_refusal="no"), config, slots=1)
+    worker.start()
+    holder, backlogged = _Sink(1, ("a", True, False)), _Sink(2, ("b", True, False))
+    worker.submit(holder)
+    await asyncio.wait_for(holder.done.wait(), 30)
+    worker.submit(backlogged)
+    await asyncio.wait_for(worker.wait_idle(), 10)
+    assert backlogged.got == [[[2.0]]]
+    await worker.close()

@@ -115,6 +115,7 @@ class SequenceWorker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._draining = False  # wait_idle was called: idle sequences let their slots go at once
         self._idle: asyncio.Event | None = None  # set whenever no request waits (wait_idle)
 
     # what the pool and the transports read of a PredictWorker
@@ -150,8 +151,13 @@ class SequenceWorker:
         self.inner.start()
 
     async def wait_idle(self) -> None:
-        """Return once no request of a sequence waits or runs (sequences holding slots stay)."""
+        """Return once no request of a sequence waits or runs.  Called when the version is retired
+        (it gets no new requests): from then on a sequence holding a slot with nothing running or
+        waiting lets it go at once (it could never go on here), so the backlogged sequences run
+        instead of waiting ``max_idle_s`` for each holder."""
         assert self._idle is not None, "start() first"
+        self._draining = True
+        self._pump(monotonic())
         while self.scheduler.waiting and not self._closed:
             self._idle.clear()
             await self._idle.wait()
@@ -217,6 +223,8 @@ class SequenceWorker:
 
     def _pump(self, now: float) -> None:
         """Hand out every request that may run now; then arm the idle-expiry timer."""
+        if self._draining:
+            self.scheduler.expire(float("inf"))
         for p in self.scheduler.take(now):
             sink = p.payload
             priority, deadline = p.handle
