@@ -182,3 +182,20 @@ def test_a_cancelled_waiting_end_lets_the_slot_go_once_the_running_request_ends(
     assert s.cancel(a2, 0.1)
     s.done(got, 0.2)  # the sequence ended (its END arrived) and nothing of it is left
     assert _ids(s.take(0.2)) == ["b1"]  # 2 got the slot at once, not after 1's idle expiry
+
+
+def test_the_bytes_of_waiting_requests_are_bounded() -> None:
+    """Requests waiting for their turn or a slot hold their inputs: ``max_waiting_bytes`` bounds
+    them as ``max_queue_bytes`` bounds a batch queue (an empty wait takes any request)."""
+    s = SequenceScheduler("acc", slots=1, max_waiting_bytes=100)
+    s.arrive(1, True, False, "a1", 0.0, nbytes=60)
+    (a1,) = s.take(0.0)  # handed out: no longer waiting here
+    big = s.arrive(2, True, False, "b1", 0.0, nbytes=500)  # nothing waits: taken whatever its size
+    with pytest.raises(Overloaded, match="max_queue_bytes"):
+        s.arrive(3, True, False, "c1", 0.0, nbytes=1)
+    assert s.cancel(big, 0.1)
+    s.arrive(3, True, False, "c1", 0.1, nbytes=60)
+    with pytest.raises(Overloaded, match="max_queue_bytes"):
+        s.arrive(4, True, False, "d1", 0.1, nbytes=41)
+    s.arrive(4, True, False, "d1", 0.1, nbytes=40)
+    assert s.waiting_bytes == 100

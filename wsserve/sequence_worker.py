@@ -109,7 +109,8 @@ class SequenceWorker:
         self.explainer = None
         self.explain_refusal = f"model {self.name!r} is stateful (sequence_batching): its requests cannot be explained"
         self.scheduler = SequenceScheduler(self.name, slots=slots, max_idle_s=config.max_idle_s,
-                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests)
+                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests,
+                                           max_waiting_bytes=getattr(inner.queue, "max_queue_bytes", None))
         self._batched = getattr(self.model, "batching", True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -198,7 +199,7 @@ class SequenceWorker:
         cid, start, end = sequence
         now = monotonic()
         waits_until = queue_deadline(deadline, now, self.inner.default_timeout_s, self.inner.allow_timeout_override)
-        pending = self.scheduler.arrive(cid, start, end, sink, now, waits_until)
+        pending = self.scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes)
         pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
         self._pump(now)
         return pending

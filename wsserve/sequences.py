@@ -163,10 +163,11 @@ class Pending:
     (or cancelled while waiting): its ``correlation_id``, ``flags`` and the caller's ``payload``;
     ``handle`` is the caller's to use as it likes."""
 
-    __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "taken", "cancelled", "handle")
+    __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "nbytes", "taken", "cancelled", "handle")
 
     def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, nbytes: int = 0) -> None:
+        self.nbytes = nbytes  # its input bytes, counted against max_waiting_bytes while it waits
         self.correlation_id = correlation_id
         self.flags = flags
         self.payload = payload
@@ -197,7 +198,7 @@ class SequenceScheduler:
     """The sequences of one model version (see the module docstring)."""
 
     def __init__(self, name: str, *, slots: int, max_idle_s: float = DEFAULT_MAX_IDLE_S,
-                 max_backlog: int = 1024, max_waiting: int = 1024) -> None:
+                 max_backlog: int = 1024, max_waiting: int = 1024, max_waiting_bytes: int | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.name = name
@@ -205,6 +206,8 @@ class SequenceScheduler:
         self.max_idle_s = max_idle_s
         self.max_backlog = max_backlog
         self.max_waiting = max_waiting
+        self.max_waiting_bytes = max_waiting_bytes
+        self.waiting_bytes = 0  # input bytes of the requests not handed out
         self._sequences: dict[int | str, _Sequence] = {}
         self._backlog: OrderedDict[int | str, None] = OrderedDict()  # sequences waiting for a slot, FIFO
         self._held = 0  # sequences holding a slot
@@ -219,11 +222,12 @@ class SequenceScheduler:
         return self._held
 
     def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float,
-               deadline: float | None = None) -> Pending:
-        """Queue a request of sequence ``correlation_id``; one still waiting at ``deadline`` is
-        dropped by :meth:`overdue`.  Raises :class:`BadRequest` (Triton's
+               deadline: float | None = None, nbytes: int = 0) -> Pending:
+        """Queue a request of sequence ``correlation_id`` (of ``nbytes`` input bytes); one still
+        waiting at ``deadline`` is dropped by :meth:`overdue`.  Raises :class:`BadRequest` (Triton's
         message) for a sequence not started (unknown, ended or expired) without ``start``, and
-        :class:`Overloaded` when ``max_waiting`` requests wait or a new sequence finds the backlog full."""
+        :class:`Overloaded` when ``max_waiting`` requests wait, their bytes would pass
+        ``max_waiting_bytes`` (unless none waits), or a new sequence finds the backlog full."""
         seq = self._sequences.get(correlation_id)
         if not start and (seq is None or seq.ended):
             raise BadRequest(f"inference request for sequence {correlation_id} to model '{self.name}' must specify "
@@ -231,6 +235,10 @@ class SequenceScheduler:
         if self.waiting >= self.max_waiting:
             raise Overloaded(f"model {self.name!r}: {self.waiting} requests of sequences wait "
                              f"(max_queue_requests={self.max_waiting})", retry_after_ms=100)
+        limit = self.max_waiting_bytes
+        if limit is not None and self.waiting and self.waiting_bytes + nbytes > limit:
+            raise Overloaded(f"queue full: {self.waiting_bytes} input bytes of sequences wait, limit {limit} "
+                             "(max_queue_bytes)", retry_after_ms=100)
         if seq is None:
             if self._held >= self.slots and len(self._backlog) >= self.max_backlog:
                 raise Overloaded(f"model {self.name!r}: {self._held} sequences hold its {self.slots} slots and "
@@ -241,11 +249,12 @@ class SequenceScheduler:
                 self._held += 1
             else:
                 self._backlog[correlation_id] = None
-        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now, deadline)
+        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now, deadline, nbytes)
         seq.queue.append(pending)
         seq.ended = end
         seq.last = now
         self.waiting += 1
+        self.waiting_bytes += nbytes
         return pending
 
     def take(self, now: float) -> list[Pending]:
@@ -263,6 +272,7 @@ class SequenceScheduler:
                 seq.busy = True
                 seq.started = True
                 self.waiting -= 1
+                self.waiting_bytes -= p.nbytes
                 out.append(p)
         return out
 
@@ -290,6 +300,7 @@ class SequenceScheduler:
             return False
         pending.cancelled = True
         self.waiting -= 1
+        self.waiting_bytes -= pending.nbytes
         cid = pending.correlation_id
         seq = self._sequences.get(cid)
         if seq is not None:
@@ -338,6 +349,7 @@ class SequenceScheduler:
         self._backlog.clear()
         self._held = 0
         self.waiting = 0
+        self.waiting_bytes = 0
         return out
 
     def _release(self, cid: int | str, seq: _Sequence) -> None:
