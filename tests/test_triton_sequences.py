@@ -293,3 +293,33 @@ async def test_websocket_predicts_carry_a_sequence_too(served) -> None:
         assert frame["type"] == "error" and "'sequence_start' must be a boolean" in frame["message"]
     finally:
         await conn.close()
+
+
+def test_a_request_of_two_rows_is_refused_and_odd_ids_name_the_parameter(served) -> None:
+    """Triton's batch-size-1 rule over gRPC; over HTTP ids that are floats, booleans, negative,
+    past uint64 or too long are 400 naming ``sequence_id``, and the sequence is never started."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    client = tgrpc.InferenceServerClient(served[1])
+    t = tgrpc.InferInput("IN", [2, 1], "INT32")
+    t.set_data_from_numpy(np.array([[1], [2]], np.int32))
+    try:
+        with pytest.raises(InferenceServerException, match="inference request to model 'acc' must specify "
+                                                           "batch-size 1 due to requirements of sequence batcher"):
+            client.infer("acc", [t], sequence_id=401, sequence_start=True)
+        one = tgrpc.InferInput("IN", [1, 1], "INT32")
+        one.set_data_from_numpy(np.array([[1]], np.int32))
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            client.infer("acc", [one], sequence_id=401)  # the refused START started nothing
+    finally:
+        client.close()
+    for sid in (7.0, True, -1, 1 << 64, "x" * 257):
+        body = json.dumps({"inputs": [{"name": "IN", "datatype": "INT32", "shape": [1, 1], "data": [1]}],
+                           "parameters": {"sequence_id": sid, "sequence_start": True}}).encode()
+        req = urllib.request.Request(f"{served[0].http}/v2/models/acc/infer", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 400 and "sequence_id" in err.value.read().decode()
