@@ -199,3 +199,11 @@ def test_the_bytes_of_waiting_requests_are_bounded() -> None:
         s.arrive(4, True, False, "d1", 0.1, nbytes=41)
     s.arrive(4, True, False, "d1", 0.1, nbytes=40)
     assert s.waiting_bytes == 100
+
+
+def test_a_drained_request_cancelled_later_leaves_the_counts_alone() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    p = s.arrive(1, True, False, "a1", 0.0, nbytes=8)
+    assert s.drain() == [p]
+    assert not s.cancel(p, 0.1)  # its client leaves after the close answered it
+    assert (s.waiting, s.waiting_bytes) == (0, 0)

@@ -345,6 +345,8 @@ class SequenceScheduler:
     def drain(self) -> list[Pending]:
         """Every request still waiting (for the caller to fail), all sequences forgotten."""
         out = [p for seq in self._sequences.values() for p in seq.queue if not p.cancelled and not p.taken]
+        for p in out:
+            p.cancelled = True  # a later cancel() of one is a no-op
         self._sequences.clear()
         self._backlog.clear()
         self._held = 0
