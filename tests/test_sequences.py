@@ -207,3 +207,14 @@ def test_a_drained_request_cancelled_later_leaves_the_counts_alone() -> None:
     assert s.drain() == [p]
     assert not s.cancel(p, 0.1)  # its client leaves after the close answered it
     assert (s.waiting, s.waiting_bytes) == (0, 0)
+
+
+def test_a_websocket_predicts_sequence_flags_are_checked_even_without_an_id() -> None:
+    """As the OIP parameters are: a bad ``sequence_start`` is a clear error, not silently dropped."""
+    from wsserve.errors import WsserveError
+    from wsserve.protocol import decode
+
+    with pytest.raises(WsserveError, match="sequence_start"):
+        decode('{"type": "predict", "id": "p", "model": "acc", "inputs": [[1.0]], "sequence_start": "yes"}')
+    ok = decode('{"type": "predict", "id": "p", "model": "acc", "inputs": [[1.0]], "sequence_start": true}')
+    assert ok.sequence is None
