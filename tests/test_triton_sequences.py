@@ -323,3 +323,22 @@ def test_a_request_of_two_rows_is_refused_and_odd_ids_name_the_parameter(served)
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=30)
         assert err.value.code == 400 and "sequence_id" in err.value.read().decode()
+
+
+def test_a_sequence_waiting_for_a_slot_past_its_timeout_is_answered_then(served) -> None:
+    """acc_two's two slots held (idle let go only after 60 s): a third sequence's START with a
+    Triton ``timeout`` (microseconds) ends with its deadline, not when a slot frees; the holders go on."""
+    client = thttp.InferenceServerClient(served[0].http.removeprefix("http://"))
+    try:
+        assert _row(_http_infer(client, "acc_two", 1, sequence_id=501, sequence_start=True))[0] == 1
+        assert _row(_http_infer(client, "acc_two", 2, sequence_id=502, sequence_start=True))[0] == 2
+        t = thttp.InferInput("IN", [1, 1], "INT32")
+        t.set_data_from_numpy(np.array([[5]], np.int32))
+        late = client.async_infer("acc_two", [t], sequence_id=503, sequence_start=True, sequence_end=True,
+                                  timeout=50_000)
+        with pytest.raises(InferenceServerException, match="(?i)deadline"):
+            late.get_result(block=True, timeout=20)
+        assert _row(_http_infer(client, "acc_two", 10, sequence_id=501, sequence_end=True))[0] == 11
+        assert _row(_http_infer(client, "acc_two", 20, sequence_id=502, sequence_end=True))[0] == 22
+    finally:
+        client.close()
