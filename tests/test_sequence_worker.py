@@ -201,3 +201,20 @@ async def test_wait_idle_lets_idle_slot_holders_go_so_an_unload_drains_the_backl
     await asyncio.wait_for(worker.wait_idle(), 10)
     assert backlogged.got == [[[2.0]]]
     await worker.close()
+
+
+async def test_an_id_the_corrid_control_cannot_hold_is_refused_before_it_takes_a_slot() -> None:
+    """A string id to a numeric CORRID (or one past its type) is refused at submit, so the sequence
+    never holds a slot it cannot use (before: the slot stayed held until idle expiry)."""
+    from wsserve.errors import InvalidInput
+
+    model = _Model()
+    config = SequenceConfig(controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),
+                                      Control("C", "CORRID", np.dtype(np.int32))))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=1, explain_refusal="no"), config, slots=1)
+    worker.start()
+    for sid in ("abc", 1 << 40):
+        with pytest.raises(InvalidInput, match="CORRID"):
+            worker.submit(_Sink(1, (sid, True, False)))
+    assert len(worker.scheduler) == 0 and worker.scheduler.held == 0
+    await worker.close()

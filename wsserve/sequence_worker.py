@@ -184,6 +184,7 @@ class SequenceWorker:
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Pending:
         """Queue ``sink``'s request in its sequence (``sink.sequence``).  Raises ``BadRequest``
         (Triton's messages: more than one row, no correlation id, a sequence not started; explanations),
+        ``InvalidInput`` (an id the model's CORRID control cannot hold),
         ``Overloaded`` (too many requests or sequences wait), ``ShuttingDown`` after :meth:`close`;
         the sink is then never called."""
         if self._closed:
@@ -197,6 +198,8 @@ class SequenceWorker:
         if sequence is None:
             raise missing_id(self.name)
         cid, start, end = sequence
+        if self.config.controls:  # an id its CORRID control cannot hold: InvalidInput before it takes a slot
+            control_inputs(self.config.controls, cid, 0, 1, self._batched)
         now = monotonic()
         waits_until = queue_deadline(deadline, now, self.inner.default_timeout_s, self.inner.allow_timeout_override)
         pending = self.scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes)
