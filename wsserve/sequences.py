@@ -17,8 +17,12 @@ flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Dire
 - A request without a correlation id is refused by the caller (Triton's message:
   :func:`missing_id`); the first request of an unknown sequence (never seen, ended, or expired)
   must carry START, else :meth:`SequenceScheduler.arrive` refuses it (Triton's message).
-- At most ``max_waiting`` requests wait (not yet handed out) over all sequences; past it a
-  request is refused with ``overloaded``.
+- At most ``max_waiting`` requests wait (not yet handed out) over all sequences, their input
+  bytes at most ``max_waiting_bytes``; past it a request is refused with ``overloaded``.  A
+  waiting request past its deadline is dropped by :meth:`SequenceScheduler.overdue`.
+- A cancelled waiting request is dropped; a sequence then left with nothing running or waiting
+  lets its slot go at once if it is over for the model (its END arrived, or nothing of it was
+  ever handed out), else at idle expiry.
 
 Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
 :func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
