@@ -147,3 +147,74 @@ async def test_a_failed_batch_of_several_sequences_fails_each_request_once_never
     await asyncio.wait_for(worker.wait_idle(), 30)
     assert after.got == [[[3.0]]]
     await worker.close()
+
+
+async def test_a_request_waiting_for_a_slot_past_its_deadline_ends_deadline_exceeded_then() -> None:
+    """Its deadline holds while it waits for its sequence's turn, not only once handed to the batch
+    queue: a sequence backlogged behind one that holds the only slot (for an hour of idleness) ends
+    with ``deadline_exceeded`` when its deadline passes, never reaching the model."""
+    from time import monotonic
+
+    from wsserve.errors import DeadlineExceeded
+
+    model = _Model()
+    config = SequenceConfig(max_idle_s=3600.0, controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=1, explain_refusal="no"), config, slots=1)
+    worker.start()
+    holder, late = _Sink(1, ("a", True, False)), _Sink(2, ("b", True, True))
+    worker.submit(holder)
+    await asyncio.wait_for(holder.done.wait(), 30)
+    worker.submit(late, deadline=monotonic() + 0.05)  # "a" holds the slot: "b" waits in the backlog
+    await asyncio.wait_for(late.done.wait(), 10)
+    assert isinstance(late.got[0], DeadlineExceeded)
+    assert [c[0] for call in model.calls for c in call] == ["a"] and worker.scheduler.waiting == 0
+    assert len(worker.scheduler) == 1  # "b" never reached the model: forgotten, its backlog place free
+    await worker.close()
+
+
+async def test_a_request_of_several_rows_is_refused_as_triton_refuses_it() -> None:
+    """Triton's sequence batcher takes batch-size 1 only (one row per slot); its message."""
+    model = _Model()
+    worker = _worker(model)
+    two = _Sink(1, (1, True, True))
+    two.inputs = np.array([[1], [2]], np.int32)
+    two.n = 2
+    with pytest.raises(BadRequest, match="^inference request to model 'acc' must specify batch-size 1 due to "
+                                         "requirements of sequence batcher$"):
+        worker.submit(two)
+    assert len(worker.scheduler) == 0 and model.calls == []
+    await worker.close()
+
+
+async def test_wait_idle_lets_idle_slot_holders_go_so_an_unload_drains_the_backlog_at_once() -> None:
+    """An unloading version gets no new request: a sequence holding a slot with nothing waiting can
+    never go on there, so draining (wait_idle) lets it go at once and the backlogged sequences run,
+    instead of the unload waiting ``max_sequence_idle_microseconds`` (here an hour) per holder."""
+    model = _Model()
+    config = SequenceConfig(max_idle_s=3600.0, controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=1, explain_refusal="no"), config, slots=1)
+    worker.start()
+    holder, backlogged = _Sink(1, ("a", True, False)), _Sink(2, ("b", True, False))
+    worker.submit(holder)
+    await asyncio.wait_for(holder.done.wait(), 30)
+    worker.submit(backlogged)
+    await asyncio.wait_for(worker.wait_idle(), 10)
+    assert backlogged.got == [[[2.0]]]
+    await worker.close()
+
+
+async def test_an_id_the_corrid_control_cannot_hold_is_refused_before_it_takes_a_slot() -> None:
+    """A string id to a numeric CORRID (or one past its type) is refused at submit, so the sequence
+    never holds a slot it cannot use (before: the slot stayed held until idle expiry)."""
+    from wsserve.errors import InvalidInput
+
+    model = _Model()
+    config = SequenceConfig(controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),
+                                      Control("C", "CORRID", np.dtype(np.int32))))
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=1, explain_refusal="no"), config, slots=1)
+    worker.start()
+    for sid in ("abc", 1 << 40):
+        with pytest.raises(InvalidInput, match="CORRID"):
+            worker.submit(_Sink(1, (sid, True, False)))
+    assert len(worker.scheduler) == 0 and worker.scheduler.held == 0
+    await worker.close()

@@ -153,3 +153,68 @@ def test_control_tensors_one_row_per_request_row_in_their_types() -> None:
 def test_a_sequence_id_is_a_request_id_carrying_the_sequence() -> None:
     rid = SequenceId("r1", 9, START | END)
     assert rid == "r1" and isinstance(rid, str) and rid.correlation_id == 9 and rid.flags == 3
+
+
+def test_a_cancelled_start_frees_its_slot_or_backlog_place_at_once() -> None:
+    s = SequenceScheduler("acc", slots=1, max_backlog=1)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    b1 = s.arrive(2, True, False, "b1", 0.0)  # backlogged behind 1
+    assert s.cancel(b1, 0.1)  # the client left before its sequence ever reached the model
+    assert len(s) == 1  # 2 is forgotten: its backlog place is free
+    s.arrive(3, True, False, "c1", 0.1)  # would be refused (backlog full) if 2 still held the place
+    assert s.cancel(s._sequences[3].queue[0], 0.1) and len(s) == 1
+    (got,) = s.take(0.2)
+    assert got is a1
+    s2 = SequenceScheduler("acc", slots=1)
+    only = s2.arrive(7, True, False, "x", 0.0)
+    assert s2.cancel(only, 0.0)
+    assert s2.held == 0 and len(s2) == 0  # the slot is free now, not after max_idle_s
+    s2.arrive(8, True, False, "y", 0.0)
+    assert _ids(s2.take(0.0)) == ["y"]
+
+
+def test_a_cancelled_waiting_end_lets_the_slot_go_once_the_running_request_ends() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0)
+    (got,) = s.take(0.0)
+    a2 = s.arrive(1, False, True, "a2", 0.0)  # END, waits for a1
+    s.arrive(2, True, True, "b1", 0.0)  # backlogged
+    assert s.cancel(a2, 0.1)
+    s.done(got, 0.2)  # the sequence ended (its END arrived) and nothing of it is left
+    assert _ids(s.take(0.2)) == ["b1"]  # 2 got the slot at once, not after 1's idle expiry
+
+
+def test_the_bytes_of_waiting_requests_are_bounded() -> None:
+    """Requests waiting for their turn or a slot hold their inputs: ``max_waiting_bytes`` bounds
+    them as ``max_queue_bytes`` bounds a batch queue (an empty wait takes any request)."""
+    s = SequenceScheduler("acc", slots=1, max_waiting_bytes=100)
+    s.arrive(1, True, False, "a1", 0.0, nbytes=60)
+    (a1,) = s.take(0.0)  # handed out: no longer waiting here
+    big = s.arrive(2, True, False, "b1", 0.0, nbytes=500)  # nothing waits: taken whatever its size
+    with pytest.raises(Overloaded, match="max_queue_bytes"):
+        s.arrive(3, True, False, "c1", 0.0, nbytes=1)
+    assert s.cancel(big, 0.1)
+    s.arrive(3, True, False, "c1", 0.1, nbytes=60)
+    with pytest.raises(Overloaded, match="max_queue_bytes"):
+        s.arrive(4, True, False, "d1", 0.1, nbytes=41)
+    s.arrive(4, True, False, "d1", 0.1, nbytes=40)
+    assert s.waiting_bytes == 100
+
+
+def test_a_drained_request_cancelled_later_leaves_the_counts_alone() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    p = s.arrive(1, True, False, "a1", 0.0, nbytes=8)
+    assert s.drain() == [p]
+    assert not s.cancel(p, 0.1)  # its client leaves after the close answered it
+    assert (s.waiting, s.waiting_bytes) == (0, 0)
+
+
+def test_a_websocket_predicts_sequence_flags_are_checked_even_without_an_id() -> None:
+    """As the OIP parameters are: a bad ``sequence_start`` is a clear error, not silently dropped."""
+    from wsserve.errors import WsserveError
+    from wsserve.protocol import decode
+
+    with pytest.raises(WsserveError, match="sequence_start"):
+        decode('{"type": "predict", "id": "p", "model": "acc", "inputs": [[1.0]], "sequence_start": "yes"}')
+    ok = decode('{"type": "predict", "id": "p", "model": "acc", "inputs": [[1.0]], "sequence_start": true}')
+    assert ok.sequence is None

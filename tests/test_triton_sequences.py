@@ -107,6 +107,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "acc", _pbtxt(8, 60_000_000))
     _write(root, "acc_str", _pbtxt(0, 60_000_000, "TYPE_STRING"))  # string ids, no batch dimension
     _write(root, "acc_two", _pbtxt(2, 60_000_000))  # two slots
+    _write(root, "acc_wait", _pbtxt(2, 60_000_000))  # two slots, for the deadline test alone
     _write(root, "acc_idle", _pbtxt(4, 100_000))  # sequences idle 0.1 s let go
     _write(root, "plain", 'backend: "python"\nmax_batch_size: 8\n' + TENSORS)  # no sequence_batching
     (root / "plain" / "1" / "model.py").write_text(textwrap.dedent('''
@@ -293,3 +294,52 @@ async def test_websocket_predicts_carry_a_sequence_too(served) -> None:
         assert frame["type"] == "error" and "'sequence_start' must be a boolean" in frame["message"]
     finally:
         await conn.close()
+
+
+def test_a_request_of_two_rows_is_refused_and_odd_ids_name_the_parameter(served) -> None:
+    """Triton's batch-size-1 rule over gRPC; over HTTP ids that are floats, booleans, negative,
+    past uint64 or too long are 400 naming ``sequence_id``, and the sequence is never started."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    client = tgrpc.InferenceServerClient(served[1])
+    t = tgrpc.InferInput("IN", [2, 1], "INT32")
+    t.set_data_from_numpy(np.array([[1], [2]], np.int32))
+    try:
+        with pytest.raises(InferenceServerException, match="inference request to model 'acc' must specify "
+                                                           "batch-size 1 due to requirements of sequence batcher"):
+            client.infer("acc", [t], sequence_id=401, sequence_start=True)
+        one = tgrpc.InferInput("IN", [1, 1], "INT32")
+        one.set_data_from_numpy(np.array([[1]], np.int32))
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            client.infer("acc", [one], sequence_id=401)  # the refused START started nothing
+    finally:
+        client.close()
+    for sid in (7.0, True, -1, 1 << 64, "x" * 257):
+        body = json.dumps({"inputs": [{"name": "IN", "datatype": "INT32", "shape": [1, 1], "data": [1]}],
+                           "parameters": {"sequence_id": sid, "sequence_start": True}}).encode()
+        req = urllib.request.Request(f"{served[0].http}/v2/models/acc/infer", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 400 and "sequence_id" in err.value.read().decode()
+
+
+def test_a_sequence_waiting_for_a_slot_past_its_timeout_is_answered_then(served) -> None:
+    """acc_wait's two slots held (idle let go only after 60 s): a third sequence's START with a
+    Triton ``timeout`` (microseconds) ends with its deadline, not when a slot frees; the holders go on."""
+    client = thttp.InferenceServerClient(served[0].http.removeprefix("http://"))
+    try:
+        assert _row(_http_infer(client, "acc_wait", 1, sequence_id=501, sequence_start=True))[0] == 1
+        assert _row(_http_infer(client, "acc_wait", 2, sequence_id=502, sequence_start=True))[0] == 2
+        t = thttp.InferInput("IN", [1, 1], "INT32")
+        t.set_data_from_numpy(np.array([[5]], np.int32))
+        late = client.async_infer("acc_wait", [t], sequence_id=503, sequence_start=True, sequence_end=True,
+                                  timeout=50_000)
+        with pytest.raises(InferenceServerException, match="(?i)deadline"):
+            late.get_result(block=True, timeout=20)
+        assert _row(_http_infer(client, "acc_wait", 10, sequence_id=501, sequence_end=True))[0] == 11
+        assert _row(_http_infer(client, "acc_wait", 20, sequence_id=502, sequence_end=True))[0] == 22
+    finally:
+        client.close()

@@ -649,7 +649,7 @@ def _predict_fields(obj: dict[str, Any], rid: RequestId, model: str, inputs: Any
         explain=_flag(obj, "explain"),
         tensors=tensors,
         binary_outputs=_flag(obj, "binary_outputs"),
-        sequence=sequence_of(obj) if "sequence_id" in obj else None,
+        sequence=sequence_of(obj),
         **_trace_fields(obj),
     )
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, ShuttingDown, WsserveError
+from .batching import queue_deadline
+from .errors import BadRequest, DeadlineExceeded, ShuttingDown, WsserveError
 from .sequences import (
     Pending,
     SequenceConfig,
@@ -108,12 +109,14 @@ class SequenceWorker:
         self.explainer = None
         self.explain_refusal = f"model {self.name!r} is stateful (sequence_batching): its requests cannot be explained"
         self.scheduler = SequenceScheduler(self.name, slots=slots, max_idle_s=config.max_idle_s,
-                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests)
+                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests,
+                                           max_waiting_bytes=getattr(inner.queue, "max_queue_bytes", None))
         self._batched = getattr(self.model, "batching", True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
+        self._draining = False  # wait_idle was called: idle sequences let their slots go at once
         self._idle: asyncio.Event | None = None  # set whenever no request waits (wait_idle)
 
     # what the pool and the transports read of a PredictWorker
@@ -149,8 +152,13 @@ class SequenceWorker:
         self.inner.start()
 
     async def wait_idle(self) -> None:
-        """Return once no request of a sequence waits or runs (sequences holding slots stay)."""
+        """Return once no request of a sequence waits or runs.  Called when the version is retired
+        (it gets no new requests): from then on a sequence holding a slot with nothing running or
+        waiting lets it go at once (it could never go on here), so the backlogged sequences run
+        instead of waiting ``max_idle_s`` for each holder."""
         assert self._idle is not None, "start() first"
+        self._draining = True
+        self._pump(monotonic())
         while self.scheduler.waiting and not self._closed:
             self._idle.clear()
             await self._idle.wait()
@@ -175,19 +183,26 @@ class SequenceWorker:
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> Pending:
         """Queue ``sink``'s request in its sequence (``sink.sequence``).  Raises ``BadRequest``
-        (Triton's messages: no correlation id, a sequence not started; explanations),
+        (Triton's messages: more than one row, no correlation id, a sequence not started; explanations),
+        ``InvalidInput`` (an id the model's CORRID control cannot hold),
         ``Overloaded`` (too many requests or sequences wait), ``ShuttingDown`` after :meth:`close`;
         the sink is then never called."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         if getattr(sink, "explain", False):
             raise BadRequest(self.explain_refusal)
+        if self._batched and sink.n > 1:  # Triton's: one row per slot
+            raise BadRequest(f"inference request to model '{self.name}' must specify batch-size 1 due to "
+                             "requirements of sequence batcher")
         sequence = getattr(sink, "sequence", None)
         if sequence is None:
             raise missing_id(self.name)
         cid, start, end = sequence
+        if self.config.controls:  # an id its CORRID control cannot hold: InvalidInput before it takes a slot
+            control_inputs(self.config.controls, cid, 0, 1, self._batched)
         now = monotonic()
-        pending = self.scheduler.arrive(cid, start, end, sink, now)
+        waits_until = queue_deadline(deadline, now, self.inner.default_timeout_s, self.inner.allow_timeout_override)
+        pending = self.scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes)
         pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
         self._pump(now)
         return pending
@@ -212,6 +227,8 @@ class SequenceWorker:
 
     def _pump(self, now: float) -> None:
         """Hand out every request that may run now; then arm the idle-expiry timer."""
+        if self._draining:
+            self.scheduler.expire(float("inf"))
         for p in self.scheduler.take(now):
             sink = p.payload
             priority, deadline = p.handle
@@ -259,6 +276,9 @@ class SequenceWorker:
         self._timer = None
         self._timer_at = None
         now = monotonic()
+        for p in self.scheduler.overdue(now):
+            if not p.payload.finished:
+                p.payload.on_error(DeadlineExceeded("deadline passed while waiting for its sequence's turn"))
         gone = self.scheduler.expire(now)
         if gone:
             log.info("model %s: %d sequences idle for %.3f s let go of their slots", self.name, len(gone),

@@ -17,8 +17,12 @@ flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Dire
 - A request without a correlation id is refused by the caller (Triton's message:
   :func:`missing_id`); the first request of an unknown sequence (never seen, ended, or expired)
   must carry START, else :meth:`SequenceScheduler.arrive` refuses it (Triton's message).
-- At most ``max_waiting`` requests wait (not yet handed out) over all sequences; past it a
-  request is refused with ``overloaded``.
+- At most ``max_waiting`` requests wait (not yet handed out) over all sequences, their input
+  bytes at most ``max_waiting_bytes``; past it a request is refused with ``overloaded``.  A
+  waiting request past its deadline is dropped by :meth:`SequenceScheduler.overdue`.
+- A cancelled waiting request is dropped; a sequence then left with nothing running or waiting
+  lets its slot go at once if it is over for the model (its END arrived, or nothing of it was
+  ever handed out), else at idle expiry.
 
 Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
 :func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
@@ -163,20 +167,23 @@ class Pending:
     (or cancelled while waiting): its ``correlation_id``, ``flags`` and the caller's ``payload``;
     ``handle`` is the caller's to use as it likes."""
 
-    __slots__ = ("correlation_id", "flags", "payload", "arrived", "taken", "cancelled", "handle")
+    __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "nbytes", "taken", "cancelled", "handle")
 
-    def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float) -> None:
+    def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float,
+                 deadline: float | None = None, nbytes: int = 0) -> None:
+        self.nbytes = nbytes  # its input bytes, counted against max_waiting_bytes while it waits
         self.correlation_id = correlation_id
         self.flags = flags
         self.payload = payload
         self.arrived = arrived
+        self.deadline = deadline  # while it waits (same clock as ``now``), None: none
         self.taken = False
         self.cancelled = False
         self.handle: Any = None
 
 
 class _Sequence:
-    __slots__ = ("queue", "slot", "busy", "last", "ended")
+    __slots__ = ("queue", "slot", "busy", "last", "ended", "started")
 
     def __init__(self, now: float) -> None:
         self.queue: deque[Pending] = deque()
@@ -184,13 +191,18 @@ class _Sequence:
         self.busy = False  # a request of it was handed out and has not ended
         self.last = now  # when it last had a request arrive or end
         self.ended = False  # its latest request carries END: the next must START
+        self.started = False  # a request of it was handed out (the model saw the sequence)
+
+    def live(self) -> bool:
+        """A request of it runs or waits (cancelled ones skipped)."""
+        return self.busy or any(not p.cancelled for p in self.queue)
 
 
 class SequenceScheduler:
     """The sequences of one model version (see the module docstring)."""
 
     def __init__(self, name: str, *, slots: int, max_idle_s: float = DEFAULT_MAX_IDLE_S,
-                 max_backlog: int = 1024, max_waiting: int = 1024) -> None:
+                 max_backlog: int = 1024, max_waiting: int = 1024, max_waiting_bytes: int | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.name = name
@@ -198,6 +210,8 @@ class SequenceScheduler:
         self.max_idle_s = max_idle_s
         self.max_backlog = max_backlog
         self.max_waiting = max_waiting
+        self.max_waiting_bytes = max_waiting_bytes
+        self.waiting_bytes = 0  # input bytes of the requests not handed out
         self._sequences: dict[int | str, _Sequence] = {}
         self._backlog: OrderedDict[int | str, None] = OrderedDict()  # sequences waiting for a slot, FIFO
         self._held = 0  # sequences holding a slot
@@ -211,10 +225,13 @@ class SequenceScheduler:
     def held(self) -> int:
         return self._held
 
-    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float) -> Pending:
-        """Queue a request of sequence ``correlation_id``.  Raises :class:`BadRequest` (Triton's
+    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float,
+               deadline: float | None = None, nbytes: int = 0) -> Pending:
+        """Queue a request of sequence ``correlation_id`` (of ``nbytes`` input bytes); one still
+        waiting at ``deadline`` is dropped by :meth:`overdue`.  Raises :class:`BadRequest` (Triton's
         message) for a sequence not started (unknown, ended or expired) without ``start``, and
-        :class:`Overloaded` when ``max_waiting`` requests wait or a new sequence finds the backlog full."""
+        :class:`Overloaded` when ``max_waiting`` requests wait, their bytes would pass
+        ``max_waiting_bytes`` (unless none waits), or a new sequence finds the backlog full."""
         seq = self._sequences.get(correlation_id)
         if not start and (seq is None or seq.ended):
             raise BadRequest(f"inference request for sequence {correlation_id} to model '{self.name}' must specify "
@@ -222,6 +239,10 @@ class SequenceScheduler:
         if self.waiting >= self.max_waiting:
             raise Overloaded(f"model {self.name!r}: {self.waiting} requests of sequences wait "
                              f"(max_queue_requests={self.max_waiting})", retry_after_ms=100)
+        limit = self.max_waiting_bytes
+        if limit is not None and self.waiting and self.waiting_bytes + nbytes > limit:
+            raise Overloaded(f"queue full: {self.waiting_bytes} input bytes of sequences wait, limit {limit} "
+                             "(max_queue_bytes)", retry_after_ms=100)
         if seq is None:
             if self._held >= self.slots and len(self._backlog) >= self.max_backlog:
                 raise Overloaded(f"model {self.name!r}: {self._held} sequences hold its {self.slots} slots and "
@@ -232,11 +253,12 @@ class SequenceScheduler:
                 self._held += 1
             else:
                 self._backlog[correlation_id] = None
-        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now)
+        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now, deadline, nbytes)
         seq.queue.append(pending)
         seq.ended = end
         seq.last = now
         self.waiting += 1
+        self.waiting_bytes += nbytes
         return pending
 
     def take(self, now: float) -> list[Pending]:
@@ -252,7 +274,9 @@ class SequenceScheduler:
                 p = seq.queue.popleft()
                 p.taken = True
                 seq.busy = True
+                seq.started = True
                 self.waiting -= 1
+                self.waiting_bytes -= p.nbytes
                 out.append(p)
         return out
 
@@ -268,18 +292,29 @@ class SequenceScheduler:
             return
         seq.busy = False
         seq.last = now
-        if pending.flags & END and not seq.queue:
+        if (pending.flags & END or seq.ended) and not seq.live():
             self._release(pending.correlation_id, seq)
 
     def cancel(self, pending: Pending, now: float) -> bool:
-        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`)."""
+        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`).
+        A sequence left with nothing running or waiting lets its slot (or backlog place) go at
+        once when it is over for the model: its END arrived, or none of it was ever handed out
+        (a later request must START again); else it keeps its slot until idle expiry."""
         if pending.taken or pending.cancelled:
             return False
         pending.cancelled = True
         self.waiting -= 1
-        seq = self._sequences.get(pending.correlation_id)
+        self.waiting_bytes -= pending.nbytes
+        cid = pending.correlation_id
+        seq = self._sequences.get(cid)
         if seq is not None:
             seq.last = now
+            if not seq.live() and (seq.ended or not seq.started):
+                if seq.slot:
+                    self._release(cid, seq)
+                else:
+                    del self._sequences[cid]
+                    self._backlog.pop(cid, None)
         return True
 
     def expire(self, now: float) -> list[int | str]:
@@ -293,19 +328,34 @@ class SequenceScheduler:
                 gone.append(cid)
         return gone
 
+    def overdue(self, now: float) -> list[Pending]:
+        """Drop (as :meth:`cancel`) and return every waiting request whose deadline passed, for
+        the caller to fail: a request waiting for its sequence's turn or for a slot times out there."""
+        out = [p for seq in self._sequences.values() for p in seq.queue
+               if not p.cancelled and p.deadline is not None and p.deadline <= now]
+        for p in out:
+            self.cancel(p, now)
+        return out
+
     def next_expiry(self) -> float | None:
-        """When the next idle sequence expires (None: none is idle)."""
+        """When the next idle sequence expires or the next waiting request's deadline passes
+        (None: neither)."""
         times = [seq.last + self.max_idle_s for seq in self._sequences.values()
                  if seq.slot and not seq.busy and not any(not p.cancelled for p in seq.queue)]
+        times += [p.deadline for seq in self._sequences.values() for p in seq.queue
+                  if not p.cancelled and p.deadline is not None]
         return min(times) if times else None
 
     def drain(self) -> list[Pending]:
         """Every request still waiting (for the caller to fail), all sequences forgotten."""
         out = [p for seq in self._sequences.values() for p in seq.queue if not p.cancelled and not p.taken]
+        for p in out:
+            p.cancelled = True  # a later cancel() of one is a no-op
         self._sequences.clear()
         self._backlog.clear()
         self._held = 0
         self.waiting = 0
+        self.waiting_bytes = 0
         return out
 
     def _release(self, cid: int | str, seq: _Sequence) -> None:
