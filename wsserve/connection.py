@@ -508,25 +508,12 @@ class Connection:
         else:
             key = rid
         deadline = None if req.timeout_ms is None else now + req.timeout_ms / 1000.0
-        if entry.decoupled:
-            self._predict_decoupled(req, entry, inputs, n, nbytes, now, deadline)
-            return
-        job = PredictJob(self, key, req, entry, inputs, n, nbytes, now, deadline)
-        job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
-        self._track(job)
-        if self._tracer is not None:
-            job.span = self._tracer.begin("wsserve.predict", req.traceparent, req.tracestate, now, _span_head(req))
-
-    def _predict_decoupled(self, req: Predict, entry: Any, inputs: Any, n: int, nbytes: int, now: float,
-                           deadline: float | None) -> None:
-        """A predict to a decoupled model: its responses stream as ``response`` frames
-        (:class:`~wsserve.jobs.DecoupledJob`); the worker refuses what it cannot run."""
-        if req.id is None:
-            raise BadRequest(f"model {req.model!r} is decoupled (any number of responses): send a predict with an 'id'")
-        if req.binary_outputs:
-            raise BadRequest(f"model {req.model!r} is decoupled: its responses are JSON 'response' frames; "
-                             "leave out 'binary_outputs'")
-        job = DecoupledJob(self, req.id, req, entry, inputs, n, nbytes, now, deadline)
+        job: PredictJob | DecoupledJob
+        if entry.decoupled:  # its responses stream as ``response`` frames (:class:`~wsserve.jobs.DecoupledJob`)
+            _check_decoupled(req)
+            job = DecoupledJob(self, req.id, req, entry, inputs, n, nbytes, now, deadline)
+        else:
+            job = PredictJob(self, key, req, entry, inputs, n, nbytes, now, deadline)
         job.item = entry.worker.submit(job, priority=req.priority, deadline=deadline)
         self._track(job)
         if self._tracer is not None:
@@ -563,6 +550,16 @@ class Connection:
     def _abandon_all(self) -> None:
         for job in list(self.inflight.values()):
             job.abandon()
+
+
+def _check_decoupled(req: Predict) -> None:
+    """Refuse (``BadRequest``) a predict a decoupled model cannot answer: one without an ``id`` (its
+    responses need one) or asking for ``binary_outputs`` (its responses are JSON frames)."""
+    if req.id is None:
+        raise BadRequest(f"model {req.model!r} is decoupled (any number of responses): send a predict with an 'id'")
+    if req.binary_outputs:
+        raise BadRequest(f"model {req.model!r} is decoupled: its responses are JSON 'response' frames; "
+                         "leave out 'binary_outputs'")
 
 
 def _span_head(req: Predict | Generate) -> dict[str, Any]:

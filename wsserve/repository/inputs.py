@@ -393,11 +393,13 @@ def _names_message(inputs: dict[str, Any], specs: Sequence[TensorSpec]) -> str |
     wanted = [s.name for s in specs]
     unknown = sorted(k for k in inputs if k not in wanted)
     missing = [s.name for s in specs if s.name not in inputs and not s.optional]
-    takes = ", ".join(repr(w) + (" (optional)" if s.optional else "") for w, s in zip(wanted, specs, strict=True))
     if unknown:
-        return f"'inputs' names unknown input {unknown[0]!r}; the model takes {takes}"
-    if missing:
-        return f"'inputs' is missing input {missing[0]!r}; the model takes {takes}"
-    if not inputs:
-        return f"'inputs' gives no input; the model takes {takes}"
-    return None
+        problem = f"names unknown input {unknown[0]!r}"
+    elif missing:
+        problem = f"is missing input {missing[0]!r}"
+    elif not inputs:
+        problem = "gives no input"
+    else:
+        return None  # only optional inputs left out: every such request comes here, so no message is built
+    takes = ", ".join(repr(s.name) + (" (optional)" if s.optional else "") for s in specs)
+    return f"'inputs' {problem}; the model takes {takes}"
