@@ -192,7 +192,9 @@ def _check_request(req: Any, max_tokens: int) -> None:
             assert type(req.id) in (str, int)
         else:
             assert req.id is None and req.model == "linear"
-        assert isinstance(req.model, str) and type(req.stream) is bool and req.priority in (0, 1)
+        # a predict's priority is any integer >= 0 here; the model's priority levels bound it when queued
+        assert isinstance(req.model, str) and type(req.stream) is bool
+        assert type(req.priority) is int and req.priority >= 0
         assert req.chunk_rows is None or (type(req.chunk_rows) is int and req.chunk_rows >= 1)
         assert req.timeout_ms is None or (math.isfinite(req.timeout_ms) and req.timeout_ms > 0)
     elif isinstance(req, Generate):
