@@ -5,7 +5,10 @@
 set on every Triton Python model it loads (``bls_gateway``, before the warm-up).  A call:
 
 - starts in the model's thread (:meth:`BlsGateway.call`, thread-safe) and is handed to the event
-  loop (``call_soon_threadsafe``); the thread waits on a future that always ends with a
+  loop through the gateway's incoming queue: the loop starts at most :data:`BLS_STARTS_PER_TURN`
+  calls per turn of the loop, in the order they came, so an ``execute`` firing thousands of
+  ``async_exec`` calls at once never holds the loop (every connection's reads and writes) for
+  longer than that many starts; the thread waits on a future that always ends with a
   ``pb_utils.InferenceResponse``, an error one for every failure (never raised), with Triton's
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
   rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the
@@ -54,7 +57,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -77,12 +80,16 @@ from .repository.bls import Caller
 from .rest import oip
 from .worker import Tensors, concat_rows, count_rows
 
-__all__ = ["BlsGateway", "MAX_BLS_DEPTH"]
+__all__ = ["BlsGateway", "BLS_STARTS_PER_TURN", "MAX_BLS_DEPTH"]
 
 log = logging.getLogger("wsserve.bls")
 
 #: Nested BLS calls a chain in flight may hold (A -> B -> C is 2).
 MAX_BLS_DEPTH = 8
+
+#: BLS calls the event loop starts per turn (each checks and converts its inputs and queues them,
+#: tens of microseconds); the rest wait for the next turn, after the loop has polled its sockets.
+BLS_STARTS_PER_TURN = 32
 
 #: numpy dtype -> the OIP datatype name an input of it comes as.
 _OIP_OF: dict[np.dtype, str] = {dtype: name for name, dtype in oip.DATATYPES.items()}
@@ -209,6 +216,12 @@ class BlsGateway:
         self._bytes: Counter[str] = Counter()  # caller -> input bytes of its calls in flight
         self._pending: set[_Call] = set()
         self._closed = False
+        # calls handed over by the models' threads, not yet started (guarded by _lock, as _woken:
+        # a _drain is scheduled, and _shut: close() has run, so later calls are answered at once)
+        self._lock = threading.Lock()
+        self._incoming: deque[_Call] = deque()
+        self._woken = False
+        self._shut = False
 
     # -- the model's thread
 
@@ -220,17 +233,47 @@ class BlsGateway:
                 f"model {caller.model!r} made a BLS request on the event loop thread, where waiting for it would "
                 "deadlock the server")))
             return call.future
+        with self._lock:
+            if self._shut:
+                call.future.set_result(_error(ShuttingDown("the server is shutting down")))
+                return call.future
+            self._incoming.append(call)
+            if self._woken:  # a _drain is due and will start it
+                return call.future
+            self._woken = True
         try:
-            self._loop.call_soon_threadsafe(self._start, call)
+            self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed: the server has stopped
-            call.future.set_result(_error(ShuttingDown("the server is shutting down")))
+            with self._lock:
+                stranded = list(self._incoming)
+                self._incoming.clear()
+                self._woken = False
+            for each in stranded:
+                each.future.set_result(_error(ShuttingDown("the server is shutting down")))
         return call.future
 
     # -- the loop
 
+    def _drain(self) -> None:
+        """Start up to :data:`BLS_STARTS_PER_TURN` handed-over calls; the rest on the next turn."""
+        with self._lock:
+            calls = [self._incoming.popleft() for _ in range(min(BLS_STARTS_PER_TURN, len(self._incoming)))]
+            more = bool(self._incoming)
+            self._woken = more
+        for call in calls:
+            self._start(call)
+        if more:
+            self._loop.call_soon(self._drain)  # after what this turn runs, and after the next poll
+
     def close(self) -> None:
         """Answer every call in flight, and every later one, ``UNAVAILABLE`` (the server stops)."""
         self._closed = True
+        with self._lock:
+            self._shut = True
+            waiting = list(self._incoming)
+            self._incoming.clear()
+        for call in waiting:
+            self._start(call)  # refused: the gateway is closed
         for call in list(self._pending):
             if call.entry is not None and call.item is not None:
                 call.entry.worker.cancel(call.item)

@@ -1,0 +1,94 @@
+""":class:`wsserve.bls.BlsGateway` on a real event loop, without a server: how the calls a model's
+threads hand over reach the loop.  A burst of calls is started a slice per turn of the loop
+(:data:`~wsserve.bls.BLS_STARTS_PER_TURN`), so one ``execute`` firing thousands of ``async_exec``
+calls cannot hold the loop, and every call still ends exactly once, also when the gateway closes
+with calls not yet started.  The ordering is made deterministic by holding the loop thread while
+the burst is handed over: what the loop runs next is then fixed by its ready queue alone."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from wsserve.bls import BLS_STARTS_PER_TURN, BlsGateway
+from wsserve.config import ServerConfig
+from wsserve.errors import UnknownModel
+from wsserve.repository import triton_pb_utils as pb
+from wsserve.repository.bls import Caller
+
+BURST = 10 * BLS_STARTS_PER_TURN + 5
+
+
+def _lookup(name: str, version: str | None) -> object:
+    raise UnknownModel(f"unknown model {name!r}")
+
+
+def _request() -> pb.InferenceRequest:
+    return pb.InferenceRequest(model_name="nowhere", requested_output_names=[],
+                               inputs=[pb.Tensor("x", np.zeros((1, 2), np.float32))])
+
+
+Futures = list[concurrent.futures.Future]
+
+
+async def _burst_while_the_loop_is_held(gateway: BlsGateway, then: Callable[[Futures], None]) -> Futures:
+    """Hand over :data:`BURST` calls from another thread while the loop thread is blocked, then
+    (still from that thread, after the calls) schedule ``then(futures)`` on the loop."""
+    loop = asyncio.get_running_loop()
+    caller = Caller("burster", 1, gateway)
+    futures: Futures = []
+    handed = threading.Event()
+
+    def burst() -> None:
+        futures.extend(gateway.call(caller, _request()) for _ in range(BURST))
+        loop.call_soon_threadsafe(then, futures)
+        handed.set()
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    handed.wait()  # the loop thread is held here: nothing the burst scheduled has run yet
+    thread.join()
+    return futures
+
+
+def test_a_burst_of_calls_is_started_a_slice_per_loop_turn_and_all_end() -> None:
+    async def scenario() -> tuple[list[int], Futures]:
+        gateway = BlsGateway(_lookup, ServerConfig())
+        seen: list[int] = []
+        futures = await _burst_while_the_loop_is_held(gateway, lambda fs: seen.append(sum(f.done() for f in fs)))
+        while not all(f.done() for f in futures):
+            await asyncio.sleep(0)
+        return seen, futures
+
+    seen, futures = asyncio.run(scenario())
+    # a callback scheduled right after the burst ran after one slice, not after all of it
+    assert seen == [BLS_STARTS_PER_TURN]
+    assert len(futures) == BURST
+    for future in futures:
+        response = future.result()
+        assert response.has_error() and response.error().code() == pb.TritonError.NOT_FOUND
+        assert "nowhere" in response.error().message()
+
+
+def test_closing_answers_the_calls_not_yet_started_and_later_ones() -> None:
+    async def scenario() -> tuple[list[int], Futures, pb.InferenceResponse]:
+        gateway = BlsGateway(_lookup, ServerConfig())
+        seen: list[int] = []
+        futures = await _burst_while_the_loop_is_held(gateway, lambda fs: seen.append(sum(f.done() for f in fs)))
+        gateway.close()  # before the loop has started any of them
+        answered = sum(f.done() for f in futures)
+        later = await asyncio.to_thread(lambda: gateway.call(Caller("burster", 1, gateway), _request()).result())
+        await asyncio.sleep(0)
+        seen.append(answered)
+        return seen, futures, later
+
+    seen, futures, later = asyncio.run(scenario())
+    assert seen[-1] == BURST  # close() answered every waiting call at once
+    for future in futures + [later]:
+        response = future.result() if isinstance(future, concurrent.futures.Future) else future
+        assert response.has_error() and response.error().code() == pb.TritonError.UNAVAILABLE
+        assert "shutting down" in response.error().message()
