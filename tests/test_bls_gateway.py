@@ -92,3 +92,73 @@ def test_closing_answers_the_calls_not_yet_started_and_later_ones() -> None:
         response = future.result() if isinstance(future, concurrent.futures.Future) else future
         assert response.has_error() and response.error().code() == pb.TritonError.UNAVAILABLE
         assert "shutting down" in response.error().message()
+
+
+def test_a_call_made_on_the_event_loop_thread_is_refused_not_deadlocked() -> None:
+    async def scenario() -> tuple[pb.InferenceResponse, pb.InferenceResponse]:
+        gateway = BlsGateway(_lookup, ServerConfig())
+        caller = Caller("inline", 1, gateway)
+        blocking = gateway.call(caller, _request())
+        awaited = await gateway.call_async(caller, _request())
+        return blocking.result(timeout=0), awaited
+
+    for response in asyncio.run(scenario()):
+        assert response.has_error() and response.error().code() == pb.TritonError.UNSUPPORTED
+        assert "model 'inline' made a BLS request on the event loop thread" in response.error().message()
+
+
+def test_async_exec_answers_reach_their_model_loop_in_one_wake_up_per_turn() -> None:
+    """The answers of a burst of ``call_async`` calls ended in one turn of the server's loop arrive
+    on the model's loop together: counted by wrapping that loop's ``call_soon_threadsafe``."""
+    server_ready = threading.Event()
+    holder: dict[str, object] = {}
+
+    def server() -> None:
+        async def main() -> None:
+            holder["gateway"] = BlsGateway(_lookup, ServerConfig())
+            holder["loop"] = asyncio.get_running_loop()
+            server_ready.set()
+            await asyncio.Event().wait()
+        try:
+            asyncio.run(main())
+        except RuntimeError:
+            pass
+
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    server_ready.wait()
+    gateway, server_loop = holder["gateway"], holder["loop"]
+    assert isinstance(gateway, BlsGateway) and isinstance(server_loop, asyncio.AbstractEventLoop)
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the server's loop waits here until the whole burst is handed over
+        holding.set()
+        release.wait()
+
+    async def model() -> tuple[int, list[pb.InferenceResponse]]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        caller = Caller("burster", 1, gateway)
+        server_loop.call_soon_threadsafe(hold)
+        holding.wait()
+        futures = [gateway.call_async(caller, _request()) for _ in range(BURST)]
+        release.set()
+        responses = await asyncio.gather(*futures)
+        return wakeups, list(responses)
+
+    wakeups, responses = asyncio.run(model())
+    server_loop.call_soon_threadsafe(server_loop.stop)
+    thread.join(10)
+    assert len(responses) == BURST
+    assert all(r.has_error() and r.error().code() == pb.TritonError.NOT_FOUND for r in responses)
+    # one wake-up per slice the server's loop started (a turn each), not one per call
+    assert wakeups == -(-BURST // BLS_STARTS_PER_TURN)

@@ -151,6 +151,9 @@ class _Call:
         # running from the start: the caller cannot cancel it (an async_exec awaitable cancelled by
         # asyncio.wait_for, or by its execute ending, cancels only itself), so it is always set once
         self.future.set_running_or_notify_cancel()
+        #: an ``async_exec``'s: the model's loop and its asyncio future, set with the others the
+        #: same turn ended (one wake-up of that loop per turn, not one per call)
+        self.target: tuple[asyncio.AbstractEventLoop, asyncio.Future[pb.InferenceResponse]] | None = None
         # as a sink (set when submitted)
         self.inputs: Tensors | None = None
         self.n = 0
@@ -222,15 +225,32 @@ class BlsGateway:
         self._incoming: deque[_Call] = deque()
         self._woken = False
         self._shut = False
+        # answers of async_exec calls ended this turn, per model loop (sent by _post, once per turn)
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[pb.InferenceResponse],
+                                                                 pb.InferenceResponse]]] = {}
 
     # -- the model's thread
 
     def call(self, caller: Caller, request: Any) -> concurrent.futures.Future[pb.InferenceResponse]:
         """Start ``request`` (a ``pb_utils.InferenceRequest``) for ``caller``; the future of its response."""
+        return self._hand_over(_Call(self, caller.model, request))
+
+    def call_async(self, caller: Caller, request: Any) -> asyncio.Future[pb.InferenceResponse]:
+        """As :meth:`call`, from a coroutine on the model's own loop (``async_exec``): a future of that
+        loop.  The responses of one turn of the server's loop reach each model loop in one wake-up."""
+        loop = asyncio.get_running_loop()
         call = _Call(self, caller.model, request)
+        call.target = (loop, loop.create_future())
+        future = self._hand_over(call)
+        if future.done() and not call.target[1].done():  # answered at once, without the server's loop
+            call.target[1].set_result(future.result())
+        return call.target[1]
+
+    def _hand_over(self, call: _Call) -> concurrent.futures.Future[pb.InferenceResponse]:
+        """Queue ``call`` for the loop (waking it if no :meth:`_drain` is due); its future."""
         if threading.get_ident() == self._loop_thread:
             call.future.set_result(_error(_Refused(
-                f"model {caller.model!r} made a BLS request on the event loop thread, where waiting for it would "
+                f"model {call.caller!r} made a BLS request on the event loop thread, where waiting for it would "
                 "deadlock the server")))
             return call.future
         with self._lock:
@@ -278,6 +298,7 @@ class BlsGateway:
             if call.entry is not None and call.item is not None:
                 call.entry.worker.cancel(call.item)
             self._end(call, _error(ShuttingDown("the server is shutting down")))
+        self._post()  # now: the loop may not turn again
 
     def _start(self, call: _Call) -> None:
         self._pending.add(call)
@@ -365,6 +386,20 @@ class BlsGateway:
             stats.on_request(not response.has_error(), monotonic() - call.queued_at, max(call.queue_s, 0.0))
         call.item = None
         call.future.set_result(response)
+        if call.target is not None:
+            loop, future = call.target
+            if not self._outbox:
+                self._loop.call_soon(self._post)
+            self._outbox.setdefault(loop, []).append((future, response))
+
+    def _post(self) -> None:
+        """Hand each model loop the answers of its ``async_exec`` calls that ended since the last post."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, answers in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_settle, answers)
+            except RuntimeError:  # the model's loop has closed: no one awaits them
+                pass
 
     def _release(self, call: _Call) -> None:
         call.admitted = False
@@ -416,6 +451,13 @@ class BlsGateway:
                 except WsserveError:
                     pass  # not served: the ensemble's request fails at that step
         return found
+
+
+def _settle(answers: list[tuple[asyncio.Future[pb.InferenceResponse], pb.InferenceResponse]]) -> None:
+    """On a model's loop: set each ``async_exec`` future not already set (or cancelled by its caller)."""
+    for future, response in answers:
+        if not future.done():
+            future.set_result(response)
 
 
 def _path(graph: dict[str, set[str]], start: str, goal: str) -> list[str]:

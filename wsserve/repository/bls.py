@@ -19,6 +19,7 @@ as :func:`from_code` says (a request remembers the ``execute`` it was built in, 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import sys
@@ -41,6 +42,11 @@ class Gateway(Protocol):
     (it answers that with an error response)."""
 
     def call(self, caller: Caller, request: Any) -> concurrent.futures.Future[Any]: ...
+
+    def call_async(self, caller: Caller, request: Any) -> asyncio.Future[Any]:
+        """As :meth:`call`, from a coroutine of the model's own running loop: an asyncio future of
+        that loop (``async_exec``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,6 @@ No module state: every value lives on the objects.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import threading
@@ -223,8 +222,8 @@ class InferenceRequest:
         """Microseconds a BLS request may take (0: no limit)."""
         return self._timeout
 
-    def _start(self, what: str, decoupled: bool) -> concurrent.futures.Future[InferenceResponse]:
-        """Start this request as BLS on the server (see :meth:`exec`)."""
+    def _bls_caller(self, what: str, decoupled: bool) -> bls.Caller:
+        """Who makes this BLS request (see :meth:`exec`); refused outside a served model."""
         if decoupled:
             raise TritonModelException(f"InferenceRequest.{what}(decoupled=True) (BLS to a decoupled model) "
                                        f"{_UNSUPPORTED}")
@@ -236,12 +235,14 @@ class InferenceRequest:
         if caller.gateway is None:
             raise TritonModelException(f"InferenceRequest.{what}() (BLS): model {caller.model!r} was loaded "
                                        "without a server, which has no other models to call")
-        return caller.gateway.call(caller, self)
+        return caller
 
     def exec(self, decoupled: bool = False) -> InferenceResponse:
         """Run this request on model ``model_name`` and wait for its response.  An unknown model or
         version, bad inputs, a full queue, the timeout...: an error response (``has_error()``)."""
-        return self._start("exec", decoupled).result()
+        caller = self._bls_caller("exec", decoupled)
+        assert caller.gateway is not None
+        return caller.gateway.call(caller, self).result()
 
     def async_exec(self, decoupled: bool = False) -> Any:
         """As :meth:`exec`, started now; an awaitable of the response, for an ``async def execute``
@@ -251,7 +252,9 @@ class InferenceRequest:
         except RuntimeError:
             raise TritonModelException("InferenceRequest.async_exec() is awaited in an 'async def execute', as "
                                        "in Triton; a plain execute uses exec()") from None
-        return asyncio.wrap_future(self._start("async_exec", decoupled))
+        caller = self._bls_caller("async_exec", decoupled)
+        assert caller.gateway is not None
+        return caller.gateway.call_async(caller, self)
 
     def get_response_sender(self) -> ResponseSender:
         """The request's :class:`ResponseSender` (a decoupled model's request only: wsserve answers
