@@ -206,6 +206,43 @@ STRINGS_PY = FLOOD_PY.replace("range(400)", "range(100)").replace("flood-", "str
     "np.full(65536, i, np.float32)", "np.array([bytes(524288)], np.object_)")
 
 
+#: Outputs A (INT32 [1]) and B (FP32 [2]); each response carries a subset of them.  IN 0: {A} (and
+#: C, which config.pbtxt does not list), {B}, {A, B}, then {} flagged FINAL.  IN 1: {B} of shape
+#: [3] (wrong).  IN 2: {A} as FP32 (a wrong dtype kind).
+PARTIAL_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+                 + 'output [ { name: "A" data_type: TYPE_INT32 dims: [ 1 ] },\n'
+                 + '         { name: "B" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
+PARTIAL_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def a(v):
+    return pb_utils.Tensor("A", np.array([v], np.int32))
+
+
+def b(v):
+    return pb_utils.Tensor("B", np.array([v, -v], np.float32))
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        mode = int(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+        if mode == 1:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("B", np.zeros(3, np.float32))]))
+        elif mode == 2:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("A", np.array([0.5], np.float32))]))
+        else:
+            sender.send(pb_utils.InferenceResponse([a(1), pb_utils.Tensor("C", np.array([9], np.int32))]))
+            sender.send(pb_utils.InferenceResponse([b(2)]))
+            sender.send(pb_utils.InferenceResponse([a(3), b(4)]))
+            sender.send(pb_utils.InferenceResponse([]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(pbtxt)
@@ -230,6 +267,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "echo", ECHO_PBTXT, ECHO_PY)
     _write(root, "bls_thread", ERRS_PBTXT, BLS_THREAD_PY)
     _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
+    _write(root, "partial", PARTIAL_PBTXT, PARTIAL_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -778,3 +816,63 @@ def test_a_slow_consumer_of_string_responses_is_bounded_by_their_bytes(served) -
         assert "slow consumer" in got[-1][1].message()
     finally:
         s.close()
+
+
+# --------------------------------------------------------------------------- responses carrying a subset
+
+
+def _names(result: Any) -> list[str]:
+    return [o.name for o in result.get_response().outputs]
+
+
+def test_grpc_responses_carry_the_outputs_each_response_has(stream) -> None:
+    """A response may carry any subset of the model's outputs (none included): each stream message
+    has exactly those (an output config.pbtxt does not list is left out, as the Python backend prunes
+    it); the last one, with no outputs, is the FINAL response."""
+    stream.send("partial", "p", IN=_i32(0))
+    got = stream.until_final()
+    assert all(error is None for _, error in got)
+    results = [r for r, _ in got]
+    assert [_names(r) for r in results] == [["A"], ["B"], ["A", "B"], []]
+    assert results[0].as_numpy("A").tolist() == [1] and results[1].as_numpy("B").tolist() == [2.0, -2.0]
+    assert results[2].as_numpy("A").tolist() == [3] and results[2].as_numpy("B").tolist() == [4.0, -4.0]
+    assert [r.get_response().parameters["triton_final_response"].bool_param for r in results] == \
+        [False, False, False, True]
+
+
+def test_grpc_requested_outputs_are_those_of_them_each_response_has(stream) -> None:
+    """A client that asks for B only (OIP ``outputs``) gets B where a response has it, and the
+    other responses with no outputs (each response is still one message)."""
+    x = tgrpc.InferInput("IN", [1], "INT32")
+    x.set_data_from_numpy(_i32(0))
+    stream.client.async_stream_infer("partial", [x], request_id="b", outputs=[tgrpc.InferRequestedOutput("B")])
+    results = [r for r, _ in stream.until_final()]
+    assert [_names(r) for r in results] == [[], ["B"], ["B"], []]
+    assert results[2].as_numpy("B").tolist() == [4.0, -4.0]
+
+
+@pytest.mark.parametrize(("mode", "problem"), [
+    (1, "output 'B' has shape [1, 3]; expected [1, 2]"),
+    (2, "output 'A' has dtype float32; expected int32"),
+])
+def test_a_wrong_output_in_a_subset_is_still_refused(stream, mode: int, problem: str) -> None:
+    stream.send("partial", "w", IN=_i32(mode))
+    (_, error), = stream.until_final()
+    assert error is not None and f"model 'partial' sent a wrong response: {problem}" in error.message()
+
+
+async def test_websocket_responses_carry_the_outputs_each_response_has(served) -> None:
+    """WebSocket ``response`` frames: ``outputs`` by name, only those the response has (``{}``: none)."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("partial", [[0]])
+        got = [(r.outputs, r.final) async for r in stream]
+        assert got == [({"A": [[1]]}, False), ({"B": [[2.0, -2.0]]}, False),
+                       ({"A": [[3]], "B": [[4.0, -4.0]]}, False), ({}, True)]
+        assert stream.summary.responses == 4
+
+
+def test_http_generate_stream_events_carry_the_outputs_each_response_has(served) -> None:
+    status, _, body = _post(served[0].port, "/v2/models/partial/generate_stream", {"IN": 0})
+    head = {"model_name": "partial", "model_version": "1"}
+    assert status == 200
+    assert _events(body) == [{**head, "A": 1}, {**head, "B": [2.0, -2.0]}, {**head, "A": 3, "B": [4.0, -4.0]}, head]

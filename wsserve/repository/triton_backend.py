@@ -45,10 +45,12 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   :attr:`TritonPythonModel.decoupled`): the worker is a :class:`~wsserve.decoupled.DecoupledWorker`,
   which calls :meth:`TritonPythonModel.execute_decoupled` once per request.  ``execute`` gets that
   one request, whose ``get_response_sender()`` is a ``pb_utils.ResponseSender``; it must return
-  None.  Each response sent (from any thread, also after ``execute`` returned) is checked as a
-  returned one is (every listed output, its dtype kind and dims; its own row count for a model
-  with a batch dimension); a wrong one, or one with ``error=`` (its code's wire error), ends the
-  request.  Not warmed up (Triton warms up only what ``model_warmup`` says; it is not run for a
+  None.  Each response sent (from any thread, also after ``execute`` returned) may carry any
+  subset of the listed outputs (none included, as Triton's decoupled responses may); each one it
+  carries is checked as a returned one is (its dtype kind and dims; its own row count for a model
+  with a batch dimension), one config.pbtxt does not list is left out (the Python backend prunes
+  a response to the requested outputs); a wrong one, or one with ``error=`` (its code's wire
+  error), ends the request.  Not warmed up (Triton warms up only what ``model_warmup`` says; it is not run for a
   decoupled model here).
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
   initialized when another's ``initialize`` fails (the version is then refused).
@@ -485,15 +487,19 @@ class TritonPythonModel(RepositoryModel):
 
     def _stream_outputs(self, response: Any) -> dict[str, np.ndarray]:
         """A decoupled response's outputs checked against config.pbtxt: ``{name: [rows, ...]}`` (its
-        own rows; no batch dimension: a leading 1).  Raises ``ValueError`` naming what is wrong."""
+        own rows; no batch dimension: a leading 1), in config.pbtxt's order.  A response may carry any
+        subset of the listed outputs, none included (Triton's decoupled responses do); each one it
+        carries is checked (dtype kind, dims; with a batch dimension, every one the same rows).  An
+        output config.pbtxt does not list is left out, as the Python backend prunes a response to
+        the request's requested output names.  Raises ``ValueError`` naming what is wrong."""
         if not isinstance(response, pb.InferenceResponse):
             raise ValueError(f"a response is a {type(response).__name__}, not a pb_utils.InferenceResponse")
         got: dict[str, np.ndarray] = {}
+        specs = []
         for spec in self.outputs:
             tensor = pb.get_output_tensor_by_name(response, spec.name)
             if tensor is None:
-                names = [t.name() for t in response.output_tensors()]
-                raise ValueError(f"it has no output {spec.name!r} (it has {names})")
+                continue
             value = self._wire_side(0, spec.name, tensor.as_numpy())  # config.pbtxt's reshape: back in dims
             if not self.config.batching:
                 value = value[None]
@@ -502,9 +508,12 @@ class TritonPythonModel(RepositoryModel):
             if spec.variable:
                 _bounded(self.name, 0, spec.name, value, True)
             got[spec.name] = value
+            specs.append(spec)
+        if not got:
+            return got
         n = len(next(iter(got.values())))
-        out = check_outputs(got, self.outputs, n)
-        return out if isinstance(out, dict) else {self.outputs[0].name: out}
+        out = check_outputs(got, specs, n)
+        return out if isinstance(out, dict) else {specs[0].name: out}
 
     def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
