@@ -876,3 +876,86 @@ def test_http_generate_stream_events_carry_the_outputs_each_response_has(served)
     head = {"model_name": "partial", "model_version": "1"}
     assert status == 200
     assert _events(body) == [{**head, "A": 1}, {**head, "B": [2.0, -2.0]}, {**head, "A": 3, "B": [4.0, -4.0]}, head]
+
+
+# --------------------------------------------------------------------------- model_warmup
+
+#: Batched (max_batch_size 4); each request's IN logged as it starts, then, from a thread after
+#: ``execute`` returned, one response per row and FINAL, logged just before the FINAL.  IN 7: an
+#: error response instead (INVALID_ARG); IN 8: a response whose OUT is FP32 (wrong).
+WARM_PBTXT = ('backend: "python"\nmax_batch_size: 4\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+              + 'model_warmup [ { name: "twice" batch_size: 2 count: 2\n'
+              + '  inputs { key: "IN" value: { data_type: TYPE_INT32 dims: [ 1 ] input_data_file: "in.bin" } } } ]\n')
+WARM_PY = '''
+import json
+import os
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.log = os.path.join(args["model_repository"], "calls.jsonl")
+
+    def _note(self, what, value):
+        with open(self.log, "a") as f:
+            f.write(json.dumps({what: value}) + "\\n")
+
+    def execute(self, requests):
+        request = requests[0]
+        x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+        self._note("in", x.tolist())
+        sender = request.get_response_sender()
+
+        def run():
+            if int(x[0, 0]) == 7:
+                sender.send(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("seven is refused", pb_utils.TritonError.INVALID_ARG)))
+                return
+            out = x.astype(np.float32 if int(x[0, 0]) == 8 else np.int32)
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
+            self._note("final", x.tolist())
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run).start()
+'''
+
+
+def test_model_warmup_runs_for_a_decoupled_model_and_a_failing_sample_fails_its_load(tmp_path: Path) -> None:
+    """config.pbtxt's ``model_warmup`` on a decoupled model, as Triton runs it: ``count`` times,
+    ``batch_size`` requests of one row, each awaited until its FINAL (sent from the model's thread
+    after ``execute`` returned) before the version is ready; a sample answered with an error
+    response, or with a wrong response, fails that version's load naming the sample and the
+    problem."""
+    root = tmp_path / "repository"
+    for name, value in (("warm", 5), ("refused", 7), ("wrong", 8)):
+        _write(root, name, WARM_PBTXT, WARM_PY)
+        (root / name / "warmup").mkdir()
+        (root / name / "warmup" / "in.bin").write_bytes(np.array([value], "<i4").tobytes())
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        client = tgrpc.InferenceServerClient(grpc_address(proc))
+        try:
+            assert client.is_model_ready("warm")
+            calls = [json.loads(line) for line in (root / "warm" / "calls.jsonl").read_text().splitlines()]
+            assert calls == [{"in": [[5]]}, {"final": [[5]]}] * 4  # 2 runs x 2 requests, one after the other
+            rows = {r["name"]: r for r in client.get_model_repository_index(as_json=True)["models"]}
+            for name, problem in (("refused", "model 'refused' failed: TritonError: seven is refused"),
+                                  ("wrong", "model 'wrong' sent a wrong response: output 'OUT' has dtype float32; "
+                                            "expected int32")):
+                assert not client.is_model_ready(name)
+                assert rows[name]["state"] == "UNAVAILABLE"
+                assert f"model_warmup sample 'twice' failed: {problem}" in rows[name]["reason"], rows[name]
+        finally:
+            client.close()
+        s = _Stream(grpc_address(proc))  # the warmed-up version serves
+        try:
+            s.send("warm", "w", IN=np.array([[3]], np.int32))
+            got = s.until_final()
+            assert [r.as_numpy("OUT").tolist() for r, _ in got[:-1]] == [[[3]]]
+        finally:
+            s.close()
+    finally:
+        proc.stop()
