@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("grpc")  # the grpc extra
 tgrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
-from wsserve_client import Client, InvalidInput, RequestCancelled  # noqa: E402
+from wsserve_client import BadRequestError, Client, InvalidInput, RequestCancelled  # noqa: E402
 
 from tests.support import ServerProcess, wait_until  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
@@ -459,14 +459,23 @@ async def test_websocket_error_mid_stream_and_cancel(served) -> None:
         assert [r.outputs async for r in client.predict_responses("square_int32", [[1]])] == [[[1]]]
 
 
-async def test_websocket_predict_on_a_decoupled_model_answers_json_frames(served) -> None:
-    conn = await Conn.open(served[0].url)
-    try:
-        frame = await conn.request({"type": "predict", "id": "b", "model": "square_int32", "inputs": [[1]],
-                                    "binary_outputs": True})
-        assert frame["type"] == "error" and "leave out 'binary_outputs'" in frame["message"]
-    finally:
-        await conn.close()
+async def test_websocket_binary_outputs_answer_binary_response_frames(served) -> None:
+    """``binary_outputs`` (the client's ``binary=True``): each ``response`` is a binary tensor frame,
+    its outputs in the model's dtypes (one output: the tensor; several: those the response has, by
+    name; none: ``{}``), ``done`` JSON; a model answering strings refuses it as for any predict."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("square_int32", np.array([[2]], np.int32), binary=True)
+        got = [r async for r in stream]
+        assert [(r.seq, r.outputs.dtype, r.outputs.tolist(), r.final) for r in got] == \
+            [(0, np.int32, [[2]], False), (1, np.int32, [[2]], False)]
+        assert stream.summary.responses == 2
+        got = [r async for r in client.predict_responses("partial", np.array([[0]], np.int32), binary=True)]
+        assert [{k: (v.dtype, v.tolist()) for k, v in r.outputs.items()} for r in got] == [
+            {"A": (np.int32, [[1]])}, {"B": (np.float32, [[2.0, -2.0]])},
+            {"A": (np.int32, [[3]]), "B": (np.float32, [[4.0, -4.0]])}, {}]
+        assert [r.final for r in got] == [False, False, False, True]
+        with pytest.raises(BadRequestError, match="model 'strings' answers strings"):
+            [r async for r in client.predict_responses("strings", np.array([[0]], np.int32), binary=True)]
 
 
 # --------------------------------------------------------------------------- HTTP
