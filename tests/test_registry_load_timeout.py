@@ -249,3 +249,47 @@ async def test_a_warm_up_past_the_load_timeout_stops_with_its_abandoned_load(
     await wait_until_async(lambda: server.registry.abandoned_loads == 0, 30, what="the abandoned load ended")
     assert (model / "executions.txt").read_text().count("x") == 1
     await conn.ws.close()
+
+
+#: A decoupled model that never sends FINAL: its warm-up request stays open until the model sees
+#: it cancelled (then it writes ``cancelled.txt``).
+NEVER_FINAL_PY = """
+import threading
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.dir = Path(args["model_repository"])
+
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+
+        def run():
+            while not sender.is_cancelled():
+                threading.Event().wait(0.01)
+            (self.dir / "cancelled.txt").touch()
+
+        threading.Thread(target=run, daemon=True).start()
+"""
+
+
+async def test_a_decoupled_warm_up_never_final_ends_with_its_abandoned_load(tmp_path: Path, started: Any) -> None:
+    """A decoupled model's ``model_warmup`` request waits for its FINAL; a model that never sends it
+    holds the load until its timeout, and the abandoned load then ends, the model seeing its
+    warm-up request cancelled."""
+    pytest.importorskip("tritonclient.grpc")
+    model = tmp_path / "repo" / "never"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(NEVER_FINAL_PY)
+    (model / "config.pbtxt").write_text(WARMING_PBTXT.replace('"warming"', '"never"').replace(
+        "max_batch_size: 4\n", "max_batch_size: 4\nmodel_transaction_policy { decoupled: true }\n"))
+    server = await started(tmp_path / "repo", model_load_timeout_s=0.2)
+    conn = await Conn.open(server.url)
+    versions = await _versions(conn)
+    assert "did not load within 0.2 s" in versions["never"]["1"]["reason"], versions
+    await wait_until_async(lambda: server.registry.abandoned_loads == 0, 30, what="the abandoned load ended")
+    await wait_until_async(lambda: (model / "cancelled.txt").exists(), 30, what="the model saw its request cancelled")
+    await conn.ws.close()

@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("grpc")  # the grpc extra
 tgrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
-from wsserve_client import Client, InvalidInput, RequestCancelled  # noqa: E402
+from wsserve_client import BadRequestError, Client, InvalidInput, RequestCancelled  # noqa: E402
 
 from tests.support import ServerProcess, wait_until  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
@@ -206,6 +206,43 @@ STRINGS_PY = FLOOD_PY.replace("range(400)", "range(100)").replace("flood-", "str
     "np.full(65536, i, np.float32)", "np.array([bytes(524288)], np.object_)")
 
 
+#: Outputs A (INT32 [1]) and B (FP32 [2]); each response carries a subset of them.  IN 0: {A} (and
+#: C, which config.pbtxt does not list), {B}, {A, B}, then {} flagged FINAL.  IN 1: {B} of shape
+#: [3] (wrong).  IN 2: {A} as FP32 (a wrong dtype kind).
+PARTIAL_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+                 + 'output [ { name: "A" data_type: TYPE_INT32 dims: [ 1 ] },\n'
+                 + '         { name: "B" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
+PARTIAL_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def a(v):
+    return pb_utils.Tensor("A", np.array([v], np.int32))
+
+
+def b(v):
+    return pb_utils.Tensor("B", np.array([v, -v], np.float32))
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        mode = int(pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()[0])
+        if mode == 1:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("B", np.zeros(3, np.float32))]))
+        elif mode == 2:
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("A", np.array([0.5], np.float32))]))
+        else:
+            sender.send(pb_utils.InferenceResponse([a(1), pb_utils.Tensor("C", np.array([9], np.int32))]))
+            sender.send(pb_utils.InferenceResponse([b(2)]))
+            sender.send(pb_utils.InferenceResponse([a(3), b(4)]))
+            sender.send(pb_utils.InferenceResponse([]), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(pbtxt)
@@ -230,6 +267,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "echo", ECHO_PBTXT, ECHO_PY)
     _write(root, "bls_thread", ERRS_PBTXT, BLS_THREAD_PY)
     _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
+    _write(root, "partial", PARTIAL_PBTXT, PARTIAL_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -421,14 +459,23 @@ async def test_websocket_error_mid_stream_and_cancel(served) -> None:
         assert [r.outputs async for r in client.predict_responses("square_int32", [[1]])] == [[[1]]]
 
 
-async def test_websocket_predict_on_a_decoupled_model_answers_json_frames(served) -> None:
-    conn = await Conn.open(served[0].url)
-    try:
-        frame = await conn.request({"type": "predict", "id": "b", "model": "square_int32", "inputs": [[1]],
-                                    "binary_outputs": True})
-        assert frame["type"] == "error" and "leave out 'binary_outputs'" in frame["message"]
-    finally:
-        await conn.close()
+async def test_websocket_binary_outputs_answer_binary_response_frames(served) -> None:
+    """``binary_outputs`` (the client's ``binary=True``): each ``response`` is a binary tensor frame,
+    its outputs in the model's dtypes (one output: the tensor; several: those the response has, by
+    name; none: ``{}``), ``done`` JSON; a model answering strings refuses it as for any predict."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("square_int32", np.array([[2]], np.int32), binary=True)
+        got = [r async for r in stream]
+        assert [(r.seq, r.outputs.dtype, r.outputs.tolist(), r.final) for r in got] == \
+            [(0, np.int32, [[2]], False), (1, np.int32, [[2]], False)]
+        assert stream.summary.responses == 2
+        got = [r async for r in client.predict_responses("partial", np.array([[0]], np.int32), binary=True)]
+        assert [{k: (v.dtype, v.tolist()) for k, v in r.outputs.items()} for r in got] == [
+            {"A": (np.int32, [[1]])}, {"B": (np.float32, [[2.0, -2.0]])},
+            {"A": (np.int32, [[3]]), "B": (np.float32, [[4.0, -4.0]])}, {}]
+        assert [r.final for r in got] == [False, False, False, True]
+        with pytest.raises(BadRequestError, match="model 'strings' answers strings"):
+            [r async for r in client.predict_responses("strings", np.array([[0]], np.int32), binary=True)]
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -778,3 +825,146 @@ def test_a_slow_consumer_of_string_responses_is_bounded_by_their_bytes(served) -
         assert "slow consumer" in got[-1][1].message()
     finally:
         s.close()
+
+
+# --------------------------------------------------------------------------- responses carrying a subset
+
+
+def _names(result: Any) -> list[str]:
+    return [o.name for o in result.get_response().outputs]
+
+
+def test_grpc_responses_carry_the_outputs_each_response_has(stream) -> None:
+    """A response may carry any subset of the model's outputs (none included): each stream message
+    has exactly those (an output config.pbtxt does not list is left out, as the Python backend prunes
+    it); the last one, with no outputs, is the FINAL response."""
+    stream.send("partial", "p", IN=_i32(0))
+    got = stream.until_final()
+    assert all(error is None for _, error in got)
+    results = [r for r, _ in got]
+    assert [_names(r) for r in results] == [["A"], ["B"], ["A", "B"], []]
+    assert results[0].as_numpy("A").tolist() == [1] and results[1].as_numpy("B").tolist() == [2.0, -2.0]
+    assert results[2].as_numpy("A").tolist() == [3] and results[2].as_numpy("B").tolist() == [4.0, -4.0]
+    assert [r.get_response().parameters["triton_final_response"].bool_param for r in results] == \
+        [False, False, False, True]
+
+
+def test_grpc_requested_outputs_are_those_of_them_each_response_has(stream) -> None:
+    """A client that asks for B only (OIP ``outputs``) gets B where a response has it, and the
+    other responses with no outputs (each response is still one message)."""
+    x = tgrpc.InferInput("IN", [1], "INT32")
+    x.set_data_from_numpy(_i32(0))
+    stream.client.async_stream_infer("partial", [x], request_id="b", outputs=[tgrpc.InferRequestedOutput("B")])
+    results = [r for r, _ in stream.until_final()]
+    assert [_names(r) for r in results] == [[], ["B"], ["B"], []]
+    assert results[2].as_numpy("B").tolist() == [4.0, -4.0]
+
+
+@pytest.mark.parametrize(("mode", "problem"), [
+    (1, "output 'B' has shape [1, 3]; expected [1, 2]"),
+    (2, "output 'A' has dtype float32; expected int32"),
+])
+def test_a_wrong_output_in_a_subset_is_still_refused(stream, mode: int, problem: str) -> None:
+    stream.send("partial", "w", IN=_i32(mode))
+    (_, error), = stream.until_final()
+    assert error is not None and f"model 'partial' sent a wrong response: {problem}" in error.message()
+
+
+async def test_websocket_responses_carry_the_outputs_each_response_has(served) -> None:
+    """WebSocket ``response`` frames: ``outputs`` by name, only those the response has (``{}``: none)."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("partial", [[0]])
+        got = [(r.outputs, r.final) async for r in stream]
+        assert got == [({"A": [[1]]}, False), ({"B": [[2.0, -2.0]]}, False),
+                       ({"A": [[3]], "B": [[4.0, -4.0]]}, False), ({}, True)]
+        assert stream.summary.responses == 4
+
+
+def test_http_generate_stream_events_carry_the_outputs_each_response_has(served) -> None:
+    status, _, body = _post(served[0].port, "/v2/models/partial/generate_stream", {"IN": 0})
+    head = {"model_name": "partial", "model_version": "1"}
+    assert status == 200
+    assert _events(body) == [{**head, "A": 1}, {**head, "B": [2.0, -2.0]}, {**head, "A": 3, "B": [4.0, -4.0]}, head]
+
+
+# --------------------------------------------------------------------------- model_warmup
+
+#: Batched (max_batch_size 4); each request's IN logged as it starts, then, from a thread after
+#: ``execute`` returned, one response per row and FINAL, logged just before the FINAL.  IN 7: an
+#: error response instead (INVALID_ARG); IN 8: a response whose OUT is FP32 (wrong).
+WARM_PBTXT = ('backend: "python"\nmax_batch_size: 4\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+              + 'model_warmup [ { name: "twice" batch_size: 2 count: 2\n'
+              + '  inputs { key: "IN" value: { data_type: TYPE_INT32 dims: [ 1 ] input_data_file: "in.bin" } } } ]\n')
+WARM_PY = '''
+import json
+import os
+import threading
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.log = os.path.join(args["model_repository"], "calls.jsonl")
+
+    def _note(self, what, value):
+        with open(self.log, "a") as f:
+            f.write(json.dumps({what: value}) + "\\n")
+
+    def execute(self, requests):
+        request = requests[0]
+        x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+        self._note("in", x.tolist())
+        sender = request.get_response_sender()
+
+        def run():
+            if int(x[0, 0]) == 7:
+                sender.send(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("seven is refused", pb_utils.TritonError.INVALID_ARG)))
+                return
+            out = x.astype(np.float32 if int(x[0, 0]) == 8 else np.int32)
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
+            self._note("final", x.tolist())
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+        threading.Thread(target=run).start()
+'''
+
+
+def test_model_warmup_runs_for_a_decoupled_model_and_a_failing_sample_fails_its_load(tmp_path: Path) -> None:
+    """config.pbtxt's ``model_warmup`` on a decoupled model, as Triton runs it: ``count`` times,
+    ``batch_size`` requests of one row, each awaited until its FINAL (sent from the model's thread
+    after ``execute`` returned) before the version is ready; a sample answered with an error
+    response, or with a wrong response, fails that version's load naming the sample and the
+    problem."""
+    root = tmp_path / "repository"
+    for name, value in (("warm", 5), ("refused", 7), ("wrong", 8)):
+        _write(root, name, WARM_PBTXT, WARM_PY)
+        (root / name / "warmup").mkdir()
+        (root / name / "warmup" / "in.bin").write_bytes(np.array([value], "<i4").tobytes())
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        client = tgrpc.InferenceServerClient(grpc_address(proc))
+        try:
+            assert client.is_model_ready("warm")
+            calls = [json.loads(line) for line in (root / "warm" / "calls.jsonl").read_text().splitlines()]
+            assert calls == [{"in": [[5]]}, {"final": [[5]]}] * 4  # 2 runs x 2 requests, one after the other
+            rows = {r["name"]: r for r in client.get_model_repository_index(as_json=True)["models"]}
+            for name, problem in (("refused", "model 'refused' failed: TritonError: seven is refused"),
+                                  ("wrong", "model 'wrong' sent a wrong response: output 'OUT' has dtype float32; "
+                                            "expected int32")):
+                assert not client.is_model_ready(name)
+                assert rows[name]["state"] == "UNAVAILABLE"
+                assert f"model_warmup sample 'twice' failed: {problem}" in rows[name]["reason"], rows[name]
+        finally:
+            client.close()
+        s = _Stream(grpc_address(proc))  # the warmed-up version serves
+        try:
+            s.send("warm", "w", IN=np.array([[3]], np.int32))
+            got = s.until_final()
+            assert [r.as_numpy("OUT").tolist() for r, _ in got[:-1]] == [[[3]]]
+        finally:
+            s.close()
+    finally:
+        proc.stop()

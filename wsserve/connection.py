@@ -554,12 +554,10 @@ class Connection:
 
 def _check_decoupled(req: Predict) -> None:
     """Refuse (``BadRequest``) a predict a decoupled model cannot answer: one without an ``id`` (its
-    responses need one) or asking for ``binary_outputs`` (its responses are JSON frames)."""
+    responses need one).  (``binary_outputs`` is answered in binary ``response`` frames; a model
+    answering strings refuses it before this, as for any predict.)"""
     if req.id is None:
         raise BadRequest(f"model {req.model!r} is decoupled (any number of responses): send a predict with an 'id'")
-    if req.binary_outputs:
-        raise BadRequest(f"model {req.model!r} is decoupled: its responses are JSON 'response' frames; "
-                         "leave out 'binary_outputs'")
 
 
 def _span_head(req: Predict | Generate) -> dict[str, Any]:

@@ -11,8 +11,9 @@ A request's sink (the transport's call) has, besides the :class:`~wsserve.worker
 fields (``inputs``, ``n``, ``nbytes``, ``finished``, ``on_error``):
 
 - ``on_response(outputs, final, nbytes)``: one response (``outputs``: ``{name: [rows, ...]}``,
-  a model without a batch dimension's with a leading 1; ``None``: a FINAL flag sent without a
-  response); ``final`` true ends the request.  When the transport has written that response to
+  a model without a batch dimension's with a leading 1: the outputs the response carries, any
+  subset of the model's, ``{}`` for none; ``None``: a FINAL flag sent without a response);
+  ``final`` true ends the request.  When the transport has written that response to
   its client it calls :meth:`DecoupledStream.written` with ``nbytes``.
 - ``on_error(exc)``: the request ended with ``exc`` (no response after it).
 

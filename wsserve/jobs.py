@@ -348,15 +348,22 @@ class DecoupledJob(Job):
     """A ``predict`` to a decoupled model in flight (a :class:`~wsserve.decoupled.DecoupledWorker`'s
     sink): each response the model sends is one ``response`` frame (``seq`` 0, 1, ...), then one
     ``done`` (reason ``complete``, ``responses``: how many) once the model sent FINAL; or an
-    ``error`` (cancel: ``cancelled``).  A response that finds the connection congested (its write
+    ``error`` (cancel: ``cancelled``).  A response's ``outputs`` are those it carries (a subset of
+    the model's, none included: ``{}``), by name; a model with one output's response carrying it
+    gives its rows, as a ``result`` does.  With ``binary_outputs`` each ``response`` is a binary
+    tensor frame (header ``type``, ``id``, ``seq``, ``final``, then ``dtype``/``shape`` or
+    ``outputs``), as a binary ``result`` is; ``done`` and ``error`` stay JSON.  A response that finds the connection congested (its write
     buffer over ``max_write_buffer_bytes``) ends the request with ``overloaded`` rather than
     queueing more behind a client that does not read."""
 
-    __slots__ = ("inputs", "n", "worker", "item", "responses", "queue_s", "explain")
+    __slots__ = ("inputs", "n", "worker", "item", "responses", "queue_s", "explain", "one_output", "binary_outputs")
 
     def __init__(self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, inputs: Tensors, n: int,
                  nbytes: int, received_at: float, deadline: float | None) -> None:
         super().__init__(owner, key, req.id, entry, "predict", received_at, deadline)
+        #: the model lists one output: a response carrying it gives its rows, not ``{name: rows}``
+        self.one_output = len(getattr(entry.model, "outputs", None) or ()) == 1
+        self.binary_outputs = req.binary_outputs  # responses as binary tensor frames
         self.inputs = inputs
         self.n = n
         self.nbytes = nbytes
@@ -389,9 +396,13 @@ class DecoupledJob(Job):
                                      f"after {self.responses} responses of model {self.model!r}; the request is "
                                      "cancelled"))
                 return
-            if len(outputs) == 1:  # one output: its rows, as a result frame gives them
+            if self.one_output and len(outputs) == 1:  # one output: its rows, as a result frame gives them
                 outputs = next(iter(outputs.values()))
-            self.owner.send(encode_response(self.id, self.responses, outputs, final))
+            if self.binary_outputs:
+                fields = {"type": "response", "id": self.id, "seq": self.responses, "final": final}
+                self.owner.send_binary(encode_tensor_frame(fields, outputs))
+            else:
+                self.owner.send(encode_response(self.id, self.responses, outputs, final))
             self.responses += 1
         if self.item is not None:
             self.item.written(nbytes)  # (the connection's write buffer bounds what is unread)

@@ -91,8 +91,10 @@ class GrpcInferCall(InferCall):
 class GrpcDecoupledCall(InferCall):
     """A decoupled model's request on a ModelStreamInfer stream (a
     :class:`~wsserve.decoupled.DecoupledWorker`'s sink): each response's values, its FINAL flag and
-    its error go to ``events`` in order (``("response", values, parameters, written, final, nbytes)``,
-    ``("final", nbytes)``, ``("error", exc)``), for the stream's writer."""
+    its error go to ``events`` in order (``("response", values, parameters, written, final, nbytes,
+    present)``, ``("final", nbytes)``, ``("error", exc)``), for the stream's writer.  ``present``: the
+    requested outputs (``requested``'s entries) the response carries; a decoupled response may carry
+    any subset of the model's outputs, and only those are answered (and written into shared memory)."""
 
     __slots__ = ("events", "responses")
 
@@ -109,9 +111,10 @@ class GrpcDecoupledCall(InferCall):
             self.events.put_nowait(("final", nbytes))
         else:
             values, parameters = self.values(outputs)
-            written = self.write_shm(values)
+            present = [(i, b) for i, b in self.requested if self.outputs[i].name in outputs]
+            written = self.write_shm(values, frozenset(i for i, _ in present))
             self.responses += 1
-            self.events.put_nowait(("response", values, parameters, written, final, nbytes))
+            self.events.put_nowait(("response", values, parameters, written, final, nbytes, present))
         if final:
             self._end("ok")
 
@@ -932,9 +935,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             while True:
                 event = await events.get()
                 if event[0] == "response":
-                    _, values, parameters, written, final, nbytes = event
+                    _, values, parameters, written, final, nbytes, present = event
                     response = convert.infer_response(call.model, call.version, call.rid, call.outputs,
-                                                      call.requested, values, parameters, written)
+                                                      present, values, parameters, written)
                     response.parameters["triton_final_response"].bool_param = final
                     await write(service_pb2.ModelStreamInferResponse(infer_response=response))
                     call.item.written(nbytes)

@@ -45,11 +45,14 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   :attr:`TritonPythonModel.decoupled`): the worker is a :class:`~wsserve.decoupled.DecoupledWorker`,
   which calls :meth:`TritonPythonModel.execute_decoupled` once per request.  ``execute`` gets that
   one request, whose ``get_response_sender()`` is a ``pb_utils.ResponseSender``; it must return
-  None.  Each response sent (from any thread, also after ``execute`` returned) is checked as a
-  returned one is (every listed output, its dtype kind and dims; its own row count for a model
-  with a batch dimension); a wrong one, or one with ``error=`` (its code's wire error), ends the
-  request.  Not warmed up (Triton warms up only what ``model_warmup`` says; it is not run for a
-  decoupled model here).
+  None.  Each response sent (from any thread, also after ``execute`` returned) may carry any
+  subset of the listed outputs (none included, as Triton's decoupled responses may); each one it
+  carries is checked as a returned one is (its dtype kind and dims; its own row count for a model
+  with a batch dimension), one config.pbtxt does not list is left out (the Python backend prunes
+  a response to the requested outputs); a wrong one, or one with ``error=`` (its code's wire
+  error), ends the request.  Warmed up by its ``model_warmup`` samples only (as Triton: each run
+  ``batch_size`` one-row requests, each awaited until its FINAL, the responses checked then
+  dropped; a failure fails the load naming the sample).
 - ``finalize()``, when defined, once per instance at :meth:`close`, and on the instances already
   initialized when another's ``initialize`` fails (the version is then refused).
 """
@@ -89,6 +92,7 @@ from .config import ModelConfig
 from .errors import ModelLoadError
 from .python_backend import DEFAULT_FLOPS_PER_ROW, exec_model_file
 from .tensors import TensorSpec
+from .warmup import warmup_batches
 
 __all__ = ["TritonPythonModel", "TritonError", "PB_UTILS_MODULE", "WIRE_ERRORS"]
 
@@ -96,6 +100,46 @@ log = logging.getLogger("wsserve.repository")
 
 #: The name a Triton model.py imports the utilities under.
 PB_UTILS_MODULE = "triton_python_backend_utils"
+
+
+class _WarmupStream:
+    """A decoupled warm-up request's side of :meth:`TritonPythonModel.execute_decoupled` (the
+    :class:`~wsserve.decoupled.DecoupledStream` methods it calls, from any thread): its responses
+    dropped, its end (FINAL or a failure) awaited by :meth:`wait`."""
+
+    #: how often :meth:`wait` looks at the load's ``stop`` (seconds)
+    POLL_S = 0.05
+
+    def __init__(self, stop: threading.Event | None) -> None:
+        self._stop = stop
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self.failure: WsserveError | None = None
+        self.stopped = False  # ended because the load was abandoned
+
+    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
+        if final:
+            with self._lock:
+                self._ended.set()
+
+    def fail(self, exc: WsserveError) -> None:
+        with self._lock:  # (the first end counts: a failure after FINAL is none)
+            if not self._ended.is_set():
+                self.failure = exc
+                self._ended.set()
+
+    def cancelled(self) -> bool:
+        return self._ended.is_set() or (self._stop is not None and self._stop.is_set())
+
+    def wait(self) -> WsserveError | None:
+        """Block until the request ended (its FINAL: None; a failure: it) or the load's ``stop`` is
+        set (:attr:`stopped`; the model then sees its request cancelled)."""
+        while not self._ended.wait(self.POLL_S):
+            if self._stop is not None and self._stop.is_set():
+                self.stopped = True
+                self._ended.set()
+                return None
+        return self.failure
 
 
 class _PbUtilsShim:
@@ -485,15 +529,19 @@ class TritonPythonModel(RepositoryModel):
 
     def _stream_outputs(self, response: Any) -> dict[str, np.ndarray]:
         """A decoupled response's outputs checked against config.pbtxt: ``{name: [rows, ...]}`` (its
-        own rows; no batch dimension: a leading 1).  Raises ``ValueError`` naming what is wrong."""
+        own rows; no batch dimension: a leading 1), in config.pbtxt's order.  A response may carry any
+        subset of the listed outputs, none included (Triton's decoupled responses do); each one it
+        carries is checked (dtype kind, dims; with a batch dimension, every one the same rows).  An
+        output config.pbtxt does not list is left out, as the Python backend prunes a response to
+        the request's requested output names.  Raises ``ValueError`` naming what is wrong."""
         if not isinstance(response, pb.InferenceResponse):
             raise ValueError(f"a response is a {type(response).__name__}, not a pb_utils.InferenceResponse")
         got: dict[str, np.ndarray] = {}
+        specs = []
         for spec in self.outputs:
             tensor = pb.get_output_tensor_by_name(response, spec.name)
             if tensor is None:
-                names = [t.name() for t in response.output_tensors()]
-                raise ValueError(f"it has no output {spec.name!r} (it has {names})")
+                continue
             value = self._wire_side(0, spec.name, tensor.as_numpy())  # config.pbtxt's reshape: back in dims
             if not self.config.batching:
                 value = value[None]
@@ -502,17 +550,24 @@ class TritonPythonModel(RepositoryModel):
             if spec.variable:
                 _bounded(self.name, 0, spec.name, value, True)
             got[spec.name] = value
+            specs.append(spec)
+        if not got:
+            return got
         n = len(next(iter(got.values())))
-        out = check_outputs(got, self.outputs, n)
-        return out if isinstance(out, dict) else {self.outputs[0].name: out}
+        out = check_outputs(got, specs, n)
+        return out if isinstance(out, dict) else {specs[0].name: out}
 
     def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
         logged: a model may refuse such input and be right for every real request.  A decoupled
-        model is not warmed up (see the module docstring), nor a stateful one (``sequence_batching``:
-        its requests need a sequence and its control inputs; Triton warms up neither without ``model_warmup``)."""
+        model runs its config.pbtxt ``model_warmup`` samples only (:meth:`_decoupled_warmup`), and
+        is not warmed up without them; a stateful one (``sequence_batching``: its requests need a
+        sequence and its control inputs) is not either (Triton warms up neither without ``model_warmup``)."""
         if self.decoupled:
-            log.info("%s: not warmed up: the model is decoupled", self.path)
+            if batch is None and self.config.warmup:
+                self._decoupled_warmup(stop)
+            else:
+                log.info("%s: not warmed up: the model is decoupled and config.pbtxt has no model_warmup", self.path)
             return
         if self.config.sequence is not None:
             log.info("%s: not warmed up: the model is stateful (sequence_batching)", self.path)
@@ -524,6 +579,31 @@ class TritonPythonModel(RepositoryModel):
                 raise  # (a model_warmup sample the config names must be answered, as Triton's warm-up must)
             log.warning("%s: warm-up request (rows of zeros) answered with an error: %s; served anyway",
                         self.path, exc.__cause__)
+
+    def _decoupled_warmup(self, stop: threading.Event | None = None) -> None:
+        """config.pbtxt's ``model_warmup`` for a decoupled model, as Triton runs it: each sample
+        ``count`` times, each time ``batch_size`` requests of one row (the sample's values), one
+        ``execute`` each (:meth:`execute_decoupled`, one after the other), each waited for until
+        its FINAL; the responses are checked as a client's are, then dropped.  Raises
+        :class:`ModelLoadError` naming the sample when a request ends otherwise (an error
+        response, a wrong response, ``execute`` raising or returning something), or once ``stop``
+        is set (the load was abandoned past its timeout: a model that never sends FINAL ends
+        there; the request it waits on is then cancelled, ``is_cancelled()``)."""
+        assert self.config.path is not None
+        for sample, arrays in warmup_batches(self.config.warmup, self.inputs, self.config.path.parent, self.path):
+            for _ in range(sample.count):
+                for row in range(sample.batch_size):
+                    request = _WarmupStream(stop)
+                    if not request.cancelled():
+                        self.execute_decoupled({k: v[row:row + 1] for k, v in arrays.items()}, "", request)
+                    failure = request.wait()
+                    if request.stopped:
+                        raise ModelLoadError(self.path, f"model_warmup stopped at sample {sample.name!r}: its load "
+                                                        "was abandoned (past its load timeout)")
+                    if failure is not None:
+                        raise ModelLoadError(self.path, f"model_warmup sample {sample.name!r} failed: {failure.message}")
+            del arrays  # one sample's arrays at a time (see warmup_batches)
+        log.info("%s: warmed up with %d model_warmup sample(s)", self.path, len(self.config.warmup))
 
     def close(self) -> None:
         """``finalize()`` on every instance that has one (once; the first exception propagates after all ran)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -362,27 +362,32 @@ class InferCall(PredictCall):
         asked = frozenset(specs[i].name for i, _ in self.requested if i < len(specs))
         return None if len(asked) == len(specs) else asked
 
-    def write_shm(self, values: list[np.ndarray]) -> frozenset[int]:
+    def write_shm(self, values: list[np.ndarray], present: Collection[int] | None = None) -> frozenset[int]:
         """Write the outputs asked in shared memory (:attr:`shm_outputs`) into their regions, in
-        their declared datatypes, all or none; returns their indexes (answered without data).  Raises
-        :class:`~wsserve.errors.WsserveError` naming the output and the region (every transport's)."""
+        their declared datatypes, all or none; returns their indexes (answered without data).
+        ``present``: the indexes of the outputs the answer carries (a decoupled model's response
+        may carry a subset; None: all).  Raises :class:`~wsserve.errors.WsserveError` naming the
+        output and the region (every transport's)."""
         if not self.shm_outputs or self.shm is None:
             return frozenset()
         writes = []
         for index, ref in self.shm_outputs.items():
+            if present is not None and index not in present:
+                continue
             spec = self.outputs[index]
             array = np.ascontiguousarray(values[index], dtype=oip.DATATYPES[spec.datatype])
             writes.append((ref, memoryview(array).cast("B"), f"output {spec.name!r}"))
         self.shm.write_all(writes)
-        return frozenset(self.shm_outputs)
+        return frozenset(self.shm_outputs) if present is None else frozenset(self.shm_outputs).intersection(present)
 
     def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
         """The worker's ``outputs`` as one ``[n, *shape]`` array per tensor of ``self.outputs`` (the
         attributions too, with ``explain``; a tensor that is not ``batched`` - a model without a batch
         dimension, whose one row this is - as ``shape`` itself), and the response's parameters (or
         None); every OIP transport encodes these.  An output not requested that ``outputs`` lacks (an
-        ensemble's, pruned) is an empty placeholder, never encoded."""
-        n = count_rows(outputs)
+        ensemble's, pruned), or one a decoupled model's response does not carry, is an empty
+        placeholder, never encoded."""
+        n = count_rows(outputs) if not isinstance(outputs, dict) or outputs else 0
         specs = self.outputs[: len(self.outputs) // 2] if self.explain else self.outputs  # one attribution each
 
         def shaped(array: np.ndarray, spec: oip.Tensor) -> np.ndarray:

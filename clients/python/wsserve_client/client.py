@@ -360,6 +360,7 @@ class Client:
         timeout: float | None = None,
         priority: int = 0,
         as_numpy: bool = False,
+        binary: bool = False,
         traceparent: str | None = None,
         tracestate: str | None = None,
     ) -> ResponseStream:
@@ -370,15 +371,17 @@ class Client:
         loop: ``aclose()``) cancels the request; the model sees it cancelled.
 
         Returns at once (not a coroutine); the request is sent on first iteration or on
-        ``async with``.  ``inputs``, ``version``, ``timeout``, ``priority``, ``as_numpy`` and
-        ``traceparent``/``tracestate`` as for :meth:`predict`.
+        ``async with``.  ``inputs``, ``version``, ``timeout``, ``priority``, ``as_numpy``,
+        ``binary`` (the inputs sent as a binary tensor frame, each response's outputs answered as
+        one: numpy arrays in the model's dtypes) and ``traceparent``/``tracestate`` as for :meth:`predict`.
         """
         check_version(version)
         check_trace_context(traceparent, tracestate)
 
         def make(rid: int, left: float | None) -> bytes:
             return encode_predict(rid, model, inputs, version=version, timeout=left, priority=priority,
-                                  traceparent=traceparent, tracestate=tracestate)
+                                  binary=binary, traceparent=traceparent, tracestate=tracestate,
+                                  dtypes=self._binary_dtypes())
 
         return ResponseStream(self, make, timeout=timeout, retry=self._retry, as_numpy=as_numpy,
                               max_buffer_bytes=self._max_stream_buffer_bytes)
