@@ -271,8 +271,6 @@ def test_the_rows_and_bytes_of_waiting_requests_are_counted_for_the_model_queue_
     """The scheduler counts what waits (``waiting_rows``, ``waiting_bytes``); the model's batch
     queue bounds them with its own (:meth:`BatchQueue.check_room`: ``max_queue_rows``,
     ``max_queue_bytes``, the usual retry hint; an empty queue with nothing waiting takes any)."""
-    from wsserve.batching import BatchQueue, WorkItem
-
     s = SequenceScheduler("acc", slots=1)
     big = s.arrive(1, True, False, "a1", 0.0, nbytes=60, rows=1)
     s.arrive(2, True, False, "b1", 0.0, nbytes=40, rows=1)
@@ -281,10 +279,38 @@ def test_the_rows_and_bytes_of_waiting_requests_are_counted_for_the_model_queue_
     assert (s.waiting_rows, s.waiting_bytes) == (1, 40)
     assert s.cancel(s._sequences[2].queue[0], 0.1) and (s.waiting_rows, s.waiting_bytes) == (0, 0)
     assert big.taken
+
+
+def test_a_sequence_holding_a_slot_counts_only_the_rows_waiting_in_sequences_holding_one() -> None:
+    """:meth:`SequenceScheduler.ahead`: rows waiting for a slot never keep a sequence that holds
+    one from going on and ending (it would wait for their own slot: stuck until idle expiry)."""
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0, nbytes=4)
+    (a1,) = s.take(0.0)
+    s.arrive(1, False, False, "a2", 0.0, nbytes=4)
+    s.arrive(2, True, False, "b1", 0.0, nbytes=8)  # backlogged
+    s.arrive(2, False, True, "b2", 0.0, nbytes=8)
+    assert s.ahead(1) == (1, 4) and s.ahead(2) == (3, 20) and s.ahead(99) == (3, 20)
+    s.done(a1, 0.1)
+    (a2,) = s.take(0.1)
+    assert s.ahead(1) == (0, 0)
+    s.arrive(1, False, True, "a3", 0.1, nbytes=4)
+    s.done(a2, 0.2)
+    (a3,) = s.take(0.2)
+    s.done(a3, 0.3)  # 1 ends: 2 takes the slot, its waiting rows now count for sequences holding one
+    assert s.ahead(2) == (2, 16) == (s.waiting_rows, s.waiting_bytes)
+    assert s.cancel(s._sequences[2].queue[1], 0.3) and s.ahead(2) == (1, 8)
+    (b1,) = s.take(0.3)
+    assert s.ahead(2) == (0, 0) == (s.waiting_rows, s.waiting_bytes)
+
+
+def test_check_room_bounds_the_queue_with_what_waits_in_front_of_it() -> None:
+    from wsserve.batching import BatchQueue, WorkItem
+
     q = BatchQueue(max_batch_size=2, max_queue_rows=3, max_queue_bytes=100)
     q.check_room(500, 10_000)  # nothing queued or waiting: any request
     q.note_batch(0.010)
-    with pytest.raises(Overloaded, match=r"queue full: 3 rows queued \(3 waiting for their sequence's turn\), "
+    with pytest.raises(Overloaded, match=r"queue full: 3 rows queued \(3 waiting for their sequence's turn or a slot\), "
                                          r"limit 3 \(max_queue_rows\)") as err:
         q.check_room(1, 4, ahead_rows=3, ahead_bytes=12)
     assert err.value.retry_after_ms == 20  # 3 rows ahead: 2 batches of 10 ms
@@ -292,7 +318,7 @@ def test_the_rows_and_bytes_of_waiting_requests_are_counted_for_the_model_queue_
     q.check_room(1, 4)  # 2 queued + 1 fits
     with pytest.raises(Overloaded, match="max_queue_rows"):
         q.check_room(1, 4, ahead_rows=1, ahead_bytes=4)
-    with pytest.raises(Overloaded, match=r"queue full: 98 input bytes queued \(90 waiting"):
+    with pytest.raises(Overloaded, match=r"queue full: 98 input bytes queued \(90 waiting for their sequence's turn or a slot\)"):
         q.check_room(0, 4, ahead_bytes=90)
 
 

@@ -353,7 +353,7 @@ class BatchQueue:
         limit = self.max_queue_rows
         if limit is not None and queued_units + units > limit:
             what = f"{queued_rows} rows" if queued_units == queued_rows else f"{queued_rows} rows ({queued_units} units)"
-            waiting = f" ({ahead_rows} waiting for their sequence's turn)" if ahead_rows else ""
+            waiting = f" ({ahead_rows} waiting for their sequence's turn or a slot)" if ahead_rows else ""
             raise Overloaded(
                 f"queue full: {what} queued{waiting}, limit {limit} (max_queue_rows)",
                 retry_after_ms=self._retry_after_ms(ahead_rows),
@@ -361,7 +361,7 @@ class BatchQueue:
         byte_limit = self.max_queue_bytes
         queued_bytes = self._bytes + ahead_bytes
         if byte_limit is not None and queued_bytes + nbytes > byte_limit:
-            waiting = f" ({ahead_bytes} waiting for their sequence's turn)" if ahead_bytes else ""
+            waiting = f" ({ahead_bytes} waiting for their sequence's turn or a slot)" if ahead_bytes else ""
             raise Overloaded(
                 f"queue full: {queued_bytes} input bytes queued{waiting}, limit {byte_limit} (max_queue_bytes)",
                 retry_after_ms=self._retry_after_ms(ahead_rows),

@@ -209,8 +209,8 @@ class SequenceWorker:
         waits_until = queue_deadline(deadline, now, self.inner.default_timeout_s, self.inner.allow_timeout_override)
         scheduler = self.scheduler
         # its rows wait here, then in the batch queue: bounded with the queue's (the usual retry hint)
-        self.inner.queue.check_room(sink.n, sink.nbytes, ahead_rows=scheduler.waiting_rows,
-                                    ahead_bytes=scheduler.waiting_bytes)
+        ahead_rows, ahead_bytes = scheduler.ahead(cid)
+        self.inner.queue.check_room(sink.n, sink.nbytes, ahead_rows=ahead_rows, ahead_bytes=ahead_bytes)
         pending = scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes, sink.n)
         pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
         self._pump(now)
@@ -223,7 +223,9 @@ class SequenceWorker:
         the batch queue runs anyway (its answer dropped: the transport's sink is finished), as the
         model's state for the sequence may depend on it and the sequence's next request waits for it."""
         now = monotonic()
-        if self.scheduler.cancel(item, now):
+        # a transport ends a request past its deadline itself, then cancels it here (1 ms: timer slack)
+        overdue = item.deadline is not None and item.deadline <= now + 0.001
+        if self.scheduler.cancel(item, now, "passed its deadline" if overdue else "was cancelled"):
             self._pump(now)
 
     def statistics(self) -> WorkerStatistics:

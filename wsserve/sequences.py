@@ -20,7 +20,9 @@ flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Dire
 - At most ``max_waiting`` requests wait (not yet handed out) over all sequences; past it a
   request is refused with ``overloaded``.  Their rows and input bytes are counted
   (:attr:`SequenceScheduler.waiting_rows`, :attr:`SequenceScheduler.waiting_bytes`) for the caller
-  to bound them with the model's queue (``max_queue_rows``, ``max_queue_bytes``).  A waiting
+  to bound them with the model's queue (``max_queue_rows``, ``max_queue_bytes``); a request of a
+  sequence holding a slot counts only those of sequences holding one
+  (:meth:`SequenceScheduler.ahead`), so a full backlog never keeps a sequence from ending.  A waiting
   request past its deadline is dropped by :meth:`SequenceScheduler.overdue`.
 - **A dropped request aborts its sequence** (Triton's sequence batcher cancels a sequence whose
   next request is cancelled, releasing its slot and cancelling the requests queued behind it): a
@@ -226,6 +228,8 @@ class SequenceScheduler:
         self.max_waiting = max_waiting
         self.waiting_bytes = 0  # input bytes of the requests not handed out
         self.waiting_rows = 0  # their rows
+        self._slot_rows = 0  # rows and bytes of those waiting in sequences holding a slot
+        self._slot_bytes = 0
         self._sequences: dict[int | str, _Sequence] = {}
         self._backlog: OrderedDict[int | str, None] = OrderedDict()  # sequences waiting for a slot, FIFO
         self._held = 0  # sequences holding a slot
@@ -240,6 +244,16 @@ class SequenceScheduler:
     def held(self) -> int:
         return self._held
 
+    def ahead(self, correlation_id: int | str) -> tuple[int, int]:
+        """The waiting rows and input bytes a new request of sequence ``correlation_id`` counts
+        against the model's queue bounds: all that wait, but for a sequence holding a slot only
+        those of sequences holding one (requests waiting for a slot never keep a sequence holding
+        one from going on and letting it go)."""
+        seq = self._sequences.get(correlation_id)
+        if seq is not None and seq.slot:
+            return self._slot_rows, self._slot_bytes
+        return self.waiting_rows, self.waiting_bytes
+
     def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float,
                deadline: float | None = None, nbytes: int = 0, rows: int = 1) -> Pending:
         """Queue a request of sequence ``correlation_id`` (of ``rows`` rows, ``nbytes`` input
@@ -247,7 +261,7 @@ class SequenceScheduler:
         :class:`BadRequest` (Triton's message) for a sequence not started (unknown, ended, expired
         or aborted: the message then says why) without ``start``, and :class:`Overloaded` when
         ``max_waiting`` requests wait or a new sequence finds the backlog full.  The caller bounds
-        :attr:`waiting_rows` / :attr:`waiting_bytes` with the model's queue before calling."""
+        what waits (:meth:`ahead`) with the model's queue before calling."""
         seq = self._sequences.get(correlation_id)
         if not start and (seq is None or seq.ended or seq.aborted):
             why = f" ({seq.aborted})" if seq is not None and seq.aborted else ""
@@ -276,6 +290,9 @@ class SequenceScheduler:
         self.waiting += 1
         self.waiting_bytes += nbytes
         self.waiting_rows += rows
+        if seq.slot:
+            self._slot_rows += rows
+            self._slot_bytes += nbytes
         return pending
 
     def take(self, now: float) -> list[Pending]:
@@ -295,6 +312,8 @@ class SequenceScheduler:
                 self.waiting -= 1
                 self.waiting_bytes -= p.nbytes
                 self.waiting_rows -= p.rows
+                self._slot_rows -= p.rows
+                self._slot_bytes -= p.nbytes
                 out.append(p)
         return out
 
@@ -325,9 +344,9 @@ class SequenceScheduler:
         the model: its END arrived, it was aborted, or none of it was ever handed out."""
         if pending.taken or pending.cancelled:
             return False
-        self._drop(pending)
         cid = pending.correlation_id
         seq = self._sequences.get(cid)
+        self._drop(pending, seq)
         if seq is not None:
             seq.last = now
             self._abort(seq, pending, why)
@@ -383,13 +402,17 @@ class SequenceScheduler:
         self.waiting = 0
         self.waiting_bytes = 0
         self.waiting_rows = 0
+        self._slot_rows = self._slot_bytes = 0
         return out
 
-    def _drop(self, pending: Pending) -> None:
+    def _drop(self, pending: Pending, seq: _Sequence | None) -> None:
         pending.cancelled = True
         self.waiting -= 1
         self.waiting_bytes -= pending.nbytes
         self.waiting_rows -= pending.rows
+        if seq is not None and seq.slot:
+            self._slot_rows -= pending.rows
+            self._slot_bytes -= pending.nbytes
 
     def _abort(self, seq: _Sequence, dropped: Pending, why: str) -> None:
         """``dropped`` (of ``seq``) never reaches the model: drop the requests of ``seq`` waiting
@@ -406,7 +429,7 @@ class SequenceScheduler:
                 continue
             if p.flags & START:
                 return  # a new sequence of the id starts there: it and what follows run
-            self._drop(p)
+            self._drop(p, seq)
             p.error = BadRequest(f"inference request for sequence {cid} to model '{self.name}' was not run: "
                                  f"{reason}; start the sequence again (sequence_start)")
             self._aborted.append(p)
@@ -430,3 +453,6 @@ class SequenceScheduler:
             if waiting is not None:
                 waiting.slot = True
                 self._held += 1
+                live = [p for p in waiting.queue if not p.cancelled]
+                self._slot_rows += sum(p.rows for p in live)
+                self._slot_bytes += sum(p.nbytes for p in live)
