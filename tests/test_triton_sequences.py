@@ -447,3 +447,26 @@ async def test_requests_waiting_for_their_sequence_count_against_max_queue_rows(
         client.close()
         await conn.close()
         proc.stop()
+
+
+def test_oldest_strategy_runs_max_candidate_sequences_at_once(tmp_path: Path) -> None:
+    """``oldest { max_candidate_sequences: 3 }`` with ``max_batch_size: 1``: three sequences hold
+    a slot at once (Direct: one, the second waiting until the first ends), their requests batched
+    one at a time, oldest first; a fourth waits for a slot."""
+    root = tmp_path / "model_repository"
+    _write(root, "acc", _pbtxt(1, 60_000_000).replace(
+        "sequence_batching {\n", "sequence_batching {\n  oldest { max_candidate_sequences: 3 }\n"))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    client = thttp.InferenceServerClient(proc.http.removeprefix("http://"), concurrency=2)
+    try:
+        for sid in (1, 2, 3):  # none ends: with Direct's one slot the second would wait for the first
+            assert _row(_http_infer(client, "acc", sid * 10, sequence_id=sid, sequence_start=True))[0] == sid * 10
+        assert [_row(_http_infer(client, "acc", 1, sequence_id=sid))[0] for sid in (3, 2, 1)] == [31, 21, 11]
+        t = thttp.InferInput("IN", [1, 1], "INT32")
+        t.set_data_from_numpy(np.array([[4]], np.int32))
+        fourth = client.async_infer("acc", [t], sequence_id=4, sequence_start=True, sequence_end=True)
+        assert _row(_http_infer(client, "acc", 1, sequence_id=1, sequence_end=True))[0] == 12
+        assert _row(fourth.get_result())[:2] == (4, 3)  # 1 ended: 4 had its slot
+    finally:
+        client.close()
+        proc.stop()

@@ -2,8 +2,10 @@
 
 A model with config.pbtxt ``sequence_batching`` keeps state per *sequence*: requests carrying one
 correlation id (OIP parameter ``sequence_id``: an unsigned 64-bit integer or a string), the first
-flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Direct strategy; an
-``oldest {}`` strategy is scheduled the same way, see docs/repository.md):
+flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Direct and Oldest
+strategies differ only in the number of ``slots`` and the batching after :meth:`SequenceScheduler.take`,
+both the caller's: Direct ``max_batch_size`` x instances, Oldest ``max_candidate_sequences`` x
+instances, its requests batched oldest first up to ``max_batch_size``):
 
 - A sequence holds a *slot* from its first request until its END request has run, or until it
   was idle (no request waiting or running) for ``max_idle_s`` (Triton's
@@ -77,13 +79,16 @@ class Control:
 @dataclass(frozen=True, slots=True)
 class SequenceConfig:
     """config.pbtxt's ``sequence_batching`` as served: ``max_idle_s``, the ``controls`` fed to
-    the model, ``strategy`` (``"direct"`` or ``"oldest"``, scheduled alike) and ``as_json`` (the
-    section as Triton's model configuration lists it)."""
+    the model, ``strategy`` (``"direct"`` or ``"oldest"``), ``as_json`` (the section as Triton's
+    model configuration lists it) and Oldest's ``max_candidate_sequences`` (slots per instance;
+    0: ``max_batch_size``) and ``max_queue_delay_us`` (its batching window)."""
 
     max_idle_s: float = DEFAULT_MAX_IDLE_S
     controls: tuple[Control, ...] = ()
     strategy: str = "direct"
     as_json: dict[str, Any] = field(default_factory=dict)
+    max_candidate_sequences: int = 0
+    max_queue_delay_us: int = 0
 
 
 class SequenceId(str):
@@ -297,7 +302,8 @@ class SequenceScheduler:
 
     def take(self, now: float) -> list[Pending]:
         """The requests that may run now: the oldest waiting request of each sequence holding a slot
-        with none running, in sequence order; each is marked running until :meth:`done`."""
+        with none running, oldest first (Oldest's batches take the oldest); each is marked running
+        until :meth:`done`."""
         out: list[Pending] = []
         for seq in self._sequences.values():
             if not seq.slot or seq.busy:
@@ -315,6 +321,7 @@ class SequenceScheduler:
                 self._slot_rows -= p.rows
                 self._slot_bytes -= p.nbytes
                 out.append(p)
+        out.sort(key=lambda p: p.arrived)  # stable: equal times keep sequence order
         return out
 
     def done(self, pending: Pending, now: float, why: str | None = None) -> None:
