@@ -298,7 +298,24 @@ def test_sequence_batching_of_a_python_model_is_read() -> None:
     assert [(c.name, c.kind, c.dtype.name, c.false, c.true) for c in seq.controls] == [
         ("S", "START", "float32", 0.0, 1.0), ("C", "CORRID", "object", 0, 1)]
     assert seq.as_json["max_sequence_idle_microseconds"] == "1000000"
-    assert "sequence_batching.oldest.max_candidate_sequences" in cfg.warnings
+    assert seq.max_candidate_sequences == 4 and cfg.max_delay_ms == 0.0
+    assert not [w for w in cfg.warnings if "sequence_batching" in w]  # Oldest's fields are served
+
+
+def test_oldest_sequence_batching_serves_its_candidates_and_window_and_bounds_them() -> None:
+    from wsserve.repository.errors import ConfigError
+
+    cfg = parse_pbtxt(_PY_SEQ + 'sequence_batching { oldest { max_candidate_sequences: 16 '
+                      'max_queue_delay_microseconds: 2500 preferred_batch_size: [2] preserve_ordering: true } }',
+                      "repo/m/config.pbtxt", model_name="m")
+    assert (cfg.sequence.max_candidate_sequences, cfg.sequence.max_queue_delay_us, cfg.max_delay_ms) == (16, 2500, 2.5)
+    assert {w for w in cfg.warnings if "sequence_batching" in w} == {
+        "sequence_batching.oldest.preferred_batch_size", "sequence_batching.oldest.preserve_ordering"}
+    with pytest.raises(ConfigError, match="max_candidate_sequences.*4096"):
+        parse_pbtxt(_PY_SEQ + 'sequence_batching { oldest { max_candidate_sequences: 5000 } }', "repo/m/config.pbtxt")
+    with pytest.raises(ConfigError, match="max_queue_delay_microseconds"):
+        parse_pbtxt(_PY_SEQ + 'sequence_batching { oldest { max_queue_delay_microseconds: 99000000000 } }',
+                    "repo/m/config.pbtxt")
 
 
 @pytest.mark.parametrize(("data", "words"), [

@@ -94,19 +94,17 @@ def test_idle_sequences_expire_after_max_idle_and_a_later_request_must_start() -
     assert p.payload == "p"
 
 
-def test_a_request_arriving_resets_the_idle_clock_and_cancelled_waiting_requests_are_skipped() -> None:
+def test_a_request_arriving_resets_the_idle_clock() -> None:
     s = SequenceScheduler("acc", slots=1, max_idle_s=1.0)
     first = s.arrive(1, True, False, "1", 0.0)
     s.take(0.0)
     s.done(first, 0.0)
     s.arrive(1, False, False, "2", 0.9)
-    dropped = s.arrive(1, False, False, "3", 0.9)
-    assert s.cancel(dropped, 0.9) and not s.cancel(dropped, 0.9)
     assert s.expire(1.5) == []
     (two,) = s.take(1.5)
     s.done(two, 1.5)
     assert s.take(1.5) == [] and s.waiting == 0
-    assert s.expire(2.5) == [1]
+    assert s.expire(2.49) == [] and s.expire(2.5) == [1]
 
 
 def test_waiting_requests_are_bounded() -> None:
@@ -184,21 +182,144 @@ def test_a_cancelled_waiting_end_lets_the_slot_go_once_the_running_request_ends(
     assert _ids(s.take(0.2)) == ["b1"]  # 2 got the slot at once, not after 1's idle expiry
 
 
-def test_the_bytes_of_waiting_requests_are_bounded() -> None:
-    """Requests waiting for their turn or a slot hold their inputs: ``max_waiting_bytes`` bounds
-    them as ``max_queue_bytes`` bounds a batch queue (an empty wait takes any request)."""
-    s = SequenceScheduler("acc", slots=1, max_waiting_bytes=100)
-    s.arrive(1, True, False, "a1", 0.0, nbytes=60)
-    (a1,) = s.take(0.0)  # handed out: no longer waiting here
-    big = s.arrive(2, True, False, "b1", 0.0, nbytes=500)  # nothing waits: taken whatever its size
-    with pytest.raises(Overloaded, match="max_queue_bytes"):
-        s.arrive(3, True, False, "c1", 0.0, nbytes=1)
-    assert s.cancel(big, 0.1)
-    s.arrive(3, True, False, "c1", 0.1, nbytes=60)
-    with pytest.raises(Overloaded, match="max_queue_bytes"):
-        s.arrive(4, True, False, "d1", 0.1, nbytes=41)
-    s.arrive(4, True, False, "d1", 0.1, nbytes=40)
-    assert s.waiting_bytes == 100
+def test_a_cancelled_start_aborts_the_requests_of_its_sequence_waiting_behind_it() -> None:
+    """Triton's sequence batcher cancels a sequence whose next request is cancelled: no request
+    may reach the model as if the sequence had started when its START never ran.  Each request
+    ends once: the cancelled one by its caller, the others through aborted() with their error."""
+    s = SequenceScheduler("acc", slots=1)
+    (a1,) = [s.arrive(1, True, False, "a1", 0.0)]
+    assert s.take(0.0) == [a1]  # 1 holds the only slot
+    b1 = s.arrive(2, True, False, "b1", 0.0, nbytes=4)  # backlogged, with two more requests behind its START
+    s.arrive(2, False, False, "b2", 0.0, nbytes=4)
+    s.arrive(2, False, True, "b3", 0.0, nbytes=4)
+    assert s.cancel(b1, 0.1)
+    aborted = s.aborted()
+    assert _ids(aborted) == ["b2", "b3"] and s.aborted() == []  # collected once
+    assert all(p.error.message == "inference request for sequence 2 to model 'acc' was not run: sequence 2 was "
+               "aborted: its START was cancelled before the model ran it; start the sequence again "
+               "(sequence_start)" for p in aborted)
+    assert (s.waiting, s.waiting_rows, s.waiting_bytes, len(s)) == (0, 0, 0, 1)  # 2 is forgotten
+    assert all(not s.cancel(p, 0.2) for p in aborted)  # their clients leaving later changes nothing
+    with pytest.raises(BadRequest, match="sequence 2 to model 'acc' must specify the START flag"):
+        s.arrive(2, False, False, "late", 0.2)
+    s.done(a1, 0.3)
+    assert s.take(0.3) == [] and s.held == 1  # 1 keeps its slot; nothing of 2 ever runs
+
+
+def test_a_start_that_restarts_a_running_sequence_is_aborted_with_what_follows_it() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "x1", 0.0)
+    (x1,) = s.take(0.0)
+    restart = s.arrive(1, True, False, "y1", 0.0)  # a new sequence of id 1, queued behind x1
+    s.arrive(1, False, False, "y2", 0.0)
+    s.arrive(2, True, True, "b1", 0.0)  # backlogged
+    assert s.cancel(restart, 0.1)
+    assert _ids(s.aborted()) == ["y2"]
+    with pytest.raises(BadRequest, match=r"must specify the START flag on the first request of the sequence "
+                                         r"\(sequence 1 was aborted: its START was cancelled before the model ran it\)"):
+        s.arrive(1, False, False, "late", 0.1)  # while x1 still runs: refused, saying why
+    s.done(x1, 0.2)  # nothing of 1 is left: its slot goes at once (not after max_idle_s)
+    assert _ids(s.take(0.2)) == ["b1"]
+
+
+def test_a_dropped_request_mid_sequence_aborts_those_behind_it_and_the_ones_ahead_still_run() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0)
+    (a1,) = s.take(0.0)
+    s.arrive(1, False, False, "a2", 0.0)
+    a3 = s.arrive(1, False, False, "a3", 0.0)
+    s.arrive(1, False, False, "a4", 0.0)
+    s.arrive(1, True, False, "n1", 0.0)  # a START behind: a new sequence of the id, not aborted
+    s.arrive(1, False, False, "n2", 0.0)
+    assert s.cancel(a3, 0.1)
+    assert _ids(s.aborted()) == ["a4"]
+    s.arrive(1, False, True, "n3", 0.1)  # the new sequence goes on: not refused
+    order = []
+    for t in (0.2, 0.3, 0.4, 0.5):
+        s.done(a1, t)
+        (a1,) = s.take(t)
+        order.append(a1.payload)
+    assert order == ["a2", "n1", "n2", "n3"]
+
+
+def test_a_request_handed_out_that_the_model_never_ran_aborts_its_sequence() -> None:
+    """``done(..., why)``: the batch queue dropped it (its deadline) before the model ran it."""
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0)
+    (a1,) = s.take(0.0)
+    s.arrive(1, False, True, "a2", 0.0)
+    s.arrive(2, True, True, "b1", 0.0)
+    s.done(a1, 0.1, "passed its deadline")
+    (a2,) = s.aborted()
+    assert a2.payload == "a2" and "sequence 1 was aborted: its START passed its deadline before the model ran it" \
+        in a2.error.message
+    assert _ids(s.take(0.1)) == ["b1"]  # 1's slot went at once
+
+
+def test_an_overdue_start_fails_with_its_deadline_and_the_rest_of_its_sequence_is_aborted() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0)
+    s.take(0.0)
+    s.arrive(2, True, False, "b1", 0.0, deadline=1.0)
+    s.arrive(2, False, True, "b2", 0.0, deadline=1.0)  # overdue too, but aborted by b1 first: one answer
+    assert s.next_expiry() == 1.0
+    assert _ids(s.overdue(1.0)) == ["b1"]
+    assert _ids(s.aborted()) == ["b2"] and len(s) == 1
+
+
+def test_the_rows_and_bytes_of_waiting_requests_are_counted_for_the_model_queue_bound() -> None:
+    """The scheduler counts what waits (``waiting_rows``, ``waiting_bytes``); the model's batch
+    queue bounds them with its own (:meth:`BatchQueue.check_room`: ``max_queue_rows``,
+    ``max_queue_bytes``, the usual retry hint; an empty queue with nothing waiting takes any)."""
+    s = SequenceScheduler("acc", slots=1)
+    big = s.arrive(1, True, False, "a1", 0.0, nbytes=60, rows=1)
+    s.arrive(2, True, False, "b1", 0.0, nbytes=40, rows=1)
+    assert (s.waiting_rows, s.waiting_bytes) == (2, 100)
+    s.take(0.0)
+    assert (s.waiting_rows, s.waiting_bytes) == (1, 40)
+    assert s.cancel(s._sequences[2].queue[0], 0.1) and (s.waiting_rows, s.waiting_bytes) == (0, 0)
+    assert big.taken
+
+
+def test_a_sequence_holding_a_slot_counts_only_the_rows_waiting_in_sequences_holding_one() -> None:
+    """:meth:`SequenceScheduler.ahead`: rows waiting for a slot never keep a sequence that holds
+    one from going on and ending (it would wait for their own slot: stuck until idle expiry)."""
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, False, "a1", 0.0, nbytes=4)
+    (a1,) = s.take(0.0)
+    s.arrive(1, False, False, "a2", 0.0, nbytes=4)
+    s.arrive(2, True, False, "b1", 0.0, nbytes=8)  # backlogged
+    s.arrive(2, False, True, "b2", 0.0, nbytes=8)
+    assert s.ahead(1) == (1, 4) and s.ahead(2) == (3, 20) and s.ahead(99) == (3, 20)
+    s.done(a1, 0.1)
+    (a2,) = s.take(0.1)
+    assert s.ahead(1) == (0, 0)
+    s.arrive(1, False, True, "a3", 0.1, nbytes=4)
+    s.done(a2, 0.2)
+    (a3,) = s.take(0.2)
+    s.done(a3, 0.3)  # 1 ends: 2 takes the slot, its waiting rows now count for sequences holding one
+    assert s.ahead(2) == (2, 16) == (s.waiting_rows, s.waiting_bytes)
+    assert s.cancel(s._sequences[2].queue[1], 0.3) and s.ahead(2) == (1, 8)
+    (b1,) = s.take(0.3)
+    assert s.ahead(2) == (0, 0) == (s.waiting_rows, s.waiting_bytes)
+
+
+def test_check_room_bounds_the_queue_with_what_waits_in_front_of_it() -> None:
+    from wsserve.batching import BatchQueue, WorkItem
+
+    q = BatchQueue(max_batch_size=2, max_queue_rows=3, max_queue_bytes=100)
+    q.check_room(500, 10_000)  # nothing queued or waiting: any request
+    q.note_batch(0.010)
+    with pytest.raises(Overloaded, match=r"queue full: 3 rows queued \(3 waiting for their sequence's turn or a slot\), "
+                                         r"limit 3 \(max_queue_rows\)") as err:
+        q.check_room(1, 4, ahead_rows=3, ahead_bytes=12)
+    assert err.value.retry_after_ms == 20  # 3 rows ahead: 2 batches of 10 ms
+    q.add(WorkItem(2, row_bytes=4), 0.0)
+    q.check_room(1, 4)  # 2 queued + 1 fits
+    with pytest.raises(Overloaded, match="max_queue_rows"):
+        q.check_room(1, 4, ahead_rows=1, ahead_bytes=4)
+    with pytest.raises(Overloaded, match=r"queue full: 98 input bytes queued \(90 waiting for their sequence's turn or a slot\)"):
+        q.check_room(0, 4, ahead_bytes=90)
 
 
 def test_a_drained_request_cancelled_later_leaves_the_counts_alone() -> None:
@@ -206,7 +327,7 @@ def test_a_drained_request_cancelled_later_leaves_the_counts_alone() -> None:
     p = s.arrive(1, True, False, "a1", 0.0, nbytes=8)
     assert s.drain() == [p]
     assert not s.cancel(p, 0.1)  # its client leaves after the close answered it
-    assert (s.waiting, s.waiting_bytes) == (0, 0)
+    assert (s.waiting, s.waiting_rows, s.waiting_bytes) == (0, 0, 0)
 
 
 def test_a_websocket_predicts_sequence_flags_are_checked_even_without_an_id() -> None:

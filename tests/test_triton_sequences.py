@@ -109,6 +109,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "acc_two", _pbtxt(2, 60_000_000))  # two slots
     _write(root, "acc_wait", _pbtxt(2, 60_000_000))  # two slots, for the deadline test alone
     _write(root, "acc_idle", _pbtxt(4, 100_000))  # sequences idle 0.1 s let go
+    _write(root, "acc_cancel", _pbtxt(1, 60_000_000))  # one slot, for the cancelled-START test alone
+    _write(root, "acc_late", _pbtxt(1, 60_000_000))  # one slot, for the overdue-START test alone
     _write(root, "plain", 'backend: "python"\nmax_batch_size: 8\n' + TENSORS)  # no sequence_batching
     (root / "plain" / "1" / "model.py").write_text(textwrap.dedent('''
         import numpy as np
@@ -343,3 +345,128 @@ def test_a_sequence_waiting_for_a_slot_past_its_timeout_is_answered_then(served)
         assert _row(_http_infer(client, "acc_wait", 20, sequence_id=502, sequence_end=True))[0] == 22
     finally:
         client.close()
+
+
+async def test_a_cancelled_start_aborts_its_sequence_instead_of_running_the_rest_without_it(served) -> None:
+    """acc_cancel's one slot held by 701: 702's START and two more wait for it; the client cancels
+    the START.  As Triton's sequence batcher cancels such a sequence, the requests behind it end at
+    once with ``bad_request`` naming the sequence and why (the model would otherwise run them with
+    no START); 702 never reached the model, 701 goes on, and 702 can START again."""
+    from tests.support.conn import Conn
+
+    def predict(rid: str, sid: int, value: int, start: bool = False, end: bool = False) -> dict[str, Any]:
+        return {"type": "predict", "id": rid, "model": "acc_cancel", "inputs": {"IN": [[value]]},
+                "sequence_id": sid, "sequence_start": start, "sequence_end": end}
+
+    conn = await Conn.open(served[0].url)
+    try:
+        frame = await conn.request(predict("a1", 701, 1, start=True))
+        assert frame["type"] == "result" and frame["outputs"]["SUM"] == [[1]], frame
+        await conn.send(predict("b1", 702, 5, start=True))  # waits for the slot
+        await conn.send(predict("b2", 702, 6))
+        await conn.send(predict("b3", 702, 7, end=True))
+        await conn.send({"type": "cancel", "id": "b1"})
+        frames = await conn.collect({"b1", "b2", "b3"}, timeout=30)
+        got = {rid: fs[-1] for rid, fs in frames.items()}
+        assert got["b1"]["type"] == "error" and got["b1"]["code"] == "cancelled", got
+        for rid in ("b2", "b3"):
+            assert got[rid]["type"] == "error" and got[rid]["code"] == "bad_request", got
+            assert got[rid]["message"] == (
+                "inference request for sequence 702 to model 'acc_cancel' was not run: sequence 702 was aborted: "
+                "its START was cancelled before the model ran it; start the sequence again (sequence_start)")
+        frame = await conn.request(predict("a2", 701, 2, end=True))
+        assert frame["type"] == "result" and frame["outputs"]["SUM"] == [[3]], frame
+        frame = await conn.request(predict("c1", 702, 9, start=True, end=True))  # the slot is free: 702 anew
+        assert frame["type"] == "result" and frame["outputs"]["SUM"] == [[9]] and frame["outputs"]["FLAGS"] == [[3]]
+    finally:
+        await conn.close()
+
+
+def test_a_start_past_its_deadline_on_a_grpc_stream_aborts_the_rest_of_its_sequence(served) -> None:
+    """acc_late's one slot held by 801: on one ModelStreamInfer stream 802's START (Triton
+    ``timeout`` 0.1 s) and two more requests wait; the START ends with its deadline and the other
+    two with ``INVALID_ARGUMENT`` naming the sequence (not run later without START)."""
+    client = tgrpc.InferenceServerClient(served[1])
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    one = tgrpc.InferInput("IN", [1, 1], "INT32")
+    one.set_data_from_numpy(np.array([[1]], np.int32))
+    try:
+        assert _row(client.infer("acc_late", [one], sequence_id=801, sequence_start=True))[0] == 1
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        for rid, start, end, timeout in (("s", True, False, 100_000), ("n", False, False, None),
+                                         ("e", False, True, None)):
+            client.async_stream_infer("acc_late", [one], request_id=rid, sequence_id=802, sequence_start=start,
+                                      sequence_end=end, timeout=timeout)
+        answers = [results.get(timeout=30) for _ in range(3)]
+        assert all(result is None for result, _ in answers), answers
+        errors = [str(error) for _, error in answers]
+        assert "deadline" in errors[0].lower(), errors
+        assert all("sequence 802 was aborted: its START passed its deadline before the model ran it" in e
+                   for e in errors[1:]), errors
+        assert _row(client.infer("acc_late", [one], sequence_id=801, sequence_end=True))[0] == 2
+        assert _row(client.infer("acc_late", [one], sequence_id=802, sequence_start=True, sequence_end=True))[:2] \
+            == (1, 3)
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+async def test_requests_waiting_for_their_sequence_count_against_max_queue_rows(tmp_path: Path) -> None:
+    """A server with ``--max-queue-rows 2``: the one slot of acc held, two requests of another
+    sequence waiting for it fill the model's queue, so a third (WebSocket) and a new sequence's
+    START (HTTP) are refused ``overloaded`` with the retry hint, as a full batch queue refuses."""
+    from tests.support.conn import Conn
+
+    root = tmp_path / "model_repository"
+    _write(root, "acc", _pbtxt(1, 60_000_000))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--max-queue-rows", "2")
+
+    def predict(rid: str, sid: int, value: int, start: bool = False, end: bool = False) -> dict[str, Any]:
+        return {"type": "predict", "id": rid, "model": "acc", "inputs": {"IN": [[value]]},
+                "sequence_id": sid, "sequence_start": start, "sequence_end": end}
+
+    conn = await Conn.open(proc.url)
+    client = thttp.InferenceServerClient(proc.http.removeprefix("http://"))
+    try:
+        frame = await conn.request(predict("a1", 1, 1, start=True))
+        assert frame["type"] == "result", frame
+        await conn.send(predict("b1", 2, 10, start=True))  # waits for the slot
+        await conn.send(predict("b2", 2, 20))  # 2 rows wait: the queue is full
+        frame = await conn.request(predict("b3", 2, 30, end=True))
+        assert frame["type"] == "error" and frame["code"] == "overloaded", frame
+        assert "limit 2 (max_queue_rows)" in frame["message"] and frame["retry_after_ms"] >= 1, frame
+        with pytest.raises(InferenceServerException, match="max_queue_rows"):
+            _http_infer(client, "acc", 5, sequence_id=3, sequence_start=True)
+        frame = await conn.request(predict("a2", 1, 2, end=True))  # 1 ends: 2 takes the slot, its rows run
+        assert frame["type"] == "result" and frame["outputs"]["SUM"] == [[3]], frame
+        frames = await conn.collect({"b1", "b2"}, timeout=30)
+        assert [frames[rid][-1]["outputs"]["SUM"] for rid in ("b1", "b2")] == [[[10]], [[30]]], frames
+        frame = await conn.request(predict("b3", 2, 30, end=True))  # room again
+        assert frame["type"] == "result" and frame["outputs"]["SUM"] == [[60]], frame
+    finally:
+        client.close()
+        await conn.close()
+        proc.stop()
+
+
+def test_oldest_strategy_runs_max_candidate_sequences_at_once(tmp_path: Path) -> None:
+    """``oldest { max_candidate_sequences: 3 }`` with ``max_batch_size: 1``: three sequences hold
+    a slot at once (Direct: one, the second waiting until the first ends), their requests batched
+    one at a time, oldest first; a fourth waits for a slot."""
+    root = tmp_path / "model_repository"
+    _write(root, "acc", _pbtxt(1, 60_000_000).replace(
+        "sequence_batching {\n", "sequence_batching {\n  oldest { max_candidate_sequences: 3 }\n"))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    client = thttp.InferenceServerClient(proc.http.removeprefix("http://"), concurrency=2)
+    try:
+        for sid in (1, 2, 3):  # none ends: with Direct's one slot the second would wait for the first
+            assert _row(_http_infer(client, "acc", sid * 10, sequence_id=sid, sequence_start=True))[0] == sid * 10
+        assert [_row(_http_infer(client, "acc", 1, sequence_id=sid))[0] for sid in (3, 2, 1)] == [31, 21, 11]
+        t = thttp.InferInput("IN", [1, 1], "INT32")
+        t.set_data_from_numpy(np.array([[4]], np.int32))
+        fourth = client.async_infer("acc", [t], sequence_id=4, sequence_start=True, sequence_end=True)
+        assert _row(_http_infer(client, "acc", 1, sequence_id=1, sequence_end=True))[0] == 12
+        assert _row(fourth.get_result())[:2] == (4, 3)  # 1 ended: 4 had its slot
+    finally:
+        client.close()
+        proc.stop()

@@ -326,19 +326,7 @@ class BatchQueue:
                     "(max_queue_requests)",
                     retry_after_ms=self._retry_after_ms(),
                 )
-        limit = self.max_queue_rows
-        if limit is not None and self._units + units > limit and self._rows > 0:
-            what = f"{self._rows} rows" if self._units == self._rows else f"{self._rows} rows ({self._units} units)"
-            raise Overloaded(
-                f"queue full: {what} queued, limit {limit} (max_queue_rows)",
-                retry_after_ms=self._retry_after_ms(),
-            )
-        byte_limit = self.max_queue_bytes
-        if byte_limit is not None and self._bytes + nbytes > byte_limit and self._rows > 0:
-            raise Overloaded(
-                f"queue full: {self._bytes} input bytes queued, limit {byte_limit} (max_queue_bytes)",
-                retry_after_ms=self._retry_after_ms(),
-            )
+        self.check_room(units, nbytes)
         item.enqueued_at = now
         queue.append(item)
         self._rows += rows
@@ -351,22 +339,51 @@ class BatchQueue:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]
             heapq.heappush(self._deadlines, item.deadline_entry)
 
+    def check_room(self, units: int, nbytes: int, *, ahead_rows: int = 0, ahead_bytes: int = 0) -> None:
+        """Raise ``Overloaded`` (with ``retry_after_ms``) if a request of ``units`` cost units and
+        ``nbytes`` input bytes would take the queue past ``max_queue_rows`` or ``max_queue_bytes``;
+        a queue with nothing queued takes any (else a request bigger than the bound could never be
+        served).  ``ahead_rows`` / ``ahead_bytes``: rows (of cost 1) and bytes of this model held
+        in front of the queue and counted with it (a stateful model's requests waiting for their
+        sequence's turn: :class:`~wsserve.sequence_worker.SequenceWorker`)."""
+        queued_rows = self._rows + ahead_rows
+        queued_units = self._units + ahead_rows
+        if not queued_rows:
+            return
+        limit = self.max_queue_rows
+        if limit is not None and queued_units + units > limit:
+            what = f"{queued_rows} rows" if queued_units == queued_rows else f"{queued_rows} rows ({queued_units} units)"
+            waiting = f" ({ahead_rows} waiting for their sequence's turn or a slot)" if ahead_rows else ""
+            raise Overloaded(
+                f"queue full: {what} queued{waiting}, limit {limit} (max_queue_rows)",
+                retry_after_ms=self._retry_after_ms(ahead_rows),
+            )
+        byte_limit = self.max_queue_bytes
+        queued_bytes = self._bytes + ahead_bytes
+        if byte_limit is not None and queued_bytes + nbytes > byte_limit:
+            waiting = f" ({ahead_bytes} waiting for their sequence's turn or a slot)" if ahead_bytes else ""
+            raise Overloaded(
+                f"queue full: {queued_bytes} input bytes queued{waiting}, limit {byte_limit} (max_queue_bytes)",
+                retry_after_ms=self._retry_after_ms(ahead_rows),
+            )
+
     def note_batch(self, seconds: float) -> None:
         """A batch of this queue took ``seconds`` to compute: its moving average (the last few
         batches weigh most) prices the batches ahead in an ``Overloaded``'s ``retry_after_ms``."""
         if seconds >= 0.0:
             self._batch_s = seconds if self._batch_s is None else 0.8 * self._batch_s + 0.2 * seconds
 
-    def _retry_after_ms(self) -> int:
-        """The refused request's hint: the batches queued ahead of it (full ones: their cost units
-        ÷ ``max_batch_size``, at least one; ``by_shape``: so for each shape queued, a batch holding
-        one shape only) times the recent batch time (:meth:`note_batch`; 2 ms before any batch
-        ran), in [:data:`MIN_RETRY_AFTER_MS`, :data:`MAX_RETRY_AFTER_MS`]."""
+    def _retry_after_ms(self, ahead_units: int = 0) -> int:
+        """The refused request's hint: the batches queued ahead of it (full ones: their cost units,
+        plus ``ahead_units`` held in front of the queue, ÷ ``max_batch_size``, at least one;
+        ``by_shape``: so for each shape queued, a batch holding one shape only) times the recent
+        batch time (:meth:`note_batch`; 2 ms before any batch ran), in
+        [:data:`MIN_RETRY_AFTER_MS`, :data:`MAX_RETRY_AFTER_MS`]."""
         cap = self.max_batch_size
         if self._shape_units:
-            batches_ahead = sum(units // cap + 1 for units in self._shape_units.values())
+            batches_ahead = sum(units // cap + 1 for units in self._shape_units.values()) + ahead_units // cap
         else:
-            batches_ahead = self._units // cap + 1
+            batches_ahead = (self._units + ahead_units) // cap + 1
         batch_ms = 2.0 if self._batch_s is None else self._batch_s * 1000.0
         return int(min(MAX_RETRY_AFTER_MS, max(MIN_RETRY_AFTER_MS, batches_ahead * batch_ms)))
 

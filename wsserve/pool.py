@@ -451,7 +451,9 @@ class ModelPool:
             if response_cache:
                 log.warning("model %r is stateful (sequence_batching): its responses depend on its sequences' "
                             "state, so its response_cache is ignored", name)
-            slots = worker.queue.max_batch_size * instances  # Triton's Direct strategy: one slot per batch row
+            # Triton's Direct strategy: one slot per batch row; Oldest: max_candidate_sequences per instance
+            per_instance = sequence.strategy == "oldest" and sequence.max_candidate_sequences
+            slots = (per_instance or worker.queue.max_batch_size) * instances
             return sequence_worker.SequenceWorker(
                 worker, sequence, slots=slots,
                 max_queue_requests=max_queue_requests or sequence_worker.DEFAULT_MAX_QUEUE_REQUESTS)

@@ -85,12 +85,16 @@ class _Step:
             if not self.sink.finished:
                 self.sink.on_error(exc)
         finally:
-            self._end()
+            item = self._pending.handle  # its WorkItem in the batch queue
+            if item is not None and getattr(item, "next_row", 1) == 0:  # never in a batch: the model never ran it
+                self._end("passed its deadline" if isinstance(exc, DeadlineExceeded) else f"failed ({exc.code})")
+            else:
+                self._end()
 
-    def _end(self) -> None:
+    def _end(self, why: str | None = None) -> None:
         if not self._over:
             self._over = True
-            self._worker._step_ended(self._pending)
+            self._worker._step_ended(self._pending, why)
 
 
 class SequenceWorker:
@@ -109,8 +113,7 @@ class SequenceWorker:
         self.explainer = None
         self.explain_refusal = f"model {self.name!r} is stateful (sequence_batching): its requests cannot be explained"
         self.scheduler = SequenceScheduler(self.name, slots=slots, max_idle_s=config.max_idle_s,
-                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests,
-                                           max_waiting_bytes=getattr(inner.queue, "max_queue_bytes", None))
+                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests)
         self._batched = getattr(self.model, "batching", True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -174,6 +177,7 @@ class SequenceWorker:
             self._timer = None
         if self._idle is not None:
             self._idle.set()
+        self._fail_aborted()
         for p in self.scheduler.drain():
             if not p.payload.finished:
                 p.payload.on_error(ShuttingDown(f"model {self.name!r} is unloaded or the server is shutting down"))
@@ -185,8 +189,9 @@ class SequenceWorker:
         """Queue ``sink``'s request in its sequence (``sink.sequence``).  Raises ``BadRequest``
         (Triton's messages: more than one row, no correlation id, a sequence not started; explanations),
         ``InvalidInput`` (an id the model's CORRID control cannot hold),
-        ``Overloaded`` (too many requests or sequences wait), ``ShuttingDown`` after :meth:`close`;
-        the sink is then never called."""
+        ``Overloaded`` (too many requests or sequences wait, or the rows and bytes waiting here and
+        in the batch queue would pass the model's ``max_queue_rows`` / ``max_queue_bytes``),
+        ``ShuttingDown`` after :meth:`close`; the sink is then never called."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         if getattr(sink, "explain", False):
@@ -202,17 +207,25 @@ class SequenceWorker:
             control_inputs(self.config.controls, cid, 0, 1, self._batched)
         now = monotonic()
         waits_until = queue_deadline(deadline, now, self.inner.default_timeout_s, self.inner.allow_timeout_override)
-        pending = self.scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes)
+        scheduler = self.scheduler
+        # its rows wait here, then in the batch queue: bounded with the queue's (the usual retry hint)
+        ahead_rows, ahead_bytes = scheduler.ahead(cid)
+        self.inner.queue.check_room(sink.n, sink.nbytes, ahead_rows=ahead_rows, ahead_bytes=ahead_bytes)
+        pending = scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes, sink.n)
         pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
         self._pump(now)
         return pending
 
     def cancel(self, item: Pending) -> None:
-        """The client cancelled or left: drop the request if it waits for its turn; one handed to the
-        batch queue runs anyway (its answer dropped: the transport's sink is finished), as the model's
-        state for the sequence may depend on it and the sequence's next request waits for it."""
+        """The client cancelled or left: drop the request if it waits for its turn, aborting its
+        sequence behind it (the requests queued behind it up to a START end with ``bad_request``
+        naming the sequence and why: :class:`~wsserve.sequences.SequenceScheduler`); one handed to
+        the batch queue runs anyway (its answer dropped: the transport's sink is finished), as the
+        model's state for the sequence may depend on it and the sequence's next request waits for it."""
         now = monotonic()
-        if self.scheduler.cancel(item, now):
+        # a transport ends a request past its deadline itself, then cancels it here (1 ms: timer slack)
+        overdue = item.deadline is not None and item.deadline <= now + 0.001
+        if self.scheduler.cancel(item, now, "passed its deadline" if overdue else "was cancelled"):
             self._pump(now)
 
     def statistics(self) -> WorkerStatistics:
@@ -225,16 +238,24 @@ class SequenceWorker:
 
     # -- internals (loop thread)
 
+    def _fail_aborted(self) -> None:
+        """End the requests dropped with their aborted sequence (their ``error``)."""
+        for p in self.scheduler.aborted():
+            if not p.payload.finished:
+                p.payload.on_error(p.error)
+
     def _pump(self, now: float) -> None:
-        """Hand out every request that may run now; then arm the idle-expiry timer."""
+        """Fail the requests of aborted sequences, hand out every request that may run now; then
+        arm the idle-expiry timer."""
+        self._fail_aborted()
         if self._draining:
             self.scheduler.expire(float("inf"))
         for p in self.scheduler.take(now):
             sink = p.payload
             priority, deadline = p.handle
             p.handle = None
-            if sink.finished:
-                self.scheduler.done(p, now)
+            if sink.finished:  # its client left before it was handed out: the model never sees it
+                self.scheduler.done(p, now, "was cancelled")
                 continue
             try:
                 inputs = sink.inputs
@@ -248,16 +269,18 @@ class SequenceWorker:
                 step = _Step(self, p, inputs)
                 p.handle = self.inner.submit(step, priority=priority, deadline=deadline)
             except WsserveError as exc:
-                self.scheduler.done(p, now)
+                self.scheduler.done(p, now, f"was refused ({exc.code})")
                 if not sink.finished:
                     sink.on_error(exc)
+        self._fail_aborted()
         if self._idle is not None and not self.scheduler.waiting:
             self._idle.set()
         self._arm()
 
-    def _step_ended(self, p: Pending) -> None:
+    def _step_ended(self, p: Pending, why: str | None) -> None:
+        """``p``'s step ended; ``why``: the model never ran it (the batch queue dropped it)."""
         now = monotonic()
-        self.scheduler.done(p, now)
+        self.scheduler.done(p, now, why)
         if self._loop is not None and not self._closed:
             self._loop.call_soon(self._pump, monotonic())
 

@@ -2,8 +2,10 @@
 
 A model with config.pbtxt ``sequence_batching`` keeps state per *sequence*: requests carrying one
 correlation id (OIP parameter ``sequence_id``: an unsigned 64-bit integer or a string), the first
-flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Direct strategy; an
-``oldest {}`` strategy is scheduled the same way, see docs/repository.md):
+flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Direct and Oldest
+strategies differ only in the number of ``slots`` and the batching after :meth:`SequenceScheduler.take`,
+both the caller's: Direct ``max_batch_size`` x instances, Oldest ``max_candidate_sequences`` x
+instances, its requests batched oldest first up to ``max_batch_size``):
 
 - A sequence holds a *slot* from its first request until its END request has run, or until it
   was idle (no request waiting or running) for ``max_idle_s`` (Triton's
@@ -17,12 +19,23 @@ flagged ``sequence_start``, the last ``sequence_end``.  The rules (Triton's Dire
 - A request without a correlation id is refused by the caller (Triton's message:
   :func:`missing_id`); the first request of an unknown sequence (never seen, ended, or expired)
   must carry START, else :meth:`SequenceScheduler.arrive` refuses it (Triton's message).
-- At most ``max_waiting`` requests wait (not yet handed out) over all sequences, their input
-  bytes at most ``max_waiting_bytes``; past it a request is refused with ``overloaded``.  A
-  waiting request past its deadline is dropped by :meth:`SequenceScheduler.overdue`.
-- A cancelled waiting request is dropped; a sequence then left with nothing running or waiting
-  lets its slot go at once if it is over for the model (its END arrived, or nothing of it was
-  ever handed out), else at idle expiry.
+- At most ``max_waiting`` requests wait (not yet handed out) over all sequences; past it a
+  request is refused with ``overloaded``.  Their rows and input bytes are counted
+  (:attr:`SequenceScheduler.waiting_rows`, :attr:`SequenceScheduler.waiting_bytes`) for the caller
+  to bound them with the model's queue (``max_queue_rows``, ``max_queue_bytes``); a request of a
+  sequence holding a slot counts only those of sequences holding one
+  (:meth:`SequenceScheduler.ahead`), so a full backlog never keeps a sequence from ending.  A waiting
+  request past its deadline is dropped by :meth:`SequenceScheduler.overdue`.
+- **A dropped request aborts its sequence** (Triton's sequence batcher cancels a sequence whose
+  next request is cancelled, releasing its slot and cancelling the requests queued behind it): a
+  waiting request cancelled or past its deadline (:meth:`SequenceScheduler.cancel`), or one handed
+  out that the model never ran (:meth:`SequenceScheduler.done` with ``why``), drops the requests of
+  its sequence queued behind it up to the next START (they would reach the model as if it had run:
+  the START, or a step of the state, missing), each given an ``error`` naming the sequence and why,
+  for the caller to collect with :meth:`SequenceScheduler.aborted` and fail.  Unless a START
+  follows, the sequence is over: it lets its slot (or backlog place) go once nothing of it runs or
+  waits, and a later request of it must START (refused, the message saying why).  Requests queued
+  ahead of the dropped one still run in order.
 
 Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
 :func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
@@ -66,13 +79,16 @@ class Control:
 @dataclass(frozen=True, slots=True)
 class SequenceConfig:
     """config.pbtxt's ``sequence_batching`` as served: ``max_idle_s``, the ``controls`` fed to
-    the model, ``strategy`` (``"direct"`` or ``"oldest"``, scheduled alike) and ``as_json`` (the
-    section as Triton's model configuration lists it)."""
+    the model, ``strategy`` (``"direct"`` or ``"oldest"``), ``as_json`` (the section as Triton's
+    model configuration lists it) and Oldest's ``max_candidate_sequences`` (slots per instance;
+    0: ``max_batch_size``) and ``max_queue_delay_us`` (its batching window)."""
 
     max_idle_s: float = DEFAULT_MAX_IDLE_S
     controls: tuple[Control, ...] = ()
     strategy: str = "direct"
     as_json: dict[str, Any] = field(default_factory=dict)
+    max_candidate_sequences: int = 0
+    max_queue_delay_us: int = 0
 
 
 class SequenceId(str):
@@ -167,23 +183,27 @@ class Pending:
     (or cancelled while waiting): its ``correlation_id``, ``flags`` and the caller's ``payload``;
     ``handle`` is the caller's to use as it likes."""
 
-    __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "nbytes", "taken", "cancelled", "handle")
+    __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "nbytes", "rows", "taken", "cancelled",
+                 "handle", "error")
 
     def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float,
-                 deadline: float | None = None, nbytes: int = 0) -> None:
-        self.nbytes = nbytes  # its input bytes, counted against max_waiting_bytes while it waits
+                 deadline: float | None = None, nbytes: int = 0, rows: int = 1) -> None:
+        self.nbytes = nbytes  # its input bytes, counted in waiting_bytes while it waits
+        self.rows = rows  # its rows, counted in waiting_rows while it waits
         self.correlation_id = correlation_id
         self.flags = flags
         self.payload = payload
         self.arrived = arrived
         self.deadline = deadline  # while it waits (same clock as ``now``), None: none
         self.taken = False
-        self.cancelled = False
+        self.cancelled = False  # dropped while waiting (cancelled, overdue, aborted or drained)
         self.handle: Any = None
+        #: Why it was dropped when its sequence was aborted (:meth:`SequenceScheduler.aborted`), else None.
+        self.error: BadRequest | None = None
 
 
 class _Sequence:
-    __slots__ = ("queue", "slot", "busy", "last", "ended", "started")
+    __slots__ = ("queue", "slot", "busy", "last", "ended", "started", "aborted")
 
     def __init__(self, now: float) -> None:
         self.queue: deque[Pending] = deque()
@@ -192,6 +212,7 @@ class _Sequence:
         self.last = now  # when it last had a request arrive or end
         self.ended = False  # its latest request carries END: the next must START
         self.started = False  # a request of it was handed out (the model saw the sequence)
+        self.aborted: str | None = None  # why it was aborted (a request dropped, no START behind it)
 
     def live(self) -> bool:
         """A request of it runs or waits (cancelled ones skipped)."""
@@ -202,7 +223,7 @@ class SequenceScheduler:
     """The sequences of one model version (see the module docstring)."""
 
     def __init__(self, name: str, *, slots: int, max_idle_s: float = DEFAULT_MAX_IDLE_S,
-                 max_backlog: int = 1024, max_waiting: int = 1024, max_waiting_bytes: int | None = None) -> None:
+                 max_backlog: int = 1024, max_waiting: int = 1024) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.name = name
@@ -210,12 +231,15 @@ class SequenceScheduler:
         self.max_idle_s = max_idle_s
         self.max_backlog = max_backlog
         self.max_waiting = max_waiting
-        self.max_waiting_bytes = max_waiting_bytes
         self.waiting_bytes = 0  # input bytes of the requests not handed out
+        self.waiting_rows = 0  # their rows
+        self._slot_rows = 0  # rows and bytes of those waiting in sequences holding a slot
+        self._slot_bytes = 0
         self._sequences: dict[int | str, _Sequence] = {}
         self._backlog: OrderedDict[int | str, None] = OrderedDict()  # sequences waiting for a slot, FIFO
         self._held = 0  # sequences holding a slot
         self.waiting = 0  # requests not handed out (cancelled ones excluded)
+        self._aborted: list[Pending] = []  # dropped with their sequence, not yet collected (aborted())
 
     def __len__(self) -> int:
         """Sequences known (holding a slot or in the backlog)."""
@@ -225,24 +249,32 @@ class SequenceScheduler:
     def held(self) -> int:
         return self._held
 
-    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float,
-               deadline: float | None = None, nbytes: int = 0) -> Pending:
-        """Queue a request of sequence ``correlation_id`` (of ``nbytes`` input bytes); one still
-        waiting at ``deadline`` is dropped by :meth:`overdue`.  Raises :class:`BadRequest` (Triton's
-        message) for a sequence not started (unknown, ended or expired) without ``start``, and
-        :class:`Overloaded` when ``max_waiting`` requests wait, their bytes would pass
-        ``max_waiting_bytes`` (unless none waits), or a new sequence finds the backlog full."""
+    def ahead(self, correlation_id: int | str) -> tuple[int, int]:
+        """The waiting rows and input bytes a new request of sequence ``correlation_id`` counts
+        against the model's queue bounds: all that wait, but for a sequence holding a slot only
+        those of sequences holding one (requests waiting for a slot never keep a sequence holding
+        one from going on and letting it go)."""
         seq = self._sequences.get(correlation_id)
-        if not start and (seq is None or seq.ended):
+        if seq is not None and seq.slot:
+            return self._slot_rows, self._slot_bytes
+        return self.waiting_rows, self.waiting_bytes
+
+    def arrive(self, correlation_id: int | str, start: bool, end: bool, payload: Any, now: float,
+               deadline: float | None = None, nbytes: int = 0, rows: int = 1) -> Pending:
+        """Queue a request of sequence ``correlation_id`` (of ``rows`` rows, ``nbytes`` input
+        bytes); one still waiting at ``deadline`` is dropped by :meth:`overdue`.  Raises
+        :class:`BadRequest` (Triton's message) for a sequence not started (unknown, ended, expired
+        or aborted: the message then says why) without ``start``, and :class:`Overloaded` when
+        ``max_waiting`` requests wait or a new sequence finds the backlog full.  The caller bounds
+        what waits (:meth:`ahead`) with the model's queue before calling."""
+        seq = self._sequences.get(correlation_id)
+        if not start and (seq is None or seq.ended or seq.aborted):
+            why = f" ({seq.aborted})" if seq is not None and seq.aborted else ""
             raise BadRequest(f"inference request for sequence {correlation_id} to model '{self.name}' must specify "
-                             "the START flag on the first request of the sequence")
+                             f"the START flag on the first request of the sequence{why}")
         if self.waiting >= self.max_waiting:
             raise Overloaded(f"model {self.name!r}: {self.waiting} requests of sequences wait "
                              f"(max_queue_requests={self.max_waiting})", retry_after_ms=100)
-        limit = self.max_waiting_bytes
-        if limit is not None and self.waiting and self.waiting_bytes + nbytes > limit:
-            raise Overloaded(f"queue full: {self.waiting_bytes} input bytes of sequences wait, limit {limit} "
-                             "(max_queue_bytes)", retry_after_ms=100)
         if seq is None:
             if self._held >= self.slots and len(self._backlog) >= self.max_backlog:
                 raise Overloaded(f"model {self.name!r}: {self._held} sequences hold its {self.slots} slots and "
@@ -253,17 +285,25 @@ class SequenceScheduler:
                 self._held += 1
             else:
                 self._backlog[correlation_id] = None
-        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now, deadline, nbytes)
+        pending = Pending(correlation_id, (START if start else 0) | (END if end else 0), payload, now, deadline,
+                          nbytes, rows)
         seq.queue.append(pending)
         seq.ended = end
+        if start:
+            seq.aborted = None  # a new sequence of the same id (after what of the old one still runs or waits)
         seq.last = now
         self.waiting += 1
         self.waiting_bytes += nbytes
+        self.waiting_rows += rows
+        if seq.slot:
+            self._slot_rows += rows
+            self._slot_bytes += nbytes
         return pending
 
     def take(self, now: float) -> list[Pending]:
         """The requests that may run now: the oldest waiting request of each sequence holding a slot
-        with none running, in sequence order; each is marked running until :meth:`done`."""
+        with none running, oldest first (Oldest's batches take the oldest); each is marked running
+        until :meth:`done`."""
         out: list[Pending] = []
         for seq in self._sequences.values():
             if not seq.slot or seq.busy:
@@ -277,13 +317,19 @@ class SequenceScheduler:
                 seq.started = True
                 self.waiting -= 1
                 self.waiting_bytes -= p.nbytes
+                self.waiting_rows -= p.rows
+                self._slot_rows -= p.rows
+                self._slot_bytes -= p.nbytes
                 out.append(p)
+        out.sort(key=lambda p: p.arrived)  # stable: equal times keep sequence order
         return out
 
-    def done(self, pending: Pending, now: float) -> None:
-        """``pending`` (handed out by :meth:`take`) ended, answered or failed: its sequence may run
-        its next request; after an END with nothing queued behind it the sequence lets its slot go
-        (the oldest backlogged sequence takes it).  Idempotent."""
+    def done(self, pending: Pending, now: float, why: str | None = None) -> None:
+        """``pending`` (handed out by :meth:`take`) ended: its sequence may run its next request;
+        after an END with nothing queued behind it the sequence lets its slot go (the oldest
+        backlogged sequence takes it).  ``why``: the model never ran it (``"was cancelled"``,
+        ``"passed its deadline"``, ...): its sequence is aborted behind it (see the module
+        docstring; :meth:`aborted`).  Idempotent."""
         if not pending.taken:
             return
         pending.taken = False
@@ -292,30 +338,33 @@ class SequenceScheduler:
             return
         seq.busy = False
         seq.last = now
-        if (pending.flags & END or seq.ended) and not seq.live():
+        if why is not None:
+            self._abort(seq, pending, why)
+        if (pending.flags & END or seq.ended or seq.aborted) and not seq.live():
             self._release(pending.correlation_id, seq)
 
-    def cancel(self, pending: Pending, now: float) -> bool:
-        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`).
-        A sequence left with nothing running or waiting lets its slot (or backlog place) go at
-        once when it is over for the model: its END arrived, or none of it was ever handed out
-        (a later request must START again); else it keeps its slot until idle expiry."""
+    def cancel(self, pending: Pending, now: float, why: str = "was cancelled") -> bool:
+        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`) or
+        dropped already.  Its sequence is aborted behind it (the module docstring; ``why`` says
+        what happened to it, for the others' errors: :meth:`aborted`).  A sequence left with
+        nothing running or waiting lets its slot (or backlog place) go at once when it is over for
+        the model: its END arrived, it was aborted, or none of it was ever handed out."""
         if pending.taken or pending.cancelled:
             return False
-        pending.cancelled = True
-        self.waiting -= 1
-        self.waiting_bytes -= pending.nbytes
         cid = pending.correlation_id
         seq = self._sequences.get(cid)
+        self._drop(pending, seq)
         if seq is not None:
             seq.last = now
-            if not seq.live() and (seq.ended or not seq.started):
-                if seq.slot:
-                    self._release(cid, seq)
-                else:
-                    del self._sequences[cid]
-                    self._backlog.pop(cid, None)
+            self._abort(seq, pending, why)
+            self._let_go_if_over(cid, seq)
         return True
+
+    def aborted(self) -> list[Pending]:
+        """The requests dropped because their sequence was aborted since the last call, each with
+        its ``error`` (:class:`BadRequest` naming the sequence and why), for the caller to fail."""
+        out, self._aborted = self._aborted, []
+        return out
 
     def expire(self, now: float) -> list[int | str]:
         """Let go every sequence holding a slot that was idle (nothing waiting or running) for
@@ -330,11 +379,13 @@ class SequenceScheduler:
 
     def overdue(self, now: float) -> list[Pending]:
         """Drop (as :meth:`cancel`) and return every waiting request whose deadline passed, for
-        the caller to fail: a request waiting for its sequence's turn or for a slot times out there."""
-        out = [p for seq in self._sequences.values() for p in seq.queue
-               if not p.cancelled and p.deadline is not None and p.deadline <= now]
-        for p in out:
-            self.cancel(p, now)
+        the caller to fail: a request waiting for its sequence's turn or for a slot times out there.
+        The requests of its sequence behind it are aborted (:meth:`aborted`), not returned here."""
+        out = []
+        for p in [p for seq in self._sequences.values() for p in seq.queue
+                  if not p.cancelled and p.deadline is not None and p.deadline <= now]:
+            if self.cancel(p, now, "passed its deadline"):  # not when aborted by an earlier one
+                out.append(p)
         return out
 
     def next_expiry(self) -> float | None:
@@ -347,7 +398,8 @@ class SequenceScheduler:
         return min(times) if times else None
 
     def drain(self) -> list[Pending]:
-        """Every request still waiting (for the caller to fail), all sequences forgotten."""
+        """Every request still waiting (for the caller to fail), all sequences forgotten; the
+        aborted ones not collected yet are left to :meth:`aborted`."""
         out = [p for seq in self._sequences.values() for p in seq.queue if not p.cancelled and not p.taken]
         for p in out:
             p.cancelled = True  # a later cancel() of one is a no-op
@@ -356,7 +408,47 @@ class SequenceScheduler:
         self._held = 0
         self.waiting = 0
         self.waiting_bytes = 0
+        self.waiting_rows = 0
+        self._slot_rows = self._slot_bytes = 0
         return out
+
+    def _drop(self, pending: Pending, seq: _Sequence | None) -> None:
+        pending.cancelled = True
+        self.waiting -= 1
+        self.waiting_bytes -= pending.nbytes
+        self.waiting_rows -= pending.rows
+        if seq is not None and seq.slot:
+            self._slot_rows -= pending.rows
+            self._slot_bytes -= pending.nbytes
+
+    def _abort(self, seq: _Sequence, dropped: Pending, why: str) -> None:
+        """``dropped`` (of ``seq``) never reaches the model: drop the requests of ``seq`` waiting
+        behind it up to the next START, and unless one follows, mark ``seq`` aborted."""
+        cid = dropped.correlation_id
+        what = "its START" if dropped.flags & START else "a request of it"
+        reason = f"sequence {cid} was aborted: {what} {why} before the model ran it"
+        behind = not any(p is dropped for p in seq.queue)  # handed out: all that waits is behind it
+        for p in seq.queue:
+            if not behind:
+                behind = p is dropped
+                continue
+            if p.cancelled:
+                continue
+            if p.flags & START:
+                return  # a new sequence of the id starts there: it and what follows run
+            self._drop(p, seq)
+            p.error = BadRequest(f"inference request for sequence {cid} to model '{self.name}' was not run: "
+                                 f"{reason}; start the sequence again (sequence_start)")
+            self._aborted.append(p)
+        seq.aborted = reason
+
+    def _let_go_if_over(self, cid: int | str, seq: _Sequence) -> None:
+        if not seq.live() and (seq.ended or not seq.started or seq.aborted):
+            if seq.slot:
+                self._release(cid, seq)
+            else:
+                del self._sequences[cid]
+                self._backlog.pop(cid, None)
 
     def _release(self, cid: int | str, seq: _Sequence) -> None:
         del self._sequences[cid]
@@ -368,3 +460,6 @@ class SequenceScheduler:
             if waiting is not None:
                 waiting.slot = True
                 self._held += 1
+                live = [p for p in waiting.queue if not p.cancelled]
+                self._slot_rows += sum(p.rows for p in live)
+                self._slot_bytes += sum(p.nbytes for p in live)

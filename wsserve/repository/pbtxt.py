@@ -551,6 +551,8 @@ def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[st
     if not cfg.name and model_name is not None:
         cfg.name = model_name  # Triton fills it in
     sequence = _sequence_batching(path, cfg, warnings) if cfg.HasField("sequence_batching") else None
+    if sequence is not None and sequence.strategy == "oldest":  # its dynamic batcher's window
+        common = {**common, "max_delay_ms": sequence.max_queue_delay_us / 1000}
     if sequence is not None and cfg.model_transaction_policy.decoupled:
         raise ConfigError(path, "sequence_batching", "is not served for a decoupled model (model_transaction_policy)")
     return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg),
@@ -563,13 +565,16 @@ _CONTROL_KINDS = {"CONTROL_SEQUENCE_START": "START", "CONTROL_SEQUENCE_END": "EN
 _CORRID_TYPES = ("TYPE_UINT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_INT32", "TYPE_STRING")
 #: The longest ``max_sequence_idle_microseconds`` taken (an hour; a sequence holds a slot that long).
 MAX_SEQUENCE_IDLE_US = 3_600_000_000
+#: The most ``oldest { max_candidate_sequences }`` taken (sequences holding a slot of one instance at once).
+MAX_CANDIDATE_SEQUENCES = 4096
 
 
 def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceConfig:
     """config.pbtxt's ``sequence_batching`` (:mod:`wsserve.sequences`): ``max_sequence_idle_microseconds``
     (0: Triton's default, 1 s), ``control_input`` (one control each, a flag's ``*_false_true`` pair or
-    CORRID's ``data_type``), ``direct`` / ``oldest`` (both scheduled as Direct: their tuning fields are
-    warned about).  ``state`` (implicit state) is refused, naming it."""
+    CORRID's ``data_type``), ``direct`` (its fields warned about) / ``oldest`` (``max_candidate_sequences``
+    at most :data:`MAX_CANDIDATE_SEQUENCES`, ``max_queue_delay_microseconds``; ``preferred_batch_size``
+    and ``preserve_ordering`` warned about).  ``state`` (implicit state) is refused, naming it."""
     sb = cfg.sequence_batching
     key = "sequence_batching"
     if sb.state:
@@ -582,7 +587,17 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
         raise ConfigError(path, f"{key}.max_sequence_idle_microseconds", f"must be in [0, {MAX_SEQUENCE_IDLE_US}], got {us}")
     strategy = sb.WhichOneof("strategy_choice") or "direct"
     for f, _ in getattr(sb, strategy).ListFields() if sb.HasField(strategy) else ():
-        warnings.append(f"{key}.{strategy}.{f.name}")
+        if strategy != "oldest" or f.name not in ("max_candidate_sequences", "max_queue_delay_microseconds"):
+            warnings.append(f"{key}.{strategy}.{f.name}")
+    candidates = delay_us = 0
+    if strategy == "oldest":
+        candidates, delay_us = sb.oldest.max_candidate_sequences, sb.oldest.max_queue_delay_microseconds
+        if not 0 <= candidates <= MAX_CANDIDATE_SEQUENCES:
+            raise ConfigError(path, f"{key}.oldest.max_candidate_sequences",
+                              f"must be in [0, {MAX_CANDIDATE_SEQUENCES}], got {candidates}")
+        if delay_us > MAX_DELAY_MS * 1000:
+            raise ConfigError(path, f"{key}.oldest.max_queue_delay_microseconds",
+                              f"must be in [0, {MAX_DELAY_MS * 1000}], got {delay_us}")
     if len(sb.control_input) > MAX_TENSORS:
         raise ConfigError(path, f"{key}.control_input", f"holds {len(sb.control_input)} inputs; at most {MAX_TENSORS}")
     names = {t.name for t in cfg.input}
@@ -617,4 +632,4 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
     as_json = json.loads(_config_json(cfg))["sequence_batching"]  # every field, as Triton lists it
     as_json["max_sequence_idle_microseconds"] = str(us or 1_000_000)  # Triton's default filled in
     return SequenceConfig(max_idle_s=(us or 1_000_000) / 1e6, controls=tuple(controls), strategy=strategy,
-                          as_json=as_json)
+                          as_json=as_json, max_candidate_sequences=candidates, max_queue_delay_us=delay_us)
