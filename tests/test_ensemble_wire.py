@@ -357,7 +357,14 @@ def test_an_ensemble_whose_step_model_is_loading_waits_for_it(served) -> None:
     write_affine(root / "slowstep" / "1", bias=0.5, source=GATED_PY,
                  **{"gate.txt": str(root.parent / "gate-unused"), "init_gate.txt": str(init_gate)})
     (root / "slowstep" / "config.toml").write_text(AFFINE_CONFIG)
-    loader = threading.Thread(target=lambda: thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").load_model("slowstep"))
+    def load() -> None:  # a client of the thread's own, closed in it (tritonclient.http's hub is per thread)
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        try:
+            client.load_model("slowstep")
+        finally:
+            client.close()
+
+    loader = threading.Thread(target=load)
     loader.start()
     try:
         wait_until(lambda: Path(f"{init_gate}.started").exists(), 30)  # Model() of slowstep runs, held

@@ -310,9 +310,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
 
 def _infer(proc: ServerProcess, model: str, x: np.ndarray, outputs: tuple[str, ...] = ("y",)) -> thttp.InferResult:
     client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
-    inp = thttp.InferInput("x", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return client.infer(model, [inp], outputs=[thttp.InferRequestedOutput(o) for o in outputs])
+    try:  # closed in the thread that made it: tritonclient.http's hub is per thread
+        inp = thttp.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        return client.infer(model, [inp], outputs=[thttp.InferRequestedOutput(o) for o in outputs])
+    finally:
+        client.close()
 
 
 def _refused(proc: ServerProcess, model: str, x: np.ndarray) -> InferenceServerException:
@@ -474,7 +477,14 @@ def test_a_call_in_flight_finishes_when_its_model_is_unloaded_and_later_ones_are
     call, answer = _in_thread(lambda: _infer(proc, "patient", x).as_numpy("y"))
     wait_until(lambda: (gated_dir / "gate.started").exists(), 30)  # the BLS request is in gated's execute
     # (a client per thread: tritonclient.http's connections belong to the thread that made them)
-    unload, _ = _in_thread(lambda: thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").unload_model("gated"))
+    def unload_gated() -> None:  # closed in its thread: tritonclient.http's hub is per thread
+        own = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        try:
+            own.unload_model("gated")
+        finally:
+            own.close()
+
+    unload, _ = _in_thread(unload_gated)
     wait_until(lambda: not client.is_model_ready("gated"), 30)
     (gated_dir / "gate").touch()
     call.join()
