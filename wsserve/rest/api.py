@@ -572,6 +572,12 @@ class HttpApi:
             if callable(steps):
                 batching["ensemble_steps"] = steps()
                 max_rows = min(max_rows, entry.model.config.max_batch_size) or max_rows  # its own bound on a request's rows
+        config = getattr(entry.model, "config", None)
+        if entry.kind == "predict" and "ensemble_steps" not in batching and getattr(config, "triton", False) is True \
+                and (config.max_batch_size or 0) > 0:
+            # config.pbtxt's own, as Triton answers it (clients size their batches by it); a request of more
+            # rows is still served: split over executions of at most that many (a decoupled model's: whole)
+            max_rows = min(max_rows, config.max_batch_size)
         return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
                                    policy=policy, generative=entry.kind != "predict", max_rows=max_rows,
                                    **batching)
