@@ -464,9 +464,8 @@ class HttpApi:
             explain = verb == "explain"
             if explain and (refusal := entry.explain_refusal) is not None:
                 raise BadRequest(refusal)
-            req = kserve.parse_v1(loads(request.body), tuple(spec.name for spec in entry.input_specs),
-                                  max_rows=self.config.max_rows,
-                                  optional=frozenset(s.name for s in entry.input_specs if getattr(s, "optional", False)))
+            req = kserve.parse_v1(loads(request.body), entry.input_names, max_rows=self.config.max_rows,
+                                  optional=entry.optional_inputs)
             cfg = self.config
             try:
                 inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
@@ -1031,9 +1030,7 @@ class HttpApi:
         its inputs checked as a predict's (bounded by the body's size), the call submitted to the
         model's :class:`~wsserve.decoupled.DecoupledWorker` and returned (the caller tracks it)."""
         cfg = self.config
-        specs = entry.input_specs
-        inputs, rid = generate_inputs(loads(request.body), tuple(s.name for s in specs),
-                                      frozenset(s.name for s in specs if getattr(s, "optional", False)))
+        inputs, rid = generate_inputs(loads(request.body), entry.input_names, entry.optional_inputs)
         rows, n, nbytes = entry.prepare(inputs, cfg.max_rows, cfg.max_message_bytes // 2)
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
         call = DecoupledGenerateCall(session, exchange, entry, rows, n, nbytes, "oip", now, cors, rid=rid,
