@@ -27,7 +27,12 @@ Objects passed to ``Server(models=...)`` are served as their own version (``1`` 
 default), warmed up and batched with their own settings; their names are theirs alone.
 
 Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
-come from the connection core; authorisation is the core's.
+come from the connection core; authorisation is the core's.  A ``load`` of a model that serves
+plans, as a rescan would, against the scan it was loaded from (``_scans``): nothing changed, nothing
+is loaded; a changed config file reloads the model, a changed version directory that version, a
+removed one stops (Triton's explicit load of a modified model), by the same ``_load`` swap as the
+hot reload.  A reload that fails raises ``BadRequest`` and leaves its change unrecorded, so the next
+load (or rescan) tries it again.
 
 Concurrency: what happens to one model is serialised (its own lock: a hot-reload change and an
 admin operation on it run one after the other, in the order they came), different models do
@@ -94,7 +99,7 @@ from .repository import (
 from .repository.ensemble_plan import ensemble_cycle
 from .repository.npz import MAX_NPZ_BYTES
 from .repository.pbtxt import parse_json_config
-from .repository.scan import scan_model
+from .repository.scan import scan_model, scan_one
 from .repository.triton_backend import TritonPythonModel
 
 __all__ = ["ModelRegistry", "LOAD_CONCURRENCY", "MAX_LOAD_THREADS"]
@@ -915,6 +920,10 @@ class ModelRegistry:
         """``load``, ``unload`` or ``reload`` ``name`` (one ``version``, or all); returns the
         model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``.
 
+        ``load`` of a model that serves: loaded again where its files changed since (see the
+        module docstring); a version that was served and fails to load again raises ``BadRequest``
+        naming it (it serves on).
+
         ``config`` (``load`` only): a Triton model configuration in JSON (a load request's
         ``config`` parameter, Triton's) served instead of the model's config file: every version
         its policy selects is loaded anew with it, the others the model serves are unloaded.  It
@@ -944,8 +953,7 @@ class ModelRegistry:
         else:
             repo = self._repo_of(name)
             loop = asyncio.get_running_loop()
-            current = await loop.run_in_executor(None, scan, repo)
-            mscan = current.model(name)
+            mscan = await loop.run_in_executor(None, scan_one, repo, name)  # that model's directory only
             if mscan is None:
                 raise UnknownModel(f"no model named {name!r} in the model repository")
             # With a request's config, or back from one to the files: the whole model anew.
