@@ -90,6 +90,7 @@ from .repository import (
     RepositoryModel,
     RepositoryScan,
     UnloadVersion,
+    VersionScan,
     is_model_name,
     load_version,
     parse_version,
@@ -984,22 +985,20 @@ class ModelRegistry:
                                      f"versions (version directories: {found})")
                 self._check_ensemble(name, mscan)
             self._unloaded.discard(name)
-            number: int | None = None
+            asked: VersionScan | None = None
             if version is not None:
                 number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
-                vscan = mscan.version(number) if number is not None else None
-                if vscan is None:
+                asked = mscan.version(number) if number is not None else None
+                if asked is None:
                     raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
-            if version is not None and not refresh:
-                targets = [mscan.version(number)] if number is not None else []
-            else:  # a config file changed: the versions its policy selects (and the one asked for)
-                targets = [v for v in mscan.versions if v.version in mscan.selected or v.version == number]
+            if asked is not None and not refresh:
+                targets = [asked]
+            else:  # the model's versions (its config file changed: those its policy selects, and the one asked for)
+                targets = [v for v in mscan.versions if v.version in mscan.selected or v is asked]
             failed: list[int] = []
             unlisted: list[int] = []  # failed versions that were not listed before
-            served_failed: list[int] = []  # versions whose files changed that failed to load again (they serve on)
+            served_failed: list[int] = []  # served versions whose files changed that failed to load again (they serve on)
             for vscan in targets:
-                if vscan is None:
-                    continue
                 held = self.pool.status(name).get(str(vscan.version))
                 # an `unloading` version is on its way out (finishing its work): load it anew
                 if (op == "reload" or vscan.version in stale or held is None or held.entry is None
@@ -1030,7 +1029,7 @@ class ModelRegistry:
                 self._overridden.add(name)
             else:
                 self._overridden.discard(name)
-            recorded = _loaded_scan(held_scan, mscan, refresh=refresh, version=number if version is not None else None,
+            recorded = _loaded_scan(held_scan, mscan, refresh=refresh, version=asked.version if asked is not None else None,
                                     failed=failed)
             async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
