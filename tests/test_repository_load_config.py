@@ -91,8 +91,8 @@ def infer(client: Any, version: str = "") -> list[float]:
 
 
 def batch_rows(client: Any) -> str:
-    """The rows of one execution of the default version (its config's ``max_batch_size``; the
-    answered ``max_batch_size`` is the rows one request may carry, ``--max-rows``)."""
+    """The rows of one execution of the default version (its config's ``max_batch_size``, which
+    the answered ``max_batch_size`` says too)."""
     return client.get_model_config("scaled")["parameters"]["max_batch_rows"]["string_value"]
 
 

@@ -337,3 +337,18 @@ def test_kserve_v1_instances_may_leave_optional_inputs_out(served) -> None:
     assert status == 400 and "'instances[1]'" in body["error"] and "'bias'" in body["error"], body  # type: ignore[index]
     status, body = _v1(proc, "affine", {"instances": [{"bias": [1.0]}]})
     assert status == 400 and "'instances[0]' is missing input 'x'" in body["error"], body  # type: ignore[index]
+
+
+def test_a_versions_input_names_and_optional_inputs_are_known_at_load() -> None:
+    """The KServe V1 route and a decoupled generate read a request's inputs by name: the names and
+    the optional ones are the served version's, taken once when it is served (not per request)."""
+    from types import SimpleNamespace
+
+    from wsserve.pool import ModelEntry
+    from wsserve.repository import TensorSpec
+
+    specs = (TensorSpec("x", (2,), "float32"), TensorSpec("scale", (1,), "float32", optional=True),
+             TensorSpec("bias", (1,), "float32", optional=True))
+    entry = ModelEntry("affine", "1", "predict", SimpleNamespace(outputs=()), SimpleNamespace(), input_specs=specs)
+    assert entry.input_names == ("x", "scale", "bias")
+    assert entry.optional_inputs == frozenset({"scale", "bias"})

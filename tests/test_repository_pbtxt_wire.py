@@ -126,6 +126,35 @@ def test_grpc_infer_and_metadata_show_config_pbtxt(served) -> None:
         client.close()
 
 
+
+def test_the_configuration_says_config_pbtxts_max_batch_size_and_a_larger_request_is_split(served) -> None:
+    """``max_batch_size`` in the configuration is config.pbtxt's own (Triton's answer: tritonclient and
+    perf_analyzer size their batches by it), over HTTP and gRPC; ``parameters.max_batch_rows`` is the
+    rows of one execution.  A request of more rows than that is served (Triton refuses it), split
+    over executions of at most ``max_batch_size`` rows (the statistics' batch sizes)."""
+    proc, address, refs = served
+    http = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    grpc_client = tgrpc.InferenceServerClient(address)
+    try:
+        config = http.get_model_config("linear")
+        assert config["max_batch_size"] == 8 and config["parameters"]["max_batch_rows"]["string_value"] == "8"
+        assert grpc_client.get_model_config("linear").config.max_batch_size == 8
+        assert http.get_model_config("mlp")["max_batch_size"] == 4
+        assert grpc_client.get_model_config("mlp").config.max_batch_size == 4
+
+        x = _x(20)
+        inp = thttp.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        y = http.infer("linear", [inp]).as_numpy("y")
+        np.testing.assert_allclose(y, refs["linear/2"](x), rtol=1e-5, atol=1e-6)
+        stats = http.get_inference_statistics("linear", "2")["model_stats"][0]
+        sizes = [b["batch_size"] for b in stats["batch_stats"]]
+        assert sizes and max(sizes) <= 8 and stats["inference_count"] >= 20, stats
+    finally:
+        http.close()
+        grpc_client.close()
+
+
 def test_a_model_with_two_inputs_serves_the_outputs_config_pbtxt_lists(served) -> None:
     proc, address, refs = served
     client = tgrpc.InferenceServerClient(address)

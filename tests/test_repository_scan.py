@@ -376,3 +376,17 @@ def test_executing_every_plan_holds_exactly_the_selected_versions(seed: int) -> 
                 else:  # bad config: whatever was held stays held
                     assert held.get(m) == before.get(m), walk
             previous = current
+
+
+def test_scan_one_reads_one_model_as_the_whole_scan_lists_it(repo: Path) -> None:
+    """An admin load reads its model's directory only (:func:`scan_one`), the same scan
+    :func:`scan` makes of it (what the load plans against); None where scan lists no model."""
+    from wsserve.repository.scan import scan_one
+
+    whole = scan(repo)
+    for name in whole.names:
+        assert scan_one(repo, name) == whole.model(name)
+    (repo / "plain_file").write_text("")
+    (repo / ".hidden").mkdir()
+    for name in ("nope", "plain_file", ".hidden", "..", "a/1", "x" * 65):
+        assert scan_one(repo, name) is None

@@ -157,6 +157,11 @@ class ModelEntry:
     #: the model declares a string (``bytes``) output: answered in JSON ``result`` frames only
     answers_strings: bool = field(init=False, default=False)
 
+    #: its inputs' names, in order, and those a request may leave out (config.pbtxt's ``optional``):
+    #: known at load, for the routes that read a request's inputs by name (KServe V1, a decoupled generate)
+    input_names: tuple[str, ...] = field(init=False, default=())
+    optional_inputs: frozenset[str] = field(init=False, default=frozenset())
+
     #: A decoupled model's version: its requests stream any number of responses
     #: (:class:`~wsserve.decoupled.DecoupledWorker`), never through the row-batching queue.  Known
     #: at load (read per predict: a ``getattr`` with a default costs an exception on other workers).
@@ -164,6 +169,8 @@ class ModelEntry:
 
     def __post_init__(self) -> None:
         self.decoupled = getattr(self.worker, "decoupled", False) is True
+        self.input_names = tuple(s.name for s in self.input_specs)
+        self.optional_inputs = frozenset(s.name for s in self.input_specs if getattr(s, "optional", False))
         self.result_head = result_head(self.name, self.version)
         self.answers_strings = any(getattr(s, "dtype", None) == "bytes"
                                    for s in getattr(self.model, "outputs", None) or ())

@@ -27,7 +27,12 @@ Objects passed to ``Server(models=...)`` are served as their own version (``1`` 
 default), warmed up and batched with their own settings; their names are theirs alone.
 
 Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
-come from the connection core; authorisation is the core's.
+come from the connection core; authorisation is the core's.  A ``load`` of a model that serves
+plans, as a rescan would, against the scan it was loaded from (``_scans``): nothing changed, nothing
+is loaded; a changed config file reloads the model, a changed version directory that version, a
+removed one stops (Triton's explicit load of a modified model), by the same ``_load`` swap as the
+hot reload.  A reload that fails raises ``BadRequest`` and leaves its change unrecorded, so the next
+load (or rescan) tries it again.
 
 Concurrency: what happens to one model is serialised (its own lock: a hot-reload change and an
 admin operation on it run one after the other, in the order they came), different models do
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -84,6 +90,7 @@ from .repository import (
     RepositoryModel,
     RepositoryScan,
     UnloadVersion,
+    VersionScan,
     is_model_name,
     load_version,
     parse_version,
@@ -93,7 +100,7 @@ from .repository import (
 from .repository.ensemble_plan import ensemble_cycle
 from .repository.npz import MAX_NPZ_BYTES
 from .repository.pbtxt import parse_json_config
-from .repository.scan import scan_model
+from .repository.scan import scan_model, scan_one
 from .repository.triton_backend import TritonPythonModel
 
 __all__ = ["ModelRegistry", "LOAD_CONCURRENCY", "MAX_LOAD_THREADS"]
@@ -111,6 +118,31 @@ def _with_config(mscan: ModelScan, config: str) -> ModelScan:
     return scan_model(mscan.path, mscan.name, parsed)
 
 log = logging.getLogger("wsserve.registry")
+
+
+def _loaded_scan(held: ModelScan | None, current: ModelScan, *, refresh: bool, version: int | None,
+                 failed: Iterable[int]) -> ModelScan:
+    """The scan an admin ``load`` records for its model (what the next load and the hot reload plan
+    against): ``current``, but what it did not load stays as ``held`` (the scan the model was loaded
+    from) had it, so a later load or rescan still sees those changes: the other versions when it
+    loaded one ``version``, the versions that ``failed``, everything when a ``refresh`` (its config
+    file changed) failed in part.  ``held`` None: ``current`` (nothing to compare with)."""
+    failed = set(failed)
+    if held is None:
+        return current
+    if refresh:
+        return held if failed else current
+    if version is not None:
+        if version in failed:
+            return held
+        keep = [v for v in held.versions if v.version != version]
+        new = [v for v in current.versions if v.version == version]
+        return dataclasses.replace(held, versions=tuple(sorted((*keep, *new), key=lambda v: v.version)))
+    if not failed:
+        return current
+    versions = [(held.version(v.version) or v) if v.version in failed else v for v in current.versions]
+    return dataclasses.replace(current, versions=tuple(versions))
+
 
 #: Loads (``Model()`` and its warm-up) running at once, over all models, as Triton's default
 #: ``--model-load-thread-count``.  A load past its timeout gives its slot back.
@@ -862,6 +894,14 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ admin operations
 
+    def _held_scan(self, repo: Path, name: str) -> ModelScan | None:
+        """The scan of ``repo`` the model ``name`` serves from (loaded at start-up, by the hot
+        reload or by a load), or None when it serves no version (never loaded, unloaded, failed)."""
+        if not any(s.entry is not None and s.state != "unloading" for s in self.pool.status(name).values()):
+            return None
+        held = self._scans.get(repo)
+        return held.model(name) if held is not None else None
+
     def _repo_of(self, name: str) -> Path:
         """The repository holding ``name`` (an admin operation's name, from the wire).  Raises
         ``UnknownModel`` when none does, also for a name no directory can have (too long)."""
@@ -880,6 +920,10 @@ class ModelRegistry:
     async def admin(self, op: str, name: str, version: str | None, config: str | None = None) -> dict[str, Any]:
         """``load``, ``unload`` or ``reload`` ``name`` (one ``version``, or all); returns the
         model's versions and states afterwards.  Raises ``UnknownModel``/``BadRequest``.
+
+        ``load`` of a model that serves: loaded again where its files changed since (see the
+        module docstring); a version that was served and fails to load again raises ``BadRequest``
+        naming it (it serves on).
 
         ``config`` (``load`` only): a Triton model configuration in JSON (a load request's
         ``config`` parameter, Triton's) served instead of the model's config file: every version
@@ -910,8 +954,7 @@ class ModelRegistry:
         else:
             repo = self._repo_of(name)
             loop = asyncio.get_running_loop()
-            current = await loop.run_in_executor(None, scan, repo)
-            mscan = current.model(name)
+            mscan = await loop.run_in_executor(None, scan_one, repo, name)  # that model's directory only
             if mscan is None:
                 raise UnknownModel(f"no model named {name!r} in the model repository")
             # With a request's config, or back from one to the files: the whole model anew.
@@ -922,40 +965,63 @@ class ModelRegistry:
                 op, version = "reload", None if config is None else version
             if mscan.config is None:
                 raise BadRequest(f"model {name!r} cannot be loaded: {mscan.error}")
-            if config is not None:
-                if version is None and not mscan.selected:  # it would unload every version and serve none
+            # A load of a served model: what its files changed since it was loaded (the hot reload's plan
+            # against the scan it was loaded from), nothing when they did not.  A changed config file
+            # reloads the whole model (as Triton's load of a modified model), a changed version directory
+            # that version; a removed one (or one its policy leaves out now) stops.
+            held_scan = self._held_scan(repo, name) if op == "load" else None
+            changes = [] if held_scan is None else plan(RepositoryScan(repo, (held_scan,)), RepositoryScan(repo, (mscan,)))
+            refresh = any(isinstance(a, ReloadModel) for a in changes)
+            stale = {a.version for a in changes if isinstance(a, ReloadVersion)
+                     and (version is None or str(a.version) == version)}
+            if refresh:
+                whole, op = True, "reload"
+                log.info("model %r: its config file changed since it was loaded: a load reloads it", name)
+            if config is not None or refresh:
+                if not mscan.selected:  # it would unload every version and serve none
                     found = ", ".join(str(v.version) for v in mscan.versions) or "none"
-                    raise BadRequest(f"model {name!r}: the load request's config's version_policy selects none of its "
+                    where = "the load request's config's" if config is not None else f"its {mscan.config.source}'s"
+                    raise BadRequest(f"model {name!r}: {where} version_policy selects none of its "
                                      f"versions (version directories: {found})")
                 self._check_ensemble(name, mscan)
             self._unloaded.discard(name)
+            asked: VersionScan | None = None
             if version is not None:
                 number = parse_version(version)  # canonical decimal only: not "02", "²" or "٢"
-                vscan = mscan.version(number) if number is not None else None
-                if vscan is None:
+                asked = mscan.version(number) if number is not None else None
+                if asked is None:
                     raise UnknownModel(f"model {name!r} has no version {version!r} in the repository")
-                targets = [vscan]
-            else:
-                targets = [v for v in mscan.versions if v.version in mscan.selected]
+            if asked is not None and not refresh:
+                targets = [asked]
+            else:  # the model's versions (its config file changed: those its policy selects, and the one asked for)
+                targets = [v for v in mscan.versions if v.version in mscan.selected or v is asked]
             failed: list[int] = []
             unlisted: list[int] = []  # failed versions that were not listed before
+            served_failed: list[int] = []  # served versions whose files changed that failed to load again (they serve on)
             for vscan in targets:
                 held = self.pool.status(name).get(str(vscan.version))
                 # an `unloading` version is on its way out (finishing its work): load it anew
-                if op == "reload" or held is None or held.entry is None or held.state == "unloading":
+                if (op == "reload" or vscan.version in stale or held is None or held.entry is None
+                        or held.state == "unloading"):
                     if not await self._load(name, vscan.version, vscan.path, mscan):
                         failed.append(vscan.version)
                         if held is None:
                             unlisted.append(vscan.version)
+                        elif held.entry is not None and held.state == "ready":
+                            served_failed.append(vscan.version)
+            if version is None and not whole:  # a version directory removed, or left out by its policy now
+                for action in changes:
+                    if isinstance(action, UnloadVersion):
+                        await self._apply(repo, RepositoryScan(repo, (mscan,)), action)
+            why = "; ".join(f"version {v}: {self._reason(name, v)}" for v in failed)
             if whole and failed:
                 # a version that served keeps serving what it had, and none the policy leaves out stops;
                 # answered as the failed load it is (a served version's failure leaves it `ready`)
-                why = "; ".join(f"version {v}: {self._reason(name, v)}" for v in failed)
                 if len(failed) == len(targets):  # nothing of the request's config is served: as before it
                     for v in unlisted:
                         self.pool.forget(name, str(v))
                     raise BadRequest(f"load failed for model {name!r}: {why}")
-            if whole and version is None and not failed:  # then the versions the policy leaves out stop
+            if whole and (version is None or refresh) and not failed:  # then the versions the policy leaves out stop
                 chosen = {str(v.version) for v in targets}
                 for v in [v for v in self.pool.status(name) if v.isdigit() and v not in chosen]:
                     self._unload(name, int(v))
@@ -963,13 +1029,15 @@ class ModelRegistry:
                 self._overridden.add(name)
             else:
                 self._overridden.discard(name)
+            recorded = _loaded_scan(held_scan, mscan, refresh=refresh, version=asked.version if asked is not None else None,
+                                    failed=failed)
             async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan
                     others = tuple(m for m in previous.models if m.name != name)
-                    self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, mscan), key=lambda m: m.name)),
+                    self._scans[repo] = RepositoryScan(previous.path, tuple(sorted((*others, recorded), key=lambda m: m.name)),
                                                        previous.ignored, previous.error)
-            if whole and failed:
+            if (whole and failed) or served_failed:
                 raise BadRequest(f"load failed for model {name!r}: {why}")
         status = sorted(self.pool.status(name).items(), key=lambda vs: (int(vs[0]), "") if vs[0].isdigit() else (-1, vs[0]))
         return {"model": name, "versions": [  # in the order the `models` reply lists them

@@ -205,6 +205,13 @@ class ModelConfig:
         return self.path.name if self.path is not None and self.path.name else "config.toml"
 
     @property
+    def triton(self) -> bool:
+        """A Triton model configuration (config.pbtxt, or a load request's JSON config): its
+        ``max_batch_size`` is what Triton's configuration extension answers (config.toml's is only
+        the rows of one execution).  Such a config always has :attr:`priority_levels`."""
+        return self.priority_levels is not None
+
+    @property
     def batching(self) -> bool:
         """False when ``max_batch_size = 0``: the model has no batch dimension."""
         return self.max_batch_size != 0

@@ -29,7 +29,7 @@ from .loader import find_model_file
 from .pbtxt import parse_pbtxt
 from .versions import parse_version, select_versions
 
-__all__ = ["Ignored", "VersionScan", "ModelScan", "RepositoryScan", "scan", "scan_model", "MAX_MODELS", "MAX_VERSIONS", "MAX_VERSION_FILES"]
+__all__ = ["Ignored", "VersionScan", "ModelScan", "RepositoryScan", "scan", "scan_model", "scan_one", "MAX_MODELS", "MAX_VERSIONS", "MAX_VERSION_FILES"]
 
 MAX_MODELS = 1000
 MAX_VERSIONS = 1000
@@ -242,6 +242,21 @@ def scan_model(path: Path, name: str, config: ModelConfig) -> ModelScan:
     config, and its ``config_fingerprint`` stays the file's, so the repository's hot reload reloads
     the model from its files when they change, not before."""
     return _scan_model(path, name, config)
+
+
+def scan_one(repo_dir: Path | str, name: str) -> ModelScan | None:
+    """The scan of model ``name`` of ``repo_dir`` alone, as :func:`scan` would list it (an admin
+    operation on one model reads that model's directory only); None when :func:`scan` would not
+    list it (no such directory, a name no model may have, an entry that is not a directory)."""
+    if not is_model_name(name) or name.startswith("."):
+        return None
+    path = Path(repo_dir) / name
+    try:
+        if not path.is_dir():
+            return None
+    except OSError:
+        return None
+    return _scan_model(path, name)
 
 
 def scan(repo_dir: Path | str) -> RepositoryScan:

@@ -464,9 +464,8 @@ class HttpApi:
             explain = verb == "explain"
             if explain and (refusal := entry.explain_refusal) is not None:
                 raise BadRequest(refusal)
-            req = kserve.parse_v1(loads(request.body), tuple(spec.name for spec in entry.input_specs),
-                                  max_rows=self.config.max_rows,
-                                  optional=frozenset(s.name for s in entry.input_specs if getattr(s, "optional", False)))
+            req = kserve.parse_v1(loads(request.body), entry.input_names, max_rows=self.config.max_rows,
+                                  optional=entry.optional_inputs)
             cfg = self.config
             try:
                 inputs, n, nbytes = entry.prepare(req.inputs, cfg.max_rows, cfg.max_message_bytes // 2)
@@ -572,6 +571,12 @@ class HttpApi:
             if callable(steps):
                 batching["ensemble_steps"] = steps()
                 max_rows = min(max_rows, entry.model.config.max_batch_size) or max_rows  # its own bound on a request's rows
+        config = getattr(entry.model, "config", None)
+        if entry.kind == "predict" and "ensemble_steps" not in batching and getattr(config, "triton", False) is True \
+                and (config.max_batch_size or 0) > 0:
+            # config.pbtxt's own, as Triton answers it (clients size their batches by it); a request of more
+            # rows is still served: split over executions of at most that many (a decoupled model's: whole)
+            max_rows = min(max_rows, config.max_batch_size)
         return triton.model_config(entry.name, platform=platform, backend=_BACKENDS.get(platform, platform),
                                    policy=policy, generative=entry.kind != "predict", max_rows=max_rows,
                                    **batching)
@@ -1025,9 +1030,7 @@ class HttpApi:
         its inputs checked as a predict's (bounded by the body's size), the call submitted to the
         model's :class:`~wsserve.decoupled.DecoupledWorker` and returned (the caller tracks it)."""
         cfg = self.config
-        specs = entry.input_specs
-        inputs, rid = generate_inputs(loads(request.body), tuple(s.name for s in specs),
-                                      frozenset(s.name for s in specs if getattr(s, "optional", False)))
+        inputs, rid = generate_inputs(loads(request.body), entry.input_names, entry.optional_inputs)
         rows, n, nbytes = entry.prepare(inputs, cfg.max_rows, cfg.max_message_bytes // 2)
         session.admission.capacity(session.inflight, session.inflight_bytes, nbytes)
         call = DecoupledGenerateCall(session, exchange, entry, rows, n, nbytes, "oip", now, cors, rid=rid,

@@ -20,11 +20,16 @@ and ``docs/protocol/extension_statistics.md`` (the JSON shapes, durations in
 
 What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
 
-- ``max_batch_size`` is ``--max-rows`` (the rows one request may carry: a
-  predict request is split over batches, so any count up to it is served);
-  the rows of one model execution are ``parameters.max_batch_rows``.  A
-  repository model without a batch dimension (its ``max_batch_size`` 0) says
-  ``max_batch_size`` 0, with ``dims`` its tensors' whole shapes.
+- ``max_batch_size``: a model with a Triton configuration (config.pbtxt, or a
+  load request's ``config``) with ``max_batch_size`` above 0 says its own (at
+  most ``--max-rows``), as Triton does: clients (tritonclient, perf_analyzer)
+  size their batches by it.  A request of more rows is still served (Triton
+  refuses it), split over executions of at most that many rows.  Any other
+  model says ``--max-rows`` (the rows one request may carry: a predict request
+  is split over batches, so any count up to it is served).  The rows of one
+  model execution are ``parameters.max_batch_rows``.  A repository model
+  without a batch dimension (its ``max_batch_size`` 0) says ``max_batch_size``
+  0, with ``dims`` its tensors' whole shapes.
 - ``dynamic_batching``: always on in wsserve; ``max_queue_delay_microseconds``
   is the batching window (0: greedy, a batch forms as soon as the model is
   free); ``priority_levels`` / ``default_priority_level`` the model's config.pbtxt's, as
@@ -125,7 +130,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
     ``dynamic_batching``: its steps batch on their own models).
 
-    ``max_rows``: the rows one request may carry; ``max_batch_rows``/``max_delay_s``:
+    ``max_rows``: the ``max_batch_size`` to answer for a batching model (the caller's choice: the rows
+    one request may carry, or a Triton config's own); ``max_batch_rows``/``max_delay_s``:
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
     ``default_queue_policy`` (:func:`queue_policy`), if any; ``priority_levels`` /
     ``default_priority_level``: its priority levels; ``policy``: the repository
