@@ -11,14 +11,17 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
+from time import monotonic
 
 import numpy as np
 
 from wsserve.bls import BLS_STARTS_PER_TURN, BlsGateway
 from wsserve.config import ServerConfig
 from wsserve.errors import UnknownModel
+from wsserve.pool import ModelPool
 from wsserve.repository import triton_pb_utils as pb
 from wsserve.repository.bls import Caller
+from wsserve.repository.function_backend import FunctionModel
 
 BURST = 10 * BLS_STARTS_PER_TURN + 5
 
@@ -162,3 +165,51 @@ def test_async_exec_answers_reach_their_model_loop_in_one_wake_up_per_turn() -> 
     assert all(r.has_error() and r.error().code() == pb.TritonError.NOT_FOUND for r in responses)
     # one wake-up per slice the server's loop started (a turn each), not one per call
     assert wakeups == -(-BURST // BLS_STARTS_PER_TURN)
+
+
+def test_a_calls_timeout_counts_from_its_hand_over_not_from_its_start() -> None:
+    """A call's ``timeout`` bounds its whole wait, the incoming queue included: a call that waited
+    there past it (the loop busy, here held) is answered ``UNAVAILABLE`` when the loop reaches it,
+    never started; before, its timeout started counting only then and the model ran it."""
+    async def scenario() -> tuple[pb.InferenceResponse, pb.InferenceResponse, int]:
+        pool = ModelPool(ServerConfig())
+        await pool.start()
+        ran: list[int] = []
+
+        def double(x: np.ndarray) -> np.ndarray:
+            ran.append(len(x))
+            return x * 2
+
+        pool.serve("double", "1", FunctionModel(double, input_shape=2, output_shape=2, dtype="float32", name="double"))
+        ran.clear()
+        gateway = BlsGateway(pool.lookup, ServerConfig())
+        caller = Caller("caller", 1, gateway)
+
+        def request(timeout_us: int) -> pb.InferenceRequest:
+            return pb.InferenceRequest(model_name="double", requested_output_names=[], timeout=timeout_us,
+                                       inputs=[pb.Tensor("input", np.ones((1, 2), np.float32))])
+
+        futures: Futures = []
+        handed = threading.Event()
+
+        def hand_over() -> None:
+            futures.append(gateway.call(caller, request(1000)))  # 1 ms
+            futures.append(gateway.call(caller, request(60_000_000)))  # a minute
+            handed.set()
+
+        thread = threading.Thread(target=hand_over)
+        thread.start()
+        handed.wait()  # the loop thread is held: neither call has started
+        thread.join()
+        held_until = monotonic() + 0.01
+        while monotonic() < held_until:  # the loop held past the first call's 1 ms (a predicate, not a bound)
+            pass
+        late, meanwhile = [await asyncio.wrap_future(f) for f in futures]
+        await pool.close()
+        return late, meanwhile, sum(ran)
+
+    late, meanwhile, rows_run = asyncio.run(scenario())
+    assert late.has_error() and late.error().code() == pb.TritonError.UNAVAILABLE
+    assert "BLS request to model 'double' timed out after 1000 us (before it started)" in late.error().message()
+    assert not meanwhile.has_error() and meanwhile.output_tensors()[0].as_numpy().tolist() == [[2.0, 2.0]]
+    assert rows_run == 1  # only the second call's row reached the model

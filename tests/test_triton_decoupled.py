@@ -243,6 +243,23 @@ class TritonPythonModel:
 '''
 
 
+#: OUT FP32 [-1]: a response of no values (shape [0]), then one of two, then FINAL.
+EMPTY_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+               + 'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]\n')
+EMPTY_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        sender = requests[0].get_response_sender()
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.zeros(0, np.float32))]))
+        sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.ones(2, np.float32))]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(pbtxt)
@@ -268,6 +285,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "bls_thread", ERRS_PBTXT, BLS_THREAD_PY)
     _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
     _write(root, "partial", PARTIAL_PBTXT, PARTIAL_PY)
+    _write(root, "empty", EMPTY_PBTXT, EMPTY_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -476,6 +494,18 @@ async def test_websocket_binary_outputs_answer_binary_response_frames(served) ->
         assert [r.final for r in got] == [False, False, False, True]
         with pytest.raises(BadRequestError, match="model 'strings' answers strings"):
             [r async for r in client.predict_responses("strings", np.array([[0]], np.int32), binary=True)]
+
+
+async def test_websocket_binary_response_frames_carry_a_tensor_of_no_values(served) -> None:
+    """A response whose output holds no values (a variable dimension of 0) is a binary ``response``
+    frame of shape [1, 0] and no payload, read back as such; before, the server failed the request
+    making the frame (``internal``: memoryview cannot cast a view with zeros in its shape) and the
+    client refused the shape."""
+    async with Client(served[0].url) as client:
+        got = [r async for r in client.predict_responses("empty", np.array([[1]], np.int32), binary=True)]
+        assert [(r.outputs.dtype, r.outputs.shape, r.outputs.tolist()) for r in got] == \
+            [(np.float32, (1, 0), [[]]), (np.float32, (1, 2), [[1.0, 1.0]])]
+        assert [r.outputs async for r in client.predict_responses("empty", [[1]])] == [[[]], [[1.0, 1.0]]]
 
 
 # --------------------------------------------------------------------------- HTTP

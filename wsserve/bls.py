@@ -39,8 +39,10 @@ recursively, whatever its instance count.  The checks see every caller model's c
 that uses BLS never runs on the event loop (a Triton Python model's ``off_loop``); a call made on
 the loop thread anyway would deadlock and gets an error response instead.
 
-``timeout`` (microseconds, Triton's) bounds the whole call: queued and computing; past it the call
-is cancelled in its model's queue and answered ``UNAVAILABLE``.  Without it a call waits for its
+``timeout`` (microseconds, Triton's) bounds the whole call, counted from its hand-over (in the
+caller's thread): waiting in the gateway's incoming queue, queued and computing; past it the call
+is cancelled in its model's queue and answered ``UNAVAILABLE`` (one still in the incoming queue is
+answered so when the loop reaches it, never started).  Without it a call waits for its
 model.  The caller's own request being cancelled does not cancel its ``execute`` nor the calls it
 makes (as in Triton): they end on their own, their answers unused; so does a call whose
 ``async_exec`` awaitable its caller cancelled (``asyncio.wait_for`` gave up on it, or its ``async
@@ -137,6 +139,7 @@ class _Call:
         self.model = request.model_name()
         self.version = request.model_version()
         self.timeout_us = request.timeout()
+        self.handed_at = monotonic()  # its timeout counts from here: waiting in the incoming queue is queued too
         # copied here, in the caller's thread: an async_exec's caller may change its arrays meanwhile;
         # a string tensor's elements made bytes here too, and counted (never on the loop, unbounded)
         self.given: list[tuple[str, Any, int]] = []
@@ -312,6 +315,12 @@ class BlsGateway:
                 raise InvalidInput(f"model_version must be -1 (the default) or a version number, got {version!r}")
             if type(call.timeout_us) is not int or call.timeout_us < 0:
                 raise InvalidInput(f"timeout must be a number of microseconds >= 0, got {call.timeout_us!r}")
+            left = None  # seconds of its timeout left (None: no timeout)
+            if call.timeout_us:
+                left = call.handed_at + call.timeout_us / 1e6 - monotonic()
+                if left <= 0:  # it waited past its timeout in the incoming queue: never started
+                    raise DeadlineExceeded(f"BLS request to model {call.model!r} timed out after {call.timeout_us} us "
+                                           "(before it started)")
             entry = self._lookup(call.model, None if version == -1 else str(version))
             if entry.kind != "predict":
                 raise _Refused(f"model {call.model!r} generates text; BLS requests go to predictive models")
@@ -330,10 +339,10 @@ class BlsGateway:
                                        f"{', '.join(repr(s.name) for s in outputs)}")
             self._admit(call)
             deadline = None
-            if call.timeout_us:
-                seconds = call.timeout_us / 1e6
-                deadline = monotonic() + seconds
-                call.timer = self._loop.call_later(seconds, self._timed_out, call)
+            if left is not None:  # what is left of it since its hand-over (checks and conversion included)
+                left = max(call.handed_at + call.timeout_us / 1e6 - monotonic(), 0.0)
+                deadline = monotonic() + left
+                call.timer = self._loop.call_later(left, self._timed_out, call)
             call.queued_at = monotonic()
             call.item = entry.worker.submit(call, deadline=deadline)
         except WsserveError as exc:

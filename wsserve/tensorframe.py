@@ -412,7 +412,9 @@ def encode(fields: Mapping[str, Any], tensors: np.ndarray | Mapping[str, np.ndar
     One array is described by ``dtype`` and ``shape``; a ``{name: array}`` by a
     list under ``key``.  Each array goes in its own dtype when :data:`~wsserve.dtypes.DTYPES`
     has it (a big-endian one swapped), else widened (float128 -> float64).  The header is
-    padded with spaces so the payload starts at an 8-byte boundary.
+    padded with spaces so the payload starts at an 8-byte boundary.  An answer's tensor may hold
+    no values (a 0 in its shape: a decoupled response of no rows, a variable dimension of none):
+    it is described and has no bytes.
     """
     if isinstance(tensors, np.ndarray):
         name, arr = _wire(tensors)
@@ -421,7 +423,8 @@ def encode(fields: Mapping[str, Any], tensors: np.ndarray | Mapping[str, np.ndar
         if head[1:2] == b",":  # empty fields
             head = b"{" + head[2:]
         pad = header_length(len(head)) - len(head)
-        return b"".join(((len(head) + pad).to_bytes(4, "little"), head, b" " * pad, arr.data.cast("B")))
+        return b"".join(((len(head) + pad).to_bytes(4, "little"), head, b" " * pad,
+                         arr.data.cast("B") if arr.size else b""))  # (a 0 in the shape: no bytes; no cast of it)
     header = dict(fields)
     described = []
     arrays = []

@@ -50,7 +50,9 @@ class BinaryFrame(bytes):
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """Raw little-endian values in C order: ``len(data) == prod(shape) * itemsize(dtype)``."""
+    """Raw little-endian values in C order: ``len(data) == prod(shape) * itemsize(dtype)``.  A
+    dimension may be 0 in a reply (a decoupled model's response of no rows, a variable dimension of
+    none); a request's must be >= 1 (:func:`encode_frame` refuses it)."""
 
     data: bytes
     dtype: str
@@ -59,8 +61,8 @@ class Tensor:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
-        if not self.shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.shape):
-            raise ValueError(f"shape must be a non-empty sequence of integers >= 1, got {list(self.shape)}")
+        if not self.shape or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in self.shape):
+            raise ValueError(f"shape must be a non-empty sequence of integers >= 0, got {list(self.shape)}")
         want = math.prod(self.shape) * DTYPES[self.dtype][1]
         if len(self.data) != want:
             raise ValueError(f"{len(self.data)} bytes do not hold shape {list(self.shape)} of {self.dtype} ({want} bytes)")
@@ -69,6 +71,8 @@ class Tensor:
         """The values as nested lists (no numpy needed)."""
         fmt, size = DTYPES[self.dtype]
         count = len(self.data) // size
+        if not count:  # a 0 in the shape: nested lists down to the first 0, which is an empty list
+            return _empty(self.shape)
         flat: list[Any] = list(struct.unpack(f"<{count}{fmt}", self.data))
         for d in reversed(self.shape[1:]):
             flat = [flat[i : i + d] for i in range(0, len(flat), d)]
@@ -160,8 +164,17 @@ def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | No
                     f"got {type(value).__name__}")
 
 
+def _empty(shape: Sequence[int]) -> list[Any]:
+    """The nested lists of a shape holding a 0: ``(2, 0, 3)`` -> ``[[], []]``."""
+    return [] if shape[0] == 0 else [_empty(shape[1:]) for _ in range(shape[0])]
+
+
 def encode_frame(fields: Mapping[str, Any], tensors: Tensor | Mapping[str, Tensor], *, key: str = "inputs") -> BinaryFrame:
-    """Header ``fields`` plus the tensors' descriptions, padded, then the tensors' bytes."""
+    """Header ``fields`` plus the tensors' descriptions, padded, then the tensors' bytes.  Raises
+    ``ValueError`` for a tensor with a 0 in its shape (a request's dimensions are >= 1)."""
+    for t in [tensors] if isinstance(tensors, Tensor) else tensors.values():
+        if 0 in t.shape:
+            raise ValueError(f"shape must be a non-empty sequence of integers >= 1, got {list(t.shape)}")
     header = dict(fields)
     if isinstance(tensors, Tensor):
         header["dtype"], header["shape"] = tensors.dtype, list(tensors.shape)
@@ -178,12 +191,13 @@ def _tensor(desc: Mapping[str, Any], payload: memoryview, offset: int) -> tuple[
     dtype, shape = desc.get("dtype"), desc.get("shape")
     if dtype not in DTYPES or not isinstance(shape, list) or not shape:
         raise ValueError(f"binary frame: bad tensor description {dict(desc)!r}")
-    size = DTYPES[dtype][1]
-    for d in shape:
-        if not isinstance(d, int) or d < 1:
-            raise ValueError(f"binary frame: bad shape {shape!r}")
+    # a reply's dimension may be 0 (a response of no rows, a variable dimension of none): no bytes
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"binary frame: bad shape {shape!r}")
+    size = DTYPES[dtype][1] if all(shape) else 0
+    for d in shape if size else ():
         size *= d
-        if offset + size > len(payload):
+        if offset + size > len(payload):  # (an early stop: never a product beyond the payload)
             raise ValueError("binary frame: the payload is shorter than its header says")
     return Tensor(bytes(payload[offset : offset + size]), dtype, tuple(shape)), offset + size
 
