@@ -267,7 +267,9 @@ class SequenceWorker:
                         inputs = {self.model.inputs[0].name: inputs}
                     inputs = {**inputs, **controls}
                 step = _Step(self, p, inputs)
-                p.handle = self.inner.submit(step, priority=priority, deadline=deadline)
+                # bounded with the queue when it arrived (SequenceWorker.submit): a slot freed for a
+                # backlogged sequence must not refuse (and abort) what was admitted
+                p.handle = self.inner.submit(step, priority=priority, deadline=deadline, admitted=True)
             except WsserveError as exc:
                 self.scheduler.done(p, now, f"was refused ({exc.code})")
                 if not sink.finished:
