@@ -271,9 +271,9 @@ class SequenceWorker:
                 # backlogged sequence must not refuse (and abort) what was admitted
                 p.handle = self.inner.submit(step, priority=priority, deadline=deadline, admitted=True)
             except WsserveError as exc:
-                self.scheduler.done(p, now, f"was refused ({exc.code})")
-                if not sink.finished:
+                if not sink.finished:  # its transport may cancel it (still handed out: a no-op)
                     sink.on_error(exc)
+                self.scheduler.done(p, now, f"was refused ({exc.code})")
         self._fail_aborted()
         if self._idle is not None and not self.scheduler.waiting:
             self._idle.set()
