@@ -254,3 +254,26 @@ async def test_a_sequence_taking_a_freed_slot_is_not_refused_by_the_queue_bound_
     finally:
         model.gate.set()
         await worker.close()
+
+
+async def test_a_slot_freed_while_handing_out_goes_to_the_backlog_at_once() -> None:
+    """One slot: "a"'s END waits for its turn, its client gone (the sink finished, not yet
+    cancelled); "b" waits for the slot.  When "a"'s START ends, its END is dropped as it is handed
+    out, "a" lets its slot go and "b" runs then (before: "b" held the slot but waited for some later
+    event to be handed out, here forever)."""
+    model = _Model()
+    worker = _worker(model, slots=1)
+    try:
+        model.gate.clear()
+        a1, a2, b1 = _Sink(1, ("a", True, False)), _Sink(2, ("a", False, True)), _Sink(3, ("b", True, True))
+        worker.submit(a1)
+        worker.submit(a2)
+        worker.submit(b1)
+        a2.finished = True  # its client left; the transport's cancel has not come yet
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(a1.done.wait(), b1.done.wait()), 30)
+        assert (a1.got, a2.got, b1.got) == ([[[1.0]]], [], [[[3.0]]])
+        assert worker.scheduler.held == 0 and worker.scheduler.waiting == 0
+    finally:
+        model.gate.set()
+        await worker.close()
