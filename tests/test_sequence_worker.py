@@ -218,3 +218,62 @@ async def test_an_id_the_corrid_control_cannot_hold_is_refused_before_it_takes_a
             worker.submit(_Sink(1, (sid, True, False)))
     assert len(worker.scheduler) == 0 and worker.scheduler.held == 0
     await worker.close()
+
+
+async def test_a_sequence_taking_a_freed_slot_is_not_refused_by_the_queue_bound_it_was_admitted_under() -> None:
+    """``max_queue_rows`` 2, three slots: "c" waits for a slot (admitted with the queue empty), then
+    the slot holders "b" and "d" fill the batch queue while "a" runs.  When "a" ends, "c" takes its
+    slot; its START, admitted already, runs in its turn (before: the batch queue refused it when it
+    was handed over, ``overloaded``, and "c" was aborted with the request behind it)."""
+    model = _Model()
+    worker = SequenceWorker(PredictWorker(model, name="acc", max_batch_size=3, max_queue_rows=2, explain_refusal="no"),
+                            SequenceConfig(controls=(Control("S", "START", np.dtype(np.float32), 0.0, 1.0),)),
+                            slots=3)
+    worker.start()
+    try:
+        for sid, value in (("b", 1), ("d", 2)):  # two slot holders, idle
+            sink = _Sink(value, (sid, True, False))
+            worker.submit(sink)
+            await asyncio.wait_for(sink.done.wait(), 30)
+        model.gate.clear()
+        a = _Sink(3, ("a", True, True))
+        worker.submit(a)  # the third slot; the model runs it and waits on its gate
+        while len(worker.inner.queue):
+            await asyncio.sleep(0.001)
+        c1, c2 = _Sink(4, ("c", True, False)), _Sink(5, ("c", False, True))
+        worker.submit(c1)  # no slot: the backlog (the queue was empty)
+        worker.submit(c2)
+        b2, d2 = _Sink(6, ("b", False, True)), _Sink(7, ("d", False, True))
+        worker.submit(b2)  # slot holders: handed to the batch queue, which is now full
+        worker.submit(d2)
+        assert len(worker.inner.queue) == 2 and worker.scheduler.waiting == 2
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in (a, b2, d2, c1, c2))), 30)
+        assert (a.got, b2.got, d2.got, c1.got, c2.got) == ([[[3.0]]], [[[6.0]]], [[[7.0]]], [[[4.0]]], [[[5.0]]])
+        assert worker.scheduler.held == 0
+    finally:
+        model.gate.set()
+        await worker.close()
+
+
+async def test_a_slot_freed_while_handing_out_goes_to_the_backlog_at_once() -> None:
+    """One slot: "a"'s END waits for its turn, its client gone (the sink finished, not yet
+    cancelled); "b" waits for the slot.  When "a"'s START ends, its END is dropped as it is handed
+    out, "a" lets its slot go and "b" runs then (before: "b" held the slot but waited for some later
+    event to be handed out, here forever)."""
+    model = _Model()
+    worker = _worker(model, slots=1)
+    try:
+        model.gate.clear()
+        a1, a2, b1 = _Sink(1, ("a", True, False)), _Sink(2, ("a", False, True)), _Sink(3, ("b", True, True))
+        worker.submit(a1)
+        worker.submit(a2)
+        worker.submit(b1)
+        a2.finished = True  # its client left; the transport's cancel has not come yet
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(a1.done.wait(), b1.done.wait()), 30)
+        assert (a1.got, a2.got, b1.got) == ([[[1.0]]], [], [[[3.0]]])
+        assert worker.scheduler.held == 0 and worker.scheduler.waiting == 0
+    finally:
+        model.gate.set()
+        await worker.close()

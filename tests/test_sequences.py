@@ -339,3 +339,18 @@ def test_a_websocket_predicts_sequence_flags_are_checked_even_without_an_id() ->
         decode('{"type": "predict", "id": "p", "model": "acc", "inputs": [[1.0]], "sequence_start": "yes"}')
     ok = decode('{"type": "predict", "id": "p", "model": "acc", "inputs": [[1.0]], "sequence_start": true}')
     assert ok.sequence is None
+
+
+def test_a_request_cancelled_after_it_ended_is_left_alone() -> None:
+    """A transport cancels a request it fails (``_stop_work``), which can come after ``done``
+    (the worker refused it when handing it out): nothing waits to drop, so the counts, the slot
+    and the sequence (a new one of the id here) are left alone (before: counted out twice, going
+    negative, and the new sequence aborted)."""
+    s = SequenceScheduler("acc", slots=1)
+    s.arrive(1, True, True, "a1", 0.0, nbytes=4)
+    (a1,) = s.take(0.0)
+    s.done(a1, 0.1, "was refused (overloaded)")
+    s.arrive(1, True, False, "again", 0.2, nbytes=4)
+    assert not s.cancel(a1, 0.3)
+    assert (s.waiting, s.waiting_rows, s.waiting_bytes, s.ahead(1)) == (1, 1, 4, (1, 4))
+    assert s.aborted() == [] and _ids(s.take(0.3)) == ["again"]

@@ -470,3 +470,52 @@ def test_oldest_strategy_runs_max_candidate_sequences_at_once(tmp_path: Path) ->
     finally:
         client.close()
         proc.stop()
+
+
+async def test_a_backlogged_sequence_given_a_slot_behind_a_full_queue_still_runs(tmp_path: Path) -> None:
+    """``--max-queue-rows 2``, acc with three slots: "c"'s START waits for a slot (the queue
+    empty), then the holders "b" and "d" fill the batch queue while "a"'s request runs.  When "a"
+    ends, "c" takes its slot and its START and END run (before: the batch queue refused the START
+    it had taken, ``overloaded``, and "c"'s END was aborted with ``bad_request``)."""
+    from tests.support.conn import Conn
+
+    root = tmp_path / "model_repository"
+    gate, running = tmp_path / "gate", tmp_path / "running"
+    _write(root, "acc", _pbtxt(3, 60_000_000))
+    model_py = root / "acc" / "1" / "model.py"
+    model_py.write_text(model_py.read_text().replace("    def execute(self, requests):\n", f"""    def execute(self, requests):
+        import os, time
+        if any(int(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy().reshape(-1)[0]) == 3 for r in requests):
+            open({str(running)!r}, "w").close()
+            while not os.path.exists({str(gate)!r}):  # held until the test opens the gate
+                time.sleep(0.005)
+"""))
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--max-queue-rows", "2")
+
+    def predict(rid: str, sid: int, value: int, start: bool = False, end: bool = False) -> dict[str, Any]:
+        return {"type": "predict", "id": rid, "model": "acc", "inputs": {"IN": [[value]]},
+                "sequence_id": sid, "sequence_start": start, "sequence_end": end}
+
+    conn = await Conn.open(proc.url)
+    try:
+        for rid, sid, value in (("b1", 12, 1), ("d1", 14, 2)):  # two slot holders
+            frame = await conn.request(predict(rid, sid, value, start=True))
+            assert frame["type"] == "result", frame
+        await conn.send(predict("a1", 11, 3, start=True, end=True))  # the third slot: held in the model
+        wait_until(running.exists, 60.0, what="the model running a's request")
+        await conn.send(predict("c1", 13, 4, start=True))  # no slot free: waits (the queue is empty)
+        await conn.send(predict("c2", 13, 5, end=True))
+        await conn.send(predict("b2", 12, 6, end=True))  # slot holders: to the batch queue, now full
+        await conn.send(predict("d2", 14, 7, end=True))
+        frame = await conn.request(predict("e1", 15, 8, start=True, end=True))
+        assert frame["id"] == "e1" and frame["code"] == "overloaded", frame  # the queue is full indeed
+        gate.touch()
+        frames = await conn.collect({"a1", "b2", "d2", "c1", "c2"}, timeout=60)
+        got = {rid: fs[-1] for rid, fs in frames.items()}
+        assert {rid: (f["type"], f.get("outputs", {}).get("SUM")) for rid, f in got.items()} == {
+            "a1": ("result", [[3]]), "b2": ("result", [[7]]), "d2": ("result", [[9]]),
+            "c1": ("result", [[4]]), "c2": ("result", [[9]])}, got
+    finally:
+        gate.touch()
+        await conn.close()
+        proc.stop()

@@ -291,12 +291,14 @@ class BatchQueue:
 
     # -- admission
 
-    def add(self, item: WorkItem, now: float) -> None:
+    def add(self, item: WorkItem, now: float, *, admitted: bool = False) -> None:
         """Queue ``item`` at its priority's level.  Raises ``Overloaded`` (with ``retry_after_ms``) if
         ``max_queue_requests`` requests are waiting already, or if its rows' cost units
         would take a non-empty queue past ``max_queue_rows`` (or its bytes past
         ``max_queue_bytes``); an empty queue accepts any item (else a request bigger than
-        the bound could never be served)."""
+        the bound could never be served).  ``admitted``: the item was bounded already (with
+        :meth:`check_room` when it arrived, counted in front of the queue: a stateful model's
+        request handed over in its sequence's turn), so none of these bounds refuse it."""
         rows = item.rows - item.next_row
         if rows < 1:
             raise ValueError("a work item needs at least one row")
@@ -312,7 +314,7 @@ class BatchQueue:
         nbytes = rows * item.row_bytes
         units = rows * item.cost
         most = self.max_queue_requests
-        if most is not None:
+        if most is not None and not admitted:
             if not self.max_queue_requests_per_level:
                 if self._requests >= most:
                     raise Overloaded(
@@ -326,7 +328,8 @@ class BatchQueue:
                     "(max_queue_requests)",
                     retry_after_ms=self._retry_after_ms(),
                 )
-        self.check_room(units, nbytes)
+        if not admitted:
+            self.check_room(units, nbytes)
         item.enqueued_at = now
         queue.append(item)
         self._rows += rows

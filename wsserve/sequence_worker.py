@@ -250,7 +250,20 @@ class SequenceWorker:
         self._fail_aborted()
         if self._draining:
             self.scheduler.expire(float("inf"))
-        for p in self.scheduler.take(now):
+        while True:
+            taken = self.scheduler.take(now)
+            if not taken:
+                break
+            self._hand_out(taken, now)  # one dropped there may free a slot for the backlog: take again
+        self._fail_aborted()
+        if self._idle is not None and not self.scheduler.waiting:
+            self._idle.set()
+        self._arm()
+
+    def _hand_out(self, taken: list[Pending], now: float) -> None:
+        """Submit each request ``take`` gave to the batch queue (with its control inputs); one
+        that cannot go (its client left, or refused) ends its step at once (its sequence aborted)."""
+        for p in taken:
             sink = p.payload
             priority, deadline = p.handle
             p.handle = None
@@ -267,15 +280,13 @@ class SequenceWorker:
                         inputs = {self.model.inputs[0].name: inputs}
                     inputs = {**inputs, **controls}
                 step = _Step(self, p, inputs)
-                p.handle = self.inner.submit(step, priority=priority, deadline=deadline)
+                # bounded with the queue when it arrived (SequenceWorker.submit): a slot freed for a
+                # backlogged sequence must not refuse (and abort) what was admitted
+                p.handle = self.inner.submit(step, priority=priority, deadline=deadline, admitted=True)
             except WsserveError as exc:
-                self.scheduler.done(p, now, f"was refused ({exc.code})")
-                if not sink.finished:
+                if not sink.finished:  # its transport may cancel it (still handed out: a no-op)
                     sink.on_error(exc)
-        self._fail_aborted()
-        if self._idle is not None and not self.scheduler.waiting:
-            self._idle.set()
-        self._arm()
+                self.scheduler.done(p, now, f"was refused ({exc.code})")
 
     def _step_ended(self, p: Pending, why: str | None) -> None:
         """``p``'s step ended; ``why``: the model never ran it (the batch queue dropped it)."""

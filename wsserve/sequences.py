@@ -184,7 +184,7 @@ class Pending:
     ``handle`` is the caller's to use as it likes."""
 
     __slots__ = ("correlation_id", "flags", "payload", "arrived", "deadline", "nbytes", "rows", "taken", "cancelled",
-                 "handle", "error")
+                 "ended", "handle", "error")
 
     def __init__(self, correlation_id: int | str, flags: int, payload: Any, arrived: float,
                  deadline: float | None = None, nbytes: int = 0, rows: int = 1) -> None:
@@ -197,6 +197,7 @@ class Pending:
         self.deadline = deadline  # while it waits (same clock as ``now``), None: none
         self.taken = False
         self.cancelled = False  # dropped while waiting (cancelled, overdue, aborted or drained)
+        self.ended = False  # handed out and ended (done()): a later cancel() leaves it alone
         self.handle: Any = None
         #: Why it was dropped when its sequence was aborted (:meth:`SequenceScheduler.aborted`), else None.
         self.error: BadRequest | None = None
@@ -333,6 +334,7 @@ class SequenceScheduler:
         if not pending.taken:
             return
         pending.taken = False
+        pending.ended = True
         seq = self._sequences.get(pending.correlation_id)
         if seq is None:
             return
@@ -344,12 +346,12 @@ class SequenceScheduler:
             self._release(pending.correlation_id, seq)
 
     def cancel(self, pending: Pending, now: float, why: str = "was cancelled") -> bool:
-        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`) or
-        dropped already.  Its sequence is aborted behind it (the module docstring; ``why`` says
+        """Drop ``pending`` if it still waits (True); False once handed out (then :meth:`done`), ended
+        or dropped already.  Its sequence is aborted behind it (the module docstring; ``why`` says
         what happened to it, for the others' errors: :meth:`aborted`).  A sequence left with
         nothing running or waiting lets its slot (or backlog place) go at once when it is over for
         the model: its END arrived, it was aborted, or none of it was ever handed out."""
-        if pending.taken or pending.cancelled:
+        if pending.taken or pending.cancelled or pending.ended:
             return False
         cid = pending.correlation_id
         seq = self._sequences.get(cid)

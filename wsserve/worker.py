@@ -540,10 +540,13 @@ class PredictWorker:
 
     # -- requests
 
-    def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None) -> WorkItem:
+    def submit(self, sink: PredictSink, *, priority: int = 0, deadline: float | None = None,
+               admitted: bool = False) -> WorkItem:
         """Queue ``sink``'s rows at the level of the request's ``priority`` (any non-negative integer;
         Triton's rule: 0, or one above the model's levels, is its default level: :class:`BatchQueue
-        <wsserve.batching.BatchQueue>`).  Raises ``Overloaded`` when the queue is full,
+        <wsserve.batching.BatchQueue>`).  ``admitted``: the caller bounded the request against this
+        queue already (:meth:`BatchQueue.check_room <wsserve.batching.BatchQueue.check_room>`), so a
+        full queue does not refuse it.  Raises ``Overloaded`` when the queue is full,
         ``ShuttingDown`` after :meth:`close` and ``BadRequest`` for a sink that
         wants explanations from a model that has none; the sink is then never called."""
         if self._closed:
@@ -566,7 +569,7 @@ class PredictWorker:
             missed = self._cache_lookup(item)
             if missed is True:  # a hit: answered without the queue
                 return item
-        self.queue.add(item, now)  # Overloaded (a full queue): not a miss, nothing is computed
+        self.queue.add(item, now, admitted=admitted)  # Overloaded (a full queue): not a miss, nothing is computed
         if type(missed) is tuple:
             self._cache_counted(False, missed[1])
             item.cache_key = missed[0]
