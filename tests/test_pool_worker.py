@@ -422,12 +422,15 @@ async def test_close_while_a_batch_is_recomputed_ends_each_request_once(make_wor
         worker.submit(s)
     await until(model.started.is_set)
     await worker.close()
+    idle = asyncio.ensure_future(worker.wait_idle())  # waits for the recomputation still running
+    await asyncio.sleep(0)
     gate.set()
     await _wait(first, bad, held, last)
     assert first.outputs().tolist() == [[2.0]] and isinstance(bad.error, Internal)
     for s in (held, last):
         assert s.error is not None and s.error.code == "shutting_down", s.events
     await until(lambda: [HOLD] in [x.ravel().tolist() for x, _ in model.calls])  # the held call returned
+    await asyncio.wait_for(idle, WAIT_S)  # idle once the recomputation closed mid-way returned
     await asyncio.sleep(0.05)  # absence over a window is the behaviour: nothing more arrives or runs
     for s in (first, bad, held, last):
         s.check_contract()
@@ -675,6 +678,25 @@ async def test_statistics_count_scheduled_rows(make_worker) -> None:
     await _wait(*sinks)
     stats = worker.statistics()
     assert (stats.queued, stats.queued_rows, stats.batches, stats.computed) == (0, 0, 3, 9)
+
+
+async def test_wait_idle_after_close_returns_once_the_computing_batch_ends(make_worker) -> None:
+    """A retiring version closed while a batch computes in the executor: waiting for it to be idle
+    ends when that batch returns (it used to wait forever: the batch's end skipped the idle note)."""
+    gate = threading.Event()
+    model = Doubler(gate=gate)
+    worker = make_worker(model, inline_max_flops=0)
+    sink = Sink("s", _col(1.0))
+    worker.submit(sink)
+    await until(model.started.is_set)
+    await worker.close()
+    idle = asyncio.ensure_future(worker.wait_idle())
+    await asyncio.sleep(0)
+    assert not idle.done()  # the batch still computes
+    gate.set()
+    await asyncio.wait_for(idle, WAIT_S)
+    assert worker.statistics().running == 0
+    assert sink.error is not None and sink.error.code == "shutting_down"
 
 
 async def test_close_is_idempotent() -> None:

@@ -744,7 +744,8 @@ class PredictWorker:
     def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:
         self._running -= 1
         self._computing.pop(key, None)
-        if self._closed:  # close() has ended its requests
+        if self._closed:  # close() has ended its requests; a wait_idle() waits for this batch
+            self._note_idle()
             return
         exc = _failure(future)
         if exc is not None:
@@ -830,6 +831,7 @@ class PredictWorker:
     def _recomputed(self, iso: _Isolation, key: int, s: Slice, future: asyncio.Future[Any], begun: float) -> None:
         if self._closed:  # close() has ended the requests still pending
             self._running -= 1
+            self._note_idle()
             return
         iso.pending.popleft()
         exc = _failure(future)
