@@ -24,6 +24,26 @@ code and a message naming the ensemble and the step; the other steps it has in
 flight are cancelled.  Cancelling the request (``cancel``, a client that went
 away, its ``timeout_ms``: the deadline is also each step's) cancels its steps.
 
+An ensemble with a decoupled step (:attr:`EnsembleWorker.decoupled`, from the plan, as
+Triton sets it) is served as a decoupled model: its sink is a decoupled model's
+(``on_response(outputs, final, nbytes)``, ``on_error``; :mod:`wsserve.decoupled`), so the
+transports stream it as they stream one, and refuse it where they refuse one.  Each response
+of a decoupled step gives its outputs' values a key of their own (:data:`Key`); a step runs
+once per key at which its inputs exist (each through its model's worker, as above), and the
+ensemble answers once per key at which its outputs exist, in the order the outputs' decoupled
+step sent them; a response without an output a later step takes fails the request (an
+``optional`` input is left out).  Once no step is in flight the request ends: its last
+response carries the final flag, or a final flag alone follows.  Every request ends exactly
+once: that end, an error (any step's, naming it: the responses sent before stay sent), or a
+cancel, which cancels the steps in flight (a decoupled step's model sees ``is_cancelled()``).
+Bound: what one request holds inside the ensemble (the steps' output values kept for the
+steps after them, the inputs of steps run for a decoupled step's response, its responses not
+yet written to the client; its own inputs not counted) is at most ``max_pending_bytes``
+(``--max-write-buffer-bytes``): a decoupled step's response that would pass it (one is always
+taken) ends the request with ``overloaded`` and cancels its steps, so a fast decoupled step
+ahead of a slow one (or of a slow client) cannot queue unbounded tensors.  The model's
+sending thread is never blocked.
+
 Event-loop thread only, like the pool.
 """
 
