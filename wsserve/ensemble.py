@@ -403,8 +403,8 @@ class _Run:
             kind = _StreamStepSink if step.decoupled else _StepSink
             sink = kind(self, step, key, batch, len(next(iter(arrays.values()))))
             self.flying[(step.index, key)] = sink
-            if key:
-                self.held += sink.nbytes
+            if key:  # run for a decoupled step's response: held, as that response was, plus its overhead
+                self.held += sink.nbytes + RESPONSE_OVERHEAD_BYTES
             sink.worker = entry.worker
             sink.item = entry.worker.submit(sink, priority=self.priority, deadline=self.deadline)
         except WsserveError as exc:
@@ -419,7 +419,7 @@ class _Run:
         """The step run at ``key`` is no longer in flight (its inputs no longer held for it)."""
         sink = self.flying.pop((step.index, key), None)
         if sink is not None and key:
-            self.held -= sink.nbytes
+            self.held -= sink.nbytes + RESPONSE_OVERHEAD_BYTES
 
     def step_done(self, sink: _StepSink, outputs: Tensors) -> None:
         """A step answering once: its outputs at its key."""
