@@ -175,10 +175,37 @@ def test_unused_inputs_unwritten_outputs_and_tensors_written_twice_are_refused()
     assert "step 1 (model 'linear'): ensemble tensor 'OUT' is written by step 0 already" in str(_error(ensemble_pbtxt(twice)))
 
 
-def test_generative_and_decoupled_steps_are_refused_naming_them() -> None:
-    for kw, word in (({"kind": "generate"}, "is generative"), ({"decoupled": True}, "is decoupled")):
-        sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, **kw)}
-        assert f"step 1 (model 'linear'): model 'linear' {word}" in str(_error(ensemble_pbtxt(CHAIN), sigs))
+def test_generative_steps_are_refused_naming_them() -> None:
+    sigs = {**SIGS, ("linear", None): sig("linear", {"x": (3,)}, {"y": (2,)}, kind="generate")}
+    assert "step 1 (model 'linear'): model 'linear' is generative" in str(_error(ensemble_pbtxt(CHAIN), sigs))
+
+
+def test_a_decoupled_step_makes_the_ensemble_decoupled_whatever_its_config_says() -> None:
+    """Triton's ValidateEnsembleConfig sets the ensemble's ``model_transaction_policy.decoupled`` from
+    its steps: a decoupled step makes it decoupled (its config need not say so, and may say false)."""
+    sigs = {**SIGS, ("scale", None): sig("scale", {"x": (3,)}, {"y": (3,)}, decoupled=True)}
+    for policy in ("", "model_transaction_policy { decoupled: false }", "model_transaction_policy { decoupled: true }"):
+        p = plan(ensemble_pbtxt(CHAIN) + policy, sigs)
+        assert p.decoupled and [s.decoupled for s in p.steps] == [True, False]
+        assert not plan(ensemble_pbtxt(CHAIN) + policy).decoupled
+
+
+def test_a_step_mixing_tensors_of_different_decoupled_lineages_is_refused_as_tritons() -> None:
+    """As Triton's "receives inputs originated from different decoupled models": a step after a
+    decoupled one may not also read an ensemble input (or another decoupled step's tensors); nor
+    may the ensemble's outputs come from different lineages."""
+    gen = sig("gen", {"x": (3,)}, {"y": (3,)}, decoupled=True)
+    join = sig("join", {"a": (3,), "b": (3,)}, {"y": (2,)})
+    text = ensemble_pbtxt(", ".join([step("gen", {"x": "IN"}, {"y": "g"}),
+                                     step("join", {"a": "g", "b": "IN"}, {"y": "OUT"})]))
+    error = _error(text, {("gen", None): gen, ("join", None): join})
+    assert "step 1 (model 'join'): the step receives inputs originated from different decoupled models: ensemble " \
+        "tensor 'g' comes from decoupled step 0 (model 'gen'), 'IN' from no decoupled step" in str(error)
+    two_out = '{ name: "OUT" data_type: TYPE_FP32 dims: [ 3 ] }, { name: "RAW" data_type: TYPE_FP32 dims: [ 3 ] }'
+    text = ensemble_pbtxt(", ".join([step("scale", {"x": "IN"}, {"y": "RAW"}), step("gen", {"x": "IN"}, {"y": "OUT"})]),
+                          outputs=two_out)
+    error = _error(text, {**SIGS, ("gen", None): gen})
+    assert "ensemble 'pipe': the ensemble's outputs are originated from different decoupled models" in str(error)
 
 
 def test_a_step_that_is_an_ensemble_is_planned_like_any_model() -> None:
@@ -204,8 +231,6 @@ def test_config_errors_name_the_field() -> None:
                     'ensemble_scheduling { step [ ] }', "c")
     with pytest.raises(ConfigError, match=r"key 'ensemble_scheduling': .*set platform: \"ensemble\""):
         parse_pbtxt('platform: "onnxruntime_onnx" ensemble_scheduling { step [ { model_name: "m" } ] }', "c")
-    with pytest.raises(ConfigError, match=r"decoupled"):
-        parse_pbtxt(ensemble_pbtxt(CHAIN) + "model_transaction_policy { decoupled: true }", "c")
 
 
 def test_an_ensemble_naming_itself_as_a_step_is_refused_as_a_cycle() -> None:

@@ -312,3 +312,84 @@ def test_a_sink_wanting_an_output_the_ensemble_lacks_is_answered_not_left_hangin
         await asyncio.wait_for(worker.wait_idle(), 10)
 
     asyncio.run(go())
+
+
+@dataclass
+class StreamSink(Sink):
+    """A decoupled request's sink: its responses (outputs, final) in order."""
+
+    responses: list[Any] = field(default_factory=list)
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        self.responses.append((outputs, final))
+        if final:
+            self.finished = True
+
+
+CHAIN3 = ", ".join([step("gen", {"x": "IN"}, {"y": "tok"}), step("post", {"x": "tok"}, {"y": "OUT"})])
+
+
+def _streaming(max_pending_bytes: int = 1 << 20) -> tuple[EnsembleWorker, dict[str, FakeEntry]]:
+    sigs = {("gen", None): sig("gen", {"x": (3,)}, {"y": (3,)}, decoupled=True),
+            ("post", None): sig("post", {"x": (3,)}, {"y": (2,)})}
+    config = parse_pbtxt(ensemble_pbtxt(CHAIN3), "pipe/config.pbtxt", model_name="pipe")
+    model = EnsembleModel("pipe", 1, config, plan_ensemble(config.ensemble, sigs))
+    entries = {name: FakeEntry(name, FakeWorker(), sigs[(name, None)].inputs) for name in ("gen", "post")}
+    worker = EnsembleWorker(model, lambda name, version: entries[name], max_pending_bytes=max_pending_bytes)
+    worker.start()
+    return worker, entries
+
+
+def test_a_decoupled_step_s_responses_are_answered_in_its_order_then_the_end_once() -> None:
+    """``post`` answering the decoupled step's responses out of order: the ensemble answers them in
+    the order ``gen`` sent them; the end comes once (here alone: ``gen``'s FINAL came after the last
+    answer), and nothing after it; a sink that takes one answer is refused."""
+    async def go() -> None:
+        worker, e = _streaming()
+        assert worker.decoupled
+        with pytest.raises(Exception, match="is decoupled"):
+            worker.submit(Sink(_x(), 2))
+        sink = StreamSink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        for i in range(3):
+            gen.on_response({"y": np.full((2, 3), i, np.float32)}, False, 100)
+        posts = [s for s, _, _ in e["post"].worker.submitted]
+        assert [int(p.inputs[0, 0]) for p in posts] == [0, 1, 2]
+        posts[2].on_rows(0, np.full((2, 2), 2, np.float32), 2, 0.0, 0.0)
+        posts[1].on_rows(0, np.full((2, 2), 1, np.float32), 2, 0.0, 0.0)
+        assert sink.responses == []  # the first is not answered yet
+        posts[0].on_rows(0, np.full((2, 2), 0, np.float32), 2, 0.0, 0.0)
+        assert [(int(o["OUT"][0, 0]), final) for o, final in sink.responses] == [(0, False), (1, False), (2, False)]
+        gen.on_response(None, True, 0)
+        assert sink.responses[-1] == (None, True) and len(sink.responses) == 4
+        gen.on_response({"y": np.zeros((2, 3), np.float32)}, True, 100)  # (after its end: dropped)
+        assert len(sink.responses) == 4 and not sink.errors
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def test_what_a_request_holds_inside_the_ensemble_is_bounded_and_cancels_the_decoupled_step() -> None:
+    """``post`` takes nothing: past ``max_pending_bytes`` the decoupled step's response ends the request
+    ``overloaded`` naming the step and the bound, and the step's requests in flight are cancelled."""
+    async def go() -> None:
+        worker, e = _streaming(max_pending_bytes=1000)
+        sink = StreamSink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        big = np.zeros((2, 3), np.float64)  # 48 bytes (+64 per response)
+        sent = 0
+        while not sink.errors:
+            gen.on_response({"y": big}, False, 100)
+            sent += 1
+        assert sent < 20 and len(e["post"].worker.submitted) == sent - 1
+        (error,) = sink.errors
+        assert error.code == "overloaded" and "step 0 (model 'gen')" in error.message
+        assert "max_write_buffer_bytes=1000" in error.message
+        assert ("item", gen) in e["gen"].worker.cancelled
+        assert len(e["post"].worker.cancelled) == sent - 1
+
+    asyncio.run(go())

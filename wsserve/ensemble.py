@@ -24,6 +24,26 @@ code and a message naming the ensemble and the step; the other steps it has in
 flight are cancelled.  Cancelling the request (``cancel``, a client that went
 away, its ``timeout_ms``: the deadline is also each step's) cancels its steps.
 
+An ensemble with a decoupled step (:attr:`EnsembleWorker.decoupled`, from the plan, as
+Triton sets it) is served as a decoupled model: its sink is a decoupled model's
+(``on_response(outputs, final, nbytes)``, ``on_error``; :mod:`wsserve.decoupled`), so the
+transports stream it as they stream one, and refuse it where they refuse one.  Each response
+of a decoupled step gives its outputs' values a key of their own (:data:`Key`); a step runs
+once per key at which its inputs exist (each through its model's worker, as above), and the
+ensemble answers once per key at which its outputs exist, in the order the outputs' decoupled
+step sent them; a response without an output a later step takes fails the request (an
+``optional`` input is left out).  Once no step is in flight the request ends: its last
+response carries the final flag, or a final flag alone follows.  Every request ends exactly
+once: that end, an error (any step's, naming it: the responses sent before stay sent), or a
+cancel, which cancels the steps in flight (a decoupled step's model sees ``is_cancelled()``).
+Bound: what one request holds inside the ensemble (the steps' output values kept for the
+steps after them, the inputs of steps run for a decoupled step's response, its responses not
+yet written to the client; its own inputs not counted) is at most ``max_pending_bytes``
+(``--max-write-buffer-bytes``): a decoupled step's response that would pass it (one is always
+taken) ends the request with ``overloaded`` and cancels its steps, so a fast decoupled step
+ahead of a slow one (or of a slow client) cannot queue unbounded tensors.  The model's
+sending thread is never blocked.
+
 Event-loop thread only, like the pool.
 """
 
@@ -31,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from time import monotonic
@@ -40,11 +60,13 @@ from typing import Any
 import numpy as np
 
 from .batching import PriorityLevels
+from .decoupled import RESPONSE_OVERHEAD_BYTES, refusal
 from .dtypes import array_bytes
 from .errors import (
     BadRequest,
     Internal,
     InvalidInput,
+    Overloaded,
     ShuttingDown,
     UnknownModel,
     WsserveError,
@@ -149,17 +171,24 @@ def _shared_tensors(plan: EnsemblePlan) -> frozenset[str]:
 _STATUSES = ("http_status", "grpc_status")
 
 
-class _StepSink:
-    """The :class:`~wsserve.worker.PredictSink` of one step of one request."""
+#: Which responses of the decoupled steps an ensemble tensor's value flows from: ``()`` for none
+#: (the request's inputs and what the steps before any decoupled one write), ``key + (i,)`` for the
+#: ``i``-th response of a decoupled step run at ``key``.
+Key = tuple[int, ...]
 
-    __slots__ = ("run", "step", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows",
+
+class _StepSink:
+    """The :class:`~wsserve.worker.PredictSink` of one step of one request, run at ``key``."""
+
+    __slots__ = ("run", "step", "key", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows",
                  "_queued_at", "_queue_s")
 
     explain = False
 
-    def __init__(self, run: _Run, step: PlannedStep, inputs: Tensors, n: int) -> None:
+    def __init__(self, run: _Run, step: PlannedStep, key: Key, inputs: Tensors, n: int) -> None:
         self.run = run
         self.step = step
+        self.key = key
         self.inputs = inputs
         self.n = n
         self.nbytes = sum(map(array_bytes, inputs.values())) if isinstance(inputs, dict) else array_bytes(inputs)
@@ -203,7 +232,7 @@ class _StepSink:
                 out = parts[0] if len(parts) == 1 else concat_rows(parts)
             except WsserveError as exc:  # rows of different shapes (InvalidInput): its request fails
                 self._ended(False)
-                self.run.step_failed(self.step, exc)
+                self.run.step_failed(self, exc)
                 return
             self._ended(True)
             self.run.step_done(self, out)
@@ -212,10 +241,11 @@ class _StepSink:
         if not self.finished:
             self.finished = True
             self._ended(False)
-            self.run.step_failed(self.step, exc)
+            self.run.step_failed(self, exc)
 
     def stop(self) -> None:
-        """Cancel this step's rows not computed yet (the request ended another way)."""
+        """Cancel this step's work not done yet (the request ended another way): a decoupled step's
+        model then sees its request cancelled."""
         if not self.finished:
             self.finished = True
             if self.item is not None:
@@ -223,8 +253,35 @@ class _StepSink:
                 self.worker.cancel(self.item)
 
 
+class _StreamStepSink(_StepSink):
+    """A decoupled step's sink (:class:`~wsserve.decoupled.DecoupledWorker`'s, or a decoupled inner
+    ensemble's): each response goes on through the steps after it."""
+
+    __slots__ = ("responses",)
+
+    def __init__(self, run: _Run, step: PlannedStep, key: Key, inputs: Tensors, n: int) -> None:
+        super().__init__(run, step, key, inputs, n)
+        self.responses = 0
+
+    def on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
+        if self.finished:
+            return
+        if final:
+            self.finished = True
+            self._ended(True)
+        self.run.step_response(self, outputs, final)
+        written = getattr(self.item, "written", None)
+        if callable(written):  # the ensemble took it: its own bound (the request's) counts it from here
+            written(nbytes)
+
+
 class _Run:
-    """One request through the ensemble: the tensors it has so far and its steps in flight."""
+    """One request through the ensemble: the tensors it holds (by :data:`Key`) and its steps in flight.
+
+    Each response of a decoupled step makes its outputs' values at a new key; a step runs once per key
+    at which every tensor it reads exists (the plan keeps each step's inputs in one lineage), and the
+    ensemble answers once per key at which its outputs exist, in the order the outputs' decoupled step
+    sent them.  A value is dropped once every step and output reading it took it."""
 
     def __init__(self, worker: EnsembleWorker, sink: Any, priority: int, deadline: float | None,
                  wanted: frozenset[str] | None) -> None:
@@ -239,9 +296,25 @@ class _Run:
         self.priority = priority
         self.deadline = deadline
         self.started_at = monotonic()
-        self.tensors: dict[str, np.ndarray] = {}
-        self.launched: set[int] = set()
-        self.flying: dict[int, _StepSink] = {}
+        #: ensemble tensor -> the steps of this request reading it; how many take each of its values
+        self.readers: dict[str, list[PlannedStep]] = {}
+        for step in self.steps:
+            for tensor in step.needs:
+                self.readers.setdefault(tensor, []).append(step)
+        self.reads = {tensor: len(steps) for tensor, steps in self.readers.items()}
+        for name in self.outputs:
+            self.reads[name] = self.reads.get(name, 0) + 1
+        #: ensemble tensor -> key -> value (None: a decoupled step's response did not carry it)
+        self.tensors: dict[str, dict[Key, np.ndarray | None]] = {}
+        self.left: dict[tuple[str, Key], int] = {}  # readers still to take each value
+        self.launched: set[tuple[int, Key]] = set()
+        self.flying: dict[tuple[int, Key], _StepSink] = {}
+        #: the keys the ensemble answers at, in order (those the outputs' decoupled step made)
+        self.answers: deque[Key] = deque()
+        #: bytes held inside the ensemble for this request: the steps' outputs kept, the inputs of steps
+        #: run for a decoupled step's response, the ensemble's responses not yet written to the client
+        self.held = 0
+        self.responses = 0
         self.done = False
 
     def start(self) -> None:
@@ -252,28 +325,61 @@ class _Run:
             self.fail(Internal(f"ensemble {self.worker.name!r} has no output {self.unknown[0]!r} (its outputs: {names})"))
             return
         try:
-            self.tensors = _as_arrays(self.sink.inputs, self.worker.plan)
+            arrays = _as_arrays(self.sink.inputs, self.worker.plan)
         except Exception as exc:  # noqa: BLE001 - e.g. MemoryError: this request ends, answered
             log.exception("ensemble %r: a request's inputs could not be taken", self.worker.name)
             self.fail(Internal(f"ensemble {self.worker.name!r}: its inputs could not be taken: {type(exc).__name__}: {exc}"))
             return
-        self.advance()
+        if self.worker.plan.outputs_from is None:
+            self.answers.append(())
+        for name, a in arrays.items():
+            self._keep(name, (), a, count=False)
+        self._advance(arrays.keys(), ())
 
     def _label(self, step: PlannedStep) -> str:
         return f"ensemble {self.worker.name!r} step {step.index} (model {step.model!r})"
 
-    def advance(self) -> None:
-        """Start every step whose inputs exist; deliver once every output exists."""
-        for step in self.steps:
+    # -- tensors
+
+    def _keep(self, tensor: str, key: Key, value: np.ndarray | None, *, count: bool = True) -> None:
+        """Hold ``tensor``'s value at ``key`` for its readers (none: dropped at once)."""
+        reads = self.reads.get(tensor, 0)
+        if reads:
+            self.tensors.setdefault(tensor, {})[key] = value
+            self.left[(tensor, key)] = reads
+            if count and value is not None:
+                self.held += array_bytes(value)
+
+    def _take(self, tensor: str, key: Key) -> np.ndarray | None:
+        """One reader's take of ``tensor`` at ``key``; the last one drops it."""
+        values = self.tensors[tensor]
+        value = values[key]
+        left = self.left[(tensor, key)] - 1
+        if left:
+            self.left[(tensor, key)] = left
+        else:
+            del self.left[(tensor, key)], values[key]
+            if value is not None and tensor not in self.worker.plan_inputs:  # (the request's own: not counted)
+                self.held -= array_bytes(value)
+        return value
+
+    def _has(self, tensor: str, key: Key) -> bool:
+        return key in self.tensors.get(tensor, ())
+
+    # -- steps
+
+    def _advance(self, tensors: Iterable[str], key: Key) -> None:
+        """Start each step reading one of ``tensors`` whose inputs all exist at ``key``; then answer
+        what is ready, and end the request once nothing is left to run."""
+        for step in {s.index: s for t in tensors for s in self.readers.get(t, ())}.values():
             if self.done:
                 return
-            if step.index not in self.launched and step.needs <= self.tensors.keys():
-                self.launched.add(step.index)
-                self._launch(step)
-        if not self.done and not self.flying and all(o in self.tensors for o in self.outputs):
-            self._finish()
+            if (step.index, key) not in self.launched and all(self._has(t, key) for t in step.needs):
+                self.launched.add((step.index, key))
+                self._launch(step, key)
+        self._answer()
 
-    def _launch(self, step: PlannedStep) -> None:
+    def _launch(self, step: PlannedStep, key: Key) -> None:
         try:
             entry = self.worker.lookup(step.model, str(step.version) if step.version is not None else None)
             if entry.kind != "predict":
@@ -281,41 +387,89 @@ class _Run:
             specs = {s.name: s for s in entry.input_specs}
             arrays = {}
             for model_input, tensor in step.feeds:
-                a = self.tensors[tensor]
+                a = self._take(tensor, key)
                 spec = specs.get(model_input)
+                if a is None:  # a decoupled step's response without it
+                    if spec is not None and getattr(spec, "optional", False):
+                        continue  # an optional input left out, as Triton's placeholder leaves it
+                    raise Internal(f"ensemble tensor {tensor!r}, which input {model_input!r} of model {step.model!r} "
+                                   "takes, is missing: the decoupled step writing it sent a response without it")
                 dtype = spec.np_dtype if spec is not None else a.dtype
                 # a tensor with another reader is copied: a model may change its input in place
                 arrays[model_input] = np.array(a, dtype) if tensor in self.worker.shared else a.astype(dtype, copy=False)
-            batch: Tensors = next(iter(arrays.values())) if step.single_input else arrays
-            sink = _StepSink(self, step, batch, len(next(iter(arrays.values()))))
-            self.flying[step.index] = sink
+            if not arrays:
+                raise Internal("every input it takes is missing from the decoupled step's response")
+            batch: Tensors = next(iter(arrays.values())) if step.single_input and len(arrays) == 1 else arrays
+            kind = _StreamStepSink if step.decoupled else _StepSink
+            sink = kind(self, step, key, batch, len(next(iter(arrays.values()))))
+            self.flying[(step.index, key)] = sink
+            if key:  # run for a decoupled step's response: held, as that response was, plus its overhead
+                self.held += sink.nbytes + RESPONSE_OVERHEAD_BYTES
             sink.worker = entry.worker
             sink.item = entry.worker.submit(sink, priority=self.priority, deadline=self.deadline)
         except WsserveError as exc:
-            self.flying.pop(step.index, None)
-            self.step_failed(step, exc)
+            self._landed(step, key)
+            self._step_error(step, exc)
         except Exception as exc:  # noqa: BLE001 - e.g. MemoryError copying a tensor: this request ends, answered
             log.exception("ensemble %r step %d (model %r) could not be queued", self.worker.name, step.index, step.model)
-            self.flying.pop(step.index, None)
-            self.step_failed(step, Internal(f"could not queue the step: {type(exc).__name__}: {exc}"))
+            self._landed(step, key)
+            self._step_error(step, Internal(f"could not queue the step: {type(exc).__name__}: {exc}"))
+
+    def _landed(self, step: PlannedStep, key: Key) -> None:
+        """The step run at ``key`` is no longer in flight (its inputs no longer held for it)."""
+        sink = self.flying.pop((step.index, key), None)
+        if sink is not None and key:
+            self.held -= sink.nbytes + RESPONSE_OVERHEAD_BYTES
 
     def step_done(self, sink: _StepSink, outputs: Tensors) -> None:
+        """A step answering once: its outputs at its key."""
         step = sink.step
-        self.flying.pop(step.index, None)
+        self._landed(step, sink.key)
         if self.done:
             return
         if not isinstance(outputs, dict):
             outputs = {step.output_names[0]: outputs}
-        try:
-            for model_output, tensor in step.yields:
-                self.tensors[tensor] = outputs[model_output]
-        except KeyError as exc:
-            self.fail(Internal(f"{self._label(step)}: its model returned no output {exc.args[0]!r}"))
+        missing = [o for o, _ in step.yields if o not in outputs]
+        if missing:
+            self.fail(Internal(f"{self._label(step)}: its model returned no output {missing[0]!r}"))
             return
-        self.advance()
+        for model_output, tensor in step.yields:
+            self._keep(tensor, sink.key, outputs[model_output])
+        self._advance([t for _, t in step.yields], sink.key)
 
-    def step_failed(self, step: PlannedStep, exc: WsserveError) -> None:
-        self.flying.pop(step.index, None)
+    def step_response(self, sink: _StreamStepSink, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
+        """A decoupled step's response (None: its FINAL alone): its outputs at a key of their own
+        (an output it lacks is missing there), past the bound the request ends ``overloaded``."""
+        step = sink.step
+        if final:
+            self._landed(step, sink.key)
+        if self.done:
+            return
+        if outputs is None:
+            self._advance((), sink.key)
+            return
+        nbytes = RESPONSE_OVERHEAD_BYTES + sum(map(array_bytes, outputs.values()))
+        limit = self.worker.max_pending_bytes
+        if self.held > 0 and self.held + nbytes > limit:
+            self.fail(Overloaded(
+                f"{self._label(step)}: {sink.responses + 1} responses of model {step.model!r} were sent and "
+                f"{self.held + nbytes} bytes of them are held inside the ensemble (its steps' tensors not yet "
+                f"through the steps after it, or responses unread by the client; max_write_buffer_bytes={limit}); "
+                "the request is cancelled"))
+            return
+        key = sink.key + (sink.responses,)
+        sink.responses += 1
+        if self.worker.plan.outputs_from == step.index:
+            self.answers.append(key)
+        for model_output, tensor in step.yields:
+            self._keep(tensor, key, outputs.get(model_output))
+        self._advance([t for _, t in step.yields], key)
+
+    def step_failed(self, sink: _StepSink, exc: WsserveError) -> None:
+        self._landed(sink.step, sink.key)
+        self._step_error(sink.step, exc)
+
+    def _step_error(self, step: PlannedStep, exc: WsserveError) -> None:
         if self.done:
             return
         if isinstance(exc, UnknownModel):
@@ -327,16 +481,66 @@ class _Run:
                 setattr(error, status, getattr(exc, status))
         self.fail(error)
 
+    # -- answers
+
+    def _answer(self) -> None:
+        """Answer each key whose outputs all exist, in order; once no step is in flight, end."""
+        decoupled = self.worker.decoupled
+        while not self.done and self.answers and all(self._has(o, self.answers[0]) for o in self.outputs):
+            if not decoupled:  # one answer, once every step ran (as before: steps writing nothing read run too)
+                if self.flying:
+                    return
+                self._finish()
+                return
+            key = self.answers.popleft()
+            out = {name: value for name in self.outputs if (value := self._take(name, key)) is not None}
+            nbytes = RESPONSE_OVERHEAD_BYTES + sum(map(array_bytes, out.values()))
+            self.held += nbytes
+            self._respond(out, not self.flying and not self.answers, nbytes)
+        if not self.done and not self.flying:
+            if self.answers:
+                self.fail(Internal(f"ensemble {self.worker.name!r}: no step is left to run but its outputs are not "
+                                   "all written"))
+            elif decoupled:
+                self._respond(None, True, 0)
+
+    def _respond(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
+        """One response to the request's sink (``final``: the last; the request then ended)."""
+        if final:
+            self.done = True
+            self.worker.ended(self)
+        if outputs is not None:
+            self.responses += 1
+        try:
+            if not self.sink.finished:
+                self.sink.on_response(outputs, final, nbytes)
+        except WsserveError as exc:
+            self.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug in the request's sink ends only it
+            log.exception("result sink of an ensemble %r request failed", self.worker.name)
+            self.fail(Internal(f"internal error delivering a response: {type(exc).__name__}: {exc}"[:512]))
+
+    def written(self, nbytes: int) -> None:
+        """The transport wrote a response of ``nbytes`` (as ``on_response`` counted it) to its client."""
+        self.held = max(0, self.held - nbytes)
+
     def _stop_steps(self) -> None:
         flying, self.flying = self.flying, {}
         for sink in flying.values():
             sink.stop()
+        self.tensors, self.left = {}, {}
 
     def fail(self, exc: WsserveError) -> None:
-        if self.done:
-            return
+        was_done = self.done
         self.done = True
         self._stop_steps()
+        if was_done:  # (a final response's sink failing: the request was ended already)
+            try:
+                if not self.sink.finished:
+                    self.sink.on_error(exc)
+            except Exception:  # noqa: BLE001
+                log.exception("result sink of an ensemble %r request failed in on_error", self.worker.name)
+            return
         self.worker.ended(self)
         try:
             if not self.sink.finished:
@@ -355,9 +559,9 @@ class _Run:
         self.done = True
         self.worker.ended(self)
         # the outputs asked for (a pruned request has only those): one array for a one-output ensemble
-        out: Tensors = (self.tensors[self.outputs[0]] if len(self.worker.plan.outputs) == 1
-                        else {o: self.tensors[o] for o in self.outputs})
-        self.tensors = {}
+        values = {o: self.tensors[o][()] for o in self.outputs}
+        out: Tensors = values[self.outputs[0]] if len(self.worker.plan.outputs) == 1 else values
+        self.tensors, self.left = {}, {}
         if self.sink.finished:
             return
         n = self.sink.n
@@ -380,12 +584,23 @@ class EnsembleWorker:
 
     explainer = None
 
-    def __init__(self, model: EnsembleModel, lookup: Lookup) -> None:
-        """``lookup``: the pool's (a step's model version at the time its step starts)."""
+    def __init__(self, model: EnsembleModel, lookup: Lookup, *, max_pending_bytes: int = 8 << 20,
+                 drain_timeout_s: float = 10.0) -> None:
+        """``lookup``: the pool's (a step's model version at the time its step starts).
+        ``max_pending_bytes`` (``--max-write-buffer-bytes``): what one request of a decoupled ensemble
+        may hold inside it (see the module docstring); ``drain_timeout_s``: how long :meth:`wait_idle`
+        waits for a decoupled ensemble's requests (one whose decoupled step never ends)."""
         self.model = model
         self.plan = model.plan
         self.name = model.name
         self.lookup = lookup
+        #: a step is decoupled: each request streams any number of responses (the transports stream it
+        #: as a decoupled model's: :attr:`wsserve.pool.ModelEntry.decoupled`)
+        self.decoupled = model.plan.decoupled
+        self.max_pending_bytes = max_pending_bytes
+        self.drain_timeout_s = drain_timeout_s
+        #: the ensemble's input tensors (a request's own, not counted against ``max_pending_bytes``)
+        self.plan_inputs = frozenset(s.name for s in model.plan.inputs)
         #: Ensemble tensors read more than once (by two steps, twice by one, or by a step and as an
         #: output): each step gets its own copy, as in Triton, since a model may change its input in place.
         self.shared = _shared_tensors(model.plan)
@@ -419,11 +634,20 @@ class EnsembleWorker:
             self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Return once no request is in flight."""
+        """Return once no request is in flight; for a decoupled ensemble, at most ``drain_timeout_s``
+        after the call (a decoupled step that never sends FINAL): :meth:`close` ends the rest."""
         assert self._idle is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.drain_timeout_s if self.decoupled else None
         while self._runs:
             self._idle.clear()
-            await self._idle.wait()
+            if until is None:
+                await self._idle.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, until - loop.time()))
+            except TimeoutError:
+                return
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> _Run:
         """Start ``sink``'s request: its first steps are queued at once.  Only the steps needed for
@@ -436,6 +660,8 @@ class EnsembleWorker:
         that cannot be queued fails the request through its sink."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
+        if self.decoupled and not callable(getattr(sink, "on_response", None)):
+            raise BadRequest(refusal(self.name))
         if getattr(sink, "explain", False):
             raise BadRequest(self.explain_refusal)
         if self.max_batch_size > 0 and sink.n > self.max_batch_size:

@@ -794,7 +794,10 @@ class ModelRegistry:
         if (held is not None and held.state == "ready" and isinstance(held.entry.model, EnsembleModel)
                 and held.entry.model.plan == model.plan and held.entry.model.config == mscan.config):
             return  # a step model changed in nothing the ensemble sees
-        _, replaced = self.pool.serve(name, v, model, worker=EnsembleWorker(model, self.pool.lookup))
+        cfg = self.pool.config
+        worker = EnsembleWorker(model, self.pool.lookup, max_pending_bytes=cfg.max_write_buffer_bytes,
+                                drain_timeout_s=cfg.drain_timeout_s)
+        _, replaced = self.pool.serve(name, v, model, worker=worker)
         log.info("serving ensemble %r version %s (steps: %s)", name, v, ", ".join(mscan.config.ensemble.step_models))
         if replaced is not None:
             self._drain(replaced, forget=False)

@@ -14,9 +14,11 @@ consumes or produces the tensor), ``version_policy``, and
 ready), input_map { key: "<step model input>" value: "<ensemble tensor>" },
 output_map { key: "<step model output>" value: "<ensemble tensor>" } } ] }``
 (1..:data:`MAX_STEPS` steps).  Refused, naming the field: ``backend``,
-``sequence_batching``, ``batch_input``/``batch_output``, a decoupled
-transaction policy, ``model_namespace``; other fields are hints listed in
-:attr:`~.config.ModelConfig.warnings`.
+``sequence_batching``, ``batch_input``/``batch_output``, ``model_namespace``;
+other fields are hints listed in :attr:`~.config.ModelConfig.warnings`.
+``model_transaction_policy`` is accepted and not read: whether an ensemble is
+decoupled follows from its steps, as Triton sets it
+(:attr:`~.ensemble_plan.EnsemblePlan.decoupled`).
 """
 
 from __future__ import annotations
@@ -128,10 +130,7 @@ def parse_ensemble(cfg: Any, path: Path, name: str, *,
     for field, value in cfg.ListFields():
         if field.name in _REFUSED:
             raise ConfigError(path, field.name, f"is not supported in an ensemble: {_REFUSED[field.name]}")
-        if field.name == "model_transaction_policy":
-            if value.decoupled:
-                raise ConfigError(path, "model_transaction_policy.decoupled",
-                                  "is not supported: wsserve answers each infer request once")
+        if field.name == "model_transaction_policy":  # Triton's ValidateEnsembleConfig sets it from the steps
             continue
         if field.name not in _READ:
             warnings.append(field.name)

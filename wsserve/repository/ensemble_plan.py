@@ -17,7 +17,17 @@ step model that batches (``max_batch_size`` > 0) allows at least the ensemble's
 a step model may be an ensemble, but no ensemble may reach itself through its steps
 (Triton's "circular dependency between ensembles", checked on the ensembles' configs:
 :func:`ensemble_cycle`).  wsserve refuses what it cannot run: a step model that is
-generative or decoupled.
+generative.
+
+A step model may be decoupled (any number of responses per request: a decoupled Triton Python
+model, or an ensemble that is itself decoupled).  As in Triton (``ValidateEnsembleConfig``'s
+"decouple labels"), each tensor belongs to the lineage of the last decoupled step it flows from
+(the ensemble's inputs and the steps before any decoupled one: none); a step's inputs, and the
+ensemble's outputs, must all come from one lineage ("receives inputs originated from different
+decoupled models"), and the ensemble is decoupled (:attr:`EnsemblePlan.decoupled`) when any step
+is: each response of a decoupled step flows through the steps after it, and the ensemble answers
+once per set of outputs that reaches its end (Triton sets the ensemble's
+``model_transaction_policy.decoupled`` itself, whatever its config says).
 
 :func:`needed_steps` prunes a plan for the outputs one request asks for, as Triton's
 ``EnsembleContext`` does (``core/src/ensemble_scheduler.cc``): a step none of whose
@@ -69,6 +79,8 @@ class PlannedStep:
     single_input: bool
     single_output: bool
     output_names: tuple[str, ...]  # the model's outputs, in order
+    #: its model answers any number of responses per request (each one flows on through the steps after it)
+    decoupled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,11 @@ class EnsemblePlan:
     steps: tuple[PlannedStep, ...]
     signatures: tuple[StepSignature, ...]
     max_batch_size: int = 0
+    #: a step is decoupled: the ensemble answers any number of responses per request (as Triton sets it)
+    decoupled: bool = False
+    #: the decoupled step (its index) whose responses the ensemble's outputs flow from, one ensemble
+    #: response per response of it; None: the outputs flow from no decoupled step (one response)
+    outputs_from: int | None = None
 
 
 class EnsembleError(ValueError):
@@ -121,8 +138,6 @@ class _Planner:
             raise self.fail(f"model {step.model!r} is not ready ({found})", i)
         if found.kind != "predict":
             raise self.fail(f"model {step.model!r} is generative: an ensemble's steps must be predictive models", i)
-        if found.decoupled:
-            raise self.fail(f"model {step.model!r} is decoupled: an ensemble's steps must answer each request once", i)
         mbs = self.config.max_batch_size
         if found.max_batch_size != 0 and found.max_batch_size < mbs:  # Triton's rule (ValidateEnsembleConfig)
             raise self.fail(f"the ensemble's max_batch_size is {mbs} but model {step.model!r} allows at most "
@@ -253,6 +268,7 @@ def plan_ensemble(config: EnsembleConfig,
         p.agree(t.name, writer[0], f"ensemble output {t.name!r}", _spec(t, t.shape or shape))
         outputs.append(_spec(t, shape))
     order = p.order(deps)
+    outputs_from = _check_lineages(p, sigs, order)
     inputs = []
     for t in config.inputs:
         shape = p.writers[t.name][2]  # type: ignore[index]
@@ -265,8 +281,38 @@ def plan_ensemble(config: EnsembleConfig,
         steps.append(PlannedStep(
             i, step.model, step.version, tuple((s.name, feeds[s.name]) for s in sig.inputs if s.name in feeds),
             step.output_map,
-            frozenset(feeds.values()), len(sig.inputs) == 1, len(sig.outputs) == 1, tuple(s.name for s in sig.outputs)))
-    return EnsemblePlan(config.name, tuple(inputs), tuple(outputs), tuple(steps), tuple(sigs), config.max_batch_size)
+            frozenset(feeds.values()), len(sig.inputs) == 1, len(sig.outputs) == 1, tuple(s.name for s in sig.outputs),
+            sig.decoupled))
+    return EnsemblePlan(config.name, tuple(inputs), tuple(outputs), tuple(steps), tuple(sigs), config.max_batch_size,
+                        any(sig.decoupled for sig in sigs), outputs_from)
+
+
+def _check_lineages(p: _Planner, sigs: list[StepSignature], order: list[int]) -> int | None:
+    """Triton's check of a decoupled workflow: each tensor's lineage is the last decoupled step it
+    flows from (-1: none); a step's mapped inputs, and the ensemble's outputs, must share one.
+    Returns the outputs' (None: no decoupled step)."""
+    lineage: dict[str, int] = {t.name: -1 for t in p.config.inputs if t.name is not None}
+
+    def origin(line: int) -> str:
+        return "no decoupled step" if line < 0 else f"decoupled step {line} (model {p.config.steps[line].model!r})"
+
+    def common(tensors: list[str], i: int | None, what: str) -> int:
+        lines = {tensor: lineage[tensor] for tensor in tensors}
+        if len(set(lines.values())) > 1:
+            first, other = tensors[0], next(t for t in tensors if lines[t] != lines[tensors[0]])
+            raise p.fail(f"{what} originated from different decoupled models: ensemble tensor "
+                         f"{first!r} comes from {origin(lines[first])}, {other!r} from {origin(lines[other])} (a "
+                         "decoupled step's responses flow on one by one, so a step cannot pair them with tensors "
+                         "of another lineage)", i, other)
+        return lines[tensors[0]] if tensors else -1
+
+    for i in order:
+        step = p.config.steps[i]
+        line = common([tensor for _, tensor in step.input_map], i, "the step receives inputs")
+        for _, tensor in step.output_map:
+            lineage[tensor] = i if sigs[i].decoupled else line
+    line = common([t.name for t in p.config.outputs if t.name is not None], None, "the ensemble's outputs are")
+    return None if line < 0 else line
 
 
 def ensemble_cycle(name: str, ensembles: Mapping[str, Iterable[str]]) -> tuple[str, ...] | None:

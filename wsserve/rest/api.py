@@ -546,7 +546,11 @@ class HttpApi:
         if entry.decoupled:  # one execute per request (no batching window), any number of responses
             inputs, outputs = self._signature(entry)
             batching = {"inputs": inputs, "outputs": outputs, "decoupled": True,
-                        "queue_policy": triton.queue_policy(entry.worker.max_queue_requests, None, True)}
+                        "queue_policy": triton.queue_policy(getattr(entry.worker, "max_queue_requests", None), None, True)}
+            steps = getattr(entry.model, "triton_steps", None)  # a decoupled ensemble's (a step is decoupled)
+            if callable(steps):
+                batching["ensemble_steps"] = steps()
+                max_rows = min(max_rows, entry.model.config.max_batch_size) or max_rows
         elif entry.kind == "predict":
             inputs, outputs = self._signature(entry)
             queue = entry.worker.queue
