@@ -331,7 +331,11 @@ class ModelRegistry:
         self._builtin_order = tuple(builtin_names)
         self._builtin_names = frozenset(builtin_names)
         self._repos = [Path(r) for r in repositories]
-        self._scans: dict[Path, RepositoryScan] = {}
+        self._scans: dict[Path, RepositoryScan] = {}  # what each repository held when last planned against
+        # what each model's served versions were loaded from (the hot reload's changes once applied, a load's):
+        # what an admin load compares its files with (a change planned but not yet applied, or one that
+        # failed to load, is not in it)
+        self._applied: dict[str, ModelScan] = {}
         self._owner: dict[str, Path] = {}  # model name -> the repository it comes from
         self._deferred: dict[str, set[int]] = {}  # policy unloads waiting for another ready version
         self._scan_lock = asyncio.Lock()  # scans and plans, and self._scans
@@ -587,8 +591,15 @@ class ModelRegistry:
             async with self._holding(name):
                 if name in self._unloaded:  # an admin unloaded it since this was planned
                     return
+                failed: set[int] = set()
                 for action in actions:
-                    await self._apply(repo, current, action)
+                    failed |= await self._apply(repo, current, action)
+                mscan = current.model(name)
+                if mscan is None or any(isinstance(a, RemoveModel) for a in actions):
+                    self._applied.pop(name, None)
+                elif mscan.error is None:  # (a config file made invalid: the model serves on as it was)
+                    self._applied[name] = _loaded_scan(self._applied.get(name), mscan, version=None, failed=failed,
+                                                       refresh=any(isinstance(a, ReloadModel) for a in actions))
         except Exception:  # noqa: BLE001 - a reload bug must not stop other models' changes
             log.exception("applying repository changes to model %r failed", name)
 
@@ -611,7 +622,9 @@ class ModelRegistry:
             keep.append(m)
         return RepositoryScan(current.path, tuple(keep), current.ignored, current.error)
 
-    async def _apply(self, repo: Path, current: RepositoryScan, action: Any) -> None:
+    async def _apply(self, repo: Path, current: RepositoryScan, action: Any) -> set[int]:
+        """Apply one planned ``action``; returns the versions it failed to load."""
+        failed: set[int] = set()
         name = getattr(action, "model", None)
         mscan = current.model(name) if name is not None else None
         if isinstance(action, ReportError):
@@ -621,14 +634,15 @@ class ModelRegistry:
                 self.pool.set_state(action.model, str(action.version), "failed", action.reason)
         elif isinstance(action, (LoadVersion, ReloadVersion)):
             assert mscan is not None
-            await self._load(action.model, action.version, action.path, mscan)
+            if not await self._load(action.model, action.version, action.path, mscan):
+                failed.add(action.version)
         elif isinstance(action, ReloadModel):
             assert mscan is not None
             held = {int(v) for v, s in self.pool.status(action.model).items() if v.isdigit() and s.entry is not None}
             for version in action.versions:
                 vscan = mscan.version(version)
-                if vscan is not None:
-                    await self._load(action.model, version, vscan.path, mscan)
+                if vscan is not None and not await self._load(action.model, version, vscan.path, mscan):
+                    failed.add(version)
             for version in held - set(action.versions):
                 self._unload(action.model, version)
         elif isinstance(action, UnloadVersion):
@@ -643,6 +657,7 @@ class ModelRegistry:
             if self._owner.get(action.model) == repo:
                 del self._owner[action.model]
             self._ensembles.pop(action.model, None)
+        return failed
 
     def _has_other_ready(self, name: str, version: int) -> bool:
         return any(s.state == "ready" and v != str(version) for v, s in self.pool.status(name).items())
@@ -894,13 +909,13 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ admin operations
 
-    def _held_scan(self, repo: Path, name: str) -> ModelScan | None:
-        """The scan of ``repo`` the model ``name`` serves from (loaded at start-up, by the hot
-        reload or by a load), or None when it serves no version (never loaded, unloaded, failed)."""
+    def _held_scan(self, name: str) -> ModelScan | None:
+        """The scan the model ``name`` serves from (loaded at start-up, by the hot reload or by a
+        load: ``_applied``, not a change the hot reload planned and has yet to apply, nor one that
+        failed to load), or None when it serves no version (never loaded, unloaded, failed)."""
         if not any(s.entry is not None and s.state != "unloading" for s in self.pool.status(name).values()):
             return None
-        held = self._scans.get(repo)
-        return held.model(name) if held is not None else None
+        return self._applied.get(name)
 
     def _repo_of(self, name: str) -> Path:
         """The repository holding ``name`` (an admin operation's name, from the wire).  Raises
@@ -951,6 +966,7 @@ class ModelRegistry:
             if version is None:
                 self._unloaded.add(name)
                 self._overridden.discard(name)
+                self._applied.pop(name, None)
         else:
             repo = self._repo_of(name)
             loop = asyncio.get_running_loop()
@@ -969,7 +985,7 @@ class ModelRegistry:
             # against the scan it was loaded from), nothing when they did not.  A changed config file
             # reloads the whole model (as Triton's load of a modified model), a changed version directory
             # that version; a removed one (or one its policy leaves out now) stops.
-            held_scan = self._held_scan(repo, name) if op == "load" else None
+            held_scan = self._held_scan(name) if op == "load" else None
             changes = [] if held_scan is None else plan(RepositoryScan(repo, (held_scan,)), RepositoryScan(repo, (mscan,)))
             refresh = any(isinstance(a, ReloadModel) for a in changes)
             stale = {a.version for a in changes if isinstance(a, ReloadVersion)
@@ -1031,6 +1047,7 @@ class ModelRegistry:
                 self._overridden.discard(name)
             recorded = _loaded_scan(held_scan, mscan, refresh=refresh, version=asked.version if asked is not None else None,
                                     failed=failed)
+            self._applied[name] = recorded
             async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan
