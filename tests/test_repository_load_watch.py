@@ -104,3 +104,37 @@ async def test_a_load_waiting_behind_the_watcher_loads_a_change_the_watcher_plan
         status = await load
         assert status.states() == {"2": "ready"}
         assert repo.infer() == expect(3, 2, 10)  # what the files hold when it answered
+
+
+async def test_a_change_the_watcher_planned_before_a_load_of_newer_files_does_not_replace_what_the_load_served(
+        repo: WatchedRepo) -> None:
+    from wsserve_client import Client, UnknownModelError
+
+    # config.pbtxt is a link to a file outside the watched repository: its edits are seen by a scan,
+    # not by the watcher (so the watcher plans only the changes the test shows it)
+    outside = repo.gate.parent / "outside.pbtxt"
+    outside.write_text((repo.model / "config.pbtxt").read_text())
+    (repo.model / "config.pbtxt").unlink()
+    (repo.model / "config.pbtxt").symlink_to(outside)
+    assert repo.infer() == expect(2, 2)
+    (repo.gate / "init").touch()
+    (repo.model / "2" / "model.py").write_text(GATED_PY.format(offset=10))  # the watcher reloads version 2: held
+    await wait_until_async(lambda: (repo.gate / "initializing").exists(), 60.0, what="the watcher's reload started")
+    async with Client(repo.proc.url) as c:
+        load = asyncio.create_task(c.load("scaled"))  # waits for the model's lock, behind the watcher's reload
+        await c.models()
+        outside.write_text(outside.read_text().replace('string_value: "2"', 'string_value: "3"'))
+        (repo.model.parent / "probe").mkdir()  # a change the watcher sees: its rescan plans scale 3 (after the load)
+        (repo.model.parent / "probe" / "config.pbtxt").write_text(
+            outside.read_text().replace('name: "scaled"', 'name: "probe"'))
+        (repo.model.parent / "probe" / "2").mkdir()
+        (repo.model.parent / "probe" / "2" / "model.py").write_text(MODEL_PY.format(offset=0))
+        await wait_until_async(lambda: "serving model 'probe'" in repo.proc.stderr_text(), 60.0,
+                               what="the watcher's rescan that saw scale 3")
+        outside.write_text(outside.read_text().replace('string_value: "3"', 'string_value: "4"'))  # unseen by the watcher
+        (repo.gate / "init").unlink()  # the watcher's reload of version 2 ends; then the load runs
+        await load
+        assert repo.infer() == expect(4, 2, 10)  # the load served the files as they are now
+        with pytest.raises(UnknownModelError):  # after the watcher's planned change (scale 3), if it runs
+            await c.unload("scaled", version=99)
+        assert repo.infer() == expect(4, 2, 10)  # not replaced by the older change

@@ -28,11 +28,14 @@ default), warmed up and batched with their own settings; their names are theirs 
 
 Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
 come from the connection core; authorisation is the core's.  A ``load`` of a model that serves
-plans, as a rescan would, against the scan it was loaded from (``_scans``): nothing changed, nothing
-is loaded; a changed config file reloads the model, a changed version directory that version, a
-removed one stops (Triton's explicit load of a modified model), by the same ``_load`` swap as the
-hot reload.  A reload that fails raises ``BadRequest`` and leaves its change unrecorded, so the next
-load (or rescan) tries it again.
+plans, as a rescan would, against the scan what it serves was loaded from (``_applied``: not the
+rescan's last scan, ``_scans``, which may hold a change planned and not yet applied, or one whose
+load failed): nothing changed, nothing is loaded; a changed config file reloads the model, a
+changed version directory that version, a removed one stops (Triton's explicit load of a modified
+model), by the same ``_load`` swap as the hot reload.  A reload that fails raises ``BadRequest`` and
+leaves its change unrecorded, so the next load (or rescan) tries it again.  Scans are numbered as
+they start: a hot-reload change planned from a scan older than the one a load then served the
+model from whole is not applied after it (it would serve older files).
 
 Concurrency: what happens to one model is serialised (its own lock: a hot-reload change and an
 admin operation on it run one after the other, in the order they came), different models do
@@ -336,6 +339,10 @@ class ModelRegistry:
         # what an admin load compares its files with (a change planned but not yet applied, or one that
         # failed to load, is not in it)
         self._applied: dict[str, ModelScan] = {}
+        # scans are numbered as they start (rescans and loads); a model an admin load served whole from its
+        # scan number n applies no hot-reload change planned from an older scan (its files were older)
+        self._scan_seq = 0
+        self._loaded_seq: dict[str, int] = {}
         self._owner: dict[str, Path] = {}  # model name -> the repository it comes from
         self._deferred: dict[str, set[int]] = {}  # policy unloads waiting for another ready version
         self._scan_lock = asyncio.Lock()  # scans and plans, and self._scans
@@ -533,6 +540,8 @@ class ModelRegistry:
         """Scan ``repo`` and plan (caller holds ``_scan_lock``); start one task per model that
         changed, applying its actions in order after what that model is doing.  Returns them."""
         loop = asyncio.get_running_loop()
+        self._scan_seq += 1
+        seq = self._scan_seq
         current = await loop.run_in_executor(None, scan, repo)
         current = self._filtered(repo, current)
         previous = self._scans.get(repo)
@@ -553,7 +562,7 @@ class ModelRegistry:
                 per_model.setdefault(name, []).append(action)
         tasks = []
         for name, actions in per_model.items():
-            task = loop.create_task(self._apply_model(repo, current, name, actions), name=f"wsserve-apply-{name}")
+            task = loop.create_task(self._apply_model(repo, current, name, actions, seq), name=f"wsserve-apply-{name}")
             self._applying.add(task)
             task.add_done_callback(self._applying.discard)
             tasks.append(task)
@@ -585,11 +594,14 @@ class ModelRegistry:
         models = await asyncio.get_running_loop().run_in_executor(None, rescanned)
         return RepositoryScan(current.path, models, current.ignored, current.error)
 
-    async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any]) -> None:
-        """Apply one model's planned ``actions``, holding its lock; failures are logged."""
+    async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any], seq: int) -> None:
+        """Apply one model's planned ``actions`` (of scan number ``seq``), holding its lock; failures are logged."""
         try:
             async with self._holding(name):
                 if name in self._unloaded:  # an admin unloaded it since this was planned
+                    return
+                if self._loaded_seq.get(name, 0) > seq:  # an admin load served it whole from newer files since
+                    log.info("model %r: a change planned from an older scan is not applied: a load served newer files", name)
                     return
                 failed: set[int] = set()
                 for action in actions:
@@ -597,6 +609,7 @@ class ModelRegistry:
                 mscan = current.model(name)
                 if mscan is None or any(isinstance(a, RemoveModel) for a in actions):
                     self._applied.pop(name, None)
+                    self._loaded_seq.pop(name, None)
                 elif mscan.error is None:  # (a config file made invalid: the model serves on as it was)
                     self._applied[name] = _loaded_scan(self._applied.get(name), mscan, version=None, failed=failed,
                                                        refresh=any(isinstance(a, ReloadModel) for a in actions))
@@ -913,9 +926,11 @@ class ModelRegistry:
         """The scan the model ``name`` serves from (loaded at start-up, by the hot reload or by a
         load: ``_applied``, not a change the hot reload planned and has yet to apply, nor one that
         failed to load), or None when it serves no version (never loaded, unloaded, failed)."""
-        if not any(s.entry is not None and s.state != "unloading" for s in self.pool.status(name).values()):
-            return None
-        return self._applied.get(name)
+        return self._applied.get(name) if self._serves(name) else None
+
+    def _serves(self, name: str) -> bool:
+        """Does ``name`` serve a version (not only one on its way out)?"""
+        return any(s.entry is not None and s.state != "unloading" for s in self.pool.status(name).values())
 
     def _repo_of(self, name: str) -> Path:
         """The repository holding ``name`` (an admin operation's name, from the wire).  Raises
@@ -970,6 +985,8 @@ class ModelRegistry:
         else:
             repo = self._repo_of(name)
             loop = asyncio.get_running_loop()
+            self._scan_seq += 1
+            seq = self._scan_seq
             mscan = await loop.run_in_executor(None, scan_one, repo, name)  # that model's directory only
             if mscan is None:
                 raise UnknownModel(f"no model named {name!r} in the model repository")
@@ -986,6 +1003,9 @@ class ModelRegistry:
             # reloads the whole model (as Triton's load of a modified model), a changed version directory
             # that version; a removed one (or one its policy leaves out now) stops.
             held_scan = self._held_scan(name) if op == "load" else None
+            # what it serves then reflects this scan whole (unless a version fails, or one version is loaded):
+            # reloaded, compared with what it was loaded from, or loaded from nothing
+            from_scan = op == "reload" or held_scan is not None or not self._serves(name)
             changes = [] if held_scan is None else plan(RepositoryScan(repo, (held_scan,)), RepositoryScan(repo, (mscan,)))
             refresh = any(isinstance(a, ReloadModel) for a in changes)
             stale = {a.version for a in changes if isinstance(a, ReloadVersion)
@@ -1048,6 +1068,8 @@ class ModelRegistry:
             recorded = _loaded_scan(held_scan, mscan, refresh=refresh, version=asked.version if asked is not None else None,
                                     failed=failed)
             self._applied[name] = recorded
+            if from_scan and version is None and not failed:  # served whole from this scan: older planned changes are stale
+                self._loaded_seq[name] = seq
             async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan
