@@ -28,11 +28,14 @@ default), warmed up and batched with their own settings; their names are theirs 
 
 Admin operations (``load``, ``unload``, ``reload`` of a model or a version)
 come from the connection core; authorisation is the core's.  A ``load`` of a model that serves
-plans, as a rescan would, against the scan it was loaded from (``_scans``): nothing changed, nothing
-is loaded; a changed config file reloads the model, a changed version directory that version, a
-removed one stops (Triton's explicit load of a modified model), by the same ``_load`` swap as the
-hot reload.  A reload that fails raises ``BadRequest`` and leaves its change unrecorded, so the next
-load (or rescan) tries it again.
+plans, as a rescan would, against the scan what it serves was loaded from (``_applied``: not the
+rescan's last scan, ``_scans``, which may hold a change planned and not yet applied, or one whose
+load failed): nothing changed, nothing is loaded; a changed config file reloads the model, a
+changed version directory that version, a removed one stops (Triton's explicit load of a modified
+model), by the same ``_load`` swap as the hot reload.  A reload that fails raises ``BadRequest`` and
+leaves its change unrecorded, so the next load (or rescan) tries it again.  Scans are numbered as
+they start: a hot-reload change planned from a scan older than the one a load then served the
+model from whole is not applied after it (it would serve older files).
 
 Concurrency: what happens to one model is serialised (its own lock: a hot-reload change and an
 admin operation on it run one after the other, in the order they came), different models do
@@ -331,7 +334,15 @@ class ModelRegistry:
         self._builtin_order = tuple(builtin_names)
         self._builtin_names = frozenset(builtin_names)
         self._repos = [Path(r) for r in repositories]
-        self._scans: dict[Path, RepositoryScan] = {}
+        self._scans: dict[Path, RepositoryScan] = {}  # what each repository held when last planned against
+        # what each model's served versions were loaded from (the hot reload's changes once applied, a load's):
+        # what an admin load compares its files with (a change planned but not yet applied, or one that
+        # failed to load, is not in it)
+        self._applied: dict[str, ModelScan] = {}
+        # scans are numbered as they start (rescans and loads); a model an admin load served whole from its
+        # scan number n applies no hot-reload change planned from an older scan (its files were older)
+        self._scan_seq = 0
+        self._loaded_seq: dict[str, int] = {}
         self._owner: dict[str, Path] = {}  # model name -> the repository it comes from
         self._deferred: dict[str, set[int]] = {}  # policy unloads waiting for another ready version
         self._scan_lock = asyncio.Lock()  # scans and plans, and self._scans
@@ -529,6 +540,8 @@ class ModelRegistry:
         """Scan ``repo`` and plan (caller holds ``_scan_lock``); start one task per model that
         changed, applying its actions in order after what that model is doing.  Returns them."""
         loop = asyncio.get_running_loop()
+        self._scan_seq += 1
+        seq = self._scan_seq
         current = await loop.run_in_executor(None, scan, repo)
         current = self._filtered(repo, current)
         previous = self._scans.get(repo)
@@ -549,7 +562,7 @@ class ModelRegistry:
                 per_model.setdefault(name, []).append(action)
         tasks = []
         for name, actions in per_model.items():
-            task = loop.create_task(self._apply_model(repo, current, name, actions), name=f"wsserve-apply-{name}")
+            task = loop.create_task(self._apply_model(repo, current, name, actions, seq), name=f"wsserve-apply-{name}")
             self._applying.add(task)
             task.add_done_callback(self._applying.discard)
             tasks.append(task)
@@ -581,14 +594,25 @@ class ModelRegistry:
         models = await asyncio.get_running_loop().run_in_executor(None, rescanned)
         return RepositoryScan(current.path, models, current.ignored, current.error)
 
-    async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any]) -> None:
-        """Apply one model's planned ``actions``, holding its lock; failures are logged."""
+    async def _apply_model(self, repo: Path, current: RepositoryScan, name: str, actions: list[Any], seq: int) -> None:
+        """Apply one model's planned ``actions`` (of scan number ``seq``), holding its lock; failures are logged."""
         try:
             async with self._holding(name):
                 if name in self._unloaded:  # an admin unloaded it since this was planned
                     return
+                if self._loaded_seq.get(name, 0) > seq:  # an admin load served it whole from newer files since
+                    log.info("model %r: a change planned from an older scan is not applied: a load served newer files", name)
+                    return
+                failed: set[int] = set()
                 for action in actions:
-                    await self._apply(repo, current, action)
+                    failed |= await self._apply(repo, current, action)
+                mscan = current.model(name)
+                if mscan is None or any(isinstance(a, RemoveModel) for a in actions):
+                    self._applied.pop(name, None)
+                    self._loaded_seq.pop(name, None)
+                elif mscan.error is None:  # (a config file made invalid: the model serves on as it was)
+                    self._applied[name] = _loaded_scan(self._applied.get(name), mscan, version=None, failed=failed,
+                                                       refresh=any(isinstance(a, ReloadModel) for a in actions))
         except Exception:  # noqa: BLE001 - a reload bug must not stop other models' changes
             log.exception("applying repository changes to model %r failed", name)
 
@@ -611,7 +635,9 @@ class ModelRegistry:
             keep.append(m)
         return RepositoryScan(current.path, tuple(keep), current.ignored, current.error)
 
-    async def _apply(self, repo: Path, current: RepositoryScan, action: Any) -> None:
+    async def _apply(self, repo: Path, current: RepositoryScan, action: Any) -> set[int]:
+        """Apply one planned ``action``; returns the versions it failed to load."""
+        failed: set[int] = set()
         name = getattr(action, "model", None)
         mscan = current.model(name) if name is not None else None
         if isinstance(action, ReportError):
@@ -621,14 +647,15 @@ class ModelRegistry:
                 self.pool.set_state(action.model, str(action.version), "failed", action.reason)
         elif isinstance(action, (LoadVersion, ReloadVersion)):
             assert mscan is not None
-            await self._load(action.model, action.version, action.path, mscan)
+            if not await self._load(action.model, action.version, action.path, mscan):
+                failed.add(action.version)
         elif isinstance(action, ReloadModel):
             assert mscan is not None
             held = {int(v) for v, s in self.pool.status(action.model).items() if v.isdigit() and s.entry is not None}
             for version in action.versions:
                 vscan = mscan.version(version)
-                if vscan is not None:
-                    await self._load(action.model, version, vscan.path, mscan)
+                if vscan is not None and not await self._load(action.model, version, vscan.path, mscan):
+                    failed.add(version)
             for version in held - set(action.versions):
                 self._unload(action.model, version)
         elif isinstance(action, UnloadVersion):
@@ -643,6 +670,7 @@ class ModelRegistry:
             if self._owner.get(action.model) == repo:
                 del self._owner[action.model]
             self._ensembles.pop(action.model, None)
+        return failed
 
     def _has_other_ready(self, name: str, version: int) -> bool:
         return any(s.state == "ready" and v != str(version) for v, s in self.pool.status(name).items())
@@ -897,13 +925,15 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ admin operations
 
-    def _held_scan(self, repo: Path, name: str) -> ModelScan | None:
-        """The scan of ``repo`` the model ``name`` serves from (loaded at start-up, by the hot
-        reload or by a load), or None when it serves no version (never loaded, unloaded, failed)."""
-        if not any(s.entry is not None and s.state != "unloading" for s in self.pool.status(name).values()):
-            return None
-        held = self._scans.get(repo)
-        return held.model(name) if held is not None else None
+    def _held_scan(self, name: str) -> ModelScan | None:
+        """The scan the model ``name`` serves from (loaded at start-up, by the hot reload or by a
+        load: ``_applied``, not a change the hot reload planned and has yet to apply, nor one that
+        failed to load), or None when it serves no version (never loaded, unloaded, failed)."""
+        return self._applied.get(name) if self._serves(name) else None
+
+    def _serves(self, name: str) -> bool:
+        """Does ``name`` serve a version (not only one on its way out)?"""
+        return any(s.entry is not None and s.state != "unloading" for s in self.pool.status(name).values())
 
     def _repo_of(self, name: str) -> Path:
         """The repository holding ``name`` (an admin operation's name, from the wire).  Raises
@@ -954,9 +984,12 @@ class ModelRegistry:
             if version is None:
                 self._unloaded.add(name)
                 self._overridden.discard(name)
+                self._applied.pop(name, None)
         else:
             repo = self._repo_of(name)
             loop = asyncio.get_running_loop()
+            self._scan_seq += 1
+            seq = self._scan_seq
             mscan = await loop.run_in_executor(None, scan_one, repo, name)  # that model's directory only
             if mscan is None:
                 raise UnknownModel(f"no model named {name!r} in the model repository")
@@ -972,7 +1005,10 @@ class ModelRegistry:
             # against the scan it was loaded from), nothing when they did not.  A changed config file
             # reloads the whole model (as Triton's load of a modified model), a changed version directory
             # that version; a removed one (or one its policy leaves out now) stops.
-            held_scan = self._held_scan(repo, name) if op == "load" else None
+            held_scan = self._held_scan(name) if op == "load" else None
+            # what it serves then reflects this scan whole (unless a version fails, or one version is loaded):
+            # reloaded, compared with what it was loaded from, or loaded from nothing
+            from_scan = op == "reload" or held_scan is not None or not self._serves(name)
             changes = [] if held_scan is None else plan(RepositoryScan(repo, (held_scan,)), RepositoryScan(repo, (mscan,)))
             refresh = any(isinstance(a, ReloadModel) for a in changes)
             stale = {a.version for a in changes if isinstance(a, ReloadVersion)
@@ -1034,6 +1070,9 @@ class ModelRegistry:
                 self._overridden.discard(name)
             recorded = _loaded_scan(held_scan, mscan, refresh=refresh, version=asked.version if asked is not None else None,
                                     failed=failed)
+            self._applied[name] = recorded
+            if from_scan and version is None and not failed:  # served whole from this scan: older planned changes are stale
+                self._loaded_seq[name] = seq
             async with self._scan_lock:  # after a scan in progress has set its own
                 previous = self._scans.get(repo)
                 if previous is not None:  # remember what is now held, for the next hot-reload plan
