@@ -421,7 +421,11 @@ export interface PredictResponsesOptions extends CallOptions {
   /** Pin a model version (default: the server's default version). */
   version?: Version;
   timeoutMs?: number;
-  priority?: 0 | 1;
+  /** As {@link PredictOptions.priority}. */
+  priority?: number;
+  /** As {@link PredictOptions.binary}: each response's `outputs` are {@link Tensor}s (`{name: Tensor}` for
+   *  several outputs). */
+  binary?: boolean;
   traceparent?: string;
   tracestate?: string;
 }
@@ -429,7 +433,8 @@ export interface PredictResponsesOptions extends CallOptions {
 /** One response of a decoupled model (a `response` frame). */
 export interface ModelResponse {
   seq: number;
-  /** Rows, or `{name: rows}` for a model with several outputs. */
+  /** Rows, or `{name: rows}` for a model with several outputs; with the `binary` option a {@link Tensor}
+   *  (`{name: Tensor}`). */
   outputs: any;
   /** The model sent it with its FINAL flag. */
   final: boolean;

@@ -146,7 +146,7 @@ const CONNECT_OPTIONS = Object.freeze(['signal']);
 const UNARY_OPTIONS = Object.freeze(['signal', 'timeoutMs']);
 const PREDICT_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'explain', 'binary', 'traceparent', 'tracestate']);
 const PREDICT_STREAM_OPTIONS = Object.freeze([...PREDICT_OPTIONS, 'chunkRows']);
-const PREDICT_RESPONSES_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'traceparent', 'tracestate']);
+const PREDICT_RESPONSES_OPTIONS = Object.freeze(['signal', 'version', 'timeoutMs', 'priority', 'binary', 'traceparent', 'tracestate']);
 const GENERATE_OPTIONS = Object.freeze([
   'signal', 'version', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'presencePenalty', 'frequencyPenalty',
   'repetitionPenalty', 'logitBias', 'seed', 'stop', 'stopTokenIds', 'minTokens', 'includeStopStrInOutput',
@@ -1857,7 +1857,9 @@ export class Client extends EventTarget {
    * (any number, zero included); `stream.done` is `{reason, responses, timing, version}` at the
    * end. `cancel()` (or leaving the loop) cancels the request: the model sees it cancelled. The
    * server's error (the model's, a slow consumer's `overloaded`) is thrown after the responses
-   * before it. Options: `version`, `timeoutMs`, `priority`, `signal`, `traceparent`/`tracestate`.
+   * before it. Options: `version`, `timeoutMs`, `priority`, `signal`, `traceparent`/`tracestate`, and
+   * `binary` (as for `predict`: `inputs` sent as a binary tensor frame, each response's `outputs` as
+   * {@link Tensor}s, `{name: Tensor}` for a model with several outputs).
    * @returns {PredictResponses}
    */
   predictResponses(model, inputs, opts) {

@@ -97,6 +97,25 @@ describe('decoupled models', () => {
     }
   });
 
+  it('binary: the inputs go as a tensor frame and each response comes back as a tensor', async () => {
+    const c = new Client(srv.url);
+    try {
+      const stream = c.predictResponses('square_int32', { data: new Int32Array([3]), shape: [1, 1] }, { binary: true });
+      const got = [];
+      for await (const r of stream) got.push(r);
+      assert.deepEqual(got.map((r) => r.seq), [0, 1, 2]);
+      for (const r of got) {
+        assert.equal(r.final, false);
+        assert.ok(r.outputs.data instanceof Int32Array, 'a tensor in the model\'s own dtype, not JSON rows');
+        assert.deepEqual([Array.from(r.outputs.data), r.outputs.shape, r.outputs.dtype], [[3], [1, 1], 'int32']);
+      }
+      assert.equal(stream.done.responses, 3);
+      assert.equal(stream.done.reason, 'complete');
+    } finally {
+      await c.close();
+    }
+  });
+
   it('throws the error response after the responses before it', async () => {
     const c = new Client(srv.url);
     try {
