@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import custommetrics
 from ..errors import (
     BadRequest,
     Cancelled,
@@ -272,9 +273,22 @@ class TritonPythonModel(RepositoryModel):
     #: set by the registry before the warm-up); None (loaded without a server): ``exec()`` raises.
     bls_gateway: bls.Gateway | None = None
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *,
+                 custom_metrics: custommetrics.CustomMetrics | None = None) -> None:
+        """``custom_metrics``: the server's (:attr:`wsserve.metrics.Metrics.custom`), where the
+        model's ``pb_utils.MetricFamily`` objects go; None (loaded without a server): a store of
+        its own, shown nowhere."""
         assert config.triton_model_config is not None, "a config.pbtxt with backend: \"python\""
         self.name, self.version, self.path, self.config = name, version, Path(path), config
+        #: What this version's code made of custom metrics: removed at :meth:`close`.
+        self._metrics = (custom_metrics or custommetrics.CustomMetrics()).owner(name, version)
+        try:
+            self._init(name, version, config)
+        except BaseException:
+            self._metrics.close()
+            raise
+
+    def _init(self, name: str, version: int, config: ModelConfig) -> None:
         self.inputs, self.outputs = _specs(config)
         #: config.pbtxt's ``reshape``: input name -> the model's per-row dims; output name -> the wire's
         self._reshape_in = {t.name: t.model_dims for t in config.inputs or () if t.model_dims is not None}
@@ -284,7 +298,8 @@ class TritonPythonModel(RepositoryModel):
         self._ragged = any(s.variable for s in self.outputs)
         #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (see the module docstring).
         self.decoupled = config.decoupled
-        module = exec_triton_model_file(self.path, name, version)
+        with custommetrics.owning(self._metrics):
+            module = exec_triton_model_file(self.path, name, version)
         cls = getattr(module, "TritonPythonModel", None)
         if not isinstance(cls, type):
             raise ModelLoadError(self.path, "defines no class TritonPythonModel (backend: \"python\" in config.pbtxt)")
@@ -305,11 +320,12 @@ class TritonPythonModel(RepositoryModel):
 
     def _serving_caller(self) -> bls.Caller | None:
         """This model as a BLS caller once initialized, until closed (see :func:`.bls.from_code`)."""
-        return None if self.closed else bls.Caller(self.name, self.version, self.bls_gateway)
+        return None if self.closed else bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)
 
     def _call_at_load(self, what: str, fn: Any, *args: Any) -> Any:
         try:
-            return fn(*args)
+            with custommetrics.owning(self._metrics):
+                return fn(*args)
         except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
             raise ModelLoadError(self.path, f"TritonPythonModel.{what} raised {type(exc).__name__}: {exc}") from exc
 
@@ -415,7 +431,7 @@ class TritonPythonModel(RepositoryModel):
                        for r, rid in zip(requests, ids, strict=True)]
         instance = self._free.get()
         try:
-            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway)):
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):
                 responses = call_model_code(_call_execute, instance.execute, pb_requests)
         except pb.TritonError as exc:
             raise TritonError(exc.message(), exc.code()) from exc
@@ -512,7 +528,7 @@ class TritonPythonModel(RepositoryModel):
         request._sender = pb.ResponseSender(deliver, stream.cancelled)
         instance = self._free.get()
         try:
-            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway)):  # exec() from execute
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):  # exec() from execute
                 returned = call_model_code(_call_execute, instance.execute, [request])  # async def too
         except pb.TritonError as exc:
             stream.fail(TritonError(exc.message(), exc.code()).to_wire(f"model {name!r} failed: TritonError: {exc}"))
@@ -611,6 +627,7 @@ class TritonPythonModel(RepositoryModel):
             return
         super().close()
         failure = self._finalize_all()
+        self._metrics.close()  # what the version made leaves /metrics (Triton: its objects' destructors)
         if failure is not None:
             raise failure
 
@@ -621,7 +638,8 @@ class TritonPythonModel(RepositoryModel):
             finalize = getattr(instance, "finalize", None)
             if callable(finalize):
                 try:
-                    call_model_code(finalize)
+                    with custommetrics.owning(self._metrics):
+                        call_model_code(finalize)
                 except Exception as exc:  # noqa: BLE001 - finalize the others first
                     failure = failure or exc
         return failure
