@@ -85,7 +85,7 @@ from ..errors import (
 )
 from ..models.base import call_model_code
 from ..shapes import MAX_VALUES, VARIABLE
-from ..worker import RequestErrors, RequestOutputs, concat_rows
+from ..worker import RequestErrors, RequestOutputs, RequestParameters, concat_rows
 from . import bls
 from . import triton_pb_utils as pb
 from .backend import Batch, RepositoryModel, check_outputs, make_info
@@ -118,7 +118,8 @@ class _WarmupStream:
         self.failure: WsserveError | None = None
         self.stopped = False  # ended because the load was abandoned
 
-    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
+    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool,
+                parameters: dict[str, Any] | None = None) -> None:
         if final:
             with self._lock:
                 self._ended.set()
@@ -366,11 +367,14 @@ class TritonPythonModel(RepositoryModel):
         docstring.  Raises :class:`TritonError` (the first) when a response is an error."""
         x = self._named(batch)
         y = self.predict_requests(batch, [len(next(iter(x.values())))])
+        if isinstance(y, RequestParameters):
+            y = y.outputs
         if isinstance(y, RequestErrors):
             raise next(iter(y.errors.values()))
         return y.parts[0] if isinstance(y, RequestOutputs) else y
 
-    def predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None) -> Batch | RequestErrors:
+    def predict_requests(self, batch: Batch, rows: list[int],
+                         ids: list[str] | None = None) -> Batch | RequestErrors | RequestParameters:
         """``batch``'s rows as consecutive requests of ``rows[i]`` rows each (request id ``ids[i]``,
         ``""`` without ``ids``), in one ``execute`` call (``max_batch_size: 0``: one request per row,
         each with its request's id).  Returns the outputs of every row in order (a model with a
@@ -381,7 +385,10 @@ class TritonPythonModel(RepositoryModel):
         index in ``rows`` (the first of a request's), their rows zeros.  Raises ``ValueError`` for a
         wrong answer (a variable output of more than :data:`~wsserve.shapes.MAX_VALUES` values
         per row included), ``RuntimeError`` for an exception in ``execute``, :class:`TritonError`
-        for a ``pb_utils.TritonError`` it raised (each naming the model)."""
+        for a ``pb_utils.TritonError`` it raised (each naming the model).  Responses with
+        ``parameters``: all that wrapped in :class:`~wsserve.worker.RequestParameters`, each
+        request's (the parameters of its rows' responses merged in row order, without a batch
+        dimension)."""
         self._require_open()
         x = self._named(batch)
         ids = ids or [""] * len(rows)
@@ -397,7 +404,11 @@ class TritonPythonModel(RepositoryModel):
                 requests.append({k: v[start:start + r] for k, v in x.items()})
                 start += r
             owner, request_ids = list(range(len(rows))), ids
-        outs = self._execute(requests, request_ids)
+        outs, params = self._execute(requests, request_ids)
+        parameters: dict[int, dict[str, Any]] = {}
+        for i, p in enumerate(params):
+            if p:
+                parameters.setdefault(owner[i], {}).update(p)
         errors: dict[int, BaseException] = {}
         for i, out in enumerate(outs):
             if isinstance(out, TritonError):
@@ -411,7 +422,8 @@ class TritonPythonModel(RepositoryModel):
                                      for p in _grouped(outs, owner)))
         else:
             y = self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
-        return RequestErrors(y, errors) if errors else y
+        answer = RequestErrors(y, errors) if errors else y
+        return RequestParameters(answer, parameters) if parameters else answer
 
     def _placeholder(self, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Zeros for the outputs of a request answered with an error (never delivered; a variable
@@ -420,8 +432,9 @@ class TritonPythonModel(RepositoryModel):
         return {s.name: s.zeros(lead + tuple(0 if d == VARIABLE else d for d in s.shape)) for s in self.outputs}
 
     def _execute(self, requests: list[dict[str, np.ndarray]],
-                 ids: list[str]) -> list[dict[str, np.ndarray] | TritonError]:
-        """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error."""
+                 ids: list[str]) -> tuple[list[dict[str, np.ndarray] | TritonError], list[dict[str, Any]]]:
+        """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error,
+        and each response's parameters (``{}``: none)."""
         wanted = [s.name for s in self.outputs]
         # a stateful model's request id is a SequenceId: its correlation id and START/END flags
         pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=str(rid),
@@ -444,12 +457,14 @@ class TritonPythonModel(RepositoryModel):
             raise ValueError(f"model {self.name!r}: execute must return one InferenceResponse per request "
                              f"({len(requests)}), got {got}")
         outs: list[dict[str, np.ndarray] | TritonError] = []
+        params: list[dict[str, Any]] = []
         for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
             if not isinstance(resp, pb.InferenceResponse):
                 raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
                                  "not a pb_utils.InferenceResponse")
             outs.append(TritonError.of(resp.error()) if resp.has_error() else self._outputs(i, req, resp))
-        return outs
+            params.append({} if resp.has_error() else resp.parameters_dict())
+        return outs, params
 
     def _model_side(self, name: str, value: np.ndarray) -> np.ndarray:
         """Input ``name`` of one request as the model takes it: in config.pbtxt's ``reshape`` (rows first
@@ -518,9 +533,12 @@ class TritonPythonModel(RepositoryModel):
                 except (ValueError, InvalidInput) as exc:
                     stream.fail(Internal(f"model {name!r} sent a wrong response: {exc}"))
                     return
-                stream.respond(outputs, final)
+                stream.respond(outputs, final, response.parameters_dict() or None)
 
-        named = self._named(inputs)
+        # (JSON rows of a one-float-vector model come as checked nested lists: the model gets arrays)
+        dtypes = {s.name: s.np_dtype for s in self.inputs if s.dtype != "bytes"}
+        named = {k: v if isinstance(v, np.ndarray) else np.asarray(v, dtype=dtypes.get(k))
+                 for k, v in self._named(inputs).items()}
         tensors = named if self.config.batching else {k: v[0] for k, v in named.items()}
         request = pb.InferenceRequest(model_name=name, requested_output_names=[s.name for s in self.outputs],
                                       request_id=request_id,
