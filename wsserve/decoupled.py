@@ -129,8 +129,11 @@ class DecoupledStream:
         """True once the request ended on wsserve's side (``pb_utils``' ``is_cancelled()``)."""
         return self._stop.is_set()
 
-    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
-        """A checked response (None: FINAL without one) to hand to the sink; dropped once ended.
+    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool,
+                parameters: dict[str, Any] | None = None) -> None:
+        """A checked response (None: FINAL without one) to hand to the sink, with its
+        ``parameters`` (the model's, bounded there; given to a sink that has ``on_parameters``
+        before each of its responses, None when a response has none); dropped once ended.
         One that would put more than ``max_pending_bytes`` unwritten (none is: it is taken) ends
         the request with ``overloaded`` instead: a slow consumer."""
         if self._stop.is_set():
@@ -150,7 +153,7 @@ class DecoupledStream:
                 f"slow consumer: {sent} responses of model {self._worker.name!r} were sent and {unwritten} bytes "
                 f"of them are unread by the client (max_write_buffer_bytes={limit}); the request is cancelled"))
             return
-        self._worker._call(self._on_response, outputs, final, nbytes)
+        self._worker._call(self._on_response, outputs, final, nbytes, parameters)
 
     def fail(self, exc: WsserveError) -> None:
         """End the request with ``exc`` (a no-op once it ended)."""
@@ -188,12 +191,16 @@ class DecoupledStream:
             except Exception:  # noqa: BLE001 - a bug in one sink touches no other request
                 log.exception("the sink of a %s request failed in on_error", self._worker.name)
 
-    def _on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
+    def _on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int,
+                     parameters: dict[str, Any] | None = None) -> None:
         if self.ended:
             return
         if outputs is not None:
             self.responses += 1
         try:
+            take = getattr(self.sink, "on_parameters", None)
+            if take is not None and outputs is not None:
+                take(parameters)
             self.sink.on_response(outputs, final, nbytes)
         except WsserveError as exc:
             self._finish(exc)

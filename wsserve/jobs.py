@@ -14,6 +14,7 @@ records what they measured when they finish.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -135,6 +136,7 @@ class PredictJob(Job):
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
         "_attr_parts", "_attr_pending", "binary_outputs", "shared_outputs", "_names", "_head", "sequence",
+        "parameters",
     )
 
     @property
@@ -197,6 +199,8 @@ class PredictJob(Job):
         #: :meth:`on_batch_outputs`, and :meth:`on_rows` has a fast path for it.
         self.shared_outputs = not (req.stream or req.explain or req.binary_outputs) and req.seed_form is None
         self._head = entry.result_head
+        #: the model's response parameters (:meth:`on_parameters`), None: none
+        self.parameters: dict[str, Any] | None = None
 
     def _stop_work(self) -> None:
         if self.item is not None:
@@ -213,6 +217,13 @@ class PredictJob(Job):
 
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)
+
+    def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
+        """The worker's: the model's response parameters, before the rows they answer (merged, a
+        request split over responses); the ``result`` frame (or a stream's ``done``) carries them."""
+        if parameters:
+            self.parameters = {**(self.parameters or {}), **parameters}
+            self.shared_outputs = False  # its frame is its own: no batch-shared encoding
 
     def on_batch_outputs(self, out: BatchOutputs, a: int, b: int, queue_s: float) -> None:
         """All of a plain predict's rows at once, as rows ``a .. b`` of its batch's outputs: the
@@ -237,7 +248,8 @@ class PredictJob(Job):
                 attributions: np.ndarray | None = None) -> None:
         if self.finished:
             return
-        if self.shared_outputs and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n:
+        if (self.shared_outputs and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n
+                and self.parameters is None):
             # The common case - a plain predict whose rows all come in one delivery - in one step: the
             # same frame and figures as the general path below, without its bookkeeping (-0.3 us a request).
             timing = timing_fields(queue_s, compute_s, batch_rows)
@@ -274,6 +286,8 @@ class PredictJob(Job):
         elif self.binary_outputs:
             fields: dict[str, Any] = {"type": "result", "id": self.id, "model": self.model, "version": self.version,
                                       "timing": self._timing()}
+            if self.parameters:
+                fields["parameters"] = self.parameters
             if self.explain:
                 parts = self._attr_parts
                 fields["explanation"] = self.explanation
@@ -287,9 +301,10 @@ class PredictJob(Job):
             parts = self._attr_parts
             attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
             frame = encode_result(self.id, self.model, self.version, outputs, self._timing(),
-                                  attributions, self.explanation)
+                                  attributions, self.explanation, self.parameters)
         else:
-            frame = encode_result(self.id, self.model, self.version, outputs, self._timing())
+            frame = encode_result(self.id, self.model, self.version, outputs, self._timing(),
+                                  parameters=self.parameters)
         self._terminal(frame, "ok")
 
     def _stream_rows(self, start: int, outputs: np.ndarray, last: bool) -> None:
@@ -323,7 +338,8 @@ class PredictJob(Job):
                     self._send_chunk(offset + cut, rest, arest)
                     self._pending, self._pending_rows, self._attr_pending = [], 0, []
         if last:
-            frame = encode_predict_done(self.id, self.n, self._timing(), self.version, self.explanation)
+            frame = encode_predict_done(self.id, self.n, self._timing(), self.version, self.explanation,
+                                        self.parameters)
             self._terminal(frame, "ok")
 
     def _named(self, outputs: Tensors, attributions: np.ndarray) -> dict[str, np.ndarray]:
@@ -356,7 +372,8 @@ class DecoupledJob(Job):
     buffer over ``max_write_buffer_bytes``) ends the request with ``overloaded`` rather than
     queueing more behind a client that does not read."""
 
-    __slots__ = ("inputs", "n", "worker", "item", "responses", "queue_s", "explain", "one_output", "binary_outputs")
+    __slots__ = ("inputs", "n", "worker", "item", "responses", "queue_s", "explain", "one_output", "binary_outputs",
+                 "parameters")
 
     def __init__(self, owner: JobOwner, key: Any, req: Predict, entry: ModelEntry, inputs: Tensors, n: int,
                  nbytes: int, received_at: float, deadline: float | None) -> None:
@@ -364,6 +381,7 @@ class DecoupledJob(Job):
         #: the model lists one output: a response carrying it gives its rows, not ``{name: rows}``
         self.one_output = len(getattr(entry.model, "outputs", None) or ()) == 1
         self.binary_outputs = req.binary_outputs  # responses as binary tensor frames
+        self.parameters: Mapping[str, Any] | None = None  # the next response's (on_parameters)
         self.inputs = inputs
         self.n = n
         self.nbytes = nbytes
@@ -387,6 +405,10 @@ class DecoupledJob(Job):
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)
 
+    def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
+        """The stream's: the parameters of the response about to come (None: none)."""
+        self.parameters = parameters
+
     def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
         if self.finished:
             return
@@ -400,9 +422,11 @@ class DecoupledJob(Job):
                 outputs = next(iter(outputs.values()))
             if self.binary_outputs:
                 fields = {"type": "response", "id": self.id, "seq": self.responses, "final": final}
+                if self.parameters:
+                    fields["parameters"] = dict(self.parameters)
                 self.owner.send_binary(encode_tensor_frame(fields, outputs))
             else:
-                self.owner.send(encode_response(self.id, self.responses, outputs, final))
+                self.owner.send(encode_response(self.id, self.responses, outputs, final, self.parameters))
             self.responses += 1
         if self.item is not None:
             self.item.written(nbytes)  # (the connection's write buffer bounds what is unread)

@@ -27,6 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .custommetrics import CustomMetrics
+
 __all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE", "fold_dead_snapshot", "supervisor_snapshot"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -398,6 +400,9 @@ class Metrics:
         self.slow_consumers = 0
         self.worker = worker
         self._peers_dir = Path(peers_dir) if peers_dir is not None else None
+        #: The families the served models make (a Triton Python model's ``pb_utils.MetricFamily``),
+        #: rendered after the server's own; this process's only (not merged across ``--workers``).
+        self.custom = CustomMetrics()
         self.registry = CollectorRegistry(auto_describe=True)
         Info("wsserve", "wsserve build information.", registry=self.registry).info({"version": version})
         self.registry.register(_Collector(self))
@@ -594,4 +599,5 @@ class Metrics:
         os.replace(tmp, path)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: the server's metrics, then the models' custom families (:attr:`custom`)."""
+        return generate_latest(self.registry) + self.custom.render()

@@ -1123,11 +1123,13 @@ def _array(outputs: Any) -> bytes:
 def encode_result(
     rid: RequestId | None, model: str, version: str, outputs: Any, timing: dict[str, Any],
     attributions: np.ndarray | None = None, explanation: dict[str, Any] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> bytes:
     """``result`` of a predict: ``outputs`` is ``[n, ...]`` (any numeric dtype and layout),
     or ``{name: [n, ...]}`` for a model with named outputs.  With ``attributions``
     (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
-    ``explanation`` (method, baseline, target, steps)."""
+    ``explanation`` (method, baseline, target, steps).  ``parameters``: the model's response
+    parameters (a Triton Python model's), carried as ``parameters`` when not empty."""
     if type(outputs) is np.ndarray and outputs.dtype.kind != "O":  # the common case, without _contiguous's call
         outputs = np.ascontiguousarray(outputs)
     else:
@@ -1136,6 +1138,8 @@ def encode_result(
     if attributions is not None:
         frame["attributions"] = np.ascontiguousarray(attributions)
         frame["explanation"] = explanation
+    if parameters:
+        frame["parameters"] = dict(parameters)
     frame["timing"] = timing
     return orjson.dumps(frame, option=_NUMPY)
 
@@ -1192,13 +1196,16 @@ def encode_chunk(rid: RequestId | None, seq: int, offset: int, outputs: Any,
     )
 
 
-def encode_response(rid: RequestId | None, seq: int, outputs: Any, final: bool) -> bytes:
+def encode_response(rid: RequestId | None, seq: int, outputs: Any, final: bool,
+                    parameters: Mapping[str, Any] | None = None) -> bytes:
     """One ``response`` of a predict to a decoupled model: its ``seq`` (0, 1, ...), its outputs
-    (``[n, ...]``, or ``{name: [n, ...]}`` for a model with named outputs) and ``final`` (the
-    model sent it with its FINAL flag; the request's ``done`` follows it)."""
+    (``[n, ...]``, or ``{name: [n, ...]}`` for a model with named outputs), its ``parameters``
+    (the model's, when it gave any) and ``final`` (the model sent it with its FINAL flag; the
+    request's ``done`` follows it)."""
+    extra = b',"parameters":' + orjson.dumps(dict(parameters)) if parameters else b""
     return (
         b'{"type":"response","id":' + _id(rid) + b',"seq":' + str(seq).encode() + b',"outputs":' + _array(outputs)
-        + (b',"final":true}' if final else b',"final":false}')
+        + extra + (b',"final":true}' if final else b',"final":false}')
     )
 
 
@@ -1209,14 +1216,18 @@ def encode_responses_done(rid: RequestId | None, responses: int, timing: dict[st
 
 
 def encode_predict_done(rid: RequestId | None, rows: int, timing: dict[str, Any], version: str | None = None,
-                        explanation: dict[str, Any] | None = None) -> bytes:
+                        explanation: dict[str, Any] | None = None,
+                        parameters: Mapping[str, Any] | None = None) -> bytes:
     """The terminal ``done`` of a streamed predict (``version``: the model version that computed it;
-    ``explanation``: how the chunks' attributions were computed, for an ``"explain": true`` predict)."""
+    ``explanation``: how the chunks' attributions were computed, for an ``"explain": true`` predict;
+    ``parameters``: the model's response parameters, when not empty)."""
     frame: dict[str, Any] = {"type": "done", "id": rid, "reason": "complete", "rows": rows, "timing": timing}
     if version is not None:
         frame["version"] = version
     if explanation is not None:
         frame["explanation"] = explanation
+    if parameters:
+        frame["parameters"] = dict(parameters)
     return orjson.dumps(frame)
 
 

@@ -74,6 +74,7 @@ from typing import Any
 from .batching import PriorityLevels
 from .bls import BlsGateway
 from .config import DEFAULT_MODEL_LOAD_TIMEOUT_S, flag
+from .custommetrics import CustomMetrics
 from .ensemble import EnsembleModel, EnsembleWorker, build_ensemble, depends_on
 from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
@@ -203,19 +204,21 @@ def _servable(model: Any, name: str) -> Any:
 
 
 def _load(name: str, version: int, path: Path, mscan: ModelScan, max_npz_bytes: int,
-          stop: threading.Event | None = None, bls_gateway: BlsGateway | None = None) -> Any:
+          stop: threading.Event | None = None, bls_gateway: BlsGateway | None = None,
+          custom_metrics: CustomMetrics | None = None) -> Any:
     """Load and warm up one version (blocking: runs in a thread).  Raises ``ModelLoadError`` and
     nothing else: whatever the model's own code raises (a ``Model.metrics`` property that raises,
     ``sys.exit()``, ``KeyboardInterrupt``) fails the version, naming its file.  ``stop`` set (the
     load abandoned) ends config.pbtxt's ``model_warmup`` samples before their next execution.
     ``bls_gateway``: set on a Triton Python model before its warm-up (its BLS requests' way to the
-    server's models)."""
+    server's models); ``custom_metrics``: where a Triton Python model's metric families go."""
     assert mscan.config is not None
     vscan = mscan.version(version)
     if vscan is not None and vscan.error is not None:  # the scan's error already starts with the path
         raise ModelLoadError(path, vscan.error.removeprefix(f"{path}: "))
     try:
-        model = load_version(name, version, path, mscan.config, max_npz_bytes=max_npz_bytes)
+        model = load_version(name, version, path, mscan.config, max_npz_bytes=max_npz_bytes,
+                             custom_metrics=custom_metrics)
     except ModelLoadError:
         raise
     except BaseException as exc:  # noqa: BLE001 - the model's code, past what its backend names
@@ -324,8 +327,9 @@ class ModelRegistry:
     def __init__(self, pool: ModelPool, *, builtin: Path | None = None, builtin_names: Iterable[str] = (),
                  repositories: Iterable[Path] = (),
                  model_load_timeout_s: float = DEFAULT_MODEL_LOAD_TIMEOUT_S,
-                 max_npz_bytes: int = MAX_NPZ_BYTES) -> None:
-        """``builtin``: the directory the trainer wrote the default models to (only
+                 max_npz_bytes: int = MAX_NPZ_BYTES, custom_metrics: CustomMetrics | None = None) -> None:
+        """``custom_metrics``: the server's (a Triton Python model's ``pb_utils.MetricFamily``
+        objects go there; None: each such model keeps its own, shown nowhere); ``builtin``: the directory the trainer wrote the default models to (only
         ``builtin_names`` of it are served); ``repositories``: the operator's;
         ``model_load_timeout_s``: a load's time limit where config.toml gives none;
         ``max_npz_bytes``: the arrays a model.npz may hold."""
@@ -350,6 +354,7 @@ class ModelRegistry:
         self._loads = asyncio.Semaphore(LOAD_CONCURRENCY)
         self._load_timeout_s = model_load_timeout_s
         self._max_npz_bytes = max_npz_bytes
+        self._custom_metrics = custom_metrics
         self._load_threads: dict[asyncio.Future[Any], str] = {}  # each load thread alive -> "model 'm' version 1"
         self._abandoned: set[asyncio.Future[Any]] = set()  # those past their timeout (or whose load was cancelled)
         self._applying: set[asyncio.Task[None]] = set()  # a rescan's changes, one task per model
@@ -741,6 +746,7 @@ class ModelRegistry:
         started = loop.time()
         stop = threading.Event()  # set when abandoned: its model_warmup executions stop
         future = _start_thread(_load, name, version, path, mscan, self._max_npz_bytes, stop, self._bls(),
+                               self._custom_metrics,
                                name=f"wsserve-load-{name}-{version}")
         self._load_threads[future] = label
         future.add_done_callback(lambda f: self._load_threads.pop(f, None))

@@ -129,7 +129,8 @@ class Server:
         self.registry = ModelRegistry(self.pool, builtin=builtin_repository, builtin_names=config.models,
                                       repositories=config.model_repository,
                                       model_load_timeout_s=self.config.model_load_timeout_s,
-                                      max_npz_bytes=self.config.max_npz_bytes)
+                                      max_npz_bytes=self.config.max_npz_bytes,
+                                      custom_metrics=self.metrics.custom)
         for name, model in (models or {}).items():
             self.registry.serve_object(name, model)
         self.pool.on_change = self._set_hello

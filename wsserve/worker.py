@@ -98,7 +98,7 @@ from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
 __all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "RequestErrors",
-           "RequestOutputs", "Tensors", "count_rows", "concat_rows", "request_id_of", "slice_rows"]
+           "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows", "request_id_of", "slice_rows"]
 
 log = logging.getLogger("wsserve.worker")
 
@@ -194,6 +194,27 @@ class RequestOutputs:
     request's rows and hands it out whole; a failed request's part is never read."""
 
     parts: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestParameters:
+    """What ``predict_requests(x, rows, ids)`` returns when its responses carry parameters (a
+    Triton Python model's ``InferenceResponse(parameters=)``): ``outputs`` is what it would return
+    otherwise (outputs, :class:`RequestErrors` or :class:`RequestOutputs`), ``parameters`` maps the
+    index in ``rows`` of a request to its response's parameters (``{str: bool | int | str}``,
+    bounded by the model).  The worker hands each request's to its sink's ``on_parameters(params)``
+    (a sink without it ignores them) before its rows."""
+
+    outputs: Any
+    parameters: Mapping[int, Mapping[str, Any]]
+
+
+def _give_parameters(sink: Any, parameters: Mapping[str, Any]) -> None:
+    """``sink.on_parameters(parameters)`` when the sink takes response parameters (see
+    :class:`RequestParameters`)."""
+    take = getattr(sink, "on_parameters", None)
+    if take is not None:
+        take(parameters)
 
 
 def request_id_of(sink: Any) -> str:
@@ -846,6 +867,10 @@ class PredictWorker:
         iso.compute_s += seconds
         if not _live(s.item):
             return
+        if isinstance(y, RequestParameters):  # its one request's
+            if 0 in y.parameters:
+                _give_parameters(s.item.payload, y.parameters[0])
+            y = y.outputs
         if isinstance(y, RequestErrors):  # its one request failed by itself
             exc = next(iter(y.errors.values()))
         elif type(y) is RequestOutputs:  # its one request's part
@@ -927,6 +952,11 @@ class PredictWorker:
                  inline: bool) -> None:
         compute_s = monotonic() - started
         errors = None
+        if isinstance(y, RequestParameters):
+            for i, params in y.parameters.items():
+                if 0 <= i < len(batch.slices) and _live(batch.slices[i].item):
+                    _give_parameters(batch.slices[i].item.payload, params)
+            y = y.outputs
         if isinstance(y, RequestErrors):
             y, errors = y.outputs, y.errors
         if type(y) is RequestOutputs:

@@ -57,6 +57,9 @@ class Caller:
     model: str
     version: int
     gateway: Gateway | None
+    #: the model version's custom metrics (:class:`wsserve.custommetrics.Owner`), for a
+    #: ``pb_utils.MetricFamily`` made in ``execute`` or a thread of the model's; None: none
+    metrics: Any = None
 
 
 _CALLER: ContextVar[Caller | None] = ContextVar("wsserve_bls_caller", default=None)

@@ -8,6 +8,7 @@ constructor can take long.  The result is not warmed up: call
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .backend import RepositoryModel
 from .config import ModelConfig
@@ -57,9 +58,10 @@ def find_model_file(version_dir: Path | str, backend: str | None = None, *, mode
 
 
 def load_version(name: str, version: int, version_dir: Path | str, config: ModelConfig, *,
-                 max_npz_bytes: int = MAX_NPZ_BYTES) -> RepositoryModel:
+                 max_npz_bytes: int = MAX_NPZ_BYTES, custom_metrics: Any = None) -> RepositoryModel:
     """Load ``version_dir`` of model ``name`` with its parsed ``config``; a model.npz may hold at
-    most ``max_npz_bytes`` of arrays.
+    most ``max_npz_bytes`` of arrays.  ``custom_metrics``: the server's
+    :class:`~wsserve.custommetrics.CustomMetrics`, for a Triton Python model's metric families.
 
     Raises :class:`ModelLoadError` (naming the file and the problem) for a
     missing/ambiguous/bad model file, a backend that is not installed, shapes
@@ -77,7 +79,7 @@ def load_version(name: str, version: int, version_dir: Path | str, config: Model
     if config.triton_model_config is not None:  # config.pbtxt's backend: "python"
         from .triton_backend import TritonPythonModel
 
-        return TritonPythonModel(name, version, path, config)
+        return TritonPythonModel(name, version, path, config, custom_metrics=custom_metrics)
     from .python_backend import PythonModel
 
     return PythonModel(name, version, path, config)

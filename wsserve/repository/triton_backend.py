@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import custommetrics
 from ..errors import (
     BadRequest,
     Cancelled,
@@ -84,7 +85,7 @@ from ..errors import (
 )
 from ..models.base import call_model_code
 from ..shapes import MAX_VALUES, VARIABLE
-from ..worker import RequestErrors, RequestOutputs, concat_rows
+from ..worker import RequestErrors, RequestOutputs, RequestParameters, concat_rows
 from . import bls
 from . import triton_pb_utils as pb
 from .backend import Batch, RepositoryModel, check_outputs, make_info
@@ -117,7 +118,8 @@ class _WarmupStream:
         self.failure: WsserveError | None = None
         self.stopped = False  # ended because the load was abandoned
 
-    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
+    def respond(self, outputs: dict[str, np.ndarray] | None, final: bool,
+                parameters: dict[str, Any] | None = None) -> None:
         if final:
             with self._lock:
                 self._ended.set()
@@ -272,9 +274,22 @@ class TritonPythonModel(RepositoryModel):
     #: set by the registry before the warm-up); None (loaded without a server): ``exec()`` raises.
     bls_gateway: bls.Gateway | None = None
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig) -> None:
+    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *,
+                 custom_metrics: custommetrics.CustomMetrics | None = None) -> None:
+        """``custom_metrics``: the server's (:attr:`wsserve.metrics.Metrics.custom`), where the
+        model's ``pb_utils.MetricFamily`` objects go; None (loaded without a server): a store of
+        its own, shown nowhere."""
         assert config.triton_model_config is not None, "a config.pbtxt with backend: \"python\""
         self.name, self.version, self.path, self.config = name, version, Path(path), config
+        #: What this version's code made of custom metrics: removed at :meth:`close`.
+        self._metrics = (custom_metrics or custommetrics.CustomMetrics()).owner(name, version)
+        try:
+            self._init(name, version, config)
+        except BaseException:
+            self._metrics.close()
+            raise
+
+    def _init(self, name: str, version: int, config: ModelConfig) -> None:
         self.inputs, self.outputs = _specs(config)
         #: config.pbtxt's ``reshape``: input name -> the model's per-row dims; output name -> the wire's
         self._reshape_in = {t.name: t.model_dims for t in config.inputs or () if t.model_dims is not None}
@@ -284,7 +299,8 @@ class TritonPythonModel(RepositoryModel):
         self._ragged = any(s.variable for s in self.outputs)
         #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (see the module docstring).
         self.decoupled = config.decoupled
-        module = exec_triton_model_file(self.path, name, version)
+        with custommetrics.owning(self._metrics):
+            module = exec_triton_model_file(self.path, name, version)
         cls = getattr(module, "TritonPythonModel", None)
         if not isinstance(cls, type):
             raise ModelLoadError(self.path, "defines no class TritonPythonModel (backend: \"python\" in config.pbtxt)")
@@ -305,11 +321,12 @@ class TritonPythonModel(RepositoryModel):
 
     def _serving_caller(self) -> bls.Caller | None:
         """This model as a BLS caller once initialized, until closed (see :func:`.bls.from_code`)."""
-        return None if self.closed else bls.Caller(self.name, self.version, self.bls_gateway)
+        return None if self.closed else bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)
 
     def _call_at_load(self, what: str, fn: Any, *args: Any) -> Any:
         try:
-            return fn(*args)
+            with custommetrics.owning(self._metrics):
+                return fn(*args)
         except BaseException as exc:  # noqa: BLE001 - sys.exit() or KeyboardInterrupt included
             raise ModelLoadError(self.path, f"TritonPythonModel.{what} raised {type(exc).__name__}: {exc}") from exc
 
@@ -350,11 +367,14 @@ class TritonPythonModel(RepositoryModel):
         docstring.  Raises :class:`TritonError` (the first) when a response is an error."""
         x = self._named(batch)
         y = self.predict_requests(batch, [len(next(iter(x.values())))])
+        if isinstance(y, RequestParameters):
+            y = y.outputs
         if isinstance(y, RequestErrors):
             raise next(iter(y.errors.values()))
         return y.parts[0] if isinstance(y, RequestOutputs) else y
 
-    def predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None) -> Batch | RequestErrors:
+    def predict_requests(self, batch: Batch, rows: list[int],
+                         ids: list[str] | None = None) -> Batch | RequestErrors | RequestParameters:
         """``batch``'s rows as consecutive requests of ``rows[i]`` rows each (request id ``ids[i]``,
         ``""`` without ``ids``), in one ``execute`` call (``max_batch_size: 0``: one request per row,
         each with its request's id).  Returns the outputs of every row in order (a model with a
@@ -365,7 +385,10 @@ class TritonPythonModel(RepositoryModel):
         index in ``rows`` (the first of a request's), their rows zeros.  Raises ``ValueError`` for a
         wrong answer (a variable output of more than :data:`~wsserve.shapes.MAX_VALUES` values
         per row included), ``RuntimeError`` for an exception in ``execute``, :class:`TritonError`
-        for a ``pb_utils.TritonError`` it raised (each naming the model)."""
+        for a ``pb_utils.TritonError`` it raised (each naming the model).  Responses with
+        ``parameters``: all that wrapped in :class:`~wsserve.worker.RequestParameters`, each
+        request's (the parameters of its rows' responses merged in row order, without a batch
+        dimension)."""
         self._require_open()
         x = self._named(batch)
         ids = ids or [""] * len(rows)
@@ -381,7 +404,11 @@ class TritonPythonModel(RepositoryModel):
                 requests.append({k: v[start:start + r] for k, v in x.items()})
                 start += r
             owner, request_ids = list(range(len(rows))), ids
-        outs = self._execute(requests, request_ids)
+        outs, params = self._execute(requests, request_ids)
+        parameters: dict[int, dict[str, Any]] = {}
+        for i, p in enumerate(params):
+            if p:
+                parameters.setdefault(owner[i], {}).update(p)
         errors: dict[int, BaseException] = {}
         for i, out in enumerate(outs):
             if isinstance(out, TritonError):
@@ -395,7 +422,8 @@ class TritonPythonModel(RepositoryModel):
                                      for p in _grouped(outs, owner)))
         else:
             y = self._unnamed({s.name: np.concatenate([o[s.name] for o in outs]) for s in self.outputs})
-        return RequestErrors(y, errors) if errors else y
+        answer = RequestErrors(y, errors) if errors else y
+        return RequestParameters(answer, parameters) if parameters else answer
 
     def _placeholder(self, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Zeros for the outputs of a request answered with an error (never delivered; a variable
@@ -404,8 +432,9 @@ class TritonPythonModel(RepositoryModel):
         return {s.name: s.zeros(lead + tuple(0 if d == VARIABLE else d for d in s.shape)) for s in self.outputs}
 
     def _execute(self, requests: list[dict[str, np.ndarray]],
-                 ids: list[str]) -> list[dict[str, np.ndarray] | TritonError]:
-        """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error."""
+                 ids: list[str]) -> tuple[list[dict[str, np.ndarray] | TritonError], list[dict[str, Any]]]:
+        """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error,
+        and each response's parameters (``{}``: none)."""
         wanted = [s.name for s in self.outputs]
         # a stateful model's request id is a SequenceId: its correlation id and START/END flags
         pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=str(rid),
@@ -415,7 +444,7 @@ class TritonPythonModel(RepositoryModel):
                        for r, rid in zip(requests, ids, strict=True)]
         instance = self._free.get()
         try:
-            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway)):
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):
                 responses = call_model_code(_call_execute, instance.execute, pb_requests)
         except pb.TritonError as exc:
             raise TritonError(exc.message(), exc.code()) from exc
@@ -428,12 +457,14 @@ class TritonPythonModel(RepositoryModel):
             raise ValueError(f"model {self.name!r}: execute must return one InferenceResponse per request "
                              f"({len(requests)}), got {got}")
         outs: list[dict[str, np.ndarray] | TritonError] = []
+        params: list[dict[str, Any]] = []
         for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
             if not isinstance(resp, pb.InferenceResponse):
                 raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
                                  "not a pb_utils.InferenceResponse")
             outs.append(TritonError.of(resp.error()) if resp.has_error() else self._outputs(i, req, resp))
-        return outs
+            params.append({} if resp.has_error() else resp.parameters_dict())
+        return outs, params
 
     def _model_side(self, name: str, value: np.ndarray) -> np.ndarray:
         """Input ``name`` of one request as the model takes it: in config.pbtxt's ``reshape`` (rows first
@@ -502,9 +533,12 @@ class TritonPythonModel(RepositoryModel):
                 except (ValueError, InvalidInput) as exc:
                     stream.fail(Internal(f"model {name!r} sent a wrong response: {exc}"))
                     return
-                stream.respond(outputs, final)
+                stream.respond(outputs, final, response.parameters_dict() or None)
 
-        named = self._named(inputs)
+        # (JSON rows of a one-float-vector model come as checked nested lists: the model gets arrays)
+        dtypes = {s.name: s.np_dtype for s in self.inputs if s.dtype != "bytes"}
+        named = {k: v if isinstance(v, np.ndarray) else np.asarray(v, dtype=dtypes.get(k))
+                 for k, v in self._named(inputs).items()}
         tensors = named if self.config.batching else {k: v[0] for k, v in named.items()}
         request = pb.InferenceRequest(model_name=name, requested_output_names=[s.name for s in self.outputs],
                                       request_id=request_id,
@@ -512,7 +546,7 @@ class TritonPythonModel(RepositoryModel):
         request._sender = pb.ResponseSender(deliver, stream.cancelled)
         instance = self._free.get()
         try:
-            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway)):  # exec() from execute
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):  # exec() from execute
                 returned = call_model_code(_call_execute, instance.execute, [request])  # async def too
         except pb.TritonError as exc:
             stream.fail(TritonError(exc.message(), exc.code()).to_wire(f"model {name!r} failed: TritonError: {exc}"))
@@ -611,6 +645,7 @@ class TritonPythonModel(RepositoryModel):
             return
         super().close()
         failure = self._finalize_all()
+        self._metrics.close()  # what the version made leaves /metrics (Triton: its objects' destructors)
         if failure is not None:
             raise failure
 
@@ -621,7 +656,8 @@ class TritonPythonModel(RepositoryModel):
             finalize = getattr(instance, "finalize", None)
             if callable(finalize):
                 try:
-                    call_model_code(finalize)
+                    with custommetrics.owning(self._metrics):
+                        call_model_code(finalize)
                 except Exception as exc:  # noqa: BLE001 - finalize the others first
                     failure = failure or exc
         return failure

@@ -22,8 +22,19 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   model's, or one a model built: :class:`TritonModelException`).
 - :class:`ResponseSender` (decoupled mode): ``send(response=None, flags=0)``, ``is_cancelled()``;
   Triton's argument checks and messages (``src/response_sender.cc``).
-- :class:`InferenceResponse` ``(output_tensors=[...], error=None)``: ``output_tensors()``,
-  ``has_error()``, ``error()``.
+- :class:`InferenceResponse` ``(output_tensors=[...], error=None, parameters=None)``:
+  ``output_tensors()``, ``has_error()``, ``error()``, ``parameters()`` (a JSON string).
+  ``parameters``: a dict of ``str`` keys to ``bool``/``int``/``str`` values (Triton's rule and
+  message; an ``int`` within int64), at most :data:`MAX_RESPONSE_PARAMETERS` of them and
+  :data:`MAX_RESPONSE_PARAMETERS_BYTES` bytes as JSON; the client gets them as the response's
+  ``parameters`` (OIP HTTP and gRPC, the WebSocket ``result`` and ``response`` frames).
+- :class:`MetricFamily` ``(name, description, kind)`` (``MetricFamily.COUNTER``, ``GAUGE``,
+  ``HISTOGRAM``) and its ``Metric(labels=None, buckets=None)``: ``increment(v)``, ``set(v)``,
+  ``observe(v)``, ``value()``, as Triton's custom metrics (on the server's ``/metrics``; rules,
+  caps and lifetime: :mod:`wsserve.custommetrics`).  Made in ``initialize``, ``execute``,
+  ``finalize`` or a thread of the model's; an error raises :class:`TritonModelException` with
+  Triton's prefix (``Failed to increment metric value: ...``).  Dropping a ``MetricFamily``
+  object deletes its metrics, as in Triton; unloading the version deletes all it made.
 - :class:`TritonError` ``(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``; the code
   chooses the request's wire error (an exception here: ``execute`` may also raise it).
 - :class:`TritonModelException`; :class:`ModelConfig` (what ``auto_complete_config`` gets);
@@ -40,19 +51,28 @@ No module state: every value lives on the objects.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
+import numbers
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
 
+from .. import custommetrics
 from . import bls
 
 __all__ = [
     "Tensor",
     "InferenceRequest",
     "InferenceResponse",
+    "MetricFamily",
+    "Metric",
+    "MetricKind",
+    "MAX_RESPONSE_PARAMETERS",
+    "MAX_RESPONSE_PARAMETERS_BYTES",
     "ResponseSender",
     "TritonError",
     "TritonModelException",
@@ -100,6 +120,11 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 
 _UNSUPPORTED = "is not supported by wsserve's Triton Python backend"
+
+#: Parameters one :class:`InferenceResponse` may carry, and their bytes as JSON.
+MAX_RESPONSE_PARAMETERS = 64
+MAX_RESPONSE_PARAMETERS_BYTES = 16384
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
 class TritonModelException(Exception):
@@ -269,9 +294,18 @@ class InferenceResponse:
     """``execute``'s answer to one request: its output tensors, or an ``error`` (a :class:`TritonError`)."""
 
     def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | str | None = None,
-                 parameters: Any = None) -> None:
+                 parameters: dict[str, bool | int | str] | None = None) -> None:
         self._tensors = list(output_tensors or [])
         self._error = TritonError(error) if isinstance(error, str) else error
+        self._parameters = _response_parameters(parameters)
+
+    def parameters(self) -> str:
+        """The response's parameters as a JSON object string (``"{}"``: none), as Triton's."""
+        return json.dumps(self._parameters)
+
+    def parameters_dict(self) -> dict[str, bool | int | str]:
+        """The parameters as a dict (wsserve's: what the client gets)."""
+        return dict(self._parameters)
 
     def output_tensors(self) -> list[Tensor]:
         return list(self._tensors)
@@ -281,6 +315,124 @@ class InferenceResponse:
 
     def error(self) -> TritonError | None:
         return self._error
+
+
+def _response_parameters(parameters: Any) -> dict[str, bool | int | str]:
+    """``InferenceResponse(parameters=)`` checked: Triton's type rule and messages (``pb_stub.cc``
+    ``PyParametersToJSON``), then wsserve's bounds; raises :class:`TritonModelException`."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise TritonModelException(f"InferenceResponse parameters must be a dict, got {type(parameters).__name__}")
+    if len(parameters) > MAX_RESPONSE_PARAMETERS:
+        raise TritonModelException(f"InferenceResponse has {len(parameters)} parameters; at most "
+                                   f"{MAX_RESPONSE_PARAMETERS} (MAX_RESPONSE_PARAMETERS)")
+    for key, value in parameters.items():
+        if not isinstance(key, str):
+            raise TritonModelException(f"Expect parameters keys to have type str, found type {type(key)}")
+        if not isinstance(value, (bool, int, str)):
+            raise TritonModelException(f"Expect parameters values to have type bool/int/str, found type "
+                                       f"{type(value)} (parameter {key!r})")
+        if type(value) is not bool and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            raise TritonModelException(f"parameter {key!r}: {value} does not fit in int64")
+    out = {str(k): bool(v) if isinstance(v, bool) else int(v) if isinstance(v, int) else str(v)
+           for k, v in parameters.items()}
+    size = len(json.dumps(out).encode())
+    if size > MAX_RESPONSE_PARAMETERS_BYTES:
+        raise TritonModelException(f"InferenceResponse parameters are {size} bytes as JSON; at most "
+                                   f"{MAX_RESPONSE_PARAMETERS_BYTES} (MAX_RESPONSE_PARAMETERS_BYTES)")
+    return out
+
+
+class MetricKind(enum.IntEnum):
+    """Triton's metric kinds (``pb_utils.MetricFamily.COUNTER`` ...)."""
+
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+
+
+_KIND_NAMES = {MetricKind.COUNTER: "counter", MetricKind.GAUGE: "gauge", MetricKind.HISTOGRAM: "histogram"}
+
+
+def _metrics_owner() -> custommetrics.Owner | None:
+    """The custom metrics of the model whose code runs here: at load, in ``execute`` or
+    ``finalize`` (:func:`wsserve.custommetrics.owning`), or in a thread of the model's own."""
+    owner = custommetrics.current_owner()
+    if owner is None:
+        caller = bls.current() or bls.from_code(2)
+        owner = None if caller is None else caller.metrics
+    return owner
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"Metric.{what}() takes a number, got {type(value).__name__}")
+
+
+class Metric:
+    """One series of a :class:`MetricFamily` (made by :meth:`MetricFamily.Metric`).  Its value
+    methods raise :class:`TritonModelException` for what its kind lacks (Triton's messages: a
+    counter incremented by a negative value, ``set`` on a counter, ``observe`` on a counter or
+    gauge, ``value()`` of a histogram), and once its family was deleted."""
+
+    def __init__(self, handle: custommetrics.SeriesHandle) -> None:
+        self._handle = handle
+        weakref.finalize(self, handle.release)  # dropped by the model: removed, as Triton's destructor does
+
+    def _do(self, op: str, what: str, *args: float) -> Any:
+        try:
+            return getattr(self._handle, op)(*args)
+        except custommetrics.MetricError as exc:
+            raise TritonModelException(f"{what}: {exc}") from None
+
+    def increment(self, value: float) -> None:
+        self._do("increment", "Failed to increment metric value", _number(value, "increment"))
+
+    def set(self, value: float) -> None:
+        self._do("set", "Failed to set metric value", _number(value, "set"))
+
+    def observe(self, value: float) -> None:
+        self._do("observe", "Failed to observe metric value", _number(value, "observe"))
+
+    def value(self) -> float:
+        return float(self._do("value", "Failed to get metric value"))
+
+
+class MetricFamily:
+    """Triton's ``pb_utils.MetricFamily(name, description, kind)``: a custom metric family on the
+    server's ``/metrics`` (see the module docstring and :mod:`wsserve.custommetrics`).  Raises
+    :class:`TritonModelException` (``Error when creating MetricFamily: ...``) for a bad name,
+    one of the server's own, a name taken by another kind, the cap, or outside a served model."""
+
+    COUNTER = MetricKind.COUNTER
+    GAUGE = MetricKind.GAUGE
+    HISTOGRAM = MetricKind.HISTOGRAM
+
+    def __init__(self, name: str, description: str, kind: MetricKind) -> None:
+        owner = _metrics_owner()
+        if owner is None:
+            raise TritonModelException("Error when creating MetricFamily: a MetricFamily is made by a served "
+                                       "model's code (initialize, execute, finalize or a thread of the model's)")
+        try:
+            kind_name = _KIND_NAMES[MetricKind(kind)]
+        except (ValueError, TypeError):
+            raise TritonModelException(f"Error when creating MetricFamily: kind must be MetricFamily.COUNTER, "
+                                       f"GAUGE or HISTOGRAM, got {kind!r}") from None
+        try:
+            self._handle = owner.family(name, description, kind_name)
+        except custommetrics.MetricError as exc:
+            raise TritonModelException(f"Error when creating MetricFamily: {exc}") from None
+        weakref.finalize(self, self._handle.release)  # dropped: its metrics removed, as Triton's destructor does
+
+    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802 - Triton's name
+        """A series of this family with ``labels``; ``buckets`` (a list of increasing upper bounds)
+        for a histogram only, and required there."""
+        try:
+            return Metric(self._handle.metric(labels, buckets))
+        except custommetrics.MetricError as exc:
+            raise TritonModelException(f"Failed to create metric. {exc}") from None
 
 
 class ResponseSender:

@@ -319,7 +319,7 @@ class InferCall(PredictCall):
     :func:`~wsserve.rest.oip.attribution_tensors` (filled with the worker's
     attributions), and the response carries :func:`~wsserve.rest.oip.explain_parameters`."""
 
-    __slots__ = ("rid", "outputs", "requested", "shm", "shm_outputs", "sequence")
+    __slots__ = ("rid", "outputs", "requested", "shm", "shm_outputs", "sequence", "response_parameters")
 
     def __init__(self, *args: Any, rid: str | None, outputs: tuple[oip.Tensor, ...],
                  requested: list[tuple[int, bool]], explain: bool = False,
@@ -333,6 +333,13 @@ class InferCall(PredictCall):
         self.requested = requested
         self.shm = shm  # the regions, when an output is to be written into one (shm_outputs)
         self.shm_outputs = shm_outputs or {}
+        #: the model's response parameters (a Triton Python model's ``InferenceResponse(parameters=)``;
+        #: a decoupled model's: its current response's), None: none
+        self.response_parameters: Mapping[str, Any] | None = None
+
+    def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
+        """The worker's: the parameters of the response about to be answered (:meth:`values` adds them)."""
+        self.response_parameters = parameters or None
 
     @property
     def request_id(self) -> str | None:
@@ -383,8 +390,8 @@ class InferCall(PredictCall):
     def values(self, outputs: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
         """The worker's ``outputs`` as one ``[n, *shape]`` array per tensor of ``self.outputs`` (the
         attributions too, with ``explain``; a tensor that is not ``batched`` - a model without a batch
-        dimension, whose one row this is - as ``shape`` itself), and the response's parameters (or
-        None); every OIP transport encodes these.  An output not requested that ``outputs`` lacks (an
+        dimension, whose one row this is - as ``shape`` itself), and the response's parameters (the
+        model's, :attr:`response_parameters`, and the explanation's; or None); every OIP transport encodes these.  An output not requested that ``outputs`` lacks (an
         ensemble's, pruned), or one a decoupled model's response does not carry, is an empty
         placeholder, never encoded."""
         n = count_rows(outputs) if not isinstance(outputs, dict) or outputs else 0
@@ -401,12 +408,12 @@ class InferCall(PredictCall):
             values = [shaped(outputs[spec.name], spec) if spec.name in outputs else _NOT_REQUESTED for spec in specs]
         else:
             values = [shaped(outputs, specs[0])]
-        parameters = None
+        parameters = dict(self.response_parameters) if self.response_parameters else None
         if self.explain:
             parts = self._attr_parts
             attributions = parts[0] if len(parts) == 1 else np.concatenate(parts)
             values.extend(shaped(attributions, spec) for spec in self.outputs[len(specs):])
-            parameters = oip.explain_parameters(self.explanation)
+            parameters = {**(parameters or {}), **oip.explain_parameters(self.explanation)}
         return values, parameters
 
 

@@ -617,7 +617,7 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool
     get = frame.get
     outputs, model, version, timing = get("outputs"), get("model"), get("version"), get("timing")
     if (type(outputs) is list and type(model) is str and type(version) is str and type(timing) is dict
-            and get("attributions") is None and get("explanation") is None):
+            and get("attributions") is None and get("explanation") is None and get("parameters") is None):
         # the common JSON answer, every field of the right type: no field-by-field checks
         return PredictResult(outputs=to_numpy(outputs) if as_numpy else outputs, model=model, version=version,
                              timing=timing, request_id=frame["id"])
@@ -635,6 +635,7 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool
         request_id=frame["id"],
         attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
         explanation=_opt_dict_field(frame, "explanation"),
+        parameters=_opt_dict_field(frame, "parameters"),
     )
 
 
@@ -724,7 +725,7 @@ def parse_response(frame: dict[str, Any], *, as_numpy: bool = False) -> Response
     if type(final) is not bool:
             raise _bad(frame, f"'final' of type {type(final).__name__}, not a boolean")
     return Response(seq=_count_field(frame, "seq", 0), outputs=to_numpy(outputs) if as_numpy else outputs,
-                    final=final)
+                    final=final, parameters=_opt_dict_field(frame, "parameters"))
 
 
 def parse_responses_done(frame: dict[str, Any]) -> ResponsesSummary:

@@ -76,7 +76,8 @@ class PredictResult:
 
     With ``explain=True``: ``attributions[i]`` holds input row ``i``'s per-feature
     attributions of its explained output, and ``explanation`` says how (method,
-    baseline, target, steps); both None otherwise.
+    baseline, target, steps); both None otherwise.  ``parameters``: the model's response
+    parameters (a Triton Python model's ``InferenceResponse(parameters=)``), None without any.
     """
 
     outputs: Outputs
@@ -86,6 +87,7 @@ class PredictResult:
     request_id: int | str
     attributions: Outputs | None = None
     explanation: Mapping[str, Any] | None = None
+    parameters: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +118,13 @@ class StreamSummary:
 @dataclass(frozen=True, slots=True)
 class Response:
     """One response of a decoupled model (a ``response`` frame): ``seq`` 0, 1, ...; its
-    ``outputs`` (rows, or ``{name: rows}``); ``final``: the model sent it with its FINAL flag."""
+    ``outputs`` (rows, or ``{name: rows}``); ``final``: the model sent it with its FINAL flag;
+    ``parameters``: the model's parameters of this response (None without any)."""
 
     seq: int
     outputs: Outputs
     final: bool = False
+    parameters: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,184 @@
+"""Triton's inference response parameters in a Triton Python model:
+``pb_utils.InferenceResponse(outputs, parameters={...})`` reaches the client as the response's
+``parameters`` over OIP HTTP (``tritonclient.http``), gRPC ``ModelInfer`` and ``ModelStreamInfer``
+(``tritonclient.grpc``, a decoupled model's every response), and the WebSocket ``result`` and
+``response`` frames (the wsserve Python client); bad types are refused with Triton's message, the
+count and size bounded.  A real server on loopback, a temp repository of small Triton Python models."""
+
+from __future__ import annotations
+
+import queue
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grpc")  # the grpc extra
+tgrpc = pytest.importorskip("tritonclient.grpc")
+import tritonclient.http as thttp  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+from wsserve_client import Client, InternalServerError  # noqa: E402
+
+from tests.support import ServerProcess  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+from wsserve.repository.triton_pb_utils import (  # noqa: E402
+    MAX_RESPONSE_PARAMETERS,
+    MAX_RESPONSE_PARAMETERS_BYTES,
+)
+
+PBTXT = ('backend: "python"\nmax_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+         'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
+
+#: Echoes x; its response's parameters say its rows and id.  x[0, 0] picks a bad answer:
+#: 1: a float value, 2: a key that is no str, 3: too many, 4: too many bytes.
+TAGGED_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            params = {"rows": int(x.shape[0]), "tagged": True, "id": r.request_id(), "big": 2 ** 40}
+            bad = int(x[0, 0])
+            if bad == 1:
+                params["ratio"] = 0.5
+            elif bad == 2:
+                params[7] = "seven"
+            elif bad == 3:
+                params = {f"p{i}": i for i in range(MAX_COUNT + 1)}
+            elif bad == 4:
+                params = {"text": "a" * MAX_BYTES}
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("y", x)], parameters=params)
+            assert '"tagged": true' in response.parameters()
+            out.append(response)
+        return out
+'''
+
+#: Decoupled: x[0, 1] responses, each with parameters {"index": i, "last": bool}, then FINAL alone.
+STREAM_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            sender = r.get_response_sender()
+            n = int(x[0, 1])
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)],
+                                                       parameters={"index": i, "last": i == n - 1}))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt)
+    (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("response_parameters") / "model_repository"
+    tagged = TAGGED_PY.replace("MAX_COUNT", str(MAX_RESPONSE_PARAMETERS)).replace("MAX_BYTES",
+                                                                                  str(MAX_RESPONSE_PARAMETERS_BYTES))
+    _write(root, "tagged", PBTXT, tagged)
+    _write(root, "stream", PBTXT + "model_transaction_policy { decoupled: true }\n", STREAM_PY)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        yield proc, grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+def _x(first: float, second: float = 0.0, rows: int = 1) -> np.ndarray:
+    x = np.full((rows, 2), 9.0, np.float32)
+    x[0] = (first, second)
+    return x
+
+
+def _http_infer(proc: ServerProcess, x: np.ndarray, rid: str = "") -> Any:
+    client = thttp.InferenceServerClient(proc.http.removeprefix("http://"))
+    inp = thttp.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer("tagged", [inp], request_id=rid)
+
+
+def _grpc_input(x: np.ndarray) -> Any:
+    inp = tgrpc.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def _grpc_params(message: Any) -> dict[str, Any]:
+    return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in message.parameters.items()}
+
+
+def test_http_infer_carries_the_models_response_parameters(served: Any) -> None:
+    result = _http_infer(served[0], _x(0, rows=3), rid="r-7")
+    assert result.get_response()["parameters"] == {"rows": 3, "tagged": True, "id": "r-7", "big": 2 ** 40}
+    np.testing.assert_array_equal(result.as_numpy("y"), _x(0, rows=3))
+
+
+def test_grpc_model_infer_carries_them_typed(served: Any) -> None:
+    client = tgrpc.InferenceServerClient(served[1])
+    result = client.infer("tagged", [_grpc_input(_x(0, rows=2))], request_id="g-1")
+    params = result.get_response().parameters
+    assert params["rows"].int64_param == 2 and params["big"].int64_param == 2 ** 40
+    assert params["tagged"].bool_param is True and params["id"].string_param == "g-1"
+
+
+def test_grpc_stream_of_a_decoupled_model_carries_each_responses_parameters(served: Any) -> None:
+    client = tgrpc.InferenceServerClient(served[1])
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("stream", [_grpc_input(_x(0, 3))], request_id="s", enable_empty_final_response=True)
+        got = []
+        while True:
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            params = _grpc_params(result.get_response())
+            if result.as_numpy("y") is None:  # the empty FINAL
+                assert params == {"triton_final_response": True}
+                break
+            got.append(params)
+    finally:
+        client.stop_stream()
+    assert got == [{"index": i, "last": i == 2, "triton_final_response": False} for i in range(3)]
+
+
+async def test_websocket_result_and_response_frames_carry_them(served: Any) -> None:
+    async with Client(served[0].url) as client:
+        result = await client.predict("tagged", _x(0, rows=2).tolist())
+        assert result.parameters == {"rows": 2, "tagged": True, "id": str(result.request_id), "big": 2 ** 40}
+        binary = await client.predict("tagged", _x(0, rows=1), binary=True)
+        assert binary.parameters is not None and binary.parameters["rows"] == 1
+        stream = client.predict_responses("stream", _x(0, 2).tolist())  # (JSON rows: given as arrays)
+        got = [r async for r in stream]
+        assert [r.parameters for r in got] == [{"index": 0, "last": False}, {"index": 1, "last": True}]
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (1, "Expect parameters values to have type bool/int/str, found type <class 'float'> (parameter 'ratio')"),
+    (2, "Expect parameters keys to have type str, found type <class 'int'>"),
+    (3, f"InferenceResponse has {MAX_RESPONSE_PARAMETERS + 1} parameters; at most {MAX_RESPONSE_PARAMETERS} "
+        "(MAX_RESPONSE_PARAMETERS)"),
+    (4, f"at most {MAX_RESPONSE_PARAMETERS_BYTES} (MAX_RESPONSE_PARAMETERS_BYTES)"),
+])
+async def test_bad_parameters_fail_the_request_naming_them(served: Any, bad: int, message: str) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        _http_infer(served[0], _x(bad))
+    assert message in str(caught.value)
+    async with Client(served[0].url) as client:
+        with pytest.raises(InternalServerError, match=message.replace("(", r"\(").replace(")", r"\)")[-40:]):
+            await client.predict("tagged", _x(bad).tolist())
+        assert (await client.predict("tagged", _x(0).tolist())).parameters is not None  # the model serves on
+
