@@ -271,3 +271,87 @@ def test_a_reload_in_place_keeps_counting_as_triton_shares_a_label_set(served: A
     text = _text(proc)
     assert text.count("# TYPE requests_seen counter") == 1
     assert scrape_metrics(proc.http).value("requests_seen_total", model="metered", version="1") > before
+
+
+#: Gives texts /metrics must escape or cannot write, and observes NaN; writes what was refused.
+ODD_PY = '''
+import json
+import os
+
+import triton_python_backend_utils as pb_utils
+
+
+def attempt(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        F = pb_utils.MetricFamily
+        self.escaped_family = F("odd_escaped", "back\\\\slash\\nnew line \\"quoted\\"", F.GAUGE)
+        self.escaped = self.escaped_family.Metric(labels={"v": 'a\\\\b"c\\nd'})
+        self.escaped.set(1)
+        self.hist_family = F("odd_hist", "NaN observed", F.HISTOGRAM)
+        self.hist = self.hist_family.Metric(buckets=[0.0, 1.0])
+        self.hist.observe(float("nan"))
+        self.hist.observe(0.5)
+        self.kept = []
+        errors = {
+            "label": attempt(lambda: self.kept.append(self.escaped_family.Metric(labels={"v": "\\ud800"}))),
+            "description": attempt(lambda: self.kept.append(F("odd_surrogate", "\\udfff", F.GAUGE))),
+        }
+        with open(os.path.join(args["model_repository"], "odd.json"), "w") as f:
+            json.dump(errors, f)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+
+
+def test_texts_are_escaped_a_lone_surrogate_is_refused_and_nan_is_counted_in_inf(tmp_path: Path) -> None:
+    """A label value or description that cannot be written as UTF-8 is refused to the model (it
+    would make every scrape of /metrics fail); backslash, quote and newline are escaped; a NaN
+    observation lands in the +Inf bucket only, as prometheus-cpp counts it."""
+    root = tmp_path / "model_repository"
+    _write(root, "odd", ODD_PY)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    try:
+        errors = json.loads((root / "odd" / "odd.json").read_text())
+        assert "label 'v': its value '\\ud800' is not valid UTF-8" in errors["label"]
+        assert errors["description"].startswith("TritonModelException: Error when creating MetricFamily: ")
+        assert "valid UTF-8, got text that is not UTF-8" in errors["description"]
+        text = _text(proc)  # (a scrape that fails raises here)
+        assert '# HELP odd_escaped back\\\\slash\\nnew line "quoted"\n' in text
+        m = scrape_metrics(proc.http)  # parsed as exposition by prometheus_client
+        assert m.value("odd_escaped", v='a\\b"c\nd') == 1.0
+        assert m.value("odd_hist_bucket", le="0.0") == 0.0  # NaN is not <= 0
+        assert m.value("odd_hist_bucket", le="1.0") == 1.0
+        assert m.value("odd_hist_bucket", le="+Inf") == m.value("odd_hist_count") == 2.0
+    finally:
+        proc.stop()
+
+
+def test_a_metric_made_and_dropped_again_and_again_is_not_kept() -> None:
+    """A ``Metric`` made through a family and released (the model dropped it) is held by nothing of
+    the store's: a model making one per request does not grow the server's memory."""
+    import gc
+    import weakref
+
+    from wsserve.custommetrics import CustomMetrics
+
+    store = CustomMetrics()
+    family = store.owner("m", 1).family("per_request", "made per request", "counter")
+    refs = []
+    for _ in range(100):
+        series = family.metric({"k": "v"}, None)
+        series.increment(1)
+        series.release()
+        refs.append(weakref.ref(series))
+        del series
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+    assert store.counts() == (1, 0)

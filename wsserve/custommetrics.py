@@ -103,10 +103,11 @@ class SeriesHandle:
     owner's close, or the model dropping it).  Every method raises :class:`MetricError` once
     released, and for an operation its kind lacks (Triton's messages)."""
 
-    __slots__ = ("_store", "_family", "_series", "released", "__weakref__")
+    __slots__ = ("_store", "_family", "_series", "_parent", "released", "__weakref__")
 
-    def __init__(self, store: CustomMetrics, family: _Family, series: _Series) -> None:
+    def __init__(self, store: CustomMetrics, family: _Family, series: _Series, parent: FamilyHandle) -> None:
         self._store, self._family, self._series = store, family, series
+        self._parent = parent  # the family handle it was made through (it holds this one until released)
         self.released = False
 
     @property
@@ -144,7 +145,8 @@ class SeriesHandle:
                 raise MetricError(f"TRITONSERVER_METRIC_KIND_{self._family.kind.upper()} does not support Observe")
             s = self._series
             assert s.buckets is not None
-            s.counts[bisect_left(s.buckets, value)] += 1  # le: a value on a bound is in that bucket
+            # le: a value on a bound is in that bucket; NaN (no bound is >= it) in +Inf's, as prometheus-cpp
+            s.counts[len(s.buckets) if math.isnan(value) else bisect_left(s.buckets, value)] += 1
             s.sum += value
 
     def value(self) -> float:
@@ -162,6 +164,7 @@ class SeriesHandle:
         if self.released:
             return
         self.released = True
+        self._parent._metrics.discard(self)  # a Metric made and dropped per request leaves nothing behind
         self._store._unref_series(self._family, self._series)
 
 
@@ -173,7 +176,8 @@ class FamilyHandle:
 
     def __init__(self, store: CustomMetrics, family: _Family, owner: Owner) -> None:
         self._store, self._family, self._owner = store, family, owner
-        self._metrics: list[SeriesHandle] = []
+        #: the series handles made through it and not released yet
+        self._metrics: set[SeriesHandle] = set()
         self.released = False
 
     @property
@@ -212,8 +216,8 @@ class FamilyHandle:
                 raise MetricError(f"metric family {self._family.name!r} already has the series {dict(key)} with "
                                   f"buckets {list(series.buckets or ())}, not {list(bounds or ())}")
             series.refs += 1
-            handle = SeriesHandle(store, self._family, series)
-            self._metrics.append(handle)
+            handle = SeriesHandle(store, self._family, series, self)
+            self._metrics.add(handle)
             return handle
 
     def release(self) -> None:
@@ -224,7 +228,7 @@ class FamilyHandle:
         if self.released:
             return
         self.released = True
-        for m in self._metrics:
+        for m in list(self._metrics):
             m._release_now()
         self._metrics.clear()
         self._owner._handles.discard(self)
@@ -255,10 +259,11 @@ class Owner:
         if name.startswith(RESERVED_PREFIX):
             raise MetricError(f"metric family name {name!r} starts with {RESERVED_PREFIX!r}, the server's own "
                               "metrics' prefix: choose another name")
-        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
-            got = f"{len(description)} characters" if isinstance(description, str) else type(description).__name__
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS or not _utf8(description):
+            got = (type(description).__name__ if not isinstance(description, str) else "text that is not UTF-8 "
+                   "(a lone surrogate)" if not _utf8(description) else f"{len(description)} characters")
             raise MetricError(f"metric family {name!r}: the description must be a str of at most "
-                              f"{MAX_DESCRIPTION_CHARS} characters, got {got}")
+                              f"{MAX_DESCRIPTION_CHARS} characters, valid UTF-8, got {got}")
         store = self._store
         with store._lock:
             store._drain()
@@ -294,6 +299,15 @@ class Owner:
             self._handles.clear()
 
 
+def _utf8(text: str) -> bool:
+    """``text`` can be written as UTF-8 (no lone surrogate), as ``/metrics`` is."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _labels(labels: Mapping[str, Any] | None, kind: str) -> tuple[tuple[str, str], ...]:
     if labels is None:
         return ()
@@ -312,6 +326,9 @@ def _labels(labels: Mapping[str, Any] | None, kind: str) -> tuple[tuple[str, str
             raise MetricError(f"label {key!r}: its value must be a str, got {type(value).__name__}")
         if len(value) > MAX_LABEL_VALUE_CHARS:
             raise MetricError(f"label {key!r}: its value has {len(value)} characters; at most {MAX_LABEL_VALUE_CHARS}")
+        if not _utf8(value):
+            raise MetricError(f"label {key!r}: its value {value!r} is not valid UTF-8 (a lone surrogate): /metrics "
+                              "could not be written")
         out.append((key, value))
     return tuple(sorted(out))
 
