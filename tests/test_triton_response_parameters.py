@@ -33,7 +33,8 @@ PBTXT = ('backend: "python"\nmax_batch_size: 4\ninput [ { name: "x" data_type: T
          'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
 
 #: Echoes x; its response's parameters say its rows and id.  x[0, 0] picks a bad answer:
-#: 1: a float value, 2: a key that is no str, 3: too many, 4: too many bytes.
+#: 1: a float value, 2: a key that is no str, 3: too many, 4: too many bytes, 5: a value and 6: a key
+#: with a lone surrogate (no transport can send it).
 TAGGED_PY = '''
 import triton_python_backend_utils as pb_utils
 
@@ -53,13 +54,18 @@ class TritonPythonModel:
                 params = {f"p{i}": i for i in range(MAX_COUNT + 1)}
             elif bad == 4:
                 params = {"text": "a" * MAX_BYTES}
+            elif bad == 5:
+                params["text"] = "\\ud800"
+            elif bad == 6:
+                params["\\udc00"] = 1
             response = pb_utils.InferenceResponse([pb_utils.Tensor("y", x)], parameters=params)
             assert '"tagged": true' in response.parameters()
             out.append(response)
         return out
 '''
 
-#: Decoupled: x[0, 1] responses, each with parameters {"index": i, "last": bool}, then FINAL alone.
+#: Decoupled: x[0, 1] responses, each with parameters {"index": i, "last": bool}, then FINAL alone;
+#: x[0, 0] == 5: the second response's parameters hold a lone surrogate.
 STREAM_PY = '''
 import triton_python_backend_utils as pb_utils
 
@@ -71,8 +77,10 @@ class TritonPythonModel:
             sender = r.get_response_sender()
             n = int(x[0, 1])
             for i in range(n):
-                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)],
-                                                       parameters={"index": i, "last": i == n - 1}))
+                params = {"index": i, "last": i == n - 1}
+                if i == 1 and int(x[0, 0]) == 5:
+                    params["text"] = "\\ud800"
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)], parameters=params))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 '''
@@ -172,6 +180,8 @@ async def test_websocket_result_and_response_frames_carry_them(served: Any) -> N
     (3, f"InferenceResponse has {MAX_RESPONSE_PARAMETERS + 1} parameters; at most {MAX_RESPONSE_PARAMETERS} "
         "(MAX_RESPONSE_PARAMETERS)"),
     (4, f"at most {MAX_RESPONSE_PARAMETERS_BYTES} (MAX_RESPONSE_PARAMETERS_BYTES)"),
+    (5, "parameter 'text': its value is not valid UTF-8 (a lone surrogate)"),
+    (6, "parameter '\\udc00': its key is not valid UTF-8 (a lone surrogate)"),
 ])
 async def test_bad_parameters_fail_the_request_naming_them(served: Any, bad: int, message: str) -> None:
     with pytest.raises(InferenceServerException) as caught:
@@ -182,3 +192,32 @@ async def test_bad_parameters_fail_the_request_naming_them(served: Any, bad: int
             await client.predict("tagged", _x(bad).tolist())
         assert (await client.predict("tagged", _x(0).tolist())).parameters is not None  # the model serves on
 
+
+
+def test_grpc_bad_parameters_of_a_decoupled_response_end_its_stream_request_with_an_error(served: Any) -> None:
+    """The model's second response has parameters no transport can send: its request ends with one
+    error naming them (after the first response), and the stream serves on."""
+    client = tgrpc.InferenceServerClient(served[1])
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("stream", [_grpc_input(_x(5, 3))], request_id="bad")
+        result, error = results.get(timeout=30)
+        assert error is None and _grpc_params(result.get_response())["index"] == 0
+        result, error = results.get(timeout=30)
+        assert result is None and "its value is not valid UTF-8 (a lone surrogate)" in str(error)
+        client.async_stream_infer("stream", [_grpc_input(_x(0, 1))], request_id="good")
+        result, error = results.get(timeout=30)
+        assert error is None and _grpc_params(result.get_response())["last"] is True
+    finally:
+        client.stop_stream()
+    assert results.empty()
+
+
+async def test_websocket_bad_parameters_of_a_decoupled_response_fail_it_naming_them(served: Any) -> None:
+    async with Client(served[0].url) as client:
+        got = []
+        with pytest.raises(InternalServerError, match=r"its value is not valid UTF-8 \(a lone surrogate\)"):
+            async for response in client.predict_responses("stream", _x(5, 3).tolist()):
+                got.append(response.parameters)
+        assert got == [{"index": 0, "last": False}]

@@ -25,7 +25,7 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
 - :class:`InferenceResponse` ``(output_tensors=[...], error=None, parameters=None)``:
   ``output_tensors()``, ``has_error()``, ``error()``, ``parameters()`` (a JSON string).
   ``parameters``: a dict of ``str`` keys to ``bool``/``int``/``str`` values (Triton's rule and
-  message; an ``int`` within int64), at most :data:`MAX_RESPONSE_PARAMETERS` of them and
+  message; an ``int`` within int64; keys and values valid UTF-8), at most :data:`MAX_RESPONSE_PARAMETERS` of them and
   :data:`MAX_RESPONSE_PARAMETERS_BYTES` bytes as JSON; the client gets them as the response's
   ``parameters`` (OIP HTTP and gRPC, the WebSocket ``result`` and ``response`` frames).
 - :class:`MetricFamily` ``(name, description, kind)`` (``MetricFamily.COUNTER``, ``GAUGE``,
@@ -317,6 +317,15 @@ class InferenceResponse:
         return self._error
 
 
+def _utf8(text: str) -> bool:
+    """``text`` can be sent as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _response_parameters(parameters: Any) -> dict[str, bool | int | str]:
     """``InferenceResponse(parameters=)`` checked: Triton's type rule and messages (``pb_stub.cc``
     ``PyParametersToJSON``), then wsserve's bounds; raises :class:`TritonModelException`."""
@@ -335,6 +344,9 @@ def _response_parameters(parameters: Any) -> dict[str, bool | int | str]:
                                        f"{type(value)} (parameter {key!r})")
         if type(value) is not bool and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
             raise TritonModelException(f"parameter {key!r}: {value} does not fit in int64")
+        for what, text in (("key", key), ("value", value)):
+            if isinstance(text, str) and not _utf8(text):  # no transport could send it (JSON, protobuf)
+                raise TritonModelException(f"parameter {key!r}: its {what} is not valid UTF-8 (a lone surrogate)")
     out = {str(k): bool(v) if isinstance(v, bool) else int(v) if isinstance(v, int) else str(v)
            for k, v in parameters.items()}
     size = len(json.dumps(out).encode())
