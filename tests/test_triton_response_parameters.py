@@ -65,7 +65,7 @@ class TritonPythonModel:
 '''
 
 #: Decoupled: x[0, 1] responses, each with parameters {"index": i, "last": bool}, then FINAL alone;
-#: x[0, 0] == 5: the second response's parameters hold a lone surrogate.
+#: x[0, 0] == 5: the second response's parameters hold a lone surrogate; 2: only the first has any.
 STREAM_PY = '''
 import triton_python_backend_utils as pb_utils
 
@@ -80,9 +80,24 @@ class TritonPythonModel:
                 params = {"index": i, "last": i == n - 1}
                 if i == 1 and int(x[0, 0]) == 5:
                     params["text"] = "\\ud800"
+                if i > 0 and int(x[0, 0]) == 2:
+                    params = None
                 sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)], parameters=params))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
+'''
+
+
+#: Its parameters name each request's first x[0, 0] (max_batch_size 2: a bigger request is split).
+PARTS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())],
+                                           parameters={f"first_{int(r.inputs()[0].as_numpy()[0, 0])}": True})
+                for r in requests]
 '''
 
 
@@ -99,6 +114,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
                                                                                   str(MAX_RESPONSE_PARAMETERS_BYTES))
     _write(root, "tagged", PBTXT, tagged)
     _write(root, "stream", PBTXT + "model_transaction_policy { decoupled: true }\n", STREAM_PY)
+    _write(root, "parts", PBTXT.replace("max_batch_size: 4", "max_batch_size: 2"), PARTS_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc)
@@ -221,3 +237,36 @@ async def test_websocket_bad_parameters_of_a_decoupled_response_fail_it_naming_t
             async for response in client.predict_responses("stream", _x(5, 3).tolist()):
                 got.append(response.parameters)
         assert got == [{"index": 0, "last": False}]
+
+
+async def test_a_request_split_over_batches_gets_every_parts_parameters_on_each_transport(served: Any) -> None:
+    """Five rows of a model whose batches hold two: three executions, whose parameters the answer
+    merges in row order over OIP HTTP and gRPC as in the WebSocket result."""
+    proc, address = served
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    merged = {"first_0": True, "first_4": True, "first_8": True}
+    http = thttp.InferenceServerClient(proc.http.removeprefix("http://"))
+    inp = thttp.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    assert http.infer("parts", [inp]).get_response()["parameters"] == merged
+    result = tgrpc.InferenceServerClient(address).infer("parts", [_grpc_input(x)])
+    assert _grpc_params(result.get_response()) == merged
+    async with Client(proc.url) as client:
+        assert (await client.predict("parts", x.tolist())).parameters == merged
+
+
+def test_grpc_stream_response_without_parameters_carries_none_of_the_previous_ones(served: Any) -> None:
+    client = tgrpc.InferenceServerClient(served[1])
+    results: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("stream", [_grpc_input(_x(2, 3))], request_id="s2")
+        got = []
+        for _ in range(3):
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            got.append(_grpc_params(result.get_response()))
+    finally:
+        client.stop_stream()
+    assert got == [{"index": 0, "last": False, "triton_final_response": False},
+                   {"triton_final_response": False}, {"triton_final_response": False}]

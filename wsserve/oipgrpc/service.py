@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -102,6 +102,10 @@ class GrpcDecoupledCall(InferCall):
         super().__init__(*args, **kwargs)
         self.events = events
         self.responses = 0
+
+    def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
+        """The stream's: the parameters of the response about to come, its own (None: none)."""
+        self.response_parameters = parameters or None
 
     def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
         """One response of the model (None: FINAL alone); ``final`` ends the call (``ok``)."""

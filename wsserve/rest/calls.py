@@ -338,8 +338,11 @@ class InferCall(PredictCall):
         self.response_parameters: Mapping[str, Any] | None = None
 
     def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
-        """The worker's: the parameters of the response about to be answered (:meth:`values` adds them)."""
-        self.response_parameters = parameters or None
+        """The worker's: the model's parameters of the rows about to be delivered (:meth:`values`
+        adds them), merged in row order over the batches a request's rows are split across, as the
+        WebSocket ``result`` merges them (a decoupled call's sink takes each response's alone)."""
+        if parameters:
+            self.response_parameters = {**(self.response_parameters or {}), **parameters}
 
     @property
     def request_id(self) -> str | None:
