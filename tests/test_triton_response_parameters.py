@@ -28,6 +28,7 @@ from wsserve.repository.triton_pb_utils import (  # noqa: E402
     MAX_RESPONSE_PARAMETERS,
     MAX_RESPONSE_PARAMETERS_BYTES,
 )
+from wsserve.worker import MAX_MERGED_PARAMETERS  # noqa: E402
 
 PBTXT = ('backend: "python"\nmax_batch_size: 4\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
          'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n')
@@ -270,3 +271,30 @@ def test_grpc_stream_response_without_parameters_carries_none_of_the_previous_on
         client.stop_stream()
     assert got == [{"index": 0, "last": False, "triton_final_response": False},
                    {"triton_final_response": False}, {"triton_final_response": False}]
+
+
+async def test_parameters_merged_over_a_split_request_are_bounded_on_each_transport(served: Any) -> None:
+    """The model names each execution's first value in a key of its own, so a request split over
+    N executions gathers N distinct parameters: at MAX_MERGED_PARAMETERS it is answered, one more
+    ends it ``internal`` naming the bound (the request's memory does not grow with its rows)."""
+    proc, address = served
+    at_bound = np.arange(4 * MAX_MERGED_PARAMETERS, dtype=np.float32).reshape(-1, 2)  # 2 rows per execution
+    over = np.arange(4 * MAX_MERGED_PARAMETERS + 4, dtype=np.float32).reshape(-1, 2)
+    http = thttp.InferenceServerClient(proc.http.removeprefix("http://"))
+    try:
+        inp = thttp.InferInput("x", list(at_bound.shape), "FP32")
+        inp.set_data_from_numpy(at_bound)
+        assert len(http.infer("parts", [inp]).get_response()["parameters"]) == MAX_MERGED_PARAMETERS
+        inp = thttp.InferInput("x", list(over.shape), "FP32")
+        inp.set_data_from_numpy(over)
+        with pytest.raises(InferenceServerException, match="MAX_MERGED_PARAMETERS"):
+            http.infer("parts", [inp])
+    finally:
+        http.close()
+    with pytest.raises(InferenceServerException, match="MAX_MERGED_PARAMETERS"):
+        tgrpc.InferenceServerClient(address).infer("parts", [_grpc_input(over)])
+    async with Client(proc.url) as client:
+        assert len((await client.predict("parts", at_bound.tolist())).parameters) == MAX_MERGED_PARAMETERS
+        with pytest.raises(InternalServerError, match="MAX_MERGED_PARAMETERS"):
+            await client.predict("parts", over.tolist())
+        assert (await client.predict("parts", [[1.0, 2.0]])).parameters == {"first_1": True}  # the connection serves on

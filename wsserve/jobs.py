@@ -39,7 +39,15 @@ from .protocol import (
 )
 from .sequences import sequence_request_id
 from .tensorframe import encode as encode_tensor_frame
-from .worker import BatchOutputs, Tensors, concat_rows, count_rows, slice_rows
+from .worker import (
+    BatchOutputs,
+    Tensors,
+    concat_rows,
+    count_rows,
+    merge_parameters,
+    slice_rows,
+    too_many_parameters,
+)
 
 if TYPE_CHECKING:
     from .batching import WorkItem
@@ -222,7 +230,11 @@ class PredictJob(Job):
         """The worker's: the model's response parameters, before the rows they answer (merged, a
         request split over responses); the ``result`` frame (or a stream's ``done``) carries them."""
         if parameters:
-            self.parameters = {**(self.parameters or {}), **parameters}
+            merged = merge_parameters(self.parameters, parameters)
+            if merged is None:
+                self.fail(too_many_parameters(self.model))
+                return
+            self.parameters = merged
             self.shared_outputs = False  # its frame is its own: no batch-shared encoding
 
     def on_batch_outputs(self, out: BatchOutputs, a: int, b: int, queue_s: float) -> None:

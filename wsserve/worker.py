@@ -97,8 +97,9 @@ from .metrics import VersionStats
 from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs", "RequestErrors",
-           "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows", "request_id_of", "slice_rows"]
+__all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
+           "RequestErrors", "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows",
+           "merge_parameters", "request_id_of", "slice_rows", "too_many_parameters"]
 
 log = logging.getLogger("wsserve.worker")
 
@@ -207,6 +208,25 @@ class RequestParameters:
 
     outputs: Any
     parameters: Mapping[int, Mapping[str, Any]]
+
+
+#: Distinct response parameters one request's answer may gather over the responses it is split
+#: across (each response's are bounded by the model: a Triton Python model's at 64 and 16 KiB).
+MAX_MERGED_PARAMETERS = 64
+
+
+def merge_parameters(merged: Mapping[str, Any] | None, parameters: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``merged`` updated with ``parameters`` (a later response's value of a key wins), or None when
+    that would hold more than :data:`MAX_MERGED_PARAMETERS` keys: the sink then ends its request
+    with ``internal`` (a sink never raises to the worker)."""
+    out = {**(merged or {}), **parameters}
+    return out if len(out) <= MAX_MERGED_PARAMETERS else None
+
+
+def too_many_parameters(model: str) -> Internal:
+    """The error of a request whose responses' parameters :func:`merge_parameters` refused."""
+    return Internal(f"model {model!r} answered one request with more than {MAX_MERGED_PARAMETERS} distinct response "
+                    "parameters over the responses it was split across (MAX_MERGED_PARAMETERS)")
 
 
 def _give_parameters(sink: Any, parameters: Mapping[str, Any]) -> None:

@@ -30,7 +30,7 @@ from ..httpmsg import HttpExchange, HttpResponse
 from ..protocol import encode_seed_result, timing_fields
 from ..sequences import sequence_request_id
 from ..shapes import VARIABLE
-from ..worker import concat_rows, count_rows
+from ..worker import concat_rows, count_rows, merge_parameters, too_many_parameters
 from . import kserve, oip
 from .errors import Style, error_response
 from .openai import ChatCompletionEncoder, Completion, CompletionEncoder
@@ -342,7 +342,11 @@ class InferCall(PredictCall):
         adds them), merged in row order over the batches a request's rows are split across, as the
         WebSocket ``result`` merges them (a decoupled call's sink takes each response's alone)."""
         if parameters:
-            self.response_parameters = {**(self.response_parameters or {}), **parameters}
+            merged = merge_parameters(self.response_parameters, parameters)
+            if merged is None:
+                self.fail(too_many_parameters(self.model))
+                return
+            self.response_parameters = merged
 
     @property
     def request_id(self) -> str | None:
