@@ -393,3 +393,26 @@ def test_what_a_request_holds_inside_the_ensemble_is_bounded_and_cancels_the_dec
         assert len(e["post"].worker.cancelled) == sent - 1
 
     asyncio.run(go())
+
+
+def test_a_long_stream_keeps_nothing_per_response_once_answered() -> None:
+    """A decoupled step streaming many responses, each through ``post`` and answered: the request keeps
+    no bookkeeping per response answered (which steps ran at which response, the values and their
+    readers), so a stream of any length holds only what its responses in flight need."""
+    async def go() -> None:
+        worker, e = _streaming()
+        sink = StreamSink(_x(), 2)
+        run = worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        for i in range(500):
+            gen.on_response({"y": np.full((2, 3), i, np.float32)}, False, 100)
+            post = e["post"].worker.submitted[-1][0]
+            post.on_rows(0, np.full((2, 2), i, np.float32), 2, 0.0, 0.0)
+        assert len(sink.responses) == 500 and not sink.errors
+        assert len(run.launched) <= 1 and not run.left and not run.flying.keys() - {(0, ())}
+        assert sum(map(len, run.tensors.values())) == 0 and run.held == 500 * (64 + 16)  # (the responses, unwritten: this sink never says written)
+        gen.on_response(None, True, 0)
+        assert sink.responses[-1] == (None, True)
+
+    asyncio.run(go())

@@ -307,7 +307,11 @@ class _Run:
         #: ensemble tensor -> key -> value (None: a decoupled step's response did not carry it)
         self.tensors: dict[str, dict[Key, np.ndarray | None]] = {}
         self.left: dict[tuple[str, Key], int] = {}  # readers still to take each value
-        self.launched: set[tuple[int, Key]] = set()
+        #: key -> the values held at it (their count) and the steps launched at it; both dropped once
+        #: no value is left at the key (no step can launch there again), so a request streaming any
+        #: number of responses keeps only what its responses in flight need
+        self.live: dict[Key, int] = {}
+        self.launched: dict[Key, set[int]] = {}
         self.flying: dict[tuple[int, Key], _StepSink] = {}
         #: the keys the ensemble answers at, in order (those the outputs' decoupled step made)
         self.answers: deque[Key] = deque()
@@ -347,6 +351,7 @@ class _Run:
         if reads:
             self.tensors.setdefault(tensor, {})[key] = value
             self.left[(tensor, key)] = reads
+            self.live[key] = self.live.get(key, 0) + 1
             if count and value is not None:
                 self.held += array_bytes(value)
 
@@ -359,6 +364,12 @@ class _Run:
             self.left[(tensor, key)] = left
         else:
             del self.left[(tensor, key)], values[key]
+            live = self.live[key] - 1
+            if live:
+                self.live[key] = live
+            else:  # nothing left at the key: no step launches there again (its inputs are gone)
+                del self.live[key]
+                self.launched.pop(key, None)
             if value is not None and tensor not in self.worker.plan_inputs:  # (the request's own: not counted)
                 self.held -= array_bytes(value)
         return value
@@ -374,8 +385,8 @@ class _Run:
         for step in {s.index: s for t in tensors for s in self.readers.get(t, ())}.values():
             if self.done:
                 return
-            if (step.index, key) not in self.launched and all(self._has(t, key) for t in step.needs):
-                self.launched.add((step.index, key))
+            if step.index not in self.launched.get(key, ()) and all(self._has(t, key) for t in step.needs):
+                self.launched.setdefault(key, set()).add(step.index)
                 self._launch(step, key)
         self._answer()
 
@@ -528,7 +539,7 @@ class _Run:
         flying, self.flying = self.flying, {}
         for sink in flying.values():
             sink.stop()
-        self.tensors, self.left = {}, {}
+        self.tensors, self.left, self.live, self.launched = {}, {}, {}, {}
 
     def fail(self, exc: WsserveError) -> None:
         was_done = self.done
@@ -561,7 +572,7 @@ class _Run:
         # the outputs asked for (a pruned request has only those): one array for a one-output ensemble
         values = {o: self.tensors[o][()] for o in self.outputs}
         out: Tensors = values[self.outputs[0]] if len(self.worker.plan.outputs) == 1 else values
-        self.tensors, self.left = {}, {}
+        self.tensors, self.left, self.live, self.launched = {}, {}, {}, {}
         if self.sink.finished:
             return
         n = self.sink.n
