@@ -41,7 +41,9 @@ steps after them, the inputs of steps run for a decoupled step's response, its r
 yet written to the client; its own inputs not counted) is at most ``max_pending_bytes``
 (``--max-write-buffer-bytes``): a decoupled step's response that would pass it (one is always
 taken) ends the request with ``overloaded`` and cancels its steps, so a fast decoupled step
-ahead of a slow one (or of a slow client) cannot queue unbounded tensors.  The model's
+ahead of a slow one (or of a slow client) cannot queue unbounded tensors; so do the outputs of
+a step run for such a response that would pass it (a later step's outputs larger than its
+inputs, ahead of a client that does not read).  The model's
 sending thread is never blocked.
 
 Event-loop thread only, like the pool.
@@ -444,9 +446,25 @@ class _Run:
         if missing:
             self.fail(Internal(f"{self._label(step)}: its model returned no output {missing[0]!r}"))
             return
+        if sink.key:  # run for a decoupled step's response: what it adds is bounded as that response was
+            kept = sum(array_bytes(outputs[o]) for o, tensor in step.yields if self.reads.get(tensor, 0))
+            if self._over(kept, step, "its outputs for a response of a decoupled step"):
+                return
         for model_output, tensor in step.yields:
             self._keep(tensor, sink.key, outputs[model_output])
         self._advance([t for _, t in step.yields], sink.key)
+
+    def _over(self, nbytes: int, step: PlannedStep, what: str) -> bool:
+        """True, the request ended ``overloaded``, when ``nbytes`` more would put what it holds inside
+        the ensemble past ``max_pending_bytes`` (nothing held: always taken)."""
+        limit = self.worker.max_pending_bytes
+        if self.held <= 0 or self.held + nbytes <= limit:
+            return False
+        self.fail(Overloaded(
+            f"{self._label(step)}: with {what}, {self.held + nbytes} bytes would be held inside the ensemble (its "
+            "steps' tensors not yet through the steps after it, or responses unread by the client; "
+            f"max_write_buffer_bytes={limit}); the request is cancelled"))
+        return True
 
     def step_response(self, sink: _StreamStepSink, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
         """A decoupled step's response (None: its FINAL alone): its outputs at a key of their own
