@@ -397,6 +397,9 @@ class _Run:
             entry = self.worker.lookup(step.model, str(step.version) if step.version is not None else None)
             if entry.kind != "predict":
                 raise Internal(f"model {step.model!r} serves generate, not predict")
+            if bool(getattr(entry, "decoupled", False)) != step.decoupled:  # changed since planned (re-planning)
+                raise Internal(f"model {step.model!r} is {'' if step.decoupled else 'now '}"
+                               f"{'not ' if step.decoupled else ''}decoupled, unlike when the ensemble was planned")
             specs = {s.name: s for s in entry.input_specs}
             arrays = {}
             for model_input, tensor in step.feeds:
