@@ -168,6 +168,8 @@ def test_close_ends_requests_in_flight_and_refuses_new_ones() -> None:
         await asyncio.sleep(0)
         await worker.close()
         assert isinstance(sink.errors[0], ShuttingDown)
+        # (an unload too, as a step model's unload makes the ensemble unavailable: not only a server stop)
+        assert sink.errors[0].message == "ensemble 'fan' is unloaded or the server is shutting down"
         with pytest.raises(ShuttingDown):
             worker.submit(Sink(_x(), 2))
 

@@ -661,7 +661,7 @@ class EnsembleWorker:
             return
         self._closed = True
         for run in list(self._runs):
-            run.fail(ShuttingDown("the server is shutting down"))
+            run.fail(ShuttingDown(f"ensemble {self.name!r} is unloaded or the server is shutting down"))
         if self._idle is not None:
             self._idle.set()
 
