@@ -134,6 +134,19 @@ class TritonPythonModel:
         return responses
 '''
 
+#: TOK -> OUT: 65536 values (256 KiB) whatever TOK is: a step whose outputs are far larger than its inputs.
+EXPAND_PBTXT = (f'backend: "python"\nmax_batch_size: 0\ninput [ {{ name: "TOK" {I32} dims: [ -1 ] }} ]\n'
+                f'output [ {{ name: "OUT" {I32} dims: [ -1 ] }} ]\n')
+EXPAND_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full(65536, 7, np.int32))]) for _ in requests]
+'''
+
 
 def _step(model: str, ins: dict[str, str], outs: dict[str, str]) -> str:
     imap = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in ins.items())
@@ -158,6 +171,15 @@ MIXED_PBTXT = (f'platform: "ensemble"\nmax_batch_size: 0\ninput [ {{ name: "IN" 
                             _step("post2", {"TOK": "tok", "X": "IN"}, {"OUT": "OUT"})])
                + ' ] }\n')
 
+#: pre -> gen -> expand: each of gen's one-token responses becomes 256 KiB.
+EXPANDING_PBTXT = (f'platform: "ensemble"\nmax_batch_size: 0\ninput [ {{ name: "IN" {I32} dims: [ 1 ] }} ]\n'
+                   f'output [ {{ name: "OUT" {I32} dims: [ -1 ] }} ]\n'
+                   'ensemble_scheduling { step [ '
+                   + ", ".join([_step("pre", {"IN": "IN"}, {"COUNT": "count", "MODE": "mode"}),
+                                _step("gen", {"COUNT": "count", "MODE": "mode"}, {"TOK": "tok", "IDX": "idx"}),
+                                _step("expand", {"TOK": "tok"}, {"OUT": "OUT"})])
+                   + ' ] }\n')
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str | None = None) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -180,10 +202,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
                            f'parameters {{ key: "marks" value: {{ string_value: "{marks}" }} }}\n'), POST_PY)
     _write(root, "ens", ENS_PBTXT)
     _write(root, "mixed", MIXED_PBTXT)
+    _write(root, "expand", EXPAND_PBTXT, EXPAND_PY)
+    _write(root, "expanding", EXPANDING_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
-        wait_until(lambda: all(_state(proc.port, m) in ("READY", "UNAVAILABLE") for m in ("ens", "mixed")), 60.0,
+        wait_until(lambda: all(_state(proc.port, m) in ("READY", "UNAVAILABLE") for m in ("ens", "mixed", "expanding")),
+                   60.0,
                    what="the ensembles to load")
         yield proc, grpc_address(proc), marks
     finally:
@@ -297,6 +322,36 @@ def test_a_step_that_does_not_keep_up_bounds_what_the_request_holds(served) -> N
     s2.send("ens", "ok", **_in(2))
     assert _outputs(s2.until_final()) == [([200], [0]), ([202], [1])]
     s2.close()
+
+
+def test_a_later_step_s_outputs_unread_by_the_client_are_bounded_too(served) -> None:
+    """``gen`` sends 400 one-token responses at once (each taken: the request holds little yet),
+    ``expand`` makes each 256 KiB and the gRPC client reads nothing: what the request then holds
+    (``expand``'s outputs, its responses unwritten) passes the 1 MB bound, so the request ends
+    ``overloaded`` naming ``expand`` (its steps left are cancelled), rather than the server queueing
+    100 MiB of responses for a client that does not read."""
+    port = served[0].port
+    s = _Stream(served[1])
+    try:
+        s.gate.clear()  # (the client's reader blocks in its callback: it reads nothing more)
+        s.send("expanding", "x", **_in(400))
+        wait_until(lambda: _requests_ended(port, "expanding") == 1, 60.0, what="the request to end")
+        s.gate.set()
+        got = s.until_final()
+        assert len(got) < 400
+        message = got[-1][1].message()
+        assert "ensemble 'expanding' step 2 (model 'expand')" in message and "held inside the ensemble" in message
+        assert "max_write_buffer_bytes=1000000" in message
+    finally:
+        s.gate.set()
+        s.close()
+
+
+def _requests_ended(port: int, name: str) -> int:
+    """Requests to model ``name`` that ended (succeeded or failed), from Triton's statistics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{name}/stats", timeout=30) as answer:
+        stats = json.loads(answer.read())["model_stats"][0]["inference_stats"]
+    return stats["success"]["count"] + stats["fail"]["count"]
 
 
 async def test_websocket_predict_responses_streams_the_ensemble(served) -> None:

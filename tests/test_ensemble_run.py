@@ -41,6 +41,7 @@ class FakeEntry:
     worker: FakeWorker
     input_specs: tuple[Any, ...]
     kind: str = "predict"
+    decoupled: bool = False
 
 
 @dataclass
@@ -167,6 +168,8 @@ def test_close_ends_requests_in_flight_and_refuses_new_ones() -> None:
         await asyncio.sleep(0)
         await worker.close()
         assert isinstance(sink.errors[0], ShuttingDown)
+        # (an unload too, as a step model's unload makes the ensemble unavailable: not only a server stop)
+        assert sink.errors[0].message == "ensemble 'fan' is unloaded or the server is shutting down"
         with pytest.raises(ShuttingDown):
             worker.submit(Sink(_x(), 2))
 
@@ -334,7 +337,8 @@ def _streaming(max_pending_bytes: int = 1 << 20) -> tuple[EnsembleWorker, dict[s
             ("post", None): sig("post", {"x": (3,)}, {"y": (2,)})}
     config = parse_pbtxt(ensemble_pbtxt(CHAIN3), "pipe/config.pbtxt", model_name="pipe")
     model = EnsembleModel("pipe", 1, config, plan_ensemble(config.ensemble, sigs))
-    entries = {name: FakeEntry(name, FakeWorker(), sigs[(name, None)].inputs) for name in ("gen", "post")}
+    entries = {name: FakeEntry(name, FakeWorker(), sigs[(name, None)].inputs, decoupled=name == "gen")
+               for name in ("gen", "post")}
     worker = EnsembleWorker(model, lambda name, version: entries[name], max_pending_bytes=max_pending_bytes)
     worker.start()
     return worker, entries
@@ -391,5 +395,50 @@ def test_what_a_request_holds_inside_the_ensemble_is_bounded_and_cancels_the_dec
         assert "max_write_buffer_bytes=1000" in error.message
         assert ("item", gen) in e["gen"].worker.cancelled
         assert len(e["post"].worker.cancelled) == sent - 1
+
+    asyncio.run(go())
+
+
+def test_a_long_stream_keeps_nothing_per_response_once_answered() -> None:
+    """A decoupled step streaming many responses, each through ``post`` and answered: the request keeps
+    no bookkeeping per response answered (which steps ran at which response, the values and their
+    readers), so a stream of any length holds only what its responses in flight need."""
+    async def go() -> None:
+        worker, e = _streaming()
+        sink = StreamSink(_x(), 2)
+        run = worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        for i in range(500):
+            gen.on_response({"y": np.full((2, 3), i, np.float32)}, False, 100)
+            post = e["post"].worker.submitted[-1][0]
+            post.on_rows(0, np.full((2, 2), i, np.float32), 2, 0.0, 0.0)
+        assert len(sink.responses) == 500 and not sink.errors
+        assert len(run.launched) <= 1 and not run.left and not run.flying.keys() - {(0, ())}
+        assert sum(map(len, run.tensors.values())) == 0 and run.held == 500 * (64 + 16)  # (the responses, unwritten: this sink never says written)
+        gen.on_response(None, True, 0)
+        assert sink.responses[-1] == (None, True)
+
+    asyncio.run(go())
+
+
+def test_a_step_model_no_longer_decoupled_as_planned_fails_the_request_not_answers_it_empty() -> None:
+    """``gen`` served again as a model answering once (the ensemble not re-planned yet for a request in
+    flight): its one answer would flow on at the request's own key, which the ensemble never answers,
+    so the request would end with no response at all as if it succeeded; it fails naming the step."""
+    async def go() -> None:
+        worker, e = _streaming()
+        e["gen"].decoupled = False
+        sink = StreamSink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        for gen, _, _ in e["gen"].worker.submitted:  # (a worker answering once)
+            gen.on_rows(0, np.zeros((2, 3), np.float32), 2, 0.0, 0.0)
+        for post, _, _ in e["post"].worker.submitted:
+            post.on_rows(0, np.zeros((2, 2), np.float32), 2, 0.0, 0.0)
+        assert sink.responses == []
+        (error,) = sink.errors
+        assert error.code == "internal" and "step 0 (model 'gen')" in error.message
+        assert "is not decoupled" in error.message
 
     asyncio.run(go())

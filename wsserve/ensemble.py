@@ -41,7 +41,9 @@ steps after them, the inputs of steps run for a decoupled step's response, its r
 yet written to the client; its own inputs not counted) is at most ``max_pending_bytes``
 (``--max-write-buffer-bytes``): a decoupled step's response that would pass it (one is always
 taken) ends the request with ``overloaded`` and cancels its steps, so a fast decoupled step
-ahead of a slow one (or of a slow client) cannot queue unbounded tensors.  The model's
+ahead of a slow one (or of a slow client) cannot queue unbounded tensors; so do the outputs of
+a step run for such a response that would pass it (a later step's outputs larger than its
+inputs, ahead of a client that does not read).  The model's
 sending thread is never blocked.
 
 Event-loop thread only, like the pool.
@@ -307,7 +309,11 @@ class _Run:
         #: ensemble tensor -> key -> value (None: a decoupled step's response did not carry it)
         self.tensors: dict[str, dict[Key, np.ndarray | None]] = {}
         self.left: dict[tuple[str, Key], int] = {}  # readers still to take each value
-        self.launched: set[tuple[int, Key]] = set()
+        #: key -> the values held at it (their count) and the steps launched at it; both dropped once
+        #: no value is left at the key (no step can launch there again), so a request streaming any
+        #: number of responses keeps only what its responses in flight need
+        self.live: dict[Key, int] = {}
+        self.launched: dict[Key, set[int]] = {}
         self.flying: dict[tuple[int, Key], _StepSink] = {}
         #: the keys the ensemble answers at, in order (those the outputs' decoupled step made)
         self.answers: deque[Key] = deque()
@@ -347,6 +353,7 @@ class _Run:
         if reads:
             self.tensors.setdefault(tensor, {})[key] = value
             self.left[(tensor, key)] = reads
+            self.live[key] = self.live.get(key, 0) + 1
             if count and value is not None:
                 self.held += array_bytes(value)
 
@@ -359,6 +366,12 @@ class _Run:
             self.left[(tensor, key)] = left
         else:
             del self.left[(tensor, key)], values[key]
+            live = self.live[key] - 1
+            if live:
+                self.live[key] = live
+            else:  # nothing left at the key: no step launches there again (its inputs are gone)
+                del self.live[key]
+                self.launched.pop(key, None)
             if value is not None and tensor not in self.worker.plan_inputs:  # (the request's own: not counted)
                 self.held -= array_bytes(value)
         return value
@@ -374,8 +387,8 @@ class _Run:
         for step in {s.index: s for t in tensors for s in self.readers.get(t, ())}.values():
             if self.done:
                 return
-            if (step.index, key) not in self.launched and all(self._has(t, key) for t in step.needs):
-                self.launched.add((step.index, key))
+            if step.index not in self.launched.get(key, ()) and all(self._has(t, key) for t in step.needs):
+                self.launched.setdefault(key, set()).add(step.index)
                 self._launch(step, key)
         self._answer()
 
@@ -384,6 +397,9 @@ class _Run:
             entry = self.worker.lookup(step.model, str(step.version) if step.version is not None else None)
             if entry.kind != "predict":
                 raise Internal(f"model {step.model!r} serves generate, not predict")
+            if bool(getattr(entry, "decoupled", False)) != step.decoupled:  # changed since planned (re-planning)
+                raise Internal(f"model {step.model!r} is {'' if step.decoupled else 'now '}"
+                               f"{'not ' if step.decoupled else ''}decoupled, unlike when the ensemble was planned")
             specs = {s.name: s for s in entry.input_specs}
             arrays = {}
             for model_input, tensor in step.feeds:
@@ -433,9 +449,25 @@ class _Run:
         if missing:
             self.fail(Internal(f"{self._label(step)}: its model returned no output {missing[0]!r}"))
             return
+        if sink.key:  # run for a decoupled step's response: what it adds is bounded as that response was
+            kept = sum(array_bytes(outputs[o]) for o, tensor in step.yields if self.reads.get(tensor, 0))
+            if self._over(kept, step, "its outputs for a response of a decoupled step"):
+                return
         for model_output, tensor in step.yields:
             self._keep(tensor, sink.key, outputs[model_output])
         self._advance([t for _, t in step.yields], sink.key)
+
+    def _over(self, nbytes: int, step: PlannedStep, what: str) -> bool:
+        """True, the request ended ``overloaded``, when ``nbytes`` more would put what it holds inside
+        the ensemble past ``max_pending_bytes`` (nothing held: always taken)."""
+        limit = self.worker.max_pending_bytes
+        if self.held <= 0 or self.held + nbytes <= limit:
+            return False
+        self.fail(Overloaded(
+            f"{self._label(step)}: with {what}, {self.held + nbytes} bytes would be held inside the ensemble (its "
+            "steps' tensors not yet through the steps after it, or responses unread by the client; "
+            f"max_write_buffer_bytes={limit}); the request is cancelled"))
+        return True
 
     def step_response(self, sink: _StreamStepSink, outputs: dict[str, np.ndarray] | None, final: bool) -> None:
         """A decoupled step's response (None: its FINAL alone): its outputs at a key of their own
@@ -528,7 +560,7 @@ class _Run:
         flying, self.flying = self.flying, {}
         for sink in flying.values():
             sink.stop()
-        self.tensors, self.left = {}, {}
+        self.tensors, self.left, self.live, self.launched = {}, {}, {}, {}
 
     def fail(self, exc: WsserveError) -> None:
         was_done = self.done
@@ -561,7 +593,7 @@ class _Run:
         # the outputs asked for (a pruned request has only those): one array for a one-output ensemble
         values = {o: self.tensors[o][()] for o in self.outputs}
         out: Tensors = values[self.outputs[0]] if len(self.worker.plan.outputs) == 1 else values
-        self.tensors, self.left = {}, {}
+        self.tensors, self.left, self.live, self.launched = {}, {}, {}, {}
         if self.sink.finished:
             return
         n = self.sink.n
@@ -629,7 +661,7 @@ class EnsembleWorker:
             return
         self._closed = True
         for run in list(self._runs):
-            run.fail(ShuttingDown("the server is shutting down"))
+            run.fail(ShuttingDown(f"ensemble {self.name!r} is unloaded or the server is shutting down"))
         if self._idle is not None:
             self._idle.set()
 
