@@ -193,6 +193,23 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     assert (one.priority_levels, one.warnings) == (1, ("dynamic_batching.preserve_ordering",))
 
 
+def test_priority_queue_policies_map_onto_the_models_levels() -> None:
+    """Triton's ``priority_queue_policy``: each level's own policy, its fields read as
+    ``default_queue_policy``'s (an absent field is protobuf's default, not the default policy's)."""
+    from wsserve.batching import QueuePolicy
+
+    cfg = parse_pbtxt("""
+        dynamic_batching { priority_levels: 3 default_priority_level: 2
+          default_queue_policy { max_queue_size: 8 default_timeout_microseconds: 5000 allow_timeout_override: true }
+          priority_queue_policy [
+            { key: 3 value: { max_queue_size: 2 } },
+            { key: 1 value: { default_timeout_microseconds: 1500 allow_timeout_override: true timeout_action: REJECT } } ] }""")
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (8, 5.0, True)
+    assert cfg.priority_queue_policies == ((1, QueuePolicy(None, 1.5, True)), (3, QueuePolicy(2, None, False)))
+    assert cfg.warnings == ()
+    assert parse_pbtxt("dynamic_batching { priority_levels: 2 default_priority_level: 1 }").priority_queue_policies == ()
+
+
 @pytest.mark.parametrize(("text", "key", "words"), [
     ("dynamic_batching { priority_levels: 3 }", "dynamic_batching.default_priority_level",
      ["must be in [1, 3]", "priority_levels is 3", "got 0"]),
@@ -200,8 +217,16 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
      ["must be in [1, 3]", "got 4"]),
     ("dynamic_batching { priority_levels: 17 default_priority_level: 1 }", "dynamic_batching.priority_levels",
      ["[0, 16]", "got 17"]),
-    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 1 value { "
-     "max_queue_size: 4 } } }", "dynamic_batching.priority_queue_policy", ["not supported", "default_queue_policy"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value { "
+     "max_queue_size: 4 } } }", "dynamic_batching.priority_queue_policy", ["key 3 not in [1, 2]", "priority_levels is 2"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy [ { key: 0 value { } }, "
+     "{ key: 1 value { } }, { key: 9 value { } } ] }", "dynamic_batching.priority_queue_policy", ["keys 0, 9 not in [1, 2]"]),
+    ("dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 4 } } }",
+     "dynamic_batching.priority_queue_policy", ["key 1 not in [1, 0]", "priority_levels is 0"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value { "
+     "timeout_action: DELAY } } }", "dynamic_batching.priority_queue_policy[2].timeout_action", ["DELAY"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value { "
+     "max_queue_size: 1000001 } } }", "dynamic_batching.priority_queue_policy[2].max_queue_size", ["1000001"]),
     ("dynamic_batching { priority_levels: 2 default_priority_level: 1 preserve_ordering: true }",
      "dynamic_batching.preserve_ordering", ["priority_levels 2", "one level"]),
     ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
