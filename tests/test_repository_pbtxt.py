@@ -252,7 +252,7 @@ def test_priority_queue_policies_map_onto_the_models_levels() -> None:
     ('input [{ name: "x" data_type: TYPE_INT64 dims: [1] is_shape_tensor: true }]', "input[0].is_shape_tensor", ["shape tensors"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]', "input[0].allow_ragged_batch", ["ragged"]),
     ('output [{ name: "y" data_type: TYPE_FP32 dims: [4] reshape: { shape: [-1] } }]', "output[0].reshape.shape", ["variable on both sides"]),
-    ('input [{ name: "x" data_type: TYPE_BF16 dims: [1] }]', "input[0].data_type", ["TYPE_BF16", "TYPE_FP16", "TYPE_UINT8"]),
+    ('input [{ name: "x" data_type: TYPE_INVALID dims: [1] }]', "input[0].data_type", ["is required", "TYPE_BF16", "TYPE_FP16"]),
     ('input [{ name: "x" data_type: TYPE_STRING dims: [1] }]', "input[0].data_type", ["TYPE_STRING"]),
     ('input [{ name: "x" dims: [1] }]', "input[0].data_type", ["required"]),
     ('input [{ name: "x" data_type: 99 dims: [1] }]', "input[0].data_type", ["99 is not one of Triton's values"]),

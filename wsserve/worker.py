@@ -84,6 +84,7 @@ import numpy as np
 
 from .batching import Batch, BatchQueue, PriorityLevels, QueuePolicy, Slice, WorkItem
 from .config import INLINE_MAX_FLOPS
+from .dtypes import is_float
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -296,14 +297,14 @@ def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
     out: dict[str, np.ndarray] = {}
     finite_rows: np.ndarray | None = None
     for name, a in arrays:
-        if not isinstance(a, np.ndarray) or (a.dtype.kind not in "fiub" and not _strings(a)):
+        if not isinstance(a, np.ndarray) or (a.dtype.kind not in "fiub" and not is_float(a.dtype) and not _strings(a)):
             label = f"output {name!r}" if name else "model"
             raise TypeError(f"{label} returned {type(a).__name__} of {getattr(a, 'dtype', '?')}, not a numeric array "
                             "(nor an object array of bytes)")
         if a.ndim < 1 or a.shape[0] != rows:
             raise ValueError(f"model returned shape {a.shape} for {rows} rows")
         a = np.ascontiguousarray(a)
-        if a.dtype.kind == "f":
+        if is_float(a.dtype):
             finite = np.isfinite(a)
             if not finite.all():
                 ok = finite.reshape(rows, -1).all(axis=1)

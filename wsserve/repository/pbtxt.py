@@ -143,6 +143,7 @@ TRITON_TYPES = {
     "TYPE_UINT16": "uint16",
     "TYPE_UINT32": "uint32",
     "TYPE_UINT64": "uint64",
+    "TYPE_BF16": "bfloat16",  # ml_dtypes.bfloat16 (wsserve.dtypes)
     "TYPE_STRING": BYTES,  # Triton Python models and ensembles only (:func:`_no_onnx_strings`)
 }
 
