@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input", "top_k", "uint8_pixels"]
+__all__ = ["save", "linear_layer", "mlp_two_inputs", "int64_embedding", "fixed_batch", "scalar_affine", "centered", "symbolic_features", "symbolic_matrix", "bool_mask", "string_input", "top_k", "uint8_pixels", "bfloat16_double"]
 
 #: An IR version / opset every onnxruntime >= 1.17 reads.
 IR_VERSION = 8
@@ -213,3 +213,16 @@ def uint8_pixels(d: int = 4) -> tuple[onnx.ModelProto, Reference]:
         [("S", np.array(1 / 255, dtype=np.float32))],
     )
     return model, lambda x: x.astype(np.float32) * np.float32(1 / 255)
+
+
+def bfloat16_double(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
+    """bfloat16 ``x [N, d]`` -> ``y = bfloat16(2 * float32(x))`` (Cast, Add, Cast: onnxruntime's CPU
+    provider has no bfloat16 arithmetic) and ``z = x`` (Identity), both bfloat16; ``w = float32(x)``."""
+    bf16 = TensorProto.BFLOAT16
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT), helper.make_node("Add", ["f", "f"], ["s"]),
+             helper.make_node("Cast", ["s"], ["y"], to=bf16), helper.make_node("Identity", ["x"], ["z"]),
+             helper.make_node("Cast", ["x"], ["w"], to=TensorProto.FLOAT)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", bf16, ["N", d])],
+                   [helper.make_tensor_value_info("y", bf16, ["N", d]), helper.make_tensor_value_info("z", bf16, ["N", d]),
+                    helper.make_tensor_value_info("w", TensorProto.FLOAT, ["N", d])])
+    return model, lambda x: (x.astype(np.float32) * 2, x, x.astype(np.float32))

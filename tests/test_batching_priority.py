@@ -14,6 +14,7 @@ from wsserve.batching import (
     Batch,
     BatchQueue,
     PriorityLevels,
+    QueuePolicy,
     WorkItem,
 )
 from wsserve.errors import Overloaded
@@ -177,6 +178,38 @@ def test_max_queue_requests_bounds_each_level_as_tritons_max_queue_size() -> Non
         q.add(_item(1, 3, "low-d"), 1.0)
     assert q.cancel(q._classes[2][0]) and len(q) == 1  # low-b cancelled: one left at level 3
     q.add(_item(1, 3, "low-d"), 1.0)
+
+
+def test_a_levels_own_queue_policy_bound_replaces_the_default_at_that_level_only() -> None:
+    """Triton's ``priority_queue_policy``: level 1 holds 2 requests, level 3 has no bound of its own
+    (protobuf's ``max_queue_size`` 0), level 2 keeps the default policy's 1."""
+    q = BatchQueue(max_batch_size=8, priority_levels=3, default_priority_level=2, max_queue_requests=1,
+                   max_queue_requests_per_level=True, level_max_queue_requests={1: 2, 3: None})
+    for now, (priority, name) in enumerate([(1, "a1"), (1, "b1"), (0, "a2"), (3, "a3"), (3, "b3"), (3, "c3")]):
+        q.add(_item(1, priority, name), float(now))
+    with pytest.raises(Overloaded, match=r"queue full: 2 requests queued at priority level 1, limit 2"):
+        q.add(_item(1, 1, "c1"), 9.0)
+    with pytest.raises(Overloaded, match=r"queue full: 1 requests queued at priority level 2, limit 1"):
+        q.add(_item(1, 7, "b2"), 9.0)  # above the levels: the default level's bound
+    assert _served(q.next_batch(9.0)) == [("a1", 0, 1), ("b1", 0, 1), ("a2", 0, 1), ("a3", 0, 1), ("b3", 0, 1),
+                                          ("c3", 0, 1)]
+    with pytest.raises(ValueError, match=r"levels must be in \[1, 3\], got \[0, 4\]"):
+        BatchQueue(priority_levels=3, max_queue_requests_per_level=True, level_max_queue_requests={0: 1, 4: 1})
+
+
+def test_a_requests_queue_policy_is_its_levels_own_else_the_default() -> None:
+    default = QueuePolicy(None, 100.0, True)
+    top, low = QueuePolicy(4, 20.0, False), QueuePolicy(None, None, False)
+    levels = PriorityLevels(3, 2, configured=True, policies=((1, top), (3, low)))
+    assert [levels.policy(p, default) for p in (1, 2, 3, 0, 4)] == [top, default, low, default, default]
+    assert [levels.level(p) for p in (0, 1, 2, 3, 4)] == [2, 1, 2, 3, 2]
+    # deadlines at now = 10.0 (seconds): level 1 cuts a longer request's, the default lets it shorten
+    assert (top.deadline(60.0, 10.0), top.deadline(None, 10.0)) == (10.02, 10.02)
+    assert (default.deadline(10.05, 10.0), default.deadline(60.0, 10.0)) == (10.05, 10.1)
+    assert (low.deadline(60.0, 10.0), low.deadline(None, 10.0)) == (60.0, None)
+    for bad in (((4, top),), ((2, top), (1, low)), ((1, top), (1, low))):
+        with pytest.raises(ValueError, match="priority queue policy levels"):
+            PriorityLevels(3, 2, configured=True, policies=bad)
 
 
 def test_max_queue_requests_bounds_the_whole_queue_by_default() -> None:

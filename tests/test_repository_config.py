@@ -108,7 +108,7 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ("input_shape = [4194305]", "input_shape", ["4194305", "out of range"]),
         ("input_shape = [4096, 4096]", "input_shape", ["16777216 values per row", "at most 4194304"]),
         ("output_shape = []", "output_shape", ["must not be empty"]),
-        ('input_dtype = "bfloat16"', "input_dtype", ["float16", "uint8", "'bfloat16'"]),
+        ('input_dtype = "bfloat8"', "input_dtype", ["float16", "bfloat16", "'bfloat8'"]),
         ('backend = "tensorflow"', "backend", ["onnx, npz, python", "'tensorflow'"]),
         ('task = "poetry"', "task", ["regression", "'poetry'"]),
         ("task = 1", "task", ["an integer"]),

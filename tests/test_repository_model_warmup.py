@@ -84,8 +84,8 @@ def test_samples_are_read_with_tritons_defaults() -> None:
      r"needs its data: zero_data: true, random_data: true or input_data_file"),
     ('{ name: "s" batch_size: 1 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 3 ] '
      'input_data_file: "../../etc/passwd" } } }', r"input_data_file': must be a file name in the model's warmup/ folder"),
-    ('{ name: "s" batch_size: 1 inputs { key: "X" value: { data_type: TYPE_BF16 dims: [ 3 ] zero_data: true } } }',
-     r"data_type': TYPE_BF16 is not served"),
+    ('{ name: "s" batch_size: 1 inputs { key: "X" value: { data_type: TYPE_INVALID dims: [ 3 ] zero_data: true } } }',
+     r"data_type': TYPE_INVALID is not served"),
     ('{ name: "s" batch_size: 1 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 0 ] zero_data: true } } }',
      r"dims': must be 0 to 8 sizes of at least 1"),
     ('{ name: "s" batch_size: 8 inputs { key: "X" value: { data_type: TYPE_FP32 dims: [ 1048576 ] zero_data: true } } }',

@@ -193,6 +193,23 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     assert (one.priority_levels, one.warnings) == (1, ("dynamic_batching.preserve_ordering",))
 
 
+def test_priority_queue_policies_map_onto_the_models_levels() -> None:
+    """Triton's ``priority_queue_policy``: each level's own policy, its fields read as
+    ``default_queue_policy``'s (an absent field is protobuf's default, not the default policy's)."""
+    from wsserve.batching import QueuePolicy
+
+    cfg = parse_pbtxt("""
+        dynamic_batching { priority_levels: 3 default_priority_level: 2
+          default_queue_policy { max_queue_size: 8 default_timeout_microseconds: 5000 allow_timeout_override: true }
+          priority_queue_policy [
+            { key: 3 value: { max_queue_size: 2 } },
+            { key: 1 value: { default_timeout_microseconds: 1500 allow_timeout_override: true timeout_action: REJECT } } ] }""")
+    assert (cfg.max_queue_requests, cfg.default_timeout_ms, cfg.allow_timeout_override) == (8, 5.0, True)
+    assert cfg.priority_queue_policies == ((1, QueuePolicy(None, 1.5, True)), (3, QueuePolicy(2, None, False)))
+    assert cfg.warnings == ()
+    assert parse_pbtxt("dynamic_batching { priority_levels: 2 default_priority_level: 1 }").priority_queue_policies == ()
+
+
 @pytest.mark.parametrize(("text", "key", "words"), [
     ("dynamic_batching { priority_levels: 3 }", "dynamic_batching.default_priority_level",
      ["must be in [1, 3]", "priority_levels is 3", "got 0"]),
@@ -200,8 +217,16 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
      ["must be in [1, 3]", "got 4"]),
     ("dynamic_batching { priority_levels: 17 default_priority_level: 1 }", "dynamic_batching.priority_levels",
      ["[0, 16]", "got 17"]),
-    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 1 value { "
-     "max_queue_size: 4 } } }", "dynamic_batching.priority_queue_policy", ["not supported", "default_queue_policy"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value { "
+     "max_queue_size: 4 } } }", "dynamic_batching.priority_queue_policy", ["key 3 not in [1, 2]", "priority_levels is 2"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy [ { key: 0 value { } }, "
+     "{ key: 1 value { } }, { key: 9 value { } } ] }", "dynamic_batching.priority_queue_policy", ["keys 0, 9 not in [1, 2]"]),
+    ("dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 4 } } }",
+     "dynamic_batching.priority_queue_policy", ["key 1 not in [1, 0]", "priority_levels is 0"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value { "
+     "timeout_action: DELAY } } }", "dynamic_batching.priority_queue_policy[2].timeout_action", ["DELAY"]),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value { "
+     "max_queue_size: 1000001 } } }", "dynamic_batching.priority_queue_policy[2].max_queue_size", ["1000001"]),
     ("dynamic_batching { priority_levels: 2 default_priority_level: 1 preserve_ordering: true }",
      "dynamic_batching.preserve_ordering", ["priority_levels 2", "one level"]),
     ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
@@ -227,7 +252,7 @@ def test_priority_levels_map_onto_the_models_levels() -> None:
     ('input [{ name: "x" data_type: TYPE_INT64 dims: [1] is_shape_tensor: true }]', "input[0].is_shape_tensor", ["shape tensors"]),
     ('input [{ name: "x" data_type: TYPE_FP32 dims: [1] allow_ragged_batch: true }]', "input[0].allow_ragged_batch", ["ragged"]),
     ('output [{ name: "y" data_type: TYPE_FP32 dims: [4] reshape: { shape: [-1] } }]', "output[0].reshape.shape", ["variable on both sides"]),
-    ('input [{ name: "x" data_type: TYPE_BF16 dims: [1] }]', "input[0].data_type", ["TYPE_BF16", "TYPE_FP16", "TYPE_UINT8"]),
+    ('input [{ name: "x" data_type: TYPE_INVALID dims: [1] }]', "input[0].data_type", ["is required", "TYPE_BF16", "TYPE_FP16"]),
     ('input [{ name: "x" data_type: TYPE_STRING dims: [1] }]', "input[0].data_type", ["TYPE_STRING"]),
     ('input [{ name: "x" dims: [1] }]', "input[0].data_type", ["required"]),
     ('input [{ name: "x" data_type: 99 dims: [1] }]', "input[0].data_type", ["99 is not one of Triton's values"]),

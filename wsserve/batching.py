@@ -24,7 +24,9 @@ Policy:
   and any other "normal", wsserve's own two classes).  Higher classes fill a batch
   first: a lower class gets only what they leave, so a steady stream of higher-level rows that fills
   every batch starves the lower levels (Triton's batcher does the same; there is no ageing).  At most
-  :data:`MAX_PRIORITY_LEVELS` levels.
+  :data:`MAX_PRIORITY_LEVELS` levels.  Each level has a queue policy (Triton's
+  ``priority_queue_policy``, else the model's ``default_queue_policy``: :class:`QueuePolicy`): the
+  requests that may wait at that level, and the default timeout those requests are queued with.
 * **Fairness**: inside a priority class, rows are shared round-robin between
   requests, so one 60,000-row request advances by its fair share of each batch
   while single-row requests from other sockets still ride along.  A request
@@ -68,7 +70,7 @@ from typing import Any, NamedTuple
 
 from .errors import Overloaded
 
-__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "PriorityLevels", "queue_deadline",
+__all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "PriorityLevels", "QueuePolicy", "queue_deadline",
            "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS"]
 
 #: An ``Overloaded`` refusal's ``retry_after_ms`` is at least this, and at most the next.
@@ -82,6 +84,34 @@ MAX_PRIORITY_LEVELS = 16
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """One priority level's queue policy (Triton's ``ModelQueuePolicy``, ``timeout_action: REJECT``):
+    ``max_queue_requests`` requests may wait at the level (None: no bound of its own); a request
+    queued there is given ``default_timeout_ms`` (None: none) as its queue deadline, shortened by its
+    own only if ``allow_timeout_override`` (:func:`queue_deadline`)."""
+
+    max_queue_requests: int | None = None
+    default_timeout_ms: float | None = None
+    allow_timeout_override: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_queue_requests is not None and self.max_queue_requests < 1:
+            raise ValueError(f"max_queue_requests must be >= 1 or None, got {self.max_queue_requests}")
+        if self.default_timeout_ms is not None and not self.default_timeout_ms > 0:
+            raise ValueError(f"default_timeout_ms must be > 0 or None, got {self.default_timeout_ms}")
+
+    @property
+    def default_timeout_s(self) -> float | None:
+        """:attr:`default_timeout_ms` in seconds (None: none)."""
+        return None if self.default_timeout_ms is None else self.default_timeout_ms / 1000.0
+
+    def deadline(self, requested: float | None, now: float) -> float | None:
+        """The queue deadline of a request queued at ``now`` asking for ``requested`` (absolute, None:
+        none) under this policy: :func:`queue_deadline`."""
+        return queue_deadline(requested, now, self.default_timeout_s, self.allow_timeout_override)
+
+
+@dataclass(frozen=True, slots=True)
 class PriorityLevels:
     """A model's priority levels and how a request's ``priority`` maps onto them.
 
@@ -91,17 +121,39 @@ class PriorityLevels:
     classes (``priority`` 1 high, 0 normal), which Triton's configuration calls levels 2, default 2.
     The model's :class:`BatchQueue` has :attr:`classes` levels and :attr:`default_class` as its
     default, and maps a request's priority onto them (Triton's rule: see its module docstring).
+    ``policies``: config.pbtxt's ``priority_queue_policy``, ``(level, policy)`` pairs in increasing
+    level order, each level in 1..``levels`` (a level not listed has the model's default queue policy).
     """
 
     levels: int = 2
     default: int = 2
     configured: bool = False
+    policies: tuple[tuple[int, QueuePolicy], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.levels <= MAX_PRIORITY_LEVELS:
             raise ValueError(f"priority levels must be in [0, {MAX_PRIORITY_LEVELS}], got {self.levels}")
         if self.levels and not 1 <= self.default <= self.levels:
             raise ValueError(f"default priority level must be in [1, {self.levels}], got {self.default}")
+        keys = [level for level, _ in self.policies]
+        if keys != sorted(set(keys)) or any(not 1 <= k <= self.levels for k in keys):
+            raise ValueError(f"priority queue policy levels must be distinct, increasing and in [1, {self.levels}], "
+                             f"got {keys}")
+
+    def level(self, priority: int) -> int:
+        """The level (1..:attr:`classes`) a request of ``priority`` (>= 0) is queued at: its own when
+        in 1..``levels``, else (0, above the levels, or a model without levels) the default."""
+        return priority if 1 <= priority <= self.levels else self.default_class
+
+    def policy(self, priority: int, default: QueuePolicy) -> QueuePolicy:
+        """The queue policy of the level a request of ``priority`` is queued at: that level's
+        ``priority_queue_policy``, else ``default`` (the model's ``default_queue_policy``)."""
+        if self.policies:
+            level = self.level(priority)
+            for key, policy in self.policies:
+                if key == level:
+                    return policy
+        return default
 
     @property
     def classes(self) -> int:
@@ -244,13 +296,17 @@ class BatchQueue:
         priority_levels: int = 2,
         default_priority_level: int = 2,
         max_queue_requests_per_level: bool = False,
+        level_max_queue_requests: dict[int, int | None] | None = None,
     ) -> None:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
         module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
         ("Whole requests"); ``priority_levels`` (1..:data:`MAX_PRIORITY_LEVELS`) classes, level 1
         first, and the level of an item of priority 0 or above them ("Priority");
         ``max_queue_requests_per_level``: ``max_queue_requests`` bounds each level's requests (Triton's
-        ``max_queue_size``: a queue per level, each with the ``default_queue_policy``), else all of them."""
+        ``max_queue_size``: a queue per level, each with the ``default_queue_policy``), else all of them;
+        ``level_max_queue_requests``: the bound of a level (key: 1..``priority_levels``) whose own queue
+        policy sets one (Triton's ``priority_queue_policy``; None: that level has no bound), in place of
+        ``max_queue_requests`` (per level only)."""
         if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
             raise ValueError(f"priority_levels must be in [1, {MAX_PRIORITY_LEVELS}], got {priority_levels}")
         if not 1 <= default_priority_level <= priority_levels:
@@ -267,6 +323,14 @@ class BatchQueue:
         #: level if :attr:`max_queue_requests_per_level`, else in all.
         self.max_queue_requests = max_queue_requests
         self.max_queue_requests_per_level = max_queue_requests_per_level
+        levels_most = level_max_queue_requests or {}
+        if any(not 1 <= k <= priority_levels for k in levels_most):
+            raise ValueError(f"level_max_queue_requests: levels must be in [1, {priority_levels}], got "
+                             f"{sorted(levels_most)}")
+        if levels_most and not max_queue_requests_per_level:
+            raise ValueError("level_max_queue_requests needs max_queue_requests_per_level")
+        #: Each level's request bound, level 1 first (None: none): its own policy's, else ``max_queue_requests``.
+        self._level_most = tuple(levels_most.get(n, max_queue_requests) for n in range(1, priority_levels + 1))
         self._bytes = 0  # unscheduled input bytes of live items
         self.priority_levels = priority_levels
         #: One deque per level, the highest (level 1) first: the order batches are filled in.
@@ -274,6 +338,9 @@ class BatchQueue:
         #: ``_by_priority[p]``: the deque of an item of priority ``p`` (0: the default level's; a ``p``
         #: past its end, too).
         self._by_priority = (self._classes[default_priority_level - 1], *self._classes)
+        #: Likewise: the level, and its request bound (None: none), of an item of priority ``p``.
+        self._level_by_priority = (default_priority_level, *range(1, priority_levels + 1))
+        self._most_by_priority = (self._level_most[default_priority_level - 1], *self._level_most)
         self._rows = 0  # unscheduled rows of live items
         self._units = 0  # their cost units (== _rows while every row costs 1)
         self._requests = 0  # live items with unscheduled rows
@@ -305,27 +372,26 @@ class BatchQueue:
         priority = item.priority
         if priority < 0:
             raise ValueError(f"a work item's priority must be >= 0, got {priority}")
-        try:
-            queue = self._by_priority[priority]
-        except IndexError:  # above the levels: the default level (Triton's rule)
-            queue = self._by_priority[0]
+        if priority >= len(self._by_priority):  # above the levels: the default level (Triton's rule)
+            priority = 0
+        queue = self._by_priority[priority]
         if item.cost < 1:
             raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
         units = rows * item.cost
-        most = self.max_queue_requests
-        if most is not None and not admitted:
+        if not admitted:
             if not self.max_queue_requests_per_level:
-                if self._requests >= most:
+                most = self.max_queue_requests
+                if most is not None and self._requests >= most:
                     raise Overloaded(
                         f"queue full: {self._requests} requests queued, limit {most} (max_queue_requests)",
                         retry_after_ms=self._retry_after_ms(),
                     )
-            elif len(queue) >= most:  # a level's queue holds its items with rows waiting
-                level = next(n for n, q in enumerate(self._classes, 1) if q is queue)  # (deques compare by value)
+            elif (most := self._most_by_priority[priority]) is not None and len(queue) >= most:
+                # a level's queue holds its items with rows waiting
                 raise Overloaded(
-                    f"queue full: {len(queue)} requests queued at priority level {level}, limit {most} "
-                    "(max_queue_requests)",
+                    f"queue full: {len(queue)} requests queued at priority level {self._level_by_priority[priority]}, "
+                    f"limit {most} (max_queue_requests)",
                     retry_after_ms=self._retry_after_ms(),
                 )
         if not admitted:

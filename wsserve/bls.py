@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from .config import ServerConfig
-from .dtypes import array_bytes
+from .dtypes import array_bytes, is_float
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -94,7 +94,7 @@ MAX_BLS_DEPTH = 8
 BLS_STARTS_PER_TURN = 32
 
 #: numpy dtype -> the OIP datatype name an input of it comes as.
-_OIP_OF: dict[np.dtype, str] = {dtype: name for name, dtype in oip.DATATYPES.items()}
+_OIP_OF: dict[np.dtype, str] = {oip.DATATYPES[name]: name for name in oip.DATATYPES if name != "BF16"}  # (below)
 
 #: A wire error's code -> Triton's code (``pb_utils.TritonError``) when it carries none of its own.
 _TRITON_CODE = {
@@ -534,8 +534,8 @@ def _tensors(entry: ModelEntry, given: list[tuple[str, Any, int]], max_rows: int
         array = by_name[spec.name]
         if not isinstance(array, np.ndarray):
             raise InvalidInput(f"input {spec.name!r} is a {type(array).__name__}, not a numpy array")
-        datatype = "BYTES" if array.dtype.kind == "O" else \
-            _OIP_OF.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
+        datatype = "BYTES" if array.dtype.kind == "O" else "BF16" if is_float(array.dtype) and array.dtype.kind == "V" \
+            else _OIP_OF.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
         if datatype is None:
             raise InvalidInput(f"input {spec.name!r} has dtype {array.dtype}, which no OIP datatype holds")
         shape = list(array.shape)

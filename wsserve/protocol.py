@@ -1130,7 +1130,7 @@ def encode_result(
     (``[n, d]``, an ``"explain": true`` predict) the frame also carries them and
     ``explanation`` (method, baseline, target, steps).  ``parameters``: the model's response
     parameters (a Triton Python model's), carried as ``parameters`` when not empty."""
-    if type(outputs) is np.ndarray and outputs.dtype.kind != "O":  # the common case, without _contiguous's call
+    if type(outputs) is np.ndarray and outputs.dtype.kind not in "OV":  # the common case, without _contiguous's call (V: bfloat16)
         outputs = np.ascontiguousarray(outputs)
     else:
         outputs = _contiguous(outputs)
@@ -1166,7 +1166,7 @@ class ResultRows:
     def __init__(self, y: np.ndarray, compute_s: float, batch_size: int) -> None:
         if y.ndim != 2 or not y.shape[0] or not y.shape[1]:
             raise ValueError(f"ResultRows needs [n >= 1, c >= 1] outputs, got shape {list(y.shape)}")
-        self._rows = orjson.dumps(y, option=_NUMPY)[2:-2].split(b"],[")
+        self._rows = orjson.dumps(json_ready(y), option=_NUMPY)[2:-2].split(b"],[")  # (bfloat16: as float32)
         self._tail = (b',"compute_ms":' + orjson.dumps(ms(compute_s)) + b',"batch_size":'
                       + orjson.dumps(batch_size) + b"}}")
 

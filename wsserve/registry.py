@@ -161,7 +161,8 @@ def _priorities(cfg: ModelConfig) -> PriorityLevels:
     """A model's priority levels: its config.pbtxt's (Triton's), else wsserve's two classes."""
     if cfg.priority_levels is None:
         return PriorityLevels()
-    return PriorityLevels(cfg.priority_levels, cfg.default_priority_level, configured=True)
+    return PriorityLevels(cfg.priority_levels, cfg.default_priority_level, configured=True,
+                          policies=cfg.priority_queue_policies)
 
 
 def _start_thread(fn: Callable[..., Any], *args: Any, name: str) -> asyncio.Future[Any]:

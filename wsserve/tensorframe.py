@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from .dtypes import DTYPES, ITEMSIZE
+from .dtypes import BFLOAT16, DTYPES, ITEMSIZE, float_max, is_float
 from .errors import BadRequest, InvalidInput
 from .jsontypes import json_type
 from .shapes import MAX_VALUES, VARIABLE, fits
@@ -260,7 +260,7 @@ def view_tensors(payload: memoryview | bytes, descs: Sequence[TensorDesc]) -> li
             bad = raw.view(np.uint8) > 1
             if bad.any():
                 raise InvalidInput(f"{d.label} {_first_bad(bad, d.shape)} holds a byte other than 0 or 1 (dtype bool)")
-        elif dt.kind == "f" and not _all_finite(raw):
+        elif is_float(dt) and not (_all_finite(raw) if dt.kind == "f" else np.isfinite(raw).all()):
             raise InvalidInput(f"{d.label} {_first_bad(~np.isfinite(raw), d.shape)} holds a value that is not finite")
         arr = raw.copy() if dt.isnative else raw.astype(dt.newbyteorder("="))
         out.append(arr.reshape(d.shape))
@@ -293,12 +293,12 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
                            "JSON predict")
     target = DTYPES[want]
     have = arr.dtype.kind
-    if target.kind == "f":
-        if have not in "iuf":
+    if is_float(target):
+        if have not in "iu" and not is_float(arr.dtype):
             raise InvalidInput(f"{label} is {desc.dtype}; input '{spec.name}' takes {want} (or another numeric dtype)")
-        limit = float(np.finfo(target).max)
-        if have == "f" and arr.dtype.itemsize > target.itemsize:
-            over = np.abs(arr) > limit
+        limit = float_max(target)
+        if is_float(arr.dtype) and float_max(arr.dtype) > limit:  # float64 into float32, float32 into bfloat16
+            over = np.abs(arr.astype(np.float64)) > limit
         elif have in "iu" and target.itemsize < 8:  # float16's 65,504 (float32's range holds every int64)
             over = np.abs(arr.astype(np.float64)) > limit
         else:
@@ -382,7 +382,8 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
 
 
 #: numpy dtype -> its wire name (:data:`~wsserve.dtypes.DTYPES`, native order included).
-_WIRE_NAMES = {**{dt: name for name, dt in DTYPES.items()}, **{dt.newbyteorder("="): name for name, dt in DTYPES.items()}}
+_WIRE_NAMES = {**{DTYPES[n]: n for n in DTYPES if n != BFLOAT16},
+               **{DTYPES[n].newbyteorder("="): n for n in DTYPES if n != BFLOAT16}}  # bfloat16: by its name (_wire)
 
 
 def _wire(arr: np.ndarray) -> tuple[str, np.ndarray]:
@@ -390,6 +391,8 @@ def _wire(arr: np.ndarray) -> tuple[str, np.ndarray]:
     name when :data:`~wsserve.dtypes.DTYPES` has it, else the widest of its kind (float64, int64;
     a big-endian array: its little-endian twin)."""
     name = _WIRE_NAMES.get(arr.dtype)
+    if name is None and arr.dtype.kind == "V" and arr.dtype.name == BFLOAT16:
+        name = BFLOAT16
     if name is None:
         kind = arr.dtype.kind
         if kind == "b":
@@ -404,6 +407,12 @@ def _wire(arr: np.ndarray) -> tuple[str, np.ndarray]:
     if arr.dtype != want or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=want)
     return name, arr
+
+
+def _raw(arr: np.ndarray) -> memoryview:
+    """The bytes of the C-contiguous, non-empty ``arr`` (a view; a bfloat16 array, which exports no
+    buffer of its own, through its bytes)."""
+    return (arr.view(np.uint8) if arr.dtype.kind == "V" else arr).data.cast("B")
 
 
 def encode(fields: Mapping[str, Any], tensors: np.ndarray | Mapping[str, np.ndarray], *, key: str = "outputs") -> bytes:
@@ -424,7 +433,7 @@ def encode(fields: Mapping[str, Any], tensors: np.ndarray | Mapping[str, np.ndar
             head = b"{" + head[2:]
         pad = header_length(len(head)) - len(head)
         return b"".join(((len(head) + pad).to_bytes(4, "little"), head, b" " * pad,
-                         arr.data.cast("B") if arr.size else b""))  # (a 0 in the shape: no bytes; no cast of it)
+                         _raw(arr) if arr.size else b""))  # (a 0 in the shape: no bytes; no cast of it)
     header = dict(fields)
     described = []
     arrays = []
@@ -436,5 +445,5 @@ def encode(fields: Mapping[str, Any], tensors: np.ndarray | Mapping[str, np.ndar
     head = orjson.dumps(header)
     pad = header_length(len(head)) - len(head)
     parts = [(len(head) + pad).to_bytes(4, "little"), head, b" " * pad]
-    parts.extend(a.data.cast("B") if a.size else b"" for a in arrays)
+    parts.extend(_raw(a) if a.size else b"" for a in arrays)
     return b"".join(parts)

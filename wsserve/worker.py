@@ -82,8 +82,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .batching import Batch, BatchQueue, PriorityLevels, Slice, WorkItem, queue_deadline
+from .batching import Batch, BatchQueue, PriorityLevels, QueuePolicy, Slice, WorkItem
 from .config import INLINE_MAX_FLOPS
+from .dtypes import is_float
 from .errors import (
     BadRequest,
     DeadlineExceeded,
@@ -337,14 +338,14 @@ def _check_outputs(y: Any, rows: int) -> tuple[Tensors, np.ndarray | None]:
     out: dict[str, np.ndarray] = {}
     finite_rows: np.ndarray | None = None
     for name, a in arrays:
-        if not isinstance(a, np.ndarray) or (a.dtype.kind not in "fiub" and not _strings(a)):
+        if not isinstance(a, np.ndarray) or (a.dtype.kind not in "fiub" and not is_float(a.dtype) and not _strings(a)):
             label = f"output {name!r}" if name else "model"
             raise TypeError(f"{label} returned {type(a).__name__} of {getattr(a, 'dtype', '?')}, not a numeric array "
                             "(nor an object array of bytes)")
         if a.ndim < 1 or a.shape[0] != rows:
             raise ValueError(f"model returned shape {a.shape} for {rows} rows")
         a = np.ascontiguousarray(a)
-        if a.dtype.kind == "f":
+        if is_float(a.dtype):
             finite = np.isfinite(a)
             if not finite.all():
                 ok = finite.reshape(rows, -1).all(axis=1)
@@ -488,12 +489,17 @@ class PredictWorker:
             priority_levels=priorities.classes, default_priority_level=priorities.default_class,
             # config.pbtxt's max_queue_size bounds each of its levels (Triton's); config.toml's, the whole queue
             max_queue_requests_per_level=priorities.configured,
+            # a level with its own queue policy (priority_queue_policy) has its own bound
+            level_max_queue_requests={level: p.max_queue_requests for level, p in priorities.policies},
         )
         #: The model's priority levels (its queue's classes; what the transports report and check).
         self.priorities = priorities
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
         self.allow_timeout_override = allow_timeout_override
+        #: The default queue policy (Triton's ``default_queue_policy``): a level's own, if any, is in
+        #: ``priorities.policies`` (:meth:`PriorityLevels.policy <wsserve.batching.PriorityLevels.policy>`).
+        self.queue_policy = QueuePolicy(None, default_timeout_ms, allow_timeout_override)
         self._instances = instances
         # A model with a variable (-1) input dimension has rows as large as each request makes them: the
         # cost per row is unknown, so none runs on the loop (one large row would stall every connection).
@@ -598,8 +604,9 @@ class PredictWorker:
             raise BadRequest(self.explain_refusal or "cannot be explained")
         now = monotonic()
         until_started = False
-        if self.default_timeout_s is not None:
-            chosen = queue_deadline(deadline, now, self.default_timeout_s, self.allow_timeout_override)
+        policy = self.priorities.policy(priority, self.queue_policy)  # the level's queue policy
+        if policy.default_timeout_ms is not None:
+            chosen = policy.deadline(deadline, now)
             until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)

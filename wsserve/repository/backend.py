@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..dtypes import BYTES
+from ..dtypes import BYTES, float_max, is_float
 from ..models.base import ModelInfo, PredictiveModel
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
@@ -267,7 +267,7 @@ def _non_finite_at(y: np.ndarray) -> str | None:
     """The first value of a float array ``[n, ...]`` that is not finite and where, as
     ``"NaN at row 0"`` or ``"inf at row 3, element [1, 2]"``; None when every value is finite
     (or the array holds no floats)."""
-    if y.dtype.kind != "f":
+    if not is_float(y.dtype):
         return None
     bad = ~np.isfinite(y)
     if not bad.any():
@@ -286,6 +286,12 @@ def _check_one(y: Any, spec: TensorSpec, n: int) -> np.ndarray:
         raise ValueError(f"output {spec.name!r} has shape {list(y.shape)}; expected {[n, *spec.shape]}")
     if spec.dtype == BYTES:
         return _string_output(y, spec)
+    if y.dtype != spec.np_dtype and (y.dtype.kind == "V" or spec.np_dtype.kind == "V"):  # bfloat16 on a side
+        if not is_float(y.dtype) and y.dtype.kind not in "biu" or not is_float(spec.np_dtype) and spec.np_dtype.kind != "f":
+            raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected {spec.dtype}")
+        if y.size and float_max(spec.np_dtype) < (float_max(y.dtype) if is_float(y.dtype) else 2.0**64):
+            _check_float_range(y, spec)  # float32 3.4e38 -> bfloat16 (at most 3.39e38)
+        return y.astype(spec.np_dtype)
     if y.dtype != spec.np_dtype:
         if y.dtype.kind not in "biuf" or not np.can_cast(y.dtype, spec.np_dtype, "same_kind"):
             raise ValueError(f"output {spec.name!r} has dtype {y.dtype}; expected {spec.dtype}")
@@ -305,7 +311,7 @@ def _check_float_range(y: np.ndarray, spec: TensorSpec) -> None:
     """``ValueError`` naming output ``spec`` and the first finite value of ``y`` (a wider float, or an
     integer) beyond the range of its float dtype (float16's 65,504): the cast would make it an
     infinity.  NaN and infinities pass (they are not finite before the cast either)."""
-    limit = float(np.finfo(spec.np_dtype).max)
+    limit = float_max(spec.np_dtype)
     wide = y.astype(np.float64, copy=False)
     with np.errstate(invalid="ignore"):
         over = np.isfinite(wide) & (np.abs(wide) > limit)

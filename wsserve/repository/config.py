@@ -165,6 +165,10 @@ class ModelConfig:
     #: :class:`wsserve.batching.PriorityLevels` maps a request's priority onto them.
     priority_levels: int | None = None
     default_priority_level: int = 0
+    #: config.pbtxt's ``dynamic_batching.priority_queue_policy``: ``(level, QueuePolicy)`` pairs
+    #: (:class:`wsserve.batching.QueuePolicy`), levels increasing in 1..:attr:`priority_levels`; a level
+    #: not listed has the default queue policy (the three fields above).
+    priority_queue_policies: tuple[tuple[int, Any], ...] = ()
     #: Its plain predicts are answered from the server's response cache when their inputs repeat
     #: (config.toml's ``response_cache``, config.pbtxt's ``response_cache { enable: true }``).
     response_cache: bool = False

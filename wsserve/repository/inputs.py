@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import BYTES
+from ..dtypes import BYTES, is_float
 from ..errors import InvalidInput
 from ..jsontypes import json_type, shown
 from ..shapes import MAX_VALUES, VARIABLE
@@ -233,7 +233,7 @@ def _convert_sized(rows: list[Any], spec: TensorSpec, label: str, budget: int) -
         out = np.empty((n, *shape), dtype=object)
         out.reshape(-1)[:] = [v.encode() for v in _flat(rows, shape)]
         return out
-    if spec.np_dtype.kind == "f":
+    if is_float(spec.np_dtype):
         try:
             arr = np.array(rows, dtype=np.float64)
         except OverflowError:  # a Python int beyond float64 (never from JSON)

@@ -44,6 +44,7 @@ onnxruntime a model.onnx fails to load with a message saying so.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import BFLOAT16, TENSOR_DTYPES
 from ..shapes import VARIABLE
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
@@ -80,6 +82,7 @@ ONNX_TYPES = {
     "tensor(uint16)": "uint16",
     "tensor(uint32)": "uint32",
     "tensor(uint64)": "uint64",
+    "tensor(bfloat16)": "bfloat16",  # fed and read as OrtValues (onnxruntime's numpy bridge has no bfloat16)
 }
 
 
@@ -290,6 +293,8 @@ class OnnxModel(RepositoryModel):
         self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
         self.outputs = merge_specs("output", own_out, config.outputs, self.path, source=config.source)
         self._output_names = [s.name for s in self.outputs]
+        #: A bfloat16 tensor among the graph's: run through OrtValues (:meth:`_run`).
+        self._bfloat16 = any(a.type == "tensor(bfloat16)" for a in (*graph_in, *graph_out))
         #: per output (in order): the wire's per-row dims where config.pbtxt reshapes it, else None
         self._out_wire = [self._reshape_out[n][1] if n in self._reshape_out else None for n in self._output_names]
         #: graph scalars (rank 0) served in config.pbtxt's dims of 1s (Triton's rule): reshaped per row
@@ -354,12 +359,39 @@ class OnnxModel(RepositoryModel):
             def one_row(row: Batch) -> Batch:
                 # (a scalar's one-row batch whole: v[0] of a reshape's [1] would be a numpy scalar, not an array)
                 feeds = {k: v.reshape(()) if k in scalars else v[0] for k, v in self._feeds(row).items()}
-                outs = self._to_wire(session.run(names, feeds), batched=False)
+                outs = self._to_wire(self._run(session, names, feeds), batched=False)
                 return self._pack([(o.reshape(shape) if o.ndim == 0 else o)[None]  # a scalar in its dims (of 1s)
                                    for o, shape in zip(outs, shapes, strict=True)])
 
             return self._per_row(one_row, batch)
-        return self._pack(self._fitted(self._to_wire(session.run(names, self._feeds(batch)))))
+        return self._pack(self._fitted(self._to_wire(self._run(session, names, self._feeds(batch)))))
+
+    def _run(self, session: Any, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``session.run``; a graph with a bfloat16 tensor runs on OrtValues instead: onnxruntime's
+        numpy bridge knows no bfloat16 (``ml_dtypes.bfloat16`` arrays are fed as their 16-bit
+        patterns with ONNX's BFLOAT16 type, and bfloat16 outputs read back from the OrtValue's
+        buffer: 2 bytes a value, as the CPU provider holds them)."""
+        if not self._bfloat16:
+            return session.run(names, feeds)
+        import onnxruntime as ort
+
+        bf16 = TENSOR_DTYPES[BFLOAT16]
+        values = {k: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(v).view(np.uint16), 16)
+                  if v.dtype == bf16 else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                  for k, v in feeds.items()}
+        outs = []
+        for out in session.run_with_ort_values(names, values):
+            if out.data_type() != "tensor(bfloat16)":
+                outs.append(out.numpy())
+                continue
+            shape = tuple(out.shape())
+            count = math.prod(shape)
+            if not count:
+                outs.append(np.zeros(shape, bf16))
+                continue
+            raw = (ctypes.c_uint16 * count).from_address(out.data_ptr())
+            outs.append(np.frombuffer(raw, dtype=np.uint16).copy().view(bf16).reshape(shape))  # a copy: the OrtValue goes
+        return outs
 
     def _fitted(self, outs: list[np.ndarray]) -> list[np.ndarray]:
         """``outs`` (a batch's, in output order), each checked to fit its declared row shape: a

@@ -51,8 +51,13 @@ Mapped (Triton's semantics, triton-inference-server/server
   (0..:data:`~wsserve.batching.MAX_PRIORITY_LEVELS`; 0, or no ``dynamic_batching``: one level,
   a request's priority is not used, as in Triton) and ``default_priority_level`` (1..levels when
   levels are set, Triton's check): the model's queue has that many classes, level 1 first
-  (:class:`~wsserve.batching.PriorityLevels`).  ``priority_queue_policy`` (per-level queue
-  policies) is refused, and so is ``preserve_ordering`` with more than one level (as Triton does).
+  (:class:`~wsserve.batching.PriorityLevels`).  ``preserve_ordering`` with more than one level is
+  refused (as Triton does).
+- ``dynamic_batching { priority_queue_policy [ { key: <level> value: { ... } } ] }`` ->
+  ``priority_queue_policies``: a level's own queue policy (its fields read as
+  ``default_queue_policy``'s, above; a field it leaves out is protobuf's default, not the default
+  policy's, as in Triton), each key in 1..``priority_levels`` (Triton's check; others refused,
+  naming them).
 - ``instance_group``: the sum of ``count`` (default 1 per group) ->
   ``instances`` (1..64).  ``KIND_CPU``/``KIND_AUTO`` as they are;
   ``KIND_GPU`` runs on CPU (wsserve is CPU only), ``count`` per listed GPU, with
@@ -97,7 +102,7 @@ from typing import Any
 
 import numpy as np
 
-from ..batching import MAX_PRIORITY_LEVELS
+from ..batching import MAX_PRIORITY_LEVELS, QueuePolicy
 from ..config import MAX_DELAY_MS
 from ..dtypes import BYTES, TENSOR_DTYPES
 from ..sequences import Control, SequenceConfig
@@ -138,6 +143,7 @@ TRITON_TYPES = {
     "TYPE_UINT16": "uint16",
     "TYPE_UINT32": "uint32",
     "TYPE_UINT64": "uint64",
+    "TYPE_BF16": "bfloat16",  # ml_dtypes.bfloat16 (wsserve.dtypes)
     "TYPE_STRING": BYTES,  # Triton Python models and ensembles only (:func:`_no_onnx_strings`)
 }
 
@@ -438,7 +444,7 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         max_delay_ms = us / 1000
         warnings.extend(f"dynamic_batching.{f.name}" for f, _ in db.ListFields()
                         if f.name not in ("max_queue_delay_microseconds", "default_queue_policy", "priority_levels",
-                                          "default_priority_level"))
+                                          "default_priority_level", "priority_queue_policy"))
         if db.HasField("default_queue_policy"):
             queue_policy = _queue_policy(path, db.default_queue_policy)
         queue_policy.update(_priority_levels(path, db))
@@ -479,11 +485,11 @@ def _no_onnx_strings(path: Path, inputs: tuple[TensorConfig, ...] | None,
                                   'models (string tensors: backend "python" models and ensembles only)')
 
 
-def _queue_policy(path: Path, policy: Any) -> dict[str, Any]:
-    """``dynamic_batching.default_queue_policy`` as :class:`ModelConfig`'s queue fields (Triton's
-    meanings: ``max_queue_size`` 0 and ``default_timeout_microseconds`` 0 are "none"; an absent
-    ``allow_timeout_override`` is protobuf's false).  ``timeout_action: DELAY`` is refused."""
-    where = "dynamic_batching.default_queue_policy"
+def _queue_policy(path: Path, policy: Any, where: str = "dynamic_batching.default_queue_policy") -> dict[str, Any]:
+    """``dynamic_batching.default_queue_policy`` (or the ``ModelQueuePolicy`` at ``where``) as
+    :class:`ModelConfig`'s queue fields (Triton's meanings: ``max_queue_size`` 0 and
+    ``default_timeout_microseconds`` 0 are "none"; an absent ``allow_timeout_override`` is protobuf's
+    false).  ``timeout_action: DELAY`` is refused."""
     if policy.timeout_action != 0:  # REJECT = 0, DELAY = 1
         raise ConfigError(path, f"{where}.timeout_action", "DELAY is not supported: wsserve rejects a request whose "
                           "queue deadline passed (REJECT, the default)")
@@ -498,11 +504,12 @@ def _queue_policy(path: Path, policy: Any) -> dict[str, Any]:
             "allow_timeout_override": policy.allow_timeout_override}
 
 
-def _priority_levels(path: Path, db: Any) -> dict[str, int]:
-    """``dynamic_batching``'s ``priority_levels`` / ``default_priority_level`` as :class:`ModelConfig`'s
-    fields, checked as Triton's ``ValidateModelConfig`` does (the default within 1..levels when levels
-    are set) and bounded by :data:`~wsserve.batching.MAX_PRIORITY_LEVELS`; per-level queue policies
-    are refused, and ``preserve_ordering`` with more than one level (Triton refuses it too)."""
+def _priority_levels(path: Path, db: Any) -> dict[str, Any]:
+    """``dynamic_batching``'s ``priority_levels`` / ``default_priority_level`` / ``priority_queue_policy``
+    as :class:`ModelConfig`'s fields, checked as Triton's ``ValidateModelConfig`` does (the default,
+    and each policy's level, within 1..levels) and bounded by
+    :data:`~wsserve.batching.MAX_PRIORITY_LEVELS`; ``preserve_ordering`` with more than one level is
+    refused (Triton refuses it too)."""
     where = "dynamic_batching"
     levels, default = db.priority_levels, db.default_priority_level
     if levels > MAX_PRIORITY_LEVELS:
@@ -511,13 +518,21 @@ def _priority_levels(path: Path, db: Any) -> dict[str, int]:
     if levels and not 1 <= default <= levels:
         raise ConfigError(path, f"{where}.default_priority_level", f"must be in [1, {levels}] (priority_levels is "
                           f"{levels}), got {default}")
-    if db.priority_queue_policy:
-        raise ConfigError(path, f"{where}.priority_queue_policy", "is not supported: every priority level has the "
-                          "default_queue_policy in wsserve")
+    policies: list[tuple[int, QueuePolicy]] = []
+    outside = sorted(k for k in db.priority_queue_policy if not 1 <= k <= levels)
+    if outside:
+        raise ConfigError(path, f"{where}.priority_queue_policy", f"key{'s' if len(outside) > 1 else ''} "
+                          f"{', '.join(map(str, outside))} not in [1, {levels}] (priority_levels is {levels}: "
+                          "a policy's key is the level it applies to)")
+    for level in sorted(db.priority_queue_policy):
+        fields = _queue_policy(path, db.priority_queue_policy[level], f"{where}.priority_queue_policy[{level}]")
+        policies.append((level, QueuePolicy(fields["max_queue_requests"], fields["default_timeout_ms"],
+                                            fields["allow_timeout_override"])))
     if db.preserve_ordering and levels > 1:
         raise ConfigError(path, f"{where}.preserve_ordering", f"cannot be true with priority_levels {levels} "
                           "(Triton allows only one level then)")
-    return {"priority_levels": levels, "default_priority_level": default}  # as written (unused without levels)
+    return {"priority_levels": levels, "default_priority_level": default,  # as written (unused without levels)
+            "priority_queue_policies": tuple(policies)}
 
 
 def _config_json(cfg: Any) -> str:

@@ -19,6 +19,8 @@ from ..dtypes import (  # the one table (also used by the binary tensor frames)
     BYTES,
     DTYPES,
     TENSOR_DTYPES,
+    float_max,
+    is_float,
 )
 from ..shapes import VARIABLE, fits
 
@@ -66,8 +68,8 @@ class TensorSpec:
         object.__setattr__(self, "variable", VARIABLE in self.shape)
         dt = TENSOR_DTYPES[self.dtype]
         object.__setattr__(self, "np_dtype", dt)
-        if dt.kind == "f":
-            bound: Any = float(np.finfo(dt).max)
+        if is_float(dt):
+            bound: Any = float_max(dt)
             object.__setattr__(self, "bounds", (-bound, bound))
         elif dt.kind in "iu":
             info = np.iinfo(dt)

@@ -563,6 +563,11 @@ class HttpApi:
             priorities = getattr(worker, "priorities", None)
             if priorities is not None:
                 batching.update(priority_levels=priorities.levels, default_priority_level=priorities.default)
+                if priorities.policies:
+                    batching["priority_queue_policy"] = {
+                        level: triton.level_queue_policy(p.max_queue_requests, p.default_timeout_s,
+                                                         p.allow_timeout_override)
+                        for level, p in priorities.policies}
             batching["response_cache"] = getattr(getattr(entry.model, "config", None), "response_cache", False) is True
             config = getattr(entry.model, "config", None)
             batching["reshapes"] = {t.name: t.model_dims for t in (*(getattr(config, "inputs", None) or ()),

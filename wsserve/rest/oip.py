@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..dtypes import DTYPES, OIP_NAMES, json_ready
+from ..dtypes import OIP_DTYPES, OIP_NAMES, float_max, is_float, json_ready
 from ..errors import BadRequest, InvalidInput
 from ..explain import ATTRIBUTIONS_SUFFIX, DEFAULT_OUTPUT
 from ..jsontypes import json_type, shown
@@ -87,13 +87,8 @@ __all__ = [
 #: OIP datatype -> numpy dtype (little-endian, as the binary extension sends them): the model
 #: dtypes of :mod:`wsserve.dtypes` under their OIP names, plus the integer and half-float
 #: types the OIP may send (converted to the model's input dtype when it fits).
-DATATYPES: Mapping[str, np.dtype] = {
-    **{OIP_NAMES[name]: dtype for name, dtype in DTYPES.items()},
-    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "FP16": np.dtype("<f2"),
-    "BYTES": np.dtype(object),  # string tensors: length-prefixed elements, not fixed-size values
-}
-_FLOATS = frozenset({"FP16", "FP32", "FP64"})
+DATATYPES: Mapping[str, np.dtype] = OIP_DTYPES  # BF16: ml_dtypes.bfloat16, imported when first read
+_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 #: Bounds on what a request may declare.
 MAX_TENSORS = 64
@@ -529,14 +524,15 @@ def input_array(flat: np.ndarray, shape: list[int], spec: Tensor, borrowed: bool
     type must fit it.  ``borrowed``: ``flat`` is a view of a request's bytes (copied: the model
     gets an array of its own).  Raises :class:`~wsserve.errors.InvalidInput` naming the input."""
     name = spec.name
-    if flat.dtype.kind == "f" and not finite and not np.isfinite(flat).all():
+    if not finite and is_float(flat.dtype) and not np.isfinite(flat).all():
         raise InvalidInput(f"input {name!r} holds a value that is not finite")
     want = DATATYPES[spec.datatype]
     array = flat.reshape(shape if spec.batched else [1, *shape])  # one row of an unbatched model
     if array.dtype != want:
-        if array.dtype.kind == "f" and want.kind == "f" and array.dtype.itemsize > want.itemsize:  # FP64 into FP32
-            limit = float(np.finfo(want).max)
-            if array.size and not (np.abs(array) <= limit).all():
+        # FP64 into FP32, FP32 into BF16 (whose range is a little narrower), ...
+        if is_float(array.dtype) and is_float(want) and float_max(array.dtype) > float_max(want):
+            limit = float_max(want)
+            if array.size and not (np.abs(array.astype(np.float64)) <= limit).all():
                 raise InvalidInput(f"input {name!r} holds a value out of the {spec.datatype} range")
         array = array.astype(want)
     elif borrowed:
@@ -654,7 +650,6 @@ def bytes_elements(data: bytes | memoryview, count: int, name: str) -> np.ndarra
 
 
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
-_FLOAT_MAX = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}
 
 
 def _json_data(data: list[Any], shape: list[int], dtype: np.dtype, want: np.dtype, name: str, count: int) -> np.ndarray:
@@ -672,18 +667,18 @@ def _json_data(data: list[Any], shape: list[int], dtype: np.dtype, want: np.dtyp
                 raise InvalidInput(f"input {name!r} is BYTES: every element must be a string, got {shown(v)}")
             out[i] = v.encode()
         return out
-    if kind == "f":
+    if is_float(dtype):
         for v in data:
             t = type(v)
             if t is not float and t is not int:
                 raise InvalidInput(f"input {name!r} holds {shown(v)}, which is not a number")
         # JSON numbers are finite doubles (orjson refuses 1e400 and integers past 64 bits): only a
         # narrower type can overflow, so check its range on the Python values (no numpy warnings).
-        narrow = min(dtype.itemsize, want.itemsize)
-        if narrow < 8 and data:
-            limit = _FLOAT_MAX[narrow]
+        narrow = dtype if float_max(dtype) <= float_max(want) else want
+        if narrow.itemsize < 8 and data:
+            limit = float_max(narrow)
             if max(data) > limit or min(data) < -limit:
-                raise InvalidInput(f"input {name!r} holds a value out of the {'FP16' if narrow == 2 else 'FP32'} range")
+                raise InvalidInput(f"input {name!r} holds a value out of the {OIP_NAMES[narrow.name]} range")
         return np.array(data, dtype=dtype)
     if kind == "b":
         if any(type(v) is not bool for v in data):
@@ -749,7 +744,7 @@ def encode_infer(model: str, version: str, rid: str | None, outputs: tuple[Tenso
             item["parameters"] = {"binary_data_size": len(raw)}
             binary.append(raw)
         else:
-            item["data"] = array.reshape(-1)
+            item["data"] = json_ready(array.reshape(-1))  # (BF16 as float32, which holds each value)
         described.append(item)
     head: dict[str, Any] = {"model_name": model, "model_version": version}
     if rid is not None:

@@ -36,7 +36,9 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   written (``priority_levels`` 0 when it sets none: one level), else 2 / 2 (wsserve's two
   classes: request ``priority`` 1 is served first, others in the default level);
   ``default_queue_policy`` when the model has one (its config's
-  ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``).
+  ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``);
+  ``priority_queue_policy`` (a map from level, as a string as protobuf's JSON writes uint64
+  keys, to a policy of the same fields) when its config.pbtxt sets per-level policies.
 - A generative model (served by Triton's generate extension,
   :mod:`wsserve.rest.tritongen`, gRPC's ModelStreamInfer and ``/v1/completions``)
   is described as Triton's vLLM backend configures one: ``max_batch_size`` 0, the
@@ -111,6 +113,13 @@ def queue_policy(max_queue_requests: int | None, default_timeout_s: float | None
     none (no request bound, no default timeout): the configuration then leaves it out."""
     if max_queue_requests is None and default_timeout_s is None:
         return None
+    return level_queue_policy(max_queue_requests, default_timeout_s, allow_timeout_override)
+
+
+def level_queue_policy(max_queue_requests: int | None, default_timeout_s: float | None,
+                       allow_timeout_override: bool) -> dict[str, Any]:
+    """A ``ModelQueuePolicy`` as Triton's configuration writes it (``REJECT``; 0: no bound, no
+    default timeout): one of ``priority_queue_policy``'s, always written."""
     return {"timeout_action": "REJECT",
             # at least 1 when set: 0 is Triton's "no default timeout" (config.toml's ms may be under a microsecond)
             "default_timeout_microseconds": 0 if default_timeout_s is None else max(1, round(default_timeout_s * 1e6)),
@@ -122,6 +131,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  max_batch_rows: int | None = None, max_delay_s: float = 0.0,
                  queue_policy: dict[str, Any] | None = None, priority_levels: int = 2,
                  default_priority_level: int = 2,
+                 priority_queue_policy: Mapping[int, dict[str, Any]] | None = None,
                  ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
                  reshapes: Mapping[str, tuple[int, ...]] | None = None, decoupled: bool = False,
                  sequence_batching: Mapping[str, Any] | None = None) -> bytes:
@@ -134,7 +144,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     one request may carry, or a Triton config's own); ``max_batch_rows``/``max_delay_s``:
     the predict worker's batch bound and window (0: greedy); ``queue_policy``: its
     ``default_queue_policy`` (:func:`queue_policy`), if any; ``priority_levels`` /
-    ``default_priority_level``: its priority levels; ``policy``: the repository
+    ``default_priority_level``: its priority levels; ``priority_queue_policy``: its levels' own
+    queue policies by level (each as :func:`queue_policy` writes one); ``policy``: the repository
     config's version policy (or None); ``response_cache``: the model's config enables Triton's
     response cache; ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name (each listed
     as Triton lists it); ``decoupled``: a decoupled Triton Python model (``model_transaction_policy
@@ -160,6 +171,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     })
     if queue_policy is not None:
         body["dynamic_batching"]["default_queue_policy"] = queue_policy
+    if priority_queue_policy:
+        body["dynamic_batching"]["priority_queue_policy"] = {str(k): v for k, v in priority_queue_policy.items()}
     if max_batch_rows is not None:
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
     if response_cache:
