@@ -330,6 +330,8 @@ def test_a_graph_disagreeing_with_sequence_batching_is_refused_naming_the_tensor
      'dims: [1] data_file: "../x" } }]', "sequence_batching.state[0].initial_state.data_file", ["initial_state/"]),
     ('state [{ input_name: "s" output_name: "o" data_type: TYPE_FP32 dims: [1] initial_state { data_type: TYPE_FP32 '
      "dims: [1] } }]", "sequence_batching.state[0].initial_state", ["zero_data: true or data_file"]),
+    ('control_input [{ name: "C" control [{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_STRING }] }]',
+     "sequence_batching.control_input[0].control[0].data_type", ["TYPE_STRING", "ONNX model's CORRID"]),
 ])
 def test_a_bad_state_is_refused_naming_the_field(state: str, key: str, words: list[str]) -> None:
     from wsserve.repository.errors import ConfigError

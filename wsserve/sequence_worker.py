@@ -10,6 +10,14 @@ model's control inputs to its inputs and carries its correlation id and flags in
 inner worker's batch; the next request of a sequence is handed out when its step ends.  Ordinary
 models never go through here (the pool makes this worker only for a model with a sequence config).
 
+Implicit state (``config.states``, an ONNX model's): each handed-out request also gets its state
+inputs, one row: its sequence's kept state (:meth:`~wsserve.sequences.SequenceScheduler.state_of`),
+or the model's ``initial_states`` at START; when its row comes back, the state outputs are taken
+out of the answer (those the model lists in ``state_outputs``) and kept for the sequence
+(:meth:`~wsserve.sequences.SequenceScheduler.keep_state`, a copy), at most ``max_state_bytes`` a
+sequence: a state over it (or not fitting its dims) ends the request with ``invalid_input`` and
+aborts its sequence (its requests queued behind it end as for a dropped request).
+
 A transport gives a request's sequence as its sink's ``sequence`` attribute: ``(id, start, end)``
 (:func:`~wsserve.sequences.sequence_of`), or None; a request without one is refused with Triton's
 message (a WebSocket predict, an ensemble step, a BLS request: none carries one).

@@ -33,6 +33,13 @@ onnxruntime a model.onnx fails to load with a message saying so.
   uint16, uint32, uint64, bool (:data:`ONNX_TYPES`).  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
+- A stateful model (config.pbtxt ``sequence_batching``, served by :mod:`wsserve.sequence_worker`):
+  its control inputs and state inputs are graph inputs the requests do not send
+  (:attr:`OnnxModel.sequence_inputs`, checked against the graph at load: present, of the
+  configured type, dims agreeing by Triton's rule); its state outputs are computed every run and
+  returned by name beside the answered outputs (:attr:`OnnxModel.state_outputs`, for the sequence
+  worker to keep); :attr:`OnnxModel.initial_states` holds each state's START value (zeros, or the
+  model directory's ``initial_state/<data_file>``).  It is not warmed up.
 - ``InferenceSession.run`` is thread-safe, so :meth:`OnnxModel.predict` may be
   called from several threads at once (each call is one ``run``).
 - wsserve's own metadata: the graph's ``metadata_props`` entry ``wsserve``

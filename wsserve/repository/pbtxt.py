@@ -622,6 +622,9 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
             if type_name not in _CORRID_TYPES:
                 raise ConfigError(path, f"{where}.control[0].data_type", f"must be one of {', '.join(_CORRID_TYPES)} "
                                   f"for CONTROL_SEQUENCE_CORRID, got {type_name}")
+            if type_name == "TYPE_STRING" and cfg.backend != "python":
+                raise ConfigError(path, f"{where}.control[0].data_type", "TYPE_STRING is not served for an ONNX "
+                                  "model's CORRID (string tensors: backend \"python\" models only)")
             dtype = TENSOR_DTYPES[TRITON_TYPES[type_name]]
             controls.append(Control(ci.name, kind, dtype))
             continue
