@@ -195,6 +195,9 @@ def test_an_idle_sequence_lets_its_state_go(served) -> None:
     proc, address = served
     client = tgrpc.InferenceServerClient(address)
     try:
+        config = client.get_model_config("acc_idle", as_json=True)["config"]
+        assert config["sequence_batching"]["state"] == [{"input_name": "STATE_IN", "output_name": "STATE_OUT",
+                                                         "data_type": "TYPE_FP32", "dims": ["1"]}], config
         assert client.infer("acc_idle", [_one(5)], sequence_id=9, sequence_start=True).as_numpy("y").tolist() == [[5.0]]
         wait_until(lambda: "acc_idle: 1 sequences idle" in proc.stderr_text(), 30.0, what="the idle sequence let go")
         with pytest.raises(InferenceServerException, match="sequence 9 to model 'acc_idle' must specify the START"):
