@@ -243,7 +243,7 @@ def test_priority_queue_policies_map_onto_the_models_levels() -> None:
     ('name: "other"', "name", ["'other'", "'m'", "directory"]),
     ("max_batch_size: -1", "max_batch_size", ["[0, 65536]", "-1"]),
     ("max_batch_size: 70000", "max_batch_size", ["70000"]),
-    ("sequence_batching { }", "sequence_batching", ["Python model", "only", "control inputs"]),
+    ("sequence_batching { iterative_sequence: true }", "sequence_batching.iterative_sequence", ["not supported"]),
     ("ensemble_scheduling { }", "ensemble_scheduling", ["not supported"]),
     ('batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 }]', "batch_input", ["not supported"]),
     ('batch_output [{ target_name: "y" }]', "batch_output", ["not supported"]),
@@ -292,7 +292,7 @@ _PY_SEQ = ('backend: "python"\nmax_batch_size: 4\ninput [{ name: "IN" data_type:
 
 @pytest.mark.parametrize(("text", "key", "words"), [
     ('sequence_batching { state [{ input_name: "a" output_name: "b" data_type: TYPE_FP32 dims: [1] }] }',
-     "sequence_batching.state", ["implicit state"]),
+     "sequence_batching.state", ["implicit state", "ONNX models"]),
     ("sequence_batching { max_sequence_idle_microseconds: 3600000001 }",
      "sequence_batching.max_sequence_idle_microseconds", ["3600000001"]),
     ('sequence_batching { control_input [{ name: "S" }] }', "sequence_batching.control_input[0].control",

@@ -196,8 +196,8 @@ def test_reload_follows_an_edited_config_pbtxt(tmp_path: Path) -> None:
         wait_until(lambda: client.is_model_ready("linear", "1"), 60.0, what="version 1 served after the edit")
         wait_until(lambda: client.get_model_config("linear")["version_policy"] == {"all": {}}, 60.0,
                    what="version 2 reloaded under the new config")
-        pbtxt.write_text(LINEAR_PBTXT.replace("dynamic_batching { max_queue_delay_microseconds: 1500 }", "sequence_batching { }"))
-        wait_until(lambda: "key 'sequence_batching': is served for a Python model" in proc.stderr_text(), 60.0,
+        pbtxt.write_text(LINEAR_PBTXT.replace("dynamic_batching { max_queue_delay_microseconds: 1500 }", "sequence_batching { iterative_sequence: true }"))
+        wait_until(lambda: "key 'sequence_batching.iterative_sequence': is not supported" in proc.stderr_text(), 60.0,
                    what="the refused edit logged")
         assert client.is_model_ready("linear", "1") and client.is_model_ready("linear", "2")
 

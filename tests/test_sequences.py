@@ -354,3 +354,35 @@ def test_a_request_cancelled_after_it_ended_is_left_alone() -> None:
     assert not s.cancel(a1, 0.3)
     assert (s.waiting, s.waiting_rows, s.waiting_bytes, s.ahead(1)) == (1, 1, 4, (1, 4))
     assert s.aborted() == [] and _ids(s.take(0.3)) == ["again"]
+
+
+def test_a_sequences_state_is_kept_in_its_slot_until_it_ends_expires_or_is_aborted() -> None:
+    s = SequenceScheduler("acc", slots=4, max_idle_s=1.0)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    b1 = s.arrive(2, True, False, "b1", 0.0)
+    s.take(0.0)
+    s.keep_state(1, {"S": np.array([1.0])}, 8)
+    s.keep_state(2, {"S": np.array([2.0])}, 8)
+    s.done(a1, 0.0)
+    s.done(b1, 0.0)
+    assert s.state_of(1)["S"].tolist() == [1.0] and s.state_bytes == 16
+    s.keep_state(1, {"S": np.zeros(3)}, 24)  # replaces the kept one
+    assert s.state_bytes == 32
+    a2 = s.arrive(1, False, True, "a2", 0.1)
+    s.take(0.1)
+    s.done(a2, 0.1)  # its END ran: the slot and the state go
+    assert s.state_of(1) is None and s.state_bytes == 8
+    assert s.expire(5.0) == [2]  # idle: the state goes with the slot
+    assert s.state_of(2) is None and s.state_bytes == 0
+    c1 = s.arrive(3, True, False, "c1", 6.0)
+    s.arrive(3, False, False, "c2", 6.0)
+    s.take(6.0)
+    s.keep_state(3, {"S": np.array([3.0])}, 8)
+    # the model ran c1 but its sequence cannot go on (its state outgrew the bound): c2 is not run
+    s.done(c1, 6.0, "made its state outgrow max_sequence_state_bytes", ran=True)
+    (c2,) = s.aborted()
+    assert c2.error.message.endswith("sequence 3 was aborted: its START made its state outgrow "
+                                     "max_sequence_state_bytes; start the sequence again (sequence_start)")
+    assert s.state_of(3) is None and s.state_bytes == 0 and len(s) == 0
+    s.keep_state(3, {"S": np.array([3.0])}, 8)  # a sequence no longer known keeps nothing
+    assert s.state_bytes == 0

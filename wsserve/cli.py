@@ -179,6 +179,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     opt("max_queue_rows", group=g, type=_optional_int, default=d.max_queue_rows, help="queued rows per model before 'overloaded' (default %(default)s); off = unbounded")
     opt("max_queue_bytes", group=g, type=_optional_int, default=d.max_queue_bytes,
         help="queued input bytes (as float64) per model before 'overloaded' (default 64 MiB); off = unbounded")
+    opt("max_sequence_state_bytes", group=g, type=_positive_int, default=d.max_sequence_state_bytes,
+        help="implicit state (config.pbtxt sequence_batching.state) kept per sequence of a stateful ONNX model; "
+             "a request whose state output would take more ends with invalid_input and aborts its sequence "
+             "(default 16 MiB)")
     opt("response_cache_bytes", group=g, type=bounded_int(0, MAX_RESPONSE_CACHE_BYTES), default=d.response_cache_bytes,
         help="size in bytes of the response cache (Triton's --cache-config local,size=N): plain predicts of models "
              "whose config enables response_cache are answered from it when their inputs repeat; per worker "

@@ -463,7 +463,8 @@ class ModelPool:
             slots = (per_instance or worker.queue.max_batch_size) * instances
             return sequence_worker.SequenceWorker(
                 worker, sequence, slots=slots,
-                max_queue_requests=max_queue_requests or sequence_worker.DEFAULT_MAX_QUEUE_REQUESTS)
+                max_queue_requests=max_queue_requests or sequence_worker.DEFAULT_MAX_QUEUE_REQUESTS,
+                max_state_bytes=cfg.max_sequence_state_bytes)
         if response_cache:
             if self.response_cache is None:
                 log.warning("model %r enables the response cache but the server has none "

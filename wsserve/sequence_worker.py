@@ -10,6 +10,14 @@ model's control inputs to its inputs and carries its correlation id and flags in
 inner worker's batch; the next request of a sequence is handed out when its step ends.  Ordinary
 models never go through here (the pool makes this worker only for a model with a sequence config).
 
+Implicit state (``config.states``, an ONNX model's): each handed-out request also gets its state
+inputs, one row: its sequence's kept state (:meth:`~wsserve.sequences.SequenceScheduler.state_of`),
+or the model's ``initial_states`` at START; when its row comes back, the state outputs are taken
+out of the answer (those the model lists in ``state_outputs``) and kept for the sequence
+(:meth:`~wsserve.sequences.SequenceScheduler.keep_state`, a copy), at most ``max_state_bytes`` a
+sequence: a state over it (or not fitting its dims) ends the request with ``invalid_input`` and
+aborts its sequence (its requests queued behind it end as for a dropped request).
+
 A transport gives a request's sequence as its sink's ``sequence`` attribute: ``(id, start, end)``
 (:func:`~wsserve.sequences.sequence_of`), or None; a request without one is refused with Triton's
 message (a WebSocket predict, an ensemble step, a BLS request: none carries one).
@@ -25,8 +33,15 @@ from typing import Any
 import numpy as np
 
 from .batching import queue_deadline
-from .errors import BadRequest, DeadlineExceeded, ShuttingDown, WsserveError
+from .errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InvalidInput,
+    ShuttingDown,
+    WsserveError,
+)
 from .sequences import (
+    START,
     Pending,
     SequenceConfig,
     SequenceId,
@@ -37,13 +52,25 @@ from .sequences import (
 from .stats import WorkerStatistics
 from .worker import PredictWorker, request_id_of
 
-__all__ = ["SequenceWorker", "DEFAULT_MAX_QUEUE_REQUESTS"]
+__all__ = ["SequenceWorker", "DEFAULT_MAX_QUEUE_REQUESTS", "DEFAULT_MAX_SEQUENCE_STATE_BYTES"]
 
 log = logging.getLogger("wsserve.sequences")
 
 #: Requests that may wait over all sequences (and sequences that may wait for a slot) when
 #: config.pbtxt sets no ``max_queue_size``.
 DEFAULT_MAX_QUEUE_REQUESTS = 1024
+#: The implicit state one sequence may keep (bytes, all its state tensors), the server option
+#: ``max_sequence_state_bytes``'s default.
+DEFAULT_MAX_SEQUENCE_STATE_BYTES = 16 << 20
+
+
+class _StateRefused(InvalidInput):
+    """A request whose state output cannot be kept (:meth:`SequenceWorker._keep_state`); ``why``:
+    what the sequence's abort says of it."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class _Step:
@@ -71,14 +98,22 @@ class _Step:
         return self._over
 
     def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
+        rows = len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
+        why: str | None = None
         try:
+            if self._worker.config.states:  # implicit state: kept for the sequence's next request, not answered
+                outputs, refused = self._worker._keep_state(self._pending, outputs)
+                if refused is not None:
+                    why = refused.why
+                    if not self.sink.finished:
+                        self.sink.on_error(refused)
+                    return
             if not self.sink.finished:
                 self.sink.on_rows(start, outputs, batch_rows, queue_s, compute_s)
         finally:
-            rows = len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
             self._delivered = start + rows
             if self._delivered >= self.n:
-                self._end()
+                self._end(why, ran=True)
 
     def on_error(self, exc: WsserveError) -> None:
         try:
@@ -91,10 +126,10 @@ class _Step:
             else:
                 self._end()
 
-    def _end(self, why: str | None = None) -> None:
+    def _end(self, why: str | None = None, *, ran: bool = False) -> None:
         if not self._over:
             self._over = True
-            self._worker._step_ended(self._pending, why)
+            self._worker._step_ended(self._pending, why, ran=ran)
 
 
 class SequenceWorker:
@@ -104,7 +139,8 @@ class SequenceWorker:
     decoupled = False
 
     def __init__(self, inner: PredictWorker, config: SequenceConfig, *, slots: int,
-                 max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS) -> None:
+                 max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS,
+                 max_state_bytes: int = DEFAULT_MAX_SEQUENCE_STATE_BYTES) -> None:
         self.inner = inner
         inner.isolate_failures = False  # a request computed twice would change its sequence's state twice
         self.config = config
@@ -115,6 +151,13 @@ class SequenceWorker:
         self.scheduler = SequenceScheduler(self.name, slots=slots, max_idle_s=config.max_idle_s,
                                            max_backlog=max_queue_requests, max_waiting=max_queue_requests)
         self._batched = getattr(self.model, "batching", True)
+        #: implicit state (config.states): at most this many bytes kept per sequence
+        self.max_state_bytes = max_state_bytes
+        self._initial: dict[str, np.ndarray] = getattr(self.model, "initial_states", {})
+        #: the state outputs taken out of each answer (those no config.pbtxt ``output`` lists)
+        self.state_outputs: tuple[str, ...] = tuple(getattr(self.model, "state_outputs", ())) if config.states else ()
+        self._state_names = frozenset(self.state_outputs)
+        self._single = len(getattr(self.model, "outputs", ())) == 1  # the model answers one array
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -273,6 +316,8 @@ class SequenceWorker:
             try:
                 inputs = sink.inputs
                 controls = control_inputs(self.config.controls, p.correlation_id, p.flags, sink.n, self._batched)
+                if self.config.states:
+                    controls.update(self._states_in(p))
                 if controls:
                     if type(inputs) is list:  # checked JSON rows (a one-float-vector model): as _gather makes them
                         inputs = np.array(inputs, dtype=np.float64)
@@ -288,12 +333,52 @@ class SequenceWorker:
                     sink.on_error(exc)
                 self.scheduler.done(p, now, f"was refused ({exc.code})")
 
-    def _step_ended(self, p: Pending, why: str | None) -> None:
-        """``p``'s step ended; ``why``: the model never ran it (the batch queue dropped it)."""
+    def _step_ended(self, p: Pending, why: str | None, *, ran: bool = False) -> None:
+        """``p``'s step ended; ``why``: the model never ran it (the batch queue dropped it), or with
+        ``ran``, its sequence cannot go on after it (its state outgrew the bound)."""
         now = monotonic()
-        self.scheduler.done(p, now, why)
+        self.scheduler.done(p, now, why, ran=ran)
         if self._loop is not None and not self._closed:
             self._loop.call_soon(self._pump, monotonic())
+
+    def _states_in(self, p: Pending) -> dict[str, np.ndarray]:
+        """The state inputs of ``p``'s run (one row): its sequence's kept state, or at START (or
+        before its sequence kept one: its START failed) the initial state."""
+        kept = None if p.flags & START else self.scheduler.state_of(p.correlation_id)
+        if kept is None:
+            kept = self._initial
+        return {name: value[None] for name, value in kept.items()}
+
+    def _keep_state(self, p: Pending, outputs: Any) -> tuple[Any, _StateRefused | None]:
+        """Take the state outputs out of ``p``'s ``outputs`` (one row) and keep them for its
+        sequence (copied: the batch's arrays are not held); returns what is answered (as the model
+        packs it: one array when one output is left) and None, or ``(None, error)`` when the state
+        does not fit its ``dims`` or takes more than ``max_sequence_state_bytes`` (nothing kept)."""
+        if not isinstance(outputs, dict):  # one output answered, which is the state's too
+            outputs = {self.model.outputs[0].name: outputs}
+        answered = {k: v for k, v in outputs.items() if k not in self._state_names}
+        state: dict[str, np.ndarray] = {}
+        nbytes = 0
+        cid = p.correlation_id
+        for st in self.config.states:
+            value = outputs[st.output_name][0]
+            shape = value.shape
+            if len(shape) != len(st.dims) or any(d != -1 and d != n for d, n in zip(st.dims, shape, strict=False)):
+                return None, _StateRefused(
+                    f"model {self.name!r} gave state output {st.output_name!r} of shape {list(shape)} for sequence "
+                    f"{cid}; its state dims are {list(st.dims)}", "gave a state of the wrong shape")
+            nbytes += value.nbytes
+            if nbytes > self.max_state_bytes:
+                return None, _StateRefused(
+                    f"the state of sequence {cid} of model {self.name!r} would take more than "
+                    f"{self.max_state_bytes} bytes (max_sequence_state_bytes; state output {st.output_name!r} "
+                    f"of shape {list(shape)} {value.dtype.name} takes {value.nbytes}): the sequence is aborted, "
+                    "start it again (sequence_start)", "made its state outgrow max_sequence_state_bytes")
+            state[st.input_name] = value.copy()
+        self.scheduler.keep_state(cid, state, nbytes)
+        if len(answered) == 1 and self._single:
+            return next(iter(answered.values())), None
+        return answered, None
 
     def _arm(self) -> None:
         at = self.scheduler.next_expiry()

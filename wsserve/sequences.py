@@ -37,6 +37,12 @@ instances, its requests batched oldest first up to ``max_batch_size``):
   waits, and a later request of it must START (refused, the message saying why).  Requests queued
   ahead of the dropped one still run in order.
 
+- **Implicit state** (config.pbtxt's ``sequence_batching { state [...] }``, :class:`State`): a
+  sequence keeps its model state here, in its slot (:meth:`SequenceScheduler.keep_state`,
+  :meth:`SequenceScheduler.state_of`), from the request that produced it to the next; it is freed
+  when the sequence lets its slot go (END ran, idle expiry, drained) and at once when it is
+  aborted.  :attr:`SequenceScheduler.state_bytes` counts what is kept.
+
 Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
 :func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
 """
@@ -51,7 +57,7 @@ import numpy as np
 
 from .errors import BadRequest, InvalidInput, Overloaded
 
-__all__ = ["START", "END", "DEFAULT_MAX_IDLE_S", "MAX_SEQUENCE_ID_LENGTH", "Control", "SequenceConfig",
+__all__ = ["START", "END", "DEFAULT_MAX_IDLE_S", "MAX_SEQUENCE_ID_LENGTH", "Control", "State", "SequenceConfig",
            "SequenceId", "Pending", "sequence_request_id", "SequenceScheduler", "control_inputs", "missing_id", "sequence_of"]
 
 #: ``request.flags()`` bits of a Triton Python model's request (TRITONSERVER_REQUEST_FLAG_SEQUENCE_*).
@@ -77,11 +83,29 @@ class Control:
 
 
 @dataclass(frozen=True, slots=True)
+class State:
+    """One implicit state tensor (config.pbtxt's ``sequence_batching.state``): the model's input
+    ``input_name`` gets, per sequence, what its output ``output_name`` gave for the sequence's
+    previous request (its initial state at START); ``dtype``, per-row ``dims`` (``-1``: the size
+    the model outputs).  The initial state: ``initial_dims`` (fixed) of zeros, or of the values
+    in the model directory's ``initial_state/<initial_file>``; with no ``initial_state``, zeros in
+    ``dims`` with every ``-1`` taken as 1 (Triton's starting request has uninitialized data so)."""
+
+    input_name: str
+    output_name: str
+    dtype: np.dtype
+    dims: tuple[int, ...]
+    initial_dims: tuple[int, ...]
+    initial_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SequenceConfig:
     """config.pbtxt's ``sequence_batching`` as served: ``max_idle_s``, the ``controls`` fed to
     the model, ``strategy`` (``"direct"`` or ``"oldest"``), ``as_json`` (the section as Triton's
     model configuration lists it) and Oldest's ``max_candidate_sequences`` (slots per instance;
-    0: ``max_batch_size``) and ``max_queue_delay_us`` (its batching window)."""
+    0: ``max_batch_size``) and ``max_queue_delay_us`` (its batching window); ``states``: the
+    implicit state tensors the server keeps per sequence (an ONNX model's)."""
 
     max_idle_s: float = DEFAULT_MAX_IDLE_S
     controls: tuple[Control, ...] = ()
@@ -89,6 +113,7 @@ class SequenceConfig:
     as_json: dict[str, Any] = field(default_factory=dict)
     max_candidate_sequences: int = 0
     max_queue_delay_us: int = 0
+    states: tuple[State, ...] = ()
 
 
 class SequenceId(str):
@@ -204,7 +229,7 @@ class Pending:
 
 
 class _Sequence:
-    __slots__ = ("queue", "slot", "busy", "last", "ended", "started", "aborted")
+    __slots__ = ("queue", "slot", "busy", "last", "ended", "started", "aborted", "state", "state_bytes")
 
     def __init__(self, now: float) -> None:
         self.queue: deque[Pending] = deque()
@@ -214,6 +239,8 @@ class _Sequence:
         self.ended = False  # its latest request carries END: the next must START
         self.started = False  # a request of it was handed out (the model saw the sequence)
         self.aborted: str | None = None  # why it was aborted (a request dropped, no START behind it)
+        self.state: Any = None  # its implicit state (keep_state), None: none yet
+        self.state_bytes = 0
 
     def live(self) -> bool:
         """A request of it runs or waits (cancelled ones skipped)."""
@@ -241,6 +268,8 @@ class SequenceScheduler:
         self._held = 0  # sequences holding a slot
         self.waiting = 0  # requests not handed out (cancelled ones excluded)
         self._aborted: list[Pending] = []  # dropped with their sequence, not yet collected (aborted())
+        #: Bytes of the implicit state kept for the sequences (:meth:`keep_state`).
+        self.state_bytes = 0
 
     def __len__(self) -> int:
         """Sequences known (holding a slot or in the backlog)."""
@@ -249,6 +278,25 @@ class SequenceScheduler:
     @property
     def held(self) -> int:
         return self._held
+
+    def state_of(self, correlation_id: int | str) -> Any:
+        """The implicit state kept for sequence ``correlation_id`` (:meth:`keep_state`), or None."""
+        seq = self._sequences.get(correlation_id)
+        return None if seq is None else seq.state
+
+    def keep_state(self, correlation_id: int | str, state: Any, nbytes: int) -> None:
+        """Keep ``state`` (``nbytes`` bytes; replacing the one kept) for sequence ``correlation_id``,
+        until its next request or until it lets its slot go or is aborted.  A sequence no longer
+        known, or aborted, keeps nothing."""
+        seq = self._sequences.get(correlation_id)
+        if seq is None or seq.aborted:
+            return
+        self.state_bytes += nbytes - seq.state_bytes
+        seq.state, seq.state_bytes = state, nbytes
+
+    def _forget_state(self, seq: _Sequence) -> None:
+        self.state_bytes -= seq.state_bytes
+        seq.state, seq.state_bytes = None, 0
 
     def ahead(self, correlation_id: int | str) -> tuple[int, int]:
         """The waiting rows and input bytes a new request of sequence ``correlation_id`` counts
@@ -325,12 +373,13 @@ class SequenceScheduler:
         out.sort(key=lambda p: p.arrived)  # stable: equal times keep sequence order
         return out
 
-    def done(self, pending: Pending, now: float, why: str | None = None) -> None:
+    def done(self, pending: Pending, now: float, why: str | None = None, *, ran: bool = False) -> None:
         """``pending`` (handed out by :meth:`take`) ended: its sequence may run its next request;
         after an END with nothing queued behind it the sequence lets its slot go (the oldest
         backlogged sequence takes it).  ``why``: the model never ran it (``"was cancelled"``,
         ``"passed its deadline"``, ...): its sequence is aborted behind it (see the module
-        docstring; :meth:`aborted`).  Idempotent."""
+        docstring; :meth:`aborted`); with ``ran`` the model ran it but its sequence cannot go on
+        (``why`` says why, e.g. its state outgrew the bound).  Idempotent."""
         if not pending.taken:
             return
         pending.taken = False
@@ -341,7 +390,7 @@ class SequenceScheduler:
         seq.busy = False
         seq.last = now
         if why is not None:
-            self._abort(seq, pending, why)
+            self._abort(seq, pending, why, ran=ran)
         if (pending.flags & END or seq.ended or seq.aborted) and not seq.live():
             self._release(pending.correlation_id, seq)
 
@@ -412,6 +461,7 @@ class SequenceScheduler:
         self.waiting_bytes = 0
         self.waiting_rows = 0
         self._slot_rows = self._slot_bytes = 0
+        self.state_bytes = 0
         return out
 
     def _drop(self, pending: Pending, seq: _Sequence | None) -> None:
@@ -423,12 +473,14 @@ class SequenceScheduler:
             self._slot_rows -= pending.rows
             self._slot_bytes -= pending.nbytes
 
-    def _abort(self, seq: _Sequence, dropped: Pending, why: str) -> None:
-        """``dropped`` (of ``seq``) never reaches the model: drop the requests of ``seq`` waiting
-        behind it up to the next START, and unless one follows, mark ``seq`` aborted."""
+    def _abort(self, seq: _Sequence, dropped: Pending, why: str, *, ran: bool = False) -> None:
+        """``dropped`` (of ``seq``) never reaches the model (``ran``: its sequence cannot go on
+        after it): drop the requests of ``seq`` waiting behind it up to the next START, forget
+        its state, and unless a START follows, mark ``seq`` aborted."""
         cid = dropped.correlation_id
         what = "its START" if dropped.flags & START else "a request of it"
-        reason = f"sequence {cid} was aborted: {what} {why} before the model ran it"
+        reason = f"sequence {cid} was aborted: {what} {why}" + ("" if ran else " before the model ran it")
+        self._forget_state(seq)
         behind = not any(p is dropped for p in seq.queue)  # handed out: all that waits is behind it
         for p in seq.queue:
             if not behind:
@@ -451,9 +503,11 @@ class SequenceScheduler:
             else:
                 del self._sequences[cid]
                 self._backlog.pop(cid, None)
+                self._forget_state(seq)
 
     def _release(self, cid: int | str, seq: _Sequence) -> None:
         del self._sequences[cid]
+        self._forget_state(seq)
         seq.slot = False
         self._held -= 1
         while self._backlog and self._held < self.slots:

@@ -247,8 +247,10 @@ def request_id_of(sink: Any) -> str:
 
 def _rows_vary(model: Any) -> bool:
     """Whether ``model`` declares an input dimension each request sizes (a
-    :attr:`~wsserve.repository.tensors.TensorSpec.variable` spec): its cost per row is then unknown."""
-    return any(getattr(spec, "variable", False) for spec in getattr(model, "inputs", None) or ())
+    :attr:`~wsserve.repository.tensors.TensorSpec.variable` spec; a stateful model's
+    ``sequence_inputs`` too: a state whose dims vary): its cost per row is then unknown."""
+    return any(getattr(spec, "variable", False) for spec in (*(getattr(model, "inputs", None) or ()),
+                                                             *getattr(model, "sequence_inputs", ())))
 
 
 def _row_shape(inputs: Any) -> Any:

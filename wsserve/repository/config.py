@@ -193,7 +193,7 @@ class ModelConfig:
     #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (a Triton Python model only):
     #: any number of responses per request (:mod:`wsserve.decoupled`).
     decoupled: bool = False
-    #: config.pbtxt's ``sequence_batching`` (a Triton Python model only): a stateful model, its
+    #: config.pbtxt's ``sequence_batching`` (a Triton Python or an ONNX model): a stateful model, its
     #: requests scheduled by sequence (:class:`wsserve.sequences.SequenceConfig`); None otherwise.
     sequence: Any = None
     #: Triton's ``model_warmup`` (config.pbtxt): the batches a version runs before it serves

@@ -33,6 +33,13 @@ onnxruntime a model.onnx fails to load with a message saying so.
   uint16, uint32, uint64, bool (:data:`ONNX_TYPES`).  Several named
   inputs/outputs are supported; config.toml's ``[[outputs]]`` may select a
   subset of the graph's outputs to return.
+- A stateful model (config.pbtxt ``sequence_batching``, served by :mod:`wsserve.sequence_worker`):
+  its control inputs and state inputs are graph inputs the requests do not send
+  (:attr:`OnnxModel.sequence_inputs`, checked against the graph at load: present, of the
+  configured type, dims agreeing by Triton's rule); its state outputs are computed every run and
+  returned by name beside the answered outputs (:attr:`OnnxModel.state_outputs`, for the sequence
+  worker to keep); :attr:`OnnxModel.initial_states` holds each state's START value (zeros, or the
+  model directory's ``initial_state/<data_file>``).  It is not warmed up.
 - ``InferenceSession.run`` is thread-safe, so :meth:`OnnxModel.predict` may be
   called from several threads at once (each call is one ``run``).
 - wsserve's own metadata: the graph's ``metadata_props`` entry ``wsserve``
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,9 +67,11 @@ from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
-from .tritondims import compare_dims, graph_dims, scalar_dims
+from .tritondims import compare_dims, graph_dims, scalar_dims, show_dims
 
 __all__ = ["OnnxModel", "ONNX_TYPES", "METADATA_KEY", "read_wsserve_metadata"]
+
+log = logging.getLogger("wsserve.repository")
 
 #: ``metadata_props`` key of the JSON object wsserve writes into an ONNX file.
 METADATA_KEY = "wsserve"
@@ -265,6 +275,19 @@ class OnnxModel(RepositoryModel):
         #: config.pbtxt's ``reshape``: input name -> (the model's per-row dims, the wire's), and outputs'
         self._reshape_in: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._reshape_out: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        sequence = config.sequence
+        #: a stateful model's (``sequence_batching``) control and state inputs, fed by the sequence
+        #: worker (:mod:`wsserve.sequence_worker`), never by a request; its state outputs no
+        #: config.pbtxt ``output`` lists (kept by the server, never answered); the initial states
+        self.sequence_inputs: tuple[TensorSpec, ...] = ()
+        self.state_outputs: tuple[str, ...] = ()
+        self.initial_states: dict[str, np.ndarray] = {}
+        if sequence is not None:
+            self._sequence_tensors(sequence, graph_in, graph_out, name)
+            hidden = {s.name for s in self.sequence_inputs}
+            graph_in = [a for a in graph_in if a.name not in hidden]
+            if not graph_in:
+                raise ModelLoadError(self.path, "the graph has no inputs but its control and state inputs")
         own_in = [spec(a, "input", _configured(a.name, config.inputs, len(graph_in))) for a in graph_in]
         # An optional input that is no graph input but an initializer a request may override (ONNX
         # Runtime lists those apart): config.pbtxt's dims and type are its shape; left out, the
@@ -288,6 +311,8 @@ class OnnxModel(RepositoryModel):
                 if tc.model_dims is not None:  # config.pbtxt's reshape: the graph's rows
                     self._reshape_in[tc.name] = (tc.model_dims, tc.triton_dims or ())
         out_cfg = config.outputs
+        if out_cfg is None and sequence is not None:  # auto-complete: the state outputs are not answered
+            graph_out = [a for a in graph_out if a.name not in {st.output_name for st in sequence.states}]
         chosen = [a for a in graph_out if out_cfg is None or _configured(a.name, out_cfg, len(graph_out)) is not None]
         own_out = [spec(a, "output", _configured(a.name, out_cfg, len(graph_out))) for a in (chosen or graph_out)]
         self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
@@ -295,6 +320,11 @@ class OnnxModel(RepositoryModel):
         self._output_names = [s.name for s in self.outputs]
         #: A bfloat16 tensor among the graph's: run through OrtValues (:meth:`_run`).
         self._bfloat16 = any(a.type == "tensor(bfloat16)" for a in (*graph_in, *graph_out))
+        if sequence is not None:
+            self.state_outputs = tuple(st.output_name for st in sequence.states
+                                       if st.output_name not in self._output_names)
+        #: what each run asks the graph for: the answered outputs, then the state outputs kept
+        self._run_names = [*self._output_names, *self.state_outputs]
         #: per output (in order): the wire's per-row dims where config.pbtxt reshapes it, else None
         self._out_wire = [self._reshape_out[n][1] if n in self._reshape_out else None for n in self._output_names]
         #: graph scalars (rank 0) served in config.pbtxt's dims of 1s (Triton's rule): reshaped per row
@@ -315,6 +345,73 @@ class OnnxModel(RepositoryModel):
         )
         self._parameters = parameters
 
+    def _sequence_tensors(self, sequence: Any, graph_in: list[Any], graph_out: list[Any], model: str) -> None:
+        """Check a stateful model's graph against config.pbtxt's ``sequence_batching`` (as Triton's
+        onnxruntime backend does at load): each control input and each state's input is a graph
+        input, each state's output a graph output, of the configured type and of dims that agree
+        (a control: ``[1]`` per row; a state: its ``dims``, a ``-1`` where the graph's dimension is
+        dynamic).  Sets :attr:`sequence_inputs`, reads the initial states.  Raises
+        :class:`ModelLoadError` naming the tensor and the disagreement."""
+        by_in = {a.name: a for a in graph_in}
+        by_out = {a.name: a for a in graph_out}
+        specs: list[TensorSpec] = []
+
+        def graph_tensor(table: dict[str, Any], what: str, tname: str, dtype: np.dtype, dims: tuple[int, ...],
+                         exact: bool) -> None:
+            arg = table.get(tname)
+            side = "input" if table is by_in else "output"
+            if arg is None:
+                raise ModelLoadError(self.path, f"config.pbtxt's sequence_batching names {what} {tname!r}, which "
+                                                f"is not a graph {side} (its {side}s: {', '.join(map(repr, table))})")
+            got = ONNX_TYPES.get(arg.type)
+            if got is None or np.dtype(TENSOR_DTYPES[got]) != dtype:
+                raise ModelLoadError(self.path, f"{what} {tname!r} is {dtype.name} in config.pbtxt's sequence_batching; "
+                                                f"the graph's is {arg.type}")
+            if arg.shape is not None and not arg.shape:
+                raise ModelLoadError(self.path, f"{what} {tname!r} is a scalar in the graph; it needs dims "
+                                                f"{show_dims(dims)}" + (" after the batch dimension" if self.batching else ""))
+            if arg.shape is not None:
+                why = compare_dims(model, what, tname, graph_dims(arg.shape), dims, batching=self.batching,
+                                   source="config.pbtxt's sequence_batching", exact=exact)
+                if why is not None:
+                    raise ModelLoadError(self.path, why)
+
+        for c in sequence.controls:
+            graph_tensor(by_in, "control input", c.name, c.dtype, (1,), False)
+            specs.append(TensorSpec(c.name, (1,), "bytes" if c.dtype == np.object_ else c.dtype.name))
+        for st in sequence.states:
+            graph_tensor(by_in, "state input", st.input_name, st.dtype, st.dims, False)
+            graph_tensor(by_out, "state output", st.output_name, st.dtype, st.dims, True)
+            specs.append(TensorSpec(st.input_name, tuple(VARIABLE if d == -1 else d for d in st.dims), st.dtype.name))
+            self.initial_states[st.input_name] = self._initial_state(st)
+        self.sequence_inputs = tuple(specs)
+
+    def _initial_state(self, st: Any) -> np.ndarray:
+        """State ``st``'s value at a sequence's START (one row, without the batch dimension): zeros
+        in its initial dims, or the raw little-endian row-major values of the model directory's
+        ``initial_state/<data_file>`` (exactly as many bytes as those dims hold)."""
+        if st.initial_file is None:
+            return np.zeros(st.initial_dims, dtype=st.dtype)
+        from .warmup import _read_file
+
+        want = math.prod(st.initial_dims) * st.dtype.itemsize
+        where = self.config.path.parent / "initial_state" / st.initial_file
+        label = f"state {st.input_name!r} initial_state"
+        data = _read_file(where, want + 1, self.path, label)
+        if len(data) != want:
+            raise ModelLoadError(self.path, f"{label}: {where} holds "
+                                            f"{len(data) if len(data) <= want else 'more than ' + str(want)} bytes; "
+                                            f"{list(st.initial_dims)} {st.dtype.name} values are {want}")
+        return np.frombuffer(data, dtype=st.dtype.newbyteorder("<")).astype(st.dtype).reshape(st.initial_dims)
+
+    def warmup(self, batch: Batch | None = None, *, stop: Any = None) -> None:
+        """As :meth:`RepositoryModel.warmup`, but a stateful model (``sequence_batching``: its runs
+        need a sequence's control and state inputs) is not warmed up, as its Triton Python peer."""
+        if self.config.sequence is not None:
+            log.info("%s: not warmed up: the model is stateful (sequence_batching)", self.path)
+            return
+        super().warmup(batch, stop=stop)
+
     def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         if isinstance(batch, np.ndarray):
             if len(self.inputs) != 1:
@@ -323,6 +420,9 @@ class OnnxModel(RepositoryModel):
         else:
             feeds = {s.name: np.asarray(batch[s.name], dtype=s.np_dtype) for s in self.inputs
                      if s.name in batch}  # an optional input left out: the graph's default (its initializer)
+        for s in self.sequence_inputs:  # a stateful model's control and state inputs (the sequence worker's)
+            if s.name in batch:  # type: ignore[operator]
+                feeds[s.name] = np.asarray(batch[s.name], dtype=s.np_dtype)  # type: ignore[index]
         for name, (model_dims, _) in self._reshape_in.items():  # config.pbtxt's reshape: the model's rows
             v = feeds.get(name)
             if v is not None:  # (an optional input left out has none)
@@ -345,26 +445,33 @@ class OnnxModel(RepositoryModel):
             fixed.append(o)
         return fixed
 
-    def _pack(self, outs: list[np.ndarray]) -> Batch:
-        return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs, strict=True))
+    def _pack(self, outs: list[np.ndarray], states: list[np.ndarray] | None = None) -> Batch:
+        """The outputs answered (one array, or by name), with the state outputs kept (by name, for
+        the sequence worker to take out: :attr:`state_outputs`)."""
+        if not self.state_outputs:
+            return outs[0] if len(outs) == 1 else dict(zip(self._output_names, outs, strict=True))
+        return {**dict(zip(self._output_names, outs, strict=True)),
+                **dict(zip(self.state_outputs, states or (), strict=True))}
 
     def predict(self, batch: Batch) -> Batch:
         self._require_open()
         session = self._session  # one reference for the whole call, even if close() runs meanwhile
-        names = self._output_names
+        names = self._run_names
+        answered = len(self._output_names)
         if not self.batching:  # max_batch_size = 0: the graph has no batch dimension
-
             scalars, shapes = self._scalar_inputs, self._row_shapes
 
             def one_row(row: Batch) -> Batch:
                 # (a scalar's one-row batch whole: v[0] of a reshape's [1] would be a numpy scalar, not an array)
                 feeds = {k: v.reshape(()) if k in scalars else v[0] for k, v in self._feeds(row).items()}
-                outs = self._to_wire(self._run(session, names, feeds), batched=False)
+                got = self._run(session, names, feeds)
+                outs = self._to_wire(got[:answered], batched=False)
                 return self._pack([(o.reshape(shape) if o.ndim == 0 else o)[None]  # a scalar in its dims (of 1s)
-                                   for o, shape in zip(outs, shapes, strict=True)])
+                                   for o, shape in zip(outs, shapes, strict=True)], [o[None] for o in got[answered:]])
 
             return self._per_row(one_row, batch)
-        return self._pack(self._fitted(self._to_wire(self._run(session, names, self._feeds(batch)))))
+        got = self._run(session, names, self._feeds(batch))
+        return self._pack(self._fitted(self._to_wire(got[:answered])), got[answered:])
 
     def _run(self, session: Any, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """``session.run``; a graph with a bfloat16 tensor runs on OrtValues instead: onnxruntime's

@@ -75,11 +75,12 @@ Mapped (Triton's semantics, triton-inference-server/server
   answers give, ``reshape`` what the model takes and gives (:attr:`TensorConfig.model_dims`; the
   ONNX backend compares the graph with it; the backends reshape each batch on the way in and out).
 
-- ``sequence_batching`` (a ``backend: "python"`` model only) -> :attr:`ModelConfig.sequence`
-  (:func:`_sequence_batching`, served by :mod:`wsserve.sequence_worker`); its ``state`` is refused.
+- ``sequence_batching`` (a Python or an ONNX model) -> :attr:`ModelConfig.sequence`
+  (:func:`_sequence_batching`, served by :mod:`wsserve.sequence_worker`); its ``state`` (implicit
+  state, :func:`_states`) for an ONNX model only.
 
 Refused (semantics wsserve cannot honour), naming the field:
-``sequence_batching`` but for a Python model, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
+``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
 ``batch_output``, ``model_transaction_policy { decoupled: true }`` but for a ``backend:
 "python"`` model (served streaming, :mod:`wsserve.decoupled`),
 ``dynamic_batching.priority_queue_policy``, and per
@@ -97,6 +98,7 @@ one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +107,7 @@ import numpy as np
 from ..batching import MAX_PRIORITY_LEVELS, QueuePolicy
 from ..config import MAX_DELAY_MS
 from ..dtypes import BYTES, TENSOR_DTYPES
-from ..sequences import Control, SequenceConfig
+from ..sequences import Control, SequenceConfig, State
 from .config import (
     _NAME_RE,
     MAX_BATCH_SIZE,
@@ -421,9 +423,6 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
     for field, value in cfg.ListFields():
         if field.name in _REFUSED:
             raise ConfigError(path, field.name, f"is not supported: wsserve does not serve {_REFUSED[field.name]}")
-        if field.name == "sequence_batching" and cfg.backend != "python":
-            raise ConfigError(path, "sequence_batching", "is served for a Python model (backend: \"python\") only "
-                              "(wsserve feeds an ONNX graph no control inputs)")
         if field.name == "model_transaction_policy" and value.decoupled and cfg.backend != "python":
             raise ConfigError(path, "model_transaction_policy.decoupled", "is served for a Python model "
                               "(backend: \"python\") only: another backend answers each infer request once")
@@ -464,9 +463,13 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         return _python_config(path, cfg, model_name, common, warnings)
     _no_onnx_strings(path, inputs, outputs)
     threads = _parameters(path, cfg, warnings)
+    sequence = _sequence_batching(path, cfg, warnings) if cfg.HasField("sequence_batching") else None
+    if sequence is not None and sequence.strategy == "oldest":  # its dynamic batcher's window
+        common = {**common, "max_delay_ms": sequence.max_queue_delay_us / 1000}
     return ModelConfig(
         backend="onnx",
         **common,
+        sequence=sequence,
         onnx_intra_op_threads=threads,
         warnings=tuple(warnings),
         # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
@@ -592,9 +595,10 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
     and ``preserve_ordering`` warned about).  ``state`` (implicit state) is refused, naming it."""
     sb = cfg.sequence_batching
     key = "sequence_batching"
-    if sb.state:
-        raise ConfigError(path, f"{key}.state", "is not supported: wsserve does not serve implicit state "
-                          "(a model keeps its sequences' state itself)")
+    if sb.state and cfg.backend == "python":
+        raise ConfigError(path, f"{key}.state", "is not supported for a Python model: implicit state is served "
+                          "for ONNX models (Triton's Python backend has none; a model.py keeps its sequences' state "
+                          "itself)")
     if sb.iterative_sequence:
         raise ConfigError(path, f"{key}.iterative_sequence", "is not supported")
     us = sb.max_sequence_idle_microseconds
@@ -633,6 +637,9 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
             if type_name not in _CORRID_TYPES:
                 raise ConfigError(path, f"{where}.control[0].data_type", f"must be one of {', '.join(_CORRID_TYPES)} "
                                   f"for CONTROL_SEQUENCE_CORRID, got {type_name}")
+            if type_name == "TYPE_STRING" and cfg.backend != "python":
+                raise ConfigError(path, f"{where}.control[0].data_type", "TYPE_STRING is not served for an ONNX "
+                                  "model's CORRID (string tensors: backend \"python\" models only)")
             dtype = TENSOR_DTYPES[TRITON_TYPES[type_name]]
             controls.append(Control(ci.name, kind, dtype))
             continue
@@ -644,7 +651,82 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
         name, (false, true) = pairs[0]
         dtype = np.dtype({"int32_false_true": np.int32, "fp32_false_true": np.float32, "bool_false_true": np.bool_}[name])
         controls.append(Control(ci.name, kind, dtype, false, true))
+    states = _states(path, sb, names, warnings)
     as_json = json.loads(_config_json(cfg))["sequence_batching"]  # every field, as Triton lists it
     as_json["max_sequence_idle_microseconds"] = str(us or 1_000_000)  # Triton's default filled in
     return SequenceConfig(max_idle_s=(us or 1_000_000) / 1e6, controls=tuple(controls), strategy=strategy,
-                          as_json=as_json, max_candidate_sequences=candidates, max_queue_delay_us=delay_us)
+                          as_json=as_json, max_candidate_sequences=candidates, max_queue_delay_us=delay_us,
+                          states=states)
+
+
+#: The folder of the model directory holding the ``initial_state { data_file }`` files (Triton's).
+INITIAL_STATE_DIR = "initial_state"
+
+
+def _states(path: Path, sb: Any, names: set[str], warnings: list[str]) -> tuple[State, ...]:
+    """``sequence_batching.state`` (implicit state, :class:`~wsserve.sequences.State`), checked as
+    Triton checks it: ``input_name`` / ``output_name`` valid names, the input not an ``input`` or a
+    control input (``names``: those taken) nor another state's, ``data_type`` served (not
+    ``TYPE_STRING``), ``dims`` at most :data:`~.tensors.MAX_DIMS` sizes in [1, MAX_DIM] or ``-1``;
+    at most one ``initial_state``, of the state's ``data_type``, fixed ``dims`` of the state's rank
+    agreeing with its fixed ones (at most :data:`~.tensors.MAX_ROW_ELEMENTS` values), ``zero_data:
+    true`` or a ``data_file`` name in the model's ``initial_state/`` folder (read when a version
+    loads).  ``use_same_buffer_for_input_output`` / ``use_growable_memory`` (GPU memory hints) are
+    listed in the warning."""
+    if len(sb.state) > MAX_TENSORS:
+        raise ConfigError(path, "sequence_batching.state", f"holds {len(sb.state)} states; at most {MAX_TENSORS}")
+    out: list[State] = []
+    outputs: set[str] = set()
+    for i, st in enumerate(sb.state):
+        where = f"sequence_batching.state[{i}]"
+        for fname in ("input_name", "output_name"):
+            value = getattr(st, fname)
+            if not _NAME_RE.match(value):
+                raise ConfigError(path, f"{where}.{fname}", f"must be 1-128 printable characters without spaces or "
+                                  f"quotes, got {value!r}")
+        if st.input_name in names:
+            raise ConfigError(path, f"{where}.input_name", f"{st.input_name!r} is already an input, a control input "
+                              "or a state's input (a state input is fed by the server, not listed in input)")
+        if st.output_name in outputs:
+            raise ConfigError(path, f"{where}.output_name", f"{st.output_name!r} is already a state's output")
+        names.add(st.input_name)
+        outputs.add(st.output_name)
+        type_name = _enum_name(path, f"{where}.data_type", st, "data_type")
+        if type_name not in TRITON_TYPES or TRITON_TYPES[type_name] == BYTES:
+            served = ", ".join(t for t, d in TRITON_TYPES.items() if d != BYTES)
+            raise ConfigError(path, f"{where}.data_type", f"{type_name} is not served for a state (served: {served})")
+        dtype = TENSOR_DTYPES[TRITON_TYPES[type_name]]
+        dims = tuple(int(d) for d in st.dims)
+        if len(dims) > MAX_DIMS or any(d != -1 and not 1 <= d <= MAX_DIM for d in dims):
+            raise ConfigError(path, f"{where}.dims", f"must be at most {MAX_DIMS} sizes in [1, {MAX_DIM}] or -1, "
+                              f"got {list(dims)}")
+        initial_dims, initial_file = tuple(1 if d == -1 else d for d in dims), None
+        if len(st.initial_state) > 1:
+            raise ConfigError(path, f"{where}.initial_state", f"holds {len(st.initial_state)} initial states; "
+                              "at most one")
+        for init in st.initial_state:
+            ikey = f"{where}.initial_state"
+            init_type = _enum_name(path, f"{ikey}.data_type", init, "data_type")
+            if init_type != type_name:
+                raise ConfigError(path, f"{ikey}.data_type", f"is {init_type}; the state's data_type is {type_name}")
+            initial_dims = tuple(int(d) for d in init.dims)
+            if len(initial_dims) != len(dims) or any(d < 1 or d > MAX_DIM or (s != -1 and d != s)
+                                                     for d, s in zip(initial_dims, dims, strict=False)):
+                raise ConfigError(path, f"{ikey}.dims", f"must be fixed sizes agreeing with the state's dims "
+                                  f"{list(dims)} (-1 there: any size), got {list(initial_dims)}")
+            which = init.WhichOneof("state_data")
+            if which == "data_file":
+                initial_file = init.data_file
+                if (not initial_file or Path(initial_file).name != initial_file or initial_file in (".", "..")
+                        or "\0" in initial_file):
+                    raise ConfigError(path, f"{ikey}.data_file", f"must be a file name in the model's "
+                                      f"{INITIAL_STATE_DIR}/ folder, got {initial_file[:128]!r}")
+            elif not (which == "zero_data" and init.zero_data):
+                raise ConfigError(path, ikey, "needs its data: zero_data: true or data_file")
+        if math.prod(initial_dims) > MAX_ROW_ELEMENTS:
+            raise ConfigError(path, f"{where}.initial_state.dims", f"hold {math.prod(initial_dims)} values; at most "
+                              f"{MAX_ROW_ELEMENTS}")
+        warnings.extend(f"{where}.{f.name}" for f, _ in st.ListFields()
+                        if f.name in ("use_same_buffer_for_input_output", "use_growable_memory"))
+        out.append(State(st.input_name, st.output_name, dtype, dims, initial_dims, initial_file))
+    return tuple(out)

@@ -60,14 +60,16 @@ def _where(graph: Sequence[int], full: Sequence[int], *, exact: bool, source: st
 
 
 def compare_dims(model: str, side: str, name: str, graph: Sequence[int], dims: Sequence[int], *,
-                 batching: bool, source: str = "config.pbtxt", why_batched: str = "max_batch_size > 0") -> str | None:
+                 batching: bool, source: str = "config.pbtxt", why_batched: str = "max_batch_size > 0",
+                 exact: bool | None = None) -> str | None:
     """``None`` when config dims ``dims`` agree with the graph's shape ``graph`` (see the module
     docstring; ``side`` is ``"input"`` or ``"output"``, outputs compared exactly), else the reason,
     naming the model, the tensor, the config's dims and the graph's shape.  ``graph`` of rank 0 is
-    not compared (``None``).  ``why_batched`` says in the message why a batch dimension is prepended."""
+    not compared (``None``).  ``why_batched`` says in the message why a batch dimension is prepended.
+    ``exact`` (default: ``side == "output"``): a dynamic graph dimension takes only ``-1``."""
     if not graph:
         return None
-    exact = side == "output"
+    exact = side == "output" if exact is None else exact
     full = (-1, *dims) if batching else tuple(dims)
     said = f"model {model!r}, {side} {name!r}: {source} dims {show_dims(dims)}"
     if batching:
