@@ -18,6 +18,7 @@ import numpy as np
 from wsserve.bls import BLS_STARTS_PER_TURN, BlsGateway
 from wsserve.config import ServerConfig
 from wsserve.errors import UnknownModel
+from wsserve.metrics import VersionStats
 from wsserve.pool import ModelPool
 from wsserve.repository import triton_pb_utils as pb
 from wsserve.repository.bls import Caller
@@ -171,7 +172,7 @@ def test_a_calls_timeout_counts_from_its_hand_over_not_from_its_start() -> None:
     """A call's ``timeout`` bounds its whole wait, the incoming queue included: a call that waited
     there past it (the loop busy, here held) is answered ``UNAVAILABLE`` when the loop reaches it,
     never started; before, its timeout started counting only then and the model ran it."""
-    async def scenario() -> tuple[pb.InferenceResponse, pb.InferenceResponse, int]:
+    async def scenario() -> tuple[pb.InferenceResponse, pb.InferenceResponse, int, tuple[int, int]]:
         pool = ModelPool(ServerConfig())
         await pool.start()
         ran: list[int] = []
@@ -181,6 +182,7 @@ def test_a_calls_timeout_counts_from_its_hand_over_not_from_its_start() -> None:
             return x * 2
 
         pool.serve("double", "1", FunctionModel(double, input_shape=2, output_shape=2, dtype="float32", name="double"))
+        stats = pool.lookup("double", None).worker.stats = VersionStats()  # what a server's metrics give it
         ran.clear()
         gateway = BlsGateway(pool.lookup, ServerConfig())
         caller = Caller("caller", 1, gateway)
@@ -206,10 +208,12 @@ def test_a_calls_timeout_counts_from_its_hand_over_not_from_its_start() -> None:
             pass
         late, meanwhile = [await asyncio.wrap_future(f) for f in futures]
         await pool.close()
-        return late, meanwhile, sum(ran)
+        return late, meanwhile, sum(ran), (stats.ok, stats.fail)
 
-    late, meanwhile, rows_run = asyncio.run(scenario())
+    late, meanwhile, rows_run, (ok, failed) = asyncio.run(scenario())
     assert late.has_error() and late.error().code() == pb.TritonError.UNAVAILABLE
     assert "BLS request to model 'double' timed out after 1000 us (before it started)" in late.error().message()
     assert not meanwhile.has_error() and meanwhile.output_tensors()[0].as_numpy().tolist() == [[2.0, 2.0]]
     assert rows_run == 1  # only the second call's row reached the model
+    # both are requests of the called model, as Triton counts a BLS request timed out in its queue
+    assert (ok, failed) == (1, 1)

@@ -315,18 +315,23 @@ class BlsGateway:
                 raise InvalidInput(f"model_version must be -1 (the default) or a version number, got {version!r}")
             if type(call.timeout_us) is not int or call.timeout_us < 0:
                 raise InvalidInput(f"timeout must be a number of microseconds >= 0, got {call.timeout_us!r}")
-            left = None  # seconds of its timeout left (None: no timeout)
-            if call.timeout_us:
-                left = call.handed_at + call.timeout_us / 1e6 - monotonic()
-                if left <= 0:  # it waited past its timeout in the incoming queue: never started
-                    raise DeadlineExceeded(f"BLS request to model {call.model!r} timed out after {call.timeout_us} us "
-                                           "(before it started)")
             entry = self._lookup(call.model, None if version == -1 else str(version))
             if entry.kind != "predict":
                 raise _Refused(f"model {call.model!r} generates text; BLS requests go to predictive models")
             if entry.decoupled:
                 raise _Refused(f"model {call.model!r} is decoupled: a BLS request to it takes exec(decoupled=True) "
                                "(its responses streamed), which wsserve does not serve")
+            left = None  # seconds of its timeout left (None: no timeout)
+            if call.timeout_us:
+                waited = monotonic() - call.handed_at
+                left = call.timeout_us / 1e6 - waited
+                if left <= 0:  # it waited past its timeout in the incoming queue: never started; a
+                    # failed request of the called model all the same, as one timed out in its queue
+                    stats = getattr(entry.worker, "stats", None)
+                    if stats is not None:
+                        stats.on_request(False, waited, 0.0)
+                    raise DeadlineExceeded(f"BLS request to model {call.model!r} timed out after {call.timeout_us} us "
+                                           "(before it started)")
             call.entry = entry
             self._guard(call, entry)
             room = self._config.max_inflight_bytes - self._bytes[call.caller]
