@@ -355,3 +355,66 @@ def test_a_metric_made_and_dropped_again_and_again_is_not_kept() -> None:
     gc.collect()
     assert sum(r() is not None for r in refs) == 0
     assert store.counts() == (1, 0)
+
+
+async def test_with_workers_metrics_sums_every_workers_custom_families(tmp_path: Path, model_cache: Path) -> None:
+    """``--workers 2``: each worker runs its own copy of the model, whose metrics count what that
+    worker served; ``/metrics`` on either worker gives their sums (a histogram's counts, a counter's,
+    a gauge's too), as it does for the server's own counters."""
+    from tests.support import Conn, wait_until_async
+
+    root = tmp_path / "model_repository"
+    _write(root, "metered", METERED_PY)
+    proc = ServerProcess("--workers", "2", "--models", "none", "--model-repository", str(root), cache_dir=model_cache)
+    conns = []
+    try:
+        conns = [await Conn.open(proc.url) for _ in range(24)]
+
+        def spread() -> bool:  # the 24 connections, open, are on both workers
+            m = proc.metrics()
+            per = [m.get("wsserve_connections", worker=w) for w in ("0", "1")]
+            return all(n > 0 for n in per) and sum(per) == 24
+
+        await wait_until_async(spread, 60, what="24 connections over both workers", in_thread=True)
+        for i, c in enumerate(conns):
+            reply = await c.request({"type": "predict", "id": i, "model": "metered", "inputs": [[1.0, 0.0]]})
+            assert reply["type"] == "result", reply
+        labels = {"model": "metered", "version": "1"}
+
+        def summed() -> bool:
+            m = scrape_metrics(proc.http)
+            # the 24 requests' x[0, 0] = 1.0 land in (0.5, 1.0] (each worker's warm-up batch of zeros below);
+            # each worker's last value is 1.0, so the gauge sums to 2.0
+            ones = m.get("input_value_bucket", le="1.0", **labels) - m.get("input_value_bucket", le="0.5", **labels)
+            return ones == 24 and m.get("last_value", **labels) == 2.0
+
+        # every scrape, whichever worker answers it, sums both workers (after their next snapshot)
+        await wait_until_async(summed, 60, what="sums over both workers", in_thread=True)
+        m = scrape_metrics(proc.http)
+        assert m.get("requests_seen_total", **labels) == m.get("input_value_count", **labels) >= 24
+    finally:
+        for c in conns:
+            await c.close()
+        proc.stop()
+
+
+def test_merging_workers_snapshots_adds_series_up_and_leaves_out_what_does_not_fit() -> None:
+    from wsserve.custommetrics import CustomMetrics, merge_snapshots, render_snapshot
+
+    def worker(value: float, kind_of_other: str = "gauge", buckets: tuple[float, ...] = (1.0,)) -> list[Any]:
+        store = CustomMetrics()
+        owner = store.owner("m", 1)
+        made = []
+        for name, kind in (("c", "counter"), ("g", "gauge"), ("other", kind_of_other)):
+            fam = owner.family(name, f"{name} help", kind)
+            made.append(fam.metric({"k": "v"}, None))
+            made[-1].increment(value)
+        hist = owner.family("h", "h help", "histogram").metric(None, list(buckets))
+        hist.observe(value)
+        return store.snapshot()
+
+    merged = merge_snapshots([worker(0.5), worker(2.0, kind_of_other="counter", buckets=(5.0,)), None, [{"bad": 1}]])
+    text = render_snapshot(merged).decode()
+    assert 'c{k="v"} 2.5' in text and 'g{k="v"} 2.5' in text
+    assert 'other{k="v"} 0.5' in text and "# TYPE other gauge" in text  # the counter "other" left out
+    assert 'h_bucket{le="1.0"} 1.0' in text and 'h_count 1.0' in text  # the 5.0-bucket histogram left out

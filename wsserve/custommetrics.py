@@ -46,6 +46,7 @@ from prometheus_client.utils import floatToGoString
 __all__ = [
     "CustomMetrics", "FamilyHandle", "MetricError", "Owner", "SeriesHandle", "KINDS", "current_owner", "owning",
     "MAX_CUSTOM_METRIC_FAMILIES", "MAX_CUSTOM_METRIC_SERIES", "MAX_LABELS", "MAX_BUCKETS", "RESERVED_PREFIX",
+    "merge_snapshots", "render_snapshot",
 ]
 
 KINDS = ("counter", "gauge", "histogram")
@@ -402,26 +403,76 @@ class CustomMetrics:
             self._drain()
             return len(self._families), self._series
 
-    def render(self) -> bytes:
-        """The families in the Prometheus text format (empty: none)."""
-        lines: list[str] = []
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The families now, JSON-ready (a worker's share of ``/metrics``, see :func:`merge_snapshots`):
+        ``[{name, description, kind, series: [{labels, value, buckets, counts, sum}]}]``."""
         with self._lock:
             self._drain()
-            for fam in self._families.values():
-                lines.append(f"# HELP {fam.name} {_escape(fam.description, False)}")
-                lines.append(f"# TYPE {fam.name} {fam.kind}")
-                for s in fam.series.values():
-                    if fam.kind != "histogram":
-                        lines.append(f"{fam.name}{_labeltext(s.labels)} {floatToGoString(s.value)}")
-                        continue
-                    total = 0
-                    for bound, n in zip((*(s.buckets or ()), math.inf), s.counts):
-                        total += n
-                        lines.append(f"{fam.name}_bucket{_labeltext((*s.labels, ('le', floatToGoString(bound))))} "
-                                     f"{floatToGoString(total)}")
-                    lines.append(f"{fam.name}_sum{_labeltext(s.labels)} {floatToGoString(s.sum)}")
-                    lines.append(f"{fam.name}_count{_labeltext(s.labels)} {floatToGoString(total)}")
-        return ("\n".join(lines) + "\n").encode() if lines else b""
+            return [{"name": fam.name, "description": fam.description, "kind": fam.kind,
+                     "series": [{"labels": [list(kv) for kv in s.labels], "value": s.value,
+                                 "buckets": None if s.buckets is None else list(s.buckets),
+                                 "counts": list(s.counts), "sum": s.sum} for s in fam.series.values()]}
+                    for fam in self._families.values()]
+
+    def render(self) -> bytes:
+        """The families in the Prometheus text format (empty: none)."""
+        return render_snapshot(self.snapshot())
+
+
+def merge_snapshots(snapshots: Sequence[Any]) -> list[dict[str, Any]]:
+    """The families of several processes' :meth:`CustomMetrics.snapshot` (``--workers``), as one:
+    a family by name (the first one's description and kind; another process's family of that name
+    and another kind is left out, as one process refuses it), a series by its labels, whose values
+    add up over the processes (a counter's and a histogram's counts, as Prometheus sums them over
+    instances, and a gauge's too: a gauge of a model served by several workers is their sum); a
+    histogram series with other buckets than the first one's is left out.  Anything malformed (a
+    snapshot file being replaced) is skipped."""
+    families: dict[str, dict[str, Any]] = {}
+    for snap in snapshots:
+        if not isinstance(snap, list):
+            continue
+        for fam in snap:
+            try:
+                name, kind = fam["name"], fam["kind"]
+                into = families.setdefault(name, {"name": name, "description": fam["description"], "kind": kind,
+                                                   "series": {}})
+                if into["kind"] != kind:
+                    continue
+                for s in fam["series"]:
+                    key = tuple(tuple(kv) for kv in s["labels"])
+                    have = into["series"].get(key)
+                    if have is None:
+                        into["series"][key] = {**s, "counts": list(s["counts"])}
+                    elif have["buckets"] == s["buckets"] and len(have["counts"]) == len(s["counts"]):
+                        have["value"] += s["value"]
+                        have["sum"] += s["sum"]
+                        have["counts"] = [a + b for a, b in zip(have["counts"], s["counts"], strict=True)]
+            except (KeyError, TypeError, ValueError):
+                continue
+    return [{**fam, "series": list(fam["series"].values())} for fam in families.values()]
+
+
+def render_snapshot(families: Sequence[Mapping[str, Any]]) -> bytes:
+    """``families`` (a :meth:`CustomMetrics.snapshot`, or :func:`merge_snapshots`' merge) in the
+    Prometheus text format (empty: none)."""
+    lines: list[str] = []
+    for fam in families:
+        name = fam["name"]
+        lines.append(f"# HELP {name} {_escape(fam['description'], False)}")
+        lines.append(f"# TYPE {name} {fam['kind']}")
+        for s in fam["series"]:
+            labels = tuple(tuple(kv) for kv in s["labels"])
+            if fam["kind"] != "histogram":
+                lines.append(f"{name}{_labeltext(labels)} {floatToGoString(s['value'])}")
+                continue
+            total = 0
+            for bound, n in zip((*(s["buckets"] or ()), math.inf), s["counts"]):
+                total += n
+                lines.append(f"{name}_bucket{_labeltext((*labels, ('le', floatToGoString(bound))))} "
+                             f"{floatToGoString(total)}")
+            lines.append(f"{name}_sum{_labeltext(labels)} {floatToGoString(s['sum'])}")
+            lines.append(f"{name}_count{_labeltext(labels)} {floatToGoString(total)}")
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 _OWNER: ContextVar[Owner | None] = ContextVar("wsserve_custom_metrics_owner", default=None)

@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .custommetrics import CustomMetrics
+from .custommetrics import CustomMetrics, merge_snapshots, render_snapshot
 
 __all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE", "fold_dead_snapshot", "supervisor_snapshot"]
 
@@ -547,6 +547,7 @@ class Metrics:
                 "frames": dict(state.get("frames", {})),
             },
             "histograms": {key: family.snapshot() for key, family in self._families.items()},
+            "custom": self.custom.snapshot(),
             "model_stats": {_SEP.join(k): v.snapshot(mono, wall) for k, v in self.model_stats.items()},
             "gauges": {
                 "connections": state["connections"], "http_connections": state.get("http_connections", 0),
@@ -599,5 +600,10 @@ class Metrics:
         os.replace(tmp, path)
 
     def render(self) -> bytes:
-        """The exposition: the server's metrics, then the models' custom families (:attr:`custom`)."""
-        return generate_latest(self.registry) + self.custom.render()
+        """The exposition: the server's metrics, then the models' custom families (:attr:`custom`;
+        with workers, every live worker's merged: :func:`~wsserve.custommetrics.merge_snapshots`)."""
+        if self._peers_dir is None:
+            return generate_latest(self.registry) + self.custom.render()
+        own = generate_latest(self.registry)  # (its collection reads the peers' snapshots itself)
+        custom = [snap.get("custom") for snap in self.snapshots() if snap.get("alive", True)]
+        return own + render_snapshot(merge_snapshots(custom))
