@@ -386,3 +386,30 @@ def test_a_sequences_state_is_kept_in_its_slot_until_it_ends_expires_or_is_abort
     assert s.state_of(3) is None and s.state_bytes == 0 and len(s) == 0
     s.keep_state(3, {"S": np.array([3.0])}, 8)  # a sequence no longer known keeps nothing
     assert s.state_bytes == 0
+
+
+def test_a_restart_forgets_the_state_of_the_sequence_before_it() -> None:
+    """A START on a running sequence (or queued behind its END) begins a new sequence: once it is
+    handed out the old sequence's state is gone, so a START that fails (keeping nothing) leaves
+    the next request the initial state, not the previous sequence's."""
+    s = SequenceScheduler("acc", slots=1, max_idle_s=1.0)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    s.take(0.0)
+    s.keep_state(1, {"S": np.array([5.0])}, 8)
+    s.done(a1, 0.0)
+    b1 = s.arrive(1, True, False, "b1", 0.1)  # restart
+    s.arrive(1, False, True, "b2", 0.1)
+    assert s.state_of(1)["S"].tolist() == [5.0]  # the old one's, until the START is handed out
+    assert s.take(0.1) == [b1]
+    assert s.state_of(1) is None and s.state_bytes == 0
+    s.done(b1, 0.1)  # it ran and failed (kept no state): the sequence goes on from the initial state
+    assert s.state_of(1) is None
+    # END ran, a START queued behind it: the ended sequence's state does not reach the new one
+    c1 = s.arrive(2, True, True, "c1", 0.2)
+    c2 = s.arrive(2, True, False, "c2", 0.2)
+    (b2,) = s.take(0.2)
+    s.done(b2, 0.2)
+    assert s.take(0.2) == [c1]
+    s.keep_state(2, {"S": np.array([7.0])}, 8)
+    s.done(c1, 0.2)
+    assert s.take(0.2) == [c2] and s.state_of(2) is None and s.state_bytes == 0

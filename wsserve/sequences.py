@@ -40,8 +40,9 @@ instances, its requests batched oldest first up to ``max_batch_size``):
 - **Implicit state** (config.pbtxt's ``sequence_batching { state [...] }``, :class:`State`): a
   sequence keeps its model state here, in its slot (:meth:`SequenceScheduler.keep_state`,
   :meth:`SequenceScheduler.state_of`), from the request that produced it to the next; it is freed
-  when the sequence lets its slot go (END ran, idle expiry, drained) and at once when it is
-  aborted.  :attr:`SequenceScheduler.state_bytes` counts what is kept.
+  when the sequence lets its slot go (END ran, idle expiry, drained), at once when it is
+  aborted, and when a START of its id is handed out (a restart: the new sequence never sees the
+  old one's state, even when its START fails and keeps none).  :attr:`SequenceScheduler.state_bytes` counts what is kept.
 
 Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
 :func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
@@ -364,6 +365,8 @@ class SequenceScheduler:
                 p.taken = True
                 seq.busy = True
                 seq.started = True
+                if p.flags & START:  # a new sequence of the id begins: nothing of the one before it carries over
+                    self._forget_state(seq)
                 self.waiting -= 1
                 self.waiting_bytes -= p.nbytes
                 self.waiting_rows -= p.rows
