@@ -81,6 +81,30 @@ def grower() -> Any:
     return ob._model(nodes, inputs, outputs, [("axes", np.array([1], np.int64))])
 
 
+def rooted() -> Any:
+    """``y = state_in + x``, ``state_out = y`` and ``root = sqrt(x)``: a negative ``x`` makes
+    ``root`` NaN, failing its request after the graph ran (the state output is finite)."""
+    nodes = [helper.make_node("Add", ["STATE_IN", "x"], ["y"]),
+             helper.make_node("Identity", ["y"], ["STATE_OUT"]),
+             helper.make_node("Sqrt", ["x"], ["root"])]
+    inputs = [helper.make_tensor_value_info("x", F, ["N", 1]), helper.make_tensor_value_info("STATE_IN", F, ["N", 1])]
+    outputs = [helper.make_tensor_value_info("y", F, ["N", 1]), helper.make_tensor_value_info("STATE_OUT", F, ["N", 1]),
+               helper.make_tensor_value_info("root", F, ["N", 1])]
+    return ob._model(nodes, inputs, outputs)
+
+
+def bf16_state() -> Any:
+    """``y = float32(state_in) + x``, ``state_out = bfloat16(y)``: only the state is bfloat16."""
+    nodes = [helper.make_node("Cast", ["STATE_IN"], ["s"], to=F),
+             helper.make_node("Add", ["s", "x"], ["y"]),
+             helper.make_node("Cast", ["y"], ["STATE_OUT"], to=TensorProto.BFLOAT16)]
+    inputs = [helper.make_tensor_value_info("x", F, ["N", 1]),
+              helper.make_tensor_value_info("STATE_IN", TensorProto.BFLOAT16, ["N", 1])]
+    outputs = [helper.make_tensor_value_info("y", F, ["N", 1]),
+               helper.make_tensor_value_info("STATE_OUT", TensorProto.BFLOAT16, ["N", 1])]
+    return ob._model(nodes, inputs, outputs)
+
+
 def _state(dims: str = "[ 1 ]", initial: str = "") -> str:
     return (f'  state [ {{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: {dims}'
             f'{initial} }} ]\n')
@@ -120,6 +144,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
            'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
            'output [ { name: "total" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
            "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n" + _state("[ -1 ]") + "}\n")
+    _write(root, "acc_root", rooted(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
+           'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "root" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n" + _state() + "}\n")
+    # its outputs auto-completed (no output listed): the bfloat16 state output is not answered
+    _write(root, "acc_bf16", bf16_state(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 2\n'
+           'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n"
+           '  state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_BF16 dims: [ 1 ] } ]\n}\n')
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-sequence-state-bytes", str(STATE_BYTES))
     try:
@@ -270,6 +303,37 @@ def test_a_state_outgrowing_the_bound_ends_its_request_and_aborts_the_sequence(s
             == [[1001.0]]
     finally:
         client.stop_stream()
+        client.close()
+
+
+def test_a_restart_whose_start_fails_goes_on_from_the_initial_state_not_the_old_sequences(served) -> None:
+    """A START on a running sequence whose run fails (an output not finite: nothing kept) leaves
+    the restarted sequence at its initial state: its next request does not see the state of the
+    sequence before the restart."""
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        assert client.infer("acc_root", [_one(5)], sequence_id=801, sequence_start=True).as_numpy("y").tolist() \
+            == [[5.0]]
+        assert client.infer("acc_root", [_one(2)], sequence_id=801).as_numpy("y").tolist() == [[7.0]]
+        with pytest.raises(InferenceServerException, match="not finite"):
+            client.infer("acc_root", [_one(-1)], sequence_id=801, sequence_start=True)
+        assert client.infer("acc_root", [_one(1)], sequence_id=801, sequence_end=True).as_numpy("y").tolist() \
+            == [[1.0]]  # the initial state (0) + 1, not the old sequence's 7 + 1
+    finally:
+        client.close()
+
+
+def test_a_bfloat16_state_of_a_graph_whose_answered_tensors_are_float32_runs(served) -> None:
+    """``acc_bf16``: only its (hidden) state tensors are bfloat16, its outputs auto-completed:
+    the graph still runs through OrtValues, each sequence accumulating in its bfloat16 state."""
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        meta = client.get_model_metadata("acc_bf16", as_json=True)
+        assert [t["name"] for t in meta["outputs"]] == ["y"], meta
+        got = [client.infer("acc_bf16", [_one(v)], sequence_id=31, sequence_start=i == 0, sequence_end=i == 2)
+               .as_numpy("y").tolist() for i, v in enumerate((1, 2, 4))]
+        assert got == [[[1.0]], [[3.0]], [[7.0]]]
+    finally:
         client.close()
 
 
