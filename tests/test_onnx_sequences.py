@@ -337,6 +337,35 @@ def test_a_bfloat16_state_of_a_graph_whose_answered_tensors_are_float32_runs(ser
         client.close()
 
 
+def test_the_servers_state_budget_bounds_what_all_sequences_keep(tmp_path: Path) -> None:
+    """``--max-sequence-state-total-bytes 16``: two ``grow`` sequences keep 8 bytes each; a third's
+    START, whose state would pass the budget, ends with ``overloaded`` naming it and keeps
+    nothing (its sequence goes on from the initial state); once one sequence ended, it fits."""
+    root = tmp_path / "model_repository"
+    _write(root, "grow", grower(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+           'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           'output [ { name: "total" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n" + _state("[ -1 ]") + "}\n")
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-sequence-state-total-bytes", "16")
+    client = tgrpc.InferenceServerClient(grpc_address(proc))
+    try:
+        for sid in (1, 2):  # [0, x]: 8 bytes each
+            assert client.infer("grow", [_one(sid)], sequence_id=sid, sequence_start=True).as_numpy("total").tolist() \
+                == [[float(sid)]]
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("grow", [_one(3)], sequence_id=3, sequence_start=True)
+        assert "the state of sequence 3 of model 'grow' (8 bytes) is not kept" in str(info.value)
+        assert "16 bytes of state, at most 16 (max_sequence_state_total_bytes)" in str(info.value)
+        assert client.infer("grow", [_one(5)], sequence_id=1, sequence_end=True).as_numpy("total").tolist() == [[6.0]]
+        # sequence 3 goes on from its initial state (its START kept nothing); now its state fits
+        assert client.infer("grow", [_one(4)], sequence_id=3).as_numpy("total").tolist() == [[4.0]]
+        assert client.infer("grow", [_one(1)], sequence_id=3, sequence_end=True).as_numpy("total").tolist() == [[5.0]]
+    finally:
+        client.close()
+        proc.stop()
+
+
 # -- load-time checks (the graph against sequence_batching)
 
 def _load(tmp_path: Path, graph: Any, config: str, files: dict[str, bytes] | None = None) -> Any:
