@@ -81,6 +81,30 @@ def grower() -> Any:
     return ob._model(nodes, inputs, outputs, [("axes", np.array([1], np.int64))])
 
 
+def rooted() -> Any:
+    """``y = state_in + x``, ``state_out = y`` and ``root = sqrt(x)``: a negative ``x`` makes
+    ``root`` NaN, failing its request after the graph ran (the state output is finite)."""
+    nodes = [helper.make_node("Add", ["STATE_IN", "x"], ["y"]),
+             helper.make_node("Identity", ["y"], ["STATE_OUT"]),
+             helper.make_node("Sqrt", ["x"], ["root"])]
+    inputs = [helper.make_tensor_value_info("x", F, ["N", 1]), helper.make_tensor_value_info("STATE_IN", F, ["N", 1])]
+    outputs = [helper.make_tensor_value_info("y", F, ["N", 1]), helper.make_tensor_value_info("STATE_OUT", F, ["N", 1]),
+               helper.make_tensor_value_info("root", F, ["N", 1])]
+    return ob._model(nodes, inputs, outputs)
+
+
+def bf16_state() -> Any:
+    """``y = float32(state_in) + x``, ``state_out = bfloat16(y)``: only the state is bfloat16."""
+    nodes = [helper.make_node("Cast", ["STATE_IN"], ["s"], to=F),
+             helper.make_node("Add", ["s", "x"], ["y"]),
+             helper.make_node("Cast", ["y"], ["STATE_OUT"], to=TensorProto.BFLOAT16)]
+    inputs = [helper.make_tensor_value_info("x", F, ["N", 1]),
+              helper.make_tensor_value_info("STATE_IN", TensorProto.BFLOAT16, ["N", 1])]
+    outputs = [helper.make_tensor_value_info("y", F, ["N", 1]),
+               helper.make_tensor_value_info("STATE_OUT", TensorProto.BFLOAT16, ["N", 1])]
+    return ob._model(nodes, inputs, outputs)
+
+
 def _state(dims: str = "[ 1 ]", initial: str = "") -> str:
     return (f'  state [ {{ input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: {dims}'
             f'{initial} }} ]\n')
@@ -120,6 +144,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
            'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
            'output [ { name: "total" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
            "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n" + _state("[ -1 ]") + "}\n")
+    _write(root, "acc_root", rooted(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
+           'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "root" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n" + _state() + "}\n")
+    # its outputs auto-completed (no output listed): the bfloat16 state output is not answered
+    _write(root, "acc_bf16", bf16_state(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 2\n'
+           'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n"
+           '  state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_BF16 dims: [ 1 ] } ]\n}\n')
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-sequence-state-bytes", str(STATE_BYTES))
     try:
@@ -271,6 +304,66 @@ def test_a_state_outgrowing_the_bound_ends_its_request_and_aborts_the_sequence(s
     finally:
         client.stop_stream()
         client.close()
+
+
+def test_a_restart_whose_start_fails_goes_on_from_the_initial_state_not_the_old_sequences(served) -> None:
+    """A START on a running sequence whose run fails (an output not finite: nothing kept) leaves
+    the restarted sequence at its initial state: its next request does not see the state of the
+    sequence before the restart."""
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        assert client.infer("acc_root", [_one(5)], sequence_id=801, sequence_start=True).as_numpy("y").tolist() \
+            == [[5.0]]
+        assert client.infer("acc_root", [_one(2)], sequence_id=801).as_numpy("y").tolist() == [[7.0]]
+        with pytest.raises(InferenceServerException, match="not finite"):
+            client.infer("acc_root", [_one(-1)], sequence_id=801, sequence_start=True)
+        assert client.infer("acc_root", [_one(1)], sequence_id=801, sequence_end=True).as_numpy("y").tolist() \
+            == [[1.0]]  # the initial state (0) + 1, not the old sequence's 7 + 1
+    finally:
+        client.close()
+
+
+def test_a_bfloat16_state_of_a_graph_whose_answered_tensors_are_float32_runs(served) -> None:
+    """``acc_bf16``: only its (hidden) state tensors are bfloat16, its outputs auto-completed:
+    the graph still runs through OrtValues, each sequence accumulating in its bfloat16 state."""
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        meta = client.get_model_metadata("acc_bf16", as_json=True)
+        assert [t["name"] for t in meta["outputs"]] == ["y"], meta
+        got = [client.infer("acc_bf16", [_one(v)], sequence_id=31, sequence_start=i == 0, sequence_end=i == 2)
+               .as_numpy("y").tolist() for i, v in enumerate((1, 2, 4))]
+        assert got == [[[1.0]], [[3.0]], [[7.0]]]
+    finally:
+        client.close()
+
+
+def test_the_servers_state_budget_bounds_what_all_sequences_keep(tmp_path: Path) -> None:
+    """``--max-sequence-state-total-bytes 16``: two ``grow`` sequences keep 8 bytes each; a third's
+    START, whose state would pass the budget, ends with ``overloaded`` naming it and keeps
+    nothing (its sequence goes on from the initial state); once one sequence ended, it fits."""
+    root = tmp_path / "model_repository"
+    _write(root, "grow", grower(), 'platform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+           'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           'output [ { name: "total" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+           "sequence_batching {\n  max_sequence_idle_microseconds: 60000000\n" + _state("[ -1 ]") + "}\n")
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-sequence-state-total-bytes", "16")
+    client = tgrpc.InferenceServerClient(grpc_address(proc))
+    try:
+        for sid in (1, 2):  # [0, x]: 8 bytes each
+            assert client.infer("grow", [_one(sid)], sequence_id=sid, sequence_start=True).as_numpy("total").tolist() \
+                == [[float(sid)]]
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("grow", [_one(3)], sequence_id=3, sequence_start=True)
+        assert "the state of sequence 3 of model 'grow' (8 bytes) is not kept" in str(info.value)
+        assert "16 bytes of state, at most 16 (max_sequence_state_total_bytes)" in str(info.value)
+        assert client.infer("grow", [_one(5)], sequence_id=1, sequence_end=True).as_numpy("total").tolist() == [[6.0]]
+        # sequence 3 goes on from its initial state (its START kept nothing); now its state fits
+        assert client.infer("grow", [_one(4)], sequence_id=3).as_numpy("total").tolist() == [[4.0]]
+        assert client.infer("grow", [_one(1)], sequence_id=3, sequence_end=True).as_numpy("total").tolist() == [[5.0]]
+    finally:
+        client.close()
+        proc.stop()
 
 
 # -- load-time checks (the graph against sequence_batching)

@@ -14,6 +14,7 @@ from wsserve.sequences import (
     Control,
     SequenceId,
     SequenceScheduler,
+    StateBudget,
     control_inputs,
     missing_id,
     sequence_of,
@@ -386,3 +387,57 @@ def test_a_sequences_state_is_kept_in_its_slot_until_it_ends_expires_or_is_abort
     assert s.state_of(3) is None and s.state_bytes == 0 and len(s) == 0
     s.keep_state(3, {"S": np.array([3.0])}, 8)  # a sequence no longer known keeps nothing
     assert s.state_bytes == 0
+
+
+def test_a_restart_forgets_the_state_of_the_sequence_before_it() -> None:
+    """A START on a running sequence (or queued behind its END) begins a new sequence: once it is
+    handed out the old sequence's state is gone, so a START that fails (keeping nothing) leaves
+    the next request the initial state, not the previous sequence's."""
+    s = SequenceScheduler("acc", slots=1, max_idle_s=1.0)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    s.take(0.0)
+    s.keep_state(1, {"S": np.array([5.0])}, 8)
+    s.done(a1, 0.0)
+    b1 = s.arrive(1, True, False, "b1", 0.1)  # restart
+    s.arrive(1, False, True, "b2", 0.1)
+    assert s.state_of(1)["S"].tolist() == [5.0]  # the old one's, until the START is handed out
+    assert s.take(0.1) == [b1]
+    assert s.state_of(1) is None and s.state_bytes == 0
+    s.done(b1, 0.1)  # it ran and failed (kept no state): the sequence goes on from the initial state
+    assert s.state_of(1) is None
+    # END ran, a START queued behind it: the ended sequence's state does not reach the new one
+    c1 = s.arrive(2, True, True, "c1", 0.2)
+    c2 = s.arrive(2, True, False, "c2", 0.2)
+    (b2,) = s.take(0.2)
+    s.done(b2, 0.2)
+    assert s.take(0.2) == [c1]
+    s.keep_state(2, {"S": np.array([7.0])}, 8)
+    s.done(c1, 0.2)
+    assert s.take(0.2) == [c2] and s.state_of(2) is None and s.state_bytes == 0
+
+
+def test_a_state_budget_shared_by_schedulers_bounds_what_all_their_sequences_keep() -> None:
+    """Two models' schedulers share one budget: a state that would take it past its limit is not
+    kept (the sequence keeps the one it had); what a sequence lets go (END, abort, drain) is
+    given back."""
+    budget = StateBudget(16)
+    a = SequenceScheduler("a", slots=4, budget=budget)
+    b = SequenceScheduler("b", slots=4, budget=budget)
+    a1 = a.arrive(1, True, False, "a1", 0.0)
+    b1 = b.arrive(1, True, False, "b1", 0.0)
+    a.take(0.0)
+    b.take(0.0)
+    assert a.keep_state(1, {"S": np.zeros(1)}, 8) and b.keep_state(1, {"S": np.ones(1)}, 8)
+    assert budget.used == 16
+    assert not b.keep_state(1, {"S": np.ones(2)}, 16)  # would take 24
+    assert b.state_of(1)["S"].tolist() == [1.0] and b.state_bytes == 8 and budget.used == 16
+    assert b.keep_state(1, {"S": np.ones(1, np.float32)}, 4)  # shrinking always fits
+    assert budget.used == 12
+    a.done(a1, 0.0)
+    a2 = a.arrive(1, False, True, "a2", 0.1)
+    a.take(0.1)
+    a.done(a2, 0.1)  # its END ran: its 8 bytes given back
+    assert budget.used == 4
+    b.done(b1, 0.1)
+    b.drain()
+    assert budget.used == 0

@@ -183,6 +183,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="implicit state (config.pbtxt sequence_batching.state) kept per sequence of a stateful ONNX model; "
              "a request whose state output would take more ends with invalid_input and aborts its sequence "
              "(default 16 MiB)")
+    opt("max_sequence_state_total_bytes", group=g, type=_positive_int, default=d.max_sequence_state_total_bytes,
+        help="implicit state kept by all sequences of all stateful ONNX models together (per worker process); "
+             "a request whose state would take it past this ends with overloaded, its sequence keeping its "
+             "previous state (default 1 GiB)")
     opt("response_cache_bytes", group=g, type=bounded_int(0, MAX_RESPONSE_CACHE_BYTES), default=d.response_cache_bytes,
         help="size in bytes of the response cache (Triton's --cache-config local,size=N): plain predicts of models "
              "whose config enables response_cache are answered from it when their inputs repeat; per worker "

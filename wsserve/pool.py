@@ -40,6 +40,7 @@ from .jsontypes import frame_text
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import check_rows, check_rows_within, result_head, validate_inputs
 from .respcache import ResponseCache
+from .sequences import StateBudget
 from .tensorframe import TensorPayload, conform, view_tensors
 from .worker import BatchObserver, PredictWorker, Tensors
 
@@ -286,6 +287,8 @@ class ModelPool:
         #: The server's response cache (``--response-cache-bytes``; None: 0, no cache).
         self.response_cache = (ResponseCache(max_bytes=config.response_cache_bytes)
                                if config.response_cache_bytes else None)
+        #: The implicit state all stateful model versions may keep at once (``--max-sequence-state-total-bytes``).
+        self.state_budget = StateBudget(config.max_sequence_state_total_bytes)
         #: Called after any change of what is served (the server refreshes its hello frame).
         self.on_change: Callable[[], None] | None = None
 
@@ -464,7 +467,7 @@ class ModelPool:
             return sequence_worker.SequenceWorker(
                 worker, sequence, slots=slots,
                 max_queue_requests=max_queue_requests or sequence_worker.DEFAULT_MAX_QUEUE_REQUESTS,
-                max_state_bytes=cfg.max_sequence_state_bytes)
+                max_state_bytes=cfg.max_sequence_state_bytes, state_budget=self.state_budget)
         if response_cache:
             if self.response_cache is None:
                 log.warning("model %r enables the response cache but the server has none "

@@ -37,15 +37,18 @@ from .errors import (
     BadRequest,
     DeadlineExceeded,
     InvalidInput,
+    Overloaded,
     ShuttingDown,
     WsserveError,
 )
 from .sequences import (
+    END,
     START,
     Pending,
     SequenceConfig,
     SequenceId,
     SequenceScheduler,
+    StateBudget,
     control_inputs,
     missing_id,
 )
@@ -104,7 +107,8 @@ class _Step:
             if self._worker.config.states:  # implicit state: kept for the sequence's next request, not answered
                 outputs, refused = self._worker._keep_state(self._pending, outputs)
                 if refused is not None:
-                    why = refused.why
+                    # its sequence cannot go on (aborted), or (the server's budget) keeps its old state
+                    why = refused.why if isinstance(refused, _StateRefused) else None
                     if not self.sink.finished:
                         self.sink.on_error(refused)
                     return
@@ -140,7 +144,8 @@ class SequenceWorker:
 
     def __init__(self, inner: PredictWorker, config: SequenceConfig, *, slots: int,
                  max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS,
-                 max_state_bytes: int = DEFAULT_MAX_SEQUENCE_STATE_BYTES) -> None:
+                 max_state_bytes: int = DEFAULT_MAX_SEQUENCE_STATE_BYTES,
+                 state_budget: StateBudget | None = None) -> None:
         self.inner = inner
         inner.isolate_failures = False  # a request computed twice would change its sequence's state twice
         self.config = config
@@ -149,7 +154,8 @@ class SequenceWorker:
         self.explainer = None
         self.explain_refusal = f"model {self.name!r} is stateful (sequence_batching): its requests cannot be explained"
         self.scheduler = SequenceScheduler(self.name, slots=slots, max_idle_s=config.max_idle_s,
-                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests)
+                                           max_backlog=max_queue_requests, max_waiting=max_queue_requests,
+                                           budget=state_budget if config.states else None)
         self._batched = getattr(self.model, "batching", True)
         #: implicit state (config.states): at most this many bytes kept per sequence
         self.max_state_bytes = max_state_bytes
@@ -349,11 +355,14 @@ class SequenceWorker:
             kept = self._initial
         return {name: value[None] for name, value in kept.items()}
 
-    def _keep_state(self, p: Pending, outputs: Any) -> tuple[Any, _StateRefused | None]:
+    def _keep_state(self, p: Pending, outputs: Any) -> tuple[Any, InvalidInput | Overloaded | None]:
         """Take the state outputs out of ``p``'s ``outputs`` (one row) and keep them for its
         sequence (copied: the batch's arrays are not held); returns what is answered (as the model
-        packs it: one array when one output is left) and None, or ``(None, error)`` when the state
-        does not fit its ``dims`` or takes more than ``max_sequence_state_bytes`` (nothing kept)."""
+        packs it: one array when one output is left) and None, or ``(None, error)``, nothing kept:
+        a :class:`_StateRefused` when the state does not fit its ``dims`` or takes more than
+        ``max_sequence_state_bytes`` (the sequence is aborted), :class:`Overloaded` when the server's
+        stateful models together would keep more than ``max_sequence_state_total_bytes`` (the
+        sequence keeps the state it had: the request may be sent again)."""
         if not isinstance(outputs, dict):  # one output answered, which is the state's too
             outputs = {self.model.outputs[0].name: outputs}
         answered = {k: v for k, v in outputs.items() if k not in self._state_names}
@@ -375,7 +384,15 @@ class SequenceWorker:
                     f"of shape {list(shape)} {value.dtype.name} takes {value.nbytes}): the sequence is aborted, "
                     "start it again (sequence_start)", "made its state outgrow max_sequence_state_bytes")
             state[st.input_name] = value.copy()
-        self.scheduler.keep_state(cid, state, nbytes)
+        # (after an END nothing reads the state: a request behind it STARTs; not counted against the budget)
+        if not p.flags & END and not self.scheduler.keep_state(cid, state, nbytes):
+            budget = self.scheduler.budget
+            limit = budget.limit if budget is not None else 0
+            return None, Overloaded(
+                f"the state of sequence {cid} of model {self.name!r} ({nbytes} bytes) is not kept: the stateful "
+                f"models' sequences keep {budget.used if budget is not None else 0} bytes of state, at most {limit} "
+                "(max_sequence_state_total_bytes); the sequence keeps its previous state, send the request again "
+                "later", retry_after_ms=1000)
         if len(answered) == 1 and self._single:
             return next(iter(answered.values())), None
         return answered, None

@@ -40,8 +40,11 @@ instances, its requests batched oldest first up to ``max_batch_size``):
 - **Implicit state** (config.pbtxt's ``sequence_batching { state [...] }``, :class:`State`): a
   sequence keeps its model state here, in its slot (:meth:`SequenceScheduler.keep_state`,
   :meth:`SequenceScheduler.state_of`), from the request that produced it to the next; it is freed
-  when the sequence lets its slot go (END ran, idle expiry, drained) and at once when it is
-  aborted.  :attr:`SequenceScheduler.state_bytes` counts what is kept.
+  when the sequence lets its slot go (END ran, idle expiry, drained), at once when it is
+  aborted, and when a START of its id is handed out (a restart: the new sequence never sees the
+  old one's state, even when its START fails and keeps none).  A :class:`StateBudget` shared by
+  the schedulers of one server bounds what all keep: a state that would pass it is not kept.
+  :attr:`SequenceScheduler.state_bytes` counts what is kept.
 
 Nothing here touches a clock or a loop: every call takes ``now`` (monotonic seconds).
 :func:`control_inputs` builds the control tensors config.pbtxt's ``control_input`` asks for.
@@ -57,7 +60,7 @@ import numpy as np
 
 from .errors import BadRequest, InvalidInput, Overloaded
 
-__all__ = ["START", "END", "DEFAULT_MAX_IDLE_S", "MAX_SEQUENCE_ID_LENGTH", "Control", "State", "SequenceConfig",
+__all__ = ["START", "END", "DEFAULT_MAX_IDLE_S", "MAX_SEQUENCE_ID_LENGTH", "Control", "State", "StateBudget", "SequenceConfig",
            "SequenceId", "Pending", "sequence_request_id", "SequenceScheduler", "control_inputs", "missing_id", "sequence_of"]
 
 #: ``request.flags()`` bits of a Triton Python model's request (TRITONSERVER_REQUEST_FLAG_SEQUENCE_*).
@@ -114,6 +117,21 @@ class SequenceConfig:
     max_candidate_sequences: int = 0
     max_queue_delay_us: int = 0
     states: tuple[State, ...] = ()
+
+
+class StateBudget:
+    """The implicit state all the stateful model versions of one server (its pool) may keep at
+    once (``limit`` bytes; ``max_sequence_state_total_bytes``): each
+    :class:`SequenceScheduler` sharing it counts what its sequences keep in ``used``, so many
+    sequences (slots x models) cannot keep ``max_sequence_state_bytes`` each past it."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self.used = 0
 
 
 class SequenceId(str):
@@ -251,7 +269,7 @@ class SequenceScheduler:
     """The sequences of one model version (see the module docstring)."""
 
     def __init__(self, name: str, *, slots: int, max_idle_s: float = DEFAULT_MAX_IDLE_S,
-                 max_backlog: int = 1024, max_waiting: int = 1024) -> None:
+                 max_backlog: int = 1024, max_waiting: int = 1024, budget: StateBudget | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.name = name
@@ -270,6 +288,8 @@ class SequenceScheduler:
         self._aborted: list[Pending] = []  # dropped with their sequence, not yet collected (aborted())
         #: Bytes of the implicit state kept for the sequences (:meth:`keep_state`).
         self.state_bytes = 0
+        #: Shared with the server's other stateful models: what all may keep (None: unbounded).
+        self.budget = budget
 
     def __len__(self) -> int:
         """Sequences known (holding a slot or in the backlog)."""
@@ -284,18 +304,27 @@ class SequenceScheduler:
         seq = self._sequences.get(correlation_id)
         return None if seq is None else seq.state
 
-    def keep_state(self, correlation_id: int | str, state: Any, nbytes: int) -> None:
+    def keep_state(self, correlation_id: int | str, state: Any, nbytes: int) -> bool:
         """Keep ``state`` (``nbytes`` bytes; replacing the one kept) for sequence ``correlation_id``,
         until its next request or until it lets its slot go or is aborted.  A sequence no longer
-        known, or aborted, keeps nothing."""
+        known, or aborted, keeps nothing.  False (nothing changed: the sequence keeps the state
+        it had) when the growth would take the shared :attr:`budget` past its limit."""
         seq = self._sequences.get(correlation_id)
         if seq is None or seq.aborted:
-            return
-        self.state_bytes += nbytes - seq.state_bytes
+            return True
+        grow = nbytes - seq.state_bytes
+        if self.budget is not None:
+            if grow > 0 and self.budget.used + grow > self.budget.limit:
+                return False
+            self.budget.used += grow
+        self.state_bytes += grow
         seq.state, seq.state_bytes = state, nbytes
+        return True
 
     def _forget_state(self, seq: _Sequence) -> None:
         self.state_bytes -= seq.state_bytes
+        if self.budget is not None:
+            self.budget.used -= seq.state_bytes
         seq.state, seq.state_bytes = None, 0
 
     def ahead(self, correlation_id: int | str) -> tuple[int, int]:
@@ -364,6 +393,8 @@ class SequenceScheduler:
                 p.taken = True
                 seq.busy = True
                 seq.started = True
+                if p.flags & START:  # a new sequence of the id begins: nothing of the one before it carries over
+                    self._forget_state(seq)
                 self.waiting -= 1
                 self.waiting_bytes -= p.nbytes
                 self.waiting_rows -= p.rows
@@ -461,6 +492,8 @@ class SequenceScheduler:
         self.waiting_bytes = 0
         self.waiting_rows = 0
         self._slot_rows = self._slot_bytes = 0
+        if self.budget is not None:
+            self.budget.used -= self.state_bytes
         self.state_bytes = 0
         return out
 

@@ -318,8 +318,11 @@ class OnnxModel(RepositoryModel):
         self.inputs = merge_specs("input", own_in, config.inputs, self.path, source=config.source)
         self.outputs = merge_specs("output", own_out, config.outputs, self.path, source=config.source)
         self._output_names = [s.name for s in self.outputs]
-        #: A bfloat16 tensor among the graph's: run through OrtValues (:meth:`_run`).
-        self._bfloat16 = any(a.type == "tensor(bfloat16)" for a in (*graph_in, *graph_out))
+        #: A bfloat16 tensor among the graph's: run through OrtValues (:meth:`_run`).  Every graph
+        #: tensor counts, a stateful model's control and state tensors included (fed and run too,
+        #: though taken out of ``graph_in`` / ``graph_out`` above).
+        self._bfloat16 = any(a.type == "tensor(bfloat16)"
+                             for a in (*self._session.get_inputs(), *self._session.get_outputs()))
         if sequence is not None:
             self.state_outputs = tuple(st.output_name for st in sequence.states
                                        if st.output_name not in self._output_names)
