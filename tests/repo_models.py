@@ -43,7 +43,7 @@ __all__ = [
     "AFFINE_PY", "GATED_PY", "BIGRAM_PY", "RAISES_PY", "WARMUP_FAILS_PY", "SYNTAX_ERROR_PY",
     "NAMED_PY", "NAMED_CONFIG", "WORDS_PY", "WORDS_VOCAB", "WORDS_PROMPT_CHARS", "words_encode",
     "AFFINE_CONFIG", "BIGRAM_CONFIG", "BIGRAM_VOCAB", "CLIENT_GEN_SEEDS",
-    "write_client_repository", "write_py", "write_affine", "affine", "bigram_table",
+    "write_client_repository", "BF16_CONFIG", "BF16_PY", "write_py", "write_affine", "affine", "bigram_table",
     "bigram_greedy", "move_in", "remove_version",
 ]
 
@@ -293,6 +293,31 @@ class Model:
         return {"raw": image, "half": image.astype(np.float16) / np.float16(2)}
 """
 
+BF16_CONFIG = """
+[[inputs]]
+name = "x"
+shape = [3]
+dtype = "float32"
+
+[[outputs]]
+name = "y"
+shape = [3]
+dtype = "bfloat16"
+"""
+
+#: ``bf``: ``y = bfloat16(2 * x)``, a bfloat16 output (Triton's ``TYPE_BF16``) for the clients' tests.
+BF16_PY = """
+import ml_dtypes
+
+
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, x):                                   # one input: the array itself
+        return {"y": (x * 2).astype(ml_dtypes.bfloat16)}
+"""
+
 RAISES_PY = """
 class Model:
     def __init__(self, version_dir):
@@ -381,7 +406,7 @@ def write_client_repository(root: Path | str) -> Path:
     """The repository the clients' tests serve: ``adm`` (:data:`AFFINE_PY`, ``bias = version``,
     versions 1, 2, 10 and a 3 without a model file), ``gen`` (:data:`BIGRAM_PY`, versions 1
     and 2 with :data:`CLIENT_GEN_SEEDS`), ``two`` (:data:`NAMED_PY`) and ``pix`` (:data:`PIX_PY`:
-    uint8 and float16 tensors)."""
+    uint8 and float16 tensors) and ``bf`` (:data:`BF16_PY`: a bfloat16 output)."""
     root = Path(root)
     (root / "adm").mkdir(parents=True)
     (root / "adm" / "config.toml").write_text(AFFINE_CONFIG)
@@ -398,4 +423,7 @@ def write_client_repository(root: Path | str) -> Path:
     (root / "pix").mkdir()
     (root / "pix" / "config.toml").write_text(PIX_CONFIG)
     write_py(root / "pix" / "1", PIX_PY)
+    (root / "bf").mkdir()
+    (root / "bf" / "config.toml").write_text(BF16_CONFIG)
+    write_py(root / "bf" / "1", BF16_PY)
     return root

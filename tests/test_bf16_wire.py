@@ -176,3 +176,32 @@ async def test_websocket_binary_frames_carry_bfloat16(served) -> None:
         assert answer["type"] == "result" and answer["outputs"] == (-X).tolist(), answer
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_shared_memory_holds_bf16_inputs_and_outputs(served, transport: str) -> None:
+    """A BF16 input read from a system shared memory region and a BF16 output written into one (2
+    bytes little-endian a value).  The output was refused with a 500 (``memoryview`` of an
+    ``ml_dtypes.bfloat16`` array: "cannot include dtype 'E' in a buffer")."""
+    from multiprocessing import shared_memory
+
+    module = thttp if transport == "http" else tgrpc
+    client = (thttp.InferenceServerClient(f"127.0.0.1:{served.port}") if transport == "http"
+              else tgrpc.InferenceServerClient(grpc_address(served)))
+    region = shared_memory.SharedMemory(create=True, size=256)
+    try:
+        bits = X.astype(ml_dtypes.bfloat16).view(np.uint16)
+        region.buf[: bits.nbytes] = bits.tobytes()
+        client.register_system_shared_memory("bf", "/" + region.name, 256)
+        given = module.InferInput("x", list(X.shape), "BF16")
+        given.set_shared_memory("bf", bits.nbytes)
+        wanted = module.InferRequestedOutput("y")
+        wanted.set_shared_memory("bf", bits.nbytes, offset=128)
+        client.infer("graph", [given], outputs=[wanted])
+        got = np.frombuffer(bytes(region.buf[128 : 128 + bits.nbytes]), dtype=np.uint16).view(ml_dtypes.bfloat16)
+        assert np.array_equal(got.astype(np.float32).reshape(X.shape), X * 2)
+    finally:
+        client.unregister_system_shared_memory()
+        client.close()
+        region.close()
+        region.unlink()

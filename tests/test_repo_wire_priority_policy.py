@@ -42,12 +42,31 @@ POLICIES = PBTXT + """dynamic_batching { priority_levels: 3 default_priority_lev
 """
 
 
+#: A decoupled model with the same policies: its worker has one queue (priority 1 first), so they are
+#: not applied, and a warning says so at load.
+DECOUPLED_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            r.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]),
+                                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     root = tmp_path_factory.mktemp("priority_policy") / "model_repository"
     (root / "policies" / "1").mkdir(parents=True)
     (root / "policies" / "config.pbtxt").write_text(POLICIES)
     (root / "policies" / "1" / "model.py").write_text(LOGGED_PY)
+    (root / "streamed" / "1").mkdir(parents=True)
+    (root / "streamed" / "config.pbtxt").write_text(POLICIES + "model_transaction_policy { decoupled: true }\n")
+    (root / "streamed" / "1" / "model.py").write_text(DECOUPLED_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, root
@@ -146,3 +165,14 @@ def test_the_configuration_reports_each_levels_policy(served) -> None:
         assert (policies[1].max_queue_size, policies[3].default_timeout_microseconds) == (2, 20000)
     finally:
         client.close()
+
+
+def test_a_decoupled_model_is_warned_its_levels_and_their_policies_are_not_applied(served) -> None:
+    """A decoupled model's requests wait in one queue (priority 1 first, ``max_queue_size`` its bound):
+    its ``priority_levels`` and ``priority_queue_policy`` were taken and silently not applied."""
+    proc, _ = served
+    wait_until(lambda: "model 'streamed' is decoupled: its requests wait" in proc.stderr_text(), 30,
+               what="the decoupled model's warning")
+    assert ("model 'streamed' is decoupled: its requests wait in one queue (priority 1 first, bounded by "
+            "max_queue_size), so its dynamic_batching priority_levels, priority_queue_policy are ignored"
+            in proc.stderr_text())

@@ -438,6 +438,15 @@ class ModelPool:
             if response_cache:
                 log.warning("model %r is decoupled: the response cache holds plain predicts only, so its "
                             "response_cache is ignored", name)
+            # its requests wait in one queue (priority 1 first) under max_queue_size only: say what is not applied
+            ignored = [what for what, set_ in (
+                ("priority_levels", priorities.configured and priorities.levels > 1),
+                ("priority_queue_policy", bool(priorities.policies)),
+                ("default_queue_policy.default_timeout_microseconds", default_timeout_ms is not None)) if set_]
+            if ignored:
+                log.warning("model %r is decoupled: its requests wait in one queue (priority 1 first, bounded by "
+                            "max_queue_size), so its dynamic_batching %s %s ignored", name, ", ".join(ignored),
+                            "is" if len(ignored) == 1 else "are")
             return DecoupledWorker(model, name=name, instances=instances,
                                    max_queue_requests=max_queue_requests or DEFAULT_MAX_QUEUE_REQUESTS,
                                    max_pending_bytes=cfg.max_write_buffer_bytes, drain_timeout_s=cfg.drain_timeout_s)

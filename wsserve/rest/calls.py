@@ -390,6 +390,8 @@ class InferCall(PredictCall):
                 continue
             spec = self.outputs[index]
             array = np.ascontiguousarray(values[index], dtype=oip.DATATYPES[spec.datatype])
+            if array.dtype.kind == "V":  # bfloat16 exports no buffer of its own: its bytes
+                array = array.view(np.uint8)
             writes.append((ref, memoryview(array).cast("B"), f"output {spec.name!r}"))
         self.shm.write_all(writes)
         return frozenset(self.shm_outputs) if present is None else frozenset(self.shm_outputs).intersection(present)

@@ -620,10 +620,22 @@ function withAttributions(frame, explain) {
   return { ...frame, outputs, attributions };
 }
 
+/**
+ * bfloat16 values (their 16-bit patterns: the upper half of the float32 of the same value) as
+ * those float32 values, exactly.
+ */
+function bfloat16ToFloat32(bits) {
+  const wide = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) wide[i] = bits[i] << 16;
+  return new Float32Array(wide.buffer);
+}
+
 let utf8Decoder = null;
 /**
  * A binary reply (`result` or `chunk`) as a frame object whose `outputs` is a tensor
- * `{data, shape, dtype}` (or `{name: tensor}` for named outputs). Throws on a malformed frame.
+ * `{data, shape, dtype}` (or `{name: tensor}` for named outputs). A `bfloat16` tensor (a Triton
+ * `TYPE_BF16` model's output; this client never sends one) comes widened to `float32`, a
+ * Float32Array holding each value exactly. Throws on a malformed frame.
  */
 export function decodeTensorFrame(buffer) {
   const bytes = buffer instanceof ArrayBuffer ? new Uint8Array(buffer)
@@ -635,7 +647,8 @@ export function decodeTensorFrame(buffer) {
   const header = JSON.parse(utf8Decoder.decode(bytes.subarray(4, 4 + n)));
   let at = 4 + n;
   const take = (desc) => {
-    const ctor = TENSOR_DTYPES[desc.dtype];
+    const widen = desc.dtype === 'bfloat16'; // its 16-bit patterns, widened to float32 below
+    const ctor = widen ? Uint16Array : Object.hasOwn(TENSOR_DTYPES, desc.dtype) ? TENSOR_DTYPES[desc.dtype] : undefined;
     if (!ctor || !Array.isArray(desc.shape)) throw new Error(`binary frame: bad tensor ${JSON.stringify(desc)}`);
     const count = desc.shape.reduce((a, b) => a * b, 1);
     const nbytes = count * ctor.BYTES_PER_ELEMENT;
@@ -643,6 +656,7 @@ export function decodeTensorFrame(buffer) {
     // A copy: aligned for the TypedArray, and independent of the socket's buffer.
     const data = new ctor(bytes.slice(at, at + nbytes).buffer);
     at += nbytes;
+    if (widen) return { data: bfloat16ToFloat32(data), shape: desc.shape, dtype: 'float32' };
     return { data, shape: desc.shape, dtype: desc.dtype };
   };
   const { outputs, dtype, shape, ...frame } = header;

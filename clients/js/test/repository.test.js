@@ -97,7 +97,7 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
 
   it('models() lists every version with its state', async () => {
     const models = Object.fromEntries((await c.models()).map((m) => [m.name, m]));
-    assert.deepEqual(Object.keys(models).sort(), ['adm', 'gen', 'pix', 'two']);
+    assert.deepEqual(Object.keys(models).sort(), ['adm', 'bf', 'gen', 'pix', 'two']);
     assert.equal(models.adm.version, '10');
     assert.deepEqual(models.adm.versions.map((v) => [v.version, v.state]), [['1', 'ready'], ['2', 'ready'], ['3', 'failed'], ['10', 'ready']]);
     assert.match(models.adm.versions[2].reason, /holds no model file \(model\.onnx, model\.npz, model\.py\)$/);
@@ -132,6 +132,18 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
     // half-precision bits: 0 -> 0x0000, 0.5 -> 0x3800, 64 -> 0x5400, 127.5 -> 0x57F8
     assert.deepEqual(Array.from(r.outputs.half.data), [0x0000, 0x3800, 0x5400, 0x57f8]);
     await assert.rejects(c.predict('pix', { image: [[0, 1, 2, 256]] }), (e) => e.code === 'invalid_input' && /uint8/.test(e.message));
+  });
+
+  it('a bfloat16 output in a binary answer comes widened to float32', async () => {
+    // bf: y = bfloat16(2 * x); each value here is exact in bfloat16
+    const x = [1.5, -2, 3.140625, 0, 256, -0.0078125];
+    const r = await c.predict('bf', { data: new Float32Array(x), shape: [2, 3] }, { binary: true });
+    assert.equal(r.outputs.dtype, 'float32');
+    assert.ok(r.outputs.data instanceof Float32Array);
+    assert.deepEqual(r.outputs.shape, [2, 3]);
+    assert.deepEqual(Array.from(r.outputs.data), x.map((v) => 2 * v));
+    const json = await c.predict('bf', [x.slice(0, 3), x.slice(3)]);
+    assert.deepEqual(json.outputs.flat(), x.map((v) => 2 * v));
   });
 
   it('admin calls without the admin key reject with Forbidden, and change nothing', async () => {

@@ -8,6 +8,10 @@ The repository is written here with the model.py sources of the server's tests
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +175,41 @@ async def test_the_built_in_models_are_repository_entries_too(start_server) -> N
         assert (await c.predict("linear", [[0.5]])).version == "1"
         with pytest.raises(UnknownModelError, match="no model named 'mlp' in the model repository"):
             await c.load("mlp")  # a default model this server was not asked to serve
+
+
+#: ``bf``'s input and what it answers: each value of ``2 * X`` is exact in bfloat16.
+BF_X = [[1.5, -2.0, 3.140625], [0.0, 256.0, -0.0078125]]
+
+
+async def test_a_bfloat16_output_comes_back_as_float32(server: ServerProcess) -> None:
+    """A binary answer with a bfloat16 output (``bf``: a Triton ``TYPE_BF16`` model's) is decoded
+    widened to float32, which holds each value exactly; it was a ``ProtocolError`` ("bad tensor
+    description") that failed the call."""
+    async with Client(server.url) as c:
+        r = await c.predict("bf", np.array(BF_X, dtype=np.float32), binary=True, timeout=30)
+        assert isinstance(r.outputs, np.ndarray) and r.outputs.dtype == np.float32, r.outputs
+        assert r.outputs.tolist() == (2 * np.array(BF_X)).tolist()
+        assert (await c.predict("bf", BF_X, timeout=30)).outputs == r.outputs.tolist()  # as JSON answers it
+
+
+def test_a_bfloat16_output_comes_back_as_float32_without_numpy(server: ServerProcess) -> None:
+    """A child interpreter where ``import numpy`` fails: the bfloat16 output is a float32 Tensor."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["numpy"] = None  # import numpy now raises ImportError
+        import array, asyncio
+        from wsserve_client import Client, Tensor, as_tensor
+
+        async def main():
+            async with Client({server.url!r}) as c:
+                x = as_tensor(array.array("f", [v for row in {BF_X!r} for v in row]), shape=(2, 3))
+                r = await c.predict("bf", x, binary=True, timeout=30)
+                assert isinstance(r.outputs, Tensor), type(r.outputs)
+                print(r.outputs.dtype, r.outputs.shape, r.outputs.tolist())
+
+        asyncio.run(main())
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"float32 (2, 3) {(2 * np.array(BF_X)).tolist()}"

@@ -187,24 +187,44 @@ def encode_frame(fields: Mapping[str, Any], tensors: Tensor | Mapping[str, Tenso
     return BinaryFrame(b"".join([(len(head) + pad).to_bytes(4, "little"), head, b" " * pad, *parts]))
 
 
+#: A reply's dtypes this client decodes widened: wire dtype -> (the dtype it is decoded as, bytes per
+#: wire value).  bfloat16 (a Triton ``TYPE_BF16`` output: the upper half of the float32 of the same
+#: value) becomes that float32, exactly, with or without numpy (which has no bfloat16).
+_WIDENED: Mapping[str, tuple[str, int]] = {"bfloat16": ("float32", 2)}
+
+
+def _bfloat16_to_float32(raw: bytes) -> bytes:
+    """Little-endian bfloat16 values as the little-endian float32 values they are (each one's two
+    bytes become the upper half of a float32 whose lower half is zero)."""
+    out = bytearray(2 * len(raw))
+    out[2::4] = raw[0::2]
+    out[3::4] = raw[1::2]
+    return bytes(out)
+
+
 def _tensor(desc: Mapping[str, Any], payload: memoryview, offset: int) -> tuple[Tensor, int]:
     dtype, shape = desc.get("dtype"), desc.get("shape")
-    if dtype not in DTYPES or not isinstance(shape, list) or not shape:
+    widened = _WIDENED.get(dtype) if isinstance(dtype, str) else None
+    if (dtype not in DTYPES and widened is None) or not isinstance(shape, list) or not shape:
         raise ValueError(f"binary frame: bad tensor description {dict(desc)!r}")
     # a reply's dimension may be 0 (a response of no rows, a variable dimension of none): no bytes
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ValueError(f"binary frame: bad shape {shape!r}")
-    size = DTYPES[dtype][1] if all(shape) else 0
+    size = (widened[1] if widened else DTYPES[dtype][1]) if all(shape) else 0
     for d in shape if size else ():
         size *= d
         if offset + size > len(payload):  # (an early stop: never a product beyond the payload)
             raise ValueError("binary frame: the payload is shorter than its header says")
-    return Tensor(bytes(payload[offset : offset + size]), dtype, tuple(shape)), offset + size
+    raw = bytes(payload[offset : offset + size])
+    if widened is not None:
+        dtype, raw = widened[0], _bfloat16_to_float32(raw)
+    return Tensor(raw, dtype, tuple(shape)), offset + size
 
 
 def decode_frame(data: bytes, *, as_numpy: bool) -> dict[str, Any]:
     """A binary reply as a frame dict: the header's fields, ``outputs`` (one tensor, or ``{name: tensor}``)
-    as numpy arrays when ``as_numpy`` and numpy is installed, else :class:`Tensor`.
+    as numpy arrays when ``as_numpy`` and numpy is installed, else :class:`Tensor`.  A ``bfloat16``
+    tensor (which this client never sends) comes widened to ``float32``, which holds each value exactly.
 
     Raises:
         ValueError: a malformed frame.
