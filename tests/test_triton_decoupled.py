@@ -807,7 +807,7 @@ def test_bls_from_a_thread_the_model_started_runs_as_in_triton(served) -> None:
     status, _, body = _post(served[0].port, "/v2/models/bls_thread/generate", {"IN": 1})
     message = json.loads(body)["error"]
     assert status == 500 and "exec() answered: " in message, (status, message)
-    assert "model 'square_int32' is decoupled" in message, message
+    assert "Model square_int32 is using the decoupled" in message, message
 
 
 async def test_high_priority_requests_wait_in_their_order(served) -> None:

@@ -354,7 +354,7 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     ("toomany", 400, "input 'x' has 9 rows; between 1 and 8 are accepted"),
     ("hog", 503, "model 'hog''s BLS requests in flight would hold more than 100000 bytes of inputs"),
     # a decoupled model streams its responses: exec() (one response) is not how it is called, as in Triton
-    ("tostream", 501, "model 'stream' is decoupled: a BLS request to it takes exec(decoupled=True)"),
+    ("tostream", 501, "Model stream is using the decoupled. The current BLS request call doesn't support models"),
     # an output the model does not have: refused before it runs, as Triton refuses it (an ensemble too)
     ("asknope", 400, "model 'ens' has no output 'nope'; it has 'OUT'"),
     # refused by that bound before its values are read (one is not finite) or converted

@@ -59,6 +59,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from time import monotonic
@@ -70,6 +71,7 @@ from .config import ServerConfig
 from .dtypes import array_bytes, is_float
 from .errors import (
     BadRequest,
+    Cancelled,
     DeadlineExceeded,
     InvalidInput,
     Overloaded,
@@ -82,7 +84,7 @@ from .repository.bls import Caller
 from .rest import oip
 from .worker import Tensors, concat_rows, count_rows
 
-__all__ = ["BlsGateway", "BLS_STARTS_PER_TURN", "MAX_BLS_DEPTH"]
+__all__ = ["BlsGateway", "BLS_STARTS_PER_TURN", "MAX_BLS_DEPTH", "ResponseIterator"]
 
 log = logging.getLogger("wsserve.bls")
 
@@ -172,6 +174,11 @@ class _Call:
         self._parts: list[Tensors] = []
         self._rows = 0
 
+    def answer_now(self, response: pb.InferenceResponse) -> None:
+        """Answer a call that never reached the loop (in the caller's thread)."""
+        self.finished = True
+        self.future.set_result(response)
+
     def wanted_outputs(self) -> frozenset[str] | None:
         """The outputs asked for (an ensemble runs only the steps they need); None: all."""
         return frozenset(self.requested) if self.requested else None
@@ -207,6 +214,162 @@ class _Call:
             if name not in named:
                 raise InvalidInput(f"model {self.model!r} has no output {name!r}; it has {', '.join(map(repr, named))}")
         return pb.InferenceResponse([pb.Tensor(k, named[k] if batched else named[k][0]) for k in wanted])
+
+
+class ResponseIterator:
+    """What ``exec(decoupled=True)`` returns (and ``await async_exec(decoupled=True)``): the called
+    model's responses, each as its model sent it, in order, the last one ending the call: the
+    response sent with ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``, an empty response (no outputs, no
+    error) for a FINAL flag sent alone, or an error response (the model's error, the timeout, the
+    unread bound, a cancel...).  A model that is not decoupled answers one response, the last.
+
+    - ``for response in it`` waits in the caller's thread; ``async for response in it`` (wsserve's
+      extension) awaits on the model's own loop instead.  After the last one it stops; iterated again
+      it yields nothing (Triton's replays the responses: wsserve does not keep them).
+    - :meth:`cancel` (Triton's) and dropping the iterator before its last response cancel the called
+      request: its model sees ``is_cancelled()``; what it sends after is dropped.
+    - The responses received and not yet read are bounded by the called model's stream bound
+      (``--max-write-buffer-bytes``; see :mod:`wsserve.decoupled`): reading one frees its bytes.
+
+    Made by :class:`BlsGateway`; :meth:`_push` runs on the server's loop, the rest in any thread."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._cond = threading.Condition()
+        self._items: deque[tuple[pb.InferenceResponse, bool, int]] = deque()
+        self._ended = False  # its last response is queued
+        self._finished = False  # its last response was read
+        self._cancel = cancel
+        self._cancelling = False
+        #: the called stream's ``written`` (a decoupled model's): a read response's bytes freed
+        self._written: Callable[[int], None] | None = None
+        #: an ``async for`` waiting (its loop and future); an ``async_exec``'s awaitable, until the first response
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+        self._first: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+
+    def __iter__(self) -> ResponseIterator:
+        return self
+
+    def __next__(self) -> pb.InferenceResponse:
+        with self._cond:
+            while not self._items and not self._finished:
+                self._cond.wait()
+            if not self._items:
+                raise StopIteration
+            response = self._take()
+        return response
+
+    def __aiter__(self) -> ResponseIterator:
+        return self
+
+    async def __anext__(self) -> pb.InferenceResponse:
+        while True:
+            with self._cond:
+                if self._items:
+                    return self._take()
+                if self._finished:
+                    raise StopAsyncIteration
+                loop = asyncio.get_running_loop()
+                future: asyncio.Future[Any] = loop.create_future()
+                self._waiter = (loop, future)
+            await future
+
+    def cancel(self) -> None:
+        """Cancel the called request (a no-op once its last response came); the iterator then ends
+        with what came before and a ``CANCELLED`` error response."""
+        with self._cond:
+            if self._ended or self._cancelling:
+                return
+            self._cancelling = True
+        self._cancel()
+
+    def __del__(self) -> None:
+        if not self._ended:
+            try:
+                self.cancel()
+            except Exception:  # noqa: BLE001 - at interpreter exit: nothing left to cancel
+                pass
+
+    def _take(self) -> pb.InferenceResponse:
+        """The next response (``_cond`` held, one queued)."""
+        response, final, nbytes = self._items.popleft()
+        if final:
+            self._finished = True
+        if nbytes and self._written is not None:
+            self._written(nbytes)
+        return response
+
+    def _push(self, response: pb.InferenceResponse, final: bool, nbytes: int) -> list[tuple[
+            asyncio.AbstractEventLoop, asyncio.Future[Any], Any]]:
+        """Queue a response; the async futures to set (loop, future, value) for the loop to post."""
+        wake = []
+        with self._cond:
+            if self._ended:
+                return []
+            self._items.append((response, final, nbytes))
+            self._ended = final
+            if self._waiter is not None:
+                wake.append((*self._waiter, None))
+                self._waiter = None
+            if self._first is not None:
+                wake.append((*self._first, self))
+                self._first = None
+            self._cond.notify_all()
+        return wake
+
+
+class _StreamCall(_Call):
+    """A ``decoupled=True`` call: a decoupled model's sink (``on_response``), its responses handed to
+    its :class:`ResponseIterator` as they come (a model that is not decoupled: its one response)."""
+
+    def __init__(self, gateway: BlsGateway, caller: str, request: Any) -> None:
+        super().__init__(gateway, caller, request)
+        iterator = ResponseIterator(self._cancel_threadsafe)
+        #: held by the caller, so this one is weak (dropping it cancels the call); ``keep`` holds it
+        #: until the caller has it (an ``async_exec``'s awaitable set)
+        self.iterator = weakref.ref(iterator)
+        self.keep: ResponseIterator | None = iterator
+        self.consumer = f"BLS caller model {caller!r}"  # named by a slow-consumer error
+        self._parameters: dict[str, Any] | None = None
+
+    def answer_now(self, response: pb.InferenceResponse) -> None:
+        super().answer_now(response)
+        iterator = self.keep or self.iterator()
+        if iterator is not None:
+            iterator._push(response, True, 0)  # no async reader is waiting yet
+
+    def reading(self, stream: Any) -> None:
+        """Its called decoupled stream: a response read frees its bytes there."""
+        iterator = self.keep or self.iterator()
+        if iterator is not None:
+            iterator._written = stream.written
+
+    def _cancel_threadsafe(self) -> None:
+        try:
+            self.gateway._loop.call_soon_threadsafe(self.gateway._cancelled, self)
+        except RuntimeError:  # the server's loop has closed: close() ended the call
+            pass
+
+    def on_parameters(self, parameters: dict[str, Any] | None) -> None:
+        self._parameters = parameters
+
+    def on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
+        if self.finished:
+            return
+        parameters, self._parameters = self._parameters, None
+        response = pb.InferenceResponse() if outputs is None else self._streamed(outputs, parameters)
+        if final:
+            self.gateway._end(self, response)
+        else:
+            self.gateway._push(self, response, False, nbytes)
+
+    def _streamed(self, outputs: dict[str, np.ndarray], parameters: dict[str, Any] | None) -> pb.InferenceResponse:
+        """One streamed response: the requested outputs it carries (all without a list), shaped as
+        :meth:`_Call._response`'s, with the model's parameters."""
+        assert self.entry is not None
+        batched = getattr(self.entry.model, "batching", True)
+        wanted = self.requested or list(outputs)
+        tensors = [pb.Tensor(k, outputs[k] if batched else outputs[k][0]) for k in wanted if k in outputs]
+        return pb.InferenceResponse(tensors, parameters=parameters or None)
 
 
 class BlsGateway:
@@ -249,16 +412,43 @@ class BlsGateway:
             call.target[1].set_result(future.result())
         return call.target[1]
 
+    def call_decoupled(self, caller: Caller, request: Any) -> ResponseIterator:
+        """``exec(decoupled=True)``: start ``request`` for ``caller``; the iterator of its responses
+        (see :class:`ResponseIterator`).  Thread-safe."""
+        call = _StreamCall(self, caller.model, request)
+        iterator = call.keep
+        assert iterator is not None
+        call.keep = None  # the caller holds it: dropping it cancels the call
+        self._hand_over(call)
+        return iterator
+
+    def call_decoupled_async(self, caller: Caller, request: Any) -> asyncio.Future[ResponseIterator]:
+        """``async_exec(decoupled=True)``, from a coroutine on the model's own loop: a future of that
+        loop set to the call's iterator when its first response (or its end) comes, as Triton's."""
+        loop = asyncio.get_running_loop()
+        call = _StreamCall(self, caller.model, request)
+        iterator = call.keep
+        assert iterator is not None
+        future: asyncio.Future[ResponseIterator] = loop.create_future()
+        with iterator._cond:
+            iterator._first = (loop, future)
+        self._hand_over(call)
+        with iterator._cond:
+            if iterator._first is not None and iterator._items:  # answered at once, in this thread
+                iterator._first = None
+                future.set_result(iterator)
+        return future
+
     def _hand_over(self, call: _Call) -> concurrent.futures.Future[pb.InferenceResponse]:
         """Queue ``call`` for the loop (waking it if no :meth:`_drain` is due); its future."""
         if threading.get_ident() == self._loop_thread:
-            call.future.set_result(_error(_Refused(
+            call.answer_now(_error(_Refused(
                 f"model {call.caller!r} made a BLS request on the event loop thread, where waiting for it would "
                 "deadlock the server")))
             return call.future
         with self._lock:
             if self._shut:
-                call.future.set_result(_error(ShuttingDown("the server is shutting down")))
+                call.answer_now(_error(ShuttingDown("the server is shutting down")))
                 return call.future
             self._incoming.append(call)
             if self._woken:  # a _drain is due and will start it
@@ -272,7 +462,7 @@ class BlsGateway:
                 self._incoming.clear()
                 self._woken = False
             for each in stranded:
-                each.future.set_result(_error(ShuttingDown("the server is shutting down")))
+                each.answer_now(_error(ShuttingDown("the server is shutting down")))
         return call.future
 
     # -- the loop
@@ -304,6 +494,8 @@ class BlsGateway:
         self._post()  # now: the loop may not turn again
 
     def _start(self, call: _Call) -> None:
+        if call.finished:  # its caller cancelled it before it started
+            return
         self._pending.add(call)
         try:
             if self._closed:
@@ -318,9 +510,10 @@ class BlsGateway:
             entry = self._lookup(call.model, None if version == -1 else str(version))
             if entry.kind != "predict":
                 raise _Refused(f"model {call.model!r} generates text; BLS requests go to predictive models")
-            if entry.decoupled:
-                raise _Refused(f"model {call.model!r} is decoupled: a BLS request to it takes exec(decoupled=True) "
-                               "(its responses streamed), which wsserve does not serve")
+            if entry.decoupled and not isinstance(call, _StreamCall):  # Triton's message
+                raise _Refused(f"Model {call.model} is using the decoupled. The current BLS request call doesn't support "
+                               "models using the decoupled transaction policy. Please use 'decoupled=True' argument to "
+                               "the 'exec' or 'async_exec' calls for decoupled models.")
             left = None  # seconds of its timeout left (None: no timeout)
             if call.timeout_us:
                 waited = monotonic() - call.handed_at
@@ -350,6 +543,8 @@ class BlsGateway:
                 call.timer = self._loop.call_later(left, self._timed_out, call)
             call.queued_at = monotonic()
             call.item = entry.worker.submit(call, deadline=deadline)
+            if isinstance(call, _StreamCall) and entry.decoupled:  # read responses free their bytes
+                call.reading(call.item)
         except WsserveError as exc:
             self._end(call, _error(exc))
         except Exception as exc:  # noqa: BLE001 - a bug here must not leave the caller waiting
@@ -400,11 +595,35 @@ class BlsGateway:
             stats.on_request(not response.has_error(), monotonic() - call.queued_at, max(call.queue_s, 0.0))
         call.item = None
         call.future.set_result(response)
+        if isinstance(call, _StreamCall):
+            self._push(call, response, True, 0)
         if call.target is not None:
             loop, future = call.target
             if not self._outbox:
                 self._loop.call_soon(self._post)
             self._outbox.setdefault(loop, []).append((future, response))
+
+    def _push(self, call: _StreamCall, response: pb.InferenceResponse, final: bool, nbytes: int) -> None:
+        """Hand one response of a ``decoupled=True`` call to its iterator (dropped once its caller
+        dropped it); its ``async`` readers' wake-ups go out with this turn's answers."""
+        iterator = call.iterator()
+        if iterator is None:
+            return
+        call.keep = None  # the caller has it now, or gets it with the first response (the outbox holds it)
+        for loop, future, value in iterator._push(response, final, nbytes):
+            if not self._outbox:
+                self._loop.call_soon(self._post)
+            self._outbox.setdefault(loop, []).append((future, value))
+
+    def _cancelled(self, call: _StreamCall) -> None:
+        """Its caller cancelled a ``decoupled=True`` call (``cancel()``, or dropped its iterator):
+        the called request is cancelled (its model sees ``is_cancelled()``) and the call ends
+        ``CANCELLED``."""
+        if call.finished:
+            return
+        if call.entry is not None and call.item is not None:
+            call.entry.worker.cancel(call.item)
+        self._end(call, _error(Cancelled(f"the BLS request to model {call.model!r} was cancelled by its caller")))
 
     def _post(self) -> None:
         """Hand each model loop the answers of its ``async_exec`` calls that ended since the last post."""

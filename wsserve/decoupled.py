@@ -151,7 +151,8 @@ class DecoupledStream:
             self._stop.set()  # what the model sends from now on is dropped
             self._worker._call(self._finish, Overloaded(
                 f"slow consumer: {sent} responses of model {self._worker.name!r} were sent and {unwritten} bytes "
-                f"of them are unread by the client (max_write_buffer_bytes={limit}); the request is cancelled"))
+                f"of them are unread by {getattr(self.sink, 'consumer', 'the client')} (max_write_buffer_bytes={limit}); "
+                "the request is cancelled"))
             return
         self._worker._call(self._on_response, outputs, final, nbytes, parameters)
 
@@ -163,7 +164,8 @@ class DecoupledStream:
     # -- the transport's side (loop thread)
 
     def written(self, nbytes: int) -> None:
-        """The transport wrote a response of ``nbytes`` (as :meth:`on_response` counted it) to its client."""
+        """The transport wrote a response of ``nbytes`` (as :meth:`on_response` counted it) to its client
+        (a BLS caller read it: any thread)."""
         with self._lock:
             self.pending_bytes = max(0, self.pending_bytes - nbytes)
 

@@ -48,6 +48,15 @@ class Gateway(Protocol):
         that loop (``async_exec``)."""
         ...
 
+    def call_decoupled(self, caller: Caller, request: Any) -> Any:
+        """``exec(decoupled=True)``: an iterator of the called model's responses as they come."""
+        ...
+
+    def call_decoupled_async(self, caller: Caller, request: Any) -> asyncio.Future[Any]:
+        """``async_exec(decoupled=True)``: an asyncio future of the model's loop, set to that
+        iterator when the first response comes."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:

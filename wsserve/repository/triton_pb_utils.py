@@ -15,9 +15,11 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
-  async_exec()`` in an ``async def execute`` the same (see :mod:`wsserve.bls`); ``decoupled=True``
-  raises :class:`TritonModelException`, as ``exec()`` in ``initialize`` or ``finalize`` does (a
-  thread of the model's own may call, as in Triton: :func:`.bls.from_code`).
+  async_exec()`` in an ``async def execute`` the same (see :mod:`wsserve.bls`); with
+  ``decoupled=True`` an iterator of the called model's responses as they come (awaited: set at the
+  first one), :class:`wsserve.bls.ResponseIterator`.  ``exec()`` in ``initialize`` or ``finalize``
+  raises :class:`TritonModelException` (a thread of the model's own may call, as in Triton:
+  :func:`.bls.from_code`).
   ``get_response_sender()``: a decoupled model's request's :class:`ResponseSender` (another
   model's, or one a model built: :class:`TritonModelException`).
 - :class:`ResponseSender` (decoupled mode): ``send(response=None, flags=0)``, ``is_cancelled()``;
@@ -119,7 +121,6 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 
-_UNSUPPORTED = "is not supported by wsserve's Triton Python backend"
 
 #: Parameters one :class:`InferenceResponse` may carry, and their bytes as JSON.
 MAX_RESPONSE_PARAMETERS = 64
@@ -247,11 +248,8 @@ class InferenceRequest:
         """Microseconds a BLS request may take (0: no limit)."""
         return self._timeout
 
-    def _bls_caller(self, what: str, decoupled: bool) -> bls.Caller:
+    def _bls_caller(self, what: str) -> bls.Caller:
         """Who makes this BLS request (see :meth:`exec`); refused outside a served model."""
-        if decoupled:
-            raise TritonModelException(f"InferenceRequest.{what}(decoupled=True) (BLS to a decoupled model) "
-                                       f"{_UNSUPPORTED}")
         caller = bls.current() or self._caller or bls.from_code()
         if caller is None:
             raise TritonModelException(f"InferenceRequest.{what}() (business logic scripting, BLS) works only "
@@ -262,11 +260,16 @@ class InferenceRequest:
                                        "without a server, which has no other models to call")
         return caller
 
-    def exec(self, decoupled: bool = False) -> InferenceResponse:
+    def exec(self, decoupled: bool = False) -> Any:
         """Run this request on model ``model_name`` and wait for its response.  An unknown model or
-        version, bad inputs, a full queue, the timeout...: an error response (``has_error()``)."""
-        caller = self._bls_caller("exec", decoupled)
+        version, bad inputs, a full queue, the timeout...: an error response (``has_error()``).
+        ``decoupled=True`` (a decoupled model's request): an iterator of its responses as they
+        come, the last one ending it (:class:`wsserve.bls.ResponseIterator`); without it a
+        decoupled model's call is an error response, as in Triton."""
+        caller = self._bls_caller("exec")
         assert caller.gateway is not None
+        if decoupled:
+            return caller.gateway.call_decoupled(caller, self)
         return caller.gateway.call(caller, self).result()
 
     def async_exec(self, decoupled: bool = False) -> Any:
@@ -277,8 +280,10 @@ class InferenceRequest:
         except RuntimeError:
             raise TritonModelException("InferenceRequest.async_exec() is awaited in an 'async def execute', as "
                                        "in Triton; a plain execute uses exec()") from None
-        caller = self._bls_caller("async_exec", decoupled)
+        caller = self._bls_caller("async_exec")
         assert caller.gateway is not None
+        if decoupled:  # an awaitable of the responses' iterator, set when the first one comes
+            return caller.gateway.call_decoupled_async(caller, self)
         return caller.gateway.call_async(caller, self)
 
     def get_response_sender(self) -> ResponseSender:
