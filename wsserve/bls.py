@@ -12,8 +12,8 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   ``pb_utils.InferenceResponse``, an error one for every failure (never raised), with Triton's
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
   rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the
-  ``timeout``, the server stopping ``UNAVAILABLE``; a refused call (below; one to a generative or
-  a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
+  ``timeout``, the server stopping ``UNAVAILABLE``; a refused call (below; one to a generative
+  model, a plain one to a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
 - on the loop, finds the version as every request does (``pool.lookup``: ``model_version`` -1 is
   the default version, another pins one) and checks and converts the inputs with the OIP's checks
   (:func:`wsserve.rest.oip.input_header` / :func:`~wsserve.rest.oip.input_array`: the same bounds
@@ -50,7 +50,17 @@ def execute`` ended first): the call's future cannot be cancelled.  :meth:`BlsGa
 server stopping, after the drain) answers every call still in flight ``UNAVAILABLE`` and any later
 one too, so no model thread is left waiting.
 
-Event-loop thread only, except :meth:`BlsGateway.call`.
+A decoupled model is called with ``exec(decoupled=True)`` (:meth:`BlsGateway.call_decoupled`) or
+``async_exec(decoupled=True)`` (:meth:`BlsGateway.call_decoupled_async`): the call is the model's
+sink (``on_response``, :mod:`wsserve.decoupled`), each response handed to the caller's
+:class:`ResponseIterator` as it comes, the last one ending the call (see there); the responses the
+caller has not read yet count against the stream's bound (``--max-write-buffer-bytes``: past it an
+error response ends the call and the called request is cancelled, its sender never blocked), and
+the caller cancelling or dropping the iterator cancels the called request.  ``exec()`` without it
+to a decoupled model is refused with Triton's message.
+
+Event-loop thread only, except :meth:`BlsGateway.call`, :meth:`BlsGateway.call_async`,
+:meth:`BlsGateway.call_decoupled`, :meth:`BlsGateway.call_decoupled_async` and the iterator's reads.
 """
 
 from __future__ import annotations
