@@ -43,7 +43,7 @@ def test_function_model_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match=r"bad shape \[0\]"):
         wsserve.FunctionModel(ident, input_shape=(0,), output_shape=(1,))
     with pytest.raises(ValueError, match="dtype must be one of float32, float64, int32, int64, bool, float16, int8, int16, uint8, uint16, "
-                                         "uint32, uint64, got 'complex64'"):
+                                         "uint32, uint64, bfloat16, got 'complex64'"):
         wsserve.FunctionModel(ident, input_shape=(1,), output_shape=(1,), dtype="complex64")
     with pytest.raises(ValueError, match=r"max_batch_size must be an integer in \[1, 65536\], got 0"):
         wsserve.FunctionModel(ident, input_shape=(1,), output_shape=(1,), max_batch_size=0)

@@ -721,7 +721,7 @@ def test_encode_hello_matches_protocol_example() -> None:
         b'"max_logit_bias_tokens":300,"max_logprobs":20,"max_stop_token_ids":64,"max_guided_choices":64,'
         b'"max_guided_choice_chars":256,"max_guided_pattern_chars":16384,"max_row_values":4194304},'
         b'"models":["linear","mlp","charlm"],"binary_dtypes":["float32","float64","int32","int64","bool","float16",'
-        b'"int8","int16","uint8","uint16","uint32","uint64"]}'
+        b'"int8","int16","uint8","uint16","uint32","uint64","bfloat16"]}'
     )
 
 
@@ -734,7 +734,7 @@ def test_encode_hello_auth_required() -> None:
                    "max_stop_token_ids": 64, "max_guided_choices": 64, "max_guided_choice_chars": 256,
                    "max_guided_pattern_chars": 16384, "max_row_values": 4194304}, "models": [],
         "binary_dtypes": ["float32", "float64", "int32", "int64", "bool", "float16", "int8", "int16", "uint8",
-                          "uint16", "uint32", "uint64"],
+                          "uint16", "uint32", "uint64", "bfloat16"],
         "auth_required": True,
     }
 
