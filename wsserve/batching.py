@@ -372,9 +372,11 @@ class BatchQueue:
         priority = item.priority
         if priority < 0:
             raise ValueError(f"a work item's priority must be >= 0, got {priority}")
-        if priority >= len(self._by_priority):  # above the levels: the default level (Triton's rule)
+        try:
+            queue = self._by_priority[priority]
+        except IndexError:  # above the levels: the default level (Triton's rule)
             priority = 0
-        queue = self._by_priority[priority]
+            queue = self._by_priority[0]
         if item.cost < 1:
             raise ValueError(f"a row costs at least 1 unit, got {item.cost}")
         nbytes = rows * item.row_bytes
@@ -394,8 +396,12 @@ class BatchQueue:
                     f"limit {most} (max_queue_requests)",
                     retry_after_ms=self._retry_after_ms(),
                 )
-        if not admitted:
-            self.check_room(units, nbytes)
+        if not admitted and self._rows:  # (check_room, inlined: every request passes here)
+            limit = self.max_queue_rows
+            byte_limit = self.max_queue_bytes
+            if (limit is not None and self._units + units > limit) or \
+                    (byte_limit is not None and self._bytes + nbytes > byte_limit):
+                self.check_room(units, nbytes)  # raises, naming the bound
         item.enqueued_at = now
         queue.append(item)
         self._rows += rows

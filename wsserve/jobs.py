@@ -260,8 +260,8 @@ class PredictJob(Job):
                 attributions: np.ndarray | None = None) -> None:
         if self.finished:
             return
-        if (self.shared_outputs and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n
-                and self.parameters is None):
+        if self.shared_outputs and self._delivered == 0 and type(outputs) is np.ndarray and outputs.shape[0] == self.n:
+            # (a job given response parameters is not shared_outputs: on_parameters)
             # The common case - a plain predict whose rows all come in one delivery - in one step: the
             # same frame and figures as the general path below, without its bookkeeping (-0.3 us a request).
             timing = timing_fields(queue_s, compute_s, batch_rows)

@@ -606,7 +606,9 @@ class PredictWorker:
             raise BadRequest(self.explain_refusal or "cannot be explained")
         now = monotonic()
         until_started = False
-        policy = self.priorities.policy(priority, self.queue_policy)  # the level's queue policy
+        priorities = self.priorities
+        # the level's queue policy (the model's default one when no level has its own)
+        policy = priorities.policy(priority, self.queue_policy) if priorities.policies else self.queue_policy
         if policy.default_timeout_ms is not None:
             chosen = policy.deadline(deadline, now)
             until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
