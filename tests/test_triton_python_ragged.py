@@ -320,6 +320,38 @@ def test_an_error_response_among_variable_outputs_fails_only_its_request(tmp_pat
     np.testing.assert_array_equal(parts[2]["input_ids"], _tokens([b"de", b"f"]))
 
 
+def test_without_a_batch_dimension_an_error_row_fails_its_request_with_its_own_error(tmp_path: Path) -> None:
+    """One request of several rows to a model without a batch dimension (one execute request per
+    row) whose variable output one row answers with an error: the request fails with that error,
+    its other rows' outputs (of another size than the failed row's placeholder) dropped.  It failed
+    with "rows of shape [0] and [1] in one request" instead, which also failed the warm-up (rows of
+    zeros) of a BLS model calling a model still loading, where the error is only to be logged."""
+    pbtxt = ('backend: "python"\nmax_batch_size: 0\ninput [ { name: "n" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+             'output [ { name: "y" data_type: TYPE_INT32 dims: [ -1 ] } ]\n')
+    model_py = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            n = int(r.inputs()[0].as_numpy()[0])
+            out.append(pb_utils.InferenceResponse(error="no sevens") if n == 7 else
+                       pb_utils.InferenceResponse([pb_utils.Tensor("y", np.arange(n, dtype=np.int32))]))
+        return out
+'''
+    model = _load(tmp_path, "rows", pbtxt, model_py)
+    try:
+        y = model.predict_requests(np.array([[7], [1], [2], [2]], np.int32), [2, 2])
+        model.warmup(np.array([[7], [1]], np.int32))  # an error response to a warm-up batch: logged, served
+    finally:
+        model.close()
+    assert set(y.errors) == {0} and str(y.errors[0]) == "no sevens"
+    np.testing.assert_array_equal(y.outputs.parts[1], np.array([[0, 1], [0, 1]], np.int32))  # the other request whole
+
+
 def test_a_python_config_pbtxt_takes_variable_dims(tmp_path: Path) -> None:
     model = _load(tmp_path, "rev", REVERSE_PBTXT, REVERSE_PY)
     try:

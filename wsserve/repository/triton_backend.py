@@ -413,6 +413,8 @@ class TritonPythonModel(RepositoryModel):
         for i, out in enumerate(outs):
             if isinstance(out, TritonError):
                 errors.setdefault(owner[i], out)
+        for i in range(len(outs)):  # every row of a failed request (never delivered) a placeholder:
+            if owner[i] in errors:  # its other rows' sizes cannot differ from the failed one's then
                 outs[i] = self._placeholder(requests[i])
         if not self.config.batching:
             outs = [{k: v[None] for k, v in o.items()} for o in outs]
