@@ -321,3 +321,44 @@ def test_an_async_exec_awaitable_given_up_before_the_first_response_cancels_the_
     proc, marks = served
     assert _infer(proc, "waitfor", 0, 4).tolist() == [0]
     wait_until(lambda: (marks / "cancelled").exists(), timeout_s=30)
+
+
+def test_an_async_exec_decoupled_after_the_stop_is_answered_not_left_waiting() -> None:
+    """After the gateway closed (the server stopping), async_exec(decoupled=True) from a model's loop
+    is answered at once, in the caller's thread: its awaitable gives the iterator of one UNAVAILABLE
+    response (it was never set: the execute awaited forever).  In-process: the server's stop is a
+    race a client cannot aim at."""
+    import asyncio
+    import threading
+
+    from wsserve.bls import BlsGateway
+    from wsserve.config import ServerConfig
+    from wsserve.repository import triton_pb_utils as pb
+    from wsserve.repository.bls import Caller
+
+    def lookup(name: str, version: str | None):
+        raise AssertionError("a closed gateway looks nothing up")
+
+    async def make() -> BlsGateway:
+        return BlsGateway(lookup, ServerConfig())
+
+    server_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=server_loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        gateway = asyncio.run_coroutine_threadsafe(make(), server_loop).result(10)
+        server_loop.call_soon_threadsafe(gateway.close)
+        wait_until(lambda: gateway._shut, timeout_s=10)
+
+        async def model() -> list[str]:
+            request = pb.InferenceRequest(model_name="gen", requested_output_names=["y"],
+                                          inputs=[pb.Tensor("n", np.array([1, 0], np.int32))])
+            it = await asyncio.wait_for(gateway.call_decoupled_async(Caller("caller", 1, gateway), request), 10)
+            return [r.error().message() for r in it]
+
+        messages = asyncio.run(model())
+        assert len(messages) == 1 and "shutting down" in messages[0], messages
+    finally:
+        server_loop.call_soon_threadsafe(server_loop.stop)
+        thread.join(10)
+        server_loop.close()

@@ -453,7 +453,8 @@ class BlsGateway:
             iterator._first = (loop, future)
         self._hand_over(call)
         with iterator._cond:
-            if iterator._first is not None and iterator._items:  # answered at once, in this thread
+            # answered at once, in this thread (answer_now's push took _first without waking it)
+            if iterator._items and not future.done():
                 iterator._first = None
                 future.set_result(iterator)
         return future
