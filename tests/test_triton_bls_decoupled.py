@@ -206,6 +206,16 @@ class TritonPythonModel:
         return out
 '''
 
+#: Not decoupled: answers y = n.
+ONE_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+
 #: exec() without decoupled=True to a decoupled model: Triton's error response.
 PLAIN_PY = '''
 import triton_python_backend_utils as pb_utils
@@ -241,6 +251,8 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
     _write(root, "laggard", IO_PBTXT, LAGGARD_PY.replace("MARKS_DIR", repr(str(marks))))
     _write(root, "plain", IO_PBTXT, PLAIN_PY)
     _write(root, "waitfor", IO_PBTXT, WAITFOR_PY)
+    _write(root, "one", IO_PBTXT, ONE_PY)
+    _write(root, "cat1", IO_PBTXT, CAT_PY.replace(", ARGS", "").replace('model_name="gen"', 'model_name="one"'))
     proc = ServerProcess("--model-repository", str(root), "--max-write-buffer-bytes", str(WRITE_BUFFER))
     try:
         yield proc, marks
@@ -362,3 +374,8 @@ def test_an_async_exec_decoupled_after_the_stop_is_answered_not_left_waiting() -
         server_loop.call_soon_threadsafe(server_loop.stop)
         thread.join(10)
         server_loop.close()
+
+
+def test_exec_decoupled_to_a_model_that_is_not_decoupled_yields_its_one_response(served) -> None:
+    proc, _ = served
+    assert _infer(proc, "cat1", 7, 5).tolist() == [7, 5]
