@@ -21,7 +21,8 @@ IO_PBTXT = ('backend: "python"\nmax_batch_size: 0\ninput [ { name: "n" data_type
 
 #: n = [count, mode].  mode 0: responses y=[i] for i < count, then FINAL alone; 1: then an error
 #: response; 2: responses until cancelled (then writes MARKS/cancelled); 3: count responses of
-#: 25000 values as fast as it can (MARKS/sent when done, MARKS/cancelled when it saw a cancel).
+#: 25000 values as fast as it can (MARKS/sent when done, MARKS/cancelled when it saw a cancel);
+#: 4: nothing until cancelled (then MARKS/cancelled).
 GEN_PY = '''
 import os
 import threading
@@ -50,6 +51,11 @@ class TritonPythonModel:
             while not sender.is_cancelled():
                 sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.array([i], np.int32))]))
                 i += 1
+                time.sleep(0.005)
+            _mark("cancelled")
+            return
+        if mode == 4:  # sends nothing until cancelled
+            while not sender.is_cancelled():
                 time.sleep(0.005)
             _mark("cancelled")
             return
@@ -178,6 +184,38 @@ class TritonPythonModel:
         return out
 '''
 
+#: Gives up on an async_exec(decoupled=True) awaitable (asyncio.wait_for, 0.2 s) before its first
+#: response: answers 0 when it timed out, 1 if it got the iterator.
+WAITFOR_PY = '''
+import asyncio
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        out = []
+        for r in requests:
+            try:
+                await asyncio.wait_for(pb_utils.InferenceRequest(
+                    model_name="gen", requested_output_names=["y"], inputs=[r.inputs()[0]]).async_exec(decoupled=True), 0.2)
+                got = 1
+            except asyncio.TimeoutError:
+                got = 0
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", np.array([got], np.int32))]))
+        return out
+'''
+
+#: Not decoupled: answers y = n.
+ONE_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", r.inputs()[0].as_numpy())]) for r in requests]
+'''
+
 #: exec() without decoupled=True to a decoupled model: Triton's error response.
 PLAIN_PY = '''
 import triton_python_backend_utils as pb_utils
@@ -212,6 +250,9 @@ def served(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
     _write(root, "brk", IO_PBTXT, BREAK_PY)
     _write(root, "laggard", IO_PBTXT, LAGGARD_PY.replace("MARKS_DIR", repr(str(marks))))
     _write(root, "plain", IO_PBTXT, PLAIN_PY)
+    _write(root, "waitfor", IO_PBTXT, WAITFOR_PY)
+    _write(root, "one", IO_PBTXT, ONE_PY)
+    _write(root, "cat1", IO_PBTXT, CAT_PY.replace(", ARGS", "").replace('model_name="gen"', 'model_name="one"'))
     proc = ServerProcess("--model-repository", str(root), "--max-write-buffer-bytes", str(WRITE_BUFFER))
     try:
         yield proc, marks
@@ -283,3 +324,58 @@ def test_a_plain_exec_to_a_decoupled_model_is_refused_with_tritons_message(serve
     error = _refused(proc, "plain", 1, 0)
     assert "Model gen is using the decoupled. The current BLS request call doesn't support models using the " \
            "decoupled transaction policy. Please use 'decoupled=True'" in str(error), str(error)
+
+
+def test_an_async_exec_awaitable_given_up_before_the_first_response_cancels_the_call(served) -> None:
+    """asyncio.wait_for gives up on async_exec(decoupled=True) while gen has sent nothing: the caller
+    never gets the iterator, so the call is cancelled as a dropped iterator's is (gen sees it; it
+    held its guards and inputs, and gen's instance, until gen's next response: forever)."""
+    proc, marks = served
+    assert _infer(proc, "waitfor", 0, 4).tolist() == [0]
+    wait_until(lambda: (marks / "cancelled").exists(), timeout_s=30)
+
+
+def test_an_async_exec_decoupled_after_the_stop_is_answered_not_left_waiting() -> None:
+    """After the gateway closed (the server stopping), async_exec(decoupled=True) from a model's loop
+    is answered at once, in the caller's thread: its awaitable gives the iterator of one UNAVAILABLE
+    response (it was never set: the execute awaited forever).  In-process: the server's stop is a
+    race a client cannot aim at."""
+    import asyncio
+    import threading
+
+    from wsserve.bls import BlsGateway
+    from wsserve.config import ServerConfig
+    from wsserve.repository import triton_pb_utils as pb
+    from wsserve.repository.bls import Caller
+
+    def lookup(name: str, version: str | None):
+        raise AssertionError("a closed gateway looks nothing up")
+
+    async def make() -> BlsGateway:
+        return BlsGateway(lookup, ServerConfig())
+
+    server_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=server_loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        gateway = asyncio.run_coroutine_threadsafe(make(), server_loop).result(10)
+        server_loop.call_soon_threadsafe(gateway.close)
+        wait_until(lambda: gateway._shut, timeout_s=10)
+
+        async def model() -> list[str]:
+            request = pb.InferenceRequest(model_name="gen", requested_output_names=["y"],
+                                          inputs=[pb.Tensor("n", np.array([1, 0], np.int32))])
+            it = await asyncio.wait_for(gateway.call_decoupled_async(Caller("caller", 1, gateway), request), 10)
+            return [r.error().message() for r in it]
+
+        messages = asyncio.run(model())
+        assert len(messages) == 1 and "shutting down" in messages[0], messages
+    finally:
+        server_loop.call_soon_threadsafe(server_loop.stop)
+        thread.join(10)
+        server_loop.close()
+
+
+def test_exec_decoupled_to_a_model_that_is_not_decoupled_yields_its_one_response(served) -> None:
+    proc, _ = served
+    assert _infer(proc, "cat1", 7, 5).tolist() == [7, 5]

@@ -434,17 +434,27 @@ class BlsGateway:
 
     def call_decoupled_async(self, caller: Caller, request: Any) -> asyncio.Future[ResponseIterator]:
         """``async_exec(decoupled=True)``, from a coroutine on the model's own loop: a future of that
-        loop set to the call's iterator when its first response (or its end) comes, as Triton's."""
+        loop set to the call's iterator when its first response (or its end) comes, as Triton's.
+        That future cancelled before (``asyncio.wait_for`` gave up) cancels the call."""
         loop = asyncio.get_running_loop()
         call = _StreamCall(self, caller.model, request)
         iterator = call.keep
         assert iterator is not None
         future: asyncio.Future[ResponseIterator] = loop.create_future()
+
+        def gave_up(done: asyncio.Future[ResponseIterator]) -> None:
+            # the awaitable cancelled (asyncio.wait_for gave up, its execute ended) before the first
+            # response: the caller never gets the iterator, so the call is cancelled as a dropped one's
+            if done.cancelled():
+                iterator.cancel()
+
+        future.add_done_callback(gave_up)
         with iterator._cond:
             iterator._first = (loop, future)
         self._hand_over(call)
         with iterator._cond:
-            if iterator._first is not None and iterator._items:  # answered at once, in this thread
+            # answered at once, in this thread (answer_now's push took _first without waking it)
+            if iterator._items and not future.done():
                 iterator._first = None
                 future.set_result(iterator)
         return future
