@@ -46,7 +46,7 @@ from prometheus_client.utils import floatToGoString
 __all__ = [
     "CustomMetrics", "FamilyHandle", "MetricError", "Owner", "SeriesHandle", "KINDS", "current_owner", "owning",
     "MAX_CUSTOM_METRIC_FAMILIES", "MAX_CUSTOM_METRIC_SERIES", "MAX_LABELS", "MAX_BUCKETS", "RESERVED_PREFIX",
-    "merge_snapshots", "render_snapshot",
+    "is_utf8", "merge_snapshots", "render_snapshot",
 ]
 
 KINDS = ("counter", "gauge", "histogram")
@@ -260,9 +260,9 @@ class Owner:
         if name.startswith(RESERVED_PREFIX):
             raise MetricError(f"metric family name {name!r} starts with {RESERVED_PREFIX!r}, the server's own "
                               "metrics' prefix: choose another name")
-        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS or not _utf8(description):
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS or not is_utf8(description):
             got = (type(description).__name__ if not isinstance(description, str) else "text that is not UTF-8 "
-                   "(a lone surrogate)" if not _utf8(description) else f"{len(description)} characters")
+                   "(a lone surrogate)" if not is_utf8(description) else f"{len(description)} characters")
             raise MetricError(f"metric family {name!r}: the description must be a str of at most "
                               f"{MAX_DESCRIPTION_CHARS} characters, valid UTF-8, got {got}")
         store = self._store
@@ -300,8 +300,9 @@ class Owner:
             self._handles.clear()
 
 
-def _utf8(text: str) -> bool:
-    """``text`` can be written as UTF-8 (no lone surrogate), as ``/metrics`` is."""
+def is_utf8(text: str) -> bool:
+    """``text`` can be written as UTF-8 (no lone surrogate), as ``/metrics`` is (and as JSON and
+    protobuf carry a response's parameters: :mod:`wsserve.repository.triton_pb_utils`)."""
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -327,7 +328,7 @@ def _labels(labels: Mapping[str, Any] | None, kind: str) -> tuple[tuple[str, str
             raise MetricError(f"label {key!r}: its value must be a str, got {type(value).__name__}")
         if len(value) > MAX_LABEL_VALUE_CHARS:
             raise MetricError(f"label {key!r}: its value has {len(value)} characters; at most {MAX_LABEL_VALUE_CHARS}")
-        if not _utf8(value):
+        if not is_utf8(value):
             raise MetricError(f"label {key!r}: its value {value!r} is not valid UTF-8 (a lone surrogate): /metrics "
                               "could not be written")
         out.append((key, value))

@@ -276,7 +276,7 @@ class _Collector(Collector):
         return []  # registered before the server's state exists
 
     def collect(self) -> Iterator[Metric]:
-        snaps = self._m.snapshots()
+        snaps = self._m._scraped or self._m.snapshots()  # the scrape's own, when render() read them
         counters: dict[str, dict[str, float]] = {}
         hists: dict[str, dict[str, list[float]]] = {}
         for snap in snaps:
@@ -403,6 +403,8 @@ class Metrics:
         #: The families the served models make (a Triton Python model's ``pb_utils.MetricFamily``),
         #: rendered after the server's own; this process's only (not merged across ``--workers``).
         self.custom = CustomMetrics()
+        #: the snapshots a ``render`` with workers read for its scrape (its collection reuses them), else None
+        self._scraped: list[dict[str, Any]] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         Info("wsserve", "wsserve build information.", registry=self.registry).info({"version": version})
         self.registry.register(_Collector(self))
@@ -604,6 +606,10 @@ class Metrics:
         with workers, every live worker's merged: :func:`~wsserve.custommetrics.merge_snapshots`)."""
         if self._peers_dir is None:
             return generate_latest(self.registry) + self.custom.render()
-        own = generate_latest(self.registry)  # (its collection reads the peers' snapshots itself)
-        custom = [snap.get("custom") for snap in self.snapshots() if snap.get("alive", True)]
+        snaps = self._scraped = self.snapshots()  # read once: the collection below takes them too
+        try:
+            own = generate_latest(self.registry)
+        finally:
+            self._scraped = None
+        custom = [snap.get("custom") for snap in snaps if snap.get("alive", True)]
         return own + render_snapshot(merge_snapshots(custom))

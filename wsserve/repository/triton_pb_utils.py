@@ -322,15 +322,6 @@ class InferenceResponse:
         return self._error
 
 
-def _utf8(text: str) -> bool:
-    """``text`` can be sent as UTF-8 (it holds no lone surrogate)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _response_parameters(parameters: Any) -> dict[str, bool | int | str]:
     """``InferenceResponse(parameters=)`` checked: Triton's type rule and messages (``pb_stub.cc``
     ``PyParametersToJSON``), then wsserve's bounds; raises :class:`TritonModelException`."""
@@ -350,7 +341,7 @@ def _response_parameters(parameters: Any) -> dict[str, bool | int | str]:
         if type(value) is not bool and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
             raise TritonModelException(f"parameter {key!r}: {value} does not fit in int64")
         for what, text in (("key", key), ("value", value)):
-            if isinstance(text, str) and not _utf8(text):  # no transport could send it (JSON, protobuf)
+            if isinstance(text, str) and not custommetrics.is_utf8(text):  # no transport could send it (JSON, protobuf)
                 raise TritonModelException(f"parameter {key!r}: its {what} is not valid UTF-8 (a lone surrogate)")
     out = {str(k): bool(v) if isinstance(v, bool) else int(v) if isinstance(v, int) else str(v)
            for k, v in parameters.items()}
