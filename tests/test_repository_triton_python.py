@@ -146,6 +146,9 @@ def _write_repo(root: Path) -> None:
     for name, (body, _) in BROKEN.items():
         _write(root, name, ONE_IO_PBTXT, _broken_py(body, warms_up=name in ("raises", "bls", "sender")))
     _write(root, "decoupled", ONE_IO_PBTXT + "model_transaction_policy { decoupled: true }\n", _broken_py("return []"))
+    _write(root, "zeros_raise", ONE_IO_PBTXT, _broken_py(
+        "if not requests[0].inputs()[0].as_numpy().any():\n"
+        "            raise pb_utils.TritonModelException('rows of zeros are not a valid input')\n        " + ECHO))
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +253,23 @@ def test_a_failing_execute_fails_the_request_not_the_server(served, name: str) -
         client.infer(name, [inp])
     assert f"model {name!r}" in str(info.value) and BROKEN[name][1] in str(info.value)
     assert client.is_server_live() and client.is_model_ready("add_sub")
+
+
+def test_an_execute_raising_on_the_implicit_warm_up_is_served_as_triton_serves_it(served) -> None:
+    """Triton runs no warm-up but ``model_warmup``: a model whose ``execute`` raises on wsserve's own
+    rows of zeros (or, calling other models, finds them still loading) is logged and served; a request
+    it raises on fails alone, with its message."""
+    proc, _, root = served
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    assert client.is_model_ready("zeros_raise")
+    assert "zeros_raise/1/model.py: warm-up request (rows of zeros) answered with an error" in proc.stderr_text()
+    x = np.ones((2, 2), np.float32)
+    inp = thttp.InferInput("x", [2, 2], "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_array_equal(client.infer("zeros_raise", [inp]).as_numpy("y"), x)
+    inp.set_data_from_numpy(np.zeros((2, 2), np.float32))
+    with pytest.raises(InferenceServerException, match="rows of zeros are not a valid input"):
+        client.infer("zeros_raise", [inp])
 
 
 @pytest.mark.parametrize("name", ["short", "missing", "misshaped"])

@@ -7,6 +7,7 @@ count and size bounded.  A real server on loopback, a temp repository of small T
 
 from __future__ import annotations
 
+import json
 import queue
 import textwrap
 from collections.abc import Iterator
@@ -101,6 +102,37 @@ class TritonPythonModel:
                 for r in requests]
 '''
 
+#: BLS: calls the model named by its request's id (no id: "tagged") with its x, non-decoupled or
+#: (id "stream") with ``decoupled=True``, and answers the called responses' parameters as its own
+#: (``called`` a JSON list of them), with the called model's last y.
+CALLER_PY = '''
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = r.inputs()[0].as_numpy()
+            target = r.request_id() or "tagged"
+            call = pb_utils.InferenceRequest(model_name=target, requested_output_names=["y"],
+                                             inputs=[pb_utils.Tensor("x", x)], request_id="via-bls")
+            if target == "stream":
+                responses = [c for c in call.exec(decoupled=True)]
+            else:
+                responses = [call.exec()]
+            for c in responses:
+                if c.has_error():
+                    raise pb_utils.TritonModelException(c.error().message())
+            called = [json.loads(c.parameters()) for c in responses]
+            y = pb_utils.get_output_tensor_by_name(responses[0], "y").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)],
+                                                  parameters={"called": json.dumps(called, sort_keys=True)}))
+        return out
+'''
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -116,6 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "tagged", PBTXT, tagged)
     _write(root, "stream", PBTXT + "model_transaction_policy { decoupled: true }\n", STREAM_PY)
     _write(root, "parts", PBTXT.replace("max_batch_size: 4", "max_batch_size: 2"), PARTS_PY)
+    _write(root, "caller", PBTXT, CALLER_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc)
@@ -254,6 +287,27 @@ async def test_a_request_split_over_batches_gets_every_parts_parameters_on_each_
     assert _grpc_params(result.get_response()) == merged
     async with Client(proc.url) as client:
         assert (await client.predict("parts", x.tolist())).parameters == merged
+
+
+@pytest.mark.parametrize(("target", "called"), [
+    ("", [{"rows": 2, "tagged": True, "id": "via-bls", "big": 2 ** 40}]),
+    ("stream", [{"index": 0, "last": False}, {"index": 1, "last": True}, {}]),  # then the empty final
+])
+def test_a_bls_call_returns_the_called_models_response_parameters(served: Any, target: str, called: Any) -> None:
+    """``exec()``'s response carries the called model's parameters (``response.parameters()``, as in
+    python_backend); each ``exec(decoupled=True)`` response its own."""
+    x = np.zeros((2, 2), np.float32)
+    if target == "stream":
+        x[0] = (0, 2)
+    result = _http_infer_model(served[0], "caller", x, rid=target)
+    assert json.loads(result.get_response()["parameters"]["called"]) == called
+
+
+def _http_infer_model(proc: ServerProcess, model: str, x: np.ndarray, rid: str = "") -> Any:
+    client = thttp.InferenceServerClient(proc.http.removeprefix("http://"))
+    inp = thttp.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp], request_id=rid)
 
 
 def test_grpc_stream_response_without_parameters_carries_none_of_the_previous_ones(served: Any) -> None:

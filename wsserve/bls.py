@@ -92,7 +92,13 @@ from .pool import ModelEntry
 from .repository import triton_pb_utils as pb
 from .repository.bls import Caller
 from .rest import oip
-from .worker import Tensors, concat_rows, count_rows
+from .worker import (
+    Tensors,
+    concat_rows,
+    count_rows,
+    merge_parameters,
+    too_many_parameters,
+)
 
 __all__ = ["BlsGateway", "BLS_STARTS_PER_TURN", "MAX_BLS_DEPTH", "ResponseIterator"]
 
@@ -178,6 +184,8 @@ class _Call:
         self.item: Any = None
         self.edges: list[tuple[str, str]] = []
         self.admitted = False  # its bytes and edges are counted (released at its end)
+        #: the called model's response parameters for the rows (or response) about to be delivered
+        self._parameters: dict[str, Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.queued_at = 0.0  # monotonic, when submitted
         self.queue_s = -1.0  # its wait before its first batch (-1: no rows yet)
@@ -212,6 +220,20 @@ class _Call:
         if not self.finished:
             self.gateway._end(self, _error(exc))
 
+    def on_parameters(self, parameters: dict[str, Any] | None) -> None:
+        """The worker's: the called model's response parameters (a Triton Python model's
+        ``InferenceResponse(parameters=)``), given before the rows they belong to.  A request split
+        over several batches merges its parts' (a later part's value of a key wins), bounded by
+        :data:`~wsserve.worker.MAX_MERGED_PARAMETERS` (past it the call ends with ``INTERNAL``), as a
+        client's request merges them; the caller reads them with ``response.parameters()``.  A
+        decoupled model's response (:class:`_StreamCall`) takes the ones given just before it."""
+        if parameters and not self.finished:
+            merged = merge_parameters(self._parameters, parameters)
+            if merged is None:
+                self.on_error(too_many_parameters(self.model))
+                return
+            self._parameters = merged
+
     def _response(self, outputs: Tensors) -> pb.InferenceResponse:
         """The model's outputs as Triton's response: each requested one (all without a list) by
         name, shaped as a wire answer is (no batch dimension for a model without one)."""
@@ -223,7 +245,9 @@ class _Call:
         for name in wanted:
             if name not in named:
                 raise InvalidInput(f"model {self.model!r} has no output {name!r}; it has {', '.join(map(repr, named))}")
-        return pb.InferenceResponse([pb.Tensor(k, named[k] if batched else named[k][0]) for k in wanted])
+        parameters, self._parameters = self._parameters, None
+        return pb.InferenceResponse([pb.Tensor(k, named[k] if batched else named[k][0]) for k in wanted],
+                                    parameters=parameters or None)
 
 
 class ResponseIterator:
@@ -339,7 +363,6 @@ class _StreamCall(_Call):
         self.iterator = weakref.ref(iterator)
         self.keep: ResponseIterator | None = iterator
         self.consumer = f"BLS caller model {caller!r}"  # named by a slow-consumer error
-        self._parameters: dict[str, Any] | None = None
 
     def answer_now(self, response: pb.InferenceResponse) -> None:
         super().answer_now(response)
@@ -358,9 +381,6 @@ class _StreamCall(_Call):
             self.gateway._loop.call_soon_threadsafe(self.gateway._cancelled, self)
         except RuntimeError:  # the server's loop has closed: close() ended the call
             pass
-
-    def on_parameters(self, parameters: dict[str, Any] | None) -> None:
-        self._parameters = parameters
 
     def on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
         if self.finished:

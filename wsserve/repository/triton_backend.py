@@ -194,6 +194,11 @@ WIRE_ERRORS: dict[int, tuple[type[WsserveError], int, str]] = {
 }
 
 
+class ExecuteRaised(RuntimeError):
+    """``TritonPythonModel.execute`` raised (something other than a ``pb_utils.TritonError``):
+    every request of that ``execute`` fails, as in Triton; the model itself is not broken by it."""
+
+
 class TritonError(Exception):
     """A request failed by the model with a ``pb_utils.TritonError``: its message is the model's,
     ``code`` Triton's error code (:data:`WIRE_ERRORS`)."""
@@ -451,7 +456,7 @@ class TritonPythonModel(RepositoryModel):
         except pb.TritonError as exc:
             raise TritonError(exc.message(), exc.code()) from exc
         except Exception as exc:
-            raise RuntimeError(f"TritonPythonModel.execute raised {type(exc).__name__}: {exc}") from exc
+            raise ExecuteRaised(f"TritonPythonModel.execute raised {type(exc).__name__}: {exc}") from exc
         finally:
             self._free.put(instance)
         if not isinstance(responses, (list, tuple)) or len(responses) != len(requests):
@@ -594,8 +599,10 @@ class TritonPythonModel(RepositoryModel):
         return out if isinstance(out, dict) else {specs[0].name: out}
 
     def warmup(self, batch: Batch | None = None, *, stop: threading.Event | None = None) -> None:
-        """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros is only
-        logged: a model may refuse such input and be right for every real request.  A decoupled
+        """As :meth:`RepositoryModel.warmup`, but an error response to the rows of zeros, or ``execute``
+        raising on them, is only logged: a model may refuse such input and be right for every real
+        request, and one calling other models (BLS) may find them still loading (Triton runs no
+        warm-up but config.pbtxt's ``model_warmup``, whose failures do fail the load here too).  A decoupled
         model runs its config.pbtxt ``model_warmup`` samples only (:meth:`_decoupled_warmup`), and
         is not warmed up without them; a stateful one (``sequence_batching``: its requests need a
         sequence and its control inputs) is not either (Triton warms up neither without ``model_warmup``)."""
@@ -611,7 +618,7 @@ class TritonPythonModel(RepositoryModel):
         try:
             super().warmup(batch, stop=stop)
         except ModelLoadError as exc:
-            if not isinstance(exc.__cause__, TritonError) or (batch is None and self.config.warmup):
+            if not isinstance(exc.__cause__, (TritonError, ExecuteRaised)) or (batch is None and self.config.warmup):
                 raise  # (a model_warmup sample the config names must be answered, as Triton's warm-up must)
             log.warning("%s: warm-up request (rows of zeros) answered with an error: %s; served anyway",
                         self.path, exc.__cause__)
