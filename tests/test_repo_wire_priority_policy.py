@@ -8,6 +8,7 @@ configuration extension reports the policies over HTTP and gRPC."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -20,8 +21,9 @@ import pytest
 pytest.importorskip("grpc")  # the grpc extra
 tgrpc = pytest.importorskip("tritonclient.grpc")
 import tritonclient.http as thttp  # noqa: E402
+from wsserve_client import Client, DeadlineExceeded, OverloadedError, WsserveError  # noqa: E402
 
-from tests.support import ServerProcess, http_get, wait_until  # noqa: E402
+from tests.support import ServerProcess, http_get, wait_until, wait_until_async  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 from tests.test_repo_wire_priority import (  # noqa: E402
     LOGGED_PY,
@@ -42,16 +44,30 @@ POLICIES = PBTXT + """dynamic_batching { priority_levels: 3 default_priority_lev
 """
 
 
-#: A decoupled model with the same policies: its worker has one queue (priority 1 first), so they are
-#: not applied, and a warning says so at load.
+#: A decoupled model with the same policies, applied as to the others: x[0, 0] == -1 holds its
+#: execute until the file ``gate`` exists (``gate.started`` says it began); each execute logs its
+#: request's x[0, 0] (``calls.jsonl``), then sends one response and FINAL.
 DECOUPLED_PY = """
+import json
+import os
+import time
+
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.dir = args["model_repository"]
+
     def execute(self, requests):
         for r in requests:
             x = pb_utils.get_input_tensor_by_name(r, "x").as_numpy()
+            with open(os.path.join(self.dir, "calls.jsonl"), "a") as f:
+                f.write(json.dumps([float(x[0, 0])]) + "\\n")
+            if x[0, 0] == -1:
+                open(os.path.join(self.dir, "gate.started"), "w").close()
+                while not os.path.exists(os.path.join(self.dir, "gate")):
+                    time.sleep(0.005)
             r.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("y", x)]),
                                          flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
@@ -72,6 +88,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         yield proc, root
     finally:
         (root / "policies" / "gate").touch()  # a failed test never leaves an execute held
+        (root / "streamed" / "gate").touch()
         proc.stop()
 
 
@@ -167,12 +184,45 @@ def test_the_configuration_reports_each_levels_policy(served) -> None:
         client.close()
 
 
-def test_a_decoupled_model_is_warned_its_levels_and_their_policies_are_not_applied(served) -> None:
-    """A decoupled model's requests wait in one queue (priority 1 first, ``max_queue_size`` its bound):
-    its ``priority_levels`` and ``priority_queue_policy`` were taken and silently not applied."""
-    proc, _ = served
-    wait_until(lambda: "model 'streamed' is decoupled: its requests wait" in proc.stderr_text(), 30,
-               what="the decoupled model's warning")
-    assert ("model 'streamed' is decoupled: its requests wait in one queue (priority 1 first, bounded by "
-            "max_queue_size), so its dynamic_batching priority_levels, priority_queue_policy are ignored"
-            in proc.stderr_text())
+async def test_a_decoupled_models_levels_and_their_policies_are_applied(served) -> None:
+    """A decoupled model's requests wait by level as the others' do (Triton's dynamic batcher holds
+    them): each level in the order it came, level 1 first; a level's own ``max_queue_size`` bounds
+    it (level 1: 2), the default policy's the others (1 each); level 3's 20 ms queue timeout ends a
+    request still waiting (its own longer timeout not taken), not the ones that started."""
+    proc, root = served
+    model = root / "streamed"
+    (model / "gate").unlink(missing_ok=True)
+    before = len(_calls(root, "streamed")) if (model / "calls.jsonl").exists() else 0
+    results: dict[str, Any] = {}
+
+    async def run(client: Client, rid: str, first: float, priority: int, timeout: float | None = None) -> None:
+        try:
+            got = [r async for r in client.predict_responses("streamed", [[first, 0.0]], priority=priority,
+                                                              timeout=timeout)]
+            results[rid] = got
+        except WsserveError as exc:
+            results[rid] = exc
+
+    def depth() -> float | None:
+        return proc.metrics().get("wsserve_queue_depth", model="streamed")
+
+    async with Client(proc.url) as client:
+        tasks = [asyncio.create_task(run(client, "held", -1, 0))]
+        await wait_until_async(lambda: (model / "gate.started").exists(), 60, what="the held execute started")
+        for rid, priority, want in (("mid", 0, 1), ("top1", 1, 2), ("top2", 1, 3)):
+            tasks.append(asyncio.create_task(run(client, rid, want + 1, priority)))  # x[0, 0]: 2, 3, 4
+            await wait_until_async(lambda want=want: rid in results or depth() == want, 60, what=f"{rid} queued")
+            assert rid not in results, results[rid]
+        for rid, priority, level, limit in (("top3", 1, 1, 2), ("mid2", 2, 2, 1)):
+            await run(client, rid, 1, priority)
+            assert isinstance(results[rid], OverloadedError), results[rid]
+            assert f"requests wait for an instance at priority level {level} (max_queue_requests={limit})" in str(
+                results[rid])
+        await run(client, "low", 1, 3, timeout=600.0)  # waits 20 ms at level 3, then ends
+        assert isinstance(results["low"], DeadlineExceeded) and "queue timeout" in str(results["low"]), results["low"]
+        (model / "gate").touch()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert all(isinstance(results[rid], list) and len(results[rid]) == 1 for rid in ("held", "mid", "top1", "top2"))
+    assert _calls(root, "streamed")[before:] == [-1, 3, 4, 2]  # held, top1, top2, mid
+    assert "is decoupled: its requests wait" not in proc.stderr_text()  # the old warning: nothing is ignored now
+

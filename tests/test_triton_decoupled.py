@@ -132,11 +132,13 @@ class TritonPythonModel:
 '''
 
 #: ``execute`` sends one response (OUT 1), then waits in ``execute``
-#: until the request is cancelled and returns (never FINAL): one instance, at most 2 requests wait.
+#: until the request is cancelled and returns (never FINAL): one instance, at most 2 requests wait
+#: at each of its two priority levels (``priority`` 1 first).
 HELD_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
               + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
               + 'instance_group [{ count: 1 }]\n'
-              + 'dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n')
+              + 'dynamic_batching { priority_levels: 2 default_priority_level: 2 '
+              + 'default_queue_policy { max_queue_size: 2 } }\n')
 HELD_PY = '''
 import threading
 import numpy as np
@@ -703,13 +705,15 @@ async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finish
 
 async def test_a_priority_above_one_is_refused_naming_the_field_not_an_internal_error(served) -> None:
     """A WebSocket predict and a ``POST /predict`` with ``priority`` 2 to a decoupled model: a
-    ``bad_request`` naming the field (the model has wsserve's two levels), not an internal error."""
+    ``bad_request`` naming the field (its config.pbtxt sets no levels: one, as Triton's), not an
+    internal error."""
     conn = await Conn.open(served[0].url)
     try:
         frame = await conn.request({"type": "predict", "id": "p", "model": "square_int32", "inputs": [[1]],
                                     "priority": 2})
         assert frame["type"] == "error" and frame["code"] == "bad_request", frame
-        assert "field 'priority' must be 0 (normal) or 1 (high), got 2" in frame["message"]
+        assert ("field 'priority' must be 0 or 1 for model 'square_int32', got 2 (its config.pbtxt sets no "
+                "dynamic_batching.priority_levels: one level)") in frame["message"]
         frame = await conn.request({"type": "predict", "id": "q", "model": "square_int32", "inputs": [[1]],
                                     "priority": 1})
         assert frame["type"] == "response" and (await conn.recv())["type"] == "done"

@@ -5,7 +5,9 @@ A Triton Python model with ``model_transaction_policy { decoupled: true }``
 each request through its ``pb_utils.ResponseSender``, from any thread, until the send flagged
 ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``.  Its requests do not go through the row-batching queue
 (:mod:`wsserve.worker`): :class:`DecoupledWorker` runs one ``execute`` per request, at most
-``instances`` (config.pbtxt's ``instance_group`` count) at once, the others waiting in order.
+``instances`` (config.pbtxt's ``instance_group`` count) at once, the others waiting by priority
+level (config.pbtxt's ``priority_levels``, as Triton's dynamic batcher holds them), each level in
+the order it came, under its queue policy (``max_queue_size``, the queue timeout).
 
 A request's sink (the transport's call) has, besides the :class:`~wsserve.worker.PredictSink`
 fields (``inputs``, ``n``, ``nbytes``, ``finished``, ``on_error``):
@@ -37,8 +39,9 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   it the request fails with ``overloaded`` naming the bound; the model's sending thread is never
   blocked (a client that stops reading cannot hold a model instance or thread).  A model that
   bursts more than the bound faster than any client reads fails too: raise the bound for it.
-- At most ``max_queue_requests`` requests wait for an instance (one that ended while waiting no
-  longer counts); more are refused ``overloaded``.
+- At most ``max_queue_requests`` requests wait for an instance (at each level for a config.pbtxt
+  model, a level's own policy's bound first; one that ended while waiting no longer counts); more
+  are refused ``overloaded``.
 - One request's failure touches no other.
 """
 
@@ -55,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from .batching import PriorityLevels
+from .batching import PriorityLevels, QueuePolicy
 from .dtypes import array_bytes
 from .errors import (
     BadRequest,
@@ -103,7 +106,7 @@ class DecoupledStream:
     (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
-                 "high", "_stop", "_timer", "_lock", "_sent", "__weakref__")
+                 "level", "_stop", "_timer", "_queue_timer", "_lock", "_sent", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
@@ -119,9 +122,10 @@ class DecoupledStream:
         self._lock = threading.Lock()
         self.ended = False  # loop side: ended (the sink told, or cancelled)
         self.started = False  # its execute began
-        self.high = False  # priority 1: it waits before the requests of priority 0
+        self.level = 1  # its priority level (1 the highest): it waits behind the levels above it
         self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # its deadline (waiting or streaming)
+        self._queue_timer: asyncio.TimerHandle | None = None  # its level's queue timeout (waiting only)
 
     # -- the model's side (any thread)
 
@@ -183,8 +187,20 @@ class DecoupledStream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._started()
         self._worker._ended(self)
         return True
+
+    def _started(self) -> None:
+        """It left the queue (its execute starts, or it ended): its queue timeout no longer applies."""
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+
+    def _queue_timeout(self) -> None:
+        if not self.started:
+            self._finish(DeadlineExceeded(f"the request to model {self._worker.name!r} waited past its queue "
+                                          "timeout (default_timeout_microseconds)"))
 
     def _finish(self, exc: WsserveError) -> None:
         if self._end():
@@ -223,15 +239,26 @@ class DecoupledWorker:
     decoupled = True
 
     def __init__(self, model: Any, *, name: str, instances: int = 1, max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS,
-                 max_pending_bytes: int = 8 << 20, drain_timeout_s: float = 10.0) -> None:
+                 max_pending_bytes: int = 8 << 20, drain_timeout_s: float = 10.0,
+                 priorities: PriorityLevels | None = None, queue_policy: QueuePolicy | None = None) -> None:
+        """``priorities``: the model's levels (config.pbtxt's ``priority_levels``,
+        ``default_priority_level``, ``priority_queue_policy``; default wsserve's two, ``priority`` 1
+        first), each level waiting in the order it came, the levels in order (1 first);
+        ``max_queue_requests`` bounds each level's waiting requests for a config.pbtxt model (Triton's
+        ``max_queue_size``; a level's own policy's bound first), the whole queue otherwise.
+        ``queue_policy``: the default queue policy (Triton's ``default_queue_policy``; a level's own
+        replaces it): its ``default_timeout_ms`` ends a request still *waiting* that long
+        (``deadline_exceeded``), shortened by the request's own deadline only with
+        ``allow_timeout_override``; once its execute started, only the request's own deadline applies."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         self.model = model
         self.name = name
         self.explainer = None
         self.explain_refusal = f"model {name!r} is decoupled: its responses cannot be explained"
-        #: wsserve's two levels (``priority`` 1 waits before 0): what a wsserve request may ask for.
-        self.priorities = PriorityLevels()
+        #: The model's priority levels (what a request may ask for; wsserve's two by default).
+        self.priorities = priorities or PriorityLevels()
+        self.queue_policy = queue_policy or QueuePolicy()
         self.max_queue_requests = max_queue_requests
         self.max_pending_bytes = max_pending_bytes
         self.drain_timeout_s = drain_timeout_s
@@ -239,7 +266,9 @@ class DecoupledWorker:
         self._instances = instances
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._waiting: deque[DecoupledStream] = deque()
+        #: one FIFO per level, level 1 (the highest) first: the order executes start in
+        self._levels = tuple(deque[DecoupledStream]() for _ in range(self.priorities.classes))
+        self._waiting = 0  # streams in the level queues (some may have ended: removed on their end)
         self._running = 0  # executes in progress
         self._open: set[DecoupledStream] = set()  # requests not ended
         self._idle: asyncio.Event | None = None
@@ -274,9 +303,11 @@ class DecoupledWorker:
         if self._closed:
             return
         self._closed = True
-        for stream in [*self._waiting, *self._open]:
+        for stream in [*(s for level in self._levels for s in level), *self._open]:
             stream._finish(ShuttingDown(f"model {self.name!r} is unloaded or the server is shutting down"))
-        self._waiting.clear()
+        for level in self._levels:
+            level.clear()
+        self._waiting = 0
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -286,12 +317,15 @@ class DecoupledWorker:
     # -- requests
 
     def submit(self, sink: Any, *, priority: int = 0, deadline: float | None = None) -> DecoupledStream:
-        """Start ``sink``'s request: its execute runs when an instance is free (``priority`` 1 goes
-        before waiting requests of priority 0; each priority in the order it came).  ``deadline`` (monotonic seconds): past it the request
-        ends with ``deadline_exceeded``, whether waiting or streaming.  Raises ``BadRequest`` for a
-        sink that takes one answer (:func:`refusal`), ``InvalidInput`` for several rows to a model
-        without a batch dimension, ``Overloaded`` when ``max_queue_requests`` wait, ``ShuttingDown``
-        after :meth:`close`; the sink is then never called."""
+        """Start ``sink``'s request: its execute runs when an instance is free, after the requests
+        waiting at higher levels and those that came before it at its own (``priority``'s level:
+        :meth:`PriorityLevels.level <wsserve.batching.PriorityLevels.level>`).  ``deadline``
+        (monotonic seconds): past it the request ends with ``deadline_exceeded``, whether waiting or
+        streaming; its level's queue timeout too, while it waits (see :meth:`__init__`).  Raises
+        ``BadRequest`` for a sink that takes one answer (:func:`refusal`), ``InvalidInput`` for
+        several rows to a model without a batch dimension, ``Overloaded`` when ``max_queue_requests``
+        wait (at its level, for a config.pbtxt model), ``ShuttingDown`` after :meth:`close`; the sink
+        is then never called."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         if not callable(getattr(sink, "on_response", None)):
@@ -301,26 +335,34 @@ class DecoupledWorker:
         if not getattr(self.model, "batching", True) and sink.n != 1:
             raise InvalidInput(f"model {self.name!r} has no batch dimension (max_batch_size 0): a request to it is "
                                f"one set of tensors, got {sink.n} rows")
-        if len(self._waiting) >= self.max_queue_requests:
-            raise Overloaded(f"model {self.name!r}: {len(self._waiting)} requests wait for an instance "
+        priorities = self.priorities
+        level = priorities.level(priority)
+        queue = self._levels[level - 1]
+        policy = priorities.policy(priority, self.queue_policy)
+        if priorities.configured:  # Triton's max_queue_size: per level (a level's own policy's first)
+            most = policy.max_queue_requests or self.max_queue_requests
+            if len(queue) >= most:
+                raise Overloaded(f"model {self.name!r}: {len(queue)} requests wait for an instance at priority "
+                                 f"level {level} (max_queue_requests={most})", retry_after_ms=100)
+        elif self._waiting >= self.max_queue_requests:
+            raise Overloaded(f"model {self.name!r}: {self._waiting} requests wait for an instance "
                              f"(max_queue_requests={self.max_queue_requests})", retry_after_ms=100)
         assert self._loop is not None, "start() first"
         stream = DecoupledStream(self, sink)
+        stream.level = level
         self._open.add(stream)
-        if priority == 1:  # after the high ones already waiting, before the others
-            stream.high = True
-            at = 0
-            for waiting in self._waiting:
-                if not waiting.high:
-                    break
-                at += 1
-            self._waiting.insert(at, stream)
-        else:
-            self._waiting.append(stream)
+        queue.append(stream)
+        self._waiting += 1
+        now = monotonic()
         if deadline is not None:
             stream._timer = self._loop.call_at(
-                self._loop.time() + max(0.0, deadline - monotonic()), stream._finish,
+                self._loop.time() + max(0.0, deadline - now), stream._finish,
                 DeadlineExceeded(f"the request to model {self.name!r} passed its deadline"))
+        if policy.default_timeout_ms is not None:
+            until = policy.deadline(deadline, now)
+            if until is not None and until != deadline:  # the level's timeout: while it waits only
+                stream._queue_timer = self._loop.call_at(self._loop.time() + max(0.0, until - now),
+                                                         stream._queue_timeout)
         self._next()
         return stream
 
@@ -329,9 +371,10 @@ class DecoupledWorker:
         stream.cancel()
 
     def statistics(self) -> WorkerStatistics:
+        waiting = [s for level in self._levels for s in level]
         return WorkerStatistics(
-            kind="predict", queued=len(self._waiting), queued_rows=sum(s.sink.n for s in self._waiting),
-            queued_bytes=sum(s.sink.nbytes for s in self._waiting), running=len(self._open) - len(self._waiting),
+            kind="predict", queued=len(waiting), queued_rows=sum(s.sink.n for s in waiting),
+            queued_bytes=sum(s.sink.nbytes for s in waiting), running=len(self._open) - len(waiting),
             oldest_age_s=0.0, batches=self.executed, computed=self.executed, executor_batches=self.executed,
             last_batch_size=1 if self.executed else 0, isolated_batches=0)
 
@@ -351,7 +394,8 @@ class DecoupledWorker:
         self._open.discard(stream)
         if not stream.started:  # it left while waiting (cancel, deadline): its place is free
             try:
-                self._waiting.remove(stream)
+                self._levels[stream.level - 1].remove(stream)
+                self._waiting -= 1
             except ValueError:
                 pass
         self._note_idle()
@@ -364,10 +408,12 @@ class DecoupledWorker:
     def _next(self) -> None:
         """Start waiting executes while an instance is free (requests that ended meanwhile skipped)."""
         while self._waiting and self._running < self._instances and self._executor is not None:
-            stream = self._waiting.popleft()
+            stream = next(level for level in self._levels if level).popleft()
+            self._waiting -= 1
             if stream.ended:
                 continue
             stream.started = True
+            stream._started()
             self._running += 1
             self.executed += 1
             future = self._loop.run_in_executor(self._executor, self._execute, stream)  # type: ignore[union-attr]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .batching import PriorityLevels
+from .batching import PriorityLevels, QueuePolicy
 from .config import ServerConfig
 from .dtypes import array_bytes
 from .errors import InvalidInput, UnknownModel
@@ -438,18 +438,11 @@ class ModelPool:
             if response_cache:
                 log.warning("model %r is decoupled: the response cache holds plain predicts only, so its "
                             "response_cache is ignored", name)
-            # its requests wait in one queue (priority 1 first) under max_queue_size only: say what is not applied
-            ignored = [what for what, set_ in (
-                ("priority_levels", priorities.configured and priorities.levels > 1),
-                ("priority_queue_policy", bool(priorities.policies)),
-                ("default_queue_policy.default_timeout_microseconds", default_timeout_ms is not None)) if set_]
-            if ignored:
-                log.warning("model %r is decoupled: its requests wait in one queue (priority 1 first, bounded by "
-                            "max_queue_size), so its dynamic_batching %s %s ignored", name, ", ".join(ignored),
-                            "is" if len(ignored) == 1 else "are")
             return DecoupledWorker(model, name=name, instances=instances,
                                    max_queue_requests=max_queue_requests or DEFAULT_MAX_QUEUE_REQUESTS,
-                                   max_pending_bytes=cfg.max_write_buffer_bytes, drain_timeout_s=cfg.drain_timeout_s)
+                                   max_pending_bytes=cfg.max_write_buffer_bytes, drain_timeout_s=cfg.drain_timeout_s,
+                                   priorities=priorities,
+                                   queue_policy=QueuePolicy(None, default_timeout_ms, allow_timeout_override))
         explainer, refusal = resolve_explainer(name, model)
         delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms
         worker = PredictWorker(
