@@ -357,6 +357,36 @@ def test_a_metric_made_and_dropped_again_and_again_is_not_kept() -> None:
     assert store.counts() == (1, 0)
 
 
+def test_the_text_custom_series_write_to_metrics_is_bounded_in_bytes() -> None:
+    """Series with the longest label values (multi-byte, to be escaped) and the most buckets are
+    refused once what ``/metrics`` would write passes MAX_CUSTOM_METRIC_BYTES, naming it; what is
+    held renders within it, and a released series gives its bytes back."""
+    from wsserve.custommetrics import (
+        MAX_BUCKETS,
+        MAX_CUSTOM_METRIC_BYTES,
+        MAX_LABEL_VALUE_CHARS,
+        MAX_LABELS,
+        CustomMetrics,
+        MetricError,
+    )
+
+    store = CustomMetrics()
+    family = store.owner("m", 1).family("wide", "long labels", "histogram")
+    buckets = list(range(MAX_BUCKETS))
+    held = []
+    with pytest.raises(MetricError, match=r"at most \d+ in all \(MAX_CUSTOM_METRIC_BYTES\)"):
+        for i in range(MAX_CUSTOM_METRIC_SERIES):
+            labels = {f"l{j}": f"{i}\"é" + "\\" * (MAX_LABEL_VALUE_CHARS - 8) for j in range(MAX_LABELS)}
+            held.append(family.metric(labels, buckets))
+            held[-1].observe(1.0)
+    assert 0 < len(held) < MAX_CUSTOM_METRIC_SERIES
+    assert len(store.render()) <= MAX_CUSTOM_METRIC_BYTES
+    before = store.counts()
+    held.pop().release()
+    again = family.metric({f"l{j}": "\\" * MAX_LABEL_VALUE_CHARS for j in range(MAX_LABELS)}, buckets)
+    assert store.counts() == before and again.kind == "histogram"
+
+
 async def test_with_workers_metrics_sums_every_workers_custom_families(tmp_path: Path, model_cache: Path) -> None:
     """``--workers 2``: each worker runs its own copy of the model, whose metrics count what that
     worker served; ``/metrics`` on either worker gives their sums (a histogram's counts, a counter's,

@@ -19,7 +19,11 @@ does not grow across reloads.  As in Triton (``metric_family.cc``, prometheus-cp
 
 Bounds, per server (the error names them): :data:`MAX_CUSTOM_METRIC_FAMILIES` families,
 :data:`MAX_CUSTOM_METRIC_SERIES` series over all of them, :data:`MAX_LABELS` labels per series,
-:data:`MAX_BUCKETS` buckets per histogram, names and texts bounded in length.  Names follow
+:data:`MAX_BUCKETS` buckets per histogram, names and texts bounded in length, and the text the
+series add to ``/metrics`` at most :data:`MAX_CUSTOM_METRIC_BYTES` (a series costs its lines: the
+family's name, its labels' names and UTF-8 values, and :data:`LINE_OVERHEAD_BYTES` for the rest of
+each line; a histogram writes a line per bucket and three more), so a model labelling series with
+values it is sent cannot make ``/metrics`` large.  Names follow
 Prometheus' rules (``[a-zA-Z_:][a-zA-Z0-9_:]*``; labels ``[a-zA-Z_][a-zA-Z0-9_]*``, not ``__...``,
 not ``le`` in a histogram) and may not start with ``wsserve_``, the server's own metrics' prefix.
 
@@ -45,7 +49,7 @@ from prometheus_client.utils import floatToGoString
 
 __all__ = [
     "CustomMetrics", "FamilyHandle", "MetricError", "Owner", "SeriesHandle", "KINDS", "current_owner", "owning",
-    "MAX_CUSTOM_METRIC_FAMILIES", "MAX_CUSTOM_METRIC_SERIES", "MAX_LABELS", "MAX_BUCKETS", "RESERVED_PREFIX",
+    "MAX_CUSTOM_METRIC_BYTES", "MAX_CUSTOM_METRIC_FAMILIES", "MAX_CUSTOM_METRIC_SERIES", "MAX_LABELS", "MAX_BUCKETS", "RESERVED_PREFIX",
     "is_utf8", "merge_snapshots", "render_snapshot",
 ]
 
@@ -59,6 +63,11 @@ MAX_BUCKETS = 64
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 1024
 MAX_LABEL_VALUE_CHARS = 1024
+#: Bytes of ``/metrics`` text the custom series of one server may write, at most (see the module docstring).
+MAX_CUSTOM_METRIC_BYTES = 8 << 20
+#: What one line costs besides the family's name and the label names and values: quotes, commas,
+#: braces, a histogram's ``_bucket`` suffix and ``le`` label, the value.
+LINE_OVERHEAD_BYTES = 64
 #: The server's own metrics' prefix: no custom family may take a name starting with it.
 RESERVED_PREFIX = "wsserve_"
 
@@ -78,9 +87,10 @@ def _exposed(name: str, kind: str) -> frozenset[str]:
 
 
 class _Series:
-    __slots__ = ("labels", "buckets", "value", "counts", "sum", "refs")
+    __slots__ = ("labels", "buckets", "value", "counts", "sum", "refs", "cost")
 
-    def __init__(self, labels: tuple[tuple[str, str], ...], buckets: tuple[float, ...] | None) -> None:
+    def __init__(self, labels: tuple[tuple[str, str], ...], buckets: tuple[float, ...] | None, cost: int = 0) -> None:
+        self.cost = cost  # its bytes of /metrics text (counted against MAX_CUSTOM_METRIC_BYTES)
         self.labels = labels
         self.buckets = buckets
         self.value = 0.0
@@ -211,8 +221,15 @@ class FamilyHandle:
                     raise MetricError(f"this server holds {store._series} custom metric series (label sets), the "
                                       f"most there may be (MAX_CUSTOM_METRIC_SERIES={MAX_CUSTOM_METRIC_SERIES}): "
                                       "delete unused Metric objects, or use fewer label values")
-                series = self._family.series[key] = _Series(key, bounds)
+                cost = _text_cost(self._family.name, key, bounds)
+                if store._bytes + cost > MAX_CUSTOM_METRIC_BYTES:
+                    raise MetricError(f"this metric's series would write {cost} bytes to /metrics, and the custom "
+                                      f"metric series of this server write {store._bytes} already; at most "
+                                      f"{MAX_CUSTOM_METRIC_BYTES} in all (MAX_CUSTOM_METRIC_BYTES): use shorter or "
+                                      "fewer label values, or fewer buckets")
+                series = self._family.series[key] = _Series(key, bounds, cost)
                 store._series += 1
+                store._bytes += cost
             elif series.buckets != bounds:
                 raise MetricError(f"metric family {self._family.name!r} already has the series {dict(key)} with "
                                   f"buckets {list(series.buckets or ())}, not {list(bounds or ())}")
@@ -352,6 +369,14 @@ def _buckets(buckets: Sequence[Any]) -> tuple[float, ...]:
     return tuple(bounds)
 
 
+def _text_cost(name: str, labels: tuple[tuple[str, str], ...], buckets: tuple[float, ...] | None) -> int:
+    """Bytes a series of family ``name`` writes to ``/metrics``, at most (escaping may double a value's
+    backslashes, quotes and newlines: counted twice)."""
+    line = len(name) + LINE_OVERHEAD_BYTES + sum(
+        len(k) + 4 + 2 * len(v.encode("utf-8", "surrogatepass")) for k, v in labels)
+    return line * (1 if buckets is None else len(buckets) + 4)  # buckets, +Inf, _sum, _count
+
+
 def _escape(text: str, quote: bool) -> str:
     text = text.replace("\\", "\\\\").replace("\n", "\\n")
     return text.replace('"', '\\"') if quote else text
@@ -368,6 +393,7 @@ class CustomMetrics:
         self._lock = threading.Lock()  # not re-entrant: a finalizer inside a locked section defers (_later)
         self._families: dict[str, _Family] = {}
         self._series = 0
+        self._bytes = 0  # /metrics text of the series held (MAX_CUSTOM_METRIC_BYTES)
         #: releases asked by finalizers (any thread, maybe inside a locked section): done at the next operation
         self._pending: deque[Any] = deque()
 
@@ -392,6 +418,7 @@ class CustomMetrics:
         if series.refs <= 0 and fam.series.get(series.labels) is series:
             del fam.series[series.labels]
             self._series -= 1
+            self._bytes -= series.cost
 
     def _unref_family(self, fam: _Family) -> None:
         fam.refs -= 1
