@@ -23,7 +23,14 @@ import tritonclient.http as thttp  # noqa: E402
 
 from tests.support import ServerProcess, http_get, wait_until  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
-from tests.test_repo_wire_priority import LOGGED_PY, PBTXT, _answered, _calls, _grpc_input, _x  # noqa: E402
+from tests.test_repo_wire_priority import (  # noqa: E402
+    LOGGED_PY,
+    PBTXT,
+    _answered,
+    _calls,
+    _grpc_input,
+    _x,
+)
 
 #: Both levels delay a request queued for 2 s (level 1 by its own policy, level 2 by the default one);
 #: a request's own timeout does not shorten it (allow_timeout_override false).

@@ -451,7 +451,7 @@ class BatchQueue:
         if item.deadline is not None:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]
             heapq.heappush(self._deadlines, item.deadline_entry)
-        if item.delay_at is not None and self._delayed_by_priority is not None and \
+        if self._delayed_by_priority is not None and item.delay_at is not None and \
                 self._delayed_by_priority[priority] is not None:
             heap = self._delays
             heapq.heappush(heap, [item.delay_at, next(self._tiebreak), item])

@@ -628,8 +628,9 @@ class PredictWorker:
             else:
                 until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
-                        cost=self._explain_cost if explain else 1, deadline_until_started=until_started,
-                        delay_at=delay_at)
+                        cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
+        if delay_at is not None:
+            item.delay_at = delay_at
         if self._by_shape:
             item.shape = _row_shape(sink.inputs)
         missed: tuple[bytes, float] | bool | None = None
