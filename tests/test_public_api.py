@@ -50,7 +50,7 @@ PUBLIC = {
         "ERROR_CODES", "error_for_code",
     ],
     "wsserve.batching": ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "PriorityLevels", "QueuePolicy", "queue_deadline",
-                         "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS"],
+                         "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS", "TIMEOUT_ACTIONS"],
     "wsserve.config": ["ServerConfig", "DEFAULT_MODELS", "LOG_FORMATS", "MAX_DELAY_MS", "MAX_GENERATE_BATCH", "MAX_SEED", "TRANSPORTS", "flag",
                        "DEFAULT_MODEL_LOAD_TIMEOUT_S", "MAX_MODEL_LOAD_TIMEOUT_S", "check_model_load_timeout",
                        "DEFAULT_WORKER_BOOT_TIMEOUT_S", "MAX_WORKER_BOOT_TIMEOUT_S", "GUIDE_COMPILE_LIMITS",

@@ -210,6 +210,23 @@ def test_priority_queue_policies_map_onto_the_models_levels() -> None:
     assert parse_pbtxt("dynamic_batching { priority_levels: 2 default_priority_level: 1 }").priority_queue_policies == ()
 
 
+def test_timeout_action_delay_is_read_for_the_default_and_each_levels_policy() -> None:
+    """Triton's ``timeout_action: DELAY``: a request past its queue timeout waits on (served after its
+    level's others) instead of being rejected; REJECT, protobuf's default, where a policy leaves it out."""
+    from wsserve.batching import QueuePolicy
+
+    cfg = parse_pbtxt("""
+        dynamic_batching { priority_levels: 2 default_priority_level: 2
+          default_queue_policy { default_timeout_microseconds: 5000 timeout_action: DELAY }
+          priority_queue_policy [
+            { key: 1 value: { default_timeout_microseconds: 1500 timeout_action: DELAY } },
+            { key: 2 value: { max_queue_size: 3 } } ] }""")
+    assert (cfg.default_timeout_ms, cfg.timeout_action) == (5.0, "DELAY")
+    assert cfg.priority_queue_policies == ((1, QueuePolicy(None, 1.5, False, "DELAY")), (2, QueuePolicy(3, None, False)))
+    assert cfg.priority_queue_policies[1][1].timeout_action == "REJECT"
+    assert parse_pbtxt("dynamic_batching { }").timeout_action == "REJECT"
+
+
 @pytest.mark.parametrize(("text", "key", "words"), [
     ("dynamic_batching { priority_levels: 3 }", "dynamic_batching.default_priority_level",
      ["must be in [1, 3]", "priority_levels is 3", "got 0"]),
@@ -224,13 +241,14 @@ def test_priority_queue_policies_map_onto_the_models_levels() -> None:
     ("dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 4 } } }",
      "dynamic_batching.priority_queue_policy", ["key 1 not in [1, 0]", "priority_levels is 0"]),
     ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value { "
-     "timeout_action: DELAY } } }", "dynamic_batching.priority_queue_policy[2].timeout_action", ["DELAY"]),
+     "timeout_action: 5 } } }", "dynamic_batching.priority_queue_policy[2].timeout_action",
+     ["5 is not one of Triton's values"]),
     ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value { "
      "max_queue_size: 1000001 } } }", "dynamic_batching.priority_queue_policy[2].max_queue_size", ["1000001"]),
     ("dynamic_batching { priority_levels: 2 default_priority_level: 1 preserve_ordering: true }",
      "dynamic_batching.preserve_ordering", ["priority_levels 2", "one level"]),
-    ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
-     "dynamic_batching.default_queue_policy.timeout_action", ["DELAY is not supported", "REJECT"]),
+    ("dynamic_batching { default_queue_policy { timeout_action: 2 } }",
+     "dynamic_batching.default_queue_policy.timeout_action", ["2 is not one of Triton's values"]),
     ("dynamic_batching { default_queue_policy { max_queue_size: 2000000 } }",
      "dynamic_batching.default_queue_policy.max_queue_size", ["[0, 1000000]", "2000000"]),
     ("dynamic_batching { default_queue_policy { default_timeout_microseconds: 9999999999999 } }",

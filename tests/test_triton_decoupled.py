@@ -700,6 +700,42 @@ async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finish
         model.close()
 
 
+async def test_queue_policies_reject_or_delay_a_request_waiting_past_its_queue_timeout(tmp_path: Path) -> None:
+    """Two levels, each with a 1 s queue timeout: level 1 DELAY, level 2 REJECT.  While the one
+    instance is held, a level-1 request waits past its timeout and goes behind a later level-1
+    request (still before level 2); a level-2 one waiting past its own ends ``deadline_exceeded``."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.batching import PriorityLevels, QueuePolicy
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    levels = PriorityLevels(2, 2, configured=True, policies=((1, QueuePolicy(None, 1000.0, False, "DELAY")),))
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0, priorities=levels,
+                             queue_policy=QueuePolicy(None, 1000.0, False, "REJECT"))
+    worker.start()
+    try:
+        held, old, rejected = _Sink(1), _Sink(2), _Sink(4)
+        worker.submit(held)
+        await _until(lambda: gate.started == [1])
+        worker.submit(old, priority=1)
+        worker.submit(rejected, priority=2)
+        await _until(lambda: rejected.finished and worker._levels[1])  # old: in level 1's delayed queue
+        assert rejected.error is not None and rejected.error.code == "deadline_exceeded"
+        assert "waited past its queue timeout" in str(rejected.error)
+        fresh, low = _Sink(3), _Sink(5)
+        worker.submit(low, priority=2)
+        worker.submit(fresh, priority=1)  # let go at once: it starts long before its 1 s pass
+        gate.release.set()
+        await _until(lambda: all(s.finished for s in (held, old, fresh)))
+        assert gate.started[:3] == [1, 3, 2]  # the fresh level-1 request before the delayed one
+        assert old.error is None and fresh.error is None
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()
+
+
 # --------------------------------------------------------------------------- review: found bugs
 
 

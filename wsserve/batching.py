@@ -33,6 +33,13 @@ Policy:
   partly served goes to the back of its class.
 * **Deadlines and cancellation**: a request past its deadline, or cancelled,
   never has further rows scheduled; ``next_batch`` reports expired ones.
+* **Delay** (Triton's ``timeout_action: DELAY``, a level listed in ``delayed_levels``): a request of
+  that level whose :attr:`WorkItem.delay_at` passes before any of its rows were scheduled is not
+  refused: it moves behind every request of its level whose own has not passed (Triton's
+  ``PolicyQueue::delayed_queue_``), in the order they passed, still ahead of the lower levels, and
+  is still counted by the queue bounds (Triton's ``max_queue_size`` counts the delayed requests of
+  its level too); its :attr:`WorkItem.deadline`, if any, still ends it.  The move is made when a
+  batch is formed (Triton's ``ApplyPolicy``), so a queue without such levels does no extra work.
 * **Shapes** (``by_shape=True``, for a model with a variable dimension besides the
   batch, Triton's dynamic batcher): a batch holds only requests of one row shape
   (:attr:`WorkItem.shape`, any hashable key).  Each batch takes the shape of the
@@ -71,7 +78,7 @@ from typing import Any, NamedTuple
 from .errors import Overloaded
 
 __all__ = ["WorkItem", "Slice", "Batch", "QueueStats", "BatchQueue", "PriorityLevels", "QueuePolicy", "queue_deadline",
-           "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS"]
+           "MAX_RETRY_AFTER_MS", "MIN_RETRY_AFTER_MS", "MAX_PRIORITY_LEVELS", "TIMEOUT_ACTIONS"]
 
 #: An ``Overloaded`` refusal's ``retry_after_ms`` is at least this, and at most the next.
 MIN_RETRY_AFTER_MS = 5
@@ -82,23 +89,36 @@ MAX_RETRY_AFTER_MS = 5000
 #: that every batch looks at, so the bound keeps forming a batch O(levels) cheap.
 MAX_PRIORITY_LEVELS = 16
 
+#: A queue policy's ``timeout_action`` values (Triton's ``ModelQueuePolicy.TimeoutAction`` names).
+TIMEOUT_ACTIONS = ("REJECT", "DELAY")
+
 
 @dataclass(frozen=True, slots=True)
 class QueuePolicy:
-    """One priority level's queue policy (Triton's ``ModelQueuePolicy``, ``timeout_action: REJECT``):
-    ``max_queue_requests`` requests may wait at the level (None: no bound of its own); a request
-    queued there is given ``default_timeout_ms`` (None: none) as its queue deadline, shortened by its
-    own only if ``allow_timeout_override`` (:func:`queue_deadline`)."""
+    """One priority level's queue policy (Triton's ``ModelQueuePolicy``): ``max_queue_requests``
+    requests may wait at the level (None: no bound of its own); a request queued there is given
+    ``default_timeout_ms`` (None: none) as its queue timeout, shortened by its own only if
+    ``allow_timeout_override`` (:func:`queue_deadline`).  ``timeout_action``: what passing it does,
+    ``"REJECT"`` (the request ends, ``deadline_exceeded``) or ``"DELAY"`` (it waits on behind the
+    level's other requests: :attr:`WorkItem.delay_at`)."""
 
     max_queue_requests: int | None = None
     default_timeout_ms: float | None = None
     allow_timeout_override: bool = False
+    timeout_action: str = "REJECT"
 
     def __post_init__(self) -> None:
         if self.max_queue_requests is not None and self.max_queue_requests < 1:
             raise ValueError(f"max_queue_requests must be >= 1 or None, got {self.max_queue_requests}")
         if self.default_timeout_ms is not None and not self.default_timeout_ms > 0:
             raise ValueError(f"default_timeout_ms must be > 0 or None, got {self.default_timeout_ms}")
+        if self.timeout_action not in TIMEOUT_ACTIONS:
+            raise ValueError(f"timeout_action must be one of {', '.join(TIMEOUT_ACTIONS)}, got {self.timeout_action!r}")
+
+    @property
+    def delays(self) -> bool:
+        """A request whose queue timeout passed waits on, delayed (``timeout_action: DELAY``)."""
+        return self.timeout_action == "DELAY"
 
     @property
     def default_timeout_s(self) -> float | None:
@@ -231,6 +251,10 @@ class WorkItem:
     #: Its row shape (a hashable key; read only by a queue made with ``by_shape=True``, which batches
     #: together only requests whose keys are equal).
     shape: Any = None
+    #: Its queue timeout under ``timeout_action: DELAY`` (absolute, same clock; None: none): read only
+    #: at a level of the queue's ``delayed_levels``, where passing it before any row was scheduled
+    #: moves the request behind its level's others instead of ending it (``deadline`` still does).
+    delay_at: float | None = None
 
     @property
     def remaining(self) -> int:
@@ -297,6 +321,7 @@ class BatchQueue:
         default_priority_level: int = 2,
         max_queue_requests_per_level: bool = False,
         level_max_queue_requests: dict[int, int | None] | None = None,
+        delayed_levels: tuple[int, ...] = (),
     ) -> None:
         """``by_shape``: batch together only requests of equal :attr:`WorkItem.shape` (see the
         module docstring, "Shapes"); ``whole_requests``: never split a request that fits a batch
@@ -306,7 +331,8 @@ class BatchQueue:
         ``max_queue_size``: a queue per level, each with the ``default_queue_policy``), else all of them;
         ``level_max_queue_requests``: the bound of a level (key: 1..``priority_levels``) whose own queue
         policy sets one (Triton's ``priority_queue_policy``; None: that level has no bound), in place of
-        ``max_queue_requests`` (per level only)."""
+        ``max_queue_requests`` (per level only); ``delayed_levels``: the levels whose queue policy has
+        ``timeout_action: DELAY`` (module docstring, "Delay")."""
         if not 1 <= priority_levels <= MAX_PRIORITY_LEVELS:
             raise ValueError(f"priority_levels must be in [1, {MAX_PRIORITY_LEVELS}], got {priority_levels}")
         if not 1 <= default_priority_level <= priority_levels:
@@ -333,11 +359,22 @@ class BatchQueue:
         self._level_most = tuple(levels_most.get(n, max_queue_requests) for n in range(1, priority_levels + 1))
         self._bytes = 0  # unscheduled input bytes of live items
         self.priority_levels = priority_levels
-        #: One deque per level, the highest (level 1) first: the order batches are filled in.
-        self._classes = tuple(deque[WorkItem]() for _ in range(priority_levels))
+        if any(not 1 <= k <= priority_levels for k in delayed_levels):
+            raise ValueError(f"delayed_levels: levels must be in [1, {priority_levels}], got {sorted(delayed_levels)}")
+        levels = tuple(deque[WorkItem]() for _ in range(priority_levels))
+        #: Each level's deque of delayed requests (None: the level does not delay), level 1 first.
+        delayed = tuple(deque[WorkItem]() if n in delayed_levels else None for n in range(1, priority_levels + 1))
+        #: The deques in the order batches are filled in: each level's (level 1 first), followed by
+        #: its delayed requests' when it has them.
+        self._classes = tuple(q for level, late in zip(levels, delayed) for q in (level, late) if q is not None)
         #: ``_by_priority[p]``: the deque of an item of priority ``p`` (0: the default level's; a ``p``
         #: past its end, too).
-        self._by_priority = (self._classes[default_priority_level - 1], *self._classes)
+        self._by_priority = (levels[default_priority_level - 1], *levels)
+        #: Likewise its level's delayed deque (None: the level has none); None when no level delays.
+        self._delayed_by_priority = (delayed[default_priority_level - 1], *delayed) if delayed_levels else None
+        #: Min-heap of ``[delay_at, tiebreak, item]`` of the items queued at a delaying level with a
+        #: ``delay_at``; an entry is checked when it is due (its item may have started or left since).
+        self._delays: list[list[Any]] = []
         #: Likewise: the level, and its request bound (None: none), of an item of priority ``p``.
         self._level_by_priority = (default_priority_level, *range(1, priority_levels + 1))
         self._most_by_priority = (self._level_most[default_priority_level - 1], *self._level_most)
@@ -389,11 +426,12 @@ class BatchQueue:
                         f"queue full: {self._requests} requests queued, limit {most} (max_queue_requests)",
                         retry_after_ms=self._retry_after_ms(),
                     )
-            elif (most := self._most_by_priority[priority]) is not None and len(queue) >= most:
-                # a level's queue holds its items with rows waiting
+            elif (most := self._most_by_priority[priority]) is not None and len(queue) >= most - (
+                    0 if self._delayed_by_priority is None else self._delayed_len(priority)):
+                # a level's queue holds its items with rows waiting (and its delayed ones: Triton's Size())
                 raise Overloaded(
-                    f"queue full: {len(queue)} requests queued at priority level {self._level_by_priority[priority]}, "
-                    f"limit {most} (max_queue_requests)",
+                    f"queue full: {len(queue) + self._delayed_len(priority)} requests queued at priority level "
+                    f"{self._level_by_priority[priority]}, limit {most} (max_queue_requests)",
                     retry_after_ms=self._retry_after_ms(),
                 )
         if not admitted and self._rows:  # (check_room, inlined: every request passes here)
@@ -413,6 +451,18 @@ class BatchQueue:
         if item.deadline is not None:
             item.deadline_entry = [item.deadline, next(self._tiebreak), item]
             heapq.heappush(self._deadlines, item.deadline_entry)
+        if self._delayed_by_priority is not None and item.delay_at is not None and \
+                self._delayed_by_priority[priority] is not None:
+            heap = self._delays
+            heapq.heappush(heap, [item.delay_at, next(self._tiebreak), item])
+            if len(heap) > 64 and len(heap) > 2 * self._requests:  # mostly started or gone: drop those
+                heap[:] = [e for e in heap if not e[2].cancelled and not e[2].next_row]
+                heapq.heapify(heap)
+
+    def _delayed_len(self, priority: int) -> int:
+        """The delayed requests of the level of an item of ``priority`` (0 when it has none)."""
+        late = None if self._delayed_by_priority is None else self._delayed_by_priority[priority]
+        return 0 if late is None else len(late)
 
     def check_room(self, units: int, nbytes: int, *, ahead_rows: int = 0, ahead_bytes: int = 0) -> None:
         """Raise ``Overloaded`` (with ``retry_after_ms``) if a request of ``units`` cost units and
@@ -476,8 +526,12 @@ class BatchQueue:
             queue = self._by_priority[0]
         try:
             queue.remove(item)
-        except ValueError:  # never queued (e.g. refused with Overloaded, or a negative priority)
-            return False
+        except ValueError:  # never queued (e.g. refused with Overloaded, or a negative priority), or delayed
+            late = None if self._delayed_by_priority is None else \
+                self._delayed_by_priority[item.priority if item.priority < len(self._by_priority) else 0]
+            if late is None or item not in late:
+                return False
+            late.remove(item)
         self._rows -= item.remaining
         self._units -= item.remaining * item.cost
         self._bytes -= item.remaining * item.row_bytes
@@ -541,6 +595,8 @@ class BatchQueue:
         fewer rows of a batch.
         """
         expired = self._expire(now) if self._deadlines else []
+        if self._delays and self._delays[0][0] <= now:
+            self._delay(now)
         if self._shape_units is not None:
             return self._next_of_one_shape(now, expired)
         cap = self.max_batch_size
@@ -679,6 +735,26 @@ class BatchQueue:
         self._count_shape(shape, -units)
         return self._batch(slices, rows, units, expired)
 
+    def _delay(self, now: float) -> None:
+        """Move the requests whose ``delay_at`` is ``<= now`` and none of whose rows were scheduled
+        behind their level's others (earliest first: the order they passed it)."""
+        heap = self._delays
+        by_priority = self._by_priority
+        late_by_priority = self._delayed_by_priority
+        assert late_by_priority is not None
+        while heap and heap[0][0] <= now:
+            item = heapq.heappop(heap)[2]
+            if item.cancelled or item.next_row or not item.remaining:
+                continue  # left the queue, or started (its queue timeout met) before it passed
+            p = item.priority if item.priority < len(by_priority) else 0
+            try:
+                by_priority[p].remove(item)
+            except ValueError:  # not queued here (never added)
+                continue
+            late = late_by_priority[p]
+            assert late is not None
+            late.append(item)
+
     def _expire(self, now: float) -> list[WorkItem]:
         expired: list[WorkItem] = []
         heap = self._deadlines
@@ -700,6 +776,7 @@ class BatchQueue:
         for it in items:
             it.cancelled = True
             self._forget_deadline(it)
+        self._delays.clear()
         self._rows = self._units = self._requests = self._bytes = 0
         if self._shape_units is not None:
             self._shape_units.clear()

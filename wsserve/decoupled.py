@@ -106,7 +106,7 @@ class DecoupledStream:
     (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
-                 "level", "_stop", "_timer", "_queue_timer", "_lock", "_sent", "__weakref__")
+                 "level", "queue", "_stop", "_timer", "_queue_timer", "_lock", "_sent", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
@@ -123,6 +123,7 @@ class DecoupledStream:
         self.ended = False  # loop side: ended (the sink told, or cancelled)
         self.started = False  # its execute began
         self.level = 1  # its priority level (1 the highest): it waits behind the levels above it
+        self.queue = 0  # the index of the worker's queue it waits in (its level's, or its level's delayed one)
         self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
         self._timer: asyncio.TimerHandle | None = None  # its deadline (waiting or streaming)
         self._queue_timer: asyncio.TimerHandle | None = None  # its level's queue timeout (waiting only)
@@ -197,8 +198,13 @@ class DecoupledStream:
             self._queue_timer.cancel()
             self._queue_timer = None
 
-    def _queue_timeout(self) -> None:
-        if not self.started:
+    def _queue_timeout(self, delay: bool) -> None:
+        self._queue_timer = None
+        if self.started or self.ended:
+            return
+        if delay:  # timeout_action DELAY: behind the requests of its level that have not passed theirs
+            self._worker._delay(self)
+        else:
             self._finish(DeadlineExceeded(f"the request to model {self._worker.name!r} waited past its queue "
                                           "timeout (default_timeout_microseconds)"))
 
@@ -266,8 +272,9 @@ class DecoupledWorker:
         self._instances = instances
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
-        #: one FIFO per level, level 1 (the highest) first: the order executes start in
-        self._levels = tuple(deque[DecoupledStream]() for _ in range(self.priorities.classes))
+        #: two FIFOs per level, level 1 (the highest) first: its requests, then those delayed past their
+        #: queue timeout (``timeout_action: DELAY``, in the order their timeouts passed): the order executes start in
+        self._levels = tuple(deque[DecoupledStream]() for _ in range(2 * self.priorities.classes))
         self._waiting = 0  # streams in the level queues (some may have ended: removed on their end)
         self._running = 0  # executes in progress
         self._open: set[DecoupledStream] = set()  # requests not ended
@@ -337,19 +344,19 @@ class DecoupledWorker:
                                f"one set of tensors, got {sink.n} rows")
         priorities = self.priorities
         level = priorities.level(priority)
-        queue = self._levels[level - 1]
+        queue = self._levels[2 * (level - 1)]
         policy = priorities.policy(priority, self.queue_policy)
-        if priorities.configured:  # Triton's max_queue_size: per level (a level's own policy's first)
+        if priorities.configured:  # Triton's max_queue_size: per level (a level's own policy's first), delayed ones too
             most = policy.max_queue_requests or self.max_queue_requests
-            if len(queue) >= most:
-                raise Overloaded(f"model {self.name!r}: {len(queue)} requests wait for an instance at priority "
+            if (waiting := len(queue) + len(self._levels[2 * level - 1])) >= most:
+                raise Overloaded(f"model {self.name!r}: {waiting} requests wait for an instance at priority "
                                  f"level {level} (max_queue_requests={most})", retry_after_ms=100)
         elif self._waiting >= self.max_queue_requests:
             raise Overloaded(f"model {self.name!r}: {self._waiting} requests wait for an instance "
                              f"(max_queue_requests={self.max_queue_requests})", retry_after_ms=100)
         assert self._loop is not None, "start() first"
         stream = DecoupledStream(self, sink)
-        stream.level = level
+        stream.level, stream.queue = level, 2 * (level - 1)
         self._open.add(stream)
         queue.append(stream)
         self._waiting += 1
@@ -362,7 +369,7 @@ class DecoupledWorker:
             until = policy.deadline(deadline, now)
             if until is not None and until != deadline:  # the level's timeout: while it waits only
                 stream._queue_timer = self._loop.call_at(self._loop.time() + max(0.0, until - now),
-                                                         stream._queue_timeout)
+                                                         stream._queue_timeout, policy.delays)
         self._next()
         return stream
 
@@ -394,11 +401,18 @@ class DecoupledWorker:
         self._open.discard(stream)
         if not stream.started:  # it left while waiting (cancel, deadline): its place is free
             try:
-                self._levels[stream.level - 1].remove(stream)
+                self._levels[stream.queue].remove(stream)
                 self._waiting -= 1
             except ValueError:
                 pass
         self._note_idle()
+
+    def _delay(self, stream: DecoupledStream) -> None:
+        """``stream``'s queue timeout passed under ``timeout_action: DELAY``: it waits on, behind its
+        level's requests that have not passed theirs (Triton's delayed queue)."""
+        self._levels[stream.queue].remove(stream)
+        stream.queue += 1
+        self._levels[stream.queue].append(stream)
 
     def _note_idle(self) -> None:
         """Wake :meth:`wait_idle` (it checks what it waits for)."""

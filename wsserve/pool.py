@@ -402,12 +402,12 @@ class ModelPool:
     def make_worker(self, name: str, model: Any, *, max_batch_size: int | None = None,
                     max_delay_ms: float | None = None, instances: int = 1, max_queue_requests: int | None = None,
                     default_timeout_ms: float | None = None, allow_timeout_override: bool = True,
-                    priorities: PriorityLevels = PriorityLevels(),
+                    timeout_action: str = "REJECT", priorities: PriorityLevels = PriorityLevels(),
                     guide_compile_memory_bytes: int | None = None, guide_compile_cpu_s: int | None = None,
                     guide_compile_timeout_s: float | None = None, response_cache: bool = False) -> Any:
         """The worker a model needs (not started).  ``max_delay_ms``: the model's batching window
         (None: the server's; 0: greedy, whatever the server's is); ``max_queue_requests``,
-        ``default_timeout_ms``, ``allow_timeout_override``: a predictive model's queue policy
+        ``default_timeout_ms``, ``allow_timeout_override``, ``timeout_action``: a predictive model's queue policy
         (:class:`~wsserve.worker.PredictWorker`; a generative model has none); ``priorities``: a
         predictive model's priority levels (a generative model keeps its two); ``guide_compile_*``:
         a generative model's compile limits (None: the server's setting of the same name);
@@ -442,7 +442,8 @@ class ModelPool:
                                    max_queue_requests=max_queue_requests or DEFAULT_MAX_QUEUE_REQUESTS,
                                    max_pending_bytes=cfg.max_write_buffer_bytes, drain_timeout_s=cfg.drain_timeout_s,
                                    priorities=priorities,
-                                   queue_policy=QueuePolicy(None, default_timeout_ms, allow_timeout_override))
+                                   queue_policy=QueuePolicy(None, default_timeout_ms, allow_timeout_override,
+                                                            timeout_action))
         explainer, refusal = resolve_explainer(name, model)
         delay = max_delay_ms if max_delay_ms is not None else cfg.max_delay_ms
         worker = PredictWorker(
@@ -451,8 +452,8 @@ class ModelPool:
             max_delay_ms=delay or None,  # a window of 0 (config.toml allows it) is greedy batching
             max_queue_rows=cfg.max_queue_rows, max_queue_bytes=cfg.max_queue_bytes,
             max_queue_requests=max_queue_requests, default_timeout_ms=default_timeout_ms,
-            allow_timeout_override=allow_timeout_override, priorities=priorities, instances=instances,
-            inline_max_flops=cfg.inline_max_flops,
+            allow_timeout_override=allow_timeout_override, timeout_action=timeout_action,
+            priorities=priorities, instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
             explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
         )

@@ -418,7 +418,8 @@ class ModelRegistry:
         return self.pool.make_worker(
             name, model, max_batch_size=rows, max_delay_ms=cfg.max_delay_ms, instances=cfg.instances,
             max_queue_requests=cfg.max_queue_requests, default_timeout_ms=cfg.default_timeout_ms,
-            allow_timeout_override=cfg.allow_timeout_override, priorities=_priorities(cfg),
+            allow_timeout_override=cfg.allow_timeout_override, timeout_action=cfg.timeout_action,
+            priorities=_priorities(cfg),
             guide_compile_memory_bytes=cfg.guide_compile_memory_bytes,
             guide_compile_cpu_s=cfg.guide_compile_cpu_s, guide_compile_timeout_s=cfg.guide_compile_timeout_s,
             response_cache=cfg.response_cache,

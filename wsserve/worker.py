@@ -447,6 +447,7 @@ class PredictWorker:
         max_queue_requests: int | None = None,
         default_timeout_ms: float | None = None,
         allow_timeout_override: bool = True,
+        timeout_action: str = "REJECT",
         priorities: PriorityLevels = PriorityLevels(),
         instances: int = 1,
         inline_max_flops: int = INLINE_MAX_FLOPS,
@@ -465,8 +466,13 @@ class PredictWorker:
         ``default_timeout_ms`` is the deadline of a request queued without one (and, unless
         ``allow_timeout_override``, of every request; a request may only shorten it: see
         :func:`~wsserve.batching.queue_deadline`), until its first rows are scheduled
-        (:attr:`~wsserve.batching.WorkItem.deadline_until_started`).  ``priorities``: the model's
-        priority levels (its queue's classes; default: wsserve's two, ``priority`` 1 high)."""
+        (:attr:`~wsserve.batching.WorkItem.deadline_until_started`).  ``timeout_action`` (Triton's):
+        ``"REJECT"``, a request past that queue deadline ends (``deadline_exceeded``); ``"DELAY"``, it
+        waits on behind its level's requests whose queue timeout has not passed
+        (:attr:`~wsserve.batching.WorkItem.delay_at`), and only its own deadline, if it has one, ends it.
+        ``priorities``: the model's priority levels (its queue's classes; default: wsserve's two,
+        ``priority`` 1 high); a level's own queue policy (``priorities.policies``) replaces these four
+        fields for the requests queued there."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -484,6 +490,13 @@ class PredictWorker:
         #: their own row shape (Triton's dynamic batcher), each queued with its :func:`_row_shape`.
         # a variable dimension, or an optional input: batch only requests of one shape and one set of inputs
         self._by_shape = _rows_vary(model) or any(getattr(s, "optional", False) for s in getattr(model, "inputs", None) or ())
+        #: The default queue policy (Triton's ``default_queue_policy``): a level's own, if any, is in
+        #: ``priorities.policies`` (:meth:`PriorityLevels.policy <wsserve.batching.PriorityLevels.policy>`).
+        self.queue_policy = QueuePolicy(None, default_timeout_ms, allow_timeout_override, timeout_action)
+        own = dict(priorities.policies)
+        # the levels whose policy (their own, else the default one) delays a request past its queue timeout
+        delayed_levels = tuple(level for level in range(1, priorities.classes + 1)
+                               if own.get(level, self.queue_policy).delays)
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
@@ -493,15 +506,13 @@ class PredictWorker:
             max_queue_requests_per_level=priorities.configured,
             # a level with its own queue policy (priority_queue_policy) has its own bound
             level_max_queue_requests={level: p.max_queue_requests for level, p in priorities.policies},
+            delayed_levels=delayed_levels,
         )
         #: The model's priority levels (its queue's classes; what the transports report and check).
         self.priorities = priorities
         #: The queue deadline of a request without one, in seconds (None: none), and whether a request may shorten it.
         self.default_timeout_s = None if default_timeout_ms is None else default_timeout_ms / 1000.0
         self.allow_timeout_override = allow_timeout_override
-        #: The default queue policy (Triton's ``default_queue_policy``): a level's own, if any, is in
-        #: ``priorities.policies`` (:meth:`PriorityLevels.policy <wsserve.batching.PriorityLevels.policy>`).
-        self.queue_policy = QueuePolicy(None, default_timeout_ms, allow_timeout_override)
         self._instances = instances
         # A model with a variable (-1) input dimension has rows as large as each request makes them: the
         # cost per row is unknown, so none runs on the loop (one large row would stall every connection).
@@ -606,14 +617,20 @@ class PredictWorker:
             raise BadRequest(self.explain_refusal or "cannot be explained")
         now = monotonic()
         until_started = False
+        delay_at = None
         priorities = self.priorities
         # the level's queue policy (the model's default one when no level has its own)
         policy = priorities.policy(priority, self.queue_policy) if priorities.policies else self.queue_policy
         if policy.default_timeout_ms is not None:
             chosen = policy.deadline(deadline, now)
-            until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
+            if policy.timeout_action == "DELAY":  # past its queue timeout it waits on; its own deadline holds
+                delay_at = chosen if chosen != deadline else None  # (shortened to its own: that ends it first)
+            else:
+                until_started, deadline = chosen != deadline, chosen  # the default: a queue deadline only
         item = WorkItem(n, priority, deadline, sink.nbytes // n if n else 0, sink,
                         cost=self._explain_cost if explain else 1, deadline_until_started=until_started)
+        if delay_at is not None:
+            item.delay_at = delay_at
         if self._by_shape:
             item.shape = _row_shape(sink.inputs)
         missed: tuple[bytes, float] | bool | None = None

@@ -159,6 +159,10 @@ class ModelConfig:
     max_queue_requests: int | None = None
     default_timeout_ms: float | None = None
     allow_timeout_override: bool = True
+    #: What a request past that queue timeout meets (Triton's ``timeout_action``; config.pbtxt only):
+    #: ``"REJECT"`` (it ends, ``deadline_exceeded``) or ``"DELAY"`` (it waits on behind its level's
+    #: requests whose queue timeout has not passed: :class:`wsserve.batching.QueuePolicy`).
+    timeout_action: str = "REJECT"
     #: A config.pbtxt's ``dynamic_batching.priority_levels`` and ``default_priority_level`` (Triton's:
     #: level 1 first, a request's priority 0 the default level; levels 0: one level, priorities unused);
     #: ``None``: not a config.pbtxt, wsserve's two classes (``priority`` 1 high, 0 normal).

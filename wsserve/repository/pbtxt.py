@@ -45,8 +45,9 @@ Mapped (Triton's semantics, triton-inference-server/server
 - ``dynamic_batching { default_queue_policy { max_queue_size,
   default_timeout_microseconds, allow_timeout_override } }`` -> ``max_queue_requests``
   (0: no bound; it bounds each priority level, as Triton's), ``default_timeout_ms`` (0: none), ``allow_timeout_override``
-  (protobuf's default, false, as Triton reads it); ``timeout_action: DELAY``
-  is refused (wsserve only rejects a request whose queue deadline passed).
+  (protobuf's default, false, as Triton reads it) and ``timeout_action`` (``REJECT``, the default:
+  a request past its queue timeout ends; ``DELAY``: it waits on behind its level's others,
+  :class:`~wsserve.batching.QueuePolicy`).
 - ``dynamic_batching { priority_levels, default_priority_level }`` -> ``priority_levels``
   (0..:data:`~wsserve.batching.MAX_PRIORITY_LEVELS`; 0, or no ``dynamic_batching``: one level,
   a request's priority is not used, as in Triton) and ``default_priority_level`` (1..levels when
@@ -104,7 +105,7 @@ from typing import Any
 
 import numpy as np
 
-from ..batching import MAX_PRIORITY_LEVELS, QueuePolicy
+from ..batching import MAX_PRIORITY_LEVELS, TIMEOUT_ACTIONS, QueuePolicy
 from ..config import MAX_DELAY_MS
 from ..dtypes import BYTES, TENSOR_DTYPES
 from ..sequences import Control, SequenceConfig, State
@@ -492,10 +493,9 @@ def _queue_policy(path: Path, policy: Any, where: str = "dynamic_batching.defaul
     """``dynamic_batching.default_queue_policy`` (or the ``ModelQueuePolicy`` at ``where``) as
     :class:`ModelConfig`'s queue fields (Triton's meanings: ``max_queue_size`` 0 and
     ``default_timeout_microseconds`` 0 are "none"; an absent ``allow_timeout_override`` is protobuf's
-    false).  ``timeout_action: DELAY`` is refused."""
-    if policy.timeout_action != 0:  # REJECT = 0, DELAY = 1
-        raise ConfigError(path, f"{where}.timeout_action", "DELAY is not supported: wsserve rejects a request whose "
-                          "queue deadline passed (REJECT, the default)")
+    false; ``timeout_action`` REJECT = 0, the default, or DELAY = 1)."""
+    action = _enum_name(path, f"{where}.timeout_action", policy, "timeout_action")  # REJECT or DELAY
+    assert action in TIMEOUT_ACTIONS
     size = policy.max_queue_size
     if size > MAX_QUEUE_REQUESTS:
         raise ConfigError(path, f"{where}.max_queue_size", f"must be in [0, {MAX_QUEUE_REQUESTS}], got {size}")
@@ -504,7 +504,7 @@ def _queue_policy(path: Path, policy: Any, where: str = "dynamic_batching.defaul
         raise ConfigError(path, f"{where}.default_timeout_microseconds",
                           f"must be in [0, {MAX_DEFAULT_TIMEOUT_MS * 1000}], got {us}")
     return {"max_queue_requests": size or None, "default_timeout_ms": us / 1000 if us else None,
-            "allow_timeout_override": policy.allow_timeout_override}
+            "allow_timeout_override": policy.allow_timeout_override, "timeout_action": action}
 
 
 def _priority_levels(path: Path, db: Any) -> dict[str, Any]:
@@ -529,8 +529,7 @@ def _priority_levels(path: Path, db: Any) -> dict[str, Any]:
                           "a policy's key is the level it applies to)")
     for level in sorted(db.priority_queue_policy):
         fields = _queue_policy(path, db.priority_queue_policy[level], f"{where}.priority_queue_policy[{level}]")
-        policies.append((level, QueuePolicy(fields["max_queue_requests"], fields["default_timeout_ms"],
-                                            fields["allow_timeout_override"])))
+        policies.append((level, QueuePolicy(**fields)))
     if db.preserve_ordering and levels > 1:
         raise ConfigError(path, f"{where}.preserve_ordering", f"cannot be true with priority_levels {levels} "
                           "(Triton allows only one level then)")

@@ -559,14 +559,16 @@ class HttpApi:
                         "max_delay_s": queue.max_delay_s,
                         "queue_policy": triton.queue_policy(getattr(queue, "max_queue_requests", None),
                                                             getattr(worker, "default_timeout_s", None),
-                                                            getattr(worker, "allow_timeout_override", True))}
+                                                            getattr(worker, "allow_timeout_override", True),
+                                                            getattr(getattr(worker, "queue_policy", None),
+                                                                    "timeout_action", "REJECT"))}
             priorities = getattr(worker, "priorities", None)
             if priorities is not None:
                 batching.update(priority_levels=priorities.levels, default_priority_level=priorities.default)
                 if priorities.policies:
                     batching["priority_queue_policy"] = {
                         level: triton.level_queue_policy(p.max_queue_requests, p.default_timeout_s,
-                                                         p.allow_timeout_override)
+                                                         p.allow_timeout_override, p.timeout_action)
                         for level, p in priorities.policies}
             batching["response_cache"] = getattr(getattr(entry.model, "config", None), "response_cache", False) is True
             config = getattr(entry.model, "config", None)

@@ -36,7 +36,8 @@ What wsserve fills in (docs/PROTOCOL.md, "Open Inference Protocol v2"):
   written (``priority_levels`` 0 when it sets none: one level), else 2 / 2 (wsserve's two
   classes: request ``priority`` 1 is served first, others in the default level);
   ``default_queue_policy`` when the model has one (its config's
-  ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``);
+  ``max_queue_requests``/``default_timeout_ms``/``allow_timeout_override``, and a config.pbtxt's
+  ``timeout_action``, ``REJECT`` or ``DELAY``);
   ``priority_queue_policy`` (a map from level, as a string as protobuf's JSON writes uint64
   keys, to a policy of the same fields) when its config.pbtxt sets per-level policies.
 - A generative model (served by Triton's generate extension,
@@ -108,19 +109,19 @@ def _tensors(tensors: Iterable[Tensor], required: str | None = None,
 
 
 def queue_policy(max_queue_requests: int | None, default_timeout_s: float | None,
-                 allow_timeout_override: bool) -> dict[str, Any] | None:
+                 allow_timeout_override: bool, timeout_action: str = "REJECT") -> dict[str, Any] | None:
     """Triton's ``default_queue_policy`` of a predict worker's queue policy; None when it has
-    none (no request bound, no default timeout): the configuration then leaves it out."""
-    if max_queue_requests is None and default_timeout_s is None:
+    none (no request bound, no default timeout, ``REJECT``): the configuration then leaves it out."""
+    if max_queue_requests is None and default_timeout_s is None and timeout_action == "REJECT":
         return None
-    return level_queue_policy(max_queue_requests, default_timeout_s, allow_timeout_override)
+    return level_queue_policy(max_queue_requests, default_timeout_s, allow_timeout_override, timeout_action)
 
 
 def level_queue_policy(max_queue_requests: int | None, default_timeout_s: float | None,
-                       allow_timeout_override: bool) -> dict[str, Any]:
-    """A ``ModelQueuePolicy`` as Triton's configuration writes it (``REJECT``; 0: no bound, no
-    default timeout): one of ``priority_queue_policy``'s, always written."""
-    return {"timeout_action": "REJECT",
+                       allow_timeout_override: bool, timeout_action: str = "REJECT") -> dict[str, Any]:
+    """A ``ModelQueuePolicy`` as Triton's configuration writes it (``timeout_action`` ``REJECT`` or
+    ``DELAY``; 0: no bound, no default timeout): one of ``priority_queue_policy``'s, always written."""
+    return {"timeout_action": timeout_action,
             # at least 1 when set: 0 is Triton's "no default timeout" (config.toml's ms may be under a microsecond)
             "default_timeout_microseconds": 0 if default_timeout_s is None else max(1, round(default_timeout_s * 1e6)),
             "allow_timeout_override": allow_timeout_override, "max_queue_size": max_queue_requests or 0}
