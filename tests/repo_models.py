@@ -319,17 +319,8 @@ class Model:
         return {"y": (x * 2).astype(ml_dtypes.bfloat16)}
 """
 
-BF16_IN_CONFIG = """
-[[inputs]]
-name = "x"
-shape = [3]
-dtype = "bfloat16"
-
-[[outputs]]
-name = "y"
-shape = [3]
-dtype = "bfloat16"
-"""
+#: ``bfid``'s config: ``bf``'s with a bfloat16 input.
+BF16_IN_CONFIG = BF16_CONFIG.replace('dtype = "float32"', 'dtype = "bfloat16"', 1)
 
 #: ``bfid``: ``y = x``, a bfloat16 input answered as it was received (the clients sending bfloat16).
 BF16_ID_PY = """
