@@ -43,7 +43,8 @@ __all__ = [
     "AFFINE_PY", "GATED_PY", "BIGRAM_PY", "RAISES_PY", "WARMUP_FAILS_PY", "SYNTAX_ERROR_PY",
     "NAMED_PY", "NAMED_CONFIG", "WORDS_PY", "WORDS_VOCAB", "WORDS_PROMPT_CHARS", "words_encode",
     "AFFINE_CONFIG", "BIGRAM_CONFIG", "BIGRAM_VOCAB", "CLIENT_GEN_SEEDS",
-    "write_client_repository", "BF16_CONFIG", "BF16_PY", "write_py", "write_affine", "affine", "bigram_table",
+    "write_client_repository", "BF16_CONFIG", "BF16_PY", "BF16_IN_CONFIG", "BF16_ID_PY", "write_py", "write_affine",
+    "affine", "bigram_table",
     "bigram_greedy", "move_in", "remove_version",
 ]
 
@@ -318,6 +319,20 @@ class Model:
         return {"y": (x * 2).astype(ml_dtypes.bfloat16)}
 """
 
+#: ``bfid``'s config: ``bf``'s with a bfloat16 input.
+BF16_IN_CONFIG = BF16_CONFIG.replace('dtype = "float32"', 'dtype = "bfloat16"', 1)
+
+#: ``bfid``: ``y = x``, a bfloat16 input answered as it was received (the clients sending bfloat16).
+BF16_ID_PY = """
+class Model:
+    def __init__(self, version_dir):
+        pass
+
+    def predict(self, x):                                   # one input: the array itself
+        assert x.dtype.name == "bfloat16", x.dtype
+        return {"y": x.copy()}
+"""
+
 RAISES_PY = """
 class Model:
     def __init__(self, version_dir):
@@ -406,7 +421,8 @@ def write_client_repository(root: Path | str) -> Path:
     """The repository the clients' tests serve: ``adm`` (:data:`AFFINE_PY`, ``bias = version``,
     versions 1, 2, 10 and a 3 without a model file), ``gen`` (:data:`BIGRAM_PY`, versions 1
     and 2 with :data:`CLIENT_GEN_SEEDS`), ``two`` (:data:`NAMED_PY`) and ``pix`` (:data:`PIX_PY`:
-    uint8 and float16 tensors) and ``bf`` (:data:`BF16_PY`: a bfloat16 output)."""
+    uint8 and float16 tensors), ``bf`` (:data:`BF16_PY`: a bfloat16 output) and ``bfid``
+    (:data:`BF16_ID_PY`: a bfloat16 input answered as it came)."""
     root = Path(root)
     (root / "adm").mkdir(parents=True)
     (root / "adm" / "config.toml").write_text(AFFINE_CONFIG)
@@ -426,4 +442,7 @@ def write_client_repository(root: Path | str) -> Path:
     (root / "bf").mkdir()
     (root / "bf" / "config.toml").write_text(BF16_CONFIG)
     write_py(root / "bf" / "1", BF16_PY)
+    (root / "bfid").mkdir()
+    (root / "bfid" / "config.toml").write_text(BF16_IN_CONFIG)
+    write_py(root / "bfid" / "1", BF16_ID_PY)
     return root

@@ -220,12 +220,13 @@ export type Outputs = number[][] | Record<string, unknown[]> | Tensor | Record<s
 
 /** Wire dtypes of binary tensor frames. */
 export type TensorDtype = 'float32' | 'float64' | 'int32' | 'int64' | 'bool'
-  | 'int8' | 'int16' | 'uint8' | 'uint16' | 'uint32' | 'uint64' | 'float16';
-/** The TypedArray of each wire dtype (`bool`: one byte per value, 0 or 1; `float16`: raw half-precision bits). */
+  | 'int8' | 'int16' | 'uint8' | 'uint16' | 'uint32' | 'uint64' | 'float16' | 'bfloat16';
+/** The TypedArray of each wire dtype (`bool`: one byte per value, 0 or 1; `float16`, `bfloat16`: raw bits;
+ *  an input `{data: Float32Array, dtype: 'bfloat16'}` is rounded to bfloat16 by {@link toTensor}). */
 export interface TensorDataTypes {
   float32: Float32Array; float64: Float64Array; int32: Int32Array; int64: BigInt64Array; bool: Uint8Array;
   int8: Int8Array; int16: Int16Array; uint8: Uint8Array; uint16: Uint16Array; uint32: Uint32Array;
-  uint64: BigUint64Array; float16: Uint16Array;
+  uint64: BigUint64Array; float16: Uint16Array; bfloat16: Uint16Array;
 }
 /** Raw values in C order with their shape (batch dimension first). */
 export interface Tensor<D extends TensorDtype = TensorDtype> {
@@ -236,13 +237,18 @@ export interface Tensor<D extends TensorDtype = TensorDtype> {
 /** A binary input: a tensor (`dtype` inferred from `data`; `shape` defaults to one row), or a bare TypedArray (one row). */
 export type TensorInput =
   | Float32Array | Float64Array | Int32Array | BigInt64Array | Int8Array | Int16Array | Uint32Array | BigUint64Array
-  | { data: TensorDataTypes[TensorDtype]; shape?: number[]; dtype?: TensorDtype };
+  | { data: TensorDataTypes[TensorDtype]; shape?: number[]; dtype?: TensorDtype }
+  | { data: Float32Array; shape?: number[]; dtype: 'bfloat16' };
 export declare const TENSOR_DTYPES: Readonly<{
   float32: Float32ArrayConstructor; float64: Float64ArrayConstructor; int32: Int32ArrayConstructor;
   int64: BigInt64ArrayConstructor; bool: Uint8ArrayConstructor; int8: Int8ArrayConstructor;
   int16: Int16ArrayConstructor; uint8: Uint8ArrayConstructor; uint16: Uint16ArrayConstructor;
   uint32: Uint32ArrayConstructor; uint64: BigUint64ArrayConstructor; float16: Uint16ArrayConstructor;
+  bfloat16: Uint16ArrayConstructor;
 }>;
+/** The 16-bit patterns of the bfloat16 values nearest float32 ones: ties to even, as ml_dtypes rounds
+ *  (beyond ±3.3895e38 by half a step: an infinity; NaN: the quiet NaN of its sign). */
+export declare function float32ToBfloat16(values: Float32Array): Uint16Array;
 /** Checks and normalises a binary input; throws `TypeError` when sizes or types do not match. */
 export declare function toTensor(value: TensorInput, what?: string): Tensor;
 /** One binary tensor frame (request side): header `fields` plus one tensor or `{name: tensor}`. */

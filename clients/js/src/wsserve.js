@@ -516,16 +516,17 @@ function exceedsBytes(text, limit) {
 // ------------------------------------------------------------ binary tensor frames
 
 /**
- * Wire dtype → TypedArray constructor (bool travels as one byte, 0 or 1; float16 as its raw
- * IEEE 754 half-precision bits in a Uint16Array: JavaScript has no Float16Array here). A bare
- * Uint8Array is taken as bool and a bare Uint16Array as uint16: give `dtype: 'uint8'` or
- * `dtype: 'float16'` to say otherwise. The server lists what it takes in `hello.binary_dtypes`
- * (a server before that list took float32, float64, int32, int64 and bool).
+ * Wire dtype → TypedArray constructor (bool travels as one byte, 0 or 1; float16 and bfloat16 as
+ * their raw bits in a Uint16Array: JavaScript has no Float16Array here). A bare Uint8Array is taken
+ * as bool and a bare Uint16Array as uint16: give `dtype: 'uint8'`, `'float16'` or `'bfloat16'` to say
+ * otherwise (a Float32Array with `dtype: 'bfloat16'` is rounded to it: `toTensor`). The server lists
+ * what it takes in `hello.binary_dtypes` (a server before that list took float32, float64, int32,
+ * int64 and bool).
  */
 export const TENSOR_DTYPES = Object.freeze({
   float32: Float32Array, float64: Float64Array, int32: Int32Array, int64: BigInt64Array, bool: Uint8Array,
   int8: Int8Array, int16: Int16Array, uint8: Uint8Array, uint16: Uint16Array, uint32: Uint32Array,
-  uint64: BigUint64Array, float16: Uint16Array,
+  uint64: BigUint64Array, float16: Uint16Array, bfloat16: Uint16Array,
 });
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
@@ -537,14 +538,16 @@ function dtypeOf(data) {
 /**
  * A tensor from `{data, shape, dtype?}` (data a TypedArray of `TENSOR_DTYPES`: Float32Array,
  * Float64Array, Int32Array, BigInt64Array, Uint8Array for `dtype: 'bool'` or `'uint8'`, Int8Array,
- * Int16Array, Uint16Array for `'uint16'` or `'float16'`, Uint32Array, BigUint64Array), or a bare TypedArray
- * (one row: shape `[1, length]`). Throws `TypeError` when sizes or types do not match.
+ * Int16Array, Uint16Array for `'uint16'`, `'float16'` or `'bfloat16'` (raw bits), Uint32Array,
+ * BigUint64Array; a Float32Array with `dtype: 'bfloat16'` is rounded to it: `float32ToBfloat16`), or a
+ * bare TypedArray (one row: shape `[1, length]`). Throws `TypeError` when sizes or types do not match.
  */
 export function toTensor(value, what = 'inputs') {
-  const t = ArrayBuffer.isView(value) ? { data: value, shape: [1, value.length] } : value;
+  let t = ArrayBuffer.isView(value) ? { data: value, shape: [1, value.length] } : value;
   if (t === null || typeof t !== 'object' || !ArrayBuffer.isView(t.data) || t.data instanceof DataView) {
     throw new TypeError(`${what} must be a TypedArray or {data: TypedArray, shape: number[]} for a binary predict`);
   }
+  if (t.dtype === 'bfloat16' && t.data instanceof Float32Array) t = { ...t, data: float32ToBfloat16(t.data) };
   const dtype = t.dtype ?? dtypeOf(t.data);
   if (dtype === null || !(dtype in TENSOR_DTYPES) || !(t.data instanceof TENSOR_DTYPES[dtype])) {
     throw new TypeError(`${what}: a ${t.data.constructor.name} is not one of the wire dtypes (${Object.keys(TENSOR_DTYPES).join(', ')})`);
@@ -621,6 +624,22 @@ function withAttributions(frame, explain) {
 }
 
 /**
+ * The bfloat16 values nearest float32 ones, as their 16-bit patterns (the upper half of the float32
+ * of the same value): ties to even, as `ml_dtypes` (and the server) round; a value beyond bfloat16's
+ * ±3.3895e38 by half a step becomes an infinity, NaN the quiet NaN of its sign (the server refuses
+ * both in a request).
+ */
+export function float32ToBfloat16(values) {
+  const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i];
+    out[i] = (w & 0x7fffffff) > 0x7f800000 ? ((w >>> 16) & 0x8000) | 0x7fc0 : (w + 0x7fff + ((w >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}
+
+/**
  * bfloat16 values (their 16-bit patterns: the upper half of the float32 of the same value) as
  * those float32 values, exactly.
  */
@@ -634,7 +653,7 @@ let utf8Decoder = null;
 /**
  * A binary reply (`result` or `chunk`) as a frame object whose `outputs` is a tensor
  * `{data, shape, dtype}` (or `{name: tensor}` for named outputs). A `bfloat16` tensor (a Triton
- * `TYPE_BF16` model's output; this client never sends one) comes widened to `float32`, a
+ * `TYPE_BF16` model's output) comes widened to `float32`, a
  * Float32Array holding each value exactly. Throws on a malformed frame.
  */
 export function decodeTensorFrame(buffer) {

@@ -3,12 +3,16 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 
 import {
   Client, BadRequestError, InvalidInput, RequestTooLarge, encodeTensorFrame, decodeTensorFrame, splitAttributions, toTensor,
-  TENSOR_DTYPES,
+  TENSOR_DTYPES, float32ToBfloat16,
 } from 'wsserve-client';
-import { startServer } from './helpers/server.js';
+import { startServer, PYTHON, REPO_ROOT } from './helpers/server.js';
+
+const run = promisify(execFile);
 
 describe('binary tensor frames (codec)', () => {
   it('encodes the byte-level example of docs/PROTOCOL.md', () => {
@@ -40,6 +44,28 @@ describe('binary tensor frames (codec)', () => {
       assert.ok(back.outputs[name].data instanceof TENSOR_DTYPES[t.dtype]);
     }
     assert.throws(() => decodeTensorFrame(reply.slice(0, reply.length - 1).buffer), /payload shorter|beyond/);
+  });
+
+  it('rounds float32 values to bfloat16 as ml_dtypes does; a Uint16Array with dtype bfloat16 is its bits', async () => {
+    // ml_dtypes (the server's) gives the expected bit patterns: random float32 patterns (NaNs,
+    // infinities and subnormals among them) and the edges of rounding (ties, overflow, NaN payloads)
+    const { stdout } = await run(PYTHON, ['-c', [
+      'import json, numpy as np, ml_dtypes',
+      'w = np.random.default_rng(16).integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)',
+      'w = np.concatenate([w, np.array([0x7F7FFFFF, 0xFF7F8000, 0x7F7F7FFF, 0x3F808000, 0x3F818000, 0x7FC00000,'
+        + ' 0xFFC00001, 0x7F800001, 0x7F800000, 0xFF800000, 0, 0x80000000, 0x8000, 0x18000, 1], np.uint32)])',
+      'with np.errstate(invalid="ignore"): b = w.view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)',
+      'print(json.dumps([w.tolist(), b.tolist()]))',
+    ].join('\n')], { cwd: REPO_ROOT, maxBuffer: 1 << 24 });
+    const [words, want] = JSON.parse(stdout);
+    const values = new Float32Array(new Uint32Array(words).buffer);
+    assert.deepEqual(Array.from(float32ToBfloat16(values)), want);
+    const t = toTensor({ data: values, shape: [words.length], dtype: 'bfloat16' });
+    assert.ok(t.data instanceof Uint16Array && t.dtype === 'bfloat16');
+    assert.deepEqual(Array.from(t.data), want);
+    const bits = new Uint16Array([0x3fc0, 0x3f80]);
+    assert.equal(toTensor({ data: bits, dtype: 'bfloat16' }).data, bits); // its bits as they are
+    assert.throws(() => toTensor({ data: new Float64Array([1]), dtype: 'bfloat16' }), /Float64Array is not one of the wire dtypes/);
   });
 
   it('splits an explained answer into its output and its <output>_attributions tensor', () => {

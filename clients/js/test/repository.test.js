@@ -97,7 +97,7 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
 
   it('models() lists every version with its state', async () => {
     const models = Object.fromEntries((await c.models()).map((m) => [m.name, m]));
-    assert.deepEqual(Object.keys(models).sort(), ['adm', 'bf', 'gen', 'pix', 'two']);
+    assert.deepEqual(Object.keys(models).sort(), ['adm', 'bf', 'bfid', 'gen', 'pix', 'two']);
     assert.equal(models.adm.version, '10');
     assert.deepEqual(models.adm.versions.map((v) => [v.version, v.state]), [['1', 'ready'], ['2', 'ready'], ['3', 'failed'], ['10', 'ready']]);
     assert.match(models.adm.versions[2].reason, /holds no model file \(model\.onnx, model\.npz, model\.py\)$/);
@@ -144,6 +144,20 @@ describe('repository models: versions, named tensors, admin calls', { timeout: 1
     assert.deepEqual(Array.from(r.outputs.data), x.map((v) => 2 * v));
     const json = await c.predict('bf', [x.slice(0, 3), x.slice(3)]);
     assert.deepEqual(json.outputs.flat(), x.map((v) => 2 * v));
+  });
+
+  it('a bfloat16 input: float32 values rounded to it by the client, or its bits as they are', async () => {
+    // bfid answers its bfloat16 input as it came. Ties go to the even neighbour (1 + 2**-8 -> 1,
+    // 1 + 3 * 2**-8 -> 1 + 2**-6); ml_dtypes makes the same of these values: 0x3fc0 ... 0xc780
+    const x = [1.5, 1.00390625, 1.01171875, -3.140625, 0.1, -65504];
+    const want = [1.5, 1, 1.015625, -3.140625, 0.10009765625, -65536];
+    const r = await c.predict('bfid', { data: new Float32Array(x), shape: [2, 3], dtype: 'bfloat16' }, { binary: true });
+    assert.equal(r.outputs.dtype, 'float32');
+    assert.deepEqual(r.outputs.shape, [2, 3]);
+    assert.deepEqual(Array.from(r.outputs.data), want);
+    const bits = new Uint16Array([0x3fc0, 0x3f80, 0x3f82, 0xc049, 0x3dcd, 0xc780]);
+    const raw = await c.predict('bfid', { data: bits, shape: [2, 3], dtype: 'bfloat16' }, { binary: true });
+    assert.deepEqual(Array.from(raw.outputs.data), want);
   });
 
   it('admin calls without the admin key reject with Forbidden, and change nothing', async () => {

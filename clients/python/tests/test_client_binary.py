@@ -201,3 +201,54 @@ async def test_a_uint64_array_is_never_wrapped_around_into_int64(server: ServerP
         assert got.outputs.tolist() == want.outputs
     finally:
         await c.close()
+
+
+def test_float_values_round_to_bfloat16_as_ml_dtypes_rounds() -> None:
+    """The client's float -> bfloat16 rounding (pure Python for float32 bytes, numpy for float16,
+    float32 and float64 arrays) gives ml_dtypes' bit patterns: ties to even, overflow to infinities,
+    subnormals, NaN the quiet NaN of its sign; float64 rounded once (not through float32)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from wsserve_client.tensors import float32_to_bfloat16
+
+    rng = np.random.default_rng(16)
+    words = np.concatenate([rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32), np.array(
+        [0x7F7FFFFF, 0xFF7F8000, 0x7F7F7FFF, 0x3F808000, 0x3F818000, 0x7FC00000, 0xFFC00001, 0x7F800001,
+         0x7F800000, 0xFF800000, 0, 0x80000000, 0x00008000, 0x00018000, 1], np.uint32)])
+    f32 = words.view(np.float32)
+    with np.errstate(invalid="ignore"):
+        want = f32.astype(ml_dtypes.bfloat16).view(np.uint16)
+    assert np.frombuffer(float32_to_bfloat16(f32.tobytes()), "<u2").tolist() == want.tolist()
+    assert np.frombuffer(as_tensor(f32, dtype="bfloat16").data, "<u2").tolist() == want.tolist()
+    f64 = np.concatenate([rng.integers(0, 2**64, 100_000, dtype=np.uint64).view(np.float64),
+                          rng.standard_normal(100_000) * 10.0 ** rng.integers(-45, 40, 100_000),
+                          [1 + 2**-8 + 2**-30, 3.3961e38, 3.3959e38, 1e300, -1e-300, 2**-134, 2**-134 * 1.0000001]])
+    with np.errstate(all="ignore"):
+        want = f64.astype(ml_dtypes.bfloat16).view(np.uint16)
+    assert np.frombuffer(as_tensor(f64, dtype="bfloat16").data, "<u2").tolist() == want.tolist()
+    f16 = rng.standard_normal(1000).astype(np.float16)
+    assert as_tensor(f16, dtype="bfloat16").data == f16.astype(ml_dtypes.bfloat16).tobytes()
+
+
+def test_bfloat16_tensors_are_made_from_values_or_bit_patterns() -> None:
+    """What ``as_tensor`` takes with ``dtype="bfloat16"``, and what it refuses."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from wsserve_client.codec import encode_predict, parse_hello
+
+    x = np.array([[1.0, -2.5, 3.0]], ml_dtypes.bfloat16)
+    bits = x.view(np.uint16)
+    for value in (x, bits, bits.tobytes(), array.array("H", bits.ravel().tolist()), np.asarray(x, np.float32)):
+        t = as_tensor(value, dtype="bfloat16", shape=(1, 3))
+        assert t == Tensor(bits.tobytes(), "bfloat16", (1, 3)), type(value)
+        assert t.tolist() == [[1.0, -2.5, 3.0]] and t.numpy().dtype == np.float32
+    dtype, values = _sent(encode_predict(1, "m", x, binary=True, dtypes=("bfloat16",)))
+    assert dtype == "bfloat16" and values.view(np.uint16).tolist() == bits.ravel().tolist()
+    dtype, values = _sent(encode_predict(1, "m", x, binary=True))  # a server that does not list it: float32
+    assert dtype == "float32" and values.tolist() == [1.0, -2.5, 3.0]
+    assert parse_hello({"type": "hello", "binary_dtypes": ["float16", "bfloat16"]}).binary_dtypes == (
+        "float16", "bfloat16")
+    with pytest.raises(TypeError, match="dtype='bfloat16' takes float values or uint16 bit patterns"):
+        as_tensor(np.array([1], np.int32), dtype="bfloat16")
+    with pytest.raises(TypeError, match="typecode 'd'"):
+        as_tensor(array.array("d", [1.0]), dtype="bfloat16")
+    with pytest.raises(TypeError, match="dtype='float16' is taken only with raw bytes"):
+        as_tensor(np.array([1.0]), dtype="float16")

@@ -24,6 +24,7 @@ from wsserve_client import (
     Unauthorized,
     UnknownModelError,
     VersionStatus,
+    as_tensor,
 )
 
 from tests.repo_models import CLIENT_GEN_SEEDS as GEN_SEEDS
@@ -213,3 +214,58 @@ def test_a_bfloat16_output_comes_back_as_float32_without_numpy(server: ServerPro
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"float32 (2, 3) {(2 * np.array(BF_X)).tolist()}"
+
+
+#: Values ``bfid`` (a bfloat16 input answered as it came) is sent: exact ones, ties (1 + 2**-8 rounds
+#: down to 1, 1 + 3 * 2**-8 up to 1 + 2**-6: to the even neighbour) and ones in between.
+BF_TIES = [[1.5, 1.00390625, 1.01171875], [-3.140625, 0.1, -65504.0]]
+
+
+async def test_bfloat16_inputs_go_as_bfloat16(server: ServerProcess) -> None:
+    """A bfloat16 input from float values (``as_tensor(x, dtype="bfloat16")``, rounded by the client,
+    ties to even, as ml_dtypes rounds), from their 16-bit patterns (a uint16 array with that dtype) and
+    from an ``ml_dtypes.bfloat16`` array: ``bfid`` answers what it received, exactly what ml_dtypes
+    makes of the values.  Before, the dtype was ignored (float32 sent), a uint16 array went as the
+    integers of its bit patterns, and a bfloat16 array was refused (``TypeError``)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    want = np.array(BF_TIES, np.float32).astype(ml_dtypes.bfloat16)
+    async with Client(server.url) as c:
+        await c.ping()
+        assert "bfloat16" in c.hello.binary_dtypes
+        for x in (np.array(BF_TIES, np.float32), np.array(BF_TIES, np.float64)):
+            t = as_tensor(x, dtype="bfloat16")
+            assert t.dtype == "bfloat16" and t.shape == (2, 3) and t.data == want.tobytes(), x.dtype
+            r = await c.predict("bfid", t, binary=True, timeout=30)
+            assert r.outputs.dtype == np.float32 and r.outputs.tolist() == want.astype(np.float32).tolist()
+        bits = as_tensor(want.view(np.uint16), dtype="bfloat16")
+        assert (await c.predict("bfid", bits, binary=True, timeout=30)).outputs.tolist() == r.outputs.tolist()
+        own = await c.predict("bfid", want, binary=True, timeout=30)  # bfloat16 is in the hello: as it is
+        assert own.outputs.tolist() == r.outputs.tolist()
+    async with Client(server.url) as c:  # no hello yet: widened to the float32 it holds, exactly
+        assert (await c.predict("bfid", want, binary=True, timeout=30)).outputs.tolist() == r.outputs.tolist()
+
+
+def test_bfloat16_inputs_without_numpy(server: ServerProcess) -> None:
+    """A child interpreter where ``import numpy`` fails: an ``array.array("f")`` with
+    ``dtype="bfloat16"`` is rounded in pure Python and sent as bfloat16."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["numpy"] = None  # import numpy now raises ImportError
+        import array, asyncio
+        from wsserve_client import Client, as_tensor
+
+        async def main():
+            async with Client({server.url!r}) as c:
+                x = as_tensor(array.array("f", [v for row in {BF_TIES!r} for v in row]), dtype="bfloat16",
+                              shape=(2, 3))
+                r = await c.predict("bfid", x, binary=True, timeout=30)
+                print(x.dtype, r.outputs.dtype, r.outputs.tolist())
+
+        asyncio.run(main())
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    want = np.array(BF_TIES, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32).tolist()
+    assert out.stdout.strip() == f"bfloat16 float32 {want}"

@@ -26,7 +26,7 @@ import asyncio
 import random
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from ._calls import Call, StreamCall
 from ._connection import Connection
@@ -64,6 +64,7 @@ class StreamOwner(Protocol):
 
 
 T = TypeVar("T")
+F = TypeVar("F")
 
 #: Extra seconds the client waits past a request's ``timeout`` for the server's own
 #: ``deadline_exceeded`` before giving up locally.
@@ -94,18 +95,23 @@ def _abandon_from_gc(conn: Connection, call: StreamCall) -> None:
         pass
 
 
-class _Stream(Generic[T]):
-    """Shared machinery; subclasses convert frames to items and keep the final frame.
+class _Stream(Generic[T, F]):
+    """Shared machinery: sending, retries, deadlines, cancellation, iteration to the terminal frame.
+    Subclasses convert each item frame to a ``T`` (:meth:`_item`) and the final ``done`` frame to an
+    ``F`` (:meth:`_final_of`), which :meth:`_completed` gives once iteration has ended normally.
 
     ``make_frame(request_id, timeout)`` encodes the request (``timeout``: seconds left, sent as
     ``timeout_ms``). ``timeout`` bounds the whole stream from the first send on (connecting,
     waiting for a slot, retries, every item) plus :data:`DEADLINE_GRACE_S`.
     ``max_buffer_bytes`` bounds the frames held unread (:class:`StreamOverflow` past it).
+    ``as_numpy``: the items' outputs as numpy arrays (for the subclasses whose items hold outputs).
     """
 
     #: Frame type of one item, and whether a plain ``result`` is accepted as the whole stream.
     item_kind = "chunk"
     accepts_result = True
+    #: What the stream is called when its final frame is asked for before it completed.
+    what = "stream"
 
     def __init__(
         self,
@@ -115,6 +121,7 @@ class _Stream(Generic[T]):
         timeout: float | None,
         retry: RetryPolicy | None,
         max_buffer_bytes: int | None = None,
+        as_numpy: bool = False,
     ) -> None:
         self._client = client
         self._make_frame = make_frame
@@ -130,13 +137,27 @@ class _Stream(Generic[T]):
         self._received = 0
         self._attempt = 0
         self._ended = False  # no more items: done seen, error raised, or closed by the caller
+        self._as_numpy = as_numpy
+        self._final: F | None = None  # the parsed ``done`` frame, once iteration reached it
 
     # -- subclass hooks --------------------------------------------------------------------
     def _item(self, frame: dict[str, Any]) -> T:
+        """One item frame as the item iteration yields (``ProtocolError`` for a malformed one)."""
         raise NotImplementedError
 
-    def _on_done(self, frame: dict[str, Any]) -> None:
+    def _final_of(self, frame: dict[str, Any]) -> F:
+        """The ``done`` frame as what the stream keeps of it (``ProtocolError`` for a malformed one)."""
         raise NotImplementedError
+
+    def _completed(self) -> F:
+        """The parsed final frame.
+
+        Raises:
+            RuntimeError: the stream has not completed (still running, failed or closed).
+        """
+        if self._final is None:
+            raise RuntimeError(f"{self.what} has not completed; iterate it to the end first")
+        return self._final
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -149,7 +170,7 @@ class _Stream(Generic[T]):
         """True once iteration can yield nothing more (done, error, or closed)."""
         return self._ended
 
-    async def __aenter__(self) -> _Stream[T]:
+    async def __aenter__(self) -> Self:
         if self._call is None and not self._ended:
             await self._start()
         return self
@@ -157,7 +178,7 @@ class _Stream(Generic[T]):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> _Stream[T]:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> T:
@@ -215,7 +236,7 @@ class _Stream(Generic[T]):
                 self._ended = True
                 self._detach()
                 assert call.final is not None
-                self._on_done(call.final)  # ProtocolError for a malformed done
+                self._final = self._final_of(call.final)  # ProtocolError for a malformed done
                 raise StopAsyncIteration
             self._received += 1
             try:
@@ -288,11 +309,26 @@ class _Stream(Generic[T]):
             self._conn.abandon(self._call)
 
 
-class PredictStream(_Stream[Chunk]):
+class _SummarizedStream(_Stream[T, F]):
+    """A stream of tensors whose final ``done`` frame is its :attr:`summary`."""
+
+    @property
+    def summary(self) -> F:
+        """The final ``done`` frame.
+
+        Raises:
+            RuntimeError: the stream has not completed (still running, failed or closed).
+        """
+        return self._completed()
+
+
+class PredictStream(_SummarizedStream[Chunk, StreamSummary]):
     """``async for chunk in client.predict_stream(...)``: :class:`Chunk` objects in order.
 
     After iteration completes, :attr:`summary` holds the ``done`` frame (rows, timing).
     """
+
+    what = "predict stream"
 
     def __init__(
         self,
@@ -305,34 +341,18 @@ class PredictStream(_Stream[Chunk]):
         explain: bool = False,
         max_buffer_bytes: int | None = None,
     ) -> None:
-        super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
-        self._as_numpy = as_numpy
+        super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes,
+                         as_numpy=as_numpy)
         self._explain = explain
-        self._summary: StreamSummary | None = None
-
-    async def __aenter__(self) -> PredictStream:
-        await super().__aenter__()
-        return self
 
     def _item(self, frame: dict[str, Any]) -> Chunk:
         return parse_chunk(frame, as_numpy=self._as_numpy, explain=self._explain)
 
-    def _on_done(self, frame: dict[str, Any]) -> None:
-        self._summary = parse_stream_done(frame)
-
-    @property
-    def summary(self) -> StreamSummary:
-        """The final ``done`` frame.
-
-        Raises:
-            RuntimeError: the stream has not completed (still running, failed or closed).
-        """
-        if self._summary is None:
-            raise RuntimeError("predict stream has not completed; iterate it to the end first")
-        return self._summary
+    def _final_of(self, frame: dict[str, Any]) -> StreamSummary:
+        return parse_stream_done(frame)
 
 
-class ResponseStream(_Stream[Response]):
+class ResponseStream(_SummarizedStream[Response, ResponsesSummary]):
     """``async for response in client.predict_responses(...)``: a decoupled model's
     :class:`Response` objects as it sends them (any number, zero included).
 
@@ -343,44 +363,16 @@ class ResponseStream(_Stream[Response]):
 
     item_kind = "response"
     accepts_result = False
-
-    def __init__(
-        self,
-        client: StreamOwner,
-        make_frame: Callable[[int, float | None], bytes],
-        *,
-        timeout: float | None,
-        retry: RetryPolicy | None,
-        as_numpy: bool,
-        max_buffer_bytes: int | None = None,
-    ) -> None:
-        super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
-        self._as_numpy = as_numpy
-        self._summary: ResponsesSummary | None = None
-
-    async def __aenter__(self) -> ResponseStream:
-        await super().__aenter__()
-        return self
+    what = "response stream"
 
     def _item(self, frame: dict[str, Any]) -> Response:
         return parse_response(frame, as_numpy=self._as_numpy)
 
-    def _on_done(self, frame: dict[str, Any]) -> None:
-        self._summary = parse_responses_done(frame)
-
-    @property
-    def summary(self) -> ResponsesSummary:
-        """The final ``done`` frame.
-
-        Raises:
-            RuntimeError: the stream has not completed (still running, failed or closed).
-        """
-        if self._summary is None:
-            raise RuntimeError("response stream has not completed; iterate it to the end first")
-        return self._summary
+    def _final_of(self, frame: dict[str, Any]) -> ResponsesSummary:
+        return parse_responses_done(frame)
 
 
-class Generation(_Stream[str]):
+class Generation(_Stream[str, GenerationResult]):
     """``async for text in client.generate(...)``: token texts (one character each for
     ``charlm``) as they are generated.
 
@@ -393,6 +385,7 @@ class Generation(_Stream[str]):
 
     item_kind = "token"
     accepts_result = False
+    what = "generation"
 
     def __init__(
         self,
@@ -407,11 +400,6 @@ class Generation(_Stream[str]):
         super().__init__(client, make_frame, timeout=timeout, retry=retry, max_buffer_bytes=max_buffer_bytes)
         self._parts: list[str] = []
         self._logprobs: list[TokenLogprob] | None = [] if logprobs else None
-        self._result: GenerationResult | None = None
-
-    async def __aenter__(self) -> Generation:
-        await super().__aenter__()
-        return self
 
     def _item(self, frame: dict[str, Any]) -> str:
         text = parse_token(frame)
@@ -420,8 +408,8 @@ class Generation(_Stream[str]):
         self._parts.append(text)
         return text
 
-    def _on_done(self, frame: dict[str, Any]) -> None:
-        self._result = parse_generation_done(frame, "".join(self._parts), self._logprobs)
+    def _final_of(self, frame: dict[str, Any]) -> GenerationResult:
+        return parse_generation_done(frame, "".join(self._parts), self._logprobs)
 
     @property
     def text(self) -> str:
@@ -443,6 +431,4 @@ class Generation(_Stream[str]):
         Raises:
             RuntimeError: the generation has not completed (still running, failed or closed).
         """
-        if self._result is None:
-            raise RuntimeError("generation has not completed; iterate it to the end first")
-        return self._result
+        return self._completed()

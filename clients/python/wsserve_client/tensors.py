@@ -7,6 +7,9 @@ raw little-endian bytes in C order. The header describes one tensor with ``dtype
 
 - :class:`Tensor` holds raw bytes with their dtype and shape; :func:`as_tensor` makes one
   from a numpy array, an ``array.array`` (with a shape) or bytes (with a dtype and a shape).
+- bfloat16 (Triton's ``TYPE_BF16``) is sent from float values rounded to it
+  (``as_tensor(x, dtype="bfloat16")``, :func:`float32_to_bfloat16`: no ``ml_dtypes`` needed),
+  from their 16-bit patterns, or from an ``ml_dtypes.bfloat16`` array (known by its dtype's name).
 - :func:`encode_frame` builds a request; :func:`decode_frame` reads a reply into a frame
   dict whose ``outputs`` are numpy arrays (numpy installed and ``as_numpy``) or
   :class:`Tensor` objects (``.tolist()`` gives nested lists without numpy).
@@ -25,13 +28,18 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DTYPES", "Tensor", "BinaryFrame", "as_tensor", "encode_frame", "decode_frame", "peek_header"]
+__all__ = ["DTYPES", "BFLOAT16", "Tensor", "BinaryFrame", "as_tensor", "float32_to_bfloat16", "encode_frame",
+           "decode_frame", "peek_header"]
 
-#: wire dtype -> (struct/array format, bytes per value)
+#: The wire name of bfloat16 values (Triton's ``TYPE_BF16``, the OIP's ``BF16``): 2 bytes a value,
+#: little-endian, the upper half of the float32 of the same value.
+BFLOAT16 = "bfloat16"
+#: wire dtype -> (struct/array format, bytes per value); bfloat16's format is that of its 16-bit
+#: patterns (``H``): :meth:`Tensor.tolist` and :meth:`Tensor.numpy` give the float32 values they are.
 DTYPES: Mapping[str, tuple[str, int]] = {
     "float32": ("f", 4), "float64": ("d", 8), "int32": ("i", 4), "int64": ("q", 8), "bool": ("?", 1),
     "float16": ("e", 2), "int8": ("b", 1), "int16": ("h", 2),
-    "uint8": ("B", 1), "uint16": ("H", 2), "uint32": ("I", 4), "uint64": ("Q", 8),
+    "uint8": ("B", 1), "uint16": ("H", 2), "uint32": ("I", 4), "uint64": ("Q", 8), BFLOAT16: ("H", 2),
 }
 #: The dtypes every wsserve server takes in a binary frame (one whose ``hello`` lists no
 #: ``binary_dtypes``): an array of another dtype is widened to one of these unless the server lists it.
@@ -68,20 +76,25 @@ class Tensor:
             raise ValueError(f"{len(self.data)} bytes do not hold shape {list(self.shape)} of {self.dtype} ({want} bytes)")
 
     def tolist(self) -> list[Any]:
-        """The values as nested lists (no numpy needed)."""
-        fmt, size = DTYPES[self.dtype]
-        count = len(self.data) // size
+        """The values as nested lists (no numpy needed); bfloat16's as the float32 values they are."""
+        data, (fmt, size) = self.data, DTYPES[self.dtype]
+        if self.dtype == BFLOAT16:
+            data, fmt, size = _bfloat16_to_float32(data), "f", 4
+        count = len(data) // size
         if not count:  # a 0 in the shape: nested lists down to the first 0, which is an empty list
             return _empty(self.shape)
-        flat: list[Any] = list(struct.unpack(f"<{count}{fmt}", self.data))
+        flat: list[Any] = list(struct.unpack(f"<{count}{fmt}", data))
         for d in reversed(self.shape[1:]):
             flat = [flat[i : i + d] for i in range(0, len(flat), d)]
         return flat
 
     def numpy(self) -> Any:
-        """The values as a numpy array (a copy, writable). Raises ``ImportError`` without numpy."""
+        """The values as a numpy array (a copy, writable; bfloat16's as the float32 values they are,
+        numpy having no bfloat16). Raises ``ImportError`` without numpy."""
         import numpy as np
 
+        if self.dtype == BFLOAT16:
+            return np.frombuffer(_bfloat16_to_float32(self.data), dtype="<f4").reshape(self.shape).copy()
         return np.frombuffer(self.data, dtype=np.dtype(DTYPES_NP[self.dtype])).reshape(self.shape).copy()
 
 
@@ -93,10 +106,21 @@ _NP_NAMES = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8", "i
              "i8": "int64", "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64", "b1": "bool"}
 
 
+def _is_bfloat16(dtype: Any) -> bool:
+    """``dtype`` is ``ml_dtypes.bfloat16``'s (known by its name: ``ml_dtypes`` is never imported)."""
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == BFLOAT16
+
+
 def _numpy_tensor(value: Any, keep: Collection[str] = ()) -> Tensor | None:
     np = sys.modules.get("numpy")
     if np is None or not isinstance(value, np.ndarray):
         return None
+    if _is_bfloat16(value.dtype):  # its own dtype where the server takes it, else the float32 it is (exact)
+        bits = np.ascontiguousarray(value).view(np.uint16).astype("<u2")
+        shape = tuple(int(d) for d in value.shape) or (1,)
+        if BFLOAT16 in keep:
+            return Tensor(bits.tobytes(), BFLOAT16, shape)
+        return Tensor(_bfloat16_to_float32(bits.tobytes()), "float32", shape)
     kind, size = value.dtype.kind, value.dtype.itemsize
     own = _NP_NAMES.get(f"{kind}{size}")
     if own is not None and (own in keep or own in CLASSIC_DTYPES):
@@ -126,16 +150,30 @@ def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | No
     :class:`Tensor` (returned as is).
 
     A numpy array goes in its own dtype when that is float32, float64, int32, int64 or bool, or
-    is in ``keep`` (the server's ``hello`` ``binary_dtypes``: float16, uint8 ...); otherwise it is
-    widened (float16 -> float32, uint8 -> int32, uint32 -> int64), as every server takes; a uint64
-    array only when int64 holds every value (never wrapped around).
+    is in ``keep`` (the server's ``hello`` ``binary_dtypes``: float16, uint8, bfloat16 ...); otherwise
+    it is widened (float16 -> float32, uint8 -> int32, uint32 -> int64, an ``ml_dtypes.bfloat16``
+    array -> float32, each exactly), as every server takes; a uint64 array only when int64 holds
+    every value (never wrapped around).
+
+    ``dtype="bfloat16"`` with an array sends it as bfloat16 whatever ``keep`` says (a server that
+    does not take bfloat16 refuses it as an unknown dtype): float values (a numpy float16, float32
+    or float64 array, an ``array.array("f")``) rounded to the nearest bfloat16, ties to even, as
+    ``ml_dtypes`` rounds (a value beyond bfloat16's range becomes an infinity, NaN stays NaN; the
+    server refuses both); 16-bit patterns (a numpy uint16 or ``ml_dtypes.bfloat16`` array, an
+    ``array.array("H")``, or bytes) as they are. No other ``dtype`` is taken with an array.
 
     Raises:
-        TypeError: an unsupported value. ValueError: sizes that do not match, or a uint64 value
-            beyond int64 when uint64 is not in ``keep``.
+        TypeError: an unsupported value, or a ``dtype`` with an array other than ``"bfloat16"``.
+            ValueError: sizes that do not match, or a uint64 value beyond int64 when uint64 is not
+            in ``keep``.
     """
     if isinstance(value, Tensor):
         return value
+    if dtype is not None and not isinstance(value, (bytes, bytearray, memoryview)):
+        if dtype != BFLOAT16:
+            raise TypeError(f"dtype={dtype!r} is taken only with raw bytes (with an array: only 'bfloat16', "
+                            "to send its values rounded to bfloat16)")
+        return _bfloat16_tensor(value, shape)
     t = _numpy_tensor(value, keep)
     if t is not None:
         return t
@@ -162,6 +200,67 @@ def as_tensor(value: Any, *, dtype: str | None = None, shape: Sequence[int] | No
         return Tensor(bytes(value), dtype, tuple(shape))
     raise TypeError(f"binary inputs must be a numpy array, array.array, bytes (with dtype and shape) or Tensor, "
                     f"got {type(value).__name__}")
+
+
+def _bfloat16_tensor(value: Any, shape: Sequence[int] | None) -> Tensor:
+    """``as_tensor(value, dtype="bfloat16", shape=shape)`` of an array (see :func:`as_tensor`)."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
+        if _is_bfloat16(value.dtype) or (value.dtype.kind == "u" and value.dtype.itemsize == 2):
+            bits = np.ascontiguousarray(value).view(np.uint16).astype("<u2")
+        elif value.dtype.kind == "f":
+            bits = _numpy_bfloat16_bits(np, value)
+        else:
+            raise TypeError(f"dtype='bfloat16' takes float values or uint16 bit patterns, not a numpy array of "
+                            f"dtype {value.dtype}")
+        given = tuple(int(d) for d in value.shape) or (1,)
+        return Tensor(bits.tobytes(), BFLOAT16, tuple(shape) if shape is not None else given)
+    if isinstance(value, array.array) and value.typecode in "fH" and value.itemsize == (4 if value.typecode == "f" else 2):
+        words = array.array(value.typecode, value)
+        if not _LITTLE:
+            words.byteswap()
+        raw = words.tobytes()
+        return Tensor(float32_to_bfloat16(raw) if value.typecode == "f" else raw, BFLOAT16,
+                      tuple(shape) if shape is not None else (len(value),))
+    raise TypeError("dtype='bfloat16' takes a numpy float, uint16 or ml_dtypes.bfloat16 array, an array.array "
+                    f"of typecode 'f' or 'H', or bytes; got {type(value).__name__}"
+                    + (f" of typecode {value.typecode!r}" if isinstance(value, array.array) else ""))
+
+
+def _bfloat16_word(w: int) -> int:
+    """The bfloat16 nearest the float32 of bit pattern ``w`` (ties to even; NaN: the quiet NaN of its sign)."""
+    if w & 0x7FFFFFFF > 0x7F800000:
+        return (w >> 16) & 0x8000 | 0x7FC0
+    return (w + 0x7FFF + ((w >> 16) & 1)) >> 16
+
+
+def float32_to_bfloat16(raw: bytes) -> bytes:
+    """Little-endian float32 values as the little-endian bfloat16 values nearest them, ties to even,
+    as ``ml_dtypes`` rounds (a value beyond bfloat16's ±3.3895e38 by half a step becomes an infinity;
+    NaN stays NaN, the quiet one of its sign). Pure Python: no numpy needed."""
+    if len(raw) % 4:
+        raise ValueError(f"{len(raw)} bytes are not a whole number of float32 values")
+    words = struct.unpack(f"<{len(raw) // 4}I", raw)
+    return struct.pack(f"<{len(words)}H", *map(_bfloat16_word, words))
+
+
+def _numpy_bfloat16_bits(np: Any, value: Any) -> Any:
+    """The uint16 bit patterns of the bfloat16 values nearest a numpy float array's (ties to even, as
+    :func:`float32_to_bfloat16`).  float64 goes through float32 rounded *to odd* (an inexact result
+    has its last bit set), which keeps the final rounding the one of the float64 value itself."""
+    if value.dtype.itemsize > 4:
+        x = np.asarray(value, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = x.astype(np.float32)
+            back = f.astype(np.float64)
+        inexact = (back != x) & ~np.isnan(x)
+        towards_zero = np.where(inexact & (np.abs(back) > np.abs(x)), np.nextafter(f, np.float32(0)), f)
+        words = np.ascontiguousarray(towards_zero, dtype="<f4").view("<u4") | inexact.astype("<u4")
+    else:
+        words = np.ascontiguousarray(value, dtype="<f4").view("<u4")
+    nan = (words & 0x7FFFFFFF) > 0x7F800000
+    rounded = (words + 0x7FFF + ((words >> 16) & 1)) >> 16  # wraps only for a NaN, replaced below
+    return np.where(nan, (words >> 16) & 0x8000 | 0x7FC0, rounded).astype("<u2")
 
 
 def _empty(shape: Sequence[int]) -> list[Any]:
@@ -224,7 +323,7 @@ def _tensor(desc: Mapping[str, Any], payload: memoryview, offset: int) -> tuple[
 def decode_frame(data: bytes, *, as_numpy: bool) -> dict[str, Any]:
     """A binary reply as a frame dict: the header's fields, ``outputs`` (one tensor, or ``{name: tensor}``)
     as numpy arrays when ``as_numpy`` and numpy is installed, else :class:`Tensor`.  A ``bfloat16``
-    tensor (which this client never sends) comes widened to ``float32``, which holds each value exactly.
+    tensor comes widened to ``float32``, which holds each value exactly.
 
     Raises:
         ValueError: a malformed frame.
