@@ -277,3 +277,26 @@ async def test_a_slot_freed_while_handing_out_goes_to_the_backlog_at_once() -> N
     finally:
         model.gate.set()
         await worker.close()
+
+
+async def test_a_sink_is_told_while_its_request_waits_for_a_slot() -> None:
+    """``on_slot_wait(True)`` when a request is queued in a sequence without a slot, ``False`` when
+    the sequence gets one (a transport's count of the connection's requests reads it)."""
+    class _Told(_Sink):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.told: list[bool] = []
+
+        def on_slot_wait(self, waiting: bool) -> None:
+            self.told.append(waiting)
+
+    model = _Model()
+    worker = _worker(model, slots=1)
+    a1, b1, a2 = _Told(1, ("a", True, False)), _Told(2, ("b", True, True)), _Told(3, ("a", False, True))
+    for sink in (a1, b1, a2):
+        worker.submit(sink)
+    assert (a1.told, b1.told, a2.told) == ([], [True], [])
+    await asyncio.wait_for(b1.done.wait(), 30)  # a's END ran: b got the slot, then ran
+    assert (a1.told, b1.told, a2.told) == ([], [True, False], [])
+    assert b1.got == [[[2.0]]]
+    await worker.close()

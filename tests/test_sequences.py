@@ -441,3 +441,23 @@ def test_a_state_budget_shared_by_schedulers_bounds_what_all_their_sequences_kee
     b.done(b1, 0.1)
     b.drain()
     assert budget.used == 0
+
+
+def test_requests_waiting_for_a_slot_are_told_and_listed_once_their_sequence_gets_one() -> None:
+    s = SequenceScheduler("acc", slots=1)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    b1 = s.arrive(2, True, False, "b1", 0.0)
+    b2 = s.arrive(2, False, True, "b2", 0.0)
+    c1 = s.arrive(3, True, True, "c1", 0.0)
+    assert [s.waits_for_slot(p) for p in (a1, b1, b2, c1)] == [False, True, True, True]
+    (taken,) = s.take(0.0)
+    assert taken is a1 and not s.waits_for_slot(a1)
+    a2 = s.arrive(1, False, True, "a2", 0.1)  # A holds the slot: its END does not wait for one
+    assert not s.waits_for_slot(a2) and s.granted() == []
+    s.done(a1, 0.1)
+    (taken,) = s.take(0.1)
+    s.done(taken, 0.2)  # A's END ran: B (first in the backlog) gets the slot, C still waits
+    assert _ids(s.granted()) == ["b1", "b2"] and s.granted() == []
+    assert not s.waits_for_slot(b1) and s.waits_for_slot(c1)
+    s.cancel(c1, 0.2)
+    assert not s.waits_for_slot(c1)

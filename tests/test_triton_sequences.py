@@ -519,3 +519,80 @@ async def test_a_backlogged_sequence_given_a_slot_behind_a_full_queue_still_runs
         gate.touch()
         await conn.close()
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """A server taking at most 2 unfinished requests per connection (``--max-inflight 2``), with
+    one-slot accumulators (``max_batch_size: 1``, one instance) idle for a minute before let go."""
+    root = tmp_path_factory.mktemp("narrow_sequences") / "model_repository"
+    _write(root, "one_grpc", _pbtxt(1, 60_000_000))
+    _write(root, "one_ws", _pbtxt(1, 60_000_000))
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-inflight", "2")
+    try:
+        yield proc, grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+#: Two sequences on one connection to a one-slot model: A holds the slot; B's requests wait for it
+#: (more of them than --max-inflight), then A's END comes, which frees the slot for B.
+INTERLEAVED = [("a1", 1, 1, True, False), ("b1", 2, 10, True, False), ("b2", 2, 20, False, False),
+               ("b3", 2, 30, False, False), ("a2", 1, 2, False, True), ("b4", 2, 40, False, True)]
+INTERLEAVED_SUMS = {"a1": 1, "b1": 10, "b2": 30, "b3": 60, "a2": 3, "b4": 100}
+
+
+def test_a_grpc_stream_with_more_sequences_than_slots_goes_on_past_the_backlogged_ones(narrow) -> None:
+    """A ModelStreamInfer stream's requests of a sequence waiting for a slot do not hold the
+    stream's reading (``--max-inflight``): the END of the sequence holding the slot, sent behind
+    them, is read and run, which gives the backlogged sequence its slot; every request is
+    answered, in the order the requests came (Triton's order for a non-decoupled model)."""
+    client = tgrpc.InferenceServerClient(narrow[1])
+    answers: list[tuple[str, int]] = []
+    errors: list[Any] = []
+
+    def callback(result: Any, error: Any) -> None:
+        if error is not None:
+            errors.append(error)
+        else:
+            answers.append((result.get_response().id, _row(result)[0]))
+
+    client.start_stream(callback=callback)
+    try:
+        for rid, sid, value, start, end in INTERLEAVED:
+            t = tgrpc.InferInput("IN", [1, 1], "INT32")
+            t.set_data_from_numpy(np.array([[value]], np.int32))
+            client.async_stream_infer("one_grpc", [t], request_id=rid, sequence_id=sid, sequence_start=start,
+                                      sequence_end=end)
+        # (A idles out after 60 s: well past this bound, so a stalled stream fails here)
+        wait_until(lambda: len(answers) + len(errors) >= len(INTERLEAVED), 30.0, what="every request answered")
+        assert errors == []
+        assert dict(answers) == INTERLEAVED_SUMS
+        assert [rid for rid, _ in answers] == [p[0] for p in INTERLEAVED]  # in the order they came
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+async def test_a_websocket_with_more_sequences_than_slots_goes_on_past_the_backlogged_ones(narrow) -> None:
+    """The same on one WebSocket: requests waiting for a slot do not count against the
+    connection's ``max_inflight`` (2), so the END freeing the slot is taken, not refused
+    ``overloaded`` (A's START is answered first: A's two requests never run at once)."""
+    from tests.support.conn import Conn
+
+    def predict(rid: str, sid: int, value: int, start: bool, end: bool) -> dict[str, Any]:
+        return {"type": "predict", "id": rid, "model": "one_ws", "inputs": {"IN": [[value]]},
+                "sequence_id": sid, "sequence_start": start, "sequence_end": end}
+
+    conn = await Conn.open(narrow[0].url)
+    try:
+        got = {"a1": await conn.request(predict(*INTERLEAVED[0]))}
+        for plan in INTERLEAVED[1:]:
+            await conn.send(predict(*plan))
+        frames = await conn.collect({p[0] for p in INTERLEAVED[1:]}, timeout=30.0)
+        got.update({rid: fs[-1] for rid, fs in frames.items()})
+        assert {rid: f for rid, f in got.items() if f["type"] != "result"} == {}
+        assert {rid: f["outputs"]["SUM"][0][0] for rid, f in got.items()} == INTERLEAVED_SUMS
+    finally:
+        await conn.close()

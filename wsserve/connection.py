@@ -159,6 +159,9 @@ class Connection:
         self._local_admin = is_loopback(address) if local_admin is None else local_admin
         self.inflight: dict[Any, Job] = {}
         self.inflight_bytes = 0
+        #: of those, the ones waiting for their sequence to be given a slot: not counted against max_inflight
+        #: (the model's queue bounds them; counted, they could keep the END that frees a slot from being taken)
+        self.slot_waiting = 0
         #: admin operations (load/unload/reload) running for this connection: token -> request id.
         #: They hold the connection open while draining, as jobs do, and end with one frame each.
         self.admin_ops: dict[int, Any] = {}
@@ -230,10 +233,16 @@ class Connection:
         if not self.closing:
             self.io.send_binary(frame)
 
+    def job_slot_wait(self, job: Job, waiting: bool) -> None:
+        if self.inflight.get(job.key) is job:  # (before _track: it reads the flag)
+            self.slot_waiting += 1 if waiting else -1
+
     def job_finished(self, job: Job, frame: bytes | None, code: str, binary: bool = False) -> None:
         """Called once per job by :meth:`Job._terminal`."""
         del self.inflight[job.key]
         self.inflight_bytes -= job.nbytes
+        if job.slot_wait:
+            self.slot_waiting -= 1
         shared = self._shared
         shared.inflight -= 1
         if frame is not None and not self.closing:
@@ -474,7 +483,7 @@ class Connection:
                 "this connection is not reading its replies fast enough; no new work until it catches up",
                 retry_after_ms=100,
             )
-        self._admission.capacity(len(self.inflight), self.inflight_bytes, nbytes)
+        self._admission.capacity(len(self.inflight) - self.slot_waiting, self.inflight_bytes, nbytes)
 
     def _deadline(self, timeout_ms: float | None, now: float) -> float | None:
         return None if timeout_ms is None else now + timeout_ms / 1000.0
@@ -539,6 +548,8 @@ class Connection:
     def _track(self, job: Job) -> None:
         self.inflight[job.key] = job
         self.inflight_bytes += job.nbytes
+        if job.slot_wait:
+            self.slot_waiting += 1
         self._shared.inflight += 1
         if job.deadline is not None:
             heapq.heappush(self._deadlines, (job.deadline, next(self._tiebreak), job))

@@ -78,12 +78,19 @@ class JobOwner(Protocol):
     def elapsed_ms(self, since: float) -> float:
         """Milliseconds from ``since`` (the clock the job's times use) to now."""
 
+    def job_slot_wait(self, job: Job, waiting: bool) -> None:
+        """``job`` (unfinished, its ``slot_wait`` just set to ``waiting``) waits for its sequence to
+        be given a slot, or was given one (:meth:`PredictJob.on_slot_wait`)."""
+
 
 class Job:
     """Base of in-flight requests.  Subclasses stop their work in ``_stop_work``."""
 
     __slots__ = ("owner", "key", "id", "model", "version", "kind", "received_at", "deadline", "finished", "nbytes",
                  "span")
+
+    #: it waits for its sequence to be given a slot (a stateful model's predict: :meth:`PredictJob.on_slot_wait`)
+    slot_wait = False
 
     def __init__(
         self, owner: JobOwner, key: Any, rid: Any, entry: ModelEntry, kind: str, received_at: float,
@@ -144,8 +151,16 @@ class PredictJob(Job):
         "inputs", "n", "stream", "chunk_rows", "seed_form", "item", "worker", "_parts", "_delivered",
         "_seq", "_pending", "_pending_rows", "queue_s", "_compute_s", "_batch_max", "explain", "explanation",
         "_attr_parts", "_attr_pending", "binary_outputs", "shared_outputs", "_names", "_head", "sequence",
-        "parameters",
+        "parameters", "slot_wait",
     )
+
+    def on_slot_wait(self, waiting: bool) -> None:
+        """A stateful model's worker: the request waits for its sequence to be given a slot (True),
+        or its sequence was given one (False); its connection does not count it against
+        ``max_inflight`` meanwhile (:meth:`JobOwner.job_slot_wait`)."""
+        if not self.finished and waiting != self.slot_wait:
+            self.slot_wait = waiting
+            self.owner.job_slot_wait(self, waiting)
 
     @property
     def request_id(self) -> Any:
@@ -179,6 +194,7 @@ class PredictJob(Job):
         self.chunk_rows = req.chunk_rows
         self.seed_form = req.seed_form
         self.sequence = req.sequence  # (id, start, end): a stateful model's worker reads it
+        self.slot_wait = False
         self.worker = entry.worker
         self.item: WorkItem | None = None
         self._parts: list[np.ndarray] | None = None  # rows computed so far (a request split over batches)

@@ -20,7 +20,12 @@ aborts its sequence (its requests queued behind it end as for a dropped request)
 
 A transport gives a request's sequence as its sink's ``sequence`` attribute: ``(id, start, end)``
 (:func:`~wsserve.sequences.sequence_of`), or None; a request without one is refused with Triton's
-message (a WebSocket predict, an ensemble step, a BLS request: none carries one).
+message (an ensemble step, a BLS request: none carries one).  A sink with an ``on_slot_wait``
+method is told ``on_slot_wait(True)`` when its request is queued in a sequence waiting for a slot
+(:meth:`~wsserve.sequences.SequenceScheduler.waits_for_slot`, from :meth:`SequenceWorker.submit`)
+and ``on_slot_wait(False)`` when that sequence is given one (not after the request ended): its
+transport does not count it against the connection's ``max_inflight`` meanwhile, since it waits
+for other sequences' requests, maybe sent after it on the same connection, to end theirs.
 """
 
 from __future__ import annotations
@@ -262,6 +267,8 @@ class SequenceWorker:
         self.inner.queue.check_room(sink.n, sink.nbytes, ahead_rows=ahead_rows, ahead_bytes=ahead_bytes)
         pending = scheduler.arrive(cid, start, end, sink, now, waits_until, sink.nbytes, sink.n)
         pending.handle = (priority, deadline)  # until it is handed out: then its inner WorkItem
+        if scheduler.waits_for_slot(pending):
+            _slot_wait(sink, True)
         self._pump(now)
         return pending
 
@@ -293,6 +300,12 @@ class SequenceWorker:
             if not p.payload.finished:
                 p.payload.on_error(p.error)
 
+    def _tell_granted(self) -> None:
+        """Tell the sinks of the requests whose sequence was given a slot (``on_slot_wait(False)``)."""
+        for p in self.scheduler.granted():
+            if not p.payload.finished:
+                _slot_wait(p.payload, False)
+
     def _pump(self, now: float) -> None:
         """Fail the requests of aborted sequences, hand out every request that may run now; then
         arm the idle-expiry timer."""
@@ -300,11 +313,13 @@ class SequenceWorker:
         if self._draining:
             self.scheduler.expire(float("inf"))
         while True:
+            self._tell_granted()
             taken = self.scheduler.take(now)
             if not taken:
                 break
             self._hand_out(taken, now)  # one dropped there may free a slot for the backlog: take again
         self._fail_aborted()
+        self._tell_granted()
         if self._idle is not None and not self.scheduler.waiting:
             self._idle.set()
         self._arm()
@@ -420,3 +435,10 @@ class SequenceWorker:
             log.info("model %s: %d sequences idle for %.3f s let go of their slots", self.name, len(gone),
                      self.scheduler.max_idle_s)
         self._pump(now)
+
+
+def _slot_wait(sink: Any, waiting: bool) -> None:
+    """``sink.on_slot_wait(waiting)``, when the sink has it (see the module docstring)."""
+    hook = getattr(sink, "on_slot_wait", None)
+    if hook is not None:
+        hook(waiting)

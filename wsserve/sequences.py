@@ -26,6 +26,11 @@ instances, its requests batched oldest first up to ``max_batch_size``):
   sequence holding a slot counts only those of sequences holding one
   (:meth:`SequenceScheduler.ahead`), so a full backlog never keeps a sequence from ending.  A waiting
   request past its deadline is dropped by :meth:`SequenceScheduler.overdue`.
+- A request of a sequence in the backlog *waits for a slot*
+  (:meth:`SequenceScheduler.waits_for_slot`); when its sequence is given one, its waiting requests
+  are listed for the caller to collect with :meth:`SequenceScheduler.granted` (a transport counts
+  a request waiting for a slot apart from its connection's other requests: it waits for requests
+  of other sequences, maybe sent after it on the same connection, to end theirs).
 - **A dropped request aborts its sequence** (Triton's sequence batcher cancels a sequence whose
   next request is cancelled, releasing its slot and cancelling the requests queued behind it): a
   waiting request cancelled or past its deadline (:meth:`SequenceScheduler.cancel`), or one handed
@@ -286,6 +291,7 @@ class SequenceScheduler:
         self._held = 0  # sequences holding a slot
         self.waiting = 0  # requests not handed out (cancelled ones excluded)
         self._aborted: list[Pending] = []  # dropped with their sequence, not yet collected (aborted())
+        self._granted: list[Pending] = []  # waited for a slot, their sequence was given one (granted())
         #: Bytes of the implicit state kept for the sequences (:meth:`keep_state`).
         self.state_bytes = 0
         #: Shared with the server's other stateful models: what all may keep (None: unbounded).
@@ -442,6 +448,19 @@ class SequenceScheduler:
             self._let_go_if_over(cid, seq)
         return True
 
+    def waits_for_slot(self, pending: Pending) -> bool:
+        """``pending`` waits (not handed out, ended or dropped) and its sequence is in the backlog."""
+        if pending.taken or pending.cancelled or pending.ended:
+            return False
+        seq = self._sequences.get(pending.correlation_id)
+        return seq is not None and not seq.slot
+
+    def granted(self) -> list[Pending]:
+        """The requests that waited for a slot (:meth:`waits_for_slot`) and whose sequence was given
+        one since the last call (those not dropped since), for the caller to count them again."""
+        out, self._granted = [p for p in self._granted if not p.cancelled], []
+        return out
+
     def aborted(self) -> list[Pending]:
         """The requests dropped because their sequence was aborted since the last call, each with
         its ``error`` (:class:`BadRequest` naming the sequence and why), for the caller to fail."""
@@ -487,6 +506,7 @@ class SequenceScheduler:
             p.cancelled = True  # a later cancel() of one is a no-op
         self._sequences.clear()
         self._backlog.clear()
+        self._granted.clear()
         self._held = 0
         self.waiting = 0
         self.waiting_bytes = 0
@@ -552,3 +572,4 @@ class SequenceScheduler:
                 live = [p for p in waiting.queue if not p.cancelled]
                 self._slot_rows += sum(p.rows for p in live)
                 self._slot_bytes += sum(p.nbytes for p in live)
+                self._granted.extend(live)

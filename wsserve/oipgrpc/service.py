@@ -66,14 +66,46 @@ _SWEEP_AT = 64
 HEALTH_SERVICES = ("", "inference.GRPCInferenceService")
 
 
+class _StreamFlow:
+    """A ModelStreamInfer stream's requests waiting for their sequence to be given a slot
+    (``waiting``; :meth:`GrpcInferCall.on_slot_wait`): its read bound does not count them.
+    ``more`` is set when one more waits (the read loop may go on)."""
+
+    __slots__ = ("waiting", "more")
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.more = asyncio.Event()
+
+    def add(self, delta: int) -> None:
+        self.waiting += delta
+        if delta > 0:
+            self.more.set()
+
+
 class GrpcInferCall(InferCall):
-    """A ModelInfer's rows through the predict worker: the outputs (or the error) go to ``future``."""
+    """A ModelInfer's rows through the predict worker: the outputs (or the error) go to ``future``;
+    ``flow``: its stream's, on a ModelStreamInfer stream."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "flow")
 
-    def __init__(self, *args: Any, future: asyncio.Future[Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, future: asyncio.Future[Any], flow: _StreamFlow | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.future = future
+        self.flow = flow
+
+    def on_slot_wait(self, waiting: bool) -> None:
+        was = self.slot_wait
+        super().on_slot_wait(waiting)
+        if self.flow is not None and self.slot_wait != was:
+            self.flow.add(1 if waiting else -1)
+
+    def _end(self, code: str) -> bool:
+        ended = super()._end(code)
+        if ended and self.slot_wait and self.flow is not None:  # ended while waiting for a slot
+            self.flow.add(-1)
+        return ended
 
     def _result(self, outputs: Any) -> None:
         """The outputs asked in shared memory written (raises naming one that cannot be: the call
@@ -764,7 +796,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: Any, key: str | None, peer: str, remaining: float | None, rpc: str,
                      trace: tuple[str | None, str | None] = (None, None), shm: Any = None,
-                     call_type: type[InferCall] = GrpcInferCall, events: asyncio.Queue[Any] | None = None) -> Any:
+                     call_type: type[InferCall] = GrpcInferCall, events: asyncio.Queue[Any] | None = None,
+                     flow: _StreamFlow | None = None) -> Any:
         """One ``ModelInferRequest`` of a predictive model: its rows through the model's queue as
         an HTTP ``/infer``'s (same checks, admission, batching with other rows, limits, metrics);
         returns its ``ModelInferResponse`` (the requested outputs as raw contents, ``id`` echoed).
@@ -777,7 +810,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         :data:`~wsserve.rest.oip.ShmAccess`; None: refused).  ``call_type``
         :class:`GrpcDecoupledCall` (a decoupled model's request on a stream): its responses go to
         ``events`` and the call is returned once queued (else a decoupled model is refused as
-        Triton refuses it on ModelInfer).  Raises
+        Triton refuses it on ModelInfer); ``flow``: the ModelStreamInfer stream's (its requests
+        waiting for a sequence slot, :class:`_StreamFlow`).  Raises
         ``WsserveError`` (a request refused before any work is counted as rejected; a bug is
         logged and raised as ``Internal``).  Cancelled, it drops its queued rows."""
         api, cfg = self.api, self.config
@@ -802,7 +836,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                                       max_message_bytes=cfg.max_message_bytes)
             if remaining is not None:
                 req.timeout_us = max(1, min(req.timeout_us or 1 << 62, int(remaining * 1e6)))
-            extra: dict[str, Any] = {"events": events} if call_type is GrpcDecoupledCall else {"future": future}
+            extra: dict[str, Any] = {"events": events} if call_type is GrpcDecoupledCall \
+                else {"future": future, "flow": flow}
             call = api.queue_infer(session, entry, req, inputs, outputs, now, call_type, None, None, **extra)
         except WsserveError as exc:
             api.rejected(exc, name, "predict")
@@ -851,7 +886,10 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         the requests came (as Triton writes a non-decoupled model's), a generation's as they come.
         At most ``max_inflight`` requests of a stream are handled at once (a refused one until its
         error is written): the next one is read from the stream only when one of them ends, so a
-        client that sends without reading cannot pile up work."""
+        client that sends without reading cannot pile up work.  A request waiting for its sequence
+        to be given a slot (a stateful model's, :class:`_StreamFlow`) is not counted meanwhile: the
+        model's queue bounds those, and the request ending a sequence that holds a slot, sent
+        behind them, must be read for them to get one."""
         key = await self._key(context, "ModelStreamInfer")
         peer = context.peer()
         lock = asyncio.Lock()
@@ -863,6 +901,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await context.write(response)
 
         bound = self.config.max_inflight
+        flow = _StreamFlow()
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
 
@@ -871,11 +910,17 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             async for request in requests:
-                while len(tasks) >= bound:  # no more read from the stream until one ends (its answer written)
-                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                # no more read from the stream until one ends (its answer written) or waits for a slot
+                while len(tasks) - flow.waiting >= bound:
+                    flow.more.clear()
+                    more = loop.create_task(flow.more.wait())
+                    try:
+                        await asyncio.wait((*tasks, more), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        more.cancel()
                 after: asyncio.Future[None] = loop.create_future()
                 task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
-                                                             turn, after, trace, shm))
+                                                             turn, after, trace, shm, flow))
                 turn = after
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -888,7 +933,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _stream_request(self, request: Any, key: str | None, peer: str, remaining: float | None,
                               write: Callable[[Any], Any], before: asyncio.Future[None] | None,
                               after: asyncio.Future[None], trace: tuple[str | None, str | None],
-                              shm: Any = None) -> None:
+                              shm: Any = None, flow: _StreamFlow | None = None) -> None:
         """One request of a ModelStreamInfer stream, by its model's kind (looked up in the same
         step as the request's own lookup: no load between them): a generation (its responses are
         not ordered: ``after`` is set with ``before``), else :meth:`_stream_infer` (an unknown
@@ -903,7 +948,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             _chain(before, after)
             await self._stream_decoupled(request, key, peer, remaining, write, trace, shm)
         else:
-            await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm)
+            await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm, flow)
 
     def _kind(self, request: Any) -> str:
         """``"generate"`` when ``request`` names a generative model that is ready, ``"decoupled"`` a
@@ -968,7 +1013,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
                             write: Callable[[Any], Any], before: asyncio.Future[None] | None,
                             after: asyncio.Future[None], trace: tuple[str | None, str | None],
-                            shm: Any = None) -> None:
+                            shm: Any = None, flow: _StreamFlow | None = None) -> None:
         """A predictive model's request on a stream, run as ModelInfer runs it (:meth:`_infer`):
         one response, its ``infer_response`` ModelInfer's answer (with ``triton_final_response``
         true, as Triton marks every stream response), or its ``error_message``.  It is written once
@@ -976,7 +1021,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         this one was written or the request ended otherwise (cancelled, the write failed)."""
         try:
             try:
-                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace, shm)
+                response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace, shm,
+                                             flow=flow)
                 response.parameters["triton_final_response"].bool_param = True
                 message = service_pb2.ModelStreamInferResponse(infer_response=response)
             except WsserveError as exc:

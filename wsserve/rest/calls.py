@@ -65,7 +65,8 @@ class HttpSession:
                  address: str, now: float) -> None:
         self.admission = Admission(cfg, shared, now)
         self.calls: set[Call] = set()
-        #: unfinished requests, as ``max_inflight`` counts them: one per call, one per choice of a completion
+        #: unfinished requests, as ``max_inflight`` counts them: one per call, one per choice of a completion;
+        #: not one waiting for its sequence to be given a slot (:meth:`slot_wait`; its bytes count)
         self.inflight = 0
         self.inflight_bytes = 0
         self.address = address
@@ -77,14 +78,25 @@ class HttpSession:
         """``call`` was accepted by its worker."""
         self.calls.add(call)
         self.inflight_bytes += call.nbytes
-        self.inflight += call.weight
+        if not call.slot_wait:
+            self.inflight += call.weight
         self._shared.inflight += 1
+
+    def slot_wait(self, call: Call, waiting: bool) -> None:
+        """``call`` (unfinished, its flag just changed) waits for its sequence to be given a slot
+        (True): it stops counting against ``max_inflight`` until given one (False).  A stateful
+        model bounds the requests waiting for a slot (its ``max_queue_size``, queue rows and bytes);
+        were they counted here, a connection's requests waiting for a slot could keep it from
+        sending the END that frees one."""
+        if call in self.calls:  # (before track(): track reads the flag)
+            self.inflight += -call.weight if waiting else call.weight
 
     def finished(self, call: Call, code: str) -> None:
         """Called once per tracked call, by :meth:`Call._end`."""
         self.calls.discard(call)
         self.inflight_bytes -= call.nbytes
-        self.inflight -= call.weight
+        if not call.slot_wait:
+            self.inflight -= call.weight
         self._shared.inflight -= 1
         if call.span is not None:
             call.span.end(code, call)
@@ -112,7 +124,7 @@ class Call:
     """Base of HTTP calls.  Subclasses stop their work in ``_stop_work``."""
 
     __slots__ = ("session", "exchange", "model", "version", "kind", "received_at", "finished", "nbytes", "style",
-                 "headers", "weight", "span")
+                 "headers", "weight", "span", "slot_wait")
 
     def __init__(self, session: HttpSession, exchange: HttpExchange, entry: ModelEntry, kind: str, style: Style,
                  received_at: float, headers: list[tuple[str, str]] | None) -> None:
@@ -128,6 +140,7 @@ class Call:
         self.weight = 1  # requests it counts as against max_inflight (a completion: its choices)
         self.headers = headers or _NO_HEADERS  # CORS headers for the answer
         self.span: Any = None  # --otlp-traces-endpoint: its wsserve.tracing.RequestSpan, ended by the session
+        self.slot_wait = False  # it waits for its sequence to be given a slot (HttpSession.slot_wait)
 
     def _end(self, code: str) -> bool:
         if self.finished:
@@ -336,6 +349,13 @@ class InferCall(PredictCall):
         #: the model's response parameters (a Triton Python model's ``InferenceResponse(parameters=)``;
         #: a decoupled model's: its current response's), None: none
         self.response_parameters: Mapping[str, Any] | None = None
+
+    def on_slot_wait(self, waiting: bool) -> None:
+        """A stateful model's worker: the request waits for its sequence to be given a slot (True),
+        or its sequence was given one (False); see :meth:`HttpSession.slot_wait`."""
+        if not self.finished and waiting != self.slot_wait:
+            self.slot_wait = waiting
+            self.session.slot_wait(self, waiting)
 
     def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
         """The worker's: the model's parameters of the rows about to be delivered (:meth:`values`
