@@ -79,13 +79,17 @@ Mapped (Triton's semantics, triton-inference-server/server
   (:func:`_sequence_batching`, served by :mod:`wsserve.sequence_worker`); its ``state`` (implicit
   state, :func:`_states`) for an ONNX model only.
 
+- Ragged batching (:mod:`.ragged`, :func:`_ragged`): per input ``allow_ragged_batch`` ->
+  :attr:`TensorConfig.ragged`; ``batch_input`` -> :attr:`ModelConfig.batch_inputs` (an ONNX model's);
+  ``batch_output`` (``BATCH_SCATTER_WITH_INPUT_SHAPE``) -> :attr:`ModelConfig.batch_outputs` (an ONNX
+  model's).  Each needs ``max_batch_size > 0`` and no ``sequence_batching``; a ragged input takes no
+  ``reshape``; a Python model takes ``allow_ragged_batch`` only.
+
 Refused (semantics wsserve cannot honour), naming the field:
-``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
-``batch_output``, ``model_transaction_policy { decoupled: true }`` but for a ``backend:
-"python"`` model (served streaming, :mod:`wsserve.decoupled`),
-``dynamic_batching.priority_queue_policy``, and per
-tensor ``is_shape_tensor``, ``allow_ragged_batch``,
-``is_non_linear_format_io``.
+``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble),
+``batch_input`` and ``batch_output`` of a Python model, ``model_transaction_policy { decoupled: true }``
+but for a ``backend: "python"`` model (served streaming, :mod:`wsserve.decoupled`), and per
+tensor ``is_shape_tensor``, ``is_non_linear_format_io``.
 
 ``model_warmup`` is honoured (:mod:`.warmup`: a version runs its samples before it serves).
 Accepted and ignored (hints): every other field set (``optimization``,
