@@ -108,6 +108,70 @@ def test_config_refuses_what_is_not_served_naming_the_field(text: str, field: st
     assert info.value.key == field and said in str(info.value)
 
 
+# --------------------------------------------------------------------------- the ONNX backend, in process
+
+ITEM_PBTXT = """max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1, 2 ] allow_ragged_batch: true } ]
+output [ { name: "ITEMS" data_type: TYPE_FP32 dims: [ 2 ] }, { name: "MOST" data_type: TYPE_FP32 dims: [ 1 ] } ]
+batch_input [ { kind: BATCH_ITEM_SHAPE target_name: "ITEM" data_type: TYPE_INT32 source_input: "INPUT" },
+              { kind: BATCH_MAX_ELEMENT_COUNT_AS_SHAPE target_name: "MAXS" data_type: TYPE_FP32
+                source_input: "INPUT" } ]
+"""
+
+
+def item_model() -> onnx.ModelProto:
+    """INPUT [T], ITEM [rows, 2] int32, MAXS [most] -> ITEMS [rows, 2] (ITEM as floats) and MOST
+    [rows, 1] (the largest request's element count, in every row)."""
+    nodes = [helper.make_node("Cast", ["ITEM"], ["ITEMS"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["ITEMS", "zero"], ["z"]),
+             helper.make_node("Add", ["z", "onef"], ["ones2"]),
+             helper.make_node("ReduceMax", ["ones2"], ["ones"], axes=[1], keepdims=1),  # [rows, 1]
+             helper.make_node("Shape", ["MAXS"], ["most_i"]),
+             helper.make_node("Cast", ["most_i"], ["most"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["ones", "most"], ["MOST"])]
+    inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "onef")]
+    graph = helper.make_graph(
+        nodes, "items",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["T"]),
+         helper.make_tensor_value_info("ITEM", TensorProto.INT32, ["N", 2]),
+         helper.make_tensor_value_info("MAXS", TensorProto.FLOAT, ["M"])],
+        [helper.make_tensor_value_info("ITEMS", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("MOST", TensorProto.FLOAT, ["N", 1])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_the_onnx_backend_feeds_item_shapes_and_the_largest_count_per_request_row(tmp_path: Path) -> None:
+    """Requests of 2 rows of [3, 2] and 1 row of [1, 2] in one batch: a line per row, split back by rows."""
+    from wsserve.repository.onnx_backend import OnnxModel
+    from wsserve.worker import Ragged, RequestOutputs
+
+    model = OnnxModel("items", 1, ob.save(item_model(), tmp_path / "items" / "1"), parse_pbtxt(ITEM_PBTXT))
+    try:
+        assert [s.name for s in model.inputs] == ["INPUT"] and model.ragged_inputs == {"INPUT"}
+        a, b = np.ones((2, 3, 2), np.float32), np.ones((1, 1, 2), np.float32)
+        y = model.predict_requests(Ragged((a, b)), [2, 1])
+        assert not isinstance(y, RequestOutputs)  # no batch output: the rows of the batch, in order
+        assert y["ITEMS"].tolist() == [[3, 2], [3, 2], [1, 2]]
+        assert y["MOST"].tolist() == [[12], [12], [12]]
+    finally:
+        model.close()
+
+
+def test_the_onnx_backend_refuses_a_ragged_input_the_graph_takes_in_two_dimensions(tmp_path: Path) -> None:
+    from wsserve.repository.errors import ModelLoadError
+    from wsserve.repository.onnx_backend import OnnxModel
+
+    text = ITEM_PBTXT.replace("dims: [ -1, 2 ] allow_ragged_batch: true", "dims: [ 2 ] allow_ragged_batch: true")
+    graph = item_model()
+    graph.graph.input[0].CopyFrom(helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["T", 2]))
+    with pytest.raises(ModelLoadError, match="ragged input 'INPUT' .* has 2 dimensions in the graph"):
+        OnnxModel("items", 1, ob.save(graph, tmp_path / "items" / "1"), parse_pbtxt(text))
+
+
 # --------------------------------------------------------------------------- a real server
 
 def ragged_model() -> onnx.ModelProto:

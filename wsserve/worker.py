@@ -348,10 +348,11 @@ def _gather(slices: tuple[Any, ...], ragged: frozenset[str] = frozenset()) -> Te
 
 
 def _gather_ragged(slices: tuple[Any, ...], ragged: frozenset[str]) -> Any:
-    """:func:`_gather` for a model with ragged inputs (never JSON rows: its inputs have a variable dimension)."""
+    """:func:`_gather` for a model with ragged inputs (JSON rows, a fixed-width ragged input's, as an array)."""
     def part(x: Any, s: Any) -> Any:
         whole = s.start == 0 and s.stop == s.item.payload.n
-        return x if whole else x[s.start : s.stop]
+        x = x if whole else x[s.start : s.stop]
+        return np.array(x, dtype=np.float64) if type(x) is list else x
 
     first = slices[0].item.payload.inputs
     if not isinstance(first, dict):

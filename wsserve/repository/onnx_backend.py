@@ -516,9 +516,15 @@ class OnnxModel(RepositoryModel):
 
     def warmup(self, batch: Batch | None = None, *, stop: Any = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but a stateful model (``sequence_batching``: its runs
-        need a sequence's control and state inputs) is not warmed up, as its Triton Python peer."""
+        need a sequence's control and state inputs) is not warmed up, as its Triton Python peer, nor is
+        a model with ragged batching without ``model_warmup`` samples."""
         if self.config.sequence is not None:
             log.info("%s: not warmed up: the model is stateful (sequence_batching)", self.path)
+            return
+        if batch is None and not self.config.warmup and "predict_requests" in self.__dict__:
+            # ragged batching: what a batch of zeros would mean to the graph is its own (Triton warms up
+            # only what model_warmup says)
+            log.info("%s: not warmed up: ragged batching (allow_ragged_batch, batch_input, batch_output)", self.path)
             return
         super().warmup(batch, stop=stop)
 
