@@ -99,7 +99,7 @@ from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
 __all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
-           "RequestErrors", "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows",
+           "Ragged", "RequestErrors", "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows",
            "merge_parameters", "request_id_of", "slice_rows", "too_many_parameters"]
 
 log = logging.getLogger("wsserve.worker")
@@ -253,15 +253,29 @@ def _rows_vary(model: Any) -> bool:
                                                              *getattr(model, "sequence_inputs", ())))
 
 
-def _row_shape(inputs: Any) -> Any:
+@dataclass(frozen=True, slots=True)
+class Ragged:
+    """A ragged input of a batch (config.pbtxt's ``allow_ragged_batch``, :mod:`wsserve.repository.ragged`):
+    ``parts[i]`` is the ``i``-th request's (slice's) array, rows first, of its own shape; the
+    backend joins them as its kind of model takes them.  :func:`_gather` makes it for a model whose
+    ``ragged_inputs`` name the input."""
+
+    parts: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+def _row_shape(inputs: Any, ragged: frozenset[str] = frozenset()) -> Any:
     """The row shape of a request's ``inputs`` as a hashable key (``[n, *row]`` -> ``row``; named
     inputs: ``((name, row), ...)`` by name, so also which inputs it gives): a model with a variable
     dimension or an optional input batches together only requests whose keys are equal (:class:`~wsserve.batching.BatchQueue`'s ``by_shape``).  ``None``
-    for JSON rows (only a fixed-shape model gets those)."""
+    for JSON rows (only a fixed-shape model gets those).  An input named in ``ragged`` counts by its
+    name only (requests of any shape there share a batch); ``"*"`` there: the only input."""
     if isinstance(inputs, dict):
-        return tuple(sorted((k, v.shape[1:]) for k, v in inputs.items()))
+        return tuple(sorted((k, None if k in ragged else v.shape[1:]) for k, v in inputs.items()))
     shape = getattr(inputs, "shape", None)
-    return None if shape is None else shape[1:]
+    return None if shape is None or "*" in ragged else shape[1:]
 
 
 class BatchOutputs:
@@ -288,13 +302,18 @@ class BatchObserver(Protocol):
     def on_batch(self, model: str, rows: int, compute_s: float) -> None: ...
 
 
-def _gather(slices: tuple[Any, ...]) -> Tensors:
+def _gather(slices: tuple[Any, ...], ragged: frozenset[str] = frozenset()) -> Tensors:
     """The batch's inputs: each slice's rows, concatenated (per name for named tensors).
+
+    An input named in ``ragged`` (``"*"``: an unnamed only input) is not concatenated: it is a
+    :class:`Ragged` of each slice's rows (its requests' shapes differ there).
 
     A sink's ``inputs`` may also be a list of checked JSON rows (small requests to models
     with one float vector input, see :data:`wsserve.pool.LIST_ROWS_MAX_VALUES`): numbers only, every
     row the model's width, so ``np.array(rows, dtype=np.float64)`` cannot fail.  The
     rows of all such slices become one array in one call."""
+    if ragged:
+        return _gather_ragged(slices, ragged)
     if len(slices) == 1:
         s = slices[0]
         sink = s.item.payload
@@ -326,6 +345,23 @@ def _gather(slices: tuple[Any, ...]) -> Tensors:
     if rows:
         arrays.append(np.array(rows, dtype=np.float64))
     return np.concatenate(arrays)
+
+
+def _gather_ragged(slices: tuple[Any, ...], ragged: frozenset[str]) -> Any:
+    """:func:`_gather` for a model with ragged inputs (JSON rows, a fixed-width ragged input's, as an array)."""
+    def part(x: Any, s: Any) -> Any:
+        whole = s.start == 0 and s.stop == s.item.payload.n
+        x = x if whole else x[s.start : s.stop]
+        return np.array(x, dtype=np.float64) if type(x) is list else x
+
+    first = slices[0].item.payload.inputs
+    if not isinstance(first, dict):
+        return Ragged(tuple(part(s.item.payload.inputs, s) for s in slices))
+    out: dict[str, Any] = {}
+    for k in first:
+        arrays = [part(s.item.payload.inputs[k], s) for s in slices]
+        out[k] = Ragged(tuple(arrays)) if k in ragged else arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return out
 
 
 def _strings(a: np.ndarray) -> bool:
@@ -370,9 +406,9 @@ def _start(part: _Part) -> int:
     return part[0]
 
 
-def _alone(s: Slice) -> tuple[Tensors, list[tuple[int, int]] | None]:
+def _alone(s: Slice, ragged: frozenset[str] = frozenset()) -> tuple[Tensors, list[tuple[int, int]] | None]:
     """One slice's inputs and explain spans, as :meth:`PredictWorker._run` takes them for it alone."""
-    return _gather((s,)), ([(0, s.rows)] if s.item.cost != 1 else None)
+    return _gather((s,), ragged), ([(0, s.rows)] if s.item.cost != 1 else None)
 
 
 def _by_request(slices: tuple[Slice, ...]) -> tuple[list[int], list[str]]:
@@ -497,6 +533,11 @@ class PredictWorker:
         # the levels whose policy (their own, else the default one) delays a request past its queue timeout
         delayed_levels = tuple(level for level in range(1, priorities.classes + 1)
                                if own.get(level, self.queue_policy).delays)
+        #: The model's ragged inputs (config.pbtxt's ``allow_ragged_batch``): requests of any shape there
+        #: share a batch, handed to the model as :class:`Ragged` (``"*"``: its only input, unnamed).
+        ragged = frozenset(getattr(model, "ragged_inputs", ()))
+        only = [s.name for s in getattr(model, "inputs", None) or ()]
+        self._ragged: frozenset[str] = ragged | {"*"} if len(only) == 1 and only[0] in ragged else ragged
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
@@ -632,7 +673,7 @@ class PredictWorker:
         if delay_at is not None:
             item.delay_at = delay_at
         if self._by_shape:
-            item.shape = _row_shape(sink.inputs)
+            item.shape = _row_shape(sink.inputs, self._ragged)
         missed: tuple[bytes, float] | bool | None = None
         if self.cache_scope is not None and not explain and not getattr(sink, "stream", False):
             missed = self._cache_lookup(item)
@@ -793,7 +834,7 @@ class PredictWorker:
             not spans or self.explainer is None or self.explainer.method == "linear-exact")
         requests = _by_request(slices) if self._by_request else None
         try:
-            x = _gather(slices)
+            x = _gather(slices, self._ragged)
             if inline:
                 y, attributions = self._run(x, spans, requests)
         except Exception as exc:
@@ -863,7 +904,7 @@ class PredictWorker:
                 continue
             begun = monotonic()
             try:
-                x, spans = _alone(s)
+                x, spans = _alone(s, self._ragged)
                 y, attributions = self._run(x, spans, _by_request((s,)) if self._by_request else None)
             except Exception as exc:  # noqa: BLE001 - this request's own failure
                 self._alone_done(iso, s, None, None, exc, monotonic() - begun)
@@ -887,7 +928,7 @@ class PredictWorker:
         s = iso.pending[0]
         begun = monotonic()
         try:
-            x, spans = _alone(s)
+            x, spans = _alone(s, self._ragged)
             requests = _by_request((s,)) if self._by_request else None
             future = self._loop.run_in_executor(self._executor, self._run, x, spans, requests)
         except Exception as exc:  # noqa: BLE001 - cannot happen for a live slice; end it, not the batch

@@ -124,6 +124,9 @@ class TensorConfig:
     model_dims: tuple[int, ...] | None = None
     #: config.pbtxt's ``optional: true`` on an input: a request may leave it out.
     optional: bool = False
+    #: config.pbtxt's ``allow_ragged_batch: true`` on an input: requests of other shapes there share a
+    #: batch (:mod:`.ragged`).
+    ragged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,10 @@ class ModelConfig:
     #: A Triton ensemble's steps (config.pbtxt's ``platform: "ensemble"``,
     #: :class:`~.ensemble_config.EnsembleConfig`); ``None`` for any other model.
     ensemble: Any = None
+    #: config.pbtxt's ``batch_input`` (:class:`.ragged.BatchInput`) and ``batch_output``
+    #: (:class:`.ragged.BatchOutput`): inputs the server computes per batch, outputs it scatters.
+    batch_inputs: tuple[Any, ...] = ()
+    batch_outputs: tuple[Any, ...] = ()
 
     @property
     def source(self) -> str:

@@ -150,6 +150,9 @@ def parse_ensemble(cfg: Any, path: Path, name: str, *,
             if t.optional:
                 raise ConfigError(path, f"{key}[{i}].optional", "is not supported in an ensemble: its steps take "
                                                                 "every tensor they map")
+            if t.ragged:
+                raise ConfigError(path, f"{key}[{i}].allow_ragged_batch", "is not supported in an ensemble: it "
+                                  "batches nothing itself (allow ragged batches in its steps' configs)")
     if not cfg.HasField("ensemble_scheduling"):
         raise ConfigError(path, "ensemble_scheduling", "is required with platform \"ensemble\"")
     ensemble = EnsembleConfig(name, cfg.max_batch_size, inputs, outputs, _steps(path, cfg.ensemble_scheduling))

@@ -63,9 +63,11 @@ import numpy as np
 
 from ..dtypes import BFLOAT16, TENSOR_DTYPES
 from ..shapes import VARIABLE
+from ..worker import Ragged, RequestOutputs
 from .backend import Batch, RepositoryModel, make_info, merge_specs
 from .config import ModelConfig, TensorConfig
 from .errors import ModelLoadError
+from .ragged import batch_input_value, concat_flat, scatter
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS, TensorSpec
 from .tritondims import compare_dims, graph_dims, scalar_dims, show_dims
 
@@ -259,9 +261,14 @@ class OnnxModel(RepositoryModel):
             self._batching = all(a.shape and not _fixed(a.shape[0]) for a in (*graph_in, *graph_out))
         why_batched = ("max_batch_size auto-completed as Triton does: every graph input and output has a dynamic "
                        "first dimension" if config.autofill_batching else "max_batch_size > 0")
+        scattered = {t for bo in config.batch_outputs for t in bo.targets}
+
         def spec(arg: Any, side: str, tc: TensorConfig | None) -> TensorSpec:
             """The graph's tensor as the wire sees it: in config.pbtxt's ``dims`` when it reshapes it (the
-            graph then compared with its ``reshape``), else as :func:`_graph_spec` reads it."""
+            graph then compared with its ``reshape``), else as :func:`_graph_spec` reads it; a ragged
+            input or a scattered output (:mod:`.ragged`) in its ``dims`` (:meth:`_ragged_spec`)."""
+            if tc is not None and (tc.ragged or (side == "output" and arg.name in scattered)):
+                return self._ragged_spec(arg, side, tc)
             if tc is None or tc.model_dims is None:
                 return _graph_spec(arg, side, self.batching, tc, self.path, config.source, name, why_batched)
             md = tc.model_dims
@@ -288,6 +295,10 @@ class OnnxModel(RepositoryModel):
             graph_in = [a for a in graph_in if a.name not in hidden]
             if not graph_in:
                 raise ModelLoadError(self.path, "the graph has no inputs but its control and state inputs")
+        if config.batch_inputs:  # fed by the server (computed per batch), never by a request
+            self._check_batch_inputs(config, graph_in)
+            hidden = {b.target for b in config.batch_inputs}
+            graph_in = [a for a in graph_in if a.name not in hidden]
         own_in = [spec(a, "input", _configured(a.name, config.inputs, len(graph_in))) for a in graph_in]
         # An optional input that is no graph input but an initializer a request may override (ONNX
         # Runtime lists those apart): config.pbtxt's dims and type are its shape; left out, the
@@ -347,6 +358,16 @@ class OnnxModel(RepositoryModel):
             extra={"producer": meta.producer_name, "intra_op_num_threads": config.onnx_intra_op_threads},
         )
         self._parameters = parameters
+        #: config.pbtxt's ragged batching (:mod:`.ragged`): ragged inputs (the worker reads
+        #: ``ragged_inputs``), batch inputs computed per batch, outputs scattered by a source's shapes
+        self.ragged_inputs = frozenset(t.name for t in config.inputs or () if t.ragged)
+        self._batch_inputs = config.batch_inputs
+        self._scatter = {t: bo.source for bo in config.batch_outputs for t in bo.targets}
+        self._scatter_dims = {s.name: tuple(-1 if d == VARIABLE else d for d in s.shape) for s in self.outputs
+                              if s.name in self._scatter}
+        if self.ragged_inputs or self._batch_inputs or self._scatter:
+            # each request's shapes matter: the worker passes the batch as its requests (Triton's batcher)
+            self.predict_requests = self._predict_requests
 
     def _sequence_tensors(self, sequence: Any, graph_in: list[Any], graph_out: list[Any], model: str) -> None:
         """Check a stateful model's graph against config.pbtxt's ``sequence_batching`` (as Triton's
@@ -389,6 +410,92 @@ class OnnxModel(RepositoryModel):
             self.initial_states[st.input_name] = self._initial_state(st)
         self.sequence_inputs = tuple(specs)
 
+    def _ragged_spec(self, arg: Any, side: str, tc: TensorConfig) -> TensorSpec:
+        """A ragged input's or a scattered output's spec: config.pbtxt's ``dims`` (per request row),
+        the graph's tensor of any rank for an output, rank 1 for a ragged input (its requests'
+        values in one dimension, Triton's onnxruntime backend's rule).  Raises
+        :class:`ModelLoadError` naming the tensor."""
+        dtype = ONNX_TYPES.get(arg.type)
+        if dtype is None:
+            raise ModelLoadError(self.path, f"{side} {arg.name!r} has type {arg.type}; supported: {', '.join(ONNX_TYPES)}")
+        if side == "input" and arg.shape is not None and len(arg.shape) != 1:
+            raise ModelLoadError(self.path, f"ragged input {arg.name!r} (allow_ragged_batch) has {len(arg.shape)} "
+                                            f"dimensions in the graph ({_show(list(arg.shape))}); a ragged input is "
+                                            "fed as its requests' values in one dimension: the graph takes [-1]")
+        dims = tc.triton_dims or ()
+        return TensorSpec(arg.name, tuple(VARIABLE if d == -1 else d for d in dims), dtype)
+
+    def _check_batch_inputs(self, config: ModelConfig, graph_in: list[Any]) -> None:
+        """Each config.pbtxt ``batch_input``'s target is a graph input of its ``data_type``, of rank 2 for
+        ``BATCH_ITEM_SHAPE`` and 1 for the other kinds.  Raises :class:`ModelLoadError` naming it."""
+        by_name = {a.name: a for a in graph_in}
+        for b in config.batch_inputs:
+            arg = by_name.get(b.target)
+            if arg is None:
+                raise ModelLoadError(self.path, f"config.pbtxt's batch_input {b.target!r} is not a graph input (its "
+                                                f"inputs: {', '.join(map(repr, by_name))})")
+            if ONNX_TYPES.get(arg.type) != b.dtype:
+                raise ModelLoadError(self.path, f"batch input {b.target!r} is {b.dtype} in config.pbtxt; the graph's "
+                                                f"is {arg.type}")
+            rank = 2 if b.kind == "BATCH_ITEM_SHAPE" else 1
+            if arg.shape is not None and len(arg.shape) != rank:
+                raise ModelLoadError(self.path, f"batch input {b.target!r} ({b.kind}) has {len(arg.shape)} dimensions "
+                                                f"in the graph; it is fed with {rank}")
+
+    def _predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None) -> Any:
+        """A batch of a model with ragged batching (:mod:`.ragged`), its requests of ``rows[i]`` rows in
+        order (``ids`` unused): each ragged input (a :class:`~wsserve.worker.Ragged`, or one request's
+        array) fed as its requests' values in one dimension, each batch input computed from its
+        source's shapes, the other inputs as they are.  Returns the outputs of every row (an
+        output's first dimension must be the batch's rows), or, with a scattered output,
+        :class:`~wsserve.worker.RequestOutputs` (each request's part).  Raises ``ValueError`` for
+        outputs that do not fit."""
+        self._require_open()
+        x = dict(batch) if isinstance(batch, dict) else {self.inputs[0].name: batch}
+        shapes: dict[str, list[tuple[int, ...]]] = {}
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            v = x.get(spec.name)
+            if v is None:
+                continue
+            if spec.name in self.ragged_inputs:
+                parts = v.parts if isinstance(v, Ragged) else (v,)
+                shapes[spec.name] = [p.shape for p in parts]
+                feeds[spec.name] = np.asarray(concat_flat(parts), dtype=spec.np_dtype)
+            else:
+                a = np.asarray(v, dtype=spec.np_dtype)
+                shapes[spec.name] = [(r, *a.shape[1:]) for r in rows]
+                feeds[spec.name] = a
+        for b in self._batch_inputs:
+            feeds[b.target] = batch_input_value(b.kind, shapes[b.source], b.dtype)
+        total = sum(rows)
+        got = self._run(self._session, self._output_names, feeds)
+        if not self._scatter:
+            return self._pack(self._fitted(self._batch_rows(got, total)))
+        plain = self._batch_rows([o for o, n in zip(got, self._output_names, strict=True) if n not in self._scatter],
+                                 total, [n for n in self._output_names if n not in self._scatter])
+        by_name = dict(zip([n for n in self._output_names if n not in self._scatter], plain, strict=True))
+        parts: list[dict[str, np.ndarray]] = [{} for _ in rows]
+        for o, name in zip(got, self._output_names, strict=True):
+            if name in self._scatter:
+                for i, p in enumerate(scatter(o, shapes[self._scatter[name]], self._scatter_dims[name], name)):
+                    parts[i][name] = p
+            else:
+                start = 0
+                for i, r in enumerate(rows):
+                    parts[i][name] = by_name[name][start:start + r]
+                    start += r
+        return RequestOutputs(tuple(self._pack([p[n] for n in self._output_names]) for p in parts))
+
+    def _batch_rows(self, outs: list[np.ndarray], total: int, names: list[str] | None = None) -> list[np.ndarray]:
+        """``outs``, each checked to hold the batch's ``total`` rows first (an output of a ragged batch
+        is scattered by rows unless a batch_output scatters it).  Raises ``ValueError`` naming it."""
+        for o, name in zip(outs, names or self._output_names, strict=True):
+            if o.ndim < 1 or o.shape[0] != total:
+                raise ValueError(f"output {name!r} has shape {list(o.shape)}; the batch has {total} rows (an output "
+                                 "not scattered by a batch_output holds one row per request row)")
+        return outs
+
     def _initial_state(self, st: Any) -> np.ndarray:
         """State ``st``'s value at a sequence's START (one row, without the batch dimension): zeros
         in its initial dims, or the raw little-endian row-major values of the model directory's
@@ -409,9 +516,15 @@ class OnnxModel(RepositoryModel):
 
     def warmup(self, batch: Batch | None = None, *, stop: Any = None) -> None:
         """As :meth:`RepositoryModel.warmup`, but a stateful model (``sequence_batching``: its runs
-        need a sequence's control and state inputs) is not warmed up, as its Triton Python peer."""
+        need a sequence's control and state inputs) is not warmed up, as its Triton Python peer, nor is
+        a model with ragged batching without ``model_warmup`` samples."""
         if self.config.sequence is not None:
             log.info("%s: not warmed up: the model is stateful (sequence_batching)", self.path)
+            return
+        if batch is None and not self.config.warmup and "predict_requests" in self.__dict__:
+            # ragged batching: what a batch of zeros would mean to the graph is its own (Triton warms up
+            # only what model_warmup says)
+            log.info("%s: not warmed up: ragged batching (allow_ragged_batch, batch_input, batch_output)", self.path)
             return
         super().warmup(batch, stop=stop)
 
@@ -458,6 +571,10 @@ class OnnxModel(RepositoryModel):
 
     def predict(self, batch: Batch) -> Batch:
         self._require_open()
+        if "predict_requests" in self.__dict__:  # ragged batching: one request (a warm-up's batch)
+            x = batch if isinstance(batch, dict) else {self.inputs[0].name: batch}
+            y = self._predict_requests(batch, [len(next(iter(x.values())))])
+            return y.parts[0] if isinstance(y, RequestOutputs) else y
         session = self._session  # one reference for the whole call, even if close() runs meanwhile
         names = self._run_names
         answered = len(self._output_names)

@@ -80,13 +80,17 @@ Mapped (Triton's semantics, triton-inference-server/server
   (:func:`_sequence_batching`, served by :mod:`wsserve.sequence_worker`); its ``state`` (implicit
   state, :func:`_states`) for an ONNX model only.
 
+- Ragged batching (:mod:`.ragged`, :func:`_ragged`): per input ``allow_ragged_batch`` ->
+  :attr:`TensorConfig.ragged`; ``batch_input`` -> :attr:`ModelConfig.batch_inputs` (an ONNX model's);
+  ``batch_output`` (``BATCH_SCATTER_WITH_INPUT_SHAPE``) -> :attr:`ModelConfig.batch_outputs` (an ONNX
+  model's).  Each needs ``max_batch_size > 0`` and no ``sequence_batching``; a ragged input takes no
+  ``reshape``; a Python model takes ``allow_ragged_batch`` only.
+
 Refused (semantics wsserve cannot honour), naming the field:
-``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble), ``batch_input``,
-``batch_output``, ``model_transaction_policy { decoupled: true }`` but for a ``backend:
-"python"`` model (served streaming, :mod:`wsserve.decoupled`),
-``dynamic_batching.priority_queue_policy``, and per
-tensor ``is_shape_tensor``, ``allow_ragged_batch``,
-``is_non_linear_format_io``.
+``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble),
+``batch_input`` and ``batch_output`` of a Python model, ``model_transaction_policy { decoupled: true }``
+but for a ``backend: "python"`` model (served streaming, :mod:`wsserve.decoupled`), and per
+tensor ``is_shape_tensor``, ``is_non_linear_format_io``.
 
 ``model_warmup`` is honoured (:mod:`.warmup`: a version runs its samples before it serves).
 Accepted and ignored (hints): every other field set (``optimization``,
@@ -127,6 +131,7 @@ from .config import (
 from .ensemble_config import ENSEMBLE_PLATFORM, parse_ensemble
 from .errors import ConfigError
 from .layout import PBTXT_FILE
+from .ragged import BatchInput, BatchOutput
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 from .warmup import parse_warmup
 
@@ -158,12 +163,9 @@ _SERVED = 'platform "onnxruntime_onnx" or backend "onnxruntime" (ONNX models), b
 #: Fields whose meaning wsserve cannot give: the model is refused.
 _REFUSED = {
     "ensemble_scheduling": 'ensemble steps outside an ensemble (set platform: "ensemble")',
-    "batch_input": "batch inputs",
-    "batch_output": "batch outputs",
 }
 _TENSOR_REFUSED = {
     "is_shape_tensor": "shape tensors",
-    "allow_ragged_batch": "ragged batches",
     "is_non_linear_format_io": "non-linear format tensors",
 }
 _THREADS_PARAM = "intra_op_thread_count"
@@ -239,7 +241,11 @@ def _tensors(path: Path, key: str, tensors: Any, warnings: list[str]) -> tuple[T
         shape = _dims(path, f"{where}.dims", dims)
         model_dims = check_reshape(path, where, dims, list(t.reshape.shape)) if t.HasField("reshape") else None
         optional = bool(getattr(t, "optional", False))  # inputs only (Triton's ModelOutput has no such field)
-        out.append(TensorConfig(t.name, shape, TRITON_TYPES[type_name], tuple(dims), model_dims, optional))
+        ragged = bool(getattr(t, "allow_ragged_batch", False))  # inputs only, too
+        if ragged and model_dims is not None:
+            raise ConfigError(path, f"{where}.allow_ragged_batch", "is not served with reshape (a ragged input is "
+                              "fed to the model as its requests' values in one dimension)")
+        out.append(TensorConfig(t.name, shape, TRITON_TYPES[type_name], tuple(dims), model_dims, optional, ragged))
     return tuple(out)
 
 
@@ -460,6 +466,7 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
               "response_cache": cfg.HasField("response_cache") and cfg.response_cache.enable,
               "warmup": parse_warmup(path, cfg.model_warmup, TRITON_TYPES, batching=cfg.max_batch_size > 0 or not (
                   cfg.input and cfg.output), max_batch_size=cfg.max_batch_size)}
+    common.update(_ragged(path, cfg, inputs, outputs))
     if cfg.backend == "python":
         return _python_config(path, cfg, model_name, common, warnings)
     _no_onnx_strings(path, inputs, outputs)
@@ -476,6 +483,84 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         # Triton's onnxruntime backend auto-completes a config that does not list both inputs and outputs
         autofill_batching=cfg.max_batch_size == 0 and not (cfg.input and cfg.output),
     )
+
+
+def _ragged(path: Path, cfg: Any, inputs: tuple[TensorConfig, ...] | None,
+            outputs: tuple[TensorConfig, ...] | None) -> dict[str, Any]:
+    """Ragged batching (:mod:`.ragged`): ``batch_inputs`` and ``batch_outputs`` for :class:`ModelConfig`,
+    checked as Triton's ``ValidateBatchIO`` checks them (one ``source_input``, a listed input; a batch
+    input's ``data_type`` TYPE_INT32 or TYPE_FP32; a batch output's ``target_name`` listed outputs,
+    each once) and where wsserve serves them: an input's ``allow_ragged_batch`` and batch inputs and
+    outputs need ``max_batch_size > 0`` and no ``sequence_batching``; a Python model (Triton's Python
+    backend computes no batch inputs) takes ``allow_ragged_batch`` only.  A batch input's
+    ``target_name``: one name, not a listed input (the server feeds it).  Raises :class:`ConfigError`
+    naming the field."""
+    ragged = [i for i, t in enumerate(inputs or ()) if t.ragged]
+    used = ragged or cfg.batch_input or cfg.batch_output
+    if not used:
+        return {}
+    first = f"input[{ragged[0]}].allow_ragged_batch" if ragged else "batch_input" if cfg.batch_input else "batch_output"
+    if cfg.max_batch_size == 0:
+        raise ConfigError(path, first, "needs max_batch_size > 0 (ragged batching batches requests; a model without a "
+                          "batch dimension runs each alone)")
+    if cfg.HasField("sequence_batching"):
+        raise ConfigError(path, first, "is not served for a stateful model (sequence_batching): wsserve serves "
+                          "ragged batching with the dynamic batcher")
+    if cfg.backend == "python":
+        for key in ("batch_input", "batch_output"):
+            if getattr(cfg, key):
+                raise ConfigError(path, key, "is not served for a Python model (backend: \"python\"): Triton's "
+                                  "Python backend gives each request's own tensors, it computes no batch inputs "
+                                  "nor scatters outputs (allow_ragged_batch is served)")
+    names = [t.name for t in inputs or ()]
+    out_names = [t.name for t in outputs or ()]
+    batch_inputs: list[BatchInput] = []
+    for i, bi in enumerate(cfg.batch_input):
+        where = f"batch_input[{i}]"
+        kind = _enum_name(path, f"{where}.kind", bi, "kind")
+        if len(bi.source_input) != 1:
+            raise ConfigError(path, f"{where}.source_input", f"batch input kind '{kind}' expects 1 source input, "
+                              f"got {len(bi.source_input)}")
+        source = bi.source_input[0]
+        if source not in names:
+            raise ConfigError(path, f"{where}.source_input", f"unknown source input name {source[:128]!r} (not in input)")
+        type_name = _enum_name(path, f"{where}.data_type", bi, "data_type")
+        if type_name not in ("TYPE_INT32", "TYPE_FP32"):
+            raise ConfigError(path, f"{where}.data_type", f"batch input data type must be TYPE_INT32 or TYPE_FP32, "
+                              f"got {type_name}")
+        if len(bi.target_name) != 1:
+            raise ConfigError(path, f"{where}.target_name", f"must name exactly one model input, got {len(bi.target_name)}")
+        target = bi.target_name[0]
+        if not _NAME_RE.match(target):
+            raise ConfigError(path, f"{where}.target_name", f"must be 1-128 printable characters without spaces or "
+                              f"quotes, got {target[:128]!r}")
+        if target in names or any(b.target == target for b in batch_inputs):
+            raise ConfigError(path, f"{where}.target_name", f"{target!r} is already an input or a batch input (a batch "
+                              "input is fed by the server, not listed in input)")
+        batch_inputs.append(BatchInput(kind, target, TRITON_TYPES[type_name], source))
+    batch_outputs: list[BatchOutput] = []
+    scattered: set[str] = set()
+    for i, bo in enumerate(cfg.batch_output):
+        where = f"batch_output[{i}]"
+        kind = _enum_name(path, f"{where}.kind", bo, "kind")
+        if len(bo.source_input) != 1:
+            raise ConfigError(path, f"{where}.source_input", f"batch output kind '{kind}' expects 1 source input, "
+                              f"got {len(bo.source_input)}")
+        source = bo.source_input[0]
+        if source not in names:
+            raise ConfigError(path, f"{where}.source_input", f"unknown source input name {source[:128]!r} (not in input)")
+        if not bo.target_name:
+            raise ConfigError(path, f"{where}.target_name", "must name at least one output")
+        for target in bo.target_name:
+            if target not in out_names:
+                raise ConfigError(path, f"{where}.target_name", f"unknown target output name {target[:128]!r} "
+                                  "(not in output)")
+            if target in scattered:
+                raise ConfigError(path, f"{where}.target_name", f"target output name {target!r} can only be "
+                                  "specified once")
+            scattered.add(target)
+        batch_outputs.append(BatchOutput(tuple(bo.target_name), source))
+    return {"batch_inputs": tuple(batch_inputs), "batch_outputs": tuple(batch_outputs)}
 
 
 def _no_onnx_strings(path: Path, inputs: tuple[TensorConfig, ...] | None,

@@ -85,7 +85,13 @@ from ..errors import (
 )
 from ..models.base import call_model_code
 from ..shapes import MAX_VALUES, VARIABLE
-from ..worker import RequestErrors, RequestOutputs, RequestParameters, concat_rows
+from ..worker import (
+    Ragged,
+    RequestErrors,
+    RequestOutputs,
+    RequestParameters,
+    concat_rows,
+)
 from . import bls
 from . import triton_pb_utils as pb
 from .backend import Batch, RepositoryModel, check_outputs, make_info
@@ -302,6 +308,9 @@ class TritonPythonModel(RepositoryModel):
         #: An output has a variable (-1) dimension: each request is answered at its own size there
         #: (:class:`~wsserve.worker.RequestOutputs`); otherwise one array holds the batch's rows.
         self._ragged = any(s.variable for s in self.outputs)
+        #: config.pbtxt's ``allow_ragged_batch`` inputs: requests of any shape there share an ``execute``
+        #: (each request its own tensor, as Triton's Python backend gives it); the worker reads it.
+        self.ragged_inputs = frozenset(t.name for t in config.inputs or () if t.ragged)
         #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (see the module docstring).
         self.decoupled = config.decoupled
         with custommetrics.owning(self._metrics):
@@ -405,8 +414,8 @@ class TritonPythonModel(RepositoryModel):
             request_ids = [ids[i] for i in owner]
         else:
             requests, start = [], 0
-            for r in rows:
-                requests.append({k: v[start:start + r] for k, v in x.items()})
+            for i, r in enumerate(rows):  # a ragged input (allow_ragged_batch): each request's own array
+                requests.append({k: v.parts[i] if isinstance(v, Ragged) else v[start:start + r] for k, v in x.items()})
                 start += r
             owner, request_ids = list(range(len(rows))), ids
         outs, params = self._execute(requests, request_ids)

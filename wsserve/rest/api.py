@@ -131,6 +131,8 @@ CUDA_SHM_REFUSAL = "CUDA shared memory is not supported: this server runs no GPU
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "python": "python", "npz": "wsserve_npz", "ensemble": "ensemble"}
 #: Triton's ``backend`` for a ``platform`` (others: the platform's name).
 _BACKENDS = {"onnxruntime_onnx": "onnxruntime", "ensemble": ""}
+#: A batch input's dtype -> its config ``data_type`` (config.pbtxt allows these two).
+_BATCH_TYPES = {"int32": "TYPE_INT32", "float32": "TYPE_FP32"}
 
 
 class HttpApi:
@@ -575,6 +577,13 @@ class HttpApi:
             batching["reshapes"] = {t.name: t.model_dims for t in (*(getattr(config, "inputs", None) or ()),
                                                                   *(getattr(config, "outputs", None) or ()))
                                     if getattr(t, "model_dims", None) is not None and t.name is not None}
+            # config.pbtxt's ragged batching (wsserve.repository.ragged), as Triton lists it
+            batching["ragged"] = frozenset(t.name for t in getattr(config, "inputs", None) or ()
+                                           if getattr(t, "ragged", False))
+            batching["batch_input"] = [{"kind": b.kind, "target_name": [b.target], "data_type": _BATCH_TYPES[b.dtype],
+                                        "source_input": [b.source]} for b in getattr(config, "batch_inputs", ())]
+            batching["batch_output"] = [{"target_name": list(b.targets), "kind": "BATCH_SCATTER_WITH_INPUT_SHAPE",
+                                         "source_input": [b.source]} for b in getattr(config, "batch_outputs", ())]
             sequence = getattr(config, "sequence", None)  # a stateful model's sequence_batching
             if sequence is not None:
                 batching["sequence_batching"] = sequence.as_json

@@ -90,10 +90,12 @@ _CONFIG_TYPES = {"BYTES": "TYPE_STRING"}
 
 
 def _tensors(tensors: Iterable[Tensor], required: str | None = None,
-             reshapes: Mapping[str, tuple[int, ...]] | None = None) -> list[dict[str, Any]]:
+             reshapes: Mapping[str, tuple[int, ...]] | None = None,
+             ragged: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Config ``input``/``output`` entries; with ``required`` (a generative model's inputs) each
     input says whether it is ``optional`` (every one but ``required``), as Triton's config does;
-    ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name."""
+    ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name; ``ragged``: the inputs that
+    say ``allow_ragged_batch: true``."""
     out = []
     for t in tensors:
         entry: dict[str, Any] = {"name": t.name, "data_type": _CONFIG_TYPES.get(t.datatype, "TYPE_" + t.datatype),
@@ -102,6 +104,8 @@ def _tensors(tensors: Iterable[Tensor], required: str | None = None,
             entry["optional"] = t.name != required
         elif t.optional:
             entry["optional"] = True
+        if t.name in ragged:
+            entry["allow_ragged_batch"] = True
         if reshapes and t.name in reshapes:
             entry["reshape"] = {"shape": list(reshapes[t.name])}
         out.append(entry)
@@ -135,7 +139,9 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  priority_queue_policy: Mapping[int, dict[str, Any]] | None = None,
                  ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
                  reshapes: Mapping[str, tuple[int, ...]] | None = None, decoupled: bool = False,
-                 sequence_batching: Mapping[str, Any] | None = None) -> bytes:
+                 sequence_batching: Mapping[str, Any] | None = None, ragged: frozenset[str] = frozenset(),
+                 batch_input: list[dict[str, Any]] | None = None,
+                 batch_output: list[dict[str, Any]] | None = None) -> bytes:
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
@@ -151,7 +157,9 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     response cache; ``reshapes``: config.pbtxt's ``reshape`` shapes by tensor name (each listed
     as Triton lists it); ``decoupled``: a decoupled Triton Python model (``model_transaction_policy
     {decoupled: true}``, its requests run one per ``execute``: ``dynamic_batching`` shows no window);
-    ``sequence_batching``: a stateful model's section (it then has no ``dynamic_batching``)."""
+    ``sequence_batching``: a stateful model's section (it then has no ``dynamic_batching``);
+    ``ragged``: its inputs with ``allow_ragged_batch``; ``batch_input`` / ``batch_output``:
+    config.pbtxt's (as Triton lists them), if any."""
     body: dict[str, Any] = {
         "name": name, "platform": platform, "backend": backend, "version_policy": version_policy(policy),
     }
@@ -164,7 +172,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     batched = all(t.batched for t in (*inputs, *outputs))
     body.update({
         "max_batch_size": max_rows if batched else 0,  # 0: no batch dimension, dims are whole shapes
-        "input": _tensors(inputs, reshapes=reshapes),
+        "input": _tensors(inputs, reshapes=reshapes, ragged=ragged),
         "output": _tensors(outputs, reshapes=reshapes),
         "dynamic_batching": {"max_queue_delay_microseconds": round(max_delay_s * 1e6),
                              "priority_levels": priority_levels, "default_priority_level": default_priority_level},
@@ -178,6 +186,10 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         body["parameters"] = {"max_batch_rows": {"string_value": str(max_batch_rows)}}
     if response_cache:
         body["response_cache"] = {"enable": True}
+    if batch_input:
+        body["batch_input"] = batch_input
+    if batch_output:
+        body["batch_output"] = batch_output
     if sequence_batching is not None:
         del body["dynamic_batching"]
         body["sequence_batching"] = sequence_batching
