@@ -1038,3 +1038,37 @@ def test_model_warmup_runs_for_a_decoupled_model_and_a_failing_sample_fails_its_
             s.close()
     finally:
         proc.stop()
+
+
+async def test_a_levels_own_policy_without_max_queue_size_does_not_take_the_default_policys_bound(
+        tmp_path: Path) -> None:
+    """Triton's ``PolicyQueue``: a level whose own ``priority_queue_policy`` sets ``max_queue_size: 0``
+    has no bound, whatever ``default_queue_policy``'s is (as a predict model's queue keeps it).  The
+    default policy's bound (1) still holds at the other level."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.batching import PriorityLevels, QueuePolicy
+    from wsserve.decoupled import DecoupledWorker
+    from wsserve.errors import Overloaded
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    levels = PriorityLevels(2, 2, configured=True, policies=((1, QueuePolicy(None)),))
+    worker = DecoupledWorker(model, name="gated", instances=1, max_queue_requests=1, drain_timeout_s=0.0,
+                             priorities=levels)
+    worker.start()
+    try:
+        held, first, second, low, refused = _Sink(1), _Sink(2), _Sink(3), _Sink(4), _Sink(5)
+        worker.submit(held)
+        await _until(lambda: gate.started == [1])
+        worker.submit(first, priority=1)
+        worker.submit(second, priority=1)  # level 1: no bound of its own
+        worker.submit(low, priority=2)
+        with pytest.raises(Overloaded, match="priority level 2"):
+            worker.submit(refused, priority=2)  # level 2: the default policy's bound, 1
+        gate.release.set()
+        await _until(lambda: all(s.finished for s in (held, first, second, low)))
+        assert gate.started == [1, 2, 3, 4]
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()
