@@ -268,6 +268,13 @@ def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
 
 
+#: ERRS' model with three priority levels and DELAY queue policies (the configuration reports them).
+DELAYING_PBTXT = ERRS_PBTXT + """dynamic_batching { priority_levels: 3 default_priority_level: 2
+  default_queue_policy { default_timeout_microseconds: 2000000 timeout_action: DELAY max_queue_size: 8 }
+  priority_queue_policy [ { key: 1 value: { default_timeout_microseconds: 1000000 max_queue_size: 4 } } ] }
+"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
     base = tmp_path_factory.mktemp("triton_decoupled")
@@ -288,6 +295,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
     _write(root, "partial", PARTIAL_PBTXT, PARTIAL_PY)
     _write(root, "empty", EMPTY_PBTXT, EMPTY_PY)
+    _write(root, "delaying", DELAYING_PBTXT, ERRS_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -1072,3 +1080,27 @@ async def test_a_levels_own_policy_without_max_queue_size_does_not_take_the_defa
         gate.release.set()
         await worker.close()
         model.close()
+
+
+def test_the_configuration_reports_a_decoupled_models_priority_levels_and_queue_policies(served) -> None:
+    """A decoupled model applies its config.pbtxt's priority levels and queue policies: Triton's
+    configuration (HTTP and gRPC) reports them, not wsserve's two levels and no timeout."""
+    from tests.support import http_get
+
+    status, _, body = http_get(f"{served[0].http}/v2/models/delaying/config")
+    assert status == 200, body
+    db = json.loads(body)["dynamic_batching"]
+    assert (db["priority_levels"], db["default_priority_level"]) == (3, 2)
+    assert db["default_queue_policy"] == {"timeout_action": "DELAY", "default_timeout_microseconds": 2000000,
+                                          "allow_timeout_override": False, "max_queue_size": 8}
+    assert db["priority_queue_policy"] == {"1": {"timeout_action": "REJECT", "default_timeout_microseconds": 1000000,
+                                                 "allow_timeout_override": False, "max_queue_size": 4}}
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        config = client.get_model_config("delaying").config
+        assert config.model_transaction_policy.decoupled
+        assert config.dynamic_batching.priority_levels == 3
+        assert config.dynamic_batching.default_queue_policy.timeout_action == \
+            type(config.dynamic_batching.default_queue_policy).DELAY
+    finally:
+        client.close()
