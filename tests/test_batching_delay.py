@@ -136,3 +136,34 @@ def test_queue_policy_timeout_action() -> None:
         QueuePolicy(timeout_action="drop")
     with pytest.raises(ValueError, match="delayed_levels"):
         BatchQueue(priority_levels=2, delayed_levels=(3,))
+
+
+class _Inputs:
+    """A request's payload, weakly referenced to see whether the queue still holds it."""
+
+
+def test_a_request_that_left_or_started_is_not_kept_alive_until_its_queue_timeout() -> None:
+    """As the deadline heap: a request cancelled, expired, started or finished before its queue
+    timeout (which may be days away) is not kept alive by the queue (nor its inputs)."""
+    import gc
+    import weakref
+
+    q = BatchQueue(max_batch_size=1, priority_levels=1, default_priority_level=1, delayed_levels=(1,))
+    refs = []
+    for deadline in (None, 0.5):
+        payload = _Inputs()
+        refs.append(weakref.ref(payload))
+        item = WorkItem(rows=1, priority=1, payload=payload, delay_at=1e6, deadline=deadline)
+        q.add(item, 0.0)
+        if deadline is None:
+            assert q.cancel(item)
+    q.add(WorkItem(rows=2, priority=1, payload=_Inputs(), delay_at=1e6), 0.0)
+    refs.append(weakref.ref(q._classes[0][-1].payload))
+    batch = q.next_batch(1.0)  # the second expired; the third started
+    assert batch is not None and len(batch.expired) == 1 and len(batch.slices) == 1
+    del item, payload, batch
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None  # cancelled, expired
+    assert q.next_batch(1.0) is not None and len(q) == 0  # the third finished
+    gc.collect()
+    assert refs[2]() is None

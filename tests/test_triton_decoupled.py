@@ -268,6 +268,13 @@ def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
 
 
+#: ERRS' model with three priority levels and DELAY queue policies (the configuration reports them).
+DELAYING_PBTXT = ERRS_PBTXT + """dynamic_batching { priority_levels: 3 default_priority_level: 2
+  default_queue_policy { default_timeout_microseconds: 2000000 timeout_action: DELAY max_queue_size: 8 }
+  priority_queue_policy [ { key: 1 value: { default_timeout_microseconds: 1000000 max_queue_size: 4 } } ] }
+"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
     base = tmp_path_factory.mktemp("triton_decoupled")
@@ -288,6 +295,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "strings", STRINGS_PBTXT.replace("MARKS", str(marks)), STRINGS_PY)
     _write(root, "partial", PARTIAL_PBTXT, PARTIAL_PY)
     _write(root, "empty", EMPTY_PBTXT, EMPTY_PY)
+    _write(root, "delaying", DELAYING_PBTXT, ERRS_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -1038,3 +1046,61 @@ def test_model_warmup_runs_for_a_decoupled_model_and_a_failing_sample_fails_its_
             s.close()
     finally:
         proc.stop()
+
+
+async def test_a_levels_own_policy_without_max_queue_size_does_not_take_the_default_policys_bound(
+        tmp_path: Path) -> None:
+    """Triton's ``PolicyQueue``: a level whose own ``priority_queue_policy`` sets ``max_queue_size: 0``
+    has no bound, whatever ``default_queue_policy``'s is (as a predict model's queue keeps it).  The
+    default policy's bound (1) still holds at the other level."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.batching import PriorityLevels, QueuePolicy
+    from wsserve.decoupled import DecoupledWorker
+    from wsserve.errors import Overloaded
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    levels = PriorityLevels(2, 2, configured=True, policies=((1, QueuePolicy(None)),))
+    worker = DecoupledWorker(model, name="gated", instances=1, max_queue_requests=1, drain_timeout_s=0.0,
+                             priorities=levels)
+    worker.start()
+    try:
+        held, first, second, low, refused = _Sink(1), _Sink(2), _Sink(3), _Sink(4), _Sink(5)
+        worker.submit(held)
+        await _until(lambda: gate.started == [1])
+        worker.submit(first, priority=1)
+        worker.submit(second, priority=1)  # level 1: no bound of its own
+        worker.submit(low, priority=2)
+        with pytest.raises(Overloaded, match="priority level 2"):
+            worker.submit(refused, priority=2)  # level 2: the default policy's bound, 1
+        gate.release.set()
+        await _until(lambda: all(s.finished for s in (held, first, second, low)))
+        assert gate.started == [1, 2, 3, 4]
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()
+
+
+def test_the_configuration_reports_a_decoupled_models_priority_levels_and_queue_policies(served) -> None:
+    """A decoupled model applies its config.pbtxt's priority levels and queue policies: Triton's
+    configuration (HTTP and gRPC) reports them, not wsserve's two levels and no timeout."""
+    from tests.support import http_get
+
+    status, _, body = http_get(f"{served[0].http}/v2/models/delaying/config")
+    assert status == 200, body
+    db = json.loads(body)["dynamic_batching"]
+    assert (db["priority_levels"], db["default_priority_level"]) == (3, 2)
+    assert db["default_queue_policy"] == {"timeout_action": "DELAY", "default_timeout_microseconds": 2000000,
+                                          "allow_timeout_override": False, "max_queue_size": 8}
+    assert db["priority_queue_policy"] == {"1": {"timeout_action": "REJECT", "default_timeout_microseconds": 1000000,
+                                                 "allow_timeout_override": False, "max_queue_size": 4}}
+    client = tgrpc.InferenceServerClient(served[1])
+    try:
+        config = client.get_model_config("delaying").config
+        assert config.model_transaction_policy.decoupled
+        assert config.dynamic_batching.priority_levels == 3
+        assert config.dynamic_batching.default_queue_policy.timeout_action == \
+            type(config.dynamic_batching.default_queue_policy).DELAY
+    finally:
+        client.close()

@@ -255,6 +255,8 @@ class WorkItem:
     #: at a level of the queue's ``delayed_levels``, where passing it before any row was scheduled
     #: moves the request behind its level's others instead of ending it (``deadline`` still does).
     delay_at: float | None = None
+    #: Its entry in the queue's heap of ``delay_at``\ s (blanked when it starts or leaves the queue).
+    delay_entry: list[Any] | None = None
 
     @property
     def remaining(self) -> int:
@@ -372,8 +374,8 @@ class BatchQueue:
         self._by_priority = (levels[default_priority_level - 1], *levels)
         #: Likewise its level's delayed deque (None: the level has none); None when no level delays.
         self._delayed_by_priority = (delayed[default_priority_level - 1], *delayed) if delayed_levels else None
-        #: Min-heap of ``[delay_at, tiebreak, item]`` of the items queued at a delaying level with a
-        #: ``delay_at``; an entry is checked when it is due (its item may have started or left since).
+        #: Min-heap of ``[delay_at, tiebreak, item | None]`` of the items queued at a delaying level with
+        #: a ``delay_at``; an item that starts or leaves the queue blanks its entry (as ``_deadlines``).
         self._delays: list[list[Any]] = []
         #: Likewise: the level, and its request bound (None: none), of an item of priority ``p``.
         self._level_by_priority = (default_priority_level, *range(1, priority_levels + 1))
@@ -454,9 +456,10 @@ class BatchQueue:
         if self._delayed_by_priority is not None and item.delay_at is not None and \
                 self._delayed_by_priority[priority] is not None:
             heap = self._delays
-            heapq.heappush(heap, [item.delay_at, next(self._tiebreak), item])
+            item.delay_entry = [item.delay_at, next(self._tiebreak), item]
+            heapq.heappush(heap, item.delay_entry)
             if len(heap) > 64 and len(heap) > 2 * self._requests:  # mostly started or gone: drop those
-                heap[:] = [e for e in heap if not e[2].cancelled and not e[2].next_row]
+                heap[:] = [e for e in heap if e[2] is not None]
                 heapq.heapify(heap)
 
     def _delayed_len(self, priority: int) -> int:
@@ -539,6 +542,8 @@ class BatchQueue:
         if self._shape_units is not None:
             self._count_shape(item.shape, -item.remaining * item.cost)
         self._forget_deadline(item)
+        if item.delay_entry is not None:
+            self._forget_delay(item)
         return True
 
     def _count_shape(self, shape: Any, units: int) -> None:
@@ -565,6 +570,15 @@ class BatchQueue:
             heap[:] = [e for e in heap if e[2] is not None]
             heapq.heapify(heap)
             self._stale = 0
+
+    @staticmethod
+    def _forget_delay(item: WorkItem) -> None:
+        """``item`` started or left the queue: its ``delay_at`` no longer applies, and its entry in
+        the delay heap no longer holds it (nor its payload) until that time."""
+        entry = item.delay_entry
+        if entry is not None:
+            entry[2] = None
+            item.delay_entry = None
 
     # -- scheduling
 
@@ -608,6 +622,8 @@ class BatchQueue:
                     item.next_row = item.rows
                     if item.deadline_entry is not None:
                         self._forget_deadline(item)
+                    if item.delay_entry is not None:
+                        self._forget_delay(item)
                 queue.clear()
             rows, units = self._rows, self._units
             self._rows = self._units = self._requests = self._bytes = 0
@@ -676,6 +692,8 @@ class BatchQueue:
         """``take`` rows of ``item`` (``cost`` units each) leave the queue; True when rows remain (it
         started: a queue deadline that ends then is met), False when it is done (it leaves the queue)."""
         item.next_row += take
+        if item.delay_entry is not None:  # started: its queue timeout is met
+            self._forget_delay(item)
         self._bytes -= take * item.row_bytes
         self._units -= take * cost
         if item.remaining:
@@ -744,8 +762,9 @@ class BatchQueue:
         assert late_by_priority is not None
         while heap and heap[0][0] <= now:
             item = heapq.heappop(heap)[2]
-            if item.cancelled or item.next_row or not item.remaining:
+            if item is None:
                 continue  # left the queue, or started (its queue timeout met) before it passed
+            item.delay_entry = None
             p = item.priority if item.priority < len(by_priority) else 0
             try:
                 by_priority[p].remove(item)
@@ -776,6 +795,7 @@ class BatchQueue:
         for it in items:
             it.cancelled = True
             self._forget_deadline(it)
+            it.delay_entry = None
         self._delays.clear()
         self._rows = self._units = self._requests = self._bytes = 0
         if self._shape_units is not None:

@@ -251,7 +251,9 @@ class DecoupledWorker:
         ``default_priority_level``, ``priority_queue_policy``; default wsserve's two, ``priority`` 1
         first), each level waiting in the order it came, the levels in order (1 first);
         ``max_queue_requests`` bounds each level's waiting requests for a config.pbtxt model (Triton's
-        ``max_queue_size``; a level's own policy's bound first), the whole queue otherwise.
+        ``max_queue_size``) but a level with its own policy, bounded by that policy's (by
+        :data:`DEFAULT_MAX_QUEUE_REQUESTS` when it sets none, as ``max_queue_size: 0`` is no bound in
+        Triton), the whole queue otherwise.
         ``queue_policy``: the default queue policy (Triton's ``default_queue_policy``; a level's own
         replaces it): its ``default_timeout_ms`` ends a request still *waiting* that long
         (``deadline_exceeded``), shortened by the request's own deadline only with
@@ -347,7 +349,9 @@ class DecoupledWorker:
         queue = self._levels[2 * (level - 1)]
         policy = priorities.policy(priority, self.queue_policy)
         if priorities.configured:  # Triton's max_queue_size: per level (a level's own policy's first), delayed ones too
-            most = policy.max_queue_requests or self.max_queue_requests
+            # a level's own policy without max_queue_size has no bound (Triton's), wsserve's cap for "none" then
+            most = self.max_queue_requests if policy is self.queue_policy else \
+                policy.max_queue_requests or DEFAULT_MAX_QUEUE_REQUESTS
             if (waiting := len(queue) + len(self._levels[2 * level - 1])) >= most:
                 raise Overloaded(f"model {self.name!r}: {waiting} requests wait for an instance at priority "
                                  f"level {level} (max_queue_requests={most})", retry_after_ms=100)

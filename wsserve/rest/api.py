@@ -539,6 +539,21 @@ class HttpApi:
         version ``v``, or of the default version; 404 or 503 as the metadata route."""
         return HttpResponse(200, self.model_config(self._lookup(params["name"], params.get("version"))), JSON)
 
+    @staticmethod
+    def _priority_levels(worker: Any) -> dict[str, Any]:
+        """:func:`triton.model_config`'s priority arguments of a predict or decoupled worker (its
+        levels and their own queue policies; none when it has no ``priorities``)."""
+        priorities = getattr(worker, "priorities", None)
+        if priorities is None:
+            return {}
+        out: dict[str, Any] = {"priority_levels": priorities.levels, "default_priority_level": priorities.default}
+        if priorities.policies:
+            out["priority_queue_policy"] = {
+                level: triton.level_queue_policy(p.max_queue_requests, p.default_timeout_s,
+                                                 p.allow_timeout_override, p.timeout_action)
+                for level, p in priorities.policies}
+        return out
+
     def model_config(self, entry: Any) -> bytes:
         """The Triton configuration body (JSON) of a served version (every transport's)."""
         platform = _platform(entry)
@@ -547,8 +562,14 @@ class HttpApi:
         max_rows = self.config.max_rows
         if entry.decoupled:  # one execute per request (no batching window), any number of responses
             inputs, outputs = self._signature(entry)
+            worker = entry.worker
+            default = getattr(worker, "queue_policy", None)  # its default queue policy (a level's own replaces it)
             batching = {"inputs": inputs, "outputs": outputs, "decoupled": True,
-                        "queue_policy": triton.queue_policy(getattr(entry.worker, "max_queue_requests", None), None, True)}
+                        "queue_policy": triton.queue_policy(
+                            getattr(worker, "max_queue_requests", None), getattr(default, "default_timeout_s", None),
+                            getattr(default, "allow_timeout_override", True),
+                            getattr(default, "timeout_action", "REJECT"))}
+            batching.update(self._priority_levels(worker))
             steps = getattr(entry.model, "triton_steps", None)  # a decoupled ensemble's (a step is decoupled)
             if callable(steps):
                 batching["ensemble_steps"] = steps()
@@ -564,14 +585,7 @@ class HttpApi:
                                                             getattr(worker, "allow_timeout_override", True),
                                                             getattr(getattr(worker, "queue_policy", None),
                                                                     "timeout_action", "REJECT"))}
-            priorities = getattr(worker, "priorities", None)
-            if priorities is not None:
-                batching.update(priority_levels=priorities.levels, default_priority_level=priorities.default)
-                if priorities.policies:
-                    batching["priority_queue_policy"] = {
-                        level: triton.level_queue_policy(p.max_queue_requests, p.default_timeout_s,
-                                                         p.allow_timeout_override, p.timeout_action)
-                        for level, p in priorities.policies}
+            batching.update(self._priority_levels(worker))
             batching["response_cache"] = getattr(getattr(entry.model, "config", None), "response_cache", False) is True
             config = getattr(entry.model, "config", None)
             batching["reshapes"] = {t.name: t.model_dims for t in (*(getattr(config, "inputs", None) or ()),
