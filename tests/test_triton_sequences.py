@@ -596,3 +596,40 @@ async def test_a_websocket_with_more_sequences_than_slots_goes_on_past_the_backl
         assert {rid: f["outputs"]["SUM"][0][0] for rid, f in got.items()} == INTERLEAVED_SUMS
     finally:
         await conn.close()
+
+
+#: A's requests answered behind B's waiting START outnumber --max-inflight (2) before A's END comes.
+BEHIND = [("c1", 11, 1, True, False), ("d1", 12, 10, True, False), ("c2", 11, 2, False, False),
+          ("c3", 11, 3, False, False), ("c4", 11, 4, False, True), ("d2", 12, 20, False, True)]
+BEHIND_SUMS = {"c1": 1, "d1": 10, "c2": 3, "c3": 6, "c4": 10, "d2": 30}
+
+
+def test_a_grpc_stream_reads_on_while_answers_wait_behind_a_request_waiting_for_a_slot(narrow) -> None:
+    """The answers of the sequence holding the slot, computed but written only after the earlier
+    request waiting for a slot (the stream's order), do not stop the stream's reading either:
+    with more of them than ``--max-inflight`` before the END that frees the slot, the END is
+    still read (else the stream stalls until A idles out, a minute, and A's requests fail)."""
+    client = tgrpc.InferenceServerClient(narrow[1])
+    answers: list[tuple[str, int]] = []
+    errors: list[Any] = []
+
+    def callback(result: Any, error: Any) -> None:
+        if error is not None:
+            errors.append(error)
+        else:
+            answers.append((result.get_response().id, _row(result)[0]))
+
+    client.start_stream(callback=callback)
+    try:
+        for rid, sid, value, start, end in BEHIND:
+            t = tgrpc.InferInput("IN", [1, 1], "INT32")
+            t.set_data_from_numpy(np.array([[value]], np.int32))
+            client.async_stream_infer("one_grpc", [t], request_id=rid, sequence_id=sid, sequence_start=start,
+                                      sequence_end=end)
+        wait_until(lambda: len(answers) + len(errors) >= len(BEHIND), 30.0, what="every request answered")
+        assert errors == []
+        assert [rid for rid, _ in answers] == [p[0] for p in BEHIND]
+        assert dict(answers) == BEHIND_SUMS
+    finally:
+        client.stop_stream()
+        client.close()
