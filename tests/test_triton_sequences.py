@@ -528,6 +528,7 @@ def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     root = tmp_path_factory.mktemp("narrow_sequences") / "model_repository"
     _write(root, "one_grpc", _pbtxt(1, 60_000_000))
     _write(root, "one_ws", _pbtxt(1, 60_000_000))
+    _write(root, "one_flood", _pbtxt(1, 60_000_000))
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-inflight", "2")
     try:
@@ -633,3 +634,37 @@ def test_a_grpc_stream_reads_on_while_answers_wait_behind_a_request_waiting_for_
     finally:
         client.stop_stream()
         client.close()
+
+
+async def test_a_websocket_opening_sequences_past_the_slots_is_bounded_by_the_models_queue(narrow) -> None:
+    """Requests waiting for a slot are not counted against ``max_inflight`` (2), but one connection
+    cannot hold more of them than the model's queue takes (``max_queue_size``, by default 1024
+    requests of sequences waiting): past it each new sequence is refused ``overloaded``; once the
+    holder's END frees the slot (a full backlog does not refuse it) every accepted one runs, and
+    the connection still takes new requests."""
+    from tests.support.conn import Conn
+
+    def predict(rid: str, sid: int, value: int, start: bool, end: bool) -> dict[str, Any]:
+        return {"type": "predict", "id": rid, "model": "one_flood", "inputs": {"IN": [[value]]},
+                "sequence_id": sid, "sequence_start": start, "sequence_end": end}
+
+    conn = await Conn.open(narrow[0].url)
+    try:
+        first = await conn.request(predict("hold", 1, 1, True, False))
+        assert first["type"] == "result"
+        flood = [f"s{i}" for i in range(1040)]
+        for i, rid in enumerate(flood):
+            await conn.send(predict(rid, 1000 + i, 1, True, True))
+        await conn.send(predict("end", 1, 1, False, True))
+        frames = await conn.collect({*flood, "end"}, timeout=120.0)
+        last = {rid: fs[-1] for rid, fs in frames.items()}
+        assert last["end"]["type"] == "result", last["end"]
+        refused = [rid for rid in flood if last[rid]["type"] != "result"]
+        assert {last[rid]["code"] for rid in refused} == {"overloaded"}
+        assert len(refused) == len(flood) - 1024
+        for i in range(3):
+            await conn.send(predict(f"x{i}", 5000 + i, 1, True, True))
+        after = await conn.collect({"x0", "x1", "x2"}, timeout=30.0)
+        assert sum(fs[-1]["type"] == "result" for fs in after.values()) >= 2
+    finally:
+        await conn.close()
