@@ -668,3 +668,44 @@ async def test_a_websocket_opening_sequences_past_the_slots_is_bounded_by_the_mo
         assert sum(fs[-1]["type"] == "result" for fs in after.values()) >= 2
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``narrow``'s limits with answers waiting for their turn held to 4096 bytes
+    (``--max-write-buffer-bytes``: each counts 4 KiB more than its message, so any one is past
+    it), a one-slot accumulator idle for 1 s before let go."""
+    root = tmp_path_factory.mktemp("capped_sequences") / "model_repository"
+    _write(root, "one_grpc", _pbtxt(1, 1_000_000))
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-inflight", "2", "--max-write-buffer-bytes", "4096")
+    try:
+        yield grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+def test_answers_waiting_behind_a_request_waiting_for_a_slot_are_bounded_in_bytes(capped) -> None:
+    """Past ``--max-write-buffer-bytes`` the answers waiting for their turn count against the
+    stream's read bound again: A's END, sent behind more than ``--max-inflight`` of them, is read
+    only once A has idled out (1 s), letting its slot go to B, so it is refused (START required)."""
+    client = tgrpc.InferenceServerClient(capped)
+    got: list[tuple[str, Any]] = []
+
+    def callback(result: Any, error: Any) -> None:
+        got.append(("error", str(error)) if error is not None else (result.get_response().id, _row(result)[0]))
+
+    client.start_stream(callback=callback)
+    try:
+        for rid, sid, value, start, end in BEHIND:
+            t = tgrpc.InferInput("IN", [1, 1], "INT32")
+            t.set_data_from_numpy(np.array([[value]], np.int32))
+            client.async_stream_infer("one_grpc", [t], request_id=rid, sequence_id=sid, sequence_start=start,
+                                      sequence_end=end)
+        wait_until(lambda: len(got) >= len(BEHIND), 30.0, what="every request answered")
+        assert [rid for rid, _ in got] == ["c1", "d1", "c2", "c3", "error", "d2"]
+        assert "must specify the START flag" in got[4][1]
+        assert dict(got[:4] + got[5:]) == {"c1": 1, "d1": 10, "c2": 3, "c3": 6, "d2": 30}
+    finally:
+        client.stop_stream()
+        client.close()
