@@ -461,3 +461,31 @@ def test_requests_waiting_for_a_slot_are_told_and_listed_once_their_sequence_get
     assert not s.waits_for_slot(b1) and s.waits_for_slot(c1)
     s.cancel(c1, 0.2)
     assert not s.waits_for_slot(c1)
+
+
+def test_a_full_backlog_never_keeps_a_sequence_holding_a_slot_from_ending() -> None:
+    """``max_waiting`` requests waiting for a slot do not refuse the requests of a sequence that
+    holds one (its END frees the slot they wait for): those are counted apart, up to
+    ``max_waiting`` of their own; a new sequence, or one in the backlog, is still refused."""
+    s = SequenceScheduler("acc", slots=1, max_backlog=4, max_waiting=2)
+    a1 = s.arrive(1, True, False, "a1", 0.0)
+    assert s.take(0.0) == [a1]
+    s.arrive(2, True, False, "b1", 0.0)
+    s.arrive(3, True, True, "c1", 0.0)  # two wait for the slot: the model's max_waiting
+    with pytest.raises(Overloaded, match="2 requests of sequences wait"):
+        s.arrive(4, True, True, "d1", 0.0)
+    with pytest.raises(Overloaded, match="2 requests of sequences wait"):
+        s.arrive(2, False, True, "b2", 0.0)
+    a2 = s.arrive(1, False, False, "a2", 0.0)  # A holds the slot: its requests are taken
+    a3 = s.arrive(1, False, False, "a3", 0.0)
+    with pytest.raises(Overloaded, match="2 requests of sequences wait in sequences holding a slot"):
+        s.arrive(1, False, True, "a4", 0.0)
+    s.done(a1, 0.1)
+    assert s.take(0.1) == [a2]
+    a4 = s.arrive(1, False, True, "a4", 0.1)  # one was handed out: room for A's END
+    for p, now in ((a2, 0.2), (a3, 0.3)):
+        s.done(p, now)
+        assert s.take(now) == [a3 if p is a2 else a4]
+    s.done(a4, 0.4)  # A's END ran: B gets the slot
+    assert _ids(s.granted()) == ["b1"]
+    assert s.waiting == 2

@@ -528,6 +528,7 @@ def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     root = tmp_path_factory.mktemp("narrow_sequences") / "model_repository"
     _write(root, "one_grpc", _pbtxt(1, 60_000_000))
     _write(root, "one_ws", _pbtxt(1, 60_000_000))
+    _write(root, "one_flood", _pbtxt(1, 60_000_000))
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-inflight", "2")
     try:
@@ -596,3 +597,115 @@ async def test_a_websocket_with_more_sequences_than_slots_goes_on_past_the_backl
         assert {rid: f["outputs"]["SUM"][0][0] for rid, f in got.items()} == INTERLEAVED_SUMS
     finally:
         await conn.close()
+
+
+#: A's requests answered behind B's waiting START outnumber --max-inflight (2) before A's END comes.
+BEHIND = [("c1", 11, 1, True, False), ("d1", 12, 10, True, False), ("c2", 11, 2, False, False),
+          ("c3", 11, 3, False, False), ("c4", 11, 4, False, True), ("d2", 12, 20, False, True)]
+BEHIND_SUMS = {"c1": 1, "d1": 10, "c2": 3, "c3": 6, "c4": 10, "d2": 30}
+
+
+def test_a_grpc_stream_reads_on_while_answers_wait_behind_a_request_waiting_for_a_slot(narrow) -> None:
+    """The answers of the sequence holding the slot, computed but written only after the earlier
+    request waiting for a slot (the stream's order), do not stop the stream's reading either:
+    with more of them than ``--max-inflight`` before the END that frees the slot, the END is
+    still read (else the stream stalls until A idles out, a minute, and A's requests fail)."""
+    client = tgrpc.InferenceServerClient(narrow[1])
+    answers: list[tuple[str, int]] = []
+    errors: list[Any] = []
+
+    def callback(result: Any, error: Any) -> None:
+        if error is not None:
+            errors.append(error)
+        else:
+            answers.append((result.get_response().id, _row(result)[0]))
+
+    client.start_stream(callback=callback)
+    try:
+        for rid, sid, value, start, end in BEHIND:
+            t = tgrpc.InferInput("IN", [1, 1], "INT32")
+            t.set_data_from_numpy(np.array([[value]], np.int32))
+            client.async_stream_infer("one_grpc", [t], request_id=rid, sequence_id=sid, sequence_start=start,
+                                      sequence_end=end)
+        wait_until(lambda: len(answers) + len(errors) >= len(BEHIND), 30.0, what="every request answered")
+        assert errors == []
+        assert [rid for rid, _ in answers] == [p[0] for p in BEHIND]
+        assert dict(answers) == BEHIND_SUMS
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+async def test_a_websocket_opening_sequences_past_the_slots_is_bounded_by_the_models_queue(narrow) -> None:
+    """Requests waiting for a slot are not counted against ``max_inflight`` (2), but one connection
+    cannot hold more of them than the model's queue takes (``max_queue_size``, by default 1024
+    requests of sequences waiting): past it each new sequence is refused ``overloaded``; once the
+    holder's END frees the slot (a full backlog does not refuse it) every accepted one runs, and
+    the connection still takes new requests."""
+    from tests.support.conn import Conn
+
+    def predict(rid: str, sid: int, value: int, start: bool, end: bool) -> dict[str, Any]:
+        return {"type": "predict", "id": rid, "model": "one_flood", "inputs": {"IN": [[value]]},
+                "sequence_id": sid, "sequence_start": start, "sequence_end": end}
+
+    conn = await Conn.open(narrow[0].url)
+    try:
+        first = await conn.request(predict("hold", 1, 1, True, False))
+        assert first["type"] == "result"
+        flood = [f"s{i}" for i in range(1040)]
+        for i, rid in enumerate(flood):
+            await conn.send(predict(rid, 1000 + i, 1, True, True))
+        await conn.send(predict("end", 1, 1, False, True))
+        frames = await conn.collect({*flood, "end"}, timeout=120.0)
+        last = {rid: fs[-1] for rid, fs in frames.items()}
+        assert last["end"]["type"] == "result", last["end"]
+        refused = [rid for rid in flood if last[rid]["type"] != "result"]
+        assert {last[rid]["code"] for rid in refused} == {"overloaded"}
+        assert len(refused) == len(flood) - 1024
+        for i in range(3):
+            await conn.send(predict(f"x{i}", 5000 + i, 1, True, True))
+        after = await conn.collect({"x0", "x1", "x2"}, timeout=30.0)
+        assert sum(fs[-1]["type"] == "result" for fs in after.values()) >= 2
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``narrow``'s limits with answers waiting for their turn held to 4096 bytes
+    (``--max-write-buffer-bytes``: each counts 4 KiB more than its message, so any one is past
+    it), a one-slot accumulator idle for 1 s before let go."""
+    root = tmp_path_factory.mktemp("capped_sequences") / "model_repository"
+    _write(root, "one_grpc", _pbtxt(1, 1_000_000))
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-inflight", "2", "--max-write-buffer-bytes", "4096")
+    try:
+        yield grpc_address(proc)
+    finally:
+        proc.stop()
+
+
+def test_answers_waiting_behind_a_request_waiting_for_a_slot_are_bounded_in_bytes(capped) -> None:
+    """Past ``--max-write-buffer-bytes`` the answers waiting for their turn count against the
+    stream's read bound again: A's END, sent behind more than ``--max-inflight`` of them, is read
+    only once A has idled out (1 s), letting its slot go to B, so it is refused (START required)."""
+    client = tgrpc.InferenceServerClient(capped)
+    got: list[tuple[str, Any]] = []
+
+    def callback(result: Any, error: Any) -> None:
+        got.append(("error", str(error)) if error is not None else (result.get_response().id, _row(result)[0]))
+
+    client.start_stream(callback=callback)
+    try:
+        for rid, sid, value, start, end in BEHIND:
+            t = tgrpc.InferInput("IN", [1, 1], "INT32")
+            t.set_data_from_numpy(np.array([[value]], np.int32))
+            client.async_stream_infer("one_grpc", [t], request_id=rid, sequence_id=sid, sequence_start=start,
+                                      sequence_end=end)
+        wait_until(lambda: len(got) >= len(BEHIND), 30.0, what="every request answered")
+        assert [rid for rid, _ in got] == ["c1", "d1", "c2", "c3", "error", "d2"]
+        assert "must specify the START flag" in got[4][1]
+        assert dict(got[:4] + got[5:]) == {"c1": 1, "d1": 10, "c2": 3, "c3": 6, "d2": 30}
+    finally:
+        client.stop_stream()
+        client.close()

@@ -20,7 +20,9 @@ instances, its requests batched oldest first up to ``max_batch_size``):
   :func:`missing_id`); the first request of an unknown sequence (never seen, ended, or expired)
   must carry START, else :meth:`SequenceScheduler.arrive` refuses it (Triton's message).
 - At most ``max_waiting`` requests wait (not yet handed out) over all sequences; past it a
-  request is refused with ``overloaded``.  Their rows and input bytes are counted
+  request is refused with ``overloaded``, but a request of a sequence holding a slot counts only
+  those of sequences holding one (at most ``max_waiting`` more then wait), so a full backlog never
+  refuses the END that frees a slot for it.  Their rows and input bytes are counted
   (:attr:`SequenceScheduler.waiting_rows`, :attr:`SequenceScheduler.waiting_bytes`) for the caller
   to bound them with the model's queue (``max_queue_rows``, ``max_queue_bytes``); a request of a
   sequence holding a slot counts only those of sequences holding one
@@ -286,6 +288,7 @@ class SequenceScheduler:
         self.waiting_rows = 0  # their rows
         self._slot_rows = 0  # rows and bytes of those waiting in sequences holding a slot
         self._slot_bytes = 0
+        self._slot_waiting = 0  # and how many they are (a full backlog never refuses them: arrive())
         self._sequences: dict[int | str, _Sequence] = {}
         self._backlog: OrderedDict[int | str, None] = OrderedDict()  # sequences waiting for a slot, FIFO
         self._held = 0  # sequences holding a slot
@@ -356,8 +359,13 @@ class SequenceScheduler:
             why = f" ({seq.aborted})" if seq is not None and seq.aborted else ""
             raise BadRequest(f"inference request for sequence {correlation_id} to model '{self.name}' must specify "
                              f"the START flag on the first request of the sequence{why}")
-        if self.waiting >= self.max_waiting:
-            raise Overloaded(f"model {self.name!r}: {self.waiting} requests of sequences wait "
+        # a sequence holding a slot counts only those of sequences holding one (as ahead()): its
+        # END, behind a full backlog, frees the slot the backlog waits for
+        held = seq is not None and seq.slot
+        waiting = self._slot_waiting if held else self.waiting
+        if waiting >= self.max_waiting:
+            raise Overloaded(f"model {self.name!r}: {waiting} requests of sequences wait"
+                             f"{' in sequences holding a slot' if held else ''} "
                              f"(max_queue_requests={self.max_waiting})", retry_after_ms=100)
         if seq is None:
             if self._held >= self.slots and len(self._backlog) >= self.max_backlog:
@@ -382,6 +390,7 @@ class SequenceScheduler:
         if seq.slot:
             self._slot_rows += rows
             self._slot_bytes += nbytes
+            self._slot_waiting += 1
         return pending
 
     def take(self, now: float) -> list[Pending]:
@@ -406,6 +415,7 @@ class SequenceScheduler:
                 self.waiting_rows -= p.rows
                 self._slot_rows -= p.rows
                 self._slot_bytes -= p.nbytes
+                self._slot_waiting -= 1
                 out.append(p)
         out.sort(key=lambda p: p.arrived)  # stable: equal times keep sequence order
         return out
@@ -511,7 +521,7 @@ class SequenceScheduler:
         self.waiting = 0
         self.waiting_bytes = 0
         self.waiting_rows = 0
-        self._slot_rows = self._slot_bytes = 0
+        self._slot_rows = self._slot_bytes = self._slot_waiting = 0
         if self.budget is not None:
             self.budget.used -= self.state_bytes
         self.state_bytes = 0
@@ -525,6 +535,7 @@ class SequenceScheduler:
         if seq is not None and seq.slot:
             self._slot_rows -= pending.rows
             self._slot_bytes -= pending.nbytes
+            self._slot_waiting -= 1
 
     def _abort(self, seq: _Sequence, dropped: Pending, why: str, *, ran: bool = False) -> None:
         """``dropped`` (of ``seq``) never reaches the model (``ran``: its sequence cannot go on
@@ -572,4 +583,5 @@ class SequenceScheduler:
                 live = [p for p in waiting.queue if not p.cancelled]
                 self._slot_rows += sum(p.rows for p in live)
                 self._slot_bytes += sum(p.nbytes for p in live)
+                self._slot_waiting += len(live)
                 self._granted.extend(live)

@@ -67,20 +67,54 @@ HEALTH_SERVICES = ("", "inference.GRPCInferenceService")
 
 
 class _StreamFlow:
-    """A ModelStreamInfer stream's requests waiting for their sequence to be given a slot
-    (``waiting``; :meth:`GrpcInferCall.on_slot_wait`): its read bound does not count them.
-    ``more`` is set when one more waits (the read loop may go on)."""
+    """A ModelStreamInfer stream's requests its read bound does not count (:meth:`free`): those
+    waiting for their sequence to be given a slot (``waiting``; :meth:`GrpcInferCall.on_slot_wait`)
+    and, while any waits, the answers computed but not yet written because an earlier request's
+    is not (``parked``: the stream writes in request order, so those behind a request waiting for
+    a slot wait for it too; the END that gives it a slot may come behind them).  Parked answers
+    are bounded in bytes (``max_parked_bytes``, each counted with :data:`_PARKED_OVERHEAD` more):
+    past it they count again.  ``more`` is set when :meth:`free` may have grown (the read loop
+    may go on)."""
 
-    __slots__ = ("waiting", "more")
+    __slots__ = ("waiting", "more", "parked", "parked_bytes", "max_parked_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, max_parked_bytes: int) -> None:
         self.waiting = 0
         self.more = asyncio.Event()
+        self.parked = 0
+        self.parked_bytes = 0
+        self.max_parked_bytes = max_parked_bytes
 
     def add(self, delta: int) -> None:
         self.waiting += delta
         if delta > 0:
             self.more.set()
+
+    def free(self) -> int:
+        """How many of the stream's unfinished requests its read bound does not count."""
+        if not self.waiting:
+            return 0
+        if self.parked_bytes > self.max_parked_bytes:
+            return self.waiting
+        return self.waiting + self.parked
+
+    def park(self, nbytes: int) -> int:
+        """An answer of ``nbytes`` bytes waits for an earlier one to be written; returns its cost
+        (for :meth:`unpark`)."""
+        cost = nbytes + _PARKED_OVERHEAD
+        self.parked += 1
+        self.parked_bytes += cost
+        if self.waiting:
+            self.more.set()
+        return cost
+
+    def unpark(self, cost: int) -> None:
+        self.parked -= 1
+        self.parked_bytes -= cost
+
+
+#: What a parked answer (:class:`_StreamFlow`) holds besides its message: its task and its call
+_PARKED_OVERHEAD = 4096
 
 
 class GrpcInferCall(InferCall):
@@ -887,8 +921,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         At most ``max_inflight`` requests of a stream are handled at once (a refused one until its
         error is written): the next one is read from the stream only when one of them ends, so a
         client that sends without reading cannot pile up work.  A request waiting for its sequence
-        to be given a slot (a stateful model's, :class:`_StreamFlow`) is not counted meanwhile: the
-        model's queue bounds those, and the request ending a sequence that holds a slot, sent
+        to be given a slot (a stateful model's, :class:`_StreamFlow`) is not counted meanwhile, nor,
+        while one waits, the answers computed behind it (up to ``max_write_buffer_bytes``): the
+        model's queue bounds the former, and the request ending a sequence that holds a slot, sent
         behind them, must be read for them to get one."""
         key = await self._key(context, "ModelStreamInfer")
         peer = context.peer()
@@ -901,7 +936,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await context.write(response)
 
         bound = self.config.max_inflight
-        flow = _StreamFlow()
+        flow = _StreamFlow(self.config.max_write_buffer_bytes)
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
 
@@ -910,8 +945,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             async for request in requests:
-                # no more read from the stream until one ends (its answer written) or waits for a slot
-                while len(tasks) - flow.waiting >= bound:
+                # no more read from the stream until one ends (its answer written) or waits for a
+                # slot, or an answer is parked behind one that waits for a slot (_StreamFlow.free)
+                while len(tasks) - flow.free() >= bound:
                     flow.more.clear()
                     more = loop.create_task(flow.more.wait())
                     try:
@@ -1027,8 +1063,13 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 message = service_pb2.ModelStreamInferResponse(infer_response=response)
             except WsserveError as exc:
                 message = convert.stream_error(exc, request.model_name, request.id or None)
-            if before is not None:
-                await asyncio.shield(before)  # (cancelled, this task leaves ``before`` to its own)
+            if before is not None and not before.done():
+                cost = flow.park(message.ByteSize()) if flow is not None else 0
+                try:
+                    await asyncio.shield(before)  # (cancelled, this task leaves ``before`` to its own)
+                finally:
+                    if flow is not None:
+                        flow.unpark(cost)
             await write(message)
         finally:
             if not after.done():
