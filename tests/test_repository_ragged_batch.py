@@ -19,6 +19,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("tritonclient.grpc")  # config.pbtxt is read with Triton's protobuf messages
 import tritonclient.http as thttp  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
 from tests.support import Conn, ServerProcess, wait_until  # noqa: E402
@@ -339,6 +340,33 @@ async def test_two_lengths_share_one_execution_over_the_websocket(served: Server
             (last,) = frames[i]
             assert last["type"] == "result", last
             CHECKS[model](x, last["outputs"])
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("model", ["ragged_onnx", "ragged_py"])
+def test_a_request_larger_than_a_batch_is_refused_as_tritons_not_split(served: ServerProcess, model: str) -> None:
+    """Three rows with max_batch_size 2: split over two batches, the model would take its rows as two
+    requests (each counted, shaped and answered apart); Triton refuses such a request."""
+    client = thttp.InferenceServerClient(f"127.0.0.1:{served.port}")
+    try:
+        x = np.ones((3, 3), np.float32)
+        inp = thttp.InferInput("INPUT", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 2"):
+            client.infer(model, [inp])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("model", ["ragged_onnx", "ragged_py"])
+async def test_a_request_larger_than_a_batch_is_refused_over_the_websocket(served: ServerProcess, model: str) -> None:
+    conn = await Conn.open(served.url)
+    try:
+        await conn.send({"type": "predict", "id": "big", "model": model, "inputs": {"INPUT": np.ones((3, 2)).tolist()}})
+        (last,) = (await conn.collect({"big"}))["big"]
+        assert last["type"] == "error" and last["code"] == "invalid_input", last
+        assert "batch-size must be <= 2" in last["message"], last
     finally:
         await conn.close()
 

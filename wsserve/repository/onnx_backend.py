@@ -365,7 +365,9 @@ class OnnxModel(RepositoryModel):
         self._scatter = {t: bo.source for bo in config.batch_outputs for t in bo.targets}
         self._scatter_dims = {s.name: tuple(-1 if d == VARIABLE else d for d in s.shape) for s in self.outputs
                               if s.name in self._scatter}
-        if self.ragged_inputs or self._batch_inputs or self._scatter:
+        #: the model has ragged batching: the worker never splits a request over batches
+        self.ragged_batching = bool(self.ragged_inputs or self._batch_inputs or self._scatter)
+        if self.ragged_batching:
             # each request's shapes matter: the worker passes the batch as its requests (Triton's batcher)
             self.predict_requests = self._predict_requests
 
