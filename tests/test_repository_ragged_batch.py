@@ -412,6 +412,10 @@ def test_two_lengths_share_one_execution_over_oip_grpc(served: ServerProcess, mo
         stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         assert int(stats.get("inference_count", 0)) - int(before.get("inference_count", 0)) == 2
         assert int(stats.get("execution_count", 0)) - int(before.get("execution_count", 0)) == 1
+        big = tgrpc.InferInput("INPUT", [3, 3], "FP32")  # more rows than max_batch_size: refused, never split
+        big.set_data_from_numpy(np.ones((3, 3), np.float32))
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 2"):
+            client.infer(model, [big])
         config = client.get_model_config(model).config  # the ModelConfig message (JSON omits enum zeros)
         assert [t.allow_ragged_batch for t in config.input] == [True], config
         if model == "ragged_onnx":
