@@ -2,7 +2,8 @@
 :mod:`wsserve.repository.ragged`): the batch inputs computed sans-I/O, the config checks, and a real
 server on loopback batching two requests of different lengths into one execution of an ONNX model
 (fed their values in one dimension with the batch inputs that split it) and of a Triton Python model
-(each request its own tensor), over a WebSocket and OIP HTTP (``tritonclient.http``)."""
+(each request its own tensor), over a WebSocket, OIP HTTP (``tritonclient.http``) and OIP gRPC
+(``tritonclient.grpc``)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("tritonclient.grpc")  # config.pbtxt is read with Triton's protobuf messages
 import tritonclient.http as thttp  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests import onnx_builders as ob  # noqa: E402
-from tests.support import Conn, ServerProcess  # noqa: E402
+from tests.support import Conn, ServerProcess, wait_until  # noqa: E402
 from wsserve.repository.errors import ConfigError  # noqa: E402
 from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
 from wsserve.repository.ragged import (  # noqa: E402
@@ -172,6 +174,37 @@ def test_the_onnx_backend_refuses_a_ragged_input_the_graph_takes_in_two_dimensio
         OnnxModel("items", 1, ob.save(graph, tmp_path / "items" / "1"), parse_pbtxt(text))
 
 
+RESHAPE_PBTXT = """max_batch_size: 4
+input [ { name: "INPUT" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true },
+        { name: "SCALE" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } } ]
+output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } } ]
+batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "COUNT" data_type: TYPE_FP32 source_input: "INPUT" } ]
+"""
+
+
+def test_the_onnx_backend_reshapes_the_other_inputs_and_outputs_of_a_ragged_batch(tmp_path: Path) -> None:
+    """config.pbtxt's ``reshape`` on a model's inputs that are not ragged, and on its outputs, holds in a
+    ragged batch as in any other: SCALE [rows, 1] is fed to the graph as [rows], OUT [rows] answered
+    as [rows, 1] (SCALE * each request's element count)."""
+    from wsserve.repository.onnx_backend import OnnxModel
+    from wsserve.worker import Ragged
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["SCALE", "COUNT"], ["OUT"])], "reshaped",
+        [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["T"]),
+         helper.make_tensor_value_info("SCALE", TensorProto.FLOAT, ["N"]),
+         helper.make_tensor_value_info("COUNT", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, ["N"])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ob.OPSET)], ir_version=ob.IR_VERSION)
+    model = OnnxModel("reshaped", 1, ob.save(proto, tmp_path / "reshaped" / "1"), parse_pbtxt(RESHAPE_PBTXT))
+    try:
+        a, b = np.ones((1, 3), np.float32), np.ones((1, 5), np.float32)
+        y = model.predict_requests({"INPUT": Ragged((a, b)), "SCALE": np.array([[2.0], [10.0]], np.float32)}, [1, 1])
+        assert np.asarray(y).tolist() == [[6.0], [50.0]]
+    finally:
+        model.close()
+
+
 # --------------------------------------------------------------------------- a real server
 
 def ragged_model() -> onnx.ModelProto:
@@ -256,7 +289,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     (root / "ragged_py" / "1").mkdir(parents=True)
     (root / "ragged_py" / "1" / "model.py").write_text(PYTHON_MODEL)
     (root / "ragged_py" / "config.pbtxt").write_text(PYTHON_PBTXT)
-    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc
     finally:
@@ -311,6 +344,33 @@ async def test_two_lengths_share_one_execution_over_the_websocket(served: Server
         await conn.close()
 
 
+@pytest.mark.parametrize("model", ["ragged_onnx", "ragged_py"])
+def test_a_request_larger_than_a_batch_is_refused_as_tritons_not_split(served: ServerProcess, model: str) -> None:
+    """Three rows with max_batch_size 2: split over two batches, the model would take its rows as two
+    requests (each counted, shaped and answered apart); Triton refuses such a request."""
+    client = thttp.InferenceServerClient(f"127.0.0.1:{served.port}")
+    try:
+        x = np.ones((3, 3), np.float32)
+        inp = thttp.InferInput("INPUT", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 2"):
+            client.infer(model, [inp])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("model", ["ragged_onnx", "ragged_py"])
+async def test_a_request_larger_than_a_batch_is_refused_over_the_websocket(served: ServerProcess, model: str) -> None:
+    conn = await Conn.open(served.url)
+    try:
+        await conn.send({"type": "predict", "id": "big", "model": model, "inputs": {"INPUT": np.ones((3, 2)).tolist()}})
+        (last,) = (await conn.collect({"big"}))["big"]
+        assert last["type"] == "error" and last["code"] == "invalid_input", last
+        assert "batch-size must be <= 2" in last["message"], last
+    finally:
+        await conn.close()
+
+
 def test_config_and_metadata_say_ragged_as_triton_does(served: ServerProcess) -> None:
     client = thttp.InferenceServerClient(f"127.0.0.1:{served.port}")
     try:
@@ -325,5 +385,47 @@ def test_config_and_metadata_say_ragged_as_triton_does(served: ServerProcess) ->
             ("BATCH_ELEMENT_COUNT", ["COUNT"], ["INPUT"])]
         assert [(b["kind"], b["target_name"]) for b in config["batch_output"]] == [
             ("BATCH_SCATTER_WITH_INPUT_SHAPE", ["DOUBLED"])]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("model", ["ragged_onnx", "ragged_py"])
+def test_two_lengths_share_one_execution_over_oip_grpc(served: ServerProcess, model: str) -> None:
+    import tritonclient.grpc as tgrpc
+
+    from tests.test_grpc import grpc_address
+
+    client = tgrpc.InferenceServerClient(grpc_address(served))
+    try:
+        before = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        results: dict[int, Any] = {}
+        for i, x in enumerate((A, B)):
+            inp = tgrpc.InferInput("INPUT", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            client.async_infer(model, [inp], callback=lambda result, error, i=i: results.__setitem__(i, (result, error)))
+        wait_until(lambda: len(results) == 2, 60.0, what="both gRPC answers")
+        for i, x in enumerate((A, B)):
+            result, error = results[i]
+            assert error is None, error
+            CHECKS[model](x, {name: result.as_numpy(name) for name in ("SUM", "REQUESTS", "DOUBLED")
+                              if result.as_numpy(name) is not None})
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        assert int(stats.get("inference_count", 0)) - int(before.get("inference_count", 0)) == 2
+        assert int(stats.get("execution_count", 0)) - int(before.get("execution_count", 0)) == 1
+        big = tgrpc.InferInput("INPUT", [3, 3], "FP32")  # more rows than max_batch_size: refused, never split
+        big.set_data_from_numpy(np.ones((3, 3), np.float32))
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 2"):
+            client.infer(model, [big])
+        config = client.get_model_config(model).config  # the ModelConfig message (JSON omits enum zeros)
+        assert [t.allow_ragged_batch for t in config.input] == [True], config
+        if model == "ragged_onnx":
+            from tritonclient.grpc import model_config_pb2 as mc
+
+            assert [(mc.BatchInput.Kind.Name(b.kind), list(b.target_name), mc.DataType.Name(b.data_type),
+                     list(b.source_input))
+                    for b in config.batch_input] == [
+                ("BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO", ["INDEX"], "TYPE_INT32", ["INPUT"]),
+                ("BATCH_ELEMENT_COUNT", ["COUNT"], "TYPE_FP32", ["INPUT"])]
+            assert [(list(b.target_name), list(b.source_input)) for b in config.batch_output] == [(["DOUBLED"], ["INPUT"])]
     finally:
         client.close()

@@ -403,3 +403,52 @@ def test_a_model_py_hanging_as_it_executes_does_not_hold_up_another_triton_model
         gate.touch()
         hung.join()
     assert "triton_python_backend_utils" not in sys.modules
+
+
+#: Answers the item size of the INPUT tensor its execute got (4: the config's TYPE_FP32).
+ITEMSIZE_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SIZE", np.full((len(x), 1), x.dtype.itemsize,
+                                                                                    np.float32))]))
+        return out
+'''
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["plain", "allow_ragged_batch"])
+def test_a_float32_vector_input_sent_as_json_rows_reaches_execute_as_float32(tmp_path: Path, ragged: bool) -> None:
+    """A model of one TYPE_FP32 vector input takes small JSON requests through wsserve's fast path
+    (rows gathered as float64): its execute still gets the config's data type, as Triton's."""
+    from tests.support import Conn
+
+    root = tmp_path / "repo"
+    (root / "m" / "1").mkdir(parents=True)
+    (root / "m" / "1" / "model.py").write_text(ITEMSIZE_MODEL)
+    flag = " allow_ragged_batch: true" if ragged else ""
+    (root / "m" / "config.pbtxt").write_text(f"""backend: "python"
+max_batch_size: 4
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ 3 ]{flag} }} ]
+output [ {{ name: "SIZE" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+""")
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+
+    async def ask() -> list[dict[str, Any]]:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": 1, "model": "m", "inputs": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]})
+            return (await conn.collect({1}))[1]
+        finally:
+            await conn.close()
+
+    try:
+        (last,) = asyncio.run(ask())
+        assert last["type"] == "result" and last["outputs"] == [[4.0], [4.0]], last
+    finally:
+        proc.stop()

@@ -538,6 +538,10 @@ class PredictWorker:
         ragged = frozenset(getattr(model, "ragged_inputs", ()))
         only = [s.name for s in getattr(model, "inputs", None) or ()]
         self._ragged: frozenset[str] = ragged | {"*"} if len(only) == 1 and only[0] in ragged else ragged
+        #: Ragged batching (ragged inputs, or an ONNX model's batch inputs and outputs): the model counts
+        #: and shapes each request apart, so a request is never split over batches; one larger than a
+        #: batch is refused (Triton's rule).
+        self._unsplit = bool(ragged) or bool(getattr(model, "ragged_batching", False))
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
@@ -648,14 +652,18 @@ class PredictWorker:
         <wsserve.batching.BatchQueue>`).  ``admitted``: the caller bounded the request against this
         queue already (:meth:`BatchQueue.check_room <wsserve.batching.BatchQueue.check_room>`), so a
         full queue does not refuse it.  Raises ``Overloaded`` when the queue is full,
-        ``ShuttingDown`` after :meth:`close` and ``BadRequest`` for a sink that
-        wants explanations from a model that has none; the sink is then never called."""
+        ``ShuttingDown`` after :meth:`close`, ``BadRequest`` for a sink that
+        wants explanations from a model that has none and ``InvalidInput`` for more rows than a batch
+        holds to a model with ragged batching; the sink is then never called."""
         if self._closed:
             raise ShuttingDown("model worker is shutting down")
         n = sink.n
         explain = getattr(sink, "explain", False)
         if explain and self.explainer is None:
             raise BadRequest(self.explain_refusal or "cannot be explained")
+        if self._unsplit and n > self.queue.max_batch_size:
+            raise InvalidInput(f"inference request batch-size must be <= {self.queue.max_batch_size} for "
+                               f"{self.name!r} (ragged batching: a request is never split over batches)")
         now = monotonic()
         until_started = False
         delay_at = None

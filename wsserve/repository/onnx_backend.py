@@ -365,7 +365,9 @@ class OnnxModel(RepositoryModel):
         self._scatter = {t: bo.source for bo in config.batch_outputs for t in bo.targets}
         self._scatter_dims = {s.name: tuple(-1 if d == VARIABLE else d for d in s.shape) for s in self.outputs
                               if s.name in self._scatter}
-        if self.ragged_inputs or self._batch_inputs or self._scatter:
+        #: the model has ragged batching: the worker never splits a request over batches
+        self.ragged_batching = bool(self.ragged_inputs or self._batch_inputs or self._scatter)
+        if self.ragged_batching:
             # each request's shapes matter: the worker passes the batch as its requests (Triton's batcher)
             self.predict_requests = self._predict_requests
 
@@ -446,7 +448,8 @@ class OnnxModel(RepositoryModel):
         """A batch of a model with ragged batching (:mod:`.ragged`), its requests of ``rows[i]`` rows in
         order (``ids`` unused): each ragged input (a :class:`~wsserve.worker.Ragged`, or one request's
         array) fed as its requests' values in one dimension, each batch input computed from its
-        source's shapes, the other inputs as they are.  Returns the outputs of every row (an
+        source's shapes, the other inputs as they are (in config.pbtxt's ``reshape``, if any).  Returns
+        the outputs of every row, each in its wire dims (an
         output's first dimension must be the batch's rows), or, with a scattered output,
         :class:`~wsserve.worker.RequestOutputs` (each request's part).  Raises ``ValueError`` for
         outputs that do not fit."""
@@ -464,12 +467,13 @@ class OnnxModel(RepositoryModel):
                 feeds[spec.name] = np.asarray(concat_flat(parts), dtype=spec.np_dtype)
             else:
                 a = np.asarray(v, dtype=spec.np_dtype)
-                shapes[spec.name] = [(r, *a.shape[1:]) for r in rows]
-                feeds[spec.name] = a
+                shapes[spec.name] = [(r, *a.shape[1:]) for r in rows]  # the requests' (wire) shapes
+                reshape = self._reshape_in.get(spec.name)  # config.pbtxt's reshape: the graph's rows
+                feeds[spec.name] = a if reshape is None else a.reshape((len(a), *reshape[0]))
         for b in self._batch_inputs:
             feeds[b.target] = batch_input_value(b.kind, shapes[b.source], b.dtype)
         total = sum(rows)
-        got = self._run(self._session, self._output_names, feeds)
+        got = self._to_wire(self._run(self._session, self._output_names, feeds))  # (a scattered one: as it is)
         if not self._scatter:
             return self._pack(self._fitted(self._batch_rows(got, total)))
         plain = self._batch_rows([o for o, n in zip(got, self._output_names, strict=True) if n not in self._scatter],

@@ -305,6 +305,9 @@ class TritonPythonModel(RepositoryModel):
         #: config.pbtxt's ``reshape``: input name -> the model's per-row dims; output name -> the wire's
         self._reshape_in = {t.name: t.model_dims for t in config.inputs or () if t.model_dims is not None}
         self._reshape_out = {t.name: t.triton_dims or () for t in config.outputs or () if t.model_dims is not None}
+        #: each numeric input's data type: a request's tensor reaches execute in it (a one-float-vector
+        #: model's JSON rows are gathered as float64)
+        self._input_dtypes = {s.name: s.np_dtype for s in self.inputs if s.dtype != "bytes"}
         #: An output has a variable (-1) dimension: each request is answered at its own size there
         #: (:class:`~wsserve.worker.RequestOutputs`); otherwise one array holds the batch's rows.
         self._ragged = any(s.variable for s in self.outputs)
@@ -483,8 +486,11 @@ class TritonPythonModel(RepositoryModel):
         return outs, params
 
     def _model_side(self, name: str, value: np.ndarray) -> np.ndarray:
-        """Input ``name`` of one request as the model takes it: in config.pbtxt's ``reshape`` (rows first
-        with a batch dimension), or as it came."""
+        """Input ``name`` of one request as the model takes it: in its config data type, and in
+        config.pbtxt's ``reshape`` (rows first with a batch dimension), or as it came."""
+        dtype = self._input_dtypes.get(name)
+        if dtype is not None and value.dtype != dtype:
+            value = value.astype(dtype)
         model_dims = self._reshape_in.get(name)
         if model_dims is None:
             return value
