@@ -517,13 +517,7 @@ def _ragged(path: Path, cfg: Any, inputs: tuple[TensorConfig, ...] | None,
     batch_inputs: list[BatchInput] = []
     for i, bi in enumerate(cfg.batch_input):
         where = f"batch_input[{i}]"
-        kind = _enum_name(path, f"{where}.kind", bi, "kind")
-        if len(bi.source_input) != 1:
-            raise ConfigError(path, f"{where}.source_input", f"batch input kind '{kind}' expects 1 source input, "
-                              f"got {len(bi.source_input)}")
-        source = bi.source_input[0]
-        if source not in names:
-            raise ConfigError(path, f"{where}.source_input", f"unknown source input name {source[:128]!r} (not in input)")
+        kind, source = _kind_and_source(path, where, "batch input", bi, names)
         type_name = _enum_name(path, f"{where}.data_type", bi, "data_type")
         if type_name not in ("TYPE_INT32", "TYPE_FP32"):
             raise ConfigError(path, f"{where}.data_type", f"batch input data type must be TYPE_INT32 or TYPE_FP32, "
@@ -542,13 +536,7 @@ def _ragged(path: Path, cfg: Any, inputs: tuple[TensorConfig, ...] | None,
     scattered: set[str] = set()
     for i, bo in enumerate(cfg.batch_output):
         where = f"batch_output[{i}]"
-        kind = _enum_name(path, f"{where}.kind", bo, "kind")
-        if len(bo.source_input) != 1:
-            raise ConfigError(path, f"{where}.source_input", f"batch output kind '{kind}' expects 1 source input, "
-                              f"got {len(bo.source_input)}")
-        source = bo.source_input[0]
-        if source not in names:
-            raise ConfigError(path, f"{where}.source_input", f"unknown source input name {source[:128]!r} (not in input)")
+        _, source = _kind_and_source(path, where, "batch output", bo, names)
         if not bo.target_name:
             raise ConfigError(path, f"{where}.target_name", "must name at least one output")
         for target in bo.target_name:
@@ -561,6 +549,19 @@ def _ragged(path: Path, cfg: Any, inputs: tuple[TensorConfig, ...] | None,
             scattered.add(target)
         batch_outputs.append(BatchOutput(tuple(bo.target_name), source))
     return {"batch_inputs": tuple(batch_inputs), "batch_outputs": tuple(batch_outputs)}
+
+
+def _kind_and_source(path: Path, where: str, what: str, entry: Any, names: list[str]) -> tuple[str, str]:
+    """A ``batch_input`` / ``batch_output`` entry's kind and its one ``source_input``, which must be
+    one of the model's inputs (``names``); else :class:`ConfigError` at ``where``, Triton's words."""
+    kind = _enum_name(path, f"{where}.kind", entry, "kind")
+    if len(entry.source_input) != 1:
+        raise ConfigError(path, f"{where}.source_input", f"{what} kind '{kind}' expects 1 source input, "
+                          f"got {len(entry.source_input)}")
+    source = entry.source_input[0]
+    if source not in names:
+        raise ConfigError(path, f"{where}.source_input", f"unknown source input name {source[:128]!r} (not in input)")
+    return kind, source
 
 
 def _no_onnx_strings(path: Path, inputs: tuple[TensorConfig, ...] | None,
