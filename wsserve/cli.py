@@ -187,6 +187,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="implicit state kept by all sequences of all stateful ONNX models together (per worker process); "
              "a request whose state would take it past this ends with overloaded, its sequence keeping its "
              "previous state (default 1 GiB)")
+    opt("max_reschedules", group=g, type=_positive_int, default=d.max_reschedules,
+        help="times one request of a Triton Python model (sequence_batching iterative_sequence) may be "
+             "rescheduled (set_release_flags); past it the request ends with an error naming the bound "
+             "(default %(default)s)")
     opt("response_cache_bytes", group=g, type=bounded_int(0, MAX_RESPONSE_CACHE_BYTES), default=d.response_cache_bytes,
         help="size in bytes of the response cache (Triton's --cache-config local,size=N): plain predicts of models "
              "whose config enables response_cache are answered from it when their inputs repeat; per worker "

@@ -172,6 +172,7 @@ class ServerConfig:
     max_queue_bytes: int | None = 64 << 20  # queued predict input bytes (float64) per model
     max_sequence_state_bytes: int = 16 << 20  # implicit state kept per sequence of a stateful ONNX model
     max_sequence_state_total_bytes: int = 1 << 30  # implicit state kept by all sequences of all models
+    max_reschedules: int = 65536  # times one request of a Triton Python model may be rescheduled (iterative_sequence)
     max_generate_batch: int = 256  # sequences stepped together
     max_generate_queue: int | None = 4096  # generations waiting for a slot
     # Limits (server)
@@ -259,7 +260,7 @@ class ServerConfig:
         positive = (
             "max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
             "max_batch_size", "max_generate_batch", "max_write_buffer_bytes", "max_npz_bytes",
-            "max_sequence_state_bytes", "max_sequence_state_total_bytes",
+            "max_sequence_state_bytes", "max_sequence_state_total_bytes", "max_reschedules",
         )
         for name in positive:
             value = getattr(self, name)

@@ -43,6 +43,16 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   model, a level's own policy's bound first; one that ended while waiting no longer counts); more
   are refused ``overloaded``.
 - One request's failure touches no other.
+- Request rescheduling (config.pbtxt ``sequence_batching { iterative_sequence: true }``, the model's
+  ``iterative_sequence`` true): an execute that returns with its request's release flags at
+  ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE`` (``set_release_flags``) has that request given to a
+  later execute, the same stream (its responses, its deadline, its model-side object
+  :attr:`DecoupledStream.model_request`): it goes first in its level's queue, ahead of the
+  requests that have not run yet.  :func:`wsserve.reschedule.after_execute` (sans-I/O) decides:
+  a request that ended meanwhile (cancel, deadline, unload) is released; one whose FINAL was sent,
+  one rescheduled ``max_reschedules`` times already, or any of a model without
+  ``iterative_sequence`` ends with ``internal`` naming why.  Each reschedule costs an execute in an
+  instance's thread: the loop never spins, and other models' workers are not touched.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ from .errors import (
     ShuttingDown,
     WsserveError,
 )
+from .reschedule import MAX_RESCHEDULES, RELEASE_ALL, after_execute
 from .stats import WorkerStatistics
 from .worker import request_id_of
 
@@ -106,7 +117,8 @@ class DecoupledStream:
     (:meth:`respond`, :meth:`fail`, :meth:`cancelled`: any thread)."""
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
-                 "level", "queue", "_stop", "_timer", "_queue_timer", "_lock", "_sent", "__weakref__")
+                 "level", "queue", "_stop", "_timer", "_queue_timer", "_lock", "_sent", "final_sent", "reschedules",
+                 "model_request", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
@@ -127,6 +139,11 @@ class DecoupledStream:
         self._stop = threading.Event()  # any thread: ended, what the model sends is dropped
         self._timer: asyncio.TimerHandle | None = None  # its deadline (waiting or streaming)
         self._queue_timer: asyncio.TimerHandle | None = None  # its level's queue timeout (waiting only)
+        self.final_sent = False  # any thread (under _lock): the model sent its FINAL flag
+        self.reschedules = 0  # loop side: times its execute asked to run it again (wsserve.reschedule)
+        #: the model's own object for the request, kept across its executes when it is rescheduled
+        #: (a Triton model's pb_utils.InferenceRequest: the same one each time); the worker never reads it
+        self.model_request: Any = None
 
     # -- the model's side (any thread)
 
@@ -151,6 +168,7 @@ class DecoupledStream:
             if not over:
                 self.pending_bytes = unwritten
                 self._sent += outputs is not None
+                self.final_sent = self.final_sent or final
             sent = self._sent
         if over:
             self._stop.set()  # what the model sends from now on is dropped
@@ -246,7 +264,8 @@ class DecoupledWorker:
 
     def __init__(self, model: Any, *, name: str, instances: int = 1, max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS,
                  max_pending_bytes: int = 8 << 20, drain_timeout_s: float = 10.0,
-                 priorities: PriorityLevels | None = None, queue_policy: QueuePolicy | None = None) -> None:
+                 priorities: PriorityLevels | None = None, queue_policy: QueuePolicy | None = None,
+                 max_reschedules: int = MAX_RESCHEDULES, max_batch_rows: int = 1) -> None:
         """``priorities``: the model's levels (config.pbtxt's ``priority_levels``,
         ``default_priority_level``, ``priority_queue_policy``; default wsserve's two, ``priority`` 1
         first), each level waiting in the order it came, the levels in order (1 first);
@@ -257,9 +276,20 @@ class DecoupledWorker:
         ``queue_policy``: the default queue policy (Triton's ``default_queue_policy``; a level's own
         replaces it): its ``default_timeout_ms`` ends a request still *waiting* that long
         (``deadline_exceeded``), shortened by the request's own deadline only with
-        ``allow_timeout_override``; once its execute started, only the request's own deadline applies."""
+        ``allow_timeout_override``; once its execute started, only the request's own deadline applies.
+        ``max_reschedules``: the times one request may be rescheduled (:mod:`wsserve.reschedule`; the
+        model's ``iterative_sequence`` attribute true: config.pbtxt's ``iterative_sequence: true``);
+        such a model's executes get several requests, ``max_batch_rows`` rows at most (config.pbtxt's
+        ``max_batch_size``; a request of more rows alone), through its ``execute_decoupled_batch``."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
+        if type(max_reschedules) is not int or max_reschedules < 0:
+            raise ValueError(f"max_reschedules must be an integer >= 0, got {max_reschedules!r}")
+        self.max_reschedules = max_reschedules
+        #: config.pbtxt's ``sequence_batching { iterative_sequence: true }``: requests may be rescheduled
+        self.iterative = getattr(model, "iterative_sequence", False) is True
+        self.max_batch_rows = max(1, max_batch_rows)
+        self.last_batch = 0  # requests of the last execute started
         self.model = model
         self.name = name
         self.explainer = None
@@ -387,7 +417,7 @@ class DecoupledWorker:
             kind="predict", queued=len(waiting), queued_rows=sum(s.sink.n for s in waiting),
             queued_bytes=sum(s.sink.nbytes for s in waiting), running=len(self._open) - len(waiting),
             oldest_age_s=0.0, batches=self.executed, computed=self.executed, executor_batches=self.executed,
-            last_batch_size=1 if self.executed else 0, isolated_batches=0)
+            last_batch_size=self.last_batch, isolated_batches=0)
 
     # -- internals
 
@@ -424,38 +454,85 @@ class DecoupledWorker:
             self._idle.set()
 
     def _next(self) -> None:
-        """Start waiting executes while an instance is free (requests that ended meanwhile skipped)."""
+        """Start waiting executes while an instance is free (requests that ended meanwhile skipped).
+        Each execute gets one request; a model with ``iterative_sequence`` gets the requests at the
+        head of the queue up to ``max_batch_rows`` rows (at least one request), as Triton's sequence
+        batcher batches its iterative sequences."""
         while self._waiting and self._running < self._instances and self._executor is not None:
-            stream = next(level for level in self._levels if level).popleft()
-            self._waiting -= 1
-            if stream.ended:
+            batch: list[DecoupledStream] = []
+            rows = 0
+            while self._waiting:
+                level = next(level for level in self._levels if level)
+                stream = level[0]
+                if not stream.ended and batch and (not self.iterative or rows + stream.sink.n > self.max_batch_rows):
+                    break
+                level.popleft()
+                self._waiting -= 1
+                if not stream.ended:
+                    batch.append(stream)
+                    rows += stream.sink.n
+            if not batch:
                 continue
-            stream.started = True
-            stream._started()
+            for stream in batch:
+                stream.started = True
+                stream._started()
             self._running += 1
             self.executed += 1
-            future = self._loop.run_in_executor(self._executor, self._execute, stream)  # type: ignore[union-attr]
-            future.add_done_callback(functools.partial(self._executed, stream=stream, started=monotonic()))
+            self.last_batch = len(batch)
+            future = self._loop.run_in_executor(self._executor, self._execute, batch)  # type: ignore[union-attr]
+            future.add_done_callback(functools.partial(self._executed, batch=batch, started=monotonic()))
 
-    def _execute(self, stream: DecoupledStream) -> None:
-        """In an instance's thread: the model's execute for ``stream`` (a failure ends the request)."""
+    def _execute(self, batch: list[DecoupledStream]) -> list[int]:
+        """In an instance's thread: the model's execute for ``batch``'s requests (a failure ends
+        them); each request's release flags (:mod:`wsserve.reschedule`)."""
         try:
-            self.model.execute_decoupled(stream.inputs, stream.request_id, stream)
+            if len(batch) == 1:
+                flags = [self.model.execute_decoupled(batch[0].inputs, batch[0].request_id, batch[0])]
+            else:
+                flags = self.model.execute_decoupled_batch([(s.inputs, s.request_id, s) for s in batch])
         except WsserveError as exc:
-            stream.fail(exc)
-        except Exception as exc:  # noqa: BLE001 - the model's failure fails its request only
+            for stream in batch:
+                stream.fail(exc)
+            return [RELEASE_ALL] * len(batch)
+        except Exception as exc:  # noqa: BLE001 - the model's failure fails its requests only
             log.error("model %s failed", self.name, exc_info=exc)
-            stream.fail(Internal(f"model {self.name!r} failed: {type(exc).__name__}: {exc}"))
+            for stream in batch:
+                stream.fail(Internal(f"model {self.name!r} failed: {type(exc).__name__}: {exc}"))
+            return [RELEASE_ALL] * len(batch)
+        return [f if isinstance(f, int) else RELEASE_ALL for f in flags]
 
-    def _executed(self, future: asyncio.Future[None], stream: DecoupledStream | None = None,
+    def _released(self, stream: DecoupledStream, flags: int) -> None:
+        """``stream``'s execute returned with ``flags``: :func:`~wsserve.reschedule.after_execute`
+        decides; a request to run again goes back first in its level's queue (ahead of the requests
+        that have not run: Triton's in-flight iterative sequences), its deadline still running."""
+        with stream._lock:
+            final_sent = stream.final_sent
+        decision, message = after_execute(self.name, flags, iterative=self.iterative, ended=stream.ended or
+                                          stream._stop.is_set(), final_sent=final_sent,
+                                          reschedules=stream.reschedules, max_reschedules=self.max_reschedules)
+        if decision == "fail":
+            assert message is not None
+            stream._finish(Internal(message))
+        elif decision == "requeue":
+            stream.reschedules += 1
+            stream.started = False
+            stream.queue = 2 * (stream.level - 1)
+            self._levels[stream.queue].appendleft(stream)
+            self._waiting += 1
+
+    def _executed(self, future: asyncio.Future[list[int]], batch: list[DecoupledStream] | None = None,
                   started: float = 0.0) -> None:
         """An execute returned: counted in :attr:`stats` (Triton's execution count and compute time:
-        ``execute``'s own, not the responses its threads send later), the next one started."""
+        ``execute``'s own, not the responses its threads send later), its requests released or
+        rescheduled (:meth:`_released`, in the batch's order), the next one started."""
         self._running -= 1
-        if self.stats is not None and stream is not None:
+        if self.stats is not None and batch:
             ended = monotonic()
-            self.stats.on_batch(stream.sink.n, 1, ended - started, ended)
+            self.stats.on_batch(sum(s.sink.n for s in batch), len(batch), ended - started, ended)
         if not future.cancelled() and future.exception() is not None:  # (not expected: _execute catches)
             log.error("model %s: execute failed", self.name, exc_info=future.exception())
+        elif not future.cancelled() and batch:
+            for stream, flags in reversed(list(zip(batch, future.result(), strict=True))):  # (appendleft: order kept)
+                self._released(stream, flags)
         self._next()
         self._note_idle()

@@ -43,7 +43,10 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   text, ``""`` without one; the worker reads it only for this backend.
 - Decoupled mode (config.pbtxt's ``model_transaction_policy { decoupled: true }``,
   :attr:`TritonPythonModel.decoupled`): the worker is a :class:`~wsserve.decoupled.DecoupledWorker`,
-  which calls :meth:`TritonPythonModel.execute_decoupled` once per request.  ``execute`` gets that
+  which calls :meth:`TritonPythonModel.execute_decoupled` once per request (a model with
+  ``sequence_batching { iterative_sequence: true }``: :meth:`TritonPythonModel.execute_decoupled_batch`
+  with several, and again for a request ``execute`` rescheduled with ``set_release_flags``, the
+  same ``pb_utils.InferenceRequest``; :mod:`wsserve.reschedule`).  ``execute`` gets that
   one request, whose ``get_response_sender()`` is a ``pb_utils.ResponseSender``; it must return
   None.  Each response sent (from any thread, also after ``execute`` returned) may carry any
   subset of the listed outputs (none included, as Triton's decoupled responses may); each one it
@@ -84,6 +87,7 @@ from ..errors import (
     WsserveError,
 )
 from ..models.base import call_model_code
+from ..reschedule import MAX_RESCHEDULES, not_iterative
 from ..shapes import MAX_VALUES, VARIABLE
 from ..worker import (
     Ragged,
@@ -123,6 +127,7 @@ class _WarmupStream:
         self._lock = threading.Lock()
         self.failure: WsserveError | None = None
         self.stopped = False  # ended because the load was abandoned
+        self.model_request: Any = None  # (kept across a rescheduled warm-up request's executes)
 
     def respond(self, outputs: dict[str, np.ndarray] | None, final: bool,
                 parameters: dict[str, Any] | None = None) -> None:
@@ -316,6 +321,9 @@ class TritonPythonModel(RepositoryModel):
         self.ragged_inputs = frozenset(t.name for t in config.inputs or () if t.ragged)
         #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (see the module docstring).
         self.decoupled = config.decoupled
+        #: config.pbtxt's ``sequence_batching { iterative_sequence: true }``: ``execute`` may reschedule a
+        #: request (``set_release_flags``; its :class:`~wsserve.decoupled.DecoupledWorker` does it)
+        self.iterative_sequence = config.iterative_sequence
         with custommetrics.owning(self._metrics):
             module = exec_triton_model_file(self.path, name, version)
         cls = getattr(module, "TritonPythonModel", None)
@@ -478,6 +486,12 @@ class TritonPythonModel(RepositoryModel):
         outs: list[dict[str, np.ndarray] | TritonError] = []
         params: list[dict[str, Any]] = []
         for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
+            if pb_requests[i].release_flags() & pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+                # (iterative_sequence is served for a decoupled model only: this request fails, as in Triton
+                # without it; the others of the execute are answered)
+                outs.append(TritonError(not_iterative(self.name), pb.TritonError.INTERNAL))
+                params.append({})
+                continue
             if not isinstance(resp, pb.InferenceResponse):
                 raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
                                  "not a pb_utils.InferenceResponse")
@@ -534,13 +548,58 @@ class TritonPythonModel(RepositoryModel):
         named = out if isinstance(out, dict) else {self.outputs[0].name: out}
         return named if self.config.batching else {k: v[0] for k, v in named.items()}
 
-    def execute_decoupled(self, inputs: dict[str, np.ndarray], request_id: str, stream: Any) -> None:
+    def execute_decoupled(self, inputs: dict[str, np.ndarray], request_id: str, stream: Any) -> int:
         """A decoupled model's ``execute`` of one request (in an instance's thread; blocks while it
         runs).  ``inputs``: the request's tensors ``[rows, *dims]`` (no batch dimension: one row,
         given to the model as ``dims``); ``stream``: a :class:`~wsserve.decoupled.DecoupledStream`
         (its ``respond(outputs, final)``, ``fail(exc)`` and ``cancelled()``, any thread).  Every
-        failure of the request goes to ``stream.fail`` naming the model; nothing is raised."""
+        failure of the request goes to ``stream.fail`` naming the model; nothing is raised.  Returns
+        the request's release flags (``set_release_flags``; ``TRITONSERVER_REQUEST_RELEASE_ALL`` when
+        it failed): a rescheduled request's ``stream`` comes back with the same ``pb_utils``
+        request in ``stream.model_request``, which this call keeps there."""
+        return self.execute_decoupled_batch([(inputs, request_id, stream)])[0]
+
+    def execute_decoupled_batch(self, items: list[tuple[dict[str, np.ndarray], str, Any]]) -> list[int]:
+        """:meth:`execute_decoupled` of several requests ``(inputs, request_id, stream)`` in one
+        ``execute`` (a model with ``iterative_sequence``: its worker batches them); their release
+        flags in order.  A failure of the whole ``execute`` (it raised, or returned something) fails
+        each of them."""
         self._require_open()
+        name = self.name
+        requests = [self._decoupled_request(*item) for item in items]
+        for request in requests:
+            request._release_flags = pb.TRITONSERVER_REQUEST_RELEASE_ALL  # each execute asks anew
+        streams = [stream for _, _, stream in items]
+        released = [pb.TRITONSERVER_REQUEST_RELEASE_ALL] * len(items)
+        instance = self._free.get()
+        try:
+            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):  # exec() from execute
+                returned = call_model_code(_call_execute, instance.execute, requests)  # async def too
+        except pb.TritonError as exc:
+            for stream in streams:
+                stream.fail(TritonError(exc.message(), exc.code()).to_wire(f"model {name!r} failed: TritonError: {exc}"))
+            return released
+        except Exception as exc:  # noqa: BLE001 - the requests fail, the model serves on
+            log.error("model %s: execute raised", name, exc_info=exc)
+            for stream in streams:
+                stream.fail(Internal(f"model {name!r} failed: TritonPythonModel.execute raised {type(exc).__name__}: {exc}"))
+            return released
+        finally:
+            self._free.put(instance)
+        if returned is not None:  # Triton's message (python_backend's pb_stub.cc)
+            for stream in streams:
+                stream.fail(Internal(f"Python model {name!r} is using the decoupled mode and the execute function "
+                                     f"must return None (it returned a {type(returned).__name__})"))
+            return released
+        return [request.release_flags() for request in requests]
+
+    def _decoupled_request(self, inputs: dict[str, np.ndarray], request_id: str, stream: Any) -> Any:
+        """The ``pb_utils.InferenceRequest`` of a decoupled request: made at its first execute (its
+        response sender delivering to ``stream``), kept in ``stream.model_request`` and given again
+        when the request is rescheduled."""
+        request = getattr(stream, "model_request", None)
+        if isinstance(request, pb.InferenceRequest):
+            return request
         name = self.name
 
         def deliver(response: Any, final: bool) -> None:  # the ResponseSender's, in the model's thread
@@ -566,22 +625,8 @@ class TritonPythonModel(RepositoryModel):
                                       request_id=request_id,
                                       inputs=[pb.Tensor(k, self._model_side(k, v)) for k, v in tensors.items()])
         request._sender = pb.ResponseSender(deliver, stream.cancelled)
-        instance = self._free.get()
-        try:
-            with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):  # exec() from execute
-                returned = call_model_code(_call_execute, instance.execute, [request])  # async def too
-        except pb.TritonError as exc:
-            stream.fail(TritonError(exc.message(), exc.code()).to_wire(f"model {name!r} failed: TritonError: {exc}"))
-            return
-        except Exception as exc:  # noqa: BLE001 - the request fails, the model serves on
-            log.error("model %s: execute raised", name, exc_info=exc)
-            stream.fail(Internal(f"model {name!r} failed: TritonPythonModel.execute raised {type(exc).__name__}: {exc}"))
-            return
-        finally:
-            self._free.put(instance)
-        if returned is not None:  # Triton's message (python_backend's pb_stub.cc)
-            stream.fail(Internal(f"Python model {name!r} is using the decoupled mode and the execute function "
-                                 f"must return None (it returned a {type(returned).__name__})"))
+        stream.model_request = request
+        return request
 
     def _stream_outputs(self, response: Any) -> dict[str, np.ndarray]:
         """A decoupled response's outputs checked against config.pbtxt: ``{name: [rows, ...]}`` (its
@@ -652,8 +697,13 @@ class TritonPythonModel(RepositoryModel):
             for _ in range(sample.count):
                 for row in range(sample.batch_size):
                     request = _WarmupStream(stop)
-                    if not request.cancelled():
-                        self.execute_decoupled({k: v[row:row + 1] for k, v in arrays.items()}, "", request)
+                    rows = {k: v[row:row + 1] for k, v in arrays.items()}
+                    for _ in range(MAX_RESCHEDULES + 1):  # (a rescheduled sample runs again, as a request does)
+                        if request.cancelled():
+                            break
+                        flags = self.execute_decoupled(rows, "", request)
+                        if not (self.iterative_sequence and flags & pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
+                            break
                     failure = request.wait()
                     if request.stopped:
                         raise ModelLoadError(self.path, f"model_warmup stopped at sample {sample.name!r}: its load "

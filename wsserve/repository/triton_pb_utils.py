@@ -11,7 +11,8 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   output may be an object array of ``bytes`` or ``str`` (or a numpy ``S``/``U`` array).
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
-  ``is_cancelled()``.  Built by a model in ``execute`` (business logic scripting, BLS:
+  ``is_cancelled()``, ``set_release_flags(flags)`` (``TRITONSERVER_REQUEST_RELEASE_ALL`` /
+  ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: request rescheduling, :mod:`wsserve.decoupled`).  Built by a model in ``execute`` (business logic scripting, BLS:
   ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
@@ -94,6 +95,8 @@ __all__ = [
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
     "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
+    "TRITONSERVER_REQUEST_RELEASE_ALL",
+    "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
 ]
 
 TRITON_STRING_TO_NUMPY: dict[str, Any] = {
@@ -120,6 +123,9 @@ _NUMBER_TO_NUMPY: dict[int, Any] = {
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+#: ``InferenceRequest.set_release_flags``' values (Triton's ``TRITONSERVER_RequestReleaseFlag``).
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 
 
 #: Parameters one :class:`InferenceResponse` may carry, and their bytes as JSON.
@@ -214,6 +220,8 @@ class InferenceRequest:
         self._model_version = model_version
         self._timeout = timeout
         self._caller = bls.current()  # built in an execute: its model calls, whichever thread runs it
+        #: what ``execute`` asked for this request (:meth:`set_release_flags`); reset before each execute
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     def inputs(self) -> list[Tensor]:
         return list(self._inputs)
@@ -285,6 +293,22 @@ class InferenceRequest:
         if decoupled:  # an awaitable of the responses' iterator, set when the first one comes
             return caller.gateway.call_decoupled_async(caller, self)
         return caller.gateway.call_async(caller, self)
+
+    def set_release_flags(self, flags: int) -> None:
+        """Request rescheduling (Triton's): ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE`` in ``execute``
+        gives this request to a later ``execute`` again (the same object, its response sender still
+        open) instead of releasing it; ``TRITONSERVER_REQUEST_RELEASE_ALL`` (the default) releases
+        it.  Checked when ``execute`` returns (:mod:`wsserve.decoupled`): served for a decoupled
+        model with ``sequence_batching { iterative_sequence: true }`` only, and for a request that
+        has not sent its FINAL flag.  Raises :class:`TritonModelException` for another value."""
+        if flags not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
+            raise TritonModelException(f"set_release_flags: flags must be TRITONSERVER_REQUEST_RELEASE_ALL (1) or "
+                                       f"TRITONSERVER_REQUEST_RELEASE_RESCHEDULE (2), got {flags!r}")
+        self._release_flags = flags
+
+    def release_flags(self) -> int:
+        """What :meth:`set_release_flags` last set (wsserve's, read after ``execute``)."""
+        return self._release_flags
 
     def get_response_sender(self) -> ResponseSender:
         """The request's :class:`ResponseSender` (a decoupled model's request only: wsserve answers

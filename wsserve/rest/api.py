@@ -570,6 +570,9 @@ class HttpApi:
                             getattr(default, "allow_timeout_override", True),
                             getattr(default, "timeout_action", "REJECT"))}
             batching.update(self._priority_levels(worker))
+            config = getattr(entry.model, "config", None)
+            if getattr(config, "iterative_sequence", False) is True:  # its request rescheduling, as config.pbtxt says it
+                batching["sequence_batching"] = orjson.loads(config.triton_model_config)["sequence_batching"]
             steps = getattr(entry.model, "triton_steps", None)  # a decoupled ensemble's (a step is decoupled)
             if callable(steps):
                 batching["ensemble_steps"] = steps()

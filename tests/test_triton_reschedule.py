@@ -1,0 +1,323 @@
+"""Request rescheduling (Triton's ``set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``) and
+``sequence_batching { iterative_sequence: true }``: a decoupled Triton Python model that sends one
+token per ``execute`` and reschedules its request until it is done (as python_backend's
+examples/request_rescheduling), served on loopback over the WebSocket protocol and tritonclient's
+gRPC stream; its requests batched together (the model records each ``execute``'s request ids);
+Triton's rules (no ``iterative_sequence``: an error; a non-decoupled model's ``None``), the
+``--max-reschedules`` bound, and a cancel while the request is in the middle."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grpc")  # the grpc extra
+thttp = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+from wsserve_client import Client  # noqa: E402
+
+from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support.conn import Conn  # noqa: E402
+from tests.test_grpc import grpc_address  # noqa: E402
+from tests.test_triton_decoupled import _gauge, _Stream  # noqa: E402
+from wsserve import reschedule  # noqa: E402
+from wsserve.config import ServerConfig  # noqa: E402
+from wsserve.repository import ConfigError  # noqa: E402
+from wsserve.repository import triton_pb_utils as pb  # noqa: E402
+from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
+
+#: The server's bound in these tests (``--max-reschedules``): a request of IN 6 needs 5 reschedules.
+MAX = 5
+
+IO = ('input [ { name: "IN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+      'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+      'instance_group [ { count: 1 kind: KIND_CPU } ]\n'
+      'parameters { key: "marks" value: { string_value: "MARKS" } }\n')
+ITERATIVE = "sequence_batching { iterative_sequence: true }\n"
+DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+ITER_PBTXT = 'backend: "python"\nmax_batch_size: 8\n' + DECOUPLED + ITERATIVE + IO
+#: IN n: n responses OUT n-1, ..., 0, one per execute, the last flagged FINAL; the request is
+#: rescheduled after each other one.  Each execute appends its requests' ids to ``batches``
+#: (with whether the model already knew that request object), then waits while ``hold`` exists.
+#: A request seen cancelled is noted (``cancelled-<id>``) and released.
+ITER_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+        self.left = {}  # id(request) -> tokens still to send
+        self.live = {}  # id(request) -> the request (the same object comes back when rescheduled)
+
+    def execute(self, requests):
+        with (self.marks / "batches").open("a") as f:
+            f.write(json.dumps([[r.request_id(), id(r) in self.left] for r in requests]) + "\\n")
+        while (self.marks / "hold").exists():
+            threading.Event().wait(0.01)
+        for request in requests:
+            key = id(request)
+            if key not in self.left:
+                self.live[key] = request
+                self.left[key] = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy().reshape(-1)[0])
+            if request.is_cancelled():
+                (self.marks / ("cancelled-" + request.request_id())).write_text("yes")
+                del self.left[key], self.live[key]
+                continue
+            self.left[key] -= 1
+            out = pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([[self.left[key]]], np.int32))])
+            sender = request.get_response_sender()
+            if self.left[key] <= 0:
+                sender.send(out, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                del self.left[key], self.live[key]
+            else:
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                sender.send(out)
+        return None
+'''
+#: Not decoupled: IN 0 answered OUT 0; IN > 0 rescheduled with None at its place (Triton's rule).
+PLAIN_PY = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            if n.any():
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                responses.append(None)
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.zeros_like(n))]))
+        return responses
+'''
+
+
+def _write(root: Path, name: str, pbtxt: str, model_py: str, marks: Path) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.pbtxt").write_text(pbtxt.replace("MARKS", str(marks)))
+    (root / name / "1" / "model.py").write_text(textwrap.dedent(model_py))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
+    base = tmp_path_factory.mktemp("triton_reschedule")
+    root, marks = base / "model_repository", base / "marks"
+    marks.mkdir()
+    _write(root, "iter", ITER_PBTXT, ITER_PY, marks)
+    _write(root, "noiter", ITER_PBTXT.replace(ITERATIVE, ""), ITER_PY, marks)  # decoupled, no iterative_sequence
+    _write(root, "plain", ITER_PBTXT.replace(ITERATIVE, "").replace(DECOUPLED, ""), PLAIN_PY, marks)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
+                         "--max-reschedules", str(MAX))
+    try:
+        yield proc, grpc_address(proc), marks
+    finally:
+        proc.stop()
+
+
+def _batches(marks: Path) -> list[list[tuple[str, bool]]]:
+    """Each execute's ``[(request id, known), ...]``, in order."""
+    path = marks / "batches"
+    return [[(rid, known) for rid, known in json.loads(line)] for line in path.read_text().splitlines()] \
+        if path.exists() else []
+
+
+def _ids(batch: list[tuple[str, bool]]) -> list[str]:
+    return [rid for rid, _ in batch]
+
+
+def _tokens(frames: list[dict[str, Any]]) -> list[int]:
+    return [int(np.asarray(f["outputs"]).reshape(-1)[0]) for f in frames if f["type"] == "response"]
+
+
+async def test_websocket_streams_one_token_per_execute_from_the_same_request(served) -> None:
+    """IN 4: four executes of the same request (the model knew it from the second on), four
+    responses 3, 2, 1, 0, then ``done``."""
+    async with Client(served[0].url) as client:
+        stream = client.predict_responses("iter", {"IN": [[4]]})
+        got = [r async for r in stream]
+        assert [int(np.asarray(r.outputs).reshape(-1)[0]) for r in got] == [3, 2, 1, 0]
+        assert stream.summary.responses == 4 and stream.summary.reason == "complete"
+        rid = str(stream.request_id)
+    mine = [b for b in _batches(served[2]) if rid in _ids(b)]
+    assert [dict(b)[rid] for b in mine] == [False, True, True, True]
+
+
+def test_grpc_stream_gets_each_token_and_the_final_flag(served) -> None:
+    """tritonclient's gRPC stream: IN 3 -> OUT 2, 1, 0, the last flagged final."""
+    s = _Stream(served[1])
+    try:
+        s.send("iter", "g1", IN=np.array([[3]], np.int32))
+        got = s.until_final()
+    finally:
+        s.close()
+    assert all(error is None for _, error in got)
+    assert [int(r.as_numpy("OUT").reshape(-1)[0]) for r, _ in got] == [2, 1, 0]
+    assert [r.get_response().parameters["triton_final_response"].bool_param for r, _ in got] == [False, False, True]
+    assert all(r.get_response().id == "g1" for r, _ in got)
+
+
+async def test_rescheduled_and_new_requests_share_an_execute(served) -> None:
+    """While A's first execute holds the one instance, B, C and D queue; A, rescheduled, goes first and
+    the next execute takes all four (max_batch_size 8); each gets its own tokens."""
+    marks = served[2]
+    (marks / "hold").write_text("")
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "A", "model": "iter", "inputs": {"IN": [[3]]}})
+        wait_until(lambda: any(_ids(b) == ["A"] for b in _batches(marks)), 30.0, what="A's first execute")
+        for rid in ("B", "C", "D"):
+            await conn.send({"type": "predict", "id": rid, "model": "iter", "inputs": {"IN": [[2]]}})
+        wait_until(lambda: _gauge(served[0].port, 'wsserve_queue_depth{model="iter"}') == 3, 30.0,
+                   what="B, C and D queued")
+        (marks / "hold").unlink()
+        frames = await conn.collect({"A", "B", "C", "D"})
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        await conn.close()
+    assert _tokens(frames["A"]) == [2, 1, 0] and frames["A"][-1]["type"] == "done"
+    for rid in ("B", "C", "D"):
+        assert _tokens(frames[rid]) == [1, 0] and frames[rid][-1]["type"] == "done"
+    together = [b for b in _batches(marks) if set(_ids(b)) & {"A", "B", "C", "D"}]
+    assert _ids(together[1]) == ["A", "B", "C", "D"]  # A (rescheduled) first, then the new ones in order
+    assert dict(together[1]) == {"A": True, "B": False, "C": False, "D": False}
+
+
+async def test_a_request_is_rescheduled_at_most_max_reschedules_times(served) -> None:
+    """--max-reschedules 5: IN 6 (5 reschedules) completes; IN 100 gets 6 responses then one error
+    naming the bound."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "ok", "model": "iter", "inputs": {"IN": [[MAX + 1]]}})
+        seen, end = await conn.until_terminal("ok")
+        assert _tokens(seen) == list(range(MAX, -1, -1)) and end["type"] == "done"
+        await conn.send({"type": "predict", "id": "over", "model": "iter", "inputs": {"IN": [[100]]}})
+        seen, end = await conn.until_terminal("over")
+        assert _tokens(seen) == list(range(99, 99 - MAX - 1, -1))
+        assert end["type"] == "error" and end["code"] == "internal"
+        assert f"rescheduled a request {MAX} times: at most {MAX} (max_reschedules)" in end["message"]
+    finally:
+        await conn.close()
+
+
+async def test_a_cancel_in_the_middle_ends_the_request_once_and_the_model_sees_it(served) -> None:
+    """X's execute is held; the client cancels X: one ``cancelled`` error, the model sees
+    ``is_cancelled()`` and X is not given to another execute (Y, sent after, runs without it)."""
+    marks = served[2]
+    (marks / "hold").write_text("")
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "X", "model": "iter", "inputs": {"IN": [[4]]}})
+        wait_until(lambda: any("X" in _ids(b) for b in _batches(marks)), 30.0, what="X's execute")
+        frame = await conn.request({"type": "cancel", "id": "X"})
+        assert frame["id"] == "X" and frame["type"] == "error" and frame["code"] == "cancelled"
+        (marks / "hold").unlink()
+        wait_until(lambda: (marks / "cancelled-X").exists(), 30.0, what="the model to see X cancelled")
+        await conn.send({"type": "predict", "id": "Y", "model": "iter", "inputs": {"IN": [[2]]}})
+        seen, end = await conn.until_terminal("Y")
+        assert _tokens(seen) == [1, 0] and end["type"] == "done"
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        await conn.close()
+    assert [f for f in conn.frames if f.get("id") == "X"] == [frame]  # its one terminal frame, nothing after
+    assert sum("X" in _ids(b) for b in _batches(marks)) == 1
+
+
+async def test_rescheduling_without_iterative_sequence_is_an_error(served) -> None:
+    """A decoupled model without ``iterative_sequence`` that reschedules: its token, then an error
+    naming the missing field (Triton refuses the reschedule)."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "n1", "model": "noiter", "inputs": {"IN": [[3]]}})
+        seen, end = await conn.until_terminal("n1")
+    finally:
+        await conn.close()
+    assert _tokens(seen) == [2]
+    assert end["type"] == "error" and "sequence_batching { iterative_sequence: true }" in end["message"]
+
+
+def test_a_non_decoupled_model_rescheduling_with_none_fails_only_that_request(served) -> None:
+    """A non-decoupled model puts None at a rescheduled request's place: without iterative_sequence
+    (wsserve serves it for decoupled models only) that request fails naming it; IN 0 is answered."""
+    client = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
+
+    def infer(n: int) -> Any:
+        inp = thttp.InferInput("IN", [1, 1], "INT32")
+        inp.set_data_from_numpy(np.array([[n]], np.int32))
+        return client.infer("plain", [inp])
+
+    assert infer(0).as_numpy("OUT").tolist() == [[0]]
+    with pytest.raises(InferenceServerException) as info:
+        infer(1)
+    assert "iterative_sequence" in info.value.message()
+
+
+def test_get_model_config_reports_iterative_sequence(served) -> None:
+    client = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
+    config = client.get_model_config("iter")
+    assert config["sequence_batching"]["iterative_sequence"] is True
+    assert config["model_transaction_policy"] == {"decoupled": True}
+
+
+_PY = ('backend: "python"\nmax_batch_size: 4\ninput [{ name: "IN" data_type: TYPE_INT32 dims: [1] }]\n'
+       'output [{ name: "OUT" data_type: TYPE_INT32 dims: [1] }]\n')
+
+
+def test_iterative_sequence_of_a_decoupled_python_model_is_read() -> None:
+    cfg = parse_pbtxt(_PY + DECOUPLED + ITERATIVE, "repo/m/config.pbtxt", model_name="m")
+    assert cfg.iterative_sequence and cfg.decoupled and cfg.sequence is None
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    (_PY + ITERATIVE, "sequence_batching.iterative_sequence", ["decoupled Python model only"]),
+    (_PY + DECOUPLED + 'sequence_batching { iterative_sequence: true control_input [{ name: "S" control '
+     '[{ kind: CONTROL_SEQUENCE_START int32_false_true: [0, 1] }] }] }', "sequence_batching.control_input",
+     ["iterative_sequence"]),
+    (_PY + DECOUPLED + "sequence_batching { iterative_sequence: true oldest { } }", "sequence_batching.oldest",
+     ["iterative_sequence"]),
+    ('platform: "onnxruntime_onnx"\n' + ITERATIVE, "sequence_batching.iterative_sequence",
+     ["decoupled Triton Python model only", "'onnxruntime_onnx'"]),
+])
+def test_iterative_sequence_refusals_name_the_field(text: str, key: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_pbtxt(text, "repo/m/config.pbtxt", model_name="m")
+    assert info.value.key == key
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_release_flags_are_tritons_and_checked() -> None:
+    assert (pb.TRITONSERVER_REQUEST_RELEASE_ALL, pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) == (1, 2)
+    request = pb.InferenceRequest()
+    assert request.release_flags() == pb.TRITONSERVER_REQUEST_RELEASE_ALL
+    request.set_release_flags(pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+    assert request.release_flags() == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
+    with pytest.raises(pb.TritonModelException, match="got 3"):
+        request.set_release_flags(3)
+    assert ServerConfig().max_reschedules == reschedule.MAX_RESCHEDULES == 65536
+
+
+@pytest.mark.parametrize(("kwargs", "want"), [
+    ({"flags": 1}, "release"),
+    ({"flags": 2, "ended": True}, "release"),
+    ({"flags": 2, "iterative": False}, "fail"),
+    ({"flags": 2, "final_sent": True}, "fail"),
+    ({"flags": 2, "reschedules": 3}, "fail"),
+    ({"flags": 2, "reschedules": 2}, "requeue"),
+])
+def test_after_execute_decides_by_triton_rules_and_the_bound(kwargs: dict[str, Any], want: str) -> None:
+    args = {"iterative": True, "ended": False, "final_sent": False, "reschedules": 0, "max_reschedules": 3, **kwargs}
+    decision, message = reschedule.after_execute("m", args.pop("flags"), **args)
+    assert decision == want and (message is None) == (want != "fail")

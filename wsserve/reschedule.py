@@ -1,0 +1,64 @@
+"""Request rescheduling (Triton's ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``), sans-I/O.
+
+A Triton Python model whose config.pbtxt has ``sequence_batching { iterative_sequence: true }``
+may, in ``execute``, call ``request.set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``:
+once ``execute`` returns, the request goes back to the model's queue (ahead of requests that have
+not run yet, as Triton's sequence batcher keeps its in-flight iterative sequences ahead) and a
+later ``execute`` gets it again.  :func:`after_execute` is the one decision the worker
+(:class:`wsserve.decoupled.DecoupledWorker`) takes when an ``execute`` returned; it touches no
+clock, no queue and no thread.
+
+Rules (Triton's, and wsserve's bound):
+
+- without ``iterative_sequence`` a reschedule is an error for that request (:func:`not_iterative`);
+- a request that ended meanwhile (its client cancelled or left, its deadline, the model unloaded)
+  is released: it already has its one terminal frame;
+- a request whose FINAL flag was sent may not be rescheduled (an error);
+- a request may be rescheduled at most ``max_reschedules`` times (default :data:`MAX_RESCHEDULES`),
+  then it ends with an error naming the bound: a model that always reschedules cannot hold a
+  request forever.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["MAX_RESCHEDULES", "RELEASE_ALL", "RELEASE_RESCHEDULE", "Decision", "after_execute", "not_iterative"]
+
+#: The most times one request may be rescheduled (the server option ``max_reschedules``' default).
+MAX_RESCHEDULES = 65536
+#: Triton's ``TRITONSERVER_RequestReleaseFlag`` values (``pb_utils`` exports them under those names).
+RELEASE_ALL = 1
+RELEASE_RESCHEDULE = 2
+
+#: ``"release"``: the request is done with this worker (it ended, or goes on streaming from the
+#: model's threads until its FINAL); ``"requeue"``: give it to a later execute; ``"fail"``: end it
+#: with the error message returned alongside.
+Decision = Literal["release", "requeue", "fail"]
+
+
+def not_iterative(model: str) -> str:
+    """The error of a request a model asked to reschedule without ``iterative_sequence``."""
+    return (f"model {model!r} asked to reschedule a request (set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)) "
+            "but its config.pbtxt has no sequence_batching { iterative_sequence: true }: request rescheduling is "
+            "served for such a model only, as in Triton")
+
+
+def after_execute(model: str, flags: int, *, iterative: bool, ended: bool, final_sent: bool, reschedules: int,
+                  max_reschedules: int = MAX_RESCHEDULES) -> tuple[Decision, str | None]:
+    """What becomes of a request whose ``execute`` returned with release ``flags``: ``(decision,
+    message)``, the message (naming ``model``) set for ``"fail"`` only.  ``iterative``: the model
+    has ``iterative_sequence: true``; ``ended``: the request already ended (cancel, deadline,
+    unload, an error); ``final_sent``: the model sent its FINAL flag; ``reschedules``: times it was
+    rescheduled before this one."""
+    if not flags & RELEASE_RESCHEDULE or ended:
+        return "release", None
+    if not iterative:
+        return "fail", not_iterative(model)
+    if final_sent:
+        return "fail", (f"model {model!r} asked to reschedule a request whose final response it already sent "
+                        "(TRITONSERVER_RESPONSE_COMPLETE_FINAL): a rescheduled request must not be complete")
+    if reschedules >= max_reschedules:
+        return "fail", (f"model {model!r} rescheduled a request {reschedules} times: at most "
+                        f"{max_reschedules} (max_reschedules); the request is ended")
+    return "requeue", None
