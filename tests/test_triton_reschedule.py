@@ -4,7 +4,8 @@ token per ``execute`` and reschedules its request until it is done (as python_ba
 examples/request_rescheduling), served on loopback over the WebSocket protocol and tritonclient's
 gRPC stream; its requests batched together (the model records each ``execute``'s request ids);
 Triton's rules (no ``iterative_sequence``: an error; a non-decoupled model's ``None``), the
-``--max-reschedules`` bound, and a cancel while the request is in the middle."""
+``--max-reschedules`` bound, and a cancel, a deadline or a disconnect while the request is in
+the middle."""
 
 from __future__ import annotations
 
@@ -233,6 +234,45 @@ async def test_a_cancel_in_the_middle_ends_the_request_once_and_the_model_sees_i
         await conn.close()
     assert [f for f in conn.frames if f.get("id") == "X"] == [frame]  # its one terminal frame, nothing after
     assert sum("X" in _ids(b) for b in _batches(marks)) == 1
+
+
+async def test_a_deadline_or_a_disconnect_ends_a_request_the_model_holds(served) -> None:
+    """A request whose execute is held: its ``timeout_ms`` passing ends it with one
+    ``deadline_exceeded``; a client leaving ends another; the model sees both cancelled once
+    released, and neither is given to another execute."""
+    marks = served[2]
+    (marks / "hold").write_text("")
+    try:
+        conn = await Conn.open(served[0].url)
+        try:
+            await conn.send({"type": "predict", "id": "Z", "model": "iter", "inputs": {"IN": [[4]]}, "timeout_ms": 100})
+            seen, end = await conn.until_terminal("Z")
+            assert seen == [] and end["type"] == "error" and end["code"] == "deadline_exceeded"
+        finally:
+            await conn.close()
+        (marks / "hold").unlink()
+        wait_until(lambda: (marks / "cancelled-Z").exists(), 30.0, what="the model to see Z cancelled")
+        (marks / "hold").write_text("")
+        conn = await Conn.open(served[0].url)
+        await conn.send({"type": "predict", "id": "W", "model": "iter", "inputs": {"IN": [[4]]}})
+        wait_until(lambda: any("W" in _ids(b) for b in _batches(marks)), 30.0, what="W's execute")
+        await conn.close()
+        wait_until(lambda: _inflight_of(served[0].port) == 0, 30.0, what="W ended by the disconnect")
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+    wait_until(lambda: (marks / "cancelled-W").exists(), 30.0, what="the model to see W cancelled")
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "V", "model": "iter", "inputs": {"IN": [[2]]}})
+        seen, end = await conn.until_terminal("V")
+        assert _tokens(seen) == [1, 0] and end["type"] == "done"
+    finally:
+        await conn.close()
+    assert sum(bool({"Z", "W"} & set(_ids(b))) for b in _batches(marks)) == 2  # one execute each
+
+
+def _inflight_of(port: int) -> float:
+    return _gauge(port, "wsserve_inflight_requests")
 
 
 async def test_rescheduling_without_iterative_sequence_is_an_error(served) -> None:
