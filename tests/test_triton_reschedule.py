@@ -276,8 +276,8 @@ def _inflight_of(port: int) -> float:
 
 
 async def test_rescheduling_without_iterative_sequence_is_an_error(served) -> None:
-    """A decoupled model without ``iterative_sequence`` that reschedules: its token, then an error
-    naming the missing field (Triton refuses the reschedule)."""
+    """A decoupled model without ``iterative_sequence`` that reschedules: its token, then Triton's
+    error (``INVALID_ARG``: ``invalid_input``) naming the missing field."""
     conn = await Conn.open(served[0].url)
     try:
         await conn.send({"type": "predict", "id": "n1", "model": "noiter", "inputs": {"IN": [[3]]}})
@@ -285,7 +285,10 @@ async def test_rescheduling_without_iterative_sequence_is_an_error(served) -> No
     finally:
         await conn.close()
     assert _tokens(seen) == [2]
-    assert end["type"] == "error" and "sequence_batching { iterative_sequence: true }" in end["message"]
+    assert end["type"] == "error" and end["code"] == "invalid_input"
+    assert end["message"].startswith("Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the "
+                                     "model is not configured to handle such a flag")  # Triton's
+    assert "sequence_batching { iterative_sequence: true }" in end["message"]
 
 
 def test_a_non_decoupled_model_rescheduling_with_none_fails_only_that_request(served) -> None:
@@ -301,6 +304,8 @@ def test_a_non_decoupled_model_rescheduling_with_none_fails_only_that_request(se
     assert infer(0).as_numpy("OUT").tolist() == [[0]]
     with pytest.raises(InferenceServerException) as info:
         infer(1)
+    assert info.value.status() == "400"  # Triton's INVALID_ARG
+    assert "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE" in info.value.message()
     assert "iterative_sequence" in info.value.message()
 
 
@@ -352,7 +357,7 @@ def test_release_flags_are_tritons_and_checked() -> None:
 @pytest.mark.parametrize(("kwargs", "want"), [
     ({"flags": 1}, "release"),
     ({"flags": 2, "ended": True}, "release"),
-    ({"flags": 2, "iterative": False}, "fail"),
+    ({"flags": 2, "iterative": False}, "refuse"),
     ({"flags": 2, "final_sent": True}, "fail"),
     ({"flags": 2, "reschedules": 3}, "fail"),
     ({"flags": 2, "reschedules": 2}, "requeue"),
@@ -360,4 +365,4 @@ def test_release_flags_are_tritons_and_checked() -> None:
 def test_after_execute_decides_by_triton_rules_and_the_bound(kwargs: dict[str, Any], want: str) -> None:
     args = {"iterative": True, "ended": False, "final_sent": False, "reschedules": 0, "max_reschedules": 3, **kwargs}
     decision, message = reschedule.after_execute("m", args.pop("flags"), **args)
-    assert decision == want and (message is None) == (want != "fail")
+    assert decision == want and (message is None) == (want not in ("fail", "refuse"))

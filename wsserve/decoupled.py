@@ -49,9 +49,9 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   later execute, the same stream (its responses, its deadline, its model-side object
   :attr:`DecoupledStream.model_request`): it goes first in its level's queue, ahead of the
   requests that have not run yet.  :func:`wsserve.reschedule.after_execute` (sans-I/O) decides:
-  a request that ended meanwhile (cancel, deadline, unload) is released; one whose FINAL was sent,
-  one rescheduled ``max_reschedules`` times already, or any of a model without
-  ``iterative_sequence`` ends with ``internal`` naming why.  Each reschedule costs an execute in an
+  a request that ended meanwhile (cancel, deadline, unload) is released; one whose FINAL was sent
+  or one rescheduled ``max_reschedules`` times already ends with ``internal`` naming why, any of a
+  model without ``iterative_sequence`` with ``invalid_input`` (Triton's message and code).  Each reschedule costs an execute in an
   instance's thread: the loop never spins, and other models' workers are not touched.
 """
 
@@ -510,9 +510,9 @@ class DecoupledWorker:
         decision, message = after_execute(self.name, flags, iterative=self.iterative, ended=stream.ended or
                                           stream._stop.is_set(), final_sent=final_sent,
                                           reschedules=stream.reschedules, max_reschedules=self.max_reschedules)
-        if decision == "fail":
+        if decision in ("fail", "refuse"):
             assert message is not None
-            stream._finish(Internal(message))
+            stream._finish(Internal(message) if decision == "fail" else InvalidInput(message))
         elif decision == "requeue":
             stream.reschedules += 1
             stream.started = False

@@ -10,7 +10,8 @@ clock, no queue and no thread.
 
 Rules (Triton's, and wsserve's bound):
 
-- without ``iterative_sequence`` a reschedule is an error for that request (:func:`not_iterative`);
+- without ``iterative_sequence`` a reschedule is refused for that request with Triton's message
+  (:func:`not_iterative`; Triton's ``INVALID_ARG``: ``invalid_input`` on the wire);
 - a request that ended meanwhile (its client cancelled or left, its deadline, the model unloaded)
   is released: it already has its one terminal frame;
 - a request whose FINAL flag was sent may not be rescheduled (an error);
@@ -33,28 +34,30 @@ RELEASE_RESCHEDULE = 2
 
 #: ``"release"``: the request is done with this worker (it ended, or goes on streaming from the
 #: model's threads until its FINAL); ``"requeue"``: give it to a later execute; ``"fail"``: end it
-#: with the error message returned alongside.
-Decision = Literal["release", "requeue", "fail"]
+#: (``internal``) with the error message returned alongside; ``"refuse"``: end it as Triton refuses a
+#: reschedule without ``iterative_sequence`` (``INVALID_ARG``: ``invalid_input``), with that message.
+Decision = Literal["release", "requeue", "fail", "refuse"]
 
 
 def not_iterative(model: str) -> str:
-    """The error of a request a model asked to reschedule without ``iterative_sequence``."""
-    return (f"model {model!r} asked to reschedule a request (set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)) "
-            "but its config.pbtxt has no sequence_batching { iterative_sequence: true }: request rescheduling is "
-            "served for such a model only, as in Triton")
+    """The error of a request a model asked to reschedule without ``iterative_sequence``: Triton's
+    message (core's ``InferenceRequest`` release callback), then which model and why."""
+    return ("Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, while the model is not configured "
+            f"to handle such a flag (model {model!r}: config.pbtxt has no sequence_batching "
+            "{ iterative_sequence: true })")
 
 
 def after_execute(model: str, flags: int, *, iterative: bool, ended: bool, final_sent: bool, reschedules: int,
                   max_reschedules: int = MAX_RESCHEDULES) -> tuple[Decision, str | None]:
     """What becomes of a request whose ``execute`` returned with release ``flags``: ``(decision,
-    message)``, the message (naming ``model``) set for ``"fail"`` only.  ``iterative``: the model
+    message)``, the message (naming ``model``) set for ``"fail"`` and ``"refuse"`` only.  ``iterative``: the model
     has ``iterative_sequence: true``; ``ended``: the request already ended (cancel, deadline,
     unload, an error); ``final_sent``: the model sent its FINAL flag; ``reschedules``: times it was
     rescheduled before this one."""
     if not flags & RELEASE_RESCHEDULE or ended:
         return "release", None
     if not iterative:
-        return "fail", not_iterative(model)
+        return "refuse", not_iterative(model)
     if final_sent:
         return "fail", (f"model {model!r} asked to reschedule a request whose final response it already sent "
                         "(TRITONSERVER_RESPONSE_COMPLETE_FINAL): a rescheduled request must not be complete")

@@ -489,7 +489,7 @@ class TritonPythonModel(RepositoryModel):
             if pb_requests[i].release_flags() & pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
                 # (iterative_sequence is served for a decoupled model only: this request fails, as in Triton
                 # without it; the others of the execute are answered)
-                outs.append(TritonError(not_iterative(self.name), pb.TritonError.INTERNAL))
+                outs.append(TritonError(not_iterative(self.name), pb.TritonError.INVALID_ARG))
                 params.append({})
                 continue
             if not isinstance(resp, pb.InferenceResponse):
