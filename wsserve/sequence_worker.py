@@ -105,6 +105,12 @@ class _Step:
         so the sequence's state moves on in order and its next request waits for it."""
         return self._over
 
+    @property
+    def client_ended(self) -> bool:
+        """Its client's request ended (cancelled, gone, past its deadline) though the step runs on:
+        the model's ``is_cancelled()`` (:func:`~wsserve.worker.ended_check`)."""
+        return bool(self.sink.finished)
+
     def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
         rows = len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)
         why: str | None = None
