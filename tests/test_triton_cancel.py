@@ -92,6 +92,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     (root / "waiter" / "1").mkdir(parents=True)
     (root / "waiter" / "config.pbtxt").write_text(PBTXT.replace("MARKS", str(marks)))
     (root / "waiter" / "1" / "model.py").write_text(textwrap.dedent(MODEL_PY))
+    (root / "waiter_seq" / "1").mkdir(parents=True)  # the same model, stateful
+    (root / "waiter_seq" / "config.pbtxt").write_text(PBTXT.replace("MARKS", str(marks)).replace(
+        "dynamic_batching { }", "sequence_batching { max_sequence_idle_microseconds: 60000000 }"))
+    (root / "waiter_seq" / "1" / "model.py").write_text(textwrap.dedent(MODEL_PY))
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc), marks
@@ -178,6 +182,28 @@ async def test_cancelling_one_request_of_a_batch_leaves_the_other_answered(serve
         assert (marks / "cancelled-drop").exists()
         await _answered_after(conn, "batch-after", 6)
         assert [f["code"] for f in conn.frames if f.get("id") == "drop"] == ["cancelled"]
+    finally:
+        await conn.close()
+
+
+async def test_a_stateful_models_request_cancelled_while_it_runs_is_seen_and_the_sequence_goes_on(served) -> None:
+    """A stateful model's request runs on after its client cancelled it (its sequence's next request
+    expects it to have run), but ``is_cancelled()`` tells the model; the sequence goes on."""
+    _, _, marks = served
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "seq1", "model": "waiter_seq", "inputs": [[0]],
+                         "sequence_id": 11, "sequence_start": True})
+        _mark(marks, "started-seq1", "execute to start")
+        cancelled = await conn.request({"type": "cancel", "id": "seq1"})
+        assert cancelled["type"] == "error" and cancelled["code"] == "cancelled", cancelled
+        _mark(marks, "cancelled-seq1", "the stateful model to see its request cancelled")
+        await conn.send({"type": "predict", "id": "seq2", "model": "waiter_seq", "inputs": [[3]],
+                         "sequence_id": 11, "sequence_end": True})
+        _, frame = await conn.until_terminal("seq2", 60.0)
+        assert frame["type"] == "result" and frame["outputs"] == [[6]], frame
+        assert json.loads((marks / "kept-seq2").read_text()) is False
+        assert [f for f in conn.frames if f.get("id") == "seq1"] == [cancelled]  # its OUT 99 dropped
     finally:
         await conn.close()
 
