@@ -234,6 +234,21 @@ def test_a_grpc_cancel_is_seen_by_execute(served) -> None:
         client.close()
 
 
+def test_a_cancelled_grpc_stream_cancels_its_running_request(served) -> None:
+    """A ModelStreamInfer stream's request to the model, the stream cancelled
+    (``stop_stream(cancel_requests=True)``): the model's ``is_cancelled()`` turns true."""
+    _, address, marks = served
+    client = tgrpc.InferenceServerClient(address)
+    try:
+        client.start_stream(callback=lambda result, error: None)
+        client.async_stream_infer("waiter", [_infer_input(0)], request_id="stream1")
+        _mark(marks, "started-stream1", "execute to start")
+        client.stop_stream(cancel_requests=True)
+        _mark(marks, "cancelled-stream1", "the model to see its request cancelled with its stream")
+    finally:
+        client.close()
+
+
 def test_an_http_client_gone_cancels_its_running_request(served) -> None:
     """An OIP ``/infer`` whose client closes its connection while ``execute`` runs."""
     proc, _, marks = served
