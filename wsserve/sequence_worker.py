@@ -7,7 +7,10 @@ ended) is submitted to the inner worker at once, wrapped in a :class:`_Step` sin
 model's control inputs to its inputs and carries its correlation id and flags in its request id
 (:class:`~wsserve.sequences.SequenceId`: a Triton Python model's ``request.correlation_id()`` and
 ``request.flags()``).  Requests of different sequences handed out in one loop iteration share the
-inner worker's batch; the next request of a sequence is handed out when its step ends.  Ordinary
+inner worker's batch; the next request of a sequence is handed out when its step ends.  A request
+its client cancelled (or left, or whose deadline passed) once handed out runs on, its answer
+dropped, but its step's ``client_ended`` tells the model (a Triton Python model's
+``request.is_cancelled()``, :func:`~wsserve.worker.ended_check`).  Ordinary
 models never go through here (the pool makes this worker only for a model with a sequence config).
 
 Implicit state (``config.states``, an ONNX model's): each handed-out request also gets its state
@@ -104,6 +107,12 @@ class _Step:
         """Only once the step ended: a request its client cancelled still runs (its answer dropped),
         so the sequence's state moves on in order and its next request waits for it."""
         return self._over
+
+    @property
+    def client_ended(self) -> bool:
+        """Its client's request ended (cancelled, gone, past its deadline) though the step runs on:
+        the model's ``is_cancelled()`` (:func:`~wsserve.worker.ended_check`)."""
+        return bool(self.sink.finished)
 
     def on_rows(self, start: int, outputs: Any, batch_rows: int, queue_s: float, compute_s: float) -> None:
         rows = len(next(iter(outputs.values()))) if isinstance(outputs, dict) else len(outputs)

@@ -37,7 +37,12 @@ them with an error and the others with their rows, from the same call, by
 returning :class:`RequestErrors`: only those requests fail, each with its own
 error, the others get their rows, and nothing is computed again (Triton's
 per-request error responses).  ``ids`` are the requests' client ids
-(:func:`request_id_of`), read only for such a model.  A model failure's wire
+(:func:`request_id_of`), read only for such a model.  A model whose ``takes_ended``
+is true also gets ``ended``: one :func:`ended_check` per request, which it may call from
+any thread while it computes to stop a request that ended meanwhile (cancelled, its client
+gone, its deadline passed; a Triton Python model's ``request.is_cancelled()``); whatever
+it still answers for such a request is dropped, as for any ended request, and the other
+requests of the batch are not touched.  A model failure's wire
 error is ``internal``, unless the exception has a ``to_wire(message)`` method
 choosing it (a Triton ``TritonError``: its code's, see
 :mod:`wsserve.repository.triton_backend`).
@@ -72,6 +77,7 @@ Call order: ``PredictWorker(...)``; ``start()`` (on the loop); ``submit`` /
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -100,7 +106,7 @@ from .stats import WorkerStatistics
 
 __all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
            "Ragged", "RequestErrors", "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows",
-           "merge_parameters", "request_id_of", "slice_rows", "too_many_parameters"]
+           "ended_check", "merge_parameters", "request_id_of", "slice_rows", "too_many_parameters"]
 
 log = logging.getLogger("wsserve.worker")
 
@@ -411,9 +417,31 @@ def _alone(s: Slice, ragged: frozenset[str] = frozenset()) -> tuple[Tensors, lis
     return _gather((s,), ragged), ([(0, s.rows)] if s.item.cost != 1 else None)
 
 
-def _by_request(slices: tuple[Slice, ...]) -> tuple[list[int], list[str]]:
-    """The ``rows`` and ``ids`` of ``predict_requests``: each slice's rows and its request's id."""
-    return [s.rows for s in slices], [request_id_of(s.item.payload) for s in slices]
+def _by_request(slices: tuple[Slice, ...], ended: bool = False) -> tuple[list[Any], ...]:
+    """The ``rows`` and ``ids`` of ``predict_requests``: each slice's rows and its request's id;
+    with ``ended`` (a model that takes them) also each request's :func:`ended_check`."""
+    rows, ids = [s.rows for s in slices], [request_id_of(s.item.payload) for s in slices]
+    return (rows, ids, [ended_check(s.item) for s in slices]) if ended else (rows, ids)
+
+
+def _ended(item: WorkItem) -> bool:
+    """True once ``item``'s request ended on the server's side (see :func:`ended_check`)."""
+    if item.cancelled:
+        return True
+    sink = item.payload
+    return sink is None or sink.finished or bool(getattr(sink, "client_ended", False))
+
+
+def ended_check(item: WorkItem) -> Callable[[], bool]:
+    """A callable, true once ``item``'s request ended on the server's side: its client cancelled it or
+    left (the WebSocket ``cancel``, its connection closed, an HTTP client gone, a gRPC cancel), its
+    deadline passed, it failed, or it was answered (never seen from inside the computation that
+    answers it).  A sink may end earlier for this only: a true ``client_ended`` attribute (a
+    stateful model's step, which runs on after its client left).  Called from any thread: it reads
+    plain attributes the loop thread sets (``item.cancelled``, ``item.payload``, the sink's
+    ``finished``), each read atomic in CPython, so it needs no lock; it may lag the loop by one
+    assignment, never report an unended request ended."""
+    return functools.partial(_ended, item)
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
@@ -516,6 +544,9 @@ class PredictWorker:
         self.model = model
         #: The model takes a batch as its requests' rows (``predict_requests``), not as one block.
         self._by_request = callable(getattr(model, "predict_requests", None))
+        #: ... and takes each request's :func:`ended_check` too (``predict_requests(x, rows, ids, ended)``:
+        #: a model whose ``takes_ended`` is true, a Triton Python model's ``request.is_cancelled()``).
+        self._takes_ended = self._by_request and bool(getattr(model, "takes_ended", False))
         self.explainer = explainer
         self.explain_refusal = None if explainer is not None else (
             explain_refusal or f"model {model.info.name!r} cannot be explained")
@@ -812,12 +843,17 @@ class PredictWorker:
         else:
             self._note_idle()
 
+    def _requests(self, slices: tuple[Slice, ...]) -> tuple[list[Any], ...] | None:
+        """What :meth:`_run` passes ``predict_requests`` for ``slices`` (None: ``predict``)."""
+        return _by_request(slices, self._takes_ended) if self._by_request else None
+
     def _run(self, x: Tensors, spans: list[tuple[int, int]] | None,
-             requests: tuple[list[int], list[str]] | None = None) -> tuple[Any, np.ndarray | None]:
+             requests: tuple[list[Any], ...] | None = None) -> tuple[Any, np.ndarray | None]:
         """The batch's outputs (or :class:`RequestErrors`), and the attributions of the rows in
         ``spans`` (batch row ranges, in order) stacked in that order.  ``requests``: each request's
         rows and id, in batch order, for a model with ``predict_requests(x, rows, ids)`` (a Triton
-        Python model: one InferenceRequest per request); None: ``predict(x)``.  One call, on the
+        Python model: one InferenceRequest per request), and each one's :func:`ended_check` for a
+        model that takes them; None: ``predict(x)``.  One call, on the
         loop or in the executor."""
         y = self.model.predict(x) if requests is None else self.model.predict_requests(x, *requests)
         if not spans:
@@ -840,7 +876,7 @@ class PredictWorker:
         # integrated gradients (possibly a model.py's own input_gradient) never run on the loop
         inline = batch.cost <= self._inline_max_rows and (
             not spans or self.explainer is None or self.explainer.method == "linear-exact")
-        requests = _by_request(slices) if self._by_request else None
+        requests = self._requests(slices)
         try:
             x = _gather(slices, self._ragged)
             if inline:
@@ -913,7 +949,7 @@ class PredictWorker:
             begun = monotonic()
             try:
                 x, spans = _alone(s, self._ragged)
-                y, attributions = self._run(x, spans, _by_request((s,)) if self._by_request else None)
+                y, attributions = self._run(x, spans, self._requests((s,)))
             except Exception as exc:  # noqa: BLE001 - this request's own failure
                 self._alone_done(iso, s, None, None, exc, monotonic() - begun)
             else:
@@ -937,7 +973,7 @@ class PredictWorker:
         begun = monotonic()
         try:
             x, spans = _alone(s, self._ragged)
-            requests = _by_request((s,)) if self._by_request else None
+            requests = self._requests((s,))
             future = self._loop.run_in_executor(self._executor, self._run, x, spans, requests)
         except Exception as exc:  # noqa: BLE001 - cannot happen for a live slice; end it, not the batch
             iso.pending.popleft()

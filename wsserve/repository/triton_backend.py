@@ -39,6 +39,12 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   awaitables live there).  Such a model never runs on the event loop (``off_loop``).
 - An input or output that config.pbtxt reshapes is given to ``execute`` and taken back in its
   ``reshape`` shape (rows first with a batch dimension); requests and answers carry ``dims``.
+- ``request.is_cancelled()`` (as in Triton, for any model): true once that request ended on
+  wsserve's side, before or while ``execute`` runs (its client's ``cancel``, its connection or HTTP
+  client gone, a gRPC cancel, its deadline; the worker's :func:`~wsserve.worker.ended_check`,
+  read from the instance's thread without a lock).  Each request of a batch has its own; whatever
+  ``execute`` answers for a request that ended is dropped (its client had its one terminal frame),
+  the batch's other requests answered as usual.
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
 - Decoupled mode (config.pbtxt's ``model_transaction_policy { decoupled: true }``,
@@ -289,6 +295,9 @@ class TritonPythonModel(RepositoryModel):
     #: How ``execute``'s BLS requests reach the server's models (:class:`wsserve.bls.BlsGateway`,
     #: set by the registry before the warm-up); None (loaded without a server): ``exec()`` raises.
     bls_gateway: bls.Gateway | None = None
+    #: ``predict_requests`` takes each request's :func:`~wsserve.worker.ended_check` (``ended``):
+    #: ``request.is_cancelled()`` in ``execute``, as in Triton.
+    takes_ended = True
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *,
                  custom_metrics: custommetrics.CustomMetrics | None = None) -> None:
@@ -398,8 +407,8 @@ class TritonPythonModel(RepositoryModel):
             raise next(iter(y.errors.values()))
         return y.parts[0] if isinstance(y, RequestOutputs) else y
 
-    def predict_requests(self, batch: Batch, rows: list[int],
-                         ids: list[str] | None = None) -> Batch | RequestErrors | RequestParameters:
+    def predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None,
+                         ended: list[Any] | None = None) -> Batch | RequestErrors | RequestParameters:
         """``batch``'s rows as consecutive requests of ``rows[i]`` rows each (request id ``ids[i]``,
         ``""`` without ``ids``), in one ``execute`` call (``max_batch_size: 0``: one request per row,
         each with its request's id).  Returns the outputs of every row in order (a model with a
@@ -413,23 +422,26 @@ class TritonPythonModel(RepositoryModel):
         for a ``pb_utils.TritonError`` it raised (each naming the model).  Responses with
         ``parameters``: all that wrapped in :class:`~wsserve.worker.RequestParameters`, each
         request's (the parameters of its rows' responses merged in row order, without a batch
-        dimension)."""
+        dimension).  ``ended``: each request's :func:`~wsserve.worker.ended_check` (the worker's,
+        :attr:`takes_ended`): its ``InferenceRequest.is_cancelled()`` (every row's of it)."""
         self._require_open()
         x = self._named(batch)
         ids = ids or [""] * len(rows)
+        ended = ended or [None] * len(rows)
         if not self.config.batching:
             n = len(next(iter(x.values())))
             # each row's request (its index in ``rows``); rows not adding up to the batch: all the first's
             owner = [i for i, r in enumerate(rows) for _ in range(r)] if sum(rows) == n else [0] * n
             requests = [{k: v[i] for k, v in x.items()} for i in range(n)]
             request_ids = [ids[i] for i in owner]
+            request_ended = [ended[i] for i in owner]
         else:
             requests, start = [], 0
             for i, r in enumerate(rows):  # a ragged input (allow_ragged_batch): each request's own array
                 requests.append({k: v.parts[i] if isinstance(v, Ragged) else v[start:start + r] for k, v in x.items()})
                 start += r
-            owner, request_ids = list(range(len(rows))), ids
-        outs, params = self._execute(requests, request_ids)
+            owner, request_ids, request_ended = list(range(len(rows))), ids, ended
+        outs, params = self._execute(requests, request_ids, request_ended)
         parameters: dict[int, dict[str, Any]] = {}
         for i, p in enumerate(params):
             if p:
@@ -458,10 +470,11 @@ class TritonPythonModel(RepositoryModel):
         lead = (len(next(iter(request.values()))),) if self.config.batching else ()
         return {s.name: s.zeros(lead + tuple(0 if d == VARIABLE else d for d in s.shape)) for s in self.outputs}
 
-    def _execute(self, requests: list[dict[str, np.ndarray]],
-                 ids: list[str]) -> tuple[list[dict[str, np.ndarray] | TritonError], list[dict[str, Any]]]:
-        """One ``execute`` of ``requests`` (ids ``ids``): each one's checked outputs, or its error,
-        and each response's parameters (``{}``: none)."""
+    def _execute(self, requests: list[dict[str, np.ndarray]], ids: list[str],
+                 ended: list[Any] | None = None) -> tuple[list[dict[str, np.ndarray] | TritonError], list[dict[str, Any]]]:
+        """One ``execute`` of ``requests`` (ids ``ids``; ``ended``: each one's ``is_cancelled()``
+        check, None: never): each one's checked outputs, or its error, and each response's
+        parameters (``{}``: none)."""
         wanted = [s.name for s in self.outputs]
         # a stateful model's request id is a SequenceId: its correlation id and START/END flags
         pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=str(rid),
@@ -469,6 +482,8 @@ class TritonPythonModel(RepositoryModel):
                                            correlation_id=getattr(rid, "correlation_id", 0),
                                            flags=getattr(rid, "flags", 0))
                        for r, rid in zip(requests, ids, strict=True)]
+        for request, check in zip(pb_requests, ended or (), strict=False):
+            request._ended = check  # is_cancelled(): the request ended on wsserve's side
         instance = self._free.get()
         try:
             with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):

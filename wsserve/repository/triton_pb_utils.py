@@ -11,7 +11,8 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   output may be an object array of ``bytes`` or ``str`` (or a numpy ``S``/``U`` array).
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
-  ``is_cancelled()``, ``set_release_flags(flags)`` (``TRITONSERVER_REQUEST_RELEASE_ALL`` /
+  ``is_cancelled()`` (true once the request ended on wsserve's side: cancelled, its client gone,
+  its deadline; decoupled or not), ``set_release_flags(flags)`` (``TRITONSERVER_REQUEST_RELEASE_ALL`` /
   ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: request rescheduling, :mod:`wsserve.decoupled`).  Built by a model in ``execute`` (business logic scripting, BLS:
   ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
@@ -210,6 +211,8 @@ class InferenceRequest:
                  timeout: int = 0, **_: Any) -> None:
         #: A decoupled model's request (wsserve sets it): its sender, whose cancellation it reports.
         self._sender: ResponseSender | None = None
+        #: Another model's request (wsserve sets it): true once it ended on wsserve's side (any thread).
+        self._ended: Any = None
         self._model_name = model_name
         self._outputs = list(requested_output_names or [])
         self._inputs = list(inputs or [])
@@ -246,8 +249,13 @@ class InferenceRequest:
         return self._model_name
 
     def is_cancelled(self) -> bool:
-        """True once the client cancelled the request or left (a decoupled model's request; else False)."""
-        return self._sender is not None and self._sender.is_cancelled()
+        """True once the request ended on wsserve's side: its client cancelled it or left, its
+        deadline passed (any model's request wsserve gave ``execute``; one a model built: False).
+        Safe from any thread: it reads a flag the server's loop sets (a plain attribute, atomic in
+        CPython)."""
+        if self._sender is not None:
+            return self._sender.is_cancelled()
+        return self._ended is not None and bool(self._ended())
 
     def model_version(self) -> int:
         return self._model_version
