@@ -46,6 +46,13 @@ a step run for such a response that would pass it (a later step's outputs larger
 inputs, ahead of a client that does not read).  The model's
 sending thread is never blocked.
 
+``ensemble_scheduling { max_inflight_requests: N }`` (:class:`StepLimits`, Triton's "Managing Memory
+Usage in Ensemble Models"): at most N step requests in flight at each step across the ensemble's
+requests; a step ready while its step is full waits (its inputs held by its request, within the bound
+above), and is queued in arrival order as places free, without a cancel or timeout of its own.  The
+steps waiting are the worker's ``statistics().queued``.  A request that ends gives back the places its
+steps held and drops its waiting steps.
+
 Event-loop thread only, like the pool.
 """
 
@@ -90,7 +97,7 @@ from .repository.tensors import TensorSpec
 from .stats import WorkerStatistics
 from .worker import Tensors, concat_rows, request_id_of
 
-__all__ = ["EnsembleModel", "EnsembleWorker", "step_signatures", "build_ensemble", "depends_on"]
+__all__ = ["EnsembleModel", "EnsembleWorker", "StepLimits", "step_signatures", "build_ensemble", "depends_on"]
 
 log = logging.getLogger("wsserve.ensemble")
 
@@ -182,8 +189,8 @@ Key = tuple[int, ...]
 class _StepSink:
     """The :class:`~wsserve.worker.PredictSink` of one step of one request, run at ``key``."""
 
-    __slots__ = ("run", "step", "key", "inputs", "n", "nbytes", "finished", "worker", "item", "_parts", "_rows",
-                 "_queued_at", "_queue_s")
+    __slots__ = ("run", "step", "key", "inputs", "n", "nbytes", "finished", "worker", "item", "slot", "_parts",
+                 "_rows", "_queued_at", "_queue_s")
 
     explain = False
 
@@ -197,6 +204,8 @@ class _StepSink:
         self.finished = False
         self.worker: Any = None
         self.item: Any = None
+        #: it holds one of its step's ``max_inflight_requests`` places (:class:`StepLimits`)
+        self.slot = False
         self._parts: list[Tensors] = []
         self._rows = 0
         self._queued_at = monotonic()
@@ -322,6 +331,8 @@ class _Run:
         self.held = 0
         self.responses = 0
         self.done = False
+        #: its steps waiting for a place under the ensemble's ``max_inflight_requests`` (:class:`StepLimits`)
+        self.parked = 0
 
     def start(self) -> None:
         if self.done:  # cancelled before its first steps went
@@ -389,10 +400,20 @@ class _Run:
                 return
             if step.index not in self.launched.get(key, ()) and all(self._has(t, key) for t in step.needs):
                 self.launched.setdefault(key, set()).add(step.index)
-                self._launch(step, key)
+                limits = self.worker.limits
+                if limits.take(step.index):
+                    self._launch(step, key, slot=limits.limit > 0)
+                else:  # its inputs stay held (counted) until a place frees: StepLimits.release launches it
+                    limits.park(self, step, key)
         self._answer()
 
-    def _launch(self, step: PlannedStep, key: Key) -> None:
+    def _busy(self) -> bool:
+        """A step of this request is in flight or waiting for a place (``max_inflight_requests``)."""
+        return bool(self.flying) or self.parked > 0
+
+    def _launch(self, step: PlannedStep, key: Key, *, slot: bool = False) -> None:
+        """Submit ``step`` at ``key`` to its model's worker; ``slot``: it holds a place of the step's
+        (:class:`StepLimits`), which its sink then holds, or which is given back when it cannot be queued."""
         try:
             entry = self.worker.lookup(step.model, str(step.version) if step.version is not None else None)
             if entry.kind != "predict":
@@ -418,6 +439,7 @@ class _Run:
             batch: Tensors = next(iter(arrays.values())) if step.single_input and len(arrays) == 1 else arrays
             kind = _StreamStepSink if step.decoupled else _StepSink
             sink = kind(self, step, key, batch, len(next(iter(arrays.values()))))
+            sink.slot, slot = slot, False  # the sink holds it now (_landed / _stop_steps give it back)
             self.flying[(step.index, key)] = sink
             if key:  # run for a decoupled step's response: held, as that response was, plus its overhead
                 self.held += sink.nbytes + RESPONSE_OVERHEAD_BYTES
@@ -425,10 +447,14 @@ class _Run:
             sink.item = entry.worker.submit(sink, priority=self.priority, deadline=self.deadline)
         except WsserveError as exc:
             self._landed(step, key)
+            if slot:
+                self.worker.limits.release(step.index)
             self._step_error(step, exc)
         except Exception as exc:  # noqa: BLE001 - e.g. MemoryError copying a tensor: this request ends, answered
             log.exception("ensemble %r step %d (model %r) could not be queued", self.worker.name, step.index, step.model)
             self._landed(step, key)
+            if slot:
+                self.worker.limits.release(step.index)
             self._step_error(step, Internal(f"could not queue the step: {type(exc).__name__}: {exc}"))
 
     def _landed(self, step: PlannedStep, key: Key) -> None:
@@ -436,6 +462,9 @@ class _Run:
         sink = self.flying.pop((step.index, key), None)
         if sink is not None and key:
             self.held -= sink.nbytes + RESPONSE_OVERHEAD_BYTES
+        if sink is not None and sink.slot:  # its place frees: a parked step (any request's) may go
+            sink.slot = False
+            self.worker.limits.release(step.index)
 
     def step_done(self, sink: _StepSink, outputs: Tensors) -> None:
         """A step answering once: its outputs at its key."""
@@ -520,7 +549,7 @@ class _Run:
         decoupled = self.worker.decoupled
         while not self.done and self.answers and all(self._has(o, self.answers[0]) for o in self.outputs):
             if not decoupled:  # one answer, once every step ran (as before: steps writing nothing read run too)
-                if self.flying:
+                if self._busy():
                     return
                 self._finish()
                 return
@@ -528,8 +557,8 @@ class _Run:
             out = {name: value for name in self.outputs if (value := self._take(name, key)) is not None}
             nbytes = RESPONSE_OVERHEAD_BYTES + sum(map(array_bytes, out.values()))
             self.held += nbytes
-            self._respond(out, not self.flying and not self.answers, nbytes)
-        if not self.done and not self.flying:
+            self._respond(out, not self._busy() and not self.answers, nbytes)
+        if not self.done and not self._busy():
             if self.answers:
                 self.fail(Internal(f"ensemble {self.worker.name!r}: no step is left to run but its outputs are not "
                                    "all written"))
@@ -557,9 +586,16 @@ class _Run:
         self.held = max(0, self.held - nbytes)
 
     def _stop_steps(self) -> None:
+        """Stop its steps in flight (giving back the places they hold) and forget those parked (they
+        hold none)."""
         flying, self.flying = self.flying, {}
+        limits = self.worker.limits
+        limits.forget(self)
         for sink in flying.values():
             sink.stop()
+            if sink.slot:
+                sink.slot = False
+                limits.release(sink.step.index)
         self.tensors, self.left, self.live, self.launched = {}, {}, {}, {}
 
     def fail(self, exc: WsserveError) -> None:
@@ -608,6 +644,83 @@ class _Run:
                 log.exception("result sink failed again in on_error")
 
 
+class StepLimits:
+    """An ensemble's ``ensemble_scheduling.max_inflight_requests`` (Triton's "Managing Memory Usage in
+    Ensemble Models"): at most ``limit`` requests in flight at each step, counted across all the
+    ensemble version's requests (0: no limit, nothing counted).  A step request holds a place from
+    when it is submitted to its step model until it ends (a decoupled step's: its final response);
+    one that finds its step full is parked, its inputs still held by its request, and launched in
+    arrival order as places free (no cancel, no timeout of its own: a deadline is the step's once
+    it is submitted).  A request that ends (cancel, error, close) gives back the places its steps
+    hold and drops its parked ones, which hold none.  Event-loop thread only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: step index -> places held
+        self.inflight: Counter[int] = Counter()
+        #: step index -> parked launches in arrival order, ``(run, key) -> step``
+        self.waiting: dict[int, dict[tuple[_Run, Key], PlannedStep]] = {}
+        #: the worker is closing: places freed launch nothing
+        self.closed = False
+        self._draining = False
+
+    @property
+    def parked(self) -> int:
+        """Step requests waiting for a place."""
+        return sum(map(len, self.waiting.values()))
+
+    def take(self, step: int) -> bool:
+        """Take a place at ``step`` (always, without a limit); False: full (or others wait before it)."""
+        if not self.limit:
+            return True
+        if self.inflight[step] >= self.limit or self.waiting.get(step):
+            return False
+        self.inflight[step] += 1
+        return True
+
+    def park(self, run: _Run, step: PlannedStep, key: Key) -> None:
+        self.waiting.setdefault(step.index, {})[(run, key)] = step
+        run.parked += 1
+
+    def forget(self, run: _Run) -> None:
+        """Drop ``run``'s parked launches (it ended); they held no place."""
+        if not run.parked:
+            return
+        for index, parked in list(self.waiting.items()):
+            for entry in [e for e in parked if e[0] is run]:
+                del parked[entry]
+            if not parked:
+                del self.waiting[index]
+        run.parked = 0
+
+    def release(self, step: int) -> None:
+        """A place at ``step`` frees: launch the parked steps that now fit, in arrival order."""
+        self.inflight[step] -= 1
+        assert self.inflight[step] >= 0
+        if not self.inflight[step]:
+            del self.inflight[step]
+        if self._draining or self.closed:  # (a launch below that fails at once frees places: the loop takes them)
+            return
+        self._draining = True
+        try:
+            moved = True
+            while moved and not self.closed:
+                moved = False
+                for index in list(self.waiting):
+                    parked = self.waiting.get(index)
+                    while parked and self.inflight[index] < self.limit and not self.closed:
+                        (run, key), planned = next(iter(parked.items()))
+                        del parked[(run, key)]
+                        run.parked -= 1
+                        self.inflight[index] += 1
+                        moved = True
+                        run._launch(planned, key, slot=True)
+                    if not self.waiting.get(index, True):
+                        del self.waiting[index]
+        finally:
+            self._draining = False
+
+
 class EnsembleWorker:
     """Runs an ensemble's requests through its steps' workers (see the module docstring).
 
@@ -650,6 +763,8 @@ class EnsembleWorker:
         #: config.pbtxt (an OIP request's passes as it is, as in Triton); each step's model maps it
         #: onto its own levels (Triton's rule: :mod:`wsserve.batching`, "Priority").
         self.priorities = PriorityLevels()
+        #: ``ensemble_scheduling.max_inflight_requests``, per step across this version's requests
+        self.limits = StepLimits(model.config.ensemble.max_inflight_requests if model.config.ensemble else 0)
 
     def start(self) -> None:
         self._idle = asyncio.Event()
@@ -660,6 +775,7 @@ class EnsembleWorker:
         if self._closed:
             return
         self._closed = True
+        self.limits.closed = True  # the requests' ends below free places: none of the others' steps starts
         for run in list(self._runs):
             run.fail(ShuttingDown(f"ensemble {self.name!r} is unloaded or the server is shutting down"))
         if self._idle is not None:
@@ -720,7 +836,9 @@ class EnsembleWorker:
             self._idle.set()
 
     def statistics(self) -> WorkerStatistics:
-        return WorkerStatistics(kind="predict", queued=0, queued_rows=0, queued_bytes=0, running=len(self._runs),
+        # queued: step requests waiting for a place under max_inflight_requests (it queues nothing else)
+        return WorkerStatistics(kind="predict", queued=self.limits.parked, queued_rows=0, queued_bytes=0,
+                                running=len(self._runs),
                                 oldest_age_s=0.0, batches=0, computed=self._requests, executor_batches=0,
                                 last_batch_size=0)
 

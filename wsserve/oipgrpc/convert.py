@@ -45,6 +45,7 @@ from ..generation.logprobs import TokenLogprobs
 from ..jsontypes import shown
 from ..logcontrol import LOG_SETTINGS
 from ..protocol import MAX_MODEL_NAME_LENGTH
+from ..repository.pbtxt import completed_model_config_class
 from ..rest import modelrepo, oip, sharedmem, tritongen
 from ..rest.tritongen import GenerateOutputs, OutputValues, WithOutputValues
 from ..sequences import sequence_of
@@ -273,8 +274,14 @@ def shm_status(regions: list[dict[str, Any]]) -> Any:
 
 
 def model_config(body: bytes) -> Any:
-    """Triton's ``ModelConfig`` from :func:`wsserve.rest.triton.model_config`'s JSON."""
-    return json_message(body, model_config_pb2.ModelConfig())
+    """Triton's ``ModelConfig`` from :func:`wsserve.rest.triton.model_config`'s JSON.  Read into the
+    message class holding Triton's newer fields (:func:`~wsserve.repository.pbtxt.completed_model_config_class`:
+    an ensemble's ``max_inflight_requests``) and carried into tritonclient's own class by the wire
+    form, so a field an older tritonclient lacks still reaches the client (an unknown field to it)."""
+    complete = completed_model_config_class(model_config_pb2)
+    if complete is model_config_pb2.ModelConfig:
+        return json_message(body, complete())
+    return model_config_pb2.ModelConfig.FromString(json_message(body, complete()).SerializeToString())
 
 
 # --------------------------------------------------------------------------- model repository

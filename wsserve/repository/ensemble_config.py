@@ -13,8 +13,10 @@ consumes or produces the tensor), ``version_policy``, and
 ``ensemble_scheduling { step [ { model_name, model_version (-1: the latest
 ready), input_map { key: "<step model input>" value: "<ensemble tensor>" },
 output_map { key: "<step model output>" value: "<ensemble tensor>" } } ] }``
-(1..:data:`MAX_STEPS` steps).  Refused, naming the field: ``backend``,
-``sequence_batching``, ``batch_input``/``batch_output``, ``model_namespace``;
+(1..:data:`MAX_STEPS` steps) and ``ensemble_scheduling { max_inflight_requests }`` (0, the default:
+no limit; at most :data:`MAX_INFLIGHT_REQUESTS`): at most that many requests in flight at each step
+across the ensemble's requests (:mod:`wsserve.ensemble` serves it).  Refused, naming the field: ``backend``,
+``runtime``, ``sequence_batching``, ``batch_input``/``batch_output``, ``model_namespace``;
 other fields are hints listed in :attr:`~.config.ModelConfig.warnings`.
 ``model_transaction_policy`` is accepted and not read: whether an ensemble is
 decoupled follows from its steps, as Triton sets it
@@ -38,16 +40,20 @@ from .config import (
 )
 from .errors import ConfigError
 
-__all__ = ["ENSEMBLE_PLATFORM", "MAX_STEPS", "EnsembleStep", "EnsembleConfig", "parse_ensemble"]
+__all__ = ["ENSEMBLE_PLATFORM", "MAX_STEPS", "MAX_INFLIGHT_REQUESTS", "EnsembleStep", "EnsembleConfig",
+           "parse_ensemble"]
 
 ENSEMBLE_PLATFORM = "ensemble"
 #: Steps an ensemble may have.
 MAX_STEPS = 64
+#: The largest ``ensemble_scheduling.max_inflight_requests`` taken (a counter's bound, not an allocation).
+MAX_INFLIGHT_REQUESTS = 2**31 - 1
 
 #: Fields of an ensemble's config read here; the others set are refused (:data:`_REFUSED`) or hints.
 _READ = frozenset({"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy"})
 _REFUSED = {
     "backend": "an ensemble has no backend (platform \"ensemble\" runs its steps' models)",
+    "runtime": "an ensemble has no runtime (platform \"ensemble\" runs its steps' models)",
     "sequence_batching": "stateful sequence batching is not served",
     "batch_input": "batch inputs are not served",
     "batch_output": "batch outputs are not served",
@@ -74,6 +80,9 @@ class EnsembleConfig:
     inputs: tuple[TensorConfig, ...]
     outputs: tuple[TensorConfig, ...]
     steps: tuple[EnsembleStep, ...]
+    #: ``ensemble_scheduling.max_inflight_requests``: the most requests in flight at each step across
+    #: the ensemble's requests (0: no limit)
+    max_inflight_requests: int = 0
 
     @property
     def step_models(self) -> tuple[str, ...]:
@@ -155,6 +164,11 @@ def parse_ensemble(cfg: Any, path: Path, name: str, *,
                                   "batches nothing itself (allow ragged batches in its steps' configs)")
     if not cfg.HasField("ensemble_scheduling"):
         raise ConfigError(path, "ensemble_scheduling", "is required with platform \"ensemble\"")
-    ensemble = EnsembleConfig(name, cfg.max_batch_size, inputs, outputs, _steps(path, cfg.ensemble_scheduling))
+    scheduling = cfg.ensemble_scheduling
+    limit = int(getattr(scheduling, "max_inflight_requests", 0))  # (pbtxt's message class has the field)
+    if limit > MAX_INFLIGHT_REQUESTS:
+        raise ConfigError(path, "ensemble_scheduling.max_inflight_requests", f"must be in [0, {MAX_INFLIGHT_REQUESTS}] "
+                          f"(0: no limit), got {limit}")
+    ensemble = EnsembleConfig(name, cfg.max_batch_size, inputs, outputs, _steps(path, scheduling), limit)
     return ModelConfig(path=path, inputs=inputs, outputs=outputs, max_batch_size=cfg.max_batch_size,
                        max_delay_ms=0.0, version_policy=policy, warnings=tuple(warnings), ensemble=ensemble)

@@ -88,15 +88,23 @@ Mapped (Triton's semantics, triton-inference-server/server
   model's).  Each needs ``max_batch_size > 0`` and no ``sequence_batching``; a ragged input takes no
   ``reshape``; a Python model takes ``allow_ragged_batch`` only.
 
+- ``runtime``: ``""`` for any model, ``"model.py"`` (Triton's default) for a ``backend: "python"`` one;
+  any other is refused, naming the field.
+
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble),
 ``batch_input`` and ``batch_output`` of a Python model, ``model_transaction_policy { decoupled: true }``
 but for a ``backend: "python"`` model (served streaming, :mod:`wsserve.decoupled`), and per
-tensor ``is_shape_tensor``, ``is_non_linear_format_io``.
+tensor ``is_shape_tensor``, ``is_non_linear_format_io: true`` (a TensorRT GPU layout; Triton takes it
+for TensorRT models only).
+
+Fields of current Triton that older tritonclient releases lack (:data:`_NEWER_FIELDS`:
+``ensemble_scheduling.max_inflight_requests``, ``runtime``, ``model_metrics``, per tensor
+``is_non_linear_format_io``) parse whatever tritonclient is installed: :func:`completed_model_config_class`.
 
 ``model_warmup`` is honoured (:mod:`.warmup`: a version runs its samples before it serves).
-Accepted and ignored (hints): every other field set (``optimization``,
-other ``parameters``, the other
+Accepted and ignored (hints): every other field set (``optimization``, ``model_metrics``: wsserve's
+per-model histograms have fixed buckets, other ``parameters``, the other
 ``dynamic_batching`` and ``instance_group`` fields, ``label_filename``,
 ``format``...): listed in :attr:`ModelConfig.warnings`, which the server logs as
 one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
@@ -104,6 +112,7 @@ one warning.  Sans-I/O: :func:`parse_pbtxt` takes the text.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -137,7 +146,8 @@ from .ragged import BatchInput, BatchOutput
 from .tensors import MAX_DIM, MAX_DIMS, MAX_ROW_ELEMENTS
 from .warmup import parse_warmup
 
-__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "check_reshape", "parse_json_config", "parse_pbtxt"]
+__all__ = ["PBTXT_FILE", "TRITON_TYPES", "INSTALL_HINT", "check_reshape", "completed_model_config_class",
+           "parse_json_config", "parse_pbtxt"]
 
 #: Triton ``data_type`` -> wsserve dtype (the ones wsserve serves).
 TRITON_TYPES = {
@@ -168,22 +178,111 @@ _REFUSED = {
 }
 _TENSOR_REFUSED = {
     "is_shape_tensor": "shape tensors",
-    "is_non_linear_format_io": "non-linear format tensors",
+    # (true only: false is protobuf's default, not listed) Triton itself takes it for TensorRT models only
+    "is_non_linear_format_io": "non-linear format tensors (a TensorRT GPU layout; Triton takes it for "
+                               "TensorRT models only)",
 }
+#: The ``runtime`` taken for a ``backend: "python"`` model (Triton's default for it); no other is.
+_PYTHON_RUNTIME = "model.py"
 _THREADS_PARAM = "intra_op_thread_count"
 
 
 def _message_class() -> tuple[Any, str]:
     """``(Triton's ModelConfig message class, "")``; ``(None, why)`` when tritonclient[grpc] is not
     installed or does not import (protobuf's generated code raises ``VersionError``, an ``Exception``,
-    for a protobuf older than it was generated for)."""
+    for a protobuf older than it was generated for), or its ``model_config.proto`` cannot be completed
+    (:func:`completed_model_config_class`).  The class is tritonclient's own when it has every field of
+    :data:`_NEWER_FIELDS`; else one built once from its descriptor with the missing fields added."""
     try:
         from tritonclient.grpc import model_config_pb2
     except ImportError:
         return None, ""
     except Exception as exc:  # the model is refused naming it; the scan goes on with the others
         return None, f" (it does not import: {type(exc).__name__}: {exc})"
-    return model_config_pb2.ModelConfig, ""
+    try:
+        return completed_model_config_class(model_config_pb2), ""
+    except Exception as exc:  # noqa: BLE001 - a descriptor protobuf refuses: the model is refused naming it
+        return None, f" (its model_config.proto could not be completed: {type(exc).__name__}: {exc})"
+
+
+#: Fields of Triton's ``model_config.proto`` that tritonclient releases before 2.63 lack (2.41 is
+#: what pip resolves next to ``grpcio-health-checking`` >= 1.85), by message: ``(name, number, type)``
+#: with Triton's numbers; ``ModelConfig.model_metrics`` is the message :func:`_add_model_metrics` adds.
+_NEWER_FIELDS: dict[str, tuple[tuple[str, int, str], ...]] = {
+    "ModelEnsembling": (("max_inflight_requests", 2, "TYPE_UINT32"),),
+    "ModelConfig": (("runtime", 25, "TYPE_STRING"), ("model_metrics", 26, ".inference.ModelMetrics")),
+    "ModelInput": (("is_non_linear_format_io", 9, "TYPE_BOOL"),),
+    "ModelOutput": (("is_non_linear_format_io", 7, "TYPE_BOOL"),),
+}
+
+
+@functools.cache
+def completed_model_config_class(module: Any) -> Any:
+    """The ``ModelConfig`` message class of tritonclient's ``model_config_pb2`` ``module`` holding
+    every field of :data:`_NEWER_FIELDS`: the module's own when it has them all; else built from a
+    private ``DescriptorPool`` holding the module's ``FileDescriptorProto`` with the missing fields (and
+    the ``ModelMetrics`` message) added, so a config written for a current Triton parses.  The default
+    pool (and tritonclient's classes, which the gRPC service uses) is not touched.
+
+    Cached per module (``functools.cache``): the result is a pure function of the imported module,
+    which Python itself keeps for the process's life, so the cache holds what the import system
+    already holds, built once rather than per config file (building a pool is milliseconds, a
+    repository may hold hundreds of configs); it is never invalidated because its input cannot change."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = module.DESCRIPTOR
+    missing = {message: [f for f in fields if f[0] not in file.message_types_by_name[message].fields_by_name]
+               for message, fields in _NEWER_FIELDS.items()}
+    if not any(missing.values()):
+        return module.ModelConfig
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    messages = {m.name: m for m in proto.message_type}
+    for message, fields in missing.items():
+        for name, number, kind in fields:
+            field = messages[message].field.add(name=name, number=number, json_name=_json_name(name),
+                                                label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+            if kind.startswith("."):
+                field.type, field.type_name = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE, kind
+            else:
+                field.type = descriptor_pb2.FieldDescriptorProto.Type.Value(kind)
+    if "ModelMetrics" not in messages:
+        _add_model_metrics(proto)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    descriptor = pool.FindMessageTypeByName(f"{file.package}.ModelConfig")
+    get = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.22; before: MessageFactory
+    return get(descriptor) if get is not None else message_factory.MessageFactory(pool).GetPrototype(descriptor)
+
+
+def _json_name(name: str) -> str:
+    """protobuf's JSON name of field ``name`` (lowerCamelCase)."""
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _add_model_metrics(proto: Any) -> None:
+    """Add Triton's ``ModelMetrics`` message to ``proto`` (a ``FileDescriptorProto`` of
+    ``model_config.proto``): ``repeated MetricControl metric_control = 1``; ``MetricControl {
+    MetricIdentifier metric_identifier = 1 { string family = 1 }; oneof metric_options {
+    HistogramOptions histogram_options = 2 { repeated double buckets = 1 } } }``."""
+    from google.protobuf import descriptor_pb2
+
+    F = descriptor_pb2.FieldDescriptorProto
+    metrics = proto.message_type.add(name="ModelMetrics")
+    control = metrics.nested_type.add(name="MetricControl")
+    identifier = control.nested_type.add(name="MetricIdentifier")
+    identifier.field.add(name="family", number=1, json_name="family", type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    histogram = control.nested_type.add(name="HistogramOptions")
+    histogram.field.add(name="buckets", number=1, json_name="buckets", type=F.TYPE_DOUBLE, label=F.LABEL_REPEATED)
+    control.oneof_decl.add(name="metric_options")
+    prefix = f".{proto.package}.ModelMetrics.MetricControl"
+    control.field.add(name="metric_identifier", number=1, json_name="metricIdentifier", type=F.TYPE_MESSAGE,
+                      type_name=f"{prefix}.MetricIdentifier", label=F.LABEL_OPTIONAL)
+    control.field.add(name="histogram_options", number=2, json_name="histogramOptions", type=F.TYPE_MESSAGE,
+                      type_name=f"{prefix}.HistogramOptions", label=F.LABEL_OPTIONAL, oneof_index=0)
+    metrics.field.add(name="metric_control", number=1, json_name="metricControl", type=F.TYPE_MESSAGE,
+                      type_name=f".{proto.package}.ModelMetrics.MetricControl", label=F.LABEL_REPEATED)
 
 
 def _enum_name(path: Path, key: str, message: Any, field: str) -> str:
@@ -435,7 +534,10 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         if field.name == "model_transaction_policy" and value.decoupled and cfg.backend != "python":
             raise ConfigError(path, "model_transaction_policy.decoupled", "is served for a Python model "
                               "(backend: \"python\") only: another backend answers each infer request once")
-        if field.name in ("runtime", "optimization", "cc_model_filenames", "metric_tags", "model_operations",
+        if field.name == "runtime" and not (cfg.backend == "python" and value == _PYTHON_RUNTIME):
+            raise ConfigError(path, "runtime", f"{value[:128]!r} is not served: wsserve runs its own runtime for each "
+                              f"backend (leave it out, or {_PYTHON_RUNTIME!r} for backend \"python\", Triton's default)")
+        if field.name in ("optimization", "cc_model_filenames", "metric_tags", "model_operations",
                           "model_repository_agents", "model_metrics"):
             warnings.append(field.name)
 

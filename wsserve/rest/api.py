@@ -576,6 +576,7 @@ class HttpApi:
             steps = getattr(entry.model, "triton_steps", None)  # a decoupled ensemble's (a step is decoupled)
             if callable(steps):
                 batching["ensemble_steps"] = steps()
+                batching["ensemble_max_inflight_requests"] = entry.model.config.ensemble.max_inflight_requests
                 max_rows = min(max_rows, entry.model.config.max_batch_size) or max_rows
         elif entry.kind == "predict":
             inputs, outputs = self._signature(entry)
@@ -607,6 +608,7 @@ class HttpApi:
             steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
             if callable(steps):
                 batching["ensemble_steps"] = steps()
+                batching["ensemble_max_inflight_requests"] = entry.model.config.ensemble.max_inflight_requests
                 max_rows = min(max_rows, entry.model.config.max_batch_size) or max_rows  # its own bound on a request's rows
         config = getattr(entry.model, "config", None)
         if entry.kind == "predict" and "ensemble_steps" not in batching and getattr(config, "triton", False) is True \

@@ -137,7 +137,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
                  queue_policy: dict[str, Any] | None = None, priority_levels: int = 2,
                  default_priority_level: int = 2,
                  priority_queue_policy: Mapping[int, dict[str, Any]] | None = None,
-                 ensemble_steps: list[dict[str, Any]] | None = None, response_cache: bool = False,
+                 ensemble_steps: list[dict[str, Any]] | None = None, ensemble_max_inflight_requests: int = 0,
+                 response_cache: bool = False,
                  reshapes: Mapping[str, tuple[int, ...]] | None = None, decoupled: bool = False,
                  sequence_batching: Mapping[str, Any] | None = None, ragged: frozenset[str] = frozenset(),
                  batch_input: list[dict[str, Any]] | None = None,
@@ -145,7 +146,8 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
     """The configuration body of one model version (see the module docstring).
 
     ``ensemble_steps``: an ensemble's ``ensemble_scheduling.step`` list (it then has no
-    ``dynamic_batching``: its steps batch on their own models).
+    ``dynamic_batching``: its steps batch on their own models); ``ensemble_max_inflight_requests``:
+    its ``ensemble_scheduling.max_inflight_requests`` (0: no limit; listed, as Triton lists it).
 
     ``max_rows``: the ``max_batch_size`` to answer for a batching model (the caller's choice: the rows
     one request may carry, or a Triton config's own); ``max_batch_rows``/``max_delay_s``:
@@ -195,7 +197,7 @@ def model_config(name: str, *, platform: str, backend: str, policy: Any, generat
         body["sequence_batching"] = sequence_batching
     if ensemble_steps is not None:
         del body["dynamic_batching"]
-        body["ensemble_scheduling"] = {"step": ensemble_steps}
+        body["ensemble_scheduling"] = {"step": ensemble_steps, "max_inflight_requests": ensemble_max_inflight_requests}
     return orjson.dumps(body)
 
 
