@@ -366,3 +366,31 @@ def test_after_execute_decides_by_triton_rules_and_the_bound(kwargs: dict[str, A
     args = {"iterative": True, "ended": False, "final_sent": False, "reschedules": 0, "max_reschedules": 3, **kwargs}
     decision, message = reschedule.after_execute("m", args.pop("flags"), **args)
     assert decision == want and (message is None) == (want not in ("fail", "refuse"))
+
+
+async def test_a_request_of_more_rows_than_max_batch_size_is_refused(served) -> None:
+    """max_batch_size 8: a request of 9 rows is refused with Triton's ``invalid_input`` (an execute never
+    gets more rows than config.pbtxt allows, rescheduled or not); one of 8 is served."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "big", "model": "iter", "inputs": {"IN": [[2]] * 9}})
+        seen, end = await conn.until_terminal("big")
+        assert seen == [] and end["type"] == "error" and end["code"] == "invalid_input"
+        assert "inference request batch-size must be <= 8 for 'iter'" in end["message"]
+        await conn.send({"type": "predict", "id": "full", "model": "iter", "inputs": {"IN": [[2]] * 8}})
+        seen, end = await conn.until_terminal("full")
+        assert _tokens(seen) == [1, 0] and end["type"] == "done"
+    finally:
+        await conn.close()
+    assert not any("big" in _ids(b) for b in _batches(served[2]))
+
+
+def test_grpc_stream_refuses_more_rows_than_max_batch_size(served) -> None:
+    """The same over tritonclient's gRPC stream: Triton's INVALID_ARG for 9 rows."""
+    s = _Stream(served[1])
+    try:
+        s.send("iter", "g9", IN=np.full((9, 1), 2, np.int32))
+        (result, error), = s.until_final()
+    finally:
+        s.close()
+    assert result is None and "inference request batch-size must be <= 8" in str(error)
