@@ -23,7 +23,7 @@ thttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 from wsserve_client import Client  # noqa: E402
 
-from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support import ServerProcess, wait_until, wait_until_async  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 from tests.test_triton_decoupled import _gauge, _Stream  # noqa: E402
@@ -358,7 +358,8 @@ def test_release_flags_are_tritons_and_checked() -> None:
     ({"flags": 1}, "release"),
     ({"flags": 2, "ended": True}, "release"),
     ({"flags": 2, "iterative": False}, "refuse"),
-    ({"flags": 2, "final_sent": True}, "fail"),
+    ({"flags": 2, "final_sent": True}, "release"),
+    ({"flags": 2, "final_sent": True, "iterative": False}, "release"),
     ({"flags": 2, "reschedules": 3}, "fail"),
     ({"flags": 2, "reschedules": 2}, "requeue"),
 ])
@@ -394,3 +395,47 @@ def test_grpc_stream_refuses_more_rows_than_max_batch_size(served) -> None:
     finally:
         s.close()
     assert result is None and "inference request batch-size must be <= 8" in str(error)
+
+
+class _Sink:
+    """A decoupled request's sink: what reached it, in order."""
+
+    def __init__(self) -> None:
+        self.inputs = {"IN": np.array([[1]], np.int32)}
+        self.n, self.nbytes, self.finished = 1, 4, False
+        self.got: list[Any] = []
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        self.got.append(("response", final))
+
+    def on_error(self, exc: Exception) -> None:
+        self.got.append(("error", str(exc)))
+
+
+async def test_a_final_sent_before_its_reschedule_is_decided_ends_the_request_with_that_final() -> None:
+    """A model thread sent FINAL (not yet delivered by the loop) when the execute's RESCHEDULE is
+    decided: the request ends with that FINAL, not an error in its place, and never runs again
+    (as when the FINAL was delivered first: whichever thread wins, the same answer)."""
+    from wsserve.decoupled import DecoupledWorker
+
+    class Model:
+        iterative_sequence = True
+        batching = True
+        executes = 0
+
+        def execute_decoupled(self, inputs: Any, request_id: str, stream: Any) -> int:
+            Model.executes += 1
+            return reschedule.RELEASE_ALL
+
+    worker = DecoupledWorker(Model(), name="m", max_batch_rows=4)
+    worker.start()
+    sink = _Sink()
+    stream = worker.submit(sink)
+    await wait_until_async(lambda: Model.executes == 1, 30.0, what="the first execute")
+    assert sink.got == [] and not stream.ended  # no FINAL yet: the request stays open
+    stream.respond({"OUT": np.array([[0]], np.int32)}, True)  # a model thread's FINAL, not delivered yet ...
+    worker._released(stream, reschedule.RELEASE_RESCHEDULE)  # ... when its execute's release is decided
+    await worker.wait_idle()
+    assert sink.got == [("response", True)]
+    assert stream.ended and Model.executes == 1 and worker.statistics().queued == 0
+    await worker.close()

@@ -49,9 +49,10 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   later execute, the same stream (its responses, its deadline, its model-side object
   :attr:`DecoupledStream.model_request`): it goes first in its level's queue, ahead of the
   requests that have not run yet.  :func:`wsserve.reschedule.after_execute` (sans-I/O) decides:
-  a request that ended meanwhile (cancel, deadline, unload) is released; one whose FINAL was sent
-  or one rescheduled ``max_reschedules`` times already ends with ``internal`` naming why, any of a
-  model without ``iterative_sequence`` with ``invalid_input`` (Triton's message and code).  Each reschedule costs an execute in an
+  a request that ended meanwhile (cancel, deadline, unload) or whose FINAL was sent (also from a
+  thread, not yet delivered: that FINAL ends it) is released; one rescheduled ``max_reschedules``
+  times already ends with ``internal`` naming why, any other of a model without
+  ``iterative_sequence`` with ``invalid_input`` (Triton's message and code).  Each reschedule costs an execute in an
   instance's thread: the loop never spins, and other models' workers are not touched.
 """
 

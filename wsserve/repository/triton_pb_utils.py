@@ -307,8 +307,8 @@ class InferenceRequest:
         gives this request to a later ``execute`` again (the same object, its response sender still
         open) instead of releasing it; ``TRITONSERVER_REQUEST_RELEASE_ALL`` (the default) releases
         it.  Checked when ``execute`` returns (:mod:`wsserve.decoupled`): served for a decoupled
-        model with ``sequence_batching { iterative_sequence: true }`` only, and for a request that
-        has not sent its FINAL flag.  Raises :class:`TritonModelException` for another value."""
+        model with ``sequence_batching { iterative_sequence: true }`` only; a request that sent its
+        FINAL flag is released whatever this says (that FINAL ends it).  Raises :class:`TritonModelException` for another value."""
         if flags not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
             raise TritonModelException(f"set_release_flags: flags must be TRITONSERVER_REQUEST_RELEASE_ALL (1) or "
                                        f"TRITONSERVER_REQUEST_RELEASE_RESCHEDULE (2), got {flags!r}")
