@@ -439,3 +439,31 @@ async def test_a_final_sent_before_its_reschedule_is_decided_ends_the_request_wi
     assert sink.got == [("response", True)]
     assert stream.ended and Model.executes == 1 and worker.statistics().queued == 0
     await worker.close()
+
+
+WARMUP = ('model_warmup [ { name: "w" batch_size: 1 count: 1\n'
+          '  inputs { key: "IN" value: { data_type: TYPE_INT32 dims: [ 1 ] input_data_file: "in.bin" } } } ]\n')
+
+
+def test_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
+    """A warm-up sample (IN 3) is rescheduled as a request is: the iterative model runs it three
+    times and serves; one without ``iterative_sequence`` fails its load at once with Triton's error
+    naming the sample (it waited for a FINAL the model never sends, until the load timeout)."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    for name, pbtxt in (("warmiter", ITER_PBTXT), ("warmnoiter", ITER_PBTXT.replace(ITERATIVE, ""))):
+        _write(root, name, pbtxt + WARMUP, ITER_PY, marks)
+        (root / name / "warmup").mkdir()
+        (root / name / "warmup" / "in.bin").write_bytes(np.array([3], "<i4").tobytes())
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--model-load-timeout", "30")
+    try:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("warmiter")
+        rows = {r["name"]: r for r in client.get_model_repository_index()}
+        assert rows["warmnoiter"]["state"] == "UNAVAILABLE"
+        assert ("model_warmup sample 'w' failed: Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE"
+                in rows["warmnoiter"]["reason"]), rows["warmnoiter"]
+    finally:
+        proc.stop()
+    warm = [b for b in _batches(marks) if _ids(b) == [""]]
+    assert [known for b in warm for _, known in b].count(True) == 2  # warmiter: the same request, 3 executes
