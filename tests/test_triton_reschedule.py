@@ -351,6 +351,12 @@ def test_release_flags_are_tritons_and_checked() -> None:
     assert request.release_flags() == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
     with pytest.raises(pb.TritonModelException, match="got 3"):
         request.set_release_flags(3)
+    for wrong in (2.0, True, "2", None):  # (Triton's binding takes an integer: 2.0 was taken, then read as RELEASE_ALL)
+        with pytest.raises(pb.TritonModelException, match="set_release_flags"):
+            request.set_release_flags(wrong)
+    assert request.release_flags() == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
+    request.set_release_flags(np.uint32(1))  # a numpy integer is an integer
+    assert request.release_flags() == 1 and type(request.release_flags()) is int
     assert ServerConfig().max_reschedules == reschedule.MAX_RESCHEDULES == 65536
 
 
