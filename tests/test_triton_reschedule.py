@@ -23,7 +23,7 @@ thttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 from wsserve_client import Client  # noqa: E402
 
-from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support import ServerProcess, wait_until, wait_until_async  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 from tests.test_triton_decoupled import _gauge, _Stream  # noqa: E402
@@ -351,6 +351,12 @@ def test_release_flags_are_tritons_and_checked() -> None:
     assert request.release_flags() == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
     with pytest.raises(pb.TritonModelException, match="got 3"):
         request.set_release_flags(3)
+    for wrong in (2.0, True, "2", None):  # (Triton's binding takes an integer: 2.0 was taken, then read as RELEASE_ALL)
+        with pytest.raises(pb.TritonModelException, match="set_release_flags"):
+            request.set_release_flags(wrong)
+    assert request.release_flags() == pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE
+    request.set_release_flags(np.uint32(1))  # a numpy integer is an integer
+    assert request.release_flags() == 1 and type(request.release_flags()) is int
     assert ServerConfig().max_reschedules == reschedule.MAX_RESCHEDULES == 65536
 
 
@@ -358,7 +364,8 @@ def test_release_flags_are_tritons_and_checked() -> None:
     ({"flags": 1}, "release"),
     ({"flags": 2, "ended": True}, "release"),
     ({"flags": 2, "iterative": False}, "refuse"),
-    ({"flags": 2, "final_sent": True}, "fail"),
+    ({"flags": 2, "final_sent": True}, "release"),
+    ({"flags": 2, "final_sent": True, "iterative": False}, "release"),
     ({"flags": 2, "reschedules": 3}, "fail"),
     ({"flags": 2, "reschedules": 2}, "requeue"),
 ])
@@ -366,3 +373,103 @@ def test_after_execute_decides_by_triton_rules_and_the_bound(kwargs: dict[str, A
     args = {"iterative": True, "ended": False, "final_sent": False, "reschedules": 0, "max_reschedules": 3, **kwargs}
     decision, message = reschedule.after_execute("m", args.pop("flags"), **args)
     assert decision == want and (message is None) == (want not in ("fail", "refuse"))
+
+
+async def test_a_request_of_more_rows_than_max_batch_size_is_refused(served) -> None:
+    """max_batch_size 8: a request of 9 rows is refused with Triton's ``invalid_input`` (an execute never
+    gets more rows than config.pbtxt allows, rescheduled or not); one of 8 is served."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "big", "model": "iter", "inputs": {"IN": [[2]] * 9}})
+        seen, end = await conn.until_terminal("big")
+        assert seen == [] and end["type"] == "error" and end["code"] == "invalid_input"
+        assert "inference request batch-size must be <= 8 for 'iter'" in end["message"]
+        await conn.send({"type": "predict", "id": "full", "model": "iter", "inputs": {"IN": [[2]] * 8}})
+        seen, end = await conn.until_terminal("full")
+        assert _tokens(seen) == [1, 0] and end["type"] == "done"
+    finally:
+        await conn.close()
+    assert not any("big" in _ids(b) for b in _batches(served[2]))
+
+
+def test_grpc_stream_refuses_more_rows_than_max_batch_size(served) -> None:
+    """The same over tritonclient's gRPC stream: Triton's INVALID_ARG for 9 rows."""
+    s = _Stream(served[1])
+    try:
+        s.send("iter", "g9", IN=np.full((9, 1), 2, np.int32))
+        (result, error), = s.until_final()
+    finally:
+        s.close()
+    assert result is None and "inference request batch-size must be <= 8" in str(error)
+
+
+class _Sink:
+    """A decoupled request's sink: what reached it, in order."""
+
+    def __init__(self) -> None:
+        self.inputs = {"IN": np.array([[1]], np.int32)}
+        self.n, self.nbytes, self.finished = 1, 4, False
+        self.got: list[Any] = []
+
+    def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
+        self.got.append(("response", final))
+
+    def on_error(self, exc: Exception) -> None:
+        self.got.append(("error", str(exc)))
+
+
+async def test_a_final_sent_before_its_reschedule_is_decided_ends_the_request_with_that_final() -> None:
+    """A model thread sent FINAL (not yet delivered by the loop) when the execute's RESCHEDULE is
+    decided: the request ends with that FINAL, not an error in its place, and never runs again
+    (as when the FINAL was delivered first: whichever thread wins, the same answer)."""
+    from wsserve.decoupled import DecoupledWorker
+
+    class Model:
+        iterative_sequence = True
+        batching = True
+        executes = 0
+
+        def execute_decoupled(self, inputs: Any, request_id: str, stream: Any) -> int:
+            Model.executes += 1
+            return reschedule.RELEASE_ALL
+
+    worker = DecoupledWorker(Model(), name="m", max_batch_rows=4)
+    worker.start()
+    sink = _Sink()
+    stream = worker.submit(sink)
+    await wait_until_async(lambda: Model.executes == 1, 30.0, what="the first execute")
+    assert sink.got == [] and not stream.ended  # no FINAL yet: the request stays open
+    stream.respond({"OUT": np.array([[0]], np.int32)}, True)  # a model thread's FINAL, not delivered yet ...
+    worker._released(stream, reschedule.RELEASE_RESCHEDULE)  # ... when its execute's release is decided
+    await worker.wait_idle()
+    assert sink.got == [("response", True)]
+    assert stream.ended and Model.executes == 1 and worker.statistics().queued == 0
+    await worker.close()
+
+
+WARMUP = ('model_warmup [ { name: "w" batch_size: 1 count: 1\n'
+          '  inputs { key: "IN" value: { data_type: TYPE_INT32 dims: [ 1 ] input_data_file: "in.bin" } } } ]\n')
+
+
+def test_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
+    """A warm-up sample (IN 3) is rescheduled as a request is: the iterative model runs it three
+    times and serves; one without ``iterative_sequence`` fails its load at once with Triton's error
+    naming the sample (it waited for a FINAL the model never sends, until the load timeout)."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    for name, pbtxt in (("warmiter", ITER_PBTXT), ("warmnoiter", ITER_PBTXT.replace(ITERATIVE, ""))):
+        _write(root, name, pbtxt + WARMUP, ITER_PY, marks)
+        (root / name / "warmup").mkdir()
+        (root / name / "warmup" / "in.bin").write_bytes(np.array([3], "<i4").tobytes())
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--model-load-timeout", "30")
+    try:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("warmiter")
+        rows = {r["name"]: r for r in client.get_model_repository_index()}
+        assert rows["warmnoiter"]["state"] == "UNAVAILABLE"
+        assert ("model_warmup sample 'w' failed: Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE"
+                in rows["warmnoiter"]["reason"]), rows["warmnoiter"]
+    finally:
+        proc.stop()
+    warm = [b for b in _batches(marks) if _ids(b) == [""]]
+    assert [known for b in warm for _, known in b].count(True) == 2  # warmiter: the same request, 3 executes

@@ -49,9 +49,10 @@ Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
   later execute, the same stream (its responses, its deadline, its model-side object
   :attr:`DecoupledStream.model_request`): it goes first in its level's queue, ahead of the
   requests that have not run yet.  :func:`wsserve.reschedule.after_execute` (sans-I/O) decides:
-  a request that ended meanwhile (cancel, deadline, unload) is released; one whose FINAL was sent
-  or one rescheduled ``max_reschedules`` times already ends with ``internal`` naming why, any of a
-  model without ``iterative_sequence`` with ``invalid_input`` (Triton's message and code).  Each reschedule costs an execute in an
+  a request that ended meanwhile (cancel, deadline, unload) or whose FINAL was sent (also from a
+  thread, not yet delivered: that FINAL ends it) is released; one rescheduled ``max_reschedules``
+  times already ends with ``internal`` naming why, any other of a model without
+  ``iterative_sequence`` with ``invalid_input`` (Triton's message and code).  Each reschedule costs an execute in an
   instance's thread: the loop never spins, and other models' workers are not touched.
 """
 
@@ -280,7 +281,8 @@ class DecoupledWorker:
         ``max_reschedules``: the times one request may be rescheduled (:mod:`wsserve.reschedule`; the
         model's ``iterative_sequence`` attribute true: config.pbtxt's ``iterative_sequence: true``);
         such a model's executes get several requests, ``max_batch_rows`` rows at most (config.pbtxt's
-        ``max_batch_size``; a request of more rows alone), through its ``execute_decoupled_batch``."""
+        ``max_batch_size``), through its ``execute_decoupled_batch``; a request of more rows than
+        ``max_batch_rows`` is refused (any decoupled model's, as Triton refuses it)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if type(max_reschedules) is not int or max_reschedules < 0:
@@ -362,7 +364,8 @@ class DecoupledWorker:
         (monotonic seconds): past it the request ends with ``deadline_exceeded``, whether waiting or
         streaming; its level's queue timeout too, while it waits (see :meth:`__init__`).  Raises
         ``BadRequest`` for a sink that takes one answer (:func:`refusal`), ``InvalidInput`` for
-        several rows to a model without a batch dimension, ``Overloaded`` when ``max_queue_requests``
+        several rows to a model without a batch dimension or more than ``max_batch_rows`` rows
+        (Triton's message), ``Overloaded`` when ``max_queue_requests``
         wait (at its level, for a config.pbtxt model), ``ShuttingDown`` after :meth:`close`; the sink
         is then never called."""
         if self._closed:
@@ -374,6 +377,9 @@ class DecoupledWorker:
         if not getattr(self.model, "batching", True) and sink.n != 1:
             raise InvalidInput(f"model {self.name!r} has no batch dimension (max_batch_size 0): a request to it is "
                                f"one set of tensors, got {sink.n} rows")
+        if sink.n > self.max_batch_rows:  # Triton's (core's InferenceRequest::Normalize): never split, never run
+            raise InvalidInput(f"inference request batch-size must be <= {self.max_batch_rows} for {self.name!r} "
+                               f"(config.pbtxt's max_batch_size), got {sink.n} rows")
         priorities = self.priorities
         level = priorities.level(priority)
         queue = self._levels[2 * (level - 1)]

@@ -14,7 +14,9 @@ Rules (Triton's, and wsserve's bound):
   (:func:`not_iterative`; Triton's ``INVALID_ARG``: ``invalid_input`` on the wire);
 - a request that ended meanwhile (its client cancelled or left, its deadline, the model unloaded)
   is released: it already has its one terminal frame;
-- a request whose FINAL flag was sent may not be rescheduled (an error);
+- a request whose FINAL flag was sent is released, not rescheduled: that FINAL is its terminal
+  frame (whether or not the loop delivered it yet: a model thread's FINAL racing the execute's
+  return ends the request the same way either way, as its client sees it in Triton);
 - a request may be rescheduled at most ``max_reschedules`` times (default :data:`MAX_RESCHEDULES`),
   then it ends with an error naming the bound: a model that always reschedules cannot hold a
   request forever.
@@ -33,9 +35,9 @@ RELEASE_ALL = 1
 RELEASE_RESCHEDULE = 2
 
 #: ``"release"``: the request is done with this worker (it ended, or goes on streaming from the
-#: model's threads until its FINAL); ``"requeue"``: give it to a later execute; ``"fail"``: end it
-#: (``internal``) with the error message returned alongside; ``"refuse"``: end it as Triton refuses a
-#: reschedule without ``iterative_sequence`` (``INVALID_ARG``: ``invalid_input``), with that message.
+#: model's threads until its FINAL, or its FINAL was sent); ``"requeue"``: give it to a later execute;
+#: ``"fail"``: end it (``internal``, past ``max_reschedules``) with the error message returned
+#: alongside; ``"refuse"``: end it as Triton refuses a reschedule without ``iterative_sequence`` (``INVALID_ARG``: ``invalid_input``), with that message.
 Decision = Literal["release", "requeue", "fail", "refuse"]
 
 
@@ -54,13 +56,10 @@ def after_execute(model: str, flags: int, *, iterative: bool, ended: bool, final
     has ``iterative_sequence: true``; ``ended``: the request already ended (cancel, deadline,
     unload, an error); ``final_sent``: the model sent its FINAL flag; ``reschedules``: times it was
     rescheduled before this one."""
-    if not flags & RELEASE_RESCHEDULE or ended:
+    if not flags & RELEASE_RESCHEDULE or ended or final_sent:
         return "release", None
     if not iterative:
         return "refuse", not_iterative(model)
-    if final_sent:
-        return "fail", (f"model {model!r} asked to reschedule a request whose final response it already sent "
-                        "(TRITONSERVER_RESPONSE_COMPLETE_FINAL): a rescheduled request must not be complete")
     if reschedules >= max_reschedules:
         return "fail", (f"model {model!r} rescheduled a request {reschedules} times: at most "
                         f"{max_reschedules} (max_reschedules); the request is ended")

@@ -93,7 +93,7 @@ from ..errors import (
     WsserveError,
 )
 from ..models.base import call_model_code
-from ..reschedule import MAX_RESCHEDULES, not_iterative
+from ..reschedule import after_execute, not_iterative
 from ..shapes import MAX_VALUES, VARIABLE
 from ..worker import (
     Ragged,
@@ -704,7 +704,9 @@ class TritonPythonModel(RepositoryModel):
         ``execute`` each (:meth:`execute_decoupled`, one after the other), each waited for until
         its FINAL; the responses are checked as a client's are, then dropped.  Raises
         :class:`ModelLoadError` naming the sample when a request ends otherwise (an error
-        response, a wrong response, ``execute`` raising or returning something), or once ``stop``
+        response, a wrong response, ``execute`` raising or returning something, a reschedule
+        :func:`~wsserve.reschedule.after_execute` refuses or bounds: a sample is rescheduled as a
+        request is, by :data:`~wsserve.reschedule.MAX_RESCHEDULES`), or once ``stop``
         is set (the load was abandoned past its timeout: a model that never sends FINAL ends
         there; the request it waits on is then cancelled, ``is_cancelled()``)."""
         assert self.config.path is not None
@@ -713,12 +715,18 @@ class TritonPythonModel(RepositoryModel):
                 for row in range(sample.batch_size):
                     request = _WarmupStream(stop)
                     rows = {k: v[row:row + 1] for k, v in arrays.items()}
-                    for _ in range(MAX_RESCHEDULES + 1):  # (a rescheduled sample runs again, as a request does)
-                        if request.cancelled():
-                            break
+                    reschedules = 0
+                    while not request.cancelled():  # (a rescheduled sample runs again, by a request's rules)
                         flags = self.execute_decoupled(rows, "", request)
-                        if not (self.iterative_sequence and flags & pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
-                            break
+                        decision, message = after_execute(self.name, flags, iterative=self.iterative_sequence,
+                                                          ended=request.cancelled(), final_sent=False,
+                                                          reschedules=reschedules)
+                        if decision == "requeue":
+                            reschedules += 1
+                            continue
+                        if message is not None:
+                            request.fail(Internal(message) if decision == "fail" else InvalidInput(message))
+                        break
                     failure = request.wait()
                     if request.stopped:
                         raise ModelLoadError(self.path, f"model_warmup stopped at sample {sample.name!r}: its load "

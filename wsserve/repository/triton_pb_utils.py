@@ -307,12 +307,15 @@ class InferenceRequest:
         gives this request to a later ``execute`` again (the same object, its response sender still
         open) instead of releasing it; ``TRITONSERVER_REQUEST_RELEASE_ALL`` (the default) releases
         it.  Checked when ``execute`` returns (:mod:`wsserve.decoupled`): served for a decoupled
-        model with ``sequence_batching { iterative_sequence: true }`` only, and for a request that
-        has not sent its FINAL flag.  Raises :class:`TritonModelException` for another value."""
-        if flags not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
+        model with ``sequence_batching { iterative_sequence: true }`` only; a request that sent its
+        FINAL flag is released whatever this says (that FINAL ends it).  Raises
+        :class:`TritonModelException` for another value (an integer is needed, as Triton's binding
+        takes one: not ``2.0`` nor ``True``)."""
+        value = flags if isinstance(flags, numbers.Integral) and not isinstance(flags, (bool, np.bool_)) else None
+        if value not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
             raise TritonModelException(f"set_release_flags: flags must be TRITONSERVER_REQUEST_RELEASE_ALL (1) or "
                                        f"TRITONSERVER_REQUEST_RELEASE_RESCHEDULE (2), got {flags!r}")
-        self._release_flags = flags
+        self._release_flags = int(value)
 
     def release_flags(self) -> int:
         """What :meth:`set_release_flags` last set (wsserve's, read after ``execute``)."""
