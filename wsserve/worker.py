@@ -65,6 +65,19 @@ one a full queue refuses) are counted in
 :attr:`~PredictWorker.stats` and by the observer's optional
 ``on_cache(model, result)`` (``"hit"`` / ``"miss"``).
 
+Request rescheduling (Triton's non-decoupled iterative sequences, :mod:`wsserve.reschedule`): a
+model taking a batch as its requests whose ``iterative_sequence`` is true (config.pbtxt's
+``sequence_batching { iterative_sequence: true }``) gets each request's :class:`Held` as a fourth
+argument of ``predict_requests``; a request its execute rescheduled (:attr:`Held.again`) gets no
+rows from it, and :func:`~wsserve.reschedule.after_execute` decides: back first in its level of
+the queue (:meth:`BatchQueue.requeue <wsserve.batching.BatchQueue.requeue>`, not admitted again),
+or ended with ``internal`` past ``max_reschedules``; one that ended meanwhile (cancel, deadline,
+disconnect: :meth:`Held.cancelled` true, which the model reads as ``is_cancelled()``) is given to
+no later execute.  Its answer comes from the execute that answers it, once.  Such a request is
+never split over batches (one larger than a batch is refused ``invalid_input``), a failed batch
+fails each of its requests (no isolation: a request executed again would be stepped twice), and
+the pool gives such a model no response cache (Triton's sequence batcher caches nothing).
+
 Call order: ``PredictWorker(...)``; ``start()`` (on the loop); ``submit`` /
 ``cancel`` from the loop thread; ``await close()`` (idempotent).
 """
@@ -95,10 +108,11 @@ from .errors import (
 )
 from .explain import Explainer
 from .metrics import VersionStats
+from .reschedule import MAX_RESCHEDULES, RELEASE_RESCHEDULE, after_execute
 from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
+__all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "Held", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
            "Ragged", "RequestErrors", "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows",
            "merge_parameters", "request_id_of", "slice_rows", "too_many_parameters"]
 
@@ -175,6 +189,30 @@ class PredictSink(Protocol):
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
 
     def on_error(self, exc: WsserveError) -> None: ...
+
+
+class Held:
+    """One request of a model that may reschedule it (config.pbtxt ``sequence_batching {
+    iterative_sequence: true }``, the model's ``iterative_sequence`` true; :mod:`wsserve.reschedule`),
+    kept across its executes.  The worker makes one per request and passes them, in batch order, as
+    ``predict_requests(x, rows, ids, held)``'s fourth argument (only to such a model).  The model
+    (in its thread, while it executes) keeps its own object for the request in :attr:`request` (the
+    same ``pb_utils.InferenceRequest`` each execute) and sets :attr:`again` when its execute
+    rescheduled the request (its rows in the returned outputs are then placeholders, never
+    delivered); the worker reads and resets :attr:`again` after the execute, on the loop.
+    :meth:`cancelled` (any thread): the request ended (cancelled, its deadline, its client left, an
+    unload)."""
+
+    __slots__ = ("request", "again", "reschedules", "_ended")
+
+    def __init__(self, ended: Callable[[], bool]) -> None:
+        self.request: Any = None
+        self.again = False
+        self.reschedules = 0  # times it was requeued (the worker's)
+        self._ended = ended
+
+    def cancelled(self) -> bool:
+        return bool(self._ended())
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +454,19 @@ def _by_request(slices: tuple[Slice, ...]) -> tuple[list[int], list[str]]:
     return [s.rows for s in slices], [request_id_of(s.item.payload) for s in slices]
 
 
+def _ended(item: WorkItem) -> bool:
+    """``item``'s request ended or was cancelled (any thread: reads two attributes)."""
+    sink = item.payload
+    return item.cancelled or sink is None or bool(sink.finished)
+
+
+def _held(item: WorkItem) -> Held:
+    """``item``'s :class:`Held` (made at its first execute)."""
+    if item.held is None:
+        item.held = Held(lambda: _ended(item))
+    return item.held
+
+
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
     """What a finished executor future failed with (None: it has a result)."""
     if future.cancelled():
@@ -492,6 +543,7 @@ class PredictWorker:
         explainer: Explainer | None = None,
         explain_refusal: str | None = None,
         explain_row_cost: int = EXPLAIN_ROW_COST,
+        max_reschedules: int = MAX_RESCHEDULES,
     ) -> None:
         """``after_batch`` runs after each batch's results were handed out (the
         server uses it to write the replies at once rather than a loop iteration later).
@@ -508,7 +560,8 @@ class PredictWorker:
         (:attr:`~wsserve.batching.WorkItem.delay_at`), and only its own deadline, if it has one, ends it.
         ``priorities``: the model's priority levels (its queue's classes; default: wsserve's two,
         ``priority`` 1 high); a level's own queue policy (``priorities.policies``) replaces these four
-        fields for the requests queued there."""
+        fields for the requests queued there.  ``max_reschedules``: the times one request of a model
+        whose ``iterative_sequence`` is true may be rescheduled (see the module docstring)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -542,6 +595,13 @@ class PredictWorker:
         #: and shapes each request apart, so a request is never split over batches; one larger than a
         #: batch is refused (Triton's rule).
         self._unsplit = bool(ragged) or bool(getattr(model, "ragged_batching", False))
+        #: config.pbtxt's ``sequence_batching { iterative_sequence: true }`` (a model taking a batch as its
+        #: requests): its execute may reschedule a request (see the module docstring); such a request is
+        #: never split over batches either (it is one InferenceRequest, given whole to each execute).
+        self._iterative = self._by_request and getattr(model, "iterative_sequence", False) is True
+        if type(max_reschedules) is not int or max_reschedules < 0:
+            raise ValueError(f"max_reschedules must be an integer >= 0, got {max_reschedules!r}")
+        self.max_reschedules = max_reschedules
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
@@ -583,7 +643,7 @@ class PredictWorker:
         #: Compute a failed batch's requests again alone (see the module docstring); false for a model
         #: whose requests change its state (a stateful model's: :mod:`wsserve.sequence_worker`), whose
         #: failed batch fails every request of it, as Triton's does.
-        self.isolate_failures = True
+        self.isolate_failures = not self._iterative  # (an iterative model's execute steps its requests)
         self._last_batch = 0
         self._idle: asyncio.Event | None = None
         self._cache: ResponseCache | None = None
@@ -661,9 +721,10 @@ class PredictWorker:
         explain = getattr(sink, "explain", False)
         if explain and self.explainer is None:
             raise BadRequest(self.explain_refusal or "cannot be explained")
-        if self._unsplit and n > self.queue.max_batch_size:
+        if (self._unsplit or self._iterative) and n > self.queue.max_batch_size:
+            why = "ragged batching" if self._unsplit else "iterative_sequence, a request is rescheduled whole"
             raise InvalidInput(f"inference request batch-size must be <= {self.queue.max_batch_size} for "
-                               f"{self.name!r} (ragged batching: a request is never split over batches)")
+                               f"{self.name!r} ({why}: a request is never split over batches)")
         now = monotonic()
         until_started = False
         delay_at = None
@@ -813,11 +874,12 @@ class PredictWorker:
             self._note_idle()
 
     def _run(self, x: Tensors, spans: list[tuple[int, int]] | None,
-             requests: tuple[list[int], list[str]] | None = None) -> tuple[Any, np.ndarray | None]:
+             requests: tuple[Any, ...] | None = None) -> tuple[Any, np.ndarray | None]:
         """The batch's outputs (or :class:`RequestErrors`), and the attributions of the rows in
         ``spans`` (batch row ranges, in order) stacked in that order.  ``requests``: each request's
         rows and id, in batch order, for a model with ``predict_requests(x, rows, ids)`` (a Triton
-        Python model: one InferenceRequest per request); None: ``predict(x)``.  One call, on the
+        Python model: one InferenceRequest per request; an iterative one's :class:`Held` too, a fourth
+        argument); None: ``predict(x)``.  One call, on the
         loop or in the executor."""
         y = self.model.predict(x) if requests is None else self.model.predict_requests(x, *requests)
         if not spans:
@@ -840,7 +902,10 @@ class PredictWorker:
         # integrated gradients (possibly a model.py's own input_gradient) never run on the loop
         inline = batch.cost <= self._inline_max_rows and (
             not spans or self.explainer is None or self.explainer.method == "linear-exact")
-        requests = _by_request(slices) if self._by_request else None
+        requests: tuple[Any, ...] | None = _by_request(slices) if self._by_request else None
+        if self._iterative:
+            assert requests is not None
+            requests = (*requests, [_held(s.item) for s in slices])
         try:
             x = _gather(slices, self._ragged)
             if inline:
@@ -1048,6 +1113,7 @@ class PredictWorker:
     def _deliver(self, batch: Batch, y: Any, started: float, attributions: np.ndarray | None, *,
                  inline: bool) -> None:
         compute_s = monotonic() - started
+        again = self._rescheduled(batch) if self._iterative else None
         errors = None
         if isinstance(y, RequestParameters):
             for i, params in y.parameters.items():
@@ -1057,7 +1123,7 @@ class PredictWorker:
         if isinstance(y, RequestErrors):
             y, errors = y.outputs, y.errors
         if type(y) is RequestOutputs:
-            self._deliver_parts(batch, y.parts, errors, started, compute_s, attributions, inline=inline)
+            self._deliver_parts(batch, y.parts, errors, started, compute_s, attributions, inline=inline, again=again)
             return
         try:  # a model may return anything: never let it escape this callback
             y, finite_rows = _check_outputs(y, batch.rows)
@@ -1066,6 +1132,8 @@ class PredictWorker:
             return
         self._count_batch(batch, started, compute_s)
         failed = None if errors is None else self._requests_failed(batch, errors)
+        if again:
+            failed = again if failed is None else failed | again
         self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows, failed)
         if self._after_batch is not None:
             self._after_batch()
@@ -1079,10 +1147,12 @@ class PredictWorker:
             self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
 
     def _deliver_parts(self, batch: Batch, parts: tuple[Any, ...], errors: Mapping[int, BaseException] | None,
-                       started: float, compute_s: float, attributions: np.ndarray | None, *, inline: bool) -> None:
+                       started: float, compute_s: float, attributions: np.ndarray | None, *, inline: bool,
+                       again: set[WorkItem] | None = None) -> None:
         """:meth:`_deliver` for :class:`RequestOutputs`: each slice's part (``parts[i]`` for
         ``batch.slices[i]``) is checked against its rows, then handed to it whole; a part that is
-        bad (or parts not one per slice) fails the batch as bad outputs do (isolation)."""
+        bad (or parts not one per slice) fails the batch as bad outputs do (isolation).  ``again``:
+        the requests the model rescheduled (their parts are not handed out)."""
         failing = errors or {}
         checked: list[tuple[Tensors, np.ndarray | None] | None] = []
         try:  # a model may return anything: never let it escape this callback
@@ -1095,6 +1165,8 @@ class PredictWorker:
             return
         self._count_batch(batch, started, compute_s)
         failed = None if errors is None else self._requests_failed(batch, errors)
+        if again:
+            failed = again if failed is None else failed | again
         explained = 0  # rows of ``attributions`` passed so far (stacked in slice order)
         for s, done in zip(batch.slices, checked, strict=True):
             attr = None
@@ -1105,6 +1177,30 @@ class PredictWorker:
                 self._hand_out((s,), done[0], done[1], attr, started, compute_s, batch.rows, failed)
         if self._after_batch is not None:
             self._after_batch()
+
+    def _rescheduled(self, batch: Batch) -> set[WorkItem]:
+        """After an iterative model's execute of ``batch``: the requests it rescheduled
+        (:attr:`Held.again`), each decided by :func:`wsserve.reschedule.after_execute` - one that
+        ended meanwhile is left alone (it has its terminal frame), one past ``max_reschedules`` ends
+        with ``internal`` naming the bound, the others go back first in their level of the queue
+        (:meth:`BatchQueue.requeue <wsserve.batching.BatchQueue.requeue>`, in batch order).  Returns
+        them all: none gets rows from this execute."""
+        again: set[WorkItem] = set()
+        for s in reversed(batch.slices):  # requeued last first: they keep their order at the front
+            item, held = s.item, s.item.held
+            if held is None or not held.again:
+                continue
+            held.again = False
+            again.add(item)
+            decision, message = after_execute(self.name, RELEASE_RESCHEDULE, iterative=True, ended=_ended(item),
+                                              final_sent=False, reschedules=held.reschedules,
+                                              max_reschedules=self.max_reschedules)
+            if decision == "requeue":
+                held.reschedules += 1
+                self.queue.requeue(item)
+            elif decision != "release":
+                self._end(item, Internal(message or "rescheduled"))
+        return again
 
     def _requests_failed(self, batch: Batch, errors: Mapping[int, BaseException]) -> set[WorkItem]:
         """End the requests of ``batch`` the model failed by themselves (``errors``: by slice index;

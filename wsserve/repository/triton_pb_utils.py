@@ -12,7 +12,7 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
   ``is_cancelled()``, ``set_release_flags(flags)`` (``TRITONSERVER_REQUEST_RELEASE_ALL`` /
-  ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: request rescheduling, :mod:`wsserve.decoupled`).  Built by a model in ``execute`` (business logic scripting, BLS:
+  ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: request rescheduling, :mod:`wsserve.reschedule`).  Built by a model in ``execute`` (business logic scripting, BLS:
   ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
@@ -210,6 +210,8 @@ class InferenceRequest:
                  timeout: int = 0, **_: Any) -> None:
         #: A decoupled model's request (wsserve sets it): its sender, whose cancellation it reports.
         self._sender: ResponseSender | None = None
+        #: A non-decoupled iterative model's request (wsserve sets it): whether the request ended.
+        self._ended: Any = None
         self._model_name = model_name
         self._outputs = list(requested_output_names or [])
         self._inputs = list(inputs or [])
@@ -246,8 +248,11 @@ class InferenceRequest:
         return self._model_name
 
     def is_cancelled(self) -> bool:
-        """True once the client cancelled the request or left (a decoupled model's request; else False)."""
-        return self._sender is not None and self._sender.is_cancelled()
+        """True once the client cancelled the request or left (a decoupled model's request, or one of
+        a model with ``iterative_sequence``: its deadline or an unload too; else False)."""
+        if self._sender is not None:
+            return self._sender.is_cancelled()
+        return self._ended is not None and bool(self._ended())
 
     def model_version(self) -> int:
         return self._model_version
@@ -298,9 +303,9 @@ class InferenceRequest:
         """Request rescheduling (Triton's): ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE`` in ``execute``
         gives this request to a later ``execute`` again (the same object, its response sender still
         open) instead of releasing it; ``TRITONSERVER_REQUEST_RELEASE_ALL`` (the default) releases
-        it.  Checked when ``execute`` returns (:mod:`wsserve.decoupled`): served for a decoupled
-        model with ``sequence_batching { iterative_sequence: true }`` only, and for a request that
-        has not sent its FINAL flag.  Raises :class:`TritonModelException` for another value."""
+        it.  Checked when ``execute`` returns (:mod:`wsserve.reschedule`): served for a model with
+        ``sequence_batching { iterative_sequence: true }`` only (a non-decoupled one returns ``None``
+        at the request's place), and for a request that has not sent its FINAL flag.  Raises :class:`TritonModelException` for another value."""
         if flags not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
             raise TritonModelException(f"set_release_flags: flags must be TRITONSERVER_REQUEST_RELEASE_ALL (1) or "
                                        f"TRITONSERVER_REQUEST_RELEASE_RESCHEDULE (2), got {flags!r}")
