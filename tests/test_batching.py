@@ -755,3 +755,41 @@ def test_whole_requests_are_never_split_unless_larger_than_a_batch() -> None:
     assert [_served(q.next_batch(0.0)) for _ in range(4)] == [
         {"a": (0, 3), "c": (0, 1)}, {"b": (0, 4)}, {"d": (0, 4)}, {"d": (4, 6)}]
     assert len(q) == 0
+
+
+# --------------------------------------------------------------------------- requeue (request rescheduling)
+
+
+def test_requeue_puts_a_scheduled_request_first_in_its_level_without_admission() -> None:
+    """A request whose rows were all scheduled goes back ahead of its level's waiting requests (not
+    ahead of a higher level), its rows and bytes counted as queued again, no bound refusing it."""
+    q = BatchQueue(max_batch_size=4, max_queue_requests=2, max_queue_rows=4, max_queue_bytes=64, whole_requests=True)
+    a = WorkItem(rows=2, row_bytes=8, payload="a")
+    q.add(a, 0.0)
+    assert _served(q.next_batch(0.0)) == {"a": (0, 2)}
+    q.add(WorkItem(rows=2, row_bytes=8, payload="b"), 1.0)
+    q.add(WorkItem(rows=2, row_bytes=8, priority=1, payload="hi"), 1.0)
+    with pytest.raises(Overloaded):  # full: a new request is refused...
+        q.add(WorkItem(rows=1, row_bytes=8, payload="c"), 1.0)
+    assert q.requeue(a)  # ... the rescheduled one is not
+    stats = q.statistics(2.0)
+    assert (stats.requests, stats.rows, stats.bytes) == (3, 6, 48)
+    first = q.next_batch(2.0)
+    assert [s.item.payload for s in first.slices] == ["hi", "a"]  # level 1 first, then a ahead of b
+    assert _served(first)["a"] == (0, 2)
+    assert q.requeue(a)  # rescheduled again: ahead of b once more
+    assert [s.item.payload for s in q.next_batch(3.0).slices] == ["a", "b"]
+    assert q.statistics(3.0).rows == 0
+
+
+def test_requeue_refuses_a_cancelled_or_waiting_item_and_keeps_its_own_deadline() -> None:
+    q = BatchQueue(max_batch_size=4)
+    a, b = WorkItem(rows=1, deadline=10.0, payload="a"), WorkItem(rows=1, payload="b")
+    q.add(a, 0.0)
+    q.add(b, 0.0)
+    assert not q.requeue(a)  # its rows still wait
+    q.next_batch(0.0)
+    b.cancelled = True
+    assert not q.requeue(b) and q.requeue(a)
+    expired = q.next_batch(11.0)
+    assert expired is not None and expired.expired == (a,) and not expired.slices and len(q) == 0

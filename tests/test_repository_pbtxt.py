@@ -262,7 +262,7 @@ def test_timeout_action_delay_is_read_for_the_default_and_each_levels_policy() -
     ("max_batch_size: -1", "max_batch_size", ["[0, 65536]", "-1"]),
     ("max_batch_size: 70000", "max_batch_size", ["70000"]),
     ("sequence_batching { iterative_sequence: true }", "sequence_batching.iterative_sequence",
-     ["decoupled Triton Python model only", "onnxruntime", "set_release_flags"]),
+     ["Triton Python model only", "onnxruntime", "set_release_flags"]),
     ("ensemble_scheduling { }", "ensemble_scheduling", ["not supported"]),
     ('batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 }]', "batch_input", ["max_batch_size > 0"]),
     ('batch_output [{ target_name: "y" }]', "batch_output", ["max_batch_size > 0"]),

@@ -197,7 +197,7 @@ def test_reload_follows_an_edited_config_pbtxt(tmp_path: Path) -> None:
         wait_until(lambda: client.get_model_config("linear")["version_policy"] == {"all": {}}, 60.0,
                    what="version 2 reloaded under the new config")
         pbtxt.write_text(LINEAR_PBTXT.replace("dynamic_batching { max_queue_delay_microseconds: 1500 }", "sequence_batching { iterative_sequence: true }"))
-        wait_until(lambda: "key 'sequence_batching.iterative_sequence': is served for a decoupled Triton Python model only" in proc.stderr_text(), 60.0,
+        wait_until(lambda: "key 'sequence_batching.iterative_sequence': is served for a Triton Python model only" in proc.stderr_text(), 60.0,
                    what="the refused edit logged")
         assert client.is_model_ready("linear", "1") and client.is_model_ready("linear", "2")
 

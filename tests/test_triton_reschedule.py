@@ -106,6 +106,55 @@ class TritonPythonModel:
 '''
 
 
+#: Not decoupled, ``iterative_sequence`` (Triton's non-decoupled request rescheduling): a request of
+#: IN k is answered OUT k after k executes, rescheduled with None at its place before.  Each execute
+#: appends ``[[request id, known], ...]`` to ``loops`` (known: the model already held that request
+#: object), then waits while ``hold`` exists (or ``hold-<id>-<n>``, n: that request's execute, from 1).
+#: A request seen cancelled is noted and answered OUT -1.
+LOOP_PBTXT = ('backend: "python"\nmax_batch_size: 8\n' + ITERATIVE + IO
+              + "response_cache { enable: true }\n")
+LOOP_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+        self.count = {}  # id(request) -> executes so far
+        self.live = {}  # id(request) -> the request (kept alive: the same object comes back)
+
+    def execute(self, requests):
+        with (self.marks / "loops").open("a") as f:
+            f.write(json.dumps([[r.request_id(), id(r) in self.count] for r in requests]) + "\\n")
+        held = ["hold"] + ["hold-%s-%d" % (r.request_id(), self.count.get(id(r), 0) + 1) for r in requests]
+        while any((self.marks / name).exists() for name in held):
+            threading.Event().wait(0.01)
+        responses = []
+        for request in requests:
+            key = id(request)
+            self.live[key] = request
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            if request.is_cancelled():
+                (self.marks / ("cancelled-" + request.request_id())).write_text("yes")
+                self.count.pop(key, None), self.live.pop(key)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full_like(n, -1))]))
+                continue
+            self.count[key] = self.count.get(key, 0) + 1
+            if self.count[key] < int(n.reshape(-1)[0]):
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                responses.append(None)
+            else:
+                out = np.full_like(n, self.count.pop(key))
+                del self.live[key]
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
+        return responses
+'''
+
+
 def _write(root: Path, name: str, pbtxt: str, model_py: str, marks: Path) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(pbtxt.replace("MARKS", str(marks)))
@@ -120,17 +169,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "iter", ITER_PBTXT, ITER_PY, marks)
     _write(root, "noiter", ITER_PBTXT.replace(ITERATIVE, ""), ITER_PY, marks)  # decoupled, no iterative_sequence
     _write(root, "plain", ITER_PBTXT.replace(ITERATIVE, "").replace(DECOUPLED, ""), PLAIN_PY, marks)
+    _write(root, "loop", LOOP_PBTXT, LOOP_PY, marks)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
-                         "--max-reschedules", str(MAX))
+                         "--max-reschedules", str(MAX), "--response-cache-bytes", str(1 << 20))
     try:
         yield proc, grpc_address(proc), marks
     finally:
         proc.stop()
 
 
-def _batches(marks: Path) -> list[list[tuple[str, bool]]]:
-    """Each execute's ``[(request id, known), ...]``, in order."""
-    path = marks / "batches"
+def _batches(marks: Path, file: str = "batches") -> list[list[tuple[str, bool]]]:
+    """Each execute's ``[(request id, known), ...]``, in order (of model ``iter``; ``"loops"``: ``loop``)."""
+    path = marks / file
     return [[(rid, known) for rid, known in json.loads(line)] for line in path.read_text().splitlines()] \
         if path.exists() else []
 
@@ -293,7 +343,7 @@ async def test_rescheduling_without_iterative_sequence_is_an_error(served) -> No
 
 def test_a_non_decoupled_model_rescheduling_with_none_fails_only_that_request(served) -> None:
     """A non-decoupled model puts None at a rescheduled request's place: without iterative_sequence
-    (wsserve serves it for decoupled models only) that request fails naming it; IN 0 is answered."""
+    that request fails naming it (Triton's error); IN 0 is answered."""
     client = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
 
     def infer(n: int) -> Any:
@@ -314,6 +364,9 @@ def test_get_model_config_reports_iterative_sequence(served) -> None:
     config = client.get_model_config("iter")
     assert config["sequence_batching"]["iterative_sequence"] is True
     assert config["model_transaction_policy"] == {"decoupled": True}
+    config = client.get_model_config("loop")  # not decoupled
+    assert config["sequence_batching"]["iterative_sequence"] is True and "dynamic_batching" not in config
+    assert config.get("model_transaction_policy", {}).get("decoupled", False) is False
 
 
 _PY = ('backend: "python"\nmax_batch_size: 4\ninput [{ name: "IN" data_type: TYPE_INT32 dims: [1] }]\n'
@@ -325,15 +378,21 @@ def test_iterative_sequence_of_a_decoupled_python_model_is_read() -> None:
     assert cfg.iterative_sequence and cfg.decoupled and cfg.sequence is None
 
 
+def test_iterative_sequence_of_a_non_decoupled_python_model_is_read() -> None:
+    cfg = parse_pbtxt(_PY + ITERATIVE, "repo/m/config.pbtxt", model_name="m")
+    assert cfg.iterative_sequence and not cfg.decoupled and cfg.sequence is None
+
+
 @pytest.mark.parametrize(("text", "key", "words"), [
-    (_PY + ITERATIVE, "sequence_batching.iterative_sequence", ["decoupled Python model only"]),
+    (_PY.replace("max_batch_size: 4", "max_batch_size: 0") + ITERATIVE, "sequence_batching.iterative_sequence",
+     ["non-decoupled Python model needs max_batch_size >= 1"]),
     (_PY + DECOUPLED + 'sequence_batching { iterative_sequence: true control_input [{ name: "S" control '
      '[{ kind: CONTROL_SEQUENCE_START int32_false_true: [0, 1] }] }] }', "sequence_batching.control_input",
      ["iterative_sequence"]),
     (_PY + DECOUPLED + "sequence_batching { iterative_sequence: true oldest { } }", "sequence_batching.oldest",
      ["iterative_sequence"]),
     ('platform: "onnxruntime_onnx"\n' + ITERATIVE, "sequence_batching.iterative_sequence",
-     ["decoupled Triton Python model only", "'onnxruntime_onnx'"]),
+     ["Triton Python model only", "'onnxruntime_onnx'"]),
 ])
 def test_iterative_sequence_refusals_name_the_field(text: str, key: str, words: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -473,3 +532,161 @@ def test_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
         proc.stop()
     warm = [b for b in _batches(marks) if _ids(b) == [""]]
     assert [known for b in warm for _, known in b].count(True) == 2  # warmiter: the same request, 3 executes
+
+
+# -- a non-decoupled model with iterative_sequence (Triton's: None at a rescheduled request's place)
+
+
+def _loops(marks: Path) -> list[list[tuple[str, bool]]]:
+    return _batches(marks, "loops")
+
+
+def _out(frame: dict[str, Any]) -> int:
+    return int(np.asarray(frame["outputs"]).reshape(-1)[0])
+
+
+async def test_a_non_decoupled_request_is_answered_once_after_its_executes(served) -> None:
+    """IN 3: three executes of the same request object (known from the second on), one ``result``
+    OUT 3 and nothing else; the same IN again runs its executes again (the model's response_cache
+    is ignored: Triton's sequence batcher caches nothing)."""
+    conn = await Conn.open(served[0].url)
+    try:
+        for rid in ("L1", "L2"):
+            await conn.send({"type": "predict", "id": rid, "model": "loop", "inputs": {"IN": [[3]]}})
+            seen, end = await conn.until_terminal(rid)
+            assert seen == [] and end["type"] == "result" and _out(end) == 3
+    finally:
+        await conn.close()
+    for rid in ("L1", "L2"):
+        assert [dict(b)[rid] for b in _loops(served[2]) if rid in _ids(b)] == [False, True, True]
+    assert [f["type"] for f in conn.frames if f.get("id") in ("L1", "L2")] == ["result", "result"]
+
+
+def test_tritonclient_http_and_grpc_infer_a_rescheduled_request(served) -> None:
+    """tritonclient's HTTP and gRPC ``infer``: one response, after the model's executes."""
+    import tritonclient.grpc as tgrpc
+
+    inp = thttp.InferInput("IN", [1, 1], "INT32")
+    inp.set_data_from_numpy(np.array([[4]], np.int32))
+    http = thttp.InferenceServerClient(f"127.0.0.1:{served[0].port}")
+    grpc = tgrpc.InferenceServerClient(served[1])
+    try:
+        assert http.infer("loop", [inp], request_id="h1").as_numpy("OUT").tolist() == [[4]]
+        ginp = tgrpc.InferInput("IN", [1, 1], "INT32")
+        ginp.set_data_from_numpy(np.array([[2]], np.int32))
+        assert grpc.infer("loop", [ginp], request_id="g1").as_numpy("OUT").tolist() == [[2]]
+    finally:
+        http.close()
+        grpc.close()
+    assert sum("h1" in _ids(b) for b in _loops(served[2])) == 4
+    assert sum("g1" in _ids(b) for b in _loops(served[2])) == 2
+
+
+async def test_rescheduled_and_new_requests_share_a_non_decoupled_execute(served) -> None:
+    """While A's first execute holds the one instance, B, C and D queue; A, rescheduled, goes back
+    first and the next execute takes all four (max_batch_size 8): A known, the others new; each
+    gets its own answer after its own number of executes."""
+    marks = served[2]
+    (marks / "hold").write_text("")
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "A", "model": "loop", "inputs": {"IN": [[3]]}})
+        wait_until(lambda: any(_ids(b) == ["A"] for b in _loops(marks)), 30.0, what="A's first execute")
+        for rid in ("B", "C", "D"):
+            await conn.send({"type": "predict", "id": rid, "model": "loop", "inputs": {"IN": [[2]]}})
+        wait_until(lambda: _gauge(served[0].port, 'wsserve_queue_depth{model="loop"}') == 3, 30.0,
+                   what="B, C and D queued")
+        (marks / "hold").unlink()
+        frames = await conn.collect({"A", "B", "C", "D"})
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        await conn.close()
+    assert [f["type"] for f in frames["A"]] == ["result"] and _out(frames["A"][0]) == 3
+    for rid in ("B", "C", "D"):
+        assert [f["type"] for f in frames[rid]] == ["result"] and _out(frames[rid][0]) == 2
+    together = [b for b in _loops(marks) if set(_ids(b)) & {"A", "B", "C", "D"}]
+    assert together[0] == [("A", False)]
+    assert together[1] == [("A", True), ("B", False), ("C", False), ("D", False)]
+    assert together[2] == [("A", True), ("B", True), ("C", True), ("D", True)] and len(together) == 3
+
+
+async def test_a_non_decoupled_request_is_rescheduled_at_most_max_reschedules_times(served) -> None:
+    """--max-reschedules 5: IN 6 (5 reschedules) is answered; IN 100 ends after 6 executes with one
+    ``internal`` error naming the bound."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "ok6", "model": "loop", "inputs": {"IN": [[MAX + 1]]}})
+        seen, end = await conn.until_terminal("ok6")
+        assert seen == [] and end["type"] == "result" and _out(end) == MAX + 1
+        await conn.send({"type": "predict", "id": "over", "model": "loop", "inputs": {"IN": [[100]]}})
+        seen, end = await conn.until_terminal("over")
+        assert seen == [] and end["type"] == "error" and end["code"] == "internal"
+        assert f"rescheduled a request {MAX} times: at most {MAX} (max_reschedules)" in end["message"]
+    finally:
+        await conn.close()
+    assert sum("over" in _ids(b) for b in _loops(served[2])) == MAX + 1
+    assert [f["type"] for f in conn.frames if f.get("id") == "over"] == ["error"]
+
+
+async def test_a_cancel_of_a_rescheduled_non_decoupled_request_ends_it_once(served) -> None:
+    """X (IN 4) is in its second execute, held; the client cancels it: one ``cancelled`` error, the
+    model sees ``is_cancelled()`` in that execute, and X is not given to another one (Y, after it,
+    runs without it)."""
+    marks = served[2]
+    conn = await Conn.open(served[0].url)
+    hold = marks / "hold-X-2"
+    try:
+        hold.write_text("")  # its second execute waits
+        await conn.send({"type": "predict", "id": "X", "model": "loop", "inputs": {"IN": [[4]]}})
+        wait_until(lambda: [dict(b)["X"] for b in _loops(marks) if "X" in _ids(b)] == [False, True], 30.0,
+                   what="X's second execute")
+        frame = await conn.request({"type": "cancel", "id": "X"})
+        assert frame["id"] == "X" and frame["type"] == "error" and frame["code"] == "cancelled"
+        hold.unlink()
+        wait_until(lambda: (marks / "cancelled-X").exists(), 30.0, what="the model to see X cancelled")
+        await conn.send({"type": "predict", "id": "Y", "model": "loop", "inputs": {"IN": [[2]]}})
+        seen, end = await conn.until_terminal("Y")
+        assert seen == [] and end["type"] == "result" and _out(end) == 2
+    finally:
+        hold.unlink(missing_ok=True)
+        await conn.close()
+    assert [f for f in conn.frames if f.get("id") == "X"] == [frame]  # its one terminal frame, nothing after
+    assert sum("X" in _ids(b) for b in _loops(marks)) == 2
+
+
+async def test_a_non_decoupled_iterative_request_larger_than_a_batch_is_refused(served) -> None:
+    """A request is rescheduled whole, so it must fit one batch (max_batch_size 8): 9 rows are
+    refused with ``invalid_input`` naming why, and the model never sees them."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "big", "model": "loop", "inputs": {"IN": [[1]] * 9}})
+        seen, end = await conn.until_terminal("big")
+    finally:
+        await conn.close()
+    assert end["type"] == "error" and end["code"] == "invalid_input"
+    assert "batch-size must be <= 8" in end["message"] and "iterative_sequence" in end["message"]
+    assert not any("big" in _ids(b) for b in _loops(served[2]))
+
+
+async def test_a_deadline_ends_a_rescheduled_non_decoupled_request_once(served) -> None:
+    """Z (IN 4, ``timeout_ms``) is held in its second execute (rescheduled once) until its deadline
+    passes (on a slow machine it may pass in the first): one ``deadline_exceeded``, the model sees it
+    cancelled in the execute it is in, and it is given to no later one."""
+    marks = served[2]
+    hold = marks / "hold-Z-2"
+    conn = await Conn.open(served[0].url)
+    try:
+        hold.write_text("")
+        await conn.send({"type": "predict", "id": "Z", "model": "loop", "inputs": {"IN": [[4]]}, "timeout_ms": 1000})
+        seen, end = await conn.until_terminal("Z")
+        assert seen == [] and end["type"] == "error" and end["code"] == "deadline_exceeded"
+        hold.unlink()
+        wait_until(lambda: (marks / "cancelled-Z").exists(), 30.0, what="the model to see Z cancelled")
+        await conn.send({"type": "predict", "id": "V", "model": "loop", "inputs": {"IN": [[2]]}})
+        seen, end = await conn.until_terminal("V")
+        assert end["type"] == "result" and _out(end) == 2
+    finally:
+        hold.unlink(missing_ok=True)
+        await conn.close()
+    assert [f["type"] for f in conn.frames if f.get("id") == "Z"] == ["error"]
+    assert [dict(b)["Z"] for b in _loops(marks) if "Z" in _ids(b)] in ([False, True], [False])

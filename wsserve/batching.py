@@ -9,7 +9,8 @@ The driver (:mod:`wsserve.pool`) calls, with ``now`` from a monotonic clock:
 * :meth:`BatchQueue.ready_at` to learn when a batch should be formed
   (``None``: nothing queued; ``<= now``: form one now);
 * :meth:`BatchQueue.next_batch` when the model is free;
-* :meth:`BatchQueue.cancel` to drop a request's unscheduled rows.
+* :meth:`BatchQueue.cancel` to drop a request's unscheduled rows;
+* :meth:`BatchQueue.requeue` to put back, first in its level, a request whose model rescheduled it.
 
 Policy:
 
@@ -257,6 +258,8 @@ class WorkItem:
     delay_at: float | None = None
     #: Its entry in the queue's heap of ``delay_at``\ s (blanked when it starts or leaves the queue).
     delay_entry: list[Any] | None = None
+    #: The worker's state of a request its model may reschedule (:class:`wsserve.worker.Held`; never read here).
+    held: Any = None
 
     @property
     def remaining(self) -> int:
@@ -461,6 +464,40 @@ class BatchQueue:
             if len(heap) > 64 and len(heap) > 2 * self._requests:  # mostly started or gone: drop those
                 heap[:] = [e for e in heap if e[2] is not None]
                 heapq.heapify(heap)
+
+    def requeue(self, item: WorkItem) -> bool:
+        """Put back ``item``, every row of which was scheduled (a request its model rescheduled:
+        :mod:`wsserve.reschedule`), first in its priority level, ahead of the requests that have not
+        run yet (Triton's sequence batcher keeps its in-flight iterative sequences ahead).  It was
+        admitted when it came: no bound refuses it now (``max_queue_requests``, ``max_queue_rows``,
+        ``max_queue_bytes``), and its rows, units and bytes count as queued again while it waits
+        (they stopped counting when its rows were scheduled, so nothing is counted twice).  Its
+        queue timeout (``deadline_until_started``, ``delay_at``) was met when it started and no
+        longer applies; its own ``deadline`` still ends it.  Its ``enqueued_at`` is kept.  Several
+        requests requeued from one batch keep their order when requeued last first.  Returns False
+        (nothing done) for a cancelled item, or one with rows still queued."""
+        if item.cancelled or item.remaining > 0:
+            return False
+        item.next_row = 0
+        try:
+            queue = self._by_priority[item.priority]
+        except IndexError:  # above the levels: the default level (Triton's rule)
+            queue = self._by_priority[0]
+        rows = item.rows
+        queue.appendleft(item)
+        self._rows += rows
+        self._units += rows * item.cost
+        self._bytes += rows * item.row_bytes
+        self._requests += 1
+        if self._shape_units is not None:
+            self._count_shape(item.shape, rows * item.cost)
+        item.delay_at = None
+        if item.deadline_until_started:
+            item.deadline = None  # (a queue deadline, met when it started)
+        if item.deadline is not None:
+            item.deadline_entry = [item.deadline, next(self._tiebreak), item]
+            heapq.heappush(self._deadlines, item.deadline_entry)
+        return True
 
     def _delayed_len(self, priority: int) -> int:
         """The delayed requests of the level of an item of ``priority`` (0 when it has none)."""

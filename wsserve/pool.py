@@ -457,6 +457,7 @@ class ModelPool:
             priorities=priorities, instances=instances, inline_max_flops=cfg.inline_max_flops,
             observer=self._observer, after_batch=self._after_batch,
             explainer=explainer, explain_refusal=refusal, explain_row_cost=cfg.explain_row_cost,
+            max_reschedules=cfg.max_reschedules,
         )
         sequence = getattr(getattr(model, "config", None), "sequence", None)
         if sequence is not None:  # a stateful model: its requests scheduled by sequence before the batch queue
@@ -472,7 +473,12 @@ class ModelPool:
                 worker, sequence, slots=slots,
                 max_queue_requests=max_queue_requests or sequence_worker.DEFAULT_MAX_QUEUE_REQUESTS,
                 max_state_bytes=cfg.max_sequence_state_bytes, state_budget=self.state_budget)
-        if response_cache:
+        if response_cache and getattr(model, "iterative_sequence", False) is True:
+            # (Triton's sequence batcher caches no response either; a request's answer comes after its executes)
+            log.warning("model %r reschedules its requests (sequence_batching iterative_sequence): the response "
+                        "cache holds plain predicts of the dynamic batcher only, so its response_cache is ignored",
+                        name)
+        elif response_cache:
             if self.response_cache is None:
                 log.warning("model %r enables the response cache but the server has none "
                             "(--response-cache-bytes 0): its responses are not cached", name)

@@ -5,8 +5,9 @@ may, in ``execute``, call ``request.set_release_flags(TRITONSERVER_REQUEST_RELEA
 once ``execute`` returns, the request goes back to the model's queue (ahead of requests that have
 not run yet, as Triton's sequence batcher keeps its in-flight iterative sequences ahead) and a
 later ``execute`` gets it again.  :func:`after_execute` is the one decision the worker
-(:class:`wsserve.decoupled.DecoupledWorker`) takes when an ``execute`` returned; it touches no
-clock, no queue and no thread.
+(:class:`wsserve.decoupled.DecoupledWorker`, or :class:`wsserve.worker.PredictWorker` for a model
+that is not decoupled and puts ``None`` at the request's place) takes when an ``execute``
+returned; it touches no clock, no queue and no thread.
 
 Rules (Triton's, and wsserve's bound):
 

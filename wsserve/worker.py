@@ -38,8 +38,9 @@ returning :class:`RequestErrors`: only those requests fail, each with its own
 error, the others get their rows, and nothing is computed again (Triton's
 per-request error responses).  ``ids`` are the requests' client ids
 (:func:`request_id_of`), read only for such a model.  A model whose ``takes_ended``
-is true also gets ``ended``: one :func:`ended_check` per request, which it may call from
-any thread while it computes to stop a request that ended meanwhile (cancelled, its client
+is true also gets a fourth argument, one :class:`Held` per request, whose ``cancelled()`` (the
+request's :func:`ended_check`) it may call from any thread while it computes to stop a request
+that ended meanwhile (cancelled, its client
 gone, its deadline passed; a Triton Python model's ``request.is_cancelled()``); whatever
 it still answers for such a request is dropped, as for any ended request, and the other
 requests of the batch are not touched.  A model failure's wire
@@ -69,6 +70,19 @@ them).  Hits and misses (with the time to look up and store; a miss once it is q
 one a full queue refuses) are counted in
 :attr:`~PredictWorker.stats` and by the observer's optional
 ``on_cache(model, result)`` (``"hit"`` / ``"miss"``).
+
+Request rescheduling (Triton's non-decoupled iterative sequences, :mod:`wsserve.reschedule`): a
+model taking a batch as its requests whose ``iterative_sequence`` is true (config.pbtxt's
+``sequence_batching { iterative_sequence: true }``) gets each request's :class:`Held` as a fourth
+argument of ``predict_requests``; a request its execute rescheduled (:attr:`Held.again`) gets no
+rows from it, and :func:`~wsserve.reschedule.after_execute` decides: back first in its level of
+the queue (:meth:`BatchQueue.requeue <wsserve.batching.BatchQueue.requeue>`, not admitted again),
+or ended with ``internal`` past ``max_reschedules``; one that ended meanwhile (cancel, deadline,
+disconnect: :meth:`Held.cancelled` true, which the model reads as ``is_cancelled()``) is given to
+no later execute.  Its answer comes from the execute that answers it, once.  Such a request is
+never split over batches (one larger than a batch is refused ``invalid_input``), a failed batch
+fails each of its requests (no isolation: a request executed again would be stepped twice), and
+the pool gives such a model no response cache (Triton's sequence batcher caches nothing).
 
 Call order: ``PredictWorker(...)``; ``start()`` (on the loop); ``submit`` /
 ``cancel`` from the loop thread; ``await close()`` (idempotent).
@@ -101,10 +115,11 @@ from .errors import (
 )
 from .explain import Explainer
 from .metrics import VersionStats
+from .reschedule import MAX_RESCHEDULES, RELEASE_RESCHEDULE, after_execute
 from .respcache import CacheScope, ResponseCache, request_key
 from .stats import WorkerStatistics
 
-__all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
+__all__ = ["EXPLAIN_ROW_COST", "MAX_MERGED_PARAMETERS", "Held", "PredictSink", "PredictWorker", "BatchObserver", "BatchOutputs",
            "Ragged", "RequestErrors", "RequestOutputs", "RequestParameters", "Tensors", "count_rows", "concat_rows",
            "ended_check", "merge_parameters", "request_id_of", "slice_rows", "too_many_parameters"]
 
@@ -181,6 +196,31 @@ class PredictSink(Protocol):
     def on_rows(self, start: int, outputs: Tensors, batch_rows: int, queue_s: float, compute_s: float) -> None: ...
 
     def on_error(self, exc: WsserveError) -> None: ...
+
+
+class Held:
+    """One request of a batch, as ``predict_requests(x, rows, ids, held)``'s fourth argument gives it
+    (in batch order) to a model whose ``takes_ended`` is true (a Triton Python model).
+    :meth:`cancelled` (any thread): the request ended (cancelled, its deadline, its client left, an
+    unload; its :func:`ended_check`).  For a model that may reschedule a request (config.pbtxt
+    ``sequence_batching { iterative_sequence: true }``, the model's ``iterative_sequence`` true;
+    :mod:`wsserve.reschedule`) the same object is kept across the request's executes: the model (in
+    its thread, while it executes) keeps its own object for the request in :attr:`request` (the same
+    ``pb_utils.InferenceRequest`` each execute) and sets :attr:`again` when its execute rescheduled
+    the request (its rows in the returned outputs are then placeholders, never delivered); the
+    worker reads and resets :attr:`again` after the execute, on the loop.  Another model's is made
+    anew for each batch (:attr:`request` and :attr:`again` unused)."""
+
+    __slots__ = ("request", "again", "reschedules", "_ended")
+
+    def __init__(self, ended: Callable[[], bool]) -> None:
+        self.request: Any = None
+        self.again = False
+        self.reschedules = 0  # times it was requeued (the worker's)
+        self._ended = ended
+
+    def cancelled(self) -> bool:
+        return bool(self._ended())
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,11 +457,16 @@ def _alone(s: Slice, ragged: frozenset[str] = frozenset()) -> tuple[Tensors, lis
     return _gather((s,), ragged), ([(0, s.rows)] if s.item.cost != 1 else None)
 
 
-def _by_request(slices: tuple[Slice, ...], ended: bool = False) -> tuple[list[Any], ...]:
+def _by_request(slices: tuple[Slice, ...], ended: bool = False, iterative: bool = False) -> tuple[list[Any], ...]:
     """The ``rows`` and ``ids`` of ``predict_requests``: each slice's rows and its request's id;
-    with ``ended`` (a model that takes them) also each request's :func:`ended_check`."""
+    with ``ended`` (a model whose ``takes_ended`` is true) also each request's :class:`Held`, whose
+    :meth:`Held.cancelled` is its :func:`ended_check`: a new one per batch, or with ``iterative`` (a
+    model that may reschedule its requests) the one the request keeps across its executes
+    (:func:`_held`)."""
     rows, ids = [s.rows for s in slices], [request_id_of(s.item.payload) for s in slices]
-    return (rows, ids, [ended_check(s.item) for s in slices]) if ended else (rows, ids)
+    if iterative:
+        return rows, ids, [_held(s.item) for s in slices]
+    return (rows, ids, [Held(ended_check(s.item)) for s in slices]) if ended else (rows, ids)
 
 
 def _ended(item: WorkItem) -> bool:
@@ -442,6 +487,13 @@ def ended_check(item: WorkItem) -> Callable[[], bool]:
     ``finished``), each read atomic in CPython, so it needs no lock; it may lag the loop by one
     assignment, never report an unended request ended."""
     return functools.partial(_ended, item)
+
+
+def _held(item: WorkItem) -> Held:
+    """``item``'s :class:`Held` (made at its first execute)."""
+    if item.held is None:
+        item.held = Held(ended_check(item))
+    return item.held
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
@@ -520,6 +572,7 @@ class PredictWorker:
         explainer: Explainer | None = None,
         explain_refusal: str | None = None,
         explain_row_cost: int = EXPLAIN_ROW_COST,
+        max_reschedules: int = MAX_RESCHEDULES,
     ) -> None:
         """``after_batch`` runs after each batch's results were handed out (the
         server uses it to write the replies at once rather than a loop iteration later).
@@ -536,7 +589,8 @@ class PredictWorker:
         (:attr:`~wsserve.batching.WorkItem.delay_at`), and only its own deadline, if it has one, ends it.
         ``priorities``: the model's priority levels (its queue's classes; default: wsserve's two,
         ``priority`` 1 high); a level's own queue policy (``priorities.policies``) replaces these four
-        fields for the requests queued there."""
+        fields for the requests queued there.  ``max_reschedules``: the times one request of a model
+        whose ``iterative_sequence`` is true may be rescheduled (see the module docstring)."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if explain_row_cost < 2:  # a row's cost above 1 is how a batch's rows to explain are found
@@ -544,8 +598,9 @@ class PredictWorker:
         self.model = model
         #: The model takes a batch as its requests' rows (``predict_requests``), not as one block.
         self._by_request = callable(getattr(model, "predict_requests", None))
-        #: ... and takes each request's :func:`ended_check` too (``predict_requests(x, rows, ids, ended)``:
-        #: a model whose ``takes_ended`` is true, a Triton Python model's ``request.is_cancelled()``).
+        #: ... and takes each request's :class:`Held` too, its :func:`ended_check` (``predict_requests(x,
+        #: rows, ids, held)``: a model whose ``takes_ended`` is true, a Triton Python model's
+        #: ``request.is_cancelled()``).
         self._takes_ended = self._by_request and bool(getattr(model, "takes_ended", False))
         self.explainer = explainer
         self.explain_refusal = None if explainer is not None else (
@@ -573,6 +628,13 @@ class PredictWorker:
         #: and shapes each request apart, so a request is never split over batches; one larger than a
         #: batch is refused (Triton's rule).
         self._unsplit = bool(ragged) or bool(getattr(model, "ragged_batching", False))
+        #: config.pbtxt's ``sequence_batching { iterative_sequence: true }`` (a model taking a batch as its
+        #: requests): its execute may reschedule a request (see the module docstring); such a request is
+        #: never split over batches either (it is one InferenceRequest, given whole to each execute).
+        self._iterative = self._by_request and getattr(model, "iterative_sequence", False) is True
+        if type(max_reschedules) is not int or max_reschedules < 0:
+            raise ValueError(f"max_reschedules must be an integer >= 0, got {max_reschedules!r}")
+        self.max_reschedules = max_reschedules
         self.queue = BatchQueue(
             max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue_rows=max_queue_rows,
             max_queue_bytes=max_queue_bytes, max_queue_requests=max_queue_requests, by_shape=self._by_shape,
@@ -614,7 +676,7 @@ class PredictWorker:
         #: Compute a failed batch's requests again alone (see the module docstring); false for a model
         #: whose requests change its state (a stateful model's: :mod:`wsserve.sequence_worker`), whose
         #: failed batch fails every request of it, as Triton's does.
-        self.isolate_failures = True
+        self.isolate_failures = not self._iterative  # (an iterative model's execute steps its requests)
         self._last_batch = 0
         self._idle: asyncio.Event | None = None
         self._cache: ResponseCache | None = None
@@ -692,9 +754,10 @@ class PredictWorker:
         explain = getattr(sink, "explain", False)
         if explain and self.explainer is None:
             raise BadRequest(self.explain_refusal or "cannot be explained")
-        if self._unsplit and n > self.queue.max_batch_size:
+        if (self._unsplit or self._iterative) and n > self.queue.max_batch_size:
+            why = "ragged batching" if self._unsplit else "iterative_sequence, a request is rescheduled whole"
             raise InvalidInput(f"inference request batch-size must be <= {self.queue.max_batch_size} for "
-                               f"{self.name!r} (ragged batching: a request is never split over batches)")
+                               f"{self.name!r} ({why}: a request is never split over batches)")
         now = monotonic()
         until_started = False
         delay_at = None
@@ -845,15 +908,15 @@ class PredictWorker:
 
     def _requests(self, slices: tuple[Slice, ...]) -> tuple[list[Any], ...] | None:
         """What :meth:`_run` passes ``predict_requests`` for ``slices`` (None: ``predict``)."""
-        return _by_request(slices, self._takes_ended) if self._by_request else None
+        return _by_request(slices, self._takes_ended, self._iterative) if self._by_request else None
 
     def _run(self, x: Tensors, spans: list[tuple[int, int]] | None,
              requests: tuple[list[Any], ...] | None = None) -> tuple[Any, np.ndarray | None]:
         """The batch's outputs (or :class:`RequestErrors`), and the attributions of the rows in
         ``spans`` (batch row ranges, in order) stacked in that order.  ``requests``: each request's
         rows and id, in batch order, for a model with ``predict_requests(x, rows, ids)`` (a Triton
-        Python model: one InferenceRequest per request), and each one's :func:`ended_check` for a
-        model that takes them; None: ``predict(x)``.  One call, on the
+        Python model: one InferenceRequest per request), and each one's :class:`Held` for a model
+        whose ``takes_ended`` is true (:func:`_by_request`); None: ``predict(x)``.  One call, on the
         loop or in the executor."""
         y = self.model.predict(x) if requests is None else self.model.predict_requests(x, *requests)
         if not spans:
@@ -1084,6 +1147,7 @@ class PredictWorker:
     def _deliver(self, batch: Batch, y: Any, started: float, attributions: np.ndarray | None, *,
                  inline: bool) -> None:
         compute_s = monotonic() - started
+        again = self._rescheduled(batch) if self._iterative else None
         errors = None
         if isinstance(y, RequestParameters):
             for i, params in y.parameters.items():
@@ -1093,7 +1157,7 @@ class PredictWorker:
         if isinstance(y, RequestErrors):
             y, errors = y.outputs, y.errors
         if type(y) is RequestOutputs:
-            self._deliver_parts(batch, y.parts, errors, started, compute_s, attributions, inline=inline)
+            self._deliver_parts(batch, y.parts, errors, started, compute_s, attributions, inline=inline, again=again)
             return
         try:  # a model may return anything: never let it escape this callback
             y, finite_rows = _check_outputs(y, batch.rows)
@@ -1102,6 +1166,8 @@ class PredictWorker:
             return
         self._count_batch(batch, started, compute_s)
         failed = None if errors is None else self._requests_failed(batch, errors)
+        if again:
+            failed = again if failed is None else failed | again
         self._hand_out(batch.slices, y, finite_rows, attributions, started, compute_s, batch.rows, failed)
         if self._after_batch is not None:
             self._after_batch()
@@ -1115,10 +1181,12 @@ class PredictWorker:
             self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
 
     def _deliver_parts(self, batch: Batch, parts: tuple[Any, ...], errors: Mapping[int, BaseException] | None,
-                       started: float, compute_s: float, attributions: np.ndarray | None, *, inline: bool) -> None:
+                       started: float, compute_s: float, attributions: np.ndarray | None, *, inline: bool,
+                       again: set[WorkItem] | None = None) -> None:
         """:meth:`_deliver` for :class:`RequestOutputs`: each slice's part (``parts[i]`` for
         ``batch.slices[i]``) is checked against its rows, then handed to it whole; a part that is
-        bad (or parts not one per slice) fails the batch as bad outputs do (isolation)."""
+        bad (or parts not one per slice) fails the batch as bad outputs do (isolation).  ``again``:
+        the requests the model rescheduled (their parts are not handed out)."""
         failing = errors or {}
         checked: list[tuple[Tensors, np.ndarray | None] | None] = []
         try:  # a model may return anything: never let it escape this callback
@@ -1131,6 +1199,8 @@ class PredictWorker:
             return
         self._count_batch(batch, started, compute_s)
         failed = None if errors is None else self._requests_failed(batch, errors)
+        if again:
+            failed = again if failed is None else failed | again
         explained = 0  # rows of ``attributions`` passed so far (stacked in slice order)
         for s, done in zip(batch.slices, checked, strict=True):
             attr = None
@@ -1141,6 +1211,30 @@ class PredictWorker:
                 self._hand_out((s,), done[0], done[1], attr, started, compute_s, batch.rows, failed)
         if self._after_batch is not None:
             self._after_batch()
+
+    def _rescheduled(self, batch: Batch) -> set[WorkItem]:
+        """After an iterative model's execute of ``batch``: the requests it rescheduled
+        (:attr:`Held.again`), each decided by :func:`wsserve.reschedule.after_execute` - one that
+        ended meanwhile is left alone (it has its terminal frame), one past ``max_reschedules`` ends
+        with ``internal`` naming the bound, the others go back first in their level of the queue
+        (:meth:`BatchQueue.requeue <wsserve.batching.BatchQueue.requeue>`, in batch order).  Returns
+        them all: none gets rows from this execute."""
+        again: set[WorkItem] = set()
+        for s in reversed(batch.slices):  # requeued last first: they keep their order at the front
+            item, held = s.item, s.item.held
+            if held is None or not held.again:
+                continue
+            held.again = False
+            again.add(item)
+            decision, message = after_execute(self.name, RELEASE_RESCHEDULE, iterative=True, ended=_ended(item),
+                                              final_sent=False, reschedules=held.reschedules,
+                                              max_reschedules=self.max_reschedules)
+            if decision == "requeue":
+                held.reschedules += 1
+                self.queue.requeue(item)
+            elif decision != "release":
+                self._end(item, Internal(message or "rescheduled"))
+        return again
 
     def _requests_failed(self, batch: Batch, errors: Mapping[int, BaseException]) -> set[WorkItem]:
         """End the requests of ``batch`` the model failed by themselves (``errors``: by slice index;

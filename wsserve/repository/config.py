@@ -200,8 +200,8 @@ class ModelConfig:
     #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (a Triton Python model only):
     #: any number of responses per request (:mod:`wsserve.decoupled`).
     decoupled: bool = False
-    #: config.pbtxt's ``sequence_batching { iterative_sequence: true }`` (a decoupled Triton Python
-    #: model only): its ``execute`` may reschedule a request (``set_release_flags``, :mod:`wsserve.decoupled`).
+    #: config.pbtxt's ``sequence_batching { iterative_sequence: true }`` (a Triton Python model only):
+    #: its ``execute`` may reschedule a request (``set_release_flags``, :mod:`wsserve.reschedule`).
     iterative_sequence: bool = False
     #: config.pbtxt's ``sequence_batching`` (a Triton Python or an ONNX model): a stateful model, its
     #: requests scheduled by sequence (:class:`wsserve.sequences.SequenceConfig`); None otherwise.

@@ -79,8 +79,9 @@ Mapped (Triton's semantics, triton-inference-server/server
 - ``sequence_batching`` (a Python or an ONNX model) -> :attr:`ModelConfig.sequence`
   (:func:`_sequence_batching`, served by :mod:`wsserve.sequence_worker`); its ``state`` (implicit
   state, :func:`_states`) for an ONNX model only.  ``iterative_sequence: true`` -> only
-  :attr:`ModelConfig.iterative_sequence` (a decoupled Python model only, :func:`_iterative_sequence`:
-  request rescheduling, served by :mod:`wsserve.decoupled`).
+  :attr:`ModelConfig.iterative_sequence` (a Python model only, :func:`_iterative_sequence`:
+  request rescheduling, served by :mod:`wsserve.decoupled`, or :mod:`wsserve.worker` for a
+  non-decoupled model with ``max_batch_size > 0``).
 
 - Ragged batching (:mod:`.ragged`, :func:`_ragged`): per input ``allow_ragged_batch`` ->
   :attr:`TensorConfig.ragged`; ``batch_input`` -> :attr:`ModelConfig.batch_inputs` (an ONNX model's);
@@ -758,10 +759,10 @@ def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[st
     if not cfg.name and model_name is not None:
         cfg.name = model_name  # Triton fills it in
     iterative = cfg.HasField("sequence_batching") and cfg.sequence_batching.iterative_sequence
-    if iterative:  # request rescheduling (a decoupled model's: wsserve.decoupled)
+    if iterative:  # request rescheduling (wsserve.decoupled, or wsserve.worker for a non-decoupled model)
         _iterative_sequence(path, cfg)
         return ModelConfig(backend="python", **common, warnings=tuple(warnings), triton_model_config=_config_json(cfg),
-                           decoupled=True, iterative_sequence=True)
+                           decoupled=cfg.model_transaction_policy.decoupled, iterative_sequence=True)
     sequence = _sequence_batching(path, cfg, warnings) if cfg.HasField("sequence_batching") else None
     if sequence is not None and sequence.strategy == "oldest":  # its dynamic batcher's window
         common = {**common, "max_delay_ms": sequence.max_queue_delay_us / 1000}
@@ -773,24 +774,26 @@ def _python_config(path: Path, cfg: Any, model_name: str | None, common: dict[st
 
 
 def _iterative_sequence(path: Path, cfg: Any) -> None:
-    """``sequence_batching { iterative_sequence: true }`` of a Python model: served for a decoupled
-    one only (its requests rescheduled by :class:`wsserve.decoupled.DecoupledWorker`, each request
-    its own sequence, as Triton's), with none of the fields of a sequence of several requests
-    (``control_input``, ``state``, ``oldest``: Triton fills an iterative sequence's controls
-    itself).  Raises :class:`ConfigError` naming the field otherwise."""
+    """``sequence_batching { iterative_sequence: true }`` of a Python model (its requests rescheduled
+    by :class:`wsserve.decoupled.DecoupledWorker`, or a non-decoupled model's by
+    :class:`wsserve.worker.PredictWorker`; each request its own sequence, as Triton's), with none of
+    the fields of a sequence of several requests (``control_input``, ``state``, ``oldest``: Triton
+    fills an iterative sequence's controls itself); a non-decoupled model needs ``max_batch_size >
+    0`` (each request one ``InferenceRequest``, given whole to each execute).  Raises
+    :class:`ConfigError` naming the field otherwise."""
     key = "sequence_batching"
-    if not cfg.model_transaction_policy.decoupled:
-        raise ConfigError(path, f"{key}.iterative_sequence", "is served for a decoupled Python model only "
-                          "(model_transaction_policy { decoupled: true }): wsserve does not reschedule a "
-                          "non-decoupled model's requests")
+    if not cfg.model_transaction_policy.decoupled and cfg.max_batch_size < 1:
+        raise ConfigError(path, f"{key}.iterative_sequence", "of a non-decoupled Python model needs max_batch_size "
+                          ">= 1: with max_batch_size 0 wsserve gives such a model one InferenceRequest per row, "
+                          "which it cannot reschedule apart from the request's other rows")
     sb = cfg.sequence_batching
     for name in ("control_input", "state"):
         if len(getattr(sb, name)):
             raise ConfigError(path, f"{key}.{name}", "is not served with iterative_sequence: true (each request is "
                               "its own sequence; its controls are not given to the model)")
     if sb.HasField("oldest"):
-        raise ConfigError(path, f"{key}.oldest", "is not served with iterative_sequence: true (a decoupled "
-                          "model's requests run one per execute)")
+        raise ConfigError(path, f"{key}.oldest", "is not served with iterative_sequence: true (each request "
+                          "is its own sequence, batched with the others as they come)")
 
 
 #: config.pbtxt's control kinds -> :class:`~wsserve.sequences.Control` kinds.
@@ -816,7 +819,7 @@ def _sequence_batching(path: Path, cfg: Any, warnings: list[str]) -> SequenceCon
                           "for ONNX models (Triton's Python backend has none; a model.py keeps its sequences' state "
                           "itself)")
     if sb.iterative_sequence:  # (a Python model's is read by _iterative_sequence)
-        raise ConfigError(path, f"{key}.iterative_sequence", f"is served for a decoupled Triton Python model only "
+        raise ConfigError(path, f"{key}.iterative_sequence", f"is served for a Triton Python model only "
                           f"(backend \"python\"), not an {cfg.backend or cfg.platform or 'onnxruntime'!r} model: request "
                           "rescheduling is the Python backend's (pb_utils set_release_flags)")
     us = sb.max_sequence_idle_microseconds

@@ -30,7 +30,10 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   of its ``pb_utils.TritonError`` code (:data:`WIRE_ERRORS`, as Triton's frontends answer the
   code), the message kept: :meth:`TritonPythonModel.predict_requests` returns the other requests'
   rows of that ``execute`` with the errors (:class:`~wsserve.worker.RequestErrors`), so nothing
-  is executed again.  A ``pb_utils.TritonError`` *raised* by ``execute`` fails the batch with its
+  is executed again.  With ``sequence_batching { iterative_sequence: true }`` a request
+  ``execute`` rescheduled (``set_release_flags``) has ``None`` at its place (Triton's rule; what
+  is there is not read) and is given to a later ``execute``, the same ``pb_utils.InferenceRequest``
+  (:class:`~wsserve.worker.Held`, :mod:`wsserve.reschedule`); without it, that request fails.  A ``pb_utils.TritonError`` *raised* by ``execute`` fails the batch with its
   code (the worker's isolation then runs each request alone, as for any exception).
 - Business Logic Scripting: ``execute`` runs inside :func:`.bls.executing` (this model, its
   :attr:`TritonPythonModel.bls_gateway`), so a ``pb_utils.InferenceRequest(model_name=...)`` it
@@ -93,9 +96,10 @@ from ..errors import (
     WsserveError,
 )
 from ..models.base import call_model_code
-from ..reschedule import after_execute, not_iterative
+from ..reschedule import MAX_RESCHEDULES, after_execute, not_iterative
 from ..shapes import MAX_VALUES, VARIABLE
 from ..worker import (
+    Held,
     Ragged,
     RequestErrors,
     RequestOutputs,
@@ -295,8 +299,8 @@ class TritonPythonModel(RepositoryModel):
     #: How ``execute``'s BLS requests reach the server's models (:class:`wsserve.bls.BlsGateway`,
     #: set by the registry before the warm-up); None (loaded without a server): ``exec()`` raises.
     bls_gateway: bls.Gateway | None = None
-    #: ``predict_requests`` takes each request's :func:`~wsserve.worker.ended_check` (``ended``):
-    #: ``request.is_cancelled()`` in ``execute``, as in Triton.
+    #: ``predict_requests`` takes each request's :class:`~wsserve.worker.Held` (``held``): its
+    #: ``cancelled()`` is ``request.is_cancelled()`` in ``execute``, as in Triton.
     takes_ended = True
 
     def __init__(self, name: str, version: int, path: Path, config: ModelConfig, *,
@@ -331,7 +335,8 @@ class TritonPythonModel(RepositoryModel):
         #: config.pbtxt's ``model_transaction_policy { decoupled: true }`` (see the module docstring).
         self.decoupled = config.decoupled
         #: config.pbtxt's ``sequence_batching { iterative_sequence: true }``: ``execute`` may reschedule a
-        #: request (``set_release_flags``; its :class:`~wsserve.decoupled.DecoupledWorker` does it)
+        #: request (``set_release_flags``; its worker gives it to a later execute: a decoupled model's
+        #: :class:`~wsserve.decoupled.DecoupledWorker`, another's :class:`~wsserve.worker.PredictWorker`)
         self.iterative_sequence = config.iterative_sequence
         with custommetrics.owning(self._metrics):
             module = exec_triton_model_file(self.path, name, version)
@@ -398,9 +403,21 @@ class TritonPythonModel(RepositoryModel):
 
     def predict(self, batch: Batch) -> Batch:
         """The batch as one request (``max_batch_size > 0``) or one request per row; see the module
-        docstring.  Raises :class:`TritonError` (the first) when a response is an error."""
+        docstring (a model with ``iterative_sequence``: executed again while it reschedules the
+        request, at most :data:`~wsserve.reschedule.MAX_RESCHEDULES` times).  Raises
+        :class:`TritonError` (the first) when a response is an error."""
         x = self._named(batch)
-        y = self.predict_requests(batch, [len(next(iter(x.values())))])
+        rows = [len(next(iter(x.values())))]
+        if self.iterative_sequence and self.config.batching:  # (a warm-up's) executed again while rescheduled
+            held = [Held(lambda: False)]
+            for _ in range(MAX_RESCHEDULES + 1):
+                y = self.predict_requests(batch, rows, None, held)
+                if not held[0].again:
+                    break
+            else:
+                raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+        else:
+            y = self.predict_requests(batch, rows)
         if isinstance(y, RequestParameters):
             y = y.outputs
         if isinstance(y, RequestErrors):
@@ -408,7 +425,7 @@ class TritonPythonModel(RepositoryModel):
         return y.parts[0] if isinstance(y, RequestOutputs) else y
 
     def predict_requests(self, batch: Batch, rows: list[int], ids: list[str] | None = None,
-                         ended: list[Any] | None = None) -> Batch | RequestErrors | RequestParameters:
+                         held: list[Held] | None = None) -> Batch | RequestErrors | RequestParameters:
         """``batch``'s rows as consecutive requests of ``rows[i]`` rows each (request id ``ids[i]``,
         ``""`` without ``ids``), in one ``execute`` call (``max_batch_size: 0``: one request per row,
         each with its request's id).  Returns the outputs of every row in order (a model with a
@@ -422,12 +439,17 @@ class TritonPythonModel(RepositoryModel):
         for a ``pb_utils.TritonError`` it raised (each naming the model).  Responses with
         ``parameters``: all that wrapped in :class:`~wsserve.worker.RequestParameters`, each
         request's (the parameters of its rows' responses merged in row order, without a batch
-        dimension).  ``ended``: each request's :func:`~wsserve.worker.ended_check` (the worker's,
-        :attr:`takes_ended`): its ``InferenceRequest.is_cancelled()`` (every row's of it)."""
+        dimension).  ``held``: each request's :class:`~wsserve.worker.Held` (the worker's, for a model
+        whose :attr:`takes_ended` is true): its ``cancelled()`` is the request's
+        ``InferenceRequest.is_cancelled()`` (every row's of it); a model with ``iterative_sequence``
+        (``max_batch_size > 0``) keeps its ``pb_utils.InferenceRequest`` there, given again to the next
+        execute, and a request ``execute`` rescheduled
+        (``set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``; its response, ``None`` by
+        Triton's rule, is not read) has ``again`` set and zeros for its rows."""
         self._require_open()
         x = self._named(batch)
         ids = ids or [""] * len(rows)
-        ended = ended or [None] * len(rows)
+        ended: list[Any] = [h.cancelled for h in held] if held else [None] * len(rows)
         if not self.config.batching:
             n = len(next(iter(x.values())))
             # each row's request (its index in ``rows``); rows not adding up to the batch: all the first's
@@ -441,7 +463,8 @@ class TritonPythonModel(RepositoryModel):
                 requests.append({k: v.parts[i] if isinstance(v, Ragged) else v[start:start + r] for k, v in x.items()})
                 start += r
             owner, request_ids, request_ended = list(range(len(rows))), ids, ended
-        outs, params = self._execute(requests, request_ids, request_ended)
+        iterative = held if held and self.iterative_sequence and self.config.batching else None
+        outs, params = self._execute(requests, request_ids, request_ended, iterative)
         parameters: dict[int, dict[str, Any]] = {}
         for i, p in enumerate(params):
             if p:
@@ -470,20 +493,26 @@ class TritonPythonModel(RepositoryModel):
         lead = (len(next(iter(request.values()))),) if self.config.batching else ()
         return {s.name: s.zeros(lead + tuple(0 if d == VARIABLE else d for d in s.shape)) for s in self.outputs}
 
-    def _execute(self, requests: list[dict[str, np.ndarray]], ids: list[str],
-                 ended: list[Any] | None = None) -> tuple[list[dict[str, np.ndarray] | TritonError], list[dict[str, Any]]]:
+    def _execute(self, requests: list[dict[str, np.ndarray]], ids: list[str], ended: list[Any] | None = None,
+                 held: list[Held] | None = None) -> tuple[list[dict[str, np.ndarray] | TritonError], list[dict[str, Any]]]:
         """One ``execute`` of ``requests`` (ids ``ids``; ``ended``: each one's ``is_cancelled()``
         check, None: never): each one's checked outputs, or its error, and each response's
-        parameters (``{}``: none)."""
+        parameters (``{}``: none).  ``held``: an iterative model's, see :meth:`predict_requests`."""
         wanted = [s.name for s in self.outputs]
         # a stateful model's request id is a SequenceId: its correlation id and START/END flags
         pb_requests = [pb.InferenceRequest(model_name=self.name, requested_output_names=wanted, request_id=str(rid),
                                            inputs=[pb.Tensor(k, self._model_side(k, v)) for k, v in r.items()],
                                            correlation_id=getattr(rid, "correlation_id", 0),
                                            flags=getattr(rid, "flags", 0))
-                       for r, rid in zip(requests, ids, strict=True)]
+                       if held is None or not isinstance(held[i].request, pb.InferenceRequest) else held[i].request
+                       for i, (r, rid) in enumerate(zip(requests, ids, strict=True))]
         for request, check in zip(pb_requests, ended or (), strict=False):
             request._ended = check  # is_cancelled(): the request ended on wsserve's side
+        if held is not None:
+            for h, request in zip(held, pb_requests, strict=True):
+                h.again = False
+                h.request = request  # the same object at its next execute, if it is rescheduled
+                request._release_flags = pb.TRITONSERVER_REQUEST_RELEASE_ALL  # each execute asks anew
         instance = self._free.get()
         try:
             with bls.executing(bls.Caller(self.name, self.version, self.bls_gateway, self._metrics)):
@@ -502,9 +531,11 @@ class TritonPythonModel(RepositoryModel):
         params: list[dict[str, Any]] = []
         for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
             if pb_requests[i].release_flags() & pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
-                # (iterative_sequence is served for a decoupled model only: this request fails, as in Triton
-                # without it; the others of the execute are answered)
-                outs.append(TritonError(not_iterative(self.name), pb.TritonError.INVALID_ARG))
+                if held is not None:  # given to a later execute by the worker (its response is not read)
+                    held[i].again = True
+                    outs.append(self._placeholder(req))
+                else:  # without iterative_sequence this request fails, as in Triton; the others are answered
+                    outs.append(TritonError(not_iterative(self.name), pb.TritonError.INVALID_ARG))
                 params.append({})
                 continue
             if not isinstance(resp, pb.InferenceResponse):

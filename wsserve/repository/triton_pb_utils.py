@@ -11,9 +11,7 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   output may be an object array of ``bytes`` or ``str`` (or a numpy ``S``/``U`` array).
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
-  ``is_cancelled()`` (true once the request ended on wsserve's side: cancelled, its client gone,
-  its deadline; decoupled or not), ``set_release_flags(flags)`` (``TRITONSERVER_REQUEST_RELEASE_ALL`` /
-  ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: request rescheduling, :mod:`wsserve.decoupled`).  Built by a model in ``execute`` (business logic scripting, BLS:
+        #: Another model's request (wsserve sets it): true once it ended on wsserve's side (any thread).
   ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
@@ -250,9 +248,9 @@ class InferenceRequest:
 
     def is_cancelled(self) -> bool:
         """True once the request ended on wsserve's side: its client cancelled it or left, its
-        deadline passed (any model's request wsserve gave ``execute``; one a model built: False).
-        Safe from any thread: it reads a flag the server's loop sets (a plain attribute, atomic in
-        CPython)."""
+        deadline passed, an unload ended it (any model's request wsserve gave ``execute``; one a
+        model built: False).  Safe from any thread: it reads a flag the server's loop sets (a plain
+        attribute, atomic in CPython)."""
         if self._sender is not None:
             return self._sender.is_cancelled()
         return self._ended is not None and bool(self._ended())
@@ -306,11 +304,11 @@ class InferenceRequest:
         """Request rescheduling (Triton's): ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE`` in ``execute``
         gives this request to a later ``execute`` again (the same object, its response sender still
         open) instead of releasing it; ``TRITONSERVER_REQUEST_RELEASE_ALL`` (the default) releases
-        it.  Checked when ``execute`` returns (:mod:`wsserve.decoupled`): served for a decoupled
-        model with ``sequence_batching { iterative_sequence: true }`` only; a request that sent its
-        FINAL flag is released whatever this says (that FINAL ends it).  Raises
-        :class:`TritonModelException` for another value (an integer is needed, as Triton's binding
-        takes one: not ``2.0`` nor ``True``)."""
+        it.  Checked when ``execute`` returns (:mod:`wsserve.reschedule`): served for a model with
+        ``sequence_batching { iterative_sequence: true }`` only (a non-decoupled one returns ``None``
+        at the request's place); a request that sent its FINAL flag is released whatever this says
+        (that FINAL ends it).  Raises :class:`TritonModelException` for another value (an integer is
+        needed, as Triton's binding takes one: not ``2.0`` nor ``True``)."""
         value = flags if isinstance(flags, numbers.Integral) and not isinstance(flags, (bool, np.bool_)) else None
         if value not in (TRITONSERVER_REQUEST_RELEASE_ALL, TRITONSERVER_REQUEST_RELEASE_RESCHEDULE):
             raise TritonModelException(f"set_release_flags: flags must be TRITONSERVER_REQUEST_RELEASE_ALL (1) or "

@@ -605,6 +605,8 @@ class HttpApi:
             sequence = getattr(config, "sequence", None)  # a stateful model's sequence_batching
             if sequence is not None:
                 batching["sequence_batching"] = sequence.as_json
+            elif getattr(config, "iterative_sequence", False) is True:  # its request rescheduling, as written
+                batching["sequence_batching"] = orjson.loads(config.triton_model_config)["sequence_batching"]
             steps = getattr(entry.model, "triton_steps", None)  # an ensemble's
             if callable(steps):
                 batching["ensemble_steps"] = steps()
