@@ -123,6 +123,32 @@ class TritonPythonModel:
         return responses
 '''
 
+#: Keeps the requests of its last ``execute``; each request writes ``previous-<id>``: the kept
+#: requests' ids and ``is_cancelled()`` (read after they were answered), and is answered OUT 2 * IN.
+KEEPER_PY = '''
+import json
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+        self.previous = []
+
+    def execute(self, requests):
+        seen = [[p.request_id(), p.is_cancelled()] for p in self.previous]
+        self.previous = list(requests)
+        responses = []
+        for r in requests:
+            if r.request_id():
+                (self.marks / ("previous-" + r.request_id())).write_text(json.dumps(seen))
+            x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", 2 * x)]))
+        return responses
+'''
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
     base = tmp_path_factory.mktemp("triton_cancel")
@@ -140,6 +166,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     (root / "caller" / "1").mkdir(parents=True)  # calls waiter (BLS) with a timeout
     (root / "caller" / "config.pbtxt").write_text(PBTXT.replace("MARKS", str(marks)))
     (root / "caller" / "1" / "model.py").write_text(textwrap.dedent(CALLER_PY))
+    (root / "keeper" / "1").mkdir(parents=True)  # keeps its last batch's requests
+    (root / "keeper" / "config.pbtxt").write_text(PBTXT.replace("MARKS", str(marks)))
+    (root / "keeper" / "1" / "model.py").write_text(textwrap.dedent(KEEPER_PY))
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
         yield proc, grpc_address(proc), marks
@@ -370,4 +399,19 @@ def test_a_grpc_deadline_passing_while_execute_runs_cancels_the_request(served) 
         assert answer.as_numpy("OUT").tolist() == [[14]]
     finally:
         client.close()
+
+
+async def test_a_request_answered_is_not_cancelled_when_read_after_its_execute(served) -> None:
+    """A model keeping a request object past ``execute`` reads ``is_cancelled()`` false for a request
+    that was answered (it ended, but nobody cancelled it)."""
+    _, _, marks = served
+    conn = await Conn.open(served[0].url)
+    try:
+        for rid, value in (("k1", 1), ("k2", 2)):
+            await conn.send({"type": "predict", "id": rid, "model": "keeper", "inputs": [[value]]})
+            _, frame = await conn.until_terminal(rid, 60.0)
+            assert frame["type"] == "result" and frame["outputs"] == [[2 * value]], frame
+        assert json.loads(_mark(marks, "previous-k2", "the second request's execute")) == [["k1", False]]
+    finally:
+        await conn.close()
 
