@@ -36,7 +36,8 @@ parameters { key: "marks" value: { string_value: "MARKS" } }
 '''
 #: (wsserve's warm-up, one request without an id, is answered at once.)  Each ``execute`` writes ``started-<id>`` (the batch's ids, JSON) for each request.  A request with
 #: IN 0 polls its own ``is_cancelled()`` (a bounded number of times), writes ``cancelled-<id>`` once
-#: it is, and is answered OUT 99 all the same (to be dropped).  A request with IN > 0 waits (bounded)
+#: it is, and is answered OUT 99 all the same (to be dropped); IN -1 the same, answered by a
+#: response without outputs.  ``runs-<id>`` gets a line per ``execute`` of the request.  A request with IN > 0 waits (bounded)
 #: until every IN 0 request of its batch is cancelled, writes ``kept-<id>`` holding its own
 #: ``is_cancelled()``, and is answered OUT 2 * IN.
 MODEL_PY = '''
@@ -68,12 +69,17 @@ class TritonPythonModel:
         values = [int(t[0, 0]) for t in tensors]
         for rid in ids:
             (self.marks / ("started-" + rid)).write_text(json.dumps(ids))
-        held = [r for r, v in zip(requests, values) if v == 0]
+            with open(self.marks / ("runs-" + rid), "a") as runs:
+                runs.write("run\\n")
+        held = [r for r, v in zip(requests, values) if v <= 0]
         responses = []
         for r, rid, v in zip(requests, ids, values):
-            if v == 0:
+            if v <= 0:
                 if self._wait(r.is_cancelled):
                     (self.marks / ("cancelled-" + rid)).write_text("yes")
+                if v < 0:  # a cancelled request answered with no outputs at all
+                    responses.append(pb_utils.InferenceResponse())
+                    continue
                 out = 99
             else:
                 self._wait(lambda: all(h.is_cancelled() for h in held))
@@ -415,3 +421,26 @@ async def test_a_request_answered_is_not_cancelled_when_read_after_its_execute(s
     finally:
         await conn.close()
 
+
+
+async def test_a_cancelled_request_answered_without_outputs_leaves_its_batch_alone(served) -> None:
+    """A cancelled request whose ``execute`` answers it with a response holding no outputs (its
+    answer is dropped anyway): the batch's other request is answered from that same ``execute``,
+    not computed again alone (a bad answer for a live request would fail the batch)."""
+    _, _, marks = served
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "hold2", "model": "waiter", "inputs": [[0]]})
+        _mark(marks, "started-hold2", "the holding request to start")
+        await conn.send({"type": "predict", "id": "keep2", "model": "waiter", "inputs": [[4]]})
+        await conn.send({"type": "predict", "id": "empty2", "model": "waiter", "inputs": [[-1]]})
+        await conn.send({"type": "cancel", "id": "hold2"})
+        batch = json.loads(_mark(marks, "started-empty2", "the batch of two to start"))
+        assert sorted(batch) == ["empty2", "keep2"], batch
+        await conn.send({"type": "cancel", "id": "empty2"})
+        frames = await conn.collect({"hold2", "keep2", "empty2"})
+        assert [f["code"] for f in frames["empty2"]] == ["cancelled"]
+        assert [(f["type"], f["outputs"]) for f in frames["keep2"]] == [("result", [[8]])]
+        assert (marks / "runs-keep2").read_text().splitlines() == ["run"]  # one execute, not a second alone
+    finally:
+        await conn.close()
