@@ -473,15 +473,16 @@ def _ended(item: WorkItem) -> bool:
     """True once ``item``'s request ended on the server's side (see :func:`ended_check`)."""
     if item.cancelled:
         return True
-    sink = item.payload
-    return sink is None or sink.finished or bool(getattr(sink, "client_ended", False))
+    sink = item.payload  # None: all its rows were delivered (answered, not ended early)
+    return sink is not None and (sink.finished or bool(getattr(sink, "client_ended", False)))
 
 
 def ended_check(item: WorkItem) -> Callable[[], bool]:
     """A callable, true once ``item``'s request ended on the server's side: its client cancelled it or
     left (the WebSocket ``cancel``, its connection closed, an HTTP client gone, a gRPC cancel), its
-    deadline passed, it failed, or it was answered (never seen from inside the computation that
-    answers it).  A sink may end earlier for this only: a true ``client_ended`` attribute (a
+    deadline passed, or it failed; once all its rows were delivered (it was answered) it stays false,
+    as a request nobody cancelled (a model reading it from a request kept past ``execute``).  A sink
+    may end earlier for this only: a true ``client_ended`` attribute (a
     stateful model's step, which runs on after its client left).  Called from any thread: it reads
     plain attributes the loop thread sets (``item.cancelled``, ``item.payload``, the sink's
     ``finished``), each read atomic in CPython, so it needs no lock; it may lag the loop by one

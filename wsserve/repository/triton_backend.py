@@ -47,7 +47,8 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   client gone, a gRPC cancel, its deadline; the worker's :func:`~wsserve.worker.ended_check`,
   read from the instance's thread without a lock).  Each request of a batch has its own; whatever
   ``execute`` answers for a request that ended is dropped (its client had its one terminal frame),
-  the batch's other requests answered as usual.
+  the batch's other requests answered as usual; an answer the checks refuse (no outputs, not a
+  response) fails only that ended request, never its batch.
 - ``request.request_id()`` is the client's request id (the WebSocket ``id``, the OIP ``id``) as
   text, ``""`` without one; the worker reads it only for this backend.
 - Decoupled mode (config.pbtxt's ``model_transaction_policy { decoupled: true }``,
@@ -538,10 +539,19 @@ class TritonPythonModel(RepositoryModel):
                     outs.append(TritonError(not_iterative(self.name), pb.TritonError.INVALID_ARG))
                 params.append({})
                 continue
-            if not isinstance(resp, pb.InferenceResponse):
-                raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
-                                 "not a pb_utils.InferenceResponse")
-            outs.append(TritonError.of(resp.error()) if resp.has_error() else self._outputs(i, req, resp))
+            try:
+                if not isinstance(resp, pb.InferenceResponse):
+                    raise ValueError(f"model {self.name!r}: execute's response {i} is a {type(resp).__name__}, "
+                                     "not a pb_utils.InferenceResponse")
+                outs.append(TritonError.of(resp.error()) if resp.has_error() else self._outputs(i, req, resp))
+            except ValueError:
+                if not (ended and ended[i] is not None and ended[i]()):
+                    raise
+                # a request that ended (cancelled, gone, past its deadline): its answer is dropped, so
+                # whatever execute gave it (no outputs, None) fails it alone, not its batch
+                outs.append(TritonError(f"model {self.name!r}: request cancelled", pb.TritonError.CANCELLED))
+                params.append({})
+                continue
             params.append({} if resp.has_error() else resp.parameters_dict())
         return outs, params
 

@@ -249,7 +249,8 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         """True once the request ended on wsserve's side: its client cancelled it or left, its
         deadline passed, an unload ended it (any model's request wsserve gave ``execute``; one a
-        model built: False).  Safe from any thread: it reads a flag the server's loop sets (a plain
+        model built: False; one that was answered: False, read from a request kept past
+        ``execute``).  Safe from any thread: it reads a flag the server's loop sets (a plain
         attribute, atomic in CPython)."""
         if self._sender is not None:
             return self._sender.is_cancelled()
