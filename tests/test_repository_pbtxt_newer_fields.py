@@ -71,11 +71,14 @@ def test_an_ensemble_s_max_inflight_requests_is_read(limit: int) -> None:
     assert cfg.ensemble is not None and cfg.ensemble.max_inflight_requests == limit and cfg.warnings == ()
 
 
-def test_max_inflight_requests_past_the_bound_is_refused_naming_it() -> None:
+def test_every_max_inflight_requests_triton_takes_is_read_and_past_its_uint32_the_config_is_refused() -> None:
+    """Triton takes any ``uint32`` (its limiter counts in a ``size_t``): 4294967295 loads there, so here."""
     text = PIPE.replace("ensemble_scheduling {", "ensemble_scheduling { max_inflight_requests: 4294967295")
+    cfg = parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe")
+    assert cfg.ensemble is not None and cfg.ensemble.max_inflight_requests == 4294967295 == MAX_INFLIGHT_REQUESTS
     with pytest.raises(ConfigError) as info:
-        parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe")
-    assert info.value.key == "ensemble_scheduling.max_inflight_requests" and "2147483647" in str(info.value)
+        parse_pbtxt(text.replace("4294967295", "4294967296"), "pipe/config.pbtxt", model_name="pipe")
+    assert "max_inflight_requests: 4294967296" in str(info.value) and "out of range" in str(info.value)
 
 
 def test_runtime_model_py_is_a_python_model_s_default_and_nothing_else_is_served() -> None:
