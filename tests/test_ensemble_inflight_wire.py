@@ -99,6 +99,14 @@ def _ensemble(limit: int | None) -> str:
             'output_map { key: "OUT" value: "OUT" } } ] }\n')
 
 
+#: One step, ``slow`` alone, one request at a time there: a request finding it busy waits at its first step.
+ONE1_PBTXT = (f'platform: "ensemble"\nmax_batch_size: 0\ninput [ {{ name: "IN" {I32} dims: [ 1 ] }} ]\n'
+              f'output [ {{ name: "OUT" {I32} dims: [ 1 ] }} ]\n'
+              'ensemble_scheduling { max_inflight_requests: 1 step [ '
+              '{ model_name: "slow" model_version: -1 input_map { key: "TOK" value: "IN" } '
+              'output_map { key: "OUT" value: "OUT" } } ] }\n')
+
+
 def _write(root: Path, name: str, pbtxt: str, model_py: str | None = None) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(pbtxt)
@@ -116,9 +124,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "ens2", _ensemble(2))
     _write(root, "ens1", _ensemble(1))
     _write(root, "unlimited", _ensemble(None))
+    _write(root, "one1", ONE1_PBTXT)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
-        wait_until(lambda: all(_ready(proc.port, m) for m in ("ens2", "ens1", "unlimited")), 60.0,
+        wait_until(lambda: all(_ready(proc.port, m) for m in ("ens2", "ens1", "unlimited", "one1")), 60.0,
                    what="the ensembles to load")
         yield proc, grpc_address(proc), marks
     finally:
@@ -261,3 +270,30 @@ def test_get_model_config_reports_max_inflight_requests(served) -> None:
             assert scheduling.SerializeToString().endswith(b"\x10\x02")
     finally:
         client.close()
+
+
+def test_a_request_whose_step_waits_for_a_place_ends_at_its_deadline(served) -> None:
+    """``one1`` (slow alone, one at a time): A holds slow's place (held); B, with a deadline (Triton's
+    ``timeout`` parameter, 1 ms), waits for that place at its first step; B ends ``deadline_exceeded`` while
+    A still holds it, as a request waiting in any of wsserve's queues does, not once A ends."""
+    proc, address, marks = served
+    a, b = _Stream(address), _Stream(address)
+    try:
+        a.send("one1", "a", IN=np.array([6001], np.int32))
+        wait_until(lambda: _record(marks, 6) == ["+6001"], 60.0, what="A at slow")
+        t = tgrpc.InferInput("IN", [1], "INT32")
+        t.set_data_from_numpy(np.array([7001], np.int32))
+        b.client.async_stream_infer("one1", [t], request_id="b", timeout=1000)
+        result, error = b.results.get(timeout=60)
+        assert result is None and error is not None
+        assert "max_inflight_requests" in str(error) and "deadline" in str(error), error
+        assert _record(marks, 6) == ["+6001"] and _record(marks, 7) == []  # A still held; B never reached slow
+        assert _waiting(proc.port, "one1") == 0
+        (marks / "open-6").touch()
+        result, error = a.results.get(timeout=60)
+        assert error is None and result.as_numpy("OUT").tolist() == [12002]
+    finally:
+        for group in (6, 7):
+            (marks / f"open-{group}").touch()
+        a.close()
+        b.close()

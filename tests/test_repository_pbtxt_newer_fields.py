@@ -71,11 +71,14 @@ def test_an_ensemble_s_max_inflight_requests_is_read(limit: int) -> None:
     assert cfg.ensemble is not None and cfg.ensemble.max_inflight_requests == limit and cfg.warnings == ()
 
 
-def test_max_inflight_requests_past_the_bound_is_refused_naming_it() -> None:
+def test_every_max_inflight_requests_triton_takes_is_read_and_past_its_uint32_the_config_is_refused() -> None:
+    """Triton takes any ``uint32`` (its limiter counts in a ``size_t``): 4294967295 loads there, so here."""
     text = PIPE.replace("ensemble_scheduling {", "ensemble_scheduling { max_inflight_requests: 4294967295")
+    cfg = parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe")
+    assert cfg.ensemble is not None and cfg.ensemble.max_inflight_requests == 4294967295 == MAX_INFLIGHT_REQUESTS
     with pytest.raises(ConfigError) as info:
-        parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe")
-    assert info.value.key == "ensemble_scheduling.max_inflight_requests" and "2147483647" in str(info.value)
+        parse_pbtxt(text.replace("4294967295", "4294967296"), "pipe/config.pbtxt", model_name="pipe")
+    assert "max_inflight_requests: 4294967296" in str(info.value) and "out of range" in str(info.value)
 
 
 def test_runtime_model_py_is_a_python_model_s_default_and_nothing_else_is_served() -> None:
@@ -85,13 +88,28 @@ def test_runtime_model_py_is_a_python_model_s_default_and_nothing_else_is_served
     assert parse_pbtxt(PY_MODEL + 'runtime: ""\n', "m/config.pbtxt", model_name="m").warnings == ()
     for text, value in ((PY_MODEL + 'runtime: "other.py"\n', "'other.py'"),
                         (ONNX_MODEL + 'runtime: "model.py"\n', "'model.py'"),
-                        (ONNX_MODEL + 'runtime: "libtriton_onnxruntime.so"\n', "'libtriton_onnxruntime.so'")):
+                        (ONNX_MODEL + 'runtime: "libtriton_pytorch.so"\n', "'libtriton_pytorch.so'"),
+                        (PY_MODEL + 'runtime: "libtriton_onnxruntime.so"\n', "'libtriton_onnxruntime.so'")):
         with pytest.raises(ConfigError) as info:
             parse_pbtxt(text, "m/config.pbtxt", model_name="m")
         assert info.value.key == "runtime" and value in str(info.value), text
     with pytest.raises(ConfigError) as info:
         parse_pbtxt(PIPE + 'runtime: "model.py"\n', "pipe/config.pbtxt", model_name="pipe")
     assert info.value.key == "runtime" and "an ensemble has no runtime" in str(info.value)
+
+
+def test_the_runtime_triton_fills_in_for_an_onnx_model_is_taken() -> None:
+    """Triton sets ``runtime`` to the backend library it loaded (``GetBackendLibraryProperties``) and answers it
+    in the model's config: an ONNX model's is ``libtriton_onnxruntime.so``, so a config saved from a Triton
+    server's ``/v2/models/<m>/config`` (JSON, or as config.pbtxt) carries it and must load as it loads there."""
+    for head in (ONNX_MODEL, ONNX_MODEL.replace('platform: "onnxruntime_onnx"', 'backend: "onnxruntime"'),
+                 ONNX_MODEL.replace('platform: "onnxruntime_onnx"', 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"')):
+        cfg = parse_pbtxt(head + 'runtime: "libtriton_onnxruntime.so"\n', "m/config.pbtxt", model_name="m")
+        assert cfg.warnings == (), head
+    doc = {"name": "m", "platform": "onnxruntime_onnx", "backend": "onnxruntime", "runtime": "libtriton_onnxruntime.so",
+           "max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [3]}],
+           "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}]}
+    assert parse_json_config(json.dumps(doc), "m/config.pbtxt", model_name="m").warnings == ()
 
 
 def test_model_metrics_parses_and_is_a_hint() -> None:

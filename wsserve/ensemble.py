@@ -49,7 +49,8 @@ sending thread is never blocked.
 ``ensemble_scheduling { max_inflight_requests: N }`` (:class:`StepLimits`, Triton's "Managing Memory
 Usage in Ensemble Models"): at most N step requests in flight at each step across the ensemble's
 requests; a step ready while its step is full waits (its inputs held by its request, within the bound
-above), and is queued in arrival order as places free, without a cancel or timeout of its own.  The
+above), and is queued in arrival order as places free, without a cancel or timeout of its own (the
+request's deadline holds while it waits: past it the request ends ``deadline_exceeded``).  The
 steps waiting are the worker's ``statistics().queued``.  A request that ends gives back the places its
 steps held and drops its waiting steps.
 
@@ -73,6 +74,7 @@ from .decoupled import RESPONSE_OVERHEAD_BYTES, refusal
 from .dtypes import array_bytes
 from .errors import (
     BadRequest,
+    DeadlineExceeded,
     Internal,
     InvalidInput,
     Overloaded,
@@ -333,6 +335,8 @@ class _Run:
         self.done = False
         #: its steps waiting for a place under the ensemble's ``max_inflight_requests`` (:class:`StepLimits`)
         self.parked = 0
+        #: armed at its deadline once a step of it waits for a place (:meth:`on_parked`)
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         if self.done:  # cancelled before its first steps went
@@ -406,6 +410,28 @@ class _Run:
                 else:  # its inputs stay held (counted) until a place frees: StepLimits.release launches it
                     limits.park(self, step, key)
         self._answer()
+
+    def on_parked(self) -> None:
+        """A step of it now waits for a place: its deadline, if any, holds there too (its steps queued
+        on their models carry it themselves), so it ends ``deadline_exceeded`` then, still waiting."""
+        if self.deadline is None or self._deadline_timer is not None or self.done:
+            return
+        loop = asyncio.get_running_loop()
+        self._deadline_timer = loop.call_at(loop.time() + max(0.0, self.deadline - monotonic()), self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        if self.done or not self.parked:  # (none waits: the steps in flight have the deadline)
+            return
+        self.fail(DeadlineExceeded(f"ensemble {self.worker.name!r}: the request passed its deadline while a step "
+                                   "of it waited for a place (ensemble_scheduling.max_inflight_requests="
+                                   f"{self.worker.limits.limit})"))
+
+    def disarm(self) -> None:
+        """It ended: drop its deadline timer (not to hold it until then)."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
 
     def _busy(self) -> bool:
         """A step of this request is in flight or waiting for a place (``max_inflight_requests``)."""
@@ -650,8 +676,8 @@ class StepLimits:
     ensemble version's requests (0: no limit, nothing counted).  A step request holds a place from
     when it is submitted to its step model until it ends (a decoupled step's: its final response);
     one that finds its step full is parked, its inputs still held by its request, and launched in
-    arrival order as places free (no cancel, no timeout of its own: a deadline is the step's once
-    it is submitted).  A request that ends (cancel, error, close) gives back the places its steps
+    arrival order as places free (no cancel or timeout of its own; the request's deadline holds
+    while it waits: :meth:`_Run.on_parked`).  A request that ends (cancel, error, close) gives back the places its steps
     hold and drops its parked ones, which hold none.  Event-loop thread only."""
 
     def __init__(self, limit: int) -> None:
@@ -681,6 +707,7 @@ class StepLimits:
     def park(self, run: _Run, step: PlannedStep, key: Key) -> None:
         self.waiting.setdefault(step.index, {})[(run, key)] = step
         run.parked += 1
+        run.on_parked()
 
     def forget(self, run: _Run) -> None:
         """Drop ``run``'s parked launches (it ended); they held no place."""
@@ -831,6 +858,7 @@ class EnsembleWorker:
         item.cancel()
 
     def ended(self, run: _Run) -> None:
+        run.disarm()
         self._runs.discard(run)
         if not self._runs and self._idle is not None:
             self._idle.set()

@@ -46,8 +46,9 @@ __all__ = ["ENSEMBLE_PLATFORM", "MAX_STEPS", "MAX_INFLIGHT_REQUESTS", "EnsembleS
 ENSEMBLE_PLATFORM = "ensemble"
 #: Steps an ensemble may have.
 MAX_STEPS = 64
-#: The largest ``ensemble_scheduling.max_inflight_requests`` taken (a counter's bound, not an allocation).
-MAX_INFLIGHT_REQUESTS = 2**31 - 1
+#: The largest ``ensemble_scheduling.max_inflight_requests``: its ``uint32``'s, every value Triton takes
+#: (a counter's bound, not an allocation; a larger one fails the parse, naming the value).
+MAX_INFLIGHT_REQUESTS = 2**32 - 1
 
 #: Fields of an ensemble's config read here; the others set are refused (:data:`_REFUSED`) or hints.
 _READ = frozenset({"name", "platform", "max_batch_size", "input", "output", "ensemble_scheduling", "version_policy"})
@@ -165,10 +166,8 @@ def parse_ensemble(cfg: Any, path: Path, name: str, *,
     if not cfg.HasField("ensemble_scheduling"):
         raise ConfigError(path, "ensemble_scheduling", "is required with platform \"ensemble\"")
     scheduling = cfg.ensemble_scheduling
-    limit = int(getattr(scheduling, "max_inflight_requests", 0))  # (pbtxt's message class has the field)
-    if limit > MAX_INFLIGHT_REQUESTS:
-        raise ConfigError(path, "ensemble_scheduling.max_inflight_requests", f"must be in [0, {MAX_INFLIGHT_REQUESTS}] "
-                          f"(0: no limit), got {limit}")
+    # (pbtxt's message class has the field; a uint32: at most MAX_INFLIGHT_REQUESTS, as Triton takes)
+    limit = int(getattr(scheduling, "max_inflight_requests", 0))
     ensemble = EnsembleConfig(name, cfg.max_batch_size, inputs, outputs, _steps(path, scheduling), limit)
     return ModelConfig(path=path, inputs=inputs, outputs=outputs, max_batch_size=cfg.max_batch_size,
                        max_delay_ms=0.0, version_policy=policy, warnings=tuple(warnings), ensemble=ensemble)

@@ -89,8 +89,9 @@ Mapped (Triton's semantics, triton-inference-server/server
   model's).  Each needs ``max_batch_size > 0`` and no ``sequence_batching``; a ragged input takes no
   ``reshape``; a Python model takes ``allow_ragged_batch`` only.
 
-- ``runtime``: ``""`` for any model, ``"model.py"`` (Triton's default) for a ``backend: "python"`` one;
-  any other is refused, naming the field.
+- ``runtime``: ``""`` for any model, Triton's default (which Triton sets in the config it answers)
+  otherwise: ``"model.py"`` for a ``backend: "python"`` model, ``"libtriton_onnxruntime.so"`` for an
+  ONNX one; any other is refused, naming the field.
 
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble),
@@ -183,8 +184,11 @@ _TENSOR_REFUSED = {
     "is_non_linear_format_io": "non-linear format tensors (a TensorRT GPU layout; Triton takes it for "
                                "TensorRT models only)",
 }
-#: The ``runtime`` taken for a ``backend: "python"`` model (Triton's default for it); no other is.
+#: The ``runtime`` taken for a ``backend: "python"`` model (Triton's default for it).
 _PYTHON_RUNTIME = "model.py"
+#: The ``runtime`` taken for an ONNX model: the library Triton loads for backend ``onnxruntime`` (on Linux),
+#: which it sets in the config it answers (``GetBackendLibraryProperties``), so a config saved from it has it.
+_ONNX_RUNTIME = "libtriton_onnxruntime.so"
 _THREADS_PARAM = "intra_op_thread_count"
 
 
@@ -535,9 +539,10 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         if field.name == "model_transaction_policy" and value.decoupled and cfg.backend != "python":
             raise ConfigError(path, "model_transaction_policy.decoupled", "is served for a Python model "
                               "(backend: \"python\") only: another backend answers each infer request once")
-        if field.name == "runtime" and not (cfg.backend == "python" and value == _PYTHON_RUNTIME):
+        if field.name == "runtime" and value != (_PYTHON_RUNTIME if cfg.backend == "python" else _ONNX_RUNTIME):
             raise ConfigError(path, "runtime", f"{value[:128]!r} is not served: wsserve runs its own runtime for each "
-                              f"backend (leave it out, or {_PYTHON_RUNTIME!r} for backend \"python\", Triton's default)")
+                              f"backend (leave it out, or Triton's default: {_PYTHON_RUNTIME!r} for backend \"python\", "
+                              f"{_ONNX_RUNTIME!r} for an ONNX model)")
         if field.name in ("optimization", "cc_model_filenames", "metric_tags", "model_operations",
                           "model_repository_agents", "model_metrics"):
             warnings.append(field.name)
