@@ -174,14 +174,13 @@ def _reference_repetition(cache: Path, prompt: str, max_tokens: int, penalty: fl
 
 async def test_repetition_penalty_follows_vllms_formula_prompt_included(server_url: str, model_cache: Path) -> None:
     """vLLM's ``repetition_penalty`` (it used to be refused over HTTP and ignored here): the greedy
-    text is the formula's, counting the prompt's tokens; 1 is off; it repeats itself less; a
-    sampled stream with it is the same alone or among others; out-of-range values are refused."""
+    text is the formula's, counting the prompt's tokens (the reference below), and not the plain
+    text; 1 is off; a sampled stream with it is the same alone or among others; out-of-range values are refused."""
     conn = await Conn.open(server_url)
     plain, _ = await generate(conn, "p", prompt="The ", max_tokens=80)
     assert (await generate(conn, "one", prompt="The ", max_tokens=80, repetition_penalty=1))[0] == plain
     text, _ = await generate(conn, "r", prompt="The ", max_tokens=80, repetition_penalty=1.5)
     assert text == _reference_repetition(model_cache, "The ", 80, 1.5) != plain
-    assert max(text.count(c) for c in set(text)) < max(plain.count(c) for c in set(plain))
     # the prompt counts: a prompt holding the plain text's first character changes the first token
     first = plain[0]
     shifted, _ = await generate(conn, "s", prompt=first + "he ", max_tokens=5, repetition_penalty=2)
