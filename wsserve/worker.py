@@ -497,6 +497,19 @@ def _held(item: WorkItem) -> Held:
     return item.held
 
 
+def _let_go(item: WorkItem) -> None:
+    """The worker is done with ``item`` (a request of a model that may reschedule: answered, ended,
+    or ended while requeued): drop its :class:`Held` and the Held's ``request``, which would
+    otherwise keep two reference cycles (``item -> Held -> ended_check -> item``, and ``Held ->
+    pb_utils.InferenceRequest -> is_cancelled check -> Held``) and with them the request's inputs
+    until the cyclic GC runs.  A model that keeps the request object still reads its
+    ``is_cancelled()``."""
+    held = item.held
+    if held is not None:
+        item.held = None
+        held.request = None
+
+
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
     """What a finished executor future failed with (None: it has a result)."""
     if future.cancelled():
@@ -722,6 +735,8 @@ class PredictWorker:
             self._executor = None
         for item in self.queue.drain():
             self._end(item, ShuttingDown("the server is shutting down"))
+            if self._iterative:
+                _let_go(item)
         for items in self._computing.values():
             for item in items:
                 self._end(item, ShuttingDown("the server is shutting down"))
@@ -848,7 +863,8 @@ class PredictWorker:
 
     def cancel(self, item: WorkItem) -> None:
         """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
-        self.queue.cancel(item)
+        if self.queue.cancel(item) and self._iterative:  # a rescheduled request ended while requeued
+            _let_go(item)
         self._note_idle()
 
     def statistics(self) -> WorkerStatistics:
@@ -899,6 +915,8 @@ class PredictWorker:
                 item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
             except Exception as exc:  # noqa: BLE001
                 self._sink_failed(item, exc)
+            if self._iterative:
+                _let_go(item)
         if batch.slices:
             self._compute(batch)
         if self._running < self._instances and self._tick_handle is None and len(queue):
@@ -947,9 +965,13 @@ class PredictWorker:
                 y, attributions = self._run(x, spans, requests)
         except Exception as exc:
             self._batch_failed(batch, exc, started, inline=inline)
+            if self._iterative:
+                self._done_with(batch)
             return
         if inline:
             self._deliver(batch, y, started, attributions, inline=True)
+            if self._iterative:
+                self._done_with(batch)
             return
         assert self._executor is not None and self._loop is not None
         self._running += 1
@@ -963,6 +985,8 @@ class PredictWorker:
         self._running -= 1
         self._computing.pop(key, None)
         if self._closed:  # close() has ended its requests; a wait_idle() waits for this batch
+            if self._iterative:
+                self._done_with(batch)
             self._note_idle()
             return
         exc = _failure(future)
@@ -971,7 +995,17 @@ class PredictWorker:
         else:
             y, attributions = future.result()
             self._deliver(batch, y, started, attributions, inline=False)
+        if self._iterative:
+            self._done_with(batch)
         self._resume()
+
+    def _done_with(self, batch: Batch) -> None:
+        """After an iterative model's execute of ``batch`` was handled: :func:`_let_go` each request
+        that was not requeued (answered, or ended)."""
+        for s in batch.slices:
+            item = s.item
+            if item.cancelled or item.remaining <= 0:
+                _let_go(item)
 
     def _resume(self) -> None:
         """After a batch in the executor ended: the next tick if rows are queued, else maybe idle."""

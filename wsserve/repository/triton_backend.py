@@ -411,12 +411,15 @@ class TritonPythonModel(RepositoryModel):
         rows = [len(next(iter(x.values())))]
         if self.iterative_sequence and self.config.batching:  # (a warm-up's) executed again while rescheduled
             held = [Held(lambda: False)]
-            for _ in range(MAX_RESCHEDULES + 1):
-                y = self.predict_requests(batch, rows, None, held)
-                if not held[0].again:
-                    break
-            else:
-                raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+            try:
+                for _ in range(MAX_RESCHEDULES + 1):
+                    y = self.predict_requests(batch, rows, None, held)
+                    if not held[0].again:
+                        break
+                else:
+                    raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+            finally:
+                held[0].request = None  # (its InferenceRequest <-> Held cycle is not left to the cyclic GC)
         else:
             y = self.predict_requests(batch, rows)
         if isinstance(y, RequestParameters):
