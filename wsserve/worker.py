@@ -208,8 +208,9 @@ class Held:
     its thread, while it executes) keeps its own object for the request in :attr:`request` (the same
     ``pb_utils.InferenceRequest`` each execute) and sets :attr:`again` when its execute rescheduled
     the request (its rows in the returned outputs are then placeholders, never delivered); the
-    worker reads and resets :attr:`again` after the execute, on the loop.  Another model's is made
-    anew for each batch (:attr:`request` and :attr:`again` unused)."""
+    worker reads and resets :attr:`again` after the execute, on the loop, and once the request is
+    answered or ends takes the Held off the item and drops its :attr:`request` (:func:`_let_go`).
+    Another model's is made anew for each batch (:attr:`request` and :attr:`again` unused)."""
 
     __slots__ = ("request", "again", "reschedules", "_ended")
 
