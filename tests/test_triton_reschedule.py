@@ -154,6 +154,30 @@ class TritonPythonModel:
         return responses
 '''
 
+#: Not decoupled, ``iterative_sequence``: IN > 0 is rescheduled, yet answered with a response (not
+#: ``None``) at its place; each execute's request ids are appended to ``notnone``.
+NOTNONE_PY = '''
+import json
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        with (self.marks / "notnone").open("a") as f:
+            f.write(json.dumps([r.request_id() for r in requests]) + "\\n")
+        responses = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            if n.any():
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", n)]))
+        return responses
+'''
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str, marks: Path) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -170,6 +194,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "noiter", ITER_PBTXT.replace(ITERATIVE, ""), ITER_PY, marks)  # decoupled, no iterative_sequence
     _write(root, "plain", ITER_PBTXT.replace(ITERATIVE, "").replace(DECOUPLED, ""), PLAIN_PY, marks)
     _write(root, "loop", LOOP_PBTXT, LOOP_PY, marks)
+    _write(root, "notnone", LOOP_PBTXT.replace("response_cache { enable: true }\n", ""), NOTNONE_PY, marks)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-reschedules", str(MAX), "--response-cache-bytes", str(1 << 20))
     try:
@@ -776,3 +801,19 @@ async def test_the_server_keeps_no_ended_rescheduled_request_alive(tmp_path: Pat
             await conn.close()
     finally:
         proc.stop()
+
+
+async def test_a_response_for_a_rescheduled_request_fails_the_execute_as_in_triton(served) -> None:
+    """Triton's Python backend wants ``None`` at a rescheduled request's place: a response there
+    fails the execute with its message ("Expected a None object in the execute function return
+    list for reschduled request", its spelling), and the request is not executed again."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "nn", "model": "notnone", "inputs": {"IN": [[1]]}})
+        seen, end = await conn.until_terminal("nn")
+    finally:
+        await conn.close()
+    assert seen == [] and end["type"] == "error" and end["code"] == "internal"
+    assert "Expected a None object in the execute function return list for reschduled request" in end["message"]
+    lines = (served[2] / "notnone").read_text().splitlines()
+    assert sum("nn" in json.loads(line) for line in lines) == 1
