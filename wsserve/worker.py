@@ -472,17 +472,18 @@ def _by_request(slices: tuple[Slice, ...], ended: bool = False, iterative: bool 
 
 def _ended(item: WorkItem) -> bool:
     """True once ``item``'s request ended on the server's side (see :func:`ended_check`)."""
-    if item.cancelled:
-        return True
-    sink = item.payload  # None: all its rows were delivered (answered, not ended early)
-    return sink is not None and (sink.finished or bool(getattr(sink, "client_ended", False)))
+    sink = item.payload  # None: answered (all its rows delivered, or the model's own error for it)
+    if sink is None:
+        return False
+    return item.cancelled or sink.finished or bool(getattr(sink, "client_ended", False))
 
 
 def ended_check(item: WorkItem) -> Callable[[], bool]:
     """A callable, true once ``item``'s request ended on the server's side: its client cancelled it or
     left (the WebSocket ``cancel``, its connection closed, an HTTP client gone, a gRPC cancel), its
-    deadline passed, or it failed; once all its rows were delivered (it was answered) it stays false,
-    as a request nobody cancelled (a model reading it from a request kept past ``execute``).  A sink
+    deadline passed, or the server ended it (a shutdown, a bound); once it was answered (all its rows
+    delivered, or the model's own error for it: an error response, ``execute`` raising) it stays
+    false, as a request nobody cancelled (a model reading it from a request kept past ``execute``).  A sink
     may end earlier for this only: a true ``client_ended`` attribute (a
     stateful model's step, which runs on after its client left).  Called from any thread: it reads
     plain attributes the loop thread sets (``item.cancelled``, ``item.payload``, the sink's
@@ -1139,7 +1140,8 @@ class PredictWorker:
             self._request_failed(s, exc)
 
     def _request_failed(self, s: Slice, exc: BaseException) -> None:
-        """End ``s``'s request (unless it ended) with the wire error of the model's failure ``exc``."""
+        """End ``s``'s request (unless it ended) with the wire error of the model's failure ``exc``: its
+        answer, so the worker is done with it (its payload dropped: :func:`ended_check` reads false)."""
         self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
         if s.item.payload is None or s.item.payload.finished:
             return
@@ -1148,6 +1150,7 @@ class PredictWorker:
             s.item.payload.on_error(self._wire_error(exc))
         except Exception as sink_exc:  # noqa: BLE001
             self._sink_failed(s.item, sink_exc)
+        s.item.payload = None
 
     def _wire_error(self, exc: BaseException) -> WsserveError:
         """The error a request gets for the model's failure ``exc``: ``internal`` naming the model and
