@@ -130,7 +130,8 @@ class TritonPythonModel:
 '''
 
 #: Keeps the requests of its last ``execute``; each request writes ``previous-<id>``: the kept
-#: requests' ids and ``is_cancelled()`` (read after they were answered), and is answered OUT 2 * IN.
+#: requests' ids and ``is_cancelled()`` (read after they were answered), and is answered OUT 2 * IN
+#: (a negative IN: an error response, "negative").
 KEEPER_PY = '''
 import json
 from pathlib import Path
@@ -150,6 +151,9 @@ class TritonPythonModel:
             if r.request_id():
                 (self.marks / ("previous-" + r.request_id())).write_text(json.dumps(seen))
             x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+            if (x < 0).any():  # answered with an error response
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError("negative")))
+                continue
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", 2 * x)]))
         return responses
 '''
@@ -442,5 +446,22 @@ async def test_a_cancelled_request_answered_without_outputs_leaves_its_batch_alo
         assert [f["code"] for f in frames["empty2"]] == ["cancelled"]
         assert [(f["type"], f["outputs"]) for f in frames["keep2"]] == [("result", [[8]])]
         assert (marks / "runs-keep2").read_text().splitlines() == ["run"]  # one execute, not a second alone
+    finally:
+        await conn.close()
+
+
+async def test_a_request_answered_with_an_error_response_is_not_cancelled_either(served) -> None:
+    """A request ``execute`` answered with an error response (``InferenceResponse(error=...)``) was
+    answered, not cancelled: a model keeping it reads ``is_cancelled()`` false, as for any answer."""
+    _, _, marks = served
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "e1", "model": "keeper", "inputs": [[-1]]})
+        _, frame = await conn.until_terminal("e1", 60.0)
+        assert frame["type"] == "error" and "negative" in frame["message"], frame
+        await conn.send({"type": "predict", "id": "e2", "model": "keeper", "inputs": [[2]]})
+        _, frame = await conn.until_terminal("e2", 60.0)
+        assert frame["type"] == "result" and frame["outputs"] == [[4]], frame
+        assert json.loads(_mark(marks, "previous-e2", "the second request's execute")) == [["e1", False]]
     finally:
         await conn.close()

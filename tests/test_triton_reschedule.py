@@ -154,6 +154,30 @@ class TritonPythonModel:
         return responses
 '''
 
+#: Not decoupled, ``iterative_sequence``: IN > 0 is rescheduled, yet answered with a response (not
+#: ``None``) at its place; each execute's request ids are appended to ``notnone``.
+NOTNONE_PY = '''
+import json
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        with (self.marks / "notnone").open("a") as f:
+            f.write(json.dumps([r.request_id() for r in requests]) + "\\n")
+        responses = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            if n.any():
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", n)]))
+        return responses
+'''
+
 
 def _write(root: Path, name: str, pbtxt: str, model_py: str, marks: Path) -> None:
     (root / name / "1").mkdir(parents=True)
@@ -170,6 +194,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "noiter", ITER_PBTXT.replace(ITERATIVE, ""), ITER_PY, marks)  # decoupled, no iterative_sequence
     _write(root, "plain", ITER_PBTXT.replace(ITERATIVE, "").replace(DECOUPLED, ""), PLAIN_PY, marks)
     _write(root, "loop", LOOP_PBTXT, LOOP_PY, marks)
+    _write(root, "notnone", LOOP_PBTXT.replace("response_cache { enable: true }\n", ""), NOTNONE_PY, marks)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-reschedules", str(MAX), "--response-cache-bytes", str(1 << 20))
     try:
@@ -690,3 +715,105 @@ async def test_a_deadline_ends_a_rescheduled_non_decoupled_request_once(served) 
         await conn.close()
     assert [f["type"] for f in conn.frames if f.get("id") == "Z"] == ["error"]
     assert [dict(b)["Z"] for b in _loops(marks) if "Z" in _ids(b)] in ([False, True], [False])
+
+
+#: ``loop``'s rules (IN k: answered OUT k after k executes; ``hold-<id>-<n>`` holds that request's
+#: n-th execute, noted ``in-<id>-<n>`` when it begins; a request seen cancelled is answered OUT -1), with the cyclic GC off and only weak
+#: references to the requests it was given: request ``probe`` is answered with how many of them are
+#: still alive (reference counting alone frees a request the server is done with).
+WEAK_PY = '''
+import gc
+import json
+import threading
+import weakref
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        gc.disable()
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+        self.count = {}  # id(request) -> executes so far (the model keeps no request itself)
+        self.seen = []  # a weak reference to each request object it was given
+
+    def execute(self, requests):
+        names = ["%s-%d" % (r.request_id(), self.count.get(id(r), 0) + 1) for r in requests]
+        for name in names:
+            (self.marks / ("in-" + name)).write_text("")
+        while any((self.marks / ("hold-" + name)).exists() for name in names):
+            threading.Event().wait(0.01)
+        responses = []
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            if request.request_id() == "probe":
+                alive = sum(ref() is not None for ref in self.seen)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full_like(n, alive))]))
+                continue
+            key = id(request)
+            if key not in self.count:
+                self.seen.append(weakref.ref(request))
+            if request.is_cancelled():
+                (self.marks / ("cancelled-" + request.request_id())).write_text("yes")
+                self.count.pop(key, None)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full_like(n, -1))]))
+                continue
+            self.count[key] = self.count.get(key, 0) + 1
+            if self.count[key] < int(n.reshape(-1)[0]):
+                request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+                responses.append(None)
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.full_like(n, self.count.pop(key)))]))
+        return responses
+'''
+
+
+async def test_the_server_keeps_no_ended_rescheduled_request_alive(tmp_path: Path) -> None:
+    """With the cyclic GC off: a request answered after its executes (A), one answered at its first
+    (B), and one cancelled in its second execute (X) are freed once they end (the worker's state of
+    each, and the ``pb_utils.InferenceRequest`` it keeps across executes, hold no reference cycle):
+    the probe counts none of them alive."""
+    root, marks = tmp_path / "model_repository", tmp_path / "marks"
+    marks.mkdir()
+    _write(root, "weak", LOOP_PBTXT.replace("response_cache { enable: true }\n", ""), WEAK_PY, marks)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    hold = marks / "hold-X-2"
+    try:
+        conn = await Conn.open(proc.url)
+        try:
+            for rid, n in (("A", 3), ("B", 1)):
+                await conn.send({"type": "predict", "id": rid, "model": "weak", "inputs": {"IN": [[n]]}})
+                seen, end = await conn.until_terminal(rid)
+                assert end["type"] == "result" and _out(end) == n
+            hold.write_text("")
+            await conn.send({"type": "predict", "id": "X", "model": "weak", "inputs": {"IN": [[9]]}})
+            wait_until(lambda: (marks / "in-X-2").exists(), 30.0, what="X's second execute")
+            frame = await conn.request({"type": "cancel", "id": "X"})
+            assert frame["type"] == "error" and frame["code"] == "cancelled"
+            hold.unlink()
+            wait_until(lambda: (marks / "cancelled-X").exists(), 30.0, what="the model to see X cancelled")
+            await conn.send({"type": "predict", "id": "probe", "model": "weak", "inputs": {"IN": [[0]]}})
+            seen, end = await conn.until_terminal("probe")
+            assert end["type"] == "result" and _out(end) == 0
+        finally:
+            hold.unlink(missing_ok=True)
+            await conn.close()
+    finally:
+        proc.stop()
+
+
+async def test_a_response_for_a_rescheduled_request_fails_the_execute_as_in_triton(served) -> None:
+    """Triton's Python backend wants ``None`` at a rescheduled request's place: a response there
+    fails the execute with its message ("Expected a None object in the execute function return
+    list for reschduled request", its spelling), and the request is not executed again."""
+    conn = await Conn.open(served[0].url)
+    try:
+        await conn.send({"type": "predict", "id": "nn", "model": "notnone", "inputs": {"IN": [[1]]}})
+        seen, end = await conn.until_terminal("nn")
+    finally:
+        await conn.close()
+    assert seen == [] and end["type"] == "error" and end["code"] == "internal"
+    assert "Expected a None object in the execute function return list for reschduled request" in end["message"]
+    lines = (served[2] / "notnone").read_text().splitlines()
+    assert sum("nn" in json.loads(line) for line in lines) == 1

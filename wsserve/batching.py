@@ -258,7 +258,8 @@ class WorkItem:
     delay_at: float | None = None
     #: Its entry in the queue's heap of ``delay_at``\ s (blanked when it starts or leaves the queue).
     delay_entry: list[Any] | None = None
-    #: The worker's state of a request its model may reschedule (:class:`wsserve.worker.Held`; never read here).
+    #: The worker's state of a request its model may reschedule (:class:`wsserve.worker.Held`; never read
+    #: here), from its first execute until it is answered or ends.
     held: Any = None
 
     @property

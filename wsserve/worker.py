@@ -208,8 +208,9 @@ class Held:
     its thread, while it executes) keeps its own object for the request in :attr:`request` (the same
     ``pb_utils.InferenceRequest`` each execute) and sets :attr:`again` when its execute rescheduled
     the request (its rows in the returned outputs are then placeholders, never delivered); the
-    worker reads and resets :attr:`again` after the execute, on the loop.  Another model's is made
-    anew for each batch (:attr:`request` and :attr:`again` unused)."""
+    worker reads and resets :attr:`again` after the execute, on the loop, and once the request is
+    answered or ends takes the Held off the item and drops its :attr:`request` (:func:`_let_go`).
+    Another model's is made anew for each batch (:attr:`request` and :attr:`again` unused)."""
 
     __slots__ = ("request", "again", "reschedules", "_ended")
 
@@ -471,17 +472,18 @@ def _by_request(slices: tuple[Slice, ...], ended: bool = False, iterative: bool 
 
 def _ended(item: WorkItem) -> bool:
     """True once ``item``'s request ended on the server's side (see :func:`ended_check`)."""
-    if item.cancelled:
-        return True
-    sink = item.payload  # None: all its rows were delivered (answered, not ended early)
-    return sink is not None and (sink.finished or bool(getattr(sink, "client_ended", False)))
+    sink = item.payload  # None: answered (all its rows delivered, or the model's own error for it)
+    if sink is None:
+        return False
+    return item.cancelled or sink.finished or bool(getattr(sink, "client_ended", False))
 
 
 def ended_check(item: WorkItem) -> Callable[[], bool]:
     """A callable, true once ``item``'s request ended on the server's side: its client cancelled it or
     left (the WebSocket ``cancel``, its connection closed, an HTTP client gone, a gRPC cancel), its
-    deadline passed, or it failed; once all its rows were delivered (it was answered) it stays false,
-    as a request nobody cancelled (a model reading it from a request kept past ``execute``).  A sink
+    deadline passed, or the server ended it (a shutdown, a bound); once it was answered (all its rows
+    delivered, or the model's own error for it: an error response, ``execute`` raising) it stays
+    false, as a request nobody cancelled (a model reading it from a request kept past ``execute``).  A sink
     may end earlier for this only: a true ``client_ended`` attribute (a
     stateful model's step, which runs on after its client left).  Called from any thread: it reads
     plain attributes the loop thread sets (``item.cancelled``, ``item.payload``, the sink's
@@ -495,6 +497,19 @@ def _held(item: WorkItem) -> Held:
     if item.held is None:
         item.held = Held(ended_check(item))
     return item.held
+
+
+def _let_go(item: WorkItem) -> None:
+    """The worker is done with ``item`` (a request of a model that may reschedule: answered, ended,
+    or ended while requeued): drop its :class:`Held` and the Held's ``request``, which would
+    otherwise keep two reference cycles (``item -> Held -> ended_check -> item``, and ``Held ->
+    pb_utils.InferenceRequest -> is_cancelled check -> Held``) and with them the request's inputs
+    until the cyclic GC runs.  A model that keeps the request object still reads its
+    ``is_cancelled()``."""
+    held = item.held
+    if held is not None:
+        item.held = None
+        held.request = None
 
 
 def _failure(future: asyncio.Future[Any]) -> BaseException | None:
@@ -722,6 +737,8 @@ class PredictWorker:
             self._executor = None
         for item in self.queue.drain():
             self._end(item, ShuttingDown("the server is shutting down"))
+            if self._iterative:
+                _let_go(item)
         for items in self._computing.values():
             for item in items:
                 self._end(item, ShuttingDown("the server is shutting down"))
@@ -848,7 +865,8 @@ class PredictWorker:
 
     def cancel(self, item: WorkItem) -> None:
         """Drop ``item``'s rows that are not computed yet.  Never calls its sink."""
-        self.queue.cancel(item)
+        if self.queue.cancel(item) and self._iterative:  # a rescheduled request ended while requeued
+            _let_go(item)
         self._note_idle()
 
     def statistics(self) -> WorkerStatistics:
@@ -899,6 +917,8 @@ class PredictWorker:
                 item.payload.on_error(DeadlineExceeded("deadline passed while queued"))
             except Exception as exc:  # noqa: BLE001
                 self._sink_failed(item, exc)
+            if self._iterative:
+                _let_go(item)
         if batch.slices:
             self._compute(batch)
         if self._running < self._instances and self._tick_handle is None and len(queue):
@@ -947,9 +967,13 @@ class PredictWorker:
                 y, attributions = self._run(x, spans, requests)
         except Exception as exc:
             self._batch_failed(batch, exc, started, inline=inline)
+            if self._iterative:
+                self._done_with(batch)
             return
         if inline:
             self._deliver(batch, y, started, attributions, inline=True)
+            if self._iterative:
+                self._done_with(batch)
             return
         assert self._executor is not None and self._loop is not None
         self._running += 1
@@ -963,6 +987,8 @@ class PredictWorker:
         self._running -= 1
         self._computing.pop(key, None)
         if self._closed:  # close() has ended its requests; a wait_idle() waits for this batch
+            if self._iterative:
+                self._done_with(batch)
             self._note_idle()
             return
         exc = _failure(future)
@@ -971,7 +997,17 @@ class PredictWorker:
         else:
             y, attributions = future.result()
             self._deliver(batch, y, started, attributions, inline=False)
+        if self._iterative:
+            self._done_with(batch)
         self._resume()
+
+    def _done_with(self, batch: Batch) -> None:
+        """After an iterative model's execute of ``batch`` was handled: :func:`_let_go` each request
+        that was not requeued (answered, or ended)."""
+        for s in batch.slices:
+            item = s.item
+            if item.cancelled or item.remaining <= 0:
+                _let_go(item)
 
     def _resume(self) -> None:
         """After a batch in the executor ended: the next tick if rows are queued, else maybe idle."""
@@ -1104,7 +1140,8 @@ class PredictWorker:
             self._request_failed(s, exc)
 
     def _request_failed(self, s: Slice, exc: BaseException) -> None:
-        """End ``s``'s request (unless it ended) with the wire error of the model's failure ``exc``."""
+        """End ``s``'s request (unless it ended) with the wire error of the model's failure ``exc``: its
+        answer, so the worker is done with it (its payload dropped: :func:`ended_check` reads false)."""
         self._early.pop(s.item, None)  # rows computed ahead of these are not delivered either
         if s.item.payload is None or s.item.payload.finished:
             return
@@ -1113,6 +1150,7 @@ class PredictWorker:
             s.item.payload.on_error(self._wire_error(exc))
         except Exception as sink_exc:  # noqa: BLE001
             self._sink_failed(s.item, sink_exc)
+        s.item.payload = None
 
     def _wire_error(self, exc: BaseException) -> WsserveError:
         """The error a request gets for the model's failure ``exc``: ``internal`` naming the model and

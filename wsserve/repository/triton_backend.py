@@ -31,8 +31,8 @@ whatever held that name before is put back once none does).  Then, as Triton doe
   code), the message kept: :meth:`TritonPythonModel.predict_requests` returns the other requests'
   rows of that ``execute`` with the errors (:class:`~wsserve.worker.RequestErrors`), so nothing
   is executed again.  With ``sequence_batching { iterative_sequence: true }`` a request
-  ``execute`` rescheduled (``set_release_flags``) has ``None`` at its place (Triton's rule; what
-  is there is not read) and is given to a later ``execute``, the same ``pb_utils.InferenceRequest``
+  ``execute`` rescheduled (``set_release_flags``) has ``None`` at its place (Triton's rule; anything
+  else there fails the ``execute``, with Triton's message) and is given to a later ``execute``, the same ``pb_utils.InferenceRequest``
   (:class:`~wsserve.worker.Held`, :mod:`wsserve.reschedule`); without it, that request fails.  A ``pb_utils.TritonError`` *raised* by ``execute`` fails the batch with its
   code (the worker's isolation then runs each request alone, as for any exception).
 - Business Logic Scripting: ``execute`` runs inside :func:`.bls.executing` (this model, its
@@ -411,12 +411,15 @@ class TritonPythonModel(RepositoryModel):
         rows = [len(next(iter(x.values())))]
         if self.iterative_sequence and self.config.batching:  # (a warm-up's) executed again while rescheduled
             held = [Held(lambda: False)]
-            for _ in range(MAX_RESCHEDULES + 1):
-                y = self.predict_requests(batch, rows, None, held)
-                if not held[0].again:
-                    break
-            else:
-                raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+            try:
+                for _ in range(MAX_RESCHEDULES + 1):
+                    y = self.predict_requests(batch, rows, None, held)
+                    if not held[0].again:
+                        break
+                else:
+                    raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+            finally:
+                held[0].request = None  # (its InferenceRequest <-> Held cycle is not left to the cyclic GC)
         else:
             y = self.predict_requests(batch, rows)
         if isinstance(y, RequestParameters):
@@ -445,8 +448,8 @@ class TritonPythonModel(RepositoryModel):
         ``InferenceRequest.is_cancelled()`` (every row's of it); a model with ``iterative_sequence``
         (``max_batch_size > 0``) keeps its ``pb_utils.InferenceRequest`` there, given again to the next
         execute, and a request ``execute`` rescheduled
-        (``set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``; its response, ``None`` by
-        Triton's rule, is not read) has ``again`` set and zeros for its rows."""
+        (``set_release_flags(TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)``; its response ``None``, Triton's rule:
+        anything else raises ``ValueError`` with Triton's message, unless that request ended) has ``again`` set and zeros for its rows."""
         self._require_open()
         x = self._named(batch)
         ids = ids or [""] * len(rows)
@@ -532,7 +535,14 @@ class TritonPythonModel(RepositoryModel):
         params: list[dict[str, Any]] = []
         for i, (req, resp) in enumerate(zip(requests, responses, strict=True)):
             if pb_requests[i].release_flags() & pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
-                if held is not None:  # given to a later execute by the worker (its response is not read)
+                if resp is not None:  # Triton's stub refuses it, failing the execute (any non-decoupled model)
+                    if not (ended and ended[i] is not None and ended[i]()):
+                        raise ValueError(f"model {self.name!r}: Expected a None object in the execute function "
+                                         f"return list for reschduled request, found type "
+                                         f"'{type(resp).__name__}' (execute's response {i})")
+                    # (an ended request: its answer is dropped, so it fails alone, as below)
+                    outs.append(TritonError(f"model {self.name!r}: request cancelled", pb.TritonError.CANCELLED))
+                elif held is not None:  # given to a later execute by the worker
                     held[i].again = True
                     outs.append(self._placeholder(req))
                 else:  # without iterative_sequence this request fails, as in Triton; the others are answered

@@ -11,8 +11,11 @@ Triton ``model.py`` (and only then).  Names and behaviour follow Triton's
   output may be an object array of ``bytes`` or ``str`` (or a numpy ``S``/``U`` array).
 - :class:`InferenceRequest`, as ``execute`` gets it: ``inputs()``, ``requested_output_names()``,
   ``request_id()``, ``correlation_id()``, ``flags()``, ``parameters()`` (a JSON string),
-        #: Another model's request (wsserve sets it): true once it ended on wsserve's side (any thread).
-  ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
+  ``is_cancelled()`` (true once the request ended on wsserve's side: cancelled, its client gone,
+  its deadline, an unload; decoupled or not), ``set_release_flags(flags)``
+  (``TRITONSERVER_REQUEST_RELEASE_ALL`` / ``TRITONSERVER_REQUEST_RELEASE_RESCHEDULE``: request
+  rescheduling, :mod:`wsserve.reschedule`).  Built by a model in ``execute`` (business logic
+  scripting, BLS: ``InferenceRequest(model_name=, inputs=, requested_output_names=, model_version=-1, timeout=0)``,
   ``timeout`` in microseconds) it runs on another model the server serves: ``exec()`` returns its
   :class:`InferenceResponse` (an error in ``has_error()``/``error()``, never raised), ``await
   async_exec()`` in an ``async def execute`` the same (see :mod:`wsserve.bls`); with
