@@ -684,7 +684,9 @@ class _Run:
 class StepLimits:
     """An ensemble's ``ensemble_scheduling.max_inflight_requests`` (Triton's "Managing Memory Usage in
     Ensemble Models"): at most ``limit`` requests in flight at each step, counted across all the
-    ensemble version's requests (0: no limit, nothing counted).  A step request holds a place from
+    ensemble version's requests (0: no limit, nothing counted); one per :class:`EnsembleWorker`, so a
+    re-planned version's new worker counts anew while the old one finishes its requests, as Triton's
+    new ``EnsembleScheduler`` does on a reload.  A step request holds a place from
     when it is submitted to its step model until it ends (a decoupled step's: its final response);
     one that finds its step full is parked, its inputs still held by its request, and launched in
     arrival order as places free (no cancel of its own; the request's deadline holds while it
