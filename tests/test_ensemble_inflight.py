@@ -270,3 +270,30 @@ def test_the_worker_s_timer_launches_a_step_that_waited_its_bound() -> None:
         await asyncio.wait_for(worker.wait_idle(), 10)
 
     asyncio.run(go())
+
+
+def test_a_request_ended_while_its_step_waits_leaves_no_place_timer_and_launches_nothing() -> None:
+    """Cancelled, or its worker closed, while a step of it waits for a place: the worker's place timer
+    (here due at once) is disarmed with it and never launches the forgotten step; one terminal frame."""
+    async def go(end: str) -> None:
+        worker, e = _streaming(1, place_wait_timeout_s=0.0)
+        sink = StreamSink(_x(), 2)
+        run = worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        gen.on_response({"y": np.full((2, 3), 1, np.float32)}, False, 100)
+        gen.on_response({"y": np.full((2, 3), 2, np.float32)}, False, 100)
+        assert worker.statistics().queued == 1 and worker._place_timer is not None
+        if end == "cancel":
+            worker.cancel(run)
+        else:
+            await worker.close()
+        assert worker._place_timer is None and not worker.limits.waiting
+        for _ in range(10):  # loop turns past the (0 s) bound: nothing goes
+            await asyncio.sleep(0)
+        assert len(_posts(e)) == 1 and worker._place_timer is None
+        assert sink.responses == [] and len(sink.errors) == (0 if end == "cancel" else 1)
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    for end in ("cancel", "close"):
+        asyncio.run(go(end))
