@@ -6,6 +6,8 @@ launched as places free, a cancelled or failed request giving back only the plac
 from __future__ import annotations
 
 import asyncio
+import logging
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,12 @@ from tests.test_ensemble_run import (  # noqa: E402
     StreamSink,
     _x,
 )
-from wsserve.ensemble import EnsembleModel, EnsembleWorker  # noqa: E402
+from wsserve.ensemble import (  # noqa: E402
+    PLACE_WAIT_TIMEOUT_S,
+    EnsembleModel,
+    EnsembleWorker,
+    StepLimits,
+)
 from wsserve.errors import UnknownModel  # noqa: E402
 from wsserve.repository.ensemble_plan import plan_ensemble  # noqa: E402
 from wsserve.repository.pbtxt import parse_pbtxt  # noqa: E402
@@ -34,8 +41,8 @@ def _with_limit(text: str, limit: int) -> str:
     return text.replace("ensemble_scheduling {", f"ensemble_scheduling {{ max_inflight_requests: {limit}")
 
 
-def _streaming(limit: int) -> tuple[EnsembleWorker, dict[str, FakeEntry]]:
-    """``gen`` (decoupled) -> ``post``, with ``max_inflight_requests: limit``."""
+def _streaming(limit: int, **options: Any) -> tuple[EnsembleWorker, dict[str, FakeEntry]]:
+    """``gen`` (decoupled) -> ``post``, with ``max_inflight_requests: limit``; ``options``: the worker's."""
     sigs = {("gen", None): sig("gen", {"x": (3,)}, {"y": (3,)}, decoupled=True),
             ("post", None): sig("post", {"x": (3,)}, {"y": (2,)})}
     config = parse_pbtxt(_with_limit(ensemble_pbtxt(CHAIN3), limit), "pipe/config.pbtxt", model_name="pipe")
@@ -49,7 +56,7 @@ def _streaming(limit: int) -> tuple[EnsembleWorker, dict[str, FakeEntry]]:
             raise UnknownModel(f"no model named {name!r}")
         return entries[name]
 
-    worker = EnsembleWorker(model, lookup)
+    worker = EnsembleWorker(model, lookup, **options)
     worker.start()
     return worker, entries
 
@@ -188,3 +195,105 @@ def test_the_first_steps_are_limited_too_and_zero_is_no_limit() -> None:
 
     assert asyncio.run(go(1)) == 1
     assert asyncio.run(go(0)) == 3
+
+
+class _Waiter:
+    """What :class:`StepLimits` sees of a request: its parked count and its launches."""
+
+    def __init__(self) -> None:
+        self.parked = 0
+        self.worker = SimpleNamespace(name="pipe")
+        self.launched: list[tuple[int, Any, bool]] = []
+
+    def on_parked(self) -> None:
+        pass
+
+    def _launch(self, step: Any, key: Any, *, slot: bool = False) -> None:
+        self.launched.append((step.index, key, slot))
+
+
+def test_a_step_that_waited_triton_s_bound_for_a_place_goes_anyway_over_the_limit(caplog: Any) -> None:
+    """Triton's ``StepInflightRequestLimiter::Acquire`` waits ``kMutexTimeoutSeconds`` (300 s), then
+    proceeds, counting the step in flight over the limit; the clock is the caller's ``now``."""
+    assert PLACE_WAIT_TIMEOUT_S == 300.0
+    limits = StepLimits(1)
+    post = SimpleNamespace(index=1, model="post")
+    first, second = _Waiter(), _Waiter()
+    assert limits.take(1) and limits.due() is None
+    limits.park(first, post, (0,), now=1000.0)
+    limits.park(second, post, (0,), now=1010.0)
+    assert limits.due() == 1300.0 and limits.parked == 2
+    assert limits.expire(1299.5) == 0 and first.launched == [] and limits.inflight[1] == 1
+    with caplog.at_level(logging.ERROR, logger="wsserve.ensemble"):
+        assert limits.expire(1300.0) == 1
+    assert first.launched == [(1, (0,), True)] and first.parked == 0 and second.launched == []
+    assert limits.inflight[1] == 2 and limits.due() == 1310.0  # over the limit, as Triton's
+    assert "step 1 (model 'post'): no place for 300 s (in flight: 1 >= max_inflight_requests: 1)" in caplog.text
+    limits.release(1)  # 1 in flight, the limit: the second still waits its turn...
+    assert second.launched == [] and limits.parked == 1
+    assert limits.expire(1400.0) == 1 and second.launched == [(1, (0,), True)]  # ...until its own bound
+    assert limits.inflight[1] == 2 and limits.due() is None and not limits.waiting
+
+
+def test_a_parked_step_released_in_time_is_not_launched_again_by_the_bound() -> None:
+    limits = StepLimits(1, wait_timeout_s=5.0)
+    post = SimpleNamespace(index=1, model="post")
+    run = _Waiter()
+    assert limits.take(1)
+    limits.park(run, post, (), now=0.0)
+    limits.release(1)
+    assert run.launched == [(1, (), True)] and limits.due() is None
+    assert limits.expire(100.0) == 0 and run.launched == [(1, (), True)] and limits.inflight[1] == 1
+
+
+def test_the_worker_s_timer_launches_a_step_that_waited_its_bound() -> None:
+    """The adapter side: the worker arms a loop timer at the bound (here 0 s: the next loop turns)."""
+    async def go() -> None:
+        worker, e = _streaming(1, place_wait_timeout_s=0.0)
+        sink = StreamSink(_x(), 2)
+        worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        gen.on_response({"y": np.full((2, 3), 1, np.float32)}, False, 100)
+        gen.on_response({"y": np.full((2, 3), 2, np.float32)}, True, 100)
+        assert len(_posts(e)) == 1 and worker.statistics().queued == 1
+        for _ in range(100):  # predicate wait: the timer fires on a later loop turn
+            if len(_posts(e)) == 2:
+                break
+            await asyncio.sleep(0)
+        assert [int(p.inputs[0, 0]) for p in _posts(e)] == [1, 2] and worker.limits.inflight[1] == 2
+        assert worker.statistics().queued == 0 and worker._place_timer is None
+        for post in _posts(e):
+            post.on_rows(0, np.full((2, 2), int(post.inputs[0, 0]), np.float32), 2, 0.0, 0.0)
+        assert [(int(o["OUT"][0, 0]), f) for o, f in sink.responses] == [(1, False), (2, True)]
+        assert not worker.limits.inflight
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    asyncio.run(go())
+
+
+def test_a_request_ended_while_its_step_waits_leaves_no_place_timer_and_launches_nothing() -> None:
+    """Cancelled, or its worker closed, while a step of it waits for a place: the worker's place timer
+    (here due at once) is disarmed with it and never launches the forgotten step; one terminal frame."""
+    async def go(end: str) -> None:
+        worker, e = _streaming(1, place_wait_timeout_s=0.0)
+        sink = StreamSink(_x(), 2)
+        run = worker.submit(sink)
+        await asyncio.sleep(0)
+        (gen, _, _), = e["gen"].worker.submitted
+        gen.on_response({"y": np.full((2, 3), 1, np.float32)}, False, 100)
+        gen.on_response({"y": np.full((2, 3), 2, np.float32)}, False, 100)
+        assert worker.statistics().queued == 1 and worker._place_timer is not None
+        if end == "cancel":
+            worker.cancel(run)
+        else:
+            await worker.close()
+        assert worker._place_timer is None and not worker.limits.waiting
+        for _ in range(10):  # loop turns past the (0 s) bound: nothing goes
+            await asyncio.sleep(0)
+        assert len(_posts(e)) == 1 and worker._place_timer is None
+        assert sink.responses == [] and len(sink.errors) == (0 if end == "cancel" else 1)
+        await asyncio.wait_for(worker.wait_idle(), 10)
+
+    for end in ("cancel", "close"):
+        asyncio.run(go(end))

@@ -125,9 +125,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "ens1", _ensemble(1))
     _write(root, "unlimited", _ensemble(None))
     _write(root, "one1", ONE1_PBTXT)
+    _write(root, "rel1", ONE1_PBTXT)  # (reloaded by its test)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
     try:
-        wait_until(lambda: all(_ready(proc.port, m) for m in ("ens2", "ens1", "unlimited", "one1")), 60.0,
+        wait_until(lambda: all(_ready(proc.port, m) for m in ("ens2", "ens1", "unlimited", "one1", "rel1")), 60.0,
                    what="the ensembles to load")
         yield proc, grpc_address(proc), marks
     finally:
@@ -297,3 +298,43 @@ def test_a_request_whose_step_waits_for_a_place_ends_at_its_deadline(served) -> 
             (marks / f"open-{group}").touch()
         a.close()
         b.close()
+
+
+def test_a_reloaded_ensemble_counts_places_anew_while_the_old_plan_finishes_its_requests(served) -> None:
+    """As in Triton (an ensemble is always reloaded whole, core ``model_lifecycle.cc``, into a new
+    ``EnsembleScheduler`` with its own per-step limiters; the requests in flight finish on the old one):
+    ``rel1`` (slow alone, one at a time) has A at slow and B waiting for A's place; a reload with a changed
+    config re-plans it.  C, after the reload, goes to slow at once beside A (the new plan's own count): two
+    at slow for a step limited to one, until the old plan's requests end; B still waits for A's place."""
+    proc, address, marks = served
+    a, b, c = _Stream(address), _Stream(address), _Stream(address)
+    root = marks.parent / "model_repository"
+    try:
+        a.send("rel1", "a", IN=np.array([8001], np.int32))
+        wait_until(lambda: _record(marks, 8) == ["+8001"], 60.0, what="A at slow")
+        b.send("rel1", "b", IN=np.array([8002], np.int32))
+        wait_until(lambda: _waiting(proc.port, "rel1") == 1, 60.0, what="B waiting for slow's place")
+        (root / "rel1" / "config.pbtxt").write_text(
+            ONE1_PBTXT + 'parameters { key: "revision" value: { string_value: "2" } }\n')
+        request = urllib.request.Request(f"http://127.0.0.1:{proc.port}/v2/repository/models/rel1/load", data=b"{}",
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200
+        c.send("rel1", "c", IN=np.array([9001], np.int32))
+        wait_until(lambda: _record(marks, 9) == ["+9001"], 60.0, what="C at slow beside A")
+        assert _record(marks, 8) == ["+8001"]  # A still there, B still waiting for A's place (the old plan's)
+        (marks / "open-9").touch()
+        result, error = c.results.get(timeout=60)
+        assert error is None and result.as_numpy("OUT").tolist() == [18002]
+        (marks / "open-8").touch()
+        for stream, out in ((a, 16002), (b, 16004)):
+            result, error = stream.results.get(timeout=60)
+            assert error is None and result.as_numpy("OUT").tolist() == [out]
+    finally:
+        for group in (8, 9):
+            (marks / f"open-{group}").touch()
+        for stream in (a, b, c):
+            stream.close()
+    assert _record(marks, 8) == ["+8001", "-8001", "+8002", "-8002"]  # the old plan kept its limit of one
+    log = [x for x in (marks / "log").read_text().split() if int(x[1:]) // 1000 in (8, 9)]
+    assert _most_at_once(log) == 2  # A (old plan) and C (new plan) at once

@@ -81,27 +81,38 @@ def test_every_max_inflight_requests_triton_takes_is_read_and_past_its_uint32_th
     assert "max_inflight_requests: 4294967296" in str(info.value) and "out of range" in str(info.value)
 
 
-def test_runtime_model_py_is_a_python_model_s_default_and_nothing_else_is_served() -> None:
-    cfg = parse_pbtxt(PY_MODEL + 'runtime: "model.py"\n', "m/config.pbtxt", model_name="m")
+def test_runtime_is_the_python_backend_s_library_or_empty_and_nothing_else_is_served() -> None:
+    """Triton (core ``src/backend_model.cc``): ``runtime`` names the library it loads; for backend ``python``
+    on Linux ``libtriton_python.so``, found in ``<backend directory>/python``.  ``model.py`` would name a
+    Python-based backend's ``<backend directory>/python/model.py``, which the Python backend does not ship."""
+    cfg = parse_pbtxt(PY_MODEL + 'runtime: "libtriton_python.so"\n', "m/config.pbtxt", model_name="m")
     assert cfg.backend == "python" and cfg.warnings == ()
-    assert json.loads(cfg.triton_model_config)["runtime"] == "model.py"  # the model's args["model_config"] has it
+    # the model's args["model_config"] has it
+    assert json.loads(cfg.triton_model_config)["runtime"] == "libtriton_python.so"
     assert parse_pbtxt(PY_MODEL + 'runtime: ""\n', "m/config.pbtxt", model_name="m").warnings == ()
-    for text, value in ((PY_MODEL + 'runtime: "other.py"\n', "'other.py'"),
-                        (ONNX_MODEL + 'runtime: "model.py"\n', "'model.py'"),
+    for text, value in ((PY_MODEL + 'runtime: "other.py"\n', "'other.py' is not served"),
+                        (PY_MODEL + 'runtime: "model.py"\n', "'model.py' names a Python-based backend, run from "
+                                                              "<backend directory>/python/model.py"),
+                        (PY_MODEL + 'runtime: "triton_python.dll"\n', "'triton_python.dll' is Triton's library "
+                                                                        "name on Windows"),
+                        (ONNX_MODEL + 'runtime: "model.py"\n', "<backend directory>/onnxruntime/model.py"),
                         (ONNX_MODEL + 'runtime: "libtriton_pytorch.so"\n', "'libtriton_pytorch.so'"),
+                        (ONNX_MODEL + 'runtime: "libtriton_python.so"\n', "'libtriton_python.so' is not served"),
                         (PY_MODEL + 'runtime: "libtriton_onnxruntime.so"\n', "'libtriton_onnxruntime.so'")):
         with pytest.raises(ConfigError) as info:
             parse_pbtxt(text, "m/config.pbtxt", model_name="m")
         assert info.value.key == "runtime" and value in str(info.value), text
+        name = "python" if text.startswith(PY_MODEL) else "onnxruntime"
+        assert f"leave it out, or 'libtriton_{name}.so'" in str(info.value), text
     with pytest.raises(ConfigError) as info:
         parse_pbtxt(PIPE + 'runtime: "model.py"\n', "pipe/config.pbtxt", model_name="pipe")
     assert info.value.key == "runtime" and "an ensemble has no runtime" in str(info.value)
 
 
-def test_the_runtime_triton_fills_in_for_an_onnx_model_is_taken() -> None:
-    """Triton sets ``runtime`` to the backend library it loaded (``GetBackendLibraryProperties``) and answers it
-    in the model's config: an ONNX model's is ``libtriton_onnxruntime.so``, so a config saved from a Triton
-    server's ``/v2/models/<m>/config`` (JSON, or as config.pbtxt) carries it and must load as it loads there."""
+def test_the_onnx_backend_s_library_is_taken_as_runtime_and_its_windows_name_is_refused() -> None:
+    """``libtriton_onnxruntime.so`` is the library Triton on Linux loads for backend ``onnxruntime``
+    (``AssembleCPPRuntimeLibraryName``), so a config naming it (config.pbtxt, or JSON as a load request's
+    or Triton's ``/v2/models/<m>/config`` gives it) loads there and here."""
     for head in (ONNX_MODEL, ONNX_MODEL.replace('platform: "onnxruntime_onnx"', 'backend: "onnxruntime"'),
                  ONNX_MODEL.replace('platform: "onnxruntime_onnx"', 'platform: "onnxruntime_onnx"\nbackend: "onnxruntime"')):
         cfg = parse_pbtxt(head + 'runtime: "libtriton_onnxruntime.so"\n', "m/config.pbtxt", model_name="m")
@@ -110,6 +121,15 @@ def test_the_runtime_triton_fills_in_for_an_onnx_model_is_taken() -> None:
            "max_batch_size": 4, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [3]}],
            "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [2]}]}
     assert parse_json_config(json.dumps(doc), "m/config.pbtxt", model_name="m").warnings == ()
+    # Triton's name on Windows (``triton_onnxruntime.dll``) is a file Triton on Linux does not find: refused here too
+    for load in (lambda: parse_pbtxt(ONNX_MODEL + 'runtime: "triton_onnxruntime.dll"\n', "m/config.pbtxt", model_name="m"),
+                 lambda: parse_json_config(json.dumps({**doc, "runtime": "triton_onnxruntime.dll"}), "m/config.pbtxt",
+                                           model_name="m")):
+        with pytest.raises(ConfigError) as info:
+            load()
+        assert info.value.key == "runtime" and str(info.value).endswith(
+            "'triton_onnxruntime.dll' is Triton's library name on Windows, a file Triton on Linux (as wsserve) does not "
+            "find: leave it out, or 'libtriton_onnxruntime.so', the library Triton on Linux loads for backend 'onnxruntime'")
 
 
 def test_model_metrics_parses_and_is_a_hint() -> None:
@@ -133,7 +153,7 @@ def test_is_non_linear_format_io_true_is_refused_naming_the_tensor_and_false_is_
 
 
 def test_a_load_request_s_json_config_takes_the_newer_fields_too() -> None:
-    doc = {"backend": "python", "max_batch_size": 0, "runtime": "model.py",
+    doc = {"backend": "python", "max_batch_size": 0, "runtime": "libtriton_python.so",
            "input": [{"name": "IN", "data_type": "TYPE_INT32", "dims": [1], "is_non_linear_format_io": False}],
            "output": [{"name": "OUT", "data_type": "TYPE_INT32", "dims": [1]}],
            "model_metrics": {"metric_control": [{"histogram_options": {"buckets": [1.0, 5.0]}}]}}

@@ -49,9 +49,11 @@ sending thread is never blocked.
 ``ensemble_scheduling { max_inflight_requests: N }`` (:class:`StepLimits`, Triton's "Managing Memory
 Usage in Ensemble Models"): at most N step requests in flight at each step across the ensemble's
 requests; a step ready while its step is full waits (its inputs held by its request, within the bound
-above), and is queued in arrival order as places free, without a cancel or timeout of its own (the
-request's deadline holds while it waits: past it the request ends ``deadline_exceeded``).  The
-steps waiting are the worker's ``statistics().queued``.  A request that ends gives back the places its
+above), and is queued in arrival order as places free, without a cancel of its own (the request's
+deadline holds while it waits: past it the request ends ``deadline_exceeded``).  One that has waited
+:data:`PLACE_WAIT_TIMEOUT_S` (Triton's bound) goes anyway, over the limit, logged as an error, as
+Triton's does; the worker's loop timer drives that (:meth:`StepLimits.due`, :meth:`StepLimits.expire`).
+The steps waiting are the worker's ``statistics().queued``.  A request that ends gives back the places its
 steps held and drops its waiting steps.
 
 Event-loop thread only, like the pool.
@@ -99,9 +101,16 @@ from .repository.tensors import TensorSpec
 from .stats import WorkerStatistics
 from .worker import Tensors, concat_rows, request_id_of
 
-__all__ = ["EnsembleModel", "EnsembleWorker", "StepLimits", "step_signatures", "build_ensemble", "depends_on"]
+__all__ = ["EnsembleModel", "EnsembleWorker", "PLACE_WAIT_TIMEOUT_S", "StepLimits", "step_signatures",
+           "build_ensemble", "depends_on"]
 
 log = logging.getLogger("wsserve.ensemble")
+
+#: How long a step request waits for a place under ``max_inflight_requests`` before it goes anyway,
+#: over the limit: Triton's ``kMutexTimeoutSeconds`` (core ``src/constants.h``), the bound of
+#: ``StepInflightRequestLimiter::Acquire`` (``src/ensemble_scheduler/ensemble_scheduler.cc``), which
+#: then logs an error ("... Proceeding to avoid deadlock.") and counts the step in flight, over the limit.
+PLACE_WAIT_TIMEOUT_S = 300.0
 
 #: ``lookup(model, version or None) -> ModelEntry``: the pool's, raising ``UnknownModel``.
 Lookup = Callable[[str, str | None], Any]
@@ -407,8 +416,10 @@ class _Run:
                 limits = self.worker.limits
                 if limits.take(step.index):
                     self._launch(step, key, slot=limits.limit > 0)
-                else:  # its inputs stay held (counted) until a place frees: StepLimits.release launches it
-                    limits.park(self, step, key)
+                else:  # its inputs stay held (counted) until a place frees (StepLimits.release launches
+                    # it) or it has waited PLACE_WAIT_TIMEOUT_S (StepLimits.expire, from the worker's timer)
+                    limits.park(self, step, key, now=asyncio.get_running_loop().time())
+                    self.worker.arm_place_timer()
         self._answer()
 
     def on_parked(self) -> None:
@@ -673,19 +684,26 @@ class _Run:
 class StepLimits:
     """An ensemble's ``ensemble_scheduling.max_inflight_requests`` (Triton's "Managing Memory Usage in
     Ensemble Models"): at most ``limit`` requests in flight at each step, counted across all the
-    ensemble version's requests (0: no limit, nothing counted).  A step request holds a place from
+    ensemble version's requests (0: no limit, nothing counted); one per :class:`EnsembleWorker`, so a
+    re-planned version's new worker counts anew while the old one finishes its requests, as Triton's
+    new ``EnsembleScheduler`` does on a reload.  A step request holds a place from
     when it is submitted to its step model until it ends (a decoupled step's: its final response);
     one that finds its step full is parked, its inputs still held by its request, and launched in
-    arrival order as places free (no cancel or timeout of its own; the request's deadline holds
-    while it waits: :meth:`_Run.on_parked`).  A request that ends (cancel, error, close) gives back the places its steps
-    hold and drops its parked ones, which hold none.  Event-loop thread only."""
+    arrival order as places free (no cancel of its own; the request's deadline holds while it
+    waits: :meth:`_Run.on_parked`), or once it has waited ``wait_timeout_s`` (Triton's
+    :data:`PLACE_WAIT_TIMEOUT_S`): then :meth:`expire` launches it anyway, taking a place over the
+    limit, as Triton's limiter does.  Sans-I/O as to time: :meth:`park` and :meth:`expire` take
+    ``now`` (the loop's clock); the worker arms a loop timer at :meth:`due`.  A request that ends
+    (cancel, error, close) gives back the places its steps hold and drops its parked ones, which
+    hold none.  Event-loop thread only."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, wait_timeout_s: float = PLACE_WAIT_TIMEOUT_S) -> None:
         self.limit = limit
+        self.wait_timeout_s = wait_timeout_s
         #: step index -> places held
         self.inflight: Counter[int] = Counter()
-        #: step index -> parked launches in arrival order, ``(run, key) -> step``
-        self.waiting: dict[int, dict[tuple[_Run, Key], PlannedStep]] = {}
+        #: step index -> parked launches in arrival order, ``(run, key) -> (step, parked at)``
+        self.waiting: dict[int, dict[tuple[_Run, Key], tuple[PlannedStep, float]]] = {}
         #: the worker is closing: places freed launch nothing
         self.closed = False
         self._draining = False
@@ -704,10 +722,45 @@ class StepLimits:
         self.inflight[step] += 1
         return True
 
-    def park(self, run: _Run, step: PlannedStep, key: Key) -> None:
-        self.waiting.setdefault(step.index, {})[(run, key)] = step
+    def park(self, run: _Run, step: PlannedStep, key: Key, *, now: float) -> None:
+        """Park ``run``'s launch of ``step`` at ``key`` (its step is full), waiting since ``now``."""
+        self.waiting.setdefault(step.index, {})[(run, key)] = (step, now)
         run.parked += 1
         run.on_parked()
+
+    def due(self) -> float | None:
+        """When the longest-waiting parked launch has waited ``wait_timeout_s`` (None: none is parked)."""
+        firsts = [next(iter(parked.values()))[1] for parked in self.waiting.values() if parked]
+        return min(firsts) + self.wait_timeout_s if firsts else None
+
+    def expire(self, now: float) -> int:
+        """Launch every parked step request that has waited ``wait_timeout_s`` by ``now``, oldest first,
+        each taking a place over the limit (Triton's limiter proceeds so, "to avoid deadlock"); logged
+        as an error.  Returns how many went."""
+        went = 0
+        while not self.closed:
+            oldest: tuple[float, int] | None = None
+            for index, parked in self.waiting.items():
+                if parked:
+                    since = next(iter(parked.values()))[1]
+                    if since + self.wait_timeout_s <= now and (oldest is None or since < oldest[0]):
+                        oldest = (since, index)
+            if oldest is None:
+                break
+            since, index = oldest
+            parked = self.waiting[index]
+            (run, key), (planned, _) = next(iter(parked.items()))
+            del parked[(run, key)]
+            if not parked:
+                del self.waiting[index]
+            run.parked -= 1
+            log.error("ensemble %r step %d (model %r): no place for %.0f s (in flight: %d >= "
+                      "max_inflight_requests: %d); it goes anyway, over the limit, as Triton's does",
+                      run.worker.name, index, planned.model, now - since, self.inflight[index], self.limit)
+            self.inflight[index] += 1
+            went += 1
+            run._launch(planned, key, slot=True)
+        return went
 
     def forget(self, run: _Run) -> None:
         """Drop ``run``'s parked launches (it ended); they held no place."""
@@ -736,7 +789,7 @@ class StepLimits:
                 for index in list(self.waiting):
                     parked = self.waiting.get(index)
                     while parked and self.inflight[index] < self.limit and not self.closed:
-                        (run, key), planned = next(iter(parked.items()))
+                        (run, key), (planned, _) = next(iter(parked.items()))
                         del parked[(run, key)]
                         run.parked -= 1
                         self.inflight[index] += 1
@@ -757,11 +810,13 @@ class EnsembleWorker:
     explainer = None
 
     def __init__(self, model: EnsembleModel, lookup: Lookup, *, max_pending_bytes: int = 8 << 20,
-                 drain_timeout_s: float = 10.0) -> None:
+                 drain_timeout_s: float = 10.0, place_wait_timeout_s: float = PLACE_WAIT_TIMEOUT_S) -> None:
         """``lookup``: the pool's (a step's model version at the time its step starts).
         ``max_pending_bytes`` (``--max-write-buffer-bytes``): what one request of a decoupled ensemble
         may hold inside it (see the module docstring); ``drain_timeout_s``: how long :meth:`wait_idle`
-        waits for a decoupled ensemble's requests (one whose decoupled step never ends)."""
+        waits for a decoupled ensemble's requests (one whose decoupled step never ends);
+        ``place_wait_timeout_s``: how long a step request waits for a place under
+        ``max_inflight_requests`` before it goes anyway (:class:`StepLimits`; Triton's fixed bound)."""
         self.model = model
         self.plan = model.plan
         self.name = model.name
@@ -791,7 +846,10 @@ class EnsembleWorker:
         #: onto its own levels (Triton's rule: :mod:`wsserve.batching`, "Priority").
         self.priorities = PriorityLevels()
         #: ``ensemble_scheduling.max_inflight_requests``, per step across this version's requests
-        self.limits = StepLimits(model.config.ensemble.max_inflight_requests if model.config.ensemble else 0)
+        self.limits = StepLimits(model.config.ensemble.max_inflight_requests if model.config.ensemble else 0,
+                                 wait_timeout_s=place_wait_timeout_s)
+        #: the loop timer at :meth:`StepLimits.due` (armed while a step request waits for a place)
+        self._place_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._idle = asyncio.Event()
@@ -803,6 +861,7 @@ class EnsembleWorker:
             return
         self._closed = True
         self.limits.closed = True  # the requests' ends below free places: none of the others' steps starts
+        self._disarm_place_timer()
         for run in list(self._runs):
             run.fail(ShuttingDown(f"ensemble {self.name!r} is unloaded or the server is shutting down"))
         if self._idle is not None:
@@ -857,9 +916,35 @@ class EnsembleWorker:
         """Stop ``item``'s steps; never calls its sink."""
         item.cancel()
 
+    def arm_place_timer(self) -> None:
+        """Arm the loop timer at :meth:`StepLimits.due` (a step request now waits for a place), unless
+        one is armed as early; it launches what waited too long (:meth:`StepLimits.expire`)."""
+        due = self.limits.due()
+        if due is None or self._closed:
+            return
+        if self._place_timer is not None:
+            if self._place_timer.when() <= due:
+                return
+            self._place_timer.cancel()
+        self._place_timer = asyncio.get_running_loop().call_at(due, self._places_due)
+
+    def _places_due(self) -> None:
+        timer, self._place_timer = self._place_timer, None
+        assert timer is not None
+        # the loop runs a timer up to its clock's resolution early: it fires as at its time
+        self.limits.expire(max(asyncio.get_running_loop().time(), timer.when()))
+        self.arm_place_timer()  # (the next parked launch's, if any)
+
+    def _disarm_place_timer(self) -> None:
+        if self._place_timer is not None:
+            self._place_timer.cancel()
+            self._place_timer = None
+
     def ended(self, run: _Run) -> None:
         run.disarm()
         self._runs.discard(run)
+        if not self.limits.waiting:  # no step request waits for a place: the timer has nothing to do
+            self._disarm_place_timer()
         if not self._runs and self._idle is not None:
             self._idle.set()
 

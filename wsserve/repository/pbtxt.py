@@ -89,9 +89,9 @@ Mapped (Triton's semantics, triton-inference-server/server
   model's).  Each needs ``max_batch_size > 0`` and no ``sequence_batching``; a ragged input takes no
   ``reshape``; a Python model takes ``allow_ragged_batch`` only.
 
-- ``runtime``: ``""`` for any model, Triton's default (which Triton sets in the config it answers)
-  otherwise: ``"model.py"`` for a ``backend: "python"`` model, ``"libtriton_onnxruntime.so"`` for an
-  ONNX one; any other is refused, naming the field.
+- ``runtime``: ``""`` for any model, or the library Triton on Linux loads for its backend:
+  ``"libtriton_python.so"`` for a ``backend: "python"`` model, ``"libtriton_onnxruntime.so"`` for an
+  ONNX one; any other is refused, naming the field (:func:`_runtime_refusal`: Triton's rule).
 
 Refused (semantics wsserve cannot honour), naming the field:
 ``sequence_batching.state`` of a Python model, ``ensemble_scheduling`` (outside an ensemble),
@@ -184,11 +184,31 @@ _TENSOR_REFUSED = {
     "is_non_linear_format_io": "non-linear format tensors (a TensorRT GPU layout; Triton takes it for "
                                "TensorRT models only)",
 }
-#: The ``runtime`` taken for a ``backend: "python"`` model (Triton's default for it).
-_PYTHON_RUNTIME = "model.py"
-#: The ``runtime`` taken for an ONNX model: the library Triton loads for backend ``onnxruntime`` (on Linux),
-#: which it sets in the config it answers (``GetBackendLibraryProperties``), so a config saved from it has it.
-_ONNX_RUNTIME = "libtriton_onnxruntime.so"
+
+
+def _runtime_refusal(backend: str, value: str) -> str | None:
+    """Why ``runtime: value`` is refused for a model of ``backend`` ("python", else ONNX); None: taken.
+
+    Triton's rule (core ``src/backend_model.cc``, ``GetBackendLibraryProperties``): ``runtime`` names the
+    backend's library file, looked for in the model's version folder, its folder and
+    ``<backend directory>/<backend>``; empty is the default, ``libtriton_<backend>.so`` on Linux
+    (``AssembleCPPRuntimeLibraryName``; ``triton_<backend>.dll`` on Windows only, a file Linux Triton does not
+    find); ``model.py`` names a Python-based backend, run from ``<backend directory>/<backend>/model.py``,
+    which neither the Python nor the ONNX Runtime backend ships.  wsserve (POSIX) takes what Triton on Linux
+    loads with its own backends: ``""`` and ``libtriton_python.so`` / ``libtriton_onnxruntime.so``."""
+    name = "python" if backend == "python" else "onnxruntime"
+    library = f"libtriton_{name}.so"
+    if value in ("", library):
+        return None
+    fix = f"leave it out, or {library!r}, the library Triton on Linux loads for backend {name!r}"
+    if value == f"triton_{name}.dll":
+        return f"{value!r} is Triton's library name on Windows, a file Triton on Linux (as wsserve) does not find: {fix}"
+    if value == "model.py":
+        return (f"{value!r} names a Python-based backend, run from <backend directory>/{name}/model.py, which the "
+                f"{name} backend does not ship (Triton fails to load it): {fix}")
+    return f"{value[:128]!r} is not served: wsserve runs its own runtime for each backend ({fix})"
+
+
 _THREADS_PARAM = "intra_op_thread_count"
 
 
@@ -539,10 +559,8 @@ def _from_message(cfg: Any, path: Path, model_name: str | None) -> ModelConfig:
         if field.name == "model_transaction_policy" and value.decoupled and cfg.backend != "python":
             raise ConfigError(path, "model_transaction_policy.decoupled", "is served for a Python model "
                               "(backend: \"python\") only: another backend answers each infer request once")
-        if field.name == "runtime" and value != (_PYTHON_RUNTIME if cfg.backend == "python" else _ONNX_RUNTIME):
-            raise ConfigError(path, "runtime", f"{value[:128]!r} is not served: wsserve runs its own runtime for each "
-                              f"backend (leave it out, or Triton's default: {_PYTHON_RUNTIME!r} for backend \"python\", "
-                              f"{_ONNX_RUNTIME!r} for an ONNX model)")
+        if field.name == "runtime" and (refusal := _runtime_refusal(cfg.backend, value)) is not None:
+            raise ConfigError(path, "runtime", refusal)
         if field.name in ("optimization", "cc_model_filenames", "metric_tags", "model_operations",
                           "model_repository_agents", "model_metrics"):
             warnings.append(field.name)
