@@ -97,7 +97,7 @@ from ..errors import (
     WsserveError,
 )
 from ..models.base import call_model_code
-from ..reschedule import MAX_RESCHEDULES, after_execute, not_iterative
+from ..reschedule import RELEASE_ALL, RELEASE_RESCHEDULE, after_execute, not_iterative
 from ..shapes import MAX_VALUES, VARIABLE
 from ..worker import (
     Held,
@@ -405,19 +405,25 @@ class TritonPythonModel(RepositoryModel):
     def predict(self, batch: Batch) -> Batch:
         """The batch as one request (``max_batch_size > 0``) or one request per row; see the module
         docstring (a model with ``iterative_sequence``: executed again while it reschedules the
-        request, at most :data:`~wsserve.reschedule.MAX_RESCHEDULES` times).  Raises
-        :class:`TritonError` (the first) when a response is an error."""
+        request, as :func:`~wsserve.reschedule.after_execute` decides: at most
+        :data:`~wsserve.reschedule.MAX_RESCHEDULES` times, past it ``ValueError`` with its message).
+        Raises :class:`TritonError` (the first) when a response is an error."""
         x = self._named(batch)
         rows = [len(next(iter(x.values())))]
         if self.iterative_sequence and self.config.batching:  # (a warm-up's) executed again while rescheduled
             held = [Held(lambda: False)]
             try:
-                for _ in range(MAX_RESCHEDULES + 1):
+                while True:  # decided as the worker decides a request's (and _decoupled_warmup a sample's)
                     y = self.predict_requests(batch, rows, None, held)
-                    if not held[0].again:
+                    flags = RELEASE_RESCHEDULE if held[0].again else RELEASE_ALL
+                    decision, message = after_execute(self.name, flags, iterative=True, ended=False,
+                                                      final_sent=False, reschedules=held[0].reschedules)
+                    if decision != "requeue":
                         break
-                else:
-                    raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+                    held[0].again = False
+                    held[0].reschedules += 1
+                if message is not None:  # ("fail": past MAX_RESCHEDULES)
+                    raise ValueError(message)
             finally:
                 held[0].request = None  # (its InferenceRequest <-> Held cycle is not left to the cyclic GC)
         else:
