@@ -963,3 +963,59 @@ async def test_a_request_cancelled_while_requeued_is_dropped_from_the_queue_and_
         assert model.executes == [["X", "Y"], ["Z"]]  # X in one execute only
     finally:
         await worker.close()
+
+
+async def test_decoupled_worker_statistics_count_the_rows_of_an_execute() -> None:
+    """An iterative decoupled model's executes: G (1 row, held), then A (1 row) and B (2 rows)
+    together, then B (rescheduled) alone: the worker's ``last_batch_size`` is the last execute's
+    rows (2), and ``computed`` all executes' rows (1 + 3 + 2), as
+    :class:`~wsserve.stats.WorkerStatistics` says and the predict worker counts (Triton's batch
+    size is its requests' rows), not requests (1) and executes (3)."""
+    import threading
+
+    from wsserve.decoupled import DecoupledWorker
+
+    class Model:
+        iterative_sequence = True
+        batching = True
+
+        def __init__(self) -> None:
+            self.executes: list[list[int]] = []  # each execute's requests' rows
+            self.started, self.gate = threading.Event(), threading.Event()
+
+        def execute_decoupled_batch(self, requests: list[tuple[Any, str, Any]]) -> list[int]:
+            self.executes.append([len(inputs["IN"]) for inputs, _, _ in requests])
+            if len(self.executes) == 1:
+                self.started.set()
+                assert self.gate.wait(30.0)
+            flags = []
+            for inputs, _, stream in requests:
+                if len(inputs["IN"]) == 2 and stream.reschedules == 0:  # B, at its first execute
+                    flags.append(reschedule.RELEASE_RESCHEDULE)
+                else:
+                    stream.respond({"OUT": inputs["IN"]}, True)
+                    flags.append(reschedule.RELEASE_ALL)
+            return flags
+
+        def execute_decoupled(self, inputs: Any, request_id: str, stream: Any) -> int:
+            return self.execute_decoupled_batch([(inputs, request_id, stream)])[0]
+
+    model = Model()
+    worker = DecoupledWorker(model, name="m", max_batch_rows=4)
+    worker.start()
+    try:
+        g, a, b = _Sink(), _Sink(), _Sink()
+        b.inputs, b.n, b.nbytes = {"IN": np.array([[1], [2]], np.int32)}, 2, 8
+        worker.submit(g)
+        await wait_until_async(model.started.is_set, 30.0, what="G's execute")
+        worker.submit(a)
+        worker.submit(b)
+        model.gate.set()
+        await worker.wait_idle()
+        assert g.got == a.got == b.got == [("response", True)]
+        assert model.executes == [[1], [1, 2], [2]]
+        s = worker.statistics()
+        assert (s.batches, s.last_batch_size, s.computed) == (3, 2, 6)
+    finally:
+        model.gate.set()
+        await worker.close()
