@@ -575,6 +575,45 @@ def test_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
     assert [known for b in warm for _, known in b].count(True) == 2  # warmiter: the same request, 3 executes
 
 
+
+#: Not decoupled, ``iterative_sequence``: every request rescheduled at every execute.
+ALWAYS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None] * len(requests)
+'''
+
+
+def test_a_non_decoupled_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
+    """A non-decoupled iterative model's warm-up sample (IN 3) runs three executes of the same
+    request and the model serves; one that always reschedules fails its load past the bound
+    (65536 reschedules, the default), with the error a request gets there."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    plain = LOOP_PBTXT.replace("response_cache { enable: true }\n", "") + WARMUP
+    for name, model_py in (("warmloop", LOOP_PY), ("warmalways", ALWAYS_PY)):
+        _write(root, name, plain, model_py, marks)
+        (root / name / "warmup").mkdir()
+        (root / name / "warmup" / "in.bin").write_bytes(np.array([3], "<i4").tobytes())
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--model-load-timeout", "120")
+    try:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("warmloop")
+        rows = {r["name"]: r for r in client.get_model_repository_index()}
+        assert rows["warmalways"]["state"] == "UNAVAILABLE"
+        bound = reschedule.MAX_RESCHEDULES
+        assert (f"model_warmup sample 'w' failed: ValueError: model 'warmalways' rescheduled a request {bound} "
+                f"times: at most {bound} (max_reschedules)") in rows["warmalways"]["reason"], rows["warmalways"]
+    finally:
+        proc.stop()
+    assert _loops(marks) == [[("", False)], [("", True)], [("", True)]]  # warmloop: one request, 3 executes
+
+
 # -- a non-decoupled model with iterative_sequence (Triton's: None at a rescheduled request's place)
 
 
