@@ -1058,3 +1058,62 @@ async def test_decoupled_worker_statistics_count_the_rows_of_an_execute() -> Non
     finally:
         model.gate.set()
         await worker.close()
+
+
+#: Decoupled, ``iterative_sequence``: each request answered at once (OUT = IN, FINAL); the first
+#: execute waits while ``hold`` exists.
+ECHO_PY = '''
+import json
+import threading
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+        self.first = True
+
+    def execute(self, requests):
+        if self.first:
+            self.first = False
+            (self.marks / "first").write_text("")
+            while (self.marks / "hold").exists():
+                threading.Event().wait(0.01)
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            request.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", n)]),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+async def test_tritons_statistics_of_a_decoupled_execute_count_its_rows(tmp_path: Path) -> None:
+    """Triton's statistics (``batch_stats``: an execute's batch size is its requests' rows) of a
+    decoupled iterative model: G (1 row) alone, then A (1 row) and B (2 rows) in one execute:
+    batch sizes 1 and 3, once each."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    _write(root, "echo", ITER_PBTXT, ECHO_PY, marks)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    (marks / "hold").write_text("")
+    try:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "G", "model": "echo", "inputs": {"IN": [[1]]}})
+            wait_until(lambda: (marks / "first").exists(), 30.0, what="G's execute")
+            await conn.send({"type": "predict", "id": "A", "model": "echo", "inputs": {"IN": [[2]]}})
+            await conn.send({"type": "predict", "id": "B", "model": "echo", "inputs": {"IN": [[3], [4]]}})
+            wait_until(lambda: _gauge(proc.port, 'wsserve_queue_depth{model="echo"}') == 2, 30.0,
+                       what="A and B queued")
+            (marks / "hold").unlink()
+            frames = await conn.collect({"G", "A", "B"})
+        finally:
+            await conn.close()
+        assert [f["type"] for rid in ("G", "A", "B") for f in frames[rid]] == ["response", "done"] * 3
+        stats = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").get_inference_statistics("echo")
+        batches = stats["model_stats"][0]["batch_stats"]
+        assert {b["batch_size"]: b["compute_infer"]["count"] for b in batches} == {1: 1, 3: 1}
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        proc.stop()
