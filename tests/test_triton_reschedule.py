@@ -614,6 +614,57 @@ def test_a_non_decoupled_model_warmup_reschedules_by_the_same_rules(tmp_path: Pa
     assert _loops(marks) == [[("", False)], [("", True)], [("", True)]]  # warmloop: one request, 3 executes
 
 
+#: Not decoupled, ``iterative_sequence``: every request rescheduled at every execute; each execute
+#: waits while ``hold`` exists, then appends its requests' ``is_cancelled()`` to ``stuck``.
+STUCK_PY = '''
+import json
+import threading
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        while (self.marks / "hold").exists():
+            threading.Event().wait(0.01)
+        with open(self.marks / "stuck", "a") as f:
+            f.write(json.dumps([r.is_cancelled() for r in requests]) + "\\n")
+        for request in requests:
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None] * len(requests)
+'''
+
+
+def test_an_abandoned_load_stops_a_non_decoupled_warmup_at_its_next_reschedule(tmp_path: Path) -> None:
+    """A non-decoupled iterative model's warm-up sample held in its first execute past the load
+    timeout: the load is abandoned, and once that execute returns the sample is not executed
+    again (as the decoupled warm-up's, and as ``model_warmup`` stops before its next execution);
+    the model saw the request cancelled.  Before: 65536 more executes of a discarded model."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    _write(root, "stuck", LOOP_PBTXT.replace("response_cache { enable: true }\n", "") + WARMUP, STUCK_PY, marks)
+    (root / "stuck" / "warmup").mkdir()
+    (root / "stuck" / "warmup" / "in.bin").write_bytes(np.array([3], "<i4").tobytes())
+    (marks / "hold").write_text("")
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--model-load-timeout", "1")
+    try:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        wait_until(lambda: {r["name"]: r for r in client.get_model_repository_index()}["stuck"]["state"]
+                   == "UNAVAILABLE", 60.0, what="the load past its timeout")
+        assert _gauge(proc.port, "wsserve_model_loads_abandoned") == 1
+        (marks / "hold").unlink()
+        wait_until(lambda: _gauge(proc.port, "wsserve_model_loads_abandoned") == 0, 120.0,
+                   what="the abandoned load's thread to end")
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        proc.stop()
+    executes = [json.loads(line) for line in (marks / "stuck").read_text().splitlines()]
+    assert executes == [[True]]  # its one execute (the one the timeout met), which saw it cancelled
+
+
 # -- a non-decoupled model with iterative_sequence (Triton's: None at a rescheduled request's place)
 
 
