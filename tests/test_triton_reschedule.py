@@ -9,6 +9,7 @@ the middle."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
 from collections.abc import Iterator
@@ -46,7 +47,9 @@ ITER_PBTXT = 'backend: "python"\nmax_batch_size: 8\n' + DECOUPLED + ITERATIVE + 
 #: IN n: n responses OUT n-1, ..., 0, one per execute, the last flagged FINAL; the request is
 #: rescheduled after each other one.  Each execute appends its requests' ids to ``batches``
 #: (with whether the model already knew that request object), then waits while ``hold`` exists.
-#: A request seen cancelled is noted (``cancelled-<id>``) and released.
+#: A request seen cancelled is noted (``cancelled-<id>``) and released.  Once it decided (sent and
+#: flagged), the execute notes ``decided-<id>`` and waits while ``late-<id>`` exists, for each of its
+#: requests that has one.
 ITER_PY = '''
 import json
 import threading
@@ -84,6 +87,12 @@ class TritonPythonModel:
             else:
                 request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
                 sender.send(out)
+        late = [self.marks / ("late-" + r.request_id()) for r in requests]
+        for path in late:  # past its decisions, before it returns: noted, then it waits
+            if path.exists():
+                (self.marks / ("decided-" + path.name[5:])).write_text("")
+        while any(path.exists() for path in late):
+            threading.Event().wait(0.01)
         return None
 '''
 #: Not decoupled: IN 0 answered OUT 0; IN > 0 rescheduled with None at its place (Triton's rule).
@@ -110,7 +119,8 @@ class TritonPythonModel:
 #: IN k is answered OUT k after k executes, rescheduled with None at its place before.  Each execute
 #: appends ``[[request id, known], ...]`` to ``loops`` (known: the model already held that request
 #: object), then waits while ``hold`` exists (or ``hold-<id>-<n>``, n: that request's execute, from 1).
-#: A request seen cancelled is noted and answered OUT -1.
+#: A request seen cancelled is noted and answered OUT -1.  Once it decided, the execute notes
+#: ``decided-<id>`` and waits while ``late-<id>`` exists, for each of its requests that has one.
 LOOP_PBTXT = ('backend: "python"\nmax_batch_size: 8\n' + ITERATIVE + IO
               + "response_cache { enable: true }\n")
 LOOP_PY = '''
@@ -151,6 +161,12 @@ class TritonPythonModel:
                 out = np.full_like(n, self.count.pop(key))
                 del self.live[key]
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]))
+        late = [self.marks / ("late-" + r.request_id()) for r in requests]
+        for path in late:  # past its decisions, before it returns: noted, then it waits
+            if path.exists():
+                (self.marks / ("decided-" + path.name[5:])).write_text("")
+        while any(path.exists() for path in late):
+            threading.Event().wait(0.01)
         return responses
 '''
 
@@ -559,6 +575,96 @@ def test_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
     assert [known for b in warm for _, known in b].count(True) == 2  # warmiter: the same request, 3 executes
 
 
+
+#: Not decoupled, ``iterative_sequence``: every request rescheduled at every execute.
+ALWAYS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None] * len(requests)
+'''
+
+
+def test_a_non_decoupled_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
+    """A non-decoupled iterative model's warm-up sample (IN 3) runs three executes of the same
+    request and the model serves; one that always reschedules fails its load past the bound
+    (65536 reschedules, the default), with the error a request gets there."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    plain = LOOP_PBTXT.replace("response_cache { enable: true }\n", "") + WARMUP
+    for name, model_py in (("warmloop", LOOP_PY), ("warmalways", ALWAYS_PY)):
+        _write(root, name, plain, model_py, marks)
+        (root / name / "warmup").mkdir()
+        (root / name / "warmup" / "in.bin").write_bytes(np.array([3], "<i4").tobytes())
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--model-load-timeout", "120")
+    try:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        assert client.is_model_ready("warmloop")
+        rows = {r["name"]: r for r in client.get_model_repository_index()}
+        assert rows["warmalways"]["state"] == "UNAVAILABLE"
+        bound = reschedule.MAX_RESCHEDULES
+        assert (f"model_warmup sample 'w' failed: ValueError: model 'warmalways' rescheduled a request {bound} "
+                f"times: at most {bound} (max_reschedules)") in rows["warmalways"]["reason"], rows["warmalways"]
+    finally:
+        proc.stop()
+    assert _loops(marks) == [[("", False)], [("", True)], [("", True)]]  # warmloop: one request, 3 executes
+
+
+#: Not decoupled, ``iterative_sequence``: every request rescheduled at every execute; each execute
+#: waits while ``hold`` exists, then appends its requests' ``is_cancelled()`` to ``stuck``.
+STUCK_PY = '''
+import json
+import threading
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        while (self.marks / "hold").exists():
+            threading.Event().wait(0.01)
+        with open(self.marks / "stuck", "a") as f:
+            f.write(json.dumps([r.is_cancelled() for r in requests]) + "\\n")
+        for request in requests:
+            request.set_release_flags(pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+        return [None] * len(requests)
+'''
+
+
+def test_an_abandoned_load_stops_a_non_decoupled_warmup_at_its_next_reschedule(tmp_path: Path) -> None:
+    """A non-decoupled iterative model's warm-up sample held in its first execute past the load
+    timeout: the load is abandoned, and once that execute returns the sample is not executed
+    again (as the decoupled warm-up's, and as ``model_warmup`` stops before its next execution);
+    the model saw the request cancelled.  Before: 65536 more executes of a discarded model."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    _write(root, "stuck", LOOP_PBTXT.replace("response_cache { enable: true }\n", "") + WARMUP, STUCK_PY, marks)
+    (root / "stuck" / "warmup").mkdir()
+    (root / "stuck" / "warmup" / "in.bin").write_bytes(np.array([3], "<i4").tobytes())
+    (marks / "hold").write_text("")
+    proc = ServerProcess("--models", "none", "--model-repository", str(root), "--model-load-timeout", "1")
+    try:
+        client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+        wait_until(lambda: {r["name"]: r for r in client.get_model_repository_index()}["stuck"]["state"]
+                   == "UNAVAILABLE", 60.0, what="the load past its timeout")
+        assert _gauge(proc.port, "wsserve_model_loads_abandoned") == 1
+        (marks / "hold").unlink()
+        wait_until(lambda: _gauge(proc.port, "wsserve_model_loads_abandoned") == 0, 120.0,
+                   what="the abandoned load's thread to end")
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        proc.stop()
+    executes = [json.loads(line) for line in (marks / "stuck").read_text().splitlines()]
+    assert executes == [[True]]  # its one execute (the one the timeout met), which saw it cancelled
+
+
 # -- a non-decoupled model with iterative_sequence (Triton's: None at a rescheduled request's place)
 
 
@@ -817,3 +923,248 @@ async def test_a_response_for_a_rescheduled_request_fails_the_execute_as_in_trit
     assert "Expected a None object in the execute function return list for reschduled request" in end["message"]
     lines = (served[2] / "notnone").read_text().splitlines()
     assert sum("nn" in json.loads(line) for line in lines) == 1
+
+
+async def test_a_cancel_after_a_non_decoupled_execute_decided_to_reschedule_ends_the_request_once(served) -> None:
+    """LX (IN 3) is rescheduled by its first execute, held past the model's decision (``late-LX``);
+    LY (IN 2) queues behind it on the same connection; the client cancels LX there: its one terminal
+    frame is the cancel's, the worker does not requeue it (no later execute gets it), and LY is
+    answered as ever, in executes of its own."""
+    marks = served[2]
+    late = marks / "late-LX"
+    conn = await Conn.open(served[0].url)
+    try:
+        late.write_text("")
+        await conn.send({"type": "predict", "id": "LX", "model": "loop", "inputs": {"IN": [[3]]}})
+        wait_until(lambda: (marks / "decided-LX").exists(), 30.0, what="LX's first execute to decide")
+        await conn.send({"type": "predict", "id": "LY", "model": "loop", "inputs": {"IN": [[2]]}})
+        wait_until(lambda: _gauge(served[0].port, 'wsserve_queue_depth{model="loop"}') == 1, 30.0, what="LY queued")
+        frame = await conn.request({"type": "cancel", "id": "LX"})
+        assert frame["id"] == "LX" and frame["type"] == "error" and frame["code"] == "cancelled"
+        late.unlink()
+        seen, end = await conn.until_terminal("LY")
+        assert seen == [] and end["type"] == "result" and _out(end) == 2
+    finally:
+        late.unlink(missing_ok=True)
+        await conn.close()
+    assert [f for f in conn.frames if f.get("id") == "LX"] == [frame]  # its one terminal frame, nothing after
+    mine = [_ids(b) for b in _loops(marks) if {"LX", "LY"} & set(_ids(b))]
+    assert mine == [["LX"], ["LY"], ["LY"]]  # LX's one execute; LY's two, without LX
+    assert not (marks / "cancelled-LX").exists()  # (no execute saw it again)
+
+
+async def test_a_cancel_after_a_decoupled_execute_decided_to_reschedule_ends_the_request_once(served) -> None:
+    """The decoupled model: DX (IN 3) sent its first token and flagged its reschedule, its execute
+    held past that (``late-DX``); DY (IN 2) queues behind it on the same connection; the client
+    cancels DX there: after its token, its one terminal frame is the cancel's, no later execute gets
+    it, and DY streams its tokens and ``done`` in executes of its own."""
+    marks = served[2]
+    late = marks / "late-DX"
+    conn = await Conn.open(served[0].url)
+    try:
+        late.write_text("")
+        await conn.send({"type": "predict", "id": "DX", "model": "iter", "inputs": {"IN": [[3]]}})
+        wait_until(lambda: (marks / "decided-DX").exists(), 30.0, what="DX's first execute to decide")
+        await conn.send({"type": "predict", "id": "DY", "model": "iter", "inputs": {"IN": [[2]]}})
+        wait_until(lambda: _gauge(served[0].port, 'wsserve_queue_depth{model="iter"}') == 1, 30.0, what="DY queued")
+        await conn.send({"type": "cancel", "id": "DX"})
+        seen, frame = await conn.until_terminal("DX")
+        assert _tokens(seen) == [2] and frame["type"] == "error" and frame["code"] == "cancelled"
+        late.unlink()
+        seen, end = await conn.until_terminal("DY")
+        assert _tokens(seen) == [1, 0] and end["type"] == "done"
+    finally:
+        late.unlink(missing_ok=True)
+        await conn.close()
+    got = [f for f in conn.frames if f.get("id") == "DX"]
+    assert _tokens(got) == [2] and got[-1] == frame and [f["type"] for f in got] == ["response", "error"]
+    mine = [_ids(b) for b in _batches(marks) if {"DX", "DY"} & set(_ids(b))]
+    assert mine == [["DX"], ["DY"], ["DY"]]  # DX's one execute; DY's two, without DX
+    assert not (marks / "cancelled-DX").exists()
+
+
+async def test_a_request_cancelled_while_requeued_is_dropped_from_the_queue_and_never_executed_again() -> None:
+    """The worker, its model taking its batch as requests and rescheduling (as a Triton Python
+    model with ``iterative_sequence`` does): X and Y share an execute, X rescheduled, Y answered.
+    Y's sink, handed its rows after X went back to the queue, schedules X's cancel on the loop: it
+    runs once the worker handled that execute and before the next one starts (whose tick is
+    scheduled after it), so it finds X provably waiting, requeued, with no execute running.  The
+    cancel (as the connection's job does it: the sink ends, then ``worker.cancel``) drops X from the
+    queue and lets its ``Held`` go; X gets nothing more from the worker, no execute gets it again,
+    and Y and a later Z are answered."""
+    from tests.test_pool_worker import Doubler, Sink
+    from wsserve.worker import PredictWorker
+
+    class Stepper(Doubler):
+        """``2x`` for a request whose first value is 0, or at its second execute; rescheduled at its
+        first execute otherwise (its rows placeholders).  ``executes``: each execute's request ids."""
+
+        iterative_sequence = True
+        takes_ended = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.executes: list[list[str]] = []
+
+        def predict_requests(self, x: np.ndarray, rows: list[int], ids: list[str], held: list[Any]) -> np.ndarray:
+            self.executes.append(list(ids))
+            start = 0
+            for r, h in zip(rows, held, strict=True):
+                part = x[start:start + r]
+                if part[0, 0] and h.request is None:
+                    h.request = "seen"  # the model's own object for the request, kept across executes
+                    h.again = True
+                start += r
+            return 2.0 * x
+
+    model = Stepper()
+    worker = PredictWorker(model, inline_max_flops=0)  # in the executor, as a Triton Python model's execute
+    worker.start()
+    try:
+        x, y = Sink("X", [[1.0]]), Sink("Y", [[0.0]])
+        x.request_id, y.request_id = "X", "Y"  # (what the worker gives the model as their ids)
+        found: list[tuple[int, int, bool]] = []  # (queued, running, X still held) when X's cancel ran
+        on_rows = y.on_rows
+
+        def cancel_x() -> None:
+            stats = worker.statistics()
+            found.append((stats.queued, stats.running, x_item.held is not None))
+            x.mark_cancelled()
+            worker.cancel(x_item)
+
+        def cancel_x_then_deliver(*args: Any) -> None:  # Y's rows: X was requeued just before
+            asyncio.get_running_loop().call_soon(cancel_x)
+            on_rows(*args)
+
+        y.on_rows = cancel_x_then_deliver  # type: ignore[method-assign]
+        x_item = worker.submit(x)
+        worker.submit(y)
+        await asyncio.wait_for(y.done, 30.0)
+        await worker.wait_idle()
+        assert found == [(1, 0, True)]  # X was waiting, requeued (still held), no execute running
+        assert x.events == [("cancelled",)]  # nothing from the worker after the cancel: its one end is the cancel's
+        assert x_item.held is None and worker.statistics().queued == 0
+        np.testing.assert_array_equal(y.outputs(), [[0.0]])
+        z = Sink("Z", [[0.0]])
+        z.request_id = "Z"
+        worker.submit(z)
+        await asyncio.wait_for(z.done, 30.0)
+        np.testing.assert_array_equal(z.outputs(), [[0.0]])
+        assert model.executes == [["X", "Y"], ["Z"]]  # X in one execute only
+    finally:
+        await worker.close()
+
+
+async def test_decoupled_worker_statistics_count_the_rows_of_an_execute() -> None:
+    """An iterative decoupled model's executes: G (1 row, held), then A (1 row) and B (2 rows)
+    together, then B (rescheduled) alone: the worker's ``last_batch_size`` is the last execute's
+    rows (2), and ``computed`` all executes' rows (1 + 3 + 2), as
+    :class:`~wsserve.stats.WorkerStatistics` says and the predict worker counts (Triton's batch
+    size is its requests' rows), not requests (1) and executes (3)."""
+    import threading
+
+    from wsserve.decoupled import DecoupledWorker
+
+    class Model:
+        iterative_sequence = True
+        batching = True
+
+        def __init__(self) -> None:
+            self.executes: list[list[int]] = []  # each execute's requests' rows
+            self.started, self.gate = threading.Event(), threading.Event()
+
+        def execute_decoupled_batch(self, requests: list[tuple[Any, str, Any]]) -> list[int]:
+            self.executes.append([len(inputs["IN"]) for inputs, _, _ in requests])
+            if len(self.executes) == 1:
+                self.started.set()
+                assert self.gate.wait(30.0)
+            flags = []
+            for inputs, _, stream in requests:
+                if len(inputs["IN"]) == 2 and stream.reschedules == 0:  # B, at its first execute
+                    flags.append(reschedule.RELEASE_RESCHEDULE)
+                else:
+                    stream.respond({"OUT": inputs["IN"]}, True)
+                    flags.append(reschedule.RELEASE_ALL)
+            return flags
+
+        def execute_decoupled(self, inputs: Any, request_id: str, stream: Any) -> int:
+            return self.execute_decoupled_batch([(inputs, request_id, stream)])[0]
+
+    model = Model()
+    worker = DecoupledWorker(model, name="m", max_batch_rows=4)
+    worker.start()
+    try:
+        g, a, b = _Sink(), _Sink(), _Sink()
+        b.inputs, b.n, b.nbytes = {"IN": np.array([[1], [2]], np.int32)}, 2, 8
+        worker.submit(g)
+        await wait_until_async(model.started.is_set, 30.0, what="G's execute")
+        worker.submit(a)
+        worker.submit(b)
+        model.gate.set()
+        await worker.wait_idle()
+        assert g.got == a.got == b.got == [("response", True)]
+        assert model.executes == [[1], [1, 2], [2]]
+        s = worker.statistics()
+        assert (s.batches, s.last_batch_size, s.computed) == (3, 2, 6)
+    finally:
+        model.gate.set()
+        await worker.close()
+
+
+#: Decoupled, ``iterative_sequence``: each request answered at once (OUT = IN, FINAL); the first
+#: execute waits while ``hold`` exists.
+ECHO_PY = '''
+import json
+import threading
+from pathlib import Path
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+        self.first = True
+
+    def execute(self, requests):
+        if self.first:
+            self.first = False
+            (self.marks / "first").write_text("")
+            while (self.marks / "hold").exists():
+                threading.Event().wait(0.01)
+        for request in requests:
+            n = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            request.get_response_sender().send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", n)]),
+                                               flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+async def test_tritons_statistics_of_a_decoupled_execute_count_its_rows(tmp_path: Path) -> None:
+    """Triton's statistics (``batch_stats``: an execute's batch size is its requests' rows) of a
+    decoupled iterative model: G (1 row) alone, then A (1 row) and B (2 rows) in one execute:
+    batch sizes 1 and 3, once each."""
+    root, marks = tmp_path / "repository", tmp_path / "marks"
+    marks.mkdir()
+    _write(root, "echo", ITER_PBTXT, ECHO_PY, marks)
+    proc = ServerProcess("--models", "none", "--model-repository", str(root))
+    (marks / "hold").write_text("")
+    try:
+        conn = await Conn.open(proc.url)
+        try:
+            await conn.send({"type": "predict", "id": "G", "model": "echo", "inputs": {"IN": [[1]]}})
+            wait_until(lambda: (marks / "first").exists(), 30.0, what="G's execute")
+            await conn.send({"type": "predict", "id": "A", "model": "echo", "inputs": {"IN": [[2]]}})
+            await conn.send({"type": "predict", "id": "B", "model": "echo", "inputs": {"IN": [[3], [4]]}})
+            wait_until(lambda: _gauge(proc.port, 'wsserve_queue_depth{model="echo"}') == 2, 30.0,
+                       what="A and B queued")
+            (marks / "hold").unlink()
+            frames = await conn.collect({"G", "A", "B"})
+        finally:
+            await conn.close()
+        assert [f["type"] for rid in ("G", "A", "B") for f in frames[rid]] == ["response", "done"] * 3
+        stats = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}").get_inference_statistics("echo")
+        batches = stats["model_stats"][0]["batch_stats"]
+        assert {b["batch_size"]: b["compute_infer"]["count"] for b in batches} == {1: 1, 3: 1}
+    finally:
+        (marks / "hold").unlink(missing_ok=True)
+        proc.stop()

@@ -291,7 +291,7 @@ class DecoupledWorker:
         #: config.pbtxt's ``sequence_batching { iterative_sequence: true }``: requests may be rescheduled
         self.iterative = getattr(model, "iterative_sequence", False) is True
         self.max_batch_rows = max(1, max_batch_rows)
-        self.last_batch = 0  # requests of the last execute started
+        self.last_batch = 0  # rows of the last execute started (its requests' rows: Triton's batch size)
         self.model = model
         self.name = name
         self.explainer = None
@@ -315,6 +315,7 @@ class DecoupledWorker:
         self._idle: asyncio.Event | None = None
         self._closed = False
         self.executed = 0
+        self.rows_executed = 0  # rows of all executes (a rescheduled request's at each of its executes)
 
     # -- lifecycle
 
@@ -422,7 +423,7 @@ class DecoupledWorker:
         return WorkerStatistics(
             kind="predict", queued=len(waiting), queued_rows=sum(s.sink.n for s in waiting),
             queued_bytes=sum(s.sink.nbytes for s in waiting), running=len(self._open) - len(waiting),
-            oldest_age_s=0.0, batches=self.executed, computed=self.executed, executor_batches=self.executed,
+            oldest_age_s=0.0, batches=self.executed, computed=self.rows_executed, executor_batches=self.executed,
             last_batch_size=self.last_batch, isolated_batches=0)
 
     # -- internals
@@ -484,7 +485,8 @@ class DecoupledWorker:
                 stream._started()
             self._running += 1
             self.executed += 1
-            self.last_batch = len(batch)
+            self.last_batch = rows
+            self.rows_executed += rows
             future = self._loop.run_in_executor(self._executor, self._execute, batch)  # type: ignore[union-attr]
             future.add_done_callback(functools.partial(self._executed, batch=batch, started=monotonic()))
 

@@ -963,47 +963,50 @@ class PredictWorker:
         requests = self._requests(slices)
         try:
             x = _gather(slices, self._ragged)
-            if inline:
-                y, attributions = self._run(x, spans, requests)
+            result: tuple[Any, np.ndarray | None] | BaseException | None = \
+                self._run(x, spans, requests) if inline else None
         except Exception as exc:
-            self._batch_failed(batch, exc, started, inline=inline)
+            result = exc
+        if result is None:  # to the executor: :meth:`_computed` handles it
+            assert self._executor is not None and self._loop is not None
+            self._running += 1
+            self._executor_batches += 1
+            key = id(batch)
+            self._computing[key] = tuple(s.item for s in slices)
+            future = self._loop.run_in_executor(self._executor, self._run, x, spans, requests)
+            future.add_done_callback(lambda f: self._computed(batch, key, f, started))
+            return
+        try:  # it failed, or was computed on the loop: handled here
+            if isinstance(result, BaseException):
+                self._batch_failed(batch, result, started, inline=inline)
+            else:
+                self._deliver(batch, result[0], started, result[1], inline=True)
+        finally:
             if self._iterative:
                 self._done_with(batch)
-            return
-        if inline:
-            self._deliver(batch, y, started, attributions, inline=True)
-            if self._iterative:
-                self._done_with(batch)
-            return
-        assert self._executor is not None and self._loop is not None
-        self._running += 1
-        self._executor_batches += 1
-        key = id(batch)
-        self._computing[key] = tuple(s.item for s in slices)
-        future = self._loop.run_in_executor(self._executor, self._run, x, spans, requests)
-        future.add_done_callback(lambda f: self._computed(batch, key, f, started))
 
     def _computed(self, batch: Batch, key: int, future: asyncio.Future[Any], started: float) -> None:
         self._running -= 1
         self._computing.pop(key, None)
-        if self._closed:  # close() has ended its requests; a wait_idle() waits for this batch
+        try:
+            if self._closed:  # close() has ended its requests; a wait_idle() waits for this batch
+                self._note_idle()
+                return
+            exc = _failure(future)
+            if exc is not None:
+                self._batch_failed(batch, exc, started, inline=False)
+            else:
+                y, attributions = future.result()
+                self._deliver(batch, y, started, attributions, inline=False)
+        finally:
             if self._iterative:
                 self._done_with(batch)
-            self._note_idle()
-            return
-        exc = _failure(future)
-        if exc is not None:
-            self._batch_failed(batch, exc, started, inline=False)
-        else:
-            y, attributions = future.result()
-            self._deliver(batch, y, started, attributions, inline=False)
-        if self._iterative:
-            self._done_with(batch)
         self._resume()
 
     def _done_with(self, batch: Batch) -> None:
-        """After an iterative model's execute of ``batch`` was handled: :func:`_let_go` each request
-        that was not requeued (answered, or ended)."""
+        """After an iterative model's execute of ``batch`` was handled (once per batch: by
+        :meth:`_compute` when it failed or ran on the loop, else by :meth:`_computed`):
+        :func:`_let_go` each request that was not requeued (answered, or ended)."""
         for s in batch.slices:
             item = s.item
             if item.cancelled or item.remaining <= 0:

@@ -80,7 +80,7 @@ import math
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -97,7 +97,7 @@ from ..errors import (
     WsserveError,
 )
 from ..models.base import call_model_code
-from ..reschedule import MAX_RESCHEDULES, after_execute, not_iterative
+from ..reschedule import RELEASE_ALL, RELEASE_RESCHEDULE, after_execute, not_iterative
 from ..shapes import MAX_VALUES, VARIABLE
 from ..worker import (
     Held,
@@ -339,6 +339,9 @@ class TritonPythonModel(RepositoryModel):
         #: request (``set_release_flags``; its worker gives it to a later execute: a decoupled model's
         #: :class:`~wsserve.decoupled.DecoupledWorker`, another's :class:`~wsserve.worker.PredictWorker`)
         self.iterative_sequence = config.iterative_sequence
+        #: The running warm-up's ``stop`` (set: its load was abandoned past its timeout), read by
+        #: :meth:`predict` between the executes of a rescheduled request; None outside :meth:`warmup`.
+        self._warmup_stop: threading.Event | None = None
         with custommetrics.owning(self._metrics):
             module = exec_triton_model_file(self.path, name, version)
         cls = getattr(module, "TritonPythonModel", None)
@@ -405,19 +408,32 @@ class TritonPythonModel(RepositoryModel):
     def predict(self, batch: Batch) -> Batch:
         """The batch as one request (``max_batch_size > 0``) or one request per row; see the module
         docstring (a model with ``iterative_sequence``: executed again while it reschedules the
-        request, at most :data:`~wsserve.reschedule.MAX_RESCHEDULES` times).  Raises
-        :class:`TritonError` (the first) when a response is an error."""
+        request, as :func:`~wsserve.reschedule.after_execute` decides: at most
+        :data:`~wsserve.reschedule.MAX_RESCHEDULES` times, past it ``ValueError`` with its message;
+        in :meth:`warmup`, once its ``stop`` is set - its load abandoned - the request is cancelled,
+        ``is_cancelled()``, and not executed again: ``RuntimeError``).
+        Raises :class:`TritonError` (the first) when a response is an error."""
         x = self._named(batch)
         rows = [len(next(iter(x.values())))]
         if self.iterative_sequence and self.config.batching:  # (a warm-up's) executed again while rescheduled
-            held = [Held(lambda: False)]
+            stop = self._warmup_stop
+            stopped: Callable[[], bool] = stop.is_set if stop is not None else (lambda: False)
+            held = [Held(stopped)]
             try:
-                for _ in range(MAX_RESCHEDULES + 1):
+                while True:  # decided as the worker decides a request's (and _decoupled_warmup a sample's)
                     y = self.predict_requests(batch, rows, None, held)
-                    if not held[0].again:
+                    flags = RELEASE_RESCHEDULE if held[0].again else RELEASE_ALL
+                    decision, message = after_execute(self.name, flags, iterative=True, ended=stopped(),
+                                                      final_sent=False, reschedules=held[0].reschedules)
+                    if decision != "requeue":
                         break
-                else:
-                    raise ValueError(f"model {self.name!r} rescheduled a request {MAX_RESCHEDULES + 1} times")
+                    held[0].again = False
+                    held[0].reschedules += 1
+                if message is not None:  # ("fail": past MAX_RESCHEDULES)
+                    raise ValueError(message)
+                if held[0].again:  # released while rescheduled: ended, by stop
+                    raise RuntimeError(f"model {self.name!r} rescheduled a warm-up request after its load was "
+                                       "abandoned (past its load timeout): the warm-up stopped")
             finally:
                 held[0].request = None  # (its InferenceRequest <-> Held cycle is not left to the cyclic GC)
         else:
@@ -741,6 +757,7 @@ class TritonPythonModel(RepositoryModel):
         if self.config.sequence is not None:
             log.info("%s: not warmed up: the model is stateful (sequence_batching)", self.path)
             return
+        self._warmup_stop = stop  # (a rescheduled warm-up request stops there too: predict)
         try:
             super().warmup(batch, stop=stop)
         except ModelLoadError as exc:
@@ -748,6 +765,8 @@ class TritonPythonModel(RepositoryModel):
                 raise  # (a model_warmup sample the config names must be answered, as Triton's warm-up must)
             log.warning("%s: warm-up request (rows of zeros) answered with an error: %s; served anyway",
                         self.path, exc.__cause__)
+        finally:
+            self._warmup_stop = None
 
     def _decoupled_warmup(self, stop: threading.Event | None = None) -> None:
         """config.pbtxt's ``model_warmup`` for a decoupled model, as Triton runs it: each sample
