@@ -575,7 +575,6 @@ def test_model_warmup_reschedules_by_the_same_rules(tmp_path: Path) -> None:
     assert [known for b in warm for _, known in b].count(True) == 2  # warmiter: the same request, 3 executes
 
 
-
 #: Not decoupled, ``iterative_sequence``: every request rescheduled at every execute.
 ALWAYS_PY = '''
 import triton_python_backend_utils as pb_utils
