@@ -282,6 +282,27 @@ async def test_observer_sees_each_batch(make_worker) -> None:
     assert all(c >= 0 for _, _, c in seen)
 
 
+@pytest.mark.parametrize("inline_max_flops", [INLINE, EXECUTOR])
+async def test_an_observer_that_raises_loses_no_answer_and_stalls_no_queue(make_worker, inline_max_flops: int) -> None:
+    """The observer (the server's metrics) raising on a batch is logged: that batch's request and
+    the one queued behind it are answered all the same."""
+    calls: list[int] = []
+
+    class Broken:
+        def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+            calls.append(rows)
+            if len(calls) == 1:
+                raise RuntimeError("metrics bug")
+
+    worker = make_worker(Doubler(), max_batch_size=1, observer=Broken(), inline_max_flops=inline_max_flops)
+    first, second = Sink("first", _col(1.0)), Sink("second", _col(2.0))
+    worker.submit(first)
+    worker.submit(second)
+    await _wait(first, second)
+    assert first.outputs().tolist() == [[2.0]] and second.outputs().tolist() == [[4.0]]
+    assert calls == [1, 1]
+
+
 # --------------------------------------------------------------------------- failures
 
 

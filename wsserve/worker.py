@@ -1001,7 +1001,8 @@ class PredictWorker:
         finally:
             if self._iterative:
                 self._done_with(batch)
-        self._resume()
+            if not self._closed:  # the next batch, even when handling this one raised (a bug)
+                self._resume()
 
     def _done_with(self, batch: Batch) -> None:
         """After an iterative model's execute of ``batch`` was handled (once per batch: by
@@ -1130,9 +1131,17 @@ class PredictWorker:
         """Count the isolated batch once: its rows, and the compute time of all its attempts."""
         batch = iso.batch
         if self._observer is not None:
-            self._observer.on_batch(self.name, batch.rows, iso.compute_s)
+            self._observe(batch.rows, iso.compute_s)
         if self.stats is not None:
             self.stats.on_batch(batch.rows, len(batch.slices), iso.compute_s, monotonic())
+
+    def _observe(self, rows: int, compute_s: float) -> None:
+        """The observer's ``on_batch``; one that raises (a metrics bug) is logged, and the batch's
+        requests still get their answers (it is called before they are handed out)."""
+        try:
+            self._observer.on_batch(self.name, rows, compute_s)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("model %r: the batch observer failed on a batch of %d rows", self.name, rows)
 
     def _failed(self, batch: Batch, exc: BaseException, *, alone: bool = False) -> None:
         """A model failure fails the requests of ``batch`` with ``internal`` (``alone``: one request
@@ -1218,7 +1227,7 @@ class PredictWorker:
         """Record a computed batch in the queue's estimate, the observer and :attr:`stats`."""
         self.queue.note_batch(compute_s)
         if self._observer is not None:
-            self._observer.on_batch(self.name, batch.rows, compute_s)
+            self._observe(batch.rows, compute_s)
         if self.stats is not None:
             self.stats.on_batch(batch.rows, len(batch.slices), compute_s, started + compute_s)
 
