@@ -1104,3 +1104,64 @@ def test_the_configuration_reports_a_decoupled_models_priority_levels_and_queue_
             type(config.dynamic_batching.default_queue_policy).DELAY
     finally:
         client.close()
+
+
+#: IN [rows, 1] -> one response OUT = IN, then FINAL, both sent from ``execute``; up to 4 rows a request.
+ROWS_PBTXT = ('backend: "python"\nmax_batch_size: 4\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
+ROWS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x)]),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
+def _histogram(port: int, name: str, model: str) -> dict[str, float]:
+    """Histogram ``name``'s samples for ``model`` on the server on ``port``: ``le=<bound>`` per
+    bucket, ``count`` and ``sum`` (empty when the model has none)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        lines = answer.read().decode().splitlines()
+    out: dict[str, float] = {}
+    for line in lines:
+        sample, _, value = line.rpartition(" ")
+        if not sample.startswith(name + "_") or f'model="{model}"' not in sample:
+            continue
+        kind = sample[len(name) + 1:].split("{")[0]
+        if kind == "bucket":
+            out["le=" + sample.split('le="')[1].split('"')[0]] = float(value)
+        else:
+            out[kind] = float(value)
+    return out
+
+
+def test_each_execute_counts_its_rows_in_the_batch_size_histogram(tmp_path: Path) -> None:
+    """A decoupled model's executes are batches as a predictive model's are: each counts once, with
+    its request's rows, in ``wsserve_batch_size`` and ``wsserve_batch_compute_seconds`` (labelled
+    with the model), as docs/PROTOCOL.md's Metrics table says."""
+    root = tmp_path / "repository"
+    _write(root, "rows", ROWS_PBTXT, ROWS_PY)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        s = _Stream(grpc_address(proc))
+        try:
+            for i, n in enumerate((1, 3, 2)):
+                s.send("rows", f"r{i}", IN=np.arange(n, dtype=np.int32).reshape(n, 1))
+                got = s.until_final()
+                assert got[0][1] is None and got[0][0].as_numpy("OUT").tolist() == [[v] for v in range(n)], got
+        finally:
+            s.close()
+        sizes = wait_until(lambda: (h := _histogram(proc.port, "wsserve_batch_size", "rows")).get("count") == 3 and h,
+                           30.0, what="three executes of model 'rows' in wsserve_batch_size")
+        assert sizes["sum"] == 6.0, sizes
+        assert (sizes["le=1.0"], sizes["le=2.0"], sizes["le=4.0"], sizes["le=+Inf"]) == (1.0, 2.0, 3.0, 3.0), sizes
+        compute = _histogram(proc.port, "wsserve_batch_compute_seconds", "rows")
+        assert compute["count"] == 3.0 and compute["sum"] >= 0.0, compute
+    finally:
+        proc.stop()
