@@ -12,6 +12,7 @@ import http.client
 import json
 import queue
 import shutil
+import sys
 import textwrap
 import threading
 import urllib.request
@@ -1165,3 +1166,78 @@ def test_each_execute_counts_its_rows_in_the_batch_size_histogram(tmp_path: Path
         assert compute["count"] == 3.0 and compute["sum"] >= 0.0, compute
     finally:
         proc.stop()
+
+
+class _Observer:
+    """A batch observer recording each ``on_batch``; ``fail``: it raises after recording."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[tuple[str, int]] = []
+        self.fail = fail
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+        self.batches.append((model, rows))
+        if self.fail:
+            raise RuntimeError("the observer broke")
+
+
+async def test_a_failing_batch_observer_does_not_stall_the_next_execute(tmp_path: Path) -> None:
+    """The observer raising on an execute (metrics are not the requests' business): the execute's
+    requests are still released and the one waiting for the instance still runs."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    observer = _Observer(fail=True)
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0, observer=observer)
+    worker.start()
+    try:
+        first, second = _Sink(1), _Sink(2)
+        worker.submit(first)
+        worker.submit(second)  # waits: the one instance runs the first
+        await _until(lambda: gate.started == [1])
+        gate.release.set()
+        await _until(lambda: second.finished)
+        assert gate.started == [1, 2] and first.error is None and second.error is None
+        assert second.responses == [([[2]], False), (None, True)]
+        assert observer.batches == [("gated", 1), ("gated", 1)]
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()
+
+
+async def test_an_execute_cancelled_by_close_before_it_ran_is_not_counted(tmp_path: Path) -> None:
+    """:meth:`close` cancels an execute handed to the instance's thread that had not begun: the model
+    never ran it, so the observer (``wsserve_batch_size``) does not count it; the one that ran counts once."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    gate.release.set()
+    observer = _Observer()
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0, observer=observer)
+    worker.start()
+    interval = sys.getswitchinterval()
+    try:
+        first, second = _Sink(1), _Sink(2)
+        worker.submit(first)
+        await _until(lambda: first.finished and worker._running == 0)
+        threads = worker._executor
+        await _until(lambda: threads._idle_semaphore._value == 1)  # its thread is back for work
+        # The loop's thread keeps the GIL from the hand-off to close()'s cancel: the instance's thread
+        # cannot take the second execute first.
+        sys.setswitchinterval(1000.0)
+        worker.submit(second)
+        await worker.close()
+        sys.setswitchinterval(interval)
+        await _until(lambda: worker._running == 0)
+        assert gate.started == [1], "the second execute ran: the test did not get the cancel in first"
+        assert second.error is not None and second.error.code == "shutting_down"
+        assert observer.batches == [("gated", 1)]
+    finally:
+        sys.setswitchinterval(interval)
+        await worker.close()
+        model.close()

@@ -285,8 +285,10 @@ class DecoupledWorker:
         ``max_batch_size``), through its ``execute_decoupled_batch``; a request of more rows than
         ``max_batch_rows`` is refused (any decoupled model's, as Triton refuses it).
         ``observer`` (metrics, the :class:`~wsserve.worker.PredictWorker`'s interface):
-        ``on_batch(name, rows, compute_s)`` once per execute that returned, ``rows`` its requests'
-        rows, ``compute_s`` the time ``execute`` took (not the responses its threads send after)."""
+        ``on_batch(name, rows, compute_s)`` once per execute that ran (one that raised included, as
+        Triton counts it; not one :meth:`close` cancelled before it began), on the loop's thread, ``rows``
+        its requests' rows, ``compute_s`` the time ``execute`` took (not the responses its threads send
+        after); an observer's exception is logged, never raised."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if type(max_reschedules) is not int or max_reschedules < 0:
@@ -536,13 +538,18 @@ class DecoupledWorker:
         """An execute returned: counted in :attr:`stats` (Triton's execution count and compute time:
         ``execute``'s own, not the responses its threads send later) and by the observer (its rows and
         that time: ``wsserve_batch_size``, ``wsserve_batch_compute_seconds``), its requests released or
-        rescheduled (:meth:`_released`, in the batch's order), the next one started."""
+        rescheduled (:meth:`_released`, in the batch's order), the next one started.  An execute
+        :meth:`close` cancelled before its thread took it never ran: not counted.  An observer that
+        raises is logged: its requests are released and the next execute starts all the same."""
         self._running -= 1
-        if batch:
+        if batch and not future.cancelled():
             ended = monotonic()
             rows = sum(s.sink.n for s in batch)
             if self._observer is not None:
-                self._observer.on_batch(self.name, rows, ended - started)
+                try:
+                    self._observer.on_batch(self.name, rows, ended - started)
+                except Exception:  # noqa: BLE001 - metrics never stall the requests
+                    log.exception("model %s: the batch observer failed", self.name)
             if self.stats is not None:
                 self.stats.on_batch(rows, len(batch), ended - started, ended)
         if not future.cancelled() and future.exception() is not None:  # (not expected: _execute catches)
