@@ -12,6 +12,7 @@ import http.client
 import json
 import queue
 import shutil
+import sys
 import textwrap
 import threading
 import urllib.request
@@ -1104,3 +1105,139 @@ def test_the_configuration_reports_a_decoupled_models_priority_levels_and_queue_
             type(config.dynamic_batching.default_queue_policy).DELAY
     finally:
         client.close()
+
+
+#: IN [rows, 1] -> one response OUT = IN, then FINAL, both sent from ``execute``; up to 4 rows a request.
+ROWS_PBTXT = ('backend: "python"\nmax_batch_size: 4\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n')
+ROWS_PY = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x)]),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
+def _histogram(port: int, name: str, model: str) -> dict[str, float]:
+    """Histogram ``name``'s samples for ``model`` on the server on ``port``: ``le=<bound>`` per
+    bucket, ``count`` and ``sum`` (empty when the model has none)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        lines = answer.read().decode().splitlines()
+    out: dict[str, float] = {}
+    for line in lines:
+        sample, _, value = line.rpartition(" ")
+        if not sample.startswith(name + "_") or f'model="{model}"' not in sample:
+            continue
+        kind = sample[len(name) + 1:].split("{")[0]
+        if kind == "bucket":
+            out["le=" + sample.split('le="')[1].split('"')[0]] = float(value)
+        else:
+            out[kind] = float(value)
+    return out
+
+
+def test_each_execute_counts_its_rows_in_the_batch_size_histogram(tmp_path: Path) -> None:
+    """A decoupled model's executes are batches as a predictive model's are: each counts once, with
+    its request's rows, in ``wsserve_batch_size`` and ``wsserve_batch_compute_seconds`` (labelled
+    with the model), as docs/PROTOCOL.md's Metrics table says."""
+    root = tmp_path / "repository"
+    _write(root, "rows", ROWS_PBTXT, ROWS_PY)
+    proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root))
+    try:
+        s = _Stream(grpc_address(proc))
+        try:
+            for i, n in enumerate((1, 3, 2)):
+                s.send("rows", f"r{i}", IN=np.arange(n, dtype=np.int32).reshape(n, 1))
+                got = s.until_final()
+                assert got[0][1] is None and got[0][0].as_numpy("OUT").tolist() == [[v] for v in range(n)], got
+        finally:
+            s.close()
+        sizes = wait_until(lambda: (h := _histogram(proc.port, "wsserve_batch_size", "rows")).get("count") == 3 and h,
+                           30.0, what="three executes of model 'rows' in wsserve_batch_size")
+        assert sizes["sum"] == 6.0, sizes
+        assert (sizes["le=1.0"], sizes["le=2.0"], sizes["le=4.0"], sizes["le=+Inf"]) == (1.0, 2.0, 3.0, 3.0), sizes
+        compute = _histogram(proc.port, "wsserve_batch_compute_seconds", "rows")
+        assert compute["count"] == 3.0 and compute["sum"] >= 0.0, compute
+    finally:
+        proc.stop()
+
+
+class _Observer:
+    """A batch observer recording each ``on_batch``; ``fail``: it raises after recording."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[tuple[str, int]] = []
+        self.fail = fail
+
+    def on_batch(self, model: str, rows: int, compute_s: float) -> None:
+        self.batches.append((model, rows))
+        if self.fail:
+            raise RuntimeError("the observer broke")
+
+
+async def test_a_failing_batch_observer_does_not_stall_the_next_execute(tmp_path: Path) -> None:
+    """The observer raising on an execute (metrics are not the requests' business): the execute's
+    requests are still released and the one waiting for the instance still runs."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    observer = _Observer(fail=True)
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0, observer=observer)
+    worker.start()
+    try:
+        first, second = _Sink(1), _Sink(2)
+        worker.submit(first)
+        worker.submit(second)  # waits: the one instance runs the first
+        await _until(lambda: gate.started == [1])
+        gate.release.set()
+        await _until(lambda: second.finished)
+        assert gate.started == [1, 2] and first.error is None and second.error is None
+        assert second.responses == [([[2]], False), (None, True)]
+        assert observer.batches == [("gated", 1), ("gated", 1)]
+    finally:
+        gate.release.set()
+        await worker.close()
+        model.close()
+
+
+async def test_an_execute_cancelled_by_close_before_it_ran_is_not_counted(tmp_path: Path) -> None:
+    """:meth:`close` cancels an execute handed to the instance's thread that had not begun: the model
+    never ran it, so the observer (``wsserve_batch_size``) does not count it; the one that ran counts once."""
+    from tests.test_repository_triton_python import _load
+    from wsserve.decoupled import DecoupledWorker
+
+    model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
+    gate = SimpleNamespace(**type(model._instances[0]).execute.__globals__)  # model.py's started, release
+    gate.release.set()
+    observer = _Observer()
+    worker = DecoupledWorker(model, name="gated", instances=1, drain_timeout_s=0.0, observer=observer)
+    worker.start()
+    interval = sys.getswitchinterval()
+    try:
+        first, second = _Sink(1), _Sink(2)
+        worker.submit(first)
+        await _until(lambda: first.finished and worker._running == 0)
+        threads = worker._executor
+        await _until(lambda: threads._idle_semaphore._value == 1)  # its thread is back for work
+        # The loop's thread keeps the GIL from the hand-off to close()'s cancel: the instance's thread
+        # cannot take the second execute first.
+        sys.setswitchinterval(1000.0)
+        worker.submit(second)
+        await worker.close()
+        sys.setswitchinterval(interval)
+        await _until(lambda: worker._running == 0)
+        assert gate.started == [1], "the second execute ran: the test did not get the cancel in first"
+        assert second.error is not None and second.error.code == "shutting_down"
+        assert observer.batches == [("gated", 1)]
+    finally:
+        sys.setswitchinterval(interval)
+        await worker.close()
+        model.close()

@@ -27,7 +27,7 @@ from wsserve_client import Client  # noqa: E402
 from tests.support import ServerProcess, wait_until, wait_until_async  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
-from tests.test_triton_decoupled import _gauge, _Stream  # noqa: E402
+from tests.test_triton_decoupled import _gauge, _histogram, _Stream  # noqa: E402
 from wsserve import reschedule  # noqa: E402
 from wsserve.config import ServerConfig  # noqa: E402
 from wsserve.repository import ConfigError  # noqa: E402
@@ -263,8 +263,10 @@ def test_grpc_stream_gets_each_token_and_the_final_flag(served) -> None:
 
 async def test_rescheduled_and_new_requests_share_an_execute(served) -> None:
     """While A's first execute holds the one instance, B, C and D queue; A, rescheduled, goes first and
-    the next execute takes all four (max_batch_size 8); each gets its own tokens."""
+    the next execute takes all four (max_batch_size 8); each gets its own tokens.  Each execute counts
+    once in ``wsserve_batch_size`` with the rows of all its requests: 1, 4 and 4."""
     marks = served[2]
+    before = _histogram(served[0].port, "wsserve_batch_size", "iter")
     (marks / "hold").write_text("")
     conn = await Conn.open(served[0].url)
     try:
@@ -285,6 +287,13 @@ async def test_rescheduled_and_new_requests_share_an_execute(served) -> None:
     together = [b for b in _batches(marks) if set(_ids(b)) & {"A", "B", "C", "D"}]
     assert _ids(together[1]) == ["A", "B", "C", "D"]  # A (rescheduled) first, then the new ones in order
     assert dict(together[1]) == {"A": True, "B": False, "C": False, "D": False}
+    assert [len(b) for b in together] == [1, 4, 4]
+
+    def added() -> dict[str, float]:
+        now = _histogram(served[0].port, "wsserve_batch_size", "iter")
+        return {k: v - before.get(k, 0.0) for k, v in now.items()}
+    sizes = wait_until(lambda: (d := added()).get("count") == 3 and d, 30.0, what="the three executes counted")
+    assert sizes["sum"] == 9.0 and (sizes["le=1.0"], sizes["le=2.0"], sizes["le=4.0"]) == (1.0, 1.0, 3.0), sizes
 
 
 async def test_a_request_is_rescheduled_at_most_max_reschedules_times(served) -> None:

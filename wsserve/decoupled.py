@@ -82,7 +82,7 @@ from .errors import (
 )
 from .reschedule import MAX_RESCHEDULES, RELEASE_ALL, after_execute
 from .stats import WorkerStatistics
-from .worker import request_id_of
+from .worker import BatchObserver, request_id_of
 
 __all__ = ["DecoupledWorker", "DecoupledStream", "RESPONSE_OVERHEAD_BYTES", "DEFAULT_MAX_QUEUE_REQUESTS", "refusal",
            "decoupled_refusal"]
@@ -266,7 +266,8 @@ class DecoupledWorker:
     def __init__(self, model: Any, *, name: str, instances: int = 1, max_queue_requests: int = DEFAULT_MAX_QUEUE_REQUESTS,
                  max_pending_bytes: int = 8 << 20, drain_timeout_s: float = 10.0,
                  priorities: PriorityLevels | None = None, queue_policy: QueuePolicy | None = None,
-                 max_reschedules: int = MAX_RESCHEDULES, max_batch_rows: int = 1) -> None:
+                 max_reschedules: int = MAX_RESCHEDULES, max_batch_rows: int = 1,
+                 observer: BatchObserver | None = None) -> None:
         """``priorities``: the model's levels (config.pbtxt's ``priority_levels``,
         ``default_priority_level``, ``priority_queue_policy``; default wsserve's two, ``priority`` 1
         first), each level waiting in the order it came, the levels in order (1 first);
@@ -282,7 +283,12 @@ class DecoupledWorker:
         model's ``iterative_sequence`` attribute true: config.pbtxt's ``iterative_sequence: true``);
         such a model's executes get several requests, ``max_batch_rows`` rows at most (config.pbtxt's
         ``max_batch_size``), through its ``execute_decoupled_batch``; a request of more rows than
-        ``max_batch_rows`` is refused (any decoupled model's, as Triton refuses it)."""
+        ``max_batch_rows`` is refused (any decoupled model's, as Triton refuses it).
+        ``observer`` (metrics, the :class:`~wsserve.worker.PredictWorker`'s interface):
+        ``on_batch(name, rows, compute_s)`` once per execute that ran (one that raised included, as
+        Triton counts it; not one :meth:`close` cancelled before it began), on the loop's thread, ``rows``
+        its requests' rows, ``compute_s`` the time ``execute`` took (not the responses its threads send
+        after); an observer's exception is logged, never raised."""
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
         if type(max_reschedules) is not int or max_reschedules < 0:
@@ -303,6 +309,7 @@ class DecoupledWorker:
         self.max_pending_bytes = max_pending_bytes
         self.drain_timeout_s = drain_timeout_s
         self.stats: Any = None
+        self._observer = observer
         self._instances = instances
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -531,12 +538,22 @@ class DecoupledWorker:
     def _executed(self, future: asyncio.Future[list[int]], batch: list[DecoupledStream] | None = None,
                   started: float = 0.0) -> None:
         """An execute returned: counted in :attr:`stats` (Triton's execution count and compute time:
-        ``execute``'s own, not the responses its threads send later), its requests released or
-        rescheduled (:meth:`_released`, in the batch's order), the next one started."""
+        ``execute``'s own, not the responses its threads send later) and by the observer (its rows and
+        that time: ``wsserve_batch_size``, ``wsserve_batch_compute_seconds``), its requests released or
+        rescheduled (:meth:`_released`, in the batch's order), the next one started.  An execute
+        :meth:`close` cancelled before its thread took it never ran: not counted.  An observer that
+        raises is logged: its requests are released and the next execute starts all the same."""
         self._running -= 1
-        if self.stats is not None and batch:
+        if batch and not future.cancelled():
             ended = monotonic()
-            self.stats.on_batch(sum(s.sink.n for s in batch), len(batch), ended - started, ended)
+            rows = sum(s.sink.n for s in batch)
+            if self._observer is not None:
+                try:
+                    self._observer.on_batch(self.name, rows, ended - started)
+                except Exception:  # noqa: BLE001 - metrics never stall the requests
+                    log.exception("model %s: the batch observer failed", self.name)
+            if self.stats is not None:
+                self.stats.on_batch(rows, len(batch), ended - started, ended)
         if not future.cancelled() and future.exception() is not None:  # (not expected: _execute catches)
             log.error("model %s: execute failed", self.name, exc_info=future.exception())
         elif not future.cancelled() and batch:

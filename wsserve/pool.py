@@ -442,7 +442,7 @@ class ModelPool:
                                    max_queue_requests=max_queue_requests or DEFAULT_MAX_QUEUE_REQUESTS,
                                    max_pending_bytes=cfg.max_write_buffer_bytes, drain_timeout_s=cfg.drain_timeout_s,
                                    priorities=priorities, max_reschedules=cfg.max_reschedules,
-                                   max_batch_rows=max_batch_size or 1,
+                                   max_batch_rows=max_batch_size or 1, observer=self._observer,
                                    queue_policy=QueuePolicy(None, default_timeout_ms, allow_timeout_override,
                                                             timeout_action))
         explainer, refusal = resolve_explainer(name, model)
