@@ -18,6 +18,12 @@ fields (``inputs``, ``n``, ``nbytes``, ``finished``, ``on_error``):
   ``final`` true ends the request.  When the transport has written that response to
   its client it calls :meth:`DecoupledStream.written` with ``nbytes``.
 - ``on_error(exc)``: the request ended with ``exc`` (no response after it).
+- ``on_started(queue_s)`` (optional; a sink without it is not told): its first ``execute`` starts,
+  ``queue_s`` seconds (monotonic) after :meth:`DecoupledWorker.submit` took it (its queue time, as
+  Triton measures a request's from its arrival at the scheduler to its execute's start): called
+  once, before any response, on the loop's thread; a later execute of a rescheduled request is not
+  reported.  A request that ends before its execute starts is never reported.  An exception it
+  raises is logged (the request goes on).
 
 Contracts (one :class:`DecoupledStream` per request, loop thread unless said):
 
@@ -119,7 +125,7 @@ class DecoupledStream:
 
     __slots__ = ("_worker", "sink", "inputs", "request_id", "responses", "pending_bytes", "ended", "started",
                  "level", "queue", "_stop", "_timer", "_queue_timer", "_lock", "_sent", "final_sent", "reschedules",
-                 "model_request", "__weakref__")
+                 "model_request", "queued_at", "queue_s", "__weakref__")
 
     def __init__(self, worker: DecoupledWorker, sink: Any) -> None:
         self._worker = worker
@@ -145,6 +151,8 @@ class DecoupledStream:
         #: the model's own object for the request, kept across its executes when it is rescheduled
         #: (a Triton model's pb_utils.InferenceRequest: the same one each time); the worker never reads it
         self.model_request: Any = None
+        self.queued_at = 0.0  # monotonic: when submit() took it
+        self.queue_s = -1.0  # loop side: its wait before its first execute started (-1: not started yet)
 
     # -- the model's side (any thread)
 
@@ -409,6 +417,7 @@ class DecoupledWorker:
         queue.append(stream)
         self._waiting += 1
         now = monotonic()
+        stream.queued_at = now
         if deadline is not None:
             stream._timer = self._loop.call_at(
                 self._loop.time() + max(0.0, deadline - now), stream._finish,
@@ -487,15 +496,28 @@ class DecoupledWorker:
                     rows += stream.sink.n
             if not batch:
                 continue
+            started = monotonic()
             for stream in batch:
                 stream.started = True
                 stream._started()
+                if stream.queue_s < 0:  # its first execute: its queue time, told to its sink once
+                    stream.queue_s = started - stream.queued_at
+                    self._tell_started(stream)
             self._running += 1
             self.executed += 1
             self.last_batch = rows
             self.rows_executed += rows
             future = self._loop.run_in_executor(self._executor, self._execute, batch)  # type: ignore[union-attr]
-            future.add_done_callback(functools.partial(self._executed, batch=batch, started=monotonic()))
+            future.add_done_callback(functools.partial(self._executed, batch=batch, started=started))
+
+    def _tell_started(self, stream: DecoupledStream) -> None:
+        """``stream``'s sink's ``on_started(queue_s)``, when it has one (a failure logged only)."""
+        on_started = getattr(stream.sink, "on_started", None)
+        if on_started is not None:
+            try:
+                on_started(stream.queue_s)
+            except Exception:  # noqa: BLE001 - a sink's bug (its metrics) never stalls the requests
+                log.exception("the sink of a %s request failed in on_started", self.name)
 
     def _execute(self, batch: list[DecoupledStream]) -> list[int]:
         """In an instance's thread: the model's execute for ``batch``'s requests (a failure ends

@@ -416,7 +416,7 @@ class DecoupledJob(Job):
         self.worker = entry.worker
         self.item: Any = None
         self.responses = 0
-        self.queue_s = 0.0  # (its wait for an instance is not measured)
+        self.queue_s = -1.0  # its wait for an instance (on_started; -1: its execute has not started)
         self.explain = False
 
     @property
@@ -432,6 +432,10 @@ class DecoupledJob(Job):
 
     def on_error(self, exc: WsserveError) -> None:
         self.fail(exc)
+
+    def on_started(self, queue_s: float) -> None:
+        """The worker's: its execute starts after ``queue_s`` in the queue (its metrics' and statistics' queue time)."""
+        self.queue_s = queue_s
 
     def on_parameters(self, parameters: Mapping[str, Any] | None) -> None:
         """The stream's: the parameters of the response about to come (None: none)."""

@@ -76,8 +76,8 @@ class VersionStats:
     step's: :meth:`on_request`):
     ``ok``/``ok_s`` (count and total seconds of successful requests), ``fail``/``fail_s``
     (the others: errors, timeouts, cancellations), ``queue_s`` (total wait of the successful
-    ones before their first batch; its count is ``ok``).  Per computed batch
-    (:meth:`on_batch`, the worker calls it): ``executions``, ``rows``, ``compute_s``;
+    ones before their first batch, a decoupled model's before its first ``execute``; its count is
+    ``ok``).  Per computed batch (:meth:`on_batch`, the worker calls it): ``executions``, ``rows``, ``compute_s``;
     ``pair_count``/``pair_s``: the batch's requests and its compute time once per request
     (Triton's per-request ``compute_infer``); ``sizes``: ``{rows: [batches, seconds]}``;
     ``last``: the monotonic time the last batch ended (None: none yet).  Per response-cache lookup
@@ -442,7 +442,9 @@ class Metrics:
         """:meth:`request_done` for a ``predict`` and, when ``queue_s >= 0``, :meth:`queued`, in one
         call (the hot path: one method call and one label lookup per family instead of two calls).
         ``stats``: the version's :class:`VersionStats` (a success's queue time goes there too, when
-        measured: ``queue_s >= 0``; a decoupled model's request over HTTP or gRPC has none)."""
+        measured: ``queue_s >= 0``; -1: none, a request that ended before its first batch, or a
+        decoupled model's before its first ``execute`` started; a decoupled model's request, on every
+        transport, is measured from its submit to the start of its first execute)."""
         if stats is not None:
             if code == "ok":
                 stats.ok += 1

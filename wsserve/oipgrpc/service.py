@@ -173,6 +173,10 @@ class GrpcDecoupledCall(InferCall):
         """The stream's: the parameters of the response about to come, its own (None: none)."""
         self.response_parameters = parameters or None
 
+    def on_started(self, queue_s: float) -> None:
+        """The worker's: its execute starts after ``queue_s`` in the queue (its metrics' and statistics' queue time)."""
+        self.queue_s = queue_s
+
     def on_response(self, outputs: Any, final: bool, nbytes: int) -> None:
         """One response of the model (None: FINAL alone); ``final`` ends the call (``ok``)."""
         if self.finished:

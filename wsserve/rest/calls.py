@@ -263,7 +263,7 @@ class PredictCall(Call):
     def span_attributes(self) -> dict[str, Any]:
         """Its version and rows, and (once computed) the timing its answer carries."""
         attributes: dict[str, Any] = {"wsserve.model_version": self.version, "wsserve.rows": self.n}
-        if self.queue_s >= 0:
+        if self._batch_max:  # (a decoupled model's call has a queue time but no batch: none)
             attributes.update({"wsserve." + k: v for k, v in self._timing().items()})
         return attributes
 

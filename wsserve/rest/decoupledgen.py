@@ -102,6 +102,10 @@ class DecoupledGenerateCall(PredictCall):
         (:func:`~wsserve.worker.request_id_of`)."""
         return self.rid
 
+    def on_started(self, queue_s: float) -> None:
+        """The worker's: its execute starts after ``queue_s`` in the queue (its metrics' and statistics' queue time)."""
+        self.queue_s = queue_s
+
     def on_response(self, outputs: dict[str, np.ndarray] | None, final: bool, nbytes: int) -> None:
         if self.finished:
             return
