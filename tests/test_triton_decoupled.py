@@ -17,6 +17,7 @@ import textwrap
 import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,7 +30,7 @@ tgrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 from wsserve_client import BadRequestError, Client, InvalidInput, RequestCancelled  # noqa: E402
 
-from tests.support import ServerProcess, wait_until  # noqa: E402
+from tests.support import ServerProcess, scrape_metrics, wait_until  # noqa: E402
 from tests.support.conn import Conn  # noqa: E402
 from tests.test_grpc import grpc_address  # noqa: E402
 
@@ -263,6 +264,40 @@ class TritonPythonModel:
 '''
 
 
+#: One instance; IN 1: ``execute`` writes ``running-<request_id>`` in ``marks``, then holds the
+#: instance until ``open-<request_id>`` exists there (at most 60 s); then (any IN) one response of
+#: OUT = IN flagged FINAL.
+GATE_PBTXT = ('backend: "python"\nmax_batch_size: 0\n' + DECOUPLED + ONE_IN
+              + 'output [ { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+              + 'instance_group [{ count: 1 }]\n'
+              + 'parameters { key: "marks" value: { string_value: "MARKS" } }\n')
+GATE_PY = '''
+import json
+import threading
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.marks = Path(json.loads(args["model_config"])["parameters"]["marks"]["string_value"])
+
+    def execute(self, requests):
+        request = requests[0]
+        value = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+        if value == 1:
+            (self.marks / ("running-" + request.request_id())).write_text("yes")
+            for _ in range(6000):
+                if (self.marks / ("open-" + request.request_id())).exists():
+                    break
+                threading.Event().wait(0.01)
+        request.get_response_sender().send(
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value], np.int32))]),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+
+
 def _write(root: Path, name: str, pbtxt: str, model_py: str) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "config.pbtxt").write_text(pbtxt)
@@ -297,6 +332,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "partial", PARTIAL_PBTXT, PARTIAL_PY)
     _write(root, "empty", EMPTY_PBTXT, EMPTY_PY)
     _write(root, "delaying", DELAYING_PBTXT, ERRS_PY)
+    _write(root, "gate", GATE_PBTXT.replace("MARKS", str(marks)), GATE_PY)
     proc = ServerProcess("--grpc-port", "0", "--models", "none", "--model-repository", str(root),
                          "--max-write-buffer-bytes", "1000000")
     try:
@@ -1241,3 +1277,98 @@ async def test_an_execute_cancelled_by_close_before_it_ran_is_not_counted(tmp_pa
         sys.setswitchinterval(interval)
         await worker.close()
         model.close()
+
+
+# --------------------------------------------------------------------------- queue time
+
+
+def _queue_figures(port: int, model: str) -> tuple[float, float, int, int]:
+    """``wsserve_queue_duration_seconds{model}``'s count and sum, and the version's Triton statistics'
+    ``queue`` count and ns."""
+    m = scrape_metrics(f"http://127.0.0.1:{port}")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=30) as answer:
+        queue_stats = json.loads(answer.read())["model_stats"][0]["inference_stats"]["queue"]
+    return (m.get("wsserve_queue_duration_seconds_count", model=model),
+            m.get("wsserve_queue_duration_seconds_sum", model=model), int(queue_stats["count"]), int(queue_stats["ns"]))
+
+
+def _hold_gate(port: int, marks: Path, rid: str, send_rest: Any) -> None:
+    """With the gate model's one instance held by request ``rid`` (already sent): ``send_rest()``,
+    wait until its 2 requests wait for the instance, then let ``rid`` go on."""
+    wait_until(lambda: (marks / f"running-{rid}").exists(), 30.0, what=f"{rid}'s execute to start")
+    send_rest()
+    wait_until(lambda: scrape_metrics(f"http://127.0.0.1:{port}").get("wsserve_queue_depth", model="gate") == 2,
+               30.0, what="2 requests waiting for the gate model's instance")
+    (marks / f"open-{rid}").write_text("yes")
+
+
+def _assert_queued(before: tuple[float, float, int, int], after: tuple[float, float, int, int], n: int) -> None:
+    """``n`` more requests in the queue histogram and the statistics' queue, with time (2 of them
+    waited for the held instance: their queue time cannot be 0)."""
+    assert after[0] - before[0] == n, (before, after)
+    assert after[1] > before[1], (before, after)
+    assert after[2] - before[2] == n, (before, after)
+    assert after[3] > before[3], (before, after)
+
+
+def test_grpc_decoupled_requests_count_their_queue_time(served) -> None:
+    """Three ModelStreamInfer requests to a decoupled model of one instance, two waiting behind the
+    first: ``wsserve_queue_duration_seconds`` counts all three, and the statistics' ``queue`` has
+    their time (before, a decoupled request over gRPC had no queue time: not in the histogram, 0 ns)."""
+    proc, address, marks = served
+    before = _queue_figures(proc.port, "gate")
+    s = _Stream(address)
+    try:
+        s.send("gate", "gq-1", IN=_i32(1))
+        _hold_gate(proc.port, marks, "gq-1", lambda: [s.send("gate", f"gq-{v}", IN=_i32(v)) for v in (2, 3)])
+        got = [s.results.get(timeout=60) for _ in range(3)]
+    finally:
+        s.close()
+    assert all(error is None for _, error in got), got
+    assert sorted(r.as_numpy("OUT").tolist()[0] for r, _ in got) == [1, 2, 3]
+    assert all(r.get_response().parameters["triton_final_response"].bool_param for r, _ in got)
+    _assert_queued(before, _queue_figures(proc.port, "gate"), 3)
+
+
+def test_http_generate_decoupled_requests_count_their_queue_time(served) -> None:
+    """The same over HTTP (Triton's generate and generate_stream): three requests, two waiting behind
+    the first, all three in the queue histogram and the statistics' queue with their time (before:
+    not in the histogram, 0 ns)."""
+    proc, _, marks = served
+    port = proc.port
+    before = _queue_figures(port, "gate")
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(_post, port, "/v2/models/gate/generate", {"id": "hq-1", "IN": 1})
+        rest: list[Any] = []
+        _hold_gate(port, marks, "hq-1", lambda: rest.extend([
+            pool.submit(_post, port, "/v2/models/gate/generate_stream", {"id": "hq-2", "IN": 2}),
+            pool.submit(_post, port, "/v2/models/gate/generate", {"id": "hq-3", "IN": 3})]))
+        answers = [f.result(timeout=60) for f in (first, *rest)]
+    assert [a[0] for a in answers] == [200, 200, 200], answers
+    assert json.loads(answers[0][2])["OUT"] == 1 and json.loads(answers[2][2])["OUT"] == 3
+    assert answers[1][1].startswith("text/event-stream") and _events(answers[1][2]) == [
+        {"id": "hq-2", "model_name": "gate", "model_version": "1", "OUT": 2}], answers[1]
+    _assert_queued(before, _queue_figures(port, "gate"), 3)
+
+
+async def test_websocket_decoupled_requests_count_their_measured_queue_time(served) -> None:
+    """Over the WebSocket the queue time is the one measured too (before: 0 s for every request,
+    counted also for one that never ran)."""
+    proc, _, marks = served
+    before = await asyncio.to_thread(_queue_figures, proc.port, "gate")
+    conn = await Conn.open(proc.url)
+    loop = asyncio.get_running_loop()
+
+    async def send_rest() -> None:
+        for v in (2, 3):
+            await conn.send({"type": "predict", "id": f"wq-{v}", "model": "gate", "inputs": [[v]]})
+    try:
+        await conn.send({"type": "predict", "id": "wq-1", "model": "gate", "inputs": [[1]]})
+        await asyncio.to_thread(_hold_gate, proc.port, marks, "wq-1",
+                                lambda: asyncio.run_coroutine_threadsafe(send_rest(), loop).result(30))
+        frames = [await conn.recv(60) for _ in range(6)]
+    finally:
+        await conn.close()
+    assert sorted((f["id"], f["type"]) for f in frames) == [
+        (f"wq-{v}", t) for v in (1, 2, 3) for t in ("done", "response")], frames
+    _assert_queued(before, await asyncio.to_thread(_queue_figures, proc.port, "gate"), 3)
