@@ -1176,3 +1176,20 @@ async def test_tritons_statistics_of_a_decoupled_execute_count_its_rows(tmp_path
     finally:
         (marks / "hold").unlink(missing_ok=True)
         proc.stop()
+
+
+def test_a_rescheduled_requests_queue_time_is_counted_once(served) -> None:
+    """A request over a gRPC stream run by three executes (rescheduled twice): its queue time (its
+    wait before its first execute) is one observation of ``wsserve_queue_duration_seconds``, not one
+    per execute (before, a decoupled request over gRPC had none)."""
+    port = served[0].port
+    before = _histogram(port, "wsserve_queue_duration_seconds", "iter").get("count", 0.0)
+    s = _Stream(served[1])
+    try:
+        s.send("iter", "q1", IN=np.array([[3]], np.int32))
+        got = s.until_final()
+    finally:
+        s.close()
+    assert [int(r.as_numpy("OUT").reshape(-1)[0]) for r, _ in got] == [2, 1, 0]
+    assert [dict(b)["q1"] for b in _batches(served[2]) if "q1" in _ids(b)] == [False, True, True]
+    assert _histogram(port, "wsserve_queue_duration_seconds", "iter").get("count", 0.0) - before == 1
