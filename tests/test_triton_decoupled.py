@@ -1372,3 +1372,78 @@ async def test_websocket_decoupled_requests_count_their_measured_queue_time(serv
     assert sorted((f["id"], f["type"]) for f in frames) == [
         (f"wq-{v}", t) for v in (1, 2, 3) for t in ("done", "response")], frames
     _assert_queued(before, await asyncio.to_thread(_queue_figures, proc.port, "gate"), 3)
+
+
+async def test_a_websocket_request_that_ends_while_waiting_has_no_queue_time(served) -> None:
+    """A WebSocket request cancelled while it waits for the held model's one instance is not observed
+    in ``wsserve_queue_duration_seconds`` (its execute never started); the running one, cancelled
+    after its execute started, is (before, both were: 0 s each)."""
+    port = served[0].port
+    before = (await asyncio.to_thread(scrape_metrics, f"http://127.0.0.1:{port}")).get(
+        "wsserve_queue_duration_seconds_count", model="held")
+    conn = await Conn.open(served[0].url)
+    try:
+        first = await conn.request({"type": "predict", "id": "qn0", "model": "held", "inputs": [[0]]})
+        assert first["type"] == "response"
+        await conn.send({"type": "predict", "id": "qn1", "model": "held", "inputs": [[0]]})
+        frame = await conn.request({"type": "cancel", "id": "qn1"})
+        assert frame["id"] == "qn1" and frame["code"] == "cancelled", frame
+        frame = await conn.request({"type": "cancel", "id": "qn0"})
+        assert frame["id"] == "qn0" and frame["code"] == "cancelled", frame
+    finally:
+        await conn.close()
+    after = (await asyncio.to_thread(scrape_metrics, f"http://127.0.0.1:{port}")).get(
+        "wsserve_queue_duration_seconds_count", model="held")
+    assert after - before == 1, (before, after)
+
+
+async def test_on_started_is_told_once_on_the_loop_thread_for_a_rescheduled_request() -> None:
+    """A request run by three executes (rescheduled twice): its sink's ``on_started`` is called once,
+    on the loop's thread, before its first execute ran and before any response, with its wait (>= 0);
+    a sink without ``on_started`` (an ensemble step's, a BLS call's) runs the same (before: never called)."""
+    from wsserve.decoupled import DecoupledWorker
+    from wsserve.reschedule import RELEASE_ALL, RELEASE_RESCHEDULE
+
+    class Rescheduling:
+        """Reschedules each request twice, then answers FINAL alone."""
+        iterative_sequence = True
+
+        def __init__(self) -> None:
+            self.executes: dict[str, int] = {}
+
+        def execute_decoupled(self, inputs: Any, request_id: str, stream: Any) -> int:
+            self.executes[request_id] = self.executes.get(request_id, 0) + 1
+            if self.executes[request_id] < 3:
+                return RELEASE_RESCHEDULE
+            stream.respond(None, True)
+            return RELEASE_ALL
+
+        def execute_decoupled_batch(self, requests: list[tuple[Any, str, Any]]) -> list[int]:
+            return [self.execute_decoupled(*request) for request in requests]
+
+    class Told(_Sink):
+        def __init__(self, x: int, model: Rescheduling) -> None:
+            super().__init__(x)
+            self.model = model
+            self.started: list[tuple[float, int, int, int]] = []
+
+        def on_started(self, queue_s: float) -> None:
+            self.started.append((queue_s, threading.get_ident(), self.model.executes.get(self.request_id, 0),
+                                 len(self.responses)))
+
+    model = Rescheduling()
+    worker = DecoupledWorker(model, name="resched", instances=1, drain_timeout_s=0.0, max_batch_rows=4)
+    worker.start()
+    try:
+        told, plain = Told(1, model), _Sink(2)
+        worker.submit(told)
+        worker.submit(plain)
+        await _until(lambda: told.finished and plain.finished)
+        assert model.executes == {"1": 3, "2": 3}
+        assert told.error is None and told.responses == [(None, True)]
+        assert plain.error is None and plain.responses == [(None, True)]
+        assert len(told.started) == 1, told.started
+        queue_s, thread, executes, responses = told.started[0]
+        assert queue_s >= 0 and thread == threading.get_ident() and executes == 0 and responses == 0
+    finally:
+        await worker.close()
