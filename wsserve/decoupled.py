@@ -508,7 +508,7 @@ class DecoupledWorker:
             self.last_batch = rows
             self.rows_executed += rows
             future = self._loop.run_in_executor(self._executor, self._execute, batch)  # type: ignore[union-attr]
-            future.add_done_callback(functools.partial(self._executed, batch=batch, started=started))
+            future.add_done_callback(functools.partial(self._executed, batch=batch, started=started, rows=rows))
 
     def _tell_started(self, stream: DecoupledStream) -> None:
         """``stream``'s sink's ``on_started(queue_s)``, when it has one (a failure logged only)."""
@@ -558,7 +558,7 @@ class DecoupledWorker:
             self._waiting += 1
 
     def _executed(self, future: asyncio.Future[list[int]], batch: list[DecoupledStream] | None = None,
-                  started: float = 0.0) -> None:
+                  started: float = 0.0, rows: int = 0) -> None:
         """An execute returned: counted in :attr:`stats` (Triton's execution count and compute time:
         ``execute``'s own, not the responses its threads send later) and by the observer (its rows and
         that time: ``wsserve_batch_size``, ``wsserve_batch_compute_seconds``), its requests released or
@@ -568,7 +568,6 @@ class DecoupledWorker:
         self._running -= 1
         if batch and not future.cancelled():
             ended = monotonic()
-            rows = sum(s.sink.n for s in batch)
             if self._observer is not None:
                 try:
                     self._observer.on_batch(self.name, rows, ended - started)
