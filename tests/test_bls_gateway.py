@@ -17,9 +17,9 @@ import numpy as np
 
 from wsserve.bls import BLS_STARTS_PER_TURN, BlsGateway
 from wsserve.config import ServerConfig
-from wsserve.errors import UnknownModel
+from wsserve.errors import DeadlineExceeded, UnknownModel
 from wsserve.metrics import VersionStats
-from wsserve.pool import ModelPool
+from wsserve.pool import ModelEntry, ModelPool
 from wsserve.repository import triton_pb_utils as pb
 from wsserve.repository.bls import Caller
 from wsserve.repository.function_backend import FunctionModel
@@ -217,3 +217,55 @@ def test_a_calls_timeout_counts_from_its_hand_over_not_from_its_start() -> None:
     assert rows_run == 1  # only the second call's row reached the model
     # both are requests of the called model, as Triton counts a BLS request timed out in its queue
     assert (ok, failed) == (1, 1)
+
+
+class _DeadlineFirstWorker:
+    """A called model's worker whose own deadline timer runs a moment before the gateway's (two
+    timers due together: which runs first is the loop's), or its queue timeout (``early_s``) well
+    before it: it ends the call with its own :class:`DeadlineExceeded`, as DecoupledWorker does."""
+
+    def __init__(self, early_s: float, message: str) -> None:
+        self.early_s, self.message = early_s, message
+        self.cancelled: list[object] = []
+
+    def submit(self, sink: object, deadline: float | None = None) -> object:
+        assert deadline is not None
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + max(0.0, deadline - monotonic() - self.early_s),
+                     sink.on_error, DeadlineExceeded(self.message))
+        return sink
+
+    def cancel(self, item: object) -> None:
+        self.cancelled.append(item)
+
+
+def _timed_call(worker: _DeadlineFirstWorker, timeout_us: int) -> pb.InferenceResponse:
+    async def scenario() -> pb.InferenceResponse:
+        model = FunctionModel(lambda x: x, input_shape=2, output_shape=2, dtype="float32", name="slow")
+        entry = ModelEntry("slow", "1", "predict", model, worker)
+        gateway = BlsGateway(lambda name, version: entry, ServerConfig())
+        request = pb.InferenceRequest(model_name="slow", requested_output_names=[], timeout=timeout_us,
+                                      inputs=[pb.Tensor("input", np.ones((1, 2), np.float32))])
+        caller = Caller("caller", 1, gateway)  # calls from a model's thread, never the loop's
+        return await asyncio.wrap_future(await asyncio.to_thread(gateway.call, caller, request))
+
+    return asyncio.run(scenario())
+
+
+def test_the_called_models_deadline_noticed_first_is_answered_as_the_calls_timeout() -> None:
+    """Before, whichever timer ran first named the error: ``the request to model 'slow' passed its
+    deadline`` when the worker's did (seen in CI), ``timed out after`` when the gateway's did."""
+    worker = _DeadlineFirstWorker(0.001, "the request to model 'slow' passed its deadline")
+    response = _timed_call(worker, 50_000)
+    assert response.has_error() and response.error().code() == pb.TritonError.UNAVAILABLE
+    assert response.error().message() == "BLS request to model 'slow' timed out after 50000 us"
+    assert len(worker.cancelled) == 1  # told, as when the gateway's timer runs first (a no-op there)
+
+
+def test_a_called_models_earlier_queue_timeout_keeps_its_own_message() -> None:
+    message = "the request to model 'slow' waited past its queue timeout (default_timeout_microseconds)"
+    worker = _DeadlineFirstWorker(60.0, message)  # its queue timeout passes at once
+    response = _timed_call(worker, 60_000_000)  # a minute
+    assert response.has_error() and response.error().code() == pb.TritonError.UNAVAILABLE
+    assert response.error().message() == message
+    assert worker.cancelled == []

@@ -42,8 +42,12 @@ the loop thread anyway would deadlock and gets an error response instead.
 ``timeout`` (microseconds, Triton's) bounds the whole call, counted from its hand-over (in the
 caller's thread): waiting in the gateway's incoming queue, queued and computing; past it the call
 is cancelled in its model's queue and answered ``UNAVAILABLE`` (one still in the incoming queue is
-answered so when the loop reaches it, never started).  Without it a call waits for its
-model.  The caller's own request being cancelled does not cancel its ``execute`` nor the calls it
+answered so when the loop reaches it, never started).  The called model's worker is given the same
+deadline (a request past it never starts there); whichever of the two notices it first, the caller
+reads the one answer ``BLS request to model ... timed out after N us`` (a deadline error of the
+called model within :data:`TIMEOUT_SLACK_S` of the call's timeout is that timeout; an earlier one,
+such as its queue policy's ``default_timeout_microseconds``, keeps its own message).  Without it a
+call waits for its model.  The caller's own request being cancelled does not cancel its ``execute`` nor the calls it
 makes (as in Triton): they end on their own, their answers unused; so does a call whose
 ``async_exec`` awaitable its caller cancelled (``asyncio.wait_for`` gave up on it, or its ``async
 def execute`` ended first): the call's future cannot be cancelled.  :meth:`BlsGateway.close` (the
@@ -110,6 +114,11 @@ MAX_BLS_DEPTH = 8
 #: BLS calls the event loop starts per turn (each checks and converts its inputs and queues them,
 #: tens of microseconds); the rest wait for the next turn, after the loop has polled its sockets.
 BLS_STARTS_PER_TURN = 32
+
+#: How early (seconds) a called model's deadline error may come and still be the call's own
+#: ``timeout``: the worker's timer and the gateway's are due together, on a loop clock that may be
+#: millisecond-grained (uvloop's), so either may run first.
+TIMEOUT_SLACK_S = 0.01
 
 #: numpy dtype -> the OIP datatype name an input of it comes as.
 _OIP_OF: dict[np.dtype, str] = {oip.DATATYPES[name]: name for name in oip.DATATYPES if name != "BF16"}  # (below)
@@ -187,6 +196,7 @@ class _Call:
         #: the called model's response parameters for the rows (or response) about to be delivered
         self._parameters: dict[str, Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # monotonic, from its timeout (None: no timeout)
         self.queued_at = 0.0  # monotonic, when submitted
         self.queue_s = -1.0  # its wait before its first batch (-1: no rows yet)
         self._parts: list[Tensors] = []
@@ -217,8 +227,15 @@ class _Call:
             self.gateway._end(self, response)
 
     def on_error(self, exc: WsserveError) -> None:
-        if not self.finished:
-            self.gateway._end(self, _error(exc))
+        if self.finished:
+            return
+        if isinstance(exc, DeadlineExceeded) and self.deadline is not None \
+                and monotonic() >= self.deadline - TIMEOUT_SLACK_S:
+            # the called model's worker noticed the call's own deadline before the gateway's timer
+            # did (two timers due together): the same timeout, answered with the same message
+            self.gateway._timed_out(self)
+            return
+        self.gateway._end(self, _error(exc))
 
     def on_parameters(self, parameters: dict[str, Any] | None) -> None:
         """The worker's: the called model's response parameters (a Triton Python model's
@@ -579,7 +596,7 @@ class BlsGateway:
             deadline = None
             if left is not None:  # what is left of it since its hand-over (checks and conversion included)
                 left = max(call.handed_at + call.timeout_us / 1e6 - monotonic(), 0.0)
-                deadline = monotonic() + left
+                deadline = call.deadline = monotonic() + left
                 call.timer = self._loop.call_later(left, self._timed_out, call)
             call.queued_at = monotonic()
             call.item = entry.worker.submit(call, deadline=deadline)
