@@ -10,6 +10,7 @@ here (numpy, or scikit-learn itself).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,7 @@ async def test_a_version_that_fails_at_start_up_is_failed_with_its_reason_and_th
     assert entry["version"] == "1" and states(entry) == {"1": "ready", "2": "failed"}
     reason = entry["versions"][1]["reason"]
     assert reason.startswith(expected) if expected.endswith(": ") else reason == expected, reason
-    assert f"model {name!r} version 2 failed to load: {reason}" in server.stderr_text()
+    await asyncio.to_thread(server.wait_logged, f"model {name!r} version 2 failed to load: {reason}")
     pinned = await predict(conn, "p", name, [[1, 2, 3]], version=2)
     assert (pinned["code"], pinned["message"]) == ("unknown_model", f"version '2' of model {name!r} is failed ({reason})")
     served = await predict(conn, "d", name, [[1, 2, 3]])
@@ -354,7 +355,7 @@ async def test_a_bad_config_toml_at_start_up_is_logged_naming_file_key_and_probl
         server: ServerProcess, repo: Repo, conn: Conn, name: str, problem: str) -> None:
     """A bad value and a document nested too deeply alike: an error naming the file, the model
     is not served, every other model is."""
-    assert f"model {name!r}: {repo.root / name / 'config.toml'}: {problem}" in server.stderr_text()
+    await asyncio.to_thread(server.wait_logged, f"model {name!r}: {repo.root / name / 'config.toml'}: {problem}")
     assert name not in models_http(server)
     r = await predict(conn, "c", name, [[1, 2, 3]])
     assert r["code"] == "unknown_model" and name in r["message"]

@@ -9,6 +9,7 @@ on timing.  Every wait is a predicate on ``GET /v1/models`` (or the log).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,7 +215,7 @@ async def test_a_changed_config_toml_reloads_the_model(server: ServerProcess, re
     (repo / "cfg" / "config.toml").write_text(AFFINE_CONFIG.replace('"regression"', '"embedding"'))
     entry = wait_models(server, "cfg", "reloaded with task embedding", lambda e: e["task"] == "embedding")
     assert entry is not None and entry["version"] == "2" and states(entry) == {"1": "ready", "2": "ready"}
-    assert "serving model 'cfg' version 1" in server.stderr_text()
+    await asyncio.to_thread(server.wait_logged, "serving model 'cfg' version 1")
     r = await predict(conn, 1, "cfg", ROWS)
     assert r["version"] == "2"
     close(r["outputs"], affine(ROWS, 4.0))
@@ -288,7 +289,7 @@ async def test_a_broken_new_version_is_failed_with_its_reason_and_the_old_defaul
     why = entry["versions"][1]["reason"]
     reason = reason.format(v=repo / name / "2")
     assert why.startswith(reason) if reason.endswith(": ") else why == reason, why  # ": ": ONNX Runtime's text follows
-    assert f"model {name!r} version 2 failed to load: {why}" in server.stderr_text()
+    await asyncio.to_thread(server.wait_logged, f"model {name!r} version 2 failed to load: {why}")
     r = await predict(conn, 1, name, [[1.0, 2.0, 3.0]])
     assert (r["type"], r["version"]) == ("result", "1"), r
     pinned = await predict(conn, 2, name, [[1.0, 2.0, 3.0]], version="2")

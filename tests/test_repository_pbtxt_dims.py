@@ -215,7 +215,7 @@ def test_each_disagreement_refuses_that_model_only_naming_it(served) -> None:
         else:
             assert not client.is_model_ready(name)
             assert [(v["state"], v["reason"]) for v in versions] == [("failed", f"{root / name / '1' / 'model.onnx'}: {reason}")]
-            assert reason in proc.stderr_text()
+            proc.wait_logged(reason)
 
 
 def _infer_http(proc: ServerProcess, x: np.ndarray) -> np.ndarray:

@@ -180,7 +180,7 @@ def test_a_tensorrt_model_is_refused_naming_its_platform(served) -> None:
     assert not client.is_model_ready("trt")
     with pytest.raises(InferenceServerException):
         client.get_model_metadata("trt")
-    assert "key 'platform': 'tensorrt_plan' is not served by wsserve" in proc.stderr_text()
+    proc.wait_logged("key 'platform': 'tensorrt_plan' is not served by wsserve")
 
 
 def test_reload_follows_an_edited_config_pbtxt(tmp_path: Path) -> None:

@@ -182,7 +182,7 @@ def test_http_client_runs_triton_add_sub(served) -> None:
     assert args == {"model_name": "add_sub", "model_version": "1", "model_repository": str(root / "add_sub"),
                     "model_instance_kind": "CPU", "model_instance_name": "add_sub_0_0", "input0_dims": [4],
                     "parameters": {"scale": {"string_value": "2"}}}
-    assert "add_sub initialized as add_sub_0_0" in proc.stderr_text()
+    proc.wait_logged("add_sub initialized as add_sub_0_0")
     a, b = _ab(16)  # two full batches: wsserve splits the request, each part its own InferenceRequest
     ins = [thttp.InferInput("INPUT0", [16, 4], "FP32"), thttp.InferInput("INPUT1", [16, 4], "FP32")]
     ins[0].set_data_from_numpy(a)
@@ -262,7 +262,7 @@ def test_an_execute_raising_on_the_implicit_warm_up_is_served_as_triton_serves_i
     proc, _, root = served
     client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
     assert client.is_model_ready("zeros_raise")
-    assert "zeros_raise/1/model.py: warm-up request (rows of zeros) answered with an error" in proc.stderr_text()
+    proc.wait_logged("zeros_raise/1/model.py: warm-up request (rows of zeros) answered with an error")
     x = np.ones((2, 2), np.float32)
     inp = thttp.InferInput("x", [2, 2], "FP32")
     inp.set_data_from_numpy(x)

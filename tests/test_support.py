@@ -119,6 +119,27 @@ def test_launcher_reads_the_ready_line_and_reports_a_server_that_never_starts() 
         ServerProcess.from_command(silent, start_timeout_s=0.5)
 
 
+
+def test_wait_logged_waits_for_a_line_and_an_exited_servers_log_is_read_whole() -> None:
+    """The log reaches ``stderr_text`` through a reading thread, a moment after it was written (CI
+    once saw a line missing that the server had logged before the state the test waited for)."""
+    late = [sys.executable, "-c", ("import sys, time; print('up on ws://127.0.0.1:4321', flush=True); "
+                                   "time.sleep(0.3); print('late line', file=sys.stderr, flush=True); "
+                                   "print('late line', file=sys.stderr, flush=True); time.sleep(60)")]
+    with ServerProcess.from_command(late, start_timeout_s=30) as proc:
+        assert proc.wait_logged("late line", 30, count=2).count("late line") == 2
+        with pytest.raises(AssertionError, match="(?s)did not log 'never' .*late line"):
+            proc.wait_logged("never", 0.2)
+    # once wait() returned, everything written to the server's pipes is read: here a process it
+    # started writes its last line after the server exited (a worker process flushing its log)
+    tail = "import sys, time; time.sleep(0.5); print('the end', file=sys.stderr, flush=True)"
+    parent = [sys.executable, "-c", ("import subprocess, sys; print('up on ws://127.0.0.1:4321', flush=True); "
+                                     f"subprocess.Popen([sys.executable, '-c', {tail!r}])")]
+    proc = ServerProcess.from_command(parent, start_timeout_s=30)
+    assert proc.wait(30) == 0
+    assert proc.stderr_text().endswith("the end\n")
+
+
 def _gone(pid: int) -> bool:
     """The process ended (a zombie waiting to be reaped counts as ended)."""
     try:

@@ -182,7 +182,7 @@ def test_trace_settings_decide_which_requests_get_a_span(traced: tuple[ServerPro
             gclient.update_trace_settings(model_name="nope", settings={"trace_rate": "3"})
         with pytest.raises(InferenceServerException, match="'trace_file' cannot be changed"):
             http.update_trace_settings(settings={"trace_file": "/tmp/x.json"})
-        assert "trace settings of model 'mlp' changed by 127.0.0.1" in proc.stderr_text()
+        proc.wait_logged("trace settings of model 'mlp' changed by 127.0.0.1")
     finally:
         http.close()
         gclient.close()

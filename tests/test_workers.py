@@ -624,7 +624,8 @@ async def test_hot_reload_reaches_every_worker(model_cache: Path, tmp_path: Path
             return True
 
         await wait_until_async(every_connection_sees_version_2, 30, what="version 2 on every worker")
-        assert server.stderr_text().count("serving model 'double' version 2") == 2
+        log = await asyncio.to_thread(server.wait_logged, "serving model 'double' version 2", count=2)
+        assert log.count("serving model 'double' version 2") == 2
         shutil.rmtree(model / "2")
     finally:
         server.stop()

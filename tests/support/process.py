@@ -15,7 +15,10 @@ benchmarks/peers/), run from this checkout or from another one (``root=``: a
 base commit's worktree, which the child then imports instead of this one).
 
 The child's stdout and stderr are read to the end by threads (never an undrained
-pipe).  The child imports this checkout first (see :func:`child_env`), whatever
+pipe).  A line the server logged reaches :meth:`ServerProcess.stderr_text` a moment after it was
+written (when that thread has read it): a test looking for a line in a running server's log waits
+for it (:meth:`ServerProcess.wait_logged`); once :meth:`~ServerProcess.wait`, :meth:`~ServerProcess.stop`
+or :meth:`~ServerProcess.kill` returned, everything it printed has been read.  The child imports this checkout first (see :func:`child_env`), whatever
 ``wsserve`` is installed.
 """
 
@@ -28,6 +31,7 @@ import signal as signals
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Self
@@ -197,8 +201,27 @@ class ServerProcess:
         return b"".join(self._stdout).decode(errors="replace")
 
     def stderr_text(self) -> str:
-        """What the server logged so far."""
+        """What the server logged so far (read so far: see the module docstring)."""
         return b"".join(self._stderr).decode(errors="replace")
+
+    def wait_logged(self, text: str, timeout_s: float = 30.0, *, count: int = 1) -> str:
+        """Wait until ``text`` is in the server's log (``count`` times at least); the log.  Raises
+        ``AssertionError`` with the log's end when it is not there after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (log := self.stderr_text()).count(text) < count:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the server did not log {text!r} ({count}x) within {timeout_s:g} s; "
+                                     f"its log ends:\n{log[-3000:]}")
+            time.sleep(0.02)
+        return log
+
+    def _drained(self, status: int) -> int:
+        """``status``, once the threads have read all the exited child printed (5 s at most: a
+        grandchild still holding the pipes keeps them open)."""
+        deadline = time.monotonic() + 5.0
+        for pump in self._pumps:
+            pump.join(max(0.0, deadline - time.monotonic()))
+        return status
 
     # ---------------------------------------------------------------- looking at it
 
@@ -228,23 +251,23 @@ class ServerProcess:
 
     def wait(self, timeout_s: float = 30.0) -> int:
         """The exit status; ``subprocess.TimeoutExpired`` if still running after ``timeout_s``."""
-        return self.proc.wait(timeout_s)
+        return self._drained(self.proc.wait(timeout_s))
 
     def kill(self) -> int:
         """SIGKILL (the process dies without closing its sockets cleanly); the exit status."""
         if self.proc.poll() is None:
             self.proc.kill()
-        return self.proc.wait()
+        return self._drained(self.proc.wait())
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM (a graceful drain), SIGKILL after ``timeout_s``; the exit status.  Idempotent."""
         if self.proc.poll() is None:
             self.proc.send_signal(signals.SIGTERM)
             try:
-                return self.proc.wait(timeout_s)
+                return self._drained(self.proc.wait(timeout_s))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self.proc.wait()
+        return self._drained(self.proc.wait())
 
     def __enter__(self) -> Self:
         return self
