@@ -232,10 +232,14 @@ class _Call:
         if isinstance(exc, DeadlineExceeded) and self.deadline is not None \
                 and monotonic() >= self.deadline - TIMEOUT_SLACK_S:
             # the called model's worker noticed the call's own deadline before the gateway's timer
-            # did (two timers due together): the same timeout, answered with the same message
-            self.gateway._timed_out(self)
-            return
+            # did (two timers due together): the same timeout, answered with the same message (the
+            # worker has ended the request itself: nothing to cancel there)
+            exc = self.timed_out()
         self.gateway._end(self, _error(exc))
+
+    def timed_out(self) -> DeadlineExceeded:
+        """The error of a call past its ``timeout``, whichever timer noticed it."""
+        return DeadlineExceeded(f"BLS request to model {self.model!r} timed out after {self.timeout_us} us")
 
     def on_parameters(self, parameters: dict[str, Any] | None) -> None:
         """The worker's: the called model's response parameters (a Triton Python model's
@@ -633,8 +637,7 @@ class BlsGateway:
             return
         if call.entry is not None and call.item is not None:
             call.entry.worker.cancel(call.item)
-        self._end(call, _error(DeadlineExceeded(
-            f"BLS request to model {call.model!r} timed out after {call.timeout_us} us")))
+        self._end(call, _error(call.timed_out()))
 
     def _end(self, call: _Call, response: pb.InferenceResponse) -> None:
         """Answer ``call`` (once) and release what it held."""
