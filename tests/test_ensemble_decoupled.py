@@ -347,11 +347,27 @@ def test_a_later_step_s_outputs_unread_by_the_client_are_bounded_too(served) -> 
         s.close()
 
 
+def _inference_stats(port: int, name: str) -> dict:  # type: ignore[type-arg]
+    """Model ``name``'s Triton statistics (``inference_stats``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{name}/stats", timeout=30) as answer:
+        return json.loads(answer.read())["model_stats"][0]["inference_stats"]  # type: ignore[no-any-return]
+
+
 def _requests_ended(port: int, name: str) -> int:
     """Requests to model ``name`` that ended (succeeded or failed), from Triton's statistics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{name}/stats", timeout=30) as answer:
-        stats = json.loads(answer.read())["model_stats"][0]["inference_stats"]
+    stats = _inference_stats(port, name)
     return stats["success"]["count"] + stats["fail"]["count"]
+
+
+def test_the_decoupled_steps_wait_for_its_execute_is_its_models_queue_time(served, stream) -> None:
+    """``gen``'s step request counts in ``gen``'s statistics with the time it waited for its
+    execute (a decoupled step has no rows to carry it: its worker tells the step when it starts)."""
+    before = _inference_stats(served[0].port, "gen")["queue"]
+    stream.send("ens", "q", **_in(1))
+    got = stream.until_final()
+    assert _outputs(got) == [([200], [0])] and all(error is None for _, error in got)
+    after = _inference_stats(served[0].port, "gen")["queue"]
+    assert after["count"] - before["count"] == 1 and int(after["ns"]) > int(before["ns"]), (before, after)
 
 
 async def test_websocket_predict_responses_streams_the_ensemble(served) -> None:

@@ -288,6 +288,26 @@ def test_async_exec_decoupled_iterates_with_for_and_async_for(served) -> None:
     assert _infer(proc, "acat", 3, 0).tolist() == [0, 1, 2, -1, 0, 1, 2, -1]
 
 
+def _queue_stats(proc: ServerProcess, model: str) -> tuple[int, int]:
+    """Model ``model``'s Triton statistics: its ``queue`` count and ns."""
+    client = thttp.InferenceServerClient(f"127.0.0.1:{proc.port}")
+    try:
+        queue = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]["queue"]
+    finally:
+        client.close()
+    return int(queue["count"]), int(queue["ns"])
+
+
+def test_a_decoupled_calls_wait_for_its_execute_is_the_called_models_queue_time(served) -> None:
+    """The called decoupled model counts the BLS request with the time it waited for its execute, as
+    it counts a client's (it has no rows to carry it: its worker tells the call when it starts)."""
+    proc, _ = served
+    count, ns = _queue_stats(proc, "gen")
+    assert _infer(proc, "cat", 2, 0).tolist() == [0, 1, -1]
+    after_count, after_ns = _queue_stats(proc, "gen")
+    assert after_count - count == 1 and after_ns > ns, (count, ns, after_count, after_ns)
+
+
 def test_an_error_response_mid_stream_ends_the_iteration(served) -> None:
     proc, _ = served
     error = _refused(proc, "cat", 3, 1)

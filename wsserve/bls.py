@@ -226,6 +226,12 @@ class _Call:
                 response = _error(exc)
             self.gateway._end(self, response)
 
+    def on_started(self, queue_s: float) -> None:
+        """A decoupled called model's worker's: its execute starts after ``queue_s`` in its queue
+        (the called model's statistics' queue time; a model that is not decoupled gives it with its rows)."""
+        if self.queue_s < 0:
+            self.queue_s = max(queue_s, 0.0)
+
     def on_error(self, exc: WsserveError) -> None:
         if self.finished:
             return

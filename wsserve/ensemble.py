@@ -259,6 +259,11 @@ class _StepSink:
             self._ended(True)
             self.run.step_done(self, out)
 
+    def on_started(self, queue_s: float) -> None:
+        """A decoupled step model's worker's: its execute starts after ``queue_s`` in its queue (the
+        step model's statistics' queue time; a step that is not decoupled gives it with its rows)."""
+        self._queue_s = max(queue_s, 0.0)
+
     def on_error(self, exc: WsserveError) -> None:
         if not self.finished:
             self.finished = True
