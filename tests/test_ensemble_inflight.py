@@ -83,6 +83,14 @@ def test_a_decoupled_step_s_responses_wait_for_a_place_at_the_next_step_and_all_
         gen.on_response(None, True, 0)  # gen is done; four of its responses still wait for post
         assert [int(p.inputs[0, 0]) for p in _posts(e)] == [0, 1]
         assert worker.statistics().queued == 4 and sink.responses == []
+        # the longest wait for a place: since the first response parked, on the loop's clock
+        loop, since = asyncio.get_running_loop(), worker.limits.oldest_since()
+        assert since is not None
+        loop.time = lambda: since + 7.5  # type: ignore[method-assign]  # the clock, 7.5 s on
+        try:
+            assert worker.statistics().oldest_age_s == 7.5
+        finally:
+            del loop.time  # (the class's again)
         most = 0
         while _open(e):
             most = max(most, len(_open(e)))
@@ -92,6 +100,7 @@ def test_a_decoupled_step_s_responses_wait_for_a_place_at_the_next_step_and_all_
         # (the last carries the final flag: no step is in flight nor waiting then)
         assert [(int(o["OUT"][0, 0]), f) for o, f in sink.responses] == [(i, i == 5) for i in range(6)]
         assert worker.statistics().queued == 0 and not worker.limits.inflight
+        assert worker.statistics().oldest_age_s == 0.0 and worker.limits.oldest_since() is None
         await asyncio.wait_for(worker.wait_idle(), 10)
 
     asyncio.run(go())
@@ -219,15 +228,16 @@ def test_a_step_that_waited_triton_s_bound_for_a_place_goes_anyway_over_the_limi
     limits = StepLimits(1)
     post = SimpleNamespace(index=1, model="post")
     first, second = _Waiter(), _Waiter()
-    assert limits.take(1) and limits.due() is None
+    assert limits.take(1) and limits.due() is None and limits.oldest_since() is None
     limits.park(first, post, (0,), now=1000.0)
     limits.park(second, post, (0,), now=1010.0)
-    assert limits.due() == 1300.0 and limits.parked == 2
+    assert limits.due() == 1300.0 and limits.parked == 2 and limits.oldest_since() == 1000.0
     assert limits.expire(1299.5) == 0 and first.launched == [] and limits.inflight[1] == 1
     with caplog.at_level(logging.ERROR, logger="wsserve.ensemble"):
         assert limits.expire(1300.0) == 1
     assert first.launched == [(1, (0,), True)] and first.parked == 0 and second.launched == []
     assert limits.inflight[1] == 2 and limits.due() == 1310.0  # over the limit, as Triton's
+    assert limits.oldest_since() == 1010.0
     assert "step 1 (model 'post'): no place for 300 s (in flight: 1 >= max_inflight_requests: 1)" in caplog.text
     limits.release(1)  # 1 in flight, the limit: the second still waits its turn...
     assert second.launched == [] and limits.parked == 1

@@ -715,10 +715,13 @@ async def _until(predicate: Any) -> None:
     raise AssertionError("not met within 60 s")
 
 
-async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finished(tmp_path: Path) -> None:
-    """One instance: the second request's ``execute`` starts only once the first returned; closing
-    the worker (an unload) ends a request whose model never sent FINAL with ``shutting_down``."""
+async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One instance: the second request's ``execute`` starts only once the first returned (the
+    statistics' ``oldest_age_s`` is the waiting second's age meanwhile); closing the worker (an
+    unload) ends a request whose model never sent FINAL with ``shutting_down``."""
     from tests.test_repository_triton_python import _load
+    from wsserve import decoupled
     from wsserve.decoupled import DecoupledWorker
 
     model = _load(tmp_path, "gated", ERRS_PBTXT + "instance_group [{ count: 1 }]\n", GATED_PY)
@@ -727,10 +730,12 @@ async def test_instances_bound_the_executes_and_an_unload_ends_what_never_finish
     worker.start()
     try:
         first, second, third = _Sink(1), _Sink(2), _Sink(9)
-        for sink in (first, second, third):
-            worker.submit(sink)
+        streams = [worker.submit(sink) for sink in (first, second, third)]
         await _until(lambda: gate.started == [1])
         assert worker.statistics().queued == 2 and not first.responses
+        with monkeypatch.context() as clock:  # the worker's clock, 4 s after the second was queued
+            clock.setattr(decoupled, "monotonic", lambda: streams[1].queued_at + 4.0)
+            assert worker.statistics().oldest_age_s == 4.0
         gate.release.set()
         await _until(lambda: first.finished and second.finished and len(third.responses) == 1)
         assert gate.started == [1, 2, 9]

@@ -436,10 +436,11 @@ class DecoupledWorker:
 
     def statistics(self) -> WorkerStatistics:
         waiting = [s for level in self._levels for s in level]
+        oldest = max(0.0, monotonic() - min(s.queued_at for s in waiting)) if waiting else 0.0
         return WorkerStatistics(
             kind="predict", queued=len(waiting), queued_rows=sum(s.sink.n for s in waiting),
             queued_bytes=sum(s.sink.nbytes for s in waiting), running=len(self._open) - len(waiting),
-            oldest_age_s=0.0, batches=self.executed, computed=self.rows_executed, executor_batches=self.executed,
+            oldest_age_s=oldest, batches=self.executed, computed=self.rows_executed, executor_batches=self.executed,
             last_batch_size=self.last_batch, isolated_batches=0)
 
     # -- internals

@@ -733,10 +733,15 @@ class StepLimits:
         run.parked += 1
         run.on_parked()
 
+    def oldest_since(self) -> float | None:
+        """When the longest-waiting parked launch was parked (the loop's clock; None: none is parked)."""
+        firsts = [next(iter(parked.values()))[1] for parked in self.waiting.values() if parked]
+        return min(firsts) if firsts else None
+
     def due(self) -> float | None:
         """When the longest-waiting parked launch has waited ``wait_timeout_s`` (None: none is parked)."""
-        firsts = [next(iter(parked.values()))[1] for parked in self.waiting.values() if parked]
-        return min(firsts) + self.wait_timeout_s if firsts else None
+        since = self.oldest_since()
+        return None if since is None else since + self.wait_timeout_s
 
     def expire(self, now: float) -> int:
         """Launch every parked step request that has waited ``wait_timeout_s`` by ``now``, oldest first,
@@ -954,10 +959,13 @@ class EnsembleWorker:
             self._idle.set()
 
     def statistics(self) -> WorkerStatistics:
-        # queued: step requests waiting for a place under max_inflight_requests (it queues nothing else)
+        """queued: step requests waiting for a place under ``max_inflight_requests`` (it queues nothing
+        else), ``oldest_age_s`` the longest such wait so far (event-loop thread: the loop's clock)."""
+        since = self.limits.oldest_since()
+        oldest = 0.0 if since is None else max(0.0, asyncio.get_running_loop().time() - since)
         return WorkerStatistics(kind="predict", queued=self.limits.parked, queued_rows=0, queued_bytes=0,
                                 running=len(self._runs),
-                                oldest_age_s=0.0, batches=0, computed=self._requests, executor_batches=0,
+                                oldest_age_s=oldest, batches=0, computed=self._requests, executor_batches=0,
                                 last_batch_size=0)
 
 
