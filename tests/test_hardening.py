@@ -38,6 +38,8 @@ from tests.support import (
 
 P = {"type": "predict", "model": "linear", "inputs": [[1.0]]}
 GEN = {"type": "generate", "model": "charlm", "prompt": "The ", "max_tokens": 100000}
+#: A generation that runs until cancelled (hours of tokens at any speed: max_tokens costs no memory).
+LONG = 10**9
 
 
 # --------------------------------------------------------------------------- helpers
@@ -546,14 +548,17 @@ def test_key_rate_limit_is_shared_by_connections_with_the_same_key(start_server)
 
 async def test_idle_timeout_closes_quiet_connections_only(start_server) -> None:
     # One sequence at a time: the three generations below stay in flight (running or queued) for seconds.
-    server = start_server("--idle-timeout", "1", "--max-generate-batch", "1", "--models", "charlm")
+    # (max_tokens far past what a stream reaches before its cancel: picows on an idle machine streams
+    # ~50k tokens/s, so the default limit of 100,000 could end the first with "length" first)
+    server = start_server("--idle-timeout", "1", "--max-generate-batch", "1", "--models", "charlm",
+                          "--max-tokens", str(LONG))
     quiet = await Conn.open(server.url)
     chatty = await Conn.open(server.url)
     busy = await Conn.open(server.url)
     t0 = time.monotonic()
     ids = ["g0", "g1", "g2"]
     for rid in ids:  # in flight for longer than the idle timeout
-        await busy.send({**GEN, "id": rid})
+        await busy.send({**GEN, "id": rid, "max_tokens": LONG})
     busy_frames = asyncio.create_task(busy.collect(set(ids), timeout=60))
 
     async def closed_after(conn: Conn) -> tuple[int, float]:
