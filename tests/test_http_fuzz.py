@@ -147,3 +147,36 @@ def test_a_real_server_answers_every_fuzzed_body_on_one_connection(start_server,
                 assert isinstance(error, str) or error["code"] in ERROR_CODES
         assert c.request("GET", "/healthz").status == 200
     assert "Traceback" not in server.stderr_text() and "internal error" not in server.stderr_text()
+
+
+#: A value nested as deeply as the server's JSON parser takes (orjson: 1,024 levels): too deep for
+#: Python's ``repr``, which an error message naming the refused value must not call.
+DEEP = b"[" * 1000 + b"]" * 1000
+_ONE_ROW = b'"inputs":[{"name":"input","shape":[1,1],"datatype":"FP64","data":[1]}]'
+
+
+@pytest.mark.parametrize(("route", "body", "message"), [
+    ("/v2/models/linear/infer", b'{"inputs":[{"name":"input","shape":[1,1],"datatype":@,"data":[1]}]}',
+     "input 'input': unsupported datatype (array nested too deeply to show)"),
+    ("/v2/models/linear/infer", b'{"parameters":{"priority":@},' + _ONE_ROW + b"}",
+     "parameter 'priority' must be an integer >= 0, got (array nested too deeply to show)"),
+    ("/v2/models/linear/infer", b'{"parameters":{"timeout":@},' + _ONE_ROW + b"}",
+     "parameter 'timeout' (microseconds) must be an integer in"),
+    ("/v1/completions", b'{"model":"charlm","prompt":"a","temperature":@}',
+     "'temperature' must be a number in [0, 100], got (array nested too deeply to show)"),
+    ("/v2/systemsharedmemory/region/r/register", b'{"key":"/wsserve-none","offset":0,"byte_size":@}',
+     "'byte_size' must be an integer in"),
+])
+def test_a_value_nested_too_deeply_to_show_is_refused_with_its_precise_400(start_server, route: str, body: bytes,
+                                                                           message: str) -> None:
+    """Each of these fields was a 500 ``internal error`` (``repr`` raised RecursionError formatting
+    the refusal): now the 400 naming the field, the value described, the connection kept."""
+    server = start_server("--models", "linear,charlm")
+    with RawHttp(server.port) as c:
+        a = c.request("POST", route, body.replace(b"@", DEEP))
+        assert a.status == 400, (a.status, a.body)
+        error = json.loads(a.body)["error"]
+        text = error if isinstance(error, str) else error["message"]
+        assert message in text and "nested too deeply to show" in text, text
+        assert c.request("GET", "/healthz").status == 200
+    assert "Traceback" not in server.stderr_text()

@@ -316,10 +316,10 @@ def infer_head(obj: Mapping[str, Any], inputs: tuple[Tensor, ...], outputs: tupl
     params = _params(obj, "the request")
     priority = params.get("priority", 0)
     if type(priority) is not int or priority < 0:
-        raise BadRequest(f"parameter 'priority' must be an integer >= 0, got {priority!r}")
+        raise BadRequest(f"parameter 'priority' must be an integer >= 0, got {shown(priority)}")
     timeout = params.get("timeout")
     if timeout is not None and (type(timeout) is not int or not 0 < timeout <= (1 << 31) * 1000):
-        raise BadRequest(f"parameter 'timeout' (microseconds) must be an integer in (0, {(1 << 31) * 1000}], got {timeout!r}")
+        raise BadRequest(f"parameter 'timeout' (microseconds) must be an integer in (0, {(1 << 31) * 1000}], got {shown(timeout)}")
     binary_out = params.get("binary_data_output", False)
     if type(binary_out) is not bool:
         raise BadRequest("parameter 'binary_data_output' must be a boolean")
@@ -511,7 +511,7 @@ def input_header(spec: Tensor, shape: Any, datatype: Any, max_rows: int) -> tupl
                                    f"at most {MAX_WHOLE_VALUES}")
     count = math.prod(shape)
     if type(datatype) is not str or datatype not in DATATYPES:  # a list or object is unhashable
-        raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {', '.join(DATATYPES)}")
+        raise BadRequest(f"input {name!r}: unsupported datatype {shown(datatype)}; supported: {', '.join(DATATYPES)}")
     if datatype != spec.datatype and not (datatype in _FLOATS and spec.datatype in _FLOATS):
         raise InvalidInput(f"input {name!r} is {spec.datatype}; got {datatype}")
     return count, DATATYPES[datatype]
@@ -593,7 +593,7 @@ def _input(tensor: Mapping[str, Any], spec: Tensor, binary: memoryview | None, o
             return _binary_strings(binary, offset, size, name, count, shape, spec), size
         if type(size) is not int or size != count * wire.itemsize:
             raise InvalidInput(f"input {name!r}: 'binary_data_size' must be {count * wire.itemsize} "
-                               f"({count} {datatype} values), got {size!r}")
+                               f"({count} {datatype} values), got {shown(size)}")
         if offset + size > len(binary):
             raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
         flat = np.frombuffer(binary[offset : offset + size], dtype=wire)
@@ -611,7 +611,7 @@ def _binary_strings(binary: memoryview, offset: int, size: Any, name: str, count
     elements) as the model's ``[n, *spec.shape]`` object array."""
     if type(size) is not int or size < 4 * count:
         raise InvalidInput(f"input {name!r}: 'binary_data_size' must be an integer of at least {4 * count} "
-                           f"({count} BYTES elements, each a 4-byte length then its bytes), got {size!r}")
+                           f"({count} BYTES elements, each a 4-byte length then its bytes), got {shown(size)}")
     if offset + size > len(binary):
         raise BadRequest(f"input {name!r}: the body ends before its {size} bytes of binary data")
     return input_array(bytes_elements(binary[offset : offset + size], count, name), shape, spec, False)

@@ -323,7 +323,7 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
     if temperature is None:
         temperature = 1.0
     elif type(temperature) not in (int, float) or not 0 <= temperature <= MAX_TEMPERATURE:
-        raise ParamError("temperature", f"'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
+        raise ParamError("temperature", f"'temperature' must be a number in [0, {MAX_TEMPERATURE:g}], got {shown(temperature)}")
     top_k = obj.get("top_k")
     if top_k is None or top_k == -1:  # -1: "off", as vLLM spells it
         top_k = 0

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest, InvalidInput
+from ..jsontypes import shown
 
 __all__ = ["MAX_NAME_BYTES", "MAX_REGIONS", "MAX_REGION_BYTES", "SHM_DIR", "ShmRef", "SystemSharedMemory",
            "check_key", "check_name", "shm_ref"]
@@ -91,7 +92,7 @@ def check_key(key: Any) -> str:
 
 def _size(value: Any, what: str, least: int) -> int:
     if type(value) is not int or not least <= value <= MAX_REGION_BYTES:
-        raise BadRequest(f"{what} must be an integer in [{least}, {MAX_REGION_BYTES}], got {value!r}")
+        raise BadRequest(f"{what} must be an integer in [{least}, {MAX_REGION_BYTES}], got {shown(value)}")
     return value
 
 
