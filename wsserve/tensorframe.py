@@ -282,7 +282,7 @@ def _all_finite(raw: np.ndarray) -> bool:
 def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
     """``arr`` as the spec's dtype, where the JSON path would take the same values: any number
     into a float input (a value beyond a narrower float's range refused: float32's, float16's
-    65,504); integers, and integral floats, into an integer input when they are in its range;
+    65,504); integers, and integral floats (bfloat16 too), into an integer input when they are in its range;
     only bool into bool."""
     want = spec.dtype
     if desc.dtype == want:
@@ -317,9 +317,9 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
                 raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value beyond {want}'s range "
                                    f"(input '{spec.name}' is {want})")
             return arr.astype(target.newbyteorder("="))
-        if have == "f":
-            if arr.dtype.itemsize < 4:  # float16: the bounds (up to 2**64) would overflow it; float32 holds them
-                arr = arr.astype(np.float32)
+        if is_float(arr.dtype):
+            if arr.dtype.itemsize < 4:  # float16, bfloat16: compared in float32, which holds the bounds (up to
+                arr = arr.astype(np.float32)  # 2**64; float16 would overflow) and each value exactly
             # As JSON: integral floats within range are taken; 1.5 is not.  The top bound is
             # 2**bits (unsigned) or 2**(bits-1), exact as a float (info.max is not: as a float
             # int64's rounds up to that very value, which would pass ``> info.max`` and wrap).
