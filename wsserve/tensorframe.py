@@ -42,7 +42,7 @@ import orjson
 
 from .dtypes import BFLOAT16, DTYPES, ITEMSIZE, float_max, is_float
 from .errors import BadRequest, InvalidInput
-from .jsontypes import json_type
+from .jsontypes import json_type, shown
 from .shapes import MAX_VALUES, VARIABLE, fits
 
 __all__ = [
@@ -149,7 +149,7 @@ def _shape(value: Any, label: str) -> tuple[int, ...]:
                          + (f" of {len(value)}" if type(value) is list else ""))
     for d in value:
         if type(d) is not int:
-            raise BadRequest(f"{label}: 'shape' must hold integers, got {d!r}")
+            raise BadRequest(f"{label}: 'shape' must hold integers, got {shown(d)}")
     return tuple(value)
 
 
