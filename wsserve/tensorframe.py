@@ -157,7 +157,7 @@ def _dtype(value: Any, label: str) -> str:
     if type(value) is not str:
         raise BadRequest(f"{label}: 'dtype' must be a string, got {json_type(value)}")
     if value not in DTYPES:
-        raise BadRequest(f"{label}: unknown dtype {value!r}; known: {', '.join(DTYPES)}")
+        raise BadRequest(f"{label}: unknown dtype {shown(value)}; known: {', '.join(DTYPES)}")
     return value
 
 
@@ -198,7 +198,7 @@ def read_tensors(header: Mapping[str, Any], payload_bytes: int, *, max_rows: int
             if type(name) is not str or not 1 <= len(name) <= 256:
                 raise BadRequest(f"'{key}' item {i}: 'name' must be a string of 1 to 256 characters")
             if name in seen:
-                raise BadRequest(f"'{key}' names {name!r} twice")
+                raise BadRequest(f"'{key}' names {shown(name)} twice")
             seen.add(name)
             items.append((name, t.get("dtype"), t.get("shape")))
     out: list[TensorDesc] = []
@@ -354,7 +354,7 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
         wanted = [s.name for s in specs]
         unknown = [d.name for d in descs if d.name not in wanted]
         if unknown:
-            raise InvalidInput(f"'inputs' names unknown input {unknown[0]!r}; the model takes {', '.join(map(repr, wanted))}")
+            raise InvalidInput(f"'inputs' names unknown input {shown(unknown[0])}; the model takes {', '.join(map(repr, wanted))}")
         missing = [s.name for s in specs if s.name not in by_name and not getattr(s, "optional", False)]
         if missing:
             raise InvalidInput(f"'inputs' is missing input {missing[0]!r}; the model takes {', '.join(map(repr, wanted))}")
