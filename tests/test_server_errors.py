@@ -117,6 +117,18 @@ async def test_a_refused_value_nested_too_deeply_to_show_still_gets_its_precise_
     await conn.close()
 
 
+async def test_an_unknown_model_name_is_shown_cut_to_64_characters(server_url: str) -> None:
+    """A model name (up to 256 characters) that names no model is a refused value: shown cut to 64
+    characters, as PROTOCOL.md says; it was echoed whole (predict and generate alike)."""
+    conn = await Conn.open(server_url)
+    name = "m" * 256
+    for message in ({**P, "id": "p", "model": name}, {"type": "generate", "id": "g", "model": name, "prompt": "x"}):
+        reply = await conn.request(message)
+        assert (reply["code"], reply["id"]) == ("unknown_model", message["id"]), reply
+        assert "m" * 61 not in reply["message"] and "m" * 60 + "..." in reply["message"], reply
+    await conn.close()
+
+
 async def test_too_many_rows_is_invalid_input(start_server) -> None:
     server = start_server("--max-rows", "10", "--models", "linear")
     conn = await Conn.open(server.url)

@@ -313,7 +313,7 @@ class ModelPool:
         Raises ``UnknownModel`` naming the model, or the version and why it cannot serve."""
         model = self._models.get(name)
         if model is None:
-            raise UnknownModel(f"no model named {name!r}; known: {', '.join(self._models) or 'none'}")
+            raise UnknownModel(f"no model named {shown(name)}; known: {', '.join(self._models) or 'none'}")
         if version is None:
             entry = model.default
             if entry is not None:
