@@ -192,7 +192,7 @@ class WebSocketProtocol(OneTimer, asyncio.Protocol):
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 head = 10
-                if length < 0x10000:
+                if length < 0x10000 or length >> 63:  # (its most significant bit must be 0, too)
                     self._fail(1002, "invalid 64-bit payload length")
                     return
             if length > max_size:
