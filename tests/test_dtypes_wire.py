@@ -247,6 +247,30 @@ async def test_websocket_json_and_binary_frames_carry_the_narrow_types(served) -
         assert r.outputs["u8_out"].dtype == np.uint8  # widened values cast back into the model's dtype
 
 
+async def test_websocket_binary_frames_of_whole_floats_fit_int_inputs_bfloat16_as_float16(served) -> None:
+    """A float frame of integral values into an int input is cast (as JSON's ``2.0`` is): a bfloat16
+    frame as a float16 one, range- and integer-checked the same way.  It was refused ("is bfloat16;
+    input 'i8' takes int8") while float16 was taken."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from wsserve_client import Client, InvalidInput
+
+    proc, _, _ = served
+    whole = {n: np.array([[0, 1], [2, 3]]) for n, *_ in INTS}
+    async with Client(proc.url) as client:
+        await client.ping()
+        assert "bfloat16" in client.hello.binary_dtypes
+        for dtype in (np.float16, ml_dtypes.bfloat16):
+            values = {k: v.astype(dtype) for k, v in whole.items()}
+            r = await client.predict("echo", values, binary=True)
+            for name, _, _, int_dtype, _, _ in INTS:
+                assert r.outputs[name + "_out"].dtype == int_dtype
+                assert r.outputs[name + "_out"].tolist() == whole[name].tolist()
+            with pytest.raises(InvalidInput, match=r"tensor 'u16' row 1\[0\] holds a value that is not an integer"):
+                await client.predict("echo", {**values, "u16": np.array([[0, 1], [1.5, 3]]).astype(dtype)}, binary=True)
+            with pytest.raises(InvalidInput, match=r"tensor 'u8' row 0\[1\] holds a value that is not an integer"):
+                await client.predict("echo", {**values, "u8": np.array([[0, 256], [2, 3]]).astype(dtype)}, binary=True)
+
+
 async def test_a_wider_output_beyond_float16_fails_naming_the_value_and_one_within_is_cast(served) -> None:
     """A model.py answering float64 1e6 (or int64 70000) for a float16 output: the cast made it inf,
     and the request failed as the client's ``invalid_input`` ("output row 0 is not finite"); an

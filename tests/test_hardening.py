@@ -590,3 +590,34 @@ async def test_idle_timeout_closes_quiet_connections_only(start_server) -> None:
     code, at = await closed_after(busy)
     assert code == 1000
     assert at - t_cancel >= 0.9, at - t_cancel  # not before one idle timeout after its last message
+
+
+async def test_a_request_ending_during_a_slow_admin_operation_does_not_close_the_connection_as_idle(
+        start_server, tmp_path: Path) -> None:
+    """A running admin operation stops the idle clock: a request of the same connection that ends
+    meanwhile (its deadline passes, past one idle timeout after the last message) must not close
+    the connection as idle, which lost the operation's answer.  ``slow``'s reload is held in its
+    ``Model()`` and its predict in ``predict`` (:data:`~tests.repo_models.GATED_PY`)."""
+    from tests.repo_models import AFFINE_CONFIG, GATED_PY, write_affine
+
+    repo, gate, init_gate = tmp_path / "repository", tmp_path / "gate", tmp_path / "init-gate"
+    (repo / "slow").mkdir(parents=True)
+    (repo / "slow" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "slow" / "1", bias=1.0, source=GATED_PY, **{"gate.txt": str(gate)})
+    server = start_server("--idle-timeout", "1", "--models", "none", "--model-repository", str(repo))
+    (repo / "slow" / "1" / "init_gate.txt").write_text(str(init_gate))  # the next Model() is held
+    conn = await Conn.open(server.url)
+    try:
+        await conn.send({"type": "reload", "id": "r", "model": "slow"})
+        await wait_until_async(lambda: Path(f"{init_gate}.started").exists(), 30, what="the reload's Model() is held")
+        # held in predict (a row starting -1); its deadline passes two idle timeouts after this last message
+        await conn.send({"type": "predict", "id": "p", "model": "slow", "inputs": [[-1.0, 0.0, 0.0]],
+                         "timeout_ms": 2000})
+        assert (await conn.recv(30))["code"] == "deadline_exceeded"
+        init_gate.touch()
+        gate.touch()
+        reply = await conn.recv(30)  # the reload's answer (before: the connection closed as idle, 1000)
+        assert (reply["type"], reply["id"], reply.get("ok")) == ("reload", "r", True), reply
+    finally:
+        init_gate.touch()
+        gate.touch()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.repo_models import NAMED_CONFIG, NAMED_PY
 from tests.support import Conn
 from wsserve.tensorframe import encode, read_tensors, split, view_tensors
 
@@ -117,3 +120,42 @@ async def test_a_binary_message_over_max_message_bytes_closes_with_1009(start_se
             while True:
                 await ws.recv()
         assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+
+def _frame(header: dict, payload: bytes) -> bytes:
+    """A binary tensor frame written by hand (``encode`` takes only what it can describe)."""
+    head = orjson.dumps(header)
+    return len(head).to_bytes(4, "little") + head + payload
+
+
+async def test_a_refused_name_dtype_or_type_is_shown_cut_to_64_characters(start_server, tmp_path: Path) -> None:
+    """PROTOCOL.md: a message that shows the refused value shows at most its first 64 characters.
+    An unknown dtype, a tensor named twice, an unknown input (binary frames, and named JSON inputs
+    of a single-input and of a several-input model) and an unknown type were echoed whole (up to
+    the 2,048 characters of any message)."""
+    (tmp_path / "two" / "1").mkdir(parents=True)
+    (tmp_path / "two" / "config.toml").write_text(NAMED_CONFIG)
+    (tmp_path / "two" / "1" / "model.py").write_text(NAMED_PY)
+    server = start_server("--models", "linear", "--model-repository", str(tmp_path))
+    conn = await Conn.open(server.url)
+    one, pair, long = np.ones((1, 1)), np.ones((1, 2)), "x" * 250
+    messages = [
+        ("bad_request", _frame({"type": "predict", "id": 1, "model": "linear", "dtype": long * 4, "shape": [1, 1]},
+                               one.tobytes())),
+        ("bad_request", _frame({"type": "predict", "id": 2, "model": "two",
+                                "inputs": [{"name": long, "dtype": "float64", "shape": [1, 1]}] * 2}, one.tobytes() * 2)),
+        ("invalid_input", B(3, "two", {"a": pair, "b": one, long: one})),
+        ("invalid_input", orjson.dumps({"type": "predict", "id": 4, "model": "linear", "inputs": {long * 4: [[1.0]]}})
+         .decode()),
+        ("invalid_input", orjson.dumps({"type": "predict", "id": 5, "model": "two",
+                                        "inputs": {"a": [[1.0, 2.0]], "b": [[1.0]], long * 4: [[1.0]]}}).decode()),
+        ("bad_request", orjson.dumps({"type": long * 4, "id": 6}).decode()),
+    ]
+    for rid, (code, message) in enumerate(messages, 1):
+        await conn.ws.send(message)
+        err = await conn.recv()
+        assert (err["code"], err["id"]) == (code, rid), err
+        assert "x" * 61 not in err["message"] and "x" * 60 + "..." in err["message"], err
+    assert (await conn.request({"type": "ping", "id": "after"}))["type"] == "pong"
+    await conn.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import orjson
 import pytest
@@ -75,6 +76,56 @@ async def test_binary_frame_is_bad_request(server_url: str) -> None:
     reply = await conn.recv()
     assert reply["code"] == "bad_request" and "binary" in reply["message"]
     assert await conn.request({"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
+    await conn.close()
+
+
+def _deep(levels: int) -> str:
+    """A JSON array nested ``levels`` deep: the frames' parser takes 1,024 levels, Python's ``repr`` fewer."""
+    return "[" * levels + "1" + "]" * levels
+
+
+def _tensor_frame(header: str, payload: bytes) -> bytes:
+    """A binary tensor frame with this JSON ``header`` text, as a client writes it by hand."""
+    head = header.encode()
+    return len(head).to_bytes(4, "little") + head + payload
+
+
+async def test_a_refused_value_nested_too_deeply_to_show_still_gets_its_precise_error(server_url: str) -> None:
+    """A value refused with its repr in the message (a ``type``, the sequence fields, a binary frame's
+    ``shape`` item), nested deeper than ``repr`` goes, is described instead: the precise code and the
+    request's id.  It was ``internal`` (RecursionError), with id null, on text and binary frames."""
+    conn = await Conn.open(server_url)
+    deep = _deep(1000)
+    one = struct.pack("<d", 1.0)  # a float64 value
+    cases = [
+        ('{"type":' + deep + ',"id":"t"}', "t"),
+        ('{"type":"predict","id":"s","model":"linear","inputs":[[1]],"sequence_id":' + deep + "}", "s"),
+        ('{"type":"predict","id":"b","model":"linear","inputs":[[1]],"sequence_id":1,"sequence_start":' + deep + "}",
+         "b"),
+        ('{"type":"predict","id":"e","model":"linear","inputs":[[1]],"sequence_id":1,"sequence_end":' + deep + "}",
+         "e"),
+        (_tensor_frame('{"type":' + deep + ',"id":"bt"}', b""), "bt"),
+        (_tensor_frame('{"type":"predict","id":"bs","model":"linear","dtype":"float64","shape":[1,' + deep + "]}",
+                       one), "bs"),
+    ]
+    for message, rid in cases:
+        await conn.ws.send(message)
+        reply = await conn.recv()
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "bad_request", rid), reply
+        assert "nested too deeply to show" in reply["message"], reply
+    assert await conn.request({"type": "ping", "id": "after"}) == {"type": "pong", "id": "after"}
+    await conn.close()
+
+
+async def test_an_unknown_model_name_is_shown_cut_to_64_characters(server_url: str) -> None:
+    """A model name (up to 256 characters) that names no model is a refused value: shown cut to 64
+    characters, as PROTOCOL.md says; it was echoed whole (predict and generate alike)."""
+    conn = await Conn.open(server_url)
+    name = "m" * 256
+    for message in ({**P, "id": "p", "model": name}, {"type": "generate", "id": "g", "model": name, "prompt": "x"}):
+        reply = await conn.request(message)
+        assert (reply["code"], reply["id"]) == ("unknown_model", message["id"]), reply
+        assert "m" * 61 not in reply["message"] and "m" * 60 + "..." in reply["message"], reply
     await conn.close()
 
 

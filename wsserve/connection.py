@@ -304,7 +304,8 @@ class Connection:
             self.close(1008, "authentication timeout")
         elif self._over_since is not None and now - self._over_since >= cfg.slow_consumer_timeout_s:
             self._slow_consumer("stayed over the write-buffer limit")
-        elif cfg.idle_timeout_s is not None and not self.inflight and now - self.last_activity >= cfg.idle_timeout_s:
+        elif cfg.idle_timeout_s is not None and not self.inflight and not self.admin_ops \
+                and now - self.last_activity >= cfg.idle_timeout_s:  # (as next_timer: a slow admin op is not idleness)
             self.close(1000, "idle timeout")
 
     # ------------------------------------------------------------------ flow control

@@ -36,7 +36,7 @@ from .config import ServerConfig
 from .dtypes import array_bytes
 from .errors import InvalidInput, UnknownModel
 from .explain import Explainer, NotExplainable, explainer_for, tensor_names
-from .jsontypes import frame_text
+from .jsontypes import frame_text, shown
 from .models.base import ModelInfo, PredictiveModel
 from .protocol import check_rows, check_rows_within, result_head, validate_inputs
 from .respcache import ResponseCache
@@ -87,7 +87,7 @@ def _float_rows(width: int, float32: bool = False, name: str = "input") -> Prepa
         if type(inputs) is dict:
             if set(inputs) != {name}:
                 other = sorted(k for k in inputs if k != name)
-                raise InvalidInput(f"'inputs' names unknown input {other[0]!r}; the model takes {name!r}" if other
+                raise InvalidInput(f"'inputs' names unknown input {shown(other[0])}; the model takes {name!r}" if other
                                    else f"'inputs' is missing input {name!r}; the model takes {name!r}")
             inputs = inputs[name]
         if type(inputs) is list and len(inputs) * width <= LIST_ROWS_MAX_VALUES:
@@ -313,7 +313,7 @@ class ModelPool:
         Raises ``UnknownModel`` naming the model, or the version and why it cannot serve."""
         model = self._models.get(name)
         if model is None:
-            raise UnknownModel(f"no model named {name!r}; known: {', '.join(self._models) or 'none'}")
+            raise UnknownModel(f"no model named {shown(name)}; known: {', '.join(self._models) or 'none'}")
         if version is None:
             entry = model.default
             if entry is not None:

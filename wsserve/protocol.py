@@ -922,7 +922,7 @@ def decode(data: bytes | str, *, max_tokens: int = 100_000) -> Request:
     if kind is None:
         raise BadRequest("missing field 'type'", request_id=rid)
     raise BadRequest(
-        f"unknown type {kind!r}; known: predict, generate, cancel, models, ping, auth, load, unload, reload",
+        f"unknown type {shown(kind)}; known: predict, generate, cancel, models, ping, auth, load, unload, reload",
         request_id=rid,
     )
 
@@ -945,7 +945,7 @@ def decode_binary(data: bytes | memoryview, *, max_rows: int, max_header_bytes: 
         if kind is None:
             raise BadRequest("binary frame header: missing field 'type' (binary frames carry predict requests)",
                              request_id=rid)
-        raise BadRequest(f"binary frames carry only predict requests, got type {kind!r}; send it as a text frame",
+        raise BadRequest(f"binary frames carry only predict requests, got type {shown(kind)}; send it as a text frame",
                          request_id=rid)
     rid = _read_id(header, True)
     assert rid is not None

@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadRequest, InvalidInput, Overloaded
+from .jsontypes import shown
 
 __all__ = ["START", "END", "DEFAULT_MAX_IDLE_S", "MAX_SEQUENCE_ID_LENGTH", "Control", "State", "StateBudget", "SequenceConfig",
            "SequenceId", "Pending", "sequence_request_id", "SequenceScheduler", "control_inputs", "missing_id", "sequence_of"]
@@ -178,9 +179,9 @@ def sequence_of(params: Any) -> tuple[int | str, bool, bool] | None:
     start = params.get("sequence_start", False)
     end = params.get("sequence_end", False)
     if type(start) is not bool:
-        raise BadRequest(f"parameter 'sequence_start' must be a boolean, got {start!r}"[:300])
+        raise BadRequest(f"parameter 'sequence_start' must be a boolean, got {shown(start)}")
     if type(end) is not bool:
-        raise BadRequest(f"parameter 'sequence_end' must be a boolean, got {end!r}"[:300])
+        raise BadRequest(f"parameter 'sequence_end' must be a boolean, got {shown(end)}")
     if sid is None:
         return None
     if type(sid) is int:
@@ -191,7 +192,7 @@ def sequence_of(params: Any) -> tuple[int | str, bool, bool] | None:
             raise BadRequest(f"parameter 'sequence_id' is a string of {len(sid)} characters; at most "
                              f"{MAX_SEQUENCE_ID_LENGTH}")
     else:
-        raise BadRequest(f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string, got {sid!r}"[:300])
+        raise BadRequest(f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string, got {shown(sid)}")
     if sid == 0 or sid == "":
         return None
     return sid, start, end

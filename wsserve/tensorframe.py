@@ -42,7 +42,7 @@ import orjson
 
 from .dtypes import BFLOAT16, DTYPES, ITEMSIZE, float_max, is_float
 from .errors import BadRequest, InvalidInput
-from .jsontypes import json_type
+from .jsontypes import json_type, shown
 from .shapes import MAX_VALUES, VARIABLE, fits
 
 __all__ = [
@@ -149,7 +149,7 @@ def _shape(value: Any, label: str) -> tuple[int, ...]:
                          + (f" of {len(value)}" if type(value) is list else ""))
     for d in value:
         if type(d) is not int:
-            raise BadRequest(f"{label}: 'shape' must hold integers, got {d!r}")
+            raise BadRequest(f"{label}: 'shape' must hold integers, got {shown(d)}")
     return tuple(value)
 
 
@@ -157,7 +157,7 @@ def _dtype(value: Any, label: str) -> str:
     if type(value) is not str:
         raise BadRequest(f"{label}: 'dtype' must be a string, got {json_type(value)}")
     if value not in DTYPES:
-        raise BadRequest(f"{label}: unknown dtype {value!r}; known: {', '.join(DTYPES)}")
+        raise BadRequest(f"{label}: unknown dtype {shown(value)}; known: {', '.join(DTYPES)}")
     return value
 
 
@@ -198,7 +198,7 @@ def read_tensors(header: Mapping[str, Any], payload_bytes: int, *, max_rows: int
             if type(name) is not str or not 1 <= len(name) <= 256:
                 raise BadRequest(f"'{key}' item {i}: 'name' must be a string of 1 to 256 characters")
             if name in seen:
-                raise BadRequest(f"'{key}' names {name!r} twice")
+                raise BadRequest(f"'{key}' names {shown(name)} twice")
             seen.add(name)
             items.append((name, t.get("dtype"), t.get("shape")))
     out: list[TensorDesc] = []
@@ -282,7 +282,7 @@ def _all_finite(raw: np.ndarray) -> bool:
 def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
     """``arr`` as the spec's dtype, where the JSON path would take the same values: any number
     into a float input (a value beyond a narrower float's range refused: float32's, float16's
-    65,504); integers, and integral floats, into an integer input when they are in its range;
+    65,504); integers, and integral floats (bfloat16 too), into an integer input when they are in its range;
     only bool into bool."""
     want = spec.dtype
     if desc.dtype == want:
@@ -317,9 +317,9 @@ def _cast(arr: np.ndarray, desc: TensorDesc, spec: Spec) -> np.ndarray:
                 raise InvalidInput(f"{label} {_first_bad(over, desc.shape)} holds a value beyond {want}'s range "
                                    f"(input '{spec.name}' is {want})")
             return arr.astype(target.newbyteorder("="))
-        if have == "f":
-            if arr.dtype.itemsize < 4:  # float16: the bounds (up to 2**64) would overflow it; float32 holds them
-                arr = arr.astype(np.float32)
+        if is_float(arr.dtype):
+            if arr.dtype.itemsize < 4:  # float16, bfloat16: compared in float32, which holds the bounds (up to
+                arr = arr.astype(np.float32)  # 2**64; float16 would overflow) and each value exactly
             # As JSON: integral floats within range are taken; 1.5 is not.  The top bound is
             # 2**bits (unsigned) or 2**(bits-1), exact as a float (info.max is not: as a float
             # int64's rounds up to that very value, which would pass ``> info.max`` and wrap).
@@ -354,7 +354,7 @@ def conform(arrays: Sequence[np.ndarray], descs: Sequence[TensorDesc], specs: Se
         wanted = [s.name for s in specs]
         unknown = [d.name for d in descs if d.name not in wanted]
         if unknown:
-            raise InvalidInput(f"'inputs' names unknown input {unknown[0]!r}; the model takes {', '.join(map(repr, wanted))}")
+            raise InvalidInput(f"'inputs' names unknown input {shown(unknown[0])}; the model takes {', '.join(map(repr, wanted))}")
         missing = [s.name for s in specs if s.name not in by_name and not getattr(s, "optional", False)]
         if missing:
             raise InvalidInput(f"'inputs' is missing input {missing[0]!r}; the model takes {', '.join(map(repr, wanted))}")

@@ -394,7 +394,7 @@ def _names_message(inputs: dict[str, Any], specs: Sequence[TensorSpec]) -> str |
     unknown = sorted(k for k in inputs if k not in wanted)
     missing = [s.name for s in specs if s.name not in inputs and not s.optional]
     if unknown:
-        problem = f"names unknown input {unknown[0]!r}"
+        problem = f"names unknown input {shown(unknown[0])}"
     elif missing:
         problem = f"is missing input {missing[0]!r}"
     elif not inputs:

@@ -183,12 +183,18 @@ class WebSocketProtocol(OneTimer, asyncio.Protocol):
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
                 head = 4
+                if length < 126:  # RFC 6455 §5.2: a length in its shortest form (picows refuses it too)
+                    self._fail(1002, "invalid 16-bit payload length")
+                    return
             elif length == 127:
                 if end_of_data - pos < 10:
                     self._rx_need = 10
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 head = 10
+                if length < 0x10000 or length >> 63:  # (its most significant bit must be 0, too)
+                    self._fail(1002, "invalid 64-bit payload length")
+                    return
             if length > max_size:
                 # The library fails the connection with 1009; it owns the stream from here.
                 self._fast = False
@@ -233,6 +239,17 @@ class WebSocketProtocol(OneTimer, asyncio.Protocol):
             self._rx_need = 2
         if pos < end_of_data:
             self._rx += memoryview(data)[pos:]
+        self._after_read()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection over a frame the fast path refuses itself (the library would take
+        it): the replies queued first, then the close frame; the library owns the stream after."""
+        self._fast = False
+        self.ws.fail(code, reason)
+        self._write_library()
+        conn = self.conn
+        if conn is not None and not conn.closing:
+            conn.lost()
         self._after_read()
 
     def _feed_library(self, data: bytes) -> None:
