@@ -19,7 +19,7 @@ from wsserve_client import (
     as_tensor,
 )
 from wsserve_client.codec import split_attributions
-from wsserve_client.tensors import decode_frame, encode_frame
+from wsserve_client.tensors import decode_frame, encode_frame, peek_header
 
 from tests.support import ServerProcess
 
@@ -124,6 +124,21 @@ def test_frames_round_trip_without_numpy_types() -> None:
         decode_frame(bytes(frame)[:-1], as_numpy=False)
     with pytest.raises(ValueError, match="do not hold"):
         Tensor(b"\0" * 3, "float32", (1,))
+
+
+def test_a_reply_header_long_with_response_parameters_is_read_and_routed() -> None:
+    """A reply's header has no bound of its own (PROTOCOL.md): a model's response parameters, up to
+    16 KiB a response and 64 keys merged, can make it longer than 64 KiB.  The client refused such a
+    header, and could not even read the id to end the request with: the request was left unanswered."""
+    params = {f"p{i}": "v" * 16000 for i in range(5)}  # 80 KB of parameters
+    frame = encode_frame({"type": "result", "id": "r", "model": "m", "parameters": params},
+                         {"y": Tensor(b"\x01\x00\x00\x00", "int32", (1, 1))}, key="outputs")
+    assert int.from_bytes(frame[:4], "little") > 1 << 16
+    back = decode_frame(bytes(frame), as_numpy=False)
+    assert back["parameters"] == params and back["outputs"]["y"].tolist() == [[1]]
+    assert peek_header(bytes(frame))["id"] == "r"
+    with pytest.raises(ValueError, match="out of range"):  # a length past the frame is still refused
+        decode_frame(bytes(frame)[: 1 << 16], as_numpy=False)
 
 
 def test_the_client_works_without_numpy(server: ServerProcess) -> None:

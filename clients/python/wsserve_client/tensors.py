@@ -46,7 +46,6 @@ DTYPES: Mapping[str, tuple[str, int]] = {
 CLASSIC_DTYPES = ("float32", "float64", "int32", "int64", "bool")
 #: array.array typecodes -> wire dtype (by item size where the C type's size varies)
 _ARRAY_CODES = {"f": "float32", "d": "float64"}
-_MAX_HEADER = 1 << 16  # a reply header this long is refused (the server's are a few hundred bytes)
 _LITTLE = sys.byteorder == "little"
 
 
@@ -332,7 +331,7 @@ def decode_frame(data: bytes, *, as_numpy: bool) -> dict[str, Any]:
     if len(view) < 4:
         raise ValueError("binary frame shorter than its length prefix")
     n = int.from_bytes(view[:4], "little")
-    if n > _MAX_HEADER or n > len(view) - 4:
+    if n > len(view) - 4:  # (no cap of its own: a model's response parameters lengthen it; the frame bounds it)
         raise ValueError(f"binary frame header length {n} is out of range")
     header = orjson.loads(view[4 : 4 + n])
     if not isinstance(header, dict):
@@ -365,7 +364,7 @@ def peek_header(data: bytes) -> dict[str, Any] | None:
     find which request a malformed binary reply answers. Never raises."""
     try:
         n = int.from_bytes(data[:4], "little")
-        if len(data) < 4 or n > _MAX_HEADER or n > len(data) - 4:
+        if len(data) < 4 or n > len(data) - 4:
             return None
         header = orjson.loads(bytes(data[4 : 4 + n]))
     except (ValueError, TypeError):
