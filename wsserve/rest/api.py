@@ -1288,7 +1288,7 @@ def _header_length(request: HttpRequest) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit() or len(value) > 12:
+    if not value.isascii() or not value.isdigit() or len(value) > 12:  # '²' is a digit to isdigit, not to int
         raise BadRequest(f"Inference-Header-Content-Length must be a byte count, got {value[:32]!r}")
     return int(value)
 
