@@ -253,6 +253,8 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._fields = 0  # header and trailer fields of the request being received
+        self._trailers = False  # its head was read: fields now are a chunked body's trailers
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._refused: HttpResponse | None = None  # answer the request with this once parsing stops
@@ -340,6 +342,8 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._raw_headers = []
         self._header_bytes = 0
+        self._fields = 0
+        self._trailers = False
         self._body = []
         self._body_bytes = 0
         self._refused = None
@@ -351,12 +355,15 @@ class HttpProtocol(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
-        if len(self._raw_headers) > MAX_HEADERS:
+        self._fields += 1
+        if self._fields > MAX_HEADERS:
             self._refuse(HttpResponse(431, f"more than {MAX_HEADERS} header fields\n".encode()))
+        if not self._trailers:  # a chunked body's trailer fields are counted, never merged (RFC 9110 §6.5.1)
+            self._raw_headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._trailers = True  # what on_header gets from now on is a trailer
         length = None
         expect = False
         for name, value in self._raw_headers:
