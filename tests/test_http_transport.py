@@ -282,3 +282,20 @@ def test_expect_100_continue_behind_an_unanswered_request_gets_its_100_in_turn(t
         c.send(body)
         final = c.answer()
         assert final.status == 200 and "y_pred" in json.loads(final.body)
+
+
+def test_expect_100_continue_behind_an_answer_of_the_same_read_comes_after_it(server) -> None:
+    """A request answered at once (``/healthz``) with an ``Expect: 100-continue`` request pipelined
+    behind it in the same read: the answer waits for the read's one write, and the 100 went out
+    straight to the socket ahead of it - a client reading in order took it for the first request's."""
+    body = b'{"x": 2.0}'
+    with RawHttp(server.port) as c:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        first = c.interim()
+        assert first.status == 200, first.raw_head
+        assert c._exactly(int(first.header("content-length"))) == b"ok\n"
+        assert c.interim().status == 100  # then the client sends the body
+        c.send(body)
+        final = c.answer()
+        assert final.status == 200 and "y_pred" in json.loads(final.body)

@@ -376,8 +376,11 @@ class HttpProtocol(asyncio.Protocol):
         if length is not None and length > self._max_body:
             self._refuse(HttpResponse(413, f"body of {length} bytes; the limit is {self._max_body} (max_message_bytes)\n".encode()))
         if expect and self.transport is not None:
-            if not self._queue:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not self._queue:  # after the answers of this read still in _out (this read's one write)
+                self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if not self._marked:
+                    self._marked = True
+                    self.app.flusher.mark(self)
             else:  # it cannot overtake the answers ahead of it: sent after them (_advance), the timeout then
                 self._continue_owed = True
                 self._deadline = None
