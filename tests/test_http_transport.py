@@ -113,6 +113,31 @@ def test_head_http10_and_unknown_upgrade(server) -> None:
         assert a.status == 200 and a.header("connection") == "close" and c.closed()
 
 
+def test_a_request_offering_another_protocol_is_served_with_its_body(server) -> None:
+    """``curl --http2 -d ... http://`` offers HTTP/2 (``Upgrade: h2c``) on a POST.  The offer is
+    ignored (RFC 9110 §7.8) and the request served as HTTP/1.1 - but its body was dropped (the
+    parser stops at the head of any upgrade), so a valid request was answered 400 ``bad_json``
+    ("zero-length, empty document")."""
+    h2c = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"}
+    body = b'{"x": 0.5}'
+    with RawHttp(server.port) as c:
+        a = c.request("POST", "/predict", body, h2c)
+        assert a.status == 200 and "y_pred" in json.loads(a.body), a.body
+        assert c.request("GET", "/healthz").body == b"ok\n"  # the same connection serves on
+    with RawHttp(server.port) as c:  # a chunked body, and Expect: 100-continue answered once
+        c.send(request_bytes("POST", "/predict", None, {**h2c, "Transfer-Encoding": "chunked",
+                                                        "Expect": "100-continue"}))
+        assert c.interim().status == 100
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) + request_bytes("GET", "/healthz"))
+        first = c.interim()
+        assert first.status == 200, first.raw_head
+        assert "y_pred" in json.loads(c._exactly(int(first.header("content-length"))))
+        assert c.answer().body == b"ok\n"
+        # many pipelined in one write, each read again by a parser of its own: all answered
+        c.send(request_bytes("GET", "/healthz", None, h2c) * 300)
+        assert [c.answer().body for _ in range(300)] == [b"ok\n"] * 300
+
+
 def test_unknown_route_404_and_wrong_method_405_with_allow(server) -> None:
     with RawHttp(server.port) as c:
         a = c.request("GET", "/nope")

@@ -273,20 +273,30 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lost or self._upgraded or self._stopped:
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # httptools stops at any Upgrade; only a WebSocket one is taken.  Another protocol
-            # (h2c...) was answered as plain HTTP by on_message_complete, which closes after it.
-            if self._is_websocket():
-                self._upgrade(data[exc.args[0]:])
-            return
-        except httptools.HttpParserError as exc:
-            refused = self._refused or HttpResponse(400, f"bad HTTP request: {exc}\n".encode())
-            refused.close = True
-            self._in_request = False
-            self._stopped = True  # the parser is in its error state: nothing more is read
-            self._new_exchange(False, False).respond(refused)
+        pieces: list[bytes | memoryview] = [data]
+        while pieces and not (self._lost or self._stopped):
+            piece = pieces.pop()
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                # httptools stops at the head of any Upgrade; only a WebSocket one is taken.
+                rest = memoryview(piece)[exc.args[0]:]
+                if self._is_websocket():
+                    self._upgrade(bytes(rest))
+                    return
+                if not self._read_again():  # CONNECT: answered by on_message_complete, which closes after it
+                    break
+                # Another protocol (h2c...) is ignored (RFC 9110 §7.8): the request is read again by a
+                # new parser from its head without the Upgrade field, then its body and what follows.
+                head = self._head_without_upgrade()
+                self._parser = httptools.HttpRequestParser(self)
+                pieces += (rest, head)
+            except httptools.HttpParserError as exc:
+                refused = self._refused or HttpResponse(400, f"bad HTTP request: {exc}\n".encode())
+                refused.close = True
+                self._in_request = False
+                self._stopped = True  # the parser is in its error state: nothing more is read
+                self._new_exchange(False, False).respond(refused)
         if len(self._queue) >= self._max_queue and not self._paused_queue and not self._lost:
             self._paused_queue = True
             self._pause()
@@ -364,6 +374,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._trailers = True  # what on_header gets from now on is a trailer
+        if self._read_again():
+            return  # read again without its Upgrade header (data_received): the checks below then
         length = None
         expect = False
         for name, value in self._raw_headers:
@@ -393,15 +405,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        if parser.should_upgrade() and self._is_websocket():
-            return  # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket
+        if parser.should_upgrade() and (self._is_websocket() or self._read_again()):
+            # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket, or (another
+            # protocol) the request is read again without its Upgrade header, body included
+            return
         self._in_request = False
         self._continue_owed = False  # the body came anyway (a client need not wait for the 100)
         if self._stopped:  # pipelined behind a request that ends the connection: not served
             return
         request = self._request()
         version = request.http_version
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # other upgrades: answer, close
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # CONNECT: answer, close
         ex = self._new_exchange(keep_alive, version != "1.0", request.method == "HEAD")
         if ex.access is not None:
             ex.access[1] = request.address  # behind a trusted proxy: the client it forwards
@@ -664,6 +678,22 @@ class HttpProtocol(asyncio.Protocol):
         if proxies:
             request.address = client_address(self.address, request, proxies)
         return request
+
+    def _read_again(self) -> bool:
+        """The request being parsed offers a protocol other than WebSocket (``Upgrade: h2c``), which
+        is ignored: httptools stops after its head, so it is read again without that field
+        (:meth:`data_received`).  Not a ``CONNECT`` (always an upgrade to httptools): that one is
+        answered as it is (no route takes it), and the connection closed."""
+        parser = self._parser
+        return parser.should_upgrade() and not self._is_websocket() and parser.get_method() != b"CONNECT"
+
+    def _head_without_upgrade(self) -> bytes:
+        """The head of the request just parsed, without its ``Upgrade`` field (a protocol other than
+        WebSocket, not taken: see :meth:`data_received`)."""
+        parser = self._parser
+        lines = [b"%b %b HTTP/%b" % (parser.get_method(), self._url, parser.get_http_version().encode())]
+        lines.extend(b"%b: %b" % (n, v) for n, v in self._raw_headers if n != b"upgrade")
+        return b"\r\n".join(lines) + b"\r\n\r\n"
 
     def _upgrade(self, rest: bytes) -> None:
         """Hand this socket to a WebSocket protocol (the handshake happens there):
