@@ -76,6 +76,29 @@ def test_content_length_and_chunked_bodies(server) -> None:
     assert len(json.loads(plain.body)["y_pred"]) == 2
 
 
+def test_a_body_of_tiny_chunks_costs_about_its_size(start_server) -> None:
+    """A 1 MiB body sent as 2-byte chunks (``max_message_bytes`` allows it) was held as one bytes
+    object and one list slot per chunk, ~28 times its size (~29 MB for one request, per
+    connection); now small chunks go into one buffer.  The server's peak RSS while it reads such a
+    body grows by less than 8 MiB."""
+    server = start_server("--models", "linear")
+    pid = server.proc.pid
+    try:  # VmHWM := VmRSS, so the peak below is this request's (Linux >= 4.0)
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("cannot reset the server's peak RSS here")
+    before = server.memory_kib("VmHWM")
+    body = b" " * (1_048_576 - 12) + b'{"x": [0.5]}'  # valid JSON, exactly max_message_bytes
+    with RawHttp(server.port) as c:
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"".join(b"2\r\n%b\r\n" % body[i:i + 2] for i in range(0, len(body), 2)) + b"0\r\n\r\n")
+        a = c.answer()
+    assert a.status == 200 and "y_pred" in json.loads(a.body), a.body
+    growth_kib = server.memory_kib("VmHWM") - before
+    assert growth_kib < 8 * 1024, growth_kib
+
+
 def test_expect_100_continue_is_answered_before_the_body(server) -> None:
     body = b'{"x": 2.0}'
     with RawHttp(server.port) as c:

@@ -71,6 +71,8 @@ MAX_LOGGED_TARGET = 2048
 MAX_HEADER_BYTES = 32 * 1024
 #: Most header fields in one request.
 MAX_HEADERS = 100
+#: Body pieces shorter than this (a chunked body's small chunks) are copied into one buffer as they come.
+_SMALL_PIECE = 4096
 
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {s: f"HTTP/1.1 {s} {r}\r\n".encode() for s, r in _REASONS.items()}
@@ -255,7 +257,7 @@ class HttpProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._fields = 0  # header and trailer fields of the request being received
         self._trailers = False  # its head was read: fields now are a chunked body's trailers
-        self._body: list[bytes] = []
+        self._body: list[bytes | bytearray] = []  # the body's pieces as read (small ones merged)
         self._body_bytes = 0
         self._refused: HttpResponse | None = None  # answer the request with this once parsing stops
         self._access = app.access_log  # --access-log: a wsserve.logs.AccessLog, else None
@@ -401,7 +403,13 @@ class HttpProtocol(asyncio.Protocol):
         self._body_bytes += len(body)
         if self._body_bytes > self._max_body:
             self._refuse(HttpResponse(413, f"body over {self._max_body} bytes (max_message_bytes)\n".encode()))
-        self._body.append(body)
+        pieces = self._body
+        if len(body) >= _SMALL_PIECE:
+            pieces.append(body)
+        elif pieces and type(pieces[-1]) is bytearray:  # small chunks of a chunked body: into one buffer,
+            pieces[-1] += body  # not an object each (a 2-byte chunk's bytes and list slot cost ~28x its size)
+        else:
+            pieces.append(bytearray(body))
 
     def on_message_complete(self) -> None:
         parser = self._parser
@@ -670,7 +678,7 @@ class HttpProtocol(asyncio.Protocol):
             path,
             query,
             self._raw_headers,
-            body[0] if len(body) == 1 else b"".join(body),
+            body[0] if len(body) == 1 and type(body[0]) is bytes else b"".join(body),
             self._parser.get_http_version(),
             self.address,
         )
