@@ -708,11 +708,15 @@ class HttpProtocol(asyncio.Protocol):
         ``websockets``' (:mod:`.websocket`) or picows (:mod:`.picows_conn`), per ``config.transport``."""
         from .websocket import WebSocketProtocol
 
+        refusal = None
         if self._queue:  # answers still owed on this connection: a handshake cannot overtake them
+            refusal = b"a WebSocket upgrade cannot be pipelined behind unanswered requests\n"
+        elif any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+                 for n, v in self._raw_headers):  # the library would close without a word
+            refusal = b"a WebSocket upgrade has no body (no Content-Length but 0, no Transfer-Encoding)\n"
+        if refusal is not None:
             self._in_request = False
-            self._new_exchange(False, False).respond(
-                HttpResponse(400, b"a WebSocket upgrade cannot be pipelined behind unanswered requests\n", close=True)
-            )
+            self._new_exchange(False, False).respond(HttpResponse(400, refusal, close=True))
             self.app.flusher.flush()
             return
         self._upgraded = True
