@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -297,6 +298,32 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_canc
     assert _metric(server, "wsserve_inflight_requests") == 0
     _wait_for(lambda: "stopped reading" in server.stderr_text() or "unsent" in server.stderr_text())
     c.close()
+
+
+def test_an_answer_over_four_times_the_write_buffer_reaches_a_client_that_reads_it(start_server) -> None:
+    """A non-streamed answer bigger than four times ``--max-write-buffer-bytes`` (a long completion
+    with logprobs: ~0.5 KB a token) is written at once: the connection was dropped at that first
+    write, mid-body, though the client reads as fast as it can.  It is given the slow-consumer
+    timeout to drain, as any backlog is; a client that does not read it is still dropped."""
+    server = start_server("--max-write-buffer-bytes", "65536", "--slow-consumer-timeout", "1", "--models", "charlm")
+    try:  # the kernel takes up to tcp_wmem[max] of the answer at once; the rest must be over 4 x the limit
+        kernel_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        kernel_max = 4 << 20
+    tokens = min(100_000, (kernel_max + 8 * 65536) // 400)  # over 400 bytes a token with 20 logprobs
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": tokens, "logprobs": 20,
+                       "temperature": 0}).encode()
+    with RawHttp(server.port) as c:
+        a = c.request("POST", "/v1/completions", body)
+        assert a.status == 200 and len(a.body) > kernel_max + 4 * 65536, len(a.body)
+        choice = json.loads(a.body)["choices"][0]
+        assert len(choice["logprobs"]["tokens"]) == tokens and choice["finish_reason"] == "length"
+        assert c.request("GET", "/healthz").body == b"ok\n"  # and the connection serves on
+    stuck = RawHttp(server.port)
+    stuck.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    stuck.send(request_bytes("POST", "/v1/completions", body))  # and never read
+    server.wait_logged("it stopped reading its answers")
+    stuck.close()
 
 
 def test_a_stream_held_behind_an_unanswered_request_counts_as_unsent(start_server) -> None:

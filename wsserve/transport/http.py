@@ -33,7 +33,9 @@ Limits, each with its status code and a closed connection:
 - more than ``max_write_buffer_bytes`` unsent (a client that does not read its
   answers; answers held back behind an earlier unfinished one count too):
   reading pauses; past ``slow_consumer_timeout_s``, or four times the
-  limit, the connection is dropped (its work is cancelled).
+  limit, the connection is dropped (its work is cancelled).  One answer bigger
+  than that, written at once, is given the timeout to drain (dropped if more is
+  added to it meanwhile).
 
 With ``--access-log`` each answered request is logged once on ``wsserve.access`` (info): the
 client, the request line, the status, the bytes of the answer and the milliseconds from the
@@ -226,6 +228,7 @@ class HttpProtocol(asyncio.Protocol):
         self._max_queue = cfg.max_inflight
         self._write_limit = cfg.max_write_buffer_bytes
         self._slow_timeout = cfg.slow_consumer_timeout_s
+        self._drop_at = 0  # while over the write limit: the unsent bytes past which the connection is dropped
         self._server_line = _server_line(app.server_header)
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Exchange] = deque()  # unanswered (or not yet written) requests, in order
@@ -582,8 +585,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _congested(self, size: int) -> None:
         """More than ``max_write_buffer_bytes`` unsent: stop reading; drop the connection when
-        it stays so for ``slow_consumer_timeout_s`` or reaches four times the limit."""
-        if size > 4 * self._write_limit:
+        it stays so for ``slow_consumer_timeout_s`` or grows past four times the limit - or past
+        what the write that put it over left unsent: one answer bigger than that, written at once
+        (a long completion with logprobs), is given the timeout to drain, not dropped mid-body."""
+        if self._over_since is None:
+            self._drop_at = max(4 * self._write_limit, size)
+        elif size > self._drop_at:
             log.warning("dropping HTTP client %s: %d bytes unsent", self.address, size)
             self._abort()
             return
