@@ -106,3 +106,32 @@ def test_echo_without_logprobs_and_its_bounds(server, openai_client) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             openai_client.completions.create(model="charlm", prompt=long, max_tokens=5, **kwargs)
         assert info.value.body["param"] == param and says in info.value.body["message"]
+
+
+def test_a_non_streamed_answer_with_logprobs_is_bounded_before_anything_is_generated(server, openai_client) -> None:
+    """A non-streamed answer keeps every token's record (~3.7 KB with 20 alternatives) until the last
+    choice ends: ``n`` 16 x ``max_tokens`` 100000 x ``logprobs`` 20 was taken (~6 GB held for one
+    request; 16 prompts of it ~96 GB).  It holds at most 1,048,576 values (choices x max_tokens x
+    (logprobs + 1)), as scoring a prompt does; past that it is refused naming ``logprobs`` before
+    anything is queued.  Streamed, nothing is kept: taken."""
+    for create, body in [(openai_client.completions.create, {"prompt": "a", "max_tokens": 100_000, "logprobs": 20,
+                                                             "n": 16}),
+                         (openai_client.chat.completions.create, {"messages": [{"role": "user", "content": "a"}],
+                                                                  "max_tokens": 100_000, "logprobs": True,
+                                                                  "top_logprobs": 20})]:
+        with pytest.raises(openai.BadRequestError) as info:
+            create(model="charlm", **body)
+        assert info.value.body["param"] == "logprobs", info.value.body
+        assert "at most 1048576" in info.value.body["message"] and "stream" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:  # the Responses API's logprobs
+        openai_client.responses.create(model="charlm", input="a", max_output_tokens=100_000, top_logprobs=20,
+                                       include=["message.output_text.logprobs"])
+    assert info.value.body["param"] == "top_logprobs", info.value.body
+    # under the bound: taken; streamed (nothing kept): taken past it (16 x 3200 x 21 = 1,075,200 values)
+    r = openai_client.completions.create(model="charlm", prompt="a", max_tokens=5, logprobs=20, n=16)
+    assert len(r.choices) == 16 and all(len(c.logprobs.tokens) == 5 for c in r.choices)
+    stream = openai_client.completions.create(model="charlm", prompt="a", max_tokens=3200, logprobs=20, n=16,
+                                              stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].logprobs is not None
+    stream.close()

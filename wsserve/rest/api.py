@@ -71,6 +71,7 @@ from ..errors import (
     WsserveError,
 )
 from ..generation.fairslots import compile_client
+from ..generation.logprobs import MAX_SCORED_VALUES
 from ..generation.running import checked_prompt_ids
 from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
@@ -988,6 +989,15 @@ class HttpApi:
                                  f"this request makes {choices} choices; this server takes at most "
                                  f"{self.config.max_inflight} unfinished requests per connection (max_inflight)")
             session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, 0)
+            k = completion.params.logprobs
+            if k is not None and not completion.stream:  # every token's record is kept until the answer
+                held = choices * completion.params.max_tokens * (k + 1)
+                if held > MAX_SCORED_VALUES:
+                    raise ParamError("top_logprobs" if responses else "logprobs",
+                                     f"this non-streamed answer would hold the log-probabilities of {choices} "
+                                     f"choice(s) x {completion.params.max_tokens} tokens x {k + 1} values = {held} "
+                                     f"values; at most {MAX_SCORED_VALUES} (ask for fewer tokens, choices or "
+                                     "alternatives, or stream it: a stream keeps none)")
             if completion.messages is not None:
                 try:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
