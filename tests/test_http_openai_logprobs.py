@@ -5,11 +5,12 @@ WebSocket ``generate``'s token frames for the same request."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from tests.support import Conn
+from tests.support import Conn, RawHttp, request_bytes
 
 openai = pytest.importorskip("openai")  # the test extra installs it
 
@@ -135,3 +136,24 @@ def test_a_non_streamed_answer_with_logprobs_is_bounded_before_anything_is_gener
     first = next(iter(stream))
     assert first.choices[0].logprobs is not None
     stream.close()
+
+
+def test_the_logprobs_a_connections_non_streamed_answers_keep_count_against_max_inflight_bytes(server) -> None:
+    """Under the per-request bound, 256 such requests pipelined on one connection would still keep
+    ~176 bytes a value each until answered (~45 GB): what they keep counts against the connection's
+    ``max_inflight_bytes`` (32 MiB), as input bytes do; past it, ``overloaded`` (a single request
+    alone is always taken).  A streamed one keeps nothing: it adds nothing."""
+    def completion(max_tokens: int, logprobs: int, **more: object) -> bytes:
+        return request_bytes("POST", "/v1/completions", json.dumps(
+            {"model": "charlm", "prompt": "a", "max_tokens": max_tokens, "logprobs": logprobs, **more}).encode())
+
+    with RawHttp(server.port) as c:  # 8000 x 21 values x 176 bytes: ~29.6 MB, then 2000 x 21 more: past 32 MiB
+        c.send(completion(8000, 20) + completion(2000, 20) + completion(2000, 20, stream=True))
+        first, second, third = c.answer(), c.answer(), c.answer()
+        assert first.status == 200 and len(json.loads(first.body)["choices"][0]["logprobs"]["tokens"]) == 8000
+        assert second.status == 503 and second.header("retry-after") is not None, second.body
+        assert "max_inflight_bytes" in json.loads(second.body)["error"]["message"]
+        assert third.status == 200 and third.body.endswith(b"data: [DONE]\n\n")
+        a = c.request("POST", "/v1/completions", json.dumps(  # once the first is answered: taken
+            {"model": "charlm", "prompt": "a", "max_tokens": 2000, "logprobs": 20}).encode())
+        assert a.status == 200

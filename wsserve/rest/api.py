@@ -116,6 +116,11 @@ __all__ = ["HttpApi"]
 
 log = logging.getLogger("wsserve.rest")
 
+#: What one log-probability value of a non-streamed answer costs while it is kept (its record's
+#: share: a token with 20 alternatives holds ~3.7 KB until the answer is encoded), counted against
+#: the connection's ``max_inflight_bytes`` as a request's input bytes are.
+LOGPROB_VALUE_BYTES = 176
+
 JSON = "application/json"
 #: Request headers a browser may send cross-origin (the preflight's answer).
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Inference-Header-Content-Length"
@@ -988,9 +993,9 @@ class HttpApi:
                 raise ParamError("prompt" if prompts > 1 else "n",
                                  f"this request makes {choices} choices; this server takes at most "
                                  f"{self.config.max_inflight} unfinished requests per connection (max_inflight)")
-            session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, 0)
             k = completion.params.logprobs
-            if k is not None and not completion.stream:  # every token's record is kept until the answer
+            held = 0  # the values of a non-streamed answer's logprobs, kept until it is answered
+            if k is not None and not completion.stream:
                 held = choices * completion.params.max_tokens * (k + 1)
                 if held > MAX_SCORED_VALUES:
                     raise ParamError("top_logprobs" if responses else "logprobs",
@@ -998,6 +1003,8 @@ class HttpApi:
                                      f"choice(s) x {completion.params.max_tokens} tokens x {k + 1} values = {held} "
                                      f"values; at most {MAX_SCORED_VALUES} (ask for fewer tokens, choices or "
                                      "alternatives, or stream it: a stream keeps none)")
+            held_bytes = held * LOGPROB_VALUE_BYTES  # counted as input bytes are (max_inflight_bytes)
+            session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, held_bytes)
             if completion.messages is not None:
                 try:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
@@ -1024,6 +1031,7 @@ class HttpApi:
                     encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             call.client = compile_client(key, request.address)  # its fair share of the compile slots
+            call.nbytes = held_bytes
             counts = None  # echo_only without scoring: each prompt's token count
             if completion.echo_only or (completion.echo and completion.params.logprobs is not None):
                 # checked as a queued generation's are: none is queued (echo_only), or only once the
