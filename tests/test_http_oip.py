@@ -180,6 +180,21 @@ def test_binary_input_is_checked_against_its_header(server) -> None:
     assert a.status == 400 and "Inference-Header-Content-Length" in json.loads(a.body)["error"]
 
 
+def test_a_header_length_that_is_not_ascii_digits_is_a_400(server) -> None:
+    """``Inference-Header-Content-Length: ²`` (a Latin-1 byte that ``str.isdigit`` takes and ``int``
+    does not) is refused as any other bad byte count, not answered 500 ``internal error``."""
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP64", "data": [0.5]}]}).encode()
+    with RawHttp(server.port) as c:
+        for value in (b"\xb2", b"1\xb9", b"\xb3\xb3"):
+            c.send(b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nInference-Header-Content-Length: "
+                   + value + b"\r\nContent-Length: %d\r\n\r\n" % len(header) + header)
+            a = c.answer()
+            assert a.status == 400, (value, a.status, a.body)
+            assert "Inference-Header-Content-Length must be a byte count" in json.loads(a.body)["error"]
+        a = c.request("POST", "/v2/models/linear/infer", header)  # the connection still serves
+        assert a.status == 200
+
+
 def test_health_routes_follow_the_spec(server) -> None:
     with RawHttp(server.port) as c:
         for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/mlp/ready", "/v2/models/mlp/versions/1/ready"):

@@ -5,11 +5,12 @@ WebSocket ``generate``'s token frames for the same request."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from tests.support import Conn
+from tests.support import Conn, RawHttp, request_bytes
 
 openai = pytest.importorskip("openai")  # the test extra installs it
 
@@ -106,3 +107,53 @@ def test_echo_without_logprobs_and_its_bounds(server, openai_client) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             openai_client.completions.create(model="charlm", prompt=long, max_tokens=5, **kwargs)
         assert info.value.body["param"] == param and says in info.value.body["message"]
+
+
+def test_a_non_streamed_answer_with_logprobs_is_bounded_before_anything_is_generated(server, openai_client) -> None:
+    """A non-streamed answer keeps every token's record (~3.7 KB with 20 alternatives) until the last
+    choice ends: ``n`` 16 x ``max_tokens`` 100000 x ``logprobs`` 20 was taken (~6 GB held for one
+    request; 16 prompts of it ~96 GB).  It holds at most 1,048,576 values (choices x max_tokens x
+    (logprobs + 1)), as scoring a prompt does; past that it is refused naming ``logprobs`` before
+    anything is queued.  Streamed, nothing is kept: taken."""
+    for create, body in [(openai_client.completions.create, {"prompt": "a", "max_tokens": 100_000, "logprobs": 20,
+                                                             "n": 16}),
+                         (openai_client.chat.completions.create, {"messages": [{"role": "user", "content": "a"}],
+                                                                  "max_tokens": 100_000, "logprobs": True,
+                                                                  "top_logprobs": 20})]:
+        with pytest.raises(openai.BadRequestError) as info:
+            create(model="charlm", **body)
+        assert info.value.body["param"] == "logprobs", info.value.body
+        assert "at most 1048576" in info.value.body["message"] and "stream" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:  # the Responses API's logprobs
+        openai_client.responses.create(model="charlm", input="a", max_output_tokens=100_000, top_logprobs=20,
+                                       include=["message.output_text.logprobs"])
+    assert info.value.body["param"] == "top_logprobs", info.value.body
+    # under the bound: taken; streamed (nothing kept): taken past it (16 x 3200 x 21 = 1,075,200 values)
+    r = openai_client.completions.create(model="charlm", prompt="a", max_tokens=5, logprobs=20, n=16)
+    assert len(r.choices) == 16 and all(len(c.logprobs.tokens) == 5 for c in r.choices)
+    stream = openai_client.completions.create(model="charlm", prompt="a", max_tokens=3200, logprobs=20, n=16,
+                                              stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].logprobs is not None
+    stream.close()
+
+
+def test_the_logprobs_a_connections_non_streamed_answers_keep_count_against_max_inflight_bytes(server) -> None:
+    """Under the per-request bound, 256 such requests pipelined on one connection would still keep
+    ~176 bytes a value each until answered (~45 GB): what they keep counts against the connection's
+    ``max_inflight_bytes`` (32 MiB), as input bytes do; past it, ``overloaded`` (a single request
+    alone is always taken).  A streamed one keeps nothing: it adds nothing."""
+    def completion(max_tokens: int, logprobs: int, **more: object) -> bytes:
+        return request_bytes("POST", "/v1/completions", json.dumps(
+            {"model": "charlm", "prompt": "a", "max_tokens": max_tokens, "logprobs": logprobs, **more}).encode())
+
+    with RawHttp(server.port) as c:  # 8000 x 21 values x 176 bytes: ~29.6 MB, then 2000 x 21 more: past 32 MiB
+        c.send(completion(8000, 20) + completion(2000, 20) + completion(2000, 20, stream=True))
+        first, second, third = c.answer(), c.answer(), c.answer()
+        assert first.status == 200 and len(json.loads(first.body)["choices"][0]["logprobs"]["tokens"]) == 8000
+        assert second.status == 503 and second.header("retry-after") is not None, second.body
+        assert "max_inflight_bytes" in json.loads(second.body)["error"]["message"]
+        assert third.status == 200 and third.body.endswith(b"data: [DONE]\n\n")
+        a = c.request("POST", "/v1/completions", json.dumps(  # once the first is answered: taken
+            {"model": "charlm", "prompt": "a", "max_tokens": 2000, "logprobs": 20}).encode())
+        assert a.status == 200

@@ -130,6 +130,30 @@ def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_failed_key_bud
         assert c.request("POST", "/predict", SEED, {"Authorization": f"Bearer {KEY}", **own_line}).status == 429
 
 
+def test_behind_a_trusted_proxy_a_trailer_names_no_client(start_server) -> None:
+    """A chunked body may end with trailer fields, which a proxy passes on after the body (HAProxy
+    does) without reading them, after the ``X-Forwarded-For`` it added to the head.  They were
+    merged into the headers, so a client's trailer ``X-Forwarded-For`` was the rightmost hop: a
+    fresh failed-key budget per guess.  Trailers are not headers (RFC 9110 §6.5.1: never merged)."""
+    server = start_server("--api-key", KEY, "--models", "linear", "--trusted-proxy", "127.0.0.1")
+
+    def chunked(key: str, forwarded: str, trailer: str) -> bytes:
+        return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+                f"Transfer-Encoding: chunked\r\nX-Forwarded-For: {forwarded}\r\n\r\n").encode() \
+            + b"%x\r\n%b\r\n0\r\n" % (len(SEED), SEED) + trailer.encode() + b"\r\n"
+
+    with RawHttp(server.port) as c:
+        for _ in range(10):
+            assert c.request("POST", "/predict", SEED, {"Authorization": "Bearer wrong",
+                                                        "X-Forwarded-For": "203.0.113.7"}).status == 401
+        c.send(chunked(KEY, "203.0.113.7", "X-Forwarded-For: 198.51.100.2\r\n"))
+        assert c.answer().status == 429  # still the guesser the proxy named
+        c.send(chunked(KEY, "198.51.100.2", "X-Forwarded-For: 203.0.113.7\r\n"))
+        assert c.answer().status == 200  # another client, whatever its trailer says
+        c.send(chunked(KEY, "198.51.100.2", "Authorization: Bearer wrong\r\n"))
+        assert c.answer().status == 200  # a trailer is no second Authorization header either
+
+
 async def test_a_websocket_behind_a_trusted_proxy_is_its_forwarded_client(start_server) -> None:
     """The WebSocket handshake is a request too: its forwarded client owns the connection's failures."""
     server = start_server("--api-key", KEY, "--models", "linear", "--trusted-proxy", "127.0.0.1")

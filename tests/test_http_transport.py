@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,29 @@ def test_content_length_and_chunked_bodies(server) -> None:
     assert len(json.loads(plain.body)["y_pred"]) == 2
 
 
+def test_a_body_of_tiny_chunks_costs_about_its_size(start_server) -> None:
+    """A 1 MiB body sent as 2-byte chunks (``max_message_bytes`` allows it) was held as one bytes
+    object and one list slot per chunk, ~28 times its size (~29 MB for one request, per
+    connection); now small chunks go into one buffer.  The server's peak RSS while it reads such a
+    body grows by less than 8 MiB."""
+    server = start_server("--models", "linear")
+    pid = server.proc.pid
+    try:  # VmHWM := VmRSS, so the peak below is this request's (Linux >= 4.0)
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("cannot reset the server's peak RSS here")
+    before = server.memory_kib("VmHWM")
+    body = b" " * (1_048_576 - 12) + b'{"x": [0.5]}'  # valid JSON, exactly max_message_bytes
+    with RawHttp(server.port) as c:
+        c.send(b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"".join(b"2\r\n%b\r\n" % body[i:i + 2] for i in range(0, len(body), 2)) + b"0\r\n\r\n")
+        a = c.answer()
+    assert a.status == 200 and "y_pred" in json.loads(a.body), a.body
+    growth_kib = server.memory_kib("VmHWM") - before
+    assert growth_kib < 8 * 1024, growth_kib
+
+
 def test_expect_100_continue_is_answered_before_the_body(server) -> None:
     body = b'{"x": 2.0}'
     with RawHttp(server.port) as c:
@@ -111,6 +135,31 @@ def test_head_http10_and_unknown_upgrade(server) -> None:
         c.send(request_bytes("GET", "/healthz", version="1.0"))
         a = c.answer()
         assert a.status == 200 and a.header("connection") == "close" and c.closed()
+
+
+def test_a_request_offering_another_protocol_is_served_with_its_body(server) -> None:
+    """``curl --http2 -d ... http://`` offers HTTP/2 (``Upgrade: h2c``) on a POST.  The offer is
+    ignored (RFC 9110 §7.8) and the request served as HTTP/1.1 - but its body was dropped (the
+    parser stops at the head of any upgrade), so a valid request was answered 400 ``bad_json``
+    ("zero-length, empty document")."""
+    h2c = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"}
+    body = b'{"x": 0.5}'
+    with RawHttp(server.port) as c:
+        a = c.request("POST", "/predict", body, h2c)
+        assert a.status == 200 and "y_pred" in json.loads(a.body), a.body
+        assert c.request("GET", "/healthz").body == b"ok\n"  # the same connection serves on
+    with RawHttp(server.port) as c:  # a chunked body, and Expect: 100-continue answered once
+        c.send(request_bytes("POST", "/predict", None, {**h2c, "Transfer-Encoding": "chunked",
+                                                        "Expect": "100-continue"}))
+        assert c.interim().status == 100
+        c.send(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) + request_bytes("GET", "/healthz"))
+        first = c.interim()
+        assert first.status == 200, first.raw_head
+        assert "y_pred" in json.loads(c._exactly(int(first.header("content-length"))))
+        assert c.answer().body == b"ok\n"
+        # many pipelined in one write, each read again by a parser of its own: all answered
+        c.send(request_bytes("GET", "/healthz", None, h2c) * 300)
+        assert [c.answer().body for _ in range(300)] == [b"ok\n"] * 300
 
 
 def test_unknown_route_404_and_wrong_method_405_with_allow(server) -> None:
@@ -251,6 +300,32 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_and_its_generation_canc
     c.close()
 
 
+def test_an_answer_over_four_times_the_write_buffer_reaches_a_client_that_reads_it(start_server) -> None:
+    """A non-streamed answer bigger than four times ``--max-write-buffer-bytes`` (a long completion
+    with logprobs: ~0.5 KB a token) is written at once: the connection was dropped at that first
+    write, mid-body, though the client reads as fast as it can.  It is given the slow-consumer
+    timeout to drain, as any backlog is; a client that does not read it is still dropped."""
+    server = start_server("--max-write-buffer-bytes", "65536", "--slow-consumer-timeout", "1", "--models", "charlm")
+    try:  # the kernel takes up to tcp_wmem[max] of the answer at once; the rest must be over 4 x the limit
+        kernel_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        kernel_max = 4 << 20
+    tokens = min(100_000, (kernel_max + 8 * 65536) // 400)  # over 400 bytes a token with 20 logprobs
+    body = json.dumps({"model": "charlm", "prompt": "a", "max_tokens": tokens, "logprobs": 20,
+                       "temperature": 0}).encode()
+    with RawHttp(server.port) as c:
+        a = c.request("POST", "/v1/completions", body)
+        assert a.status == 200 and len(a.body) > kernel_max + 4 * 65536, len(a.body)
+        choice = json.loads(a.body)["choices"][0]
+        assert len(choice["logprobs"]["tokens"]) == tokens and choice["finish_reason"] == "length"
+        assert c.request("GET", "/healthz").body == b"ok\n"  # and the connection serves on
+    stuck = RawHttp(server.port)
+    stuck.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    stuck.send(request_bytes("POST", "/v1/completions", body))  # and never read
+    server.wait_logged("it stopped reading its answers")
+    stuck.close()
+
+
 def test_a_stream_held_behind_an_unanswered_request_counts_as_unsent(start_server) -> None:
     """A stream pipelined behind a long answer cannot go out yet (answers keep request order), so
     its events wait in the server: they count towards ``--max-write-buffer-bytes`` like any unsent
@@ -278,6 +353,23 @@ def test_expect_100_continue_behind_an_unanswered_request_gets_its_100_in_turn(t
                + b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
         first = c.answer()
         assert first.status == 200 and len(json.loads(first.body)["choices"][0]["text"]) == 500
+        assert c.interim().status == 100  # then the client sends the body
+        c.send(body)
+        final = c.answer()
+        assert final.status == 200 and "y_pred" in json.loads(final.body)
+
+
+def test_expect_100_continue_behind_an_answer_of_the_same_read_comes_after_it(server) -> None:
+    """A request answered at once (``/healthz``) with an ``Expect: 100-continue`` request pipelined
+    behind it in the same read: the answer waits for the read's one write, and the 100 went out
+    straight to the socket ahead of it - a client reading in order took it for the first request's."""
+    body = b'{"x": 2.0}'
+    with RawHttp(server.port) as c:
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+               b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        first = c.interim()
+        assert first.status == 200, first.raw_head
+        assert c._exactly(int(first.header("content-length"))) == b"ok\n"
         assert c.interim().status == 100  # then the client sends the body
         c.send(body)
         final = c.answer()

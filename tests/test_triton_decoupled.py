@@ -890,6 +890,19 @@ def test_http_generate_gives_the_model_its_id_and_may_leave_out_an_optional_inpu
     assert status == 400 and "no field 'IN'" in json.loads(body)["error"]
 
 
+def test_http_generate_bounds_the_id_it_echoes_in_every_event(served) -> None:
+    """The ``id`` is echoed in every event of the stream: it was unbounded (a body's worth, ~1 MiB,
+    sent again with each of the model's responses); it is at most 256 characters, as on a
+    generative model's ``generate``, refused before anything is queued."""
+    port = served[0].port
+    for path in ("/v2/models/repeat_int32/generate_stream", "/v2/models/repeat_int32/generate"):
+        status, _, body = _post(port, path, {"id": "i" * 257, "IN": [1, 2, 3], "DELAY": [0, 0, 0], "WAIT": 0})
+        assert status == 400 and json.loads(body)["error"] == "'id' must be a string of at most 256 characters", body
+    status, _, body = _post(port, "/v2/models/repeat_int32/generate_stream",
+                            {"id": "i" * 256, "IN": [1, 2], "DELAY": [0, 0], "WAIT": 0})
+    assert status == 200 and [e["id"] for e in _events(body)] == ["i" * 256] * 2
+
+
 def test_bls_from_a_thread_the_model_started_runs_as_in_triton(served) -> None:
     """A decoupled model's response thread calling ``exec()`` (Triton's decoupled models may): the
     call runs as the model's, and is answered (here: a decoupled model as its target, refused by

@@ -71,6 +71,7 @@ from ..errors import (
     WsserveError,
 )
 from ..generation.fairslots import compile_client
+from ..generation.logprobs import MAX_SCORED_VALUES
 from ..generation.running import checked_prompt_ids
 from ..generation.scheduler import check_token_ids
 from ..httpmsg import HttpExchange, HttpRequest, HttpResponse
@@ -114,6 +115,11 @@ from .tritongen import (
 __all__ = ["HttpApi"]
 
 log = logging.getLogger("wsserve.rest")
+
+#: What one log-probability value of a non-streamed answer costs while it is kept (its record's
+#: share: a token with 20 alternatives holds ~3.7 KB until the answer is encoded), counted against
+#: the connection's ``max_inflight_bytes`` as a request's input bytes are.
+LOGPROB_VALUE_BYTES = 176
 
 JSON = "application/json"
 #: Request headers a browser may send cross-origin (the preflight's answer).
@@ -987,7 +993,18 @@ class HttpApi:
                 raise ParamError("prompt" if prompts > 1 else "n",
                                  f"this request makes {choices} choices; this server takes at most "
                                  f"{self.config.max_inflight} unfinished requests per connection (max_inflight)")
-            session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, 0)
+            k = completion.params.logprobs
+            held = 0  # the values of a non-streamed answer's logprobs, kept until it is answered
+            if k is not None and not completion.stream:
+                held = choices * completion.params.max_tokens * (k + 1)
+                if held > MAX_SCORED_VALUES:
+                    raise ParamError("top_logprobs" if responses else "logprobs",
+                                     f"this non-streamed answer would hold the log-probabilities of {choices} "
+                                     f"choice(s) x {completion.params.max_tokens} tokens x {k + 1} values = {held} "
+                                     f"values; at most {MAX_SCORED_VALUES} (ask for fewer tokens, choices or "
+                                     "alternatives, or stream it: a stream keeps none)")
+            held_bytes = held * LOGPROB_VALUE_BYTES  # counted as input bytes are (max_inflight_bytes)
+            session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, held_bytes)
             if completion.messages is not None:
                 try:
                     completion = completion.with_prompt(entry.model.chat_prompt(completion.messages))
@@ -1014,6 +1031,7 @@ class HttpApi:
                     encoder = (ChatCompletionEncoder if chat else CompletionEncoder)(cid, int(self.wall_clock()), model)
                 call = CompletionCall(session, exchange, entry, now, completion, encoder, cors)
             call.client = compile_client(key, request.address)  # its fair share of the compile slots
+            call.nbytes = held_bytes
             counts = None  # echo_only without scoring: each prompt's token count
             if completion.echo_only or (completion.echo and completion.params.logprobs is not None):
                 # checked as a queued generation's are: none is queued (echo_only), or only once the
@@ -1288,7 +1306,7 @@ def _header_length(request: HttpRequest) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit() or len(value) > 12:
+    if not value.isascii() or not value.isdigit() or len(value) > 12:  # '²' is a digit to isdigit, not to int
         raise BadRequest(f"Inference-Header-Content-Length must be a byte count, got {value[:32]!r}")
     return int(value)
 

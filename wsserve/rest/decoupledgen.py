@@ -31,6 +31,9 @@ from .calls import PredictCall
 
 __all__ = ["DecoupledGenerateCall", "generate_inputs", "response_object", "ONE_RESPONSE_ERROR"]
 
+#: The longest ``id`` (characters), as on a generative model's ``generate`` (:mod:`.tritongen`).
+MAX_GENERATE_ID = 256
+
 #: Triton's answer to ``generate`` on a model that sent other than one response.
 ONE_RESPONSE_ERROR = ("generate expects model to produce exactly 1 response, use generate stream for model that "
                       "generates various number of responses")
@@ -41,12 +44,12 @@ def generate_inputs(body: Any, names: tuple[str, ...], optional: frozenset[str] 
     ``{name: [value]}``, or ``[value]`` for a single-input model) and the request's ``id`` (None
     without one); an input in ``optional`` the body leaves out is left out.  Raises ``BadRequest``
     naming what is wrong (not an object, a required input missing, an ``id`` that is not a
-    string, ``parameters`` not an object)."""
+    string of at most :data:`MAX_GENERATE_ID` characters, ``parameters`` not an object)."""
     if type(body) is not dict:
         raise BadRequest("the generate request must be a JSON object")
     rid = body.get("id")
-    if rid is not None and type(rid) is not str:
-        raise BadRequest("'id' must be a string")
+    if rid is not None and (type(rid) is not str or len(rid) > MAX_GENERATE_ID):  # echoed in every event
+        raise BadRequest(f"'id' must be a string of at most {MAX_GENERATE_ID} characters")
     parameters = body.get("parameters")
     if parameters is not None and type(parameters) is not dict:
         raise BadRequest("'parameters' must be a JSON object")

@@ -33,7 +33,9 @@ Limits, each with its status code and a closed connection:
 - more than ``max_write_buffer_bytes`` unsent (a client that does not read its
   answers; answers held back behind an earlier unfinished one count too):
   reading pauses; past ``slow_consumer_timeout_s``, or four times the
-  limit, the connection is dropped (its work is cancelled).
+  limit, the connection is dropped (its work is cancelled).  One answer bigger
+  than that, written at once, is given the timeout to drain (dropped if more is
+  added to it meanwhile).
 
 With ``--access-log`` each answered request is logged once on ``wsserve.access`` (info): the
 client, the request line, the status, the bytes of the answer and the milliseconds from the
@@ -71,6 +73,8 @@ MAX_LOGGED_TARGET = 2048
 MAX_HEADER_BYTES = 32 * 1024
 #: Most header fields in one request.
 MAX_HEADERS = 100
+#: Body pieces shorter than this (a chunked body's small chunks) are copied into one buffer as they come.
+_SMALL_PIECE = 4096
 
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {s: f"HTTP/1.1 {s} {r}\r\n".encode() for s, r in _REASONS.items()}
@@ -224,6 +228,7 @@ class HttpProtocol(asyncio.Protocol):
         self._max_queue = cfg.max_inflight
         self._write_limit = cfg.max_write_buffer_bytes
         self._slow_timeout = cfg.slow_consumer_timeout_s
+        self._drop_at = 0  # while over the write limit: the unsent bytes past which the connection is dropped
         self._server_line = _server_line(app.server_header)
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Exchange] = deque()  # unanswered (or not yet written) requests, in order
@@ -253,7 +258,9 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
-        self._body: list[bytes] = []
+        self._fields = 0  # header and trailer fields of the request being received
+        self._trailers = False  # its head was read: fields now are a chunked body's trailers
+        self._body: list[bytes | bytearray] = []  # the body's pieces as read (small ones merged)
         self._body_bytes = 0
         self._refused: HttpResponse | None = None  # answer the request with this once parsing stops
         self._access = app.access_log  # --access-log: a wsserve.logs.AccessLog, else None
@@ -271,20 +278,30 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lost or self._upgraded or self._stopped:
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # httptools stops at any Upgrade; only a WebSocket one is taken.  Another protocol
-            # (h2c...) was answered as plain HTTP by on_message_complete, which closes after it.
-            if self._is_websocket():
-                self._upgrade(data[exc.args[0]:])
-            return
-        except httptools.HttpParserError as exc:
-            refused = self._refused or HttpResponse(400, f"bad HTTP request: {exc}\n".encode())
-            refused.close = True
-            self._in_request = False
-            self._stopped = True  # the parser is in its error state: nothing more is read
-            self._new_exchange(False, False).respond(refused)
+        pieces: list[bytes | memoryview] = [data]
+        while pieces and not (self._lost or self._stopped):
+            piece = pieces.pop()
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                # httptools stops at the head of any Upgrade; only a WebSocket one is taken.
+                rest = memoryview(piece)[exc.args[0]:]
+                if self._is_websocket():
+                    self._upgrade(bytes(rest))
+                    return
+                if not self._read_again():  # CONNECT: answered by on_message_complete, which closes after it
+                    break
+                # Another protocol (h2c...) is ignored (RFC 9110 §7.8): the request is read again by a
+                # new parser from its head without the Upgrade field, then its body and what follows.
+                head = self._head_without_upgrade()
+                self._parser = httptools.HttpRequestParser(self)
+                pieces += (rest, head)
+            except httptools.HttpParserError as exc:
+                refused = self._refused or HttpResponse(400, f"bad HTTP request: {exc}\n".encode())
+                refused.close = True
+                self._in_request = False
+                self._stopped = True  # the parser is in its error state: nothing more is read
+                self._new_exchange(False, False).respond(refused)
         if len(self._queue) >= self._max_queue and not self._paused_queue and not self._lost:
             self._paused_queue = True
             self._pause()
@@ -340,6 +357,8 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._raw_headers = []
         self._header_bytes = 0
+        self._fields = 0
+        self._trailers = False
         self._body = []
         self._body_bytes = 0
         self._refused = None
@@ -351,12 +370,17 @@ class HttpProtocol(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name.lower(), value))
         self._count(len(name) + len(value) + 4)
-        if len(self._raw_headers) > MAX_HEADERS:
+        self._fields += 1
+        if self._fields > MAX_HEADERS:
             self._refuse(HttpResponse(431, f"more than {MAX_HEADERS} header fields\n".encode()))
+        if not self._trailers:  # a chunked body's trailer fields are counted, never merged (RFC 9110 §6.5.1)
+            self._raw_headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._trailers = True  # what on_header gets from now on is a trailer
+        if self._read_again():
+            return  # read again without its Upgrade header (data_received): the checks below then
         length = None
         expect = False
         for name, value in self._raw_headers:
@@ -369,8 +393,11 @@ class HttpProtocol(asyncio.Protocol):
         if length is not None and length > self._max_body:
             self._refuse(HttpResponse(413, f"body of {length} bytes; the limit is {self._max_body} (max_message_bytes)\n".encode()))
         if expect and self.transport is not None:
-            if not self._queue:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not self._queue:  # after the answers of this read still in _out (this read's one write)
+                self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if not self._marked:
+                    self._marked = True
+                    self.app.flusher.mark(self)
             else:  # it cannot overtake the answers ahead of it: sent after them (_advance), the timeout then
                 self._continue_owed = True
                 self._deadline = None
@@ -379,19 +406,27 @@ class HttpProtocol(asyncio.Protocol):
         self._body_bytes += len(body)
         if self._body_bytes > self._max_body:
             self._refuse(HttpResponse(413, f"body over {self._max_body} bytes (max_message_bytes)\n".encode()))
-        self._body.append(body)
+        pieces = self._body
+        if len(body) >= _SMALL_PIECE:
+            pieces.append(body)
+        elif pieces and type(pieces[-1]) is bytearray:  # small chunks of a chunked body: into one buffer,
+            pieces[-1] += body  # not an object each (a 2-byte chunk's bytes and list slot cost ~28x its size)
+        else:
+            pieces.append(bytearray(body))
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        if parser.should_upgrade() and self._is_websocket():
-            return  # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket
+        if parser.should_upgrade() and (self._is_websocket() or self._read_again()):
+            # feed_data raises HttpParserUpgrade next: the socket becomes a WebSocket, or (another
+            # protocol) the request is read again without its Upgrade header, body included
+            return
         self._in_request = False
         self._continue_owed = False  # the body came anyway (a client need not wait for the 100)
         if self._stopped:  # pipelined behind a request that ends the connection: not served
             return
         request = self._request()
         version = request.http_version
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # other upgrades: answer, close
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()  # CONNECT: answer, close
         ex = self._new_exchange(keep_alive, version != "1.0", request.method == "HEAD")
         if ex.access is not None:
             ex.access[1] = request.address  # behind a trusted proxy: the client it forwards
@@ -550,8 +585,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _congested(self, size: int) -> None:
         """More than ``max_write_buffer_bytes`` unsent: stop reading; drop the connection when
-        it stays so for ``slow_consumer_timeout_s`` or reaches four times the limit."""
-        if size > 4 * self._write_limit:
+        it stays so for ``slow_consumer_timeout_s`` or grows past four times the limit - or past
+        what the write that put it over left unsent: one answer bigger than that, written at once
+        (a long completion with logprobs), is given the timeout to drain, not dropped mid-body."""
+        if self._over_since is None:
+            self._drop_at = max(4 * self._write_limit, size)
+        elif size > self._drop_at:
             log.warning("dropping HTTP client %s: %d bytes unsent", self.address, size)
             self._abort()
             return
@@ -646,7 +685,7 @@ class HttpProtocol(asyncio.Protocol):
             path,
             query,
             self._raw_headers,
-            body[0] if len(body) == 1 else b"".join(body),
+            body[0] if len(body) == 1 and type(body[0]) is bytes else b"".join(body),
             self._parser.get_http_version(),
             self.address,
         )
@@ -655,16 +694,36 @@ class HttpProtocol(asyncio.Protocol):
             request.address = client_address(self.address, request, proxies)
         return request
 
+    def _read_again(self) -> bool:
+        """The request being parsed offers a protocol other than WebSocket (``Upgrade: h2c``), which
+        is ignored: httptools stops after its head, so it is read again without that field
+        (:meth:`data_received`).  Not a ``CONNECT`` (always an upgrade to httptools): that one is
+        answered as it is (no route takes it), and the connection closed."""
+        parser = self._parser
+        return parser.should_upgrade() and not self._is_websocket() and parser.get_method() != b"CONNECT"
+
+    def _head_without_upgrade(self) -> bytes:
+        """The head of the request just parsed, without its ``Upgrade`` field (a protocol other than
+        WebSocket, not taken: see :meth:`data_received`)."""
+        parser = self._parser
+        lines = [b"%b %b HTTP/%b" % (parser.get_method(), self._url, parser.get_http_version().encode())]
+        lines.extend(b"%b: %b" % (n, v) for n, v in self._raw_headers if n != b"upgrade")
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
     def _upgrade(self, rest: bytes) -> None:
         """Hand this socket to a WebSocket protocol (the handshake happens there):
         ``websockets``' (:mod:`.websocket`) or picows (:mod:`.picows_conn`), per ``config.transport``."""
         from .websocket import WebSocketProtocol
 
+        refusal = None
         if self._queue:  # answers still owed on this connection: a handshake cannot overtake them
+            refusal = b"a WebSocket upgrade cannot be pipelined behind unanswered requests\n"
+        elif any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+                 for n, v in self._raw_headers):  # the library would close without a word
+            refusal = b"a WebSocket upgrade has no body (no Content-Length but 0, no Transfer-Encoding)\n"
+        if refusal is not None:
             self._in_request = False
-            self._new_exchange(False, False).respond(
-                HttpResponse(400, b"a WebSocket upgrade cannot be pipelined behind unanswered requests\n", close=True)
-            )
+            self._new_exchange(False, False).respond(HttpResponse(400, refusal, close=True))
             self.app.flusher.flush()
             return
         self._upgraded = True
