@@ -157,3 +157,36 @@ def test_the_logprobs_a_connections_non_streamed_answers_keep_count_against_max_
         a = c.request("POST", "/v1/completions", json.dumps(  # once the first is answered: taken
             {"model": "charlm", "prompt": "a", "max_tokens": 2000, "logprobs": 20}).encode())
         assert a.status == 200
+
+
+def test_a_default_max_tokens_is_lowered_to_what_the_logprobs_bound_leaves(server, openai_client) -> None:
+    """A chat (or a Response) that sends no ``max_tokens`` gets the server's limit, 100,000: with
+    ``top_logprobs`` 20 that is past the bound above, and such a request (an SDK's usual call) was
+    refused.  The default is lowered to what the bound leaves instead (1,048,576 // 21 tokens; // 42
+    with ``n`` 2); a ``max_tokens`` the client sent is never changed, past the bound it is refused.  A
+    streamed Response keeps its tokens' values too (for its ``.done`` events): bounded the same way."""
+    from wsserve.rest.openai import parse_chat_completion
+    from wsserve.rest.responses import parse_response_request
+
+    chat = {"model": "charlm", "messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": 20}
+    assert parse_chat_completion(chat, max_tokens_limit=100_000).params.max_tokens == (1 << 20) // 21
+    assert parse_chat_completion({**chat, "n": 2}, max_tokens_limit=100_000).params.max_tokens == (1 << 20) // 42
+    assert parse_chat_completion({**chat, "stream": True}, max_tokens_limit=100_000).params.max_tokens == 100_000
+    assert parse_chat_completion({**chat, "max_tokens": 100_000}, max_tokens_limit=100_000).params.max_tokens == 100_000
+    assert parse_chat_completion({**chat, "top_logprobs": 2}, max_tokens_limit=100_000).params.max_tokens == 100_000
+    response = {"model": "charlm", "input": "a", "top_logprobs": 20, "include": ["message.output_text.logprobs"]}
+    for stream in (False, True):
+        asked = parse_response_request({**response, "stream": stream}, max_tokens_limit=100_000)
+        assert asked.completion.params.max_tokens == (1 << 20) // 21 and asked.max_output_tokens is None
+
+    r = openai_client.chat.completions.create(model="charlm", stop=["e"], **{k: v for k, v in chat.items()
+                                                                            if k != "model"})
+    assert r.choices[0].finish_reason == "stop" and len(r.choices[0].logprobs.content[0].top_logprobs) == 20
+    with pytest.raises(openai.BadRequestError) as info:  # streamed, a Response keeps them: refused past the bound
+        openai_client.responses.create(model="charlm", input="a", max_output_tokens=100_000, top_logprobs=20,
+                                       include=["message.output_text.logprobs"], stream=True)
+    assert info.value.body["param"] == "top_logprobs" and "stream it" not in info.value.body["message"]
+    events = list(openai_client.responses.create(model="charlm", input="a", top_logprobs=20, stream=True,
+                                                 include=["message.output_text.logprobs"],
+                                                 extra_body={"stop": ["e"]}))  # (vLLM's field on this route)
+    assert events[-1].type == "response.completed"

@@ -60,7 +60,7 @@ import orjson
 
 from ..chat import ChatMessage, parse_messages
 from ..errors import BadRequest, WsserveError
-from ..generation.logprobs import TokenLogprobs
+from ..generation.logprobs import MAX_SCORED_VALUES, TokenLogprobs
 from ..jsontypes import described, json_type, shown
 from ..protocol import (
     MAX_LOGPROBS,
@@ -80,7 +80,7 @@ from .errors import ParamError, error_response
 from .tools import ToolChoice, parse_tool_choice
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
-           "completion_of", "error_event", "guided_fields", "is_neutral", "max_tokens_field", "model_field", "models_list",
+           "completion_of", "error_event", "fit_default_max_tokens", "guided_fields", "is_neutral", "max_tokens_field", "model_field", "models_list",
            "parse_chat_completion", "parse_completion", "token_logprobs"]
 
 #: The event that ends a stream.
@@ -245,7 +245,27 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     if max_tokens is None:
         max_tokens = max_tokens_field(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
     completion = completion_of(obj, model, "", max_tokens, messages, _chat_logprobs(obj), tool_choice=tool_choice)
-    return replace(completion, n=_n(obj), tool_choice=tool_choice)
+    completion = replace(completion, n=_n(obj), tool_choice=tool_choice)
+    if "max_completion_tokens" not in obj and "max_tokens" not in obj:  # (a null one too: the default)
+        completion = fit_default_max_tokens(completion)
+    return completion
+
+
+def fit_default_max_tokens(completion: Completion, *, kept_streamed: bool = False) -> Completion:
+    """A chat's (or a response's) ``max_tokens`` the client left to its default, the server's limit:
+    a non-streamed answer with logprobs keeps every token's values until it is answered, at most
+    :data:`~wsserve.generation.logprobs.MAX_SCORED_VALUES` (choices x max_tokens x (logprobs + 1),
+    which the HTTP API refuses past), so its default is lowered to what that bound leaves (vLLM's
+    default is what the model's context leaves).  A ``max_tokens`` the client sent is never changed.
+    ``kept_streamed``: a streamed answer keeps them too (``/v1/responses``: for its ``.done`` events)."""
+    params = completion.params
+    k = params.logprobs
+    if k is None or (completion.stream and not kept_streamed):
+        return completion
+    most = MAX_SCORED_VALUES // (completion.n * (k + 1))
+    if params.max_tokens <= most:
+        return completion
+    return replace(completion, params=replace(params, max_tokens=max(1, most, params.min_tokens)))
 
 
 def _n(obj: dict[str, Any]) -> int:

@@ -79,6 +79,7 @@ from .openai import (
     Completion,
     ParamError,
     completion_of,
+    fit_default_max_tokens,
     is_neutral,
     max_tokens_field,
     model_field,
@@ -190,6 +191,8 @@ def parse_response_request(obj: Any, *, max_tokens_limit: int) -> ResponseReques
         sampling["guided_json"] = text_format
     logprobs, top_logprobs = _logprobs(obj)
     completion = completion_of(sampling, model, "", sent_max or max_tokens_limit, messages, logprobs)
+    if sent_max is None:
+        completion = fit_default_max_tokens(completion, kept_streamed=True)  # (kept for the .done events)
     if text_format is not None:
         completion = replace(completion, params=replace(completion.params, guided_field="text"))
     user = obj.get("user")
