@@ -583,8 +583,33 @@ def test_slow_consumer_new_work_refused_then_closed_after_the_grace_period() -> 
 def test_four_times_the_write_buffer_closes_at_once() -> None:
     s = Setup(max_write_buffer_bytes=1000)
     conn, io = s.connect()
+    conn.wrote(1500, s.clock.now)
+    assert io.closed is None and conn.congested
     conn.wrote(4001, s.clock.now)
     assert io.closed is not None and io.closed[0] == 1008
+
+
+def test_one_message_over_four_times_the_write_buffer_is_given_the_timeout_to_drain() -> None:
+    """A result bigger than four times the limit, written while under it, closed the connection at
+    that very write (1008), however fast its client reads: now it drains within the timeout, and the
+    connection is closed at once only if more is added while it is over (or after the timeout)."""
+    s = Setup(max_write_buffer_bytes=1000, slow_consumer_timeout_s=2.0)
+    conn, io = s.connect()
+    conn.wrote(10_000, s.clock.now)  # one 10 kB message
+    assert io.closed is None and conn.congested
+    conn.wrote(6_000, s.clock.advance(0.5))  # draining
+    assert io.closed is None
+    conn.wrote(0, s.clock.advance(0.5))  # drained: served again, the next big message likewise
+    assert not conn.congested
+    conn.wrote(10_000, s.clock.now)
+    assert io.closed is None
+    conn.wrote(10_001, s.clock.now)  # more added while over: past what the message left
+    assert io.closed is not None and io.closed[0] == 1008
+    s2 = Setup(max_write_buffer_bytes=1000, slow_consumer_timeout_s=2.0)
+    conn2, io2 = s2.connect()
+    conn2.wrote(10_000, s2.clock.now)
+    s2.tick(conn2, 2.1)  # never drained: the timeout still holds
+    assert io2.closed is not None and io2.closed[0] == 1008
 
 
 # --------------------------------------------------------------------------- draining and closing

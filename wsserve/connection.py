@@ -15,8 +15,9 @@ Every per-connection rule lives here, so each is unit-tested with a fake clock:
 - **ids**: unique among the connection's unfinished requests (``duplicate_id``);
 - **capacity**: ``max_inflight`` requests and ``max_inflight_bytes`` of inputs;
 - **slow consumers**: while more than ``max_write_buffer_bytes`` are unsent, new
-  work is refused; past ``slow_consumer_timeout_s`` over it, or four times it,
-  the connection is closed (1008);
+  work is refused; past ``slow_consumer_timeout_s`` over it, or four times it
+  (or, when one message alone put it over, more than that message left), the
+  connection is closed (1008);
 - **deadlines** (``timeout_ms``), the **idle timeout**, **draining** and **closing**.
 
 Call order (the adapter's)::
@@ -177,6 +178,7 @@ class Connection:
         self._deadlines: list[tuple[float, int, Job]] = []
         self._tiebreak = itertools.count()
         self._over_since: float | None = None
+        self._drop_at = 0  # while over the write limit: the unsent bytes past which it is closed (wrote)
         self._seed_keys = 0
         #: Changes whenever :meth:`next_timer` may have moved earlier (the adapter re-arms then).
         self.timer_epoch = 0
@@ -325,7 +327,10 @@ class Connection:
         if self._over_since is None:
             self._over_since = now
             self.timer_epoch += 1
-        if unsent > 4 * limit:
+            # one message bigger than that, written at once (a large result), is given the timeout to
+            # drain: dropped only if more is added to it while it is over
+            self._drop_at = max(4 * limit, unsent)
+        elif unsent > self._drop_at:
             self._slow_consumer(f"{unsent} bytes unsent")
         elif now - self._over_since >= self.ctx.config.slow_consumer_timeout_s:
             self._slow_consumer("stayed over the write-buffer limit")
