@@ -203,6 +203,20 @@ def test_garbage_is_400_and_closes(server) -> None:
         assert a.status == 400 and a.header("connection") == "close" and c.closed()
 
 
+@pytest.mark.parametrize("version", ["2.0", "0.9"])
+def test_an_http_version_other_than_1_1_or_1_0_is_505_and_closes(server, version: str) -> None:
+    """httptools takes ``HTTP/2.0`` and ``HTTP/0.9`` request lines; they were served as HTTP/1.1
+    (PROTOCOL.md said 400).  HTTP/1.0 is still served."""
+    with RawHttp(server.port) as c:
+        c.send(f"GET /healthz HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+        a = c.answer()
+        assert a.status == 505 and f"HTTP/{version} is not supported" in a.body.decode(), a.body
+        assert a.header("connection") == "close" and c.closed()
+    with RawHttp(server.port) as c:
+        c.send(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert c.answer().status == 200
+
+
 @pytest.fixture(scope="module")
 def tight(request, model_cache):
     """A server with small limits: 1000-byte bodies, a 1 s request timeout."""

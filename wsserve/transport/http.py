@@ -25,7 +25,8 @@ Limits, each with its status code and a closed connection:
 - a request not complete within ``handshake_timeout_s`` of its first byte:
   **408** (an idle keep-alive connection is closed after the same time, silently;
   a connection waiting for its answers is never timed out);
-- anything ``httptools`` cannot parse: **400**;
+- anything ``httptools`` cannot parse: **400**; a version other than HTTP/1.1 or
+  1.0 (``httptools`` takes 0.9 and 2.0 request lines): **505**;
 - ``max_inflight`` unanswered requests: reading pauses until one is answered;
   requests already read past that (pipelined in the same read) wait in a
   backlog and are handed to the application, in order, as earlier ones are
@@ -381,6 +382,10 @@ class HttpProtocol(asyncio.Protocol):
         self._trailers = True  # what on_header gets from now on is a trailer
         if self._read_again():
             return  # read again without its Upgrade header (data_received): the checks below then
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):  # httptools also takes 0.9 and 2.0 request lines
+            self._refuse(HttpResponse(505, f"HTTP/{version} is not supported: this server speaks HTTP/1.1 "
+                                           "(and 1.0)\n".encode()))
         length = None
         expect = False
         for name, value in self._raw_headers:
