@@ -128,6 +128,11 @@ def test_text_access_lines_and_workers_in_json(model_cache: Path) -> None:
         line = wait_until(lambda: next((ln for ln in proc.stderr_text().splitlines() if "wsserve.access" in ln), None),
                           30, what="the text access line")
         assert ' INFO wsserve.access: 127.0.0.1 "GET /v1/models HTTP/1.1" 200 ' in line and line.endswith("ms")
+        with RawHttp(proc.port) as c:  # a target with a quote and a backslash: escaped as nginx's, in the quotes
+            assert c.request("GET", '/v1/models?q="x\\"y').status == 200
+        line = wait_until(lambda: next((ln for ln in proc.stderr_text().splitlines() if "q=" in ln), None),
+                          30, what="the access line of the quoted target")
+        assert ' 127.0.0.1 "GET /v1/models?q=\\x22x\\x5C\\x22y HTTP/1.1" 200 ' in line, line
     with ServerProcess("--models", "linear", "--workers", "2", "--log-format", "json", "--access-log",
                        cache_dir=model_cache) as proc:
         assert http_get(proc.http + "/v1/models")[0] == 200
