@@ -366,3 +366,60 @@ async def test_a_huge_exception_message_from_model_code_is_cut_in_errors_and_rea
     assert (bad["type"], bad["code"]) == ("error", "internal") and "xxxx" in bad["message"], bad["message"][:200]
     assert len(bad["message"]) <= MAX_MESSAGE_CHARS and bad["message"].endswith(" more characters)")
     assert ok["type"] == "result" and ok["outputs"] == [[1.0]], ok
+
+
+#: config files whose numbers Python cannot hold as TOML's 64-bit integers or as floats, or turn into
+#: text: name -> (file, its text, what the error says after the file's path).
+HUGE_NUMBERS = {
+    "huge-delay": ("config.toml", AFFINE_CONFIG + "max_delay_ms = " + "1" * 400 + "\n",
+                   "key 'max_delay_ms': 1111111111"),
+    "huge-hex": ("config.toml", AFFINE_CONFIG + "max_batch_size = 0x" + "f" * 4000 + "\n",
+                 "key 'max_batch_size': an integer of 16000 bits; TOML integers are 64-bit"),
+    "huge-digits": ("config.toml", 'task = "regression"\ninput_shape = [' + "9" * 5000 + "]\noutput_shape = [1]\n",
+                    "is not valid TOML (an integer of more than 4300 digits; TOML integers are 64-bit)"),
+    "huge-threads": ("config.pbtxt", 'parameters { key: "intra_op_thread_count" value { string_value: "'
+                     + "9" * 5000 + '" } }\n', "key 'parameters.intra_op_thread_count': must be an integer in [0, 64]"),
+}
+
+
+async def test_a_config_holding_a_number_too_large_for_python_fails_that_model_only(tmp_path: Path) -> None:
+    """A config.toml integer beyond 64 bits (an int of 400 digits in a float key overflowed a float;
+    a 16000-bit hexadecimal one could not be shown in the message; 5000 decimal digits made tomllib
+    raise ValueError) and a config.pbtxt ``intra_op_thread_count`` of 5000 digits escaped as
+    exceptions that were not a ConfigError: the server did not start, and under ``--reload`` every
+    later scan of the repository failed, so no change to any model was applied.  Each must fail its
+    model only, naming the file and the key, at start-up, under --reload, on an admin load and in a
+    load's ``config``."""
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    for name, (file, text, _) in HUGE_NUMBERS.items():
+        (repo / name).mkdir()
+        (repo / name / file).write_text(text)
+        write_affine(repo / name / "1", bias=1.0)
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
+        conn = await Conn.open(srv.url)
+        for name, (file, _, says) in HUGE_NUMBERS.items():
+            await conn.send({"type": "load", "id": name, "model": name})
+            _, reply = await conn.until_terminal(name)
+            assert (reply["type"], reply["code"]) == ("error", "bad_request"), reply
+            assert f"{repo / name / file}: {says}" in reply["message"], reply
+            assert "set_int_max_str_digits" not in reply["message"], reply
+        pbtxt = HUGE_NUMBERS["huge-threads"][1]
+        await conn.send({"type": "load", "id": "cfg", "model": "good", "config": {"parameters": {
+            "intra_op_thread_count": {"string_value": pbtxt.split('"')[3]}}}})
+        _, reply = await conn.until_terminal("cfg")
+        assert (reply["type"], reply["code"]) == ("error", "bad_request"), reply
+        assert "key 'parameters.intra_op_thread_count': must be an integer in [0, 64]" in reply["message"], reply
+        wait_watching(srv, repo)  # a scan of the repository still applies changes
+        write_affine(repo / "good" / ".2.tmp", bias=2.0)
+        move_in(repo / "good" / ".2.tmp", repo / "good" / "2")
+        wait_models(srv, "good", "version 2 served", lambda e: e is not None and e["version"] == "2")
+        reply = await predict(conn, 1, "good", ROWS)
+        await conn.close()
+        assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 2.0), reply
+        log = srv.stderr_text()
+    assert "Traceback" not in log, log[-3000:]
+    for name, (file, _, says) in HUGE_NUMBERS.items():
+        assert f"ERROR wsserve.registry: model '{name}': {repo / name / file}: {says}" in log, (name, log[-3000:])
