@@ -423,3 +423,28 @@ async def test_a_config_holding_a_number_too_large_for_python_fails_that_model_o
     assert "Traceback" not in log, log[-3000:]
     for name, (file, _, says) in HUGE_NUMBERS.items():
         assert f"ERROR wsserve.registry: model '{name}': {repo / name / file}: {says}" in log, (name, log[-3000:])
+
+
+async def test_an_onnx_graph_whose_input_has_a_dimension_fixed_at_zero_fails_to_load(tmp_path: Path) -> None:
+    """Such a version was served (its dimension listed as -1, any size), then every request failed with
+    ``internal`` (HTTP 500): ONNX Runtime refuses any size but 0, and wsserve any request of size 0.
+    It fails at load, naming the file and the input; the other models serve."""
+    pytest.importorskip("onnxruntime")
+    from tests import onnx_builders as ob
+
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    ob.save(ob.zero_dimension(["N", 0])[0], repo / "zero" / "1")
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        entry = models_http(srv)["zero"]
+        conn = await Conn.open(srv.url)
+        reply = await predict(conn, 1, "zero", [[1.0]])
+        good = await predict(conn, 2, "good", ROWS)
+        await conn.close()
+    assert states(entry) == {"1": "failed"}, entry
+    assert entry["versions"][0]["reason"].startswith(f"{repo / 'zero' / '1' / 'model.onnx'}: input 'x' has a "
+                                                     "dimension fixed at 0"), entry
+    assert (reply["type"], reply["code"]) == ("error", "unknown_model"), reply
+    assert good["type"] == "result" and good["outputs"] == affine(ROWS, 1.0), good
