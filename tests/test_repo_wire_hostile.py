@@ -448,3 +448,40 @@ async def test_an_onnx_graph_whose_input_has_a_dimension_fixed_at_zero_fails_to_
                                                      "dimension fixed at 0"), entry
     assert (reply["type"], reply["code"]) == ("error", "unknown_model"), reply
     assert good["type"] == "result" and good["outputs"] == affine(ROWS, 1.0), good
+
+
+async def test_a_model_file_that_is_not_a_regular_file_is_named_in_the_reason(tmp_path: Path) -> None:
+    """A model.onnx that is a FIFO, a model.py that is a directory, a model.npz linked to a device or
+    to nothing: the version failed saying its directory "holds no model file" (or "there is no
+    model.py"), though the file is there.  The reason names the file and what it is; no load
+    opens it (a FIFO would hold the load up), and the other models serve."""
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    files = {"fifo": ("model.onnx", "a FIFO"), "folder": ("model.py", "a directory"),
+             "device": ("model.npz", "a character device"),
+             "dangling": ("model.onnx", "a symlink that cannot be followed (No such file or directory)"),
+             "chosen": ("model.py", "a FIFO")}  # config.toml names the backend
+    for name, (file, _) in files.items():
+        version = repo / name / "1"
+        version.mkdir(parents=True)
+        path = version / file
+        if name in ("fifo", "chosen"):
+            os.mkfifo(path)
+        elif name == "folder":
+            path.mkdir()
+        else:
+            path.symlink_to("/dev/null" if name == "device" else version / "missing.onnx")
+    (repo / "chosen" / "config.toml").write_text(AFFINE_CONFIG + 'backend = "python"\n')
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        listed = models_http(srv)
+        conn = await Conn.open(srv.url)
+        good = await predict(conn, 1, "good", ROWS)
+        await conn.close()
+    assert good["type"] == "result" and good["outputs"] == affine(ROWS, 1.0), good
+    for name, (file, what) in files.items():
+        entry = listed[name]
+        assert states(entry) == {"1": "failed"}, entry
+        assert entry["versions"][0]["reason"] == (f"{repo / name / '1'}: {file} is {what}, not a regular file: a "
+                                                  "model file cannot be read from it"), entry
