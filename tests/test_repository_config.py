@@ -171,6 +171,7 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ("input_shape = [2, 0x" + "f" * 4000 + "]", "input_shape", ["16000 bits"]),
         ("[onnx]\nintra_op_num_threads = 0x" + "f" * 4000, "onnx.intra_op_num_threads", ["16000 bits"]),
         ("version_policy = { specific = [1, 0o" + "7" * 5000 + "] }", "version_policy.specific", ["15000 bits"]),
+        ('[[inputs]]\nname = "a"\nshape = [2, 0x' + "f" * 4000 + "]", "inputs[0].shape", ["16000 bits"]),
     ],
 )
 def test_bad_values_name_file_and_key(text: str, key: str, words: list[str]) -> None:

@@ -347,8 +347,8 @@ def _check_integers(path: Path, doc: dict[str, Any]) -> None:
             raise ConfigError(path, key, f"{shown}; TOML integers are 64-bit")
         if type(value) is dict:
             stack.extend((f"{key}.{k}", v) for k, v in value.items())
-        elif type(value) is list:
-            stack.extend((key, v) for v in value)
+        elif type(value) is list:  # a table in an array is named by its index (inputs[0].shape), as elsewhere
+            stack.extend((f"{key}[{i}]" if type(v) is dict else key, v) for i, v in enumerate(value))
 
 
 # --------------------------------------------------------------------------- public
