@@ -240,6 +240,8 @@ def load(
         header = json.loads(raw.tobytes().decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelFileError(path, f"header is not JSON ({exc})") from exc
+    except RecursionError:  # json recurses once per nested array/object
+        raise ModelFileError(path, "header is not JSON (arrays or objects nested too deeply)") from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "header is not a JSON object")
 
@@ -250,10 +252,14 @@ def load(
     if header.get("key") != key:
         raise ModelFileError(path, f"key {header.get('key')!r} does not match config key {key!r}")
     # The key is a hash prefix; also compare the config itself to rule out collisions.
-    if _canonical_json(header.get("config")) != _canonical_json(dict(config)):
+    try:
+        stored = _canonical_json(header.get("config"))
+    except (ValueError, TypeError):  # NaN or an infinity (parsed from the file), which a config never holds
+        stored = None
+    if stored != _canonical_json(dict(config)):
         raise ModelFileError(path, "stored config differs from the requested config")
     listed = header.get("arrays")
-    if not isinstance(listed, list) or sorted(loaded) != sorted(listed):
+    if not isinstance(listed, list) or not all(type(n) is str for n in listed) or sorted(loaded) != sorted(listed):
         raise ModelFileError(
             path, f"arrays {sorted(loaded)} do not match header list {listed!r}"
         )
