@@ -279,6 +279,24 @@ async def test_the_server_retrains_a_default_model_whose_cache_file_has_a_bad_he
     assert f"ignoring corrupt cache file for linear, retraining: model file '{path}': arrays " in log, log[-3000:]
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_a_member_compressed_with_bzip2_or_lzma_is_refused(tmp_path: Path, method: int) -> None:
+    """zipfile inflates bzip2 and lzma data without an output bound per read: a cache file of 1.3 KB
+    whose member declares 136 bytes made load() allocate 2 GB before the CRC check (and load).
+    np.savez writes stored or deflated members only; others are refused before any is read."""
+    path = save(tmp_path, "mlp", CONFIG, _arrays(), META)
+    with np.load(path) as npz:
+        members = {k: npz[k] for k in npz.files}
+    os.remove(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, array in members.items():
+            buf = io.BytesIO()
+            np.save(buf, array)
+            zf.writestr(f"{name}.npy", buf.getvalue(), compress_type=method if name == "w1" else zipfile.ZIP_STORED)
+    err = _assert_corrupt(tmp_path, path)
+    assert "member 'w1.npy' is compressed with" in err.reason and "only stored or deflated" in err.reason, err.reason
+
+
 def test_file_is_a_zip_without_pickle(tmp_path: Path) -> None:
     path = save(tmp_path, "mlp", CONFIG, _arrays(), META)
     with zipfile.ZipFile(path) as zf:

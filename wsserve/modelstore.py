@@ -189,6 +189,12 @@ def _check_sizes(f: Any, path: Path) -> None:
             raise ModelFileError(path, f"members expand to {declared} bytes; at most {MAX_FILE_ARRAY_BYTES} are read")
         total = 0
         for info in infos:
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                # zipfile inflates bzip2/lzma data without an output bound per read: a few compressed bytes
+                # could take gigabytes before any size or CRC check (np.savez writes neither)
+                raise ModelFileError(path, f"member {info.filename!r} is compressed with "
+                                           f"{zipfile.compressor_names.get(info.compress_type, info.compress_type)}; "
+                                           "only stored or deflated members are read")
             if not info.filename.endswith(".npy"):
                 continue  # np.load refuses what it cannot read
             with zf.open(info) as fp:
@@ -210,7 +216,8 @@ def load(
 
     Raises :class:`ModelFileError` if the file exists but is corrupt, truncated,
     holds pickled/object data, declares arrays of more than :data:`MAX_FILE_ARRAY_BYTES`
-    (refused before anything is allocated), or its header does not match ``(name, config)``
+    (refused before anything is allocated), holds a member compressed other than stored or
+    deflated (bzip2, lzma: zipfile inflates those without a bound), or its header does not match ``(name, config)``
     or the arrays it lists.  Arrays are returned fully read into memory.
     """
     key = config_key(name, config)
