@@ -485,3 +485,47 @@ async def test_a_model_file_that_is_not_a_regular_file_is_named_in_the_reason(tm
         assert states(entry) == {"1": "failed"}, entry
         assert entry["versions"][0]["reason"] == (f"{repo / name / '1'}: {file} is {what}, not a regular file: a "
                                                   "model file cannot be read from it"), entry
+
+
+def _link(name: str, step: str) -> str:
+    """An ensemble's config.pbtxt: one step on ``step`` (the affine model.py's tensors, float64)."""
+    return (f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+            'input [ { name: "input" data_type: TYPE_FP64 dims: [ 3 ] } ]\n'
+            'output [ { name: "output" data_type: TYPE_FP64 dims: [ 1 ] } ]\n'
+            f'ensemble_scheduling {{ step [ {{ model_name: "{step}" model_version: -1 '
+            'input_map { key: "input" value: "input" } output_map { key: "output" value: "output" } } ] }\n')
+
+
+async def test_ensembles_nested_too_deeply_fail_naming_the_chain_and_the_others_serve(tmp_path: Path) -> None:
+    """A chain of 250 ensembles, each a step of the one before, down to a model.py: a request to the
+    top one never got a terminal frame (its answer passed back up each level in one call stack:
+    RecursionError), and a chain of 1000 made the cycle check raise RecursionError while planning.
+    An ensemble nesting more than MAX_ENSEMBLE_DEPTH levels fails, naming the chain; one within
+    the bound serves."""
+    from wsserve.repository.ensemble_plan import MAX_ENSEMBLE_DEPTH
+
+    n = 250
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    for i in range(n):
+        (repo / f"e{i:03d}" / "1").mkdir(parents=True)
+        (repo / f"e{i:03d}" / "config.pbtxt").write_text(_link(f"e{i:03d}", f"e{i + 1:03d}" if i + 1 < n else "good"))
+    deepest_ok = n - MAX_ENSEMBLE_DEPTH  # e{n-64} ... e{n-1}: 64 ensembles, then the model
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        listed = models_http(srv)
+        conn = await Conn.open(srv.url)
+        top = await predict(conn, 1, "e000", ROWS)
+        ok = await predict(conn, 2, f"e{deepest_ok:03d}", ROWS)
+        await conn.close()
+        log = srv.stderr_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert (top["type"], top["code"]) == ("error", "unknown_model"), top
+    assert ok["type"] == "result" and ok["outputs"] == affine(ROWS, 1.0), ok
+    assert states(listed[f"e{deepest_ok:03d}"]) == {"1": "ready"}, listed[f"e{deepest_ok:03d}"]
+    too_deep = listed[f"e{deepest_ok - 1:03d}"]
+    assert states(too_deep) == {"1": "failed"}, too_deep
+    assert (f"ensemble 'e{deepest_ok - 1:03d}': nests ensembles {MAX_ENSEMBLE_DEPTH + 1} levels deep "
+            f"(e{deepest_ok - 1:03d} -> e{deepest_ok:03d} -> e{deepest_ok + 1:03d} -> ... -> e{n - 1:03d}); "
+            f"at most {MAX_ENSEMBLE_DEPTH}") in too_deep["versions"][0]["reason"], too_deep
