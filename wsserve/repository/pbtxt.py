@@ -477,7 +477,7 @@ def _parameters(path: Path, cfg: Any, warnings: list[str]) -> int:
             continue
         value = cfg.parameters[key].string_value.strip()
         # (its length first: int() of more than 4300 digits raises ValueError)
-        if not value.isascii() or not value.isdigit() or len(value) > 20 or not 0 <= int(value) <= MAX_THREADS:
+        if not value.isascii() or not value.isdigit() or len(value.lstrip("0")) > 20 or not 0 <= int(value) <= MAX_THREADS:
             raise ConfigError(path, f"parameters.{key}", f"must be an integer in [0, {MAX_THREADS}] (0: the default, 1), "
                                                          f"got {shown(value)}")
         threads = int(value) or 1
