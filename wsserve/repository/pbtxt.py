@@ -476,11 +476,11 @@ def _parameters(path: Path, cfg: Any, warnings: list[str]) -> int:
             warnings.append(f"parameters.{key}")
             continue
         value = cfg.parameters[key].string_value.strip()
-        # (its length first: int() of more than 4300 digits raises ValueError)
-        if not value.isascii() or not value.isdigit() or len(value.lstrip("0")) > 20 or not 0 <= int(value) <= MAX_THREADS:
+        digits = value.lstrip("0") or "0"  # (int() of more than 4300 digits, leading zeros too, raises ValueError)
+        if not value.isascii() or not value.isdigit() or len(digits) > 20 or not 0 <= int(digits) <= MAX_THREADS:
             raise ConfigError(path, f"parameters.{key}", f"must be an integer in [0, {MAX_THREADS}] (0: the default, 1), "
                                                          f"got {shown(value)}")
-        threads = int(value) or 1
+        threads = int(digits) or 1
     return threads
 
 
