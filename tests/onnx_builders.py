@@ -112,6 +112,14 @@ def fixed_batch(d: int = 3) -> tuple[onnx.ModelProto, Reference]:
     return model, lambda x: 2 * x
 
 
+def zero_dimension(shape: Sequence[Any]) -> tuple[onnx.ModelProto, Reference]:
+    """Input ``x`` of ``shape`` (holding a dimension fixed at 0) -> ``y = x``: no request can feed it."""
+    f = TensorProto.FLOAT
+    model = _model([helper.make_node("Identity", ["x"], ["y"])], [helper.make_tensor_value_info("x", f, list(shape))],
+                   [helper.make_tensor_value_info("y", f, list(shape))])
+    return model, lambda x: x
+
+
 def scalar_affine() -> tuple[onnx.ModelProto, Reference]:
     """Input ``x``, a scalar (rank 0) -> ``y = 3x + 1``, a scalar: a graph with no batch dimension at all."""
     f = TensorProto.FLOAT

@@ -9,6 +9,7 @@ pytest.importorskip("tritonclient.grpc")
 
 from wsserve.repository import ConfigError, TensorSpec  # noqa: E402
 from wsserve.repository.ensemble_plan import (  # noqa: E402
+    MAX_ENSEMBLE_DEPTH,
     EnsembleError,
     StepSignature,
     ensemble_cycle,
@@ -251,6 +252,27 @@ def test_a_cycle_across_ensembles_is_refused_naming_it_before_anything_else() ->
     assert ensemble_cycle("other", {**ensembles, "pipe": ("scale", "linear")}) is None
     assert ensemble_cycle("inner", {**ensembles, "pipe": ("scale", "linear")}) == ("inner", "pipe", "linear", "inner")
     assert ensemble_cycle("pipe", {"pipe": ("a", "b"), "b": ("c",), "c": ()}) is None
+
+
+def test_ensembles_nested_deeper_than_the_bound_are_refused_naming_the_chain() -> None:
+    """A request's results pass back up through each nested ensemble: a chain of 250 made each
+    request through it end without a terminal frame (RecursionError), and a chain of 1000 made the
+    cycle check itself raise RecursionError.  At most MAX_ENSEMBLE_DEPTH levels are planned."""
+    text = ensemble_pbtxt(CHAIN)
+    config = parse_pbtxt(text, "pipe/config.pbtxt", model_name="pipe").ensemble
+    sigs = {("scale", None): SIGS[("scale", None)], ("linear", None): SIGS[("linear", None)]}
+    # pipe -> linear -> e1 -> ... -> ek -> plain: "linear" is an ensemble here; k + 2 levels
+    k = MAX_ENSEMBLE_DEPTH - 2
+    chain = {"linear": ("e1",), **{f"e{i}": (f"e{i + 1}",) for i in range(1, k)}, f"e{k}": ("plain",)}
+    plan_ensemble(config, sigs, chain)  # exactly the bound: planned
+    deeper = {**chain, f"e{k}": (f"e{k + 1}",), f"e{k + 1}": ("plain",)}
+    with pytest.raises(EnsembleError, match=rf"^ensemble 'pipe': nests ensembles {MAX_ENSEMBLE_DEPTH + 1} levels deep "
+                                            rf"\(pipe -> linear -> e1 -> \.\.\. -> e{k + 1}\); at most "
+                                            rf"{MAX_ENSEMBLE_DEPTH}"):
+        plan_ensemble(config, sigs, deeper)
+    long = {f"e{i}": (f"e{i + 1}",) for i in range(5000)}
+    assert ensemble_cycle("e0", long) is None  # (no RecursionError)
+    assert ensemble_cycle("e0", {**long, "e5000": ("e0",)})[-3:] == ("e4999", "e5000", "e0")
 
 
 def test_a_batching_step_allowing_fewer_rows_than_the_ensemble_is_refused_as_triton_does() -> None:

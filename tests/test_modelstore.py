@@ -231,6 +231,11 @@ def test_extra_array(tmp_path: Path) -> None:
         (lambda h: h["config"].update(seed=7), "config"),
         (lambda h: h.update(meta=[1, 2]), "meta"),
         (lambda h: h.pop("arrays"), "arrays"),
+        # these escaped as TypeError / ValueError (the server's start-up failed instead of retraining)
+        (lambda h: h.update(arrays=[1, "b1", "count", "w1"]), "arrays"),
+        (lambda h: h.update(arrays="b1"), "arrays"),
+        (lambda h: h["config"].update(lr=float("nan")), "config"),
+        (lambda h: h.update(config={"lr": [1e400]}), "config"),
     ],
 )
 def test_mismatched_header(tmp_path: Path, edit, word: str) -> None:
@@ -243,6 +248,53 @@ def test_header_not_json(tmp_path: Path) -> None:
     path = save(tmp_path, "mlp", CONFIG, _arrays(), META)
     _rewrite(path, add={"__meta__": np.frombuffer(b"{not json", np.uint8)})
     _assert_corrupt(tmp_path, path)
+
+
+@pytest.mark.parametrize("text", [b'{"format": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                  b'{"format": 1, "config": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"],
+                         ids=["header", "config"])
+def test_a_header_nested_too_deeply_is_corrupt(tmp_path: Path, text: bytes) -> None:
+    """json recurses once per level: RecursionError escaped the loader (not a ModelFileError)."""
+    path = save(tmp_path, "mlp", CONFIG, _arrays(), META)
+    _rewrite(path, add={"__meta__": np.frombuffer(text, np.uint8)})
+    assert "nested too deeply" in _assert_corrupt(tmp_path, path).reason
+
+
+async def test_the_server_retrains_a_default_model_whose_cache_file_has_a_bad_header(tmp_path: Path) -> None:
+    """A cache file whose header lists arrays that are not names made the server's start fail
+    (TypeError); it is a corrupt file: logged, retrained, served."""
+    from tests.support import Conn, ServerProcess
+
+    with ServerProcess("--models", "linear", cache_dir=tmp_path):
+        pass  # trains linear and caches its weights
+    (path,) = tmp_path.glob("linear-*.npz")
+    _rewrite(path, header_edit=lambda h: h.update(arrays=[1, "bias", "weight"]))
+    with ServerProcess("--models", "linear", cache_dir=tmp_path) as srv:
+        conn = await Conn.open(srv.url)
+        await conn.send({"type": "predict", "id": 1, "model": "linear", "inputs": [[0.5]]})
+        _, reply = await conn.until_terminal(1)
+        await conn.close()
+        log = srv.stderr_text()
+    assert reply["type"] == "result", reply
+    assert f"ignoring corrupt cache file for linear, retraining: model file '{path}': arrays " in log, log[-3000:]
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])
+def test_a_member_compressed_with_bzip2_or_lzma_is_refused(tmp_path: Path, method: int) -> None:
+    """zipfile inflates bzip2 and lzma data without an output bound per read: a cache file of 1.3 KB
+    whose member declares 136 bytes made load() allocate 2 GB before the CRC check (and load).
+    np.savez writes stored or deflated members only; others are refused before any is read."""
+    path = save(tmp_path, "mlp", CONFIG, _arrays(), META)
+    with np.load(path) as npz:
+        members = {k: npz[k] for k in npz.files}
+    os.remove(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, array in members.items():
+            buf = io.BytesIO()
+            np.save(buf, array)
+            zf.writestr(f"{name}.npy", buf.getvalue(), compress_type=method if name == "w1" else zipfile.ZIP_STORED)
+    err = _assert_corrupt(tmp_path, path)
+    assert "member 'w1.npy' is compressed with" in err.reason and "only stored or deflated" in err.reason, err.reason
 
 
 def test_file_is_a_zip_without_pickle(tmp_path: Path) -> None:

@@ -366,3 +366,166 @@ async def test_a_huge_exception_message_from_model_code_is_cut_in_errors_and_rea
     assert (bad["type"], bad["code"]) == ("error", "internal") and "xxxx" in bad["message"], bad["message"][:200]
     assert len(bad["message"]) <= MAX_MESSAGE_CHARS and bad["message"].endswith(" more characters)")
     assert ok["type"] == "result" and ok["outputs"] == [[1.0]], ok
+
+
+#: config files whose numbers Python cannot hold as TOML's 64-bit integers or as floats, or turn into
+#: text: name -> (file, its text, what the error says after the file's path).
+HUGE_NUMBERS = {
+    "huge-delay": ("config.toml", AFFINE_CONFIG + "max_delay_ms = " + "1" * 400 + "\n",
+                   "key 'max_delay_ms': 1111111111"),
+    "huge-hex": ("config.toml", AFFINE_CONFIG + "max_batch_size = 0x" + "f" * 4000 + "\n",
+                 "key 'max_batch_size': an integer of 16000 bits; TOML integers are 64-bit"),
+    "huge-digits": ("config.toml", 'task = "regression"\ninput_shape = [' + "9" * 5000 + "]\noutput_shape = [1]\n",
+                    "is not valid TOML (an integer of more than 4300 digits; TOML integers are 64-bit)"),
+    "huge-threads": ("config.pbtxt", 'parameters { key: "intra_op_thread_count" value { string_value: "'
+                     + "9" * 5000 + '" } }\n', "key 'parameters.intra_op_thread_count': must be an integer in [0, 64]"),
+}
+
+
+async def test_a_config_holding_a_number_too_large_for_python_fails_that_model_only(tmp_path: Path) -> None:
+    """A config.toml integer beyond 64 bits (an int of 400 digits in a float key overflowed a float;
+    a 16000-bit hexadecimal one could not be shown in the message; 5000 decimal digits made tomllib
+    raise ValueError) and a config.pbtxt ``intra_op_thread_count`` of 5000 digits escaped as
+    exceptions that were not a ConfigError: the server did not start, and under ``--reload`` every
+    later scan of the repository failed, so no change to any model was applied.  Each must fail its
+    model only, naming the file and the key, at start-up, under --reload, on an admin load and in a
+    load's ``config``."""
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    for name, (file, text, _) in HUGE_NUMBERS.items():
+        (repo / name).mkdir()
+        (repo / name / file).write_text(text)
+        write_affine(repo / name / "1", bias=1.0)
+    with ServerProcess("--models", "none", "--model-repository", str(repo), "--reload") as srv:
+        conn = await Conn.open(srv.url)
+        for name, (file, _, says) in HUGE_NUMBERS.items():
+            await conn.send({"type": "load", "id": name, "model": name})
+            _, reply = await conn.until_terminal(name)
+            assert (reply["type"], reply["code"]) == ("error", "bad_request"), reply
+            assert f"{repo / name / file}: {says}" in reply["message"], reply
+            assert "set_int_max_str_digits" not in reply["message"], reply
+        pbtxt = HUGE_NUMBERS["huge-threads"][1]
+        await conn.send({"type": "load", "id": "cfg", "model": "good", "config": {"parameters": {
+            "intra_op_thread_count": {"string_value": pbtxt.split('"')[3]}}}})
+        _, reply = await conn.until_terminal("cfg")
+        assert (reply["type"], reply["code"]) == ("error", "bad_request"), reply
+        assert "key 'parameters.intra_op_thread_count': must be an integer in [0, 64]" in reply["message"], reply
+        wait_watching(srv, repo)  # a scan of the repository still applies changes
+        write_affine(repo / "good" / ".2.tmp", bias=2.0)
+        move_in(repo / "good" / ".2.tmp", repo / "good" / "2")
+        wait_models(srv, "good", "version 2 served", lambda e: e is not None and e["version"] == "2")
+        reply = await predict(conn, 1, "good", ROWS)
+        await conn.close()
+        assert reply["type"] == "result" and reply["outputs"] == affine(ROWS, 2.0), reply
+        log = srv.stderr_text()
+    assert "Traceback" not in log, log[-3000:]
+    for name, (file, _, says) in HUGE_NUMBERS.items():
+        assert f"ERROR wsserve.registry: model '{name}': {repo / name / file}: {says}" in log, (name, log[-3000:])
+
+
+async def test_an_onnx_graph_whose_input_has_a_dimension_fixed_at_zero_fails_to_load(tmp_path: Path) -> None:
+    """Such a version was served (its dimension listed as -1, any size), then every request failed with
+    ``internal`` (HTTP 500): ONNX Runtime refuses any size but 0, and wsserve any request of size 0.
+    It fails at load, naming the file and the input; the other models serve."""
+    pytest.importorskip("onnxruntime")
+    from tests import onnx_builders as ob
+
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    ob.save(ob.zero_dimension(["N", 0])[0], repo / "zero" / "1")
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        entry = models_http(srv)["zero"]
+        conn = await Conn.open(srv.url)
+        reply = await predict(conn, 1, "zero", [[1.0]])
+        good = await predict(conn, 2, "good", ROWS)
+        await conn.close()
+    assert states(entry) == {"1": "failed"}, entry
+    assert entry["versions"][0]["reason"].startswith(f"{repo / 'zero' / '1' / 'model.onnx'}: input 'x' has a "
+                                                     "dimension fixed at 0"), entry
+    assert (reply["type"], reply["code"]) == ("error", "unknown_model"), reply
+    assert good["type"] == "result" and good["outputs"] == affine(ROWS, 1.0), good
+
+
+async def test_a_model_file_that_is_not_a_regular_file_is_named_in_the_reason(tmp_path: Path) -> None:
+    """A model.onnx that is a FIFO, a model.py that is a directory, a model.npz linked to a device or
+    to nothing: the version failed saying its directory "holds no model file" (or "there is no
+    model.py"), though the file is there.  The reason names the file and what it is; no load
+    opens it (a FIFO would hold the load up), and the other models serve."""
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    files = {"fifo": ("model.onnx", "a FIFO"), "folder": ("model.py", "a directory"),
+             "device": ("model.npz", "a character device"),
+             "dangling": ("model.onnx", "a symlink that cannot be followed (No such file or directory)"),
+             "chosen": ("model.py", "a FIFO")}  # config.toml names the backend
+    for name, (file, _) in files.items():
+        version = repo / name / "1"
+        version.mkdir(parents=True)
+        path = version / file
+        if name in ("fifo", "chosen"):
+            os.mkfifo(path)
+        elif name == "folder":
+            path.mkdir()
+        else:
+            path.symlink_to("/dev/null" if name == "device" else version / "missing.onnx")
+    (repo / "chosen" / "config.toml").write_text(AFFINE_CONFIG + 'backend = "python"\n')
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        listed = models_http(srv)
+        conn = await Conn.open(srv.url)
+        good = await predict(conn, 1, "good", ROWS)
+        await conn.close()
+    assert good["type"] == "result" and good["outputs"] == affine(ROWS, 1.0), good
+    for name, (file, what) in files.items():
+        entry = listed[name]
+        assert states(entry) == {"1": "failed"}, entry
+        assert entry["versions"][0]["reason"] == (f"{repo / name / '1'}: {file} is {what}, not a regular file: a "
+                                                  "model file cannot be read from it"), entry
+
+
+def _link(name: str, step: str) -> str:
+    """An ensemble's config.pbtxt: one step on ``step`` (the affine model.py's tensors, float64)."""
+    return (f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\n'
+            'input [ { name: "input" data_type: TYPE_FP64 dims: [ 3 ] } ]\n'
+            'output [ { name: "output" data_type: TYPE_FP64 dims: [ 1 ] } ]\n'
+            f'ensemble_scheduling {{ step [ {{ model_name: "{step}" model_version: -1 '
+            'input_map { key: "input" value: "input" } output_map { key: "output" value: "output" } } ] }\n')
+
+
+async def test_ensembles_nested_too_deeply_fail_naming_the_chain_and_the_others_serve(tmp_path: Path) -> None:
+    """A chain of 250 ensembles, each a step of the one before, down to a model.py: a request to the
+    top one never got a terminal frame (its answer passed back up each level in one call stack:
+    RecursionError), and a chain of 1000 made the cycle check raise RecursionError while planning.
+    An ensemble nesting more than MAX_ENSEMBLE_DEPTH levels fails, naming the chain; one within
+    the bound serves."""
+    from wsserve.repository.ensemble_plan import MAX_ENSEMBLE_DEPTH
+
+    n = 250
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    for i in range(n):
+        (repo / f"e{i:03d}" / "1").mkdir(parents=True)
+        (repo / f"e{i:03d}" / "config.pbtxt").write_text(_link(f"e{i:03d}", f"e{i + 1:03d}" if i + 1 < n else "good"))
+    deepest_ok = n - MAX_ENSEMBLE_DEPTH  # e{n-64} ... e{n-1}: 64 ensembles, then the model
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        listed = models_http(srv)
+        conn = await Conn.open(srv.url)
+        top = await predict(conn, 1, "e000", ROWS)
+        ok = await predict(conn, 2, f"e{deepest_ok:03d}", ROWS)
+        await conn.close()
+        log = srv.stderr_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert (top["type"], top["code"]) == ("error", "unknown_model"), top
+    assert ok["type"] == "result" and ok["outputs"] == affine(ROWS, 1.0), ok
+    assert states(listed[f"e{deepest_ok:03d}"]) == {"1": "ready"}, listed[f"e{deepest_ok:03d}"]
+    too_deep = listed[f"e{deepest_ok - 1:03d}"]
+    assert states(too_deep) == {"1": "failed"}, too_deep
+    assert (f"ensemble 'e{deepest_ok - 1:03d}': nests ensembles {MAX_ENSEMBLE_DEPTH + 1} levels deep "
+            f"(e{deepest_ok - 1:03d} -> e{deepest_ok:03d} -> e{deepest_ok + 1:03d} -> ... -> e{n - 1:03d}); "
+            f"at most {MAX_ENSEMBLE_DEPTH}") in too_deep["versions"][0]["reason"], too_deep

@@ -163,6 +163,15 @@ def test_max_batch_size_zero_means_no_batch_dimension() -> None:
         ("response_cache = 1", "response_cache", ["true or false", "an integer"]),
         ('inputs = "a"', "inputs", ["array of tables"]),
         ("inputs = []", "inputs", ["must not be empty"]),
+        # integers beyond TOML's 64 bits: they overflowed a float, or could not be shown, escaping as other errors
+        ("max_delay_ms = " + "1" * 400, "max_delay_ms", ["1111111111... (400 digits)", "TOML integers are 64-bit"]),
+        ("model_load_timeout_s = -" + "1" * 400, "model_load_timeout_s", ["-111111111... (401 digits)"]),
+        ("max_batch_size = 0x" + "f" * 4000, "max_batch_size", ["an integer of 16000 bits", "64-bit"]),
+        ("max_batch_size = 9223372036854775808", "max_batch_size", ["9223372036... (19 digits)"]),
+        ("input_shape = [2, 0x" + "f" * 4000 + "]", "input_shape", ["16000 bits"]),
+        ("[onnx]\nintra_op_num_threads = 0x" + "f" * 4000, "onnx.intra_op_num_threads", ["16000 bits"]),
+        ("version_policy = { specific = [1, 0o" + "7" * 5000 + "] }", "version_policy.specific", ["15000 bits"]),
+        ('[[inputs]]\nname = "a"\nshape = [2, 0x' + "f" * 4000 + "]", "inputs[0].shape", ["16000 bits"]),
     ],
 )
 def test_bad_values_name_file_and_key(text: str, key: str, words: list[str]) -> None:
@@ -173,6 +182,13 @@ def test_bad_values_name_file_and_key(text: str, key: str, words: list[str]) -> 
     assert str(err).startswith(f"{P}: key '{key}': ")
     for word in words:
         assert word in str(err), (word, str(err))
+
+
+def test_an_integer_of_more_than_4300_digits_is_invalid_toml() -> None:
+    """tomllib's int() of it raised ValueError (Python's digit limit), not a ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("input_shape = [" + "9" * 5000 + "]", P)
+    assert str(info.value) == f"{P}: is not valid TOML (an integer of more than 4300 digits; TOML integers are 64-bit)"
 
 
 def test_too_many_named_inputs() -> None:

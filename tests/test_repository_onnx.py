@@ -171,6 +171,22 @@ def test_fixed_first_dimension_is_refused_unless_max_batch_size_is_zero(tmp_path
     np.testing.assert_allclose(model.predict(x), ref(x))
 
 
+@pytest.mark.parametrize(("shape", "config", "shown"), [
+    (["N", 0], "", "[?, 0]"),
+    (["N", 2, 0], "", "[?, 2, 0]"),
+    ([0, 3], "", "[0, 3]"),  # a batch dimension fixed at 0 (it was taken as dynamic)
+    ([0, 3], "max_batch_size = 0", "[0, 3]"),
+])
+def test_an_input_dimension_fixed_at_zero_is_refused(tmp_path: Path, shape: list, config: str, shown: str) -> None:
+    """No request can feed it (each gives at least one value in every dimension): the version was
+    served, listing the dimension as variable (-1), and every request failed with ``internal``
+    (ONNX Runtime's "Got invalid dimensions"); it fails at load, naming the input."""
+    graph, _ = ob.zero_dimension(shape)
+    msg = _fails(tmp_path, graph, config)
+    assert f"input 'x' has a dimension fixed at 0 (its shape in the graph: {shown}): no request can give it " \
+           "values (a request's every dimension is at least 1)" in msg, msg
+
+
 def test_a_symbolic_feature_dimension_is_variable_unless_config_gives_it(tmp_path: Path) -> None:
     """A graph x [N, F] with no shape in config.toml: F stays variable (-1, as Triton's auto-complete
     has it), each request sizing it; config.toml's input_shape fixes it."""

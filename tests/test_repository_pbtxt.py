@@ -126,6 +126,8 @@ def test_instances_gpu_and_threads_and_model_file() -> None:
     assert (cfg.instances, cfg.onnx_intra_op_threads, cfg.model_file) == (4 + 1 + 3, 3, "densenet.onnx")
     assert cfg.warnings == ("instance_group[0].kind KIND_GPU (runs on CPU: 4 instances)",)
     assert parse_pbtxt('default_model_filename: "model.onnx"').model_file is None
+    leading = parse_pbtxt('parameters { key: "intra_op_thread_count" value: { string_value: "' + "0" * 5000 + '4" } }')
+    assert leading.onnx_intra_op_threads == 4
 
 
 def test_hints_are_accepted_and_listed_for_one_warning() -> None:
@@ -294,6 +296,11 @@ def test_timeout_action_delay_is_read_for_the_default_and_each_levels_policy() -
     ('default_model_filename: "../model.onnx"', "default_model_filename", ["plain file name"]),
     ('parameters { key: "intra_op_thread_count" value: { string_value: "many" } }', "parameters.intra_op_thread_count", ["'many'"]),
     ('parameters { key: "intra_op_thread_count" value: { string_value: "65" } }', "parameters.intra_op_thread_count", ["[0, 64]"]),
+    # int() of more than 4300 digits (leading zeros counted) raised ValueError, not a ConfigError
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "' + "9" * 5000 + '" } }',
+     "parameters.intra_op_thread_count", ["[0, 64]", "'99999"]),
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "' + "0" * 5000 + '65" } }',
+     "parameters.intra_op_thread_count", ["[0, 64]"]),
 ])
 def test_refusals_name_file_and_field(text: str, key: str, words: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

@@ -189,6 +189,12 @@ def _check_sizes(f: Any, path: Path) -> None:
             raise ModelFileError(path, f"members expand to {declared} bytes; at most {MAX_FILE_ARRAY_BYTES} are read")
         total = 0
         for info in infos:
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                # zipfile inflates bzip2/lzma data without an output bound per read: a few compressed bytes
+                # could take gigabytes before any size or CRC check (np.savez writes neither)
+                raise ModelFileError(path, f"member {info.filename!r} is compressed with "
+                                           f"{zipfile.compressor_names.get(info.compress_type, info.compress_type)}; "
+                                           "only stored or deflated members are read")
             if not info.filename.endswith(".npy"):
                 continue  # np.load refuses what it cannot read
             with zf.open(info) as fp:
@@ -210,7 +216,8 @@ def load(
 
     Raises :class:`ModelFileError` if the file exists but is corrupt, truncated,
     holds pickled/object data, declares arrays of more than :data:`MAX_FILE_ARRAY_BYTES`
-    (refused before anything is allocated), or its header does not match ``(name, config)``
+    (refused before anything is allocated), holds a member compressed other than stored or
+    deflated (bzip2, lzma: zipfile inflates those without a bound), or its header does not match ``(name, config)``
     or the arrays it lists.  Arrays are returned fully read into memory.
     """
     key = config_key(name, config)
@@ -240,6 +247,8 @@ def load(
         header = json.loads(raw.tobytes().decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelFileError(path, f"header is not JSON ({exc})") from exc
+    except RecursionError:  # json recurses once per nested array/object
+        raise ModelFileError(path, "header is not JSON (arrays or objects nested too deeply)") from None
     if not isinstance(header, dict):
         raise ModelFileError(path, "header is not a JSON object")
 
@@ -250,10 +259,14 @@ def load(
     if header.get("key") != key:
         raise ModelFileError(path, f"key {header.get('key')!r} does not match config key {key!r}")
     # The key is a hash prefix; also compare the config itself to rule out collisions.
-    if _canonical_json(header.get("config")) != _canonical_json(dict(config)):
+    try:
+        stored = _canonical_json(header.get("config"))
+    except (ValueError, TypeError):  # NaN or an infinity (parsed from the file), which a config never holds
+        stored = None
+    if stored != _canonical_json(dict(config)):
         raise ModelFileError(path, "stored config differs from the requested config")
     listed = header.get("arrays")
-    if not isinstance(listed, list) or sorted(loaded) != sorted(listed):
+    if not isinstance(listed, list) or not all(type(n) is str for n in listed) or sorted(loaded) != sorted(listed):
         raise ModelFileError(
             path, f"arrays {sorted(loaded)} do not match header list {listed!r}"
         )

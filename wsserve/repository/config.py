@@ -334,6 +334,23 @@ def _policy(path: Path, value: Any) -> VersionPolicy:
     raise ConfigError(path, f"{key}.{kind}", "unknown policy (known: latest, specific; or the string \"all\")")
 
 
+def _check_integers(path: Path, doc: dict[str, Any]) -> None:
+    """Refuse an integer outside TOML's 64-bit range (TOML: one that cannot be represented losslessly
+    is an error), naming its key: tomllib gives Python ints of any size, which overflow a float
+    (``math.isfinite``) or cannot be shown in a message (a hexadecimal one of 16000 bits)."""
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in doc.items()]
+    while stack:
+        key, value = stack.pop()
+        if type(value) is int and not -(1 << 63) <= value < 1 << 63:
+            shown = f"{str(value)[:10]}... ({len(str(value))} digits)" if value.bit_length() < 14000 else \
+                f"an integer of {value.bit_length()} bits"
+            raise ConfigError(path, key, f"{shown}; TOML integers are 64-bit")
+        if type(value) is dict:
+            stack.extend((f"{key}.{k}", v) for k, v in value.items())
+        elif type(value) is list:  # a table in an array is named by its index (inputs[0].shape), as elsewhere
+            stack.extend((f"{key}[{i}]" if type(v) is dict else key, v) for i, v in enumerate(value))
+
+
 # --------------------------------------------------------------------------- public
 
 def config_text(text: str | bytes, path: Path) -> str:
@@ -369,6 +386,10 @@ def parse_config(text: str | bytes, path: Path | str = "config.toml") -> ModelCo
         raise ConfigError(path, None, f"is not valid TOML ({exc})") from None
     except RecursionError:  # tomllib recurses per nested array/table: "a = [[[[...]]]]" would escape
         raise ConfigError(path, None, "is not valid TOML (arrays or tables nested too deeply)") from None
+    except ValueError:  # int() of a decimal integer past Python's 4300 digits (sys.get_int_max_str_digits)
+        raise ConfigError(path, None, "is not valid TOML (an integer of more than 4300 digits; TOML integers "
+                                      "are 64-bit)") from None
+    _check_integers(path, doc)
 
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:

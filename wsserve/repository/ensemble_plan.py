@@ -44,8 +44,13 @@ from .config import TensorConfig
 from .ensemble_config import EnsembleConfig
 from .tensors import TensorSpec
 
-__all__ = ["StepSignature", "PlannedStep", "EnsemblePlan", "EnsembleError", "plan_ensemble", "step_key",
-           "ensemble_cycle", "needed_steps"]
+__all__ = ["MAX_ENSEMBLE_DEPTH", "StepSignature", "PlannedStep", "EnsemblePlan", "EnsembleError", "plan_ensemble",
+           "step_key", "ensemble_chain", "ensemble_cycle", "needed_steps"]
+
+#: Ensembles nested in one another through their steps, at most (the ensemble itself counted): a
+#: request's answer passes back up through every level in one call (about 200 levels exhausted
+#: Python's stack: the request never ended).  Triton sets no bound; real pipelines nest 2 or 3.
+MAX_ENSEMBLE_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +229,16 @@ def plan_ensemble(config: EnsembleConfig,
     first.  Raises :class:`EnsembleError` (see the module docstring for what is checked)."""
     ensembles = ensembles or {}
     p = _Planner(config)
-    cycle = ensemble_cycle(config.name, {**ensembles, config.name: config.step_models})
+    nested = {**ensembles, config.name: config.step_models}
+    cycle = ensemble_cycle(config.name, nested)
     if cycle is not None:
         raise p.fail(f"circular dependency between ensembles: {' -> '.join(cycle)} (an ensemble cannot run itself, "
                      "directly or through its steps)")
+    chain = ensemble_chain(config.name, nested)
+    if len(chain) > MAX_ENSEMBLE_DEPTH:
+        shown = " -> ".join((*chain[:3], "...", chain[-1]))
+        raise p.fail(f"nests ensembles {len(chain)} levels deep ({shown}); at most {MAX_ENSEMBLE_DEPTH} "
+                     "(MAX_ENSEMBLE_DEPTH: a request's answer passes back up through every level)")
     sigs = [p.signature(i, signatures.get(step_key(s.model, s.version))) for i, s in enumerate(config.steps)]
     for t in config.inputs:
         assert t.name is not None and t.dtype is not None
@@ -319,24 +330,47 @@ def ensemble_cycle(name: str, ensembles: Mapping[str, Iterable[str]]) -> tuple[s
     """The first cycle through which ensemble ``name`` reaches itself, as the names along it
     (``("a", "b", "a")``), or None.  ``ensembles``: each ensemble's step models (a model that is
     not a key is not an ensemble).  Depth-first in the steps' order, so the answer does not
-    depend on the order in which the ensembles were loaded."""
+    depend on the order in which the ensembles were loaded; iterative (a chain of thousands of
+    ensembles raised RecursionError)."""
     path = [name]
     seen: set[str] = set()
-
-    def visit(current: str) -> bool:
-        for model in ensembles.get(current, ()):
+    stack = [iter(tuple(ensembles.get(name, ())))]
+    while stack:
+        for model in stack[-1]:
             if model == name:
-                path.append(name)
-                return True
+                return (*path, name)
             if model in ensembles and model not in seen:
                 seen.add(model)
                 path.append(model)
-                if visit(model):
-                    return True
+                stack.append(iter(tuple(ensembles.get(model, ()))))
+                break
+        else:
+            stack.pop()
+            if stack:
                 path.pop()
-        return False
+    return None
 
-    return tuple(path) if visit(name) else None
+
+def ensemble_chain(name: str, ensembles: Mapping[str, Iterable[str]]) -> tuple[str, ...]:
+    """The longest chain of nested ensembles from ``name`` through its steps (``("a", "b")``: a step
+    of ``a`` runs ensemble ``b``, whose steps run no ensemble), ``ensembles`` as for
+    :func:`ensemble_cycle`; a step closing a cycle is not followed (the cycle is refused by itself)."""
+    done: dict[str, tuple[str, ...]] = {}
+    on_path = {name}
+    stack = [(name, iter(tuple(ensembles.get(name, ()))))]
+    while stack:
+        node, steps = stack[-1]
+        for model in steps:
+            if model in ensembles and model not in on_path and model not in done:
+                on_path.add(model)
+                stack.append((model, iter(tuple(ensembles.get(model, ())))))
+                break
+        else:
+            stack.pop()
+            on_path.discard(node)
+            below = [done[m] for m in ensembles.get(node, ()) if m in done]
+            done[node] = (node, *max(below, key=len, default=()))
+    return done[name]
 
 
 def needed_steps(plan: EnsemblePlan, wanted: frozenset[str] | None) -> tuple[PlannedStep, ...]:

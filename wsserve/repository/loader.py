@@ -7,6 +7,7 @@ constructor can take long.  The result is not warmed up: call
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,24 @@ def _is_file(path: Path) -> bool:
         raise ModelLoadError(path.parent, f"cannot be read ({exc.strerror or exc})") from None
 
 
+def _irregular(path: Path) -> str | None:
+    """What ``path`` is when it is there but not a regular file (a directory, a FIFO, a device, a
+    dangling symlink), for a message naming it; None when it is absent (or a regular file)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return f"a symlink that cannot be followed ({exc.strerror or exc})"
+    mode = st.st_mode
+    kinds = ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
 def find_model_file(version_dir: Path | str, backend: str | None = None, *, model_file: str | None = None,
                     source: str = "config.toml") -> tuple[str, Path]:
     """``(backend, path)`` of the model file in ``version_dir``.
@@ -44,12 +63,19 @@ def find_model_file(version_dir: Path | str, backend: str | None = None, *, mode
         filename = model_file or MODEL_FILES[backend]
         path = version_dir / filename
         if not _is_file(path):
+            if (what := _irregular(path)) is not None:
+                raise ModelLoadError(version_dir, f"{filename} is {what}, not a regular file: a model file cannot be "
+                                                  "read from it")
             if source == "config.toml":
                 raise ModelLoadError(version_dir, f"config.toml says backend = {backend!r} but there is no {filename}")
             raise ModelLoadError(version_dir, f"{source} serves it with the {backend} backend but there is no {filename}")
         return backend, path
     found = [(b, version_dir / f) for b, f in MODEL_FILES.items() if _is_file(version_dir / f)]
     if not found:
+        for f in MODEL_FILES.values():  # one there that is no regular file is named, rather than "no model file"
+            if (what := _irregular(version_dir / f)) is not None:
+                raise ModelLoadError(version_dir, f"{f} is {what}, not a regular file: a model file cannot be read "
+                                                  "from it")
         raise ModelLoadError(version_dir, f"holds no model file ({', '.join(MODEL_FILES.values())})")
     if len(found) > 1:
         names = ", ".join(p.name for _, p in found)

@@ -127,6 +127,10 @@ def _graph_spec(arg: Any, side: str, batching: bool, tc: TensorConfig | None, pa
             raise ModelLoadError(path, f"the graph does not give the shape of {side} {name!r}; set it in {source}")
         shape = ([None] if batching else []) + list(tc.shape)
     shape = list(shape)
+    if side == "input" and any(type(d) is int and d == 0 for d in shape):  # (not _fixed: it would be taken as variable)
+        shown = "[" + ", ".join(str(d) if type(d) is int and d >= 0 else "?" for d in shape) + "]"
+        raise ModelLoadError(path, f"input {name!r} has a dimension fixed at 0 (its shape in the graph: {shown}): no "
+                                   "request can give it values (a request's every dimension is at least 1)")
     if not shape and tc is not None and tc.triton_dims is not None:  # a graph scalar: Triton's rule
         why = scalar_dims(model, side, name, tc.triton_dims, batching=batching, source=source)
         if why is not None:

@@ -125,6 +125,7 @@ import numpy as np
 from ..batching import MAX_PRIORITY_LEVELS, TIMEOUT_ACTIONS, QueuePolicy
 from ..config import MAX_DELAY_MS
 from ..dtypes import BYTES, TENSOR_DTYPES
+from ..jsontypes import shown
 from ..sequences import Control, SequenceConfig, State
 from .config import (
     _NAME_RE,
@@ -475,9 +476,11 @@ def _parameters(path: Path, cfg: Any, warnings: list[str]) -> int:
             warnings.append(f"parameters.{key}")
             continue
         value = cfg.parameters[key].string_value.strip()
-        if not value.isascii() or not value.isdigit() or not 0 <= int(value) <= MAX_THREADS:
-            raise ConfigError(path, f"parameters.{key}", f"must be an integer in [0, {MAX_THREADS}] (0: the default, 1), got {value!r}")
-        threads = int(value) or 1
+        digits = value.lstrip("0") or "0"  # (int() of more than 4300 digits, leading zeros too, raises ValueError)
+        if not value.isascii() or not value.isdigit() or len(digits) > 20 or not 0 <= int(digits) <= MAX_THREADS:
+            raise ConfigError(path, f"parameters.{key}", f"must be an integer in [0, {MAX_THREADS}] (0: the default, 1), "
+                                                         f"got {shown(value)}")
+        threads = int(digits) or 1
     return threads
 
 
