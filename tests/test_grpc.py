@@ -935,6 +935,63 @@ async def test_a_stream_sending_without_reading_is_read_no_further_than_max_infl
         await task
 
 
+async def test_a_connections_streams_unread_hold_at_most_max_write_buffer_bytes() -> None:
+    """The predictive requests a client sends on the streams of one HTTP/2 connection without
+    reading their answers hold at most about ``max_write_buffer_bytes`` (each request's message
+    until its answer is written, and that answer): past it no stream of the connection is read
+    further. Before, each stream read ``max_inflight`` requests, so a connection's 256 streams held
+    65,536 requests and their answers (32 streams of 32 KB requests held 480 MB of a server on
+    loopback).  The context is a stand-in for grpc's (its one boundary), as above."""
+    import wsserve
+    from wsserve.oipgrpc.service import GrpcFrontend
+
+    double = wsserve.FunctionModel(lambda batch: 2 * batch, input_shape=(1,), output_shape=(1,))
+    server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), max_inflight=64,
+                                                 max_write_buffer_bytes=64 << 10), models={"double": double})
+    await server.start()
+    frontend = GrpcFrontend(server.api, clock=lambda: 0.0, on_idle=lambda: None)
+    consumed = [0, 0]
+    rows = 1024  # 8 KiB of float64 values a request
+
+    def request(i: int) -> Any:
+        r = service_pb2.ModelInferRequest(model_name="double", id=str(i))
+        r.inputs.add(name="input", datatype="FP64", shape=[rows, 1])
+        r.raw_input_contents.append(np.ones(rows).tobytes())
+        return r
+
+    async def requests(stream: int):
+        for i in range(100):
+            consumed[stream] += 1
+            yield request(i)
+
+    class Unread:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"  # both streams: one connection
+
+        def invocation_metadata(self) -> tuple:
+            return ()
+
+        def time_remaining(self) -> None:
+            return None
+
+        async def write(self, response) -> None:
+            await asyncio.Event().wait()  # the client never reads
+
+    tasks = [asyncio.ensure_future(frontend.ModelStreamInfer(requests(i), Unread())) for i in range(2)]
+    for _ in range(500):  # let them run as far as they would
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in tasks)
+    held = sum(consumed) * rows * 8
+    assert held <= (64 << 10) + 2 * rows * 8, consumed  # the bound, and the one request each stream read past it
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await server.drain(timeout_s=5)
+    await server.close()
+
+
 
 
 def test_a_generation_that_fails_sends_every_token_before_its_error(model_cache: Path, tmp_path: Path) -> None:
