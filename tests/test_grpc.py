@@ -994,6 +994,44 @@ async def test_a_connections_streams_unread_hold_at_most_max_write_buffer_bytes(
 
 
 
+async def test_a_stream_whose_write_fails_ends_with_that_error_reading_no_further() -> None:
+    """A stream request whose answer cannot be written (grpc refuses the write: the client's RPC is
+    gone) ends the stream with that error, as soon as the read loop sees it, also while it waits
+    for room (its bound): its exception is retrieved, not left to asyncio's "Task exception was
+    never retrieved" error log once per request of a cancelled stream, and no further request is
+    read for a stream that is gone.  The context is a stand-in for grpc's (its one boundary)."""
+    import wsserve
+    from wsserve.oipgrpc.service import GrpcFrontend
+
+    double = wsserve.FunctionModel(lambda batch: 2 * batch, input_shape=(1,), output_shape=(1,))
+    server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), max_inflight=2), models={"double": double})
+    frontend = GrpcFrontend(server.api, clock=lambda: 0.0, on_idle=lambda: None)
+    consumed = 0
+
+    async def requests():
+        nonlocal consumed
+        for i in range(100):
+            consumed += 1
+            yield service_pb2.ModelInferRequest(model_name="nope", id=str(i))
+
+    class Gone:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+        def invocation_metadata(self) -> tuple:
+            return ()
+
+        def time_remaining(self) -> None:
+            return None
+
+        async def write(self, response) -> None:
+            raise RuntimeError("the RPC is gone")
+
+    with pytest.raises(RuntimeError, match="the RPC is gone"):
+        await frontend.ModelStreamInfer(requests(), Gone())
+    assert consumed <= 2 + 2
+
+
 def test_a_generation_that_fails_sends_every_token_before_its_error(model_cache: Path, tmp_path: Path) -> None:
     """A generation that fails after some tokens (here its model's step after 'e') answers each
     token it generated, then the error: none is held back by the failure."""

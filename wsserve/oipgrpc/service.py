@@ -996,6 +996,12 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         if backlog is None:
             backlog = self._backlogs[peer] = _Backlog()
         backlog.streams += 1
+        failed: list[BaseException] = []  # a request's task that raised (a write failed: the RPC is gone)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # (retrieved: the stream raises it)
+                failed.append(task.exception())  # type: ignore[arg-type]
 
         def shm() -> Any:  # a request naming a shared memory region: the stream's caller must be allowed
             return self._shm_access(context)
@@ -1016,16 +1022,20 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                     finally:
                         more.cancel()
                         drained.cancel()
+                    if failed:  # as gather() below would: the stream ends with it, its other requests cancelled
+                        raise failed[0]
                 held = _Held(backlog, request.ByteSize())
                 after: asyncio.Future[None] = loop.create_future()
                 task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
                                                              turn, after, trace, shm, flow, held))
                 turn = after
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(ended)
                 task.add_done_callback(held.release)
             if tasks:
                 await asyncio.gather(*tasks)
+            if failed:
+                raise failed[0]
         finally:
             for task in list(tasks):  # the stream was cancelled: so are its requests
                 task.cancel()
