@@ -935,6 +935,101 @@ async def test_a_stream_sending_without_reading_is_read_no_further_than_max_infl
         await task
 
 
+async def test_a_connections_streams_unread_hold_at_most_max_write_buffer_bytes() -> None:
+    """The predictive requests a client sends on the streams of one HTTP/2 connection without
+    reading their answers hold at most about ``max_write_buffer_bytes`` (each request's message
+    until its answer is written, and that answer): past it no stream of the connection is read
+    further. Before, each stream read ``max_inflight`` requests, so a connection's 256 streams held
+    65,536 requests and their answers (32 streams of 32 KB requests held 480 MB of a server on
+    loopback).  The context is a stand-in for grpc's (its one boundary), as above."""
+    import wsserve
+    from wsserve.oipgrpc.service import GrpcFrontend
+
+    double = wsserve.FunctionModel(lambda batch: 2 * batch, input_shape=(1,), output_shape=(1,))
+    server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), max_inflight=64,
+                                                 max_write_buffer_bytes=64 << 10), models={"double": double})
+    await server.start()
+    frontend = GrpcFrontend(server.api, clock=lambda: 0.0, on_idle=lambda: None)
+    consumed = [0, 0]
+    rows = 1024  # 8 KiB of float64 values a request
+
+    def request(i: int) -> Any:
+        r = service_pb2.ModelInferRequest(model_name="double", id=str(i))
+        r.inputs.add(name="input", datatype="FP64", shape=[rows, 1])
+        r.raw_input_contents.append(np.ones(rows).tobytes())
+        return r
+
+    async def requests(stream: int):
+        for i in range(100):
+            consumed[stream] += 1
+            yield request(i)
+
+    class Unread:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"  # both streams: one connection
+
+        def invocation_metadata(self) -> tuple:
+            return ()
+
+        def time_remaining(self) -> None:
+            return None
+
+        async def write(self, response) -> None:
+            await asyncio.Event().wait()  # the client never reads
+
+    tasks = [asyncio.ensure_future(frontend.ModelStreamInfer(requests(i), Unread())) for i in range(2)]
+    for _ in range(500):  # let them run as far as they would
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in tasks)
+    held = sum(consumed) * rows * 8
+    assert held <= (64 << 10) + 2 * rows * 8, consumed  # the bound, and the one request each stream read past it
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await server.drain(timeout_s=5)
+    await server.close()
+
+
+
+
+async def test_a_stream_whose_write_fails_ends_with_that_error_reading_no_further() -> None:
+    """A stream request whose answer cannot be written (grpc refuses the write: the client's RPC is
+    gone) ends the stream with that error, as soon as the read loop sees it, also while it waits
+    for room (its bound): its exception is retrieved, not left to asyncio's "Task exception was
+    never retrieved" error log once per request of a cancelled stream, and no further request is
+    read for a stream that is gone.  The context is a stand-in for grpc's (its one boundary)."""
+    import wsserve
+    from wsserve.oipgrpc.service import GrpcFrontend
+
+    double = wsserve.FunctionModel(lambda batch: 2 * batch, input_shape=(1,), output_shape=(1,))
+    server = wsserve.Server(wsserve.ServerConfig(port=0, models=(), max_inflight=2), models={"double": double})
+    frontend = GrpcFrontend(server.api, clock=lambda: 0.0, on_idle=lambda: None)
+    consumed = 0
+
+    async def requests():
+        nonlocal consumed
+        for i in range(100):
+            consumed += 1
+            yield service_pb2.ModelInferRequest(model_name="nope", id=str(i))
+
+    class Gone:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+        def invocation_metadata(self) -> tuple:
+            return ()
+
+        def time_remaining(self) -> None:
+            return None
+
+        async def write(self, response) -> None:
+            raise RuntimeError("the RPC is gone")
+
+    with pytest.raises(RuntimeError, match="the RPC is gone"):
+        await frontend.ModelStreamInfer(requests(), Gone())
+    assert consumed <= 2 + 2
 
 
 def test_a_generation_that_fails_sends_every_token_before_its_error(model_cache: Path, tmp_path: Path) -> None:

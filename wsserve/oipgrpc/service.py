@@ -117,6 +117,50 @@ class _StreamFlow:
 _PARKED_OVERHEAD = 4096
 
 
+class _Backlog:
+    """What the ModelStreamInfer streams of one gRPC connection (its peer) hold for their
+    predictive requests read and not yet answered on the wire: each request's message (``bytes``
+    counts it from the moment it is read until its answer is written, or, a generation's or a
+    decoupled model's, until it starts: those are bounded as running requests) and its answer once
+    computed.  Past ``max_write_buffer_bytes`` no stream of the connection reads another request
+    until it drains (``drained`` is set whenever it shrinks), as a WebSocket or HTTP connection
+    stops reading while its unsent answers are over the limit: the streams a client multiplexes on
+    one connection share one bound, not ``max_inflight`` requests and answers each."""
+
+    __slots__ = ("bytes", "streams", "drained")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.streams = 0
+        self.drained = asyncio.Event()
+
+    def add(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        if nbytes < 0:
+            self.drained.set()
+
+
+class _Held:
+    """The bytes one stream request counts in its connection's :class:`_Backlog` (released by
+    :meth:`release`, in part or, when its task ends however it ends, all)."""
+
+    __slots__ = ("backlog", "nbytes")
+
+    def __init__(self, backlog: _Backlog, nbytes: int) -> None:
+        self.backlog = backlog
+        self.nbytes = 0
+        self.add(nbytes)
+
+    def add(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        self.backlog.add(nbytes)
+
+    def release(self, _: Any = None) -> None:
+        if self.nbytes:
+            self.backlog.add(-self.nbytes)
+            self.nbytes = 0
+
+
 class GrpcInferCall(InferCall):
     """A ModelInfer's rows through the predict worker: the outputs (or the error) go to ``future``;
     ``flow``: its stream's, on a ModelStreamInfer stream."""
@@ -503,6 +547,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         #: ModelInfer RPCs whose rows are queued or computing.
         self.busy = 0
         self.sessions: dict[str, HttpSession] = {}
+        #: each connection's (peer's) stream requests read and not answered on the wire, while it has a stream
+        self._backlogs: dict[str, _Backlog] = {}
         self._sweep_at = _SWEEP_AT
         self._server: grpc.aio.Server | None = None
         self._proxies = proxy_networks(self.config.trusted_proxy)
@@ -928,7 +974,9 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         to be given a slot (a stateful model's, :class:`_StreamFlow`) is not counted meanwhile, nor,
         while one waits, the answers computed behind it (up to ``max_write_buffer_bytes``): the
         model's queue bounds the former, and the request ending a sequence that holds a slot, sent
-        behind them, must be read for them to get one."""
+        behind them, must be read for them to get one.  Nor is a request read while the streams of
+        the connection hold more than ``max_write_buffer_bytes`` for their predictive requests not
+        yet answered on the wire (:class:`_Backlog`), unless one of this stream's waits for a slot."""
         key = await self._key(context, "ModelStreamInfer")
         peer = context.peer()
         lock = asyncio.Lock()
@@ -940,9 +988,20 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await context.write(response)
 
         bound = self.config.max_inflight
-        flow = _StreamFlow(self.config.max_write_buffer_bytes)
+        limit = self.config.max_write_buffer_bytes
+        flow = _StreamFlow(limit)
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
+        backlog = self._backlogs.get(peer)
+        if backlog is None:
+            backlog = self._backlogs[peer] = _Backlog()
+        backlog.streams += 1
+        failed: list[BaseException] = []  # a request's task that raised (a write failed: the RPC is gone)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # (retrieved: the stream raises it)
+                failed.append(task.exception())  # type: ignore[arg-type]
 
         def shm() -> Any:  # a request naming a shared memory region: the stream's caller must be allowed
             return self._shm_access(context)
@@ -950,45 +1009,65 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             async for request in requests:
                 # no more read from the stream until one ends (its answer written) or waits for a
-                # slot, or an answer is parked behind one that waits for a slot (_StreamFlow.free)
-                while len(tasks) - flow.free() >= bound:
+                # slot, or an answer is parked behind one that waits for a slot (_StreamFlow.free);
+                # nor while the connection's streams hold more than the limit (_Backlog; unless a
+                # request of this one waits for a slot: the END that frees it may be next)
+                while len(tasks) - flow.free() >= bound or (backlog.bytes > limit and not flow.waiting):
                     flow.more.clear()
+                    backlog.drained.clear()
                     more = loop.create_task(flow.more.wait())
+                    drained = loop.create_task(backlog.drained.wait())
                     try:
-                        await asyncio.wait((*tasks, more), return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait((*tasks, more, drained), return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         more.cancel()
+                        drained.cancel()
+                    if failed:  # as gather() below would: the stream ends with it, its other requests cancelled
+                        raise failed[0]
+                held = _Held(backlog, request.ByteSize())
                 after: asyncio.Future[None] = loop.create_future()
                 task = loop.create_task(self._stream_request(request, key, peer, context.time_remaining(), write,
-                                                             turn, after, trace, shm, flow))
+                                                             turn, after, trace, shm, flow, held))
                 turn = after
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(ended)
+                task.add_done_callback(held.release)
             if tasks:
                 await asyncio.gather(*tasks)
+            if failed:
+                raise failed[0]
         finally:
             for task in list(tasks):  # the stream was cancelled: so are its requests
                 task.cancel()
+            backlog.streams -= 1
+            if not backlog.streams and self._backlogs.get(peer) is backlog:
+                del self._backlogs[peer]
 
     async def _stream_request(self, request: Any, key: str | None, peer: str, remaining: float | None,
                               write: Callable[[Any], Any], before: asyncio.Future[None] | None,
                               after: asyncio.Future[None], trace: tuple[str | None, str | None],
-                              shm: Any = None, flow: _StreamFlow | None = None) -> None:
+                              shm: Any = None, flow: _StreamFlow | None = None, held: _Held | None = None) -> None:
         """One request of a ModelStreamInfer stream, by its model's kind (looked up in the same
         step as the request's own lookup: no load between them): a generation (its responses are
         not ordered: ``after`` is set with ``before``), else :meth:`_stream_infer` (an unknown
         model's error too, as Triton orders it).  ``trace``: the stream's W3C ``traceparent`` and
         ``tracestate`` metadata (each request's span is a child of it); ``shm``: the shared memory
-        regions a predictive request may name (:meth:`_infer`)."""
+        regions a predictive request may name (:meth:`_infer`); ``held``: what it counts in its
+        connection's :class:`_Backlog` (a generation and a decoupled request count no more once
+        started: they are bounded as running requests, their responses by their own bounds)."""
         kind = self._kind(request)
         if kind == "generate":
             _chain(before, after)
+            if held is not None:
+                held.release()
             await self._generate(request, key, peer, write, trace)
         elif kind == "decoupled":
             _chain(before, after)
+            if held is not None:
+                held.release()
             await self._stream_decoupled(request, key, peer, remaining, write, trace, shm)
         else:
-            await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm, flow)
+            await self._stream_infer(request, key, peer, remaining, write, before, after, trace, shm, flow, held)
 
     def _kind(self, request: Any) -> str:
         """``"generate"`` when ``request`` names a generative model that is ready, ``"decoupled"`` a
@@ -1053,12 +1132,13 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _stream_infer(self, request: Any, key: str | None, peer: str, remaining: float | None,
                             write: Callable[[Any], Any], before: asyncio.Future[None] | None,
                             after: asyncio.Future[None], trace: tuple[str | None, str | None],
-                            shm: Any = None, flow: _StreamFlow | None = None) -> None:
+                            shm: Any = None, flow: _StreamFlow | None = None, held: _Held | None = None) -> None:
         """A predictive model's request on a stream, run as ModelInfer runs it (:meth:`_infer`):
         one response, its ``infer_response`` ModelInfer's answer (with ``triton_final_response``
         true, as Triton marks every stream response), or its ``error_message``.  It is written once
         ``before`` is set (the previous predictive response was written); ``after`` is set once
-        this one was written or the request ended otherwise (cancelled, the write failed)."""
+        this one was written or the request ended otherwise (cancelled, the write failed).
+        ``held``: its bytes in its connection's :class:`_Backlog`, its answer's added."""
         try:
             try:
                 response = await self._infer(request, key, peer, remaining, "ModelStreamInfer", trace, shm,
@@ -1067,8 +1147,11 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 message = service_pb2.ModelStreamInferResponse(infer_response=response)
             except WsserveError as exc:
                 message = convert.stream_error(exc, request.model_name, request.id or None)
+            nbytes = message.ByteSize()
+            if held is not None:
+                held.add(nbytes)
             if before is not None and not before.done():
-                cost = flow.park(message.ByteSize()) if flow is not None else 0
+                cost = flow.park(nbytes) if flow is not None else 0
                 try:
                     await asyncio.shield(before)  # (cancelled, this task leaves ``before`` to its own)
                 finally:
