@@ -993,6 +993,25 @@ async def test_a_connections_streams_unread_hold_at_most_max_write_buffer_bytes(
 
 
 
+async def test_a_request_waiting_for_a_slot_on_any_stream_lets_every_stream_of_the_connection_read() -> None:
+    """The connection's bound (above) stops no stream while a request of any of its streams waits
+    for its sequence to be given a slot: the END freeing that slot may come on another stream, which
+    the bound would keep unread (each stream alone already exempted its own)."""
+    from wsserve.oipgrpc.service import _Backlog, _Held, _StreamFlow
+
+    backlog = _Backlog()
+    first, second = _StreamFlow(1000, backlog), _StreamFlow(1000, backlog)
+    held = _Held(backlog, 5000)
+    assert backlog.over_limit(4096)
+    backlog.drained.clear()
+    first.add(1)  # a request of the first stream waits for a slot
+    assert not backlog.over_limit(4096) and backlog.drained.is_set()  # the second's read goes on
+    assert second.waiting == 0 and backlog.waiting == 1
+    first.add(-1)  # given its slot
+    assert backlog.over_limit(4096)
+    held.release()
+    assert not backlog.over_limit(4096) and backlog.bytes == 0
+
 
 async def test_a_stream_whose_write_fails_ends_with_that_error_reading_no_further() -> None:
     """A stream request whose answer cannot be written (grpc refuses the write: the client's RPC is

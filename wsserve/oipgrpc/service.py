@@ -76,17 +76,21 @@ class _StreamFlow:
     past it they count again.  ``more`` is set when :meth:`free` may have grown (the read loop
     may go on)."""
 
-    __slots__ = ("waiting", "more", "parked", "parked_bytes", "max_parked_bytes")
+    __slots__ = ("waiting", "more", "parked", "parked_bytes", "max_parked_bytes", "backlog")
 
-    def __init__(self, max_parked_bytes: int) -> None:
+    def __init__(self, max_parked_bytes: int, backlog: _Backlog | None = None) -> None:
         self.waiting = 0
         self.more = asyncio.Event()
         self.parked = 0
         self.parked_bytes = 0
         self.max_parked_bytes = max_parked_bytes
+        #: its connection's, which counts its requests waiting for a slot too (:class:`_Backlog`)
+        self.backlog = backlog
 
     def add(self, delta: int) -> None:
         self.waiting += delta
+        if self.backlog is not None:
+            self.backlog.wait(delta)
         if delta > 0:
             self.more.set()
 
@@ -125,19 +129,32 @@ class _Backlog:
     computed.  Past ``max_write_buffer_bytes`` no stream of the connection reads another request
     until it drains (``drained`` is set whenever it shrinks), as a WebSocket or HTTP connection
     stops reading while its unsent answers are over the limit: the streams a client multiplexes on
-    one connection share one bound, not ``max_inflight`` requests and answers each."""
+    one connection share one bound, not ``max_inflight`` requests and answers each.  While a
+    request of any of its streams waits for its sequence to be given a slot (``waiting``), the
+    bound does not stop a read: the END that frees the slot may come on another stream."""
 
-    __slots__ = ("bytes", "streams", "drained")
+    __slots__ = ("bytes", "streams", "drained", "waiting")
 
     def __init__(self) -> None:
         self.bytes = 0
         self.streams = 0
         self.drained = asyncio.Event()
+        self.waiting = 0
 
     def add(self, nbytes: int) -> None:
         self.bytes += nbytes
         if nbytes < 0:
             self.drained.set()
+
+    def wait(self, delta: int) -> None:
+        """A request of one of its streams starts (1) or stops (-1) waiting for a sequence slot."""
+        self.waiting += delta
+        if delta > 0:
+            self.drained.set()  # (the streams' reads stopped by the bound go on)
+
+    def over_limit(self, limit: int) -> bool:
+        """The streams stop reading: more than ``limit`` bytes held, no request waiting for a slot."""
+        return self.bytes > limit and not self.waiting
 
 
 class _Held:
@@ -976,7 +993,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         model's queue bounds the former, and the request ending a sequence that holds a slot, sent
         behind them, must be read for them to get one.  Nor is a request read while the streams of
         the connection hold more than ``max_write_buffer_bytes`` for their predictive requests not
-        yet answered on the wire (:class:`_Backlog`), unless one of this stream's waits for a slot."""
+        yet answered on the wire (:class:`_Backlog`), unless a request of one of them waits for a slot."""
         key = await self._key(context, "ModelStreamInfer")
         peer = context.peer()
         lock = asyncio.Lock()
@@ -989,13 +1006,13 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         bound = self.config.max_inflight
         limit = self.config.max_write_buffer_bytes
-        flow = _StreamFlow(limit)
         turn: asyncio.Future[None] | None = None  # set once the previous request's predictive response is written
         trace = _trace_metadata(context) if self.api.tracer is not None else (None, None)
         backlog = self._backlogs.get(peer)
         if backlog is None:
             backlog = self._backlogs[peer] = _Backlog()
         backlog.streams += 1
+        flow = _StreamFlow(limit, backlog)
         failed: list[BaseException] = []  # a request's task that raised (a write failed: the RPC is gone)
 
         def ended(task: asyncio.Task[None]) -> None:
@@ -1011,8 +1028,8 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
                 # no more read from the stream until one ends (its answer written) or waits for a
                 # slot, or an answer is parked behind one that waits for a slot (_StreamFlow.free);
                 # nor while the connection's streams hold more than the limit (_Backlog; unless a
-                # request of this one waits for a slot: the END that frees it may be next)
-                while len(tasks) - flow.free() >= bound or (backlog.bytes > limit and not flow.waiting):
+                # request of one of them waits for a slot: the END that frees it may be next)
+                while len(tasks) - flow.free() >= bound or backlog.over_limit(limit):
                     flow.more.clear()
                     backlog.drained.clear()
                     more = loop.create_task(flow.more.wait())
