@@ -174,6 +174,37 @@ def test_validate_accepts_edges_and_none(name: str, value: object) -> None:
     ServerConfig(**{name: value}).validate()
 
 
+_COUNT_LIMITS = ("max_message_bytes", "max_inflight", "max_inflight_bytes", "max_rows", "max_explain_rows", "max_tokens",
+                 "max_batch_size", "max_generate_batch", "max_write_buffer_bytes", "max_npz_bytes",
+                 "max_sequence_state_bytes", "max_sequence_state_total_bytes", "max_reschedules", "max_queue_rows",
+                 "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst", "explain_row_cost")
+
+
+@pytest.mark.parametrize("name", _COUNT_LIMITS)
+def test_validate_refuses_a_count_past_2_53(name: str) -> None:
+    # --max-message-bytes 99999999999999999999999999 was accepted, then the server died with a
+    # traceback (orjson: "Integer exceeds 64-bit range") encoding the hello that announces it.
+    with pytest.raises(ValueError, match=flag(name)):
+        ServerConfig(**{name: 2**64}).validate()
+    with pytest.raises(ValueError, match=flag(name)):
+        ServerConfig(**{name: 2**53 + 1}).validate()
+
+
+@pytest.mark.parametrize("name", ["max_message_bytes", "max_inflight", "max_rows", "max_tokens", "max_queue_rows"])
+def test_validate_accepts_a_count_of_2_53(name: str) -> None:
+    ServerConfig(**{name: 2**53}).validate()
+
+
+@pytest.mark.parametrize("name", ["max_message_bytes", "max_rows", "max_queue_rows", "rate_limit_burst"])
+def test_a_count_past_2_53_exits_2_naming_the_flag(name: str, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsserve.server
+
+    monkeypatch.setattr(wsserve.server, "run", lambda config: pytest.fail(f"{flag(name)} 1e26 was accepted"))
+    err = _cli_error(["serve", flag(name), "99999999999999999999999999"], capsys)
+    assert flag(name) in err and "2**53" in err
+
+
 @pytest.mark.parametrize("name", ["max_delay_ms", "drain_timeout_s", "ping_interval_s", "model_load_timeout_s",
                                   "worker_boot_timeout_s"])
 def test_validate_refuses_nan(name: str) -> None:

@@ -56,6 +56,10 @@ MAX_GENERATE_BATCH = 4096
 MAX_RESPONSE_CACHE_BYTES = 1 << 40
 #: Training seeds are 0..MAX_SEED (numpy's SeedSequence takes non-negative integers; as ``wsserve train``).
 MAX_SEED = 2**63 - 1
+#: The largest count or size limit (2**53, the largest integer a JSON number holds exactly in every
+#: implementation, and the largest ``hello`` limit clients trust): a larger one is refused, not
+#: announced in ``hello`` (where orjson could not even encode one past 2**64).
+MAX_COUNT = 2**53
 
 #: ``--inline-max-flops``'s default: predict batches of at most this many multiply-adds run on the
 #: loop thread, costlier ones in the model's thread. 20,000,000 is a full 256-row mlp batch (~0.5 ms
@@ -264,20 +268,20 @@ class ServerConfig:
         )
         for name in positive:
             value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{flag(name)} must be a positive integer, got {value!r}")
+            if type(value) is not int or not 1 <= value <= MAX_COUNT:
+                raise ValueError(f"{flag(name)} must be a positive integer up to 2**53, got {value!r}")
         if self.max_generate_batch > MAX_GENERATE_BATCH:
             raise ValueError(f"{flag('max_generate_batch')} must be at most {MAX_GENERATE_BATCH}, "
                              f"got {self.max_generate_batch!r}")
         if type(self.response_cache_bytes) is not int or not 0 <= self.response_cache_bytes <= MAX_RESPONSE_CACHE_BYTES:
             raise ValueError(f"{flag('response_cache_bytes')} must be an integer in 0..{MAX_RESPONSE_CACHE_BYTES} "
                              f"(0: no response cache), got {self.response_cache_bytes!r}")
-        if type(self.explain_row_cost) is not int or self.explain_row_cost < 2:
-            raise ValueError(f"{flag('explain_row_cost')} must be an integer >= 2, got {self.explain_row_cost!r}")
+        if type(self.explain_row_cost) is not int or not 2 <= self.explain_row_cost <= MAX_COUNT:
+            raise ValueError(f"{flag('explain_row_cost')} must be an integer in 2..2**53, got {self.explain_row_cost!r}")
         for name in ("max_queue_rows", "max_queue_bytes", "max_generate_queue", "max_connections", "rate_limit_burst"):
             value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < 1):
-                raise ValueError(f"{flag(name)} must be a positive integer or off, got {value!r}")
+            if value is not None and (type(value) is not int or not 1 <= value <= MAX_COUNT):
+                raise ValueError(f"{flag(name)} must be a positive integer up to 2**53 or off, got {value!r}")
         for name in ("drain_timeout_s", "slow_consumer_timeout_s", "auth_timeout_s", "handshake_timeout_s",
                      "close_timeout_s", "inline_max_flops"):
             value = getattr(self, name)
