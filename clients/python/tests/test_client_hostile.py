@@ -155,6 +155,28 @@ async def test_a_bad_reply_to_a_predict_fails_only_that_call(case: str) -> None:
         assert fake.cancels() == ([out[0].request_id] if cancels else [])
 
 
+NOT_AN_ARRAY: dict[str, Any] = {
+    "ragged rows": [[1.0], [1.0, 2.0]],
+    "an object in the rows": [[{"b": 1}]],
+    "a named output that is an object": {"a": {"b": 1}},
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_AN_ARRAY))
+async def test_outputs_numpy_cannot_hold_fail_an_as_numpy_predict_with_protocol_error(case: str) -> None:
+    # These raised numpy's ValueError / TypeError out of predict(as_numpy=True), not a client error.
+    outputs = NOT_AN_ARRAY[case]
+    async with (fake_server(script(lambda f: [{**good_result(f), "outputs": outputs}])) as (url, _),
+                Client(url) as c, asyncio.timeout(WATCHDOG_S)):
+        out = await asyncio.gather(c.predict("bad", [[0.5]], as_numpy=True), c.predict("good", [[0.5]], as_numpy=True),
+                                   return_exceptions=True)
+        assert isinstance(out[0], ProtocolError), out
+        assert "'outputs'" in out[0].message and out[0].request_id is not None, out[0].message
+        assert out[1].outputs.tolist() == [[1.0]]  # type: ignore[union-attr]
+        assert await c.ping() > 0 and c.stats().connects == 1
+        await _all_ended(c)
+
+
 GENERATE_REPLIES: dict[str, tuple[Callable[[Frame], Sequence[Out]], str]] = {
     "result": (lambda f: [{"type": "result", "id": f["id"], "outputs": [[1.0]], "timing": {}}], "'result'"),
     "chunk": (lambda f: [{"type": "chunk", "id": f["id"], "seq": 0, "offset": 0, "outputs": [[1.0]]}], "'chunk'"),

@@ -559,6 +559,15 @@ def _bad(frame: dict[str, Any], what: str) -> ProtocolError:
                          request_id=rid if type(rid) is int or type(rid) is str else None)
 
 
+def _numpy(frame: dict[str, Any], name: str, rows: Any) -> Any:
+    """:func:`to_numpy` of the frame's field ``name``; rows numpy cannot hold (ragged, or holding
+    objects) are the server's fault: :class:`ProtocolError` naming the field, not numpy's error."""
+    try:
+        return to_numpy(rows)
+    except (ValueError, TypeError) as exc:
+        raise _bad(frame, f"{name!r} that is not an array of numbers or strings: {exc}") from None
+
+
 def _rows_field(frame: dict[str, Any], name: str, *, required: bool) -> Any:
     """``outputs``/``attributions``: rows (a list), named rows (an object), or decoded tensors."""
     value = frame.get(name)
@@ -619,7 +628,7 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool
     if (type(outputs) is list and type(model) is str and type(version) is str and type(timing) is dict
             and get("attributions") is None and get("explanation") is None and get("parameters") is None):
         # the common JSON answer, every field of the right type: no field-by-field checks
-        return PredictResult(outputs=to_numpy(outputs) if as_numpy else outputs, model=model, version=version,
+        return PredictResult(outputs=_numpy(frame, "outputs", outputs) if as_numpy else outputs, model=model, version=version,
                              timing=timing, request_id=frame["id"])
     outputs = _rows_field(frame, "outputs", required=True)
     attributions = _rows_field(frame, "attributions", required=False)
@@ -628,12 +637,12 @@ def parse_result(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool
         if explain and attributions is None:
             outputs, attributions = split_attributions(outputs)
     return PredictResult(
-        outputs=to_numpy(outputs) if as_numpy else outputs,
+        outputs=_numpy(frame, "outputs", outputs) if as_numpy else outputs,
         model=str(frame.get("model", "")),
         version=_version_field(frame) or "",
         timing=_dict_field(frame, "timing"),
         request_id=frame["id"],
-        attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
+        attributions=_numpy(frame, "attributions", attributions) if as_numpy and attributions is not None else attributions,
         explanation=_opt_dict_field(frame, "explanation"),
         parameters=_opt_dict_field(frame, "parameters"),
     )
@@ -655,8 +664,8 @@ def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool 
     return Chunk(
         seq=_count_field(frame, "seq", 0),
         offset=_count_field(frame, "offset", 0),
-        outputs=to_numpy(outputs) if as_numpy else outputs,
-        attributions=to_numpy(attributions) if as_numpy and attributions is not None else attributions,
+        outputs=_numpy(frame, "outputs", outputs) if as_numpy else outputs,
+        attributions=_numpy(frame, "attributions", attributions) if as_numpy and attributions is not None else attributions,
     )
 
 
@@ -724,7 +733,7 @@ def parse_response(frame: dict[str, Any], *, as_numpy: bool = False) -> Response
     final = frame.get("final", False)
     if type(final) is not bool:
             raise _bad(frame, f"'final' of type {type(final).__name__}, not a boolean")
-    return Response(seq=_count_field(frame, "seq", 0), outputs=to_numpy(outputs) if as_numpy else outputs,
+    return Response(seq=_count_field(frame, "seq", 0), outputs=_numpy(frame, "outputs", outputs) if as_numpy else outputs,
                     final=final, parameters=_opt_dict_field(frame, "parameters"))
 
 
