@@ -668,7 +668,10 @@ export function decodeTensorFrame(buffer) {
   const take = (desc) => {
     const widen = desc.dtype === 'bfloat16'; // its 16-bit patterns, widened to float32 below
     const ctor = widen ? Uint16Array : Object.hasOwn(TENSOR_DTYPES, desc.dtype) ? TENSOR_DTYPES[desc.dtype] : undefined;
-    if (!ctor || !Array.isArray(desc.shape)) throw new Error(`binary frame: bad tensor ${JSON.stringify(desc)}`);
+    // each dimension an integer >= 0: a negative one would move `at` back and read the header as data
+    if (!ctor || !Array.isArray(desc.shape) || !desc.shape.every(isCount)) {
+      throw new Error(`binary frame: bad tensor ${JSON.stringify(desc)}`);
+    }
     const count = desc.shape.reduce((a, b) => a * b, 1);
     const nbytes = count * ctor.BYTES_PER_ELEMENT;
     if (at + nbytes > bytes.length) throw new Error('binary frame: payload shorter than its header says');

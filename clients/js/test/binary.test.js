@@ -46,6 +46,24 @@ describe('binary tensor frames (codec)', () => {
     assert.throws(() => decodeTensorFrame(reply.slice(0, reply.length - 1).buffer), /payload shorter|beyond/);
   });
 
+  it('refuses a shape whose dimensions are not integers >= 0 (a negative one read the header as data)', () => {
+    const frame = (header, payload = 0) => {
+      const h = new TextEncoder().encode(JSON.stringify(header));
+      const b = new Uint8Array(4 + h.length + payload);
+      new DataView(b.buffer).setUint32(0, h.length, true);
+      b.set(h, 4);
+      return b;
+    };
+    const bad = {
+      'two negative dimensions': frame({ type: 'result', id: 1, dtype: 'float32', shape: [-1, -1] }, 4),
+      'a negative one, then one that reads back into the header': frame({ type: 'result', id: 1,
+        outputs: [{ name: 'a', dtype: 'float32', shape: [-1] }, { name: 'b', dtype: 'float32', shape: [1] }] }),
+      'a fraction': frame({ type: 'result', id: 1, dtype: 'float32', shape: [0.5, 2] }, 4),
+      'a string': frame({ type: 'result', id: 1, dtype: 'float32', shape: ['1'] }, 4),
+    };
+    for (const [what, f] of Object.entries(bad)) assert.throws(() => decodeTensorFrame(f), /bad tensor/, what);
+  });
+
   it('rounds float32 values to bfloat16 as ml_dtypes does; a Uint16Array with dtype bfloat16 is its bits', async () => {
     // ml_dtypes (the server's) gives the expected bit patterns: random float32 patterns (NaNs,
     // infinities and subnormals among them) and the edges of rounding (ties, overflow, NaN payloads)
