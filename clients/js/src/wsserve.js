@@ -682,9 +682,16 @@ export function decodeTensorFrame(buffer) {
     return { data, shape: desc.shape, dtype: desc.dtype };
   };
   const { outputs, dtype, shape, ...frame } = header;
-  frame.outputs = Array.isArray(outputs)
-    ? Object.fromEntries(outputs.map((d) => [d.name, take(d)]))
-    : take({ dtype, shape });
+  if (Array.isArray(outputs)) {
+    frame.outputs = {};
+    for (const d of outputs) {
+      // a second tensor of one name would silently replace the first
+      if (Object.hasOwn(frame.outputs, d?.name)) throw new Error(`binary frame: outputs name ${JSON.stringify(d.name)} twice`);
+      frame.outputs[d?.name] = take(d);
+    }
+  } else {
+    frame.outputs = take({ dtype, shape });
+  }
   if (at !== bytes.length) throw new Error(`binary frame: ${bytes.length - at} bytes beyond the tensors`);
   return frame;
 }

@@ -64,6 +64,19 @@ describe('binary tensor frames (codec)', () => {
     for (const [what, f] of Object.entries(bad)) assert.throws(() => decodeTensorFrame(f), /bad tensor/, what);
   });
 
+  it('refuses a frame naming one output twice (the second replaced the first)', () => {
+    const y = toTensor({ data: new Float32Array([1]), shape: [1] });
+    const once = encodeTensorFrame({ type: 'result', id: 1 }, { y }, 'outputs');
+    const n = new DataView(once.buffer, once.byteOffset).getUint32(0, true);
+    const header = JSON.parse(Buffer.from(once.subarray(4, 4 + n)).toString());
+    header.outputs = [header.outputs[0], header.outputs[0]];
+    const h = new TextEncoder().encode(JSON.stringify(header));
+    const twice = new Uint8Array(4 + h.length + 8);
+    new DataView(twice.buffer).setUint32(0, h.length, true);
+    twice.set(h, 4);
+    assert.throws(() => decodeTensorFrame(twice), /"y" twice/);
+  });
+
   it('rounds float32 values to bfloat16 as ml_dtypes does; a Uint16Array with dtype bfloat16 is its bits', async () => {
     // ml_dtypes (the server's) gives the expected bit patterns: random float32 patterns (NaNs,
     // infinities and subnormals among them) and the edges of rounding (ties, overflow, NaN payloads)

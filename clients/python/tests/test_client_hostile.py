@@ -275,6 +275,17 @@ async def test_a_malformed_binary_reply_fails_the_call_its_header_names() -> Non
         assert c.stats().inflight == 0 and fake.cancels() == []
 
 
+async def test_a_binary_reply_naming_one_output_twice_fails_its_call() -> None:
+    # The second tensor of the same name replaced the first: one output silently dropped.
+    desc = {"name": "y", "dtype": "float32", "shape": [1]}
+    bad = script(lambda f: [_binary({"type": "result", "id": f["id"], "outputs": [desc, desc]}, b"\0" * 8)])
+    async with fake_server(bad) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):
+        with pytest.raises(ProtocolError, match="binary 'result' frame for predict .* is malformed.*'y' twice"):
+            await c.predict("bad", [[0.5]])
+        assert (await c.predict("good", [[0.5]])).outputs == [[1.0]]
+        assert c.stats().inflight == 0 and fake.cancels() == []
+
+
 async def test_frames_naming_no_pending_call_are_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
     noise: list[Out] = ["{not json", "[1, 2]", '{"id": 99}', b"\x01\x00", _binary({"id": "nobody"}, b""),
                         {"type": "token", "id": "nobody", "seq": 0, "text": "x"}]

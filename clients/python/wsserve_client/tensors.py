@@ -350,6 +350,8 @@ def decode_frame(data: bytes, *, as_numpy: bool) -> dict[str, Any]:
         for desc in named:
             if not isinstance(desc, dict) or not isinstance(desc.get("name"), str):
                 raise ValueError("binary frame: bad 'outputs' entry")
+            if desc["name"] in out:  # a second tensor of that name would silently replace the first
+                raise ValueError(f"binary frame: 'outputs' names {desc['name']!r:.80} twice")
             out[desc["name"]], end = _tensor(desc, payload, end)
     if end != len(payload):
         raise ValueError(f"binary frame payload has {len(payload)} bytes; the header describes {end}")
