@@ -271,20 +271,6 @@ def test_validate_cache_dir_must_be_a_directory(tmp_path: Path) -> None:
     ServerConfig(cache_dir=tmp_path / "new" / "cache").validate()  # made on first use
 
 
-def test_validate_names_wsserve_cache_dir_when_it_is_not_a_directory(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """$WSSERVE_CACHE_DIR (the cache without --cache-dir) that is a file passed validation and the server
-    failed after start with "wsserve: Not a directory: <file>/repository/seed-0", naming neither."""
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    for bad in (afile, afile / "sub"):
-        monkeypatch.setenv("WSSERVE_CACHE_DIR", str(bad))
-        with pytest.raises(ValueError, match=f"WSSERVE_CACHE_DIR {bad}: {afile} is not a directory"):
-            ServerConfig().validate()
-        ServerConfig(cache=False).validate()
-        ServerConfig(cache_dir=tmp_path / "cache").validate()  # the flag wins over the variable
-
-
 def test_key_rate_limit_is_refused_with_workers() -> None:
     """Each worker process has its own per-key bucket: with --workers 2 a key's connections made
     twice the rate (measured: 6 of 36 predicts accepted against 3 with one process, burst 3).

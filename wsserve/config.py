@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -317,14 +316,10 @@ class ServerConfig:
         for repo in self.model_repository:
             if not Path(repo).is_dir():
                 raise ValueError(f"{flag('model_repository')}: no such directory: {repo}")
-        # the cache: --cache-dir, else $WSSERVE_CACHE_DIR (modelstore.default_cache_dir), named as given
-        env_cache = os.environ.get("WSSERVE_CACHE_DIR")
-        cache_dir, cache_name = ((self.cache_dir, flag("cache_dir")) if self.cache_dir is not None
-                                 else (Path(env_cache).expanduser(), "$WSSERVE_CACHE_DIR") if env_cache else (None, ""))
-        if self.cache and cache_dir is not None:
-            existing = next((p for p in (Path(cache_dir), *Path(cache_dir).parents) if p.exists()), None)
+        if self.cache and self.cache_dir is not None:
+            existing = next((p for p in (Path(self.cache_dir), *Path(self.cache_dir).parents) if p.exists()), None)
             if existing is not None and not existing.is_dir():
-                raise ValueError(f"{cache_name} {cache_dir}: {existing} is not a directory")
+                raise ValueError(f"{flag('cache_dir')} {self.cache_dir}: {existing} is not a directory")
         if self.reload and not self.model_repository:
             raise ValueError(f"{flag('reload')} needs {flag('model_repository')}")
         for name in ("api_key", "admin_key", "metrics_key"):
