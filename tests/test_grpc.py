@@ -894,6 +894,34 @@ def test_drain_finishes_running_generations_and_refuses_new_ones(model_cache: Pa
     assert proc.wait(30) == 0
 
 
+class _StandInContext:
+    """grpc's servicer context as far as ModelStreamInfer reads it (its one boundary): one peer (one
+    connection), no metadata, no deadline; ``write`` is the given coroutine function."""
+
+    def __init__(self, write: Any) -> None:
+        self._write = write
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def write(self, response: Any) -> None:
+        await self._write(response)
+
+
+async def _never_read(response: Any) -> None:
+    await asyncio.Event().wait()  # the client never reads
+
+
+async def _rpc_gone(response: Any) -> None:
+    raise RuntimeError("the RPC is gone")
+
+
 async def test_a_stream_sending_without_reading_is_read_no_further_than_max_inflight() -> None:
     """ModelStreamInfer handles at most ``max_inflight`` of a stream's requests at once (a refused
     one until its error is written): with the client reading nothing (the context's writes never
@@ -913,20 +941,7 @@ async def test_a_stream_sending_without_reading_is_read_no_further_than_max_infl
             consumed += 1
             yield service_pb2.ModelInferRequest(model_name="nope", id=str(i))
 
-    class Unread:
-        def peer(self) -> str:
-            return "ipv4:127.0.0.1:1"
-
-        def invocation_metadata(self) -> tuple:
-            return ()
-
-        def time_remaining(self) -> None:
-            return None
-
-        async def write(self, response) -> None:
-            await asyncio.Event().wait()  # the client never reads
-
-    task = asyncio.ensure_future(frontend.ModelStreamInfer(requests(), Unread()))
+    task = asyncio.ensure_future(frontend.ModelStreamInfer(requests(), _StandInContext(_never_read)))
     for _ in range(200):  # let it run as far as it would
         await asyncio.sleep(0)
     assert not task.done() and consumed <= 4 + 1
@@ -964,20 +979,7 @@ async def test_a_connections_streams_unread_hold_at_most_max_write_buffer_bytes(
             consumed[stream] += 1
             yield request(i)
 
-    class Unread:
-        def peer(self) -> str:
-            return "ipv4:127.0.0.1:1"  # both streams: one connection
-
-        def invocation_metadata(self) -> tuple:
-            return ()
-
-        def time_remaining(self) -> None:
-            return None
-
-        async def write(self, response) -> None:
-            await asyncio.Event().wait()  # the client never reads
-
-    tasks = [asyncio.ensure_future(frontend.ModelStreamInfer(requests(i), Unread())) for i in range(2)]
+    tasks = [asyncio.ensure_future(frontend.ModelStreamInfer(requests(i), _StandInContext(_never_read))) for i in range(2)]  # one connection
     for _ in range(500):  # let them run as far as they would
         await asyncio.sleep(0)
     assert not any(task.done() for task in tasks)
@@ -1033,21 +1035,8 @@ async def test_a_stream_whose_write_fails_ends_with_that_error_reading_no_furthe
             consumed += 1
             yield service_pb2.ModelInferRequest(model_name="nope", id=str(i))
 
-    class Gone:
-        def peer(self) -> str:
-            return "ipv4:127.0.0.1:1"
-
-        def invocation_metadata(self) -> tuple:
-            return ()
-
-        def time_remaining(self) -> None:
-            return None
-
-        async def write(self, response) -> None:
-            raise RuntimeError("the RPC is gone")
-
     with pytest.raises(RuntimeError, match="the RPC is gone"):
-        await frontend.ModelStreamInfer(requests(), Gone())
+        await frontend.ModelStreamInfer(requests(), _StandInContext(_rpc_gone))
     assert consumed <= 2 + 2
 
 
