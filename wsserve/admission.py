@@ -36,7 +36,7 @@ from .errors import Overloaded, RateLimited, ShuttingDown, Unauthorized
 from .ratelimit import TokenBucket
 
 __all__ = ["Admission", "Handshake", "PROXY_HEADERS", "Shared", "check_bearer", "client_address", "is_loopback",
-           "local_admin", "origin_allowed", "proxied", "proxy_networks", "retry_ms"]
+           "local_admin", "origin_allowed", "proxied", "proxy_networks", "retry_ms", "slow_consumer_drop_at"]
 
 
 @dataclass(eq=False)
@@ -65,6 +65,14 @@ class Shared:
 def retry_ms(wait_s: float) -> int:
     """A wait in seconds as a whole number of milliseconds, at least 1 (``retry_after_ms``)."""
     return max(1, int(wait_s * 1000 + 0.999))
+
+
+def slow_consumer_drop_at(limit: int, unsent: int) -> int:
+    """The slow-consumer rule's hard bound, every transport's: a connection whose unsent bytes just
+    went over ``limit`` (``max_write_buffer_bytes``), ``unsent`` of them, is dropped at once if they
+    grow past the returned value while it stays over: four times the limit, or what that write left
+    when more (one answer bigger than that, written at once, is given the timeout to drain)."""
+    return max(4 * limit, unsent)
 
 
 class Admission:

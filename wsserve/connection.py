@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .admission import Admission, Shared, is_loopback, retry_ms
+from .admission import Admission, Shared, is_loopback, retry_ms, slow_consumer_drop_at
 from .auth import AUTH_FAILURES_PER_CONNECTION, KeyRegistry
 from .config import ServerConfig
 from .errors import (
@@ -327,9 +327,7 @@ class Connection:
         if self._over_since is None:
             self._over_since = now
             self.timer_epoch += 1
-            # one message bigger than that, written at once (a large result), is given the timeout to
-            # drain: dropped only if more is added to it while it is over
-            self._drop_at = max(4 * limit, unsent)
+            self._drop_at = slow_consumer_drop_at(limit, unsent)  # (a large result: given the timeout)
         elif unsent > self._drop_at:
             self._slow_consumer(f"{unsent} bytes unsent")
         elif now - self._over_since >= self.ctx.config.slow_consumer_timeout_s:

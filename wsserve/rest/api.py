@@ -96,6 +96,7 @@ from .openai import (
     ChatCompletionEncoder,
     CompletionEncoder,
     ParamError,
+    kept_logprob_values,
     models_list,
     parse_chat_completion,
     parse_completion,
@@ -993,16 +994,14 @@ class HttpApi:
                 raise ParamError("prompt" if prompts > 1 else "n",
                                  f"this request makes {choices} choices; this server takes at most "
                                  f"{self.config.max_inflight} unfinished requests per connection (max_inflight)")
-            k = completion.params.logprobs
-            held = 0  # the values of a non-streamed answer's logprobs, kept until it is answered
-            if k is not None and (not completion.stream or responses):  # (a streamed Response keeps them too)
-                held = choices * completion.params.max_tokens * (k + 1)
-                if held > MAX_SCORED_VALUES:
-                    raise ParamError("top_logprobs" if responses else "logprobs",
-                                     f"this answer would keep the log-probabilities of {choices} "
-                                     f"choice(s) x {completion.params.max_tokens} tokens x {k + 1} values = {held} "
-                                     f"values; at most {MAX_SCORED_VALUES} (ask for fewer tokens, choices or "
-                                     "alternatives" + ("" if responses else ", or stream it: a stream keeps none") + ")")
+            held = kept_logprob_values(completion, choices, kept_streamed=responses)  # (a Response's stream too)
+            if held > MAX_SCORED_VALUES:
+                k = completion.params.logprobs
+                raise ParamError("top_logprobs" if responses else "logprobs",
+                                 f"this answer would keep the log-probabilities of {choices} "
+                                 f"choice(s) x {completion.params.max_tokens} tokens x {k + 1} values = {held} "
+                                 f"values; at most {MAX_SCORED_VALUES} (ask for fewer tokens, choices or "
+                                 "alternatives" + ("" if responses else ", or stream it: a stream keeps none") + ")")
             held_bytes = held * LOGPROB_VALUE_BYTES  # counted as input bytes are (max_inflight_bytes)
             session.admission.capacity(session.inflight + choices - 1, session.inflight_bytes, held_bytes)
             if completion.messages is not None:

@@ -80,7 +80,7 @@ from .errors import ParamError, error_response
 from .tools import ToolChoice, parse_tool_choice
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
-           "completion_of", "error_event", "fit_default_max_tokens", "guided_fields", "is_neutral", "max_tokens_field", "model_field", "models_list",
+           "completion_of", "error_event", "fit_default_max_tokens", "guided_fields", "is_neutral", "kept_logprob_values", "max_tokens_field", "model_field", "models_list",
            "parse_chat_completion", "parse_completion", "token_logprobs"]
 
 #: The event that ends a stream.
@@ -251,20 +251,28 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     return completion
 
 
-def fit_default_max_tokens(completion: Completion, *, kept_streamed: bool = False) -> Completion:
-    """A chat's (or a response's) ``max_tokens`` the client left to its default, the server's limit:
-    a non-streamed answer with logprobs keeps every token's values until it is answered, at most
-    :data:`~wsserve.generation.logprobs.MAX_SCORED_VALUES` (choices x max_tokens x (logprobs + 1),
-    which the HTTP API refuses past), so its default is lowered to what that bound leaves (vLLM's
-    default is what the model's context leaves).  A ``max_tokens`` the client sent is never changed.
-    ``kept_streamed``: a streamed answer keeps them too (``/v1/responses``: for its ``.done`` events)."""
-    params = completion.params
-    k = params.logprobs
+def kept_logprob_values(completion: Completion, choices: int, *, kept_streamed: bool = False) -> int:
+    """The log-probability values an answer of ``choices`` choices keeps until it is answered:
+    choices x max_tokens x (logprobs + 1) when it is not streamed and asks for logprobs (a streamed
+    one keeps none, unless ``kept_streamed``: ``/v1/responses`` keeps them for its ``.done``
+    events), else 0.  The HTTP API refuses more than
+    :data:`~wsserve.generation.logprobs.MAX_SCORED_VALUES`."""
+    k = completion.params.logprobs
     if k is None or (completion.stream and not kept_streamed):
+        return 0
+    return choices * completion.params.max_tokens * (k + 1)
+
+
+def fit_default_max_tokens(completion: Completion, *, kept_streamed: bool = False) -> Completion:
+    """A chat's (or a response's) ``max_tokens`` the client left to its default, the server's limit,
+    lowered to what :func:`kept_logprob_values`' bound leaves (vLLM's default is what the model's
+    context leaves), so that such a request is not refused for a limit it did not choose.  A
+    ``max_tokens`` the client sent is never changed."""
+    if kept_logprob_values(completion, completion.n, kept_streamed=kept_streamed) <= MAX_SCORED_VALUES:
         return completion
-    most = MAX_SCORED_VALUES // (completion.n * (k + 1))
-    if params.max_tokens <= most:
-        return completion
+    params = completion.params
+    assert params.logprobs is not None
+    most = MAX_SCORED_VALUES // (completion.n * (params.logprobs + 1))
     return replace(completion, params=replace(params, max_tokens=max(1, most, params.min_tokens)))
 
 

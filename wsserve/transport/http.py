@@ -61,7 +61,7 @@ from typing import Any
 
 import httptools
 
-from ..admission import client_address
+from ..admission import client_address, slow_consumer_drop_at
 from ..httpmsg import HttpRequest, HttpResponse
 from .app import App
 
@@ -601,7 +601,7 @@ class HttpProtocol(asyncio.Protocol):
         what the write that put it over left unsent: one answer bigger than that, written at once
         (a long completion with logprobs), is given the timeout to drain, not dropped mid-body."""
         if self._over_since is None:
-            self._drop_at = max(4 * self._write_limit, size)
+            self._drop_at = slow_consumer_drop_at(self._write_limit, size)
         elif size > self._drop_at:
             log.warning("dropping HTTP client %s: %d bytes unsent", self.address, size)
             self._abort()
