@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _no_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WSSERVE_API_KEYS", raising=False)
+    monkeypatch.delenv("WSSERVE_ADMIN_KEYS", raising=False)
 
 
 def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -455,6 +456,21 @@ def test_empty_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path
     keys.write_text("# no keys here\n\n")
     err = _cli_error(["serve", "--api-key-file", str(keys)], capsys)
     assert "--api-key-file" in err and "no keys" in err
+
+
+@pytest.mark.parametrize("var", ["WSSERVE_API_KEYS", "WSSERVE_ADMIN_KEYS"])
+@pytest.mark.parametrize("value", [",,,", " ", " , "])
+def test_a_keys_variable_that_holds_no_keys_is_refused(var: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # WSSERVE_API_KEYS=",,," started a server without authentication: the operator meant keys.
+    # (main() exits 2 with this message: ValueError from config_from_args, as test_empty_api_key_file_exits_2.)
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=rf"\${var} is set but holds no keys"):
+        _config()
+
+
+def test_an_empty_keys_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSSERVE_API_KEYS", "")  # what `environment: [WSSERVE_API_KEYS=]` gives
+    assert _config().api_key == frozenset()
 
 
 def test_python_m_wsserve_reports_a_bad_port() -> None:

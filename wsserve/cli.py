@@ -304,10 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) -> frozenset[str]:
     """Keys from the flag (repeatable), the environment variable (comma-separated) and a file (one per
     line, UTF-8).  Raises ``ValueError`` naming ``flag_name`` if the file cannot be read, is not UTF-8
-    or holds no keys."""
+    or holds no keys, and naming ``env_name`` if the variable is set, not empty, and holds no keys
+    (``" , "``: a server meant to need keys must not start open)."""
     keys = list(given)  # an empty --api-key "" is refused by ServerConfig.validate, never dropped
     env = os.environ.get(env_name, "")
-    keys += [k.strip() for k in env.split(",") if k.strip()]
+    from_env = [k.strip() for k in env.split(",") if k.strip()]
+    if env and not from_env:  # "" is unset (as compose files leave it); " ,," meant keys and holds none
+        raise ValueError(f"${env_name} is set but holds no keys (got {env!r}); unset it or give comma-separated keys")
+    keys += from_env
     if file is not None:
         try:
             text = file.read_text()
