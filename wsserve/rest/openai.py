@@ -52,7 +52,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,7 +81,7 @@ from .tools import ToolChoice, parse_tool_choice
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
            "completion_of", "error_event", "fit_default_max_tokens", "guided_fields", "is_neutral", "kept_logprob_values", "max_tokens_field", "model_field", "models_list",
-           "parse_chat_completion", "parse_completion", "token_logprobs"]
+           "parse_chat_completion", "parse_completion", "refuse_unsupported", "token_logprobs"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -186,7 +186,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
                                        f"{'an empty list' if not prompt else 'a list holding other values'}")
     if type(prompt) is not str:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
-    _refuse_unsupported(obj, _NEUTRAL)
+    refuse_unsupported(obj, _NEUTRAL)
     echo = obj.get("echo")
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
@@ -239,7 +239,7 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         messages = parse_messages(obj.get("messages"), tools=True)
     except BadRequest as exc:
         raise ParamError("messages", exc.message) from None
-    _refuse_unsupported(obj, _NEUTRAL_CHAT)
+    refuse_unsupported(obj, _NEUTRAL_CHAT)
     tool_choice = parse_tool_choice(obj)
     max_tokens = max_tokens_field(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
@@ -316,8 +316,9 @@ def is_neutral(value: Any, allowed: tuple[Any, ...]) -> bool:
     return any(value == v and type(value) is type(v) for v in allowed if v is not None)
 
 
-def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
-    """Refuse, by name, a field holding anything but one of its neutral values."""
+def refuse_unsupported(obj: Mapping[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
+    """Refuse, by name, a field holding anything but one of its neutral values (:class:`ParamError`:
+    "'<name>' is not supported (only its default)"; the OpenAI routes' and Triton's generate's)."""
     for name, values in neutral.items():
         value = obj.get(name)
         if value is not None and not is_neutral(value, values):
