@@ -56,6 +56,25 @@ def test_guided_choice_makes_the_text_one_of_the_choices_either_way(server, stre
     assert len(texts) > 1  # sampling reaches more than one choice: the guide is not one fixed answer
 
 
+@pytest.mark.parametrize("form", [{"structured_outputs": {"choice": CHOICES}},
+                                  {"structured_outputs": json.dumps({"choice": CHOICES})},
+                                  {"guided_decoding": {"choice": CHOICES}},
+                                  {"guided_decoding": json.dumps({"choice": CHOICES})}])
+def test_structured_outputs_and_logprobs_go_with_a_guided_choice(server, form: dict[str, Any]) -> None:
+    """vLLM's newer spelling is taken as on the OpenAI routes, and as the vLLM backend reads it
+    (``structured_outputs`` or its ``guided_decoding``, an object or a string holding one); the
+    additional outputs stay the model's (the guide masks what is sampled, not what is reported),
+    one entry per token."""
+    for seed in range(3):
+        status, raw = post(server, "/v2/models/charlm/generate", {
+            "text_input": "Is it? ", "exclude_input_in_output": True, "return_logprobs": True,
+            "return_finish_reason": True, "parameters": {**form, "logprobs": 2, "temperature": 1.0, "seed": seed,
+                                                         "max_tokens": 40}})
+        body = json.loads(raw)
+        assert status == 200 and body["text_output"] in CHOICES and body["finish_reason"] == "stop", body
+        assert len(json.loads(body["logprobs"])) == len(body["text_output"])  # charlm: a token per character
+
+
 async def test_logit_bias_changes_the_text_as_the_websockets(server) -> None:
     plain, _ = _generate(server, {"text_input": "The ", "max_tokens": 12})
     forced, _ = _generate(server, {"text_input": "The ", "max_tokens": 12, "parameters": {"logit_bias": {str(Z): 100}}})
@@ -101,6 +120,13 @@ def test_guided_regex_and_json_are_honoured(server) -> None:
     ({"best_of": 3}, "'best_of' is not supported (only 1); got 3"),
     ({"parameters": {"prompt_logprobs": 1}}, "'prompt_logprobs' is not supported (only its default); got 1"),
     ({"structured_outputs": {"grammar": "x"}}, "'structured_outputs' key 'grammar' is not supported"),
+    ({"guided_decoding": {"choice": ["a"], "backend": "xgrammar"}}, "'guided_decoding' key 'backend' is not supported"),
+    ({"parameters": {"structured_outputs": "{choice"}},
+     "'structured_outputs' must be an object, or a string holding one (JSON), got '{choice'"),
+    ({"guided_decoding": "[1]"}, "'guided_decoding' must be an object, or a string holding one (JSON), got '[1]'"),
+    ({"guided_decoding": {"regex": "a"}, "guided_choice": ["a"]},
+     "one guided decoding form per request: 'guided_choice' and 'guided_decoding' were given"),
+    ({"guided_decoding": {"choice": []}}, "field 'guided_choice' must be a non-empty list of strings"),
     ({"parameters": {"lora_name": "mine"}}, "'lora_name' is not supported (only its default); got 'mine'"),
 ])
 @pytest.mark.parametrize("route", ["generate", "generate_stream"])
@@ -203,6 +229,9 @@ def test_grpc_guided_choice_and_logit_bias_are_honoured(client) -> None:
     # a string field may be a request parameter too
     pytest.importorskip("outlines_core")
     text = _text(_stream(client, "r", {"max_tokens": 14}, guided_regex=REGEX))
+    assert re.fullmatch(r"[0-9]{0,3}|[0-9]{3}-[a-z]*", text) or re.fullmatch(REGEX, text), text
+    # the vLLM backend's structured_outputs: a string holding its object, here a request parameter
+    text = _text(_stream(client, "s", {"max_tokens": 14}, structured_outputs=json.dumps({"regex": REGEX})))
     assert re.fullmatch(r"[0-9]{0,3}|[0-9]{3}-[a-z]*", text) or re.fullmatch(REGEX, text), text
 
 

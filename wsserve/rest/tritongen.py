@@ -13,11 +13,12 @@ read them, a generation field may be given either way (not both):
   ``stop_words``; a string or a list of strings), and vLLM's ``stop_token_ids``, ``min_tokens`` and
   ``include_stop_str_in_output`` (as the WebSocket ``generate``: :class:`~wsserve.protocol.GenerationParams`);
 - ``logit_bias`` (token ids to biases) and vLLM's guided decoding, ``guided_choice``, ``guided_regex``,
-  ``guided_json`` or ``structured_outputs`` (:data:`GUIDED_FIELDS`), read and checked by the code
-  the OpenAI routes use (:func:`~wsserve.protocol.logit_bias_tuple`,
-  :func:`~wsserve.rest.openai.guided_fields`, :class:`~wsserve.protocol.GenerationParams`), with
-  their messages (``guided_regex`` / ``guided_json`` refused naming the field on a server without
-  outlines-core);
+  ``guided_json``, or ``structured_outputs`` / the vLLM backend's ``guided_decoding`` (an object,
+  or a string holding one, as the backend reads them: :data:`STRUCTURED_FIELDS`), one form per
+  request (:data:`GUIDED_FIELDS`), read and checked by the code the OpenAI routes use
+  (:func:`~wsserve.protocol.logit_bias_tuple`, :func:`~wsserve.rest.openai.guided_fields`,
+  :class:`~wsserve.protocol.GenerationParams`), with their messages (a regex or a JSON Schema
+  refused naming the field on a server without outlines-core);
 - ``stream``: must agree with the route when given (``true`` only on ``generate_stream``);
 - ``exclude_input_in_output`` (a boolean, as Triton's vLLM backend reads it): not streamed, the
   answer's ``text_output`` is the prompt (``text_input`` as given) followed by the generated text
@@ -34,8 +35,8 @@ read them, a generation field may be given either way (not both):
 Sampling fields wsserve cannot honour are refused by name unless at their neutral value: beam
 search and several outputs (``beam_width``, ``num_beams``, ``n``, ``best_of``), vLLM's fields the
 OpenAI routes refuse (:data:`~wsserve.rest.openai.NEUTRAL_VLLM`: ``use_beam_search``,
-``guided_grammar``, ``prompt_logprobs``...), and the vLLM backend's ``guided_decoding``,
-``lora_name`` and ``detokenize`` (:data:`_NEUTRAL_VLLM`).  Other parameters are ignored: those that
+``guided_grammar``, ``prompt_logprobs``...), and the vLLM backend's ``lora_name`` and
+``detokenize`` (:data:`_NEUTRAL_VLLM`).  Other parameters are ignored: those that
 change nothing here (vLLM's ``ignore_eos``, ``skip_special_tokens``...), Triton's own request
 parameters (``priority``, ``timeout``: not applied to a generation) and unknown names.  A
 generative model's OIP metadata and Triton config (every transport's) list the backend's declared
@@ -100,8 +101,8 @@ from ..protocol import (
 from .oip import Tensor
 from .openai import NEUTRAL_VLLM, Completion, guided_fields, refuse_unsupported
 
-__all__ = ["EXCLUDE_INPUT", "GENERATE_INPUTS", "GENERATE_OUTPUTS", "GUIDED_FIELDS", "OUTPUT_FLAGS", "REQUIRED_INPUT", "GenerateEncoder",
-           "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues", "WithOutputValues", "generate_encoder",
+__all__ = ["EXCLUDE_INPUT", "GENERATE_INPUTS", "GENERATE_OUTPUTS", "GUIDED_FIELDS", "OUTPUT_FLAGS", "REQUIRED_INPUT",
+           "STRUCTURED_FIELDS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues", "WithOutputValues", "generate_encoder",
            "parse_generate", "prepended"]
 
 #: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
@@ -126,19 +127,22 @@ GENERATE_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("cumulative_logprob", "FP32", (-1,)), Tensor("logprobs", "BYTES", (-1,)),
     Tensor("num_input_tokens", "UINT32", (1,)), Tensor("num_output_tokens", "UINT32", (-1,)),
 )
+#: The fields holding vLLM's structured-outputs object (``{"choice" | "regex" | "json" | "json_object": ...}``):
+#: vLLM's newer spelling and the vLLM backend's ``guided_decoding``; each may be a string holding it (JSON),
+#: as the backend reads them (a request parameter holds a scalar).
+STRUCTURED_FIELDS = ("structured_outputs", "guided_decoding")
 #: vLLM's guided decoding fields, as the OpenAI routes take them (:func:`~wsserve.rest.openai.guided_fields`).
-GUIDED_FIELDS = ("guided_choice", "guided_regex", "guided_json", "structured_outputs")
+GUIDED_FIELDS = ("guided_choice", "guided_regex", "guided_json", *STRUCTURED_FIELDS)
 _FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream",
            "logprobs", *STOP_FIELDS, "logit_bias", *GUIDED_FIELDS, *OUTPUT_FLAGS, EXCLUDE_INPUT)
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
 _NEUTRAL = {"beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
 #: vLLM's fields wsserve does not do, refused as the OpenAI routes refuse them (:data:`NEUTRAL_VLLM`:
-#: beam search, ``guided_grammar``...), and those of Triton's vLLM backend: ``guided_decoding`` (its
-#: object spelling; wsserve takes ``guided_choice``, ``guided_regex``, ``guided_json`` or
-#: ``structured_outputs``), ``lora_name`` (no adapters here) and ``detokenize`` false (the answer is
-#: text).  Not vLLM's ``priority``: on Triton's routes ``priority`` is Triton's own request parameter.
+#: beam search, ``guided_grammar``...), and those of Triton's vLLM backend: ``lora_name`` (no
+#: adapters here) and ``detokenize`` false (the answer is text).  Not vLLM's ``priority``: on
+#: Triton's routes ``priority`` is Triton's own request parameter.
 _NEUTRAL_VLLM = {**{name: values for name, values in NEUTRAL_VLLM.items() if name != "priority"},
-                 "guided_decoding": (None,), "lora_name": (None,), "detokenize": (None, True)}
+                 "lora_name": (None,), "detokenize": (None, True)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +232,10 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
                                   top=top)
     top_k = fields.get("top_k", 0)
     logit_bias = logit_bias_tuple(fields.get("logit_bias"))  # the OpenAI routes' checks and messages
-    guided = guided_fields(fields)
+    for name in STRUCTURED_FIELDS:
+        if type(fields.get(name)) is str:
+            fields[name] = _json_object(name, fields[name])
+    guided = guided_fields(fields, structured=STRUCTURED_FIELDS)
     try:
         params_ = GenerationParams(  # raises BadRequest naming the field (top_k, top_p, stop, guided_regex...)
             prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
@@ -242,6 +249,18 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
             exc.message = exc.message.replace("field 'stop'", "field 'stop_words'")
         raise
     return Completion(model=model, params=params_, stream=stream, include_usage=False), rid, outputs, prepend
+
+
+def _json_object(name: str, text: str) -> dict[str, Any]:
+    """A field's JSON object sent as a string (``structured_outputs`` as the vLLM backend reads it);
+    ``BadRequest`` naming the field for anything else."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) is not dict:
+        raise BadRequest(f"'{name}' must be an object, or a string holding one (JSON), got {shown(text, 40)}")
+    return value
 
 
 def prepended(prompt: str, exclude: bool | None, *, stream: bool) -> str:
