@@ -1,5 +1,5 @@
-"""vLLM's guided decoding (``guided_choice``, ``guided_regex``, ``guided_json``) and ``logit_bias``
-on Triton's generate extension, on a real loopback server: HTTP ``generate`` / ``generate_stream``
+"""vLLM's guided decoding (``guided_choice``, ``guided_regex``, ``guided_json``, ``structured_outputs``
+and the vLLM backend's ``guided_decoding``) and ``logit_bias`` on Triton's generate extension, on a real loopback server: HTTP ``generate`` / ``generate_stream``
 (a plain HTTP client) and gRPC's ``ModelStreamInfer`` (``tritonclient.grpc``, the fields in the vLLM
 backend's ``sampling_parameters`` input).  Each is honoured as on the OpenAI routes and the WebSocket
 ``generate`` (the same engine), taken as an input or in ``parameters`` (refused given both ways),
@@ -160,12 +160,10 @@ def test_without_the_structured_extra_a_pattern_is_refused_naming_the_field(monk
 
 # --------------------------------------------------------------------------- gRPC
 
-tgrpc = pytest.importorskip("tritonclient.grpc")
-
-
 @pytest.fixture(scope="module")
 def served(model_cache: Path):
-    pytest.importorskip("grpc")
+    pytest.importorskip("grpc")  # the grpc extra installs it, and tritonclient[grpc] its client
+    pytest.importorskip("tritonclient.grpc")
     from tests.test_grpc import start
 
     proc, address = start(model_cache)
@@ -175,6 +173,8 @@ def served(model_cache: Path):
 
 @pytest.fixture
 def client(served):
+    import tritonclient.grpc as tgrpc
+
     c = tgrpc.InferenceServerClient(served[1])
     yield c
     c.close()
@@ -184,6 +184,8 @@ def _stream(client, rid: str, sampling: dict[str, Any] | None = None, **params: 
     """One generation over ModelStreamInfer (streamed), as the vLLM backend takes it: a
     ``text_input``, a ``stream`` input, ``sampling`` as its ``sampling_parameters`` JSON input
     and ``params`` as request parameters; each response's ``(text, final)``, or the error's message."""
+    import tritonclient.grpc as tgrpc
+
     inputs = []
     for name, datatype, value in (("text_input", "BYTES", np.array([b"Is it? "], dtype=np.object_)),
                                   ("stream", "BOOL", np.array([True])),
