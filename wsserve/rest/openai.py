@@ -52,7 +52,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,7 +81,7 @@ from .tools import ToolChoice, parse_tool_choice
 
 __all__ = ["ChatCompletionEncoder", "Choice", "Completion", "CompletionEncoder", "DONE", "MAX_CHOICES", "MAX_N", "NEUTRAL_VLLM", "ParamError",
            "completion_of", "error_event", "fit_default_max_tokens", "guided_fields", "is_neutral", "kept_logprob_values", "max_tokens_field", "model_field", "models_list",
-           "parse_chat_completion", "parse_completion", "token_logprobs"]
+           "parse_chat_completion", "parse_completion", "refuse_unsupported", "token_logprobs"]
 
 #: The event that ends a stream.
 DONE = b"data: [DONE]\n\n"
@@ -186,7 +186,7 @@ def parse_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
                                        f"{'an empty list' if not prompt else 'a list holding other values'}")
     if type(prompt) is not str:
         raise ParamError("prompt", f"'prompt' must be a string, got {json_type(prompt)}")
-    _refuse_unsupported(obj, _NEUTRAL)
+    refuse_unsupported(obj, _NEUTRAL)
     echo = obj.get("echo")
     if echo is not None and type(echo) is not bool:
         raise ParamError("echo", f"'echo' must be a boolean, got {json_type(echo)}")
@@ -239,7 +239,7 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
         messages = parse_messages(obj.get("messages"), tools=True)
     except BadRequest as exc:
         raise ParamError("messages", exc.message) from None
-    _refuse_unsupported(obj, _NEUTRAL_CHAT)
+    refuse_unsupported(obj, _NEUTRAL_CHAT)
     tool_choice = parse_tool_choice(obj)
     max_tokens = max_tokens_field(obj, "max_completion_tokens", None, max_tokens_limit)
     if max_tokens is None:
@@ -316,8 +316,9 @@ def is_neutral(value: Any, allowed: tuple[Any, ...]) -> bool:
     return any(value == v and type(value) is type(v) for v in allowed if v is not None)
 
 
-def _refuse_unsupported(obj: dict[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
-    """Refuse, by name, a field holding anything but one of its neutral values."""
+def refuse_unsupported(obj: Mapping[str, Any], neutral: dict[str, tuple[Any, ...]]) -> None:
+    """Refuse, by name, a field holding anything but one of its neutral values (:class:`ParamError`:
+    "'<name>' is not supported (only its default)"; the OpenAI routes' and Triton's generate's)."""
     for name, values in neutral.items():
         value = obj.get(name)
         if value is not None and not is_neutral(value, values):
@@ -417,36 +418,23 @@ def completion_of(obj: dict[str, Any], model: str, prompt: str, max_tokens: int,
 _STRUCTURED_KEYS = ("choice", "regex", "json", "json_object")
 
 
-def guided_fields(obj: dict[str, Any], *, response_format: bool = False) -> dict[str, Any]:
+def guided_fields(obj: Mapping[str, Any], *, response_format: bool = False,
+                  structured: tuple[str, ...] = ("structured_outputs",)) -> dict[str, Any]:
     """The guided decoding a body asks for, as :class:`GenerationParams`'s keyword arguments
     (empty when none): vLLM's ``guided_choice`` (a list of strings), ``guided_regex`` (a string),
     ``guided_json`` (a JSON Schema: an object or a string holding one), its newer spelling
-    ``structured_outputs: {"choice" | "regex" | "json": ...}`` (or ``"json_object": true``), and,
-    with ``response_format``, OpenAI's ``response_format: {"type": "json_schema", "json_schema":
-    {"name", "schema", "strict"}}`` or ``{"type": "json_object"}`` (any JSON object).  At most one
-    of them.  Raises :class:`ParamError` naming the field (both, for two forms)."""
+    ``structured_outputs: {"choice" | "regex" | "json": ...}`` (or ``"json_object": true``; the
+    ``structured`` fields each hold such an object: Triton's generate adds its vLLM backend's
+    ``guided_decoding``), and, with ``response_format``, OpenAI's ``response_format: {"type":
+    "json_schema", "json_schema": {"name", "schema", "strict"}}`` or ``{"type": "json_object"}``
+    (any JSON object).  At most one of them.  Raises :class:`ParamError` naming the field (both,
+    for two forms)."""
     forms: list[tuple[str, str, Any]] = []  # (field, kind, value)
     for name, kind in (("guided_choice", "choice"), ("guided_regex", "regex"), ("guided_json", "json")):
         if obj.get(name) is not None:
             forms.append((name, kind, obj[name]))
-    structured = obj.get("structured_outputs")
-    if structured is not None:
-        if type(structured) is not dict:
-            raise ParamError("structured_outputs", "'structured_outputs' must be an object, got "
-                                                   f"{json_type(structured)}")
-        other = next((k for k, v in structured.items() if k not in _STRUCTURED_KEYS and v is not None), None)
-        if other is not None:
-            raise ParamError("structured_outputs", f"'structured_outputs' key {shown(other, 40)} is not supported: "
-                                                   "wsserve constrains output to a choice, a regex or a JSON Schema "
-                                                   "('choice', 'regex', 'json', 'json_object')")
-        for key in _STRUCTURED_KEYS:
-            value = structured.get(key)
-            if key == "json_object" and value is not None:
-                if value is not True:
-                    raise ParamError("structured_outputs", "'structured_outputs.json_object' must be true (or absent)")
-                forms.append(("structured_outputs", "json", _ANY_OBJECT))
-            elif value is not None:
-                forms.append(("structured_outputs" if key != "choice" else "guided_choice", key, value))
+    for field in structured:
+        forms.extend(_structured_forms(field, obj.get(field)))
     if response_format:
         form = _response_format(obj.get("response_format"))
         if form is not None:
@@ -468,6 +456,29 @@ def guided_fields(obj: dict[str, Any], *, response_format: bool = False) -> dict
         return {"guided_json": schema_text(value, field), "guided_field": "" if field == "guided_json" else field}
     except BadRequest as exc:
         raise ParamError(field, exc.message) from None
+
+
+def _structured_forms(field: str, structured: Any) -> list[tuple[str, str, Any]]:
+    """The guided decoding forms (``(field, kind, value)``) of a ``structured_outputs`` object
+    sent as ``field`` (None: none)."""
+    if structured is None:
+        return []
+    if type(structured) is not dict:
+        raise ParamError(field, f"'{field}' must be an object, got {json_type(structured)}")
+    other = next((k for k, v in structured.items() if k not in _STRUCTURED_KEYS and v is not None), None)
+    if other is not None:
+        raise ParamError(field, f"'{field}' key {shown(other, 40)} is not supported: wsserve constrains output to "
+                                "a choice, a regex or a JSON Schema ('choice', 'regex', 'json', 'json_object')")
+    forms = []
+    for key in _STRUCTURED_KEYS:
+        value = structured.get(key)
+        if key == "json_object" and value is not None:
+            if value is not True:
+                raise ParamError(field, f"'{field}.json_object' must be true (or absent)")
+            forms.append((field, "json", _ANY_OBJECT))
+        elif value is not None:
+            forms.append((field if key != "choice" else "guided_choice", key, value))
+    return forms
 
 
 #: ``{"type": "json_object"}``: any JSON object.

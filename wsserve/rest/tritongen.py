@@ -12,6 +12,13 @@ read them, a generation field may be given either way (not both):
   ``frequency_penalty``, ``seed``, ``stop`` (or
   ``stop_words``; a string or a list of strings), and vLLM's ``stop_token_ids``, ``min_tokens`` and
   ``include_stop_str_in_output`` (as the WebSocket ``generate``: :class:`~wsserve.protocol.GenerationParams`);
+- ``logit_bias`` (token ids to biases) and vLLM's guided decoding, ``guided_choice``, ``guided_regex``,
+  ``guided_json``, or ``structured_outputs`` / the vLLM backend's ``guided_decoding`` (an object,
+  or a string holding one, as the backend reads them: :data:`STRUCTURED_FIELDS`), one form per
+  request (:data:`GUIDED_FIELDS`), read and checked by the code the OpenAI routes use
+  (:func:`~wsserve.protocol.logit_bias_tuple`, :func:`~wsserve.rest.openai.guided_fields`,
+  :class:`~wsserve.protocol.GenerationParams`), with their messages (a regex or a JSON Schema
+  refused naming the field on a server without outlines-core);
 - ``stream``: must agree with the route when given (``true`` only on ``generate_stream``);
 - ``exclude_input_in_output`` (a boolean, as Triton's vLLM backend reads it): not streamed, the
   answer's ``text_output`` is the prompt (``text_input`` as given) followed by the generated text
@@ -25,9 +32,15 @@ read them, a generation field may be given either way (not both):
   is refused naming the flag), and ``logprobs``, vLLM's sampling parameter: how many likeliest
   alternatives each token's ``logprobs`` entry lists (0 to :data:`~wsserve.protocol.MAX_LOGPROBS`).
 
-Other parameters are ignored; sampling fields wsserve cannot honour are refused by name (beam
-search, several outputs).  A generative model's OIP metadata and Triton config (every transport's) list
-the backend's declared tensors, :data:`GENERATE_INPUTS` and :data:`GENERATE_OUTPUTS`.
+Sampling fields wsserve cannot honour are refused by name unless at their neutral value: beam
+search and several outputs (``beam_width``, ``num_beams``, ``n``, ``best_of``), vLLM's fields the
+OpenAI routes refuse (:data:`~wsserve.rest.openai.NEUTRAL_VLLM`: ``use_beam_search``,
+``guided_grammar``, ``prompt_logprobs``...), and the vLLM backend's ``lora_name`` and
+``detokenize`` (:data:`_NEUTRAL_VLLM`).  Other parameters are ignored: those that
+change nothing here (vLLM's ``ignore_eos``, ``skip_special_tokens``...), Triton's own request
+parameters (``priority``, ``timeout``: not applied to a generation) and unknown names.  A
+generative model's OIP metadata and Triton config (every transport's) list the backend's declared
+tensors, :data:`GENERATE_INPUTS` and :data:`GENERATE_OUTPUTS`.
 
 Answers: ``{"id"?, "model_name", "model_version", "text_output"}`` (the prompt, then the generated
 text, unless ``exclude_input_in_output``); each streamed event is that
@@ -80,15 +93,16 @@ from ..protocol import (
     SAMPLING_FIELDS,
     STOP_FIELDS,
     GenerationParams,
+    logit_bias_tuple,
     sampling_fields,
     stop_fields,
     stop_tuple,
 )
 from .oip import Tensor
-from .openai import Completion
+from .openai import NEUTRAL_VLLM, Completion, guided_fields, refuse_unsupported
 
-__all__ = ["EXCLUDE_INPUT", "GENERATE_INPUTS", "GENERATE_OUTPUTS", "OUTPUT_FLAGS", "REQUIRED_INPUT", "GenerateEncoder",
-           "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues", "WithOutputValues", "generate_encoder",
+__all__ = ["EXCLUDE_INPUT", "GENERATE_INPUTS", "GENERATE_OUTPUTS", "GUIDED_FIELDS", "OUTPUT_FLAGS", "REQUIRED_INPUT",
+           "STRUCTURED_FIELDS", "GenerateEncoder", "GenerateOutputs", "GenerateOutputsEncoder", "OutputValues", "WithOutputValues", "generate_encoder",
            "parse_generate", "prepended"]
 
 #: The vLLM backend's additional outputs: ``return_<name>`` asks for the output ``<name>``.
@@ -113,10 +127,22 @@ GENERATE_OUTPUTS: tuple[Tensor, ...] = (
     Tensor("cumulative_logprob", "FP32", (-1,)), Tensor("logprobs", "BYTES", (-1,)),
     Tensor("num_input_tokens", "UINT32", (1,)), Tensor("num_output_tokens", "UINT32", (-1,)),
 )
+#: The fields holding vLLM's structured-outputs object (``{"choice" | "regex" | "json" | "json_object": ...}``):
+#: vLLM's newer spelling and the vLLM backend's ``guided_decoding``; each may be a string holding it (JSON),
+#: as the backend reads them (a request parameter holds a scalar).
+STRUCTURED_FIELDS = ("structured_outputs", "guided_decoding")
+#: vLLM's guided decoding fields, as the OpenAI routes take them (:func:`~wsserve.rest.openai.guided_fields`).
+GUIDED_FIELDS = ("guided_choice", "guided_regex", "guided_json", *STRUCTURED_FIELDS)
 _FIELDS = ("text_input", "max_tokens", "temperature", "top_k", *SAMPLING_FIELDS, "seed", "stop", "stop_words", "stream",
-           "logprobs", *STOP_FIELDS, *OUTPUT_FLAGS, EXCLUDE_INPUT)
+           "logprobs", *STOP_FIELDS, "logit_bias", *GUIDED_FIELDS, *OUTPUT_FLAGS, EXCLUDE_INPUT)
 #: Refused unless they hold their neutral value (the sampling wsserve does not do).
 _NEUTRAL = {"beam_width": (1,), "num_beams": (1,), "n": (1,), "best_of": (1,)}
+#: vLLM's fields wsserve does not do, refused as the OpenAI routes refuse them (:data:`NEUTRAL_VLLM`:
+#: beam search, ``guided_grammar``...), and those of Triton's vLLM backend: ``lora_name`` (no
+#: adapters here) and ``detokenize`` false (the answer is text).  Not vLLM's ``priority``: on
+#: Triton's routes ``priority`` is Triton's own request parameter.
+_NEUTRAL_VLLM = {**{name: values for name, values in NEUTRAL_VLLM.items() if name != "priority"},
+                 "lora_name": (None,), "detokenize": (None, True)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +181,7 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
     elif type(params) is not dict:
         raise BadRequest(f"'parameters' must be an object, got {json_type(params)}")
     fields: dict[str, Any] = {}
-    for name in (*_FIELDS, *_NEUTRAL):
+    for name in (*_FIELDS, *_NEUTRAL, *_NEUTRAL_VLLM):
         if name in obj and name in params:
             raise BadRequest(f"'{name}' is given both as an input and in 'parameters'; give it once")
         value = obj[name] if name in obj else params.get(name)
@@ -165,6 +191,7 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
         value = fields.get(name)
         if value is not None and not (type(value) in (int, float) and value in neutral):
             raise BadRequest(f"'{name}' is not supported (only {neutral[0]}); got {shown(value)}")
+    refuse_unsupported(fields, _NEUTRAL_VLLM)
     rid = obj.get("id")
     if rid is not None and (type(rid) is not str or len(rid) > 256):
         raise BadRequest("'id' must be a string of at most 256 characters")
@@ -204,19 +231,36 @@ def parse_generate(obj: Any, *, model: str, stream: bool,
         outputs = GenerateOutputs(**{name.removeprefix("return_"): fields.get(name, False) for name in OUTPUT_FLAGS},
                                   top=top)
     top_k = fields.get("top_k", 0)
+    logit_bias = logit_bias_tuple(fields.get("logit_bias"))  # the OpenAI routes' checks and messages
+    for name in STRUCTURED_FIELDS:
+        if type(fields.get(name)) is str:
+            fields[name] = _json_object(name, fields[name])
+    guided = guided_fields(fields, structured=STRUCTURED_FIELDS)
     try:
-        params_ = GenerationParams(  # raises BadRequest naming the field (top_k, top_p, stop...)
+        params_ = GenerationParams(  # raises BadRequest naming the field (top_k, top_p, stop, guided_regex...)
             prompt=prompt, max_tokens=max_tokens, temperature=float(temperature),
             top_k=0 if top_k == -1 else top_k, seed=seed & 0xFFFF_FFFF_FFFF_FFFF if seed is not None else None,
-            stop=stop, **sampling_fields(fields), **stop_fields(fields),
+            stop=stop, logit_bias=logit_bias, **sampling_fields(fields), **stop_fields(fields),
             logprobs=None if outputs is None else outputs.engine_logprobs,
-            logprob_ranks=outputs is not None and outputs.logprobs,
+            logprob_ranks=outputs is not None and outputs.logprobs, **guided,
         )
     except BadRequest as exc:
         if stop_field == "stop_words":
             exc.message = exc.message.replace("field 'stop'", "field 'stop_words'")
         raise
     return Completion(model=model, params=params_, stream=stream, include_usage=False), rid, outputs, prepend
+
+
+def _json_object(name: str, text: str) -> dict[str, Any]:
+    """A field's JSON object sent as a string (``structured_outputs`` as the vLLM backend reads it);
+    ``BadRequest`` naming the field for anything else."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if type(value) is not dict:
+        raise BadRequest(f"'{name}' must be an object, or a string holding one (JSON), got {shown(text, 40)}")
+    return value
 
 
 def prepended(prompt: str, exclude: bool | None, *, stream: bool) -> str:
