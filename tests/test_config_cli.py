@@ -458,6 +458,21 @@ def test_empty_api_key_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path
     assert "--api-key-file" in err and "no keys" in err
 
 
+def test_a_cache_dir_variable_under_a_file_is_refused_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # WSSERVE_CACHE_DIR=/etc/passwd passed the checks; the server then exited 1 with
+    # "Not a directory: /etc/passwd/repository/seed-0", naming neither the variable nor the problem.
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (afile, afile / "sub"):
+        monkeypatch.setenv("WSSERVE_CACHE_DIR", str(bad))
+        with pytest.raises(ValueError, match=rf"\$WSSERVE_CACHE_DIR {bad}: {afile} is not a directory"):
+            _config()
+        assert _config("--no-cache").cache is False  # not used: not checked
+        assert _config("--cache-dir", str(tmp_path / "c")).cache_dir == tmp_path / "c"  # the flag wins
+    monkeypatch.setenv("WSSERVE_CACHE_DIR", str(tmp_path / "new" / "cache"))  # made on first use
+    assert _config().cache_dir is None
+
+
 @pytest.mark.parametrize("var", ["WSSERVE_API_KEYS", "WSSERVE_ADMIN_KEYS"])
 @pytest.mark.parametrize("value", [",,,", " ", " , "])
 def test_a_keys_variable_that_holds_no_keys_is_refused(var: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,10 +119,12 @@ def test_bad_flags_exit_2_naming_the_flag() -> None:
 
 
 def test_a_file_error_while_starting_names_the_file_not_the_port(tmp_path: Path) -> None:
-    """An OSError about a file (here: $WSSERVE_CACHE_DIR is a file, so the trained weights cannot be
-    written under it) used to be reported as "cannot listen on HOST:PORT"."""
-    cache = tmp_path / "cache-is-a-file"
-    cache.write_text("not a directory")
+    """An OSError about a file (here: the cache's ``repository`` is a file, so the trained weights cannot
+    be written under it) used to be reported as "cannot listen on HOST:PORT".  (A cache directory
+    that is itself a file is refused before start-up, naming $WSSERVE_CACHE_DIR: test_config_cli.)"""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "repository").write_text("not a directory")
     proc = subprocess.run(
         [sys.executable, "-m", "wsserve", "serve", "--host", "127.0.0.1", "--port", "0", "--models", "linear"],
         capture_output=True, text=True, timeout=120, env=child_env({"WSSERVE_CACHE_DIR": str(cache)}),

@@ -327,7 +327,8 @@ def _keys(given: list[str], env_name: str, file: Path | None, flag_name: str) ->
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    """Build and validate the config; raises ``ValueError`` naming the bad flag."""
+    """Build and validate the config; raises ``ValueError`` naming the bad flag (or environment
+    variable: a ``$WSSERVE_CACHE_DIR`` under a file, when the cache is on and ``--cache-dir`` is not given)."""
     values = {name: getattr(args, name) for name in ServerConfig.field_names() if hasattr(args, name)}
     values["api_key"] = _keys(args.api_key, "WSSERVE_API_KEYS", args.api_key_file, "--api-key-file")
     values["admin_key"] = _keys(args.admin_key, "WSSERVE_ADMIN_KEYS", args.admin_key_file, "--admin-key-file")
@@ -338,7 +339,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if env_repo and not repos:
         repos = [Path(env_repo)]
     values["model_repository"] = tuple(repos)
-    return ServerConfig(**values).validate()
+    config = ServerConfig(**values).validate()  # checks --cache-dir
+    env_cache = os.environ.get("WSSERVE_CACHE_DIR", "")
+    if config.cache and config.cache_dir is None and env_cache:  # the cache the server will use, as modelstore reads it
+        cache = Path(env_cache).expanduser()
+        existing = next((p for p in (cache, *cache.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"$WSSERVE_CACHE_DIR {cache}: {existing} is not a directory")
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
