@@ -7,7 +7,7 @@ import logging
 import pytest
 from websockets.frames import Frame, Opcode
 
-from wsserve.logs import RedactSecrets, redact
+from wsserve.logs import RedactSecrets, escape_log_text, redact
 
 KEY = "sk-live-" + "x" * 120  # longer than what the library prints of a frame
 
@@ -63,3 +63,18 @@ def test_hex_dumps_of_binary_frames_are_masked_after_the_token_field() -> None:
 
 def test_configured_secrets_are_masked_anywhere() -> None:
     assert _render("key %s seen", "abc123secret", secrets=("abc123secret",)) == "key *** seen"
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("plain/path 1.2_-é", "plain/path 1.2_-é"),  # nothing to escape: the same string
+    ("1\n2024-01-01 00:00:00 ERROR forged", "1\\x0A2024-01-01 00:00:00 ERROR forged"),
+    ("a\rb\tc\x00d\x1b[31me\x7f", "a\\x0Db\\x09c\\x00d\\x1B[31me\\x7F"),
+    ('q"uote\\back', "q\\x22uote\\x5Cback"),  # so an escape in the text reads unambiguously
+    ("c1\x85\x9bx", "c1\\x85\\x9Bx"),  # C1 controls: NEL, CSI
+    ("ls\u2028ps\u2029", "ls\\u2028ps\\u2029"),  # Unicode line/paragraph separators
+    ("bad-" + "\udcff", "bad-\\xFF"),  # an undecodable byte of a file name (os.fsdecode's escape)
+])
+def test_escape_log_text_writes_controls_quotes_and_backslashes_as_escapes(text: str, shown: str) -> None:
+    out = escape_log_text(text)
+    assert out == shown
+    assert len(out.splitlines()) == 1 and out.isprintable() and out.encode("utf-8")

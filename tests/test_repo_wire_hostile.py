@@ -20,7 +20,8 @@ every other model keep serving.
   ignored and reported; the server starts, and under ``--reload`` later changes are still applied.
   Every ignored entry is logged once with the reason (``01/``, a version number of 16 digits), and
   so is a model with nothing to serve (no version directory, or a ``version_policy`` that selects
-  none): the ``models`` list does not show it.
+  none): the ``models`` list does not show it. A directory whose name holds a newline, ``ESC``,
+  ``"`` or ``\\`` is logged on one line with them escaped (``\\x0A``...): it cannot forge a log line.
 """
 
 from __future__ import annotations
@@ -291,6 +292,38 @@ async def test_symlink_loops_in_the_repository_hide_nothing_else(tmp_path: Path)
                      "(1/, 2/, ...): nothing to serve\n") == 1, log[-3000:]
     assert log.count(f"WARNING wsserve.registry: model 'unselected' ({repo / 'unselected'}): version_policy selects "
                      "none of its versions (1): nothing to serve\n") == 1, log[-3000:]
+
+
+def test_names_with_control_characters_are_logged_escaped_on_one_line(tmp_path: Path) -> None:
+    """A directory name read from the repository is written into the log with its controls, ``"``
+    and ``\\`` escaped as ``\\xHH`` (as the access log writes a request target): a version or model
+    directory named with a newline cannot forge a log line, nor one with ``ESC`` drive a terminal."""
+    repo = tmp_path / "repository"
+    (repo / "good").mkdir(parents=True)
+    (repo / "good" / "config.toml").write_text(AFFINE_CONFIG)
+    write_affine(repo / "good" / "1", bias=1.0)
+    forged = "2026-01-01 00:00:00,000 ERROR wsserve.registry: forged"
+    names = {  # the entry (under good/ or the repository) -> how the log shows its name
+        "good/2\n" + forged: "2\\x0A" + forged,
+        "good/3\r\x1b[2K" + forged: "3\\x0D\\x1B[2K" + forged,
+        "bad\nmodel": "bad\\x0Amodel",
+        'q"uote\\d\u2028ir': "q\\x22uote\\x5Cd\\u2028ir",
+    }
+    for entry in names:
+        (repo / entry).mkdir()
+    number = "not a version number (a positive integer of at most 15 digits, without leading zeros)"
+    model = "not a valid model name (1-64 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
+    with ServerProcess("--models", "none", "--model-repository", str(repo)) as srv:
+        assert states(models_http(srv)["good"]) == {"1": "ready"}
+        log = srv.stderr_text()
+    lines = log.splitlines()
+    assert not [ln for ln in lines if "forged" in ln and "ignored" not in ln], log[-3000:]
+    for entry, shown in names.items():
+        parent, _, _ = entry.rpartition("/")
+        where = repo / parent if parent else repo
+        reason = number if parent else model
+        line = f"WARNING wsserve.registry: ignored {where}/{shown}: {reason}"
+        assert sum(ln.endswith(line) for ln in lines) == 1, (line, log[-3000:])
 
 
 #: Reads ``later.txt`` of its version directory on a row holding 5 (there is none).

@@ -296,6 +296,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     _write(root, "tostream", ONE_PBTXT, _caller("stream"))
     _write(root, "asknope", ONE_PBTXT, _caller("ens").replace('["y"]', '["nope"]').replace('Tensor("x"', 'Tensor("IN"'))
     _write(root, "impatient", ONE_PBTXT, _caller("slow", args="timeout=1000"))
+    # a stateful model (sequence_batching): a BLS request carries no sequence; one row, as its batcher takes
+    _write(root, "acc", ONE_PBTXT + "sequence_batching { }\n", SLOW_PY)
+    _write(root, "tostateful", ONE_PBTXT, _caller("acc", feed="x[:1]"))
     # a chain c0 -> c1 -> ... -> c{MAX} -> affine: MAX_BLS_DEPTH + 1 nested calls from c0
     for i in range(MAX_BLS_DEPTH + 1):
         nxt = f"c{i + 1}" if i < MAX_BLS_DEPTH else "affine"
@@ -359,6 +362,10 @@ def test_execute_calls_an_onnx_model_and_the_builtin_linear(served, model: str) 
     ("asknope", 400, "model 'ens' has no output 'nope'; it has 'OUT'"),
     # refused by that bound before its values are read (one is not finite) or converted
     ("vast", 503, "model 'vast''s BLS requests in flight would hold more than 100000 bytes of inputs"),
+    # said plainly: not Triton's "must specify a non-zero or non-empty correlation ID", which reads
+    # as though the caller had left out something it could give (still INVALID_ARG, as before)
+    ("tostateful", 400, "model 'acc' is stateful (sequence_batching) and a BLS request cannot take part in a "
+                        "sequence: it carries no sequence id"),
 ])
 def test_a_failed_call_is_an_error_response_with_tritons_code(served, model: str, status: int, words: str) -> None:
     proc, _ = served

@@ -13,7 +13,9 @@ set on every Triton Python model it loads (``bls_gateway``, before the warm-up).
   code: an unknown model or version ``NOT_FOUND`` naming it; bad inputs (names, dtypes, shapes,
   rows; a requested output the model lacks) ``INVALID_ARG`` naming it; a full queue, the
   ``timeout``, the server stopping ``UNAVAILABLE``; a refused call (below; one to a generative
-  model, a plain one to a decoupled model) ``UNSUPPORTED``; the called model's own error its code.
+  model, a plain one to a decoupled model) ``UNSUPPORTED``; one to a stateful model
+  (``sequence_batching``: a BLS request carries no sequence) ``INVALID_ARG`` saying so; the called
+  model's own error its code.
 - on the loop, finds the version as every request does (``pool.lookup``: ``model_version`` -1 is
   the default version, another pins one) and checks and converts the inputs with the OIP's checks
   (:func:`wsserve.rest.oip.input_header` / :func:`~wsserve.rest.oip.input_array`: the same bounds
@@ -581,6 +583,12 @@ class BlsGateway:
                 raise _Refused(f"Model {call.model} is using the decoupled. The current BLS request call doesn't support "
                                "models using the decoupled transaction policy. Please use 'decoupled=True' argument to "
                                "the 'exec' or 'async_exec' calls for decoupled models.")
+            if getattr(getattr(entry.model, "config", None), "sequence", None) is not None:
+                # what its sequence worker would answer is Triton's "must specify a non-zero or non-empty
+                # correlation ID", as if the caller had left out something it could give
+                raise BadRequest(f"model {call.model!r} is stateful (sequence_batching) and a BLS request cannot "
+                                 "take part in a sequence: it carries no sequence id (a pb_utils.InferenceRequest's "
+                                 "correlation_id and flags are not passed on)")
             left = None  # seconds of its timeout left (None: no timeout)
             if call.timeout_us:
                 waited = monotonic() - call.handed_at

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["AccessLog", "JsonFormatter", "RedactSecrets", "configure_logging", "redact"]
+__all__ = ["AccessLog", "JsonFormatter", "RedactSecrets", "configure_logging", "escape_log_text", "redact"]
 
 MASK = "***"
 _AUTHORIZATION = re.compile(r"(?i)(authorization\s*[:=]\s*)[^\r\n]*")
@@ -38,6 +38,31 @@ _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _TOKEN_FIELD = re.compile(r'("token"\s*:)[^\r\n]*')
 # The same in hex dumps: 22 74 6f 6b 65 6e 22 is "token" (spaces between bytes or not).
 _TOKEN_HEX = re.compile(r"(?i)(22 ?74 ?6f ?6b ?65 ?6e ?22)[0-9a-f .]*")
+
+
+#: What :func:`escape_log_text` writes as an escape: ``"`` and ``\`` (a text holding them could end
+#: a quoted field, or pass for an escape), C0 controls, DEL and C1 controls as ``\xHH`` (nginx's
+#: escaping of its access log's fields); the Unicode line and paragraph separators as ``\u2028`` /
+#: ``\u2029``; a lone surrogate as ``\xHH`` of the byte it stands for (``os.fsdecode``'s escape of a
+#: file name's undecodable byte, U+DC80-U+DCFF), else as ``\uDXXX``.
+_LOG_ESCAPES: dict[int, str] = {
+    **{c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0xA0))},
+    0x2028: "\\u2028", 0x2029: "\\u2029",
+    **{c: f"\\u{c:04X}" for c in range(0xD800, 0xDC80)},
+    **{c: f"\\x{c - 0xDC00:02X}" for c in range(0xDC80, 0xDD00)},
+    **{c: f"\\u{c:04X}" for c in range(0xDD00, 0xE000)},
+}
+_PLAIN_LOG_TEXT = re.compile(r'[^\x00-\x1f"\\\x7f-\x9f\u2028\u2029\ud800-\udfff]*')
+
+
+def escape_log_text(text: str) -> str:
+    """``text`` from outside (a request target, a file or directory name read from disk) as a log
+    line may hold it: every character of :data:`_LOG_ESCAPES` escaped, so it cannot end the line and
+    forge another (a newline in a directory name), end a quoted field early, drive a terminal
+    (``ESC``) or fail to encode (an undecodable byte). Text without any is returned as it is."""
+    if _PLAIN_LOG_TEXT.fullmatch(text):
+        return text
+    return text.translate(_LOG_ESCAPES)
 
 
 def redact(message: str, secrets: Iterable[str] = ()) -> str:

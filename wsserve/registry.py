@@ -78,6 +78,7 @@ from .custommetrics import CustomMetrics
 from .ensemble import EnsembleModel, EnsembleWorker, build_ensemble, depends_on
 from .errors import BadRequest, UnknownModel
 from .generation.model import TokenModelAdapter
+from .logs import escape_log_text
 from .pool import ModelEntry, ModelPool, check_describable, is_generative
 from .repository import (
     MODEL_FILES,
@@ -270,13 +271,16 @@ def _model_file(path: Path, mscan: ModelScan, version: int) -> Path:
 def _report_ignored(previous: RepositoryScan | None, current: RepositoryScan) -> None:
     """Log each entry ``current`` ignores that ``previous`` did not (so once, when it appears), with
     the reason: a warning (``v1/``, ``01/``, a file where a version directory belongs, a symlink
-    loop), or a debug line for a hidden one (``.git``, a version being built as ``.4.tmp``)."""
+    loop), or a debug line for a hidden one (``.git``, a version being built as ``.4.tmp``). The
+    entry's path is written with :func:`~wsserve.logs.escape_log_text` (a name read from disk may
+    hold a newline: it cannot forge a log line)."""
 
     def ignored(s: RepositoryScan | None) -> set[Ignored]:
         return set() if s is None else {*s.ignored, *(i for m in s.models for i in m.ignored)}
 
     for item in sorted(ignored(current) - ignored(previous), key=lambda i: str(i.path)):
-        log.log(logging.DEBUG if item.reason == "hidden" else logging.WARNING, "ignored %s: %s", item.path, item.reason)
+        log.log(logging.DEBUG if item.reason == "hidden" else logging.WARNING, "ignored %s: %s",
+                escape_log_text(str(item.path)), item.reason)
 
 
 def _report_config_warnings(previous: RepositoryScan | None, current: RepositoryScan) -> None:
@@ -289,7 +293,7 @@ def _report_config_warnings(previous: RepositoryScan | None, current: Repository
         before = previous.model(m.name) if previous is not None else None
         if before is not None and before.config_fingerprint == m.config_fingerprint:
             continue  # said already
-        log.warning("model %r (%s): wsserve accepts but ignores: %s", m.name, m.config.path,
+        log.warning("model %r (%s): wsserve accepts but ignores: %s", m.name, escape_log_text(str(m.config.path)),
                     "; ".join(m.config.warnings))
 
 
@@ -306,10 +310,11 @@ def _report_nothing_to_serve(previous: RepositoryScan | None, current: Repositor
                 and before.config.version_policy == m.config.version_policy:
             continue  # said already
         if not m.versions:
-            log.warning("model %r (%s) has no version directory (1/, 2/, ...): nothing to serve", m.name, m.path)
+            log.warning("model %r (%s) has no version directory (1/, 2/, ...): nothing to serve", m.name,
+                        escape_log_text(str(m.path)))
         else:
             log.warning("model %r (%s): version_policy selects none of its versions (%s): nothing to serve", m.name,
-                        m.path, ", ".join(str(v.version) for v in m.versions))
+                        escape_log_text(str(m.path)), ", ".join(str(v.version) for v in m.versions))
 
 
 class _ModelLock:
@@ -554,7 +559,7 @@ class ModelRegistry:
         previous = self._scans.get(repo)
         current = await self._keeping_overrides(previous, current)
         if current.error is not None:
-            log.error("model repository %s: %s", repo, current.error)
+            log.error("model repository %s: %s", escape_log_text(str(repo)), escape_log_text(current.error))
             return []  # keep planning from the last good scan
         _report_ignored(previous, current)
         _report_config_warnings(previous, current)
@@ -649,7 +654,7 @@ class ModelRegistry:
         mscan = current.model(name) if name is not None else None
         if isinstance(action, ReportError):
             where = f"model {action.model!r}" + (f" version {action.version}" if action.version else "")
-            log.error("%s: %s", where if action.model else str(repo), action.reason)
+            log.error("%s: %s", where if action.model else escape_log_text(str(repo)), escape_log_text(action.reason))
             if action.model and action.version is not None:
                 self.pool.set_state(action.model, str(action.version), "failed", action.reason)
         elif isinstance(action, (LoadVersion, ReloadVersion)):

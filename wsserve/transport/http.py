@@ -54,7 +54,6 @@ import asyncio
 import email.utils
 import http
 import logging
-import re
 import time
 from collections import deque
 from typing import Any
@@ -63,6 +62,7 @@ import httptools
 
 from ..admission import client_address, slow_consumer_drop_at
 from ..httpmsg import HttpRequest, HttpResponse
+from ..logs import escape_log_text
 from .app import App
 
 __all__ = ["Exchange", "HttpProtocol", "MAX_HEADER_BYTES", "MAX_HEADERS", "encode_response"]
@@ -70,10 +70,6 @@ __all__ = ["Exchange", "HttpProtocol", "MAX_HEADER_BYTES", "MAX_HEADERS", "encod
 log = logging.getLogger("wsserve.http")
 #: The longest request target an access record shows (the rest elided).
 MAX_LOGGED_TARGET = 2048
-#: A logged target's characters written as ``\xHH`` (nginx's escaping of its access log's quoted
-#: fields): ``"`` and ``\`` (a target with them could end the record's quotes), and controls.
-_TARGET_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, 0x7F)}
-_PLAIN_TARGET = re.compile(r'[^\x00-\x1f"\\\x7f]*')
 
 #: Largest request line + headers, in bytes.
 MAX_HEADER_BYTES = 32 * 1024
@@ -489,8 +485,7 @@ class HttpProtocol(asyncio.Protocol):
         target = self._url.decode("latin-1") or "-"
         if len(target) > MAX_LOGGED_TARGET:
             target = target[:MAX_LOGGED_TARGET] + "..."
-        if not _PLAIN_TARGET.fullmatch(target):  # the record quotes it: '"', '\\' and controls escaped as nginx's
-            target = target.translate(_TARGET_ESCAPES)
+        target = escape_log_text(target)  # the record quotes it: '"', '\\' and controls escaped as nginx's
         return f"{method} {target} HTTP/{parser.get_http_version() or '1.1'}"
 
     def _log_access(self, ex: Exchange, note: str = "") -> None:

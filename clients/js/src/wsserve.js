@@ -785,6 +785,20 @@ export function frameProblem(frame) {
 }
 
 /**
+ * What is wrong with the `seq` of `frame`, an item of `call` (after `frameProblem`), or null: a
+ * generation's `token` frames are numbered 0, 1, 2, ... (`call.items` before this one), so one
+ * whose `seq` is not the next means a token was lost, repeated or reordered — its text would
+ * silently differ from the one generated.
+ * @param {{item: string|null, items: number}} call
+ * @param {Record<string, any>} frame
+ * @returns {string|null}
+ */
+function seqProblem(call, frame) {
+  if (call.item !== 'token' || frame.seq === call.items) return null;
+  return `token frame: seq must be ${call.items} (the next in order), got ${frame.seq}: a token was lost, repeated or reordered`;
+}
+
+/**
  * What is wrong with a `token` frame of a generate that asked for `logprobs`, beyond
  * `frameProblem`, or null: it must carry `logprob` (a number or null) and `top_logprobs`
  * (`[{id, text, logprob}]`). A server without logprobs support ignores the option and sends
@@ -1591,7 +1605,7 @@ export class Client extends EventTarget {
       return;
     }
     if (frame.type === call.item) {
-      const problem = frameProblem(frame) ?? (call.logprobs ? logprobsProblem(frame) : null);
+      const problem = frameProblem(frame) ?? seqProblem(call, frame) ?? (call.logprobs ? logprobsProblem(frame) : null);
       if (problem) { this.#fault(conn, call, frame.type, problem); return; }
       call.items++;
       call.onItem(frame, size);

@@ -441,6 +441,46 @@ describe('malformed frames fail only the call they answer', { timeout: 60_000 },
   });
 });
 
+describe('a token frame out of seq order fails only its generation', { timeout: 60_000 }, () => {
+  // Token frames of a generation are numbered 0, 1, 2, ...; one whose seq was not the next (a
+  // token lost, repeated or reordered) was taken as it came: the text silently lost or gained tokens.
+  const texts = 'abcdefgh';
+  const cases = {
+    'a gap': [[0, 2], 1, 2],
+    'a repeat': [[0, 1, 1], 2, 1],
+    'out of order': [[0, 2, 1], 1, 2],
+    'starting at 1': [[1, 2], 0, 1],
+  };
+  for (const [name, [seqs, expected, got]] of Object.entries(cases)) {
+    it(`${name}: MalformedFrame naming the expected and received seq, cancel sent, the rest carries on`, async () => {
+      const peer = await fakeServer({
+        scripts: { bad: (msg, send) => seqs.forEach((seq, i) => send({ type: 'token', id: msg.id, seq, text: texts[i] })) },
+      });
+      const c = new Client(peer.url);
+      try {
+        const before = c.complete('m', 'x');
+        const bad = c.generate('bad', 'x');
+        const after = c.complete('m', 'y');
+        const { items, error } = await drain(bad);
+        assert.ok(error instanceof MalformedFrame && error instanceof ProtocolError, `${error?.name}: ${error?.message}`);
+        assert.match(error.message, new RegExp(`token frame: seq must be ${expected} \\(the next in order\\), got ${got}`));
+        assert.equal(error.requestId, bad.id);
+        assert.deepEqual(items, [...texts.slice(0, expected)], 'the tokens before the bad one, in order');
+        assert.equal(bad.text, texts.slice(0, expected));
+        assert.equal((await before).text, 'abc');
+        assert.equal((await after).text, 'abc');
+        assert.ok(await eventually(() => peer.cancelled(bad.id)), 'the stream was cancelled on the server');
+        assert.ok(await eventually(() => c.stats().inflight === 0));
+        assert.equal((await c.complete('m', 'z')).text, 'abc');
+        assert.equal(c.stats().connects, 1, 'one socket throughout');
+      } finally {
+        await c.close();
+        await peer.close();
+      }
+    });
+  }
+});
+
 describe('a server that ignores cancels (cancelTimeoutMs)', { timeout: 60_000 }, () => {
   // A request the server never ended, not even after the client's cancel, kept its inflight slot
   // for good: with maxInflight 1 every later call waited forever.

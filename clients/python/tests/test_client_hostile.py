@@ -249,6 +249,46 @@ async def test_a_generation_asking_for_logprobs_fails_on_a_token_without_good_on
         assert await c.ping() > 0 and c.stats().connects == 1
 
 
+SEQ_CASES: dict[str, tuple[list[int], int, int]] = {
+    # name: (the seqs the server sends, the expected seq and the one got where it fails)
+    "a gap": ([0, 2], 1, 2),
+    "a repeat": ([0, 1, 1], 2, 1),
+    "out of order": ([0, 2, 1], 1, 2),
+    "starting at 1": ([1, 2], 0, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(SEQ_CASES))
+async def test_a_token_out_of_seq_order_fails_only_that_generation(case: str) -> None:
+    """A token frame whose ``seq`` is not the next (0, 1, 2, ...) means a token was lost,
+    repeated or reordered: the generation fails there with :class:`ProtocolError` naming the
+    expected and the received ``seq`` (its text is not silently short), the request (left running:
+    no ``done`` came) is cancelled, and the connection's other generations go on."""
+    seqs, expected, got = SEQ_CASES[case]
+    texts = "abcdefgh"
+
+    def bad(frame: Frame) -> Sequence[Out]:
+        return [{"type": "token", "id": frame["id"], "seq": s, "text": texts[i]} for i, s in enumerate(seqs)]
+
+    async with fake_server(script(bad)) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):
+        gen = c.generate("bad", "x")
+        out = await asyncio.gather(c.complete("good", "x"), _drain(gen), c.complete("good", "y"),
+                                   return_exceptions=True)
+        assert isinstance(out[1], ProtocolError), out
+        assert f"'seq' = {got}, expected {expected}" in out[1].message, out[1].message
+        assert out[1].request_id == gen.request_id
+        assert gen.text == texts[:expected]  # the tokens before the bad one, in order
+        assert out[0].text == out[2].text == "abc"  # type: ignore[union-attr]
+        await _all_ended(c)
+        assert fake.cancels() == [gen.request_id]
+        assert (await c.complete("good", "x")).text == "abc" and await c.ping() > 0
+        assert c.stats().connects == 1
+
+
+async def _drain(gen: Any) -> list[str]:
+    return [t async for t in gen]
+
+
 async def test_a_token_for_a_streamed_predict_is_a_protocol_error() -> None:
     bad = script(lambda f: [{"type": "token", "id": f["id"], "seq": 0, "text": "x"}])
     async with fake_server(bad) as (url, fake), Client(url) as c, asyncio.timeout(WATCHDOG_S):

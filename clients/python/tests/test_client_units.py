@@ -207,7 +207,7 @@ LOGPROB_TOKEN = {"type": "token", "id": 5, "seq": 0, "text": "q", "logprob": -0.
 
 
 def test_parse_token_logprobs() -> None:
-    record = parse_token_logprobs(LOGPROB_TOKEN, parse_token(LOGPROB_TOKEN))
+    record = parse_token_logprobs(LOGPROB_TOKEN, parse_token(LOGPROB_TOKEN, 0))
     assert record == wsserve_client.TokenLogprob(
         "q", -0.12, (wsserve_client.TopLogprob(17, "q", -0.12), wsserve_client.TopLogprob(3, "x", -2.3)))
     # k = 0: no alternatives; a model whose logits were not finite: null; an integral number: a float

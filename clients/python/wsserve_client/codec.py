@@ -669,12 +669,19 @@ def parse_chunk(frame: dict[str, Any], *, as_numpy: bool = False, explain: bool 
     )
 
 
-def parse_token(frame: dict[str, Any]) -> str:
-    """The text of a ``token`` frame.
+def parse_token(frame: dict[str, Any], expected_seq: int) -> str:
+    """The text of a ``token`` frame, the generation's ``expected_seq``-th (0, 1, 2, ...: the
+    number of its token frames before this one).
 
     Raises:
-        ProtocolError: ``text`` is missing or not a string.
+        ProtocolError: ``seq`` is not ``expected_seq`` (a token lost, repeated or out of order,
+            so the text would silently differ from the one generated), or ``text`` is missing or
+            not a string.
     """
+    seq = frame.get("seq")
+    if type(seq) is not int or seq != expected_seq:
+        raise _bad(frame, f"'seq' = {seq!r:.40}, expected {expected_seq} (token frames of a generation "
+                          "are numbered 0, 1, 2, ...: a token was lost, repeated or reordered)")
     text = frame.get("text")
     if isinstance(text, str):
         return text

@@ -377,7 +377,9 @@ class Generation(_Stream[str, GenerationResult]):
     ``charlm``) as they are generated.
 
     After iteration completes, :attr:`result` holds reason, token count, timing and the
-    whole text; :attr:`text` is the text received so far at any time. For a generate with
+    whole text; :attr:`text` is the text received so far at any time. A token frame whose
+    ``seq`` is not the next in order (0, 1, 2, ...) fails the stream with :class:`ProtocolError`
+    (and cancels the request): the text is never silently missing a token. For a generate with
     ``logprobs``, :attr:`logprobs` holds a :class:`~wsserve_client.TokenLogprob` per token
     received so far (the one of the text just yielded is ``logprobs[-1]``); a token frame
     without them fails the stream with :class:`ProtocolError` (a server without ``logprobs``).
@@ -402,7 +404,7 @@ class Generation(_Stream[str, GenerationResult]):
         self._logprobs: list[TokenLogprob] | None = [] if logprobs else None
 
     def _item(self, frame: dict[str, Any]) -> str:
-        text = parse_token(frame)
+        text = parse_token(frame, len(self._parts))
         if self._logprobs is not None:
             self._logprobs.append(parse_token_logprobs(frame, text))
         self._parts.append(text)
