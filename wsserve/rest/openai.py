@@ -613,7 +613,8 @@ class ChatCompletionEncoder:
         self._chunk = b'data: {"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion.chunk"' + tail
         self._token_prefix = self._chunk + b',"choices":[{"index":'
 
-    error_event = CompletionEncoder.error_event
+    # (a class attribute's lookup unwraps the staticmethod: wrapped again, or it binds ``self`` as ``exc``)
+    error_event = staticmethod(CompletionEncoder.error_event)
 
     def start_events(self, index: int = 0) -> bytes:
         """Choice ``index``'s first chunk: the reply's role."""
