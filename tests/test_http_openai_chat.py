@@ -210,6 +210,8 @@ def test_an_sdk_response_message_can_be_sent_back(client) -> None:
         ({"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}, "chat_template_kwargs"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"max_tokens": 10**9}, "max_tokens"),
+        ({"max_completion_tokens": 3, "max_tokens": "x"}, "max_tokens"),  # checked, not dropped, beside it
+        ({"max_completion_tokens": 3, "max_tokens": 10**9}, "max_tokens"),
         ({"temperature": 101}, "temperature"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"messages": []}, "messages"),

@@ -155,3 +155,20 @@ def test_each_choice_counts_against_max_inflight(start_server) -> None:
             assert "makes" in info.value.body["message"] and "at most 4 unfinished requests" in info.value.body["message"]
     finally:
         c.close()
+
+
+def test_a_request_alone_is_accepted_whatever_its_choices_and_the_generation_queue(start_server) -> None:
+    """``--max-generate-queue`` bounds the generations waiting for a slot, but a request alone on
+    the queue is always accepted (PROTOCOL.md): its choices are admitted together, not refused
+    ``overloaded`` (a 503 its client would retry for ever) from the third one on."""
+    server = start_server("--models", "charlm", "--max-generate-batch", "1", "--max-generate-queue", "1")
+    c = openai.OpenAI(base_url=server.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    try:
+        r = c.completions.create(model="charlm", prompt=["a", "b"], n=3, max_tokens=3)
+        assert [ch.index for ch in r.choices] == list(range(6)) and r.usage.completion_tokens == 18
+        r = c.chat.completions.create(model="charlm", messages=[{"role": "user", "content": "a"}], n=4, max_tokens=2)
+        assert len(r.choices) == 4
+        chunks = list(c.completions.create(model="charlm", prompt="a", n=5, max_tokens=2, stream=True))
+        assert sorted(ch.choices[0].index for ch in chunks if ch.choices[0].finish_reason) == list(range(5))
+    finally:
+        c.close()

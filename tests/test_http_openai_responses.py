@@ -312,6 +312,31 @@ def test_a_generation_that_fails_mid_stream_ends_with_response_failed(client) ->
     assert info.value.body["message"] == "generation step failed: RuntimeError: no letter after e"
 
 
+def test_a_chat_completion_that_fails_mid_stream_ends_with_one_error_event(server, client) -> None:
+    """A streamed chat completion failing after its first tokens: the tokens, exactly one error
+    event in OpenAI's shape, ``[DONE]`` and the end of the chunked body; the SDK raises the error;
+    the connection serves the next request."""
+    body = {"model": "failing", "messages": [{"role": "user", "content": "a"}], "max_tokens": 10, "temperature": 0,
+            "stream": True}
+    with RawHttp(server.port) as http:
+        a = http.request("POST", "/v1/chat/completions", json.dumps(body).encode(),
+                         {"Content-Type": "application/json"})
+        assert a.status == 200 and a.header("content-type") == "text/event-stream"
+        events = [e for e in a.body.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]" and sum(b'"error"' in e for e in events) == 1
+        assert json.loads(events[-2][len(b"data: "):]) == {"error": {
+            "message": "generation step failed: RuntimeError: no letter after e", "type": "server_error",
+            "param": None, "code": "internal"}}
+        texts = [json.loads(e[len(b"data: "):])["choices"][0]["delta"].get("content") for e in events[:-2]]
+        assert "".join(t for t in texts if t) == "bcde"
+        assert http.request("GET", "/v1/models").status == 200  # the connection is fine
+    stream = client.chat.completions.create(model="failing", messages=[{"role": "user", "content": "a"}],
+                                            max_tokens=10, temperature=0, stream=True)
+    with pytest.raises(openai.APIError, match="no letter after e"):
+        for _ in stream:
+            pass
+
+
 def test_response_failed_carries_the_usage_of_what_was_generated(client) -> None:
     """As OpenAI's failed or incomplete response: the prompt's tokens ("a": 1) and the 4 generated
     before the failure, not ``usage: null``."""

@@ -353,7 +353,7 @@ class GenerationEngine:
 
     def submit(
         self, params: GenerationParams, sink: TokenSink, *, group: Any = None, deadline: float | None = None,
-        client: Any = None,
+        client: Any = None, bounded: bool = True,
     ) -> Sequence:
         """Queue a generation streaming into ``sink``; return its handle (its ``prompt_tokens``,
         the token ids the model was given for the prompt, is set before this returns).
@@ -363,18 +363,20 @@ class GenerationEngine:
         (:func:`~.fairslots.compile_client`; None: ``group``); ``deadline`` is in
         ``time.monotonic()`` seconds.  Raises :class:`~wsserve.errors.Overloaded`
         (queue full, with ``retry_after_ms``) or :class:`~wsserve.errors.ShuttingDown`
-        (closed); the sink is then never called.
+        (closed); the sink is then never called.  ``bounded`` false: not refused for a full queue
+        (a later choice of a request whose first choice was queued; :meth:`~.scheduler.Scheduler.add_request`).
         """
         if self._closed:
             raise ShuttingDown("generation engine is shutting down")
         self.start()
         pattern = GuidePattern.of(params) if params.guided_regex or params.guided_json else None
         if pattern is None:
-            seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline)
+            seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
+                                          bounded=bounded)
         else:  # compiled once per pattern, in a child process: the sequence is held until then
             index = self._indexes.get(pattern.key)
             seq = self._sched.add_request(params, time.monotonic(), owner=sink, group=group, deadline=deadline,
-                                          index=index, hold=index is None)
+                                          index=index, hold=index is None, bounded=bounded)
             if index is None:
                 self._compile(pattern, group if client is None else client).seqs.append(seq)
         self._idle.clear()

@@ -207,7 +207,7 @@ class Scheduler:
     # -- requests ------------------------------------------------------------------
     def add_request(
         self, params: GenerationParams, now: float, *, owner: Any = None, group: Any = None,
-        deadline: float | None = None, index: RegexIndex | None = None, hold: bool = False,
+        deadline: float | None = None, index: RegexIndex | None = None, hold: bool = False, bounded: bool = True,
     ) -> Sequence:
         """Queue a generation; it joins the batch at the next :meth:`schedule`.
 
@@ -227,9 +227,11 @@ class Scheduler:
         (:class:`~.guided.ChoiceSet`), or a token-id prompt (``params.prompt_ids``) outside
         the model's bounds (:func:`~.running.checked_prompt_ids`); nothing is queued then.
         The prompt is encoded once (with ``repetition_penalty``, its ids give the context).
+        ``bounded`` false: the queue bound is not checked (a later choice of a request whose first
+        one passed it: a request's choices are admitted together, so one alone is always accepted).
         """
         waiting = len(self._waiting[0]) + len(self._waiting[1]) + len(self._held)
-        if self.max_generate_queue is not None and waiting - self._run.free >= self.max_generate_queue:
+        if bounded and self.max_generate_queue is not None and waiting - self._run.free >= self.max_generate_queue:
             raise Overloaded(
                 f"generation queue is full ({waiting} waiting for {self.max_generate_batch} slots, "
                 f"max_generate_queue={self.max_generate_queue})",

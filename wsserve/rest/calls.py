@@ -539,7 +539,10 @@ class CompletionCall(Call):
                     p = dataclasses.replace(p, prompt=self.prompts[choice.prompt])
                 if choice.nth and params.seed is not None:
                     p = dataclasses.replace(p, seed=(params.seed + choice.nth) & 0xFFFF_FFFF_FFFF_FFFF)
-                choice.handle = self.engine.submit(p, choice, group=group, client=self.client)
+                # the queue bound is checked for the first choice only: a request's choices are
+                # admitted together (one alone on the queue is always accepted)
+                choice.handle = self.engine.submit(p, choice, group=group, client=self.client,
+                                                   bounded=choice is self.choices[0])
         except Exception:
             for choice in self.choices:
                 if choice.handle is not None:

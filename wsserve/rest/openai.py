@@ -242,8 +242,9 @@ def parse_chat_completion(obj: Any, *, max_tokens_limit: int) -> Completion:
     refuse_unsupported(obj, _NEUTRAL_CHAT)
     tool_choice = parse_tool_choice(obj)
     max_tokens = max_tokens_field(obj, "max_completion_tokens", None, max_tokens_limit)
+    older = max_tokens_field(obj, "max_tokens", max_tokens_limit, max_tokens_limit)  # checked even beside it
     if max_tokens is None:
-        max_tokens = max_tokens_field(obj, "max_tokens", max_tokens_limit, max_tokens_limit)
+        max_tokens = older
     completion = completion_of(obj, model, "", max_tokens, messages, _chat_logprobs(obj), tool_choice=tool_choice)
     completion = replace(completion, n=_n(obj), tool_choice=tool_choice)
     if "max_completion_tokens" not in obj and "max_tokens" not in obj:  # (a null one too: the default)
@@ -613,7 +614,8 @@ class ChatCompletionEncoder:
         self._chunk = b'data: {"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion.chunk"' + tail
         self._token_prefix = self._chunk + b',"choices":[{"index":'
 
-    error_event = CompletionEncoder.error_event
+    # (a class attribute's lookup unwraps the staticmethod: wrapped again, or it binds ``self`` as ``exc``)
+    error_event = staticmethod(CompletionEncoder.error_event)
 
     def start_events(self, index: int = 0) -> bytes:
         """Choice ``index``'s first chunk: the reply's role."""
