@@ -32,7 +32,8 @@ The supervisor:
    start).  The decisions, timeouts included, are :class:`RestartPolicy`'s (no I/O, ``now`` given);
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
-   (a worker still alive after the drain timeout plus a margin is killed); a
+   (a worker still alive :data:`KILL_MARGIN_S` after the drain timeout is killed: a second
+   more than a server process may take to exit after its drain deadline); a
    second signal kills the workers and exits 1 at once;
 6. a supervisor killed outright (SIGKILL) cannot signal its workers: on Linux
    each worker asks the kernel for SIGTERM when its parent dies
@@ -88,13 +89,16 @@ from typing import Any
 from ._version import __version__
 from .config import ServerConfig
 from .metrics import fold_dead_snapshot, supervisor_snapshot
+from .server import EXIT_AFTER_DRAIN_S
 
 __all__ = ["GiveUp", "Kill", "Restart", "RestartPolicy", "Terminate", "restart_delay", "run_supervisor"]
 
 log = logging.getLogger("wsserve.supervisor")
 
-#: How long after the drain timeout a worker may take before it is killed.
-KILL_MARGIN_S = 5.0
+#: How long after the drain timeout a worker may take before it is killed: more than the
+#: :data:`~wsserve.server.EXIT_AFTER_DRAIN_S` a server process may take to exit after its drain
+#: deadline (closes, model code, stuck threads), so that one on that path is not killed first.
+KILL_MARGIN_S = EXIT_AFTER_DRAIN_S + 1.0
 #: A worker that dies within this long of its start died "quickly": its restarts back off.
 STABLE_S = 30.0
 #: Backoff of the restarts of a worker that keeps dying quickly: doubling from the base, capped.
