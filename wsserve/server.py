@@ -356,10 +356,18 @@ class Server:
             log.exception("watching the model repository stopped")
 
     async def _share_metrics(self) -> None:
-        """Write this worker's metrics for the other workers twice a second (and once at the end)."""
+        """Write this worker's metrics for the other workers twice a second (and once at the end).
+        A failed write (a full disk) is logged once and tried again at the next one: the task goes on."""
+        failing = False
         try:
             while True:
-                self.metrics.write_snapshot()
+                try:
+                    self.metrics.write_snapshot()
+                    failing = False
+                except OSError as exc:
+                    if not failing:
+                        log.warning("cannot write this worker's metrics for the other workers: %s", exc)
+                    failing = True
                 await asyncio.sleep(0.5)
         finally:
             with contextlib.suppress(OSError):
