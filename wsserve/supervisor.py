@@ -32,8 +32,8 @@ The supervisor:
    start).  The decisions, timeouts included, are :class:`RestartPolicy`'s (no I/O, ``now`` given);
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
-   (a worker still alive :data:`KILL_MARGIN_S` after the drain timeout is killed: a second
-   more than a server process may take to exit after its drain deadline); a
+   (a worker still alive a second (:data:`KILL_MARGIN_S`) after the drain timeout plus the time a
+   server process may take to exit after its drain deadline is killed); a
    second signal kills the workers and exits 1 at once;
 6. an error in its own loop (a bug; a process or file it cannot open: ``EMFILE``) is logged and
    handled as a failed start: the workers are drained as on SIGTERM and it exits 1, never leaving
@@ -92,16 +92,16 @@ from typing import Any
 from ._version import __version__
 from .config import ServerConfig
 from .metrics import fold_dead_snapshot, supervisor_snapshot
-from .server import EXIT_AFTER_DRAIN_S
+from .server import exit_after_drain_s
 
 __all__ = ["GiveUp", "Kill", "Restart", "RestartPolicy", "Terminate", "restart_delay", "run_supervisor"]
 
 log = logging.getLogger("wsserve.supervisor")
 
-#: How long after the drain timeout a worker may take before it is killed: more than the
-#: :data:`~wsserve.server.EXIT_AFTER_DRAIN_S` a server process may take to exit after its drain
-#: deadline (closes, model code, stuck threads), so that one on that path is not killed first.
-KILL_MARGIN_S = EXIT_AFTER_DRAIN_S + 1.0
+#: How long a draining worker is given, past the drain timeout and the time a server process may take
+#: to exit after its drain deadline (:func:`~wsserve.server.exit_after_drain_s`: closes, model code,
+#: stuck threads, the last spans' export), before it is killed: one on that path is never killed first.
+KILL_MARGIN_S = 1.0
 #: A worker that dies within this long of its start died "quickly": its restarts back off.
 STABLE_S = 30.0
 #: Backoff of the restarts of a worker that keeps dying quickly: doubling from the base, capped.
@@ -651,7 +651,7 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
             workers.signal_all(signal.SIGTERM)
             _release(reserved)
         # Draining: every worker exits by itself within the drain timeout.
-        deadline = loop.time() + config.drain_timeout_s + KILL_MARGIN_S
+        deadline = loop.time() + config.drain_timeout_s + exit_after_drain_s(config) + KILL_MARGIN_S
         while any(p.is_alive() for p in workers.procs.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         late = [i for i, p in workers.procs.items() if p.is_alive()]
