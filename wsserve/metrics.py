@@ -33,6 +33,10 @@ __all__ = ["Metrics", "Histogram", "VersionStats", "CONTENT_TYPE", "fold_dead_sn
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: How old a worker's snapshot (written twice a second) may be before ``/metrics`` on another worker
+#: stops showing its gauges: a worker whose event loop no longer runs is not shown as ready.
+STALE_SNAPSHOT_S = 5.0
+
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
@@ -321,7 +325,7 @@ class _Collector(Collector):
         yield counter("wsserve_messages_received", "WebSocket messages received.", [], counters.get("messages", {}))
         yield counter("wsserve_websocket_frames", "Client frames by parsing path: fast (whole data frames) or library.",
                       ["path"], counters.get("frames", {}))
-        live = [s for s in snaps if s.get("alive", True)]
+        live = [s for s in snaps if s.get("alive", True) and not s.get("stale")]
         per_worker = self._m.worker is not None
         extra = ["worker"] if per_worker else []
 
@@ -568,19 +572,27 @@ class Metrics:
 
     def snapshots(self) -> list[dict[str, Any]]:
         """This process's snapshot and (with workers) every other ``*.json`` of the directory:
-        the other workers' last ones, the dead workers' fold and the supervisor's."""
+        the other workers' last ones, the dead workers' fold and the supervisor's.  A worker's
+        snapshot older than :data:`STALE_SNAPSHOT_S` (its event loop no longer runs: hung, or
+        stopped) is marked ``stale``: its counters (and its models' custom families) stay in the
+        totals, its gauges (``wsserve_ready`` among them) are left out rather than shown with the
+        values it last had."""
         own = self.snapshot()
         if self._peers_dir is None:
             return [own]
         out = [own]
+        now = time.time()
         for path in sorted(self._peers_dir.glob("*.json")):
             if path.name == f"worker-{self.worker}.json":
                 continue
             try:
+                written = path.stat().st_mtime
                 snap = json.loads(path.read_text())
             except (OSError, ValueError):  # being replaced, or gone: skip this scrape
                 continue
             if isinstance(snap, dict) and "counters" in snap:
+                if now - written > STALE_SNAPSHOT_S:
+                    snap["stale"] = True
                 out.append(snap)
         return out
 

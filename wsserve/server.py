@@ -67,7 +67,7 @@ from .tracesettings import TraceControl
 from .transport import Flusher, HttpProtocol, HttpRequest, HttpResponse
 from .transport.app import Counters
 
-__all__ = ["ListenError", "Server", "run"]
+__all__ = ["ListenError", "Server", "exit_after_drain_s", "run"]
 
 log = logging.getLogger("wsserve.server")
 
@@ -83,6 +83,17 @@ STUCK_THREAD_GRACE_S = 2.0
 #: The longest a server process takes to exit after its drain deadline: the sum of the three.
 #: Deployments give a stop this much more than the drain (docs/deploy.md, deploy/).
 EXIT_AFTER_DRAIN_S = CLOSE_AFTER_DRAIN_S + MODEL_CODE_GRACE_S + STUCK_THREAD_GRACE_S
+
+
+def exit_after_drain_s(config: ServerConfig) -> float:
+    """The longest a server process of ``config`` takes to exit after its drain deadline:
+    :data:`EXIT_AFTER_DRAIN_S`, plus, with ``--otlp-traces-endpoint``, the export of the last spans
+    at its close (:data:`wsserve.tracing.CLOSE_TIMEOUT_S`, waited for a collector that does not answer)."""
+    if config.otlp_traces_endpoint is None:
+        return EXIT_AFTER_DRAIN_S
+    from .tracing import CLOSE_TIMEOUT_S
+
+    return EXIT_AFTER_DRAIN_S + CLOSE_TIMEOUT_S
 
 _STATIC = resources.files("wsserve") / "static"
 _FALLBACK_PAGE = b"""<!doctype html><meta charset=utf-8><title>wsserve</title>
@@ -356,10 +367,18 @@ class Server:
             log.exception("watching the model repository stopped")
 
     async def _share_metrics(self) -> None:
-        """Write this worker's metrics for the other workers twice a second (and once at the end)."""
+        """Write this worker's metrics for the other workers twice a second (and once at the end).
+        A failed write (a full disk) is logged once and tried again at the next one: the task goes on."""
+        failing = False
         try:
             while True:
-                self.metrics.write_snapshot()
+                try:
+                    self.metrics.write_snapshot()
+                    failing = False
+                except OSError as exc:
+                    if not failing:
+                        log.warning("cannot write this worker's metrics for the other workers: %s", exc)
+                    failing = True
                 await asyncio.sleep(0.5)
         finally:
             with contextlib.suppress(OSError):

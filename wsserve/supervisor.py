@@ -32,9 +32,13 @@ The supervisor:
    start).  The decisions, timeouts included, are :class:`RestartPolicy`'s (no I/O, ``now`` given);
 5. on SIGTERM/SIGINT forwards SIGTERM to every worker — each drains as a single
    process does, within ``--drain-timeout-s`` — and exits 0 when they are done
-   (a worker still alive after the drain timeout plus a margin is killed); a
+   (a worker still alive a second (:data:`KILL_MARGIN_S`) after the drain timeout plus the time a
+   server process may take to exit after its drain deadline is killed); a
    second signal kills the workers and exits 1 at once;
-6. a supervisor killed outright (SIGKILL) cannot signal its workers: on Linux
+6. an error in its own loop (a bug; a process or file it cannot open: ``EMFILE``) is logged and
+   handled as a failed start: the workers are drained as on SIGTERM and it exits 1, never leaving
+   them unsupervised (a metrics file it cannot write, a full disk, is only logged);
+7. a supervisor killed outright (SIGKILL) cannot signal its workers: on Linux
    each worker asks the kernel for SIGTERM when its parent dies
    (``PR_SET_PDEATHSIG``), so they drain and exit instead of staying behind
    as orphans that still serve the port.
@@ -88,13 +92,16 @@ from typing import Any
 from ._version import __version__
 from .config import ServerConfig
 from .metrics import fold_dead_snapshot, supervisor_snapshot
+from .server import exit_after_drain_s
 
 __all__ = ["GiveUp", "Kill", "Restart", "RestartPolicy", "Terminate", "restart_delay", "run_supervisor"]
 
 log = logging.getLogger("wsserve.supervisor")
 
-#: How long after the drain timeout a worker may take before it is killed.
-KILL_MARGIN_S = 5.0
+#: How long a draining worker is given, past the drain timeout and the time a server process may take
+#: to exit after its drain deadline (:func:`~wsserve.server.exit_after_drain_s`: closes, model code,
+#: stuck threads, the last spans' export), before it is killed: one on that path is never killed first.
+KILL_MARGIN_S = 1.0
 #: A worker that dies within this long of its start died "quickly": its restarts back off.
 STABLE_S = 30.0
 #: Backoff of the restarts of a worker that keeps dying quickly: doubling from the base, capped.
@@ -442,7 +449,8 @@ class _Workers:
     def retire_metrics(self, index: int) -> None:
         """Keep a dead worker's counters in the totals (folded into the one ``retired.json``
         of every dead worker, so the directory does not grow with each restart); drop its
-        gauges and its snapshot."""
+        gauges and its snapshot.  A failed write (a full disk) is logged, not raised: the
+        restart matters more than the counts."""
         path = self.metrics_dir / f"worker-{index}.json"
         try:
             snap = json.loads(path.read_text())
@@ -455,8 +463,11 @@ class _Workers:
             except (OSError, ValueError):
                 retired = None
             tmp = retired_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(fold_dead_snapshot(retired, snap)))
-            os.replace(tmp, retired_path)
+            try:
+                tmp.write_text(json.dumps(fold_dead_snapshot(retired, snap)))
+                os.replace(tmp, retired_path)
+            except OSError as exc:  # a full disk: its counts are lost, as write_metrics' figures would be
+                log.warning("cannot keep the counts of dead worker %d in the metrics: %s", index, exc)
         path.unlink(missing_ok=True)
         for leftover in self.metrics_dir.glob(f"worker-{index}.*.tmp"):  # killed between write and rename
             leftover.unlink(missing_ok=True)
@@ -554,85 +565,93 @@ async def _supervise(config: ServerConfig, builtin: Path | None, log_level: int,
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
-        workers.write_metrics()  # every worker's restart count is 0 from its first scrape
-        for i in range(config.workers):
-            workers.start(i)
-        # Wait for every worker's ready message (a worker that dies first fails the start).
-        pending = set(range(config.workers))
         failed = False  # the exit status is 1: a worker failed the start, or failed to boot too often
-        while pending and not stop.is_set():
-            for i in list(pending):
-                proc = workers.procs[i]
-                alive = proc.is_alive()
-                if workers.poll_ready(i):  # after the liveness check, as below: ready, even if it died since
-                    pending.discard(i)
-                    continue
-                if not alive:
-                    why = (f" (it was not ready within {workers.policy.boot_timeout_s:g} s: --worker-boot-timeout-s)"
-                           if workers.policy.boot_timed_out(i) else "")
-                    log.error("worker %d exited with status %s while starting%s", i, proc.exitcode, why)
-                    failed = workers.stopping = True  # the others are stopped and waited for, as on SIGTERM
-                    workers.signal_all(signal.SIGTERM)
-                    stop.set()
-                    break
-                if workers.check_boot(i, loop.time()):
-                    workers.write_metrics()
-            await asyncio.sleep(0.02)
-        _release(reserved)
-        if not stop.is_set():
-            started = True
-            print(f"wsserve {__version__} ready on {config.url(port)} ({config.workers} workers)", flush=True)
-        # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
-        # asks them to stop or one fails to boot MAX_BOOT_FAILURES times in a row.
-        while not stop.is_set():
-            now = loop.time()
-            changed = False
-            for i, proc in list(workers.procs.items()):
-                if workers.stopping:
-                    break
-                if i in workers.restart_at:
-                    if workers.restart_at[i] <= now:
+        try:
+            workers.write_metrics()  # every worker's restart count is 0 from its first scrape
+            for i in range(config.workers):
+                workers.start(i)
+            # Wait for every worker's ready message (a worker that dies first fails the start).
+            pending = set(range(config.workers))
+            while pending and not stop.is_set():
+                for i in list(pending):
+                    proc = workers.procs[i]
+                    alive = proc.is_alive()
+                    if workers.poll_ready(i):  # after the liveness check, as below: ready, even if it died since
+                        pending.discard(i)
+                        continue
+                    if not alive:
+                        why = (f" (it was not ready within {workers.policy.boot_timeout_s:g} s: --worker-boot-timeout-s)"
+                               if workers.policy.boot_timed_out(i) else "")
+                        log.error("worker %d exited with status %s while starting%s", i, proc.exitcode, why)
+                        failed = workers.stopping = True  # the others are stopped and waited for, as on SIGTERM
+                        workers.signal_all(signal.SIGTERM)
+                        stop.set()
+                        break
+                    if workers.check_boot(i, loop.time()):
+                        workers.write_metrics()
+                await asyncio.sleep(0.02)
+            _release(reserved)
+            if not stop.is_set():
+                started = True
+                print(f"wsserve {__version__} ready on {config.url(port)} ({config.workers} workers)", flush=True)
+            # Watch the workers: restart one that dies (backing off if it keeps dying), until a signal
+            # asks them to stop or one fails to boot MAX_BOOT_FAILURES times in a row.
+            while not stop.is_set():
+                now = loop.time()
+                changed = False
+                for i, proc in list(workers.procs.items()):
+                    if workers.stopping:
+                        break
+                    if i in workers.restart_at:
+                        if workers.restart_at[i] <= now:
+                            workers.restart(i)
+                            changed = True
+                        continue
+                    alive = proc.is_alive()
+                    # read after the liveness check: a worker found dead sent its ready message (if it did)
+                    # before it died, so it is in the pipe now, and that worker was no boot failure
+                    workers.poll_ready(i)
+                    if alive:
+                        changed |= workers.check_boot(i, now)
+                        continue
+                    workers.retire_metrics(i)
+                    changed = True
+                    decision = workers.policy.exited(i, now)
+                    hung = (f", not ready within {workers.policy.boot_timeout_s:g} s (--worker-boot-timeout-s)"
+                            if decision.boot_timed_out else "")
+                    if isinstance(decision, GiveUp):
+                        log.error("worker %d (pid %d) failed to boot %d times in a row (last exit: %s%s): stopping the "
+                                  "server", i, proc.pid, decision.boot_failures, _exit_description(proc.exitcode), hung)
+                        failed = workers.stopping = True
+                        workers.signal_all(signal.SIGTERM)
+                        stop.set()
+                        break
+                    delay = decision.delay_s
+                    not_ready = (f"not ready within {workers.policy.boot_timeout_s:g} s, --worker-boot-timeout-s"
+                                 if decision.boot_timed_out else "not ready yet")
+                    booting = (f" (it was {not_ready}: boot failure {decision.boot_failures} of "
+                               f"{workers.policy.max_boot_failures} in a row)" if decision.boot_failures else "")
+                    log.error("worker %d (pid %d) exited with status %s: restarting it %s%s", i, proc.pid,
+                              proc.exitcode, f"in {delay:.1f} s" if delay else "now", booting)
+                    workers.schedule_restart(i, now + delay, delay)
+                    if delay <= 0:
                         workers.restart(i)
-                        changed = True
-                    continue
-                alive = proc.is_alive()
-                # read after the liveness check: a worker found dead sent its ready message (if it did)
-                # before it died, so it is in the pipe now, and that worker was no boot failure
-                workers.poll_ready(i)
-                if alive:
-                    changed |= workers.check_boot(i, now)
-                    continue
-                workers.retire_metrics(i)
-                changed = True
-                decision = workers.policy.exited(i, now)
-                hung = (f", not ready within {workers.policy.boot_timeout_s:g} s (--worker-boot-timeout-s)"
-                        if decision.boot_timed_out else "")
-                if isinstance(decision, GiveUp):
-                    log.error("worker %d (pid %d) failed to boot %d times in a row (last exit: %s%s): stopping the "
-                              "server", i, proc.pid, decision.boot_failures, _exit_description(proc.exitcode), hung)
-                    failed = workers.stopping = True
-                    workers.signal_all(signal.SIGTERM)
-                    stop.set()
-                    break
-                delay = decision.delay_s
-                not_ready = (f"not ready within {workers.policy.boot_timeout_s:g} s, --worker-boot-timeout-s"
-                             if decision.boot_timed_out else "not ready yet")
-                booting = (f" (it was {not_ready}: boot failure {decision.boot_failures} of "
-                           f"{workers.policy.max_boot_failures} in a row)" if decision.boot_failures else "")
-                log.error("worker %d (pid %d) exited with status %s: restarting it %s%s", i, proc.pid,
-                          proc.exitcode, f"in {delay:.1f} s" if delay else "now", booting)
-                workers.schedule_restart(i, now + delay, delay)
-                if delay <= 0:
-                    workers.restart(i)
-            if changed:
-                workers.write_metrics()
-            boot = workers.boot_wait(now)
-            wake = min([0.5, *(t - now for t in workers.restart_at.values()), *([boot] if boot is not None else [])])
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(wake, 0.01)):
-                    await stop.wait()
+                if changed:
+                    workers.write_metrics()
+                boot = workers.boot_wait(now)
+                wake = min([0.5, *(t - now for t in workers.restart_at.values()), *([boot] if boot is not None else [])])
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(wake, 0.01)):
+                        await stop.wait()
+        except Exception:  # a bug, or a file the supervisor cannot write: stop the workers, never leave them
+            # unsupervised (the interpreter's exit would wait for them forever, with their temporary
+            # directories gone)
+            log.exception("the supervisor failed: stopping the %d workers", len(workers.procs))
+            failed = workers.stopping = True
+            workers.signal_all(signal.SIGTERM)
+            _release(reserved)
         # Draining: every worker exits by itself within the drain timeout.
-        deadline = loop.time() + config.drain_timeout_s + KILL_MARGIN_S
+        deadline = loop.time() + config.drain_timeout_s + exit_after_drain_s(config) + KILL_MARGIN_S
         while any(p.is_alive() for p in workers.procs.values()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         late = [i for i, p in workers.procs.items() if p.is_alive()]
